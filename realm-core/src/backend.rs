@@ -1,0 +1,1 @@
+//! The compute backend trait that models are generic over.

@@ -1,0 +1,1 @@
+//! GGUF files: a strict reader (memory-mapped or from any byte source) and a writer.

@@ -1,0 +1,32 @@
+//! # realm-core
+//!
+//! The bottom layer of Realm: bytes and formats.
+//!
+//! - [`gguf`]: read GGUF files (memory-mapped, zero copy, strictly validated)
+//!   and write them.
+//! - [`quant`]: the ggml quantization formats: block layouts, dequantization
+//!   and quantization.
+//! - [`GgmlType`] and [`TensorView`]: a tensor's type, shape and borrowed bytes,
+//!   which the compute backends take.
+//!
+//! ```no_run
+//! # fn main() -> realm_core::Result<()> {
+//! let model = realm_core::gguf::GgufFile::open("SmolLM2-135M-Instruct.Q4_1.gguf")?;
+//! let layers = model.metadata().get_u32("llama.block_count")?;
+//! let embd = model.tensor("token_embd.weight")?; // borrowed from the map
+//! println!("{layers} layers, token_embd is {} {:?}", embd.dtype(), embd.shape());
+//! # Ok(()) }
+//! ```
+#![warn(missing_docs)]
+
+mod dtype;
+mod error;
+pub mod gguf;
+pub mod quant;
+mod tensor;
+pub mod backend;
+pub mod tokenizer;
+
+pub use dtype::GgmlType;
+pub use error::{Error, Result};
+pub use tensor::TensorView;

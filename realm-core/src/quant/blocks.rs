@@ -1,0 +1,223 @@
+//! Block layouts of the quantized types, byte for byte as ggml stores them.
+//!
+//! Every block is `#[repr(C)]` and [`bytemuck::Pod`], so a slice of file bytes
+//! can be viewed as a slice of blocks without copying; each size is checked at
+//! compile time against [`GgmlType::type_size`].
+
+use bytemuck::{Pod, Zeroable};
+use half::f16;
+
+use crate::GgmlType;
+
+/// Elements in a block of the "legacy" types (Q4_0 ... Q8_1, IQ4_NL).
+pub const QK: usize = 32;
+/// Elements in a super-block of the k-quants (Q2_K ... Q8_K, IQ4_XS).
+pub const QK_K: usize = 256;
+/// Bytes of packed 6-bit scales and mins in a Q4_K/Q5_K block.
+pub const K_SCALE_SIZE: usize = 12;
+
+/// Q4_0: 32 weights as 4-bit values `q`, each `d * (q - 8)`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct BlockQ4_0 {
+    /// Scale.
+    pub d: f16,
+    /// Nibbles: element `i` in the low half of byte `i`, element `i + 16` in the high half.
+    pub qs: [u8; QK / 2],
+}
+
+/// Q4_1: 32 weights as 4-bit values `q`, each `d * q + m`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct BlockQ4_1 {
+    /// Scale.
+    pub d: f16,
+    /// Minimum (offset).
+    pub m: f16,
+    /// Nibbles, laid out as in [`BlockQ4_0`].
+    pub qs: [u8; QK / 2],
+}
+
+/// Q5_0: 32 weights as 5-bit values `q`, each `d * (q - 16)`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct BlockQ5_0 {
+    /// Scale.
+    pub d: f16,
+    /// Fifth bit of each element, little-endian bit `i` for element `i`.
+    pub qh: [u8; 4],
+    /// Low nibbles, laid out as in [`BlockQ4_0`].
+    pub qs: [u8; QK / 2],
+}
+
+/// Q5_1: 32 weights as 5-bit values `q`, each `d * q + m`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct BlockQ5_1 {
+    /// Scale.
+    pub d: f16,
+    /// Minimum (offset).
+    pub m: f16,
+    /// Fifth bits, as in [`BlockQ5_0`].
+    pub qh: [u8; 4],
+    /// Low nibbles, as in [`BlockQ4_0`].
+    pub qs: [u8; QK / 2],
+}
+
+/// Q8_0: 32 weights as signed bytes, each `d * q`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct BlockQ8_0 {
+    /// Scale.
+    pub d: f16,
+    /// Quants.
+    pub qs: [i8; QK],
+}
+
+/// Q8_1: Q8_0 plus `s = d * sum(qs)`, used for activations against Q4_1/Q5_1.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct BlockQ8_1 {
+    /// Scale.
+    pub d: f16,
+    /// `d * sum(qs)`.
+    pub s: f16,
+    /// Quants.
+    pub qs: [i8; QK],
+}
+
+/// Q2_K: 16 sub-blocks of 16 weights, 2-bit quants, 4-bit scales and mins.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct BlockQ2K {
+    /// Low nibble: scale, high nibble: min, per sub-block.
+    pub scales: [u8; QK_K / 16],
+    /// 2-bit quants.
+    pub qs: [u8; QK_K / 4],
+    /// Super-block scale of the scales.
+    pub d: f16,
+    /// Super-block scale of the mins.
+    pub dmin: f16,
+}
+
+/// Q3_K: 16 sub-blocks of 16 weights, 3-bit quants, 6-bit scales.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct BlockQ3K {
+    /// High (third) bit of each quant.
+    pub hmask: [u8; QK_K / 8],
+    /// Low two bits of each quant.
+    pub qs: [u8; QK_K / 4],
+    /// 16 packed 6-bit scales.
+    pub scales: [u8; 12],
+    /// Super-block scale.
+    pub d: f16,
+}
+
+/// Q4_K: 8 sub-blocks of 32 weights, 4-bit quants, 6-bit scales and mins.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct BlockQ4K {
+    /// Super-block scale of the scales.
+    pub d: f16,
+    /// Super-block scale of the mins.
+    pub dmin: f16,
+    /// 8 scales and 8 mins, 6 bits each, packed.
+    pub scales: [u8; K_SCALE_SIZE],
+    /// 4-bit quants.
+    pub qs: [u8; QK_K / 2],
+}
+
+/// Q5_K: 8 sub-blocks of 32 weights, 5-bit quants, 6-bit scales and mins.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct BlockQ5K {
+    /// Super-block scale of the scales.
+    pub d: f16,
+    /// Super-block scale of the mins.
+    pub dmin: f16,
+    /// 8 scales and 8 mins, 6 bits each, packed as in [`BlockQ4K`].
+    pub scales: [u8; K_SCALE_SIZE],
+    /// Fifth bit of each quant.
+    pub qh: [u8; QK_K / 8],
+    /// Low nibbles.
+    pub qs: [u8; QK_K / 2],
+}
+
+/// Q6_K: 16 sub-blocks of 16 weights, 6-bit quants, 8-bit scales.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct BlockQ6K {
+    /// Low four bits of each quant.
+    pub ql: [u8; QK_K / 2],
+    /// High two bits of each quant.
+    pub qh: [u8; QK_K / 4],
+    /// Signed per-sub-block scales.
+    pub scales: [i8; QK_K / 16],
+    /// Super-block scale.
+    pub d: f16,
+}
+
+/// Q8_K: 256 signed bytes with an f32 scale and per-16 sums (activations).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct BlockQ8K {
+    /// Scale.
+    pub d: f32,
+    /// Quants.
+    pub qs: [i8; QK_K],
+    /// Sum of each group of 16 quants.
+    pub bsums: [i16; QK_K / 16],
+}
+
+/// IQ4_NL: 32 weights as 4-bit indices into a non-linear table, times `d`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct BlockIQ4NL {
+    /// Scale.
+    pub d: f16,
+    /// Table indices, laid out as in [`BlockQ4_0`].
+    pub qs: [u8; QK / 2],
+}
+
+/// IQ4_XS: 8 sub-blocks of 32 weights, non-linear 4-bit indices, 6-bit scales.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct BlockIQ4XS {
+    /// Super-block scale.
+    pub d: f16,
+    /// High two bits of each sub-block's scale.
+    pub scales_h: u16,
+    /// Low four bits of each sub-block's scale.
+    pub scales_l: [u8; QK_K / 64],
+    /// Table indices.
+    pub qs: [u8; QK_K / 2],
+}
+
+/// The 16 values an IQ4_NL / IQ4_XS index selects.
+pub const KVALUES_IQ4NL: [i8; 16] = [
+    -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
+];
+
+macro_rules! assert_block_size {
+    ($($block:ty => $ty:expr),* $(,)?) => {
+        $(const _: () = assert!(std::mem::size_of::<$block>() == $ty.type_size());)*
+    };
+}
+
+assert_block_size! {
+    BlockQ4_0 => GgmlType::Q4_0,
+    BlockQ4_1 => GgmlType::Q4_1,
+    BlockQ5_0 => GgmlType::Q5_0,
+    BlockQ5_1 => GgmlType::Q5_1,
+    BlockQ8_0 => GgmlType::Q8_0,
+    BlockQ8_1 => GgmlType::Q8_1,
+    BlockQ2K => GgmlType::Q2_K,
+    BlockQ3K => GgmlType::Q3_K,
+    BlockQ4K => GgmlType::Q4_K,
+    BlockQ5K => GgmlType::Q5_K,
+    BlockQ6K => GgmlType::Q6_K,
+    BlockQ8K => GgmlType::Q8_K,
+    BlockIQ4NL => GgmlType::IQ4_NL,
+    BlockIQ4XS => GgmlType::IQ4_XS,
+}
