@@ -19,12 +19,13 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod backend;
+pub mod catalog;
 mod dtype;
 mod error;
 pub mod gguf;
 pub mod quant;
 mod tensor;
-pub mod backend;
 pub mod tokenizer;
 
 pub use dtype::GgmlType;

@@ -79,7 +79,8 @@ impl<'a> TensorView<'a> {
     /// The bytes of row `i`, or `None` past the end.
     pub fn row(&self, i: usize) -> Option<&'a [u8]> {
         let rb = self.row_bytes();
-        self.data.get(i.checked_mul(rb)?..i.checked_add(1)?.checked_mul(rb)?)
+        self.data
+            .get(i.checked_mul(rb)?..i.checked_add(1)?.checked_mul(rb)?)
     }
 }
 
