@@ -1,1 +1,37 @@
-fn main() {}
+//! `realm`: inspect GGUF models (and, as the project grows, run and serve them).
+
+mod info;
+
+use clap::{Parser, Subcommand};
+
+/// Realm: multi-tenant LLM inference on shared quantized weights.
+#[derive(Debug, Parser)]
+#[command(name = "realm", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Print a model's metadata and tensor table (like gguf-dump).
+    Info(info::InfoArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Info(args) => info::run(&args),
+    };
+    if let Err(e) = result {
+        // A closed pipe (`realm info x | head`) is the reader's choice, not an error.
+        let broken_pipe = e
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe);
+        if broken_pipe {
+            return;
+        }
+        eprintln!("realm: error: {e:#}");
+        std::process::exit(1);
+    }
+}

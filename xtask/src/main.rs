@@ -1,1 +1,114 @@
-fn main() {}
+//! `cargo xtask`: the project's chores, in Rust so they run wherever cargo does.
+//!
+//! - `cargo xtask fetch-model`: download the real models into the model cache.
+//! - `cargo xtask test`: fetch the models if missing, then run the whole suite.
+//! - `cargo xtask proptest [CASES]`: the suite with many more property-test cases.
+//! - `cargo xtask fuzz [SECONDS]`: run the GGUF reader's fuzz target.
+
+mod fetch;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+const USAGE: &str = "usage: cargo xtask <command>
+
+commands:
+  fetch-model         download SmolLM2-135M-Instruct and Gemma 3 270M into the model cache
+                      ($REALM_MODELS, default ~/.cache/realm/models) and verify their sha256
+  test                fetch the models if missing, then run every test (optimised build)
+  proptest [CASES]    the test suite with CASES property-test cases each (default 20000)
+  fuzz [SECONDS]      fuzz the GGUF reader for SECONDS (default 600); needs cargo-fuzz";
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("xtask: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("fetch-model") => fetch::fetch_all(),
+        Some("test") => test(),
+        Some("proptest") => proptest(args.get(1).map(String::as_str).unwrap_or("20000")),
+        Some("fuzz") => fuzz(args.get(1).map(String::as_str).unwrap_or("600")),
+        Some("-h" | "--help" | "help") => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        Some(other) => bail!("unknown command `{other}`\n\n{USAGE}"),
+        None => bail!("no command given\n\n{USAGE}"),
+    }
+}
+
+/// The workspace root (xtask's parent folder).
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+fn status(mut cmd: Command) -> Result<()> {
+    eprintln!("xtask: running {cmd:?}");
+    let st = cmd
+        .status()
+        .with_context(|| format!("could not start {cmd:?}"))?;
+    if !st.success() {
+        bail!("{cmd:?} failed ({st})");
+    }
+    Ok(())
+}
+
+/// The whole suite, built once, optimised: unit, integration, property and
+/// doc tests, plus the wasm32 build of the crates a guest uses.
+fn test() -> Result<()> {
+    fetch::fetch_all()?;
+    let mut t = cargo();
+    t.args(["test", "--release", "--workspace"]);
+    status(t)?;
+    let mut wasm = cargo();
+    wasm.args([
+        "build",
+        "--release",
+        "-p",
+        "realm-core",
+        "--target",
+        "wasm32-unknown-unknown",
+    ]);
+    status(wasm)
+}
+
+fn proptest(cases: &str) -> Result<()> {
+    cases.parse::<u32>().context("CASES must be a number")?;
+    fetch::fetch_all()?;
+    let mut t = cargo();
+    t.args(["test", "--release", "--workspace", "--", "--test-threads=2"]);
+    t.env("PROPTEST_CASES", cases);
+    status(t)
+}
+
+fn fuzz(seconds: &str) -> Result<()> {
+    seconds.parse::<u32>().context("SECONDS must be a number")?;
+    let dir = root().join("realm-core/fuzz");
+    let corpus = dir.join("corpus-run");
+    std::fs::create_dir_all(&corpus).with_context(|| format!("creating {}", corpus.display()))?;
+    let mut c = cargo();
+    c.current_dir(&dir)
+        // cargo-fuzz passes nightly-only sanitizer flags; this lets the pinned
+        // stable toolchain accept them.
+        .env("RUSTC_BOOTSTRAP", "1")
+        .args(["fuzz", "run", "gguf_reader", "corpus-run", "seeds", "--"])
+        .arg(format!("-max_total_time={seconds}"))
+        .arg("-max_len=65536");
+    status(c).context("is cargo-fuzz installed? `cargo install cargo-fuzz`")
+}
