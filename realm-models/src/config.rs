@@ -1,0 +1,192 @@
+//! A transformer's hyper-parameters, read from GGUF metadata.
+
+use realm_core::backend::RopeMode;
+use realm_core::gguf::Metadata;
+
+use crate::{Error, Result};
+
+/// The architectures Realm runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Architecture {
+    /// Llama 1/2/3, SmolLM, TinyLlama.
+    Llama,
+    /// Mistral (llama-shaped, optional sliding window).
+    Mistral,
+    /// Qwen 2 (q/k/v biases, NeoX RoPE).
+    Qwen2,
+    /// Gemma 3 (QK-norm, sandwich norms, GELU gate, local/global layers).
+    Gemma3,
+}
+
+impl Architecture {
+    /// The architecture named by `general.architecture`.
+    pub fn from_name(name: &str) -> Result<Self> {
+        Ok(match name {
+            "llama" => Self::Llama,
+            "mistral" => Self::Mistral,
+            "qwen2" => Self::Qwen2,
+            "gemma3" => Self::Gemma3,
+            other => return Err(Error::UnknownArchitecture(other.to_string())),
+        })
+    }
+
+    /// The metadata prefix (`general.architecture`'s value).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Llama => "llama",
+            Self::Mistral => "mistral",
+            Self::Qwen2 => "qwen2",
+            Self::Gemma3 => "gemma3",
+        }
+    }
+}
+
+/// Everything a forward pass needs to know about the model's shape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelConfig {
+    /// Architecture.
+    pub arch: Architecture,
+    /// Number of transformer blocks.
+    pub n_layers: usize,
+    /// Width of the residual stream.
+    pub d_model: usize,
+    /// Query heads.
+    pub n_heads: usize,
+    /// Key/value heads (grouped-query attention when fewer than `n_heads`).
+    pub n_kv_heads: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+    /// Hidden width of the feed-forward block.
+    pub ffn_dim: usize,
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Context length the model was trained for.
+    pub context_length: usize,
+    /// RMSNorm epsilon.
+    pub rms_eps: f32,
+    /// RoPE base of the global-attention layers.
+    pub rope_base: f32,
+    /// RoPE base of the sliding-window layers.
+    pub rope_base_local: f32,
+    /// RoPE frequency scale (1 / linear scaling factor).
+    pub rope_freq_scale: f32,
+    /// Dimensions of each head that RoPE rotates.
+    pub rope_dims: usize,
+    /// Normal (adjacent pairs) or NeoX (halves) rotation.
+    pub rope_mode: RopeMode,
+    /// Window of the sliding-window layers, if any.
+    pub sliding_window: Option<usize>,
+    /// Every `n`th layer (the last of each group) attends globally; the
+    /// others use the sliding window. `None`: every layer is global.
+    pub global_every: Option<usize>,
+    /// Scale applied to attention scores.
+    pub attn_scale: f32,
+    /// Multiply the embeddings by `sqrt(d_model)` (Gemma).
+    pub scale_embeddings: bool,
+}
+
+impl ModelConfig {
+    /// Reads the config from GGUF metadata.
+    pub fn from_metadata(md: &Metadata) -> Result<Self> {
+        let arch = Architecture::from_name(md.get_str("general.architecture")?)?;
+        let p = arch.name();
+        let key = |k: &str| format!("{p}.{k}");
+        let u = |k: &str| md.get_u32(&key(k)).map(|v| v as usize);
+        let opt_u = |k: &str| -> Result<Option<usize>> {
+            Ok(match md.get(&key(k)) {
+                Some(_) => Some(md.get_u32(&key(k))? as usize),
+                None => None,
+            })
+        };
+        let opt_f = |k: &str| -> Result<Option<f32>> {
+            Ok(match md.get(&key(k)) {
+                Some(_) => Some(md.get_f32(&key(k))?),
+                None => None,
+            })
+        };
+        let n_layers = u("block_count")?;
+        let d_model = u("embedding_length")?;
+        let n_heads = u("attention.head_count")?;
+        let n_kv_heads = opt_u("attention.head_count_kv")?.unwrap_or(n_heads);
+        if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
+            return Err(Error::BadConfig(format!(
+                "{n_heads} query heads cannot share {n_kv_heads} key/value heads"
+            )));
+        }
+        let head_dim = match opt_u("attention.key_length")? {
+            Some(h) => h,
+            None if d_model % n_heads == 0 => d_model / n_heads,
+            None => return Err(Error::BadConfig(format!("width {d_model} is not divisible by {n_heads} heads"))),
+        };
+        let vocab_size = match opt_u("vocab_size")? {
+            Some(v) => v,
+            None => md.get_str_array("tokenizer.ggml.tokens")?.len(),
+        };
+        let rope_base = opt_f("rope.freq_base")?.unwrap_or(10_000.0);
+        let rope_freq_scale = match md.get(&key("rope.scaling.type")) {
+            Some(_) if md.get_str(&key("rope.scaling.type"))? == "linear" => {
+                1.0 / opt_f("rope.scaling.factor")?.unwrap_or(1.0)
+            }
+            _ => 1.0,
+        };
+        let gemma = arch == Architecture::Gemma3;
+        let sliding_window = opt_u("attention.sliding_window")?;
+        let cfg = Self {
+            arch,
+            n_layers,
+            d_model,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            ffn_dim: u("feed_forward_length")?,
+            vocab_size,
+            context_length: u("context_length")?,
+            rms_eps: opt_f("attention.layer_norm_rms_epsilon")?.unwrap_or(1e-5),
+            rope_base,
+            // Gemma 3's local layers keep the classic base.
+            rope_base_local: if gemma { 10_000.0 } else { rope_base },
+            rope_freq_scale,
+            rope_dims: opt_u("rope.dimension_count")?.unwrap_or(head_dim),
+            rope_mode: match arch {
+                Architecture::Llama | Architecture::Mistral => RopeMode::Normal,
+                Architecture::Qwen2 | Architecture::Gemma3 => RopeMode::Neox,
+            },
+            sliding_window,
+            global_every: if gemma && sliding_window.is_some() { Some(6) } else { None },
+            attn_scale: 1.0 / (head_dim as f32).sqrt(),
+            scale_embeddings: gemma,
+        };
+        if cfg.n_layers == 0 || cfg.d_model == 0 || cfg.head_dim == 0 || cfg.rope_dims > cfg.head_dim {
+            return Err(Error::BadConfig(format!("inconsistent shape: {cfg:?}")));
+        }
+        Ok(cfg)
+    }
+
+    /// The sliding window of layer `layer`, or `None` if it attends globally.
+    pub fn layer_window(&self, layer: usize) -> Option<usize> {
+        match self.global_every {
+            Some(n) if (layer + 1) % n == 0 => None,
+            Some(_) => self.sliding_window,
+            None => self.sliding_window,
+        }
+    }
+
+    /// RoPE base of layer `layer`.
+    pub fn layer_rope_base(&self, layer: usize) -> f32 {
+        if self.global_every.is_some() && self.layer_window(layer).is_some() {
+            self.rope_base_local
+        } else {
+            self.rope_base
+        }
+    }
+
+    /// Width of all query heads together.
+    pub fn q_dim(&self) -> usize {
+        self.n_heads * self.head_dim
+    }
+
+    /// Width of all key (or value) heads together.
+    pub fn kv_dim(&self) -> usize {
+        self.n_kv_heads * self.head_dim
+    }
+}

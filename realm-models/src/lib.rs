@@ -1,0 +1,29 @@
+//! # realm-models
+//!
+//! Transformers over Realm's backend trait ([`realm_core::backend::Backend`]):
+//! the llama family (llama, mistral, qwen2) and Gemma 3, configured from GGUF
+//! metadata, with a per-sequence KV cache, sampling and generation.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use realm_core::gguf::GgufFile;
+//! use realm_models::Model;
+//! # fn backend() -> realm_compute_cpu::CpuBackend { unimplemented!() }
+//! let file = GgufFile::open("SmolLM2-135M-Instruct.Q4_1.gguf")?;
+//! let cpu = backend();
+//! let model = Model::load(&file, &cpu)?;           // weights stay in the map
+//! let mut session = model.session(2048, 64)?;       // KV cache + scratch
+//! let logits = model.forward(&mut session, &[1, 2, 3])?;
+//! # let _ = logits; Ok(()) }
+//! ```
+#![warn(missing_docs)]
+
+pub mod config;
+mod error;
+pub mod model;
+pub mod sampling;
+
+pub use config::{Architecture, ModelConfig};
+pub use error::{Error, Result};
+pub use model::{Model, Session};
+pub use sampling::{Sampler, SamplingParams};
