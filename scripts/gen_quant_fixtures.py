@@ -11,12 +11,19 @@ mirrors ggml's reference code): `gguf.quants.dequantize` and
   quantize.json, quantize/<input>.f32, quantize/<input>.<type>
       A few f32 signals and their bytes after `gguf.quants.quantize`, for
       the types the package can quantize.
+  quantize_ggml.json, quantize/<input>.<type>   (only with --ggml-src)
+      The same signals quantized by ggml's own reference quantizers
+      (quantize_row_*_ref) for the types gguf-py cannot quantize (Q8_1 and
+      the k-quants). ggml-quants.c from the given llama.cpp checkout is
+      compiled with FP contraction off (no fused multiply-add, as ggml's
+      portable build and gguf-py compute) and called through ctypes; the
+      legacy types are checked against gguf-py on the way, as a cross-check.
   models.json
       For each tensor of the two real models: name, type, absolute byte
       offset and length of its data in the file, and the sha256 of its
       dequantized f32 (little-endian) bytes.
 
-Usage: scripts/gen_quant_fixtures.py [--models-dir DIR]
+Usage: scripts/gen_quant_fixtures.py [--models-dir DIR] [--ggml-src LLAMA_CPP_DIR]
 (default: $REALM_MODELS or ~/.cache/realm/models). The synthetic data is
 seeded, so re-running gives the same files.
 """
@@ -24,9 +31,12 @@ seeded, so re-running gives the same files.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import hashlib
 import json
 import os
+import subprocess
+import tempfile
 from pathlib import Path
 
 from importlib.metadata import version
@@ -195,6 +205,9 @@ def signals() -> dict[str, np.ndarray]:
     m[300] = -55.0
     m[512:768] = 0.0
     out["mixed"] = m.astype(np.float32)
+    # A longer heavy-tailed row (Student's t, 3 degrees of freedom), so the
+    # k-quant scale searches meet many different sub-blocks.
+    out["heavy_tailed"] = (rng.standard_t(3, 4 * n) * 0.02).astype(np.float32)
     return out
 
 
@@ -220,6 +233,78 @@ def gen_quantize() -> None:
         "generator": "scripts/gen_quant_fixtures.py",
         "reference": f"gguf {GGUF_VERSION} quants.quantize",
         "inputs": inputs,
+        "expected": expected,
+    })
+
+# Symbols ggml-quants.c refers to outside the quantizers; never reached by them.
+GGML_STUBS = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <stddef.h>
+void ggml_abort(const char * file, int line, const char * fmt, ...) {
+    fprintf(stderr, "ggml_abort at %s:%d\n", file, line);
+    abort();
+}
+size_t ggml_row_size(int type, long long ne) { (void) type; (void) ne; abort(); }
+size_t ggml_type_size(int type) { (void) type; abort(); }
+const char * ggml_type_name(int type) { (void) type; return "?"; }
+"""
+
+GGML_REF_TYPES = {
+    T.Q4_0: "q4_0", T.Q4_1: "q4_1", T.Q5_0: "q5_0", T.Q5_1: "q5_1", T.Q8_0: "q8_0",
+    T.Q8_1: "q8_1", T.Q4_K: "q4_K", T.Q5_K: "q5_K", T.Q6_K: "q6_K", T.Q8_K: "q8_K",
+}
+
+
+def build_ggml_reference(src: Path, workdir: Path) -> ctypes.CDLL:
+    stub = workdir / "stubs.c"
+    stub.write_text(GGML_STUBS)
+    lib = workdir / "libggml_quants_ref.so"
+    cmd = [
+        "cc", "-O2", "-ffp-contract=off", "-fPIC", "-shared", "-std=gnu11",
+        "-I", str(src / "ggml" / "include"), "-I", str(src / "ggml" / "src"),
+        "-o", str(lib), str(src / "ggml" / "src" / "ggml-quants.c"), str(stub), "-lm",
+    ]
+    subprocess.run(cmd, check=True)
+    return ctypes.CDLL(str(lib))
+
+
+def ggml_quantize(lib: ctypes.CDLL, t: T, x: np.ndarray) -> bytes:
+    block_size, type_size = BLOCK_SIZES[t]
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    out = ctypes.create_string_buffer(x.size // block_size * type_size)
+    fn = getattr(lib, f"quantize_row_{GGML_REF_TYPES[t]}_ref")
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+    fn.restype = None
+    fn(x.ctypes.data, out, x.size)
+    return out.raw
+
+
+def gen_quantize_ggml(src: Path) -> None:
+    expected = []
+    with tempfile.TemporaryDirectory() as tmp:
+        lib = build_ggml_reference(src, Path(tmp))
+        for name, x in signals().items():
+            for t in GGML_REF_TYPES:
+                raw = ggml_quantize(lib, t, x)
+                tn = type_name(t)
+                if t in QUANT_TYPES:
+                    # Same bytes as gguf-py, or the two references disagree.
+                    assert raw == (OUT / "quantize" / f"{name}.{tn}").read_bytes(), (name, tn)
+                    continue
+                (OUT / "quantize" / f"{name}.{tn}").write_bytes(raw)
+                expected.append({
+                    "input": name,
+                    "type": tn,
+                    "file": f"quantize/{name}.{tn}",
+                    "sha256": sha256(raw),
+                })
+    commit = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True)
+    write_json("quantize_ggml.json", {
+        "generator": "scripts/gen_quant_fixtures.py --ggml-src",
+        "reference": "ggml quantize_row_*_ref (ggml-quants.c, cc -O2 -ffp-contract=off)",
+        "ggml_source": commit.stdout.strip() if commit.returncode == 0 else "unknown",
+        "inputs": "quantize.json",
         "expected": expected,
     })
 
@@ -292,9 +377,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models-dir", type=Path, default=default_dir)
     ap.add_argument("--skip-models", action="store_true", help="leave models.json as it is")
+    ap.add_argument("--ggml-src", type=Path, help="a llama.cpp checkout: also write quantize_ggml.json")
     args = ap.parse_args()
     gen_synthetic()
     gen_quantize()
+    if args.ggml_src is not None:
+        gen_quantize_ggml(args.ggml_src)
     if not args.skip_models:
         gen_models(args.models_dir)
 

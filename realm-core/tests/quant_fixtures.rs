@@ -3,7 +3,9 @@
 //!
 //! - dequantization of random blocks of every supported type, bit for bit;
 //! - quantization of a few signals, byte for byte, for the types the package
-//!   can quantize.
+//!   can quantize, and for the others against ggml's own reference
+//!   quantizers (`quantize_row_*_ref`, compiled from ggml-quants.c by the
+//!   script when given a llama.cpp checkout).
 
 use std::path::{Path, PathBuf};
 
@@ -155,10 +157,10 @@ fn per_block_functions_match_the_row_api() {
     }
 }
 
-#[test]
-fn quantize_matches_reference_byte_for_byte() {
-    let m = manifest("quantize.json");
-    let inputs: Vec<(String, Vec<f32>)> = m["inputs"]
+/// Quantizes each input of quantize.json to each type `manifest` lists and
+/// compares with the reference bytes; returns the number of cases.
+fn check_quantize_fixtures(manifest_name: &str) -> usize {
+    let inputs: Vec<(String, Vec<f32>)> = manifest("quantize.json")["inputs"]
         .as_array()
         .expect("inputs")
         .iter()
@@ -167,6 +169,7 @@ fn quantize_matches_reference_byte_for_byte() {
             (name, f32s(&read(i["file"].as_str().unwrap())))
         })
         .collect();
+    let m = manifest(manifest_name);
     let mut checked = 0;
     for e in m["expected"].as_array().expect("expected") {
         let t = type_by_name(e["type"].as_str().unwrap());
@@ -199,5 +202,33 @@ fn quantize_matches_reference_byte_for_byte() {
         );
         checked += 1;
     }
+    checked
+}
+
+/// gguf-py's quantizers: F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0.
+#[test]
+fn quantize_matches_gguf_py_byte_for_byte() {
+    let checked = check_quantize_fixtures("quantize.json");
     assert!(checked >= 4 * 7, "only {checked} quantize fixtures");
+}
+
+/// ggml's own reference quantizers for the types gguf-py lacks: Q8_1, Q4_K,
+/// Q5_K, Q6_K, Q8_K.
+#[test]
+fn quantize_matches_ggml_reference_byte_for_byte() {
+    let checked = check_quantize_fixtures("quantize_ggml.json");
+    assert!(checked >= 4 * 5, "only {checked} quantize fixtures");
+    // Together the two fixture sets cover every quantizable type.
+    let mut covered: Vec<String> = Vec::new();
+    for name in ["quantize.json", "quantize_ggml.json"] {
+        for e in manifest(name)["expected"].as_array().unwrap() {
+            covered.push(e["type"].as_str().unwrap().to_owned());
+        }
+    }
+    for t in quant::QUANTIZE_TYPES {
+        assert!(
+            *t == GgmlType::F32 || covered.iter().any(|c| c == t.name()),
+            "no quantize fixture for {t}"
+        );
+    }
 }

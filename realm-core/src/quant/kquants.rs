@@ -26,15 +26,21 @@ pub fn scale_min_k4(j: usize, scales: &[u8; 12]) -> (u8, u8) {
 pub fn dequantize_block_q2_k(block: &BlockQ2K, out: &mut [f32; QK_K]) {
     let d = block.d.to_f32();
     let dmin = block.dmin.to_f32();
-    // Element `128 h + 32 s + l` is bits `2 s` of byte `32 h + l`; sub-block
-    // `i` covers elements `16 i .. 16 i + 16`.
-    for (i, (chunk, &sc)) in out.chunks_exact_mut(16).zip(&block.scales).enumerate() {
+    // Element `128 h + 32 j + l` is bits `2 j` of byte `32 h + l`. The levels
+    // go in first, then each 16-element sub-block is scaled in place.
+    for (out128, qs) in out.chunks_exact_mut(128).zip(block.qs.chunks_exact(32)) {
+        for (j, out32) in out128.chunks_exact_mut(32).enumerate() {
+            let shift = 2 * j;
+            for (o, &q) in out32.iter_mut().zip(qs) {
+                *o = f32::from((q >> shift) & 3);
+            }
+        }
+    }
+    for (chunk, &sc) in out.chunks_exact_mut(16).zip(&block.scales) {
         let dl = d * f32::from(sc & 0x0f);
         let ml = dmin * f32::from(sc >> 4);
-        let shift = 2 * ((i / 2) % 4);
-        let start = 32 * (i / 8) + 16 * (i % 2);
-        for (o, &q) in chunk.iter_mut().zip(&block.qs[start..start + 16]) {
-            *o = dl * f32::from((q >> shift) & 3) - ml;
+        for o in chunk {
+            *o = dl * *o - ml;
         }
     }
 }
@@ -54,19 +60,27 @@ fn q3_k_scales(packed: &[u8; 12]) -> [i8; 16] {
 /// where `h` is the element's bit in `hmask`.
 pub fn dequantize_block_q3_k(block: &BlockQ3K, out: &mut [f32; QK_K]) {
     let d = block.d.to_f32();
-    let scales = q3_k_scales(&block.scales);
-    for (i, (chunk, &sc)) in out.chunks_exact_mut(16).zip(&scales).enumerate() {
+    // Element `128 h + 32 j + l` takes bits `2 j` of byte `32 h + l` of `qs`
+    // and bit `4 h + j` of byte `l` of `hmask`. Levels first, then scales.
+    for (h, (out128, qs)) in out
+        .chunks_exact_mut(128)
+        .zip(block.qs.chunks_exact(32))
+        .enumerate()
+    {
+        for (j, out32) in out128.chunks_exact_mut(32).enumerate() {
+            let shift = 2 * j;
+            let hbit = 4 * h + j;
+            for ((o, &q), &m) in out32.iter_mut().zip(qs).zip(&block.hmask) {
+                let low = i32::from((q >> shift) & 3);
+                let high = i32::from((m >> hbit) & 1);
+                *o = (low - 4 + 4 * high) as f32;
+            }
+        }
+    }
+    for (chunk, &sc) in out.chunks_exact_mut(16).zip(&q3_k_scales(&block.scales)) {
         let dl = d * f32::from(sc);
-        let group = i / 2; // 32-element group: 0..8
-        let shift = 2 * (group % 4);
-        let hbit = group; // bit of hmask
-        let start = 16 * (i % 2);
-        let qs = &block.qs[32 * (group / 4) + start..32 * (group / 4) + start + 16];
-        let hm = &block.hmask[start..start + 16];
-        for ((o, &q), &h) in chunk.iter_mut().zip(qs).zip(hm) {
-            let low = i32::from((q >> shift) & 3);
-            let sub = if (h >> hbit) & 1 == 0 { 4 } else { 0 };
-            *o = dl * (low - sub) as f32;
+        for o in chunk {
+            *o *= dl;
         }
     }
 }
