@@ -1,4 +1,333 @@
 //! The ggml quantization formats: block layouts, dequantization to f32 and
 //! quantization from f32.
+//!
+//! - [`dequantize`] / [`dequantize_row_to_vec`] turn the bytes of any type in
+//!   [`DEQUANTIZE_TYPES`] into f32, bit for bit as ggml (and the `gguf` Python
+//!   package) compute them.
+//! - [`quantize`] / [`quantize_row_to_vec`] turn f32 into the bytes of any type
+//!   in [`QUANTIZE_TYPES`], following ggml's reference quantizers (no importance
+//!   matrix), so a file written here matches one written by ggml.
+//! - [`can_dequantize`] and [`can_quantize`] say up front whether a type is
+//!   supported, so nothing fails late at decode time.
+//! - The per-block functions (`dequantize_block_*`, `quantize_block_*`) work on
+//!   the layouts of [`blocks`] for callers that walk blocks themselves.
+//!
+//! Byte slices may have any alignment: blocks are viewed in place when the
+//! bytes are aligned for them and read one by one otherwise. Lengths are
+//! checked before anything is written, and no input makes these functions
+//! panic. Multi-byte fields are little-endian, as in GGUF files.
+//!
+//! ```
+//! use realm_core::{quant, GgmlType};
+//! let x: Vec<f32> = (0..64).map(|i| (i as f32 * 0.3).sin()).collect();
+//! let bytes = quant::quantize_row_to_vec(GgmlType::Q8_0, &x)?;
+//! assert_eq!(bytes.len(), 68);
+//! let y = quant::dequantize_row_to_vec(GgmlType::Q8_0, &bytes)?;
+//! assert!(x.iter().zip(&y).all(|(a, b)| (a - b).abs() < 0.01));
+//! # Ok::<(), realm_core::Error>(())
+//! ```
 
 pub mod blocks;
+mod float;
+mod iq4;
+mod kquantize;
+mod kquants;
+mod legacy;
+
+use bytemuck::Pod;
+
+use crate::{Error, GgmlType, Result};
+use blocks::{QK, QK_K};
+
+pub use iq4::{dequantize_block_iq4_nl, dequantize_block_iq4_xs};
+pub use kquantize::{
+    quantize_block_q4_k, quantize_block_q5_k, quantize_block_q6_k, quantize_block_q8_k,
+};
+pub use kquants::{
+    dequantize_block_q2_k, dequantize_block_q3_k, dequantize_block_q4_k, dequantize_block_q5_k,
+    dequantize_block_q6_k, dequantize_block_q8_k, scale_min_k4,
+};
+pub use legacy::{
+    dequantize_block_q4_0, dequantize_block_q4_1, dequantize_block_q5_0, dequantize_block_q5_1,
+    dequantize_block_q8_0, dequantize_block_q8_1, quantize_block_q4_0, quantize_block_q4_1,
+    quantize_block_q5_0, quantize_block_q5_1, quantize_block_q8_0, quantize_block_q8_1,
+};
+
+/// The types [`dequantize`] supports, in id order.
+pub const DEQUANTIZE_TYPES: &[GgmlType] = &[
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::Q8_1,
+    GgmlType::Q2_K,
+    GgmlType::Q3_K,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+    GgmlType::Q8_K,
+    GgmlType::IQ4_NL,
+    GgmlType::IQ4_XS,
+    GgmlType::BF16,
+];
+
+/// The types [`quantize`] supports, in id order.
+pub const QUANTIZE_TYPES: &[GgmlType] = &[
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::Q8_1,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+    GgmlType::Q8_K,
+    GgmlType::BF16,
+];
+
+/// True if [`dequantize`] supports `t`.
+pub fn can_dequantize(t: GgmlType) -> bool {
+    DEQUANTIZE_TYPES.contains(&t)
+}
+
+/// True if [`quantize`] supports `t`.
+pub fn can_quantize(t: GgmlType) -> bool {
+    QUANTIZE_TYPES.contains(&t)
+}
+
+/// The byte length `n_elements` elements of `dtype` take, or a
+/// [`Error::SizeMismatch`] when `n_elements` is not a whole number of blocks.
+fn byte_len(dtype: GgmlType, n_elements: usize, what: &str) -> Result<usize> {
+    let bs = dtype.block_size();
+    if n_elements % bs != 0 {
+        return Err(Error::SizeMismatch {
+            what: format!("{what}: {n_elements} elements of {dtype} (blocks of {bs})"),
+            expected: n_elements
+                .checked_next_multiple_of(bs)
+                .unwrap_or(usize::MAX),
+            got: n_elements,
+        });
+    }
+    (n_elements / bs)
+        .checked_mul(dtype.type_size())
+        .ok_or_else(|| Error::SizeMismatch {
+            what: format!("{what}: byte length of {n_elements} elements of {dtype} overflows"),
+            expected: usize::MAX,
+            got: n_elements,
+        })
+}
+
+/// The number of elements `n_bytes` bytes of `dtype` hold, or a
+/// [`Error::SizeMismatch`] when they are not a whole number of blocks.
+fn element_count(dtype: GgmlType, n_bytes: usize, what: &str) -> Result<usize> {
+    let ts = dtype.type_size();
+    if n_bytes % ts != 0 {
+        return Err(Error::SizeMismatch {
+            what: format!("{what}: {n_bytes} bytes of {dtype} (blocks of {ts} bytes)"),
+            expected: n_bytes - n_bytes % ts,
+            got: n_bytes,
+        });
+    }
+    (n_bytes / ts)
+        .checked_mul(dtype.block_size())
+        .ok_or_else(|| Error::SizeMismatch {
+            what: format!("{what}: element count of {n_bytes} bytes of {dtype} overflows"),
+            expected: usize::MAX,
+            got: n_bytes,
+        })
+}
+
+/// An error for a block that could not be read (never expected once the
+/// lengths have been checked).
+fn block_error(dtype: GgmlType, expected: usize, got: usize) -> Error {
+    Error::SizeMismatch {
+        what: format!("{dtype} block"),
+        expected,
+        got,
+    }
+}
+
+/// Runs `f` on every block of `src` and the matching `N` outputs of `dst`.
+/// The caller has checked that both hold the same whole number of blocks.
+fn dequantize_blocks<B: Pod, const N: usize>(
+    dtype: GgmlType,
+    src: &[u8],
+    dst: &mut [f32],
+    f: impl Fn(&B, &mut [f32; N]),
+) -> Result<()> {
+    let size = std::mem::size_of::<B>();
+    let outs = dst.chunks_exact_mut(N);
+    match bytemuck::try_cast_slice::<u8, B>(src) {
+        Ok(blocks) => {
+            for (block, out) in blocks.iter().zip(outs) {
+                let out = <&mut [f32; N]>::try_from(out).map_err(|_| block_error(dtype, N, 0))?;
+                f(block, out);
+            }
+        }
+        Err(_) => {
+            for (bytes, out) in src.chunks_exact(size).zip(outs) {
+                let block: B = bytemuck::try_pod_read_unaligned(bytes)
+                    .map_err(|_| block_error(dtype, size, bytes.len()))?;
+                let out = <&mut [f32; N]>::try_from(out).map_err(|_| block_error(dtype, N, 0))?;
+                f(&block, out);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Dequantizes `src`, the bytes of `dst.len()` elements of `dtype`, into `dst`.
+///
+/// # Errors
+///
+/// [`Error::UnsupportedType`] if `dtype` is not in [`DEQUANTIZE_TYPES`];
+/// [`Error::SizeMismatch`] if `dst.len()` is not a whole number of blocks or
+/// `src.len()` is not exactly the bytes those blocks take. Nothing is written
+/// to `dst` on error.
+pub fn dequantize(dtype: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<()> {
+    if !can_dequantize(dtype) {
+        return Err(Error::UnsupportedType {
+            op: "dequantize",
+            dtype,
+        });
+    }
+    let expected = byte_len(dtype, dst.len(), "dequantize output")?;
+    if src.len() != expected {
+        return Err(Error::SizeMismatch {
+            what: format!("dequantize: bytes of {} {dtype} elements", dst.len()),
+            expected,
+            got: src.len(),
+        });
+    }
+    match dtype {
+        GgmlType::F32 => float::f32_to_f32(src, dst),
+        GgmlType::F16 => float::f16_to_f32(src, dst),
+        GgmlType::BF16 => float::bf16_to_f32(src, dst),
+        GgmlType::Q4_0 => dequantize_blocks::<_, QK>(dtype, src, dst, dequantize_block_q4_0)?,
+        GgmlType::Q4_1 => dequantize_blocks::<_, QK>(dtype, src, dst, dequantize_block_q4_1)?,
+        GgmlType::Q5_0 => dequantize_blocks::<_, QK>(dtype, src, dst, dequantize_block_q5_0)?,
+        GgmlType::Q5_1 => dequantize_blocks::<_, QK>(dtype, src, dst, dequantize_block_q5_1)?,
+        GgmlType::Q8_0 => dequantize_blocks::<_, QK>(dtype, src, dst, dequantize_block_q8_0)?,
+        GgmlType::Q8_1 => dequantize_blocks::<_, QK>(dtype, src, dst, dequantize_block_q8_1)?,
+        GgmlType::Q2_K => dequantize_blocks::<_, QK_K>(dtype, src, dst, dequantize_block_q2_k)?,
+        GgmlType::Q3_K => dequantize_blocks::<_, QK_K>(dtype, src, dst, dequantize_block_q3_k)?,
+        GgmlType::Q4_K => dequantize_blocks::<_, QK_K>(dtype, src, dst, dequantize_block_q4_k)?,
+        GgmlType::Q5_K => dequantize_blocks::<_, QK_K>(dtype, src, dst, dequantize_block_q5_k)?,
+        GgmlType::Q6_K => dequantize_blocks::<_, QK_K>(dtype, src, dst, dequantize_block_q6_k)?,
+        GgmlType::Q8_K => dequantize_blocks::<_, QK_K>(dtype, src, dst, dequantize_block_q8_k)?,
+        GgmlType::IQ4_NL => dequantize_blocks::<_, QK>(dtype, src, dst, dequantize_block_iq4_nl)?,
+        GgmlType::IQ4_XS => dequantize_blocks::<_, QK_K>(dtype, src, dst, dequantize_block_iq4_xs)?,
+        _ => {
+            return Err(Error::UnsupportedType {
+                op: "dequantize",
+                dtype,
+            })
+        }
+    }
+    Ok(())
+}
+
+/// Dequantizes `src`, a whole number of `dtype` blocks, into a new vector.
+///
+/// # Errors
+///
+/// As [`dequantize`]; [`Error::SizeMismatch`] if `src.len()` is not a
+/// multiple of the block's byte size.
+pub fn dequantize_row_to_vec(dtype: GgmlType, src: &[u8]) -> Result<Vec<f32>> {
+    if !can_dequantize(dtype) {
+        return Err(Error::UnsupportedType {
+            op: "dequantize",
+            dtype,
+        });
+    }
+    let n = element_count(dtype, src.len(), "dequantize input")?;
+    let mut out = vec![0.0f32; n];
+    dequantize(dtype, src, &mut out)?;
+    Ok(out)
+}
+
+/// Runs `f` on every `N` inputs of `src` and writes each block it returns to
+/// the matching bytes of `dst`. The caller has checked the lengths.
+fn quantize_blocks<B: Pod, const N: usize>(
+    dtype: GgmlType,
+    src: &[f32],
+    dst: &mut [u8],
+    f: impl Fn(&[f32; N]) -> B,
+) -> Result<()> {
+    let size = std::mem::size_of::<B>();
+    for (x, out) in src.chunks_exact(N).zip(dst.chunks_exact_mut(size)) {
+        let x = <&[f32; N]>::try_from(x).map_err(|_| block_error(dtype, N, x.len()))?;
+        out.copy_from_slice(bytemuck::bytes_of(&f(x)));
+    }
+    Ok(())
+}
+
+/// Quantizes `src` to `dtype`, writing exactly the bytes of `src.len()`
+/// elements to `dst`.
+///
+/// # Errors
+///
+/// [`Error::UnsupportedType`] if `dtype` is not in [`QUANTIZE_TYPES`];
+/// [`Error::SizeMismatch`] if `src.len()` is not a whole number of blocks or
+/// `dst.len()` is not exactly the bytes they take.
+pub fn quantize(dtype: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<()> {
+    if !can_quantize(dtype) {
+        return Err(Error::UnsupportedType {
+            op: "quantize",
+            dtype,
+        });
+    }
+    let expected = byte_len(dtype, src.len(), "quantize input")?;
+    if dst.len() != expected {
+        return Err(Error::SizeMismatch {
+            what: format!("quantize: bytes of {} {dtype} elements", src.len()),
+            expected,
+            got: dst.len(),
+        });
+    }
+    match dtype {
+        GgmlType::F32 => float::f32_from_f32(src, dst),
+        GgmlType::F16 => float::f16_from_f32(src, dst),
+        GgmlType::BF16 => float::bf16_from_f32(src, dst),
+        GgmlType::Q4_0 => quantize_blocks::<_, QK>(dtype, src, dst, quantize_block_q4_0)?,
+        GgmlType::Q4_1 => quantize_blocks::<_, QK>(dtype, src, dst, quantize_block_q4_1)?,
+        GgmlType::Q5_0 => quantize_blocks::<_, QK>(dtype, src, dst, quantize_block_q5_0)?,
+        GgmlType::Q5_1 => quantize_blocks::<_, QK>(dtype, src, dst, quantize_block_q5_1)?,
+        GgmlType::Q8_0 => quantize_blocks::<_, QK>(dtype, src, dst, quantize_block_q8_0)?,
+        GgmlType::Q8_1 => quantize_blocks::<_, QK>(dtype, src, dst, quantize_block_q8_1)?,
+        GgmlType::Q4_K => quantize_blocks::<_, QK_K>(dtype, src, dst, quantize_block_q4_k)?,
+        GgmlType::Q5_K => quantize_blocks::<_, QK_K>(dtype, src, dst, quantize_block_q5_k)?,
+        GgmlType::Q6_K => quantize_blocks::<_, QK_K>(dtype, src, dst, quantize_block_q6_k)?,
+        GgmlType::Q8_K => quantize_blocks::<_, QK_K>(dtype, src, dst, quantize_block_q8_k)?,
+        _ => {
+            return Err(Error::UnsupportedType {
+                op: "quantize",
+                dtype,
+            })
+        }
+    }
+    Ok(())
+}
+
+/// Quantizes `src`, a whole number of `dtype` blocks, into a new byte vector.
+///
+/// # Errors
+///
+/// As [`quantize`].
+pub fn quantize_row_to_vec(dtype: GgmlType, src: &[f32]) -> Result<Vec<u8>> {
+    if !can_quantize(dtype) {
+        return Err(Error::UnsupportedType {
+            op: "quantize",
+            dtype,
+        });
+    }
+    let mut out = vec![0u8; byte_len(dtype, src.len(), "quantize input")?];
+    quantize(dtype, src, &mut out)?;
+    Ok(out)
+}

@@ -1,0 +1,380 @@
+//! Quantization to Q4_K, Q5_K, Q6_K and Q8_K, following ggml's reference
+//! quantizers (`quantize_row_*_ref`, no importance matrix).
+//!
+//! Q4_K and Q5_K pick each 32-element sub-block's scale and minimum with a
+//! small search over candidate scales that minimises a weighted squared error
+//! (ggml's `make_qkx2_quants`); Q6_K picks each 16-element sub-block's scale
+//! with a search that maximises the weighted correlation (`make_qx_quants`).
+//! The arithmetic is done in f32 in the reference's order, so the bytes match.
+
+use half::f16;
+
+use super::blocks::{BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, K_SCALE_SIZE, QK_K};
+use super::kquants::scale_min_k4;
+
+/// Below this a group's largest magnitude counts as zero.
+const GROUP_MAX_EPS: f32 = 1e-15;
+
+/// Round to nearest, ties to even (ggml's `nearest_int` for in-range values),
+/// saturating outside the i32 range.
+fn nearest_int(x: f32) -> i32 {
+    x.round_ties_even() as i32
+}
+
+/// Parameters of the scale search in [`make_qkx2_quants`].
+struct Search {
+    nmax: i32,
+    rmin: f32,
+    rdelta: f32,
+    nstep: i32,
+}
+
+/// Quantizes `x` to levels `0..=nmax` as `scale * l - min` (min >= 0), searching
+/// for the weighted least-squares scale. Writes the levels to `levels` and
+/// returns `(scale, min)`.
+fn make_qkx2_quants(
+    x: &[f32; 32],
+    weights: &[f32; 32],
+    p: &Search,
+    levels: &mut [u8; 32],
+) -> (f32, f32) {
+    let mut min = x[0];
+    let mut max = x[0];
+    let mut sum_w = weights[0];
+    let mut sum_x = sum_w * x[0];
+    for (&xi, &w) in x.iter().zip(weights).skip(1) {
+        if xi < min {
+            min = xi;
+        }
+        if xi > max {
+            max = xi;
+        }
+        sum_w += w;
+        sum_x += w * xi;
+    }
+    if min > 0.0 {
+        min = 0.0;
+    }
+    if max == min {
+        *levels = [0; 32];
+        return (0.0, -min);
+    }
+    let nmax = p.nmax as f32;
+    let mut iscale = nmax / (max - min);
+    let mut scale = 1.0 / iscale;
+    let mut best_error = 0.0f32;
+    for ((l, &xi), &w) in levels.iter_mut().zip(x).zip(weights) {
+        *l = nearest_int(iscale * (xi - min)).clamp(0, p.nmax) as u8;
+        let diff = scale * f32::from(*l) + min - xi;
+        best_error += w * (diff * diff);
+    }
+    let mut aux = [0u8; 32];
+    for is in 0..=p.nstep {
+        iscale = (p.rmin + p.rdelta * is as f32 + nmax) / (max - min);
+        let (mut sum_l, mut sum_l2, mut sum_xl) = (0.0f32, 0.0f32, 0.0f32);
+        for ((a, &xi), &w) in aux.iter_mut().zip(x).zip(weights) {
+            let l = nearest_int(iscale * (xi - min)).clamp(0, p.nmax);
+            *a = l as u8;
+            let lf = l as f32;
+            sum_l += w * lf;
+            sum_l2 += w * lf * lf;
+            sum_xl += w * lf * xi;
+        }
+        let det = sum_w * sum_l2 - sum_l * sum_l;
+        if det > 0.0 {
+            let mut this_scale = (sum_w * sum_xl - sum_x * sum_l) / det;
+            let mut this_min = (sum_l2 * sum_x - sum_l * sum_xl) / det;
+            if this_min > 0.0 {
+                this_min = 0.0;
+                this_scale = sum_xl / sum_l2;
+            }
+            let mut cur_error = 0.0f32;
+            for ((&a, &xi), &w) in aux.iter().zip(x).zip(weights) {
+                let diff = this_scale * f32::from(a) + this_min - xi;
+                cur_error += w * (diff * diff);
+            }
+            if cur_error < best_error {
+                *levels = aux;
+                best_error = cur_error;
+                scale = this_scale;
+                min = this_min;
+            }
+        }
+    }
+    (scale, -min)
+}
+
+/// Quantizes 16 values to levels `0..2 nmax` standing for `scale * (l - nmax)`,
+/// weighting by `x^2`. Writes the levels and returns the scale.
+fn make_qx_quants(x: &[f32; 16], nmax: i32, levels: &mut [u8; 16]) -> f32 {
+    let mut amax = 0.0f32;
+    let mut max = 0.0f32;
+    for &xi in x {
+        if xi.abs() > amax {
+            amax = xi.abs();
+            max = xi;
+        }
+    }
+    if amax < GROUP_MAX_EPS {
+        *levels = [0; 16];
+        return 0.0;
+    }
+    let level = |iscale: f32, xi: f32| nearest_int(iscale * xi).clamp(-nmax, nmax - 1);
+    let sums = |iscale: f32| {
+        let (mut sumlx, mut suml2) = (0.0f32, 0.0f32);
+        for &xi in x {
+            let l = level(iscale, xi) as f32;
+            let w = xi * xi;
+            sumlx += w * xi * l;
+            suml2 += w * l * l;
+        }
+        (sumlx, suml2)
+    };
+    let fill = |iscale: f32, levels: &mut [u8; 16]| {
+        for (out, &xi) in levels.iter_mut().zip(x) {
+            *out = (level(iscale, xi) + nmax) as u8;
+        }
+    };
+    let iscale = -(nmax as f32) / max;
+    fill(iscale, levels);
+    let (sumlx, suml2) = sums(iscale);
+    let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
+    let mut best = scale * sumlx;
+    for is in (-9..=9).filter(|&is| is != 0) {
+        let iscale = -(nmax as f32 + 0.1 * is as f32) / max;
+        let (sumlx, suml2) = sums(iscale);
+        if suml2 > 0.0 && sumlx * sumlx > best * suml2 {
+            fill(iscale, levels);
+            scale = sumlx / suml2;
+            best = scale * sumlx;
+        }
+    }
+    scale
+}
+
+/// The shared part of Q4_K and Q5_K: per-sub-block scales and minimums packed
+/// to 6 bits, the two f16 super-scales, and every element's level.
+fn quantize_k4_scales(x: &[f32; QK_K], p: &Search) -> (f16, f16, [u8; K_SCALE_SIZE], [u8; QK_K]) {
+    let mut levels = [0u8; QK_K];
+    let mut scales = [0.0f32; 8];
+    let mut mins = [0.0f32; 8];
+    let mut max_scale = 0.0f32;
+    let mut max_min = 0.0f32;
+    for (j, (xs, ls)) in x
+        .chunks_exact(32)
+        .zip(levels.chunks_exact_mut(32))
+        .enumerate()
+    {
+        let (Ok(xs), Ok(ls)) = (<&[f32; 32]>::try_from(xs), <&mut [u8; 32]>::try_from(ls)) else {
+            continue;
+        };
+        let mut sum_x2 = 0.0f32;
+        for &v in xs {
+            sum_x2 += v * v;
+        }
+        let av_x = (sum_x2 / 32.0).sqrt();
+        let weights = xs.map(|v| av_x + v.abs());
+        let (scale, min) = make_qkx2_quants(xs, &weights, p, ls);
+        scales[j] = scale;
+        mins[j] = min;
+        if scale > max_scale {
+            max_scale = scale;
+        }
+        if min > max_min {
+            max_min = min;
+        }
+    }
+
+    let inv_scale = if max_scale > 0.0 {
+        63.0 / max_scale
+    } else {
+        0.0
+    };
+    let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
+    let mut packed = [0u8; K_SCALE_SIZE];
+    for (j, (&scale, &min)) in scales.iter().zip(&mins).enumerate() {
+        // The reference stores these in a byte before clamping: wrap, then clamp.
+        let ls = (nearest_int(inv_scale * scale) as u8).min(63);
+        let lm = (nearest_int(inv_min * min) as u8).min(63);
+        if j < 4 {
+            packed[j] = ls;
+            packed[j + 4] = lm;
+        } else {
+            packed[j + 4] = (ls & 0x0f) | ((lm & 0x0f) << 4);
+            packed[j - 4] |= (ls >> 4) << 6;
+            packed[j] |= (lm >> 4) << 6;
+        }
+    }
+    let d = f16::from_f32(max_scale / 63.0);
+    let dmin = f16::from_f32(max_min / 63.0);
+
+    for (j, (xs, ls)) in x
+        .chunks_exact(32)
+        .zip(levels.chunks_exact_mut(32))
+        .enumerate()
+    {
+        let (sc, m) = scale_min_k4(j, &packed);
+        let dl = d.to_f32() * f32::from(sc);
+        if dl == 0.0 {
+            continue;
+        }
+        let dm = dmin.to_f32() * f32::from(m);
+        for (l, &v) in ls.iter_mut().zip(xs) {
+            *l = nearest_int((v + dm) / dl).clamp(0, p.nmax) as u8;
+        }
+    }
+    (d, dmin, packed, levels)
+}
+
+/// Quantizes 256 values to Q4_K.
+pub fn quantize_block_q4_k(x: &[f32; QK_K]) -> BlockQ4K {
+    let search = Search {
+        nmax: 15,
+        rmin: -1.0,
+        rdelta: 0.1,
+        nstep: 20,
+    };
+    let (d, dmin, scales, levels) = quantize_k4_scales(x, &search);
+    let mut qs = [0u8; QK_K / 2];
+    for (q, l) in qs.chunks_exact_mut(32).zip(levels.chunks_exact(64)) {
+        let (lo, hi) = l.split_at(32);
+        for ((out, &a), &b) in q.iter_mut().zip(lo).zip(hi) {
+            *out = a | (b << 4);
+        }
+    }
+    BlockQ4K {
+        d,
+        dmin,
+        scales,
+        qs,
+    }
+}
+
+/// Quantizes 256 values to Q5_K.
+pub fn quantize_block_q5_k(x: &[f32; QK_K]) -> BlockQ5K {
+    let search = Search {
+        nmax: 31,
+        rmin: -0.5,
+        rdelta: 0.1,
+        nstep: 15,
+    };
+    let (d, dmin, scales, levels) = quantize_k4_scales(x, &search);
+    let mut qs = [0u8; QK_K / 2];
+    let mut qh = [0u8; QK_K / 8];
+    for (c, (q, l)) in qs
+        .chunks_exact_mut(32)
+        .zip(levels.chunks_exact(64))
+        .enumerate()
+    {
+        let (lo, hi) = l.split_at(32);
+        for (((out, h), &a), &b) in q.iter_mut().zip(qh.iter_mut()).zip(lo).zip(hi) {
+            *out = (a & 0x0f) | ((b & 0x0f) << 4);
+            *h |= ((a >> 4) & 1) << (2 * c);
+            *h |= ((b >> 4) & 1) << (2 * c + 1);
+        }
+    }
+    BlockQ5K {
+        d,
+        dmin,
+        scales,
+        qh,
+        qs,
+    }
+}
+
+/// Quantizes 256 values to Q6_K.
+pub fn quantize_block_q6_k(x: &[f32; QK_K]) -> BlockQ6K {
+    let mut levels = [0u8; QK_K];
+    let mut sub_scales = [0.0f32; QK_K / 16];
+    let mut max_scale = 0.0f32;
+    let mut max_abs_scale = 0.0f32;
+    for ((xs, ls), s) in x
+        .chunks_exact(16)
+        .zip(levels.chunks_exact_mut(16))
+        .zip(sub_scales.iter_mut())
+    {
+        let (Ok(xs), Ok(ls)) = (<&[f32; 16]>::try_from(xs), <&mut [u8; 16]>::try_from(ls)) else {
+            continue;
+        };
+        *s = make_qx_quants(xs, 32, ls);
+        if s.abs() > max_abs_scale {
+            max_abs_scale = s.abs();
+            max_scale = *s;
+        }
+    }
+    if max_abs_scale < GROUP_MAX_EPS {
+        return BlockQ6K {
+            ql: [0; QK_K / 2],
+            qh: [0; QK_K / 4],
+            scales: [0; QK_K / 16],
+            d: f16::ZERO,
+        };
+    }
+
+    let iscale = -128.0 / max_scale;
+    let d = f16::from_f32(1.0 / iscale);
+    let scales = sub_scales.map(|s| nearest_int(iscale * s).clamp(-128, 127) as i8);
+    for ((xs, ls), &sc) in x
+        .chunks_exact(16)
+        .zip(levels.chunks_exact_mut(16))
+        .zip(&scales)
+    {
+        let dl = d.to_f32() * f32::from(sc);
+        if dl == 0.0 {
+            continue;
+        }
+        for (l, &v) in ls.iter_mut().zip(xs) {
+            *l = (nearest_int(v / dl).clamp(-32, 31) + 32) as u8;
+        }
+    }
+
+    let mut ql = [0u8; QK_K / 2];
+    let mut qh = [0u8; QK_K / 4];
+    for ((ql, qh), l) in ql
+        .chunks_exact_mut(64)
+        .zip(qh.chunks_exact_mut(32))
+        .zip(levels.chunks_exact(128))
+    {
+        let (l01, l23) = l.split_at(64);
+        let (l0, l1) = l01.split_at(32);
+        let (l2, l3) = l23.split_at(32);
+        let (ql_a, ql_b) = ql.split_at_mut(32);
+        for (i, h) in qh.iter_mut().enumerate() {
+            let (a, b, c, e) = (l0[i], l1[i], l2[i], l3[i]);
+            ql_a[i] = (a & 0x0f) | ((c & 0x0f) << 4);
+            ql_b[i] = (b & 0x0f) | ((e & 0x0f) << 4);
+            *h = (a >> 4) | ((b >> 4) << 2) | ((c >> 4) << 4) | ((e >> 4) << 6);
+        }
+    }
+    BlockQ6K { ql, qh, scales, d }
+}
+
+/// Quantizes 256 values to Q8_K (f32 scale, per-16 sums of the quants).
+pub fn quantize_block_q8_k(x: &[f32; QK_K]) -> BlockQ8K {
+    let mut amax = 0.0f32;
+    let mut max = 0.0f32;
+    for &v in x {
+        if v.abs() > amax {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    if amax == 0.0 {
+        return BlockQ8K {
+            d: 0.0,
+            qs: [0; QK_K],
+            bsums: [0; QK_K / 16],
+        };
+    }
+    let iscale = -127.0 / max;
+    let qs = x.map(|v| nearest_int(iscale * v).clamp(-128, 127) as i8);
+    let mut bsums = [0i16; QK_K / 16];
+    for (s, q) in bsums.iter_mut().zip(qs.chunks_exact(16)) {
+        *s = q.iter().map(|&v| i16::from(v)).sum();
+    }
+    BlockQ8K {
+        d: 1.0 / iscale,
+        qs,
+        bsums,
+    }
+}

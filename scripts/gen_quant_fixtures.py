@@ -1,0 +1,391 @@
+#!/usr/bin/env python3
+"""Generate the golden fixtures of realm-core's quantization tests.
+
+Every expected value comes from the `gguf` Python package (gguf-py, which
+mirrors ggml's reference code): `gguf.quants.dequantize` and
+`gguf.quants.quantize`. Output goes to realm-core/tests/fixtures/quant/:
+
+  synthetic.json, synthetic/<type>.q, synthetic/<type>.f32
+      Random blocks of every dequantizable type (random quant bytes, sane
+      scales) and their dequantized f32 (little-endian), with its sha256.
+  quantize.json, quantize/<input>.f32, quantize/<input>.<type>
+      A few f32 signals and their bytes after `gguf.quants.quantize`, for
+      the types the package can quantize.
+  quantize_ggml.json, quantize/<input>.<type>   (only with --ggml-src)
+      The same signals quantized by ggml's own reference quantizers
+      (quantize_row_*_ref) for the types gguf-py cannot quantize (Q8_1 and
+      the k-quants). ggml-quants.c from the given llama.cpp checkout is
+      compiled with FP contraction off (no fused multiply-add, as ggml's
+      portable build and gguf-py compute) and called through ctypes; the
+      legacy types are checked against gguf-py on the way, as a cross-check.
+  models.json
+      For each tensor of the two real models: name, type, absolute byte
+      offset and length of its data in the file, and the sha256 of its
+      dequantized f32 (little-endian) bytes.
+
+Usage: scripts/gen_quant_fixtures.py [--models-dir DIR] [--ggml-src LLAMA_CPP_DIR]
+(default: $REALM_MODELS or ~/.cache/realm/models). The synthetic data is
+seeded, so re-running gives the same files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import hashlib
+import json
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+from importlib.metadata import version
+
+import numpy as np
+
+import gguf
+from gguf import GGMLQuantizationType as T
+from gguf.constants import GGML_QUANT_SIZES
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "realm-core" / "tests" / "fixtures" / "quant"
+
+GGUF_VERSION = version("gguf")
+
+MODELS = ["SmolLM2-135M-Instruct.Q4_1.gguf", "gemma-3-270m-q4_k_m.gguf"]
+
+# Elements per synthetic tensor: 32 legacy blocks or 4 super-blocks.
+N_ELEMENTS = 1024
+
+# Elements and bytes per block. gguf-py still lists Q8_1 with the f32 d and s
+# of old ggml (40 bytes); ggml's block_q8_1 now holds two f16s (36 bytes).
+BLOCK_SIZES = {**GGML_QUANT_SIZES, T.Q8_1: (32, 36)}
+
+# Byte offsets of the f16 scale fields in each block layout (ggml's structs).
+F16_SCALE_FIELDS = {
+    T.Q4_0: [0],
+    T.Q4_1: [0, 2],
+    T.Q5_0: [0],
+    T.Q5_1: [0, 2],
+    T.Q8_0: [0],
+    T.Q8_1: [0, 2],
+    T.Q2_K: [80, 82],
+    T.Q3_K: [108],
+    T.Q4_K: [0, 2],
+    T.Q5_K: [0, 2],
+    T.Q6_K: [208],
+    T.IQ4_NL: [0],
+    T.IQ4_XS: [0],
+}
+
+DEQUANT_TYPES = [
+    T.F32, T.F16, T.BF16, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q8_1,
+    T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.Q8_K, T.IQ4_NL, T.IQ4_XS,
+]
+
+QUANT_TYPES = [T.F16, T.BF16, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0]
+
+
+def type_name(t: T) -> str:
+    # ggml's spelling, as realm's GgmlType::name() gives it ("q4_K", "bf16").
+    return t.name.lower().replace("_k", "_K")
+
+
+def sha256(b: bytes) -> str:
+    return hashlib.sha256(b).hexdigest()
+
+
+def sane_scales(rng: np.random.Generator, n: int) -> np.ndarray:
+    """f16 scales: random sign and magnitude 1e-4..1, with a few zeros and
+    subnormals mixed in (never NaN or infinity)."""
+    mag = 10.0 ** rng.uniform(-4, 0, n)
+    s = (np.where(rng.random(n) < 0.5, -1.0, 1.0) * mag).astype(np.float16)
+    if n >= 4:
+        s[0] = np.float16(0.0)
+        s[1] = np.frombuffer(np.uint16(0x0003).tobytes(), np.float16)[0]  # subnormal
+    return s
+
+
+def synthetic_bytes(rng: np.random.Generator, t: T) -> bytes:
+    if t == T.F32:
+        v = rng.standard_normal(N_ELEMENTS).astype(np.float32) * 10.0 ** rng.uniform(-40, 38, N_ELEMENTS)
+        v = v.astype(np.float32)
+        v[:4] = [0.0, -0.0, np.inf, -np.inf]
+        v[4] = np.frombuffer(np.uint32(1).tobytes(), np.float32)[0]  # smallest subnormal
+        return v.tobytes()
+    if t == T.F16:
+        bits = rng.integers(0, 1 << 16, N_ELEMENTS, dtype=np.uint32).astype(np.uint16)
+        nan = (bits & 0x7C00) == 0x7C00
+        bits[nan & ((bits & 0x03FF) != 0)] &= 0xBFFF  # turn NaNs into finite values
+        bits[:4] = [0x0000, 0x8000, 0x7C00, 0xFC00]
+        return bits.tobytes()
+    if t == T.BF16:
+        bits = rng.integers(0, 1 << 16, N_ELEMENTS, dtype=np.uint32).astype(np.uint16)
+        bits[:4] = [0x0000, 0x8000, 0x7F80, 0xFF80]
+        return bits.tobytes()
+    block_size, type_size = BLOCK_SIZES[t]
+    n_blocks = N_ELEMENTS // block_size
+    raw = rng.integers(0, 256, (n_blocks, type_size), dtype=np.uint32).astype(np.uint8)
+    if t == T.Q8_K:
+        d = (np.where(rng.random(n_blocks) < 0.5, -1.0, 1.0) * 10.0 ** rng.uniform(-4, 0, n_blocks)).astype(np.float32)
+        d[0] = 0.0
+        raw[:, 0:4] = d.view(np.uint8).reshape(n_blocks, 4)
+    else:
+        for off in F16_SCALE_FIELDS[t]:
+            raw[:, off:off + 2] = sane_scales(rng, n_blocks).view(np.uint8).reshape(n_blocks, 2)
+    return raw.tobytes()
+
+
+def reference_dequantize(raw: bytes, t: T) -> np.ndarray:
+    data = np.frombuffer(raw, dtype=np.uint8)
+    if t == T.Q8_1:
+        # gguf-py has no Q8_1 dequantizer; ggml's formula is d * q (s is unused).
+        blocks = data.reshape(-1, 36)
+        d = blocks[:, 0:2].copy().view(np.float16).astype(np.float32)
+        q = blocks[:, 4:].copy().view(np.int8).astype(np.float32)
+        return (d * q).reshape(-1)
+    if t == T.Q8_K:
+        # gguf-py has no Q8_K dequantizer; ggml's formula is d * q (f32 d).
+        blocks = data.reshape(-1, 292)
+        d = blocks[:, 0:4].copy().view(np.float32)
+        q = blocks[:, 4:260].copy().view(np.int8).astype(np.float32)
+        return (d * q).reshape(-1)
+    if t == T.BF16:
+        return gguf.quants.dequantize(data.reshape(1, -1).view(np.uint8), t).reshape(-1)
+    if t in (T.F32, T.F16):
+        return gguf.quants.dequantize(data.copy(), t).reshape(-1).astype(np.float32)
+    return gguf.quants.dequantize(data.reshape(1, -1), t).reshape(-1)
+
+
+def gen_synthetic() -> None:
+    rng = np.random.default_rng(0x5EA1)
+    (OUT / "synthetic").mkdir(parents=True, exist_ok=True)
+    entries = []
+    for t in DEQUANT_TYPES:
+        raw = synthetic_bytes(rng, t)
+        out = reference_dequantize(raw, t).astype("<f4", copy=False)
+        assert out.size == N_ELEMENTS, (t, out.size)
+        name = type_name(t)
+        (OUT / "synthetic" / f"{name}.q").write_bytes(raw)
+        (OUT / "synthetic" / f"{name}.f32").write_bytes(out.tobytes())
+        entries.append({
+            "type": name,
+            "type_id": int(t),
+            "n_elements": N_ELEMENTS,
+            "quant_file": f"synthetic/{name}.q",
+            "f32_file": f"synthetic/{name}.f32",
+            "f32_sha256": sha256(out.tobytes()),
+            "reference": "numpy d*q (ggml formula; gguf-py has no dequantizer)"
+            if t in (T.Q8_1, T.Q8_K) else f"gguf {GGUF_VERSION} quants.dequantize",
+        })
+    write_json("synthetic.json", {"generator": "scripts/gen_quant_fixtures.py", "entries": entries})
+
+
+def signals() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0xC0DE)
+    n = N_ELEMENTS
+    i = np.arange(n, dtype=np.float32)
+    out = {}
+    # llama.cpp's test-quantize-fns signal.
+    out["cosine"] = (0.1 + 2 * np.cos(i)).astype(np.float32)
+    # Weight-like values.
+    out["gaussian"] = (rng.standard_normal(n) * 0.05).astype(np.float32)
+    out["uniform"] = rng.uniform(-1, 1, n).astype(np.float32)
+    # Hard cases: per-block magnitudes from 1e-6 to 1e3, outliers, an all-zero
+    # block, constant blocks, exact ties at x.5 steps, one-sided blocks.
+    m = rng.standard_normal(n).astype(np.float32)
+    m *= np.repeat(10.0 ** rng.uniform(-6, 3, n // 32), 32).astype(np.float32)
+    m[0:32] = 0.0
+    m[32:64] = 0.75
+    m[64:96] = -3.0
+    m[96:128] = np.arange(32, dtype=np.float32) * 0.5 - 8.0
+    m[128:160] = np.abs(m[128:160])
+    m[160:192] = -np.abs(m[160:192])
+    m[200] = 40.0
+    m[300] = -55.0
+    m[512:768] = 0.0
+    out["mixed"] = m.astype(np.float32)
+    # A longer heavy-tailed row (Student's t, 3 degrees of freedom), so the
+    # k-quant scale searches meet many different sub-blocks.
+    out["heavy_tailed"] = (rng.standard_t(3, 4 * n) * 0.02).astype(np.float32)
+    return out
+
+
+def gen_quantize() -> None:
+    (OUT / "quantize").mkdir(parents=True, exist_ok=True)
+    inputs = []
+    expected = []
+    for name, x in signals().items():
+        (OUT / "quantize" / f"{name}.f32").write_bytes(x.astype("<f4").tobytes())
+        inputs.append({"name": name, "file": f"quantize/{name}.f32", "n_elements": int(x.size)})
+        for t in QUANT_TYPES:
+            q = gguf.quants.quantize(x.reshape(1, -1), t)
+            raw = np.ascontiguousarray(q).view(np.uint8).tobytes()
+            tn = type_name(t)
+            (OUT / "quantize" / f"{name}.{tn}").write_bytes(raw)
+            expected.append({
+                "input": name,
+                "type": tn,
+                "file": f"quantize/{name}.{tn}",
+                "sha256": sha256(raw),
+            })
+    write_json("quantize.json", {
+        "generator": "scripts/gen_quant_fixtures.py",
+        "reference": f"gguf {GGUF_VERSION} quants.quantize",
+        "inputs": inputs,
+        "expected": expected,
+    })
+
+# Symbols ggml-quants.c refers to outside the quantizers; never reached by them.
+GGML_STUBS = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <stddef.h>
+void ggml_abort(const char * file, int line, const char * fmt, ...) {
+    fprintf(stderr, "ggml_abort at %s:%d\n", file, line);
+    abort();
+}
+size_t ggml_row_size(int type, long long ne) { (void) type; (void) ne; abort(); }
+size_t ggml_type_size(int type) { (void) type; abort(); }
+const char * ggml_type_name(int type) { (void) type; return "?"; }
+"""
+
+GGML_REF_TYPES = {
+    T.Q4_0: "q4_0", T.Q4_1: "q4_1", T.Q5_0: "q5_0", T.Q5_1: "q5_1", T.Q8_0: "q8_0",
+    T.Q8_1: "q8_1", T.Q4_K: "q4_K", T.Q5_K: "q5_K", T.Q6_K: "q6_K", T.Q8_K: "q8_K",
+}
+
+
+def build_ggml_reference(src: Path, workdir: Path) -> ctypes.CDLL:
+    stub = workdir / "stubs.c"
+    stub.write_text(GGML_STUBS)
+    lib = workdir / "libggml_quants_ref.so"
+    cmd = [
+        "cc", "-O2", "-ffp-contract=off", "-fPIC", "-shared", "-std=gnu11",
+        "-I", str(src / "ggml" / "include"), "-I", str(src / "ggml" / "src"),
+        "-o", str(lib), str(src / "ggml" / "src" / "ggml-quants.c"), str(stub), "-lm",
+    ]
+    subprocess.run(cmd, check=True)
+    return ctypes.CDLL(str(lib))
+
+
+def ggml_quantize(lib: ctypes.CDLL, t: T, x: np.ndarray) -> bytes:
+    block_size, type_size = BLOCK_SIZES[t]
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    out = ctypes.create_string_buffer(x.size // block_size * type_size)
+    fn = getattr(lib, f"quantize_row_{GGML_REF_TYPES[t]}_ref")
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+    fn.restype = None
+    fn(x.ctypes.data, out, x.size)
+    return out.raw
+
+
+def gen_quantize_ggml(src: Path) -> None:
+    expected = []
+    with tempfile.TemporaryDirectory() as tmp:
+        lib = build_ggml_reference(src, Path(tmp))
+        for name, x in signals().items():
+            for t in GGML_REF_TYPES:
+                raw = ggml_quantize(lib, t, x)
+                tn = type_name(t)
+                if t in QUANT_TYPES:
+                    # Same bytes as gguf-py, or the two references disagree.
+                    assert raw == (OUT / "quantize" / f"{name}.{tn}").read_bytes(), (name, tn)
+                    continue
+                (OUT / "quantize" / f"{name}.{tn}").write_bytes(raw)
+                expected.append({
+                    "input": name,
+                    "type": tn,
+                    "file": f"quantize/{name}.{tn}",
+                    "sha256": sha256(raw),
+                })
+    commit = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True)
+    write_json("quantize_ggml.json", {
+        "generator": "scripts/gen_quant_fixtures.py --ggml-src",
+        "reference": "ggml quantize_row_*_ref (ggml-quants.c, cc -O2 -ffp-contract=off)",
+        "ggml_source": commit.stdout.strip() if commit.returncode == 0 else "unknown",
+        "inputs": "quantize.json",
+        "expected": expected,
+    })
+
+
+def tensor_sha256(reader: gguf.GGUFReader, t) -> str:
+    """sha256 of a tensor's dequantized f32 LE bytes, a slice of rows at a time."""
+    block_size, type_size = GGML_QUANT_SIZES[t.tensor_type]
+    raw = np.asarray(reader.data[t.data_offset:t.data_offset + t.n_bytes])
+    assert raw.size == t.n_bytes
+    h = hashlib.sha256()
+    step = type_size * 16384  # a multiple of the block size in bytes
+    for start in range(0, raw.size, step):
+        chunk = raw[start:start + step]
+        if t.tensor_type in (T.F32, T.F16):
+            f = gguf.quants.dequantize(chunk.copy().view(np.uint8), t.tensor_type)
+        else:
+            f = gguf.quants.dequantize(chunk.reshape(1, -1), t.tensor_type)
+        h.update(np.ascontiguousarray(f, dtype="<f4").tobytes())
+    return h.hexdigest()
+
+
+def gen_models(models_dir: Path) -> None:
+    models = []
+    for file in MODELS:
+        path = models_dir / file
+        if not path.exists():
+            raise SystemExit(f"model file {path} is missing (set --models-dir or REALM_MODELS)")
+        reader = gguf.GGUFReader(path)
+        tensors = []
+        for t in reader.tensors:
+            # The offset is absolute: check it against the reader's own view.
+            assert bytes(reader.data[t.data_offset:t.data_offset + 16]) == bytes(t.data.reshape(-1).view(np.uint8)[:16])
+            tensors.append({
+                "name": t.name,
+                "type": type_name(t.tensor_type),
+                "type_id": int(t.tensor_type),
+                "offset": int(t.data_offset),
+                "n_bytes": int(t.n_bytes),
+                "n_elements": int(t.n_elements),
+                "sha256": tensor_sha256(reader, t),
+            })
+            print(f"{file}: {t.name} {t.tensor_type.name}")
+        models.append({"file": file, "size": path.stat().st_size, "tensors": tensors})
+    write_json("models.json", {
+        "generator": "scripts/gen_quant_fixtures.py",
+        "reference": f"gguf {GGUF_VERSION} GGUFReader + quants.dequantize",
+        "models": models,
+    })
+
+
+def write_json(name: str, value) -> None:
+    """Writes `value` with one line per innermost object, to keep diffs and
+    files small."""
+
+    def fmt(v, indent: str) -> str:
+        inner = indent + " "
+        if isinstance(v, dict) and any(isinstance(x, (dict, list)) for x in v.values()):
+            items = [f"{inner}{json.dumps(k)}: {fmt(x, inner)}" for k, x in v.items()]
+            return "{\n" + ",\n".join(items) + "\n" + indent + "}"
+        if isinstance(v, list) and any(isinstance(x, (dict, list)) for x in v):
+            return "[\n" + ",\n".join(inner + fmt(x, inner) for x in v) + "\n" + indent + "]"
+        return json.dumps(v)
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / name).write_text(fmt(value, "") + "\n")
+
+
+def main() -> None:
+    default_dir = Path(os.environ.get("REALM_MODELS", Path.home() / ".cache" / "realm" / "models"))
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models-dir", type=Path, default=default_dir)
+    ap.add_argument("--skip-models", action="store_true", help="leave models.json as it is")
+    ap.add_argument("--ggml-src", type=Path, help="a llama.cpp checkout: also write quantize_ggml.json")
+    args = ap.parse_args()
+    gen_synthetic()
+    gen_quantize()
+    if args.ggml_src is not None:
+        gen_quantize_ggml(args.ggml_src)
+    if not args.skip_models:
+        gen_models(args.models_dir)
+
+
+if __name__ == "__main__":
+    main()
