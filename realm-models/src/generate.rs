@@ -1,0 +1,254 @@
+//! The generation loop: prefill a prompt, then sample and decode token by
+//! token, streaming text pieces, until an end-of-generation token, a stop
+//! string, the token limit or a full context.
+
+use realm_core::backend::Backend;
+use realm_core::tokenizer::Tokenizer;
+
+use crate::sampling::{Sampler, SamplingParams};
+use crate::{Error, Model, Result, Session};
+
+/// What to generate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerateParams {
+    /// Most tokens to generate.
+    pub max_tokens: usize,
+    /// Stop as soon as the text contains one of these (not emitted).
+    pub stop: Vec<String>,
+    /// How to choose tokens.
+    pub sampling: SamplingParams,
+    /// Stop quietly when the context is full, instead of failing.
+    pub stop_at_context_end: bool,
+}
+
+impl Default for GenerateParams {
+    fn default() -> Self {
+        Self {
+            max_tokens: 256,
+            stop: Vec::new(),
+            sampling: SamplingParams::default(),
+            stop_at_context_end: true,
+        }
+    }
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// The model produced an end-of-generation token.
+    EndOfGeneration,
+    /// `max_tokens` were generated.
+    MaxTokens,
+    /// A stop string appeared.
+    StopString,
+    /// The session's context is full.
+    ContextFull,
+    /// The caller's callback asked to stop.
+    Cancelled,
+}
+
+/// Token counts and timings of one generation.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct GenerationStats {
+    /// Tokens of the prompt that were run (prefill).
+    pub prompt_tokens: usize,
+    /// Tokens generated.
+    pub generated_tokens: usize,
+    /// Seconds spent in prefill.
+    pub prefill_seconds: f64,
+    /// Seconds spent generating (decode forward passes and sampling).
+    pub decode_seconds: f64,
+}
+
+impl GenerationStats {
+    /// Prefill speed in tokens per second.
+    pub fn prefill_tps(&self) -> f64 {
+        rate(self.prompt_tokens, self.prefill_seconds)
+    }
+
+    /// Decode speed in tokens per second.
+    pub fn decode_tps(&self) -> f64 {
+        rate(self.generated_tokens, self.decode_seconds)
+    }
+}
+
+fn rate(n: usize, secs: f64) -> f64 {
+    if secs > 0.0 {
+        n as f64 / secs
+    } else {
+        0.0
+    }
+}
+
+/// The result of [`generate`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generation {
+    /// The generated text (stop strings excluded).
+    pub text: String,
+    /// The generated token ids.
+    pub tokens: Vec<u32>,
+    /// Why it ended.
+    pub stop_reason: StopReason,
+    /// Counts and timings.
+    pub stats: GenerationStats,
+}
+
+/// A monotonic clock where the platform has one (wasm32 has none: timings
+/// are then zero).
+mod clock {
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn now() -> Option<std::time::Instant> {
+        Some(std::time::Instant::now())
+    }
+
+    #[cfg(target_arch = "wasm32")]
+    pub fn now() -> Option<std::time::Instant> {
+        None
+    }
+
+    pub fn since(t: Option<std::time::Instant>) -> f64 {
+        t.map_or(0.0, |t| t.elapsed().as_secs_f64())
+    }
+}
+
+/// Holds back text that could be the start of a stop string, so that a stop
+/// string is never partly streamed.
+#[derive(Debug)]
+struct StopMatcher<'p> {
+    stops: &'p [String],
+    pending: String,
+}
+
+impl<'p> StopMatcher<'p> {
+    /// Adds `piece`; returns the text safe to emit and whether a stop string
+    /// was found.
+    fn push(&mut self, piece: &str) -> (String, bool) {
+        self.pending.push_str(piece);
+        let hit = self.stops.iter().filter(|s| !s.is_empty()).filter_map(|s| self.pending.find(s.as_str())).min();
+        if let Some(at) = hit {
+            let out = self.pending[..at].to_string();
+            self.pending.clear();
+            return (out, true);
+        }
+        // The longest tail of `pending` that begins some stop string.
+        let hold = self
+            .pending
+            .char_indices()
+            .map(|(i, _)| i)
+            .find(|&i| self.stops.iter().any(|s| s.starts_with(&self.pending[i..])))
+            .unwrap_or(self.pending.len());
+        let out = self.pending[..hold].to_string();
+        self.pending.drain(..hold);
+        (out, false)
+    }
+
+    fn finish(self) -> String {
+        self.pending
+    }
+}
+
+/// Runs `prompt` (token ids) through `session` and generates up to
+/// `params.max_tokens` tokens, calling `on_text` with each piece of text as
+/// soon as it is whole (UTF-8 sequences split across tokens are held back);
+/// `on_text` returns `false` to stop.
+///
+/// The session keeps everything: a later call continues the same sequence
+/// (a chat's next turn only runs its new tokens).
+pub fn generate<B: Backend>(
+    model: &Model<'_, B>,
+    tokenizer: &Tokenizer,
+    session: &mut Session<B>,
+    prompt: &[u32],
+    params: &GenerateParams,
+    mut on_text: impl FnMut(&str) -> bool,
+) -> Result<Generation> {
+    let mut sampler = Sampler::new(params.sampling.clone())?;
+    let mut stats = GenerationStats {
+        prompt_tokens: prompt.len(),
+        ..Default::default()
+    };
+    let mut history: Vec<u32> = prompt.to_vec();
+    let mut tokens = Vec::new();
+    let mut text = String::new();
+    let mut decoder = tokenizer.stream_decoder(false);
+    let mut stop = StopMatcher {
+        stops: &params.stop,
+        pending: String::new(),
+    };
+
+    let t0 = clock::now();
+    let mut next = {
+        let logits = model.forward(session, prompt)?;
+        sampler.sample(logits, &history)
+    };
+    stats.prefill_seconds = clock::since(t0);
+
+    let t1 = clock::now();
+    let mut reason = StopReason::MaxTokens;
+    let mut emit = |piece: &str, text: &mut String| -> bool {
+        text.push_str(piece);
+        piece.is_empty() || on_text(piece)
+    };
+    while tokens.len() < params.max_tokens {
+        if tokenizer.is_eog(next) {
+            reason = StopReason::EndOfGeneration;
+            break;
+        }
+        tokens.push(next);
+        history.push(next);
+        let piece = decoder.push(next)?;
+        let (out, hit) = stop.push(&piece);
+        if !emit(&out, &mut text) {
+            reason = StopReason::Cancelled;
+            break;
+        }
+        if hit {
+            reason = StopReason::StopString;
+            break;
+        }
+        if tokens.len() == params.max_tokens {
+            break;
+        }
+        let logits = match model.forward(session, &[next]) {
+            Ok(l) => l,
+            Err(Error::ContextFull { .. }) if params.stop_at_context_end => {
+                reason = StopReason::ContextFull;
+                break;
+            }
+            Err(e) => return Err(e),
+        };
+        next = sampler.sample(logits, &history);
+    }
+    if !matches!(reason, StopReason::StopString | StopReason::Cancelled) {
+        let mut rest = stop.finish();
+        rest.push_str(&decoder.finish());
+        emit(&rest, &mut text);
+    }
+    stats.generated_tokens = tokens.len();
+    stats.decode_seconds = clock::since(t1);
+    Ok(Generation {
+        text,
+        tokens,
+        stop_reason: reason,
+        stats,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_strings_are_held_back_and_cut() {
+        let stops = vec!["<END>".to_string()];
+        let mut m = StopMatcher { stops: &stops, pending: String::new() };
+        assert_eq!(m.push("Hello <"), ("Hello ".to_string(), false));
+        assert_eq!(m.push("E"), (String::new(), false));
+        assert_eq!(m.push("x"), ("<Ex".to_string(), false));
+        assert_eq!(m.push(" ok <EN"), (" ok ".to_string(), false));
+        assert_eq!(m.push("D> more"), (String::new(), true));
+        let mut m = StopMatcher { stops: &stops, pending: String::new() };
+        assert_eq!(m.push("tail <E"), ("tail ".to_string(), false));
+        assert_eq!(m.finish(), "<E");
+    }
+}
