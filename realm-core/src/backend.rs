@@ -1,1 +1,331 @@
 //! The compute backend trait that models are generic over.
+//!
+//! A backend is built from small op families, each a trait with documented
+//! guarantees; [`Backend`] is every family at once and is what a model is
+//! generic over:
+//!
+//! - [`BackendCore`]: identity and the per-caller [`BackendCore::Workspace`].
+//! - [`MatMulOps`]: quantized and float matrix multiplication, embedding
+//!   lookup.
+//! - [`NormOps`]: RMSNorm.
+//! - [`RopeOps`]: rotary position embedding (normal and NeoX layouts).
+//! - [`ActivationOps`]: softmax, SiLU, GELU, gated products, element-wise add,
+//!   mul and scale.
+//! - [`AttentionOps`]: a KV cache the backend owns and causal attention over
+//!   it (GQA, sliding window, soft-capping).
+//!
+//! # Conventions
+//!
+//! Activations are row-major `f32` slices: a batch of `n` tokens of width `d`
+//! is a slice of `n * d` values, token after token. A weight matrix of `m`
+//! rows by `k` columns is a [`TensorView`] with `shape == [k, m]` (ggml order),
+//! and `matmul` computes `out[t][i] = sum_j W[i][j] * x[t][j]`.
+//!
+//! # Batch invariance
+//!
+//! Every op computes each output row from the matching input row alone, with
+//! a reduction order that depends neither on how many rows are in the call
+//! nor on the number of threads. A token's result is therefore bit-identical
+//! whether it is computed alone or inside a batch, which the multi-tenant
+//! runtime relies on.
+//!
+//! # Errors
+//!
+//! No method panics on bad input: shapes, types and parameters are checked
+//! and a [`BackendError`] is returned instead.
+
+use std::fmt::Debug;
+
+use crate::{GgmlType, TensorView};
+
+/// What a backend operation can fail with.
+///
+/// Variants carry static strings so that building an error allocates nothing.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackendError {
+    /// A slice length or dimension does not match what the operation needs.
+    #[error("{op}: {what} should be {expected}, got {got}")]
+    Shape {
+        /// The operation.
+        op: &'static str,
+        /// Which length or dimension.
+        what: &'static str,
+        /// The value required.
+        expected: usize,
+        /// The value given.
+        got: usize,
+    },
+
+    /// The operation does not support this element type.
+    #[error("{op} does not support type {dtype}")]
+    UnsupportedType {
+        /// The operation.
+        op: &'static str,
+        /// The type.
+        dtype: GgmlType,
+    },
+
+    /// Tensor bytes are not aligned as the element or block type needs.
+    #[error("{op}: tensor data is not aligned to {align} bytes")]
+    Misaligned {
+        /// The operation.
+        op: &'static str,
+        /// The alignment required.
+        align: usize,
+    },
+
+    /// An index (token id, position, layer) is out of range.
+    #[error("{op}: {what} {index} is out of range (limit {limit})")]
+    OutOfRange {
+        /// The operation.
+        op: &'static str,
+        /// What the index is.
+        what: &'static str,
+        /// The index given.
+        index: usize,
+        /// The exclusive upper bound.
+        limit: usize,
+    },
+
+    /// A parameter is invalid (zero where a positive value is needed, a
+    /// non-finite scale, ...).
+    #[error("{op}: invalid parameter: {what}")]
+    InvalidParameter {
+        /// The operation.
+        op: &'static str,
+        /// What is wrong.
+        what: &'static str,
+    },
+
+    /// The backend could not be set up (thread pool creation failed).
+    #[error("backend setup failed: {0}")]
+    Setup(String),
+}
+
+/// `Result` with [`BackendError`].
+pub type BackendResult<T> = std::result::Result<T, BackendError>;
+
+/// Identity of a backend and the scratch memory it lends to callers.
+pub trait BackendCore: Send + Sync + Debug {
+    /// Scratch memory owned by one caller (one session or one batch loop):
+    /// quantized activations, attention scores. It grows to the largest call
+    /// seen and is then reused, so a decode step with a warm workspace
+    /// allocates nothing.
+    type Workspace: Send + Debug;
+
+    /// A short name for logs (`"cpu-avx2"`, ...).
+    fn name(&self) -> &str;
+
+    /// A new, empty workspace.
+    fn workspace(&self) -> Self::Workspace;
+}
+
+/// Shape and type of a weight matrix prepared by a backend.
+pub trait WeightInfo {
+    /// Element type of the stored weights.
+    fn dtype(&self) -> GgmlType;
+    /// Number of rows `m` (output features).
+    fn rows(&self) -> usize;
+    /// Number of columns `k` (input features, the row length).
+    fn cols(&self) -> usize;
+}
+
+/// Matrix multiplication by (quantized) weights, and embedding lookup.
+pub trait MatMulOps: BackendCore {
+    /// A weight matrix ready for [`MatMulOps::matmul`]. It may borrow the
+    /// tensor's bytes (`'a`), so weights memory-mapped from a GGUF file are
+    /// used without a copy.
+    type Weight<'a>: WeightInfo + Send + Sync + Debug
+    where
+        Self: 'a;
+
+    /// True when [`MatMulOps::weight`] accepts matrices of type `t`.
+    fn supports_matmul(&self, t: GgmlType) -> bool;
+
+    /// Prepares a 2-D tensor (`shape == [k, m]`) as a weight matrix.
+    ///
+    /// Guarantees: fails with [`BackendError::UnsupportedType`] when
+    /// `supports_matmul(t.dtype())` is false, with [`BackendError::Shape`]
+    /// for a tensor that is not 2-D, and never panics.
+    fn weight<'a>(&self, t: &TensorView<'a>) -> BackendResult<Self::Weight<'a>>;
+
+    /// `out[t * m + i] = sum_j W[i][j] * x[t * k + j]` for every token `t` in
+    /// `0..n_tokens` and row `i` in `0..m`.
+    ///
+    /// Guarantees: `x.len() == n_tokens * k` and `out.len() == n_tokens * m`
+    /// are checked; each output element is computed with a reduction order
+    /// that depends only on `k` and the weight type, never on `n_tokens` or
+    /// the thread count (batch invariance, bit for bit). Quantized weights
+    /// may be multiplied by activations quantized to 8 bits per block (as
+    /// ggml does); the error is then within ggml's dot-product tolerances.
+    fn matmul(
+        &self,
+        ws: &mut Self::Workspace,
+        w: &Self::Weight<'_>,
+        x: &[f32],
+        n_tokens: usize,
+        out: &mut [f32],
+    ) -> BackendResult<()>;
+
+    /// Dequantizes rows `ids` of `table` (an embedding matrix, one row per
+    /// token id) into `out` (`ids.len() * cols` values).
+    ///
+    /// Guarantees: an id at or past `table.rows()` is an
+    /// [`BackendError::OutOfRange`] error; the values are the exact
+    /// dequantized weights.
+    fn embed(&self, table: &Self::Weight<'_>, ids: &[u32], out: &mut [f32]) -> BackendResult<()>;
+}
+
+/// Normalisation.
+pub trait NormOps: BackendCore {
+    /// RMSNorm of each row of `x` (rows of `w.len()` values):
+    /// `out = x / sqrt(mean(x^2) + eps) * w`.
+    ///
+    /// Guarantees: `x.len()` must be a multiple of `w.len()` and equal
+    /// `out.len()`; each row is reduced in a fixed order.
+    fn rms_norm(&self, x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) -> BackendResult<()>;
+
+    /// [`NormOps::rms_norm`] in place (used for per-head Q/K norms).
+    fn rms_norm_inplace(&self, x: &mut [f32], w: &[f32], eps: f32) -> BackendResult<()>;
+}
+
+/// How RoPE pairs up the dimensions of a head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeMode {
+    /// Adjacent pairs `(x[2i], x[2i + 1])` (llama in GGUF).
+    Normal,
+    /// Split halves `(x[i], x[i + n_dims / 2])` (GPT-NeoX, Gemma).
+    Neox,
+}
+
+/// Parameters of a rotary position embedding.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RopeParams {
+    /// Dimensions rotated at the start of each head (even, at most the head
+    /// size); the rest are left as they are.
+    pub n_dims: usize,
+    /// Frequency base (`rope.freq_base`, 10000 for llama).
+    pub base: f32,
+    /// Multiplier on the position (`1 / rope.scaling.factor` for linear
+    /// scaling, 1 for none).
+    pub freq_scale: f32,
+    /// Pairing of dimensions.
+    pub mode: RopeMode,
+}
+
+/// Rotary position embedding.
+pub trait RopeOps: BackendCore {
+    /// Rotates `x`, laid out `[n_tokens][n_heads][head_dim]` with
+    /// `n_tokens == positions.len()`: pair `i` of token `t` turns by
+    /// `positions[t] * freq_scale * base^(-2i / n_dims)` radians.
+    ///
+    /// Guarantees: the layout and `n_dims <= head_dim`, even, are checked;
+    /// each token's result depends only on its own values and position.
+    fn rope(
+        &self,
+        x: &mut [f32],
+        head_dim: usize,
+        positions: &[u32],
+        p: &RopeParams,
+    ) -> BackendResult<()>;
+}
+
+/// Element-wise and row-wise activation functions.
+pub trait ActivationOps: BackendCore {
+    /// Softmax of each row of `row_len` values, in place.
+    fn softmax_inplace(&self, x: &mut [f32], row_len: usize) -> BackendResult<()>;
+    /// `x = x * sigmoid(x)`.
+    fn silu_inplace(&self, x: &mut [f32]);
+    /// GELU with ggml's tanh approximation, in place.
+    fn gelu_inplace(&self, x: &mut [f32]);
+    /// SwiGLU: `gate = silu(gate) * up` (equal lengths).
+    fn swiglu_inplace(&self, gate: &mut [f32], up: &[f32]) -> BackendResult<()>;
+    /// GeGLU: `gate = gelu(gate) * up` (equal lengths).
+    fn geglu_inplace(&self, gate: &mut [f32], up: &[f32]) -> BackendResult<()>;
+    /// `dst += src` (equal lengths).
+    fn add_inplace(&self, dst: &mut [f32], src: &[f32]) -> BackendResult<()>;
+    /// `dst *= src` (equal lengths).
+    fn mul_inplace(&self, dst: &mut [f32], src: &[f32]) -> BackendResult<()>;
+    /// `dst *= s`.
+    fn scale_inplace(&self, dst: &mut [f32], s: f32);
+}
+
+/// Size of a KV cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvCacheConfig {
+    /// Transformer layers.
+    pub n_layers: usize,
+    /// Key/value heads per layer.
+    pub n_kv_heads: usize,
+    /// Values per head.
+    pub head_dim: usize,
+    /// Positions the cache holds (context length).
+    pub max_seq_len: usize,
+}
+
+/// Parameters of one attention call.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AttentionParams {
+    /// Query heads.
+    pub n_heads: usize,
+    /// Key/value heads (divides `n_heads`; query head `h` reads KV head
+    /// `h / (n_heads / n_kv_heads)`).
+    pub n_kv_heads: usize,
+    /// Values per head.
+    pub head_dim: usize,
+    /// Multiplier on `q . k` (usually `1 / sqrt(head_dim)`).
+    pub scale: f32,
+    /// If set, a query at position `p` sees only keys at positions
+    /// `p + 1 - w ..= p`.
+    pub sliding_window: Option<usize>,
+    /// If set, scores become `c * tanh(score / c)` before the softmax.
+    pub softcap: Option<f32>,
+}
+
+/// Attention over a KV cache the backend owns.
+pub trait AttentionOps: BackendCore {
+    /// Keys and values of every layer for one sequence.
+    type KvCache: Send + Debug;
+
+    /// Allocates a cache (the only allocation attention needs).
+    fn kv_cache(&self, cfg: &KvCacheConfig) -> BackendResult<Self::KvCache>;
+
+    /// Stores the keys and values of tokens at positions
+    /// `start_pos..start_pos + n` of `layer`; `k` and `v` are
+    /// `[n][n_kv_heads * head_dim]`.
+    ///
+    /// Guarantees: positions past `max_seq_len` and bad lengths are errors.
+    fn kv_write(
+        &self,
+        cache: &mut Self::KvCache,
+        layer: usize,
+        start_pos: usize,
+        k: &[f32],
+        v: &[f32],
+    ) -> BackendResult<()>;
+
+    /// Causal attention of queries `q` (`[n][n_heads * head_dim]`, token `t`
+    /// at position `start_pos + t`) over the keys and values of `layer` at
+    /// positions up to each query's own (which must have been written with
+    /// [`AttentionOps::kv_write`]); writes `out` (same layout as `q`).
+    ///
+    /// Guarantees: each (token, head) output depends only on that query and
+    /// the cache, with a fixed reduction order (batch invariance); bad
+    /// lengths, layers and positions are errors.
+    fn attention(
+        &self,
+        ws: &mut Self::Workspace,
+        cache: &Self::KvCache,
+        layer: usize,
+        start_pos: usize,
+        q: &[f32],
+        p: &AttentionParams,
+        out: &mut [f32],
+    ) -> BackendResult<()>;
+}
+
+/// Every op family: what a transformer forward pass is generic over.
+pub trait Backend: MatMulOps + NormOps + RopeOps + ActivationOps + AttentionOps {}
+
+impl<T: MatMulOps + NormOps + RopeOps + ActivationOps + AttentionOps> Backend for T {}

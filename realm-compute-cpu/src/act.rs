@@ -1,0 +1,122 @@
+//! Activations quantized on the fly to 8 bits per value, the right-hand side
+//! of every quantized dot product.
+//!
+//! Two block shapes: [`BlockQ8x32`] (32 values) pairs with the 32-element
+//! weight types, [`BlockQ8K`] (256 values, with per-16 sums) with the
+//! k-quants and IQ4_XS. Both use a symmetric scale `d = max|x| / 127` and
+//! round to nearest, ties to even.
+
+use bytemuck::{Pod, Zeroable};
+pub use realm_core::quant::blocks::BlockQ8K;
+
+/// 32 activations as `d * qs[i]`, with `s = d * sum(qs)` for the weight
+/// types that carry an offset (Q4_0, Q4_1, Q5_0, Q5_1).
+///
+/// Unlike ggml's `block_q8_1` the scale and sum are `f32`: this block never
+/// leaves memory, so it trades four bytes for one less rounding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct BlockQ8x32 {
+    /// Scale.
+    pub d: f32,
+    /// `d * sum(qs)`.
+    pub s: f32,
+    /// Quants in `-127..=127`.
+    pub qs: [i8; 32],
+}
+
+/// An activation block type: how many values it holds and how it is made.
+pub trait ActBlock: Pod + Send + Sync {
+    /// Values per block.
+    const N: usize;
+    /// Quantizes `x` (exactly [`ActBlock::N`] values) into `out`.
+    fn quantize(x: &[f32], out: &mut Self);
+}
+
+/// Rounds to the nearest integer, ties to even, for `|v| < 2^22`, using the
+/// f32 mantissa (vectorises without SSE4.1).
+#[inline(always)]
+fn nearest_int(v: f32) -> i32 {
+    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23
+    let bits = (v + MAGIC).to_bits() as i32;
+    (bits & 0x007f_ffff) - 0x0040_0000
+}
+
+/// Quantizes `x` into `qs` with scale `max|x| / 127`; returns the scale.
+#[inline(always)]
+fn quantize_symmetric(x: &[f32], qs: &mut [i8]) -> f32 {
+    let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+    for (q, &v) in qs.iter_mut().zip(x) {
+        // |v * id| <= 127 (up to rounding), far inside nearest_int's range;
+        // the clamp only guards non-finite input.
+        *q = nearest_int(v * id).clamp(-127, 127) as i8;
+    }
+    d
+}
+
+impl ActBlock for BlockQ8x32 {
+    const N: usize = 32;
+
+    fn quantize(x: &[f32], out: &mut Self) {
+        let d = quantize_symmetric(x, &mut out.qs);
+        let sum: i32 = out.qs.iter().map(|&q| i32::from(q)).sum();
+        out.d = d;
+        out.s = d * sum as f32;
+    }
+}
+
+impl ActBlock for BlockQ8K {
+    const N: usize = 256;
+
+    fn quantize(x: &[f32], out: &mut Self) {
+        out.d = quantize_symmetric(x, &mut out.qs);
+        for (s, q) in out.bsums.iter_mut().zip(out.qs.chunks_exact(16)) {
+            *s = q.iter().map(|&v| i16::from(v)).sum();
+        }
+    }
+}
+
+/// Quantizes `n_rows` rows of `x` (each `x.len() / n_rows` values, a
+/// multiple of `A::N`) into `out` (resized as needed, so it can be reused
+/// without allocating once large enough).
+pub(crate) fn quantize_rows<A: ActBlock>(x: &[f32], out: &mut Vec<A>) {
+    let n_blocks = x.len() / A::N;
+    if out.len() < n_blocks {
+        out.resize(n_blocks, A::zeroed());
+    }
+    for (xb, ob) in x.chunks_exact(A::N).zip(out.iter_mut()) {
+        A::quantize(xb, ob);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_int_rounds_ties_to_even() {
+        assert_eq!(nearest_int(2.5), 2);
+        assert_eq!(nearest_int(3.5), 4);
+        assert_eq!(nearest_int(-2.5), -2);
+        assert_eq!(nearest_int(-126.6), -127);
+        assert_eq!(nearest_int(0.49), 0);
+    }
+
+    #[test]
+    fn q8_blocks_round_trip_within_half_a_step() {
+        let x: Vec<f32> = (0..256).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
+        let mut k = BlockQ8K::zeroed();
+        BlockQ8K::quantize(&x, &mut k);
+        for (q, v) in k.qs.iter().zip(&x) {
+            assert!((f32::from(*q) * k.d - v).abs() <= k.d * 0.5 + 1e-6);
+        }
+        let sum16: i16 = k.qs[16..32].iter().map(|&q| i16::from(q)).sum();
+        assert_eq!(k.bsums[1], sum16);
+        let mut b = BlockQ8x32::zeroed();
+        BlockQ8x32::quantize(&x[..32], &mut b);
+        let sum: i32 = b.qs.iter().map(|&q| i32::from(q)).sum();
+        assert_eq!(b.s, b.d * sum as f32);
+    }
+}

@@ -1,0 +1,285 @@
+//! KV cache and causal attention.
+//!
+//! The cache is f32, laid out `[layer][kv_head][position][head_dim]` so that
+//! one head's keys are contiguous. Each (token, head) pair is computed by one
+//! thread from its query and the cache alone: scores in position order, an
+//! exact two-pass softmax, then values weighted in position order.
+
+use rayon::prelude::*;
+use realm_core::backend::{AttentionParams, BackendError, BackendResult, KvCacheConfig};
+
+use crate::ops::dot;
+use crate::{CpuBackend, CpuWorkspace};
+
+/// Keys and values of every layer of one sequence.
+#[derive(Debug, Clone)]
+pub struct CpuKvCache {
+    cfg: KvCacheConfig,
+    k: Vec<f32>,
+    v: Vec<f32>,
+}
+
+impl CpuKvCache {
+    /// The cache's dimensions.
+    pub fn config(&self) -> &KvCacheConfig {
+        &self.cfg
+    }
+
+    fn head_base(&self, layer: usize, head: usize) -> usize {
+        (layer * self.cfg.n_kv_heads + head) * self.cfg.max_seq_len * self.cfg.head_dim
+    }
+}
+
+pub(crate) fn new_cache(cfg: &KvCacheConfig) -> BackendResult<CpuKvCache> {
+    const OP: &str = "kv_cache";
+    if cfg.n_layers == 0 || cfg.n_kv_heads == 0 || cfg.head_dim == 0 || cfg.max_seq_len == 0 {
+        return Err(BackendError::InvalidParameter {
+            op: OP,
+            what: "a cache dimension is zero",
+        });
+    }
+    let len = [cfg.n_layers, cfg.n_kv_heads, cfg.head_dim, cfg.max_seq_len]
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or(BackendError::InvalidParameter {
+            op: OP,
+            what: "cache size overflows",
+        })?;
+    Ok(CpuKvCache {
+        cfg: *cfg,
+        k: vec![0.0; len],
+        v: vec![0.0; len],
+    })
+}
+
+pub(crate) fn kv_write(
+    cache: &mut CpuKvCache,
+    layer: usize,
+    start_pos: usize,
+    k: &[f32],
+    v: &[f32],
+) -> BackendResult<()> {
+    const OP: &str = "kv_write";
+    let cfg = cache.cfg;
+    let width = cfg.n_kv_heads * cfg.head_dim;
+    if layer >= cfg.n_layers {
+        return Err(BackendError::OutOfRange {
+            op: OP,
+            what: "layer",
+            index: layer,
+            limit: cfg.n_layers,
+        });
+    }
+    if k.len() % width != 0 {
+        return Err(BackendError::Shape {
+            op: OP,
+            what: "k length (a multiple of n_kv_heads * head_dim)",
+            expected: k.len().next_multiple_of(width),
+            got: k.len(),
+        });
+    }
+    if v.len() != k.len() {
+        return Err(BackendError::Shape {
+            op: OP,
+            what: "v length",
+            expected: k.len(),
+            got: v.len(),
+        });
+    }
+    let n = k.len() / width;
+    let end = start_pos.saturating_add(n);
+    if end > cfg.max_seq_len {
+        return Err(BackendError::OutOfRange {
+            op: OP,
+            what: "end position",
+            index: end,
+            limit: cfg.max_seq_len + 1,
+        });
+    }
+    let hd = cfg.head_dim;
+    for (t, (kt, vt)) in k.chunks_exact(width).zip(v.chunks_exact(width)).enumerate() {
+        for (h, (kh, vh)) in kt.chunks_exact(hd).zip(vt.chunks_exact(hd)).enumerate() {
+            let at = cache.head_base(layer, h) + (start_pos + t) * hd;
+            cache.k[at..at + hd].copy_from_slice(kh);
+            cache.v[at..at + hd].copy_from_slice(vh);
+        }
+    }
+    Ok(())
+}
+
+fn check_params(
+    cache: &CpuKvCache,
+    layer: usize,
+    start_pos: usize,
+    q: usize,
+    out: usize,
+    p: &AttentionParams,
+) -> BackendResult<usize> {
+    const OP: &str = "attention";
+    let cfg = &cache.cfg;
+    if layer >= cfg.n_layers {
+        return Err(BackendError::OutOfRange {
+            op: OP,
+            what: "layer",
+            index: layer,
+            limit: cfg.n_layers,
+        });
+    }
+    if p.head_dim != cfg.head_dim {
+        return Err(BackendError::Shape {
+            op: OP,
+            what: "head_dim",
+            expected: cfg.head_dim,
+            got: p.head_dim,
+        });
+    }
+    if p.n_kv_heads != cfg.n_kv_heads {
+        return Err(BackendError::Shape {
+            op: OP,
+            what: "n_kv_heads",
+            expected: cfg.n_kv_heads,
+            got: p.n_kv_heads,
+        });
+    }
+    if p.n_heads == 0 || p.n_heads % p.n_kv_heads != 0 {
+        return Err(BackendError::InvalidParameter {
+            op: OP,
+            what: "n_heads is not a positive multiple of n_kv_heads",
+        });
+    }
+    if p.sliding_window == Some(0) {
+        return Err(BackendError::InvalidParameter {
+            op: OP,
+            what: "sliding window of zero",
+        });
+    }
+    if p.softcap.is_some_and(|c| !(c > 0.0 && c.is_finite())) {
+        return Err(BackendError::InvalidParameter {
+            op: OP,
+            what: "soft-cap must be positive and finite",
+        });
+    }
+    let width = p.n_heads * p.head_dim;
+    if q % width != 0 {
+        return Err(BackendError::Shape {
+            op: OP,
+            what: "q length (a multiple of n_heads * head_dim)",
+            expected: q.next_multiple_of(width),
+            got: q,
+        });
+    }
+    if out != q {
+        return Err(BackendError::Shape {
+            op: OP,
+            what: "out length",
+            expected: q,
+            got: out,
+        });
+    }
+    let n = q / width;
+    let end = start_pos.saturating_add(n);
+    if end > cfg.max_seq_len {
+        return Err(BackendError::OutOfRange {
+            op: OP,
+            what: "end position",
+            index: end,
+            limit: cfg.max_seq_len + 1,
+        });
+    }
+    Ok(n)
+}
+
+/// Attention for one (token, head) pair; `scores` holds at least
+/// `pos + 1` values.
+#[allow(clippy::too_many_arguments)]
+fn head_attention(
+    cache: &CpuKvCache,
+    layer: usize,
+    kv_head: usize,
+    pos: usize,
+    q: &[f32],
+    p: &AttentionParams,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    let hd = p.head_dim;
+    let lo = p.sliding_window.map_or(0, |w| (pos + 1).saturating_sub(w));
+    let base = cache.head_base(layer, kv_head);
+    let keys = &cache.k[base + lo * hd..base + (pos + 1) * hd];
+    let values = &cache.v[base + lo * hd..base + (pos + 1) * hd];
+    let scores = &mut scores[..pos + 1 - lo];
+    for (s, k) in scores.iter_mut().zip(keys.chunks_exact(hd)) {
+        let raw = dot(q, k) * p.scale;
+        *s = match p.softcap {
+            Some(c) => c * (raw / c).tanh(),
+            None => raw,
+        };
+    }
+    let max = scores.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let mut sum = 0.0f32;
+    for s in scores.iter_mut() {
+        *s = (*s - max).exp();
+        sum += *s;
+    }
+    out.fill(0.0);
+    for (&e, v) in scores.iter().zip(values.chunks_exact(hd)) {
+        for (o, &x) in out.iter_mut().zip(v) {
+            *o += e * x;
+        }
+    }
+    let inv = 1.0 / sum;
+    for o in out.iter_mut() {
+        *o *= inv;
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attention(
+    be: &CpuBackend,
+    ws: &mut CpuWorkspace,
+    cache: &CpuKvCache,
+    layer: usize,
+    start_pos: usize,
+    q: &[f32],
+    p: &AttentionParams,
+    out: &mut [f32],
+) -> BackendResult<()> {
+    let n = check_params(cache, layer, start_pos, q.len(), out.len(), p)?;
+    let hd = p.head_dim;
+    let group = p.n_heads / p.n_kv_heads;
+    let pairs = n * p.n_heads;
+    let ctx = start_pos + n;
+    // One scores buffer per chunk of pairs; chunks run in parallel when the
+    // work is worth it.
+    let work = pairs * ctx * hd;
+    let n_chunks = if be.threads > 1 && work >= 1 << 16 {
+        (be.threads * 4).min(pairs)
+    } else {
+        1
+    };
+    let per_chunk = pairs.div_ceil(n_chunks);
+    let n_chunks = pairs.div_ceil(per_chunk);
+    if ws.scores.len() < n_chunks * ctx {
+        ws.scores.resize(n_chunks * ctx, 0.0);
+    }
+    let run = |(c, (o, scores)): (usize, (&mut [f32], &mut [f32]))| {
+        for (i, oh) in o.chunks_exact_mut(hd).enumerate() {
+            let pair = c * per_chunk + i;
+            let (t, h) = (pair / p.n_heads, pair % p.n_heads);
+            let qh = &q[pair * hd..(pair + 1) * hd];
+            head_attention(cache, layer, h / group, start_pos + t, qh, p, scores, oh);
+        }
+    };
+    if n_chunks == 1 {
+        run((0, (out, &mut ws.scores[..ctx])));
+    } else {
+        let scores = &mut ws.scores[..n_chunks * ctx];
+        be.pool.install(|| {
+            out.par_chunks_mut(per_chunk * hd)
+                .zip(scores.par_chunks_mut(ctx))
+                .enumerate()
+                .for_each(run)
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,749 @@
+//! AVX2 + FMA + F16C kernels for x86-64, selected at run time.
+//!
+//! Technique (as in ggml's x86 path): weights are unpacked to bytes in a
+//! register, multiplied with 8-bit activations by `vpmaddubsw` (unsigned by
+//! signed bytes, pairs summed to i16), widened by `vpmaddwd`, converted to
+//! f32 once per block and accumulated with FMA under the product of the two
+//! block scales. Offsets and mins are folded in through the activation
+//! block sums, so 4- and 5-bit weights need no sign trick.
+//!
+//! Batch invariance: [`tile`] computes an `R x C` tile of (row, token)
+//! pairs, but each pair has its own accumulator updated block by block with
+//! the same instructions whatever `R` and `C` are, so a pair's result is
+//! bit-identical in every tile shape.
+//!
+//! Every function here is compiled with `avx2,fma,f16c`; the only entry
+//! points from ordinary code ([`rows`], [`dot_float`]) check the CPU first.
+
+use std::arch::x86_64::*;
+use std::ops::Range;
+
+use half::{bf16, f16};
+use realm_core::quant::blocks::{
+    BlockIQ4NL, BlockIQ4XS, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K,
+    BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0, KVALUES_IQ4NL,
+};
+
+use crate::act::{BlockQ8K, BlockQ8x32};
+use crate::matmul::OutRows;
+use crate::reference::{scale_min_k4, scales_q3k, WeightBlock};
+
+/// True when the CPU has every feature these kernels use.
+pub(crate) fn available() -> bool {
+    is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn h2f(h: f16) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(h.to_bits()))))
+}
+
+/// Sum of the 8 lanes, in a fixed order.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+}
+
+/// Byte `i` is `0xff` where bit `i` of `bits` is set, else 0.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn bits_to_bytes(bits: u32) -> __m256i {
+    let spread = _mm256_shuffle_epi8(
+        _mm256_set1_epi32(bits as i32),
+        _mm256_setr_epi8(
+            0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3,
+            3, 3, 3,
+        ),
+    );
+    let select = _mm256_set1_epi64x(0x8040_2010_0804_0201_u64 as i64);
+    _mm256_cmpeq_epi8(_mm256_and_si256(spread, select), select)
+}
+
+/// 16 bytes of nibbles as 32 bytes: low nibbles, then high nibbles.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn nibbles(qs: [u8; 16]) -> __m256i {
+    let v: __m128i = bytemuck::cast(qs);
+    let m4 = _mm_set1_epi8(0x0f);
+    let lo = _mm_and_si128(v, m4);
+    let hi = _mm_and_si128(_mm_srli_epi16::<4>(v), m4);
+    _mm256_set_m128i(hi, lo)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn iq4_table() -> __m256i {
+    let t: __m128i = bytemuck::cast(KVALUES_IQ4NL);
+    _mm256_broadcastsi128_si256(t)
+}
+
+/// A SIMD kernel for one weight type: unpack a block once, then fold it into
+/// any number of (row, token) accumulators.
+pub(crate) trait Kernel {
+    /// The weight block.
+    type Block: WeightBlock;
+    /// A block unpacked to registers.
+    type Unpacked: Copy;
+    /// One (row, token) accumulator.
+    type Acc: Copy;
+    /// Rows per tile for a single token (decode) and for several.
+    const ROWS_DECODE: usize;
+    /// Rows per tile when several tokens share the weights (prefill).
+    const ROWS_BATCH: usize;
+
+    /// # Safety
+    /// The CPU supports avx2, fma and f16c.
+    unsafe fn unpack(b: &Self::Block) -> Self::Unpacked;
+    /// # Safety
+    /// The CPU supports avx2, fma and f16c.
+    unsafe fn zero() -> Self::Acc;
+    /// # Safety
+    /// The CPU supports avx2, fma and f16c.
+    unsafe fn step(u: &Self::Unpacked, x: &<Self::Block as WeightBlock>::Act, acc: &mut Self::Acc);
+    /// # Safety
+    /// The CPU supports avx2, fma and f16c.
+    unsafe fn finish(acc: Self::Acc) -> f32;
+}
+
+type Act<K> = <<K as Kernel>::Block as WeightBlock>::Act;
+
+/// Dot products of `R` weight rows with `C` activation rows (all `nb`
+/// blocks long).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn tile<K: Kernel, const R: usize, const C: usize>(
+    w: [&[K::Block]; R],
+    x: [&[Act<K>]; C],
+    nb: usize,
+) -> [[f32; C]; R] {
+    let w = w.map(|s| &s[..nb]);
+    let x = x.map(|s| &s[..nb]);
+    // SAFETY: this function is compiled with avx2,fma,f16c, which its
+    // callers have checked the CPU supports.
+    let mut acc = [[unsafe { K::zero() }; C]; R];
+    for b in 0..nb {
+        for (wr, accr) in w.iter().zip(acc.iter_mut()) {
+            // SAFETY: as above.
+            let u = unsafe { K::unpack(&wr[b]) };
+            for (xc, a) in x.iter().zip(accr.iter_mut()) {
+                // SAFETY: as above.
+                unsafe { K::step(&u, &xc[b], a) };
+            }
+        }
+    }
+    // SAFETY: as above.
+    acc.map(|r| r.map(|a| unsafe { K::finish(a) }))
+}
+
+/// Rows `r..r + R` against tokens `t0..t0 + tn`, in tiles of up to 4 tokens.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn row_tile<K: Kernel, const R: usize>(
+    w: &[K::Block],
+    nb: usize,
+    r: usize,
+    x: &[Act<K>],
+    tokens: Range<usize>,
+    out: &mut OutRows<'_>,
+) {
+    let wr: [&[K::Block]; R] = std::array::from_fn(|i| &w[(r + i) * nb..(r + i + 1) * nb]);
+    let xt = |t: usize| &x[t * nb..(t + 1) * nb];
+    let mut t = tokens.start;
+    while t < tokens.end {
+        let c = (tokens.end - t).min(4);
+        macro_rules! run {
+            ($c:literal) => {{
+                let res = tile::<K, R, $c>(wr, std::array::from_fn(|j| xt(t + j)), nb);
+                for (i, row) in res.iter().enumerate() {
+                    for (j, &v) in row.iter().enumerate() {
+                        out.set(t + j, r + i, v);
+                    }
+                }
+            }};
+        }
+        match c {
+            4 => run!(4),
+            3 => run!(3),
+            2 => run!(2),
+            _ => run!(1),
+        }
+        t += c;
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn rows_impl<K: Kernel>(
+    w: &[K::Block],
+    nb: usize,
+    rows: Range<usize>,
+    x: &[Act<K>],
+    n_tokens: usize,
+    out: &mut OutRows<'_>,
+) {
+    // Tokens in groups small enough that their activations stay in L2 while
+    // the rows stream past them.
+    const TOKEN_GROUP: usize = 64;
+    let mut t0 = 0;
+    while t0 < n_tokens {
+        let tokens = t0..(t0 + TOKEN_GROUP).min(n_tokens);
+        let wide = if tokens.len() == 1 {
+            K::ROWS_DECODE
+        } else {
+            K::ROWS_BATCH
+        };
+        let mut r = rows.start;
+        while r < rows.end {
+            let left = rows.end - r;
+            if wide >= 4 && left >= 4 {
+                row_tile::<K, 4>(w, nb, r, x, tokens.clone(), out);
+                r += 4;
+            } else if wide >= 2 && left >= 2 {
+                row_tile::<K, 2>(w, nb, r, x, tokens.clone(), out);
+                r += 2;
+            } else {
+                row_tile::<K, 1>(w, nb, r, x, tokens.clone(), out);
+                r += 1;
+            }
+        }
+        t0 = tokens.end;
+    }
+}
+
+/// Computes rows `rows` of the product for every token, or returns `false`
+/// (doing nothing) when the CPU lacks the features.
+pub(crate) fn rows<K: Kernel>(
+    w: &[K::Block],
+    nb: usize,
+    rows: Range<usize>,
+    x: &[Act<K>],
+    n_tokens: usize,
+    out: &mut OutRows<'_>,
+) -> bool {
+    if !available() {
+        return false;
+    }
+    // SAFETY: the CPU supports avx2, fma and f16c (checked just above).
+    unsafe { rows_impl::<K>(w, nb, rows, x, n_tokens, out) };
+    true
+}
+
+// ---- 32-element blocks ----------------------------------------------------
+
+/// How a 32-element type's values relate to its unpacked bytes.
+#[derive(Clone, Copy, PartialEq)]
+pub(crate) enum Form {
+    /// Signed bytes, `value = d * q`.
+    Signed,
+    /// Unsigned bytes, `value = d * (q - offset)`.
+    Offset(f32),
+    /// Unsigned bytes, `value = d * q + m`.
+    Min,
+}
+
+/// A 32-element weight type as bytes in a register.
+pub(crate) trait LegacySimd: WeightBlock<Act = BlockQ8x32> {
+    const FORM: Form;
+    /// The 32 quants, the scale, and the min (for [`Form::Min`]).
+    ///
+    /// # Safety
+    /// The CPU supports avx2, fma and f16c.
+    unsafe fn load(&self) -> (__m256i, f32, f32);
+}
+
+impl LegacySimd for BlockQ4_0 {
+    const FORM: Form = Form::Offset(8.0);
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load(&self) -> (__m256i, f32, f32) {
+        (nibbles(self.qs), h2f(self.d), 0.0)
+    }
+}
+
+impl LegacySimd for BlockQ4_1 {
+    const FORM: Form = Form::Min;
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load(&self) -> (__m256i, f32, f32) {
+        (nibbles(self.qs), h2f(self.d), h2f(self.m))
+    }
+}
+
+impl LegacySimd for BlockQ5_0 {
+    const FORM: Form = Form::Offset(16.0);
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load(&self) -> (__m256i, f32, f32) {
+        let high = _mm256_and_si256(
+            bits_to_bytes(u32::from_le_bytes(self.qh)),
+            _mm256_set1_epi8(0x10),
+        );
+        (_mm256_or_si256(nibbles(self.qs), high), h2f(self.d), 0.0)
+    }
+}
+
+impl LegacySimd for BlockQ5_1 {
+    const FORM: Form = Form::Min;
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load(&self) -> (__m256i, f32, f32) {
+        let high = _mm256_and_si256(
+            bits_to_bytes(u32::from_le_bytes(self.qh)),
+            _mm256_set1_epi8(0x10),
+        );
+        (
+            _mm256_or_si256(nibbles(self.qs), high),
+            h2f(self.d),
+            h2f(self.m),
+        )
+    }
+}
+
+impl LegacySimd for BlockQ8_0 {
+    const FORM: Form = Form::Signed;
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load(&self) -> (__m256i, f32, f32) {
+        (bytemuck::cast(self.qs), h2f(self.d), 0.0)
+    }
+}
+
+impl LegacySimd for BlockIQ4NL {
+    const FORM: Form = Form::Signed;
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load(&self) -> (__m256i, f32, f32) {
+        let q = _mm256_shuffle_epi8(iq4_table(), nibbles(self.qs));
+        (q, h2f(self.d), 0.0)
+    }
+}
+
+/// Kernel for the 32-element types.
+pub(crate) struct Legacy<B>(std::marker::PhantomData<B>);
+
+/// An unpacked 32-element block: the bytes fed to `vpmaddubsw` (absolute
+/// values for signed types), the original signed bytes, the scale and the
+/// offset/min factor.
+#[derive(Clone, Copy)]
+pub(crate) struct LegacyUnpacked {
+    qa: __m256i,
+    q: __m256i,
+    d: f32,
+    aux: f32,
+}
+
+impl<B: LegacySimd> Kernel for Legacy<B> {
+    type Block = B;
+    type Unpacked = LegacyUnpacked;
+    /// The scaled integer sums, and the running offset/min term.
+    type Acc = (__m256, f32);
+    const ROWS_DECODE: usize = 4;
+    const ROWS_BATCH: usize = 2;
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn unpack(b: &B) -> LegacyUnpacked {
+        // SAFETY: this function is compiled with the features `load` needs.
+        let (q, d, m) = unsafe { b.load() };
+        let (qa, aux) = match B::FORM {
+            Form::Signed => (_mm256_abs_epi8(q), 0.0),
+            Form::Offset(_) => (q, d),
+            Form::Min => (q, m),
+        };
+        LegacyUnpacked { qa, q, d, aux }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn zero() -> (__m256, f32) {
+        (_mm256_setzero_ps(), 0.0)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn step(u: &LegacyUnpacked, x: &BlockQ8x32, acc: &mut (__m256, f32)) {
+        let xv: __m256i = bytemuck::cast(x.qs);
+        let xv = if B::FORM == Form::Signed {
+            _mm256_sign_epi8(xv, u.q)
+        } else {
+            xv
+        };
+        let pairs = _mm256_maddubs_epi16(u.qa, xv);
+        let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+        acc.0 = _mm256_fmadd_ps(_mm256_set1_ps(u.d * x.d), sums, acc.0);
+        if B::FORM != Form::Signed {
+            acc.1 += u.aux * x.s;
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn finish(acc: (__m256, f32)) -> f32 {
+        match B::FORM {
+            Form::Signed => hsum(acc.0),
+            Form::Offset(o) => hsum(acc.0) - o * acc.1,
+            Form::Min => hsum(acc.0) + acc.1,
+        }
+    }
+}
+
+// ---- 256-element super-blocks ---------------------------------------------
+
+/// A super-block as it enters the shared k-quant kernel: 8 groups of 32
+/// bytes, one scale per 16 values, and (for types with mins) one min per 16.
+pub(crate) struct KParts {
+    q: [__m256i; 8],
+    scales: [i8; 16],
+    mins: [i8; 16],
+    d: f32,
+    dmin: f32,
+}
+
+/// A 256-element weight type as 8 registers of bytes.
+pub(crate) trait KSimd: WeightBlock<Act = BlockQ8K> {
+    /// Bytes are signed table values (IQ4_XS), not unsigned quants.
+    const SIGNED: bool = false;
+    /// Value = byte - `OFFSET` (Q3_K: 4, Q6_K: 32).
+    const OFFSET: i32 = 0;
+    /// The type subtracts `dmin * min` per sub-block.
+    const HAS_MIN: bool = false;
+    /// # Safety
+    /// The CPU supports avx2, fma and f16c.
+    unsafe fn parts(&self) -> KParts;
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn load32(b: [u8; 32]) -> __m256i {
+    bytemuck::cast(b)
+}
+
+/// `v >> n` per 16-bit lane, `n` at run time.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn srl16(v: __m256i, n: usize) -> __m256i {
+    _mm256_srl_epi16(v, _mm_cvtsi32_si128(n as i32))
+}
+
+/// Scales and mins of a Q4_K/Q5_K block, one per 16 values.
+fn scales_mins_k4(s: &[u8; 12]) -> ([i8; 16], [i8; 16]) {
+    let sm: [(u8, u8); 8] = std::array::from_fn(|j| scale_min_k4(j, s));
+    (
+        std::array::from_fn(|i| sm[i / 2].0 as i8),
+        std::array::from_fn(|i| sm[i / 2].1 as i8),
+    )
+}
+
+impl KSimd for BlockQ2K {
+    const HAS_MIN: bool = true;
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn parts(&self) -> KParts {
+        let halves: [[u8; 32]; 2] = bytemuck::cast(self.qs);
+        let m3 = _mm256_set1_epi8(3);
+        let q = std::array::from_fn(|g| {
+            _mm256_and_si256(srl16(load32(halves[g / 4]), 2 * (g % 4)), m3)
+        });
+        KParts {
+            q,
+            scales: self.scales.map(|s| (s & 0x0f) as i8),
+            mins: self.scales.map(|s| (s >> 4) as i8),
+            d: h2f(self.d),
+            dmin: h2f(self.dmin),
+        }
+    }
+}
+
+impl KSimd for BlockQ3K {
+    const OFFSET: i32 = 4;
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn parts(&self) -> KParts {
+        let halves: [[u8; 32]; 2] = bytemuck::cast(self.qs);
+        let hmask = load32(self.hmask);
+        let (m3, one) = (_mm256_set1_epi8(3), _mm256_set1_epi8(1));
+        let q = std::array::from_fn(|g| {
+            let low = _mm256_and_si256(srl16(load32(halves[g / 4]), 2 * (g % 4)), m3);
+            let high = _mm256_and_si256(srl16(hmask, g), one);
+            _mm256_or_si256(low, _mm256_slli_epi16::<2>(high))
+        });
+        KParts {
+            q,
+            scales: scales_q3k(&self.scales),
+            mins: [0; 16],
+            d: h2f(self.d),
+            dmin: 0.0,
+        }
+    }
+}
+
+impl KSimd for BlockQ4K {
+    const HAS_MIN: bool = true;
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn parts(&self) -> KParts {
+        let chunks: [[u8; 32]; 4] = bytemuck::cast(self.qs);
+        let m4 = _mm256_set1_epi8(0x0f);
+        let q = std::array::from_fn(|g| {
+            let v = load32(chunks[g / 2]);
+            _mm256_and_si256(srl16(v, 4 * (g % 2)), m4)
+        });
+        let (scales, mins) = scales_mins_k4(&self.scales);
+        KParts {
+            q,
+            scales,
+            mins,
+            d: h2f(self.d),
+            dmin: h2f(self.dmin),
+        }
+    }
+}
+
+impl KSimd for BlockQ5K {
+    const HAS_MIN: bool = true;
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn parts(&self) -> KParts {
+        let chunks: [[u8; 32]; 4] = bytemuck::cast(self.qs);
+        let qh = load32(self.qh);
+        let (m4, one) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(1));
+        let q = std::array::from_fn(|g| {
+            let low = _mm256_and_si256(srl16(load32(chunks[g / 2]), 4 * (g % 2)), m4);
+            let high = _mm256_and_si256(srl16(qh, g), one);
+            _mm256_or_si256(low, _mm256_slli_epi16::<4>(high))
+        });
+        let (scales, mins) = scales_mins_k4(&self.scales);
+        KParts {
+            q,
+            scales,
+            mins,
+            d: h2f(self.d),
+            dmin: h2f(self.dmin),
+        }
+    }
+}
+
+impl KSimd for BlockQ6K {
+    const OFFSET: i32 = 32;
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn parts(&self) -> KParts {
+        let ql: [[u8; 32]; 4] = bytemuck::cast(self.ql);
+        let qh: [[u8; 32]; 2] = bytemuck::cast(self.qh);
+        let (m4, m3) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(3));
+        let q = std::array::from_fn(|g| {
+            let (n, j) = (g / 4, g % 4);
+            let low = _mm256_and_si256(srl16(load32(ql[2 * n + j % 2]), 4 * (j / 2)), m4);
+            let high = _mm256_and_si256(srl16(load32(qh[n]), 2 * j), m3);
+            _mm256_or_si256(low, _mm256_slli_epi16::<4>(high))
+        });
+        KParts {
+            q,
+            scales: self.scales,
+            mins: [0; 16],
+            d: h2f(self.d),
+            dmin: 0.0,
+        }
+    }
+}
+
+impl KSimd for BlockIQ4XS {
+    const SIGNED: bool = true;
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn parts(&self) -> KParts {
+        let chunks: [[u8; 16]; 8] = bytemuck::cast(self.qs);
+        let table = iq4_table();
+        let q = std::array::from_fn(|g| _mm256_shuffle_epi8(table, nibbles(chunks[g])));
+        let ls: [i8; 8] = std::array::from_fn(|ib| {
+            let low = (self.scales_l[ib / 2] >> (4 * (ib % 2))) & 0x0f;
+            let high = ((self.scales_h >> (2 * ib)) & 3) as u8;
+            (low | (high << 4)) as i8 - 32
+        });
+        KParts {
+            q,
+            scales: std::array::from_fn(|i| ls[i / 2]),
+            mins: [0; 16],
+            d: h2f(self.d),
+            dmin: 0.0,
+        }
+    }
+}
+
+/// Kernel for the 256-element types.
+pub(crate) struct KQuant<B>(std::marker::PhantomData<B>);
+
+/// An unpacked super-block: bytes, per-group scale vectors (i16, one value
+/// per 16 lanes), all 16 scales and mins as i16, and the two block scales.
+#[derive(Clone, Copy)]
+pub(crate) struct KUnpacked {
+    q: [__m256i; 8],
+    sc: [__m256i; 8],
+    scales: __m256i,
+    mins: __m256i,
+    d: f32,
+    dmin: f32,
+}
+
+impl<B: KSimd> Kernel for KQuant<B> {
+    type Block = B;
+    type Unpacked = KUnpacked;
+    type Acc = __m256;
+    const ROWS_DECODE: usize = 1;
+    const ROWS_BATCH: usize = 1;
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn unpack(b: &B) -> KUnpacked {
+        // SAFETY: this function is compiled with the features `parts` needs.
+        let p = unsafe { b.parts() };
+        let s: __m128i = bytemuck::cast(p.scales);
+        let sc = std::array::from_fn(|g| {
+            let lo = (2 * g) as i8;
+            let hi = lo + 1;
+            let pick = _mm_setr_epi8(
+                lo, lo, lo, lo, lo, lo, lo, lo, hi, hi, hi, hi, hi, hi, hi, hi,
+            );
+            _mm256_cvtepi8_epi16(_mm_shuffle_epi8(s, pick))
+        });
+        let mins: __m128i = bytemuck::cast(p.mins);
+        KUnpacked {
+            q: p.q,
+            sc,
+            scales: _mm256_cvtepi8_epi16(s),
+            mins: _mm256_cvtepi8_epi16(mins),
+            d: p.d,
+            dmin: p.dmin,
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn zero() -> __m256 {
+        _mm256_setzero_ps()
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn step(u: &KUnpacked, x: &BlockQ8K, acc: &mut __m256) {
+        let xs: [[i8; 32]; 8] = bytemuck::cast(x.qs);
+        let mut isum = _mm256_setzero_si256();
+        for ((q, sc), xg) in u.q.iter().zip(&u.sc).zip(xs) {
+            let xv: __m256i = bytemuck::cast(xg);
+            let pairs = if B::SIGNED {
+                _mm256_maddubs_epi16(_mm256_abs_epi8(*q), _mm256_sign_epi8(xv, *q))
+            } else {
+                _mm256_maddubs_epi16(*q, xv)
+            };
+            isum = _mm256_add_epi32(isum, _mm256_madd_epi16(pairs, *sc));
+        }
+        let bsums: __m256i = bytemuck::cast(x.bsums);
+        if B::OFFSET != 0 {
+            let off = _mm256_madd_epi16(bsums, u.scales);
+            isum = _mm256_sub_epi32(isum, _mm256_mullo_epi32(off, _mm256_set1_epi32(B::OFFSET)));
+        }
+        *acc = _mm256_fmadd_ps(_mm256_set1_ps(u.d * x.d), _mm256_cvtepi32_ps(isum), *acc);
+        if B::HAS_MIN {
+            let m = _mm256_cvtepi32_ps(_mm256_madd_epi16(bsums, u.mins));
+            *acc = _mm256_fnmadd_ps(_mm256_set1_ps(u.dmin * x.d), m, *acc);
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn finish(acc: __m256) -> f32 {
+        hsum(acc)
+    }
+}
+
+// ---- float weights ----------------------------------------------------------
+
+/// A float weight element type that loads 8 at a time as f32.
+pub(crate) trait FloatSimd: bytemuck::Pod {
+    /// # Safety
+    /// The CPU supports avx2, fma and f16c.
+    unsafe fn load8(w: &[Self; 8]) -> __m256;
+    /// The value as f32.
+    fn to_f32(self) -> f32;
+}
+
+impl FloatSimd for f32 {
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load8(w: &[f32; 8]) -> __m256 {
+        bytemuck::cast(*w)
+    }
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+
+impl FloatSimd for f16 {
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load8(w: &[f16; 8]) -> __m256 {
+        _mm256_cvtph_ps(bytemuck::cast(*w))
+    }
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+}
+
+impl FloatSimd for bf16 {
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load8(w: &[bf16; 8]) -> __m256 {
+        let wide = _mm256_cvtepu16_epi32(bytemuck::cast(*w));
+        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(wide))
+    }
+    fn to_f32(self) -> f32 {
+        bf16::to_f32(self)
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_float_impl<T: FloatSimd>(w: &[T], x: &[f32]) -> f32 {
+    let n = w.len().min(x.len());
+    let (w, x) = (&w[..n], &x[..n]);
+    let (w32, _) = w.as_chunks::<32>();
+    let (x32, _) = x.as_chunks::<32>();
+    let mut acc = [_mm256_setzero_ps(); 4];
+    for (wc, xc) in w32.iter().zip(x32) {
+        let (wc, _) = wc.as_chunks::<8>();
+        let (xc, _) = xc.as_chunks::<8>();
+        for ((a, w8), x8) in acc.iter_mut().zip(wc).zip(xc) {
+            // SAFETY: this function is compiled with the features `load8` needs.
+            let wv = unsafe { T::load8(w8) };
+            *a = _mm256_fmadd_ps(wv, bytemuck::cast(*x8), *a);
+        }
+    }
+    let done = w32.len() * 32;
+    let (w8s, _) = w[done..].as_chunks::<8>();
+    let (x8s, _) = x[done..].as_chunks::<8>();
+    for (w8, x8) in w8s.iter().zip(x8s) {
+        // SAFETY: as above.
+        let wv = unsafe { T::load8(w8) };
+        acc[0] = _mm256_fmadd_ps(wv, bytemuck::cast(*x8), acc[0]);
+    }
+    let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+    let done = done + w8s.len() * 8;
+    w[done..]
+        .iter()
+        .zip(&x[done..])
+        .fold(hsum(sum), |s, (&a, &b)| s + a.to_f32() * b)
+}
+
+/// Dot product of a float weight row with f32 activations, or `None` when
+/// the CPU lacks the features.
+pub(crate) fn dot_float<T: FloatSimd>(w: &[T], x: &[f32]) -> Option<f32> {
+    if !available() {
+        return None;
+    }
+    // SAFETY: the CPU supports avx2, fma and f16c (checked just above).
+    Some(unsafe { dot_float_impl(w, x) })
+}

@@ -1,0 +1,422 @@
+//! # realm-compute-cpu
+//!
+//! The CPU implementation of [`realm_core::backend::Backend`].
+//!
+//! - Quantized matmul the way fast engines do it: activations are quantized
+//!   on the fly to 8-bit blocks (32 values for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/
+//!   IQ4_NL weights, 256 values with per-16 sums for Q2_K..Q6_K and IQ4_XS),
+//!   dot products run on integers and are scaled once per block. F32, F16 and
+//!   BF16 weights multiply f32 activations directly.
+//! - Kernels: a portable scalar path (the reference) and an AVX2+FMA+F16C
+//!   path chosen at run time. Several tokens share each unpacked weight
+//!   block (tiles of up to 4 rows by 4 tokens), so prefill is not a series
+//!   of matrix-vector products.
+//! - Threads: the backend owns a rayon pool of a set size and splits output
+//!   rows over it. Each output element is computed by one thread with a
+//!   reduction order fixed by `k` alone: results are bit-identical for any
+//!   batch size and thread count (batch invariance).
+//! - Errors: every method checks its inputs and returns [`Error`] (an alias
+//!   of [`realm_core::backend::BackendError`], shared by all backends)
+//!   rather than panicking.
+//!
+//! ```
+//! use realm_compute_cpu::{CpuBackend, CpuConfig};
+//! use realm_core::backend::{BackendCore, MatMulOps};
+//! use realm_core::{GgmlType, TensorView};
+//!
+//! let be = CpuBackend::with_config(CpuConfig { threads: 1, isa: None })?;
+//! // A 2 x 4 f32 matrix (ggml shape [cols, rows]).
+//! let w: Vec<f32> = vec![1.0, 2.0, 3.0, 4.0, 0.5, 0.5, 0.5, 0.5];
+//! let shape = [4u64, 2];
+//! let view = TensorView::new("w", GgmlType::F32, &shape, bytemuck::cast_slice(&w)).unwrap();
+//! let w = be.weight(&view)?;
+//! let mut ws = be.workspace();
+//! let mut out = [0.0f32; 2];
+//! be.matmul(&mut ws, &w, &[1.0, 1.0, 1.0, 1.0], 1, &mut out)?;
+//! assert_eq!(out, [10.0, 2.0]);
+//! # Ok::<(), realm_compute_cpu::Error>(())
+//! ```
+#![warn(missing_docs)]
+
+mod act;
+mod attention;
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+mod matmul;
+mod ops;
+mod reference;
+
+use realm_core::backend::{
+    ActivationOps, AttentionOps, AttentionParams, BackendCore, BackendError, BackendResult,
+    KvCacheConfig, MatMulOps, NormOps, RopeOps, RopeParams, WeightInfo,
+};
+use realm_core::{GgmlType, TensorView};
+
+pub use attention::CpuKvCache;
+
+/// The error type of this crate: the backend error shared by every backend.
+pub type Error = BackendError;
+
+/// The instruction set the kernels use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Isa {
+    /// Portable scalar code: the reference every other path is tested against.
+    Scalar,
+    /// x86-64 AVX2 with FMA and F16C.
+    Avx2,
+}
+
+impl Isa {
+    /// The fastest instruction set this CPU supports.
+    pub fn detect() -> Self {
+        if Self::Avx2.is_available() {
+            Self::Avx2
+        } else {
+            Self::Scalar
+        }
+    }
+
+    /// True when this CPU can run the kernels of `self`.
+    pub fn is_available(self) -> bool {
+        match self {
+            Self::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx2 => avx2::available(),
+            #[cfg(not(target_arch = "x86_64"))]
+            Self::Avx2 => false,
+        }
+    }
+}
+
+/// How to build a [`CpuBackend`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuConfig {
+    /// Worker threads; 0 means one per available core.
+    pub threads: usize,
+    /// Instruction set; `None` picks the fastest available.
+    pub isa: Option<Isa>,
+}
+
+/// The CPU backend: a thread pool and the chosen instruction set.
+///
+/// It is `Sync`: sessions share one backend and each brings its own
+/// [`CpuWorkspace`].
+#[derive(Debug)]
+pub struct CpuBackend {
+    pool: rayon::ThreadPool,
+    threads: usize,
+    isa: Isa,
+    name: &'static str,
+}
+
+impl CpuBackend {
+    /// A backend with one thread per core and the fastest instruction set.
+    pub fn new() -> Result<Self, Error> {
+        Self::with_config(CpuConfig::default())
+    }
+
+    /// A backend as `cfg` says; fails when the requested instruction set is
+    /// not available or the pool cannot be created.
+    pub fn with_config(cfg: CpuConfig) -> Result<Self, Error> {
+        let isa = cfg.isa.unwrap_or_else(Isa::detect);
+        if !isa.is_available() {
+            return Err(BackendError::Setup(format!(
+                "{isa:?} is not supported by this CPU"
+            )));
+        }
+        let threads = match cfg.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("realm-cpu-{i}"))
+            .build()
+            .map_err(|e| BackendError::Setup(e.to_string()))?;
+        let name = match isa {
+            Isa::Scalar => "cpu-scalar",
+            Isa::Avx2 => "cpu-avx2",
+        };
+        Ok(Self {
+            pool,
+            threads,
+            isa,
+            name,
+        })
+    }
+
+    /// The instruction set in use.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// The number of worker threads.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+}
+
+/// A weight matrix borrowed from its tensor's bytes (no copy), validated for
+/// type, shape and alignment.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuWeight<'a> {
+    dtype: GgmlType,
+    rows: usize,
+    cols: usize,
+    data: &'a [u8],
+}
+
+impl WeightInfo for CpuWeight<'_> {
+    fn dtype(&self) -> GgmlType {
+        self.dtype
+    }
+    fn rows(&self) -> usize {
+        self.rows
+    }
+    fn cols(&self) -> usize {
+        self.cols
+    }
+}
+
+/// Scratch memory of one caller: quantized activations and attention
+/// scores. It grows to the largest call and is then reused.
+#[derive(Debug, Default)]
+pub struct CpuWorkspace {
+    q8: Vec<act::BlockQ8x32>,
+    q8k: Vec<act::BlockQ8K>,
+    scores: Vec<f32>,
+}
+
+impl BackendCore for CpuBackend {
+    type Workspace = CpuWorkspace;
+
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn workspace(&self) -> CpuWorkspace {
+        CpuWorkspace::default()
+    }
+}
+
+fn shape_err(op: &'static str, what: &'static str, expected: usize, got: usize) -> Error {
+    BackendError::Shape {
+        op,
+        what,
+        expected,
+        got,
+    }
+}
+
+impl MatMulOps for CpuBackend {
+    type Weight<'a> = CpuWeight<'a>;
+
+    fn supports_matmul(&self, t: GgmlType) -> bool {
+        matmul::SUPPORTED.contains(&t)
+    }
+
+    fn weight<'a>(&self, t: &TensorView<'a>) -> BackendResult<CpuWeight<'a>> {
+        const OP: &str = "weight";
+        let dtype = t.dtype();
+        if !self.supports_matmul(dtype) {
+            return Err(BackendError::UnsupportedType { op: OP, dtype });
+        }
+        let shape = t.shape();
+        if shape.len() < 2 || shape[2..].iter().any(|&d| d != 1) {
+            return Err(shape_err(OP, "number of dimensions", 2, shape.len()));
+        }
+        let dim = |d: u64| {
+            usize::try_from(d).map_err(|_| BackendError::InvalidParameter {
+                op: OP,
+                what: "dimension does not fit in usize",
+            })
+        };
+        let (cols, rows) = (dim(shape[0])?, dim(shape[1])?);
+        let align = if dtype == GgmlType::F32 { 4 } else { 2 };
+        if t.data().as_ptr() as usize % align != 0 {
+            return Err(BackendError::Misaligned { op: OP, align });
+        }
+        Ok(CpuWeight {
+            dtype,
+            rows,
+            cols,
+            data: t.data(),
+        })
+    }
+
+    fn matmul(
+        &self,
+        ws: &mut CpuWorkspace,
+        w: &CpuWeight<'_>,
+        x: &[f32],
+        n_tokens: usize,
+        out: &mut [f32],
+    ) -> BackendResult<()> {
+        const OP: &str = "matmul";
+        let need_x = w.cols.checked_mul(n_tokens);
+        if need_x != Some(x.len()) {
+            return Err(shape_err(
+                OP,
+                "x length (n_tokens * cols)",
+                need_x.unwrap_or(usize::MAX),
+                x.len(),
+            ));
+        }
+        let need_out = w.rows.checked_mul(n_tokens);
+        if need_out != Some(out.len()) {
+            return Err(shape_err(
+                OP,
+                "out length (n_tokens * rows)",
+                need_out.unwrap_or(usize::MAX),
+                out.len(),
+            ));
+        }
+        if n_tokens == 0 || w.rows == 0 {
+            return Ok(());
+        }
+        matmul::matmul(self, ws, w, x, n_tokens, out)
+    }
+
+    fn embed(&self, table: &CpuWeight<'_>, ids: &[u32], out: &mut [f32]) -> BackendResult<()> {
+        const OP: &str = "embed";
+        let need = table.cols.checked_mul(ids.len());
+        if need != Some(out.len()) {
+            return Err(shape_err(
+                OP,
+                "out length (ids * cols)",
+                need.unwrap_or(usize::MAX),
+                out.len(),
+            ));
+        }
+        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= table.rows) {
+            return Err(BackendError::OutOfRange {
+                op: OP,
+                what: "token id",
+                index: bad as usize,
+                limit: table.rows,
+            });
+        }
+        matmul::embed(table, ids, out)
+    }
+}
+
+impl NormOps for CpuBackend {
+    fn rms_norm(&self, x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) -> BackendResult<()> {
+        ops::check_rows("rms_norm", x.len(), w.len())?;
+        ops::check_same("rms_norm", x.len(), out.len())?;
+        ops::rms_norm(x, w, eps, out);
+        Ok(())
+    }
+
+    fn rms_norm_inplace(&self, x: &mut [f32], w: &[f32], eps: f32) -> BackendResult<()> {
+        ops::check_rows("rms_norm", x.len(), w.len())?;
+        ops::rms_norm_inplace(x, w, eps);
+        Ok(())
+    }
+}
+
+impl RopeOps for CpuBackend {
+    fn rope(
+        &self,
+        x: &mut [f32],
+        head_dim: usize,
+        positions: &[u32],
+        p: &RopeParams,
+    ) -> BackendResult<()> {
+        const OP: &str = "rope";
+        if p.n_dims == 0
+            || p.n_dims % 2 != 0
+            || p.n_dims > head_dim
+            || p.n_dims > ops::ROPE_MAX_DIMS
+        {
+            return Err(BackendError::InvalidParameter {
+                op: OP,
+                what: "n_dims must be even, positive, at most head_dim and 1024",
+            });
+        }
+        let per_token = head_dim.checked_mul(positions.len());
+        ops::check_rows(OP, x.len(), per_token.filter(|&v| v > 0).unwrap_or(0))?;
+        ops::rope(x, head_dim, positions, p);
+        Ok(())
+    }
+}
+
+impl ActivationOps for CpuBackend {
+    fn softmax_inplace(&self, x: &mut [f32], row_len: usize) -> BackendResult<()> {
+        ops::check_rows("softmax", x.len(), row_len)?;
+        ops::softmax_inplace(x, row_len);
+        Ok(())
+    }
+
+    fn silu_inplace(&self, x: &mut [f32]) {
+        x.iter_mut().for_each(|v| *v = ops::silu(*v));
+    }
+
+    fn gelu_inplace(&self, x: &mut [f32]) {
+        x.iter_mut().for_each(|v| *v = ops::gelu(*v));
+    }
+
+    fn swiglu_inplace(&self, gate: &mut [f32], up: &[f32]) -> BackendResult<()> {
+        ops::check_same("swiglu", gate.len(), up.len())?;
+        gate.iter_mut()
+            .zip(up)
+            .for_each(|(g, &u)| *g = ops::silu(*g) * u);
+        Ok(())
+    }
+
+    fn geglu_inplace(&self, gate: &mut [f32], up: &[f32]) -> BackendResult<()> {
+        ops::check_same("geglu", gate.len(), up.len())?;
+        gate.iter_mut()
+            .zip(up)
+            .for_each(|(g, &u)| *g = ops::gelu(*g) * u);
+        Ok(())
+    }
+
+    fn add_inplace(&self, dst: &mut [f32], src: &[f32]) -> BackendResult<()> {
+        ops::check_same("add", dst.len(), src.len())?;
+        dst.iter_mut().zip(src).for_each(|(d, &s)| *d += s);
+        Ok(())
+    }
+
+    fn mul_inplace(&self, dst: &mut [f32], src: &[f32]) -> BackendResult<()> {
+        ops::check_same("mul", dst.len(), src.len())?;
+        dst.iter_mut().zip(src).for_each(|(d, &s)| *d *= s);
+        Ok(())
+    }
+
+    fn scale_inplace(&self, dst: &mut [f32], s: f32) {
+        dst.iter_mut().for_each(|d| *d *= s);
+    }
+}
+
+impl AttentionOps for CpuBackend {
+    type KvCache = CpuKvCache;
+
+    fn kv_cache(&self, cfg: &KvCacheConfig) -> BackendResult<CpuKvCache> {
+        attention::new_cache(cfg)
+    }
+
+    fn kv_write(
+        &self,
+        cache: &mut CpuKvCache,
+        layer: usize,
+        start_pos: usize,
+        k: &[f32],
+        v: &[f32],
+    ) -> BackendResult<()> {
+        attention::kv_write(cache, layer, start_pos, k, v)
+    }
+
+    fn attention(
+        &self,
+        ws: &mut CpuWorkspace,
+        cache: &CpuKvCache,
+        layer: usize,
+        start_pos: usize,
+        q: &[f32],
+        p: &AttentionParams,
+        out: &mut [f32],
+    ) -> BackendResult<()> {
+        attention::attention(self, ws, cache, layer, start_pos, q, p, out)
+    }
+}

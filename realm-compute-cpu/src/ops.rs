@@ -1,0 +1,183 @@
+//! f32 kernels for everything but matmul: RMSNorm, RoPE, softmax, SiLU,
+//! GELU, gated products.
+//!
+//! Reductions accumulate into 8 explicit partial sums combined in a fixed
+//! order: the compiler vectorises that shape without reordering anything, so
+//! results are deterministic and per row.
+
+use realm_core::backend::{BackendError, BackendResult, RopeMode, RopeParams};
+
+/// Sum of `f(a[i], b[i])` over 8 interleaved partial sums.
+#[inline(always)]
+fn reduce8(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (a8, a_tail) = a.as_chunks::<8>();
+    let (b8, b_tail) = b.as_chunks::<8>();
+    for (ca, cb) in a8.iter().zip(b8) {
+        for i in 0..8 {
+            acc[i] += f(ca[i], cb[i]);
+        }
+    }
+    let head = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    a_tail
+        .iter()
+        .zip(b_tail)
+        .fold(head, |s, (&x, &y)| s + f(x, y))
+}
+
+/// Dot product with a fixed reduction order.
+#[inline]
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    reduce8(a, b, |x, y| x * y)
+}
+
+/// `len` must be a non-zero divisor of `x.len()`.
+pub(crate) fn check_rows(op: &'static str, len: usize, row: usize) -> BackendResult<()> {
+    if row == 0 {
+        return Err(BackendError::InvalidParameter {
+            op,
+            what: "row length is zero",
+        });
+    }
+    if len % row != 0 {
+        return Err(BackendError::Shape {
+            op,
+            what: "input length (a multiple of the row length)",
+            expected: len.next_multiple_of(row),
+            got: len,
+        });
+    }
+    Ok(())
+}
+
+/// `out = x / rms(x) * w` per row.
+pub(crate) fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    for (xr, or) in x.chunks_exact(w.len()).zip(out.chunks_exact_mut(w.len())) {
+        let scale = rms_scale(xr, eps);
+        for ((o, &v), &g) in or.iter_mut().zip(xr).zip(w) {
+            *o = v * scale * g;
+        }
+    }
+}
+
+/// [`rms_norm`] in place.
+pub(crate) fn rms_norm_inplace(x: &mut [f32], w: &[f32], eps: f32) {
+    for xr in x.chunks_exact_mut(w.len()) {
+        let scale = rms_scale(xr, eps);
+        for (v, &g) in xr.iter_mut().zip(w) {
+            *v = *v * scale * g;
+        }
+    }
+}
+
+#[inline]
+fn rms_scale(x: &[f32], eps: f32) -> f32 {
+    let mean = dot(x, x) / x.len() as f32;
+    1.0 / (mean + eps).sqrt()
+}
+
+/// The most rotated dimensions per head RoPE supports (a stack table).
+pub(crate) const ROPE_MAX_DIMS: usize = 1024;
+
+/// Rotates each head of each token (layout checked by the caller).
+pub(crate) fn rope(x: &mut [f32], head_dim: usize, positions: &[u32], p: &RopeParams) {
+    let half = p.n_dims / 2;
+    let mut cos = [0.0f32; ROPE_MAX_DIMS / 2];
+    let mut sin = [0.0f32; ROPE_MAX_DIMS / 2];
+    let per_token = x.len() / positions.len().max(1);
+    for (xt, &pos) in x.chunks_exact_mut(per_token).zip(positions) {
+        for i in 0..half {
+            let inv_freq = f64::from(p.base).powf(-2.0 * i as f64 / p.n_dims as f64);
+            let theta = f64::from(pos) * f64::from(p.freq_scale) * inv_freq;
+            cos[i] = theta.cos() as f32;
+            sin[i] = theta.sin() as f32;
+        }
+        for head in xt.chunks_exact_mut(head_dim) {
+            match p.mode {
+                RopeMode::Normal => {
+                    for (i, pair) in head[..p.n_dims].chunks_exact_mut(2).enumerate() {
+                        let (a, b) = (pair[0], pair[1]);
+                        pair[0] = a * cos[i] - b * sin[i];
+                        pair[1] = a * sin[i] + b * cos[i];
+                    }
+                }
+                RopeMode::Neox => {
+                    let (lo, hi) = head[..p.n_dims].split_at_mut(half);
+                    for i in 0..half {
+                        let (a, b) = (lo[i], hi[i]);
+                        lo[i] = a * cos[i] - b * sin[i];
+                        hi[i] = a * sin[i] + b * cos[i];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Softmax of each row in place.
+pub(crate) fn softmax_inplace(x: &mut [f32], row_len: usize) {
+    for row in x.chunks_exact_mut(row_len) {
+        softmax_row(row);
+    }
+}
+
+/// Softmax of one row in place (sum in index order).
+pub(crate) fn softmax_row(row: &mut [f32]) {
+    let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let mut sum = 0.0f32;
+    for v in row.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    for v in row.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// `x * sigmoid(x)`.
+#[inline(always)]
+pub(crate) fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+/// GELU, tanh approximation (the constants ggml uses).
+#[inline(always)]
+pub(crate) fn gelu(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    const COEF_A: f32 = 0.044_715;
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + COEF_A * x * x)).tanh())
+}
+
+/// `len(a) == len(b)`.
+pub(crate) fn check_same(op: &'static str, a: usize, b: usize) -> BackendResult<()> {
+    if a == b {
+        Ok(())
+    } else {
+        Err(BackendError::Shape {
+            op,
+            what: "second operand length",
+            expected: a,
+            got: b,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_matches_sequential_sum_closely() {
+        let a: Vec<f32> = (0..37).map(|i| i as f32 * 0.25 - 3.0).collect();
+        let exact: f64 = a.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+        assert!((f64::from(dot(&a, &a)) - exact).abs() < 1e-3);
+    }
+
+    #[test]
+    fn gelu_and_silu_known_values() {
+        assert!((gelu(1.0) - 0.841_192).abs() < 1e-5);
+        assert!((silu(1.0) - 0.731_058_6).abs() < 1e-6);
+        assert_eq!(gelu(0.0), 0.0);
+    }
+}
