@@ -8,9 +8,9 @@
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use realm_core::gguf::GgufFile;
 //! use realm_models::Model;
-//! # fn backend() -> realm_compute_cpu::CpuBackend { unimplemented!() }
+//! use realm_compute_cpu::CpuBackend;
 //! let file = GgufFile::open("SmolLM2-135M-Instruct.Q4_1.gguf")?;
-//! let cpu = backend();
+//! let cpu = CpuBackend::new()?;
 //! let model = Model::load(&file, &cpu)?;           // weights stay in the map
 //! let mut session = model.session(2048, 64)?;       // KV cache + scratch
 //! let logits = model.forward(&mut session, &[1, 2, 3])?;
@@ -21,11 +21,11 @@
 pub mod config;
 mod error;
 pub mod model;
-pub mod generate;
+
 pub mod sampling;
 
 pub use config::{Architecture, ModelConfig};
 pub use error::{Error, Result};
 pub use model::{Model, Session};
-pub use generate::{generate, GenerateParams, Generation, GenerationStats, StopReason};
+
 pub use sampling::{Sampler, SamplingParams};

@@ -1,0 +1,79 @@
+#!/usr/bin/env python3
+"""Golden logits and greedy text from llama.cpp (through llama-cpp-python)
+for realm-models' tests: realm-models/tests/fixtures/<model>.json.
+
+For each prompt it stores the prompt's token ids (llama.cpp's tokenizer), the
+top 32 logits at every prompt position (ids and values), and the greedy
+continuation of 32 tokens with each step's top-2 logit margin, so a
+divergence can be explained by a near tie.
+Usage: python3 scripts/gen_model_fixtures.py [MODELS_DIR]
+"""
+import json
+import os
+import sys
+
+import numpy as np
+from llama_cpp import Llama
+
+MODELS = {
+    "smollm2": "SmolLM2-135M-Instruct.Q4_1.gguf",
+    "gemma3": "gemma-3-270m-q4_k_m.gguf",
+}
+PROMPTS = {
+    "smollm2": [
+        "<|im_start|>user\nWhich city is the capital of France?<|im_end|>\n<|im_start|>assistant\n",
+        "The quick brown fox jumps over the lazy dog. Once upon a time,",
+    ],
+    "gemma3": [
+        "<start_of_turn>user\nWhich city is the capital of France?<end_of_turn>\n<start_of_turn>model\n",
+        "The quick brown fox jumps over the lazy dog. Once upon a time,",
+    ],
+}
+TOP = 32
+GEN = 32
+OUT = os.path.join(os.path.dirname(__file__), "..", "realm-models", "tests", "fixtures")
+
+
+def top(logits, k=TOP):
+    ids = np.argsort(-logits, kind="stable")[:k]
+    return [int(i) for i in ids], [float(logits[i]) for i in ids]
+
+
+def main():
+    models_dir = sys.argv[1] if len(sys.argv) > 1 else os.environ.get(
+        "REALM_MODELS", os.path.expanduser("~/.cache/realm/models"))
+    os.makedirs(OUT, exist_ok=True)
+    for short, file_name in MODELS.items():
+        llm = Llama(os.path.join(models_dir, file_name), n_ctx=512, n_batch=512, logits_all=True,
+                    n_threads=2, verbose=False, seed=0)
+        cases = []
+        for prompt in PROMPTS[short]:
+            ids = llm.tokenize(prompt.encode(), add_bos=True, special=True)
+            llm.reset()
+            llm.eval(ids)
+            scores = np.array(llm.scores[: len(ids)], dtype=np.float32)
+            positions = [dict(zip(("ids", "logits"), top(scores[p]))) for p in range(len(ids))]
+            gen, margins = [], []
+            last = scores[len(ids) - 1]
+            for _ in range(GEN):
+                order = np.argsort(-last, kind="stable")
+                tok = int(order[0])
+                margins.append(float(last[order[0]] - last[order[1]]))
+                if llm.token_eos() == tok or tok in (llm.token_eos(),):
+                    gen.append(tok)
+                    break
+                gen.append(tok)
+                llm.eval([tok])
+                last = np.array(llm.scores[llm.n_tokens - 1], dtype=np.float32)
+            text = llm.detokenize(gen).decode("utf-8", errors="replace")
+            cases.append({"prompt": prompt, "tokens": ids, "positions": positions,
+                          "greedy": gen, "greedy_margins": margins, "greedy_text": text})
+            print(short, repr(prompt[:40]), "->", repr(text))
+        with open(os.path.join(OUT, f"{short}.json"), "w") as f:
+            json.dump({"model": file_name, "llama_cpp_python": __import__("llama_cpp").__version__,
+                       "cases": cases}, f)
+            f.write("\n")
+
+
+if __name__ == "__main__":
+    main()
