@@ -110,7 +110,8 @@ impl BpeModel {
         for (rank, m) in merges.iter().enumerate() {
             // Split at the first space after the first byte, as llama.cpp does;
             // a merge without one pairs two empty strings.
-            let (a, b) = match m.get(1..).and_then(|rest| rest.find(' ')) {
+            let space = m.as_bytes().iter().skip(1).position(|&c| c == b' ');
+            let (a, b) = match space {
                 Some(p) => (&m[..p + 1], &m[p + 2..]),
                 None => ("", ""),
             };

@@ -228,6 +228,8 @@ impl Tokenizer {
             }
         };
         if special.eot.is_none() {
+            // llama.cpp takes the first match in its hash map's order, an
+            // accident of hashing; this takes the first in list order.
             special.eot = find(EOT_TEXTS);
         }
         if special.eom.is_none() {
