@@ -1,1 +1,0 @@
-//! Tokenizers built from GGUF metadata.

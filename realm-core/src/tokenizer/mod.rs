@@ -1,0 +1,484 @@
+//! Tokenizers built from GGUF metadata, token for token identical to
+//! llama.cpp's.
+//!
+//! Two vocabulary kinds are supported (see [`VocabKind`]): SentencePiece-style
+//! BPE by scores with byte fallback (`llama`, as Gemma uses) and byte-level
+//! BPE by merge rank (`gpt2`) with the pre-tokenizer `tokenizer.ggml.pre`
+//! names (`default`, `gpt2`, `llama3`/`llama-bpe`, `qwen2`, `smollm`,
+//! `starcoder`, `deepseek-llm` and their aliases).
+//!
+//! ```
+//! use realm_core::tokenizer::{Tokenizer, Vocab, VocabKind};
+//! // A toy SentencePiece vocabulary: unknown, BOS, EOS, then pieces.
+//! let pieces = ["<unk>", "<s>", "</s>", "▁", "h", "i", "▁h", "▁hi"];
+//! let mut vocab = Vocab::new(VocabKind::Spm, pieces.iter().map(|s| s.to_string()).collect());
+//! vocab.scores = vec![0.0, 0.0, 0.0, -1.0, -2.0, -2.0, -1.5, -0.5];
+//! let tok = Tokenizer::from_parts(vocab)?;
+//! let ids = tok.encode("hi", true, false)?;
+//! assert_eq!(ids, [1, 7]); // BOS, "▁hi" (a space is prefixed)
+//! assert_eq!(tok.decode(&ids, true, false)?, "hi");
+//! # Ok::<(), realm_core::Error>(())
+//! ```
+//!
+//! Decoding ([`Tokenizer::decode`], [`Tokenizer::token_to_piece`]) and
+//! streaming ([`StreamDecoder`]) follow llama.cpp's `detokenize`.
+
+mod bpe;
+mod decode;
+mod hash;
+mod metadata;
+mod pretokenize;
+mod special;
+mod spm;
+mod unicode;
+mod unicode_tables;
+mod vocab;
+
+pub use decode::StreamDecoder;
+pub use vocab::{SpecialTokens, TokenType, Vocab, VocabKind};
+
+use bpe::{BpeModel, BpeSession};
+use hash::FastMap;
+use pretokenize::PreOptions;
+use special::{Fragment, SpecialMatcher, SpecialToken};
+use spm::SpmSession;
+
+use crate::{Error, Result};
+
+/// Token attribute bits (llama.cpp's `llama_token_attr`).
+pub(crate) mod attr {
+    pub(crate) const UNKNOWN: u16 = 1 << 0;
+    pub(crate) const UNUSED: u16 = 1 << 1;
+    pub(crate) const NORMAL: u16 = 1 << 2;
+    pub(crate) const CONTROL: u16 = 1 << 3;
+    pub(crate) const USER_DEFINED: u16 = 1 << 4;
+    pub(crate) const BYTE: u16 = 1 << 5;
+    pub(crate) const LSTRIP: u16 = 1 << 7;
+    pub(crate) const RSTRIP: u16 = 1 << 8;
+}
+
+#[derive(Debug)]
+struct TokenData {
+    text: Box<str>,
+    score: f32,
+    attrs: u16,
+    /// The decoded bytes, control tokens rendered.
+    piece: Box<[u8]>,
+}
+
+/// A tokenizer: text to token ids and back.
+///
+/// Build one with [`from_metadata`](Self::from_metadata) (a GGUF file's
+/// `tokenizer.*` keys) or [`from_parts`](Self::from_parts) (a plain
+/// [`Vocab`]). It is immutable and `Sync`: share one across threads.
+#[derive(Debug)]
+pub struct Tokenizer {
+    kind: VocabKind,
+    tokens: Vec<TokenData>,
+    token_map: FastMap<Box<str>, u32>,
+    special: SpecialTokens,
+    eog: Vec<u32>,
+    add_bos: bool,
+    add_eos: bool,
+    add_space_prefix: bool,
+    clean_spaces: bool,
+    /// SPM: the token of each byte (`<0xNN>`).
+    byte_tokens: [Option<u32>; 256],
+    bpe: Option<BpeModel>,
+    specials: SpecialMatcher,
+}
+
+/// Texts llama.cpp takes as end-of-turn when the file names none.
+const EOT_TEXTS: &[&str] = &[
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "<|end_of_text|>",
+    "<EOT>",
+    "_<EOT>",
+    "[EOT]",
+    "<｜end▁of▁sentence｜>",
+    "<end_of_utterance>",
+];
+
+/// Texts of tokens that end generation (and are forced to be control tokens).
+const EOG_TEXTS: &[&str] = &[
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<|return|>",
+    "<|call|>",
+    "<|flush|>",
+    "<|calls|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "</s>",
+    "<|eom_id|>",
+    "<EOT>",
+    "_<EOT>",
+    "[EOT]",
+    "[EOS]",
+    "<|end_of_text|>",
+    "<end_of_utterance>",
+    "<eos>",
+    "<turn|>",
+    "<|tool_response>",
+    "<｜end▁of▁sentence｜>",
+    "[e~[",
+];
+
+/// Fill-in-the-middle token texts: prefix, suffix, middle, pad, repo, file
+/// separator. Found ones become control tokens; the last three end generation.
+const FIM_TEXTS: [&[&str]; 6] = [
+    &["<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<｜fim▁begin｜>", "<PRE>", "▁<PRE>", "<|code_prefix|>", "<|prefix|>"],
+    &["<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<｜fim▁hole｜>", "<SUF>", "▁<SUF>", "<|code_suffix|>", "<|suffix|>"],
+    &["<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<｜fim▁end｜>", "<MID>", "▁<MID>", "<|code_middle|>", "<|middle|>"],
+    &["<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"],
+    &["<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"],
+    &["<|file_sep|>"],
+];
+
+impl Tokenizer {
+    /// Builds a tokenizer from a plain vocabulary description, applying the
+    /// defaults and fix-ups llama.cpp applies when it loads a model.
+    pub fn from_parts(vocab: Vocab) -> Result<Self> {
+        let n = vocab.tokens.len();
+        let n_u32 = u32::try_from(n)
+            .ok()
+            .filter(|&n| n > 0 && n < u32::MAX)
+            .ok_or_else(|| Error::Tokenizer(format!("vocabulary has {n} tokens")))?;
+        if !vocab.scores.is_empty() && vocab.scores.len() < n {
+            return Err(Error::Tokenizer(format!(
+                "{} scores for {n} tokens",
+                vocab.scores.len()
+            )));
+        }
+        if !vocab.token_types.is_empty() && vocab.token_types.len() < n {
+            return Err(Error::Tokenizer(format!(
+                "{} token types for {n} tokens",
+                vocab.token_types.len()
+            )));
+        }
+
+        let options = match vocab.kind {
+            VocabKind::Bpe => Some(PreOptions::from_name(vocab.pre.as_deref().unwrap_or(""))?),
+            VocabKind::Spm => None,
+        };
+
+        let mut texts: Vec<Box<str>> = Vec::with_capacity(n);
+        let mut attrs: Vec<u16> = Vec::with_capacity(n);
+        let mut token_map: FastMap<Box<str>, u32> = FastMap::default();
+        token_map.reserve(n);
+        for (i, t) in vocab.tokens.into_iter().enumerate() {
+            let text: Box<str> = if t.is_empty() {
+                format!("[EMPTY_{i}]").into()
+            } else {
+                t.into()
+            };
+            token_map.insert(text.clone(), i as u32);
+            texts.push(text);
+            attrs.push(match vocab.token_types.get(i) {
+                None => attr::NORMAL,
+                Some(TokenType::Undefined) => 0,
+                Some(TokenType::Normal) => attr::NORMAL,
+                Some(TokenType::Unknown) => attr::UNKNOWN,
+                Some(TokenType::Control) => attr::CONTROL,
+                Some(TokenType::UserDefined) => attr::USER_DEFINED,
+                Some(TokenType::Unused) => attr::UNUSED,
+                Some(TokenType::Byte) => attr::BYTE,
+            });
+        }
+
+        // Defaults by kind, then the file's values where they are in range.
+        let in_range = |id: Option<u32>| id.filter(|&i| i < n_u32);
+        let pick = |given: Option<u32>, default: Option<u32>| in_range(given).or(in_range(default));
+        let s = &vocab.special;
+        let (bos, eos, unk) = match vocab.kind {
+            VocabKind::Spm => (Some(1), Some(2), Some(0)),
+            VocabKind::Bpe => (Some(11), Some(11), None),
+        };
+        let mut special = SpecialTokens {
+            bos: pick(s.bos, bos),
+            eos: pick(s.eos, eos),
+            eot: in_range(s.eot),
+            eom: in_range(s.eom),
+            unk: pick(s.unk, unk),
+            sep: in_range(s.sep),
+            pad: in_range(s.pad),
+            mask: in_range(s.mask),
+        };
+        let add_bos = vocab.add_bos.unwrap_or(match options {
+            Some(o) => o.add_bos,
+            None => true,
+        });
+        let add_eos = vocab.add_eos.unwrap_or(false);
+        let add_space_prefix = vocab
+            .add_space_prefix
+            .unwrap_or(vocab.kind == VocabKind::Spm);
+        let clean_spaces = options.is_some_and(|o| o.clean_spaces);
+
+        // Tokens recognised by their text: end of turn, fill-in-the-middle,
+        // end of generation. Those become control tokens.
+        let find = |list: &[&str]| list.iter().find_map(|t| token_map.get(*t).copied());
+        let mut make_control = |id: u32| {
+            if let Some(a) = attrs.get_mut(id as usize) {
+                *a |= attr::CONTROL;
+            }
+        };
+        if special.eot.is_none() {
+            // llama.cpp takes the first match in its hash map's order, an
+            // accident of hashing; this takes the first in list order.
+            special.eot = find(EOT_TEXTS);
+        }
+        if special.eom.is_none() {
+            special.eom = token_map.get("<|eom_id|>").copied();
+        }
+        let mut eog: Vec<u32> = Vec::new();
+        for (k, list) in FIM_TEXTS.iter().enumerate() {
+            if let Some(id) = find(list) {
+                make_control(id);
+                if k >= 3 {
+                    eog.push(id);
+                }
+            }
+        }
+        for text in EOG_TEXTS {
+            if let Some(&id) = token_map.get(*text) {
+                make_control(id);
+                eog.push(id);
+            }
+        }
+        eog.extend([special.eos, special.eot, special.eom].into_iter().flatten());
+        eog.sort_unstable();
+        eog.dedup();
+        // A model with its own end-of-response marker keeps `</s>` as text.
+        let has_marker = eog
+            .iter()
+            .any(|&id| matches!(&*texts[id as usize], "<|tool_response>" | "<|plamo:eos|>"));
+        if has_marker {
+            if let Some(pos) = eog.iter().position(|&id| &*texts[id as usize] == "</s>") {
+                attrs[eog[pos] as usize] = attr::NORMAL;
+                eog.remove(pos);
+            }
+        }
+
+        // Special tokens that may be written in text: longest first.
+        let mut cands: Vec<u32> = (0..n_u32)
+            .filter(|&id| attrs[id as usize] & (attr::CONTROL | attr::USER_DEFINED | attr::UNKNOWN) != 0)
+            .collect();
+        cands.sort_by_key(|&id| std::cmp::Reverse(texts[id as usize].len()));
+        let specials = SpecialMatcher::new(
+            cands
+                .iter()
+                .map(|&id| {
+                    let a = attrs[id as usize];
+                    (
+                        SpecialToken {
+                            id,
+                            always: a & (attr::CONTROL | attr::UNKNOWN) == 0,
+                            lstrip: a & attr::LSTRIP != 0,
+                            rstrip: a & attr::RSTRIP != 0,
+                        },
+                        &*texts[id as usize],
+                    )
+                })
+                .collect(),
+        )?;
+
+        let mut byte_tokens = [None; 256];
+        if vocab.kind == VocabKind::Spm {
+            for (b, slot) in byte_tokens.iter_mut().enumerate() {
+                *slot = token_map.get(format!("<0x{b:02X}>").as_str()).copied().or_else(|| {
+                    let c = char::from_u32(b as u32).filter(|c| c.is_ascii())?;
+                    token_map.get(c.to_string().as_str()).copied()
+                });
+            }
+        }
+
+        let bpe = match options {
+            Some(o) => Some(BpeModel::new(&token_map, n_u32, &vocab.merges, o)?),
+            None => None,
+        };
+
+        let tokens = texts
+            .into_iter()
+            .zip(attrs)
+            .enumerate()
+            .map(|(i, (text, attrs))| TokenData {
+                piece: decode::piece_bytes(vocab.kind, &text, attrs).into(),
+                score: vocab.scores.get(i).copied().unwrap_or(0.0),
+                text,
+                attrs,
+            })
+            .collect();
+
+        Ok(Self {
+            kind: vocab.kind,
+            tokens,
+            token_map,
+            special,
+            eog,
+            add_bos,
+            add_eos,
+            add_space_prefix,
+            clean_spaces,
+            byte_tokens,
+            bpe,
+            specials,
+        })
+    }
+
+    /// Tokenizes `text` as llama.cpp's `llama_tokenize` does.
+    ///
+    /// `add_special` adds the BOS/EOS tokens the model asks for
+    /// (`add_bos_token`/`add_eos_token`); `parse_special` matches control
+    /// tokens written in the text (`<|im_start|>`, `<start_of_turn>`) as
+    /// single tokens instead of tokenizing their characters. User-defined
+    /// tokens are always matched.
+    pub fn encode(&self, text: &str, add_special: bool, parse_special: bool) -> Result<Vec<u32>> {
+        let mut out = Vec::with_capacity(text.len() / 3 + 2);
+        let mut fragments = Vec::new();
+        self.specials.partition(text, parse_special, &mut fragments);
+        if add_special && self.add_bos {
+            out.push(self.required(self.special.bos, "BOS")?);
+        }
+        match &self.bpe {
+            None => {
+                let mut session = SpmSession::default();
+                let mut buf = String::new();
+                let mut prev_special = true;
+                for f in &fragments {
+                    match f {
+                        Fragment::Text(r) => {
+                            buf.clear();
+                            if self.add_space_prefix && prev_special {
+                                buf.push('\u{2581}');
+                            }
+                            for c in text[r.clone()].chars() {
+                                buf.push(if c == ' ' { '\u{2581}' } else { c });
+                            }
+                            session.tokenize(self, &buf, &mut out)?;
+                            prev_special = false;
+                        }
+                        Fragment::Token(id) => {
+                            out.push(*id);
+                            prev_special = true;
+                        }
+                    }
+                }
+            }
+            Some(model) => {
+                let mut session = BpeSession::default();
+                for f in &fragments {
+                    match f {
+                        Fragment::Text(r) => session.tokenize(self, model, &text[r.clone()], &mut out),
+                        Fragment::Token(id) => out.push(*id),
+                    }
+                }
+            }
+        }
+        if add_special && self.add_eos {
+            out.push(self.required(self.special.eos, "EOS")?);
+        }
+        Ok(out)
+    }
+
+    fn required(&self, id: Option<u32>, what: &str) -> Result<u32> {
+        id.ok_or_else(|| Error::Tokenizer(format!("the model adds {what} but has no {what} token")))
+    }
+
+    fn token(&self, id: u32) -> Result<&TokenData> {
+        self.tokens.get(id as usize).ok_or_else(|| {
+            Error::Tokenizer(format!("token id {id} out of range (vocabulary has {})", self.tokens.len()))
+        })
+    }
+
+    /// The id of the token whose text is exactly `text`.
+    pub fn token_id(&self, text: &str) -> Option<u32> {
+        self.lookup(text)
+    }
+
+    #[inline]
+    pub(crate) fn lookup(&self, text: &str) -> Option<u32> {
+        self.token_map.get(text).copied()
+    }
+
+    #[inline]
+    pub(crate) fn score(&self, id: u32) -> f32 {
+        self.tokens.get(id as usize).map_or(0.0, |t| t.score)
+    }
+
+    /// SPM byte fallback: the token for byte `b`, else the unknown token.
+    pub(crate) fn byte_token(&self, b: u8) -> Result<u32> {
+        self.byte_tokens[b as usize]
+            .or(self.special.unk)
+            .ok_or_else(|| Error::Tokenizer(format!("no token for byte 0x{b:02X} and no unknown token")))
+    }
+
+    /// The vocabulary kind.
+    pub fn kind(&self) -> VocabKind {
+        self.kind
+    }
+
+    /// Number of tokens.
+    pub fn n_vocab(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// The stored text of a token (`▁` and GPT-2 byte characters as stored).
+    pub fn token_text(&self, id: u32) -> Result<&str> {
+        Ok(&self.token(id)?.text)
+    }
+
+    /// True for control and unknown tokens (those [`decode`](Self::decode)
+    /// hides unless asked).
+    pub fn is_control(&self, id: u32) -> bool {
+        self.tokens
+            .get(id as usize)
+            .is_some_and(|t| t.attrs & (attr::CONTROL | attr::UNKNOWN) != 0)
+    }
+
+    /// The special token ids in effect (file values, defaults and the ones
+    /// recognised by their text).
+    pub fn special_tokens(&self) -> &SpecialTokens {
+        &self.special
+    }
+
+    /// Beginning-of-sequence token.
+    pub fn bos(&self) -> Option<u32> {
+        self.special.bos
+    }
+
+    /// End-of-sequence token.
+    pub fn eos(&self) -> Option<u32> {
+        self.special.eos
+    }
+
+    /// End-of-turn token.
+    pub fn eot(&self) -> Option<u32> {
+        self.special.eot
+    }
+
+    /// True when `id` ends generation (EOS, EOT, EOM and the tokens llama.cpp
+    /// recognises as such by their text).
+    pub fn is_eog(&self, id: u32) -> bool {
+        self.eog.binary_search(&id).is_ok()
+    }
+
+    /// The end-of-generation tokens, ascending.
+    pub fn eog_ids(&self) -> &[u32] {
+        &self.eog
+    }
+
+    /// Whether `encode(.., add_special = true, ..)` prepends BOS.
+    pub fn add_bos(&self) -> bool {
+        self.add_bos
+    }
+
+    /// Whether `encode(.., add_special = true, ..)` appends EOS.
+    pub fn add_eos(&self) -> bool {
+        self.add_eos
+    }
+}

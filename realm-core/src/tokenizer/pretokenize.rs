@@ -1,0 +1,577 @@
+//! Pre-tokenizers: split text into words before byte-level BPE.
+//!
+//! llama.cpp splits with a list of expressions applied in turn: each one
+//! splits every chunk the previous ones produced into its matches and the
+//! text between them. The common expressions (GPT-2's, LLaMA 3's, Qwen2's)
+//! get dedicated scanners there and here; the others are small enough to
+//! scan by hand as well, so no regex engine is needed. Code points are
+//! classified as llama.cpp does it (see [`super::unicode`]).
+
+use super::unicode::Flags;
+use crate::{Error, Result};
+
+/// A pre-tokenizer selected by `tokenizer.ggml.pre`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PreTokenizer {
+    /// `default`: punctuation runs, GPT-2's expression, number runs, then
+    /// groups of three digits.
+    Default,
+    /// `gpt2`, `gpt-2`, `phi-2`, `mpt`, `olmo`, `jais`: GPT-2's expression.
+    Gpt2,
+    /// `llama3`, `llama-bpe`, `llama-v3`, `dbrx`, `smaug-bpe`, ...: LLaMA 3's
+    /// expression (numbers in groups of up to three digits).
+    Llama3,
+    /// `qwen2`, `stablelm2`, `deepseek-r1-qwen`, ...: LLaMA 3's expression
+    /// with single-digit numbers.
+    Qwen2,
+    /// `starcoder`, `smollm`, `refact`, `command-r`, `codeshell`, ...: each
+    /// digit alone, then GPT-2's expression.
+    StarCoder,
+    /// `deepseek-llm`: line breaks, Latin-like letter runs, punctuation
+    /// runs, trailing spaces, CJK runs and number runs.
+    DeepSeekLlm,
+}
+
+/// Options a pre-tokenizer name implies besides the splitting.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PreOptions {
+    pub(crate) pre: PreTokenizer,
+    /// A word that is a token as a whole is emitted without merging.
+    pub(crate) ignore_merges: bool,
+    /// Decoding tidies spaces before punctuation (llama.cpp `clean_spaces`).
+    pub(crate) clean_spaces: bool,
+    /// Default for `add_bos` when the metadata does not set it.
+    pub(crate) add_bos: bool,
+}
+
+impl PreOptions {
+    /// Options for a `tokenizer.ggml.pre` value; an unsupported name is an
+    /// error that lists the supported ones.
+    pub(crate) fn from_name(name: &str) -> Result<Self> {
+        let o = |pre, ignore_merges, clean_spaces, add_bos| PreOptions {
+            pre,
+            ignore_merges,
+            clean_spaces,
+            add_bos,
+        };
+        use PreTokenizer::*;
+        Ok(match name {
+            "" | "default" => o(Default, false, true, false),
+            "gpt2" | "gpt-2" | "phi-2" | "mpt" | "olmo" | "jais" | "exaone4" => {
+                o(Gpt2, false, true, false)
+            }
+            "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "pixtral" => {
+                o(Llama3, true, true, true)
+            }
+            "dbrx" | "smaug-bpe" => o(Llama3, false, true, false),
+            "qwen2" | "deepseek-r1-qwen" => o(Qwen2, false, false, false),
+            "stablelm2" | "megrez" => o(Qwen2, false, true, false),
+            "starcoder" | "refact" | "codeshell" | "exaone" | "minerva-7b" => {
+                o(StarCoder, false, true, false)
+            }
+            "smollm" | "command-r" => o(StarCoder, false, false, false),
+            "deepseek-llm" => o(DeepSeekLlm, false, false, false),
+            other => {
+                return Err(Error::Tokenizer(format!(
+                    "unsupported pre-tokenizer `{other}` (tokenizer.ggml.pre); supported: \
+                     default, gpt2, llama3, llama-bpe, qwen2, stablelm2, dbrx, smaug-bpe, \
+                     starcoder, smollm, refact, command-r, codeshell, deepseek-llm"
+                )))
+            }
+        })
+    }
+}
+
+/// Reusable buffers for splitting.
+#[derive(Debug, Default)]
+pub(crate) struct Splitter {
+    cps: Vec<u32>,
+    flags: Vec<Flags>,
+    /// Byte offset of each code point, plus the text length at the end.
+    offsets: Vec<usize>,
+    /// Chunk ends (code point indices) before and after a stage.
+    ends: Vec<usize>,
+    next: Vec<usize>,
+}
+
+/// Placeholder code point outside the chunk being scanned.
+const NONE: u32 = u32::MAX;
+
+/// One chunk of code points with llama.cpp's out-of-range conventions.
+struct Chunk<'a> {
+    cps: &'a [u32],
+    flags: &'a [Flags],
+    start: usize,
+    end: usize,
+}
+
+impl Chunk<'_> {
+    #[inline]
+    fn cp(&self, i: usize) -> u32 {
+        if i >= self.start && i < self.end {
+            self.cps[i]
+        } else {
+            NONE
+        }
+    }
+
+    #[inline]
+    fn fl(&self, i: usize) -> Flags {
+        if i >= self.start && i < self.end {
+            self.flags[i]
+        } else {
+            Flags(0)
+        }
+    }
+}
+
+/// Appends `end` as a word boundary unless the word would be empty.
+#[inline]
+fn push_end(out: &mut Vec<usize>, last: &mut usize, end: usize) {
+    if end > *last {
+        out.push(end);
+        *last = end;
+    }
+}
+
+impl Splitter {
+    /// Splits `text` into words, calling `word` with each one's byte range
+    /// in order. The words cover the text exactly.
+    pub(crate) fn split(
+        &mut self,
+        pre: PreTokenizer,
+        text: &str,
+        mut word: impl FnMut(std::ops::Range<usize>),
+    ) {
+        self.cps.clear();
+        self.flags.clear();
+        self.offsets.clear();
+        for (i, c) in text.char_indices() {
+            self.cps.push(c as u32);
+            self.flags.push(Flags::of(c as u32));
+            self.offsets.push(i);
+        }
+        self.offsets.push(text.len());
+        let n = self.cps.len();
+        self.ends.clear();
+        if n == 0 {
+            return;
+        }
+        self.ends.push(n);
+
+        use PreTokenizer::*;
+        match pre {
+            Gpt2 => self.stage(gpt2),
+            Llama3 => self.stage(|c, out| llama3(c, 3, out)),
+            Qwen2 => self.stage(|c, out| llama3(c, 1, out)),
+            StarCoder => {
+                self.stage(|c, out| by_matches(c, out, |c, p| single(c, p, is_number_collapsed)));
+                self.stage(gpt2);
+            }
+            Default => {
+                self.stage(|c, out| by_matches(c, out, |c, p| run(c, p, is_default_punct)));
+                self.stage(gpt2);
+                self.stage(|c, out| by_matches(c, out, |c, p| run(c, p, is_number_collapsed)));
+                self.stage(|c, out| by_matches(c, out, three_digits));
+            }
+            DeepSeekLlm => {
+                self.stage(|c, out| by_matches(c, out, |c, p| single(c, p, is_cr_lf)));
+                self.stage(|c, out| {
+                    by_matches(c, out, |c, p| space_then_run(c, p, |x| in_ranges(x, DS_LETTERS)))
+                });
+                self.stage(|c, out| {
+                    by_matches(c, out, |c, p| space_then_run(c, p, |x| in_ranges(x, DS_PUNCT)))
+                });
+                self.stage(|c, out| by_matches(c, out, trailing_space));
+                self.stage(|c, out| {
+                    by_matches(c, out, |c, p| run(c, p, |c, i| in_ranges(wide(c, i), DS_CJK)))
+                });
+                self.stage(|c, out| by_matches(c, out, |c, p| run(c, p, is_number_collapsed)));
+            }
+        }
+
+        let mut start = 0;
+        for &end in &self.ends {
+            word(self.offsets[start]..self.offsets[end]);
+            start = end;
+        }
+    }
+
+    /// Applies one splitting stage to every current chunk.
+    fn stage(&mut self, mut split: impl FnMut(&Chunk<'_>, &mut Vec<usize>)) {
+        self.next.clear();
+        let mut start = 0;
+        for &end in &self.ends {
+            let chunk = Chunk {
+                cps: &self.cps,
+                flags: &self.flags,
+                start,
+                end,
+            };
+            split(&chunk, &mut self.next);
+            start = end;
+        }
+        std::mem::swap(&mut self.ends, &mut self.next);
+    }
+}
+
+/// GPT-2: `'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`.
+fn gpt2(c: &Chunk<'_>, out: &mut Vec<usize>) {
+    let mut last = c.start;
+    let mut pos = c.start;
+    while pos < c.end {
+        let cp = c.cp(pos);
+        let f = c.fl(pos);
+        if let Some(len) = contraction(c, pos, false) {
+            pos += len;
+            push_end(out, &mut last, pos);
+            continue;
+        }
+        let space = cp == ' ' as u32;
+        let mut f2 = if space { c.fl(pos + 1) } else { f };
+        let class: Option<fn(Flags) -> bool> = if f2.is_letter() {
+            Some(Flags::is_letter)
+        } else if f2.is_number() {
+            Some(Flags::is_number)
+        } else if is_other(f2) {
+            Some(is_other)
+        } else {
+            None
+        };
+        if let Some(class) = class {
+            pos += usize::from(space);
+            while class(f2) {
+                pos += 1;
+                f2 = c.fl(pos);
+            }
+            push_end(out, &mut last, pos);
+            continue;
+        }
+        let n_ws = count_spaces(c, pos);
+        if n_ws > 1 && c.cp(pos + n_ws) != NONE {
+            pos += n_ws - 1;
+        } else if n_ws > 0 {
+            pos += n_ws;
+        } else {
+            pos += 1;
+        }
+        push_end(out, &mut last, pos);
+    }
+}
+
+/// LLaMA 3 (`max_digits` 3) and Qwen2 (`max_digits` 1):
+/// `(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`.
+fn llama3(c: &Chunk<'_>, max_digits: usize, out: &mut Vec<usize>) {
+    let mut last = c.start;
+    let mut pos = c.start;
+    while pos < c.end {
+        let cp = c.cp(pos);
+        let f = c.fl(pos);
+        if let Some(len) = contraction(c, pos, true) {
+            pos += len;
+            push_end(out, &mut last, pos);
+            continue;
+        }
+        let newline = cp == '\r' as u32 || cp == '\n' as u32;
+        if !(newline || f.is_number()) && (f.is_letter() || c.fl(pos + 1).is_letter()) {
+            pos += 1;
+            while c.fl(pos).is_letter() {
+                pos += 1;
+            }
+            push_end(out, &mut last, pos);
+            continue;
+        }
+        if f.is_number() {
+            let mut group = pos;
+            while c.fl(pos).is_number() {
+                pos += 1;
+                if pos - group >= max_digits {
+                    push_end(out, &mut last, pos);
+                    group = pos;
+                }
+            }
+            push_end(out, &mut last, pos);
+            continue;
+        }
+        let space = cp == ' ' as u32;
+        let mut f2 = if space { c.fl(pos + 1) } else { f };
+        if !(f2.is_whitespace() || f2.is_letter() || f2.is_number()) && f.is_some() {
+            pos += usize::from(space);
+            while is_other(f2) {
+                pos += 1;
+                f2 = c.fl(pos);
+            }
+            while c.cp(pos) == '\r' as u32 || c.cp(pos) == '\n' as u32 {
+                pos += 1;
+            }
+            push_end(out, &mut last, pos);
+            continue;
+        }
+        let mut n_ws = 0;
+        let mut after_newline = None;
+        while c.fl(pos + n_ws).is_whitespace() {
+            let x = c.cp(pos + n_ws);
+            if x == '\r' as u32 || x == '\n' as u32 {
+                after_newline = Some(pos + n_ws + 1);
+            }
+            n_ws += 1;
+        }
+        if let Some(end) = after_newline {
+            pos = end;
+        } else if n_ws > 1 && c.cp(pos + n_ws) != NONE {
+            pos += n_ws - 1;
+        } else if n_ws > 0 {
+            pos += n_ws;
+        } else {
+            pos += 1;
+        }
+        push_end(out, &mut last, pos);
+    }
+}
+
+/// `[^\s\p{L}\p{N}]` for a real code point.
+#[inline]
+fn is_other(f: Flags) -> bool {
+    !(f.is_whitespace() || f.is_letter() || f.is_number()) && f.is_some()
+}
+
+fn count_spaces(c: &Chunk<'_>, pos: usize) -> usize {
+    let mut n = 0;
+    while c.fl(pos + n).is_whitespace() {
+        n += 1;
+    }
+    n
+}
+
+/// Length of an English contraction (`'s`, `'t`, `'re`, `'ve`, `'m`, `'ll`,
+/// `'d`) at `pos`, any case when `fold` is set.
+fn contraction(c: &Chunk<'_>, pos: usize, fold: bool) -> Option<usize> {
+    if c.cp(pos) != '\'' as u32 || pos + 1 >= c.end {
+        return None;
+    }
+    let low = |x: u32| match char::from_u32(x) {
+        Some(ch) if fold => ch.to_ascii_lowercase(),
+        Some(ch) => ch,
+        None => '\0',
+    };
+    let a = low(c.cp(pos + 1));
+    if matches!(a, 's' | 't' | 'm' | 'd') {
+        return Some(2);
+    }
+    if pos + 2 < c.end {
+        let b = low(c.cp(pos + 2));
+        if matches!((a, b), ('r', 'e') | ('v', 'e') | ('l', 'l')) {
+            return Some(3);
+        }
+    }
+    None
+}
+
+/// Splits a chunk into the successive leftmost matches of `find` and the
+/// text between them. `find(chunk, from)` returns the first match at or
+/// after `from`, which must not be empty.
+fn by_matches(
+    c: &Chunk<'_>,
+    out: &mut Vec<usize>,
+    find: impl Fn(&Chunk<'_>, usize) -> Option<(usize, usize)>,
+) {
+    let mut last = c.start;
+    let mut pos = c.start;
+    while let Some((s, e)) = find(c, pos) {
+        push_end(out, &mut last, s);
+        push_end(out, &mut last, e);
+        pos = e;
+    }
+    push_end(out, &mut last, c.end);
+}
+
+/// The first maximal run of code points in the class, at or after `from`.
+fn run(c: &Chunk<'_>, from: usize, class: impl Fn(&Chunk<'_>, usize) -> bool) -> Option<(usize, usize)> {
+    let s = (from..c.end).find(|&i| class(c, i))?;
+    let e = (s..c.end).find(|&i| !class(c, i)).unwrap_or(c.end);
+    Some((s, e))
+}
+
+/// The first single code point in the class, at or after `from`.
+fn single(c: &Chunk<'_>, from: usize, class: impl Fn(&Chunk<'_>, usize) -> bool) -> Option<(usize, usize)> {
+    let s = (from..c.end).find(|&i| class(c, i))?;
+    Some((s, s + 1))
+}
+
+/// `[0-9][0-9][0-9]`.
+fn three_digits(c: &Chunk<'_>, from: usize) -> Option<(usize, usize)> {
+    let digit = |i: usize| (0x30..=0x39).contains(&c.cp(i));
+    let s = (from..c.end.saturating_sub(2)).find(|&i| digit(i) && digit(i + 1) && digit(i + 2))?;
+    Some((s, s + 3))
+}
+
+/// The code point as llama.cpp's wide-character expressions see it: other
+/// whitespace becomes a vertical tab.
+#[inline]
+fn wide(c: &Chunk<'_>, i: usize) -> u32 {
+    let x = c.cp(i);
+    if x > 0x7F && c.fl(i).is_whitespace() {
+        0x0B
+    } else {
+        x
+    }
+}
+
+/// `\s` of those expressions: ASCII whitespace.
+#[inline]
+fn is_space_wide(x: u32) -> bool {
+    matches!(x, 0x09..=0x0D | 0x20)
+}
+
+/// `\s?[class]+`.
+fn space_then_run(c: &Chunk<'_>, from: usize, class: impl Fn(u32) -> bool) -> Option<(usize, usize)> {
+    for p in from..c.end {
+        let x = wide(c, p);
+        let first_end = if is_space_wide(x) && p + 1 < c.end && class(wide(c, p + 1)) {
+            p + 2
+        } else if class(x) {
+            p + 1
+        } else {
+            continue;
+        };
+        let mut e = first_end;
+        while e < c.end && class(wide(c, e)) {
+            e += 1;
+        }
+        return Some((p, e));
+    }
+    None
+}
+
+/// `\s+$`: the whitespace that ends the chunk.
+fn trailing_space(c: &Chunk<'_>, from: usize) -> Option<(usize, usize)> {
+    let mut s = c.end;
+    while s > from && is_space_wide(wide(c, s - 1)) {
+        s -= 1;
+    }
+    (s < c.end).then_some((s, c.end))
+}
+
+/// `\p{N}` over llama.cpp's collapsed text: ASCII digits, or another
+/// number that is not whitespace.
+fn is_number_collapsed(c: &Chunk<'_>, i: usize) -> bool {
+    let x = c.cp(i);
+    if x < 128 {
+        (0x30..=0x39).contains(&x)
+    } else {
+        let f = c.fl(i);
+        !f.is_whitespace() && f.category() == Flags::NUMBER
+    }
+}
+
+/// `[\p{P}\$\+<=>\^~\|]` over llama.cpp's collapsed text.
+fn is_default_punct(c: &Chunk<'_>, i: usize) -> bool {
+    let x = c.cp(i);
+    if x < 128 {
+        matches!(
+            x,
+            0x21..=0x23 | 0x25..=0x2A | 0x2C..=0x2F | 0x3A..=0x3B | 0x3F..=0x40 | 0x5B..=0x5D
+                | 0x5F | 0x7B | 0x7D | 0x24 | 0x2B | 0x3C..=0x3E | 0x5E | 0x7E | 0x7C
+        )
+    } else {
+        let f = c.fl(i);
+        !f.is_whitespace() && f.category() == Flags::PUNCTUATION
+    }
+}
+
+fn is_cr_lf(c: &Chunk<'_>, i: usize) -> bool {
+    matches!(c.cp(i), 0x0A | 0x0D)
+}
+
+fn in_ranges(x: u32, ranges: &[(u32, u32)]) -> bool {
+    ranges.iter().any(|&(lo, hi)| (lo..=hi).contains(&x))
+}
+
+/// DeepSeek LLM's letter class.
+#[rustfmt::skip]
+const DS_LETTERS: &[(u32, u32)] = &[
+    (0x0041, 0x005A), (0x0061, 0x007A), (0x00B5, 0x00B5), (0x00C0, 0x00D6), (0x00D8, 0x00F6),
+    (0x00F8, 0x01BA), (0x01BC, 0x01BF), (0x01C4, 0x0293), (0x0295, 0x02AF), (0x0370, 0x0373),
+    (0x0376, 0x0377), (0x037B, 0x037D), (0x037F, 0x037F), (0x0386, 0x0386), (0x0388, 0x038A),
+    (0x038C, 0x038C), (0x038E, 0x03A1), (0x03A3, 0x03F5), (0x03F7, 0x0481), (0x048A, 0x052F),
+    (0x0531, 0x0556), (0x10A0, 0x10C5), (0x13A0, 0x13F5), (0x13F8, 0x13FD), (0x1C90, 0x1CBA),
+    (0x1CBD, 0x1CBF), (0x1D00, 0x1D2B), (0x1D6B, 0x1D77), (0x1D79, 0x1D9A), (0x1E00, 0x1F15),
+    (0x1F18, 0x1F1D), (0x1F20, 0x1F45), (0x1F48, 0x1F4D), (0x1F50, 0x1F57), (0x1F59, 0x1F59),
+    (0x1F5B, 0x1F5B), (0x1F5D, 0x1F5D), (0x1F5F, 0x1F7D), (0x1F80, 0x1FB4), (0x1FB6, 0x1FBC),
+    (0x1FBE, 0x1FBE), (0x1FC2, 0x1FC4), (0x1FC6, 0x1FCC), (0x1FD0, 0x1FD3), (0x1FD6, 0x1FDB),
+    (0x1FE0, 0x1FEC), (0x1FF2, 0x1FF4), (0x1FF6, 0x1FFC), (0x2102, 0x2102), (0x2107, 0x2107),
+    (0x210A, 0x2113), (0x2115, 0x2115), (0x2119, 0x211D), (0x2124, 0x2124), (0x2126, 0x2126),
+    (0x2128, 0x2128), (0x212A, 0x212D), (0x212F, 0x2134), (0x2139, 0x2139), (0x213C, 0x213F),
+    (0x2145, 0x2149), (0x214E, 0x214E), (0x2183, 0x2184), (0x2C00, 0x2C7B), (0x2C7E, 0x2CE4),
+    (0x2CEB, 0x2CEE), (0x2CF2, 0x2CF3), (0xA640, 0xA66D), (0xA680, 0xA69B), (0xA722, 0xA76F),
+    (0xA771, 0xA787), (0xA78B, 0xA78E), (0xAB70, 0xABBF), (0xFB00, 0xFB06), (0xFB13, 0xFB17),
+    (0xFF21, 0xFF3A), (0xFF41, 0xFF5A), (0x10400, 0x1044F), (0x104B0, 0x104D3),
+    (0x104D8, 0x104FB), (0x10C80, 0x10CB2), (0x10CC0, 0x10CF2), (0x118A0, 0x118DF),
+    (0x1E900, 0x1E943),
+];
+
+/// DeepSeek LLM's punctuation class (ASCII `!-/`, `:-~`, their full-width
+/// forms, curly quotes, ideographic space and stops).
+#[rustfmt::skip]
+const DS_PUNCT: &[(u32, u32)] = &[
+    (0x0021, 0x002F), (0x003A, 0x007E), (0xFF01, 0xFF0F), (0xFF1A, 0xFF5E), (0x2018, 0x201F),
+    (0x3000, 0x3002),
+];
+
+/// DeepSeek LLM's CJK class.
+#[rustfmt::skip]
+const DS_CJK: &[(u32, u32)] = &[(0x4E00, 0x9FA5), (0x0800, 0x4E00), (0xAC00, 0xD7FF)];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(pre: PreTokenizer, text: &str) -> Vec<&str> {
+        let mut s = Splitter::default();
+        let mut v = Vec::new();
+        s.split(pre, text, |r| v.push(&text[r]));
+        v
+    }
+
+    #[test]
+    fn gpt2_words() {
+        assert_eq!(
+            words(PreTokenizer::Gpt2, "Hello world's  end 123!!  \n"),
+            ["Hello", " world", "'s", " ", " end", " 123", "!!", "  \n"]
+        );
+        assert_eq!(words(PreTokenizer::Gpt2, "a   b"), ["a", "  ", " b"]);
+    }
+
+    #[test]
+    fn llama3_words() {
+        assert_eq!(
+            words(PreTokenizer::Llama3, "I'M 12345 ok?\n\nyes"),
+            ["I", "'M", " ", "123", "45", " ok", "?\n\n", "yes"]
+        );
+        assert_eq!(words(PreTokenizer::Qwen2, "x 12"), ["x", " ", "1", "2"]);
+    }
+
+    #[test]
+    fn starcoder_digits_alone() {
+        assert_eq!(words(PreTokenizer::StarCoder, "a 12b"), ["a", " ", "1", "2", "b"]);
+    }
+
+    #[test]
+    fn default_stages() {
+        assert_eq!(words(PreTokenizer::Default, "x 1234, y"), ["x", " ", "123", "4", ",", " y"]);
+    }
+
+    #[test]
+    fn deepseek_words() {
+        assert_eq!(
+            words(PreTokenizer::DeepSeekLlm, "Hi there,\n你好 12  "),
+            ["Hi", " there", ",", "\n", "你好", " ", "12", "  "]
+        );
+    }
+
+    #[test]
+    fn unknown_pre_is_an_error() {
+        let err = PreOptions::from_name("klingon").unwrap_err();
+        assert!(err.to_string().contains("klingon"));
+    }
+}

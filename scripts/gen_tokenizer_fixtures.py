@@ -1,0 +1,218 @@
+#!/usr/bin/env python3
+"""Golden tokenizer and chat-template fixtures from llama.cpp.
+
+For each model, writes realm-core/tests/fixtures/tokenizer/<name>.json with a
+deterministic corpus of strings and, for every string, llama.cpp's token ids
+(`llama_tokenize` with add_special/parse_special off, and both on) and its
+detokenized text (`llama_detokenize`). For the two chat models it also renders
+the chat template of a three-turn conversation with a system prompt using
+Python's jinja2 (the reference implementation of HF chat templates).
+
+Needs: pip install llama-cpp-python jinja2 gguf
+
+    python3 scripts/gen_tokenizer_fixtures.py            # all models found
+    REALM_MODELS=/path/to/models python3 scripts/gen_tokenizer_fixtures.py
+
+Models are looked up in $REALM_MODELS (default ~/.cache/realm/models); the
+vocabulary-only files of llama.cpp's test suite (models/ggml-vocab-*.gguf in
+the llama.cpp repository) in its `vocab/` subfolder.
+"""
+import ctypes
+import json
+import os
+import pathlib
+import random
+import sys
+
+import gguf
+import jinja2
+import llama_cpp
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+OUT = ROOT / "realm-core/tests/fixtures/tokenizer"
+MODELS = pathlib.Path(os.environ.get("REALM_MODELS", pathlib.Path.home() / ".cache/realm/models"))
+
+# name -> (file under MODELS, special-token texts to sprinkle into the corpus)
+TARGETS = {
+    "gemma3": ("gemma-3-270m-q4_k_m.gguf", ["<start_of_turn>", "<end_of_turn>", "<bos>", "<eos>", "</s>", "<table>", "<unused7>"]),
+    "smollm2": ("SmolLM2-135M-Instruct.Q4_1.gguf", ["<|im_start|>", "<|im_end|>", "<|endoftext|>", "<fim_prefix>", "<reponame>"]),
+    "gpt2": ("vocab/ggml-vocab-gpt-2.gguf", ["<|endoftext|>"]),
+    "llama-bpe": ("vocab/ggml-vocab-llama-bpe.gguf", ["<|begin_of_text|>", "<|eot_id|>", "<|start_header_id|>"]),
+    "qwen2": ("vocab/ggml-vocab-qwen2.gguf", ["<|im_start|>", "<|im_end|>", "<|endoftext|>"]),
+    "starcoder": ("vocab/ggml-vocab-starcoder.gguf", ["<|endoftext|>", "<fim_prefix>"]),
+    "deepseek-llm": ("vocab/ggml-vocab-deepseek-llm.gguf", ["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"]),
+    "llama-spm": ("vocab/ggml-vocab-llama-spm.gguf", ["<s>", "</s>"]),
+}
+
+# Chat templates for files without one: the same files realm-core embeds.
+BUILTIN_TEMPLATES = ROOT / "realm-core/src/chat"
+
+FIXED = [
+    "", " ", "  ", "   ", "\t", "\n", "\n\n", "\n\n\n", " \n", "\r\n", "\t\t\tx", "a", "A", "Hello",
+    "Hello world", " Hello world", "Hello world ", "  Hello  world  ", "Hello\nworld", "Hello\tworld",
+    "Hello, world!", "The quick brown fox jumps over the lazy dog.",
+    "I'm sure you'll see they've done it; we'd go, he's there, it's 'quoted'.",
+    "DON'T SHOUT, IT'S RUDE. You'RE right, I'LL stop.",
+    "0", "7", "42", "123", "1234", "12345", "123456789", "3.14159265358979", "1,000,000", "2024-01-31",
+    "-17.5e-3", "0xDEADBEEF", "+1 (555) 123-4567", "99 bottles", "v1.2.3-rc.4",
+    "12345678901234567890123456789012345678901234567890",
+    "!!!", "???", "...", "?!?!", "----", "====", "!@#$%^&*()_+-=[]{}|;':\",./<>?`~", "((()))", "<<>>", "---\n***\n___",
+    "def add(a, b):\n    return a + b\n",
+    "fn main() {\n    println!(\"Hello, {}!\", name);\n}\n",
+    "#include <stdio.h>\nint main(void) { printf(\"%d\\n\", 42); return 0; }",
+    "const x = (a, b) => a ?? b; // nullish\nlet y = `tpl ${x}`;",
+    "SELECT id, name FROM users WHERE age >= 21 ORDER BY name DESC;",
+    "<div class=\"box\"><p>Hi &amp; bye</p></div>",
+    "{\"key\": [1, 2.5, null, true], \"nested\": {\"a\": \"b\"}}",
+    "for i in range(10):\n\tif i % 2 == 0:\n\t\tprint(i)",
+    "    indented with four spaces\n        and eight",
+    "x=1;y=2;z=x+y", "a_b_c", "camelCaseIdentifier", "snake_case_identifier", "SCREAMING_SNAKE", "kebab-case-word",
+    "https://example.com/path?query=1&x=y#frag", "user@example.org", "C:\\Windows\\System32",
+    "café", "naïve résumé", "Ångström", "Straße", "Ελληνικά γράμματα", "Русский текст, привет!", "Ünïcödé",
+    "e\u0301", "a\u0308\u0304", "\u0301", "ñ vs n\u0303",
+    "中文字符", "你好，世界！", "日本語のテキストです。", "ひらがな カタカナ", "한국어 텍스트", "漢字かな交じり文",
+    "العربية نص", "مرحبا بالعالم", "עברית", "हिन्दी पाठ", "ภาษาไทย", "ქართული", "Tiếng Việt có dấu",
+    "😀", "😀😃😄", "👍🏽", "👨‍👩‍👧‍👦", "🏳️‍🌈", "🇫🇷🇯🇵", "❤️", "🤖 robots 🤖", "a😀b", "1️⃣",
+    "\u200b", "\u200d", "\ufeffBOM", "\u00a0nbsp\u00a0", "\u3000ideographic space", "\u2028line sep",
+    "\u0000", "\u0001\u0002\u001f", "\u007f", "\u0085", "\ufffd", "\ue000private", "\U0010ffff", "\ud7ff",
+    "\U0001d400\U0001d401", "\u2126\u212a", "ｆｕｌｌｗｉｄｔｈ", "①②③", "Ⅻ", "½ ¾", "٣٤٥", "²³",
+    "tab\there", "multiple   spaces   here", "trailing spaces    ", "    leading spaces", "\n\nparagraph\n\n",
+    "mixed\r\nline\rendings\n", "a\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\nb",
+    "' s", " 's", "'s", "it 's", "x ' y", "Hello , world .", "What ?", "Wait !",
+    "<unk>", "<s>", "</s>", "<pad>", "<|endoftext|>", "<start_of_turn>", "<|im_start|>", "<<not special>>",
+]
+
+FRAGMENTS = [
+    "hello", "World", " the", "  ", "\n", "\t", "42", "3.5", "!?", "...", "café", "日本", "한국", "😀",
+    "👨‍👩‍👧", "'s", "'LL", "x", "==", "->", "()", "{", "}", "\u0301", "مرحبا", "ß", "Ω", "\u00a0", "\r\n",
+    "0000", "_", "#", "fn", "def", "<", ">", "/", "\\", "\"", "`", "~", "€", "¥", "©",
+]
+
+
+def corpus(specials):
+    rng = random.Random(20240531)
+    texts = list(FIXED)
+    for s in specials:
+        texts += [s, f"{s}hello", f"a {s} b", f"{s}\n{s}", f"x{s}{s}y", f" {s} ", f"{s}user\nHi there!{s}\n"]
+    while len(texts) < 360:
+        n = rng.randint(1, 12)
+        parts = [rng.choice(FRAGMENTS) for _ in range(n)]
+        if specials and rng.random() < 0.2:
+            parts.insert(rng.randrange(len(parts) + 1), rng.choice(specials))
+        texts.append("".join(parts))
+    return texts
+
+
+def tokenize(vocab, data, add_special, parse_special):
+    n = len(data) + 16
+    buf = (llama_cpp.llama_token * n)()
+    got = llama_cpp.llama_tokenize(vocab, data, len(data), buf, n, add_special, parse_special)
+    if got < 0:
+        n = -got
+        buf = (llama_cpp.llama_token * n)()
+        got = llama_cpp.llama_tokenize(vocab, data, len(data), buf, n, add_special, parse_special)
+    assert got >= 0, got
+    return list(buf[:got])
+
+
+def detokenize(vocab, ids, remove_special, unparse_special):
+    arr = (llama_cpp.llama_token * max(1, len(ids)))(*ids)
+    size = 64 + 8 * len(ids)
+    buf = ctypes.create_string_buffer(size)
+    n = llama_cpp.llama_detokenize(vocab, arr, len(ids), buf, size, remove_special, unparse_special)
+    if n < 0:
+        size = -n
+        buf = ctypes.create_string_buffer(size)
+        n = llama_cpp.llama_detokenize(vocab, arr, len(ids), buf, size, remove_special, unparse_special)
+    return buf.raw[:n].decode("utf-8", errors="replace")
+
+
+CONVERSATION = [
+    {"role": "system", "content": "You are a concise assistant."},
+    {"role": "user", "content": "What is the capital of France?"},
+    {"role": "assistant", "content": "Paris."},
+    {"role": "user", "content": "And of Japan?  "},
+]
+
+
+def raise_exception(msg):
+    raise jinja2.exceptions.TemplateError(msg)
+
+
+def render(template, bos, eos, messages, add_generation_prompt):
+    env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    env.globals["raise_exception"] = raise_exception
+    return env.from_string(template).render(
+        messages=messages, add_generation_prompt=add_generation_prompt, bos_token=bos, eos_token=eos
+    )
+
+
+def chat_fixture(path, vocab_tokens, bos_id, eos_id):
+    reader = gguf.GGUFReader(path)
+    field = reader.fields.get("tokenizer.chat_template")
+    if field is not None:
+        template, source = bytes(field.parts[field.data[0]]).decode(), "metadata"
+    elif "<start_of_turn>" in vocab_tokens:
+        template, source = (BUILTIN_TEMPLATES / "gemma.jinja").read_text(), "builtin:gemma"
+    else:
+        template, source = (BUILTIN_TEMPLATES / "chatml.jinja").read_text(), "builtin:chatml"
+    bos = vocab_tokens[bos_id] if bos_id is not None else ""
+    eos = vocab_tokens[eos_id] if eos_id is not None else ""
+    cases = []
+    for gen in (True, False):
+        cases.append({
+            "messages": CONVERSATION,
+            "add_generation_prompt": gen,
+            "expected": render(template, bos, eos, CONVERSATION, gen),
+        })
+    return {"source": source, "cases": cases}
+
+
+def main():
+    OUT.mkdir(parents=True, exist_ok=True)
+    done = 0
+    for name, (rel, specials) in TARGETS.items():
+        path = MODELS / rel
+        if not path.exists():
+            print(f"skip {name}: {path} not found")
+            continue
+        llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+        vocab = llm._model.vocab
+        n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
+        cases = []
+        for text in corpus(specials):
+            data = text.encode("utf-8")
+            plain = tokenize(vocab, data, False, False)
+            special = tokenize(vocab, data, True, True)
+            cases.append({
+                "text": text,
+                "ids": plain,
+                "ids_special": special,
+                "decoded": detokenize(vocab, plain, False, False),
+                "decoded_special": detokenize(vocab, special, True, True),
+            })
+        fixture = {
+            "model": rel,
+            "llama_cpp_python": llama_cpp.__version__,
+            "n_vocab": n_vocab,
+            "bos": llama_cpp.llama_vocab_bos(vocab),
+            "eos": llama_cpp.llama_vocab_eos(vocab),
+            "eot": llama_cpp.llama_vocab_eot(vocab),
+            "eog": [i for i in range(n_vocab) if llama_cpp.llama_vocab_is_eog(vocab, i)],
+            "cases": cases,
+        }
+        if not rel.startswith("vocab/"):
+            reader_tokens = [llama_cpp.llama_vocab_get_text(vocab, i).decode("utf-8", "replace") for i in range(n_vocab)]
+            bos = fixture["bos"] if fixture["bos"] >= 0 else None
+            eos = fixture["eos"] if fixture["eos"] >= 0 else None
+            fixture["chat"] = chat_fixture(str(path), reader_tokens, bos, eos)
+        out = OUT / f"{name}.json"
+        out.write_text(json.dumps(fixture, ensure_ascii=False, indent=0) + "\n")
+        print(f"{name}: {len(cases)} strings -> {out.relative_to(ROOT)}")
+        done += 1
+    if done == 0:
+        sys.exit("no model found")
+
+
+if __name__ == "__main__":
+    main()
