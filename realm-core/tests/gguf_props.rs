@@ -219,3 +219,24 @@ fn files_written_by_the_reference_writer_read_back() {
     assert_eq!(md.metadata().get_f32("d").unwrap(), 2.25);
     assert!(md.metadata().get_bool("b").unwrap());
 }
+
+/// Found by the fuzzer: a zero-sized tensor in a file that ends before its
+/// (empty) data section was accepted, then could not be viewed.
+#[test]
+fn data_section_past_the_end_is_an_error() {
+    let mut bytes = b"GGUF".to_vec();
+    bytes.extend_from_slice(&3u32.to_le_bytes());
+    bytes.extend_from_slice(&1u64.to_le_bytes()); // one tensor
+    bytes.extend_from_slice(&0u64.to_le_bytes()); // no metadata
+    bytes.extend_from_slice(&0u64.to_le_bytes()); // empty name
+    bytes.extend_from_slice(&1u32.to_le_bytes()); // one dimension
+    bytes.extend_from_slice(&0u64.to_le_bytes()); // of length 0
+    bytes.extend_from_slice(&0u32.to_le_bytes()); // f32
+    bytes.extend_from_slice(&0u64.to_le_bytes()); // offset 0
+    bytes.extend_from_slice(b"+d"); // 58 bytes; data would start at 64
+    let err = Gguf::from_bytes(&bytes[..]).unwrap_err();
+    assert!(err.to_string().contains("padding before the tensor data"), "{err}");
+    bytes.resize(64, 0);
+    let file = Gguf::from_bytes(&bytes[..]).unwrap();
+    assert_eq!(file.tensor("").unwrap().data().len(), 0);
+}

@@ -126,6 +126,14 @@ impl GgufHeader {
         }
 
         let data_offset = p.pos.next_multiple_of(alignment);
+        if !tensors.is_empty() && data_offset > file_len {
+            return Err(Error::Truncated {
+                what: "padding before the tensor data".into(),
+                offset: p.pos,
+                needed: data_offset - p.pos,
+                len: file_len,
+            });
+        }
         let data_len = file_len.saturating_sub(data_offset);
         let mut ranges: Vec<(u64, u64, usize)> = tensors
             .iter()
