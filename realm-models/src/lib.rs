@@ -22,10 +22,12 @@ pub mod config;
 mod error;
 pub mod model;
 
+pub mod generate;
 pub mod sampling;
 
 pub use config::{Architecture, ModelConfig};
 pub use error::{Error, Result};
 pub use model::{Model, Session};
 
+pub use generate::{generate, GenerateParams, Generation, GenerationStats, StopReason};
 pub use sampling::{Sampler, SamplingParams};

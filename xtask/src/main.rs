@@ -1,5 +1,6 @@
 //! `cargo xtask`: the project's chores, in Rust so they run wherever cargo does.
 //!
+//! - `cargo xtask demo`: fetch SmolLM2 and ask it the capital of France.
 //! - `cargo xtask fetch-model`: download the real models into the model cache.
 //! - `cargo xtask test`: fetch the models if missing, then run the whole suite.
 //! - `cargo xtask proptest [CASES]`: the suite with many more property-test cases.
@@ -15,6 +16,8 @@ use anyhow::{bail, Context, Result};
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
+  demo                fetch the model if missing, build `realm`, and ask SmolLM2
+                      \"Which city is the capital of France?\" through its chat template
   fetch-model         download SmolLM2-135M-Instruct and Gemma 3 270M into the model cache
                       ($REALM_MODELS, default ~/.cache/realm/models) and verify their sha256
   test                fetch the models if missing, then run every test (optimised build)
@@ -31,6 +34,7 @@ fn main() {
 fn run() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
+        Some("demo") => demo(),
         Some("fetch-model") => fetch::fetch_all(),
         Some("test") => test(),
         Some("proptest") => proptest(args.get(1).map(String::as_str).unwrap_or("20000")),
@@ -86,6 +90,20 @@ fn test() -> Result<()> {
         "wasm32-unknown-unknown",
     ]);
     status(wasm)
+}
+
+/// The question the README promises an answer to.
+const DEMO_QUESTION: &str = "Which city is the capital of France?";
+
+fn demo() -> Result<()> {
+    fetch::fetch_all()?;
+    let mut build = cargo();
+    build.args(["build", "--release", "-p", "realm-cli"]);
+    status(build)?;
+    let mut run = Command::new(root().join("target/release/realm"));
+    run.args(["run", "smollm2", "--chat", "--temp", "0", "-n", "64", "-p", DEMO_QUESTION]);
+    eprintln!("xtask: asking SmolLM2: {DEMO_QUESTION}");
+    status(run)
 }
 
 fn proptest(cases: &str) -> Result<()> {
