@@ -1,6 +1,10 @@
 //! `realm`: inspect GGUF models (and, as the project grows, run and serve them).
 
+mod bench;
+mod chat;
 mod info;
+mod load;
+mod run;
 
 use clap::{Parser, Subcommand};
 
@@ -16,12 +20,21 @@ struct Cli {
 enum Cmd {
     /// Print a model's metadata and tensor table (like gguf-dump).
     Info(info::InfoArgs),
+    /// Generate text from a prompt, streamed to stdout.
+    Run(run::RunArgs),
+    /// An interactive chat that keeps the KV cache between turns.
+    Chat(chat::ChatArgs),
+    /// Prefill and decode speed, as llama-bench reports it (pp512, tg128).
+    Bench(bench::BenchArgs),
 }
 
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Info(args) => info::run(&args),
+        Cmd::Run(args) => run::run(&args),
+        Cmd::Chat(args) => chat::run(&args),
+        Cmd::Bench(args) => bench::run(&args),
     };
     if let Err(e) = result {
         // A closed pipe (`realm info x | head`) is the reader's choice, not an error.

@@ -1,0 +1,132 @@
+//! `realm bench MODEL`: prefill and decode speed, reported as llama-bench
+//! reports it (pp512 / tg128, mean and standard deviation over repetitions,
+//! tokenization and sampling excluded).
+
+use std::io::Write;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use realm_core::backend::BackendCore;
+use realm_models::Model;
+use serde_json::json;
+
+use crate::load;
+
+/// Arguments of `realm bench`.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// A GGUF file, or a short name from the model cache (smollm2, gemma3).
+    pub model: String,
+    /// Prompt tokens of the prefill test (0: skip it).
+    #[arg(short = 'p', long, default_value_t = 512)]
+    pub n_prompt: usize,
+    /// Generated tokens of the decode test (0: skip it).
+    #[arg(short = 'n', long, default_value_t = 128)]
+    pub n_gen: usize,
+    /// CPU threads (0: one per core).
+    #[arg(short, long, default_value_t = 0)]
+    pub threads: usize,
+    /// Repetitions of each test.
+    #[arg(short, long, default_value_t = 5)]
+    pub repetitions: usize,
+    /// Prefill batch size.
+    #[arg(short, long, default_value_t = 512)]
+    pub batch_size: usize,
+    /// One JSON record per test, with llama-bench's field names.
+    #[arg(long)]
+    pub json: bool,
+}
+
+struct Test {
+    name: String,
+    n_prompt: usize,
+    n_gen: usize,
+    samples_ts: Vec<f64>,
+}
+
+fn mean_std(x: &[f64]) -> (f64, f64) {
+    let n = x.len() as f64;
+    let mean = x.iter().sum::<f64>() / n;
+    let var = if x.len() > 1 {
+        x.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    (mean, var.sqrt())
+}
+
+pub fn run(args: &BenchArgs) -> Result<()> {
+    if args.repetitions == 0 {
+        bail!("--repetitions must be at least 1");
+    }
+    let l = load::open(&args.model, args.threads)?;
+    let model = Model::load(&l.file, &l.backend)?;
+    let vocab = model.config().vocab_size as u32;
+    // Deterministic token ids spread over the vocabulary (llama-bench uses random ones).
+    let tokens: Vec<u32> = (0..args.n_prompt.max(1) as u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 7) % vocab).collect();
+    let mut tests = Vec::new();
+    if args.n_prompt > 0 {
+        let mut samples = Vec::new();
+        let mut s = model.session(args.n_prompt, args.batch_size)?;
+        model.forward(&mut s, &tokens[..args.n_prompt.min(16)])?; // warm-up
+        for _ in 0..args.repetitions {
+            s.truncate(0);
+            let t = Instant::now();
+            model.forward(&mut s, &tokens)?;
+            samples.push(args.n_prompt as f64 / t.elapsed().as_secs_f64());
+        }
+        tests.push(Test { name: format!("pp{}", args.n_prompt), n_prompt: args.n_prompt, n_gen: 0, samples_ts: samples });
+    }
+    if args.n_gen > 0 {
+        let mut samples = Vec::new();
+        let mut s = model.session(args.n_gen + 1, 1)?;
+        model.forward(&mut s, &tokens[..1])?; // warm-up
+        for _ in 0..args.repetitions {
+            s.truncate(0);
+            let t = Instant::now();
+            let mut next = tokens[0];
+            for _ in 0..args.n_gen {
+                let logits = model.forward(&mut s, &[next])?;
+                // Feed back a token without sampling (llama-bench excludes sampling).
+                next = (logits.len() as u32 / 2 + next) % vocab;
+            }
+            samples.push(args.n_gen as f64 / t.elapsed().as_secs_f64());
+        }
+        tests.push(Test { name: format!("tg{}", args.n_gen), n_prompt: 0, n_gen: args.n_gen, samples_ts: samples });
+    }
+    let size: u64 = l.file.tensor_infos().iter().map(|t| t.n_bytes).sum();
+    let params: u64 = l.file.tensor_infos().iter().map(|t| t.n_elements()).sum();
+    let backend = l.backend.name().to_string();
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let records: Vec<_> = tests
+            .iter()
+            .map(|t| {
+                let (avg, std) = mean_std(&t.samples_ts);
+                json!({
+                    "model_filename": l.name, "model_size": size, "model_n_params": params,
+                    "backends": backend, "n_threads": l.backend.threads(), "n_batch": args.batch_size,
+                    "n_prompt": t.n_prompt, "n_gen": t.n_gen, "avg_ts": avg, "stddev_ts": std,
+                    "samples_ts": t.samples_ts,
+                })
+            })
+            .collect();
+        writeln!(out, "{}", serde_json::to_string_pretty(&records)?)?;
+        return Ok(());
+    }
+    writeln!(out, "| model | size | params | backend | threads | test | t/s |")?;
+    writeln!(out, "| --- | ---: | ---: | --- | ---: | ---: | ---: |")?;
+    for t in &tests {
+        let (avg, std) = mean_std(&t.samples_ts);
+        writeln!(
+            out,
+            "| {} | {:.2} MiB | {:.2} M | {backend} | {} | {} | {avg:.2} ± {std:.2} |",
+            l.name,
+            size as f64 / (1 << 20) as f64,
+            params as f64 / 1e6,
+            l.backend.threads(),
+            t.name
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,114 @@
+//! `realm chat MODEL`: an interactive multi-turn chat. The KV cache is kept
+//! between turns: each turn runs only its new tokens, not the conversation.
+
+use std::io::{BufRead, Write};
+
+use anyhow::{bail, Result};
+use realm_core::chat::{ChatMessage, ChatTemplate};
+use realm_models::{generate, GenerateParams, Model, StopReason};
+
+use crate::load::{self, Loaded};
+use crate::run::{context_len, SamplingArgs};
+
+/// Arguments of `realm chat`.
+#[derive(Debug, clap::Args)]
+pub struct ChatArgs {
+    /// A GGUF file, or a short name from the model cache (smollm2, gemma3).
+    pub model: String,
+    /// A system prompt.
+    #[arg(short, long)]
+    pub system: Option<String>,
+    /// Most tokens per answer.
+    #[arg(short = 'n', long, default_value_t = 512)]
+    pub n_predict: usize,
+    /// CPU threads (0: one per core).
+    #[arg(short, long, default_value_t = 0)]
+    pub threads: usize,
+    /// Context length (0: the model's, capped at 4096).
+    #[arg(short = 'c', long, default_value_t = 0)]
+    pub ctx_size: usize,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+}
+
+fn template(l: &Loaded) -> Result<ChatTemplate> {
+    Ok(ChatTemplate::from_metadata(l.file.metadata())?)
+}
+
+/// Token ids of `text` rendered by a chat template: special tokens are
+/// parsed, and BOS is added only if the template did not write it.
+fn encode_rendered(l: &Loaded, text: &str) -> Result<Vec<u32>> {
+    let bos_text = l.tokenizer.bos().and_then(|b| l.tokenizer.token_text(b).ok());
+    let has_bos = bos_text.is_some_and(|b| text.starts_with(b));
+    Ok(l.tokenizer.encode(text, !has_bos, true)?)
+}
+
+/// One user message through the model's chat template, ready to generate.
+pub fn render_user_turn(l: &Loaded, prompt: &str) -> Result<Vec<u32>> {
+    let messages = [ChatMessage::new("user", prompt)];
+    let text = template(l)?.render(&messages, true)?;
+    encode_rendered(l, &text)
+}
+
+pub fn run(args: &ChatArgs) -> Result<()> {
+    let l = load::open(&args.model, args.threads)?;
+    let model = Model::load(&l.file, &l.backend)?;
+    let tpl = template(&l)?;
+    let ctx = context_len(args.ctx_size, model.config().context_length);
+    let mut session = model.session(ctx, 256)?;
+    let mut messages: Vec<ChatMessage> = args.system.iter().map(|s| ChatMessage::new("system", s)).collect();
+    // The rendered conversation that is already in the KV cache.
+    let mut in_cache = String::new();
+    let params = GenerateParams {
+        max_tokens: args.n_predict,
+        stop: Vec::new(),
+        sampling: args.sampling.params(),
+        stop_at_context_end: true,
+    };
+    eprintln!("realm: chatting with {}; an empty line or end of input quits", l.name);
+    let stdin = std::io::stdin();
+    let mut out = std::io::stdout().lock();
+    loop {
+        write!(out, "> ")?;
+        out.flush()?;
+        let mut line = String::new();
+        if stdin.lock().read_line(&mut line)? == 0 || line.trim().is_empty() {
+            return Ok(());
+        }
+        messages.push(ChatMessage::new("user", line.trim_end()));
+        let rendered = tpl.render(&messages, true)?;
+        // Only the new part of the conversation runs; if the template
+        // rewrote earlier turns, start over from an empty cache.
+        let new_text = match rendered.strip_prefix(in_cache.as_str()) {
+            Some(rest) if !in_cache.is_empty() => l.tokenizer.encode(rest, false, true)?,
+            _ => {
+                session.truncate(0);
+                encode_rendered(&l, &rendered)?
+            }
+        };
+        if session.position() + new_text.len() >= session.capacity() {
+            bail!("the conversation no longer fits the context of {ctx} tokens");
+        }
+        let g = generate(&model, &l.tokenizer, &mut session, &new_text, &params, |piece| {
+            out.write_all(piece.as_bytes()).and_then(|()| out.flush()).is_ok()
+        })?;
+        writeln!(out)?;
+        // generate() does not run the token it stopped on unless it was an
+        // end-of-turn token; run it so the cache holds the whole answer.
+        if g.stop_reason != StopReason::EndOfGeneration {
+            if let Some(&last) = g.tokens.last() {
+                model.forward(&mut session, &[last])?;
+            }
+        }
+        messages.push(ChatMessage::new("assistant", &g.text));
+        // What the cache holds now: the prompt and the answer, but not the
+        // end-of-turn token the model stopped on, which was never run.
+        in_cache = rendered + &g.text;
+        eprintln!(
+            "realm: {} tokens at {:.1} t/s ({} in context)",
+            g.stats.generated_tokens,
+            g.stats.decode_tps(),
+            session.position()
+        );
+    }
+}

@@ -1,0 +1,122 @@
+//! `realm run MODEL -p PROMPT`: generate text, streamed to stdout.
+
+use std::io::Write;
+
+use anyhow::{bail, Result};
+use realm_models::{generate, GenerateParams, Model, SamplingParams};
+
+use crate::load;
+
+/// Sampling flags shared by `run` and `chat`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SamplingArgs {
+    /// Temperature (0: greedy).
+    #[arg(long = "temp", default_value_t = 0.8)]
+    pub temperature: f32,
+    /// Keep the K most likely tokens (0: all).
+    #[arg(long, default_value_t = 40)]
+    pub top_k: usize,
+    /// Nucleus sampling threshold (1: off).
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f32,
+    /// Drop tokens less likely than this fraction of the most likely (0: off).
+    #[arg(long, default_value_t = 0.05)]
+    pub min_p: f32,
+    /// Repetition penalty over the last 64 tokens (1: off).
+    #[arg(long, default_value_t = 1.0)]
+    pub repeat_penalty: f32,
+    /// Random seed.
+    #[arg(long, default_value_t = 0x5eed)]
+    pub seed: u64,
+}
+
+impl SamplingArgs {
+    pub fn params(&self) -> SamplingParams {
+        SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repeat_penalty: self.repeat_penalty,
+            seed: self.seed,
+            ..SamplingParams::default()
+        }
+    }
+}
+
+/// Arguments of `realm run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// A GGUF file, or a short name from the model cache (smollm2, gemma3).
+    pub model: String,
+    /// The prompt.
+    #[arg(short, long)]
+    pub prompt: String,
+    /// Most tokens to generate.
+    #[arg(short = 'n', long, default_value_t = 256)]
+    pub n_predict: usize,
+    /// Send the prompt through the model's chat template as a user message.
+    #[arg(long)]
+    pub chat: bool,
+    /// CPU threads (0: one per core).
+    #[arg(short, long, default_value_t = 0)]
+    pub threads: usize,
+    /// Context length (0: the model's, capped at 4096).
+    #[arg(short = 'c', long, default_value_t = 0)]
+    pub ctx_size: usize,
+    /// Prefill batch size.
+    #[arg(short, long, default_value_t = 256)]
+    pub batch_size: usize,
+    /// Stop when the text contains this (repeatable).
+    #[arg(long)]
+    pub stop: Vec<String>,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+}
+
+pub fn context_len(requested: usize, model_ctx: usize) -> usize {
+    match requested {
+        0 => model_ctx.min(4096),
+        n => n,
+    }
+}
+
+pub fn run(args: &RunArgs) -> Result<()> {
+    let l = load::open(&args.model, args.threads)?;
+    let model = Model::load(&l.file, &l.backend)?;
+    let prompt = if args.chat {
+        crate::chat::render_user_turn(&l, &args.prompt)?
+    } else {
+        l.tokenizer.encode(&args.prompt, true, false)?
+    };
+    let ctx = context_len(args.ctx_size, model.config().context_length);
+    if prompt.len() >= ctx {
+        bail!("the prompt is {} tokens; the context holds {ctx} (raise it with -c)", prompt.len());
+    }
+    let mut session = model.session(ctx, args.batch_size)?;
+    let params = GenerateParams {
+        max_tokens: args.n_predict,
+        stop: args.stop.clone(),
+        sampling: args.sampling.params(),
+        stop_at_context_end: true,
+    };
+    let mut out = std::io::stdout().lock();
+    if !args.chat {
+        write!(out, "{}", args.prompt)?;
+        out.flush()?;
+    }
+    let g = generate(&model, &l.tokenizer, &mut session, &prompt, &params, |piece| {
+        out.write_all(piece.as_bytes()).and_then(|()| out.flush()).is_ok()
+    })?;
+    writeln!(out)?;
+    let s = g.stats;
+    eprintln!(
+        "realm: prompt {} tokens at {:.1} t/s, generated {} tokens at {:.1} t/s ({:?})",
+        s.prompt_tokens,
+        s.prefill_tps(),
+        s.generated_tokens,
+        s.decode_tps(),
+        g.stop_reason
+    );
+    Ok(())
+}
