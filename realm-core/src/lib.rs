@@ -27,6 +27,7 @@ pub mod gguf;
 pub mod quant;
 mod tensor;
 pub mod tokenizer;
+pub mod chat;
 
 pub use dtype::GgmlType;
 pub use error::{Error, Result};

@@ -1,0 +1,202 @@
+//! Chat templates: turning a conversation into the prompt text a model was
+//! trained on.
+//!
+//! GGUF files carry their Hugging Face Jinja template in
+//! `tokenizer.chat_template`; it is rendered here with minijinja, set up the
+//! way `transformers` sets up Jinja (`trim_blocks`, `lstrip_blocks`, loop
+//! controls, Python string methods such as `.strip()`, `raise_exception`).
+//! Files without a template get a built-in one: Gemma's turn format when the
+//! vocabulary has `<start_of_turn>`, ChatML otherwise.
+//!
+//! ```
+//! use realm_core::chat::{ChatMessage, ChatTemplate};
+//! let t = ChatTemplate::chatml();
+//! let text = t.render(&[ChatMessage::new("user", "Hi!")], true)?;
+//! assert_eq!(text, "<|im_start|>user\nHi!<|im_end|>\n<|im_start|>assistant\n");
+//! # Ok::<(), realm_core::Error>(())
+//! ```
+
+use minijinja::{Environment, ErrorKind, Value};
+
+use crate::gguf::Metadata;
+use crate::tokenizer::Tokenizer;
+use crate::{Error, Result};
+
+/// The metadata key of the chat template.
+pub const CHAT_TEMPLATE_KEY: &str = "tokenizer.chat_template";
+
+const CHATML: &str = include_str!("chat/chatml.jinja");
+const GEMMA: &str = include_str!("chat/gemma.jinja");
+
+/// One message of a conversation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChatMessage {
+    /// `system`, `user`, `assistant`, or whatever the template knows.
+    pub role: String,
+    /// The text.
+    pub content: String,
+}
+
+impl ChatMessage {
+    /// A message from `role`.
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        Self {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+}
+
+/// Where a template came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TemplateOrigin {
+    /// The model file's `tokenizer.chat_template`.
+    Metadata,
+    /// Built-in Gemma turn format (`<start_of_turn>user ... <end_of_turn>`).
+    Gemma,
+    /// Built-in ChatML (`<|im_start|>role ... <|im_end|>`).
+    ChatMl,
+    /// Given by the caller.
+    Custom,
+}
+
+/// A chat template with the BOS/EOS texts it may refer to.
+#[derive(Clone, Debug)]
+pub struct ChatTemplate {
+    source: String,
+    origin: TemplateOrigin,
+    bos_token: String,
+    eos_token: String,
+}
+
+impl ChatTemplate {
+    /// A template from Jinja source. Syntax errors are reported here, with
+    /// the line.
+    pub fn new(source: impl Into<String>, bos_token: impl Into<String>, eos_token: impl Into<String>) -> Result<Self> {
+        let t = Self {
+            source: source.into(),
+            origin: TemplateOrigin::Custom,
+            bos_token: bos_token.into(),
+            eos_token: eos_token.into(),
+        };
+        let env = environment();
+        env.template_from_str(&t.source).map_err(|e| t.error(&e))?;
+        Ok(t)
+    }
+
+    /// The built-in ChatML template.
+    pub fn chatml() -> Self {
+        Self {
+            source: CHATML.to_owned(),
+            origin: TemplateOrigin::ChatMl,
+            bos_token: String::new(),
+            eos_token: String::new(),
+        }
+    }
+
+    /// The template of a model: its `tokenizer.chat_template`, else the
+    /// built-in one its vocabulary suggests. `bos_token` and `eos_token`
+    /// are the texts of the tokenizer's BOS and EOS tokens.
+    pub fn from_metadata(md: &Metadata, tokenizer: &Tokenizer) -> Result<Self> {
+        let text = |id: Option<u32>| -> String {
+            id.and_then(|id| tokenizer.token_text(id).ok())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let (bos, eos) = (text(tokenizer.bos()), text(tokenizer.eos()));
+        let (source, origin) = if md.get(CHAT_TEMPLATE_KEY).is_some() {
+            (md.get_str(CHAT_TEMPLATE_KEY)?.to_owned(), TemplateOrigin::Metadata)
+        } else if tokenizer.token_id("<start_of_turn>").is_some() {
+            (GEMMA.to_owned(), TemplateOrigin::Gemma)
+        } else {
+            (CHATML.to_owned(), TemplateOrigin::ChatMl)
+        };
+        let mut t = Self::new(source, bos, eos)?;
+        t.origin = origin;
+        Ok(t)
+    }
+
+    /// The Jinja source.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Where the template came from.
+    pub fn origin(&self) -> TemplateOrigin {
+        self.origin
+    }
+
+    /// Renders `messages`; with `add_generation_prompt` the text ends with
+    /// the opening of the assistant's turn. Errors (including the
+    /// template's own `raise_exception`) name the template line.
+    pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+        let env = environment();
+        let tmpl = env.template_from_str(&self.source).map_err(|e| self.error(&e))?;
+        let messages: Vec<Value> = messages
+            .iter()
+            .map(|m| {
+                Value::from_iter([
+                    ("role", Value::from(m.role.as_str())),
+                    ("content", Value::from(m.content.as_str())),
+                ])
+            })
+            .collect();
+        let ctx = Value::from_iter([
+            ("messages", Value::from(messages)),
+            ("add_generation_prompt", Value::from(add_generation_prompt)),
+            ("bos_token", Value::from(self.bos_token.as_str())),
+            ("eos_token", Value::from(self.eos_token.as_str())),
+        ]);
+        tmpl.render(ctx).map_err(|e| self.error(&e))
+    }
+
+    fn error(&self, e: &minijinja::Error) -> Error {
+        let mut msg = match e.detail() {
+            Some(d) => format!("{}: {d}", e.kind()),
+            None => e.kind().to_string(),
+        };
+        if let Some(line) = e.line() {
+            let text = self.source.lines().nth(line.saturating_sub(1)).unwrap_or("").trim();
+            msg.push_str(&format!(" (line {line}: `{text}`)"));
+        }
+        Error::ChatTemplate(msg)
+    }
+}
+
+/// A Jinja environment configured like `transformers`' chat templating.
+fn environment() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_trim_blocks(true);
+    env.set_lstrip_blocks(true);
+    minijinja_contrib::add_to_environment(&mut env);
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.add_function("raise_exception", |msg: String| -> std::result::Result<Value, minijinja::Error> {
+        Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
+    });
+    env
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn python_string_methods_and_namespace() {
+        let src = "{% set ns = namespace(n=0) %}{% for m in messages %}{% set ns.n = ns.n + 1 %}\
+                   {{ m.content.strip().upper() }}{% if not loop.last %}|{% endif %}{% endfor %} {{ ns.n }}";
+        let t = ChatTemplate::new(src, "", "").unwrap();
+        let out = t
+            .render(&[ChatMessage::new("user", "  a "), ChatMessage::new("user", "b")], false)
+            .unwrap();
+        assert_eq!(out, "A|B 2");
+    }
+
+    #[test]
+    fn errors_name_the_line() {
+        let err = ChatTemplate::new("ok\n{% if %}", "", "").unwrap_err().to_string();
+        assert!(err.contains("line 2"), "{err}");
+        let t = ChatTemplate::new("a\nb\n{{ raise_exception('no system role') }}", "", "").unwrap();
+        let err = t.render(&[], false).unwrap_err().to_string();
+        assert!(err.contains("no system role") && err.contains("line 3"), "{err}");
+    }
+}
