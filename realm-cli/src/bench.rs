@@ -63,7 +63,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let model = Model::load(&l.file, &l.backend)?;
     let vocab = model.config().vocab_size as u32;
     // Deterministic token ids spread over the vocabulary (llama-bench uses random ones).
-    let tokens: Vec<u32> = (0..args.n_prompt.max(1) as u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 7) % vocab).collect();
+    let tokens: Vec<u32> = (0..args.n_prompt.max(1) as u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) % vocab)
+        .collect();
     let mut tests = Vec::new();
     if args.n_prompt > 0 {
         let mut samples = Vec::new();
@@ -75,7 +77,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             model.forward(&mut s, &tokens)?;
             samples.push(args.n_prompt as f64 / t.elapsed().as_secs_f64());
         }
-        tests.push(Test { name: format!("pp{}", args.n_prompt), n_prompt: args.n_prompt, n_gen: 0, samples_ts: samples });
+        tests.push(Test {
+            name: format!("pp{}", args.n_prompt),
+            n_prompt: args.n_prompt,
+            n_gen: 0,
+            samples_ts: samples,
+        });
     }
     if args.n_gen > 0 {
         let mut samples = Vec::new();
@@ -92,7 +99,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             }
             samples.push(args.n_gen as f64 / t.elapsed().as_secs_f64());
         }
-        tests.push(Test { name: format!("tg{}", args.n_gen), n_prompt: 0, n_gen: args.n_gen, samples_ts: samples });
+        tests.push(Test {
+            name: format!("tg{}", args.n_gen),
+            n_prompt: 0,
+            n_gen: args.n_gen,
+            samples_ts: samples,
+        });
     }
     let size: u64 = l.file.tensor_infos().iter().map(|t| t.n_bytes).sum();
     let params: u64 = l.file.tensor_infos().iter().map(|t| t.n_elements()).sum();
@@ -114,7 +126,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         writeln!(out, "{}", serde_json::to_string_pretty(&records)?)?;
         return Ok(());
     }
-    writeln!(out, "| model | size | params | backend | threads | test | t/s |")?;
+    writeln!(
+        out,
+        "| model | size | params | backend | threads | test | t/s |"
+    )?;
     writeln!(out, "| --- | ---: | ---: | --- | ---: | ---: | ---: |")?;
     for t in &tests {
         let (avg, std) = mean_std(&t.samples_ts);

@@ -32,20 +32,31 @@ pub struct ChatArgs {
 }
 
 fn template(l: &Loaded) -> Result<ChatTemplate> {
-    Ok(ChatTemplate::from_metadata(l.file.metadata())?)
+    Ok(ChatTemplate::from_metadata(
+        l.file.metadata(),
+        &l.tokenizer,
+    )?)
 }
 
 /// Token ids of `text` rendered by a chat template: special tokens are
 /// parsed, and BOS is added only if the template did not write it.
 fn encode_rendered(l: &Loaded, text: &str) -> Result<Vec<u32>> {
-    let bos_text = l.tokenizer.bos().and_then(|b| l.tokenizer.token_text(b).ok());
+    let bos_text = l
+        .tokenizer
+        .bos()
+        .and_then(|b| l.tokenizer.token_text(b).ok());
     let has_bos = bos_text.is_some_and(|b| text.starts_with(b));
     Ok(l.tokenizer.encode(text, !has_bos, true)?)
 }
 
-/// One user message through the model's chat template, ready to generate.
-pub fn render_user_turn(l: &Loaded, prompt: &str) -> Result<Vec<u32>> {
-    let messages = [ChatMessage::new("user", prompt)];
+/// One user message (after an optional system message) through the model's
+/// chat template, ready to generate.
+pub fn render_user_turn(l: &Loaded, system: Option<&str>, prompt: &str) -> Result<Vec<u32>> {
+    let mut messages: Vec<ChatMessage> = system
+        .map(|s| ChatMessage::new("system", s))
+        .into_iter()
+        .collect();
+    messages.push(ChatMessage::new("user", prompt));
     let text = template(l)?.render(&messages, true)?;
     encode_rendered(l, &text)
 }
@@ -56,7 +67,11 @@ pub fn run(args: &ChatArgs) -> Result<()> {
     let tpl = template(&l)?;
     let ctx = context_len(args.ctx_size, model.config().context_length);
     let mut session = model.session(ctx, 256)?;
-    let mut messages: Vec<ChatMessage> = args.system.iter().map(|s| ChatMessage::new("system", s)).collect();
+    let mut messages: Vec<ChatMessage> = args
+        .system
+        .iter()
+        .map(|s| ChatMessage::new("system", s))
+        .collect();
     // The rendered conversation that is already in the KV cache.
     let mut in_cache = String::new();
     let params = GenerateParams {
@@ -65,7 +80,10 @@ pub fn run(args: &ChatArgs) -> Result<()> {
         sampling: args.sampling.params(),
         stop_at_context_end: true,
     };
-    eprintln!("realm: chatting with {}; an empty line or end of input quits", l.name);
+    eprintln!(
+        "realm: chatting with {}; an empty line or end of input quits",
+        l.name
+    );
     let stdin = std::io::stdin();
     let mut out = std::io::stdout().lock();
     loop {
@@ -89,9 +107,18 @@ pub fn run(args: &ChatArgs) -> Result<()> {
         if session.position() + new_text.len() >= session.capacity() {
             bail!("the conversation no longer fits the context of {ctx} tokens");
         }
-        let g = generate(&model, &l.tokenizer, &mut session, &new_text, &params, |piece| {
-            out.write_all(piece.as_bytes()).and_then(|()| out.flush()).is_ok()
-        })?;
+        let g = generate(
+            &model,
+            &l.tokenizer,
+            &mut session,
+            &new_text,
+            &params,
+            |piece| {
+                out.write_all(piece.as_bytes())
+                    .and_then(|()| out.flush())
+                    .is_ok()
+            },
+        )?;
         writeln!(out)?;
         // generate() does not run the token it stopped on unless it was an
         // end-of-turn token; run it so the cache holds the whole answer.

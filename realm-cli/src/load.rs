@@ -33,7 +33,9 @@ pub fn open(model: &str, threads: usize) -> Result<Loaded> {
         realm_core::backend::BackendCore::name(&backend),
         start.elapsed().as_secs_f64() * 1e3
     );
-    let name = path.file_name().map_or_else(|| model.to_string(), |n| n.to_string_lossy().into_owned());
+    let name = path
+        .file_name()
+        .map_or_else(|| model.to_string(), |n| n.to_string_lossy().into_owned());
     Ok(Loaded {
         file,
         tokenizer,

@@ -5,6 +5,7 @@ mod chat;
 mod info;
 mod load;
 mod run;
+mod tokenize;
 
 use clap::{Parser, Subcommand};
 
@@ -26,6 +27,10 @@ enum Cmd {
     Chat(chat::ChatArgs),
     /// Prefill and decode speed, as llama-bench reports it (pp512, tg128).
     Bench(bench::BenchArgs),
+    /// Token ids (and pieces) of a text, with the model's own tokenizer.
+    Tokenize(tokenize::TokenizeArgs),
+    /// Render a sample conversation with the model's chat template.
+    ChatTemplate(tokenize::ChatTemplateArgs),
 }
 
 fn main() {
@@ -35,6 +40,8 @@ fn main() {
         Cmd::Run(args) => run::run(&args),
         Cmd::Chat(args) => chat::run(&args),
         Cmd::Bench(args) => bench::run(&args),
+        Cmd::Tokenize(args) => tokenize::tokenize(&args),
+        Cmd::ChatTemplate(args) => tokenize::chat_template(&args),
     };
     if let Err(e) = result {
         // A closed pipe (`realm info x | head`) is the reader's choice, not an error.

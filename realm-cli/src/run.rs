@@ -58,6 +58,9 @@ pub struct RunArgs {
     /// Send the prompt through the model's chat template as a user message.
     #[arg(long)]
     pub chat: bool,
+    /// With --chat: a system message before the prompt.
+    #[arg(short, long, requires = "chat")]
+    pub system: Option<String>,
     /// CPU threads (0: one per core).
     #[arg(short, long, default_value_t = 0)]
     pub threads: usize,
@@ -85,13 +88,16 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let l = load::open(&args.model, args.threads)?;
     let model = Model::load(&l.file, &l.backend)?;
     let prompt = if args.chat {
-        crate::chat::render_user_turn(&l, &args.prompt)?
+        crate::chat::render_user_turn(&l, args.system.as_deref(), &args.prompt)?
     } else {
         l.tokenizer.encode(&args.prompt, true, false)?
     };
     let ctx = context_len(args.ctx_size, model.config().context_length);
     if prompt.len() >= ctx {
-        bail!("the prompt is {} tokens; the context holds {ctx} (raise it with -c)", prompt.len());
+        bail!(
+            "the prompt is {} tokens; the context holds {ctx} (raise it with -c)",
+            prompt.len()
+        );
     }
     let mut session = model.session(ctx, args.batch_size)?;
     let params = GenerateParams {
@@ -105,9 +111,18 @@ pub fn run(args: &RunArgs) -> Result<()> {
         write!(out, "{}", args.prompt)?;
         out.flush()?;
     }
-    let g = generate(&model, &l.tokenizer, &mut session, &prompt, &params, |piece| {
-        out.write_all(piece.as_bytes()).and_then(|()| out.flush()).is_ok()
-    })?;
+    let g = generate(
+        &model,
+        &l.tokenizer,
+        &mut session,
+        &prompt,
+        &params,
+        |piece| {
+            out.write_all(piece.as_bytes())
+                .and_then(|()| out.flush())
+                .is_ok()
+        },
+    )?;
     writeln!(out)?;
     let s = g.stats;
     eprintln!(

@@ -21,13 +21,13 @@
 
 pub mod backend;
 pub mod catalog;
+pub mod chat;
 mod dtype;
 mod error;
 pub mod gguf;
 pub mod quant;
 mod tensor;
 pub mod tokenizer;
-pub mod chat;
 
 pub use dtype::GgmlType;
 pub use error::{Error, Result};

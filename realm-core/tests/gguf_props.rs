@@ -235,7 +235,10 @@ fn data_section_past_the_end_is_an_error() {
     bytes.extend_from_slice(&0u64.to_le_bytes()); // offset 0
     bytes.extend_from_slice(b"+d"); // 58 bytes; data would start at 64
     let err = Gguf::from_bytes(&bytes[..]).unwrap_err();
-    assert!(err.to_string().contains("padding before the tensor data"), "{err}");
+    assert!(
+        err.to_string().contains("padding before the tensor data"),
+        "{err}"
+    );
     bytes.resize(64, 0);
     let file = Gguf::from_bytes(&bytes[..]).unwrap();
     assert_eq!(file.tensor("").unwrap().data().len(), 0);

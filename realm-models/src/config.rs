@@ -116,7 +116,11 @@ impl ModelConfig {
         let head_dim = match opt_u("attention.key_length")? {
             Some(h) => h,
             None if d_model % n_heads == 0 => d_model / n_heads,
-            None => return Err(Error::BadConfig(format!("width {d_model} is not divisible by {n_heads} heads"))),
+            None => {
+                return Err(Error::BadConfig(format!(
+                    "width {d_model} is not divisible by {n_heads} heads"
+                )))
+            }
         };
         let vocab_size = match opt_u("vocab_size")? {
             Some(v) => v,
@@ -152,11 +156,19 @@ impl ModelConfig {
                 Architecture::Qwen2 | Architecture::Gemma3 => RopeMode::Neox,
             },
             sliding_window,
-            global_every: if gemma && sliding_window.is_some() { Some(6) } else { None },
+            global_every: if gemma && sliding_window.is_some() {
+                Some(6)
+            } else {
+                None
+            },
             attn_scale: 1.0 / (head_dim as f32).sqrt(),
             scale_embeddings: gemma,
         };
-        if cfg.n_layers == 0 || cfg.d_model == 0 || cfg.head_dim == 0 || cfg.rope_dims > cfg.head_dim {
+        if cfg.n_layers == 0
+            || cfg.d_model == 0
+            || cfg.head_dim == 0
+            || cfg.rope_dims > cfg.head_dim
+        {
             return Err(Error::BadConfig(format!("inconsistent shape: {cfg:?}")));
         }
         Ok(cfg)

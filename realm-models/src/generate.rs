@@ -124,7 +124,12 @@ impl<'p> StopMatcher<'p> {
     /// was found.
     fn push(&mut self, piece: &str) -> (String, bool) {
         self.pending.push_str(piece);
-        let hit = self.stops.iter().filter(|s| !s.is_empty()).filter_map(|s| self.pending.find(s.as_str())).min();
+        let hit = self
+            .stops
+            .iter()
+            .filter(|s| !s.is_empty())
+            .filter_map(|s| self.pending.find(s.as_str()))
+            .min();
         if let Some(at) = hit {
             let out = self.pending[..at].to_string();
             self.pending.clear();
@@ -241,13 +246,19 @@ mod tests {
     #[test]
     fn stop_strings_are_held_back_and_cut() {
         let stops = vec!["<END>".to_string()];
-        let mut m = StopMatcher { stops: &stops, pending: String::new() };
+        let mut m = StopMatcher {
+            stops: &stops,
+            pending: String::new(),
+        };
         assert_eq!(m.push("Hello <"), ("Hello ".to_string(), false));
         assert_eq!(m.push("E"), (String::new(), false));
         assert_eq!(m.push("x"), ("<Ex".to_string(), false));
         assert_eq!(m.push(" ok <EN"), (" ok ".to_string(), false));
         assert_eq!(m.push("D> more"), (String::new(), true));
-        let mut m = StopMatcher { stops: &stops, pending: String::new() };
+        let mut m = StopMatcher {
+            stops: &stops,
+            pending: String::new(),
+        };
         assert_eq!(m.push("tail <E"), ("tail ".to_string(), false));
         assert_eq!(m.finish(), "<E");
     }

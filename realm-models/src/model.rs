@@ -100,8 +100,20 @@ impl<'a, B: Backend> Model<'a, B> {
         let mut layers = Vec::with_capacity(c.n_layers);
         for i in 0..c.n_layers {
             let n = |s: &str| format!("blk.{i}.{s}");
-            let bias = |s: &str, len| if qwen { norm(&n(s), len).map(Some) } else { Ok(None) };
-            let must = |s: &str, len| if gemma { norm(&n(s), len).map(Some) } else { Ok(None) };
+            let bias = |s: &str, len| {
+                if qwen {
+                    norm(&n(s), len).map(Some)
+                } else {
+                    Ok(None)
+                }
+            };
+            let must = |s: &str, len| {
+                if gemma {
+                    norm(&n(s), len).map(Some)
+                } else {
+                    Ok(None)
+                }
+            };
             layers.push(Layer {
                 attn_norm: norm(&n("attn_norm.weight"), d)?,
                 wq: weight(&n("attn_q.weight"), q, d)?,
@@ -125,7 +137,9 @@ impl<'a, B: Backend> Model<'a, B> {
         let output = match file.tensor("output.weight") {
             Ok(_) => weight("output.weight", c.vocab_size, d)?,
             // Tied embeddings: the output projection is the embedding table.
-            Err(realm_core::Error::TensorNotFound(_)) => weight("token_embd.weight", c.vocab_size, d)?,
+            Err(realm_core::Error::TensorNotFound(_)) => {
+                weight("token_embd.weight", c.vocab_size, d)?
+            }
             Err(e) => return Err(e.into()),
         };
         let output_norm = optional_norm("output_norm.weight", d)?
@@ -155,7 +169,9 @@ impl<'a, B: Backend> Model<'a, B> {
     /// of up to `batch` tokens.
     pub fn session(&self, max_seq_len: usize, batch: usize) -> Result<Session<B>> {
         if max_seq_len == 0 || batch == 0 {
-            return Err(Error::BadConfig("max_seq_len and batch must be positive".into()));
+            return Err(Error::BadConfig(
+                "max_seq_len and batch must be positive".into(),
+            ));
         }
         let c = &self.config;
         let cache = self.backend.kv_cache(&KvCacheConfig {
@@ -201,7 +217,10 @@ impl<'a, B: Backend> Model<'a, B> {
                 needed: s.pos + tokens.len(),
             });
         }
-        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.config.vocab_size) {
+        if let Some(&bad) = tokens
+            .iter()
+            .find(|&&t| t as usize >= self.config.vocab_size)
+        {
             return Err(Error::BadToken {
                 token: bad,
                 vocab_size: self.config.vocab_size,
@@ -237,7 +256,11 @@ impl<'a, B: Backend> Model<'a, B> {
             b.matmul(&mut s.ws, &layer.wq, xn, n, q)?;
             b.matmul(&mut s.ws, &layer.wk, xn, n, k)?;
             b.matmul(&mut s.ws, &layer.wv, xn, n, v)?;
-            for (out, bias) in [(&mut *q, &layer.bq), (&mut *k, &layer.bk), (&mut *v, &layer.bv)] {
+            for (out, bias) in [
+                (&mut *q, &layer.bq),
+                (&mut *k, &layer.bk),
+                (&mut *v, &layer.bv),
+            ] {
                 if let Some(bias) = bias {
                     for row in out.chunks_exact_mut(bias.len()) {
                         b.add_inplace(row, bias)?;

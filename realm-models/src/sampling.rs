@@ -175,7 +175,8 @@ impl Sampler {
         }
         let by_logit = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
         if p.top_k > 0 && p.top_k < self.candidates.len() {
-            self.candidates.select_nth_unstable_by(p.top_k - 1, by_logit);
+            self.candidates
+                .select_nth_unstable_by(p.top_k - 1, by_logit);
             self.candidates.truncate(p.top_k);
         }
         self.candidates.sort_unstable_by(by_logit);
@@ -226,7 +227,8 @@ impl Sampler {
                 *l += bias;
             }
         }
-        let penalised = p.repeat_penalty != 1.0 || p.presence_penalty != 0.0 || p.frequency_penalty != 0.0;
+        let penalised =
+            p.repeat_penalty != 1.0 || p.presence_penalty != 0.0 || p.frequency_penalty != 0.0;
         if !penalised || p.penalty_last_n == 0 {
             return;
         }
@@ -239,8 +241,14 @@ impl Sampler {
             }
         }
         for &(id, count) in &self.recent {
-            let Some(l) = self.logits.get_mut(id as usize) else { continue };
-            *l = if *l > 0.0 { *l / p.repeat_penalty } else { *l * p.repeat_penalty };
+            let Some(l) = self.logits.get_mut(id as usize) else {
+                continue;
+            };
+            *l = if *l > 0.0 {
+                *l / p.repeat_penalty
+            } else {
+                *l * p.repeat_penalty
+            };
             *l -= count as f32 * p.frequency_penalty + p.presence_penalty;
         }
     }
@@ -265,9 +273,19 @@ mod tests {
     #[test]
     fn same_seed_same_tokens_other_seed_other_tokens() {
         let logits: Vec<f32> = (0..100).map(|i| (i as f32 * 0.37).sin()).collect();
-        let params = SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.0, ..Default::default() };
+        let params = SamplingParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            ..Default::default()
+        };
         let run = |seed| {
-            let mut s = Sampler::new(SamplingParams { seed, ..params.clone() }).unwrap();
+            let mut s = Sampler::new(SamplingParams {
+                seed,
+                ..params.clone()
+            })
+            .unwrap();
             (0..50).map(|_| s.sample(&logits, &[])).collect::<Vec<_>>()
         };
         assert_eq!(run(1), run(1));
@@ -277,13 +295,32 @@ mod tests {
     #[test]
     fn filters_keep_only_what_they_allow() {
         let logits = [5.0, 4.0, 3.0, 0.0, -10.0];
-        let mut k1 = Sampler::new(SamplingParams { top_k: 1, temperature: 5.0, ..Default::default() }).unwrap();
+        let mut k1 = Sampler::new(SamplingParams {
+            top_k: 1,
+            temperature: 5.0,
+            ..Default::default()
+        })
+        .unwrap();
         assert!((0..50).all(|_| k1.sample(&logits, &[]) == 0));
         // min-p 0.5: only tokens with p >= p_max / 2 (logit within ln 2 of the top).
-        let mut minp = Sampler::new(SamplingParams { min_p: 0.5, top_k: 0, top_p: 1.0, temperature: 1.0, ..Default::default() }).unwrap();
+        let mut minp = Sampler::new(SamplingParams {
+            min_p: 0.5,
+            top_k: 0,
+            top_p: 1.0,
+            temperature: 1.0,
+            ..Default::default()
+        })
+        .unwrap();
         assert!((0..50).all(|_| minp.sample(&logits, &[]) == 0));
         // top-p 0.9 keeps 0 and 1 (0.665 + 0.245 > 0.9), never 2..
-        let mut topp = Sampler::new(SamplingParams { top_p: 0.9, top_k: 0, min_p: 0.0, temperature: 1.0, ..Default::default() }).unwrap();
+        let mut topp = Sampler::new(SamplingParams {
+            top_p: 0.9,
+            top_k: 0,
+            min_p: 0.0,
+            temperature: 1.0,
+            ..Default::default()
+        })
+        .unwrap();
         let picks: Vec<u32> = (0..300).map(|_| topp.sample(&logits, &[])).collect();
         assert!(picks.iter().all(|&t| t <= 1) && picks.contains(&1));
     }
@@ -291,14 +328,30 @@ mod tests {
     #[test]
     fn penalties_and_bias_change_the_greedy_choice() {
         let logits = [2.0, 1.9, 0.0];
-        let mut rep = Sampler::new(SamplingParams { repeat_penalty: 1.1, ..SamplingParams::greedy() }).unwrap();
+        let mut rep = Sampler::new(SamplingParams {
+            repeat_penalty: 1.1,
+            ..SamplingParams::greedy()
+        })
+        .unwrap();
         assert_eq!(rep.sample(&logits, &[0]), 1);
-        let mut freq = Sampler::new(SamplingParams { frequency_penalty: 0.06, ..SamplingParams::greedy() }).unwrap();
+        let mut freq = Sampler::new(SamplingParams {
+            frequency_penalty: 0.06,
+            ..SamplingParams::greedy()
+        })
+        .unwrap();
         assert_eq!(freq.sample(&logits, &[0]), 0);
         assert_eq!(freq.sample(&logits, &[0, 0]), 1);
-        let mut bias = Sampler::new(SamplingParams { logit_bias: vec![(2, 5.0)], ..SamplingParams::greedy() }).unwrap();
+        let mut bias = Sampler::new(SamplingParams {
+            logit_bias: vec![(2, 5.0)],
+            ..SamplingParams::greedy()
+        })
+        .unwrap();
         assert_eq!(bias.sample(&logits, &[]), 2);
-        assert!(Sampler::new(SamplingParams { top_p: 1.5, ..Default::default() }).is_err());
+        assert!(Sampler::new(SamplingParams {
+            top_p: 1.5,
+            ..Default::default()
+        })
+        .is_err());
     }
 
     proptest! {

@@ -23,12 +23,19 @@ fn fixture(short: &str) -> Value {
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 fn check_model(m: &KnownModel) {
     let Some(path) = catalog::cached_path(m).filter(|p| p.is_file()) else {
-        eprintln!("skipped: {} is not cached; run `cargo xtask fetch-model`", m.file_name);
+        eprintln!(
+            "skipped: {} is not cached; run `cargo xtask fetch-model`",
+            m.file_name
+        );
         return;
     };
     let file = GgufFile::open(path).unwrap();
@@ -44,14 +51,25 @@ fn check_model(m: &KnownModel) {
             let logits = model.forward(&mut s, &[t]).unwrap();
             let want = &case["positions"][p];
             let mut pw = 0f32;
-            for (id, value) in ids(&want["ids"]).iter().zip(want["logits"].as_array().unwrap()) {
+            for (id, value) in ids(&want["ids"])
+                .iter()
+                .zip(want["logits"].as_array().unwrap())
+            {
                 let d = (logits[*id as usize] - value.as_f64().unwrap() as f32).abs();
                 pw = pw.max(d);
             }
             worst = worst.max(pw);
         }
-        eprintln!("{}: {} positions, worst top-32 logit difference {worst:.4}", m.short_name, prompt.len());
-        assert!(worst < LOGIT_TOLERANCE, "{}: logits differ by {worst}", m.short_name);
+        eprintln!(
+            "{}: {} positions, worst top-32 logit difference {worst:.4}",
+            m.short_name,
+            prompt.len()
+        );
+        assert!(
+            worst < LOGIT_TOLERANCE,
+            "{}: logits differ by {worst}",
+            m.short_name
+        );
 
         // The whole prompt in one prefill batch, then greedy decoding.
         let mut s = model.session(512, 64).unwrap();
@@ -63,13 +81,24 @@ fn check_model(m: &KnownModel) {
             got.push(next);
             if next != w {
                 let margin = margins[i].as_f64().unwrap() as f32;
-                eprintln!("{}: greedy diverges at step {i} (llama.cpp's top-2 margin there: {margin})", m.short_name);
-                assert!(margin < 2.0 * LOGIT_TOLERANCE, "divergence at step {i} is not a near tie ({margin})");
+                eprintln!(
+                    "{}: greedy diverges at step {i} (llama.cpp's top-2 margin there: {margin})",
+                    m.short_name
+                );
+                assert!(
+                    margin < 2.0 * LOGIT_TOLERANCE,
+                    "divergence at step {i} is not a near tie ({margin})"
+                );
                 break;
             }
             next = argmax(model.forward(&mut s, &[next]).unwrap());
         }
-        eprintln!("{}: greedy {} of {} tokens identical", m.short_name, got.iter().zip(&want).take_while(|(a, b)| a == b).count(), want.len());
+        eprintln!(
+            "{}: greedy {} of {} tokens identical",
+            m.short_name,
+            got.iter().zip(&want).take_while(|(a, b)| a == b).count(),
+            want.len()
+        );
     }
 }
 

@@ -1,0 +1,143 @@
+//! `realm run`, `realm bench`, `realm tokenize` and `realm chat-template` on
+//! the real models, run as a user runs them.
+
+use std::process::Command;
+
+use realm_core::catalog;
+use serde_json::Value;
+
+fn realm(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_realm"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+fn cached(m: &catalog::KnownModel) -> bool {
+    let ok = catalog::cached_path(m).is_some_and(|p| p.is_file());
+    if !ok {
+        eprintln!(
+            "skipped: {} is not cached; run `cargo xtask fetch-model`",
+            m.file_name
+        );
+    }
+    ok
+}
+
+/// The README's demo, as `cargo xtask demo` runs it.
+#[test]
+fn run_chat_answers_paris() {
+    if !cached(&catalog::SMOLLM2) {
+        return;
+    }
+    let (ok, stdout, stderr) = realm(&[
+        "run",
+        "smollm2",
+        "--chat",
+        "--temp",
+        "0",
+        "-n",
+        "64",
+        "--system",
+        "Answer in one short English sentence.",
+        "-p",
+        "Which city is the capital of France?",
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("Paris"), "{stdout}");
+    assert!(stderr.contains("EndOfGeneration"), "{stderr}");
+}
+
+#[test]
+fn run_streams_prompt_then_continuation_and_seeds_repeat() {
+    if !cached(&catalog::GEMMA3) {
+        return;
+    }
+    let args = [
+        "run",
+        "gemma3",
+        "-p",
+        "The quick brown fox",
+        "-n",
+        "12",
+        "--seed",
+        "42",
+    ];
+    let (ok, a, stderr) = realm(&args);
+    assert!(ok, "{stderr}");
+    assert!(
+        a.starts_with("The quick brown fox") && a.len() > "The quick brown fox".len() + 5,
+        "{a}"
+    );
+    let (_, b, _) = realm(&args);
+    assert_eq!(a, b, "the same seed must give the same text");
+}
+
+#[test]
+fn bench_reports_llama_bench_fields() {
+    if !cached(&catalog::SMOLLM2) {
+        return;
+    }
+    let (ok, stdout, stderr) = realm(&[
+        "bench", "smollm2", "-p", "32", "-n", "8", "-r", "2", "--json",
+    ]);
+    assert!(ok, "{stderr}");
+    let records: Value = serde_json::from_str(&stdout).unwrap();
+    let records = records.as_array().unwrap();
+    assert_eq!(records.len(), 2);
+    assert_eq!(
+        (
+            records[0]["n_prompt"].as_u64(),
+            records[0]["n_gen"].as_u64()
+        ),
+        (Some(32), Some(0))
+    );
+    assert_eq!(
+        (
+            records[1]["n_prompt"].as_u64(),
+            records[1]["n_gen"].as_u64()
+        ),
+        (Some(0), Some(8))
+    );
+    for r in records {
+        assert!(r["avg_ts"].as_f64().unwrap() > 0.0);
+        assert_eq!(r["samples_ts"].as_array().unwrap().len(), 2);
+    }
+    let (ok, table, _) = realm(&["bench", "smollm2", "-p", "16", "-n", "0", "-r", "1"]);
+    assert!(ok && table.contains("| pp16 |"), "{table}");
+}
+
+#[test]
+fn tokenize_and_chat_template_use_the_models_own_data() {
+    if !cached(&catalog::SMOLLM2) || !cached(&catalog::GEMMA3) {
+        return;
+    }
+    let (ok, stdout, stderr) = realm(&[
+        "tokenize",
+        "smollm2",
+        "<|im_start|>Hello world",
+        "--special",
+        "--json",
+    ]);
+    assert!(ok, "{stderr}");
+    let doc: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(doc["ids"], serde_json::json!([1, 19556, 905]));
+    let (_, stdout, _) = realm(&["tokenize", "smollm2", "<|im_start|>", "--json"]);
+    let plain: Value = serde_json::from_str(&stdout).unwrap();
+    assert!(
+        plain["ids"].as_array().unwrap().len() > 1,
+        "without --special the marker is plain text"
+    );
+    let (ok, stdout, stderr) = realm(&["chat-template", "gemma3"]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.starts_with("<bos><start_of_turn>user\nYou are a helpful assistant.\n\nHello!"),
+        "{stdout}"
+    );
+    assert!(stdout.ends_with("<start_of_turn>model\n"), "{stdout}");
+}
