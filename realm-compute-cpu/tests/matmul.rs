@@ -211,7 +211,7 @@ fn weight_rejects_unsupported_types_bad_shapes_and_misalignment() {
     ));
     let view = TensorView::new("w", GgmlType::F32, &shape2, &bytes[..32]).unwrap();
     let w = be.weight(&view).unwrap();
-    let mut out = vec![0.0; 4];
+    let mut out = vec![0.0; 8];
     let err = be.embed(&w, &[0, 2], &mut out);
     assert!(matches!(
         err,
