@@ -1,8 +1,10 @@
 //! Matmul throughput on the shapes of the real models.
 //!
-//! - `cpu_bandwidth/copy`: a 256 MiB copy split over the backend's threads;
-//!   its bytes moved (read + written) per second is the machine's memory
+//! - `cpu_bandwidth/copy_256MiB`: a 256 MiB copy split over the threads; its
+//!   bytes moved (read + written) per second is the machine's memory
 //!   bandwidth, the yardstick for matrix-vector products.
+//!   `cpu_bandwidth/read_256MiB` (a parallel sum) gives the read-only rate,
+//!   closer to what a matrix-vector product does.
 //! - `cpu_matvec/...`: one token (decode), throughput in weight bytes
 //!   streamed.
 //! - `cpu_prefill/...`: 512 tokens, throughput in elements (report GFLOP/s
@@ -133,6 +135,16 @@ fn parallel_copy(pool: &rayon::ThreadPool, src: &[u64], dst: &mut [u64]) {
     });
 }
 
+fn parallel_sum(pool: &rayon::ThreadPool, src: &[u64]) -> u64 {
+    use rayon::prelude::*;
+    let chunk = src.len().div_ceil(pool.current_num_threads() * 4);
+    pool.install(|| {
+        src.par_chunks(chunk)
+            .map(|s| s.iter().fold(0u64, |a, &v| a.wrapping_add(v)))
+            .reduce(|| 0, u64::wrapping_add)
+    })
+}
+
 fn main() {
     let threads: usize = std::env::var("REALM_BENCH_THREADS")
         .ok()
@@ -158,10 +170,20 @@ fn main() {
         g.bench_function("copy_256MiB", |b| {
             b.iter(|| parallel_copy(&pool, &src, &mut dst))
         });
+        g.throughput(Throughput::Bytes(copy_bytes as u64 / 2));
+        g.bench_function("read_256MiB", |b| {
+            b.iter(|| black_box(parallel_sum(&pool, &src)))
+        });
         g.finish();
     }
     let bw = copy_bytes as f64
         / median_secs(summary_budget, || parallel_copy(&pool, &src, &mut dst))
+        / 1e9;
+    let read_bw = copy_bytes as f64
+        / 2.0
+        / median_secs(summary_budget, || {
+            black_box(parallel_sum(&pool, &src));
+        })
         / 1e9;
     drop((src, dst));
 
@@ -208,15 +230,16 @@ fn main() {
     c.final_summary();
 
     println!("\n== summary ({}, {threads} threads) ==", be.name());
-    println!("memory bandwidth (copy, read+write): {bw:.1} GB/s");
+    println!("memory bandwidth: copy (read+write) {bw:.1} GB/s, read-only {read_bw:.1} GB/s");
     println!(
-        "{:<22} {:>10} {:>9} {:>10}",
-        "matvec", "GB/s", "of bw", "us/call"
+        "{:<22} {:>8} {:>9} {:>9} {:>10}",
+        "matvec", "GB/s", "of copy", "of read", "us/call"
     );
     for (name, gbs, secs) in rows_out {
         println!(
-            "{name:<22} {gbs:>10.1} {:>8.0}% {:>10.1}",
+            "{name:<22} {gbs:>8.1} {:>8.0}% {:>8.0}% {:>10.1}",
             100.0 * gbs / bw,
+            100.0 * gbs / read_bw,
             secs * 1e6
         );
     }

@@ -232,6 +232,12 @@ impl MatMulOps for CpuBackend {
             })
         };
         let (cols, rows) = (dim(shape[0])?, dim(shape[1])?);
+        if cols == 0 {
+            return Err(BackendError::InvalidParameter {
+                op: OP,
+                what: "rows of zero length",
+            });
+        }
         let align = if dtype == GgmlType::F32 { 4 } else { 2 };
         if !(t.data().as_ptr() as usize).is_multiple_of(align) {
             return Err(BackendError::Misaligned { op: OP, align });
