@@ -6,7 +6,7 @@
 //! exact two-pass softmax, then values weighted in position order.
 
 use rayon::prelude::*;
-use realm_core::backend::{AttentionParams, BackendError, BackendResult, KvCacheConfig};
+use realm_core::backend::{AttentionParams, BackendError, BackendResult, KvCacheConfig, KvSpan};
 
 use crate::ops::dot;
 use crate::{CpuBackend, CpuWorkspace};
@@ -70,7 +70,7 @@ pub(crate) fn kv_write(
             limit: cfg.n_layers,
         });
     }
-    if k.len() % width != 0 {
+    if !k.len().is_multiple_of(width) {
         return Err(BackendError::Shape {
             op: OP,
             what: "k length (a multiple of n_kv_heads * head_dim)",
@@ -141,7 +141,7 @@ fn check_params(
             got: p.n_kv_heads,
         });
     }
-    if p.n_heads == 0 || p.n_heads % p.n_kv_heads != 0 {
+    if p.n_heads == 0 || !p.n_heads.is_multiple_of(p.n_kv_heads) {
         return Err(BackendError::InvalidParameter {
             op: OP,
             what: "n_heads is not a positive multiple of n_kv_heads",
@@ -160,7 +160,7 @@ fn check_params(
         });
     }
     let width = p.n_heads * p.head_dim;
-    if q % width != 0 {
+    if !q.is_multiple_of(width) {
         return Err(BackendError::Shape {
             op: OP,
             what: "q length (a multiple of n_heads * head_dim)",
@@ -233,13 +233,11 @@ fn head_attention(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn attention(
     be: &CpuBackend,
     ws: &mut CpuWorkspace,
     cache: &CpuKvCache,
-    layer: usize,
-    start_pos: usize,
+    KvSpan { layer, start_pos }: KvSpan,
     q: &[f32],
     p: &AttentionParams,
     out: &mut [f32],

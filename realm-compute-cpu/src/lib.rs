@@ -48,7 +48,7 @@ mod reference;
 
 use realm_core::backend::{
     ActivationOps, AttentionOps, AttentionParams, BackendCore, BackendError, BackendResult,
-    KvCacheConfig, MatMulOps, NormOps, RopeOps, RopeParams, WeightInfo,
+    KvCacheConfig, KvSpan, MatMulOps, NormOps, RopeOps, RopeParams, WeightInfo,
 };
 use realm_core::{GgmlType, TensorView};
 
@@ -232,8 +232,14 @@ impl MatMulOps for CpuBackend {
             })
         };
         let (cols, rows) = (dim(shape[0])?, dim(shape[1])?);
+        if cols == 0 {
+            return Err(BackendError::InvalidParameter {
+                op: OP,
+                what: "rows of zero length",
+            });
+        }
         let align = if dtype == GgmlType::F32 { 4 } else { 2 };
-        if t.data().as_ptr() as usize % align != 0 {
+        if !(t.data().as_ptr() as usize).is_multiple_of(align) {
             return Err(BackendError::Misaligned { op: OP, align });
         }
         Ok(CpuWeight {
@@ -325,7 +331,7 @@ impl RopeOps for CpuBackend {
     ) -> BackendResult<()> {
         const OP: &str = "rope";
         if p.n_dims == 0
-            || p.n_dims % 2 != 0
+            || !p.n_dims.is_multiple_of(2)
             || p.n_dims > head_dim
             || p.n_dims > ops::ROPE_MAX_DIMS
         {
@@ -399,24 +405,22 @@ impl AttentionOps for CpuBackend {
     fn kv_write(
         &self,
         cache: &mut CpuKvCache,
-        layer: usize,
-        start_pos: usize,
+        at: KvSpan,
         k: &[f32],
         v: &[f32],
     ) -> BackendResult<()> {
-        attention::kv_write(cache, layer, start_pos, k, v)
+        attention::kv_write(cache, at.layer, at.start_pos, k, v)
     }
 
     fn attention(
         &self,
         ws: &mut CpuWorkspace,
         cache: &CpuKvCache,
-        layer: usize,
-        start_pos: usize,
+        at: KvSpan,
         q: &[f32],
         p: &AttentionParams,
         out: &mut [f32],
     ) -> BackendResult<()> {
-        attention::attention(self, ws, cache, layer, start_pos, q, p, out)
+        attention::attention(self, ws, cache, at, q, p, out)
     }
 }

@@ -39,7 +39,7 @@ pub(crate) fn check_rows(op: &'static str, len: usize, row: usize) -> BackendRes
             what: "row length is zero",
         });
     }
-    if len % row != 0 {
+    if !len.is_multiple_of(row) {
         return Err(BackendError::Shape {
             op,
             what: "input length (a multiple of the row length)",

@@ -209,9 +209,15 @@ fn weight_rejects_unsupported_types_bad_shapes_and_misalignment() {
         be.weight(&view),
         Err(BackendError::Misaligned { .. })
     ));
+    let empty = [0u64, 3];
+    let view = TensorView::new("w", GgmlType::F32, &empty, &[]).unwrap();
+    assert!(matches!(
+        be.weight(&view),
+        Err(BackendError::InvalidParameter { .. })
+    ));
     let view = TensorView::new("w", GgmlType::F32, &shape2, &bytes[..32]).unwrap();
     let w = be.weight(&view).unwrap();
-    let mut out = vec![0.0; 4];
+    let mut out = vec![0.0; 8];
     let err = be.embed(&w, &[0, 2], &mut out);
     assert!(matches!(
         err,

@@ -4,15 +4,16 @@
 //! guarantees; [`Backend`] is every family at once and is what a model is
 //! generic over:
 //!
-//! - [`BackendCore`]: identity and the per-caller [`BackendCore::Workspace`].
-//! - [`MatMulOps`]: quantized and float matrix multiplication, embedding
-//!   lookup.
-//! - [`NormOps`]: RMSNorm.
-//! - [`RopeOps`]: rotary position embedding (normal and NeoX layouts).
-//! - [`ActivationOps`]: softmax, SiLU, GELU, gated products, element-wise add,
-//!   mul and scale.
-//! - [`AttentionOps`]: a KV cache the backend owns and causal attention over
-//!   it (GQA, sliding window, soft-capping).
+//! - [`BackendCore`] gives identity and the per-caller
+//!   [`BackendCore::Workspace`].
+//! - [`MatMulOps`] does quantized and float matrix multiplication, and
+//!   embedding lookup.
+//! - [`NormOps`] does RMSNorm.
+//! - [`RopeOps`] does rotary position embedding (normal and NeoX layouts).
+//! - [`ActivationOps`] does softmax, SiLU, GELU, gated products, element-wise
+//!   add, mul and scale.
+//! - [`AttentionOps`] owns a KV cache and runs causal attention over it (GQA,
+//!   sliding window, soft-capping).
 //!
 //! # Conventions
 //!
@@ -283,6 +284,16 @@ pub struct AttentionParams {
     pub softcap: Option<f32>,
 }
 
+/// Where in a KV cache a call reads or writes: a layer and the position of
+/// the call's first token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvSpan {
+    /// Transformer layer.
+    pub layer: usize,
+    /// Position of the first token of the call.
+    pub start_pos: usize,
+}
+
 /// Attention over a KV cache the backend owns.
 pub trait AttentionOps: BackendCore {
     /// Keys and values of every layer for one sequence.
@@ -292,22 +303,21 @@ pub trait AttentionOps: BackendCore {
     fn kv_cache(&self, cfg: &KvCacheConfig) -> BackendResult<Self::KvCache>;
 
     /// Stores the keys and values of tokens at positions
-    /// `start_pos..start_pos + n` of `layer`; `k` and `v` are
+    /// `at.start_pos..at.start_pos + n` of layer `at.layer`; `k` and `v` are
     /// `[n][n_kv_heads * head_dim]`.
     ///
     /// Guarantees: positions past `max_seq_len` and bad lengths are errors.
     fn kv_write(
         &self,
         cache: &mut Self::KvCache,
-        layer: usize,
-        start_pos: usize,
+        at: KvSpan,
         k: &[f32],
         v: &[f32],
     ) -> BackendResult<()>;
 
     /// Causal attention of queries `q` (`[n][n_heads * head_dim]`, token `t`
-    /// at position `start_pos + t`) over the keys and values of `layer` at
-    /// positions up to each query's own (which must have been written with
+    /// at position `at.start_pos + t`) over the keys and values of layer
+    /// `at.layer` at positions up to each query's own (which must have been written with
     /// [`AttentionOps::kv_write`]); writes `out` (same layout as `q`).
     ///
     /// Guarantees: each (token, head) output depends only on that query and
@@ -317,8 +327,7 @@ pub trait AttentionOps: BackendCore {
         &self,
         ws: &mut Self::Workspace,
         cache: &Self::KvCache,
-        layer: usize,
-        start_pos: usize,
+        at: KvSpan,
         q: &[f32],
         p: &AttentionParams,
         out: &mut [f32],

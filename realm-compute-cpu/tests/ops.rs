@@ -1,0 +1,388 @@
+//! Norm, RoPE, activations and attention against f64 reference math, and
+//! batch invariance of attention. Case counts follow `PROPTEST_CASES`.
+
+// Reference math indexes several arrays by the same position; plain index
+// loops read closest to the formulas.
+#![allow(clippy::needless_range_loop)]
+
+mod common;
+
+use common::{backend, Rng};
+use proptest::prelude::*;
+use realm_compute_cpu::{CpuBackend, Isa};
+use realm_core::backend::{
+    ActivationOps, AttentionOps, AttentionParams, BackendCore, KvCacheConfig, KvSpan, NormOps,
+    RopeMode, RopeOps, RopeParams,
+};
+
+fn be(threads: usize) -> CpuBackend {
+    backend(Isa::detect(), threads).unwrap()
+}
+
+fn close(got: f32, want: f64, rel: f64, abs: f64) -> bool {
+    (f64::from(got) - want).abs() <= rel * want.abs() + abs
+}
+
+proptest! {
+    #[test]
+    fn rms_norm_matches_f64(rows in 1usize..5, dim in 1usize..200, seed in any::<u64>()) {
+        let mut rng = Rng::new(seed);
+        let x = rng.f32s(rows * dim, -4.0, 4.0);
+        let w = rng.f32s(dim, -2.0, 2.0);
+        let eps = 1e-6;
+        let mut out = vec![0.0; x.len()];
+        be(1).rms_norm(&x, &w, eps, &mut out).unwrap();
+        let mut inplace = x.clone();
+        be(1).rms_norm_inplace(&mut inplace, &w, eps).unwrap();
+        prop_assert_eq!(&out, &inplace);
+        for r in 0..rows {
+            let xr = &x[r * dim..(r + 1) * dim];
+            let ms: f64 = xr.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>() / dim as f64;
+            let s = 1.0 / (ms + f64::from(eps)).sqrt();
+            for j in 0..dim {
+                let want = f64::from(xr[j]) * s * f64::from(w[j]);
+                prop_assert!(close(out[r * dim + j], want, 1e-5, 1e-6));
+            }
+        }
+    }
+
+    #[test]
+    fn rope_matches_f64(n_tok in 1usize..4, n_heads in 1usize..4, half_dims in 1usize..33, extra in 0usize..3, neox in any::<bool>(), base in 100f32..1e6, fs in 0.1f32..1.0, seed in any::<u64>()) {
+        let mut rng = Rng::new(seed);
+        let n_dims = 2 * half_dims;
+        let head_dim = n_dims + 2 * extra;
+        let positions: Vec<u32> = (0..n_tok).map(|_| (rng.next_u64() % 5000) as u32).collect();
+        let x = rng.f32s(n_tok * n_heads * head_dim, -2.0, 2.0);
+        let p = RopeParams { n_dims, base, freq_scale: fs, mode: if neox { RopeMode::Neox } else { RopeMode::Normal } };
+        let mut y = x.clone();
+        be(1).rope(&mut y, head_dim, &positions, &p).unwrap();
+        for t in 0..n_tok {
+            for h in 0..n_heads {
+                let o = (t * n_heads + h) * head_dim;
+                for i in 0..half_dims {
+                    let theta = f64::from(positions[t]) * f64::from(fs) * f64::from(base).powf(-2.0 * i as f64 / n_dims as f64);
+                    let (a, b) = if neox { (o + i, o + i + half_dims) } else { (o + 2 * i, o + 2 * i + 1) };
+                    let (xa, xb) = (f64::from(x[a]), f64::from(x[b]));
+                    prop_assert!(close(y[a], xa * theta.cos() - xb * theta.sin(), 1e-5, 1e-5));
+                    prop_assert!(close(y[b], xa * theta.sin() + xb * theta.cos(), 1e-5, 1e-5));
+                }
+                prop_assert_eq!(&y[o + n_dims..o + head_dim], &x[o + n_dims..o + head_dim]);
+            }
+        }
+    }
+
+    #[test]
+    fn activations_match_f64(n in 1usize..300, seed in any::<u64>()) {
+        let mut rng = Rng::new(seed);
+        let x = rng.f32s(n, -8.0, 8.0);
+        let up = rng.f32s(n, -2.0, 2.0);
+        let b = be(1);
+        let silu = |v: f64| v / (1.0 + (-v).exp());
+        let gelu = |v: f64| 0.5 * v * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * v * (1.0 + 0.044715 * v * v)).tanh());
+        let (mut s, mut g, mut sg, mut gg) = (x.clone(), x.clone(), x.clone(), x.clone());
+        b.silu_inplace(&mut s);
+        b.gelu_inplace(&mut g);
+        b.swiglu_inplace(&mut sg, &up).unwrap();
+        b.geglu_inplace(&mut gg, &up).unwrap();
+        for i in 0..n {
+            let v = f64::from(x[i]);
+            prop_assert!(close(s[i], silu(v), 1e-5, 1e-6));
+            prop_assert!(close(g[i], gelu(v), 1e-5, 1e-6));
+            prop_assert!(close(sg[i], silu(v) * f64::from(up[i]), 1e-5, 1e-6));
+            prop_assert!(close(gg[i], gelu(v) * f64::from(up[i]), 1e-5, 1e-6));
+        }
+        let mut sm = x.clone();
+        b.softmax_inplace(&mut sm, n).unwrap();
+        let max = x.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(f64::from(v)));
+        let z: f64 = x.iter().map(|&v| (f64::from(v) - max).exp()).sum();
+        for i in 0..n {
+            prop_assert!(close(sm[i], (f64::from(x[i]) - max).exp() / z, 1e-5, 1e-7));
+        }
+        let (mut a, mut m) = (x.clone(), x.clone());
+        b.add_inplace(&mut a, &up).unwrap();
+        b.mul_inplace(&mut m, &up).unwrap();
+        b.scale_inplace(&mut s, 0.5);
+        for i in 0..n {
+            prop_assert_eq!(a[i], x[i] + up[i]);
+            prop_assert_eq!(m[i], x[i] * up[i]);
+        }
+        prop_assert!(b.add_inplace(&mut a, &up[1..]).is_err());
+    }
+
+    #[test]
+    fn attention_matches_f64(n_kv in 1usize..3, group in 1usize..4, hd in 1usize..20, past in 0usize..12, n in 1usize..6, window in proptest::option::of(1usize..8), softcap in proptest::option::of(1f32..50.0), threads in 1usize..3, seed in any::<u64>()) {
+        let mut rng = Rng::new(seed);
+        let n_heads = n_kv * group;
+        let total = past + n;
+        let cfg = KvCacheConfig { n_layers: 2, n_kv_heads: n_kv, head_dim: hd, max_seq_len: total + 3 };
+        let b = be(threads);
+        let mut cache = b.kv_cache(&cfg).unwrap();
+        let k = rng.f32s(total * n_kv * hd, -1.0, 1.0);
+        let v = rng.f32s(total * n_kv * hd, -1.0, 1.0);
+        b.kv_write(&mut cache, KvSpan { layer: 1, start_pos: 0 }, &k, &v).unwrap();
+        let q = rng.f32s(n * n_heads * hd, -1.0, 1.0);
+        let p = AttentionParams { n_heads, n_kv_heads: n_kv, head_dim: hd, scale: 1.0 / (hd as f32).sqrt(), sliding_window: window, softcap };
+        let mut out = vec![0.0; q.len()];
+        let mut ws = b.workspace();
+        b.attention(&mut ws, &cache, KvSpan { layer: 1, start_pos: past }, &q, &p, &mut out).unwrap();
+        for t in 0..n {
+            let pos = past + t;
+            let lo = window.map_or(0, |w| (pos + 1).saturating_sub(w));
+            for h in 0..n_heads {
+                let g = h / group;
+                let qh = &q[(t * n_heads + h) * hd..][..hd];
+                let scores: Vec<f64> = (lo..=pos).map(|j| {
+                    let kj = &k[(j * n_kv + g) * hd..][..hd];
+                    let s = qh.iter().zip(kj).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum::<f64>() * f64::from(p.scale);
+                    softcap.map_or(s, |c| f64::from(c) * (s / f64::from(c)).tanh())
+                }).collect();
+                let max = scores.iter().fold(f64::NEG_INFINITY, |m, &s| m.max(s));
+                let z: f64 = scores.iter().map(|s| (s - max).exp()).sum();
+                for d in 0..hd {
+                    let want: f64 = (lo..=pos).zip(&scores).map(|(j, s)| (s - max).exp() / z * f64::from(v[(j * n_kv + g) * hd + d])).sum();
+                    prop_assert!(close(out[(t * n_heads + h) * hd + d], want, 1e-4, 1e-5));
+                }
+            }
+        }
+    }
+}
+
+/// Prefilling n tokens in one call and decoding them one by one give
+/// bit-identical attention outputs, with any thread count.
+#[test]
+fn attention_is_batch_invariant() {
+    let mut rng = Rng::new(42);
+    let (n_kv, n_heads, hd, n) = (3, 9, 64, 40);
+    let cfg = KvCacheConfig {
+        n_layers: 1,
+        n_kv_heads: n_kv,
+        head_dim: hd,
+        max_seq_len: 64,
+    };
+    let k = rng.f32s(n * n_kv * hd, -1.0, 1.0);
+    let v = rng.f32s(n * n_kv * hd, -1.0, 1.0);
+    let q = rng.f32s(n * n_heads * hd, -1.0, 1.0);
+    let p = AttentionParams {
+        n_heads,
+        n_kv_heads: n_kv,
+        head_dim: hd,
+        scale: 0.125,
+        sliding_window: Some(16),
+        softcap: None,
+    };
+    let b2 = be(2);
+    let mut cache = b2.kv_cache(&cfg).unwrap();
+    b2.kv_write(
+        &mut cache,
+        KvSpan {
+            layer: 0,
+            start_pos: 0,
+        },
+        &k,
+        &v,
+    )
+    .unwrap();
+    let mut batched = vec![0.0; q.len()];
+    b2.attention(
+        &mut b2.workspace(),
+        &cache,
+        KvSpan {
+            layer: 0,
+            start_pos: 0,
+        },
+        &q,
+        &p,
+        &mut batched,
+    )
+    .unwrap();
+    let b1 = be(1);
+    let mut ws = b1.workspace();
+    let w = n_heads * hd;
+    for t in 0..n {
+        let mut one = vec![0.0; w];
+        b1.attention(
+            &mut ws,
+            &cache,
+            KvSpan {
+                layer: 0,
+                start_pos: t,
+            },
+            &q[t * w..(t + 1) * w],
+            &p,
+            &mut one,
+        )
+        .unwrap();
+        let same = one
+            .iter()
+            .zip(&batched[t * w..(t + 1) * w])
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(same, "token {t}");
+    }
+}
+
+#[test]
+fn bad_parameters_are_errors() {
+    let b = be(1);
+    let cfg = KvCacheConfig {
+        n_layers: 1,
+        n_kv_heads: 1,
+        head_dim: 4,
+        max_seq_len: 4,
+    };
+    let mut cache = b.kv_cache(&cfg).unwrap();
+    assert!(b.kv_cache(&KvCacheConfig { n_layers: 0, ..cfg }).is_err());
+    assert!(b
+        .kv_write(
+            &mut cache,
+            KvSpan {
+                layer: 1,
+                start_pos: 0
+            },
+            &[0.0; 4],
+            &[0.0; 4]
+        )
+        .is_err());
+    assert!(b
+        .kv_write(
+            &mut cache,
+            KvSpan {
+                layer: 0,
+                start_pos: 4
+            },
+            &[0.0; 4],
+            &[0.0; 4]
+        )
+        .is_err());
+    assert!(b
+        .kv_write(
+            &mut cache,
+            KvSpan {
+                layer: 0,
+                start_pos: 0
+            },
+            &[0.0; 4],
+            &[0.0; 3]
+        )
+        .is_err());
+    let p = AttentionParams {
+        n_heads: 2,
+        n_kv_heads: 1,
+        head_dim: 4,
+        scale: 0.5,
+        sliding_window: None,
+        softcap: None,
+    };
+    let mut ws = b.workspace();
+    let mut out = [0.0; 8];
+    assert!(b
+        .attention(
+            &mut ws,
+            &cache,
+            KvSpan {
+                layer: 0,
+                start_pos: 3
+            },
+            &[0.0; 8],
+            &p,
+            &mut out
+        )
+        .is_ok());
+    assert!(b
+        .attention(
+            &mut ws,
+            &cache,
+            KvSpan {
+                layer: 0,
+                start_pos: 4
+            },
+            &[0.0; 8],
+            &p,
+            &mut out
+        )
+        .is_err());
+    assert!(b
+        .attention(
+            &mut ws,
+            &cache,
+            KvSpan {
+                layer: 0,
+                start_pos: 0
+            },
+            &[0.0; 7],
+            &p,
+            &mut out[..7]
+        )
+        .is_err());
+    assert!(b
+        .attention(
+            &mut ws,
+            &cache,
+            KvSpan {
+                layer: 0,
+                start_pos: 0
+            },
+            &[0.0; 8],
+            &AttentionParams {
+                sliding_window: Some(0),
+                ..p
+            },
+            &mut out
+        )
+        .is_err());
+    assert!(b
+        .attention(
+            &mut ws,
+            &cache,
+            KvSpan {
+                layer: 0,
+                start_pos: 0
+            },
+            &[0.0; 8],
+            &AttentionParams { n_heads: 3, ..p },
+            &mut out
+        )
+        .is_err());
+    let mut x = [0.0f32; 8];
+    assert!(b
+        .rope(
+            &mut x,
+            4,
+            &[0, 1],
+            &RopeParams {
+                n_dims: 6,
+                base: 1e4,
+                freq_scale: 1.0,
+                mode: RopeMode::Normal
+            }
+        )
+        .is_err());
+    assert!(b
+        .rope(
+            &mut x,
+            4,
+            &[0, 1, 2],
+            &RopeParams {
+                n_dims: 4,
+                base: 1e4,
+                freq_scale: 1.0,
+                mode: RopeMode::Neox
+            }
+        )
+        .is_err());
+    assert!(b
+        .rope(
+            &mut x,
+            4,
+            &[],
+            &RopeParams {
+                n_dims: 4,
+                base: 1e4,
+                freq_scale: 1.0,
+                mode: RopeMode::Neox
+            }
+        )
+        .is_err());
+    assert!(b.rms_norm_inplace(&mut x, &[1.0; 3], 1e-5).is_err());
+    assert!(b.rms_norm_inplace(&mut x, &[], 1e-5).is_err());
+    assert!(b.softmax_inplace(&mut x, 0).is_err());
+}
