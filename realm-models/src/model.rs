@@ -2,7 +2,9 @@
 //! generic over the backend, and a per-sequence [`Session`] (KV cache and
 //! scratch) so that a decode step allocates nothing.
 
-use realm_core::backend::{AttentionParams, Backend, KvCacheConfig, RopeParams, WeightInfo};
+use realm_core::backend::{
+    AttentionParams, Backend, KvCacheConfig, KvSpan, RopeParams, WeightInfo,
+};
 use realm_core::gguf::Gguf;
 use realm_core::{quant, TensorView};
 
@@ -281,7 +283,11 @@ impl<'a, B: Backend> Model<'a, B> {
             };
             b.rope(q, c.head_dim, &s.positions, &rope)?;
             b.rope(k, c.head_dim, &s.positions, &rope)?;
-            b.kv_write(&mut s.cache, li, start, k, v)?;
+            let at = KvSpan {
+                layer: li,
+                start_pos: start,
+            };
+            b.kv_write(&mut s.cache, at, k, v)?;
             let att = &mut s.att[..n * qd];
             let params = AttentionParams {
                 n_heads: c.n_heads,
@@ -291,7 +297,7 @@ impl<'a, B: Backend> Model<'a, B> {
                 sliding_window: c.layer_window(li),
                 softcap: None,
             };
-            b.attention(&mut s.ws, &s.cache, li, start, q, &params, att)?;
+            b.attention(&mut s.ws, &s.cache, at, q, &params, att)?;
             let proj = &mut s.proj[..n * d];
             b.matmul(&mut s.ws, &layer.wo, att, n, proj)?;
             if let Some(w) = &layer.post_attn_norm {
