@@ -13,7 +13,8 @@
 //! After criterion's own output, a summary table gives each matrix-vector
 //! kernel's GB/s as a fraction of the copy bandwidth and each prefill's
 //! GFLOP/s (medians of a short timed run). Threads: `REALM_BENCH_THREADS`
-//! (default 2).
+//! (default 2); `REALM_BENCH_ONLY=q8_0/49152` runs only the cases whose name
+//! contains the string.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -189,8 +190,12 @@ fn main() {
 
     let mut ws = be.workspace();
     let mut rows_out = Vec::new();
+    let only = std::env::var("REALM_BENCH_ONLY").unwrap_or_default();
     for &(t, m, k) in DECODE {
         let case = Case::new(t, m, k);
+        if !case.name().contains(&only) {
+            continue;
+        }
         let view = case.view();
         let w = be.weight(&view).unwrap();
         let x: Vec<f32> = (0..k).map(|i| (i as f32 * 0.1).sin()).collect();
@@ -210,6 +215,9 @@ fn main() {
     let mut prefill_out = Vec::new();
     for &(t, m, k) in PREFILL {
         let case = Case::new(t, m, k);
+        if !case.name().contains(&only) {
+            continue;
+        }
         let view = case.view();
         let w = be.weight(&view).unwrap();
         let n = PREFILL_TOKENS;

@@ -132,6 +132,7 @@ pub(crate) trait Dispatch: WeightBlock {
 macro_rules! dispatch {
     ($kernel:ident, $act:ident, $field:ident: $($block:ty),*) => {$(
         impl Dispatch for $block {
+            // Targets without a SIMD kernel ignore the arguments.
             #[allow(unused_variables)]
             fn rows_simd(
                 isa: Isa,
