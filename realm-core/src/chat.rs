@@ -72,7 +72,11 @@ pub struct ChatTemplate {
 impl ChatTemplate {
     /// A template from Jinja source. Syntax errors are reported here, with
     /// the line.
-    pub fn new(source: impl Into<String>, bos_token: impl Into<String>, eos_token: impl Into<String>) -> Result<Self> {
+    pub fn new(
+        source: impl Into<String>,
+        bos_token: impl Into<String>,
+        eos_token: impl Into<String>,
+    ) -> Result<Self> {
         let t = Self {
             source: source.into(),
             origin: TemplateOrigin::Custom,
@@ -105,7 +109,10 @@ impl ChatTemplate {
         };
         let (bos, eos) = (text(tokenizer.bos()), text(tokenizer.eos()));
         let (source, origin) = if md.get(CHAT_TEMPLATE_KEY).is_some() {
-            (md.get_str(CHAT_TEMPLATE_KEY)?.to_owned(), TemplateOrigin::Metadata)
+            (
+                md.get_str(CHAT_TEMPLATE_KEY)?.to_owned(),
+                TemplateOrigin::Metadata,
+            )
         } else if tokenizer.token_id("<start_of_turn>").is_some() {
             (GEMMA.to_owned(), TemplateOrigin::Gemma)
         } else {
@@ -131,7 +138,9 @@ impl ChatTemplate {
     /// template's own `raise_exception`) name the template line.
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
         let env = environment();
-        let tmpl = env.template_from_str(&self.source).map_err(|e| self.error(&e))?;
+        let tmpl = env
+            .template_from_str(&self.source)
+            .map_err(|e| self.error(&e))?;
         let messages: Vec<Value> = messages
             .iter()
             .map(|m| {
@@ -156,7 +165,12 @@ impl ChatTemplate {
             None => e.kind().to_string(),
         };
         if let Some(line) = e.line() {
-            let text = self.source.lines().nth(line.saturating_sub(1)).unwrap_or("").trim();
+            let text = self
+                .source
+                .lines()
+                .nth(line.saturating_sub(1))
+                .unwrap_or("")
+                .trim();
             msg.push_str(&format!(" (line {line}: `{text}`)"));
         }
         Error::ChatTemplate(msg)
@@ -170,9 +184,12 @@ fn environment() -> Environment<'static> {
     env.set_lstrip_blocks(true);
     minijinja_contrib::add_to_environment(&mut env);
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-    env.add_function("raise_exception", |msg: String| -> std::result::Result<Value, minijinja::Error> {
-        Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
-    });
+    env.add_function(
+        "raise_exception",
+        |msg: String| -> std::result::Result<Value, minijinja::Error> {
+            Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
+        },
+    );
     env
 }
 
@@ -186,17 +203,28 @@ mod tests {
                    {{ m.content.strip().upper() }}{% if not loop.last %}|{% endif %}{% endfor %} {{ ns.n }}";
         let t = ChatTemplate::new(src, "", "").unwrap();
         let out = t
-            .render(&[ChatMessage::new("user", "  a "), ChatMessage::new("user", "b")], false)
+            .render(
+                &[
+                    ChatMessage::new("user", "  a "),
+                    ChatMessage::new("user", "b"),
+                ],
+                false,
+            )
             .unwrap();
         assert_eq!(out, "A|B 2");
     }
 
     #[test]
     fn errors_name_the_line() {
-        let err = ChatTemplate::new("ok\n{% if %}", "", "").unwrap_err().to_string();
+        let err = ChatTemplate::new("ok\n{% if %}", "", "")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("line 2"), "{err}");
         let t = ChatTemplate::new("a\nb\n{{ raise_exception('no system role') }}", "", "").unwrap();
         let err = t.render(&[], false).unwrap_err().to_string();
-        assert!(err.contains("no system role") && err.contains("line 3"), "{err}");
+        assert!(
+            err.contains("no system role") && err.contains("line 3"),
+            "{err}"
+        );
     }
 }

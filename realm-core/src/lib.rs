@@ -4,6 +4,8 @@
 //!
 //! - [`gguf`]: read GGUF files (memory-mapped, zero copy, strictly validated)
 //!   and write them.
+//! - [`tokenizer`]: the tokenizer a GGUF file describes (SentencePiece and
+//!   byte-level BPE), identical to llama.cpp's; [`chat`]: chat templates.
 //! - [`quant`]: the ggml quantization formats: block layouts, dequantization
 //!   and quantization.
 //! - [`GgmlType`] and [`TensorView`]: a tensor's type, shape and borrowed bytes,
@@ -21,13 +23,13 @@
 
 pub mod backend;
 pub mod catalog;
+pub mod chat;
 mod dtype;
 mod error;
 pub mod gguf;
 pub mod quant;
 mod tensor;
 pub mod tokenizer;
-pub mod chat;
 
 pub use dtype::GgmlType;
 pub use error::{Error, Result};

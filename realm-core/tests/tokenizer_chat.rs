@@ -12,16 +12,22 @@ use serde_json::Value;
 fn models_dir() -> PathBuf {
     match std::env::var_os("REALM_MODELS") {
         Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/realm/models"),
+        None => {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/realm/models")
+        }
     }
 }
 
 fn check(name: &str, origin: TemplateOrigin) {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/tokenizer/{name}.json"));
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("tests/fixtures/tokenizer/{name}.json"));
     let fx: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let model = models_dir().join(fx["model"].as_str().unwrap());
     if !model.exists() {
-        eprintln!("skipping: model file {} not found (set REALM_MODELS)", model.display());
+        eprintln!(
+            "skipping: model file {} not found (set REALM_MODELS)",
+            model.display()
+        );
         return;
     }
     let file = GgufFile::open(&model).unwrap();
@@ -37,7 +43,11 @@ fn check(name: &str, origin: TemplateOrigin) {
             .collect();
         let gen = case["add_generation_prompt"].as_bool().unwrap();
         let got = template.render(&messages, gen).unwrap();
-        assert_eq!(got, case["expected"].as_str().unwrap(), "{name}, add_generation_prompt={gen}");
+        assert_eq!(
+            got,
+            case["expected"].as_str().unwrap(),
+            "{name}, add_generation_prompt={gen}"
+        );
         // The rendered prompt (which has its own BOS where the model wants
         // one) tokenizes with its control tokens intact.
         let ids = tok.encode(&got, false, true).unwrap();
@@ -61,7 +71,9 @@ fn gemma_template_rejects_out_of_order_roles() {
     let md = realm_core::gguf::Metadata::new();
     let mut vocab = realm_core::tokenizer::Vocab::new(
         realm_core::tokenizer::VocabKind::Spm,
-        ["<unk>", "<bos>", "<eos>", "<start_of_turn>"].map(String::from).to_vec(),
+        ["<unk>", "<bos>", "<eos>", "<start_of_turn>"]
+            .map(String::from)
+            .to_vec(),
     );
     vocab.special.bos = Some(1);
     let tok = Tokenizer::from_parts(vocab).unwrap();

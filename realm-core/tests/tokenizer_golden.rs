@@ -14,12 +14,15 @@ use serde_json::Value;
 fn models_dir() -> PathBuf {
     match std::env::var_os("REALM_MODELS") {
         Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/realm/models"),
+        None => {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/realm/models")
+        }
     }
 }
 
 fn fixture(name: &str) -> Value {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/tokenizer/{name}.json"));
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("tests/fixtures/tokenizer/{name}.json"));
     serde_json::from_str(&std::fs::read_to_string(&path).expect("fixture")).expect("fixture JSON")
 }
 
@@ -28,7 +31,10 @@ fn fixture(name: &str) -> Value {
 fn load(fx: &Value) -> Option<Tokenizer> {
     let path = models_dir().join(fx["model"].as_str().expect("model"));
     if !path.exists() {
-        eprintln!("skipping: model file {} not found (set REALM_MODELS)", path.display());
+        eprintln!(
+            "skipping: model file {} not found (set REALM_MODELS)",
+            path.display()
+        );
         return None;
     }
     let file = GgufFile::open(&path).expect("open model");
@@ -46,7 +52,11 @@ fn ids(v: &Value) -> Vec<u32> {
 fn check(name: &str) {
     let fx = fixture(name);
     let Some(tok) = load(&fx) else { return };
-    assert_eq!(tok.n_vocab() as u64, fx["n_vocab"].as_u64().unwrap(), "{name}: n_vocab");
+    assert_eq!(
+        tok.n_vocab() as u64,
+        fx["n_vocab"].as_u64().unwrap(),
+        "{name}: n_vocab"
+    );
     let id_or_none = |v: &Value| u32::try_from(v.as_i64().unwrap()).ok();
     assert_eq!(tok.bos(), id_or_none(&fx["bos"]), "{name}: bos");
     assert_eq!(tok.eos(), id_or_none(&fx["eos"]), "{name}: eos");
@@ -56,7 +66,10 @@ fn check(name: &str) {
     if tok.eot() != id_or_none(&fx["eot"]) {
         println!("{name}: eot {:?} (llama.cpp: {})", tok.eot(), fx["eot"]);
     }
-    assert!(tok.eot().is_none_or(|id| tok.is_eog(id)), "{name}: eot is not end-of-generation");
+    assert!(
+        tok.eot().is_none_or(|id| tok.is_eog(id)),
+        "{name}: eot is not end-of-generation"
+    );
     assert_eq!(tok.eog_ids(), ids(&fx["eog"]).as_slice(), "{name}: eog");
 
     let cases = fx["cases"].as_array().unwrap();
@@ -76,11 +89,15 @@ fn check(name: &str) {
         if got_special == want_special {
             special_ok += 1;
         } else {
-            failures.push(format!("special {text:?}: got {got_special:?}, llama.cpp {want_special:?}"));
+            failures.push(format!(
+                "special {text:?}: got {got_special:?}, llama.cpp {want_special:?}"
+            ));
         }
         let dec = tok.decode(&want, false, false).unwrap();
         let dec_special = tok.decode(&want_special, true, true).unwrap();
-        if dec == case["decoded"].as_str().unwrap() && dec_special == case["decoded_special"].as_str().unwrap() {
+        if dec == case["decoded"].as_str().unwrap()
+            && dec_special == case["decoded_special"].as_str().unwrap()
+        {
             decode_ok += 1;
         } else {
             failures.push(format!(
@@ -90,7 +107,11 @@ fn check(name: &str) {
         }
         if case["decoded"].as_str() == Some(text) {
             round_trips += 1;
-            assert_eq!(tok.decode(&got, false, false).unwrap(), text, "{name}: round trip");
+            assert_eq!(
+                tok.decode(&got, false, false).unwrap(),
+                text,
+                "{name}: round trip"
+            );
         }
     }
     let n = cases.len();
@@ -98,7 +119,12 @@ fn check(name: &str) {
         "{name}: ids {plain_ok}/{n}, ids with special parsing {special_ok}/{n}, \
          decode {decode_ok}/{n}, round trips {round_trips}"
     );
-    assert!(failures.is_empty(), "{name}: {} mismatches:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{name}: {} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]

@@ -12,15 +12,28 @@ use realm_core::tokenizer::{TokenType, Tokenizer, Vocab, VocabKind};
 
 /// A SentencePiece vocabulary: specials, all 256 byte tokens, a few pieces.
 fn toy_spm() -> Tokenizer {
-    let mut tokens: Vec<String> = ["<unk>", "<s>", "</s>", "<|ctl|>"].map(String::from).to_vec();
-    let mut types = vec![TokenType::Unknown, TokenType::Control, TokenType::Control, TokenType::Control];
+    let mut tokens: Vec<String> = ["<unk>", "<s>", "</s>", "<|ctl|>"]
+        .map(String::from)
+        .to_vec();
+    let mut types = vec![
+        TokenType::Unknown,
+        TokenType::Control,
+        TokenType::Control,
+        TokenType::Control,
+    ];
     for b in 0..=255u8 {
         tokens.push(format!("<0x{b:02X}>"));
         types.push(TokenType::Byte);
     }
-    for p in ["▁", "▁the", "th", "he", "e", "t", "h", "▁t", "é", "日本", "日", "本", "<tag>"] {
+    for p in [
+        "▁", "▁the", "th", "he", "e", "t", "h", "▁t", "é", "日本", "日", "本", "<tag>",
+    ] {
         tokens.push(p.to_string());
-        types.push(if p == "<tag>" { TokenType::UserDefined } else { TokenType::Normal });
+        types.push(if p == "<tag>" {
+            TokenType::UserDefined
+        } else {
+            TokenType::Normal
+        });
     }
     let n = tokens.len();
     let mut vocab = Vocab::new(VocabKind::Spm, tokens);
@@ -40,12 +53,16 @@ fn toy_bpe() -> Tokenizer {
         if printable {
             b as char
         } else {
-            let k = (0..b).filter(|&x| !matches!(x, 0x21..=0x7E | 0xA1..=0xAC | 0xAE..=0xFF)).count();
+            let k = (0..b)
+                .filter(|&x| !matches!(x, 0x21..=0x7E | 0xA1..=0xAC | 0xAE..=0xFF))
+                .count();
             char::from_u32(0x100 + k as u32).unwrap()
         }
     };
     let mut tokens: Vec<String> = (0..=255u8).map(|b| byte_char(b).to_string()).collect();
-    let merges: Vec<String> = ["Ġ t", "h e", "Ġt he", "Ġ ,", "' s"].map(String::from).to_vec();
+    let merges: Vec<String> = ["Ġ t", "h e", "Ġt he", "Ġ ,", "' s"]
+        .map(String::from)
+        .to_vec();
     tokens.extend(["Ġt", "he", "Ġthe", "Ġ,", "'s", "<|endoftext|>"].map(String::from));
     let mut types = vec![TokenType::Normal; tokens.len()];
     *types.last_mut().unwrap() = TokenType::Control;
@@ -61,11 +78,16 @@ const REPLACEMENT: char = '\u{FFFD}';
 fn real(file: &str) -> Option<Tokenizer> {
     let dir = match std::env::var_os("REALM_MODELS") {
         Some(d) => PathBuf::from(d),
-        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/realm/models"),
+        None => {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/realm/models")
+        }
     };
     let path = dir.join(file);
     if !path.exists() {
-        eprintln!("skipping real-model properties: {} not found", path.display());
+        eprintln!(
+            "skipping real-model properties: {} not found",
+            path.display()
+        );
         return None;
     }
     let f = GgufFile::open(path).ok()?;
@@ -190,7 +212,11 @@ fn toy_vocabularies_behave() {
     let ids = bpe.encode(" the it's", false, false).unwrap();
     assert_eq!(bpe.token_text(ids[0]).unwrap(), "Ġthe");
     assert_eq!(bpe.decode(&ids, false, false).unwrap(), " the it's");
-    assert_eq!(bpe.decode(&bpe.encode("a , b", false, false).unwrap(), false, false).unwrap(), "a, b");
+    assert_eq!(
+        bpe.decode(&bpe.encode("a , b", false, false).unwrap(), false, false)
+            .unwrap(),
+        "a, b"
+    );
 }
 
 #[test]

@@ -120,7 +120,8 @@ impl BpeModel {
             joined.push_str(a);
             joined.push_str(b);
             let merged = intern(&joined)?;
-            let rank = u32::try_from(rank).map_err(|_| Error::Tokenizer("too many BPE merges".into()))?;
+            let rank =
+                u32::try_from(rank).map_err(|_| Error::Tokenizer("too many BPE merges".into()))?;
             table
                 .entry(u64::from(left) << 32 | u64::from(right))
                 .or_insert((rank, merged));
@@ -149,6 +150,10 @@ impl BpeModel {
     }
 }
 
+/// A mergeable pair: `(rank, left, right, left piece, right piece, merged
+/// piece)`; the smallest rank, then the leftmost pair, merges first.
+type Candidate = (u32, u32, u32, u32, u32, u32);
+
 #[derive(Clone, Copy, Debug)]
 struct Symbol {
     len: u32,
@@ -162,15 +167,20 @@ struct Symbol {
 pub(crate) struct BpeSession {
     splitter: Splitter,
     symbols: Vec<Symbol>,
-    /// `(rank, left, right, left piece, right piece, merged piece)`,
-    /// smallest first.
-    heap: BinaryHeap<Reverse<(u32, u32, u32, u32, u32, u32)>>,
+    /// Candidate merges, best first.
+    heap: BinaryHeap<Reverse<Candidate>>,
     encoded: String,
 }
 
 impl BpeSession {
     /// Pre-tokenizes and merges `text` into `out`.
-    pub(crate) fn tokenize(&mut self, tok: &Tokenizer, model: &BpeModel, text: &str, out: &mut Vec<u32>) {
+    pub(crate) fn tokenize(
+        &mut self,
+        tok: &Tokenizer,
+        model: &BpeModel,
+        text: &str,
+        out: &mut Vec<u32>,
+    ) {
         let mut splitter = std::mem::take(&mut self.splitter);
         splitter.split(model.options.pre, text, |range| {
             self.word(tok, model, &text.as_bytes()[range], out);
@@ -195,12 +205,13 @@ impl BpeSession {
         self.symbols.clear();
         self.heap.clear();
         let n = word.len() as u32;
-        self.symbols.extend(word.iter().enumerate().map(|(i, &b)| Symbol {
-            len: 1,
-            prev: if i == 0 { NIL } else { i as u32 - 1 },
-            next: if i as u32 + 1 == n { NIL } else { i as u32 + 1 },
-            piece: model.byte_piece[b as usize],
-        }));
+        self.symbols
+            .extend(word.iter().enumerate().map(|(i, &b)| Symbol {
+                len: 1,
+                prev: if i == 0 { NIL } else { i as u32 - 1 },
+                next: if i as u32 + 1 == n { NIL } else { i as u32 + 1 },
+                piece: model.byte_piece[b as usize],
+            }));
         for i in 1..n {
             self.try_add(model, i - 1, i);
         }
@@ -245,14 +256,21 @@ impl BpeSession {
     }
 
     fn try_add(&mut self, model: &BpeModel, left: u32, right: u32) {
-        let (Some(l), Some(r)) = (self.symbols.get(left as usize), self.symbols.get(right as usize)) else {
+        let (Some(l), Some(r)) = (
+            self.symbols.get(left as usize),
+            self.symbols.get(right as usize),
+        ) else {
             return;
         };
         if l.piece == NIL || r.piece == NIL {
             return;
         }
-        if let Some(&(rank, merged)) = model.merges.get(&(u64::from(l.piece) << 32 | u64::from(r.piece))) {
-            self.heap.push(Reverse((rank, left, right, l.piece, r.piece, merged)));
+        if let Some(&(rank, merged)) = model
+            .merges
+            .get(&(u64::from(l.piece) << 32 | u64::from(r.piece)))
+        {
+            self.heap
+                .push(Reverse((rank, left, right, l.piece, r.piece, merged)));
         }
     }
 }

@@ -93,7 +93,9 @@ pub(crate) fn clean_spaces(text: &mut Vec<u8>) {
         if t[i - 1] == b' ' && x == b'\'' && i + 1 < n {
             let x1 = t[i + 1];
             let x2 = t.get(i + 2).copied().filter(|_| i + 2 < n);
-            if matches!(x1, b's' | b'm') || matches!((x1, x2), (b'r', Some(b'e')) | (b'v', Some(b'e'))) {
+            if matches!(x1, b's' | b'm')
+                || matches!((x1, x2), (b'r', Some(b'e')) | (b'v', Some(b'e')))
+            {
                 w -= 1;
             }
         }
@@ -121,7 +123,12 @@ impl Tokenizer {
     /// model adds itself; `unparse_special` renders control tokens as their
     /// text (otherwise they vanish). The leading space SentencePiece models
     /// prepend is removed.
-    pub fn decode_bytes(&self, ids: &[u32], remove_special: bool, unparse_special: bool) -> Result<Vec<u8>> {
+    pub fn decode_bytes(
+        &self,
+        ids: &[u32],
+        remove_special: bool,
+        unparse_special: bool,
+    ) -> Result<Vec<u8>> {
         let mut ids = ids;
         let mut remove_space = self.add_space_prefix;
         if remove_special && self.add_bos {
@@ -157,7 +164,12 @@ impl Tokenizer {
 
     /// Decodes ids to text ([`decode_bytes`](Self::decode_bytes), with
     /// invalid UTF-8 replaced by U+FFFD).
-    pub fn decode(&self, ids: &[u32], remove_special: bool, unparse_special: bool) -> Result<String> {
+    pub fn decode(
+        &self,
+        ids: &[u32],
+        remove_special: bool,
+        unparse_special: bool,
+    ) -> Result<String> {
         let bytes = self.decode_bytes(ids, remove_special, unparse_special)?;
         Ok(match String::from_utf8(bytes) {
             Ok(s) => s,
@@ -251,7 +263,9 @@ impl StreamDecoder<'_> {
                 }
                 Err(e) => {
                     let valid = e.valid_up_to();
-                    out.push_str(std::str::from_utf8(&self.bytes[start..start + valid]).unwrap_or_default());
+                    out.push_str(
+                        std::str::from_utf8(&self.bytes[start..start + valid]).unwrap_or_default(),
+                    );
                     start += valid;
                     match e.error_len() {
                         Some(n) => {

@@ -35,9 +35,11 @@ impl Vocab {
                 .collect(),
         };
         let merges = match (kind, md.get("tokenizer.ggml.merges")) {
-            (VocabKind::Bpe, None) => return Err(Error::MissingKey {
-                key: "tokenizer.ggml.merges".into(),
-            }),
+            (VocabKind::Bpe, None) => {
+                return Err(Error::MissingKey {
+                    key: "tokenizer.ggml.merges".into(),
+                })
+            }
             (_, None) => Vec::new(),
             (_, Some(_)) => md.get_str_array("tokenizer.ggml.merges")?.to_vec(),
         };

@@ -16,7 +16,8 @@
 //! let tok = Tokenizer::from_parts(vocab)?;
 //! let ids = tok.encode("hi", true, false)?;
 //! assert_eq!(ids, [1, 7]); // BOS, "▁hi" (a space is prefixed)
-//! assert_eq!(tok.decode(&ids, true, false)?, "hi");
+//! // Like llama.cpp, decoding drops the prefixed space of the first token.
+//! assert_eq!(tok.decode(&ids[1..], false, false)?, "hi");
 //! # Ok::<(), realm_core::Error>(())
 //! ```
 //!
@@ -132,11 +133,44 @@ const EOG_TEXTS: &[&str] = &[
 /// Fill-in-the-middle token texts: prefix, suffix, middle, pad, repo, file
 /// separator. Found ones become control tokens; the last three end generation.
 const FIM_TEXTS: [&[&str]; 6] = [
-    &["<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<｜fim▁begin｜>", "<PRE>", "▁<PRE>", "<|code_prefix|>", "<|prefix|>"],
-    &["<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<｜fim▁hole｜>", "<SUF>", "▁<SUF>", "<|code_suffix|>", "<|suffix|>"],
-    &["<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<｜fim▁end｜>", "<MID>", "▁<MID>", "<|code_middle|>", "<|middle|>"],
+    &[
+        "<|fim_prefix|>",
+        "<fim-prefix>",
+        "<fim_prefix>",
+        "<｜fim▁begin｜>",
+        "<PRE>",
+        "▁<PRE>",
+        "<|code_prefix|>",
+        "<|prefix|>",
+    ],
+    &[
+        "<|fim_suffix|>",
+        "<fim-suffix>",
+        "<fim_suffix>",
+        "<｜fim▁hole｜>",
+        "<SUF>",
+        "▁<SUF>",
+        "<|code_suffix|>",
+        "<|suffix|>",
+    ],
+    &[
+        "<|fim_middle|>",
+        "<fim-middle>",
+        "<fim_middle>",
+        "<｜fim▁end｜>",
+        "<MID>",
+        "▁<MID>",
+        "<|code_middle|>",
+        "<|middle|>",
+    ],
     &["<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"],
-    &["<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"],
+    &[
+        "<|fim_repo|>",
+        "<|repo_name|>",
+        "<fim-repo>",
+        "<REPO>",
+        "<reponame>",
+    ],
     &["<|file_sep|>"],
 ];
 
@@ -250,7 +284,11 @@ impl Tokenizer {
                 eog.push(id);
             }
         }
-        eog.extend([special.eos, special.eot, special.eom].into_iter().flatten());
+        eog.extend(
+            [special.eos, special.eot, special.eom]
+                .into_iter()
+                .flatten(),
+        );
         eog.sort_unstable();
         eog.dedup();
         // A model with its own end-of-response marker keeps `</s>` as text.
@@ -266,7 +304,9 @@ impl Tokenizer {
 
         // Special tokens that may be written in text: longest first.
         let mut cands: Vec<u32> = (0..n_u32)
-            .filter(|&id| attrs[id as usize] & (attr::CONTROL | attr::USER_DEFINED | attr::UNKNOWN) != 0)
+            .filter(|&id| {
+                attrs[id as usize] & (attr::CONTROL | attr::USER_DEFINED | attr::UNKNOWN) != 0
+            })
             .collect();
         cands.sort_by_key(|&id| std::cmp::Reverse(texts[id as usize].len()));
         let specials = SpecialMatcher::new(
@@ -290,10 +330,13 @@ impl Tokenizer {
         let mut byte_tokens = [None; 256];
         if vocab.kind == VocabKind::Spm {
             for (b, slot) in byte_tokens.iter_mut().enumerate() {
-                *slot = token_map.get(format!("<0x{b:02X}>").as_str()).copied().or_else(|| {
-                    let c = char::from_u32(b as u32).filter(|c| c.is_ascii())?;
-                    token_map.get(c.to_string().as_str()).copied()
-                });
+                *slot = token_map
+                    .get(format!("<0x{b:02X}>").as_str())
+                    .copied()
+                    .or_else(|| {
+                        let c = char::from_u32(b as u32).filter(|c| c.is_ascii())?;
+                        token_map.get(c.to_string().as_str()).copied()
+                    });
             }
         }
 
@@ -373,7 +416,9 @@ impl Tokenizer {
                 let mut session = BpeSession::default();
                 for f in &fragments {
                     match f {
-                        Fragment::Text(r) => session.tokenize(self, model, &text[r.clone()], &mut out),
+                        Fragment::Text(r) => {
+                            session.tokenize(self, model, &text[r.clone()], &mut out)
+                        }
                         Fragment::Token(id) => out.push(*id),
                     }
                 }
@@ -391,7 +436,10 @@ impl Tokenizer {
 
     fn token(&self, id: u32) -> Result<&TokenData> {
         self.tokens.get(id as usize).ok_or_else(|| {
-            Error::Tokenizer(format!("token id {id} out of range (vocabulary has {})", self.tokens.len()))
+            Error::Tokenizer(format!(
+                "token id {id} out of range (vocabulary has {})",
+                self.tokens.len()
+            ))
         })
     }
 
@@ -414,7 +462,9 @@ impl Tokenizer {
     pub(crate) fn byte_token(&self, b: u8) -> Result<u32> {
         self.byte_tokens[b as usize]
             .or(self.special.unk)
-            .ok_or_else(|| Error::Tokenizer(format!("no token for byte 0x{b:02X} and no unknown token")))
+            .ok_or_else(|| {
+                Error::Tokenizer(format!("no token for byte 0x{b:02X} and no unknown token"))
+            })
     }
 
     /// The vocabulary kind.

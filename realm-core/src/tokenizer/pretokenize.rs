@@ -177,14 +177,20 @@ impl Splitter {
             DeepSeekLlm => {
                 self.stage(|c, out| by_matches(c, out, |c, p| single(c, p, is_cr_lf)));
                 self.stage(|c, out| {
-                    by_matches(c, out, |c, p| space_then_run(c, p, |x| in_ranges(x, DS_LETTERS)))
+                    by_matches(c, out, |c, p| {
+                        space_then_run(c, p, |x| in_ranges(x, DS_LETTERS))
+                    })
                 });
                 self.stage(|c, out| {
-                    by_matches(c, out, |c, p| space_then_run(c, p, |x| in_ranges(x, DS_PUNCT)))
+                    by_matches(c, out, |c, p| {
+                        space_then_run(c, p, |x| in_ranges(x, DS_PUNCT))
+                    })
                 });
                 self.stage(|c, out| by_matches(c, out, trailing_space));
                 self.stage(|c, out| {
-                    by_matches(c, out, |c, p| run(c, p, |c, i| in_ranges(wide(c, i), DS_CJK)))
+                    by_matches(c, out, |c, p| {
+                        run(c, p, |c, i| in_ranges(wide(c, i), DS_CJK))
+                    })
                 });
                 self.stage(|c, out| by_matches(c, out, |c, p| run(c, p, is_number_collapsed)));
             }
@@ -386,14 +392,22 @@ fn by_matches(
 }
 
 /// The first maximal run of code points in the class, at or after `from`.
-fn run(c: &Chunk<'_>, from: usize, class: impl Fn(&Chunk<'_>, usize) -> bool) -> Option<(usize, usize)> {
+fn run(
+    c: &Chunk<'_>,
+    from: usize,
+    class: impl Fn(&Chunk<'_>, usize) -> bool,
+) -> Option<(usize, usize)> {
     let s = (from..c.end).find(|&i| class(c, i))?;
     let e = (s..c.end).find(|&i| !class(c, i)).unwrap_or(c.end);
     Some((s, e))
 }
 
 /// The first single code point in the class, at or after `from`.
-fn single(c: &Chunk<'_>, from: usize, class: impl Fn(&Chunk<'_>, usize) -> bool) -> Option<(usize, usize)> {
+fn single(
+    c: &Chunk<'_>,
+    from: usize,
+    class: impl Fn(&Chunk<'_>, usize) -> bool,
+) -> Option<(usize, usize)> {
     let s = (from..c.end).find(|&i| class(c, i))?;
     Some((s, s + 1))
 }
@@ -424,7 +438,11 @@ fn is_space_wide(x: u32) -> bool {
 }
 
 /// `\s?[class]+`.
-fn space_then_run(c: &Chunk<'_>, from: usize, class: impl Fn(u32) -> bool) -> Option<(usize, usize)> {
+fn space_then_run(
+    c: &Chunk<'_>,
+    from: usize,
+    class: impl Fn(u32) -> bool,
+) -> Option<(usize, usize)> {
     for p in from..c.end {
         let x = wide(c, p);
         let first_end = if is_space_wide(x) && p + 1 < c.end && class(wide(c, p + 1)) {
@@ -553,12 +571,18 @@ mod tests {
 
     #[test]
     fn starcoder_digits_alone() {
-        assert_eq!(words(PreTokenizer::StarCoder, "a 12b"), ["a", " ", "1", "2", "b"]);
+        assert_eq!(
+            words(PreTokenizer::StarCoder, "a 12b"),
+            ["a", " ", "1", "2", "b"]
+        );
     }
 
     #[test]
     fn default_stages() {
-        assert_eq!(words(PreTokenizer::Default, "x 1234, y"), ["x", " ", "123", "4", ",", " y"]);
+        assert_eq!(
+            words(PreTokenizer::Default, "x 1234, y"),
+            ["x", " ", "123", "4", ",", " y"]
+        );
     }
 
     #[test]

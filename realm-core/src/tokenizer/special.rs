@@ -48,14 +48,15 @@ pub(crate) struct SpecialMatcher {
 impl SpecialMatcher {
     /// `tokens` in priority order (longest text first), with their texts.
     pub(crate) fn new(tokens: Vec<(SpecialToken, &str)>) -> Result<Self> {
-        let build = |list: Vec<(SpecialToken, &str)>| -> Result<Option<(AhoCorasick, Vec<SpecialToken>)>> {
-            if list.is_empty() {
-                return Ok(None);
-            }
-            let ac = AhoCorasick::new(list.iter().map(|(_, text)| text.as_bytes()))
-                .map_err(|e| Error::Tokenizer(format!("special token matcher: {e}")))?;
-            Ok(Some((ac, list.into_iter().map(|(t, _)| t).collect())))
-        };
+        let build =
+            |list: Vec<(SpecialToken, &str)>| -> Result<Option<(AhoCorasick, Vec<SpecialToken>)>> {
+                if list.is_empty() {
+                    return Ok(None);
+                }
+                let ac = AhoCorasick::new(list.iter().map(|(_, text)| text.as_bytes()))
+                    .map_err(|e| Error::Tokenizer(format!("special token matcher: {e}")))?;
+                Ok(Some((ac, list.into_iter().map(|(t, _)| t).collect())))
+            };
         let plain = tokens.iter().filter(|(t, _)| t.always).cloned().collect();
         Ok(Self {
             plain: build(plain)?,
@@ -69,7 +70,11 @@ impl SpecialMatcher {
         if text.is_empty() {
             return;
         }
-        let which = if parse_special { &self.all } else { &self.plain };
+        let which = if parse_special {
+            &self.all
+        } else {
+            &self.plain
+        };
         let Some((ac, tokens)) = which else {
             out.push(Fragment::Text(0..text.len()));
             return;
@@ -186,6 +191,9 @@ mod tests {
         let m = SpecialMatcher::new(vec![(tok(7, true), "aa")]).unwrap();
         let mut out = Vec::new();
         m.partition("aaaaa", false, &mut out);
-        assert_eq!(out, [Fragment::Token(7), Fragment::Token(7), Fragment::Text(4..5)]);
+        assert_eq!(
+            out,
+            [Fragment::Token(7), Fragment::Token(7), Fragment::Text(4..5)]
+        );
     }
 }

@@ -67,7 +67,12 @@ pub(crate) struct SpmSession {
 
 impl SpmSession {
     /// Tokenizes `text` (already space-escaped) into `out`.
-    pub(crate) fn tokenize(&mut self, tok: &Tokenizer, text: &str, out: &mut Vec<u32>) -> Result<()> {
+    pub(crate) fn tokenize(
+        &mut self,
+        tok: &Tokenizer,
+        text: &str,
+        out: &mut Vec<u32>,
+    ) -> Result<()> {
         self.symbols.clear();
         self.heap.clear();
         let n = text.chars().count();
@@ -119,7 +124,10 @@ impl SpmSession {
     }
 
     fn try_add(&mut self, tok: &Tokenizer, text: &str, left: u32, right: u32) {
-        let (Some(l), Some(r)) = (self.symbols.get(left as usize), self.symbols.get(right as usize)) else {
+        let (Some(l), Some(r)) = (
+            self.symbols.get(left as usize),
+            self.symbols.get(right as usize),
+        ) else {
             return;
         };
         let start = l.start as usize;

@@ -28,7 +28,11 @@ impl Flags {
         }
         let i = RANGES.partition_point(|&(start, _)| start <= cp);
         // `RANGES[0]` starts at 0, so `i >= 1` for every code point.
-        Flags(RANGES.get(i.wrapping_sub(1)).map_or(Self::UNDEFINED, |r| r.1))
+        Flags(
+            RANGES
+                .get(i.wrapping_sub(1))
+                .map_or(Self::UNDEFINED, |r| r.1),
+        )
     }
 
     #[inline]
