@@ -4,6 +4,8 @@
 //!
 //! - [`gguf`]: read GGUF files (memory-mapped, zero copy, strictly validated)
 //!   and write them.
+//! - [`tokenizer`]: the tokenizer a GGUF file describes (SentencePiece and
+//!   byte-level BPE), identical to llama.cpp's; [`chat`]: chat templates.
 //! - [`quant`]: the ggml quantization formats: block layouts, dequantization
 //!   and quantization.
 //! - [`GgmlType`] and [`TensorView`]: a tensor's type, shape and borrowed bytes,

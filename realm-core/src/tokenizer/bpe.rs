@@ -150,6 +150,10 @@ impl BpeModel {
     }
 }
 
+/// A mergeable pair: `(rank, left, right, left piece, right piece, merged
+/// piece)`; the smallest rank, then the leftmost pair, merges first.
+type Candidate = (u32, u32, u32, u32, u32, u32);
+
 #[derive(Clone, Copy, Debug)]
 struct Symbol {
     len: u32,
@@ -163,9 +167,8 @@ struct Symbol {
 pub(crate) struct BpeSession {
     splitter: Splitter,
     symbols: Vec<Symbol>,
-    /// `(rank, left, right, left piece, right piece, merged piece)`,
-    /// smallest first.
-    heap: BinaryHeap<Reverse<(u32, u32, u32, u32, u32, u32)>>,
+    /// Candidate merges, best first.
+    heap: BinaryHeap<Reverse<Candidate>>,
     encoded: String,
 }
 
