@@ -32,6 +32,9 @@ pub struct BenchArgs {
     /// Prefill batch size.
     #[arg(short, long, default_value_t = 512)]
     pub batch_size: usize,
+    /// KV cache element type.
+    #[arg(long, value_enum, default_value_t = load::CacheType::F32)]
+    pub cache_type: load::CacheType,
     /// One JSON record per test, with llama-bench's field names.
     #[arg(long)]
     pub json: bool,
@@ -69,7 +72,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let mut tests = Vec::new();
     if args.n_prompt > 0 {
         let mut samples = Vec::new();
-        let mut s = model.session(args.n_prompt, args.batch_size)?;
+        let mut s =
+            model.session_with_kv(args.n_prompt, args.batch_size, args.cache_type.into())?;
         model.forward(&mut s, &tokens[..args.n_prompt.min(16)])?; // warm-up
         for _ in 0..args.repetitions {
             s.truncate(0);
@@ -86,7 +90,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     if args.n_gen > 0 {
         let mut samples = Vec::new();
-        let mut s = model.session(args.n_gen + 1, 1)?;
+        let mut s = model.session_with_kv(args.n_gen + 1, 1, args.cache_type.into())?;
         model.forward(&mut s, &tokens[..1])?; // warm-up
         for _ in 0..args.repetitions {
             s.truncate(0);

@@ -24,6 +24,9 @@ pub struct ChatArgs {
     /// CPU threads (0: one per core).
     #[arg(short, long, default_value_t = 0)]
     pub threads: usize,
+    /// KV cache element type.
+    #[arg(long, value_enum, default_value_t = load::CacheType::F32)]
+    pub cache_type: load::CacheType,
     /// Context length (0: the model's, capped at 4096).
     #[arg(short = 'c', long, default_value_t = 0)]
     pub ctx_size: usize,
@@ -66,7 +69,7 @@ pub fn run(args: &ChatArgs) -> Result<()> {
     let model = Model::load(&l.file, &l.backend)?;
     let tpl = template(&l)?;
     let ctx = context_len(args.ctx_size, model.config().context_length);
-    let mut session = model.session(ctx, 256)?;
+    let mut session = model.session_with_kv(ctx, 256, args.cache_type.into())?;
     let mut messages: Vec<ChatMessage> = args
         .system
         .iter()

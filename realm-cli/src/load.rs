@@ -43,3 +43,22 @@ pub fn open(model: &str, threads: usize) -> Result<Loaded> {
         name,
     })
 }
+
+/// `--cache-type`: how the KV cache stores keys and values.
+#[derive(Debug, Clone, Copy, Default, clap::ValueEnum)]
+pub enum CacheType {
+    /// 32-bit floats (exact).
+    #[default]
+    F32,
+    /// 16-bit floats (half the memory; llama.cpp's default).
+    F16,
+}
+
+impl From<CacheType> for realm_core::backend::KvDtype {
+    fn from(c: CacheType) -> Self {
+        match c {
+            CacheType::F32 => Self::F32,
+            CacheType::F16 => Self::F16,
+        }
+    }
+}

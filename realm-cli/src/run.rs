@@ -64,6 +64,9 @@ pub struct RunArgs {
     /// CPU threads (0: one per core).
     #[arg(short, long, default_value_t = 0)]
     pub threads: usize,
+    /// KV cache element type.
+    #[arg(long, value_enum, default_value_t = load::CacheType::F32)]
+    pub cache_type: load::CacheType,
     /// Context length (0: the model's, capped at 4096).
     #[arg(short = 'c', long, default_value_t = 0)]
     pub ctx_size: usize,
@@ -99,7 +102,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
             prompt.len()
         );
     }
-    let mut session = model.session(ctx, args.batch_size)?;
+    let mut session = model.session_with_kv(ctx, args.batch_size, args.cache_type.into())?;
     let params = GenerateParams {
         max_tokens: args.n_predict,
         stop: args.stop.clone(),

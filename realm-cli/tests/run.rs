@@ -156,13 +156,25 @@ fn chat_keeps_the_conversation_in_the_cache() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(b"Hi, my name is Ada.\nWhat is my name?\n\n").unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"Hi, my name is Ada.\nWhat is my name?\n\n")
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let in_context: Vec<usize> = stderr
         .lines()
-        .filter_map(|l| l.split('(').nth(1)?.split(" in context").next()?.parse().ok())
+        .filter_map(|l| {
+            l.split('(')
+                .nth(1)?
+                .split(" in context")
+                .next()?
+                .parse()
+                .ok()
+        })
         .collect();
     assert_eq!(in_context.len(), 2, "{stderr}");
     assert!(in_context[1] > in_context[0], "{stderr}");

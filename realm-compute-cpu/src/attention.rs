@@ -1,22 +1,31 @@
 //! KV cache and causal attention.
 //!
-//! The cache is f32, laid out `[layer][kv_head][position][head_dim]` so that
+//! The cache is f32 or f16, laid out `[layer][kv_head][position][head_dim]` so that
 //! one head's keys are contiguous. Each (token, head) pair is computed by one
 //! thread from its query and the cache alone: scores in position order, an
 //! exact two-pass softmax, then values weighted in position order.
 
+use half::f16;
 use rayon::prelude::*;
-use realm_core::backend::{AttentionParams, BackendError, BackendResult, KvCacheConfig, KvSpan};
+use realm_core::backend::{
+    AttentionParams, BackendError, BackendResult, KvCacheConfig, KvDtype, KvSpan,
+};
 
 use crate::ops::dot;
 use crate::{CpuBackend, CpuWorkspace};
+
+/// Keys and values in the cache's element type.
+#[derive(Debug, Clone)]
+enum Store {
+    F32 { k: Vec<f32>, v: Vec<f32> },
+    F16 { k: Vec<f16>, v: Vec<f16> },
+}
 
 /// Keys and values of every layer of one sequence.
 #[derive(Debug, Clone)]
 pub struct CpuKvCache {
     cfg: KvCacheConfig,
-    k: Vec<f32>,
-    v: Vec<f32>,
+    store: Store,
 }
 
 impl CpuKvCache {
@@ -45,11 +54,17 @@ pub(crate) fn new_cache(cfg: &KvCacheConfig) -> BackendResult<CpuKvCache> {
             op: OP,
             what: "cache size overflows",
         })?;
-    Ok(CpuKvCache {
-        cfg: *cfg,
-        k: vec![0.0; len],
-        v: vec![0.0; len],
-    })
+    let store = match cfg.dtype {
+        KvDtype::F32 => Store::F32 {
+            k: vec![0.0; len],
+            v: vec![0.0; len],
+        },
+        KvDtype::F16 => Store::F16 {
+            k: vec![f16::ZERO; len],
+            v: vec![f16::ZERO; len],
+        },
+    };
+    Ok(CpuKvCache { cfg: *cfg, store })
 }
 
 pub(crate) fn kv_write(
@@ -100,8 +115,22 @@ pub(crate) fn kv_write(
     for (t, (kt, vt)) in k.chunks_exact(width).zip(v.chunks_exact(width)).enumerate() {
         for (h, (kh, vh)) in kt.chunks_exact(hd).zip(vt.chunks_exact(hd)).enumerate() {
             let at = cache.head_base(layer, h) + (start_pos + t) * hd;
-            cache.k[at..at + hd].copy_from_slice(kh);
-            cache.v[at..at + hd].copy_from_slice(vh);
+            match &mut cache.store {
+                Store::F32 { k, v } => {
+                    k[at..at + hd].copy_from_slice(kh);
+                    v[at..at + hd].copy_from_slice(vh);
+                }
+                Store::F16 { k, v } => {
+                    k[at..at + hd]
+                        .iter_mut()
+                        .zip(kh)
+                        .for_each(|(d, &x)| *d = f16::from_f32(x));
+                    v[at..at + hd]
+                        .iter_mut()
+                        .zip(vh)
+                        .for_each(|(d, &x)| *d = f16::from_f32(x));
+                }
+            }
         }
     }
     Ok(())
@@ -204,10 +233,31 @@ fn head_attention(
 ) {
     let hd = p.head_dim;
     let lo = p.sliding_window.map_or(0, |w| (pos + 1).saturating_sub(w));
-    let base = cache.head_base(layer, kv_head);
-    let keys = &cache.k[base + lo * hd..base + (pos + 1) * hd];
-    let values = &cache.v[base + lo * hd..base + (pos + 1) * hd];
+    let range =
+        cache.head_base(layer, kv_head) + lo * hd..cache.head_base(layer, kv_head) + (pos + 1) * hd;
     let scores = &mut scores[..pos + 1 - lo];
+    match &cache.store {
+        Store::F32 { k, v } => weigh(&k[range.clone()], &v[range], q, p, scores, out, dot),
+        Store::F16 { k, v } => weigh(&k[range.clone()], &v[range], q, p, scores, out, dot_f16),
+    }
+}
+
+/// `q . k` for keys stored as f16, summed in index order.
+fn dot_f16(q: &[f32], k: &[f16]) -> f32 {
+    q.iter().zip(k).map(|(&a, &b)| a * b.to_f32()).sum()
+}
+
+/// Scores, softmax and weighted values over one head's keys and values.
+fn weigh<T: Copy + Into<f32>>(
+    keys: &[T],
+    values: &[T],
+    q: &[f32],
+    p: &AttentionParams,
+    scores: &mut [f32],
+    out: &mut [f32],
+    dot: fn(&[f32], &[T]) -> f32,
+) {
+    let hd = p.head_dim;
     for (s, k) in scores.iter_mut().zip(keys.chunks_exact(hd)) {
         let raw = dot(q, k) * p.scale;
         *s = match p.softcap {
@@ -224,7 +274,7 @@ fn head_attention(
     out.fill(0.0);
     for (&e, v) in scores.iter().zip(values.chunks_exact(hd)) {
         for (o, &x) in out.iter_mut().zip(v) {
-            *o += e * x;
+            *o += e * x.into();
         }
     }
     let inv = 1.0 / sum;

@@ -11,8 +11,8 @@ use common::{backend, Rng};
 use proptest::prelude::*;
 use realm_compute_cpu::{CpuBackend, Isa};
 use realm_core::backend::{
-    ActivationOps, AttentionOps, AttentionParams, BackendCore, KvCacheConfig, KvSpan, NormOps,
-    RopeMode, RopeOps, RopeParams,
+    ActivationOps, AttentionOps, AttentionParams, BackendCore, KvCacheConfig, KvDtype, KvSpan,
+    NormOps, RopeMode, RopeOps, RopeParams,
 };
 
 fn be(threads: usize) -> CpuBackend {
@@ -114,7 +114,7 @@ proptest! {
         let mut rng = Rng::new(seed);
         let n_heads = n_kv * group;
         let total = past + n;
-        let cfg = KvCacheConfig { n_layers: 2, n_kv_heads: n_kv, head_dim: hd, max_seq_len: total + 3 };
+        let cfg = KvCacheConfig { n_layers: 2, n_kv_heads: n_kv, head_dim: hd, max_seq_len: total + 3, dtype: KvDtype::F32 };
         let b = be(threads);
         let mut cache = b.kv_cache(&cfg).unwrap();
         let k = rng.f32s(total * n_kv * hd, -1.0, 1.0);
@@ -158,6 +158,7 @@ fn attention_is_batch_invariant() {
         n_kv_heads: n_kv,
         head_dim: hd,
         max_seq_len: 64,
+        dtype: KvDtype::F32,
     };
     let k = rng.f32s(n * n_kv * hd, -1.0, 1.0);
     let v = rng.f32s(n * n_kv * hd, -1.0, 1.0);
@@ -228,6 +229,7 @@ fn bad_parameters_are_errors() {
         n_kv_heads: 1,
         head_dim: 4,
         max_seq_len: 4,
+        dtype: KvDtype::F32,
     };
     let mut cache = b.kv_cache(&cfg).unwrap();
     assert!(b.kv_cache(&KvCacheConfig { n_layers: 0, ..cfg }).is_err());
@@ -385,4 +387,68 @@ fn bad_parameters_are_errors() {
     assert!(b.rms_norm_inplace(&mut x, &[1.0; 3], 1e-5).is_err());
     assert!(b.rms_norm_inplace(&mut x, &[], 1e-5).is_err());
     assert!(b.softmax_inplace(&mut x, 0).is_err());
+}
+
+/// An f16 cache gives what an f32 cache gives for keys and values that are
+/// already f16 values (the same math, only the storage differs).
+#[test]
+fn f16_cache_matches_f32_cache_on_f16_values() {
+    let mut rng = Rng::new(11);
+    let (n_kv, n_heads, hd, n) = (2, 4, 64, 9);
+    let round = |x: Vec<f32>| {
+        x.into_iter()
+            .map(|v| half::f16::from_f32(v).to_f32())
+            .collect::<Vec<_>>()
+    };
+    let k = round(rng.f32s(n * n_kv * hd, -1.0, 1.0));
+    let v = round(rng.f32s(n * n_kv * hd, -1.0, 1.0));
+    let q = rng.f32s(n * n_heads * hd, -1.0, 1.0);
+    let p = AttentionParams {
+        n_heads,
+        n_kv_heads: n_kv,
+        head_dim: hd,
+        scale: 0.125,
+        sliding_window: Some(5),
+        softcap: None,
+    };
+    let b = CpuBackend::new().unwrap();
+    let mut outs = Vec::new();
+    for dtype in [KvDtype::F32, KvDtype::F16] {
+        let cfg = KvCacheConfig {
+            n_layers: 1,
+            n_kv_heads: n_kv,
+            head_dim: hd,
+            max_seq_len: 16,
+            dtype,
+        };
+        let mut cache = b.kv_cache(&cfg).unwrap();
+        b.kv_write(
+            &mut cache,
+            KvSpan {
+                layer: 0,
+                start_pos: 0,
+            },
+            &k,
+            &v,
+        )
+        .unwrap();
+        let mut ws = b.workspace();
+        let mut out = vec![0.0; q.len()];
+        b.attention(
+            &mut ws,
+            &cache,
+            KvSpan {
+                layer: 0,
+                start_pos: 0,
+            },
+            &q,
+            &p,
+            &mut out,
+        )
+        .unwrap();
+        outs.push(out);
+    }
+    for (a, b) in outs[0].iter().zip(&outs[1]) {
+        assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+    }
 }

@@ -263,6 +263,19 @@ pub struct KvCacheConfig {
     pub head_dim: usize,
     /// Positions the cache holds (context length).
     pub max_seq_len: usize,
+    /// Element type the keys and values are stored in.
+    pub dtype: KvDtype,
+}
+
+/// How a KV cache stores keys and values.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum KvDtype {
+    /// 32-bit floats: exact.
+    #[default]
+    F32,
+    /// 16-bit floats: half the memory, keys and values rounded to f16 (as
+    /// llama.cpp's default cache).
+    F16,
 }
 
 /// Parameters of one attention call.

@@ -3,7 +3,7 @@
 //! scratch) so that a decode step allocates nothing.
 
 use realm_core::backend::{
-    AttentionParams, Backend, KvCacheConfig, KvSpan, RopeParams, WeightInfo,
+    AttentionParams, Backend, KvCacheConfig, KvDtype, KvSpan, RopeParams, WeightInfo,
 };
 use realm_core::gguf::Gguf;
 use realm_core::{quant, TensorView};
@@ -170,6 +170,17 @@ impl<'a, B: Backend> Model<'a, B> {
     /// context length is sensible, but longer is allowed) and prefill chunks
     /// of up to `batch` tokens.
     pub fn session(&self, max_seq_len: usize, batch: usize) -> Result<Session<B>> {
+        self.session_with_kv(max_seq_len, batch, KvDtype::F32)
+    }
+
+    /// [`Model::session`] with the KV cache stored as `kv_dtype` (f16 halves
+    /// its memory; llama.cpp's default).
+    pub fn session_with_kv(
+        &self,
+        max_seq_len: usize,
+        batch: usize,
+        kv_dtype: KvDtype,
+    ) -> Result<Session<B>> {
         if max_seq_len == 0 || batch == 0 {
             return Err(Error::BadConfig(
                 "max_seq_len and batch must be positive".into(),
@@ -181,6 +192,7 @@ impl<'a, B: Backend> Model<'a, B> {
             n_kv_heads: c.n_kv_heads,
             head_dim: c.head_dim,
             max_seq_len,
+            dtype: kv_dtype,
         })?;
         let n = batch;
         Ok(Session {

@@ -3,6 +3,7 @@
 //! bit-identical logits (batch invariance), and bad files fail clearly.
 
 use realm_compute_cpu::CpuBackend;
+use realm_core::backend::KvDtype;
 use realm_core::gguf::{Gguf, GgufWriter, MetadataArray, MetadataValue};
 use realm_core::{quant, GgmlType};
 use realm_models::{Error, Model};
@@ -139,6 +140,20 @@ fn every_architecture_runs_and_prefill_chunking_is_bit_identical() {
         }
         assert_eq!(a, last, "{arch}: decode token by token");
         assert_eq!(steps.position(), prompt.len());
+        // An f16 cache rounds keys and values: close to f32, not equal (this
+        // random two-layer model amplifies the rounding more than real ones).
+        let mut half = model.session_with_kv(64, 8, KvDtype::F16).unwrap();
+        let h = model.forward(&mut half, &prompt).unwrap();
+        let worst = a
+            .iter()
+            .zip(h)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        let scale = a.iter().fold(0f32, |m, x| m.max(x.abs()));
+        assert!(
+            worst > 0.0 && worst < 5e-2 * scale,
+            "{arch}: f16 cache differs by {worst} (logits up to {scale})"
+        );
     }
 }
 
