@@ -3,31 +3,11 @@
 
 use std::process::Command;
 
+mod common;
+
+use common::{cached, realm};
 use realm_core::catalog;
 use serde_json::Value;
-
-fn realm(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_realm"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
-}
-
-fn cached(m: &catalog::KnownModel) -> bool {
-    let ok = catalog::cached_path(m).is_some_and(|p| p.is_file());
-    if !ok {
-        eprintln!(
-            "skipped: {} is not cached; run `cargo xtask fetch-model`",
-            m.file_name
-        );
-    }
-    ok
-}
 
 /// The README's demo, as `cargo xtask demo` runs it.
 #[test]
