@@ -23,12 +23,11 @@ impl<'a> TensorView<'a> {
     /// blocks.
     pub fn new(name: &'a str, dtype: GgmlType, shape: &'a [u64], data: &'a [u8]) -> Option<Self> {
         let row = *shape.first().unwrap_or(&1);
-        let rows = shape
-            .iter()
-            .skip(1)
-            .try_fold(1u64, |acc, &d| acc.checked_mul(d))?;
-        let bytes = dtype.row_bytes(row)?.checked_mul(rows)?;
-        (bytes == data.len() as u64).then_some(Self {
+        let n = element_count(shape)?;
+        if !row.is_multiple_of(dtype.block_size() as u64) {
+            return None;
+        }
+        (dtype.row_bytes(n)? == data.len() as u64).then_some(Self {
             name,
             dtype,
             shape,
@@ -58,7 +57,7 @@ impl<'a> TensorView<'a> {
 
     /// Total number of elements.
     pub fn n_elements(&self) -> u64 {
-        self.shape.iter().product()
+        element_count(self.shape).unwrap_or(0)
     }
 
     /// Elements in a row (`shape[0]`).
@@ -68,7 +67,10 @@ impl<'a> TensorView<'a> {
 
     /// Number of rows (the product of every dimension but the first).
     pub fn n_rows(&self) -> usize {
-        self.shape.iter().skip(1).product::<u64>() as usize
+        match self.shape.split_first() {
+            Some((_, rest)) => element_count(rest).unwrap_or(0) as usize,
+            None => 1,
+        }
     }
 
     /// Bytes in one row.
@@ -78,10 +80,22 @@ impl<'a> TensorView<'a> {
 
     /// The bytes of row `i`, or `None` past the end.
     pub fn row(&self, i: usize) -> Option<&'a [u8]> {
+        if i >= self.n_rows() {
+            return None;
+        }
         let rb = self.row_bytes();
         self.data
             .get(i.checked_mul(rb)?..i.checked_add(1)?.checked_mul(rb)?)
     }
+}
+
+/// The number of elements of `shape`: zero if any dimension is zero (even
+/// when the others multiply past `u64`), `None` if it overflows otherwise.
+pub(crate) fn element_count(shape: &[u64]) -> Option<u64> {
+    if shape.contains(&0) {
+        return Some(0);
+    }
+    shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d))
 }
 
 #[cfg(test)]
@@ -98,5 +112,12 @@ mod tests {
         assert!(v.row(3).is_none());
         assert!(TensorView::new("w", GgmlType::Q4_0, &shape, &data[1..]).is_none());
         assert!(TensorView::new("w", GgmlType::Q4_0, &[33, 1], &data[..36]).is_none());
+        // Found by the fuzzer: an empty tensor whose other dimensions overflow.
+        let huge = [0u64, 1 << 40, 1 << 40];
+        let empty = TensorView::new("e", GgmlType::Q4_0, &huge, &[]).unwrap();
+        assert_eq!(
+            (empty.n_elements(), empty.n_rows(), empty.row(0)),
+            (0, 0, None)
+        );
     }
 }

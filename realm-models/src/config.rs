@@ -108,14 +108,14 @@ impl ModelConfig {
         let d_model = u("embedding_length")?;
         let n_heads = u("attention.head_count")?;
         let n_kv_heads = opt_u("attention.head_count_kv")?.unwrap_or(n_heads);
-        if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
+        if n_heads == 0 || n_kv_heads == 0 || !n_heads.is_multiple_of(n_kv_heads) {
             return Err(Error::BadConfig(format!(
                 "{n_heads} query heads cannot share {n_kv_heads} key/value heads"
             )));
         }
         let head_dim = match opt_u("attention.key_length")? {
             Some(h) => h,
-            None if d_model % n_heads == 0 => d_model / n_heads,
+            None if d_model.is_multiple_of(n_heads) => d_model / n_heads,
             None => {
                 return Err(Error::BadConfig(format!(
                     "width {d_model} is not divisible by {n_heads} heads"
@@ -177,7 +177,7 @@ impl ModelConfig {
     /// The sliding window of layer `layer`, or `None` if it attends globally.
     pub fn layer_window(&self, layer: usize) -> Option<usize> {
         match self.global_every {
-            Some(n) if (layer + 1) % n == 0 => None,
+            Some(n) if (layer + 1).is_multiple_of(n) => None,
             Some(_) => self.sliding_window,
             None => self.sliding_window,
         }

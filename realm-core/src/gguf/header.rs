@@ -110,7 +110,7 @@ impl GgufHeader {
         for _ in 0..n_tensors {
             let at = p.pos;
             let info = p.tensor_info()?;
-            if info.offset % alignment != 0 {
+            if !info.offset.is_multiple_of(alignment) {
                 return Err(p.malformed(
                     at,
                     format!(
@@ -409,15 +409,13 @@ impl<R: Read> Parser<R> {
             tensor: name.clone(),
             id: type_id,
         })?;
-        let n_elements = shape
-            .iter()
-            .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+        let n_elements = crate::tensor::element_count(&shape)
             .filter(|&n| n <= i64::MAX as u64)
             .ok_or_else(|| {
                 self.malformed(at, format!("tensor `{name}` shape {shape:?} overflows"))
             })?;
         let row = shape.first().copied().unwrap_or(1);
-        if row % dtype.block_size() as u64 != 0 {
+        if !row.is_multiple_of(dtype.block_size() as u64) {
             return Err(self.malformed(
                 type_at,
                 format!(

@@ -85,7 +85,7 @@ impl<'a> GgufWriter<'a> {
         let n = shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
         let row = shape.first().copied().unwrap_or(1);
         let expected = n
-            .filter(|_| row % dtype.block_size() as u64 == 0)
+            .filter(|_| row.is_multiple_of(dtype.block_size() as u64))
             .and_then(|n| dtype.row_bytes(n))
             .ok_or_else(|| {
                 bad(format!(

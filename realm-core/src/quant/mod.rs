@@ -105,7 +105,7 @@ pub fn can_quantize(t: GgmlType) -> bool {
 /// [`Error::SizeMismatch`] when `n_elements` is not a whole number of blocks.
 fn byte_len(dtype: GgmlType, n_elements: usize, what: &str) -> Result<usize> {
     let bs = dtype.block_size();
-    if n_elements % bs != 0 {
+    if !n_elements.is_multiple_of(bs) {
         return Err(Error::SizeMismatch {
             what: format!("{what}: {n_elements} elements of {dtype} (blocks of {bs})"),
             expected: n_elements
@@ -127,7 +127,7 @@ fn byte_len(dtype: GgmlType, n_elements: usize, what: &str) -> Result<usize> {
 /// [`Error::SizeMismatch`] when they are not a whole number of blocks.
 fn element_count(dtype: GgmlType, n_bytes: usize, what: &str) -> Result<usize> {
     let ts = dtype.type_size();
-    if n_bytes % ts != 0 {
+    if !n_bytes.is_multiple_of(ts) {
         return Err(Error::SizeMismatch {
             what: format!("{what}: {n_bytes} bytes of {dtype} (blocks of {ts} bytes)"),
             expected: n_bytes - n_bytes % ts,
