@@ -369,10 +369,12 @@ impl Tenant {
         if store.data().limits.exceeded {
             return Error::MemoryLimit(self.config.memory_limit as u64);
         }
-        if matches!(e.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
-            return Error::TimeLimit(self.config.time_limit);
+        match e.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => Error::TimeLimit(self.config.time_limit),
+            Some(trap) => Error::Guest(trap.to_string()),
+            // A host function's error (ABI misuse), without the wasm backtrace.
+            None => Error::Guest(e.root_cause().to_string()),
         }
-        Error::Guest(format!("{e:#}"))
     }
 
     /// Sessions the guest holds on the host now.
