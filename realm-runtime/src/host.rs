@@ -51,6 +51,14 @@ pub(crate) enum AbiError {
     },
     #[error("bad session size: max_seq_len {0}, batch {1}")]
     BadSessionSize(u64, u64),
+    #[error(
+        "a session of {asked} tokens passes the tenant's budget ({used} of {limit} tokens in use)"
+    )]
+    SessionBudget {
+        asked: u64,
+        used: usize,
+        limit: usize,
+    },
     #[error("text is not UTF-8")]
     NotUtf8,
     #[error("{0}")]
@@ -95,6 +103,7 @@ impl ResourceLimiter for Limits {
 #[derive(Debug)]
 struct HostSession {
     model: Arc<LoadedModel>,
+    tokens: usize,
     session: Option<Session<CpuBackend>>,
 }
 
@@ -116,6 +125,9 @@ pub(crate) struct TenantState {
     pub(crate) limits: Limits,
     models: Vec<Arc<LoadedModel>>,
     sessions: HashMap<u64, HostSession>,
+    /// Most tokens all live sessions may hold together (bounds KV memory).
+    session_tokens_limit: usize,
+    session_tokens: usize,
     batcher: Option<Arc<Batcher>>,
     reply: (mpsc::SyncSender<StepReply>, mpsc::Receiver<StepReply>),
     tokens: Vec<u32>,
@@ -127,9 +139,12 @@ impl TenantState {
     pub(crate) fn new(
         models: Vec<Arc<LoadedModel>>,
         memory_limit: usize,
+        session_tokens_limit: usize,
         batcher: Option<Arc<Batcher>>,
     ) -> Self {
         Self {
+            session_tokens_limit,
+            session_tokens: 0,
             limits: Limits {
                 memory_limit,
                 exceeded: false,
@@ -269,13 +284,25 @@ fn session_create(
 ) -> HostResult<u64> {
     let st = caller.data_mut();
     let model = st.model(model)?.clone();
-    if batch == 0 || batch > MAX_SESSION_BATCH || max_seq_len == 0 || max_seq_len > 1 << 20 {
+    if batch == 0 || batch > MAX_SESSION_BATCH || max_seq_len == 0 {
         return fail(AbiError::BadSessionSize(max_seq_len, batch));
     }
+    let (used, limit) = (st.session_tokens, st.session_tokens_limit);
+    let tokens = match usize::try_from(max_seq_len) {
+        Ok(n) if n <= limit - used => n,
+        _ => {
+            return fail(AbiError::SessionBudget {
+                asked: max_seq_len,
+                used,
+                limit,
+            })
+        }
+    };
     let session = model
         .with(|m| m.session(max_seq_len as usize, batch as usize))
         .map_err(AbiError::from)?;
     let handle = NEXT_HANDLE.fetch_add(1, Ordering::Relaxed);
+    st.session_tokens += tokens;
     if let Some(b) = &st.batcher {
         b.session_opened(&model);
     }
@@ -283,6 +310,7 @@ fn session_create(
         handle,
         HostSession {
             model,
+            tokens,
             session: Some(session),
         },
     );

@@ -67,15 +67,20 @@ pub struct TenantConfig {
     pub memory_limit: usize,
     /// Wall-clock budget of one call into the guest (host work included).
     pub time_limit: Duration,
+    /// Most tokens the guest's live sessions may hold together: bounds the
+    /// host memory of its KV caches.
+    pub session_tokens: usize,
 }
 
 impl TenantConfig {
-    /// A tenant granted `models`, with 256 MiB of memory and 120 s a call.
+    /// A tenant granted `models`, with 256 MiB of memory, 120 s a call and
+    /// sessions of 16384 tokens in all.
     pub fn new(models: Vec<ModelId>) -> Self {
         Self {
             models,
             memory_limit: 256 << 20,
             time_limit: Duration::from_secs(120),
+            session_tokens: 16384,
         }
     }
 }
@@ -347,6 +352,7 @@ impl Tenant {
         let state = TenantState::new(
             self.models.clone(),
             self.config.memory_limit,
+            self.config.session_tokens,
             self.shared.batcher.clone(),
         );
         let mut store = Store::new(&self.shared.engine, state);

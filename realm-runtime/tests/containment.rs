@@ -24,6 +24,7 @@ fn limits(models: Vec<realm_runtime::ModelId>) -> TenantConfig {
         models,
         memory_limit: 4 << 20,
         time_limit: Duration::from_millis(300),
+        session_tokens: 64,
     }
 }
 
@@ -112,6 +113,8 @@ const MISUSE: &str = r#"
   (func (export "huge_count") (drop (call $forward (global.get $h) (i64.const 0) (i64.const 0x4000000000000000) (i64.const 1024) (i64.const 60000))))
   (func (export "small_logits") (drop (call $forward (global.get $h) (i64.const 0) (i64.const 1) (i64.const 1024) (i64.const 10))))
   (func (export "logits_past_end") (drop (call $forward (global.get $h) (i64.const 0) (i64.const 1) (i64.const 200000) (i64.const 60000))))
+  (func (export "huge_session") (drop (call $create (i32.const 0) (i64.const 0x7fffffffffffffff) (i64.const 4))))
+  (func (export "many_sessions") (loop $l (drop (call $create (i32.const 0) (i64.const 8) (i64.const 4))) (br $l)))
   (func (export "bad_model") (drop (call $create (i32.const 3) (i64.const 8) (i64.const 4))))
   (func (export "bad_meta") (drop (call $meta (i32.const 0) (i64.const 0x10000) (i64.const 0xffffffffffff))))
   (func (export "layer_out_of_order")
@@ -151,6 +154,8 @@ fn host_function_misuse_is_an_error_and_contained() {
         ("small_logits", "do not fit"),
         ("logits_past_end", "outside guest memory"),
         ("bad_model", "not granted"),
+        ("huge_session", "budget"),
+        ("many_sessions", "budget"),
         ("bad_meta", "outside guest memory"),
         ("layer_out_of_order", "out of order"),
         ("forge", "not a live session of this tenant"),
