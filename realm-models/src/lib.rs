@@ -27,7 +27,7 @@ pub mod sampling;
 
 pub use config::{Architecture, ModelConfig};
 pub use error::{Error, Result};
-pub use model::{Model, Session};
+pub use model::{BatchScratch, Model, Session};
 
 pub use generate::{generate, GenerateParams, Generation, GenerationStats, StopReason};
 pub use sampling::{Sampler, SamplingParams};

@@ -3,7 +3,7 @@
 //! scratch) so that a decode step allocates nothing.
 
 use realm_core::backend::{
-    AttentionParams, Backend, KvCacheConfig, KvDtype, KvSpan, RopeParams, WeightInfo,
+    AttentionParams, Backend, BackendError, KvCacheConfig, KvDtype, KvSpan, RopeParams, WeightInfo,
 };
 use realm_core::gguf::Gguf;
 use realm_core::{quant, TensorView};
@@ -194,25 +194,26 @@ impl<'a, B: Backend> Model<'a, B> {
             max_seq_len,
             dtype: kv_dtype,
         })?;
-        let n = batch;
         Ok(Session {
             cache,
-            ws: self.backend.workspace(),
             pos: 0,
             max_seq_len,
-            batch,
-            x: vec![0.0; n * c.d_model],
-            xn: vec![0.0; n * c.d_model],
-            q: vec![0.0; n * c.q_dim()],
-            k: vec![0.0; n * c.kv_dim()],
-            v: vec![0.0; n * c.kv_dim()],
-            att: vec![0.0; n * c.q_dim()],
-            proj: vec![0.0; n * c.d_model],
-            gate: vec![0.0; n * c.ffn_dim],
-            up: vec![0.0; n * c.ffn_dim],
-            positions: Vec::with_capacity(n),
-            logits: vec![0.0; c.vocab_size],
+            chunk: None,
+            scratch: Scratch::new(self.backend, c, batch, 1),
         })
+    }
+
+    /// Scratch space for [`Model::forward_batch`] over up to `rows` sessions.
+    pub fn batch_scratch(&self, rows: usize) -> Result<BatchScratch<B>> {
+        if rows == 0 {
+            return Err(Error::BadConfig("a batch needs at least one row".into()));
+        }
+        Ok(BatchScratch(Scratch::new(
+            self.backend,
+            &self.config,
+            rows,
+            rows,
+        )))
     }
 
     /// Runs `tokens` through the model at the session's current position,
@@ -221,136 +222,323 @@ impl<'a, B: Backend> Model<'a, B> {
     ///
     /// A sequence that would pass the session's capacity is an error
     /// ([`Error::ContextFull`]) and leaves the session unchanged.
+    ///
+    /// This is [`Model::embed_tokens`], [`Model::forward_layer`] for every
+    /// layer and [`Model::compute_logits`], chunk after chunk.
     pub fn forward<'s>(&self, s: &'s mut Session<B>, tokens: &[u32]) -> Result<&'s [f32]> {
         if tokens.is_empty() {
             return Err(Error::BadConfig("forward needs at least one token".into()));
         }
-        if s.pos + tokens.len() > s.max_seq_len {
+        self.check_room(s, tokens.len())?;
+        self.check_tokens(tokens)?;
+        let mut chunks = tokens.chunks(s.scratch.rows).peekable();
+        while let Some(chunk) = chunks.next() {
+            self.embed_tokens(s, chunk)?;
+            for layer in 0..self.layers.len() {
+                self.forward_layer(s, layer)?;
+            }
+            if chunks.peek().is_none() {
+                self.compute_logits(s)?;
+            }
+        }
+        Ok(&s.scratch.logits)
+    }
+
+    fn check_room(&self, s: &Session<B>, n: usize) -> Result<()> {
+        if s.pos + n > s.max_seq_len {
             return Err(Error::ContextFull {
                 capacity: s.max_seq_len,
-                needed: s.pos + tokens.len(),
+                needed: s.pos + n,
             });
         }
-        if let Some(&bad) = tokens
+        Ok(())
+    }
+
+    fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
+        match tokens
             .iter()
             .find(|&&t| t as usize >= self.config.vocab_size)
         {
-            return Err(Error::BadToken {
+            Some(&bad) => Err(Error::BadToken {
                 token: bad,
                 vocab_size: self.config.vocab_size,
-            });
+            }),
+            None => Ok(()),
         }
-        let chunks = tokens.chunks(s.batch);
-        let last = chunks.len() - 1;
-        for (i, chunk) in tokens.chunks(s.batch).enumerate() {
-            self.forward_chunk(s, chunk, i == last)?;
-        }
-        Ok(&s.logits)
     }
 
-    /// Hot path: one chunk of at most `batch` tokens. Allocates nothing.
-    fn forward_chunk(&self, s: &mut Session<B>, tokens: &[u32], want_logits: bool) -> Result<()> {
+    /// Starts a chunk of 1 to `batch` tokens at the session's position: looks
+    /// up their embeddings. Follow with [`Model::forward_layer`] for layers
+    /// `0, 1, ...` in order; the chunk joins the sequence after the last
+    /// layer. A chunk left unfinished is dropped by the next `embed_tokens`.
+    /// Allocates nothing.
+    pub fn embed_tokens(&self, s: &mut Session<B>, tokens: &[u32]) -> Result<()> {
+        let n = tokens.len();
+        if n == 0 || n > s.scratch.rows {
+            return Err(Error::BadConfig(format!(
+                "a chunk holds 1 to {} tokens, got {n}",
+                s.scratch.rows
+            )));
+        }
+        self.check_room(s, n)?;
+        self.check_tokens(tokens)?;
+        s.chunk = None;
+        let sc = &mut s.scratch;
+        sc.positions.clear();
+        sc.positions.extend((s.pos..s.pos + n).map(|p| p as u32));
+        self.embed_rows(sc, tokens)?;
+        s.chunk = Some(Chunk {
+            len: n,
+            layers_done: 0,
+        });
+        Ok(())
+    }
+
+    /// Runs transformer block `layer` on the chunk started by
+    /// [`Model::embed_tokens`]; layers must come in order, each once.
+    /// Allocates nothing.
+    pub fn forward_layer(&self, s: &mut Session<B>, layer: usize) -> Result<()> {
+        let chunk = match s.chunk {
+            Some(c) if c.layers_done == layer && layer < self.layers.len() => c,
+            _ => {
+                return Err(Error::BadConfig(format!(
+                    "forward_layer({layer}) is out of order: {}",
+                    match s.chunk {
+                        Some(c) => format!("layer {} is next", c.layers_done),
+                        None => "no chunk was embedded".into(),
+                    }
+                )))
+            }
+        };
+        let (start, cache) = (s.pos, &mut s.cache);
+        self.layer(
+            &mut s.scratch,
+            chunk.len,
+            layer,
+            |b, ws, k, v, q, params, att| {
+                let at = KvSpan {
+                    layer,
+                    start_pos: start,
+                };
+                b.kv_write(cache, at, k, v)?;
+                b.attention(ws, cache, at, q, params, att)
+            },
+        )?;
+        let done = layer + 1;
+        s.chunk = Some(Chunk {
+            layers_done: done,
+            ..chunk
+        });
+        if done == self.layers.len() {
+            s.pos += chunk.len;
+        }
+        Ok(())
+    }
+
+    /// The logits of the last token of the chunk whose layers all ran (the
+    /// session's last chunk). Allocates nothing.
+    pub fn compute_logits<'s>(&self, s: &'s mut Session<B>) -> Result<&'s [f32]> {
+        match s.chunk {
+            Some(c) if c.layers_done == self.layers.len() => {
+                self.logits_rows(&mut s.scratch, c.len - 1, 1)?;
+                Ok(&s.scratch.logits)
+            }
+            _ => Err(Error::BadConfig(
+                "compute_logits needs a chunk whose layers all ran".into(),
+            )),
+        }
+    }
+
+    /// One decode step for several sequences at once: `rows[i].1` is the next
+    /// token of session `rows[i].0`. The matrix products run once over all
+    /// rows; attention runs per row over its own session's cache. Each
+    /// session's logits ([`Session::logits`]) are bit-identical to what
+    /// [`Model::forward`] of that token alone would give (the backend is batch
+    /// invariant). On error no session has advanced.
+    pub fn forward_batch(
+        &self,
+        rows: &mut [(&mut Session<B>, u32)],
+        scratch: &mut BatchScratch<B>,
+    ) -> Result<()> {
+        let sc = &mut scratch.0;
+        let n = rows.len();
+        if n == 0 || n > sc.rows {
+            return Err(Error::BadConfig(format!(
+                "a batch holds 1 to {} rows, got {n}",
+                sc.rows
+            )));
+        }
+        sc.positions.clear();
+        sc.tokens.clear();
+        for (s, t) in rows.iter() {
+            self.check_room(s, 1)?;
+            self.check_tokens(&[*t])?;
+            sc.positions.push(s.pos as u32);
+            sc.tokens.push(*t);
+        }
+        let tokens = std::mem::take(&mut sc.tokens);
+        let embedded = self.embed_rows(sc, &tokens);
+        sc.tokens = tokens;
+        embedded?;
+        let c = &self.config;
+        let (qd, kvd) = (c.q_dim(), c.kv_dim());
+        for layer in 0..self.layers.len() {
+            self.layer(sc, n, layer, |b, ws, k, v, q, params, att| {
+                for (i, (s, _)) in rows.iter_mut().enumerate() {
+                    let (kr, vr) = (&k[i * kvd..(i + 1) * kvd], &v[i * kvd..(i + 1) * kvd]);
+                    let at = KvSpan {
+                        layer,
+                        start_pos: s.pos,
+                    };
+                    b.kv_write(&mut s.cache, at, kr, vr)?;
+                    let (qr, ar) = (&q[i * qd..(i + 1) * qd], &mut att[i * qd..(i + 1) * qd]);
+                    b.attention(ws, &s.cache, at, qr, params, ar)?;
+                }
+                Ok(())
+            })?;
+        }
+        self.logits_rows(sc, 0, n)?;
+        let vocab = c.vocab_size;
+        for (i, (s, _)) in rows.iter_mut().enumerate() {
+            s.scratch
+                .logits
+                .copy_from_slice(&sc.logits[i * vocab..(i + 1) * vocab]);
+            s.pos += 1;
+            s.chunk = None;
+        }
+        Ok(())
+    }
+
+    /// Embeds `tokens` into the first rows of `sc.x`.
+    fn embed_rows(&self, sc: &mut Scratch<B>, tokens: &[u32]) -> Result<()> {
+        let d = self.config.d_model;
+        let x = &mut sc.x[..tokens.len() * d];
+        self.backend.embed(&self.embed, tokens, x)?;
+        if self.config.scale_embeddings {
+            self.backend.scale_inplace(x, (d as f32).sqrt());
+        }
+        Ok(())
+    }
+
+    /// Final norm and output projection of rows `first..first + n` of
+    /// `sc.x` into `sc.logits`.
+    fn logits_rows(&self, sc: &mut Scratch<B>, first: usize, n: usize) -> Result<()> {
+        let (b, c) = (self.backend, &self.config);
+        let d = c.d_model;
+        let xn = &mut sc.xn[..n * d];
+        b.rms_norm(
+            &sc.x[first * d..(first + n) * d],
+            &self.output_norm,
+            c.rms_eps,
+            xn,
+        )?;
+        b.matmul(
+            &mut sc.ws,
+            &self.output,
+            xn,
+            n,
+            &mut sc.logits[..n * c.vocab_size],
+        )?;
+        Ok(())
+    }
+
+    /// Hot path: transformer block `li` over the first `n` rows of `sc.x`,
+    /// at positions `sc.positions`. `attend` stores keys and values and runs
+    /// attention (one session's cache, or one per row). Allocates nothing.
+    fn layer(
+        &self,
+        sc: &mut Scratch<B>,
+        n: usize,
+        li: usize,
+        mut attend: impl FnMut(
+            &B,
+            &mut B::Workspace,
+            &[f32],
+            &[f32],
+            &[f32],
+            &AttentionParams,
+            &mut [f32],
+        ) -> Result<(), BackendError>,
+    ) -> Result<()> {
         let b = self.backend;
         let c = &self.config;
-        let n = tokens.len();
+        let layer = &self.layers[li];
         let (d, qd, kvd, ff) = (c.d_model, c.q_dim(), c.kv_dim(), c.ffn_dim);
-        let start = s.pos;
-        s.positions.clear();
-        s.positions.extend((start..start + n).map(|p| p as u32));
-
-        let x = &mut s.x[..n * d];
-        b.embed(&self.embed, tokens, x)?;
-        if c.scale_embeddings {
-            b.scale_inplace(x, (d as f32).sqrt());
-        }
-        for (li, layer) in self.layers.iter().enumerate() {
-            let xn = &mut s.xn[..n * d];
-            b.rms_norm(x, &layer.attn_norm, c.rms_eps, xn)?;
-            let (q, k, v) = (&mut s.q[..n * qd], &mut s.k[..n * kvd], &mut s.v[..n * kvd]);
-            b.matmul(&mut s.ws, &layer.wq, xn, n, q)?;
-            b.matmul(&mut s.ws, &layer.wk, xn, n, k)?;
-            b.matmul(&mut s.ws, &layer.wv, xn, n, v)?;
-            for (out, bias) in [
-                (&mut *q, &layer.bq),
-                (&mut *k, &layer.bk),
-                (&mut *v, &layer.bv),
-            ] {
-                if let Some(bias) = bias {
-                    for row in out.chunks_exact_mut(bias.len()) {
-                        b.add_inplace(row, bias)?;
-                    }
+        let x = &mut sc.x[..n * d];
+        let xn = &mut sc.xn[..n * d];
+        b.rms_norm(x, &layer.attn_norm, c.rms_eps, xn)?;
+        let (q, k, v) = (
+            &mut sc.q[..n * qd],
+            &mut sc.k[..n * kvd],
+            &mut sc.v[..n * kvd],
+        );
+        b.matmul(&mut sc.ws, &layer.wq, xn, n, q)?;
+        b.matmul(&mut sc.ws, &layer.wk, xn, n, k)?;
+        b.matmul(&mut sc.ws, &layer.wv, xn, n, v)?;
+        for (out, bias) in [
+            (&mut *q, &layer.bq),
+            (&mut *k, &layer.bk),
+            (&mut *v, &layer.bv),
+        ] {
+            if let Some(bias) = bias {
+                for row in out.chunks_exact_mut(bias.len()) {
+                    b.add_inplace(row, bias)?;
                 }
             }
-            if let Some(w) = &layer.q_norm {
-                b.rms_norm_inplace(q, w, c.rms_eps)?;
-            }
-            if let Some(w) = &layer.k_norm {
-                b.rms_norm_inplace(k, w, c.rms_eps)?;
-            }
-            let rope = RopeParams {
-                n_dims: c.rope_dims,
-                base: c.layer_rope_base(li),
-                freq_scale: c.rope_freq_scale,
-                mode: c.rope_mode,
-            };
-            b.rope(q, c.head_dim, &s.positions, &rope)?;
-            b.rope(k, c.head_dim, &s.positions, &rope)?;
-            let at = KvSpan {
-                layer: li,
-                start_pos: start,
-            };
-            b.kv_write(&mut s.cache, at, k, v)?;
-            let att = &mut s.att[..n * qd];
-            let params = AttentionParams {
-                n_heads: c.n_heads,
-                n_kv_heads: c.n_kv_heads,
-                head_dim: c.head_dim,
-                scale: c.attn_scale,
-                sliding_window: c.layer_window(li),
-                softcap: None,
-            };
-            b.attention(&mut s.ws, &s.cache, at, q, &params, att)?;
-            let proj = &mut s.proj[..n * d];
-            b.matmul(&mut s.ws, &layer.wo, att, n, proj)?;
-            if let Some(w) = &layer.post_attn_norm {
-                b.rms_norm_inplace(proj, w, c.rms_eps)?;
-            }
-            b.add_inplace(x, proj)?;
+        }
+        if let Some(w) = &layer.q_norm {
+            b.rms_norm_inplace(q, w, c.rms_eps)?;
+        }
+        if let Some(w) = &layer.k_norm {
+            b.rms_norm_inplace(k, w, c.rms_eps)?;
+        }
+        let rope = RopeParams {
+            n_dims: c.rope_dims,
+            base: c.layer_rope_base(li),
+            freq_scale: c.rope_freq_scale,
+            mode: c.rope_mode,
+        };
+        b.rope(q, c.head_dim, &sc.positions, &rope)?;
+        b.rope(k, c.head_dim, &sc.positions, &rope)?;
+        let att = &mut sc.att[..n * qd];
+        let params = AttentionParams {
+            n_heads: c.n_heads,
+            n_kv_heads: c.n_kv_heads,
+            head_dim: c.head_dim,
+            scale: c.attn_scale,
+            sliding_window: c.layer_window(li),
+            softcap: None,
+        };
+        attend(b, &mut sc.ws, k, v, q, &params, att)?;
+        let proj = &mut sc.proj[..n * d];
+        b.matmul(&mut sc.ws, &layer.wo, att, n, proj)?;
+        if let Some(w) = &layer.post_attn_norm {
+            b.rms_norm_inplace(proj, w, c.rms_eps)?;
+        }
+        b.add_inplace(x, proj)?;
 
-            b.rms_norm(x, &layer.ffn_norm, c.rms_eps, xn)?;
-            let (gate, up) = (&mut s.gate[..n * ff], &mut s.up[..n * ff]);
-            b.matmul(&mut s.ws, &layer.w_gate, xn, n, gate)?;
-            b.matmul(&mut s.ws, &layer.w_up, xn, n, up)?;
-            match c.arch {
-                Architecture::Gemma3 => b.geglu_inplace(gate, up)?,
-                _ => b.swiglu_inplace(gate, up)?,
-            }
-            b.matmul(&mut s.ws, &layer.w_down, gate, n, proj)?;
-            if let Some(w) = &layer.post_ffn_norm {
-                b.rms_norm_inplace(proj, w, c.rms_eps)?;
-            }
-            b.add_inplace(x, proj)?;
+        b.rms_norm(x, &layer.ffn_norm, c.rms_eps, xn)?;
+        let (gate, up) = (&mut sc.gate[..n * ff], &mut sc.up[..n * ff]);
+        b.matmul(&mut sc.ws, &layer.w_gate, xn, n, gate)?;
+        b.matmul(&mut sc.ws, &layer.w_up, xn, n, up)?;
+        match c.arch {
+            Architecture::Gemma3 => b.geglu_inplace(gate, up)?,
+            _ => b.swiglu_inplace(gate, up)?,
         }
-        s.pos += n;
-        if want_logits {
-            let last = &x[(n - 1) * d..n * d];
-            let xn = &mut s.xn[..d];
-            b.rms_norm(last, &self.output_norm, c.rms_eps, xn)?;
-            b.matmul(&mut s.ws, &self.output, xn, 1, &mut s.logits)?;
+        b.matmul(&mut sc.ws, &layer.w_down, gate, n, proj)?;
+        if let Some(w) = &layer.post_ffn_norm {
+            b.rms_norm_inplace(proj, w, c.rms_eps)?;
         }
+        b.add_inplace(x, proj)?;
         Ok(())
     }
 }
 
-/// One sequence's state: its KV cache, its position, and scratch buffers
-/// sized once so that decoding allocates nothing.
+/// Activations and scratch for up to `rows` tokens, sized once.
 #[derive(Debug)]
-pub struct Session<B: Backend> {
-    cache: B::KvCache,
+struct Scratch<B: Backend> {
     ws: B::Workspace,
-    pos: usize,
-    max_seq_len: usize,
-    batch: usize,
+    rows: usize,
     x: Vec<f32>,
     xn: Vec<f32>,
     q: Vec<f32>,
@@ -361,7 +549,54 @@ pub struct Session<B: Backend> {
     gate: Vec<f32>,
     up: Vec<f32>,
     positions: Vec<u32>,
+    tokens: Vec<u32>,
     logits: Vec<f32>,
+}
+
+impl<B: Backend> Scratch<B> {
+    /// Room for `rows` tokens and `logit_rows` rows of logits (one for a
+    /// session, which keeps only its last token's, `rows` for a batch).
+    fn new(backend: &B, c: &ModelConfig, rows: usize, logit_rows: usize) -> Self {
+        Self {
+            ws: backend.workspace(),
+            rows,
+            x: vec![0.0; rows * c.d_model],
+            xn: vec![0.0; rows * c.d_model],
+            q: vec![0.0; rows * c.q_dim()],
+            k: vec![0.0; rows * c.kv_dim()],
+            v: vec![0.0; rows * c.kv_dim()],
+            att: vec![0.0; rows * c.q_dim()],
+            proj: vec![0.0; rows * c.d_model],
+            gate: vec![0.0; rows * c.ffn_dim],
+            up: vec![0.0; rows * c.ffn_dim],
+            positions: Vec::with_capacity(rows),
+            tokens: Vec::with_capacity(rows),
+            logits: vec![0.0; logit_rows * c.vocab_size],
+        }
+    }
+}
+
+/// Scratch space of [`Model::forward_batch`] (from [`Model::batch_scratch`]),
+/// reused from step to step so that a batched decode allocates nothing.
+#[derive(Debug)]
+pub struct BatchScratch<B: Backend>(Scratch<B>);
+
+/// The chunk in flight between [`Model::embed_tokens`] and the last layer.
+#[derive(Debug, Clone, Copy)]
+struct Chunk {
+    len: usize,
+    layers_done: usize,
+}
+
+/// One sequence's state: its KV cache, its position, and scratch buffers
+/// sized once so that decoding allocates nothing.
+#[derive(Debug)]
+pub struct Session<B: Backend> {
+    cache: B::KvCache,
+    pos: usize,
+    max_seq_len: usize,
+    chunk: Option<Chunk>,
+    scratch: Scratch<B>,
 }
 
 impl<B: Backend> Session<B> {
@@ -378,10 +613,16 @@ impl<B: Backend> Session<B> {
     /// Forgets every token after the first `pos` (the cache keeps the rest).
     pub fn truncate(&mut self, pos: usize) {
         self.pos = self.pos.min(pos);
+        self.chunk = None;
+    }
+
+    /// Most tokens one chunk of [`Model::embed_tokens`] may hold.
+    pub fn batch(&self) -> usize {
+        self.scratch.rows
     }
 
     /// The logits of the last token run.
     pub fn logits(&self) -> &[f32] {
-        &self.logits
+        &self.scratch.logits
     }
 }

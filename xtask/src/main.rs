@@ -2,7 +2,9 @@
 //!
 //! - `cargo xtask demo`: fetch SmolLM2 and ask it the capital of France.
 //! - `cargo xtask fetch-model`: download the real models into the model cache.
-//! - `cargo xtask test`: fetch the models if missing, then run the whole suite.
+//! - `cargo xtask test`: fetch the models if missing, build the wasm guest,
+//!   then run the whole suite.
+//! - `cargo xtask wasm`: build the wasm guest (`realm-wasm`) and report its size.
 //! - `cargo xtask proptest [CASES]`: the suite with many more property-test cases.
 //! - `cargo xtask fuzz [SECONDS]`: run the GGUF reader's fuzz target.
 
@@ -20,7 +22,10 @@ commands:
                       \"Which city is the capital of France?\" through its chat template
   fetch-model         download SmolLM2-135M-Instruct and Gemma 3 270M into the model cache
                       ($REALM_MODELS, default ~/.cache/realm/models) and verify their sha256
-  test                fetch the models if missing, then run every test (optimised build)
+  test                fetch the models if missing, build the wasm guest, then run every
+                      test (optimised build)
+  wasm                build the wasm guest (realm-wasm, size-optimised) into
+                      target/wasm32-unknown-unknown/wasm-guest/realm_wasm.wasm
   proptest [CASES]    the test suite with CASES property-test cases each (default 20000)
   fuzz [SECONDS]      fuzz the GGUF reader for SECONDS (default 600); needs cargo-fuzz";
 
@@ -37,6 +42,7 @@ fn run() -> Result<()> {
         Some("demo") => demo(),
         Some("fetch-model") => fetch::fetch_all(),
         Some("test") => test(),
+        Some("wasm") => wasm(),
         Some("proptest") => proptest(args.get(1).map(String::as_str).unwrap_or("20000")),
         Some("fuzz") => fuzz(args.get(1).map(String::as_str).unwrap_or("600")),
         Some("-h" | "--help" | "help") => {
@@ -77,6 +83,7 @@ fn status(mut cmd: Command) -> Result<()> {
 /// doc tests, plus the wasm32 build of the crates a guest uses.
 fn test() -> Result<()> {
     fetch::fetch_all()?;
+    wasm()?;
     let mut t = cargo();
     t.args(["test", "--release", "--workspace"]);
     status(t)?;
@@ -90,6 +97,35 @@ fn test() -> Result<()> {
         "wasm32-unknown-unknown",
     ]);
     status(wasm)
+}
+
+/// Where `cargo xtask wasm` leaves the guest (realm-runtime's tests look there).
+const WASM_GUEST: &str = "target/wasm32-unknown-unknown/wasm-guest/realm_wasm.wasm";
+
+/// The wasm guest, built with the size-optimised `wasm-guest` profile.
+fn wasm() -> Result<()> {
+    let mut build = cargo();
+    build.args([
+        "build",
+        "-p",
+        "realm-wasm",
+        "--lib",
+        "--target",
+        "wasm32-unknown-unknown",
+        "--profile",
+        "wasm-guest",
+    ]);
+    status(build)?;
+    let path = root().join(WASM_GUEST);
+    let size = std::fs::metadata(&path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .len();
+    eprintln!(
+        "xtask: {} ({:.1} KiB)",
+        path.display(),
+        size as f64 / 1024.0
+    );
+    Ok(())
 }
 
 /// The question the README promises an answer to.

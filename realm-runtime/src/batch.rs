@@ -1,0 +1,215 @@
+//! Cross-tenant batching: single-token decode steps of sessions on the same
+//! model, from any tenants, are gathered by a scheduler thread and run as one
+//! batched forward ([`realm_models::Model::forward_batch`]): the weights are
+//! read once for every row. The backend is batch invariant, so each row's
+//! logits are bit-identical to an unbatched step.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
+use std::sync::{Arc, Mutex, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use realm_compute_cpu::CpuBackend;
+use realm_models::{BatchScratch, Session};
+
+use crate::store::{LoadedModel, ModelId};
+
+/// A session coming back from the scheduler, with its step's outcome.
+pub(crate) type StepReply = (Session<CpuBackend>, Result<(), String>);
+
+/// One decode step waiting for a batch.
+struct Step {
+    model: Arc<LoadedModel>,
+    session: Session<CpuBackend>,
+    token: u32,
+    reply: SyncSender<StepReply>,
+}
+
+/// Live sessions per model: how many steps a batch can expect.
+type Active = Arc<Mutex<HashMap<ModelId, usize>>>;
+
+fn lock(active: &Active) -> std::sync::MutexGuard<'_, HashMap<ModelId, usize>> {
+    // Counts stay consistent under a panic (single updates): ignore poison.
+    active.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Counters of the scheduler.
+#[derive(Debug, Default)]
+struct Counters {
+    steps: AtomicU64,
+    batches: AtomicU64,
+}
+
+/// Batching statistics since the runtime started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchStats {
+    /// Decode steps run by the scheduler.
+    pub steps: u64,
+    /// Batched forwards they were run in.
+    pub batches: u64,
+}
+
+/// The scheduler thread and the way to it.
+#[derive(Debug)]
+pub(crate) struct Batcher {
+    tx: Option<Sender<Step>>,
+    active: Active,
+    counters: Arc<Counters>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Step")
+            .field("model", &self.model.id)
+            .field("token", &self.token)
+            .finish()
+    }
+}
+
+impl Batcher {
+    /// Starts the scheduler: batches of up to `max_batch` rows, waiting at
+    /// most `window` for the steps of other live sessions.
+    pub(crate) fn start(max_batch: usize, window: Duration) -> std::io::Result<Self> {
+        let (tx, rx) = mpsc::channel();
+        let active = Active::default();
+        let counters = Arc::new(Counters::default());
+        let (a, c) = (active.clone(), counters.clone());
+        let thread = std::thread::Builder::new()
+            .name("realm-batcher".into())
+            .spawn(move || schedule(rx, a, c, max_batch, window))?;
+        Ok(Self {
+            tx: Some(tx),
+            active,
+            counters,
+            thread: Some(thread),
+        })
+    }
+
+    pub(crate) fn session_opened(&self, model: &LoadedModel) {
+        *lock(&self.active).entry(model.id.clone()).or_insert(0) += 1;
+    }
+
+    pub(crate) fn session_closed(&self, model: &LoadedModel) {
+        let mut active = lock(&self.active);
+        if let Some(n) = active.get_mut(&model.id) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                active.remove(&model.id);
+            }
+        }
+    }
+
+    /// Runs one decode step of `session` through the scheduler; `reply` is
+    /// the caller's channel for the answer.
+    pub(crate) fn step(
+        &self,
+        model: &Arc<LoadedModel>,
+        session: Session<CpuBackend>,
+        token: u32,
+        reply: &(SyncSender<StepReply>, Receiver<StepReply>),
+    ) -> Result<StepReply, String> {
+        let tx = self.tx.as_ref().ok_or("scheduler stopped")?;
+        let step = Step {
+            model: model.clone(),
+            session,
+            token,
+            reply: reply.0.clone(),
+        };
+        tx.send(step).map_err(|_| "scheduler stopped".to_string())?;
+        reply.1.recv().map_err(|_| "scheduler stopped".to_string())
+    }
+
+    pub(crate) fn stats(&self) -> BatchStats {
+        BatchStats {
+            steps: self.counters.steps.load(Ordering::Relaxed),
+            batches: self.counters.batches.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Drop for Batcher {
+    fn drop(&mut self) {
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            // The scheduler ends when the channel closes; a panic in it has
+            // already failed its callers' steps.
+            let _ = t.join();
+        }
+    }
+}
+
+/// The scheduler loop: gather, group by model, run, reply.
+fn schedule(
+    rx: Receiver<Step>,
+    active: Active,
+    counters: Arc<Counters>,
+    max_batch: usize,
+    window: Duration,
+) {
+    let mut scratch: Vec<(Weak<LoadedModel>, BatchScratch<CpuBackend>)> = Vec::new();
+    let mut pending: Vec<Step> = Vec::new();
+    while let Ok(first) = rx.recv() {
+        let want = lock(&active)
+            .get(&first.model.id)
+            .copied()
+            .unwrap_or(1)
+            .clamp(1, max_batch);
+        pending.push(first);
+        let deadline = Instant::now() + window;
+        while pending.len() < want {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(step) => pending.push(step),
+                Err(_) => break,
+            }
+        }
+        scratch.retain(|(w, _)| w.strong_count() > 0);
+        while !pending.is_empty() {
+            let id = pending[0].model.id.clone();
+            let (mut group, rest): (Vec<Step>, Vec<Step>) =
+                pending.drain(..).partition(|s| s.model.id == id);
+            pending = rest;
+            let tail = group.split_off(group.len().min(max_batch));
+            pending.extend(tail);
+            run_group(group, &mut scratch, max_batch, &counters);
+        }
+    }
+}
+
+fn run_group(
+    mut group: Vec<Step>,
+    scratch: &mut Vec<(Weak<LoadedModel>, BatchScratch<CpuBackend>)>,
+    max_batch: usize,
+    counters: &Counters,
+) {
+    let model = group[0].model.clone();
+    let found = scratch
+        .iter()
+        .position(|(w, _)| std::ptr::eq(w.as_ptr(), Arc::as_ptr(&model)));
+    let index = match found {
+        Some(i) => Ok(i),
+        None => model.with(|m| m.batch_scratch(max_batch)).map(|s| {
+            scratch.push((Arc::downgrade(&model), s));
+            scratch.len() - 1
+        }),
+    };
+    let result = index.and_then(|i| {
+        let mut rows: Vec<(&mut Session<CpuBackend>, u32)> = group
+            .iter_mut()
+            .map(|s| (&mut s.session, s.token))
+            .collect();
+        model.with(|m| m.forward_batch(&mut rows, &mut scratch[i].1))
+    });
+    counters
+        .steps
+        .fetch_add(group.len() as u64, Ordering::Relaxed);
+    counters.batches.fetch_add(1, Ordering::Relaxed);
+    let result = result.map_err(|e| e.to_string());
+    for step in group {
+        // A caller that went away (its tenant was dropped) no longer waits.
+        let _ = step.reply.send((step.session, result.clone()));
+    }
+}

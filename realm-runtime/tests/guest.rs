@@ -1,0 +1,214 @@
+//! The realm-wasm guest against native generation, and batched decoding
+//! against single steps, on the real SmolLM2 model.
+
+mod common;
+
+use std::sync::Arc;
+
+use realm_compute_cpu::CpuBackend;
+use realm_core::gguf::GgufFile;
+use realm_core::tokenizer::Tokenizer;
+use realm_models::{GenerateParams, Model, SamplingParams, Session};
+use realm_runtime::{Error, GenerateRequest, Runtime, RuntimeConfig, StopReason, TenantConfig};
+
+const PROMPT: &str =
+    "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
+
+/// Native generation of `PROMPT` with the same settings as `req`.
+fn native(path: &std::path::Path, req: &GenerateRequest) -> (String, usize) {
+    let file = GgufFile::open(path).unwrap();
+    let cpu = CpuBackend::new().unwrap();
+    let model = Model::load(&file, &cpu).unwrap();
+    let tok = Tokenizer::from_metadata(file.metadata()).unwrap();
+    let ids = tok
+        .encode(PROMPT, req.add_special, req.parse_special)
+        .unwrap();
+    let mut session = model
+        .session(ids.len() + req.max_tokens as usize, 64)
+        .unwrap();
+    let params = GenerateParams {
+        max_tokens: req.max_tokens as usize,
+        stop: req.stop.clone(),
+        sampling: req.sampling.clone(),
+        stop_at_context_end: true,
+    };
+    let g = realm_models::generate(&model, &tok, &mut session, &ids, &params, |_| true).unwrap();
+    (g.text, g.tokens.len())
+}
+
+fn request(sampling: SamplingParams, layered: bool) -> GenerateRequest {
+    GenerateRequest {
+        max_tokens: 40,
+        sampling,
+        layered,
+        ..GenerateRequest::default()
+    }
+}
+
+#[test]
+fn guest_generation_equals_native_fused_layered_and_sampled() {
+    let Some(path) = common::smollm2() else {
+        return;
+    };
+    let wasm = common::guest_wasm();
+    let runtime = Runtime::new(RuntimeConfig::default()).unwrap();
+    let id = runtime.load_model(&path).unwrap();
+    let mut tenant = runtime.tenant(&wasm, TenantConfig::new(vec![id])).unwrap();
+    let sampled = SamplingParams {
+        seed: 7,
+        ..SamplingParams::default()
+    };
+    for (sampling, layered) in [
+        (SamplingParams::greedy(), false),
+        (SamplingParams::greedy(), true),
+        (sampled, false),
+    ] {
+        let req = request(sampling, layered);
+        let (want, n) = native(&path, &req);
+        let mut streamed = String::new();
+        let stats = tenant
+            .generate(PROMPT, &req, |t| streamed.push_str(t))
+            .unwrap();
+        assert_eq!(
+            streamed, want,
+            "layered: {layered}, sampling: {:?}",
+            req.sampling
+        );
+        assert_eq!(stats.generated_tokens as usize, n);
+        assert!(stats.prompt_tokens > 10);
+        assert_eq!(tenant.live_sessions(), 0, "the guest drops its sessions");
+    }
+    // A stop string ends generation early, as natively.
+    let req = GenerateRequest {
+        stop: vec!["France".into()],
+        ..request(SamplingParams::greedy(), false)
+    };
+    let (want, _) = native(&path, &req);
+    let mut streamed = String::new();
+    let stats = tenant
+        .generate(PROMPT, &req, |t| streamed.push_str(t))
+        .unwrap();
+    assert_eq!(streamed, want);
+    assert_eq!(stats.stop_reason, StopReason::StopString);
+}
+
+#[test]
+fn tenants_share_one_model_and_batched_text_is_unchanged() {
+    let Some(path) = common::smollm2() else {
+        return;
+    };
+    let wasm = common::guest_wasm();
+    let runtime = Runtime::new(RuntimeConfig::default()).unwrap();
+    let id = runtime.load_model(&path).unwrap();
+    assert_eq!(
+        runtime.load_model(&path).unwrap(),
+        id,
+        "the same file loads once"
+    );
+    assert_eq!(runtime.models().ids(), vec![id.clone()]);
+    let file_len = std::fs::metadata(&path).unwrap().len() as usize;
+    assert_eq!(runtime.models().mapped_bytes(), file_len, "one mapping");
+
+    let req = request(SamplingParams::greedy(), false);
+    let (want, _) = native(&path, &req);
+    let tenants: Vec<_> = (0..3)
+        .map(|_| {
+            runtime
+                .tenant(&wasm, TenantConfig::new(vec![id.clone()]))
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(runtime.models().holders(&id), Some(3));
+    assert!(matches!(
+        runtime.models().remove(&id),
+        Err(Error::ModelInUse(_, 3))
+    ));
+
+    let want = Arc::new(want);
+    let before = runtime.batch_stats();
+    std::thread::scope(|s| {
+        for mut t in tenants {
+            let (want, req) = (want.clone(), req.clone());
+            s.spawn(move || {
+                let mut text = String::new();
+                t.generate(PROMPT, &req, |p| text.push_str(p)).unwrap();
+                assert_eq!(&text, &*want, "batched decoding changes nothing");
+            });
+        }
+    });
+    let stats = runtime.batch_stats();
+    let (steps, batches) = (stats.steps - before.steps, stats.batches - before.batches);
+    eprintln!("{steps} decode steps in {batches} batched forwards");
+    assert!(
+        steps > 0 && batches < steps,
+        "steps of different tenants were merged"
+    );
+    assert_eq!(runtime.models().holders(&id), Some(0));
+    runtime.models().remove(&id).unwrap();
+    assert!(runtime.models().ids().is_empty());
+}
+
+fn bits(x: &[f32]) -> Vec<u32> {
+    x.iter().map(|v| v.to_bits()).collect()
+}
+
+#[test]
+fn batched_decode_steps_are_bit_identical_to_single_ones() {
+    let Some(path) = common::smollm2() else {
+        return;
+    };
+    let file = GgufFile::open(path).unwrap();
+    let cpu = CpuBackend::new().unwrap();
+    let model = Model::load(&file, &cpu).unwrap();
+    // Sequences of different lengths, so every row is at its own position.
+    let prompts: [&[u32]; 3] = [&[1, 504, 3458], &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11], &[42]];
+    let fresh = || -> Vec<Session<CpuBackend>> {
+        prompts
+            .iter()
+            .map(|p| {
+                let mut s = model.session(64, 8).unwrap();
+                model.forward(&mut s, p).unwrap();
+                s
+            })
+            .collect()
+    };
+    let (mut alone, mut batched) = (fresh(), fresh());
+    let mut scratch = model.batch_scratch(4).unwrap();
+    for step in 0..6u32 {
+        let next: Vec<u32> = (0..3).map(|i| 100 + 37 * step + i).collect();
+        let want: Vec<Vec<u32>> = alone
+            .iter_mut()
+            .zip(&next)
+            .map(|(s, &t)| bits(model.forward(s, &[t]).unwrap()))
+            .collect();
+        let mut rows: Vec<(&mut Session<CpuBackend>, u32)> =
+            batched.iter_mut().zip(next.iter().copied()).collect();
+        model.forward_batch(&mut rows, &mut scratch).unwrap();
+        for (i, s) in batched.iter().enumerate() {
+            assert_eq!(bits(s.logits()), want[i], "step {step}, row {i}");
+            assert_eq!(s.position(), alone[i].position());
+        }
+    }
+    // Layer by layer gives the fused result too.
+    let mut a = model.session(16, 4).unwrap();
+    let mut b = model.session(16, 4).unwrap();
+    let want = bits(model.forward(&mut a, &[1, 2, 3]).unwrap());
+    model.embed_tokens(&mut b, &[1, 2, 3]).unwrap();
+    assert!(
+        model.compute_logits(&mut b).is_err(),
+        "logits before the layers ran"
+    );
+    assert!(model.forward_layer(&mut b, 1).is_err(), "layers in order");
+    for layer in 0..model.config().n_layers {
+        model.forward_layer(&mut b, layer).unwrap();
+    }
+    assert_eq!(bits(model.compute_logits(&mut b).unwrap()), want);
+    assert_eq!(b.position(), 3);
+    // A full session in a batch is an error that advances nobody.
+    let mut full = model.session(1, 1).unwrap();
+    model.forward(&mut full, &[5]).unwrap();
+    let mut other = model.session(4, 1).unwrap();
+    let mut rows = [(&mut other, 7u32), (&mut full, 8)];
+    assert!(model.forward_batch(&mut rows, &mut scratch).is_err());
+    assert_eq!(other.position(), 0);
+}

@@ -1,0 +1,232 @@
+//! The generation loop, over the host functions of the [`Host`] trait. It
+//! follows `realm_models::generate` step for step, so that a greedy run in a
+//! guest gives the same tokens and text as a native one.
+
+use realm_core::tokenizer::Tokenizer;
+use realm_models::Sampler;
+
+use crate::params::{Params, FLAG_ADD_SPECIAL, FLAG_LAYERED, FLAG_PARSE_SPECIAL};
+
+/// Prompt tokens per prefill chunk of the layer-by-layer path (and the batch
+/// size of the sessions the guest creates).
+const CHUNK: usize = 64;
+
+/// The host functions the loop needs (`ABI.md` names the imports).
+pub trait Host {
+    /// Creates a session of model `model` holding `max_seq_len` tokens,
+    /// prefilled in chunks of up to `batch`; returns its handle.
+    fn session_create(&mut self, model: u32, max_seq_len: u64, batch: u64) -> u64;
+    /// Frees a session.
+    fn session_drop(&mut self, session: u64);
+    /// Runs `tokens` and writes the last one's logits; false when the
+    /// session's context is full (nothing was run).
+    fn forward(&mut self, session: u64, tokens: &[u32], logits: &mut [f32]) -> bool;
+    /// Starts a chunk of at most `batch` tokens; false when the context is
+    /// full.
+    fn embed_tokens(&mut self, session: u64, tokens: &[u32]) -> bool;
+    /// Runs one transformer block on the chunk.
+    fn forward_layer(&mut self, session: u64, layer: u32);
+    /// Writes the logits of the chunk's last token.
+    fn compute_logits(&mut self, session: u64, logits: &mut [f32]);
+    /// Streams a piece of text; false asks to stop.
+    fn emit(&mut self, text: &str) -> bool;
+}
+
+/// Why generation ended (the codes are the ABI's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(i32)]
+pub enum StopReason {
+    /// The model produced an end-of-generation token.
+    EndOfGeneration = 0,
+    /// `max_tokens` were generated.
+    MaxTokens = 1,
+    /// A stop string appeared.
+    StopString = 2,
+    /// The session's context is full.
+    ContextFull = 3,
+    /// The host's `emit` asked to stop.
+    Cancelled = 4,
+}
+
+/// What a generation did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    /// Tokens in the prompt.
+    pub prompt_tokens: usize,
+    /// Tokens generated.
+    pub generated_tokens: usize,
+    /// Why it ended.
+    pub stop_reason: StopReason,
+}
+
+/// The model as the loop sees it: one session and the path to run it by.
+struct Runner<'h, H: Host> {
+    host: &'h mut H,
+    session: u64,
+    n_layers: u32,
+    layered: bool,
+}
+
+impl<H: Host> Runner<'_, H> {
+    fn run(&mut self, tokens: &[u32], logits: &mut [f32]) -> bool {
+        if !self.layered {
+            return self.host.forward(self.session, tokens, logits);
+        }
+        for chunk in tokens.chunks(CHUNK) {
+            if !self.host.embed_tokens(self.session, chunk) {
+                return false;
+            }
+            for layer in 0..self.n_layers {
+                self.host.forward_layer(self.session, layer);
+            }
+        }
+        self.host.compute_logits(self.session, logits);
+        true
+    }
+}
+
+/// Holds back text that could begin a stop string (as realm-models does).
+struct StopMatcher<'p> {
+    stops: &'p [String],
+    pending: String,
+}
+
+impl StopMatcher<'_> {
+    fn push(&mut self, piece: &str) -> (String, bool) {
+        self.pending.push_str(piece);
+        let hit = self
+            .stops
+            .iter()
+            .filter(|s| !s.is_empty())
+            .filter_map(|s| self.pending.find(s.as_str()))
+            .min();
+        if let Some(at) = hit {
+            let out = self.pending[..at].to_string();
+            self.pending.clear();
+            return (out, true);
+        }
+        let hold = self
+            .pending
+            .char_indices()
+            .map(|(i, _)| i)
+            .find(|&i| self.stops.iter().any(|s| s.starts_with(&self.pending[i..])))
+            .unwrap_or(self.pending.len());
+        let out = self.pending[..hold].to_string();
+        self.pending.drain(..hold);
+        (out, false)
+    }
+}
+
+/// Errors of [`generate`], with the status code `generate` returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The prompt is not UTF-8, or tokenizes to nothing.
+    BadPrompt = -3,
+    /// The sampling parameters are out of range.
+    BadSampling = -4,
+    /// The tokenizer failed on a token id.
+    Tokenizer = -5,
+}
+
+/// Generates from `prompt` with model `params.model` (tokenized by
+/// `tokenizer`, `n_layers` blocks, `vocab` logits), streaming text through
+/// `host.emit`. The session is dropped before returning.
+pub fn generate<H: Host>(
+    host: &mut H,
+    tokenizer: &Tokenizer,
+    n_layers: u32,
+    vocab: usize,
+    prompt: &str,
+    params: &Params,
+) -> Result<Outcome, Failure> {
+    let mut sampler = Sampler::new(params.sampling.clone()).map_err(|_| Failure::BadSampling)?;
+    let ids = tokenizer
+        .encode(
+            prompt,
+            params.flags & FLAG_ADD_SPECIAL != 0,
+            params.flags & FLAG_PARSE_SPECIAL != 0,
+        )
+        .map_err(|_| Failure::BadPrompt)?;
+    if ids.is_empty() {
+        return Err(Failure::BadPrompt);
+    }
+    let max_tokens = params.max_tokens as usize;
+    let capacity = match params.max_seq_len {
+        0 => ids.len() + max_tokens.max(1),
+        n => n as usize,
+    };
+    let session = host.session_create(params.model, capacity as u64, CHUNK as u64);
+    let mut runner = Runner {
+        host,
+        session,
+        n_layers,
+        layered: params.flags & FLAG_LAYERED != 0,
+    };
+    let result = run_loop(&mut runner, tokenizer, &mut sampler, vocab, ids, params);
+    runner.host.session_drop(session);
+    result
+}
+
+fn run_loop<H: Host>(
+    runner: &mut Runner<'_, H>,
+    tokenizer: &Tokenizer,
+    sampler: &mut Sampler,
+    vocab: usize,
+    mut history: Vec<u32>,
+    params: &Params,
+) -> Result<Outcome, Failure> {
+    let prompt_tokens = history.len();
+    let max_tokens = params.max_tokens as usize;
+    let mut logits = vec![0f32; vocab];
+    let mut outcome = Outcome {
+        prompt_tokens,
+        generated_tokens: 0,
+        stop_reason: StopReason::MaxTokens,
+    };
+    if !runner.run(&history, &mut logits) {
+        outcome.stop_reason = StopReason::ContextFull;
+        return Ok(outcome);
+    }
+    let mut next = sampler.sample(&logits, &history);
+    let mut decoder = tokenizer.stream_decoder(false);
+    let mut stop = StopMatcher {
+        stops: &params.stop,
+        pending: String::new(),
+    };
+    let emit = |host: &mut H, piece: &str| piece.is_empty() || host.emit(piece);
+    while outcome.generated_tokens < max_tokens {
+        if tokenizer.is_eog(next) {
+            outcome.stop_reason = StopReason::EndOfGeneration;
+            break;
+        }
+        outcome.generated_tokens += 1;
+        history.push(next);
+        let piece = decoder.push(next).map_err(|_| Failure::Tokenizer)?;
+        let (out, hit) = stop.push(&piece);
+        if !emit(runner.host, &out) {
+            outcome.stop_reason = StopReason::Cancelled;
+            break;
+        }
+        if hit {
+            outcome.stop_reason = StopReason::StopString;
+            break;
+        }
+        if outcome.generated_tokens == max_tokens {
+            break;
+        }
+        if !runner.run(&[next], &mut logits) {
+            outcome.stop_reason = StopReason::ContextFull;
+            break;
+        }
+        next = sampler.sample(&logits, &history);
+    }
+    if !matches!(
+        outcome.stop_reason,
+        StopReason::StopString | StopReason::Cancelled
+    ) {
+        let mut rest = std::mem::take(&mut stop.pending);
+        rest.push_str(&decoder.finish());
+        emit(runner.host, &rest);
+    }
+    Ok(outcome)
+}

@@ -1,0 +1,174 @@
+//! The parameter block of `generate` (little-endian, laid out in `ABI.md`).
+
+use realm_models::SamplingParams;
+
+/// The layout version this guest reads.
+pub const PARAMS_VERSION: u32 = 1;
+/// Flag: add the vocabulary's special tokens (BOS) around the prompt.
+pub const FLAG_ADD_SPECIAL: u32 = 1;
+/// Flag: turn special-token text in the prompt (`<|im_start|>`) into ids.
+pub const FLAG_PARSE_SPECIAL: u32 = 2;
+/// Flag: run the model layer by layer (`embed_tokens`, `forward_layer`,
+/// `compute_logits`) instead of the fused `forward`.
+pub const FLAG_LAYERED: u32 = 4;
+
+/// Size of the fixed part of the block, before the stop strings.
+const FIXED: usize = 56;
+
+/// What the host asks the guest to generate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Params {
+    /// Index of the model among those granted to the tenant.
+    pub model: u32,
+    /// Most tokens to generate.
+    pub max_tokens: u32,
+    /// Tokens the session holds (0: prompt plus `max_tokens`).
+    pub max_seq_len: u32,
+    /// Sampling.
+    pub sampling: SamplingParams,
+    /// `FLAG_*` bits.
+    pub flags: u32,
+    /// Stop strings.
+    pub stop: Vec<String>,
+}
+
+/// A malformed parameter block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParamsError(pub &'static str);
+
+impl std::fmt::Display for ParamsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "bad generate parameters: {}", self.0)
+    }
+}
+
+impl std::error::Error for ParamsError {}
+
+/// Reads little-endian fields off the front of a byte slice.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], ParamsError> {
+        if self.0.len() < n {
+            return Err(ParamsError("block is truncated"));
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn u32(&mut self) -> Result<u32, ParamsError> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn f32(&mut self) -> Result<f32, ParamsError> {
+        self.u32().map(f32::from_bits)
+    }
+
+    fn u64(&mut self) -> Result<u64, ParamsError> {
+        Ok(u64::from(self.u32()?) | (u64::from(self.u32()?) << 32))
+    }
+}
+
+impl Params {
+    /// Parses a block; every length is checked.
+    pub fn parse(bytes: &[u8]) -> Result<Self, ParamsError> {
+        let mut r = Reader(bytes);
+        if r.u32()? != PARAMS_VERSION {
+            return Err(ParamsError("unknown version"));
+        }
+        let model = r.u32()?;
+        let max_tokens = r.u32()?;
+        let max_seq_len = r.u32()?;
+        let sampling = SamplingParams {
+            temperature: r.f32()?,
+            top_k: r.u32()? as usize,
+            top_p: r.f32()?,
+            min_p: r.f32()?,
+            repeat_penalty: r.f32()?,
+            penalty_last_n: r.u32()? as usize,
+            seed: r.u64()?,
+            ..SamplingParams::default()
+        };
+        let flags = r.u32()?;
+        let n_stop = r.u32()?;
+        let mut stop = Vec::new();
+        for _ in 0..n_stop {
+            let len = r.u32()? as usize;
+            let s = std::str::from_utf8(r.take(len)?)
+                .map_err(|_| ParamsError("stop string is not UTF-8"))?;
+            stop.push(s.to_string());
+        }
+        Ok(Self {
+            model,
+            max_tokens,
+            max_seq_len,
+            sampling,
+            flags,
+            stop,
+        })
+    }
+
+    /// The block for these parameters (what a host writes).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let s = &self.sampling;
+        let mut out =
+            Vec::with_capacity(FIXED + self.stop.iter().map(|s| 4 + s.len()).sum::<usize>());
+        for v in [
+            PARAMS_VERSION,
+            self.model,
+            self.max_tokens,
+            self.max_seq_len,
+            s.temperature.to_bits(),
+        ] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        for v in [
+            s.top_k as u32,
+            s.top_p.to_bits(),
+            s.min_p.to_bits(),
+            s.repeat_penalty.to_bits(),
+        ] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out.extend_from_slice(&(s.penalty_last_n as u32).to_le_bytes());
+        out.extend_from_slice(&s.seed.to_le_bytes());
+        out.extend_from_slice(&self.flags.to_le_bytes());
+        out.extend_from_slice(&(self.stop.len() as u32).to_le_bytes());
+        for stop in &self.stop {
+            out.extend_from_slice(&(stop.len() as u32).to_le_bytes());
+            out.extend_from_slice(stop.as_bytes());
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_truncation() {
+        let p = Params {
+            model: 1,
+            max_tokens: 32,
+            max_seq_len: 0,
+            sampling: SamplingParams {
+                seed: u64::MAX - 5,
+                ..SamplingParams::default()
+            },
+            flags: FLAG_ADD_SPECIAL | FLAG_LAYERED,
+            stop: vec!["\n\n".into(), "é".into()],
+        };
+        let bytes = p.to_bytes();
+        assert_eq!(bytes.len(), FIXED + 4 + 2 + 4 + 2);
+        assert_eq!(Params::parse(&bytes).unwrap(), p);
+        for cut in 0..bytes.len() {
+            assert!(Params::parse(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut bad = bytes.clone();
+        bad[0] = 9;
+        assert_eq!(Params::parse(&bad), Err(ParamsError("unknown version")));
+    }
+}
