@@ -323,6 +323,7 @@ fn session_drop(mut caller: Caller<'_, TenantState>, handle: u64) -> HostResult<
         .sessions
         .remove(&handle)
         .ok_or(AbiError::BadHandle(handle))?;
+    st.session_tokens -= s.tokens;
     if let Some(b) = &st.batcher {
         b.session_closed(&s.model);
     }

@@ -115,6 +115,11 @@ const MISUSE: &str = r#"
   (func (export "logits_past_end") (drop (call $forward (global.get $h) (i64.const 0) (i64.const 1) (i64.const 200000) (i64.const 60000))))
   (func (export "huge_session") (drop (call $create (i32.const 0) (i64.const 0x7fffffffffffffff) (i64.const 4))))
   (func (export "many_sessions") (loop $l (drop (call $create (i32.const 0) (i64.const 8) (i64.const 4))) (br $l)))
+  (func (export "churn") (local $i i32)
+    (loop $l
+      (call $drop (call $create (i32.const 0) (i64.const 32) (i64.const 4)))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $l (i32.lt_u (local.get $i) (i32.const 100)))))
   (func (export "bad_model") (drop (call $create (i32.const 3) (i64.const 8) (i64.const 4))))
   (func (export "bad_meta") (drop (call $meta (i32.const 0) (i64.const 0x10000) (i64.const 0xffffffffffff))))
   (func (export "layer_out_of_order")
@@ -142,6 +147,9 @@ fn host_function_misuse_is_an_error_and_contained() {
     let mut t = tenant(&rt, MISUSE, config);
     t.call("create").unwrap();
     t.call("step").unwrap();
+    assert_eq!(t.live_sessions(), 1);
+    // Dropped sessions give their tokens back to the budget.
+    t.call("churn").unwrap();
     assert_eq!(t.live_sessions(), 1);
     let expect = |t: &mut Tenant, f: &str, what: &str| match t.call(f) {
         Err(Error::Guest(msg)) => assert!(msg.contains(what), "{f}: {msg}"),
