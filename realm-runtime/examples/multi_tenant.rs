@@ -75,7 +75,7 @@ fn main() -> Result<(), Error> {
                     total += t.generate(PROMPT, &req, |_| {})?.generated_tokens;
                 }
                 let tps = total as f64 / t0.elapsed().as_secs_f64();
-                println!("wasm, {n} tenants, sequential:  {tps:7.1} tok/s aggregate");
+                println!("wasm, {n} tenant(s), sequential:  {tps:7.1} tok/s aggregate");
             }
             let before = runtime.batch_stats();
             let t0 = Instant::now();
@@ -104,7 +104,7 @@ fn main() -> Result<(), Error> {
                     (stats.steps - before.steps) as f64 / b as f64
                 ),
             };
-            println!("wasm, {n} tenants, concurrent, {label}: {tps:7.1} tok/s aggregate{rows}");
+            println!("wasm, {n} tenant(s), concurrent, {label}: {tps:7.1} tok/s aggregate{rows}");
         }
     }
     Ok(())

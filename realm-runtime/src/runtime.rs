@@ -157,6 +157,45 @@ struct Shared {
     batcher: Option<Arc<Batcher>>,
     modules: Mutex<HashMap<[u8; 32], InstancePre<TenantState>>>,
     config: RuntimeConfig,
+    /// Held for its `Drop`: stops the epoch thread with the last user.
+    _ticker: Ticker,
+}
+
+/// The thread that advances the engine's epoch (time limits); it stops when
+/// the runtime and every tenant are gone.
+#[derive(Debug)]
+struct Ticker {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Ticker {
+    fn start(engine: Engine, tick: Duration) -> std::io::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("realm-epoch".into())
+            .spawn(move || {
+                while !s.load(Ordering::Relaxed) {
+                    std::thread::sleep(tick);
+                    engine.increment_epoch();
+                }
+            })?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            // The ticker only sleeps and ticks; a join error cannot matter.
+            let _ = t.join();
+        }
+    }
 }
 
 impl std::fmt::Debug for Shared {
@@ -168,13 +207,11 @@ impl std::fmt::Debug for Shared {
     }
 }
 
-/// The multi-tenant runtime. Dropping it stops its threads (tenants keep
-/// what they hold).
+/// The multi-tenant runtime. Tenants keep what they need (engine, models,
+/// the ticker and scheduler threads) alive after the runtime is dropped.
 #[derive(Debug)]
 pub struct Runtime {
     shared: Arc<Shared>,
-    stop: Arc<AtomicBool>,
-    ticker: Option<JoinHandle<()>>,
 }
 
 fn wasm_err(e: impl std::fmt::Display) -> Error {
@@ -211,17 +248,8 @@ impl Runtime {
             )),
             false => None,
         };
-        let stop = Arc::new(AtomicBool::new(false));
-        let (e, s, tick) = (engine.clone(), stop.clone(), config.tick);
-        let ticker = std::thread::Builder::new()
-            .name("realm-epoch".into())
-            .spawn(move || {
-                while !s.load(Ordering::Relaxed) {
-                    std::thread::sleep(tick);
-                    e.increment_epoch();
-                }
-            })
-            .map_err(|e| Error::Config(e.to_string()))?;
+        let ticker =
+            Ticker::start(engine.clone(), config.tick).map_err(|e| Error::Config(e.to_string()))?;
         let shared = Arc::new(Shared {
             linker: linker(&engine).map_err(wasm_err)?,
             engine,
@@ -229,12 +257,9 @@ impl Runtime {
             batcher,
             modules: Mutex::new(HashMap::new()),
             config,
+            _ticker: ticker,
         });
-        Ok(Self {
-            shared,
-            stop,
-            ticker: Some(ticker),
-        })
+        Ok(Self { shared })
     }
 
     /// The model store.
@@ -302,16 +327,6 @@ impl Runtime {
             models,
             live: None,
         })
-    }
-}
-
-impl Drop for Runtime {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.ticker.take() {
-            // The ticker only sleeps and ticks; a join error cannot matter.
-            let _ = t.join();
-        }
     }
 }
 

@@ -56,6 +56,9 @@ fn traps_and_limits_fail_only_the_call() {
     assert!(matches!(bad.call("spin"), Err(Error::TimeLimit(_))));
     assert!(matches!(bad.call("grow"), Err(Error::MemoryLimit(_))));
     guest(bad.call("missing").unwrap_err(), "missing");
+    // Time limits hold for tenants that outlive their runtime.
+    drop(rt);
+    assert!(matches!(bad.call("spin"), Err(Error::TimeLimit(_))));
     // The failing tenant starts afresh, and the other never noticed.
     bad.call("ok").unwrap();
     good.call("ok").unwrap();
