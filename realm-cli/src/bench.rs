@@ -38,6 +38,8 @@ pub struct BenchArgs {
     /// One JSON record per test, with llama-bench's field names.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub guest: crate::guest::GuestArgs,
 }
 
 struct Test {
@@ -63,6 +65,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         bail!("--repetitions must be at least 1");
     }
     let l = load::open(&args.model, args.threads)?;
+    if args.guest.wasm {
+        let tests = bench_in_guest(args, &l)?;
+        let backend = format!("wasm+{}", l.backend.name());
+        return report(args, &l, &backend, &tests);
+    }
     let model = Model::load(&l.file, &l.backend)?;
     let vocab = model.config().vocab_size as u32;
     // Deterministic token ids spread over the vocabulary (llama-bench uses random ones).
@@ -110,9 +117,67 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             samples_ts: samples,
         });
     }
+    report(args, &l, l.backend.name(), &tests)
+}
+
+/// The same tests through a wasm tenant: the guest tokenizes, samples
+/// (greedy, end-of-generation tokens banned so every run generates `n_gen`)
+/// and loops; each figure is one guest call, so it includes the guest's
+/// tokenization and one extra step (a decode after prefill, the short
+/// prompt before decoding).
+fn bench_in_guest(args: &BenchArgs, l: &load::Loaded) -> Result<Vec<Test>> {
+    let mut run = crate::guest::start(&args.guest, &args.model, args.threads)?;
+    let ban: Vec<(u32, f32)> = l
+        .tokenizer
+        .eog_ids()
+        .iter()
+        .map(|&t| (t, f32::NEG_INFINITY))
+        .collect();
+    let request = |max_tokens: usize| realm_runtime::GenerateRequest {
+        max_tokens: max_tokens as u32,
+        sampling: realm_models::SamplingParams {
+            logit_bias: ban.clone(),
+            ..realm_models::SamplingParams::greedy()
+        },
+        ..Default::default()
+    };
+    let mut tests = Vec::new();
+    if args.n_prompt > 0 {
+        let prompt = " the".repeat(args.n_prompt);
+        let mut samples = Vec::new();
+        let mut n_prompt = 0;
+        for _ in 0..args.repetitions {
+            let stats = crate::guest::generate(&mut run, &prompt, &request(1), |_| {})?;
+            n_prompt = stats.prompt_tokens as usize;
+            samples.push(stats.prompt_tokens as f64 / stats.seconds);
+        }
+        tests.push(Test {
+            name: format!("pp{n_prompt}"),
+            n_prompt,
+            n_gen: 0,
+            samples_ts: samples,
+        });
+    }
+    if args.n_gen > 0 {
+        let mut samples = Vec::new();
+        for _ in 0..args.repetitions {
+            let stats =
+                crate::guest::generate(&mut run, "Once upon a time", &request(args.n_gen), |_| {})?;
+            samples.push(stats.generated_tokens as f64 / stats.seconds);
+        }
+        tests.push(Test {
+            name: format!("tg{}", args.n_gen),
+            n_prompt: 0,
+            n_gen: args.n_gen,
+            samples_ts: samples,
+        });
+    }
+    Ok(tests)
+}
+
+fn report(args: &BenchArgs, l: &load::Loaded, backend: &str, tests: &[Test]) -> Result<()> {
     let size: u64 = l.file.tensor_infos().iter().map(|t| t.n_bytes).sum();
     let params: u64 = l.file.tensor_infos().iter().map(|t| t.n_elements()).sum();
-    let backend = l.backend.name().to_string();
     let mut out = std::io::stdout().lock();
     if args.json {
         let records: Vec<_> = tests
@@ -135,7 +200,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         "| model | size | params | backend | threads | test | t/s |"
     )?;
     writeln!(out, "| --- | ---: | ---: | --- | ---: | ---: | ---: |")?;
-    for t in &tests {
+    for t in tests {
         let (avg, std) = mean_std(&t.samples_ts);
         writeln!(
             out,

@@ -41,27 +41,35 @@ fn template(l: &Loaded) -> Result<ChatTemplate> {
     )?)
 }
 
-/// Token ids of `text` rendered by a chat template: special tokens are
-/// parsed, and BOS is added only if the template did not write it.
-fn encode_rendered(l: &Loaded, text: &str) -> Result<Vec<u32>> {
+/// True when a rendered template already begins with the BOS token's text.
+pub fn starts_with_bos(l: &Loaded, text: &str) -> bool {
     let bos_text = l
         .tokenizer
         .bos()
         .and_then(|b| l.tokenizer.token_text(b).ok());
-    let has_bos = bos_text.is_some_and(|b| text.starts_with(b));
-    Ok(l.tokenizer.encode(text, !has_bos, true)?)
+    bos_text.is_some_and(|b| text.starts_with(b))
 }
 
-/// One user message (after an optional system message) through the model's
-/// chat template, ready to generate.
-pub fn render_user_turn(l: &Loaded, system: Option<&str>, prompt: &str) -> Result<Vec<u32>> {
+/// Token ids of `text` rendered by a chat template: special tokens are
+/// parsed, and BOS is added only if the template did not write it.
+fn encode_rendered(l: &Loaded, text: &str) -> Result<Vec<u32>> {
+    Ok(l.tokenizer.encode(text, !starts_with_bos(l, text), true)?)
+}
+
+/// One user message (after an optional system message) rendered by the
+/// model's chat template, with the generation prompt.
+pub fn render_user_text(l: &Loaded, system: Option<&str>, prompt: &str) -> Result<String> {
     let mut messages: Vec<ChatMessage> = system
         .map(|s| ChatMessage::new("system", s))
         .into_iter()
         .collect();
     messages.push(ChatMessage::new("user", prompt));
-    let text = template(l)?.render(&messages, true)?;
-    encode_rendered(l, &text)
+    Ok(template(l)?.render(&messages, true)?)
+}
+
+/// [`render_user_text`], tokenized, ready to generate.
+pub fn render_user_turn(l: &Loaded, system: Option<&str>, prompt: &str) -> Result<Vec<u32>> {
+    encode_rendered(l, &render_user_text(l, system, prompt)?)
 }
 
 pub fn run(args: &ChatArgs) -> Result<()> {

@@ -2,6 +2,7 @@
 
 mod bench;
 mod chat;
+mod guest;
 mod info;
 mod load;
 mod run;

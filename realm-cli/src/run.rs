@@ -78,6 +78,8 @@ pub struct RunArgs {
     pub stop: Vec<String>,
     #[command(flatten)]
     pub sampling: SamplingArgs,
+    #[command(flatten)]
+    pub guest: crate::guest::GuestArgs,
 }
 
 pub fn context_len(requested: usize, model_ctx: usize) -> usize {
@@ -88,6 +90,9 @@ pub fn context_len(requested: usize, model_ctx: usize) -> usize {
 }
 
 pub fn run(args: &RunArgs) -> Result<()> {
+    if args.guest.wasm {
+        return run_in_guest(args);
+    }
     let l = load::open(&args.model, args.threads)?;
     let model = Model::load(&l.file, &l.backend)?;
     let prompt = if args.chat {
@@ -135,6 +140,48 @@ pub fn run(args: &RunArgs) -> Result<()> {
         s.generated_tokens,
         s.decode_tps(),
         g.stop_reason
+    );
+    Ok(())
+}
+
+/// `realm run --wasm`: the same generation inside a wasm tenant. With
+/// `--chat` the host renders the chat template and the guest tokenizes the
+/// result with special tokens parsed.
+fn run_in_guest(args: &RunArgs) -> Result<()> {
+    let (text, add_special) = if args.chat {
+        let l = load::open(&args.model, 1)?;
+        let rendered = crate::chat::render_user_text(&l, args.system.as_deref(), &args.prompt)?;
+        let starts_with_bos = crate::chat::starts_with_bos(&l, &rendered);
+        (rendered, !starts_with_bos)
+    } else {
+        (args.prompt.clone(), true)
+    };
+    let mut run = crate::guest::start(&args.guest, &args.model, args.threads)?;
+    let req = realm_runtime::GenerateRequest {
+        max_tokens: args.n_predict as u32,
+        max_seq_len: args.ctx_size as u32,
+        sampling: args.sampling.params(),
+        stop: args.stop.clone(),
+        add_special,
+        parse_special: args.chat,
+        ..Default::default()
+    };
+    let mut out = std::io::stdout().lock();
+    if !args.chat {
+        write!(out, "{}", args.prompt)?;
+        out.flush()?;
+    }
+    let stats = crate::guest::generate(&mut run, &text, &req, |piece| {
+        let _ = out.write_all(piece.as_bytes()).and_then(|()| out.flush());
+    })?;
+    writeln!(out)?;
+    eprintln!(
+        "realm: prompt {} tokens, generated {} tokens in {:.2} s ({:.1} t/s overall, {:?}, wasm)",
+        stats.prompt_tokens,
+        stats.generated_tokens,
+        stats.seconds,
+        stats.generated_tokens as f64 / stats.seconds.max(1e-9),
+        stats.stop_reason
     );
     Ok(())
 }

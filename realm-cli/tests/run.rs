@@ -161,3 +161,69 @@ fn chat_keeps_the_conversation_in_the_cache() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(stdout.matches("> ").count(), 3, "{stdout}");
 }
+
+fn guest() -> Option<String> {
+    let path = format!(
+        "{}/../{}",
+        env!("CARGO_MANIFEST_DIR"),
+        realm_runtime::GUEST_WASM_PATH
+    );
+    let ok = std::path::Path::new(&path).is_file();
+    if !ok {
+        eprintln!("skipped: no wasm guest at {path}; run `cargo xtask wasm`");
+    }
+    ok.then_some(path)
+}
+
+/// The demo through the wasm guest: same answer as natively.
+#[test]
+fn run_wasm_answers_like_native() {
+    let Some(guest) = guest() else { return };
+    if !cached(&catalog::SMOLLM2) {
+        return;
+    }
+    let args = [
+        "run",
+        "smollm2",
+        "--chat",
+        "--temp",
+        "0",
+        "-n",
+        "64",
+        "--system",
+        "Answer in one short English sentence.",
+        "-p",
+        "Which city is the capital of France?",
+    ];
+    let (ok, native, stderr) = realm(&args);
+    assert!(ok, "{stderr}");
+    let mut wasm_args = args.to_vec();
+    wasm_args.extend(["--wasm", "--guest", &guest]);
+    let (ok, wasm, stderr) = realm(&wasm_args);
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("wasm tenant"), "{stderr}");
+    assert_eq!(native, wasm);
+    assert!(wasm.contains("Paris"), "{wasm}");
+}
+
+#[test]
+fn bench_wasm_reports_both_tests() {
+    let Some(guest) = guest() else { return };
+    if !cached(&catalog::SMOLLM2) {
+        return;
+    }
+    let (ok, stdout, stderr) = realm(&[
+        "bench", "smollm2", "-p", "24", "-n", "6", "-r", "1", "--json", "--wasm", "--guest", &guest,
+    ]);
+    assert!(ok, "{stderr}");
+    let records: Value = serde_json::from_str(&stdout).unwrap();
+    let records = records.as_array().unwrap();
+    assert_eq!(records.len(), 2);
+    assert!(records[0]["backends"]
+        .as_str()
+        .unwrap()
+        .starts_with("wasm+"));
+    assert!(records[0]["n_prompt"].as_u64().unwrap() >= 20);
+    assert_eq!(records[1]["n_gen"].as_u64(), Some(6));
+    assert!(records.iter().all(|r| r["avg_ts"].as_f64().unwrap() > 0.0));
+}

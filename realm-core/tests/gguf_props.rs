@@ -243,3 +243,18 @@ fn data_section_past_the_end_is_an_error() {
     let file = Gguf::from_bytes(&bytes[..]).unwrap();
     assert_eq!(file.tensor("").unwrap().data().len(), 0);
 }
+
+/// Found by the fuzzer: an empty tensor whose other dimensions multiply past
+/// u64 has zero elements everywhere (writer, header, view), never overflows.
+#[test]
+fn empty_tensor_with_huge_dimensions() {
+    let mut w = GgufWriter::new();
+    let shape = [0u64, 1 << 40, 1 << 40];
+    w.add_tensor("e", GgmlType::Q4_0, &shape, &[][..]).unwrap();
+    let bytes = w.to_bytes().unwrap();
+    let file = Gguf::from_bytes(&bytes[..]).unwrap();
+    assert_eq!(file.tensor_infos()[0].n_elements(), 0);
+    let v = file.tensor("e").unwrap();
+    assert_eq!((v.n_elements(), v.n_rows(), v.data().len()), (0, 0, 0));
+    assert!(v.row(0).is_none());
+}

@@ -1,6 +1,6 @@
 //! `cargo xtask`: the project's chores, in Rust so they run wherever cargo does.
 //!
-//! - `cargo xtask demo`: fetch SmolLM2 and ask it the capital of France.
+//! - `cargo xtask demo`: fetch SmolLM2 and ask it the capital of France, through the wasm guest.
 //! - `cargo xtask fetch-model`: download the real models into the model cache.
 //! - `cargo xtask test`: fetch the models if missing, build the wasm guest,
 //!   then run the whole suite.
@@ -18,7 +18,7 @@ use anyhow::{bail, Context, Result};
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
-  demo                fetch the model if missing, build `realm`, and ask SmolLM2
+  demo                fetch the model if missing, build `realm` and the wasm guest, and ask SmolLM2
                       \"Which city is the capital of France?\" through its chat template
   fetch-model         download SmolLM2-135M-Instruct and Gemma 3 270M into the model cache
                       ($REALM_MODELS, default ~/.cache/realm/models) and verify their sha256
@@ -137,11 +137,15 @@ const DEMO_SYSTEM: &str = "Answer in one short English sentence.";
 
 fn demo() -> Result<()> {
     fetch::fetch_all()?;
+    wasm()?;
     let mut build = cargo();
     build.args(["build", "--release", "-p", "realm-cli"]);
     status(build)?;
     let mut run = Command::new(root().join("target/release/realm"));
-    run.args(["run", "smollm2", "--chat", "--temp", "0", "-n", "64"]);
+    run.current_dir(root());
+    run.args([
+        "run", "smollm2", "--wasm", "--chat", "--temp", "0", "-n", "64",
+    ]);
     run.args(["--system", DEMO_SYSTEM, "-p", DEMO_QUESTION]);
     eprintln!("xtask: asking SmolLM2: {DEMO_QUESTION}");
     status(run)

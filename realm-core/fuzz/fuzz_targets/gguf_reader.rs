@@ -9,7 +9,12 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(file) = Gguf::from_bytes(data) {
         for view in file.tensors() {
             let view = view.expect("a validated file hands out every tensor");
-            assert_eq!(view.n_elements(), view.shape().iter().product::<u64>());
+            let info = file.header().tensor_info(view.name()).expect("listed");
+            assert_eq!(view.n_elements(), info.n_elements());
+            assert_eq!(view.data().len() as u64, info.n_bytes);
+            if view.n_elements() == 0 {
+                assert!(view.row(0).is_none() && view.data().is_empty());
+            }
         }
         for (_, value) in file.metadata().iter() {
             let _ = value.display_summary(4);

@@ -43,7 +43,8 @@ pub struct TensorInfo {
 impl TensorInfo {
     /// Total number of elements.
     pub fn n_elements(&self) -> u64 {
-        self.shape.iter().product()
+        // The header checked that the count fits (zero if any dimension is).
+        crate::tensor::element_count(&self.shape).unwrap_or(0)
     }
 }
 

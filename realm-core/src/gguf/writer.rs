@@ -82,7 +82,7 @@ impl<'a> GgufWriter<'a> {
         if self.tensors.iter().any(|t| t.name == name) {
             return Err(bad(format!("duplicate tensor name `{name}`")));
         }
-        let n = shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
+        let n = crate::tensor::element_count(shape);
         let row = shape.first().copied().unwrap_or(1);
         let expected = n
             .filter(|_| row.is_multiple_of(dtype.block_size() as u64))

@@ -1,0 +1,68 @@
+//! `--wasm`: run generation through a WebAssembly guest (realm-wasm) on
+//! realm-runtime, with the same flags and output as the native path.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use realm_core::catalog;
+use realm_runtime::{
+    GenerateRequest, GenerationStats, Runtime, RuntimeConfig, Tenant, TenantConfig, GUEST_WASM_PATH,
+};
+
+/// Flags of the commands that can run through a guest.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GuestArgs {
+    /// Generate inside a WebAssembly guest (tokenizer, sampler and loop in
+    /// wasm; the model math on the host).
+    #[arg(long)]
+    pub wasm: bool,
+    /// The guest module (default: what `cargo xtask wasm` builds, or
+    /// $REALM_GUEST).
+    #[arg(long, requires = "wasm")]
+    pub guest: Option<PathBuf>,
+}
+
+fn guest_path(args: &GuestArgs) -> PathBuf {
+    args.guest
+        .clone()
+        .or_else(|| std::env::var_os("REALM_GUEST").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(GUEST_WASM_PATH))
+}
+
+/// Starts a runtime with `threads` CPU threads, loads `model` and
+/// instantiates the guest as a tenant granted that model (the tenant keeps
+/// what it needs of the runtime alive).
+pub fn start(args: &GuestArgs, model: &str, threads: usize) -> Result<Tenant> {
+    let path = catalog::resolve_model(model).map_err(anyhow::Error::msg)?;
+    let wasm_path = guest_path(args);
+    let wasm = std::fs::read(&wasm_path).with_context(|| {
+        format!(
+            "reading the guest {} (build it with `cargo xtask wasm`, or pass --guest)",
+            wasm_path.display()
+        )
+    })?;
+    let start = std::time::Instant::now();
+    let runtime = Runtime::new(RuntimeConfig {
+        threads,
+        ..RuntimeConfig::default()
+    })?;
+    let id = runtime.load_model(&path)?;
+    let tenant = runtime.tenant(&wasm, TenantConfig::new(vec![id]))?;
+    eprintln!(
+        "realm: {} as a wasm tenant ({} KiB guest) in {:.0} ms",
+        path.display(),
+        wasm.len() / 1024,
+        start.elapsed().as_secs_f64() * 1e3
+    );
+    Ok(tenant)
+}
+
+/// Generates through the guest, streaming to `on_text`.
+pub fn generate(
+    tenant: &mut Tenant,
+    prompt: &str,
+    req: &GenerateRequest,
+    on_text: impl FnMut(&str),
+) -> Result<GenerationStats> {
+    Ok(tenant.generate(prompt, req, on_text)?)
+}
