@@ -13,24 +13,39 @@ import os
 import sys
 
 import numpy as np
+import llama_cpp
 from llama_cpp import Llama
 
 MODELS = {
     "smollm2": "SmolLM2-135M-Instruct.Q4_1.gguf",
     "gemma3": "gemma-3-270m-q4_k_m.gguf",
 }
+SMOL_CHAT = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
+GEMMA_CHAT = "<start_of_turn>user\n{}<end_of_turn>\n<start_of_turn>model\n"
 PROMPTS = {
     "smollm2": [
-        "<|im_start|>user\nWhich city is the capital of France?<|im_end|>\n<|im_start|>assistant\n",
+        SMOL_CHAT.format("Which city is the capital of France?"),
         "The quick brown fox jumps over the lazy dog. Once upon a time,",
+        "The capital of France is",
+        SMOL_CHAT.format("Write a haiku about the sea."),
+        "def fibonacci(n):\n",
+        SMOL_CHAT.format("What is 12 times 7?"),
+        "Photosynthesis is the process by which",
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n" + SMOL_CHAT.format("Name three colors."),
     ],
     "gemma3": [
-        "<start_of_turn>user\nWhich city is the capital of France?<end_of_turn>\n<start_of_turn>model\n",
+        GEMMA_CHAT.format("Which city is the capital of France?"),
         "The quick brown fox jumps over the lazy dog. Once upon a time,",
+        "Q: What is the capital of France?\nA:",
+        GEMMA_CHAT.format("Write a haiku about the sea."),
+        "def fibonacci(n):\n",
+        "The largest planet in the solar system is",
+        "Photosynthesis is the process by which",
+        "Translate to French: Good morning, my friend.\n",
     ],
 }
 TOP = 32
-GEN = 32
+GEN = 64
 OUT = os.path.join(os.path.dirname(__file__), "..", "realm-models", "tests", "fixtures")
 
 
@@ -46,6 +61,7 @@ def main():
     for short, file_name in MODELS.items():
         llm = Llama(os.path.join(models_dir, file_name), n_ctx=512, n_batch=512, logits_all=True,
                     n_threads=2, verbose=False, seed=0)
+        vocab = llama_cpp.llama_model_get_vocab(llm.model)
         cases = []
         for prompt in PROMPTS[short]:
             ids = llm.tokenize(prompt.encode(), add_bos=True, special=True)
@@ -59,7 +75,7 @@ def main():
                 order = np.argsort(-last, kind="stable")
                 tok = int(order[0])
                 margins.append(float(last[order[0]] - last[order[1]]))
-                if llm.token_eos() == tok or tok in (llm.token_eos(),):
+                if llama_cpp.llama_vocab_is_eog(vocab, tok):
                     gen.append(tok)
                     break
                 gen.append(tok)
@@ -70,7 +86,7 @@ def main():
                           "greedy": gen, "greedy_margins": margins, "greedy_text": text})
             print(short, repr(prompt[:40]), "->", repr(text))
         with open(os.path.join(OUT, f"{short}.json"), "w") as f:
-            json.dump({"model": file_name, "llama_cpp_python": __import__("llama_cpp").__version__,
+            json.dump({"model": file_name, "llama_cpp_python": llama_cpp.__version__,
                        "cases": cases}, f)
             f.write("\n")
 
