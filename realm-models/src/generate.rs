@@ -112,17 +112,34 @@ mod clock {
 }
 
 /// Holds back text that could be the start of a stop string, so that a stop
-/// string is never partly streamed.
+/// string is never partly streamed. Guests with their own generation loop
+/// (realm-wasm) use it too.
+///
+/// ```
+/// use realm_models::generate::StopMatcher;
+/// let stops = vec!["</s>".to_string()];
+/// let mut m = StopMatcher::new(&stops);
+/// assert_eq!(m.push("Hi <"), ("Hi ".to_string(), false));
+/// assert_eq!(m.push("/s> more"), (String::new(), true));
+/// ```
 #[derive(Debug)]
-struct StopMatcher<'p> {
+pub struct StopMatcher<'p> {
     stops: &'p [String],
     pending: String,
 }
 
 impl<'p> StopMatcher<'p> {
+    /// A matcher for `stops` (empty strings never match).
+    pub fn new(stops: &'p [String]) -> Self {
+        Self {
+            stops,
+            pending: String::new(),
+        }
+    }
+
     /// Adds `piece`; returns the text safe to emit and whether a stop string
-    /// was found.
-    fn push(&mut self, piece: &str) -> (String, bool) {
+    /// was found (the text before it is returned; the rest is dropped).
+    pub fn push(&mut self, piece: &str) -> (String, bool) {
         self.pending.push_str(piece);
         let hit = self
             .stops
@@ -147,7 +164,8 @@ impl<'p> StopMatcher<'p> {
         (out, false)
     }
 
-    fn finish(self) -> String {
+    /// The text still held back, once generation ends without a stop string.
+    pub fn finish(self) -> String {
         self.pending
     }
 }
@@ -176,10 +194,7 @@ pub fn generate<B: Backend>(
     let mut tokens = Vec::new();
     let mut text = String::new();
     let mut decoder = tokenizer.stream_decoder(false);
-    let mut stop = StopMatcher {
-        stops: &params.stop,
-        pending: String::new(),
-    };
+    let mut stop = StopMatcher::new(&params.stop);
 
     let t0 = clock::now();
     let mut next = {
@@ -246,19 +261,13 @@ mod tests {
     #[test]
     fn stop_strings_are_held_back_and_cut() {
         let stops = vec!["<END>".to_string()];
-        let mut m = StopMatcher {
-            stops: &stops,
-            pending: String::new(),
-        };
+        let mut m = StopMatcher::new(&stops);
         assert_eq!(m.push("Hello <"), ("Hello ".to_string(), false));
         assert_eq!(m.push("E"), (String::new(), false));
         assert_eq!(m.push("x"), ("<Ex".to_string(), false));
         assert_eq!(m.push(" ok <EN"), (" ok ".to_string(), false));
         assert_eq!(m.push("D> more"), (String::new(), true));
-        let mut m = StopMatcher {
-            stops: &stops,
-            pending: String::new(),
-        };
+        let mut m = StopMatcher::new(&stops);
         assert_eq!(m.push("tail <E"), ("tail ".to_string(), false));
         assert_eq!(m.finish(), "<E");
     }

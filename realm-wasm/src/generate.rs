@@ -3,6 +3,7 @@
 //! guest gives the same tokens and text as a native one.
 
 use realm_core::tokenizer::Tokenizer;
+use realm_models::generate::StopMatcher;
 use realm_models::Sampler;
 
 use crate::params::{Params, FLAG_ADD_SPECIAL, FLAG_LAYERED, FLAG_PARSE_SPECIAL};
@@ -85,38 +86,6 @@ impl<H: Host> Runner<'_, H> {
     }
 }
 
-/// Holds back text that could begin a stop string (as realm-models does).
-struct StopMatcher<'p> {
-    stops: &'p [String],
-    pending: String,
-}
-
-impl StopMatcher<'_> {
-    fn push(&mut self, piece: &str) -> (String, bool) {
-        self.pending.push_str(piece);
-        let hit = self
-            .stops
-            .iter()
-            .filter(|s| !s.is_empty())
-            .filter_map(|s| self.pending.find(s.as_str()))
-            .min();
-        if let Some(at) = hit {
-            let out = self.pending[..at].to_string();
-            self.pending.clear();
-            return (out, true);
-        }
-        let hold = self
-            .pending
-            .char_indices()
-            .map(|(i, _)| i)
-            .find(|&i| self.stops.iter().any(|s| s.starts_with(&self.pending[i..])))
-            .unwrap_or(self.pending.len());
-        let out = self.pending[..hold].to_string();
-        self.pending.drain(..hold);
-        (out, false)
-    }
-}
-
 /// Errors of [`generate`], with the status code `generate` returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
@@ -189,10 +158,7 @@ fn run_loop<H: Host>(
     }
     let mut next = sampler.sample(&logits, &history);
     let mut decoder = tokenizer.stream_decoder(false);
-    let mut stop = StopMatcher {
-        stops: &params.stop,
-        pending: String::new(),
-    };
+    let mut stop = StopMatcher::new(&params.stop);
     let emit = |host: &mut H, piece: &str| piece.is_empty() || host.emit(piece);
     while outcome.generated_tokens < max_tokens {
         if tokenizer.is_eog(next) {
@@ -224,7 +190,7 @@ fn run_loop<H: Host>(
         outcome.stop_reason,
         StopReason::StopString | StopReason::Cancelled
     ) {
-        let mut rest = std::mem::take(&mut stop.pending);
+        let mut rest = stop.finish();
         rest.push_str(&decoder.finish());
         emit(runner.host, &rest);
     }
