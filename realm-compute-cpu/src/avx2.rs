@@ -753,3 +753,235 @@ pub(crate) fn dot_float<T: FloatSimd>(w: &[T], x: &[f32]) -> Option<f32> {
     // SAFETY: the CPU supports avx2, fma and f16c (checked just above).
     Some(unsafe { dot_float_impl(w, x) })
 }
+
+// ---- 32-element blocks, packed-weight kernel --------------------------------
+//
+// The 32-element types run through one kernel that first unpacks a tile of
+// `PACK_ROWS` weight rows into an L1-resident buffer of bytes and scales,
+// then sweeps every token of the call past it. Per (row, token) pair the
+// arithmetic is fixed by `k` alone:
+//
+// - for each block `b` in order:
+//   `acc = fma(d_w[b] * d_x[b], f32(madd(maddubs(w[b], x[b]), 1)), acc)`,
+//   with `acc` 8 lanes wide;
+// - then `hsum(acc)` in a fixed lane order, plus (types with an offset or a
+//   min) the dot product of the per-block factors `aux_w[b]` with the
+//   activation block sums `s_x[b]`, taken 8 blocks to a lane in order
+//   ([`dot_aux`]).
+//
+// Neither the tile shape nor the number of tokens changes this sequence, so
+// one token alone (decode) and the same token inside a batch give
+// bit-identical results.
+
+/// Rows unpacked together.
+const PACK_ROWS: usize = 4;
+/// Tokens whose activations stay in L2 while the row tiles stream past.
+const PACK_TOKEN_GROUP: usize = 64;
+
+/// 32 bytes, aligned for a vector load.
+#[repr(C, align(32))]
+#[derive(Clone, Copy, Default)]
+struct Bytes32([u8; 32]);
+
+/// Per-thread scratch of the packed kernel; it grows to the largest call
+/// and is then reused.
+#[derive(Default)]
+struct Pack {
+    /// `[block][row]` bytes fed to `maddubs` (absolute values for signed
+    /// types).
+    qa: Vec<Bytes32>,
+    /// `[block][row]` signed bytes (signed types only).
+    q: Vec<Bytes32>,
+    /// `[block][row]` block scales.
+    d: Vec<f32>,
+    /// `[row][block]` offset/min factors.
+    aux: Vec<f32>,
+    /// `[token][block]` activation block sums.
+    s: Vec<f32>,
+}
+
+thread_local! {
+    static PACK: std::cell::RefCell<Pack> = std::cell::RefCell::new(Pack::default());
+}
+
+fn grow<T: Clone + Default>(v: &mut Vec<T>, n: usize) {
+    if v.len() < n {
+        v.resize(n, T::default());
+    }
+}
+
+/// Sum of `a[b] * s[b]` with 8 lanes (lane `l` takes blocks `l, l + 8, ...`
+/// in order), the lanes summed by [`hsum`], then the tail added in order.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_aux(a: &[f32], s: &[f32]) -> f32 {
+    let (a8, a_tail) = a.as_chunks::<8>();
+    let (s8, s_tail) = s.as_chunks::<8>();
+    let mut acc = _mm256_setzero_ps();
+    for (x, y) in a8.iter().zip(s8) {
+        acc = _mm256_fmadd_ps(bytemuck::cast(*x), bytemuck::cast(*y), acc);
+    }
+    a_tail
+        .iter()
+        .zip(s_tail)
+        .fold(hsum(acc), |t, (&x, &y)| t + x * y)
+}
+
+/// Unpacks rows `rows[i]` (all `nb` blocks) into `p`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn pack_rows<B: LegacySimd>(w: &[B], nb: usize, rows: [usize; PACK_ROWS], p: &mut Pack) {
+    for (i, &r) in rows.iter().enumerate() {
+        let wr = &w[r * nb..(r + 1) * nb];
+        let aux = &mut p.aux[i * nb..(i + 1) * nb];
+        for (b, (blk, a)) in wr.iter().zip(aux.iter_mut()).enumerate() {
+            // SAFETY: this function is compiled with the features `load` needs.
+            let (q, d, m) = unsafe { blk.load() };
+            let at = b * PACK_ROWS + i;
+            let qa = match B::FORM {
+                Form::Signed => _mm256_abs_epi8(q),
+                _ => q,
+            };
+            p.qa[at] = Bytes32(bytemuck::cast(qa));
+            if B::FORM == Form::Signed {
+                p.q[at] = Bytes32(bytemuck::cast(q));
+            }
+            p.d[at] = d;
+            *a = match B::FORM {
+                Form::Signed => 0.0,
+                Form::Offset(_) => d,
+                Form::Min => m,
+            };
+        }
+    }
+}
+
+/// The 8-lane accumulators of `PACK_ROWS` packed rows against `C` tokens.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn packed_tile<B: LegacySimd, const C: usize>(
+    p: &Pack,
+    nb: usize,
+    x: [&[BlockQ8x32]; C],
+) -> [[__m256; C]; PACK_ROWS] {
+    let (qa, _) = p.qa[..nb * PACK_ROWS].as_chunks::<PACK_ROWS>();
+    let (qs, _) = p.q.as_chunks::<PACK_ROWS>();
+    let (d, _) = p.d[..nb * PACK_ROWS].as_chunks::<PACK_ROWS>();
+    let x = x.map(|s| &s[..qa.len()]);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [[_mm256_setzero_ps(); C]; PACK_ROWS];
+    for (b, (qa_b, d_b)) in qa.iter().zip(d).enumerate() {
+        let dx: [__m256; C] = std::array::from_fn(|j| _mm256_set1_ps(x[j][b].d));
+        let xv: [__m256i; C] = std::array::from_fn(|j| bytemuck::cast(x[j][b].qs));
+        for i in 0..PACK_ROWS {
+            let wa: __m256i = bytemuck::cast(qa_b[i].0);
+            let dw = _mm256_set1_ps(d_b[i]);
+            for j in 0..C {
+                let xj = if B::FORM == Form::Signed {
+                    _mm256_sign_epi8(xv[j], bytemuck::cast(qs[b][i].0))
+                } else {
+                    xv[j]
+                };
+                let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(wa, xj), ones));
+                acc[i][j] = _mm256_fmadd_ps(_mm256_mul_ps(dw, dx[j]), sums, acc[i][j]);
+            }
+        }
+    }
+    acc
+}
+
+/// Runs one packed tile against tokens `t..t + C` and stores the valid rows.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn packed_store<B: LegacySimd, const C: usize>(
+    p: &Pack,
+    nb: usize,
+    x: &[BlockQ8x32],
+    t: usize,
+    r0: usize,
+    n_rows: usize,
+    out: &mut OutRows<'_>,
+) {
+    let xt: [&[BlockQ8x32]; C] = std::array::from_fn(|j| &x[(t + j) * nb..(t + j + 1) * nb]);
+    let acc = packed_tile::<B, C>(p, nb, xt);
+    for (i, row) in acc.iter().enumerate().take(n_rows) {
+        for (j, &a) in row.iter().enumerate() {
+            let v = hsum(a);
+            let v = match B::FORM {
+                Form::Signed => v,
+                Form::Offset(o) => {
+                    v - o * dot_aux(&p.aux[i * nb..(i + 1) * nb], &p.s[(t + j) * nb..(t + j + 1) * nb])
+                }
+                Form::Min => {
+                    v + dot_aux(&p.aux[i * nb..(i + 1) * nb], &p.s[(t + j) * nb..(t + j + 1) * nb])
+                }
+            };
+            out.set(t + j, r0 + i, v);
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn packed_rows_impl<B: LegacySimd>(
+    w: &[B],
+    nb: usize,
+    rows: Range<usize>,
+    x: &[BlockQ8x32],
+    n_tokens: usize,
+    out: &mut OutRows<'_>,
+    p: &mut Pack,
+) {
+    grow(&mut p.qa, nb * PACK_ROWS);
+    if B::FORM == Form::Signed {
+        grow(&mut p.q, nb * PACK_ROWS);
+    }
+    grow(&mut p.d, nb * PACK_ROWS);
+    grow(&mut p.aux, nb * PACK_ROWS);
+    if B::FORM != Form::Signed {
+        grow(&mut p.s, nb * n_tokens);
+        for (s, xb) in p.s.iter_mut().zip(&x[..nb * n_tokens]) {
+            *s = xb.s;
+        }
+    }
+    let mut t0 = 0;
+    while t0 < n_tokens {
+        let t_end = (t0 + PACK_TOKEN_GROUP).min(n_tokens);
+        let mut r = rows.start;
+        while r < rows.end {
+            let n_rows = (rows.end - r).min(PACK_ROWS);
+            // A short tile repeats its last row; those results are dropped.
+            let idx = std::array::from_fn(|i| r + i.min(n_rows - 1));
+            pack_rows::<B>(w, nb, idx, p);
+            let mut t = t0;
+            while t + 2 <= t_end {
+                packed_store::<B, 2>(p, nb, x, t, r, n_rows, out);
+                t += 2;
+            }
+            if t < t_end {
+                packed_store::<B, 1>(p, nb, x, t, r, n_rows, out);
+            }
+            r += n_rows;
+        }
+        t0 = t_end;
+    }
+}
+
+/// The packed kernel for rows `rows`, or `false` when the CPU lacks the
+/// features.
+pub(crate) fn packed_rows<B: LegacySimd>(
+    w: &[B],
+    nb: usize,
+    rows: Range<usize>,
+    x: &[BlockQ8x32],
+    n_tokens: usize,
+    out: &mut OutRows<'_>,
+) -> bool {
+    if !available() {
+        return false;
+    }
+    let mut p = PACK.take();
+    // SAFETY: the CPU supports avx2, fma and f16c (checked just above).
+    unsafe { packed_rows_impl::<B>(w, nb, rows, x, n_tokens, out, &mut p) };
+    PACK.set(p);
+    true
+}
