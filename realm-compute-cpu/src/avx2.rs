@@ -329,75 +329,6 @@ impl LegacySimd for BlockIQ4NL {
     }
 }
 
-/// Kernel for the 32-element types.
-pub(crate) struct Legacy<B>(std::marker::PhantomData<B>);
-
-/// An unpacked 32-element block: the bytes fed to `vpmaddubsw` (absolute
-/// values for signed types), the original signed bytes, the scale and the
-/// offset/min factor.
-#[derive(Clone, Copy)]
-pub(crate) struct LegacyUnpacked {
-    qa: __m256i,
-    q: __m256i,
-    d: f32,
-    aux: f32,
-}
-
-impl<B: LegacySimd> Kernel for Legacy<B> {
-    type Block = B;
-    type Unpacked = LegacyUnpacked;
-    /// The scaled integer sums, and the running offset/min term.
-    type Acc = (__m256, f32);
-    const ROWS_DECODE: usize = 4;
-    const ROWS_BATCH: usize = 2;
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn unpack(b: &B) -> LegacyUnpacked {
-        // SAFETY: this function is compiled with the features `load` needs.
-        let (q, d, m) = unsafe { b.load() };
-        let (qa, aux) = match B::FORM {
-            Form::Signed => (_mm256_abs_epi8(q), 0.0),
-            Form::Offset(_) => (q, d),
-            Form::Min => (q, m),
-        };
-        LegacyUnpacked { qa, q, d, aux }
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn zero() -> (__m256, f32) {
-        (_mm256_setzero_ps(), 0.0)
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn step(u: &LegacyUnpacked, x: &BlockQ8x32, acc: &mut (__m256, f32)) {
-        let xv: __m256i = bytemuck::cast(x.qs);
-        let xv = if B::FORM == Form::Signed {
-            _mm256_sign_epi8(xv, u.q)
-        } else {
-            xv
-        };
-        let pairs = _mm256_maddubs_epi16(u.qa, xv);
-        let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
-        acc.0 = _mm256_fmadd_ps(_mm256_set1_ps(u.d * x.d), sums, acc.0);
-        if B::FORM != Form::Signed {
-            acc.1 += u.aux * x.s;
-        }
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn finish(acc: (__m256, f32)) -> f32 {
-        match B::FORM {
-            Form::Signed => hsum(acc.0),
-            Form::Offset(o) => hsum(acc.0) - o * acc.1,
-            Form::Min => hsum(acc.0) + acc.1,
-        }
-    }
-}
-
 // ---- 256-element super-blocks ---------------------------------------------
 
 /// A super-block as it enters the shared k-quant kernel: 8 groups of 32
@@ -764,10 +695,10 @@ pub(crate) fn dot_float<T: FloatSimd>(w: &[T], x: &[f32]) -> Option<f32> {
 // - for each block `b` in order:
 //   `acc = fma(d_w[b] * d_x[b], f32(madd(maddubs(w[b], x[b]), 1)), acc)`,
 //   with `acc` 8 lanes wide;
-// - then `hsum(acc)` in a fixed lane order, plus (types with an offset or a
-//   min) the dot product of the per-block factors `aux_w[b]` with the
-//   activation block sums `s_x[b]`, taken 8 blocks to a lane in order
-//   ([`dot_aux`]).
+// - types with an offset or a min then add (or subtract `offset *`) the
+//   8 lane sums of the per-block factors `aux_w[b]` times the activation
+//   block sums `s_x[b]`, 8 blocks to a lane in order ([`dot_aux`]);
+// - and `hsum` adds the 8 lanes in a fixed order.
 //
 // Neither the tile shape nor the number of tokens changes this sequence, so
 // one token alone (decode) and the same token inside a batch give
@@ -794,9 +725,10 @@ struct Pack {
     q: Vec<Bytes32>,
     /// `[block][row]` block scales.
     d: Vec<f32>,
-    /// `[row][block]` offset/min factors.
+    /// `[row][block]` offset/min factors, rows zero-padded to a multiple
+    /// of 8 blocks.
     aux: Vec<f32>,
-    /// `[token][block]` activation block sums.
+    /// `[token][block]` activation block sums, padded like `aux`.
     s: Vec<f32>,
 }
 
@@ -810,30 +742,28 @@ fn grow<T: Clone + Default>(v: &mut Vec<T>, n: usize) {
     }
 }
 
-/// Sum of `a[b] * s[b]` with 8 lanes (lane `l` takes blocks `l, l + 8, ...`
-/// in order), the lanes summed by [`hsum`], then the tail added in order.
+/// The 8 lane sums of `a[b] * s[b]` (lane `l` takes blocks `l, l + 8, ...`
+/// in order); both slices are zero-padded to a multiple of 8 blocks.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dot_aux(a: &[f32], s: &[f32]) -> f32 {
-    let (a8, a_tail) = a.as_chunks::<8>();
-    let (s8, s_tail) = s.as_chunks::<8>();
+fn dot_aux(a: &[f32], s: &[f32]) -> __m256 {
+    let (a8, _) = a.as_chunks::<8>();
+    let (s8, _) = s.as_chunks::<8>();
     let mut acc = _mm256_setzero_ps();
     for (x, y) in a8.iter().zip(s8) {
         acc = _mm256_fmadd_ps(bytemuck::cast(*x), bytemuck::cast(*y), acc);
     }
-    a_tail
-        .iter()
-        .zip(s_tail)
-        .fold(hsum(acc), |t, (&x, &y)| t + x * y)
+    acc
 }
 
 /// Unpacks rows `rows[i]` (all `nb` blocks) into `p`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn pack_rows<B: LegacySimd>(w: &[B], nb: usize, rows: [usize; PACK_ROWS], p: &mut Pack) {
+    let nb8 = nb.next_multiple_of(8);
     for (i, &r) in rows.iter().enumerate() {
         let wr = &w[r * nb..(r + 1) * nb];
-        let aux = &mut p.aux[i * nb..(i + 1) * nb];
+        let aux = &mut p.aux[i * nb8..i * nb8 + nb];
         for (b, (blk, a)) in wr.iter().zip(aux.iter_mut()).enumerate() {
             // SAFETY: this function is compiled with the features `load` needs.
             let (q, d, m) = unsafe { blk.load() };
@@ -904,19 +834,21 @@ fn packed_store<B: LegacySimd, const C: usize>(
 ) {
     let xt: [&[BlockQ8x32]; C] = std::array::from_fn(|j| &x[(t + j) * nb..(t + j + 1) * nb]);
     let acc = packed_tile::<B, C>(p, nb, xt);
+    let nb8 = nb.next_multiple_of(8);
     for (i, row) in acc.iter().enumerate().take(n_rows) {
         for (j, &a) in row.iter().enumerate() {
-            let v = hsum(a);
-            let v = match B::FORM {
-                Form::Signed => v,
-                Form::Offset(o) => {
-                    v - o * dot_aux(&p.aux[i * nb..(i + 1) * nb], &p.s[(t + j) * nb..(t + j + 1) * nb])
-                }
-                Form::Min => {
-                    v + dot_aux(&p.aux[i * nb..(i + 1) * nb], &p.s[(t + j) * nb..(t + j + 1) * nb])
-                }
+            let aux = || {
+                dot_aux(
+                    &p.aux[i * nb8..(i + 1) * nb8],
+                    &p.s[(t + j) * nb8..(t + j + 1) * nb8],
+                )
             };
-            out.set(t + j, r0 + i, v);
+            let v = match B::FORM {
+                Form::Signed => a,
+                Form::Offset(o) => _mm256_fnmadd_ps(_mm256_set1_ps(o), aux(), a),
+                Form::Min => _mm256_add_ps(a, aux()),
+            };
+            out.set(t + j, r0 + i, hsum(v));
         }
     }
 }
@@ -936,11 +868,20 @@ fn packed_rows_impl<B: LegacySimd>(
         grow(&mut p.q, nb * PACK_ROWS);
     }
     grow(&mut p.d, nb * PACK_ROWS);
-    grow(&mut p.aux, nb * PACK_ROWS);
+    let nb8 = nb.next_multiple_of(8);
+    grow(&mut p.aux, nb8 * PACK_ROWS);
+    // `pack_rows` writes the first `nb` factors of each row; the padding
+    // must be zero.
+    for a in p.aux[..nb8 * PACK_ROWS].chunks_exact_mut(nb8) {
+        a[nb..].fill(0.0);
+    }
     if B::FORM != Form::Signed {
-        grow(&mut p.s, nb * n_tokens);
-        for (s, xb) in p.s.iter_mut().zip(&x[..nb * n_tokens]) {
-            *s = xb.s;
+        grow(&mut p.s, nb8 * n_tokens);
+        for (s, xt) in p.s.chunks_exact_mut(nb8).zip(x[..nb * n_tokens].chunks_exact(nb)) {
+            for (s, xb) in s.iter_mut().zip(xt) {
+                *s = xb.s;
+            }
+            s[nb..].fill(0.0);
         }
     }
     let mut t0 = 0;
