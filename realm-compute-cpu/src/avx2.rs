@@ -695,10 +695,12 @@ pub(crate) fn dot_float<T: FloatSimd>(w: &[T], x: &[f32]) -> Option<f32> {
 // - for each block `b` in order:
 //   `acc = fma(d_w[b] * d_x[b], f32(madd(maddubs(w[b], x[b]), 1)), acc)`,
 //   with `acc` 8 lanes wide;
-// - types with an offset or a min then add (or subtract `offset *`) the
-//   8 lane sums of the per-block factors `aux_w[b]` times the activation
-//   block sums `s_x[b]`, 8 blocks to a lane in order ([`dot_aux`]);
-// - and `hsum` adds the 8 lanes in a fixed order.
+// - `hsum` adds the 8 lanes in a fixed order;
+// - types with an offset or a min then add (or subtract `offset *`) the sum,
+//   in block order, of the per-block factors `aux_w[b]` times the
+//   activation block sums `s_x[b]` (one rounding per product and per sum,
+//   as the old scalar accumulator did: it keeps Gemma's logits closest to
+//   llama.cpp's).
 //
 // Neither the tile shape nor the number of tokens changes this sequence, so
 // one token alone (decode) and the same token inside a batch give
@@ -740,20 +742,6 @@ fn grow<T: Clone + Default>(v: &mut Vec<T>, n: usize) {
     if v.len() < n {
         v.resize(n, T::default());
     }
-}
-
-/// The 8 lane sums of `a[b] * s[b]` (lane `l` takes blocks `l, l + 8, ...`
-/// in order); both slices are zero-padded to a multiple of 8 blocks.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn dot_aux(a: &[f32], s: &[f32]) -> __m256 {
-    let (a8, _) = a.as_chunks::<8>();
-    let (s8, _) = s.as_chunks::<8>();
-    let mut acc = _mm256_setzero_ps();
-    for (x, y) in a8.iter().zip(s8) {
-        acc = _mm256_fmadd_ps(bytemuck::cast(*x), bytemuck::cast(*y), acc);
-    }
-    acc
 }
 
 /// Unpacks rows `rows[i]` (all `nb` blocks) into `p`.
@@ -812,7 +800,8 @@ fn packed_tile<B: LegacySimd, const C: usize>(
                 } else {
                     xv[j]
                 };
-                let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(wa, xj), ones));
+                let sums =
+                    _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(wa, xj), ones));
                 acc[i][j] = _mm256_fmadd_ps(_mm256_mul_ps(dw, dx[j]), sums, acc[i][j]);
             }
         }
@@ -837,18 +826,18 @@ fn packed_store<B: LegacySimd, const C: usize>(
     let nb8 = nb.next_multiple_of(8);
     for (i, row) in acc.iter().enumerate().take(n_rows) {
         for (j, &a) in row.iter().enumerate() {
-            let aux = || {
-                dot_aux(
-                    &p.aux[i * nb8..(i + 1) * nb8],
-                    &p.s[(t + j) * nb8..(t + j + 1) * nb8],
-                )
+            let seq = || {
+                p.aux[i * nb8..i * nb8 + nb]
+                    .iter()
+                    .zip(&p.s[(t + j) * nb8..(t + j) * nb8 + nb])
+                    .fold(0.0f32, |s, (&x, &y)| s + x * y)
             };
             let v = match B::FORM {
-                Form::Signed => a,
-                Form::Offset(o) => _mm256_fnmadd_ps(_mm256_set1_ps(o), aux(), a),
-                Form::Min => _mm256_add_ps(a, aux()),
+                Form::Signed => hsum(a),
+                Form::Offset(o) => hsum(a) - o * seq(),
+                Form::Min => hsum(a) + seq(),
             };
-            out.set(t + j, r0 + i, hsum(v));
+            out.set(t + j, r0 + i, v);
         }
     }
 }
@@ -877,7 +866,10 @@ fn packed_rows_impl<B: LegacySimd>(
     }
     if B::FORM != Form::Signed {
         grow(&mut p.s, nb8 * n_tokens);
-        for (s, xt) in p.s.chunks_exact_mut(nb8).zip(x[..nb * n_tokens].chunks_exact(nb)) {
+        for (s, xt) in
+            p.s.chunks_exact_mut(nb8)
+                .zip(x[..nb * n_tokens].chunks_exact(nb))
+        {
             for (s, xb) in s.iter_mut().zip(xt) {
                 *s = xb.s;
             }
@@ -924,5 +916,119 @@ pub(crate) fn packed_rows<B: LegacySimd>(
     // SAFETY: the CPU supports avx2, fma and f16c (checked just above).
     unsafe { packed_rows_impl::<B>(w, nb, rows, x, n_tokens, out, &mut p) };
     PACK.set(p);
+    true
+}
+
+// ---- attention ----------------------------------------------------------------
+
+/// `q . k` for one head: 8-lane FMAs alternating between two accumulators
+/// (chunk `c` into accumulator `c % 2`), summed, reduced by [`hsum`], then
+/// the tail (`hd % 8` values) added in order.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_head<T: FloatSimd>(q: &[f32], k: &[T]) -> f32 {
+    let (q8, q_tail) = q.as_chunks::<8>();
+    let (k8, k_tail) = k.as_chunks::<8>();
+    let mut acc = [_mm256_setzero_ps(); 2];
+    for (c, (qc, kc)) in q8.iter().zip(k8).enumerate() {
+        // SAFETY: this function is compiled with the features `load8` needs.
+        let kv = unsafe { T::load8(kc) };
+        acc[c & 1] = _mm256_fmadd_ps(bytemuck::cast(*qc), kv, acc[c & 1]);
+    }
+    q_tail
+        .iter()
+        .zip(k_tail)
+        .fold(hsum(_mm256_add_ps(acc[0], acc[1])), |s, (&a, &b)| {
+            s + a * b.to_f32()
+        })
+}
+
+/// Causal attention of `g` query heads that share one key/value head, at
+/// one position: `q` and `out` hold the `g` heads back to back, `keys` and
+/// `values` the visible positions, `scores` at least `g` times as many
+/// values. Each head's result depends only on its own query (never on `g`):
+/// scores in position order, the shared softmax, then values accumulated
+/// in position order with one FMA per element.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn attend_group_impl<T: FloatSimd>(
+    keys: &[T],
+    values: &[T],
+    hd: usize,
+    q: &[f32],
+    scale: f32,
+    softcap: Option<f32>,
+    scores: &mut [f32],
+    out: &mut [f32],
+    softmax: fn(&mut [f32]) -> f32,
+) {
+    let len = keys.len() / hd;
+    let g = q.len() / hd;
+    let scores = &mut scores[..g * len];
+    for (p, k) in keys.chunks_exact(hd).enumerate() {
+        for (h, qh) in q.chunks_exact(hd).enumerate() {
+            let raw = dot_head(qh, k) * scale;
+            scores[h * len + p] = match softcap {
+                Some(c) => c * (raw / c).tanh(),
+                None => raw,
+            };
+        }
+    }
+    let mut inv = [0.0f32; 16];
+    for (h, s) in scores.chunks_exact_mut(len).enumerate() {
+        inv[h] = 1.0 / softmax(s);
+    }
+    let full = hd / 8 * 8;
+    let mut acc = [_mm256_setzero_ps(); 16];
+    for d in (0..full).step_by(8) {
+        acc[..g].fill(_mm256_setzero_ps());
+        for (p, v) in values.chunks_exact(hd).enumerate() {
+            let v8: &[T; 8] = v[d..d + 8].try_into().expect("8 values");
+            // SAFETY: this function is compiled with the features `load8` needs.
+            let vv = unsafe { T::load8(v8) };
+            for (h, a) in acc[..g].iter_mut().enumerate() {
+                *a = _mm256_fmadd_ps(_mm256_set1_ps(scores[h * len + p]), vv, *a);
+            }
+        }
+        for (h, a) in acc[..g].iter().enumerate() {
+            let r = _mm256_mul_ps(*a, _mm256_set1_ps(inv[h]));
+            let o: &mut [f32; 8] = (&mut out[h * hd + d..h * hd + d + 8])
+                .try_into()
+                .expect("8 outputs");
+            *o = bytemuck::cast(r);
+        }
+    }
+    for d in full..hd {
+        for h in 0..g {
+            let mut a = 0.0f32;
+            for (p, v) in values.chunks_exact(hd).enumerate() {
+                a = scores[h * len + p].mul_add(v[d].to_f32(), a);
+            }
+            out[h * hd + d] = a * inv[h];
+        }
+    }
+}
+
+/// The most query heads [`attend_group`] takes at once.
+pub(crate) const MAX_GROUP: usize = 16;
+
+/// [`attend_group_impl`], or `false` when the CPU lacks the features.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attend_group<T: FloatSimd>(
+    keys: &[T],
+    values: &[T],
+    hd: usize,
+    q: &[f32],
+    scale: f32,
+    softcap: Option<f32>,
+    scores: &mut [f32],
+    out: &mut [f32],
+    softmax: fn(&mut [f32]) -> f32,
+) -> bool {
+    if !available() || q.len() / hd > MAX_GROUP {
+        return false;
+    }
+    // SAFETY: the CPU supports avx2, fma and f16c (checked just above).
+    unsafe { attend_group_impl(keys, values, hd, q, scale, softcap, scores, out, softmax) };
     true
 }
