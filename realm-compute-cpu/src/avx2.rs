@@ -147,7 +147,8 @@ fn tile<K: Kernel, const R: usize, const C: usize>(
     acc.map(|r| r.map(|a| unsafe { K::finish(a) }))
 }
 
-/// Rows `r..r + R` against tokens `t0..t0 + tn`, in tiles of up to 4 tokens.
+/// Rows `r..r + R` against tokens `t0..t0 + tn`, in tiles of up to 4 tokens
+/// (8 for a single row, whose unpacked block is the costly part).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn row_tile<K: Kernel, const R: usize>(
@@ -162,7 +163,8 @@ fn row_tile<K: Kernel, const R: usize>(
     let xt = |t: usize| &x[t * nb..(t + 1) * nb];
     let mut t = tokens.start;
     while t < tokens.end {
-        let c = (tokens.end - t).min(4);
+        let left = tokens.end - t;
+        let c = if R == 1 && left >= 8 { 8 } else { left.min(4) };
         macro_rules! run {
             ($c:literal) => {{
                 let res = tile::<K, R, $c>(wr, std::array::from_fn(|j| xt(t + j)), nb);
@@ -174,6 +176,7 @@ fn row_tile<K: Kernel, const R: usize>(
             }};
         }
         match c {
+            8 => run!(8),
             4 => run!(4),
             3 => run!(3),
             2 => run!(2),
