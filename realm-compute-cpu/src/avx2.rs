@@ -902,6 +902,67 @@ fn packed_rows_impl<B: LegacySimd>(
     }
 }
 
+/// One token (decode): the arithmetic of [`packed_tile`] and
+/// [`packed_store`] step for step, but straight from the weight blocks,
+/// since nothing would reuse a packed copy.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn fused_rows_impl<B: LegacySimd>(
+    w: &[B],
+    nb: usize,
+    rows: Range<usize>,
+    x: &[BlockQ8x32],
+    out: &mut OutRows<'_>,
+) {
+    let x = &x[..nb];
+    let ones = _mm256_set1_epi16(1);
+    let mut r = rows.start;
+    while r < rows.end {
+        let n_rows = (rows.end - r).min(PACK_ROWS);
+        let wr: [&[B]; PACK_ROWS] = std::array::from_fn(|i| {
+            let row = r + i.min(n_rows - 1);
+            &w[row * nb..(row + 1) * nb]
+        });
+        let mut acc = [_mm256_setzero_ps(); PACK_ROWS];
+        let mut aux = [0.0f32; PACK_ROWS];
+        for (b, xb) in x.iter().enumerate() {
+            let xv: __m256i = bytemuck::cast(xb.qs);
+            let dx = _mm256_set1_ps(xb.d);
+            for i in 0..PACK_ROWS {
+                // Rows are contiguous: fetch this block a few tiles ahead.
+                // A prefetch never faults, so running past the end is
+                // harmless.
+                let ahead = wr[i].as_ptr().wrapping_add(b + 4 * PACK_ROWS * nb);
+                _mm_prefetch::<_MM_HINT_T0>(ahead.cast::<i8>());
+                // SAFETY: this function is compiled with the features
+                // `load` needs.
+                let (q, d, m) = unsafe { wr[i][b].load() };
+                let (qa, xj) = match B::FORM {
+                    Form::Signed => (_mm256_abs_epi8(q), _mm256_sign_epi8(xv, q)),
+                    _ => (q, xv),
+                };
+                let sums =
+                    _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(qa, xj), ones));
+                acc[i] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(d), dx), sums, acc[i]);
+                match B::FORM {
+                    Form::Signed => {}
+                    Form::Offset(_) => aux[i] += d * xb.s,
+                    Form::Min => aux[i] += m * xb.s,
+                }
+            }
+        }
+        for i in 0..n_rows {
+            let v = hsum(acc[i]);
+            let v = match B::FORM {
+                Form::Signed => v,
+                Form::Offset(o) => v - o * aux[i],
+                Form::Min => v + aux[i],
+            };
+            out.set(0, r + i, v);
+        }
+        r += n_rows;
+    }
+}
+
 /// The packed kernel for rows `rows`, or `false` when the CPU lacks the
 /// features.
 pub(crate) fn packed_rows<B: LegacySimd>(
@@ -914,6 +975,11 @@ pub(crate) fn packed_rows<B: LegacySimd>(
 ) -> bool {
     if !available() {
         return false;
+    }
+    if n_tokens == 1 {
+        // SAFETY: the CPU supports avx2, fma and f16c (checked just above).
+        unsafe { fused_rows_impl::<B>(w, nb, rows, x, out) };
+        return true;
     }
     let mut p = PACK.take();
     // SAFETY: the CPU supports avx2, fma and f16c (checked just above).
