@@ -12,7 +12,7 @@ use realm_core::backend::{
 };
 
 use crate::ops::dot;
-use crate::{CpuBackend, CpuWorkspace};
+use crate::{CpuBackend, CpuWorkspace, Isa};
 
 /// Keys and values in the cache's element type.
 #[derive(Debug, Clone)]
@@ -218,10 +218,12 @@ fn check_params(
     Ok(n)
 }
 
-/// Attention for one (token, head) pair; `scores` holds at least
-/// `pos + 1` values.
+/// Attention for `q.len() / head_dim` consecutive query heads of one token
+/// that share the key/value head `kv_head`; `scores` holds at least that
+/// many times `pos + 1` values.
 #[allow(clippy::too_many_arguments)]
-fn head_attention(
+fn group_attention(
+    isa: Isa,
     cache: &CpuKvCache,
     layer: usize,
     kv_head: usize,
@@ -233,13 +235,69 @@ fn head_attention(
 ) {
     let hd = p.head_dim;
     let lo = p.sliding_window.map_or(0, |w| (pos + 1).saturating_sub(w));
-    let range =
-        cache.head_base(layer, kv_head) + lo * hd..cache.head_base(layer, kv_head) + (pos + 1) * hd;
-    let scores = &mut scores[..pos + 1 - lo];
-    match &cache.store {
-        Store::F32 { k, v } => weigh(&k[range.clone()], &v[range], q, p, scores, out, dot),
-        Store::F16 { k, v } => weigh(&k[range.clone()], &v[range], q, p, scores, out, dot_f16),
+    let base = cache.head_base(layer, kv_head);
+    let range = base + lo * hd..base + (pos + 1) * hd;
+    let len = pos + 1 - lo;
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2 {
+        let done = match &cache.store {
+            Store::F32 { k, v } => crate::avx2::attend_group(
+                &k[range.clone()],
+                &v[range.clone()],
+                hd,
+                q,
+                p.scale,
+                p.softcap,
+                scores,
+                out,
+                softmax_exp,
+            ),
+            Store::F16 { k, v } => crate::avx2::attend_group(
+                &k[range.clone()],
+                &v[range.clone()],
+                hd,
+                q,
+                p.scale,
+                p.softcap,
+                scores,
+                out,
+                softmax_exp,
+            ),
+        };
+        if done {
+            return;
+        }
     }
+    let _ = isa;
+    let scores = &mut scores[..len];
+    for (qh, oh) in q.chunks_exact(hd).zip(out.chunks_exact_mut(hd)) {
+        match &cache.store {
+            Store::F32 { k, v } => {
+                weigh(&k[range.clone()], &v[range.clone()], qh, p, scores, oh, dot)
+            }
+            Store::F16 { k, v } => weigh(
+                &k[range.clone()],
+                &v[range.clone()],
+                qh,
+                p,
+                scores,
+                oh,
+                dot_f16,
+            ),
+        }
+    }
+}
+
+/// Replaces scores by `exp(s - max)` (in order) and returns their sum (in
+/// order).
+fn softmax_exp(scores: &mut [f32]) -> f32 {
+    let max = scores.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let mut sum = 0.0f32;
+    for s in scores.iter_mut() {
+        *s = (*s - max).exp();
+        sum += *s;
+    }
+    sum
 }
 
 /// `q . k` for keys stored as f16, summed in index order.
@@ -265,12 +323,7 @@ fn weigh<T: Copy + Into<f32>>(
             None => raw,
         };
     }
-    let max = scores.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    let mut sum = 0.0f32;
-    for s in scores.iter_mut() {
-        *s = (*s - max).exp();
-        sum += *s;
-    }
+    let sum = softmax_exp(scores);
     out.fill(0.0);
     for (&e, v) in scores.iter().zip(values.chunks_exact(hd)) {
         for (o, &x) in out.iter_mut().zip(v) {
@@ -297,34 +350,58 @@ pub(crate) fn attention(
     let group = p.n_heads / p.n_kv_heads;
     let pairs = n * p.n_heads;
     let ctx = start_pos + n;
-    // One scores buffer per chunk of pairs; chunks run in parallel when the
-    // work is worth it.
-    let work = pairs * ctx * hd;
-    let n_chunks = if be.threads > 1 && work >= 1 << 16 {
-        (be.threads * 4).min(pairs)
+    // Several tokens: the query heads sharing a key/value head go together
+    // (each head's arithmetic is the same either way), so each key and
+    // value is loaded once for all of them.
+    #[cfg(target_arch = "x86_64")]
+    let g = if n > 1 && be.isa == Isa::Avx2 && group <= crate::avx2::MAX_GROUP {
+        group
     } else {
         1
     };
-    let per_chunk = pairs.div_ceil(n_chunks);
-    let n_chunks = pairs.div_ceil(per_chunk);
-    if ws.scores.len() < n_chunks * ctx {
-        ws.scores.resize(n_chunks * ctx, 0.0);
+    #[cfg(not(target_arch = "x86_64"))]
+    let g = 1;
+    let units = pairs / g;
+    // One scores buffer per chunk of units; chunks run in parallel when the
+    // work is worth it.
+    let work = pairs * ctx * hd;
+    let n_chunks = if be.threads > 1 && work >= 1 << 16 {
+        (be.threads * 4).min(units)
+    } else {
+        1
+    };
+    let per_chunk = units.div_ceil(n_chunks);
+    let n_chunks = units.div_ceil(per_chunk);
+    let span = g * ctx;
+    if ws.scores.len() < n_chunks * span {
+        ws.scores.resize(n_chunks * span, 0.0);
     }
+    let isa = be.isa;
     let run = |(c, (o, scores)): (usize, (&mut [f32], &mut [f32]))| {
-        for (i, oh) in o.chunks_exact_mut(hd).enumerate() {
-            let pair = c * per_chunk + i;
+        for (i, oh) in o.chunks_exact_mut(g * hd).enumerate() {
+            let pair = (c * per_chunk + i) * g;
             let (t, h) = (pair / p.n_heads, pair % p.n_heads);
-            let qh = &q[pair * hd..(pair + 1) * hd];
-            head_attention(cache, layer, h / group, start_pos + t, qh, p, scores, oh);
+            let qh = &q[pair * hd..(pair + g) * hd];
+            group_attention(
+                isa,
+                cache,
+                layer,
+                h / group,
+                start_pos + t,
+                qh,
+                p,
+                scores,
+                oh,
+            );
         }
     };
     if n_chunks == 1 {
-        run((0, (out, &mut ws.scores[..ctx])));
+        run((0, (out, &mut ws.scores[..span])));
     } else {
-        let scores = &mut ws.scores[..n_chunks * ctx];
+        let scores = &mut ws.scores[..n_chunks * span];
         be.pool.install(|| {
-            out.par_chunks_mut(per_chunk * hd)
-                .zip(scores.par_chunks_mut(ctx))
+            out.par_chunks_mut(per_chunk * g * hd)
+                .zip(scores.par_chunks_mut(span))
                 .enumerate()
                 .for_each(run)
         });

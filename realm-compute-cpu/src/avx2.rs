@@ -147,7 +147,8 @@ fn tile<K: Kernel, const R: usize, const C: usize>(
     acc.map(|r| r.map(|a| unsafe { K::finish(a) }))
 }
 
-/// Rows `r..r + R` against tokens `t0..t0 + tn`, in tiles of up to 4 tokens.
+/// Rows `r..r + R` against tokens `t0..t0 + tn`, in tiles of up to 4 tokens
+/// (8 for a single row, whose unpacked block is the costly part).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn row_tile<K: Kernel, const R: usize>(
@@ -162,7 +163,8 @@ fn row_tile<K: Kernel, const R: usize>(
     let xt = |t: usize| &x[t * nb..(t + 1) * nb];
     let mut t = tokens.start;
     while t < tokens.end {
-        let c = (tokens.end - t).min(4);
+        let left = tokens.end - t;
+        let c = if R == 1 && left >= 8 { 8 } else { left.min(4) };
         macro_rules! run {
             ($c:literal) => {{
                 let res = tile::<K, R, $c>(wr, std::array::from_fn(|j| xt(t + j)), nb);
@@ -174,6 +176,7 @@ fn row_tile<K: Kernel, const R: usize>(
             }};
         }
         match c {
+            8 => run!(8),
             4 => run!(4),
             3 => run!(3),
             2 => run!(2),
@@ -326,75 +329,6 @@ impl LegacySimd for BlockIQ4NL {
     unsafe fn load(&self) -> (__m256i, f32, f32) {
         let q = _mm256_shuffle_epi8(iq4_table(), nibbles(self.qs));
         (q, h2f(self.d), 0.0)
-    }
-}
-
-/// Kernel for the 32-element types.
-pub(crate) struct Legacy<B>(std::marker::PhantomData<B>);
-
-/// An unpacked 32-element block: the bytes fed to `vpmaddubsw` (absolute
-/// values for signed types), the original signed bytes, the scale and the
-/// offset/min factor.
-#[derive(Clone, Copy)]
-pub(crate) struct LegacyUnpacked {
-    qa: __m256i,
-    q: __m256i,
-    d: f32,
-    aux: f32,
-}
-
-impl<B: LegacySimd> Kernel for Legacy<B> {
-    type Block = B;
-    type Unpacked = LegacyUnpacked;
-    /// The scaled integer sums, and the running offset/min term.
-    type Acc = (__m256, f32);
-    const ROWS_DECODE: usize = 4;
-    const ROWS_BATCH: usize = 2;
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn unpack(b: &B) -> LegacyUnpacked {
-        // SAFETY: this function is compiled with the features `load` needs.
-        let (q, d, m) = unsafe { b.load() };
-        let (qa, aux) = match B::FORM {
-            Form::Signed => (_mm256_abs_epi8(q), 0.0),
-            Form::Offset(_) => (q, d),
-            Form::Min => (q, m),
-        };
-        LegacyUnpacked { qa, q, d, aux }
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn zero() -> (__m256, f32) {
-        (_mm256_setzero_ps(), 0.0)
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn step(u: &LegacyUnpacked, x: &BlockQ8x32, acc: &mut (__m256, f32)) {
-        let xv: __m256i = bytemuck::cast(x.qs);
-        let xv = if B::FORM == Form::Signed {
-            _mm256_sign_epi8(xv, u.q)
-        } else {
-            xv
-        };
-        let pairs = _mm256_maddubs_epi16(u.qa, xv);
-        let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
-        acc.0 = _mm256_fmadd_ps(_mm256_set1_ps(u.d * x.d), sums, acc.0);
-        if B::FORM != Form::Signed {
-            acc.1 += u.aux * x.s;
-        }
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn finish(acc: (__m256, f32)) -> f32 {
-        match B::FORM {
-            Form::Signed => hsum(acc.0),
-            Form::Offset(o) => hsum(acc.0) - o * acc.1,
-            Form::Min => hsum(acc.0) + acc.1,
-        }
     }
 }
 
@@ -752,4 +686,418 @@ pub(crate) fn dot_float<T: FloatSimd>(w: &[T], x: &[f32]) -> Option<f32> {
     }
     // SAFETY: the CPU supports avx2, fma and f16c (checked just above).
     Some(unsafe { dot_float_impl(w, x) })
+}
+
+// ---- 32-element blocks, packed-weight kernel --------------------------------
+//
+// The 32-element types run through one kernel that first unpacks a tile of
+// `PACK_ROWS` weight rows into an L1-resident buffer of bytes and scales,
+// then sweeps every token of the call past it. Per (row, token) pair the
+// arithmetic is fixed by `k` alone:
+//
+// - for each block `b` in order:
+//   `acc = fma(d_w[b] * d_x[b], f32(madd(maddubs(w[b], x[b]), 1)), acc)`,
+//   with `acc` 8 lanes wide;
+// - `hsum` adds the 8 lanes in a fixed order;
+// - types with an offset or a min then add (or subtract `offset *`) the sum,
+//   in block order, of the per-block factors `aux_w[b]` times the
+//   activation block sums `s_x[b]` (one rounding per product and per sum,
+//   as the old scalar accumulator did: it keeps Gemma's logits closest to
+//   llama.cpp's).
+//
+// Neither the tile shape nor the number of tokens changes this sequence, so
+// one token alone (decode) and the same token inside a batch give
+// bit-identical results.
+
+/// Rows unpacked together.
+const PACK_ROWS: usize = 4;
+/// Tokens whose activations stay in L2 while the row tiles stream past.
+const PACK_TOKEN_GROUP: usize = 64;
+
+/// 32 bytes, aligned for a vector load.
+#[repr(C, align(32))]
+#[derive(Clone, Copy, Default)]
+struct Bytes32([u8; 32]);
+
+/// Per-thread scratch of the packed kernel; it grows to the largest call
+/// and is then reused.
+#[derive(Default)]
+struct Pack {
+    /// `[block][row]` bytes fed to `maddubs` (absolute values for signed
+    /// types).
+    qa: Vec<Bytes32>,
+    /// `[block][row]` signed bytes (signed types only).
+    q: Vec<Bytes32>,
+    /// `[block][row]` block scales.
+    d: Vec<f32>,
+    /// `[row][block]` offset/min factors, rows zero-padded to a multiple
+    /// of 8 blocks.
+    aux: Vec<f32>,
+    /// `[token][block]` activation block sums, padded like `aux`.
+    s: Vec<f32>,
+}
+
+thread_local! {
+    static PACK: std::cell::RefCell<Pack> = std::cell::RefCell::new(Pack::default());
+}
+
+fn grow<T: Clone + Default>(v: &mut Vec<T>, n: usize) {
+    if v.len() < n {
+        v.resize(n, T::default());
+    }
+}
+
+/// Unpacks rows `rows[i]` (all `nb` blocks) into `p`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn pack_rows<B: LegacySimd>(w: &[B], nb: usize, rows: [usize; PACK_ROWS], p: &mut Pack) {
+    let nb8 = nb.next_multiple_of(8);
+    for (i, &r) in rows.iter().enumerate() {
+        let wr = &w[r * nb..(r + 1) * nb];
+        let aux = &mut p.aux[i * nb8..i * nb8 + nb];
+        for (b, (blk, a)) in wr.iter().zip(aux.iter_mut()).enumerate() {
+            // SAFETY: this function is compiled with the features `load` needs.
+            let (q, d, m) = unsafe { blk.load() };
+            let at = b * PACK_ROWS + i;
+            let qa = match B::FORM {
+                Form::Signed => _mm256_abs_epi8(q),
+                _ => q,
+            };
+            p.qa[at] = Bytes32(bytemuck::cast(qa));
+            if B::FORM == Form::Signed {
+                p.q[at] = Bytes32(bytemuck::cast(q));
+            }
+            p.d[at] = d;
+            *a = match B::FORM {
+                Form::Signed => 0.0,
+                Form::Offset(_) => d,
+                Form::Min => m,
+            };
+        }
+    }
+}
+
+/// The 8-lane accumulators of `PACK_ROWS` packed rows against `C` tokens.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn packed_tile<B: LegacySimd, const C: usize>(
+    p: &Pack,
+    nb: usize,
+    x: [&[BlockQ8x32]; C],
+) -> [[__m256; C]; PACK_ROWS] {
+    let (qa, _) = p.qa[..nb * PACK_ROWS].as_chunks::<PACK_ROWS>();
+    let (qs, _) = p.q.as_chunks::<PACK_ROWS>();
+    let (d, _) = p.d[..nb * PACK_ROWS].as_chunks::<PACK_ROWS>();
+    let x = x.map(|s| &s[..qa.len()]);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [[_mm256_setzero_ps(); C]; PACK_ROWS];
+    for (b, (qa_b, d_b)) in qa.iter().zip(d).enumerate() {
+        let dx: [__m256; C] = std::array::from_fn(|j| _mm256_set1_ps(x[j][b].d));
+        let xv: [__m256i; C] = std::array::from_fn(|j| bytemuck::cast(x[j][b].qs));
+        for i in 0..PACK_ROWS {
+            let wa: __m256i = bytemuck::cast(qa_b[i].0);
+            let dw = _mm256_set1_ps(d_b[i]);
+            for j in 0..C {
+                let xj = if B::FORM == Form::Signed {
+                    _mm256_sign_epi8(xv[j], bytemuck::cast(qs[b][i].0))
+                } else {
+                    xv[j]
+                };
+                let sums =
+                    _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(wa, xj), ones));
+                acc[i][j] = _mm256_fmadd_ps(_mm256_mul_ps(dw, dx[j]), sums, acc[i][j]);
+            }
+        }
+    }
+    acc
+}
+
+/// Runs one packed tile against tokens `t..t + C` and stores the valid rows.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn packed_store<B: LegacySimd, const C: usize>(
+    p: &Pack,
+    nb: usize,
+    x: &[BlockQ8x32],
+    t: usize,
+    r0: usize,
+    n_rows: usize,
+    out: &mut OutRows<'_>,
+) {
+    let xt: [&[BlockQ8x32]; C] = std::array::from_fn(|j| &x[(t + j) * nb..(t + j + 1) * nb]);
+    let acc = packed_tile::<B, C>(p, nb, xt);
+    let nb8 = nb.next_multiple_of(8);
+    for (i, row) in acc.iter().enumerate().take(n_rows) {
+        for (j, &a) in row.iter().enumerate() {
+            let seq = || {
+                p.aux[i * nb8..i * nb8 + nb]
+                    .iter()
+                    .zip(&p.s[(t + j) * nb8..(t + j) * nb8 + nb])
+                    .fold(0.0f32, |s, (&x, &y)| s + x * y)
+            };
+            let v = match B::FORM {
+                Form::Signed => hsum(a),
+                Form::Offset(o) => hsum(a) - o * seq(),
+                Form::Min => hsum(a) + seq(),
+            };
+            out.set(t + j, r0 + i, v);
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn packed_rows_impl<B: LegacySimd>(
+    w: &[B],
+    nb: usize,
+    rows: Range<usize>,
+    x: &[BlockQ8x32],
+    n_tokens: usize,
+    out: &mut OutRows<'_>,
+    p: &mut Pack,
+) {
+    grow(&mut p.qa, nb * PACK_ROWS);
+    if B::FORM == Form::Signed {
+        grow(&mut p.q, nb * PACK_ROWS);
+    }
+    grow(&mut p.d, nb * PACK_ROWS);
+    let nb8 = nb.next_multiple_of(8);
+    grow(&mut p.aux, nb8 * PACK_ROWS);
+    // `pack_rows` writes the first `nb` factors of each row; the padding
+    // must be zero.
+    for a in p.aux[..nb8 * PACK_ROWS].chunks_exact_mut(nb8) {
+        a[nb..].fill(0.0);
+    }
+    if B::FORM != Form::Signed {
+        grow(&mut p.s, nb8 * n_tokens);
+        for (s, xt) in
+            p.s.chunks_exact_mut(nb8)
+                .zip(x[..nb * n_tokens].chunks_exact(nb))
+        {
+            for (s, xb) in s.iter_mut().zip(xt) {
+                *s = xb.s;
+            }
+            s[nb..].fill(0.0);
+        }
+    }
+    let mut t0 = 0;
+    while t0 < n_tokens {
+        let t_end = (t0 + PACK_TOKEN_GROUP).min(n_tokens);
+        let mut r = rows.start;
+        while r < rows.end {
+            let n_rows = (rows.end - r).min(PACK_ROWS);
+            // A short tile repeats its last row; those results are dropped.
+            let idx = std::array::from_fn(|i| r + i.min(n_rows - 1));
+            pack_rows::<B>(w, nb, idx, p);
+            let mut t = t0;
+            while t + 2 <= t_end {
+                packed_store::<B, 2>(p, nb, x, t, r, n_rows, out);
+                t += 2;
+            }
+            if t < t_end {
+                packed_store::<B, 1>(p, nb, x, t, r, n_rows, out);
+            }
+            r += n_rows;
+        }
+        t0 = t_end;
+    }
+}
+
+/// One token (decode): the arithmetic of [`packed_tile`] and
+/// [`packed_store`] step for step, but straight from the weight blocks,
+/// since nothing would reuse a packed copy.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn fused_rows_impl<B: LegacySimd>(
+    w: &[B],
+    nb: usize,
+    rows: Range<usize>,
+    x: &[BlockQ8x32],
+    out: &mut OutRows<'_>,
+) {
+    let x = &x[..nb];
+    let ones = _mm256_set1_epi16(1);
+    let mut r = rows.start;
+    while r < rows.end {
+        let n_rows = (rows.end - r).min(PACK_ROWS);
+        let wr: [&[B]; PACK_ROWS] = std::array::from_fn(|i| {
+            let row = r + i.min(n_rows - 1);
+            &w[row * nb..(row + 1) * nb]
+        });
+        let mut acc = [_mm256_setzero_ps(); PACK_ROWS];
+        let mut aux = [0.0f32; PACK_ROWS];
+        for (b, xb) in x.iter().enumerate() {
+            let xv: __m256i = bytemuck::cast(xb.qs);
+            let dx = _mm256_set1_ps(xb.d);
+            for i in 0..PACK_ROWS {
+                // Rows are contiguous: fetch this block a few tiles ahead.
+                // A prefetch never faults, so running past the end is
+                // harmless.
+                let ahead = wr[i].as_ptr().wrapping_add(b + 4 * PACK_ROWS * nb);
+                _mm_prefetch::<_MM_HINT_T0>(ahead.cast::<i8>());
+                // SAFETY: this function is compiled with the features
+                // `load` needs.
+                let (q, d, m) = unsafe { wr[i][b].load() };
+                let (qa, xj) = match B::FORM {
+                    Form::Signed => (_mm256_abs_epi8(q), _mm256_sign_epi8(xv, q)),
+                    _ => (q, xv),
+                };
+                let sums =
+                    _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(qa, xj), ones));
+                acc[i] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(d), dx), sums, acc[i]);
+                match B::FORM {
+                    Form::Signed => {}
+                    Form::Offset(_) => aux[i] += d * xb.s,
+                    Form::Min => aux[i] += m * xb.s,
+                }
+            }
+        }
+        for i in 0..n_rows {
+            let v = hsum(acc[i]);
+            let v = match B::FORM {
+                Form::Signed => v,
+                Form::Offset(o) => v - o * aux[i],
+                Form::Min => v + aux[i],
+            };
+            out.set(0, r + i, v);
+        }
+        r += n_rows;
+    }
+}
+
+/// The packed kernel for rows `rows`, or `false` when the CPU lacks the
+/// features.
+pub(crate) fn packed_rows<B: LegacySimd>(
+    w: &[B],
+    nb: usize,
+    rows: Range<usize>,
+    x: &[BlockQ8x32],
+    n_tokens: usize,
+    out: &mut OutRows<'_>,
+) -> bool {
+    if !available() {
+        return false;
+    }
+    if n_tokens == 1 {
+        // SAFETY: the CPU supports avx2, fma and f16c (checked just above).
+        unsafe { fused_rows_impl::<B>(w, nb, rows, x, out) };
+        return true;
+    }
+    let mut p = PACK.take();
+    // SAFETY: the CPU supports avx2, fma and f16c (checked just above).
+    unsafe { packed_rows_impl::<B>(w, nb, rows, x, n_tokens, out, &mut p) };
+    PACK.set(p);
+    true
+}
+
+// ---- attention ----------------------------------------------------------------
+
+/// `q . k` for one head: 8-lane FMAs alternating between two accumulators
+/// (chunk `c` into accumulator `c % 2`), summed, reduced by [`hsum`], then
+/// the tail (`hd % 8` values) added in order.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_head<T: FloatSimd>(q: &[f32], k: &[T]) -> f32 {
+    let (q8, q_tail) = q.as_chunks::<8>();
+    let (k8, k_tail) = k.as_chunks::<8>();
+    let mut acc = [_mm256_setzero_ps(); 2];
+    for (c, (qc, kc)) in q8.iter().zip(k8).enumerate() {
+        // SAFETY: this function is compiled with the features `load8` needs.
+        let kv = unsafe { T::load8(kc) };
+        acc[c & 1] = _mm256_fmadd_ps(bytemuck::cast(*qc), kv, acc[c & 1]);
+    }
+    q_tail
+        .iter()
+        .zip(k_tail)
+        .fold(hsum(_mm256_add_ps(acc[0], acc[1])), |s, (&a, &b)| {
+            s + a * b.to_f32()
+        })
+}
+
+/// Causal attention of `g` query heads that share one key/value head, at
+/// one position: `q` and `out` hold the `g` heads back to back, `keys` and
+/// `values` the visible positions, `scores` at least `g` times as many
+/// values. Each head's result depends only on its own query (never on `g`):
+/// scores in position order, the shared softmax, then values accumulated
+/// in position order with one FMA per element.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn attend_group_impl<T: FloatSimd>(
+    keys: &[T],
+    values: &[T],
+    hd: usize,
+    q: &[f32],
+    scale: f32,
+    softcap: Option<f32>,
+    scores: &mut [f32],
+    out: &mut [f32],
+    softmax: fn(&mut [f32]) -> f32,
+) {
+    let len = keys.len() / hd;
+    let g = q.len() / hd;
+    let scores = &mut scores[..g * len];
+    for (p, k) in keys.chunks_exact(hd).enumerate() {
+        for (h, qh) in q.chunks_exact(hd).enumerate() {
+            let raw = dot_head(qh, k) * scale;
+            scores[h * len + p] = match softcap {
+                Some(c) => c * (raw / c).tanh(),
+                None => raw,
+            };
+        }
+    }
+    let mut inv = [0.0f32; 16];
+    for (h, s) in scores.chunks_exact_mut(len).enumerate() {
+        inv[h] = 1.0 / softmax(s);
+    }
+    let full = hd / 8 * 8;
+    let mut acc = [_mm256_setzero_ps(); 16];
+    for d in (0..full).step_by(8) {
+        acc[..g].fill(_mm256_setzero_ps());
+        for (p, v) in values.chunks_exact(hd).enumerate() {
+            let v8: &[T; 8] = v[d..d + 8].try_into().expect("8 values");
+            // SAFETY: this function is compiled with the features `load8` needs.
+            let vv = unsafe { T::load8(v8) };
+            for (h, a) in acc[..g].iter_mut().enumerate() {
+                *a = _mm256_fmadd_ps(_mm256_set1_ps(scores[h * len + p]), vv, *a);
+            }
+        }
+        for (h, a) in acc[..g].iter().enumerate() {
+            let r = _mm256_mul_ps(*a, _mm256_set1_ps(inv[h]));
+            let o: &mut [f32; 8] = (&mut out[h * hd + d..h * hd + d + 8])
+                .try_into()
+                .expect("8 outputs");
+            *o = bytemuck::cast(r);
+        }
+    }
+    for d in full..hd {
+        for h in 0..g {
+            let mut a = 0.0f32;
+            for (p, v) in values.chunks_exact(hd).enumerate() {
+                a = scores[h * len + p].mul_add(v[d].to_f32(), a);
+            }
+            out[h * hd + d] = a * inv[h];
+        }
+    }
+}
+
+/// The most query heads [`attend_group`] takes at once.
+pub(crate) const MAX_GROUP: usize = 16;
+
+/// [`attend_group_impl`], or `false` when the CPU lacks the features.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attend_group<T: FloatSimd>(
+    keys: &[T],
+    values: &[T],
+    hd: usize,
+    q: &[f32],
+    scale: f32,
+    softcap: Option<f32>,
+    scores: &mut [f32],
+    out: &mut [f32],
+    softmax: fn(&mut [f32]) -> f32,
+) -> bool {
+    if !available() || q.len() / hd > MAX_GROUP {
+        return false;
+    }
+    // SAFETY: the CPU supports avx2, fma and f16c (checked just above).
+    unsafe { attend_group_impl(keys, values, hd, q, scale, softcap, scores, out, softmax) };
+    true
 }

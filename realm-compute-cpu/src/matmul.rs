@@ -130,7 +130,7 @@ pub(crate) trait Dispatch: WeightBlock {
 }
 
 macro_rules! dispatch {
-    ($kernel:ident, $act:ident, $field:ident: $($block:ty),*) => {$(
+    ($kernel:path, $act:ident, $field:ident: $($block:ty),*) => {$(
         impl Dispatch for $block {
             // Targets without a SIMD kernel ignore the arguments.
             #[allow(unused_variables)]
@@ -145,7 +145,7 @@ macro_rules! dispatch {
             ) -> bool {
                 match isa {
                     #[cfg(target_arch = "x86_64")]
-                    Isa::Avx2 => crate::avx2::rows::<crate::avx2::$kernel<$block>>(w, nb, rows, x, n_tokens, out),
+                    Isa::Avx2 => $kernel(w, nb, rows, x, n_tokens, out),
                     _ => false,
                 }
             }
@@ -157,8 +157,8 @@ macro_rules! dispatch {
     )*};
 }
 
-dispatch!(Legacy, BlockQ8x32, q8: BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockIQ4NL);
-dispatch!(KQuant, BlockQ8K, q8k: BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockIQ4XS);
+dispatch!(crate::avx2::packed_rows::<Self>, BlockQ8x32, q8: BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockIQ4NL);
+dispatch!(crate::avx2::rows::<crate::avx2::KQuant<Self>>, BlockQ8K, q8k: BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockIQ4XS);
 
 /// Scalar kernel: the reference dot product for each (row, token).
 fn rows_scalar<B: WeightBlock>(

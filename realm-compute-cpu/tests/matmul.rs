@@ -224,3 +224,14 @@ fn weight_rejects_unsupported_types_bad_shapes_and_misalignment() {
         Err(BackendError::OutOfRange { index: 2, .. })
     ));
 }
+
+/// Rows longer than the proptest shapes (many blocks, odd block counts,
+/// row counts off the tile size) for every type.
+#[test]
+fn long_rows_match_f64_reference() {
+    for (i, &t) in TYPES.iter().enumerate() {
+        for (m, kb, n) in [(9, 20, 5), (6, 3, 1), (5, 13, 2)] {
+            check_against_f64(t, m, kb, n, 7 + i as u64);
+        }
+    }
+}
