@@ -9,8 +9,9 @@
 //!   BF16 weights multiply f32 activations directly.
 //! - Kernels: a portable scalar path (the reference) and an AVX2+FMA+F16C
 //!   path chosen at run time. Several tokens share each unpacked weight
-//!   block (tiles of up to 4 rows by 4 tokens), so prefill is not a series
-//!   of matrix-vector products.
+//!   block (32-element types: a 4-row tile unpacked once into an L1 buffer
+//!   and swept past every token; k-quants: one row by up to 8 tokens), so
+//!   prefill is not a series of matrix-vector products.
 //! - Threads: the backend owns a rayon pool of a set size and splits output
 //!   rows over it. Each output element is computed by one thread with a
 //!   reduction order fixed by `k` alone: results are bit-identical for any
