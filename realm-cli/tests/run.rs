@@ -9,25 +9,28 @@ use common::{cached, realm};
 use realm_core::catalog;
 use serde_json::Value;
 
-/// The README's demo, as `cargo xtask demo` runs it.
+/// The README's demo question, as `cargo xtask demo` asks it.
+const DEMO: [&str; 11] = [
+    "run",
+    "smollm2",
+    "--chat",
+    "--temp",
+    "0",
+    "-n",
+    "64",
+    "--system",
+    "Answer in one short English sentence.",
+    "-p",
+    "Which city is the capital of France?",
+];
+
+/// The README's demo, natively.
 #[test]
 fn run_chat_answers_paris() {
     if !cached(&catalog::SMOLLM2) {
         return;
     }
-    let (ok, stdout, stderr) = realm(&[
-        "run",
-        "smollm2",
-        "--chat",
-        "--temp",
-        "0",
-        "-n",
-        "64",
-        "--system",
-        "Answer in one short English sentence.",
-        "-p",
-        "Which city is the capital of France?",
-    ]);
+    let (ok, stdout, stderr) = realm(&DEMO);
     assert!(ok, "{stderr}");
     assert!(stdout.contains("Paris"), "{stdout}");
     assert!(stderr.contains("EndOfGeneration"), "{stderr}");
@@ -182,19 +185,7 @@ fn run_wasm_answers_like_native() {
     if !cached(&catalog::SMOLLM2) {
         return;
     }
-    let args = [
-        "run",
-        "smollm2",
-        "--chat",
-        "--temp",
-        "0",
-        "-n",
-        "64",
-        "--system",
-        "Answer in one short English sentence.",
-        "-p",
-        "Which city is the capital of France?",
-    ];
+    let args = DEMO;
     let (ok, native, stderr) = realm(&args);
     assert!(ok, "{stderr}");
     let mut wasm_args = args.to_vec();

@@ -103,6 +103,29 @@ pub fn can_quantize(t: GgmlType) -> bool {
 
 /// The byte length `n_elements` elements of `dtype` take, or a
 /// [`Error::SizeMismatch`] when `n_elements` is not a whole number of blocks.
+/// Checks that `op` supports `dtype` and that `n_bytes` are exactly the bytes
+/// of `n_elements` elements of it.
+fn check_op(
+    op: &'static str,
+    supported: bool,
+    dtype: GgmlType,
+    n_elements: usize,
+    n_bytes: usize,
+) -> Result<()> {
+    if !supported {
+        return Err(Error::UnsupportedType { op, dtype });
+    }
+    let expected = byte_len(dtype, n_elements, op)?;
+    if n_bytes != expected {
+        return Err(Error::SizeMismatch {
+            what: format!("{op}: bytes of {n_elements} {dtype} elements"),
+            expected,
+            got: n_bytes,
+        });
+    }
+    Ok(())
+}
+
 fn byte_len(dtype: GgmlType, n_elements: usize, what: &str) -> Result<usize> {
     let bs = dtype.block_size();
     if !n_elements.is_multiple_of(bs) {
@@ -191,20 +214,13 @@ fn dequantize_blocks<B: Pod, const N: usize>(
 /// `src.len()` is not exactly the bytes those blocks take. Nothing is written
 /// to `dst` on error.
 pub fn dequantize(dtype: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<()> {
-    if !can_dequantize(dtype) {
-        return Err(Error::UnsupportedType {
-            op: "dequantize",
-            dtype,
-        });
-    }
-    let expected = byte_len(dtype, dst.len(), "dequantize output")?;
-    if src.len() != expected {
-        return Err(Error::SizeMismatch {
-            what: format!("dequantize: bytes of {} {dtype} elements", dst.len()),
-            expected,
-            got: src.len(),
-        });
-    }
+    check_op(
+        "dequantize",
+        can_dequantize(dtype),
+        dtype,
+        dst.len(),
+        src.len(),
+    )?;
     match dtype {
         GgmlType::F32 => float::f32_to_f32(src, dst),
         GgmlType::F16 => float::f16_to_f32(src, dst),
@@ -277,20 +293,7 @@ fn quantize_blocks<B: Pod, const N: usize>(
 /// [`Error::SizeMismatch`] if `src.len()` is not a whole number of blocks or
 /// `dst.len()` is not exactly the bytes they take.
 pub fn quantize(dtype: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<()> {
-    if !can_quantize(dtype) {
-        return Err(Error::UnsupportedType {
-            op: "quantize",
-            dtype,
-        });
-    }
-    let expected = byte_len(dtype, src.len(), "quantize input")?;
-    if dst.len() != expected {
-        return Err(Error::SizeMismatch {
-            what: format!("quantize: bytes of {} {dtype} elements", src.len()),
-            expected,
-            got: dst.len(),
-        });
-    }
+    check_op("quantize", can_quantize(dtype), dtype, src.len(), dst.len())?;
     match dtype {
         GgmlType::F32 => float::f32_from_f32(src, dst),
         GgmlType::F16 => float::f16_from_f32(src, dst),
