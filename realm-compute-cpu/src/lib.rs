@@ -32,8 +32,10 @@
 //! let view = TensorView::new("w", GgmlType::F32, &shape, bytemuck::cast_slice(&w)).unwrap();
 //! let w = be.weight(&view)?;
 //! let mut ws = be.workspace();
-//! let mut out = [0.0f32; 2];
-//! be.matmul(&mut ws, &w, &[1.0, 1.0, 1.0, 1.0], 1, &mut out)?;
+//! // Activations live in backend buffers (plain vectors on the CPU).
+//! let x = be.upload(&[1.0, 1.0, 1.0, 1.0])?;
+//! let mut out = be.buffer(2)?;
+//! be.matmul(&mut ws, &w, &x, 1, &mut out)?;
 //! assert_eq!(out, [10.0, 2.0]);
 //! # Ok::<(), realm_compute_cpu::Error>(())
 //! ```
@@ -51,6 +53,8 @@ use realm_core::backend::{
     ActivationOps, AttentionOps, AttentionParams, BackendCore, BackendError, BackendResult,
     KvCacheConfig, KvSpan, MatMulOps, NormOps, RopeOps, RopeParams, WeightInfo,
 };
+use std::ops::Range;
+
 use realm_core::{GgmlType, TensorView};
 
 pub use attention::CpuKvCache;
@@ -190,6 +194,7 @@ pub struct CpuWorkspace {
 
 impl BackendCore for CpuBackend {
     type Workspace = CpuWorkspace;
+    type Buffer = Vec<f32>;
 
     fn name(&self) -> &str {
         self.name
@@ -197,6 +202,32 @@ impl BackendCore for CpuBackend {
 
     fn workspace(&self) -> CpuWorkspace {
         CpuWorkspace::default()
+    }
+
+    fn buffer(&self, len: usize) -> BackendResult<Vec<f32>> {
+        Ok(vec![0.0; len])
+    }
+
+    fn upload(&self, values: &[f32]) -> BackendResult<Vec<f32>> {
+        Ok(values.to_vec())
+    }
+
+    fn download(&self, buf: &Vec<f32>, out: &mut [f32]) -> BackendResult<()> {
+        out.copy_from_slice(prefix("download", "buffer", buf, out.len())?);
+        Ok(())
+    }
+
+    fn copy_rows(
+        &self,
+        src: &Vec<f32>,
+        rows: Range<usize>,
+        width: usize,
+        dst: &mut Vec<f32>,
+    ) -> BackendResult<()> {
+        const OP: &str = "copy_rows";
+        let src = row_range(OP, "src length", src, &rows, width)?;
+        prefix_mut(OP, "dst length", dst, src.len())?.copy_from_slice(src);
+        Ok(())
     }
 }
 
@@ -207,6 +238,66 @@ fn shape_err(op: &'static str, what: &'static str, expected: usize, got: usize) 
         expected,
         got,
     }
+}
+
+/// `a * b`, or an error naming `what` when it overflows.
+fn product(op: &'static str, what: &'static str, a: usize, b: usize) -> BackendResult<usize> {
+    a.checked_mul(b)
+        .ok_or(BackendError::InvalidParameter { op, what })
+}
+
+/// The first `len` values of `buf`, or a shape error when it is shorter.
+fn prefix<'b>(
+    op: &'static str,
+    what: &'static str,
+    buf: &'b [f32],
+    len: usize,
+) -> BackendResult<&'b [f32]> {
+    buf.get(..len)
+        .ok_or_else(|| shape_err(op, what, len, buf.len()))
+}
+
+/// [`prefix`], mutable.
+fn prefix_mut<'b>(
+    op: &'static str,
+    what: &'static str,
+    buf: &'b mut [f32],
+    len: usize,
+) -> BackendResult<&'b mut [f32]> {
+    let got = buf.len();
+    buf.get_mut(..len).ok_or(shape_err(op, what, len, got))
+}
+
+/// Rows `rows` of `buf`, rows of `width` values.
+fn row_range<'b>(
+    op: &'static str,
+    what: &'static str,
+    buf: &'b [f32],
+    rows: &Range<usize>,
+    width: usize,
+) -> BackendResult<&'b [f32]> {
+    let (a, b) = (
+        product(op, what, rows.start, width)?,
+        product(op, what, rows.end, width)?,
+    );
+    buf.get(a..b)
+        .ok_or_else(|| shape_err(op, what, b.max(a), buf.len()))
+}
+
+/// [`row_range`], mutable.
+fn row_range_mut<'b>(
+    op: &'static str,
+    what: &'static str,
+    buf: &'b mut [f32],
+    rows: &Range<usize>,
+    width: usize,
+) -> BackendResult<&'b mut [f32]> {
+    let (a, b) = (
+        product(op, what, rows.start, width)?,
+        product(op, what, rows.end, width)?,
+    );
+    let got = buf.len();
+    buf.get_mut(a..b).ok_or(shape_err(op, what, b.max(a), got))
 }
 
 impl MatMulOps for CpuBackend {
@@ -255,46 +346,37 @@ impl MatMulOps for CpuBackend {
         &self,
         ws: &mut CpuWorkspace,
         w: &CpuWeight<'_>,
-        x: &[f32],
+        x: &Vec<f32>,
         n_tokens: usize,
-        out: &mut [f32],
+        out: &mut Vec<f32>,
     ) -> BackendResult<()> {
         const OP: &str = "matmul";
-        let need_x = w.cols.checked_mul(n_tokens);
-        if need_x != Some(x.len()) {
-            return Err(shape_err(
-                OP,
-                "x length (n_tokens * cols)",
-                need_x.unwrap_or(usize::MAX),
-                x.len(),
-            ));
-        }
-        let need_out = w.rows.checked_mul(n_tokens);
-        if need_out != Some(out.len()) {
-            return Err(shape_err(
-                OP,
-                "out length (n_tokens * rows)",
-                need_out.unwrap_or(usize::MAX),
-                out.len(),
-            ));
-        }
+        let x = prefix(
+            OP,
+            "x length (n_tokens * cols)",
+            x,
+            product(OP, "n_tokens * cols overflows", w.cols, n_tokens)?,
+        )?;
+        let out = prefix_mut(
+            OP,
+            "out length (n_tokens * rows)",
+            out,
+            product(OP, "n_tokens * rows overflows", w.rows, n_tokens)?,
+        )?;
         if n_tokens == 0 || w.rows == 0 {
             return Ok(());
         }
         matmul::matmul(self, ws, w, x, n_tokens, out)
     }
 
-    fn embed(&self, table: &CpuWeight<'_>, ids: &[u32], out: &mut [f32]) -> BackendResult<()> {
+    fn embed(&self, table: &CpuWeight<'_>, ids: &[u32], out: &mut Vec<f32>) -> BackendResult<()> {
         const OP: &str = "embed";
-        let need = table.cols.checked_mul(ids.len());
-        if need != Some(out.len()) {
-            return Err(shape_err(
-                OP,
-                "out length (ids * cols)",
-                need.unwrap_or(usize::MAX),
-                out.len(),
-            ));
-        }
+        let out = prefix_mut(
+            OP,
+            "out length (ids * cols)",
+            out,
+            product(OP, "ids * cols overflows", table.cols, ids.len())?,
+        )?;
         if let Some(&bad) = ids.iter().find(|&&id| id as usize >= table.rows) {
             return Err(BackendError::OutOfRange {
                 op: OP,
@@ -307,17 +389,44 @@ impl MatMulOps for CpuBackend {
     }
 }
 
+/// Rows of `w.len()` values: the first `n_rows` of them, checked.
+fn norm_rows(op: &'static str, w: &[f32], n_rows: usize) -> BackendResult<usize> {
+    if w.is_empty() {
+        return Err(BackendError::InvalidParameter {
+            op,
+            what: "row length is zero",
+        });
+    }
+    product(op, "n_rows * row length overflows", w.len(), n_rows)
+}
+
 impl NormOps for CpuBackend {
-    fn rms_norm(&self, x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) -> BackendResult<()> {
-        ops::check_rows("rms_norm", x.len(), w.len())?;
-        ops::check_same("rms_norm", x.len(), out.len())?;
+    fn rms_norm(
+        &self,
+        x: &Vec<f32>,
+        w: &Vec<f32>,
+        eps: f32,
+        n_rows: usize,
+        out: &mut Vec<f32>,
+    ) -> BackendResult<()> {
+        const OP: &str = "rms_norm";
+        let len = norm_rows(OP, w, n_rows)?;
+        let x = prefix(OP, "x length", x, len)?;
+        let out = prefix_mut(OP, "out length", out, len)?;
         ops::rms_norm(x, w, eps, out);
         Ok(())
     }
 
-    fn rms_norm_inplace(&self, x: &mut [f32], w: &[f32], eps: f32) -> BackendResult<()> {
-        ops::check_rows("rms_norm", x.len(), w.len())?;
-        ops::rms_norm_inplace(x, w, eps);
+    fn rms_norm_inplace(
+        &self,
+        x: &mut Vec<f32>,
+        w: &Vec<f32>,
+        eps: f32,
+        n_rows: usize,
+    ) -> BackendResult<()> {
+        const OP: &str = "rms_norm";
+        let len = norm_rows(OP, w, n_rows)?;
+        ops::rms_norm_inplace(prefix_mut(OP, "x length", x, len)?, w, eps);
         Ok(())
     }
 }
@@ -325,7 +434,9 @@ impl NormOps for CpuBackend {
 impl RopeOps for CpuBackend {
     fn rope(
         &self,
-        x: &mut [f32],
+        _ws: &mut CpuWorkspace,
+        x: &mut Vec<f32>,
+        n_heads: usize,
         head_dim: usize,
         positions: &[u32],
         p: &RopeParams,
@@ -341,58 +452,100 @@ impl RopeOps for CpuBackend {
                 what: "n_dims must be even, positive, at most head_dim and 1024",
             });
         }
-        let per_token = head_dim.checked_mul(positions.len());
-        ops::check_rows(OP, x.len(), per_token.filter(|&v| v > 0).unwrap_or(0))?;
-        ops::rope(x, head_dim, positions, p);
+        let per_token = product(OP, "n_heads * head_dim overflows", n_heads, head_dim)?;
+        let len = product(
+            OP,
+            "tokens * n_heads * head_dim overflows",
+            per_token,
+            positions.len(),
+        )?;
+        ops::rope(prefix_mut(OP, "x length", x, len)?, head_dim, positions, p);
         Ok(())
     }
 }
 
 impl ActivationOps for CpuBackend {
-    fn softmax_inplace(&self, x: &mut [f32], row_len: usize) -> BackendResult<()> {
-        ops::check_rows("softmax", x.len(), row_len)?;
+    fn softmax_inplace(
+        &self,
+        x: &mut Vec<f32>,
+        row_len: usize,
+        n_rows: usize,
+    ) -> BackendResult<()> {
+        const OP: &str = "softmax";
+        let len = product(OP, "n_rows * row_len overflows", row_len, n_rows)?;
+        let x = prefix_mut(OP, "x length", x, len)?;
+        ops::check_rows(OP, x.len(), row_len)?;
         ops::softmax_inplace(x, row_len);
         Ok(())
     }
 
-    fn silu_inplace(&self, x: &mut [f32]) {
+    fn silu_inplace(&self, x: &mut Vec<f32>, len: usize) -> BackendResult<()> {
+        let x = prefix_mut("silu", "x length", x, len)?;
         x.iter_mut().for_each(|v| *v = ops::silu(*v));
+        Ok(())
     }
 
-    fn gelu_inplace(&self, x: &mut [f32]) {
+    fn gelu_inplace(&self, x: &mut Vec<f32>, len: usize) -> BackendResult<()> {
+        let x = prefix_mut("gelu", "x length", x, len)?;
         x.iter_mut().for_each(|v| *v = ops::gelu(*v));
+        Ok(())
     }
 
-    fn swiglu_inplace(&self, gate: &mut [f32], up: &[f32]) -> BackendResult<()> {
-        ops::check_same("swiglu", gate.len(), up.len())?;
+    fn swiglu_inplace(&self, gate: &mut Vec<f32>, up: &Vec<f32>, len: usize) -> BackendResult<()> {
+        const OP: &str = "swiglu";
+        let gate = prefix_mut(OP, "gate length", gate, len)?;
+        let up = prefix(OP, "up length", up, len)?;
         gate.iter_mut()
             .zip(up)
             .for_each(|(g, &u)| *g = ops::silu(*g) * u);
         Ok(())
     }
 
-    fn geglu_inplace(&self, gate: &mut [f32], up: &[f32]) -> BackendResult<()> {
-        ops::check_same("geglu", gate.len(), up.len())?;
+    fn geglu_inplace(&self, gate: &mut Vec<f32>, up: &Vec<f32>, len: usize) -> BackendResult<()> {
+        const OP: &str = "geglu";
+        let gate = prefix_mut(OP, "gate length", gate, len)?;
+        let up = prefix(OP, "up length", up, len)?;
         gate.iter_mut()
             .zip(up)
             .for_each(|(g, &u)| *g = ops::gelu(*g) * u);
         Ok(())
     }
 
-    fn add_inplace(&self, dst: &mut [f32], src: &[f32]) -> BackendResult<()> {
-        ops::check_same("add", dst.len(), src.len())?;
+    fn add_inplace(&self, dst: &mut Vec<f32>, src: &Vec<f32>, len: usize) -> BackendResult<()> {
+        const OP: &str = "add";
+        let dst = prefix_mut(OP, "dst length", dst, len)?;
+        let src = prefix(OP, "src length", src, len)?;
         dst.iter_mut().zip(src).for_each(|(d, &s)| *d += s);
         Ok(())
     }
 
-    fn mul_inplace(&self, dst: &mut [f32], src: &[f32]) -> BackendResult<()> {
-        ops::check_same("mul", dst.len(), src.len())?;
+    fn add_row_inplace(
+        &self,
+        dst: &mut Vec<f32>,
+        row: &Vec<f32>,
+        n_rows: usize,
+    ) -> BackendResult<()> {
+        const OP: &str = "add_row";
+        let len = norm_rows(OP, row, n_rows)?;
+        let dst = prefix_mut(OP, "dst length", dst, len)?;
+        for d in dst.chunks_exact_mut(row.len()) {
+            d.iter_mut().zip(row).for_each(|(d, &s)| *d += s);
+        }
+        Ok(())
+    }
+
+    fn mul_inplace(&self, dst: &mut Vec<f32>, src: &Vec<f32>, len: usize) -> BackendResult<()> {
+        const OP: &str = "mul";
+        let dst = prefix_mut(OP, "dst length", dst, len)?;
+        let src = prefix(OP, "src length", src, len)?;
         dst.iter_mut().zip(src).for_each(|(d, &s)| *d *= s);
         Ok(())
     }
 
-    fn scale_inplace(&self, dst: &mut [f32], s: f32) {
+    fn scale_inplace(&self, dst: &mut Vec<f32>, s: f32, len: usize) -> BackendResult<()> {
+        let dst = prefix_mut("scale", "dst length", dst, len)?;
         dst.iter_mut().for_each(|d| *d *= s);
+        Ok(())
     }
 }
 
@@ -407,9 +560,20 @@ impl AttentionOps for CpuBackend {
         &self,
         cache: &mut CpuKvCache,
         at: KvSpan,
-        k: &[f32],
-        v: &[f32],
+        k: &Vec<f32>,
+        v: &Vec<f32>,
+        rows: Range<usize>,
     ) -> BackendResult<()> {
+        const OP: &str = "kv_write";
+        let c = cache.config();
+        let width = product(
+            OP,
+            "n_kv_heads * head_dim overflows",
+            c.n_kv_heads,
+            c.head_dim,
+        )?;
+        let k = row_range(OP, "k length", k, &rows, width)?;
+        let v = row_range(OP, "v length", v, &rows, width)?;
         attention::kv_write(cache, at.layer, at.start_pos, k, v)
     }
 
@@ -418,10 +582,15 @@ impl AttentionOps for CpuBackend {
         ws: &mut CpuWorkspace,
         cache: &CpuKvCache,
         at: KvSpan,
-        q: &[f32],
+        q: &Vec<f32>,
+        rows: Range<usize>,
         p: &AttentionParams,
-        out: &mut [f32],
+        out: &mut Vec<f32>,
     ) -> BackendResult<()> {
+        const OP: &str = "attention";
+        let width = product(OP, "n_heads * head_dim overflows", p.n_heads, p.head_dim)?;
+        let q = row_range(OP, "q length", q, &rows, width)?;
+        let out = row_range_mut(OP, "out length", out, &rows, width)?;
         attention::attention(self, ws, cache, at, q, p, out)
     }
 }

@@ -149,20 +149,6 @@ pub(crate) fn gelu(x: f32) -> f32 {
     0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + COEF_A * x * x)).tanh())
 }
 
-/// `len(a) == len(b)`.
-pub(crate) fn check_same(op: &'static str, a: usize, b: usize) -> BackendResult<()> {
-    if a == b {
-        Ok(())
-    } else {
-        Err(BackendError::Shape {
-            op,
-            what: "second operand length",
-            expected: a,
-            got: b,
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -29,7 +29,8 @@ fn run_matmul(
             assert_eq!((w.rows(), w.cols(), w.dtype()), (rows, cols, t));
             let mut ws = be.workspace();
             let mut out = vec![f32::NAN; rows * n];
-            be.matmul(&mut ws, &w, x, n, &mut out).expect("matmul");
+            be.matmul(&mut ws, &w, &x.to_vec(), n, &mut out)
+                .expect("matmul");
             out
         })
         .collect()
@@ -112,7 +113,8 @@ proptest! {
         }
     }
 
-    /// Bad lengths are errors, never panics.
+    /// Buffers too short for the call are errors, never panics; longer
+    /// ones are used from the start.
     #[test]
     fn bad_lengths_are_errors(xl in 0usize..300, ol in 0usize..40, n in 0usize..5) {
         let be = backend(Isa::detect(), 1).unwrap();
@@ -124,7 +126,7 @@ proptest! {
         let x = vec![0.5; xl];
         let mut out = vec![0.0; ol];
         let r = be.matmul(&mut be.workspace(), &w, &x, n, &mut out);
-        prop_assert_eq!(r.is_ok(), xl == 64 * n && ol == 4 * n);
+        prop_assert_eq!(r.is_ok(), xl >= 64 * n && ol >= 4 * n);
     }
 }
 

@@ -31,9 +31,9 @@ proptest! {
         let w = rng.f32s(dim, -2.0, 2.0);
         let eps = 1e-6;
         let mut out = vec![0.0; x.len()];
-        be(1).rms_norm(&x, &w, eps, &mut out).unwrap();
+        be(1).rms_norm(&x, &w, eps, rows, &mut out).unwrap();
         let mut inplace = x.clone();
-        be(1).rms_norm_inplace(&mut inplace, &w, eps).unwrap();
+        be(1).rms_norm_inplace(&mut inplace, &w, eps, rows).unwrap();
         prop_assert_eq!(&out, &inplace);
         for r in 0..rows {
             let xr = &x[r * dim..(r + 1) * dim];
@@ -55,7 +55,8 @@ proptest! {
         let x = rng.f32s(n_tok * n_heads * head_dim, -2.0, 2.0);
         let p = RopeParams { n_dims, base, freq_scale: fs, mode: if neox { RopeMode::Neox } else { RopeMode::Normal } };
         let mut y = x.clone();
-        be(1).rope(&mut y, head_dim, &positions, &p).unwrap();
+        let b = be(1);
+        b.rope(&mut b.workspace(), &mut y, n_heads, head_dim, &positions, &p).unwrap();
         for t in 0..n_tok {
             for h in 0..n_heads {
                 let o = (t * n_heads + h) * head_dim;
@@ -80,10 +81,10 @@ proptest! {
         let silu = |v: f64| v / (1.0 + (-v).exp());
         let gelu = |v: f64| 0.5 * v * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * v * (1.0 + 0.044715 * v * v)).tanh());
         let (mut s, mut g, mut sg, mut gg) = (x.clone(), x.clone(), x.clone(), x.clone());
-        b.silu_inplace(&mut s);
-        b.gelu_inplace(&mut g);
-        b.swiglu_inplace(&mut sg, &up).unwrap();
-        b.geglu_inplace(&mut gg, &up).unwrap();
+        b.silu_inplace(&mut s, n).unwrap();
+        b.gelu_inplace(&mut g, n).unwrap();
+        b.swiglu_inplace(&mut sg, &up, n).unwrap();
+        b.geglu_inplace(&mut gg, &up, n).unwrap();
         for i in 0..n {
             let v = f64::from(x[i]);
             prop_assert!(close(s[i], silu(v), 1e-5, 1e-6));
@@ -92,21 +93,26 @@ proptest! {
             prop_assert!(close(gg[i], gelu(v) * f64::from(up[i]), 1e-5, 1e-6));
         }
         let mut sm = x.clone();
-        b.softmax_inplace(&mut sm, n).unwrap();
+        b.softmax_inplace(&mut sm, n, 1).unwrap();
         let max = x.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(f64::from(v)));
         let z: f64 = x.iter().map(|&v| (f64::from(v) - max).exp()).sum();
         for i in 0..n {
             prop_assert!(close(sm[i], (f64::from(x[i]) - max).exp() / z, 1e-5, 1e-7));
         }
         let (mut a, mut m) = (x.clone(), x.clone());
-        b.add_inplace(&mut a, &up).unwrap();
-        b.mul_inplace(&mut m, &up).unwrap();
-        b.scale_inplace(&mut s, 0.5);
+        let (mut sc, mut ar) = (x.clone(), x.clone());
+        b.add_inplace(&mut a, &up, n).unwrap();
+        b.mul_inplace(&mut m, &up, n).unwrap();
+        b.scale_inplace(&mut sc, 0.5, n).unwrap();
+        b.add_row_inplace(&mut ar, &up[..1].to_vec(), n).unwrap();
         for i in 0..n {
             prop_assert_eq!(a[i], x[i] + up[i]);
             prop_assert_eq!(m[i], x[i] * up[i]);
+            prop_assert_eq!(sc[i], x[i] * 0.5);
+            prop_assert_eq!(ar[i], x[i] + up[0]);
         }
-        prop_assert!(b.add_inplace(&mut a, &up[1..]).is_err());
+        prop_assert!(b.add_inplace(&mut a, &up[1..].to_vec(), n).is_err());
+        prop_assert!(b.scale_inplace(&mut sc, 0.5, n + 1).is_err());
     }
 
     #[test]
@@ -119,12 +125,12 @@ proptest! {
         let mut cache = b.kv_cache(&cfg).unwrap();
         let k = rng.f32s(total * n_kv * hd, -1.0, 1.0);
         let v = rng.f32s(total * n_kv * hd, -1.0, 1.0);
-        b.kv_write(&mut cache, KvSpan { layer: 1, start_pos: 0 }, &k, &v).unwrap();
+        b.kv_write(&mut cache, KvSpan { layer: 1, start_pos: 0 }, &k, &v, 0..total).unwrap();
         let q = rng.f32s(n * n_heads * hd, -1.0, 1.0);
         let p = AttentionParams { n_heads, n_kv_heads: n_kv, head_dim: hd, scale: 1.0 / (hd as f32).sqrt(), sliding_window: window, softcap };
         let mut out = vec![0.0; q.len()];
         let mut ws = b.workspace();
-        b.attention(&mut ws, &cache, KvSpan { layer: 1, start_pos: past }, &q, &p, &mut out).unwrap();
+        b.attention(&mut ws, &cache, KvSpan { layer: 1, start_pos: past }, &q, 0..n, &p, &mut out).unwrap();
         for t in 0..n {
             let pos = past + t;
             let lo = window.map_or(0, |w| (pos + 1).saturating_sub(w));
@@ -181,6 +187,7 @@ fn attention_is_batch_invariant() {
         },
         &k,
         &v,
+        0..n,
     )
     .unwrap();
     let mut batched = vec![0.0; q.len()];
@@ -192,6 +199,7 @@ fn attention_is_batch_invariant() {
             start_pos: 0,
         },
         &q,
+        0..n,
         &p,
         &mut batched,
     )
@@ -199,8 +207,9 @@ fn attention_is_batch_invariant() {
     let b1 = be(1);
     let mut ws = b1.workspace();
     let w = n_heads * hd;
+    // Row by row, as a batch of sequences is run: each call fills its row.
+    let mut one = vec![f32::NAN; q.len()];
     for t in 0..n {
-        let mut one = vec![0.0; w];
         b1.attention(
             &mut ws,
             &cache,
@@ -208,12 +217,13 @@ fn attention_is_batch_invariant() {
                 layer: 0,
                 start_pos: t,
             },
-            &q[t * w..(t + 1) * w],
+            &q,
+            t..t + 1,
             &p,
             &mut one,
         )
         .unwrap();
-        let same = one
+        let same = one[t * w..(t + 1) * w]
             .iter()
             .zip(&batched[t * w..(t + 1) * w])
             .all(|(a, b)| a.to_bits() == b.to_bits());
@@ -240,8 +250,9 @@ fn bad_parameters_are_errors() {
                 layer: 1,
                 start_pos: 0
             },
-            &[0.0; 4],
-            &[0.0; 4]
+            &vec![0.0; 4],
+            &vec![0.0; 4],
+            0..1
         )
         .is_err());
     assert!(b
@@ -251,8 +262,9 @@ fn bad_parameters_are_errors() {
                 layer: 0,
                 start_pos: 4
             },
-            &[0.0; 4],
-            &[0.0; 4]
+            &vec![0.0; 4],
+            &vec![0.0; 4],
+            0..1
         )
         .is_err());
     assert!(b
@@ -262,8 +274,9 @@ fn bad_parameters_are_errors() {
                 layer: 0,
                 start_pos: 0
             },
-            &[0.0; 4],
-            &[0.0; 3]
+            &vec![0.0; 4],
+            &vec![0.0; 3],
+            0..1
         )
         .is_err());
     let p = AttentionParams {
@@ -275,7 +288,8 @@ fn bad_parameters_are_errors() {
         softcap: None,
     };
     let mut ws = b.workspace();
-    let mut out = [0.0; 8];
+    let mut out = vec![0.0; 8];
+    let q8 = vec![0.0; 8];
     assert!(b
         .attention(
             &mut ws,
@@ -284,7 +298,8 @@ fn bad_parameters_are_errors() {
                 layer: 0,
                 start_pos: 3
             },
-            &[0.0; 8],
+            &q8,
+            0..1,
             &p,
             &mut out
         )
@@ -297,7 +312,8 @@ fn bad_parameters_are_errors() {
                 layer: 0,
                 start_pos: 4
             },
-            &[0.0; 8],
+            &q8,
+            0..1,
             &p,
             &mut out
         )
@@ -310,9 +326,10 @@ fn bad_parameters_are_errors() {
                 layer: 0,
                 start_pos: 0
             },
-            &[0.0; 7],
+            &vec![0.0; 7],
+            0..1,
             &p,
-            &mut out[..7]
+            &mut out
         )
         .is_err());
     assert!(b
@@ -323,7 +340,8 @@ fn bad_parameters_are_errors() {
                 layer: 0,
                 start_pos: 0
             },
-            &[0.0; 8],
+            &q8,
+            0..1,
             &AttentionParams {
                 sliding_window: Some(0),
                 ..p
@@ -339,15 +357,19 @@ fn bad_parameters_are_errors() {
                 layer: 0,
                 start_pos: 0
             },
-            &[0.0; 8],
+            &q8,
+            0..1,
             &AttentionParams { n_heads: 3, ..p },
             &mut out
         )
         .is_err());
-    let mut x = [0.0f32; 8];
+    let mut x = vec![0.0f32; 8];
+    let mut ws = b.workspace();
     assert!(b
         .rope(
+            &mut ws,
             &mut x,
+            1,
             4,
             &[0, 1],
             &RopeParams {
@@ -360,7 +382,9 @@ fn bad_parameters_are_errors() {
         .is_err());
     assert!(b
         .rope(
+            &mut ws,
             &mut x,
+            1,
             4,
             &[0, 1, 2],
             &RopeParams {
@@ -373,9 +397,11 @@ fn bad_parameters_are_errors() {
         .is_err());
     assert!(b
         .rope(
+            &mut ws,
             &mut x,
+            3,
             4,
-            &[],
+            &[0],
             &RopeParams {
                 n_dims: 4,
                 base: 1e4,
@@ -384,9 +410,10 @@ fn bad_parameters_are_errors() {
             }
         )
         .is_err());
-    assert!(b.rms_norm_inplace(&mut x, &[1.0; 3], 1e-5).is_err());
-    assert!(b.rms_norm_inplace(&mut x, &[], 1e-5).is_err());
-    assert!(b.softmax_inplace(&mut x, 0).is_err());
+    assert!(b.rms_norm_inplace(&mut x, &vec![1.0; 3], 1e-5, 3).is_err());
+    assert!(b.rms_norm_inplace(&mut x, &vec![], 1e-5, 1).is_err());
+    assert!(b.softmax_inplace(&mut x, 0, 1).is_err());
+    assert!(b.softmax_inplace(&mut x, 3, 3).is_err());
 }
 
 /// An f16 cache gives what an f32 cache gives for keys and values that are
@@ -430,6 +457,7 @@ fn f16_cache_matches_f32_cache_on_f16_values() {
             },
             &k,
             &v,
+            0..n,
         )
         .unwrap();
         let mut ws = b.workspace();
@@ -442,6 +470,7 @@ fn f16_cache_matches_f32_cache_on_f16_values() {
                 start_pos: 0,
             },
             &q,
+            0..n,
             &p,
             &mut out,
         )

@@ -4,8 +4,10 @@
 //! guarantees; [`Backend`] is every family at once and is what a model is
 //! generic over:
 //!
-//! - [`BackendCore`] gives identity and the per-caller
-//!   [`BackendCore::Workspace`].
+//! - [`BackendCore`] gives identity, the per-caller
+//!   [`BackendCore::Workspace`] and [`BackendCore::Buffer`], the activation
+//!   buffers that live in the backend's memory (host RAM for the CPU, device
+//!   memory for a GPU).
 //! - [`MatMulOps`] does quantized and float matrix multiplication, and
 //!   embedding lookup.
 //! - [`NormOps`] does RMSNorm.
@@ -17,10 +19,21 @@
 //!
 //! # Conventions
 //!
-//! Activations are row-major `f32` slices: a batch of `n` tokens of width `d`
-//! is a slice of `n * d` values, token after token. A weight matrix of `m`
-//! rows by `k` columns is a [`TensorView`] with `shape == [k, m]` (ggml order),
-//! and `matmul` computes `out[t][i] = sum_j W[i][j] * x[t][j]`.
+//! Activations are row-major `f32` values in backend [`BackendCore::Buffer`]s:
+//! a batch of `n` tokens of width `d` is `n * d` values, token after token.
+//! A buffer has the capacity it was created with; every op says how many
+//! values (or rows) it reads and writes, always a prefix of the buffer (or,
+//! for the attention ops, a range of rows), and a call that would pass a
+//! buffer's capacity is an error. Only values an op wrote are defined
+//! afterwards: a backend may keep a buffer's contents in another form (a GPU
+//! backend replaces a device tensor rather than writing into it). The host
+//! sees values only through [`BackendCore::upload`] and
+//! [`BackendCore::download`], so a decode step on a GPU copies token ids in
+//! and logits out and nothing else.
+//!
+//! A weight matrix of `m` rows by `k` columns is a [`TensorView`] with
+//! `shape == [k, m]` (ggml order), and `matmul` computes
+//! `out[t][i] = sum_j W[i][j] * x[t][j]`.
 //!
 //! # Batch invariance
 //!
@@ -36,6 +49,7 @@
 //! and a [`BackendError`] is returned instead.
 
 use std::fmt::Debug;
+use std::ops::Range;
 
 use crate::{GgmlType, TensorView};
 
@@ -99,9 +113,20 @@ pub enum BackendError {
         what: &'static str,
     },
 
-    /// The backend could not be set up (thread pool creation failed).
+    /// The backend could not be set up (thread pool creation failed, no
+    /// such device, a build without GPU support).
     #[error("backend setup failed: {0}")]
     Setup(String),
+
+    /// The device or the library under the backend failed (out of device
+    /// memory, a kernel launch error).
+    #[error("{op}: device error: {message}")]
+    Device {
+        /// The operation.
+        op: &'static str,
+        /// What the device or library reported.
+        message: String,
+    },
 }
 
 /// `Result` with [`BackendError`].
@@ -115,11 +140,38 @@ pub trait BackendCore: Send + Sync + Debug {
     /// allocates nothing.
     type Workspace: Send + Debug;
 
+    /// `f32` activations in the backend's memory (a `Vec<f32>` on the CPU, a
+    /// device tensor on a GPU). See the module docs for what ops may read.
+    type Buffer: Send + Debug;
+
     /// A short name for logs (`"cpu-avx2"`, ...).
     fn name(&self) -> &str;
 
     /// A new, empty workspace.
     fn workspace(&self) -> Self::Workspace;
+
+    /// A buffer with room for `len` values, all zero.
+    fn buffer(&self, len: usize) -> BackendResult<Self::Buffer>;
+
+    /// A buffer holding a copy of `values` (its capacity is their number).
+    fn upload(&self, values: &[f32]) -> BackendResult<Self::Buffer>;
+
+    /// Copies the first `out.len()` values of `buf` into `out`.
+    ///
+    /// Guarantees: reading past the buffer's capacity is an error.
+    fn download(&self, buf: &Self::Buffer, out: &mut [f32]) -> BackendResult<()>;
+
+    /// Copies rows `rows` of `src` (rows of `width` values) to the first
+    /// `rows.len()` rows of `dst`.
+    ///
+    /// Guarantees: ranges past either buffer's capacity are errors.
+    fn copy_rows(
+        &self,
+        src: &Self::Buffer,
+        rows: Range<usize>,
+        width: usize,
+        dst: &mut Self::Buffer,
+    ) -> BackendResult<()>;
 }
 
 /// Shape and type of a weight matrix prepared by a backend.
@@ -154,8 +206,8 @@ pub trait MatMulOps: BackendCore {
     /// `out[t * m + i] = sum_j W[i][j] * x[t * k + j]` for every token `t` in
     /// `0..n_tokens` and row `i` in `0..m`.
     ///
-    /// Guarantees: `x.len() == n_tokens * k` and `out.len() == n_tokens * m`
-    /// are checked; each output element is computed with a reduction order
+    /// Guarantees: room for `n_tokens * k` values in `x` and `n_tokens * m`
+    /// in `out` is checked; each output element is computed with a reduction order
     /// that depends only on `k` and the weight type, never on `n_tokens` or
     /// the thread count (batch invariance, bit for bit). Quantized weights
     /// may be multiplied by activations quantized to 8 bits per block (as
@@ -164,31 +216,49 @@ pub trait MatMulOps: BackendCore {
         &self,
         ws: &mut Self::Workspace,
         w: &Self::Weight<'_>,
-        x: &[f32],
+        x: &Self::Buffer,
         n_tokens: usize,
-        out: &mut [f32],
+        out: &mut Self::Buffer,
     ) -> BackendResult<()>;
 
     /// Dequantizes rows `ids` of `table` (an embedding matrix, one row per
-    /// token id) into `out` (`ids.len() * cols` values).
+    /// token id) into the first `ids.len() * cols` values of `out`.
     ///
     /// Guarantees: an id at or past `table.rows()` is an
     /// [`BackendError::OutOfRange`] error; the values are the exact
     /// dequantized weights.
-    fn embed(&self, table: &Self::Weight<'_>, ids: &[u32], out: &mut [f32]) -> BackendResult<()>;
+    fn embed(
+        &self,
+        table: &Self::Weight<'_>,
+        ids: &[u32],
+        out: &mut Self::Buffer,
+    ) -> BackendResult<()>;
 }
 
 /// Normalisation.
 pub trait NormOps: BackendCore {
-    /// RMSNorm of each row of `x` (rows of `w.len()` values):
-    /// `out = x / sqrt(mean(x^2) + eps) * w`.
+    /// RMSNorm of the first `n_rows` rows of `x`, a row being as long as `w`
+    /// (the whole of `w` is the weight): `out = x / sqrt(mean(x^2) + eps) * w`.
     ///
-    /// Guarantees: `x.len()` must be a multiple of `w.len()` and equal
-    /// `out.len()`; each row is reduced in a fixed order.
-    fn rms_norm(&self, x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) -> BackendResult<()>;
+    /// Guarantees: the capacities are checked; each row is reduced in a
+    /// fixed order.
+    fn rms_norm(
+        &self,
+        x: &Self::Buffer,
+        w: &Self::Buffer,
+        eps: f32,
+        n_rows: usize,
+        out: &mut Self::Buffer,
+    ) -> BackendResult<()>;
 
     /// [`NormOps::rms_norm`] in place (used for per-head Q/K norms).
-    fn rms_norm_inplace(&self, x: &mut [f32], w: &[f32], eps: f32) -> BackendResult<()>;
+    fn rms_norm_inplace(
+        &self,
+        x: &mut Self::Buffer,
+        w: &Self::Buffer,
+        eps: f32,
+        n_rows: usize,
+    ) -> BackendResult<()>;
 }
 
 /// How RoPE pairs up the dimensions of a head.
@@ -217,39 +287,78 @@ pub struct RopeParams {
 
 /// Rotary position embedding.
 pub trait RopeOps: BackendCore {
-    /// Rotates `x`, laid out `[n_tokens][n_heads][head_dim]` with
+    /// Rotates the first `positions.len() * n_heads * head_dim` values of
+    /// `x`, laid out `[n_tokens][n_heads][head_dim]` with
     /// `n_tokens == positions.len()`: pair `i` of token `t` turns by
-    /// `positions[t] * freq_scale * base^(-2i / n_dims)` radians.
+    /// `positions[t] * freq_scale * base^(-2i / n_dims)` radians. The
+    /// workspace may cache the angles between calls with the same positions.
     ///
     /// Guarantees: the layout and `n_dims <= head_dim`, even, are checked;
     /// each token's result depends only on its own values and position.
     fn rope(
         &self,
-        x: &mut [f32],
+        ws: &mut Self::Workspace,
+        x: &mut Self::Buffer,
+        n_heads: usize,
         head_dim: usize,
         positions: &[u32],
         p: &RopeParams,
     ) -> BackendResult<()>;
 }
 
-/// Element-wise and row-wise activation functions.
+/// Element-wise and row-wise activation functions, on the first `len`
+/// values of their buffers (or `n_rows` rows).
 pub trait ActivationOps: BackendCore {
-    /// Softmax of each row of `row_len` values, in place.
-    fn softmax_inplace(&self, x: &mut [f32], row_len: usize) -> BackendResult<()>;
+    /// Softmax of each of the first `n_rows` rows of `row_len` values, in
+    /// place.
+    fn softmax_inplace(
+        &self,
+        x: &mut Self::Buffer,
+        row_len: usize,
+        n_rows: usize,
+    ) -> BackendResult<()>;
     /// `x = x * sigmoid(x)`.
-    fn silu_inplace(&self, x: &mut [f32]);
+    fn silu_inplace(&self, x: &mut Self::Buffer, len: usize) -> BackendResult<()>;
     /// GELU with ggml's tanh approximation, in place.
-    fn gelu_inplace(&self, x: &mut [f32]);
-    /// SwiGLU: `gate = silu(gate) * up` (equal lengths).
-    fn swiglu_inplace(&self, gate: &mut [f32], up: &[f32]) -> BackendResult<()>;
-    /// GeGLU: `gate = gelu(gate) * up` (equal lengths).
-    fn geglu_inplace(&self, gate: &mut [f32], up: &[f32]) -> BackendResult<()>;
-    /// `dst += src` (equal lengths).
-    fn add_inplace(&self, dst: &mut [f32], src: &[f32]) -> BackendResult<()>;
-    /// `dst *= src` (equal lengths).
-    fn mul_inplace(&self, dst: &mut [f32], src: &[f32]) -> BackendResult<()>;
+    fn gelu_inplace(&self, x: &mut Self::Buffer, len: usize) -> BackendResult<()>;
+    /// SwiGLU: `gate = silu(gate) * up`.
+    fn swiglu_inplace(
+        &self,
+        gate: &mut Self::Buffer,
+        up: &Self::Buffer,
+        len: usize,
+    ) -> BackendResult<()>;
+    /// GeGLU: `gate = gelu(gate) * up`.
+    fn geglu_inplace(
+        &self,
+        gate: &mut Self::Buffer,
+        up: &Self::Buffer,
+        len: usize,
+    ) -> BackendResult<()>;
+    /// `dst += src`.
+    fn add_inplace(
+        &self,
+        dst: &mut Self::Buffer,
+        src: &Self::Buffer,
+        len: usize,
+    ) -> BackendResult<()>;
+    /// `dst[r] += row` for each of the first `n_rows` rows of `dst`, a row
+    /// being as long as `row` (a bias).
+    fn add_row_inplace(
+        &self,
+        dst: &mut Self::Buffer,
+        row: &Self::Buffer,
+        n_rows: usize,
+    ) -> BackendResult<()>;
+    /// `dst *= src`.
+    fn mul_inplace(
+        &self,
+        dst: &mut Self::Buffer,
+        src: &Self::Buffer,
+        len: usize,
+    ) -> BackendResult<()>;
     /// `dst *= s`.
-    fn scale_inplace(&self, dst: &mut [f32], s: f32);
+    fn scale_inplace(&self, dst: &mut Self::Buffer, s: f32, len: usize) -> BackendResult<()>;
 }
 
 /// Size of a KV cache.
@@ -315,35 +424,41 @@ pub trait AttentionOps: BackendCore {
     /// Allocates a cache (the only allocation attention needs).
     fn kv_cache(&self, cfg: &KvCacheConfig) -> BackendResult<Self::KvCache>;
 
-    /// Stores the keys and values of tokens at positions
-    /// `at.start_pos..at.start_pos + n` of layer `at.layer`; `k` and `v` are
-    /// `[n][n_kv_heads * head_dim]`.
+    /// Stores rows `rows` of `k` and `v` (rows of `n_kv_heads * head_dim`
+    /// values) as the keys and values of positions
+    /// `at.start_pos..at.start_pos + rows.len()` of layer `at.layer`.
     ///
     /// Guarantees: positions past `max_seq_len` and bad lengths are errors.
     fn kv_write(
         &self,
         cache: &mut Self::KvCache,
         at: KvSpan,
-        k: &[f32],
-        v: &[f32],
+        k: &Self::Buffer,
+        v: &Self::Buffer,
+        rows: Range<usize>,
     ) -> BackendResult<()>;
 
-    /// Causal attention of queries `q` (`[n][n_heads * head_dim]`, token `t`
-    /// at position `at.start_pos + t`) over the keys and values of layer
-    /// `at.layer` at positions up to each query's own (which must have been written with
-    /// [`AttentionOps::kv_write`]); writes `out` (same layout as `q`).
+    /// Causal attention of rows `rows` of `q` (rows of `n_heads * head_dim`
+    /// values; row `rows.start + t` at position `at.start_pos + t`) over
+    /// the keys and values of layer `at.layer` at positions up to each
+    /// query's own (which must have been written with
+    /// [`AttentionOps::kv_write`]); writes the same rows of `out`. Rows of
+    /// `out` before `rows.start` keep what they hold, so one call per
+    /// sequence fills a batch of sequences in order.
     ///
     /// Guarantees: each (token, head) output depends only on that query and
     /// the cache, with a fixed reduction order (batch invariance); bad
     /// lengths, layers and positions are errors.
+    #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
         ws: &mut Self::Workspace,
         cache: &Self::KvCache,
         at: KvSpan,
-        q: &[f32],
+        q: &Self::Buffer,
+        rows: Range<usize>,
         p: &AttentionParams,
-        out: &mut [f32],
+        out: &mut Self::Buffer,
     ) -> BackendResult<()>;
 }
 

@@ -14,35 +14,37 @@ use crate::{Error, Result};
 /// One transformer block's weights.
 #[derive(Debug)]
 struct Layer<'a, B: Backend + 'a> {
-    attn_norm: Vec<f32>,
+    attn_norm: B::Buffer,
     wq: B::Weight<'a>,
     wk: B::Weight<'a>,
     wv: B::Weight<'a>,
     wo: B::Weight<'a>,
-    bq: Option<Vec<f32>>,
-    bk: Option<Vec<f32>>,
-    bv: Option<Vec<f32>>,
-    q_norm: Option<Vec<f32>>,
-    k_norm: Option<Vec<f32>>,
-    post_attn_norm: Option<Vec<f32>>,
-    ffn_norm: Vec<f32>,
+    bq: Option<B::Buffer>,
+    bk: Option<B::Buffer>,
+    bv: Option<B::Buffer>,
+    q_norm: Option<B::Buffer>,
+    k_norm: Option<B::Buffer>,
+    post_attn_norm: Option<B::Buffer>,
+    ffn_norm: B::Buffer,
     w_gate: B::Weight<'a>,
     w_up: B::Weight<'a>,
     w_down: B::Weight<'a>,
-    post_ffn_norm: Option<Vec<f32>>,
+    post_ffn_norm: Option<B::Buffer>,
 }
 
 /// A transformer whose weights stay in the GGUF file (borrowed, still
 /// quantized) and whose math runs on backend `B`.
 ///
 /// Many [`Session`]s can run on one `Model` at once: the model is read-only.
+/// Norm weights and biases are dequantized at load and handed to the
+/// backend as buffers (on a GPU they are uploaded once).
 #[derive(Debug)]
 pub struct Model<'a, B: Backend> {
     backend: &'a B,
     config: ModelConfig,
     embed: B::Weight<'a>,
     layers: Vec<Layer<'a, B>>,
-    output_norm: Vec<f32>,
+    output_norm: B::Buffer,
     output: B::Weight<'a>,
 }
 
@@ -77,7 +79,7 @@ impl<'a, B: Backend> Model<'a, B> {
             }
             Ok(w)
         };
-        let norm = |name: &str, len: usize| -> Result<Vec<f32>> {
+        let norm = |name: &str, len: usize| -> Result<B::Buffer> {
             let v = f32_vec(&tensor(name)?)?;
             if v.len() != len {
                 return Err(Error::BadTensorShape {
@@ -86,9 +88,9 @@ impl<'a, B: Backend> Model<'a, B> {
                     got: vec![v.len() as u64],
                 });
             }
-            Ok(v)
+            Ok(backend.upload(&v)?)
         };
-        let optional_norm = |name: &str, len: usize| -> Result<Option<Vec<f32>>> {
+        let optional_norm = |name: &str, len: usize| -> Result<Option<B::Buffer>> {
             match file.tensor(name) {
                 Ok(_) => norm(name, len).map(Some),
                 Err(realm_core::Error::TensorNotFound(_)) => Ok(None),
@@ -199,7 +201,8 @@ impl<'a, B: Backend> Model<'a, B> {
             pos: 0,
             max_seq_len,
             chunk: None,
-            scratch: Scratch::new(self.backend, c, batch, 1),
+            scratch: Scratch::new(self.backend, c, batch, 1)?,
+            logits: vec![0.0; c.vocab_size],
         })
     }
 
@@ -208,12 +211,10 @@ impl<'a, B: Backend> Model<'a, B> {
         if rows == 0 {
             return Err(Error::BadConfig("a batch needs at least one row".into()));
         }
-        Ok(BatchScratch(Scratch::new(
-            self.backend,
-            &self.config,
-            rows,
-            rows,
-        )))
+        Ok(BatchScratch {
+            scratch: Scratch::new(self.backend, &self.config, rows, rows)?,
+            logits: vec![0.0; rows * self.config.vocab_size],
+        })
     }
 
     /// Runs `tokens` through the model at the session's current position,
@@ -241,7 +242,7 @@ impl<'a, B: Backend> Model<'a, B> {
                 self.compute_logits(s)?;
             }
         }
-        Ok(&s.scratch.logits)
+        Ok(&s.logits)
     }
 
     fn check_room(&self, s: &Session<B>, n: usize) -> Result<()> {
@@ -311,19 +312,15 @@ impl<'a, B: Backend> Model<'a, B> {
             }
         };
         let (start, cache) = (s.pos, &mut s.cache);
-        self.layer(
-            &mut s.scratch,
-            chunk.len,
-            layer,
-            |b, ws, k, v, q, params, att| {
-                let at = KvSpan {
-                    layer,
-                    start_pos: start,
-                };
-                b.kv_write(cache, at, k, v)?;
-                b.attention(ws, cache, at, q, params, att)
-            },
-        )?;
+        let n = chunk.len;
+        self.layer(&mut s.scratch, n, layer, |b, ws, k, v, q, params, att| {
+            let at = KvSpan {
+                layer,
+                start_pos: start,
+            };
+            b.kv_write(cache, at, k, v, 0..n)?;
+            b.attention(ws, cache, at, q, 0..n, params, att)
+        })?;
         let done = layer + 1;
         s.chunk = Some(Chunk {
             layers_done: done,
@@ -341,7 +338,10 @@ impl<'a, B: Backend> Model<'a, B> {
         match s.chunk {
             Some(c) if c.layers_done == self.layers.len() => {
                 self.logits_rows(&mut s.scratch, c.len - 1, 1)?;
-                Ok(&s.scratch.logits)
+                let n = s.logits.len();
+                self.backend
+                    .download(&s.scratch.logits, &mut s.logits[..n])?;
+                Ok(&s.logits)
             }
             _ => Err(Error::BadConfig(
                 "compute_logits needs a chunk whose layers all ran".into(),
@@ -360,7 +360,7 @@ impl<'a, B: Backend> Model<'a, B> {
         rows: &mut [(&mut Session<B>, u32)],
         scratch: &mut BatchScratch<B>,
     ) -> Result<()> {
-        let sc = &mut scratch.0;
+        let sc = &mut scratch.scratch;
         let n = rows.len();
         if n == 0 || n > sc.rows {
             return Err(Error::BadConfig(format!(
@@ -380,29 +380,26 @@ impl<'a, B: Backend> Model<'a, B> {
         let embedded = self.embed_rows(sc, &tokens);
         sc.tokens = tokens;
         embedded?;
-        let c = &self.config;
-        let (qd, kvd) = (c.q_dim(), c.kv_dim());
         for layer in 0..self.layers.len() {
             self.layer(sc, n, layer, |b, ws, k, v, q, params, att| {
                 for (i, (s, _)) in rows.iter_mut().enumerate() {
-                    let (kr, vr) = (&k[i * kvd..(i + 1) * kvd], &v[i * kvd..(i + 1) * kvd]);
                     let at = KvSpan {
                         layer,
                         start_pos: s.pos,
                     };
-                    b.kv_write(&mut s.cache, at, kr, vr)?;
-                    let (qr, ar) = (&q[i * qd..(i + 1) * qd], &mut att[i * qd..(i + 1) * qd]);
-                    b.attention(ws, &s.cache, at, qr, params, ar)?;
+                    b.kv_write(&mut s.cache, at, k, v, i..i + 1)?;
+                    b.attention(ws, &s.cache, at, q, i..i + 1, params, att)?;
                 }
                 Ok(())
             })?;
         }
         self.logits_rows(sc, 0, n)?;
-        let vocab = c.vocab_size;
+        let vocab = self.config.vocab_size;
+        let logits = &mut scratch.logits[..n * vocab];
+        self.backend.download(&sc.logits, logits)?;
         for (i, (s, _)) in rows.iter_mut().enumerate() {
-            s.scratch
-                .logits
-                .copy_from_slice(&sc.logits[i * vocab..(i + 1) * vocab]);
+            s.logits
+                .copy_from_slice(&logits[i * vocab..(i + 1) * vocab]);
             s.pos += 1;
             s.chunk = None;
         }
@@ -412,10 +409,10 @@ impl<'a, B: Backend> Model<'a, B> {
     /// Embeds `tokens` into the first rows of `sc.x`.
     fn embed_rows(&self, sc: &mut Scratch<B>, tokens: &[u32]) -> Result<()> {
         let d = self.config.d_model;
-        let x = &mut sc.x[..tokens.len() * d];
-        self.backend.embed(&self.embed, tokens, x)?;
+        self.backend.embed(&self.embed, tokens, &mut sc.x)?;
         if self.config.scale_embeddings {
-            self.backend.scale_inplace(x, (d as f32).sqrt());
+            self.backend
+                .scale_inplace(&mut sc.x, (d as f32).sqrt(), tokens.len() * d)?;
         }
         Ok(())
     }
@@ -425,20 +422,14 @@ impl<'a, B: Backend> Model<'a, B> {
     fn logits_rows(&self, sc: &mut Scratch<B>, first: usize, n: usize) -> Result<()> {
         let (b, c) = (self.backend, &self.config);
         let d = c.d_model;
-        let xn = &mut sc.xn[..n * d];
-        b.rms_norm(
-            &sc.x[first * d..(first + n) * d],
-            &self.output_norm,
-            c.rms_eps,
-            xn,
-        )?;
-        b.matmul(
-            &mut sc.ws,
-            &self.output,
-            xn,
-            n,
-            &mut sc.logits[..n * c.vocab_size],
-        )?;
+        if first == 0 {
+            b.rms_norm(&sc.x, &self.output_norm, c.rms_eps, n, &mut sc.xn)?;
+        } else {
+            // Ops read from row 0: bring the rows to the front of `xn`.
+            b.copy_rows(&sc.x, first..first + n, d, &mut sc.xn)?;
+            b.rms_norm_inplace(&mut sc.xn, &self.output_norm, c.rms_eps, n)?;
+        }
+        b.matmul(&mut sc.ws, &self.output, &sc.xn, n, &mut sc.logits)?;
         Ok(())
     }
 
@@ -453,44 +444,36 @@ impl<'a, B: Backend> Model<'a, B> {
         mut attend: impl FnMut(
             &B,
             &mut B::Workspace,
-            &[f32],
-            &[f32],
-            &[f32],
+            &B::Buffer,
+            &B::Buffer,
+            &B::Buffer,
             &AttentionParams,
-            &mut [f32],
+            &mut B::Buffer,
         ) -> Result<(), BackendError>,
     ) -> Result<()> {
         let b = self.backend;
         let c = &self.config;
         let layer = &self.layers[li];
-        let (d, qd, kvd, ff) = (c.d_model, c.q_dim(), c.kv_dim(), c.ffn_dim);
-        let x = &mut sc.x[..n * d];
-        let xn = &mut sc.xn[..n * d];
-        b.rms_norm(x, &layer.attn_norm, c.rms_eps, xn)?;
-        let (q, k, v) = (
-            &mut sc.q[..n * qd],
-            &mut sc.k[..n * kvd],
-            &mut sc.v[..n * kvd],
-        );
-        b.matmul(&mut sc.ws, &layer.wq, xn, n, q)?;
-        b.matmul(&mut sc.ws, &layer.wk, xn, n, k)?;
-        b.matmul(&mut sc.ws, &layer.wv, xn, n, v)?;
+        let (d, ff) = (c.d_model, c.ffn_dim);
+        let eps = c.rms_eps;
+        b.rms_norm(&sc.x, &layer.attn_norm, eps, n, &mut sc.xn)?;
+        b.matmul(&mut sc.ws, &layer.wq, &sc.xn, n, &mut sc.q)?;
+        b.matmul(&mut sc.ws, &layer.wk, &sc.xn, n, &mut sc.k)?;
+        b.matmul(&mut sc.ws, &layer.wv, &sc.xn, n, &mut sc.v)?;
         for (out, bias) in [
-            (&mut *q, &layer.bq),
-            (&mut *k, &layer.bk),
-            (&mut *v, &layer.bv),
+            (&mut sc.q, &layer.bq),
+            (&mut sc.k, &layer.bk),
+            (&mut sc.v, &layer.bv),
         ] {
             if let Some(bias) = bias {
-                for row in out.chunks_exact_mut(bias.len()) {
-                    b.add_inplace(row, bias)?;
-                }
+                b.add_row_inplace(out, bias, n)?;
             }
         }
         if let Some(w) = &layer.q_norm {
-            b.rms_norm_inplace(q, w, c.rms_eps)?;
+            b.rms_norm_inplace(&mut sc.q, w, eps, n * c.n_heads)?;
         }
         if let Some(w) = &layer.k_norm {
-            b.rms_norm_inplace(k, w, c.rms_eps)?;
+            b.rms_norm_inplace(&mut sc.k, w, eps, n * c.n_kv_heads)?;
         }
         let rope = RopeParams {
             n_dims: c.rope_dims,
@@ -498,88 +481,99 @@ impl<'a, B: Backend> Model<'a, B> {
             freq_scale: c.rope_freq_scale,
             mode: c.rope_mode,
         };
-        b.rope(q, c.head_dim, &sc.positions, &rope)?;
-        b.rope(k, c.head_dim, &sc.positions, &rope)?;
-        let att = &mut sc.att[..n * qd];
+        let hd = c.head_dim;
+        b.rope(&mut sc.ws, &mut sc.q, c.n_heads, hd, &sc.positions, &rope)?;
+        b.rope(
+            &mut sc.ws,
+            &mut sc.k,
+            c.n_kv_heads,
+            hd,
+            &sc.positions,
+            &rope,
+        )?;
         let params = AttentionParams {
             n_heads: c.n_heads,
             n_kv_heads: c.n_kv_heads,
-            head_dim: c.head_dim,
+            head_dim: hd,
             scale: c.attn_scale,
             sliding_window: c.layer_window(li),
             softcap: None,
         };
-        attend(b, &mut sc.ws, k, v, q, &params, att)?;
-        let proj = &mut sc.proj[..n * d];
-        b.matmul(&mut sc.ws, &layer.wo, att, n, proj)?;
+        attend(b, &mut sc.ws, &sc.k, &sc.v, &sc.q, &params, &mut sc.att)?;
+        b.matmul(&mut sc.ws, &layer.wo, &sc.att, n, &mut sc.proj)?;
         if let Some(w) = &layer.post_attn_norm {
-            b.rms_norm_inplace(proj, w, c.rms_eps)?;
+            b.rms_norm_inplace(&mut sc.proj, w, eps, n)?;
         }
-        b.add_inplace(x, proj)?;
+        b.add_inplace(&mut sc.x, &sc.proj, n * d)?;
 
-        b.rms_norm(x, &layer.ffn_norm, c.rms_eps, xn)?;
-        let (gate, up) = (&mut sc.gate[..n * ff], &mut sc.up[..n * ff]);
-        b.matmul(&mut sc.ws, &layer.w_gate, xn, n, gate)?;
-        b.matmul(&mut sc.ws, &layer.w_up, xn, n, up)?;
+        b.rms_norm(&sc.x, &layer.ffn_norm, eps, n, &mut sc.xn)?;
+        b.matmul(&mut sc.ws, &layer.w_gate, &sc.xn, n, &mut sc.gate)?;
+        b.matmul(&mut sc.ws, &layer.w_up, &sc.xn, n, &mut sc.up)?;
         match c.arch {
-            Architecture::Gemma3 => b.geglu_inplace(gate, up)?,
-            _ => b.swiglu_inplace(gate, up)?,
+            Architecture::Gemma3 => b.geglu_inplace(&mut sc.gate, &sc.up, n * ff)?,
+            _ => b.swiglu_inplace(&mut sc.gate, &sc.up, n * ff)?,
         }
-        b.matmul(&mut sc.ws, &layer.w_down, gate, n, proj)?;
+        b.matmul(&mut sc.ws, &layer.w_down, &sc.gate, n, &mut sc.proj)?;
         if let Some(w) = &layer.post_ffn_norm {
-            b.rms_norm_inplace(proj, w, c.rms_eps)?;
+            b.rms_norm_inplace(&mut sc.proj, w, eps, n)?;
         }
-        b.add_inplace(x, proj)?;
+        b.add_inplace(&mut sc.x, &sc.proj, n * d)?;
         Ok(())
     }
 }
 
-/// Activations and scratch for up to `rows` tokens, sized once.
+/// Activations and scratch for up to `rows` tokens, sized once, in the
+/// backend's memory.
 #[derive(Debug)]
 struct Scratch<B: Backend> {
     ws: B::Workspace,
     rows: usize,
-    x: Vec<f32>,
-    xn: Vec<f32>,
-    q: Vec<f32>,
-    k: Vec<f32>,
-    v: Vec<f32>,
-    att: Vec<f32>,
-    proj: Vec<f32>,
-    gate: Vec<f32>,
-    up: Vec<f32>,
+    x: B::Buffer,
+    xn: B::Buffer,
+    q: B::Buffer,
+    k: B::Buffer,
+    v: B::Buffer,
+    att: B::Buffer,
+    proj: B::Buffer,
+    gate: B::Buffer,
+    up: B::Buffer,
+    logits: B::Buffer,
     positions: Vec<u32>,
     tokens: Vec<u32>,
-    logits: Vec<f32>,
 }
 
 impl<B: Backend> Scratch<B> {
     /// Room for `rows` tokens and `logit_rows` rows of logits (one for a
     /// session, which keeps only its last token's, `rows` for a batch).
-    fn new(backend: &B, c: &ModelConfig, rows: usize, logit_rows: usize) -> Self {
-        Self {
+    fn new(backend: &B, c: &ModelConfig, rows: usize, logit_rows: usize) -> Result<Self> {
+        let buf = |width: usize| backend.buffer(rows * width);
+        Ok(Self {
             ws: backend.workspace(),
             rows,
-            x: vec![0.0; rows * c.d_model],
-            xn: vec![0.0; rows * c.d_model],
-            q: vec![0.0; rows * c.q_dim()],
-            k: vec![0.0; rows * c.kv_dim()],
-            v: vec![0.0; rows * c.kv_dim()],
-            att: vec![0.0; rows * c.q_dim()],
-            proj: vec![0.0; rows * c.d_model],
-            gate: vec![0.0; rows * c.ffn_dim],
-            up: vec![0.0; rows * c.ffn_dim],
+            x: buf(c.d_model)?,
+            xn: buf(c.d_model)?,
+            q: buf(c.q_dim())?,
+            k: buf(c.kv_dim())?,
+            v: buf(c.kv_dim())?,
+            att: buf(c.q_dim())?,
+            proj: buf(c.d_model)?,
+            gate: buf(c.ffn_dim)?,
+            up: buf(c.ffn_dim)?,
+            logits: backend.buffer(logit_rows * c.vocab_size)?,
             positions: Vec::with_capacity(rows),
             tokens: Vec::with_capacity(rows),
-            logits: vec![0.0; logit_rows * c.vocab_size],
-        }
+        })
     }
 }
 
 /// Scratch space of [`Model::forward_batch`] (from [`Model::batch_scratch`]),
 /// reused from step to step so that a batched decode allocates nothing.
 #[derive(Debug)]
-pub struct BatchScratch<B: Backend>(Scratch<B>);
+pub struct BatchScratch<B: Backend> {
+    scratch: Scratch<B>,
+    /// Every row's logits, on the host.
+    logits: Vec<f32>,
+}
 
 /// The chunk in flight between [`Model::embed_tokens`] and the last layer.
 #[derive(Debug, Clone, Copy)]
@@ -597,6 +591,8 @@ pub struct Session<B: Backend> {
     max_seq_len: usize,
     chunk: Option<Chunk>,
     scratch: Scratch<B>,
+    /// The last token's logits, on the host.
+    logits: Vec<f32>,
 }
 
 impl<B: Backend> Session<B> {
@@ -623,6 +619,6 @@ impl<B: Backend> Session<B> {
 
     /// The logits of the last token run.
     pub fn logits(&self) -> &[f32] {
-        &self.scratch.logits
+        &self.logits
     }
 }
