@@ -24,6 +24,7 @@ pub mod model;
 
 pub mod generate;
 pub mod sampling;
+pub mod synthetic;
 
 pub use config::{Architecture, ModelConfig};
 pub use error::{Error, Result};

@@ -171,3 +171,62 @@ fn unknown_architecture_and_missing_tensors_are_named() {
     let file = Gguf::from_bytes(&bytes[..]).unwrap();
     assert!(matches!(Model::load(&file, &cpu), Err(Error::UnknownArchitecture(a)) if a == "xlstm"));
 }
+
+/// The built-in layouts are exactly the real files' (hyper-parameters,
+/// tensor names, shapes and types), so synthetic copies benchmark like them.
+#[test]
+fn built_in_layouts_match_the_real_models() {
+    use realm_core::catalog;
+    use realm_core::gguf::GgufFile;
+    use realm_models::synthetic::SyntheticLayout;
+    for (m, layout) in [
+        (&catalog::SMOLLM2, SyntheticLayout::smollm2_135m()),
+        (&catalog::GEMMA3, SyntheticLayout::gemma3_270m()),
+    ] {
+        let Some(path) = catalog::cached_path(m).filter(|p| p.is_file()) else {
+            eprintln!("skipped: {} is not cached", m.file_name);
+            continue;
+        };
+        let real = SyntheticLayout::of(&GgufFile::open(path).unwrap()).unwrap();
+        assert_eq!(layout.arch, real.arch);
+        assert_eq!(layout.hparams, real.hparams, "{}", m.short_name);
+        assert_eq!(layout.vocab_size, real.vocab_size);
+        // Same tensors; the file order is the converter's and does not matter.
+        let sorted = |mut v: Vec<realm_models::synthetic::SyntheticTensor>| {
+            v.sort_by(|a, b| a.name.cmp(&b.name));
+            v
+        };
+        let (ours, theirs) = (sorted(layout.tensors), sorted(real.tensors));
+        assert_eq!(ours.len(), theirs.len(), "{}", m.short_name);
+        for (a, b) in ours.iter().zip(&theirs) {
+            assert_eq!(a, b, "{}", m.short_name);
+        }
+    }
+}
+
+/// A synthetic file of each tiny layout loads with its tokenizer, runs, and
+/// is the same for the same seed.
+#[test]
+fn synthetic_files_load_tokenize_and_run() {
+    use realm_core::tokenizer::Tokenizer;
+    use realm_models::synthetic::SyntheticLayout;
+    let cpu = CpuBackend::new().unwrap();
+    for arch in ["llama", "qwen2", "gemma3"] {
+        let layout = SyntheticLayout::tiny(arch).unwrap();
+        let bytes = layout.write(7).unwrap();
+        assert_eq!(bytes, layout.write(7).unwrap());
+        assert_ne!(bytes, layout.write(8).unwrap());
+        let file = Gguf::from_bytes(bytes).unwrap();
+        assert_eq!(SyntheticLayout::of(&file).unwrap(), layout);
+        let tok = Tokenizer::from_metadata(file.metadata()).unwrap();
+        let ids = tok.encode("t300 hello", true, false).unwrap();
+        assert!(ids.iter().all(|&t| (t as usize) < layout.vocab_size));
+        let model = Model::load(&file, &cpu).unwrap();
+        let mut s = model.session(32, 8).unwrap();
+        let logits = model.forward(&mut s, &ids).unwrap();
+        assert!(logits.iter().all(|v| v.is_finite()));
+        let spread = logits.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert!(spread > 1e-3 && spread < 1e3, "{arch}: logits {spread}");
+    }
+    assert!(SyntheticLayout::tiny("gpt-j").is_err());
+}

@@ -1,0 +1,144 @@
+//! Device buffers: a flat `f32` tensor and the capacity the buffer was
+//! made with.
+
+use std::ops::Range;
+
+use candle_core::Tensor;
+use realm_core::backend::{BackendError, BackendResult};
+
+use crate::{dev_err, product};
+
+/// A buffer of `f32` activations on the device.
+///
+/// Ops do not write into device memory in place: an op that writes the
+/// first `n` values replaces the buffer's tensor with its `n`-value result
+/// (candle allocates from the device's memory pool), so only the values
+/// the last writer produced are defined, as the backend trait allows. A
+/// read past them is an error, never stale data.
+#[derive(Debug, Clone)]
+pub struct GpuBuffer {
+    t: Tensor,
+    cap: usize,
+}
+
+fn shape_err(op: &'static str, what: &'static str, expected: usize, got: usize) -> BackendError {
+    BackendError::Shape {
+        op,
+        what,
+        expected,
+        got,
+    }
+}
+
+impl GpuBuffer {
+    pub(crate) fn new(t: Tensor, cap: usize) -> Self {
+        Self { t, cap }
+    }
+
+    /// The capacity the buffer was made with.
+    pub fn capacity(&self) -> usize {
+        self.cap
+    }
+
+    /// Values that are defined (those the last writer produced).
+    pub fn defined(&self) -> usize {
+        self.t.elem_count()
+    }
+
+    /// The whole of the defined values (for weights made by `upload`).
+    pub(crate) fn all(&self) -> &Tensor {
+        &self.t
+    }
+
+    /// The first `len` values, as a 1-D tensor.
+    pub(crate) fn prefix(
+        &self,
+        op: &'static str,
+        what: &'static str,
+        len: usize,
+    ) -> BackendResult<Tensor> {
+        if len > self.cap {
+            return Err(shape_err(op, what, len, self.cap));
+        }
+        if len > self.defined() {
+            return Err(BackendError::InvalidParameter {
+                op,
+                what: "reads buffer values that no op has written",
+            });
+        }
+        if len == self.defined() {
+            return Ok(self.t.clone());
+        }
+        self.t.narrow(0, 0, len).map_err(dev_err(op))
+    }
+
+    /// Rows `rows` (of `width` values), as a 1-D tensor.
+    pub(crate) fn rows(
+        &self,
+        op: &'static str,
+        what: &'static str,
+        rows: &Range<usize>,
+        width: usize,
+    ) -> BackendResult<Tensor> {
+        let start = product(op, "row offset overflows", rows.start, width)?;
+        let end = product(op, "row offset overflows", rows.end, width)?;
+        if start > end {
+            return Err(BackendError::InvalidParameter {
+                op,
+                what: "row range is reversed",
+            });
+        }
+        let all = self.prefix(op, what, end)?;
+        all.narrow(0, start, end - start).map_err(dev_err(op))
+    }
+
+    /// Checks that `len` values fit before an op computes them.
+    pub(crate) fn check_room(
+        &self,
+        op: &'static str,
+        what: &'static str,
+        len: usize,
+    ) -> BackendResult<()> {
+        if len > self.cap {
+            return Err(shape_err(op, what, len, self.cap));
+        }
+        Ok(())
+    }
+
+    /// Makes `t` (any shape, `len` values) the buffer's first `len` values.
+    pub(crate) fn set_prefix(
+        &mut self,
+        op: &'static str,
+        what: &'static str,
+        len: usize,
+        t: Tensor,
+    ) -> BackendResult<()> {
+        self.check_room(op, what, len)?;
+        if t.elem_count() != len {
+            return Err(shape_err(op, "result length", len, t.elem_count()));
+        }
+        self.t = t.flatten_all().map_err(dev_err(op))?;
+        Ok(())
+    }
+
+    /// Writes `t` (rows of `width` values) as rows `rows`, keeping the rows
+    /// before `rows.start`.
+    pub(crate) fn set_rows(
+        &mut self,
+        op: &'static str,
+        what: &'static str,
+        rows: &Range<usize>,
+        width: usize,
+        t: Tensor,
+    ) -> BackendResult<()> {
+        let start = product(op, "row offset overflows", rows.start, width)?;
+        let end = product(op, "row offset overflows", rows.end, width)?;
+        let t = t.flatten_all().map_err(dev_err(op))?;
+        if start == 0 {
+            return self.set_prefix(op, what, end, t);
+        }
+        let head = self.prefix(op, what, start)?;
+        let joined = Tensor::cat(&[&head, &t], 0).map_err(dev_err(op))?;
+        self.set_prefix(op, what, end, joined)
+    }
+}

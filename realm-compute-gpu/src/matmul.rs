@@ -1,0 +1,169 @@
+//! Weights as candle quantized tensors on the device, quantized matrix
+//! products and embedding lookup.
+
+use std::borrow::Cow;
+
+use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
+use candle_core::{Module, Tensor};
+use realm_core::backend::{BackendError, BackendResult, MatMulOps, WeightInfo};
+use realm_core::{GgmlType, TensorView};
+
+use crate::{dev_err, product, GpuBackend, GpuBuffer};
+
+/// A weight matrix copied to the device once, in its GGUF type.
+pub struct GpuWeight {
+    dtype: GgmlType,
+    rows: usize,
+    cols: usize,
+    qm: QMatMul,
+}
+
+impl std::fmt::Debug for GpuWeight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuWeight")
+            .field("dtype", &self.dtype)
+            .field("rows", &self.rows)
+            .field("cols", &self.cols)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WeightInfo for GpuWeight {
+    fn dtype(&self) -> GgmlType {
+        self.dtype
+    }
+    fn rows(&self) -> usize {
+        self.rows
+    }
+    fn cols(&self) -> usize {
+        self.cols
+    }
+}
+
+/// candle's name for a GGUF type, and the alignment its blocks need, for
+/// the types this backend multiplies by.
+fn candle_type(t: GgmlType) -> Option<(GgmlDType, usize)> {
+    Some(match t {
+        GgmlType::F32 => (GgmlDType::F32, 4),
+        GgmlType::F16 => (GgmlDType::F16, 2),
+        GgmlType::BF16 => (GgmlDType::BF16, 2),
+        GgmlType::Q4_0 => (GgmlDType::Q4_0, 2),
+        GgmlType::Q4_1 => (GgmlDType::Q4_1, 2),
+        GgmlType::Q5_0 => (GgmlDType::Q5_0, 2),
+        GgmlType::Q5_1 => (GgmlDType::Q5_1, 2),
+        GgmlType::Q8_0 => (GgmlDType::Q8_0, 2),
+        GgmlType::Q2_K => (GgmlDType::Q2K, 2),
+        GgmlType::Q3_K => (GgmlDType::Q3K, 2),
+        GgmlType::Q4_K => (GgmlDType::Q4K, 2),
+        GgmlType::Q5_K => (GgmlDType::Q5K, 2),
+        GgmlType::Q6_K => (GgmlDType::Q6K, 2),
+        _ => return None,
+    })
+}
+
+impl MatMulOps for GpuBackend {
+    type Weight<'a>
+        = GpuWeight
+    where
+        Self: 'a;
+
+    fn supports_matmul(&self, t: GgmlType) -> bool {
+        candle_type(t).is_some()
+    }
+
+    fn weight<'a>(&self, t: &TensorView<'a>) -> BackendResult<GpuWeight> {
+        const OP: &str = "weight";
+        let dtype = t.dtype();
+        let (ctype, align) =
+            candle_type(dtype).ok_or(BackendError::UnsupportedType { op: OP, dtype })?;
+        let shape = t.shape();
+        if shape.len() < 2 || shape[2..].iter().any(|&d| d != 1) {
+            return Err(BackendError::Shape {
+                op: OP,
+                what: "number of dimensions",
+                expected: 2,
+                got: shape.len(),
+            });
+        }
+        let dim = |d: u64| {
+            usize::try_from(d).map_err(|_| BackendError::InvalidParameter {
+                op: OP,
+                what: "dimension does not fit in usize",
+            })
+        };
+        let (cols, rows) = (dim(shape[0])?, dim(shape[1])?);
+        if cols == 0 || rows == 0 {
+            return Err(BackendError::InvalidParameter {
+                op: OP,
+                what: "empty matrix",
+            });
+        }
+        // candle asserts these; check them first so that bad input is an
+        // error rather than a panic.
+        if !(t.data().as_ptr() as usize).is_multiple_of(align) {
+            return Err(BackendError::Misaligned { op: OP, align });
+        }
+        let need = (cols / dtype.block_size())
+            .checked_mul(dtype.type_size())
+            .and_then(|r| r.checked_mul(rows));
+        if !cols.is_multiple_of(dtype.block_size()) || need != Some(t.data().len()) {
+            return Err(BackendError::Shape {
+                op: OP,
+                what: "tensor bytes",
+                expected: need.unwrap_or(usize::MAX),
+                got: t.data().len(),
+            });
+        }
+        let storage = QStorage::from_data(Cow::Borrowed(t.data()), &self.device, ctype)
+            .map_err(dev_err(OP))?;
+        let q = QTensor::new(storage, (rows, cols)).map_err(dev_err(OP))?;
+        let qm = QMatMul::from_qtensor(q).map_err(dev_err(OP))?;
+        Ok(GpuWeight {
+            dtype,
+            rows,
+            cols,
+            qm,
+        })
+    }
+
+    fn matmul(
+        &self,
+        _ws: &mut Self::Workspace,
+        w: &GpuWeight,
+        x: &GpuBuffer,
+        n_tokens: usize,
+        out: &mut GpuBuffer,
+    ) -> BackendResult<()> {
+        const OP: &str = "matmul";
+        let n_in = product(OP, "n_tokens * cols overflows", n_tokens, w.cols)?;
+        let n_out = product(OP, "n_tokens * rows overflows", n_tokens, w.rows)?;
+        let x = x.prefix(OP, "x length (n_tokens * cols)", n_in)?;
+        out.check_room(OP, "out length (n_tokens * rows)", n_out)?;
+        if n_tokens == 0 {
+            return Ok(());
+        }
+        let x = x.reshape((n_tokens, w.cols)).map_err(dev_err(OP))?;
+        let y = w.qm.forward(&x).map_err(dev_err(OP))?;
+        out.set_prefix(OP, "out length (n_tokens * rows)", n_out, y)
+    }
+
+    fn embed(&self, table: &GpuWeight, ids: &[u32], out: &mut GpuBuffer) -> BackendResult<()> {
+        const OP: &str = "embed";
+        let len = product(OP, "ids * cols overflows", ids.len(), table.cols)?;
+        out.check_room(OP, "out length (ids * cols)", len)?;
+        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= table.rows) {
+            return Err(BackendError::OutOfRange {
+                op: OP,
+                what: "token id",
+                index: bad as usize,
+                limit: table.rows,
+            });
+        }
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let ids = Tensor::from_slice(ids, ids.len(), &self.device).map_err(dev_err(OP))?;
+        let rows = table.qm.embedding(&ids).map_err(dev_err(OP))?;
+        out.set_prefix(OP, "out length (ids * cols)", len, rows)
+    }
+}

@@ -1,0 +1,288 @@
+//! RMSNorm, RoPE and the activations, as candle ops on device buffers.
+
+use candle_core::{Device, Tensor};
+use realm_core::backend::{
+    ActivationOps, BackendError, BackendResult, NormOps, RopeMode, RopeOps, RopeParams,
+};
+
+use crate::{dev_err, product, GpuBackend, GpuBuffer};
+
+/// The most distinct RoPE tables a workspace keeps for one set of
+/// positions (Gemma 3 alternates two bases).
+const ROPE_TABLES: usize = 4;
+
+/// A RoPE table: cosines and sines for some positions and parameters.
+#[derive(Debug)]
+struct RopeTable {
+    n_dims: usize,
+    base: u32,
+    freq_scale: u32,
+    cos: Tensor,
+    sin: Tensor,
+}
+
+/// Per-caller state: the RoPE tables of the positions last seen, so that
+/// every layer of a step reuses them instead of uploading its own.
+#[derive(Debug, Default)]
+pub struct GpuWorkspace {
+    positions: Vec<u32>,
+    tables: Vec<RopeTable>,
+}
+
+impl GpuWorkspace {
+    /// The `(cos, sin)` tables, `[n_tokens, 1, n_dims / 2]`, for `positions`.
+    fn rope_tables(
+        &mut self,
+        device: &Device,
+        positions: &[u32],
+        p: &RopeParams,
+    ) -> BackendResult<(Tensor, Tensor)> {
+        const OP: &str = "rope";
+        if self.positions != positions {
+            self.positions.clear();
+            self.positions.extend_from_slice(positions);
+            self.tables.clear();
+        }
+        let (base, freq_scale) = (p.base.to_bits(), p.freq_scale.to_bits());
+        if let Some(t) = self
+            .tables
+            .iter()
+            .find(|t| (t.n_dims, t.base, t.freq_scale) == (p.n_dims, base, freq_scale))
+        {
+            return Ok((t.cos.clone(), t.sin.clone()));
+        }
+        // The same angles as the CPU backend: computed in f64, rounded once.
+        let half = p.n_dims / 2;
+        let mut cos = Vec::with_capacity(positions.len() * half);
+        let mut sin = Vec::with_capacity(positions.len() * half);
+        for &pos in positions {
+            for i in 0..half {
+                let inv_freq = f64::from(p.base).powf(-2.0 * i as f64 / p.n_dims as f64);
+                let theta = f64::from(pos) * f64::from(p.freq_scale) * inv_freq;
+                cos.push(theta.cos() as f32);
+                sin.push(theta.sin() as f32);
+            }
+        }
+        let shape = (positions.len(), 1, half);
+        let cos = Tensor::from_vec(cos, shape, device).map_err(dev_err(OP))?;
+        let sin = Tensor::from_vec(sin, shape, device).map_err(dev_err(OP))?;
+        if self.tables.len() == ROPE_TABLES {
+            self.tables.remove(0);
+        }
+        self.tables.push(RopeTable {
+            n_dims: p.n_dims,
+            base,
+            freq_scale,
+            cos: cos.clone(),
+            sin: sin.clone(),
+        });
+        Ok((cos, sin))
+    }
+}
+
+/// Rows of `w.defined()` values: the number of values in the first `n_rows`.
+fn row_values(op: &'static str, w: &GpuBuffer, n_rows: usize) -> BackendResult<usize> {
+    if w.defined() == 0 {
+        return Err(BackendError::InvalidParameter {
+            op,
+            what: "row length is zero",
+        });
+    }
+    product(op, "n_rows * row length overflows", w.defined(), n_rows)
+}
+
+impl GpuBackend {
+    fn rms_norm_tensor(
+        &self,
+        op: &'static str,
+        x: &GpuBuffer,
+        w: &GpuBuffer,
+        eps: f32,
+        n_rows: usize,
+    ) -> BackendResult<(usize, Tensor)> {
+        let len = row_values(op, w, n_rows)?;
+        let x = x.prefix(op, "x length", len)?;
+        if n_rows == 0 {
+            return Ok((0, x));
+        }
+        let x = x.reshape((n_rows, w.defined())).map_err(dev_err(op))?;
+        let y = candle_nn::ops::rms_norm(&x, w.all(), eps).map_err(dev_err(op))?;
+        Ok((len, y))
+    }
+
+    /// Element-wise `f(a, b)` over the first `len` values, into `a`.
+    fn binary(
+        &self,
+        op: &'static str,
+        a: &mut GpuBuffer,
+        b: &GpuBuffer,
+        len: usize,
+        f: impl Fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>,
+    ) -> BackendResult<()> {
+        let (ta, tb) = (
+            a.prefix(op, "dst length", len)?,
+            b.prefix(op, "src length", len)?,
+        );
+        let y = f(&ta, &tb).map_err(dev_err(op))?;
+        a.set_prefix(op, "dst length", len, y)
+    }
+
+    /// Element-wise `f(a)` over the first `len` values, in place.
+    fn unary(
+        &self,
+        op: &'static str,
+        a: &mut GpuBuffer,
+        len: usize,
+        f: impl Fn(&Tensor) -> candle_core::Result<Tensor>,
+    ) -> BackendResult<()> {
+        let y = f(&a.prefix(op, "x length", len)?).map_err(dev_err(op))?;
+        a.set_prefix(op, "x length", len, y)
+    }
+}
+
+impl NormOps for GpuBackend {
+    fn rms_norm(
+        &self,
+        x: &GpuBuffer,
+        w: &GpuBuffer,
+        eps: f32,
+        n_rows: usize,
+        out: &mut GpuBuffer,
+    ) -> BackendResult<()> {
+        const OP: &str = "rms_norm";
+        out.check_room(OP, "out length", row_values(OP, w, n_rows)?)?;
+        let (len, y) = self.rms_norm_tensor(OP, x, w, eps, n_rows)?;
+        out.set_prefix(OP, "out length", len, y)
+    }
+
+    fn rms_norm_inplace(
+        &self,
+        x: &mut GpuBuffer,
+        w: &GpuBuffer,
+        eps: f32,
+        n_rows: usize,
+    ) -> BackendResult<()> {
+        const OP: &str = "rms_norm";
+        let (len, y) = self.rms_norm_tensor(OP, x, w, eps, n_rows)?;
+        x.set_prefix(OP, "x length", len, y)
+    }
+}
+
+impl RopeOps for GpuBackend {
+    fn rope(
+        &self,
+        ws: &mut GpuWorkspace,
+        x: &mut GpuBuffer,
+        n_heads: usize,
+        head_dim: usize,
+        positions: &[u32],
+        p: &RopeParams,
+    ) -> BackendResult<()> {
+        const OP: &str = "rope";
+        if p.n_dims == 0 || !p.n_dims.is_multiple_of(2) || p.n_dims > head_dim {
+            return Err(BackendError::InvalidParameter {
+                op: OP,
+                what: "n_dims must be even, positive and at most head_dim",
+            });
+        }
+        let per_token = product(OP, "n_heads * head_dim overflows", n_heads, head_dim)?;
+        let n = positions.len();
+        let len = product(OP, "tokens * n_heads * head_dim overflows", per_token, n)?;
+        let xt = x.prefix(OP, "x length", len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let (cos, sin) = ws.rope_tables(&self.device, positions, p)?;
+        let rotate = |t: &Tensor| -> candle_core::Result<Tensor> {
+            // [tokens, heads, 1, dims] with per-token tables [tokens, 1, dims / 2]:
+            // candle's batched-table form, each token its own position.
+            let t = t.reshape((n, n_heads, 1, p.n_dims))?;
+            match p.mode {
+                RopeMode::Normal => candle_nn::rotary_emb::rope_i(&t, &cos, &sin),
+                RopeMode::Neox => candle_nn::rotary_emb::rope(&t, &cos, &sin),
+            }
+        };
+        let y = if p.n_dims == head_dim {
+            rotate(&xt)
+        } else {
+            (|| {
+                let t = xt.reshape((n, n_heads, head_dim))?;
+                let head = t.narrow(2, 0, p.n_dims)?.contiguous()?;
+                let tail = t.narrow(2, p.n_dims, head_dim - p.n_dims)?;
+                let head = rotate(&head)?.reshape((n, n_heads, p.n_dims))?;
+                Tensor::cat(&[&head, &tail], 2)
+            })()
+        }
+        .map_err(dev_err(OP))?;
+        x.set_prefix(OP, "x length", len, y)
+    }
+}
+
+impl ActivationOps for GpuBackend {
+    fn softmax_inplace(
+        &self,
+        x: &mut GpuBuffer,
+        row_len: usize,
+        n_rows: usize,
+    ) -> BackendResult<()> {
+        const OP: &str = "softmax";
+        if row_len == 0 {
+            return Err(BackendError::InvalidParameter {
+                op: OP,
+                what: "row length is zero",
+            });
+        }
+        let len = product(OP, "n_rows * row_len overflows", row_len, n_rows)?;
+        self.unary(OP, x, len, |t| {
+            candle_nn::ops::softmax_last_dim(&t.reshape((n_rows, row_len))?)
+        })
+    }
+
+    fn silu_inplace(&self, x: &mut GpuBuffer, len: usize) -> BackendResult<()> {
+        self.unary("silu", x, len, |t| t.silu())
+    }
+
+    fn gelu_inplace(&self, x: &mut GpuBuffer, len: usize) -> BackendResult<()> {
+        // candle's `gelu` is the tanh approximation, as ggml's.
+        self.unary("gelu", x, len, |t| t.gelu())
+    }
+
+    fn swiglu_inplace(
+        &self,
+        gate: &mut GpuBuffer,
+        up: &GpuBuffer,
+        len: usize,
+    ) -> BackendResult<()> {
+        self.binary("swiglu", gate, up, len, |g, u| g.silu()? * u)
+    }
+
+    fn geglu_inplace(&self, gate: &mut GpuBuffer, up: &GpuBuffer, len: usize) -> BackendResult<()> {
+        self.binary("geglu", gate, up, len, |g, u| g.gelu()? * u)
+    }
+
+    fn add_inplace(&self, dst: &mut GpuBuffer, src: &GpuBuffer, len: usize) -> BackendResult<()> {
+        self.binary("add", dst, src, len, |a, b| a + b)
+    }
+
+    fn add_row_inplace(
+        &self,
+        dst: &mut GpuBuffer,
+        row: &GpuBuffer,
+        n_rows: usize,
+    ) -> BackendResult<()> {
+        const OP: &str = "add_row";
+        let width = row.defined();
+        let len = row_values(OP, row, n_rows)?;
+        self.unary(OP, dst, len, |t| {
+            t.reshape((n_rows, width))?.broadcast_add(row.all())
+        })
+    }
+
+    fn mul_inplace(&self, dst: &mut GpuBuffer, src: &GpuBuffer, len: usize) -> BackendResult<()> {
+        self.binary("mul", dst, src, len, |a, b| a * b)
+    }
+
+    fn scale_inplace(&self, dst: &mut GpuBuffer, s: f32, len: usize) -> BackendResult<()> {
+        self.unary("scale", dst, len, |t| t.affine(f64::from(s), 0.0))
+    }
+}

@@ -1,0 +1,388 @@
+//! Synthetic-weight models: a real model's exact layout (hyper-parameters,
+//! tensor names, shapes and quant types) filled with seeded random weights.
+//!
+//! Speed does not depend on weight values, so a synthetic copy benchmarks
+//! like the real model, and two backends can be compared on it where the
+//! real file is not at hand (a GPU machine the file cannot be moved to).
+//! The layouts of the two real models are built in
+//! ([`SyntheticLayout::smollm2_135m`], [`SyntheticLayout::gemma3_270m`]);
+//! [`SyntheticLayout::of`] reads any GGUF file's, and a test checks the
+//! built-in ones against the real files.
+//!
+//! ```
+//! use realm_models::synthetic::SyntheticLayout;
+//! let layout = SyntheticLayout::tiny("llama")?;
+//! let bytes = layout.write(42)?; // a GGUF file, with a tokenizer
+//! let file = realm_core::gguf::Gguf::from_bytes(bytes)?;
+//! assert_eq!(file.metadata().get_str("general.architecture")?, "llama");
+//! # Ok::<(), realm_models::Error>(())
+//! ```
+
+use realm_core::gguf::{Gguf, GgufWriter, MetadataArray, MetadataValue};
+use realm_core::{quant, GgmlType};
+
+use crate::{Error, Result};
+
+/// One tensor of a layout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyntheticTensor {
+    /// GGUF tensor name.
+    pub name: String,
+    /// ggml order (`[cols, rows]` for a matrix).
+    pub shape: Vec<u64>,
+    /// Storage type.
+    pub dtype: GgmlType,
+}
+
+/// The layout of a model: every `{arch}.*` hyper-parameter, the vocabulary
+/// size and the tensors.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SyntheticLayout {
+    /// `general.architecture`.
+    pub arch: String,
+    /// The `{arch}.*` keys, sorted by key.
+    pub hparams: Vec<(String, MetadataValue)>,
+    /// Tokens in the vocabulary.
+    pub vocab_size: usize,
+    /// Tensors in file order.
+    pub tensors: Vec<SyntheticTensor>,
+}
+
+/// Hyper-parameters of a llama-family or Gemma 3 layout.
+struct Shape {
+    arch: &'static str,
+    layers: u32,
+    d: u64,
+    ff: u64,
+    heads: u32,
+    kv_heads: u32,
+    head_dim: u64,
+    vocab: u64,
+}
+
+impl SyntheticLayout {
+    /// SmolLM2-135M-Instruct Q4_1: llama, 30 layers, 576 wide, 9 query and
+    /// 3 KV heads, Q4_1 matrices, a Q8_0 tied embedding.
+    pub fn smollm2_135m() -> Self {
+        let s = Shape {
+            arch: "llama",
+            layers: 30,
+            d: 576,
+            ff: 1536,
+            heads: 9,
+            kv_heads: 3,
+            head_dim: 64,
+            vocab: 49152,
+        };
+        let hp = vec![
+            u32_kv("llama.attention.head_count", 9),
+            u32_kv("llama.attention.head_count_kv", 3),
+            f32_kv("llama.attention.layer_norm_rms_epsilon", 1e-5),
+            u32_kv("llama.block_count", 30),
+            u32_kv("llama.context_length", 8192),
+            u32_kv("llama.embedding_length", 576),
+            u32_kv("llama.feed_forward_length", 1536),
+            u32_kv("llama.rope.dimension_count", 64),
+            f32_kv("llama.rope.freq_base", 100_000.0),
+            u32_kv("llama.vocab_size", 49152),
+        ];
+        Self::build(&s, hp, |name, _| match name {
+            "token_embd.weight" => GgmlType::Q8_0,
+            _ => GgmlType::Q4_1,
+        })
+    }
+
+    /// Gemma 3 270M Q4_K_M: 18 layers, 640 wide, 4 query heads and 1 KV
+    /// head of 256, a 262,144-token Q8_0 embedding, and llama.cpp's Q4_K_M
+    /// mix (Q5_0, Q8_0, Q4_K and Q6_K).
+    pub fn gemma3_270m() -> Self {
+        let s = Shape {
+            arch: "gemma3",
+            layers: 18,
+            d: 640,
+            ff: 2048,
+            heads: 4,
+            kv_heads: 1,
+            head_dim: 256,
+            vocab: 262_144,
+        };
+        let hp = vec![
+            u32_kv("gemma3.attention.head_count", 4),
+            u32_kv("gemma3.attention.head_count_kv", 1),
+            u32_kv("gemma3.attention.key_length", 256),
+            f32_kv("gemma3.attention.layer_norm_rms_epsilon", 1e-6),
+            u32_kv("gemma3.attention.sliding_window", 512),
+            u32_kv("gemma3.attention.value_length", 256),
+            u32_kv("gemma3.block_count", 18),
+            u32_kv("gemma3.context_length", 32768),
+            u32_kv("gemma3.embedding_length", 640),
+            u32_kv("gemma3.feed_forward_length", 2048),
+            f32_kv("gemma3.rope.freq_base", 1_000_000.0),
+        ];
+        // Q4_K_M keeps more bits in a third of the layers (the first two,
+        // then every third, and the last few).
+        let more_bits = |l: u32| matches!(l, 0 | 1 | 4 | 7 | 10 | 13 | 15 | 16 | 17);
+        Self::build(&s, hp, move |name, layer| match (name, layer) {
+            ("token_embd.weight", _) => GgmlType::Q8_0,
+            ("attn_output.weight", _) => GgmlType::Q4_K,
+            ("attn_v.weight", Some(l)) if more_bits(l) => GgmlType::Q8_0,
+            ("ffn_down.weight", Some(l)) if more_bits(l) => GgmlType::Q6_K,
+            ("ffn_down.weight", _) => GgmlType::Q4_K,
+            _ => GgmlType::Q5_0,
+        })
+    }
+
+    /// A two-layer model of `arch` (llama, mistral, qwen2, gemma3) small
+    /// enough for unit tests: 64 wide, Q8_0 matrices, 96 tokens.
+    pub fn tiny(arch: &str) -> Result<Self> {
+        let gemma = arch == "gemma3";
+        let s = Shape {
+            arch: match arch {
+                "llama" => "llama",
+                "mistral" => "mistral",
+                "qwen2" => "qwen2",
+                "gemma3" => "gemma3",
+                other => return Err(Error::UnknownArchitecture(other.to_string())),
+            },
+            layers: 2,
+            d: 64,
+            ff: 128,
+            heads: 4,
+            kv_heads: if gemma { 1 } else { 2 },
+            head_dim: if gemma { 32 } else { 16 },
+            vocab: 300,
+        };
+        let k = |n: &str| format!("{arch}.{n}");
+        let mut hp = vec![
+            (k("attention.head_count"), MetadataValue::U32(s.heads)),
+            (k("attention.head_count_kv"), MetadataValue::U32(s.kv_heads)),
+            (
+                k("attention.layer_norm_rms_epsilon"),
+                MetadataValue::F32(1e-5),
+            ),
+            (k("block_count"), MetadataValue::U32(s.layers)),
+            (k("context_length"), MetadataValue::U32(256)),
+            (k("embedding_length"), MetadataValue::U32(s.d as u32)),
+            (k("feed_forward_length"), MetadataValue::U32(s.ff as u32)),
+        ];
+        if gemma {
+            hp.push((
+                k("attention.key_length"),
+                MetadataValue::U32(s.head_dim as u32),
+            ));
+            hp.push((k("attention.sliding_window"), MetadataValue::U32(4)));
+        }
+        hp.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(Self::build(&s, hp, |_, _| GgmlType::Q8_0))
+    }
+
+    /// A built-in layout by short name (`smollm2`, `gemma3`).
+    pub fn by_name(name: &str) -> Option<Self> {
+        match name {
+            "smollm2" => Some(Self::smollm2_135m()),
+            "gemma3" => Some(Self::gemma3_270m()),
+            _ => None,
+        }
+    }
+
+    /// The layout of an existing model file.
+    pub fn of<S: AsRef<[u8]>>(file: &Gguf<S>) -> Result<Self> {
+        let md = file.metadata();
+        let arch = md.get_str("general.architecture")?.to_string();
+        let prefix = format!("{arch}.");
+        let mut hparams: Vec<(String, MetadataValue)> = md
+            .iter()
+            .filter(|(k, _)| k.starts_with(&prefix))
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        hparams.sort_by(|a, b| a.0.cmp(&b.0));
+        let vocab_size = md.get_str_array("tokenizer.ggml.tokens")?.len();
+        let tensors = file
+            .tensor_infos()
+            .iter()
+            .map(|t| SyntheticTensor {
+                name: t.name.clone(),
+                shape: t.shape.clone(),
+                dtype: t.dtype,
+            })
+            .collect();
+        Ok(Self {
+            arch,
+            hparams,
+            vocab_size,
+            tensors,
+        })
+    }
+
+    fn build(
+        s: &Shape,
+        hparams: Vec<(String, MetadataValue)>,
+        dtype: impl Fn(&str, Option<u32>) -> GgmlType,
+    ) -> Self {
+        let gemma = s.arch == "gemma3";
+        let (q, kv) = (
+            u64::from(s.heads) * s.head_dim,
+            u64::from(s.kv_heads) * s.head_dim,
+        );
+        let mut tensors = Vec::new();
+        let mut add = |name: String, short: &str, layer: Option<u32>, shape: Vec<u64>| {
+            let dt = if shape.len() == 1 {
+                GgmlType::F32
+            } else {
+                dtype(short, layer)
+            };
+            tensors.push(SyntheticTensor {
+                name,
+                shape,
+                dtype: dt,
+            });
+        };
+        add(
+            "token_embd.weight".into(),
+            "token_embd.weight",
+            None,
+            vec![s.d, s.vocab],
+        );
+        for l in 0..s.layers {
+            let mut blk = |n: &str, shape: Vec<u64>| add(format!("blk.{l}.{n}"), n, Some(l), shape);
+            blk("attn_norm.weight", vec![s.d]);
+            blk("attn_q.weight", vec![s.d, q]);
+            blk("attn_k.weight", vec![s.d, kv]);
+            blk("attn_v.weight", vec![s.d, kv]);
+            blk("attn_output.weight", vec![q, s.d]);
+            if s.arch == "qwen2" {
+                blk("attn_q.bias", vec![q]);
+                blk("attn_k.bias", vec![kv]);
+                blk("attn_v.bias", vec![kv]);
+            }
+            if gemma {
+                blk("attn_q_norm.weight", vec![s.head_dim]);
+                blk("attn_k_norm.weight", vec![s.head_dim]);
+                blk("post_attention_norm.weight", vec![s.d]);
+            }
+            blk("ffn_norm.weight", vec![s.d]);
+            blk("ffn_gate.weight", vec![s.d, s.ff]);
+            blk("ffn_up.weight", vec![s.d, s.ff]);
+            blk("ffn_down.weight", vec![s.ff, s.d]);
+            if gemma {
+                blk("post_ffw_norm.weight", vec![s.d]);
+            }
+        }
+        add(
+            "output_norm.weight".into(),
+            "output_norm.weight",
+            None,
+            vec![s.d],
+        );
+        Self {
+            arch: s.arch.to_string(),
+            hparams,
+            vocab_size: s.vocab as usize,
+            tensors,
+        }
+    }
+
+    /// Writes a GGUF file of this layout with weights drawn from a seeded
+    /// generator (same seed, same bytes) and a byte-fallback SentencePiece
+    /// vocabulary of the layout's size, so every tool that needs a
+    /// tokenizer runs on it. Matrices hold values of about +-0.05 (scaled
+    /// by fan-in so activations stay in range), norm weights about 1.
+    pub fn write(&self, seed: u64) -> Result<Vec<u8>> {
+        if self.vocab_size < 259 {
+            return Err(Error::BadConfig(
+                "a synthetic vocabulary needs at least 259 tokens".into(),
+            ));
+        }
+        let mut w = GgufWriter::new();
+        w.set(
+            "general.architecture",
+            MetadataValue::String(self.arch.clone()),
+        );
+        w.set(
+            "general.name",
+            MetadataValue::String(format!("synthetic {}", self.arch)),
+        );
+        for (k, v) in &self.hparams {
+            w.set(k.clone(), v.clone());
+        }
+        let mut tokens = vec!["<unk>".to_string(), "<s>".into(), "</s>".into()];
+        tokens.extend((0..=255u8).map(|b| format!("<0x{b:02X}>")));
+        let specials = tokens.len();
+        tokens.extend((specials..self.vocab_size).map(|i| format!("\u{2581}t{i}")));
+        let scores: Vec<f32> = (0..tokens.len()).map(|i| -(i as f32)).collect();
+        let types: Vec<i32> = (0..tokens.len())
+            .map(|i| match i {
+                0 => 2,
+                1 | 2 => 3,
+                i if i < specials => 6,
+                _ => 1,
+            })
+            .collect();
+        let s = |v: &str| MetadataValue::String(v.into());
+        w.set("tokenizer.ggml.model", s("llama"));
+        w.set(
+            "tokenizer.ggml.tokens",
+            MetadataValue::Array(MetadataArray::String(tokens)),
+        );
+        w.set(
+            "tokenizer.ggml.scores",
+            MetadataValue::Array(MetadataArray::F32(scores)),
+        );
+        w.set(
+            "tokenizer.ggml.token_type",
+            MetadataValue::Array(MetadataArray::I32(types)),
+        );
+        w.set("tokenizer.ggml.bos_token_id", MetadataValue::U32(1));
+        w.set("tokenizer.ggml.eos_token_id", MetadataValue::U32(2));
+        w.set("tokenizer.ggml.unknown_token_id", MetadataValue::U32(0));
+        let mut rng = SplitMix(seed);
+        for t in &self.tensors {
+            let n: u64 = t.shape.iter().product();
+            let n = usize::try_from(n)
+                .map_err(|_| Error::BadConfig(format!("tensor {} is too large", t.name)))?;
+            let values: Vec<f32> = if t.shape.len() == 1 {
+                let bias = t.name.contains("bias");
+                (0..n)
+                    .map(|_| {
+                        let u = rng.uniform();
+                        if bias {
+                            0.1 * u
+                        } else {
+                            1.0 + 0.2 * u
+                        }
+                    })
+                    .collect()
+            } else {
+                let fan_in = t.shape[0] as f32;
+                let scale = (3.0 / fan_in).sqrt().min(0.5);
+                (0..n).map(|_| scale * rng.uniform()).collect()
+            };
+            let bytes = quant::quantize_row_to_vec(t.dtype, &values)?;
+            w.add_tensor(&t.name, t.dtype, &t.shape, bytes)?;
+        }
+        Ok(w.to_bytes()?)
+    }
+}
+
+fn u32_kv(k: &str, v: u32) -> (String, MetadataValue) {
+    (k.to_string(), MetadataValue::U32(v))
+}
+
+fn f32_kv(k: &str, v: f32) -> (String, MetadataValue) {
+    (k.to_string(), MetadataValue::F32(v))
+}
+
+/// SplitMix64: a small seeded generator (quality is not the point).
+struct SplitMix(u64);
+
+impl SplitMix {
+    /// Uniform in [-1, 1).
+    fn uniform(&mut self) -> f32 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+}
