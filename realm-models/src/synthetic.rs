@@ -176,6 +176,18 @@ impl SyntheticLayout {
         Ok(Self::build(&s, hp, |_, _| GgmlType::Q8_0))
     }
 
+    /// The same layout with every matrix stored as `dtype` (vectors stay
+    /// f32). With `GgmlType::F32` no backend rounds activations to 8 bits,
+    /// which makes backends comparable to float precision.
+    pub fn with_matrix_type(mut self, dtype: GgmlType) -> Self {
+        for t in &mut self.tensors {
+            if t.shape.len() > 1 {
+                t.dtype = dtype;
+            }
+        }
+        self
+    }
+
     /// A built-in layout by short name (`smollm2`, `gemma3`).
     pub fn by_name(name: &str) -> Option<Self> {
         match name {

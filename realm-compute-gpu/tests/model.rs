@@ -1,0 +1,207 @@
+//! Whole models on the GPU backend against the CPU backend: synthetic
+//! weights in the real models' exact layouts (and small layouts of every
+//! architecture), a greedy generation compared position by position.
+//!
+//! The device is candle's CPU device unless `REALM_GPU_TEST_DEVICE` names
+//! another; `REALM_GPU_TEST_TOKENS` sets the generation length (default 8;
+//! the GPU machine runs 64).
+
+use realm_compute_cpu::CpuBackend;
+use realm_compute_gpu::{GpuBackend, GpuDevice};
+use realm_core::backend::Backend;
+use realm_core::gguf::{Gguf, GgufWriter};
+use realm_core::{quant, GgmlType};
+use realm_models::synthetic::SyntheticLayout;
+use realm_models::Model;
+
+fn gpu() -> GpuBackend {
+    let dev = std::env::var("REALM_GPU_TEST_DEVICE")
+        .map(|s| GpuDevice::parse(&s).expect("REALM_GPU_TEST_DEVICE"))
+        .unwrap_or(GpuDevice::Cpu);
+    GpuBackend::new(dev).expect("device")
+}
+
+fn gen_tokens() -> usize {
+    std::env::var("REALM_GPU_TEST_TOKENS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(8)
+}
+
+fn argmax(v: &[f32]) -> usize {
+    v.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &x)| {
+            if x > bv {
+                (i, x)
+            } else {
+                (bi, bv)
+            }
+        })
+        .0
+}
+
+/// The gap between the best and second-best logit.
+fn margin(v: &[f32]) -> f32 {
+    let best = argmax(v);
+    let second = v
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| i != best)
+        .fold(f32::NEG_INFINITY, |m, (_, &x)| m.max(x));
+    v[best] - second
+}
+
+/// Prefill of `prompt` in chunks of `batch`, then greedy decoding fed with
+/// the CPU's tokens; returns every position's logits.
+fn run<B: Backend>(
+    model: &Model<'_, B>,
+    prompt: &[u32],
+    follow: Option<&[u32]>,
+    n: usize,
+) -> (Vec<u32>, Vec<Vec<f32>>) {
+    let mut s = model.session(prompt.len() + n + 1, 4).unwrap();
+    let mut all = vec![model.forward(&mut s, prompt).unwrap().to_vec()];
+    let mut tokens = Vec::new();
+    for i in 0..n {
+        let t = match follow {
+            Some(f) => f[i],
+            None => argmax(all.last().unwrap()) as u32,
+        };
+        tokens.push(t);
+        all.push(model.forward(&mut s, &[t]).unwrap().to_vec());
+    }
+    (tokens, all)
+}
+
+/// The same file with every tensor dequantized to f32: the exact math the
+/// quantized weights stand for.
+fn dequantized(file: &Gguf<Vec<u8>>) -> Gguf<Vec<u8>> {
+    let mut w = GgufWriter::new();
+    for (k, v) in file.metadata().iter() {
+        w.set(k, v.clone());
+    }
+    for info in file.tensor_infos() {
+        let t = file.tensor(&info.name).unwrap();
+        let mut v = vec![0f32; t.n_elements() as usize];
+        quant::dequantize(t.dtype(), t.data(), &mut v).unwrap();
+        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        w.add_tensor(&info.name, GgmlType::F32, &info.shape, bytes)
+            .unwrap();
+    }
+    Gguf::from_bytes(w.to_bytes().unwrap()).unwrap()
+}
+
+fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    a.iter()
+        .flatten()
+        .zip(b.iter().flatten())
+        .fold(0f32, |m, (x, y)| m.max((x - y).abs()))
+}
+
+/// Compares a generation on both backends; returns the largest logit
+/// difference. Greedy tokens must agree wherever the CPU's top two logits
+/// are further apart than twice that difference.
+fn compare(layout: &SyntheticLayout, seed: u64, tol: f32) -> f32 {
+    let bytes = layout.write(seed).unwrap();
+    let file = Gguf::from_bytes(bytes).unwrap();
+    let cpu = CpuBackend::new().unwrap();
+    let g = gpu();
+    let (cm, gm) = (
+        Model::load(&file, &cpu).unwrap(),
+        Model::load(&file, &g).unwrap(),
+    );
+    let vocab = layout.vocab_size as u32;
+    let prompt: Vec<u32> = (0..11).map(|i| (i * 7919 + 3) % vocab).collect();
+    let n = gen_tokens();
+    let (tokens, want) = run(&cm, &prompt, None, n);
+    let (_, got) = run(&gm, &prompt, Some(&tokens), n);
+    let mut worst = 0f32;
+    for (pos, (w, g)) in want.iter().zip(&got).enumerate() {
+        let diff = w.iter().zip(g).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        worst = worst.max(diff);
+        let (wa, ga) = (argmax(w), argmax(g));
+        assert!(
+            wa == ga || margin(w) <= 2.0 * diff,
+            "{} position {pos}: cpu picks {wa}, gpu {ga}; margin {} > 2 x diff {diff}",
+            layout.arch,
+            margin(w)
+        );
+    }
+    let scale = want.iter().flatten().fold(0f32, |m, v| m.max(v.abs()));
+    let std = {
+        let w = &want[0];
+        let mean = w.iter().sum::<f32>() / w.len() as f32;
+        (w.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / w.len() as f32).sqrt()
+    };
+    eprintln!(
+        "{} ({} tensors): {} positions, max |logit difference| {worst:.2e}, max |logit| {scale:.3}, std {std:.3}",
+        layout.arch,
+        layout.tensors.len(),
+        want.len()
+    );
+    assert!(
+        worst <= tol,
+        "{}: max difference {worst} > {tol}",
+        layout.arch
+    );
+    worst
+}
+
+/// With f32 matrices neither backend rounds activations: every op of the
+/// forward pass (norms, RoPE, attention, gating, biases, QK-norm, sandwich
+/// norms, embedding scale) must agree to float precision.
+#[test]
+fn every_architecture_matches_the_cpu_in_f32() {
+    for arch in ["llama", "mistral", "qwen2", "gemma3"] {
+        let layout = SyntheticLayout::tiny(arch)
+            .unwrap()
+            .with_matrix_type(GgmlType::F32);
+        compare(&layout, 3, 1e-3);
+    }
+}
+
+/// Quantized matrices: both backends round activations to 8-bit blocks
+/// before integer dot products, with different rounding details, so their
+/// logits differ; each must stay as close to the exact math (the
+/// dequantized weights in f32) as the other, within a factor of 2.
+#[test]
+fn every_architecture_matches_the_cpu_quantized() {
+    let cpu = CpuBackend::new().unwrap();
+    let g = gpu();
+    for arch in ["llama", "mistral", "qwen2", "gemma3"] {
+        let layout = SyntheticLayout::tiny(arch).unwrap();
+        compare(&layout, 3, 0.15);
+        let file = Gguf::from_bytes(layout.write(3).unwrap()).unwrap();
+        let exact_file = dequantized(&file);
+        let prompt: Vec<u32> = (0..11).map(|i| (i * 37 + 3) % 300).collect();
+        let exact = Model::load(&exact_file, &cpu).unwrap();
+        let (tokens, want) = run(&exact, &prompt, None, 8);
+        let (_, c) = run(
+            &Model::load(&file, &cpu).unwrap(),
+            &prompt,
+            Some(&tokens),
+            8,
+        );
+        let (_, q) = run(&Model::load(&file, &g).unwrap(), &prompt, Some(&tokens), 8);
+        let (ce, ge) = (max_diff(&c, &want), max_diff(&q, &want));
+        eprintln!("{arch}: distance from exact math: cpu {ce:.4}, gpu {ge:.4}");
+        assert!(
+            ge <= 2.0 * ce && ce <= 2.0 * ge,
+            "{arch}: cpu {ce} gpu {ge}"
+        );
+    }
+}
+
+/// SmolLM2-135M's exact layout (30 layers, Q4_1, Q8_0 tied embedding).
+#[test]
+fn smollm2_layout_matches_the_cpu() {
+    compare(&SyntheticLayout::smollm2_135m(), 5, 0.3);
+}
+
+/// Gemma 3 270M's exact layout (Q8_0, Q5_0, Q4_K, Q6_K; sliding windows;
+/// a 262,144-token vocabulary).
+#[test]
+fn gemma3_layout_matches_the_cpu() {
+    compare(&SyntheticLayout::gemma3_270m(), 7, 0.3);
+}

@@ -1,0 +1,320 @@
+//! Every op of the GPU backend against the CPU backend, on random shapes and
+//! data. The device is candle's CPU device unless `REALM_GPU_TEST_DEVICE`
+//! names another (`cuda:0` on a machine with a GPU and a `cuda` build).
+
+use proptest::prelude::*;
+use realm_compute_cpu::CpuBackend;
+use realm_compute_gpu::{GpuBackend, GpuDevice};
+use realm_core::backend::{
+    ActivationOps, AttentionOps, AttentionParams, BackendCore, BackendError, KvCacheConfig,
+    KvDtype, KvSpan, MatMulOps, NormOps, RopeMode, RopeOps, RopeParams,
+};
+use realm_core::{quant, GgmlType, TensorView};
+
+fn gpu() -> GpuBackend {
+    let dev = std::env::var("REALM_GPU_TEST_DEVICE")
+        .map(|s| GpuDevice::parse(&s).expect("REALM_GPU_TEST_DEVICE"))
+        .unwrap_or(GpuDevice::Cpu);
+    GpuBackend::new(dev).expect("device")
+}
+
+fn cpu() -> CpuBackend {
+    CpuBackend::new().unwrap()
+}
+
+struct Rng(u64);
+impl Rng {
+    fn f32s(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                self.0 = self
+                    .0
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                lo + (hi - lo) * ((self.0 >> 40) as f32 / (1u64 << 24) as f32)
+            })
+            .collect()
+    }
+}
+
+fn down(g: &GpuBackend, b: &<GpuBackend as BackendCore>::Buffer, n: usize) -> Vec<f32> {
+    let mut v = vec![0.0; n];
+    g.download(b, &mut v).unwrap();
+    v
+}
+
+fn assert_close(got: &[f32], want: &[f32], rel: f32, abs: f32, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (&a, &b)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (a - b).abs() <= rel * b.abs() + abs,
+            "{what}[{i}]: gpu {a} vs cpu {b}"
+        );
+    }
+}
+
+const TYPES: [GgmlType; 10] = [
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+];
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// Quantized matmul and embedding: the GPU's product matches the CPU's
+    /// within the error of 8-bit activation rounding (both quantize the
+    /// activations, by different block types for some weights); embedding
+    /// rows are the exact dequantized weights on both.
+    #[test]
+    fn matmul_and_embed_match_cpu(ti in 0usize..TYPES.len(), m in 1usize..40, kb in 1usize..3, n in 1usize..6, seed in any::<u64>()) {
+        let t = TYPES[ti];
+        let k = kb * 256;
+        let mut rng = Rng(seed);
+        let w = rng.f32s(m * k, -1.0, 1.0);
+        let bytes = quant::quantize_row_to_vec(t, &w).unwrap();
+        let shape = [k as u64, m as u64];
+        let view = TensorView::new("w", t, &shape, &bytes).unwrap();
+        let x = rng.f32s(n * k, -1.0, 1.0);
+        let (g, c) = (gpu(), cpu());
+        let (gw, cw) = (g.weight(&view).unwrap(), c.weight(&view).unwrap());
+        let mut cout = c.buffer(n * m).unwrap();
+        c.matmul(&mut c.workspace(), &cw, &x, n, &mut cout).unwrap();
+        let gx = g.upload(&x).unwrap();
+        let mut gout = g.buffer(n * m + 3).unwrap();
+        g.matmul(&mut g.workspace(), &gw, &gx, n, &mut gout).unwrap();
+        // Sums of k products of values up to 1: rounding of activations to
+        // 8 bits gives errors of about sqrt(k) * 2^-8 per output.
+        let tol = (k as f32).sqrt() * 0.003;
+        assert_close(&down(&g, &gout, n * m), &cout, 0.0, tol, &format!("{t} matmul"));
+        let ids: Vec<u32> = (0..n as u32).map(|i| (i * 7) % m as u32).collect();
+        let mut ce = c.buffer(n * k).unwrap();
+        c.embed(&cw, &ids, &mut ce).unwrap();
+        let mut ge = g.buffer(n * k).unwrap();
+        g.embed(&gw, &ids, &mut ge).unwrap();
+        prop_assert_eq!(down(&g, &ge, n * k), ce, "{} embed", t);
+    }
+
+    /// Norms, RoPE (both layouts, partial rotation), activations.
+    #[test]
+    fn elementwise_ops_match_cpu(rows in 1usize..5, heads in 1usize..4, half in 1usize..17, extra in 0usize..3, neox in any::<bool>(), seed in any::<u64>()) {
+        let mut rng = Rng(seed);
+        let (g, c) = (gpu(), cpu());
+        let hd = 2 * half + 2 * extra;
+        let width = heads * hd;
+        let len = rows * width;
+        let x = rng.f32s(len, -3.0, 3.0);
+        let y = rng.f32s(len, -2.0, 2.0);
+        let w = rng.f32s(width, 0.5, 1.5);
+        let bias = rng.f32s(width, -1.0, 1.0);
+        let gx = g.upload(&x).unwrap();
+        let (gy, gw, gb) = (g.upload(&y).unwrap(), g.upload(&w).unwrap(), g.upload(&bias).unwrap());
+
+        let mut cout = vec![0.0; len];
+        c.rms_norm(&x, &w, 1e-5, rows, &mut cout).unwrap();
+        let mut gout = g.buffer(len).unwrap();
+        g.rms_norm(&gx, &gw, 1e-5, rows, &mut gout).unwrap();
+        assert_close(&down(&g, &gout, len), &cout, 1e-5, 1e-5, "rms_norm");
+
+        let p = RopeParams { n_dims: 2 * half, base: 10000.0, freq_scale: 1.0, mode: if neox { RopeMode::Neox } else { RopeMode::Normal } };
+        let positions: Vec<u32> = (0..rows as u32).map(|i| i * 37 + 5).collect();
+        let mut cr = x.clone();
+        c.rope(&mut c.workspace(), &mut cr, heads, hd, &positions, &p).unwrap();
+        let mut gr = gx.clone();
+        let mut gws = g.workspace();
+        g.rope(&mut gws, &mut gr, heads, hd, &positions, &p).unwrap();
+        assert_close(&down(&g, &gr, len), &cr, 1e-5, 1e-5, "rope");
+        // A second call with the same positions uses the cached tables.
+        let mut gr2 = gx.clone();
+        g.rope(&mut gws, &mut gr2, heads, hd, &positions, &p).unwrap();
+        prop_assert_eq!(down(&g, &gr2, len), down(&g, &gr, len));
+
+        type Op = (&'static str, fn(&CpuBackend, &mut Vec<f32>, &Vec<f32>, usize), fn(&GpuBackend, &mut realm_compute_gpu::GpuBuffer, &realm_compute_gpu::GpuBuffer, usize));
+        let ops: [Op; 4] = [
+            ("swiglu", |c, a, b, n| c.swiglu_inplace(a, b, n).unwrap(), |g, a, b, n| g.swiglu_inplace(a, b, n).unwrap()),
+            ("geglu", |c, a, b, n| c.geglu_inplace(a, b, n).unwrap(), |g, a, b, n| g.geglu_inplace(a, b, n).unwrap()),
+            ("add", |c, a, b, n| c.add_inplace(a, b, n).unwrap(), |g, a, b, n| g.add_inplace(a, b, n).unwrap()),
+            ("mul", |c, a, b, n| c.mul_inplace(a, b, n).unwrap(), |g, a, b, n| g.mul_inplace(a, b, n).unwrap()),
+        ];
+        for (name, cf, gf) in ops {
+            let mut ca = x.clone();
+            cf(&c, &mut ca, &y, len);
+            let mut ga = gx.clone();
+            gf(&g, &mut ga, &gy, len);
+            assert_close(&down(&g, &ga, len), &ca, 1e-5, 1e-6, name);
+        }
+        let (mut ca, mut ga) = (x.clone(), gx.clone());
+        c.silu_inplace(&mut ca, len).unwrap();
+        g.silu_inplace(&mut ga, len).unwrap();
+        assert_close(&down(&g, &ga, len), &ca, 1e-5, 1e-6, "silu");
+        let (mut ca, mut ga) = (x.clone(), gx.clone());
+        c.gelu_inplace(&mut ca, len).unwrap();
+        g.gelu_inplace(&mut ga, len).unwrap();
+        assert_close(&down(&g, &ga, len), &ca, 1e-5, 1e-6, "gelu");
+        let (mut ca, mut ga) = (x.clone(), gx.clone());
+        c.softmax_inplace(&mut ca, width, rows).unwrap();
+        g.softmax_inplace(&mut ga, width, rows).unwrap();
+        assert_close(&down(&g, &ga, len), &ca, 1e-5, 1e-7, "softmax");
+        let (mut ca, mut ga) = (x.clone(), gx.clone());
+        c.add_row_inplace(&mut ca, &bias, rows).unwrap();
+        g.add_row_inplace(&mut ga, &gb, rows).unwrap();
+        prop_assert_eq!(down(&g, &ga, len), ca);
+        let (mut ca, mut ga) = (x.clone(), gx.clone());
+        c.scale_inplace(&mut ca, 0.37, len).unwrap();
+        g.scale_inplace(&mut ga, 0.37, len).unwrap();
+        prop_assert_eq!(down(&g, &ga, len), ca);
+        let mut cc = vec![0.0; width];
+        c.copy_rows(&x, rows - 1..rows, width, &mut cc).unwrap();
+        let mut gc = g.buffer(width).unwrap();
+        g.copy_rows(&gx, rows - 1..rows, width, &mut gc).unwrap();
+        prop_assert_eq!(down(&g, &gc, width), cc);
+    }
+
+    /// Attention over the cache: prefill chunks and row-by-row batches,
+    /// GQA, sliding windows, soft-capping, f32 and f16 caches.
+    #[test]
+    fn attention_matches_cpu(n_kv in 1usize..3, group in 1usize..4, hd in 1usize..40, past in 0usize..12, n in 1usize..7, window in proptest::option::of(1usize..8), softcap in proptest::option::of(1f32..50.0), f16 in any::<bool>(), seed in any::<u64>()) {
+        let mut rng = Rng(seed);
+        let (g, c) = (gpu(), cpu());
+        let n_heads = n_kv * group;
+        let total = past + n;
+        let cfg = KvCacheConfig { n_layers: 2, n_kv_heads: n_kv, head_dim: hd, max_seq_len: total + 2, dtype: if f16 { KvDtype::F16 } else { KvDtype::F32 } };
+        let k = rng.f32s(total * n_kv * hd, -1.0, 1.0);
+        let v = rng.f32s(total * n_kv * hd, -1.0, 1.0);
+        let q = rng.f32s(n * n_heads * hd, -1.0, 1.0);
+        let p = AttentionParams { n_heads, n_kv_heads: n_kv, head_dim: hd, scale: 1.0 / (hd as f32).sqrt(), sliding_window: window, softcap };
+        let at = |start_pos| KvSpan { layer: 1, start_pos };
+
+        let mut cc = c.kv_cache(&cfg).unwrap();
+        c.kv_write(&mut cc, at(0), &k, &v, 0..total).unwrap();
+        let mut cout = vec![0.0; q.len()];
+        c.attention(&mut c.workspace(), &cc, at(past), &q, 0..n, &p, &mut cout).unwrap();
+
+        // Keys written in two calls, one of them a row range.
+        let mut gc = g.kv_cache(&cfg).unwrap();
+        let (gk, gv) = (g.upload(&k).unwrap(), g.upload(&v).unwrap());
+        g.kv_write(&mut gc, at(0), &gk, &gv, 0..past).unwrap();
+        g.kv_write(&mut gc, at(past), &gk, &gv, past..total).unwrap();
+        let gq = g.upload(&q).unwrap();
+        let mut gout = g.buffer(q.len()).unwrap();
+        let mut ws = g.workspace();
+        g.attention(&mut ws, &gc, at(past), &gq, 0..n, &p, &mut gout).unwrap();
+        assert_close(&down(&g, &gout, q.len()), &cout, 1e-4, 1e-5, "attention");
+
+        // Row by row, as a batch of sequences fills its output.
+        let mut grow = g.buffer(q.len()).unwrap();
+        for t in 0..n {
+            g.attention(&mut ws, &gc, at(past + t), &gq, t..t + 1, &p, &mut grow).unwrap();
+        }
+        assert_close(&down(&g, &grow, q.len()), &cout, 1e-4, 1e-5, "attention by rows");
+    }
+}
+
+/// Bad input is an error, never a panic, on the GPU path too.
+#[test]
+fn bad_input_is_an_error() {
+    let g = gpu();
+    let x = g.upload(&[1.0; 8]).unwrap();
+    let w = g.upload(&[1.0; 4]).unwrap();
+    let mut out = g.buffer(4).unwrap();
+    assert!(matches!(
+        g.rms_norm(&x, &w, 1e-5, 2, &mut out),
+        Err(BackendError::Shape { .. })
+    ));
+    assert!(g
+        .rms_norm(&x, &w, 1e-5, 3, &mut g.buffer(12).unwrap())
+        .is_err());
+    let mut small = g.buffer(4).unwrap();
+    g.scale_inplace(&mut small, 2.0, 2).unwrap();
+    // Only 2 values are defined now: reading 4 is refused, not stale data.
+    assert!(g.download(&small, &mut [0.0; 4]).is_err());
+    assert!(g.download(&x, &mut [0.0; 9]).is_err());
+    let bytes = vec![0u8; 18 * 2];
+    let shape = [32u64, 2];
+    let view = TensorView::new("w", GgmlType::Q4_0, &shape, &bytes).unwrap();
+    let wt = g.weight(&view).unwrap();
+    let mut e = g.buffer(64).unwrap();
+    assert!(matches!(
+        g.embed(&wt, &[0, 2], &mut e),
+        Err(BackendError::OutOfRange { index: 2, .. })
+    ));
+    let view = TensorView::new("w", GgmlType::IQ4_NL, &shape, &bytes).unwrap();
+    assert!(matches!(
+        g.weight(&view),
+        Err(BackendError::UnsupportedType { .. })
+    ));
+    let cfg = KvCacheConfig {
+        n_layers: 1,
+        n_kv_heads: 1,
+        head_dim: 4,
+        max_seq_len: 4,
+        dtype: KvDtype::F32,
+    };
+    let mut cache = g.kv_cache(&cfg).unwrap();
+    let kv = g.upload(&[0.5; 8]).unwrap();
+    let span = |layer, start_pos| KvSpan { layer, start_pos };
+    assert!(g.kv_write(&mut cache, span(1, 0), &kv, &kv, 0..1).is_err());
+    assert!(g.kv_write(&mut cache, span(0, 3), &kv, &kv, 0..2).is_err());
+    assert!(g.kv_write(&mut cache, span(0, 0), &kv, &kv, 0..3).is_err());
+    g.kv_write(&mut cache, span(0, 0), &kv, &kv, 0..2).unwrap();
+    let p = AttentionParams {
+        n_heads: 2,
+        n_kv_heads: 1,
+        head_dim: 4,
+        scale: 0.5,
+        sliding_window: None,
+        softcap: None,
+    };
+    let mut att = g.buffer(8).unwrap();
+    let mut ws = g.workspace();
+    g.attention(&mut ws, &cache, span(0, 1), &kv, 0..1, &p, &mut att)
+        .unwrap();
+    assert!(g
+        .attention(&mut ws, &cache, span(0, 4), &kv, 0..1, &p, &mut att)
+        .is_err());
+    assert!(g
+        .attention(
+            &mut ws,
+            &cache,
+            span(0, 0),
+            &kv,
+            0..1,
+            &AttentionParams { n_heads: 3, ..p },
+            &mut att
+        )
+        .is_err());
+    assert!(g
+        .attention(
+            &mut ws,
+            &cache,
+            span(0, 0),
+            &kv,
+            0..1,
+            &AttentionParams {
+                sliding_window: Some(0),
+                ..p
+            },
+            &mut att
+        )
+        .is_err());
+}
+
+/// A build without the `cuda` feature says so when asked for CUDA.
+#[test]
+fn missing_gpu_support_is_a_clear_error() {
+    if cfg!(feature = "cuda") {
+        return;
+    }
+    let err = GpuBackend::new(GpuDevice::Cuda(0)).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("--features cuda"), "{msg}");
+    assert_eq!("cuda:2".parse::<GpuDevice>(), Ok(GpuDevice::Cuda(2)));
+    assert!("cpu:1".parse::<GpuDevice>().is_err());
+}
