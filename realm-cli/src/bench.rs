@@ -6,10 +6,11 @@ use std::io::Write;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use realm_core::backend::BackendCore;
+use realm_core::backend::{Backend, BackendCore};
 use realm_models::Model;
 use serde_json::json;
 
+use crate::device::Device;
 use crate::load;
 
 /// Arguments of `realm bench`.
@@ -39,6 +40,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
+    pub device: crate::device::DeviceArgs,
+    #[command(flatten)]
     pub guest: crate::guest::GuestArgs,
 }
 
@@ -65,12 +68,30 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         bail!("--repetitions must be at least 1");
     }
     let l = load::open(&args.model, args.threads)?;
+    let threads = l.backend.threads();
     if args.guest.wasm {
+        if args.device.device != Device::Cpu {
+            bail!("--wasm runs tenants on the cpu device only");
+        }
         let tests = bench_in_guest(args, &l)?;
         let backend = format!("wasm+{}", l.backend.name());
-        return report(args, &l, &backend, &tests);
+        return report(args, &l, &backend, threads, &tests);
     }
-    let model = Model::load(&l.file, &l.backend)?;
+    match args.device.device {
+        Device::Cpu => bench_native(args, &l, &l.backend, threads),
+        Device::Gpu(_) => bench_native(args, &l, &args.device.gpu()?, 0),
+    }
+}
+
+/// pp and tg on `backend`; every figure ends with the logits on the host,
+/// so device work is complete when the clock stops.
+fn bench_native<B: Backend>(
+    args: &BenchArgs,
+    l: &load::Loaded,
+    backend: &B,
+    threads: usize,
+) -> Result<()> {
+    let model = Model::load(&l.file, backend)?;
     let vocab = model.config().vocab_size as u32;
     // Deterministic token ids spread over the vocabulary (llama-bench uses random ones).
     let tokens: Vec<u32> = (0..args.n_prompt.max(1) as u32)
@@ -117,7 +138,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             samples_ts: samples,
         });
     }
-    report(args, &l, l.backend.name(), &tests)
+    report(args, l, backend.name(), threads, &tests)
 }
 
 /// The same tests through a wasm tenant: the guest tokenizes, samples
@@ -175,7 +196,13 @@ fn bench_in_guest(args: &BenchArgs, l: &load::Loaded) -> Result<Vec<Test>> {
     Ok(tests)
 }
 
-fn report(args: &BenchArgs, l: &load::Loaded, backend: &str, tests: &[Test]) -> Result<()> {
+fn report(
+    args: &BenchArgs,
+    l: &load::Loaded,
+    backend: &str,
+    threads: usize,
+    tests: &[Test],
+) -> Result<()> {
     let size: u64 = l.file.tensor_infos().iter().map(|t| t.n_bytes).sum();
     let params: u64 = l.file.tensor_infos().iter().map(|t| t.n_elements()).sum();
     let mut out = std::io::stdout().lock();
@@ -186,7 +213,7 @@ fn report(args: &BenchArgs, l: &load::Loaded, backend: &str, tests: &[Test]) -> 
                 let (avg, std) = mean_std(&t.samples_ts);
                 json!({
                     "model_filename": l.name, "model_size": size, "model_n_params": params,
-                    "backends": backend, "n_threads": l.backend.threads(), "n_batch": args.batch_size,
+                    "backends": backend, "n_threads": threads, "n_batch": args.batch_size,
                     "n_prompt": t.n_prompt, "n_gen": t.n_gen, "avg_ts": avg, "stddev_ts": std,
                     "samples_ts": t.samples_ts,
                 })
@@ -208,7 +235,7 @@ fn report(args: &BenchArgs, l: &load::Loaded, backend: &str, tests: &[Test]) -> 
             l.name,
             size as f64 / (1 << 20) as f64,
             params as f64 / 1e6,
-            l.backend.threads(),
+            threads,
             t.name
         )?;
     }

@@ -2,10 +2,12 @@
 
 mod bench;
 mod chat;
+mod device;
 mod guest;
 mod info;
 mod load;
 mod run;
+mod synth;
 mod tokenize;
 
 use clap::{Parser, Subcommand};
@@ -32,6 +34,8 @@ enum Cmd {
     Tokenize(tokenize::TokenizeArgs),
     /// Render a sample conversation with the model's chat template.
     ChatTemplate(tokenize::ChatTemplateArgs),
+    /// Write a synthetic-weight model with a real model's exact layout.
+    Synth(synth::SynthArgs),
 }
 
 fn main() {
@@ -43,6 +47,7 @@ fn main() {
         Cmd::Bench(args) => bench::run(&args),
         Cmd::Tokenize(args) => tokenize::tokenize(&args),
         Cmd::ChatTemplate(args) => tokenize::chat_template(&args),
+        Cmd::Synth(args) => synth::run(&args),
     };
     if let Err(e) = result {
         // A closed pipe (`realm info x | head`) is the reader's choice, not an error.

@@ -3,9 +3,10 @@
 use std::io::Write;
 
 use anyhow::{bail, Result};
+use realm_core::backend::Backend;
 use realm_models::{generate, GenerateParams, Model, SamplingParams};
 
-use crate::load;
+use crate::{device, load};
 
 /// Sampling flags shared by `run` and `chat`.
 #[derive(Debug, Clone, clap::Args)]
@@ -79,6 +80,8 @@ pub struct RunArgs {
     #[command(flatten)]
     pub sampling: SamplingArgs,
     #[command(flatten)]
+    pub device: device::DeviceArgs,
+    #[command(flatten)]
     pub guest: crate::guest::GuestArgs,
 }
 
@@ -91,12 +94,22 @@ pub fn context_len(requested: usize, model_ctx: usize) -> usize {
 
 pub fn run(args: &RunArgs) -> Result<()> {
     if args.guest.wasm {
+        if args.device.device != device::Device::Cpu {
+            bail!("--wasm runs tenants on the cpu device only");
+        }
         return run_in_guest(args);
     }
     let l = load::open(&args.model, args.threads)?;
-    let model = Model::load(&l.file, &l.backend)?;
+    match args.device.device {
+        device::Device::Cpu => run_native(args, &l, &l.backend),
+        device::Device::Gpu(_) => run_native(args, &l, &args.device.gpu()?),
+    }
+}
+
+fn run_native<B: Backend>(args: &RunArgs, l: &load::Loaded, backend: &B) -> Result<()> {
+    let model = Model::load(&l.file, backend)?;
     let prompt = if args.chat {
-        crate::chat::render_user_turn(&l, args.system.as_deref(), &args.prompt)?
+        crate::chat::render_user_turn(l, args.system.as_deref(), &args.prompt)?
     } else {
         l.tokenizer.encode(&args.prompt, true, false)?
     };
@@ -144,9 +157,6 @@ pub fn run(args: &RunArgs) -> Result<()> {
     Ok(())
 }
 
-/// `realm run --wasm`: the same generation inside a wasm tenant. With
-/// `--chat` the host renders the chat template and the guest tokenizes the
-/// result with special tokens parsed.
 fn run_in_guest(args: &RunArgs) -> Result<()> {
     let (text, add_special) = if args.chat {
         let l = load::open(&args.model, 1)?;

@@ -218,3 +218,46 @@ fn bench_wasm_reports_both_tests() {
     assert_eq!(records[1]["n_gen"].as_u64(), Some(6));
     assert!(records.iter().all(|r| r["avg_ts"].as_f64().unwrap() > 0.0));
 }
+
+/// `realm synth` writes a model of SmolLM2's layout that `realm bench` runs
+/// on the GPU code path (candle's CPU device here); asking for CUDA in a
+/// build without it is a clear error.
+#[test]
+fn synth_then_bench_on_the_gpu_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("smollm2-synth.gguf");
+    let p = path.to_str().unwrap();
+    let (ok, _, stderr) = realm(&["synth", "smollm2", "-o", p, "--seed", "3"]);
+    assert!(ok, "{stderr}");
+    let (ok, _, stderr) = realm(&["info", p]);
+    assert!(ok, "{stderr}");
+    let (ok, stdout, stderr) = realm(&[
+        "bench",
+        p,
+        "-p",
+        "8",
+        "-n",
+        "2",
+        "-r",
+        "1",
+        "--json",
+        "--device",
+        "candle-cpu",
+    ]);
+    assert!(ok, "{stderr}");
+    let records: Value = serde_json::from_str(&stdout).unwrap();
+    let records = records.as_array().unwrap();
+    assert_eq!(records.len(), 2);
+    assert_eq!(records[0]["backends"], "candle-cpu");
+    assert_eq!(records[0]["n_prompt"], 8);
+    assert_eq!(records[1]["n_gen"], 2);
+    assert!(records.iter().all(|r| r["avg_ts"].as_f64().unwrap() > 0.0));
+    if !cfg!(feature = "cuda") {
+        let (ok, _, stderr) = realm(&["bench", p, "-r", "1", "--device", "cuda:0"]);
+        assert!(!ok);
+        assert!(stderr.contains("--features cuda"), "{stderr}");
+    }
+    let (ok, _, stderr) = realm(&["synth", "no-such-layout", "-o", p]);
+    assert!(!ok);
+    assert!(stderr.contains("built-in layout"), "{stderr}");
+}

@@ -1,0 +1,53 @@
+//! `--device`: which backend runs the model.
+
+use anyhow::{bail, Result};
+use realm_compute_gpu::{GpuBackend, GpuDevice};
+
+/// Where a model runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Device {
+    /// Realm's CPU backend (SIMD kernels, rayon).
+    Cpu,
+    /// The candle backend on a device (`cuda[:N]`, `metal[:N]`, or
+    /// `candle-cpu`, candle's CPU device, which runs the GPU code path
+    /// anywhere).
+    Gpu(GpuDevice),
+}
+
+impl std::str::FromStr for Device {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cpu" => Ok(Self::Cpu),
+            "candle-cpu" => Ok(Self::Gpu(GpuDevice::Cpu)),
+            other => GpuDevice::parse(other).map(Self::Gpu),
+        }
+    }
+}
+
+/// The `--device` option, shared by `run` and `bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DeviceArgs {
+    /// Backend: cpu, cuda[:N], metal[:N], or candle-cpu (the GPU backend on
+    /// candle's CPU device).
+    #[arg(long, default_value = "cpu")]
+    pub device: Device,
+}
+
+impl DeviceArgs {
+    /// Opens the GPU backend; an error for `cpu`, which callers handle first.
+    pub fn gpu(&self) -> Result<GpuBackend> {
+        match self.device {
+            Device::Cpu => bail!("the cpu device does not use the GPU backend"),
+            Device::Gpu(d) => {
+                let start = std::time::Instant::now();
+                let b = GpuBackend::new(d)?;
+                eprintln!(
+                    "realm: opened {d} in {:.0} ms",
+                    start.elapsed().as_secs_f64() * 1e3
+                );
+                Ok(b)
+            }
+        }
+    }
+}
