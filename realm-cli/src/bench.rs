@@ -70,11 +70,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let l = load::open(&args.model, args.threads)?;
     let threads = l.backend.threads();
     if args.guest.wasm {
-        if args.device.device != Device::Cpu {
-            bail!("--wasm runs tenants on the cpu device only");
-        }
         let tests = bench_in_guest(args, &l)?;
-        let backend = format!("wasm+{}", l.backend.name());
+        let backend = match args.device.device {
+            Device::Cpu => format!("wasm+{}", l.backend.name()),
+            Device::Gpu(d) => format!("wasm+candle-{d}"),
+        };
         return report(args, &l, &backend, threads, &tests);
     }
     match args.device.device {
@@ -147,7 +147,7 @@ fn bench_native<B: Backend>(
 /// tokenization and one extra step (a decode after prefill, the short
 /// prompt before decoding).
 fn bench_in_guest(args: &BenchArgs, l: &load::Loaded) -> Result<Vec<Test>> {
-    let mut run = crate::guest::start(&args.guest, &args.model, args.threads)?;
+    let mut run = crate::guest::start(&args.guest, &args.model, args.threads, args.device.device)?;
     let ban: Vec<(u32, f32)> = l
         .tokenizer
         .eog_ids()

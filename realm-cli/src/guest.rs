@@ -32,7 +32,12 @@ fn guest_path(args: &GuestArgs) -> PathBuf {
 /// Starts a runtime with `threads` CPU threads, loads `model` and
 /// instantiates the guest as a tenant granted that model (the tenant keeps
 /// what it needs of the runtime alive).
-pub fn start(args: &GuestArgs, model: &str, threads: usize) -> Result<Tenant> {
+pub fn start(
+    args: &GuestArgs,
+    model: &str,
+    threads: usize,
+    device: crate::device::Device,
+) -> Result<Tenant> {
     let path = catalog::resolve_model(model).map_err(anyhow::Error::msg)?;
     let wasm_path = guest_path(args);
     let wasm = std::fs::read(&wasm_path).with_context(|| {
@@ -42,8 +47,13 @@ pub fn start(args: &GuestArgs, model: &str, threads: usize) -> Result<Tenant> {
         )
     })?;
     let start = std::time::Instant::now();
+    let gpu = match device {
+        crate::device::Device::Cpu => None,
+        crate::device::Device::Gpu(d) => Some(d),
+    };
     let runtime = Runtime::new(RuntimeConfig {
         threads,
+        gpu,
         ..RuntimeConfig::default()
     })?;
     let id = runtime.load_model(&path)?;

@@ -94,9 +94,6 @@ pub fn context_len(requested: usize, model_ctx: usize) -> usize {
 
 pub fn run(args: &RunArgs) -> Result<()> {
     if args.guest.wasm {
-        if args.device.device != device::Device::Cpu {
-            bail!("--wasm runs tenants on the cpu device only");
-        }
         return run_in_guest(args);
     }
     let l = load::open(&args.model, args.threads)?;
@@ -166,7 +163,7 @@ fn run_in_guest(args: &RunArgs) -> Result<()> {
     } else {
         (args.prompt.clone(), true)
     };
-    let mut run = crate::guest::start(&args.guest, &args.model, args.threads)?;
+    let mut run = crate::guest::start(&args.guest, &args.model, args.threads, args.device.device)?;
     let req = realm_runtime::GenerateRequest {
         max_tokens: args.n_predict as u32,
         max_seq_len: args.ctx_size as u32,

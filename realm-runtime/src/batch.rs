@@ -11,18 +11,15 @@ use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use realm_compute_cpu::CpuBackend;
-use realm_models::{BatchScratch, Session};
-
-use crate::store::{LoadedModel, ModelId};
+use crate::store::{AnyBatchScratch, AnySession, LoadedModel, ModelId};
 
 /// A session coming back from the scheduler, with its step's outcome.
-pub(crate) type StepReply = (Session<CpuBackend>, Result<(), String>);
+pub(crate) type StepReply = (AnySession, Result<(), String>);
 
 /// One decode step waiting for a batch.
 struct Step {
     model: Arc<LoadedModel>,
-    session: Session<CpuBackend>,
+    session: AnySession,
     token: u32,
     reply: SyncSender<StepReply>,
 }
@@ -107,7 +104,7 @@ impl Batcher {
     pub(crate) fn step(
         &self,
         model: &Arc<LoadedModel>,
-        session: Session<CpuBackend>,
+        session: AnySession,
         token: u32,
         reply: &(SyncSender<StepReply>, Receiver<StepReply>),
     ) -> Result<StepReply, String> {
@@ -149,7 +146,7 @@ fn schedule(
     max_batch: usize,
     window: Duration,
 ) {
-    let mut scratch: Vec<(Weak<LoadedModel>, BatchScratch<CpuBackend>)> = Vec::new();
+    let mut scratch: Vec<(Weak<LoadedModel>, AnyBatchScratch)> = Vec::new();
     let mut pending: Vec<Step> = Vec::new();
     while let Ok(first) = rx.recv() {
         let want = lock(&active)
@@ -181,7 +178,7 @@ fn schedule(
 
 fn run_group(
     mut group: Vec<Step>,
-    scratch: &mut Vec<(Weak<LoadedModel>, BatchScratch<CpuBackend>)>,
+    scratch: &mut Vec<(Weak<LoadedModel>, AnyBatchScratch)>,
     max_batch: usize,
     counters: &Counters,
 ) {
@@ -191,17 +188,17 @@ fn run_group(
         .position(|(w, _)| std::ptr::eq(w.as_ptr(), Arc::as_ptr(&model)));
     let index = match found {
         Some(i) => Ok(i),
-        None => model.with(|m| m.batch_scratch(max_batch)).map(|s| {
+        None => model.batch_scratch(max_batch).map(|s| {
             scratch.push((Arc::downgrade(&model), s));
             scratch.len() - 1
         }),
     };
     let result = index.and_then(|i| {
-        let mut rows: Vec<(&mut Session<CpuBackend>, u32)> = group
+        let rows: Vec<(&mut AnySession, u32)> = group
             .iter_mut()
             .map(|s| (&mut s.session, s.token))
             .collect();
-        model.with(|m| m.forward_batch(&mut rows, &mut scratch[i].1))
+        model.forward_batch(rows, &mut scratch[i].1)
     });
     counters
         .steps

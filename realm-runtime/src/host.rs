@@ -13,12 +13,10 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 
-use realm_compute_cpu::CpuBackend;
-use realm_models::Session;
 use wasmtime::{Caller, Extern, Linker, ResourceLimiter};
 
 use crate::batch::{Batcher, StepReply};
-use crate::store::LoadedModel;
+use crate::store::{AnySession, LoadedModel};
 
 /// Largest prefill chunk a guest may ask a session for.
 const MAX_SESSION_BATCH: u64 = 512;
@@ -104,7 +102,7 @@ impl ResourceLimiter for Limits {
 struct HostSession {
     model: Arc<LoadedModel>,
     tokens: usize,
-    session: Option<Session<CpuBackend>>,
+    session: Option<AnySession>,
 }
 
 /// What `finish` reported.
@@ -170,10 +168,7 @@ impl TenantState {
             .ok_or(AbiError::BadModel(index))
     }
 
-    fn session(
-        &mut self,
-        handle: u64,
-    ) -> Result<(&Arc<LoadedModel>, &mut Session<CpuBackend>), AbiError> {
+    fn session(&mut self, handle: u64) -> Result<(&Arc<LoadedModel>, &mut AnySession), AbiError> {
         let s = self
             .sessions
             .get_mut(&handle)
@@ -299,7 +294,7 @@ fn session_create(
         }
     };
     let session = model
-        .with(|m| m.session(max_seq_len as usize, batch as usize))
+        .session(max_seq_len as usize, batch as usize)
         .map_err(AbiError::from)?;
     let handle = NEXT_HANDLE.fetch_add(1, Ordering::Relaxed);
     st.session_tokens += tokens;
@@ -366,7 +361,7 @@ fn forward(
             Ok(0)
         }
         _ => {
-            let r = entry.model.with(|m| m.forward(session, tokens).map(|_| ()));
+            let r = entry.model.forward(session, tokens);
             if r.is_ok() {
                 write_logits(&mut mem[out], session.logits());
             }
@@ -385,7 +380,7 @@ fn embed_tokens(
     let mut ids = std::mem::take(&mut st.tokens);
     let r = read_tokens(mem, tokens, n_tokens, &mut ids).and_then(|()| {
         let (model, session) = st.session(handle)?;
-        Ok(model.with(|m| m.embed_tokens(session, &ids)))
+        Ok(model.embed_tokens(session, &ids))
     });
     st.tokens = ids;
     status(r?)
@@ -394,7 +389,7 @@ fn embed_tokens(
 fn forward_layer(mut caller: Caller<'_, TenantState>, handle: u64, layer: u32) -> HostResult<()> {
     let (model, session) = caller.data_mut().session(handle)?;
     model
-        .with(|m| m.forward_layer(session, layer as usize))
+        .forward_layer(session, layer as usize)
         .map_err(AbiError::from)?;
     Ok(())
 }
@@ -408,9 +403,7 @@ fn compute_logits(
     let (mem, st) = parts(&mut caller)?;
     let (model, session) = st.session(handle)?;
     let out = logits_range(mem.len(), logits, n_logits, model.vocab_size)?;
-    let values = model
-        .with(|m| m.compute_logits(session).map(|_| ()))
-        .map_err(AbiError::from);
+    let values = model.compute_logits(session).map_err(AbiError::from);
     values?;
     write_logits(&mut mem[out], session.logits());
     Ok(())

@@ -34,10 +34,11 @@ mod store;
 
 pub use batch::BatchStats;
 pub use error::{Error, Result};
+pub use realm_compute_gpu::GpuDevice;
 pub use runtime::{
     GenerateRequest, GenerationStats, Runtime, RuntimeConfig, StopReason, Tenant, TenantConfig,
 };
-pub use store::{ModelId, ModelStore};
+pub use store::{ModelId, ModelStore, StoreBackend};
 
 /// Where `cargo xtask wasm` writes the realm-wasm guest, relative to the
 /// workspace root.

@@ -9,6 +9,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use realm_compute_cpu::{CpuBackend, CpuConfig};
+use realm_compute_gpu::{GpuBackend, GpuDevice};
 use realm_wasm::{Params, FLAG_ADD_SPECIAL, FLAG_LAYERED, FLAG_PARSE_SPECIAL};
 use sha2::{Digest, Sha256};
 use wasmtime::{
@@ -18,7 +19,7 @@ use wasmtime::{
 
 use crate::batch::{BatchStats, Batcher};
 use crate::host::{linker, TenantState};
-use crate::store::{LoadedModel, ModelId, ModelStore};
+use crate::store::{LoadedModel, ModelId, ModelStore, StoreBackend};
 use crate::{Error, Result};
 
 /// How to build a [`Runtime`].
@@ -26,6 +27,9 @@ use crate::{Error, Result};
 pub struct RuntimeConfig {
     /// Threads of the CPU backend (0: one per core).
     pub threads: usize,
+    /// Run the models on the GPU backend on this device instead of the CPU
+    /// backend (`None`: the CPU).
+    pub gpu: Option<GpuDevice>,
     /// Most tenants alive at once (the pooling allocator's slots).
     pub max_tenants: u32,
     /// Largest memory any tenant may be given, in bytes.
@@ -47,6 +51,7 @@ impl Default for RuntimeConfig {
     fn default() -> Self {
         Self {
             threads: 0,
+            gpu: None,
             max_tenants: 64,
             max_memory: 1 << 30,
             tick: Duration::from_millis(10),
@@ -237,10 +242,13 @@ impl Runtime {
             .max_wasm_stack(config.max_wasm_stack)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&wasm).map_err(wasm_err)?;
-        let backend = CpuBackend::with_config(CpuConfig {
-            threads: config.threads,
-            ..CpuConfig::default()
-        })?;
+        let backend = match config.gpu {
+            None => StoreBackend::Cpu(Arc::new(CpuBackend::with_config(CpuConfig {
+                threads: config.threads,
+                ..CpuConfig::default()
+            })?)),
+            Some(d) => StoreBackend::Gpu(Arc::new(GpuBackend::new(d)?)),
+        };
         let batcher = match config.batching {
             true => Some(Arc::new(
                 Batcher::start(config.max_batch, config.batch_window)
@@ -253,7 +261,7 @@ impl Runtime {
         let shared = Arc::new(Shared {
             linker: linker(&engine).map_err(wasm_err)?,
             engine,
-            store: ModelStore::new(Arc::new(backend)),
+            store: ModelStore::new(backend),
             batcher,
             modules: Mutex::new(HashMap::new()),
             config,

@@ -8,8 +8,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use realm_compute_cpu::CpuBackend;
+use realm_compute_gpu::GpuBackend;
 use realm_core::gguf::{GgufFile, GgufWriter};
-use realm_models::Model;
+use realm_models::{BatchScratch, Model, Session};
 use sha2::{Digest, Sha256};
 
 use crate::{Error, Result};
@@ -37,24 +38,117 @@ impl fmt::Display for ModelId {
     }
 }
 
+/// The backend a store's models run on: Realm's CPU backend or the GPU
+/// backend (candle; CUDA, Metal or candle's CPU device).
+#[derive(Debug, Clone)]
+pub enum StoreBackend {
+    /// Realm's CPU backend.
+    Cpu(Arc<CpuBackend>),
+    /// The GPU backend.
+    Gpu(Arc<GpuBackend>),
+}
+
+impl From<Arc<CpuBackend>> for StoreBackend {
+    fn from(b: Arc<CpuBackend>) -> Self {
+        Self::Cpu(b)
+    }
+}
+
+impl From<Arc<GpuBackend>> for StoreBackend {
+    fn from(b: Arc<GpuBackend>) -> Self {
+        Self::Gpu(b)
+    }
+}
+
 /// What a loaded model borrows from: the mapped file and the backend.
 #[derive(Debug)]
-pub(crate) struct ModelOwner {
+pub(crate) struct ModelOwner<B> {
     file: GgufFile,
-    backend: Arc<CpuBackend>,
+    backend: Arc<B>,
 }
 
 type CpuModel<'a> = Model<'a, CpuBackend>;
+type GpuModel<'a> = Model<'a, GpuBackend>;
 
 self_cell::self_cell!(
-    /// The mapped file together with the model borrowing it.
-    pub(crate) struct ModelCell {
-        owner: ModelOwner,
+    /// The mapped file together with the model borrowing it (CPU).
+    pub(crate) struct CpuCell {
+        owner: ModelOwner<CpuBackend>,
         #[not_covariant]
         dependent: CpuModel,
     }
     impl {Debug}
 );
+
+self_cell::self_cell!(
+    /// The mapped file together with the model borrowing it (GPU).
+    pub(crate) struct GpuCell {
+        owner: ModelOwner<GpuBackend>,
+        #[not_covariant]
+        dependent: GpuModel,
+    }
+    impl {Debug}
+);
+
+/// A model on one of the backends.
+#[derive(Debug)]
+enum ModelCell {
+    Cpu(CpuCell),
+    Gpu(GpuCell),
+}
+
+/// A session of a model on one of the backends.
+#[derive(Debug)]
+pub(crate) enum AnySession {
+    Cpu(Session<CpuBackend>),
+    Gpu(Session<GpuBackend>),
+}
+
+impl AnySession {
+    pub(crate) fn logits(&self) -> &[f32] {
+        match self {
+            Self::Cpu(s) => s.logits(),
+            Self::Gpu(s) => s.logits(),
+        }
+    }
+
+    pub(crate) fn position(&self) -> usize {
+        match self {
+            Self::Cpu(s) => s.position(),
+            Self::Gpu(s) => s.position(),
+        }
+    }
+
+    pub(crate) fn capacity(&self) -> usize {
+        match self {
+            Self::Cpu(s) => s.capacity(),
+            Self::Gpu(s) => s.capacity(),
+        }
+    }
+}
+
+/// Scratch of batched decode steps on one of the backends.
+#[derive(Debug)]
+pub(crate) enum AnyBatchScratch {
+    Cpu(BatchScratch<CpuBackend>),
+    Gpu(BatchScratch<GpuBackend>),
+}
+
+fn mismatch() -> realm_models::Error {
+    realm_models::Error::BadConfig("a session was used with a model on another backend".into())
+}
+
+/// Runs `$body` with `$m` the model and `$s` the session, whichever backend
+/// they are on.
+macro_rules! with_session {
+    ($model:expr, $session:expr, |$m:ident, $s:ident| $body:expr) => {
+        match (&$model.cell, $session) {
+            (ModelCell::Cpu(c), AnySession::Cpu($s)) => c.with_dependent(|_, $m| $body),
+            (ModelCell::Gpu(c), AnySession::Gpu($s)) => c.with_dependent(|_, $m| $body),
+            _ => Err(mismatch()),
+        }
+    };
+}
 
 /// One model in the store.
 #[derive(Debug)]
@@ -68,15 +162,90 @@ pub(crate) struct LoadedModel {
     pub(crate) n_layers: usize,
 }
 
+type ModelResult<T> = std::result::Result<T, realm_models::Error>;
+
 impl LoadedModel {
-    /// Runs `f` on the model.
-    pub(crate) fn with<R>(&self, f: impl FnOnce(&Model<'_, CpuBackend>) -> R) -> R {
-        self.cell.with_dependent(|_, model| f(model))
+    /// A new session (see [`Model::session`]).
+    pub(crate) fn session(&self, max_seq_len: usize, batch: usize) -> ModelResult<AnySession> {
+        match &self.cell {
+            ModelCell::Cpu(c) => c
+                .with_dependent(|_, m| m.session(max_seq_len, batch))
+                .map(AnySession::Cpu),
+            ModelCell::Gpu(c) => c
+                .with_dependent(|_, m| m.session(max_seq_len, batch))
+                .map(AnySession::Gpu),
+        }
+    }
+
+    /// Scratch for batched steps of up to `rows` sessions.
+    pub(crate) fn batch_scratch(&self, rows: usize) -> ModelResult<AnyBatchScratch> {
+        match &self.cell {
+            ModelCell::Cpu(c) => c
+                .with_dependent(|_, m| m.batch_scratch(rows))
+                .map(AnyBatchScratch::Cpu),
+            ModelCell::Gpu(c) => c
+                .with_dependent(|_, m| m.batch_scratch(rows))
+                .map(AnyBatchScratch::Gpu),
+        }
+    }
+
+    /// [`Model::forward`], leaving the logits in the session.
+    pub(crate) fn forward(&self, s: &mut AnySession, tokens: &[u32]) -> ModelResult<()> {
+        with_session!(self, s, |m, s| m.forward(s, tokens).map(|_| ()))
+    }
+
+    /// [`Model::embed_tokens`].
+    pub(crate) fn embed_tokens(&self, s: &mut AnySession, tokens: &[u32]) -> ModelResult<()> {
+        with_session!(self, s, |m, s| m.embed_tokens(s, tokens))
+    }
+
+    /// [`Model::forward_layer`].
+    pub(crate) fn forward_layer(&self, s: &mut AnySession, layer: usize) -> ModelResult<()> {
+        with_session!(self, s, |m, s| m.forward_layer(s, layer))
+    }
+
+    /// [`Model::compute_logits`], leaving the logits in the session.
+    pub(crate) fn compute_logits(&self, s: &mut AnySession) -> ModelResult<()> {
+        with_session!(self, s, |m, s| m.compute_logits(s).map(|_| ()))
+    }
+
+    /// [`Model::forward_batch`] over sessions of this model.
+    pub(crate) fn forward_batch(
+        &self,
+        rows: Vec<(&mut AnySession, u32)>,
+        scratch: &mut AnyBatchScratch,
+    ) -> ModelResult<()> {
+        match (&self.cell, scratch) {
+            (ModelCell::Cpu(c), AnyBatchScratch::Cpu(sc)) => {
+                let mut typed = Vec::with_capacity(rows.len());
+                for (s, t) in rows {
+                    match s {
+                        AnySession::Cpu(s) => typed.push((s, t)),
+                        AnySession::Gpu(_) => return Err(mismatch()),
+                    }
+                }
+                c.with_dependent(|_, m| m.forward_batch(&mut typed, sc))
+            }
+            (ModelCell::Gpu(c), AnyBatchScratch::Gpu(sc)) => {
+                let mut typed = Vec::with_capacity(rows.len());
+                for (s, t) in rows {
+                    match s {
+                        AnySession::Gpu(s) => typed.push((s, t)),
+                        AnySession::Cpu(_) => return Err(mismatch()),
+                    }
+                }
+                c.with_dependent(|_, m| m.forward_batch(&mut typed, sc))
+            }
+            _ => Err(mismatch()),
+        }
     }
 
     /// Bytes of the mapped file.
     fn file_len(&self) -> usize {
-        self.cell.borrow_owner().file.as_bytes().len()
+        match &self.cell {
+            ModelCell::Cpu(c) => c.borrow_owner().file.as_bytes().len(),
+            ModelCell::Gpu(c) => c.borrow_owner().file.as_bytes().len(),
+        }
     }
 }
 
@@ -85,7 +254,7 @@ impl LoadedModel {
 /// it.
 #[derive(Debug)]
 pub struct ModelStore {
-    backend: Arc<CpuBackend>,
+    backend: StoreBackend,
     models: Mutex<HashMap<ModelId, Arc<LoadedModel>>>,
 }
 
@@ -111,10 +280,11 @@ fn hash_file(path: &Path) -> Result<ModelId> {
 }
 
 impl ModelStore {
-    /// An empty store whose models run on `backend`.
-    pub fn new(backend: Arc<CpuBackend>) -> Self {
+    /// An empty store whose models run on `backend` (an `Arc<CpuBackend>`
+    /// or an `Arc<GpuBackend>`).
+    pub fn new(backend: impl Into<StoreBackend>) -> Self {
         Self {
-            backend,
+            backend: backend.into(),
             models: Mutex::new(HashMap::new()),
         }
     }
@@ -143,13 +313,26 @@ impl ModelStore {
         let mut writer = GgufWriter::new();
         *writer.metadata_mut() = file.metadata().clone();
         let metadata = writer.to_bytes()?;
-        let owner = ModelOwner {
-            file,
-            backend: self.backend.clone(),
+        let (cell, (vocab_size, n_layers)) = match &self.backend {
+            StoreBackend::Cpu(b) => {
+                let owner = ModelOwner {
+                    file,
+                    backend: b.clone(),
+                };
+                let cell = CpuCell::try_new(owner, |o| Model::load(&o.file, &*o.backend))?;
+                let dims = cell.with_dependent(|_, m| (m.config().vocab_size, m.config().n_layers));
+                (ModelCell::Cpu(cell), dims)
+            }
+            StoreBackend::Gpu(b) => {
+                let owner = ModelOwner {
+                    file,
+                    backend: b.clone(),
+                };
+                let cell = GpuCell::try_new(owner, |o| Model::load(&o.file, &*o.backend))?;
+                let dims = cell.with_dependent(|_, m| (m.config().vocab_size, m.config().n_layers));
+                (ModelCell::Gpu(cell), dims)
+            }
         };
-        let cell = ModelCell::try_new(owner, |o| Model::load(&o.file, &*o.backend))?;
-        let (vocab_size, n_layers) =
-            cell.with_dependent(|_, m| (m.config().vocab_size, m.config().n_layers));
         let model = Arc::new(LoadedModel {
             id: id.clone(),
             cell,

@@ -212,3 +212,58 @@ fn batched_decode_steps_are_bit_identical_to_single_ones() {
     assert!(model.forward_batch(&mut rows, &mut scratch).is_err());
     assert_eq!(other.position(), 0);
 }
+
+/// The runtime with its models on the GPU backend (candle's CPU device here;
+/// `REALM_GPU_TEST_DEVICE` picks another): tenants, batched decode steps and
+/// the layered host functions give the text the CPU backend gives, on a
+/// synthetic model with f32 matrices (where the two backends agree to float
+/// precision, so greedy choices cannot differ).
+#[test]
+fn tenants_run_on_the_gpu_backend() {
+    use realm_core::GgmlType;
+    use realm_models::synthetic::SyntheticLayout;
+    let wasm = common::guest_wasm();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny-f32.gguf");
+    let layout = SyntheticLayout::tiny("llama")
+        .unwrap()
+        .with_matrix_type(GgmlType::F32);
+    std::fs::write(&path, layout.write(11).unwrap()).unwrap();
+    let device = std::env::var("REALM_GPU_TEST_DEVICE")
+        .map(|s| realm_runtime::GpuDevice::parse(&s).unwrap())
+        .unwrap_or(realm_runtime::GpuDevice::Cpu);
+    let prompt = "t300 t301 t302";
+    let mut texts = Vec::new();
+    for gpu in [None, Some(device)] {
+        let runtime = Runtime::new(RuntimeConfig {
+            gpu,
+            ..RuntimeConfig::default()
+        })
+        .unwrap();
+        let id = runtime.load_model(&path).unwrap();
+        let mut a = runtime
+            .tenant(&wasm, TenantConfig::new(vec![id.clone()]))
+            .unwrap();
+        let mut b = runtime.tenant(&wasm, TenantConfig::new(vec![id])).unwrap();
+        let mut run = |t: &mut realm_runtime::Tenant, layered: bool| {
+            let mut text = String::new();
+            let req = GenerateRequest {
+                max_tokens: 12,
+                layered,
+                ..GenerateRequest::default()
+            };
+            t.generate(prompt, &req, |p| text.push_str(p)).unwrap();
+            text
+        };
+        // Two tenants at once: their decode steps may be batched.
+        let (ta, tb) = std::thread::scope(|s| {
+            let ha = s.spawn(|| run(&mut a, false));
+            let hb = s.spawn(|| run(&mut b, true));
+            (ha.join().unwrap(), hb.join().unwrap())
+        });
+        assert_eq!(ta, tb, "gpu: {gpu:?}");
+        assert!(!ta.is_empty());
+        texts.push(ta);
+    }
+    assert_eq!(texts[0], texts[1], "cpu and gpu backends");
+}
