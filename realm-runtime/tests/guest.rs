@@ -245,7 +245,7 @@ fn tenants_run_on_the_gpu_backend() {
             .tenant(&wasm, TenantConfig::new(vec![id.clone()]))
             .unwrap();
         let mut b = runtime.tenant(&wasm, TenantConfig::new(vec![id])).unwrap();
-        let mut run = |t: &mut realm_runtime::Tenant, layered: bool| {
+        let run = |t: &mut realm_runtime::Tenant, layered: bool| {
             let mut text = String::new();
             let req = GenerateRequest {
                 max_tokens: 12,
