@@ -2,9 +2,18 @@
 # Builds llama.cpp's llama-bench (Release, native) from the llama.cpp vendored
 # in the llama-cpp-python sdist, for same-run comparisons with `realm bench`.
 # Usage: scripts/build_llama_cpp.sh [WORK_DIR]   (prints the llama-bench path)
+# WORK_DIR defaults to ~/.cache/realm/llama.cpp (where `cargo xtask bench`
+# looks); llama-bench ends up in
+# WORK_DIR/llama_cpp_python-VERSION/vendor/llama.cpp/build/bin/, and a
+# finished build is reused as it is.
 set -euo pipefail
 version=0.3.36
-work=${1:-${TMPDIR:-/tmp}/realm-llama-cpp}
+work=${1:-${XDG_CACHE_HOME:-$HOME/.cache}/realm/llama.cpp}
+bin="$work/llama_cpp_python-$version/vendor/llama.cpp/build/bin/llama-bench"
+if [ -x "$bin" ]; then
+  echo "$bin"
+  exit 0
+fi
 mkdir -p "$work"
 cd "$work"
 if [ ! -f "llama_cpp_python-$version.tar.gz" ]; then

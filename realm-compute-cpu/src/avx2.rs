@@ -703,7 +703,9 @@ pub(crate) fn dot_float<T: FloatSimd>(w: &[T], x: &[f32]) -> Option<f32> {
 //   in block order, of the per-block factors `aux_w[b]` times the
 //   activation block sums `s_x[b]` (one rounding per product and per sum,
 //   as the old scalar accumulator did: it keeps Gemma's logits closest to
-//   llama.cpp's).
+//   llama.cpp's). That sequential sum runs in the lanes of a 4-wide vector,
+//   one lane per row of the tile, so it costs one multiply and one add per
+//   block and token instead of a scalar dependency chain per output.
 //
 // Neither the tile shape nor the number of tokens changes this sequence, so
 // one token alone (decode) and the same token inside a batch give
@@ -730,11 +732,8 @@ struct Pack {
     q: Vec<Bytes32>,
     /// `[block][row]` block scales.
     d: Vec<f32>,
-    /// `[row][block]` offset/min factors, rows zero-padded to a multiple
-    /// of 8 blocks.
+    /// `[block][row]` offset/min factors.
     aux: Vec<f32>,
-    /// `[token][block]` activation block sums, padded like `aux`.
-    s: Vec<f32>,
 }
 
 thread_local! {
@@ -751,11 +750,9 @@ fn grow<T: Clone + Default>(v: &mut Vec<T>, n: usize) {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn pack_rows<B: LegacySimd>(w: &[B], nb: usize, rows: [usize; PACK_ROWS], p: &mut Pack) {
-    let nb8 = nb.next_multiple_of(8);
     for (i, &r) in rows.iter().enumerate() {
         let wr = &w[r * nb..(r + 1) * nb];
-        let aux = &mut p.aux[i * nb8..i * nb8 + nb];
-        for (b, (blk, a)) in wr.iter().zip(aux.iter_mut()).enumerate() {
+        for (b, blk) in wr.iter().enumerate() {
             // SAFETY: this function is compiled with the features `load` needs.
             let (q, d, m) = unsafe { blk.load() };
             let at = b * PACK_ROWS + i;
@@ -768,7 +765,7 @@ fn pack_rows<B: LegacySimd>(w: &[B], nb: usize, rows: [usize; PACK_ROWS], p: &mu
                 p.q[at] = Bytes32(bytemuck::cast(q));
             }
             p.d[at] = d;
-            *a = match B::FORM {
+            p.aux[at] = match B::FORM {
                 Form::Signed => 0.0,
                 Form::Offset(_) => d,
                 Form::Min => m,
@@ -777,20 +774,23 @@ fn pack_rows<B: LegacySimd>(w: &[B], nb: usize, rows: [usize; PACK_ROWS], p: &mu
     }
 }
 
-/// The 8-lane accumulators of `PACK_ROWS` packed rows against `C` tokens.
+/// The 8-lane accumulators of `PACK_ROWS` packed rows against `C` tokens,
+/// and per token the offset/min sums of the rows (lane `i`: row `i`).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn packed_tile<B: LegacySimd, const C: usize>(
     p: &Pack,
     nb: usize,
     x: [&[BlockQ8x32]; C],
-) -> [[__m256; C]; PACK_ROWS] {
+) -> ([[__m256; C]; PACK_ROWS], [__m128; C]) {
     let (qa, _) = p.qa[..nb * PACK_ROWS].as_chunks::<PACK_ROWS>();
     let (qs, _) = p.q.as_chunks::<PACK_ROWS>();
     let (d, _) = p.d[..nb * PACK_ROWS].as_chunks::<PACK_ROWS>();
+    let (aux, _) = p.aux[..nb * PACK_ROWS].as_chunks::<PACK_ROWS>();
     let x = x.map(|s| &s[..qa.len()]);
     let ones = _mm256_set1_epi16(1);
     let mut acc = [[_mm256_setzero_ps(); C]; PACK_ROWS];
+    let mut seq = [_mm_setzero_ps(); C];
     for (b, (qa_b, d_b)) in qa.iter().zip(d).enumerate() {
         let dx: [__m256; C] = std::array::from_fn(|j| _mm256_set1_ps(x[j][b].d));
         let xv: [__m256i; C] = std::array::from_fn(|j| bytemuck::cast(x[j][b].qs));
@@ -808,8 +808,17 @@ fn packed_tile<B: LegacySimd, const C: usize>(
                 acc[i][j] = _mm256_fmadd_ps(_mm256_mul_ps(dw, dx[j]), sums, acc[i][j]);
             }
         }
+        if B::FORM != Form::Signed {
+            let a: __m128 = bytemuck::cast(aux[b]);
+            for j in 0..C {
+                // A separate multiply and add: the rounding of the scalar
+                // `seq + aux * s`, in each lane.
+                let prod = _mm_mul_ps(a, _mm_set1_ps(x[j][b].s));
+                seq[j] = _mm_add_ps(seq[j], prod);
+            }
+        }
     }
-    acc
+    (acc, seq)
 }
 
 /// Runs one packed tile against tokens `t..t + C` and stores the valid rows.
@@ -825,20 +834,14 @@ fn packed_store<B: LegacySimd, const C: usize>(
     out: &mut OutRows<'_>,
 ) {
     let xt: [&[BlockQ8x32]; C] = std::array::from_fn(|j| &x[(t + j) * nb..(t + j + 1) * nb]);
-    let acc = packed_tile::<B, C>(p, nb, xt);
-    let nb8 = nb.next_multiple_of(8);
+    let (acc, seq) = packed_tile::<B, C>(p, nb, xt);
+    let seq: [[f32; PACK_ROWS]; C] = seq.map(bytemuck::cast);
     for (i, row) in acc.iter().enumerate().take(n_rows) {
         for (j, &a) in row.iter().enumerate() {
-            let seq = || {
-                p.aux[i * nb8..i * nb8 + nb]
-                    .iter()
-                    .zip(&p.s[(t + j) * nb8..(t + j) * nb8 + nb])
-                    .fold(0.0f32, |s, (&x, &y)| s + x * y)
-            };
             let v = match B::FORM {
                 Form::Signed => hsum(a),
-                Form::Offset(o) => hsum(a) - o * seq(),
-                Form::Min => hsum(a) + seq(),
+                Form::Offset(o) => hsum(a) - o * seq[j][i],
+                Form::Min => hsum(a) + seq[j][i],
             };
             out.set(t + j, r0 + i, v);
         }
@@ -860,25 +863,7 @@ fn packed_rows_impl<B: LegacySimd>(
         grow(&mut p.q, nb * PACK_ROWS);
     }
     grow(&mut p.d, nb * PACK_ROWS);
-    let nb8 = nb.next_multiple_of(8);
-    grow(&mut p.aux, nb8 * PACK_ROWS);
-    // `pack_rows` writes the first `nb` factors of each row; the padding
-    // must be zero.
-    for a in p.aux[..nb8 * PACK_ROWS].chunks_exact_mut(nb8) {
-        a[nb..].fill(0.0);
-    }
-    if B::FORM != Form::Signed {
-        grow(&mut p.s, nb8 * n_tokens);
-        for (s, xt) in
-            p.s.chunks_exact_mut(nb8)
-                .zip(x[..nb * n_tokens].chunks_exact(nb))
-        {
-            for (s, xb) in s.iter_mut().zip(xt) {
-                *s = xb.s;
-            }
-            s[nb..].fill(0.0);
-        }
-    }
+    grow(&mut p.aux, nb * PACK_ROWS);
     let mut t0 = 0;
     while t0 < n_tokens {
         let t_end = (t0 + PACK_TOKEN_GROUP).min(n_tokens);
@@ -1012,6 +997,98 @@ fn dot_head<T: FloatSimd>(q: &[f32], k: &[T]) -> f32 {
         })
 }
 
+/// [`dot_head`] of one query with `P` keys at once: each product has its
+/// own two accumulators and the same sequence of operations as
+/// [`dot_head`], so results are bit-identical; the `2 P` independent FMA
+/// chains keep the FMA units busy where one pair of chains waits on
+/// latency.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_heads<T: FloatSimd, const P: usize>(q: &[f32], k: [&[T]; P]) -> [f32; P] {
+    let (q8, q_tail) = q.as_chunks::<8>();
+    let k = k.map(|k| &k[..q.len()]);
+    let k8 = k.map(|k| k.as_chunks::<8>().0);
+    let mut acc = [[_mm256_setzero_ps(); 2]; P];
+    for (c, qc) in q8.iter().enumerate() {
+        let qv: __m256 = bytemuck::cast(*qc);
+        for (a, kp) in acc.iter_mut().zip(&k8) {
+            // SAFETY: this function is compiled with the features `load8` needs.
+            let kv = unsafe { T::load8(&kp[c]) };
+            a[c & 1] = _mm256_fmadd_ps(qv, kv, a[c & 1]);
+        }
+    }
+    let full = q8.len() * 8;
+    std::array::from_fn(|i| {
+        q_tail
+            .iter()
+            .zip(&k[i][full..])
+            .fold(hsum(_mm256_add_ps(acc[i][0], acc[i][1])), |s, (&a, &b)| {
+                s + a * b.to_f32()
+            })
+    })
+}
+
+/// `out[h][d0 + i] = inv[h] * sum_p scores[h][p] v[p][d0 + i]` for the `G`
+/// heads and `8 D` columns from `d0`: one FMA per position, in position
+/// order, per element (the arithmetic of every tiling), with the `G * D`
+/// accumulators in registers.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn weigh_values<T: FloatSimd, const G: usize, const D: usize>(
+    values: &[T],
+    hd: usize,
+    scores: &[f32],
+    inv: &[f32; MAX_GROUP],
+    d0: usize,
+    out: &mut [f32],
+) {
+    let len = values.len() / hd;
+    let scores: [&[f32]; G] = std::array::from_fn(|h| &scores[h * len..(h + 1) * len]);
+    let mut acc = [[_mm256_setzero_ps(); D]; G];
+    for (p, v) in values.chunks_exact(hd).enumerate() {
+        let (v8, _) = v[d0..d0 + 8 * D].as_chunks::<8>();
+        // SAFETY: this function is compiled with the features `load8` needs.
+        let vv: [__m256; D] = std::array::from_fn(|k| unsafe { T::load8(&v8[k]) });
+        for (a, sh) in acc.iter_mut().zip(&scores) {
+            let sp = _mm256_set1_ps(sh[p]);
+            for (ak, vk) in a.iter_mut().zip(&vv) {
+                *ak = _mm256_fmadd_ps(sp, *vk, *ak);
+            }
+        }
+    }
+    for (h, a) in acc.iter().enumerate() {
+        let scale = _mm256_set1_ps(inv[h]);
+        for (k, ak) in a.iter().enumerate() {
+            let at = h * hd + d0 + 8 * k;
+            let o: &mut [f32; 8] = (&mut out[at..at + 8]).try_into().expect("8 outputs");
+            *o = bytemuck::cast(_mm256_mul_ps(*ak, scale));
+        }
+    }
+}
+
+/// [`weigh_values`] over all full 8-column chunks: `D` chunks per pass,
+/// then the rest one at a time.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn weigh_all<T: FloatSimd, const G: usize, const D: usize>(
+    values: &[T],
+    hd: usize,
+    scores: &[f32],
+    inv: &[f32; MAX_GROUP],
+    out: &mut [f32],
+) {
+    let full = hd / 8 * 8;
+    let mut d = 0;
+    while d + 8 * D <= full {
+        weigh_values::<T, G, D>(values, hd, scores, inv, d, out);
+        d += 8 * D;
+    }
+    while d < full {
+        weigh_values::<T, G, 1>(values, hd, scores, inv, d, out);
+        d += 8;
+    }
+}
+
 /// Causal attention of `g` query heads that share one key/value head, at
 /// one position: `q` and `out` hold the `g` heads back to back, `keys` and
 /// `values` the visible positions, `scores` at least `g` times as many
@@ -1034,39 +1111,55 @@ fn attend_group_impl<T: FloatSimd>(
     let len = keys.len() / hd;
     let g = q.len() / hd;
     let scores = &mut scores[..g * len];
-    for (p, k) in keys.chunks_exact(hd).enumerate() {
+    let cap = |raw: f32| match softcap {
+        Some(c) => c * (raw / c).tanh(),
+        None => raw,
+    };
+    // Four positions at a time (independent FMA chains), then the rest.
+    const P: usize = 4;
+    let full = len / P * P;
+    for p0 in (0..full).step_by(P) {
+        let k: [&[T]; P] = std::array::from_fn(|i| &keys[(p0 + i) * hd..(p0 + i + 1) * hd]);
         for (h, qh) in q.chunks_exact(hd).enumerate() {
-            let raw = dot_head(qh, k) * scale;
-            scores[h * len + p] = match softcap {
-                Some(c) => c * (raw / c).tanh(),
-                None => raw,
-            };
+            let raw = dot_heads::<T, P>(qh, k);
+            for (i, r) in raw.iter().enumerate() {
+                scores[h * len + p0 + i] = cap(r * scale);
+            }
+        }
+    }
+    for p in full..len {
+        let k = &keys[p * hd..(p + 1) * hd];
+        for (h, qh) in q.chunks_exact(hd).enumerate() {
+            scores[h * len + p] = cap(dot_head(qh, k) * scale);
         }
     }
     let mut inv = [0.0f32; 16];
     for (h, s) in scores.chunks_exact_mut(len).enumerate() {
         inv[h] = 1.0 / softmax(s);
     }
-    let full = hd / 8 * 8;
-    let mut acc = [_mm256_setzero_ps(); 16];
-    for d in (0..full).step_by(8) {
-        acc[..g].fill(_mm256_setzero_ps());
-        for (p, v) in values.chunks_exact(hd).enumerate() {
-            let v8: &[T; 8] = v[d..d + 8].try_into().expect("8 values");
-            // SAFETY: this function is compiled with the features `load8` needs.
-            let vv = unsafe { T::load8(v8) };
-            for (h, a) in acc[..g].iter_mut().enumerate() {
-                *a = _mm256_fmadd_ps(_mm256_set1_ps(scores[h * len + p]), vv, *a);
+    match g {
+        1 => weigh_all::<T, 1, 8>(values, hd, scores, &inv, out),
+        2 => weigh_all::<T, 2, 4>(values, hd, scores, &inv, out),
+        3 => weigh_all::<T, 3, 2>(values, hd, scores, &inv, out),
+        4 => weigh_all::<T, 4, 2>(values, hd, scores, &inv, out),
+        _ => {
+            for h0 in (0..g).step_by(4) {
+                // Heads `h0..` as their own group of up to 4.
+                let gh = (g - h0).min(4);
+                let sc = &scores[h0 * len..(h0 + gh) * len];
+                let iv: [f32; MAX_GROUP] =
+                    std::array::from_fn(|i| inv[(h0 + i).min(MAX_GROUP - 1)]);
+                let o = &mut out[h0 * hd..(h0 + gh) * hd];
+                match gh {
+                    1 => weigh_all::<T, 1, 8>(values, hd, sc, &iv, o),
+                    2 => weigh_all::<T, 2, 4>(values, hd, sc, &iv, o),
+                    3 => weigh_all::<T, 3, 2>(values, hd, sc, &iv, o),
+                    _ => weigh_all::<T, 4, 2>(values, hd, sc, &iv, o),
+                }
             }
         }
-        for (h, a) in acc[..g].iter().enumerate() {
-            let r = _mm256_mul_ps(*a, _mm256_set1_ps(inv[h]));
-            let o: &mut [f32; 8] = (&mut out[h * hd + d..h * hd + d + 8])
-                .try_into()
-                .expect("8 outputs");
-            *o = bytemuck::cast(r);
-        }
     }
+    let full = hd / 8 * 8;
     for d in full..hd {
         for h in 0..g {
             let mut a = 0.0f32;

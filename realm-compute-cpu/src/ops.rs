@@ -85,10 +85,14 @@ pub(crate) fn rope(x: &mut [f32], head_dim: usize, positions: &[u32], p: &RopePa
     let mut cos = [0.0f32; ROPE_MAX_DIMS / 2];
     let mut sin = [0.0f32; ROPE_MAX_DIMS / 2];
     let per_token = x.len() / positions.len().max(1);
+    // The frequencies depend on the pair alone: computed once per call.
+    let mut inv_freq = [0.0f64; ROPE_MAX_DIMS / 2];
+    for (i, f) in inv_freq[..half].iter_mut().enumerate() {
+        *f = f64::from(p.base).powf(-2.0 * i as f64 / p.n_dims as f64);
+    }
     for (xt, &pos) in x.chunks_exact_mut(per_token).zip(positions) {
         for i in 0..half {
-            let inv_freq = f64::from(p.base).powf(-2.0 * i as f64 / p.n_dims as f64);
-            let theta = f64::from(pos) * f64::from(p.freq_scale) * inv_freq;
+            let theta = f64::from(pos) * f64::from(p.freq_scale) * inv_freq[i];
             cos[i] = theta.cos() as f32;
             sin[i] = theta.sin() as f32;
         }

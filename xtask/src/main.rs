@@ -7,7 +7,10 @@
 //! - `cargo xtask wasm`: build the wasm guest (`realm-wasm`) and report its size.
 //! - `cargo xtask proptest [CASES]`: the suite with many more property-test cases.
 //! - `cargo xtask fuzz [SECONDS]`: run the GGUF reader's fuzz target.
+//! - `cargo xtask bench [OPTIONS]`: Realm against llama.cpp's llama-bench on
+//!   both real models, alternating, as a markdown table.
 
+mod bench;
 mod fetch;
 
 use std::path::{Path, PathBuf};
@@ -27,7 +30,10 @@ commands:
   wasm                build the wasm guest (realm-wasm, size-optimised) into
                       target/wasm32-unknown-unknown/wasm-guest/realm_wasm.wasm
   proptest [CASES]    the test suite with CASES property-test cases each (default 20000)
-  fuzz [SECONDS]      fuzz the GGUF reader for SECONDS (default 600); needs cargo-fuzz";
+  fuzz [SECONDS]      fuzz the GGUF reader for SECONDS (default 600); needs cargo-fuzz
+  bench [OPTIONS]     build llama.cpp's llama-bench if it is not cached, then run `realm bench`
+                      and llama-bench on both models, alternating, and print a markdown table
+                      of tokens/s and ratios (`cargo xtask bench --help` for the options)";
 
 fn main() {
     if let Err(e) = run() {
@@ -45,6 +51,7 @@ fn run() -> Result<()> {
         Some("wasm") => wasm(),
         Some("proptest") => proptest(args.get(1).map(String::as_str).unwrap_or("20000")),
         Some("fuzz") => fuzz(args.get(1).map(String::as_str).unwrap_or("600")),
+        Some("bench") => bench::bench(&args[1..]),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             Ok(())
