@@ -1,0 +1,6 @@
+//! Runnable templates for the Realm crates; the code is in the examples:
+//!
+//! - `paris`: load a model, render a question through its chat template,
+//!   generate greedily (`cargo run --release --example paris`).
+//! - `stream`: stream a completion with sampling options
+//!   (`cargo run --release --example stream -- "Once upon a time" 0.8 42`).
