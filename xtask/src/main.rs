@@ -9,9 +9,12 @@
 //! - `cargo xtask fuzz [SECONDS]`: run the GGUF reader's fuzz target.
 //! - `cargo xtask bench [OPTIONS]`: Realm against llama.cpp's llama-bench on
 //!   both real models, alternating, as a markdown table.
+//! - `cargo xtask gpu-bundle`: `realm` and the GPU tests built with CUDA,
+//!   stripped, with a script that checks and benchmarks them on a GPU machine.
 
 mod bench;
 mod fetch;
+mod gpu;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -33,7 +36,10 @@ commands:
   fuzz [SECONDS]      fuzz the GGUF reader for SECONDS (default 600); needs cargo-fuzz
   bench [OPTIONS]     build llama.cpp's llama-bench if it is not cached, then run `realm bench`
                       and llama-bench on both models, alternating, and print a markdown table
-                      of tokens/s and ratios (`cargo xtask bench --help` for the options)";
+                      of tokens/s and ratios (`cargo xtask bench --help` for the options)
+  gpu-bundle          build `realm` and the GPU backend's tests with --features cuda into
+                      target/gpu-bundle/ with run.sh, which tests and benchmarks them on a
+                      GPU machine (needs `source ../shared/gpu/setup-cuda.sh`)";
 
 fn main() {
     if let Err(e) = run() {
@@ -52,6 +58,7 @@ fn run() -> Result<()> {
         Some("proptest") => proptest(args.get(1).map(String::as_str).unwrap_or("20000")),
         Some("fuzz") => fuzz(args.get(1).map(String::as_str).unwrap_or("600")),
         Some("bench") => bench::bench(&args[1..]),
+        Some("gpu-bundle") => gpu::bundle(),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             Ok(())

@@ -1,0 +1,127 @@
+//! `cargo xtask gpu-bundle`: everything a GPU machine without a Rust
+//! toolchain needs to check and benchmark the CUDA backend, in one folder.
+//!
+//! Builds `realm` and the GPU backend's test binaries with `--features cuda`
+//! (in `target/cuda`, so the CPU build stays warm), strips them into
+//! `target/gpu-bundle/`, and writes `run.sh`, which on the GPU machine:
+//! writes synthetic-weight models of SmolLM2's and Gemma 3's layouts, runs
+//! every GPU-vs-CPU test on `cuda:0` (64-token generations), and benchmarks
+//! pp512/tg128 with `realm bench --device cuda`, leaving JSON in `$OUT`.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+use crate::{cargo, root, status};
+
+const RUN_SH: &str = r#"#!/bin/sh
+# Written by `cargo xtask gpu-bundle`: run on a machine with an NVIDIA GPU.
+set -eu
+here="$(cd "$(dirname "$0")" && pwd)"
+out="${OUT:-$here/out}"
+mkdir -p "$out"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/gpu.txt"
+"$here/realm" synth smollm2 -o "$out/smollm2-synth.gguf"
+"$here/realm" synth gemma3 -o "$out/gemma3-synth.gguf"
+export REALM_GPU_TEST_DEVICE="${REALM_GPU_TEST_DEVICE:-cuda:0}" REALM_GPU_TEST_TOKENS=64
+for t in "$here"/test-*; do
+  "$t" --nocapture 2>&1 | tee "$out/$(basename "$t").log"
+done
+for m in smollm2 gemma3; do
+  "$here/realm" bench "$out/$m-synth.gguf" --device "$REALM_GPU_TEST_DEVICE" -p 512 -n 128 -r 30 --json \
+    > "$out/bench-$m.json"
+done
+rm -f "$out"/*-synth.gguf
+"#;
+
+pub fn bundle() -> Result<()> {
+    if std::env::var_os("CUDA_ROOT").is_none() && which("nvcc").is_none() {
+        bail!("no CUDA build tools: `source ../shared/gpu/setup-cuda.sh` first");
+    }
+    let target = root().join("target/cuda");
+    let mut build = cargo();
+    build.env("CARGO_TARGET_DIR", &target).args([
+        "build",
+        "--release",
+        "-p",
+        "realm-cli",
+        "--features",
+        "cuda",
+    ]);
+    status(build)?;
+    let mut tests = cargo();
+    tests.env("CARGO_TARGET_DIR", &target).args([
+        "test",
+        "--release",
+        "-p",
+        "realm-compute-gpu",
+        "--features",
+        "cuda",
+        "--no-run",
+        "--message-format=json",
+    ]);
+    eprintln!("xtask: running {tests:?}");
+    let out = tests.output().context("building the GPU tests")?;
+    if !out.status.success() {
+        bail!(
+            "building the GPU tests failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let dir = root().join("target/gpu-bundle");
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(&dir)?;
+    let mut files = vec![(target.join("release/realm"), dir.join("realm"))];
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let is_test = msg["profile"]["test"].as_bool() == Some(true)
+            && msg["target"]["kind"][0].as_str() == Some("test");
+        if let (true, Some(exe), Some(name)) = (
+            is_test,
+            msg["executable"].as_str(),
+            msg["target"]["name"].as_str(),
+        ) {
+            files.push((PathBuf::from(exe), dir.join(format!("test-{name}"))));
+        }
+    }
+    if files.len() < 2 {
+        bail!("no GPU test binaries were built");
+    }
+    for (from, to) in &files {
+        std::fs::copy(from, to).with_context(|| format!("copying {}", from.display()))?;
+        let mut strip = Command::new("strip");
+        strip.arg(to);
+        status(strip)?;
+    }
+    let run = dir.join("run.sh");
+    std::fs::write(&run, RUN_SH)?;
+    let mut chmod = Command::new("chmod");
+    chmod.arg("+x").arg(&run);
+    status(chmod)?;
+    let total: u64 = files
+        .iter()
+        .filter_map(|(_, to)| std::fs::metadata(to).ok())
+        .map(|m| m.len())
+        .sum();
+    eprintln!(
+        "xtask: {} ({} binaries, {:.1} MiB); on the GPU machine: target/gpu-bundle/run.sh",
+        dir.display(),
+        files.len(),
+        total as f64 / (1 << 20) as f64
+    );
+    Ok(())
+}
+
+/// The path of `program` on `$PATH`, if any.
+fn which(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(program))
+            .find(|p| p.is_file())
+    })
+}
