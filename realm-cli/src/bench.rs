@@ -33,6 +33,11 @@ pub struct BenchArgs {
     /// Prefill batch size.
     #[arg(short, long, default_value_t = 512)]
     pub batch_size: usize,
+    /// Batched decode: for each N, N sequences each prefill the -p prompt
+    /// (untimed) and then generate -n tokens together, one batched forward
+    /// per step (as llama-batched-bench's -npl); reports the aggregate t/s.
+    #[arg(long, value_delimiter = ',')]
+    pub npl: Vec<usize>,
     /// KV cache element type.
     #[arg(long, value_enum, default_value_t = load::CacheType::F32)]
     pub cache_type: load::CacheType,
@@ -138,7 +143,53 @@ fn bench_native<B: Backend>(
             samples_ts: samples,
         });
     }
+    for &n_seq in &args.npl {
+        tests.push(batched_decode(args, &model, &tokens, n_seq)?);
+    }
     report(args, l, backend.name(), threads, &tests)
+}
+
+/// `n_seq` sequences decoding `n_gen` tokens together after an untimed
+/// prefill of the prompt each.
+fn batched_decode<B: Backend>(
+    args: &BenchArgs,
+    model: &Model<'_, B>,
+    tokens: &[u32],
+    n_seq: usize,
+) -> Result<Test> {
+    if n_seq == 0 || args.n_gen == 0 {
+        bail!("--npl needs positive sequence counts and -n above 0");
+    }
+    let vocab = model.config().vocab_size as u32;
+    let prompt = &tokens[..args.n_prompt.max(1).min(tokens.len())];
+    let cap = prompt.len() + args.n_gen + 1;
+    let mut sessions = (0..n_seq)
+        .map(|_| model.session_with_kv(cap, args.batch_size, args.cache_type.into()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut scratch = model.batch_scratch(n_seq)?;
+    let mut samples = Vec::new();
+    for _ in 0..args.repetitions {
+        for s in &mut sessions {
+            s.truncate(0);
+            model.forward(s, prompt)?;
+        }
+        let mut next: Vec<u32> = (0..n_seq as u32).map(|i| (i * 7919) % vocab).collect();
+        let t = Instant::now();
+        for _ in 0..args.n_gen {
+            let mut rows: Vec<_> = sessions.iter_mut().zip(next.iter().copied()).collect();
+            model.forward_batch(&mut rows, &mut scratch)?;
+            for (t, s) in next.iter_mut().zip(&sessions) {
+                *t = (s.logits().len() as u32 / 2 + *t) % vocab;
+            }
+        }
+        samples.push((n_seq * args.n_gen) as f64 / t.elapsed().as_secs_f64());
+    }
+    Ok(Test {
+        name: format!("pp{}+tg{}x{n_seq}", prompt.len(), args.n_gen),
+        n_prompt: prompt.len(),
+        n_gen: args.n_gen,
+        samples_ts: samples,
+    })
 }
 
 /// The same tests through a wasm tenant: the guest tokenizes, samples

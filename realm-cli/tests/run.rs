@@ -243,11 +243,14 @@ fn synth_then_bench_on_the_gpu_backend() {
         "--json",
         "--device",
         "candle-cpu",
+        "--npl",
+        "2",
     ]);
     assert!(ok, "{stderr}");
     let records: Value = serde_json::from_str(&stdout).unwrap();
     let records = records.as_array().unwrap();
-    assert_eq!(records.len(), 2);
+    assert_eq!(records.len(), 3, "pp, tg and batched decode");
+    assert_eq!(records[2]["n_gen"], 2);
     assert_eq!(records[0]["backends"], "candle-cpu");
     assert_eq!(records[0]["n_prompt"], 8);
     assert_eq!(records[1]["n_gen"], 2);

@@ -6,7 +6,8 @@
 //! `target/gpu-bundle/`, and writes `run.sh`, which on the GPU machine:
 //! writes synthetic-weight models of SmolLM2's and Gemma 3's layouts, runs
 //! every GPU-vs-CPU test on `cuda:0` (64-token generations), and benchmarks
-//! pp512/tg128 with `realm bench --device cuda`, leaving JSON in `$OUT`.
+//! pp512/tg128 and batched decode of 1, 8 and 32 sequences with
+//! `realm bench --device cuda`, leaving JSON in `$OUT`.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -29,7 +30,7 @@ for t in "$here"/test-*; do
   "$t" --nocapture 2>&1 | tee "$out/$(basename "$t").log"
 done
 for m in smollm2 gemma3; do
-  "$here/realm" bench "$out/$m-synth.gguf" --device "$REALM_GPU_TEST_DEVICE" -p 512 -n 128 -r 30 --json \
+  "$here/realm" bench "$out/$m-synth.gguf" --device "$REALM_GPU_TEST_DEVICE" -p 512 -n 128 -r 30 --npl 1,8,32 --json \
     > "$out/bench-$m.json"
 done
 rm -f "$out"/*-synth.gguf
