@@ -3,7 +3,8 @@
 //!
 //! Builds `realm` and the GPU backend's test binaries with `--features cuda`
 //! (in `target/cuda`, so the CPU build stays warm), strips them into
-//! `target/gpu-bundle/`, and writes `run.sh`, which on the GPU machine:
+//! `target/gpu-bundle/` (and `target/gpu-bundle.tar.xz`, about 21 MiB), and
+//! writes `run.sh`, which on the GPU machine:
 //! writes synthetic-weight models of SmolLM2's and Gemma 3's layouts, runs
 //! every GPU-vs-CPU test on `cuda:0` (64-token generations), and benchmarks
 //! pp512/tg128 and batched decode of 1, 8 and 32 sequences with
@@ -104,16 +105,21 @@ pub fn bundle() -> Result<()> {
     let mut chmod = Command::new("chmod");
     chmod.arg("+x").arg(&run);
     status(chmod)?;
-    let total: u64 = files
-        .iter()
-        .filter_map(|(_, to)| std::fs::metadata(to).ok())
-        .map(|m| m.len())
-        .sum();
+    // The binaries are mostly candle's PTX text, which compresses about 8x:
+    // small enough to carry to a GPU machine.
+    let archive = root().join("target/gpu-bundle.tar.xz");
+    let mut tar = Command::new("tar");
+    tar.current_dir(root().join("target"))
+        .env("XZ_OPT", "-6 -T0")
+        .args(["cJf", "gpu-bundle.tar.xz", "gpu-bundle"]);
+    status(tar)?;
+    let size = std::fs::metadata(&archive)?.len();
     eprintln!(
-        "xtask: {} ({} binaries, {:.1} MiB); on the GPU machine: target/gpu-bundle/run.sh",
-        dir.display(),
+        "xtask: {} ({} binaries, {:.1} MiB); on the GPU machine: \
+         tar xJf target/gpu-bundle.tar.xz -C target && target/gpu-bundle/run.sh",
+        archive.display(),
         files.len(),
-        total as f64 / (1 << 20) as f64
+        size as f64 / (1 << 20) as f64
     );
     Ok(())
 }
