@@ -263,6 +263,10 @@ pub(crate) trait LegacySimd: WeightBlock<Act = BlockQ8x32> {
     /// # Safety
     /// The CPU supports avx2, fma and f16c.
     unsafe fn load(&self) -> (__m256i, f32, f32);
+
+    /// The f16 bits of the scale (low half) and of the min (high half, 0
+    /// for types without a min).
+    fn scale_bits(&self) -> u32;
 }
 
 impl LegacySimd for BlockQ4_0 {
@@ -272,6 +276,11 @@ impl LegacySimd for BlockQ4_0 {
     unsafe fn load(&self) -> (__m256i, f32, f32) {
         (nibbles(self.qs), h2f(self.d), 0.0)
     }
+
+    #[inline(always)]
+    fn scale_bits(&self) -> u32 {
+        u32::from(self.d.to_bits())
+    }
 }
 
 impl LegacySimd for BlockQ4_1 {
@@ -280,6 +289,11 @@ impl LegacySimd for BlockQ4_1 {
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn load(&self) -> (__m256i, f32, f32) {
         (nibbles(self.qs), h2f(self.d), h2f(self.m))
+    }
+
+    #[inline(always)]
+    fn scale_bits(&self) -> u32 {
+        u32::from(self.d.to_bits()) | (u32::from(self.m.to_bits()) << 16)
     }
 }
 
@@ -293,6 +307,11 @@ impl LegacySimd for BlockQ5_0 {
             _mm256_set1_epi8(0x10),
         );
         (_mm256_or_si256(nibbles(self.qs), high), h2f(self.d), 0.0)
+    }
+
+    #[inline(always)]
+    fn scale_bits(&self) -> u32 {
+        u32::from(self.d.to_bits())
     }
 }
 
@@ -311,6 +330,11 @@ impl LegacySimd for BlockQ5_1 {
             h2f(self.m),
         )
     }
+
+    #[inline(always)]
+    fn scale_bits(&self) -> u32 {
+        u32::from(self.d.to_bits()) | (u32::from(self.m.to_bits()) << 16)
+    }
 }
 
 impl LegacySimd for BlockQ8_0 {
@@ -319,6 +343,11 @@ impl LegacySimd for BlockQ8_0 {
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn load(&self) -> (__m256i, f32, f32) {
         (bytemuck::cast(self.qs), h2f(self.d), 0.0)
+    }
+
+    #[inline(always)]
+    fn scale_bits(&self) -> u32 {
+        u32::from(self.d.to_bits())
     }
 }
 
@@ -329,6 +358,11 @@ impl LegacySimd for BlockIQ4NL {
     unsafe fn load(&self) -> (__m256i, f32, f32) {
         let q = _mm256_shuffle_epi8(iq4_table(), nibbles(self.qs));
         (q, h2f(self.d), 0.0)
+    }
+
+    #[inline(always)]
+    fn scale_bits(&self) -> u32 {
+        u32::from(self.d.to_bits())
     }
 }
 
@@ -903,44 +937,56 @@ fn fused_rows_impl<B: LegacySimd>(
     let mut r = rows.start;
     while r < rows.end {
         let n_rows = (rows.end - r).min(PACK_ROWS);
+        // Sliced to `x.len()` so that indexing by block needs fewer checks.
         let wr: [&[B]; PACK_ROWS] = std::array::from_fn(|i| {
             let row = r + i.min(n_rows - 1);
-            &w[row * nb..(row + 1) * nb]
+            &w[row * nb..(row + 1) * nb][..x.len()]
         });
         let mut acc = [_mm256_setzero_ps(); PACK_ROWS];
-        let mut aux = [0.0f32; PACK_ROWS];
+        // Lane 1: the sequential offset/min sum (lane 0 is unused).
+        let mut aux = [_mm_setzero_ps(); PACK_ROWS];
         for (b, xb) in x.iter().enumerate() {
             let xv: __m256i = bytemuck::cast(xb.qs);
-            let dx = _mm256_set1_ps(xb.d);
+            // `[d_x, s_x]` in lanes 0 and 1.
+            let xds = _mm_castsi128_ps(_mm_cvtsi64_si128(bytemuck::cast([xb.d, xb.s])));
             for i in 0..PACK_ROWS {
                 // Rows are contiguous: fetch this block a few tiles ahead.
                 // A prefetch never faults, so running past the end is
                 // harmless.
                 let ahead = wr[i].as_ptr().wrapping_add(b + 4 * PACK_ROWS * nb);
                 _mm_prefetch::<_MM_HINT_T0>(ahead.cast::<i8>());
+                let blk = &wr[i][b];
                 // SAFETY: this function is compiled with the features
                 // `load` needs.
-                let (q, d, m) = unsafe { wr[i][b].load() };
+                let (q, _, _) = unsafe { blk.load() };
                 let (qa, xj) = match B::FORM {
                     Form::Signed => (_mm256_abs_epi8(q), _mm256_sign_epi8(xv, q)),
                     _ => (q, xv),
                 };
                 let sums =
                     _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(qa, xj), ones));
-                acc[i] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(d), dx), sums, acc[i]);
-                match B::FORM {
-                    Form::Signed => {}
-                    Form::Offset(_) => aux[i] += d * xb.s,
-                    Form::Min => aux[i] += m * xb.s,
+                // `[d_w * d_x, f * s_x]` with `f` the min or the scale: both
+                // scales converted at once, each product rounded as the
+                // scalar products of `packed_tile` are.
+                let wds = _mm_cvtph_ps(_mm_cvtsi32_si128(blk.scale_bits() as i32));
+                let wds = match B::FORM {
+                    Form::Offset(_) => _mm_moveldup_ps(wds),
+                    _ => wds,
+                };
+                let prod = _mm_mul_ps(wds, xds);
+                acc[i] = _mm256_fmadd_ps(_mm256_broadcastss_ps(prod), sums, acc[i]);
+                if B::FORM != Form::Signed {
+                    aux[i] = _mm_add_ps(aux[i], prod);
                 }
             }
         }
         for i in 0..n_rows {
             let v = hsum(acc[i]);
+            let a = _mm_cvtss_f32(_mm_movehdup_ps(aux[i]));
             let v = match B::FORM {
                 Form::Signed => v,
-                Form::Offset(o) => v - o * aux[i],
-                Form::Min => v + aux[i],
+                Form::Offset(o) => v - o * a,
+                Form::Min => v + a,
             };
             out.set(0, r + i, v);
         }

@@ -12,8 +12,11 @@
 //!   block (32-element types: a 4-row tile unpacked once into an L1 buffer
 //!   and swept past every token; k-quants: one row by up to 8 tokens), so
 //!   prefill is not a series of matrix-vector products.
-//! - Threads: the backend owns a rayon pool of a set size and splits output
-//!   rows over it. Each output element is computed by one thread with a
+//! - Threads: the backend splits output rows over its own small pool, in
+//!   which the calling thread works too and idle helpers spin briefly, so
+//!   the hundreds of matmuls of a decode step do not each wait for threads
+//!   to wake (a rayon pool of the same size serves attention and the
+//!   quantization of big batches). Each output element is computed by one thread with a
 //!   reduction order fixed by `k` alone: results are bit-identical for any
 //!   batch size and thread count (batch invariance).
 //! - Errors: every method checks its inputs and returns [`Error`] (an alias
@@ -47,6 +50,7 @@ mod attention;
 mod avx2;
 mod matmul;
 mod ops;
+mod pool;
 mod reference;
 
 use realm_core::backend::{
@@ -109,6 +113,8 @@ pub struct CpuConfig {
 #[derive(Debug)]
 pub struct CpuBackend {
     pool: rayon::ThreadPool,
+    /// Runs the matmuls, the caller taking part (see [`pool`]).
+    spin: pool::SpinPool,
     threads: usize,
     isa: Isa,
     name: &'static str,
@@ -144,6 +150,7 @@ impl CpuBackend {
         };
         Ok(Self {
             pool,
+            spin: pool::SpinPool::new(threads - 1),
             threads,
             isa,
             name,

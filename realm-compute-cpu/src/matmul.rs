@@ -100,15 +100,17 @@ fn for_row_ranges(be: &CpuBackend, m: usize, work_bytes: usize, f: impl Fn(Range
         f(0..m);
         return;
     }
-    // A few chunks per thread so that work stealing evens out noise, in
-    // multiples of 4 rows (the widest tile).
+    // A few chunks per thread so that dynamic scheduling evens out noise,
+    // in multiples of 4 rows (the widest tile).
     let n_chunks = (threads * 4).min(m / 4).max(1);
     let chunk = m.div_ceil(n_chunks).next_multiple_of(4);
-    be.pool.install(|| {
-        (0..m.div_ceil(chunk))
-            .into_par_iter()
-            .for_each(|c| f(c * chunk..((c + 1) * chunk).min(m)))
-    });
+    let n_chunks = m.div_ceil(chunk);
+    let run = |c: usize| f(c * chunk..((c + 1) * chunk).min(m));
+    if !be.spin.run(n_chunks, &run) {
+        // Another caller's job holds the pool: use rayon's.
+        be.pool
+            .install(|| (0..n_chunks).into_par_iter().for_each(run));
+    }
 }
 
 /// The kernels for one weight block type.
