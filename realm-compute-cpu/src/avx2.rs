@@ -70,9 +70,10 @@ fn bits_to_bytes(bits: u32) -> __m256i {
 #[target_feature(enable = "avx2,fma,f16c")]
 fn nibbles(qs: [u8; 16]) -> __m256i {
     let v: __m128i = bytemuck::cast(qs);
-    // Shift, join, then one 256-bit mask: a uop fewer than masking halves.
-    let both = _mm256_set_m128i(_mm_srli_epi16::<4>(v), v);
-    _mm256_and_si256(both, _mm256_set1_epi8(0x0f))
+    let m4 = _mm_set1_epi8(0x0f);
+    let lo = _mm_and_si128(v, m4);
+    let hi = _mm_and_si128(_mm_srli_epi16::<4>(v), m4);
+    _mm256_set_m128i(hi, lo)
 }
 
 #[inline]
@@ -933,8 +934,6 @@ fn fused_rows_impl<B: LegacySimd>(
 ) {
     let x = &x[..nb];
     let ones = _mm256_set1_epi16(1);
-    // Blocks per prefetch: as many as fit in a 64-byte line (at least 1).
-    let stride = (64 / std::mem::size_of::<B>()).max(1);
     let mut r = rows.start;
     while r < rows.end {
         let n_rows = (rows.end - r).min(PACK_ROWS);
@@ -954,11 +953,8 @@ fn fused_rows_impl<B: LegacySimd>(
                 // Rows are contiguous: fetch this block a few tiles ahead.
                 // A prefetch never faults, so running past the end is
                 // harmless.
-                // Once per cache line is enough: every `stride`-th block.
-                if b % stride == 0 {
-                    let ahead = wr[i].as_ptr().wrapping_add(b + 4 * PACK_ROWS * nb);
-                    _mm_prefetch::<_MM_HINT_T0>(ahead.cast::<i8>());
-                }
+                let ahead = wr[i].as_ptr().wrapping_add(b + 4 * PACK_ROWS * nb);
+                _mm_prefetch::<_MM_HINT_T0>(ahead.cast::<i8>());
                 let blk = &wr[i][b];
                 // SAFETY: this function is compiled with the features
                 // `load` needs.
