@@ -12,8 +12,8 @@
 //!   candle quantized tensors in their GGUF type (no dequantized copy of a
 //!   quantized matrix); matrix products use candle's quantized kernels.
 //! - **Activations and the KV cache live on the device.** Buffers are device
-//!   tensors; a decode step copies the token ids and positions in and the
-//!   logits out, nothing else.
+//!   tensors; a decode step copies in the token ids and the RoPE angles of
+//!   their positions (a few hundred bytes) and copies the logits out.
 //! - **Numerics.** Results agree with the CPU backend within float rounding
 //!   and 8-bit activation quantization (tested op by op and on whole
 //!   synthetic models), but unlike the CPU backend they are not promised to
