@@ -54,8 +54,8 @@ mod pool;
 mod reference;
 
 use realm_core::backend::{
-    ActivationOps, AttentionOps, AttentionParams, BackendCore, BackendError, BackendResult,
-    KvCacheConfig, KvSpan, MatMulOps, NormOps, RopeOps, RopeParams, WeightInfo,
+    matrix_dims, ActivationOps, AttentionOps, AttentionParams, BackendCore, BackendError,
+    BackendResult, KvCacheConfig, KvSpan, MatMulOps, NormOps, RopeOps, RopeParams, WeightInfo,
 };
 use std::ops::Range;
 
@@ -224,6 +224,10 @@ impl BackendCore for CpuBackend {
         Ok(())
     }
 
+    fn host_slice(buf: &Vec<f32>) -> Option<&[f32]> {
+        Some(buf)
+    }
+
     fn copy_rows(
         &self,
         src: &Vec<f32>,
@@ -320,23 +324,7 @@ impl MatMulOps for CpuBackend {
         if !self.supports_matmul(dtype) {
             return Err(BackendError::UnsupportedType { op: OP, dtype });
         }
-        let shape = t.shape();
-        if shape.len() < 2 || shape[2..].iter().any(|&d| d != 1) {
-            return Err(shape_err(OP, "number of dimensions", 2, shape.len()));
-        }
-        let dim = |d: u64| {
-            usize::try_from(d).map_err(|_| BackendError::InvalidParameter {
-                op: OP,
-                what: "dimension does not fit in usize",
-            })
-        };
-        let (cols, rows) = (dim(shape[0])?, dim(shape[1])?);
-        if cols == 0 {
-            return Err(BackendError::InvalidParameter {
-                op: OP,
-                what: "rows of zero length",
-            });
-        }
+        let (rows, cols) = matrix_dims(OP, t)?;
         let align = if dtype == GgmlType::F32 { 4 } else { 2 };
         if !(t.data().as_ptr() as usize).is_multiple_of(align) {
             return Err(BackendError::Misaligned { op: OP, align });

@@ -5,7 +5,7 @@ use std::borrow::Cow;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{Module, Tensor};
-use realm_core::backend::{BackendError, BackendResult, MatMulOps, WeightInfo};
+use realm_core::backend::{matrix_dims, BackendError, BackendResult, MatMulOps, WeightInfo};
 use realm_core::{GgmlType, TensorView};
 
 use crate::{dev_err, product, GpuBackend, GpuBuffer};
@@ -76,43 +76,18 @@ impl MatMulOps for GpuBackend {
         let dtype = t.dtype();
         let (ctype, align) =
             candle_type(dtype).ok_or(BackendError::UnsupportedType { op: OP, dtype })?;
-        let shape = t.shape();
-        if shape.len() < 2 || shape[2..].iter().any(|&d| d != 1) {
-            return Err(BackendError::Shape {
-                op: OP,
-                what: "number of dimensions",
-                expected: 2,
-                got: shape.len(),
-            });
-        }
-        let dim = |d: u64| {
-            usize::try_from(d).map_err(|_| BackendError::InvalidParameter {
-                op: OP,
-                what: "dimension does not fit in usize",
-            })
-        };
-        let (cols, rows) = (dim(shape[0])?, dim(shape[1])?);
-        if cols == 0 || rows == 0 {
+        let (rows, cols) = matrix_dims(OP, t)?;
+        if rows == 0 {
             return Err(BackendError::InvalidParameter {
                 op: OP,
                 what: "empty matrix",
             });
         }
-        // candle asserts these; check them first so that bad input is an
-        // error rather than a panic.
+        // candle asserts alignment; check it first so that bad input is an
+        // error rather than a panic (TensorView already guarantees whole
+        // blocks and the exact byte length).
         if !(t.data().as_ptr() as usize).is_multiple_of(align) {
             return Err(BackendError::Misaligned { op: OP, align });
-        }
-        let need = (cols / dtype.block_size())
-            .checked_mul(dtype.type_size())
-            .and_then(|r| r.checked_mul(rows));
-        if !cols.is_multiple_of(dtype.block_size()) || need != Some(t.data().len()) {
-            return Err(BackendError::Shape {
-                op: OP,
-                what: "tensor bytes",
-                expected: need.unwrap_or(usize::MAX),
-                got: t.data().len(),
-            });
         }
         let storage = QStorage::from_data(Cow::Borrowed(t.data()), &self.device, ctype)
             .map_err(dev_err(OP))?;

@@ -161,6 +161,13 @@ pub trait BackendCore: Send + Sync + Debug {
     /// Guarantees: reading past the buffer's capacity is an error.
     fn download(&self, buf: &Self::Buffer, out: &mut [f32]) -> BackendResult<()>;
 
+    /// The buffer's values, when they are already in host memory (the CPU
+    /// backend): callers read them in place instead of downloading a copy.
+    fn host_slice(buf: &Self::Buffer) -> Option<&[f32]> {
+        let _ = buf;
+        None
+    }
+
     /// Copies rows `rows` of `src` (rows of `width` values) to the first
     /// `rows.len()` rows of `dst`.
     ///
@@ -182,6 +189,35 @@ pub trait WeightInfo {
     fn rows(&self) -> usize;
     /// Number of columns `k` (input features, the row length).
     fn cols(&self) -> usize;
+}
+
+/// `(rows, cols)` of a weight matrix: a tensor of shape `[cols, rows]`
+/// (trailing dimensions of 1 allowed) with rows of at least one value.
+/// Every backend's [`MatMulOps::weight`] starts here.
+pub fn matrix_dims(op: &'static str, t: &TensorView<'_>) -> BackendResult<(usize, usize)> {
+    let shape = t.shape();
+    if shape.len() < 2 || shape[2..].iter().any(|&d| d != 1) {
+        return Err(BackendError::Shape {
+            op,
+            what: "number of dimensions",
+            expected: 2,
+            got: shape.len(),
+        });
+    }
+    let dim = |d: u64| {
+        usize::try_from(d).map_err(|_| BackendError::InvalidParameter {
+            op,
+            what: "dimension does not fit in usize",
+        })
+    };
+    let (cols, rows) = (dim(shape[0])?, dim(shape[1])?);
+    if cols == 0 {
+        return Err(BackendError::InvalidParameter {
+            op,
+            what: "rows of zero length",
+        });
+    }
+    Ok((rows, cols))
 }
 
 /// Matrix multiplication by (quantized) weights, and embedding lookup.

@@ -203,6 +203,7 @@ impl<'a, B: Backend> Model<'a, B> {
             chunk: None,
             scratch: Scratch::new(self.backend, c, batch, 1)?,
             logits: vec![0.0; c.vocab_size],
+            logits_on_host: false,
         })
     }
 
@@ -242,7 +243,7 @@ impl<'a, B: Backend> Model<'a, B> {
                 self.compute_logits(s)?;
             }
         }
-        Ok(&s.logits)
+        Ok(s.logits())
     }
 
     fn check_room(&self, s: &Session<B>, n: usize) -> Result<()> {
@@ -338,10 +339,12 @@ impl<'a, B: Backend> Model<'a, B> {
         match s.chunk {
             Some(c) if c.layers_done == self.layers.len() => {
                 self.logits_rows(&mut s.scratch, c.len - 1, 1)?;
-                let n = s.logits.len();
-                self.backend
-                    .download(&s.scratch.logits, &mut s.logits[..n])?;
-                Ok(&s.logits)
+                // Host backends are read in place; others are downloaded once.
+                s.logits_on_host = B::host_slice(&s.scratch.logits).is_none();
+                if s.logits_on_host {
+                    self.backend.download(&s.scratch.logits, &mut s.logits)?;
+                }
+                Ok(s.logits())
             }
             _ => Err(Error::BadConfig(
                 "compute_logits needs a chunk whose layers all ran".into(),
@@ -395,9 +398,16 @@ impl<'a, B: Backend> Model<'a, B> {
         }
         self.logits_rows(sc, 0, n)?;
         let vocab = self.config.vocab_size;
-        let logits = &mut scratch.logits[..n * vocab];
-        self.backend.download(&sc.logits, logits)?;
+        let logits: &[f32] = match B::host_slice(&sc.logits) {
+            Some(v) => &v[..n * vocab],
+            None => {
+                let host = &mut scratch.logits[..n * vocab];
+                self.backend.download(&sc.logits, host)?;
+                host
+            }
+        };
         for (i, (s, _)) in rows.iter_mut().enumerate() {
+            s.logits_on_host = true;
             s.logits
                 .copy_from_slice(&logits[i * vocab..(i + 1) * vocab]);
             s.pos += 1;
@@ -591,8 +601,10 @@ pub struct Session<B: Backend> {
     max_seq_len: usize,
     chunk: Option<Chunk>,
     scratch: Scratch<B>,
-    /// The last token's logits, on the host.
+    /// The last token's logits, on the host, when `logits_on_host`;
+    /// otherwise they are read in place from the backend's host buffer.
     logits: Vec<f32>,
+    logits_on_host: bool,
 }
 
 impl<B: Backend> Session<B> {
@@ -619,6 +631,9 @@ impl<B: Backend> Session<B> {
 
     /// The logits of the last token run.
     pub fn logits(&self) -> &[f32] {
-        &self.logits
+        match B::host_slice(&self.scratch.logits) {
+            Some(v) if !self.logits_on_host => v,
+            _ => &self.logits,
+        }
     }
 }

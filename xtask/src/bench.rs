@@ -285,35 +285,26 @@ pub fn bench(args: &[String]) -> Result<()> {
         let (mut ours, mut theirs) = (Samples::default(), Samples::default());
         for round in 0..o.rounds {
             eprintln!("xtask: {name}, round {} of {}", round + 1, o.rounds);
+            // Both tools take the same test options.
+            let test_args = [
+                "-t".to_string(),
+                o.threads.to_string(),
+                "-r".into(),
+                o.repetitions.to_string(),
+                "-p".into(),
+                o.n_prompt.to_string(),
+                "-n".into(),
+                o.n_gen.to_string(),
+            ];
             let mut r = Command::new(&realm);
-            r.arg("bench").arg(&path).args([
-                "-t",
-                &o.threads.to_string(),
-                "-r",
-                &o.repetitions.to_string(),
-                "-p",
-                &o.n_prompt.to_string(),
-                "-n",
-                &o.n_gen.to_string(),
-                "--json",
-            ]);
+            r.arg("bench").arg(&path).args(&test_args).arg("--json");
             ours.add(&json_of(r)?)?;
             let mut l = Command::new(&llama);
             l.env("LD_LIBRARY_PATH", &lib_dir)
                 .arg("-m")
                 .arg(&path)
-                .args([
-                    "-t",
-                    &o.threads.to_string(),
-                    "-r",
-                    &o.repetitions.to_string(),
-                    "-p",
-                    &o.n_prompt.to_string(),
-                    "-n",
-                    &o.n_gen.to_string(),
-                    "-o",
-                    "json",
-                ]);
+                .args(&test_args)
+                .args(["-o", "json"]);
             let recs = json_of(l)?;
             if llama_commit.is_none() {
                 llama_commit = recs[0]["build_commit"].as_str().map(str::to_owned);
