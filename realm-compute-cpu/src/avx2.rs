@@ -26,6 +26,7 @@ use realm_core::quant::blocks::{
 
 use crate::act::{BlockQ8K, BlockQ8x32};
 use crate::matmul::OutRows;
+use crate::ops::{GELU_COEF_A, GELU_SQRT_2_OVER_PI};
 use crate::reference::{scale_min_k4, scales_q3k, WeightBlock};
 
 /// True when the CPU has every feature these kernels use.
@@ -1071,6 +1072,94 @@ pub(crate) fn packed_rows<B: LegacySimd>(
     // SAFETY: the CPU supports avx2, fma and f16c (checked just above).
     unsafe { packed_rows_impl::<B>(w, nb, rows, x, n_tokens, out, &mut p) };
     PACK.set(p);
+    true
+}
+
+// ---- GELU ---------------------------------------------------------------------
+
+/// `e^x` in every lane, within about 2 ulp: `x = n ln 2 + r` with `|r| <=
+/// ln 2 / 2` (`ln 2` in two parts so that `r` is exact), `e^r` by its
+/// Taylor series to `r^7` (the next term is below 6e-9), times `2^n` built
+/// in the exponent bits. Inputs are clamped to `[-87.3, 88.3]`, where `2^n`
+/// stays a normal float; NaN lanes come out finite, so callers propagate
+/// NaN some other way.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn exp8(x: __m256) -> __m256 {
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let x = _mm256_min_ps(
+        _mm256_max_ps(x, _mm256_set1_ps(-87.3)),
+        _mm256_set1_ps(88.3),
+    );
+    let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
+        x,
+        _mm256_set1_ps(std::f32::consts::LOG2_E),
+    ));
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), x);
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), r);
+    // 1/7!, 1/6!, ..., 1/1!, 1/0!.
+    const C: [f32; 8] = [
+        1.0 / 5040.0,
+        1.0 / 720.0,
+        1.0 / 120.0,
+        1.0 / 24.0,
+        1.0 / 6.0,
+        0.5,
+        1.0,
+        1.0,
+    ];
+    let mut p = _mm256_set1_ps(C[0]);
+    for c in &C[1..] {
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(*c));
+    }
+    let bits = _mm256_slli_epi32::<23>(_mm256_add_epi32(
+        _mm256_cvtps_epi32(n),
+        _mm256_set1_epi32(127),
+    ));
+    _mm256_mul_ps(p, _mm256_castsi256_ps(bits))
+}
+
+/// [`crate::ops::gelu`] of every element of `x`, times `up[i]` when given
+/// (`up` as long as `x`), eight at a time with [`exp8`].
+#[target_feature(enable = "avx2,fma,f16c")]
+fn gelu_impl(x: &mut [f32], up: Option<&[f32]>) {
+    let (s, a) = (
+        _mm256_set1_ps(GELU_SQRT_2_OVER_PI),
+        _mm256_set1_ps(GELU_COEF_A),
+    );
+    let (one, minus_two) = (_mm256_set1_ps(1.0), _mm256_set1_ps(-2.0));
+    let (x8, tail) = x.as_chunks_mut::<8>();
+    for (c, xc) in x8.iter_mut().enumerate() {
+        let v: __m256 = bytemuck::cast(*xc);
+        let inner = _mm256_fmadd_ps(_mm256_mul_ps(a, v), v, one);
+        let u = _mm256_mul_ps(_mm256_mul_ps(s, v), inner);
+        let e = exp8(_mm256_mul_ps(minus_two, u));
+        // A NaN input stays NaN through the numerator.
+        let g = _mm256_div_ps(v, _mm256_add_ps(one, e));
+        let g = match up {
+            Some(u) => {
+                let u: [f32; 8] = u[8 * c..8 * c + 8].try_into().expect("8 values");
+                _mm256_mul_ps(g, bytemuck::cast(u))
+            }
+            None => g,
+        };
+        *xc = bytemuck::cast(g);
+    }
+    let done = x8.len() * 8;
+    for (i, v) in tail.iter_mut().enumerate() {
+        *v = crate::ops::gelu(*v) * up.map_or(1.0, |u| u[done + i]);
+    }
+}
+
+/// [`gelu_impl`], or `false` when the CPU lacks the features or `up` is
+/// not as long as `x`.
+pub(crate) fn gelu(x: &mut [f32], up: Option<&[f32]>) -> bool {
+    if !available() || up.is_some_and(|u| u.len() != x.len()) {
+        return false;
+    }
+    // SAFETY: the CPU supports avx2, fma and f16c (checked just above).
+    unsafe { gelu_impl(x, up) };
     true
 }
 

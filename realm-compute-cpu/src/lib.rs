@@ -121,6 +121,22 @@ pub struct CpuBackend {
 }
 
 impl CpuBackend {
+    /// `x[i] = gelu(x[i]) * up[i]` (`up` as long as `x`), or plain GELU
+    /// without `up`.
+    fn gelu_gated(&self, x: &mut [f32], up: Option<&[f32]>) {
+        #[cfg(target_arch = "x86_64")]
+        if self.isa == Isa::Avx2 && avx2::gelu(x, up) {
+            return;
+        }
+        match up {
+            Some(up) => x
+                .iter_mut()
+                .zip(up)
+                .for_each(|(g, &u)| *g = ops::gelu(*g) * u),
+            None => x.iter_mut().for_each(|v| *v = ops::gelu(*v)),
+        }
+    }
+
     /// A backend with one thread per core and the fastest instruction set.
     pub fn new() -> Result<Self, Error> {
         Self::with_config(CpuConfig::default())
@@ -482,7 +498,7 @@ impl ActivationOps for CpuBackend {
 
     fn gelu_inplace(&self, x: &mut Vec<f32>, len: usize) -> BackendResult<()> {
         let x = prefix_mut("gelu", "x length", x, len)?;
-        x.iter_mut().for_each(|v| *v = ops::gelu(*v));
+        self.gelu_gated(x, None);
         Ok(())
     }
 
@@ -500,9 +516,7 @@ impl ActivationOps for CpuBackend {
         const OP: &str = "geglu";
         let gate = prefix_mut(OP, "gate length", gate, len)?;
         let up = prefix(OP, "up length", up, len)?;
-        gate.iter_mut()
-            .zip(up)
-            .for_each(|(g, &u)| *g = ops::gelu(*g) * u);
+        self.gelu_gated(gate, Some(up));
         Ok(())
     }
 

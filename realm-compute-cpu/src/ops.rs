@@ -145,12 +145,20 @@ pub(crate) fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
 }
 
-/// GELU, tanh approximation (the constants ggml uses).
+/// `sqrt(2 / pi)`, GELU's tanh-approximation scale.
+pub(crate) const GELU_SQRT_2_OVER_PI: f32 = 0.797_884_6;
+/// The cubic coefficient of GELU's tanh approximation.
+pub(crate) const GELU_COEF_A: f32 = 0.044_715;
+
+/// GELU, tanh approximation (the constants ggml uses), written as
+/// `x * sigmoid(2 u)` with `u = sqrt(2 / pi) (x + 0.044715 x^3)`: equal to
+/// `0.5 x (1 + tanh u)`, without the cancellation of `1 + tanh u` for
+/// negative `x`, and with only an exponential to evaluate (the AVX2 path
+/// does the same with its own vector `exp`).
 #[inline(always)]
 pub(crate) fn gelu(x: f32) -> f32 {
-    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-    const COEF_A: f32 = 0.044_715;
-    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + COEF_A * x * x)).tanh())
+    let u = GELU_SQRT_2_OVER_PI * x * (1.0 + GELU_COEF_A * x * x);
+    x / (1.0 + (-2.0 * u).exp())
 }
 
 #[cfg(test)]
