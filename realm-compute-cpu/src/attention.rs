@@ -1,9 +1,13 @@
 //! KV cache and causal attention.
 //!
-//! The cache is f32 or f16, laid out `[layer][kv_head][position][head_dim]` so that
-//! one head's keys are contiguous. Each (token, head) pair is computed by one
-//! thread from its query and the cache alone: scores in position order, an
-//! exact two-pass softmax, then values weighted in position order.
+//! The cache is f32 or f16, one region per `[layer][kv_head]`. Values are
+//! laid out `[position][head_dim]`; keys in tiles of [`KEY_TILE`] positions,
+//! `[tile][head_dim][8]`, so that one vector load holds dimension `d` of 8
+//! keys and a score needs no horizontal sum: each (query, key) score is
+//! `s = fma(q[d], k[d], s)` over `d` in order, in one lane. Each (token,
+//! head) pair is computed by one thread from its query and the cache alone:
+//! scores, an exact two-pass softmax, then values weighted in position
+//! order, the same arithmetic whether the token comes alone or in a batch.
 
 use half::f16;
 use rayon::prelude::*;
@@ -11,7 +15,6 @@ use realm_core::backend::{
     AttentionParams, BackendError, BackendResult, KvCacheConfig, KvDtype, KvSpan,
 };
 
-use crate::ops::dot;
 use crate::{CpuBackend, CpuWorkspace, Isa};
 
 /// Keys and values in the cache's element type.
@@ -28,6 +31,14 @@ pub struct CpuKvCache {
     store: Store,
 }
 
+/// Positions per key tile.
+pub(crate) const KEY_TILE: usize = 8;
+
+/// Positions a head's region holds: the context rounded up to whole tiles.
+fn seq_cap(cfg: &KvCacheConfig) -> Option<usize> {
+    cfg.max_seq_len.checked_next_multiple_of(KEY_TILE)
+}
+
 impl CpuKvCache {
     /// The cache's dimensions.
     pub fn config(&self) -> &KvCacheConfig {
@@ -35,8 +46,15 @@ impl CpuKvCache {
     }
 
     fn head_base(&self, layer: usize, head: usize) -> usize {
-        (layer * self.cfg.n_kv_heads + head) * self.cfg.max_seq_len * self.cfg.head_dim
+        let cap = self.cfg.max_seq_len.next_multiple_of(KEY_TILE);
+        (layer * self.cfg.n_kv_heads + head) * cap * self.cfg.head_dim
     }
+}
+
+/// Offset of key `pos`, dimension `d`, in its head's region.
+#[inline]
+fn key_at(pos: usize, d: usize, hd: usize) -> usize {
+    (pos / KEY_TILE) * KEY_TILE * hd + d * KEY_TILE + pos % KEY_TILE
 }
 
 pub(crate) fn new_cache(cfg: &KvCacheConfig) -> BackendResult<CpuKvCache> {
@@ -47,7 +65,11 @@ pub(crate) fn new_cache(cfg: &KvCacheConfig) -> BackendResult<CpuKvCache> {
             what: "a cache dimension is zero",
         });
     }
-    let len = [cfg.n_layers, cfg.n_kv_heads, cfg.head_dim, cfg.max_seq_len]
+    let cap = seq_cap(cfg).ok_or(BackendError::InvalidParameter {
+        op: OP,
+        what: "cache size overflows",
+    })?;
+    let len = [cfg.n_layers, cfg.n_kv_heads, cfg.head_dim, cap]
         .iter()
         .try_fold(1usize, |a, &d| a.checked_mul(d))
         .ok_or(BackendError::InvalidParameter {
@@ -114,17 +136,20 @@ pub(crate) fn kv_write(
     let hd = cfg.head_dim;
     for (t, (kt, vt)) in k.chunks_exact(width).zip(v.chunks_exact(width)).enumerate() {
         for (h, (kh, vh)) in kt.chunks_exact(hd).zip(vt.chunks_exact(hd)).enumerate() {
-            let at = cache.head_base(layer, h) + (start_pos + t) * hd;
+            let base = cache.head_base(layer, h);
+            let pos = start_pos + t;
+            let at = base + pos * hd;
             match &mut cache.store {
                 Store::F32 { k, v } => {
-                    k[at..at + hd].copy_from_slice(kh);
+                    for (d, &x) in kh.iter().enumerate() {
+                        k[base + key_at(pos, d, hd)] = x;
+                    }
                     v[at..at + hd].copy_from_slice(vh);
                 }
                 Store::F16 { k, v } => {
-                    k[at..at + hd]
-                        .iter_mut()
-                        .zip(kh)
-                        .for_each(|(d, &x)| *d = f16::from_f32(x));
+                    for (d, &x) in kh.iter().enumerate() {
+                        k[base + key_at(pos, d, hd)] = f16::from_f32(x);
+                    }
                     v[at..at + hd]
                         .iter_mut()
                         .zip(vh)
@@ -220,7 +245,7 @@ fn check_params(
 
 /// Attention for `q.len() / head_dim` consecutive query heads of one token
 /// that share the key/value head `kv_head`; `scores` holds at least that
-/// many times `pos + 1` values.
+/// many times [`scores_per_head`] values.
 #[allow(clippy::too_many_arguments)]
 fn group_attention(
     isa: Isa,
@@ -236,32 +261,35 @@ fn group_attention(
     let hd = p.head_dim;
     let lo = p.sliding_window.map_or(0, |w| (pos + 1).saturating_sub(w));
     let base = cache.head_base(layer, kv_head);
-    let range = base + lo * hd..base + (pos + 1) * hd;
-    let len = pos + 1 - lo;
+    // The key tiles that hold positions `lo..=pos`, and the values.
+    let (t_lo, t_hi) = (lo / KEY_TILE, (pos + 1).div_ceil(KEY_TILE));
+    let keys = base + t_lo * KEY_TILE * hd..base + t_hi * KEY_TILE * hd;
+    let skip = lo - t_lo * KEY_TILE;
+    let values = base + lo * hd..base + (pos + 1) * hd;
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx2 {
         let done = match &cache.store {
             Store::F32 { k, v } => crate::avx2::attend_group(
-                &k[range.clone()],
-                &v[range.clone()],
+                &k[keys.clone()],
+                skip,
+                &v[values.clone()],
                 hd,
                 q,
                 p.scale,
                 p.softcap,
                 scores,
                 out,
-                softmax_exp,
             ),
             Store::F16 { k, v } => crate::avx2::attend_group(
-                &k[range.clone()],
-                &v[range.clone()],
+                &k[keys.clone()],
+                skip,
+                &v[values.clone()],
                 hd,
                 q,
                 p.scale,
                 p.softcap,
                 scores,
                 out,
-                softmax_exp,
             ),
         };
         if done {
@@ -269,23 +297,35 @@ fn group_attention(
         }
     }
     let _ = isa;
-    let scores = &mut scores[..len];
+    let scores = &mut scores[..pos + 1 - lo];
     for (qh, oh) in q.chunks_exact(hd).zip(out.chunks_exact_mut(hd)) {
         match &cache.store {
-            Store::F32 { k, v } => {
-                weigh(&k[range.clone()], &v[range.clone()], qh, p, scores, oh, dot)
-            }
-            Store::F16 { k, v } => weigh(
-                &k[range.clone()],
-                &v[range.clone()],
+            Store::F32 { k, v } => weigh(
+                &k[keys.clone()],
+                skip,
+                &v[values.clone()],
                 qh,
                 p,
                 scores,
                 oh,
-                dot_f16,
+            ),
+            Store::F16 { k, v } => weigh(
+                &k[keys.clone()],
+                skip,
+                &v[values.clone()],
+                qh,
+                p,
+                scores,
+                oh,
             ),
         }
     }
+}
+
+/// Score slots per head for a query that sees up to `ctx` positions: whole
+/// tiles, plus one for a window that starts inside a tile.
+fn scores_per_head(ctx: usize) -> usize {
+    ctx.div_ceil(KEY_TILE) * KEY_TILE + KEY_TILE
 }
 
 /// Replaces scores by `exp(s - max)` (in order) and returns their sum (in
@@ -300,24 +340,22 @@ fn softmax_exp(scores: &mut [f32]) -> f32 {
     sum
 }
 
-/// `q . k` for keys stored as f16, summed in index order.
-fn dot_f16(q: &[f32], k: &[f16]) -> f32 {
-    q.iter().zip(k).map(|(&a, &b)| a * b.to_f32()).sum()
-}
-
-/// Scores, softmax and weighted values over one head's keys and values.
+/// Scores, softmax and weighted values over one head's visible keys (in
+/// tiles, the first `skip` positions not visible) and values.
 fn weigh<T: Copy + Into<f32>>(
-    keys: &[T],
+    ktiles: &[T],
+    skip: usize,
     values: &[T],
     q: &[f32],
     p: &AttentionParams,
     scores: &mut [f32],
     out: &mut [f32],
-    dot: fn(&[f32], &[T]) -> f32,
 ) {
     let hd = p.head_dim;
-    for (s, k) in scores.iter_mut().zip(keys.chunks_exact(hd)) {
-        let raw = dot(q, k) * p.scale;
+    for (i, s) in scores.iter_mut().enumerate() {
+        let raw = q.iter().enumerate().fold(0.0f32, |a, (d, &x)| {
+            x.mul_add(ktiles[key_at(skip + i, d, hd)].into(), a)
+        }) * p.scale;
         *s = match p.softcap {
             Some(c) => c * (raw / c).tanh(),
             None => raw,
@@ -353,14 +391,11 @@ pub(crate) fn attention(
     // Several tokens: the query heads sharing a key/value head go together
     // (each head's arithmetic is the same either way), so each key and
     // value is loaded once for all of them.
-    #[cfg(target_arch = "x86_64")]
-    let g = if n > 1 && be.isa == Isa::Avx2 && group <= crate::avx2::MAX_GROUP {
+    let g = if n > 1 && be.isa == Isa::Avx2 {
         group
     } else {
         1
     };
-    #[cfg(not(target_arch = "x86_64"))]
-    let g = 1;
     let units = pairs / g;
     // One scores buffer per chunk of units; chunks run in parallel when the
     // work is worth it.
@@ -372,7 +407,7 @@ pub(crate) fn attention(
     };
     let per_chunk = units.div_ceil(n_chunks);
     let n_chunks = units.div_ceil(per_chunk);
-    let span = g * ctx;
+    let span = g * scores_per_head(ctx);
     if ws.scores.len() < n_chunks * span {
         ws.scores.resize(n_chunks * span, 0.0);
     }

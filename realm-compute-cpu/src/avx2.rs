@@ -26,7 +26,7 @@ use realm_core::quant::blocks::{
 
 use crate::act::{BlockQ8K, BlockQ8x32};
 use crate::matmul::OutRows;
-use crate::ops::{GELU_COEF_A, GELU_SQRT_2_OVER_PI};
+use crate::ops::{Activation, GELU_COEF_A, GELU_SQRT_2_OVER_PI};
 use crate::reference::{scale_min_k4, scales_q3k, WeightBlock};
 
 /// True when the CPU has every feature these kernels use.
@@ -1120,23 +1120,39 @@ fn exp8(x: __m256) -> __m256 {
     _mm256_mul_ps(p, _mm256_castsi256_ps(bits))
 }
 
-/// [`crate::ops::gelu`] of every element of `x`, times `up[i]` when given
-/// (`up` as long as `x`), eight at a time with [`exp8`].
+/// [`crate::ops::gelu`] in every lane, with [`exp8`]; a NaN input stays NaN
+/// through the numerator.
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn gelu_impl(x: &mut [f32], up: Option<&[f32]>) {
-    let (s, a) = (
-        _mm256_set1_ps(GELU_SQRT_2_OVER_PI),
-        _mm256_set1_ps(GELU_COEF_A),
-    );
-    let (one, minus_two) = (_mm256_set1_ps(1.0), _mm256_set1_ps(-2.0));
+fn gelu8(v: __m256) -> __m256 {
+    let one = _mm256_set1_ps(1.0);
+    let a = _mm256_set1_ps(GELU_COEF_A);
+    let inner = _mm256_fmadd_ps(_mm256_mul_ps(a, v), v, one);
+    let u = _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(GELU_SQRT_2_OVER_PI), v), inner);
+    let e = exp8(_mm256_mul_ps(_mm256_set1_ps(-2.0), u));
+    _mm256_div_ps(v, _mm256_add_ps(one, e))
+}
+
+/// [`crate::ops::silu`] in every lane, with [`exp8`].
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn silu8(v: __m256) -> __m256 {
+    let one = _mm256_set1_ps(1.0);
+    let e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), v));
+    _mm256_div_ps(v, _mm256_add_ps(one, e))
+}
+
+/// `x[i] = f(x[i]) * up[i]` (or `f(x[i])` without `up`; `up` as long as
+/// `x`), eight at a time.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn activate_impl(f: Activation, x: &mut [f32], up: Option<&[f32]>) {
     let (x8, tail) = x.as_chunks_mut::<8>();
     for (c, xc) in x8.iter_mut().enumerate() {
         let v: __m256 = bytemuck::cast(*xc);
-        let inner = _mm256_fmadd_ps(_mm256_mul_ps(a, v), v, one);
-        let u = _mm256_mul_ps(_mm256_mul_ps(s, v), inner);
-        let e = exp8(_mm256_mul_ps(minus_two, u));
-        // A NaN input stays NaN through the numerator.
-        let g = _mm256_div_ps(v, _mm256_add_ps(one, e));
+        let g = match f {
+            Activation::Gelu => gelu8(v),
+            Activation::Silu => silu8(v),
+        };
         let g = match up {
             Some(u) => {
                 let u: [f32; 8] = u[8 * c..8 * c + 8].try_into().expect("8 values");
@@ -1148,74 +1164,127 @@ fn gelu_impl(x: &mut [f32], up: Option<&[f32]>) {
     }
     let done = x8.len() * 8;
     for (i, v) in tail.iter_mut().enumerate() {
-        *v = crate::ops::gelu(*v) * up.map_or(1.0, |u| u[done + i]);
+        *v = f.apply(*v) * up.map_or(1.0, |u| u[done + i]);
     }
 }
 
-/// [`gelu_impl`], or `false` when the CPU lacks the features or `up` is
+/// [`activate_impl`], or `false` when the CPU lacks the features or `up` is
 /// not as long as `x`.
-pub(crate) fn gelu(x: &mut [f32], up: Option<&[f32]>) -> bool {
+pub(crate) fn activate(f: Activation, x: &mut [f32], up: Option<&[f32]>) -> bool {
     if !available() || up.is_some_and(|u| u.len() != x.len()) {
         return false;
     }
     // SAFETY: the CPU supports avx2, fma and f16c (checked just above).
-    unsafe { gelu_impl(x, up) };
+    unsafe { activate_impl(f, x, up) };
     true
+}
+
+/// Replaces `s` by `exp(s - max s)` ([`exp8`]) and returns their sum, 8
+/// lanes at a time: a fixed function of the slice, whatever its position
+/// in a batch.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn softmax_exp(s: &mut [f32]) -> f32 {
+    let (s8, tail) = s.as_chunks_mut::<8>();
+    let mut m = _mm256_set1_ps(f32::NEG_INFINITY);
+    for c in s8.iter() {
+        m = _mm256_max_ps(m, bytemuck::cast(*c));
+    }
+    let max = tail.iter().fold(hmax(m), |a, &v| a.max(v));
+    let mv = _mm256_set1_ps(max);
+    let mut sum = _mm256_setzero_ps();
+    for c in s8.iter_mut() {
+        let e = exp8(_mm256_sub_ps(bytemuck::cast(*c), mv));
+        sum = _mm256_add_ps(sum, e);
+        *c = bytemuck::cast(e);
+    }
+    if !tail.is_empty() {
+        let mut last = [max; 8];
+        last[..tail.len()].copy_from_slice(tail);
+        let e: [f32; 8] = bytemuck::cast(exp8(_mm256_sub_ps(bytemuck::cast(last), mv)));
+        tail.copy_from_slice(&e[..tail.len()]);
+        let mut add = [0.0f32; 8];
+        add[..tail.len()].copy_from_slice(tail);
+        sum = _mm256_add_ps(sum, bytemuck::cast(add));
+    }
+    hsum(sum)
+}
+
+/// The largest of 8 lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn hmax(v: __m256) -> f32 {
+    let m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    let m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    _mm_cvtss_f32(m)
 }
 
 // ---- attention ----------------------------------------------------------------
 
-/// `q . k` for one head: 8-lane FMAs alternating between two accumulators
-/// (chunk `c` into accumulator `c % 2`), summed, reduced by [`hsum`], then
-/// the tail (`hd % 8` values) added in order.
+/// Raw scores of `H` query heads against key tiles `t0..t0 + TT` (see
+/// [`crate::attention::KEY_TILE`]: a tile holds `hd` rows of 8 positions),
+/// written to `scores[h * stride + 8 t..][..8]` for tile `t`. Each (head,
+/// position) score is `s = fma(q[d], k[d], s)` for `d` in order from `s =
+/// 0`, in one lane: the same sequence for any `H`, `TT` and tile, and the
+/// scalar path's. The `H x TT` accumulators keep the FMA units busy and
+/// reuse each loaded key row `H` times.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dot_head<T: FloatSimd>(q: &[f32], k: &[T]) -> f32 {
-    let (q8, q_tail) = q.as_chunks::<8>();
-    let (k8, k_tail) = k.as_chunks::<8>();
-    let mut acc = [_mm256_setzero_ps(); 2];
-    for (c, (qc, kc)) in q8.iter().zip(k8).enumerate() {
+fn tile_scores<T: FloatSimd, const H: usize, const TT: usize>(
+    ktiles: &[T],
+    hd: usize,
+    q: [&[f32]; H],
+    t0: usize,
+    scores: &mut [f32],
+    stride: usize,
+) {
+    let tile = 8 * hd;
+    let rows: [&[[T; 8]]; TT] = std::array::from_fn(|j| {
+        let t = &ktiles[(t0 + j) * tile..(t0 + j + 1) * tile];
+        &t.as_chunks::<8>().0[..hd]
+    });
+    let q = q.map(|s| &s[..hd]);
+    let mut acc = [[_mm256_setzero_ps(); TT]; H];
+    for d in 0..hd {
         // SAFETY: this function is compiled with the features `load8` needs.
-        let kv = unsafe { T::load8(kc) };
-        acc[c & 1] = _mm256_fmadd_ps(bytemuck::cast(*qc), kv, acc[c & 1]);
-    }
-    q_tail
-        .iter()
-        .zip(k_tail)
-        .fold(hsum(_mm256_add_ps(acc[0], acc[1])), |s, (&a, &b)| {
-            s + a * b.to_f32()
-        })
-}
-
-/// [`dot_head`] of one query with `P` keys at once: each product has its
-/// own two accumulators and the same sequence of operations as
-/// [`dot_head`], so results are bit-identical; the `2 P` independent FMA
-/// chains keep the FMA units busy where one pair of chains waits on
-/// latency.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn dot_heads<T: FloatSimd, const P: usize>(q: &[f32], k: [&[T]; P]) -> [f32; P] {
-    let (q8, q_tail) = q.as_chunks::<8>();
-    let k = k.map(|k| &k[..q.len()]);
-    let k8 = k.map(|k| k.as_chunks::<8>().0);
-    let mut acc = [[_mm256_setzero_ps(); 2]; P];
-    for (c, qc) in q8.iter().enumerate() {
-        let qv: __m256 = bytemuck::cast(*qc);
-        for (a, kp) in acc.iter_mut().zip(&k8) {
-            // SAFETY: this function is compiled with the features `load8` needs.
-            let kv = unsafe { T::load8(&kp[c]) };
-            a[c & 1] = _mm256_fmadd_ps(qv, kv, a[c & 1]);
+        let kv: [__m256; TT] = std::array::from_fn(|j| unsafe { T::load8(&rows[j][d]) });
+        for (a, qh) in acc.iter_mut().zip(&q) {
+            let qb = _mm256_set1_ps(qh[d]);
+            for (aj, kj) in a.iter_mut().zip(&kv) {
+                *aj = _mm256_fmadd_ps(qb, *kj, *aj);
+            }
         }
     }
-    let full = q8.len() * 8;
-    std::array::from_fn(|i| {
-        q_tail
-            .iter()
-            .zip(&k[i][full..])
-            .fold(hsum(_mm256_add_ps(acc[i][0], acc[i][1])), |s, (&a, &b)| {
-                s + a * b.to_f32()
-            })
-    })
+    for (h, a) in acc.iter().enumerate() {
+        for (j, aj) in a.iter().enumerate() {
+            let at = h * stride + 8 * (t0 + j);
+            let o: &mut [f32; 8] = (&mut scores[at..at + 8]).try_into().expect("8 scores");
+            *o = bytemuck::cast(*aj);
+        }
+    }
+}
+
+/// [`tile_scores`] over all `n_tiles` tiles, `TT` at a time, then one at
+/// a time.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn all_tile_scores<T: FloatSimd, const H: usize, const TT: usize>(
+    ktiles: &[T],
+    hd: usize,
+    q: [&[f32]; H],
+    n_tiles: usize,
+    scores: &mut [f32],
+    stride: usize,
+) {
+    let mut t = 0;
+    while t + TT <= n_tiles {
+        tile_scores::<T, H, TT>(ktiles, hd, q, t, scores, stride);
+        t += TT;
+    }
+    while t < n_tiles {
+        tile_scores::<T, H, 1>(ktiles, hd, q, t, scores, stride);
+        t += 1;
+    }
 }
 
 /// `out[h][d0 + i] = inv[h] * sum_p scores[h][p] v[p][d0 + i]` for the `G`
@@ -1227,13 +1296,11 @@ fn dot_heads<T: FloatSimd, const P: usize>(q: &[f32], k: [&[T]; P]) -> [f32; P] 
 fn weigh_values<T: FloatSimd, const G: usize, const D: usize>(
     values: &[T],
     hd: usize,
-    scores: &[f32],
-    inv: &[f32; MAX_GROUP],
+    scores: [&[f32]; G],
+    inv: [f32; G],
     d0: usize,
     out: &mut [f32],
 ) {
-    let len = values.len() / hd;
-    let scores: [&[f32]; G] = std::array::from_fn(|h| &scores[h * len..(h + 1) * len]);
     let mut acc = [[_mm256_setzero_ps(); D]; G];
     for (p, v) in values.chunks_exact(hd).enumerate() {
         let (v8, _) = v[d0..d0 + 8 * D].as_chunks::<8>();
@@ -1263,8 +1330,8 @@ fn weigh_values<T: FloatSimd, const G: usize, const D: usize>(
 fn weigh_all<T: FloatSimd, const G: usize, const D: usize>(
     values: &[T],
     hd: usize,
-    scores: &[f32],
-    inv: &[f32; MAX_GROUP],
+    scores: [&[f32]; G],
+    inv: [f32; G],
     out: &mut [f32],
 ) {
     let full = hd / 8 * 8;
@@ -1279,95 +1346,58 @@ fn weigh_all<T: FloatSimd, const G: usize, const D: usize>(
     }
 }
 
-/// Causal attention of `g` query heads that share one key/value head, at
-/// one position: `q` and `out` hold the `g` heads back to back, `keys` and
-/// `values` the visible positions, `scores` at least `g` times as many
-/// values. Each head's result depends only on its own query (never on `g`):
-/// scores in position order, the shared softmax, then values accumulated
-/// in position order with one FMA per element.
+/// Scores and weighted values for `G` heads: `q` and `out` hold them back
+/// to back, `scores` their score rows `stride` apart, of which positions
+/// `skip..skip + len` are the visible ones.
 #[allow(clippy::too_many_arguments)]
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn attend_group_impl<T: FloatSimd>(
-    keys: &[T],
+fn attend_heads<T: FloatSimd, const G: usize, const TT: usize, const D: usize>(
+    ktiles: &[T],
     values: &[T],
     hd: usize,
     q: &[f32],
-    scale: f32,
-    softcap: Option<f32>,
     scores: &mut [f32],
+    stride: usize,
+    skip: usize,
+    post: &dyn Fn(&mut [f32]) -> f32,
     out: &mut [f32],
-    softmax: fn(&mut [f32]) -> f32,
 ) {
-    let len = keys.len() / hd;
-    let g = q.len() / hd;
-    let scores = &mut scores[..g * len];
-    let cap = |raw: f32| match softcap {
-        Some(c) => c * (raw / c).tanh(),
-        None => raw,
-    };
-    // Four positions at a time (independent FMA chains), then the rest.
-    const P: usize = 4;
-    let full = len / P * P;
-    for p0 in (0..full).step_by(P) {
-        let k: [&[T]; P] = std::array::from_fn(|i| &keys[(p0 + i) * hd..(p0 + i + 1) * hd]);
-        for (h, qh) in q.chunks_exact(hd).enumerate() {
-            let raw = dot_heads::<T, P>(qh, k);
-            for (i, r) in raw.iter().enumerate() {
-                scores[h * len + p0 + i] = cap(r * scale);
-            }
-        }
+    let len = values.len() / hd;
+    let qh: [&[f32]; G] = std::array::from_fn(|h| &q[h * hd..(h + 1) * hd]);
+    all_tile_scores::<T, G, TT>(ktiles, hd, qh, stride / 8, scores, stride);
+    let mut inv = [0.0f32; G];
+    for (h, iv) in inv.iter_mut().enumerate() {
+        *iv = 1.0 / post(&mut scores[h * stride + skip..h * stride + skip + len]);
     }
-    for p in full..len {
-        let k = &keys[p * hd..(p + 1) * hd];
-        for (h, qh) in q.chunks_exact(hd).enumerate() {
-            scores[h * len + p] = cap(dot_head(qh, k) * scale);
-        }
-    }
-    let mut inv = [0.0f32; 16];
-    for (h, s) in scores.chunks_exact_mut(len).enumerate() {
-        inv[h] = 1.0 / softmax(s);
-    }
-    match g {
-        1 => weigh_all::<T, 1, 8>(values, hd, scores, &inv, out),
-        2 => weigh_all::<T, 2, 4>(values, hd, scores, &inv, out),
-        3 => weigh_all::<T, 3, 2>(values, hd, scores, &inv, out),
-        4 => weigh_all::<T, 4, 2>(values, hd, scores, &inv, out),
-        _ => {
-            for h0 in (0..g).step_by(4) {
-                // Heads `h0..` as their own group of up to 4.
-                let gh = (g - h0).min(4);
-                let sc = &scores[h0 * len..(h0 + gh) * len];
-                let iv: [f32; MAX_GROUP] =
-                    std::array::from_fn(|i| inv[(h0 + i).min(MAX_GROUP - 1)]);
-                let o = &mut out[h0 * hd..(h0 + gh) * hd];
-                match gh {
-                    1 => weigh_all::<T, 1, 8>(values, hd, sc, &iv, o),
-                    2 => weigh_all::<T, 2, 4>(values, hd, sc, &iv, o),
-                    3 => weigh_all::<T, 3, 2>(values, hd, sc, &iv, o),
-                    _ => weigh_all::<T, 4, 2>(values, hd, sc, &iv, o),
-                }
-            }
-        }
-    }
+    let sc: [&[f32]; G] = std::array::from_fn(|h| &scores[h * stride + skip..][..len]);
+    weigh_all::<T, G, D>(values, hd, sc, inv, out);
     let full = hd / 8 * 8;
     for d in full..hd {
-        for h in 0..g {
+        for (h, s) in sc.iter().enumerate() {
             let mut a = 0.0f32;
             for (p, v) in values.chunks_exact(hd).enumerate() {
-                a = scores[h * len + p].mul_add(v[d].to_f32(), a);
+                a = s[p].mul_add(v[d].to_f32(), a);
             }
             out[h * hd + d] = a * inv[h];
         }
     }
 }
 
-/// The most query heads [`attend_group`] takes at once.
-pub(crate) const MAX_GROUP: usize = 16;
-
-/// [`attend_group_impl`], or `false` when the CPU lacks the features.
+/// Causal attention of `g` query heads that share one key/value head, at
+/// one position: `q` and `out` hold the `g` heads back to back; `ktiles`
+/// the key tiles that cover the visible positions, of which the first
+/// `skip` positions are not visible; `values` the visible positions' values;
+/// `scores` at least `g` times the tiles' positions. Each head's result
+/// depends only on its own query (never on `g`): raw scores as
+/// [`tile_scores`] computes them, scaled and soft-capped, the shared
+/// softmax, then values accumulated in position order with one FMA per
+/// element.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn attend_group<T: FloatSimd>(
-    keys: &[T],
+#[target_feature(enable = "avx2,fma,f16c")]
+fn attend_group_impl<T: FloatSimd>(
+    ktiles: &[T],
+    skip: usize,
     values: &[T],
     hd: usize,
     q: &[f32],
@@ -1375,13 +1405,57 @@ pub(crate) fn attend_group<T: FloatSimd>(
     softcap: Option<f32>,
     scores: &mut [f32],
     out: &mut [f32],
-    softmax: fn(&mut [f32]) -> f32,
+) {
+    let stride = ktiles.len() / hd;
+    let post = |s: &mut [f32]| {
+        for v in s.iter_mut() {
+            let raw = *v * scale;
+            *v = match softcap {
+                Some(c) => c * (raw / c).tanh(),
+                None => raw,
+            };
+        }
+        softmax_exp(s)
+    };
+    let g = q.len() / hd;
+    for h0 in (0..g).step_by(4) {
+        // Heads `h0..` as their own group of up to 4.
+        let gh = (g - h0).min(4);
+        let qg = &q[h0 * hd..(h0 + gh) * hd];
+        let o = &mut out[h0 * hd..(h0 + gh) * hd];
+        let sc = &mut scores[h0 * stride..(h0 + gh) * stride];
+        macro_rules! run {
+            ($g:literal, $tt:literal, $d:literal) => {
+                attend_heads::<T, $g, $tt, $d>(ktiles, values, hd, qg, sc, stride, skip, &post, o)
+            };
+        }
+        match gh {
+            1 => run!(1, 4, 8),
+            2 => run!(2, 4, 4),
+            3 => run!(3, 4, 2),
+            _ => run!(4, 3, 2),
+        }
+    }
+}
+
+/// [`attend_group_impl`], or `false` when the CPU lacks the features.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attend_group<T: FloatSimd>(
+    ktiles: &[T],
+    skip: usize,
+    values: &[T],
+    hd: usize,
+    q: &[f32],
+    scale: f32,
+    softcap: Option<f32>,
+    scores: &mut [f32],
+    out: &mut [f32],
 ) -> bool {
-    if !available() || q.len() / hd > MAX_GROUP {
+    if !available() {
         return false;
     }
     // SAFETY: the CPU supports avx2, fma and f16c (checked just above).
-    unsafe { attend_group_impl(keys, values, hd, q, scale, softcap, scores, out, softmax) };
+    unsafe { attend_group_impl(ktiles, skip, values, hd, q, scale, softcap, scores, out) };
     true
 }
 

@@ -121,19 +121,19 @@ pub struct CpuBackend {
 }
 
 impl CpuBackend {
-    /// `x[i] = gelu(x[i]) * up[i]` (`up` as long as `x`), or plain GELU
+    /// `x[i] = f(x[i]) * up[i]` (`up` as long as `x`), or plain `f(x[i])`
     /// without `up`.
-    fn gelu_gated(&self, x: &mut [f32], up: Option<&[f32]>) {
+    fn activate(&self, f: ops::Activation, x: &mut [f32], up: Option<&[f32]>) {
         #[cfg(target_arch = "x86_64")]
-        if self.isa == Isa::Avx2 && avx2::gelu(x, up) {
+        if self.isa == Isa::Avx2 && avx2::activate(f, x, up) {
             return;
         }
         match up {
             Some(up) => x
                 .iter_mut()
                 .zip(up)
-                .for_each(|(g, &u)| *g = ops::gelu(*g) * u),
-            None => x.iter_mut().for_each(|v| *v = ops::gelu(*v)),
+                .for_each(|(g, &u)| *g = f.apply(*g) * u),
+            None => x.iter_mut().for_each(|v| *v = f.apply(*v)),
         }
     }
 
@@ -492,13 +492,13 @@ impl ActivationOps for CpuBackend {
 
     fn silu_inplace(&self, x: &mut Vec<f32>, len: usize) -> BackendResult<()> {
         let x = prefix_mut("silu", "x length", x, len)?;
-        x.iter_mut().for_each(|v| *v = ops::silu(*v));
+        self.activate(ops::Activation::Silu, x, None);
         Ok(())
     }
 
     fn gelu_inplace(&self, x: &mut Vec<f32>, len: usize) -> BackendResult<()> {
         let x = prefix_mut("gelu", "x length", x, len)?;
-        self.gelu_gated(x, None);
+        self.activate(ops::Activation::Gelu, x, None);
         Ok(())
     }
 
@@ -506,9 +506,7 @@ impl ActivationOps for CpuBackend {
         const OP: &str = "swiglu";
         let gate = prefix_mut(OP, "gate length", gate, len)?;
         let up = prefix(OP, "up length", up, len)?;
-        gate.iter_mut()
-            .zip(up)
-            .for_each(|(g, &u)| *g = ops::silu(*g) * u);
+        self.activate(ops::Activation::Silu, gate, Some(up));
         Ok(())
     }
 
@@ -516,7 +514,7 @@ impl ActivationOps for CpuBackend {
         const OP: &str = "geglu";
         let gate = prefix_mut(OP, "gate length", gate, len)?;
         let up = prefix(OP, "up length", up, len)?;
-        self.gelu_gated(gate, Some(up));
+        self.activate(ops::Activation::Gelu, gate, Some(up));
         Ok(())
     }
 

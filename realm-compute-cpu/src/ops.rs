@@ -139,6 +139,26 @@ pub(crate) fn softmax_row(row: &mut [f32]) {
     }
 }
 
+/// An activation of the feed-forward gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Activation {
+    /// [`gelu`].
+    Gelu,
+    /// [`silu`].
+    Silu,
+}
+
+impl Activation {
+    /// The activation of one value.
+    #[inline]
+    pub(crate) fn apply(self, x: f32) -> f32 {
+        match self {
+            Self::Gelu => gelu(x),
+            Self::Silu => silu(x),
+        }
+    }
+}
+
 /// `x * sigmoid(x)`.
 #[inline(always)]
 pub(crate) fn silu(x: f32) -> f32 {
