@@ -213,6 +213,7 @@ pub struct CpuWorkspace {
     q8: Vec<act::BlockQ8x32>,
     q8k: Vec<act::BlockQ8K>,
     scores: Vec<f32>,
+    rope: ops::RopeCache,
 }
 
 impl BackendCore for CpuBackend {
@@ -445,7 +446,7 @@ impl NormOps for CpuBackend {
 impl RopeOps for CpuBackend {
     fn rope(
         &self,
-        _ws: &mut CpuWorkspace,
+        ws: &mut CpuWorkspace,
         x: &mut Vec<f32>,
         n_heads: usize,
         head_dim: usize,
@@ -470,7 +471,8 @@ impl RopeOps for CpuBackend {
             per_token,
             positions.len(),
         )?;
-        ops::rope(prefix_mut(OP, "x length", x, len)?, head_dim, positions, p);
+        let x = prefix_mut(OP, "x length", x, len)?;
+        ops::rope(x, head_dim, positions, p, &mut ws.rope);
         Ok(())
     }
 }

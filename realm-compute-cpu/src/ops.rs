@@ -80,22 +80,21 @@ fn rms_scale(x: &[f32], eps: f32) -> f32 {
 pub(crate) const ROPE_MAX_DIMS: usize = 1024;
 
 /// Rotates each head of each token (layout checked by the caller).
-pub(crate) fn rope(x: &mut [f32], head_dim: usize, positions: &[u32], p: &RopeParams) {
+pub(crate) fn rope(
+    x: &mut [f32],
+    head_dim: usize,
+    positions: &[u32],
+    p: &RopeParams,
+    cache: &mut RopeCache,
+) {
     let half = p.n_dims / 2;
-    let mut cos = [0.0f32; ROPE_MAX_DIMS / 2];
-    let mut sin = [0.0f32; ROPE_MAX_DIMS / 2];
     let per_token = x.len() / positions.len().max(1);
-    // The frequencies depend on the pair alone: computed once per call.
-    let mut inv_freq = [0.0f64; ROPE_MAX_DIMS / 2];
-    for (i, f) in inv_freq[..half].iter_mut().enumerate() {
-        *f = f64::from(p.base).powf(-2.0 * i as f64 / p.n_dims as f64);
-    }
-    for (xt, &pos) in x.chunks_exact_mut(per_token).zip(positions) {
-        for i in 0..half {
-            let theta = f64::from(pos) * f64::from(p.freq_scale) * inv_freq[i];
-            cos[i] = theta.cos() as f32;
-            sin[i] = theta.sin() as f32;
-        }
+    let angles = cache.angles(positions, p);
+    for (xt, cs) in x
+        .chunks_exact_mut(per_token)
+        .zip(angles.chunks_exact(p.n_dims))
+    {
+        let (cos, sin) = cs.split_at(half);
         for head in xt.chunks_exact_mut(head_dim) {
             match p.mode {
                 RopeMode::Normal => {
@@ -115,6 +114,68 @@ pub(crate) fn rope(x: &mut [f32], head_dim: usize, positions: &[u32], p: &RopePa
                 }
             }
         }
+    }
+}
+
+/// The cos/sin tables of the last two RoPE settings used, so that the
+/// layers of one forward step, which all rotate the same positions, compute
+/// them once (two, for models whose local and global layers use different
+/// bases, as Gemma 3's do). Entries keep their memory, so decode allocates
+/// nothing once warm.
+#[derive(Debug, Default)]
+pub(crate) struct RopeCache {
+    entries: [RopeAngles; 2],
+    /// The entry to replace next.
+    next: usize,
+}
+
+#[derive(Debug, Default)]
+struct RopeAngles {
+    positions: Vec<u32>,
+    /// `(base, freq_scale, n_dims)`, bit patterns for exact comparison.
+    key: (u32, u32, usize),
+    /// Per token: `n_dims / 2` cosines, then as many sines.
+    table: Vec<f32>,
+}
+
+impl RopeCache {
+    /// The table for `positions` and `p`, computed if not cached.
+    fn angles(&mut self, positions: &[u32], p: &RopeParams) -> &[f32] {
+        let key = (p.base.to_bits(), p.freq_scale.to_bits(), p.n_dims);
+        let hit = self
+            .entries
+            .iter()
+            .position(|e| e.key == key && e.positions == positions && !e.table.is_empty());
+        let at = match hit {
+            Some(i) => i,
+            None => {
+                let i = self.next;
+                self.next = (i + 1) % self.entries.len();
+                let e = &mut self.entries[i];
+                e.key = key;
+                e.positions.clear();
+                e.positions.extend_from_slice(positions);
+                fill_angles(&mut e.table, positions, p);
+                i
+            }
+        };
+        &self.entries[at].table
+    }
+}
+
+/// Pair `i` of a token at `pos` turns by `pos * freq_scale *
+/// base^(-2i / n_dims)`, evaluated in f64 and rounded once.
+fn fill_angles(table: &mut Vec<f32>, positions: &[u32], p: &RopeParams) {
+    let half = p.n_dims / 2;
+    let mut inv_freq = [0.0f64; ROPE_MAX_DIMS / 2];
+    for (i, f) in inv_freq[..half].iter_mut().enumerate() {
+        *f = f64::from(p.base).powf(-2.0 * i as f64 / p.n_dims as f64);
+    }
+    table.clear();
+    for &pos in positions {
+        let theta = |i: usize| f64::from(pos) * f64::from(p.freq_scale) * inv_freq[i];
+        table.extend((0..half).map(|i| theta(i).cos() as f32));
+        table.extend((0..half).map(|i| theta(i).sin() as f32));
     }
 }
 

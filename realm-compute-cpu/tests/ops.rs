@@ -153,6 +153,50 @@ proptest! {
     }
 }
 
+/// A workspace reused across calls (its cached angles) gives the results of
+/// a fresh one, whatever the order of settings and positions.
+#[test]
+fn rope_angle_cache_is_transparent() {
+    let mut rng = Rng::new(7);
+    let (n_heads, head_dim) = (2, 16);
+    let b = be(1);
+    let mut ws = b.workspace();
+    let settings = [(10_000.0f32, 16usize), (1e6, 16), (10_000.0, 8)];
+    let runs = [
+        (0, vec![0u32, 1, 2]),
+        (1, vec![0, 1, 2]),
+        (0, vec![0, 1, 2]),
+        (0, vec![3]),
+        (2, vec![3]),
+        (1, vec![3]),
+        (0, vec![3]),
+        (1, vec![0, 1, 2]),
+    ];
+    for (s, positions) in runs {
+        let (base, n_dims) = settings[s];
+        let p = RopeParams {
+            n_dims,
+            base,
+            freq_scale: 1.0,
+            mode: RopeMode::Neox,
+        };
+        let x = rng.f32s(positions.len() * n_heads * head_dim, -2.0, 2.0);
+        let (mut cached, mut fresh) = (x.clone(), x);
+        b.rope(&mut ws, &mut cached, n_heads, head_dim, &positions, &p)
+            .unwrap();
+        b.rope(
+            &mut b.workspace(),
+            &mut fresh,
+            n_heads,
+            head_dim,
+            &positions,
+            &p,
+        )
+        .unwrap();
+        assert_eq!(cached, fresh, "setting {s}, positions {positions:?}");
+    }
+}
+
 /// Prefilling n tokens in one call and decoding them one by one give
 /// bit-identical attention outputs, with any thread count.
 #[test]
