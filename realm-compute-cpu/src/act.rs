@@ -9,6 +9,8 @@
 use bytemuck::{Pod, Zeroable};
 pub use realm_core::quant::blocks::BlockQ8K;
 
+use crate::Isa;
+
 /// 32 activations as `d * qs[i]`, with `s = d * sum(qs)` for the weight
 /// types that carry an offset (Q4_0, Q4_1, Q5_0, Q5_1).
 ///
@@ -31,6 +33,13 @@ pub trait ActBlock: Pod + Send + Sync {
     const N: usize;
     /// Quantizes `x` (exactly [`ActBlock::N`] values) into `out`.
     fn quantize(x: &[f32], out: &mut Self);
+
+    /// [`ActBlock::quantize`] with the kernels of `isa`: the same bits,
+    /// faster.
+    fn quantize_isa(isa: Isa, x: &[f32], out: &mut Self) {
+        let _ = isa;
+        Self::quantize(x, out);
+    }
 }
 
 /// Rounds to the nearest integer, ties to even, for `|v| < 2^22`, using the
@@ -59,6 +68,15 @@ fn quantize_symmetric(x: &[f32], qs: &mut [i8]) -> f32 {
 impl ActBlock for BlockQ8x32 {
     const N: usize = 32;
 
+    fn quantize_isa(isa: Isa, x: &[f32], out: &mut Self) {
+        #[cfg(target_arch = "x86_64")]
+        if isa == Isa::Avx2 && crate::avx2::quantize_q8x32(x, out) {
+            return;
+        }
+        let _ = isa;
+        Self::quantize(x, out);
+    }
+
     fn quantize(x: &[f32], out: &mut Self) {
         let d = quantize_symmetric(x, &mut out.qs);
         let sum: i32 = out.qs.iter().map(|&q| i32::from(q)).sum();
@@ -69,6 +87,15 @@ impl ActBlock for BlockQ8x32 {
 
 impl ActBlock for BlockQ8K {
     const N: usize = 256;
+
+    fn quantize_isa(isa: Isa, x: &[f32], out: &mut Self) {
+        #[cfg(target_arch = "x86_64")]
+        if isa == Isa::Avx2 && crate::avx2::quantize_q8k(x, out) {
+            return;
+        }
+        let _ = isa;
+        Self::quantize(x, out);
+    }
 
     fn quantize(x: &[f32], out: &mut Self) {
         out.d = quantize_symmetric(x, &mut out.qs);
@@ -81,13 +108,13 @@ impl ActBlock for BlockQ8K {
 /// Quantizes `n_rows` rows of `x` (each `x.len() / n_rows` values, a
 /// multiple of `A::N`) into `out` (resized as needed, so it can be reused
 /// without allocating once large enough).
-pub(crate) fn quantize_rows<A: ActBlock>(x: &[f32], out: &mut Vec<A>) {
+pub(crate) fn quantize_rows<A: ActBlock>(isa: Isa, x: &[f32], out: &mut Vec<A>) {
     let n_blocks = x.len() / A::N;
     if out.len() < n_blocks {
         out.resize(n_blocks, A::zeroed());
     }
     for (xb, ob) in x.chunks_exact(A::N).zip(out.iter_mut()) {
-        A::quantize(xb, ob);
+        A::quantize_isa(isa, xb, ob);
     }
 }
 
@@ -102,6 +129,29 @@ mod tests {
         assert_eq!(nearest_int(-2.5), -2);
         assert_eq!(nearest_int(-126.6), -127);
         assert_eq!(nearest_int(0.49), 0);
+    }
+
+    /// The SIMD quantization gives the scalar one's bits, ties and
+    /// saturation included.
+    #[test]
+    fn simd_quantization_matches_scalar_bits() {
+        let mut x: Vec<f32> = (0..256).map(|i| (i as f32 * 0.73).sin() * 5.0).collect();
+        // Exact ties once scaled (max 127 gives id = 1), and a zero block.
+        let ties: Vec<f32> = (0..32).map(|i| i as f32 - 15.5).chain([127.0]).collect();
+        x[..33].copy_from_slice(&ties);
+        let isa = Isa::detect();
+        for block in [&x[..], &[0.0; 256][..]] {
+            let (mut a, mut b) = (BlockQ8K::zeroed(), BlockQ8K::zeroed());
+            BlockQ8K::quantize(block, &mut a);
+            BlockQ8K::quantize_isa(isa, block, &mut b);
+            assert_eq!(bytemuck::bytes_of(&a), bytemuck::bytes_of(&b));
+            for c in block.chunks_exact(32) {
+                let (mut a, mut b) = (BlockQ8x32::zeroed(), BlockQ8x32::zeroed());
+                BlockQ8x32::quantize(c, &mut a);
+                BlockQ8x32::quantize_isa(isa, c, &mut b);
+                assert_eq!(bytemuck::bytes_of(&a), bytemuck::bytes_of(&b));
+            }
+        }
     }
 
     #[test]

@@ -1075,6 +1075,103 @@ pub(crate) fn packed_rows<B: LegacySimd>(
     true
 }
 
+// ---- activation quantization -----------------------------------------------------
+
+/// `max |x|` of 32 values.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn amax32(x: &[f32; 32]) -> f32 {
+    let (x8, _) = x.as_chunks::<8>();
+    let sign = _mm256_set1_ps(-0.0);
+    // `max(v, m)` returns `m` when `v` is NaN: NaN is skipped, as by the
+    // scalar path's `f32::max`.
+    let m = x8.iter().fold(_mm256_setzero_ps(), |m, c| {
+        _mm256_max_ps(_mm256_andnot_ps(sign, bytemuck::cast(*c)), m)
+    });
+    hmax(m)
+}
+
+/// Quantizes 32 values with inverse scale `id` into `qs` as the scalar
+/// path does (`v * id` rounded to nearest, ties to even, clamped to
+/// `-127..=127`); returns the sums of the two halves of `qs`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn quantize32(x: &[f32; 32], id: f32, qs: &mut [i8; 32]) -> [i32; 2] {
+    let (x8, _) = x.as_chunks::<8>();
+    let idv = _mm256_set1_ps(id);
+    // The default rounding mode (which Rust never changes) is to nearest,
+    // ties to even, as the scalar `nearest_int`.
+    let q: [__m256i; 4] =
+        std::array::from_fn(|i| _mm256_cvtps_epi32(_mm256_mul_ps(bytemuck::cast(x8[i]), idv)));
+    // Saturating packs leave dwords in the order 0 4 1 5 2 6 3 7.
+    let p = _mm256_packs_epi16(
+        _mm256_packs_epi32(q[0], q[1]),
+        _mm256_packs_epi32(q[2], q[3]),
+    );
+    let p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    let p = _mm256_max_epi8(p, _mm256_set1_epi8(-127));
+    *qs = bytemuck::cast(p);
+    // Sums from the clamped bytes, 16 per half.
+    let wide = _mm256_madd_epi16(
+        _mm256_maddubs_epi16(_mm256_set1_epi8(1), p),
+        _mm256_set1_epi16(1),
+    );
+    let lanes: [i32; 8] = bytemuck::cast(wide);
+    [lanes[..4].iter().sum(), lanes[4..].iter().sum()]
+}
+
+/// The scale of `max |x| / 127` and its inverse (0 for an all-zero block),
+/// as the scalar path computes them.
+fn scales(amax: f32) -> (f32, f32) {
+    let d = amax / 127.0;
+    (d, if d > 0.0 { 1.0 / d } else { 0.0 })
+}
+
+/// [`BlockQ8x32`] of 32 values, bit for bit the scalar quantization, or
+/// `false` when the CPU lacks the features.
+pub(crate) fn quantize_q8x32(x: &[f32], out: &mut BlockQ8x32) -> bool {
+    let Ok(x) = <&[f32; 32]>::try_from(x) else {
+        return false;
+    };
+    if !available() {
+        return false;
+    }
+    // SAFETY: the CPU supports avx2, fma and f16c (checked just above).
+    let (d, sums) = unsafe {
+        let (d, id) = scales(amax32(x));
+        (d, quantize32(x, id, &mut out.qs))
+    };
+    out.d = d;
+    out.s = d * (sums[0] + sums[1]) as f32;
+    true
+}
+
+/// [`BlockQ8K`] of 256 values, bit for bit the scalar quantization, or
+/// `false` when the CPU lacks the features.
+pub(crate) fn quantize_q8k(x: &[f32], out: &mut BlockQ8K) -> bool {
+    let Ok(x) = <&[f32; 256]>::try_from(x) else {
+        return false;
+    };
+    if !available() {
+        return false;
+    }
+    let (x32, _) = x.as_chunks::<32>();
+    let (q32, _) = out.qs.as_chunks_mut::<32>();
+    // SAFETY: the CPU supports avx2, fma and f16c (checked just above).
+    unsafe {
+        let amax = x32.iter().fold(0.0f32, |m, c| m.max(amax32(c)));
+        let (d, id) = scales(amax);
+        out.d = d;
+        for (g, (xc, qc)) in x32.iter().zip(q32).enumerate() {
+            let sums = quantize32(xc, id, qc);
+            // |sum of 16 values| <= 16 * 127, well inside i16.
+            out.bsums[2 * g] = sums[0] as i16;
+            out.bsums[2 * g + 1] = sums[1] as i16;
+        }
+    }
+    true
+}
+
 // ---- GELU ---------------------------------------------------------------------
 
 /// `e^x` in every lane, within about 2 ulp: `x = n ln 2 + r` with `|r| <=

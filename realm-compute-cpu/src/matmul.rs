@@ -192,7 +192,7 @@ fn quantize_activations<A: ActBlock>(
 ) {
     let nb = k / A::N;
     if n < 8 || be.threads <= 1 {
-        quantize_rows(x, q);
+        quantize_rows(be.isa, x, q);
         return;
     }
     if q.len() < n * nb {
@@ -204,7 +204,7 @@ fn quantize_activations<A: ActBlock>(
             .zip(x.par_chunks(k))
             .for_each(|(qr, xr)| {
                 for (qb, xb) in qr.iter_mut().zip(xr.chunks_exact(A::N)) {
-                    A::quantize(xb, qb);
+                    A::quantize_isa(be.isa, xb, qb);
                 }
             })
     });
