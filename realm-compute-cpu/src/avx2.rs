@@ -981,11 +981,23 @@ pub(crate) fn packed_rows<B: LegacySimd>(
 // ---- 256-element super-blocks, packed-weight kernel -------------------------
 //
 // Prefill of the k-quants follows the 32-element packed kernel: a tile of
-// `KPACK_ROWS` rows is unpacked once into a per-thread buffer (the bytes and
-// scale vectors of `KQuant::unpack`, the offset and min factors, the block
-// scales), then the tokens of the call run past it two at a time, the
-// `KPACK_ROWS x 2` integer sums of a super-block held in registers. Per
-// (row, token) pair the arithmetic is that of `KQuant::step`:
+// `KPACK_ROWS` rows is unpacked once into a per-thread buffer, then the
+// tokens of the call run past it two at a time, the `KPACK_ROWS x 2` integer
+// sums of a super-block held in registers.
+//
+// The bytes are rearranged so that one `madd` serves two groups of 32: for
+// groups `a` and `b` (`2p` and `2p + 1`), lane `k` of the first register
+// holds bytes `4k, 4k + 1` of `a` then of `b`, of the second bytes
+// `4k + 2, 4k + 3` of `a` then of `b` ([`interleave`]), weights and
+// activations alike. Two `maddubs` and an i16 add then give, in i16 lane
+// `2k`, the four products of `a` that `KQuant::step` sums into i32 lane `k`
+// and in lane `2k + 1` those of `b`, and one `madd` with the two groups'
+// scales adds both, scaled, into lane `k`: 12 multiplies per super-block
+// instead of 16. The i16 sums cannot overflow: at most 4 * 63 * 127. (Signed
+// types, whose products reach 127 * 127, keep them apart: one `madd` per
+// `maddubs`.)
+//
+// Per (row, token) pair the arithmetic is that of `KQuant::step`:
 //
 // - lane `k` of a block's i32 sum gathers the same products (integer sums
 //   are exact, so their grouping is free); the offset enters as
@@ -1000,21 +1012,42 @@ pub(crate) fn packed_rows<B: LegacySimd>(
 /// Rows unpacked together by the k-quant packed kernel.
 const KPACK_ROWS: usize = 4;
 
+/// Groups `a` and `b` of 32 bytes (or i16 pairs) as the two registers of a
+/// paired `madd`: in each i32 lane, the low halves of `a` and `b`, then their
+/// high halves.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn interleave(a: __m256i, b: __m256i) -> [Bytes32; 2] {
+    [
+        Bytes32(bytemuck::cast(_mm256_blend_epi16::<0xaa>(
+            a,
+            _mm256_slli_epi32::<16>(b),
+        ))),
+        Bytes32(bytemuck::cast(_mm256_blend_epi16::<0xaa>(
+            _mm256_srli_epi32::<16>(a),
+            b,
+        ))),
+    ]
+}
+
 /// One row's super-block, unpacked for [`kpacked_tile`].
 #[repr(C, align(32))]
 #[derive(Clone, Copy, Default)]
 struct KPacked {
-    /// Per group of 32, the bytes fed to `maddubs` (absolute values for
-    /// signed types).
-    q: [Bytes32; 8],
-    /// Per group of 32, its two scales as i16, 8 lanes each.
-    sc: [Bytes32; 8],
+    /// Per pair of groups, the two registers of [`interleave`] fed to
+    /// `maddubs` (absolute values for signed types).
+    q: [[Bytes32; 2]; 4],
+    /// Per pair of groups `a, b`, the scales of `a` and `b` as i16 in
+    /// alternate lanes (as each i32 lane needs them).
+    sc: [Bytes32; 4],
     /// The 16 scales as i16 times the type's offset.
     off: Bytes32,
     /// The 16 mins as i16.
     mins: Bytes32,
-    d: f32,
-    dmin: f32,
+    /// `d` in every lane.
+    d: Bytes32,
+    /// `dmin` in every lane.
+    dmin: Bytes32,
 }
 
 /// Per-thread scratch of the k-quant packed kernel; it grows to the
@@ -1023,12 +1056,21 @@ struct KPacked {
 struct KPack {
     /// `[block][row]` unpacked super-blocks.
     blocks: Vec<KPacked>,
-    /// `[block][row]` signed bytes per group (signed types only).
-    signs: Vec<[Bytes32; 8]>,
+    /// `[block][row]` signed bytes as in `KPacked::q` (signed types only).
+    signs: Vec<[[Bytes32; 2]; 4]>,
+    /// `[token][block]` activation quants as in `KPacked::q`.
+    xq: Vec<[[Bytes32; 2]; 4]>,
 }
 
 thread_local! {
     static KPACK: std::cell::RefCell<KPack> = std::cell::RefCell::new(KPack::default());
+}
+
+/// Groups `2p, 2p + 1` of 8 interleaved pairwise.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn interleave_pairs(g: [__m256i; 8]) -> [[Bytes32; 2]; 4] {
+    std::array::from_fn(|p| interleave(g[2 * p], g[2 * p + 1]))
 }
 
 /// Unpacks rows `rows[i]` (all `nb` super-blocks) into `p`.
@@ -1044,22 +1086,39 @@ fn kpack_rows<B: KSimd>(w: &[B], nb: usize, rows: [usize; KPACK_ROWS], p: &mut K
             let u = unsafe { KQuant::<B>::unpack(blk) };
             let at = b * KPACK_ROWS + i;
             let q = if B::SIGNED {
-                p.signs[at] = u.q.map(|q| Bytes32(bytemuck::cast(q)));
+                p.signs[at] = interleave_pairs(u.q);
                 u.q.map(|q| _mm256_abs_epi8(q))
             } else {
                 u.q
             };
             p.blocks[at] = KPacked {
-                q: q.map(|q| Bytes32(bytemuck::cast(q))),
-                sc: u.sc.map(|s| Bytes32(bytemuck::cast(s))),
+                q: interleave_pairs(q),
+                // `sc[g]` holds the scale of group `g` in every i16 lane of
+                // the i32 lanes it covers.
+                sc: std::array::from_fn(|j| {
+                    let s = _mm256_blend_epi16::<0xaa>(u.sc[2 * j], u.sc[2 * j + 1]);
+                    Bytes32(bytemuck::cast(s))
+                }),
                 // Scales within +-128 and offsets of at most 32: exact in
                 // i16.
                 off: Bytes32(bytemuck::cast(_mm256_mullo_epi16(u.scales, offset))),
                 mins: Bytes32(bytemuck::cast(u.mins)),
-                d: u.d,
-                dmin: u.dmin,
+                d: Bytes32(bytemuck::cast(_mm256_set1_ps(u.d))),
+                dmin: Bytes32(bytemuck::cast(_mm256_set1_ps(u.dmin))),
             };
         }
+    }
+}
+
+/// Rearranges the activation quants of tokens `tokens` (all `nb` blocks)
+/// into `p.xq` as in `KPacked::q`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn kpack_tokens(x: &[BlockQ8K], nb: usize, tokens: Range<usize>, p: &mut KPack) {
+    let x = &x[tokens.start * nb..tokens.end * nb];
+    for (xb, out) in x.iter().zip(p.xq.iter_mut()) {
+        let g: [[u8; 32]; 8] = bytemuck::cast(xb.qs);
+        *out = interleave_pairs(g.map(|v| load32(v)));
     }
 }
 
@@ -1077,52 +1136,60 @@ fn opaque(mut v: __m256i) -> __m256i {
     v
 }
 
-/// The 8-lane accumulators of `KPACK_ROWS` packed rows against `C` tokens.
+/// The 8-lane accumulators of `KPACK_ROWS` packed rows against `C` tokens:
+/// `x` their activation blocks, `xq` their quants as in `KPacked::q`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn kpacked_tile<B: KSimd, const C: usize>(
     p: &KPack,
     nb: usize,
     x: [&[BlockQ8K]; C],
+    xq: [&[[[Bytes32; 2]; 4]]; C],
 ) -> [[__m256; C]; KPACK_ROWS] {
     let (blocks, _) = p.blocks[..nb * KPACK_ROWS].as_chunks::<KPACK_ROWS>();
     let (signs, _) = p.signs.as_chunks::<KPACK_ROWS>();
     let x = x.map(|s| &s[..blocks.len()]);
+    let xq = xq.map(|s| &s[..blocks.len()]);
     let mut acc = [[_mm256_setzero_ps(); C]; KPACK_ROWS];
     for (b, wb) in blocks.iter().enumerate() {
-        let xb: [&BlockQ8K; C] = std::array::from_fn(|j| &x[j][b]);
-        let xq: [&[[i8; 32]; 8]; C] = xb.map(|x| bytemuck::cast_ref(&x.qs));
         let mut isum = [[_mm256_setzero_si256(); C]; KPACK_ROWS];
-        for g in 0..8 {
-            let xv: [__m256i; C] = std::array::from_fn(|j| bytemuck::cast(xq[j][g]));
+        for pair in 0..4 {
+            let xv: [[__m256i; 2]; C] =
+                std::array::from_fn(|j| xq[j][b][pair].map(|v| bytemuck::cast(v.0)));
             for (i, (w, s)) in wb.iter().zip(isum.iter_mut()).enumerate() {
-                let q: __m256i = bytemuck::cast(w.q[g].0);
-                let sc: __m256i = bytemuck::cast(w.sc[g].0);
+                let q: [__m256i; 2] = w.q[pair].map(|v| bytemuck::cast(v.0));
+                let sc: __m256i = bytemuck::cast(w.sc[pair].0);
                 for (xj, sj) in xv.iter().zip(s.iter_mut()) {
-                    let pairs = if B::SIGNED {
-                        let sign: __m256i = bytemuck::cast(signs[b][i][g].0);
-                        _mm256_maddubs_epi16(q, _mm256_sign_epi8(*xj, sign))
+                    let sum = if B::SIGNED {
+                        let sign: [__m256i; 2] = signs[b][i][pair].map(|v| bytemuck::cast(v.0));
+                        let lo = _mm256_maddubs_epi16(q[0], _mm256_sign_epi8(xj[0], sign[0]));
+                        let hi = _mm256_maddubs_epi16(q[1], _mm256_sign_epi8(xj[1], sign[1]));
+                        _mm256_add_epi32(_mm256_madd_epi16(lo, sc), _mm256_madd_epi16(hi, sc))
                     } else {
-                        _mm256_maddubs_epi16(q, *xj)
+                        let lo = _mm256_maddubs_epi16(q[0], xj[0]);
+                        let hi = _mm256_maddubs_epi16(q[1], xj[1]);
+                        _mm256_madd_epi16(_mm256_add_epi16(lo, hi), sc)
                     };
-                    *sj = opaque(_mm256_add_epi32(*sj, _mm256_madd_epi16(pairs, sc)));
+                    *sj = opaque(_mm256_add_epi32(*sj, sum));
                 }
             }
         }
-        for (j, xbj) in xb.iter().enumerate() {
-            let bsums: __m256i = bytemuck::cast(xbj.bsums);
-            let dx = _mm256_set1_ps(xbj.d);
+        for (j, xj) in x.iter().enumerate() {
+            let xb = &xj[b];
+            let bsums: __m256i = bytemuck::cast(xb.bsums);
+            let dx = _mm256_set1_ps(xb.d);
             for ((w, s), a) in wb.iter().zip(&isum).zip(acc.iter_mut()) {
                 let mut sum = s[j];
                 if B::OFFSET != 0 {
                     let off = _mm256_madd_epi16(bsums, bytemuck::cast(w.off.0));
                     sum = _mm256_sub_epi32(sum, off);
                 }
-                let d = _mm256_mul_ps(_mm256_set1_ps(w.d), dx);
+                // `d_w * d_x` in every lane.
+                let d = _mm256_mul_ps(bytemuck::cast(w.d.0), dx);
                 a[j] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sum), a[j]);
                 if B::HAS_MIN {
                     let m = _mm256_madd_epi16(bsums, bytemuck::cast(w.mins.0));
-                    let dmin = _mm256_mul_ps(_mm256_set1_ps(w.dmin), dx);
+                    let dmin = _mm256_mul_ps(bytemuck::cast(w.dmin.0), dx);
                     a[j] = _mm256_fnmadd_ps(dmin, _mm256_cvtepi32_ps(m), a[j]);
                 }
             }
@@ -1131,21 +1198,27 @@ fn kpacked_tile<B: KSimd, const C: usize>(
     acc
 }
 
-/// Runs one k-quant packed tile against tokens `t..t + C` and stores the
-/// valid rows.
+/// Runs one k-quant packed tile against tokens `t..t + C` (`t0` the first
+/// token in `p.xq`) and stores the valid rows.
 #[inline]
+#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn kpacked_store<B: KSimd, const C: usize>(
     p: &KPack,
     nb: usize,
     x: &[BlockQ8K],
+    t0: usize,
     t: usize,
     r0: usize,
     n_rows: usize,
     out: &mut OutRows<'_>,
 ) {
     let xt: [&[BlockQ8K]; C] = std::array::from_fn(|j| &x[(t + j) * nb..(t + j + 1) * nb]);
-    let acc = kpacked_tile::<B, C>(p, nb, xt);
+    let xq = std::array::from_fn(|j| {
+        let at = t + j - t0;
+        &p.xq[at * nb..(at + 1) * nb]
+    });
+    let acc = kpacked_tile::<B, C>(p, nb, xt, xq);
     for (i, row) in acc.iter().enumerate().take(n_rows) {
         for (j, &a) in row.iter().enumerate() {
             out.set(t + j, r0 + i, hsum(a));
@@ -1167,9 +1240,11 @@ fn kpacked_rows_impl<B: KSimd>(
     if B::SIGNED {
         grow(&mut p.signs, nb * KPACK_ROWS);
     }
+    grow(&mut p.xq, nb * PACK_TOKEN_GROUP.min(n_tokens));
     let mut t0 = 0;
     while t0 < n_tokens {
         let t_end = (t0 + PACK_TOKEN_GROUP).min(n_tokens);
+        kpack_tokens(x, nb, t0..t_end, p);
         let mut r = rows.start;
         while r < rows.end {
             let n_rows = (rows.end - r).min(KPACK_ROWS);
@@ -1178,11 +1253,11 @@ fn kpacked_rows_impl<B: KSimd>(
             kpack_rows::<B>(w, nb, idx, p);
             let mut t = t0;
             while t + 2 <= t_end {
-                kpacked_store::<B, 2>(p, nb, x, t, r, n_rows, out);
+                kpacked_store::<B, 2>(p, nb, x, t0, t, r, n_rows, out);
                 t += 2;
             }
             if t < t_end {
-                kpacked_store::<B, 1>(p, nb, x, t, r, n_rows, out);
+                kpacked_store::<B, 1>(p, nb, x, t0, t, r, n_rows, out);
             }
             r += n_rows;
         }
