@@ -1174,22 +1174,21 @@ fn kpacked_tile<B: KSimd, const C: usize>(
                 }
             }
         }
-        for (j, xj) in x.iter().enumerate() {
-            let xb = &xj[b];
-            let bsums: __m256i = bytemuck::cast(xb.bsums);
-            let dx = _mm256_set1_ps(xb.d);
-            for ((w, s), a) in wb.iter().zip(&isum).zip(acc.iter_mut()) {
+        let bsums: [__m256i; C] = std::array::from_fn(|j| bytemuck::cast(x[j][b].bsums));
+        let dx: [__m256; C] = std::array::from_fn(|j| _mm256_set1_ps(x[j][b].d));
+        for ((w, s), a) in wb.iter().zip(&isum).zip(acc.iter_mut()) {
+            for j in 0..C {
                 let mut sum = s[j];
                 if B::OFFSET != 0 {
-                    let off = _mm256_madd_epi16(bsums, bytemuck::cast(w.off.0));
+                    let off = _mm256_madd_epi16(bsums[j], bytemuck::cast(w.off.0));
                     sum = _mm256_sub_epi32(sum, off);
                 }
                 // `d_w * d_x` in every lane.
-                let d = _mm256_mul_ps(bytemuck::cast(w.d.0), dx);
+                let d = _mm256_mul_ps(bytemuck::cast(w.d.0), dx[j]);
                 a[j] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sum), a[j]);
                 if B::HAS_MIN {
-                    let m = _mm256_madd_epi16(bsums, bytemuck::cast(w.mins.0));
-                    let dmin = _mm256_mul_ps(bytemuck::cast(w.dmin.0), dx);
+                    let m = _mm256_madd_epi16(bsums[j], bytemuck::cast(w.mins.0));
+                    let dmin = _mm256_mul_ps(bytemuck::cast(w.dmin.0), dx[j]);
                     a[j] = _mm256_fnmadd_ps(dmin, _mm256_cvtepi32_ps(m), a[j]);
                 }
             }
