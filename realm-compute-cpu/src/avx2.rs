@@ -993,7 +993,7 @@ pub(crate) fn packed_rows<B: LegacySimd>(
 // `2k`, the four products of `a` that `KQuant::step` sums into i32 lane `k`
 // and in lane `2k + 1` those of `b`, and one `madd` with the two groups'
 // scales adds both, scaled, into lane `k`: 12 multiplies per super-block
-// instead of 16. The i16 sums cannot overflow: at most 4 * 63 * 127. (Signed
+// and (row, token) pair instead of 16. The i16 sums cannot overflow: at most 4 * 63 * 127. (Signed
 // types, whose products reach 127 * 127, keep them apart: one `madd` per
 // `maddubs`.)
 //
@@ -1012,9 +1012,9 @@ pub(crate) fn packed_rows<B: LegacySimd>(
 /// Rows unpacked together by the k-quant packed kernel.
 const KPACK_ROWS: usize = 4;
 
-/// Groups `a` and `b` of 32 bytes (or i16 pairs) as the two registers of a
-/// paired `madd`: in each i32 lane, the low halves of `a` and `b`, then their
-/// high halves.
+/// Groups `a` and `b` of 32 bytes as the two registers of a paired `madd`:
+/// in each i32 lane of the first, the lane's low two bytes of `a` then of
+/// `b`; of the second, its high two bytes of `a` then of `b`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn interleave(a: __m256i, b: __m256i) -> [Bytes32; 2] {
