@@ -7,13 +7,15 @@
 //! block scales. Offsets and mins are folded in through the activation
 //! block sums, so 4- and 5-bit weights need no sign trick.
 //!
-//! Batch invariance: [`tile`] computes an `R x C` tile of (row, token)
-//! pairs, but each pair has its own accumulator updated block by block with
-//! the same instructions whatever `R` and `C` are, so a pair's result is
-//! bit-identical in every tile shape.
+//! Batch invariance: a one-token pass reads the weight blocks directly,
+//! several tokens go through a packed copy of a few rows, but every (row,
+//! token) pair has its own accumulator updated block by block with the same
+//! arithmetic in both, so a pair's result is bit-identical in every tile
+//! shape and batch size.
 //!
 //! Every function here is compiled with `avx2,fma,f16c`; the only entry
-//! points from ordinary code ([`rows`], [`dot_float`]) check the CPU first.
+//! points from ordinary code ([`packed_rows`], [`kquant_rows`],
+//! [`dot_float`], [`attend_group`]) check the CPU first.
 
 use std::arch::x86_64::*;
 use std::ops::Range;
@@ -84,8 +86,8 @@ fn iq4_table() -> __m256i {
     _mm256_broadcastsi128_si256(t)
 }
 
-/// A SIMD kernel for one weight type: unpack a block once, then fold it into
-/// any number of (row, token) accumulators.
+/// A SIMD kernel for one weight type: unpack a block to registers, then fold
+/// it into a (row, token) accumulator.
 pub(crate) trait Kernel {
     /// The weight block.
     type Block: WeightBlock;
@@ -93,8 +95,6 @@ pub(crate) trait Kernel {
     type Unpacked: Copy;
     /// One (row, token) accumulator.
     type Acc: Copy;
-    /// Rows per tile when several tokens share the weights (prefill).
-    const ROWS_BATCH: usize;
 
     /// # Safety
     /// The CPU supports avx2, fma and f16c.
@@ -163,144 +163,49 @@ impl<const R: usize> Iterator for StreamTiles<R> {
     }
 }
 
-/// Dot products of `R` weight rows with `C` activation rows (all `nb`
+/// Dot products of `R` weight rows with one activation row (all `nb`
 /// blocks long).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn tile<K: Kernel, const R: usize, const C: usize>(
-    w: [&[K::Block]; R],
-    x: [&[Act<K>]; C],
-    nb: usize,
-    ahead: usize,
-) -> [[f32; C]; R] {
+fn tile<K: Kernel, const R: usize>(w: [&[K::Block]; R], x: &[Act<K>], nb: usize) -> [f32; R] {
     let w = w.map(|s| &s[..nb]);
-    let x = x.map(|s| &s[..nb]);
+    let x = &x[..nb];
     // SAFETY: this function is compiled with avx2,fma,f16c, which its
     // callers have checked the CPU supports.
-    let mut acc = [[unsafe { K::zero() }; C]; R];
-    for b in 0..nb {
-        for (wr, accr) in w.iter().zip(acc.iter_mut()) {
-            // `ahead` blocks further on (see `row_tile`). A prefetch never
-            // faults, so running past the end is harmless.
-            let ahead = wr.as_ptr().wrapping_add(b + ahead).cast::<i8>();
+    let mut acc = [unsafe { K::zero() }; R];
+    for (b, xb) in x.iter().enumerate() {
+        for (wr, a) in w.iter().zip(acc.iter_mut()) {
+            // A few blocks further on in this row's stream (see
+            // `StreamTiles`). A prefetch never faults, so running past the
+            // end is harmless.
+            let ahead = wr.as_ptr().wrapping_add(b + 4).cast::<i8>();
             _mm_prefetch::<_MM_HINT_T0>(ahead);
             // SAFETY: as above.
             let u = unsafe { K::unpack(&wr[b]) };
-            for (xc, a) in x.iter().zip(accr.iter_mut()) {
-                // SAFETY: as above.
-                unsafe { K::step(&u, &xc[b], a) };
-            }
+            // SAFETY: as above.
+            unsafe { K::step(&u, xb, a) };
         }
     }
     // SAFETY: as above.
-    acc.map(|r| r.map(|a| unsafe { K::finish(a) }))
+    acc.map(|a| unsafe { K::finish(a) })
 }
 
-/// Rows `idx` against tokens `tokens`, in tiles of up to 4 tokens (8 for a
-/// single row, whose unpacked block is the costly part); results are stored
-/// for the first `real` rows only.
-#[inline]
-#[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn row_tile<K: Kernel, const R: usize>(
-    w: &[K::Block],
-    nb: usize,
-    idx: [usize; R],
-    real: usize,
-    x: &[Act<K>],
-    tokens: Range<usize>,
-    out: &mut OutRows<'_>,
-) {
-    let wr: [&[K::Block]; R] = idx.map(|r| &w[r * nb..(r + 1) * nb]);
-    // Prefetch distance in blocks. A single token streams each row of
-    // its tile on its own (see `StreamTiles`): a few blocks ahead. Several
-    // tokens take contiguous rows: one tile further on, since each tile
-    // streams only a few hundred bytes per row, too little for the hardware
-    // prefetcher to lock on.
-    let ahead = if tokens.len() == 1 { 4 } else { 4 * R * nb };
-    let xt = |t: usize| &x[t * nb..(t + 1) * nb];
-    let mut t = tokens.start;
-    while t < tokens.end {
-        let left = tokens.end - t;
-        let c = if R == 1 && left >= 8 { 8 } else { left.min(4) };
-        macro_rules! run {
-            ($c:literal) => {{
-                let res = tile::<K, R, $c>(wr, std::array::from_fn(|j| xt(t + j)), nb, ahead);
-                for (&r, row) in idx.iter().zip(&res).take(real) {
-                    for (j, &v) in row.iter().enumerate() {
-                        out.set(t + j, r, v);
-                    }
-                }
-            }};
-        }
-        match c {
-            8 => run!(8),
-            4 => run!(4),
-            3 => run!(3),
-            2 => run!(2),
-            _ => run!(1),
-        }
-        t += c;
-    }
-}
-
+/// One token (decode): rows `rows` in [`StreamTiles`] order.
 #[target_feature(enable = "avx2,fma,f16c")]
 fn rows_impl<K: Kernel>(
     w: &[K::Block],
     nb: usize,
     rows: Range<usize>,
     x: &[Act<K>],
-    n_tokens: usize,
     out: &mut OutRows<'_>,
 ) {
-    // Tokens in groups small enough that their activations stay in L2 while
-    // the rows stream past them.
-    const TOKEN_GROUP: usize = 64;
-    if n_tokens == 1 {
-        for (idx, real) in StreamTiles::<DECODE_STREAMS>::new(rows) {
-            row_tile::<K, DECODE_STREAMS>(w, nb, idx, real, x, 0..1, out);
+    for (idx, real) in StreamTiles::<DECODE_STREAMS>::new(rows) {
+        let wr = idx.map(|r| &w[r * nb..(r + 1) * nb]);
+        let res = tile::<K, DECODE_STREAMS>(wr, x, nb);
+        for (&r, &v) in idx.iter().zip(&res).take(real) {
+            out.set(0, r, v);
         }
-        return;
     }
-    let mut t0 = 0;
-    while t0 < n_tokens {
-        let tokens = t0..(t0 + TOKEN_GROUP).min(n_tokens);
-        let wide = K::ROWS_BATCH;
-        let mut r = rows.start;
-        while r < rows.end {
-            let left = rows.end - r;
-            let t = tokens.clone();
-            if wide >= 4 && left >= 4 {
-                row_tile::<K, 4>(w, nb, std::array::from_fn(|i| r + i), 4, x, t, out);
-                r += 4;
-            } else if wide >= 2 && left >= 2 {
-                row_tile::<K, 2>(w, nb, [r, r + 1], 2, x, t, out);
-                r += 2;
-            } else {
-                row_tile::<K, 1>(w, nb, [r], 1, x, t, out);
-                r += 1;
-            }
-        }
-        t0 = tokens.end;
-    }
-}
-
-/// Computes rows `rows` of the product for every token, or returns `false`
-/// (doing nothing) when the CPU lacks the features.
-pub(crate) fn rows<K: Kernel>(
-    w: &[K::Block],
-    nb: usize,
-    rows: Range<usize>,
-    x: &[Act<K>],
-    n_tokens: usize,
-    out: &mut OutRows<'_>,
-) -> bool {
-    if !available() {
-        return false;
-    }
-    // SAFETY: the CPU supports avx2, fma and f16c (checked just above).
-    unsafe { rows_impl::<K>(w, nb, rows, x, n_tokens, out) };
-    true
 }
 
 // ---- 32-element blocks ----------------------------------------------------
@@ -629,7 +534,6 @@ impl<B: KSimd> Kernel for KQuant<B> {
     type Block = B;
     type Unpacked = KUnpacked;
     type Acc = __m256;
-    const ROWS_BATCH: usize = 1;
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -1072,6 +976,318 @@ pub(crate) fn packed_rows<B: LegacySimd>(
     // SAFETY: the CPU supports avx2, fma and f16c (checked just above).
     unsafe { packed_rows_impl::<B>(w, nb, rows, x, n_tokens, out, &mut p) };
     PACK.set(p);
+    true
+}
+
+// ---- 256-element super-blocks, packed-weight kernel -------------------------
+//
+// Prefill of the k-quants follows the 32-element packed kernel: a tile of
+// `KPACK_ROWS` rows is unpacked once into a per-thread buffer, then the
+// tokens of the call run past it two at a time, the `KPACK_ROWS x 2` integer
+// sums of a super-block held in registers.
+//
+// The bytes are rearranged so that one `madd` serves two groups of 32: for
+// groups `a` and `b` (`2p` and `2p + 1`), lane `k` of the first register
+// holds bytes `4k, 4k + 1` of `a` then of `b`, of the second bytes
+// `4k + 2, 4k + 3` of `a` then of `b` ([`interleave`]), weights and
+// activations alike. Two `maddubs` and an i16 add then give, in i16 lane
+// `2k`, the four products of `a` that `KQuant::step` sums into i32 lane `k`
+// and in lane `2k + 1` those of `b`, and one `madd` with the two groups'
+// scales adds both, scaled, into lane `k`: 12 multiplies per super-block
+// and (row, token) pair instead of 16. The i16 sums cannot overflow: at most 4 * 63 * 127. (Signed
+// types, whose products reach 127 * 127, keep them apart: one `madd` per
+// `maddubs`.)
+//
+// Per (row, token) pair the arithmetic is that of `KQuant::step`:
+//
+// - lane `k` of a block's i32 sum gathers the same products (integer sums
+//   are exact, so their grouping is free); the offset enters as
+//   `madd(bsums, OFFSET * scales)`, the same integer as
+//   `OFFSET * madd(bsums, scales)`;
+// - the float updates are the same: `fma(d_w * d_x, f32(sum), acc)`, then
+//   for types with mins `fnmadd(dmin_w * d_x, f32(madd(bsums, mins)), acc)`,
+//   block by block, and `hsum` at the end.
+//
+// So a token's results match the one-token pass (`tile`) bit for bit.
+
+/// Rows unpacked together by the k-quant packed kernel.
+const KPACK_ROWS: usize = 4;
+
+/// Groups `a` and `b` of 32 bytes as the two registers of a paired `madd`:
+/// in each i32 lane of the first, the lane's low two bytes of `a` then of
+/// `b`; of the second, its high two bytes of `a` then of `b`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn interleave(a: __m256i, b: __m256i) -> [Bytes32; 2] {
+    [
+        Bytes32(bytemuck::cast(_mm256_blend_epi16::<0xaa>(
+            a,
+            _mm256_slli_epi32::<16>(b),
+        ))),
+        Bytes32(bytemuck::cast(_mm256_blend_epi16::<0xaa>(
+            _mm256_srli_epi32::<16>(a),
+            b,
+        ))),
+    ]
+}
+
+/// One row's super-block, unpacked for [`kpacked_tile`].
+#[repr(C, align(32))]
+#[derive(Clone, Copy, Default)]
+struct KPacked {
+    /// Per pair of groups, the two registers of [`interleave`] fed to
+    /// `maddubs` (absolute values for signed types).
+    q: [[Bytes32; 2]; 4],
+    /// Per pair of groups `a, b`, the scales of `a` and `b` as i16 in
+    /// alternate lanes (as each i32 lane needs them).
+    sc: [Bytes32; 4],
+    /// The 16 scales as i16 times the type's offset.
+    off: Bytes32,
+    /// The 16 mins as i16.
+    mins: Bytes32,
+    /// `d` in every lane.
+    d: Bytes32,
+    /// `dmin` in every lane.
+    dmin: Bytes32,
+}
+
+/// Per-thread scratch of the k-quant packed kernel; it grows to the
+/// largest call and is then reused.
+#[derive(Default)]
+struct KPack {
+    /// `[block][row]` unpacked super-blocks.
+    blocks: Vec<KPacked>,
+    /// `[block][row]` signed bytes as in `KPacked::q` (signed types only).
+    signs: Vec<[[Bytes32; 2]; 4]>,
+    /// `[token][block]` activation quants as in `KPacked::q`.
+    xq: Vec<[[Bytes32; 2]; 4]>,
+}
+
+thread_local! {
+    static KPACK: std::cell::RefCell<KPack> = std::cell::RefCell::new(KPack::default());
+}
+
+/// Groups `2p, 2p + 1` of 8 interleaved pairwise.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn interleave_pairs(g: [__m256i; 8]) -> [[Bytes32; 2]; 4] {
+    std::array::from_fn(|p| interleave(g[2 * p], g[2 * p + 1]))
+}
+
+/// Unpacks rows `rows[i]` (all `nb` super-blocks) into `p`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn kpack_rows<B: KSimd>(w: &[B], nb: usize, rows: [usize; KPACK_ROWS], p: &mut KPack) {
+    let offset = _mm256_set1_epi16(B::OFFSET as i16);
+    for (i, &r) in rows.iter().enumerate() {
+        let wr = &w[r * nb..(r + 1) * nb];
+        for (b, blk) in wr.iter().enumerate() {
+            // SAFETY: this function is compiled with the features `unpack`
+            // needs.
+            let u = unsafe { KQuant::<B>::unpack(blk) };
+            let at = b * KPACK_ROWS + i;
+            let q = if B::SIGNED {
+                p.signs[at] = interleave_pairs(u.q);
+                u.q.map(|q| _mm256_abs_epi8(q))
+            } else {
+                u.q
+            };
+            p.blocks[at] = KPacked {
+                q: interleave_pairs(q),
+                // `sc[g]` holds the scale of group `g` in every i16 lane of
+                // the i32 lanes it covers.
+                sc: std::array::from_fn(|j| {
+                    let s = _mm256_blend_epi16::<0xaa>(u.sc[2 * j], u.sc[2 * j + 1]);
+                    Bytes32(bytemuck::cast(s))
+                }),
+                // Scales within +-128 and offsets of at most 32: exact in
+                // i16.
+                off: Bytes32(bytemuck::cast(_mm256_mullo_epi16(u.scales, offset))),
+                mins: Bytes32(bytemuck::cast(u.mins)),
+                d: Bytes32(bytemuck::cast(_mm256_set1_ps(u.d))),
+                dmin: Bytes32(bytemuck::cast(_mm256_set1_ps(u.dmin))),
+            };
+        }
+    }
+}
+
+/// Rearranges the activation quants of tokens `tokens` (all `nb` blocks)
+/// into `p.xq` as in `KPacked::q`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn kpack_tokens(x: &[BlockQ8K], nb: usize, tokens: Range<usize>, p: &mut KPack) {
+    let x = &x[tokens.start * nb..tokens.end * nb];
+    for (xb, out) in x.iter().zip(p.xq.iter_mut()) {
+        let g: [[u8; 32]; 8] = bytemuck::cast(xb.qs);
+        *out = interleave_pairs(g.map(|v| load32(v)));
+    }
+}
+
+/// `v`, hidden from the optimizer. Without it LLVM regroups a block's
+/// integer sums into one tree per (row, token) and computes the trees one
+/// after another, spilling the weights that the tokens share.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn opaque(mut v: __m256i) -> __m256i {
+    // SAFETY: the template is empty: no instruction runs, `v` stays in its
+    // register unchanged.
+    unsafe {
+        std::arch::asm!("/* {0} */", inout(ymm_reg) v, options(pure, nomem, nostack, preserves_flags));
+    }
+    v
+}
+
+/// The 8-lane accumulators of `KPACK_ROWS` packed rows against `C` tokens:
+/// `x` their activation blocks, `xq` their quants as in `KPacked::q`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn kpacked_tile<B: KSimd, const C: usize>(
+    p: &KPack,
+    nb: usize,
+    x: [&[BlockQ8K]; C],
+    xq: [&[[[Bytes32; 2]; 4]]; C],
+) -> [[__m256; C]; KPACK_ROWS] {
+    let (blocks, _) = p.blocks[..nb * KPACK_ROWS].as_chunks::<KPACK_ROWS>();
+    let (signs, _) = p.signs.as_chunks::<KPACK_ROWS>();
+    let x = x.map(|s| &s[..blocks.len()]);
+    let xq = xq.map(|s| &s[..blocks.len()]);
+    let mut acc = [[_mm256_setzero_ps(); C]; KPACK_ROWS];
+    for (b, wb) in blocks.iter().enumerate() {
+        let mut isum = [[_mm256_setzero_si256(); C]; KPACK_ROWS];
+        for pair in 0..4 {
+            let xv: [[__m256i; 2]; C] =
+                std::array::from_fn(|j| xq[j][b][pair].map(|v| bytemuck::cast(v.0)));
+            for (i, (w, s)) in wb.iter().zip(isum.iter_mut()).enumerate() {
+                let q: [__m256i; 2] = w.q[pair].map(|v| bytemuck::cast(v.0));
+                let sc: __m256i = bytemuck::cast(w.sc[pair].0);
+                for (xj, sj) in xv.iter().zip(s.iter_mut()) {
+                    let sum = if B::SIGNED {
+                        let sign: [__m256i; 2] = signs[b][i][pair].map(|v| bytemuck::cast(v.0));
+                        let lo = _mm256_maddubs_epi16(q[0], _mm256_sign_epi8(xj[0], sign[0]));
+                        let hi = _mm256_maddubs_epi16(q[1], _mm256_sign_epi8(xj[1], sign[1]));
+                        _mm256_add_epi32(_mm256_madd_epi16(lo, sc), _mm256_madd_epi16(hi, sc))
+                    } else {
+                        let lo = _mm256_maddubs_epi16(q[0], xj[0]);
+                        let hi = _mm256_maddubs_epi16(q[1], xj[1]);
+                        _mm256_madd_epi16(_mm256_add_epi16(lo, hi), sc)
+                    };
+                    *sj = opaque(_mm256_add_epi32(*sj, sum));
+                }
+            }
+        }
+        let bsums: [__m256i; C] = std::array::from_fn(|j| bytemuck::cast(x[j][b].bsums));
+        let dx: [__m256; C] = std::array::from_fn(|j| _mm256_set1_ps(x[j][b].d));
+        for ((w, s), a) in wb.iter().zip(&isum).zip(acc.iter_mut()) {
+            for j in 0..C {
+                let mut sum = s[j];
+                if B::OFFSET != 0 {
+                    let off = _mm256_madd_epi16(bsums[j], bytemuck::cast(w.off.0));
+                    sum = _mm256_sub_epi32(sum, off);
+                }
+                // `d_w * d_x` in every lane.
+                let d = _mm256_mul_ps(bytemuck::cast(w.d.0), dx[j]);
+                a[j] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sum), a[j]);
+                if B::HAS_MIN {
+                    let m = _mm256_madd_epi16(bsums[j], bytemuck::cast(w.mins.0));
+                    let dmin = _mm256_mul_ps(bytemuck::cast(w.dmin.0), dx[j]);
+                    a[j] = _mm256_fnmadd_ps(dmin, _mm256_cvtepi32_ps(m), a[j]);
+                }
+            }
+        }
+    }
+    acc
+}
+
+/// Runs one k-quant packed tile against tokens `t..t + C` (`t0` the first
+/// token in `p.xq`) and stores the valid rows.
+#[inline]
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn kpacked_store<B: KSimd, const C: usize>(
+    p: &KPack,
+    nb: usize,
+    x: &[BlockQ8K],
+    t0: usize,
+    t: usize,
+    r0: usize,
+    n_rows: usize,
+    out: &mut OutRows<'_>,
+) {
+    let xt: [&[BlockQ8K]; C] = std::array::from_fn(|j| &x[(t + j) * nb..(t + j + 1) * nb]);
+    let xq = std::array::from_fn(|j| {
+        let at = t + j - t0;
+        &p.xq[at * nb..(at + 1) * nb]
+    });
+    let acc = kpacked_tile::<B, C>(p, nb, xt, xq);
+    for (i, row) in acc.iter().enumerate().take(n_rows) {
+        for (j, &a) in row.iter().enumerate() {
+            out.set(t + j, r0 + i, hsum(a));
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn kpacked_rows_impl<B: KSimd>(
+    w: &[B],
+    nb: usize,
+    rows: Range<usize>,
+    x: &[BlockQ8K],
+    n_tokens: usize,
+    out: &mut OutRows<'_>,
+    p: &mut KPack,
+) {
+    grow(&mut p.blocks, nb * KPACK_ROWS);
+    if B::SIGNED {
+        grow(&mut p.signs, nb * KPACK_ROWS);
+    }
+    grow(&mut p.xq, nb * PACK_TOKEN_GROUP.min(n_tokens));
+    let mut t0 = 0;
+    while t0 < n_tokens {
+        let t_end = (t0 + PACK_TOKEN_GROUP).min(n_tokens);
+        kpack_tokens(x, nb, t0..t_end, p);
+        let mut r = rows.start;
+        while r < rows.end {
+            let n_rows = (rows.end - r).min(KPACK_ROWS);
+            // A short tile repeats its last row; those results are dropped.
+            let idx = std::array::from_fn(|i| r + i.min(n_rows - 1));
+            kpack_rows::<B>(w, nb, idx, p);
+            let mut t = t0;
+            while t + 2 <= t_end {
+                kpacked_store::<B, 2>(p, nb, x, t0, t, r, n_rows, out);
+                t += 2;
+            }
+            if t < t_end {
+                kpacked_store::<B, 1>(p, nb, x, t0, t, r, n_rows, out);
+            }
+            r += n_rows;
+        }
+        t0 = t_end;
+    }
+}
+
+/// The k-quant kernel for rows `rows`, or `false` when the CPU lacks the
+/// features: one token straight from the weight blocks ([`rows_impl`]),
+/// several through the packed tile.
+pub(crate) fn kquant_rows<B: KSimd>(
+    w: &[B],
+    nb: usize,
+    rows: Range<usize>,
+    x: &[BlockQ8K],
+    n_tokens: usize,
+    out: &mut OutRows<'_>,
+) -> bool {
+    if !available() {
+        return false;
+    }
+    if n_tokens == 1 {
+        // SAFETY: the CPU supports avx2, fma and f16c (checked just above).
+        unsafe { rows_impl::<KQuant<B>>(w, nb, rows, x, out) };
+        return true;
+    }
+    let mut p = KPACK.take();
+    // SAFETY: the CPU supports avx2, fma and f16c (checked just above).
+    unsafe { kpacked_rows_impl::<B>(w, nb, rows, x, n_tokens, out, &mut p) };
+    KPACK.set(p);
     true
 }
 

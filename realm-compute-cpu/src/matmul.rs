@@ -162,7 +162,7 @@ macro_rules! dispatch {
 }
 
 dispatch!(crate::avx2::packed_rows::<Self>, BlockQ8x32, q8: BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockIQ4NL);
-dispatch!(crate::avx2::rows::<crate::avx2::KQuant<Self>>, BlockQ8K, q8k: BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockIQ4XS);
+dispatch!(crate::avx2::kquant_rows::<Self>, BlockQ8K, q8k: BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockIQ4XS);
 
 /// Scalar kernel: the reference dot product for each (row, token).
 fn rows_scalar<B: WeightBlock>(

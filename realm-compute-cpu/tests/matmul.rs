@@ -159,23 +159,27 @@ fn dot_product_error_within_llama_cpp_thresholds() {
     }
 }
 
-/// A token's output is bit-identical alone, inside a batch of 7, and with 1
-/// or 2 threads, for every type (shapes big enough to use the thread pool).
+/// A token's output is bit-identical alone, inside a batch, and with 1 or 2
+/// threads, for every type: a batch of 7 on a shape big enough to use the
+/// thread pool, and one of 67 (past the 64-token groups of the packed
+/// kernels, an odd count) on a row count off the 4-row tiles.
 #[test]
 fn batch_and_thread_invariance() {
-    let (m, k) = (192, 1024);
-    for t in TYPES {
+    for (t, (m, k, n)) in TYPES
+        .iter()
+        .flat_map(|&t| [(192, 1024, 7), (13, 512, 67)].map(|s| (t, s)))
+    {
         let mut rng = Rng::new(100 + t.id() as u64);
         let words = random_weights(t, m, k, &mut rng);
         let data = bytes_of(&words, t, m, k);
-        let x = rng.f32s(7 * k, -3.0, 3.0);
+        let x = rng.f32s(n * k, -3.0, 3.0);
         for isa in [Isa::Scalar, Isa::Avx2] {
             let (Some(one), Some(two)) = (backend(isa, 1), backend(isa, 2)) else {
                 continue;
             };
-            let batch = run_matmul(&[&one, &two], t, data, m, k, &x, 7);
+            let batch = run_matmul(&[&one, &two], t, data, m, k, &x, n);
             assert_eq!(batch[0], batch[1], "{t} {isa:?}: 1 vs 2 threads");
-            for tok in 0..7 {
+            for tok in 0..n {
                 let alone = run_matmul(&[&two], t, data, m, k, &x[tok * k..(tok + 1) * k], 1);
                 let inside = &batch[1][tok * m..(tok + 1) * m];
                 let same = alone[0]
