@@ -1745,8 +1745,8 @@ fn attend_group_impl<T: FloatSimd>(
         match gh {
             1 => run!(1, 4, 8),
             2 => run!(2, 4, 4),
-            3 => run!(3, 4, 2),
-            _ => run!(4, 3, 2),
+            3 => run!(3, 3, 2),
+            _ => run!(4, 2, 3),
         }
     }
 }
