@@ -848,37 +848,67 @@ fn grow<T: Clone + Default>(v: &mut Vec<T>, n: usize) {
     }
 }
 
+/// The 8x8 transpose of 32-bit words: word `i` of result `l` is word `l`
+/// of `v[i]`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn transpose8(v: [__m256i; 8]) -> [__m256i; 8] {
+    // Pairs of rows interleaved by word, then by two words: `u[4h + j]`
+    // holds word `j` (low half) and `j + 4` (high half) of rows `4h..4h + 4`.
+    let t: [__m256i; 8] = std::array::from_fn(|i| {
+        let (a, b) = (v[i / 2 * 2], v[i / 2 * 2 + 1]);
+        if i % 2 == 0 {
+            _mm256_unpacklo_epi32(a, b)
+        } else {
+            _mm256_unpackhi_epi32(a, b)
+        }
+    });
+    let u: [__m256i; 8] = std::array::from_fn(|i| {
+        let (h, j) = (i / 4, i % 4);
+        let (a, b) = (t[4 * h + j / 2], t[4 * h + j / 2 + 2]);
+        if j % 2 == 0 {
+            _mm256_unpacklo_epi64(a, b)
+        } else {
+            _mm256_unpackhi_epi64(a, b)
+        }
+    });
+    std::array::from_fn(|l| {
+        let (a, b) = (u[l % 4], u[4 + l % 4]);
+        if l < 4 {
+            _mm256_permute2x128_si256::<0x20>(a, b)
+        } else {
+            _mm256_permute2x128_si256::<0x31>(a, b)
+        }
+    })
+}
+
 /// Unpacks rows `rows[i]` (all `nb` blocks) into lane `i` of `p`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn pack_rows<B: LegacySimd>(w: &[B], nb: usize, rows: [usize; PACK_ROWS], p: &mut Pack) {
+    let wr: [&[B]; PACK_ROWS] = rows.map(|r| &w[r * nb..(r + 1) * nb]);
     let (qa, _) = p.qa[..nb * 8].as_chunks_mut::<8>();
     let (qs, _) = p.q.as_chunks_mut::<8>();
-    for (i, &r) in rows.iter().enumerate() {
-        let wr = &w[r * nb..(r + 1) * nb];
-        for (b, blk) in wr.iter().enumerate() {
+    for b in 0..nb {
+        let mut q = [_mm256_setzero_si256(); PACK_ROWS];
+        for (i, row) in wr.iter().enumerate() {
             // SAFETY: this function is compiled with the features `load` needs.
-            let (q, d, m) = unsafe { blk.load() };
-            let abs = match B::FORM {
-                Form::Signed => _mm256_abs_epi8(q),
-                _ => q,
-            };
-            let abs: [u32; 8] = bytemuck::cast(abs);
-            for (dst, v) in qa[b].iter_mut().zip(abs) {
-                dst.0[i] = v;
-            }
-            if B::FORM == Form::Signed {
-                let q: [u32; 8] = bytemuck::cast(q);
-                for (dst, v) in qs[b].iter_mut().zip(q) {
-                    dst.0[i] = v;
-                }
-            }
+            let (qi, d, m) = unsafe { row[b].load() };
+            q[i] = qi;
             p.d[b][i] = d;
             p.aux[b][i] = match B::FORM {
                 Form::Signed => 0.0,
                 Form::Offset(_) => d,
                 Form::Min => m,
             };
+        }
+        for (l, v) in transpose8(q).into_iter().enumerate() {
+            if B::FORM == Form::Signed {
+                qs[b][l] = Lanes(bytemuck::cast(v));
+                qa[b][l] = Lanes(bytemuck::cast(_mm256_abs_epi8(v)));
+            } else {
+                qa[b][l] = Lanes(bytemuck::cast(v));
+            }
         }
     }
 }
