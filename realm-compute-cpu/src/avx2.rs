@@ -701,37 +701,45 @@ pub(crate) fn dot_float<T: FloatSimd>(w: &[T], x: &[f32]) -> Option<f32> {
 //   in block order, of the per-block factors `aux_w[b]` times the
 //   activation block sums `s_x[b]` (one rounding per product and per sum,
 //   as the old scalar accumulator did: it keeps Gemma's logits closest to
-//   llama.cpp's). That sequential sum runs in the lanes of a 4-wide vector,
-//   one lane per row of the tile, so it costs one multiply and one add per
-//   block and token instead of a scalar dependency chain per output.
+//   llama.cpp's).
+//
+// The packed kernel computes exactly that, transposed: lane `l` of a pair's
+// accumulator only ever sees bytes `4l..4l + 4` of each block, so the pack
+// stores, per block and per `l`, those 4 bytes of every row of the tile
+// side by side, one row per lane. Against one token (its 4 bytes broadcast)
+// `maddubs` + `madd` then give lane `l` of all `PACK_ROWS` pairs at once,
+// the scale products `d_w * d_x` of all rows take one multiply, and the 8
+// lanes of `hsum` become 7 vertical adds in its order. The sequential
+// offset/min sum runs in the same row lanes, one multiply and one add per
+// block and token.
 //
 // Neither the tile shape nor the number of tokens changes this sequence, so
 // one token alone (decode) and the same token inside a batch give
 // bit-identical results.
 
-/// Rows unpacked together.
-const PACK_ROWS: usize = 4;
+/// Rows unpacked together, one per vector lane.
+const PACK_ROWS: usize = 8;
 /// Tokens whose activations stay in L2 while the row tiles stream past.
 const PACK_TOKEN_GROUP: usize = 64;
 
-/// 32 bytes, aligned for a vector load.
+/// One 32-bit word per row of a tile, aligned for a vector load.
 #[repr(C, align(32))]
 #[derive(Clone, Copy, Default)]
-struct Bytes32([u8; 32]);
+struct Lanes([u32; PACK_ROWS]);
 
 /// Per-thread scratch of the packed kernel; it grows to the largest call
 /// and is then reused.
 #[derive(Default)]
 struct Pack {
-    /// `[block][row]` bytes fed to `maddubs` (absolute values for signed
-    /// types).
-    qa: Vec<Bytes32>,
-    /// `[block][row]` signed bytes (signed types only).
-    q: Vec<Bytes32>,
-    /// `[block][row]` block scales.
-    d: Vec<f32>,
-    /// `[block][row]` offset/min factors.
-    aux: Vec<f32>,
+    /// `[block][l]`: bytes `4l..4l + 4` fed to `maddubs` (absolute values
+    /// for signed types) of each row.
+    qa: Vec<Lanes>,
+    /// `[block][l]`: the signed bytes likewise (signed types only).
+    q: Vec<Lanes>,
+    /// `[block]`: the rows' block scales.
+    d: Vec<[f32; PACK_ROWS]>,
+    /// `[block]`: the rows' offset/min factors.
+    aux: Vec<[f32; PACK_ROWS]>,
 }
 
 thread_local! {
@@ -744,105 +752,133 @@ fn grow<T: Clone + Default>(v: &mut Vec<T>, n: usize) {
     }
 }
 
-/// Unpacks rows `rows[i]` (all `nb` blocks) into `p`.
+/// The 8x8 transpose of 32-bit words: word `i` of result `l` is word `l`
+/// of `v[i]`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn transpose8(v: [__m256i; 8]) -> [__m256i; 8] {
+    // Pairs of rows interleaved by word, then by two words: `u[4h + j]`
+    // holds word `j` (low half) and `j + 4` (high half) of rows `4h..4h + 4`.
+    let t: [__m256i; 8] = std::array::from_fn(|i| {
+        let (a, b) = (v[i / 2 * 2], v[i / 2 * 2 + 1]);
+        if i % 2 == 0 {
+            _mm256_unpacklo_epi32(a, b)
+        } else {
+            _mm256_unpackhi_epi32(a, b)
+        }
+    });
+    let u: [__m256i; 8] = std::array::from_fn(|i| {
+        let (h, j) = (i / 4, i % 4);
+        let (a, b) = (t[4 * h + j / 2], t[4 * h + j / 2 + 2]);
+        if j % 2 == 0 {
+            _mm256_unpacklo_epi64(a, b)
+        } else {
+            _mm256_unpackhi_epi64(a, b)
+        }
+    });
+    std::array::from_fn(|l| {
+        let (a, b) = (u[l % 4], u[4 + l % 4]);
+        if l < 4 {
+            _mm256_permute2x128_si256::<0x20>(a, b)
+        } else {
+            _mm256_permute2x128_si256::<0x31>(a, b)
+        }
+    })
+}
+
+/// Unpacks rows `rows[i]` (all `nb` blocks) into lane `i` of `p`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn pack_rows<B: LegacySimd>(w: &[B], nb: usize, rows: [usize; PACK_ROWS], p: &mut Pack) {
-    for (i, &r) in rows.iter().enumerate() {
-        let wr = &w[r * nb..(r + 1) * nb];
-        for (b, blk) in wr.iter().enumerate() {
+    let wr: [&[B]; PACK_ROWS] = rows.map(|r| &w[r * nb..(r + 1) * nb]);
+    let (qa, _) = p.qa[..nb * 8].as_chunks_mut::<8>();
+    let (qs, _) = p.q.as_chunks_mut::<8>();
+    for b in 0..nb {
+        let mut q = [_mm256_setzero_si256(); PACK_ROWS];
+        for (i, row) in wr.iter().enumerate() {
             // SAFETY: this function is compiled with the features `load` needs.
-            let (q, d, m) = unsafe { blk.load() };
-            let at = b * PACK_ROWS + i;
-            let qa = match B::FORM {
-                Form::Signed => _mm256_abs_epi8(q),
-                _ => q,
-            };
-            p.qa[at] = Bytes32(bytemuck::cast(qa));
-            if B::FORM == Form::Signed {
-                p.q[at] = Bytes32(bytemuck::cast(q));
-            }
-            p.d[at] = d;
-            p.aux[at] = match B::FORM {
+            let (qi, d, m) = unsafe { row[b].load() };
+            q[i] = qi;
+            p.d[b][i] = d;
+            p.aux[b][i] = match B::FORM {
                 Form::Signed => 0.0,
                 Form::Offset(_) => d,
                 Form::Min => m,
             };
         }
+        for (l, v) in transpose8(q).into_iter().enumerate() {
+            if B::FORM == Form::Signed {
+                qs[b][l] = Lanes(bytemuck::cast(v));
+                qa[b][l] = Lanes(bytemuck::cast(_mm256_abs_epi8(v)));
+            } else {
+                qa[b][l] = Lanes(bytemuck::cast(v));
+            }
+        }
     }
 }
 
-/// The 8-lane accumulators of `PACK_ROWS` packed rows against `C` tokens,
-/// and per token the offset/min sums of the rows (lane `i`: row `i`).
+/// The packed rows against one token: the accumulators transposed (lane
+/// `i` of element `l`: lane `l` of row `i`'s accumulator) and the rows'
+/// offset/min sums (lane `i`: row `i`).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn packed_tile<B: LegacySimd, const C: usize>(
-    p: &Pack,
-    nb: usize,
-    x: [&[BlockQ8x32]; C],
-) -> ([[__m256; C]; PACK_ROWS], [__m128; C]) {
-    let (qa, _) = p.qa[..nb * PACK_ROWS].as_chunks::<PACK_ROWS>();
-    let (qs, _) = p.q.as_chunks::<PACK_ROWS>();
-    let (d, _) = p.d[..nb * PACK_ROWS].as_chunks::<PACK_ROWS>();
-    let (aux, _) = p.aux[..nb * PACK_ROWS].as_chunks::<PACK_ROWS>();
-    let x = x.map(|s| &s[..qa.len()]);
+fn packed_tile<B: LegacySimd>(p: &Pack, x: &[BlockQ8x32]) -> ([__m256; 8], __m256) {
+    let nb = x.len();
+    let (qa, _) = p.qa[..nb * 8].as_chunks::<8>();
+    let (qs, _) = p.q.as_chunks::<8>();
+    let (d, aux) = (&p.d[..nb], &p.aux[..nb]);
     let ones = _mm256_set1_epi16(1);
-    let mut acc = [[_mm256_setzero_ps(); C]; PACK_ROWS];
-    let mut seq = [_mm_setzero_ps(); C];
-    for (b, (qa_b, d_b)) in qa.iter().zip(d).enumerate() {
-        let dx: [__m256; C] = std::array::from_fn(|j| _mm256_set1_ps(x[j][b].d));
-        let xv: [__m256i; C] = std::array::from_fn(|j| bytemuck::cast(x[j][b].qs));
-        for i in 0..PACK_ROWS {
-            let wa: __m256i = bytemuck::cast(qa_b[i].0);
-            let dw = _mm256_set1_ps(d_b[i]);
-            for j in 0..C {
-                let xj = if B::FORM == Form::Signed {
-                    _mm256_sign_epi8(xv[j], bytemuck::cast(qs[b][i].0))
-                } else {
-                    xv[j]
-                };
-                let sums =
-                    _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(wa, xj), ones));
-                acc[i][j] = _mm256_fmadd_ps(_mm256_mul_ps(dw, dx[j]), sums, acc[i][j]);
-            }
+    let mut acc = [_mm256_setzero_ps(); 8];
+    let mut seq = _mm256_setzero_ps();
+    for (b, xb) in x.iter().enumerate() {
+        let prod = _mm256_mul_ps(bytemuck::cast(d[b]), _mm256_set1_ps(xb.d));
+        let xw: [i32; 8] = bytemuck::cast(xb.qs);
+        for (l, acc) in acc.iter_mut().enumerate() {
+            let xl = _mm256_set1_epi32(xw[l]);
+            let xl = if B::FORM == Form::Signed {
+                _mm256_sign_epi8(xl, bytemuck::cast(qs[b][l].0))
+            } else {
+                xl
+            };
+            let wa: __m256i = bytemuck::cast(qa[b][l].0);
+            let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(wa, xl), ones));
+            *acc = _mm256_fmadd_ps(prod, sums, *acc);
         }
         if B::FORM != Form::Signed {
-            let a: __m128 = bytemuck::cast(aux[b]);
-            for j in 0..C {
-                // A separate multiply and add: the rounding of the scalar
-                // `seq + aux * s`, in each lane.
-                let prod = _mm_mul_ps(a, _mm_set1_ps(x[j][b].s));
-                seq[j] = _mm_add_ps(seq[j], prod);
-            }
+            // A separate multiply and add: the rounding of the scalar
+            // `seq + aux * s`, in each lane.
+            let prod = _mm256_mul_ps(bytemuck::cast(aux[b]), _mm256_set1_ps(xb.s));
+            seq = _mm256_add_ps(seq, prod);
         }
     }
     (acc, seq)
 }
 
-/// Runs one packed tile against tokens `t..t + C` and stores the valid rows.
+/// Runs the packed tile against token `t` and stores the valid rows.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn packed_store<B: LegacySimd, const C: usize>(
+fn packed_store<B: LegacySimd>(
     p: &Pack,
-    nb: usize,
     x: &[BlockQ8x32],
     t: usize,
     r0: usize,
     n_rows: usize,
     out: &mut OutRows<'_>,
 ) {
-    let xt: [&[BlockQ8x32]; C] = std::array::from_fn(|j| &x[(t + j) * nb..(t + j + 1) * nb]);
-    let (acc, seq) = packed_tile::<B, C>(p, nb, xt);
-    let seq: [[f32; PACK_ROWS]; C] = seq.map(bytemuck::cast);
-    for (i, row) in acc.iter().enumerate().take(n_rows) {
-        for (j, &a) in row.iter().enumerate() {
-            let v = match B::FORM {
-                Form::Signed => hsum(a),
-                Form::Offset(o) => hsum(a) - o * seq[j][i],
-                Form::Min => hsum(a) + seq[j][i],
-            };
-            out.set(t + j, r0 + i, v);
-        }
+    let (a, seq) = packed_tile::<B>(p, x);
+    // `hsum` of every row at once, in its order.
+    let sum = _mm256_add_ps(
+        _mm256_add_ps(_mm256_add_ps(a[0], a[4]), _mm256_add_ps(a[2], a[6])),
+        _mm256_add_ps(_mm256_add_ps(a[1], a[5]), _mm256_add_ps(a[3], a[7])),
+    );
+    let v = match B::FORM {
+        Form::Signed => sum,
+        Form::Offset(o) => _mm256_sub_ps(sum, _mm256_mul_ps(_mm256_set1_ps(o), seq)),
+        Form::Min => _mm256_add_ps(sum, seq),
+    };
+    let v: [f32; PACK_ROWS] = bytemuck::cast(v);
+    for (i, &v) in v.iter().enumerate().take(n_rows) {
+        out.set(t, r0 + i, v);
     }
 }
 
@@ -856,12 +892,12 @@ fn packed_rows_impl<B: LegacySimd>(
     out: &mut OutRows<'_>,
     p: &mut Pack,
 ) {
-    grow(&mut p.qa, nb * PACK_ROWS);
+    grow(&mut p.qa, nb * 8);
     if B::FORM == Form::Signed {
-        grow(&mut p.q, nb * PACK_ROWS);
+        grow(&mut p.q, nb * 8);
     }
-    grow(&mut p.d, nb * PACK_ROWS);
-    grow(&mut p.aux, nb * PACK_ROWS);
+    grow(&mut p.d, nb);
+    grow(&mut p.aux, nb);
     let mut t0 = 0;
     while t0 < n_tokens {
         let t_end = (t0 + PACK_TOKEN_GROUP).min(n_tokens);
@@ -871,19 +907,17 @@ fn packed_rows_impl<B: LegacySimd>(
             // A short tile repeats its last row; those results are dropped.
             let idx = std::array::from_fn(|i| r + i.min(n_rows - 1));
             pack_rows::<B>(w, nb, idx, p);
-            let mut t = t0;
-            while t + 2 <= t_end {
-                packed_store::<B, 2>(p, nb, x, t, r, n_rows, out);
-                t += 2;
-            }
-            if t < t_end {
-                packed_store::<B, 1>(p, nb, x, t, r, n_rows, out);
+            for t in t0..t_end {
+                packed_store::<B>(p, &x[t * nb..(t + 1) * nb], t, r, n_rows, out);
             }
             r += n_rows;
         }
         t0 = t_end;
     }
 }
+
+/// Rows the one-token kernel streams together.
+const FUSED_ROWS: usize = 4;
 
 /// One token (decode): the arithmetic of [`packed_tile`] and
 /// [`packed_store`] step for step, but straight from the weight blocks,
@@ -898,20 +932,20 @@ fn fused_rows_impl<B: LegacySimd>(
 ) {
     let x = &x[..nb];
     let ones = _mm256_set1_epi16(1);
-    for (idx, n_rows) in StreamTiles::<PACK_ROWS>::new(rows) {
+    for (idx, n_rows) in StreamTiles::<FUSED_ROWS>::new(rows) {
         // Sliced to `x.len()` so that indexing by block needs fewer checks.
-        let wr: [&[B]; PACK_ROWS] = std::array::from_fn(|i| {
+        let wr: [&[B]; FUSED_ROWS] = std::array::from_fn(|i| {
             let row = idx[i];
             &w[row * nb..(row + 1) * nb][..x.len()]
         });
-        let mut acc = [_mm256_setzero_ps(); PACK_ROWS];
+        let mut acc = [_mm256_setzero_ps(); FUSED_ROWS];
         // Lane 1: the sequential offset/min sum (lane 0 is unused).
-        let mut aux = [_mm_setzero_ps(); PACK_ROWS];
+        let mut aux = [_mm_setzero_ps(); FUSED_ROWS];
         for (b, xb) in x.iter().enumerate() {
             let xv: __m256i = bytemuck::cast(xb.qs);
             // `[d_x, s_x]` in lanes 0 and 1.
             let xds = _mm_castsi128_ps(_mm_cvtsi64_si128(bytemuck::cast([xb.d, xb.s])));
-            for i in 0..PACK_ROWS {
+            for i in 0..FUSED_ROWS {
                 // A few blocks ahead in this row's stream. A prefetch never
                 // faults, so running past the end is harmless.
                 let ahead = wr[i].as_ptr().wrapping_add(b + 4);
