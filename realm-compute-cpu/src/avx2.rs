@@ -1065,6 +1065,11 @@ fn interleave(a: __m256i, b: __m256i) -> [Bytes32; 2] {
     ]
 }
 
+/// 32 bytes, aligned for a vector load.
+#[repr(C, align(32))]
+#[derive(Clone, Copy, Default)]
+struct Bytes32([u8; 32]);
+
 /// One row's super-block, unpacked for [`kpacked_tile`].
 #[repr(C, align(32))]
 #[derive(Clone, Copy, Default)]

@@ -124,7 +124,8 @@ pub(crate) fn rope(
 /// nothing once warm.
 #[derive(Debug, Default)]
 pub(crate) struct RopeCache {
-    entries: [RopeAngles; 2],
+    /// Boxed: workspaces live inside sessions, which stay small.
+    entries: Box<[RopeAngles; 2]>,
     /// The entry to replace next.
     next: usize,
 }
