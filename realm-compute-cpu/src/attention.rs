@@ -243,6 +243,17 @@ fn check_params(
     Ok(n)
 }
 
+/// `body` with `k` and `v` bound to the cache's keys and values, whichever
+/// their element type.
+macro_rules! with_store {
+    ($cache:expr, |$k:ident, $v:ident| $body:expr) => {
+        match &$cache.store {
+            Store::F32 { k: $k, v: $v } => $body,
+            Store::F16 { k: $k, v: $v } => $body,
+        }
+    };
+}
+
 /// Attention for `q.len() / head_dim` consecutive query heads of one token
 /// that share the key/value head `kv_head`; `scores` holds at least that
 /// many times [`scores_per_head`] values.
@@ -268,30 +279,17 @@ fn group_attention(
     let values = base + lo * hd..base + (pos + 1) * hd;
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx2 {
-        let done = match &cache.store {
-            Store::F32 { k, v } => crate::avx2::attend_group(
-                &k[keys.clone()],
-                skip,
-                &v[values.clone()],
-                hd,
-                q,
-                p.scale,
-                p.softcap,
-                scores,
-                out,
-            ),
-            Store::F16 { k, v } => crate::avx2::attend_group(
-                &k[keys.clone()],
-                skip,
-                &v[values.clone()],
-                hd,
-                q,
-                p.scale,
-                p.softcap,
-                scores,
-                out,
-            ),
-        };
+        let done = with_store!(cache, |k, v| crate::avx2::attend_group(
+            &k[keys.clone()],
+            skip,
+            &v[values.clone()],
+            hd,
+            q,
+            p.scale,
+            p.softcap,
+            scores,
+            out,
+        ));
         if done {
             return;
         }
@@ -299,26 +297,15 @@ fn group_attention(
     let _ = isa;
     let scores = &mut scores[..pos + 1 - lo];
     for (qh, oh) in q.chunks_exact(hd).zip(out.chunks_exact_mut(hd)) {
-        match &cache.store {
-            Store::F32 { k, v } => weigh(
-                &k[keys.clone()],
-                skip,
-                &v[values.clone()],
-                qh,
-                p,
-                scores,
-                oh,
-            ),
-            Store::F16 { k, v } => weigh(
-                &k[keys.clone()],
-                skip,
-                &v[values.clone()],
-                qh,
-                p,
-                scores,
-                oh,
-            ),
-        }
+        with_store!(cache, |k, v| weigh(
+            &k[keys.clone()],
+            skip,
+            &v[values.clone()],
+            qh,
+            p,
+            scores,
+            oh
+        ));
     }
 }
 

@@ -116,16 +116,20 @@ proptest! {
     }
 
     #[test]
-    fn attention_matches_f64(n_kv in 1usize..3, group in 1usize..4, hd in 1usize..20, past in 0usize..12, n in 1usize..6, window in proptest::option::of(1usize..8), softcap in proptest::option::of(1f32..50.0), threads in 1usize..3, seed in any::<u64>()) {
+    fn attention_matches_f64(n_kv in 1usize..3, group in 1usize..6, hd in 1usize..20, past in 0usize..20, n in 1usize..6, window in proptest::option::of(1usize..12), softcap in proptest::option::of(1f32..50.0), threads in 1usize..3, scalar in any::<bool>(), f16_cache in any::<bool>(), seed in any::<u64>()) {
         let mut rng = Rng::new(seed);
         let n_heads = n_kv * group;
         let total = past + n;
-        let cfg = KvCacheConfig { n_layers: 2, n_kv_heads: n_kv, head_dim: hd, max_seq_len: total + 3, dtype: KvDtype::F32 };
-        let b = be(threads);
+        let dtype = if f16_cache { KvDtype::F16 } else { KvDtype::F32 };
+        let cfg = KvCacheConfig { n_layers: 2, n_kv_heads: n_kv, head_dim: hd, max_seq_len: total + 3, dtype };
+        let b = if scalar { backend(Isa::Scalar, threads).unwrap() } else { be(threads) };
         let mut cache = b.kv_cache(&cfg).unwrap();
         let k = rng.f32s(total * n_kv * hd, -1.0, 1.0);
         let v = rng.f32s(total * n_kv * hd, -1.0, 1.0);
         b.kv_write(&mut cache, KvSpan { layer: 1, start_pos: 0 }, &k, &v, 0..total).unwrap();
+        // What an f16 cache holds.
+        let stored = |x: Vec<f32>| if f16_cache { x.iter().map(|&a| half::f16::from_f32(a).to_f32()).collect() } else { x };
+        let (k, v) = (stored(k), stored(v));
         let q = rng.f32s(n * n_heads * hd, -1.0, 1.0);
         let p = AttentionParams { n_heads, n_kv_heads: n_kv, head_dim: hd, scale: 1.0 / (hd as f32).sqrt(), sliding_window: window, softcap };
         let mut out = vec![0.0; q.len()];
