@@ -11,8 +11,12 @@
 //!   as 2 * elements / s).
 //!
 //! After criterion's own output, a summary table gives each matrix-vector
-//! kernel's GB/s as a fraction of the copy bandwidth and each prefill's
-//! GFLOP/s (medians of a short timed run). Threads: `REALM_BENCH_THREADS`
+//! kernel's GB/s twice: "hot", one matrix multiplied again and again (the
+//! small ones then sit in cache, so this is the kernel's compute rate), and
+//! "streamed", a different copy of the matrix each call, cycling through at
+//! least 96 MiB of them (as a decode step reads its layers, from memory),
+//! the latter also as a fraction of the copy and read bandwidth; then each
+//! prefill's GFLOP/s (medians of a short timed run). Threads: `REALM_BENCH_THREADS`
 //! (default 2); `REALM_BENCH_ONLY=q8_0/49152` runs only the cases whose name
 //! contains the string.
 
@@ -90,6 +94,10 @@ struct Case {
     shape: [u64; 2],
 }
 
+/// Bytes of weights the streamed matrix-vector runs cycle through: well
+/// past this machine's 32 MiB L3.
+const STREAM_BYTES: usize = 96 << 20;
+
 impl Case {
     fn new(t: GgmlType, rows: usize, cols: usize) -> Self {
         Self {
@@ -106,6 +114,11 @@ impl Case {
     fn view(&self) -> TensorView<'_> {
         let data = &bytemuck::cast_slice::<u64, u8>(&self.words)[..self.bytes()];
         TensorView::new("w", self.t, &self.shape, data).unwrap()
+    }
+    /// `copies` matrices of this case's shape, back to back in one
+    /// allocation.
+    fn copies(&self, copies: usize) -> Vec<u64> {
+        weights(self.t, self.rows * copies, self.cols)
     }
     fn name(&self) -> String {
         format!("{}/{}x{}", self.t, self.rows, self.cols)
@@ -206,10 +219,25 @@ fn main() {
             b.iter(|| be.matmul(&mut ws, &w, black_box(&x), 1, &mut out).unwrap())
         });
         g.finish();
-        let secs = median_secs(summary_budget, || {
+        let hot = median_secs(summary_budget, || {
             be.matmul(&mut ws, &w, &x, 1, &mut out).unwrap()
         });
-        rows_out.push((case.name(), case.bytes() as f64 / secs / 1e9, secs));
+        let copies = STREAM_BYTES.div_ceil(case.bytes());
+        let words = case.copies(copies);
+        let data: &[u8] = bytemuck::cast_slice(&words);
+        let views: Vec<TensorView<'_>> = data
+            .chunks_exact(case.bytes())
+            .take(copies)
+            .map(|d| TensorView::new("w", case.t, &case.shape, d).unwrap())
+            .collect();
+        let ws_copies: Vec<_> = views.iter().map(|v| be.weight(v).unwrap()).collect();
+        let streamed = median_secs(summary_budget, || {
+            for w in &ws_copies {
+                be.matmul(&mut ws, w, &x, 1, &mut out).unwrap();
+            }
+        }) / copies as f64;
+        let gbs = |secs: f64| case.bytes() as f64 / secs / 1e9;
+        rows_out.push((case.name(), gbs(hot), gbs(streamed), streamed));
     }
 
     let mut prefill_out = Vec::new();
@@ -240,12 +268,12 @@ fn main() {
     println!("\n== summary ({}, {threads} threads) ==", be.name());
     println!("memory bandwidth: copy (read+write) {bw:.1} GB/s, read-only {read_bw:.1} GB/s");
     println!(
-        "{:<22} {:>8} {:>9} {:>9} {:>10}",
-        "matvec", "GB/s", "of copy", "of read", "us/call"
+        "{:<22} {:>8} {:>9} {:>9} {:>9} {:>10}",
+        "matvec (GB/s)", "hot", "streamed", "of copy", "of read", "us/call"
     );
-    for (name, gbs, secs) in rows_out {
+    for (name, hot, gbs, secs) in rows_out {
         println!(
-            "{name:<22} {gbs:>8.1} {:>8.0}% {:>8.0}% {:>10.1}",
+            "{name:<22} {hot:>8.1} {gbs:>9.1} {:>8.0}% {:>8.0}% {:>10.1}",
             100.0 * gbs / bw,
             100.0 * gbs / read_bw,
             secs * 1e6
