@@ -918,6 +918,8 @@ fn packed_rows_impl<B: LegacySimd>(
 
 /// Rows the one-token kernel streams together.
 const FUSED_ROWS: usize = 4;
+/// How far ahead the one-token kernel prefetches each stream.
+const PREFETCH_BYTES: usize = 512;
 
 /// One token (decode): the arithmetic of [`packed_tile`] and
 /// [`packed_store`] step for step, but straight from the weight blocks,
@@ -946,9 +948,14 @@ fn fused_rows_impl<B: LegacySimd>(
             // `[d_x, s_x]` in lanes 0 and 1.
             let xds = _mm_castsi128_ps(_mm_cvtsi64_si128(bytemuck::cast([xb.d, xb.s])));
             for i in 0..FUSED_ROWS {
-                // A few blocks ahead in this row's stream. A prefetch never
-                // faults, so running past the end is harmless.
-                let ahead = wr[i].as_ptr().wrapping_add(b + 4);
+                // 512 bytes ahead in this row's stream (the rows of a
+                // stretch are contiguous, so past the row's end is the next
+                // row of the stream): SmolLM2 tg128 +8-28% over 4 blocks
+                // ahead (96 bytes of Q4_1). A prefetch never faults, so
+                // running past the end is harmless.
+                let ahead = wr[i]
+                    .as_ptr()
+                    .wrapping_add(b + PREFETCH_BYTES / size_of::<B>());
                 _mm_prefetch::<_MM_HINT_T0>(ahead.cast::<i8>());
                 let blk = &wr[i][b];
                 // SAFETY: this function is compiled with the features
