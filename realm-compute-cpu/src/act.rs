@@ -34,10 +34,16 @@ pub trait ActBlock: Pod + Send + Sync {
     /// Quantizes `x` (exactly [`ActBlock::N`] values) into `out`.
     fn quantize(x: &[f32], out: &mut Self);
 
+    /// [`ActBlock::quantize`] with AVX2, the same bits; `false` (nothing
+    /// written) where the CPU or the target has no such kernel.
+    fn quantize_avx2(x: &[f32], out: &mut Self) -> bool;
+
     /// [`ActBlock::quantize`] with the kernels of `isa`: the same bits,
     /// faster.
     fn quantize_isa(isa: Isa, x: &[f32], out: &mut Self) {
-        let _ = isa;
+        if isa == Isa::Avx2 && Self::quantize_avx2(x, out) {
+            return;
+        }
         Self::quantize(x, out);
     }
 }
@@ -68,13 +74,14 @@ fn quantize_symmetric(x: &[f32], qs: &mut [i8]) -> f32 {
 impl ActBlock for BlockQ8x32 {
     const N: usize = 32;
 
-    fn quantize_isa(isa: Isa, x: &[f32], out: &mut Self) {
+    fn quantize_avx2(x: &[f32], out: &mut Self) -> bool {
         #[cfg(target_arch = "x86_64")]
-        if isa == Isa::Avx2 && crate::avx2::quantize_q8x32(x, out) {
-            return;
-        }
-        let _ = isa;
-        Self::quantize(x, out);
+        return crate::avx2::quantize_q8x32(x, out);
+        #[cfg(not(target_arch = "x86_64"))]
+        return {
+            let _ = (x, out);
+            false
+        };
     }
 
     fn quantize(x: &[f32], out: &mut Self) {
@@ -88,13 +95,14 @@ impl ActBlock for BlockQ8x32 {
 impl ActBlock for BlockQ8K {
     const N: usize = 256;
 
-    fn quantize_isa(isa: Isa, x: &[f32], out: &mut Self) {
+    fn quantize_avx2(x: &[f32], out: &mut Self) -> bool {
         #[cfg(target_arch = "x86_64")]
-        if isa == Isa::Avx2 && crate::avx2::quantize_q8k(x, out) {
-            return;
-        }
-        let _ = isa;
-        Self::quantize(x, out);
+        return crate::avx2::quantize_q8k(x, out);
+        #[cfg(not(target_arch = "x86_64"))]
+        return {
+            let _ = (x, out);
+            false
+        };
     }
 
     fn quantize(x: &[f32], out: &mut Self) {

@@ -9,9 +9,11 @@
 //!   BF16 weights multiply f32 activations directly.
 //! - Kernels: a portable scalar path (the reference) and an AVX2+FMA+F16C
 //!   path chosen at run time. Several tokens share each unpacked weight
-//!   block (32-element types: a 4-row tile unpacked once into an L1 buffer
-//!   and swept past every token; k-quants: one row by up to 8 tokens), so
-//!   prefill is not a series of matrix-vector products.
+//!   block (a tile of rows unpacked once into an L1 buffer and swept past
+//!   every token: 8 rows in vector lanes for the 32-element types, 4 rows
+//!   two tokens at a time for the k-quants), so prefill is not a series of
+//!   matrix-vector products. One token reads each thread's rows as 4
+//!   separate streams, which the hardware prefetcher follows in parallel.
 //! - Threads: the backend splits output rows over its own small pool, in
 //!   which the calling thread works too and idle helpers spin briefly, so
 //!   the hundreds of matmuls of a decode step do not each wait for threads
