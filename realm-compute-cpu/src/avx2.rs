@@ -29,7 +29,7 @@ use realm_core::quant::blocks::{
 use crate::act::{BlockQ8K, BlockQ8x32};
 use crate::matmul::OutRows;
 use crate::ops::{Activation, GELU_COEF_A, GELU_SQRT_2_OVER_PI};
-use crate::reference::{scale_min_k4, scales_q3k, WeightBlock};
+use crate::reference::{scales_q3k, WeightBlock};
 
 /// True when the CPU has every feature these kernels use.
 pub(crate) fn available() -> bool {
@@ -175,11 +175,15 @@ fn tile<K: Kernel, const R: usize>(w: [&[K::Block]; R], x: &[Act<K>], nb: usize)
     let mut acc = [unsafe { K::zero() }; R];
     for (b, xb) in x.iter().enumerate() {
         for (wr, a) in w.iter().zip(acc.iter_mut()) {
-            // A few blocks further on in this row's stream (see
-            // `StreamTiles`). A prefetch never faults, so running past the
-            // end is harmless.
-            let ahead = wr.as_ptr().wrapping_add(b + 4).cast::<i8>();
-            _mm_prefetch::<_MM_HINT_T0>(ahead);
+            // `PREFETCH_BYTES` further on in this row's stream (see
+            // `StreamTiles`), every cache line of a block. A prefetch never
+            // faults, so running past the end is harmless.
+            let ahead = wr.as_ptr().wrapping_add(b).cast::<i8>();
+            let mut line = PREFETCH_BYTES;
+            while line < PREFETCH_BYTES + size_of::<K::Block>() {
+                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line));
+                line += 64;
+            }
             // SAFETY: as above.
             let u = unsafe { K::unpack(&wr[b]) };
             // SAFETY: as above.
@@ -338,8 +342,10 @@ impl LegacySimd for BlockIQ4NL {
 /// bytes, one scale per 16 values, and (for types with mins) one min per 16.
 pub(crate) struct KParts {
     q: [__m256i; 8],
-    scales: [i8; 16],
-    mins: [i8; 16],
+    /// 16 signed bytes.
+    scales: __m128i,
+    /// 16 signed bytes (zero for types without mins).
+    mins: __m128i,
     d: f32,
     dmin: f32,
 }
@@ -370,13 +376,26 @@ fn srl16(v: __m256i, n: usize) -> __m256i {
     _mm256_srl_epi16(v, _mm_cvtsi32_si128(n as i32))
 }
 
-/// Scales and mins of a Q4_K/Q5_K block, one per 16 values.
-fn scales_mins_k4(s: &[u8; 12]) -> ([i8; 16], [i8; 16]) {
-    let sm: [(u8, u8); 8] = std::array::from_fn(|j| scale_min_k4(j, s));
-    (
-        std::array::from_fn(|i| sm[i / 2].0 as i8),
-        std::array::from_fn(|i| sm[i / 2].1 as i8),
-    )
+/// Scales and mins of a Q4_K/Q5_K block, one per 16 values (each of the
+/// eight 6-bit values twice), worked out four at a time in 32-bit words
+/// rather than byte by byte: the first four of each are the low 6 bits of
+/// bytes 0-3 (scales) and 4-7 (mins); the last four take their low 4 bits
+/// from bytes 8-11 (low nibbles for scales, high for mins) and their top 2
+/// from the top bits of bytes 0-3 (scales) or 4-7 (mins).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn scales_mins_k4(s: &[u8; 12]) -> (__m128i, __m128i) {
+    let [a, b, c]: [u32; 3] = bytemuck::cast(*s);
+    let (low6, low4, low2) = (0x3f3f_3f3f, 0x0f0f_0f0f, 0x0303_0303);
+    let sc_hi = (c & low4) | (((a >> 6) & low2) << 4);
+    let mn_hi = ((c >> 4) & low4) | (((b >> 6) & low2) << 4);
+    let sc = u64::from(a & low6) | (u64::from(sc_hi) << 32);
+    let mn = u64::from(b & low6) | (u64::from(mn_hi) << 32);
+    let twice = |v: u64| {
+        let v = _mm_cvtsi64_si128(v as i64);
+        _mm_unpacklo_epi8(v, v)
+    };
+    (twice(sc), twice(mn))
 }
 
 impl KSimd for BlockQ2K {
@@ -389,10 +408,12 @@ impl KSimd for BlockQ2K {
         let q = std::array::from_fn(|g| {
             _mm256_and_si256(srl16(load32(halves[g / 4]), 2 * (g % 4)), m3)
         });
+        let sc: __m128i = bytemuck::cast(self.scales);
+        let low4 = _mm_set1_epi8(0x0f);
         KParts {
             q,
-            scales: self.scales.map(|s| (s & 0x0f) as i8),
-            mins: self.scales.map(|s| (s >> 4) as i8),
+            scales: _mm_and_si128(sc, low4),
+            mins: _mm_and_si128(_mm_srli_epi16::<4>(sc), low4),
             d: h2f(self.d),
             dmin: h2f(self.dmin),
         }
@@ -414,8 +435,8 @@ impl KSimd for BlockQ3K {
         });
         KParts {
             q,
-            scales: scales_q3k(&self.scales),
-            mins: [0; 16],
+            scales: bytemuck::cast(scales_q3k(&self.scales)),
+            mins: _mm_setzero_si128(),
             d: h2f(self.d),
             dmin: 0.0,
         }
@@ -484,8 +505,8 @@ impl KSimd for BlockQ6K {
         });
         KParts {
             q,
-            scales: self.scales,
-            mins: [0; 16],
+            scales: bytemuck::cast(self.scales),
+            mins: _mm_setzero_si128(),
             d: h2f(self.d),
             dmin: 0.0,
         }
@@ -507,8 +528,8 @@ impl KSimd for BlockIQ4XS {
         });
         KParts {
             q,
-            scales: std::array::from_fn(|i| ls[i / 2]),
-            mins: [0; 16],
+            scales: bytemuck::cast::<[i8; 16], __m128i>(std::array::from_fn(|i| ls[i / 2])),
+            mins: _mm_setzero_si128(),
             d: h2f(self.d),
             dmin: 0.0,
         }
@@ -540,21 +561,28 @@ impl<B: KSimd> Kernel for KQuant<B> {
     unsafe fn unpack(b: &B) -> KUnpacked {
         // SAFETY: this function is compiled with the features `parts` needs.
         let p = unsafe { b.parts() };
-        let s: __m128i = bytemuck::cast(p.scales);
+        let scales = _mm256_cvtepi8_epi16(p.scales);
+        // Group `g` covers scales `2g` (its first 16 lanes) and `2g + 1`:
+        // both in the low half of `scales` for `g < 4`, else the high half.
+        // With that half in both halves of a register, one byte shuffle
+        // spreads scale `2g` over the low 8 i16 lanes and `2g + 1` over the
+        // high 8.
+        let halves = [
+            _mm256_permute2x128_si256::<0x00>(scales, scales),
+            _mm256_permute2x128_si256::<0x11>(scales, scales),
+        ];
         let sc = std::array::from_fn(|g| {
-            let lo = (2 * g) as i8;
-            let hi = lo + 1;
-            let pick = _mm_setr_epi8(
-                lo, lo, lo, lo, lo, lo, lo, lo, hi, hi, hi, hi, hi, hi, hi, hi,
-            );
-            _mm256_cvtepi8_epi16(_mm_shuffle_epi8(s, pick))
+            let pick: [u8; 32] = std::array::from_fn(|i| {
+                let lane = (2 * g + i / 16) % 8;
+                (2 * lane + i % 2) as u8
+            });
+            _mm256_shuffle_epi8(halves[g / 4], bytemuck::cast(pick))
         });
-        let mins: __m128i = bytemuck::cast(p.mins);
         KUnpacked {
             q: p.q,
             sc,
-            scales: _mm256_cvtepi8_epi16(s),
-            mins: _mm256_cvtepi8_epi16(mins),
+            scales,
+            mins: _mm256_cvtepi8_epi16(p.mins),
             d: p.d,
             dmin: p.dmin,
         }
