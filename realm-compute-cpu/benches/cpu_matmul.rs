@@ -16,7 +16,11 @@
 //! "streamed", a different copy of the matrix each call, cycling through at
 //! least 96 MiB of them (as a decode step reads its layers, from memory),
 //! the latter also as a fraction of the copy and read bandwidth; then each
-//! prefill's GFLOP/s (medians of a short timed run). Threads: `REALM_BENCH_THREADS`
+//! prefill's GFLOP/s (medians of a short timed run). This machine's
+//! bandwidth drifts by up to 2x within minutes (other guests on the host),
+//! so the fractions are paired: each of [`ROUNDS`] rounds times a copy, a
+//! read and the streamed kernel back to back, and the table gives the
+//! medians of the per-round figures and ratios. Threads: `REALM_BENCH_THREADS`
 //! (default 2); `REALM_BENCH_ONLY=q8_0/49152` runs only the cases whose name
 //! contains the string.
 
@@ -125,6 +129,15 @@ impl Case {
     }
 }
 
+/// Rounds of the paired bandwidth and streamed-kernel measurement.
+const ROUNDS: usize = 9;
+
+/// The median of `v` (not empty).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
 /// Median seconds per call of `f` over about `budget`.
 fn median_secs(budget: Duration, mut f: impl FnMut()) -> f64 {
     f();
@@ -159,6 +172,17 @@ fn parallel_sum(pool: &rayon::ThreadPool, src: &[u64]) -> u64 {
     })
 }
 
+/// One matrix-vector line of the summary: GB/s hot and streamed, and the
+/// streamed rate over the copy and read bandwidth of the same rounds.
+struct Row {
+    name: String,
+    bytes: f64,
+    hot: f64,
+    streamed: f64,
+    of_copy: f64,
+    of_read: f64,
+}
+
 fn main() {
     let threads: usize = std::env::var("REALM_BENCH_THREADS")
         .ok()
@@ -190,16 +214,20 @@ fn main() {
         });
         g.finish();
     }
-    let bw = copy_bytes as f64
-        / median_secs(summary_budget, || parallel_copy(&pool, &src, &mut dst))
-        / 1e9;
-    let read_bw = copy_bytes as f64
-        / 2.0
-        / median_secs(summary_budget, || {
-            black_box(parallel_sum(&pool, &src));
-        })
-        / 1e9;
-    drop((src, dst));
+    let mut copy_gbs = || {
+        let t = Instant::now();
+        parallel_copy(&pool, &src, &mut dst);
+        copy_bytes as f64 / t.elapsed().as_secs_f64() / 1e9
+    };
+    let read_gbs = || {
+        let t = Instant::now();
+        black_box(parallel_sum(&pool, &src));
+        copy_bytes as f64 / 2.0 / t.elapsed().as_secs_f64() / 1e9
+    };
+    let (bw, read_bw) = (
+        median((0..ROUNDS).map(|_| copy_gbs()).collect()),
+        median((0..ROUNDS).map(|_| read_gbs()).collect()),
+    );
 
     let mut ws = be.workspace();
     let mut rows_out = Vec::new();
@@ -231,14 +259,31 @@ fn main() {
             .map(|d| TensorView::new("w", case.t, &case.shape, d).unwrap())
             .collect();
         let ws_copies: Vec<_> = views.iter().map(|v| be.weight(v).unwrap()).collect();
-        let streamed = median_secs(summary_budget, || {
-            for w in &ws_copies {
-                be.matmul(&mut ws, w, &x, 1, &mut out).unwrap();
-            }
-        }) / copies as f64;
-        let gbs = |secs: f64| case.bytes() as f64 / secs / 1e9;
-        rows_out.push((case.name(), gbs(hot), gbs(streamed), streamed));
+        let mut streamed_gbs = |ws: &mut _| {
+            let secs = median_secs(summary_budget / 4, || {
+                for w in &ws_copies {
+                    be.matmul(ws, w, &x, 1, &mut out).unwrap();
+                }
+            }) / copies as f64;
+            case.bytes() as f64 / secs / 1e9
+        };
+        let mut rounds = Vec::new();
+        for _ in 0..ROUNDS {
+            let (c, r) = (copy_gbs(), read_gbs());
+            let k = streamed_gbs(&mut ws);
+            rounds.push((k, k / c, k / r));
+        }
+        let col = |f: fn(&(f64, f64, f64)) -> f64| median(rounds.iter().map(f).collect());
+        rows_out.push(Row {
+            name: case.name(),
+            bytes: case.bytes() as f64,
+            hot: case.bytes() as f64 / hot / 1e9,
+            streamed: col(|r| r.0),
+            of_copy: col(|r| r.1),
+            of_read: col(|r| r.2),
+        });
     }
+    drop((src, dst));
 
     let mut prefill_out = Vec::new();
     for &(t, m, k) in PREFILL {
@@ -266,17 +311,23 @@ fn main() {
     c.final_summary();
 
     println!("\n== summary ({}, {threads} threads) ==", be.name());
-    println!("memory bandwidth: copy (read+write) {bw:.1} GB/s, read-only {read_bw:.1} GB/s");
+    println!(
+        "memory bandwidth at the start: copy (read+write) {bw:.1} GB/s, read-only {read_bw:.1} GB/s \
+         (the fractions below pair each kernel with its own rounds)"
+    );
     println!(
         "{:<22} {:>8} {:>9} {:>9} {:>9} {:>10}",
         "matvec (GB/s)", "hot", "streamed", "of copy", "of read", "us/call"
     );
-    for (name, hot, gbs, secs) in rows_out {
+    for r in rows_out {
         println!(
-            "{name:<22} {hot:>8.1} {gbs:>9.1} {:>8.0}% {:>8.0}% {:>10.1}",
-            100.0 * gbs / bw,
-            100.0 * gbs / read_bw,
-            secs * 1e6
+            "{:<22} {:>8.1} {:>9.1} {:>8.0}% {:>8.0}% {:>10.1}",
+            r.name,
+            r.hot,
+            r.streamed,
+            100.0 * r.of_copy,
+            100.0 * r.of_read,
+            r.bytes / r.streamed / 1e3
         );
     }
     println!(
