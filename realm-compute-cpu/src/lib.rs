@@ -51,6 +51,8 @@ mod attention;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 mod matmul;
+#[cfg(target_arch = "aarch64")]
+mod neon;
 mod ops;
 mod pool;
 mod reference;
@@ -75,16 +77,18 @@ pub enum Isa {
     Scalar,
     /// x86-64 AVX2 with FMA and F16C.
     Avx2,
+    /// aarch64 NEON (Advanced SIMD): the quantized matmul's integer dot
+    /// products, with results identical to [`Isa::Scalar`]'s.
+    Neon,
 }
 
 impl Isa {
     /// The fastest instruction set this CPU supports.
     pub fn detect() -> Self {
-        if Self::Avx2.is_available() {
-            Self::Avx2
-        } else {
-            Self::Scalar
-        }
+        [Self::Avx2, Self::Neon]
+            .into_iter()
+            .find(|isa| isa.is_available())
+            .unwrap_or(Self::Scalar)
     }
 
     /// True when this CPU can run the kernels of `self`.
@@ -95,6 +99,10 @@ impl Isa {
             Self::Avx2 => avx2::available(),
             #[cfg(not(target_arch = "x86_64"))]
             Self::Avx2 => false,
+            #[cfg(target_arch = "aarch64")]
+            Self::Neon => std::arch::is_aarch64_feature_detected!("neon"),
+            #[cfg(not(target_arch = "aarch64"))]
+            Self::Neon => false,
         }
     }
 }
@@ -165,6 +173,7 @@ impl CpuBackend {
         let name = match isa {
             Isa::Scalar => "cpu-scalar",
             Isa::Avx2 => "cpu-avx2",
+            Isa::Neon => "cpu-neon",
         };
         Ok(Self {
             pool,

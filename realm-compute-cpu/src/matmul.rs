@@ -150,6 +150,8 @@ macro_rules! dispatch {
                 match isa {
                     #[cfg(target_arch = "x86_64")]
                     Isa::Avx2 => $kernel(w, nb, rows, x, n_tokens, out),
+                    #[cfg(target_arch = "aarch64")]
+                    Isa::Neon => crate::neon::rows::<Self>(w, nb, rows, x, n_tokens, out),
                     _ => false,
                 }
             }

@@ -10,6 +10,7 @@ use realm_core::quant::blocks::{
     BlockIQ4NL, BlockIQ4XS, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K,
     BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0, KVALUES_IQ4NL, QK_K,
 };
+use realm_core::quant::scale_min_k4;
 
 use crate::act::{ActBlock, BlockQ8K, BlockQ8x32};
 
@@ -24,23 +25,31 @@ pub trait WeightBlock: bytemuck::Pod + Send + Sync {
     fn dequantize(&self, out: &mut [f32]);
 }
 
-/// A 32-element block as integers: `value[i] = d * q[i] + m`.
+/// The scales of a 256-element super-block: `value[e] = d * sc[e / 16] *
+/// q[e] - dmin * mn[e / 16]`.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Legacy {
-    pub q: [i8; 32],
-    pub d: f32,
-    pub m: f32,
-}
-
-/// A 256-element super-block as integers: `value[e] = d * sc[e / 16] * q[e]
-/// - dmin * mn[e / 16]`.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct KBlock {
-    pub q: [i8; QK_K],
+pub(crate) struct KScales {
     pub sc: [i32; 16],
     pub mn: [i32; 16],
     pub d: f32,
     pub dmin: f32,
+}
+
+impl KScales {
+    /// The block's term of a row's dot product, from the exact integer sum
+    /// `sumi` of `sc[g]` times group `g`'s dot product with `x`: the float
+    /// arithmetic every path that must match the reference bit for bit
+    /// shares.
+    #[inline(always)]
+    pub(crate) fn term(&self, sumi: i32, x: &BlockQ8K) -> f32 {
+        let summ: i32 = self
+            .mn
+            .iter()
+            .zip(&x.bsums)
+            .map(|(&m, &s)| m * i32::from(s))
+            .sum();
+        x.d * (self.d * sumi as f32 - self.dmin * summ as f32)
+    }
 }
 
 /// Splits 16 bytes of nibbles into 32 values: low nibbles first, then high.
@@ -65,73 +74,78 @@ fn with_fifth_bits(qs: &[u8; 16], qh: [u8; 4], offset: i8) -> [i8; 32] {
     q
 }
 
-/// Unpacks a legacy (32-element) block.
+/// Unpacks a legacy (32-element) block: `value[i] = d * q[i] + m`.
 pub(crate) trait UnpackLegacy {
-    fn unpack(&self) -> Legacy;
+    /// `(d, m)`.
+    fn scales(&self) -> (f32, f32);
+    fn quants(&self) -> [i8; 32];
+}
+
+/// One legacy block's term of a row's dot product, from the exact integer
+/// dot product `isum` of its quants with `x`'s: the float arithmetic every
+/// path that must match the reference bit for bit shares.
+#[inline(always)]
+pub(crate) fn legacy_term(d: f32, m: f32, isum: i32, x: &BlockQ8x32) -> f32 {
+    d * x.d * isum as f32 + m * x.s
 }
 
 impl UnpackLegacy for BlockQ4_0 {
-    fn unpack(&self) -> Legacy {
-        let q = nibbles(&self.qs, |v| v as i8 - 8);
-        Legacy {
-            q,
-            d: self.d.to_f32(),
-            m: 0.0,
-        }
+    fn scales(&self) -> (f32, f32) {
+        (self.d.to_f32(), 0.0)
+    }
+
+    fn quants(&self) -> [i8; 32] {
+        nibbles(&self.qs, |v| v as i8 - 8)
     }
 }
 
 impl UnpackLegacy for BlockQ4_1 {
-    fn unpack(&self) -> Legacy {
-        let q = nibbles(&self.qs, |v| v as i8);
-        Legacy {
-            q,
-            d: self.d.to_f32(),
-            m: self.m.to_f32(),
-        }
+    fn scales(&self) -> (f32, f32) {
+        (self.d.to_f32(), self.m.to_f32())
+    }
+
+    fn quants(&self) -> [i8; 32] {
+        nibbles(&self.qs, |v| v as i8)
     }
 }
 
 impl UnpackLegacy for BlockQ5_0 {
-    fn unpack(&self) -> Legacy {
-        let q = with_fifth_bits(&self.qs, self.qh, 16);
-        Legacy {
-            q,
-            d: self.d.to_f32(),
-            m: 0.0,
-        }
+    fn scales(&self) -> (f32, f32) {
+        (self.d.to_f32(), 0.0)
+    }
+
+    fn quants(&self) -> [i8; 32] {
+        with_fifth_bits(&self.qs, self.qh, 16)
     }
 }
 
 impl UnpackLegacy for BlockQ5_1 {
-    fn unpack(&self) -> Legacy {
-        let q = with_fifth_bits(&self.qs, self.qh, 0);
-        Legacy {
-            q,
-            d: self.d.to_f32(),
-            m: self.m.to_f32(),
-        }
+    fn scales(&self) -> (f32, f32) {
+        (self.d.to_f32(), self.m.to_f32())
+    }
+
+    fn quants(&self) -> [i8; 32] {
+        with_fifth_bits(&self.qs, self.qh, 0)
     }
 }
 
 impl UnpackLegacy for BlockQ8_0 {
-    fn unpack(&self) -> Legacy {
-        Legacy {
-            q: self.qs,
-            d: self.d.to_f32(),
-            m: 0.0,
-        }
+    fn scales(&self) -> (f32, f32) {
+        (self.d.to_f32(), 0.0)
+    }
+
+    fn quants(&self) -> [i8; 32] {
+        self.qs
     }
 }
 
 impl UnpackLegacy for BlockIQ4NL {
-    fn unpack(&self) -> Legacy {
-        let q = nibbles(&self.qs, |v| KVALUES_IQ4NL[usize::from(v)]);
-        Legacy {
-            q,
-            d: self.d.to_f32(),
-            m: 0.0,
-        }
+    fn scales(&self) -> (f32, f32) {
+        (self.d.to_f32(), 0.0)
+    }
+
+    fn quants(&self) -> [i8; 32] {
+        nibbles(&self.qs, |v| KVALUES_IQ4NL[usize::from(v)])
     }
 }
 
@@ -141,15 +155,15 @@ macro_rules! legacy_weight {
             type Act = BlockQ8x32;
 
             fn dot(&self, x: &BlockQ8x32) -> f32 {
-                let b = self.unpack();
-                let isum: i32 = b.q.iter().zip(&x.qs).map(|(&w, &a)| i32::from(w) * i32::from(a)).sum();
-                b.d * x.d * isum as f32 + b.m * x.s
+                let ((d, m), q) = (self.scales(), self.quants());
+                let isum: i32 = q.iter().zip(&x.qs).map(|(&w, &a)| i32::from(w) * i32::from(a)).sum();
+                legacy_term(d, m, isum, x)
             }
 
             fn dequantize(&self, out: &mut [f32]) {
-                let b = self.unpack();
-                for (o, &q) in out.iter_mut().zip(&b.q) {
-                    *o = b.d * f32::from(q) + b.m;
+                let ((d, m), q) = (self.scales(), self.quants());
+                for (o, &q) in out.iter_mut().zip(&q) {
+                    *o = d * f32::from(q) + m;
                 }
             }
         }
@@ -165,22 +179,11 @@ legacy_weight! {
     BlockIQ4NL,
 }
 
-/// Unpacks a 256-element super-block.
+/// Unpacks a 256-element super-block: its scales, and its 256 quants as
+/// small signed integers.
 pub(crate) trait UnpackK {
-    fn unpack(&self) -> KBlock;
-}
-
-/// The 6-bit scale and min of sub-block `j` (of 8) of a Q4_K/Q5_K block.
-#[inline(always)]
-pub(crate) fn scale_min_k4(j: usize, s: &[u8; 12]) -> (u8, u8) {
-    if j < 4 {
-        (s[j] & 63, s[j + 4] & 63)
-    } else {
-        (
-            (s[j + 4] & 0x0f) | ((s[j - 4] >> 6) << 4),
-            (s[j + 4] >> 4) | ((s[j] >> 6) << 4),
-        )
-    }
+    fn scales(&self) -> KScales;
+    fn quants(&self) -> [i8; QK_K];
 }
 
 /// The 16 signed 6-bit scales of a Q3_K block (already minus 32).
@@ -202,14 +205,15 @@ fn per16(v: [i32; 8]) -> [i32; 16] {
 }
 
 impl UnpackK for BlockQ2K {
-    fn unpack(&self) -> KBlock {
-        let mut q = [0i8; QK_K];
-        for (e, v) in q.iter_mut().enumerate() {
+    fn quants(&self) -> [i8; QK_K] {
+        std::array::from_fn(|e| {
             let (n, j, l) = (e / 128, (e % 128) / 32, e % 32);
-            *v = ((self.qs[32 * n + l] >> (2 * j)) & 3) as i8;
-        }
-        KBlock {
-            q,
+            ((self.qs[32 * n + l] >> (2 * j)) & 3) as i8
+        })
+    }
+
+    fn scales(&self) -> KScales {
+        KScales {
             sc: std::array::from_fn(|i| i32::from(self.scales[i] & 0x0f)),
             mn: std::array::from_fn(|i| i32::from(self.scales[i] >> 4)),
             d: self.d.to_f32(),
@@ -219,17 +223,18 @@ impl UnpackK for BlockQ2K {
 }
 
 impl UnpackK for BlockQ3K {
-    fn unpack(&self) -> KBlock {
-        let mut q = [0i8; QK_K];
-        for (e, v) in q.iter_mut().enumerate() {
+    fn quants(&self) -> [i8; QK_K] {
+        std::array::from_fn(|e| {
             let (n, j, l) = (e / 128, (e % 128) / 32, e % 32);
             let low = ((self.qs[32 * n + l] >> (2 * j)) & 3) as i8;
             let high = (self.hmask[l] >> (4 * n + j)) & 1;
-            *v = low - if high == 1 { 0 } else { 4 };
-        }
+            low - if high == 1 { 0 } else { 4 }
+        })
+    }
+
+    fn scales(&self) -> KScales {
         let s = scales_q3k(&self.scales);
-        KBlock {
-            q,
+        KScales {
             sc: std::array::from_fn(|i| i32::from(s[i])),
             mn: [0; 16],
             d: self.d.to_f32(),
@@ -239,15 +244,16 @@ impl UnpackK for BlockQ3K {
 }
 
 impl UnpackK for BlockQ4K {
-    fn unpack(&self) -> KBlock {
-        let mut q = [0i8; QK_K];
-        for (e, v) in q.iter_mut().enumerate() {
+    fn quants(&self) -> [i8; QK_K] {
+        std::array::from_fn(|e| {
             let (j, half, l) = (e / 64, (e % 64) / 32, e % 32);
-            *v = ((self.qs[32 * j + l] >> (4 * half)) & 0x0f) as i8;
-        }
+            ((self.qs[32 * j + l] >> (4 * half)) & 0x0f) as i8
+        })
+    }
+
+    fn scales(&self) -> KScales {
         let sm: [(u8, u8); 8] = std::array::from_fn(|j| scale_min_k4(j, &self.scales));
-        KBlock {
-            q,
+        KScales {
             sc: per16(sm.map(|(s, _)| i32::from(s))),
             mn: per16(sm.map(|(_, m)| i32::from(m))),
             d: self.d.to_f32(),
@@ -257,17 +263,18 @@ impl UnpackK for BlockQ4K {
 }
 
 impl UnpackK for BlockQ5K {
-    fn unpack(&self) -> KBlock {
-        let mut q = [0i8; QK_K];
-        for (e, v) in q.iter_mut().enumerate() {
+    fn quants(&self) -> [i8; QK_K] {
+        std::array::from_fn(|e| {
             let (j, half, l) = (e / 64, (e % 64) / 32, e % 32);
             let low = (self.qs[32 * j + l] >> (4 * half)) & 0x0f;
             let high = (self.qh[l] >> (2 * j + half)) & 1;
-            *v = (low | (high << 4)) as i8;
-        }
+            (low | (high << 4)) as i8
+        })
+    }
+
+    fn scales(&self) -> KScales {
         let sm: [(u8, u8); 8] = std::array::from_fn(|j| scale_min_k4(j, &self.scales));
-        KBlock {
-            q,
+        KScales {
             sc: per16(sm.map(|(s, _)| i32::from(s))),
             mn: per16(sm.map(|(_, m)| i32::from(m))),
             d: self.d.to_f32(),
@@ -277,16 +284,17 @@ impl UnpackK for BlockQ5K {
 }
 
 impl UnpackK for BlockQ6K {
-    fn unpack(&self) -> KBlock {
-        let mut q = [0i8; QK_K];
-        for (e, v) in q.iter_mut().enumerate() {
+    fn quants(&self) -> [i8; QK_K] {
+        std::array::from_fn(|e| {
             let (n, g, l) = (e / 128, (e % 128) / 32, e % 32);
             let low = (self.ql[64 * n + 32 * (g % 2) + l] >> (4 * (g / 2))) & 0x0f;
             let high = (self.qh[32 * n + l] >> (2 * g)) & 3;
-            *v = (low | (high << 4)) as i8 - 32;
-        }
-        KBlock {
-            q,
+            (low | (high << 4)) as i8 - 32
+        })
+    }
+
+    fn scales(&self) -> KScales {
+        KScales {
             sc: std::array::from_fn(|i| i32::from(self.scales[i])),
             mn: [0; 16],
             d: self.d.to_f32(),
@@ -296,19 +304,22 @@ impl UnpackK for BlockQ6K {
 }
 
 impl UnpackK for BlockIQ4XS {
-    fn unpack(&self) -> KBlock {
+    fn quants(&self) -> [i8; QK_K] {
         let mut q = [0i8; QK_K];
         for (ib, chunk) in q.chunks_exact_mut(32).enumerate() {
             let qs: [u8; 16] = std::array::from_fn(|i| self.qs[16 * ib + i]);
             chunk.copy_from_slice(&nibbles(&qs, |v| KVALUES_IQ4NL[usize::from(v)]));
         }
+        q
+    }
+
+    fn scales(&self) -> KScales {
         let ls: [i32; 8] = std::array::from_fn(|ib| {
             let low = (self.scales_l[ib / 2] >> (4 * (ib % 2))) & 0x0f;
             let high = ((self.scales_h >> (2 * ib)) & 3) as u8;
             i32::from(low | (high << 4)) - 32
         });
-        KBlock {
-            q,
+        KScales {
             sc: per16(ls),
             mn: [0; 16],
             d: self.d.to_f32(),
@@ -323,21 +334,20 @@ macro_rules! k_weight {
             type Act = BlockQ8K;
 
             fn dot(&self, x: &BlockQ8K) -> f32 {
-                let b = self.unpack();
+                let (q, b) = (self.quants(), self.scales());
                 let mut sumi = 0i32;
-                for ((q, a), sc) in b.q.chunks_exact(16).zip(x.qs.chunks_exact(16)).zip(b.sc) {
+                for ((q, a), sc) in q.chunks_exact(16).zip(x.qs.chunks_exact(16)).zip(b.sc) {
                     let s: i32 = q.iter().zip(a).map(|(&w, &v)| i32::from(w) * i32::from(v)).sum();
                     sumi += sc * s;
                 }
-                let summ: i32 = b.mn.iter().zip(&x.bsums).map(|(&m, &s)| m * i32::from(s)).sum();
-                x.d * (b.d * sumi as f32 - b.dmin * summ as f32)
+                b.term(sumi, x)
             }
 
             fn dequantize(&self, out: &mut [f32]) {
-                let b = self.unpack();
+                let (q, b) = (self.quants(), self.scales());
                 for (e, o) in out.iter_mut().enumerate().take(QK_K) {
                     let ds = b.d * b.sc[e / 16] as f32;
-                    *o = ds * f32::from(b.q[e]) - b.dmin * b.mn[e / 16] as f32;
+                    *o = ds * f32::from(q[e]) - b.dmin * b.mn[e / 16] as f32;
                 }
             }
         }

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{backend, bytes_of, dequantize, dot_error_bound, random_weights, Rng, TYPES};
+use common::{backend, bytes_of, dequantize, dot_error_bound, random_weights, Rng, ISAS, TYPES};
 use proptest::prelude::*;
 use realm_compute_cpu::{CpuBackend, Isa};
 use realm_core::backend::{BackendCore, BackendError, MatMulOps, WeightInfo};
@@ -45,8 +45,13 @@ fn check_against_f64(t: GgmlType, m: usize, kb: usize, n: usize, seed: u64) {
     let wd = dequantize(t, data);
     let scalar = backend(Isa::Scalar, 1).unwrap();
     let mut bes = vec![&scalar];
-    let simd = backend(Isa::Avx2, 2);
+    let simd = [Isa::Avx2, Isa::Neon]
+        .into_iter()
+        .find_map(|isa| backend(isa, 2));
     bes.extend(simd.as_ref());
+    // NEON vectorises only the exact integer sums, so it must equal the
+    // scalar path bit for bit.
+    let identical = simd.as_ref().is_some_and(|b| b.isa() == Isa::Neon);
     let outs = run_matmul(&bes, t, data, m, k, &x, n);
     for tok in 0..n {
         let xt = &x[tok * k..(tok + 1) * k];
@@ -74,6 +79,10 @@ fn check_against_f64(t: GgmlType, m: usize, kb: usize, n: usize, seed: u64) {
                 assert!(
                     (v - s).abs() <= agree,
                     "{t}: simd {v} vs scalar {s} (tolerance {agree})"
+                );
+                assert!(
+                    !identical || v.to_bits() == s.to_bits(),
+                    "{t}: neon {v} differs from scalar {s}"
                 );
             }
         }
@@ -150,7 +159,7 @@ fn dot_product_error_within_llama_cpp_thresholds() {
             .zip(&x)
             .map(|(a, &b)| a * f64::from(b))
             .sum();
-        for isa in [Isa::Scalar, Isa::Avx2] {
+        for isa in ISAS {
             let Some(be) = backend(isa, 1) else { continue };
             let got = run_matmul(&[&be], t, data, 1, N, &x, 1)[0][0];
             let err = (f64::from(got) - exact).abs() / N as f64;
@@ -173,7 +182,7 @@ fn batch_and_thread_invariance() {
         let words = random_weights(t, m, k, &mut rng);
         let data = bytes_of(&words, t, m, k);
         let x = rng.f32s(n * k, -3.0, 3.0);
-        for isa in [Isa::Scalar, Isa::Avx2] {
+        for isa in ISAS {
             let (Some(one), Some(two)) = (backend(isa, 1), backend(isa, 2)) else {
                 continue;
             };
@@ -240,4 +249,13 @@ fn long_rows_match_f64_reference() {
             check_against_f64(t, m, kb, n, 7 + i as u64);
         }
     }
+}
+
+/// Every aarch64 CPU has NEON, so the kernels above ran it.
+#[cfg(target_arch = "aarch64")]
+#[test]
+fn aarch64_picks_neon() {
+    assert_eq!(Isa::detect(), Isa::Neon);
+    let be = backend(Isa::Neon, 1).expect("NEON backend");
+    assert_eq!(be.name(), "cpu-neon");
 }

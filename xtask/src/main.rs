@@ -7,6 +7,8 @@
 //! - `cargo xtask wasm`: build the wasm guest (`realm-wasm`) and report its size.
 //! - `cargo xtask proptest [CASES]`: the suite with many more property-test cases.
 //! - `cargo xtask fuzz [SECONDS]`: run the GGUF reader's fuzz target.
+//! - `cargo xtask neon`: the CPU backend's tests built for aarch64 and run
+//!   under qemu, so the NEON kernels run on an x86 machine.
 //! - `cargo xtask bench [OPTIONS]`: Realm against llama.cpp's llama-bench on
 //!   both real models, alternating, as a markdown table.
 //! - `cargo xtask gpu-bundle`: `realm` and the GPU tests built with CUDA,
@@ -34,6 +36,9 @@ commands:
                       target/wasm32-unknown-unknown/wasm-guest/realm_wasm.wasm
   proptest [CASES]    the test suite with CASES property-test cases each (default 20000)
   fuzz [SECONDS]      fuzz the GGUF reader for SECONDS (default 600); needs cargo-fuzz
+  neon                the CPU backend's tests for aarch64 under qemu-user, NEON kernels
+                      included (needs the rustup target aarch64-unknown-linux-gnu and, on
+                      Debian, `apt-get install qemu-user gcc-aarch64-linux-gnu`)
   bench [OPTIONS]     build llama.cpp's llama-bench if it is not cached, then run `realm bench`
                       and llama-bench on both models, alternating, and print a markdown table
                       of tokens/s and ratios (`cargo xtask bench --help` for the options)
@@ -57,6 +62,7 @@ fn run() -> Result<()> {
         Some("wasm") => wasm(),
         Some("proptest") => proptest(args.get(1).map(String::as_str).unwrap_or("20000")),
         Some("fuzz") => fuzz(args.get(1).map(String::as_str).unwrap_or("600")),
+        Some("neon") => neon(),
         Some("bench") => bench::bench(&args[1..]),
         Some("gpu-bundle") => gpu::bundle(),
         Some("-h" | "--help" | "help") => {
@@ -172,6 +178,30 @@ fn proptest(cases: &str) -> Result<()> {
     t.args(["test", "--release", "--workspace", "--", "--test-threads=2"]);
     t.env("PROPTEST_CASES", cases);
     status(t)
+}
+
+fn neon() -> Result<()> {
+    const TARGET: &str = "aarch64-unknown-linux-gnu";
+    let mut c = cargo();
+    c.args([
+        "test",
+        "--release",
+        "--target",
+        TARGET,
+        "-p",
+        "realm-compute-cpu",
+    ])
+    .env(
+        "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER",
+        "aarch64-linux-gnu-gcc",
+    )
+    .env(
+        "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER",
+        "qemu-aarch64 -L /usr/aarch64-linux-gnu",
+    );
+    status(c).context(format!(
+        "needs `rustup target add {TARGET}` and `apt-get install qemu-user gcc-aarch64-linux-gnu`"
+    ))
 }
 
 fn fuzz(seconds: &str) -> Result<()> {

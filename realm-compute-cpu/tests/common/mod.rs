@@ -247,6 +247,10 @@ pub fn dequantize(t: GgmlType, data: &[u8]) -> Vec<f64> {
 
 /// A backend with the given instruction set and thread count, or `None`
 /// when this CPU lacks the instruction set.
+/// Every instruction set; tests skip those this CPU lacks.
+#[allow(dead_code)]
+pub const ISAS: [Isa; 3] = [Isa::Scalar, Isa::Avx2, Isa::Neon];
+
 pub fn backend(isa: Isa, threads: usize) -> Option<CpuBackend> {
     isa.is_available().then(|| {
         CpuBackend::with_config(CpuConfig {
