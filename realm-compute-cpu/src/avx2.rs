@@ -163,6 +163,21 @@ impl<const R: usize> Iterator for StreamTiles<R> {
     }
 }
 
+/// Prefetches the first [`PREFETCH_BYTES`] of each stream that starts at
+/// row `idx[i]`: the in-loop prefetches run that far ahead, so without this
+/// the start of every stream would be a string of demand misses, a large
+/// share of a small matrix's product.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn prefetch_stream_starts<B, const R: usize>(w: &[B], nb: usize, idx: [usize; R]) {
+    for r in idx {
+        let start = w.as_ptr().wrapping_add(r * nb).cast::<i8>();
+        for line in (0..PREFETCH_BYTES.min(nb * size_of::<B>())).step_by(64) {
+            _mm_prefetch::<_MM_HINT_T0>(start.wrapping_add(line));
+        }
+    }
+}
+
 /// Dot products of `R` weight rows with one activation row (all `nb`
 /// blocks long).
 #[inline]
@@ -203,7 +218,10 @@ fn rows_impl<K: Kernel>(
     x: &[Act<K>],
     out: &mut OutRows<'_>,
 ) {
-    for (idx, real) in StreamTiles::<DECODE_STREAMS>::new(rows) {
+    for (j, (idx, real)) in StreamTiles::<DECODE_STREAMS>::new(rows).enumerate() {
+        if j == 0 {
+            prefetch_stream_starts(w, nb, idx);
+        }
         let wr = idx.map(|r| &w[r * nb..(r + 1) * nb]);
         let res = tile::<K, DECODE_STREAMS>(wr, x, nb);
         for (&r, &v) in idx.iter().zip(&res).take(real) {
@@ -962,7 +980,10 @@ fn fused_rows_impl<B: LegacySimd>(
 ) {
     let x = &x[..nb];
     let ones = _mm256_set1_epi16(1);
-    for (idx, n_rows) in StreamTiles::<FUSED_ROWS>::new(rows) {
+    for (j, (idx, n_rows)) in StreamTiles::<FUSED_ROWS>::new(rows).enumerate() {
+        if j == 0 {
+            prefetch_stream_starts(w, nb, idx);
+        }
         let [w0, w1, w2, w3]: [&[B]; FUSED_ROWS] =
             std::array::from_fn(|i| &w[idx[i] * nb..(idx[i] + 1) * nb]);
         let mut acc = [_mm256_setzero_ps(); FUSED_ROWS];
