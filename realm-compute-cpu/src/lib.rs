@@ -7,8 +7,9 @@
 //!   IQ4_NL weights, 256 values with per-16 sums for Q2_K..Q6_K and IQ4_XS),
 //!   dot products run on integers and are scaled once per block. F32, F16 and
 //!   BF16 weights multiply f32 activations directly.
-//! - Kernels: a portable scalar path (the reference) and an AVX2+FMA+F16C
-//!   path chosen at run time. Several tokens share each unpacked weight
+//! - Kernels: a portable scalar path (the reference), an AVX2+FMA+F16C
+//!   path chosen at run time on x86-64, and a NEON path on aarch64 whose
+//!   results are bit-identical to the scalar path's. Several tokens share each unpacked weight
 //!   block (a tile of rows unpacked once into an L1 buffer and swept past
 //!   every token: 8 rows in vector lanes for the 32-element types, 4 rows
 //!   two tokens at a time for the k-quants), so prefill is not a series of
