@@ -399,7 +399,7 @@ pub(crate) fn attention(
         ws.scores.resize(n_chunks * span, 0.0);
     }
     let isa = be.isa;
-    let run = |(c, (o, scores)): (usize, (&mut [f32], &mut [f32]))| {
+    let run = |c: usize, o: &mut [f32], scores: &mut [f32]| {
         for (i, oh) in o.chunks_exact_mut(g * hd).enumerate() {
             let pair = (c * per_chunk + i) * g;
             let (t, h) = (pair / p.n_heads, pair % p.n_heads);
@@ -418,14 +418,22 @@ pub(crate) fn attention(
         }
     };
     if n_chunks == 1 {
-        run((0, (out, &mut ws.scores[..span])));
-    } else {
-        let scores = &mut ws.scores[..n_chunks * span];
+        run(0, out, &mut ws.scores[..span]);
+        return Ok(());
+    }
+    let scores = &mut ws.scores[..n_chunks * span];
+    // The matmuls' pool first: its helpers are awake between the matmuls
+    // of a step, where waking rayon's costs two thread wake-ups a call
+    // (and its spinning helper then competes with rayon's for the cores).
+    if !be
+        .spin
+        .run_chunks((&mut *out, per_chunk * g * hd), (&mut *scores, span), &run)
+    {
         be.pool.install(|| {
             out.par_chunks_mut(per_chunk * g * hd)
                 .zip(scores.par_chunks_mut(span))
                 .enumerate()
-                .for_each(run)
+                .for_each(|(c, (o, s))| run(c, o, s))
         });
     }
     Ok(())

@@ -18,8 +18,8 @@
 //! - Threads: the backend splits output rows over its own small pool, in
 //!   which the calling thread works too and idle helpers spin briefly, so
 //!   the hundreds of matmuls of a decode step do not each wait for threads
-//!   to wake (a rayon pool of the same size serves attention and the
-//!   quantization of big batches). Each output element is computed by one thread with a
+//!   to wake; attention runs on it too (a rayon pool of the same size
+//!   quantizes big batches and stands in when the pool is busy). Each output element is computed by one thread with a
 //!   reduction order fixed by `k` alone: results are bit-identical for any
 //!   batch size and thread count (batch invariance).
 //! - Errors: every method checks its inputs and returns [`Error`] (an alias

@@ -255,6 +255,71 @@ impl SpinPool {
     }
 }
 
+/// The work of [`SpinPool::run_chunks`]: chunk index and the two chunks.
+type ChunkJob<'a, A, B> = dyn Fn(usize, &mut [A], &mut [B]) + Sync + 'a;
+
+/// A slice cut into chunks of `chunk` elements that threads take one each.
+struct Chunks<T> {
+    ptr: *mut T,
+    len: usize,
+    chunk: usize,
+}
+
+// SAFETY: a `Chunks` only hands out the disjoint chunks of one `&mut [T]`
+// (see `get`), so sharing it between threads is sharing `&mut` chunks of
+// `T: Send` data, one thread each.
+unsafe impl<T: Send> Sync for Chunks<T> {}
+
+impl<T> Chunks<T> {
+    fn new(s: &mut [T], chunk: usize) -> Self {
+        Self {
+            ptr: s.as_mut_ptr(),
+            len: s.len(),
+            chunk,
+        }
+    }
+
+    /// Chunk `c` (short or empty past the end).
+    ///
+    /// # Safety
+    /// No other reference to chunk `c` may be live, and the slice given to
+    /// [`Chunks::new`] must still be mutably borrowed for the result's
+    /// lifetime.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn get(&self, c: usize) -> &mut [T] {
+        let start = c.saturating_mul(self.chunk).min(self.len);
+        let end = start.saturating_add(self.chunk).min(self.len);
+        // SAFETY: `start..end` lies inside the slice, and the caller
+        // promises it is borrowed by nobody else.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(start), end - start) }
+    }
+}
+
+impl SpinPool {
+    /// [`SpinPool::run`] over matching chunks of two slices: `f(c, a_c, b_c)`
+    /// with `a_c` the `c`-th chunk of `a_chunk` elements of `a` and `b_c`
+    /// that of `b`, for every chunk of `a` (like rayon's
+    /// `a.par_chunks_mut(..).zip(b.par_chunks_mut(..)).enumerate()`).
+    /// Returns `false`, having run nothing, where `run` would.
+    pub(crate) fn run_chunks<A: Send, B: Send>(
+        &self,
+        (a, a_chunk): (&mut [A], usize),
+        (b, b_chunk): (&mut [B], usize),
+        f: &ChunkJob<'_, A, B>,
+    ) -> bool {
+        let n = a.len().div_ceil(a_chunk.max(1));
+        let (a, b) = (Chunks::new(a, a_chunk), Chunks::new(b, b_chunk));
+        self.run(n, &|c| {
+            // SAFETY: `run` calls this closure once for each `c` in `0..n`
+            // (chunks are taken by a shared counter), so no two threads
+            // hold the same chunk; `a` and `b` stay mutably borrowed by
+            // this function until `run` returns, after every chunk is done.
+            let (ac, bc) = unsafe { (a.get(c), b.get(c)) };
+            f(c, ac, bc)
+        })
+    }
+}
+
 impl Drop for SpinPool {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
@@ -298,6 +363,26 @@ mod tests {
             sum.fetch_add(c, Ordering::Relaxed);
         }));
         assert_eq!(sum.load(Ordering::Relaxed), 4950);
+    }
+
+    #[test]
+    fn chunks_are_disjoint_and_cover_both_slices() {
+        let pool = SpinPool::new(2);
+        for (len, chunk) in [(0, 3), (10, 3), (12, 4), (7, 7), (5, 9)] {
+            let mut a: Vec<usize> = vec![usize::MAX; len];
+            let n = len.div_ceil(chunk);
+            let mut b = vec![0u32; n * 2];
+            assert!(pool.run_chunks((&mut a, chunk), (&mut b, 2), &|c, ac, bc| {
+                assert!(!ac.is_empty() && ac.len() <= chunk);
+                ac.fill(c);
+                for v in bc.iter_mut() {
+                    *v += 1;
+                }
+            }));
+            let want: Vec<usize> = (0..len).map(|i| i / chunk).collect();
+            assert_eq!(a, want, "len {len}, chunk {chunk}");
+            assert!(b.iter().all(|&v| v == 1), "{b:?}");
+        }
     }
 
     #[test]
