@@ -9,19 +9,20 @@
 //!   BF16 weights multiply f32 activations directly.
 //! - Kernels: a portable scalar path (the reference), an AVX2+FMA+F16C
 //!   path chosen at run time on x86-64, and a NEON path on aarch64 whose
-//!   results are bit-identical to the scalar path's. Several tokens share each unpacked weight
-//!   block (a tile of rows unpacked once into an L1 buffer and swept past
-//!   every token: 8 rows in vector lanes for the 32-element types, 4 rows
-//!   two tokens at a time for the k-quants), so prefill is not a series of
-//!   matrix-vector products. One token reads each thread's rows as 4
+//!   results are bit-identical to the scalar path's. Several tokens share
+//!   each unpacked weight block (a tile of rows unpacked once into an L1
+//!   buffer and swept past every token: 8 rows in vector lanes for the
+//!   32-element types, 4 rows two tokens at a time for the k-quants), so
+//!   prefill is not a series of matrix-vector products. One token reads each thread's rows as 4
 //!   separate streams, which the hardware prefetcher follows in parallel.
 //! - Threads: the backend splits output rows over its own small pool, in
 //!   which the calling thread works too and idle helpers spin briefly, so
 //!   the hundreds of matmuls of a decode step do not each wait for threads
 //!   to wake; attention runs on it too (a rayon pool of the same size
-//!   quantizes big batches and stands in when the pool is busy). Each output element is computed by one thread with a
-//!   reduction order fixed by `k` alone: results are bit-identical for any
-//!   batch size and thread count (batch invariance).
+//!   quantizes big batches and stands in when the pool is busy). Each
+//!   output element is computed by one thread with a reduction order fixed
+//!   by `k` alone: results are bit-identical for any batch size and thread
+//!   count (batch invariance).
 //! - Errors: every method checks its inputs and returns [`Error`] (an alias
 //!   of [`realm_core::backend::BackendError`], shared by all backends)
 //!   rather than panicking.

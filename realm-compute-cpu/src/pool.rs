@@ -1,4 +1,4 @@
-//! A small fork-join pool for the matmuls of a decode step.
+//! A small fork-join pool for the matmuls (and attention) of a decode step.
 //!
 //! A decode step runs a few hundred matrix-vector products of tens of
 //! microseconds each. Handing each one to rayon from outside its pool costs
