@@ -422,15 +422,16 @@ pub(crate) fn attention(
         return Ok(());
     }
     let scores = &mut ws.scores[..n_chunks * span];
+    let out_chunk = per_chunk * g * hd;
     // The matmuls' pool first: its helpers are awake between the matmuls
     // of a step, where waking rayon's costs two thread wake-ups a call
     // (and its spinning helper then competes with rayon's for the cores).
     if !be
         .spin
-        .run_chunks((&mut *out, per_chunk * g * hd), (&mut *scores, span), &run)
+        .run_chunks((&mut *out, out_chunk), (&mut *scores, span), &run)
     {
         be.pool.install(|| {
-            out.par_chunks_mut(per_chunk * g * hd)
+            out.par_chunks_mut(out_chunk)
                 .zip(scores.par_chunks_mut(span))
                 .enumerate()
                 .for_each(|(c, (o, s))| run(c, o, s))
