@@ -61,7 +61,8 @@ mod reference;
 
 use realm_core::backend::{
     matrix_dims, ActivationOps, AttentionOps, AttentionParams, BackendCore, BackendError,
-    BackendResult, KvCacheConfig, KvSpan, MatMulOps, NormOps, RopeOps, RopeParams, WeightInfo,
+    BackendResult, KvCacheConfig, KvSpan, MatMulOps, NormOps, RopeOps, RopeParams, StepOps,
+    WeightInfo,
 };
 use std::ops::Range;
 
@@ -394,7 +395,13 @@ impl MatMulOps for CpuBackend {
         matmul::matmul(self, ws, w, x, n_tokens, out)
     }
 
-    fn embed(&self, table: &CpuWeight<'_>, ids: &[u32], out: &mut Vec<f32>) -> BackendResult<()> {
+    fn embed(
+        &self,
+        _ws: &mut Self::Workspace,
+        table: &CpuWeight<'_>,
+        ids: &[u32],
+        out: &mut Vec<f32>,
+    ) -> BackendResult<()> {
         const OP: &str = "embed";
         let out = prefix_mut(
             OP,
@@ -571,6 +578,11 @@ impl ActivationOps for CpuBackend {
     }
 }
 
+/// The CPU runs every step op by op: there are no launches to save.
+impl StepOps for CpuBackend {
+    type Recording = std::convert::Infallible;
+}
+
 impl AttentionOps for CpuBackend {
     type KvCache = CpuKvCache;
 
@@ -580,6 +592,7 @@ impl AttentionOps for CpuBackend {
 
     fn kv_write(
         &self,
+        _ws: &mut Self::Workspace,
         cache: &mut CpuKvCache,
         at: KvSpan,
         k: &Vec<f32>,

@@ -112,7 +112,7 @@ proptest! {
         let w = be.weight(&view).unwrap();
         let ids: Vec<u32> = (0..5).map(|_| (rng.next_u64() % m as u64) as u32).collect();
         let mut out = vec![0.0; ids.len() * k];
-        be.embed(&w, &ids, &mut out).unwrap();
+        be.embed(&mut be.workspace(), &w, &ids, &mut out).unwrap();
         for (i, &id) in ids.iter().enumerate() {
             for j in 0..k {
                 let exact = wd[id as usize * k + j];
@@ -233,7 +233,7 @@ fn weight_rejects_unsupported_types_bad_shapes_and_misalignment() {
     let view = TensorView::new("w", GgmlType::F32, &shape2, &bytes[..32]).unwrap();
     let w = be.weight(&view).unwrap();
     let mut out = vec![0.0; 8];
-    let err = be.embed(&w, &[0, 2], &mut out);
+    let err = be.embed(&mut be.workspace(), &w, &[0, 2], &mut out);
     assert!(matches!(
         err,
         Err(BackendError::OutOfRange { index: 2, .. })

@@ -126,7 +126,7 @@ proptest! {
         let mut cache = b.kv_cache(&cfg).unwrap();
         let k = rng.f32s(total * n_kv * hd, -1.0, 1.0);
         let v = rng.f32s(total * n_kv * hd, -1.0, 1.0);
-        b.kv_write(&mut cache, KvSpan { layer: 1, start_pos: 0 }, &k, &v, 0..total).unwrap();
+        b.kv_write(&mut b.workspace(), &mut cache, KvSpan { layer: 1, start_pos: 0 }, &k, &v, 0..total).unwrap();
         // What an f16 cache holds.
         let stored = |x: Vec<f32>| if f16_cache { x.iter().map(|&a| half::f16::from_f32(a).to_f32()).collect() } else { x };
         let (k, v) = (stored(k), stored(v));
@@ -228,6 +228,7 @@ fn attention_is_batch_invariant() {
     let b2 = be(2);
     let mut cache = b2.kv_cache(&cfg).unwrap();
     b2.kv_write(
+        &mut b2.workspace(),
         &mut cache,
         KvSpan {
             layer: 0,
@@ -293,6 +294,7 @@ fn bad_parameters_are_errors() {
     assert!(b.kv_cache(&KvCacheConfig { n_layers: 0, ..cfg }).is_err());
     assert!(b
         .kv_write(
+            &mut b.workspace(),
             &mut cache,
             KvSpan {
                 layer: 1,
@@ -305,6 +307,7 @@ fn bad_parameters_are_errors() {
         .is_err());
     assert!(b
         .kv_write(
+            &mut b.workspace(),
             &mut cache,
             KvSpan {
                 layer: 0,
@@ -317,6 +320,7 @@ fn bad_parameters_are_errors() {
         .is_err());
     assert!(b
         .kv_write(
+            &mut b.workspace(),
             &mut cache,
             KvSpan {
                 layer: 0,
@@ -498,6 +502,7 @@ fn f16_cache_matches_f32_cache_on_f16_values() {
         };
         let mut cache = b.kv_cache(&cfg).unwrap();
         b.kv_write(
+            &mut b.workspace(),
             &mut cache,
             KvSpan {
                 layer: 0,

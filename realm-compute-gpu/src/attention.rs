@@ -114,6 +114,7 @@ impl AttentionOps for GpuBackend {
 
     fn kv_write(
         &self,
+        ws: &mut GpuWorkspace,
         cache: &mut GpuKvCache,
         at: KvSpan,
         k: &GpuBuffer,
@@ -132,6 +133,25 @@ impl AttentionOps for GpuBackend {
             return Ok(());
         }
         let dt = dtype_of(cfg.dtype);
+        // In a static step the positions come from the device: a scatter
+        // along the position axis, with every row's index spread over its
+        // heads and values.
+        let index = match ws.step() {
+            Some(st) => {
+                st.check_positions(OP, rows.start, at.start_pos..at.start_pos + n)?;
+                let shape = (cfg.n_kv_heads, n, cfg.head_dim);
+                let index = (|| {
+                    st.positions()
+                        .narrow(0, rows.start, n)?
+                        .reshape((1, n, 1))?
+                        .broadcast_as(shape)?
+                        .contiguous()
+                })()
+                .map_err(dev_err(OP))?;
+                Some(index)
+            }
+            None => None,
+        };
         let store = |src: Tensor, dst: &Tensor| -> candle_core::Result<()> {
             // [n, heads * dim] -> [heads, n, dim], the cache's layout.
             let src = src
@@ -139,7 +159,10 @@ impl AttentionOps for GpuBackend {
                 .transpose(0, 1)?
                 .to_dtype(dt)?
                 .contiguous()?;
-            dst.slice_set(&src, 1, at.start_pos)
+            match &index {
+                Some(index) => dst.scatter_set(index, &src, 1),
+                None => dst.slice_set(&src, 1, at.start_pos),
+            }
         };
         store(kt, &cache.k[at.layer]).map_err(dev_err(OP))?;
         store(vt, &cache.v[at.layer]).map_err(dev_err(OP))
@@ -147,7 +170,7 @@ impl AttentionOps for GpuBackend {
 
     fn attention(
         &self,
-        _ws: &mut GpuWorkspace,
+        ws: &mut GpuWorkspace,
         cache: &GpuKvCache,
         at: KvSpan,
         q: &GpuBuffer,
@@ -190,13 +213,41 @@ impl AttentionOps for GpuBackend {
             return Ok(());
         }
         let (kvh, hd, group) = (p.n_kv_heads, p.head_dim, p.n_heads / p.n_kv_heads);
-        let end = at.start_pos + n;
-        // Keys the first query can see onwards (the window only narrows).
-        let lo = p
-            .sliding_window
-            .map_or(0, |w| (at.start_pos + 1).saturating_sub(w));
-        let len = end - lo;
-        let m = mask(at.start_pos, n, lo, len, p.sliding_window);
+        let (lo, len, m) = match ws.step() {
+            // A static step spans the same keys every step, masked on the
+            // device by the step's positions.
+            Some(st) => {
+                let len = st.kv_len().min(cfg.max_seq_len);
+                st.check_positions(OP, rows.start, at.start_pos..at.start_pos + n)?;
+                if at.start_pos + n > len {
+                    return Err(BackendError::InvalidParameter {
+                        op: OP,
+                        what: "positions past the static step's span",
+                    });
+                }
+                let m = (|| {
+                    st.mask(p.sliding_window)?
+                        .narrow(0, rows.start, n)?
+                        .narrow(1, 0, len)?
+                        .contiguous()?
+                        .reshape((1, n, 1, len))
+                })()
+                .map_err(dev_err(OP))?;
+                (0, len, Some(m))
+            }
+            None => {
+                // Keys the first query can see onwards (the window only narrows).
+                let lo = p
+                    .sliding_window
+                    .map_or(0, |w| (at.start_pos + 1).saturating_sub(w));
+                let len = at.start_pos + n - lo;
+                let m = mask(at.start_pos, n, lo, len, p.sliding_window)
+                    .map(|m| Tensor::from_vec(m, (1, n, 1, len), &self.device))
+                    .transpose()
+                    .map_err(dev_err(OP))?;
+                (lo, len, m)
+            }
+        };
         let y = (|| -> candle_core::Result<Tensor> {
             let keys = cache.k[at.layer]
                 .narrow(1, lo, len)?
@@ -218,7 +269,6 @@ impl AttentionOps for GpuBackend {
                 scores = scores.affine(1.0 / c, 0.0)?.tanh()?.affine(c, 0.0)?;
             }
             if let Some(m) = &m {
-                let m = Tensor::from_slice(m, (1, n, 1, len), &self.device)?;
                 scores = scores
                     .reshape((kvh, n, group, len))?
                     .broadcast_add(&m)?

@@ -50,6 +50,16 @@ impl GpuBuffer {
         &self.t
     }
 
+    /// The tensor holding the defined values.
+    pub(crate) fn tensor(&self) -> &Tensor {
+        &self.t
+    }
+
+    /// Makes `t` (the same values, or a copy of them) the buffer's tensor.
+    pub(crate) fn replace(&mut self, t: Tensor) {
+        self.t = t;
+    }
+
     /// The first `len` values, as a 1-D tensor.
     pub(crate) fn prefix(
         &self,

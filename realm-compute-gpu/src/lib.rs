@@ -45,9 +45,11 @@ mod attention;
 mod buffer;
 mod matmul;
 mod ops;
+mod step;
 
 use std::fmt;
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use candle_core::{DType, Device, Tensor};
 use realm_core::backend::{BackendCore, BackendError, BackendResult};
@@ -56,6 +58,7 @@ pub use attention::GpuKvCache;
 pub use buffer::GpuBuffer;
 pub use matmul::GpuWeight;
 pub use ops::GpuWorkspace;
+pub use step::{GpuRecording, StepMode};
 
 /// Which device a [`GpuBackend`] runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,6 +132,14 @@ pub struct GpuBackend {
     device: Device,
     which: GpuDevice,
     name: String,
+    steps: StepMode,
+    /// Bumped when a matrix product needs more of candle's scratch than any
+    /// before (candle then reallocates it, which stales recordings).
+    matmul_epoch: AtomicU64,
+    /// The most `rows * padded columns` a product has had, for candle's
+    /// vector (up to 8 rows) and matrix kernels.
+    mmvq_need: AtomicUsize,
+    mmq_need: AtomicUsize,
 }
 
 impl fmt::Debug for GpuBackend {
@@ -142,6 +153,11 @@ impl fmt::Debug for GpuBackend {
 impl GpuBackend {
     /// Opens `which`. A device kind this build was compiled without (no
     /// `cuda` feature, say) is a [`BackendError::Setup`] error saying so.
+    ///
+    /// Decode steps are recorded as CUDA graphs on CUDA devices
+    /// ([`StepMode::Recorded`]) unless the environment variable
+    /// `REALM_CUDA_GRAPHS` is `0`, and run op by op elsewhere; see
+    /// [`GpuBackend::with_steps`].
     pub fn new(which: GpuDevice) -> BackendResult<Self> {
         if !which.compiled_in() {
             let feature = match which {
@@ -163,11 +179,61 @@ impl GpuBackend {
             GpuDevice::Cpu => "candle-cpu".to_string(),
             other => format!("candle-{other}"),
         };
+        let graphs = !matches!(std::env::var("REALM_CUDA_GRAPHS").as_deref(), Ok("0"));
+        let steps = match which {
+            GpuDevice::Cuda(_) if graphs => StepMode::Recorded,
+            _ => StepMode::OpByOp,
+        };
         Ok(Self {
             device,
             which,
             name,
+            steps,
+            matmul_epoch: AtomicU64::new(0),
+            mmvq_need: AtomicUsize::new(0),
+            mmq_need: AtomicUsize::new(0),
         })
+    }
+
+    /// The backend running decode steps as `mode` says.
+    ///
+    /// ```
+    /// use realm_compute_gpu::{GpuBackend, GpuDevice, StepMode};
+    /// use realm_core::backend::StepOps;
+    ///
+    /// let be = GpuBackend::new(GpuDevice::Cpu)?;
+    /// assert!(!be.static_steps());
+    /// let be = be.with_steps(StepMode::Static);
+    /// assert!(be.static_steps());
+    /// # Ok::<(), realm_core::backend::BackendError>(())
+    /// ```
+    pub fn with_steps(mut self, mode: StepMode) -> Self {
+        self.steps = mode;
+        self
+    }
+
+    /// How this backend runs decode steps.
+    pub fn steps(&self) -> StepMode {
+        self.steps
+    }
+
+    /// Notes a matrix product of `rows` by `cols` (see `matmul_epoch`).
+    pub(crate) fn note_matmul(&self, rows: usize, cols: usize) {
+        // candle pads columns to 512 and uses its vector kernels up to 8 rows.
+        let need = rows.saturating_mul(cols.next_multiple_of(512));
+        let slot = if rows <= 8 {
+            &self.mmvq_need
+        } else {
+            &self.mmq_need
+        };
+        if slot.fetch_max(need, Ordering::Relaxed) < need {
+            self.matmul_epoch.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// See the field.
+    pub(crate) fn matmul_epoch(&self) -> u64 {
+        self.matmul_epoch.load(Ordering::Relaxed)
     }
 
     /// The device this backend runs on.

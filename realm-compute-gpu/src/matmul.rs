@@ -8,7 +8,7 @@ use candle_core::{Module, Tensor};
 use realm_core::backend::{matrix_dims, BackendError, BackendResult, MatMulOps, WeightInfo};
 use realm_core::{GgmlType, TensorView};
 
-use crate::{dev_err, product, GpuBackend, GpuBuffer};
+use crate::{dev_err, product, GpuBackend, GpuBuffer, GpuWorkspace};
 
 /// A weight matrix copied to the device once, in its GGUF type.
 pub struct GpuWeight {
@@ -117,12 +117,19 @@ impl MatMulOps for GpuBackend {
         if n_tokens == 0 {
             return Ok(());
         }
+        self.note_matmul(n_tokens, w.cols);
         let x = x.reshape((n_tokens, w.cols)).map_err(dev_err(OP))?;
         let y = w.qm.forward(&x).map_err(dev_err(OP))?;
         out.set_prefix(OP, "out length (n_tokens * rows)", n_out, y)
     }
 
-    fn embed(&self, table: &GpuWeight, ids: &[u32], out: &mut GpuBuffer) -> BackendResult<()> {
+    fn embed(
+        &self,
+        ws: &mut GpuWorkspace,
+        table: &GpuWeight,
+        ids: &[u32],
+        out: &mut GpuBuffer,
+    ) -> BackendResult<()> {
         const OP: &str = "embed";
         let len = product(OP, "ids * cols overflows", ids.len(), table.cols)?;
         out.check_room(OP, "out length (ids * cols)", len)?;
@@ -137,7 +144,10 @@ impl MatMulOps for GpuBackend {
         if ids.is_empty() {
             return Ok(());
         }
-        let ids = Tensor::from_slice(ids, ids.len(), &self.device).map_err(dev_err(OP))?;
+        let ids = match ws.step() {
+            Some(st) => st.ids(OP, ids)?.clone(),
+            None => Tensor::from_slice(ids, ids.len(), &self.device).map_err(dev_err(OP))?,
+        };
         let rows = table.qm.embedding(&ids).map_err(dev_err(OP))?;
         out.set_prefix(OP, "out length (ids * cols)", len, rows)
     }

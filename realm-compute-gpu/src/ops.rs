@@ -5,6 +5,7 @@ use realm_core::backend::{
     ActivationOps, BackendError, BackendResult, NormOps, RopeMode, RopeOps, RopeParams,
 };
 
+use crate::step::StepState;
 use crate::{dev_err, product, GpuBackend, GpuBuffer};
 
 /// The most distinct RoPE tables a workspace keeps for one set of
@@ -13,20 +14,82 @@ const ROPE_TABLES: usize = 4;
 
 /// A RoPE table: cosines and sines for some positions and parameters.
 #[derive(Debug)]
-struct RopeTable {
-    n_dims: usize,
+pub(crate) struct RopeTable {
+    pub(crate) n_dims: usize,
     base: u32,
     freq_scale: u32,
-    cos: Tensor,
-    sin: Tensor,
+    /// `[n_tokens, 1, n_dims / 2]`.
+    pub(crate) cos: Tensor,
+    pub(crate) sin: Tensor,
+}
+
+impl RopeTable {
+    /// The table of `positions`.
+    pub(crate) fn new(
+        device: &Device,
+        positions: &[u32],
+        n_dims: usize,
+        base: f32,
+        freq_scale: f32,
+    ) -> candle_core::Result<Self> {
+        let (cos, sin) = rope_angles(positions, n_dims, base, freq_scale);
+        let shape = (positions.len(), 1, n_dims / 2);
+        Ok(Self {
+            n_dims,
+            base: base.to_bits(),
+            freq_scale: freq_scale.to_bits(),
+            cos: Tensor::from_vec(cos, shape, device)?,
+            sin: Tensor::from_vec(sin, shape, device)?,
+        })
+    }
+
+    /// What the table is for: `(n_dims, base bits, freq_scale bits)`.
+    pub(crate) fn key(&self) -> (usize, u32, u32) {
+        (self.n_dims, self.base, self.freq_scale)
+    }
+
+    pub(crate) fn base(&self) -> f32 {
+        f32::from_bits(self.base)
+    }
+
+    pub(crate) fn freq_scale(&self) -> f32 {
+        f32::from_bits(self.freq_scale)
+    }
+}
+
+/// Cosines and sines of every position's angles, `n_dims / 2` per
+/// position: the same angles as the CPU backend, computed in f64 and
+/// rounded once.
+pub(crate) fn rope_angles(
+    positions: &[u32],
+    n_dims: usize,
+    base: f32,
+    freq_scale: f32,
+) -> (Vec<f32>, Vec<f32>) {
+    let half = n_dims / 2;
+    let mut cos = Vec::with_capacity(positions.len() * half);
+    let mut sin = Vec::with_capacity(positions.len() * half);
+    for &pos in positions {
+        for i in 0..half {
+            let inv_freq = f64::from(base).powf(-2.0 * i as f64 / n_dims as f64);
+            let theta = f64::from(pos) * f64::from(freq_scale) * inv_freq;
+            cos.push(theta.cos() as f32);
+            sin.push(theta.sin() as f32);
+        }
+    }
+    (cos, sin)
 }
 
 /// Per-caller state: the RoPE tables of the positions last seen, so that
-/// every layer of a step reuses them instead of uploading its own.
+/// every layer of a step reuses them instead of uploading its own, and the
+/// static step in progress ([`realm_core::backend::StepOps`]).
 #[derive(Debug, Default)]
 pub struct GpuWorkspace {
     positions: Vec<u32>,
     tables: Vec<RopeTable>,
+    pub(crate) step: Option<StepState>,
+    /// Counts the static steps' reallocations.
+    pub(crate) generation: u64,
 }
 
 impl GpuWorkspace {
@@ -38,6 +101,9 @@ impl GpuWorkspace {
         p: &RopeParams,
     ) -> BackendResult<(Tensor, Tensor)> {
         const OP: &str = "rope";
+        if let Some(st) = self.step() {
+            return st.rope_table(device, positions, p.n_dims, p.base, p.freq_scale);
+        }
         if self.positions != positions {
             self.positions.clear();
             self.positions.extend_from_slice(positions);
@@ -47,36 +113,18 @@ impl GpuWorkspace {
         if let Some(t) = self
             .tables
             .iter()
-            .find(|t| (t.n_dims, t.base, t.freq_scale) == (p.n_dims, base, freq_scale))
+            .find(|t| t.key() == (p.n_dims, base, freq_scale))
         {
             return Ok((t.cos.clone(), t.sin.clone()));
         }
-        // The same angles as the CPU backend: computed in f64, rounded once.
-        let half = p.n_dims / 2;
-        let mut cos = Vec::with_capacity(positions.len() * half);
-        let mut sin = Vec::with_capacity(positions.len() * half);
-        for &pos in positions {
-            for i in 0..half {
-                let inv_freq = f64::from(p.base).powf(-2.0 * i as f64 / p.n_dims as f64);
-                let theta = f64::from(pos) * f64::from(p.freq_scale) * inv_freq;
-                cos.push(theta.cos() as f32);
-                sin.push(theta.sin() as f32);
-            }
-        }
-        let shape = (positions.len(), 1, half);
-        let cos = Tensor::from_vec(cos, shape, device).map_err(dev_err(OP))?;
-        let sin = Tensor::from_vec(sin, shape, device).map_err(dev_err(OP))?;
+        let t = RopeTable::new(device, positions, p.n_dims, p.base, p.freq_scale)
+            .map_err(dev_err(OP))?;
         if self.tables.len() == ROPE_TABLES {
             self.tables.remove(0);
         }
-        self.tables.push(RopeTable {
-            n_dims: p.n_dims,
-            base,
-            freq_scale,
-            cos: cos.clone(),
-            sin: sin.clone(),
-        });
-        Ok((cos, sin))
+        let pair = (t.cos.clone(), t.sin.clone());
+        self.tables.push(t);
+        Ok(pair)
     }
 }
 

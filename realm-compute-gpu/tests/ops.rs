@@ -95,9 +95,9 @@ proptest! {
         assert_close(&down(&g, &gout, n * m), &cout, 0.0, tol, &format!("{t} matmul"));
         let ids: Vec<u32> = (0..n as u32).map(|i| (i * 7) % m as u32).collect();
         let mut ce = c.buffer(n * k).unwrap();
-        c.embed(&cw, &ids, &mut ce).unwrap();
+        c.embed(&mut c.workspace(), &cw, &ids, &mut ce).unwrap();
         let mut ge = g.buffer(n * k).unwrap();
-        g.embed(&gw, &ids, &mut ge).unwrap();
+        g.embed(&mut g.workspace(), &gw, &ids, &mut ge).unwrap();
         prop_assert_eq!(down(&g, &ge, n * k), ce, "{} embed", t);
     }
 
@@ -192,15 +192,15 @@ proptest! {
         let at = |start_pos| KvSpan { layer: 1, start_pos };
 
         let mut cc = c.kv_cache(&cfg).unwrap();
-        c.kv_write(&mut cc, at(0), &k, &v, 0..total).unwrap();
+        c.kv_write(&mut c.workspace(), &mut cc, at(0), &k, &v, 0..total).unwrap();
         let mut cout = vec![0.0; q.len()];
         c.attention(&mut c.workspace(), &cc, at(past), &q, 0..n, &p, &mut cout).unwrap();
 
         // Keys written in two calls, one of them a row range.
         let mut gc = g.kv_cache(&cfg).unwrap();
         let (gk, gv) = (g.upload(&k).unwrap(), g.upload(&v).unwrap());
-        g.kv_write(&mut gc, at(0), &gk, &gv, 0..past).unwrap();
-        g.kv_write(&mut gc, at(past), &gk, &gv, past..total).unwrap();
+        g.kv_write(&mut g.workspace(), &mut gc, at(0), &gk, &gv, 0..past).unwrap();
+        g.kv_write(&mut g.workspace(), &mut gc, at(past), &gk, &gv, past..total).unwrap();
         let gq = g.upload(&q).unwrap();
         let mut gout = g.buffer(q.len()).unwrap();
         let mut ws = g.workspace();
@@ -241,7 +241,7 @@ fn bad_input_is_an_error() {
     let wt = g.weight(&view).unwrap();
     let mut e = g.buffer(64).unwrap();
     assert!(matches!(
-        g.embed(&wt, &[0, 2], &mut e),
+        g.embed(&mut g.workspace(), &wt, &[0, 2], &mut e),
         Err(BackendError::OutOfRange { index: 2, .. })
     ));
     let view = TensorView::new("w", GgmlType::IQ4_NL, &shape, &bytes).unwrap();
@@ -259,10 +259,17 @@ fn bad_input_is_an_error() {
     let mut cache = g.kv_cache(&cfg).unwrap();
     let kv = g.upload(&[0.5; 8]).unwrap();
     let span = |layer, start_pos| KvSpan { layer, start_pos };
-    assert!(g.kv_write(&mut cache, span(1, 0), &kv, &kv, 0..1).is_err());
-    assert!(g.kv_write(&mut cache, span(0, 3), &kv, &kv, 0..2).is_err());
-    assert!(g.kv_write(&mut cache, span(0, 0), &kv, &kv, 0..3).is_err());
-    g.kv_write(&mut cache, span(0, 0), &kv, &kv, 0..2).unwrap();
+    assert!(g
+        .kv_write(&mut g.workspace(), &mut cache, span(1, 0), &kv, &kv, 0..1)
+        .is_err());
+    assert!(g
+        .kv_write(&mut g.workspace(), &mut cache, span(0, 3), &kv, &kv, 0..2)
+        .is_err());
+    assert!(g
+        .kv_write(&mut g.workspace(), &mut cache, span(0, 0), &kv, &kv, 0..3)
+        .is_err());
+    g.kv_write(&mut g.workspace(), &mut cache, span(0, 0), &kv, &kv, 0..2)
+        .unwrap();
     let p = AttentionParams {
         n_heads: 2,
         n_kv_heads: 1,

@@ -16,6 +16,8 @@
 //!   add, mul and scale.
 //! - [`AttentionOps`] owns a KV cache and runs causal attention over it (GQA,
 //!   sliding window, soft-capping).
+//! - [`StepOps`] (optional) records a decode step once and replays it with
+//!   new token ids and positions (CUDA graphs).
 //!
 //! # Conventions
 //!
@@ -265,6 +267,7 @@ pub trait MatMulOps: BackendCore {
     /// dequantized weights.
     fn embed(
         &self,
+        ws: &mut Self::Workspace,
         table: &Self::Weight<'_>,
         ids: &[u32],
         out: &mut Self::Buffer,
@@ -467,6 +470,7 @@ pub trait AttentionOps: BackendCore {
     /// Guarantees: positions past `max_seq_len` and bad lengths are errors.
     fn kv_write(
         &self,
+        ws: &mut Self::Workspace,
         cache: &mut Self::KvCache,
         at: KvSpan,
         k: &Self::Buffer,
@@ -498,7 +502,104 @@ pub trait AttentionOps: BackendCore {
     ) -> BackendResult<()>;
 }
 
-/// Every op family: what a transformer forward pass is generic over.
-pub trait Backend: MatMulOps + NormOps + RopeOps + ActivationOps + AttentionOps {}
+/// The per-token inputs of a decode step, for [`StepOps::begin_step`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepInputs<'a> {
+    /// The token of each row.
+    pub ids: &'a [u32],
+    /// The position of each row (one per id).
+    pub positions: &'a [u32],
+    /// How many cache positions each row's attention spans (clamped to the
+    /// cache's length): more than every position, and fixed for as long as
+    /// a recording of the step is replayed, so that every op has the same
+    /// shapes from step to step.
+    pub kv_len: usize,
+}
 
-impl<T: MatMulOps + NormOps + RopeOps + ActivationOps + AttentionOps> Backend for T {}
+/// Static decode steps: the same ops with the same shapes every step, their
+/// per-token inputs read from the backend's own memory, so that a backend
+/// can record a step once and replay it (CUDA graphs) instead of launching
+/// every op again.
+///
+/// The protocol, for one step of `rows` tokens:
+/// 1. [`StepOps::begin_step`] stores the step's ids and positions in the
+///    workspace; until [`StepOps::end_step`], `embed`, `rope`, `kv_write`
+///    and `attention` with this workspace read them from there (the host
+///    slices they are given must match, which is checked), and attention
+///    spans `kv_len` cache positions with a mask.
+/// 2. Either [`StepOps::replay`] of a recording made with the same `rows`
+///    and `kv_len`, or the step's ops as usual; then, to record them,
+///    [`StepOps::begin_recording`], the same ops again, and
+///    [`StepOps::end_recording`]. Recording executes nothing.
+/// 3. [`StepOps::end_step`].
+///
+/// Backends that do not record keep the defaults: [`StepOps::static_steps`]
+/// is false and callers run every step op by op.
+pub trait StepOps: BackendCore {
+    /// A recorded step.
+    type Recording: Send + Debug;
+
+    /// Whether this backend runs static steps (and the protocol above
+    /// applies); false by default.
+    fn static_steps(&self) -> bool {
+        false
+    }
+
+    /// Starts a static step with `inputs`.
+    fn begin_step(&self, ws: &mut Self::Workspace, inputs: &StepInputs<'_>) -> BackendResult<()> {
+        let _ = (ws, inputs);
+        Err(BackendError::Setup(format!(
+            "{} does not run static steps",
+            self.name()
+        )))
+    }
+
+    /// Ends the static step: ops on `ws` run as usual again.
+    fn end_step(&self, ws: &mut Self::Workspace) {
+        let _ = ws;
+    }
+
+    /// Starts recording the step's ops, or returns `false` when this
+    /// backend does not record (the step then just runs). `buffers` are
+    /// every buffer the step writes; their values are what the recording
+    /// leaves in them.
+    fn begin_recording(
+        &self,
+        ws: &mut Self::Workspace,
+        buffers: &mut [&mut Self::Buffer],
+    ) -> BackendResult<bool> {
+        let _ = (ws, buffers);
+        Ok(false)
+    }
+
+    /// Ends a recording begun by [`StepOps::begin_recording`] with the same
+    /// buffers. Call it even when an op failed while recording; the
+    /// recording is then an error.
+    fn end_recording(
+        &self,
+        ws: &mut Self::Workspace,
+        buffers: &mut [&mut Self::Buffer],
+    ) -> BackendResult<Self::Recording> {
+        let _ = (ws, buffers);
+        Err(BackendError::Setup(format!(
+            "{} does not record steps",
+            self.name()
+        )))
+    }
+
+    /// Runs a recorded step with the inputs of the current static step.
+    /// A recording made before the step's shapes or the backend's internal
+    /// buffers changed is an error (record again).
+    fn replay(&self, ws: &mut Self::Workspace, rec: &Self::Recording) -> BackendResult<()> {
+        let _ = (ws, rec);
+        Err(BackendError::Setup(format!(
+            "{} does not record steps",
+            self.name()
+        )))
+    }
+}
+
+/// Every op family: what a transformer forward pass is generic over.
+pub trait Backend: MatMulOps + NormOps + RopeOps + ActivationOps + AttentionOps + StepOps {}
+
+impl<T: MatMulOps + NormOps + RopeOps + ActivationOps + AttentionOps + StepOps> Backend for T {}

@@ -28,7 +28,7 @@ pub mod synthetic;
 
 pub use config::{Architecture, ModelConfig};
 pub use error::{Error, Result};
-pub use model::{BatchScratch, Model, Session};
+pub use model::{BatchScratch, Model, Session, STEP_SPAN};
 
 pub use generate::{generate, GenerateParams, Generation, GenerationStats, StopReason};
 pub use sampling::{Sampler, SamplingParams};

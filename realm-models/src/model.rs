@@ -2,8 +2,11 @@
 //! generic over the backend, and a per-sequence [`Session`] (KV cache and
 //! scratch) so that a decode step allocates nothing.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use realm_core::backend::{
-    AttentionParams, Backend, BackendError, KvCacheConfig, KvDtype, KvSpan, RopeParams, WeightInfo,
+    AttentionParams, Backend, BackendError, KvCacheConfig, KvDtype, KvSpan, RopeParams, StepInputs,
+    WeightInfo,
 };
 use realm_core::gguf::Gguf;
 use realm_core::{quant, TensorView};
@@ -197,6 +200,7 @@ impl<'a, B: Backend> Model<'a, B> {
             dtype: kv_dtype,
         })?;
         Ok(Session {
+            id: NEXT_SESSION.fetch_add(1, Ordering::Relaxed),
             cache,
             pos: 0,
             max_seq_len,
@@ -227,12 +231,23 @@ impl<'a, B: Backend> Model<'a, B> {
     ///
     /// This is [`Model::embed_tokens`], [`Model::forward_layer`] for every
     /// layer and [`Model::compute_logits`], chunk after chunk.
+    ///
+    /// On a backend with static steps ([`StepOps::static_steps`], the CUDA
+    /// backend), one token is a recorded decode step: recorded once per
+    /// [`STEP_SPAN`] positions and replayed for the others.
+    ///
+    /// [`StepOps::static_steps`]: realm_core::backend::StepOps::static_steps
     pub fn forward<'s>(&self, s: &'s mut Session<B>, tokens: &[u32]) -> Result<&'s [f32]> {
         if tokens.is_empty() {
             return Err(Error::BadConfig("forward needs at least one token".into()));
         }
         self.check_room(s, tokens.len())?;
         self.check_tokens(tokens)?;
+        if let [token] = *tokens {
+            if self.backend.static_steps() {
+                return self.decode_static(s, token);
+            }
+        }
         let mut chunks = tokens.chunks(s.scratch.rows).peekable();
         while let Some(chunk) = chunks.next() {
             self.embed_tokens(s, chunk)?;
@@ -319,7 +334,7 @@ impl<'a, B: Backend> Model<'a, B> {
                 layer,
                 start_pos: start,
             };
-            b.kv_write(cache, at, k, v, 0..n)?;
+            b.kv_write(ws, cache, at, k, v, 0..n)?;
             b.attention(ws, cache, at, q, 0..n, params, att)
         })?;
         let done = layer + 1;
@@ -363,6 +378,7 @@ impl<'a, B: Backend> Model<'a, B> {
         rows: &mut [(&mut Session<B>, u32)],
         scratch: &mut BatchScratch<B>,
     ) -> Result<()> {
+        let b = self.backend;
         let sc = &mut scratch.scratch;
         let n = rows.len();
         if n == 0 || n > sc.rows {
@@ -380,23 +396,36 @@ impl<'a, B: Backend> Model<'a, B> {
             sc.tokens.push(*t);
         }
         let tokens = std::mem::take(&mut sc.tokens);
-        let embedded = self.embed_rows(sc, &tokens);
+        let ran = if b.static_steps() {
+            // Every row attends over the same span, enough for the furthest.
+            let furthest = rows.iter().map(|(s, _)| s.pos + 1).max().unwrap_or(1);
+            let longest = rows.iter().map(|(s, _)| s.max_seq_len).max().unwrap_or(1);
+            let kv_len = step_len(furthest, longest);
+            let key: Vec<u64> = rows.iter().map(|(s, _)| s.id).collect();
+            let inputs = StepInputs {
+                ids: &tokens,
+                positions: &sc.positions,
+                kv_len,
+            };
+            let ran = b
+                .begin_step(&mut sc.ws, &inputs)
+                .map_err(Error::from)
+                .and_then(|()| {
+                    let ran = self.run_static(sc, &key, kv_len, |m, sc| {
+                        m.embed_rows(sc, &tokens)?;
+                        m.batch_body(rows, sc)
+                    });
+                    b.end_step(&mut sc.ws);
+                    ran
+                });
+            ran
+        } else {
+            self.embed_rows(sc, &tokens)
+                .and_then(|()| self.batch_body(rows, sc))
+        };
         sc.tokens = tokens;
-        embedded?;
-        for layer in 0..self.layers.len() {
-            self.layer(sc, n, layer, |b, ws, k, v, q, params, att| {
-                for (i, (s, _)) in rows.iter_mut().enumerate() {
-                    let at = KvSpan {
-                        layer,
-                        start_pos: s.pos,
-                    };
-                    b.kv_write(&mut s.cache, at, k, v, i..i + 1)?;
-                    b.attention(ws, &s.cache, at, q, i..i + 1, params, att)?;
-                }
-                Ok(())
-            })?;
-        }
-        self.logits_rows(sc, 0, n)?;
+        ran?;
+        let sc = &scratch.scratch;
         let vocab = self.config.vocab_size;
         let logits: &[f32] = match B::host_slice(&sc.logits) {
             Some(v) => &v[..n * vocab],
@@ -416,10 +445,126 @@ impl<'a, B: Backend> Model<'a, B> {
         Ok(())
     }
 
+    /// [`Model::forward`] of one token as a static step.
+    fn decode_static<'s>(&self, s: &'s mut Session<B>, token: u32) -> Result<&'s [f32]> {
+        let (b, pos) = (self.backend, s.pos);
+        let kv_len = step_len(pos + 1, s.max_seq_len);
+        let (cache, sc) = (&mut s.cache, &mut s.scratch);
+        sc.positions.clear();
+        sc.positions.push(pos as u32);
+        s.chunk = None;
+        let inputs = StepInputs {
+            ids: &[token],
+            positions: &[pos as u32],
+            kv_len,
+        };
+        b.begin_step(&mut sc.ws, &inputs)?;
+        let ran = self.run_static(sc, &[s.id], kv_len, |m, sc| {
+            m.embed_rows(sc, &[token])?;
+            for layer in 0..m.layers.len() {
+                m.layer(sc, 1, layer, |b, ws, k, v, q, params, att| {
+                    let at = KvSpan {
+                        layer,
+                        start_pos: pos,
+                    };
+                    b.kv_write(ws, cache, at, k, v, 0..1)?;
+                    b.attention(ws, cache, at, q, 0..1, params, att)
+                })?;
+            }
+            m.logits_rows(sc, 0, 1)
+        });
+        b.end_step(&mut sc.ws);
+        ran?;
+        s.pos += 1;
+        s.chunk = Some(Chunk {
+            len: 1,
+            layers_done: self.layers.len(),
+        });
+        s.logits_on_host = B::host_slice(&sc.logits).is_none();
+        if s.logits_on_host {
+            b.download(&sc.logits, &mut s.logits)?;
+        }
+        Ok(s.logits())
+    }
+
+    /// Runs a static step's ops `step` on `sc`: the recording made for
+    /// `key` (the sessions, in row order) and `kv_len` if there is one,
+    /// otherwise the ops themselves and then, once, their recording.
+    fn run_static(
+        &self,
+        sc: &mut Scratch<B>,
+        key: &[u64],
+        kv_len: usize,
+        mut step: impl FnMut(&Self, &mut Scratch<B>) -> Result<()>,
+    ) -> Result<()> {
+        let b = self.backend;
+        if let Recorded::Ready {
+            key: k,
+            kv_len: l,
+            rec,
+        } = &sc.recorded
+        {
+            if k == key && *l == kv_len && b.replay(&mut sc.ws, rec).is_ok() {
+                return Ok(());
+            }
+        }
+        step(self, sc)?;
+        if matches!(sc.recorded, Recorded::Failed(_)) {
+            return Ok(());
+        }
+        // Drop an older recording (and its device memory) first.
+        sc.recorded = Recorded::None;
+        let started = {
+            let (ws, mut bufs) = sc.split();
+            b.begin_recording(ws, &mut bufs)
+        };
+        sc.recorded = match started {
+            Ok(false) => Recorded::None,
+            Err(e) => Recorded::Failed(e.to_string()),
+            Ok(true) => {
+                let ran = step(self, sc);
+                let ended = {
+                    let (ws, mut bufs) = sc.split();
+                    b.end_recording(ws, &mut bufs)
+                };
+                match (ran, ended) {
+                    (Ok(()), Ok(rec)) => Recorded::Ready {
+                        key: key.to_vec(),
+                        kv_len,
+                        rec,
+                    },
+                    (Err(e), _) => Recorded::Failed(e.to_string()),
+                    (_, Err(e)) => Recorded::Failed(e.to_string()),
+                }
+            }
+        };
+        Ok(())
+    }
+
+    /// The layers and logits of [`Model::forward_batch`]'s rows, embedded.
+    fn batch_body(&self, rows: &mut [(&mut Session<B>, u32)], sc: &mut Scratch<B>) -> Result<()> {
+        let n = rows.len();
+        for layer in 0..self.layers.len() {
+            self.layer(sc, n, layer, |b, ws, k, v, q, params, att| {
+                for (i, (s, _)) in rows.iter_mut().enumerate() {
+                    let at = KvSpan {
+                        layer,
+                        start_pos: s.pos,
+                    };
+                    b.kv_write(ws, &mut s.cache, at, k, v, i..i + 1)?;
+                    b.attention(ws, &s.cache, at, q, i..i + 1, params, att)?;
+                }
+                Ok(())
+            })?;
+        }
+        self.logits_rows(sc, 0, n)
+    }
+
     /// Embeds `tokens` into the first rows of `sc.x`.
     fn embed_rows(&self, sc: &mut Scratch<B>, tokens: &[u32]) -> Result<()> {
         let d = self.config.d_model;
-        self.backend.embed(&self.embed, tokens, &mut sc.x)?;
+        self.backend
+            .embed(&mut sc.ws, &self.embed, tokens, &mut sc.x)?;
         if self.config.scale_embeddings {
             self.backend
                 .scale_inplace(&mut sc.x, (d as f32).sqrt(), tokens.len() * d)?;
@@ -532,6 +677,39 @@ impl<'a, B: Backend> Model<'a, B> {
     }
 }
 
+/// Cache positions a static step spans are a multiple of this: one
+/// recording of a decode step serves this many positions.
+pub const STEP_SPAN: usize = 256;
+
+/// Source of [`Session`] identities (the key of a batch's recording).
+static NEXT_SESSION: AtomicU64 = AtomicU64::new(0);
+
+/// The cache positions a static step spans when its furthest row needs
+/// `needed`: rounded up to a multiple of [`STEP_SPAN`], at most `cap`.
+fn step_len(needed: usize, cap: usize) -> usize {
+    needed
+        .div_ceil(STEP_SPAN)
+        .saturating_mul(STEP_SPAN)
+        .min(cap)
+        .max(needed)
+}
+
+/// A scratch's recorded decode step.
+#[derive(Debug)]
+enum Recorded<B: Backend> {
+    /// Nothing recorded (yet).
+    None,
+    /// A recording of the step of sessions `key` (in row order) spanning
+    /// `kv_len` cache positions.
+    Ready {
+        key: Vec<u64>,
+        kv_len: usize,
+        rec: B::Recording,
+    },
+    /// Recording failed; steps run op by op from then on.
+    Failed(String),
+}
+
 /// Activations and scratch for up to `rows` tokens, sized once, in the
 /// backend's memory.
 #[derive(Debug)]
@@ -550,6 +728,7 @@ struct Scratch<B: Backend> {
     logits: B::Buffer,
     positions: Vec<u32>,
     tokens: Vec<u32>,
+    recorded: Recorded<B>,
 }
 
 impl<B: Backend> Scratch<B> {
@@ -572,7 +751,35 @@ impl<B: Backend> Scratch<B> {
             logits: backend.buffer(logit_rows * c.vocab_size)?,
             positions: Vec::with_capacity(rows),
             tokens: Vec::with_capacity(rows),
+            recorded: Recorded::None,
         })
+    }
+
+    /// The workspace and every buffer a step writes.
+    fn split(&mut self) -> (&mut B::Workspace, [&mut B::Buffer; 10]) {
+        (
+            &mut self.ws,
+            [
+                &mut self.x,
+                &mut self.xn,
+                &mut self.q,
+                &mut self.k,
+                &mut self.v,
+                &mut self.att,
+                &mut self.proj,
+                &mut self.gate,
+                &mut self.up,
+                &mut self.logits,
+            ],
+        )
+    }
+
+    /// Why recording the decode step failed, if it did.
+    fn recording_failure(&self) -> Option<&str> {
+        match &self.recorded {
+            Recorded::Failed(why) => Some(why),
+            _ => None,
+        }
     }
 }
 
@@ -583,6 +790,14 @@ pub struct BatchScratch<B: Backend> {
     scratch: Scratch<B>,
     /// Every row's logits, on the host.
     logits: Vec<f32>,
+}
+
+impl<B: Backend> BatchScratch<B> {
+    /// Why recording the batch's decode step failed, if it did (steps then
+    /// run op by op; see [`Model::forward`]).
+    pub fn recording_failure(&self) -> Option<&str> {
+        self.scratch.recording_failure()
+    }
 }
 
 /// The chunk in flight between [`Model::embed_tokens`] and the last layer.
@@ -596,6 +811,8 @@ struct Chunk {
 /// sized once so that decoding allocates nothing.
 #[derive(Debug)]
 pub struct Session<B: Backend> {
+    /// Unique for the life of the process.
+    id: u64,
     cache: B::KvCache,
     pos: usize,
     max_seq_len: usize,
@@ -627,6 +844,12 @@ impl<B: Backend> Session<B> {
     /// Most tokens one chunk of [`Model::embed_tokens`] may hold.
     pub fn batch(&self) -> usize {
         self.scratch.rows
+    }
+
+    /// Why recording the session's decode step failed, if it did (steps
+    /// then run op by op; see [`Model::forward`]).
+    pub fn recording_failure(&self) -> Option<&str> {
+        self.scratch.recording_failure()
     }
 
     /// The logits of the last token run.

@@ -1,0 +1,474 @@
+//! Static decode steps ([`StepOps`]): a step's token ids and positions live
+//! in device tensors of the workspace, so that every op of the step has the
+//! same shapes and reads the same device memory from step to step; on CUDA
+//! the step is then recorded once as a CUDA graph and replayed.
+//!
+//! What a recording touches, and why it stays valid:
+//! - the workspace's fixed tensors (ids, positions, RoPE tables, the
+//!   attention-mask inputs), rewritten in place by each
+//!   [`StepOps::begin_step`] and reallocated only when the step's row count
+//!   or span changes, which bumps the workspace's generation;
+//! - the weights and the sessions' KV caches, which never move;
+//! - a fixed copy of every buffer the step writes, made when recording
+//!   starts; the recording ends by copying its results there, and every
+//!   tensor it allocated is freed inside the recording, so none escapes;
+//! - candle's matrix-product scratch, which candle grows (and moves) when a
+//!   product needs more; the backend counts such growth as its matmul
+//!   epoch, and a recording from an older epoch is stale.
+
+use candle_core::{DType, Device, Tensor};
+use realm_core::backend::{BackendError, BackendResult, StepInputs, StepOps};
+
+use crate::ops::{rope_angles, RopeTable};
+use crate::{dev_err, GpuBackend, GpuBuffer, GpuWorkspace};
+
+/// How a [`GpuBackend`] runs decode steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepMode {
+    /// Op by op, as any other call (the default off CUDA).
+    OpByOp,
+    /// Static steps, op by op: the shapes and inputs a recording needs,
+    /// without recording (for checking static steps on any device).
+    Static,
+    /// Static steps recorded as CUDA graphs and replayed (the default on
+    /// CUDA; anywhere else it behaves as [`StepMode::Static`]).
+    Recorded,
+}
+
+/// A decode step recorded as a CUDA graph.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub struct GpuRecording {
+    #[cfg(feature = "cuda")]
+    graph: cuda::Graph,
+    generation: u64,
+    epoch: u64,
+}
+
+impl std::fmt::Debug for GpuRecording {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuRecording")
+            .field("generation", &self.generation)
+            .field("epoch", &self.epoch)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The workspace's state of static steps.
+pub(crate) struct StepState {
+    /// Between `begin_step` and `end_step`.
+    active: bool,
+    /// Between `begin_recording` and `end_recording`.
+    recording: bool,
+    rows: usize,
+    kv_len: usize,
+    /// Bumped whenever the fixed tensors below are reallocated.
+    generation: u64,
+    host_ids: Vec<u32>,
+    host_positions: Vec<u32>,
+    /// `u32 [rows]`.
+    ids: Tensor,
+    /// `u32 [rows]`.
+    pos: Tensor,
+    /// `f32 [rows, 1]`.
+    pos_f: Tensor,
+    /// `f32 [1, kv_len]`: 0, 1, 2, ...
+    key_pos: Tensor,
+    /// `f32 [rows, kv_len]` of zeros and of minus infinity.
+    zeros: Tensor,
+    neg_inf: Tensor,
+    /// RoPE tables for every parameter set seen, rewritten each step.
+    tables: Vec<RopeTable>,
+    /// This step's attention masks, by sliding window.
+    masks: Vec<(Option<usize>, Tensor)>,
+    /// The fixed copies of the buffers a recording writes.
+    fixed: Vec<Tensor>,
+    /// candle's matmul epoch when recording began.
+    epoch: u64,
+    /// Keeps candle's upload cache on while a step may be recorded, so
+    /// that the kernel parameters ops upload are cached by the plain run
+    /// and found by the recording.
+    /// (candle does not name the guard's type, hence the box).
+    #[cfg(feature = "cuda")]
+    htod_cache: Option<Box<dyn std::any::Any + Send>>,
+}
+
+impl std::fmt::Debug for StepState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StepState")
+            .field("active", &self.active)
+            .field("rows", &self.rows)
+            .field("kv_len", &self.kv_len)
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+fn invalid(op: &'static str, what: &'static str) -> BackendError {
+    BackendError::InvalidParameter { op, what }
+}
+
+impl StepState {
+    /// Fresh tensors for `inputs` (`rows` ids and positions).
+    fn new(device: &Device, inputs: &StepInputs<'_>, generation: u64) -> candle_core::Result<Self> {
+        let (rows, kv_len) = (inputs.ids.len(), inputs.kv_len);
+        let pos_f: Vec<f32> = inputs.positions.iter().map(|&p| p as f32).collect();
+        Ok(Self {
+            active: false,
+            recording: false,
+            rows,
+            kv_len,
+            generation,
+            host_ids: inputs.ids.to_vec(),
+            host_positions: inputs.positions.to_vec(),
+            ids: Tensor::from_slice(inputs.ids, rows, device)?,
+            pos: Tensor::from_slice(inputs.positions, rows, device)?,
+            pos_f: Tensor::from_vec(pos_f, (rows, 1), device)?,
+            key_pos: Tensor::arange(0f32, kv_len as f32, device)?.reshape((1, kv_len))?,
+            zeros: Tensor::zeros((rows, kv_len), DType::F32, device)?,
+            neg_inf: Tensor::full(f32::NEG_INFINITY, (rows, kv_len), device)?,
+            tables: Vec::new(),
+            masks: Vec::new(),
+            fixed: Vec::new(),
+            epoch: 0,
+            #[cfg(feature = "cuda")]
+            htod_cache: None,
+        })
+    }
+
+    /// Writes `inputs` (same rows and span) into the fixed tensors.
+    fn rewrite(&mut self, device: &Device, inputs: &StepInputs<'_>) -> candle_core::Result<()> {
+        let rows = self.rows;
+        let pos_f: Vec<f32> = inputs.positions.iter().map(|&p| p as f32).collect();
+        self.ids
+            .slice_set(&Tensor::from_slice(inputs.ids, rows, device)?, 0, 0)?;
+        self.pos
+            .slice_set(&Tensor::from_slice(inputs.positions, rows, device)?, 0, 0)?;
+        self.pos_f
+            .slice_set(&Tensor::from_vec(pos_f, (rows, 1), device)?, 0, 0)?;
+        for t in &self.tables {
+            let (cos, sin) = rope_angles(inputs.positions, t.n_dims, t.base(), t.freq_scale());
+            let shape = t.cos.shape().clone();
+            t.cos
+                .slice_set(&Tensor::from_vec(cos, shape.clone(), device)?, 0, 0)?;
+            t.sin
+                .slice_set(&Tensor::from_vec(sin, shape, device)?, 0, 0)?;
+        }
+        self.host_ids.clear();
+        self.host_ids.extend_from_slice(inputs.ids);
+        self.host_positions.clear();
+        self.host_positions.extend_from_slice(inputs.positions);
+        Ok(())
+    }
+
+    /// Checks that `positions` of rows `first..` are the step's.
+    pub(crate) fn check_positions(
+        &self,
+        op: &'static str,
+        first: usize,
+        positions: impl ExactSizeIterator<Item = usize>,
+    ) -> BackendResult<()> {
+        let n = positions.len();
+        let ours = self
+            .host_positions
+            .get(first..first.saturating_add(n))
+            .ok_or(invalid(op, "rows past the static step's"))?;
+        if !ours.iter().zip(positions).all(|(&a, b)| a as usize == b) {
+            return Err(invalid(op, "positions differ from the static step's"));
+        }
+        Ok(())
+    }
+
+    /// The step's token ids, after checking they are `ids`.
+    pub(crate) fn ids(&self, op: &'static str, ids: &[u32]) -> BackendResult<&Tensor> {
+        if self.host_ids != ids {
+            return Err(invalid(op, "token ids differ from the static step's"));
+        }
+        Ok(&self.ids)
+    }
+
+    /// The step's positions, `u32 [rows]`.
+    pub(crate) fn positions(&self) -> &Tensor {
+        &self.pos
+    }
+
+    /// Cache positions the step's attention spans.
+    pub(crate) fn kv_len(&self) -> usize {
+        self.kv_len
+    }
+
+    /// The RoPE table for these parameters, made (and kept for later
+    /// steps) when first asked for outside a recording.
+    pub(crate) fn rope_table(
+        &mut self,
+        device: &Device,
+        positions: &[u32],
+        n_dims: usize,
+        base: f32,
+        freq_scale: f32,
+    ) -> BackendResult<(Tensor, Tensor)> {
+        const OP: &str = "rope";
+        self.check_positions(OP, 0, positions.iter().map(|&p| p as usize))?;
+        if positions.len() != self.rows {
+            return Err(invalid(OP, "a static step's rope covers all its rows"));
+        }
+        let key = (n_dims, base.to_bits(), freq_scale.to_bits());
+        if let Some(t) = self.tables.iter().find(|t| t.key() == key) {
+            return Ok((t.cos.clone(), t.sin.clone()));
+        }
+        if self.recording {
+            return Err(invalid(OP, "rope parameters first seen while recording"));
+        }
+        let t = RopeTable::new(device, positions, n_dims, base, freq_scale).map_err(dev_err(OP))?;
+        let pair = (t.cos.clone(), t.sin.clone());
+        self.tables.push(t);
+        Ok(pair)
+    }
+
+    /// The additive attention mask `[rows, kv_len]` of this step: 0 where
+    /// row `r` (at position `p`) sees key `j` (`j <= p`, and `j + w > p`
+    /// with a sliding window `w`), minus infinity elsewhere.
+    pub(crate) fn mask(&mut self, window: Option<usize>) -> candle_core::Result<Tensor> {
+        if let Some((_, m)) = self.masks.iter().find(|(w, _)| *w == window) {
+            return Ok(m.clone());
+        }
+        let causal = self.key_pos.broadcast_le(&self.pos_f)?;
+        let visible = match window {
+            None => causal,
+            Some(w) => {
+                let lo = self.pos_f.affine(1.0, -(w as f64))?;
+                (causal * self.key_pos.broadcast_gt(&lo)?)?
+            }
+        };
+        let m = visible.where_cond(&self.zeros, &self.neg_inf)?;
+        self.masks.push((window, m.clone()));
+        Ok(m)
+    }
+}
+
+impl GpuWorkspace {
+    /// The static step in progress, if any.
+    pub(crate) fn step(&mut self) -> Option<&mut StepState> {
+        self.step.as_mut().filter(|s| s.active)
+    }
+}
+
+impl GpuBackend {
+    /// Whether static steps on this device are recorded.
+    fn records(&self) -> bool {
+        self.steps == StepMode::Recorded && matches!(self.device, Device::Cuda(_))
+    }
+}
+
+impl StepOps for GpuBackend {
+    type Recording = GpuRecording;
+
+    fn static_steps(&self) -> bool {
+        self.steps != StepMode::OpByOp
+    }
+
+    fn begin_step(&self, ws: &mut GpuWorkspace, inputs: &StepInputs<'_>) -> BackendResult<()> {
+        const OP: &str = "begin_step";
+        let rows = inputs.ids.len();
+        if rows == 0 || inputs.positions.len() != rows {
+            return Err(invalid(
+                OP,
+                "a step needs one position per id, and some ids",
+            ));
+        }
+        if inputs
+            .positions
+            .iter()
+            .any(|&p| p as usize >= inputs.kv_len)
+        {
+            return Err(invalid(OP, "every position must be below kv_len"));
+        }
+        if let Some(st) = ws.step.as_mut() {
+            if st.recording {
+                return Err(invalid(OP, "a step is being recorded"));
+            }
+            st.active = false;
+            st.masks.clear();
+            #[cfg(feature = "cuda")]
+            {
+                st.htod_cache = None;
+            }
+        }
+        let reuse = matches!(&ws.step, Some(st) if st.rows == rows && st.kv_len == inputs.kv_len);
+        if reuse {
+            if let Some(st) = ws.step.as_mut() {
+                st.rewrite(&self.device, inputs).map_err(dev_err(OP))?;
+            }
+        } else {
+            ws.step = None;
+            ws.generation += 1;
+            let st = StepState::new(&self.device, inputs, ws.generation).map_err(dev_err(OP))?;
+            ws.step = Some(st);
+        }
+        let records = self.records();
+        if let Some(st) = ws.step.as_mut() {
+            st.active = true;
+            #[cfg(feature = "cuda")]
+            if let (true, Device::Cuda(cuda)) = (records, &self.device) {
+                st.htod_cache = Some(Box::new(cuda.enable_cuda_graph_htod_cache()));
+            }
+        }
+        let _ = records;
+        Ok(())
+    }
+
+    fn end_step(&self, ws: &mut GpuWorkspace) {
+        if let Some(st) = ws.step.as_mut() {
+            st.active = false;
+            st.masks.clear();
+            #[cfg(feature = "cuda")]
+            {
+                st.htod_cache = None;
+            }
+        }
+    }
+
+    fn begin_recording(
+        &self,
+        ws: &mut GpuWorkspace,
+        buffers: &mut [&mut GpuBuffer],
+    ) -> BackendResult<bool> {
+        const OP: &str = "begin_recording";
+        if !self.records() {
+            return Ok(false);
+        }
+        let epoch = self.matmul_epoch();
+        let st = ws
+            .step()
+            .ok_or(invalid(OP, "recording needs a static step"))?;
+        // Fixed copies of the buffers, which the recording's results go to.
+        st.fixed.clear();
+        for b in buffers.iter_mut() {
+            let t = b.tensor().copy().map_err(dev_err(OP))?;
+            b.replace(t.clone());
+            st.fixed.push(t);
+        }
+        // Masks of the plain run; the recording makes its own.
+        st.masks.clear();
+        st.epoch = epoch;
+        #[cfg(feature = "cuda")]
+        cuda::begin(&self.device).map_err(dev_err(OP))?;
+        st.recording = true;
+        Ok(true)
+    }
+
+    fn end_recording(
+        &self,
+        ws: &mut GpuWorkspace,
+        buffers: &mut [&mut GpuBuffer],
+    ) -> BackendResult<GpuRecording> {
+        const OP: &str = "end_recording";
+        let st = ws
+            .step
+            .as_mut()
+            .filter(|s| s.recording)
+            .ok_or(invalid(OP, "no recording in progress"))?;
+        st.recording = false;
+        let fixed = std::mem::take(&mut st.fixed);
+        let mut copied = Ok(());
+        if fixed.len() != buffers.len() {
+            copied = Err(invalid(OP, "not the buffers the recording began with"));
+        }
+        // Results into the fixed copies; the recorded tensors are dropped
+        // here, while recording, so their memory is freed inside the graph.
+        for (b, fixed) in buffers.iter_mut().zip(fixed) {
+            let result = b.tensor().clone();
+            b.replace(fixed.clone());
+            if copied.is_ok() && result.id() != fixed.id() {
+                copied = if result.elem_count() == fixed.elem_count() {
+                    fixed.slice_set(&result, 0, 0).map_err(dev_err(OP))
+                } else {
+                    Err(invalid(OP, "a buffer's length changed while recording"))
+                };
+            }
+        }
+        st.masks.clear();
+        let (generation, epoch) = (st.generation, st.epoch);
+        #[cfg(feature = "cuda")]
+        {
+            let graph = cuda::end(&self.device).map_err(dev_err(OP));
+            copied?;
+            Ok(GpuRecording {
+                graph: graph?,
+                generation,
+                epoch,
+            })
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = (generation, epoch);
+            copied?;
+            Err(invalid(OP, "this build cannot record steps"))
+        }
+    }
+
+    fn replay(&self, ws: &mut GpuWorkspace, rec: &GpuRecording) -> BackendResult<()> {
+        const OP: &str = "replay";
+        let epoch = self.matmul_epoch();
+        let st = ws.step().ok_or(invalid(OP, "replay needs a static step"))?;
+        if rec.generation != st.generation || rec.epoch != epoch {
+            return Err(invalid(OP, "the recording is stale"));
+        }
+        #[cfg(feature = "cuda")]
+        {
+            rec.graph.launch().map_err(dev_err(OP))
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            Err(invalid(OP, "this build cannot record steps"))
+        }
+    }
+}
+
+/// CUDA graph capture of candle's stream.
+#[cfg(feature = "cuda")]
+mod cuda {
+    use candle_core::cuda_backend::cudarc::driver::{sys, CudaGraph};
+    use candle_core::cuda_backend::WrapErr;
+    use candle_core::{Device, Result};
+
+    /// An instantiated CUDA graph.
+    pub(super) struct Graph(CudaGraph);
+
+    // SAFETY: a CUDA graph and its executable are driver handles that any
+    // thread may use; CUDA only requires that calls on one graph are not
+    // concurrent, and `Graph` is only used through `&self` by the thread
+    // that owns the step (the trait needs `Send`, not `Sync`).
+    unsafe impl Send for Graph {}
+
+    impl Graph {
+        pub(super) fn launch(&self) -> Result<()> {
+            self.0.launch().w()
+        }
+    }
+
+    fn stream(
+        device: &Device,
+    ) -> Result<std::sync::Arc<candle_core::cuda_backend::cudarc::driver::CudaStream>> {
+        Ok(device.as_cuda_device()?.cuda_stream())
+    }
+
+    /// Starts capturing the device's stream (this thread's work only).
+    pub(super) fn begin(device: &Device) -> Result<()> {
+        stream(device)?
+            .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .w()
+    }
+
+    /// Ends the capture and instantiates the graph.
+    pub(super) fn end(device: &Device) -> Result<Graph> {
+        let graph = stream(device)?
+            .end_capture(
+                sys::CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH,
+            )
+            .w()?;
+        match graph {
+            Some(g) => Ok(Graph(g)),
+            None => candle_core::bail!("the CUDA graph capture recorded nothing"),
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! Static decode steps against the same backend op by op: the step's
+//! inputs read from device tensors, attention over a fixed span with a
+//! mask, and on CUDA the step recorded as a CUDA graph and replayed.
+//!
+//! The device is candle's CPU device unless `REALM_GPU_TEST_DEVICE` names
+//! another. On the CPU device [`StepMode::Recorded`] runs static steps
+//! without recording them; on CUDA it records.
+
+use realm_compute_gpu::{GpuBackend, GpuDevice, GpuWorkspace, StepMode};
+use realm_core::backend::{BackendCore, MatMulOps, StepInputs, StepOps};
+use realm_core::gguf::Gguf;
+use realm_core::{GgmlType, TensorView};
+use realm_models::synthetic::SyntheticLayout;
+use realm_models::{Model, STEP_SPAN};
+
+fn gpu(mode: StepMode) -> GpuBackend {
+    let dev = std::env::var("REALM_GPU_TEST_DEVICE")
+        .map(|s| GpuDevice::parse(&s).expect("REALM_GPU_TEST_DEVICE"))
+        .unwrap_or(GpuDevice::Cpu);
+    GpuBackend::new(dev).expect("device").with_steps(mode)
+}
+
+fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .flatten()
+        .zip(b.iter().flatten())
+        .fold(0f32, |m, (x, y)| m.max((x - y).abs()))
+}
+
+/// Token `i` of a fixed sequence.
+fn token(i: usize, vocab: usize) -> u32 {
+    ((i * 7919 + 3) % vocab) as u32
+}
+
+/// A prompt of `prompt` tokens, then `n` one-token steps; every step's
+/// logits.
+fn decode(model: &Model<'_, GpuBackend>, prompt: usize, n: usize) -> Vec<Vec<f32>> {
+    let vocab = model.config().vocab_size;
+    let ids: Vec<u32> = (0..prompt).map(|i| token(i, vocab)).collect();
+    let mut s = model.session(prompt + n, 64).unwrap();
+    let mut all = vec![model.forward(&mut s, &ids).unwrap().to_vec()];
+    for i in 0..n {
+        all.push(
+            model
+                .forward(&mut s, &[token(prompt + i, vocab)])
+                .unwrap()
+                .to_vec(),
+        );
+    }
+    assert_eq!(s.recording_failure(), None);
+    all
+}
+
+/// Decoding across a span boundary (a new recording, reallocated step
+/// tensors), with every architecture's ops: biases, QK-norm, sliding
+/// windows, the embedding scale.
+#[test]
+fn static_steps_match_op_by_op() {
+    let (plain, steps) = (gpu(StepMode::OpByOp), gpu(StepMode::Recorded));
+    for arch in ["llama", "qwen2", "gemma3"] {
+        let file =
+            Gguf::from_bytes(SyntheticLayout::tiny(arch).unwrap().write(3).unwrap()).unwrap();
+        let (a, b) = (
+            Model::load(&file, &plain).unwrap(),
+            Model::load(&file, &steps).unwrap(),
+        );
+        let prompt = STEP_SPAN - 6;
+        let (want, got) = (decode(&a, prompt, 12), decode(&b, prompt, 12));
+        let diff = max_diff(&want, &got);
+        eprintln!("{arch}: static steps vs op by op, max |logit difference| {diff:.2e}");
+        assert!(diff <= 1e-3, "{arch}: {diff}");
+    }
+}
+
+/// Batched decode of sessions at different positions (one of them across a
+/// span boundary), each row masked by its own position.
+#[test]
+fn batched_static_steps_match_op_by_op() {
+    let (plain, steps) = (gpu(StepMode::OpByOp), gpu(StepMode::Recorded));
+    let file =
+        Gguf::from_bytes(SyntheticLayout::tiny("gemma3").unwrap().write(5).unwrap()).unwrap();
+    let run = |be: &GpuBackend| {
+        let model = Model::load(&file, be).unwrap();
+        let vocab = model.config().vocab_size;
+        let prompts = [3, 17, STEP_SPAN - 2];
+        let mut sessions: Vec<_> = prompts
+            .iter()
+            .map(|&p| {
+                let mut s = model.session(p + 8, 32).unwrap();
+                let ids: Vec<u32> = (0..p).map(|i| token(i, vocab)).collect();
+                model.forward(&mut s, &ids).unwrap();
+                s
+            })
+            .collect();
+        let mut scratch = model.batch_scratch(prompts.len()).unwrap();
+        let mut all = Vec::new();
+        for step in 0..6 {
+            let mut rows: Vec<_> = sessions
+                .iter_mut()
+                .enumerate()
+                .map(|(i, s)| (s, token(step * 3 + i, vocab)))
+                .collect();
+            model.forward_batch(&mut rows, &mut scratch).unwrap();
+            all.extend(rows.iter().map(|(s, _)| s.logits().to_vec()));
+        }
+        assert_eq!(scratch.recording_failure(), None);
+        all
+    };
+    let diff = max_diff(&run(&plain), &run(&steps));
+    eprintln!("batched static steps vs op by op, max |logit difference| {diff:.2e}");
+    assert!(diff <= 1e-3, "{diff}");
+}
+
+/// A static step's inputs are checked, and ops given other ids or
+/// positions than the step's are errors, not silently wrong.
+#[test]
+fn static_step_inputs_are_checked() {
+    let be = gpu(StepMode::Static);
+    let mut ws: GpuWorkspace = be.workspace();
+    let step = |ids: &'static [u32], positions: &'static [u32], kv_len| StepInputs {
+        ids,
+        positions,
+        kv_len,
+    };
+    assert!(be.begin_step(&mut ws, &step(&[], &[], 4)).is_err());
+    assert!(be.begin_step(&mut ws, &step(&[1], &[1, 2], 4)).is_err());
+    assert!(be.begin_step(&mut ws, &step(&[1], &[4], 4)).is_err());
+    be.begin_step(&mut ws, &step(&[1, 2], &[0, 3], 4)).unwrap();
+    let table: Vec<f32> = (0..12).map(|i| i as f32).collect();
+    let shape = [4u64, 3];
+    let view = TensorView::new("t", GgmlType::F32, &shape, bytemuck::cast_slice(&table)).unwrap();
+    let w = be.weight(&view).unwrap();
+    let mut out = be.buffer(8).unwrap();
+    assert!(be.embed(&mut ws, &w, &[2, 1], &mut out).is_err());
+    be.embed(&mut ws, &w, &[1, 2], &mut out).unwrap();
+    let mut host = [0f32; 8];
+    be.download(&out, &mut host).unwrap();
+    assert_eq!(host, [4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0]);
+    // Not recording on the CPU device, and replaying needs a recording.
+    let (mut a, mut b) = (be.buffer(1).unwrap(), be.buffer(1).unwrap());
+    assert!(!be.begin_recording(&mut ws, &mut [&mut a, &mut b]).unwrap());
+    be.end_step(&mut ws);
+    // Outside the step the same workspace runs ops as usual again.
+    be.embed(&mut ws, &w, &[2, 0], &mut out).unwrap();
+    be.download(&out, &mut host).unwrap();
+    assert_eq!(host, [8.0, 9.0, 10.0, 11.0, 0.0, 1.0, 2.0, 3.0]);
+}
