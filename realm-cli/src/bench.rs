@@ -6,12 +6,14 @@ use std::io::Write;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
+use realm_compute_gpu::StepMode;
 use realm_core::backend::{Backend, BackendCore};
 use realm_models::Model;
 use serde_json::json;
 
 use crate::device::Device;
 use crate::load;
+use crate::profile::Profiled;
 
 /// Arguments of `realm bench`.
 #[derive(Debug, clap::Args)]
@@ -44,6 +46,10 @@ pub struct BenchArgs {
     /// One JSON record per test, with llama-bench's field names.
     #[arg(long)]
     pub json: bool,
+    /// Also time every op of -n decode steps (run op by op, waiting for
+    /// the device after each op) and print where a step's time goes.
+    #[arg(long)]
+    pub profile: bool,
     #[command(flatten)]
     pub device: crate::device::DeviceArgs,
     #[command(flatten)]
@@ -83,8 +89,23 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         return report(args, &l, &backend, threads, &tests);
     }
     match args.device.device {
-        Device::Cpu => bench_native(args, &l, &l.backend, threads),
-        Device::Gpu(_) => bench_native(args, &l, &args.device.gpu()?, 0),
+        Device::Cpu => bench_native(args, &l, &l.backend, l.backend.name(), threads),
+        Device::Gpu(_) => {
+            let g = args.device.gpu()?;
+            let label = match g.steps() {
+                StepMode::OpByOp => g.name().to_string(),
+                StepMode::Static => format!("{}+static", g.name()),
+                StepMode::Recorded => format!("{}+graphs", g.name()),
+            };
+            bench_native(args, &l, &g, &label, 0)
+        }
+    }
+}
+
+/// Says so when a decode step could not be recorded.
+fn note_recording(what: &str, failure: Option<&str>) {
+    if let Some(why) = failure {
+        eprintln!("realm: {what} ran op by op: recording the step failed: {why}");
     }
 }
 
@@ -94,6 +115,7 @@ fn bench_native<B: Backend>(
     args: &BenchArgs,
     l: &load::Loaded,
     backend: &B,
+    label: &str,
     threads: usize,
 ) -> Result<()> {
     let model = Model::load(&l.file, backend)?;
@@ -136,6 +158,7 @@ fn bench_native<B: Backend>(
             }
             samples.push(args.n_gen as f64 / t.elapsed().as_secs_f64());
         }
+        note_recording("decode", s.recording_failure());
         tests.push(Test {
             name: format!("tg{}", args.n_gen),
             n_prompt: 0,
@@ -146,7 +169,52 @@ fn bench_native<B: Backend>(
     for &n_seq in &args.npl {
         tests.push(batched_decode(args, &model, &tokens, n_seq)?);
     }
-    report(args, l, backend.name(), threads, &tests)
+    report(args, l, label, threads, &tests)?;
+    if args.profile {
+        profile_decode(args, l, backend)?;
+    }
+    Ok(())
+}
+
+/// Prints (to stderr) where the time of `-n` decode steps goes, op by op.
+fn profile_decode<B: Backend>(args: &BenchArgs, l: &load::Loaded, backend: &B) -> Result<()> {
+    let p = Profiled::new(backend);
+    let model = Model::load(&l.file, &p)?;
+    let vocab = model.config().vocab_size as u32;
+    let n = args.n_gen.max(1);
+    let mut s = model.session_with_kv(n + 1, 1, args.cache_type.into())?;
+    model.forward(&mut s, &[0])?; // warm-up
+    s.truncate(0);
+    p.reset();
+    let start = Instant::now();
+    let mut next = 0;
+    for _ in 0..n {
+        let logits = model.forward(&mut s, &[next])?;
+        next = (logits.len() as u32 / 2 + next) % vocab;
+    }
+    let wall = start.elapsed().as_secs_f64();
+    let accounts = p.accounts();
+    let in_ops: f64 = accounts.iter().map(|(_, a)| a.time.as_secs_f64()).sum();
+    let per_token = |x: f64| x * 1e6 / n as f64;
+    eprintln!(
+        "profile of tg{n} on {}, op by op, waiting for the device after each op: \
+         {:.1} us per token, {:.1} us of it in ops",
+        backend.name(),
+        per_token(wall),
+        per_token(in_ops)
+    );
+    eprintln!("| op | calls per token | us per token | share |");
+    eprintln!("| --- | ---: | ---: | ---: |");
+    for (name, a) in accounts {
+        let t = a.time.as_secs_f64();
+        eprintln!(
+            "| {name} | {:.1} | {:.1} | {:.1}% |",
+            a.calls as f64 / n as f64,
+            per_token(t),
+            100.0 * t / in_ops
+        );
+    }
+    Ok(())
 }
 
 /// `n_seq` sequences decoding `n_gen` tokens together after an untimed
@@ -184,6 +252,7 @@ fn batched_decode<B: Backend>(
         }
         samples.push((n_seq * args.n_gen) as f64 / t.elapsed().as_secs_f64());
     }
+    note_recording("batched decode", scratch.recording_failure());
     Ok(Test {
         name: format!("pp{}+tg{}x{n_seq}", prompt.len(), args.n_gen),
         n_prompt: prompt.len(),

@@ -1,7 +1,7 @@
 //! `--device`: which backend runs the model.
 
 use anyhow::{bail, Result};
-use realm_compute_gpu::{GpuBackend, GpuDevice};
+use realm_compute_gpu::{GpuBackend, GpuDevice, StepMode};
 
 /// Where a model runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +32,30 @@ pub struct DeviceArgs {
     /// candle's CPU device).
     #[arg(long, default_value = "cpu")]
     pub device: Device,
+    /// How the GPU backend runs a decode step: recorded once per 256
+    /// positions as a CUDA graph and replayed (the default on CUDA), static
+    /// (the same ops and inputs, not recorded), or op by op (the default
+    /// elsewhere; `REALM_CUDA_GRAPHS=0` makes it CUDA's too).
+    #[arg(long, value_enum)]
+    pub steps: Option<Steps>,
+}
+
+/// The `--steps` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Steps {
+    Recorded,
+    Static,
+    OpByOp,
+}
+
+impl From<Steps> for StepMode {
+    fn from(s: Steps) -> Self {
+        match s {
+            Steps::Recorded => Self::Recorded,
+            Steps::Static => Self::Static,
+            Steps::OpByOp => Self::OpByOp,
+        }
+    }
 }
 
 impl DeviceArgs {
@@ -41,7 +65,10 @@ impl DeviceArgs {
             Device::Cpu => bail!("the cpu device does not use the GPU backend"),
             Device::Gpu(d) => {
                 let start = std::time::Instant::now();
-                let b = GpuBackend::new(d)?;
+                let mut b = GpuBackend::new(d)?;
+                if let Some(steps) = self.steps {
+                    b = b.with_steps(steps.into());
+                }
                 eprintln!(
                     "realm: opened {d} in {:.0} ms",
                     start.elapsed().as_secs_f64() * 1e3

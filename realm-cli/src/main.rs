@@ -6,6 +6,7 @@ mod device;
 mod guest;
 mod info;
 mod load;
+mod profile;
 mod run;
 mod synth;
 mod tokenize;

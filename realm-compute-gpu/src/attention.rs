@@ -271,7 +271,7 @@ impl AttentionOps for GpuBackend {
             if let Some(m) = &m {
                 scores = scores
                     .reshape((kvh, n, group, len))?
-                    .broadcast_add(&m)?
+                    .broadcast_add(m)?
                     .reshape((kvh, n * group, len))?;
             }
             let probs = candle_nn::ops::softmax_last_dim(&scores)?;

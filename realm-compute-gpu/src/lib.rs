@@ -245,11 +245,6 @@ impl GpuBackend {
     pub fn candle_device(&self) -> &Device {
         &self.device
     }
-
-    /// Waits until the device has finished all queued work (for timing).
-    pub fn synchronize(&self) -> BackendResult<()> {
-        self.device.synchronize().map_err(dev_err("synchronize"))
-    }
 }
 
 /// Maps a candle error to [`BackendError::Device`] for `op`.
@@ -300,6 +295,10 @@ impl BackendCore for GpuBackend {
         let v = t.to_vec1::<f32>().map_err(dev_err(OP))?;
         out.copy_from_slice(&v);
         Ok(())
+    }
+
+    fn synchronize(&self) -> BackendResult<()> {
+        self.device.synchronize().map_err(dev_err("synchronize"))
     }
 
     fn copy_rows(

@@ -170,6 +170,13 @@ pub trait BackendCore: Send + Sync + Debug {
         None
     }
 
+    /// Waits until the backend has finished all work it queued (a GPU's
+    /// queue; a host backend finishes every op before it returns). For
+    /// timing.
+    fn synchronize(&self) -> BackendResult<()> {
+        Ok(())
+    }
+
     /// Copies rows `rows` of `src` (rows of `width` values) to the first
     /// `rows.len()` rows of `dst`.
     ///

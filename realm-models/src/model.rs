@@ -407,8 +407,7 @@ impl<'a, B: Backend> Model<'a, B> {
                 positions: &sc.positions,
                 kv_len,
             };
-            let ran = b
-                .begin_step(&mut sc.ws, &inputs)
+            b.begin_step(&mut sc.ws, &inputs)
                 .map_err(Error::from)
                 .and_then(|()| {
                     let ran = self.run_static(sc, &key, kv_len, |m, sc| {
@@ -417,8 +416,7 @@ impl<'a, B: Backend> Model<'a, B> {
                     });
                     b.end_step(&mut sc.ws);
                     ran
-                });
-            ran
+                })
         } else {
             self.embed_rows(sc, &tokens)
                 .and_then(|()| self.batch_body(rows, sc))

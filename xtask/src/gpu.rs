@@ -8,7 +8,9 @@
 //! writes synthetic-weight models of SmolLM2's and Gemma 3's layouts, runs
 //! every GPU-vs-CPU test on `cuda:0` (64-token generations), and benchmarks
 //! pp512/tg128 and batched decode of 1, 8 and 32 sequences with
-//! `realm bench --device cuda`, leaving JSON in `$OUT`.
+//! `realm bench --device cuda` (decode steps recorded as CUDA graphs, and
+//! op by op for comparison), and profiles an op-by-op decode step, leaving
+//! JSON and tables in `$OUT`.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -30,9 +32,17 @@ export REALM_GPU_TEST_DEVICE="${REALM_GPU_TEST_DEVICE:-cuda:0}" REALM_GPU_TEST_T
 for t in "$here"/test-*; do
   "$t" --nocapture 2>&1 | tee "$out/$(basename "$t").log"
 done
+dev="$REALM_GPU_TEST_DEVICE"
 for m in smollm2 gemma3; do
-  "$here/realm" bench "$out/$m-synth.gguf" --device "$REALM_GPU_TEST_DEVICE" -p 512 -n 128 -r 30 --npl 1,8,32 --json \
-    > "$out/bench-$m.json"
+  # Decode steps recorded as CUDA graphs (the default), then op by op for comparison.
+  "$here/realm" bench "$out/$m-synth.gguf" --device "$dev" -p 512 -n 128 -r 30 --npl 1,8,32 --json \
+    > "$out/bench-$m.json" 2> "$out/bench-$m.err"
+  "$here/realm" bench "$out/$m-synth.gguf" --device "$dev" --steps op-by-op -p 512 -n 128 -r 10 --npl 32 --json \
+    > "$out/bench-$m-op-by-op.json" 2> "$out/bench-$m-op-by-op.err"
+  # Where an op-by-op decode step's time goes.
+  "$here/realm" bench "$out/$m-synth.gguf" --device "$dev" -p 0 -n 64 -r 1 --profile \
+    > /dev/null 2> "$out/profile-$m.md"
+  cat "$out/bench-$m.err" "$out/profile-$m.md"
 done
 rm -f "$out"/*-synth.gguf
 "#;
