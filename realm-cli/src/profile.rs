@@ -104,6 +104,17 @@ impl<B: Backend> BackendCore for Profiled<'_, B> {
     fn synchronize(&self) -> BackendResult<()> {
         self.inner.synchronize()
     }
+    fn split_cols(
+        &self,
+        src: &B::Buffer,
+        n_rows: usize,
+        widths: &[usize],
+        outs: &mut [&mut B::Buffer],
+    ) -> BackendResult<()> {
+        self.time(named("split_cols"), || {
+            self.inner.split_cols(src, n_rows, widths, outs)
+        })
+    }
     fn copy_rows(
         &self,
         src: &B::Buffer,
@@ -128,6 +139,9 @@ impl<B: Backend> MatMulOps for Profiled<'_, B> {
     }
     fn weight<'a>(&self, t: &TensorView<'a>) -> BackendResult<B::Weight<'a>> {
         self.inner.weight(t)
+    }
+    fn stack<'a>(&self, parts: &[TensorView<'a>]) -> BackendResult<Option<B::Weight<'a>>> {
+        self.inner.stack(parts)
     }
     fn matmul(
         &self,

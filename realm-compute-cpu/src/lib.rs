@@ -271,6 +271,46 @@ impl BackendCore for CpuBackend {
         prefix_mut(OP, "dst length", dst, src.len())?.copy_from_slice(src);
         Ok(())
     }
+
+    fn split_cols(
+        &self,
+        src: &Vec<f32>,
+        n_rows: usize,
+        widths: &[usize],
+        outs: &mut [&mut Vec<f32>],
+    ) -> BackendResult<()> {
+        const OP: &str = "split_cols";
+        if widths.len() != outs.len() {
+            return Err(BackendError::InvalidParameter {
+                op: OP,
+                what: "one width per output",
+            });
+        }
+        let total = widths
+            .iter()
+            .try_fold(0usize, |a, &w| a.checked_add(w))
+            .ok_or(BackendError::InvalidParameter {
+                op: OP,
+                what: "widths overflow",
+            })?;
+        let src = row_range(OP, "src length", src, &(0..n_rows), total)?;
+        let mut first = 0;
+        for (&w, out) in widths.iter().zip(outs.iter_mut()) {
+            let out = prefix_mut(
+                OP,
+                "out length",
+                out,
+                product(OP, "rows overflow", n_rows, w)?,
+            )?;
+            if w > 0 {
+                for (o, row) in out.chunks_exact_mut(w).zip(src.chunks_exact(total)) {
+                    o.copy_from_slice(&row[first..first + w]);
+                }
+            }
+            first += w;
+        }
+        Ok(())
+    }
 }
 
 fn shape_err(op: &'static str, what: &'static str, expected: usize, got: usize) -> Error {

@@ -139,15 +139,9 @@ impl AttentionOps for GpuBackend {
         let index = match ws.step() {
             Some(st) => {
                 st.check_positions(OP, rows.start, at.start_pos..at.start_pos + n)?;
-                let shape = (cfg.n_kv_heads, n, cfg.head_dim);
-                let index = (|| {
-                    st.positions()
-                        .narrow(0, rows.start, n)?
-                        .reshape((1, n, 1))?
-                        .broadcast_as(shape)?
-                        .contiguous()
-                })()
-                .map_err(dev_err(OP))?;
+                let index = st
+                    .kv_index(rows.start, n, cfg.n_kv_heads, cfg.head_dim)
+                    .map_err(dev_err(OP))?;
                 Some(index)
             }
             None => None,
@@ -249,14 +243,10 @@ impl AttentionOps for GpuBackend {
             }
         };
         let y = (|| -> candle_core::Result<Tensor> {
-            let keys = cache.k[at.layer]
-                .narrow(1, lo, len)?
-                .to_dtype(DType::F32)?
-                .contiguous()?;
-            let values = cache.v[at.layer]
-                .narrow(1, lo, len)?
-                .to_dtype(DType::F32)?
-                .contiguous()?;
+            // The products read an f32 cache in place: each head's keys are
+            // contiguous rows, and heads are a strided batch.
+            let keys = cache.k[at.layer].narrow(1, lo, len)?.to_dtype(DType::F32)?;
+            let values = cache.v[at.layer].narrow(1, lo, len)?.to_dtype(DType::F32)?;
             // Queries grouped by KV head: [kvh, n * group, hd], rows (token, head in group).
             let qg = qt
                 .reshape((n, kvh, group * hd))?

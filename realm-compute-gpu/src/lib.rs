@@ -301,6 +301,45 @@ impl BackendCore for GpuBackend {
         self.device.synchronize().map_err(dev_err("synchronize"))
     }
 
+    fn split_cols(
+        &self,
+        src: &GpuBuffer,
+        n_rows: usize,
+        widths: &[usize],
+        outs: &mut [&mut GpuBuffer],
+    ) -> BackendResult<()> {
+        const OP: &str = "split_cols";
+        if widths.len() != outs.len() {
+            return Err(BackendError::InvalidParameter {
+                op: OP,
+                what: "one width per output",
+            });
+        }
+        let total = widths
+            .iter()
+            .try_fold(0usize, |a, &w| a.checked_add(w))
+            .ok_or(BackendError::InvalidParameter {
+                op: OP,
+                what: "widths overflow",
+            })?;
+        let all = src.prefix(
+            OP,
+            "src length",
+            product(OP, "rows overflow", n_rows, total)?,
+        )?;
+        let rows = all.reshape((n_rows, total)).map_err(dev_err(OP))?;
+        let mut first = 0;
+        for (&w, out) in widths.iter().zip(outs.iter_mut()) {
+            let len = product(OP, "rows overflow", n_rows, w)?;
+            out.check_room(OP, "out length", len)?;
+            // One row's columns are a contiguous view (no copy): a decode step.
+            let part = rows.narrow(1, first, w).map_err(dev_err(OP))?;
+            out.set_prefix(OP, "out length", len, part)?;
+            first += w;
+        }
+        Ok(())
+    }
+
     fn copy_rows(
         &self,
         src: &GpuBuffer,

@@ -101,6 +101,44 @@ impl MatMulOps for GpuBackend {
         })
     }
 
+    fn stack<'a>(&self, parts: &[TensorView<'a>]) -> BackendResult<Option<GpuWeight>> {
+        const OP: &str = "stack";
+        let Some(first) = parts.first() else {
+            return Ok(None);
+        };
+        let dtype = first.dtype();
+        let (ctype, align) =
+            candle_type(dtype).ok_or(BackendError::UnsupportedType { op: OP, dtype })?;
+        let (_, cols) = matrix_dims(OP, first)?;
+        let mut rows = 0;
+        let mut bytes = Vec::new();
+        for t in parts {
+            let (r, c) = matrix_dims(OP, t)?;
+            if t.dtype() != dtype || c != cols {
+                return Err(BackendError::InvalidParameter {
+                    op: OP,
+                    what: "stacked weights need one type and column count",
+                });
+            }
+            rows += r;
+            // Rows are whole blocks, so the parts' bytes concatenate.
+            bytes.extend_from_slice(t.data());
+        }
+        if !(bytes.as_ptr() as usize).is_multiple_of(align) {
+            return Err(BackendError::Misaligned { op: OP, align });
+        }
+        let storage =
+            QStorage::from_data(Cow::Owned(bytes), &self.device, ctype).map_err(dev_err(OP))?;
+        let q = QTensor::new(storage, (rows, cols)).map_err(dev_err(OP))?;
+        let qm = QMatMul::from_qtensor(q).map_err(dev_err(OP))?;
+        Ok(Some(GpuWeight {
+            dtype,
+            rows,
+            cols,
+            qm,
+        }))
+    }
+
     fn matmul(
         &self,
         _ws: &mut Self::Workspace,

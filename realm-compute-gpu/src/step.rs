@@ -80,6 +80,9 @@ pub(crate) struct StepState {
     tables: Vec<RopeTable>,
     /// This step's attention masks, by sliding window.
     masks: Vec<(Option<usize>, Tensor)>,
+    /// This step's KV-cache scatter indices, by `(first row, rows, heads,
+    /// head_dim)`.
+    indices: Vec<((usize, usize, usize, usize), Tensor)>,
     /// The fixed copies of the buffers a recording writes.
     fixed: Vec<Tensor>,
     /// candle's matmul epoch when recording began.
@@ -128,6 +131,7 @@ impl StepState {
             neg_inf: Tensor::full(f32::NEG_INFINITY, (rows, kv_len), device)?,
             tables: Vec::new(),
             masks: Vec::new(),
+            indices: Vec::new(),
             fixed: Vec::new(),
             epoch: 0,
             #[cfg(feature = "cuda")]
@@ -186,11 +190,6 @@ impl StepState {
         Ok(&self.ids)
     }
 
-    /// The step's positions, `u32 [rows]`.
-    pub(crate) fn positions(&self) -> &Tensor {
-        &self.pos
-    }
-
     /// Cache positions the step's attention spans.
     pub(crate) fn kv_len(&self) -> usize {
         self.kv_len
@@ -222,6 +221,37 @@ impl StepState {
         let pair = (t.cos.clone(), t.sin.clone());
         self.tables.push(t);
         Ok(pair)
+    }
+
+    /// The KV-cache scatter index `u32 [heads, n, head_dim]` of rows
+    /// `first..first + n`: each row's position, spread over its heads and
+    /// values.
+    pub(crate) fn kv_index(
+        &mut self,
+        first: usize,
+        n: usize,
+        heads: usize,
+        head_dim: usize,
+    ) -> candle_core::Result<Tensor> {
+        let key = (first, n, heads, head_dim);
+        if let Some((_, t)) = self.indices.iter().find(|(k, _)| *k == key) {
+            return Ok(t.clone());
+        }
+        let t = self
+            .pos
+            .narrow(0, first, n)?
+            .reshape((1, n, 1))?
+            .broadcast_as((heads, n, head_dim))?
+            .contiguous()?;
+        self.indices.push((key, t.clone()));
+        Ok(t)
+    }
+
+    /// Drops this step's masks and indices (made by the ops; the next
+    /// step, or the recording, makes its own).
+    fn clear_derived(&mut self) {
+        self.masks.clear();
+        self.indices.clear();
     }
 
     /// The additive attention mask `[rows, kv_len]` of this step: 0 where
@@ -287,7 +317,7 @@ impl StepOps for GpuBackend {
                 return Err(invalid(OP, "a step is being recorded"));
             }
             st.active = false;
-            st.masks.clear();
+            st.clear_derived();
             #[cfg(feature = "cuda")]
             {
                 st.htod_cache = None;
@@ -319,7 +349,7 @@ impl StepOps for GpuBackend {
     fn end_step(&self, ws: &mut GpuWorkspace) {
         if let Some(st) = ws.step.as_mut() {
             st.active = false;
-            st.masks.clear();
+            st.clear_derived();
             #[cfg(feature = "cuda")]
             {
                 st.htod_cache = None;
@@ -348,7 +378,7 @@ impl StepOps for GpuBackend {
             st.fixed.push(t);
         }
         // Masks of the plain run; the recording makes its own.
-        st.masks.clear();
+        st.clear_derived();
         st.epoch = epoch;
         #[cfg(feature = "cuda")]
         cuda::begin(&self.device).map_err(dev_err(OP))?;
@@ -386,7 +416,7 @@ impl StepOps for GpuBackend {
                 };
             }
         }
-        st.masks.clear();
+        st.clear_derived();
         let (generation, epoch) = (st.generation, st.epoch);
         #[cfg(feature = "cuda")]
         {

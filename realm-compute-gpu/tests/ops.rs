@@ -7,7 +7,7 @@ use realm_compute_cpu::CpuBackend;
 use realm_compute_gpu::{GpuBackend, GpuDevice};
 use realm_core::backend::{
     ActivationOps, AttentionOps, AttentionParams, BackendCore, BackendError, KvCacheConfig,
-    KvDtype, KvSpan, MatMulOps, NormOps, RopeMode, RopeOps, RopeParams,
+    KvDtype, KvSpan, MatMulOps, NormOps, RopeMode, RopeOps, RopeParams, WeightInfo,
 };
 use realm_core::{quant, GgmlType, TensorView};
 
@@ -99,6 +99,48 @@ proptest! {
         let mut ge = g.buffer(n * k).unwrap();
         g.embed(&mut g.workspace(), &gw, &ids, &mut ge).unwrap();
         prop_assert_eq!(down(&g, &ge, n * k), ce, "{} embed", t);
+    }
+
+    /// A stacked weight's product, split by columns, is each part's
+    /// product (the input quantized once instead of per part); the CPU's
+    /// split of the same rows agrees.
+    #[test]
+    fn stacked_products_split_into_the_parts(ti in 0usize..64, parts in proptest::collection::vec(1usize..9, 1..4), n in 1usize..6, seed in any::<u64>()) {
+        let types = types();
+        let t = types[ti % types.len()];
+        let k = 256;
+        let mut rng = Rng(seed);
+        let (g, c) = (gpu(), cpu());
+        let bytes: Vec<Vec<u8>> = parts
+            .iter()
+            .map(|&m| quant::quantize_row_to_vec(t, &rng.f32s(m * k, -1.0, 1.0)).unwrap())
+            .collect();
+        let shapes: Vec<[u64; 2]> = parts.iter().map(|&m| [k as u64, m as u64]).collect();
+        let views: Vec<TensorView<'_>> = bytes
+            .iter()
+            .zip(&shapes)
+            .map(|(b, s)| TensorView::new("w", t, s, b).unwrap())
+            .collect();
+        let stacked = g.stack(&views).unwrap().expect("the GPU backend stacks");
+        let total: usize = parts.iter().sum();
+        prop_assert_eq!((stacked.rows(), stacked.cols()), (total, k));
+        let x = g.upload(&rng.f32s(n * k, -1.0, 1.0)).unwrap();
+        let mut ws = g.workspace();
+        let mut all = g.buffer(n * total).unwrap();
+        g.matmul(&mut ws, &stacked, &x, n, &mut all).unwrap();
+        let mut outs: Vec<_> = parts.iter().map(|&m| g.buffer(n * m).unwrap()).collect();
+        g.split_cols(&all, n, &parts, &mut outs.iter_mut().collect::<Vec<_>>()).unwrap();
+        let host_all = down(&g, &all, n * total);
+        let mut cpu_outs: Vec<Vec<f32>> = parts.iter().map(|&m| vec![0.0; n * m]).collect();
+        c.split_cols(&host_all, n, &parts, &mut cpu_outs.iter_mut().collect::<Vec<_>>()).unwrap();
+        for ((view, out), cpu_out) in views.iter().zip(&outs).zip(&cpu_outs) {
+            let w = g.weight(view).unwrap();
+            let mut alone = g.buffer(n * w.rows()).unwrap();
+            g.matmul(&mut ws, &w, &x, n, &mut alone).unwrap();
+            let alone = down(&g, &alone, n * w.rows());
+            assert_close(&down(&g, out, n * w.rows()), &alone, 1e-5, 1e-5, &format!("{t} part"));
+            prop_assert_eq!(cpu_out, &down(&g, out, n * w.rows()));
+        }
     }
 
     /// Norms, RoPE (both layouts, partial rotation), activations.
@@ -249,6 +291,16 @@ fn bad_input_is_an_error() {
         g.weight(&view),
         Err(BackendError::UnsupportedType { .. })
     ));
+    // Stacking needs one type and column count; splitting, one width per
+    // output and room for each.
+    let q8 = vec![0u8; 34 * 2];
+    let other = TensorView::new("w", GgmlType::Q8_0, &shape, &q8).unwrap();
+    let q4 = TensorView::new("w", GgmlType::Q4_0, &shape, &bytes).unwrap();
+    assert!(g.stack(&[q4, other]).is_err());
+    let (mut a, mut b) = (g.buffer(2).unwrap(), g.buffer(1).unwrap());
+    assert!(g.split_cols(&x, 2, &[2, 2], &mut [&mut a]).is_err());
+    assert!(g.split_cols(&x, 2, &[2, 2], &mut [&mut a, &mut b]).is_err());
+    assert!(g.split_cols(&x, 3, &[2, 2], &mut [&mut a, &mut b]).is_err());
     let cfg = KvCacheConfig {
         n_layers: 1,
         n_kv_heads: 1,

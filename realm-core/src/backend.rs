@@ -177,6 +177,21 @@ pub trait BackendCore: Send + Sync + Debug {
         Ok(())
     }
 
+    /// Splits the first `n_rows` rows of `src`, rows of `widths.iter().sum()`
+    /// values, by columns: of each row the first `widths[0]` values become
+    /// that row of `outs[0]`, the next `widths[1]` that row of `outs[1]`,
+    /// and so on.
+    ///
+    /// Guarantees: `widths` and `outs` of different lengths, and lengths
+    /// past a buffer's capacity, are errors.
+    fn split_cols(
+        &self,
+        src: &Self::Buffer,
+        n_rows: usize,
+        widths: &[usize],
+        outs: &mut [&mut Self::Buffer],
+    ) -> BackendResult<()>;
+
     /// Copies rows `rows` of `src` (rows of `width` values) to the first
     /// `rows.len()` rows of `dst`.
     ///
@@ -265,6 +280,17 @@ pub trait MatMulOps: BackendCore {
         n_tokens: usize,
         out: &mut Self::Buffer,
     ) -> BackendResult<()>;
+
+    /// One weight for several: `parts` (of one type and column count)
+    /// stacked by rows, so that one product computes all of theirs (row `t`
+    /// of the output holds part 0's outputs, then part 1's, ...; split them
+    /// with [`BackendCore::split_cols`]). `None`, the default, when the
+    /// backend gains nothing from it; a GPU saves launches and quantizes
+    /// the input once.
+    fn stack<'a>(&self, parts: &[TensorView<'a>]) -> BackendResult<Option<Self::Weight<'a>>> {
+        let _ = parts;
+        Ok(None)
+    }
 
     /// Dequantizes rows `ids` of `table` (an embedding matrix, one row per
     /// token id) into the first `ids.len() * cols` values of `out`.

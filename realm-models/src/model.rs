@@ -14,13 +14,22 @@ use realm_core::{quant, TensorView};
 use crate::config::{Architecture, ModelConfig};
 use crate::{Error, Result};
 
+/// Weight matrices that multiply the same input: apart, or stacked into
+/// one by the backend ([`MatMulOps::stack`]).
+///
+/// [`MatMulOps::stack`]: realm_core::backend::MatMulOps::stack
+#[derive(Debug)]
+enum Group<W> {
+    Apart(Vec<W>),
+    Stacked(W),
+}
+
 /// One transformer block's weights.
 #[derive(Debug)]
 struct Layer<'a, B: Backend + 'a> {
     attn_norm: B::Buffer,
-    wq: B::Weight<'a>,
-    wk: B::Weight<'a>,
-    wv: B::Weight<'a>,
+    /// Query, key and value projections.
+    qkv: Group<B::Weight<'a>>,
     wo: B::Weight<'a>,
     bq: Option<B::Buffer>,
     bk: Option<B::Buffer>,
@@ -29,8 +38,8 @@ struct Layer<'a, B: Backend + 'a> {
     k_norm: Option<B::Buffer>,
     post_attn_norm: Option<B::Buffer>,
     ffn_norm: B::Buffer,
-    w_gate: B::Weight<'a>,
-    w_up: B::Weight<'a>,
+    /// Gate and up projections.
+    gate_up: Group<B::Weight<'a>>,
     w_down: B::Weight<'a>,
     post_ffn_norm: Option<B::Buffer>,
 }
@@ -82,6 +91,33 @@ impl<'a, B: Backend> Model<'a, B> {
             }
             Ok(w)
         };
+        // Weights the backend stacks into one, if it does (and they agree).
+        let group =
+            |names: &[String], rows: &[usize], cols: usize| -> Result<Group<B::Weight<'a>>> {
+                let views = names
+                    .iter()
+                    .map(|n| tensor(n))
+                    .collect::<Result<Vec<_>>>()?;
+                let dtype = views[0].dtype();
+                let stackable = backend.supports_matmul(dtype)
+                    && views
+                        .iter()
+                        .zip(rows)
+                        .all(|(v, &r)| v.dtype() == dtype && v.shape() == [cols as u64, r as u64]);
+                if stackable {
+                    if let Some(w) = backend.stack(&views)? {
+                        if (w.rows(), w.cols()) == (rows.iter().sum(), cols) {
+                            return Ok(Group::Stacked(w));
+                        }
+                    }
+                }
+                let apart = names
+                    .iter()
+                    .zip(rows)
+                    .map(|(n, &r)| weight(n, r, cols))
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(Group::Apart(apart))
+            };
         let norm = |name: &str, len: usize| -> Result<B::Buffer> {
             let v = f32_vec(&tensor(name)?)?;
             if v.len() != len {
@@ -123,9 +159,11 @@ impl<'a, B: Backend> Model<'a, B> {
             };
             layers.push(Layer {
                 attn_norm: norm(&n("attn_norm.weight"), d)?,
-                wq: weight(&n("attn_q.weight"), q, d)?,
-                wk: weight(&n("attn_k.weight"), kv, d)?,
-                wv: weight(&n("attn_v.weight"), kv, d)?,
+                qkv: group(
+                    &[n("attn_q.weight"), n("attn_k.weight"), n("attn_v.weight")],
+                    &[q, kv, kv],
+                    d,
+                )?,
                 wo: weight(&n("attn_output.weight"), d, q)?,
                 bq: bias("attn_q.bias", q)?,
                 bk: bias("attn_k.bias", kv)?,
@@ -134,8 +172,7 @@ impl<'a, B: Backend> Model<'a, B> {
                 k_norm: must("attn_k_norm.weight", c.head_dim)?,
                 post_attn_norm: must("post_attention_norm.weight", d)?,
                 ffn_norm: norm(&n("ffn_norm.weight"), d)?,
-                w_gate: weight(&n("ffn_gate.weight"), ff, d)?,
-                w_up: weight(&n("ffn_up.weight"), ff, d)?,
+                gate_up: group(&[n("ffn_gate.weight"), n("ffn_up.weight")], &[ff, ff], d)?,
                 w_down: weight(&n("ffn_down.weight"), d, ff)?,
                 post_ffn_norm: must("post_ffw_norm.weight", d)?,
             });
@@ -159,6 +196,23 @@ impl<'a, B: Backend> Model<'a, B> {
             output_norm,
             output,
         })
+    }
+
+    /// Values per row of the widest stacked group's products (0: none is
+    /// stacked).
+    fn stacked_width(&self) -> usize {
+        let c = &self.config;
+        let width = |g: &Group<B::Weight<'a>>, w: usize| match g {
+            Group::Stacked(_) => w,
+            Group::Apart(_) => 0,
+        };
+        self.layers
+            .iter()
+            .map(|l| {
+                width(&l.qkv, c.q_dim() + 2 * c.kv_dim()).max(width(&l.gate_up, 2 * c.ffn_dim))
+            })
+            .max()
+            .unwrap_or(0)
     }
 
     /// The model's hyper-parameters.
@@ -205,7 +259,7 @@ impl<'a, B: Backend> Model<'a, B> {
             pos: 0,
             max_seq_len,
             chunk: None,
-            scratch: Scratch::new(self.backend, c, batch, 1)?,
+            scratch: Scratch::new(self.backend, c, batch, 1, self.stacked_width())?,
             logits: vec![0.0; c.vocab_size],
             logits_on_host: false,
         })
@@ -217,7 +271,7 @@ impl<'a, B: Backend> Model<'a, B> {
             return Err(Error::BadConfig("a batch needs at least one row".into()));
         }
         Ok(BatchScratch {
-            scratch: Scratch::new(self.backend, &self.config, rows, rows)?,
+            scratch: Scratch::new(self.backend, &self.config, rows, rows, self.stacked_width())?,
             logits: vec![0.0; rows * self.config.vocab_size],
         })
     }
@@ -610,9 +664,16 @@ impl<'a, B: Backend> Model<'a, B> {
         let (d, ff) = (c.d_model, c.ffn_dim);
         let eps = c.rms_eps;
         b.rms_norm(&sc.x, &layer.attn_norm, eps, n, &mut sc.xn)?;
-        b.matmul(&mut sc.ws, &layer.wq, &sc.xn, n, &mut sc.q)?;
-        b.matmul(&mut sc.ws, &layer.wk, &sc.xn, n, &mut sc.k)?;
-        b.matmul(&mut sc.ws, &layer.wv, &sc.xn, n, &mut sc.v)?;
+        project(
+            b,
+            &mut sc.ws,
+            &layer.qkv,
+            &sc.xn,
+            n,
+            &mut sc.stacked,
+            &[c.q_dim(), c.kv_dim(), c.kv_dim()],
+            &mut [&mut sc.q, &mut sc.k, &mut sc.v],
+        )?;
         for (out, bias) in [
             (&mut sc.q, &layer.bq),
             (&mut sc.k, &layer.bk),
@@ -660,8 +721,16 @@ impl<'a, B: Backend> Model<'a, B> {
         b.add_inplace(&mut sc.x, &sc.proj, n * d)?;
 
         b.rms_norm(&sc.x, &layer.ffn_norm, eps, n, &mut sc.xn)?;
-        b.matmul(&mut sc.ws, &layer.w_gate, &sc.xn, n, &mut sc.gate)?;
-        b.matmul(&mut sc.ws, &layer.w_up, &sc.xn, n, &mut sc.up)?;
+        project(
+            b,
+            &mut sc.ws,
+            &layer.gate_up,
+            &sc.xn,
+            n,
+            &mut sc.stacked,
+            &[ff, ff],
+            &mut [&mut sc.gate, &mut sc.up],
+        )?;
         match c.arch {
             Architecture::Gemma3 => b.geglu_inplace(&mut sc.gate, &sc.up, n * ff)?,
             _ => b.swiglu_inplace(&mut sc.gate, &sc.up, n * ff)?,
@@ -672,6 +741,34 @@ impl<'a, B: Backend> Model<'a, B> {
         }
         b.add_inplace(&mut sc.x, &sc.proj, n * d)?;
         Ok(())
+    }
+}
+
+/// The products of a group of weights with the first `n` rows of `x`, into
+/// `outs` (of `widths` values a row); a stacked group multiplies once into
+/// `stacked` and splits.
+#[allow(clippy::too_many_arguments)]
+fn project<B: Backend>(
+    b: &B,
+    ws: &mut B::Workspace,
+    g: &Group<B::Weight<'_>>,
+    x: &B::Buffer,
+    n: usize,
+    stacked: &mut B::Buffer,
+    widths: &[usize],
+    outs: &mut [&mut B::Buffer],
+) -> Result<(), BackendError> {
+    match g {
+        Group::Apart(ws_) => {
+            for (w, out) in ws_.iter().zip(outs.iter_mut()) {
+                b.matmul(ws, w, x, n, out)?;
+            }
+            Ok(())
+        }
+        Group::Stacked(w) => {
+            b.matmul(ws, w, x, n, stacked)?;
+            b.split_cols(stacked, n, widths, outs)
+        }
     }
 }
 
@@ -723,6 +820,9 @@ struct Scratch<B: Backend> {
     proj: B::Buffer,
     gate: B::Buffer,
     up: B::Buffer,
+    /// A stacked group's products before they are split (empty when no
+    /// group is stacked).
+    stacked: B::Buffer,
     logits: B::Buffer,
     positions: Vec<u32>,
     tokens: Vec<u32>,
@@ -732,7 +832,13 @@ struct Scratch<B: Backend> {
 impl<B: Backend> Scratch<B> {
     /// Room for `rows` tokens and `logit_rows` rows of logits (one for a
     /// session, which keeps only its last token's, `rows` for a batch).
-    fn new(backend: &B, c: &ModelConfig, rows: usize, logit_rows: usize) -> Result<Self> {
+    fn new(
+        backend: &B,
+        c: &ModelConfig,
+        rows: usize,
+        logit_rows: usize,
+        stacked: usize,
+    ) -> Result<Self> {
         let buf = |width: usize| backend.buffer(rows * width);
         Ok(Self {
             ws: backend.workspace(),
@@ -746,6 +852,8 @@ impl<B: Backend> Scratch<B> {
             proj: buf(c.d_model)?,
             gate: buf(c.ffn_dim)?,
             up: buf(c.ffn_dim)?,
+            // (One value a row when nothing is stacked: no empty buffers.)
+            stacked: buf(stacked.max(1))?,
             logits: backend.buffer(logit_rows * c.vocab_size)?,
             positions: Vec::with_capacity(rows),
             tokens: Vec::with_capacity(rows),
@@ -754,7 +862,7 @@ impl<B: Backend> Scratch<B> {
     }
 
     /// The workspace and every buffer a step writes.
-    fn split(&mut self) -> (&mut B::Workspace, [&mut B::Buffer; 10]) {
+    fn split(&mut self) -> (&mut B::Workspace, [&mut B::Buffer; 11]) {
         (
             &mut self.ws,
             [
@@ -767,6 +875,7 @@ impl<B: Backend> Scratch<B> {
                 &mut self.proj,
                 &mut self.gate,
                 &mut self.up,
+                &mut self.stacked,
                 &mut self.logits,
             ],
         )
