@@ -289,6 +289,22 @@ impl<B: Backend> AttentionOps for Profiled<'_, B> {
             self.inner.attention(ws, cache, at, q, rows, p, out)
         })
     }
+    fn attend_rows(
+        &self,
+        ws: &mut B::Workspace,
+        caches: &mut [&mut B::KvCache],
+        layer: usize,
+        positions: &[usize],
+        kv: (&B::Buffer, &B::Buffer),
+        q: &B::Buffer,
+        p: &AttentionParams,
+        out: &mut B::Buffer,
+    ) -> BackendResult<()> {
+        self.time(named("attend_rows"), || {
+            self.inner
+                .attend_rows(ws, caches, layer, positions, kv, q, p, out)
+        })
+    }
 }
 
 /// Steps run op by op, so that each op is timed.

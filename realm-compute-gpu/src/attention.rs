@@ -1,44 +1,14 @@
-//! The KV cache on the device and attention over it.
+//! Attention over the KV caches on the device.
 
 use std::ops::Range;
 
 use candle_core::{DType, Tensor};
 use realm_core::backend::{
-    AttentionOps, AttentionParams, BackendError, BackendResult, KvCacheConfig, KvDtype, KvSpan,
+    AttentionOps, AttentionParams, BackendError, BackendResult, KvCacheConfig, KvSpan,
 };
 
+use crate::kv::{dtype_of, GpuKvCache};
 use crate::{dev_err, product, GpuBackend, GpuBuffer, GpuWorkspace};
-
-/// Keys and values of every layer of one sequence, on the device: per
-/// layer one `[n_kv_heads, max_seq_len, head_dim]` tensor of keys and one
-/// of values, in the cache's element type, written in place.
-pub struct GpuKvCache {
-    cfg: KvCacheConfig,
-    k: Vec<Tensor>,
-    v: Vec<Tensor>,
-}
-
-impl std::fmt::Debug for GpuKvCache {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GpuKvCache")
-            .field("cfg", &self.cfg)
-            .finish_non_exhaustive()
-    }
-}
-
-impl GpuKvCache {
-    /// The configuration the cache was made with.
-    pub fn config(&self) -> &KvCacheConfig {
-        &self.cfg
-    }
-}
-
-fn dtype_of(d: KvDtype) -> DType {
-    match d {
-        KvDtype::F32 => DType::F32,
-        KvDtype::F16 => DType::F16,
-    }
-}
 
 fn check_layer(op: &'static str, cfg: &KvCacheConfig, layer: usize) -> BackendResult<()> {
     if layer >= cfg.n_layers {
@@ -50,6 +20,57 @@ fn check_layer(op: &'static str, cfg: &KvCacheConfig, layer: usize) -> BackendRe
         });
     }
     Ok(())
+}
+
+/// Checks attention parameters against a cache.
+fn check_params(
+    op: &'static str,
+    cfg: &KvCacheConfig,
+    layer: usize,
+    p: &AttentionParams,
+) -> BackendResult<()> {
+    check_layer(op, cfg, layer)?;
+    if p.n_kv_heads != cfg.n_kv_heads
+        || p.head_dim != cfg.head_dim
+        || p.n_heads == 0
+        || !p.n_heads.is_multiple_of(p.n_kv_heads)
+    {
+        return Err(BackendError::InvalidParameter {
+            op,
+            what: "heads and head_dim must match the cache, n_heads a multiple of n_kv_heads",
+        });
+    }
+    if p.sliding_window == Some(0) || !p.scale.is_finite() {
+        return Err(BackendError::InvalidParameter {
+            op,
+            what: "sliding window of 0 or non-finite scale",
+        });
+    }
+    if p.softcap.is_some_and(|c| !(c.is_finite() && c > 0.0)) {
+        return Err(BackendError::InvalidParameter {
+            op,
+            what: "soft-cap must be positive and finite",
+        });
+    }
+    Ok(())
+}
+
+/// Scores scaled, soft-capped and masked, then softmax: `scores` is
+/// `q . k` of any shape whose last axis is keys; `mask` broadcasts to it.
+fn probabilities(
+    scores: Tensor,
+    p: &AttentionParams,
+    mask: Option<&Tensor>,
+) -> candle_core::Result<Tensor> {
+    let mut scores = scores.affine(f64::from(p.scale), 0.0)?;
+    if let Some(c) = p.softcap {
+        let c = f64::from(c);
+        scores = scores.affine(1.0 / c, 0.0)?.tanh()?.affine(c, 0.0)?;
+    }
+    if let Some(m) = mask {
+        scores = scores.broadcast_add(m)?;
+    }
+    candle_nn::ops::softmax_last_dim(&scores)
 }
 
 fn check_end(op: &'static str, cfg: &KvCacheConfig, start: usize, n: usize) -> BackendResult<()> {
@@ -91,25 +112,7 @@ impl AttentionOps for GpuBackend {
     type KvCache = GpuKvCache;
 
     fn kv_cache(&self, cfg: &KvCacheConfig) -> BackendResult<GpuKvCache> {
-        const OP: &str = "kv_cache";
-        if cfg.n_layers == 0 || cfg.n_kv_heads == 0 || cfg.head_dim == 0 || cfg.max_seq_len == 0 {
-            return Err(BackendError::InvalidParameter {
-                op: OP,
-                what: "every dimension of a KV cache must be positive",
-            });
-        }
-        let per_layer = product(OP, "cache size overflows", cfg.n_kv_heads, cfg.head_dim)
-            .and_then(|v| product(OP, "cache size overflows", v, cfg.max_seq_len))?;
-        product(OP, "cache size overflows", per_layer, 2 * cfg.n_layers)?;
-        let shape = (cfg.n_kv_heads, cfg.max_seq_len, cfg.head_dim);
-        let dt = dtype_of(cfg.dtype);
-        let mut k = Vec::with_capacity(cfg.n_layers);
-        let mut v = Vec::with_capacity(cfg.n_layers);
-        for _ in 0..cfg.n_layers {
-            k.push(Tensor::zeros(shape, dt, &self.device).map_err(dev_err(OP))?);
-            v.push(Tensor::zeros(shape, dt, &self.device).map_err(dev_err(OP))?);
-        }
-        Ok(GpuKvCache { cfg: *cfg, k, v })
+        self.kv_pool.cache(&self.device, cfg)
     }
 
     fn kv_write(
@@ -122,7 +125,7 @@ impl AttentionOps for GpuBackend {
         rows: Range<usize>,
     ) -> BackendResult<()> {
         const OP: &str = "kv_write";
-        let cfg = cache.cfg;
+        let cfg = *cache.config();
         check_layer(OP, &cfg, at.layer)?;
         let width = cfg.n_kv_heads * cfg.head_dim;
         let n = rows.len();
@@ -173,30 +176,8 @@ impl AttentionOps for GpuBackend {
         out: &mut GpuBuffer,
     ) -> BackendResult<()> {
         const OP: &str = "attention";
-        let cfg = &cache.cfg;
-        check_layer(OP, cfg, at.layer)?;
-        if p.n_kv_heads != cfg.n_kv_heads
-            || p.head_dim != cfg.head_dim
-            || p.n_heads == 0
-            || !p.n_heads.is_multiple_of(p.n_kv_heads)
-        {
-            return Err(BackendError::InvalidParameter {
-                op: OP,
-                what: "heads and head_dim must match the cache, n_heads a multiple of n_kv_heads",
-            });
-        }
-        if p.sliding_window == Some(0) || !p.scale.is_finite() {
-            return Err(BackendError::InvalidParameter {
-                op: OP,
-                what: "sliding window of 0 or non-finite scale",
-            });
-        }
-        if p.softcap.is_some_and(|c| !(c.is_finite() && c > 0.0)) {
-            return Err(BackendError::InvalidParameter {
-                op: OP,
-                what: "soft-cap must be positive and finite",
-            });
-        }
+        let cfg = cache.config();
+        check_params(OP, cfg, at.layer, p)?;
         let width = p.n_heads * p.head_dim;
         let n = rows.len();
         let qt = q.rows(OP, "q length", &rows, width)?;
@@ -253,18 +234,9 @@ impl AttentionOps for GpuBackend {
                 .transpose(0, 1)?
                 .contiguous()?
                 .reshape((kvh, n * group, hd))?;
-            let mut scores = qg.matmul(&keys.t()?)?.affine(f64::from(p.scale), 0.0)?;
-            if let Some(c) = p.softcap {
-                let c = f64::from(c);
-                scores = scores.affine(1.0 / c, 0.0)?.tanh()?.affine(c, 0.0)?;
-            }
-            if let Some(m) = &m {
-                scores = scores
-                    .reshape((kvh, n, group, len))?
-                    .broadcast_add(m)?
-                    .reshape((kvh, n * group, len))?;
-            }
-            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+            // [kvh, n, group, len] scores: the mask broadcasts over heads.
+            let scores = qg.matmul(&keys.t()?)?.reshape((kvh, n, group, len))?;
+            let probs = probabilities(scores, p, m.as_ref())?.reshape((kvh, n * group, len))?;
             // [kvh, n * group, hd] -> [n, kvh * group * hd].
             probs
                 .matmul(&values)?
@@ -274,5 +246,182 @@ impl AttentionOps for GpuBackend {
         })()
         .map_err(dev_err(OP))?;
         out.set_rows(OP, "out length", &rows, width, y)
+    }
+
+    /// Rows whose caches are consecutive slots of one block (sessions made
+    /// one after another) store and attend together: a scatter per block
+    /// for keys and one for values, and one batched product each for
+    /// scores and outputs.
+    fn attend_rows(
+        &self,
+        ws: &mut GpuWorkspace,
+        caches: &mut [&mut GpuKvCache],
+        layer: usize,
+        positions: &[usize],
+        kv: (&GpuBuffer, &GpuBuffer),
+        q: &GpuBuffer,
+        p: &AttentionParams,
+        out: &mut GpuBuffer,
+    ) -> BackendResult<()> {
+        const OP: &str = "attend_rows";
+        let n = caches.len();
+        if positions.len() != n {
+            return Err(BackendError::InvalidParameter {
+                op: OP,
+                what: "one position per cache",
+            });
+        }
+        for (c, &pos) in caches.iter().zip(positions) {
+            check_params(OP, c.config(), layer, p)?;
+            check_end(OP, c.config(), pos, 1)?;
+        }
+        if let Some(st) = ws.step() {
+            st.check_positions(OP, 0, positions.iter().copied())?;
+        }
+        let width = p.n_heads * p.head_dim;
+        let kv_width = p.n_kv_heads * p.head_dim;
+        let all = 0..n;
+        let rows = Rows {
+            k: kv.0.rows(OP, "k length", &all, kv_width)?,
+            v: kv.1.rows(OP, "v length", &all, kv_width)?,
+            q: q.rows(OP, "q length", &all, width)?,
+        };
+        out.check_room(OP, "out length", product(OP, "rows overflow", n, width)?)?;
+        let mut ys = Vec::new();
+        let mut first = 0;
+        while first < n {
+            let mut end = first + 1;
+            while end < n && caches[end - 1].precedes(caches[end]) {
+                end += 1;
+            }
+            let y = self.attend_slots(
+                ws,
+                &*caches[first],
+                layer,
+                first,
+                &positions[first..end],
+                &rows,
+                p,
+            )?;
+            ys.push(y);
+            first = end;
+        }
+        let y = match ys.len() {
+            1 => ys.pop().ok_or(BackendError::InvalidParameter {
+                op: OP,
+                what: "no rows",
+            })?,
+            _ => Tensor::cat(&ys, 0).map_err(dev_err(OP))?,
+        };
+        out.set_prefix(OP, "out length", n * width, y)
+    }
+}
+
+/// The rows of a batch's keys, values and queries, flat.
+struct Rows {
+    k: Tensor,
+    v: Tensor,
+    q: Tensor,
+}
+
+impl GpuBackend {
+    /// [`AttentionOps::attend_rows`] of the rows `first..` whose caches are
+    /// the consecutive slots from `cache`'s (one per position); returns
+    /// their outputs, `[rows, n_heads * head_dim]`.
+    #[allow(clippy::too_many_arguments)]
+    fn attend_slots(
+        &self,
+        ws: &mut GpuWorkspace,
+        cache: &GpuKvCache,
+        layer: usize,
+        first: usize,
+        positions: &[usize],
+        rows: &Rows,
+        p: &AttentionParams,
+    ) -> BackendResult<Tensor> {
+        const OP: &str = "attend_rows";
+        let cfg = *cache.config();
+        let (block, slot) = cache.block();
+        let n = positions.len();
+        let (kvh, hd, group) = (p.n_kv_heads, p.head_dim, p.n_heads / p.n_kv_heads);
+        let furthest = positions.iter().max().map_or(0, |&p| p + 1);
+        // Where each row's key goes, how many keys are read, and the mask.
+        let (index, len, mask) = match ws.step() {
+            Some(st) => {
+                let len = st.kv_len().min(cfg.max_seq_len);
+                if furthest > len {
+                    return Err(BackendError::InvalidParameter {
+                        op: OP,
+                        what: "positions past the static step's span",
+                    });
+                }
+                let made = (|| -> candle_core::Result<_> {
+                    let index = st.slot_index(first, n, kvh, hd)?;
+                    let mask = st
+                        .mask(p.sliding_window)?
+                        .narrow(0, first, n)?
+                        .narrow(1, 0, len)?
+                        .contiguous()?
+                        .reshape((n, 1, 1, len))?;
+                    Ok((index, Some(mask)))
+                })()
+                .map_err(dev_err(OP))?;
+                (made.0, len, made.1)
+            }
+            None => {
+                let len = furthest;
+                let at: Vec<u32> = positions.iter().map(|&p| p as u32).collect();
+                let visible =
+                    |pos: usize, j: usize| j <= pos && p.sliding_window.is_none_or(|w| j + w > pos);
+                let mask: Vec<f32> = positions
+                    .iter()
+                    .flat_map(|&pos| {
+                        (0..len).map(move |j| {
+                            if visible(pos, j) {
+                                0.0
+                            } else {
+                                f32::NEG_INFINITY
+                            }
+                        })
+                    })
+                    .collect();
+                let made = (|| -> candle_core::Result<_> {
+                    let index = Tensor::from_vec(at, (n, 1, 1, 1), &self.device)?
+                        .broadcast_as((n, kvh, 1, hd))?
+                        .contiguous()?;
+                    let mask = Tensor::from_vec(mask, (n, 1, 1, len), &self.device)?;
+                    Ok((index, Some(mask)))
+                })()
+                .map_err(dev_err(OP))?;
+                (made.0, len, made.1)
+            }
+        };
+        let dt = dtype_of(cfg.dtype);
+        (|| -> candle_core::Result<Tensor> {
+            let (kv_width, width) = (kvh * hd, p.n_heads * hd);
+            let row = |t: &Tensor, w: usize| t.narrow(0, first * w, n * w);
+            // [rows, heads, 1, dim] into each slot's position.
+            let k = row(&rows.k, kv_width)?
+                .reshape((n, kvh, 1, hd))?
+                .to_dtype(dt)?
+                .contiguous()?;
+            let v = row(&rows.v, kv_width)?
+                .reshape((n, kvh, 1, hd))?
+                .to_dtype(dt)?
+                .contiguous()?;
+            let keys = block.k[layer].narrow(0, slot, n)?;
+            let values = block.v[layer].narrow(0, slot, n)?;
+            keys.scatter_set(&index, &k, 2)?;
+            values.scatter_set(&index, &v, 2)?;
+            // [rows, heads, len, dim], read in place for an f32 cache.
+            let keys = keys.narrow(2, 0, len)?.to_dtype(DType::F32)?;
+            let values = values.narrow(2, 0, len)?.to_dtype(DType::F32)?;
+            // One token a row: a row's heads are [kv head, head in group].
+            let qg = row(&rows.q, width)?.reshape((n, kvh, group, hd))?;
+            let scores = qg.matmul(&keys.t()?)?;
+            let probs = probabilities(scores, p, mask.as_ref())?;
+            probs.matmul(&values)?.reshape((n, width))
+        })()
+        .map_err(dev_err(OP))
     }
 }

@@ -43,6 +43,7 @@
 
 mod attention;
 mod buffer;
+mod kv;
 mod matmul;
 mod ops;
 mod step;
@@ -54,8 +55,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use candle_core::{DType, Device, Tensor};
 use realm_core::backend::{BackendCore, BackendError, BackendResult};
 
-pub use attention::GpuKvCache;
 pub use buffer::GpuBuffer;
+pub use kv::{GpuKvCache, MAX_SLOTS};
 pub use matmul::GpuWeight;
 pub use ops::GpuWorkspace;
 pub use step::{GpuRecording, StepMode};
@@ -140,6 +141,8 @@ pub struct GpuBackend {
     /// vector (up to 8 rows) and matrix kernels.
     mmvq_need: AtomicUsize,
     mmq_need: AtomicUsize,
+    /// The blocks KV caches are slots of.
+    kv_pool: kv::KvPool,
 }
 
 impl fmt::Debug for GpuBackend {
@@ -192,6 +195,7 @@ impl GpuBackend {
             matmul_epoch: AtomicU64::new(0),
             mmvq_need: AtomicUsize::new(0),
             mmq_need: AtomicUsize::new(0),
+            kv_pool: kv::KvPool::default(),
         })
     }
 

@@ -81,8 +81,8 @@ pub(crate) struct StepState {
     /// This step's attention masks, by sliding window.
     masks: Vec<(Option<usize>, Tensor)>,
     /// This step's KV-cache scatter indices, by `(first row, rows, heads,
-    /// head_dim)`.
-    indices: Vec<((usize, usize, usize, usize), Tensor)>,
+    /// head_dim, by slot)`.
+    indices: Vec<((usize, usize, usize, usize, bool), Tensor)>,
     /// The fixed copies of the buffers a recording writes.
     fixed: Vec<Tensor>,
     /// candle's matmul epoch when recording began.
@@ -233,7 +233,7 @@ impl StepState {
         heads: usize,
         head_dim: usize,
     ) -> candle_core::Result<Tensor> {
-        let key = (first, n, heads, head_dim);
+        let key = (first, n, heads, head_dim, false);
         if let Some((_, t)) = self.indices.iter().find(|(k, _)| *k == key) {
             return Ok(t.clone());
         }
@@ -242,6 +242,29 @@ impl StepState {
             .narrow(0, first, n)?
             .reshape((1, n, 1))?
             .broadcast_as((heads, n, head_dim))?
+            .contiguous()?;
+        self.indices.push((key, t.clone()));
+        Ok(t)
+    }
+
+    /// The KV-cache scatter index `u32 [n, heads, 1, head_dim]` of rows
+    /// `first..first + n` whose caches are consecutive slots of a block.
+    pub(crate) fn slot_index(
+        &mut self,
+        first: usize,
+        n: usize,
+        heads: usize,
+        head_dim: usize,
+    ) -> candle_core::Result<Tensor> {
+        let key = (first, n, heads, head_dim, true);
+        if let Some((_, t)) = self.indices.iter().find(|(k, _)| *k == key) {
+            return Ok(t.clone());
+        }
+        let t = self
+            .pos
+            .narrow(0, first, n)?
+            .reshape((n, 1, 1, 1))?
+            .broadcast_as((n, heads, 1, head_dim))?
             .contiguous()?;
         self.indices.push((key, t.clone()));
         Ok(t)

@@ -6,8 +6,9 @@
 //! another. On the CPU device [`StepMode::Recorded`] runs static steps
 //! without recording them; on CUDA it records.
 
+use realm_compute_cpu::CpuBackend;
 use realm_compute_gpu::{GpuBackend, GpuDevice, GpuWorkspace, StepMode};
-use realm_core::backend::{BackendCore, MatMulOps, StepInputs, StepOps};
+use realm_core::backend::{Backend, BackendCore, MatMulOps, StepInputs, StepOps};
 use realm_core::gguf::Gguf;
 use realm_core::{GgmlType, TensorView};
 use realm_models::synthetic::SyntheticLayout;
@@ -73,43 +74,59 @@ fn static_steps_match_op_by_op() {
     }
 }
 
-/// Batched decode of sessions at different positions (one of them across a
-/// span boundary), each row masked by its own position.
-#[test]
-fn batched_static_steps_match_op_by_op() {
-    let (plain, steps) = (gpu(StepMode::OpByOp), gpu(StepMode::Recorded));
-    let file =
-        Gguf::from_bytes(SyntheticLayout::tiny("gemma3").unwrap().write(5).unwrap()).unwrap();
-    let run = |be: &GpuBackend| {
-        let model = Model::load(&file, be).unwrap();
-        let vocab = model.config().vocab_size;
-        let prompts = [3, 17, STEP_SPAN - 2];
-        let mut sessions: Vec<_> = prompts
-            .iter()
-            .map(|&p| {
-                let mut s = model.session(p + 8, 32).unwrap();
-                let ids: Vec<u32> = (0..p).map(|i| token(i, vocab)).collect();
-                model.forward(&mut s, &ids).unwrap();
-                s
-            })
+/// Batched decode of sessions at different positions, `prompts[i]` tokens
+/// in, every step's logits of every row.
+fn batched<B: Backend>(file: &Gguf<Vec<u8>>, be: &B, prompts: &[usize]) -> Vec<Vec<f32>> {
+    let model = Model::load(file, be).unwrap();
+    let vocab = model.config().vocab_size;
+    // One capacity: the sessions are consecutive slots of shared blocks.
+    let cap = prompts.iter().max().unwrap() + 8;
+    let mut sessions: Vec<_> = prompts
+        .iter()
+        .map(|&p| {
+            let mut s = model.session(cap, 32).unwrap();
+            let ids: Vec<u32> = (0..p).map(|i| token(i, vocab)).collect();
+            model.forward(&mut s, &ids).unwrap();
+            s
+        })
+        .collect();
+    let mut scratch = model.batch_scratch(prompts.len()).unwrap();
+    let mut all = Vec::new();
+    for step in 0..6 {
+        let mut rows: Vec<_> = sessions
+            .iter_mut()
+            .enumerate()
+            .map(|(i, s)| (s, token(step * 7 + i, vocab)))
             .collect();
-        let mut scratch = model.batch_scratch(prompts.len()).unwrap();
-        let mut all = Vec::new();
-        for step in 0..6 {
-            let mut rows: Vec<_> = sessions
-                .iter_mut()
-                .enumerate()
-                .map(|(i, s)| (s, token(step * 3 + i, vocab)))
-                .collect();
-            model.forward_batch(&mut rows, &mut scratch).unwrap();
-            all.extend(rows.iter().map(|(s, _)| s.logits().to_vec()));
-        }
-        assert_eq!(scratch.recording_failure(), None);
-        all
-    };
-    let diff = max_diff(&run(&plain), &run(&steps));
-    eprintln!("batched static steps vs op by op, max |logit difference| {diff:.2e}");
-    assert!(diff <= 1e-3, "{diff}");
+        model.forward_batch(&mut rows, &mut scratch).unwrap();
+        all.extend(rows.iter().map(|(s, _)| s.logits().to_vec()));
+    }
+    assert_eq!(scratch.recording_failure(), None);
+    all
+}
+
+/// Batched decode: sessions in shared KV blocks attend together, each row
+/// masked by its own position (one row crosses a span boundary), as the
+/// CPU backend attends row by row; static steps match op by op.
+#[test]
+fn batched_decode_matches_the_cpu_and_op_by_op() {
+    let (plain, steps) = (gpu(StepMode::OpByOp), gpu(StepMode::Recorded));
+    let cpu = CpuBackend::new().unwrap();
+    let prompts = [3, 17, 40, 5, STEP_SPAN - 2, 9];
+    for arch in ["llama", "gemma3"] {
+        let layout = SyntheticLayout::tiny(arch)
+            .unwrap()
+            .with_matrix_type(GgmlType::F32);
+        let file = Gguf::from_bytes(layout.write(5).unwrap()).unwrap();
+        let want = batched(&file, &cpu, &prompts);
+        let got = batched(&file, &plain, &prompts);
+        let diff = max_diff(&want, &got);
+        eprintln!("{arch}: batched decode vs the CPU, max |logit difference| {diff:.2e}");
+        assert!(diff <= 1e-3, "{arch}: {diff}");
+        let diff = max_diff(&got, &batched(&file, &steps, &prompts));
+        eprintln!("{arch}: batched static steps vs op by op, max |logit difference| {diff:.2e}");
+        assert!(diff <= 1e-3, "{arch}: {diff}");
+    }
 }
 
 /// A static step's inputs are checked, and ops given other ids or

@@ -533,6 +533,40 @@ pub trait AttentionOps: BackendCore {
         p: &AttentionParams,
         out: &mut Self::Buffer,
     ) -> BackendResult<()>;
+
+    /// A decode step's attention for a batch of sequences: row `i` of `k`,
+    /// `v` and `q` is one token of the sequence cached in `caches[i]`, at
+    /// position `positions[i]`. Stores each row's key and value as
+    /// [`AttentionOps::kv_write`] does, then writes rows `0..caches.len()`
+    /// of `out` as [`AttentionOps::attention`] of each row would.
+    ///
+    /// The default does exactly that, row by row; a GPU attends over many
+    /// caches at once.
+    #[allow(clippy::too_many_arguments)]
+    fn attend_rows(
+        &self,
+        ws: &mut Self::Workspace,
+        caches: &mut [&mut Self::KvCache],
+        layer: usize,
+        positions: &[usize],
+        kv: (&Self::Buffer, &Self::Buffer),
+        q: &Self::Buffer,
+        p: &AttentionParams,
+        out: &mut Self::Buffer,
+    ) -> BackendResult<()> {
+        if positions.len() != caches.len() {
+            return Err(BackendError::InvalidParameter {
+                op: "attend_rows",
+                what: "one position per cache",
+            });
+        }
+        for (i, (cache, &start_pos)) in caches.iter_mut().zip(positions).enumerate() {
+            let at = KvSpan { layer, start_pos };
+            self.kv_write(ws, cache, at, kv.0, kv.1, i..i + 1)?;
+            self.attention(ws, cache, at, q, i..i + 1, p, out)?;
+        }
+        Ok(())
+    }
 }
 
 /// The per-token inputs of a decode step, for [`StepOps::begin_step`].

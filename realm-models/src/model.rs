@@ -596,17 +596,11 @@ impl<'a, B: Backend> Model<'a, B> {
     /// The layers and logits of [`Model::forward_batch`]'s rows, embedded.
     fn batch_body(&self, rows: &mut [(&mut Session<B>, u32)], sc: &mut Scratch<B>) -> Result<()> {
         let n = rows.len();
+        let positions: Vec<usize> = rows.iter().map(|(s, _)| s.pos).collect();
+        let mut caches: Vec<&mut B::KvCache> = rows.iter_mut().map(|(s, _)| &mut s.cache).collect();
         for layer in 0..self.layers.len() {
             self.layer(sc, n, layer, |b, ws, k, v, q, params, att| {
-                for (i, (s, _)) in rows.iter_mut().enumerate() {
-                    let at = KvSpan {
-                        layer,
-                        start_pos: s.pos,
-                    };
-                    b.kv_write(ws, &mut s.cache, at, k, v, i..i + 1)?;
-                    b.attention(ws, &s.cache, at, q, i..i + 1, params, att)?;
-                }
-                Ok(())
+                b.attend_rows(ws, &mut caches, layer, &positions, (k, v), q, params, att)
             })?;
         }
         self.logits_rows(sc, 0, n)
@@ -891,7 +885,8 @@ impl<B: Backend> Scratch<B> {
 }
 
 /// Scratch space of [`Model::forward_batch`] (from [`Model::batch_scratch`]),
-/// reused from step to step so that a batched decode allocates nothing.
+/// reused from step to step so that a batched decode allocates only the list
+/// of its rows' caches and positions.
 #[derive(Debug)]
 pub struct BatchScratch<B: Backend> {
     scratch: Scratch<B>,
