@@ -53,6 +53,10 @@ impl std::fmt::Debug for GpuRecording {
     }
 }
 
+/// What a KV-cache scatter index is for: `(first row, rows, heads,
+/// head_dim, whether rows are slots of a block)`.
+type IndexKey = (usize, usize, usize, usize, bool);
+
 /// The workspace's state of static steps.
 pub(crate) struct StepState {
     /// Between `begin_step` and `end_step`.
@@ -80,9 +84,8 @@ pub(crate) struct StepState {
     tables: Vec<RopeTable>,
     /// This step's attention masks, by sliding window.
     masks: Vec<(Option<usize>, Tensor)>,
-    /// This step's KV-cache scatter indices, by `(first row, rows, heads,
-    /// head_dim, by slot)`.
-    indices: Vec<((usize, usize, usize, usize, bool), Tensor)>,
+    /// This step's KV-cache scatter indices.
+    indices: Vec<(IndexKey, Tensor)>,
     /// The fixed copies of the buffers a recording writes.
     fixed: Vec<Tensor>,
     /// candle's matmul epoch when recording began.
