@@ -517,11 +517,19 @@ mod cuda {
 
     /// Ends the capture and instantiates the graph.
     pub(super) fn end(device: &Device) -> Result<Graph> {
-        let graph = stream(device)?
-            .end_capture(
-                sys::CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH,
-            )
-            .w()?;
+        let stream = stream(device)?;
+        // cudarc keeps the errors of calls that cannot return one (frees
+        // into a capture that an earlier call invalidated) and fails the
+        // next call with them, which would fail the end of the capture
+        // before it ends it. Take them first, and any the end leaves.
+        let pending = stream.context().check_err();
+        let graph = stream.end_capture(
+            sys::CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH,
+        );
+        let after = stream.context().check_err();
+        pending.w()?;
+        let graph = graph.w()?;
+        after.w()?;
         match graph {
             Some(g) => Ok(Graph(g)),
             None => candle_core::bail!("the CUDA graph capture recorded nothing"),
