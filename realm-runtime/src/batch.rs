@@ -205,8 +205,15 @@ fn run_group(
         .fetch_add(group.len() as u64, Ordering::Relaxed);
     counters.batches.fetch_add(1, Ordering::Relaxed);
     let result = result.map_err(|e| e.to_string());
-    for step in group {
+    // The worker lets go of the model before any caller hears back, so a
+    // caller that finishes sees only the holders that remain.
+    drop(model);
+    let replies: Vec<_> = group
+        .into_iter()
+        .map(|step| (step.reply, step.session))
+        .collect();
+    for (reply, session) in replies {
         // A caller that went away (its tenant was dropped) no longer waits.
-        let _ = step.reply.send((step.session, result.clone()));
+        let _ = reply.send((session, result.clone()));
     }
 }
