@@ -10,7 +10,7 @@
 //! pp512/tg128 and batched decode of 1, 8 and 32 sequences with
 //! `realm bench --device cuda` (decode steps recorded as CUDA graphs, and
 //! op by op for comparison), and profiles an op-by-op decode step, leaving
-//! JSON and tables in `$OUT`.
+//! logs and tables in `$OUT` (and a summary on standard output).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -21,28 +21,32 @@ use crate::{cargo, root, status};
 
 const RUN_SH: &str = r#"#!/bin/sh
 # Written by `cargo xtask gpu-bundle`: run on a machine with an NVIDIA GPU.
-set -eu
+# A failing step is reported and the rest still run.
+set -u
 here="$(cd "$(dirname "$0")" && pwd)"
 out="${OUT:-$here/out}"
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/gpu.txt"
-"$here/realm" synth smollm2 -o "$out/smollm2-synth.gguf"
-"$here/realm" synth gemma3 -o "$out/gemma3-synth.gguf"
+"$here/realm" synth smollm2 -o "$out/smollm2-synth.gguf" || exit 1
+"$here/realm" synth gemma3 -o "$out/gemma3-synth.gguf" || exit 1
 export REALM_GPU_TEST_DEVICE="${REALM_GPU_TEST_DEVICE:-cuda:0}" REALM_GPU_TEST_TOKENS=64
-for t in "$here"/test-*; do
-  "$t" --nocapture 2>&1 | tee "$out/$(basename "$t").log"
-done
 dev="$REALM_GPU_TEST_DEVICE"
+for t in "$here"/test-*; do
+  name="$(basename "$t")"
+  "$t" --nocapture > "$out/$name.log" 2>&1 || echo "FAILED: $name (see $name.log)"
+  grep -E "^test result|FAILED|panicked|max \|logit" "$out/$name.log"
+done
+bench() {
+  name="$1"; shift
+  "$here/realm" bench "$@" > "$out/$name.md" 2> "$out/$name.err" || echo "FAILED: $name"
+  cat "$out/$name.md"; grep -v "^realm: \(loaded\|opened\)" "$out/$name.err"
+}
 for m in smollm2 gemma3; do
-  # Decode steps recorded as CUDA graphs (the default), then op by op for comparison.
-  "$here/realm" bench "$out/$m-synth.gguf" --device "$dev" -p 512 -n 128 -r 30 --npl 1,8,32 --json \
-    > "$out/bench-$m.json" 2> "$out/bench-$m.err"
-  "$here/realm" bench "$out/$m-synth.gguf" --device "$dev" --steps op-by-op -p 512 -n 128 -r 10 --npl 32 --json \
-    > "$out/bench-$m-op-by-op.json" 2> "$out/bench-$m-op-by-op.err"
+  # Decode steps recorded as CUDA graphs (the default), then op by op.
+  bench "bench-$m" "$out/$m-synth.gguf" --device "$dev" -p 512 -n 128 -r 30 --npl 1,8,32
+  bench "bench-$m-op-by-op" "$out/$m-synth.gguf" --device "$dev" --steps op-by-op -p 512 -n 128 -r 10 --npl 32
   # Where an op-by-op decode step's time goes.
-  "$here/realm" bench "$out/$m-synth.gguf" --device "$dev" -p 0 -n 64 -r 1 --profile \
-    > /dev/null 2> "$out/profile-$m.md"
-  cat "$out/bench-$m.err" "$out/profile-$m.md"
+  bench "profile-$m" "$out/$m-synth.gguf" --device "$dev" -p 0 -n 64 -r 1 --profile
 done
 rm -f "$out"/*-synth.gguf
 "#;
