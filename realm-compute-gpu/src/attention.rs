@@ -22,6 +22,9 @@ fn check_layer(op: &'static str, cfg: &KvCacheConfig, layer: usize) -> BackendRe
     Ok(())
 }
 
+/// The most attention masks a workspace keeps (a chunk's, per window).
+const MASKS: usize = 4;
+
 /// Checks attention parameters against a cache.
 fn check_params(
     op: &'static str,
@@ -216,10 +219,23 @@ impl AttentionOps for GpuBackend {
                     .sliding_window
                     .map_or(0, |w| (at.start_pos + 1).saturating_sub(w));
                 let len = at.start_pos + n - lo;
-                let m = mask(at.start_pos, n, lo, len, p.sliding_window)
-                    .map(|m| Tensor::from_vec(m, (1, n, 1, len), &self.device))
-                    .transpose()
-                    .map_err(dev_err(OP))?;
+                let key = (at.start_pos, n, p.sliding_window);
+                let m = match ws.masks.iter().find(|(k, _)| *k == key) {
+                    Some((_, m)) => m.clone(),
+                    None => {
+                        // Every layer of a chunk has the same mask (per
+                        // window): made once, kept for the next layers.
+                        let m = mask(at.start_pos, n, lo, len, p.sliding_window)
+                            .map(|m| Tensor::from_vec(m, (1, n, 1, len), &self.device))
+                            .transpose()
+                            .map_err(dev_err(OP))?;
+                        if ws.masks.len() == MASKS {
+                            ws.masks.remove(0);
+                        }
+                        ws.masks.push((key, m.clone()));
+                        m
+                    }
+                };
                 (lo, len, m)
             }
         };

@@ -80,6 +80,9 @@ pub(crate) fn rope_angles(
     (cos, sin)
 }
 
+/// A cached attention mask and what it is for.
+pub(crate) type MaskEntry = ((usize, usize, Option<usize>), Option<Tensor>);
+
 /// Per-caller state: the RoPE tables of the positions last seen, so that
 /// every layer of a step reuses them instead of uploading its own, and the
 /// static step in progress ([`realm_core::backend::StepOps`]).
@@ -87,6 +90,9 @@ pub(crate) fn rope_angles(
 pub struct GpuWorkspace {
     positions: Vec<u32>,
     tables: Vec<RopeTable>,
+    /// Attention masks of recent chunks, by `(start, tokens, window)`
+    /// (`None` where every query sees every key).
+    pub(crate) masks: Vec<MaskEntry>,
     pub(crate) step: Option<StepState>,
     /// Counts the static steps' reallocations.
     pub(crate) generation: u64,
