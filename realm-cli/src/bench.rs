@@ -97,7 +97,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 StepMode::Static => format!("{}+static", g.name()),
                 StepMode::Recorded => format!("{}+graphs", g.name()),
             };
-            bench_native(args, &l, &g, &label, 0)
+            bench_native(args, &l, &g, &label, 0)?;
+            let (recorded, replayed) = g.step_counts();
+            if recorded > 0 {
+                eprintln!("realm: {recorded} decode steps recorded, {replayed} replayed");
+            }
+            Ok(())
         }
     }
 }

@@ -149,6 +149,9 @@ pub struct GpuBackend {
     mmq_need: AtomicUsize,
     /// The blocks KV caches are slots of.
     kv_pool: kv::KvPool,
+    /// Steps recorded and steps replayed, for reports and tests.
+    recorded: AtomicU64,
+    replayed: AtomicU64,
 }
 
 impl fmt::Debug for GpuBackend {
@@ -202,6 +205,8 @@ impl GpuBackend {
             mmvq_need: AtomicUsize::new(0),
             mmq_need: AtomicUsize::new(0),
             kv_pool: kv::KvPool::default(),
+            recorded: AtomicU64::new(0),
+            replayed: AtomicU64::new(0),
         })
     }
 
@@ -225,6 +230,15 @@ impl GpuBackend {
     /// How this backend runs decode steps.
     pub fn steps(&self) -> StepMode {
         self.steps
+    }
+
+    /// Decode steps recorded and replayed so far (both stay 0 where steps
+    /// are not recorded).
+    pub fn step_counts(&self) -> (u64, u64) {
+        (
+            self.recorded.load(Ordering::Relaxed),
+            self.replayed.load(Ordering::Relaxed),
+        )
     }
 
     /// Notes a matrix product of `rows` by `cols` (see `matmul_epoch`).

@@ -16,6 +16,9 @@
 //!   product needs more; the backend counts such growth as its matmul
 //!   epoch, and a recording from an older epoch is stale.
 
+#[cfg(feature = "cuda")]
+use std::sync::atomic::Ordering;
+
 use candle_core::{DType, Device, Tensor};
 use realm_core::backend::{BackendError, BackendResult, StepInputs, StepOps};
 
@@ -448,8 +451,10 @@ impl StepOps for GpuBackend {
         {
             let graph = cuda::end(&self.device).map_err(dev_err(OP));
             copied?;
+            let graph = graph?;
+            self.recorded.fetch_add(1, Ordering::Relaxed);
             Ok(GpuRecording {
-                graph: graph?,
+                graph,
                 generation,
                 epoch,
             })
@@ -471,7 +476,9 @@ impl StepOps for GpuBackend {
         }
         #[cfg(feature = "cuda")]
         {
-            rec.graph.launch().map_err(dev_err(OP))
+            rec.graph.launch().map_err(dev_err(OP))?;
+            self.replayed.fetch_add(1, Ordering::Relaxed);
+            Ok(())
         }
         #[cfg(not(feature = "cuda"))]
         {

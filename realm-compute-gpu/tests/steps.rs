@@ -67,10 +67,21 @@ fn static_steps_match_op_by_op() {
             Model::load(&file, &steps).unwrap(),
         );
         let prompt = STEP_SPAN - 6;
+        let before = steps.step_counts();
         let (want, got) = (decode(&a, prompt, 12), decode(&b, prompt, 12));
         let diff = max_diff(&want, &got);
-        eprintln!("{arch}: static steps vs op by op, max |logit difference| {diff:.2e}");
+        let (recorded, replayed) = steps.step_counts();
+        let (recorded, replayed) = (recorded - before.0, replayed - before.1);
+        eprintln!(
+            "{arch}: static steps vs op by op, max |logit difference| {diff:.2e}; \
+             {recorded} recordings, {replayed} replays"
+        );
         assert!(diff <= 1e-3, "{arch}: {diff}");
+        // On CUDA the 12 steps are 2 recordings (one per span) and 10
+        // replays; elsewhere nothing is recorded.
+        let cuda = matches!(steps.device(), GpuDevice::Cuda(_));
+        let want_counts = if cuda { (2, 10) } else { (0, 0) };
+        assert_eq!((recorded, replayed), want_counts, "{arch}");
     }
 }
 
