@@ -3,7 +3,7 @@
 //!
 //! Builds `realm` and the GPU backend's test binaries with `--features cuda`
 //! (in `target/cuda`, so the CPU build stays warm), strips them into
-//! `target/gpu-bundle/` (and `target/gpu-bundle.tar.xz`, about 21 MiB), and
+//! `target/gpu-bundle/` (and `target/gpu-bundle.tar.xz`, about 27 MiB), and
 //! writes `run.sh`, which on the GPU machine:
 //! writes synthetic-weight models of SmolLM2's and Gemma 3's layouts, runs
 //! every GPU-vs-CPU test on `cuda:0` (64-token generations), and benchmarks
