@@ -8,7 +8,7 @@
 
 use realm_compute_cpu::CpuBackend;
 use realm_compute_gpu::{GpuBackend, GpuDevice, GpuWorkspace, StepMode};
-use realm_core::backend::{Backend, BackendCore, MatMulOps, StepInputs, StepOps};
+use realm_core::backend::{Backend, BackendCore, KvDtype, MatMulOps, StepInputs, StepOps};
 use realm_core::gguf::Gguf;
 use realm_core::{GgmlType, TensorView};
 use realm_models::synthetic::SyntheticLayout;
@@ -36,10 +36,10 @@ fn token(i: usize, vocab: usize) -> u32 {
 
 /// A prompt of `prompt` tokens, then `n` one-token steps; every step's
 /// logits.
-fn decode(model: &Model<'_, GpuBackend>, prompt: usize, n: usize) -> Vec<Vec<f32>> {
+fn decode(model: &Model<'_, GpuBackend>, prompt: usize, n: usize, kv: KvDtype) -> Vec<Vec<f32>> {
     let vocab = model.config().vocab_size;
     let ids: Vec<u32> = (0..prompt).map(|i| token(i, vocab)).collect();
-    let mut s = model.session(prompt + n, 64).unwrap();
+    let mut s = model.session_with_kv(prompt + n, 64, kv).unwrap();
     let mut all = vec![model.forward(&mut s, &ids).unwrap().to_vec()];
     for i in 0..n {
         all.push(
@@ -55,11 +55,17 @@ fn decode(model: &Model<'_, GpuBackend>, prompt: usize, n: usize) -> Vec<Vec<f32
 
 /// Decoding across a span boundary (a new recording, reallocated step
 /// tensors), with every architecture's ops: biases, QK-norm, sliding
-/// windows, the embedding scale.
+/// windows, the embedding scale; f32 and f16 caches.
 #[test]
 fn static_steps_match_op_by_op() {
     let (plain, steps) = (gpu(StepMode::OpByOp), gpu(StepMode::Recorded));
-    for arch in ["llama", "qwen2", "gemma3"] {
+    for (arch, kv) in [
+        ("llama", KvDtype::F32),
+        ("qwen2", KvDtype::F32),
+        ("gemma3", KvDtype::F32),
+        ("llama", KvDtype::F16),
+        ("gemma3", KvDtype::F16),
+    ] {
         let file =
             Gguf::from_bytes(SyntheticLayout::tiny(arch).unwrap().write(3).unwrap()).unwrap();
         let (a, b) = (
@@ -68,12 +74,12 @@ fn static_steps_match_op_by_op() {
         );
         let prompt = STEP_SPAN - 6;
         let before = steps.step_counts();
-        let (want, got) = (decode(&a, prompt, 12), decode(&b, prompt, 12));
+        let (want, got) = (decode(&a, prompt, 12, kv), decode(&b, prompt, 12, kv));
         let diff = max_diff(&want, &got);
         let (recorded, replayed) = steps.step_counts();
         let (recorded, replayed) = (recorded - before.0, replayed - before.1);
         eprintln!(
-            "{arch}: static steps vs op by op, max |logit difference| {diff:.2e}; \
+            "{arch} ({kv:?} cache): static steps vs op by op, max |logit difference| {diff:.2e}; \
              {recorded} recordings, {replayed} replays"
         );
         assert!(diff <= 1e-3, "{arch}: {diff}");
