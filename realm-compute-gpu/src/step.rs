@@ -25,6 +25,10 @@ use realm_core::backend::{BackendError, BackendResult, StepInputs, StepOps};
 use crate::ops::{rope_angles, RopeTable};
 use crate::{dev_err, GpuBackend, GpuBuffer, GpuWorkspace};
 
+/// The most cache positions a static step spans: its mask compares
+/// positions as f32, exact up to 2^24.
+const MAX_SPAN: usize = 1 << 24;
+
 /// How a [`GpuBackend`] runs decode steps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StepMode {
@@ -340,6 +344,12 @@ impl StepOps for GpuBackend {
             .any(|&p| p as usize >= inputs.kv_len)
         {
             return Err(invalid(OP, "every position must be below kv_len"));
+        }
+        if inputs.kv_len > MAX_SPAN {
+            return Err(invalid(
+                OP,
+                "kv_len is past the most a static step spans (2^24)",
+            ));
         }
         if let Some(st) = ws.step.as_mut() {
             if st.recording {

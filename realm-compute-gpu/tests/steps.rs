@@ -160,6 +160,9 @@ fn static_step_inputs_are_checked() {
     assert!(be.begin_step(&mut ws, &step(&[], &[], 4)).is_err());
     assert!(be.begin_step(&mut ws, &step(&[1], &[1, 2], 4)).is_err());
     assert!(be.begin_step(&mut ws, &step(&[1], &[4], 4)).is_err());
+    assert!(be
+        .begin_step(&mut ws, &step(&[1], &[4], usize::MAX))
+        .is_err());
     be.begin_step(&mut ws, &step(&[1, 2], &[0, 3], 4)).unwrap();
     let table: Vec<f32> = (0..12).map(|i| i as f32).collect();
     let shape = [4u64, 3];
