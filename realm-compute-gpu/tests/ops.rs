@@ -256,6 +256,59 @@ proptest! {
         }
         assert_close(&down(&g, &grow, q.len()), &cout, 1e-4, 1e-5, "attention by rows");
     }
+
+    /// A batch's attention over many caches (`attend_rows`): the GPU
+    /// attends each run of consecutive cache slots at once, the CPU row by
+    /// row; rows at their own positions, in cache order or shuffled (no
+    /// runs), GQA, windows, soft-capping, f32 and f16 caches.
+    #[test]
+    fn attend_rows_matches_cpu(n_kv in 1usize..3, group in 1usize..4, hd in 1usize..33, pasts in proptest::collection::vec(0usize..10, 1..7), shuffle in any::<bool>(), window in proptest::option::of(1usize..6), softcap in proptest::option::of(1f32..50.0), f16 in any::<bool>(), seed in any::<u64>()) {
+        let mut rng = Rng(seed);
+        let (g, c) = (gpu(), cpu());
+        let n_heads = n_kv * group;
+        let rows = pasts.len();
+        let kv_width = n_kv * hd;
+        let cfg = KvCacheConfig { n_layers: 2, n_kv_heads: n_kv, head_dim: hd, max_seq_len: 12, dtype: if f16 { KvDtype::F16 } else { KvDtype::F32 } };
+        let p = AttentionParams { n_heads, n_kv_heads: n_kv, head_dim: hd, scale: 1.0 / (hd as f32).sqrt(), sliding_window: window, softcap };
+        // Each sequence's history, written one call each.
+        let hist: Vec<(Vec<f32>, Vec<f32>)> = pasts.iter().map(|&p| (rng.f32s(p * kv_width, -1.0, 1.0), rng.f32s(p * kv_width, -1.0, 1.0))).collect();
+        let (k, v, q) = (rng.f32s(rows * kv_width, -1.0, 1.0), rng.f32s(rows * kv_width, -1.0, 1.0), rng.f32s(rows * n_heads * hd, -1.0, 1.0));
+        let mut ccaches: Vec<_> = (0..rows).map(|_| c.kv_cache(&cfg).unwrap()).collect();
+        let mut gcaches: Vec<_> = (0..rows).map(|_| g.kv_cache(&cfg).unwrap()).collect();
+        for (i, (hk, hv)) in hist.iter().enumerate() {
+            let span = KvSpan { layer: 1, start_pos: 0 };
+            if pasts[i] > 0 {
+                c.kv_write(&mut c.workspace(), &mut ccaches[i], span, hk, hv, 0..pasts[i]).unwrap();
+                let (gk, gv) = (g.upload(hk).unwrap(), g.upload(hv).unwrap());
+                g.kv_write(&mut g.workspace(), &mut gcaches[i], span, &gk, &gv, 0..pasts[i]).unwrap();
+            }
+        }
+        // Row r of the batch is sequence r, or (shuffled) sequence rows - 1 - r:
+        // then no two rows are in consecutive slots.
+        let mut positions = pasts.clone();
+        let mut cc: Vec<_> = ccaches.iter_mut().collect();
+        let mut gc: Vec<_> = gcaches.iter_mut().collect();
+        if shuffle {
+            positions.reverse();
+            cc.reverse();
+            gc.reverse();
+        }
+        let mut cout = vec![0.0; q.len()];
+        c.attend_rows(&mut c.workspace(), &mut cc, 1, &positions, (&k, &v), &q, &p, &mut cout).unwrap();
+        let (gk, gv, gq) = (g.upload(&k).unwrap(), g.upload(&v).unwrap(), g.upload(&q).unwrap());
+        let mut gout = g.buffer(q.len()).unwrap();
+        g.attend_rows(&mut g.workspace(), &mut gc, 1, &positions, (&gk, &gv), &gq, &p, &mut gout).unwrap();
+        assert_close(&down(&g, &gout, q.len()), &cout, 1e-4, 1e-5, "attend_rows");
+        // The rows' keys and values were stored: attending again, one row at
+        // a time, gives the same.
+        for (r, cache) in gc.iter().enumerate() {
+            let mut one = g.buffer(q.len()).unwrap();
+            let at = KvSpan { layer: 1, start_pos: positions[r] };
+            let gq_row = g.upload(&q[r * n_heads * hd..(r + 1) * n_heads * hd]).unwrap();
+            g.attention(&mut g.workspace(), cache, at, &gq_row, 0..1, &p, &mut one).unwrap();
+            assert_close(&down(&g, &one, n_heads * hd), &cout[r * n_heads * hd..(r + 1) * n_heads * hd], 1e-4, 1e-5, "stored row");
+        }
+    }
 }
 
 /// Bad input is an error, never a panic, on the GPU path too.
