@@ -60,9 +60,9 @@ mod pool;
 mod reference;
 
 use realm_core::backend::{
-    matrix_dims, ActivationOps, AttentionOps, AttentionParams, BackendCore, BackendError,
-    BackendResult, KvCacheConfig, KvSpan, MatMulOps, NormOps, RopeOps, RopeParams, StepOps,
-    WeightInfo,
+    matrix_dims, split_width, ActivationOps, AttentionOps, AttentionParams, BackendCore,
+    BackendError, BackendResult, KvCacheConfig, KvSpan, MatMulOps, NormOps, RopeOps, RopeParams,
+    StepOps, WeightInfo,
 };
 use std::ops::Range;
 
@@ -280,19 +280,7 @@ impl BackendCore for CpuBackend {
         outs: &mut [&mut Vec<f32>],
     ) -> BackendResult<()> {
         const OP: &str = "split_cols";
-        if widths.len() != outs.len() {
-            return Err(BackendError::InvalidParameter {
-                op: OP,
-                what: "one width per output",
-            });
-        }
-        let total = widths
-            .iter()
-            .try_fold(0usize, |a, &w| a.checked_add(w))
-            .ok_or(BackendError::InvalidParameter {
-                op: OP,
-                what: "widths overflow",
-            })?;
+        let total = split_width(OP, widths, outs.len())?;
         let src = row_range(OP, "src length", src, &(0..n_rows), total)?;
         let mut first = 0;
         for (&w, out) in widths.iter().zip(outs.iter_mut()) {

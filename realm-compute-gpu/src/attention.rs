@@ -146,7 +146,7 @@ impl AttentionOps for GpuBackend {
             Some(st) => {
                 st.check_positions(OP, rows.start, at.start_pos..at.start_pos + n)?;
                 let index = st
-                    .kv_index(rows.start, n, cfg.n_kv_heads, cfg.head_dim)
+                    .scatter_index(rows.start, n, cfg.n_kv_heads, cfg.head_dim, false)
                     .map_err(dev_err(OP))?;
                 Some(index)
             }
@@ -372,7 +372,7 @@ impl GpuBackend {
                     });
                 }
                 let made = (|| -> candle_core::Result<_> {
-                    let index = st.slot_index(first, n, kvh, hd)?;
+                    let index = st.scatter_index(first, n, kvh, hd, true)?;
                     let mask = st
                         .mask(p.sliding_window)?
                         .narrow(0, first, n)?

@@ -59,7 +59,7 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use candle_core::{DType, Device, Tensor};
-use realm_core::backend::{BackendCore, BackendError, BackendResult};
+use realm_core::backend::{split_width, BackendCore, BackendError, BackendResult};
 
 pub use buffer::GpuBuffer;
 pub use kv::{GpuKvCache, MAX_SLOTS};
@@ -333,19 +333,7 @@ impl BackendCore for GpuBackend {
         outs: &mut [&mut GpuBuffer],
     ) -> BackendResult<()> {
         const OP: &str = "split_cols";
-        if widths.len() != outs.len() {
-            return Err(BackendError::InvalidParameter {
-                op: OP,
-                what: "one width per output",
-            });
-        }
-        let total = widths
-            .iter()
-            .try_fold(0usize, |a, &w| a.checked_add(w))
-            .ok_or(BackendError::InvalidParameter {
-                op: OP,
-                what: "widths overflow",
-            })?;
+        let total = split_width(OP, widths, outs.len())?;
         let all = src.prefix(
             OP,
             "src length",

@@ -233,49 +233,32 @@ impl StepState {
         Ok(pair)
     }
 
-    /// The KV-cache scatter index `u32 [heads, n, head_dim]` of rows
-    /// `first..first + n`: each row's position, spread over its heads and
-    /// values.
-    pub(crate) fn kv_index(
+    /// The KV-cache scatter index of rows `first..first + n`: each row's
+    /// position, spread over its heads and values. For one cache
+    /// (`by_slot` false) it is `u32 [heads, n, head_dim]`, the rows being
+    /// consecutive positions; for rows whose caches are consecutive slots
+    /// of a block, `u32 [n, heads, 1, head_dim]`.
+    pub(crate) fn scatter_index(
         &mut self,
         first: usize,
         n: usize,
         heads: usize,
         head_dim: usize,
+        by_slot: bool,
     ) -> candle_core::Result<Tensor> {
-        let key = (first, n, heads, head_dim, false);
+        let key = (first, n, heads, head_dim, by_slot);
         if let Some((_, t)) = self.indices.iter().find(|(k, _)| *k == key) {
             return Ok(t.clone());
         }
-        let t = self
-            .pos
-            .narrow(0, first, n)?
-            .reshape((1, n, 1))?
-            .broadcast_as((heads, n, head_dim))?
-            .contiguous()?;
-        self.indices.push((key, t.clone()));
-        Ok(t)
-    }
-
-    /// The KV-cache scatter index `u32 [n, heads, 1, head_dim]` of rows
-    /// `first..first + n` whose caches are consecutive slots of a block.
-    pub(crate) fn slot_index(
-        &mut self,
-        first: usize,
-        n: usize,
-        heads: usize,
-        head_dim: usize,
-    ) -> candle_core::Result<Tensor> {
-        let key = (first, n, heads, head_dim, true);
-        if let Some((_, t)) = self.indices.iter().find(|(k, _)| *k == key) {
-            return Ok(t.clone());
+        let rows = self.pos.narrow(0, first, n)?;
+        let t = if by_slot {
+            rows.reshape((n, 1, 1, 1))?
+                .broadcast_as((n, heads, 1, head_dim))?
+        } else {
+            rows.reshape((1, n, 1))?
+                .broadcast_as((heads, n, head_dim))?
         }
-        let t = self
-            .pos
-            .narrow(0, first, n)?
-            .reshape((n, 1, 1, 1))?
-            .broadcast_as((n, heads, 1, head_dim))?
-            .contiguous()?;
+        .contiguous()?;
         self.indices.push((key, t.clone()));
         Ok(t)
     }

@@ -134,6 +134,24 @@ pub enum BackendError {
 /// `Result` with [`BackendError`].
 pub type BackendResult<T> = std::result::Result<T, BackendError>;
 
+/// The row width of [`BackendCore::split_cols`]'s source: the sum of
+/// `widths`, after checking there is one width per output.
+pub fn split_width(op: &'static str, widths: &[usize], outs: usize) -> BackendResult<usize> {
+    if widths.len() != outs {
+        return Err(BackendError::InvalidParameter {
+            op,
+            what: "one width per output",
+        });
+    }
+    widths
+        .iter()
+        .try_fold(0usize, |a, &w| a.checked_add(w))
+        .ok_or(BackendError::InvalidParameter {
+            op,
+            what: "widths overflow",
+        })
+}
+
 /// Identity of a backend and the scratch memory it lends to callers.
 pub trait BackendCore: Send + Sync + Debug {
     /// Scratch memory owned by one caller (one session or one batch loop):
