@@ -287,8 +287,8 @@ impl<'a, B: Backend> Model<'a, B> {
     /// layer and [`Model::compute_logits`], chunk after chunk.
     ///
     /// On a backend with static steps ([`StepOps::static_steps`], the CUDA
-    /// backend), one token is a recorded decode step: recorded once per
-    /// [`STEP_SPAN`] positions and replayed for the others.
+    /// backend), one token is a static decode step: recorded at the second
+    /// step of each [`STEP_SPAN`] positions and replayed for the others.
     ///
     /// [`StepOps::static_steps`]: realm_core::backend::StepOps::static_steps
     pub fn forward<'s>(&self, s: &'s mut Session<B>, tokens: &[u32]) -> Result<&'s [f32]> {
@@ -550,29 +550,30 @@ impl<'a, B: Backend> Model<'a, B> {
         mut step: impl FnMut(&Self, &mut Scratch<B>) -> Result<()>,
     ) -> Result<()> {
         let b = self.backend;
-        if let Recorded::Ready {
-            key: k,
-            kv_len: l,
-            rec,
-        } = &sc.recorded
-        {
-            if k == key && *l == kv_len && b.replay(&mut sc.ws, rec).is_ok() {
+        let is = |k: &StepKey| k.0 == key && k.1 == kv_len;
+        if let Some((k, rec)) = &sc.recorded.ready {
+            if is(k) && b.replay(&mut sc.ws, rec).is_ok() {
                 return Ok(());
             }
         }
         step(self, sc)?;
-        if matches!(sc.recorded, Recorded::Failed(_)) {
+        let r = &mut sc.recorded;
+        if r.failed.is_some() {
+            return Ok(());
+        }
+        if !r.seen.as_ref().is_some_and(is) {
+            r.seen = Some((key.to_vec(), kv_len));
             return Ok(());
         }
         // Drop an older recording (and its device memory) first.
-        sc.recorded = Recorded::None;
+        r.ready = None;
         let started = {
             let (ws, mut bufs) = sc.split();
             b.begin_recording(ws, &mut bufs)
         };
-        sc.recorded = match started {
-            Ok(false) => Recorded::None,
-            Err(e) => Recorded::Failed(e.to_string()),
+        let recorded = match started {
+            Ok(false) => return Ok(()),
+            Err(e) => Err(e.to_string()),
             Ok(true) => {
                 let ran = step(self, sc);
                 let ended = {
@@ -580,16 +581,16 @@ impl<'a, B: Backend> Model<'a, B> {
                     b.end_recording(ws, &mut bufs)
                 };
                 match (ran, ended) {
-                    (Ok(()), Ok(rec)) => Recorded::Ready {
-                        key: key.to_vec(),
-                        kv_len,
-                        rec,
-                    },
-                    (Err(e), _) => Recorded::Failed(e.to_string()),
-                    (_, Err(e)) => Recorded::Failed(e.to_string()),
+                    (Ok(()), Ok(rec)) => Ok(rec),
+                    (Err(e), _) => Err(e.to_string()),
+                    (_, Err(e)) => Err(e.to_string()),
                 }
             }
         };
+        match recorded {
+            Ok(rec) => sc.recorded.ready = Some(((key.to_vec(), kv_len), rec)),
+            Err(why) => sc.recorded.failed = Some(why),
+        }
         Ok(())
     }
 
@@ -783,20 +784,21 @@ fn step_len(needed: usize, cap: usize) -> usize {
         .max(needed)
 }
 
+/// What a static step is for: the sessions (in row order) and the cache
+/// positions it spans.
+type StepKey = (Vec<u64>, usize);
+
 /// A scratch's recorded decode step.
 #[derive(Debug)]
-enum Recorded<B: Backend> {
-    /// Nothing recorded (yet).
-    None,
-    /// A recording of the step of sessions `key` (in row order) spanning
-    /// `kv_len` cache positions.
-    Ready {
-        key: Vec<u64>,
-        kv_len: usize,
-        rec: B::Recording,
-    },
-    /// Recording failed; steps run op by op from then on.
-    Failed(String),
+struct Recorded<B: Backend> {
+    /// The recording, and what it is for.
+    ready: Option<(StepKey, B::Recording)>,
+    /// The last step run op by op: a step is recorded when the same one
+    /// comes twice in a row, so that batches whose sessions change from
+    /// step to step are not recorded every step.
+    seen: Option<StepKey>,
+    /// Why recording failed; steps run op by op from then on.
+    failed: Option<String>,
 }
 
 /// Activations and scratch for up to `rows` tokens, sized once, in the
@@ -851,7 +853,11 @@ impl<B: Backend> Scratch<B> {
             logits: backend.buffer(logit_rows * c.vocab_size)?,
             positions: Vec::with_capacity(rows),
             tokens: Vec::with_capacity(rows),
-            recorded: Recorded::None,
+            recorded: Recorded {
+                ready: None,
+                seen: None,
+                failed: None,
+            },
         })
     }
 
@@ -877,10 +883,7 @@ impl<B: Backend> Scratch<B> {
 
     /// Why recording the decode step failed, if it did.
     fn recording_failure(&self) -> Option<&str> {
-        match &self.recorded {
-            Recorded::Failed(why) => Some(why),
-            _ => None,
-        }
+        self.recorded.failed.as_deref()
     }
 }
 
