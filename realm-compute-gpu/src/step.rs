@@ -47,6 +47,8 @@ pub enum StepMode {
 pub struct GpuRecording {
     #[cfg(feature = "cuda")]
     graph: cuda::Graph,
+    /// The tensors the graph leaves each buffer's results in.
+    fixed: Vec<Tensor>,
     generation: u64,
     epoch: u64,
 }
@@ -427,7 +429,7 @@ impl StepOps for GpuBackend {
         }
         // Results into the fixed copies; the recorded tensors are dropped
         // here, while recording, so their memory is freed inside the graph.
-        for (b, fixed) in buffers.iter_mut().zip(fixed) {
+        for (b, fixed) in buffers.iter_mut().zip(&fixed) {
             let result = b.tensor().clone();
             b.replace(fixed.clone());
             if copied.is_ok() && result.id() != fixed.id() {
@@ -448,29 +450,42 @@ impl StepOps for GpuBackend {
             self.recorded.fetch_add(1, Ordering::Relaxed);
             Ok(GpuRecording {
                 graph,
+                fixed,
                 generation,
                 epoch,
             })
         }
         #[cfg(not(feature = "cuda"))]
         {
-            let _ = (generation, epoch);
+            let _ = (generation, epoch, fixed);
             copied?;
             Err(invalid(OP, "this build cannot record steps"))
         }
     }
 
-    fn replay(&self, ws: &mut GpuWorkspace, rec: &GpuRecording) -> BackendResult<()> {
+    fn replay(
+        &self,
+        ws: &mut GpuWorkspace,
+        rec: &GpuRecording,
+        buffers: &mut [&mut GpuBuffer],
+    ) -> BackendResult<()> {
         const OP: &str = "replay";
         let epoch = self.matmul_epoch();
         let st = ws.step().ok_or(invalid(OP, "replay needs a static step"))?;
         if rec.generation != st.generation || rec.epoch != epoch {
             return Err(invalid(OP, "the recording is stale"));
         }
+        if buffers.len() != rec.fixed.len() {
+            return Err(invalid(OP, "not the buffers the recording was made with"));
+        }
         #[cfg(feature = "cuda")]
         {
             rec.graph.launch().map_err(dev_err(OP))?;
             self.replayed.fetch_add(1, Ordering::Relaxed);
+            // Ops since the recording may have replaced the buffers' tensors.
+            for (b, t) in buffers.iter_mut().zip(&rec.fixed) {
+                b.replace(t.clone());
+            }
             Ok(())
         }
         #[cfg(not(feature = "cuda"))]

@@ -672,11 +672,18 @@ pub trait StepOps: BackendCore {
         )))
     }
 
-    /// Runs a recorded step with the inputs of the current static step.
-    /// A recording made before the step's shapes or the backend's internal
-    /// buffers changed is an error (record again).
-    fn replay(&self, ws: &mut Self::Workspace, rec: &Self::Recording) -> BackendResult<()> {
-        let _ = (ws, rec);
+    /// Runs a recorded step with the inputs of the current static step;
+    /// `buffers` (the ones the recording was made with) then hold its
+    /// results, whatever ops ran on them since. A recording made before the
+    /// step's shapes or the backend's internal buffers changed is an error
+    /// (record again).
+    fn replay(
+        &self,
+        ws: &mut Self::Workspace,
+        rec: &Self::Recording,
+        buffers: &mut [&mut Self::Buffer],
+    ) -> BackendResult<()> {
+        let _ = (ws, rec, buffers);
         Err(BackendError::Setup(format!(
             "{} does not record steps",
             self.name()

@@ -551,8 +551,13 @@ impl<'a, B: Backend> Model<'a, B> {
     ) -> Result<()> {
         let b = self.backend;
         let is = |k: &StepKey| k.0 == key && k.1 == kv_len;
-        if let Some((k, rec)) = &sc.recorded.ready {
-            if is(k) && b.replay(&mut sc.ws, rec).is_ok() {
+        if let Some((k, rec)) = sc.recorded.ready.take() {
+            let replayed = is(&k) && {
+                let (ws, mut bufs) = sc.split();
+                b.replay(ws, &rec, &mut bufs).is_ok()
+            };
+            sc.recorded.ready = Some((k, rec));
+            if replayed {
                 return Ok(());
             }
         }
