@@ -551,12 +551,13 @@ impl<'a, B: Backend> Model<'a, B> {
     ) -> Result<()> {
         let b = self.backend;
         let is = |k: &StepKey| k.0 == key && k.1 == kv_len;
-        if let Some((k, rec)) = sc.recorded.ready.take() {
-            let replayed = is(&k) && {
+        if let Some(ready) = sc.recorded.ready.take() {
+            let (k, rec) = &*ready;
+            let replayed = is(k) && {
                 let (ws, mut bufs) = sc.split();
-                b.replay(ws, &rec, &mut bufs).is_ok()
+                b.replay(ws, rec, &mut bufs).is_ok()
             };
-            sc.recorded.ready = Some((k, rec));
+            sc.recorded.ready = Some(ready);
             if replayed {
                 return Ok(());
             }
@@ -593,7 +594,7 @@ impl<'a, B: Backend> Model<'a, B> {
             }
         };
         match recorded {
-            Ok(rec) => sc.recorded.ready = Some(((key.to_vec(), kv_len), rec)),
+            Ok(rec) => sc.recorded.ready = Some(Box::new(((key.to_vec(), kv_len), rec))),
             Err(why) => sc.recorded.failed = Some(why),
         }
         Ok(())
@@ -797,7 +798,9 @@ type StepKey = (Vec<u64>, usize);
 #[derive(Debug)]
 struct Recorded<B: Backend> {
     /// The recording, and what it is for.
-    ready: Option<(StepKey, B::Recording)>,
+    /// (Boxed: a backend's recording can be large, and most sessions
+    /// never hold one.)
+    ready: Option<Box<(StepKey, B::Recording)>>,
     /// The last step run op by op: a step is recorded when the same one
     /// comes twice in a row, so that batches whose sessions change from
     /// step to step are not recorded every step.
