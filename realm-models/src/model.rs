@@ -273,6 +273,8 @@ impl<'a, B: Backend> Model<'a, B> {
         Ok(BatchScratch {
             scratch: Scratch::new(self.backend, &self.config, rows, rows, self.stacked_width())?,
             logits: vec![0.0; rows * self.config.vocab_size],
+            positions: Vec::with_capacity(rows),
+            key: Vec::with_capacity(rows),
         })
     }
 
@@ -443,19 +445,25 @@ impl<'a, B: Backend> Model<'a, B> {
         }
         sc.positions.clear();
         sc.tokens.clear();
+        let positions = &mut scratch.positions;
+        positions.clear();
         for (s, t) in rows.iter() {
             self.check_room(s, 1)?;
             self.check_tokens(&[*t])?;
             sc.positions.push(s.pos as u32);
             sc.tokens.push(*t);
+            positions.push(s.pos);
         }
+        let positions = &scratch.positions;
         let tokens = std::mem::take(&mut sc.tokens);
         let ran = if b.static_steps() {
             // Every row attends over the same span, enough for the furthest.
             let furthest = rows.iter().map(|(s, _)| s.pos + 1).max().unwrap_or(1);
             let longest = rows.iter().map(|(s, _)| s.max_seq_len).max().unwrap_or(1);
             let kv_len = step_len(furthest, longest);
-            let key: Vec<u64> = rows.iter().map(|(s, _)| s.id).collect();
+            let key = &mut scratch.key;
+            key.clear();
+            key.extend(rows.iter().map(|(s, _)| s.id));
             let inputs = StepInputs {
                 ids: &tokens,
                 positions: &sc.positions,
@@ -466,14 +474,14 @@ impl<'a, B: Backend> Model<'a, B> {
                 .and_then(|()| {
                     let ran = self.run_static(sc, &key, kv_len, |m, sc| {
                         m.embed_rows(sc, &tokens)?;
-                        m.batch_body(rows, sc)
+                        m.batch_body(rows, sc, positions)
                     });
                     b.end_step(&mut sc.ws);
                     ran
                 })
         } else {
             self.embed_rows(sc, &tokens)
-                .and_then(|()| self.batch_body(rows, sc))
+                .and_then(|()| self.batch_body(rows, sc, positions))
         };
         sc.tokens = tokens;
         ran?;
@@ -601,13 +609,17 @@ impl<'a, B: Backend> Model<'a, B> {
     }
 
     /// The layers and logits of [`Model::forward_batch`]'s rows, embedded.
-    fn batch_body(&self, rows: &mut [(&mut Session<B>, u32)], sc: &mut Scratch<B>) -> Result<()> {
+    fn batch_body(
+        &self,
+        rows: &mut [(&mut Session<B>, u32)],
+        sc: &mut Scratch<B>,
+        positions: &[usize],
+    ) -> Result<()> {
         let n = rows.len();
-        let positions: Vec<usize> = rows.iter().map(|(s, _)| s.pos).collect();
         let mut caches: Vec<&mut B::KvCache> = rows.iter_mut().map(|(s, _)| &mut s.cache).collect();
         for layer in 0..self.layers.len() {
             self.layer(sc, n, layer, |b, ws, k, v, q, params, att| {
-                b.attend_rows(ws, &mut caches, layer, &positions, (k, v), q, params, att)
+                b.attend_rows(ws, &mut caches, layer, positions, (k, v), q, params, att)
             })?;
         }
         self.logits_rows(sc, 0, n)
@@ -897,12 +909,15 @@ impl<B: Backend> Scratch<B> {
 
 /// Scratch space of [`Model::forward_batch`] (from [`Model::batch_scratch`]),
 /// reused from step to step so that a batched decode allocates only the list
-/// of its rows' caches and positions.
+/// of its rows' caches.
 #[derive(Debug)]
 pub struct BatchScratch<B: Backend> {
     scratch: Scratch<B>,
     /// Every row's logits, on the host.
     logits: Vec<f32>,
+    /// Every row's position, and its session (a static step's key).
+    positions: Vec<usize>,
+    key: Vec<u64>,
 }
 
 impl<B: Backend> BatchScratch<B> {
