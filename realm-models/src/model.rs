@@ -472,7 +472,7 @@ impl<'a, B: Backend> Model<'a, B> {
             b.begin_step(&mut sc.ws, &inputs)
                 .map_err(Error::from)
                 .and_then(|()| {
-                    let ran = self.run_static(sc, &key, kv_len, |m, sc| {
+                    let ran = self.run_static(sc, key, kv_len, |m, sc| {
                         m.embed_rows(sc, &tokens)?;
                         m.batch_body(rows, sc, positions)
                     });
