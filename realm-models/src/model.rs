@@ -14,14 +14,15 @@ use realm_core::{quant, TensorView};
 use crate::config::{Architecture, ModelConfig};
 use crate::{Error, Result};
 
-/// Weight matrices that multiply the same input: apart, or stacked into
-/// one by the backend ([`MatMulOps::stack`]).
+/// Weight matrices that multiply the same input, in order, as runs: each
+/// run one matrix, or consecutive matrices of one type stacked into one by
+/// the backend ([`MatMulOps::stack`]), with the number of matrices it
+/// covers.
 ///
 /// [`MatMulOps::stack`]: realm_core::backend::MatMulOps::stack
 #[derive(Debug)]
-enum Group<W> {
-    Apart(Vec<W>),
-    Stacked(W),
+struct Group<W> {
+    runs: Vec<(W, usize)>,
 }
 
 /// One transformer block's weights.
@@ -91,32 +92,37 @@ impl<'a, B: Backend> Model<'a, B> {
             }
             Ok(w)
         };
-        // Weights the backend stacks into one, if it does (and they agree).
+        // Weights the backend stacks, if it does: each run of one type.
         let group =
             |names: &[String], rows: &[usize], cols: usize| -> Result<Group<B::Weight<'a>>> {
                 let views = names
                     .iter()
                     .map(|n| tensor(n))
                     .collect::<Result<Vec<_>>>()?;
-                let dtype = views[0].dtype();
-                let stackable = backend.supports_matmul(dtype)
-                    && views
-                        .iter()
-                        .zip(rows)
-                        .all(|(v, &r)| v.dtype() == dtype && v.shape() == [cols as u64, r as u64]);
-                if stackable {
-                    if let Some(w) = backend.stack(&views)? {
-                        if (w.rows(), w.cols()) == (rows.iter().sum(), cols) {
-                            return Ok(Group::Stacked(w));
+                let fits = |i: usize| {
+                    backend.supports_matmul(views[i].dtype())
+                        && views[i].shape() == [cols as u64, rows[i] as u64]
+                };
+                let mut runs = Vec::new();
+                let mut i = 0;
+                while i < views.len() {
+                    let mut end = i + 1;
+                    while end < views.len() && views[end].dtype() == views[i].dtype() {
+                        end += 1;
+                    }
+                    if end - i > 1 && (i..end).all(fits) {
+                        if let Some(w) = backend.stack(&views[i..end])? {
+                            if (w.rows(), w.cols()) == (rows[i..end].iter().sum(), cols) {
+                                runs.push((w, end - i));
+                                i = end;
+                                continue;
+                            }
                         }
                     }
+                    runs.push((weight(&names[i], rows[i], cols)?, 1));
+                    i += 1;
                 }
-                let apart = names
-                    .iter()
-                    .zip(rows)
-                    .map(|(n, &r)| weight(n, r, cols))
-                    .collect::<Result<Vec<_>>>()?;
-                Ok(Group::Apart(apart))
+                Ok(Group { runs })
             };
         let norm = |name: &str, len: usize| -> Result<B::Buffer> {
             let v = f32_vec(&tensor(name)?)?;
@@ -202,15 +208,23 @@ impl<'a, B: Backend> Model<'a, B> {
     /// stacked).
     fn stacked_width(&self) -> usize {
         let c = &self.config;
-        let width = |g: &Group<B::Weight<'a>>, w: usize| match g {
-            Group::Stacked(_) => w,
-            Group::Apart(_) => 0,
+        // The widest stacked run of a group whose parts are `widths` wide.
+        let widest = |g: &Group<B::Weight<'a>>, widths: &[usize]| {
+            let mut first = 0;
+            let mut most = 0;
+            for &(_, parts) in &g.runs {
+                if parts > 1 {
+                    let run = widths.get(first..first + parts).unwrap_or_default();
+                    most = most.max(run.iter().sum());
+                }
+                first += parts;
+            }
+            most
         };
+        let (q, kv, ff) = (c.q_dim(), c.kv_dim(), c.ffn_dim);
         self.layers
             .iter()
-            .map(|l| {
-                width(&l.qkv, c.q_dim() + 2 * c.kv_dim()).max(width(&l.gate_up, 2 * c.ffn_dim))
-            })
+            .map(|l| widest(&l.qkv, &[q, kv, kv]).max(widest(&l.gate_up, &[ff, ff])))
             .max()
             .unwrap_or(0)
     }
@@ -758,7 +772,7 @@ impl<'a, B: Backend> Model<'a, B> {
 }
 
 /// The products of a group of weights with the first `n` rows of `x`, into
-/// `outs` (of `widths` values a row); a stacked group multiplies once into
+/// `outs` (of `widths` values a row); a stacked run multiplies once into
 /// `stacked` and splits.
 #[allow(clippy::too_many_arguments)]
 fn project<B: Backend>(
@@ -771,18 +785,25 @@ fn project<B: Backend>(
     widths: &[usize],
     outs: &mut [&mut B::Buffer],
 ) -> Result<(), BackendError> {
-    match g {
-        Group::Apart(ws_) => {
-            for (w, out) in ws_.iter().zip(outs.iter_mut()) {
-                b.matmul(ws, w, x, n, out)?;
+    let mut first = 0;
+    for (w, parts) in &g.runs {
+        let run = first..first + parts;
+        let (Some(outs), Some(widths)) = (outs.get_mut(run.clone()), widths.get(run)) else {
+            return Err(BackendError::InvalidParameter {
+                op: "project",
+                what: "a group has more matrices than outputs",
+            });
+        };
+        match outs {
+            [one] => b.matmul(ws, w, x, n, one)?,
+            many => {
+                b.matmul(ws, w, x, n, stacked)?;
+                b.split_cols(stacked, n, widths, many)?;
             }
-            Ok(())
         }
-        Group::Stacked(w) => {
-            b.matmul(ws, w, x, n, stacked)?;
-            b.split_cols(stacked, n, widths, outs)
-        }
+        first += parts;
     }
+    Ok(())
 }
 
 /// Cache positions a static step spans are a multiple of this: one
