@@ -4,3 +4,5 @@
 //!   generate greedily (`cargo run --release --example paris`).
 //! - `stream`: stream a completion with sampling options
 //!   (`cargo run --release --example stream -- "Once upon a time" 0.8 42`).
+//! - `gpu`: `paris` on the GPU backend, a CUDA device with `--features
+//!   cuda` (`cargo run --release --example gpu --features cuda -- cuda:0`).
