@@ -294,7 +294,7 @@ impl<B: Backend> AttentionOps for Profiled<'_, B> {
         ws: &mut B::Workspace,
         caches: &mut [&mut B::KvCache],
         layer: usize,
-        positions: &[usize],
+        positions: &[u32],
         kv: (&B::Buffer, &B::Buffer),
         q: &B::Buffer,
         p: &AttentionParams,

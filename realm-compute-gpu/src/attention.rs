@@ -93,22 +93,31 @@ fn check_end(op: &'static str, cfg: &KvCacheConfig, start: usize, n: usize) -> B
 /// keys at positions `lo..lo + len`, or `None` when every query sees every
 /// key.
 fn mask(start: usize, n: usize, lo: usize, len: usize, window: Option<usize>) -> Option<Vec<f32>> {
-    let visible = |p: usize, j: usize| j <= p && window.is_none_or(|w| j + w > p);
-    let all = (0..n).all(|t| visible(start + t, lo) && visible(start + t, lo + len - 1));
+    let all =
+        (0..n).all(|t| visible(start + t, lo, window) && visible(start + t, lo + len - 1, window));
     if all {
         return None;
     }
     let mut m = Vec::with_capacity(n * len);
     for t in 0..n {
-        m.extend((lo..lo + len).map(|j| {
-            if visible(start + t, j) {
-                0.0
-            } else {
-                f32::NEG_INFINITY
-            }
-        }));
+        m.extend((lo..lo + len).map(|j| mask_value(start + t, j, window)));
     }
     Some(m)
+}
+
+/// Whether a query at position `pos` sees the key at position `j`: causal,
+/// and within `window` positions when there is one.
+fn visible(pos: usize, j: usize, window: Option<usize>) -> bool {
+    j <= pos && window.is_none_or(|w| j + w > pos)
+}
+
+/// The additive mask of that pair: 0 or minus infinity.
+fn mask_value(pos: usize, j: usize, window: Option<usize>) -> f32 {
+    if visible(pos, j, window) {
+        0.0
+    } else {
+        f32::NEG_INFINITY
+    }
 }
 
 impl AttentionOps for GpuBackend {
@@ -273,7 +282,7 @@ impl AttentionOps for GpuBackend {
         ws: &mut GpuWorkspace,
         caches: &mut [&mut GpuKvCache],
         layer: usize,
-        positions: &[usize],
+        positions: &[u32],
         kv: (&GpuBuffer, &GpuBuffer),
         q: &GpuBuffer,
         p: &AttentionParams,
@@ -289,10 +298,13 @@ impl AttentionOps for GpuBackend {
         }
         for (c, &pos) in caches.iter().zip(positions) {
             check_params(OP, c.config(), layer, p)?;
-            check_end(OP, c.config(), pos, 1)?;
+            check_end(OP, c.config(), pos as usize, 1)?;
+        }
+        if n == 0 {
+            return Ok(());
         }
         if let Some(st) = ws.step() {
-            st.check_positions(OP, 0, positions.iter().copied())?;
+            st.check_positions(OP, 0, positions.iter().map(|&p| p as usize))?;
         }
         let width = p.n_heads * p.head_dim;
         let kv_width = p.n_kv_heads * p.head_dim;
@@ -351,7 +363,7 @@ impl GpuBackend {
         cache: &GpuKvCache,
         layer: usize,
         first: usize,
-        positions: &[usize],
+        positions: &[u32],
         rows: &Rows,
         p: &AttentionParams,
     ) -> BackendResult<Tensor> {
@@ -360,7 +372,7 @@ impl GpuBackend {
         let (block, slot) = cache.block();
         let n = positions.len();
         let (kvh, hd, group) = (p.n_kv_heads, p.head_dim, p.n_heads / p.n_kv_heads);
-        let furthest = positions.iter().max().map_or(0, |&p| p + 1);
+        let furthest = positions.iter().max().map_or(0, |&p| p as usize + 1);
         // Where each row's key goes, how many keys are read, and the mask.
         let (index, len, mask) = match ws.step() {
             Some(st) => {
@@ -386,23 +398,13 @@ impl GpuBackend {
             }
             None => {
                 let len = furthest;
-                let at: Vec<u32> = positions.iter().map(|&p| p as u32).collect();
-                let visible =
-                    |pos: usize, j: usize| j <= pos && p.sliding_window.is_none_or(|w| j + w > pos);
+                let window = p.sliding_window;
                 let mask: Vec<f32> = positions
                     .iter()
-                    .flat_map(|&pos| {
-                        (0..len).map(move |j| {
-                            if visible(pos, j) {
-                                0.0
-                            } else {
-                                f32::NEG_INFINITY
-                            }
-                        })
-                    })
+                    .flat_map(|&pos| (0..len).map(move |j| mask_value(pos as usize, j, window)))
                     .collect();
                 let made = (|| -> candle_core::Result<_> {
-                    let index = Tensor::from_vec(at, (n, 1, 1, 1), &self.device)?
+                    let index = Tensor::from_slice(positions, (n, 1, 1, 1), &self.device)?
                         .broadcast_as((n, kvh, 1, hd))?
                         .contiguous()?;
                     let mask = Tensor::from_vec(mask, (n, 1, 1, len), &self.device)?;

@@ -82,8 +82,6 @@ pub(crate) struct StepState {
     ids: Tensor,
     /// `u32 [rows]`.
     pos: Tensor,
-    /// `f32 [rows, 1]`.
-    pos_f: Tensor,
     /// `f32 [1, kv_len]`: 0, 1, 2, ...
     key_pos: Tensor,
     /// `f32 [rows, kv_len]` of zeros and of minus infinity.
@@ -126,7 +124,6 @@ impl StepState {
     /// Fresh tensors for `inputs` (`rows` ids and positions).
     fn new(device: &Device, inputs: &StepInputs<'_>, generation: u64) -> candle_core::Result<Self> {
         let (rows, kv_len) = (inputs.ids.len(), inputs.kv_len);
-        let pos_f: Vec<f32> = inputs.positions.iter().map(|&p| p as f32).collect();
         Ok(Self {
             active: false,
             recording: false,
@@ -137,7 +134,6 @@ impl StepState {
             host_positions: inputs.positions.to_vec(),
             ids: Tensor::from_slice(inputs.ids, rows, device)?,
             pos: Tensor::from_slice(inputs.positions, rows, device)?,
-            pos_f: Tensor::from_vec(pos_f, (rows, 1), device)?,
             key_pos: Tensor::arange(0f32, kv_len as f32, device)?.reshape((1, kv_len))?,
             zeros: Tensor::zeros((rows, kv_len), DType::F32, device)?,
             neg_inf: Tensor::full(f32::NEG_INFINITY, (rows, kv_len), device)?,
@@ -154,13 +150,10 @@ impl StepState {
     /// Writes `inputs` (same rows and span) into the fixed tensors.
     fn rewrite(&mut self, device: &Device, inputs: &StepInputs<'_>) -> candle_core::Result<()> {
         let rows = self.rows;
-        let pos_f: Vec<f32> = inputs.positions.iter().map(|&p| p as f32).collect();
         self.ids
             .slice_set(&Tensor::from_slice(inputs.ids, rows, device)?, 0, 0)?;
         self.pos
             .slice_set(&Tensor::from_slice(inputs.positions, rows, device)?, 0, 0)?;
-        self.pos_f
-            .slice_set(&Tensor::from_vec(pos_f, (rows, 1), device)?, 0, 0)?;
         for t in &self.tables {
             let (cos, sin) = rope_angles(inputs.positions, t.n_dims, t.base(), t.freq_scale());
             let shape = t.cos.shape().clone();
@@ -279,11 +272,13 @@ impl StepState {
         if let Some((_, m)) = self.masks.iter().find(|(w, _)| *w == window) {
             return Ok(m.clone());
         }
-        let causal = self.key_pos.broadcast_le(&self.pos_f)?;
+        // Positions as f32 (exact below 2^24), one a row.
+        let pos = self.pos.to_dtype(DType::F32)?.reshape((self.rows, 1))?;
+        let causal = self.key_pos.broadcast_le(&pos)?;
         let visible = match window {
             None => causal,
             Some(w) => {
-                let lo = self.pos_f.affine(1.0, -(w as f64))?;
+                let lo = pos.affine(1.0, -(w as f64))?;
                 (causal * self.key_pos.broadcast_gt(&lo)?)?
             }
         };
@@ -358,15 +353,13 @@ impl StepOps for GpuBackend {
             let st = StepState::new(&self.device, inputs, ws.generation).map_err(dev_err(OP))?;
             ws.step = Some(st);
         }
-        let records = self.records();
         if let Some(st) = ws.step.as_mut() {
             st.active = true;
             #[cfg(feature = "cuda")]
-            if let (true, Device::Cuda(cuda)) = (records, &self.device) {
+            if let (true, Device::Cuda(cuda)) = (self.records(), &self.device) {
                 st.htod_cache = Some(Box::new(cuda.enable_cuda_graph_htod_cache()));
             }
         }
-        let _ = records;
         Ok(())
     }
 

@@ -285,7 +285,7 @@ proptest! {
         }
         // Row r of the batch is sequence r, or (shuffled) sequence rows - 1 - r:
         // then no two rows are in consecutive slots.
-        let mut positions = pasts.clone();
+        let mut positions: Vec<u32> = pasts.iter().map(|&p| p as u32).collect();
         let mut cc: Vec<_> = ccaches.iter_mut().collect();
         let mut gc: Vec<_> = gcaches.iter_mut().collect();
         if shuffle {
@@ -303,7 +303,7 @@ proptest! {
         // a time, gives the same.
         for (r, cache) in gc.iter().enumerate() {
             let mut one = g.buffer(q.len()).unwrap();
-            let at = KvSpan { layer: 1, start_pos: positions[r] };
+            let at = KvSpan { layer: 1, start_pos: positions[r] as usize };
             let gq_row = g.upload(&q[r * n_heads * hd..(r + 1) * n_heads * hd]).unwrap();
             g.attention(&mut g.workspace(), cache, at, &gq_row, 0..1, &p, &mut one).unwrap();
             assert_close(&down(&g, &one, n_heads * hd), &cout[r * n_heads * hd..(r + 1) * n_heads * hd], 1e-4, 1e-5, "stored row");

@@ -566,7 +566,7 @@ pub trait AttentionOps: BackendCore {
         ws: &mut Self::Workspace,
         caches: &mut [&mut Self::KvCache],
         layer: usize,
-        positions: &[usize],
+        positions: &[u32],
         kv: (&Self::Buffer, &Self::Buffer),
         q: &Self::Buffer,
         p: &AttentionParams,
@@ -578,8 +578,11 @@ pub trait AttentionOps: BackendCore {
                 what: "one position per cache",
             });
         }
-        for (i, (cache, &start_pos)) in caches.iter_mut().zip(positions).enumerate() {
-            let at = KvSpan { layer, start_pos };
+        for (i, (cache, &pos)) in caches.iter_mut().zip(positions).enumerate() {
+            let at = KvSpan {
+                layer,
+                start_pos: pos as usize,
+            };
             self.kv_write(ws, cache, at, kv.0, kv.1, i..i + 1)?;
             self.attention(ws, cache, at, q, i..i + 1, p, out)?;
         }

@@ -287,7 +287,6 @@ impl<'a, B: Backend> Model<'a, B> {
         Ok(BatchScratch {
             scratch: Scratch::new(self.backend, &self.config, rows, rows, self.stacked_width())?,
             logits: vec![0.0; rows * self.config.vocab_size],
-            positions: Vec::with_capacity(rows),
             key: Vec::with_capacity(rows),
         })
     }
@@ -397,15 +396,9 @@ impl<'a, B: Backend> Model<'a, B> {
                 )))
             }
         };
-        let (start, cache) = (s.pos, &mut s.cache);
-        let n = chunk.len;
-        self.layer(&mut s.scratch, n, layer, |b, ws, k, v, q, params, att| {
-            let at = KvSpan {
-                layer,
-                start_pos: start,
-            };
-            b.kv_write(ws, cache, at, k, v, 0..n)?;
-            b.attention(ws, cache, at, q, 0..n, params, att)
+        let cache = &mut s.cache;
+        self.layer(&mut s.scratch, chunk.len, layer, |b, a| {
+            a.one(b, cache, layer)
         })?;
         let done = layer + 1;
         s.chunk = Some(Chunk {
@@ -459,16 +452,12 @@ impl<'a, B: Backend> Model<'a, B> {
         }
         sc.positions.clear();
         sc.tokens.clear();
-        let positions = &mut scratch.positions;
-        positions.clear();
         for (s, t) in rows.iter() {
             self.check_room(s, 1)?;
             self.check_tokens(&[*t])?;
             sc.positions.push(s.pos as u32);
             sc.tokens.push(*t);
-            positions.push(s.pos);
         }
-        let positions = &scratch.positions;
         let tokens = std::mem::take(&mut sc.tokens);
         let ran = if b.static_steps() {
             // Every row attends over the same span, enough for the furthest.
@@ -488,14 +477,14 @@ impl<'a, B: Backend> Model<'a, B> {
                 .and_then(|()| {
                     let ran = self.run_static(sc, key, kv_len, |m, sc| {
                         m.embed_rows(sc, &tokens)?;
-                        m.batch_body(rows, sc, positions)
+                        m.batch_body(rows, sc)
                     });
                     b.end_step(&mut sc.ws);
                     ran
                 })
         } else {
             self.embed_rows(sc, &tokens)
-                .and_then(|()| self.batch_body(rows, sc, positions))
+                .and_then(|()| self.batch_body(rows, sc))
         };
         sc.tokens = tokens;
         ran?;
@@ -536,14 +525,7 @@ impl<'a, B: Backend> Model<'a, B> {
         let ran = self.run_static(sc, &[s.id], kv_len, |m, sc| {
             m.embed_rows(sc, &[token])?;
             for layer in 0..m.layers.len() {
-                m.layer(sc, 1, layer, |b, ws, k, v, q, params, att| {
-                    let at = KvSpan {
-                        layer,
-                        start_pos: pos,
-                    };
-                    b.kv_write(ws, cache, at, k, v, 0..1)?;
-                    b.attention(ws, cache, at, q, 0..1, params, att)
-                })?;
+                m.layer(sc, 1, layer, |b, a| a.one(b, cache, layer))?;
             }
             m.logits_rows(sc, 0, 1)
         });
@@ -623,18 +605,11 @@ impl<'a, B: Backend> Model<'a, B> {
     }
 
     /// The layers and logits of [`Model::forward_batch`]'s rows, embedded.
-    fn batch_body(
-        &self,
-        rows: &mut [(&mut Session<B>, u32)],
-        sc: &mut Scratch<B>,
-        positions: &[usize],
-    ) -> Result<()> {
+    fn batch_body(&self, rows: &mut [(&mut Session<B>, u32)], sc: &mut Scratch<B>) -> Result<()> {
         let n = rows.len();
         let mut caches: Vec<&mut B::KvCache> = rows.iter_mut().map(|(s, _)| &mut s.cache).collect();
         for layer in 0..self.layers.len() {
-            self.layer(sc, n, layer, |b, ws, k, v, q, params, att| {
-                b.attend_rows(ws, &mut caches, layer, positions, (k, v), q, params, att)
-            })?;
+            self.layer(sc, n, layer, |b, a| a.rows(b, &mut caches, layer))?;
         }
         self.logits_rows(sc, 0, n)
     }
@@ -675,15 +650,7 @@ impl<'a, B: Backend> Model<'a, B> {
         sc: &mut Scratch<B>,
         n: usize,
         li: usize,
-        mut attend: impl FnMut(
-            &B,
-            &mut B::Workspace,
-            &B::Buffer,
-            &B::Buffer,
-            &B::Buffer,
-            &AttentionParams,
-            &mut B::Buffer,
-        ) -> Result<(), BackendError>,
+        mut attend: impl FnMut(&B, Attend<'_, B>) -> Result<(), BackendError>,
     ) -> Result<()> {
         let b = self.backend;
         let c = &self.config;
@@ -740,7 +707,16 @@ impl<'a, B: Backend> Model<'a, B> {
             sliding_window: c.layer_window(li),
             softcap: None,
         };
-        attend(b, &mut sc.ws, &sc.k, &sc.v, &sc.q, &params, &mut sc.att)?;
+        let a = Attend {
+            ws: &mut sc.ws,
+            k: &sc.k,
+            v: &sc.v,
+            q: &sc.q,
+            positions: &sc.positions,
+            params: &params,
+            out: &mut sc.att,
+        };
+        attend(b, a)?;
         b.matmul(&mut sc.ws, &layer.wo, &sc.att, n, &mut sc.proj)?;
         if let Some(w) = &layer.post_attn_norm {
             b.rms_norm_inplace(&mut sc.proj, w, eps, n)?;
@@ -768,6 +744,46 @@ impl<'a, B: Backend> Model<'a, B> {
         }
         b.add_inplace(&mut sc.x, &sc.proj, n * d)?;
         Ok(())
+    }
+}
+
+/// What a layer hands its attention: the rows' keys, values and queries,
+/// their positions, and where the output goes.
+struct Attend<'x, B: Backend> {
+    ws: &'x mut B::Workspace,
+    k: &'x B::Buffer,
+    v: &'x B::Buffer,
+    q: &'x B::Buffer,
+    positions: &'x [u32],
+    params: &'x AttentionParams,
+    out: &'x mut B::Buffer,
+}
+
+impl<B: Backend> Attend<'_, B> {
+    /// The rows are one sequence's next tokens, cached in `cache`.
+    fn one(self, b: &B, cache: &mut B::KvCache, layer: usize) -> Result<(), BackendError> {
+        let n = self.positions.len();
+        let at = KvSpan {
+            layer,
+            start_pos: self.positions.first().map_or(0, |&p| p as usize),
+        };
+        b.kv_write(self.ws, cache, at, self.k, self.v, 0..n)?;
+        b.attention(self.ws, cache, at, self.q, 0..n, self.params, self.out)
+    }
+
+    /// Row `i` is the next token of the sequence cached in `caches[i]`.
+    fn rows(self, b: &B, caches: &mut [&mut B::KvCache], layer: usize) -> Result<(), BackendError> {
+        let kv = (self.k, self.v);
+        b.attend_rows(
+            self.ws,
+            caches,
+            layer,
+            self.positions,
+            kv,
+            self.q,
+            self.params,
+            self.out,
+        )
     }
 }
 
@@ -936,8 +952,7 @@ pub struct BatchScratch<B: Backend> {
     scratch: Scratch<B>,
     /// Every row's logits, on the host.
     logits: Vec<f32>,
-    /// Every row's position, and its session (a static step's key).
-    positions: Vec<usize>,
+    /// Every row's session (a static step's key).
     key: Vec<u64>,
 }
 
