@@ -43,6 +43,9 @@ impl KvBlock {
             k.push(Tensor::zeros(shape, dt, device)?);
             v.push(Tensor::zeros(shape, dt, device)?);
         }
+        // Other threads take this block's slots and write them on their own
+        // streams (CUDA's per-thread streams): the zeros must be there first.
+        device.synchronize()?;
         Ok(Self {
             cfg: *cfg,
             slots,

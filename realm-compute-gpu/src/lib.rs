@@ -20,6 +20,10 @@
 //! - **Decode steps are recorded** as CUDA graphs and replayed
 //!   ([`StepMode`], [`realm_core::backend::StepOps`]): one launch a step
 //!   instead of about a thousand.
+//! - **Threads.** The backend is `Sync`: tenants on many threads share it
+//!   and its weights. On CUDA each thread's work goes to its own stream;
+//!   the quantized products, which share candle's scratch, are ordered
+//!   between streams by events.
 //! - **Numerics.** Results agree with the CPU backend within float rounding
 //!   and 8-bit activation quantization (tested op by op and on whole
 //!   synthetic models), but unlike the CPU backend they are not promised to
@@ -52,11 +56,12 @@ mod buffer;
 mod kv;
 mod matmul;
 mod ops;
+mod scratch;
 mod step;
 
 use std::fmt;
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use candle_core::{DType, Device, Tensor};
 use realm_core::backend::{split_width, BackendCore, BackendError, BackendResult};
@@ -140,13 +145,8 @@ pub struct GpuBackend {
     which: GpuDevice,
     name: String,
     steps: StepMode,
-    /// Bumped when a matrix product needs more of candle's scratch than any
-    /// before (candle then reallocates it, which stales recordings).
-    matmul_epoch: AtomicU64,
-    /// The most `rows * padded columns` a product has had, for candle's
-    /// vector (up to 8 rows) and matrix kernels.
-    mmvq_need: AtomicUsize,
-    mmq_need: AtomicUsize,
+    /// Orders the uses of candle's matrix-product scratch.
+    scratch: scratch::Scratch,
     /// The blocks KV caches are slots of.
     kv_pool: kv::KvPool,
     /// Steps recorded and steps replayed, for reports and tests.
@@ -201,9 +201,7 @@ impl GpuBackend {
             which,
             name,
             steps,
-            matmul_epoch: AtomicU64::new(0),
-            mmvq_need: AtomicUsize::new(0),
-            mmq_need: AtomicUsize::new(0),
+            scratch: scratch::Scratch::default(),
             kv_pool: kv::KvPool::default(),
             recorded: AtomicU64::new(0),
             replayed: AtomicU64::new(0),
@@ -239,25 +237,6 @@ impl GpuBackend {
             self.recorded.load(Ordering::Relaxed),
             self.replayed.load(Ordering::Relaxed),
         )
-    }
-
-    /// Notes a matrix product of `rows` by `cols` (see `matmul_epoch`).
-    pub(crate) fn note_matmul(&self, rows: usize, cols: usize) {
-        // candle pads columns to 512 and uses its vector kernels up to 8 rows.
-        let need = rows.saturating_mul(cols.next_multiple_of(512));
-        let slot = if rows <= 8 {
-            &self.mmvq_need
-        } else {
-            &self.mmq_need
-        };
-        if slot.fetch_max(need, Ordering::Relaxed) < need {
-            self.matmul_epoch.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    /// See the field.
-    pub(crate) fn matmul_epoch(&self) -> u64 {
-        self.matmul_epoch.load(Ordering::Relaxed)
     }
 
     /// The device this backend runs on.

@@ -8,6 +8,7 @@ use candle_core::{Module, Tensor};
 use realm_core::backend::{matrix_dims, BackendError, BackendResult, MatMulOps, WeightInfo};
 use realm_core::{GgmlType, TensorView};
 
+use crate::scratch::scratch_err;
 use crate::{dev_err, product, GpuBackend, GpuBuffer, GpuWorkspace};
 
 /// A weight matrix copied to the device once, in its GGUF type.
@@ -61,6 +62,33 @@ fn candle_type(t: GgmlType) -> Option<(GgmlDType, usize)> {
     })
 }
 
+impl GpuBackend {
+    /// A `rows` x `cols` matrix of `data` in `dtype` (candle's `ctype`),
+    /// copied to the device.
+    fn to_device(
+        &self,
+        op: &'static str,
+        data: Cow<'_, [u8]>,
+        dtype: GgmlType,
+        ctype: GgmlDType,
+        rows: usize,
+        cols: usize,
+    ) -> BackendResult<GpuWeight> {
+        let storage = QStorage::from_data(data, &self.device, ctype).map_err(dev_err(op))?;
+        let q = QTensor::new(storage, (rows, cols)).map_err(dev_err(op))?;
+        let qm = QMatMul::from_qtensor(q).map_err(dev_err(op))?;
+        // Every thread multiplies by the weights, each on its own stream
+        // (CUDA's per-thread streams): the copy must be done first.
+        self.device.synchronize().map_err(dev_err(op))?;
+        Ok(GpuWeight {
+            dtype,
+            rows,
+            cols,
+            qm,
+        })
+    }
+}
+
 impl MatMulOps for GpuBackend {
     type Weight<'a>
         = GpuWeight
@@ -89,16 +117,7 @@ impl MatMulOps for GpuBackend {
         if !(t.data().as_ptr() as usize).is_multiple_of(align) {
             return Err(BackendError::Misaligned { op: OP, align });
         }
-        let storage = QStorage::from_data(Cow::Borrowed(t.data()), &self.device, ctype)
-            .map_err(dev_err(OP))?;
-        let q = QTensor::new(storage, (rows, cols)).map_err(dev_err(OP))?;
-        let qm = QMatMul::from_qtensor(q).map_err(dev_err(OP))?;
-        Ok(GpuWeight {
-            dtype,
-            rows,
-            cols,
-            qm,
-        })
+        self.to_device(OP, Cow::Borrowed(t.data()), dtype, ctype, rows, cols)
     }
 
     fn stack<'a>(&self, parts: &[TensorView<'a>]) -> BackendResult<Option<GpuWeight>> {
@@ -127,21 +146,13 @@ impl MatMulOps for GpuBackend {
         if !(bytes.as_ptr() as usize).is_multiple_of(align) {
             return Err(BackendError::Misaligned { op: OP, align });
         }
-        let storage =
-            QStorage::from_data(Cow::Owned(bytes), &self.device, ctype).map_err(dev_err(OP))?;
-        let q = QTensor::new(storage, (rows, cols)).map_err(dev_err(OP))?;
-        let qm = QMatMul::from_qtensor(q).map_err(dev_err(OP))?;
-        Ok(Some(GpuWeight {
-            dtype,
-            rows,
-            cols,
-            qm,
-        }))
+        self.to_device(OP, Cow::Owned(bytes), dtype, ctype, rows, cols)
+            .map(Some)
     }
 
     fn matmul(
         &self,
-        _ws: &mut Self::Workspace,
+        ws: &mut Self::Workspace,
         w: &GpuWeight,
         x: &GpuBuffer,
         n_tokens: usize,
@@ -155,9 +166,14 @@ impl MatMulOps for GpuBackend {
         if n_tokens == 0 {
             return Ok(());
         }
-        self.note_matmul(n_tokens, w.cols);
         let x = x.reshape((n_tokens, w.cols)).map_err(dev_err(OP))?;
-        let y = w.qm.forward(&x).map_err(dev_err(OP))?;
+        let recording = ws.recording();
+        let y = self
+            .scratch
+            .product(&self.device, recording, n_tokens, w.cols, || {
+                w.qm.forward(&x)
+            })
+            .map_err(scratch_err(OP))?;
         out.set_prefix(OP, "out length (n_tokens * rows)", n_out, y)
     }
 

@@ -13,8 +13,9 @@
 //!   starts; the recording ends by copying its results there, and every
 //!   tensor it allocated is freed inside the recording, so none escapes;
 //! - candle's matrix-product scratch, which candle grows (and moves) when a
-//!   product needs more; the backend counts such growth as its matmul
-//!   epoch, and a recording from an older epoch is stale.
+//!   product needs more; the backend counts such growth as an epoch
+//!   (`crate::scratch`), a recording from an older epoch is stale, and a
+//!   product that would grow it is not recorded.
 
 #[cfg(feature = "cuda")]
 use std::sync::atomic::Ordering;
@@ -23,6 +24,8 @@ use candle_core::{DType, Device, Tensor};
 use realm_core::backend::{BackendError, BackendResult, StepInputs, StepOps};
 
 use crate::ops::{rope_angles, RopeTable};
+#[cfg(feature = "cuda")]
+use crate::scratch::scratch_err;
 use crate::{dev_err, GpuBackend, GpuBuffer, GpuWorkspace};
 
 /// The most cache positions a static step spans: its mask compares
@@ -95,7 +98,7 @@ pub(crate) struct StepState {
     indices: Vec<(IndexKey, Tensor)>,
     /// The fixed copies of the buffers a recording writes.
     fixed: Vec<Tensor>,
-    /// candle's matmul epoch when recording began.
+    /// The scratch's epoch when recording began.
     epoch: u64,
     /// Keeps candle's upload cache on while a step may be recorded, so
     /// that the kernel parameters ops upload are cached by the plain run
@@ -293,6 +296,11 @@ impl GpuWorkspace {
     pub(crate) fn step(&mut self) -> Option<&mut StepState> {
         self.step.as_mut().filter(|s| s.active)
     }
+
+    /// Whether a step is being recorded.
+    pub(crate) fn recording(&self) -> bool {
+        self.step.as_ref().is_some_and(|s| s.recording)
+    }
 }
 
 impl GpuBackend {
@@ -383,7 +391,7 @@ impl StepOps for GpuBackend {
         if !self.records() {
             return Ok(false);
         }
-        let epoch = self.matmul_epoch();
+        let epoch = self.scratch.epoch();
         let st = ws
             .step()
             .ok_or(invalid(OP, "recording needs a static step"))?;
@@ -463,9 +471,8 @@ impl StepOps for GpuBackend {
         buffers: &mut [&mut GpuBuffer],
     ) -> BackendResult<()> {
         const OP: &str = "replay";
-        let epoch = self.matmul_epoch();
         let st = ws.step().ok_or(invalid(OP, "replay needs a static step"))?;
-        if rec.generation != st.generation || rec.epoch != epoch {
+        if rec.generation != st.generation {
             return Err(invalid(OP, "the recording is stale"));
         }
         if buffers.len() != rec.fixed.len() {
@@ -473,7 +480,9 @@ impl StepOps for GpuBackend {
         }
         #[cfg(feature = "cuda")]
         {
-            rec.graph.launch().map_err(dev_err(OP))?;
+            self.scratch
+                .replay(&self.device, rec.epoch, || rec.graph.launch())
+                .map_err(scratch_err(OP))?;
             self.replayed.fetch_add(1, Ordering::Relaxed);
             // Ops since the recording may have replaced the buffers' tensors.
             for (b, t) in buffers.iter_mut().zip(&rec.fixed) {

@@ -187,6 +187,47 @@ fn batched_decode_matches_the_cpu_and_op_by_op() {
     }
 }
 
+/// Sessions on several threads at once share one model and backend, as
+/// tenants do: prompts of different lengths (candle's vector and matrix
+/// kernels, its scratch growing while other threads run), then decode
+/// steps, recorded on CUDA while other threads run. Each thread's logits
+/// are those of the same work done alone, op by op.
+#[test]
+fn threads_share_one_backend() {
+    let (plain, shared) = (gpu(StepMode::OpByOp), gpu(StepMode::Recorded));
+    let file =
+        Gguf::from_bytes(SyntheticLayout::tiny("llama").unwrap().write(11).unwrap()).unwrap();
+    let prompts = [3, 12, 40, 100];
+    let steps = 20;
+    let alone = Model::load(&file, &plain).unwrap();
+    let want: Vec<_> = prompts
+        .iter()
+        .map(|&p| decode(&alone, p, steps, KvDtype::F32))
+        .collect();
+    let model = &Model::load(&file, &shared).unwrap();
+    for round in 0..2 {
+        let got: Vec<_> = std::thread::scope(|t| {
+            let runs: Vec<_> = prompts
+                .iter()
+                .map(|&p| t.spawn(move || decode(model, p, steps, KvDtype::F32)))
+                .collect();
+            runs.into_iter().map(|r| r.join().unwrap()).collect()
+        });
+        for ((p, want), got) in prompts.iter().zip(&want).zip(&got) {
+            let diff = max_diff(want, got);
+            eprintln!(
+                "round {round}, prompt {p} on its own thread: max |logit difference| {diff:.2e}"
+            );
+            assert!(diff <= 1e-3, "prompt {p}: {diff}");
+        }
+    }
+    let (recorded, replayed) = shared.step_counts();
+    eprintln!("{recorded} recordings, {replayed} replays across the threads");
+    if matches!(shared.device(), GpuDevice::Cuda(_)) {
+        assert!(replayed > 0);
+    }
+}
+
 /// A static step's inputs are checked, and ops given other ids or
 /// positions than the step's are errors, not silently wrong.
 #[test]
