@@ -92,11 +92,14 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         Device::Cpu => bench_native(args, &l, &l.backend, l.backend.name(), threads),
         Device::Gpu(_) => {
             let g = args.device.gpu()?;
-            let label = match g.steps() {
+            let mut label = match g.steps() {
                 StepMode::OpByOp => g.name().to_string(),
                 StepMode::Static => format!("{}+static", g.name()),
                 StepMode::Recorded => format!("{}+graphs", g.name()),
             };
+            if g.fused_attention() {
+                label.push_str("+fused-attn");
+            }
             bench_native(args, &l, &g, &label, 0)?;
             let (recorded, replayed) = g.step_counts();
             if recorded > 0 {

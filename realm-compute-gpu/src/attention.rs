@@ -7,6 +7,7 @@ use realm_core::backend::{
     AttentionOps, AttentionParams, BackendError, BackendResult, KvCacheConfig, KvSpan,
 };
 
+use crate::fused::{DecodeAttention, QueryPositions, MAX_HEAD_DIM};
 use crate::kv::{dtype_of, GpuKvCache};
 use crate::{dev_err, product, GpuBackend, GpuBuffer, GpuWorkspace};
 
@@ -199,6 +200,21 @@ impl AttentionOps for GpuBackend {
         if n == 0 {
             return Ok(());
         }
+        if self.fuses(p) && n <= FUSED_CHUNK {
+            let positions = match ws.step() {
+                Some(st) => {
+                    st.check_positions(OP, rows.start, at.start_pos..at.start_pos + n)?;
+                    QueryPositions::Device(st.positions(rows.start, n).map_err(dev_err(OP))?)
+                }
+                None => QueryPositions::From(at.start_pos),
+            };
+            let op = decode_attention(p, positions);
+            let y = qt
+                .reshape((n, width))
+                .and_then(|q| q.apply_op3_no_bwd(&cache.k[at.layer], &cache.v[at.layer], &op))
+                .map_err(dev_err(OP))?;
+            return out.set_rows(OP, "out length", &rows, width, y);
+        }
         let (kvh, hd, group) = (p.n_kv_heads, p.head_dim, p.n_heads / p.n_kv_heads);
         let (lo, len, m) = match ws.step() {
             // A static step spans the same keys every step, masked on the
@@ -345,6 +361,23 @@ impl AttentionOps for GpuBackend {
     }
 }
 
+/// The most rows of one sequence the fused kernel attends (a decode step,
+/// or a short chunk); longer chunks use candle's batched products.
+const FUSED_CHUNK: usize = 8;
+
+/// The fused kernel's op for `p`, rows at `positions`.
+fn decode_attention(p: &AttentionParams, positions: QueryPositions) -> DecodeAttention {
+    DecodeAttention {
+        positions,
+        n_heads: p.n_heads,
+        n_kv_heads: p.n_kv_heads,
+        head_dim: p.head_dim,
+        scale: p.scale,
+        softcap: p.softcap,
+        window: p.sliding_window,
+    }
+}
+
 /// The rows of a batch's keys, values and queries, flat.
 struct Rows {
     k: Tensor,
@@ -353,6 +386,11 @@ struct Rows {
 }
 
 impl GpuBackend {
+    /// Whether attention with `p` runs as the fused kernel.
+    fn fuses(&self, p: &AttentionParams) -> bool {
+        self.fused_attention && p.head_dim <= MAX_HEAD_DIM
+    }
+
     /// [`AttentionOps::attend_rows`] of the rows `first..` whose caches are
     /// the consecutive slots from `cache`'s (one per position); returns
     /// their outputs, `[rows, n_heads * head_dim]`.
@@ -373,8 +411,10 @@ impl GpuBackend {
         let n = positions.len();
         let (kvh, hd, group) = (p.n_kv_heads, p.head_dim, p.n_heads / p.n_kv_heads);
         let furthest = positions.iter().max().map_or(0, |&p| p as usize + 1);
-        // Where each row's key goes, how many keys are read, and the mask.
-        let (index, len, mask) = match ws.step() {
+        let fused = self.fuses(p);
+        // Where each row's key goes, the rows' positions on the device, how
+        // many keys are read, and (without the fused kernel) the mask.
+        let (index, pos, len, mask) = match ws.step() {
             Some(st) => {
                 let len = st.kv_len().min(cfg.max_seq_len);
                 if furthest > len {
@@ -385,33 +425,47 @@ impl GpuBackend {
                 }
                 let made = (|| -> candle_core::Result<_> {
                     let index = st.scatter_index(first, n, kvh, hd, true)?;
-                    let mask = st
-                        .mask(p.sliding_window)?
-                        .narrow(0, first, n)?
-                        .narrow(1, 0, len)?
-                        .contiguous()?
-                        .reshape((n, 1, 1, len))?;
-                    Ok((index, Some(mask)))
+                    let pos = st.positions(first, n)?;
+                    let mask = match fused {
+                        true => None,
+                        false => Some(
+                            st.mask(p.sliding_window)?
+                                .narrow(0, first, n)?
+                                .narrow(1, 0, len)?
+                                .contiguous()?
+                                .reshape((n, 1, 1, len))?,
+                        ),
+                    };
+                    Ok((index, pos, mask))
                 })()
                 .map_err(dev_err(OP))?;
-                (made.0, len, made.1)
+                (made.0, made.1, len, made.2)
             }
             None => {
                 let len = furthest;
                 let window = p.sliding_window;
-                let mask: Vec<f32> = positions
-                    .iter()
-                    .flat_map(|&pos| (0..len).map(move |j| mask_value(pos as usize, j, window)))
-                    .collect();
                 let made = (|| -> candle_core::Result<_> {
-                    let index = Tensor::from_slice(positions, (n, 1, 1, 1), &self.device)?
+                    let pos = Tensor::from_slice(positions, n, &self.device)?;
+                    let index = pos
+                        .reshape((n, 1, 1, 1))?
                         .broadcast_as((n, kvh, 1, hd))?
                         .contiguous()?;
-                    let mask = Tensor::from_vec(mask, (n, 1, 1, len), &self.device)?;
-                    Ok((index, Some(mask)))
+                    let mask = match fused {
+                        true => None,
+                        false => {
+                            let mask: Vec<f32> = positions
+                                .iter()
+                                .flat_map(|&pos| {
+                                    (0..len).map(move |j| mask_value(pos as usize, j, window))
+                                })
+                                .collect();
+                            Some(Tensor::from_vec(mask, (n, 1, 1, len), &self.device)?)
+                        }
+                    };
+                    Ok((index, pos, mask))
                 })()
                 .map_err(dev_err(OP))?;
-                (made.0, len, made.1)
+                (made.0, made.1, len, made.2)
             }
         };
         let dt = dtype_of(cfg.dtype);
@@ -431,6 +485,11 @@ impl GpuBackend {
             let values = block.v[layer].narrow(0, slot, n)?;
             keys.scatter_set(&index, &k, 2)?;
             values.scatter_set(&index, &v, 2)?;
+            if fused {
+                let op = decode_attention(p, QueryPositions::Device(pos));
+                let q = row(&rows.q, width)?.reshape((n, width))?;
+                return q.apply_op3_no_bwd(&keys, &values, &op);
+            }
             // [rows, heads, len, dim], read in place for an f32 cache.
             let keys = keys.narrow(2, 0, len)?.to_dtype(DType::F32)?;
             let values = values.narrow(2, 0, len)?.to_dtype(DType::F32)?;

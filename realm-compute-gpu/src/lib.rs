@@ -20,6 +20,10 @@
 //! - **Decode steps are recorded** as CUDA graphs and replayed
 //!   ([`StepMode`], [`realm_core::backend::StepOps`]): one launch a step
 //!   instead of about a thousand.
+//! - **Decode attention** is one kernel of Realm's own
+//!   (`kernels/decode_attention.cu`, built with `nvcc` under the `cuda`
+//!   feature), with a CPU form for candle's CPU device; see
+//!   [`GpuBackend::with_fused_attention`].
 //! - **Threads.** The backend is `Sync`: tenants on many threads share it
 //!   and its weights. On CUDA each thread's work goes to its own stream;
 //!   the quantized products, which share candle's scratch, are ordered
@@ -53,6 +57,7 @@
 
 mod attention;
 mod buffer;
+mod fused;
 mod kv;
 mod matmul;
 mod ops;
@@ -145,6 +150,8 @@ pub struct GpuBackend {
     which: GpuDevice,
     name: String,
     steps: StepMode,
+    /// Whether decode attention runs as Realm's fused kernel.
+    fused_attention: bool,
     /// Orders the uses of candle's matrix-product scratch.
     scratch: scratch::Scratch,
     /// The blocks KV caches are slots of.
@@ -196,11 +203,15 @@ impl GpuBackend {
             GpuDevice::Cuda(_) if graphs => StepMode::Recorded,
             _ => StepMode::OpByOp,
         };
+        // The fused kernel has a CUDA form and a CPU form, no Metal form.
+        let fused_attention = !matches!(which, GpuDevice::Metal(_))
+            && !matches!(std::env::var("REALM_FUSED_ATTENTION").as_deref(), Ok("0"));
         Ok(Self {
             device,
             which,
             name,
             steps,
+            fused_attention,
             scratch: scratch::Scratch::default(),
             kv_pool: kv::KvPool::default(),
             recorded: AtomicU64::new(0),
@@ -228,6 +239,31 @@ impl GpuBackend {
     /// How this backend runs decode steps.
     pub fn steps(&self) -> StepMode {
         self.steps
+    }
+
+    /// The backend attending decode rows (up to 8 rows of one sequence, or
+    /// a batch's rows) with Realm's fused attention kernel when `on`, and
+    /// with candle's ops otherwise. It is on by default on CUDA and candle's
+    /// CPU device unless the environment variable `REALM_FUSED_ATTENTION`
+    /// is `0`; Metal has no form of the kernel. Heads of more than 256
+    /// values always use candle's ops.
+    ///
+    /// ```
+    /// use realm_compute_gpu::{GpuBackend, GpuDevice};
+    ///
+    /// let be = GpuBackend::new(GpuDevice::Cpu)?.with_fused_attention(false);
+    /// assert!(!be.fused_attention());
+    /// # Ok::<(), realm_core::backend::BackendError>(())
+    /// ```
+    pub fn with_fused_attention(mut self, on: bool) -> Self {
+        self.fused_attention = on && !matches!(self.which, GpuDevice::Metal(_));
+        self
+    }
+
+    /// Whether decode attention runs as the fused kernel (see
+    /// [`GpuBackend::with_fused_attention`]).
+    pub fn fused_attention(&self) -> bool {
+        self.fused_attention
     }
 
     /// Decode steps recorded and replayed so far (both stay 0 where steps

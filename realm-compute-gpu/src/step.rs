@@ -203,6 +203,11 @@ impl StepState {
         self.kv_len
     }
 
+    /// The device positions of rows `first..first + n`.
+    pub(crate) fn positions(&self, first: usize, n: usize) -> candle_core::Result<Tensor> {
+        self.pos.narrow(0, first, n)
+    }
+
     /// The RoPE table for these parameters, made (and kept for later
     /// steps) when first asked for outside a recording.
     pub(crate) fn rope_table(

@@ -219,94 +219,100 @@ proptest! {
     }
 
     /// Attention over the cache: prefill chunks and row-by-row batches,
-    /// GQA, sliding windows, soft-capping, f32 and f16 caches.
+    /// GQA, sliding windows, soft-capping, f32 and f16 caches; with the
+    /// fused kernel and with candle's ops.
     #[test]
     fn attention_matches_cpu(n_kv in 1usize..3, group in 1usize..4, hd in 1usize..40, past in 0usize..12, n in 1usize..7, window in proptest::option::of(1usize..8), softcap in proptest::option::of(1f32..50.0), f16 in any::<bool>(), seed in any::<u64>()) {
-        let mut rng = Rng(seed);
-        let (g, c) = (gpu(), cpu());
-        let n_heads = n_kv * group;
-        let total = past + n;
-        let cfg = KvCacheConfig { n_layers: 2, n_kv_heads: n_kv, head_dim: hd, max_seq_len: total + 2, dtype: if f16 { KvDtype::F16 } else { KvDtype::F32 } };
-        let k = rng.f32s(total * n_kv * hd, -1.0, 1.0);
-        let v = rng.f32s(total * n_kv * hd, -1.0, 1.0);
-        let q = rng.f32s(n * n_heads * hd, -1.0, 1.0);
-        let p = AttentionParams { n_heads, n_kv_heads: n_kv, head_dim: hd, scale: 1.0 / (hd as f32).sqrt(), sliding_window: window, softcap };
-        let at = |start_pos| KvSpan { layer: 1, start_pos };
+        for fused in [true, false] {
+            let mut rng = Rng(seed);
+            let (g, c) = (gpu().with_fused_attention(fused), cpu());
+            let n_heads = n_kv * group;
+            let total = past + n;
+            let cfg = KvCacheConfig { n_layers: 2, n_kv_heads: n_kv, head_dim: hd, max_seq_len: total + 2, dtype: if f16 { KvDtype::F16 } else { KvDtype::F32 } };
+            let k = rng.f32s(total * n_kv * hd, -1.0, 1.0);
+            let v = rng.f32s(total * n_kv * hd, -1.0, 1.0);
+            let q = rng.f32s(n * n_heads * hd, -1.0, 1.0);
+            let p = AttentionParams { n_heads, n_kv_heads: n_kv, head_dim: hd, scale: 1.0 / (hd as f32).sqrt(), sliding_window: window, softcap };
+            let at = |start_pos| KvSpan { layer: 1, start_pos };
 
-        let mut cc = c.kv_cache(&cfg).unwrap();
-        c.kv_write(&mut c.workspace(), &mut cc, at(0), &k, &v, 0..total).unwrap();
-        let mut cout = vec![0.0; q.len()];
-        c.attention(&mut c.workspace(), &cc, at(past), &q, 0..n, &p, &mut cout).unwrap();
+            let mut cc = c.kv_cache(&cfg).unwrap();
+            c.kv_write(&mut c.workspace(), &mut cc, at(0), &k, &v, 0..total).unwrap();
+            let mut cout = vec![0.0; q.len()];
+            c.attention(&mut c.workspace(), &cc, at(past), &q, 0..n, &p, &mut cout).unwrap();
 
-        // Keys written in two calls, one of them a row range.
-        let mut gc = g.kv_cache(&cfg).unwrap();
-        let (gk, gv) = (g.upload(&k).unwrap(), g.upload(&v).unwrap());
-        g.kv_write(&mut g.workspace(), &mut gc, at(0), &gk, &gv, 0..past).unwrap();
-        g.kv_write(&mut g.workspace(), &mut gc, at(past), &gk, &gv, past..total).unwrap();
-        let gq = g.upload(&q).unwrap();
-        let mut gout = g.buffer(q.len()).unwrap();
-        let mut ws = g.workspace();
-        g.attention(&mut ws, &gc, at(past), &gq, 0..n, &p, &mut gout).unwrap();
-        assert_close(&down(&g, &gout, q.len()), &cout, 1e-4, 1e-5, "attention");
+            // Keys written in two calls, one of them a row range.
+            let mut gc = g.kv_cache(&cfg).unwrap();
+            let (gk, gv) = (g.upload(&k).unwrap(), g.upload(&v).unwrap());
+            g.kv_write(&mut g.workspace(), &mut gc, at(0), &gk, &gv, 0..past).unwrap();
+            g.kv_write(&mut g.workspace(), &mut gc, at(past), &gk, &gv, past..total).unwrap();
+            let gq = g.upload(&q).unwrap();
+            let mut gout = g.buffer(q.len()).unwrap();
+            let mut ws = g.workspace();
+            g.attention(&mut ws, &gc, at(past), &gq, 0..n, &p, &mut gout).unwrap();
+            assert_close(&down(&g, &gout, q.len()), &cout, 1e-4, 1e-5, "attention");
 
-        // Row by row, as a batch of sequences fills its output.
-        let mut grow = g.buffer(q.len()).unwrap();
-        for t in 0..n {
-            g.attention(&mut ws, &gc, at(past + t), &gq, t..t + 1, &p, &mut grow).unwrap();
+            // Row by row, as a batch of sequences fills its output.
+            let mut grow = g.buffer(q.len()).unwrap();
+            for t in 0..n {
+                g.attention(&mut ws, &gc, at(past + t), &gq, t..t + 1, &p, &mut grow).unwrap();
+            }
+            assert_close(&down(&g, &grow, q.len()), &cout, 1e-4, 1e-5, "attention by rows");
         }
-        assert_close(&down(&g, &grow, q.len()), &cout, 1e-4, 1e-5, "attention by rows");
     }
 
     /// A batch's attention over many caches (`attend_rows`): the GPU
     /// attends each run of consecutive cache slots at once, the CPU row by
     /// row; rows at their own positions, in cache order or shuffled (no
-    /// runs), GQA, windows, soft-capping, f32 and f16 caches.
+    /// runs), GQA, windows, soft-capping, f32 and f16 caches; with the fused
+    /// kernel and with candle's ops.
     #[test]
     fn attend_rows_matches_cpu(n_kv in 1usize..3, group in 1usize..4, hd in 1usize..33, pasts in proptest::collection::vec(0usize..10, 1..7), shuffle in any::<bool>(), window in proptest::option::of(1usize..6), softcap in proptest::option::of(1f32..50.0), f16 in any::<bool>(), seed in any::<u64>()) {
-        let mut rng = Rng(seed);
-        let (g, c) = (gpu(), cpu());
-        let n_heads = n_kv * group;
-        let rows = pasts.len();
-        let kv_width = n_kv * hd;
-        let cfg = KvCacheConfig { n_layers: 2, n_kv_heads: n_kv, head_dim: hd, max_seq_len: 12, dtype: if f16 { KvDtype::F16 } else { KvDtype::F32 } };
-        let p = AttentionParams { n_heads, n_kv_heads: n_kv, head_dim: hd, scale: 1.0 / (hd as f32).sqrt(), sliding_window: window, softcap };
-        // Each sequence's history, written one call each.
-        let hist: Vec<(Vec<f32>, Vec<f32>)> = pasts.iter().map(|&p| (rng.f32s(p * kv_width, -1.0, 1.0), rng.f32s(p * kv_width, -1.0, 1.0))).collect();
-        let (k, v, q) = (rng.f32s(rows * kv_width, -1.0, 1.0), rng.f32s(rows * kv_width, -1.0, 1.0), rng.f32s(rows * n_heads * hd, -1.0, 1.0));
-        let mut ccaches: Vec<_> = (0..rows).map(|_| c.kv_cache(&cfg).unwrap()).collect();
-        let mut gcaches: Vec<_> = (0..rows).map(|_| g.kv_cache(&cfg).unwrap()).collect();
-        for (i, (hk, hv)) in hist.iter().enumerate() {
-            let span = KvSpan { layer: 1, start_pos: 0 };
-            if pasts[i] > 0 {
-                c.kv_write(&mut c.workspace(), &mut ccaches[i], span, hk, hv, 0..pasts[i]).unwrap();
-                let (gk, gv) = (g.upload(hk).unwrap(), g.upload(hv).unwrap());
-                g.kv_write(&mut g.workspace(), &mut gcaches[i], span, &gk, &gv, 0..pasts[i]).unwrap();
+        for fused in [true, false] {
+            let mut rng = Rng(seed);
+            let (g, c) = (gpu().with_fused_attention(fused), cpu());
+            let n_heads = n_kv * group;
+            let rows = pasts.len();
+            let kv_width = n_kv * hd;
+            let cfg = KvCacheConfig { n_layers: 2, n_kv_heads: n_kv, head_dim: hd, max_seq_len: 12, dtype: if f16 { KvDtype::F16 } else { KvDtype::F32 } };
+            let p = AttentionParams { n_heads, n_kv_heads: n_kv, head_dim: hd, scale: 1.0 / (hd as f32).sqrt(), sliding_window: window, softcap };
+            // Each sequence's history, written one call each.
+            let hist: Vec<(Vec<f32>, Vec<f32>)> = pasts.iter().map(|&p| (rng.f32s(p * kv_width, -1.0, 1.0), rng.f32s(p * kv_width, -1.0, 1.0))).collect();
+            let (k, v, q) = (rng.f32s(rows * kv_width, -1.0, 1.0), rng.f32s(rows * kv_width, -1.0, 1.0), rng.f32s(rows * n_heads * hd, -1.0, 1.0));
+            let mut ccaches: Vec<_> = (0..rows).map(|_| c.kv_cache(&cfg).unwrap()).collect();
+            let mut gcaches: Vec<_> = (0..rows).map(|_| g.kv_cache(&cfg).unwrap()).collect();
+            for (i, (hk, hv)) in hist.iter().enumerate() {
+                let span = KvSpan { layer: 1, start_pos: 0 };
+                if pasts[i] > 0 {
+                    c.kv_write(&mut c.workspace(), &mut ccaches[i], span, hk, hv, 0..pasts[i]).unwrap();
+                    let (gk, gv) = (g.upload(hk).unwrap(), g.upload(hv).unwrap());
+                    g.kv_write(&mut g.workspace(), &mut gcaches[i], span, &gk, &gv, 0..pasts[i]).unwrap();
+                }
             }
-        }
-        // Row r of the batch is sequence r, or (shuffled) sequence rows - 1 - r:
-        // then no two rows are in consecutive slots.
-        let mut positions: Vec<u32> = pasts.iter().map(|&p| p as u32).collect();
-        let mut cc: Vec<_> = ccaches.iter_mut().collect();
-        let mut gc: Vec<_> = gcaches.iter_mut().collect();
-        if shuffle {
-            positions.reverse();
-            cc.reverse();
-            gc.reverse();
-        }
-        let mut cout = vec![0.0; q.len()];
-        c.attend_rows(&mut c.workspace(), &mut cc, 1, &positions, (&k, &v), &q, &p, &mut cout).unwrap();
-        let (gk, gv, gq) = (g.upload(&k).unwrap(), g.upload(&v).unwrap(), g.upload(&q).unwrap());
-        let mut gout = g.buffer(q.len()).unwrap();
-        g.attend_rows(&mut g.workspace(), &mut gc, 1, &positions, (&gk, &gv), &gq, &p, &mut gout).unwrap();
-        assert_close(&down(&g, &gout, q.len()), &cout, 1e-4, 1e-5, "attend_rows");
-        // The rows' keys and values were stored: attending again, one row at
-        // a time, gives the same.
-        for (r, cache) in gc.iter().enumerate() {
-            let mut one = g.buffer(q.len()).unwrap();
-            let at = KvSpan { layer: 1, start_pos: positions[r] as usize };
-            let gq_row = g.upload(&q[r * n_heads * hd..(r + 1) * n_heads * hd]).unwrap();
-            g.attention(&mut g.workspace(), cache, at, &gq_row, 0..1, &p, &mut one).unwrap();
-            assert_close(&down(&g, &one, n_heads * hd), &cout[r * n_heads * hd..(r + 1) * n_heads * hd], 1e-4, 1e-5, "stored row");
+            // Row r of the batch is sequence r, or (shuffled) sequence rows - 1 - r:
+            // then no two rows are in consecutive slots.
+            let mut positions: Vec<u32> = pasts.iter().map(|&p| p as u32).collect();
+            let mut cc: Vec<_> = ccaches.iter_mut().collect();
+            let mut gc: Vec<_> = gcaches.iter_mut().collect();
+            if shuffle {
+                positions.reverse();
+                cc.reverse();
+                gc.reverse();
+            }
+            let mut cout = vec![0.0; q.len()];
+            c.attend_rows(&mut c.workspace(), &mut cc, 1, &positions, (&k, &v), &q, &p, &mut cout).unwrap();
+            let (gk, gv, gq) = (g.upload(&k).unwrap(), g.upload(&v).unwrap(), g.upload(&q).unwrap());
+            let mut gout = g.buffer(q.len()).unwrap();
+            g.attend_rows(&mut g.workspace(), &mut gc, 1, &positions, (&gk, &gv), &gq, &p, &mut gout).unwrap();
+            assert_close(&down(&g, &gout, q.len()), &cout, 1e-4, 1e-5, "attend_rows");
+            // The rows' keys and values were stored: attending again, one row at
+            // a time, gives the same.
+            for (r, cache) in gc.iter().enumerate() {
+                let mut one = g.buffer(q.len()).unwrap();
+                let at = KvSpan { layer: 1, start_pos: positions[r] as usize };
+                let gq_row = g.upload(&q[r * n_heads * hd..(r + 1) * n_heads * hd]).unwrap();
+                g.attention(&mut g.workspace(), cache, at, &gq_row, 0..1, &p, &mut one).unwrap();
+                assert_close(&down(&g, &one, n_heads * hd), &cout[r * n_heads * hd..(r + 1) * n_heads * hd], 1e-4, 1e-5, "stored row");
+            }
         }
     }
 }

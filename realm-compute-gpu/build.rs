@@ -1,0 +1,37 @@
+//! With the `cuda` feature, compiles Realm's own CUDA kernels to PTX with
+//! `nvcc` (the toolkit candle's kernels need too). `CUDA_COMPUTE_CAP` picks
+//! the virtual architecture (default 75); the driver compiles the PTX for
+//! the GPU it runs on.
+
+use std::env;
+use std::path::PathBuf;
+use std::process::Command;
+
+const KERNELS: &[&str] = &["decode_attention"];
+
+fn main() {
+    println!("cargo:rerun-if-env-changed=CUDA_COMPUTE_CAP");
+    println!("cargo:rerun-if-env-changed=NVCC");
+    for k in KERNELS {
+        println!("cargo:rerun-if-changed=kernels/{k}.cu");
+    }
+    if env::var_os("CARGO_FEATURE_CUDA").is_none() {
+        return;
+    }
+    let out_dir = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let cap = env::var("CUDA_COMPUTE_CAP").unwrap_or_else(|_| "75".to_string());
+    let nvcc = env::var("NVCC").unwrap_or_else(|_| "nvcc".to_string());
+    for k in KERNELS {
+        let src = format!("kernels/{k}.cu");
+        let ptx = out_dir.join(format!("{k}.ptx"));
+        let status = Command::new(&nvcc)
+            .args(["--ptx", &format!("-arch=compute_{cap}"), "-O3", &src, "-o"])
+            .arg(&ptx)
+            .status();
+        match status {
+            Ok(s) if s.success() => {}
+            Ok(s) => panic!("nvcc failed on {src} ({s})"),
+            Err(e) => panic!("cannot run `{nvcc}` ({e}): the cuda feature needs the CUDA toolkit"),
+        }
+    }
+}

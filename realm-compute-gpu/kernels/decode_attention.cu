@@ -1,0 +1,127 @@
+// Attention of a few query rows over a KV cache in one kernel: scores,
+// scale, soft-cap, the causal and sliding-window mask, softmax and the
+// weighted sum of values. Written for Realm's GPU backend (src/fused.rs
+// holds the launch and a CPU form of the same arithmetic, which its tests
+// compare with).
+//
+// Grid: (rows, n_heads). Block: WARPS warps. Row r's query is at position
+// pos(r) (from `positions`, or pos_base + r when that is null) and sees the
+// keys j with lo <= j <= pos, lo = pos + 1 - window when there is a window.
+// Each warp takes every WARPS-th key and keeps a running maximum, sum and
+// weighted sum of values (one pass, rescaling as the maximum grows); the
+// warps' partial results are then merged through shared memory.
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+#define WARPS 4
+// Each lane holds head_dim / 32 values of the query and of the sum.
+#define MAX_PER_LANE 8  // head_dim <= 256
+
+__device__ __forceinline__ float to_f32(float x) { return x; }
+__device__ __forceinline__ float to_f32(__half x) { return __half2float(x); }
+
+template <typename T>
+__device__ void decode_attention(
+    const float *__restrict__ q,   // [rows, n_heads, head_dim]
+    const T *__restrict__ k,       // row r: k + r * row_stride, [kv_heads, max_seq, head_dim]
+    const T *__restrict__ v,
+    const uint32_t *__restrict__ positions,  // [rows], or null
+    float *__restrict__ out,       // [rows, n_heads, head_dim]
+    uint32_t pos_base, int n_heads, int n_kv_heads, int head_dim, int max_seq,
+    long long row_stride, float scale, float softcap, int window) {
+  const int row = blockIdx.x;
+  const int head = blockIdx.y;
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int kv = head / (n_heads / n_kv_heads);
+  const int pos = positions ? (int)positions[row] : (int)pos_base + row;
+  const int lo = (window > 0 && pos + 1 > window) ? pos + 1 - window : 0;
+  float *oh = out + ((long long)row * n_heads + head) * head_dim;
+  if (pos < 0 || pos >= max_seq) {
+    // Past the cache: say so with NaN rather than read another's memory.
+    for (int d = threadIdx.x; d < head_dim; d += 32 * WARPS) oh[d] = __int_as_float(0x7fc00000);
+    return;
+  }
+
+  const float *qh = q + ((long long)row * n_heads + head) * head_dim;
+  const long long head_off = row * row_stride + (long long)kv * max_seq * head_dim;
+  const T *kh = k + head_off;
+  const T *vh = v + head_off;
+
+  float qr[MAX_PER_LANE];
+  float acc[MAX_PER_LANE];
+#pragma unroll
+  for (int i = 0; i < MAX_PER_LANE; ++i) {
+    const int d = lane + 32 * i;
+    qr[i] = d < head_dim ? qh[d] : 0.0f;
+    acc[i] = 0.0f;
+  }
+  float m = -INFINITY;  // running maximum score
+  float l = 0.0f;       // running sum of exp(score - m)
+  for (int j = lo + warp; j <= pos; j += WARPS) {
+    const T *kj = kh + (long long)j * head_dim;
+    float dot = 0.0f;
+#pragma unroll
+    for (int i = 0; i < MAX_PER_LANE; ++i) {
+      const int d = lane + 32 * i;
+      if (d < head_dim) dot += qr[i] * to_f32(kj[d]);
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+    float s = dot * scale;
+    if (softcap > 0.0f) s = softcap * tanhf(s / softcap);
+    const float m_new = fmaxf(m, s);
+    const float shrink = expf(m - m_new);  // 0 for the first key (m = -inf)
+    const float p = expf(s - m_new);
+    l = l * shrink + p;
+    const T *vj = vh + (long long)j * head_dim;
+#pragma unroll
+    for (int i = 0; i < MAX_PER_LANE; ++i) {
+      const int d = lane + 32 * i;
+      if (d < head_dim) acc[i] = acc[i] * shrink + p * to_f32(vj[d]);
+    }
+    m = m_new;
+  }
+
+  __shared__ float warp_max[WARPS];
+  __shared__ float warp_sum[WARPS];
+  __shared__ float warp_acc[WARPS][MAX_PER_LANE * 32];
+  if (lane == 0) {
+    warp_max[warp] = m;
+    warp_sum[warp] = l;
+  }
+#pragma unroll
+  for (int i = 0; i < MAX_PER_LANE; ++i) {
+    const int d = lane + 32 * i;
+    if (d < head_dim) warp_acc[warp][d] = acc[i];
+  }
+  __syncthreads();
+
+  // Key pos is always visible, so some warp has a finite maximum.
+  float top = -INFINITY;
+#pragma unroll
+  for (int w = 0; w < WARPS; ++w) top = fmaxf(top, warp_max[w]);
+  float total = 0.0f;
+#pragma unroll
+  for (int w = 0; w < WARPS; ++w)
+    if (warp_max[w] > -INFINITY) total += warp_sum[w] * expf(warp_max[w] - top);
+  for (int d = threadIdx.x; d < head_dim; d += 32 * WARPS) {
+    float o = 0.0f;
+#pragma unroll
+    for (int w = 0; w < WARPS; ++w)
+      if (warp_max[w] > -INFINITY) o += warp_acc[w][d] * expf(warp_max[w] - top);
+    oh[d] = o / total;
+  }
+}
+
+#define DECODE_ATTENTION(NAME, T)                                                   \
+  extern "C" __global__ void __launch_bounds__(32 * WARPS) NAME(                    \
+      const float *q, const T *k, const T *v, const uint32_t *positions, float *out, \
+      uint32_t pos_base, int n_heads, int n_kv_heads, int head_dim, int max_seq,     \
+      long long row_stride, float scale, float softcap, int window) {                \
+    decode_attention<T>(q, k, v, positions, out, pos_base, n_heads, n_kv_heads,    \
+                        head_dim, max_seq, row_stride, scale, softcap, window);      \
+  }
+
+DECODE_ATTENTION(decode_attention_f32, float)
+DECODE_ATTENTION(decode_attention_f16, __half)

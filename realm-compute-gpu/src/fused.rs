@@ -1,0 +1,357 @@
+//! Realm's own fused kernels, as candle custom ops. Each has a CPU form of
+//! the same arithmetic, which runs on candle's CPU device (where the tests
+//! run without a GPU) and which the CUDA form is tested against.
+//!
+//! [`DecodeAttention`] replaces, for a few query rows, the ops candle
+//! composes attention from (two batched products, scale, soft-cap, mask
+//! add, softmax and the copies between them) with one kernel
+//! (`kernels/decode_attention.cu`).
+
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+
+/// The largest `head_dim` [`DecodeAttention`] takes.
+pub(crate) const MAX_HEAD_DIM: usize = 256;
+
+/// Where a query row sits in its sequence.
+#[derive(Debug, Clone)]
+pub(crate) enum QueryPositions {
+    /// Row `r` at `positions[r]`, a `u32` tensor on the device (a static
+    /// step's, which the device rewrites in place, or a batch's).
+    Device(Tensor),
+    /// Row `r` at `start + r` (a chunk of one sequence).
+    From(usize),
+}
+
+/// Attention of query rows over KV caches: row `r` at position `p` sees
+/// the keys at positions `j <= p` (and `j > p - window` with a sliding
+/// window), scores `q . k * scale`, soft-capped, softmax, and the weighted
+/// sum of values.
+///
+/// Arguments: `q` `[rows, n_heads * head_dim]` f32; keys and values either
+/// `[rows, n_kv_heads, max_seq, head_dim]` (a cache per row) or
+/// `[n_kv_heads, max_seq, head_dim]` (one cache for every row), f32 or
+/// f16, contiguous. Result: `[rows, n_heads * head_dim]` f32.
+#[derive(Debug)]
+pub(crate) struct DecodeAttention {
+    pub(crate) positions: QueryPositions,
+    pub(crate) n_heads: usize,
+    pub(crate) n_kv_heads: usize,
+    pub(crate) head_dim: usize,
+    pub(crate) scale: f32,
+    pub(crate) softcap: Option<f32>,
+    pub(crate) window: Option<usize>,
+}
+
+/// The shapes of one call.
+struct Dims {
+    rows: usize,
+    max_seq: usize,
+    /// Values from one row's cache to the next (0: one cache).
+    row_stride: usize,
+}
+
+impl DecodeAttention {
+    fn dims(&self, lq: &Layout, lk: &Layout, lv: &Layout) -> Result<Dims> {
+        let (nh, kvh, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
+        // CUDA grids have at most 65535 blocks along y, one a head.
+        if kvh == 0 || nh % kvh != 0 || nh > 65535 || hd == 0 || hd > MAX_HEAD_DIM {
+            candle_core::bail!("decode attention: {nh} heads, {kvh} KV heads of {hd} values");
+        }
+        let (rows, width) = lq.shape().dims2()?;
+        if rows == 0 {
+            candle_core::bail!("decode attention: no rows");
+        }
+        if width != nh * hd {
+            candle_core::bail!("decode attention: query rows of {width} values");
+        }
+        if lk.shape() != lv.shape() {
+            candle_core::bail!("decode attention: keys and values differ in shape");
+        }
+        let (cache_rows, max_seq) = match *lk.dims() {
+            [r, h, s, d] if h == kvh && d == hd => (Some(r), s),
+            [h, s, d] if h == kvh && d == hd => (None, s),
+            _ => candle_core::bail!("decode attention: caches of shape {:?}", lk.dims()),
+        };
+        if cache_rows.is_some_and(|r| r != rows) {
+            candle_core::bail!("decode attention: a cache per row, but not {rows} of them");
+        }
+        if let QueryPositions::Device(t) = &self.positions {
+            if t.dims1()? != rows {
+                candle_core::bail!("decode attention: not one position per row");
+            }
+        }
+        for l in [lq, lk, lv] {
+            if !l.is_contiguous() {
+                candle_core::bail!("decode attention: arguments must be contiguous");
+            }
+        }
+        // The kernel takes 32-bit sizes.
+        let fits = |n: usize| i32::try_from(n).is_ok();
+        if !(fits(nh) && fits(max_seq) && fits(rows) && fits(max_seq * hd)) {
+            candle_core::bail!("decode attention: sizes past 2^31");
+        }
+        Ok(Dims {
+            rows,
+            max_seq,
+            row_stride: cache_rows.map_or(0, |_| kvh * max_seq * hd),
+        })
+    }
+
+    /// The CPU form: for each row and head, scores over the visible keys,
+    /// softmax (max subtracted), and the weighted sum of values.
+    fn cpu_rows<T: Copy>(
+        &self,
+        dims: &Dims,
+        q: &[f32],
+        caches: (&[T], &[T]),
+        positions: &[usize],
+        f32_of: impl Fn(T) -> f32,
+    ) -> Result<Vec<f32>> {
+        let (nh, kvh, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
+        let group = nh / kvh;
+        let (k, v) = caches;
+        let cache_len = dims.row_stride * (dims.rows - 1) + kvh * dims.max_seq * hd;
+        if k.len() < cache_len || v.len() < cache_len {
+            candle_core::bail!("decode attention: caches shorter than their shape");
+        }
+        let mut out = vec![0f32; dims.rows * nh * hd];
+        let mut probs = Vec::new();
+        for (r, &pos) in positions.iter().enumerate() {
+            if pos >= dims.max_seq {
+                candle_core::bail!("decode attention: position {pos} past the cache");
+            }
+            let lo = self.window.map_or(0, |w| (pos + 1).saturating_sub(w));
+            for h in 0..nh {
+                let base = r * dims.row_stride + (h / group) * dims.max_seq * hd;
+                let qh = &q[(r * nh + h) * hd..][..hd];
+                probs.clear();
+                for j in lo..=pos {
+                    let kj = &k[base + j * hd..][..hd];
+                    let dot: f32 = qh.iter().zip(kj).map(|(&a, &b)| a * f32_of(b)).sum();
+                    let mut s = dot * self.scale;
+                    if let Some(c) = self.softcap {
+                        s = c * (s / c).tanh();
+                    }
+                    probs.push(s);
+                }
+                let top = probs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut total = 0f32;
+                for p in &mut probs {
+                    *p = (*p - top).exp();
+                    total += *p;
+                }
+                let oh = &mut out[(r * nh + h) * hd..][..hd];
+                for (j, &p) in (lo..=pos).zip(&probs) {
+                    let vj = &v[base + j * hd..][..hd];
+                    for (o, &x) in oh.iter_mut().zip(vj) {
+                        *o += p * f32_of(x);
+                    }
+                }
+                for o in oh.iter_mut() {
+                    *o /= total;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The contiguous values of `s` under `l`.
+fn values<'a, T>(s: &'a [T], l: &Layout) -> Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) if b <= s.len() => Ok(&s[a..b]),
+        _ => candle_core::bail!("decode attention: arguments must be contiguous"),
+    }
+}
+
+impl CustomOp3 for DecodeAttention {
+    fn name(&self) -> &'static str {
+        "decode-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sq: &CpuStorage,
+        lq: &Layout,
+        sk: &CpuStorage,
+        lk: &Layout,
+        sv: &CpuStorage,
+        lv: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let dims = self.dims(lq, lk, lv)?;
+        let positions: Vec<usize> = match &self.positions {
+            QueryPositions::Device(t) => t
+                .to_vec1::<u32>()?
+                .into_iter()
+                .map(|p| p as usize)
+                .collect(),
+            QueryPositions::From(start) => (*start..start + dims.rows).collect(),
+        };
+        let CpuStorage::F32(q) = sq else {
+            candle_core::bail!("decode attention: f32 queries");
+        };
+        let q = values(q, lq)?;
+        let out = match (sk, sv) {
+            (CpuStorage::F32(k), CpuStorage::F32(v)) => {
+                let caches = (values(k, lk)?, values(v, lv)?);
+                self.cpu_rows(&dims, q, caches, &positions, |x| x)?
+            }
+            (CpuStorage::F16(k), CpuStorage::F16(v)) => {
+                let caches = (values(k, lk)?, values(v, lv)?);
+                self.cpu_rows(&dims, q, caches, &positions, half::f16::to_f32)?
+            }
+            _ => candle_core::bail!("decode attention: f32 or f16 caches"),
+        };
+        let shape = Shape::from((dims.rows, self.n_heads * self.head_dim));
+        Ok((CpuStorage::F32(out), shape))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        sq: &candle_core::CudaStorage,
+        lq: &Layout,
+        sk: &candle_core::CudaStorage,
+        lk: &Layout,
+        sv: &candle_core::CudaStorage,
+        lv: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        cuda::forward(self, sq, lq, sk, lk, sv, lv)
+    }
+}
+
+/// The CUDA form: `kernels/decode_attention.cu`.
+#[cfg(feature = "cuda")]
+mod cuda {
+    use candle_core::backend::BackendStorage;
+    use candle_core::cuda_backend::cudarc::driver::{
+        CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
+    };
+    use candle_core::cuda_backend::{CudaDType, WrapErr};
+    use candle_core::{CudaStorage, DType, Layout, Result, Shape, Storage};
+
+    use super::{DecodeAttention, Dims, QueryPositions};
+
+    const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/decode_attention.ptx"));
+    const MODULE: &str = "realm_decode_attention";
+    /// Threads per block: the kernel's `32 * WARPS`.
+    const THREADS: u32 = 128;
+
+    pub(super) fn forward(
+        op: &DecodeAttention,
+        sq: &CudaStorage,
+        lq: &Layout,
+        sk: &CudaStorage,
+        lk: &Layout,
+        sv: &CudaStorage,
+        lv: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let dims = op.dims(lq, lk, lv)?;
+        let out = match (sk.dtype(), sv.dtype()) {
+            (DType::F32, DType::F32) => launch::<f32>(
+                op,
+                &dims,
+                "decode_attention_f32",
+                (sq, lq),
+                (sk, lk),
+                (sv, lv),
+            )?,
+            (DType::F16, DType::F16) => launch::<half::f16>(
+                op,
+                &dims,
+                "decode_attention_f16",
+                (sq, lq),
+                (sk, lk),
+                (sv, lv),
+            )?,
+            _ => candle_core::bail!("decode attention: f32 or f16 caches"),
+        };
+        let shape = Shape::from((dims.rows, op.n_heads * op.head_dim));
+        Ok((
+            CudaStorage::wrap_cuda_slice(out, sq.device().clone()),
+            shape,
+        ))
+    }
+
+    fn offsets(l: &Layout) -> Result<(usize, usize)> {
+        l.contiguous_offsets().ok_or_else(|| {
+            candle_core::Error::Msg("decode attention: arguments must be contiguous".into())
+        })
+    }
+
+    fn launch<T: DeviceRepr + CudaDType>(
+        op: &DecodeAttention,
+        dims: &Dims,
+        name: &str,
+        (sq, lq): (&CudaStorage, &Layout),
+        (sk, lk): (&CudaStorage, &Layout),
+        (sv, lv): (&CudaStorage, &Layout),
+    ) -> Result<CudaSlice<f32>> {
+        let dev = sq.device();
+        let stream = dev.cuda_stream();
+        let (qa, qb) = offsets(lq)?;
+        let (ka, kb) = offsets(lk)?;
+        let (va, vb) = offsets(lv)?;
+        let q = sq.as_cuda_slice::<f32>()?.slice(qa..qb);
+        let k = sk.as_cuda_slice::<T>()?.slice(ka..kb);
+        let v = sv.as_cuda_slice::<T>()?.slice(va..vb);
+        // A null pointer says: row r at pos_base + r.
+        let (guard, pos_base) = match &op.positions {
+            QueryPositions::Device(t) => (Some(t.storage_and_layout()), 0u32),
+            QueryPositions::From(start) => (
+                None,
+                u32::try_from(*start).map_err(|_| {
+                    candle_core::Error::Msg("decode attention: position past 2^32".into())
+                })?,
+            ),
+        };
+        let positions = match &guard {
+            Some((storage, layout)) => match &**storage {
+                Storage::Cuda(s) => {
+                    let (a, b) = offsets(layout)?;
+                    Some(s.as_cuda_slice::<u32>()?.slice(a..b))
+                }
+                _ => candle_core::bail!("decode attention: positions on another device"),
+            },
+            None => None,
+        };
+        let pos_ptr = match &positions {
+            Some(p) => p.device_ptr(&stream).0,
+            None => 0,
+        };
+        let width = op.n_heads * op.head_dim;
+        // SAFETY: the kernel writes every value of `out` (each block its
+        // row's head, every one of head_dim values).
+        let out = unsafe { dev.alloc::<f32>(dims.rows * width)? };
+        let func = dev.get_or_load_custom_func(name, MODULE, PTX)?;
+        let mut b = func.builder();
+        let ints = [op.n_heads, op.n_kv_heads, op.head_dim, dims.max_seq].map(|n| n as i32);
+        let row_stride = dims.row_stride as i64;
+        let softcap = op.softcap.unwrap_or(0.0);
+        let window = op.window.map_or(0, |w| w.min(i32::MAX as usize) as i32);
+        b.arg(&q);
+        b.arg(&k);
+        b.arg(&v);
+        b.arg(&pos_ptr);
+        b.arg(&out);
+        b.arg(&pos_base);
+        for i in &ints {
+            b.arg(i);
+        }
+        b.arg(&row_stride);
+        b.arg(&op.scale);
+        b.arg(&softcap);
+        b.arg(&window);
+        let cfg = LaunchConfig {
+            grid_dim: (dims.rows as u32, op.n_heads as u32, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: the arguments match the kernel's parameters in order and
+        // type; `dims` checked that every key and value a row reads (up to
+        // max_seq positions of its cache) lies within `k` and `v`, and the
+        // kernel writes NaN rather than read past a position >= max_seq.
+        unsafe { b.launch(cfg) }.w()?;
+        Ok(out)
+    }
+}
