@@ -97,8 +97,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 StepMode::Static => format!("{}+static", g.name()),
                 StepMode::Recorded => format!("{}+graphs", g.name()),
             };
-            if g.fused_attention() {
-                label.push_str("+fused-attn");
+            if g.fused_kernels() {
+                label.push_str("+fused");
             }
             bench_native(args, &l, &g, &label, 0)?;
             let (recorded, replayed) = g.step_counts();

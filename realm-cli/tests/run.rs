@@ -251,7 +251,7 @@ fn synth_then_bench_on_the_gpu_backend() {
     let records = records.as_array().unwrap();
     assert_eq!(records.len(), 3, "pp, tg and batched decode");
     assert_eq!(records[2]["n_gen"], 2);
-    assert_eq!(records[0]["backends"], "candle-cpu+fused-attn");
+    assert_eq!(records[0]["backends"], "candle-cpu+fused");
     assert_eq!(records[0]["n_prompt"], 8);
     assert_eq!(records[1]["n_gen"], 2);
     assert!(records.iter().all(|r| r["avg_ts"].as_f64().unwrap() > 0.0));

@@ -388,7 +388,7 @@ struct Rows {
 impl GpuBackend {
     /// Whether attention with `p` runs as the fused kernel.
     fn fuses(&self, p: &AttentionParams) -> bool {
-        self.fused_attention && p.head_dim <= MAX_HEAD_DIM
+        self.fused && p.head_dim <= MAX_HEAD_DIM
     }
 
     /// [`AttentionOps::attend_rows`] of the rows `first..` whose caches are

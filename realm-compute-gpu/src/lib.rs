@@ -20,10 +20,10 @@
 //! - **Decode steps are recorded** as CUDA graphs and replayed
 //!   ([`StepMode`], [`realm_core::backend::StepOps`]): one launch a step
 //!   instead of about a thousand.
-//! - **Decode attention** is one kernel of Realm's own
-//!   (`kernels/decode_attention.cu`, built with `nvcc` under the `cuda`
-//!   feature), with a CPU form for candle's CPU device; see
-//!   [`GpuBackend::with_fused_attention`].
+//! - **Fused kernels.** Decode attention and the gated units are kernels of
+//!   Realm's own (`kernels/*.cu`, built with `nvcc` under the `cuda`
+//!   feature), each with a CPU form for candle's CPU device; see
+//!   [`GpuBackend::with_fused_kernels`].
 //! - **Threads.** The backend is `Sync`: tenants on many threads share it
 //!   and its weights. On CUDA each thread's work goes to its own stream;
 //!   the quantized products, which share candle's scratch, are ordered
@@ -150,8 +150,8 @@ pub struct GpuBackend {
     which: GpuDevice,
     name: String,
     steps: StepMode,
-    /// Whether decode attention runs as Realm's fused kernel.
-    fused_attention: bool,
+    /// Whether Realm's fused kernels replace candle's ops where they can.
+    fused: bool,
     /// Orders the uses of candle's matrix-product scratch.
     scratch: scratch::Scratch,
     /// The blocks KV caches are slots of.
@@ -203,15 +203,15 @@ impl GpuBackend {
             GpuDevice::Cuda(_) if graphs => StepMode::Recorded,
             _ => StepMode::OpByOp,
         };
-        // The fused kernel has a CUDA form and a CPU form, no Metal form.
-        let fused_attention = !matches!(which, GpuDevice::Metal(_))
-            && !matches!(std::env::var("REALM_FUSED_ATTENTION").as_deref(), Ok("0"));
+        // The fused kernels have CUDA forms and CPU forms, no Metal forms.
+        let fused = !matches!(which, GpuDevice::Metal(_))
+            && !matches!(std::env::var("REALM_FUSED_KERNELS").as_deref(), Ok("0"));
         Ok(Self {
             device,
             which,
             name,
             steps,
-            fused_attention,
+            fused,
             scratch: scratch::Scratch::default(),
             kv_pool: kv::KvPool::default(),
             recorded: AtomicU64::new(0),
@@ -241,29 +241,29 @@ impl GpuBackend {
         self.steps
     }
 
-    /// The backend attending decode rows (up to 8 rows of one sequence, or
-    /// a batch's rows) with Realm's fused attention kernel when `on`, and
-    /// with candle's ops otherwise. It is on by default on CUDA and candle's
-    /// CPU device unless the environment variable `REALM_FUSED_ATTENTION`
-    /// is `0`; Metal has no form of the kernel. Heads of more than 256
-    /// values always use candle's ops.
+    /// The backend using Realm's fused kernels when `on`, and candle's ops
+    /// otherwise: decode attention (a batch's rows, or up to 8 rows of one
+    /// sequence, heads of up to 256 values) and the gated units (SwiGLU,
+    /// GeGLU). They are on by default on CUDA and candle's CPU device
+    /// unless the environment variable `REALM_FUSED_KERNELS` is `0`; Metal
+    /// has no form of them.
     ///
     /// ```
     /// use realm_compute_gpu::{GpuBackend, GpuDevice};
     ///
-    /// let be = GpuBackend::new(GpuDevice::Cpu)?.with_fused_attention(false);
-    /// assert!(!be.fused_attention());
+    /// let be = GpuBackend::new(GpuDevice::Cpu)?.with_fused_kernels(false);
+    /// assert!(!be.fused_kernels());
     /// # Ok::<(), realm_core::backend::BackendError>(())
     /// ```
-    pub fn with_fused_attention(mut self, on: bool) -> Self {
-        self.fused_attention = on && !matches!(self.which, GpuDevice::Metal(_));
+    pub fn with_fused_kernels(mut self, on: bool) -> Self {
+        self.fused = on && !matches!(self.which, GpuDevice::Metal(_));
         self
     }
 
-    /// Whether decode attention runs as the fused kernel (see
-    /// [`GpuBackend::with_fused_attention`]).
-    pub fn fused_attention(&self) -> bool {
-        self.fused_attention
+    /// Whether Realm's fused kernels are on (see
+    /// [`GpuBackend::with_fused_kernels`]).
+    pub fn fused_kernels(&self) -> bool {
+        self.fused
     }
 
     /// Decode steps recorded and replayed so far (both stay 0 where steps

@@ -5,6 +5,7 @@ use realm_core::backend::{
     ActivationOps, BackendError, BackendResult, NormOps, RopeMode, RopeOps, RopeParams,
 };
 
+use crate::fused::{Gate, Gated};
 use crate::step::StepState;
 use crate::{dev_err, product, GpuBackend, GpuBuffer};
 
@@ -181,6 +182,24 @@ impl GpuBackend {
         a.set_prefix(op, "dst length", len, y)
     }
 
+    /// `act(gate) * up` over the first `len` values, into `gate`: one fused
+    /// kernel, or candle's activation and product.
+    fn gated(
+        &self,
+        op: &'static str,
+        act: Gate,
+        gate: &mut GpuBuffer,
+        up: &GpuBuffer,
+        len: usize,
+    ) -> BackendResult<()> {
+        let fused = self.fused;
+        self.binary(op, gate, up, len, |g, u| match (fused, act) {
+            (true, _) => g.apply_op2_no_bwd(u, &Gated(act)),
+            (false, Gate::Silu) => g.silu()? * u,
+            (false, Gate::Gelu) => g.gelu()? * u,
+        })
+    }
+
     /// Element-wise `f(a)` over the first `len` values, in place.
     fn unary(
         &self,
@@ -307,11 +326,11 @@ impl ActivationOps for GpuBackend {
         up: &GpuBuffer,
         len: usize,
     ) -> BackendResult<()> {
-        self.binary("swiglu", gate, up, len, |g, u| g.silu()? * u)
+        self.gated("swiglu", Gate::Silu, gate, up, len)
     }
 
     fn geglu_inplace(&self, gate: &mut GpuBuffer, up: &GpuBuffer, len: usize) -> BackendResult<()> {
-        self.binary("geglu", gate, up, len, |g, u| g.gelu()? * u)
+        self.gated("geglu", Gate::Gelu, gate, up, len)
     }
 
     fn add_inplace(&self, dst: &mut GpuBuffer, src: &GpuBuffer, len: usize) -> BackendResult<()> {

@@ -143,7 +143,8 @@ proptest! {
         }
     }
 
-    /// Norms, RoPE (both layouts, partial rotation), activations.
+    /// Norms, RoPE (both layouts, partial rotation), activations (the gated
+    /// units fused and not).
     #[test]
     fn elementwise_ops_match_cpu(rows in 1usize..5, heads in 1usize..4, half in 1usize..17, extra in 0usize..3, neox in any::<bool>(), seed in any::<u64>()) {
         let mut rng = Rng(seed);
@@ -156,7 +157,7 @@ proptest! {
         let w = rng.f32s(width, 0.5, 1.5);
         let bias = rng.f32s(width, -1.0, 1.0);
         let gx = g.upload(&x).unwrap();
-        let (gy, gw, gb) = (g.upload(&y).unwrap(), g.upload(&w).unwrap(), g.upload(&bias).unwrap());
+        let (gw, gb) = (g.upload(&w).unwrap(), g.upload(&bias).unwrap());
 
         let mut cout = vec![0.0; len];
         c.rms_norm(&x, &w, 1e-5, rows, &mut cout).unwrap();
@@ -184,12 +185,16 @@ proptest! {
             ("add", |c, a, b, n| c.add_inplace(a, b, n).unwrap(), |g, a, b, n| g.add_inplace(a, b, n).unwrap()),
             ("mul", |c, a, b, n| c.mul_inplace(a, b, n).unwrap(), |g, a, b, n| g.mul_inplace(a, b, n).unwrap()),
         ];
+        // The gated units with Realm's fused kernel and with candle's ops.
+        let unfused = gpu().with_fused_kernels(false);
         for (name, cf, gf) in ops {
             let mut ca = x.clone();
             cf(&c, &mut ca, &y, len);
-            let mut ga = gx.clone();
-            gf(&g, &mut ga, &gy, len);
-            assert_close(&down(&g, &ga, len), &ca, 1e-5, 1e-6, name);
+            for g in [&g, &unfused] {
+                let (mut ga, gy) = (g.upload(&x).unwrap(), g.upload(&y).unwrap());
+                gf(g, &mut ga, &gy, len);
+                assert_close(&down(g, &ga, len), &ca, 1e-5, 1e-6, name);
+            }
         }
         let (mut ca, mut ga) = (x.clone(), gx.clone());
         c.silu_inplace(&mut ca, len).unwrap();
@@ -225,7 +230,7 @@ proptest! {
     fn attention_matches_cpu(n_kv in 1usize..3, group in 1usize..4, hd in 1usize..40, past in 0usize..12, n in 1usize..7, window in proptest::option::of(1usize..8), softcap in proptest::option::of(1f32..50.0), f16 in any::<bool>(), seed in any::<u64>()) {
         for fused in [true, false] {
             let mut rng = Rng(seed);
-            let (g, c) = (gpu().with_fused_attention(fused), cpu());
+            let (g, c) = (gpu().with_fused_kernels(fused), cpu());
             let n_heads = n_kv * group;
             let total = past + n;
             let cfg = KvCacheConfig { n_layers: 2, n_kv_heads: n_kv, head_dim: hd, max_seq_len: total + 2, dtype: if f16 { KvDtype::F16 } else { KvDtype::F32 } };
@@ -269,7 +274,7 @@ proptest! {
     fn attend_rows_matches_cpu(n_kv in 1usize..3, group in 1usize..4, hd in 1usize..33, pasts in proptest::collection::vec(0usize..10, 1..7), shuffle in any::<bool>(), window in proptest::option::of(1usize..6), softcap in proptest::option::of(1f32..50.0), f16 in any::<bool>(), seed in any::<u64>()) {
         for fused in [true, false] {
             let mut rng = Rng(seed);
-            let (g, c) = (gpu().with_fused_attention(fused), cpu());
+            let (g, c) = (gpu().with_fused_kernels(fused), cpu());
             let n_heads = n_kv * group;
             let rows = pasts.len();
             let kv_width = n_kv * hd;

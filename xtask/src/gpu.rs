@@ -9,8 +9,8 @@
 //! every GPU-vs-CPU test on `cuda:0` (64-token generations), and benchmarks
 //! pp512/tg128 and batched decode of 1, 8 and 32 sequences with
 //! `realm bench --device cuda` (decode steps recorded as CUDA graphs, and
-//! op by op, and attention from candle's ops rather than Realm's fused
-//! kernel, for comparison), and profiles an op-by-op decode step, leaving
+//! op by op, and with candle's ops instead of Realm's fused kernels, for
+//! comparison), and profiles an op-by-op decode step, leaving
 //! logs and tables in `$OUT` (and a summary on standard output).
 
 use std::path::PathBuf;
@@ -46,8 +46,8 @@ for m in smollm2 gemma3; do
   # Decode steps recorded as CUDA graphs (the default), then op by op.
   bench "bench-$m" "$out/$m-synth.gguf" --device "$dev" -p 512 -n 128 -r 30 --npl 1,8,32
   bench "bench-$m-op-by-op" "$out/$m-synth.gguf" --device "$dev" --steps op-by-op -p 512 -n 128 -r 10 --npl 32
-  # Attention from candle's ops instead of Realm's fused kernel.
-  REALM_FUSED_ATTENTION=0 bench "bench-$m-unfused" "$out/$m-synth.gguf" --device "$dev" -p 512 -n 128 -r 10 --npl 1,32
+  # candle's ops instead of Realm's fused kernels.
+  REALM_FUSED_KERNELS=0 bench "bench-$m-unfused" "$out/$m-synth.gguf" --device "$dev" -p 512 -n 128 -r 10 --npl 1,32
   # Where an op-by-op decode step's time goes.
   bench "profile-$m" "$out/$m-synth.gguf" --device "$dev" -p 0 -n 64 -r 1 --profile
 done

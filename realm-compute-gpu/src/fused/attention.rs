@@ -1,13 +1,11 @@
-//! Realm's own fused kernels, as candle custom ops. Each has a CPU form of
-//! the same arithmetic, which runs on candle's CPU device (where the tests
-//! run without a GPU) and which the CUDA form is tested against.
-//!
-//! [`DecodeAttention`] replaces, for a few query rows, the ops candle
-//! composes attention from (two batched products, scale, soft-cap, mask
-//! add, softmax and the copies between them) with one kernel
-//! (`kernels/decode_attention.cu`).
+//! [`DecodeAttention`]: attention of a few query rows over KV caches in
+//! one kernel (`kernels/decode_attention.cu`), in place of candle's two
+//! batched products, scale, soft-cap, mask add, softmax and the copies
+//! between them.
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+
+use super::values;
 
 /// The largest `head_dim` [`DecodeAttention`] takes.
 pub(crate) const MAX_HEAD_DIM: usize = 256;
@@ -156,14 +154,6 @@ impl DecodeAttention {
     }
 }
 
-/// The contiguous values of `s` under `l`.
-fn values<'a, T>(s: &'a [T], l: &Layout) -> Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) if b <= s.len() => Ok(&s[a..b]),
-        _ => candle_core::bail!("decode attention: arguments must be contiguous"),
-    }
-}
-
 impl CustomOp3 for DecodeAttention {
     fn name(&self) -> &'static str {
         "decode-attention"
@@ -231,6 +221,7 @@ mod cuda {
     use candle_core::{CudaStorage, DType, Layout, Result, Shape, Storage};
 
     use super::{DecodeAttention, Dims, QueryPositions};
+    use crate::fused::cuda::offsets;
 
     const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/decode_attention.ptx"));
     const MODULE: &str = "realm_decode_attention";
@@ -271,12 +262,6 @@ mod cuda {
             CudaStorage::wrap_cuda_slice(out, sq.device().clone()),
             shape,
         ))
-    }
-
-    fn offsets(l: &Layout) -> Result<(usize, usize)> {
-        l.contiguous_offsets().ok_or_else(|| {
-            candle_core::Error::Msg("decode attention: arguments must be contiguous".into())
-        })
     }
 
     fn launch<T: DeviceRepr + CudaDType>(

@@ -1,0 +1,143 @@
+//! [`Gated`]: `act(gate) * up` in one kernel (`kernels/gated.cu`), in place
+//! of candle's activation kernel and product kernel.
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape};
+
+use super::values;
+
+/// The activation of a gated unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Gate {
+    /// SiLU: SwiGLU (llama family).
+    Silu,
+    /// GELU, tanh approximation (as ggml's): GeGLU (Gemma).
+    Gelu,
+}
+
+impl Gate {
+    fn apply(self, x: f32) -> f32 {
+        match self {
+            Gate::Silu => x / (1.0 + (-x).exp()),
+            Gate::Gelu => {
+                let sqrt_two_over_pi =
+                    std::f32::consts::FRAC_2_SQRT_PI * std::f32::consts::FRAC_1_SQRT_2;
+                0.5 * x * (1.0 + (sqrt_two_over_pi * x * (1.0 + 0.044715 * x * x)).tanh())
+            }
+        }
+    }
+}
+
+/// `act(gate) * up`, element by element, of two f32 tensors of one shape.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Gated(pub(crate) Gate);
+
+fn check(l1: &Layout, l2: &Layout) -> Result<usize> {
+    if l1.shape() != l2.shape() {
+        candle_core::bail!("gated unit: gate and up differ in shape");
+    }
+    let n = l1.shape().elem_count();
+    if u32::try_from(n).is_err() {
+        candle_core::bail!("gated unit: more than 2^32 values");
+    }
+    Ok(n)
+}
+
+impl CustomOp2 for Gated {
+    fn name(&self) -> &'static str {
+        "gated"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        check(l1, l2)?;
+        let (CpuStorage::F32(g), CpuStorage::F32(u)) = (s1, s2) else {
+            candle_core::bail!("gated unit: f32 values");
+        };
+        let (g, u) = (values(g, l1)?, values(u, l2)?);
+        let out = g
+            .iter()
+            .zip(u)
+            .map(|(&g, &u)| self.0.apply(g) * u)
+            .collect();
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+        use candle_core::cuda_backend::WrapErr;
+
+        use super::cuda::offsets;
+
+        const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/gated.ptx"));
+        let n = check(l1, l2)?;
+        let dev = s1.device();
+        let (ga, gb) = offsets(l1)?;
+        let (ua, ub) = offsets(l2)?;
+        let g = s1.as_cuda_slice::<f32>()?.slice(ga..gb);
+        let u = s2.as_cuda_slice::<f32>()?.slice(ua..ub);
+        // SAFETY: the kernel writes every one of the n values.
+        let out = unsafe { dev.alloc::<f32>(n)? };
+        let name = match self.0 {
+            Gate::Silu => "swiglu_f32",
+            Gate::Gelu => "geglu_f32",
+        };
+        let func = dev.get_or_load_custom_func(name, "realm_gated", PTX)?;
+        let mut b = func.builder();
+        let n32 = n as u32;
+        b.arg(&g);
+        b.arg(&u);
+        b.arg(&out);
+        b.arg(&n32);
+        // SAFETY: the arguments match the kernel's parameters in order and
+        // type; `g`, `u` and `out` each hold n values, and the kernel's
+        // grid-stride loop stops at n.
+        unsafe { b.launch(LaunchConfig::for_num_elems(n32)) }.w()?;
+        Ok((
+            candle_core::CudaStorage::wrap_cuda_slice(out, dev.clone()),
+            l1.shape().clone(),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Tensor};
+
+    #[test]
+    fn matches_candles_activations() {
+        let g = Tensor::new(&[-3.0f32, -0.5, 0.0, 0.25, 2.0, 7.5], &Device::Cpu).unwrap();
+        let u = Tensor::new(&[1.5f32, -2.0, 3.0, 0.5, -1.0, 0.1], &Device::Cpu).unwrap();
+        for (gate, want) in [
+            (Gate::Silu, (g.silu().unwrap() * &u).unwrap()),
+            (Gate::Gelu, (g.gelu().unwrap() * &u).unwrap()),
+        ] {
+            let got = g.apply_op2_no_bwd(&u, &Gated(gate)).unwrap();
+            let (got, want) = (
+                got.to_vec1::<f32>().unwrap(),
+                want.to_vec1::<f32>().unwrap(),
+            );
+            for (a, b) in got.iter().zip(&want) {
+                assert!(
+                    (a - b).abs() <= 1e-6 * b.abs().max(1.0),
+                    "{gate:?}: {a} vs {b}"
+                );
+            }
+        }
+        let short = Tensor::new(&[1.0f32], &Device::Cpu).unwrap();
+        assert!(g.apply_op2_no_bwd(&short, &Gated(Gate::Silu)).is_err());
+    }
+}
