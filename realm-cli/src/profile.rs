@@ -189,6 +189,20 @@ impl<B: Backend> NormOps for Profiled<'_, B> {
             self.inner.rms_norm_inplace(x, w, eps, n_rows)
         })
     }
+    fn add_rms_norm(
+        &self,
+        x: &mut B::Buffer,
+        y: &B::Buffer,
+        w: &B::Buffer,
+        eps: f32,
+        n_rows: usize,
+        width: usize,
+        out: &mut B::Buffer,
+    ) -> BackendResult<()> {
+        self.time(named("add_rms_norm"), || {
+            self.inner.add_rms_norm(x, y, w, eps, n_rows, width, out)
+        })
+    }
 }
 
 impl<B: Backend> RopeOps for Profiled<'_, B> {

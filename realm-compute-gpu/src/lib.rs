@@ -20,7 +20,8 @@
 //! - **Decode steps are recorded** as CUDA graphs and replayed
 //!   ([`StepMode`], [`realm_core::backend::StepOps`]): one launch a step
 //!   instead of about a thousand.
-//! - **Fused kernels.** Decode attention and the gated units are kernels of
+//! - **Fused kernels.** Decode attention, the gated units and the residual
+//!   add with its norm are kernels of
 //!   Realm's own (`kernels/*.cu`, built with `nvcc` under the `cuda`
 //!   feature), each with a CPU form for candle's CPU device; see
 //!   [`GpuBackend::with_fused_kernels`].
@@ -243,8 +244,8 @@ impl GpuBackend {
 
     /// The backend using Realm's fused kernels when `on`, and candle's ops
     /// otherwise: decode attention (a batch's rows, or up to 8 rows of one
-    /// sequence, heads of up to 256 values) and the gated units (SwiGLU,
-    /// GeGLU). They are on by default on CUDA and candle's CPU device
+    /// sequence, heads of up to 256 values), the gated units (SwiGLU,
+    /// GeGLU) and the residual add with the norm after it. They are on by default on CUDA and candle's CPU device
     /// unless the environment variable `REALM_FUSED_KERNELS` is `0`; Metal
     /// has no form of them.
     ///

@@ -5,7 +5,7 @@ use realm_core::backend::{
     ActivationOps, BackendError, BackendResult, NormOps, RopeMode, RopeOps, RopeParams,
 };
 
-use crate::fused::{Gate, Gated};
+use crate::fused::{AddRmsNorm, Gate, Gated};
 use crate::step::StepState;
 use crate::{dev_err, product, GpuBackend, GpuBuffer};
 
@@ -238,6 +238,45 @@ impl NormOps for GpuBackend {
         const OP: &str = "rms_norm";
         let (len, y) = self.rms_norm_tensor(OP, x, w, eps, n_rows)?;
         x.set_prefix(OP, "x length", len, y)
+    }
+
+    fn add_rms_norm(
+        &self,
+        x: &mut GpuBuffer,
+        y: &GpuBuffer,
+        w: &GpuBuffer,
+        eps: f32,
+        n_rows: usize,
+        width: usize,
+        out: &mut GpuBuffer,
+    ) -> BackendResult<()> {
+        const OP: &str = "add_rms_norm";
+        if w.defined() != width {
+            return Err(BackendError::Shape {
+                op: OP,
+                what: "w length (width)",
+                expected: width,
+                got: w.defined(),
+            });
+        }
+        let len = row_values(OP, w, n_rows)?;
+        if !self.fused || n_rows == 0 {
+            self.add_inplace(x, y, len)?;
+            return self.rms_norm(x, w, eps, n_rows, out);
+        }
+        out.check_room(OP, "out length", len)?;
+        let (xt, yt) = (
+            x.prefix(OP, "x length", len)?,
+            y.prefix(OP, "y length", len)?,
+        );
+        let both = (|| {
+            let (xt, yt) = (xt.reshape((n_rows, width))?, yt.reshape((n_rows, width))?);
+            xt.apply_op3_no_bwd(&yt, w.all(), &AddRmsNorm { eps })
+        })()
+        .map_err(dev_err(OP))?;
+        let (sum, norm) = (both.get(0), both.get(1));
+        x.set_prefix(OP, "x length", len, sum.map_err(dev_err(OP))?)?;
+        out.set_prefix(OP, "out length", len, norm.map_err(dev_err(OP))?)
     }
 }
 

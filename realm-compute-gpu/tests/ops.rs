@@ -143,8 +143,8 @@ proptest! {
         }
     }
 
-    /// Norms, RoPE (both layouts, partial rotation), activations (the gated
-    /// units fused and not).
+    /// Norms, RoPE (both layouts, partial rotation), activations (the
+    /// residual add + norm and the gated units fused and not).
     #[test]
     fn elementwise_ops_match_cpu(rows in 1usize..5, heads in 1usize..4, half in 1usize..17, extra in 0usize..3, neox in any::<bool>(), seed in any::<u64>()) {
         let mut rng = Rng(seed);
@@ -164,6 +164,20 @@ proptest! {
         let mut gout = g.buffer(len).unwrap();
         g.rms_norm(&gx, &gw, 1e-5, rows, &mut gout).unwrap();
         assert_close(&down(&g, &gout, len), &cout, 1e-5, 1e-5, "rms_norm");
+
+        // The residual add and the norm after it, fused and not.
+        let unfused = gpu().with_fused_kernels(false);
+        let (mut cx, mut cn) = (x.clone(), vec![0.0; len]);
+        c.add_rms_norm(&mut cx, &y, &w, 1e-5, rows, width, &mut cn).unwrap();
+        for g in [&g, &unfused] {
+            let (mut gx, gy, gw) = (g.upload(&x).unwrap(), g.upload(&y).unwrap(), g.upload(&w).unwrap());
+            let mut gn = g.buffer(len).unwrap();
+            g.add_rms_norm(&mut gx, &gy, &gw, 1e-5, rows, width, &mut gn).unwrap();
+            assert_close(&down(g, &gx, len), &cx, 1e-6, 1e-6, "add_rms_norm sum");
+            assert_close(&down(g, &gn, len), &cn, 1e-5, 1e-5, "add_rms_norm");
+            // A weight of another width is an error.
+            prop_assert!(g.add_rms_norm(&mut gx, &gy, &gw, 1e-5, rows, width + 1, &mut gn).is_err());
+        }
 
         let p = RopeParams { n_dims: 2 * half, base: 10000.0, freq_scale: 1.0, mode: if neox { RopeMode::Neox } else { RopeMode::Normal } };
         let positions: Vec<u32> = (0..rows as u32).map(|i| i * 37 + 5).collect();
@@ -186,7 +200,6 @@ proptest! {
             ("mul", |c, a, b, n| c.mul_inplace(a, b, n).unwrap(), |g, a, b, n| g.mul_inplace(a, b, n).unwrap()),
         ];
         // The gated units with Realm's fused kernel and with candle's ops.
-        let unfused = gpu().with_fused_kernels(false);
         for (name, cf, gf) in ops {
             let mut ca = x.clone();
             cf(&c, &mut ca, &y, len);

@@ -325,8 +325,8 @@ pub trait MatMulOps: BackendCore {
     ) -> BackendResult<()>;
 }
 
-/// Normalisation.
-pub trait NormOps: BackendCore {
+/// Normalisation (with the residual add before a norm, hence `ActivationOps`).
+pub trait NormOps: ActivationOps {
     /// RMSNorm of the first `n_rows` rows of `x`, a row being as long as `w`
     /// (the whole of `w` is the weight): `out = x / sqrt(mean(x^2) + eps) * w`.
     ///
@@ -349,6 +349,31 @@ pub trait NormOps: BackendCore {
         eps: f32,
         n_rows: usize,
     ) -> BackendResult<()>;
+
+    /// A residual add and the norm after it: `x += y` over the first
+    /// `n_rows` rows of `width` values, then [`NormOps::rms_norm`] of them
+    /// into `out` (`w` holds `width` values). The default runs the two ops;
+    /// a backend may fuse them into one pass (the GPU backend does).
+    #[allow(clippy::too_many_arguments)]
+    fn add_rms_norm(
+        &self,
+        x: &mut Self::Buffer,
+        y: &Self::Buffer,
+        w: &Self::Buffer,
+        eps: f32,
+        n_rows: usize,
+        width: usize,
+        out: &mut Self::Buffer,
+    ) -> BackendResult<()> {
+        let len = n_rows
+            .checked_mul(width)
+            .ok_or(BackendError::InvalidParameter {
+                op: "add_rms_norm",
+                what: "n_rows * width overflows",
+            })?;
+        self.add_inplace(x, y, len)?;
+        self.rms_norm(x, w, eps, n_rows, out)
+    }
 }
 
 /// How RoPE pairs up the dimensions of a head.

@@ -721,9 +721,7 @@ impl<'a, B: Backend> Model<'a, B> {
         if let Some(w) = &layer.post_attn_norm {
             b.rms_norm_inplace(&mut sc.proj, w, eps, n)?;
         }
-        b.add_inplace(&mut sc.x, &sc.proj, n * d)?;
-
-        b.rms_norm(&sc.x, &layer.ffn_norm, eps, n, &mut sc.xn)?;
+        b.add_rms_norm(&mut sc.x, &sc.proj, &layer.ffn_norm, eps, n, d, &mut sc.xn)?;
         project(
             b,
             &mut sc.ws,

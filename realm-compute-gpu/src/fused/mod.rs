@@ -6,9 +6,11 @@
 //! A small model's decode step is launch-bound: these replace several of
 //! candle's kernels each with one.
 
+mod add_norm;
 mod attention;
 mod gated;
 
+pub(crate) use add_norm::AddRmsNorm;
 pub(crate) use attention::{DecodeAttention, QueryPositions, MAX_HEAD_DIM};
 pub(crate) use gated::{Gate, Gated};
 
