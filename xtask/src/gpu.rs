@@ -22,7 +22,8 @@ use crate::{cargo, root, status};
 
 const RUN_SH: &str = r#"#!/bin/sh
 # Written by `cargo xtask gpu-bundle`: run on a machine with an NVIDIA GPU.
-# A failing step is reported and the rest still run.
+# A failing step is reported and the rest still run; a step that hangs is
+# stopped (timeout) and reported the same way.
 set -u
 here="$(cd "$(dirname "$0")" && pwd)"
 out="${OUT:-$here/out}"
@@ -34,12 +35,12 @@ export REALM_GPU_TEST_DEVICE="${REALM_GPU_TEST_DEVICE:-cuda:0}" REALM_GPU_TEST_T
 dev="$REALM_GPU_TEST_DEVICE"
 for t in "$here"/test-*; do
   name="$(basename "$t")"
-  "$t" --nocapture > "$out/$name.log" 2>&1 || echo "FAILED: $name (see $name.log)"
+  timeout 300 "$t" --nocapture > "$out/$name.log" 2>&1 || echo "FAILED: $name (see $name.log)"
   grep -E "^test result|FAILED|panicked|max \|logit" "$out/$name.log"
 done
 bench() {
   name="$1"; shift
-  "$here/realm" bench "$@" > "$out/$name.md" 2> "$out/$name.err" || echo "FAILED: $name"
+  timeout 240 "$here/realm" bench "$@" > "$out/$name.md" 2> "$out/$name.err" || echo "FAILED: $name"
   cat "$out/$name.md"; grep -v "^realm: \(loaded\|opened\)" "$out/$name.err"
 }
 for m in smollm2 gemma3; do
