@@ -105,6 +105,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             if recorded > 0 {
                 eprintln!("realm: {recorded} decode steps recorded, {replayed} replayed");
             }
+            if let Some(nodes) = g.last_graph_nodes() {
+                eprintln!("realm: the last step recorded (a graph) holds {nodes}");
+            }
             Ok(())
         }
     }

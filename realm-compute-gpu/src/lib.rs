@@ -76,7 +76,7 @@ pub use buffer::GpuBuffer;
 pub use kv::{GpuKvCache, MAX_SLOTS};
 pub use matmul::GpuWeight;
 pub use ops::GpuWorkspace;
-pub use step::{GpuRecording, StepMode};
+pub use step::{GpuRecording, GraphNodes, StepMode};
 
 /// Which device a [`GpuBackend`] runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,6 +160,8 @@ pub struct GpuBackend {
     /// Steps recorded and steps replayed, for reports and tests.
     recorded: AtomicU64,
     replayed: AtomicU64,
+    /// The nodes of the last step recorded.
+    last_graph: std::sync::Mutex<Option<GraphNodes>>,
 }
 
 impl fmt::Debug for GpuBackend {
@@ -217,6 +219,7 @@ impl GpuBackend {
             kv_pool: kv::KvPool::default(),
             recorded: AtomicU64::new(0),
             replayed: AtomicU64::new(0),
+            last_graph: std::sync::Mutex::new(None),
         })
     }
 
@@ -274,6 +277,12 @@ impl GpuBackend {
             self.recorded.load(Ordering::Relaxed),
             self.replayed.load(Ordering::Relaxed),
         )
+    }
+
+    /// What the CUDA graph of the last step recorded holds (`None` until a
+    /// step is recorded): how many kernels a decode step launches.
+    pub fn last_graph_nodes(&self) -> Option<GraphNodes> {
+        *self.last_graph.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The device this backend runs on.

@@ -45,6 +45,34 @@ pub enum StepMode {
     Recorded,
 }
 
+/// What a recorded step's CUDA graph holds, by kind of node: how many
+/// kernels a step launches, and what else the graph does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GraphNodes {
+    /// Kernel launches.
+    pub kernels: usize,
+    /// Copies between buffers.
+    pub copies: usize,
+    /// Memory sets (zeroed tensors).
+    pub memsets: usize,
+    /// Allocations of the step's temporaries.
+    pub allocs: usize,
+    /// Frees.
+    pub frees: usize,
+    /// Any other kind.
+    pub other: usize,
+}
+
+impl std::fmt::Display for GraphNodes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} kernels, {} copies, {} memsets, {} allocations, {} frees, {} other nodes",
+            self.kernels, self.copies, self.memsets, self.allocs, self.frees, self.other
+        )
+    }
+}
+
 /// A decode step recorded as a CUDA graph.
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 pub struct GpuRecording {
@@ -454,6 +482,8 @@ impl StepOps for GpuBackend {
             copied?;
             let graph = graph?;
             self.recorded.fetch_add(1, Ordering::Relaxed);
+            let nodes = graph.nodes().map_err(dev_err(OP))?;
+            *self.last_graph.lock().unwrap_or_else(|e| e.into_inner()) = Some(nodes);
             Ok(GpuRecording {
                 graph,
                 fixed,
@@ -521,6 +551,43 @@ mod cuda {
     impl Graph {
         pub(super) fn launch(&self) -> Result<()> {
             self.0.launch().w()
+        }
+
+        /// The graph's nodes, counted by kind.
+        pub(super) fn nodes(&self) -> Result<super::GraphNodes> {
+            use sys::CUgraphNodeType as T;
+            let g = self.0.cu_graph();
+            let mut n = 0usize;
+            // SAFETY: `g` is the graph this value owns, alive until it is
+            // dropped; a null node array asks only for the count.
+            unsafe { sys::cuGraphGetNodes(g, std::ptr::null_mut(), &mut n) }
+                .result()
+                .w()?;
+            let mut nodes = vec![std::ptr::null_mut(); n];
+            // SAFETY: `nodes` has room for the `n` nodes asked for.
+            unsafe { sys::cuGraphGetNodes(g, nodes.as_mut_ptr(), &mut n) }
+                .result()
+                .w()?;
+            let mut counts = super::GraphNodes::default();
+            for &node in nodes.iter().take(n) {
+                let mut kind = std::mem::MaybeUninit::<T>::uninit();
+                // SAFETY: `node` is one of the graph's nodes, just listed;
+                // the call writes its kind.
+                unsafe { sys::cuGraphNodeGetType(node, kind.as_mut_ptr()) }
+                    .result()
+                    .w()?;
+                // SAFETY: the call succeeded, so it wrote the kind.
+                let slot = match unsafe { kind.assume_init() } {
+                    T::CU_GRAPH_NODE_TYPE_KERNEL => &mut counts.kernels,
+                    T::CU_GRAPH_NODE_TYPE_MEMCPY => &mut counts.copies,
+                    T::CU_GRAPH_NODE_TYPE_MEMSET => &mut counts.memsets,
+                    T::CU_GRAPH_NODE_TYPE_MEM_ALLOC => &mut counts.allocs,
+                    T::CU_GRAPH_NODE_TYPE_MEM_FREE => &mut counts.frees,
+                    _ => &mut counts.other,
+                };
+                *slot += 1;
+            }
+            Ok(counts)
         }
     }
 
