@@ -9,6 +9,7 @@ use realm_core::backend::{
 
 use crate::fused::{DecodeAttention, QueryPositions, MAX_HEAD_DIM};
 use crate::kv::{dtype_of, GpuKvCache};
+use crate::scratch::scratch_err;
 use crate::{dev_err, product, GpuBackend, GpuBuffer, GpuWorkspace};
 
 fn check_layer(op: &'static str, cfg: &KvCacheConfig, layer: usize) -> BackendResult<()> {
@@ -264,7 +265,8 @@ impl AttentionOps for GpuBackend {
                 (lo, len, m)
             }
         };
-        let y = (|| -> candle_core::Result<Tensor> {
+        let recording = ws.recording();
+        let attend = || -> candle_core::Result<Tensor> {
             // The products read an f32 cache in place: each head's keys are
             // contiguous rows, and heads are a strided batch.
             let keys = cache.k[at.layer].narrow(1, lo, len)?.to_dtype(DType::F32)?;
@@ -284,8 +286,12 @@ impl AttentionOps for GpuBackend {
                 .reshape((kvh, n, group * hd))?
                 .transpose(0, 1)?
                 .contiguous()
-        })()
-        .map_err(dev_err(OP))?;
+        };
+        // cuBLAS's workspace is shared between threads' streams.
+        let y = self
+            .scratch
+            .shared(&self.device, recording, attend)
+            .map_err(scratch_err(OP))?;
         out.set_rows(OP, "out length", &rows, width, y)
     }
 
@@ -469,7 +475,8 @@ impl GpuBackend {
             }
         };
         let dt = dtype_of(cfg.dtype);
-        (|| -> candle_core::Result<Tensor> {
+        let recording = ws.recording();
+        let attend = || -> candle_core::Result<Tensor> {
             let (kv_width, width) = (kvh * hd, p.n_heads * hd);
             let row = |t: &Tensor, w: usize| t.narrow(0, first * w, n * w);
             // [rows, heads, 1, dim] into each slot's position.
@@ -498,7 +505,14 @@ impl GpuBackend {
             let scores = qg.matmul(&keys.t()?)?;
             let probs = probabilities(scores, p, mask.as_ref())?;
             probs.matmul(&values)?.reshape((n, width))
-        })()
-        .map_err(dev_err(OP))
+        };
+        match fused {
+            true => attend().map_err(dev_err(OP)),
+            // cuBLAS's workspace is shared between threads' streams.
+            false => self
+                .scratch
+                .shared(&self.device, recording, attend)
+                .map_err(scratch_err(OP)),
+        }
     }
 }

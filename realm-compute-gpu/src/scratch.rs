@@ -17,7 +17,9 @@
 //!   freed, inside the graph).
 //!
 //! A replay goes through the same lock, so that its staleness check and its
-//! launch are one step that no growth can come between.
+//! launch are one step that no growth can come between. So do candle's
+//! float products (cuBLAS, in attention over long chunks), whose workspace
+//! every thread's stream shares the same way.
 
 use std::sync::Mutex;
 use std::thread::ThreadId;
@@ -122,6 +124,27 @@ impl Scratch {
             *slot = need;
             st.epoch += 1;
         }
+        Self::run(&mut st, device, recording, launch)
+    }
+
+    /// Runs `launch`, ops that use a resource every thread's stream shares
+    /// (cuBLAS's workspace, for candle's float products), ordered like a
+    /// product.
+    pub(crate) fn shared<R>(
+        &self,
+        device: &Device,
+        recording: bool,
+        launch: impl FnOnce() -> candle_core::Result<R>,
+    ) -> Result<R, ScratchError> {
+        Self::run(&mut self.lock(), device, recording, launch)
+    }
+
+    fn run<R>(
+        st: &mut State,
+        device: &Device,
+        recording: bool,
+        launch: impl FnOnce() -> candle_core::Result<R>,
+    ) -> Result<R, ScratchError> {
         if recording {
             return Ok(launch()?);
         }
