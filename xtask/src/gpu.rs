@@ -28,6 +28,19 @@ set -u
 here="$(cd "$(dirname "$0")" && pwd)"
 out="${OUT:-$here/out}"
 mkdir -p "$out"
+# candle links the driver, cuBLAS, cuRAND and the CUDA runtime (13.x). GPU
+# images often keep them off the loader's path (the driver under
+# /usr/local/nvidia, the rest in Python packages such as nvidia-cublas):
+# find them there, never a build stub.
+for lib in libcuda.so.1 libcublas.so.13 libcublasLt.so.13 libcurand.so.10 libcudart.so.13; do
+  ldconfig -p 2>/dev/null | grep -q "$lib" && continue
+  file="$(find /usr/local /usr/lib /opt -name "$lib" -not -path "*stubs*" 2>/dev/null | head -n 1)"
+  [ -n "$file" ] && LD_LIBRARY_PATH="$(dirname "$file")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+done
+export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:-}"
+if ldd "$here/realm" | grep -q "not found"; then
+  echo "realm cannot start, missing libraries:"; ldd "$here/realm" | grep "not found"; exit 1
+fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/gpu.txt"
 "$here/realm" synth smollm2 -o "$out/smollm2-synth.gguf" || exit 1
 "$here/realm" synth gemma3 -o "$out/gemma3-synth.gguf" || exit 1
