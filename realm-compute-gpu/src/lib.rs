@@ -196,7 +196,12 @@ impl GpuBackend {
             GpuDevice::Cuda(n) => Device::new_cuda(n),
             GpuDevice::Metal(n) => Device::new_metal(n),
         }
-        .map_err(|e| BackendError::Setup(format!("cannot open {which}: {e}")))?;
+        .map_err(|e| {
+            // candle appends a backtrace to some errors: keep the message.
+            let e = e.to_string();
+            let message = e.lines().next().unwrap_or_default();
+            BackendError::Setup(format!("cannot open {which}: {message}"))
+        })?;
         let name = match which {
             GpuDevice::Cpu => "candle-cpu".to_string(),
             other => format!("candle-{other}"),
