@@ -3,7 +3,8 @@
 //! - `cargo xtask demo`: fetch SmolLM2 and ask it the capital of France, through the wasm guest.
 //! - `cargo xtask fetch-model`: download the real models into the model cache.
 //! - `cargo xtask test`: fetch the models if missing, build the wasm guest,
-//!   then run the whole suite.
+//!   then run the whole suite, and the GPU backend's CUDA kernels under the
+//!   tests' CPU emulator where a C++ compiler is found.
 //! - `cargo xtask wasm`: build the wasm guest (`realm-wasm`) and report its size.
 //! - `cargo xtask proptest [CASES]`: the suite with many more property-test cases.
 //! - `cargo xtask fuzz [SECONDS]`: run the GGUF reader's fuzz target.
@@ -107,6 +108,7 @@ fn test() -> Result<()> {
     let mut t = cargo();
     t.args(["test", "--release", "--workspace"]);
     status(t)?;
+    emulated_kernels()?;
     let mut wasm = cargo();
     wasm.args([
         "build",
@@ -117,6 +119,33 @@ fn test() -> Result<()> {
         "wasm32-unknown-unknown",
     ]);
     status(wasm)
+}
+
+/// The GPU backend's CUDA kernels run on the CPU under the tests' SIMT
+/// emulator (`realm-compute-gpu/tests/emulated.rs`), which needs a C++20
+/// compiler: run where one is found (`$CXX`, else `c++`), said so where not.
+fn emulated_kernels() -> Result<()> {
+    let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".to_string());
+    let found = Command::new(&cxx)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        eprintln!("xtask: no C++ compiler (`{cxx}`): the emulated CUDA kernel tests did not run");
+        return Ok(());
+    }
+    let mut t = cargo();
+    t.args([
+        "test",
+        "--release",
+        "-p",
+        "realm-compute-gpu",
+        "--test",
+        "emulated",
+        "--",
+        "--ignored",
+    ]);
+    status(t)
 }
 
 /// Where `cargo xtask wasm` leaves the guest (realm-runtime's tests look there).

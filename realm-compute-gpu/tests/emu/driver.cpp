@@ -1,0 +1,95 @@
+// Runs one of Realm's CUDA kernels under emu.h: `driver KERNEL ARGS...`
+// reads its arrays from files, writes its output to a file. Built and run
+// by tests/emulated.rs, which compares the output with the CPU backend.
+#include "emu.h"
+
+#include "../../kernels/add_rms_norm.cu"
+#include "../../kernels/decode_attention.cu"
+#include "../../kernels/gated.cu"
+
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+
+template <class T>
+static std::vector<T> load(const char *path) {
+  std::vector<T> v;
+  FILE *f = std::fopen(path, "rb");
+  if (!f) {
+    std::fprintf(stderr, "cannot open %s\n", path);
+    std::exit(2);
+  }
+  T x;
+  while (std::fread(&x, sizeof x, 1, f) == 1) v.push_back(x);
+  std::fclose(f);
+  return v;
+}
+
+static void store(const char *path, const std::vector<float> &v) {
+  FILE *f = std::fopen(path, "wb");
+  if (!f || std::fwrite(v.data(), sizeof(float), v.size(), f) != v.size()) {
+    std::fprintf(stderr, "cannot write %s\n", path);
+    std::exit(2);
+  }
+  std::fclose(f);
+}
+
+static long num(const char *s) { return std::strtol(s, nullptr, 10); }
+static float real(const char *s) { return std::strtof(s, nullptr); }
+
+int main(int argc, char **argv) {
+  if (argc < 2) return 2;
+  const std::string kernel = argv[1];
+  if (kernel == "decode_attention_f32" || kernel == "decode_attention_f16") {
+    // q k v positions|- out rows n_heads n_kv_heads head_dim max_seq
+    // row_stride scale softcap window pos_base
+    if (argc != 17) return 2;
+    auto q = load<float>(argv[2]);
+    std::vector<uint32_t> pos;
+    const bool device_positions = std::string(argv[5]) != "-";
+    if (device_positions) pos = load<uint32_t>(argv[5]);
+    const unsigned rows = num(argv[7]), n_heads = num(argv[8]);
+    const int n_kv = num(argv[9]), hd = num(argv[10]), max_seq = num(argv[11]);
+    const long long row_stride = num(argv[12]);
+    const float scale = real(argv[13]), softcap = real(argv[14]);
+    const int window = num(argv[15]);
+    const uint32_t pos_base = num(argv[16]);
+    std::vector<float> out(rows * n_heads * hd, -12345.0f);
+    const uint32_t *p = device_positions ? pos.data() : nullptr;
+    if (kernel == "decode_attention_f32") {
+      auto k = load<float>(argv[3]), v = load<float>(argv[4]);
+      emu_launch(decode_attention_f32, dim3{rows, n_heads, 1}, dim3{128, 1, 1}, q.data(), k.data(),
+                 v.data(), p, out.data(), pos_base, (int)n_heads, n_kv, hd, max_seq, row_stride,
+                 scale, softcap, window);
+    } else {
+      auto k = load<__half>(argv[3]), v = load<__half>(argv[4]);
+      emu_launch(decode_attention_f16, dim3{rows, n_heads, 1}, dim3{128, 1, 1}, q.data(), k.data(),
+                 v.data(), p, out.data(), pos_base, (int)n_heads, n_kv, hd, max_seq, row_stride,
+                 scale, softcap, window);
+    }
+    store(argv[6], out);
+  } else if (kernel == "add_rms_norm_f32") {
+    // x y w out rows width eps
+    if (argc != 9) return 2;
+    auto x = load<float>(argv[2]), y = load<float>(argv[3]), w = load<float>(argv[4]);
+    const unsigned rows = num(argv[6]), width = num(argv[7]);
+    std::vector<float> out(2 * rows * width, -12345.0f);
+    emu_launch(add_rms_norm_f32, dim3{rows, 1, 1}, dim3{256, 1, 1}, x.data(), y.data(), w.data(),
+               out.data(), rows, width, real(argv[8]));
+    store(argv[5], out);
+  } else if (kernel == "swiglu_f32" || kernel == "geglu_f32") {
+    // gate up out
+    if (argc != 5) return 2;
+    auto g = load<float>(argv[2]), u = load<float>(argv[3]);
+    const uint32_t n = g.size();
+    std::vector<float> out(n, -12345.0f);
+    // As the backend launches it: 1024 threads a block, enough blocks.
+    const unsigned blocks = (n + 1023) / 1024;
+    auto f = kernel == "swiglu_f32" ? swiglu_f32 : geglu_f32;
+    emu_launch(f, dim3{blocks, 1, 1}, dim3{1024, 1, 1}, g.data(), u.data(), out.data(), n);
+    store(argv[4], out);
+  } else {
+    return 2;
+  }
+  return 0;
+}

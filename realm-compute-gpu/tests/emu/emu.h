@@ -1,0 +1,84 @@
+// Runs Realm's CUDA kernels on the CPU, for tests on machines without a
+// GPU: each block's threads are OS threads, one block at a time, with
+// barriers for __syncthreads and for warp shuffles. Enough CUDA for
+// realm-compute-gpu/kernels/*.cu, not a general emulator: kernels must
+// call shuffles from every lane of a warp and __syncthreads from every
+// thread of a block, as CUDA requires anyway.
+#pragma once
+#include <barrier>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <math.h>
+#include <memory>
+#include <thread>
+#include <vector>
+
+struct dim3 {
+  unsigned x = 1, y = 1, z = 1;
+};
+
+inline thread_local dim3 threadIdx;
+inline thread_local dim3 blockIdx;
+inline dim3 blockDim;
+inline dim3 gridDim;
+
+// One block's barriers and the lanes' shuffle slots.
+struct EmuBlock {
+  std::barrier<> all;
+  std::vector<std::unique_ptr<std::barrier<>>> warps;
+  std::vector<float> lanes;
+  explicit EmuBlock(unsigned threads) : all(threads), lanes(threads) {
+    for (unsigned w = 0; w < threads / 32; ++w) warps.push_back(std::make_unique<std::barrier<>>(32));
+  }
+};
+inline EmuBlock *emu_block = nullptr;
+
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __launch_bounds__(x)
+// Blocks run one at a time, so a static is one block's shared memory.
+#define __shared__ static
+
+inline void __syncthreads() { emu_block->all.arrive_and_wait(); }
+
+inline float __shfl_xor_sync(unsigned, float v, int offset) {
+  const unsigned t = threadIdx.x, warp = t / 32, lane = t % 32;
+  std::barrier<> &bar = *emu_block->warps[warp];
+  emu_block->lanes[t] = v;
+  bar.arrive_and_wait();
+  const float r = emu_block->lanes[warp * 32 + (lane ^ (unsigned)offset)];
+  bar.arrive_and_wait();
+  return r;
+}
+
+inline float __int_as_float(int i) {
+  float f;
+  std::memcpy(&f, &i, sizeof f);
+  return f;
+}
+
+// Runs `kernel` over `grid` blocks of `block` threads (block.x a multiple
+// of 32).
+template <class... P, class... A>
+void emu_launch(void (*kernel)(P...), dim3 grid, dim3 block, A... args) {
+  gridDim = grid;
+  blockDim = block;
+  for (unsigned by = 0; by < grid.y; ++by) {
+    for (unsigned bx = 0; bx < grid.x; ++bx) {
+      EmuBlock b(block.x);
+      emu_block = &b;
+      std::vector<std::thread> threads;
+      for (unsigned t = 0; t < block.x; ++t) {
+        threads.emplace_back([=] {
+          threadIdx = dim3{t, 0, 0};
+          blockIdx = dim3{bx, by, 0};
+          kernel(static_cast<P>(args)...);
+        });
+      }
+      for (auto &th : threads) th.join();
+      emu_block = nullptr;
+    }
+  }
+}

@@ -1,0 +1,330 @@
+//! Realm's CUDA kernels (`kernels/*.cu`) on the CPU, under a small SIMT
+//! emulator (`tests/emu/emu.h`: a block's threads are OS threads, with
+//! barriers for `__syncthreads` and warp shuffles), against the CPU
+//! backend. This checks the kernels' own source (indexing, masks, the
+//! warps' running softmax and its merge, reductions) on machines without a
+//! GPU; a GPU machine runs the same kernels for real through the op tests.
+//!
+//! The tests need a C++20 compiler (`$CXX`, else `c++`), so they are
+//! ignored by a plain `cargo test`; `cargo xtask test` runs them where it
+//! finds one.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use realm_compute_cpu::CpuBackend;
+use realm_core::backend::{
+    ActivationOps, AttentionOps, AttentionParams, BackendCore, KvCacheConfig, KvDtype, KvSpan,
+    NormOps,
+};
+
+/// The emulated kernels' driver, built once.
+fn driver() -> &'static Path {
+    static DRIVER: OnceLock<PathBuf> = OnceLock::new();
+    DRIVER.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/emu");
+        let exe = Path::new(env!("CARGO_TARGET_TMPDIR")).join("realm-emulated-kernels");
+        let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".to_string());
+        let out = Command::new(&cxx)
+            .args(["-std=c++20", "-O1", "-pthread", "-I"])
+            .arg(&dir)
+            .arg(dir.join("driver.cpp"))
+            .arg("-o")
+            .arg(&exe)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run the C++ compiler `{cxx}`: {e}"));
+        assert!(
+            out.status.success(),
+            "building the emulated kernels failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        exe
+    })
+}
+
+/// A scratch folder for one call's files.
+fn scratch(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("emulated-{name}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn write<T: bytemuck::Pod>(dir: &Path, name: &str, values: &[T]) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, bytemuck::cast_slice(values)).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+/// Runs `kernel` with `args`; returns the f32 values it wrote to `out`.
+fn run(kernel: &str, args: &[String], out: &Path) -> Vec<f32> {
+    let status = Command::new(driver())
+        .arg(kernel)
+        .args(args)
+        .status()
+        .unwrap();
+    assert!(status.success(), "{kernel} failed: {status}");
+    let bytes = std::fs::read(out).unwrap();
+    bytemuck::pod_collect_to_vec(&bytes)
+}
+
+struct Rng(u64);
+impl Rng {
+    fn f32s(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                self.0 = self
+                    .0
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                lo + (hi - lo) * ((self.0 >> 40) as f32 / (1u64 << 24) as f32)
+            })
+            .collect()
+    }
+}
+
+fn assert_close(got: &[f32], want: &[f32], rel: f32, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= rel * w.abs().max(1.0),
+            "{what}: [{i}] {g} vs {w}"
+        );
+    }
+}
+
+/// One decode-attention case: `positions[r]` is row r's position; the
+/// rows share one cache (`shared`, positions consecutive from the first)
+/// or have one each.
+struct Case {
+    n_kv: usize,
+    group: usize,
+    hd: usize,
+    positions: Vec<u32>,
+    shared: bool,
+    window: Option<usize>,
+    softcap: Option<f32>,
+    f16: bool,
+    device_positions: bool,
+}
+
+fn decode_attention(case: &Case, seed: u64) {
+    let mut rng = Rng(seed);
+    let (n_kv, hd) = (case.n_kv, case.hd);
+    let n_heads = n_kv * case.group;
+    let rows = case.positions.len();
+    let max_seq = *case.positions.iter().max().unwrap() as usize + 3;
+    let caches = if case.shared { 1 } else { rows };
+    let per_cache = n_kv * max_seq * hd;
+    // The kernel's layout: [cache][kv head][position][dim].
+    let k = rng.f32s(caches * per_cache, -1.0, 1.0);
+    let v = rng.f32s(caches * per_cache, -1.0, 1.0);
+    let q = rng.f32s(rows * n_heads * hd, -1.0, 1.0);
+    let p = AttentionParams {
+        n_heads,
+        n_kv_heads: n_kv,
+        head_dim: hd,
+        scale: 1.0 / (hd as f32).sqrt(),
+        sliding_window: case.window,
+        softcap: case.softcap,
+    };
+    // The CPU backend: each cache's positions written row by row, in the
+    // backend's [position][kv head * dim] rows; then each row attended.
+    let cpu = CpuBackend::new().unwrap();
+    let cfg = KvCacheConfig {
+        n_layers: 1,
+        n_kv_heads: n_kv,
+        head_dim: hd,
+        max_seq_len: max_seq,
+        dtype: if case.f16 { KvDtype::F16 } else { KvDtype::F32 },
+    };
+    let mut want = vec![0f32; q.len()];
+    let mut cpu_caches: Vec<_> = (0..caches).map(|_| cpu.kv_cache(&cfg).unwrap()).collect();
+    for (c, cache) in cpu_caches.iter_mut().enumerate() {
+        let row_of = |t: &[f32], pos: usize| -> Vec<f32> {
+            (0..n_kv)
+                .flat_map(|h| {
+                    let at = c * per_cache + (h * max_seq + pos) * hd;
+                    t[at..at + hd].to_vec()
+                })
+                .collect()
+        };
+        let ks: Vec<f32> = (0..max_seq).flat_map(|pos| row_of(&k, pos)).collect();
+        let vs: Vec<f32> = (0..max_seq).flat_map(|pos| row_of(&v, pos)).collect();
+        let span = KvSpan {
+            layer: 0,
+            start_pos: 0,
+        };
+        cpu.kv_write(&mut cpu.workspace(), cache, span, &ks, &vs, 0..max_seq)
+            .unwrap();
+    }
+    for (r, &pos) in case.positions.iter().enumerate() {
+        let cache = &cpu_caches[if case.shared { 0 } else { r }];
+        let width = n_heads * hd;
+        let mut out = vec![0f32; width];
+        let at = KvSpan {
+            layer: 0,
+            start_pos: pos as usize,
+        };
+        let qr = q[r * width..(r + 1) * width].to_vec();
+        cpu.attention(&mut cpu.workspace(), cache, at, &qr, 0..1, &p, &mut out)
+            .unwrap();
+        want[r * width..(r + 1) * width].copy_from_slice(&out);
+    }
+    // The kernel.
+    let dir = scratch(&format!("attention-{seed}"));
+    let (kf, vf) = if case.f16 {
+        let half = |t: &[f32]| -> Vec<u16> {
+            t.iter()
+                .map(|&x| half::f16::from_f32(x).to_bits())
+                .collect()
+        };
+        (write(&dir, "k", &half(&k)), write(&dir, "v", &half(&v)))
+    } else {
+        (write(&dir, "k", &k), write(&dir, "v", &v))
+    };
+    let pos_file = if case.device_positions {
+        write(&dir, "pos", &case.positions)
+    } else {
+        "-".to_string()
+    };
+    let out = dir.join("out");
+    let kernel = if case.f16 {
+        "decode_attention_f16"
+    } else {
+        "decode_attention_f32"
+    };
+    let args = vec![
+        write(&dir, "q", &q),
+        kf,
+        vf,
+        pos_file,
+        out.to_str().unwrap().to_string(),
+        rows.to_string(),
+        n_heads.to_string(),
+        n_kv.to_string(),
+        hd.to_string(),
+        max_seq.to_string(),
+        (if case.shared { 0 } else { per_cache }).to_string(),
+        p.scale.to_string(),
+        case.softcap.unwrap_or(0.0).to_string(),
+        case.window.unwrap_or(0).to_string(),
+        case.positions[0].to_string(),
+    ];
+    let got = run(kernel, &args, &out);
+    assert_close(&got, &want, 1e-4, kernel);
+}
+
+#[test]
+#[ignore = "needs a C++20 compiler; cargo xtask test runs it where it finds one"]
+fn decode_attention_matches_the_cpu() {
+    let cases = [
+        // SmolLM2's heads: 9 of 64 values over 3 KV heads; a batch.
+        Case {
+            n_kv: 3,
+            group: 3,
+            hd: 64,
+            positions: vec![0, 5, 40, 130],
+            shared: false,
+            window: None,
+            softcap: None,
+            f16: false,
+            device_positions: true,
+        },
+        // Gemma 3's: 4 of 256 over 1, a sliding window, f16 caches.
+        Case {
+            n_kv: 1,
+            group: 4,
+            hd: 256,
+            positions: vec![7, 33],
+            shared: false,
+            window: Some(16),
+            softcap: None,
+            f16: true,
+            device_positions: true,
+        },
+        // A chunk of one sequence (positions from pos_base), soft-capped,
+        // odd head size.
+        Case {
+            n_kv: 2,
+            group: 2,
+            hd: 37,
+            positions: vec![9, 10, 11],
+            shared: true,
+            window: None,
+            softcap: Some(5.0),
+            f16: false,
+            device_positions: false,
+        },
+        // One key visible (position 0, and a window of 1).
+        Case {
+            n_kv: 1,
+            group: 1,
+            hd: 1,
+            positions: vec![0, 3],
+            shared: false,
+            window: Some(1),
+            softcap: None,
+            f16: true,
+            device_positions: true,
+        },
+    ];
+    for (i, case) in cases.iter().enumerate() {
+        decode_attention(case, 100 + i as u64);
+    }
+}
+
+#[test]
+#[ignore = "needs a C++20 compiler; cargo xtask test runs it where it finds one"]
+fn add_rms_norm_matches_the_cpu() {
+    let cpu = CpuBackend::new().unwrap();
+    let mut rng = Rng(7);
+    // SmolLM2's and Gemma 3's widths, and one past a block's threads.
+    for (rows, width) in [(1, 576), (3, 640), (2, 300), (1, 1)] {
+        let x = rng.f32s(rows * width, -3.0, 3.0);
+        let y = rng.f32s(rows * width, -2.0, 2.0);
+        let w = rng.f32s(width, 0.5, 1.5);
+        let (mut sum, mut norm) = (x.clone(), vec![0f32; rows * width]);
+        cpu.add_rms_norm(&mut sum, &y, &w, 1e-6, rows, width, &mut norm)
+            .unwrap();
+        let dir = scratch(&format!("norm-{width}"));
+        let out = dir.join("out");
+        let args = vec![
+            write(&dir, "x", &x),
+            write(&dir, "y", &y),
+            write(&dir, "w", &w),
+            out.to_str().unwrap().to_string(),
+            rows.to_string(),
+            width.to_string(),
+            "1e-6".to_string(),
+        ];
+        let got = run("add_rms_norm_f32", &args, &out);
+        let (got_sum, got_norm) = got.split_at(rows * width);
+        assert_close(got_sum, &sum, 1e-6, "add_rms_norm sums");
+        assert_close(got_norm, &norm, 1e-5, "add_rms_norm norms");
+    }
+}
+
+#[test]
+#[ignore = "needs a C++20 compiler; cargo xtask test runs it where it finds one"]
+fn gated_units_match_the_cpu() {
+    let cpu = CpuBackend::new().unwrap();
+    let mut rng = Rng(11);
+    // Past one block of 1024 threads.
+    let n = 2500;
+    let g = rng.f32s(n, -6.0, 6.0);
+    let u = rng.f32s(n, -2.0, 2.0);
+    let dir = scratch("gated");
+    let out = dir.join("out");
+    let args = vec![
+        write(&dir, "g", &g),
+        write(&dir, "u", &u),
+        out.to_str().unwrap().to_string(),
+    ];
+    let mut swiglu = g.clone();
+    cpu.swiglu_inplace(&mut swiglu, &u, n).unwrap();
+    assert_close(&run("swiglu_f32", &args, &out), &swiglu, 1e-5, "swiglu");
+    let mut geglu = g.clone();
+    cpu.geglu_inplace(&mut geglu, &u, n).unwrap();
+    assert_close(&run("geglu_f32", &args, &out), &geglu, 1e-5, "geglu");
+}
