@@ -319,6 +319,22 @@ impl<B: Backend> AttentionOps for Profiled<'_, B> {
                 .attend_rows(ws, caches, layer, positions, kv, q, p, out)
         })
     }
+    fn rope_attend_rows(
+        &self,
+        ws: &mut B::Workspace,
+        caches: &mut [&mut B::KvCache],
+        layer: usize,
+        positions: &[u32],
+        qkv: (&mut B::Buffer, &mut B::Buffer, &B::Buffer),
+        rope: &RopeParams,
+        p: &AttentionParams,
+        out: &mut B::Buffer,
+    ) -> BackendResult<()> {
+        self.time(named("rope_attend_rows"), || {
+            self.inner
+                .rope_attend_rows(ws, caches, layer, positions, qkv, rope, p, out)
+        })
+    }
 }
 
 /// Steps run op by op, so that each op is timed.

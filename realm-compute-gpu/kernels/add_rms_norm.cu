@@ -3,12 +3,12 @@
 // Realm's GPU backend; src/fused/add_norm.rs holds the launch and the CPU
 // form. The output is [2, rows, width]: the sums, then the norms.
 //
-// Grid: one block a row. Block: THREADS threads over the row's values.
+// Grid: one block a row. Block: NORM_THREADS threads over the row's values.
 #include <stdint.h>
 
-#define THREADS 256
+#define NORM_THREADS 256
 
-extern "C" __global__ void __launch_bounds__(THREADS) add_rms_norm_f32(
+extern "C" __global__ void __launch_bounds__(NORM_THREADS) add_rms_norm_f32(
     const float *x, const float *y, const float *w, float *out, uint32_t rows,
     uint32_t width, float eps) {
   const uint32_t row = blockIdx.x;
@@ -17,7 +17,7 @@ extern "C" __global__ void __launch_bounds__(THREADS) add_rms_norm_f32(
   float *sum = out + (uint64_t)row * width;
   float *norm = out + ((uint64_t)rows + row) * width;
   float squares = 0.0f;
-  for (uint32_t i = threadIdx.x; i < width; i += THREADS) {
+  for (uint32_t i = threadIdx.x; i < width; i += NORM_THREADS) {
     const float s = xr[i] + yr[i];
     sum[i] = s;
     squares += s * s;
@@ -25,14 +25,14 @@ extern "C" __global__ void __launch_bounds__(THREADS) add_rms_norm_f32(
   // Each warp's total, then the block's.
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) squares += __shfl_xor_sync(0xffffffffu, squares, o);
-  __shared__ float warp_total[THREADS / 32];
+  __shared__ float warp_total[NORM_THREADS / 32];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   if (lane == 0) warp_total[warp] = squares;
   __syncthreads();
   float total = 0.0f;
 #pragma unroll
-  for (int i = 0; i < THREADS / 32; ++i) total += warp_total[i];
+  for (int i = 0; i < NORM_THREADS / 32; ++i) total += warp_total[i];
   const float scale = 1.0f / sqrtf(total / (float)width + eps);
   // Each thread reads back the sums it wrote.
-  for (uint32_t i = threadIdx.x; i < width; i += THREADS) norm[i] = sum[i] * scale * w[i];
+  for (uint32_t i = threadIdx.x; i < width; i += NORM_THREADS) norm[i] = sum[i] * scale * w[i];
 }

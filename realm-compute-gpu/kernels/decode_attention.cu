@@ -1,8 +1,8 @@
 // Attention of a few query rows over a KV cache in one kernel: scores,
 // scale, soft-cap, the causal and sliding-window mask, softmax and the
-// weighted sum of values. Written for Realm's GPU backend (src/fused.rs
-// holds the launch and a CPU form of the same arithmetic, which its tests
-// compare with).
+// weighted sum of values, with the query's RoPE when asked. Written for
+// Realm's GPU backend (src/fused/attention.rs holds the launch and a CPU
+// form of the same arithmetic, which its tests compare with).
 //
 // Grid: (rows, n_heads). Block: WARPS warps. Row r's query is at position
 // pos(r) (from `positions`, or pos_base + r when that is null) and sees the
@@ -28,7 +28,9 @@ __device__ void decode_attention(
     const uint32_t *__restrict__ positions,  // [rows], or null
     float *__restrict__ out,       // [rows, n_heads, head_dim]
     uint32_t pos_base, int n_heads, int n_kv_heads, int head_dim, int max_seq,
-    long long row_stride, float scale, float softcap, int window) {
+    long long row_stride, float scale, float softcap, int window,
+    const float *__restrict__ rope_cos,  // [rows, n_dims / 2], or null: q is rotated
+    const float *__restrict__ rope_sin, int n_dims, int neox) {
   const int row = blockIdx.x;
   const int head = blockIdx.y;
   const int lane = threadIdx.x & 31;
@@ -48,12 +50,30 @@ __device__ void decode_attention(
   const T *kh = k + head_off;
   const T *vh = v + head_off;
 
+  // The query, rotated here by the row's RoPE angles when they are given
+  // (pairs (2i, 2i + 1), or (i, i + n_dims / 2) for neox).
+  __shared__ float q_rot[MAX_PER_LANE * 32];
+  for (int d = threadIdx.x; d < head_dim; d += 32 * WARPS) q_rot[d] = qh[d];
+  __syncthreads();
+  if (rope_cos) {
+    const int half = n_dims / 2;
+    const float *c = rope_cos + (long long)row * half;
+    const float *s = rope_sin + (long long)row * half;
+    for (int i = threadIdx.x; i < half; i += 32 * WARPS) {
+      const int a = neox ? i : 2 * i;
+      const int b = neox ? i + half : 2 * i + 1;
+      const float x0 = q_rot[a], x1 = q_rot[b];
+      q_rot[a] = x0 * c[i] - x1 * s[i];
+      q_rot[b] = x0 * s[i] + x1 * c[i];
+    }
+    __syncthreads();
+  }
   float qr[MAX_PER_LANE];
   float acc[MAX_PER_LANE];
 #pragma unroll
   for (int i = 0; i < MAX_PER_LANE; ++i) {
     const int d = lane + 32 * i;
-    qr[i] = d < head_dim ? qh[d] : 0.0f;
+    qr[i] = d < head_dim ? q_rot[d] : 0.0f;
     acc[i] = 0.0f;
   }
   float m = -INFINITY;  // running maximum score
@@ -114,13 +134,15 @@ __device__ void decode_attention(
   }
 }
 
-#define DECODE_ATTENTION(NAME, T)                                                   \
-  extern "C" __global__ void __launch_bounds__(32 * WARPS) NAME(                    \
-      const float *q, const T *k, const T *v, const uint32_t *positions, float *out, \
-      uint32_t pos_base, int n_heads, int n_kv_heads, int head_dim, int max_seq,     \
-      long long row_stride, float scale, float softcap, int window) {                \
-    decode_attention<T>(q, k, v, positions, out, pos_base, n_heads, n_kv_heads,    \
-                        head_dim, max_seq, row_stride, scale, softcap, window);      \
+#define DECODE_ATTENTION(NAME, T)                                                      \
+  extern "C" __global__ void __launch_bounds__(32 * WARPS) NAME(                       \
+      const float *q, const T *k, const T *v, const uint32_t *positions, float *out,    \
+      uint32_t pos_base, int n_heads, int n_kv_heads, int head_dim, int max_seq,        \
+      long long row_stride, float scale, float softcap, int window, const float *rope_cos, \
+      const float *rope_sin, int n_dims, int neox) {                                    \
+    decode_attention<T>(q, k, v, positions, out, pos_base, n_heads, n_kv_heads,       \
+                        head_dim, max_seq, row_stride, scale, softcap, window, rope_cos, \
+                        rope_sin, n_dims, neox);                                        \
   }
 
 DECODE_ATTENTION(decode_attention_f32, float)

@@ -4,11 +4,13 @@ use std::ops::Range;
 
 use candle_core::{DType, Tensor};
 use realm_core::backend::{
-    AttentionOps, AttentionParams, BackendError, BackendResult, KvCacheConfig, KvSpan,
+    AttentionOps, AttentionParams, BackendError, BackendResult, KvCacheConfig, KvSpan, RopeMode,
+    RopeOps, RopeParams,
 };
 
-use crate::fused::{DecodeAttention, QueryPositions, MAX_HEAD_DIM};
+use crate::fused::{DecodeAttention, QueryPositions, Rope, RopeStore, MAX_HEAD_DIM};
 use crate::kv::{dtype_of, GpuKvCache};
+use crate::ops::check_rope;
 use crate::scratch::scratch_err;
 use crate::{dev_err, product, GpuBackend, GpuBuffer, GpuWorkspace};
 
@@ -310,6 +312,73 @@ impl AttentionOps for GpuBackend {
         p: &AttentionParams,
         out: &mut GpuBuffer,
     ) -> BackendResult<()> {
+        self.attend_rows_with(ws, caches, layer, positions, kv, q, p, out, None)
+    }
+
+    /// With the fused kernels, keys are rotated as they are stored and
+    /// queries as they are attended: one kernel for the rotation and store
+    /// of keys, one scatter for values and one attention kernel per run of
+    /// slots, in place of two rotations, two scatters and the attention.
+    fn rope_attend_rows(
+        &self,
+        ws: &mut GpuWorkspace,
+        caches: &mut [&mut GpuKvCache],
+        layer: usize,
+        positions: &[u32],
+        qkv: (&mut GpuBuffer, &mut GpuBuffer, &GpuBuffer),
+        rope: &RopeParams,
+        p: &AttentionParams,
+        out: &mut GpuBuffer,
+    ) -> BackendResult<()> {
+        const OP: &str = "rope_attend_rows";
+        let (q, k, v) = qkv;
+        if !self.fuses(p) || positions.is_empty() {
+            self.rope(ws, q, p.n_heads, p.head_dim, positions, rope)?;
+            self.rope(ws, k, p.n_kv_heads, p.head_dim, positions, rope)?;
+            return self.attend_rows(ws, caches, layer, positions, (k, v), q, p, out);
+        }
+        check_rope(OP, rope, p.head_dim)?;
+        let (cos, sin) = ws.rope_tables(&self.device, positions, rope)?;
+        let shape = (positions.len(), rope.n_dims / 2);
+        let tables = (|| -> candle_core::Result<Rope> {
+            Ok(Rope {
+                cos: cos.reshape(shape)?,
+                sin: sin.reshape(shape)?,
+                n_dims: rope.n_dims,
+                neox: rope.mode == RopeMode::Neox,
+            })
+        })()
+        .map_err(dev_err(OP))?;
+        self.attend_rows_with(
+            ws,
+            caches,
+            layer,
+            positions,
+            (k, v),
+            q,
+            p,
+            out,
+            Some(&tables),
+        )
+    }
+}
+
+impl GpuBackend {
+    /// [`AttentionOps::attend_rows`], with keys and queries still to be
+    /// rotated by `rope` (only with the fused kernels).
+    #[allow(clippy::too_many_arguments)]
+    fn attend_rows_with(
+        &self,
+        ws: &mut GpuWorkspace,
+        caches: &mut [&mut GpuKvCache],
+        layer: usize,
+        positions: &[u32],
+        kv: (&GpuBuffer, &GpuBuffer),
+        q: &GpuBuffer,
+        p: &AttentionParams,
+        out: &mut GpuBuffer,
+        rope: Option<&Rope>,
+    ) -> BackendResult<()> {
         const OP: &str = "attend_rows";
         let n = caches.len();
         if positions.len() != n {
@@ -352,6 +421,7 @@ impl AttentionOps for GpuBackend {
                 &positions[first..end],
                 &rows,
                 p,
+                rope,
             )?;
             ys.push(y);
             first = end;
@@ -381,6 +451,7 @@ fn decode_attention(p: &AttentionParams, positions: QueryPositions) -> DecodeAtt
         scale: p.scale,
         softcap: p.softcap,
         window: p.sliding_window,
+        rope: None,
     }
 }
 
@@ -410,6 +481,7 @@ impl GpuBackend {
         positions: &[u32],
         rows: &Rows,
         p: &AttentionParams,
+        rope: Option<&Rope>,
     ) -> BackendResult<Tensor> {
         const OP: &str = "attend_rows";
         let cfg = *cache.config();
@@ -490,10 +562,30 @@ impl GpuBackend {
                 .contiguous()?;
             let keys = block.k[layer].narrow(0, slot, n)?;
             let values = block.v[layer].narrow(0, slot, n)?;
-            keys.scatter_set(&index, &k, 2)?;
+            // These rows' RoPE angles.
+            let rope = match rope {
+                Some(r) => Some(Rope {
+                    cos: r.cos.narrow(0, first, n)?,
+                    sin: r.sin.narrow(0, first, n)?,
+                    ..r.clone()
+                }),
+                None => None,
+            };
+            match &rope {
+                Some(r) => {
+                    let store = RopeStore {
+                        slot0: slot,
+                        rope: r.clone(),
+                    };
+                    let k = row(&rows.k, kv_width)?.reshape((n, kv_width))?;
+                    block.k[layer].inplace_op3(&k, &pos, &store)?;
+                }
+                None => keys.scatter_set(&index, &k, 2)?,
+            }
             values.scatter_set(&index, &v, 2)?;
             if fused {
-                let op = decode_attention(p, QueryPositions::Device(pos));
+                let mut op = decode_attention(p, QueryPositions::Device(pos));
+                op.rope = rope;
                 let q = row(&rows.q, width)?.reshape((n, width))?;
                 return q.apply_op3_no_bwd(&keys, &values, &op);
             }

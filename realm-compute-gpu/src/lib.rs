@@ -252,7 +252,8 @@ impl GpuBackend {
 
     /// The backend using Realm's fused kernels when `on`, and candle's ops
     /// otherwise: decode attention (a batch's rows, or up to 8 rows of one
-    /// sequence, heads of up to 256 values), the gated units (SwiGLU,
+    /// sequence, heads of up to 256 values, with the RoPE of its queries
+    /// and the rotation and store of its keys), the gated units (SwiGLU,
     /// GeGLU) and the residual add with the norm after it. They are on by default on CUDA and candle's CPU device
     /// unless the environment variable `REALM_FUSED_KERNELS` is `0`; Metal
     /// has no form of them.

@@ -101,7 +101,7 @@ pub struct GpuWorkspace {
 
 impl GpuWorkspace {
     /// The `(cos, sin)` tables, `[n_tokens, 1, n_dims / 2]`, for `positions`.
-    fn rope_tables(
+    pub(crate) fn rope_tables(
         &mut self,
         device: &Device,
         positions: &[u32],
@@ -133,6 +133,17 @@ impl GpuWorkspace {
         self.tables.push(t);
         Ok(pair)
     }
+}
+
+/// Checks RoPE parameters for heads of `head_dim` values.
+pub(crate) fn check_rope(op: &'static str, p: &RopeParams, head_dim: usize) -> BackendResult<()> {
+    if p.n_dims == 0 || !p.n_dims.is_multiple_of(2) || p.n_dims > head_dim {
+        return Err(BackendError::InvalidParameter {
+            op,
+            what: "n_dims must be even, positive and at most head_dim",
+        });
+    }
+    Ok(())
 }
 
 /// Rows of `w.defined()` values: the number of values in the first `n_rows`.
@@ -291,12 +302,7 @@ impl RopeOps for GpuBackend {
         p: &RopeParams,
     ) -> BackendResult<()> {
         const OP: &str = "rope";
-        if p.n_dims == 0 || !p.n_dims.is_multiple_of(2) || p.n_dims > head_dim {
-            return Err(BackendError::InvalidParameter {
-                op: OP,
-                what: "n_dims must be even, positive and at most head_dim",
-            });
-        }
+        check_rope(OP, p, head_dim)?;
         let per_token = product(OP, "n_heads * head_dim overflows", n_heads, head_dim)?;
         let n = positions.len();
         let len = product(OP, "tokens * n_heads * head_dim overflows", per_token, n)?;

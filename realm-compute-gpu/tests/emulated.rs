@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 use realm_compute_cpu::CpuBackend;
 use realm_core::backend::{
     ActivationOps, AttentionOps, AttentionParams, BackendCore, KvCacheConfig, KvDtype, KvSpan,
-    NormOps,
+    NormOps, RopeMode, RopeOps, RopeParams,
 };
 
 /// The emulated kernels' driver, built once.
@@ -106,6 +106,39 @@ struct Case {
     softcap: Option<f32>,
     f16: bool,
     device_positions: bool,
+    /// RoPE for the queries (rotated by the kernel): `(n_dims, neox)`.
+    rope: Option<(usize, bool)>,
+}
+
+/// The RoPE parameters the emulated tests use.
+fn rope_params(n_dims: usize, neox: bool) -> RopeParams {
+    RopeParams {
+        n_dims,
+        base: 10000.0,
+        freq_scale: 1.0,
+        mode: if neox {
+            RopeMode::Neox
+        } else {
+            RopeMode::Normal
+        },
+    }
+}
+
+/// Each position's cosines and sines, `[positions, n_dims / 2]`: the
+/// angles the backends compute (in f64, rounded once).
+fn angles(positions: &[u32], p: &RopeParams) -> (Vec<f32>, Vec<f32>) {
+    let half = p.n_dims / 2;
+    let mut cos = Vec::new();
+    let mut sin = Vec::new();
+    for &pos in positions {
+        for i in 0..half {
+            let inv = f64::from(p.base).powf(-2.0 * i as f64 / p.n_dims as f64);
+            let theta = f64::from(pos) * f64::from(p.freq_scale) * inv;
+            cos.push(theta.cos() as f32);
+            sin.push(theta.sin() as f32);
+        }
+    }
+    (cos, sin)
 }
 
 fn decode_attention(case: &Case, seed: u64) {
@@ -166,7 +199,12 @@ fn decode_attention(case: &Case, seed: u64) {
             layer: 0,
             start_pos: pos as usize,
         };
-        let qr = q[r * width..(r + 1) * width].to_vec();
+        let mut qr = q[r * width..(r + 1) * width].to_vec();
+        if let Some((n_dims, neox)) = case.rope {
+            let rp = rope_params(n_dims, neox);
+            cpu.rope(&mut cpu.workspace(), &mut qr, n_heads, hd, &[pos], &rp)
+                .unwrap();
+        }
         cpu.attention(&mut cpu.workspace(), cache, at, &qr, 0..1, &p, &mut out)
             .unwrap();
         want[r * width..(r + 1) * width].copy_from_slice(&out);
@@ -211,6 +249,19 @@ fn decode_attention(case: &Case, seed: u64) {
         case.window.unwrap_or(0).to_string(),
         case.positions[0].to_string(),
     ];
+    let mut args = args;
+    match case.rope {
+        Some((n_dims, neox)) => {
+            let (cos, sin) = angles(&case.positions, &rope_params(n_dims, neox));
+            args.extend([
+                write(&dir, "cos", &cos),
+                write(&dir, "sin", &sin),
+                n_dims.to_string(),
+                u8::from(neox).to_string(),
+            ]);
+        }
+        None => args.extend(["-", "-", "0", "0"].map(String::from)),
+    }
     let got = run(kernel, &args, &out);
     assert_close(&got, &want, 1e-4, kernel);
 }
@@ -219,7 +270,8 @@ fn decode_attention(case: &Case, seed: u64) {
 #[ignore = "needs a C++20 compiler; cargo xtask test runs it where it finds one"]
 fn decode_attention_matches_the_cpu() {
     let cases = [
-        // SmolLM2's heads: 9 of 64 values over 3 KV heads; a batch.
+        // SmolLM2's heads: 9 of 64 values over 3 KV heads, its RoPE; a
+        // batch.
         Case {
             n_kv: 3,
             group: 3,
@@ -230,8 +282,10 @@ fn decode_attention_matches_the_cpu() {
             softcap: None,
             f16: false,
             device_positions: true,
+            rope: Some((64, false)),
         },
-        // Gemma 3's: 4 of 256 over 1, a sliding window, f16 caches.
+        // Gemma 3's: 4 of 256 over 1, neox RoPE, a sliding window, f16
+        // caches.
         Case {
             n_kv: 1,
             group: 4,
@@ -242,6 +296,7 @@ fn decode_attention_matches_the_cpu() {
             softcap: None,
             f16: true,
             device_positions: true,
+            rope: Some((256, true)),
         },
         // A chunk of one sequence (positions from pos_base), soft-capped,
         // odd head size.
@@ -255,6 +310,7 @@ fn decode_attention_matches_the_cpu() {
             softcap: Some(5.0),
             f16: false,
             device_positions: false,
+            rope: None,
         },
         // One key visible (position 0, and a window of 1).
         Case {
@@ -267,6 +323,20 @@ fn decode_attention_matches_the_cpu() {
             softcap: None,
             f16: true,
             device_positions: true,
+            rope: None,
+        },
+        // Partial rotation (the first 20 of 36 dimensions), a batch.
+        Case {
+            n_kv: 2,
+            group: 1,
+            hd: 36,
+            positions: vec![4, 2, 9],
+            shared: false,
+            window: None,
+            softcap: None,
+            f16: false,
+            device_positions: true,
+            rope: Some((20, false)),
         },
     ];
     for (i, case) in cases.iter().enumerate() {
@@ -327,4 +397,92 @@ fn gated_units_match_the_cpu() {
     let mut geglu = g.clone();
     cpu.geglu_inplace(&mut geglu, &u, n).unwrap();
     assert_close(&run("geglu_f32", &args, &out), &geglu, 1e-5, "geglu");
+}
+
+#[test]
+#[ignore = "needs a C++20 compiler; cargo xtask test runs it where it finds one"]
+fn rope_store_matches_the_cpu() {
+    let cpu = CpuBackend::new().unwrap();
+    let mut rng = Rng(13);
+    // (slots, kv heads, head_dim, max_seq, n_dims, neox, first slot,
+    // positions, f16)
+    let cases = [
+        (4, 3, 64, 40, 64, false, 1, vec![0u32, 17, 39], false),
+        (2, 1, 256, 9, 256, true, 0, vec![8, 3], true),
+        (3, 2, 36, 5, 20, true, 2, vec![4], false),
+        (1, 1, 2, 3, 2, false, 0, vec![1], true),
+    ];
+    for (slots, n_kv, hd, max_seq, n_dims, neox, slot0, positions, f16) in cases {
+        let rows = positions.len();
+        let rp = rope_params(n_dims, neox);
+        let cache = rng.f32s(slots * n_kv * max_seq * hd, -1.0, 1.0);
+        let k = rng.f32s(rows * n_kv * hd, -1.0, 1.0);
+        // The CPU backend's rotation, placed as the kernel must place it.
+        let mut want: Vec<f32> = match f16 {
+            true => cache
+                .iter()
+                .map(|&x| half::f16::from_f32(x).to_f32())
+                .collect(),
+            false => cache.clone(),
+        };
+        let mut rotated = k.clone();
+        cpu.rope(
+            &mut cpu.workspace(),
+            &mut rotated,
+            n_kv,
+            hd,
+            &positions,
+            &rp,
+        )
+        .unwrap();
+        for (r, &pos) in positions.iter().enumerate() {
+            for h in 0..n_kv {
+                let at = (((slot0 + r) * n_kv + h) * max_seq + pos as usize) * hd;
+                for d in 0..hd {
+                    let x = rotated[(r * n_kv + h) * hd + d];
+                    want[at + d] = if f16 {
+                        half::f16::from_f32(x).to_f32()
+                    } else {
+                        x
+                    };
+                }
+            }
+        }
+        let dir = scratch(&format!("rope-store-{hd}"));
+        let cache_file = if f16 {
+            let bits: Vec<u16> = cache
+                .iter()
+                .map(|&x| half::f16::from_f32(x).to_bits())
+                .collect();
+            write(&dir, "cache", &bits)
+        } else {
+            write(&dir, "cache", &cache)
+        };
+        let (cos, sin) = angles(&positions, &rp);
+        let out = dir.join("out");
+        let args = vec![
+            cache_file,
+            write(&dir, "k", &k),
+            write(&dir, "pos", &positions),
+            write(&dir, "cos", &cos),
+            write(&dir, "sin", &sin),
+            out.to_str().unwrap().to_string(),
+            rows.to_string(),
+            slots.to_string(),
+            n_kv.to_string(),
+            hd.to_string(),
+            max_seq.to_string(),
+            n_dims.to_string(),
+            u8::from(neox).to_string(),
+            slot0.to_string(),
+        ];
+        let kernel = if f16 {
+            "rope_store_f16"
+        } else {
+            "rope_store_f32"
+        };
+        // f16 stores may round the other way after a last-bit difference.
+        let tol = if f16 { 1e-3 } else { 1e-6 };
+        assert_close(&run(kernel, &args, &out), &want, tol, kernel);
+    }
 }

@@ -333,6 +333,71 @@ proptest! {
             }
         }
     }
+
+    /// A decode step's rotations, KV store and attention in one call
+    /// (`rope_attend_rows`): the GPU rotates keys as it stores them and
+    /// queries as it attends (fused) or runs the ops (unfused); the CPU
+    /// rotates, then attends row by row. Both RoPE layouts, partial
+    /// rotation, runs of slots and shuffled rows, f32 and f16 caches.
+    #[test]
+    fn rope_attend_rows_matches_cpu(n_kv in 1usize..3, group in 1usize..3, half in 1usize..9, extra in 0usize..3, neox in any::<bool>(), pasts in proptest::collection::vec(0usize..10, 1..6), shuffle in any::<bool>(), window in proptest::option::of(1usize..6), f16 in any::<bool>(), seed in any::<u64>()) {
+        let hd = 2 * half + 2 * extra;
+        let n_heads = n_kv * group;
+        let rows = pasts.len();
+        let kv_width = n_kv * hd;
+        let cfg = KvCacheConfig { n_layers: 2, n_kv_heads: n_kv, head_dim: hd, max_seq_len: 12, dtype: if f16 { KvDtype::F16 } else { KvDtype::F32 } };
+        let p = AttentionParams { n_heads, n_kv_heads: n_kv, head_dim: hd, scale: 1.0 / (hd as f32).sqrt(), sliding_window: window, softcap: None };
+        let rope = RopeParams { n_dims: 2 * half, base: 10000.0, freq_scale: 1.0, mode: if neox { RopeMode::Neox } else { RopeMode::Normal } };
+        let mut rng = Rng(seed);
+        let hist: Vec<(Vec<f32>, Vec<f32>)> = pasts.iter().map(|&p| (rng.f32s(p * kv_width, -1.0, 1.0), rng.f32s(p * kv_width, -1.0, 1.0))).collect();
+        let (k, v, q) = (rng.f32s(rows * kv_width, -1.0, 1.0), rng.f32s(rows * kv_width, -1.0, 1.0), rng.f32s(rows * n_heads * hd, -1.0, 1.0));
+        let mut positions: Vec<u32> = pasts.iter().map(|&p| p as u32).collect();
+        if shuffle {
+            positions.reverse();
+        }
+        let span = KvSpan { layer: 1, start_pos: 0 };
+        let c = cpu();
+        let mut ccaches: Vec<_> = (0..rows).map(|_| c.kv_cache(&cfg).unwrap()).collect();
+        for (i, (hk, hv)) in hist.iter().enumerate() {
+            if pasts[i] > 0 {
+                c.kv_write(&mut c.workspace(), &mut ccaches[i], span, hk, hv, 0..pasts[i]).unwrap();
+            }
+        }
+        let mut cc: Vec<_> = ccaches.iter_mut().collect();
+        if shuffle {
+            cc.reverse();
+        }
+        let mut cout = vec![0.0; q.len()];
+        let (mut cq, mut ck) = (q.clone(), k.clone());
+        c.rope_attend_rows(&mut c.workspace(), &mut cc, 1, &positions, (&mut cq, &mut ck, &v), &rope, &p, &mut cout).unwrap();
+        for fused in [true, false] {
+            let g = gpu().with_fused_kernels(fused);
+            let mut gcaches: Vec<_> = (0..rows).map(|_| g.kv_cache(&cfg).unwrap()).collect();
+            for (i, (hk, hv)) in hist.iter().enumerate() {
+                if pasts[i] > 0 {
+                    let (gk, gv) = (g.upload(hk).unwrap(), g.upload(hv).unwrap());
+                    g.kv_write(&mut g.workspace(), &mut gcaches[i], span, &gk, &gv, 0..pasts[i]).unwrap();
+                }
+            }
+            let mut gc: Vec<_> = gcaches.iter_mut().collect();
+            if shuffle {
+                gc.reverse();
+            }
+            let (mut gq, mut gk, gv) = (g.upload(&q).unwrap(), g.upload(&k).unwrap(), g.upload(&v).unwrap());
+            let mut gout = g.buffer(q.len()).unwrap();
+            g.rope_attend_rows(&mut g.workspace(), &mut gc, 1, &positions, (&mut gq, &mut gk, &gv), &rope, &p, &mut gout).unwrap();
+            assert_close(&down(&g, &gout, q.len()), &cout, 1e-4, 1e-5, "rope_attend_rows");
+            // The stored keys are the rotated ones: each row attended again
+            // (queries rotated on the CPU) gives the same.
+            for (r, cache) in gc.iter().enumerate() {
+                let mut one = g.buffer(n_heads * hd).unwrap();
+                let at = KvSpan { layer: 1, start_pos: positions[r] as usize };
+                let gq_row = g.upload(&cq[r * n_heads * hd..(r + 1) * n_heads * hd]).unwrap();
+                g.attention(&mut g.workspace(), cache, at, &gq_row, 0..1, &p, &mut one).unwrap();
+                assert_close(&down(&g, &one, n_heads * hd), &cout[r * n_heads * hd..(r + 1) * n_heads * hd], 1e-4, 1e-5, "stored rotated row");
+            }
+        }
+    }
 }
 
 /// Bad input is an error, never a panic, on the GPU path too.

@@ -531,8 +531,9 @@ pub struct KvSpan {
     pub start_pos: usize,
 }
 
-/// Attention over a KV cache the backend owns.
-pub trait AttentionOps: BackendCore {
+/// Attention over a KV cache the backend owns (with the rotations before
+/// it, hence `RopeOps`).
+pub trait AttentionOps: RopeOps {
     /// Keys and values of every layer for one sequence.
     type KvCache: Send + Debug;
 
@@ -612,6 +613,32 @@ pub trait AttentionOps: BackendCore {
             self.attention(ws, cache, at, q, i..i + 1, p, out)?;
         }
         Ok(())
+    }
+
+    /// [`RopeOps::rope`] of `q` (`n_heads` heads) and `k` (`n_kv_heads`)
+    /// at `positions`, then [`AttentionOps::attend_rows`]: a decode step's
+    /// rotations, KV store and attention in one call, which a backend may
+    /// fuse (the GPU backend rotates keys as it stores them and queries as
+    /// it attends). `q` and `k` are scratch: afterwards they hold their
+    /// rotated rows, or their rows unchanged.
+    ///
+    /// The default rotates both in place, then attends.
+    #[allow(clippy::too_many_arguments)]
+    fn rope_attend_rows(
+        &self,
+        ws: &mut Self::Workspace,
+        caches: &mut [&mut Self::KvCache],
+        layer: usize,
+        positions: &[u32],
+        qkv: (&mut Self::Buffer, &mut Self::Buffer, &Self::Buffer),
+        rope: &RopeParams,
+        p: &AttentionParams,
+        out: &mut Self::Buffer,
+    ) -> BackendResult<()> {
+        let (q, k, v) = qkv;
+        self.rope(ws, q, p.n_heads, p.head_dim, positions, rope)?;
+        self.rope(ws, k, p.n_kv_heads, p.head_dim, positions, rope)?;
+        self.attend_rows(ws, caches, layer, positions, (k, v), q, p, out)
     }
 }
 

@@ -690,15 +690,6 @@ impl<'a, B: Backend> Model<'a, B> {
             mode: c.rope_mode,
         };
         let hd = c.head_dim;
-        b.rope(&mut sc.ws, &mut sc.q, c.n_heads, hd, &sc.positions, &rope)?;
-        b.rope(
-            &mut sc.ws,
-            &mut sc.k,
-            c.n_kv_heads,
-            hd,
-            &sc.positions,
-            &rope,
-        )?;
         let params = AttentionParams {
             n_heads: c.n_heads,
             n_kv_heads: c.n_kv_heads,
@@ -709,10 +700,11 @@ impl<'a, B: Backend> Model<'a, B> {
         };
         let a = Attend {
             ws: &mut sc.ws,
-            k: &sc.k,
+            k: &mut sc.k,
             v: &sc.v,
-            q: &sc.q,
+            q: &mut sc.q,
             positions: &sc.positions,
+            rope: &rope,
             params: &params,
             out: &mut sc.att,
         };
@@ -745,14 +737,16 @@ impl<'a, B: Backend> Model<'a, B> {
     }
 }
 
-/// What a layer hands its attention: the rows' keys, values and queries,
-/// their positions, and where the output goes.
+/// What a layer hands its attention: the rows' keys, values and queries
+/// (keys and queries not yet rotated), their positions and RoPE, and where
+/// the output goes.
 struct Attend<'x, B: Backend> {
     ws: &'x mut B::Workspace,
-    k: &'x B::Buffer,
+    k: &'x mut B::Buffer,
     v: &'x B::Buffer,
-    q: &'x B::Buffer,
+    q: &'x mut B::Buffer,
     positions: &'x [u32],
+    rope: &'x RopeParams,
     params: &'x AttentionParams,
     out: &'x mut B::Buffer,
 }
@@ -761,24 +755,44 @@ impl<B: Backend> Attend<'_, B> {
     /// The rows are one sequence's next tokens, cached in `cache`.
     fn one(self, b: &B, cache: &mut B::KvCache, layer: usize) -> Result<(), BackendError> {
         let n = self.positions.len();
+        if n == 1 {
+            // A decode step: the backend's fused path.
+            return self.rows(b, &mut [cache], layer);
+        }
+        let p = self.params;
+        b.rope(
+            self.ws,
+            self.q,
+            p.n_heads,
+            p.head_dim,
+            self.positions,
+            self.rope,
+        )?;
+        b.rope(
+            self.ws,
+            self.k,
+            p.n_kv_heads,
+            p.head_dim,
+            self.positions,
+            self.rope,
+        )?;
         let at = KvSpan {
             layer,
             start_pos: self.positions.first().map_or(0, |&p| p as usize),
         };
         b.kv_write(self.ws, cache, at, self.k, self.v, 0..n)?;
-        b.attention(self.ws, cache, at, self.q, 0..n, self.params, self.out)
+        b.attention(self.ws, cache, at, self.q, 0..n, p, self.out)
     }
 
     /// Row `i` is the next token of the sequence cached in `caches[i]`.
     fn rows(self, b: &B, caches: &mut [&mut B::KvCache], layer: usize) -> Result<(), BackendError> {
-        let kv = (self.k, self.v);
-        b.attend_rows(
+        b.rope_attend_rows(
             self.ws,
             caches,
             layer,
             self.positions,
-            kv,
-            self.q,
+            (self.q, self.k, self.v),
+            self.rope,
             self.params,
             self.out,
         )

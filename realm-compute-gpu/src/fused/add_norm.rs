@@ -81,7 +81,7 @@ impl CustomOp3 for AddRmsNorm {
         use super::cuda::offsets;
 
         const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/add_rms_norm.ptx"));
-        /// The kernel's `THREADS`.
+        /// The kernel's `NORM_THREADS`.
         const THREADS: u32 = 256;
         let (rows, width) = check(lx, ly, lw)?;
         let dev = sx.device();

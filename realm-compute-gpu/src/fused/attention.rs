@@ -5,7 +5,7 @@
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
-use super::values;
+use super::{values, Rope};
 
 /// The largest `head_dim` [`DecodeAttention`] takes.
 pub(crate) const MAX_HEAD_DIM: usize = 256;
@@ -38,6 +38,8 @@ pub(crate) struct DecodeAttention {
     pub(crate) scale: f32,
     pub(crate) softcap: Option<f32>,
     pub(crate) window: Option<usize>,
+    /// RoPE to apply to the queries first (`None`: they are rotated).
+    pub(crate) rope: Option<Rope>,
 }
 
 /// The shapes of one call.
@@ -72,6 +74,9 @@ impl DecodeAttention {
         };
         if cache_rows.is_some_and(|r| r != rows) {
             candle_core::bail!("decode attention: a cache per row, but not {rows} of them");
+        }
+        if let Some(r) = &self.rope {
+            r.check(rows, hd)?;
         }
         if let QueryPositions::Device(t) = &self.positions {
             if t.dims1()? != rows {
@@ -180,7 +185,11 @@ impl CustomOp3 for DecodeAttention {
         let CpuStorage::F32(q) = sq else {
             candle_core::bail!("decode attention: f32 queries");
         };
-        let q = values(q, lq)?;
+        let mut q = values(q, lq)?.to_vec();
+        if let Some(r) = &self.rope {
+            r.rotate_rows(&mut q, self.n_heads, self.head_dim)?;
+        }
+        let q = &q[..];
         let out = match (sk, sv) {
             (CpuStorage::F32(k), CpuStorage::F32(v)) => {
                 let caches = (values(k, lk)?, values(v, lv)?);
@@ -215,13 +224,13 @@ impl CustomOp3 for DecodeAttention {
 mod cuda {
     use candle_core::backend::BackendStorage;
     use candle_core::cuda_backend::cudarc::driver::{
-        CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
+        CudaSlice, CudaView, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
     };
     use candle_core::cuda_backend::{CudaDType, WrapErr};
-    use candle_core::{CudaStorage, DType, Layout, Result, Shape, Storage};
+    use candle_core::{CudaDevice, CudaStorage, DType, Layout, Result, Shape, Storage};
 
     use super::{DecodeAttention, Dims, QueryPositions};
-    use crate::fused::cuda::offsets;
+    use crate::fused::cuda::{offsets, with_tables};
 
     const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/decode_attention.ptx"));
     const MODULE: &str = "realm_decode_attention";
@@ -264,6 +273,19 @@ mod cuda {
         ))
     }
 
+    /// One launch's device pointers and RoPE (pointers 0 for none).
+    struct Args<'a, T> {
+        q: CudaView<'a, f32>,
+        k: CudaView<'a, T>,
+        v: CudaView<'a, T>,
+        positions: u64,
+        pos_base: u32,
+        cos: u64,
+        sin: u64,
+        n_dims: i32,
+        neox: i32,
+    }
+
     fn launch<T: DeviceRepr + CudaDType>(
         op: &DecodeAttention,
         dims: &Dims,
@@ -277,9 +299,6 @@ mod cuda {
         let (qa, qb) = offsets(lq)?;
         let (ka, kb) = offsets(lk)?;
         let (va, vb) = offsets(lv)?;
-        let q = sq.as_cuda_slice::<f32>()?.slice(qa..qb);
-        let k = sk.as_cuda_slice::<T>()?.slice(ka..kb);
-        let v = sv.as_cuda_slice::<T>()?.slice(va..vb);
         // A null pointer says: row r at pos_base + r.
         let (guard, pos_base) = match &op.positions {
             QueryPositions::Device(t) => (Some(t.storage_and_layout()), 0u32),
@@ -300,10 +319,36 @@ mod cuda {
             },
             None => None,
         };
-        let pos_ptr = match &positions {
-            Some(p) => p.device_ptr(&stream).0,
-            None => 0,
+        let args = |cos: u64, sin: u64| -> Result<Args<'_, T>> {
+            Ok(Args {
+                q: sq.as_cuda_slice::<f32>()?.slice(qa..qb),
+                k: sk.as_cuda_slice::<T>()?.slice(ka..kb),
+                v: sv.as_cuda_slice::<T>()?.slice(va..vb),
+                positions: positions.as_ref().map_or(0, |p| p.device_ptr(&stream).0),
+                pos_base,
+                cos,
+                sin,
+                n_dims: op.rope.as_ref().map_or(0, |r| r.n_dims as i32),
+                neox: op.rope.as_ref().map_or(0, |r| i32::from(r.neox)),
+            })
         };
+        // Null tables say: the queries are rotated already.
+        match &op.rope {
+            Some(rope) => with_tables(rope, |cos, sin| {
+                let a = args(cos.device_ptr(&stream).0, sin.device_ptr(&stream).0)?;
+                run(op, dims, name, dev, a)
+            }),
+            None => run(op, dims, name, dev, args(0, 0)?),
+        }
+    }
+
+    fn run<T: DeviceRepr>(
+        op: &DecodeAttention,
+        dims: &Dims,
+        name: &str,
+        dev: &CudaDevice,
+        a: Args<'_, T>,
+    ) -> Result<CudaSlice<f32>> {
         let width = op.n_heads * op.head_dim;
         // SAFETY: the kernel writes every value of `out` (each block its
         // row's head, every one of head_dim values).
@@ -314,12 +359,12 @@ mod cuda {
         let row_stride = dims.row_stride as i64;
         let softcap = op.softcap.unwrap_or(0.0);
         let window = op.window.map_or(0, |w| w.min(i32::MAX as usize) as i32);
-        b.arg(&q);
-        b.arg(&k);
-        b.arg(&v);
-        b.arg(&pos_ptr);
+        b.arg(&a.q);
+        b.arg(&a.k);
+        b.arg(&a.v);
+        b.arg(&a.positions);
         b.arg(&out);
-        b.arg(&pos_base);
+        b.arg(&a.pos_base);
         for i in &ints {
             b.arg(i);
         }
@@ -327,6 +372,10 @@ mod cuda {
         b.arg(&op.scale);
         b.arg(&softcap);
         b.arg(&window);
+        b.arg(&a.cos);
+        b.arg(&a.sin);
+        b.arg(&a.n_dims);
+        b.arg(&a.neox);
         let cfg = LaunchConfig {
             grid_dim: (dims.rows as u32, op.n_heads as u32, 1),
             block_dim: (THREADS, 1, 1),
@@ -334,8 +383,9 @@ mod cuda {
         };
         // SAFETY: the arguments match the kernel's parameters in order and
         // type; `dims` checked that every key and value a row reads (up to
-        // max_seq positions of its cache) lies within `k` and `v`, and the
-        // kernel writes NaN rather than read past a position >= max_seq.
+        // max_seq positions of its cache) lies within `k` and `v` and that
+        // the RoPE tables hold the rows' angles, and the kernel writes NaN
+        // rather than read past a position >= max_seq.
         unsafe { b.launch(cfg) }.w()?;
         Ok(out)
     }

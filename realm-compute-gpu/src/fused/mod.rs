@@ -9,12 +9,81 @@
 mod add_norm;
 mod attention;
 mod gated;
+mod rope_store;
 
 pub(crate) use add_norm::AddRmsNorm;
 pub(crate) use attention::{DecodeAttention, QueryPositions, MAX_HEAD_DIM};
 pub(crate) use gated::{Gate, Gated};
+pub(crate) use rope_store::RopeStore;
 
-use candle_core::{Layout, Result};
+use candle_core::{DType, Layout, Result, Tensor};
+
+/// RoPE for the fused kernels: each row's cosines and sines, `[rows,
+/// n_dims / 2]` f32 tensors on the device, and how dimensions pair up.
+#[derive(Debug, Clone)]
+pub(crate) struct Rope {
+    pub(crate) cos: Tensor,
+    pub(crate) sin: Tensor,
+    /// Dimensions rotated at the start of each head; the rest are kept.
+    pub(crate) n_dims: usize,
+    /// Pairs `(i, i + n_dims / 2)` (GPT-NeoX), else `(2i, 2i + 1)`.
+    pub(crate) neox: bool,
+}
+
+impl Rope {
+    /// The two dimensions of pair `i`.
+    pub(crate) fn pair(&self, i: usize) -> (usize, usize) {
+        match self.neox {
+            true => (i, i + self.n_dims / 2),
+            false => (2 * i, 2 * i + 1),
+        }
+    }
+
+    /// Checks the tables against `rows` rows of heads of `head_dim`.
+    pub(crate) fn check(&self, rows: usize, head_dim: usize) -> Result<()> {
+        let n = self.n_dims;
+        if n == 0 || !n.is_multiple_of(2) || n > head_dim || i32::try_from(n).is_err() {
+            candle_core::bail!("fused rope: {n} rotated dimensions of {head_dim}");
+        }
+        for t in [&self.cos, &self.sin] {
+            if t.elem_count() != rows * (n / 2) || t.dtype() != DType::F32 || !t.is_contiguous() {
+                candle_core::bail!(
+                    "fused rope: tables of {:?}, not [{rows}, {}]",
+                    t.dims(),
+                    n / 2
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// `(cos, sin)` on the host, for the CPU forms.
+    pub(crate) fn tables(&self) -> Result<(Vec<f32>, Vec<f32>)> {
+        Ok((
+            self.cos.flatten_all()?.to_vec1::<f32>()?,
+            self.sin.flatten_all()?.to_vec1::<f32>()?,
+        ))
+    }
+
+    /// Rotates each `head_dim` head of `x` (rows of heads) by its row's
+    /// angles, in place: the CPU forms' rotation.
+    pub(crate) fn rotate_rows(&self, x: &mut [f32], heads: usize, head_dim: usize) -> Result<()> {
+        let (cos, sin) = self.tables()?;
+        let half = self.n_dims / 2;
+        for (r, row) in x.chunks_exact_mut(heads * head_dim).enumerate() {
+            let (c, s) = (&cos[r * half..][..half], &sin[r * half..][..half]);
+            for head in row.chunks_exact_mut(head_dim) {
+                for i in 0..half {
+                    let (a, b) = self.pair(i);
+                    let (x0, x1) = (head[a], head[b]);
+                    head[a] = x0 * c[i] - x1 * s[i];
+                    head[b] = x0 * s[i] + x1 * c[i];
+                }
+            }
+        }
+        Ok(())
+    }
+}
 
 /// The contiguous values of `s` under `l`.
 fn values<'a, T>(s: &'a [T], l: &Layout) -> Result<&'a [T]> {
@@ -27,7 +96,27 @@ fn values<'a, T>(s: &'a [T], l: &Layout) -> Result<&'a [T]> {
 /// What the CUDA forms share.
 #[cfg(feature = "cuda")]
 mod cuda {
-    use candle_core::{Layout, Result};
+    use candle_core::cuda_backend::cudarc::driver::CudaView;
+    use candle_core::{Layout, Result, Storage};
+
+    use super::Rope;
+
+    /// Calls `f` with `rope`'s tables as device views.
+    pub(super) fn with_tables<R>(
+        rope: &Rope,
+        f: impl FnOnce(&CudaView<'_, f32>, &CudaView<'_, f32>) -> Result<R>,
+    ) -> Result<R> {
+        let (cs, cl) = rope.cos.storage_and_layout();
+        let (ss, sl) = rope.sin.storage_and_layout();
+        let (Storage::Cuda(cs), Storage::Cuda(ss)) = (&*cs, &*ss) else {
+            candle_core::bail!("fused rope: tables on another device");
+        };
+        let (ca, cb) = offsets(cl)?;
+        let (sa, sb) = offsets(sl)?;
+        let cos = cs.as_cuda_slice::<f32>()?.slice(ca..cb);
+        let sin = ss.as_cuda_slice::<f32>()?.slice(sa..sb);
+        f(&cos, &sin)
+    }
 
     /// The start and end of `l`'s values, which must be contiguous.
     pub(super) fn offsets(l: &Layout) -> Result<(usize, usize)> {

@@ -6,6 +6,7 @@
 #include "../../kernels/add_rms_norm.cu"
 #include "../../kernels/decode_attention.cu"
 #include "../../kernels/gated.cu"
+#include "../../kernels/rope_store.cu"
 
 #include <cstdio>
 #include <cstdlib>
@@ -42,8 +43,8 @@ int main(int argc, char **argv) {
   const std::string kernel = argv[1];
   if (kernel == "decode_attention_f32" || kernel == "decode_attention_f16") {
     // q k v positions|- out rows n_heads n_kv_heads head_dim max_seq
-    // row_stride scale softcap window pos_base
-    if (argc != 17) return 2;
+    // row_stride scale softcap window pos_base cos|- sin|- n_dims neox
+    if (argc != 21) return 2;
     auto q = load<float>(argv[2]);
     std::vector<uint32_t> pos;
     const bool device_positions = std::string(argv[5]) != "-";
@@ -54,20 +55,47 @@ int main(int argc, char **argv) {
     const float scale = real(argv[13]), softcap = real(argv[14]);
     const int window = num(argv[15]);
     const uint32_t pos_base = num(argv[16]);
+    std::vector<float> cos, sin;
+    const bool rope = std::string(argv[17]) != "-";
+    if (rope) cos = load<float>(argv[17]), sin = load<float>(argv[18]);
+    const int n_dims = num(argv[19]), neox = num(argv[20]);
+    const float *c = rope ? cos.data() : nullptr, *s = rope ? sin.data() : nullptr;
     std::vector<float> out(rows * n_heads * hd, -12345.0f);
     const uint32_t *p = device_positions ? pos.data() : nullptr;
     if (kernel == "decode_attention_f32") {
       auto k = load<float>(argv[3]), v = load<float>(argv[4]);
       emu_launch(decode_attention_f32, dim3{rows, n_heads, 1}, dim3{128, 1, 1}, q.data(), k.data(),
                  v.data(), p, out.data(), pos_base, (int)n_heads, n_kv, hd, max_seq, row_stride,
-                 scale, softcap, window);
+                 scale, softcap, window, c, s, n_dims, neox);
     } else {
       auto k = load<__half>(argv[3]), v = load<__half>(argv[4]);
       emu_launch(decode_attention_f16, dim3{rows, n_heads, 1}, dim3{128, 1, 1}, q.data(), k.data(),
                  v.data(), p, out.data(), pos_base, (int)n_heads, n_kv, hd, max_seq, row_stride,
-                 scale, softcap, window);
+                 scale, softcap, window, c, s, n_dims, neox);
     }
     store(argv[6], out);
+  } else if (kernel == "rope_store_f32" || kernel == "rope_store_f16") {
+    // cache k positions cos sin out rows slots n_kv_heads head_dim max_seq
+    // n_dims neox slot0; the cache is written back as f32
+    if (argc != 16) return 2;
+    auto k = load<float>(argv[3]), cos = load<float>(argv[5]), sin = load<float>(argv[6]);
+    auto pos = load<uint32_t>(argv[4]);
+    const unsigned rows = num(argv[8]), n_kv = num(argv[10]);
+    const int hd = num(argv[11]), max_seq = num(argv[12]), n_dims = num(argv[13]),
+              neox = num(argv[14]), slot0 = num(argv[15]);
+    std::vector<float> out;
+    if (kernel == "rope_store_f32") {
+      auto cache = load<float>(argv[2]);
+      emu_launch(rope_store_f32, dim3{rows, n_kv, 1}, dim3{128, 1, 1}, cache.data(), k.data(),
+                 pos.data(), cos.data(), sin.data(), slot0, (int)n_kv, hd, max_seq, n_dims, neox);
+      out = cache;
+    } else {
+      auto cache = load<__half>(argv[2]);
+      emu_launch(rope_store_f16, dim3{rows, n_kv, 1}, dim3{128, 1, 1}, cache.data(), k.data(),
+                 pos.data(), cos.data(), sin.data(), slot0, (int)n_kv, hd, max_seq, n_dims, neox);
+      for (auto h : cache) out.push_back(__half2float(h));
+    }
+    store(argv[7], out);
   } else if (kernel == "add_rms_norm_f32") {
     // x y w out rows width eps
     if (argc != 9) return 2;

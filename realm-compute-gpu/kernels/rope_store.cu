@@ -1,0 +1,54 @@
+// RoPE on a decode step's keys as they are stored: for each row and KV
+// head, the key rotated by the row's angles goes into the row's cache slot
+// at the row's position. Written for Realm's GPU backend;
+// src/fused/rope_store.rs holds the launch and the CPU form.
+//
+// Grid: (rows, n_kv_heads). Block: STORE_THREADS threads over the head's pairs.
+// The cache is [slots, n_kv_heads, max_seq, head_dim]; row r goes to slot
+// slot0 + r. cos and sin are [rows, n_dims / 2]: pair i of row r turns by
+// the angle whose cosine is cos[r][i]. Pairs are (2i, 2i + 1) (normal) or
+// (i, i + n_dims / 2) (neox); values past n_dims are copied.
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+#define STORE_THREADS 128
+
+__device__ __forceinline__ void put(float *p, float x) { *p = x; }
+__device__ __forceinline__ void put(__half *p, float x) { *p = __float2half(x); }
+
+template <typename T>
+__device__ void rope_store(T *__restrict__ cache, const float *__restrict__ k,
+                           const uint32_t *__restrict__ positions, const float *__restrict__ cos,
+                           const float *__restrict__ sin, int slot0, int n_kv_heads, int head_dim,
+                           int max_seq, int n_dims, int neox) {
+  const int row = blockIdx.x;
+  const int head = blockIdx.y;
+  const uint32_t pos = positions[row];
+  // The host checked every position; never write outside the slot.
+  if (pos >= (uint32_t)max_seq) return;
+  const float *kr = k + ((long long)row * n_kv_heads + head) * head_dim;
+  T *dst = cache + (((long long)(slot0 + row) * n_kv_heads + head) * max_seq + pos) * head_dim;
+  const int half = n_dims / 2;
+  const float *c = cos + (long long)row * half;
+  const float *s = sin + (long long)row * half;
+  for (int i = threadIdx.x; i < half; i += STORE_THREADS) {
+    const int a = neox ? i : 2 * i;
+    const int b = neox ? i + half : 2 * i + 1;
+    const float x0 = kr[a], x1 = kr[b];
+    put(dst + a, x0 * c[i] - x1 * s[i]);
+    put(dst + b, x0 * s[i] + x1 * c[i]);
+  }
+  for (int d = n_dims + threadIdx.x; d < head_dim; d += STORE_THREADS) put(dst + d, kr[d]);
+}
+
+#define ROPE_STORE(NAME, T)                                                                  \
+  extern "C" __global__ void __launch_bounds__(STORE_THREADS)                                      \
+      NAME(T *cache, const float *k, const uint32_t *positions, const float *cos,            \
+           const float *sin, int slot0, int n_kv_heads, int head_dim, int max_seq, int n_dims, \
+           int neox) {                                                                       \
+    rope_store<T>(cache, k, positions, cos, sin, slot0, n_kv_heads, head_dim, max_seq,       \
+                  n_dims, neox);                                                             \
+  }
+
+ROPE_STORE(rope_store_f32, float)
+ROPE_STORE(rope_store_f16, __half)

@@ -1,0 +1,221 @@
+//! [`RopeStore`]: a decode step's keys rotated by RoPE as they are stored
+//! in their cache slots, in one kernel (`kernels/rope_store.cu`), in place
+//! of candle's rotation kernel and the scatter into the cache.
+
+use candle_core::{CpuStorage, InplaceOp3, Layout, Result};
+
+use super::{values, Rope};
+
+/// In place on a block of caches `[slots, n_kv_heads, max_seq, head_dim]`
+/// (f32 or f16), with the rows' keys `[rows, n_kv_heads * head_dim]` (f32)
+/// and positions `[rows]` (u32): row `r`'s key, rotated by `rope`'s row
+/// `r`, goes to slot `slot0 + r` at position `positions[r]`.
+#[derive(Debug)]
+pub(crate) struct RopeStore {
+    pub(crate) slot0: usize,
+    pub(crate) rope: Rope,
+}
+
+/// The shapes of one call.
+struct Dims {
+    rows: usize,
+    n_kv: usize,
+    head_dim: usize,
+    max_seq: usize,
+}
+
+impl RopeStore {
+    fn dims(&self, lc: &Layout, lk: &Layout, lp: &Layout) -> Result<Dims> {
+        let (slots, n_kv, max_seq, head_dim) = lc.shape().dims4()?;
+        let (rows, width) = lk.shape().dims2()?;
+        if width != n_kv * head_dim || lp.shape().dims1()? != rows {
+            candle_core::bail!("rope_store: keys or positions do not fit the cache");
+        }
+        if rows == 0 || self.slot0 + rows > slots {
+            candle_core::bail!("rope_store: rows past the block's slots");
+        }
+        self.rope.check(rows, head_dim)?;
+        for l in [lc, lk, lp] {
+            if !l.is_contiguous() {
+                candle_core::bail!("rope_store: arguments must be contiguous");
+            }
+        }
+        let fits = |n: usize| i32::try_from(n).is_ok();
+        if !(fits(slots) && fits(n_kv) && fits(max_seq) && fits(head_dim)) || n_kv > 65535 {
+            candle_core::bail!("rope_store: sizes past the kernel's");
+        }
+        Ok(Dims {
+            rows,
+            n_kv,
+            head_dim,
+            max_seq,
+        })
+    }
+
+    /// The CPU form: the keys rotated, then stored.
+    fn cpu_rows<T>(
+        &self,
+        dims: &Dims,
+        cache: &mut [T],
+        k: &[f32],
+        positions: &[u32],
+        of_f32: impl Fn(f32) -> T,
+    ) -> Result<()> {
+        let Dims {
+            n_kv,
+            head_dim: hd,
+            max_seq,
+            ..
+        } = *dims;
+        let mut k = k.to_vec();
+        self.rope.rotate_rows(&mut k, n_kv, hd)?;
+        for (r, &pos) in positions.iter().enumerate().take(dims.rows) {
+            let pos = pos as usize;
+            if pos >= max_seq {
+                candle_core::bail!("rope_store: position {pos} past the cache");
+            }
+            for h in 0..n_kv {
+                let kr = &k[(r * n_kv + h) * hd..][..hd];
+                let at = (((self.slot0 + r) * n_kv + h) * max_seq + pos) * hd;
+                for (d, &x) in cache[at..at + hd].iter_mut().zip(kr) {
+                    *d = of_f32(x);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The contiguous values of `s` under `l`, to write.
+fn values_mut<'a, T>(s: &'a mut [T], l: &Layout) -> Result<&'a mut [T]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) if b <= s.len() => Ok(&mut s[a..b]),
+        _ => candle_core::bail!("rope_store: the cache must be contiguous"),
+    }
+}
+
+impl InplaceOp3 for RopeStore {
+    fn name(&self) -> &'static str {
+        "rope-store"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sc: &mut CpuStorage,
+        lc: &Layout,
+        sk: &CpuStorage,
+        lk: &Layout,
+        sp: &CpuStorage,
+        lp: &Layout,
+    ) -> Result<()> {
+        let dims = self.dims(lc, lk, lp)?;
+        let (CpuStorage::F32(k), CpuStorage::U32(positions)) = (sk, sp) else {
+            candle_core::bail!("rope_store: f32 keys and u32 positions");
+        };
+        let (k, positions) = (values(k, lk)?, values(positions, lp)?);
+        match sc {
+            CpuStorage::F32(c) => self.cpu_rows(&dims, values_mut(c, lc)?, k, positions, |x| x),
+            CpuStorage::F16(c) => {
+                self.cpu_rows(&dims, values_mut(c, lc)?, k, positions, half::f16::from_f32)
+            }
+            _ => candle_core::bail!("rope_store: f32 or f16 caches"),
+        }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        sc: &mut candle_core::CudaStorage,
+        lc: &Layout,
+        sk: &candle_core::CudaStorage,
+        lk: &Layout,
+        sp: &candle_core::CudaStorage,
+        lp: &Layout,
+    ) -> Result<()> {
+        cuda::forward(self, sc, lc, sk, lk, sp, lp)
+    }
+}
+
+/// The CUDA form: `kernels/rope_store.cu`.
+#[cfg(feature = "cuda")]
+mod cuda {
+    use candle_core::backend::BackendStorage;
+    use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
+    use candle_core::cuda_backend::{CudaDType, WrapErr};
+    use candle_core::{CudaStorage, DType, Layout, Result};
+
+    use super::{Dims, RopeStore};
+    use crate::fused::cuda::{offsets, with_tables};
+
+    const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/rope_store.ptx"));
+    /// The kernel's `STORE_THREADS`.
+    const THREADS: u32 = 128;
+
+    pub(super) fn forward(
+        op: &RopeStore,
+        sc: &mut CudaStorage,
+        lc: &Layout,
+        sk: &CudaStorage,
+        lk: &Layout,
+        sp: &CudaStorage,
+        lp: &Layout,
+    ) -> Result<()> {
+        let dims = op.dims(lc, lk, lp)?;
+        match sc.dtype() {
+            DType::F32 => launch::<f32>(op, &dims, "rope_store_f32", (sc, lc), (sk, lk), (sp, lp)),
+            DType::F16 => {
+                launch::<half::f16>(op, &dims, "rope_store_f16", (sc, lc), (sk, lk), (sp, lp))
+            }
+            _ => candle_core::bail!("rope_store: f32 or f16 caches"),
+        }
+    }
+
+    fn launch<T: DeviceRepr + CudaDType>(
+        op: &RopeStore,
+        dims: &Dims,
+        name: &str,
+        (sc, lc): (&mut CudaStorage, &Layout),
+        (sk, lk): (&CudaStorage, &Layout),
+        (sp, lp): (&CudaStorage, &Layout),
+    ) -> Result<()> {
+        let dev = sc.device().clone();
+        let (ca, cb) = offsets(lc)?;
+        let (ka, kb) = offsets(lk)?;
+        let (pa, pb) = offsets(lp)?;
+        let k = sk.as_cuda_slice::<f32>()?.slice(ka..kb);
+        let positions = sp.as_cuda_slice::<u32>()?.slice(pa..pb);
+        let mut cache = sc.as_cuda_slice_mut::<T>()?.slice_mut(ca..cb);
+        with_tables(&op.rope, |cos, sin| {
+            let func = dev.get_or_load_custom_func(name, "realm_rope_store", PTX)?;
+            let mut b = func.builder();
+            let ints = [
+                op.slot0,
+                dims.n_kv,
+                dims.head_dim,
+                dims.max_seq,
+                op.rope.n_dims,
+                usize::from(op.rope.neox),
+            ]
+            .map(|n| n as i32);
+            b.arg(&mut cache);
+            b.arg(&k);
+            b.arg(&positions);
+            b.arg(cos);
+            b.arg(sin);
+            for i in &ints {
+                b.arg(i);
+            }
+            let cfg = LaunchConfig {
+                grid_dim: (dims.rows as u32, dims.n_kv as u32, 1),
+                block_dim: (THREADS, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: the arguments match the kernel's parameters in order
+            // and type; `dims` checked that rows fit the block's slots and
+            // the keys, positions and tables the rows, and the kernel
+            // writes nothing for a position past max_seq.
+            unsafe { b.launch(cfg) }.w()?;
+            Ok(())
+        })
+    }
+}
