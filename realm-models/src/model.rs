@@ -657,7 +657,11 @@ impl<'a, B: Backend> Model<'a, B> {
         let layer = &self.layers[li];
         let (d, ff) = (c.d_model, c.ffn_dim);
         let eps = c.rms_eps;
-        b.rms_norm(&sc.x, &layer.attn_norm, eps, n, &mut sc.xn)?;
+        // Layers run in order over the same rows, and each leaves the next
+        // one's input norm in `xn` (fused with its residual add).
+        if li == 0 {
+            b.rms_norm(&sc.x, &layer.attn_norm, eps, n, &mut sc.xn)?;
+        }
         project(
             b,
             &mut sc.ws,
@@ -732,7 +736,12 @@ impl<'a, B: Backend> Model<'a, B> {
         if let Some(w) = &layer.post_ffn_norm {
             b.rms_norm_inplace(&mut sc.proj, w, eps, n)?;
         }
-        b.add_inplace(&mut sc.x, &sc.proj, n * d)?;
+        match self.layers.get(li + 1) {
+            Some(next) => {
+                b.add_rms_norm(&mut sc.x, &sc.proj, &next.attn_norm, eps, n, d, &mut sc.xn)?
+            }
+            None => b.add_inplace(&mut sc.x, &sc.proj, n * d)?,
+        }
         Ok(())
     }
 }
