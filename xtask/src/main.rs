@@ -135,11 +135,12 @@ fn emulated_kernels() -> Result<()> {
         return Ok(());
     }
     let mut t = cargo();
+    // With --workspace, so that features resolve as in the main run and
+    // nothing is built again.
     t.args([
         "test",
         "--release",
-        "-p",
-        "realm-compute-gpu",
+        "--workspace",
         "--test",
         "emulated",
         "--",
