@@ -112,8 +112,11 @@ pub fn bundle() -> Result<()> {
         let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
         };
+        // The emulated-kernel tests run the CUDA source on the CPU: they
+        // need the source tree and a C++ compiler, not a GPU.
         let is_test = msg["profile"]["test"].as_bool() == Some(true)
-            && msg["target"]["kind"][0].as_str() == Some("test");
+            && msg["target"]["kind"][0].as_str() == Some("test")
+            && msg["target"]["name"].as_str() != Some("emulated");
         if let (true, Some(exe), Some(name)) = (
             is_test,
             msg["executable"].as_str(),
