@@ -2,6 +2,9 @@
 //! data. The device is candle's CPU device unless `REALM_GPU_TEST_DEVICE`
 //! names another (`cuda:0` on a machine with a GPU and a `cuda` build).
 
+mod common;
+
+use common::{assert_close, Rng};
 use proptest::prelude::*;
 use realm_compute_cpu::CpuBackend;
 use realm_compute_gpu::{GpuBackend, GpuDevice};
@@ -22,35 +25,10 @@ fn cpu() -> CpuBackend {
     CpuBackend::new().unwrap()
 }
 
-struct Rng(u64);
-impl Rng {
-    fn f32s(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
-        (0..n)
-            .map(|_| {
-                self.0 = self
-                    .0
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                lo + (hi - lo) * ((self.0 >> 40) as f32 / (1u64 << 24) as f32)
-            })
-            .collect()
-    }
-}
-
 fn down(g: &GpuBackend, b: &<GpuBackend as BackendCore>::Buffer, n: usize) -> Vec<f32> {
     let mut v = vec![0.0; n];
     g.download(b, &mut v).unwrap();
     v
-}
-
-fn assert_close(got: &[f32], want: &[f32], rel: f32, abs: f32, what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    for (i, (&a, &b)) in got.iter().zip(want).enumerate() {
-        assert!(
-            (a - b).abs() <= rel * b.abs() + abs,
-            "{what}[{i}]: gpu {a} vs cpu {b}"
-        );
-    }
 }
 
 /// Every type realm-core can quantize (to make test weights) that the GPU
