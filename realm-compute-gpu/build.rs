@@ -7,7 +7,13 @@ use std::env;
 use std::path::PathBuf;
 use std::process::Command;
 
-const KERNELS: &[&str] = &["add_rms_norm", "decode_attention", "gated", "rope_store"];
+const KERNELS: &[&str] = &[
+    "add_rms_norm",
+    "decode_attention",
+    "gated",
+    "rope_angles",
+    "rope_store",
+];
 
 fn main() {
     println!("cargo:rerun-if-env-changed=CUDA_COMPUTE_CAP");

@@ -13,8 +13,9 @@
 //!   quantized matrix); matrix products use candle's quantized kernels, with
 //!   Q/K/V and gate/up stacked into one matrix each.
 //! - **Activations and the KV cache live on the device.** Buffers are device
-//!   tensors; a decode step copies in the token ids and the RoPE angles of
-//!   their positions (a few hundred bytes) and copies the logits out. KV
+//!   tensors; a decode step copies in the token ids and positions (one
+//!   upload of a few bytes; a static step computes its RoPE angles on the
+//!   device) and copies the logits out. KV
 //!   caches are slots of shared blocks, so a batch of sessions attends with
 //!   a few ops per block ([`realm_core::backend::AttentionOps::attend_rows`]).
 //! - **Decode steps are recorded** as CUDA graphs and replayed

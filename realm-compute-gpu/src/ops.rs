@@ -48,14 +48,6 @@ impl RopeTable {
     pub(crate) fn key(&self) -> (usize, u32, u32) {
         (self.n_dims, self.base, self.freq_scale)
     }
-
-    pub(crate) fn base(&self) -> f32 {
-        f32::from_bits(self.base)
-    }
-
-    pub(crate) fn freq_scale(&self) -> f32 {
-        f32::from_bits(self.freq_scale)
-    }
 }
 
 /// Cosines and sines of every position's angles, `n_dims / 2` per
@@ -109,7 +101,7 @@ impl GpuWorkspace {
     ) -> BackendResult<(Tensor, Tensor)> {
         const OP: &str = "rope";
         if let Some(st) = self.step() {
-            return st.rope_table(device, positions, p.n_dims, p.base, p.freq_scale);
+            return st.rope_table(positions, p.n_dims, p.base, p.freq_scale);
         }
         if self.positions != positions {
             self.positions.clear();

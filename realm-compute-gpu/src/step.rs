@@ -4,10 +4,12 @@
 //! the step is then recorded once as a CUDA graph and replayed.
 //!
 //! What a recording touches, and why it stays valid:
-//! - the workspace's fixed tensors (ids, positions, RoPE tables, the
-//!   attention-mask inputs), rewritten in place by each
-//!   [`StepOps::begin_step`] and reallocated only when the step's row count
-//!   or span changes, which bumps the workspace's generation;
+//! - the workspace's fixed tensors (ids and positions, rewritten in place
+//!   by one upload in each [`StepOps::begin_step`]; the attention-mask
+//!   inputs), reallocated only when the step's row count or span changes,
+//!   which bumps the workspace's generation; what the step derives from
+//!   them (RoPE tables, masks, scatter indices) it computes on the device,
+//!   inside the recording;
 //! - the weights and the sessions' KV caches, which never move;
 //! - a fixed copy of every buffer the step writes, made when recording
 //!   starts; the recording ends by copying its results there, and every
@@ -23,7 +25,7 @@ use std::sync::atomic::Ordering;
 use candle_core::{DType, Device, Tensor};
 use realm_core::backend::{BackendError, BackendResult, StepInputs, StepOps};
 
-use crate::ops::{rope_angles, RopeTable};
+use crate::fused::RopeAngles;
 #[cfg(feature = "cuda")]
 use crate::scratch::scratch_err;
 use crate::{dev_err, GpuBackend, GpuBuffer, GpuWorkspace};
@@ -97,6 +99,9 @@ impl std::fmt::Debug for GpuRecording {
 /// head_dim, whether rows are slots of a block)`.
 type IndexKey = (usize, usize, usize, usize, bool);
 
+/// What a RoPE table is for: `(n_dims, base bits, freq_scale bits)`.
+type RopeKey = (usize, u32, u32);
+
 /// The workspace's state of static steps.
 pub(crate) struct StepState {
     /// Between `begin_step` and `end_step`.
@@ -109,17 +114,20 @@ pub(crate) struct StepState {
     generation: u64,
     host_ids: Vec<u32>,
     host_positions: Vec<u32>,
-    /// `u32 [rows]`.
+    /// `u32 [2 * rows]`: the ids, then the positions, uploaded together.
+    inputs: Tensor,
+    /// `u32 [rows]`, views of `inputs`.
     ids: Tensor,
-    /// `u32 [rows]`.
     pos: Tensor,
     /// `f32 [1, kv_len]`: 0, 1, 2, ...
     key_pos: Tensor,
     /// `f32 [rows, kv_len]` of zeros and of minus infinity.
     zeros: Tensor,
     neg_inf: Tensor,
-    /// RoPE tables for every parameter set seen, rewritten each step.
-    tables: Vec<RopeTable>,
+    /// This step's RoPE tables `(cos, sin)`, `[rows, 1, n_dims / 2]`, by
+    /// `(n_dims, base bits, freq_scale bits)`, computed on the device from
+    /// `pos`.
+    tables: Vec<(RopeKey, (Tensor, Tensor))>,
     /// This step's attention masks, by sliding window.
     masks: Vec<(Option<usize>, Tensor)>,
     /// This step's KV-cache scatter indices.
@@ -151,10 +159,16 @@ fn invalid(op: &'static str, what: &'static str) -> BackendError {
     BackendError::InvalidParameter { op, what }
 }
 
+/// A step's ids, then its positions.
+fn joined(inputs: &StepInputs<'_>) -> Vec<u32> {
+    inputs.ids.iter().chain(inputs.positions).copied().collect()
+}
+
 impl StepState {
     /// Fresh tensors for `inputs` (`rows` ids and positions).
     fn new(device: &Device, inputs: &StepInputs<'_>, generation: u64) -> candle_core::Result<Self> {
         let (rows, kv_len) = (inputs.ids.len(), inputs.kv_len);
+        let both = Tensor::from_vec(joined(inputs), 2 * rows, device)?;
         Ok(Self {
             active: false,
             recording: false,
@@ -163,8 +177,9 @@ impl StepState {
             generation,
             host_ids: inputs.ids.to_vec(),
             host_positions: inputs.positions.to_vec(),
-            ids: Tensor::from_slice(inputs.ids, rows, device)?,
-            pos: Tensor::from_slice(inputs.positions, rows, device)?,
+            ids: both.narrow(0, 0, rows)?,
+            pos: both.narrow(0, rows, rows)?,
+            inputs: both,
             key_pos: Tensor::arange(0f32, kv_len as f32, device)?.reshape((1, kv_len))?,
             zeros: Tensor::zeros((rows, kv_len), DType::F32, device)?,
             neg_inf: Tensor::full(f32::NEG_INFINITY, (rows, kv_len), device)?,
@@ -180,19 +195,9 @@ impl StepState {
 
     /// Writes `inputs` (same rows and span) into the fixed tensors.
     fn rewrite(&mut self, device: &Device, inputs: &StepInputs<'_>) -> candle_core::Result<()> {
-        let rows = self.rows;
-        self.ids
-            .slice_set(&Tensor::from_slice(inputs.ids, rows, device)?, 0, 0)?;
-        self.pos
-            .slice_set(&Tensor::from_slice(inputs.positions, rows, device)?, 0, 0)?;
-        for t in &self.tables {
-            let (cos, sin) = rope_angles(inputs.positions, t.n_dims, t.base(), t.freq_scale());
-            let shape = t.cos.shape().clone();
-            t.cos
-                .slice_set(&Tensor::from_vec(cos, shape.clone(), device)?, 0, 0)?;
-            t.sin
-                .slice_set(&Tensor::from_vec(sin, shape, device)?, 0, 0)?;
-        }
+        // One upload a step; the RoPE tables follow on the device.
+        let both = Tensor::from_vec(joined(inputs), 2 * self.rows, device)?;
+        self.inputs.slice_set(&both, 0, 0)?;
         self.host_ids.clear();
         self.host_ids.extend_from_slice(inputs.ids);
         self.host_positions.clear();
@@ -236,11 +241,11 @@ impl StepState {
         self.pos.narrow(0, first, n)
     }
 
-    /// The RoPE table for these parameters, made (and kept for later
-    /// steps) when first asked for outside a recording.
+    /// The RoPE table for these parameters: made on the device from this
+    /// step's positions when the step first asks for it (inside the graph,
+    /// when the step is recorded), and kept until the step ends.
     pub(crate) fn rope_table(
         &mut self,
-        device: &Device,
         positions: &[u32],
         n_dims: usize,
         base: f32,
@@ -252,15 +257,21 @@ impl StepState {
             return Err(invalid(OP, "a static step's rope covers all its rows"));
         }
         let key = (n_dims, base.to_bits(), freq_scale.to_bits());
-        if let Some(t) = self.tables.iter().find(|t| t.key() == key) {
-            return Ok((t.cos.clone(), t.sin.clone()));
+        if let Some((_, t)) = self.tables.iter().find(|(k, _)| *k == key) {
+            return Ok(t.clone());
         }
-        if self.recording {
-            return Err(invalid(OP, "rope parameters first seen while recording"));
-        }
-        let t = RopeTable::new(device, positions, n_dims, base, freq_scale).map_err(dev_err(OP))?;
-        let pair = (t.cos.clone(), t.sin.clone());
-        self.tables.push(t);
+        let angles = RopeAngles {
+            n_dims,
+            base,
+            freq_scale,
+        };
+        let shape = (self.rows, 1, n_dims / 2);
+        let pair = (|| -> candle_core::Result<_> {
+            let both = self.pos.apply_op1_no_bwd(&angles)?;
+            Ok((both.get(0)?.reshape(shape)?, both.get(1)?.reshape(shape)?))
+        })()
+        .map_err(dev_err(OP))?;
+        self.tables.push((key, pair.clone()));
         Ok(pair)
     }
 
@@ -297,6 +308,7 @@ impl StepState {
     /// Drops this step's masks and indices (made by the ops; the next
     /// step, or the recording, makes its own).
     fn clear_derived(&mut self) {
+        self.tables.clear();
         self.masks.clear();
         self.indices.clear();
     }

@@ -470,3 +470,36 @@ fn rope_store_matches_the_cpu() {
         assert_close(&run(kernel, &args, &out), &want, tol, tol, kernel);
     }
 }
+
+#[test]
+#[ignore = "needs a C++20 compiler; cargo xtask test runs it where it finds one"]
+fn rope_angles_match_the_host() {
+    // SmolLM2's and Gemma 3's (local and global bases, 256 dimensions),
+    // positions up to far past any context used.
+    let positions: Vec<u32> = vec![0, 1, 7, 255, 4096, 131_071];
+    for (n_dims, base) in [
+        (64, 100_000.0f32),
+        (256, 10_000.0),
+        (256, 1_000_000.0),
+        (2, 10_000.0),
+    ] {
+        let rp = RopeParams {
+            base,
+            ..rope_params(n_dims, false)
+        };
+        let (cos, sin) = angles(&positions, &rp);
+        let dir = scratch(&format!("angles-{n_dims}-{base}"));
+        let out = dir.join("out");
+        let args = vec![
+            write(&dir, "pos", &positions),
+            out.to_str().unwrap().to_string(),
+            n_dims.to_string(),
+            base.to_string(),
+            "1".to_string(),
+        ];
+        let got = run("rope_angles_f32", &args, &out);
+        // The same double-precision arithmetic, rounded once: equal.
+        let want: Vec<f32> = cos.into_iter().chain(sin).collect();
+        assert_eq!(got, want, "{n_dims} dimensions, base {base}");
+    }
+}

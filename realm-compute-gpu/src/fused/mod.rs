@@ -9,11 +9,13 @@
 mod add_norm;
 mod attention;
 mod gated;
+mod rope_angles;
 mod rope_store;
 
 pub(crate) use add_norm::AddRmsNorm;
 pub(crate) use attention::{DecodeAttention, QueryPositions, MAX_HEAD_DIM};
 pub(crate) use gated::{Gate, Gated};
+pub(crate) use rope_angles::RopeAngles;
 pub(crate) use rope_store::RopeStore;
 
 use candle_core::{DType, Layout, Result, Tensor};

@@ -6,6 +6,7 @@
 #include "../../kernels/add_rms_norm.cu"
 #include "../../kernels/decode_attention.cu"
 #include "../../kernels/gated.cu"
+#include "../../kernels/rope_angles.cu"
 #include "../../kernels/rope_store.cu"
 
 #include <cstdio>
@@ -96,6 +97,16 @@ int main(int argc, char **argv) {
       for (auto h : cache) out.push_back(__half2float(h));
     }
     store(argv[7], out);
+  } else if (kernel == "rope_angles_f32") {
+    // positions out n_dims base freq_scale
+    if (argc != 7) return 2;
+    auto pos = load<uint32_t>(argv[2]);
+    const uint32_t rows = pos.size();
+    const int n_dims = num(argv[4]);
+    std::vector<float> out(2 * rows * (n_dims / 2), -12345.0f);
+    emu_launch(rope_angles_f32, dim3{rows, 1, 1}, dim3{128, 1, 1}, pos.data(), out.data(), rows,
+               n_dims, real(argv[5]), real(argv[6]));
+    store(argv[3], out);
   } else if (kernel == "add_rms_norm_f32") {
     // x y w out rows width eps
     if (argc != 9) return 2;
