@@ -303,6 +303,19 @@ fn decode_attention_matches_the_cpu() {
             device_positions: true,
             rope: None,
         },
+        // Gemma 3's local layers past their 512-token window.
+        Case {
+            n_kv: 1,
+            group: 4,
+            hd: 256,
+            positions: vec![600],
+            shared: false,
+            window: Some(512),
+            softcap: None,
+            f16: false,
+            device_positions: true,
+            rope: Some((256, true)),
+        },
         // Partial rotation (the first 20 of 36 dimensions), a batch.
         Case {
             n_kv: 2,
