@@ -10,7 +10,8 @@
 //! pp512/tg128 and batched decode of 1, 8 and 32 sequences with
 //! `realm bench --device cuda` (decode steps recorded as CUDA graphs, and
 //! op by op, and with candle's ops instead of Realm's fused kernels, for
-//! comparison), and profiles an op-by-op decode step, leaving
+//! comparison), a wasm tenant's generation through the runtime (the
+//! guest is in the bundle), and profiles an op-by-op decode step, leaving
 //! logs and tables in `$OUT` (and a summary on standard output).
 
 use std::path::PathBuf;
@@ -18,7 +19,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-use crate::{cargo, root, status};
+use crate::{cargo, root, status, wasm, WASM_GUEST};
 
 const RUN_SH: &str = r#"#!/bin/sh
 # Written by `cargo xtask gpu-bundle`: run on a machine with an NVIDIA GPU.
@@ -62,6 +63,8 @@ for m in smollm2 gemma3; do
   bench "bench-$m-op-by-op" "$out/$m-synth.gguf" --device "$dev" --steps op-by-op -p 512 -n 128 -r 10 --npl 32
   # candle's ops instead of Realm's fused kernels.
   REALM_FUSED_KERNELS=0 bench "bench-$m-unfused" "$out/$m-synth.gguf" --device "$dev" -p 512 -n 128 -r 10 --npl 1,32
+  # A wasm tenant's generation through the runtime (guest sampling included).
+  bench "bench-$m-wasm" "$out/$m-synth.gguf" --device "$dev" --wasm --guest "$here/realm_wasm.wasm" -p 512 -n 128 -r 5
   # Where an op-by-op decode step's time goes.
   bench "profile-$m" "$out/$m-synth.gguf" --device "$dev" -p 0 -n 64 -r 1 --profile
 done
@@ -134,6 +137,10 @@ pub fn bundle() -> Result<()> {
         strip.arg(to);
         status(strip)?;
     }
+    // The wasm guest, for a tenant's generation through the runtime.
+    wasm()?;
+    std::fs::copy(root().join(WASM_GUEST), dir.join("realm_wasm.wasm"))
+        .context("copying the wasm guest")?;
     let run = dir.join("run.sh");
     std::fs::write(&run, RUN_SH)?;
     let mut chmod = Command::new("chmod");

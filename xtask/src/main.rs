@@ -150,10 +150,10 @@ fn emulated_kernels() -> Result<()> {
 }
 
 /// Where `cargo xtask wasm` leaves the guest (realm-runtime's tests look there).
-const WASM_GUEST: &str = "target/wasm32-unknown-unknown/wasm-guest/realm_wasm.wasm";
+pub(crate) const WASM_GUEST: &str = "target/wasm32-unknown-unknown/wasm-guest/realm_wasm.wasm";
 
 /// The wasm guest, built with the size-optimised `wasm-guest` profile.
-fn wasm() -> Result<()> {
+pub(crate) fn wasm() -> Result<()> {
     let mut build = cargo();
     build.args([
         "build",
