@@ -552,10 +552,6 @@ impl GpuBackend {
             let (kv_width, width) = (kvh * hd, p.n_heads * hd);
             let row = |t: &Tensor, w: usize| t.narrow(0, first * w, n * w);
             // [rows, heads, 1, dim] into each slot's position.
-            let k = row(&rows.k, kv_width)?
-                .reshape((n, kvh, 1, hd))?
-                .to_dtype(dt)?
-                .contiguous()?;
             let v = row(&rows.v, kv_width)?
                 .reshape((n, kvh, 1, hd))?
                 .to_dtype(dt)?
@@ -571,17 +567,27 @@ impl GpuBackend {
                 }),
                 None => None,
             };
-            match &rope {
+            // Keys rotated as they are stored (f32 rows, converted by the
+            // kernel), or stored as they are.
+            let rope = match rope {
                 Some(r) => {
                     let store = RopeStore {
                         slot0: slot,
-                        rope: r.clone(),
+                        rope: r,
                     };
                     let k = row(&rows.k, kv_width)?.reshape((n, kv_width))?;
                     block.k[layer].inplace_op3(&k, &pos, &store)?;
+                    Some(store.rope)
                 }
-                None => keys.scatter_set(&index, &k, 2)?,
-            }
+                None => {
+                    let k = row(&rows.k, kv_width)?
+                        .reshape((n, kvh, 1, hd))?
+                        .to_dtype(dt)?
+                        .contiguous()?;
+                    keys.scatter_set(&index, &k, 2)?;
+                    None
+                }
+            };
             values.scatter_set(&index, &v, 2)?;
             if fused {
                 let mut op = decode_attention(p, QueryPositions::Device(pos));

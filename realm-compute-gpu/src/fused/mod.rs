@@ -59,18 +59,11 @@ impl Rope {
         Ok(())
     }
 
-    /// `(cos, sin)` on the host, for the CPU forms.
-    pub(crate) fn tables(&self) -> Result<(Vec<f32>, Vec<f32>)> {
-        Ok((
-            self.cos.flatten_all()?.to_vec1::<f32>()?,
-            self.sin.flatten_all()?.to_vec1::<f32>()?,
-        ))
-    }
-
     /// Rotates each `head_dim` head of `x` (rows of heads) by its row's
     /// angles, in place: the CPU forms' rotation.
     pub(crate) fn rotate_rows(&self, x: &mut [f32], heads: usize, head_dim: usize) -> Result<()> {
-        let (cos, sin) = self.tables()?;
+        let cos = self.cos.flatten_all()?.to_vec1::<f32>()?;
+        let sin = self.sin.flatten_all()?.to_vec1::<f32>()?;
         let half = self.n_dims / 2;
         for (r, row) in x.chunks_exact_mut(heads * head_dim).enumerate() {
             let (c, s) = (&cos[r * half..][..half], &sin[r * half..][..half]);
