@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use realm_compute_gpu::StepMode;
 use realm_core::backend::{Backend, BackendCore};
 use realm_models::Model;
@@ -274,9 +274,10 @@ fn batched_decode<B: Backend>(
 
 /// The same tests through a wasm tenant: the guest tokenizes, samples
 /// (greedy, end-of-generation tokens banned so every run generates `n_gen`)
-/// and loops; each figure is one guest call, so it includes the guest's
-/// tokenization and one extra step (a decode after prefill, the short
-/// prompt before decoding).
+/// and loops. Each figure is one guest call: pp is the prompt's
+/// tokenization and prefill until the guest has logits; tg is the
+/// `n_gen - 1` steps after the first token, each with the guest's sampling,
+/// detokenizing and streaming.
 fn bench_in_guest(args: &BenchArgs, l: &load::Loaded) -> Result<Vec<Test>> {
     let mut run = crate::guest::start(&args.guest, &args.model, args.threads, args.device.device)?;
     let ban: Vec<(u32, f32)> = l
@@ -301,7 +302,7 @@ fn bench_in_guest(args: &BenchArgs, l: &load::Loaded) -> Result<Vec<Test>> {
         for _ in 0..args.repetitions {
             let stats = crate::guest::generate(&mut run, &prompt, &request(1), |_| {})?;
             n_prompt = stats.prompt_tokens as usize;
-            samples.push(stats.prompt_tokens as f64 / stats.seconds);
+            samples.push(stats.prompt_tokens as f64 / stats.prompt_seconds);
         }
         tests.push(Test {
             name: format!("pp{n_prompt}"),
@@ -315,7 +316,10 @@ fn bench_in_guest(args: &BenchArgs, l: &load::Loaded) -> Result<Vec<Test>> {
         for _ in 0..args.repetitions {
             let stats =
                 crate::guest::generate(&mut run, "Once upon a time", &request(args.n_gen), |_| {})?;
-            samples.push(stats.generated_tokens as f64 / stats.seconds);
+            let tps = stats
+                .decode_tokens_per_second()
+                .context("the guest generated fewer than 2 tokens")?;
+            samples.push(tps);
         }
         tests.push(Test {
             name: format!("tg{}", args.n_gen),

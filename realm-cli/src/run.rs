@@ -183,11 +183,11 @@ fn run_in_guest(args: &RunArgs) -> Result<()> {
     })?;
     writeln!(out)?;
     eprintln!(
-        "realm: prompt {} tokens, generated {} tokens in {:.2} s ({:.1} t/s overall, {:?}, wasm)",
+        "realm: prompt {} tokens at {:.1} t/s, generated {} tokens at {:.1} t/s ({:?}, wasm)",
         stats.prompt_tokens,
+        stats.prompt_tokens as f64 / stats.prompt_seconds.max(1e-9),
         stats.generated_tokens,
-        stats.seconds,
-        stats.generated_tokens as f64 / stats.seconds.max(1e-9),
+        stats.decode_tokens_per_second().unwrap_or(0.0),
         stats.stop_reason
     );
     Ok(())

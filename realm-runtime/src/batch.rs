@@ -2,7 +2,10 @@
 //! model, from any tenants, are gathered by a scheduler thread and run as one
 //! batched forward ([`realm_models::Model::forward_batch`]): the weights are
 //! read once for every row. The backend is batch invariant, so each row's
-//! logits are bit-identical to an unbatched step.
+//! logits are bit-identical to an unbatched step. A step of a model's only
+//! live session has no one to wait for, and runs on its tenant's thread
+//! instead: going through the scheduler would only add two thread switches
+//! to every token.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -97,6 +100,12 @@ impl Batcher {
                 active.remove(&model.id);
             }
         }
+    }
+
+    /// Whether `model` has other live sessions than one: only then can a
+    /// step find company in a batch.
+    pub(crate) fn has_company(&self, model: &LoadedModel) -> bool {
+        lock(&self.active).get(&model.id).is_some_and(|&n| n > 1)
     }
 
     /// Runs one decode step of `session` through the scheduler; `reply` is

@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
+use std::time::Instant;
 
 use wasmtime::{Caller, Extern, Linker, ResourceLimiter};
 
@@ -131,6 +132,9 @@ pub(crate) struct TenantState {
     tokens: Vec<u32>,
     pub(crate) sink: Option<mpsc::Sender<String>>,
     pub(crate) finish: Option<Finish>,
+    /// When the guest first got logits in this call (the end of its
+    /// prompt's prefill).
+    pub(crate) first_logits: Option<Instant>,
 }
 
 impl TenantState {
@@ -154,6 +158,7 @@ impl TenantState {
             tokens: Vec::new(),
             sink: None,
             finish: None,
+            first_logits: None,
         }
     }
 
@@ -340,6 +345,7 @@ fn forward(
         batcher,
         reply,
         tokens,
+        first_logits,
         ..
     } = st;
     let entry = sessions
@@ -348,7 +354,9 @@ fn forward(
     let out = logits_range(mem.len(), logits, n_logits, entry.model.vocab_size)?;
     let session = entry.session.as_mut().ok_or(AbiError::Busy)?;
     match (batcher, tokens.as_slice()) {
-        (Some(b), &[token]) if session.position() < session.capacity() => {
+        (Some(b), &[token])
+            if session.position() < session.capacity() && b.has_company(&entry.model) =>
+        {
             let Some(taken) = entry.session.take() else {
                 return fail(AbiError::Busy);
             };
@@ -358,12 +366,14 @@ fn forward(
             let session = entry.session.insert(back);
             result.map_err(AbiError::Scheduler)?;
             write_logits(&mut mem[out], session.logits());
+            first_logits.get_or_insert_with(Instant::now);
             Ok(0)
         }
         _ => {
             let r = entry.model.forward(session, tokens);
             if r.is_ok() {
                 write_logits(&mut mem[out], session.logits());
+                first_logits.get_or_insert_with(Instant::now);
             }
             status(r)
         }
@@ -406,6 +416,7 @@ fn compute_logits(
     let values = model.compute_logits(session).map_err(AbiError::from);
     values?;
     write_logits(&mut mem[out], session.logits());
+    st.first_logits.get_or_insert_with(Instant::now);
     Ok(())
 }
 

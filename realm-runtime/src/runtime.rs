@@ -152,6 +152,20 @@ pub struct GenerationStats {
     pub stop_reason: StopReason,
     /// Wall-clock seconds of the whole call.
     pub seconds: f64,
+    /// Seconds from the call until the guest first had logits: the prompt's
+    /// tokenization and prefill, or time to first token less one sampling
+    /// (the whole call's when the guest never asked for logits).
+    pub prompt_seconds: f64,
+}
+
+impl GenerationStats {
+    /// Generated tokens per second after the first: decode speed, without
+    /// the prompt (as llama-bench's tg). `None` for fewer than 2 tokens.
+    pub fn decode_tokens_per_second(&self) -> Option<f64> {
+        let decode = self.seconds - self.prompt_seconds;
+        (self.generated_tokens >= 2 && decode > 0.0)
+            .then(|| (self.generated_tokens - 1) as f64 / decode)
+    }
 }
 
 /// Shared by the runtime and its tenants.
@@ -477,6 +491,7 @@ impl Tenant {
         let mut live = self.take_live()?;
         live.store.set_epoch_deadline(self.deadline_ticks());
         live.store.data_mut().finish = None;
+        live.store.data_mut().first_logits = None;
         let (tx, rx) = mpsc::channel::<String>();
         live.store.data_mut().sink = Some(tx);
         let outcome = std::thread::scope(|scope| {
@@ -505,6 +520,8 @@ impl Tenant {
             Err(e) => return Err(self.classify(&live.store, e)),
         };
         let finish = live.store.data().finish;
+        let first_logits = live.store.data().first_logits;
+        let ended = Instant::now();
         self.live = Some(live);
         if status != 0 {
             return Err(Error::GuestStatus(status));
@@ -521,7 +538,11 @@ impl Tenant {
             prompt_tokens: f.prompt_tokens,
             generated_tokens: f.generated_tokens,
             stop_reason,
-            seconds: started.elapsed().as_secs_f64(),
+            seconds: ended.duration_since(started).as_secs_f64(),
+            prompt_seconds: first_logits
+                .unwrap_or(ended)
+                .duration_since(started)
+                .as_secs_f64(),
         })
     }
 }

@@ -76,8 +76,15 @@ fn guest_generation_equals_native_fused_layered_and_sampled() {
         );
         assert_eq!(stats.generated_tokens as usize, n);
         assert!(stats.prompt_tokens > 10);
+        assert!(0.0 < stats.prompt_seconds && stats.prompt_seconds < stats.seconds);
+        assert!(stats.decode_tokens_per_second().is_some_and(|t| t > 0.0));
         assert_eq!(tenant.live_sessions(), 0, "the guest drops its sessions");
     }
+    assert_eq!(
+        runtime.batch_stats().steps,
+        0,
+        "a lone session's steps run on its tenant's thread, not the scheduler's"
+    );
     // A stop string ends generation early, as natively.
     let req = GenerateRequest {
         stop: vec!["France".into()],
