@@ -1,16 +1,20 @@
 // A residual add and the RMSNorm after it in one pass: for each row,
 // sum = x + y, then norm = sum / sqrt(mean(sum^2) + eps) * w. Written for
 // Realm's GPU backend; src/fused/add_norm.rs holds the launch and the CPU
-// form. The output is [2, rows, width]: the sums, then the norms.
+// form. The output is [2, rows, width]: the sums, then the norms; with
+// `q8` not null, the norms also as Q8_1 blocks there (q8_1.cuh; width a
+// multiple of 32), for the product that reads them.
 //
 // Grid: one block a row. Block: NORM_THREADS threads over the row's values.
 #include <stdint.h>
+
+#include "q8_1.cuh"
 
 #define NORM_THREADS 256
 
 extern "C" __global__ void __launch_bounds__(NORM_THREADS) add_rms_norm_f32(
     const float *x, const float *y, const float *w, float *out, uint32_t rows,
-    uint32_t width, float eps) {
+    uint32_t width, float eps, realm_block_q8_1 *q8) {
   const uint32_t row = blockIdx.x;
   const float *xr = x + (uint64_t)row * width;
   const float *yr = y + (uint64_t)row * width;
@@ -33,6 +37,11 @@ extern "C" __global__ void __launch_bounds__(NORM_THREADS) add_rms_norm_f32(
 #pragma unroll
   for (int i = 0; i < NORM_THREADS / 32; ++i) total += warp_total[i];
   const float scale = 1.0f / sqrtf(total / (float)width + eps);
-  // Each thread reads back the sums it wrote.
-  for (uint32_t i = threadIdx.x; i < width; i += NORM_THREADS) norm[i] = sum[i] * scale * w[i];
+  // Each thread reads back the sums it wrote. A warp's 32 values are one
+  // Q8_1 block, and with width a multiple of 32 its lanes loop together.
+  for (uint32_t i = threadIdx.x; i < width; i += NORM_THREADS) {
+    const float n = sum[i] * scale * w[i];
+    norm[i] = n;
+    if (q8) store_q8_1(n, q8 + ((uint64_t)row * width + i) / 32, lane);
+  }
 }

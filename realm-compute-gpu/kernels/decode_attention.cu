@@ -9,9 +9,13 @@
 // keys j with lo <= j <= pos, lo = pos + 1 - window when there is a window.
 // Each warp takes every WARPS-th key and keeps a running maximum, sum and
 // weighted sum of values (one pass, rescaling as the maximum grows); the
-// warps' partial results are then merged through shared memory.
+// warps' partial results are then merged through shared memory. With `q8`
+// not null, the output also as Q8_1 blocks there (q8_1.cuh; head_dim a
+// multiple of 32), for the product that reads it.
 #include <cuda_fp16.h>
 #include <stdint.h>
+
+#include "q8_1.cuh"
 
 #define WARPS 4
 // Each lane holds head_dim / 32 values of the query and of the sum.
@@ -30,7 +34,8 @@ __device__ void decode_attention(
     uint32_t pos_base, int n_heads, int n_kv_heads, int head_dim, int max_seq,
     long long row_stride, float scale, float softcap, int window,
     const float *__restrict__ rope_cos,  // [rows, n_dims / 2], or null: q is rotated
-    const float *__restrict__ rope_sin, int n_dims, int neox) {
+    const float *__restrict__ rope_sin, int n_dims, int neox,
+    realm_block_q8_1 *__restrict__ q8) {
   const int row = blockIdx.x;
   const int head = blockIdx.y;
   const int lane = threadIdx.x & 31;
@@ -38,10 +43,14 @@ __device__ void decode_attention(
   const int kv = head / (n_heads / n_kv_heads);
   const int pos = positions ? (int)positions[row] : (int)pos_base + row;
   const int lo = (window > 0 && pos + 1 > window) ? pos + 1 - window : 0;
-  float *oh = out + ((long long)row * n_heads + head) * head_dim;
+  const long long out_off = ((long long)row * n_heads + head) * head_dim;
+  float *oh = out + out_off;
   if (pos < 0 || pos >= max_seq) {
     // Past the cache: say so with NaN rather than read another's memory.
-    for (int d = threadIdx.x; d < head_dim; d += 32 * WARPS) oh[d] = __int_as_float(0x7fc00000);
+    for (int d = threadIdx.x; d < head_dim; d += 32 * WARPS) {
+      oh[d] = __int_as_float(0x7fc00000);
+      if (q8) store_q8_1_nan(q8 + (out_off + d) / 32, lane);
+    }
     return;
   }
 
@@ -131,6 +140,9 @@ __device__ void decode_attention(
     for (int w = 0; w < WARPS; ++w)
       if (warp_max[w] > -INFINITY) o += warp_acc[w][d] * expf(warp_max[w] - top);
     oh[d] = o / total;
+    // A warp's 32 values are one block; with head_dim a multiple of 32 its
+    // lanes loop together.
+    if (q8) store_q8_1(o / total, q8 + (out_off + d) / 32, lane);
   }
 }
 
@@ -139,10 +151,10 @@ __device__ void decode_attention(
       const float *q, const T *k, const T *v, const uint32_t *positions, float *out,    \
       uint32_t pos_base, int n_heads, int n_kv_heads, int head_dim, int max_seq,        \
       long long row_stride, float scale, float softcap, int window, const float *rope_cos, \
-      const float *rope_sin, int n_dims, int neox) {                                    \
+      const float *rope_sin, int n_dims, int neox, realm_block_q8_1 *q8) {               \
     decode_attention<T>(q, k, v, positions, out, pos_base, n_heads, n_kv_heads,       \
                         head_dim, max_seq, row_stride, scale, softcap, window, rope_cos, \
-                        rope_sin, n_dims, neox);                                        \
+                        rope_sin, n_dims, neox, q8);                                    \
   }
 
 DECODE_ATTENTION(decode_attention_f32, float)

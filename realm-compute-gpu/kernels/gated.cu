@@ -1,7 +1,11 @@
 // Gated activations in one kernel: out = act(gate) * up, for SwiGLU (act =
 // SiLU) and GeGLU (act = GELU, tanh approximation). Written for Realm's
-// GPU backend; src/fused.rs holds the launch and the CPU form.
+// GPU backend; src/fused/gated.rs holds the launch and the CPU form. With
+// `q8` not null, the results also as Q8_1 blocks there (q8_1.cuh; n a
+// multiple of 32, blocks of whole warps), for the product that reads them.
 #include <stdint.h>
+
+#include "q8_1.cuh"
 
 __device__ __forceinline__ float silu(float x) { return x / (1.0f + expf(-x)); }
 
@@ -10,12 +14,22 @@ __device__ __forceinline__ float gelu(float x) {
   return 0.5f * x * (1.0f + tanhf(sqrt_two_over_pi * x * (1.0f + 0.044715f * x * x)));
 }
 
-extern "C" __global__ void swiglu_f32(const float *gate, const float *up, float *out, uint32_t n) {
-  for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x)
-    out[i] = silu(gate[i]) * up[i];
+template <float (*act)(float)>
+__device__ void gated(const float *gate, const float *up, float *out, uint32_t n,
+                      realm_block_q8_1 *q8) {
+  for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+    const float y = act(gate[i]) * up[i];
+    out[i] = y;
+    if (q8) store_q8_1(y, q8 + i / 32, threadIdx.x & 31);
+  }
 }
 
-extern "C" __global__ void geglu_f32(const float *gate, const float *up, float *out, uint32_t n) {
-  for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x)
-    out[i] = gelu(gate[i]) * up[i];
+extern "C" __global__ void swiglu_f32(const float *gate, const float *up, float *out, uint32_t n,
+                                      realm_block_q8_1 *q8) {
+  gated<silu>(gate, up, out, n, q8);
+}
+
+extern "C" __global__ void geglu_f32(const float *gate, const float *up, float *out, uint32_t n,
+                                     realm_block_q8_1 *q8) {
+  gated<gelu>(gate, up, out, n, q8);
 }

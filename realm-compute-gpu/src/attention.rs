@@ -10,7 +10,7 @@ use realm_core::backend::{
 
 use crate::fused::{DecodeAttention, QueryPositions, Rope, RopeStore, MAX_HEAD_DIM};
 use crate::kv::{dtype_of, GpuKvCache};
-use crate::ops::check_rope;
+use crate::ops::{check_rope, split_blocks};
 use crate::scratch::scratch_err;
 use crate::{dev_err, product, GpuBackend, GpuBuffer, GpuWorkspace};
 
@@ -211,11 +211,17 @@ impl AttentionOps for GpuBackend {
                 }
                 None => QueryPositions::From(at.start_pos),
             };
-            let op = decode_attention(p, positions);
+            let mut op = decode_attention(p, positions);
+            // Blocks only for a whole result (rows from the first).
+            op.blocks = rows.start == 0 && self.writes_blocks(n, p.head_dim, n * width);
             let y = qt
                 .reshape((n, width))
                 .and_then(|q| q.apply_op3_no_bwd(&cache.k[at.layer], &cache.v[at.layer], &op))
                 .map_err(dev_err(OP))?;
+            if op.blocks {
+                let (y, b) = split_blocks(OP, y, n * width, true)?;
+                return out.set_prefix_with_blocks(OP, "out length", n * width, y, b);
+            }
             return out.set_rows(OP, "out length", &rows, width, y);
         }
         let (kvh, hd, group) = (p.n_kv_heads, p.head_dim, p.n_heads / p.n_kv_heads);
@@ -406,25 +412,42 @@ impl GpuBackend {
             q: q.rows(OP, "q length", &all, width)?,
         };
         out.check_room(OP, "out length", product(OP, "rows overflow", n, width)?)?;
-        let mut ys = Vec::new();
+        // Runs of consecutive slots.
+        let mut runs = Vec::new();
         let mut first = 0;
         while first < n {
             let mut end = first + 1;
             while end < n && caches[end - 1].precedes(caches[end]) {
                 end += 1;
             }
+            runs.push(first..end);
+            first = end;
+        }
+        // One run's result is the whole result, which may carry blocks.
+        let blocks = runs.len() == 1 && self.writes_blocks(n, p.head_dim, n * width);
+        let mut ys = Vec::new();
+        for run in runs {
+            let at = &positions[run.clone()];
             let y = self.attend_slots(
                 ws,
-                &*caches[first],
+                &*caches[run.start],
                 layer,
-                first,
-                &positions[first..end],
+                run.start,
+                at,
                 &rows,
                 p,
                 rope,
+                blocks,
             )?;
             ys.push(y);
-            first = end;
+        }
+        if blocks {
+            let y = ys.pop().ok_or(BackendError::InvalidParameter {
+                op: OP,
+                what: "no rows",
+            })?;
+            let (y, b) = split_blocks(OP, y, n * width, true)?;
+            return out.set_prefix_with_blocks(OP, "out length", n * width, y, b);
         }
         let y = match ys.len() {
             1 => ys.pop().ok_or(BackendError::InvalidParameter {
@@ -452,6 +475,7 @@ fn decode_attention(p: &AttentionParams, positions: QueryPositions) -> DecodeAtt
         softcap: p.softcap,
         window: p.sliding_window,
         rope: None,
+        blocks: false,
     }
 }
 
@@ -470,7 +494,8 @@ impl GpuBackend {
 
     /// [`AttentionOps::attend_rows`] of the rows `first..` whose caches are
     /// the consecutive slots from `cache`'s (one per position); returns
-    /// their outputs, `[rows, n_heads * head_dim]`.
+    /// their outputs, `[rows, n_heads * head_dim]`, or with `blocks` (only
+    /// with the fused kernel) the same flat and then their blocks.
     #[allow(clippy::too_many_arguments)]
     fn attend_slots(
         &self,
@@ -482,6 +507,7 @@ impl GpuBackend {
         rows: &Rows,
         p: &AttentionParams,
         rope: Option<&Rope>,
+        blocks: bool,
     ) -> BackendResult<Tensor> {
         const OP: &str = "attend_rows";
         let cfg = *cache.config();
@@ -490,6 +516,12 @@ impl GpuBackend {
         let (kvh, hd, group) = (p.n_kv_heads, p.head_dim, p.n_heads / p.n_kv_heads);
         let furthest = positions.iter().max().map_or(0, |&p| p as usize + 1);
         let fused = self.fuses(p);
+        if blocks && !fused {
+            return Err(BackendError::InvalidParameter {
+                op: OP,
+                what: "blocks without the fused kernel",
+            });
+        }
         // Where each row's key goes, the rows' positions on the device, how
         // many keys are read, and (without the fused kernel) the mask.
         let (index, pos, len, mask) = match ws.step() {
@@ -592,6 +624,7 @@ impl GpuBackend {
             if fused {
                 let mut op = decode_attention(p, QueryPositions::Device(pos));
                 op.rope = rope;
+                op.blocks = blocks;
                 let q = row(&rows.q, width)?.reshape((n, width))?;
                 return q.apply_op3_no_bwd(&keys, &values, &op);
             }

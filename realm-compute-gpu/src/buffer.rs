@@ -6,6 +6,7 @@ use std::ops::Range;
 use candle_core::Tensor;
 use realm_core::backend::{BackendError, BackendResult};
 
+use crate::fused::q8;
 use crate::{dev_err, product};
 
 /// A buffer of `f32` activations on the device.
@@ -15,10 +16,15 @@ use crate::{dev_err, product};
 /// (candle allocates from the device's memory pool), so only the values
 /// the last writer produced are defined, as the backend trait allows. A
 /// read past them is an error, never stale data.
+///
+/// The op that wrote the values may also have written their Q8_1 blocks
+/// (`fused::q8`), which a quantized product then reads in place of
+/// quantizing the values itself; any other write drops them.
 #[derive(Debug, Clone)]
 pub struct GpuBuffer {
     t: Tensor,
     cap: usize,
+    blocks: Option<Tensor>,
 }
 
 fn shape_err(op: &'static str, what: &'static str, expected: usize, got: usize) -> BackendError {
@@ -32,7 +38,11 @@ fn shape_err(op: &'static str, what: &'static str, expected: usize, got: usize) 
 
 impl GpuBuffer {
     pub(crate) fn new(t: Tensor, cap: usize) -> Self {
-        Self { t, cap }
+        Self {
+            t,
+            cap,
+            blocks: None,
+        }
     }
 
     /// The capacity the buffer was made with.
@@ -58,6 +68,20 @@ impl GpuBuffer {
     /// Makes `t` (the same values, or a copy of them) the buffer's tensor.
     pub(crate) fn replace(&mut self, t: Tensor) {
         self.t = t;
+        self.blocks = None;
+    }
+
+    /// The Q8_1 blocks of the first `len` values, if the op that wrote
+    /// them wrote their blocks too.
+    pub(crate) fn blocks(&self, len: usize) -> Option<Tensor> {
+        let b = self.blocks.as_ref()?;
+        if len == 0 || !len.is_multiple_of(q8::BLOCK) || len > self.defined() {
+            return None;
+        }
+        match q8::words(len) {
+            w if w == b.elem_count() => Some(b.clone()),
+            w => b.narrow(0, 0, w).ok(),
+        }
     }
 
     /// The first `len` values, as a 1-D tensor.
@@ -128,6 +152,32 @@ impl GpuBuffer {
             return Err(shape_err(op, "result length", len, t.elem_count()));
         }
         self.t = t.flatten_all().map_err(dev_err(op))?;
+        self.blocks = None;
+        Ok(())
+    }
+
+    /// [`GpuBuffer::set_prefix`], with the values' Q8_1 blocks when the op
+    /// wrote them (a flat tensor of `fused::q8::words(len)` words).
+    pub(crate) fn set_prefix_with_blocks(
+        &mut self,
+        op: &'static str,
+        what: &'static str,
+        len: usize,
+        t: Tensor,
+        blocks: Option<Tensor>,
+    ) -> BackendResult<()> {
+        self.set_prefix(op, what, len, t)?;
+        if let Some(b) = &blocks {
+            if b.elem_count() != q8::words(len) {
+                return Err(shape_err(
+                    op,
+                    "blocks length",
+                    q8::words(len),
+                    b.elem_count(),
+                ));
+            }
+        }
+        self.blocks = blocks;
         Ok(())
     }
 

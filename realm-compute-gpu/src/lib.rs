@@ -154,6 +154,9 @@ pub struct GpuBackend {
     steps: StepMode,
     /// Whether Realm's fused kernels replace candle's ops where they can.
     fused: bool,
+    /// Whether the fused kernels also write their results' Q8_1 blocks
+    /// for the products that read them.
+    blocks: bool,
     /// Orders the uses of candle's matrix-product scratch.
     scratch: scratch::Scratch,
     /// The blocks KV caches are slots of.
@@ -161,6 +164,8 @@ pub struct GpuBackend {
     /// Steps recorded and steps replayed, for reports and tests.
     recorded: AtomicU64,
     replayed: AtomicU64,
+    /// Products that took their input as blocks.
+    blocks_products: AtomicU64,
     /// The nodes of the last step recorded.
     last_graph: std::sync::Mutex<Option<GraphNodes>>,
 }
@@ -221,10 +226,12 @@ impl GpuBackend {
             name,
             steps,
             fused,
+            blocks: matches!(which, GpuDevice::Cuda(_)),
             scratch: scratch::Scratch::default(),
             kv_pool: kv::KvPool::default(),
             recorded: AtomicU64::new(0),
             replayed: AtomicU64::new(0),
+            blocks_products: AtomicU64::new(0),
             last_graph: std::sync::Mutex::new(None),
         })
     }
@@ -275,6 +282,53 @@ impl GpuBackend {
     /// [`GpuBackend::with_fused_kernels`]).
     pub fn fused_kernels(&self) -> bool {
         self.fused
+    }
+
+    /// The backend whose fused kernels (the norm after a residual add, the
+    /// gated units, decode attention) also write their results as the Q8_1
+    /// blocks that candle's vector products (up to 8 rows) quantize their
+    /// input to, when `on`: the next quantized product then launches one
+    /// kernel instead of two. On by default on CUDA, where the blocks equal
+    /// the products' own bit for bit, so results do not change. On
+    /// candle's CPU device, whose products quantize their input to other
+    /// blocks, the product takes the blocks' values instead, a second
+    /// rounding: it is off by default there, and on only to test the path.
+    ///
+    /// ```
+    /// use realm_compute_gpu::{GpuBackend, GpuDevice};
+    ///
+    /// let be = GpuBackend::new(GpuDevice::Cpu)?;
+    /// assert!(!be.q8_blocks());
+    /// assert!(be.with_q8_blocks(true).q8_blocks());
+    /// # Ok::<(), realm_core::backend::BackendError>(())
+    /// ```
+    pub fn with_q8_blocks(mut self, on: bool) -> Self {
+        self.blocks = on;
+        self
+    }
+
+    /// Whether the fused kernels write Q8_1 blocks for the products (see
+    /// [`GpuBackend::with_q8_blocks`]).
+    pub fn q8_blocks(&self) -> bool {
+        self.fused && self.blocks
+    }
+
+    /// Products so far that took their input as the blocks an op wrote
+    /// (see [`GpuBackend::with_q8_blocks`]); a recorded step's count once,
+    /// when it is recorded.
+    pub fn blocks_products(&self) -> u64 {
+        self.blocks_products.load(Ordering::Relaxed)
+    }
+
+    /// Whether an op writing `len` values, `rows` rows of `width`, also
+    /// writes their blocks: a product takes blocks for up to
+    /// [`fused::q8::MAX_ROWS`] rows, and a block must not cross a row (or
+    /// a head, for attention: `width` is then the head's).
+    pub(crate) fn writes_blocks(&self, rows: usize, width: usize, len: usize) -> bool {
+        self.q8_blocks()
+            && rows <= fused::q8::MAX_ROWS
+            && (1..=fused::q8::MAX_VALUES).contains(&len)
+            && width.is_multiple_of(fused::q8::BLOCK)
     }
 
     /// Decode steps recorded and replayed so far (both stay 0 where steps

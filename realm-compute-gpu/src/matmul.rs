@@ -2,6 +2,7 @@
 //! products and embedding lookup.
 
 use std::borrow::Cow;
+use std::sync::atomic::Ordering;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{Module, Tensor};
@@ -17,6 +18,10 @@ pub struct GpuWeight {
     rows: usize,
     cols: usize,
     qm: QMatMul,
+    /// The weight as candle's vector products take it, for inputs that
+    /// are blocks already (CUDA, quantized types).
+    #[cfg(feature = "cuda")]
+    blocks: Option<crate::fused::q8::cuda::Weight>,
 }
 
 impl std::fmt::Debug for GpuWeight {
@@ -75,6 +80,8 @@ impl GpuBackend {
         cols: usize,
     ) -> BackendResult<GpuWeight> {
         let storage = QStorage::from_data(data, &self.device, ctype).map_err(dev_err(op))?;
+        #[cfg(feature = "cuda")]
+        let blocks = crate::fused::q8::cuda::Weight::of(&storage).map_err(dev_err(op))?;
         let q = QTensor::new(storage, (rows, cols)).map_err(dev_err(op))?;
         let qm = QMatMul::from_qtensor(q).map_err(dev_err(op))?;
         // Every thread multiplies by the weights, each on its own stream
@@ -85,7 +92,49 @@ impl GpuBackend {
             rows,
             cols,
             qm,
+            #[cfg(feature = "cuda")]
+            blocks,
         })
+    }
+}
+
+impl GpuBackend {
+    /// The product by `w` of `n` rows whose Q8_1 blocks an op wrote, when
+    /// there are blocks and the product can take them: on CUDA, candle's
+    /// vector kernel for `w`'s type on the blocks, with no kernel to
+    /// quantize the input; on candle's CPU device (only when asked: see
+    /// [`GpuBackend::with_q8_blocks`]), the product of the blocks' values.
+    fn blocks_product(
+        &self,
+        w: &GpuWeight,
+        blocks: Option<Tensor>,
+        n: usize,
+    ) -> BackendResult<Option<Tensor>> {
+        const OP: &str = "matmul";
+        let Some(blocks) = blocks.filter(|_| n <= crate::fused::q8::MAX_ROWS) else {
+            return Ok(None);
+        };
+        #[cfg(feature = "cuda")]
+        if let (Some(weight), true) = (w.blocks, self.device.is_cuda()) {
+            let op = crate::fused::q8::BlocksProduct {
+                weight,
+                rows: w.rows,
+                cols: w.cols,
+            };
+            let y = blocks.apply_op1_no_bwd(&op).map_err(dev_err(OP))?;
+            self.blocks_products.fetch_add(1, Ordering::Relaxed);
+            return Ok(Some(y));
+        }
+        if !self.device.is_cpu() || !w.dtype.is_quantized() {
+            return Ok(None);
+        }
+        let y = (|| {
+            let x = crate::fused::q8::dequantize_tensor(&blocks)?.reshape((n, w.cols))?;
+            w.qm.forward(&x)
+        })()
+        .map_err(dev_err(OP))?;
+        self.blocks_products.fetch_add(1, Ordering::Relaxed);
+        Ok(Some(y))
     }
 }
 
@@ -161,10 +210,14 @@ impl MatMulOps for GpuBackend {
         const OP: &str = "matmul";
         let n_in = product(OP, "n_tokens * cols overflows", n_tokens, w.cols)?;
         let n_out = product(OP, "n_tokens * rows overflows", n_tokens, w.rows)?;
+        let blocks = x.blocks(n_in);
         let x = x.prefix(OP, "x length (n_tokens * cols)", n_in)?;
         out.check_room(OP, "out length (n_tokens * rows)", n_out)?;
         if n_tokens == 0 {
             return Ok(());
+        }
+        if let Some(y) = self.blocks_product(w, blocks, n_tokens)? {
+            return out.set_prefix(OP, "out length (n_tokens * rows)", n_out, y);
         }
         let x = x.reshape((n_tokens, w.cols)).map_err(dev_err(OP))?;
         let recording = ws.recording();

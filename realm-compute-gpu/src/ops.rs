@@ -186,7 +186,8 @@ impl GpuBackend {
     }
 
     /// `act(gate) * up` over the first `len` values, into `gate`: one fused
-    /// kernel, or candle's activation and product.
+    /// kernel (which may write the results' blocks too), or candle's
+    /// activation and product.
     fn gated(
         &self,
         op: &'static str,
@@ -195,12 +196,24 @@ impl GpuBackend {
         up: &GpuBuffer,
         len: usize,
     ) -> BackendResult<()> {
-        let fused = self.fused;
-        self.binary(op, gate, up, len, |g, u| match (fused, act) {
-            (true, _) => g.apply_op2_no_bwd(u, &Gated(act)),
-            (false, Gate::Silu) => g.silu()? * u,
-            (false, Gate::Gelu) => g.gelu()? * u,
-        })
+        if !self.fused {
+            return self.binary(op, gate, up, len, |g, u| match act {
+                Gate::Silu => g.silu()? * u,
+                Gate::Gelu => g.gelu()? * u,
+            });
+        }
+        // The rows are not known here: blocks are written for short
+        // results, as a decode step's are.
+        let blocks = self.writes_blocks(1, len, len);
+        let (g, u) = (
+            gate.prefix(op, "dst length", len)?,
+            up.prefix(op, "src length", len)?,
+        );
+        let y = g
+            .apply_op2_no_bwd(&u, &Gated { act, blocks })
+            .map_err(dev_err(op))?;
+        let (y, b) = split_blocks(op, y, len, blocks)?;
+        gate.set_prefix_with_blocks(op, "dst length", len, y, b)
     }
 
     /// Element-wise `f(a)` over the first `len` values, in place.
@@ -214,6 +227,32 @@ impl GpuBackend {
         let y = f(&a.prefix(op, "x length", len)?).map_err(dev_err(op))?;
         a.set_prefix(op, "x length", len, y)
     }
+}
+
+/// A fused op's flat result: its first `len` values and, when it wrote
+/// them, the words of their blocks after.
+pub(crate) fn split_blocks(
+    op: &'static str,
+    y: Tensor,
+    len: usize,
+    blocks: bool,
+) -> BackendResult<(Tensor, Option<Tensor>)> {
+    if !blocks {
+        return Ok((y, None));
+    }
+    let y = y.flatten_all().map_err(dev_err(op))?;
+    let words = crate::fused::q8::words(len);
+    if y.elem_count() != len + words {
+        return Err(BackendError::Shape {
+            op,
+            what: "values and blocks",
+            expected: len + words,
+            got: y.elem_count(),
+        });
+    }
+    let values = y.narrow(0, 0, len).map_err(dev_err(op))?;
+    let b = y.narrow(0, len, words).map_err(dev_err(op))?;
+    Ok((values, Some(b)))
 }
 
 impl NormOps for GpuBackend {
@@ -272,14 +311,19 @@ impl NormOps for GpuBackend {
             x.prefix(OP, "x length", len)?,
             y.prefix(OP, "y length", len)?,
         );
-        let both = (|| {
+        let blocks = self.writes_blocks(n_rows, width, len);
+        let all = (|| {
             let (xt, yt) = (xt.reshape((n_rows, width))?, yt.reshape((n_rows, width))?);
-            xt.apply_op3_no_bwd(&yt, w.all(), &AddRmsNorm { eps })
+            xt.apply_op3_no_bwd(&yt, w.all(), &AddRmsNorm { eps, blocks })
         })()
         .map_err(dev_err(OP))?;
-        let (sum, norm) = (both.get(0), both.get(1));
-        x.set_prefix(OP, "x length", len, sum.map_err(dev_err(OP))?)?;
-        out.set_prefix(OP, "out length", len, norm.map_err(dev_err(OP))?)
+        let sum = all.narrow(0, 0, len).map_err(dev_err(OP))?;
+        let rest = all
+            .narrow(0, len, all.elem_count() - len)
+            .map_err(dev_err(OP))?;
+        let (norm, b) = split_blocks(OP, rest, len, blocks)?;
+        x.set_prefix(OP, "x length", len, sum)?;
+        out.set_prefix_with_blocks(OP, "out length", len, norm, b)
     }
 }
 

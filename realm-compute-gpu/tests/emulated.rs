@@ -71,6 +71,50 @@ fn run(kernel: &str, args: &[String], out: &Path) -> Vec<f32> {
     bytemuck::pod_collect_to_vec(&bytes)
 }
 
+/// The Q8_1 blocks candle's product kernels quantize `values` to (GGUF's
+/// Q8_1, as ggml's CUDA quantizer writes it): per 32 values, the half of
+/// `amax / 127`, the half of their sum as a warp's butterfly adds it (lane
+/// i adds lane i ^ o, o = 16 .. 1), and the int8 quants `round(x / d)`.
+/// Written from that description, apart from the backend's own form, as
+/// the oracle for the kernels' blocks.
+fn candle_q8_1(values: &[f32]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for block in values.chunks_exact(32) {
+        let mut sums = block.to_vec();
+        for o in [16, 8, 4, 2, 1] {
+            let prev = sums.clone();
+            for (i, s) in sums.iter_mut().enumerate() {
+                *s = prev[i] + prev[i ^ o];
+            }
+        }
+        let amax = block.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let d = amax / 127.0;
+        out.extend(half::f16::from_f32(d).to_le_bytes());
+        out.extend(half::f16::from_f32(sums[0]).to_le_bytes());
+        out.extend(block.iter().map(|&x| match amax {
+            0.0 => 0,
+            _ => (x / d).round() as i8 as u8,
+        }));
+    }
+    out
+}
+
+/// Checks the blocks a kernel wrote (`file`) of the values it wrote.
+fn assert_blocks(file: &Path, values: &[f32], what: &str) {
+    let got = std::fs::read(file).unwrap();
+    let want = candle_q8_1(values);
+    assert_eq!(got.len(), want.len(), "{what}: blocks length");
+    if let Some(i) = (0..got.len()).find(|&i| got[i] != want[i]) {
+        panic!(
+            "{what}: block {} byte {}: got {}, want {}",
+            i / 36,
+            i % 36,
+            got[i],
+            want[i]
+        );
+    }
+}
+
 /// One decode-attention case: `positions[r]` is row r's position; the
 /// rows share one cache (`shared`, positions consecutive from the first)
 /// or have one each.
@@ -240,8 +284,16 @@ fn decode_attention(case: &Case, seed: u64) {
         }
         None => args.extend(["-", "-", "0", "0"].map(String::from)),
     }
+    // With heads of whole blocks, the output's blocks too.
+    let blocks = dir.join("blocks");
+    if hd % 32 == 0 {
+        args.push(blocks.to_str().unwrap().to_string());
+    }
     let got = run(kernel, &args, &out);
     assert_close(&got, &want, 1e-4, 1e-4, kernel);
+    if hd % 32 == 0 {
+        assert_blocks(&blocks, &got, kernel);
+    }
 }
 
 #[test]
@@ -350,7 +402,8 @@ fn add_rms_norm_matches_the_cpu() {
             .unwrap();
         let dir = scratch(&format!("norm-{width}"));
         let out = dir.join("out");
-        let args = vec![
+        let blocks = dir.join("blocks");
+        let mut args = vec![
             write(&dir, "x", &x),
             write(&dir, "y", &y),
             write(&dir, "w", &w),
@@ -359,10 +412,17 @@ fn add_rms_norm_matches_the_cpu() {
             width.to_string(),
             "1e-6".to_string(),
         ];
+        // Rows of whole blocks: the norms' blocks too.
+        if width % 32 == 0 {
+            args.push(blocks.to_str().unwrap().to_string());
+        }
         let got = run("add_rms_norm_f32", &args, &out);
         let (got_sum, got_norm) = got.split_at(rows * width);
         assert_close(got_sum, &sum, 1e-6, 1e-6, "add_rms_norm sums");
         assert_close(got_norm, &norm, 1e-5, 1e-5, "add_rms_norm norms");
+        if width % 32 == 0 {
+            assert_blocks(&blocks, got_norm, "add_rms_norm blocks");
+        }
     }
 }
 
@@ -394,6 +454,19 @@ fn gated_units_match_the_cpu() {
     let mut geglu = g.clone();
     cpu.geglu_inplace(&mut geglu, &u, n).unwrap();
     assert_close(&run("geglu_f32", &args, &out), &geglu, 1e-5, 1e-5, "geglu");
+    // Whole blocks (past one block of threads): the results' blocks too.
+    let whole = 2048 + 384;
+    let blocks = dir.join("blocks");
+    let args = vec![
+        write(&dir, "g", &g[..whole]),
+        write(&dir, "u", &u[..whole]),
+        out.to_str().unwrap().to_string(),
+        blocks.to_str().unwrap().to_string(),
+    ];
+    for kernel in ["swiglu_f32", "geglu_f32"] {
+        let got = run(kernel, &args, &out);
+        assert_blocks(&blocks, &got, kernel);
+    }
 }
 
 #[test]

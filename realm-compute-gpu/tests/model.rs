@@ -103,13 +103,17 @@ fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
 /// difference. Greedy tokens must agree wherever the CPU's top two logits
 /// are further apart than twice that difference.
 fn compare(layout: &SyntheticLayout, seed: u64, tol: f32) -> f32 {
+    compare_on(&gpu(), layout, seed, tol)
+}
+
+/// [`compare`] on the GPU backend `g`.
+fn compare_on(g: &GpuBackend, layout: &SyntheticLayout, seed: u64, tol: f32) -> f32 {
     let bytes = layout.write(seed).unwrap();
     let file = Gguf::from_bytes(bytes).unwrap();
     let cpu = CpuBackend::new().unwrap();
-    let g = gpu();
     let (cm, gm) = (
         Model::load(&file, &cpu).unwrap(),
-        Model::load(&file, &g).unwrap(),
+        Model::load(&file, g).unwrap(),
     );
     let vocab = layout.vocab_size as u32;
     let prompt: Vec<u32> = (0..11).map(|i| (i * 7919 + 3) % vocab).collect();
@@ -189,6 +193,24 @@ fn every_architecture_matches_the_cpu_quantized() {
         assert!(
             ge <= 2.0 * ce && ce <= 2.0 * ge,
             "{arch}: cpu {ce} gpu {ge}"
+        );
+    }
+}
+
+/// The fused ops' results as Q8_1 blocks for the next product (on by
+/// default on CUDA, where they change nothing, so the tests above cover
+/// them there). On candle's CPU device the product quantizes the blocks'
+/// values again, a second rounding: a looser bound, and every decode step's
+/// products take blocks.
+#[test]
+fn products_of_blocks_match_the_cpu() {
+    let g = gpu().with_q8_blocks(true);
+    for arch in ["llama", "mistral", "qwen2", "gemma3"] {
+        let before = g.blocks_products();
+        compare_on(&g, &SyntheticLayout::tiny(arch).unwrap(), 3, 0.3);
+        assert!(
+            g.blocks_products() > before,
+            "{arch}: no product took blocks"
         );
     }
 }

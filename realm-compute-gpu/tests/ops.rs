@@ -121,6 +121,74 @@ proptest! {
         }
     }
 
+    /// The fused ops' results as Q8_1 blocks, which the next quantized
+    /// product reads in place of quantizing its input (up to 8 rows): the
+    /// residual add + norm, the gated unit and decode attention, each
+    /// before a product by every type. The op's values do not change; on
+    /// CUDA the product does not either, bit for bit; on candle's CPU
+    /// device, which quantizes the blocks' values again, it stays within
+    /// that second rounding.
+    #[test]
+    fn products_read_the_blocks_ops_write(ti in 0usize..64, n in 1usize..11, which in 0usize..3, seed in any::<u64>()) {
+        let types = types();
+        let t = types[ti % types.len()];
+        let (k, m, past) = (256, 40, 3);
+        let mut rng = Rng(seed);
+        let bytes = quant::quantize_row_to_vec(t, &rng.f32s(m * k, -1.0, 1.0)).unwrap();
+        let shape = [k as u64, m as u64];
+        let view = TensorView::new("w", t, &shape, &bytes).unwrap();
+        let x = rng.f32s(n * k, -2.0, 2.0);
+        let y = rng.f32s(n * k, -2.0, 2.0);
+        let w = rng.f32s(k, 0.5, 1.5);
+        // Attention: 4 heads of 64 over 2 KV heads, after `past` keys.
+        let cfg = KvCacheConfig { n_layers: 1, n_kv_heads: 2, head_dim: 64, max_seq_len: past + n, dtype: KvDtype::F32 };
+        let kv = [rng.f32s((past + n) * 128, -1.0, 1.0), rng.f32s((past + n) * 128, -1.0, 1.0)];
+        let p = AttentionParams { n_heads: 4, n_kv_heads: 2, head_dim: 64, scale: 0.125, sliding_window: None, softcap: None };
+        let at = |start_pos| KvSpan { layer: 0, start_pos };
+        let mut results = Vec::new();
+        for blocks in [false, true] {
+            let g = gpu().with_q8_blocks(blocks);
+            let gw = g.weight(&view).unwrap();
+            let mut ws = g.workspace();
+            let (gx, gy) = (g.upload(&x).unwrap(), g.upload(&y).unwrap());
+            let mut input = g.buffer(n * k).unwrap();
+            match which {
+                0 => {
+                    let mut sum = gx.clone();
+                    g.add_rms_norm(&mut sum, &gy, &g.upload(&w).unwrap(), 1e-5, n, k, &mut input).unwrap();
+                }
+                1 => {
+                    input = gx.clone();
+                    g.swiglu_inplace(&mut input, &gy, n * k).unwrap();
+                }
+                _ => {
+                    let mut cache = g.kv_cache(&cfg).unwrap();
+                    let (gk, gv) = (g.upload(&kv[0]).unwrap(), g.upload(&kv[1]).unwrap());
+                    g.kv_write(&mut ws, &mut cache, at(0), &gk, &gv, 0..past + n).unwrap();
+                    g.attention(&mut ws, &cache, at(past), &gx, 0..n, &p, &mut input).unwrap();
+                }
+            }
+            let before = g.blocks_products();
+            let mut out = g.buffer(n * m).unwrap();
+            g.matmul(&mut ws, &gw, &input, n, &mut out).unwrap();
+            let took = g.blocks_products() - before;
+            prop_assert_eq!(took, u64::from(g.q8_blocks() && n <= 8 && t.is_quantized()), "blocks products");
+            results.push((down(&g, &input, n * k), down(&g, &out, n * m)));
+        }
+        let ((v0, y0), (v1, y1)) = (&results[0], &results[1]);
+        prop_assert_eq!(v0, v1, "the op's values");
+        if matches!(gpu().device(), GpuDevice::Cpu) {
+            // Two roundings of up to amax / 254 each, over k products by
+            // weights up to 1: about 4 standard deviations. A product of the
+            // wrong values would be off by about sqrt(k) * amax / 3.
+            let amax = v0.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let tol = (k as f32).sqrt() * amax * 0.012;
+            assert_close(y1, y0, 0.0, tol, &format!("{t} product of blocks"));
+        } else {
+            prop_assert_eq!(y1, y0, "{} product of blocks", t);
+        }
+    }
+
     /// Norms, RoPE (both layouts, partial rotation), activations (the
     /// residual add + norm and the gated units fused and not).
     #[test]

@@ -97,11 +97,12 @@ enum ModelCell {
     Gpu(GpuCell),
 }
 
-/// A session of a model on one of the backends.
+/// A session of a model on one of the backends (boxed: sessions are a few
+/// hundred bytes, moved to and from the batch scheduler every step).
 #[derive(Debug)]
 pub(crate) enum AnySession {
-    Cpu(Session<CpuBackend>),
-    Gpu(Session<GpuBackend>),
+    Cpu(Box<Session<CpuBackend>>),
+    Gpu(Box<Session<GpuBackend>>),
 }
 
 impl AnySession {
@@ -127,11 +128,12 @@ impl AnySession {
     }
 }
 
-/// Scratch of batched decode steps on one of the backends.
+/// Scratch of batched decode steps on one of the backends (boxed, as
+/// sessions are).
 #[derive(Debug)]
 pub(crate) enum AnyBatchScratch {
-    Cpu(BatchScratch<CpuBackend>),
-    Gpu(BatchScratch<GpuBackend>),
+    Cpu(Box<BatchScratch<CpuBackend>>),
+    Gpu(Box<BatchScratch<GpuBackend>>),
 }
 
 fn mismatch() -> realm_models::Error {
@@ -170,10 +172,10 @@ impl LoadedModel {
         match &self.cell {
             ModelCell::Cpu(c) => c
                 .with_dependent(|_, m| m.session(max_seq_len, batch))
-                .map(AnySession::Cpu),
+                .map(|s| AnySession::Cpu(Box::new(s))),
             ModelCell::Gpu(c) => c
                 .with_dependent(|_, m| m.session(max_seq_len, batch))
-                .map(AnySession::Gpu),
+                .map(|s| AnySession::Gpu(Box::new(s))),
         }
     }
 
@@ -182,10 +184,10 @@ impl LoadedModel {
         match &self.cell {
             ModelCell::Cpu(c) => c
                 .with_dependent(|_, m| m.batch_scratch(rows))
-                .map(AnyBatchScratch::Cpu),
+                .map(|s| AnyBatchScratch::Cpu(Box::new(s))),
             ModelCell::Gpu(c) => c
                 .with_dependent(|_, m| m.batch_scratch(rows))
-                .map(AnyBatchScratch::Gpu),
+                .map(|s| AnyBatchScratch::Gpu(Box::new(s))),
         }
     }
 
@@ -220,7 +222,7 @@ impl LoadedModel {
                 let mut typed = Vec::with_capacity(rows.len());
                 for (s, t) in rows {
                     match s {
-                        AnySession::Cpu(s) => typed.push((s, t)),
+                        AnySession::Cpu(s) => typed.push((&mut **s, t)),
                         AnySession::Gpu(_) => return Err(mismatch()),
                     }
                 }
@@ -230,7 +232,7 @@ impl LoadedModel {
                 let mut typed = Vec::with_capacity(rows.len());
                 for (s, t) in rows {
                     match s {
-                        AnySession::Gpu(s) => typed.push((s, t)),
+                        AnySession::Gpu(s) => typed.push((&mut **s, t)),
                         AnySession::Cpu(_) => return Err(mismatch()),
                     }
                 }

@@ -3,25 +3,42 @@
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape};
 
-use super::values;
+use super::{q8, values};
 
-/// For `x`, `y` of `[rows, width]` and `w` of `[width]`, all f32: the
-/// result `[2, rows, width]` holds `x + y`, then its RMSNorm with weight
-/// `w`.
+/// For `x`, `y` of `[rows, width]` and `w` of `[width]`, all f32: the flat
+/// result holds the `rows * width` values of `x + y`, then as many of its
+/// RMSNorm with weight `w`, then (with `blocks`) the norms' Q8_1 blocks
+/// ([`q8`]; `width` a multiple of 32).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct AddRmsNorm {
     pub(crate) eps: f32,
+    pub(crate) blocks: bool,
 }
 
-fn check(lx: &Layout, ly: &Layout, lw: &Layout) -> Result<(usize, usize)> {
-    let (rows, width) = lx.shape().dims2()?;
-    if ly.shape() != lx.shape() || lw.shape().dims1()? != width {
-        candle_core::bail!("add_rms_norm: x, y and w of different widths");
+impl AddRmsNorm {
+    fn check(&self, lx: &Layout, ly: &Layout, lw: &Layout) -> Result<(usize, usize)> {
+        let (rows, width) = lx.shape().dims2()?;
+        if ly.shape() != lx.shape() || lw.shape().dims1()? != width {
+            candle_core::bail!("add_rms_norm: x, y and w of different widths");
+        }
+        if rows == 0 || width == 0 || u32::try_from(2 * rows * width).is_err() {
+            candle_core::bail!("add_rms_norm: {rows} rows of {width} values");
+        }
+        if self.blocks && !width.is_multiple_of(q8::BLOCK) {
+            candle_core::bail!("add_rms_norm: blocks of rows of {width} values");
+        }
+        Ok((rows, width))
     }
-    if rows == 0 || width == 0 || u32::try_from(rows * width).is_err() {
-        candle_core::bail!("add_rms_norm: {rows} rows of {width} values");
+
+    /// Values of the result.
+    fn len(&self, rows: usize, width: usize) -> usize {
+        let blocks = if self.blocks {
+            q8::words(rows * width)
+        } else {
+            0
+        };
+        2 * rows * width + blocks
     }
-    Ok((rows, width))
 }
 
 impl CustomOp3 for AddRmsNorm {
@@ -38,12 +55,13 @@ impl CustomOp3 for AddRmsNorm {
         sw: &CpuStorage,
         lw: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (rows, width) = check(lx, ly, lw)?;
+        let (rows, width) = self.check(lx, ly, lw)?;
         let (CpuStorage::F32(x), CpuStorage::F32(y), CpuStorage::F32(w)) = (sx, sy, sw) else {
             candle_core::bail!("add_rms_norm: f32 values");
         };
         let (x, y, w) = (values(x, lx)?, values(y, ly)?, values(w, lw)?);
-        let mut out = vec![0f32; 2 * rows * width];
+        let mut out = Vec::with_capacity(self.len(rows, width));
+        out.resize(2 * rows * width, 0f32);
         let (sums, norms) = out.split_at_mut(rows * width);
         for (((xr, yr), sr), nr) in x
             .chunks_exact(width)
@@ -61,7 +79,12 @@ impl CustomOp3 for AddRmsNorm {
                 *n = s * scale * wi;
             }
         }
-        Ok((CpuStorage::F32(out), Shape::from((2, rows, width))))
+        if self.blocks {
+            let norms = out[rows * width..].to_vec();
+            q8::quantize_into(&norms, &mut out);
+        }
+        let len = out.len();
+        Ok((CpuStorage::F32(out), Shape::from(len)))
     }
 
     #[cfg(feature = "cuda")]
@@ -83,7 +106,7 @@ impl CustomOp3 for AddRmsNorm {
         const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/add_rms_norm.ptx"));
         /// The kernel's `NORM_THREADS`.
         const THREADS: u32 = 256;
-        let (rows, width) = check(lx, ly, lw)?;
+        let (rows, width) = self.check(lx, ly, lw)?;
         let dev = sx.device();
         let (xa, xb) = offsets(lx)?;
         let (ya, yb) = offsets(ly)?;
@@ -91,9 +114,15 @@ impl CustomOp3 for AddRmsNorm {
         let x = sx.as_cuda_slice::<f32>()?.slice(xa..xb);
         let y = sy.as_cuda_slice::<f32>()?.slice(ya..yb);
         let w = sw.as_cuda_slice::<f32>()?.slice(wa..wb);
+        let len = self.len(rows, width);
         // SAFETY: the kernel writes every value: each block its row's sums
-        // and norms.
-        let out = unsafe { dev.alloc::<f32>(2 * rows * width)? };
+        // and norms, and with `blocks` their blocks.
+        let out = unsafe { dev.alloc::<f32>(len)? };
+        // A null pointer says: no blocks.
+        let blocks_ptr = match self.blocks {
+            true => super::cuda::address(&out, 2 * rows * width),
+            false => 0,
+        };
         let func = dev.get_or_load_custom_func("add_rms_norm_f32", "realm_add_rms_norm", PTX)?;
         let mut b = func.builder();
         let (rows32, width32) = (rows as u32, width as u32);
@@ -104,18 +133,20 @@ impl CustomOp3 for AddRmsNorm {
         b.arg(&rows32);
         b.arg(&width32);
         b.arg(&self.eps);
+        b.arg(&blocks_ptr);
         let cfg = LaunchConfig {
             grid_dim: (rows32, 1, 1),
             block_dim: (THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
         // SAFETY: the arguments match the kernel's parameters in order and
-        // type; `check` made `x` and `y` rows x width values and `w` width,
-        // and `out` holds 2 x rows x width.
+        // type; `check` made `x` and `y` rows x width values and `w` width
+        // (a multiple of 32 with blocks), and `out` holds 2 x rows x width
+        // values and then, with blocks, their words.
         unsafe { b.launch(cfg) }.w()?;
         Ok((
             candle_core::CudaStorage::wrap_cuda_slice(out, dev.clone()),
-            Shape::from((2, rows, width)),
+            Shape::from(len),
         ))
     }
 }

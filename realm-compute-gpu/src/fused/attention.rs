@@ -5,7 +5,7 @@
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
-use super::{values, Rope};
+use super::{q8, values, Rope};
 
 /// The largest `head_dim` [`DecodeAttention`] takes.
 pub(crate) const MAX_HEAD_DIM: usize = 256;
@@ -28,7 +28,9 @@ pub(crate) enum QueryPositions {
 /// Arguments: `q` `[rows, n_heads * head_dim]` f32; keys and values either
 /// `[rows, n_kv_heads, max_seq, head_dim]` (a cache per row) or
 /// `[n_kv_heads, max_seq, head_dim]` (one cache for every row), f32 or
-/// f16, contiguous. Result: `[rows, n_heads * head_dim]` f32.
+/// f16, contiguous. Result: `[rows, n_heads * head_dim]` f32, or with
+/// `blocks` the same values flat and then their Q8_1 blocks ([`q8`];
+/// `head_dim` a multiple of 32).
 #[derive(Debug)]
 pub(crate) struct DecodeAttention {
     pub(crate) positions: QueryPositions,
@@ -40,6 +42,8 @@ pub(crate) struct DecodeAttention {
     pub(crate) window: Option<usize>,
     /// RoPE to apply to the queries first (`None`: they are rotated).
     pub(crate) rope: Option<Rope>,
+    /// Whether the result is followed by its blocks.
+    pub(crate) blocks: bool,
 }
 
 /// The shapes of one call.
@@ -78,6 +82,9 @@ impl DecodeAttention {
         if let Some(r) = &self.rope {
             r.check(rows, hd)?;
         }
+        if self.blocks && !hd.is_multiple_of(q8::BLOCK) {
+            candle_core::bail!("decode attention: blocks of heads of {hd} values");
+        }
         if let QueryPositions::Device(t) = &self.positions {
             if t.dims1()? != rows {
                 candle_core::bail!("decode attention: not one position per row");
@@ -98,6 +105,15 @@ impl DecodeAttention {
             max_seq,
             row_stride: cache_rows.map_or(0, |_| kvh * max_seq * hd),
         })
+    }
+
+    /// The result's shape for `rows` rows.
+    fn shape(&self, rows: usize) -> Shape {
+        let width = self.n_heads * self.head_dim;
+        match self.blocks {
+            true => Shape::from(rows * width + q8::words(rows * width)),
+            false => Shape::from((rows, width)),
+        }
     }
 
     /// The CPU form: for each row and head, scores over the visible keys,
@@ -190,7 +206,7 @@ impl CustomOp3 for DecodeAttention {
             r.rotate_rows(&mut q, self.n_heads, self.head_dim)?;
         }
         let q = &q[..];
-        let out = match (sk, sv) {
+        let mut out = match (sk, sv) {
             (CpuStorage::F32(k), CpuStorage::F32(v)) => {
                 let caches = (values(k, lk)?, values(v, lv)?);
                 self.cpu_rows(&dims, q, caches, &positions, |x| x)?
@@ -201,8 +217,11 @@ impl CustomOp3 for DecodeAttention {
             }
             _ => candle_core::bail!("decode attention: f32 or f16 caches"),
         };
-        let shape = Shape::from((dims.rows, self.n_heads * self.head_dim));
-        Ok((CpuStorage::F32(out), shape))
+        if self.blocks {
+            let values = out.clone();
+            q8::quantize_into(&values, &mut out);
+        }
+        Ok((CpuStorage::F32(out), self.shape(dims.rows)))
     }
 
     #[cfg(feature = "cuda")]
@@ -266,10 +285,9 @@ mod cuda {
             )?,
             _ => candle_core::bail!("decode attention: f32 or f16 caches"),
         };
-        let shape = Shape::from((dims.rows, op.n_heads * op.head_dim));
         Ok((
             CudaStorage::wrap_cuda_slice(out, sq.device().clone()),
-            shape,
+            op.shape(dims.rows),
         ))
     }
 
@@ -349,10 +367,16 @@ mod cuda {
         dev: &CudaDevice,
         a: Args<'_, T>,
     ) -> Result<CudaSlice<f32>> {
-        let width = op.n_heads * op.head_dim;
+        let values = dims.rows * op.n_heads * op.head_dim;
         // SAFETY: the kernel writes every value of `out` (each block its
-        // row's head, every one of head_dim values).
-        let out = unsafe { dev.alloc::<f32>(dims.rows * width)? };
+        // row's head, every one of head_dim values, and with blocks their
+        // words).
+        let out = unsafe { dev.alloc::<f32>(op.shape(dims.rows).elem_count())? };
+        // A null pointer says: no blocks.
+        let blocks = match op.blocks {
+            true => crate::fused::cuda::address(&out, values),
+            false => 0,
+        };
         let func = dev.get_or_load_custom_func(name, MODULE, PTX)?;
         let mut b = func.builder();
         let ints = [op.n_heads, op.n_kv_heads, op.head_dim, dims.max_seq].map(|n| n as i32);
@@ -376,6 +400,7 @@ mod cuda {
         b.arg(&a.sin);
         b.arg(&a.n_dims);
         b.arg(&a.neox);
+        b.arg(&blocks);
         let cfg = LaunchConfig {
             grid_dim: (dims.rows as u32, op.n_heads as u32, 1),
             block_dim: (THREADS, 1, 1),
@@ -385,7 +410,9 @@ mod cuda {
         // type; `dims` checked that every key and value a row reads (up to
         // max_seq positions of its cache) lies within `k` and `v` and that
         // the RoPE tables hold the rows' angles, and the kernel writes NaN
-        // rather than read past a position >= max_seq.
+        // rather than read past a position >= max_seq; with blocks, `out`
+        // has their words after the values and head_dim is a multiple of
+        // 32, so each warp's values are one block.
         unsafe { b.launch(cfg) }.w()?;
         Ok(out)
     }

@@ -3,7 +3,7 @@
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape};
 
-use super::values;
+use super::{q8, values};
 
 /// The activation of a gated unit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,19 +27,37 @@ impl Gate {
     }
 }
 
-/// `act(gate) * up`, element by element, of two f32 tensors of one shape.
+/// `act(gate) * up`, element by element, of two f32 tensors of one shape;
+/// with `blocks`, flat, followed by the results' Q8_1 blocks ([`q8`]; a
+/// multiple of 32 values).
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Gated(pub(crate) Gate);
+pub(crate) struct Gated {
+    pub(crate) act: Gate,
+    pub(crate) blocks: bool,
+}
 
-fn check(l1: &Layout, l2: &Layout) -> Result<usize> {
-    if l1.shape() != l2.shape() {
-        candle_core::bail!("gated unit: gate and up differ in shape");
+impl Gated {
+    fn check(&self, l1: &Layout, l2: &Layout) -> Result<usize> {
+        if l1.shape() != l2.shape() {
+            candle_core::bail!("gated unit: gate and up differ in shape");
+        }
+        let n = l1.shape().elem_count();
+        if u32::try_from(n + q8::words(n)).is_err() {
+            candle_core::bail!("gated unit: more than 2^32 values");
+        }
+        if self.blocks && !n.is_multiple_of(q8::BLOCK) {
+            candle_core::bail!("gated unit: blocks of {n} values");
+        }
+        Ok(n)
     }
-    let n = l1.shape().elem_count();
-    if u32::try_from(n).is_err() {
-        candle_core::bail!("gated unit: more than 2^32 values");
+
+    /// The result's shape.
+    fn shape(&self, l1: &Layout, n: usize) -> Shape {
+        match self.blocks {
+            true => Shape::from(n + q8::words(n)),
+            false => l1.shape().clone(),
+        }
     }
-    Ok(n)
 }
 
 impl CustomOp2 for Gated {
@@ -54,17 +72,21 @@ impl CustomOp2 for Gated {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        check(l1, l2)?;
+        let n = self.check(l1, l2)?;
         let (CpuStorage::F32(g), CpuStorage::F32(u)) = (s1, s2) else {
             candle_core::bail!("gated unit: f32 values");
         };
         let (g, u) = (values(g, l1)?, values(u, l2)?);
-        let out = g
+        let mut out: Vec<f32> = g
             .iter()
             .zip(u)
-            .map(|(&g, &u)| self.0.apply(g) * u)
+            .map(|(&g, &u)| self.act.apply(g) * u)
             .collect();
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        if self.blocks {
+            let results = out.clone();
+            q8::quantize_into(&results, &mut out);
+        }
+        Ok((CpuStorage::F32(out), self.shape(l1, n)))
     }
 
     #[cfg(feature = "cuda")]
@@ -82,15 +104,22 @@ impl CustomOp2 for Gated {
         use super::cuda::offsets;
 
         const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/gated.ptx"));
-        let n = check(l1, l2)?;
+        let n = self.check(l1, l2)?;
         let dev = s1.device();
         let (ga, gb) = offsets(l1)?;
         let (ua, ub) = offsets(l2)?;
         let g = s1.as_cuda_slice::<f32>()?.slice(ga..gb);
         let u = s2.as_cuda_slice::<f32>()?.slice(ua..ub);
-        // SAFETY: the kernel writes every one of the n values.
-        let out = unsafe { dev.alloc::<f32>(n)? };
-        let name = match self.0 {
+        let shape = self.shape(l1, n);
+        // SAFETY: the kernel writes every one of the n values, and with
+        // blocks their words.
+        let out = unsafe { dev.alloc::<f32>(shape.elem_count())? };
+        // A null pointer says: no blocks.
+        let blocks = match self.blocks {
+            true => super::cuda::address(&out, n),
+            false => 0,
+        };
+        let name = match self.act {
             Gate::Silu => "swiglu_f32",
             Gate::Gelu => "geglu_f32",
         };
@@ -101,13 +130,16 @@ impl CustomOp2 for Gated {
         b.arg(&u);
         b.arg(&out);
         b.arg(&n32);
+        b.arg(&blocks);
         // SAFETY: the arguments match the kernel's parameters in order and
-        // type; `g`, `u` and `out` each hold n values, and the kernel's
-        // grid-stride loop stops at n.
+        // type; `g`, `u` and `out` each hold n values (`out` then their
+        // words, with blocks, n a multiple of 32), and the kernel's
+        // grid-stride loop stops at n; its blocks of threads are whole
+        // warps, which the blocks' shuffles need.
         unsafe { b.launch(LaunchConfig::for_num_elems(n32)) }.w()?;
         Ok((
             candle_core::CudaStorage::wrap_cuda_slice(out, dev.clone()),
-            l1.shape().clone(),
+            shape,
         ))
     }
 }
@@ -125,7 +157,11 @@ mod tests {
             (Gate::Silu, (g.silu().unwrap() * &u).unwrap()),
             (Gate::Gelu, (g.gelu().unwrap() * &u).unwrap()),
         ] {
-            let got = g.apply_op2_no_bwd(&u, &Gated(gate)).unwrap();
+            let op = Gated {
+                act: gate,
+                blocks: false,
+            };
+            let got = g.apply_op2_no_bwd(&u, &op).unwrap();
             let (got, want) = (
                 got.to_vec1::<f32>().unwrap(),
                 want.to_vec1::<f32>().unwrap(),
@@ -138,6 +174,13 @@ mod tests {
             }
         }
         let short = Tensor::new(&[1.0f32], &Device::Cpu).unwrap();
-        assert!(g.apply_op2_no_bwd(&short, &Gated(Gate::Silu)).is_err());
+        let op = Gated {
+            act: Gate::Silu,
+            blocks: false,
+        };
+        assert!(g.apply_op2_no_bwd(&short, &op).is_err());
+        // Blocks need whole blocks of values.
+        let blocks = Gated { blocks: true, ..op };
+        assert!(g.apply_op2_no_bwd(&u, &blocks).is_err());
     }
 }

@@ -9,6 +9,7 @@
 mod add_norm;
 mod attention;
 mod gated;
+pub(crate) mod q8;
 mod rope_angles;
 mod rope_store;
 
@@ -91,8 +92,16 @@ fn values<'a, T>(s: &'a [T], l: &Layout) -> Result<&'a [T]> {
 /// What the CUDA forms share.
 #[cfg(feature = "cuda")]
 mod cuda {
-    use candle_core::cuda_backend::cudarc::driver::CudaView;
+    use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DevicePtr};
     use candle_core::{Layout, Result, Storage};
+
+    /// The device address of `s`'s value `at` (an f32 index), for a kernel
+    /// argument that is an offset into a buffer the kernel also writes.
+    pub(super) fn address(s: &CudaSlice<f32>, at: usize) -> u64 {
+        let stream = s.stream().clone();
+        let (ptr, _sync) = s.device_ptr(&stream);
+        ptr + (at * std::mem::size_of::<f32>()) as u64
+    }
 
     use super::Rope;
 

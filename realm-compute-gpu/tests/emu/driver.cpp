@@ -36,6 +36,25 @@ static void store(const char *path, const std::vector<float> &v) {
   std::fclose(f);
 }
 
+// Q8_1 blocks for `values` values, when the call names a file for them.
+static std::vector<realm_block_q8_1> q8_blocks(int argc, int at, size_t values) {
+  return std::vector<realm_block_q8_1>(argc > at ? values / 32 : 0);
+}
+
+static void store_q8(int argc, char **argv, int at, const std::vector<realm_block_q8_1> &b) {
+  if (argc <= at) return;
+  FILE *f = std::fopen(argv[at], "wb");
+  if (!f || std::fwrite(b.data(), sizeof b[0], b.size(), f) != b.size()) {
+    std::fprintf(stderr, "cannot write %s\n", argv[at]);
+    std::exit(2);
+  }
+  std::fclose(f);
+}
+
+static realm_block_q8_1 *ptr(std::vector<realm_block_q8_1> &b) {
+  return b.empty() ? nullptr : b.data();
+}
+
 static long num(const char *s) { return std::strtol(s, nullptr, 10); }
 static float real(const char *s) { return std::strtof(s, nullptr); }
 
@@ -44,8 +63,8 @@ int main(int argc, char **argv) {
   const std::string kernel = argv[1];
   if (kernel == "decode_attention_f32" || kernel == "decode_attention_f16") {
     // q k v positions|- out rows n_heads n_kv_heads head_dim max_seq
-    // row_stride scale softcap window pos_base cos|- sin|- n_dims neox
-    if (argc != 21) return 2;
+    // row_stride scale softcap window pos_base cos|- sin|- n_dims neox [q8]
+    if (argc != 21 && argc != 22) return 2;
     auto q = load<float>(argv[2]);
     std::vector<uint32_t> pos;
     const bool device_positions = std::string(argv[5]) != "-";
@@ -62,19 +81,21 @@ int main(int argc, char **argv) {
     const int n_dims = num(argv[19]), neox = num(argv[20]);
     const float *c = rope ? cos.data() : nullptr, *s = rope ? sin.data() : nullptr;
     std::vector<float> out(rows * n_heads * hd, -12345.0f);
+    auto q8 = q8_blocks(argc, 21, out.size());
     const uint32_t *p = device_positions ? pos.data() : nullptr;
     if (kernel == "decode_attention_f32") {
       auto k = load<float>(argv[3]), v = load<float>(argv[4]);
       emu_launch(decode_attention_f32, dim3{rows, n_heads, 1}, dim3{128, 1, 1}, q.data(), k.data(),
                  v.data(), p, out.data(), pos_base, (int)n_heads, n_kv, hd, max_seq, row_stride,
-                 scale, softcap, window, c, s, n_dims, neox);
+                 scale, softcap, window, c, s, n_dims, neox, ptr(q8));
     } else {
       auto k = load<__half>(argv[3]), v = load<__half>(argv[4]);
       emu_launch(decode_attention_f16, dim3{rows, n_heads, 1}, dim3{128, 1, 1}, q.data(), k.data(),
                  v.data(), p, out.data(), pos_base, (int)n_heads, n_kv, hd, max_seq, row_stride,
-                 scale, softcap, window, c, s, n_dims, neox);
+                 scale, softcap, window, c, s, n_dims, neox, ptr(q8));
     }
     store(argv[6], out);
+    store_q8(argc, argv, 21, q8);
   } else if (kernel == "rope_store_f32" || kernel == "rope_store_f16") {
     // cache k positions cos sin out rows slots n_kv_heads head_dim max_seq
     // n_dims neox slot0; the cache is written back as f32
@@ -108,25 +129,30 @@ int main(int argc, char **argv) {
                n_dims, real(argv[5]), real(argv[6]));
     store(argv[3], out);
   } else if (kernel == "add_rms_norm_f32") {
-    // x y w out rows width eps
-    if (argc != 9) return 2;
+    // x y w out rows width eps [q8]
+    if (argc != 9 && argc != 10) return 2;
     auto x = load<float>(argv[2]), y = load<float>(argv[3]), w = load<float>(argv[4]);
     const unsigned rows = num(argv[6]), width = num(argv[7]);
     std::vector<float> out(2 * rows * width, -12345.0f);
+    auto q8 = q8_blocks(argc, 9, rows * width);
     emu_launch(add_rms_norm_f32, dim3{rows, 1, 1}, dim3{256, 1, 1}, x.data(), y.data(), w.data(),
-               out.data(), rows, width, real(argv[8]));
+               out.data(), rows, width, real(argv[8]), ptr(q8));
     store(argv[5], out);
+    store_q8(argc, argv, 9, q8);
   } else if (kernel == "swiglu_f32" || kernel == "geglu_f32") {
-    // gate up out
-    if (argc != 5) return 2;
+    // gate up out [q8]
+    if (argc != 5 && argc != 6) return 2;
     auto g = load<float>(argv[2]), u = load<float>(argv[3]);
     const uint32_t n = g.size();
     std::vector<float> out(n, -12345.0f);
+    auto q8 = q8_blocks(argc, 5, n);
     // As the backend launches it: 1024 threads a block, enough blocks.
     const unsigned blocks = (n + 1023) / 1024;
     auto f = kernel == "swiglu_f32" ? swiglu_f32 : geglu_f32;
-    emu_launch(f, dim3{blocks, 1, 1}, dim3{1024, 1, 1}, g.data(), u.data(), out.data(), n);
+    emu_launch(f, dim3{blocks, 1, 1}, dim3{1024, 1, 1}, g.data(), u.data(), out.data(), n,
+               ptr(q8));
     store(argv[4], out);
+    store_q8(argc, argv, 5, q8);
   } else {
     return 2;
   }
