@@ -100,6 +100,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             if g.fused_kernels() {
                 label.push_str("+fused");
             }
+            if g.q8_blocks() {
+                label.push_str("+q8");
+            }
             bench_native(args, &l, &g, &label, 0)?;
             let (recorded, replayed) = g.step_counts();
             if recorded > 0 {
@@ -107,6 +110,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             }
             if let Some(nodes) = g.last_graph_nodes() {
                 eprintln!("realm: the last step recorded (a graph) holds {nodes}");
+            }
+            if g.blocks_products() > 0 {
+                eprintln!(
+                    "realm: {} products took their input as Q8_1 blocks an op wrote",
+                    g.blocks_products()
+                );
             }
             Ok(())
         }

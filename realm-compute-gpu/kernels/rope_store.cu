@@ -1,13 +1,16 @@
-// RoPE on a decode step's keys as they are stored: for each row and KV
-// head, the key rotated by the row's angles goes into the row's cache slot
-// at the row's position. Written for Realm's GPU backend;
+// A decode step's keys and values stored in their caches, the keys
+// rotated by RoPE as they go: for each row and KV head, the key rotated by
+// the row's angles and the value as it is go into the row's cache slot at
+// the row's position. Written for Realm's GPU backend;
 // src/fused/rope_store.rs holds the launch and the CPU form.
 //
 // Grid: (rows, n_kv_heads). Block: STORE_THREADS threads over the head's pairs.
-// The cache is [slots, n_kv_heads, max_seq, head_dim]; row r goes to slot
-// slot0 + r. cos and sin are [rows, n_dims / 2]: pair i of row r turns by
-// the angle whose cosine is cos[r][i]. Pairs are (2i, 2i + 1) (normal) or
-// (i, i + n_dims / 2) (neox); values past n_dims are copied.
+// The caches are [2, slots, n_kv_heads, max_seq, head_dim], keys then
+// values (the values v_off elements after the keys); row r goes to slot
+// slot0 + r. k and v are [rows, n_kv_heads * head_dim]. cos and sin are
+// [rows, n_dims / 2]: pair i of row r turns by the angle whose cosine is
+// cos[r][i]. Pairs are (2i, 2i + 1) (normal) or (i, i + n_dims / 2) (neox);
+// key values past n_dims are copied.
 #include <cuda_fp16.h>
 #include <stdint.h>
 
@@ -18,16 +21,20 @@ __device__ __forceinline__ void put(__half *p, float x) { *p = __float2half(x); 
 
 template <typename T>
 __device__ void rope_store(T *__restrict__ cache, const float *__restrict__ k,
-                           const uint32_t *__restrict__ positions, const float *__restrict__ cos,
-                           const float *__restrict__ sin, int slot0, int n_kv_heads, int head_dim,
-                           int max_seq, int n_dims, int neox) {
+                           const float *__restrict__ v, const uint32_t *__restrict__ positions,
+                           const float *__restrict__ cos, const float *__restrict__ sin, int slot0,
+                           int n_kv_heads, int head_dim, int max_seq, int n_dims, int neox,
+                           long long v_off) {
   const int row = blockIdx.x;
   const int head = blockIdx.y;
   const uint32_t pos = positions[row];
   // The host checked every position; never write outside the slot.
   if (pos >= (uint32_t)max_seq) return;
-  const float *kr = k + ((long long)row * n_kv_heads + head) * head_dim;
+  const long long src = ((long long)row * n_kv_heads + head) * head_dim;
+  const float *kr = k + src;
+  const float *vr = v + src;
   T *dst = cache + (((long long)(slot0 + row) * n_kv_heads + head) * max_seq + pos) * head_dim;
+  T *dst_v = dst + v_off;
   const int half = n_dims / 2;
   const float *c = cos + (long long)row * half;
   const float *s = sin + (long long)row * half;
@@ -39,15 +46,16 @@ __device__ void rope_store(T *__restrict__ cache, const float *__restrict__ k,
     put(dst + b, x0 * s[i] + x1 * c[i]);
   }
   for (int d = n_dims + threadIdx.x; d < head_dim; d += STORE_THREADS) put(dst + d, kr[d]);
+  for (int d = threadIdx.x; d < head_dim; d += STORE_THREADS) put(dst_v + d, vr[d]);
 }
 
 #define ROPE_STORE(NAME, T)                                                                  \
   extern "C" __global__ void __launch_bounds__(STORE_THREADS)                                      \
-      NAME(T *cache, const float *k, const uint32_t *positions, const float *cos,            \
-           const float *sin, int slot0, int n_kv_heads, int head_dim, int max_seq, int n_dims, \
-           int neox) {                                                                       \
-    rope_store<T>(cache, k, positions, cos, sin, slot0, n_kv_heads, head_dim, max_seq,       \
-                  n_dims, neox);                                                             \
+      NAME(T *cache, const float *k, const float *v, const uint32_t *positions,              \
+           const float *cos, const float *sin, int slot0, int n_kv_heads, int head_dim,        \
+           int max_seq, int n_dims, int neox, long long v_off) {                             \
+    rope_store<T>(cache, k, v, positions, cos, sin, slot0, n_kv_heads, head_dim, max_seq,    \
+                  n_dims, neox, v_off);                                                      \
   }
 
 ROPE_STORE(rope_store_f32, float)

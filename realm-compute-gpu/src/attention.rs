@@ -522,8 +522,10 @@ impl GpuBackend {
                 what: "blocks without the fused kernel",
             });
         }
-        // Where each row's key goes, the rows' positions on the device, how
-        // many keys are read, and (without the fused kernel) the mask.
+        // Where each row's key goes (unless the fused store puts it), the
+        // rows' positions on the device, how many keys are read, and
+        // (without the fused kernel) the mask.
+        let scatters = rope.is_none();
         let (index, pos, len, mask) = match ws.step() {
             Some(st) => {
                 let len = st.kv_len().min(cfg.max_seq_len);
@@ -534,7 +536,10 @@ impl GpuBackend {
                     });
                 }
                 let made = (|| -> candle_core::Result<_> {
-                    let index = st.scatter_index(first, n, kvh, hd, true)?;
+                    let index = match scatters {
+                        true => Some(st.scatter_index(first, n, kvh, hd, true)?),
+                        false => None,
+                    };
                     let pos = st.positions(first, n)?;
                     let mask = match fused {
                         true => None,
@@ -556,10 +561,14 @@ impl GpuBackend {
                 let window = p.sliding_window;
                 let made = (|| -> candle_core::Result<_> {
                     let pos = Tensor::from_slice(positions, n, &self.device)?;
-                    let index = pos
-                        .reshape((n, 1, 1, 1))?
-                        .broadcast_as((n, kvh, 1, hd))?
-                        .contiguous()?;
+                    let index = match scatters {
+                        true => Some(
+                            pos.reshape((n, 1, 1, 1))?
+                                .broadcast_as((n, kvh, 1, hd))?
+                                .contiguous()?,
+                        ),
+                        false => None,
+                    };
                     let mask = match fused {
                         true => None,
                         false => {
@@ -583,11 +592,6 @@ impl GpuBackend {
         let attend = || -> candle_core::Result<Tensor> {
             let (kv_width, width) = (kvh * hd, p.n_heads * hd);
             let row = |t: &Tensor, w: usize| t.narrow(0, first * w, n * w);
-            // [rows, heads, 1, dim] into each slot's position.
-            let v = row(&rows.v, kv_width)?
-                .reshape((n, kvh, 1, hd))?
-                .to_dtype(dt)?
-                .contiguous()?;
             let keys = block.k[layer].narrow(0, slot, n)?;
             let values = block.v[layer].narrow(0, slot, n)?;
             // These rows' RoPE angles.
@@ -599,28 +603,36 @@ impl GpuBackend {
                 }),
                 None => None,
             };
-            // Keys rotated as they are stored (f32 rows, converted by the
-            // kernel), or stored as they are.
+            // Keys rotated as they are stored and values with them (f32
+            // rows, converted by the kernel), or each scattered as they are.
             let rope = match rope {
                 Some(r) => {
                     let store = RopeStore {
                         slot0: slot,
                         rope: r,
+                        values: row(&rows.v, kv_width)?.reshape((n, kv_width))?,
                     };
                     let k = row(&rows.k, kv_width)?.reshape((n, kv_width))?;
-                    block.k[layer].inplace_op3(&k, &pos, &store)?;
+                    block.kv[layer].inplace_op3(&k, &pos, &store)?;
                     Some(store.rope)
                 }
                 None => {
+                    let Some(index) = &index else {
+                        candle_core::bail!("attend_rows: no scatter index");
+                    };
                     let k = row(&rows.k, kv_width)?
                         .reshape((n, kvh, 1, hd))?
                         .to_dtype(dt)?
                         .contiguous()?;
-                    keys.scatter_set(&index, &k, 2)?;
+                    keys.scatter_set(index, &k, 2)?;
+                    let v = row(&rows.v, kv_width)?
+                        .reshape((n, kvh, 1, hd))?
+                        .to_dtype(dt)?
+                        .contiguous()?;
+                    values.scatter_set(index, &v, 2)?;
                     None
                 }
             };
-            values.scatter_set(&index, &v, 2)?;
             if fused {
                 let mut op = decode_attention(p, QueryPositions::Device(pos));
                 op.rope = rope;

@@ -2,9 +2,9 @@
 //! batch of sequences created together attends with a few ops over a
 //! block, not a few ops per sequence.
 //!
-//! A block holds, per layer, one `[slots, n_kv_heads, max_seq_len,
-//! head_dim]` tensor of keys and one of values. A cache is one slot: views
-//! of its block's tensors. Blocks of one configuration double in size (1,
+//! A block holds, per layer, one `[2, slots, n_kv_heads, max_seq_len,
+//! head_dim]` tensor: keys, then values (one tensor, so that one kernel
+//! stores both). A cache is one slot: views of its block's tensors. Blocks of one configuration double in size (1,
 //! 2, 4, ... up to [`MAX_SLOTS`] slots) as caches are made, so a single
 //! session pays for one slot and 32 sessions made in a row sit in 6
 //! blocks, consecutive slots in each. A dropped cache frees its slot for the
@@ -25,7 +25,11 @@ pub const MAX_SLOTS: usize = 32;
 pub(crate) struct KvBlock {
     cfg: KvCacheConfig,
     slots: usize,
-    /// Per layer, `[slots, heads, max_seq_len, head_dim]`.
+    /// Per layer, `[2, slots, heads, max_seq_len, head_dim]`: keys and
+    /// values.
+    pub(crate) kv: Vec<Tensor>,
+    /// Per layer, views of `kv`'s keys and values, `[slots, heads,
+    /// max_seq_len, head_dim]`.
     pub(crate) k: Vec<Tensor>,
     pub(crate) v: Vec<Tensor>,
     free: Mutex<Vec<usize>>,
@@ -33,15 +37,18 @@ pub(crate) struct KvBlock {
 
 impl KvBlock {
     fn new(device: &Device, cfg: &KvCacheConfig, slots: usize) -> candle_core::Result<Self> {
-        let shape = (slots, cfg.n_kv_heads, cfg.max_seq_len, cfg.head_dim);
+        let shape = (2, slots, cfg.n_kv_heads, cfg.max_seq_len, cfg.head_dim);
         let dt = dtype_of(cfg.dtype);
+        let mut kv = Vec::with_capacity(cfg.n_layers);
         let mut k = Vec::with_capacity(cfg.n_layers);
         let mut v = Vec::with_capacity(cfg.n_layers);
         for _ in 0..cfg.n_layers {
             // Zeros: a static step's masked reads of unwritten positions
             // must see finite values.
-            k.push(Tensor::zeros(shape, dt, device)?);
-            v.push(Tensor::zeros(shape, dt, device)?);
+            let both = Tensor::zeros(shape, dt, device)?;
+            k.push(both.get(0)?);
+            v.push(both.get(1)?);
+            kv.push(both);
         }
         // Other threads take this block's slots and write them on their own
         // streams (CUDA's per-thread streams): the zeros must be there first.
@@ -49,6 +56,7 @@ impl KvBlock {
         Ok(Self {
             cfg: *cfg,
             slots,
+            kv,
             k,
             v,
             // Taken from the end: lowest slots first.
@@ -246,6 +254,8 @@ mod tests {
             (sum(&c[2].k[1]), sum(&c[3].k[1]), sum(&c[2].k[0])),
             (64.0, 0.0, 0.0)
         );
+        // Keys and values are views of one tensor per layer.
+        assert_eq!((sum(&c[2].v[1]), sum(&c[2].block.kv[1])), (0.0, 64.0));
         assert!(pool
             .cache(
                 &dev,

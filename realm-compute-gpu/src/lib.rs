@@ -226,7 +226,8 @@ impl GpuBackend {
             name,
             steps,
             fused,
-            blocks: matches!(which, GpuDevice::Cuda(_)),
+            blocks: matches!(which, GpuDevice::Cuda(_))
+                && !matches!(std::env::var("REALM_Q8_BLOCKS").as_deref(), Ok("0")),
             scratch: scratch::Scratch::default(),
             kv_pool: kv::KvPool::default(),
             recorded: AtomicU64::new(0),
@@ -288,8 +289,9 @@ impl GpuBackend {
     /// gated units, decode attention) also write their results as the Q8_1
     /// blocks that candle's vector products (up to 8 rows) quantize their
     /// input to, when `on`: the next quantized product then launches one
-    /// kernel instead of two. On by default on CUDA, where the blocks equal
-    /// the products' own bit for bit, so results do not change. On
+    /// kernel instead of two. On by default on CUDA (unless the environment
+    /// variable `REALM_Q8_BLOCKS` is `0`), where the blocks equal the
+    /// products' own bit for bit, so results do not change. On
     /// candle's CPU device, whose products quantize their input to other
     /// blocks, the product takes the blocks' values instead, a second
     /// rounding: it is off by default there, and on only to test the path.

@@ -485,9 +485,13 @@ fn rope_store_matches_the_cpu() {
     for (slots, n_kv, hd, max_seq, n_dims, neox, slot0, positions, f16) in cases {
         let rows = positions.len();
         let rp = rope_params(n_dims, neox);
-        let cache = rng.f32s(slots * n_kv * max_seq * hd, -1.0, 1.0);
+        // Keys, then values.
+        let v_off = slots * n_kv * max_seq * hd;
+        let cache = rng.f32s(2 * v_off, -1.0, 1.0);
         let k = rng.f32s(rows * n_kv * hd, -1.0, 1.0);
-        // The CPU backend's rotation, placed as the kernel must place it.
+        let v = rng.f32s(rows * n_kv * hd, -1.0, 1.0);
+        // The CPU backend's rotation, placed as the kernel must place it,
+        // and the values as they are.
         let mut want: Vec<f32> = match f16 {
             true => cache
                 .iter()
@@ -509,12 +513,14 @@ fn rope_store_matches_the_cpu() {
             for h in 0..n_kv {
                 let at = (((slot0 + r) * n_kv + h) * max_seq + pos as usize) * hd;
                 for d in 0..hd {
-                    let x = rotated[(r * n_kv + h) * hd + d];
-                    want[at + d] = if f16 {
-                        half::f16::from_f32(x).to_f32()
-                    } else {
-                        x
-                    };
+                    let src = (r * n_kv + h) * hd + d;
+                    for (dst, x) in [(at + d, rotated[src]), (v_off + at + d, v[src])] {
+                        want[dst] = if f16 {
+                            half::f16::from_f32(x).to_f32()
+                        } else {
+                            x
+                        };
+                    }
                 }
             }
         }
@@ -533,6 +539,7 @@ fn rope_store_matches_the_cpu() {
         let args = vec![
             cache_file,
             write(&dir, "k", &k),
+            write(&dir, "v", &v),
             write(&dir, "pos", &positions),
             write(&dir, "cos", &cos),
             write(&dir, "sin", &sin),

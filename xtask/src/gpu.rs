@@ -63,6 +63,8 @@ for m in smollm2 gemma3; do
   bench "bench-$m-op-by-op" "$out/$m-synth.gguf" --device "$dev" --steps op-by-op -p 512 -n 128 -r 10 --npl 32
   # candle's ops instead of Realm's fused kernels.
   REALM_FUSED_KERNELS=0 bench "bench-$m-unfused" "$out/$m-synth.gguf" --device "$dev" -p 512 -n 128 -r 10 --npl 1,32
+  # The fused kernels, but products quantize their own input.
+  REALM_Q8_BLOCKS=0 bench "bench-$m-no-q8" "$out/$m-synth.gguf" --device "$dev" -p 0 -n 128 -r 10 --npl 1,8
   # A wasm tenant's generation through the runtime (guest sampling included).
   bench "bench-$m-wasm" "$out/$m-synth.gguf" --device "$dev" --wasm --guest "$here/realm_wasm.wasm" -p 512 -n 128 -r 5
   # Where an op-by-op decode step's time goes.

@@ -1,19 +1,22 @@
-//! [`RopeStore`]: a decode step's keys rotated by RoPE as they are stored
-//! in their cache slots, in one kernel (`kernels/rope_store.cu`), in place
-//! of candle's rotation kernel and the scatter into the cache.
+//! [`RopeStore`]: a decode step's keys and values stored in their cache
+//! slots, the keys rotated by RoPE as they go, in one kernel
+//! (`kernels/rope_store.cu`), in place of candle's rotation kernel and two
+//! scatters into the caches.
 
-use candle_core::{CpuStorage, InplaceOp3, Layout, Result};
+use candle_core::{CpuStorage, DType, InplaceOp3, Layout, Result, Tensor};
 
 use super::{values, Rope};
 
-/// In place on a block of caches `[slots, n_kv_heads, max_seq, head_dim]`
-/// (f32 or f16), with the rows' keys `[rows, n_kv_heads * head_dim]` (f32)
-/// and positions `[rows]` (u32): row `r`'s key, rotated by `rope`'s row
-/// `r`, goes to slot `slot0 + r` at position `positions[r]`.
+/// In place on a block of caches `[2, slots, n_kv_heads, max_seq,
+/// head_dim]` (keys, then values; f32 or f16), with the rows' keys `[rows,
+/// n_kv_heads * head_dim]` (f32) and positions `[rows]` (u32): row `r`'s
+/// key, rotated by `rope`'s row `r`, and its value (from `values`, shaped
+/// as the keys) go to slot `slot0 + r` at position `positions[r]`.
 #[derive(Debug)]
 pub(crate) struct RopeStore {
     pub(crate) slot0: usize,
     pub(crate) rope: Rope,
+    pub(crate) values: Tensor,
 }
 
 /// The shapes of one call.
@@ -22,14 +25,19 @@ struct Dims {
     n_kv: usize,
     head_dim: usize,
     max_seq: usize,
+    slots: usize,
 }
 
 impl RopeStore {
     fn dims(&self, lc: &Layout, lk: &Layout, lp: &Layout) -> Result<Dims> {
-        let (slots, n_kv, max_seq, head_dim) = lc.shape().dims4()?;
+        let (two, slots, n_kv, max_seq, head_dim) = lc.shape().dims5()?;
         let (rows, width) = lk.shape().dims2()?;
-        if width != n_kv * head_dim || lp.shape().dims1()? != rows {
+        if two != 2 || width != n_kv * head_dim || lp.shape().dims1()? != rows {
             candle_core::bail!("rope_store: keys or positions do not fit the cache");
+        }
+        let lv = self.values.layout();
+        if lv.shape() != lk.shape() || !lv.is_contiguous() || self.values.dtype() != DType::F32 {
+            candle_core::bail!("rope_store: values unlike the keys");
         }
         if rows == 0 || self.slot0 + rows > slots {
             candle_core::bail!("rope_store: rows past the block's slots");
@@ -49,10 +57,11 @@ impl RopeStore {
             n_kv,
             head_dim,
             max_seq,
+            slots,
         })
     }
 
-    /// The CPU form: the keys rotated, then stored.
+    /// The CPU form: the keys rotated, then stored, and the values stored.
     fn cpu_rows<T>(
         &self,
         dims: &Dims,
@@ -65,20 +74,26 @@ impl RopeStore {
             n_kv,
             head_dim: hd,
             max_seq,
+            slots,
             ..
         } = *dims;
         let mut k = k.to_vec();
         self.rope.rotate_rows(&mut k, n_kv, hd)?;
+        let v = self.values.flatten_all()?.to_vec1::<f32>()?;
+        let v_off = slots * n_kv * max_seq * hd;
         for (r, &pos) in positions.iter().enumerate().take(dims.rows) {
             let pos = pos as usize;
             if pos >= max_seq {
                 candle_core::bail!("rope_store: position {pos} past the cache");
             }
             for h in 0..n_kv {
-                let kr = &k[(r * n_kv + h) * hd..][..hd];
+                let src = (r * n_kv + h) * hd;
                 let at = (((self.slot0 + r) * n_kv + h) * max_seq + pos) * hd;
-                for (d, &x) in cache[at..at + hd].iter_mut().zip(kr) {
-                    *d = of_f32(x);
+                for (off, rows) in [(0, &k), (v_off, &v)] {
+                    let dst = &mut cache[off + at..off + at + hd];
+                    for (d, &x) in dst.iter_mut().zip(&rows[src..src + hd]) {
+                        *d = of_f32(x);
+                    }
                 }
             }
         }
@@ -142,7 +157,7 @@ mod cuda {
     use candle_core::backend::BackendStorage;
     use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
     use candle_core::cuda_backend::{CudaDType, WrapErr};
-    use candle_core::{CudaStorage, DType, Layout, Result};
+    use candle_core::{CudaStorage, DType, Layout, Result, Storage};
 
     use super::{Dims, RopeStore};
     use crate::fused::cuda::{offsets, with_tables};
@@ -185,6 +200,13 @@ mod cuda {
         let k = sk.as_cuda_slice::<f32>()?.slice(ka..kb);
         let positions = sp.as_cuda_slice::<u32>()?.slice(pa..pb);
         let mut cache = sc.as_cuda_slice_mut::<T>()?.slice_mut(ca..cb);
+        let (vs, vl) = op.values.storage_and_layout();
+        let Storage::Cuda(vs) = &*vs else {
+            candle_core::bail!("rope_store: values on another device");
+        };
+        let (va, vb) = offsets(vl)?;
+        let v = vs.as_cuda_slice::<f32>()?.slice(va..vb);
+        let v_off = (dims.slots * dims.n_kv * dims.max_seq * dims.head_dim) as i64;
         with_tables(&op.rope, |cos, sin| {
             let func = dev.get_or_load_custom_func(name, "realm_rope_store", PTX)?;
             let mut b = func.builder();
@@ -199,21 +221,24 @@ mod cuda {
             .map(|n| n as i32);
             b.arg(&mut cache);
             b.arg(&k);
+            b.arg(&v);
             b.arg(&positions);
             b.arg(cos);
             b.arg(sin);
             for i in &ints {
                 b.arg(i);
             }
+            b.arg(&v_off);
             let cfg = LaunchConfig {
                 grid_dim: (dims.rows as u32, dims.n_kv as u32, 1),
                 block_dim: (THREADS, 1, 1),
                 shared_mem_bytes: 0,
             };
             // SAFETY: the arguments match the kernel's parameters in order
-            // and type; `dims` checked that rows fit the block's slots and
-            // the keys, positions and tables the rows, and the kernel
-            // writes nothing for a position past max_seq.
+            // and type; `dims` checked that the cache is keys then values
+            // (v_off apart), that rows fit the block's slots and the keys,
+            // values, positions and tables the rows, and the kernel writes
+            // nothing for a position past max_seq.
             unsafe { b.launch(cfg) }.w()?;
             Ok(())
         })

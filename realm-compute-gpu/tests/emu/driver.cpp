@@ -97,27 +97,32 @@ int main(int argc, char **argv) {
     store(argv[6], out);
     store_q8(argc, argv, 21, q8);
   } else if (kernel == "rope_store_f32" || kernel == "rope_store_f16") {
-    // cache k positions cos sin out rows slots n_kv_heads head_dim max_seq
-    // n_dims neox slot0; the cache is written back as f32
-    if (argc != 16) return 2;
-    auto k = load<float>(argv[3]), cos = load<float>(argv[5]), sin = load<float>(argv[6]);
-    auto pos = load<uint32_t>(argv[4]);
-    const unsigned rows = num(argv[8]), n_kv = num(argv[10]);
-    const int hd = num(argv[11]), max_seq = num(argv[12]), n_dims = num(argv[13]),
-              neox = num(argv[14]), slot0 = num(argv[15]);
+    // cache k v positions cos sin out rows slots n_kv_heads head_dim
+    // max_seq n_dims neox slot0; the cache (keys, then values) is written
+    // back as f32
+    if (argc != 17) return 2;
+    auto k = load<float>(argv[3]), v = load<float>(argv[4]);
+    auto cos = load<float>(argv[6]), sin = load<float>(argv[7]);
+    auto pos = load<uint32_t>(argv[5]);
+    const unsigned rows = num(argv[9]), slots = num(argv[10]), n_kv = num(argv[11]);
+    const int hd = num(argv[12]), max_seq = num(argv[13]), n_dims = num(argv[14]),
+              neox = num(argv[15]), slot0 = num(argv[16]);
+    const long long v_off = (long long)slots * n_kv * max_seq * hd;
     std::vector<float> out;
     if (kernel == "rope_store_f32") {
       auto cache = load<float>(argv[2]);
       emu_launch(rope_store_f32, dim3{rows, n_kv, 1}, dim3{128, 1, 1}, cache.data(), k.data(),
-                 pos.data(), cos.data(), sin.data(), slot0, (int)n_kv, hd, max_seq, n_dims, neox);
+                 v.data(), pos.data(), cos.data(), sin.data(), slot0, (int)n_kv, hd, max_seq,
+                 n_dims, neox, v_off);
       out = cache;
     } else {
       auto cache = load<__half>(argv[2]);
       emu_launch(rope_store_f16, dim3{rows, n_kv, 1}, dim3{128, 1, 1}, cache.data(), k.data(),
-                 pos.data(), cos.data(), sin.data(), slot0, (int)n_kv, hd, max_seq, n_dims, neox);
+                 v.data(), pos.data(), cos.data(), sin.data(), slot0, (int)n_kv, hd, max_seq,
+                 n_dims, neox, v_off);
       for (auto h : cache) out.push_back(__half2float(h));
     }
-    store(argv[7], out);
+    store(argv[8], out);
   } else if (kernel == "rope_angles_f32") {
     // positions out n_dims base freq_scale
     if (argc != 7) return 2;
