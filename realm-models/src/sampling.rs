@@ -254,21 +254,60 @@ impl Sampler {
     }
 }
 
-/// Index of the largest value; the lowest index wins a tie; NaN never wins.
+/// Index of the largest value; the lowest index wins a tie; NaN never wins
+/// (unless every value is NaN: then the last index).
 pub fn argmax(x: &[f32]) -> u32 {
-    let mut best = 0usize;
-    for (i, &v) in x.iter().enumerate() {
-        if v > x[best] || x[best].is_nan() {
-            best = i;
+    // The largest value first, in 8 independent maxima (one chain of
+    // compares would make every value wait for the last; in a wasm guest
+    // this is most of a greedy step's sampling), then its first index.
+    let mut tops = [f32::NEG_INFINITY; 8];
+    let chunks = x.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (t, &v) in tops.iter_mut().zip(c) {
+            if v > *t {
+                *t = v;
+            }
         }
     }
-    best as u32
+    let top = tops
+        .into_iter()
+        .chain(rest.iter().copied())
+        .fold(f32::NEG_INFINITY, |a, b| if b > a { b } else { a });
+    x.iter()
+        .position(|&v| v == top)
+        .unwrap_or(x.len().saturating_sub(1)) as u32
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    proptest! {
+        /// The chunked argmax picks what one pass over the values picks:
+        /// the first of the largest, never a NaN unless all are.
+        #[test]
+        fn argmax_is_the_first_largest(x in proptest::collection::vec(prop_oneof![
+            4 => -3i8..3,
+            1 => Just(i8::MIN),
+            1 => Just(i8::MAX),
+        ], 0..40)) {
+            // Small integers for ties; MIN and MAX stand for -inf and NaN.
+            let x: Vec<f32> = x.iter().map(|&v| match v {
+                i8::MIN => f32::NEG_INFINITY,
+                i8::MAX => f32::NAN,
+                v => f32::from(v),
+            }).collect();
+            let mut best = 0;
+            for (i, &v) in x.iter().enumerate() {
+                if v > x[best] || x[best].is_nan() {
+                    best = i;
+                }
+            }
+            prop_assert_eq!(argmax(&x) as usize, best, "{:?}", x);
+        }
+    }
 
     #[test]
     fn same_seed_same_tokens_other_seed_other_tokens() {
