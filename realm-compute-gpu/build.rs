@@ -15,11 +15,17 @@ const KERNELS: &[&str] = &[
     "rope_store",
 ];
 
+/// Headers the kernels include.
+const HEADERS: &[&str] = &["q8_1.cuh", "slots.cuh"];
+
 fn main() {
     println!("cargo:rerun-if-env-changed=CUDA_COMPUTE_CAP");
     println!("cargo:rerun-if-env-changed=NVCC");
     for k in KERNELS {
         println!("cargo:rerun-if-changed=kernels/{k}.cu");
+    }
+    for header in HEADERS {
+        println!("cargo:rerun-if-changed=kernels/{header}");
     }
     if env::var_os("CARGO_FEATURE_CUDA").is_none() {
         return;

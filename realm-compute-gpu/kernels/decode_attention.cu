@@ -4,7 +4,9 @@
 // Realm's GPU backend (src/fused/attention.rs holds the launch and a CPU
 // form of the same arithmetic, which its tests compare with).
 //
-// Grid: (rows, n_heads). Block: WARPS warps. Row r's query is at position
+// Grid: (rows, n_heads). Block: WARPS warps. Row r's caches are at k and v
+// (one for every row), at k + r * row_stride (a block's consecutive slots),
+// or, with by_slots, where `slots` says. Row r's query is at position
 // pos(r) (from `positions`, or pos_base + r when that is null) and sees the
 // keys j with lo <= j <= pos, lo = pos + 1 - window when there is a window.
 // Each warp takes every WARPS-th key and keeps a running maximum, sum and
@@ -16,6 +18,7 @@
 #include <stdint.h>
 
 #include "q8_1.cuh"
+#include "slots.cuh"
 
 #define WARPS 4
 // Each lane holds head_dim / 32 values of the query and of the sum.
@@ -32,8 +35,8 @@ __device__ void decode_attention(
     const uint32_t *__restrict__ positions,  // [rows], or null
     float *__restrict__ out,       // [rows, n_heads, head_dim]
     uint32_t pos_base, int n_heads, int n_kv_heads, int head_dim, int max_seq,
-    long long row_stride, float scale, float softcap, int window,
-    const float *__restrict__ rope_cos,  // [rows, n_dims / 2], or null: q is rotated
+    long long row_stride, const SlotTable &slots, int by_slots, float scale, float softcap,
+    int window, const float *__restrict__ rope_cos,  // [rows, n_dims / 2], or null: q is rotated
     const float *__restrict__ rope_sin, int n_dims, int neox,
     realm_block_q8_1 *__restrict__ q8) {
   const int row = blockIdx.x;
@@ -55,9 +58,9 @@ __device__ void decode_attention(
   }
 
   const float *qh = q + ((long long)row * n_heads + head) * head_dim;
-  const long long head_off = row * row_stride + (long long)kv * max_seq * head_dim;
-  const T *kh = k + head_off;
-  const T *vh = v + head_off;
+  const long long head_off = (long long)kv * max_seq * head_dim;
+  const T *kh = (by_slots ? (const T *)slots.k[row] : k + row * row_stride) + head_off;
+  const T *vh = (by_slots ? (const T *)slots.v[row] : v + row * row_stride) + head_off;
 
   // The query, rotated here by the row's RoPE angles when they are given
   // (pairs (2i, 2i + 1), or (i, i + n_dims / 2) for neox).
@@ -146,15 +149,16 @@ __device__ void decode_attention(
   }
 }
 
-#define DECODE_ATTENTION(NAME, T)                                                      \
-  extern "C" __global__ void __launch_bounds__(32 * WARPS) NAME(                       \
-      const float *q, const T *k, const T *v, const uint32_t *positions, float *out,    \
-      uint32_t pos_base, int n_heads, int n_kv_heads, int head_dim, int max_seq,        \
-      long long row_stride, float scale, float softcap, int window, const float *rope_cos, \
-      const float *rope_sin, int n_dims, int neox, realm_block_q8_1 *q8) {               \
-    decode_attention<T>(q, k, v, positions, out, pos_base, n_heads, n_kv_heads,       \
-                        head_dim, max_seq, row_stride, scale, softcap, window, rope_cos, \
-                        rope_sin, n_dims, neox, q8);                                    \
+#define DECODE_ATTENTION(NAME, T)                                                         \
+  extern "C" __global__ void __launch_bounds__(32 * WARPS) NAME(                          \
+      const float *q, const T *k, const T *v, const uint32_t *positions, float *out,       \
+      uint32_t pos_base, int n_heads, int n_kv_heads, int head_dim, int max_seq,           \
+      long long row_stride, const SlotTable slots, int by_slots, float scale,             \
+      float softcap, int window, const float *rope_cos, const float *rope_sin, int n_dims, \
+      int neox, realm_block_q8_1 *q8) {                                                    \
+    decode_attention<T>(q, k, v, positions, out, pos_base, n_heads, n_kv_heads, head_dim, \
+                        max_seq, row_stride, slots, by_slots, scale, softcap, window,     \
+                        rope_cos, rope_sin, n_dims, neox, q8);                            \
   }
 
 DECODE_ATTENTION(decode_attention_f32, float)

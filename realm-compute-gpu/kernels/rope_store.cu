@@ -10,9 +10,13 @@
 // slot0 + r. k and v are [rows, n_kv_heads * head_dim]. cos and sin are
 // [rows, n_dims / 2]: pair i of row r turns by the angle whose cosine is
 // cos[r][i]. Pairs are (2i, 2i + 1) (normal) or (i, i + n_dims / 2) (neox);
-// key values past n_dims are copied.
+// key values past n_dims are copied. With by_slots, row r's caches are
+// where `slots` says instead (slots.cuh), and cache, slot0 and v_off are
+// unused.
 #include <cuda_fp16.h>
 #include <stdint.h>
+
+#include "slots.cuh"
 
 #define STORE_THREADS 128
 
@@ -24,7 +28,7 @@ __device__ void rope_store(T *__restrict__ cache, const float *__restrict__ k,
                            const float *__restrict__ v, const uint32_t *__restrict__ positions,
                            const float *__restrict__ cos, const float *__restrict__ sin, int slot0,
                            int n_kv_heads, int head_dim, int max_seq, int n_dims, int neox,
-                           long long v_off) {
+                           long long v_off, const SlotTable &slots, int by_slots) {
   const int row = blockIdx.x;
   const int head = blockIdx.y;
   const uint32_t pos = positions[row];
@@ -33,8 +37,10 @@ __device__ void rope_store(T *__restrict__ cache, const float *__restrict__ k,
   const long long src = ((long long)row * n_kv_heads + head) * head_dim;
   const float *kr = k + src;
   const float *vr = v + src;
-  T *dst = cache + (((long long)(slot0 + row) * n_kv_heads + head) * max_seq + pos) * head_dim;
-  T *dst_v = dst + v_off;
+  const long long at = ((long long)head * max_seq + pos) * head_dim;
+  T *dst = by_slots ? (T *)slots.k[row] + at
+                    : cache + (long long)(slot0 + row) * n_kv_heads * max_seq * head_dim + at;
+  T *dst_v = by_slots ? (T *)slots.v[row] + at : dst + v_off;
   const int half = n_dims / 2;
   const float *c = cos + (long long)row * half;
   const float *s = sin + (long long)row * half;
@@ -53,9 +59,10 @@ __device__ void rope_store(T *__restrict__ cache, const float *__restrict__ k,
   extern "C" __global__ void __launch_bounds__(STORE_THREADS)                                      \
       NAME(T *cache, const float *k, const float *v, const uint32_t *positions,              \
            const float *cos, const float *sin, int slot0, int n_kv_heads, int head_dim,        \
-           int max_seq, int n_dims, int neox, long long v_off) {                             \
+           int max_seq, int n_dims, int neox, long long v_off, const SlotTable slots,        \
+           int by_slots) {                                                                   \
     rope_store<T>(cache, k, v, positions, cos, sin, slot0, n_kv_heads, head_dim, max_seq,    \
-                  n_dims, neox, v_off);                                                      \
+                  n_dims, neox, v_off, slots, by_slots);                                     \
   }
 
 ROPE_STORE(rope_store_f32, float)

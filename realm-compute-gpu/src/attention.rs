@@ -9,6 +9,8 @@ use realm_core::backend::{
 };
 
 use crate::fused::{DecodeAttention, QueryPositions, Rope, RopeStore, MAX_HEAD_DIM};
+#[cfg(feature = "cuda")]
+use crate::fused::{SlotTable, SLOT_ROWS};
 use crate::kv::{dtype_of, GpuKvCache};
 use crate::ops::{check_rope, split_blocks};
 use crate::scratch::scratch_err;
@@ -412,6 +414,13 @@ impl GpuBackend {
             q: q.rows(OP, "q length", &all, width)?,
         };
         out.check_room(OP, "out length", product(OP, "rows overflow", n, width)?)?;
+        #[cfg(feature = "cuda")]
+        if let Some(rope) = rope {
+            let one_config = caches.iter().all(|c| c.config() == caches[0].config());
+            if self.device.is_cuda() && n <= SLOT_ROWS && one_config {
+                return self.attend_by_slots(ws, caches, layer, positions, &rows, p, rope, out);
+            }
+        }
         // Runs of consecutive slots.
         let mut runs = Vec::new();
         let mut first = 0;
@@ -460,6 +469,69 @@ impl GpuBackend {
     }
 }
 
+impl GpuBackend {
+    /// [`AttentionOps::rope_attend_rows`] on CUDA with the fused kernels,
+    /// for rows whose caches (of one configuration) may be slots of any
+    /// blocks: the caches named by address (a [`SlotTable`]), one launch
+    /// stores every row's key and value and one attends every row, where
+    /// each run of consecutive slots took two.
+    #[cfg(feature = "cuda")]
+    #[allow(clippy::too_many_arguments)]
+    fn attend_by_slots(
+        &self,
+        ws: &mut GpuWorkspace,
+        caches: &[&mut GpuKvCache],
+        layer: usize,
+        positions: &[u32],
+        rows: &Rows,
+        p: &AttentionParams,
+        rope: &Rope,
+        out: &mut GpuBuffer,
+    ) -> BackendResult<()> {
+        const OP: &str = "attend_rows";
+        let n = caches.len();
+        let (kv_width, width) = (p.n_kv_heads * p.head_dim, p.n_heads * p.head_dim);
+        // Before any op holds a block (see `SlotTable::of`).
+        let table = SlotTable::of(caches.iter().map(|c| (&c.k[layer], &c.v[layer])))
+            .map_err(dev_err(OP))?;
+        let furthest = positions.iter().max().map_or(0, |&p| p as usize + 1);
+        let pos = match ws.step() {
+            Some(st) => {
+                if furthest > st.kv_len().min(caches[0].config().max_seq_len) {
+                    return Err(BackendError::InvalidParameter {
+                        op: OP,
+                        what: "positions past the static step's span",
+                    });
+                }
+                st.positions(0, n)
+            }
+            None => Tensor::from_slice(positions, n, &self.device),
+        }
+        .map_err(dev_err(OP))?;
+        let blocks = self.writes_blocks(n, p.head_dim, n * width);
+        let (block, _) = caches[0].block();
+        let y = (|| -> candle_core::Result<Tensor> {
+            let store = RopeStore {
+                slot0: 0,
+                rope: rope.clone(),
+                values: rows.v.reshape((n, kv_width))?,
+                slots: Some(table),
+            };
+            let k = rows.k.reshape((n, kv_width))?;
+            block.kv[layer].inplace_op3(&k, &pos, &store)?;
+            let mut op = decode_attention(p, QueryPositions::Device(pos));
+            op.rope = Some(store.rope);
+            op.blocks = blocks;
+            op.slots = Some(table);
+            let q = rows.q.reshape((n, width))?;
+            q.apply_op3_no_bwd(&caches[0].k[layer], &caches[0].v[layer], &op)
+        })()
+        .map_err(dev_err(OP))?;
+        let (y, b) = split_blocks(OP, y, n * width, blocks)?;
+        out.set_prefix_with_blocks(OP, "out length", n * width, y, b)
+    }
+}
+
 /// The most rows of one sequence the fused kernel attends (a decode step,
 /// or a short chunk); longer chunks use candle's batched products.
 const FUSED_CHUNK: usize = 8;
@@ -476,6 +548,7 @@ fn decode_attention(p: &AttentionParams, positions: QueryPositions) -> DecodeAtt
         window: p.sliding_window,
         rope: None,
         blocks: false,
+        slots: None,
     }
 }
 
@@ -611,6 +684,7 @@ impl GpuBackend {
                         slot0: slot,
                         rope: r,
                         values: row(&rows.v, kv_width)?.reshape((n, kv_width))?,
+                        slots: None,
                     };
                     let k = row(&rows.k, kv_width)?.reshape((n, kv_width))?;
                     block.kv[layer].inplace_op3(&k, &pos, &store)?;

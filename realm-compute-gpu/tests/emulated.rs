@@ -163,7 +163,9 @@ fn angles(positions: &[u32], p: &RopeParams) -> (Vec<f32>, Vec<f32>) {
     (cos, sin)
 }
 
-fn decode_attention(case: &Case, seed: u64) {
+/// With `by_slots`, the kernel is handed each row's cache (stored here in
+/// reverse row order) by address instead of by stride.
+fn decode_attention(case: &Case, seed: u64, by_slots: bool) {
     let mut rng = Rng(seed);
     let (n_kv, hd) = (case.n_kv, case.hd);
     let n_heads = n_kv * case.group;
@@ -232,7 +234,14 @@ fn decode_attention(case: &Case, seed: u64) {
         want[r * width..(r + 1) * width].copy_from_slice(&out);
     }
     // The kernel.
-    let dir = scratch(&format!("attention-{seed}"));
+    let dir = scratch(&format!("attention-{seed}-{by_slots}"));
+    let order = |t: &[f32]| -> Vec<f32> {
+        match by_slots {
+            true => t.chunks(per_cache).rev().flatten().copied().collect(),
+            false => t.to_vec(),
+        }
+    };
+    let (k, v) = (order(&k), order(&v));
     let (kf, vf) = if case.f16 {
         let half = |t: &[f32]| -> Vec<u16> {
             t.iter()
@@ -265,7 +274,11 @@ fn decode_attention(case: &Case, seed: u64) {
         n_kv.to_string(),
         hd.to_string(),
         max_seq.to_string(),
-        (if case.shared { 0 } else { per_cache }).to_string(),
+        match (case.shared, by_slots) {
+            (true, _) => "0".to_string(),
+            (false, false) => per_cache.to_string(),
+            (false, true) => format!("-{per_cache}"),
+        },
         p.scale.to_string(),
         case.softcap.unwrap_or(0.0).to_string(),
         case.window.unwrap_or(0).to_string(),
@@ -383,7 +396,10 @@ fn decode_attention_matches_the_cpu() {
         },
     ];
     for (i, case) in cases.iter().enumerate() {
-        decode_attention(case, 100 + i as u64);
+        decode_attention(case, 100 + i as u64, false);
+        if !case.shared {
+            decode_attention(case, 100 + i as u64, true);
+        }
     }
 }
 
@@ -561,6 +577,11 @@ fn rope_store_matches_the_cpu() {
         // f16 stores may round the other way after a last-bit difference.
         let tol = if f16 { 1e-3 } else { 1e-6 };
         assert_close(&run(kernel, &args, &out), &want, tol, tol, kernel);
+        // The same rows, their slots named one by one.
+        let mut args = args;
+        args.push("by-slots".to_string());
+        let what = format!("{kernel} by slots");
+        assert_close(&run(kernel, &args, &out), &want, tol, tol, &what);
     }
 }
 

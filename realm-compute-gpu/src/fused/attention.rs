@@ -5,7 +5,7 @@
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
-use super::{q8, values, Rope};
+use super::{q8, values, Rope, SlotTable};
 
 /// The largest `head_dim` [`DecodeAttention`] takes.
 pub(crate) const MAX_HEAD_DIM: usize = 256;
@@ -27,8 +27,8 @@ pub(crate) enum QueryPositions {
 ///
 /// Arguments: `q` `[rows, n_heads * head_dim]` f32; keys and values either
 /// `[rows, n_kv_heads, max_seq, head_dim]` (a cache per row) or
-/// `[n_kv_heads, max_seq, head_dim]` (one cache for every row), f32 or
-/// f16, contiguous. Result: `[rows, n_heads * head_dim]` f32, or with
+/// `[n_kv_heads, max_seq, head_dim]` (one cache for every row, or row 0's
+/// when `slots` names each row's), f32 or f16, contiguous. Result: `[rows, n_heads * head_dim]` f32, or with
 /// `blocks` the same values flat and then their Q8_1 blocks ([`q8`];
 /// `head_dim` a multiple of 32).
 #[derive(Debug)]
@@ -44,6 +44,9 @@ pub(crate) struct DecodeAttention {
     pub(crate) rope: Option<Rope>,
     /// Whether the result is followed by its blocks.
     pub(crate) blocks: bool,
+    /// Each row's cache, like the arguments' (CUDA only); `None`: the
+    /// arguments are the caches.
+    pub(crate) slots: Option<SlotTable>,
 }
 
 /// The shapes of one call.
@@ -78,6 +81,9 @@ impl DecodeAttention {
         };
         if cache_rows.is_some_and(|r| r != rows) {
             candle_core::bail!("decode attention: a cache per row, but not {rows} of them");
+        }
+        if self.slots.is_some() && (cache_rows.is_some() || rows > super::SLOT_ROWS) {
+            candle_core::bail!("decode attention: named caches need row 0's and at most 32 rows");
         }
         if let Some(r) = &self.rope {
             r.check(rows, hd)?;
@@ -190,6 +196,9 @@ impl CustomOp3 for DecodeAttention {
         lv: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let dims = self.dims(lq, lk, lv)?;
+        if self.slots.is_some() {
+            candle_core::bail!("decode attention: caches named by address are CUDA's");
+        }
         let positions: Vec<usize> = match &self.positions {
             QueryPositions::Device(t) => t
                 .to_vec1::<u32>()?
@@ -248,7 +257,7 @@ mod cuda {
     use candle_core::cuda_backend::{CudaDType, WrapErr};
     use candle_core::{CudaDevice, CudaStorage, DType, Layout, Result, Shape, Storage};
 
-    use super::{DecodeAttention, Dims, QueryPositions};
+    use super::{DecodeAttention, Dims, QueryPositions, SlotTable};
     use crate::fused::cuda::{offsets, with_tables};
 
     const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/decode_attention.ptx"));
@@ -393,6 +402,12 @@ mod cuda {
             b.arg(i);
         }
         b.arg(&row_stride);
+        let (table, by_slots) = match &op.slots {
+            Some(t) => (*t, 1i32),
+            None => (SlotTable::none(), 0),
+        };
+        b.arg(&table);
+        b.arg(&by_slots);
         b.arg(&op.scale);
         b.arg(&softcap);
         b.arg(&window);
@@ -410,7 +425,10 @@ mod cuda {
         // type; `dims` checked that every key and value a row reads (up to
         // max_seq positions of its cache) lies within `k` and `v` and that
         // the RoPE tables hold the rows' angles, and the kernel writes NaN
-        // rather than read past a position >= max_seq; with blocks, `out`
+        // rather than read past a position >= max_seq; with a slot table,
+        // its addresses are each row's cache of the same shape and type as
+        // row 0's, which `dims` checked (`SlotTable::of` took them from
+        // live tensors, which the caller holds); with blocks, `out`
         // has their words after the values and head_dim is a multiple of
         // 32, so each warp's values are one block.
         unsafe { b.launch(cfg) }.w()?;

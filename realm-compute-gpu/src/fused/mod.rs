@@ -12,12 +12,14 @@ mod gated;
 pub(crate) mod q8;
 mod rope_angles;
 mod rope_store;
+mod slots;
 
 pub(crate) use add_norm::AddRmsNorm;
 pub(crate) use attention::{DecodeAttention, QueryPositions, MAX_HEAD_DIM};
 pub(crate) use gated::{Gate, Gated};
 pub(crate) use rope_angles::RopeAngles;
 pub(crate) use rope_store::RopeStore;
+pub(crate) use slots::{SlotTable, SLOT_ROWS};
 
 use candle_core::{DType, Layout, Result, Tensor};
 

@@ -5,18 +5,24 @@
 
 use candle_core::{CpuStorage, DType, InplaceOp3, Layout, Result, Tensor};
 
-use super::{values, Rope};
+use super::{values, Rope, SlotTable};
 
 /// In place on a block of caches `[2, slots, n_kv_heads, max_seq,
 /// head_dim]` (keys, then values; f32 or f16), with the rows' keys `[rows,
 /// n_kv_heads * head_dim]` (f32) and positions `[rows]` (u32): row `r`'s
 /// key, rotated by `rope`'s row `r`, and its value (from `values`, shaped
-/// as the keys) go to slot `slot0 + r` at position `positions[r]`.
+/// as the keys) go to slot `slot0 + r` at position `positions[r]`, or
+/// (CUDA only) to the caches `slots` names, which may be slots of any
+/// block of the same configuration.
+///
+/// `values` is read with candle's plain read lock inside the op: it must
+/// be a tensor no other thread writes (a product's output is).
 #[derive(Debug)]
 pub(crate) struct RopeStore {
     pub(crate) slot0: usize,
     pub(crate) rope: Rope,
     pub(crate) values: Tensor,
+    pub(crate) slots: Option<SlotTable>,
 }
 
 /// The shapes of one call.
@@ -39,7 +45,9 @@ impl RopeStore {
         if lv.shape() != lk.shape() || !lv.is_contiguous() || self.values.dtype() != DType::F32 {
             candle_core::bail!("rope_store: values unlike the keys");
         }
-        if rows == 0 || self.slot0 + rows > slots {
+        let named = self.slots.is_some();
+        if rows == 0 || (!named && self.slot0 + rows > slots) || (named && rows > super::SLOT_ROWS)
+        {
             candle_core::bail!("rope_store: rows past the block's slots");
         }
         self.rope.check(rows, head_dim)?;
@@ -124,6 +132,9 @@ impl InplaceOp3 for RopeStore {
         lp: &Layout,
     ) -> Result<()> {
         let dims = self.dims(lc, lk, lp)?;
+        if self.slots.is_some() {
+            candle_core::bail!("rope_store: caches named by address are CUDA's");
+        }
         let (CpuStorage::F32(k), CpuStorage::U32(positions)) = (sk, sp) else {
             candle_core::bail!("rope_store: f32 keys and u32 positions");
         };
@@ -159,7 +170,7 @@ mod cuda {
     use candle_core::cuda_backend::{CudaDType, WrapErr};
     use candle_core::{CudaStorage, DType, Layout, Result, Storage};
 
-    use super::{Dims, RopeStore};
+    use super::{Dims, RopeStore, SlotTable};
     use crate::fused::cuda::{offsets, with_tables};
 
     const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/rope_store.ptx"));
@@ -229,6 +240,12 @@ mod cuda {
                 b.arg(i);
             }
             b.arg(&v_off);
+            let (table, by_slots) = match &op.slots {
+                Some(t) => (*t, 1i32),
+                None => (SlotTable::none(), 0),
+            };
+            b.arg(&table);
+            b.arg(&by_slots);
             let cfg = LaunchConfig {
                 grid_dim: (dims.rows as u32, dims.n_kv as u32, 1),
                 block_dim: (THREADS, 1, 1),
@@ -236,9 +253,11 @@ mod cuda {
             };
             // SAFETY: the arguments match the kernel's parameters in order
             // and type; `dims` checked that the cache is keys then values
-            // (v_off apart), that rows fit the block's slots and the keys,
-            // values, positions and tables the rows, and the kernel writes
-            // nothing for a position past max_seq.
+            // (v_off apart), that rows fit the block's slots (or, with a
+            // slot table, that it names at most its rows, each a cache of
+            // this block's configuration, from tensors the caller holds),
+            // that the keys, values, positions and tables fit the rows, and
+            // the kernel writes nothing for a position past max_seq.
             unsafe { b.launch(cfg) }.w()?;
             Ok(())
         })

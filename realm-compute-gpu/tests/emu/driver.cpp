@@ -63,7 +63,9 @@ int main(int argc, char **argv) {
   const std::string kernel = argv[1];
   if (kernel == "decode_attention_f32" || kernel == "decode_attention_f16") {
     // q k v positions|- out rows n_heads n_kv_heads head_dim max_seq
-    // row_stride scale softcap window pos_base cos|- sin|- n_dims neox [q8]
+    // row_stride scale softcap window pos_base cos|- sin|- n_dims neox [q8];
+    // a row_stride of -N says: caches of N values, in the files in reverse
+    // row order, named to the kernel one by one (its slot table)
     if (argc != 21 && argc != 22) return 2;
     auto q = load<float>(argv[2]);
     std::vector<uint32_t> pos;
@@ -71,7 +73,9 @@ int main(int argc, char **argv) {
     if (device_positions) pos = load<uint32_t>(argv[5]);
     const unsigned rows = num(argv[7]), n_heads = num(argv[8]);
     const int n_kv = num(argv[9]), hd = num(argv[10]), max_seq = num(argv[11]);
-    const long long row_stride = num(argv[12]);
+    const long long stride_arg = num(argv[12]);
+    const bool by_slots = stride_arg < 0;
+    const long long row_stride = by_slots ? 0 : stride_arg;
     const float scale = real(argv[13]), softcap = real(argv[14]);
     const int window = num(argv[15]);
     const uint32_t pos_base = num(argv[16]);
@@ -83,24 +87,35 @@ int main(int argc, char **argv) {
     std::vector<float> out(rows * n_heads * hd, -12345.0f);
     auto q8 = q8_blocks(argc, 21, out.size());
     const uint32_t *p = device_positions ? pos.data() : nullptr;
+    // Row r's cache is the (rows - 1 - r)-th in the files.
+    auto table = [&](auto &k, auto &v) {
+      SlotTable t{};
+      for (unsigned r = 0; by_slots && r < rows; ++r) {
+        t.k[r] = (unsigned long long)(k.data() + (rows - 1 - r) * -stride_arg);
+        t.v[r] = (unsigned long long)(v.data() + (rows - 1 - r) * -stride_arg);
+      }
+      return t;
+    };
     if (kernel == "decode_attention_f32") {
       auto k = load<float>(argv[3]), v = load<float>(argv[4]);
       emu_launch(decode_attention_f32, dim3{rows, n_heads, 1}, dim3{128, 1, 1}, q.data(), k.data(),
                  v.data(), p, out.data(), pos_base, (int)n_heads, n_kv, hd, max_seq, row_stride,
-                 scale, softcap, window, c, s, n_dims, neox, ptr(q8));
+                 table(k, v), (int)by_slots, scale, softcap, window, c, s, n_dims, neox, ptr(q8));
     } else {
       auto k = load<__half>(argv[3]), v = load<__half>(argv[4]);
       emu_launch(decode_attention_f16, dim3{rows, n_heads, 1}, dim3{128, 1, 1}, q.data(), k.data(),
                  v.data(), p, out.data(), pos_base, (int)n_heads, n_kv, hd, max_seq, row_stride,
-                 scale, softcap, window, c, s, n_dims, neox, ptr(q8));
+                 table(k, v), (int)by_slots, scale, softcap, window, c, s, n_dims, neox, ptr(q8));
     }
     store(argv[6], out);
     store_q8(argc, argv, 21, q8);
   } else if (kernel == "rope_store_f32" || kernel == "rope_store_f16") {
     // cache k v positions cos sin out rows slots n_kv_heads head_dim
-    // max_seq n_dims neox slot0; the cache (keys, then values) is written
-    // back as f32
-    if (argc != 17) return 2;
+    // max_seq n_dims neox slot0 [by-slots]; the cache (keys, then values) is
+    // written back as f32. With by-slots, the kernel gets no cache, only
+    // each row's slot by address.
+    if (argc != 17 && argc != 18) return 2;
+    const bool by_slots = argc == 18;
     auto k = load<float>(argv[3]), v = load<float>(argv[4]);
     auto cos = load<float>(argv[6]), sin = load<float>(argv[7]);
     auto pos = load<uint32_t>(argv[5]);
@@ -109,17 +124,28 @@ int main(int argc, char **argv) {
               neox = num(argv[15]), slot0 = num(argv[16]);
     const long long v_off = (long long)slots * n_kv * max_seq * hd;
     std::vector<float> out;
+    const long long per_slot = (long long)n_kv * max_seq * hd;
+    auto table = [&](auto &cache) {
+      SlotTable t{};
+      for (unsigned r = 0; by_slots && r < rows; ++r) {
+        t.k[r] = (unsigned long long)(cache.data() + (slot0 + r) * per_slot);
+        t.v[r] = (unsigned long long)(cache.data() + v_off + (slot0 + r) * per_slot);
+      }
+      return t;
+    };
     if (kernel == "rope_store_f32") {
       auto cache = load<float>(argv[2]);
-      emu_launch(rope_store_f32, dim3{rows, n_kv, 1}, dim3{128, 1, 1}, cache.data(), k.data(),
-                 v.data(), pos.data(), cos.data(), sin.data(), slot0, (int)n_kv, hd, max_seq,
-                 n_dims, neox, v_off);
+      float *base = by_slots ? nullptr : cache.data();
+      emu_launch(rope_store_f32, dim3{rows, n_kv, 1}, dim3{128, 1, 1}, base, k.data(), v.data(),
+                 pos.data(), cos.data(), sin.data(), by_slots ? 0 : slot0, (int)n_kv, hd, max_seq,
+                 n_dims, neox, by_slots ? 0 : v_off, table(cache), (int)by_slots);
       out = cache;
     } else {
       auto cache = load<__half>(argv[2]);
-      emu_launch(rope_store_f16, dim3{rows, n_kv, 1}, dim3{128, 1, 1}, cache.data(), k.data(),
-                 v.data(), pos.data(), cos.data(), sin.data(), slot0, (int)n_kv, hd, max_seq,
-                 n_dims, neox, v_off);
+      __half *base = by_slots ? nullptr : cache.data();
+      emu_launch(rope_store_f16, dim3{rows, n_kv, 1}, dim3{128, 1, 1}, base, k.data(), v.data(),
+                 pos.data(), cos.data(), sin.data(), by_slots ? 0 : slot0, (int)n_kv, hd, max_seq,
+                 n_dims, neox, by_slots ? 0 : v_off, table(cache), (int)by_slots);
       for (auto h : cache) out.push_back(__half2float(h));
     }
     store(argv[8], out);
