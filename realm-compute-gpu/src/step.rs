@@ -12,8 +12,10 @@
 //!   inside the recording;
 //! - the weights and the sessions' KV caches, which never move;
 //! - a fixed copy of every buffer the step writes, made when recording
-//!   starts; the recording ends by copying its results there, and every
-//!   tensor it allocated is freed inside the recording, so none escapes;
+//!   starts; the recording ends by copying its outputs there (the logits;
+//!   the other buffers are scratch, left with their fixed copies' values),
+//!   and every tensor it allocated is freed inside the recording, so none
+//!   escapes;
 //! - candle's matrix-product scratch, which candle grows (and moves) when a
 //!   product needs more; the backend counts such growth as an epoch
 //!   (`crate::scratch`), a recording from an older epoch is stale, and a
@@ -134,6 +136,8 @@ pub(crate) struct StepState {
     indices: Vec<(IndexKey, Tensor)>,
     /// The fixed copies of the buffers a recording writes.
     fixed: Vec<Tensor>,
+    /// How many of them (the first) are the step's outputs.
+    outputs: usize,
     /// The scratch's epoch when recording began.
     epoch: u64,
     /// Keeps candle's upload cache on while a step may be recorded, so
@@ -187,6 +191,7 @@ impl StepState {
             masks: Vec::new(),
             indices: Vec::new(),
             fixed: Vec::new(),
+            outputs: 0,
             epoch: 0,
             #[cfg(feature = "cuda")]
             htod_cache: None,
@@ -431,10 +436,14 @@ impl StepOps for GpuBackend {
         &self,
         ws: &mut GpuWorkspace,
         buffers: &mut [&mut GpuBuffer],
+        outputs: usize,
     ) -> BackendResult<bool> {
         const OP: &str = "begin_recording";
         if !self.records() {
             return Ok(false);
+        }
+        if outputs > buffers.len() {
+            return Err(invalid(OP, "more outputs than buffers"));
         }
         let epoch = self.scratch.epoch();
         let st = ws
@@ -450,6 +459,7 @@ impl StepOps for GpuBackend {
         // Masks of the plain run; the recording makes its own.
         st.clear_derived();
         st.epoch = epoch;
+        st.outputs = outputs;
         #[cfg(feature = "cuda")]
         cuda::begin(&self.device).map_err(dev_err(OP))?;
         st.recording = true;
@@ -473,12 +483,14 @@ impl StepOps for GpuBackend {
         if fixed.len() != buffers.len() {
             copied = Err(invalid(OP, "not the buffers the recording began with"));
         }
-        // Results into the fixed copies; the recorded tensors are dropped
-        // here, while recording, so their memory is freed inside the graph.
-        for (b, fixed) in buffers.iter_mut().zip(&fixed) {
+        // Outputs into their fixed copies (scratch keeps its copies'
+        // values); the recorded tensors are dropped here, while recording,
+        // so their memory is freed inside the graph.
+        let outputs = st.outputs;
+        for (i, (b, fixed)) in buffers.iter_mut().zip(&fixed).enumerate() {
             let result = b.tensor().clone();
             b.replace(fixed.clone());
-            if copied.is_ok() && result.id() != fixed.id() {
+            if i < outputs && copied.is_ok() && result.id() != fixed.id() {
                 copied = if result.elem_count() == fixed.elem_count() {
                     fixed.slice_set(&result, 0, 0).map_err(dev_err(OP))
                 } else {

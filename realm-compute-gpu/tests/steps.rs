@@ -269,7 +269,9 @@ fn static_step_inputs_are_checked() {
     assert_eq!(host, [4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0]);
     // Not recording on the CPU device, and replaying needs a recording.
     let (mut a, mut b) = (be.buffer(1).unwrap(), be.buffer(1).unwrap());
-    assert!(!be.begin_recording(&mut ws, &mut [&mut a, &mut b]).unwrap());
+    assert!(!be
+        .begin_recording(&mut ws, &mut [&mut a, &mut b], 1)
+        .unwrap());
     be.end_step(&mut ws);
     // Outside the step the same workspace runs ops as usual again.
     be.embed(&mut ws, &w, &[2, 0], &mut out).unwrap();

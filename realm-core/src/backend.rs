@@ -701,14 +701,18 @@ pub trait StepOps: BackendCore {
 
     /// Starts recording the step's ops, or returns `false` when this
     /// backend does not record (the step then just runs). `buffers` are
-    /// every buffer the step writes; their values are what the recording
-    /// leaves in them.
+    /// every buffer the step writes. The first `outputs` of them hold what
+    /// the caller reads after the step: the recording leaves the step's
+    /// values in them, and so does a replay. The rest are the step's
+    /// scratch, whose values are undefined after a recording or replay
+    /// (a backend need not copy them out).
     fn begin_recording(
         &self,
         ws: &mut Self::Workspace,
         buffers: &mut [&mut Self::Buffer],
+        outputs: usize,
     ) -> BackendResult<bool> {
-        let _ = (ws, buffers);
+        let _ = (ws, buffers, outputs);
         Ok(false)
     }
 
@@ -729,7 +733,8 @@ pub trait StepOps: BackendCore {
 
     /// Runs a recorded step with the inputs of the current static step;
     /// `buffers` (the ones the recording was made with) then hold its
-    /// results, whatever ops ran on them since. A recording made before the
+    /// results (the first `outputs` the recording began with; the rest are
+    /// undefined), whatever ops ran on them since. A recording made before the
     /// step's shapes or the backend's internal buffers changed is an error
     /// (record again).
     fn replay(

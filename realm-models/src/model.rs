@@ -579,7 +579,8 @@ impl<'a, B: Backend> Model<'a, B> {
         r.ready = None;
         let started = {
             let (ws, mut bufs) = sc.split();
-            b.begin_recording(ws, &mut bufs)
+            // The logits are the step's one output; the rest is scratch.
+            b.begin_recording(ws, &mut bufs, 1)
         };
         let recorded = match started {
             Ok(false) => return Ok(()),
@@ -944,6 +945,7 @@ impl<B: Backend> Scratch<B> {
         (
             &mut self.ws,
             [
+                &mut self.logits,
                 &mut self.x,
                 &mut self.xn,
                 &mut self.q,
@@ -954,7 +956,6 @@ impl<B: Backend> Scratch<B> {
                 &mut self.gate,
                 &mut self.up,
                 &mut self.stacked,
-                &mut self.logits,
             ],
         )
     }
