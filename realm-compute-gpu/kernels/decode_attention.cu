@@ -29,7 +29,7 @@ __device__ __forceinline__ float to_f32(__half x) { return __half2float(x); }
 
 template <typename T>
 __device__ void decode_attention(
-    const float *__restrict__ q,   // [rows, n_heads, head_dim]
+    const float *__restrict__ q,   // row r: q + r * q_stride, [n_heads, head_dim]
     const T *__restrict__ k,       // row r: k + r * row_stride, [kv_heads, max_seq, head_dim]
     const T *__restrict__ v,
     const uint32_t *__restrict__ positions,  // [rows], or null
@@ -38,7 +38,7 @@ __device__ void decode_attention(
     long long row_stride, const SlotTable &slots, int by_slots, float scale, float softcap,
     int window, const float *__restrict__ rope_cos,  // [rows, n_dims / 2], or null: q is rotated
     const float *__restrict__ rope_sin, int n_dims, int neox,
-    realm_block_q8_1 *__restrict__ q8) {
+    realm_block_q8_1 *__restrict__ q8, long long q_stride) {
   const int row = blockIdx.x;
   const int head = blockIdx.y;
   const int lane = threadIdx.x & 31;
@@ -57,7 +57,7 @@ __device__ void decode_attention(
     return;
   }
 
-  const float *qh = q + ((long long)row * n_heads + head) * head_dim;
+  const float *qh = q + row * q_stride + (long long)head * head_dim;
   const long long head_off = (long long)kv * max_seq * head_dim;
   const T *kh = (by_slots ? (const T *)slots.k[row] : k + row * row_stride) + head_off;
   const T *vh = (by_slots ? (const T *)slots.v[row] : v + row * row_stride) + head_off;
@@ -155,10 +155,10 @@ __device__ void decode_attention(
       uint32_t pos_base, int n_heads, int n_kv_heads, int head_dim, int max_seq,           \
       long long row_stride, const SlotTable slots, int by_slots, float scale,             \
       float softcap, int window, const float *rope_cos, const float *rope_sin, int n_dims, \
-      int neox, realm_block_q8_1 *q8) {                                                    \
+      int neox, realm_block_q8_1 *q8, long long q_stride) {                                \
     decode_attention<T>(q, k, v, positions, out, pos_base, n_heads, n_kv_heads, head_dim, \
                         max_seq, row_stride, slots, by_slots, scale, softcap, window,     \
-                        rope_cos, rope_sin, n_dims, neox, q8);                            \
+                        rope_cos, rope_sin, n_dims, neox, q8, q_stride);                  \
   }
 
 DECODE_ATTENTION(decode_attention_f32, float)

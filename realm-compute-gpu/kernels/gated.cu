@@ -3,6 +3,9 @@
 // GPU backend; src/fused/gated.rs holds the launch and the CPU form. With
 // `q8` not null, the results also as Q8_1 blocks there (q8_1.cuh; n a
 // multiple of 32, blocks of whole warps), for the product that reads them.
+// The inputs are rows of `width` values, row r at gate + r * gate_stride
+// and up + r * up_stride (the halves of a stacked product's rows); the
+// results are contiguous.
 #include <stdint.h>
 
 #include "q8_1.cuh"
@@ -16,20 +19,24 @@ __device__ __forceinline__ float gelu(float x) {
 
 template <float (*act)(float)>
 __device__ void gated(const float *gate, const float *up, float *out, uint32_t n,
-                      realm_block_q8_1 *q8) {
+                      realm_block_q8_1 *q8, uint32_t width, long long gate_stride,
+                      long long up_stride) {
   for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
-    const float y = act(gate[i]) * up[i];
+    const long long r = i / width, c = i % width;
+    const float y = act(gate[r * gate_stride + c]) * up[r * up_stride + c];
     out[i] = y;
     if (q8) store_q8_1(y, q8 + i / 32, threadIdx.x & 31);
   }
 }
 
 extern "C" __global__ void swiglu_f32(const float *gate, const float *up, float *out, uint32_t n,
-                                      realm_block_q8_1 *q8) {
-  gated<silu>(gate, up, out, n, q8);
+                                      realm_block_q8_1 *q8, uint32_t width, long long gate_stride,
+                                      long long up_stride) {
+  gated<silu>(gate, up, out, n, q8, width, gate_stride, up_stride);
 }
 
 extern "C" __global__ void geglu_f32(const float *gate, const float *up, float *out, uint32_t n,
-                                     realm_block_q8_1 *q8) {
-  gated<gelu>(gate, up, out, n, q8);
+                                     realm_block_q8_1 *q8, uint32_t width, long long gate_stride,
+                                     long long up_stride) {
+  gated<gelu>(gate, up, out, n, q8, width, gate_stride, up_stride);
 }

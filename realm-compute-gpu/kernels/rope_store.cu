@@ -7,7 +7,8 @@
 // Grid: (rows, n_kv_heads). Block: STORE_THREADS threads over the head's pairs.
 // The caches are [2, slots, n_kv_heads, max_seq, head_dim], keys then
 // values (the values v_off elements after the keys); row r goes to slot
-// slot0 + r. k and v are [rows, n_kv_heads * head_dim]. cos and sin are
+// slot0 + r. Row r's key is at k + r * k_stride and its value at
+// v + r * v_stride, n_kv_heads * head_dim values each. cos and sin are
 // [rows, n_dims / 2]: pair i of row r turns by the angle whose cosine is
 // cos[r][i]. Pairs are (2i, 2i + 1) (normal) or (i, i + n_dims / 2) (neox);
 // key values past n_dims are copied. With by_slots, row r's caches are
@@ -28,15 +29,15 @@ __device__ void rope_store(T *__restrict__ cache, const float *__restrict__ k,
                            const float *__restrict__ v, const uint32_t *__restrict__ positions,
                            const float *__restrict__ cos, const float *__restrict__ sin, int slot0,
                            int n_kv_heads, int head_dim, int max_seq, int n_dims, int neox,
-                           long long v_off, const SlotTable &slots, int by_slots) {
+                           long long v_off, const SlotTable &slots, int by_slots,
+                           long long k_stride, long long v_stride) {
   const int row = blockIdx.x;
   const int head = blockIdx.y;
   const uint32_t pos = positions[row];
   // The host checked every position; never write outside the slot.
   if (pos >= (uint32_t)max_seq) return;
-  const long long src = ((long long)row * n_kv_heads + head) * head_dim;
-  const float *kr = k + src;
-  const float *vr = v + src;
+  const float *kr = k + row * k_stride + (long long)head * head_dim;
+  const float *vr = v + row * v_stride + (long long)head * head_dim;
   const long long at = ((long long)head * max_seq + pos) * head_dim;
   T *dst = by_slots ? (T *)slots.k[row] + at
                     : cache + (long long)(slot0 + row) * n_kv_heads * max_seq * head_dim + at;
@@ -60,9 +61,9 @@ __device__ void rope_store(T *__restrict__ cache, const float *__restrict__ k,
       NAME(T *cache, const float *k, const float *v, const uint32_t *positions,              \
            const float *cos, const float *sin, int slot0, int n_kv_heads, int head_dim,        \
            int max_seq, int n_dims, int neox, long long v_off, const SlotTable slots,        \
-           int by_slots) {                                                                   \
+           int by_slots, long long k_stride, long long v_stride) {                           \
     rope_store<T>(cache, k, v, positions, cos, sin, slot0, n_kv_heads, head_dim, max_seq,    \
-                  n_dims, neox, v_off, slots, by_slots);                                     \
+                  n_dims, neox, v_off, slots, by_slots, k_stride, v_stride);                 \
   }
 
 ROPE_STORE(rope_store_f32, float)

@@ -407,11 +407,10 @@ impl GpuBackend {
         }
         let width = p.n_heads * p.head_dim;
         let kv_width = p.n_kv_heads * p.head_dim;
-        let all = 0..n;
         let rows = Rows {
-            k: kv.0.rows(OP, "k length", &all, kv_width)?,
-            v: kv.1.rows(OP, "v length", &all, kv_width)?,
-            q: q.rows(OP, "q length", &all, width)?,
+            k: kv.0.row_view(OP, "k length", n, kv_width)?,
+            v: kv.1.row_view(OP, "v length", n, kv_width)?,
+            q: q.row_view(OP, "q length", n, width)?,
         };
         out.check_room(OP, "out length", product(OP, "rows overflow", n, width)?)?;
         #[cfg(feature = "cuda")]
@@ -490,7 +489,7 @@ impl GpuBackend {
     ) -> BackendResult<()> {
         const OP: &str = "attend_rows";
         let n = caches.len();
-        let (kv_width, width) = (p.n_kv_heads * p.head_dim, p.n_heads * p.head_dim);
+        let width = p.n_heads * p.head_dim;
         // Before any op holds a block (see `SlotTable::of`).
         let table = SlotTable::of(caches.iter().map(|c| (&c.k[layer], &c.v[layer])))
             .map_err(dev_err(OP))?;
@@ -514,17 +513,16 @@ impl GpuBackend {
             let store = RopeStore {
                 slot0: 0,
                 rope: rope.clone(),
-                values: rows.v.reshape((n, kv_width))?,
+                values: rows.v.clone(),
                 slots: Some(table),
             };
-            let k = rows.k.reshape((n, kv_width))?;
-            block.kv[layer].inplace_op3(&k, &pos, &store)?;
+            block.kv[layer].inplace_op3(&rows.k, &pos, &store)?;
             let mut op = decode_attention(p, QueryPositions::Device(pos));
             op.rope = Some(store.rope);
             op.blocks = blocks;
             op.slots = Some(table);
-            let q = rows.q.reshape((n, width))?;
-            q.apply_op3_no_bwd(&caches[0].k[layer], &caches[0].v[layer], &op)
+            rows.q
+                .apply_op3_no_bwd(&caches[0].k[layer], &caches[0].v[layer], &op)
         })()
         .map_err(dev_err(OP))?;
         let (y, b) = split_blocks(OP, y, n * width, blocks)?;
@@ -552,7 +550,8 @@ fn decode_attention(p: &AttentionParams, positions: QueryPositions) -> DecodeAtt
     }
 }
 
-/// The rows of a batch's keys, values and queries, flat.
+/// The rows of a batch's keys, values and queries, `[rows, width]` (each
+/// row contiguous; rows maybe strided, as a stacked product's columns).
 struct Rows {
     k: Tensor,
     v: Tensor,
@@ -663,8 +662,9 @@ impl GpuBackend {
         let dt = dtype_of(cfg.dtype);
         let recording = ws.recording();
         let attend = || -> candle_core::Result<Tensor> {
-            let (kv_width, width) = (kvh * hd, p.n_heads * hd);
-            let row = |t: &Tensor, w: usize| t.narrow(0, first * w, n * w);
+            let width = p.n_heads * hd;
+            // These rows, `[n, w]` (rows contiguous, maybe strided).
+            let row = |t: &Tensor| t.narrow(0, first, n);
             let keys = block.k[layer].narrow(0, slot, n)?;
             let values = block.v[layer].narrow(0, slot, n)?;
             // These rows' RoPE angles.
@@ -683,10 +683,10 @@ impl GpuBackend {
                     let store = RopeStore {
                         slot0: slot,
                         rope: r,
-                        values: row(&rows.v, kv_width)?.reshape((n, kv_width))?,
+                        values: row(&rows.v)?,
                         slots: None,
                     };
-                    let k = row(&rows.k, kv_width)?.reshape((n, kv_width))?;
+                    let k = row(&rows.k)?;
                     block.kv[layer].inplace_op3(&k, &pos, &store)?;
                     Some(store.rope)
                 }
@@ -694,12 +694,12 @@ impl GpuBackend {
                     let Some(index) = &index else {
                         candle_core::bail!("attend_rows: no scatter index");
                     };
-                    let k = row(&rows.k, kv_width)?
+                    let k = row(&rows.k)?
                         .reshape((n, kvh, 1, hd))?
                         .to_dtype(dt)?
                         .contiguous()?;
                     keys.scatter_set(index, &k, 2)?;
-                    let v = row(&rows.v, kv_width)?
+                    let v = row(&rows.v)?
                         .reshape((n, kvh, 1, hd))?
                         .to_dtype(dt)?
                         .contiguous()?;
@@ -711,14 +711,14 @@ impl GpuBackend {
                 let mut op = decode_attention(p, QueryPositions::Device(pos));
                 op.rope = rope;
                 op.blocks = blocks;
-                let q = row(&rows.q, width)?.reshape((n, width))?;
+                let q = row(&rows.q)?;
                 return q.apply_op3_no_bwd(&keys, &values, &op);
             }
             // [rows, heads, len, dim], read in place for an f32 cache.
             let keys = keys.narrow(2, 0, len)?.to_dtype(DType::F32)?;
             let values = values.narrow(2, 0, len)?.to_dtype(DType::F32)?;
             // One token a row: a row's heads are [kv head, head in group].
-            let qg = row(&rows.q, width)?.reshape((n, kvh, group, hd))?;
+            let qg = row(&rows.q)?.reshape((n, kvh, group, hd))?;
             let scores = qg.matmul(&keys.t()?)?;
             let probs = probabilities(scores, p, mask.as_ref())?;
             probs.matmul(&values)?.reshape((n, width))

@@ -17,6 +17,10 @@ use crate::{dev_err, product};
 /// the last writer produced are defined, as the backend trait allows. A
 /// read past them is an error, never stale data.
 ///
+/// A buffer may also hold rows that are columns of another tensor (a
+/// stacked product's parts, [`GpuBuffer::set_rows_view`]): the fused ops
+/// read them in place, anything else gets a contiguous copy as it reads.
+///
 /// The op that wrote the values may also have written their Q8_1 blocks
 /// (`fused::q8`), which a quantized product then reads in place of
 /// quantizing the values itself; any other write drops them.
@@ -100,10 +104,68 @@ impl GpuBuffer {
                 what: "reads buffer values that no op has written",
             });
         }
-        if len == self.defined() {
-            return Ok(self.t.clone());
+        // Flat: a view of contiguous values, a copy of a view's rows.
+        let flat = match self.t.is_contiguous() {
+            true => self.t.flatten_all(),
+            false => self.t.contiguous().and_then(|t| t.flatten_all()),
         }
-        self.t.narrow(0, 0, len).map_err(dev_err(op))
+        .map_err(dev_err(op))?;
+        if len == self.defined() {
+            return Ok(flat);
+        }
+        flat.narrow(0, 0, len).map_err(dev_err(op))
+    }
+
+    /// `(rows, width)` when the buffer holds a view of rows that are not
+    /// contiguous with each other ([`GpuBuffer::set_rows_view`]).
+    pub(crate) fn rows_view_shape(&self) -> Option<(usize, usize)> {
+        match *self.t.dims() {
+            [rows, width] if !self.t.is_contiguous() => Some((rows, width)),
+            _ => None,
+        }
+    }
+
+    /// The first `rows` rows of `width` values as `[rows, width]`: the
+    /// view's rows in place when the buffer holds such a view, else its
+    /// values.
+    pub(crate) fn row_view(
+        &self,
+        op: &'static str,
+        what: &'static str,
+        rows: usize,
+        width: usize,
+    ) -> BackendResult<Tensor> {
+        match self.rows_view_shape() {
+            Some((r, w)) if w == width && r >= rows => {
+                self.t.narrow(0, 0, rows).map_err(dev_err(op))
+            }
+            _ => {
+                let len = product(op, "rows * width overflows", rows, width)?;
+                let flat = self.prefix(op, what, len)?;
+                flat.reshape((rows, width)).map_err(dev_err(op))
+            }
+        }
+    }
+
+    /// Makes `view`, `[rows, width]` with each row's values contiguous but
+    /// rows at any stride (a stacked product's columns), the buffer's
+    /// first `rows * width` values, without copying them.
+    pub(crate) fn set_rows_view(
+        &mut self,
+        op: &'static str,
+        what: &'static str,
+        rows: usize,
+        width: usize,
+        view: Tensor,
+    ) -> BackendResult<()> {
+        let len = product(op, "rows * width overflows", rows, width)?;
+        self.check_room(op, what, len)?;
+        if view.dims() != [rows, width] {
+            return Err(shape_err(op, "view length", len, view.elem_count()));
+        }
+        self.t = view;
+        self.blocks = None;
+        Ok(())
     }
 
     /// Rows `rows` (of `width` values), as a 1-D tensor.

@@ -432,9 +432,14 @@ impl BackendCore for GpuBackend {
         for (&w, out) in widths.iter().zip(outs.iter_mut()) {
             let len = product(OP, "rows overflow", n_rows, w)?;
             out.check_room(OP, "out length", len)?;
-            // One row's columns are a contiguous view (no copy): a decode step.
+            // Columns of the rows, in place (no copy): one row's are
+            // contiguous, several rows' are a strided view, which the fused
+            // ops read as it is and anything else copies as it reads.
             let part = rows.narrow(1, first, w).map_err(dev_err(OP))?;
-            out.set_prefix(OP, "out length", len, part)?;
+            match n_rows {
+                1 => out.set_prefix(OP, "out length", len, part)?,
+                _ => out.set_rows_view(OP, "out length", n_rows, w, part)?,
+            }
             first += w;
         }
         Ok(())

@@ -205,10 +205,17 @@ impl GpuBackend {
         // The rows are not known here: blocks are written for short
         // results, as a decode step's are.
         let blocks = self.writes_blocks(1, len, len);
-        let (g, u) = (
-            gate.prefix(op, "dst length", len)?,
-            up.prefix(op, "src length", len)?,
-        );
+        // The halves of a stacked product's rows are read in place.
+        let (g, u) = match (gate.rows_view_shape(), up.rows_view_shape()) {
+            (Some((r, w)), Some(shape)) if shape == (r, w) && r * w == len => (
+                gate.row_view(op, "dst length", r, w)?,
+                up.row_view(op, "src length", r, w)?,
+            ),
+            _ => (
+                gate.prefix(op, "dst length", len)?,
+                up.prefix(op, "src length", len)?,
+            ),
+        };
         let y = g
             .apply_op2_no_bwd(&u, &Gated { act, blocks })
             .map_err(dev_err(op))?;

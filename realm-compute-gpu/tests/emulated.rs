@@ -61,9 +61,15 @@ fn write<T: bytemuck::Pod>(dir: &Path, name: &str, values: &[T]) -> String {
 
 /// Runs `kernel` with `args`; returns the f32 values it wrote to `out`.
 fn run(kernel: &str, args: &[String], out: &Path) -> Vec<f32> {
+    run_env(kernel, args, out, &[])
+}
+
+/// [`run`], with `env` (the driver's strides) set.
+fn run_env(kernel: &str, args: &[String], out: &Path, env: &[(&str, String)]) -> Vec<f32> {
     let status = Command::new(driver())
         .arg(kernel)
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .status()
         .unwrap();
     assert!(status.success(), "{kernel} failed: {status}");
@@ -307,6 +313,23 @@ fn decode_attention(case: &Case, seed: u64, by_slots: bool) {
     if hd % 32 == 0 {
         assert_blocks(&blocks, &got, kernel);
     }
+    // Queries as strided rows (a stacked product's columns).
+    let width = n_heads * hd;
+    let stride = width + 7;
+    let padded: Vec<f32> = q
+        .chunks(width)
+        .flat_map(|r| r.iter().copied().chain([9.0; 7]))
+        .collect();
+    args[0] = write(&dir, "q-strided", &padded);
+    let env = [("EMU_Q_STRIDE", stride.to_string())];
+    let what = format!("{kernel}, strided queries");
+    assert_close(
+        &run_env(kernel, &args, &out, &env),
+        &want,
+        1e-4,
+        1e-4,
+        &what,
+    );
 }
 
 #[test]
@@ -483,6 +506,27 @@ fn gated_units_match_the_cpu() {
         let got = run(kernel, &args, &out);
         assert_blocks(&blocks, &got, kernel);
     }
+    // Gate and up as the halves of a stacked product's rows: 3 rows of
+    // 800, row r's gate at r * 1600 and its up 800 after.
+    let (rows, width) = (3, 800);
+    let stacked: Vec<f32> = g[..rows * width]
+        .chunks(width)
+        .zip(u[..rows * width].chunks(width))
+        .flat_map(|(a, b)| a.iter().chain(b).copied())
+        .collect();
+    let args = vec![
+        write(&dir, "gate-stacked", &stacked),
+        write(&dir, "up-stacked", &stacked[width..]),
+        out.to_str().unwrap().to_string(),
+    ];
+    let env = [
+        ("EMU_N", (rows * width).to_string()),
+        ("EMU_WIDTH", width.to_string()),
+        ("EMU_GATE_STRIDE", (2 * width).to_string()),
+        ("EMU_UP_STRIDE", (2 * width).to_string()),
+    ];
+    let got = run_env("swiglu_f32", &args, &out, &env);
+    assert_close(&got, &swiglu[..rows * width], 1e-5, 1e-5, "swiglu, strided");
 }
 
 #[test]
@@ -577,6 +621,28 @@ fn rope_store_matches_the_cpu() {
         // f16 stores may round the other way after a last-bit difference.
         let tol = if f16 { 1e-3 } else { 1e-6 };
         assert_close(&run(kernel, &args, &out), &want, tol, tol, kernel);
+        // Keys and values as strided rows (a stacked product's columns).
+        let width = n_kv * hd;
+        let pad = |t: &[f32], extra: usize| -> Vec<f32> {
+            t.chunks(width)
+                .flat_map(|r| r.iter().copied().chain(std::iter::repeat_n(9.0, extra)))
+                .collect()
+        };
+        let mut strided = args.clone();
+        strided[1] = write(&dir, "k-strided", &pad(&k, 5));
+        strided[2] = write(&dir, "v-strided", &pad(&v, 3));
+        let env = [
+            ("EMU_K_STRIDE", (width + 5).to_string()),
+            ("EMU_V_STRIDE", (width + 3).to_string()),
+        ];
+        let what = format!("{kernel}, strided rows");
+        assert_close(
+            &run_env(kernel, &strided, &out, &env),
+            &want,
+            tol,
+            tol,
+            &what,
+        );
         // The same rows, their slots named one by one.
         let mut args = args;
         args.push("by-slots".to_string());

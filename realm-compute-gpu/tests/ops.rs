@@ -245,6 +245,18 @@ proptest! {
             ("add", |c, a, b, n| c.add_inplace(a, b, n).unwrap(), |g, a, b, n| g.add_inplace(a, b, n).unwrap()),
             ("mul", |c, a, b, n| c.mul_inplace(a, b, n).unwrap(), |g, a, b, n| g.mul_inplace(a, b, n).unwrap()),
         ];
+        // A gated unit's halves split from one stacked product's rows
+        // (strided views, read in place by the fused kernel).
+        {
+            let both: Vec<f32> = x.chunks(width).zip(y.chunks(width)).flat_map(|(a, b)| a.iter().chain(b).copied()).collect();
+            let all = g.upload(&both).unwrap();
+            let (mut ga, mut gb) = (g.buffer(len).unwrap(), g.buffer(len).unwrap());
+            g.split_cols(&all, rows, &[width, width], &mut [&mut ga, &mut gb]).unwrap();
+            let mut ca = x.clone();
+            c.swiglu_inplace(&mut ca, &y, len).unwrap();
+            g.swiglu_inplace(&mut ga, &gb, len).unwrap();
+            assert_close(&down(&g, &ga, len), &ca, 1e-5, 1e-6, "swiglu of a stacked product's halves");
+        }
         // The gated units with Realm's fused kernel and with candle's ops.
         for (name, cf, gf) in ops {
             let mut ca = x.clone();
@@ -416,7 +428,9 @@ proptest! {
         let mut cout = vec![0.0; q.len()];
         let (mut cq, mut ck) = (q.clone(), k.clone());
         c.rope_attend_rows(&mut c.workspace(), &mut cc, 1, &positions, (&mut cq, &mut ck, &v), &rope, &p, &mut cout).unwrap();
-        for fused in [true, false] {
+        // Queries, keys and values uploaded apart, or split from one
+        // stacked product's rows (then strided views, read in place).
+        for (fused, stacked) in [(true, false), (false, false), (true, true)] {
             let g = gpu().with_fused_kernels(fused);
             let mut gcaches: Vec<_> = (0..rows).map(|_| g.kv_cache(&cfg).unwrap()).collect();
             for (i, (hk, hv)) in hist.iter().enumerate() {
@@ -429,10 +443,21 @@ proptest! {
             if shuffle {
                 gc.reverse();
             }
-            let (mut gq, mut gk, gv) = (g.upload(&q).unwrap(), g.upload(&k).unwrap(), g.upload(&v).unwrap());
+            let (mut gq, mut gk, mut gv) = (g.upload(&q).unwrap(), g.upload(&k).unwrap(), g.upload(&v).unwrap());
+            if stacked {
+                let qw = n_heads * hd;
+                let rows_qkv: Vec<f32> = (0..rows)
+                    .flat_map(|r| {
+                        let (qr, kr, vr) = (&q[r * qw..][..qw], &k[r * kv_width..][..kv_width], &v[r * kv_width..][..kv_width]);
+                        qr.iter().chain(kr).chain(vr).copied().collect::<Vec<_>>()
+                    })
+                    .collect();
+                let all = g.upload(&rows_qkv).unwrap();
+                g.split_cols(&all, rows, &[qw, kv_width, kv_width], &mut [&mut gq, &mut gk, &mut gv]).unwrap();
+            }
             let mut gout = g.buffer(q.len()).unwrap();
             g.rope_attend_rows(&mut g.workspace(), &mut gc, 1, &positions, (&mut gq, &mut gk, &gv), &rope, &p, &mut gout).unwrap();
-            assert_close(&down(&g, &gout, q.len()), &cout, 1e-4, 1e-5, "rope_attend_rows");
+            assert_close(&down(&g, &gout, q.len()), &cout, 1e-4, 1e-5, &format!("rope_attend_rows (stacked: {stacked})"));
             // The stored keys are the rotated ones: each row attended again
             // (queries rotated on the CPU) gives the same.
             for (r, cache) in gc.iter().enumerate() {

@@ -5,7 +5,7 @@
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
-use super::{q8, values, Rope, SlotTable};
+use super::{q8, values, Rope, RowLayout, SlotTable};
 
 /// The largest `head_dim` [`DecodeAttention`] takes.
 pub(crate) const MAX_HEAD_DIM: usize = 256;
@@ -25,7 +25,8 @@ pub(crate) enum QueryPositions {
 /// window), scores `q . k * scale`, soft-capped, softmax, and the weighted
 /// sum of values.
 ///
-/// Arguments: `q` `[rows, n_heads * head_dim]` f32; keys and values either
+/// Arguments: `q` `[rows, n_heads * head_dim]` f32 (rows contiguous, at
+/// any stride: a stacked product's columns); keys and values either
 /// `[rows, n_kv_heads, max_seq, head_dim]` (a cache per row) or
 /// `[n_kv_heads, max_seq, head_dim]` (one cache for every row, or row 0's
 /// when `slots` names each row's), f32 or f16, contiguous. Result: `[rows, n_heads * head_dim]` f32, or with
@@ -96,9 +97,10 @@ impl DecodeAttention {
                 candle_core::bail!("decode attention: not one position per row");
             }
         }
-        for l in [lq, lk, lv] {
+        RowLayout::of(lq)?;
+        for l in [lk, lv] {
             if !l.is_contiguous() {
-                candle_core::bail!("decode attention: arguments must be contiguous");
+                candle_core::bail!("decode attention: caches must be contiguous");
             }
         }
         // The kernel takes 32-bit sizes.
@@ -210,7 +212,7 @@ impl CustomOp3 for DecodeAttention {
         let CpuStorage::F32(q) = sq else {
             candle_core::bail!("decode attention: f32 queries");
         };
-        let mut q = values(q, lq)?.to_vec();
+        let mut q = RowLayout::of(lq)?.gather(q)?;
         if let Some(r) = &self.rope {
             r.rotate_rows(&mut q, self.n_heads, self.head_dim)?;
         }
@@ -259,6 +261,7 @@ mod cuda {
 
     use super::{DecodeAttention, Dims, QueryPositions, SlotTable};
     use crate::fused::cuda::{offsets, with_tables};
+    use crate::fused::RowLayout;
 
     const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/decode_attention.ptx"));
     const MODULE: &str = "realm_decode_attention";
@@ -303,6 +306,8 @@ mod cuda {
     /// One launch's device pointers and RoPE (pointers 0 for none).
     struct Args<'a, T> {
         q: CudaView<'a, f32>,
+        /// Values from one query row to the next.
+        q_stride: i64,
         k: CudaView<'a, T>,
         v: CudaView<'a, T>,
         positions: u64,
@@ -323,7 +328,8 @@ mod cuda {
     ) -> Result<CudaSlice<f32>> {
         let dev = sq.device();
         let stream = dev.cuda_stream();
-        let (qa, qb) = offsets(lq)?;
+        let ql = RowLayout::of(lq)?;
+        let (qa, qb) = (ql.start, ql.end());
         let (ka, kb) = offsets(lk)?;
         let (va, vb) = offsets(lv)?;
         // A null pointer says: row r at pos_base + r.
@@ -349,6 +355,7 @@ mod cuda {
         let args = |cos: u64, sin: u64| -> Result<Args<'_, T>> {
             Ok(Args {
                 q: sq.as_cuda_slice::<f32>()?.slice(qa..qb),
+                q_stride: ql.stride as i64,
                 k: sk.as_cuda_slice::<T>()?.slice(ka..kb),
                 v: sv.as_cuda_slice::<T>()?.slice(va..vb),
                 positions: positions.as_ref().map_or(0, |p| p.device_ptr(&stream).0),
@@ -416,6 +423,7 @@ mod cuda {
         b.arg(&a.n_dims);
         b.arg(&a.neox);
         b.arg(&blocks);
+        b.arg(&a.q_stride);
         let cfg = LaunchConfig {
             grid_dim: (dims.rows as u32, op.n_heads as u32, 1),
             block_dim: (THREADS, 1, 1),

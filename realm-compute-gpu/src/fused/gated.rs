@@ -3,7 +3,7 @@
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape};
 
-use super::{q8, values};
+use super::{q8, RowLayout};
 
 /// The activation of a gated unit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,13 +27,31 @@ impl Gate {
     }
 }
 
-/// `act(gate) * up`, element by element, of two f32 tensors of one shape;
-/// with `blocks`, flat, followed by the results' Q8_1 blocks ([`q8`]; a
-/// multiple of 32 values).
+/// `act(gate) * up`, element by element, of two f32 tensors of one shape
+/// (contiguous, or rows contiguous at any stride: the halves of a stacked
+/// product's rows); with `blocks`, flat, followed by the results' Q8_1
+/// blocks ([`q8`]; a multiple of 32 values).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Gated {
     pub(crate) act: Gate,
     pub(crate) blocks: bool,
+}
+
+/// The rows of `l`: a 2-D layout's, or a contiguous one's values as one
+/// row.
+fn rows_of(l: &Layout) -> Result<RowLayout> {
+    match l.dims().len() {
+        2 => RowLayout::of(l),
+        _ => match l.contiguous_offsets() {
+            Some((a, b)) => Ok(RowLayout {
+                start: a,
+                rows: 1,
+                width: b - a,
+                stride: b - a,
+            }),
+            None => candle_core::bail!("gated unit: values must be contiguous rows"),
+        },
+    }
 }
 
 impl Gated {
@@ -48,6 +66,8 @@ impl Gated {
         if self.blocks && !n.is_multiple_of(q8::BLOCK) {
             candle_core::bail!("gated unit: blocks of {n} values");
         }
+        rows_of(l1)?;
+        rows_of(l2)?;
         Ok(n)
     }
 
@@ -76,10 +96,10 @@ impl CustomOp2 for Gated {
         let (CpuStorage::F32(g), CpuStorage::F32(u)) = (s1, s2) else {
             candle_core::bail!("gated unit: f32 values");
         };
-        let (g, u) = (values(g, l1)?, values(u, l2)?);
+        let (g, u) = (rows_of(l1)?.gather(g)?, rows_of(l2)?.gather(u)?);
         let mut out: Vec<f32> = g
             .iter()
-            .zip(u)
+            .zip(&u)
             .map(|(&g, &u)| self.act.apply(g) * u)
             .collect();
         if self.blocks {
@@ -101,15 +121,12 @@ impl CustomOp2 for Gated {
         use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
         use candle_core::cuda_backend::WrapErr;
 
-        use super::cuda::offsets;
-
         const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/gated.ptx"));
         let n = self.check(l1, l2)?;
         let dev = s1.device();
-        let (ga, gb) = offsets(l1)?;
-        let (ua, ub) = offsets(l2)?;
-        let g = s1.as_cuda_slice::<f32>()?.slice(ga..gb);
-        let u = s2.as_cuda_slice::<f32>()?.slice(ua..ub);
+        let (gl, ul) = (rows_of(l1)?, rows_of(l2)?);
+        let g = s1.as_cuda_slice::<f32>()?.slice(gl.start..gl.end());
+        let u = s2.as_cuda_slice::<f32>()?.slice(ul.start..ul.end());
         let shape = self.shape(l1, n);
         // SAFETY: the kernel writes every one of the n values, and with
         // blocks their words.
@@ -131,9 +148,15 @@ impl CustomOp2 for Gated {
         b.arg(&out);
         b.arg(&n32);
         b.arg(&blocks);
+        let width = gl.width as u32;
+        let (g_stride, u_stride) = (gl.stride as i64, ul.stride as i64);
+        b.arg(&width);
+        b.arg(&g_stride);
+        b.arg(&u_stride);
         // SAFETY: the arguments match the kernel's parameters in order and
-        // type; `g`, `u` and `out` each hold n values (`out` then their
-        // words, with blocks, n a multiple of 32), and the kernel's
+        // type; `g` and `u` hold n values in rows of `width` at their
+        // strides, within their views, `out` n values (then their words,
+        // with blocks, n a multiple of 32), and the kernel's
         // grid-stride loop stops at n; its blocks of threads are whole
         // warps, which the blocks' shuffles need.
         unsafe { b.launch(LaunchConfig::for_num_elems(n32)) }.w()?;

@@ -83,6 +83,57 @@ impl Rope {
     }
 }
 
+/// A 2-D layout whose rows are contiguous, one after another at a
+/// stride: a stacked product's columns (`[rows, width]` of `[rows,
+/// total]`), or plain contiguous rows.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RowLayout {
+    pub(crate) start: usize,
+    pub(crate) rows: usize,
+    pub(crate) width: usize,
+    /// Values from one row's start to the next's.
+    pub(crate) stride: usize,
+}
+
+impl RowLayout {
+    /// The rows of `l`, which must be `[rows, width]` with contiguous rows.
+    pub(crate) fn of(l: &Layout) -> Result<Self> {
+        let (rows, width) = l.shape().dims2()?;
+        let strides = l.stride();
+        let stride = if rows > 1 { strides[0] } else { width };
+        if (width > 1 && strides[1] != 1) || stride < width {
+            candle_core::bail!("fused op: rows must be contiguous, got strides {strides:?}");
+        }
+        Ok(Self {
+            start: l.start_offset(),
+            rows,
+            width,
+            stride,
+        })
+    }
+
+    /// One past the last value of the last row.
+    pub(crate) fn end(&self) -> usize {
+        match self.rows {
+            0 => self.start,
+            n => self.start + (n - 1) * self.stride + self.width,
+        }
+    }
+
+    /// The rows' values from `s`, contiguous: the CPU forms' input.
+    pub(crate) fn gather<T: Copy>(&self, s: &[T]) -> Result<Vec<T>> {
+        if self.end() > s.len() {
+            candle_core::bail!("fused op: rows past their storage");
+        }
+        let mut out = Vec::with_capacity(self.rows * self.width);
+        for r in 0..self.rows {
+            let at = self.start + r * self.stride;
+            out.extend_from_slice(&s[at..at + self.width]);
+        }
+        Ok(out)
+    }
+}
+
 /// The contiguous values of `s` under `l`.
 fn values<'a, T>(s: &'a [T], l: &Layout) -> Result<&'a [T]> {
     match l.contiguous_offsets() {

@@ -5,11 +5,12 @@
 
 use candle_core::{CpuStorage, DType, InplaceOp3, Layout, Result, Tensor};
 
-use super::{values, Rope, SlotTable};
+use super::{values, Rope, RowLayout, SlotTable};
 
 /// In place on a block of caches `[2, slots, n_kv_heads, max_seq,
 /// head_dim]` (keys, then values; f32 or f16), with the rows' keys `[rows,
-/// n_kv_heads * head_dim]` (f32) and positions `[rows]` (u32): row `r`'s
+/// n_kv_heads * head_dim]` (f32, rows contiguous at any stride: a stacked
+/// product's columns) and positions `[rows]` (u32): row `r`'s
 /// key, rotated by `rope`'s row `r`, and its value (from `values`, shaped
 /// as the keys) go to slot `slot0 + r` at position `positions[r]`, or
 /// (CUDA only) to the caches `slots` names, which may be slots of any
@@ -42,16 +43,18 @@ impl RopeStore {
             candle_core::bail!("rope_store: keys or positions do not fit the cache");
         }
         let lv = self.values.layout();
-        if lv.shape() != lk.shape() || !lv.is_contiguous() || self.values.dtype() != DType::F32 {
+        if lv.shape() != lk.shape() || self.values.dtype() != DType::F32 {
             candle_core::bail!("rope_store: values unlike the keys");
         }
+        RowLayout::of(lk)?;
+        RowLayout::of(lv)?;
         let named = self.slots.is_some();
         if rows == 0 || (!named && self.slot0 + rows > slots) || (named && rows > super::SLOT_ROWS)
         {
             candle_core::bail!("rope_store: rows past the block's slots");
         }
         self.rope.check(rows, head_dim)?;
-        for l in [lc, lk, lp] {
+        for l in [lc, lp] {
             if !l.is_contiguous() {
                 candle_core::bail!("rope_store: arguments must be contiguous");
             }
@@ -87,7 +90,7 @@ impl RopeStore {
         } = *dims;
         let mut k = k.to_vec();
         self.rope.rotate_rows(&mut k, n_kv, hd)?;
-        let v = self.values.flatten_all()?.to_vec1::<f32>()?;
+        let v = self.values.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
         let v_off = slots * n_kv * max_seq * hd;
         for (r, &pos) in positions.iter().enumerate().take(dims.rows) {
             let pos = pos as usize;
@@ -138,7 +141,8 @@ impl InplaceOp3 for RopeStore {
         let (CpuStorage::F32(k), CpuStorage::U32(positions)) = (sk, sp) else {
             candle_core::bail!("rope_store: f32 keys and u32 positions");
         };
-        let (k, positions) = (values(k, lk)?, values(positions, lp)?);
+        let (k, positions) = (RowLayout::of(lk)?.gather(k)?, values(positions, lp)?);
+        let k = &k[..];
         match sc {
             CpuStorage::F32(c) => self.cpu_rows(&dims, values_mut(c, lc)?, k, positions, |x| x),
             CpuStorage::F16(c) => {
@@ -172,6 +176,7 @@ mod cuda {
 
     use super::{Dims, RopeStore, SlotTable};
     use crate::fused::cuda::{offsets, with_tables};
+    use crate::fused::RowLayout;
 
     const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/rope_store.ptx"));
     /// The kernel's `STORE_THREADS`.
@@ -206,7 +211,8 @@ mod cuda {
     ) -> Result<()> {
         let dev = sc.device().clone();
         let (ca, cb) = offsets(lc)?;
-        let (ka, kb) = offsets(lk)?;
+        let kl = RowLayout::of(lk)?;
+        let (ka, kb) = (kl.start, kl.end());
         let (pa, pb) = offsets(lp)?;
         let k = sk.as_cuda_slice::<f32>()?.slice(ka..kb);
         let positions = sp.as_cuda_slice::<u32>()?.slice(pa..pb);
@@ -215,7 +221,8 @@ mod cuda {
         let Storage::Cuda(vs) = &*vs else {
             candle_core::bail!("rope_store: values on another device");
         };
-        let (va, vb) = offsets(vl)?;
+        let vl = RowLayout::of(vl)?;
+        let (va, vb) = (vl.start, vl.end());
         let v = vs.as_cuda_slice::<f32>()?.slice(va..vb);
         let v_off = (dims.slots * dims.n_kv * dims.max_seq * dims.head_dim) as i64;
         with_tables(&op.rope, |cos, sin| {
@@ -246,6 +253,9 @@ mod cuda {
             };
             b.arg(&table);
             b.arg(&by_slots);
+            let (k_stride, v_stride) = (kl.stride as i64, vl.stride as i64);
+            b.arg(&k_stride);
+            b.arg(&v_stride);
             let cfg = LaunchConfig {
                 grid_dim: (dims.rows as u32, dims.n_kv as u32, 1),
                 block_dim: (THREADS, 1, 1),
@@ -256,7 +266,9 @@ mod cuda {
             // (v_off apart), that rows fit the block's slots (or, with a
             // slot table, that it names at most its rows, each a cache of
             // this block's configuration, from tensors the caller holds),
-            // that the keys, values, positions and tables fit the rows, and
+            // that the keys, values (rows of n_kv_heads * head_dim at their
+            // strides, within their views), positions and tables fit the
+            // rows, and
             // the kernel writes nothing for a position past max_seq.
             unsafe { b.launch(cfg) }.w()?;
             Ok(())

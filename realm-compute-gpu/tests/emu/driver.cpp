@@ -56,6 +56,12 @@ static realm_block_q8_1 *ptr(std::vector<realm_block_q8_1> &b) {
 }
 
 static long num(const char *s) { return std::strtol(s, nullptr, 10); }
+
+// A stride (or size) from the environment, for the strided cases.
+static long long env_num(const char *name, long long otherwise) {
+  const char *v = std::getenv(name);
+  return v ? std::strtoll(v, nullptr, 10) : otherwise;
+}
 static float real(const char *s) { return std::strtof(s, nullptr); }
 
 int main(int argc, char **argv) {
@@ -87,6 +93,8 @@ int main(int argc, char **argv) {
     std::vector<float> out(rows * n_heads * hd, -12345.0f);
     auto q8 = q8_blocks(argc, 21, out.size());
     const uint32_t *p = device_positions ? pos.data() : nullptr;
+    // Row r's query at q + r * q_stride ($EMU_Q_STRIDE).
+    const long long q_stride = env_num("EMU_Q_STRIDE", (long long)n_heads * hd);
     // Row r's cache is the (rows - 1 - r)-th in the files.
     auto table = [&](auto &k, auto &v) {
       SlotTable t{};
@@ -100,12 +108,14 @@ int main(int argc, char **argv) {
       auto k = load<float>(argv[3]), v = load<float>(argv[4]);
       emu_launch(decode_attention_f32, dim3{rows, n_heads, 1}, dim3{128, 1, 1}, q.data(), k.data(),
                  v.data(), p, out.data(), pos_base, (int)n_heads, n_kv, hd, max_seq, row_stride,
-                 table(k, v), (int)by_slots, scale, softcap, window, c, s, n_dims, neox, ptr(q8));
+                 table(k, v), (int)by_slots, scale, softcap, window, c, s, n_dims, neox, ptr(q8),
+                 q_stride);
     } else {
       auto k = load<__half>(argv[3]), v = load<__half>(argv[4]);
       emu_launch(decode_attention_f16, dim3{rows, n_heads, 1}, dim3{128, 1, 1}, q.data(), k.data(),
                  v.data(), p, out.data(), pos_base, (int)n_heads, n_kv, hd, max_seq, row_stride,
-                 table(k, v), (int)by_slots, scale, softcap, window, c, s, n_dims, neox, ptr(q8));
+                 table(k, v), (int)by_slots, scale, softcap, window, c, s, n_dims, neox, ptr(q8),
+                 q_stride);
     }
     store(argv[6], out);
     store_q8(argc, argv, 21, q8);
@@ -125,6 +135,9 @@ int main(int argc, char **argv) {
     const long long v_off = (long long)slots * n_kv * max_seq * hd;
     std::vector<float> out;
     const long long per_slot = (long long)n_kv * max_seq * hd;
+    // Row r's key at k + r * k_stride, value at v + r * v_stride.
+    const long long k_stride = env_num("EMU_K_STRIDE", (long long)n_kv * hd);
+    const long long v_stride = env_num("EMU_V_STRIDE", (long long)n_kv * hd);
     auto table = [&](auto &cache) {
       SlotTable t{};
       for (unsigned r = 0; by_slots && r < rows; ++r) {
@@ -138,14 +151,16 @@ int main(int argc, char **argv) {
       float *base = by_slots ? nullptr : cache.data();
       emu_launch(rope_store_f32, dim3{rows, n_kv, 1}, dim3{128, 1, 1}, base, k.data(), v.data(),
                  pos.data(), cos.data(), sin.data(), by_slots ? 0 : slot0, (int)n_kv, hd, max_seq,
-                 n_dims, neox, by_slots ? 0 : v_off, table(cache), (int)by_slots);
+                 n_dims, neox, by_slots ? 0 : v_off, table(cache), (int)by_slots, k_stride,
+                 v_stride);
       out = cache;
     } else {
       auto cache = load<__half>(argv[2]);
       __half *base = by_slots ? nullptr : cache.data();
       emu_launch(rope_store_f16, dim3{rows, n_kv, 1}, dim3{128, 1, 1}, base, k.data(), v.data(),
                  pos.data(), cos.data(), sin.data(), by_slots ? 0 : slot0, (int)n_kv, hd, max_seq,
-                 n_dims, neox, by_slots ? 0 : v_off, table(cache), (int)by_slots);
+                 n_dims, neox, by_slots ? 0 : v_off, table(cache), (int)by_slots, k_stride,
+                 v_stride);
       for (auto h : cache) out.push_back(__half2float(h));
     }
     store(argv[8], out);
@@ -174,14 +189,20 @@ int main(int argc, char **argv) {
     // gate up out [q8]
     if (argc != 5 && argc != 6) return 2;
     auto g = load<float>(argv[2]), u = load<float>(argv[3]);
-    const uint32_t n = g.size();
+    // n values in rows of width, row r at gate + r * gate_stride and
+    // up + r * up_stride ($EMU_N, $EMU_WIDTH, $EMU_GATE_STRIDE,
+    // $EMU_UP_STRIDE; contiguous without them).
+    const uint32_t n = env_num("EMU_N", g.size());
+    const uint32_t width = env_num("EMU_WIDTH", n);
+    const long long gate_stride = env_num("EMU_GATE_STRIDE", width);
+    const long long up_stride = env_num("EMU_UP_STRIDE", width);
     std::vector<float> out(n, -12345.0f);
     auto q8 = q8_blocks(argc, 5, n);
     // As the backend launches it: 1024 threads a block, enough blocks.
     const unsigned blocks = (n + 1023) / 1024;
     auto f = kernel == "swiglu_f32" ? swiglu_f32 : geglu_f32;
     emu_launch(f, dim3{blocks, 1, 1}, dim3{1024, 1, 1}, g.data(), u.data(), out.data(), n,
-               ptr(q8));
+               ptr(q8), width, gate_stride, up_stride);
     store(argv[4], out);
     store_q8(argc, argv, 5, q8);
   } else {
