@@ -78,12 +78,11 @@ pub(crate) fn quantize_into(values: &[f32], out: &mut Vec<f32>) {
 pub(crate) fn dequantize(words: &[f32]) -> Vec<f32> {
     let mut out = Vec::with_capacity(words.len() / WORDS * BLOCK);
     for block in words.chunks_exact(WORDS) {
-        let bytes: Vec<u8> = block
-            .iter()
-            .flat_map(|w| w.to_bits().to_le_bytes())
-            .collect();
-        let d = half::f16::from_le_bytes([bytes[0], bytes[1]]).to_f32();
-        out.extend(bytes[4..].iter().map(|&q| d * f32::from(q as i8)));
+        // Word 0 holds d (low half) and the sum; words 1.. the quants.
+        let d = half::f16::from_bits(block[0].to_bits() as u16).to_f32();
+        for w in &block[1..] {
+            out.extend(w.to_bits().to_le_bytes().map(|q| d * f32::from(q as i8)));
+        }
     }
     out
 }
