@@ -324,9 +324,10 @@ impl AttentionOps for GpuBackend {
     }
 
     /// With the fused kernels, keys are rotated as they are stored and
-    /// queries as they are attended: one kernel for the rotation and store
-    /// of keys, one scatter for values and one attention kernel per run of
-    /// slots, in place of two rotations, two scatters and the attention.
+    /// queries as they are attended: one kernel stores the keys (rotated)
+    /// and values and one attends, per run of consecutive slots (on CUDA,
+    /// once for the whole batch, its caches named by a slot table), in
+    /// place of two rotations, two scatters and the attention.
     fn rope_attend_rows(
         &self,
         ws: &mut GpuWorkspace,
