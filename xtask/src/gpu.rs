@@ -196,3 +196,31 @@ fn which(program: &str) -> Option<PathBuf> {
             .find(|p| p.is_file())
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The script runs only on rare GPU machines: check here that the
+    /// shell can at least parse it (`sh -n`), and that it runs what it
+    /// should first.
+    #[test]
+    fn run_sh_parses_and_runs_the_issue_figures_first() {
+        let Some(sh) = which("sh") else {
+            eprintln!("no sh on $PATH: not checked");
+            return;
+        };
+        let path = std::env::temp_dir().join(format!("realm-run-sh-{}.sh", std::process::id()));
+        std::fs::write(&path, RUN_SH).unwrap();
+        let out = Command::new(sh).arg("-n").arg(&path).output().unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert!(
+            out.status.success(),
+            "sh -n run.sh: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let at = |s: &str| RUN_SH.find(s).unwrap_or_else(|| panic!("run.sh lacks {s}"));
+        assert!(at("gputest test-ops") < at("bench bench-smollm2 "));
+        assert!(at("bench bench-smollm2 ") < at("gputest test-model"));
+    }
+}
