@@ -203,6 +203,23 @@ impl<B: Backend> NormOps for Profiled<'_, B> {
             self.inner.add_rms_norm(x, y, w, eps, n_rows, width, out)
         })
     }
+
+    fn norm_add_rms_norm(
+        &self,
+        x: &mut B::Buffer,
+        y: &mut B::Buffer,
+        y_w: &B::Buffer,
+        w: &B::Buffer,
+        eps: f32,
+        n_rows: usize,
+        width: usize,
+        out: &mut B::Buffer,
+    ) -> BackendResult<()> {
+        self.time(named("norm_add_rms_norm"), || {
+            self.inner
+                .norm_add_rms_norm(x, y, y_w, w, eps, n_rows, width, out)
+        })
+    }
 }
 
 impl<B: Backend> RopeOps for Profiled<'_, B> {

@@ -1,5 +1,7 @@
 // A residual add and the RMSNorm after it in one pass: for each row,
-// sum = x + y, then norm = sum / sqrt(mean(sum^2) + eps) * w. Written for
+// sum = x + y, then norm = sum / sqrt(mean(sum^2) + eps) * w; with y_w not
+// null, y is first normed the same way with weight y_w (Gemma's norms
+// after attention and after the feed-forward network). Written for
 // Realm's GPU backend; src/fused/add_norm.rs holds the launch and the CPU
 // form. The output is [2, rows, width]: the sums, then the norms; with
 // `q8` not null, the norms also as Q8_1 blocks there (q8_1.cuh; width a
@@ -12,31 +14,45 @@
 
 #define NORM_THREADS 256
 
-extern "C" __global__ void __launch_bounds__(NORM_THREADS) add_rms_norm_f32(
-    const float *x, const float *y, const float *w, float *out, uint32_t rows,
-    uint32_t width, float eps, realm_block_q8_1 *q8) {
-  const uint32_t row = blockIdx.x;
-  const float *xr = x + (uint64_t)row * width;
-  const float *yr = y + (uint64_t)row * width;
-  float *sum = out + (uint64_t)row * width;
-  float *norm = out + ((uint64_t)rows + row) * width;
-  float squares = 0.0f;
-  for (uint32_t i = threadIdx.x; i < width; i += NORM_THREADS) {
-    const float s = xr[i] + yr[i];
-    sum[i] = s;
-    squares += s * s;
-  }
-  // Each warp's total, then the block's.
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) squares += __shfl_xor_sync(0xffffffffu, squares, o);
+// The total of every thread's v, which each thread gets: each warp's by
+// shuffles, then the block's through shared memory.
+__device__ __forceinline__ float block_total(float v) {
   __shared__ float warp_total[NORM_THREADS / 32];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  if (lane == 0) warp_total[warp] = squares;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  __syncthreads();  // a previous call's reads are done
+  if (lane == 0) warp_total[warp] = v;
   __syncthreads();
   float total = 0.0f;
 #pragma unroll
   for (int i = 0; i < NORM_THREADS / 32; ++i) total += warp_total[i];
-  const float scale = 1.0f / sqrtf(total / (float)width + eps);
+  return total;
+}
+
+extern "C" __global__ void __launch_bounds__(NORM_THREADS) add_rms_norm_f32(
+    const float *x, const float *y, const float *w, float *out, uint32_t rows,
+    uint32_t width, float eps, realm_block_q8_1 *q8, const float *y_w) {
+  const uint32_t row = blockIdx.x;
+  const int lane = threadIdx.x & 31;
+  const float *xr = x + (uint64_t)row * width;
+  const float *yr = y + (uint64_t)row * width;
+  float *sum = out + (uint64_t)row * width;
+  float *norm = out + ((uint64_t)rows + row) * width;
+  // With y_w, y is normed first (weight y_w) before it is added.
+  float y_scale = 1.0f;
+  if (y_w) {
+    float y_squares = 0.0f;
+    for (uint32_t i = threadIdx.x; i < width; i += NORM_THREADS) y_squares += yr[i] * yr[i];
+    y_scale = 1.0f / sqrtf(block_total(y_squares) / (float)width + eps);
+  }
+  float squares = 0.0f;
+  for (uint32_t i = threadIdx.x; i < width; i += NORM_THREADS) {
+    const float s = xr[i] + (y_w ? yr[i] * y_scale * y_w[i] : yr[i]);
+    sum[i] = s;
+    squares += s * s;
+  }
+  const float scale = 1.0f / sqrtf(block_total(squares) / (float)width + eps);
   // Each thread reads back the sums it wrote. A warp's 32 values are one
   // Q8_1 block, and with width a multiple of 32 its lanes loop together.
   for (uint32_t i = threadIdx.x; i < width; i += NORM_THREADS) {

@@ -300,37 +300,87 @@ impl NormOps for GpuBackend {
         out: &mut GpuBuffer,
     ) -> BackendResult<()> {
         const OP: &str = "add_rms_norm";
-        if w.defined() != width {
-            return Err(BackendError::Shape {
-                op: OP,
-                what: "w length (width)",
-                expected: width,
-                got: w.defined(),
-            });
-        }
-        let len = row_values(OP, w, n_rows)?;
+        let len = norm_len(OP, w, width, n_rows)?;
         if !self.fused || n_rows == 0 {
             self.add_inplace(x, y, len)?;
             return self.rms_norm(x, w, eps, n_rows, out);
         }
-        out.check_room(OP, "out length", len)?;
+        self.fused_add_norm(OP, (x, y, None), w, eps, (n_rows, width), out)
+    }
+
+    fn norm_add_rms_norm(
+        &self,
+        x: &mut GpuBuffer,
+        y: &mut GpuBuffer,
+        y_w: &GpuBuffer,
+        w: &GpuBuffer,
+        eps: f32,
+        n_rows: usize,
+        width: usize,
+        out: &mut GpuBuffer,
+    ) -> BackendResult<()> {
+        const OP: &str = "norm_add_rms_norm";
+        norm_len(OP, y_w, width, n_rows)?;
+        norm_len(OP, w, width, n_rows)?;
+        if !self.fused || n_rows == 0 {
+            self.rms_norm_inplace(y, y_w, eps, n_rows)?;
+            return self.add_rms_norm(x, y, w, eps, n_rows, width, out);
+        }
+        self.fused_add_norm(OP, (x, y, Some(y_w)), w, eps, (n_rows, width), out)
+    }
+}
+
+/// Values of `n_rows` rows of norm weight `w`'s width, which must be
+/// `width`.
+fn norm_len(op: &'static str, w: &GpuBuffer, width: usize, n_rows: usize) -> BackendResult<usize> {
+    if w.defined() != width {
+        return Err(BackendError::Shape {
+            op,
+            what: "w length (width)",
+            expected: width,
+            got: w.defined(),
+        });
+    }
+    row_values(op, w, n_rows)
+}
+
+impl GpuBackend {
+    /// The fused kernel of [`NormOps::add_rms_norm`] (and, with `y`'s norm
+    /// weight, of [`NormOps::norm_add_rms_norm`]): `x += y` (`y` normed
+    /// first), its norm into `out`, with blocks when a product can take
+    /// them.
+    fn fused_add_norm(
+        &self,
+        op: &'static str,
+        (x, y, y_w): (&mut GpuBuffer, &GpuBuffer, Option<&GpuBuffer>),
+        w: &GpuBuffer,
+        eps: f32,
+        (n_rows, width): (usize, usize),
+        out: &mut GpuBuffer,
+    ) -> BackendResult<()> {
+        let len = n_rows * width;
+        out.check_room(op, "out length", len)?;
         let (xt, yt) = (
-            x.prefix(OP, "x length", len)?,
-            y.prefix(OP, "y length", len)?,
+            x.prefix(op, "x length", len)?,
+            y.prefix(op, "y length", len)?,
         );
-        let blocks = self.writes_blocks(n_rows, width, len);
+        let fused = AddRmsNorm {
+            eps,
+            blocks: self.writes_blocks(n_rows, width, len),
+            y_norm: y_w.map(|t| t.all().clone()),
+        };
         let all = (|| {
             let (xt, yt) = (xt.reshape((n_rows, width))?, yt.reshape((n_rows, width))?);
-            xt.apply_op3_no_bwd(&yt, w.all(), &AddRmsNorm { eps, blocks })
+            xt.apply_op3_no_bwd(&yt, w.all(), &fused)
         })()
-        .map_err(dev_err(OP))?;
-        let sum = all.narrow(0, 0, len).map_err(dev_err(OP))?;
+        .map_err(dev_err(op))?;
+        let sum = all.narrow(0, 0, len).map_err(dev_err(op))?;
         let rest = all
             .narrow(0, len, all.elem_count() - len)
-            .map_err(dev_err(OP))?;
-        let (norm, b) = split_blocks(OP, rest, len, blocks)?;
-        x.set_prefix(OP, "x length", len, sum)?;
-        out.set_prefix_with_blocks(OP, "out length", len, norm, b)
+            .map_err(dev_err(op))?;
+        let (norm, b) = split_blocks(op, rest, len, fused.blocks)?;
+        x.set_prefix(op, "x length", len, sum)?;
+        out.set_prefix_with_blocks(op, "out length", len, norm, b)
     }
 }
 

@@ -462,6 +462,16 @@ fn add_rms_norm_matches_the_cpu() {
         if width % 32 == 0 {
             assert_blocks(&blocks, got_norm, "add_rms_norm blocks");
         }
+        // With y normed first.
+        let yw = rng.f32s(width, 0.5, 1.5);
+        let (mut sum, mut yn, mut norm) = (x.clone(), y.clone(), vec![0f32; rows * width]);
+        cpu.norm_add_rms_norm(&mut sum, &mut yn, &yw, &w, 1e-6, rows, width, &mut norm)
+            .unwrap();
+        let env = [("EMU_Y_NORM", write(&dir, "yw", &yw))];
+        let got = run_env("add_rms_norm_f32", &args, &out, &env);
+        let (got_sum, got_norm) = got.split_at(rows * width);
+        assert_close(got_sum, &sum, 1e-5, 1e-5, "norm_add_rms_norm sums");
+        assert_close(got_norm, &norm, 1e-5, 1e-5, "norm_add_rms_norm norms");
     }
 }
 

@@ -224,6 +224,19 @@ proptest! {
             // A weight of another width is an error.
             prop_assert!(g.add_rms_norm(&mut gx, &gy, &gw, 1e-5, rows, width + 1, &mut gn).is_err());
         }
+        // The same with y normed first (Gemma's norms after attention and
+        // after the feed-forward network).
+        let yw = rng.f32s(width, 0.5, 1.5);
+        let (mut cx, mut cy, mut cn) = (x.clone(), y.clone(), vec![0.0; len]);
+        c.norm_add_rms_norm(&mut cx, &mut cy, &yw, &w, 1e-5, rows, width, &mut cn).unwrap();
+        for g in [&g, &unfused] {
+            let (mut gx, mut gy, gyw, gw) = (g.upload(&x).unwrap(), g.upload(&y).unwrap(), g.upload(&yw).unwrap(), g.upload(&w).unwrap());
+            let mut gn = g.buffer(len).unwrap();
+            g.norm_add_rms_norm(&mut gx, &mut gy, &gyw, &gw, 1e-5, rows, width, &mut gn).unwrap();
+            assert_close(&down(g, &gx, len), &cx, 1e-5, 1e-5, "norm_add_rms_norm sum");
+            assert_close(&down(g, &gn, len), &cn, 1e-5, 1e-5, "norm_add_rms_norm");
+            prop_assert!(g.norm_add_rms_norm(&mut gx, &mut gy, &gw, &gyw, 1e-5, rows, width + 1, &mut gn).is_err());
+        }
 
         let p = RopeParams { n_dims: 2 * half, base: 10000.0, freq_scale: 1.0, mode: if neox { RopeMode::Neox } else { RopeMode::Normal } };
         let positions: Vec<u32> = (0..rows as u32).map(|i| i * 37 + 5).collect();

@@ -374,6 +374,28 @@ pub trait NormOps: ActivationOps {
         self.add_inplace(x, y, len)?;
         self.rms_norm(x, w, eps, n_rows, out)
     }
+
+    /// [`NormOps::add_rms_norm`] of `y` normed first: `y` becomes its
+    /// [`NormOps::rms_norm`] with weight `y_w` (Gemma's norm after
+    /// attention and after the feed-forward network), then `x += y` and
+    /// `out` is the norm of `x` with weight `w`. `y` is scratch: its values
+    /// afterwards are unspecified. The default runs the ops in turn; a
+    /// backend may fuse them (the GPU backend does).
+    #[allow(clippy::too_many_arguments)]
+    fn norm_add_rms_norm(
+        &self,
+        x: &mut Self::Buffer,
+        y: &mut Self::Buffer,
+        y_w: &Self::Buffer,
+        w: &Self::Buffer,
+        eps: f32,
+        n_rows: usize,
+        width: usize,
+        out: &mut Self::Buffer,
+    ) -> BackendResult<()> {
+        self.rms_norm_inplace(y, y_w, eps, n_rows)?;
+        self.add_rms_norm(x, y, w, eps, n_rows, width, out)
+    }
 }
 
 /// How RoPE pairs up the dimensions of a head.

@@ -715,10 +715,13 @@ impl<'a, B: Backend> Model<'a, B> {
         };
         attend(b, a)?;
         b.matmul(&mut sc.ws, &layer.wo, &sc.att, n, &mut sc.proj)?;
-        if let Some(w) = &layer.post_attn_norm {
-            b.rms_norm_inplace(&mut sc.proj, w, eps, n)?;
+        match &layer.post_attn_norm {
+            Some(pw) => {
+                let (x, proj, xn) = (&mut sc.x, &mut sc.proj, &mut sc.xn);
+                b.norm_add_rms_norm(x, proj, pw, &layer.ffn_norm, eps, n, d, xn)?
+            }
+            None => b.add_rms_norm(&mut sc.x, &sc.proj, &layer.ffn_norm, eps, n, d, &mut sc.xn)?,
         }
-        b.add_rms_norm(&mut sc.x, &sc.proj, &layer.ffn_norm, eps, n, d, &mut sc.xn)?;
         project(
             b,
             &mut sc.ws,
@@ -734,14 +737,20 @@ impl<'a, B: Backend> Model<'a, B> {
             _ => b.swiglu_inplace(&mut sc.gate, &sc.up, n * ff)?,
         }
         b.matmul(&mut sc.ws, &layer.w_down, &sc.gate, n, &mut sc.proj)?;
-        if let Some(w) = &layer.post_ffn_norm {
-            b.rms_norm_inplace(&mut sc.proj, w, eps, n)?;
-        }
-        match self.layers.get(li + 1) {
-            Some(next) => {
+        match (self.layers.get(li + 1), &layer.post_ffn_norm) {
+            (Some(next), Some(pw)) => {
+                let (x, proj, xn) = (&mut sc.x, &mut sc.proj, &mut sc.xn);
+                b.norm_add_rms_norm(x, proj, pw, &next.attn_norm, eps, n, d, xn)?
+            }
+            (Some(next), None) => {
                 b.add_rms_norm(&mut sc.x, &sc.proj, &next.attn_norm, eps, n, d, &mut sc.xn)?
             }
-            None => b.add_inplace(&mut sc.x, &sc.proj, n * d)?,
+            (None, post) => {
+                if let Some(pw) = post {
+                    b.rms_norm_inplace(&mut sc.proj, pw, eps, n)?;
+                }
+                b.add_inplace(&mut sc.x, &sc.proj, n * d)?
+            }
         }
         Ok(())
     }

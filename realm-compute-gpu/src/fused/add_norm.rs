@@ -1,18 +1,20 @@
 //! [`AddRmsNorm`]: a residual add and the RMSNorm after it in one kernel
 //! (`kernels/add_rms_norm.cu`), in place of candle's add and norm kernels.
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
 use super::{q8, values};
 
 /// For `x`, `y` of `[rows, width]` and `w` of `[width]`, all f32: the flat
 /// result holds the `rows * width` values of `x + y`, then as many of its
 /// RMSNorm with weight `w`, then (with `blocks`) the norms' Q8_1 blocks
-/// ([`q8`]; `width` a multiple of 32).
-#[derive(Debug, Clone, Copy)]
+/// ([`q8`]; `width` a multiple of 32). With `y_norm` (f32 `[width]`), `y`
+/// is first replaced by its RMSNorm with that weight.
+#[derive(Debug, Clone)]
 pub(crate) struct AddRmsNorm {
     pub(crate) eps: f32,
     pub(crate) blocks: bool,
+    pub(crate) y_norm: Option<Tensor>,
 }
 
 impl AddRmsNorm {
@@ -26,6 +28,11 @@ impl AddRmsNorm {
         }
         if self.blocks && !width.is_multiple_of(q8::BLOCK) {
             candle_core::bail!("add_rms_norm: blocks of rows of {width} values");
+        }
+        if let Some(t) = &self.y_norm {
+            if t.dims() != [width] || t.dtype() != candle_core::DType::F32 || !t.is_contiguous() {
+                candle_core::bail!("add_rms_norm: y's norm weight of {:?}", t.dims());
+            }
         }
         Ok((rows, width))
     }
@@ -60,6 +67,23 @@ impl CustomOp3 for AddRmsNorm {
             candle_core::bail!("add_rms_norm: f32 values");
         };
         let (x, y, w) = (values(x, lx)?, values(y, ly)?, values(w, lw)?);
+        // y normed first (as the CPU backend's rms_norm), when asked.
+        let normed: Vec<f32>;
+        let y = match &self.y_norm {
+            Some(t) => {
+                let yw = t.to_vec1::<f32>()?;
+                normed = y
+                    .chunks_exact(width)
+                    .flat_map(|r| {
+                        let squares: f32 = r.iter().map(|v| v * v).sum();
+                        let scale = 1.0 / (squares / width as f32 + self.eps).sqrt();
+                        r.iter().zip(&yw).map(move |(&v, &wi)| v * scale * wi)
+                    })
+                    .collect();
+                &normed[..]
+            }
+            None => y,
+        };
         let mut out = Vec::with_capacity(self.len(rows, width));
         out.resize(2 * rows * width, 0f32);
         let (sums, norms) = out.split_at_mut(rows * width);
@@ -123,6 +147,23 @@ impl CustomOp3 for AddRmsNorm {
             true => super::cuda::address(&out, 2 * rows * width),
             false => 0,
         };
+        // A null pointer says: y as it is.
+        let y_norm = self.y_norm.as_ref().map(|t| t.storage_and_layout());
+        let y_w = match &y_norm {
+            Some((storage, layout)) => {
+                let candle_core::Storage::Cuda(s) = &**storage else {
+                    candle_core::bail!("add_rms_norm: y's norm weight on another device");
+                };
+                let (a, b) = offsets(layout)?;
+                Some(s.as_cuda_slice::<f32>()?.slice(a..b))
+            }
+            None => None,
+        };
+        let y_w_ptr = {
+            use candle_core::cuda_backend::cudarc::driver::DevicePtr;
+            let stream = dev.cuda_stream();
+            y_w.as_ref().map_or(0, |v| v.device_ptr(&stream).0)
+        };
         let func = dev.get_or_load_custom_func("add_rms_norm_f32", "realm_add_rms_norm", PTX)?;
         let mut b = func.builder();
         let (rows32, width32) = (rows as u32, width as u32);
@@ -134,14 +175,16 @@ impl CustomOp3 for AddRmsNorm {
         b.arg(&width32);
         b.arg(&self.eps);
         b.arg(&blocks_ptr);
+        b.arg(&y_w_ptr);
         let cfg = LaunchConfig {
             grid_dim: (rows32, 1, 1),
             block_dim: (THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
         // SAFETY: the arguments match the kernel's parameters in order and
-        // type; `check` made `x` and `y` rows x width values and `w` width
-        // (a multiple of 32 with blocks), and `out` holds 2 x rows x width
+        // type; `check` made `x` and `y` rows x width values and `w` (and
+        // y's norm weight, if any, held alive by `y_norm`) width (a
+        // multiple of 32 with blocks), and `out` holds 2 x rows x width
         // values and then, with blocks, their words.
         unsafe { b.launch(cfg) }.w()?;
         Ok((

@@ -181,8 +181,11 @@ int main(int argc, char **argv) {
     const unsigned rows = num(argv[6]), width = num(argv[7]);
     std::vector<float> out(2 * rows * width, -12345.0f);
     auto q8 = q8_blocks(argc, 9, rows * width);
+    // $EMU_Y_NORM names a file of y's norm weight.
+    std::vector<float> y_w;
+    if (const char *f = std::getenv("EMU_Y_NORM")) y_w = load<float>(f);
     emu_launch(add_rms_norm_f32, dim3{rows, 1, 1}, dim3{256, 1, 1}, x.data(), y.data(), w.data(),
-               out.data(), rows, width, real(argv[8]), ptr(q8));
+               out.data(), rows, width, real(argv[8]), ptr(q8), y_w.empty() ? nullptr : y_w.data());
     store(argv[5], out);
     store_q8(argc, argv, 9, q8);
   } else if (kernel == "swiglu_f32" || kernel == "geglu_f32") {
