@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use realm_core::backend::{
     ActivationOps, AttentionOps, AttentionParams, Backend, BackendCore, BackendResult,
-    KvCacheConfig, KvSpan, MatMulOps, NormOps, RopeOps, RopeParams, StepOps, WeightInfo,
+    KvCacheConfig, KvSpan, MatMulOps, NormOps, QkNorm, RopeOps, RopeParams, StepOps, WeightInfo,
 };
 use realm_core::{GgmlType, TensorView};
 
@@ -343,13 +343,14 @@ impl<B: Backend> AttentionOps for Profiled<'_, B> {
         layer: usize,
         positions: &[u32],
         qkv: (&mut B::Buffer, &mut B::Buffer, &B::Buffer),
+        qk_norm: Option<QkNorm<'_, B::Buffer>>,
         rope: &RopeParams,
         p: &AttentionParams,
         out: &mut B::Buffer,
     ) -> BackendResult<()> {
         self.time(named("rope_attend_rows"), || {
             self.inner
-                .rope_attend_rows(ws, caches, layer, positions, qkv, rope, p, out)
+                .rope_attend_rows(ws, caches, layer, positions, qkv, qk_norm, rope, p, out)
         })
     }
 }

@@ -4,6 +4,9 @@
 // Realm's GPU backend (src/fused/attention.rs holds the launch and a CPU
 // form of the same arithmetic, which its tests compare with).
 //
+// With q_norm, each query head is RMS-normed (weight q_norm, epsilon
+// norm_eps) before its RoPE (Gemma 3's query norm).
+//
 // Grid: (rows, n_heads). Block: WARPS warps. Row r's caches are at k and v
 // (one for every row), at k + r * row_stride (a block's consecutive slots),
 // or, with by_slots, where `slots` says. Row r's query is at position
@@ -38,7 +41,8 @@ __device__ void decode_attention(
     long long row_stride, const SlotTable &slots, int by_slots, float scale, float softcap,
     int window, const float *__restrict__ rope_cos,  // [rows, n_dims / 2], or null: q is rotated
     const float *__restrict__ rope_sin, int n_dims, int neox,
-    realm_block_q8_1 *__restrict__ q8, long long q_stride) {
+    realm_block_q8_1 *__restrict__ q8, long long q_stride, const float *__restrict__ q_norm,
+    float norm_eps) {
   const int row = blockIdx.x;
   const int head = blockIdx.y;
   const int lane = threadIdx.x & 31;
@@ -67,6 +71,22 @@ __device__ void decode_attention(
   __shared__ float q_rot[MAX_PER_LANE * 32];
   for (int d = threadIdx.x; d < head_dim; d += 32 * WARPS) q_rot[d] = qh[d];
   __syncthreads();
+  // With q_norm, the head is RMS-normed first (weight q_norm).
+  if (q_norm) {
+    __shared__ float part[WARPS];
+    float squares = 0.0f;
+    for (int d = threadIdx.x; d < head_dim; d += 32 * WARPS) squares += q_rot[d] * q_rot[d];
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) squares += __shfl_xor_sync(0xffffffffu, squares, o);
+    if (lane == 0) part[warp] = squares;
+    __syncthreads();
+    float total = 0.0f;
+#pragma unroll
+    for (int w = 0; w < WARPS; ++w) total += part[w];
+    const float scale = 1.0f / sqrtf(total / (float)head_dim + norm_eps);
+    for (int d = threadIdx.x; d < head_dim; d += 32 * WARPS) q_rot[d] *= scale * q_norm[d];
+    __syncthreads();
+  }
   if (rope_cos) {
     const int half = n_dims / 2;
     const float *c = rope_cos + (long long)row * half;
@@ -155,10 +175,11 @@ __device__ void decode_attention(
       uint32_t pos_base, int n_heads, int n_kv_heads, int head_dim, int max_seq,           \
       long long row_stride, const SlotTable slots, int by_slots, float scale,             \
       float softcap, int window, const float *rope_cos, const float *rope_sin, int n_dims, \
-      int neox, realm_block_q8_1 *q8, long long q_stride) {                                \
+      int neox, realm_block_q8_1 *q8, long long q_stride, const float *q_norm,             \
+      float norm_eps) {                                                                    \
     decode_attention<T>(q, k, v, positions, out, pos_base, n_heads, n_kv_heads, head_dim, \
                         max_seq, row_stride, slots, by_slots, scale, softcap, window,     \
-                        rope_cos, rope_sin, n_dims, neox, q8, q_stride);                  \
+                        rope_cos, rope_sin, n_dims, neox, q8, q_stride, q_norm, norm_eps); \
   }
 
 DECODE_ATTENTION(decode_attention_f32, float)

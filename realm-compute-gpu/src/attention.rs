@@ -4,8 +4,8 @@ use std::ops::Range;
 
 use candle_core::{DType, Tensor};
 use realm_core::backend::{
-    AttentionOps, AttentionParams, BackendError, BackendResult, KvCacheConfig, KvSpan, RopeMode,
-    RopeOps, RopeParams,
+    AttentionOps, AttentionParams, BackendError, BackendResult, KvCacheConfig, KvSpan, NormOps,
+    QkNorm, RopeMode, RopeOps, RopeParams,
 };
 
 use crate::fused::{DecodeAttention, QueryPositions, Rope, RopeStore, MAX_HEAD_DIM};
@@ -335,6 +335,7 @@ impl AttentionOps for GpuBackend {
         layer: usize,
         positions: &[u32],
         qkv: (&mut GpuBuffer, &mut GpuBuffer, &GpuBuffer),
+        qk_norm: Option<QkNorm<'_, GpuBuffer>>,
         rope: &RopeParams,
         p: &AttentionParams,
         out: &mut GpuBuffer,
@@ -342,6 +343,11 @@ impl AttentionOps for GpuBackend {
         const OP: &str = "rope_attend_rows";
         let (q, k, v) = qkv;
         if !self.fuses(p) || positions.is_empty() {
+            if let Some(n) = &qk_norm {
+                let rows = positions.len();
+                self.rms_norm_inplace(q, n.q, n.eps, rows * p.n_heads)?;
+                self.rms_norm_inplace(k, n.k, n.eps, rows * p.n_kv_heads)?;
+            }
             self.rope(ws, q, p.n_heads, p.head_dim, positions, rope)?;
             self.rope(ws, k, p.n_kv_heads, p.head_dim, positions, rope)?;
             return self.attend_rows(ws, caches, layer, positions, (k, v), q, p, out);
@@ -355,6 +361,10 @@ impl AttentionOps for GpuBackend {
                 sin: sin.reshape(shape)?,
                 n_dims: rope.n_dims,
                 neox: rope.mode == RopeMode::Neox,
+                // The heads' norms, applied by the kernels before rotating.
+                q_norm: qk_norm.as_ref().map(|n| n.q.all().clone()),
+                k_norm: qk_norm.as_ref().map(|n| n.k.all().clone()),
+                norm_eps: qk_norm.as_ref().map_or(0.0, |n| n.eps),
             })
         })()
         .map_err(dev_err(OP))?;

@@ -201,7 +201,6 @@ fn decode_attention(case: &Case, seed: u64, by_slots: bool) {
         max_seq_len: max_seq,
         dtype: if case.f16 { KvDtype::F16 } else { KvDtype::F32 },
     };
-    let mut want = vec![0f32; q.len()];
     let mut cpu_caches: Vec<_> = (0..caches).map(|_| cpu.kv_cache(&cfg).unwrap()).collect();
     for (c, cache) in cpu_caches.iter_mut().enumerate() {
         let row_of = |t: &[f32], pos: usize| -> Vec<f32> {
@@ -221,24 +220,34 @@ fn decode_attention(case: &Case, seed: u64, by_slots: bool) {
         cpu.kv_write(&mut cpu.workspace(), cache, span, &ks, &vs, 0..max_seq)
             .unwrap();
     }
-    for (r, &pos) in case.positions.iter().enumerate() {
-        let cache = &cpu_caches[if case.shared { 0 } else { r }];
-        let width = n_heads * hd;
-        let mut out = vec![0f32; width];
-        let at = KvSpan {
-            layer: 0,
-            start_pos: pos as usize,
-        };
-        let mut qr = q[r * width..(r + 1) * width].to_vec();
-        if let Some((n_dims, neox)) = case.rope {
-            let rp = rope_params(n_dims, neox);
-            cpu.rope(&mut cpu.workspace(), &mut qr, n_heads, hd, &[pos], &rp)
+    // The rows attended, each query head normed first with `q_norm` if
+    // given (Gemma 3's query norm), then rotated.
+    let reference = |q_norm: Option<&Vec<f32>>| -> Vec<f32> {
+        let mut want = vec![0f32; q.len()];
+        for (r, &pos) in case.positions.iter().enumerate() {
+            let cache = &cpu_caches[if case.shared { 0 } else { r }];
+            let width = n_heads * hd;
+            let mut out = vec![0f32; width];
+            let at = KvSpan {
+                layer: 0,
+                start_pos: pos as usize,
+            };
+            let mut qr = q[r * width..(r + 1) * width].to_vec();
+            if let Some(w) = q_norm {
+                cpu.rms_norm_inplace(&mut qr, w, 1e-6, n_heads).unwrap();
+            }
+            if let Some((n_dims, neox)) = case.rope {
+                let rp = rope_params(n_dims, neox);
+                cpu.rope(&mut cpu.workspace(), &mut qr, n_heads, hd, &[pos], &rp)
+                    .unwrap();
+            }
+            cpu.attention(&mut cpu.workspace(), cache, at, &qr, 0..1, &p, &mut out)
                 .unwrap();
+            want[r * width..(r + 1) * width].copy_from_slice(&out);
         }
-        cpu.attention(&mut cpu.workspace(), cache, at, &qr, 0..1, &p, &mut out)
-            .unwrap();
-        want[r * width..(r + 1) * width].copy_from_slice(&out);
-    }
+        want
+    };
+    let want = reference(None);
     // The kernel.
     let dir = scratch(&format!("attention-{seed}-{by_slots}"));
     let order = |t: &[f32]| -> Vec<f32> {
@@ -323,6 +332,19 @@ fn decode_attention(case: &Case, seed: u64, by_slots: bool) {
     args[0] = write(&dir, "q-strided", &padded);
     let env = [("EMU_Q_STRIDE", stride.to_string())];
     let what = format!("{kernel}, strided queries");
+    assert_close(
+        &run_env(kernel, &args, &out, &env),
+        &want,
+        1e-4,
+        1e-4,
+        &what,
+    );
+    // Each query head normed before its rotation.
+    let q_norm = Rng(seed + 7).f32s(hd, 0.5, 1.5);
+    let env = [("EMU_Q_NORM", write(&dir, "q-norm", &q_norm))];
+    args[0] = write(&dir, "q", &q);
+    let what = format!("{kernel}, normed queries");
+    let want = reference(Some(&q_norm));
     assert_close(
         &run_env(kernel, &args, &out, &env),
         &want,
@@ -552,9 +574,15 @@ fn rope_store_matches_the_cpu() {
         (3, 2, 36, 5, 20, true, 2, vec![4], false),
         (1, 1, 2, 3, 2, false, 0, vec![1], true),
     ];
-    for (slots, n_kv, hd, max_seq, n_dims, neox, slot0, positions, f16) in cases {
+    // Each case plain, then with every key head normed first (Gemma 3's
+    // key norm).
+    let cases = cases
+        .iter()
+        .flat_map(|c| [(c.clone(), false), (c.clone(), true)]);
+    for ((slots, n_kv, hd, max_seq, n_dims, neox, slot0, positions, f16), normed) in cases {
         let rows = positions.len();
         let rp = rope_params(n_dims, neox);
+        let k_norm = normed.then(|| rng.f32s(hd, 0.5, 1.5));
         // Keys, then values.
         let v_off = slots * n_kv * max_seq * hd;
         let cache = rng.f32s(2 * v_off, -1.0, 1.0);
@@ -570,6 +598,10 @@ fn rope_store_matches_the_cpu() {
             false => cache.clone(),
         };
         let mut rotated = k.clone();
+        if let Some(w) = &k_norm {
+            cpu.rms_norm_inplace(&mut rotated, w, 1e-6, rows * n_kv)
+                .unwrap();
+        }
         cpu.rope(
             &mut cpu.workspace(),
             &mut rotated,
@@ -594,7 +626,11 @@ fn rope_store_matches_the_cpu() {
                 }
             }
         }
-        let dir = scratch(&format!("rope-store-{hd}"));
+        let dir = scratch(&format!("rope-store-{hd}-{normed}"));
+        let norm_env: Vec<(&str, String)> = match &k_norm {
+            Some(w) => vec![("EMU_K_NORM", write(&dir, "k-norm", w))],
+            None => Vec::new(),
+        };
         let cache_file = if f16 {
             let bits: Vec<u16> = cache
                 .iter()
@@ -630,7 +666,13 @@ fn rope_store_matches_the_cpu() {
         };
         // f16 stores may round the other way after a last-bit difference.
         let tol = if f16 { 1e-3 } else { 1e-6 };
-        assert_close(&run(kernel, &args, &out), &want, tol, tol, kernel);
+        assert_close(
+            &run_env(kernel, &args, &out, &norm_env),
+            &want,
+            tol,
+            tol,
+            kernel,
+        );
         // Keys and values as strided rows (a stacked product's columns).
         let width = n_kv * hd;
         let pad = |t: &[f32], extra: usize| -> Vec<f32> {
@@ -641,10 +683,11 @@ fn rope_store_matches_the_cpu() {
         let mut strided = args.clone();
         strided[1] = write(&dir, "k-strided", &pad(&k, 5));
         strided[2] = write(&dir, "v-strided", &pad(&v, 3));
-        let env = [
+        let mut env = norm_env.clone();
+        env.extend([
             ("EMU_K_STRIDE", (width + 5).to_string()),
             ("EMU_V_STRIDE", (width + 3).to_string()),
-        ];
+        ]);
         let what = format!("{kernel}, strided rows");
         assert_close(
             &run_env(kernel, &strided, &out, &env),
@@ -657,7 +700,8 @@ fn rope_store_matches_the_cpu() {
         let mut args = args;
         args.push("by-slots".to_string());
         let what = format!("{kernel} by slots");
-        assert_close(&run(kernel, &args, &out), &want, tol, tol, &what);
+        let got = run_env(kernel, &args, &out, &norm_env);
+        assert_close(&got, &want, tol, tol, &what);
     }
 }
 

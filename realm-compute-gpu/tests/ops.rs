@@ -10,7 +10,7 @@ use realm_compute_cpu::CpuBackend;
 use realm_compute_gpu::{GpuBackend, GpuDevice};
 use realm_core::backend::{
     ActivationOps, AttentionOps, AttentionParams, BackendCore, BackendError, KvCacheConfig,
-    KvDtype, KvSpan, MatMulOps, NormOps, RopeMode, RopeOps, RopeParams, WeightInfo,
+    KvDtype, KvSpan, MatMulOps, NormOps, QkNorm, RopeMode, RopeOps, RopeParams, WeightInfo,
 };
 use realm_core::{quant, GgmlType, TensorView};
 
@@ -438,9 +438,12 @@ proptest! {
         if shuffle {
             cc.reverse();
         }
+        // Gemma 3's per-head Q/K norms, on some cases.
+        let qk: Option<(Vec<f32>, Vec<f32>)> = (seed % 2 == 1).then(|| (rng.f32s(hd, 0.5, 1.5), rng.f32s(hd, 0.5, 1.5)));
         let mut cout = vec![0.0; q.len()];
         let (mut cq, mut ck) = (q.clone(), k.clone());
-        c.rope_attend_rows(&mut c.workspace(), &mut cc, 1, &positions, (&mut cq, &mut ck, &v), &rope, &p, &mut cout).unwrap();
+        let cnorm = qk.as_ref().map(|(qn, kn)| QkNorm { q: qn, k: kn, eps: 1e-6 });
+        c.rope_attend_rows(&mut c.workspace(), &mut cc, 1, &positions, (&mut cq, &mut ck, &v), cnorm, &rope, &p, &mut cout).unwrap();
         // Queries, keys and values uploaded apart, or split from one
         // stacked product's rows (then strided views, read in place).
         for (fused, stacked) in [(true, false), (false, false), (true, true)] {
@@ -469,7 +472,9 @@ proptest! {
                 g.split_cols(&all, rows, &[qw, kv_width, kv_width], &mut [&mut gq, &mut gk, &mut gv]).unwrap();
             }
             let mut gout = g.buffer(q.len()).unwrap();
-            g.rope_attend_rows(&mut g.workspace(), &mut gc, 1, &positions, (&mut gq, &mut gk, &gv), &rope, &p, &mut gout).unwrap();
+            let gqk = qk.as_ref().map(|(qn, kn)| (g.upload(qn).unwrap(), g.upload(kn).unwrap()));
+            let gnorm = gqk.as_ref().map(|(qn, kn)| QkNorm { q: qn, k: kn, eps: 1e-6 });
+            g.rope_attend_rows(&mut g.workspace(), &mut gc, 1, &positions, (&mut gq, &mut gk, &gv), gnorm, &rope, &p, &mut gout).unwrap();
             assert_close(&down(&g, &gout, q.len()), &cout, 1e-4, 1e-5, &format!("rope_attend_rows (stacked: {stacked})"));
             // The stored keys are the rotated ones: each row attended again
             // (queries rotated on the CPU) gives the same.

@@ -422,6 +422,19 @@ pub struct RopeParams {
     pub mode: RopeMode,
 }
 
+/// Per-head RMSNorms of the queries and keys before RoPE (Gemma 3's
+/// `attn_q_norm` and `attn_k_norm`): each head of `head_dim` values normed
+/// with weight `q` (queries) or `k` (keys), `head_dim` values each.
+#[derive(Debug)]
+pub struct QkNorm<'a, B> {
+    /// The queries' norm weight.
+    pub q: &'a B,
+    /// The keys' norm weight.
+    pub k: &'a B,
+    /// The norms' epsilon.
+    pub eps: f32,
+}
+
 /// Rotary position embedding.
 pub trait RopeOps: BackendCore {
     /// Rotates the first `positions.len() * n_heads * head_dim` values of
@@ -555,7 +568,7 @@ pub struct KvSpan {
 
 /// Attention over a KV cache the backend owns (with the rotations before
 /// it, hence `RopeOps`).
-pub trait AttentionOps: RopeOps {
+pub trait AttentionOps: RopeOps + NormOps {
     /// Keys and values of every layer for one sequence.
     type KvCache: Send + Debug;
 
@@ -641,10 +654,11 @@ pub trait AttentionOps: RopeOps {
     /// at `positions`, then [`AttentionOps::attend_rows`]: a decode step's
     /// rotations, KV store and attention in one call, which a backend may
     /// fuse (the GPU backend rotates keys as it stores them and queries as
-    /// it attends). `q` and `k` are scratch: afterwards they hold their
-    /// rotated rows, or their rows unchanged.
+    /// it attends). With `qk_norm`, each head of `q` and `k` is normed
+    /// first. `q` and `k` are scratch: afterwards their values are
+    /// unspecified.
     ///
-    /// The default rotates both in place, then attends.
+    /// The default norms and rotates both in place, then attends.
     #[allow(clippy::too_many_arguments)]
     fn rope_attend_rows(
         &self,
@@ -653,11 +667,17 @@ pub trait AttentionOps: RopeOps {
         layer: usize,
         positions: &[u32],
         qkv: (&mut Self::Buffer, &mut Self::Buffer, &Self::Buffer),
+        qk_norm: Option<QkNorm<'_, Self::Buffer>>,
         rope: &RopeParams,
         p: &AttentionParams,
         out: &mut Self::Buffer,
     ) -> BackendResult<()> {
         let (q, k, v) = qkv;
+        if let Some(n) = qk_norm {
+            let rows = positions.len();
+            self.rms_norm_inplace(q, n.q, n.eps, rows * p.n_heads)?;
+            self.rms_norm_inplace(k, n.k, n.eps, rows * p.n_kv_heads)?;
+        }
         self.rope(ws, q, p.n_heads, p.head_dim, positions, rope)?;
         self.rope(ws, k, p.n_kv_heads, p.head_dim, positions, rope)?;
         self.attend_rows(ws, caches, layer, positions, (k, v), q, p, out)

@@ -5,8 +5,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use realm_core::backend::{
-    AttentionParams, Backend, BackendError, KvCacheConfig, KvDtype, KvSpan, RopeParams, StepInputs,
-    WeightInfo,
+    AttentionParams, Backend, BackendError, KvCacheConfig, KvDtype, KvSpan, QkNorm, RopeParams,
+    StepInputs, WeightInfo,
 };
 use realm_core::gguf::Gguf;
 use realm_core::{quant, TensorView};
@@ -682,12 +682,20 @@ impl<'a, B: Backend> Model<'a, B> {
                 b.add_row_inplace(out, bias, n)?;
             }
         }
-        if let Some(w) = &layer.q_norm {
-            b.rms_norm_inplace(&mut sc.q, w, eps, n * c.n_heads)?;
-        }
-        if let Some(w) = &layer.k_norm {
-            b.rms_norm_inplace(&mut sc.k, w, eps, n * c.n_kv_heads)?;
-        }
+        // Per-head Q/K norms (Gemma 3) go with the attention, which a
+        // backend may fuse them into.
+        let qk_norm = match (&layer.q_norm, &layer.k_norm) {
+            (Some(q), Some(k)) => Some(QkNorm { q, k, eps }),
+            (q, k) => {
+                if let Some(w) = q {
+                    b.rms_norm_inplace(&mut sc.q, w, eps, n * c.n_heads)?;
+                }
+                if let Some(w) = k {
+                    b.rms_norm_inplace(&mut sc.k, w, eps, n * c.n_kv_heads)?;
+                }
+                None
+            }
+        };
         let rope = RopeParams {
             n_dims: c.rope_dims,
             base: c.layer_rope_base(li),
@@ -708,6 +716,7 @@ impl<'a, B: Backend> Model<'a, B> {
             k: &mut sc.k,
             v: &sc.v,
             q: &mut sc.q,
+            qk_norm,
             positions: &sc.positions,
             rope: &rope,
             params: &params,
@@ -764,6 +773,8 @@ struct Attend<'x, B: Backend> {
     k: &'x mut B::Buffer,
     v: &'x B::Buffer,
     q: &'x mut B::Buffer,
+    /// Per-head norms of the queries and keys, not yet applied.
+    qk_norm: Option<QkNorm<'x, B::Buffer>>,
     positions: &'x [u32],
     rope: &'x RopeParams,
     params: &'x AttentionParams,
@@ -779,6 +790,10 @@ impl<B: Backend> Attend<'_, B> {
             return self.rows(b, &mut [cache], layer);
         }
         let p = self.params;
+        if let Some(norm) = &self.qk_norm {
+            b.rms_norm_inplace(self.q, norm.q, norm.eps, n * p.n_heads)?;
+            b.rms_norm_inplace(self.k, norm.k, norm.eps, n * p.n_kv_heads)?;
+        }
         b.rope(
             self.ws,
             self.q,
@@ -811,6 +826,7 @@ impl<B: Backend> Attend<'_, B> {
             layer,
             self.positions,
             (self.q, self.k, self.v),
+            self.qk_norm,
             self.rope,
             self.params,
             self.out,

@@ -214,7 +214,7 @@ impl CustomOp3 for DecodeAttention {
         };
         let mut q = RowLayout::of(lq)?.gather(q)?;
         if let Some(r) = &self.rope {
-            r.rotate_rows(&mut q, self.n_heads, self.head_dim)?;
+            r.rotate_rows(&mut q, self.n_heads, self.head_dim, r.q_norm.as_ref())?;
         }
         let q = &q[..];
         let mut out = match (sk, sv) {
@@ -394,52 +394,60 @@ mod cuda {
             false => 0,
         };
         let func = dev.get_or_load_custom_func(name, MODULE, PTX)?;
-        let mut b = func.builder();
         let ints = [op.n_heads, op.n_kv_heads, op.head_dim, dims.max_seq].map(|n| n as i32);
         let row_stride = dims.row_stride as i64;
         let softcap = op.softcap.unwrap_or(0.0);
         let window = op.window.map_or(0, |w| w.min(i32::MAX as usize) as i32);
-        b.arg(&a.q);
-        b.arg(&a.k);
-        b.arg(&a.v);
-        b.arg(&a.positions);
-        b.arg(&out);
-        b.arg(&a.pos_base);
-        for i in &ints {
-            b.arg(i);
-        }
-        b.arg(&row_stride);
         let (table, by_slots) = match &op.slots {
             Some(t) => (*t, 1i32),
             None => (SlotTable::none(), 0),
         };
-        b.arg(&table);
-        b.arg(&by_slots);
-        b.arg(&op.scale);
-        b.arg(&softcap);
-        b.arg(&window);
-        b.arg(&a.cos);
-        b.arg(&a.sin);
-        b.arg(&a.n_dims);
-        b.arg(&a.neox);
-        b.arg(&blocks);
-        b.arg(&a.q_stride);
+        let q_norm = op.rope.as_ref().and_then(|r| r.q_norm.as_ref());
+        let norm_eps = op.rope.as_ref().map_or(0.0, |r| r.norm_eps);
         let cfg = LaunchConfig {
             grid_dim: (dims.rows as u32, op.n_heads as u32, 1),
             block_dim: (THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
-        // SAFETY: the arguments match the kernel's parameters in order and
-        // type; `dims` checked that every key and value a row reads (up to
-        // max_seq positions of its cache) lies within `k` and `v` and that
-        // the RoPE tables hold the rows' angles, and the kernel writes NaN
-        // rather than read past a position >= max_seq; with a slot table,
-        // its addresses are each row's cache of the same shape and type as
-        // row 0's, which `dims` checked (`SlotTable::of` took them from
-        // live tensors, which the caller holds); with blocks, `out`
-        // has their words after the values and head_dim is a multiple of
-        // 32, so each warp's values are one block.
-        unsafe { b.launch(cfg) }.w()?;
+        crate::fused::cuda::with_address(q_norm, |q_norm| {
+            let mut b = func.builder();
+            b.arg(&a.q);
+            b.arg(&a.k);
+            b.arg(&a.v);
+            b.arg(&a.positions);
+            b.arg(&out);
+            b.arg(&a.pos_base);
+            for i in &ints {
+                b.arg(i);
+            }
+            b.arg(&row_stride);
+            b.arg(&table);
+            b.arg(&by_slots);
+            b.arg(&op.scale);
+            b.arg(&softcap);
+            b.arg(&window);
+            b.arg(&a.cos);
+            b.arg(&a.sin);
+            b.arg(&a.n_dims);
+            b.arg(&a.neox);
+            b.arg(&blocks);
+            b.arg(&a.q_stride);
+            b.arg(&q_norm);
+            b.arg(&norm_eps);
+            // SAFETY: the arguments match the kernel's parameters in order
+            // and type; `dims` checked that every key and value a row reads
+            // (up to max_seq positions of its cache) lies within `k` and `v`
+            // and that the RoPE tables (and the query norm, head_dim values,
+            // held by `with_address`) fit the rows, and the kernel writes
+            // NaN rather than read past a position >= max_seq; with a slot
+            // table, its addresses are each row's cache of the same shape
+            // and type as row 0's, which `dims` checked (`SlotTable::of`
+            // took them from live tensors, which the caller holds); with
+            // blocks, `out` has their words after the values and head_dim is
+            // a multiple of 32, so each warp's values are one block.
+            unsafe { b.launch(cfg) }.w()?;
+            Ok(())
+        })?;
         Ok(out)
     }
 }

@@ -33,6 +33,11 @@ pub(crate) struct Rope {
     pub(crate) n_dims: usize,
     /// Pairs `(i, i + n_dims / 2)` (GPT-NeoX), else `(2i, 2i + 1)`.
     pub(crate) neox: bool,
+    /// Per-head RMSNorm weights (`[head_dim]` f32) of the queries and of
+    /// the keys, applied before the rotation (Gemma 3), and their epsilon.
+    pub(crate) q_norm: Option<Tensor>,
+    pub(crate) k_norm: Option<Tensor>,
+    pub(crate) norm_eps: f32,
 }
 
 impl Rope {
@@ -59,12 +64,37 @@ impl Rope {
                 );
             }
         }
+        for t in [&self.q_norm, &self.k_norm].into_iter().flatten() {
+            if t.dims() != [head_dim] || t.dtype() != DType::F32 || !t.is_contiguous() {
+                candle_core::bail!(
+                    "fused rope: a head norm of {:?}, not [{head_dim}]",
+                    t.dims()
+                );
+            }
+        }
         Ok(())
     }
 
     /// Rotates each `head_dim` head of `x` (rows of heads) by its row's
-    /// angles, in place: the CPU forms' rotation.
-    pub(crate) fn rotate_rows(&self, x: &mut [f32], heads: usize, head_dim: usize) -> Result<()> {
+    /// angles, in place, after norming it with weight `norm` if given (the
+    /// CPU backend's RMSNorm): the CPU forms' rotation.
+    pub(crate) fn rotate_rows(
+        &self,
+        x: &mut [f32],
+        heads: usize,
+        head_dim: usize,
+        norm: Option<&Tensor>,
+    ) -> Result<()> {
+        if let Some(w) = norm {
+            let w = w.to_vec1::<f32>()?;
+            for head in x.chunks_exact_mut(head_dim) {
+                let squares: f32 = head.iter().map(|v| v * v).sum();
+                let scale = 1.0 / (squares / head_dim as f32 + self.norm_eps).sqrt();
+                for (v, &wi) in head.iter_mut().zip(&w) {
+                    *v = *v * scale * wi;
+                }
+            }
+        }
         let cos = self.cos.flatten_all()?.to_vec1::<f32>()?;
         let sin = self.sin.flatten_all()?.to_vec1::<f32>()?;
         let half = self.n_dims / 2;
@@ -173,6 +203,28 @@ mod cuda {
         let cos = cs.as_cuda_slice::<f32>()?.slice(ca..cb);
         let sin = ss.as_cuda_slice::<f32>()?.slice(sa..sb);
         f(&cos, &sin)
+    }
+
+    /// Calls `f` with the device address of `t`'s values (contiguous f32
+    /// on a CUDA device), or 0 for none.
+    pub(super) fn with_address<R>(
+        t: Option<&candle_core::Tensor>,
+        f: impl FnOnce(u64) -> Result<R>,
+    ) -> Result<R> {
+        use candle_core::backend::BackendStorage;
+        use candle_core::cuda_backend::cudarc::driver::DevicePtr;
+        let Some(t) = t else {
+            return f(0);
+        };
+        let (storage, layout) = t.storage_and_layout();
+        let Storage::Cuda(s) = &*storage else {
+            candle_core::bail!("fused op: a tensor on another device");
+        };
+        let (a, b) = offsets(layout)?;
+        let view = s.as_cuda_slice::<f32>()?.slice(a..b);
+        let stream = s.device().cuda_stream();
+        let (ptr, _sync) = view.device_ptr(&stream);
+        f(ptr)
     }
 
     /// The start and end of `l`'s values, which must be contiguous.

@@ -89,7 +89,8 @@ impl RopeStore {
             ..
         } = *dims;
         let mut k = k.to_vec();
-        self.rope.rotate_rows(&mut k, n_kv, hd)?;
+        self.rope
+            .rotate_rows(&mut k, n_kv, hd, self.rope.k_norm.as_ref())?;
         let v = self.values.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
         let v_off = slots * n_kv * max_seq * hd;
         for (r, &pos) in positions.iter().enumerate().take(dims.rows) {
@@ -175,7 +176,7 @@ mod cuda {
     use candle_core::{CudaStorage, DType, Layout, Result, Storage};
 
     use super::{Dims, RopeStore, SlotTable};
-    use crate::fused::cuda::{offsets, with_tables};
+    use crate::fused::cuda::{offsets, with_address, with_tables};
     use crate::fused::RowLayout;
 
     const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/rope_store.ptx"));
@@ -225,53 +226,58 @@ mod cuda {
         let (va, vb) = (vl.start, vl.end());
         let v = vs.as_cuda_slice::<f32>()?.slice(va..vb);
         let v_off = (dims.slots * dims.n_kv * dims.max_seq * dims.head_dim) as i64;
+        let ints = [
+            op.slot0,
+            dims.n_kv,
+            dims.head_dim,
+            dims.max_seq,
+            op.rope.n_dims,
+            usize::from(op.rope.neox),
+        ]
+        .map(|n| n as i32);
+        let (table, by_slots) = match &op.slots {
+            Some(t) => (*t, 1i32),
+            None => (SlotTable::none(), 0),
+        };
+        let (k_stride, v_stride) = (kl.stride as i64, vl.stride as i64);
+        let cfg = LaunchConfig {
+            grid_dim: (dims.rows as u32, dims.n_kv as u32, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let func = dev.get_or_load_custom_func(name, "realm_rope_store", PTX)?;
         with_tables(&op.rope, |cos, sin| {
-            let func = dev.get_or_load_custom_func(name, "realm_rope_store", PTX)?;
-            let mut b = func.builder();
-            let ints = [
-                op.slot0,
-                dims.n_kv,
-                dims.head_dim,
-                dims.max_seq,
-                op.rope.n_dims,
-                usize::from(op.rope.neox),
-            ]
-            .map(|n| n as i32);
-            b.arg(&mut cache);
-            b.arg(&k);
-            b.arg(&v);
-            b.arg(&positions);
-            b.arg(cos);
-            b.arg(sin);
-            for i in &ints {
-                b.arg(i);
-            }
-            b.arg(&v_off);
-            let (table, by_slots) = match &op.slots {
-                Some(t) => (*t, 1i32),
-                None => (SlotTable::none(), 0),
-            };
-            b.arg(&table);
-            b.arg(&by_slots);
-            let (k_stride, v_stride) = (kl.stride as i64, vl.stride as i64);
-            b.arg(&k_stride);
-            b.arg(&v_stride);
-            let cfg = LaunchConfig {
-                grid_dim: (dims.rows as u32, dims.n_kv as u32, 1),
-                block_dim: (THREADS, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            // SAFETY: the arguments match the kernel's parameters in order
-            // and type; `dims` checked that the cache is keys then values
-            // (v_off apart), that rows fit the block's slots (or, with a
-            // slot table, that it names at most its rows, each a cache of
-            // this block's configuration, from tensors the caller holds),
-            // that the keys, values (rows of n_kv_heads * head_dim at their
-            // strides, within their views), positions and tables fit the
-            // rows, and
-            // the kernel writes nothing for a position past max_seq.
-            unsafe { b.launch(cfg) }.w()?;
-            Ok(())
+            with_address(op.rope.k_norm.as_ref(), |k_norm| {
+                let mut b = func.builder();
+                b.arg(&mut cache);
+                b.arg(&k);
+                b.arg(&v);
+                b.arg(&positions);
+                b.arg(cos);
+                b.arg(sin);
+                for i in &ints {
+                    b.arg(i);
+                }
+                b.arg(&v_off);
+                b.arg(&table);
+                b.arg(&by_slots);
+                b.arg(&k_stride);
+                b.arg(&v_stride);
+                b.arg(&k_norm);
+                b.arg(&op.rope.norm_eps);
+                // SAFETY: the arguments match the kernel's parameters in
+                // order and type; `dims` checked that the cache is keys then
+                // values (v_off apart), that rows fit the block's slots (or,
+                // with a slot table, that it names at most its rows, each a
+                // cache of this block's configuration, from tensors the
+                // caller holds), that the keys, values (rows of n_kv_heads *
+                // head_dim at their strides, within their views), positions,
+                // tables and key norm (head_dim values, held by
+                // `with_address`) fit the rows, and the kernel writes nothing
+                // for a position past max_seq.
+                unsafe { b.launch(cfg) }.w()?;
+                Ok(())
+            })
         })
     }
 }

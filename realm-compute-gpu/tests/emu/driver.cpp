@@ -93,8 +93,14 @@ int main(int argc, char **argv) {
     std::vector<float> out(rows * n_heads * hd, -12345.0f);
     auto q8 = q8_blocks(argc, 21, out.size());
     const uint32_t *p = device_positions ? pos.data() : nullptr;
-    // Row r's query at q + r * q_stride ($EMU_Q_STRIDE).
+    // Row r's query at q + r * q_stride ($EMU_Q_STRIDE); $EMU_Q_NORM names
+    // a file of the query heads' norm weight ($EMU_NORM_EPS its epsilon).
     const long long q_stride = env_num("EMU_Q_STRIDE", (long long)n_heads * hd);
+    std::vector<float> q_norm;
+    if (const char *f = std::getenv("EMU_Q_NORM")) q_norm = load<float>(f);
+    const float *qn = q_norm.empty() ? nullptr : q_norm.data();
+    const char *eps_s = std::getenv("EMU_NORM_EPS");
+    const float norm_eps = eps_s ? real(eps_s) : 1e-6f;
     // Row r's cache is the (rows - 1 - r)-th in the files.
     auto table = [&](auto &k, auto &v) {
       SlotTable t{};
@@ -109,13 +115,13 @@ int main(int argc, char **argv) {
       emu_launch(decode_attention_f32, dim3{rows, n_heads, 1}, dim3{128, 1, 1}, q.data(), k.data(),
                  v.data(), p, out.data(), pos_base, (int)n_heads, n_kv, hd, max_seq, row_stride,
                  table(k, v), (int)by_slots, scale, softcap, window, c, s, n_dims, neox, ptr(q8),
-                 q_stride);
+                 q_stride, qn, norm_eps);
     } else {
       auto k = load<__half>(argv[3]), v = load<__half>(argv[4]);
       emu_launch(decode_attention_f16, dim3{rows, n_heads, 1}, dim3{128, 1, 1}, q.data(), k.data(),
                  v.data(), p, out.data(), pos_base, (int)n_heads, n_kv, hd, max_seq, row_stride,
                  table(k, v), (int)by_slots, scale, softcap, window, c, s, n_dims, neox, ptr(q8),
-                 q_stride);
+                 q_stride, qn, norm_eps);
     }
     store(argv[6], out);
     store_q8(argc, argv, 21, q8);
@@ -138,6 +144,12 @@ int main(int argc, char **argv) {
     // Row r's key at k + r * k_stride, value at v + r * v_stride.
     const long long k_stride = env_num("EMU_K_STRIDE", (long long)n_kv * hd);
     const long long v_stride = env_num("EMU_V_STRIDE", (long long)n_kv * hd);
+    // $EMU_K_NORM names a file of the key heads' norm weight.
+    std::vector<float> k_norm;
+    if (const char *f = std::getenv("EMU_K_NORM")) k_norm = load<float>(f);
+    const float *kn = k_norm.empty() ? nullptr : k_norm.data();
+    const char *eps_s = std::getenv("EMU_NORM_EPS");
+    const float norm_eps = eps_s ? real(eps_s) : 1e-6f;
     auto table = [&](auto &cache) {
       SlotTable t{};
       for (unsigned r = 0; by_slots && r < rows; ++r) {
@@ -152,7 +164,7 @@ int main(int argc, char **argv) {
       emu_launch(rope_store_f32, dim3{rows, n_kv, 1}, dim3{128, 1, 1}, base, k.data(), v.data(),
                  pos.data(), cos.data(), sin.data(), by_slots ? 0 : slot0, (int)n_kv, hd, max_seq,
                  n_dims, neox, by_slots ? 0 : v_off, table(cache), (int)by_slots, k_stride,
-                 v_stride);
+                 v_stride, kn, norm_eps);
       out = cache;
     } else {
       auto cache = load<__half>(argv[2]);
@@ -160,7 +172,7 @@ int main(int argc, char **argv) {
       emu_launch(rope_store_f16, dim3{rows, n_kv, 1}, dim3{128, 1, 1}, base, k.data(), v.data(),
                  pos.data(), cos.data(), sin.data(), by_slots ? 0 : slot0, (int)n_kv, hd, max_seq,
                  n_dims, neox, by_slots ? 0 : v_off, table(cache), (int)by_slots, k_stride,
-                 v_stride);
+                 v_stride, kn, norm_eps);
       for (auto h : cache) out.push_back(__half2float(h));
     }
     store(argv[8], out);
