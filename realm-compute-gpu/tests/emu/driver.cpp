@@ -57,6 +57,17 @@ static realm_block_q8_1 *ptr(std::vector<realm_block_q8_1> &b) {
 
 static long num(const char *s) { return std::strtol(s, nullptr, 10); }
 
+// The head norms' epsilon, as the tests' CPU references use it.
+static const float NORM_EPS = 1e-6f;
+
+// The values of the file $name names (a norm weight), or none.
+static std::vector<float> env_floats(const char *name) {
+  const char *f = std::getenv(name);
+  return f ? load<float>(f) : std::vector<float>();
+}
+
+static const float *ptr_or_null(const std::vector<float> &v) { return v.empty() ? nullptr : v.data(); }
+
 // A stride (or size) from the environment, for the strided cases.
 static long long env_num(const char *name, long long otherwise) {
   const char *v = std::getenv(name);
@@ -94,13 +105,9 @@ int main(int argc, char **argv) {
     auto q8 = q8_blocks(argc, 21, out.size());
     const uint32_t *p = device_positions ? pos.data() : nullptr;
     // Row r's query at q + r * q_stride ($EMU_Q_STRIDE); $EMU_Q_NORM names
-    // a file of the query heads' norm weight ($EMU_NORM_EPS its epsilon).
+    // a file of the query heads' norm weight.
     const long long q_stride = env_num("EMU_Q_STRIDE", (long long)n_heads * hd);
-    std::vector<float> q_norm;
-    if (const char *f = std::getenv("EMU_Q_NORM")) q_norm = load<float>(f);
-    const float *qn = q_norm.empty() ? nullptr : q_norm.data();
-    const char *eps_s = std::getenv("EMU_NORM_EPS");
-    const float norm_eps = eps_s ? real(eps_s) : 1e-6f;
+    const auto q_norm = env_floats("EMU_Q_NORM");
     // Row r's cache is the (rows - 1 - r)-th in the files.
     auto table = [&](auto &k, auto &v) {
       SlotTable t{};
@@ -115,13 +122,13 @@ int main(int argc, char **argv) {
       emu_launch(decode_attention_f32, dim3{rows, n_heads, 1}, dim3{128, 1, 1}, q.data(), k.data(),
                  v.data(), p, out.data(), pos_base, (int)n_heads, n_kv, hd, max_seq, row_stride,
                  table(k, v), (int)by_slots, scale, softcap, window, c, s, n_dims, neox, ptr(q8),
-                 q_stride, qn, norm_eps);
+                 q_stride, ptr_or_null(q_norm), NORM_EPS);
     } else {
       auto k = load<__half>(argv[3]), v = load<__half>(argv[4]);
       emu_launch(decode_attention_f16, dim3{rows, n_heads, 1}, dim3{128, 1, 1}, q.data(), k.data(),
                  v.data(), p, out.data(), pos_base, (int)n_heads, n_kv, hd, max_seq, row_stride,
                  table(k, v), (int)by_slots, scale, softcap, window, c, s, n_dims, neox, ptr(q8),
-                 q_stride, qn, norm_eps);
+                 q_stride, ptr_or_null(q_norm), NORM_EPS);
     }
     store(argv[6], out);
     store_q8(argc, argv, 21, q8);
@@ -145,11 +152,7 @@ int main(int argc, char **argv) {
     const long long k_stride = env_num("EMU_K_STRIDE", (long long)n_kv * hd);
     const long long v_stride = env_num("EMU_V_STRIDE", (long long)n_kv * hd);
     // $EMU_K_NORM names a file of the key heads' norm weight.
-    std::vector<float> k_norm;
-    if (const char *f = std::getenv("EMU_K_NORM")) k_norm = load<float>(f);
-    const float *kn = k_norm.empty() ? nullptr : k_norm.data();
-    const char *eps_s = std::getenv("EMU_NORM_EPS");
-    const float norm_eps = eps_s ? real(eps_s) : 1e-6f;
+    const auto k_norm = env_floats("EMU_K_NORM");
     auto table = [&](auto &cache) {
       SlotTable t{};
       for (unsigned r = 0; by_slots && r < rows; ++r) {
@@ -164,7 +167,7 @@ int main(int argc, char **argv) {
       emu_launch(rope_store_f32, dim3{rows, n_kv, 1}, dim3{128, 1, 1}, base, k.data(), v.data(),
                  pos.data(), cos.data(), sin.data(), by_slots ? 0 : slot0, (int)n_kv, hd, max_seq,
                  n_dims, neox, by_slots ? 0 : v_off, table(cache), (int)by_slots, k_stride,
-                 v_stride, kn, norm_eps);
+                 v_stride, ptr_or_null(k_norm), NORM_EPS);
       out = cache;
     } else {
       auto cache = load<__half>(argv[2]);
@@ -172,7 +175,7 @@ int main(int argc, char **argv) {
       emu_launch(rope_store_f16, dim3{rows, n_kv, 1}, dim3{128, 1, 1}, base, k.data(), v.data(),
                  pos.data(), cos.data(), sin.data(), by_slots ? 0 : slot0, (int)n_kv, hd, max_seq,
                  n_dims, neox, by_slots ? 0 : v_off, table(cache), (int)by_slots, k_stride,
-                 v_stride, kn, norm_eps);
+                 v_stride, ptr_or_null(k_norm), NORM_EPS);
       for (auto h : cache) out.push_back(__half2float(h));
     }
     store(argv[8], out);
@@ -194,10 +197,9 @@ int main(int argc, char **argv) {
     std::vector<float> out(2 * rows * width, -12345.0f);
     auto q8 = q8_blocks(argc, 9, rows * width);
     // $EMU_Y_NORM names a file of y's norm weight.
-    std::vector<float> y_w;
-    if (const char *f = std::getenv("EMU_Y_NORM")) y_w = load<float>(f);
+    const auto y_w = env_floats("EMU_Y_NORM");
     emu_launch(add_rms_norm_f32, dim3{rows, 1, 1}, dim3{256, 1, 1}, x.data(), y.data(), w.data(),
-               out.data(), rows, width, real(argv[8]), ptr(q8), y_w.empty() ? nullptr : y_w.data());
+               out.data(), rows, width, real(argv[8]), ptr(q8), ptr_or_null(y_w));
     store(argv[5], out);
     store_q8(argc, argv, 9, q8);
   } else if (kernel == "swiglu_f32" || kernel == "geglu_f32") {
