@@ -11,12 +11,13 @@ const KERNELS: &[&str] = &[
     "add_rms_norm",
     "decode_attention",
     "gated",
+    "prefill_attention",
     "rope_angles",
     "rope_store",
 ];
 
 /// Headers the kernels include.
-const HEADERS: &[&str] = &["q8_1.cuh", "slots.cuh"];
+const HEADERS: &[&str] = &["q8_1.cuh", "query.cuh", "slots.cuh"];
 
 fn main() {
     println!("cargo:rerun-if-env-changed=CUDA_COMPUTE_CAP");

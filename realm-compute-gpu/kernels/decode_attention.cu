@@ -21,14 +21,12 @@
 #include <stdint.h>
 
 #include "q8_1.cuh"
+#include "query.cuh"
 #include "slots.cuh"
 
 #define WARPS 4
 // Each lane holds head_dim / 32 values of the query and of the sum.
 #define MAX_PER_LANE 8  // head_dim <= 256
-
-__device__ __forceinline__ float to_f32(float x) { return x; }
-__device__ __forceinline__ float to_f32(__half x) { return __half2float(x); }
 
 template <typename T>
 __device__ void decode_attention(
@@ -66,40 +64,17 @@ __device__ void decode_attention(
   const T *kh = (by_slots ? (const T *)slots.k[row] : k + row * row_stride) + head_off;
   const T *vh = (by_slots ? (const T *)slots.v[row] : v + row * row_stride) + head_off;
 
-  // The query, rotated here by the row's RoPE angles when they are given
-  // (pairs (2i, 2i + 1), or (i, i + n_dims / 2) for neox).
+  // The query, normed and rotated here when asked (query.cuh).
   __shared__ float q_rot[MAX_PER_LANE * 32];
   for (int d = threadIdx.x; d < head_dim; d += 32 * WARPS) q_rot[d] = qh[d];
   __syncthreads();
-  // With q_norm, the head is RMS-normed first (weight q_norm).
-  if (q_norm) {
-    __shared__ float part[WARPS];
-    float squares = 0.0f;
-    for (int d = threadIdx.x; d < head_dim; d += 32 * WARPS) squares += q_rot[d] * q_rot[d];
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) squares += __shfl_xor_sync(0xffffffffu, squares, o);
-    if (lane == 0) part[warp] = squares;
-    __syncthreads();
-    float total = 0.0f;
-#pragma unroll
-    for (int w = 0; w < WARPS; ++w) total += part[w];
-    const float scale = 1.0f / sqrtf(total / (float)head_dim + norm_eps);
-    for (int d = threadIdx.x; d < head_dim; d += 32 * WARPS) q_rot[d] *= scale * q_norm[d];
-    __syncthreads();
+  if (warp == 0) {
+    const long long half = n_dims / 2;
+    const float *c = rope_cos ? rope_cos + row * half : nullptr;
+    const float *s = rope_cos ? rope_sin + row * half : nullptr;
+    warp_prepare_query(q_rot, head_dim, q_norm, norm_eps, c, s, n_dims, neox);
   }
-  if (rope_cos) {
-    const int half = n_dims / 2;
-    const float *c = rope_cos + (long long)row * half;
-    const float *s = rope_sin + (long long)row * half;
-    for (int i = threadIdx.x; i < half; i += 32 * WARPS) {
-      const int a = neox ? i : 2 * i;
-      const int b = neox ? i + half : 2 * i + 1;
-      const float x0 = q_rot[a], x1 = q_rot[b];
-      q_rot[a] = x0 * c[i] - x1 * s[i];
-      q_rot[b] = x0 * s[i] + x1 * c[i];
-    }
-    __syncthreads();
-  }
+  __syncthreads();
   float qr[MAX_PER_LANE];
   float acc[MAX_PER_LANE];
 #pragma unroll

@@ -169,9 +169,19 @@ fn angles(positions: &[u32], p: &RopeParams) -> (Vec<f32>, Vec<f32>) {
     (cos, sin)
 }
 
-/// With `by_slots`, the kernel is handed each row's cache (stored here in
-/// reverse row order) by address instead of by stride.
-fn decode_attention(case: &Case, seed: u64, by_slots: bool) {
+/// Which attention kernel a case runs.
+#[derive(Clone, Copy)]
+enum Kernel {
+    /// `decode_attention`; with `by_slots`, the kernel is handed each
+    /// row's cache (stored here in reverse row order) by address instead
+    /// of by stride.
+    Decode { by_slots: bool },
+    /// `prefill_attention` for heads of up to `max_hd` values (one cache).
+    Prefill { max_hd: usize },
+}
+
+fn attention_kernel(case: &Case, seed: u64, kernel: Kernel) {
+    let by_slots = matches!(kernel, Kernel::Decode { by_slots: true });
     let mut rng = Rng(seed);
     let (n_kv, hd) = (case.n_kv, case.hd);
     let n_heads = n_kv * case.group;
@@ -249,7 +259,10 @@ fn decode_attention(case: &Case, seed: u64, by_slots: bool) {
     };
     let want = reference(None);
     // The kernel.
-    let dir = scratch(&format!("attention-{seed}-{by_slots}"));
+    let dir = scratch(&format!(
+        "attention-{seed}-{by_slots}-{}",
+        case.positions.len()
+    ));
     let order = |t: &[f32]| -> Vec<f32> {
         match by_slots {
             true => t.chunks(per_cache).rev().flatten().copied().collect(),
@@ -273,12 +286,13 @@ fn decode_attention(case: &Case, seed: u64, by_slots: bool) {
         "-".to_string()
     };
     let out = dir.join("out");
-    let kernel = if case.f16 {
-        "decode_attention_f16"
-    } else {
-        "decode_attention_f32"
+    let dtype = if case.f16 { "f16" } else { "f32" };
+    let (kernel, decode) = match kernel {
+        Kernel::Decode { .. } => (format!("decode_attention_{dtype}"), true),
+        Kernel::Prefill { max_hd } => (format!("prefill_attention_{dtype}_{max_hd}"), false),
     };
-    let args = vec![
+    let kernel = kernel.as_str();
+    let mut args = vec![
         write(&dir, "q", &q),
         kf,
         vf,
@@ -289,17 +303,21 @@ fn decode_attention(case: &Case, seed: u64, by_slots: bool) {
         n_kv.to_string(),
         hd.to_string(),
         max_seq.to_string(),
-        match (case.shared, by_slots) {
+    ];
+    // The prefill kernel reads one cache, without a row stride.
+    if decode {
+        args.push(match (case.shared, by_slots) {
             (true, _) => "0".to_string(),
             (false, false) => per_cache.to_string(),
             (false, true) => format!("-{per_cache}"),
-        },
+        });
+    }
+    args.extend([
         p.scale.to_string(),
         case.softcap.unwrap_or(0.0).to_string(),
         case.window.unwrap_or(0).to_string(),
         case.positions[0].to_string(),
-    ];
-    let mut args = args;
+    ]);
     match case.rope {
         Some((n_dims, neox)) => {
             let (cos, sin) = angles(&case.positions, &rope_params(n_dims, neox));
@@ -312,14 +330,15 @@ fn decode_attention(case: &Case, seed: u64, by_slots: bool) {
         }
         None => args.extend(["-", "-", "0", "0"].map(String::from)),
     }
-    // With heads of whole blocks, the output's blocks too.
+    // With heads of whole blocks, the decode kernel's blocks too.
     let blocks = dir.join("blocks");
-    if hd % 32 == 0 {
+    let with_blocks = decode && hd % 32 == 0;
+    if with_blocks {
         args.push(blocks.to_str().unwrap().to_string());
     }
     let got = run(kernel, &args, &out);
     assert_close(&got, &want, 1e-4, 1e-4, kernel);
-    if hd % 32 == 0 {
+    if with_blocks {
         assert_blocks(&blocks, &got, kernel);
     }
     // Queries as strided rows (a stacked product's columns).
@@ -441,10 +460,93 @@ fn decode_attention_matches_the_cpu() {
         },
     ];
     for (i, case) in cases.iter().enumerate() {
-        decode_attention(case, 100 + i as u64, false);
+        attention_kernel(case, 100 + i as u64, Kernel::Decode { by_slots: false });
         if !case.shared {
-            decode_attention(case, 100 + i as u64, true);
+            attention_kernel(case, 100 + i as u64, Kernel::Decode { by_slots: true });
         }
+    }
+}
+
+/// Positions `start..start + n`, a chunk of one sequence.
+fn chunk(start: u32, n: u32) -> Vec<u32> {
+    (start..start + n).collect()
+}
+
+#[test]
+#[ignore = "needs a C++20 compiler; cargo xtask test runs it where it finds one"]
+fn prefill_attention_matches_the_cpu() {
+    let cases = [
+        // SmolLM2's heads and RoPE: 45 rows (blocks of 16, the last part
+        // full) after 5 cached tokens, so a block's keys span two tiles.
+        (
+            Case {
+                n_kv: 3,
+                group: 3,
+                hd: 64,
+                positions: chunk(5, 45),
+                shared: true,
+                window: None,
+                softcap: None,
+                f16: false,
+                device_positions: false,
+                rope: Some((64, false)),
+            },
+            64,
+        ),
+        // Gemma 3's: 4 heads of 256 over 1, neox RoPE, f16 caches, a
+        // window that leaves the early keys of a tile out; positions from
+        // the device.
+        (
+            Case {
+                n_kv: 1,
+                group: 4,
+                hd: 256,
+                positions: chunk(30, 21),
+                shared: true,
+                window: Some(16),
+                softcap: None,
+                f16: true,
+                device_positions: true,
+                rope: Some((256, true)),
+            },
+            256,
+        ),
+        // Heads of 128, soft-capped, f16, no RoPE; the first row at 0.
+        (
+            Case {
+                n_kv: 2,
+                group: 2,
+                hd: 128,
+                positions: chunk(0, 19),
+                shared: true,
+                window: None,
+                softcap: Some(5.0),
+                f16: true,
+                device_positions: false,
+                rope: None,
+            },
+            128,
+        ),
+        // Heads of 36 in the 64 kernel (lanes past the head idle), partial
+        // rotation, a window of 1.
+        (
+            Case {
+                n_kv: 2,
+                group: 1,
+                hd: 36,
+                positions: chunk(2, 17),
+                shared: true,
+                window: Some(1),
+                softcap: None,
+                f16: false,
+                device_positions: true,
+                rope: Some((20, false)),
+            },
+            64,
+        ),
+    ];
+    for (i, (case, max_hd)) in cases.iter().enumerate() {
+        attention_kernel(case, 200 + i as u64, Kernel::Prefill { max_hd: *max_hd });
     }
 }
 

@@ -6,6 +6,7 @@
 #include "../../kernels/add_rms_norm.cu"
 #include "../../kernels/decode_attention.cu"
 #include "../../kernels/gated.cu"
+#include "../../kernels/prefill_attention.cu"
 #include "../../kernels/rope_angles.cu"
 #include "../../kernels/rope_store.cu"
 
@@ -132,6 +133,54 @@ int main(int argc, char **argv) {
     }
     store(argv[6], out);
     store_q8(argc, argv, 21, q8);
+  } else if (kernel.rfind("prefill_attention_", 0) == 0) {
+    // q k v positions|- out rows n_heads n_kv_heads head_dim max_seq scale
+    // softcap window pos_base cos|- sin|- n_dims neox, one cache for every
+    // row; the kernel's name says the cache's type and the largest head
+    if (argc != 20) return 2;
+    auto q = load<float>(argv[2]);
+    std::vector<uint32_t> pos;
+    const bool device_positions = std::string(argv[5]) != "-";
+    if (device_positions) pos = load<uint32_t>(argv[5]);
+    const int rows = num(argv[7]);
+    const unsigned n_heads = num(argv[8]);
+    const int n_kv = num(argv[9]), hd = num(argv[10]), max_seq = num(argv[11]);
+    const float scale = real(argv[12]), softcap = real(argv[13]);
+    const int window = num(argv[14]);
+    const uint32_t pos_base = num(argv[15]);
+    std::vector<float> cos, sin;
+    const bool rope = std::string(argv[16]) != "-";
+    if (rope) cos = load<float>(argv[16]), sin = load<float>(argv[17]);
+    const int n_dims = num(argv[18]), neox = num(argv[19]);
+    const float *c = rope ? cos.data() : nullptr, *s = rope ? sin.data() : nullptr;
+    std::vector<float> out(rows * n_heads * hd, -12345.0f);
+    const uint32_t *p = device_positions ? pos.data() : nullptr;
+    const long long q_stride = env_num("EMU_Q_STRIDE", (long long)n_heads * hd);
+    const auto q_norm = env_floats("EMU_Q_NORM");
+    const bool f16 = kernel.find("_f16_") != std::string::npos;
+    const std::string max_hd = kernel.substr(kernel.rfind('_') + 1);
+    // Rows a block: 4 warps of 4 rows, or of 2 for heads up to 256.
+    const unsigned per_block = max_hd == "256" ? 8 : 16;
+    const dim3 grid{(rows + per_block - 1) / per_block, n_heads, 1};
+    auto launch = [&](auto kernel_fn, auto &k, auto &v) {
+      emu_launch(kernel_fn, grid, dim3{128, 1, 1}, q.data(), k.data(), v.data(), p, out.data(),
+                 pos_base, rows, (int)n_heads, n_kv, hd, max_seq, scale, softcap, window, c, s,
+                 n_dims, neox, q_stride, ptr_or_null(q_norm), NORM_EPS);
+    };
+    if (f16) {
+      auto k = load<__half>(argv[3]), v = load<__half>(argv[4]);
+      if (max_hd == "64") launch(prefill_attention_f16_64, k, v);
+      else if (max_hd == "128") launch(prefill_attention_f16_128, k, v);
+      else if (max_hd == "256") launch(prefill_attention_f16_256, k, v);
+      else return 2;
+    } else {
+      auto k = load<float>(argv[3]), v = load<float>(argv[4]);
+      if (max_hd == "64") launch(prefill_attention_f32_64, k, v);
+      else if (max_hd == "128") launch(prefill_attention_f32_128, k, v);
+      else if (max_hd == "256") launch(prefill_attention_f32_256, k, v);
+      else return 2;
+    }
+    store(argv[6], out);
   } else if (kernel == "rope_store_f32" || kernel == "rope_store_f16") {
     // cache k v positions cos sin out rows slots n_kv_heads head_dim
     // max_seq n_dims neox slot0 [by-slots]; the cache (keys, then values) is

@@ -41,7 +41,18 @@ inline EmuBlock *emu_block = nullptr;
 // Blocks run one at a time, so a static is one block's shared memory.
 #define __shared__ static
 
+#define __align__(n) __attribute__((aligned(n)))
+
+struct alignas(16) float4 {
+  float x, y, z, w;
+};
+
+inline int max(int a, int b) { return a > b ? a : b; }
+inline int min(int a, int b) { return a < b ? a : b; }
+
 inline void __syncthreads() { emu_block->all.arrive_and_wait(); }
+
+inline void __syncwarp() { emu_block->warps[threadIdx.x / 32]->arrive_and_wait(); }
 
 inline float __shfl_xor_sync(unsigned, float v, int offset) {
   const unsigned t = threadIdx.x, warp = t / 32, lane = t % 32;

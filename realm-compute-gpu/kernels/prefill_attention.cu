@@ -1,0 +1,228 @@
+// Attention of a chunk of one sequence's queries (a prompt's) over its KV
+// cache in one kernel, tile by tile: the same arithmetic as
+// decode_attention.cu (scores, scale, soft-cap, the causal and
+// sliding-window mask, softmax, the weighted sum of values, the query's
+// norm and RoPE when asked), with each tile of keys and values read once
+// into shared memory for many query rows. Written for Realm's GPU backend
+// (src/fused/attention.rs holds the launch and the CPU form).
+//
+// Grid: (ceil(rows / (PF_WARPS * ROWS)), n_heads). Block: PF_WARPS warps;
+// warp w takes ROWS query rows of the block's. Row r is at position pos(r)
+// (from `positions`, or pos_base + r when that is null) and sees the keys
+// j with lo <= j <= pos, lo = pos + 1 - window when there is a window.
+// Keys go through shared memory PF_KEYS at a time: lane i scores key
+// t0 + i against each of its warp's rows, the warp updates each row's
+// running maximum and sum, and every lane then adds the tile's values
+// (weighted by the rows' probabilities) into the head_dim / 32 output
+// values it holds. head_dim must be a multiple of 4 and at most HD.
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+#include "query.cuh"
+
+#define PF_WARPS 4
+// Keys in a tile: one a lane.
+#define PF_KEYS 32
+
+template <int N>
+__device__ __forceinline__ float warp_max(float x) {
+#pragma unroll
+  for (int o = N / 2; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
+  return x;
+}
+
+template <int N>
+__device__ __forceinline__ float warp_sum(float x) {
+#pragma unroll
+  for (int o = N / 2; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+  return x;
+}
+
+// Keys (or values) t0.. of a head, up to hi, into the tile as f32; the
+// tile's rows past hi are zeros.
+template <typename T, int HD>
+__device__ __forceinline__ void load_tile(float (*tile)[HD + 4], const T *__restrict__ src,
+                                          int t0, int hi, int head_dim) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  for (int j = warp; j < PF_KEYS; j += PF_WARPS) {
+    if (t0 + j <= hi) {
+      const T *row = src + (long long)(t0 + j) * head_dim;
+      for (int d = lane; d < head_dim; d += 32) tile[j][d] = to_f32(row[d]);
+    } else {
+      for (int d = lane; d < head_dim; d += 32) tile[j][d] = 0.0f;
+    }
+  }
+}
+
+template <typename T, int ROWS, int HD>
+__device__ void prefill_attention(
+    const float *__restrict__ q,  // row r: q + r * q_stride, [n_heads, head_dim]
+    const T *__restrict__ k,      // [kv_heads, max_seq, head_dim]
+    const T *__restrict__ v,
+    const uint32_t *__restrict__ positions,  // [rows], or null
+    float *__restrict__ out,                 // [rows, n_heads, head_dim]
+    uint32_t pos_base, int rows, int n_heads, int n_kv_heads, int head_dim, int max_seq,
+    float scale, float softcap, int window,
+    const float *__restrict__ rope_cos,  // [rows, n_dims / 2], or null: q is rotated
+    const float *__restrict__ rope_sin, int n_dims, int neox, long long q_stride,
+    const float *__restrict__ q_norm, float norm_eps) {
+  constexpr int BQ = PF_WARPS * ROWS;
+  constexpr int PER_LANE = HD / 32;
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int head = blockIdx.y;
+  const int kv = head / (n_heads / n_kv_heads);
+  const int row0 = blockIdx.x * BQ;
+
+  __shared__ __align__(16) float qs[BQ][HD];
+  __shared__ __align__(16) float tile[PF_KEYS][HD + 4];
+  __shared__ __align__(16) float ps[PF_WARPS][PF_KEYS][ROWS];
+  __shared__ int row_pos[BQ];
+
+  // The block's rows' positions (-1: no row, or past the cache) and queries.
+  for (int r = threadIdx.x; r < BQ; r += 32 * PF_WARPS) {
+    const int row = row0 + r;
+    const long long pos = row >= rows      ? -1
+                          : positions     ? (long long)positions[row]
+                                          : (long long)pos_base + row;
+    row_pos[r] = pos < max_seq ? (int)pos : -1;
+  }
+  for (int r = warp; r < BQ; r += PF_WARPS) {
+    const long long row = row0 + r;
+    if (row < rows) {
+      const float *qh = q + row * q_stride + (long long)head * head_dim;
+      for (int d = lane; d < head_dim; d += 32) qs[r][d] = qh[d];
+    } else {
+      for (int d = lane; d < head_dim; d += 32) qs[r][d] = 0.0f;
+    }
+  }
+  __syncthreads();
+  // Each warp norms and rotates its own rows.
+  for (int r = 0; r < ROWS; ++r) {
+    const int br = warp * ROWS + r;
+    const long long row = row0 + br;
+    if (row < rows) {
+      const long long half = n_dims / 2;
+      const float *c = rope_cos ? rope_cos + row * half : nullptr;
+      const float *s = rope_cos ? rope_sin + row * half : nullptr;
+      warp_prepare_query(qs[br], head_dim, q_norm, norm_eps, c, s, n_dims, neox);
+    }
+  }
+
+  // The keys any row of the block sees, and this warp's rows' ranges.
+  int lo = max_seq, hi = -1;
+  for (int r = 0; r < BQ; ++r) {
+    const int p = row_pos[r];
+    if (p >= 0) {
+      hi = max(hi, p);
+      lo = min(lo, (window > 0 && p + 1 > window) ? p + 1 - window : 0);
+    }
+  }
+  int first[ROWS], last[ROWS];
+  float m[ROWS], l[ROWS], acc[ROWS][PER_LANE];
+#pragma unroll
+  for (int r = 0; r < ROWS; ++r) {
+    const int p = row_pos[warp * ROWS + r];
+    last[r] = p;  // -1: sees nothing
+    first[r] = (window > 0 && p + 1 > window) ? p + 1 - window : 0;
+    m[r] = -INFINITY;
+    l[r] = 0.0f;
+#pragma unroll
+    for (int i = 0; i < PER_LANE; ++i) acc[r][i] = 0.0f;
+  }
+
+  const long long head_off = (long long)kv * max_seq * head_dim;
+  const T *kh = k + head_off;
+  const T *vh = v + head_off;
+  for (int t0 = lo; t0 <= hi; t0 += PF_KEYS) {
+    load_tile<T, HD>(tile, kh, t0, hi, head_dim);
+    __syncthreads();
+    // Lane i scores key t0 + i against each row.
+    float s[ROWS];
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r) s[r] = 0.0f;
+    for (int d = 0; d < head_dim; d += 4) {
+      const float4 kk = *reinterpret_cast<const float4 *>(&tile[lane][d]);
+#pragma unroll
+      for (int r = 0; r < ROWS; ++r) {
+        const float4 qq = *reinterpret_cast<const float4 *>(&qs[warp * ROWS + r][d]);
+        s[r] += qq.x * kk.x + qq.y * kk.y + qq.z * kk.z + qq.w * kk.w;
+      }
+    }
+    const int j = t0 + lane;
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r) {
+      float x = s[r] * scale;
+      if (softcap > 0.0f) x = softcap * tanhf(x / softcap);
+      s[r] = (j >= first[r] && j <= last[r]) ? x : -INFINITY;
+    }
+    __syncthreads();
+    load_tile<T, HD>(tile, vh, t0, hi, head_dim);
+    // Each row's running maximum and sum, and the tile's probabilities.
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r) {
+      const float m_new = fmaxf(m[r], warp_max<32>(s[r]));
+      float p = 0.0f, shrink = 1.0f;
+      // Until a row has seen a key its maximum is -inf: nothing to add.
+      if (m_new > -INFINITY) {
+        p = expf(s[r] - m_new);        // 0 for a masked key
+        shrink = expf(m[r] - m_new);   // 0 for the row's first key
+      }
+      l[r] = l[r] * shrink + warp_sum<32>(p);
+      m[r] = m_new;
+#pragma unroll
+      for (int i = 0; i < PER_LANE; ++i) acc[r][i] *= shrink;
+      ps[warp][lane][r] = p;
+    }
+    __syncthreads();
+    for (int jj = 0; jj < PF_KEYS; ++jj) {
+      float pr[ROWS];
+#pragma unroll
+      for (int r = 0; r < ROWS; ++r) pr[r] = ps[warp][jj][r];
+#pragma unroll
+      for (int i = 0; i < PER_LANE; ++i) {
+        const int d = lane + 32 * i;
+        if (d < head_dim) {
+          const float x = tile[jj][d];
+#pragma unroll
+          for (int r = 0; r < ROWS; ++r) acc[r][i] += pr[r] * x;
+        }
+      }
+    }
+    __syncthreads();
+  }
+
+#pragma unroll
+  for (int r = 0; r < ROWS; ++r) {
+    const long long row = row0 + warp * ROWS + r;
+    if (row >= rows) continue;
+    float *oh = out + (row * n_heads + head) * head_dim;
+#pragma unroll
+    for (int i = 0; i < PER_LANE; ++i) {
+      const int d = lane + 32 * i;
+      // Past the cache: NaN rather than another's memory (as decode).
+      if (d < head_dim) oh[d] = last[r] >= 0 ? acc[r][i] / l[r] : __int_as_float(0x7fc00000);
+    }
+  }
+}
+
+#define PREFILL_ATTENTION(NAME, T, ROWS, HD)                                                 \
+  extern "C" __global__ void __launch_bounds__(32 * PF_WARPS) NAME(                          \
+      const float *q, const T *k, const T *v, const uint32_t *positions, float *out,         \
+      uint32_t pos_base, int rows, int n_heads, int n_kv_heads, int head_dim, int max_seq,   \
+      float scale, float softcap, int window, const float *rope_cos, const float *rope_sin,  \
+      int n_dims, int neox, long long q_stride, const float *q_norm, float norm_eps) {       \
+    prefill_attention<T, ROWS, HD>(q, k, v, positions, out, pos_base, rows, n_heads,         \
+                                   n_kv_heads, head_dim, max_seq, scale, softcap, window,    \
+                                   rope_cos, rope_sin, n_dims, neox, q_stride, q_norm,       \
+                                   norm_eps);                                                \
+  }
+
+// Heads of up to 64, 128 and 256 values; fewer rows a warp for the largest,
+// so that a block's shared memory stays under 48 KiB (42 KiB).
+PREFILL_ATTENTION(prefill_attention_f32_64, float, 4, 64)
+PREFILL_ATTENTION(prefill_attention_f16_64, __half, 4, 64)
+PREFILL_ATTENTION(prefill_attention_f32_128, float, 4, 128)
+PREFILL_ATTENTION(prefill_attention_f16_128, __half, 4, 128)
+PREFILL_ATTENTION(prefill_attention_f32_256, float, 2, 256)
+PREFILL_ATTENTION(prefill_attention_f16_256, __half, 2, 256)

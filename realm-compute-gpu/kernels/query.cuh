@@ -1,0 +1,41 @@
+// What the attention kernels share: the cache's element type read as f32,
+// and a query head made ready by one warp (Gemma 3's query norm, then
+// RoPE). Written for Realm's GPU backend.
+#pragma once
+#include <cuda_fp16.h>
+
+__device__ __forceinline__ float to_f32(float x) { return x; }
+__device__ __forceinline__ float to_f32(__half x) { return __half2float(x); }
+
+// One warp (every lane calls it) norms and rotates the head_dim values of
+// a query head in qh (shared memory), in place. With q_norm, the head is
+// RMS-normed first (weight q_norm, epsilon norm_eps). With cos (not null),
+// pair i turns by the angle whose cosine is cos[i] and sine sin[i]: pairs
+// (2i, 2i + 1), or (i, i + n_dims / 2) for neox; values past n_dims stay.
+__device__ __forceinline__ void warp_prepare_query(float *qh, int head_dim,
+                                                   const float *__restrict__ q_norm,
+                                                   float norm_eps, const float *__restrict__ cos,
+                                                   const float *__restrict__ sin, int n_dims,
+                                                   int neox) {
+  const int lane = threadIdx.x & 31;
+  if (q_norm) {
+    float squares = 0.0f;
+    for (int d = lane; d < head_dim; d += 32) squares += qh[d] * qh[d];
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) squares += __shfl_xor_sync(0xffffffffu, squares, o);
+    const float scale = 1.0f / sqrtf(squares / (float)head_dim + norm_eps);
+    for (int d = lane; d < head_dim; d += 32) qh[d] *= scale * q_norm[d];
+    __syncwarp();
+  }
+  if (cos) {
+    const int half = n_dims / 2;
+    for (int i = lane; i < half; i += 32) {
+      const int a = neox ? i : 2 * i;
+      const int b = neox ? i + half : 2 * i + 1;
+      const float x0 = qh[a], x1 = qh[b];
+      qh[a] = x0 * cos[i] - x1 * sin[i];
+      qh[b] = x0 * sin[i] + x1 * cos[i];
+    }
+    __syncwarp();
+  }
+}
