@@ -353,6 +353,23 @@ impl<B: Backend> AttentionOps for Profiled<'_, B> {
                 .rope_attend_rows(ws, caches, layer, positions, qkv, qk_norm, rope, p, out)
         })
     }
+    fn rope_attend(
+        &self,
+        ws: &mut B::Workspace,
+        cache: &mut B::KvCache,
+        layer: usize,
+        positions: &[u32],
+        qkv: (&mut B::Buffer, &mut B::Buffer, &B::Buffer),
+        qk_norm: Option<QkNorm<'_, B::Buffer>>,
+        rope: &RopeParams,
+        p: &AttentionParams,
+        out: &mut B::Buffer,
+    ) -> BackendResult<()> {
+        self.time(named("rope_attend"), || {
+            self.inner
+                .rope_attend(ws, cache, layer, positions, qkv, qk_norm, rope, p, out)
+        })
+    }
 }
 
 /// Steps run op by op, so that each op is timed.

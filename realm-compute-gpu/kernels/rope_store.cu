@@ -7,7 +7,8 @@
 // Grid: (rows, n_kv_heads). Block: STORE_THREADS threads over the head's pairs.
 // The caches are [2, slots, n_kv_heads, max_seq, head_dim], keys then
 // values (the values v_off elements after the keys); row r goes to slot
-// slot0 + r. Row r's key is at k + r * k_stride and its value at
+// slot0 + r * slot_step (slot_step 0: the rows are one sequence's tokens,
+// all in slot slot0). Row r's key is at k + r * k_stride and its value at
 // v + r * v_stride, n_kv_heads * head_dim values each. cos and sin are
 // [rows, n_dims / 2]: pair i of row r turns by the angle whose cosine is
 // cos[r][i]. Pairs are (2i, 2i + 1) (normal) or (i, i + n_dims / 2) (neox);
@@ -30,8 +31,8 @@ template <typename T>
 __device__ void rope_store(T *__restrict__ cache, const float *__restrict__ k,
                            const float *__restrict__ v, const uint32_t *__restrict__ positions,
                            const float *__restrict__ cos, const float *__restrict__ sin, int slot0,
-                           int n_kv_heads, int head_dim, int max_seq, int n_dims, int neox,
-                           long long v_off, const SlotTable &slots, int by_slots,
+                           int slot_step, int n_kv_heads, int head_dim, int max_seq, int n_dims,
+                           int neox, long long v_off, const SlotTable &slots, int by_slots,
                            long long k_stride, long long v_stride,
                            const float *__restrict__ k_norm, float norm_eps) {
   const int row = blockIdx.x;
@@ -42,8 +43,8 @@ __device__ void rope_store(T *__restrict__ cache, const float *__restrict__ k,
   const float *kr = k + row * k_stride + (long long)head * head_dim;
   const float *vr = v + row * v_stride + (long long)head * head_dim;
   const long long at = ((long long)head * max_seq + pos) * head_dim;
-  T *dst = by_slots ? (T *)slots.k[row] + at
-                    : cache + (long long)(slot0 + row) * n_kv_heads * max_seq * head_dim + at;
+  const long long slot = slot0 + (long long)row * slot_step;
+  T *dst = by_slots ? (T *)slots.k[row] + at : cache + slot * n_kv_heads * max_seq * head_dim + at;
   T *dst_v = by_slots ? (T *)slots.v[row] + at : dst + v_off;
   // With k_norm, the key head is RMS-normed first (weight k_norm).
   float scale = 1.0f;
@@ -76,15 +77,15 @@ __device__ void rope_store(T *__restrict__ cache, const float *__restrict__ k,
   for (int d = threadIdx.x; d < head_dim; d += STORE_THREADS) put(dst_v + d, vr[d]);
 }
 
-#define ROPE_STORE(NAME, T)                                                                  \
-  extern "C" __global__ void __launch_bounds__(STORE_THREADS)                                      \
-      NAME(T *cache, const float *k, const float *v, const uint32_t *positions,              \
-           const float *cos, const float *sin, int slot0, int n_kv_heads, int head_dim,        \
-           int max_seq, int n_dims, int neox, long long v_off, const SlotTable slots,        \
-           int by_slots, long long k_stride, long long v_stride, const float *k_norm,        \
-           float norm_eps) {                                                                 \
-    rope_store<T>(cache, k, v, positions, cos, sin, slot0, n_kv_heads, head_dim, max_seq,    \
-                  n_dims, neox, v_off, slots, by_slots, k_stride, v_stride, k_norm,          \
+#define ROPE_STORE(NAME, T)                                                                 \
+  extern "C" __global__ void __launch_bounds__(STORE_THREADS)                                \
+      NAME(T *cache, const float *k, const float *v, const uint32_t *positions,             \
+           const float *cos, const float *sin, int slot0, int slot_step, int n_kv_heads,     \
+           int head_dim, int max_seq, int n_dims, int neox, long long v_off,                 \
+           const SlotTable slots, int by_slots, long long k_stride, long long v_stride,      \
+           const float *k_norm, float norm_eps) {                                            \
+    rope_store<T>(cache, k, v, positions, cos, sin, slot0, slot_step, n_kv_heads, head_dim, \
+                  max_seq, n_dims, neox, v_off, slots, by_slots, k_stride, v_stride, k_norm, \
                   norm_eps);                                                                 \
   }
 

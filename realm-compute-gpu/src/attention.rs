@@ -4,11 +4,11 @@ use std::ops::Range;
 
 use candle_core::{DType, Tensor};
 use realm_core::backend::{
-    AttentionOps, AttentionParams, BackendError, BackendResult, KvCacheConfig, KvSpan, NormOps,
-    QkNorm, RopeMode, RopeOps, RopeParams,
+    chunk_start, rope_attend_in_turn, AttentionOps, AttentionParams, BackendError, BackendResult,
+    KvCacheConfig, KvSpan, NormOps, QkNorm, RopeMode, RopeOps, RopeParams,
 };
 
-use crate::fused::{DecodeAttention, QueryPositions, Rope, RopeStore, MAX_HEAD_DIM};
+use crate::fused::{FusedAttention, QueryPositions, Rope, RopeStore, MAX_HEAD_DIM};
 #[cfg(feature = "cuda")]
 use crate::fused::{SlotTable, SLOT_ROWS};
 use crate::kv::{dtype_of, GpuKvCache};
@@ -205,7 +205,7 @@ impl AttentionOps for GpuBackend {
         if n == 0 {
             return Ok(());
         }
-        if self.fuses(p) && n <= FUSED_CHUNK {
+        if self.fuses(p) {
             let positions = match ws.step() {
                 Some(st) => {
                     st.check_positions(OP, rows.start, at.start_pos..at.start_pos + n)?;
@@ -213,9 +213,10 @@ impl AttentionOps for GpuBackend {
                 }
                 None => QueryPositions::From(at.start_pos),
             };
-            let mut op = decode_attention(p, positions);
+            let mut op = fused_attention(p, positions);
             // Blocks only for a whole result (rows from the first).
             op.blocks = rows.start == 0 && self.writes_blocks(n, p.head_dim, n * width);
+            op.tiled = self.tiled;
             let y = qt
                 .reshape((n, width))
                 .and_then(|q| q.apply_op3_no_bwd(&cache.k[at.layer], &cache.v[at.layer], &op))
@@ -352,22 +353,7 @@ impl AttentionOps for GpuBackend {
             self.rope(ws, k, p.n_kv_heads, p.head_dim, positions, rope)?;
             return self.attend_rows(ws, caches, layer, positions, (k, v), q, p, out);
         }
-        check_rope(OP, rope, p.head_dim)?;
-        let (cos, sin) = ws.rope_tables(&self.device, positions, rope)?;
-        let shape = (positions.len(), rope.n_dims / 2);
-        let tables = (|| -> candle_core::Result<Rope> {
-            Ok(Rope {
-                cos: cos.reshape(shape)?,
-                sin: sin.reshape(shape)?,
-                n_dims: rope.n_dims,
-                neox: rope.mode == RopeMode::Neox,
-                // The heads' norms, applied by the kernels before rotating.
-                q_norm: qk_norm.as_ref().map(|n| n.q.all().clone()),
-                k_norm: qk_norm.as_ref().map(|n| n.k.all().clone()),
-                norm_eps: qk_norm.as_ref().map_or(0.0, |n| n.eps),
-            })
-        })()
-        .map_err(dev_err(OP))?;
+        let tables = self.kernel_rope(OP, ws, positions, rope, p, qk_norm.as_ref())?;
         self.attend_rows_with(
             ws,
             caches,
@@ -380,9 +366,117 @@ impl AttentionOps for GpuBackend {
             Some(&tables),
         )
     }
+
+    fn rope_attend(
+        &self,
+        ws: &mut GpuWorkspace,
+        cache: &mut GpuKvCache,
+        layer: usize,
+        positions: &[u32],
+        qkv: (&mut GpuBuffer, &mut GpuBuffer, &GpuBuffer),
+        qk_norm: Option<QkNorm<'_, GpuBuffer>>,
+        rope: &RopeParams,
+        p: &AttentionParams,
+        out: &mut GpuBuffer,
+    ) -> BackendResult<()> {
+        // A static step reads its positions from the device; its ops go in
+        // turn (a decode step's single rows take `rope_attend_rows`).
+        if !self.fuses(p) || ws.step().is_some() || positions.is_empty() {
+            return rope_attend_in_turn(
+                self, ws, cache, layer, positions, qkv, qk_norm, rope, p, out,
+            );
+        }
+        let (q, k, v) = qkv;
+        let tables = self.kernel_rope("rope_attend", ws, positions, rope, p, qk_norm.as_ref())?;
+        self.rope_attend_fused(ws, cache, layer, positions, (k, v), q, tables, p, out)
+    }
 }
 
 impl GpuBackend {
+    /// [`AttentionOps::rope_attend`] with the fused kernels: one stores the
+    /// chunk's keys (normed and rotated) and values in the sequence's slot,
+    /// one attends, norming and rotating the queries (the tiled kernel for
+    /// a long chunk on CUDA).
+    #[allow(clippy::too_many_arguments)]
+    fn rope_attend_fused(
+        &self,
+        ws: &mut GpuWorkspace,
+        cache: &GpuKvCache,
+        layer: usize,
+        positions: &[u32],
+        kv: (&GpuBuffer, &GpuBuffer),
+        q: &GpuBuffer,
+        rope: Rope,
+        p: &AttentionParams,
+        out: &mut GpuBuffer,
+    ) -> BackendResult<()> {
+        const OP: &str = "rope_attend";
+        let start = chunk_start(OP, positions)?;
+        let n = positions.len();
+        let cfg = *cache.config();
+        check_params(OP, &cfg, layer, p)?;
+        check_end(OP, &cfg, start, n)?;
+        let width = p.n_heads * p.head_dim;
+        let kv_width = p.n_kv_heads * p.head_dim;
+        let rows = Rows {
+            k: kv.0.row_view(OP, "k length", n, kv_width)?,
+            v: kv.1.row_view(OP, "v length", n, kv_width)?,
+            q: q.row_view(OP, "q length", n, width)?,
+        };
+        out.check_room(OP, "out length", product(OP, "rows overflow", n, width)?)?;
+        let pos = ws.positions_tensor(&self.device, positions)?;
+        let blocks = self.writes_blocks(n, p.head_dim, n * width);
+        let (block, slot) = cache.block();
+        let y = (|| -> candle_core::Result<Tensor> {
+            let store = RopeStore {
+                slot0: slot,
+                one_slot: true,
+                rope,
+                values: rows.v.clone(),
+                slots: None,
+            };
+            block.kv[layer].inplace_op3(&rows.k, &pos, &store)?;
+            let mut op = fused_attention(p, QueryPositions::From(start));
+            op.rope = Some(store.rope);
+            op.blocks = blocks;
+            op.tiled = self.tiled;
+            rows.q
+                .apply_op3_no_bwd(&cache.k[layer], &cache.v[layer], &op)
+        })()
+        .map_err(dev_err(OP))?;
+        let (y, b) = split_blocks(OP, y, n * width, blocks)?;
+        out.set_prefix_with_blocks(OP, "out length", n * width, y, b)
+    }
+
+    /// The RoPE tables of `positions` and the heads' norms, for the fused
+    /// kernels, which norm and rotate the keys as they store them and the
+    /// queries as they attend.
+    fn kernel_rope(
+        &self,
+        op: &'static str,
+        ws: &mut GpuWorkspace,
+        positions: &[u32],
+        rope: &RopeParams,
+        p: &AttentionParams,
+        qk_norm: Option<&QkNorm<'_, GpuBuffer>>,
+    ) -> BackendResult<Rope> {
+        check_rope(op, rope, p.head_dim)?;
+        let (cos, sin) = ws.rope_tables(&self.device, positions, rope)?;
+        let shape = (positions.len(), rope.n_dims / 2);
+        (|| -> candle_core::Result<Rope> {
+            Ok(Rope {
+                cos: cos.reshape(shape)?,
+                sin: sin.reshape(shape)?,
+                n_dims: rope.n_dims,
+                neox: rope.mode == RopeMode::Neox,
+                q_norm: qk_norm.map(|n| n.q.all().clone()),
+                k_norm: qk_norm.map(|n| n.k.all().clone()),
+                norm_eps: qk_norm.map_or(0.0, |n| n.eps),
+            })
+        })()
+        .map_err(dev_err(op))
+    }
+
     /// [`AttentionOps::attend_rows`], with keys and queries still to be
     /// rotated by `rope` (only with the fused kernels).
     #[allow(clippy::too_many_arguments)]
@@ -513,22 +607,22 @@ impl GpuBackend {
                         what: "positions past the static step's span",
                     });
                 }
-                st.positions(0, n)
+                st.positions(0, n).map_err(dev_err(OP))?
             }
-            None => Tensor::from_slice(positions, n, &self.device),
-        }
-        .map_err(dev_err(OP))?;
+            None => ws.positions_tensor(&self.device, positions)?,
+        };
         let blocks = self.writes_blocks(n, p.head_dim, n * width);
         let (block, _) = caches[0].block();
         let y = (|| -> candle_core::Result<Tensor> {
             let store = RopeStore {
                 slot0: 0,
+                one_slot: false,
                 rope: rope.clone(),
                 values: rows.v.clone(),
                 slots: Some(table),
             };
             block.kv[layer].inplace_op3(&rows.k, &pos, &store)?;
-            let mut op = decode_attention(p, QueryPositions::Device(pos));
+            let mut op = fused_attention(p, QueryPositions::Device(pos));
             op.rope = Some(store.rope);
             op.blocks = blocks;
             op.slots = Some(table);
@@ -541,13 +635,9 @@ impl GpuBackend {
     }
 }
 
-/// The most rows of one sequence the fused kernel attends (a decode step,
-/// or a short chunk); longer chunks use candle's batched products.
-const FUSED_CHUNK: usize = 8;
-
 /// The fused kernel's op for `p`, rows at `positions`.
-fn decode_attention(p: &AttentionParams, positions: QueryPositions) -> DecodeAttention {
-    DecodeAttention {
+fn fused_attention(p: &AttentionParams, positions: QueryPositions) -> FusedAttention {
+    FusedAttention {
         positions,
         n_heads: p.n_heads,
         n_kv_heads: p.n_kv_heads,
@@ -558,6 +648,7 @@ fn decode_attention(p: &AttentionParams, positions: QueryPositions) -> DecodeAtt
         rope: None,
         blocks: false,
         slots: None,
+        tiled: false,
     }
 }
 
@@ -693,6 +784,7 @@ impl GpuBackend {
                 Some(r) => {
                     let store = RopeStore {
                         slot0: slot,
+                        one_slot: false,
                         rope: r,
                         values: row(&rows.v)?,
                         slots: None,
@@ -719,7 +811,7 @@ impl GpuBackend {
                 }
             };
             if fused {
-                let mut op = decode_attention(p, QueryPositions::Device(pos));
+                let mut op = fused_attention(p, QueryPositions::Device(pos));
                 op.rope = rope;
                 op.blocks = blocks;
                 let q = row(&rows.q)?;

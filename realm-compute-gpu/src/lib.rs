@@ -157,6 +157,9 @@ pub struct GpuBackend {
     /// Whether the fused kernels also write their results' Q8_1 blocks
     /// for the products that read them.
     blocks: bool,
+    /// Whether a long chunk of one sequence is attended by the tiled
+    /// kernel (CUDA) rather than the decode kernel.
+    tiled: bool,
     /// Orders the uses of candle's matrix-product scratch.
     scratch: scratch::Scratch,
     /// The blocks KV caches are slots of.
@@ -228,6 +231,7 @@ impl GpuBackend {
             fused,
             blocks: matches!(which, GpuDevice::Cuda(_))
                 && !matches!(std::env::var("REALM_Q8_BLOCKS").as_deref(), Ok("0")),
+            tiled: !matches!(std::env::var("REALM_TILED_ATTENTION").as_deref(), Ok("0")),
             scratch: scratch::Scratch::default(),
             kv_pool: kv::KvPool::default(),
             recorded: AtomicU64::new(0),
@@ -260,12 +264,13 @@ impl GpuBackend {
     }
 
     /// The backend using Realm's fused kernels when `on`, and candle's ops
-    /// otherwise: decode attention (a batch's rows, or up to 8 rows of one
-    /// sequence, heads of up to 256 values, with the RoPE of its queries
-    /// and the rotation and store of its keys), the gated units (SwiGLU,
-    /// GeGLU) and the residual add with the norm after it. They are on by default on CUDA and candle's CPU device
-    /// unless the environment variable `REALM_FUSED_KERNELS` is `0`; Metal
-    /// has no form of them.
+    /// otherwise: attention over the KV cache (a batch's rows, or a chunk
+    /// of one sequence; heads of up to 256 values; with the norm and RoPE
+    /// of the queries, and the norm, rotation and store of the keys), the
+    /// gated units (SwiGLU, GeGLU) and the residual add with the norm after
+    /// it. They are on by default on CUDA and candle's CPU device unless
+    /// the environment variable `REALM_FUSED_KERNELS` is `0`; Metal has no
+    /// form of them.
     ///
     /// ```
     /// use realm_compute_gpu::{GpuBackend, GpuDevice};
@@ -283,6 +288,33 @@ impl GpuBackend {
     /// [`GpuBackend::with_fused_kernels`]).
     pub fn fused_kernels(&self) -> bool {
         self.fused
+    }
+
+    /// The backend attending a chunk of more than 8 rows of one sequence
+    /// (a prompt's) with the tiled kernel when `on` (each tile of keys and
+    /// values read once for many rows), and with the decode kernel (each
+    /// row and head reads its keys) otherwise. On by default unless the
+    /// environment variable `REALM_TILED_ATTENTION` is `0`; it takes
+    /// effect on CUDA with the fused kernels (see
+    /// [`GpuBackend::with_fused_kernels`]), and both kernels compute the
+    /// same attention.
+    ///
+    /// ```
+    /// use realm_compute_gpu::{GpuBackend, GpuDevice};
+    ///
+    /// let be = GpuBackend::new(GpuDevice::Cpu)?.with_tiled_attention(false);
+    /// assert!(!be.tiled_attention());
+    /// # Ok::<(), realm_core::backend::BackendError>(())
+    /// ```
+    pub fn with_tiled_attention(mut self, on: bool) -> Self {
+        self.tiled = on;
+        self
+    }
+
+    /// Whether long chunks are attended by the tiled kernel (see
+    /// [`GpuBackend::with_tiled_attention`]).
+    pub fn tiled_attention(&self) -> bool {
+        self.tiled
     }
 
     /// The backend whose fused kernels (the norm after a residual add, the

@@ -83,6 +83,8 @@ pub(crate) type MaskEntry = ((usize, usize, Option<usize>), Option<Tensor>);
 pub struct GpuWorkspace {
     positions: Vec<u32>,
     tables: Vec<RopeTable>,
+    /// `positions` on the device, once a kernel has read them.
+    device_positions: Option<Tensor>,
     /// Attention masks of recent chunks, by `(start, tokens, window)`
     /// (`None` where every query sees every key).
     pub(crate) masks: Vec<MaskEntry>,
@@ -103,11 +105,7 @@ impl GpuWorkspace {
         if let Some(st) = self.step() {
             return st.rope_table(positions, p.n_dims, p.base, p.freq_scale);
         }
-        if self.positions != positions {
-            self.positions.clear();
-            self.positions.extend_from_slice(positions);
-            self.tables.clear();
-        }
+        self.keep_for(positions);
         let (base, freq_scale) = (p.base.to_bits(), p.freq_scale.to_bits());
         if let Some(t) = self
             .tables
@@ -124,6 +122,35 @@ impl GpuWorkspace {
         let pair = (t.cos.clone(), t.sin.clone());
         self.tables.push(t);
         Ok(pair)
+    }
+
+    /// `positions` on the device, `[n]` u32: uploaded once for every layer
+    /// of a chunk or step (outside a static step, whose positions are the
+    /// step's).
+    pub(crate) fn positions_tensor(
+        &mut self,
+        device: &Device,
+        positions: &[u32],
+    ) -> BackendResult<Tensor> {
+        self.keep_for(positions);
+        if let Some(t) = &self.device_positions {
+            return Ok(t.clone());
+        }
+        let t =
+            Tensor::from_slice(positions, positions.len(), device).map_err(dev_err("positions"))?;
+        self.device_positions = Some(t.clone());
+        Ok(t)
+    }
+
+    /// Forgets the tables and tensor kept for other positions than
+    /// `positions`.
+    fn keep_for(&mut self, positions: &[u32]) {
+        if self.positions != positions {
+            self.positions.clear();
+            self.positions.extend_from_slice(positions);
+            self.tables.clear();
+            self.device_positions = None;
+        }
     }
 }
 

@@ -669,19 +669,23 @@ fn rope_store_matches_the_cpu() {
     let cpu = CpuBackend::new().unwrap();
     let mut rng = Rng(13);
     // (slots, kv heads, head_dim, max_seq, n_dims, neox, first slot,
-    // positions, f16)
+    // positions, f16, one slot: every row to the first slot, a chunk of
+    // one sequence)
     let cases = [
-        (4, 3, 64, 40, 64, false, 1, vec![0u32, 17, 39], false),
-        (2, 1, 256, 9, 256, true, 0, vec![8, 3], true),
-        (3, 2, 36, 5, 20, true, 2, vec![4], false),
-        (1, 1, 2, 3, 2, false, 0, vec![1], true),
+        (4, 3, 64, 40, 64, false, 1, vec![0u32, 17, 39], false, false),
+        (2, 1, 256, 9, 256, true, 0, vec![8, 3], true, false),
+        (3, 2, 36, 5, 20, true, 2, vec![4], false, false),
+        (1, 1, 2, 3, 2, false, 0, vec![1], true, false),
+        (3, 3, 64, 30, 64, false, 1, chunk(4, 21), false, true),
+        (2, 1, 256, 12, 256, true, 1, chunk(0, 12), true, true),
     ];
     // Each case plain, then with every key head normed first (Gemma 3's
     // key norm).
     let cases = cases
         .iter()
         .flat_map(|c| [(c.clone(), false), (c.clone(), true)]);
-    for ((slots, n_kv, hd, max_seq, n_dims, neox, slot0, positions, f16), normed) in cases {
+    for ((slots, n_kv, hd, max_seq, n_dims, neox, slot0, positions, f16, one_slot), normed) in cases
+    {
         let rows = positions.len();
         let rp = rope_params(n_dims, neox);
         let k_norm = normed.then(|| rng.f32s(hd, 0.5, 1.5));
@@ -715,7 +719,8 @@ fn rope_store_matches_the_cpu() {
         .unwrap();
         for (r, &pos) in positions.iter().enumerate() {
             for h in 0..n_kv {
-                let at = (((slot0 + r) * n_kv + h) * max_seq + pos as usize) * hd;
+                let slot = slot0 + if one_slot { 0 } else { r };
+                let at = ((slot * n_kv + h) * max_seq + pos as usize) * hd;
                 for d in 0..hd {
                     let src = (r * n_kv + h) * hd + d;
                     for (dst, x) in [(at + d, rotated[src]), (v_off + at + d, v[src])] {
@@ -728,11 +733,14 @@ fn rope_store_matches_the_cpu() {
                 }
             }
         }
-        let dir = scratch(&format!("rope-store-{hd}-{normed}"));
-        let norm_env: Vec<(&str, String)> = match &k_norm {
+        let dir = scratch(&format!("rope-store-{hd}-{normed}-{rows}"));
+        let mut norm_env: Vec<(&str, String)> = match &k_norm {
             Some(w) => vec![("EMU_K_NORM", write(&dir, "k-norm", w))],
             None => Vec::new(),
         };
+        if one_slot {
+            norm_env.push(("EMU_SLOT_STEP", "0".to_string()));
+        }
         let cache_file = if f16 {
             let bits: Vec<u16> = cache
                 .iter()
@@ -798,7 +806,10 @@ fn rope_store_matches_the_cpu() {
             tol,
             &what,
         );
-        // The same rows, their slots named one by one.
+        // The same rows, their slots named one by one (a batch's).
+        if one_slot {
+            continue;
+        }
         let mut args = args;
         args.push("by-slots".to_string());
         let what = format!("{kernel} by slots");

@@ -487,6 +487,130 @@ proptest! {
             }
         }
     }
+
+    /// A chunk of one sequence (`rope_attend`, a prompt's): the GPU stores
+    /// the rotated keys in one kernel and attends in another (on CUDA, the
+    /// tiled kernel past 8 rows) or runs the ops (unfused); the CPU runs
+    /// the ops in turn. After a past, in the second slot of a block, both
+    /// RoPE layouts, partial rotation, GQA, windows, soft-capping, Gemma
+    /// 3's head norms, f32 and f16 caches, stacked rows. The stored keys
+    /// and values are then read back by one more token's attention.
+    #[test]
+    fn rope_attend_matches_cpu(n_kv in 1usize..3, group in 1usize..4, half in 1usize..17, extra in 0usize..3, neox in any::<bool>(), past in 0usize..12, n in 1usize..21, window in proptest::option::of(1usize..9), softcap in proptest::option::of(1f32..50.0), f16 in any::<bool>(), seed in any::<u64>()) {
+        let hd = 2 * half + 2 * extra;
+        let n_heads = n_kv * group;
+        let (kv_width, width) = (n_kv * hd, n_heads * hd);
+        let total = past + n;
+        let cfg = KvCacheConfig { n_layers: 2, n_kv_heads: n_kv, head_dim: hd, max_seq_len: total + 2, dtype: if f16 { KvDtype::F16 } else { KvDtype::F32 } };
+        let p = AttentionParams { n_heads, n_kv_heads: n_kv, head_dim: hd, scale: 1.0 / (hd as f32).sqrt(), sliding_window: window, softcap };
+        let rope = RopeParams { n_dims: 2 * half, base: 10000.0, freq_scale: 1.0, mode: if neox { RopeMode::Neox } else { RopeMode::Normal } };
+        let mut rng = Rng(seed);
+        let (hk, hv) = (rng.f32s(past * kv_width, -1.0, 1.0), rng.f32s(past * kv_width, -1.0, 1.0));
+        let (k, v, q) = (rng.f32s(n * kv_width, -1.0, 1.0), rng.f32s(n * kv_width, -1.0, 1.0), rng.f32s(n * width, -1.0, 1.0));
+        let next_q = rng.f32s(width, -1.0, 1.0);
+        let qk: Option<(Vec<f32>, Vec<f32>)> = (seed % 2 == 1).then(|| (rng.f32s(hd, 0.5, 1.5), rng.f32s(hd, 0.5, 1.5)));
+        let positions: Vec<u32> = (past as u32..total as u32).collect();
+        let span = KvSpan { layer: 1, start_pos: 0 };
+        let c = cpu();
+        let mut cc = c.kv_cache(&cfg).unwrap();
+        if past > 0 {
+            c.kv_write(&mut c.workspace(), &mut cc, span, &hk, &hv, 0..past).unwrap();
+        }
+        let (mut cq, mut ck) = (q.clone(), k.clone());
+        let cnorm = qk.as_ref().map(|(qn, kn)| QkNorm { q: qn, k: kn, eps: 1e-6 });
+        let mut cout = vec![0.0; q.len()];
+        c.rope_attend(&mut c.workspace(), &mut cc, 1, &positions, (&mut cq, &mut ck, &v), cnorm, &rope, &p, &mut cout).unwrap();
+        // One more token (its query as it is) reads what the chunk stored.
+        let (next_k, next_v) = (rng.f32s(kv_width, -1.0, 1.0), rng.f32s(kv_width, -1.0, 1.0));
+        let next = KvSpan { layer: 1, start_pos: total };
+        let mut cnext = vec![0.0; width];
+        c.kv_write(&mut c.workspace(), &mut cc, next, &next_k, &next_v, 0..1).unwrap();
+        c.attention(&mut c.workspace(), &cc, next, &next_q, 0..1, &p, &mut cnext).unwrap();
+        for (fused, stacked) in [(true, false), (false, false), (true, true)] {
+            let g = gpu().with_fused_kernels(fused);
+            // The sequence's cache is the second slot of its block.
+            let _first = g.kv_cache(&cfg).unwrap();
+            let mut gc = g.kv_cache(&cfg).unwrap();
+            if past > 0 {
+                let (gk, gv) = (g.upload(&hk).unwrap(), g.upload(&hv).unwrap());
+                g.kv_write(&mut g.workspace(), &mut gc, span, &gk, &gv, 0..past).unwrap();
+            }
+            let (mut gq, mut gk, mut gv) = (g.upload(&q).unwrap(), g.upload(&k).unwrap(), g.upload(&v).unwrap());
+            if stacked {
+                let rows_qkv: Vec<f32> = (0..n)
+                    .flat_map(|r| {
+                        let (qr, kr, vr) = (&q[r * width..][..width], &k[r * kv_width..][..kv_width], &v[r * kv_width..][..kv_width]);
+                        qr.iter().chain(kr).chain(vr).copied().collect::<Vec<_>>()
+                    })
+                    .collect();
+                let all = g.upload(&rows_qkv).unwrap();
+                g.split_cols(&all, n, &[width, kv_width, kv_width], &mut [&mut gq, &mut gk, &mut gv]).unwrap();
+            }
+            let gqk = qk.as_ref().map(|(qn, kn)| (g.upload(qn).unwrap(), g.upload(kn).unwrap()));
+            let gnorm = gqk.as_ref().map(|(qn, kn)| QkNorm { q: qn, k: kn, eps: 1e-6 });
+            let mut gout = g.buffer(q.len()).unwrap();
+            let mut ws = g.workspace();
+            g.rope_attend(&mut ws, &mut gc, 1, &positions, (&mut gq, &mut gk, &gv), gnorm, &rope, &p, &mut gout).unwrap();
+            let what = format!("rope_attend (fused: {fused}, stacked: {stacked})");
+            assert_close(&down(&g, &gout, q.len()), &cout, 1e-4, 1e-5, &what);
+            let (gk, gv, gq) = (g.upload(&next_k).unwrap(), g.upload(&next_v).unwrap(), g.upload(&next_q).unwrap());
+            g.kv_write(&mut ws, &mut gc, next, &gk, &gv, 0..1).unwrap();
+            let mut gnext = g.buffer(width).unwrap();
+            g.attention(&mut ws, &gc, next, &gq, 0..1, &p, &mut gnext).unwrap();
+            assert_close(&down(&g, &gnext, width), &cnext, 1e-4, 1e-5, &format!("{what}, stored"));
+        }
+    }
+}
+
+/// A chunk's positions must be consecutive, on either path.
+#[test]
+fn rope_attend_refuses_scattered_positions() {
+    let cfg = KvCacheConfig {
+        n_layers: 1,
+        n_kv_heads: 1,
+        head_dim: 4,
+        max_seq_len: 8,
+        dtype: KvDtype::F32,
+    };
+    let p = AttentionParams {
+        n_heads: 1,
+        n_kv_heads: 1,
+        head_dim: 4,
+        scale: 0.5,
+        sliding_window: None,
+        softcap: None,
+    };
+    let rope = RopeParams {
+        n_dims: 4,
+        base: 10000.0,
+        freq_scale: 1.0,
+        mode: RopeMode::Normal,
+    };
+    for fused in [true, false] {
+        let g = gpu().with_fused_kernels(fused);
+        let mut cache = g.kv_cache(&cfg).unwrap();
+        let (mut q, mut k, v) = (
+            g.upload(&[1.0; 8]).unwrap(),
+            g.upload(&[1.0; 8]).unwrap(),
+            g.upload(&[1.0; 8]).unwrap(),
+        );
+        let mut out = g.buffer(8).unwrap();
+        let err = g.rope_attend(
+            &mut g.workspace(),
+            &mut cache,
+            0,
+            &[0, 2],
+            (&mut q, &mut k, &v),
+            None,
+            &rope,
+            &p,
+            &mut out,
+        );
+        assert!(
+            matches!(err, Err(BackendError::InvalidParameter { .. })),
+            "{err:?}"
+        );
+    }
 }
 
 /// Bad input is an error, never a panic, on the GPU path too.

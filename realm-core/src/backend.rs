@@ -682,6 +682,89 @@ pub trait AttentionOps: RopeOps + NormOps {
         self.rope(ws, k, p.n_kv_heads, p.head_dim, positions, rope)?;
         self.attend_rows(ws, caches, layer, positions, (k, v), q, p, out)
     }
+
+    /// A chunk of one sequence (a prompt's tokens) at `positions`, which
+    /// must be consecutive: the heads of `q` and `k` normed with `qk_norm`
+    /// and rotated, the keys and values stored as
+    /// [`AttentionOps::kv_write`] stores them, and rows
+    /// `0..positions.len()` of `q` attended as [`AttentionOps::attention`]
+    /// attends them. A backend may fuse it, as
+    /// [`AttentionOps::rope_attend_rows`] for a batch (the GPU backend
+    /// stores the rotated keys in one kernel and attends, rotating the
+    /// queries, in another). `q` and `k` are scratch: afterwards their
+    /// values are unspecified.
+    ///
+    /// The default is [`rope_attend_in_turn`].
+    #[allow(clippy::too_many_arguments)]
+    fn rope_attend(
+        &self,
+        ws: &mut Self::Workspace,
+        cache: &mut Self::KvCache,
+        layer: usize,
+        positions: &[u32],
+        qkv: (&mut Self::Buffer, &mut Self::Buffer, &Self::Buffer),
+        qk_norm: Option<QkNorm<'_, Self::Buffer>>,
+        rope: &RopeParams,
+        p: &AttentionParams,
+        out: &mut Self::Buffer,
+    ) -> BackendResult<()> {
+        rope_attend_in_turn(
+            self, ws, cache, layer, positions, qkv, qk_norm, rope, p, out,
+        )
+    }
+}
+
+/// [`AttentionOps::rope_attend`] op by op: [`NormOps::rms_norm_inplace`]
+/// of each head (with `qk_norm`), [`RopeOps::rope`] of `q` and `k`,
+/// [`AttentionOps::kv_write`] and [`AttentionOps::attention`].
+///
+/// Guarantees: positions that are not consecutive are an error, before
+/// anything is written.
+#[allow(clippy::too_many_arguments)]
+pub fn rope_attend_in_turn<B: AttentionOps + ?Sized>(
+    b: &B,
+    ws: &mut B::Workspace,
+    cache: &mut B::KvCache,
+    layer: usize,
+    positions: &[u32],
+    qkv: (&mut B::Buffer, &mut B::Buffer, &B::Buffer),
+    qk_norm: Option<QkNorm<'_, B::Buffer>>,
+    rope: &RopeParams,
+    p: &AttentionParams,
+    out: &mut B::Buffer,
+) -> BackendResult<()> {
+    let start_pos = chunk_start("rope_attend", positions)?;
+    let (q, k, v) = qkv;
+    let n = positions.len();
+    if let Some(norm) = qk_norm {
+        b.rms_norm_inplace(q, norm.q, norm.eps, n * p.n_heads)?;
+        b.rms_norm_inplace(k, norm.k, norm.eps, n * p.n_kv_heads)?;
+    }
+    b.rope(ws, q, p.n_heads, p.head_dim, positions, rope)?;
+    b.rope(ws, k, p.n_kv_heads, p.head_dim, positions, rope)?;
+    let at = KvSpan { layer, start_pos };
+    b.kv_write(ws, cache, at, k, v, 0..n)?;
+    b.attention(ws, cache, at, q, 0..n, p, out)
+}
+
+/// The first of `positions` (0 for none), which must be consecutive.
+///
+/// ```
+/// use realm_core::backend::chunk_start;
+/// assert_eq!(chunk_start("op", &[4, 5, 6]).unwrap(), 4);
+/// assert!(chunk_start("op", &[4, 6]).is_err());
+/// ```
+pub fn chunk_start(op: &'static str, positions: &[u32]) -> BackendResult<usize> {
+    if positions
+        .windows(2)
+        .any(|w| w[0].checked_add(1) != Some(w[1]))
+    {
+        return Err(BackendError::InvalidParameter {
+            op,
+            what: "positions of a chunk must be consecutive",
+        });
+    }
+    Ok(positions.first().map_or(0, |&p| p as usize))
 }
 
 /// The per-token inputs of a decode step, for [`StepOps::begin_step`].

@@ -5,8 +5,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use realm_core::backend::{
-    AttentionParams, Backend, BackendError, KvCacheConfig, KvDtype, KvSpan, QkNorm, RopeParams,
-    StepInputs, WeightInfo,
+    AttentionParams, Backend, BackendError, KvCacheConfig, KvDtype, QkNorm, RopeParams, StepInputs,
+    WeightInfo,
 };
 use realm_core::gguf::Gguf;
 use realm_core::{quant, TensorView};
@@ -789,33 +789,17 @@ impl<B: Backend> Attend<'_, B> {
             // A decode step: the backend's fused path.
             return self.rows(b, &mut [cache], layer);
         }
-        let p = self.params;
-        if let Some(norm) = &self.qk_norm {
-            b.rms_norm_inplace(self.q, norm.q, norm.eps, n * p.n_heads)?;
-            b.rms_norm_inplace(self.k, norm.k, norm.eps, n * p.n_kv_heads)?;
-        }
-        b.rope(
+        b.rope_attend(
             self.ws,
-            self.q,
-            p.n_heads,
-            p.head_dim,
-            self.positions,
-            self.rope,
-        )?;
-        b.rope(
-            self.ws,
-            self.k,
-            p.n_kv_heads,
-            p.head_dim,
-            self.positions,
-            self.rope,
-        )?;
-        let at = KvSpan {
+            cache,
             layer,
-            start_pos: self.positions.first().map_or(0, |&p| p as usize),
-        };
-        b.kv_write(self.ws, cache, at, self.k, self.v, 0..n)?;
-        b.attention(self.ws, cache, at, self.q, 0..n, p, self.out)
+            self.positions,
+            (self.q, self.k, self.v),
+            self.qk_norm,
+            self.rope,
+            self.params,
+            self.out,
+        )
     }
 
     /// Row `i` is the next token of the sequence cached in `caches[i]`.

@@ -1,13 +1,15 @@
-//! [`DecodeAttention`]: attention of a few query rows over KV caches in
-//! one kernel (`kernels/decode_attention.cu`), in place of candle's two
-//! batched products, scale, soft-cap, mask add, softmax and the copies
-//! between them.
+//! [`FusedAttention`]: attention of query rows over KV caches in one
+//! kernel, in place of candle's two batched products, scale, soft-cap,
+//! mask add, softmax and the copies between them: a decode step's rows
+//! (`kernels/decode_attention.cu`, a block for each row and head), or a
+//! chunk of one sequence's (`kernels/prefill_attention.cu`, tiles of keys
+//! shared by many rows).
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
 use super::{q8, values, Rope, RowLayout, SlotTable};
 
-/// The largest `head_dim` [`DecodeAttention`] takes.
+/// The largest `head_dim` [`FusedAttention`] takes.
 pub(crate) const MAX_HEAD_DIM: usize = 256;
 
 /// Where a query row sits in its sequence.
@@ -33,7 +35,7 @@ pub(crate) enum QueryPositions {
 /// `blocks` the same values flat and then their Q8_1 blocks ([`q8`];
 /// `head_dim` a multiple of 32).
 #[derive(Debug)]
-pub(crate) struct DecodeAttention {
+pub(crate) struct FusedAttention {
     pub(crate) positions: QueryPositions,
     pub(crate) n_heads: usize,
     pub(crate) n_kv_heads: usize,
@@ -48,6 +50,8 @@ pub(crate) struct DecodeAttention {
     /// Each row's cache, like the arguments' (CUDA only); `None`: the
     /// arguments are the caches.
     pub(crate) slots: Option<SlotTable>,
+    /// Whether many rows of one cache may go to the tiled kernel (CUDA).
+    pub(crate) tiled: bool,
 }
 
 /// The shapes of one call.
@@ -58,55 +62,55 @@ struct Dims {
     row_stride: usize,
 }
 
-impl DecodeAttention {
+impl FusedAttention {
     fn dims(&self, lq: &Layout, lk: &Layout, lv: &Layout) -> Result<Dims> {
         let (nh, kvh, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
         // CUDA grids have at most 65535 blocks along y, one a head.
         if kvh == 0 || nh % kvh != 0 || nh > 65535 || hd == 0 || hd > MAX_HEAD_DIM {
-            candle_core::bail!("decode attention: {nh} heads, {kvh} KV heads of {hd} values");
+            candle_core::bail!("fused attention: {nh} heads, {kvh} KV heads of {hd} values");
         }
         let (rows, width) = lq.shape().dims2()?;
         if rows == 0 {
-            candle_core::bail!("decode attention: no rows");
+            candle_core::bail!("fused attention: no rows");
         }
         if width != nh * hd {
-            candle_core::bail!("decode attention: query rows of {width} values");
+            candle_core::bail!("fused attention: query rows of {width} values");
         }
         if lk.shape() != lv.shape() {
-            candle_core::bail!("decode attention: keys and values differ in shape");
+            candle_core::bail!("fused attention: keys and values differ in shape");
         }
         let (cache_rows, max_seq) = match *lk.dims() {
             [r, h, s, d] if h == kvh && d == hd => (Some(r), s),
             [h, s, d] if h == kvh && d == hd => (None, s),
-            _ => candle_core::bail!("decode attention: caches of shape {:?}", lk.dims()),
+            _ => candle_core::bail!("fused attention: caches of shape {:?}", lk.dims()),
         };
         if cache_rows.is_some_and(|r| r != rows) {
-            candle_core::bail!("decode attention: a cache per row, but not {rows} of them");
+            candle_core::bail!("fused attention: a cache per row, but not {rows} of them");
         }
         if self.slots.is_some() && (cache_rows.is_some() || rows > super::SLOT_ROWS) {
-            candle_core::bail!("decode attention: named caches need row 0's and at most 32 rows");
+            candle_core::bail!("fused attention: named caches need row 0's and at most 32 rows");
         }
         if let Some(r) = &self.rope {
             r.check(rows, hd)?;
         }
         if self.blocks && !hd.is_multiple_of(q8::BLOCK) {
-            candle_core::bail!("decode attention: blocks of heads of {hd} values");
+            candle_core::bail!("fused attention: blocks of heads of {hd} values");
         }
         if let QueryPositions::Device(t) = &self.positions {
             if t.dims1()? != rows {
-                candle_core::bail!("decode attention: not one position per row");
+                candle_core::bail!("fused attention: not one position per row");
             }
         }
         RowLayout::of(lq)?;
         for l in [lk, lv] {
             if !l.is_contiguous() {
-                candle_core::bail!("decode attention: caches must be contiguous");
+                candle_core::bail!("fused attention: caches must be contiguous");
             }
         }
         // The kernel takes 32-bit sizes.
         let fits = |n: usize| i32::try_from(n).is_ok();
         if !(fits(nh) && fits(max_seq) && fits(rows) && fits(max_seq * hd)) {
-            candle_core::bail!("decode attention: sizes past 2^31");
+            candle_core::bail!("fused attention: sizes past 2^31");
         }
         Ok(Dims {
             rows,
@@ -139,13 +143,13 @@ impl DecodeAttention {
         let (k, v) = caches;
         let cache_len = dims.row_stride * (dims.rows - 1) + kvh * dims.max_seq * hd;
         if k.len() < cache_len || v.len() < cache_len {
-            candle_core::bail!("decode attention: caches shorter than their shape");
+            candle_core::bail!("fused attention: caches shorter than their shape");
         }
         let mut out = vec![0f32; dims.rows * nh * hd];
         let mut probs = Vec::new();
         for (r, &pos) in positions.iter().enumerate() {
             if pos >= dims.max_seq {
-                candle_core::bail!("decode attention: position {pos} past the cache");
+                candle_core::bail!("fused attention: position {pos} past the cache");
             }
             let lo = self.window.map_or(0, |w| (pos + 1).saturating_sub(w));
             for h in 0..nh {
@@ -183,9 +187,9 @@ impl DecodeAttention {
     }
 }
 
-impl CustomOp3 for DecodeAttention {
+impl CustomOp3 for FusedAttention {
     fn name(&self) -> &'static str {
-        "decode-attention"
+        "fused-attention"
     }
 
     fn cpu_fwd(
@@ -199,7 +203,7 @@ impl CustomOp3 for DecodeAttention {
     ) -> Result<(CpuStorage, Shape)> {
         let dims = self.dims(lq, lk, lv)?;
         if self.slots.is_some() {
-            candle_core::bail!("decode attention: caches named by address are CUDA's");
+            candle_core::bail!("fused attention: caches named by address are CUDA's");
         }
         let positions: Vec<usize> = match &self.positions {
             QueryPositions::Device(t) => t
@@ -210,7 +214,7 @@ impl CustomOp3 for DecodeAttention {
             QueryPositions::From(start) => (*start..start + dims.rows).collect(),
         };
         let CpuStorage::F32(q) = sq else {
-            candle_core::bail!("decode attention: f32 queries");
+            candle_core::bail!("fused attention: f32 queries");
         };
         let mut q = RowLayout::of(lq)?.gather(q)?;
         if let Some(r) = &self.rope {
@@ -226,7 +230,7 @@ impl CustomOp3 for DecodeAttention {
                 let caches = (values(k, lk)?, values(v, lv)?);
                 self.cpu_rows(&dims, q, caches, &positions, half::f16::to_f32)?
             }
-            _ => candle_core::bail!("decode attention: f32 or f16 caches"),
+            _ => candle_core::bail!("fused attention: f32 or f16 caches"),
         };
         if self.blocks {
             let values = out.clone();
@@ -259,17 +263,42 @@ mod cuda {
     use candle_core::cuda_backend::{CudaDType, WrapErr};
     use candle_core::{CudaDevice, CudaStorage, DType, Layout, Result, Shape, Storage};
 
-    use super::{DecodeAttention, Dims, QueryPositions, SlotTable};
+    use super::{Dims, FusedAttention, QueryPositions, SlotTable};
     use crate::fused::cuda::{offsets, with_tables};
     use crate::fused::RowLayout;
 
     const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/decode_attention.ptx"));
     const MODULE: &str = "realm_decode_attention";
-    /// Threads per block: the kernel's `32 * WARPS`.
+    const TILED_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/prefill_attention.ptx"));
+    const TILED_MODULE: &str = "realm_prefill_attention";
+    /// Threads per block: the kernels' `32 * WARPS` and `32 * PF_WARPS`.
     const THREADS: u32 = 128;
+    /// The most rows of one cache the decode kernel attends (a block for
+    /// each row and head); more go to the tiled kernel.
+    const DECODE_ROWS: usize = 8;
+
+    /// The largest head of the tiled kernel that runs `op` on `dims`, and
+    /// the rows of its blocks; `None` where the decode kernel runs (not
+    /// asked, a cache per row or by address, few rows, blocks, or heads
+    /// whose size is not a multiple of 4).
+    fn tiled(op: &FusedAttention, dims: &Dims) -> Option<(usize, usize)> {
+        let one_cache = dims.row_stride == 0 && op.slots.is_none();
+        if !op.tiled
+            || !one_cache
+            || dims.rows <= DECODE_ROWS
+            || op.blocks
+            || !op.head_dim.is_multiple_of(4)
+        {
+            return None;
+        }
+        // 4 warps of 4 rows, or of 2 for heads of up to 256 values.
+        [(64, 16), (128, 16), (256, 8)]
+            .into_iter()
+            .find(|&(max, _)| op.head_dim <= max)
+    }
 
     pub(super) fn forward(
-        op: &DecodeAttention,
+        op: &FusedAttention,
         sq: &CudaStorage,
         lq: &Layout,
         sk: &CudaStorage,
@@ -279,23 +308,13 @@ mod cuda {
     ) -> Result<(CudaStorage, Shape)> {
         let dims = op.dims(lq, lk, lv)?;
         let out = match (sk.dtype(), sv.dtype()) {
-            (DType::F32, DType::F32) => launch::<f32>(
-                op,
-                &dims,
-                "decode_attention_f32",
-                (sq, lq),
-                (sk, lk),
-                (sv, lv),
-            )?,
-            (DType::F16, DType::F16) => launch::<half::f16>(
-                op,
-                &dims,
-                "decode_attention_f16",
-                (sq, lq),
-                (sk, lk),
-                (sv, lv),
-            )?,
-            _ => candle_core::bail!("decode attention: f32 or f16 caches"),
+            (DType::F32, DType::F32) => {
+                launch::<f32>(op, &dims, "f32", (sq, lq), (sk, lk), (sv, lv))?
+            }
+            (DType::F16, DType::F16) => {
+                launch::<half::f16>(op, &dims, "f16", (sq, lq), (sk, lk), (sv, lv))?
+            }
+            _ => candle_core::bail!("fused attention: f32 or f16 caches"),
         };
         Ok((
             CudaStorage::wrap_cuda_slice(out, sq.device().clone()),
@@ -319,9 +338,9 @@ mod cuda {
     }
 
     fn launch<T: DeviceRepr + CudaDType>(
-        op: &DecodeAttention,
+        op: &FusedAttention,
         dims: &Dims,
-        name: &str,
+        dtype: &str,
         (sq, lq): (&CudaStorage, &Layout),
         (sk, lk): (&CudaStorage, &Layout),
         (sv, lv): (&CudaStorage, &Layout),
@@ -338,7 +357,7 @@ mod cuda {
             QueryPositions::From(start) => (
                 None,
                 u32::try_from(*start).map_err(|_| {
-                    candle_core::Error::Msg("decode attention: position past 2^32".into())
+                    candle_core::Error::Msg("fused attention: position past 2^32".into())
                 })?,
             ),
         };
@@ -348,7 +367,7 @@ mod cuda {
                     let (a, b) = offsets(layout)?;
                     Some(s.as_cuda_slice::<u32>()?.slice(a..b))
                 }
-                _ => candle_core::bail!("decode attention: positions on another device"),
+                _ => candle_core::bail!("fused attention: positions on another device"),
             },
             None => None,
         };
@@ -370,19 +389,30 @@ mod cuda {
         match &op.rope {
             Some(rope) => with_tables(rope, |cos, sin| {
                 let a = args(cos.device_ptr(&stream).0, sin.device_ptr(&stream).0)?;
-                run(op, dims, name, dev, a)
+                run(op, dims, dtype, dev, a)
             }),
-            None => run(op, dims, name, dev, args(0, 0)?),
+            None => run(op, dims, dtype, dev, args(0, 0)?),
         }
     }
 
     fn run<T: DeviceRepr>(
-        op: &DecodeAttention,
+        op: &FusedAttention,
         dims: &Dims,
-        name: &str,
+        dtype: &str,
         dev: &CudaDevice,
         a: Args<'_, T>,
     ) -> Result<CudaSlice<f32>> {
+        if let Some((max_hd, rows)) = tiled(op, dims) {
+            return run_tiled(
+                op,
+                dims,
+                &format!("prefill_attention_{dtype}_{max_hd}"),
+                rows,
+                dev,
+                a,
+            );
+        }
+        let name = format!("decode_attention_{dtype}");
         let values = dims.rows * op.n_heads * op.head_dim;
         // SAFETY: the kernel writes every value of `out` (each block its
         // row's head, every one of head_dim values, and with blocks their
@@ -393,7 +423,7 @@ mod cuda {
             true => crate::fused::cuda::address(&out, values),
             false => 0,
         };
-        let func = dev.get_or_load_custom_func(name, MODULE, PTX)?;
+        let func = dev.get_or_load_custom_func(&name, MODULE, PTX)?;
         let ints = [op.n_heads, op.n_kv_heads, op.head_dim, dims.max_seq].map(|n| n as i32);
         let row_stride = dims.row_stride as i64;
         let softcap = op.softcap.unwrap_or(0.0);
@@ -445,6 +475,72 @@ mod cuda {
             // took them from live tensors, which the caller holds); with
             // blocks, `out` has their words after the values and head_dim is
             // a multiple of 32, so each warp's values are one block.
+            unsafe { b.launch(cfg) }.w()?;
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// The tiled kernel `name`, blocks of `block_rows` rows, on one cache.
+    fn run_tiled<T: DeviceRepr>(
+        op: &FusedAttention,
+        dims: &Dims,
+        name: &str,
+        block_rows: usize,
+        dev: &CudaDevice,
+        a: Args<'_, T>,
+    ) -> Result<CudaSlice<f32>> {
+        // SAFETY: the kernel writes every value of `out` (each block's
+        // warps their rows' heads, every one of head_dim values).
+        let out = unsafe { dev.alloc::<f32>(op.shape(dims.rows).elem_count())? };
+        let func = dev.get_or_load_custom_func(name, TILED_MODULE, TILED_PTX)?;
+        let ints = [
+            dims.rows,
+            op.n_heads,
+            op.n_kv_heads,
+            op.head_dim,
+            dims.max_seq,
+        ]
+        .map(|n| n as i32);
+        let softcap = op.softcap.unwrap_or(0.0);
+        let window = op.window.map_or(0, |w| w.min(i32::MAX as usize) as i32);
+        let q_norm = op.rope.as_ref().and_then(|r| r.q_norm.as_ref());
+        let norm_eps = op.rope.as_ref().map_or(0.0, |r| r.norm_eps);
+        let cfg = LaunchConfig {
+            grid_dim: (dims.rows.div_ceil(block_rows) as u32, op.n_heads as u32, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        crate::fused::cuda::with_address(q_norm, |q_norm| {
+            let mut b = func.builder();
+            b.arg(&a.q);
+            b.arg(&a.k);
+            b.arg(&a.v);
+            b.arg(&a.positions);
+            b.arg(&out);
+            b.arg(&a.pos_base);
+            for i in &ints {
+                b.arg(i);
+            }
+            b.arg(&op.scale);
+            b.arg(&softcap);
+            b.arg(&window);
+            b.arg(&a.cos);
+            b.arg(&a.sin);
+            b.arg(&a.n_dims);
+            b.arg(&a.neox);
+            b.arg(&a.q_stride);
+            b.arg(&q_norm);
+            b.arg(&norm_eps);
+            // SAFETY: the arguments match the kernel's parameters in order
+            // and type; `dims` checked that the one cache holds max_seq
+            // positions of every KV head (the kernel reads keys up to the
+            // rows' largest position below max_seq, and writes NaN for a
+            // row past it), that the rows' queries and RoPE tables (and
+            // the query norm, head_dim values, held by `with_address`) fit,
+            // and `tiled` that head_dim is a multiple of 4 and at most the
+            // kernel's largest, so its float4 reads of shared memory stay
+            // within each row.
             unsafe { b.launch(cfg) }.w()?;
             Ok(())
         })?;

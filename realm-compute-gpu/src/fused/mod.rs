@@ -15,7 +15,7 @@ mod rope_store;
 mod slots;
 
 pub(crate) use add_norm::AddRmsNorm;
-pub(crate) use attention::{DecodeAttention, QueryPositions, MAX_HEAD_DIM};
+pub(crate) use attention::{FusedAttention, QueryPositions, MAX_HEAD_DIM};
 pub(crate) use gated::{Gate, Gated};
 pub(crate) use rope_angles::RopeAngles;
 pub(crate) use rope_store::RopeStore;

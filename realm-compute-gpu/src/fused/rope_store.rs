@@ -12,7 +12,8 @@ use super::{values, Rope, RowLayout, SlotTable};
 /// n_kv_heads * head_dim]` (f32, rows contiguous at any stride: a stacked
 /// product's columns) and positions `[rows]` (u32): row `r`'s
 /// key, rotated by `rope`'s row `r`, and its value (from `values`, shaped
-/// as the keys) go to slot `slot0 + r` at position `positions[r]`, or
+/// as the keys) go to slot `slot0 + r` (or `slot0` with `one_slot`) at
+/// position `positions[r]`, or
 /// (CUDA only) to the caches `slots` names, which may be slots of any
 /// block of the same configuration.
 ///
@@ -21,6 +22,9 @@ use super::{values, Rope, RowLayout, SlotTable};
 #[derive(Debug)]
 pub(crate) struct RopeStore {
     pub(crate) slot0: usize,
+    /// Every row to slot `slot0` (the rows are one sequence's next tokens)
+    /// instead of row `r` to slot `slot0 + r`.
+    pub(crate) one_slot: bool,
     pub(crate) rope: Rope,
     pub(crate) values: Tensor,
     pub(crate) slots: Option<SlotTable>,
@@ -49,7 +53,8 @@ impl RopeStore {
         RowLayout::of(lk)?;
         RowLayout::of(lv)?;
         let named = self.slots.is_some();
-        if rows == 0 || (!named && self.slot0 + rows > slots) || (named && rows > super::SLOT_ROWS)
+        let used = if self.one_slot { 1 } else { rows };
+        if rows == 0 || (!named && self.slot0 + used > slots) || (named && rows > super::SLOT_ROWS)
         {
             candle_core::bail!("rope_store: rows past the block's slots");
         }
@@ -100,7 +105,8 @@ impl RopeStore {
             }
             for h in 0..n_kv {
                 let src = (r * n_kv + h) * hd;
-                let at = (((self.slot0 + r) * n_kv + h) * max_seq + pos) * hd;
+                let slot = self.slot0 + if self.one_slot { 0 } else { r };
+                let at = ((slot * n_kv + h) * max_seq + pos) * hd;
                 for (off, rows) in [(0, &k), (v_off, &v)] {
                     let dst = &mut cache[off + at..off + at + hd];
                     for (d, &x) in dst.iter_mut().zip(&rows[src..src + hd]) {
@@ -228,6 +234,7 @@ mod cuda {
         let v_off = (dims.slots * dims.n_kv * dims.max_seq * dims.head_dim) as i64;
         let ints = [
             op.slot0,
+            usize::from(!op.one_slot),
             dims.n_kv,
             dims.head_dim,
             dims.max_seq,
@@ -268,6 +275,7 @@ mod cuda {
                 // SAFETY: the arguments match the kernel's parameters in
                 // order and type; `dims` checked that the cache is keys then
                 // values (v_off apart), that rows fit the block's slots (or,
+                // with one_slot, that slot0 is one of the block's slots;
                 // with a slot table, that it names at most its rows, each a
                 // cache of this block's configuration, from tensors the
                 // caller holds), that the keys, values (rows of n_kv_heads *

@@ -200,8 +200,10 @@ int main(int argc, char **argv) {
     // Row r's key at k + r * k_stride, value at v + r * v_stride.
     const long long k_stride = env_num("EMU_K_STRIDE", (long long)n_kv * hd);
     const long long v_stride = env_num("EMU_V_STRIDE", (long long)n_kv * hd);
-    // $EMU_K_NORM names a file of the key heads' norm weight.
+    // $EMU_K_NORM names a file of the key heads' norm weight; with
+    // $EMU_SLOT_STEP 0, every row goes to slot0 (one sequence's chunk).
     const auto k_norm = env_floats("EMU_K_NORM");
+    const int slot_step = env_num("EMU_SLOT_STEP", 1);
     auto table = [&](auto &cache) {
       SlotTable t{};
       for (unsigned r = 0; by_slots && r < rows; ++r) {
@@ -214,7 +216,8 @@ int main(int argc, char **argv) {
       auto cache = load<float>(argv[2]);
       float *base = by_slots ? nullptr : cache.data();
       emu_launch(rope_store_f32, dim3{rows, n_kv, 1}, dim3{128, 1, 1}, base, k.data(), v.data(),
-                 pos.data(), cos.data(), sin.data(), by_slots ? 0 : slot0, (int)n_kv, hd, max_seq,
+                 pos.data(), cos.data(), sin.data(), by_slots ? 0 : slot0, slot_step, (int)n_kv, hd,
+                 max_seq,
                  n_dims, neox, by_slots ? 0 : v_off, table(cache), (int)by_slots, k_stride,
                  v_stride, ptr_or_null(k_norm), NORM_EPS);
       out = cache;
@@ -222,7 +225,8 @@ int main(int argc, char **argv) {
       auto cache = load<__half>(argv[2]);
       __half *base = by_slots ? nullptr : cache.data();
       emu_launch(rope_store_f16, dim3{rows, n_kv, 1}, dim3{128, 1, 1}, base, k.data(), v.data(),
-                 pos.data(), cos.data(), sin.data(), by_slots ? 0 : slot0, (int)n_kv, hd, max_seq,
+                 pos.data(), cos.data(), sin.data(), by_slots ? 0 : slot0, slot_step, (int)n_kv, hd,
+                 max_seq,
                  n_dims, neox, by_slots ? 0 : v_off, table(cache), (int)by_slots, k_stride,
                  v_stride, ptr_or_null(k_norm), NORM_EPS);
       for (auto h : cache) out.push_back(__half2float(h));
