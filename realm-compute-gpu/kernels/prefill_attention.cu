@@ -61,7 +61,7 @@ __device__ void prefill_attention(
     const T *__restrict__ v,
     const uint32_t *__restrict__ positions,  // [rows], or null
     float *__restrict__ out,                 // [rows, n_heads, head_dim]
-    uint32_t pos_base, int rows, int n_heads, int n_kv_heads, int head_dim, int max_seq,
+    uint32_t pos_base, int n_heads, int n_kv_heads, int head_dim, int max_seq, int rows,
     float scale, float softcap, int window,
     const float *__restrict__ rope_cos,  // [rows, n_dims / 2], or null: q is rotated
     const float *__restrict__ rope_sin, int n_dims, int neox, long long q_stride,
@@ -209,11 +209,11 @@ __device__ void prefill_attention(
 #define PREFILL_ATTENTION(NAME, T, ROWS, HD)                                                 \
   extern "C" __global__ void __launch_bounds__(32 * PF_WARPS) NAME(                          \
       const float *q, const T *k, const T *v, const uint32_t *positions, float *out,         \
-      uint32_t pos_base, int rows, int n_heads, int n_kv_heads, int head_dim, int max_seq,   \
+      uint32_t pos_base, int n_heads, int n_kv_heads, int head_dim, int max_seq, int rows,   \
       float scale, float softcap, int window, const float *rope_cos, const float *rope_sin,  \
       int n_dims, int neox, long long q_stride, const float *q_norm, float norm_eps) {       \
-    prefill_attention<T, ROWS, HD>(q, k, v, positions, out, pos_base, rows, n_heads,         \
-                                   n_kv_heads, head_dim, max_seq, scale, softcap, window,    \
+    prefill_attention<T, ROWS, HD>(q, k, v, positions, out, pos_base, n_heads, n_kv_heads,   \
+                                   head_dim, max_seq, rows, scale, softcap, window,          \
                                    rope_cos, rope_sin, n_dims, neox, q_stride, q_norm,       \
                                    norm_eps);                                                \
   }

@@ -402,20 +402,10 @@ mod cuda {
         dev: &CudaDevice,
         a: Args<'_, T>,
     ) -> Result<CudaSlice<f32>> {
-        if let Some((max_hd, rows)) = tiled(op, dims) {
-            return run_tiled(
-                op,
-                dims,
-                &format!("prefill_attention_{dtype}_{max_hd}"),
-                rows,
-                dev,
-                a,
-            );
-        }
-        let name = format!("decode_attention_{dtype}");
+        let tiled = tiled(op, dims);
         let values = dims.rows * op.n_heads * op.head_dim;
         // SAFETY: the kernel writes every value of `out` (each block its
-        // row's head, every one of head_dim values, and with blocks their
+        // rows' head, every one of head_dim values, and with blocks their
         // words).
         let out = unsafe { dev.alloc::<f32>(op.shape(dims.rows).elem_count())? };
         // A null pointer says: no blocks.
@@ -423,8 +413,22 @@ mod cuda {
             true => crate::fused::cuda::address(&out, values),
             false => 0,
         };
-        let func = dev.get_or_load_custom_func(&name, MODULE, PTX)?;
+        let (func, grid_x) = match tiled {
+            Some((max_hd, rows)) => (
+                dev.get_or_load_custom_func(
+                    &format!("prefill_attention_{dtype}_{max_hd}"),
+                    TILED_MODULE,
+                    TILED_PTX,
+                )?,
+                dims.rows.div_ceil(rows),
+            ),
+            None => (
+                dev.get_or_load_custom_func(&format!("decode_attention_{dtype}"), MODULE, PTX)?,
+                dims.rows,
+            ),
+        };
         let ints = [op.n_heads, op.n_kv_heads, op.head_dim, dims.max_seq].map(|n| n as i32);
+        let rows = dims.rows as i32;
         let row_stride = dims.row_stride as i64;
         let softcap = op.softcap.unwrap_or(0.0);
         let window = op.window.map_or(0, |w| w.min(i32::MAX as usize) as i32);
@@ -435,7 +439,7 @@ mod cuda {
         let q_norm = op.rope.as_ref().and_then(|r| r.q_norm.as_ref());
         let norm_eps = op.rope.as_ref().map_or(0.0, |r| r.norm_eps);
         let cfg = LaunchConfig {
-            grid_dim: (dims.rows as u32, op.n_heads as u32, 1),
+            grid_dim: (grid_x as u32, op.n_heads as u32, 1),
             block_dim: (THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
@@ -450,9 +454,17 @@ mod cuda {
             for i in &ints {
                 b.arg(i);
             }
-            b.arg(&row_stride);
-            b.arg(&table);
-            b.arg(&by_slots);
+            // The decode kernel's caches by row; the tiled kernel's rows.
+            match tiled {
+                None => {
+                    b.arg(&row_stride);
+                    b.arg(&table);
+                    b.arg(&by_slots);
+                }
+                Some(_) => {
+                    b.arg(&rows);
+                }
+            }
             b.arg(&op.scale);
             b.arg(&softcap);
             b.arg(&window);
@@ -460,7 +472,9 @@ mod cuda {
             b.arg(&a.sin);
             b.arg(&a.n_dims);
             b.arg(&a.neox);
-            b.arg(&blocks);
+            if tiled.is_none() {
+                b.arg(&blocks);
+            }
             b.arg(&a.q_stride);
             b.arg(&q_norm);
             b.arg(&norm_eps);
@@ -468,79 +482,16 @@ mod cuda {
             // and type; `dims` checked that every key and value a row reads
             // (up to max_seq positions of its cache) lies within `k` and `v`
             // and that the RoPE tables (and the query norm, head_dim values,
-            // held by `with_address`) fit the rows, and the kernel writes
+            // held by `with_address`) fit the rows, and both kernels write
             // NaN rather than read past a position >= max_seq; with a slot
             // table, its addresses are each row's cache of the same shape
             // and type as row 0's, which `dims` checked (`SlotTable::of`
             // took them from live tensors, which the caller holds); with
-            // blocks, `out` has their words after the values and head_dim is
-            // a multiple of 32, so each warp's values are one block.
-            unsafe { b.launch(cfg) }.w()?;
-            Ok(())
-        })?;
-        Ok(out)
-    }
-
-    /// The tiled kernel `name`, blocks of `block_rows` rows, on one cache.
-    fn run_tiled<T: DeviceRepr>(
-        op: &FusedAttention,
-        dims: &Dims,
-        name: &str,
-        block_rows: usize,
-        dev: &CudaDevice,
-        a: Args<'_, T>,
-    ) -> Result<CudaSlice<f32>> {
-        // SAFETY: the kernel writes every value of `out` (each block's
-        // warps their rows' heads, every one of head_dim values).
-        let out = unsafe { dev.alloc::<f32>(op.shape(dims.rows).elem_count())? };
-        let func = dev.get_or_load_custom_func(name, TILED_MODULE, TILED_PTX)?;
-        let ints = [
-            dims.rows,
-            op.n_heads,
-            op.n_kv_heads,
-            op.head_dim,
-            dims.max_seq,
-        ]
-        .map(|n| n as i32);
-        let softcap = op.softcap.unwrap_or(0.0);
-        let window = op.window.map_or(0, |w| w.min(i32::MAX as usize) as i32);
-        let q_norm = op.rope.as_ref().and_then(|r| r.q_norm.as_ref());
-        let norm_eps = op.rope.as_ref().map_or(0.0, |r| r.norm_eps);
-        let cfg = LaunchConfig {
-            grid_dim: (dims.rows.div_ceil(block_rows) as u32, op.n_heads as u32, 1),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        crate::fused::cuda::with_address(q_norm, |q_norm| {
-            let mut b = func.builder();
-            b.arg(&a.q);
-            b.arg(&a.k);
-            b.arg(&a.v);
-            b.arg(&a.positions);
-            b.arg(&out);
-            b.arg(&a.pos_base);
-            for i in &ints {
-                b.arg(i);
-            }
-            b.arg(&op.scale);
-            b.arg(&softcap);
-            b.arg(&window);
-            b.arg(&a.cos);
-            b.arg(&a.sin);
-            b.arg(&a.n_dims);
-            b.arg(&a.neox);
-            b.arg(&a.q_stride);
-            b.arg(&q_norm);
-            b.arg(&norm_eps);
-            // SAFETY: the arguments match the kernel's parameters in order
-            // and type; `dims` checked that the one cache holds max_seq
-            // positions of every KV head (the kernel reads keys up to the
-            // rows' largest position below max_seq, and writes NaN for a
-            // row past it), that the rows' queries and RoPE tables (and
-            // the query norm, head_dim values, held by `with_address`) fit,
-            // and `tiled` that head_dim is a multiple of 4 and at most the
-            // kernel's largest, so its float4 reads of shared memory stay
-            // within each row.
+            // blocks (decode kernel only), `out` has their words after the
+            // values and head_dim is a multiple of 32, so each warp's values
+            // are one block. The tiled kernel runs only on one cache, with
+            // head_dim a multiple of 4 and at most its largest (`tiled`), so
+            // its float4 reads of shared memory stay within each row.
             unsafe { b.launch(cfg) }.w()?;
             Ok(())
         })?;

@@ -164,7 +164,7 @@ int main(int argc, char **argv) {
     const dim3 grid{(rows + per_block - 1) / per_block, n_heads, 1};
     auto launch = [&](auto kernel_fn, auto &k, auto &v) {
       emu_launch(kernel_fn, grid, dim3{128, 1, 1}, q.data(), k.data(), v.data(), p, out.data(),
-                 pos_base, rows, (int)n_heads, n_kv, hd, max_seq, scale, softcap, window, c, s,
+                 pos_base, (int)n_heads, n_kv, hd, max_seq, rows, scale, softcap, window, c, s,
                  n_dims, neox, q_stride, ptr_or_null(q_norm), NORM_EPS);
     };
     if (f16) {
