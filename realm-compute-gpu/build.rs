@@ -17,7 +17,7 @@ const KERNELS: &[&str] = &[
 ];
 
 /// Headers the kernels include.
-const HEADERS: &[&str] = &["q8_1.cuh", "query.cuh", "slots.cuh"];
+const HEADERS: &[&str] = &["attention.cuh", "q8_1.cuh", "slots.cuh"];
 
 fn main() {
     println!("cargo:rerun-if-env-changed=CUDA_COMPUTE_CAP");

@@ -12,16 +12,17 @@
 // or, with by_slots, where `slots` says. Row r's query is at position
 // pos(r) (from `positions`, or pos_base + r when that is null) and sees the
 // keys j with lo <= j <= pos, lo = pos + 1 - window when there is a window.
-// Each warp takes every WARPS-th key and keeps a running maximum, sum and
-// weighted sum of values (one pass, rescaling as the maximum grows); the
-// warps' partial results are then merged through shared memory. With `q8`
-// not null, the output also as Q8_1 blocks there (q8_1.cuh; head_dim a
-// multiple of 32), for the product that reads it.
+// Each warp takes every WARPS-th run of 32 keys (a key a lane for the
+// scores, then every lane over the run's values) and keeps a running
+// maximum, sum and weighted sum of values (one pass, rescaling as the
+// maximum grows); the warps' partial results are then merged through
+// shared memory. With `q8` not null, the output also as Q8_1 blocks there
+// (q8_1.cuh; head_dim a multiple of 32), for the product that reads it.
 #include <cuda_fp16.h>
 #include <stdint.h>
 
 #include "q8_1.cuh"
-#include "query.cuh"
+#include "attention.cuh"
 #include "slots.cuh"
 
 #define WARPS 4
@@ -64,8 +65,8 @@ __device__ void decode_attention(
   const T *kh = (by_slots ? (const T *)slots.k[row] : k + row * row_stride) + head_off;
   const T *vh = (by_slots ? (const T *)slots.v[row] : v + row * row_stride) + head_off;
 
-  // The query, normed and rotated here when asked (query.cuh).
-  __shared__ float q_rot[MAX_PER_LANE * 32];
+  // The query, normed and rotated here when asked (attention.cuh).
+  __shared__ __align__(16) float q_rot[MAX_PER_LANE * 32];
   for (int d = threadIdx.x; d < head_dim; d += 32 * WARPS) q_rot[d] = qh[d];
   __syncthreads();
   if (warp == 0) {
@@ -75,39 +76,52 @@ __device__ void decode_attention(
     warp_prepare_query(q_rot, head_dim, q_norm, norm_eps, c, s, n_dims, neox);
   }
   __syncthreads();
-  float qr[MAX_PER_LANE];
   float acc[MAX_PER_LANE];
 #pragma unroll
-  for (int i = 0; i < MAX_PER_LANE; ++i) {
-    const int d = lane + 32 * i;
-    qr[i] = d < head_dim ? q_rot[d] : 0.0f;
-    acc[i] = 0.0f;
-  }
+  for (int i = 0; i < MAX_PER_LANE; ++i) acc[i] = 0.0f;
+  // Whole float4 reads of the keys when every row starts 16-byte aligned.
+  const bool by4 = (head_dim & 3) == 0 && ((unsigned long long)kh & 15) == 0;
   float m = -INFINITY;  // running maximum score
   float l = 0.0f;       // running sum of exp(score - m)
-  for (int j = lo + warp; j <= pos; j += WARPS) {
-    const T *kj = kh + (long long)j * head_dim;
-    float dot = 0.0f;
-#pragma unroll
-    for (int i = 0; i < MAX_PER_LANE; ++i) {
-      const int d = lane + 32 * i;
-      if (d < head_dim) dot += qr[i] * to_f32(kj[d]);
+  // Warp w takes the runs of 32 keys from lo + 32 w, every WARPS-th run:
+  // lane i scores key base + i, then every lane adds the run's values.
+  for (int base = lo + 32 * warp; base <= pos; base += 32 * WARPS) {
+    const int j = base + lane;
+    float s = -INFINITY;  // past pos: not seen
+    if (j <= pos) {
+      const T *kj = kh + (long long)j * head_dim;
+      float dot = 0.0f;
+      if (by4) {
+#pragma unroll 8
+        for (int d = 0; d < head_dim; d += 4) {
+          const float4 kk = load4(kj + d);
+          const float4 qq = *reinterpret_cast<const float4 *>(&q_rot[d]);
+          dot += qq.x * kk.x + qq.y * kk.y + qq.z * kk.z + qq.w * kk.w;
+        }
+      } else {
+        for (int d = 0; d < head_dim; ++d) dot += q_rot[d] * to_f32(kj[d]);
+      }
+      s = dot * scale;
+      if (softcap > 0.0f) s = softcap * tanhf(s / softcap);
     }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
-    float s = dot * scale;
-    if (softcap > 0.0f) s = softcap * tanhf(s / softcap);
-    const float m_new = fmaxf(m, s);
-    const float shrink = expf(m - m_new);  // 0 for the first key (m = -inf)
-    const float p = expf(s - m_new);
-    l = l * shrink + p;
-    const T *vj = vh + (long long)j * head_dim;
-#pragma unroll
-    for (int i = 0; i < MAX_PER_LANE; ++i) {
-      const int d = lane + 32 * i;
-      if (d < head_dim) acc[i] = acc[i] * shrink + p * to_f32(vj[d]);
-    }
+    // Key base is seen (lo <= base <= pos), so m_new is finite.
+    const float m_new = fmaxf(m, warp_max(s));
+    const float p = expf(s - m_new);       // 0 past pos
+    const float shrink = expf(m - m_new);  // 0 for the first run (m = -inf)
+    l = l * shrink + warp_sum(p);
     m = m_new;
+#pragma unroll
+    for (int i = 0; i < MAX_PER_LANE; ++i) acc[i] *= shrink;
+    const int run = min(32, pos - base + 1);
+    for (int jj = 0; jj < run; ++jj) {
+      const float pj = __shfl_sync(0xffffffffu, p, jj);
+      const T *vj = vh + (long long)(base + jj) * head_dim;
+#pragma unroll
+      for (int i = 0; i < MAX_PER_LANE; ++i) {
+        const int d = lane + 32 * i;
+        if (d < head_dim) acc[i] += pj * to_f32(vj[d]);
+      }
+    }
   }
 
   __shared__ float warp_max[WARPS];

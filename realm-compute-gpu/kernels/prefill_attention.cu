@@ -2,7 +2,7 @@
 // cache in one kernel, tile by tile: the same arithmetic as
 // decode_attention.cu (scores, scale, soft-cap, the causal and
 // sliding-window mask, softmax, the weighted sum of values, the query's
-// norm and RoPE when asked), with each tile of keys and values read once
+// norm and RoPE when asked, attention.cuh), with each tile of keys and values read once
 // into shared memory for many query rows. Written for Realm's GPU backend
 // (src/fused/attention.rs holds the launch and the CPU form).
 //
@@ -18,25 +18,11 @@
 #include <cuda_fp16.h>
 #include <stdint.h>
 
-#include "query.cuh"
+#include "attention.cuh"
 
 #define PF_WARPS 4
 // Keys in a tile: one a lane.
 #define PF_KEYS 32
-
-template <int N>
-__device__ __forceinline__ float warp_max(float x) {
-#pragma unroll
-  for (int o = N / 2; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
-  return x;
-}
-
-template <int N>
-__device__ __forceinline__ float warp_sum(float x) {
-#pragma unroll
-  for (int o = N / 2; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
-  return x;
-}
 
 // Keys (or values) t0.. of a head, up to hi, into the tile as f32; the
 // tile's rows past hi are zeros.
@@ -161,14 +147,14 @@ __device__ void prefill_attention(
     // Each row's running maximum and sum, and the tile's probabilities.
 #pragma unroll
     for (int r = 0; r < ROWS; ++r) {
-      const float m_new = fmaxf(m[r], warp_max<32>(s[r]));
+      const float m_new = fmaxf(m[r], warp_max(s[r]));
       float p = 0.0f, shrink = 1.0f;
       // Until a row has seen a key its maximum is -inf: nothing to add.
       if (m_new > -INFINITY) {
         p = expf(s[r] - m_new);        // 0 for a masked key
         shrink = expf(m[r] - m_new);   // 0 for the row's first key
       }
-      l[r] = l[r] * shrink + warp_sum<32>(p);
+      l[r] = l[r] * shrink + warp_sum(p);
       m[r] = m_new;
 #pragma unroll
       for (int i = 0; i < PER_LANE; ++i) acc[r][i] *= shrink;

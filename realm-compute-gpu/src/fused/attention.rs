@@ -489,9 +489,12 @@ mod cuda {
             // took them from live tensors, which the caller holds); with
             // blocks (decode kernel only), `out` has their words after the
             // values and head_dim is a multiple of 32, so each warp's values
-            // are one block. The tiled kernel runs only on one cache, with
-            // head_dim a multiple of 4 and at most its largest (`tiled`), so
-            // its float4 reads of shared memory stay within each row.
+            // are one block. The decode kernel reads keys four at a time
+            // only where head_dim is a multiple of 4 and the keys are
+            // 16-byte aligned (it checks both). The tiled kernel runs only
+            // on one cache, with head_dim a multiple of 4 and at most its
+            // largest (`tiled`), so its float4 reads of shared memory stay
+            // within each row.
             unsafe { b.launch(cfg) }.w()?;
             Ok(())
         })?;

@@ -64,6 +64,16 @@ inline float __shfl_xor_sync(unsigned, float v, int offset) {
   return r;
 }
 
+inline float __shfl_sync(unsigned, float v, int src) {
+  const unsigned t = threadIdx.x, warp = t / 32;
+  std::barrier<> &bar = *emu_block->warps[warp];
+  emu_block->lanes[t] = v;
+  bar.arrive_and_wait();
+  const float r = emu_block->lanes[warp * 32 + (unsigned)src % 32];
+  bar.arrive_and_wait();
+  return r;
+}
+
 inline float __int_as_float(int i) {
   float f;
   std::memcpy(&f, &i, sizeof f);

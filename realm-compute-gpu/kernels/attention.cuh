@@ -1,11 +1,31 @@
 // What the attention kernels share: the cache's element type read as f32,
-// and a query head made ready by one warp (Gemma 3's query norm, then
-// RoPE). Written for Realm's GPU backend.
+// a warp's maximum and sum, and a query head made ready by one warp
+// (Gemma 3's query norm, then RoPE). Written for Realm's GPU backend.
 #pragma once
 #include <cuda_fp16.h>
 
 __device__ __forceinline__ float to_f32(float x) { return x; }
 __device__ __forceinline__ float to_f32(__half x) { return __half2float(x); }
+
+// Four consecutive values as f32 (for f32, from a 16-byte aligned address).
+__device__ __forceinline__ float4 load4(const float *p) {
+  return *reinterpret_cast<const float4 *>(p);
+}
+__device__ __forceinline__ float4 load4(const __half *p) {
+  return float4{__half2float(p[0]), __half2float(p[1]), __half2float(p[2]), __half2float(p[3])};
+}
+
+// The maximum and the sum of x over a warp (every lane calls them).
+__device__ __forceinline__ float warp_max(float x) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
+  return x;
+}
+__device__ __forceinline__ float warp_sum(float x) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+  return x;
+}
 
 // One warp (every lane calls it) norms and rotates the head_dim values of
 // a query head in qh (shared memory), in place. With q_norm, the head is
