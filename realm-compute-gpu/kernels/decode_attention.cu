@@ -25,7 +25,8 @@
 #include "attention.cuh"
 #include "slots.cuh"
 
-#define WARPS 4
+// Eight warps, so that a long cache is read by many runs at once.
+#define WARPS 8
 // Each lane holds head_dim / 32 values of the query and of the sum.
 #define MAX_PER_LANE 8  // head_dim <= 256
 

@@ -271,8 +271,10 @@ mod cuda {
     const MODULE: &str = "realm_decode_attention";
     const TILED_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/prefill_attention.ptx"));
     const TILED_MODULE: &str = "realm_prefill_attention";
-    /// Threads per block: the kernels' `32 * WARPS` and `32 * PF_WARPS`.
-    const THREADS: u32 = 128;
+    /// Threads per block: the decode kernel's `32 * WARPS`, the tiled
+    /// kernel's `32 * PF_WARPS`.
+    const THREADS: u32 = 256;
+    const TILED_THREADS: u32 = 128;
     /// The most rows of one cache the decode kernel attends (a block for
     /// each row and head); more go to the tiled kernel.
     const DECODE_ROWS: usize = 8;
@@ -413,7 +415,7 @@ mod cuda {
             true => crate::fused::cuda::address(&out, values),
             false => 0,
         };
-        let (func, grid_x) = match tiled {
+        let (func, grid_x, threads) = match tiled {
             Some((max_hd, rows)) => (
                 dev.get_or_load_custom_func(
                     &format!("prefill_attention_{dtype}_{max_hd}"),
@@ -421,10 +423,12 @@ mod cuda {
                     TILED_PTX,
                 )?,
                 dims.rows.div_ceil(rows),
+                TILED_THREADS,
             ),
             None => (
                 dev.get_or_load_custom_func(&format!("decode_attention_{dtype}"), MODULE, PTX)?,
                 dims.rows,
+                THREADS,
             ),
         };
         let ints = [op.n_heads, op.n_kv_heads, op.head_dim, dims.max_seq].map(|n| n as i32);
@@ -440,7 +444,7 @@ mod cuda {
         let norm_eps = op.rope.as_ref().map_or(0.0, |r| r.norm_eps);
         let cfg = LaunchConfig {
             grid_dim: (grid_x as u32, op.n_heads as u32, 1),
-            block_dim: (THREADS, 1, 1),
+            block_dim: (threads, 1, 1),
             shared_mem_bytes: 0,
         };
         crate::fused::cuda::with_address(q_norm, |q_norm| {

@@ -120,13 +120,13 @@ int main(int argc, char **argv) {
     };
     if (kernel == "decode_attention_f32") {
       auto k = load<float>(argv[3]), v = load<float>(argv[4]);
-      emu_launch(decode_attention_f32, dim3{rows, n_heads, 1}, dim3{128, 1, 1}, q.data(), k.data(),
+      emu_launch(decode_attention_f32, dim3{rows, n_heads, 1}, dim3{256, 1, 1}, q.data(), k.data(),
                  v.data(), p, out.data(), pos_base, (int)n_heads, n_kv, hd, max_seq, row_stride,
                  table(k, v), (int)by_slots, scale, softcap, window, c, s, n_dims, neox, ptr(q8),
                  q_stride, ptr_or_null(q_norm), NORM_EPS);
     } else {
       auto k = load<__half>(argv[3]), v = load<__half>(argv[4]);
-      emu_launch(decode_attention_f16, dim3{rows, n_heads, 1}, dim3{128, 1, 1}, q.data(), k.data(),
+      emu_launch(decode_attention_f16, dim3{rows, n_heads, 1}, dim3{256, 1, 1}, q.data(), k.data(),
                  v.data(), p, out.data(), pos_base, (int)n_heads, n_kv, hd, max_seq, row_stride,
                  table(k, v), (int)by_slots, scale, softcap, window, c, s, n_dims, neox, ptr(q8),
                  q_stride, ptr_or_null(q_norm), NORM_EPS);
