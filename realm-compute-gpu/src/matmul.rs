@@ -80,10 +80,10 @@ impl GpuBackend {
         cols: usize,
     ) -> BackendResult<GpuWeight> {
         let storage = QStorage::from_data(data, &self.device, ctype).map_err(dev_err(op))?;
-        #[cfg(feature = "cuda")]
-        let blocks = crate::fused::q8::cuda::Weight::of(&storage).map_err(dev_err(op))?;
         let q = QTensor::new(storage, (rows, cols)).map_err(dev_err(op))?;
         let qm = QMatMul::from_qtensor(q).map_err(dev_err(op))?;
+        #[cfg(feature = "cuda")]
+        let blocks = crate::fused::q8::cuda::Weight::of(&qm).map_err(dev_err(op))?;
         // Every thread multiplies by the weights, each on its own stream
         // (CUDA's per-thread streams): the copy must be done first.
         self.device.synchronize().map_err(dev_err(op))?;

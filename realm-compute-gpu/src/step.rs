@@ -82,6 +82,10 @@ impl std::fmt::Display for GraphNodes {
 pub struct GpuRecording {
     #[cfg(feature = "cuda")]
     graph: cuda::Graph,
+    /// The thread that recorded it: candle keeps the uploads a capture
+    /// reads in a cache per thread, which goes when the thread ends.
+    #[cfg(feature = "cuda")]
+    thread: std::thread::ThreadId,
     /// The tensors the graph leaves each buffer's results in.
     fixed: Vec<Tensor>,
     generation: u64,
@@ -510,6 +514,7 @@ impl StepOps for GpuBackend {
             *self.last_graph.lock().unwrap_or_else(|e| e.into_inner()) = Some(nodes);
             Ok(GpuRecording {
                 graph,
+                thread: std::thread::current().id(),
                 fixed,
                 generation,
                 epoch,
@@ -539,6 +544,11 @@ impl StepOps for GpuBackend {
         }
         #[cfg(feature = "cuda")]
         {
+            // Another thread records its own (a runtime's tenant may step
+            // on a new thread each call).
+            if rec.thread != std::thread::current().id() {
+                return Err(invalid(OP, "the recording is another thread's"));
+            }
             self.scratch
                 .replay(&self.device, rec.epoch, || rec.graph.launch())
                 .map_err(scratch_err(OP))?;

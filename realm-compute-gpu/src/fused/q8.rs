@@ -109,7 +109,7 @@ pub(crate) struct BlocksProduct {
 
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda {
-    use candle_core::quantized::{GgmlDType, QStorage};
+    use candle_core::quantized::{GgmlDType, QMatMul};
     use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape};
 
     use super::{BlocksProduct, MAX_ROWS};
@@ -143,14 +143,18 @@ pub(crate) mod cuda {
     }
 
     impl Weight {
-        /// The weight in `storage`, if it is on a CUDA device in a type the
-        /// vector kernels take.
-        pub(crate) fn of(storage: &QStorage) -> Result<Option<Self>> {
+        /// The weights `qm` multiplies by, if they are quantized blocks on a
+        /// CUDA device in a type the vector kernels take (candle keeps a
+        /// dequantized copy instead when `CANDLE_DEQUANTIZE_ALL` is set).
+        pub(crate) fn of(qm: &QMatMul) -> Result<Option<Self>> {
             use candle_kernels::ffi;
-            let QStorage::Cuda(s) = storage else {
+            let QMatMul::QTensor(q) = qm else {
                 return Ok(None);
             };
-            let launch: Launcher = match s.dtype() {
+            if !q.device().is_cuda() {
+                return Ok(None);
+            }
+            let launch: Launcher = match q.dtype() {
                 GgmlDType::Q4_0 => ffi::launch_mmvq_gguf_q4_0_f32_plain,
                 GgmlDType::Q4_1 => ffi::launch_mmvq_gguf_q4_1_f32_plain,
                 GgmlDType::Q5_0 => ffi::launch_mmvq_gguf_q5_0_f32_plain,
@@ -164,7 +168,7 @@ pub(crate) mod cuda {
                 _ => return Ok(None),
             };
             Ok(Some(Self {
-                ptr: s.device_ptr()? as u64,
+                ptr: q.device_ptr()? as u64,
                 launch,
             }))
         }
