@@ -171,6 +171,9 @@ pub struct GpuBackend {
     blocks_products: AtomicU64,
     /// The nodes of the last step recorded.
     last_graph: std::sync::Mutex<Option<GraphNodes>>,
+    /// One thread at a time runs static steps with candle's upload cache.
+    #[cfg(feature = "cuda")]
+    upload_gate: std::sync::Arc<step::UploadGate>,
 }
 
 impl fmt::Debug for GpuBackend {
@@ -238,6 +241,8 @@ impl GpuBackend {
             replayed: AtomicU64::new(0),
             blocks_products: AtomicU64::new(0),
             last_graph: std::sync::Mutex::new(None),
+            #[cfg(feature = "cuda")]
+            upload_gate: Default::default(),
         })
     }
 

@@ -144,12 +144,9 @@ pub(crate) struct StepState {
     outputs: usize,
     /// The scratch's epoch when recording began.
     epoch: u64,
-    /// Keeps candle's upload cache on while a step may be recorded, so
-    /// that the kernel parameters ops upload are cached by the plain run
-    /// and found by the recording.
-    /// (candle does not name the guard's type, hence the box).
+    /// candle's upload cache, on while a step may be recorded.
     #[cfg(feature = "cuda")]
-    htod_cache: Option<Box<dyn std::any::Any + Send>>,
+    uploads: Option<cuda::Uploads>,
 }
 
 impl std::fmt::Debug for StepState {
@@ -198,7 +195,7 @@ impl StepState {
             outputs: 0,
             epoch: 0,
             #[cfg(feature = "cuda")]
-            htod_cache: None,
+            uploads: None,
         })
     }
 
@@ -400,8 +397,8 @@ impl StepOps for GpuBackend {
             st.active = false;
             st.clear_derived();
             #[cfg(feature = "cuda")]
-            {
-                st.htod_cache = None;
+            if let Some(u) = st.uploads.take() {
+                u.close(&self.device);
             }
         }
         let reuse = matches!(&ws.step, Some(st) if st.rows == rows && st.kv_len == inputs.kv_len);
@@ -419,7 +416,7 @@ impl StepOps for GpuBackend {
             st.active = true;
             #[cfg(feature = "cuda")]
             if let (true, Device::Cuda(cuda)) = (self.records(), &self.device) {
-                st.htod_cache = Some(Box::new(cuda.enable_cuda_graph_htod_cache()));
+                st.uploads = Some(cuda::Uploads::open(cuda, &self.upload_gate));
             }
         }
         Ok(())
@@ -430,8 +427,8 @@ impl StepOps for GpuBackend {
             st.active = false;
             st.clear_derived();
             #[cfg(feature = "cuda")]
-            {
-                st.htod_cache = None;
+            if let Some(u) = st.uploads.take() {
+                u.close(&self.device);
             }
         }
     }
@@ -553,6 +550,9 @@ impl StepOps for GpuBackend {
                 .replay(&self.device, rec.epoch, || rec.graph.launch())
                 .map_err(scratch_err(OP))?;
             self.replayed.fetch_add(1, Ordering::Relaxed);
+            if let Some(u) = ws.step.as_mut().and_then(|st| st.uploads.as_mut()) {
+                u.replayed = true;
+            }
             // Ops since the recording may have replaced the buffers' tensors.
             for (b, t) in buffers.iter_mut().zip(&rec.fixed) {
                 b.replace(t.clone());
@@ -562,6 +562,66 @@ impl StepOps for GpuBackend {
         #[cfg(not(feature = "cuda"))]
         {
             Err(invalid(OP, "this build cannot record steps"))
+        }
+    }
+}
+
+/// Lets one thread at a time run static steps with candle's upload cache
+/// on (a thread may hold it again). candle caches the kernel parameters
+/// (dims and strides) such a step uploads in one table for the whole
+/// process, and fills an entry with a copy on the stream of the thread that
+/// missed it; another thread's stream could read the entry before that
+/// copy is done. So a step holds the gate from `begin_step` to `end_step`,
+/// and waits for its stream there unless it was replayed (a replay adds no
+/// entries), before letting go.
+#[cfg(feature = "cuda")]
+#[derive(Debug, Default)]
+pub(crate) struct UploadGate {
+    /// The holder and how many passes it holds.
+    holder: std::sync::Mutex<Option<(std::thread::ThreadId, usize)>>,
+    free: std::sync::Condvar,
+}
+
+/// A hold on an [`UploadGate`], let go when dropped.
+#[cfg(feature = "cuda")]
+#[derive(Debug)]
+pub(crate) struct GatePass(std::sync::Arc<UploadGate>);
+
+#[cfg(feature = "cuda")]
+impl UploadGate {
+    /// Waits for the gate (unless this thread holds it) and takes it.
+    pub(crate) fn enter(gate: &std::sync::Arc<UploadGate>) -> GatePass {
+        let me = std::thread::current().id();
+        let mut holder = gate.holder.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            match holder.as_mut() {
+                None => {
+                    *holder = Some((me, 1));
+                    break;
+                }
+                Some((t, n)) if *t == me => {
+                    *n += 1;
+                    break;
+                }
+                Some(_) => {
+                    holder = gate.free.wait(holder).unwrap_or_else(|e| e.into_inner());
+                }
+            }
+        }
+        GatePass(gate.clone())
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl Drop for GatePass {
+    fn drop(&mut self) {
+        let mut holder = self.0.holder.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, n)) = holder.as_mut() {
+            *n -= 1;
+            if *n == 0 {
+                *holder = None;
+                self.0.free.notify_one();
+            }
         }
     }
 }
@@ -631,6 +691,49 @@ mod cuda {
         Ok(device.as_cuda_device()?.cuda_stream())
     }
 
+    /// candle's upload cache, on for this thread while a step may be
+    /// recorded (so that the plain run caches the kernel parameters ops
+    /// upload and the recording finds them), with the gate that keeps
+    /// other threads from reading the new entries early.
+    pub(crate) struct Uploads {
+        /// candle's guard (whose type candle does not name).
+        cache: Box<dyn std::any::Any + Send>,
+        pass: super::GatePass,
+        /// Whether the step was replayed: it then uploaded nothing.
+        pub(crate) replayed: bool,
+    }
+
+    impl Uploads {
+        /// Takes `gate`, then turns the cache on.
+        pub(crate) fn open(
+            cuda: &candle_core::CudaDevice,
+            gate: &std::sync::Arc<super::UploadGate>,
+        ) -> Self {
+            let pass = super::UploadGate::enter(gate);
+            Self {
+                cache: Box::new(cuda.enable_cuda_graph_htod_cache()),
+                pass,
+                replayed: false,
+            }
+        }
+
+        /// Turns the cache off and lets go of the gate, once this thread's
+        /// stream has done the copies that fill the entries it added (a
+        /// device error here surfaces at the next op).
+        pub(crate) fn close(self, device: &Device) {
+            let Self {
+                cache,
+                pass,
+                replayed,
+            } = self;
+            drop(cache);
+            if !replayed {
+                let _ = device.synchronize();
+            }
+            drop(pass);
+        }
+    }
+
     /// Starts capturing the device's stream (this thread's work only).
     pub(super) fn begin(device: &Device) -> Result<()> {
         stream(device)?
@@ -657,5 +760,39 @@ mod cuda {
             Some(g) => Ok(Graph(g)),
             None => candle_core::bail!("the CUDA graph capture recorded nothing"),
         }
+    }
+}
+
+#[cfg(all(test, feature = "cuda"))]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::UploadGate;
+
+    /// The gate's holder may take it again; another thread waits until
+    /// every pass is gone.
+    #[test]
+    fn one_thread_at_a_time_holds_the_gate() {
+        let gate = Arc::new(UploadGate::default());
+        let outer = UploadGate::enter(&gate);
+        let inner = UploadGate::enter(&gate);
+        let entered = Arc::new(AtomicBool::new(false));
+        let other = {
+            let (gate, entered) = (gate.clone(), entered.clone());
+            std::thread::spawn(move || {
+                let _pass = UploadGate::enter(&gate);
+                entered.store(true, Ordering::SeqCst);
+            })
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!entered.load(Ordering::SeqCst), "entered while held");
+        drop(inner);
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!entered.load(Ordering::SeqCst), "entered while held once");
+        drop(outer);
+        other.join().unwrap();
+        assert!(entered.load(Ordering::SeqCst));
     }
 }

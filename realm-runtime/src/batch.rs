@@ -213,7 +213,12 @@ fn run_group(
         .steps
         .fetch_add(group.len() as u64, Ordering::Relaxed);
     counters.batches.fetch_add(1, Ordering::Relaxed);
-    let result = result.map_err(|e| e.to_string());
+    // A step that failed part way may have left work queued on this
+    // thread's stream: done before the sessions go back to their threads.
+    let result = result.map_err(|e| {
+        let _ = model.synchronize();
+        e.to_string()
+    });
     // The worker lets go of the model before any caller hears back, so a
     // caller that finishes sees only the holders that remain.
     drop(model);

@@ -138,6 +138,14 @@ pub(crate) struct TenantState {
 }
 
 impl TenantState {
+    /// Waits for the device work this thread queued for the tenant's
+    /// models: a guest's host calls may return with work in flight (the
+    /// layers of a prefill), and its sessions may next be dropped or
+    /// stepped on another thread.
+    pub(crate) fn settle(&self) -> Result<(), realm_models::Error> {
+        self.models.iter().try_for_each(|m| m.synchronize())
+    }
+
     pub(crate) fn new(
         models: Vec<Arc<LoadedModel>>,
         memory_limit: usize,

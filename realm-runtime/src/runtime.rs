@@ -499,8 +499,10 @@ impl Tenant {
                 .stack_size(8 << 20)
                 .spawn_scoped(scope, || {
                     let r = call_generate(&mut live, prompt.as_bytes(), &params);
+                    // This thread's device work is done before it ends.
+                    let settled = live.store.data().settle();
                     live.store.data_mut().sink = None;
-                    r
+                    r.and_then(|status| settled.map(|()| status).map_err(wasmtime::Error::new))
                 })
                 .map_err(|e| Error::Config(format!("cannot start a guest thread: {e}")))?;
             loop {

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use realm_compute_cpu::CpuBackend;
 use realm_compute_gpu::GpuBackend;
+use realm_core::backend::BackendCore;
 use realm_core::gguf::{GgufFile, GgufWriter};
 use realm_models::{BatchScratch, Model, Session};
 use sha2::{Digest, Sha256};
@@ -176,6 +177,18 @@ impl LoadedModel {
             ModelCell::Gpu(c) => c
                 .with_dependent(|_, m| m.session(max_seq_len, batch))
                 .map(|s| AnySession::Gpu(Box::new(s))),
+        }
+    }
+
+    /// Waits for the device work this thread queued on the model's
+    /// backend (none on the CPU), so that what it wrote may be handed to
+    /// another thread or freed.
+    pub(crate) fn synchronize(&self) -> ModelResult<()> {
+        match &self.cell {
+            ModelCell::Cpu(_) => Ok(()),
+            ModelCell::Gpu(c) => {
+                c.with_dependent(|_, m| BackendCore::synchronize(m.backend()).map_err(Into::into))
+            }
         }
     }
 
