@@ -112,19 +112,23 @@ impl Scratch {
         // candle pads columns to 512 and uses its vector kernels up to 8
         // rows; its scratch grows with rows times padded columns.
         let need = rows.saturating_mul(cols.next_multiple_of(512));
-        let slot = if rows <= 8 {
-            &mut st.vector_need
-        } else {
-            &mut st.matrix_need
-        };
-        if need > *slot {
-            if recording {
-                return Err(ScratchError::GrowsWhileRecording);
-            }
-            *slot = need;
+        let vector = rows <= 8;
+        let grows = need > st.need(vector);
+        if grows && recording {
+            return Err(ScratchError::GrowsWhileRecording);
+        }
+        if grows {
             st.epoch += 1;
         }
-        Self::run(&mut st, device, recording, launch)
+        let out = Self::run(&mut st, device, recording, launch);
+        match &out {
+            // The scratch is as large as that only once a product used it.
+            Ok(_) if grows => *st.need_mut(vector) = need,
+            Ok(_) => {}
+            // candle may have grown (and freed) its scratch before failing.
+            Err(_) => st.epoch += 1,
+        }
+        out
     }
 
     /// Runs `launch`, ops that use a resource every thread's stream shares
@@ -149,8 +153,11 @@ impl Scratch {
             return Ok(launch()?);
         }
         st.before(device)?;
-        let out = launch()?;
-        st.after(device)?;
+        // Marked even when it fails: it may have queued some kernels.
+        let out = launch();
+        let marked = st.after(device);
+        let out = out?;
+        marked?;
         Ok(out)
     }
 
@@ -168,14 +175,27 @@ impl Scratch {
         if st.epoch != epoch {
             return Err(ScratchError::Stale);
         }
-        st.before(device)?;
-        launch()?;
-        st.after(device)?;
-        Ok(())
+        Self::run(&mut st, device, false, launch)
     }
 }
 
 impl State {
+    /// The largest product (rows times padded columns) of vector products
+    /// (`vector`) or of matrix products so far.
+    fn need(&self, vector: bool) -> usize {
+        match vector {
+            true => self.vector_need,
+            false => self.matrix_need,
+        }
+    }
+
+    fn need_mut(&mut self, vector: bool) -> &mut usize {
+        match vector {
+            true => &mut self.vector_need,
+            false => &mut self.matrix_need,
+        }
+    }
+
     /// Orders this thread's stream after the last product of another.
     fn before(&mut self, device: &Device) -> candle_core::Result<()> {
         let me = std::thread::current().id();
@@ -274,6 +294,26 @@ mod tests {
         run(true, 8, 576).unwrap();
         run(true, 9, 576).unwrap();
         assert_eq!(s.epoch(), 3);
+    }
+
+    /// A product that fails made recordings stale (candle may have grown
+    /// its scratch first) and does not count as the size it asked for: the
+    /// next product of that size grows again.
+    #[test]
+    fn a_failed_product_counts_as_growth_but_not_as_size() {
+        let s = Scratch::default();
+        let dev = Device::Cpu;
+        let fail = || -> candle_core::Result<()> { Err(candle_core::Error::Msg("oom".into())) };
+        s.product(&dev, false, 1, 64, || Ok(())).unwrap();
+        assert_eq!(s.epoch(), 1);
+        assert!(s.product(&dev, false, 4, 64, fail).is_err());
+        assert_eq!(s.epoch(), 3);
+        assert!(s.product(&dev, false, 1, 64, fail).is_err());
+        assert_eq!(s.epoch(), 4);
+        s.product(&dev, false, 4, 64, || Ok(())).unwrap();
+        assert_eq!(s.epoch(), 5);
+        s.product(&dev, false, 4, 64, || Ok(())).unwrap();
+        assert_eq!(s.epoch(), 5);
     }
 
     #[test]
