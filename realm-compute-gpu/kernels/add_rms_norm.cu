@@ -13,6 +13,8 @@
 #include "q8_1.cuh"
 
 #define NORM_THREADS 256
+// Values of a row each thread keeps in registers.
+#define NORM_KEEP 8
 
 // The total of every thread's v, which each thread gets: each warp's by
 // shuffles, then the block's through shared memory.
@@ -31,8 +33,9 @@ __device__ __forceinline__ float block_total(float v) {
 }
 
 extern "C" __global__ void __launch_bounds__(NORM_THREADS) add_rms_norm_f32(
-    const float *x, const float *y, const float *w, float *out, uint32_t rows,
-    uint32_t width, float eps, realm_block_q8_1 *q8, const float *y_w) {
+    const float *__restrict__ x, const float *__restrict__ y, const float *__restrict__ w,
+    float *__restrict__ out, uint32_t rows, uint32_t width, float eps,
+    realm_block_q8_1 *__restrict__ q8, const float *__restrict__ y_w) {
   const uint32_t row = blockIdx.x;
   const int lane = threadIdx.x & 31;
   const float *xr = x + (uint64_t)row * width;
@@ -46,16 +49,40 @@ extern "C" __global__ void __launch_bounds__(NORM_THREADS) add_rms_norm_f32(
     for (uint32_t i = threadIdx.x; i < width; i += NORM_THREADS) y_squares += yr[i] * yr[i];
     y_scale = 1.0f / sqrtf(block_total(y_squares) / (float)width + eps);
   }
+  // A thread's first NORM_KEEP sums stay in registers for the norm (every
+  // one of a row of up to NORM_THREADS * NORM_KEEP values); the rest are
+  // read back.
+  float kept[NORM_KEEP];
   float squares = 0.0f;
-  for (uint32_t i = threadIdx.x; i < width; i += NORM_THREADS) {
+#pragma unroll
+  for (int k = 0; k < NORM_KEEP; ++k) {
+    const uint32_t i = threadIdx.x + k * NORM_THREADS;
+    kept[k] = 0.0f;
+    if (i < width) {
+      const float s = xr[i] + (y_w ? yr[i] * y_scale * y_w[i] : yr[i]);
+      sum[i] = s;
+      kept[k] = s;
+      squares += s * s;
+    }
+  }
+  for (uint32_t i = threadIdx.x + NORM_KEEP * NORM_THREADS; i < width; i += NORM_THREADS) {
     const float s = xr[i] + (y_w ? yr[i] * y_scale * y_w[i] : yr[i]);
     sum[i] = s;
     squares += s * s;
   }
   const float scale = 1.0f / sqrtf(block_total(squares) / (float)width + eps);
-  // Each thread reads back the sums it wrote. A warp's 32 values are one
-  // Q8_1 block, and with width a multiple of 32 its lanes loop together.
-  for (uint32_t i = threadIdx.x; i < width; i += NORM_THREADS) {
+  // A warp's 32 values are one Q8_1 block, and with width a multiple of 32
+  // its lanes loop together.
+#pragma unroll
+  for (int k = 0; k < NORM_KEEP; ++k) {
+    const uint32_t i = threadIdx.x + k * NORM_THREADS;
+    if (i < width) {
+      const float n = kept[k] * scale * w[i];
+      norm[i] = n;
+      if (q8) store_q8_1(n, q8 + ((uint64_t)row * width + i) / 32, lane);
+    }
+  }
+  for (uint32_t i = threadIdx.x + NORM_KEEP * NORM_THREADS; i < width; i += NORM_THREADS) {
     const float n = sum[i] * scale * w[i];
     norm[i] = n;
     if (q8) store_q8_1(n, q8 + ((uint64_t)row * width + i) / 32, lane);

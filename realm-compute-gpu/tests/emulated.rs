@@ -555,8 +555,9 @@ fn prefill_attention_matches_the_cpu() {
 fn add_rms_norm_matches_the_cpu() {
     let cpu = CpuBackend::new().unwrap();
     let mut rng = Rng(7);
-    // SmolLM2's and Gemma 3's widths, and one past a block's threads.
-    for (rows, width) in [(1, 576), (3, 640), (2, 300), (1, 1)] {
+    // SmolLM2's and Gemma 3's widths, one past a block's threads, and one
+    // past the values the threads keep in registers (2048).
+    for (rows, width) in [(1, 576), (3, 640), (2, 300), (1, 1), (2, 2336)] {
         let x = rng.f32s(rows * width, -3.0, 3.0);
         let y = rng.f32s(rows * width, -2.0, 2.0);
         let w = rng.f32s(width, 0.5, 1.5);
