@@ -27,10 +27,12 @@
 
 // Eight warps, so that a long cache is read by many runs at once.
 #define WARPS 8
-// Each lane holds head_dim / 32 values of the query and of the sum.
-#define MAX_PER_LANE 8  // head_dim <= 256
+// Keys whose values a lane loads before it adds them.
+#define VALUE_BATCH 8
 
-template <typename T>
+// HD: the largest head_dim this instance takes (64, 128 or 256); each lane
+// holds HD / 32 values of the sum.
+template <typename T, int HD>
 __device__ void decode_attention(
     const float *__restrict__ q,   // row r: q + r * q_stride, [n_heads, head_dim]
     const T *__restrict__ k,       // row r: k + r * row_stride, [kv_heads, max_seq, head_dim]
@@ -67,7 +69,7 @@ __device__ void decode_attention(
   const T *vh = (by_slots ? (const T *)slots.v[row] : v + row * row_stride) + head_off;
 
   // The query, normed and rotated here when asked (attention.cuh).
-  __shared__ __align__(16) float q_rot[MAX_PER_LANE * 32];
+  __shared__ __align__(16) float q_rot[HD];
   for (int d = threadIdx.x; d < head_dim; d += 32 * WARPS) q_rot[d] = qh[d];
   __syncthreads();
   if (warp == 0) {
@@ -77,9 +79,10 @@ __device__ void decode_attention(
     warp_prepare_query(q_rot, head_dim, q_norm, norm_eps, c, s, n_dims, neox);
   }
   __syncthreads();
-  float acc[MAX_PER_LANE];
+  constexpr int PER_LANE = HD / 32;
+  float acc[PER_LANE];
 #pragma unroll
-  for (int i = 0; i < MAX_PER_LANE; ++i) acc[i] = 0.0f;
+  for (int i = 0; i < PER_LANE; ++i) acc[i] = 0.0f;
   // Whole float4 reads of the keys when every row starts 16-byte aligned.
   const bool by4 = (head_dim & 3) == 0 && ((unsigned long long)kh & 15) == 0;
   float m = -INFINITY;  // running maximum score
@@ -93,11 +96,13 @@ __device__ void decode_attention(
       const T *kj = kh + (long long)j * head_dim;
       float dot = 0.0f;
       if (by4) {
-#pragma unroll 8
-        for (int d = 0; d < head_dim; d += 4) {
-          const float4 kk = load4(kj + d);
-          const float4 qq = *reinterpret_cast<const float4 *>(&q_rot[d]);
-          dot += qq.x * kk.x + qq.y * kk.y + qq.z * kk.z + qq.w * kk.w;
+#pragma unroll 16
+        for (int d = 0; d < HD; d += 4) {
+          if (d < head_dim) {
+            const float4 kk = load4(kj + d);
+            const float4 qq = *reinterpret_cast<const float4 *>(&q_rot[d]);
+            dot += qq.x * kk.x + qq.y * kk.y + qq.z * kk.z + qq.w * kk.w;
+          }
         }
       } else {
         for (int d = 0; d < head_dim; ++d) dot += q_rot[d] * to_f32(kj[d]);
@@ -112,28 +117,42 @@ __device__ void decode_attention(
     l = l * shrink + warp_sum(p);
     m = m_new;
 #pragma unroll
-    for (int i = 0; i < MAX_PER_LANE; ++i) acc[i] *= shrink;
+    for (int i = 0; i < PER_LANE; ++i) acc[i] *= shrink;
+    // The run's values, VALUE_BATCH keys at a time: all their loads go out
+    // before the first sum needs one. A key past the run (past pos) has
+    // weight 0 and reads the run's last row instead.
     const int run = min(32, pos - base + 1);
-    for (int jj = 0; jj < run; ++jj) {
-      const float pj = __shfl_sync(0xffffffffu, p, jj);
-      const T *vj = vh + (long long)(base + jj) * head_dim;
+    for (int j0 = 0; j0 < run; j0 += VALUE_BATCH) {
+      float pj[VALUE_BATCH];
+      float vals[VALUE_BATCH][PER_LANE];
 #pragma unroll
-      for (int i = 0; i < MAX_PER_LANE; ++i) {
-        const int d = lane + 32 * i;
-        if (d < head_dim) acc[i] += pj * to_f32(vj[d]);
+      for (int u = 0; u < VALUE_BATCH; ++u) {
+        const int jj = j0 + u;  // below 32: runs are at most 32
+        pj[u] = __shfl_sync(0xffffffffu, p, jj);
+        const T *vj = vh + (long long)(base + min(jj, run - 1)) * head_dim;
+#pragma unroll
+        for (int i = 0; i < PER_LANE; ++i) {
+          const int d = lane + 32 * i;
+          vals[u][i] = d < head_dim ? to_f32(vj[d]) : 0.0f;
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < VALUE_BATCH; ++u) {
+#pragma unroll
+        for (int i = 0; i < PER_LANE; ++i) acc[i] += pj[u] * vals[u][i];
       }
     }
   }
 
   __shared__ float warp_max[WARPS];
   __shared__ float warp_sum[WARPS];
-  __shared__ float warp_acc[WARPS][MAX_PER_LANE * 32];
+  __shared__ float warp_acc[WARPS][HD];
   if (lane == 0) {
     warp_max[warp] = m;
     warp_sum[warp] = l;
   }
 #pragma unroll
-  for (int i = 0; i < MAX_PER_LANE; ++i) {
+  for (int i = 0; i < PER_LANE; ++i) {
     const int d = lane + 32 * i;
     if (d < head_dim) warp_acc[warp][d] = acc[i];
   }
@@ -159,18 +178,24 @@ __device__ void decode_attention(
   }
 }
 
-#define DECODE_ATTENTION(NAME, T)                                                         \
-  extern "C" __global__ void __launch_bounds__(32 * WARPS) NAME(                          \
-      const float *q, const T *k, const T *v, const uint32_t *positions, float *out,       \
-      uint32_t pos_base, int n_heads, int n_kv_heads, int head_dim, int max_seq,           \
-      long long row_stride, const SlotTable slots, int by_slots, float scale,             \
-      float softcap, int window, const float *rope_cos, const float *rope_sin, int n_dims, \
-      int neox, realm_block_q8_1 *q8, long long q_stride, const float *q_norm,             \
-      float norm_eps) {                                                                    \
-    decode_attention<T>(q, k, v, positions, out, pos_base, n_heads, n_kv_heads, head_dim, \
-                        max_seq, row_stride, slots, by_slots, scale, softcap, window,     \
-                        rope_cos, rope_sin, n_dims, neox, q8, q_stride, q_norm, norm_eps); \
+#define DECODE_ATTENTION(NAME, T, HD)                                                      \
+  extern "C" __global__ void __launch_bounds__(32 * WARPS) NAME(                              \
+      const float *q, const T *k, const T *v, const uint32_t *positions, float *out,           \
+      uint32_t pos_base, int n_heads, int n_kv_heads, int head_dim, int max_seq,               \
+      long long row_stride, const SlotTable slots, int by_slots, float scale,                 \
+      float softcap, int window, const float *rope_cos, const float *rope_sin, int n_dims,     \
+      int neox, realm_block_q8_1 *q8, long long q_stride, const float *q_norm,                 \
+      float norm_eps) {                                                                        \
+    decode_attention<T, HD>(q, k, v, positions, out, pos_base, n_heads, n_kv_heads, head_dim, \
+                            max_seq, row_stride, slots, by_slots, scale, softcap, window,     \
+                            rope_cos, rope_sin, n_dims, neox, q8, q_stride, q_norm,           \
+                            norm_eps);                                                         \
   }
 
-DECODE_ATTENTION(decode_attention_f32, float)
-DECODE_ATTENTION(decode_attention_f16, __half)
+// Heads of up to 64, 128 and 256 values.
+DECODE_ATTENTION(decode_attention_f32_64, float, 64)
+DECODE_ATTENTION(decode_attention_f16_64, __half, 64)
+DECODE_ATTENTION(decode_attention_f32_128, float, 128)
+DECODE_ATTENTION(decode_attention_f16_128, __half, 128)
+DECODE_ATTENTION(decode_attention_f32_256, float, 256)
+DECODE_ATTENTION(decode_attention_f16_256, __half, 256)

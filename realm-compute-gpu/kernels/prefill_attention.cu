@@ -25,17 +25,22 @@
 #define PF_KEYS 32
 
 // Keys (or values) t0.. of a head, up to hi, into the tile as f32; the
-// tile's rows past hi are zeros.
+// tile's rows past hi are zeros. Each warp takes every PF_WARPS-th row;
+// the trip counts are fixed, so every load goes out before the stores.
 template <typename T, int HD>
 __device__ __forceinline__ void load_tile(float (*tile)[HD + 4], const T *__restrict__ src,
                                           int t0, int hi, int head_dim) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  for (int j = warp; j < PF_KEYS; j += PF_WARPS) {
-    if (t0 + j <= hi) {
-      const T *row = src + (long long)(t0 + j) * head_dim;
-      for (int d = lane; d < head_dim; d += 32) tile[j][d] = to_f32(row[d]);
-    } else {
-      for (int d = lane; d < head_dim; d += 32) tile[j][d] = 0.0f;
+#pragma unroll
+  for (int r = 0; r < PF_KEYS / PF_WARPS; ++r) {
+    const int j = warp + r * PF_WARPS;
+    const bool key = t0 + j <= hi;
+    // Past hi, row t0 (which exists) is read and zeros are stored.
+    const T *row = src + (long long)(key ? t0 + j : t0) * head_dim;
+#pragma unroll
+    for (int i = 0; i < HD / 32; ++i) {
+      const int d = lane + 32 * i;
+      if (d < head_dim) tile[j][d] = key ? to_f32(row[d]) : 0.0f;
     }
   }
 }
@@ -127,12 +132,15 @@ __device__ void prefill_attention(
     float s[ROWS];
 #pragma unroll
     for (int r = 0; r < ROWS; ++r) s[r] = 0.0f;
-    for (int d = 0; d < head_dim; d += 4) {
-      const float4 kk = *reinterpret_cast<const float4 *>(&tile[lane][d]);
+#pragma unroll 4
+    for (int d = 0; d < HD; d += 4) {
+      if (d < head_dim) {
+        const float4 kk = *reinterpret_cast<const float4 *>(&tile[lane][d]);
 #pragma unroll
-      for (int r = 0; r < ROWS; ++r) {
-        const float4 qq = *reinterpret_cast<const float4 *>(&qs[warp * ROWS + r][d]);
-        s[r] += qq.x * kk.x + qq.y * kk.y + qq.z * kk.z + qq.w * kk.w;
+        for (int r = 0; r < ROWS; ++r) {
+          const float4 qq = *reinterpret_cast<const float4 *>(&qs[warp * ROWS + r][d]);
+          s[r] += qq.x * kk.x + qq.y * kk.y + qq.z * kk.z + qq.w * kk.w;
+        }
       }
     }
     const int j = t0 + lane;

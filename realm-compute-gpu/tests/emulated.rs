@@ -190,9 +190,23 @@ fn attention_kernel(case: &Case, seed: u64, kernel: Kernel) {
     let caches = if case.shared { 1 } else { rows };
     let per_cache = n_kv * max_seq * hd;
     // The kernel's layout: [cache][kv head][position][dim].
-    let k = rng.f32s(caches * per_cache, -1.0, 1.0);
-    let v = rng.f32s(caches * per_cache, -1.0, 1.0);
+    let mut k = rng.f32s(caches * per_cache, -1.0, 1.0);
+    let mut v = rng.f32s(caches * per_cache, -1.0, 1.0);
     let q = rng.f32s(rows * n_heads * hd, -1.0, 1.0);
+    // Positions past a cache's last query are NaN: a kernel that let them
+    // into a sum (even times 0) would show it.
+    for c in 0..caches {
+        let last = match case.shared {
+            true => *case.positions.iter().max().unwrap() as usize,
+            false => case.positions[c] as usize,
+        };
+        for h in 0..n_kv {
+            let from = c * per_cache + (h * max_seq + last + 1) * hd;
+            let to = c * per_cache + (h + 1) * max_seq * hd;
+            k[from..to].fill(f32::NAN);
+            v[from..to].fill(f32::NAN);
+        }
+    }
     let p = AttentionParams {
         n_heads,
         n_kv_heads: n_kv,
@@ -287,8 +301,10 @@ fn attention_kernel(case: &Case, seed: u64, kernel: Kernel) {
     };
     let out = dir.join("out");
     let dtype = if case.f16 { "f16" } else { "f32" };
+    // The instance for the smallest largest head that fits.
+    let decode_hd = [64, 128, 256].into_iter().find(|&m| hd <= m).unwrap();
     let (kernel, decode) = match kernel {
-        Kernel::Decode { .. } => (format!("decode_attention_{dtype}"), true),
+        Kernel::Decode { .. } => (format!("decode_attention_{dtype}_{decode_hd}"), true),
         Kernel::Prefill { max_hd } => (format!("prefill_attention_{dtype}_{max_hd}"), false),
     };
     let kernel = kernel.as_str();
@@ -444,6 +460,20 @@ fn decode_attention_matches_the_cpu() {
             f16: false,
             device_positions: true,
             rope: Some((256, true)),
+        },
+        // Heads of 96 values in the instance for 128 (lanes past the head
+        // idle), f16 caches, soft-capped, neox RoPE, a batch.
+        Case {
+            n_kv: 2,
+            group: 2,
+            hd: 96,
+            positions: vec![3, 70],
+            shared: false,
+            window: None,
+            softcap: Some(20.0),
+            f16: true,
+            device_positions: true,
+            rope: Some((96, true)),
         },
         // Partial rotation (the first 20 of 36 dimensions), a batch.
         Case {

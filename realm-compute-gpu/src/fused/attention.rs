@@ -279,6 +279,16 @@ mod cuda {
     /// each row and head); more go to the tiled kernel.
     const DECODE_ROWS: usize = 8;
 
+    /// The largest head of the kernels' instance for heads of `head_dim`
+    /// values (at most [`super::MAX_HEAD_DIM`], which `dims` checked).
+    fn largest_head(head_dim: usize) -> usize {
+        match head_dim {
+            0..=64 => 64,
+            65..=128 => 128,
+            _ => 256,
+        }
+    }
+
     /// The largest head of the tiled kernel that runs `op` on `dims`, and
     /// the rows of its blocks; `None` where the decode kernel runs (not
     /// asked, a cache per row or by address, few rows, blocks, or heads
@@ -294,9 +304,8 @@ mod cuda {
             return None;
         }
         // 4 warps of 4 rows, or of 2 for heads of up to 256 values.
-        [(64, 16), (128, 16), (256, 8)]
-            .into_iter()
-            .find(|&(max, _)| op.head_dim <= max)
+        let max = largest_head(op.head_dim);
+        Some((max, if max == 256 { 8 } else { 16 }))
     }
 
     pub(super) fn forward(
@@ -426,7 +435,11 @@ mod cuda {
                 TILED_THREADS,
             ),
             None => (
-                dev.get_or_load_custom_func(&format!("decode_attention_{dtype}"), MODULE, PTX)?,
+                dev.get_or_load_custom_func(
+                    &format!("decode_attention_{dtype}_{}", largest_head(op.head_dim)),
+                    MODULE,
+                    PTX,
+                )?,
                 dims.rows,
                 THREADS,
             ),

@@ -79,7 +79,7 @@ static float real(const char *s) { return std::strtof(s, nullptr); }
 int main(int argc, char **argv) {
   if (argc < 2) return 2;
   const std::string kernel = argv[1];
-  if (kernel == "decode_attention_f32" || kernel == "decode_attention_f16") {
+  if (kernel.rfind("decode_attention_", 0) == 0) {
     // q k v positions|- out rows n_heads n_kv_heads head_dim max_seq
     // row_stride scale softcap window pos_base cos|- sin|- n_dims neox [q8];
     // a row_stride of -N says: caches of N values, in the files in reverse
@@ -118,18 +118,26 @@ int main(int argc, char **argv) {
       }
       return t;
     };
-    if (kernel == "decode_attention_f32") {
-      auto k = load<float>(argv[3]), v = load<float>(argv[4]);
-      emu_launch(decode_attention_f32, dim3{rows, n_heads, 1}, dim3{256, 1, 1}, q.data(), k.data(),
-                 v.data(), p, out.data(), pos_base, (int)n_heads, n_kv, hd, max_seq, row_stride,
+    // The kernel's name says the cache's type and the largest head.
+    auto launch = [&](auto kernel_fn, auto &k, auto &v) {
+      emu_launch(kernel_fn, dim3{rows, n_heads, 1}, dim3{256, 1, 1}, q.data(), k.data(), v.data(),
+                 p, out.data(), pos_base, (int)n_heads, n_kv, hd, max_seq, row_stride,
                  table(k, v), (int)by_slots, scale, softcap, window, c, s, n_dims, neox, ptr(q8),
                  q_stride, ptr_or_null(q_norm), NORM_EPS);
-    } else {
+    };
+    const std::string max_hd = kernel.substr(kernel.rfind('_') + 1);
+    if (kernel.find("_f16_") != std::string::npos) {
       auto k = load<__half>(argv[3]), v = load<__half>(argv[4]);
-      emu_launch(decode_attention_f16, dim3{rows, n_heads, 1}, dim3{256, 1, 1}, q.data(), k.data(),
-                 v.data(), p, out.data(), pos_base, (int)n_heads, n_kv, hd, max_seq, row_stride,
-                 table(k, v), (int)by_slots, scale, softcap, window, c, s, n_dims, neox, ptr(q8),
-                 q_stride, ptr_or_null(q_norm), NORM_EPS);
+      if (max_hd == "64") launch(decode_attention_f16_64, k, v);
+      else if (max_hd == "128") launch(decode_attention_f16_128, k, v);
+      else if (max_hd == "256") launch(decode_attention_f16_256, k, v);
+      else return 2;
+    } else {
+      auto k = load<float>(argv[3]), v = load<float>(argv[4]);
+      if (max_hd == "64") launch(decode_attention_f32_64, k, v);
+      else if (max_hd == "128") launch(decode_attention_f32_128, k, v);
+      else if (max_hd == "256") launch(decode_attention_f32_256, k, v);
+      else return 2;
     }
     store(argv[6], out);
     store_q8(argc, argv, 21, q8);
