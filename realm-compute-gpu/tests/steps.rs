@@ -42,12 +42,15 @@ fn decode(model: &Model<'_, GpuBackend>, prompt: usize, n: usize, kv: KvDtype) -
     let mut s = model.session_with_kv(prompt + n, 64, kv).unwrap();
     let mut all = vec![model.forward(&mut s, &ids).unwrap().to_vec()];
     for i in 0..n {
-        all.push(
-            model
-                .forward(&mut s, &[token(prompt + i, vocab)])
-                .unwrap()
-                .to_vec(),
-        );
+        let got = model
+            .forward(&mut s, &[token(prompt + i, vocab)])
+            .unwrap()
+            .to_vec();
+        // The same logits again when asked for them (a guest's
+        // `compute_logits` after `forward`), also after a replay, whose
+        // scratch holds the recorded step's activations.
+        assert_eq!(model.compute_logits(&mut s).unwrap(), &got[..], "step {i}");
+        all.push(got);
     }
     assert_eq!(s.recording_failure(), None);
     all

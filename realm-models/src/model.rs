@@ -53,6 +53,9 @@ struct Layer<'a, B: Backend + 'a> {
 /// backend as buffers (on a GPU they are uploaded once).
 #[derive(Debug)]
 pub struct Model<'a, B: Backend> {
+    /// Unique for the life of the process (part of a recording's key: a
+    /// recording holds this model's weights' addresses).
+    id: u64,
     backend: &'a B,
     config: ModelConfig,
     embed: B::Weight<'a>,
@@ -195,6 +198,7 @@ impl<'a, B: Backend> Model<'a, B> {
         let output_norm = optional_norm("output_norm.weight", d)?
             .ok_or_else(|| realm_core::Error::TensorNotFound("output_norm.weight".into()))?;
         Ok(Self {
+            id: NEXT_MODEL.fetch_add(1, Ordering::Relaxed),
             backend,
             config,
             embed,
@@ -376,6 +380,7 @@ impl<'a, B: Backend> Model<'a, B> {
         s.chunk = Some(Chunk {
             len: n,
             layers_done: 0,
+            logits: false,
         });
         Ok(())
     }
@@ -415,6 +420,7 @@ impl<'a, B: Backend> Model<'a, B> {
     /// session's last chunk). Allocates nothing.
     pub fn compute_logits<'s>(&self, s: &'s mut Session<B>) -> Result<&'s [f32]> {
         match s.chunk {
+            Some(c) if c.logits => Ok(s.logits()),
             Some(c) if c.layers_done == self.layers.len() => {
                 self.logits_rows(&mut s.scratch, c.len - 1, 1)?;
                 // Host backends are read in place; others are downloaded once.
@@ -422,6 +428,7 @@ impl<'a, B: Backend> Model<'a, B> {
                 if s.logits_on_host {
                     self.backend.download(&s.scratch.logits, &mut s.logits)?;
                 }
+                s.chunk = Some(Chunk { logits: true, ..c });
                 Ok(s.logits())
             }
             _ => Err(Error::BadConfig(
@@ -535,6 +542,7 @@ impl<'a, B: Backend> Model<'a, B> {
         s.chunk = Some(Chunk {
             len: 1,
             layers_done: self.layers.len(),
+            logits: true,
         });
         s.logits_on_host = B::host_slice(&sc.logits).is_none();
         if s.logits_on_host {
@@ -554,7 +562,7 @@ impl<'a, B: Backend> Model<'a, B> {
         mut step: impl FnMut(&Self, &mut Scratch<B>) -> Result<()>,
     ) -> Result<()> {
         let b = self.backend;
-        let is = |k: &StepKey| k.0 == key && k.1 == kv_len;
+        let is = |k: &StepKey| k.0 == key && k.1 == kv_len && k.2 == self.id;
         if let Some(ready) = sc.recorded.ready.take() {
             let (k, rec) = &*ready;
             let replayed = is(k) && {
@@ -572,7 +580,7 @@ impl<'a, B: Backend> Model<'a, B> {
             return Ok(());
         }
         if !r.seen.as_ref().is_some_and(is) {
-            r.seen = Some((key.to_vec(), kv_len));
+            r.seen = Some((key.to_vec(), kv_len, self.id));
             return Ok(());
         }
         // Drop an older recording (and its device memory) first.
@@ -599,7 +607,7 @@ impl<'a, B: Backend> Model<'a, B> {
             }
         };
         match recorded {
-            Ok(rec) => sc.recorded.ready = Some(Box::new(((key.to_vec(), kv_len), rec))),
+            Ok(rec) => sc.recorded.ready = Some(Box::new(((key.to_vec(), kv_len, self.id), rec))),
             Err(why) => sc.recorded.failed = Some(why),
         }
         Ok(())
@@ -860,6 +868,9 @@ pub const STEP_SPAN: usize = 256;
 /// Source of [`Session`] identities (the key of a batch's recording).
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(0);
 
+/// Source of [`Model`] identities (the key of a recording too).
+static NEXT_MODEL: AtomicU64 = AtomicU64::new(0);
+
 /// The cache positions a static step spans when its furthest row needs
 /// `needed`: rounded up to a multiple of [`STEP_SPAN`], at most `cap`.
 fn step_len(needed: usize, cap: usize) -> usize {
@@ -870,9 +881,9 @@ fn step_len(needed: usize, cap: usize) -> usize {
         .max(needed)
 }
 
-/// What a static step is for: the sessions (in row order) and the cache
-/// positions it spans.
-type StepKey = (Vec<u64>, usize);
+/// What a static step is for: the sessions (in row order), the cache
+/// positions it spans and the model.
+type StepKey = (Vec<u64>, usize, u64);
 
 /// A scratch's recorded decode step.
 #[derive(Debug)]
@@ -1000,6 +1011,11 @@ impl<B: Backend> BatchScratch<B> {
 struct Chunk {
     len: usize,
     layers_done: usize,
+    /// Whether the session's logits are this chunk's (then
+    /// [`Model::compute_logits`] returns them as they are: after a
+    /// replayed static step, the scratch no longer holds the chunk's
+    /// activations).
+    logits: bool,
 }
 
 /// One sequence's state: its KV cache, its position, and scratch buffers
