@@ -76,6 +76,13 @@ static long long env_num(const char *name, long long otherwise) {
 }
 static float real(const char *s) { return std::strtof(s, nullptr); }
 
+// The instance of an attention kernel for heads of up to `max_hd` values
+// ("64", "128" or "256"; null for another).
+template <class K>
+static K *by_head(const std::string &max_hd, K *k64, K *k128, K *k256) {
+  return max_hd == "64" ? k64 : max_hd == "128" ? k128 : max_hd == "256" ? k256 : nullptr;
+}
+
 int main(int argc, char **argv) {
   if (argc < 2) return 2;
   const std::string kernel = argv[1];
@@ -128,16 +135,16 @@ int main(int argc, char **argv) {
     const std::string max_hd = kernel.substr(kernel.rfind('_') + 1);
     if (kernel.find("_f16_") != std::string::npos) {
       auto k = load<__half>(argv[3]), v = load<__half>(argv[4]);
-      if (max_hd == "64") launch(decode_attention_f16_64, k, v);
-      else if (max_hd == "128") launch(decode_attention_f16_128, k, v);
-      else if (max_hd == "256") launch(decode_attention_f16_256, k, v);
-      else return 2;
+      auto f = by_head(max_hd, decode_attention_f16_64, decode_attention_f16_128,
+                       decode_attention_f16_256);
+      if (!f) return 2;
+      launch(f, k, v);
     } else {
       auto k = load<float>(argv[3]), v = load<float>(argv[4]);
-      if (max_hd == "64") launch(decode_attention_f32_64, k, v);
-      else if (max_hd == "128") launch(decode_attention_f32_128, k, v);
-      else if (max_hd == "256") launch(decode_attention_f32_256, k, v);
-      else return 2;
+      auto f = by_head(max_hd, decode_attention_f32_64, decode_attention_f32_128,
+                       decode_attention_f32_256);
+      if (!f) return 2;
+      launch(f, k, v);
     }
     store(argv[6], out);
     store_q8(argc, argv, 21, q8);
@@ -177,16 +184,16 @@ int main(int argc, char **argv) {
     };
     if (f16) {
       auto k = load<__half>(argv[3]), v = load<__half>(argv[4]);
-      if (max_hd == "64") launch(prefill_attention_f16_64, k, v);
-      else if (max_hd == "128") launch(prefill_attention_f16_128, k, v);
-      else if (max_hd == "256") launch(prefill_attention_f16_256, k, v);
-      else return 2;
+      auto f = by_head(max_hd, prefill_attention_f16_64, prefill_attention_f16_128,
+                       prefill_attention_f16_256);
+      if (!f) return 2;
+      launch(f, k, v);
     } else {
       auto k = load<float>(argv[3]), v = load<float>(argv[4]);
-      if (max_hd == "64") launch(prefill_attention_f32_64, k, v);
-      else if (max_hd == "128") launch(prefill_attention_f32_128, k, v);
-      else if (max_hd == "256") launch(prefill_attention_f32_256, k, v);
-      else return 2;
+      auto f = by_head(max_hd, prefill_attention_f32_64, prefill_attention_f32_128,
+                       prefill_attention_f32_256);
+      if (!f) return 2;
+      launch(f, k, v);
     }
     store(argv[6], out);
   } else if (kernel == "rope_store_f32" || kernel == "rope_store_f16") {
