@@ -189,8 +189,8 @@ pub trait BackendCore: Send + Sync + Debug {
     }
 
     /// Waits until the backend has finished all work it queued (a GPU's
-    /// queue; a host backend finishes every op before it returns). For
-    /// timing.
+    /// queue; a host backend finishes every op before it returns): for
+    /// timing, and before what it wrote goes to another thread.
     fn synchronize(&self) -> BackendResult<()> {
         Ok(())
     }
