@@ -7,12 +7,15 @@
 __device__ __forceinline__ float to_f32(float x) { return x; }
 __device__ __forceinline__ float to_f32(__half x) { return __half2float(x); }
 
-// Four consecutive values as f32 (for f32, from a 16-byte aligned address).
+// Four consecutive values as f32: for f32 one read (the address 16-byte
+// aligned), for f16 two reads of two halves (4-byte aligned).
 __device__ __forceinline__ float4 load4(const float *p) {
   return *reinterpret_cast<const float4 *>(p);
 }
 __device__ __forceinline__ float4 load4(const __half *p) {
-  return float4{__half2float(p[0]), __half2float(p[1]), __half2float(p[2]), __half2float(p[3])};
+  const __half2 *h = reinterpret_cast<const __half2 *>(p);
+  const float2 a = __half22float2(h[0]), b = __half22float2(h[1]);
+  return float4{a.x, a.y, b.x, b.y};
 }
 
 // The maximum and the sum of x over a warp (every lane calls them).

@@ -46,3 +46,13 @@ inline __half __float2half(float f) {
   if (rem > 0x1000 || (rem == 0x1000 && (h & 1))) ++h;
   return __half{(uint16_t)(sign | h)};
 }
+
+struct __half2 {
+  __half x, y;
+};
+
+struct float2 {
+  float x, y;
+};
+
+inline float2 __half22float2(__half2 h) { return float2{__half2float(h.x), __half2float(h.y)}; }
