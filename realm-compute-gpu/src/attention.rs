@@ -205,7 +205,7 @@ impl AttentionOps for GpuBackend {
         if n == 0 {
             return Ok(());
         }
-        if self.fuses(p) {
+        if self.fuses_chunk(p, n) {
             let positions = match ws.step() {
                 Some(st) => {
                     st.check_positions(OP, rows.start, at.start_pos..at.start_pos + n)?;
@@ -381,7 +381,8 @@ impl AttentionOps for GpuBackend {
     ) -> BackendResult<()> {
         // A static step reads its positions from the device; its ops go in
         // turn (a decode step's single rows take `rope_attend_rows`).
-        if !self.fuses(p) || ws.step().is_some() || positions.is_empty() {
+        let n = positions.len();
+        if !self.fuses_chunk(p, n) || ws.step().is_some() || n == 0 {
             return rope_attend_in_turn(
                 self, ws, cache, layer, positions, qkv, qk_norm, rope, p, out,
             );
@@ -635,6 +636,9 @@ impl GpuBackend {
     }
 }
 
+/// The most rows of one sequence the fused op takes off CUDA.
+const FUSED_CHUNK: usize = 8;
+
 /// The fused kernel's op for `p`, rows at `positions`.
 fn fused_attention(p: &AttentionParams, positions: QueryPositions) -> FusedAttention {
     FusedAttention {
@@ -664,6 +668,14 @@ impl GpuBackend {
     /// Whether attention with `p` runs as the fused kernel.
     fn fuses(&self, p: &AttentionParams) -> bool {
         self.fused && p.head_dim <= MAX_HEAD_DIM
+    }
+
+    /// Whether `n` rows of one sequence are attended by the fused kernels:
+    /// on CUDA any chunk (the tiled kernel past 8 rows); elsewhere up to 8
+    /// rows, since the fused op's CPU form reads every key once per row
+    /// and head on one thread, slower than candle's products for a prompt.
+    fn fuses_chunk(&self, p: &AttentionParams, n: usize) -> bool {
+        self.fuses(p) && (n <= FUSED_CHUNK || self.device.is_cuda())
     }
 
     /// [`AttentionOps::attend_rows`] of the rows `first..` whose caches are
