@@ -335,6 +335,9 @@ fn session_drop(mut caller: Caller<'_, TenantState>, handle: u64) -> HostResult<
     if let Some(b) = &st.batcher {
         b.session_closed(&s.model);
     }
+    // Its cache slot goes back to the pool when `s` drops: this thread's
+    // writes to it are done first.
+    s.model.synchronize().map_err(AbiError::from)?;
     Ok(())
 }
 
@@ -365,6 +368,8 @@ fn forward(
         (Some(b), &[token])
             if session.position() < session.capacity() && b.has_company(&entry.model) =>
         {
+            // The worker's stream reads what this thread's wrote.
+            entry.model.synchronize().map_err(AbiError::from)?;
             let Some(taken) = entry.session.take() else {
                 return fail(AbiError::Busy);
             };
