@@ -270,7 +270,7 @@ impl GpuBackend {
 
     /// The backend using Realm's fused kernels when `on`, and candle's ops
     /// otherwise: attention over the KV cache (a batch's rows, or a chunk
-    /// of one sequence; heads of up to 256 values; with the norm and RoPE
+    /// of one sequence, of up to 8 rows off CUDA; heads of up to 256 values; with the norm and RoPE
     /// of the queries, and the norm, rotation and store of the keys), the
     /// gated units (SwiGLU, GeGLU) and the residual add with the norm after
     /// it. They are on by default on CUDA and candle's CPU device unless
