@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use realm_compute_gpu::StepMode;
 use realm_core::backend::{Backend, BackendCore};
-use realm_models::Model;
+use realm_models::{Model, Session};
 use serde_json::json;
 
 use crate::device::Device;
@@ -26,6 +26,11 @@ pub struct BenchArgs {
     /// Generated tokens of the decode test (0: skip it).
     #[arg(short = 'n', long, default_value_t = 128)]
     pub n_gen: usize,
+    /// Tokens already in the cache when the prefill and decode tests start
+    /// (prefilled once, untimed; as llama-bench's -d): `pp512 @ d4096` is
+    /// a 512-token prompt after 4096 others.
+    #[arg(short = 'd', long, default_value_t = 0)]
+    pub n_depth: usize,
     /// CPU threads (0: one per core).
     #[arg(short, long, default_value_t = 0)]
     pub threads: usize,
@@ -60,7 +65,16 @@ struct Test {
     name: String,
     n_prompt: usize,
     n_gen: usize,
+    n_depth: usize,
     samples_ts: Vec<f64>,
+}
+
+/// A test's name, as llama-bench writes it: `pp512`, `tg128 @ d4096`.
+fn test_name(kind: &str, n: usize, depth: usize) -> String {
+    match depth {
+        0 => format!("{kind}{n}"),
+        d => format!("{kind}{n} @ d{d}"),
+    }
 }
 
 fn mean_std(x: &[f64]) -> (f64, f64) {
@@ -81,6 +95,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let l = load::open(&args.model, args.threads)?;
     let threads = l.backend.threads();
     if args.guest.wasm {
+        if args.n_depth > 0 {
+            bail!("--n-depth is for native runs: a guest's prompt starts an empty cache");
+        }
         let tests = bench_in_guest(args, &l)?;
         let backend = match args.device.device {
             Device::Cpu => format!("wasm+{}", l.backend.name()),
@@ -92,6 +109,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         Device::Cpu => bench_native(args, &l, &l.backend, l.backend.name(), threads),
         Device::Gpu(_) => {
             let g = args.device.gpu()?;
+            eprintln!("realm: {}", g.device_summary());
             let mut label = match g.steps() {
                 StepMode::OpByOp => g.name().to_string(),
                 StepMode::Static => format!("{}+static", g.name()),
@@ -140,35 +158,48 @@ fn bench_native<B: Backend>(
 ) -> Result<()> {
     let model = Model::load(&l.file, backend)?;
     let vocab = model.config().vocab_size as u32;
+    let depth = args.n_depth;
     // Deterministic token ids spread over the vocabulary (llama-bench uses random ones).
-    let tokens: Vec<u32> = (0..args.n_prompt.max(1) as u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) % vocab)
-        .collect();
+    let spread = |n: usize| -> Vec<u32> {
+        (0..n.max(1) as u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) % vocab)
+            .collect()
+    };
+    let tokens = spread(args.n_prompt);
+    let context = spread(depth);
+    // A session of `room` tokens after the depth, the depth prefilled.
+    let session = |room: usize, batch: usize| -> Result<Session<B>> {
+        let mut s = model.session_with_kv(depth + room, batch, args.cache_type.into())?;
+        if depth > 0 {
+            model.forward(&mut s, &context[..depth])?;
+        }
+        Ok(s)
+    };
     let mut tests = Vec::new();
     if args.n_prompt > 0 {
         let mut samples = Vec::new();
-        let mut s =
-            model.session_with_kv(args.n_prompt, args.batch_size, args.cache_type.into())?;
+        let mut s = session(args.n_prompt, args.batch_size)?;
         model.forward(&mut s, &tokens[..args.n_prompt.min(16)])?; // warm-up
         for _ in 0..args.repetitions {
-            s.truncate(0);
+            s.truncate(depth);
             let t = Instant::now();
             model.forward(&mut s, &tokens)?;
             samples.push(args.n_prompt as f64 / t.elapsed().as_secs_f64());
         }
         tests.push(Test {
-            name: format!("pp{}", args.n_prompt),
+            name: test_name("pp", args.n_prompt, depth),
             n_prompt: args.n_prompt,
             n_gen: 0,
+            n_depth: depth,
             samples_ts: samples,
         });
     }
     if args.n_gen > 0 {
         let mut samples = Vec::new();
-        let mut s = model.session_with_kv(args.n_gen + 1, 1, args.cache_type.into())?;
+        let mut s = session(args.n_gen + 1, args.batch_size.min(depth).max(1))?;
         model.forward(&mut s, &tokens[..1])?; // warm-up
         for _ in 0..args.repetitions {
-            s.truncate(0);
+            s.truncate(depth);
             let t = Instant::now();
             let mut next = tokens[0];
             for _ in 0..args.n_gen {
@@ -180,9 +211,10 @@ fn bench_native<B: Backend>(
         }
         note_recording("decode", s.recording_failure());
         tests.push(Test {
-            name: format!("tg{}", args.n_gen),
+            name: test_name("tg", args.n_gen, depth),
             n_prompt: 0,
             n_gen: args.n_gen,
+            n_depth: depth,
             samples_ts: samples,
         });
     }
@@ -277,6 +309,7 @@ fn batched_decode<B: Backend>(
         name: format!("pp{}+tg{}x{n_seq}", prompt.len(), args.n_gen),
         n_prompt: prompt.len(),
         n_gen: args.n_gen,
+        n_depth: 0,
         samples_ts: samples,
     })
 }
@@ -317,6 +350,7 @@ fn bench_in_guest(args: &BenchArgs, l: &load::Loaded) -> Result<Vec<Test>> {
             name: format!("pp{n_prompt}"),
             n_prompt,
             n_gen: 0,
+            n_depth: 0,
             samples_ts: samples,
         });
     }
@@ -334,6 +368,7 @@ fn bench_in_guest(args: &BenchArgs, l: &load::Loaded) -> Result<Vec<Test>> {
             name: format!("tg{}", args.n_gen),
             n_prompt: 0,
             n_gen: args.n_gen,
+            n_depth: 0,
             samples_ts: samples,
         });
     }
@@ -358,7 +393,7 @@ fn report(
                 json!({
                     "model_filename": l.name, "model_size": size, "model_n_params": params,
                     "backends": backend, "n_threads": threads, "n_batch": args.batch_size,
-                    "n_prompt": t.n_prompt, "n_gen": t.n_gen, "avg_ts": avg, "stddev_ts": std,
+                    "n_prompt": t.n_prompt, "n_gen": t.n_gen, "n_depth": t.n_depth, "avg_ts": avg, "stddev_ts": std,
                     "samples_ts": t.samples_ts,
                 })
             })

@@ -90,9 +90,19 @@ fn bench_reports_llama_bench_fields() {
     for r in records {
         assert!(r["avg_ts"].as_f64().unwrap() > 0.0);
         assert_eq!(r["samples_ts"].as_array().unwrap().len(), 2);
+        assert_eq!(r["n_depth"], 0);
     }
     let (ok, table, _) = realm(&["bench", "smollm2", "-p", "16", "-n", "0", "-r", "1"]);
     assert!(ok && table.contains("| pp16 |"), "{table}");
+    // After a prefilled context, as llama-bench's -d.
+    let (ok, table, stderr) = realm(&[
+        "bench", "smollm2", "-p", "16", "-n", "2", "-d", "40", "-b", "16", "-r", "2",
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(
+        table.contains("| pp16 @ d40 |") && table.contains("| tg2 @ d40 |"),
+        "{table}"
+    );
 }
 
 #[test]
@@ -245,6 +255,8 @@ fn synth_then_bench_on_the_gpu_backend() {
         "candle-cpu",
         "--npl",
         "2",
+        "-d",
+        "5",
     ]);
     assert!(ok, "{stderr}");
     let records: Value = serde_json::from_str(&stdout).unwrap();
@@ -254,6 +266,10 @@ fn synth_then_bench_on_the_gpu_backend() {
     assert_eq!(records[0]["backends"], "candle-cpu+fused");
     assert_eq!(records[0]["n_prompt"], 8);
     assert_eq!(records[1]["n_gen"], 2);
+    assert_eq!(
+        (&records[0]["n_depth"], &records[1]["n_depth"]),
+        (&Value::from(5), &Value::from(5))
+    );
     assert!(records.iter().all(|r| r["avg_ts"].as_f64().unwrap() > 0.0));
     if !cfg!(feature = "cuda") {
         let (ok, _, stderr) = realm(&["bench", p, "-r", "1", "--device", "cuda:0"]);

@@ -7,7 +7,7 @@
 // With q_norm, each query head is RMS-normed (weight q_norm, epsilon
 // norm_eps) before its RoPE (Gemma 3's query norm).
 //
-// Grid: (rows, n_heads). Block: WARPS warps. Row r's caches are at k and v
+// Grid: (rows, n_heads, splits). Block: WARPS warps. Row r's caches are at k and v
 // (one for every row), at k + r * row_stride (a block's consecutive slots),
 // or, with by_slots, where `slots` says. Row r's query is at position
 // pos(r) (from `positions`, or pos_base + r when that is null) and sees the
@@ -18,6 +18,14 @@
 // maximum grows); the warps' partial results are then merged through
 // shared memory. With `q8` not null, the output also as Q8_1 blocks there
 // (q8_1.cuh; head_dim a multiple of 32), for the product that reads it.
+//
+// With more than one split (gridDim.z; flash-decoding, for long caches and
+// few rows and heads, which would leave most of the GPU idle), block z
+// takes every splits-th stretch of 32 * WARPS keys, starting with the z-th,
+// and writes its partial result to `part` instead of `out`: its maximum,
+// its sum, and its sum of values scaled to that maximum (a block may see no
+// key: maximum -inf, sums 0). decode_attention_merge then weighs the
+// splits' results into the output.
 #include <cuda_fp16.h>
 #include <stdint.h>
 
@@ -44,11 +52,13 @@ __device__ void decode_attention(
     int window, const float *__restrict__ rope_cos,  // [rows, n_dims / 2], or null: q is rotated
     const float *__restrict__ rope_sin, int n_dims, int neox,
     realm_block_q8_1 *__restrict__ q8, long long q_stride, const float *__restrict__ q_norm,
-    float norm_eps) {
+    float norm_eps,
+    float *__restrict__ part) {  // split launches: [rows, n_heads, splits] partial results
   const int row = blockIdx.x;
   const int head = blockIdx.y;
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
+  const int split = blockIdx.z, splits = gridDim.z;
   const int kv = head / (n_heads / n_kv_heads);
   const int pos = positions ? (int)positions[row] : (int)pos_base + row;
   const int lo = (window > 0 && pos + 1 > window) ? pos + 1 - window : 0;
@@ -87,9 +97,10 @@ __device__ void decode_attention(
   const bool by4 = (head_dim & 3) == 0 && ((unsigned long long)kh & 15) == 0;
   float m = -INFINITY;  // running maximum score
   float l = 0.0f;       // running sum of exp(score - m)
-  // Warp w takes the runs of 32 keys from lo + 32 w, every WARPS-th run:
-  // lane i scores key base + i, then every lane adds the run's values.
-  for (int base = lo + 32 * warp; base <= pos; base += 32 * WARPS) {
+  // Warp w takes the runs of 32 keys from lo + 32 (w + WARPS split), every
+  // (WARPS splits)-th run: lane i scores key base + i, then every lane adds
+  // the run's values.
+  for (int base = lo + 32 * (warp + WARPS * split); base <= pos; base += 32 * WARPS * splits) {
     const int j = base + lane;
     float s = -INFINITY;  // past pos: not seen
     if (j <= pos) {
@@ -158,7 +169,8 @@ __device__ void decode_attention(
   }
   __syncthreads();
 
-  // Key pos is always visible, so some warp has a finite maximum.
+  // Key pos is always visible, so with one split some warp has a finite
+  // maximum; a split may have none (then its sums stay 0).
   float top = -INFINITY;
 #pragma unroll
   for (int w = 0; w < WARPS; ++w) top = fmaxf(top, warp_max[w]);
@@ -166,6 +178,23 @@ __device__ void decode_attention(
 #pragma unroll
   for (int w = 0; w < WARPS; ++w)
     if (warp_max[w] > -INFINITY) total += warp_sum[w] * expf(warp_max[w] - top);
+  if (splits > 1) {
+    const long long at = ((long long)row * n_heads + head) * splits + split;
+    float *acc_out = part + at * head_dim;
+    for (int d = threadIdx.x; d < head_dim; d += 32 * WARPS) {
+      float o = 0.0f;
+#pragma unroll
+      for (int w = 0; w < WARPS; ++w)
+        if (warp_max[w] > -INFINITY) o += warp_acc[w][d] * expf(warp_max[w] - top);
+      acc_out[d] = o;
+    }
+    if (threadIdx.x == 0) {
+      float *stats = part + (long long)gridDim.x * n_heads * splits * head_dim + 2 * at;
+      stats[0] = top;
+      stats[1] = total;
+    }
+    return;
+  }
   for (int d = threadIdx.x; d < head_dim; d += 32 * WARPS) {
     float o = 0.0f;
 #pragma unroll
@@ -185,11 +214,11 @@ __device__ void decode_attention(
       long long row_stride, const SlotTable slots, int by_slots, float scale,                 \
       float softcap, int window, const float *rope_cos, const float *rope_sin, int n_dims,     \
       int neox, realm_block_q8_1 *q8, long long q_stride, const float *q_norm,                 \
-      float norm_eps) {                                                                        \
+      float norm_eps, float *part) {                                                           \
     decode_attention<T, HD>(q, k, v, positions, out, pos_base, n_heads, n_kv_heads, head_dim, \
                             max_seq, row_stride, slots, by_slots, scale, softcap, window,     \
-                            rope_cos, rope_sin, n_dims, neox, q8, q_stride, q_norm,           \
-                            norm_eps);                                                         \
+                            rope_cos, rope_sin, n_dims, neox, q8, q_stride, q_norm, norm_eps, \
+                            part);                                                             \
   }
 
 // Heads of up to 64, 128 and 256 values.
@@ -199,3 +228,44 @@ DECODE_ATTENTION(decode_attention_f32_128, float, 128)
 DECODE_ATTENTION(decode_attention_f16_128, __half, 128)
 DECODE_ATTENTION(decode_attention_f32_256, float, 256)
 DECODE_ATTENTION(decode_attention_f16_256, __half, 256)
+
+// The output of a split decode_attention launch: grid (rows, n_heads),
+// block MERGE_THREADS threads. Row r's head h is the splits' sums of values
+// each scaled from its maximum to their common one, over the sum of their
+// scaled sums; a row whose position is past the cache is NaN, as the
+// attention kernel writes it. With `q8` not null, the output also as Q8_1
+// blocks there (head_dim a multiple of 32).
+#define MERGE_THREADS 128
+extern "C" __global__ void __launch_bounds__(MERGE_THREADS) decode_attention_merge(
+    const float *__restrict__ part, const uint32_t *__restrict__ positions, uint32_t pos_base,
+    int max_seq, float *__restrict__ out, realm_block_q8_1 *__restrict__ q8, int n_heads,
+    int head_dim, int splits) {
+  const int row = blockIdx.x, head = blockIdx.y;
+  const int lane = threadIdx.x & 31;
+  const int pos = positions ? (int)positions[row] : (int)pos_base + row;
+  const long long out_off = ((long long)row * n_heads + head) * head_dim;
+  if (pos < 0 || pos >= max_seq) {
+    for (int d = threadIdx.x; d < head_dim; d += MERGE_THREADS) {
+      out[out_off + d] = __int_as_float(0x7fc00000);
+      if (q8) store_q8_1_nan(q8 + (out_off + d) / 32, lane);
+    }
+    return;
+  }
+  const long long first = ((long long)row * n_heads + head) * splits;
+  const float *acc = part + first * head_dim;
+  const float *stats = part + (long long)gridDim.x * n_heads * splits * head_dim + 2 * first;
+  // The split holding key pos has a finite maximum.
+  float top = -INFINITY;
+  for (int s = 0; s < splits; ++s) top = fmaxf(top, stats[2 * s]);
+  float total = 0.0f;
+  for (int s = 0; s < splits; ++s)
+    if (stats[2 * s] > -INFINITY) total += stats[2 * s + 1] * expf(stats[2 * s] - top);
+  for (int d = threadIdx.x; d < head_dim; d += MERGE_THREADS) {
+    float o = 0.0f;
+    for (int s = 0; s < splits; ++s)
+      if (stats[2 * s] > -INFINITY) o += acc[(long long)s * head_dim + d] * expf(stats[2 * s] - top);
+    out[out_off + d] = o / total;
+    // A warp's 32 values are one block (head_dim a multiple of 32).
+    if (q8) store_q8_1(o / total, q8 + (out_off + d) / 32, lane);
+  }
+}

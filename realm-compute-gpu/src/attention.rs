@@ -217,6 +217,11 @@ impl AttentionOps for GpuBackend {
             // Blocks only for a whole result (rows from the first).
             op.blocks = rows.start == 0 && self.writes_blocks(n, p.head_dim, n * width);
             op.tiled = self.tiled;
+            op.keys = match ws.step() {
+                Some(st) => st.kv_len().min(cfg.max_seq_len),
+                None => at.start_pos + n,
+            };
+            op.fill = self.split_fill();
             let y = qt
                 .reshape((n, width))
                 .and_then(|q| q.apply_op3_no_bwd(&cache.k[at.layer], &cache.v[at.layer], &op))
@@ -441,6 +446,8 @@ impl GpuBackend {
             op.rope = Some(store.rope);
             op.blocks = blocks;
             op.tiled = self.tiled;
+            op.keys = start + n;
+            op.fill = self.split_fill();
             rows.q
                 .apply_op3_no_bwd(&cache.k[layer], &cache.v[layer], &op)
         })()
@@ -600,17 +607,19 @@ impl GpuBackend {
         let table = SlotTable::of(caches.iter().map(|c| (&c.k[layer], &c.v[layer])))
             .map_err(dev_err(OP))?;
         let furthest = positions.iter().max().map_or(0, |&p| p as usize + 1);
-        let pos = match ws.step() {
+        // A static step's rows may be anywhere in its span when replayed.
+        let (pos, keys) = match ws.step() {
             Some(st) => {
-                if furthest > st.kv_len().min(caches[0].config().max_seq_len) {
+                let span = st.kv_len().min(caches[0].config().max_seq_len);
+                if furthest > span {
                     return Err(BackendError::InvalidParameter {
                         op: OP,
                         what: "positions past the static step's span",
                     });
                 }
-                st.positions(0, n).map_err(dev_err(OP))?
+                (st.positions(0, n).map_err(dev_err(OP))?, span)
             }
-            None => ws.positions_tensor(&self.device, positions)?,
+            None => (ws.positions_tensor(&self.device, positions)?, furthest),
         };
         let blocks = self.writes_blocks(n, p.head_dim, n * width);
         let (block, _) = caches[0].block();
@@ -627,6 +636,8 @@ impl GpuBackend {
             op.rope = Some(store.rope);
             op.blocks = blocks;
             op.slots = Some(table);
+            op.keys = keys;
+            op.fill = self.split_fill();
             rows.q
                 .apply_op3_no_bwd(&caches[0].k[layer], &caches[0].v[layer], &op)
         })()
@@ -653,6 +664,8 @@ fn fused_attention(p: &AttentionParams, positions: QueryPositions) -> FusedAtten
         blocks: false,
         slots: None,
         tiled: false,
+        keys: 0,
+        fill: 0,
     }
 }
 
@@ -826,6 +839,8 @@ impl GpuBackend {
                 let mut op = fused_attention(p, QueryPositions::Device(pos));
                 op.rope = rope;
                 op.blocks = blocks;
+                op.keys = len;
+                op.fill = self.split_fill();
                 let q = row(&rows.q)?;
                 return q.apply_op3_no_bwd(&keys, &values, &op);
             }

@@ -160,6 +160,12 @@ pub struct GpuBackend {
     /// Whether a long chunk of one sequence is attended by the tiled
     /// kernel (CUDA) rather than the decode kernel.
     tiled: bool,
+    /// Whether the decode kernel may split long caches' keys over several
+    /// blocks per row and head (CUDA).
+    split_keys: bool,
+    /// The blocks that fill the device (twice its multiprocessors).
+    #[cfg(feature = "cuda")]
+    fill: usize,
     /// Orders the uses of candle's matrix-product scratch.
     scratch: scratch::Scratch,
     /// The blocks KV caches are slots of.
@@ -226,6 +232,22 @@ impl GpuBackend {
         // The fused kernels have CUDA forms and CPU forms, no Metal forms.
         let fused = !matches!(which, GpuDevice::Metal(_))
             && !matches!(std::env::var("REALM_FUSED_KERNELS").as_deref(), Ok("0"));
+        #[cfg(feature = "cuda")]
+        if let Device::Cuda(d) = &device {
+            // SAFETY: cudarc's event tracking orders a tensor's uses across
+            // CUDA streams it made; this device has one (candle's handle to
+            // each thread's own stream) and nothing here makes another, so
+            // cudarc only creates and destroys the events, four driver calls
+            // per tensor, and never waits on them. Work on different threads'
+            // streams is ordered by this crate (see `scratch` and `step`),
+            // not by those events; this runs before any tensor exists.
+            unsafe { d.disable_event_tracking() };
+        }
+        #[cfg(feature = "cuda")]
+        let fill = match &device {
+            Device::Cuda(d) => 2 * fused::multiprocessors(d).map_err(dev_err("open"))?,
+            _ => 0,
+        };
         Ok(Self {
             device,
             which,
@@ -235,6 +257,9 @@ impl GpuBackend {
             blocks: matches!(which, GpuDevice::Cuda(_))
                 && !matches!(std::env::var("REALM_Q8_BLOCKS").as_deref(), Ok("0")),
             tiled: !matches!(std::env::var("REALM_TILED_ATTENTION").as_deref(), Ok("0")),
+            split_keys: !matches!(std::env::var("REALM_SPLIT_KEYS").as_deref(), Ok("0")),
+            #[cfg(feature = "cuda")]
+            fill,
             scratch: scratch::Scratch::default(),
             kv_pool: kv::KvPool::default(),
             recorded: AtomicU64::new(0),
@@ -320,6 +345,70 @@ impl GpuBackend {
     /// [`GpuBackend::with_tiled_attention`]).
     pub fn tiled_attention(&self) -> bool {
         self.tiled
+    }
+
+    /// The backend splitting each row's keys over several blocks per head
+    /// when `on` and a decode step's rows and heads are too few to fill
+    /// the device but its caches are long (flash-decoding: a second kernel
+    /// then weighs the blocks' partial results), and giving each row and
+    /// head one block otherwise. On by default unless the environment
+    /// variable `REALM_SPLIT_KEYS` is `0`; it takes effect on CUDA with the
+    /// fused kernels, and both ways compute the same attention.
+    ///
+    /// ```
+    /// use realm_compute_gpu::{GpuBackend, GpuDevice};
+    ///
+    /// let be = GpuBackend::new(GpuDevice::Cpu)?.with_split_keys(false);
+    /// assert!(!be.split_keys());
+    /// # Ok::<(), realm_core::backend::BackendError>(())
+    /// ```
+    pub fn with_split_keys(mut self, on: bool) -> Self {
+        self.split_keys = on;
+        self
+    }
+
+    /// Whether long caches' keys may be split (see
+    /// [`GpuBackend::with_split_keys`]).
+    pub fn split_keys(&self) -> bool {
+        self.split_keys
+    }
+
+    /// What a report should say of the device: its name and, on CUDA, its
+    /// multiprocessors and whether it allocates in stream order (without
+    /// which every free waits for the device and no step can be recorded).
+    ///
+    /// ```
+    /// use realm_compute_gpu::{GpuBackend, GpuDevice};
+    ///
+    /// let be = GpuBackend::new(GpuDevice::Cpu)?;
+    /// assert_eq!(be.device_summary(), "candle-cpu");
+    /// # Ok::<(), realm_core::backend::BackendError>(())
+    /// ```
+    pub fn device_summary(&self) -> String {
+        #[cfg(feature = "cuda")]
+        if let Device::Cuda(d) = &self.device {
+            let stream_ordered = d.cuda_stream().context().has_async_alloc();
+            return format!(
+                "{} ({} multiprocessors, {})",
+                self.name,
+                self.fill / 2,
+                match stream_ordered {
+                    true => "stream-ordered allocation",
+                    false => "no stream-ordered allocation: frees wait for the device",
+                }
+            );
+        }
+        self.name.clone()
+    }
+
+    /// The blocks the decode kernel aims for when it splits keys: 0 (never)
+    /// unless asked and on CUDA.
+    fn split_fill(&self) -> usize {
+        #[cfg(feature = "cuda")]
+        if self.split_keys {
+            return self.fill;
+        }
+        0
     }
 
     /// The backend whose fused kernels (the norm after a residual add, the

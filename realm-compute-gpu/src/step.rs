@@ -530,11 +530,12 @@ impl StepOps for GpuBackend {
         ws: &mut GpuWorkspace,
         rec: &GpuRecording,
         buffers: &mut [&mut GpuBuffer],
-    ) -> BackendResult<()> {
+    ) -> BackendResult<bool> {
         const OP: &str = "replay";
         let st = ws.step().ok_or(invalid(OP, "replay needs a static step"))?;
+        // Made before the step's internal buffers changed: record again.
         if rec.generation != st.generation {
-            return Err(invalid(OP, "the recording is stale"));
+            return Ok(false);
         }
         if buffers.len() != rec.fixed.len() {
             return Err(invalid(OP, "not the buffers the recording was made with"));
@@ -544,11 +545,17 @@ impl StepOps for GpuBackend {
             // Another thread records its own (a runtime's tenant may step
             // on a new thread each call).
             if rec.thread != std::thread::current().id() {
-                return Err(invalid(OP, "the recording is another thread's"));
+                return Ok(false);
             }
-            self.scratch
+            match self
+                .scratch
                 .replay(&self.device, rec.epoch, || rec.graph.launch())
-                .map_err(scratch_err(OP))?;
+            {
+                Ok(()) => {}
+                // candle's scratch grew since: record again.
+                Err(crate::scratch::ScratchError::Stale) => return Ok(false),
+                Err(e) => return Err(scratch_err(OP)(e)),
+            }
             self.replayed.fetch_add(1, Ordering::Relaxed);
             if let Some(u) = ws.step.as_mut().and_then(|st| st.uploads.as_mut()) {
                 u.replayed = true;
@@ -557,7 +564,7 @@ impl StepOps for GpuBackend {
             for (b, t) in buffers.iter_mut().zip(&rec.fixed) {
                 b.replace(t.clone());
             }
-            Ok(())
+            Ok(true)
         }
         #[cfg(not(feature = "cuda"))]
         {
@@ -741,24 +748,56 @@ mod cuda {
             .w()
     }
 
-    /// Ends the capture and instantiates the graph.
+    /// Ends the capture and instantiates the graph. The capture ends
+    /// whatever else fails, so that the thread's stream runs work again.
     pub(super) fn end(device: &Device) -> Result<Graph> {
         let stream = stream(device)?;
-        // cudarc keeps the errors of calls that cannot return one (frees
-        // into a capture that an earlier call invalidated) and fails the
-        // next call with them, which would fail the end of the capture
-        // before it ends it. Take them first, and any the end leaves.
-        let pending = stream.context().check_err();
+        let ctx = stream.context();
+        // cudarc keeps the errors of calls that cannot return one (frees)
+        // in one slot for every thread, and fails the next call with them,
+        // which would fail the end of the capture before it ends it. Take
+        // them first (they may be another thread's, or this capture's: a
+        // free into a capture an earlier call invalidated).
+        let pending = ctx.check_err();
         let graph = stream.end_capture(
             sys::CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH,
         );
-        let after = stream.context().check_err();
-        pending.w()?;
-        let graph = graph.w()?;
-        after.w()?;
-        match graph {
-            Some(g) => Ok(Graph(g)),
-            None => candle_core::bail!("the CUDA graph capture recorded nothing"),
+        let after = ctx.check_err();
+        if graph.is_err() {
+            close(stream.cu_stream());
+        }
+        match (graph, after) {
+            // A whole graph: an error taken before its end was not this
+            // capture's (which would have invalidated it); leave it for the
+            // next call, as cudarc would have.
+            (Ok(Some(g)), Ok(())) => {
+                ctx.record_err(pending);
+                Ok(Graph(g))
+            }
+            (Ok(None), _) => candle_core::bail!("the CUDA graph capture recorded nothing"),
+            (Ok(Some(_)), Err(e)) | (Err(e), _) => Err(pending.err().unwrap_or(e)).w(),
+        }
+    }
+
+    /// Ends a capture still open on `stream` (this thread's) and drops what
+    /// it recorded.
+    fn close(stream: sys::CUstream) {
+        use candle_core::cuda_backend::cudarc::driver::result;
+        // SAFETY: `stream` is this thread's stream handle from candle's
+        // device, whose context is current on this thread (the capture
+        // began here); a graph the end returns is owned by no one else and
+        // destroyed once.
+        unsafe {
+            if let Ok(sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE) =
+                result::stream::is_capturing(stream)
+            {
+                return;
+            }
+            if let Ok(g) = result::stream::end_capture(stream) {
+                if !g.is_null() {
+                    let _ = result::graph::destroy(g);
+                }
+            }
         }
     }
 }

@@ -174,14 +174,19 @@ fn angles(positions: &[u32], p: &RopeParams) -> (Vec<f32>, Vec<f32>) {
 enum Kernel {
     /// `decode_attention`; with `by_slots`, the kernel is handed each
     /// row's cache (stored here in reverse row order) by address instead
-    /// of by stride.
-    Decode { by_slots: bool },
+    /// of by stride; with `splits` above 1, each row's keys are split over
+    /// that many blocks and `decode_attention_merge` weighs their results.
+    Decode { by_slots: bool, splits: u32 },
     /// `prefill_attention` for heads of up to `max_hd` values (one cache).
     Prefill { max_hd: usize },
 }
 
 fn attention_kernel(case: &Case, seed: u64, kernel: Kernel) {
-    let by_slots = matches!(kernel, Kernel::Decode { by_slots: true });
+    let (by_slots, splits) = match kernel {
+        Kernel::Decode { by_slots, splits } => (by_slots, splits),
+        Kernel::Prefill { .. } => (false, 1),
+    };
+    let split_env = ("EMU_SPLITS", splits.to_string());
     let mut rng = Rng(seed);
     let (n_kv, hd) = (case.n_kv, case.hd);
     let n_heads = n_kv * case.group;
@@ -274,7 +279,7 @@ fn attention_kernel(case: &Case, seed: u64, kernel: Kernel) {
     let want = reference(None);
     // The kernel.
     let dir = scratch(&format!(
-        "attention-{seed}-{by_slots}-{}",
+        "attention-{seed}-{by_slots}-{splits}-{}",
         case.positions.len()
     ));
     let order = |t: &[f32]| -> Vec<f32> {
@@ -352,7 +357,7 @@ fn attention_kernel(case: &Case, seed: u64, kernel: Kernel) {
     if with_blocks {
         args.push(blocks.to_str().unwrap().to_string());
     }
-    let got = run(kernel, &args, &out);
+    let got = run_env(kernel, &args, &out, std::slice::from_ref(&split_env));
     assert_close(&got, &want, 1e-4, 1e-4, kernel);
     if with_blocks {
         assert_blocks(&blocks, &got, kernel);
@@ -365,7 +370,7 @@ fn attention_kernel(case: &Case, seed: u64, kernel: Kernel) {
         .flat_map(|r| r.iter().copied().chain([9.0; 7]))
         .collect();
     args[0] = write(&dir, "q-strided", &padded);
-    let env = [("EMU_Q_STRIDE", stride.to_string())];
+    let env = [("EMU_Q_STRIDE", stride.to_string()), split_env.clone()];
     let what = format!("{kernel}, strided queries");
     assert_close(
         &run_env(kernel, &args, &out, &env),
@@ -376,7 +381,7 @@ fn attention_kernel(case: &Case, seed: u64, kernel: Kernel) {
     );
     // Each query head normed before its rotation.
     let q_norm = Rng(seed + 7).f32s(hd, 0.5, 1.5);
-    let env = [("EMU_Q_NORM", write(&dir, "q-norm", &q_norm))];
+    let env = [("EMU_Q_NORM", write(&dir, "q-norm", &q_norm)), split_env];
     args[0] = write(&dir, "q", &q);
     let what = format!("{kernel}, normed queries");
     let want = reference(Some(&q_norm));
@@ -490,10 +495,69 @@ fn decode_attention_matches_the_cpu() {
         },
     ];
     for (i, case) in cases.iter().enumerate() {
-        attention_kernel(case, 100 + i as u64, Kernel::Decode { by_slots: false });
+        let decode = |by_slots| Kernel::Decode {
+            by_slots,
+            splits: 1,
+        };
+        attention_kernel(case, 100 + i as u64, decode(false));
         if !case.shared {
-            attention_kernel(case, 100 + i as u64, Kernel::Decode { by_slots: true });
+            attention_kernel(case, 100 + i as u64, decode(true));
         }
+    }
+}
+
+/// Long caches whose keys are split over several blocks per row and head
+/// (flash-decoding), merged by `decode_attention_merge`: splits with every
+/// share of keys, and splits that see none (a short row beside long ones,
+/// or a window).
+#[test]
+#[ignore = "needs a C++20 compiler; cargo xtask test runs it where it finds one"]
+fn split_decode_attention_matches_the_cpu() {
+    let smollm2 = Case {
+        n_kv: 3,
+        group: 3,
+        hd: 64,
+        positions: vec![1300, 5, 700],
+        shared: false,
+        window: None,
+        softcap: None,
+        f16: false,
+        device_positions: true,
+        rope: Some((64, false)),
+    };
+    let gemma3 = Case {
+        n_kv: 1,
+        group: 4,
+        hd: 256,
+        positions: vec![1100],
+        shared: false,
+        window: Some(512),
+        softcap: Some(30.0),
+        f16: true,
+        device_positions: true,
+        rope: Some((256, true)),
+    };
+    for (i, (case, splits)) in [(&smollm2, 4), (&smollm2, 3), (&gemma3, 3)]
+        .into_iter()
+        .enumerate()
+    {
+        let seed = 200 + i as u64;
+        attention_kernel(
+            case,
+            seed,
+            Kernel::Decode {
+                by_slots: false,
+                splits,
+            },
+        );
+        attention_kernel(
+            case,
+            seed,
+            Kernel::Decode {
+                by_slots: true,
+                splits,
+            },
+        );
     }
 }
 

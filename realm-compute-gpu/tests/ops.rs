@@ -68,8 +68,11 @@ proptest! {
         let mut gout = g.buffer(n * m + 3).unwrap();
         g.matmul(&mut g.workspace(), &gw, &gx, n, &mut gout).unwrap();
         // Sums of k products of values up to 1: rounding of activations to
-        // 8 bits gives errors of about sqrt(k) * 2^-8 per output.
-        let tol = (k as f32).sqrt() * 0.003;
+        // 8 bits gives errors of about sqrt(k) * 2^-8 per output, on each
+        // side, and the sides may round differently (candle's CPU kernels
+        // take Q8_0 weights' activations as Q8_0 or as Q8_K blocks by the
+        // matrix's shape): five times that error's spread.
+        let tol = (k as f32).sqrt() * 0.01;
         assert_close(&down(&g, &gout, n * m), &cout, 0.0, tol, &format!("{t} matmul"));
         let ids: Vec<u32> = (0..n as u32).map(|i| (i * 7) % m as u32).collect();
         let mut ce = c.buffer(n * k).unwrap();
@@ -116,7 +119,10 @@ proptest! {
             let mut alone = g.buffer(n * w.rows()).unwrap();
             g.matmul(&mut ws, &w, &x, n, &mut alone).unwrap();
             let alone = down(&g, &alone, n * w.rows());
-            assert_close(&down(&g, out, n * w.rows()), &alone, 1e-5, 1e-5, &format!("{t} part"));
+            // Exact but for the activations' rounding, which candle's CPU
+            // kernels may choose by the matrix's rows (as in the test above).
+            let tol = if g.name() == "candle-cpu" { (k as f32).sqrt() * 0.01 } else { 1e-4 };
+            assert_close(&down(&g, out, n * w.rows()), &alone, 1e-5, tol, &format!("{t} part"));
             prop_assert_eq!(cpu_out, &down(&g, out, n * w.rows()));
         }
     }
@@ -444,6 +450,10 @@ proptest! {
         let (mut cq, mut ck) = (q.clone(), k.clone());
         let cnorm = qk.as_ref().map(|(qn, kn)| QkNorm { q: qn, k: kn, eps: 1e-6 });
         c.rope_attend_rows(&mut c.workspace(), &mut cc, 1, &positions, (&mut cq, &mut ck, &v), cnorm, &rope, &p, &mut cout).unwrap();
+        // Keys are rotated before they are rounded to f16; the two sides'
+        // rotations may differ in f32's last bit, which can flip a rounding
+        // (2^-11 of a key) and move the result by more than f32 rounding.
+        let (rel, abs) = if f16 { (2e-3, 1e-4) } else { (1e-4, 1e-5) };
         // Queries, keys and values uploaded apart, or split from one
         // stacked product's rows (then strided views, read in place).
         for (fused, stacked) in [(true, false), (false, false), (true, true)] {
@@ -475,7 +485,7 @@ proptest! {
             let gqk = qk.as_ref().map(|(qn, kn)| (g.upload(qn).unwrap(), g.upload(kn).unwrap()));
             let gnorm = gqk.as_ref().map(|(qn, kn)| QkNorm { q: qn, k: kn, eps: 1e-6 });
             g.rope_attend_rows(&mut g.workspace(), &mut gc, 1, &positions, (&mut gq, &mut gk, &gv), gnorm, &rope, &p, &mut gout).unwrap();
-            assert_close(&down(&g, &gout, q.len()), &cout, 1e-4, 1e-5, &format!("rope_attend_rows (stacked: {stacked})"));
+            assert_close(&down(&g, &gout, q.len()), &cout, rel, abs, &format!("rope_attend_rows (stacked: {stacked})"));
             // The stored keys are the rotated ones: each row attended again
             // (queries rotated on the CPU) gives the same.
             for (r, cache) in gc.iter().enumerate() {
@@ -483,7 +493,7 @@ proptest! {
                 let at = KvSpan { layer: 1, start_pos: positions[r] as usize };
                 let gq_row = g.upload(&cq[r * n_heads * hd..(r + 1) * n_heads * hd]).unwrap();
                 g.attention(&mut g.workspace(), cache, at, &gq_row, 0..1, &p, &mut one).unwrap();
-                assert_close(&down(&g, &one, n_heads * hd), &cout[r * n_heads * hd..(r + 1) * n_heads * hd], 1e-4, 1e-5, "stored rotated row");
+                assert_close(&down(&g, &one, n_heads * hd), &cout[r * n_heads * hd..(r + 1) * n_heads * hd], rel, abs, "stored rotated row");
             }
         }
     }
@@ -526,6 +536,10 @@ proptest! {
         let mut cnext = vec![0.0; width];
         c.kv_write(&mut c.workspace(), &mut cc, next, &next_k, &next_v, 0..1).unwrap();
         c.attention(&mut c.workspace(), &cc, next, &next_q, 0..1, &p, &mut cnext).unwrap();
+        // Keys are rotated before they are rounded to f16; the two sides'
+        // rotations may differ in f32's last bit, which can flip a rounding
+        // (2^-11 of a key) and move the result by more than f32 rounding.
+        let (rel, abs) = if f16 { (2e-3, 1e-4) } else { (1e-4, 1e-5) };
         for (fused, stacked) in [(true, false), (false, false), (true, true)] {
             let g = gpu().with_fused_kernels(fused);
             // The sequence's cache is the second slot of its block.
@@ -552,12 +566,12 @@ proptest! {
             let mut ws = g.workspace();
             g.rope_attend(&mut ws, &mut gc, 1, &positions, (&mut gq, &mut gk, &gv), gnorm, &rope, &p, &mut gout).unwrap();
             let what = format!("rope_attend (fused: {fused}, stacked: {stacked})");
-            assert_close(&down(&g, &gout, q.len()), &cout, 1e-4, 1e-5, &what);
+            assert_close(&down(&g, &gout, q.len()), &cout, rel, abs, &what);
             let (gk, gv, gq) = (g.upload(&next_k).unwrap(), g.upload(&next_v).unwrap(), g.upload(&next_q).unwrap());
             g.kv_write(&mut ws, &mut gc, next, &gk, &gv, 0..1).unwrap();
             let mut gnext = g.buffer(width).unwrap();
             g.attention(&mut ws, &gc, next, &gq, 0..1, &p, &mut gnext).unwrap();
-            assert_close(&down(&g, &gnext, width), &cnext, 1e-4, 1e-5, &format!("{what}, stored"));
+            assert_close(&down(&g, &gnext, width), &cnext, rel, abs, &format!("{what}, stored"));
         }
     }
 }

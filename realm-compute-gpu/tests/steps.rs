@@ -160,7 +160,12 @@ fn batched<B: Backend>(file: &Gguf<Vec<u8>>, be: &B, prompts: &[usize]) -> Vec<V
             .map(|(i, s)| (s, token(step * 7 + i, vocab)))
             .collect();
         model.forward_batch(&mut rows, &mut scratch).unwrap();
-        all.extend(rows.iter().map(|(s, _)| s.logits().to_vec()));
+        for (s, _) in rows.iter_mut() {
+            let got = s.logits().to_vec();
+            // `compute_logits` gives the step's logits, also after a replay.
+            assert_eq!(model.compute_logits(s).unwrap(), &got[..]);
+            all.push(got);
+        }
     }
     assert_eq!(scratch.recording_failure(), None);
     all

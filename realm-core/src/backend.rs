@@ -856,18 +856,21 @@ pub trait StepOps: BackendCore {
         )))
     }
 
-    /// Runs a recorded step with the inputs of the current static step;
-    /// `buffers` (the ones the recording was made with) then hold its
-    /// results (the first `outputs` the recording began with; the rest are
-    /// undefined), whatever ops ran on them since. A recording made before the
-    /// step's shapes or the backend's internal buffers changed is an error
-    /// (record again).
+    /// Runs a recorded step with the inputs of the current static step and
+    /// returns `true`; `buffers` (the ones the recording was made with) then
+    /// hold its results (the first `outputs` the recording began with; the
+    /// rest are undefined), whatever ops ran on them since. Returns `false`,
+    /// running nothing, when the recording cannot serve this step (made
+    /// before the backend's internal buffers changed, or on another
+    /// thread): run the ops, and record again. An error is the device's
+    /// (or a recording made with other buffers): recording is not to be
+    /// relied on.
     fn replay(
         &self,
         ws: &mut Self::Workspace,
         rec: &Self::Recording,
         buffers: &mut [&mut Self::Buffer],
-    ) -> BackendResult<()> {
+    ) -> BackendResult<bool> {
         let _ = (ws, rec, buffers);
         Err(BackendError::Setup(format!(
             "{} does not record steps",

@@ -442,7 +442,8 @@ impl<'a, B: Backend> Model<'a, B> {
     /// rows; attention runs per row over its own session's cache. Each
     /// session's logits ([`Session::logits`]) are bit-identical to what
     /// [`Model::forward`] of that token alone would give (the backend is batch
-    /// invariant). On error no session has advanced.
+    /// invariant), and [`Model::compute_logits`] returns them as after
+    /// `forward`. On error no session has advanced.
     pub fn forward_batch(
         &self,
         rows: &mut [(&mut Session<B>, u32)],
@@ -510,7 +511,13 @@ impl<'a, B: Backend> Model<'a, B> {
             s.logits
                 .copy_from_slice(&logits[i * vocab..(i + 1) * vocab]);
             s.pos += 1;
-            s.chunk = None;
+            // A one-token chunk whose logits the session holds, as after
+            // `forward`: `compute_logits` returns them.
+            s.chunk = Some(Chunk {
+                len: 1,
+                layers_done: self.layers.len(),
+                logits: true,
+            });
         }
         Ok(())
     }
@@ -565,13 +572,23 @@ impl<'a, B: Backend> Model<'a, B> {
         let is = |k: &StepKey| k.0 == key && k.1 == kv_len && k.2 == self.id;
         if let Some(ready) = sc.recorded.ready.take() {
             let (k, rec) = &*ready;
-            let replayed = is(k) && {
-                let (ws, mut bufs) = sc.split();
-                b.replay(ws, rec, &mut bufs).is_ok()
+            let replayed = match is(k) {
+                true => {
+                    let (ws, mut bufs) = sc.split();
+                    b.replay(ws, rec, &mut bufs)
+                }
+                false => Ok(false),
             };
-            sc.recorded.ready = Some(ready);
-            if replayed {
-                return Ok(());
+            match replayed {
+                Ok(true) => {
+                    sc.recorded.ready = Some(ready);
+                    return Ok(());
+                }
+                // Not for this step: the ops run (and are recorded again).
+                Ok(false) => sc.recorded.ready = Some(ready),
+                // The device failed to replay it: the ops run, and steps are
+                // not recorded again (each would fail the same way).
+                Err(e) => sc.recorded.failed = Some(format!("replaying the step failed: {e}")),
             }
         }
         step(self, sc)?;

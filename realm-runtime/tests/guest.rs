@@ -191,9 +191,11 @@ fn batched_decode_steps_are_bit_identical_to_single_ones() {
         let mut rows: Vec<(&mut Session<CpuBackend>, u32)> =
             batched.iter_mut().zip(next.iter().copied()).collect();
         model.forward_batch(&mut rows, &mut scratch).unwrap();
-        for (i, s) in batched.iter().enumerate() {
+        for (i, s) in batched.iter_mut().enumerate() {
             assert_eq!(bits(s.logits()), want[i], "step {step}, row {i}");
             assert_eq!(s.position(), alone[i].position());
+            // The step's logits stay the session's, as after `forward`.
+            assert_eq!(bits(model.compute_logits(s).unwrap()), want[i]);
         }
     }
     // Layer by layer gives the fused result too.

@@ -92,6 +92,10 @@ for m in smollm2 gemma3; do
   bench "bench-$m-wasm" 90 "$models/$m-synth.gguf" --device "$dev" --wasm --guest "$here/realm_wasm.wasm" -p 512 -n 128 -r 5
   # Where an op-by-op decode step's time goes.
   bench "profile-$m" 60 "$models/$m-synth.gguf" --device "$dev" -p 0 -n 64 -r 1 --profile
+  # After a long context (llama-bench's -d 4096).
+  bench "bench-$m-d4096" 90 "$models/$m-synth.gguf" --device "$dev" -p 512 -n 128 -d 4096 -r 5
+  # The same decode with each row and head's keys in one block.
+  (export REALM_SPLIT_KEYS=0; bench "bench-$m-d4096-unsplit" 60 "$models/$m-synth.gguf" --device "$dev" -p 0 -n 128 -d 4096 -r 5)
 done
 rm -rf "$models"
 "#;

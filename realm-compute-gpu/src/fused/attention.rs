@@ -52,6 +52,12 @@ pub(crate) struct FusedAttention {
     pub(crate) slots: Option<SlotTable>,
     /// Whether many rows of one cache may go to the tiled kernel (CUDA).
     pub(crate) tiled: bool,
+    /// The most keys a row may see (at least the furthest position + 1; a
+    /// static step's span), and the blocks that fill the device: with few
+    /// rows and heads and many keys, the decode kernel splits each row's
+    /// keys over several blocks (CUDA; `fill` 0: never).
+    pub(crate) keys: usize,
+    pub(crate) fill: usize,
 }
 
 /// The shapes of one call.
@@ -278,6 +284,12 @@ mod cuda {
     /// The most rows of one cache the decode kernel attends (a block for
     /// each row and head); more go to the tiled kernel.
     const DECODE_ROWS: usize = 8;
+    /// The fewest keys a split of the decode kernel takes (two of its
+    /// blocks' stretches of 32 keys per warp), and the most splits.
+    const SPLIT_KEYS: usize = 512;
+    const MAX_SPLITS: usize = 32;
+    /// The merge kernel's threads per block (`MERGE_THREADS`).
+    const MERGE_THREADS: u32 = 128;
 
     /// The largest head of the kernels' instance for heads of `head_dim`
     /// values (at most [`super::MAX_HEAD_DIM`], which `dims` checked).
@@ -287,6 +299,21 @@ mod cuda {
             65..=128 => 128,
             _ => 256,
         }
+    }
+
+    /// The blocks over which the decode kernel splits each row and head's
+    /// keys: 1 unless rows times heads leave the device short of `op.fill`
+    /// blocks and there are keys for at least [`SPLIT_KEYS`] per split
+    /// (the merge kernel's launch then costs less than the idle SMs).
+    fn splits(op: &FusedAttention, dims: &Dims) -> usize {
+        let blocks = dims.rows * op.n_heads;
+        let keys = op.window.map_or(op.keys, |w| w.min(op.keys));
+        if op.fill == 0 || blocks >= op.fill {
+            return 1;
+        }
+        (keys / SPLIT_KEYS)
+            .min(op.fill.div_ceil(blocks))
+            .clamp(1, MAX_SPLITS)
     }
 
     /// The largest head of the tiled kernel that runs `op` on `dims`, and
@@ -414,6 +441,10 @@ mod cuda {
         a: Args<'_, T>,
     ) -> Result<CudaSlice<f32>> {
         let tiled = tiled(op, dims);
+        let splits = match tiled {
+            Some(_) => 1,
+            None => splits(op, dims),
+        };
         let values = dims.rows * op.n_heads * op.head_dim;
         // SAFETY: the kernel writes every value of `out` (each block its
         // rows' head, every one of head_dim values, and with blocks their
@@ -456,10 +487,23 @@ mod cuda {
         let q_norm = op.rope.as_ref().and_then(|r| r.q_norm.as_ref());
         let norm_eps = op.rope.as_ref().map_or(0.0, |r| r.norm_eps);
         let cfg = LaunchConfig {
-            grid_dim: (grid_x as u32, op.n_heads as u32, 1),
+            grid_dim: (grid_x as u32, op.n_heads as u32, splits as u32),
             block_dim: (threads, 1, 1),
             shared_mem_bytes: 0,
         };
+        // Split launches' partial results: per row, head and split, the
+        // weighted sum of values, then per split the maximum and the sum.
+        let part = match splits {
+            1 => None,
+            // SAFETY: the decode kernel writes every value the merge kernel
+            // reads: each split block its head_dim sums and its two stats.
+            _ => Some(unsafe {
+                dev.alloc::<f32>(dims.rows * op.n_heads * splits * (op.head_dim + 2))?
+            }),
+        };
+        let part_ptr = part
+            .as_ref()
+            .map_or(0, |p| crate::fused::cuda::address(p, 0));
         crate::fused::cuda::with_address(q_norm, |q_norm| {
             let mut b = func.builder();
             b.arg(&a.q);
@@ -495,6 +539,9 @@ mod cuda {
             b.arg(&a.q_stride);
             b.arg(&q_norm);
             b.arg(&norm_eps);
+            if tiled.is_none() {
+                b.arg(&part_ptr);
+            }
             // SAFETY: the arguments match the kernel's parameters in order
             // and type; `dims` checked that every key and value a row reads
             // (up to max_seq positions of its cache) lies within `k` and `v`
@@ -515,6 +562,107 @@ mod cuda {
             unsafe { b.launch(cfg) }.w()?;
             Ok(())
         })?;
+        if let Some(part) = &part {
+            let merge = dev.get_or_load_custom_func("decode_attention_merge", MODULE, PTX)?;
+            let cfg = LaunchConfig {
+                grid_dim: (dims.rows as u32, op.n_heads as u32, 1),
+                block_dim: (MERGE_THREADS, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let (max_seq, n_heads, head_dim) = (ints[3], ints[0], ints[2]);
+            let splits = splits as i32;
+            let mut b = merge.builder();
+            b.arg(part);
+            b.arg(&a.positions);
+            b.arg(&a.pos_base);
+            b.arg(&max_seq);
+            b.arg(&out);
+            b.arg(&blocks);
+            b.arg(&n_heads);
+            b.arg(&head_dim);
+            b.arg(&splits);
+            // SAFETY: the arguments match `decode_attention_merge`'s
+            // parameters in order and type; `part` holds the partial results
+            // of `splits` splits of every row and head, which the launch
+            // before it on this stream wrote; `positions` (or pos_base) and
+            // `out` (with its blocks) are the attention launch's, of `rows`
+            // rows of n_heads heads.
+            unsafe { b.launch(cfg) }.w()?;
+        }
         Ok(out)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::super::{Dims, FusedAttention, QueryPositions};
+        use super::{splits, tiled, MAX_SPLITS};
+
+        /// SmolLM2's heads, `keys` seen, the device filled by `fill` blocks.
+        fn op(keys: usize, fill: usize) -> FusedAttention {
+            FusedAttention {
+                positions: QueryPositions::From(0),
+                n_heads: 9,
+                n_kv_heads: 3,
+                head_dim: 64,
+                scale: 0.125,
+                softcap: None,
+                window: None,
+                rope: None,
+                blocks: false,
+                slots: None,
+                tiled: true,
+                keys,
+                fill,
+            }
+        }
+
+        fn dims(rows: usize) -> Dims {
+            Dims {
+                rows,
+                max_seq: 8192,
+                row_stride: 0,
+            }
+        }
+
+        #[test]
+        fn long_caches_of_few_rows_split_their_keys() {
+            // tg128 (and llama-batched-bench's 512-token prompts): one split.
+            assert_eq!(splits(&op(128, 264), &dims(1)), 1);
+            assert_eq!(splits(&op(640, 264), &dims(32)), 1);
+            // One sequence 4096 keys deep: 8 splits of 512 keys.
+            assert_eq!(splits(&op(4096, 264), &dims(1)), 8);
+            // Deeper: as many as fill the device, at most MAX_SPLITS.
+            assert_eq!(splits(&op(100_000, 264), &dims(1)), 30);
+            assert_eq!(splits(&op(100_000, 10_000), &dims(1)), MAX_SPLITS);
+            // A window bounds the keys; fill 0 (off, or not CUDA) never splits.
+            let mut local = op(4096, 264);
+            local.window = Some(512);
+            assert_eq!(splits(&local, &dims(1)), 1);
+            assert_eq!(splits(&op(4096, 0), &dims(1)), 1);
+        }
+
+        #[test]
+        fn long_chunks_of_one_cache_are_tiled() {
+            assert_eq!(tiled(&op(64, 0), &dims(8)), None);
+            assert_eq!(tiled(&op(64, 0), &dims(9)), Some((64, 16)));
+            let mut gemma = op(64, 0);
+            gemma.head_dim = 256;
+            assert_eq!(tiled(&gemma, &dims(512)), Some((256, 8)));
+            // Not asked, blocks wanted, a cache per row, odd heads: decode.
+            let mut off = op(64, 0);
+            off.tiled = false;
+            assert_eq!(tiled(&off, &dims(64)), None);
+            let mut blocks = op(64, 0);
+            blocks.blocks = true;
+            assert_eq!(tiled(&blocks, &dims(64)), None);
+            let per_row = Dims {
+                row_stride: 3 * 8192 * 64,
+                ..dims(64)
+            };
+            assert_eq!(tiled(&op(64, 0), &per_row), None);
+            let mut odd = op(64, 0);
+            odd.head_dim = 62;
+            assert_eq!(tiled(&odd, &dims(64)), None);
+        }
     }
 }

@@ -21,6 +21,9 @@ pub(crate) use rope_angles::RopeAngles;
 pub(crate) use rope_store::RopeStore;
 pub(crate) use slots::{SlotTable, SLOT_ROWS};
 
+#[cfg(feature = "cuda")]
+pub(crate) use cuda::multiprocessors;
+
 use candle_core::{DType, Layout, Result, Tensor};
 
 /// RoPE for the fused kernels: each row's cosines and sines, `[rows,
@@ -225,6 +228,18 @@ mod cuda {
         let stream = s.device().cuda_stream();
         let (ptr, _sync) = view.device_ptr(&stream);
         f(ptr)
+    }
+
+    /// The device's streaming multiprocessors.
+    pub(crate) fn multiprocessors(d: &candle_core::CudaDevice) -> Result<usize> {
+        use candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute;
+        use candle_core::cuda_backend::WrapErr;
+        let n = d
+            .cuda_stream()
+            .context()
+            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .w()?;
+        Ok(usize::try_from(n).unwrap_or(1).max(1))
     }
 
     /// The start and end of `l`'s values, which must be contiguous.

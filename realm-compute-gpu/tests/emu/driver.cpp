@@ -125,12 +125,21 @@ int main(int argc, char **argv) {
       }
       return t;
     };
+    // $EMU_SPLITS: the keys split over that many blocks per row and head,
+    // whose partial results the merge kernel then weighs.
+    const unsigned splits = env_num("EMU_SPLITS", 1);
+    std::vector<float> part(splits > 1 ? (size_t)rows * n_heads * splits * (hd + 2) : 0, NAN);
+    float *part_ptr = splits > 1 ? part.data() : nullptr;
     // The kernel's name says the cache's type and the largest head.
     auto launch = [&](auto kernel_fn, auto &k, auto &v) {
-      emu_launch(kernel_fn, dim3{rows, n_heads, 1}, dim3{256, 1, 1}, q.data(), k.data(), v.data(),
-                 p, out.data(), pos_base, (int)n_heads, n_kv, hd, max_seq, row_stride,
+      emu_launch(kernel_fn, dim3{rows, n_heads, splits}, dim3{256, 1, 1}, q.data(), k.data(),
+                 v.data(), p, out.data(), pos_base, (int)n_heads, n_kv, hd, max_seq, row_stride,
                  table(k, v), (int)by_slots, scale, softcap, window, c, s, n_dims, neox, ptr(q8),
-                 q_stride, ptr_or_null(q_norm), NORM_EPS);
+                 q_stride, ptr_or_null(q_norm), NORM_EPS, part_ptr);
+      if (splits > 1)
+        emu_launch(decode_attention_merge, dim3{rows, n_heads, 1}, dim3{MERGE_THREADS, 1, 1},
+                   part_ptr, p, pos_base, max_seq, out.data(), ptr(q8), (int)n_heads, hd,
+                   (int)splits);
     };
     const std::string max_hd = kernel.substr(kernel.rfind('_') + 1);
     if (kernel.find("_f16_") != std::string::npos) {

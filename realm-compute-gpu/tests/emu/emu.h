@@ -86,20 +86,22 @@ template <class... P, class... A>
 void emu_launch(void (*kernel)(P...), dim3 grid, dim3 block, A... args) {
   gridDim = grid;
   blockDim = block;
-  for (unsigned by = 0; by < grid.y; ++by) {
-    for (unsigned bx = 0; bx < grid.x; ++bx) {
-      EmuBlock b(block.x);
-      emu_block = &b;
-      std::vector<std::thread> threads;
-      for (unsigned t = 0; t < block.x; ++t) {
-        threads.emplace_back([=] {
-          threadIdx = dim3{t, 0, 0};
-          blockIdx = dim3{bx, by, 0};
-          kernel(static_cast<P>(args)...);
-        });
+  for (unsigned bz = 0; bz < grid.z; ++bz) {
+    for (unsigned by = 0; by < grid.y; ++by) {
+      for (unsigned bx = 0; bx < grid.x; ++bx) {
+        EmuBlock b(block.x);
+        emu_block = &b;
+        std::vector<std::thread> threads;
+        for (unsigned t = 0; t < block.x; ++t) {
+          threads.emplace_back([=] {
+            threadIdx = dim3{t, 0, 0};
+            blockIdx = dim3{bx, by, bz};
+            kernel(static_cast<P>(args)...);
+          });
+        }
+        for (auto &th : threads) th.join();
+        emu_block = nullptr;
       }
-      for (auto &th : threads) th.join();
-      emu_block = nullptr;
     }
   }
 }
