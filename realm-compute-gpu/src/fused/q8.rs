@@ -127,6 +127,13 @@ pub(crate) mod cuda {
         stream: *mut std::ffi::c_void,
     );
 
+    extern "C" {
+        /// The CUDA runtime's last error on this thread, cleared (candle's
+        /// launchers launch through the runtime, which reports a kernel
+        /// that did not launch only here).
+        fn cudaGetLastError() -> i32;
+    }
+
     /// A quantized weight on a CUDA device, as the vector kernels take it.
     #[derive(Clone, Copy)]
     pub(crate) struct Weight {
@@ -230,6 +237,14 @@ pub(crate) mod cuda {
                         stream.cu_stream() as *mut std::ffi::c_void,
                     )
                 };
+                // SAFETY: takes nothing, and only reads and clears this
+                // thread's runtime error, which the launch just set or not.
+                let code = unsafe { cudaGetLastError() };
+                if code != 0 {
+                    candle_core::bail!(
+                        "blocks product: the kernel did not launch (CUDA runtime error {code})"
+                    );
+                }
             }
             Ok((
                 candle_core::CudaStorage::wrap_cuda_slice(out, dev.clone()),
