@@ -28,7 +28,8 @@ pub struct BenchArgs {
     pub n_gen: usize,
     /// Tokens already in the cache when the prefill and decode tests start
     /// (prefilled once, untimed; as llama-bench's -d): `pp512 @ d4096` is
-    /// a 512-token prompt after 4096 others.
+    /// a 512-token prompt after 4096 others. The batched test (--npl)
+    /// starts from its -p prompt instead.
     #[arg(short = 'd', long, default_value_t = 0)]
     pub n_depth: usize,
     /// CPU threads (0: one per core).

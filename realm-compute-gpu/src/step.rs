@@ -547,6 +547,12 @@ impl StepOps for GpuBackend {
             if rec.thread != std::thread::current().id() {
                 return Ok(false);
             }
+            // An error another call left in cudarc's shared slot would fail
+            // the launch: it is not this recording's, so the step runs its
+            // ops (which report it) and keeps the recording.
+            if cuda::pending_error(&self.device) {
+                return Ok(false);
+            }
             match self
                 .scratch
                 .replay(&self.device, rec.epoch, || rec.graph.launch())
@@ -735,10 +741,38 @@ mod cuda {
             } = self;
             drop(cache);
             if !replayed {
-                let _ = device.synchronize();
+                wait(device);
             }
             drop(pass);
         }
+    }
+
+    /// Waits for this thread's stream. cudarc fails any call, the wait too,
+    /// with an error another call left in its one slot for every thread:
+    /// that error is taken first and left for the next call, so the wait
+    /// happens; a failed wait is left the same way.
+    fn wait(device: &Device) {
+        let Ok(cuda) = device.as_cuda_device() else {
+            return;
+        };
+        let stream = cuda.cuda_stream();
+        let ctx = stream.context();
+        let pending = ctx.check_err();
+        let waited = stream.synchronize();
+        ctx.record_err(pending);
+        ctx.record_err(waited);
+    }
+
+    /// Whether cudarc holds an error another call left (it stays there).
+    pub(super) fn pending_error(device: &Device) -> bool {
+        let Ok(cuda) = device.as_cuda_device() else {
+            return false;
+        };
+        let stream = cuda.cuda_stream();
+        let pending = stream.context().check_err();
+        let found = pending.is_err();
+        stream.context().record_err(pending);
+        found
     }
 
     /// Starts capturing the device's stream (this thread's work only).
@@ -775,7 +809,12 @@ mod cuda {
                 Ok(Graph(g))
             }
             (Ok(None), _) => candle_core::bail!("the CUDA graph capture recorded nothing"),
-            (Ok(Some(_)), Err(e)) | (Err(e), _) => Err(pending.err().unwrap_or(e)).w(),
+            // The capture's own error, and one taken before it (maybe the
+            // cause: a free into the capture an earlier call invalidated).
+            (Ok(Some(_)), Err(e)) | (Err(e), _) => match pending {
+                Ok(()) => Err(e).w(),
+                Err(p) => candle_core::bail!("{e} (an earlier call failed: {p})"),
+            },
         }
     }
 

@@ -576,6 +576,180 @@ proptest! {
     }
 }
 
+/// Long caches: on CUDA a decode row's keys are split over several blocks
+/// (flash-decoding) whose results a second kernel merges; split or not,
+/// attention matches the CPU's. SmolLM2's heads (a batch by slot table,
+/// rows at very different depths) and Gemma 3's (local window or global),
+/// f32 and f16 caches, and one row of one cache (`attention`).
+#[test]
+fn long_caches_attend_alike_split_or_not() {
+    struct Case {
+        n_kv: usize,
+        group: usize,
+        hd: usize,
+        window: Option<usize>,
+        f16: bool,
+        neox: bool,
+    }
+    let cases = [
+        Case {
+            n_kv: 3,
+            group: 3,
+            hd: 64,
+            window: None,
+            f16: false,
+            neox: false,
+        },
+        Case {
+            n_kv: 1,
+            group: 4,
+            hd: 256,
+            window: None,
+            f16: true,
+            neox: true,
+        },
+        Case {
+            n_kv: 1,
+            group: 4,
+            hd: 256,
+            window: Some(512),
+            f16: false,
+            neox: true,
+        },
+    ];
+    let pasts = [1300usize, 5, 1500];
+    for (i, case) in cases.iter().enumerate() {
+        let (n_kv, hd) = (case.n_kv, case.hd);
+        let n_heads = n_kv * case.group;
+        let (rows, kv_width, width) = (pasts.len(), n_kv * hd, n_heads * hd);
+        let cfg = KvCacheConfig {
+            n_layers: 1,
+            n_kv_heads: n_kv,
+            head_dim: hd,
+            max_seq_len: 1600,
+            dtype: if case.f16 { KvDtype::F16 } else { KvDtype::F32 },
+        };
+        let p = AttentionParams {
+            n_heads,
+            n_kv_heads: n_kv,
+            head_dim: hd,
+            scale: 1.0 / (hd as f32).sqrt(),
+            sliding_window: case.window,
+            softcap: None,
+        };
+        let rope = RopeParams {
+            n_dims: hd,
+            base: 10000.0,
+            freq_scale: 1.0,
+            mode: if case.neox {
+                RopeMode::Neox
+            } else {
+                RopeMode::Normal
+            },
+        };
+        let mut rng = Rng(40 + i as u64);
+        let hist: Vec<(Vec<f32>, Vec<f32>)> = pasts
+            .iter()
+            .map(|&n| {
+                (
+                    rng.f32s(n * kv_width, -1.0, 1.0),
+                    rng.f32s(n * kv_width, -1.0, 1.0),
+                )
+            })
+            .collect();
+        let k = rng.f32s(rows * kv_width, -1.0, 1.0);
+        let v = rng.f32s(rows * kv_width, -1.0, 1.0);
+        let q = rng.f32s(rows * width, -1.0, 1.0);
+        let positions: Vec<u32> = pasts.iter().map(|&n| n as u32).collect();
+        let span = KvSpan {
+            layer: 0,
+            start_pos: 0,
+        };
+        let c = cpu();
+        let mut ccaches: Vec<_> = (0..rows).map(|_| c.kv_cache(&cfg).unwrap()).collect();
+        for (cache, (hk, hv)) in ccaches.iter_mut().zip(&hist) {
+            let n = hk.len() / kv_width;
+            c.kv_write(&mut c.workspace(), cache, span, hk, hv, 0..n)
+                .unwrap();
+        }
+        let mut cc: Vec<_> = ccaches.iter_mut().collect();
+        let (mut cq, mut ck) = (q.clone(), k.clone());
+        let mut want = vec![0.0; q.len()];
+        c.rope_attend_rows(
+            &mut c.workspace(),
+            &mut cc,
+            0,
+            &positions,
+            (&mut cq, &mut ck, &v),
+            None,
+            &rope,
+            &p,
+            &mut want,
+        )
+        .unwrap();
+        // The first row again, alone in its cache, its query rotated.
+        let at = KvSpan {
+            layer: 0,
+            start_pos: pasts[0],
+        };
+        let mut want_one = vec![0.0; width];
+        c.attention(
+            &mut c.workspace(),
+            &ccaches[0],
+            at,
+            &cq[..width].to_vec(),
+            0..1,
+            &p,
+            &mut want_one,
+        )
+        .unwrap();
+        let (rel, abs) = if case.f16 { (2e-3, 1e-4) } else { (1e-4, 1e-5) };
+        for split in [true, false] {
+            let g = gpu().with_split_keys(split);
+            let mut gcaches: Vec<_> = (0..rows).map(|_| g.kv_cache(&cfg).unwrap()).collect();
+            for (cache, (hk, hv)) in gcaches.iter_mut().zip(&hist) {
+                let n = hk.len() / kv_width;
+                let (gk, gv) = (g.upload(hk).unwrap(), g.upload(hv).unwrap());
+                g.kv_write(&mut g.workspace(), cache, span, &gk, &gv, 0..n)
+                    .unwrap();
+            }
+            let mut gc: Vec<_> = gcaches.iter_mut().collect();
+            let (mut gq, mut gk, gv) = (
+                g.upload(&q).unwrap(),
+                g.upload(&k).unwrap(),
+                g.upload(&v).unwrap(),
+            );
+            let mut gout = g.buffer(q.len()).unwrap();
+            let mut ws = g.workspace();
+            g.rope_attend_rows(
+                &mut ws,
+                &mut gc,
+                0,
+                &positions,
+                (&mut gq, &mut gk, &gv),
+                None,
+                &rope,
+                &p,
+                &mut gout,
+            )
+            .unwrap();
+            let what = format!("case {i}, split {split}");
+            assert_close(&down(&g, &gout, q.len()), &want, rel, abs, &what);
+            let gq_one = g.upload(&cq[..width]).unwrap();
+            let mut one = g.buffer(width).unwrap();
+            g.attention(&mut ws, &gcaches[0], at, &gq_one, 0..1, &p, &mut one)
+                .unwrap();
+            assert_close(
+                &down(&g, &one, width),
+                &want_one,
+                rel,
+                abs,
+                &format!("{what}, one row"),
+            );
+        }
+    }
+}
+
 /// A chunk's positions must be consecutive, on either path.
 #[test]
 fn rope_attend_refuses_scattered_positions() {

@@ -94,6 +94,34 @@ fn static_steps_match_op_by_op() {
     }
 }
 
+/// The same past a thousand positions, where a CUDA decode step splits
+/// each row's keys over several blocks and merges them (flash-decoding):
+/// the recorded steps, replayed at other positions of their span, keep
+/// their split and agree with op by op and with unsplit steps.
+#[test]
+fn long_static_steps_match_op_by_op() {
+    let plain = gpu(StepMode::OpByOp).with_split_keys(false);
+    let steps = gpu(StepMode::Recorded);
+    for (arch, kv) in [("llama", KvDtype::F32), ("gemma3", KvDtype::F16)] {
+        let file =
+            Gguf::from_bytes(SyntheticLayout::tiny(arch).unwrap().write(5).unwrap()).unwrap();
+        let (a, b) = (
+            Model::load(&file, &plain).unwrap(),
+            Model::load(&file, &steps).unwrap(),
+        );
+        let prompt = 4 * STEP_SPAN - 6;
+        let before = steps.step_counts();
+        let (want, got) = (decode(&a, prompt, 12, kv), decode(&b, prompt, 12, kv));
+        let diff = max_diff(&want, &got);
+        let (recorded, replayed) = steps.step_counts();
+        eprintln!("{arch} ({kv:?} cache) at {prompt}: max |logit difference| {diff:.2e}");
+        assert!(diff <= 1e-3, "{arch}: {diff}");
+        let cuda = matches!(steps.device(), GpuDevice::Cuda(_));
+        let want_counts = if cuda { (2, 8) } else { (0, 0) };
+        assert_eq!((recorded - before.0, replayed - before.1), want_counts, "{arch}");
+    }
+}
+
 /// Chunks of several tokens (run op by op) between decode steps in one
 /// span: the steps after them replay a recording made before them, and
 /// must read their own results, not the chunk's.

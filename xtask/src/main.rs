@@ -100,11 +100,11 @@ fn status(mut cmd: Command) -> Result<()> {
     Ok(())
 }
 
-/// The whole suite, built once, optimised: unit, integration, property and
-/// doc tests, plus the wasm32 build of the crates a guest uses.
 /// The seed of the test run's property tests (`PROPTEST_RNG_SEED`).
 const TEST_SEED: &str = "20261202";
 
+/// The whole suite, built once, optimised: unit, integration, property and
+/// doc tests, plus the wasm32 build of the crates a guest uses.
 fn test() -> Result<()> {
     fetch::fetch_all()?;
     wasm()?;

@@ -446,9 +446,9 @@ mod cuda {
             None => splits(op, dims),
         };
         let values = dims.rows * op.n_heads * op.head_dim;
-        // SAFETY: the kernel writes every value of `out` (each block its
-        // rows' head, every one of head_dim values, and with blocks their
-        // words).
+        // SAFETY: every value of `out` is written (each row's head, every
+        // one of head_dim values, and with blocks their words): by the
+        // attention kernel, or with splits by the merge kernel after it.
         let out = unsafe { dev.alloc::<f32>(op.shape(dims.rows).elem_count())? };
         // A null pointer says: no blocks.
         let blocks = match op.blocks {

@@ -217,6 +217,10 @@ pub(crate) mod cuda {
             {
                 let (blocks_ptr, _g1) = blocks.device_ptr(&stream);
                 let (out_ptr, _g2) = out.device_ptr(&stream);
+                // SAFETY: takes nothing; clears this thread's runtime error
+                // from earlier launches (candle's, unchecked), so that the
+                // check below is this launch's.
+                unsafe { cudaGetLastError() };
                 // SAFETY: `launch` is candle's launcher for the weight's
                 // type, whose blocks at `ptr` hold rows x cols values and
                 // outlive the call (see `Weight`); the input is n rows of
@@ -242,7 +246,7 @@ pub(crate) mod cuda {
                 let code = unsafe { cudaGetLastError() };
                 if code != 0 {
                     candle_core::bail!(
-                        "blocks product: the kernel did not launch (CUDA runtime error {code})"
+                        "blocks product: CUDA runtime error {code} at the product's launch"
                     );
                 }
             }
