@@ -118,7 +118,11 @@ fn long_static_steps_match_op_by_op() {
         assert!(diff <= 1e-3, "{arch}: {diff}");
         let cuda = matches!(steps.device(), GpuDevice::Cuda(_));
         let want_counts = if cuda { (2, 8) } else { (0, 0) };
-        assert_eq!((recorded - before.0, replayed - before.1), want_counts, "{arch}");
+        assert_eq!(
+            (recorded - before.0, replayed - before.1),
+            want_counts,
+            "{arch}"
+        );
     }
 }
 
