@@ -548,15 +548,13 @@ impl StepOps for GpuBackend {
                 return Ok(false);
             }
             // An error another call left in cudarc's shared slot would fail
-            // the launch: it is not this recording's, so the step runs its
-            // ops (which report it) and keeps the recording.
-            if cuda::pending_error(&self.device) {
-                return Ok(false);
-            }
-            match self
-                .scratch
-                .replay(&self.device, rec.epoch, || rec.graph.launch())
-            {
+            // the launch as if it were the replay's: it is taken first and
+            // put back after.
+            let replayed = cuda::aside_pending_error(&self.device, || {
+                self.scratch
+                    .replay(&self.device, rec.epoch, || rec.graph.launch())
+            });
+            match replayed {
                 Ok(()) => {}
                 // candle's scratch grew since: record again.
                 Err(crate::scratch::ScratchError::Stale) => return Ok(false),
@@ -758,21 +756,31 @@ mod cuda {
         let stream = cuda.cuda_stream();
         let ctx = stream.context();
         let pending = ctx.check_err();
-        let waited = stream.synchronize();
-        ctx.record_err(pending);
-        ctx.record_err(waited);
+        // The driver's wait itself: cudarc's would read the slot again.
+        // SAFETY: the stream is candle's handle to this thread's stream, on
+        // whose context this thread's step just ran (it is current).
+        let waited = unsafe {
+            candle_core::cuda_backend::cudarc::driver::result::stream::synchronize(
+                stream.cu_stream(),
+            )
+        };
+        // One slot: the wait's own error, else the one taken.
+        ctx.record_err(waited.and(pending));
     }
 
-    /// Whether cudarc holds an error another call left (it stays there).
-    pub(super) fn pending_error(device: &Device) -> bool {
+    /// Runs `f` with an error another call left in cudarc's slot for every
+    /// thread taken out of it, then puts that error back (unless `f` left
+    /// one of its own there).
+    pub(super) fn aside_pending_error<R>(device: &Device, f: impl FnOnce() -> R) -> R {
         let Ok(cuda) = device.as_cuda_device() else {
-            return false;
+            return f();
         };
-        let stream = cuda.cuda_stream();
-        let pending = stream.context().check_err();
-        let found = pending.is_err();
-        stream.context().record_err(pending);
-        found
+        let ctx = cuda.cuda_stream().context().clone();
+        let pending = ctx.check_err();
+        let out = f();
+        let left = ctx.check_err();
+        ctx.record_err(left.and(pending));
+        out
     }
 
     /// Starts capturing the device's stream (this thread's work only).
@@ -801,17 +809,18 @@ mod cuda {
             close(stream.cu_stream());
         }
         match (graph, after) {
-            // A whole graph: an error taken before its end was not this
-            // capture's (which would have invalidated it); leave it for the
-            // next call, as cudarc would have.
-            (Ok(Some(g)), Ok(())) => {
-                ctx.record_err(pending);
+            // A whole graph: errors taken before or after its end were not
+            // this capture's (which would have invalidated it, and cudarc's
+            // end reports its own); leave one for the next call, as cudarc
+            // would have.
+            (Ok(Some(g)), after) => {
+                ctx.record_err(after.and(pending));
                 Ok(Graph(g))
             }
             (Ok(None), _) => candle_core::bail!("the CUDA graph capture recorded nothing"),
             // The capture's own error, and one taken before it (maybe the
             // cause: a free into the capture an earlier call invalidated).
-            (Ok(Some(_)), Err(e)) | (Err(e), _) => match pending {
+            (Err(e), _) => match pending {
                 Ok(()) => Err(e).w(),
                 Err(p) => candle_core::bail!("{e} (an earlier call failed: {p})"),
             },

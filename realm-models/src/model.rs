@@ -545,16 +545,18 @@ impl<'a, B: Backend> Model<'a, B> {
         });
         b.end_step(&mut sc.ws);
         ran?;
+        // The session advances once its logits are where it reads them.
+        let on_host = B::host_slice(&sc.logits).is_none();
+        if on_host {
+            b.download(&sc.logits, &mut s.logits)?;
+        }
+        s.logits_on_host = on_host;
         s.pos += 1;
         s.chunk = Some(Chunk {
             len: 1,
             layers_done: self.layers.len(),
             logits: true,
         });
-        s.logits_on_host = B::host_slice(&sc.logits).is_none();
-        if s.logits_on_host {
-            b.download(&sc.logits, &mut s.logits)?;
-        }
         Ok(s.logits())
     }
 
