@@ -56,6 +56,39 @@ fn decode(model: &Model<'_, GpuBackend>, prompt: usize, n: usize, kv: KvDtype) -
     all
 }
 
+/// Decodes a tiny `arch` model (weights of `seed`) after `prompt` tokens,
+/// 12 steps across a span boundary, op by op on `plain` and as static
+/// steps on `steps`: the logits agree, and on CUDA the 12 steps are 6 in
+/// each span (one run op by op, one run and recorded, 4 replays);
+/// elsewhere nothing is recorded.
+fn static_steps_agree(
+    plain: &GpuBackend,
+    steps: &GpuBackend,
+    arch: &str,
+    kv: KvDtype,
+    prompt: usize,
+    seed: u64,
+) {
+    let file = Gguf::from_bytes(SyntheticLayout::tiny(arch).unwrap().write(seed).unwrap()).unwrap();
+    let (a, b) = (
+        Model::load(&file, plain).unwrap(),
+        Model::load(&file, steps).unwrap(),
+    );
+    let before = steps.step_counts();
+    let (want, got) = (decode(&a, prompt, 12, kv), decode(&b, prompt, 12, kv));
+    let diff = max_diff(&want, &got);
+    let (recorded, replayed) = steps.step_counts();
+    let (recorded, replayed) = (recorded - before.0, replayed - before.1);
+    eprintln!(
+        "{arch} ({kv:?} cache) after {prompt}: static steps vs op by op, max |logit difference| \
+         {diff:.2e}; {recorded} recordings, {replayed} replays"
+    );
+    assert!(diff <= 1e-3, "{arch}: {diff}");
+    let cuda = matches!(steps.device(), GpuDevice::Cuda(_));
+    let want_counts = if cuda { (2, 8) } else { (0, 0) };
+    assert_eq!((recorded, replayed), want_counts, "{arch}");
+}
+
 /// Decoding across a span boundary (a new recording, reallocated step
 /// tensors), with every architecture's ops: biases, QK-norm, sliding
 /// windows, the embedding scale; f32 and f16 caches.
@@ -69,28 +102,7 @@ fn static_steps_match_op_by_op() {
         ("llama", KvDtype::F16),
         ("gemma3", KvDtype::F16),
     ] {
-        let file =
-            Gguf::from_bytes(SyntheticLayout::tiny(arch).unwrap().write(3).unwrap()).unwrap();
-        let (a, b) = (
-            Model::load(&file, &plain).unwrap(),
-            Model::load(&file, &steps).unwrap(),
-        );
-        let prompt = STEP_SPAN - 6;
-        let before = steps.step_counts();
-        let (want, got) = (decode(&a, prompt, 12, kv), decode(&b, prompt, 12, kv));
-        let diff = max_diff(&want, &got);
-        let (recorded, replayed) = steps.step_counts();
-        let (recorded, replayed) = (recorded - before.0, replayed - before.1);
-        eprintln!(
-            "{arch} ({kv:?} cache): static steps vs op by op, max |logit difference| {diff:.2e}; \
-             {recorded} recordings, {replayed} replays"
-        );
-        assert!(diff <= 1e-3, "{arch}: {diff}");
-        // On CUDA the 12 steps are 6 in each span: one run op by op, one
-        // run and recorded, 4 replays; elsewhere nothing is recorded.
-        let cuda = matches!(steps.device(), GpuDevice::Cuda(_));
-        let want_counts = if cuda { (2, 8) } else { (0, 0) };
-        assert_eq!((recorded, replayed), want_counts, "{arch}");
+        static_steps_agree(&plain, &steps, arch, kv, STEP_SPAN - 6, 3);
     }
 }
 
@@ -108,26 +120,7 @@ fn long_static_steps_match_op_by_op() {
         ("llama", KvDtype::F16),
         ("gemma3", KvDtype::F16),
     ] {
-        let file =
-            Gguf::from_bytes(SyntheticLayout::tiny(arch).unwrap().write(5).unwrap()).unwrap();
-        let (a, b) = (
-            Model::load(&file, &plain).unwrap(),
-            Model::load(&file, &steps).unwrap(),
-        );
-        let prompt = 4 * STEP_SPAN - 6;
-        let before = steps.step_counts();
-        let (want, got) = (decode(&a, prompt, 12, kv), decode(&b, prompt, 12, kv));
-        let diff = max_diff(&want, &got);
-        let (recorded, replayed) = steps.step_counts();
-        eprintln!("{arch} ({kv:?} cache) at {prompt}: max |logit difference| {diff:.2e}");
-        assert!(diff <= 1e-3, "{arch}: {diff}");
-        let cuda = matches!(steps.device(), GpuDevice::Cuda(_));
-        let want_counts = if cuda { (2, 8) } else { (0, 0) };
-        assert_eq!(
-            (recorded - before.0, replayed - before.1),
-            want_counts,
-            "{arch}"
-        );
+        static_steps_agree(&plain, &steps, arch, kv, 4 * STEP_SPAN - 6, 5);
     }
 }
 

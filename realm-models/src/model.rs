@@ -511,13 +511,8 @@ impl<'a, B: Backend> Model<'a, B> {
             s.logits
                 .copy_from_slice(&logits[i * vocab..(i + 1) * vocab]);
             s.pos += 1;
-            // A one-token chunk whose logits the session holds, as after
-            // `forward`: `compute_logits` returns them.
-            s.chunk = Some(Chunk {
-                len: 1,
-                layers_done: self.layers.len(),
-                logits: true,
-            });
+            // As after `forward`: `compute_logits` returns these logits.
+            s.chunk = Some(Chunk::decoded(self.layers.len()));
         }
         Ok(())
     }
@@ -552,11 +547,7 @@ impl<'a, B: Backend> Model<'a, B> {
         }
         s.logits_on_host = on_host;
         s.pos += 1;
-        s.chunk = Some(Chunk {
-            len: 1,
-            layers_done: self.layers.len(),
-            logits: true,
-        });
+        s.chunk = Some(Chunk::decoded(self.layers.len()));
         Ok(s.logits())
     }
 
@@ -582,12 +573,14 @@ impl<'a, B: Backend> Model<'a, B> {
                 false => Ok(false),
             };
             match replayed {
-                Ok(true) => {
+                // Not replayed (not for this step): the ops run, and are
+                // recorded again.
+                Ok(replayed) => {
                     sc.recorded.ready = Some(ready);
-                    return Ok(());
+                    if replayed {
+                        return Ok(());
+                    }
                 }
-                // Not for this step: the ops run (and are recorded again).
-                Ok(false) => sc.recorded.ready = Some(ready),
                 // The device failed to replay it: the ops run, and steps are
                 // not recorded again (each would fail the same way).
                 Err(e) => sc.recorded.failed = Some(format!("replaying the step failed: {e}")),
@@ -1035,6 +1028,17 @@ struct Chunk {
     /// replayed static step, the scratch no longer holds the chunk's
     /// activations).
     logits: bool,
+}
+
+impl Chunk {
+    /// A decode step's token after all `layers`, its logits in the session.
+    fn decoded(layers: usize) -> Self {
+        Self {
+            len: 1,
+            layers_done: layers,
+            logits: true,
+        }
+    }
 }
 
 /// One sequence's state: its KV cache, its position, and scratch buffers
