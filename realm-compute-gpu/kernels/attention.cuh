@@ -7,6 +7,18 @@
 __device__ __forceinline__ float to_f32(float x) { return x; }
 __device__ __forceinline__ float to_f32(__half x) { return __half2float(x); }
 
+// x as the cache's element type T holds it.
+template <typename T>
+__device__ __forceinline__ T from_f32(float x);
+template <>
+__device__ __forceinline__ float from_f32<float>(float x) {
+  return x;
+}
+template <>
+__device__ __forceinline__ __half from_f32<__half>(float x) {
+  return __float2half(x);
+}
+
 // Four consecutive values as f32: for f32 one read (the address 16-byte
 // aligned), for f16 two reads of two halves (4-byte aligned).
 __device__ __forceinline__ float4 load4(const float *p) {

@@ -26,6 +26,16 @@
 // its sum, and its sum of values scaled to that maximum (a block may see no
 // key: maximum -inf, sums 0). decode_attention_merge then weighs the
 // splits' results into the output.
+//
+// With new_k not null (a decode step whose rows each have their own cache,
+// named by `slots`), the kernel also does what rope_store does: row r's
+// new key (new_k + r * new_k_stride, n_kv_heads heads) is normed with
+// k_norm when given and rotated like the query, its new value taken from
+// new_v (new_v + r * new_v_stride), both rounded to the cache's type; the
+// first head of each KV group (in split 0) stores them at position pos,
+// and every block attends to them from shared memory rather than from the
+// cache, so that no block reads what another writes in this launch. One
+// launch where there were two.
 #include <cuda_fp16.h>
 #include <stdint.h>
 
@@ -53,7 +63,9 @@ __device__ void decode_attention(
     const float *__restrict__ rope_sin, int n_dims, int neox,
     realm_block_q8_1 *__restrict__ q8, long long q_stride, const float *__restrict__ q_norm,
     float norm_eps,
-    float *__restrict__ part) {  // split launches: [rows, n_heads, splits] partial results
+    float *__restrict__ part,  // split launches: [rows, n_heads, splits] partial results
+    const float *__restrict__ new_k, const float *__restrict__ new_v, long long new_k_stride,
+    long long new_v_stride, const float *__restrict__ k_norm) {
   const int row = blockIdx.x;
   const int head = blockIdx.y;
   const int lane = threadIdx.x & 31;
@@ -78,17 +90,45 @@ __device__ void decode_attention(
   const T *kh = (by_slots ? (const T *)slots.k[row] : k + row * row_stride) + head_off;
   const T *vh = (by_slots ? (const T *)slots.v[row] : v + row * row_stride) + head_off;
 
-  // The query, normed and rotated here when asked (attention.cuh).
+  // The query, normed and rotated here when asked (attention.cuh); with
+  // new_k, the new key too (by another warp) and the new value.
   __shared__ __align__(16) float q_rot[HD];
-  for (int d = threadIdx.x; d < head_dim; d += 32 * WARPS) q_rot[d] = qh[d];
+  __shared__ float k_new[HD];
+  __shared__ float v_new[HD];
+  const bool fresh = new_k != nullptr;
+  const float *nk = fresh ? new_k + row * new_k_stride + (long long)kv * head_dim : nullptr;
+  const float *nv = fresh ? new_v + row * new_v_stride + (long long)kv * head_dim : nullptr;
+  for (int d = threadIdx.x; d < head_dim; d += 32 * WARPS) {
+    q_rot[d] = qh[d];
+    if (fresh) {
+      k_new[d] = nk[d];
+      v_new[d] = to_f32(from_f32<T>(nv[d]));
+    }
+  }
   __syncthreads();
-  if (warp == 0) {
+  if (warp < 2) {
     const long long half = n_dims / 2;
     const float *c = rope_cos ? rope_cos + row * half : nullptr;
     const float *s = rope_cos ? rope_sin + row * half : nullptr;
-    warp_prepare_query(q_rot, head_dim, q_norm, norm_eps, c, s, n_dims, neox);
+    if (warp == 0) {
+      warp_prepare_query(q_rot, head_dim, q_norm, norm_eps, c, s, n_dims, neox);
+    } else if (fresh) {
+      warp_prepare_query(k_new, head_dim, k_norm, norm_eps, c, s, n_dims, neox);
+      // The key as the cache will hold it.
+      for (int d = lane; d < head_dim; d += 32) k_new[d] = to_f32(from_f32<T>(k_new[d]));
+    }
   }
   __syncthreads();
+  // One block per row and KV head stores the new key and value. No block
+  // of this launch reads position pos from the cache.
+  if (fresh && split == 0 && head % (n_heads / n_kv_heads) == 0) {
+    T *kw = (T *)slots.k[row] + head_off + (long long)pos * head_dim;
+    T *vw = (T *)slots.v[row] + head_off + (long long)pos * head_dim;
+    for (int d = threadIdx.x; d < head_dim; d += 32 * WARPS) {
+      kw[d] = from_f32<T>(k_new[d]);
+      vw[d] = from_f32<T>(v_new[d]);
+    }
+  }
   constexpr int PER_LANE = HD / 32;
   float acc[PER_LANE];
 #pragma unroll
@@ -97,13 +137,15 @@ __device__ void decode_attention(
   const bool by4 = (head_dim & 3) == 0 && ((unsigned long long)kh & 15) == 0;
   float m = -INFINITY;  // running maximum score
   float l = 0.0f;       // running sum of exp(score - m)
+  // The keys read from the cache: up to pos, or with new_k up to pos - 1.
+  const int last = fresh ? pos - 1 : pos;
   // Warp w takes the runs of 32 keys from lo + 32 (w + WARPS split), every
   // (WARPS splits)-th run: lane i scores key base + i, then every lane adds
   // the run's values.
-  for (int base = lo + 32 * (warp + WARPS * split); base <= pos; base += 32 * WARPS * splits) {
+  for (int base = lo + 32 * (warp + WARPS * split); base <= last; base += 32 * WARPS * splits) {
     const int j = base + lane;
-    float s = -INFINITY;  // past pos: not seen
-    if (j <= pos) {
+    float s = -INFINITY;  // past last: not seen
+    if (j <= last) {
       const T *kj = kh + (long long)j * head_dim;
       float dot = 0.0f;
       if (by4) {
@@ -121,18 +163,18 @@ __device__ void decode_attention(
       s = dot * scale;
       if (softcap > 0.0f) s = softcap * tanhf(s / softcap);
     }
-    // Key base is seen (lo <= base <= pos), so m_new is finite.
+    // Key base is seen (lo <= base <= last), so m_new is finite.
     const float m_new = fmaxf(m, warp_max(s));
-    const float p = expf(s - m_new);       // 0 past pos
+    const float p = expf(s - m_new);       // 0 past last
     const float shrink = expf(m - m_new);  // 0 for the first run (m = -inf)
     l = l * shrink + warp_sum(p);
     m = m_new;
 #pragma unroll
     for (int i = 0; i < PER_LANE; ++i) acc[i] *= shrink;
     // The run's values, VALUE_BATCH keys at a time: all their loads go out
-    // before the first sum needs one. A key past the run (past pos) has
+    // before the first sum needs one. A key past the run (past last) has
     // weight 0 and reads the run's last row instead.
-    const int run = min(32, pos - base + 1);
+    const int run = min(32, last - base + 1);
     for (int j0 = 0; j0 < run; j0 += VALUE_BATCH) {
       float pj[VALUE_BATCH];
       float vals[VALUE_BATCH][PER_LANE];
@@ -152,6 +194,24 @@ __device__ void decode_attention(
 #pragma unroll
         for (int i = 0; i < PER_LANE; ++i) acc[i] += pj[u] * vals[u][i];
       }
+    }
+  }
+
+  // The new key (position pos), from shared memory: warp 0 of split 0.
+  if (fresh && warp == 0 && split == 0) {
+    float dot = 0.0f;
+    for (int d = lane; d < head_dim; d += 32) dot += q_rot[d] * k_new[d];
+    float s = warp_sum(dot) * scale;
+    if (softcap > 0.0f) s = softcap * tanhf(s / softcap);
+    const float m_new = fmaxf(m, s);
+    const float p = expf(s - m_new);
+    const float shrink = expf(m - m_new);  // 0 when no key came before (m = -inf)
+    l = l * shrink + p;
+    m = m_new;
+#pragma unroll
+    for (int i = 0; i < PER_LANE; ++i) {
+      const int d = lane + 32 * i;
+      acc[i] = acc[i] * shrink + (d < head_dim ? p * v_new[d] : 0.0f);
     }
   }
 
@@ -214,11 +274,12 @@ __device__ void decode_attention(
       long long row_stride, const SlotTable slots, int by_slots, float scale,                 \
       float softcap, int window, const float *rope_cos, const float *rope_sin, int n_dims,     \
       int neox, realm_block_q8_1 *q8, long long q_stride, const float *q_norm,                 \
-      float norm_eps, float *part) {                                                           \
+      float norm_eps, float *part, const float *new_k, const float *new_v,                     \
+      long long new_k_stride, long long new_v_stride, const float *k_norm) {                   \
     decode_attention<T, HD>(q, k, v, positions, out, pos_base, n_heads, n_kv_heads, head_dim, \
                             max_seq, row_stride, slots, by_slots, scale, softcap, window,     \
                             rope_cos, rope_sin, n_dims, neox, q8, q_stride, q_norm, norm_eps, \
-                            part);                                                             \
+                            part, new_k, new_v, new_k_stride, new_v_stride, k_norm);           \
   }
 
 // Heads of up to 64, 128 and 256 values.

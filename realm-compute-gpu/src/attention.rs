@@ -624,16 +624,25 @@ impl GpuBackend {
         let blocks = self.writes_blocks(n, p.head_dim, n * width);
         let (block, _) = caches[0].block();
         let y = (|| -> candle_core::Result<Tensor> {
-            let store = RopeStore {
-                slot0: 0,
-                one_slot: false,
-                rope: rope.clone(),
-                values: rows.v.clone(),
-                slots: Some(table),
+            // The keys and values stored by the attention kernel, or by a
+            // kernel of their own before it.
+            let stores = match self.store_in_attention {
+                true => Some((rows.k.clone(), rows.v.clone())),
+                false => {
+                    let store = RopeStore {
+                        slot0: 0,
+                        one_slot: false,
+                        rope: rope.clone(),
+                        values: rows.v.clone(),
+                        slots: Some(table),
+                    };
+                    block.kv[layer].inplace_op3(&rows.k, &pos, &store)?;
+                    None
+                }
             };
-            block.kv[layer].inplace_op3(&rows.k, &pos, &store)?;
             let mut op = fused_attention(p, QueryPositions::Device(pos));
-            op.rope = Some(store.rope);
+            op.rope = Some(rope.clone());
+            op.stores = stores;
             op.blocks = blocks;
             op.slots = Some(table);
             op.keys = keys;
@@ -666,6 +675,7 @@ fn fused_attention(p: &AttentionParams, positions: QueryPositions) -> FusedAtten
         tiled: false,
         keys: 0,
         fill: 0,
+        stores: None,
     }
 }
 

@@ -163,6 +163,9 @@ pub struct GpuBackend {
     /// Whether the decode kernel may split long caches' keys over several
     /// blocks per row and head (CUDA).
     split_keys: bool,
+    /// Whether a decode step's attention kernel also stores the step's
+    /// keys and values (CUDA).
+    store_in_attention: bool,
     /// The blocks that fill the device (twice its multiprocessors).
     #[cfg(feature = "cuda")]
     fill: usize,
@@ -258,6 +261,10 @@ impl GpuBackend {
                 && !matches!(std::env::var("REALM_Q8_BLOCKS").as_deref(), Ok("0")),
             tiled: !matches!(std::env::var("REALM_TILED_ATTENTION").as_deref(), Ok("0")),
             split_keys: !matches!(std::env::var("REALM_SPLIT_KEYS").as_deref(), Ok("0")),
+            store_in_attention: !matches!(
+                std::env::var("REALM_STORE_IN_ATTENTION").as_deref(),
+                Ok("0")
+            ),
             #[cfg(feature = "cuda")]
             fill,
             scratch: scratch::Scratch::default(),
@@ -371,6 +378,32 @@ impl GpuBackend {
     /// [`GpuBackend::with_split_keys`]).
     pub fn split_keys(&self) -> bool {
         self.split_keys
+    }
+
+    /// The backend storing a decode step's keys (normed and rotated) and
+    /// values in the attention kernel, which attends to them from its own
+    /// memory, when `on`, and with a kernel of their own before it
+    /// otherwise: one launch per layer fewer. On by default unless the
+    /// environment variable `REALM_STORE_IN_ATTENTION` is `0`; it takes
+    /// effect on CUDA with the fused kernels, for the rows of a decode step
+    /// (each its own sequence), and both ways compute the same attention.
+    ///
+    /// ```
+    /// use realm_compute_gpu::{GpuBackend, GpuDevice};
+    ///
+    /// let be = GpuBackend::new(GpuDevice::Cpu)?.with_store_in_attention(false);
+    /// assert!(!be.store_in_attention());
+    /// # Ok::<(), realm_core::backend::BackendError>(())
+    /// ```
+    pub fn with_store_in_attention(mut self, on: bool) -> Self {
+        self.store_in_attention = on;
+        self
+    }
+
+    /// Whether decode steps store keys and values in the attention kernel
+    /// (see [`GpuBackend::with_store_in_attention`]).
+    pub fn store_in_attention(&self) -> bool {
+        self.store_in_attention
     }
 
     /// What a report should say of the device: its name and, on CUDA, its

@@ -169,24 +169,55 @@ fn angles(positions: &[u32], p: &RopeParams) -> (Vec<f32>, Vec<f32>) {
     (cos, sin)
 }
 
+/// What the decode kernel stores before it attends.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Stores {
+    /// Nothing: each row's key and value at its position are in its cache.
+    Nothing,
+    /// Each row's new key (rotated with the queries' RoPE) and value, at
+    /// its position of its cache, where the files hold NaN.
+    Keys,
+    /// The same, each key head RMS-normed first (Gemma 3's key norm).
+    NormedKeys,
+}
+
 /// Which attention kernel a case runs.
 #[derive(Clone, Copy)]
 enum Kernel {
     /// `decode_attention`; with `by_slots`, the kernel is handed each
     /// row's cache (stored here in reverse row order) by address instead
     /// of by stride; with `splits` above 1, each row's keys are split over
-    /// that many blocks and `decode_attention_merge` weighs their results.
-    Decode { by_slots: bool, splits: u32 },
+    /// that many blocks and `decode_attention_merge` weighs their results;
+    /// `stores` says what the kernel stores first (only `by_slots`).
+    Decode {
+        by_slots: bool,
+        splits: u32,
+        stores: Stores,
+    },
     /// `prefill_attention` for heads of up to `max_hd` values (one cache).
     Prefill { max_hd: usize },
 }
 
 fn attention_kernel(case: &Case, seed: u64, kernel: Kernel) {
-    let (by_slots, splits) = match kernel {
-        Kernel::Decode { by_slots, splits } => (by_slots, splits),
-        Kernel::Prefill { .. } => (false, 1),
+    let (by_slots, splits, stores) = match kernel {
+        Kernel::Decode {
+            by_slots,
+            splits,
+            stores,
+        } => (by_slots, splits, stores),
+        Kernel::Prefill { .. } => (false, 1, Stores::Nothing),
     };
-    let split_env = ("EMU_SPLITS", splits.to_string());
+    assert!(
+        stores == Stores::Nothing || by_slots,
+        "stores need caches by address"
+    );
+    let dir = scratch(&format!(
+        "attention-{seed}-{by_slots}-{splits}-{stores:?}-{}",
+        case.positions.len()
+    ));
+    // What every run of the kernel is told: its splits, and the new keys
+    // and values (set below).
+    let mut env = vec![("EMU_SPLITS", splits.to_string())];
     let mut rng = Rng(seed);
     let (n_kv, hd) = (case.n_kv, case.hd);
     let n_heads = n_kv * case.group;
@@ -220,9 +251,44 @@ fn attention_kernel(case: &Case, seed: u64, kernel: Kernel) {
         sliding_window: case.window,
         softcap: case.softcap,
     };
+    let cpu = CpuBackend::new().unwrap();
+    // With stores, each row's new key (normed, rotated) and value go into
+    // the reference caches at its position, and the kernel's files hold
+    // NaN there: it must attend to what it stores, not read it back.
+    let mut kernel_kv = (k.clone(), v.clone());
+    if stores != Stores::Nothing {
+        let kv_width = n_kv * hd;
+        let new_k = rng.f32s(rows * kv_width, -1.0, 1.0);
+        let new_v = rng.f32s(rows * kv_width, -1.0, 1.0);
+        env.push(("EMU_NEW_K", write(&dir, "new-k", &new_k)));
+        env.push(("EMU_NEW_V", write(&dir, "new-v", &new_v)));
+        let k_norm = Rng(seed + 11).f32s(hd, 0.5, 1.5);
+        if stores == Stores::NormedKeys {
+            env.push(("EMU_K_NORM", write(&dir, "k-norm", &k_norm)));
+        }
+        for (r, &pos) in case.positions.iter().enumerate() {
+            let mut kr = new_k[r * kv_width..(r + 1) * kv_width].to_vec();
+            if stores == Stores::NormedKeys {
+                cpu.rms_norm_inplace(&mut kr, &k_norm, 1e-6, n_kv).unwrap();
+            }
+            if let Some((n_dims, neox)) = case.rope {
+                let rp = rope_params(n_dims, neox);
+                cpu.rope(&mut cpu.workspace(), &mut kr, n_kv, hd, &[pos], &rp)
+                    .unwrap();
+            }
+            for h in 0..n_kv {
+                let at = r * per_cache + (h * max_seq + pos as usize) * hd;
+                let from = (r * n_kv + h) * hd;
+                k[at..at + hd].copy_from_slice(&kr[h * hd..(h + 1) * hd]);
+                v[at..at + hd].copy_from_slice(&new_v[from..from + hd]);
+                kernel_kv.0[at..at + hd].fill(f32::NAN);
+                kernel_kv.1[at..at + hd].fill(f32::NAN);
+            }
+        }
+        env.push(("EMU_CACHES", dir.join("caches").to_str().unwrap().into()));
+    }
     // The CPU backend: each cache's positions written row by row, in the
     // backend's [position][kv head * dim] rows; then each row attended.
-    let cpu = CpuBackend::new().unwrap();
     let cfg = KvCacheConfig {
         n_layers: 1,
         n_kv_heads: n_kv,
@@ -278,26 +344,25 @@ fn attention_kernel(case: &Case, seed: u64, kernel: Kernel) {
     };
     let want = reference(None);
     // The kernel.
-    let dir = scratch(&format!(
-        "attention-{seed}-{by_slots}-{splits}-{}",
-        case.positions.len()
-    ));
     let order = |t: &[f32]| -> Vec<f32> {
         match by_slots {
             true => t.chunks(per_cache).rev().flatten().copied().collect(),
             false => t.to_vec(),
         }
     };
-    let (k, v) = (order(&k), order(&v));
+    let (kernel_k, kernel_v) = (order(&kernel_kv.0), order(&kernel_kv.1));
     let (kf, vf) = if case.f16 {
         let half = |t: &[f32]| -> Vec<u16> {
             t.iter()
                 .map(|&x| half::f16::from_f32(x).to_bits())
                 .collect()
         };
-        (write(&dir, "k", &half(&k)), write(&dir, "v", &half(&v)))
+        (
+            write(&dir, "k", &half(&kernel_k)),
+            write(&dir, "v", &half(&kernel_v)),
+        )
     } else {
-        (write(&dir, "k", &k), write(&dir, "v", &v))
+        (write(&dir, "k", &kernel_k), write(&dir, "v", &kernel_v))
     };
     let pos_file = if case.device_positions {
         write(&dir, "pos", &case.positions)
@@ -357,10 +422,35 @@ fn attention_kernel(case: &Case, seed: u64, kernel: Kernel) {
     if with_blocks {
         args.push(blocks.to_str().unwrap().to_string());
     }
-    let got = run_env(kernel, &args, &out, std::slice::from_ref(&split_env));
+    let got = run_env(kernel, &args, &out, &env);
     assert_close(&got, &want, 1e-4, 1e-4, kernel);
     if with_blocks {
         assert_blocks(&blocks, &got, kernel);
+    }
+    // What the kernel stored: the reference caches (as the cache's type
+    // holds them), and nothing else changed.
+    if stores != Stores::Nothing {
+        let stored = |t: &[f32]| -> Vec<f32> {
+            t.iter()
+                .map(|&x| match case.f16 {
+                    true => half::f16::from_f32(x).to_f32(),
+                    false => x,
+                })
+                .collect()
+        };
+        for (name, want) in [("k", stored(&k)), ("v", stored(&v))] {
+            let file = dir.join(format!("caches.{name}"));
+            let got: Vec<f32> = bytemuck::pod_collect_to_vec(&std::fs::read(file).unwrap());
+            let got = order(&got);
+            let what = format!("{kernel}: stored {name}");
+            assert_eq!(got.len(), want.len(), "{what}: length");
+            for (i, (&a, &b)) in got.iter().zip(&want).enumerate() {
+                // A key's last f32 bit may round either way to f16.
+                let tol = if case.f16 { 1e-3 } else { 1e-6 };
+                let same = (a.is_nan() && b.is_nan()) || (a - b).abs() <= tol * (1.0 + b.abs());
+                assert!(same, "{what}[{i}]: got {a}, want {b}");
+            }
+        }
     }
     // Queries as strided rows (a stacked product's columns).
     let width = n_heads * hd;
@@ -370,10 +460,10 @@ fn attention_kernel(case: &Case, seed: u64, kernel: Kernel) {
         .flat_map(|r| r.iter().copied().chain([9.0; 7]))
         .collect();
     args[0] = write(&dir, "q-strided", &padded);
-    let env = [("EMU_Q_STRIDE", stride.to_string()), split_env.clone()];
+    let strided = [&env[..], &[("EMU_Q_STRIDE", stride.to_string())]].concat();
     let what = format!("{kernel}, strided queries");
     assert_close(
-        &run_env(kernel, &args, &out, &env),
+        &run_env(kernel, &args, &out, &strided),
         &want,
         1e-4,
         1e-4,
@@ -381,12 +471,12 @@ fn attention_kernel(case: &Case, seed: u64, kernel: Kernel) {
     );
     // Each query head normed before its rotation.
     let q_norm = Rng(seed + 7).f32s(hd, 0.5, 1.5);
-    let env = [("EMU_Q_NORM", write(&dir, "q-norm", &q_norm)), split_env];
+    let normed = [&env[..], &[("EMU_Q_NORM", write(&dir, "q-norm", &q_norm))]].concat();
     args[0] = write(&dir, "q", &q);
     let what = format!("{kernel}, normed queries");
     let want = reference(Some(&q_norm));
     assert_close(
-        &run_env(kernel, &args, &out, &env),
+        &run_env(kernel, &args, &out, &normed),
         &want,
         1e-4,
         1e-4,
@@ -495,13 +585,21 @@ fn decode_attention_matches_the_cpu() {
         },
     ];
     for (i, case) in cases.iter().enumerate() {
-        let decode = |by_slots| Kernel::Decode {
+        let decode = |by_slots, stores| Kernel::Decode {
             by_slots,
             splits: 1,
+            stores,
         };
-        attention_kernel(case, 100 + i as u64, decode(false));
+        attention_kernel(case, 100 + i as u64, decode(false, Stores::Nothing));
         if !case.shared {
-            attention_kernel(case, 100 + i as u64, decode(true));
+            attention_kernel(case, 100 + i as u64, decode(true, Stores::Nothing));
+            // The step's keys and values stored by the kernel: keys normed
+            // first in every other case.
+            let stores = match i % 2 {
+                0 => Stores::Keys,
+                _ => Stores::NormedKeys,
+            };
+            attention_kernel(case, 100 + i as u64, decode(true, stores));
         }
     }
 }
@@ -537,19 +635,23 @@ fn split_decode_attention_matches_the_cpu() {
         device_positions: true,
         rope: Some((256, true)),
     };
+    let decode = |by_slots, splits, stores| Kernel::Decode {
+        by_slots,
+        splits,
+        stores,
+    };
     for (i, (case, splits)) in [(&smollm2, 4), (&smollm2, 3), (&gemma3, 3)]
         .into_iter()
         .enumerate()
     {
         let seed = 200 + i as u64;
-        for by_slots in [false, true] {
-            // Caches by address once (the split path does not depend on it).
-            if by_slots && i > 0 {
-                continue;
-            }
-            attention_kernel(case, seed, Kernel::Decode { by_slots, splits });
-        }
+        attention_kernel(case, seed, decode(false, splits, Stores::Nothing));
     }
+    // Caches by address (the split path does not depend on it), and the
+    // step's keys and values stored by split 0's blocks.
+    attention_kernel(&smollm2, 200, decode(true, 4, Stores::Nothing));
+    attention_kernel(&smollm2, 201, decode(true, 3, Stores::Keys));
+    attention_kernel(&gemma3, 202, decode(true, 3, Stores::NormedKeys));
 }
 
 /// A row whose position is past its cache is NaN (values and blocks),

@@ -455,9 +455,11 @@ proptest! {
         // (2^-11 of a key) and move the result by more than f32 rounding.
         let (rel, abs) = if f16 { (2e-3, 1e-4) } else { (1e-4, 1e-5) };
         // Queries, keys and values uploaded apart, or split from one
-        // stacked product's rows (then strided views, read in place).
-        for (fused, stacked) in [(true, false), (false, false), (true, true)] {
-            let g = gpu().with_fused_kernels(fused);
+        // stacked product's rows (then strided views, read in place); on
+        // CUDA, keys and values stored by the attention kernel or by one
+        // of their own.
+        for (fused, stacked, stores) in [(true, false, true), (false, false, true), (true, true, true), (true, true, false)] {
+            let g = gpu().with_fused_kernels(fused).with_store_in_attention(stores);
             let mut gcaches: Vec<_> = (0..rows).map(|_| g.kv_cache(&cfg).unwrap()).collect();
             for (i, (hk, hv)) in hist.iter().enumerate() {
                 if pasts[i] > 0 {
@@ -485,7 +487,7 @@ proptest! {
             let gqk = qk.as_ref().map(|(qn, kn)| (g.upload(qn).unwrap(), g.upload(kn).unwrap()));
             let gnorm = gqk.as_ref().map(|(qn, kn)| QkNorm { q: qn, k: kn, eps: 1e-6 });
             g.rope_attend_rows(&mut g.workspace(), &mut gc, 1, &positions, (&mut gq, &mut gk, &gv), gnorm, &rope, &p, &mut gout).unwrap();
-            assert_close(&down(&g, &gout, q.len()), &cout, rel, abs, &format!("rope_attend_rows (stacked: {stacked})"));
+            assert_close(&down(&g, &gout, q.len()), &cout, rel, abs, &format!("rope_attend_rows (stacked: {stacked}, stores: {stores})"));
             // The stored keys are the rotated ones: each row attended again
             // (queries rotated on the CPU) gives the same.
             for (r, cache) in gc.iter().enumerate() {
@@ -581,7 +583,8 @@ proptest! {
 /// attention matches the CPU's. SmolLM2's heads (a batch by slot table,
 /// rows at very different depths) and Gemma 3's (global, or a window long
 /// enough to split, whose start falls inside a split),
-/// f32 and f16 caches, and one row of one cache (`attention`).
+/// f32 and f16 caches, the step's keys stored by the attention kernel or
+/// before it, and one row of one cache (`attention`), which reads them.
 #[test]
 fn long_caches_attend_alike_split_or_not() {
     struct Case {
@@ -705,8 +708,9 @@ fn long_caches_attend_alike_split_or_not() {
         )
         .unwrap();
         let (rel, abs) = if case.f16 { (2e-3, 1e-4) } else { (1e-4, 1e-5) };
-        for split in [true, false] {
-            let g = gpu().with_split_keys(split);
+        // On CUDA: split or not, keys stored by the attention kernel or not.
+        for (split, stores) in [(true, true), (false, true), (true, false)] {
+            let g = gpu().with_split_keys(split).with_store_in_attention(stores);
             let mut gcaches: Vec<_> = (0..rows).map(|_| g.kv_cache(&cfg).unwrap()).collect();
             for (cache, (hk, hv)) in gcaches.iter_mut().zip(&hist) {
                 let n = hk.len() / kv_width;
@@ -734,7 +738,7 @@ fn long_caches_attend_alike_split_or_not() {
                 &mut gout,
             )
             .unwrap();
-            let what = format!("case {i}, split {split}");
+            let what = format!("case {i}, split {split}, stores {stores}");
             assert_close(&down(&g, &gout, q.len()), &want, rel, abs, &what);
             let gq_one = g.upload(&cq[..width]).unwrap();
             let mut one = g.buffer(width).unwrap();

@@ -58,6 +58,14 @@ pub(crate) struct FusedAttention {
     /// keys over several blocks (CUDA; `fill` 0: never).
     pub(crate) keys: usize,
     pub(crate) fill: usize,
+    /// The rows' new keys and values, `[rows, n_kv_heads * head_dim]` f32
+    /// (rows contiguous, at any stride): with `slots` and `rope` (CUDA
+    /// only), the decode kernel norms (`rope.k_norm`) and rotates each
+    /// row's key, stores both at the row's position in its cache and
+    /// attends to them there, in place of a [`super::RopeStore`] launch.
+    /// Read with candle's plain read lock inside the op, as
+    /// [`super::RopeStore`]'s values are.
+    pub(crate) stores: Option<(Tensor, Tensor)>,
 }
 
 /// The shapes of one call.
@@ -98,6 +106,17 @@ impl FusedAttention {
         }
         if let Some(r) = &self.rope {
             r.check(rows, hd)?;
+        }
+        if let Some((k, v)) = &self.stores {
+            if self.slots.is_none() || self.rope.is_none() {
+                candle_core::bail!("fused attention: stores need named caches and RoPE");
+            }
+            for t in [k, v] {
+                if t.dims() != [rows, kvh * hd] || t.dtype() != candle_core::DType::F32 {
+                    candle_core::bail!("fused attention: new keys or values of {:?}", t.dims());
+                }
+                RowLayout::of(t.layout())?;
+            }
         }
         if self.blocks && !hd.is_multiple_of(q8::BLOCK) {
             candle_core::bail!("fused attention: blocks of heads of {hd} values");
@@ -270,7 +289,7 @@ mod cuda {
     use candle_core::{CudaDevice, CudaStorage, DType, Layout, Result, Shape, Storage};
 
     use super::{Dims, FusedAttention, QueryPositions, SlotTable};
-    use crate::fused::cuda::{offsets, with_tables};
+    use crate::fused::cuda::{offsets, with_address, with_tables};
     use crate::fused::RowLayout;
 
     const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/decode_attention.ptx"));
@@ -373,6 +392,12 @@ mod cuda {
         sin: u64,
         n_dims: i32,
         neox: i32,
+        /// The new keys and values to store, and their row strides (0 for
+        /// none).
+        new_k: u64,
+        new_v: u64,
+        new_k_stride: i64,
+        new_v_stride: i64,
     }
 
     fn launch<T: DeviceRepr + CudaDType>(
@@ -409,6 +434,26 @@ mod cuda {
             },
             None => None,
         };
+        // The new keys and values, rows at their strides.
+        let stored = op
+            .stores
+            .as_ref()
+            .map(|(k, v)| (k.storage_and_layout(), v.storage_and_layout()));
+        let new = match &stored {
+            Some(((ks, kl), (vs, vl))) => {
+                let (Storage::Cuda(ks), Storage::Cuda(vs)) = (&**ks, &**vs) else {
+                    candle_core::bail!("fused attention: new keys on another device");
+                };
+                let (kl, vl) = (RowLayout::of(kl)?, RowLayout::of(vl)?);
+                Some((
+                    ks.as_cuda_slice::<f32>()?.slice(kl.start..kl.end()),
+                    vs.as_cuda_slice::<f32>()?.slice(vl.start..vl.end()),
+                    kl.stride as i64,
+                    vl.stride as i64,
+                ))
+            }
+            None => None,
+        };
         let args = |cos: u64, sin: u64| -> Result<Args<'_, T>> {
             Ok(Args {
                 q: sq.as_cuda_slice::<f32>()?.slice(qa..qb),
@@ -421,6 +466,10 @@ mod cuda {
                 sin,
                 n_dims: op.rope.as_ref().map_or(0, |r| r.n_dims as i32),
                 neox: op.rope.as_ref().map_or(0, |r| i32::from(r.neox)),
+                new_k: new.as_ref().map_or(0, |n| n.0.device_ptr(&stream).0),
+                new_v: new.as_ref().map_or(0, |n| n.1.device_ptr(&stream).0),
+                new_k_stride: new.as_ref().map_or(0, |n| n.2),
+                new_v_stride: new.as_ref().map_or(0, |n| n.3),
             })
         };
         // Null tables say: the queries are rotated already.
@@ -485,6 +534,11 @@ mod cuda {
             None => (SlotTable::none(), 0),
         };
         let q_norm = op.rope.as_ref().and_then(|r| r.q_norm.as_ref());
+        // The key norm, for keys the kernel stores.
+        let k_norm = match op.stores {
+            Some(_) => op.rope.as_ref().and_then(|r| r.k_norm.as_ref()),
+            None => None,
+        };
         let norm_eps = op.rope.as_ref().map_or(0.0, |r| r.norm_eps);
         let cfg = LaunchConfig {
             grid_dim: (grid_x as u32, op.n_heads as u32, splits as u32),
@@ -504,63 +558,78 @@ mod cuda {
         let part_ptr = part
             .as_ref()
             .map_or(0, |p| crate::fused::cuda::address(p, 0));
-        crate::fused::cuda::with_address(q_norm, |q_norm| {
-            let mut b = func.builder();
-            b.arg(&a.q);
-            b.arg(&a.k);
-            b.arg(&a.v);
-            b.arg(&a.positions);
-            b.arg(&out);
-            b.arg(&a.pos_base);
-            for i in &ints {
-                b.arg(i);
-            }
-            // The decode kernel's caches by row; the tiled kernel's rows.
-            match tiled {
-                None => {
-                    b.arg(&row_stride);
-                    b.arg(&table);
-                    b.arg(&by_slots);
+        with_address(q_norm, |q_norm| {
+            with_address(k_norm, |k_norm| {
+                let mut b = func.builder();
+                b.arg(&a.q);
+                b.arg(&a.k);
+                b.arg(&a.v);
+                b.arg(&a.positions);
+                b.arg(&out);
+                b.arg(&a.pos_base);
+                for i in &ints {
+                    b.arg(i);
                 }
-                Some(_) => {
-                    b.arg(&rows);
+                // The decode kernel's caches by row; the tiled kernel's rows.
+                match tiled {
+                    None => {
+                        b.arg(&row_stride);
+                        b.arg(&table);
+                        b.arg(&by_slots);
+                    }
+                    Some(_) => {
+                        b.arg(&rows);
+                    }
                 }
-            }
-            b.arg(&op.scale);
-            b.arg(&softcap);
-            b.arg(&window);
-            b.arg(&a.cos);
-            b.arg(&a.sin);
-            b.arg(&a.n_dims);
-            b.arg(&a.neox);
-            if tiled.is_none() {
-                b.arg(&blocks);
-            }
-            b.arg(&a.q_stride);
-            b.arg(&q_norm);
-            b.arg(&norm_eps);
-            if tiled.is_none() {
-                b.arg(&part_ptr);
-            }
-            // SAFETY: the arguments match the kernel's parameters in order
-            // and type; `dims` checked that every key and value a row reads
-            // (up to max_seq positions of its cache) lies within `k` and `v`
-            // and that the RoPE tables (and the query norm, head_dim values,
-            // held by `with_address`) fit the rows, and both kernels write
-            // NaN rather than read past a position >= max_seq; with a slot
-            // table, its addresses are each row's cache of the same shape
-            // and type as row 0's, which `dims` checked (`SlotTable::of`
-            // took them from live tensors, which the caller holds); with
-            // blocks (decode kernel only), `out` has their words after the
-            // values and head_dim is a multiple of 32, so each warp's values
-            // are one block. The decode kernel reads keys four at a time
-            // only where head_dim is a multiple of 4 and the keys are
-            // 16-byte aligned (it checks both). The tiled kernel runs only
-            // on one cache, with head_dim a multiple of 4 and at most its
-            // largest (`tiled`), so its float4 reads of shared memory stay
-            // within each row.
-            unsafe { b.launch(cfg) }.w()?;
-            Ok(())
+                b.arg(&op.scale);
+                b.arg(&softcap);
+                b.arg(&window);
+                b.arg(&a.cos);
+                b.arg(&a.sin);
+                b.arg(&a.n_dims);
+                b.arg(&a.neox);
+                if tiled.is_none() {
+                    b.arg(&blocks);
+                }
+                b.arg(&a.q_stride);
+                b.arg(&q_norm);
+                b.arg(&norm_eps);
+                if tiled.is_none() {
+                    b.arg(&part_ptr);
+                    b.arg(&a.new_k);
+                    b.arg(&a.new_v);
+                    b.arg(&a.new_k_stride);
+                    b.arg(&a.new_v_stride);
+                    b.arg(&k_norm);
+                }
+                // SAFETY: the arguments match the kernel's parameters in order
+                // and type; `dims` checked that every key and value a row reads
+                // (up to max_seq positions of its cache) lies within `k` and `v`
+                // and that the RoPE tables (and the query norm, head_dim values,
+                // held by `with_address`) fit the rows, and both kernels write
+                // NaN rather than read past a position >= max_seq; with a slot
+                // table, its addresses are each row's cache of the same shape
+                // and type as row 0's, which `dims` checked (`SlotTable::of`
+                // took them from live tensors, which the caller holds); with
+                // blocks (decode kernel only), `out` has their words after the
+                // values and head_dim is a multiple of 32, so each warp's values
+                // are one block. The decode kernel reads keys four at a time
+                // only where head_dim is a multiple of 4 and the keys are
+                // 16-byte aligned (it checks both). The tiled kernel runs only
+                // on one cache, with head_dim a multiple of 4 and at most its
+                // largest (`tiled`), so its float4 reads of shared memory stay
+                // within each row. With new keys (decode kernel only, with a
+                // slot table: `dims` checked both), their rows and the values'
+                // (n_kv_heads * head_dim values at their strides, within their
+                // views) and the key norm (head_dim values, held by
+                // `with_address`) fit the rows; the kernel writes each row's
+                // new key and value only at its position (below max_seq) of
+                // its own cache, which this launch reads nowhere else, and the
+                // caller's exclusive borrow of each row's cache keeps other
+                // work off those positions.
+                unsafe { b.launch(cfg) }.w()?;
+                Ok(())
+            })
         })?;
         if let Some(part) = &part {
             let merge = dev.get_or_load_custom_func("decode_attention_merge", MODULE, PTX)?;
@@ -613,6 +682,7 @@ mod cuda {
                 tiled: true,
                 keys,
                 fill,
+                stores: None,
             }
         }
 
