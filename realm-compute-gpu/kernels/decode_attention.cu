@@ -34,8 +34,10 @@
 // new_v (new_v + r * new_v_stride), both rounded to the cache's type; the
 // first head of each KV group (in split 0) stores them at position pos,
 // and every block attends to them from shared memory rather than from the
-// cache, so that no block reads what another writes in this launch. One
-// launch where there were two.
+// cache, so that no block reads what another writes in this launch (which
+// is also what lets the compiler read caches through the non-coherent
+// cache; the host names a different cache for each row). One launch where
+// there were two.
 #include <cuda_fp16.h>
 #include <stdint.h>
 

@@ -260,8 +260,17 @@ fn attention_kernel(case: &Case, seed: u64, kernel: Kernel) {
         let kv_width = n_kv * hd;
         let new_k = rng.f32s(rows * kv_width, -1.0, 1.0);
         let new_v = rng.f32s(rows * kv_width, -1.0, 1.0);
-        env.push(("EMU_NEW_K", write(&dir, "new-k", &new_k)));
-        env.push(("EMU_NEW_V", write(&dir, "new-v", &new_v)));
+        // Rows at a stacked product's strides, which differ.
+        let (k_pad, v_pad) = (5, 9);
+        let padded = |t: &[f32], pad: usize| -> Vec<f32> {
+            t.chunks(kv_width)
+                .flat_map(|r| r.iter().copied().chain(std::iter::repeat_n(7.0, pad)))
+                .collect()
+        };
+        env.push(("EMU_NEW_K", write(&dir, "new-k", &padded(&new_k, k_pad))));
+        env.push(("EMU_NEW_V", write(&dir, "new-v", &padded(&new_v, v_pad))));
+        env.push(("EMU_NEW_K_STRIDE", (kv_width + k_pad).to_string()));
+        env.push(("EMU_NEW_V_STRIDE", (kv_width + v_pad).to_string()));
         let k_norm = Rng(seed + 11).f32s(hd, 0.5, 1.5);
         if stores == Stores::NormedKeys {
             env.push(("EMU_K_NORM", write(&dir, "k-norm", &k_norm)));
@@ -428,8 +437,20 @@ fn attention_kernel(case: &Case, seed: u64, kernel: Kernel) {
         assert_blocks(&blocks, &got, kernel);
     }
     // What the kernel stored: the reference caches (as the cache's type
-    // holds them), and nothing else changed.
+    // holds them), and nothing else changed. The emulator runs blocks one
+    // at a time, and in order the first block of each KV group (the one
+    // that stores) runs before the others: in reverse, a block that read
+    // the stored position back from the cache would read NaN.
     if stores != Stores::Nothing {
+        let reversed = [&env[..], &[("EMU_REVERSE_BLOCKS", "1".to_string())]].concat();
+        let got = run_env(kernel, &args, &out, &reversed);
+        assert_close(
+            &got,
+            &want,
+            1e-4,
+            1e-4,
+            &format!("{kernel}, blocks reversed"),
+        );
         let stored = |t: &[f32]| -> Vec<f32> {
             t.iter()
                 .map(|&x| match case.f16 {

@@ -59,10 +59,11 @@ pub(crate) struct FusedAttention {
     pub(crate) keys: usize,
     pub(crate) fill: usize,
     /// The rows' new keys and values, `[rows, n_kv_heads * head_dim]` f32
-    /// (rows contiguous, at any stride): with `slots` and `rope` (CUDA
-    /// only), the decode kernel norms (`rope.k_norm`) and rotates each
-    /// row's key, stores both at the row's position in its cache and
-    /// attends to them there, in place of a [`super::RopeStore`] launch.
+    /// (rows contiguous, at any stride): with `slots` naming a different
+    /// cache for each row and `rope` (CUDA only), the decode kernel norms
+    /// (`rope.k_norm`) and rotates each row's key, stores both at the
+    /// row's position in its cache and attends to them there, in place of
+    /// a [`super::RopeStore`] launch.
     /// Read with candle's plain read lock inside the op, as
     /// [`super::RopeStore`]'s values are.
     pub(crate) stores: Option<(Tensor, Tensor)>,
@@ -108,8 +109,10 @@ impl FusedAttention {
             r.check(rows, hd)?;
         }
         if let Some((k, v)) = &self.stores {
-            if self.slots.is_none() || self.rope.is_none() {
-                candle_core::bail!("fused attention: stores need named caches and RoPE");
+            // Each row writes its own cache, which no other row reads.
+            let distinct = self.slots.is_some_and(|t| t.distinct(rows));
+            if !distinct || self.rope.is_none() {
+                candle_core::bail!("fused attention: stores need a cache per row and RoPE");
             }
             for t in [k, v] {
                 if t.dims() != [rows, kvh * hd] || t.dtype() != candle_core::DType::F32 {
@@ -622,9 +625,11 @@ mod cuda {
                 // slot table: `dims` checked both), their rows and the values'
                 // (n_kv_heads * head_dim values at their strides, within their
                 // views) and the key norm (head_dim values, held by
-                // `with_address`) fit the rows; the kernel writes each row's
+                // `with_address`) fit the rows, and that the table names a
+                // different cache for each row; the kernel writes each row's
                 // new key and value only at its position (below max_seq) of
-                // its own cache, which this launch reads nowhere else, and the
+                // its own cache, which no block of this launch reads (its
+                // reads of that cache stop at the position before), and the
                 // caller's exclusive borrow of each row's cache keeps other
                 // work off those positions.
                 unsafe { b.launch(cfg) }.w()?;

@@ -31,6 +31,14 @@ impl SlotTable {
         }
     }
 
+    /// Whether the first `rows` rows name `rows` different caches (keys
+    /// and values), so that a kernel may write one row's while it reads
+    /// another's.
+    pub(crate) fn distinct(&self, rows: usize) -> bool {
+        let rows = rows.min(SLOT_ROWS);
+        (0..rows).all(|r| (0..r).all(|s| self.k[r] != self.k[s] && self.v[r] != self.v[s]))
+    }
+
     /// The table of rows whose keys and values are `caches` (contiguous
     /// CUDA tensors of one shape and type), at most [`SLOT_ROWS`].
     ///
@@ -74,4 +82,29 @@ fn address(t: &candle_core::Tensor) -> candle_core::Result<u64> {
         other => candle_core::bail!("slot table: caches of {other:?}"),
     };
     Ok(base + (layout.start_offset() * t.dtype().size_in_bytes()) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{SlotTable, SLOT_ROWS};
+
+    #[test]
+    fn a_table_knows_whether_its_rows_share_a_cache() {
+        let mut t = SlotTable::none();
+        for r in 0..3 {
+            t.k[r] = 0x1000 * (r as u64 + 1);
+            t.v[r] = 0x9000 * (r as u64 + 1);
+        }
+        assert!(t.distinct(3));
+        // Rows past those asked about are not compared.
+        assert!(t.distinct(1));
+        t.k[2] = t.k[0];
+        assert!(!t.distinct(3));
+        assert!(t.distinct(2));
+        t.k[2] = 0x5000;
+        t.v[1] = t.v[2];
+        assert!(!t.distinct(3));
+        // The table of no rows names one cache (0) for all of them.
+        assert!(!SlotTable::none().distinct(SLOT_ROWS));
+    }
 }

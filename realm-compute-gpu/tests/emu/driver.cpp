@@ -131,20 +131,22 @@ int main(int argc, char **argv) {
     std::vector<float> part(splits > 1 ? (size_t)rows * n_heads * splits * (hd + 2) : 0, NAN);
     float *part_ptr = splits > 1 ? part.data() : nullptr;
     // $EMU_NEW_K and $EMU_NEW_V name files of each row's new key and value
-    // ([rows, n_kv_heads * head_dim]), which the kernel stores at the row's
+    // (rows of n_kv_heads * head_dim values, $EMU_NEW_K_STRIDE and
+    // $EMU_NEW_V_STRIDE apart), which the kernel stores at the row's
     // position (the key normed with the weight $EMU_K_NORM names, if it
     // does, and rotated) and attends to; $EMU_CACHES, a prefix of files
     // (PREFIX.k and PREFIX.v, f32) the caches are written to afterwards.
     const auto new_k = env_floats("EMU_NEW_K"), new_v = env_floats("EMU_NEW_V");
     const auto k_norm = env_floats("EMU_K_NORM");
-    const long long new_stride = (long long)n_kv * hd;
+    const long long new_k_stride = env_num("EMU_NEW_K_STRIDE", (long long)n_kv * hd);
+    const long long new_v_stride = env_num("EMU_NEW_V_STRIDE", (long long)n_kv * hd);
     // The kernel's name says the cache's type and the largest head.
     auto launch = [&](auto kernel_fn, auto &k, auto &v) {
       emu_launch(kernel_fn, dim3{rows, n_heads, splits}, dim3{256, 1, 1}, q.data(), k.data(),
                  v.data(), p, out.data(), pos_base, (int)n_heads, n_kv, hd, max_seq, row_stride,
                  table(k, v), (int)by_slots, scale, softcap, window, c, s, n_dims, neox, ptr(q8),
                  q_stride, ptr_or_null(q_norm), NORM_EPS, part_ptr, ptr_or_null(new_k),
-                 ptr_or_null(new_v), new_stride, new_stride, ptr_or_null(k_norm));
+                 ptr_or_null(new_v), new_k_stride, new_v_stride, ptr_or_null(k_norm));
       if (splits > 1)
         emu_launch(decode_attention_merge, dim3{rows, n_heads, 1}, dim3{MERGE_THREADS, 1, 1},
                    part_ptr, p, pos_base, max_seq, out.data(), ptr(q8), (int)n_heads, hd,

@@ -8,6 +8,7 @@
 #include <barrier>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <math.h>
 #include <memory>
@@ -81,27 +82,30 @@ inline float __int_as_float(int i) {
 }
 
 // Runs `kernel` over `grid` blocks of `block` threads (block.x a multiple
-// of 32).
+// of 32), one block at a time: in order (x fastest, then y, then z), or in
+// reverse when $EMU_REVERSE_BLOCKS is set. A GPU runs them in any order at
+// once, so a kernel whose blocks read what others write can give another
+// result run the other way round.
 template <class... P, class... A>
 void emu_launch(void (*kernel)(P...), dim3 grid, dim3 block, A... args) {
   gridDim = grid;
   blockDim = block;
-  for (unsigned bz = 0; bz < grid.z; ++bz) {
-    for (unsigned by = 0; by < grid.y; ++by) {
-      for (unsigned bx = 0; bx < grid.x; ++bx) {
-        EmuBlock b(block.x);
-        emu_block = &b;
-        std::vector<std::thread> threads;
-        for (unsigned t = 0; t < block.x; ++t) {
-          threads.emplace_back([=] {
-            threadIdx = dim3{t, 0, 0};
-            blockIdx = dim3{bx, by, bz};
-            kernel(static_cast<P>(args)...);
-          });
-        }
-        for (auto &th : threads) th.join();
-        emu_block = nullptr;
-      }
+  const unsigned long n = (unsigned long)grid.x * grid.y * grid.z;
+  const bool reverse = std::getenv("EMU_REVERSE_BLOCKS") != nullptr;
+  for (unsigned long i = 0; i < n; ++i) {
+    const unsigned long at = reverse ? n - 1 - i : i;
+    const unsigned bx = at % grid.x, by = at / grid.x % grid.y, bz = at / grid.x / grid.y;
+    EmuBlock b(block.x);
+    emu_block = &b;
+    std::vector<std::thread> threads;
+    for (unsigned t = 0; t < block.x; ++t) {
+      threads.emplace_back([=] {
+        threadIdx = dim3{t, 0, 0};
+        blockIdx = dim3{bx, by, bz};
+        kernel(static_cast<P>(args)...);
+      });
     }
+    for (auto &th : threads) th.join();
+    emu_block = nullptr;
   }
 }
