@@ -11,8 +11,9 @@
 //! `realm bench --device cuda` (decode steps recorded as CUDA graphs, and
 //! op by op, without the Q8_1 blocks and with candle's ops instead of
 //! Realm's fused kernels, for comparison), a wasm tenant's generation
-//! through the runtime (the guest is in the bundle), and profiles an
-//! op-by-op decode step, leaving logs and tables in `$OUT` (and a summary
+//! through the runtime (the guest is in the bundle), profiles an op-by-op
+//! decode step, and, where the machine has Nsight Systems, sums recorded
+//! steps' device time kernel by kernel, leaving logs and tables in `$OUT` (and a summary
 //! with elapsed seconds on standard output). It runs what matters most
 //! first, each step under a time limit, so that a machine lent for a few
 //! minutes still returns the figures.
@@ -79,6 +80,25 @@ bench bench-smollm2 150 "$models/smollm2-synth.gguf" --device "$dev" -p 512 -n 1
 gputest test-model 150
 gputest test-steps 120
 bench bench-gemma3 150 "$models/gemma3-synth.gguf" --device "$dev" -p 512 -n 128 -r 30 --npl 1,8,32
+# Where a recorded decode step's device time goes, kernel by kernel (and
+# the host's CUDA calls), when the machine has Nsight Systems: pp512 and
+# tg128 once, and 32 sequences decoding together.
+nsys="$(command -v nsys || find /usr/local /opt -maxdepth 5 -type f -name nsys -path "*bin*" 2>/dev/null | head -n 1)"
+if [ -n "$nsys" ]; then
+  for m in smollm2 gemma3; do
+    timeout 120 "$nsys" profile --trace=cuda --cuda-graph-trace=node --sample=none --cpuctxsw=none \
+      --force-overwrite=true -o "$models/nsys-$m" "$here/realm" bench "$models/$m-synth.gguf" \
+      --device "$dev" -p 512 -n 128 -r 1 --npl 32 > "$out/nsys-$m.log" 2>&1 || echo "FAILED: nsys-$m"
+    for report in cuda_gpu_kern_sum cuda_api_sum; do
+      timeout 60 "$nsys" stats --report "$report" --format csv --output - "$models/nsys-$m.nsys-rep" \
+        > "$out/nsys-$m-$report.csv" 2>> "$out/nsys-$m.log" || echo "FAILED: nsys-$m $report"
+    done
+    head -n 25 "$out/nsys-$m-cuda_gpu_kern_sum.csv"
+    say "nsys-$m done"
+  done
+else
+  echo "no nsys: no kernel-by-kernel profile"
+fi
 for m in smollm2 gemma3; do
   # Op by op.
   bench "bench-$m-op-by-op" 90 "$models/$m-synth.gguf" --device "$dev" --steps op-by-op -p 512 -n 128 -r 10 --npl 32
