@@ -130,6 +130,15 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             if let Some(nodes) = g.last_graph_nodes() {
                 eprintln!("realm: the last step recorded (a graph) holds {nodes}");
             }
+            if let Some((steps, secs)) = g.replay_device_time()? {
+                if steps > 0 {
+                    eprintln!(
+                        "realm: {steps} replays took {:.1} us of device time each, \
+                         from their launch to their end",
+                        secs * 1e6 / steps as f64
+                    );
+                }
+            }
             if g.blocks_products() > 0 {
                 eprintln!(
                     "realm: {} products took their input as Q8_1 blocks an op wrote",

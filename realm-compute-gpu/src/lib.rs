@@ -180,6 +180,9 @@ pub struct GpuBackend {
     blocks_products: AtomicU64,
     /// The nodes of the last step recorded.
     last_graph: std::sync::Mutex<Option<GraphNodes>>,
+    /// The device time of replayed steps, when asked.
+    #[cfg(feature = "cuda")]
+    replay_clock: Option<step::ReplayClock>,
     /// One thread at a time runs static steps with candle's upload cache.
     #[cfg(feature = "cuda")]
     upload_gate: std::sync::Arc<step::UploadGate>,
@@ -273,6 +276,9 @@ impl GpuBackend {
             replayed: AtomicU64::new(0),
             blocks_products: AtomicU64::new(0),
             last_graph: std::sync::Mutex::new(None),
+            #[cfg(feature = "cuda")]
+            replay_clock: matches!(std::env::var("REALM_TIME_REPLAYS").as_deref(), Ok("1"))
+                .then(step::ReplayClock::default),
             #[cfg(feature = "cuda")]
             upload_gate: Default::default(),
         })
@@ -499,6 +505,23 @@ impl GpuBackend {
             self.recorded.load(Ordering::Relaxed),
             self.replayed.load(Ordering::Relaxed),
         )
+    }
+
+    /// How many replayed steps were timed and their device time in seconds,
+    /// from just before each graph's launch to its end: `None` unless the
+    /// environment variable `REALM_TIME_REPLAYS` is `1` when the backend
+    /// opens a CUDA device (timing adds two events to each replay). Against
+    /// a step's wall time, it says how much of a decode step the device
+    /// spends running the graph and how much the host spends around it.
+    pub fn replay_device_time(&self) -> BackendResult<Option<(u64, f64)>> {
+        #[cfg(feature = "cuda")]
+        if let Some(clock) = &self.replay_clock {
+            return clock
+                .read()
+                .map(Some)
+                .map_err(dev_err("replay_device_time"));
+        }
+        Ok(None)
     }
 
     /// What the CUDA graph of the last step recorded holds (`None` until a

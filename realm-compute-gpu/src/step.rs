@@ -24,6 +24,9 @@
 #[cfg(feature = "cuda")]
 use std::sync::atomic::Ordering;
 
+#[cfg(feature = "cuda")]
+pub(crate) use cuda::ReplayClock;
+
 use candle_core::{DType, Device, Tensor};
 use realm_core::backend::{BackendError, BackendResult, StepInputs, StepOps};
 
@@ -551,8 +554,14 @@ impl StepOps for GpuBackend {
             // the launch as if it were the replay's: it is taken first and
             // put back after.
             let replayed = cuda::aside_pending_error(&self.device, || {
-                self.scratch
-                    .replay(&self.device, rec.epoch, || rec.graph.launch())
+                self.scratch.replay(&self.device, rec.epoch, || {
+                    let Some(clock) = &self.replay_clock else {
+                        return rec.graph.launch();
+                    };
+                    let start = cuda::mark(&self.device)?;
+                    rec.graph.launch()?;
+                    clock.add(start, cuda::mark(&self.device)?)
+                })
             });
             match replayed {
                 Ok(()) => {}
@@ -640,12 +649,65 @@ impl Drop for GatePass {
 /// CUDA graph capture of candle's stream.
 #[cfg(feature = "cuda")]
 mod cuda {
-    use candle_core::cuda_backend::cudarc::driver::{sys, CudaGraph};
+    use candle_core::cuda_backend::cudarc::driver::{sys, CudaEvent, CudaGraph};
     use candle_core::cuda_backend::WrapErr;
     use candle_core::{Device, Result};
 
     /// An instantiated CUDA graph.
     pub(super) struct Graph(CudaGraph);
+
+    /// A timed event, recorded now on this thread's stream.
+    pub(super) fn mark(device: &Device) -> Result<CudaEvent> {
+        stream(device)?
+            .record_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
+            .w()
+    }
+
+    /// The device time of replayed steps: each replay's launch between two
+    /// timed events, summed when read (or when many are waiting).
+    #[derive(Debug, Default)]
+    pub(crate) struct ReplayClock(std::sync::Mutex<Replays>);
+
+    #[derive(Debug, Default)]
+    struct Replays {
+        waiting: Vec<(CudaEvent, CudaEvent)>,
+        steps: u64,
+        ms: f64,
+    }
+
+    impl Replays {
+        /// Adds the first `n` waiting replays' times (waiting for them).
+        fn settle(&mut self, n: usize) -> Result<()> {
+            for (start, end) in self.waiting.drain(..n) {
+                self.ms += f64::from(start.elapsed_ms(&end).w()?);
+                self.steps += 1;
+            }
+            Ok(())
+        }
+    }
+
+    impl ReplayClock {
+        /// The most replays left waiting before the oldest are read.
+        const WAITING: usize = 256;
+
+        pub(super) fn add(&self, start: CudaEvent, end: CudaEvent) -> Result<()> {
+            let mut r = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            r.waiting.push((start, end));
+            if r.waiting.len() >= Self::WAITING {
+                r.settle(Self::WAITING / 2)?;
+            }
+            Ok(())
+        }
+
+        /// Replays timed so far and their device time in seconds (waiting
+        /// for those still running).
+        pub(crate) fn read(&self) -> Result<(u64, f64)> {
+            let mut r = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            let n = r.waiting.len();
+            r.settle(n)?;
+            Ok((r.steps, r.ms / 1e3))
+        }
+    }
 
     // SAFETY: a CUDA graph and its executable are driver handles that any
     // thread may use; CUDA only requires that calls on one graph are not

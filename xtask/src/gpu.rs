@@ -104,6 +104,9 @@ for m in smollm2 gemma3; do
   bench "bench-$m-op-by-op" 90 "$models/$m-synth.gguf" --device "$dev" --steps op-by-op -p 512 -n 128 -r 10 --npl 32
   # The fused kernels, but products quantize their own input.
   (export REALM_Q8_BLOCKS=0; bench "bench-$m-no-q8" 60 "$models/$m-synth.gguf" --device "$dev" -p 0 -n 128 -r 10 --npl 1,8)
+  # A recorded step's device time, from its launch to its end, against
+  # its wall time.
+  (export REALM_TIME_REPLAYS=1; bench "bench-$m-replay-time" 60 "$models/$m-synth.gguf" --device "$dev" -p 0 -n 128 -r 10 --npl 1,32)
   # Each decode step's keys and values stored by a kernel of their own.
   (export REALM_STORE_IN_ATTENTION=0; bench "bench-$m-separate-stores" 60 "$models/$m-synth.gguf" --device "$dev" -p 0 -n 128 -r 10 --npl 1,32)
   # A prompt attended by the decode kernel instead of the tiled one.
