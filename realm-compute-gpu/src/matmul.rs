@@ -67,18 +67,38 @@ fn candle_type(t: GgmlType) -> Option<(GgmlDType, usize)> {
     })
 }
 
+/// `data`, the bytes of `rows` rows, followed by a row of zero bytes when
+/// `rows` is odd.
+fn with_even_rows(data: Cow<'_, [u8]>, rows: usize) -> Cow<'_, [u8]> {
+    if rows.is_multiple_of(2) {
+        return data;
+    }
+    let mut bytes = data.into_owned();
+    bytes.resize(bytes.len() + bytes.len() / rows, 0);
+    Cow::Owned(bytes)
+}
+
 impl GpuBackend {
-    /// A `rows` x `cols` matrix of `data` in `dtype` (candle's `ctype`),
-    /// copied to the device.
+    /// A `rows` x `cols` matrix of `data` in `dtype` (candle's `ctype`,
+    /// whose blocks need `align`), copied to the device.
     fn to_device(
         &self,
         op: &'static str,
         data: Cow<'_, [u8]>,
-        dtype: GgmlType,
-        ctype: GgmlDType,
+        (dtype, ctype, align): (GgmlType, GgmlDType, usize),
         rows: usize,
         cols: usize,
     ) -> BackendResult<GpuWeight> {
+        // candle's vector kernels for 2 to 8 input rows take weight rows in
+        // pairs, and so read one row past an odd count: a row of zeros
+        // (zero scales: zero values in every type) is there to be read.
+        let data = match self.device.is_cuda() {
+            true => with_even_rows(data, rows),
+            false => data,
+        };
+        if !(data.as_ptr() as usize).is_multiple_of(align) {
+            return Err(BackendError::Misaligned { op, align });
+        }
         let storage = QStorage::from_data(data, &self.device, ctype).map_err(dev_err(op))?;
         let q = QTensor::new(storage, (rows, cols)).map_err(dev_err(op))?;
         let qm = QMatMul::from_qtensor(q).map_err(dev_err(op))?;
@@ -166,7 +186,13 @@ impl MatMulOps for GpuBackend {
         if !(t.data().as_ptr() as usize).is_multiple_of(align) {
             return Err(BackendError::Misaligned { op: OP, align });
         }
-        self.to_device(OP, Cow::Borrowed(t.data()), dtype, ctype, rows, cols)
+        self.to_device(
+            OP,
+            Cow::Borrowed(t.data()),
+            (dtype, ctype, align),
+            rows,
+            cols,
+        )
     }
 
     fn stack<'a>(&self, parts: &[TensorView<'a>]) -> BackendResult<Option<GpuWeight>> {
@@ -195,7 +221,7 @@ impl MatMulOps for GpuBackend {
         if !(bytes.as_ptr() as usize).is_multiple_of(align) {
             return Err(BackendError::Misaligned { op: OP, align });
         }
-        self.to_device(OP, Cow::Owned(bytes), dtype, ctype, rows, cols)
+        self.to_device(OP, Cow::Owned(bytes), (dtype, ctype, align), rows, cols)
             .map(Some)
     }
 
@@ -257,5 +283,24 @@ impl MatMulOps for GpuBackend {
         };
         let rows = table.qm.embedding(&ids).map_err(dev_err(OP))?;
         out.set_prefix(OP, "out length (ids * cols)", len, rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+
+    use super::with_even_rows;
+
+    #[test]
+    fn odd_row_counts_get_a_row_of_zeros() {
+        let three: Vec<u8> = (1..=12).collect();
+        let padded = with_even_rows(Cow::Borrowed(&three), 3);
+        assert_eq!(padded.len(), 16);
+        assert_eq!(&padded[..12], &three[..]);
+        assert!(padded[12..].iter().all(|&b| b == 0));
+        // Even counts are left as they are, not copied.
+        let two = &three[..8];
+        assert!(matches!(with_even_rows(Cow::Borrowed(two), 2), Cow::Borrowed(b) if b == two));
     }
 }

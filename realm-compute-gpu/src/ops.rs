@@ -223,6 +223,10 @@ impl GpuBackend {
         up: &GpuBuffer,
         len: usize,
     ) -> BackendResult<()> {
+        // Nothing to do (a CUDA launch of no blocks is an error).
+        if len == 0 {
+            return Ok(());
+        }
         if !self.fused {
             return self.binary(op, gate, up, len, |g, u| match act {
                 Gate::Silu => g.silu()? * u,

@@ -755,6 +755,20 @@ fn long_caches_attend_alike_split_or_not() {
     }
 }
 
+/// Gated units of no values do nothing, fused or not (a CUDA launch of no
+/// blocks would be an error).
+#[test]
+fn empty_gated_units_do_nothing() {
+    for fused in [true, false] {
+        let g = gpu().with_fused_kernels(fused);
+        let mut gate = g.upload(&[1.0, 2.0]).unwrap();
+        let up = g.upload(&[3.0, 4.0]).unwrap();
+        g.swiglu_inplace(&mut gate, &up, 0).unwrap();
+        g.geglu_inplace(&mut gate, &up, 0).unwrap();
+        assert_eq!(down(&g, &gate, 2), [1.0, 2.0], "fused: {fused}");
+    }
+}
+
 /// A chunk's positions must be consecutive, on either path.
 #[test]
 fn rope_attend_refuses_scattered_positions() {
