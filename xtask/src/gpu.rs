@@ -70,35 +70,38 @@ bench() {
   cat "$out/$name.md"; grep -v "^realm: \(loaded\|opened\)" "$out/$name.err"
   say "$name done"
 }
+# nsys_profile MODEL: where recorded steps' device time goes, kernel by
+# kernel (and the host's CUDA calls), when the machine has Nsight Systems:
+# pp512 and tg128 once, and 32 sequences decoding together.
+nsys="$(command -v nsys || find /usr/local /opt -maxdepth 5 -type f -name nsys -path "*bin*" 2>/dev/null | head -n 1)"
+nsys_profile() {
+  m="$1"
+  if [ -z "$nsys" ]; then
+    echo "no nsys: no kernel-by-kernel profile"; return
+  fi
+  timeout 120 "$nsys" profile --trace=cuda --cuda-graph-trace=node --sample=none --cpuctxsw=none \
+    --force-overwrite=true -o "$models/nsys-$m" "$here/realm" bench "$models/$m-synth.gguf" \
+    --device "$dev" -p 512 -n 128 -r 1 --npl 32 > "$out/nsys-$m.log" 2>&1 || echo "FAILED: nsys-$m"
+  for report in cuda_gpu_kern_sum cuda_api_sum; do
+    timeout 60 "$nsys" stats --report "$report" --format csv --output - "$models/nsys-$m.nsys-rep" \
+      > "$out/nsys-$m-$report.csv" 2>> "$out/nsys-$m.log" || echo "FAILED: nsys-$m $report"
+  done
+  head -n 25 "$out/nsys-$m-cuda_gpu_kern_sum.csv"
+  say "nsys-$m done"
+}
 # (A variable set for one bench is set in a subshell: some shells keep an
 # assignment before a function call after it.)
 # In order of what matters when the machine's time runs out: the op tests,
 # the issue's figures (SmolLM2, decode steps recorded as CUDA graphs), the
-# model and step tests, Gemma 3's figures, then the comparisons.
+# model and step tests, SmolLM2's kernel-by-kernel profile, Gemma 3's
+# figures and profile, then the comparisons.
 gputest test-ops 90
 bench bench-smollm2 150 "$models/smollm2-synth.gguf" --device "$dev" -p 512 -n 128 -r 30 --npl 1,8,32
 gputest test-model 150
 gputest test-steps 120
+nsys_profile smollm2
 bench bench-gemma3 150 "$models/gemma3-synth.gguf" --device "$dev" -p 512 -n 128 -r 30 --npl 1,8,32
-# Where a recorded decode step's device time goes, kernel by kernel (and
-# the host's CUDA calls), when the machine has Nsight Systems: pp512 and
-# tg128 once, and 32 sequences decoding together.
-nsys="$(command -v nsys || find /usr/local /opt -maxdepth 5 -type f -name nsys -path "*bin*" 2>/dev/null | head -n 1)"
-if [ -n "$nsys" ]; then
-  for m in smollm2 gemma3; do
-    timeout 120 "$nsys" profile --trace=cuda --cuda-graph-trace=node --sample=none --cpuctxsw=none \
-      --force-overwrite=true -o "$models/nsys-$m" "$here/realm" bench "$models/$m-synth.gguf" \
-      --device "$dev" -p 512 -n 128 -r 1 --npl 32 > "$out/nsys-$m.log" 2>&1 || echo "FAILED: nsys-$m"
-    for report in cuda_gpu_kern_sum cuda_api_sum; do
-      timeout 60 "$nsys" stats --report "$report" --format csv --output - "$models/nsys-$m.nsys-rep" \
-        > "$out/nsys-$m-$report.csv" 2>> "$out/nsys-$m.log" || echo "FAILED: nsys-$m $report"
-    done
-    head -n 25 "$out/nsys-$m-cuda_gpu_kern_sum.csv"
-    say "nsys-$m done"
-  done
-else
-  echo "no nsys: no kernel-by-kernel profile"
-fi
+nsys_profile gemma3
 for m in smollm2 gemma3; do
   # Op by op.
   bench "bench-$m-op-by-op" 90 "$models/$m-synth.gguf" --device "$dev" --steps op-by-op -p 512 -n 128 -r 10 --npl 32
