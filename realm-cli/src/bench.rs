@@ -107,7 +107,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         return report(args, &l, &backend, threads, &tests);
     }
     match args.device.device {
-        Device::Cpu => bench_native(args, &l, &l.backend, l.backend.name(), threads),
+        Device::Cpu => bench_native(args, &l, &l.backend, l.backend.name(), threads, &mut |_| {
+            Ok(())
+        }),
         Device::Gpu(_) => {
             let g = args.device.gpu()?;
             eprintln!("realm: {}", g.device_summary());
@@ -122,22 +124,26 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             if g.q8_blocks() {
                 label.push_str("+q8");
             }
-            bench_native(args, &l, &g, &label, 0)?;
+            // Each test's replays, timed on the device when asked.
+            let mut replays = |test: &str| -> Result<()> {
+                if let Some((steps, secs)) = g.replay_device_time()? {
+                    if steps > 0 {
+                        eprintln!(
+                            "realm: {test}: {steps} replays took {:.1} us of device time \
+                             each, from their launch to their end",
+                            secs * 1e6 / steps as f64
+                        );
+                    }
+                }
+                Ok(())
+            };
+            bench_native(args, &l, &g, &label, 0, &mut replays)?;
             let (recorded, replayed) = g.step_counts();
             if recorded > 0 {
                 eprintln!("realm: {recorded} decode steps recorded, {replayed} replayed");
             }
             if let Some(nodes) = g.last_graph_nodes() {
                 eprintln!("realm: the last step recorded (a graph) holds {nodes}");
-            }
-            if let Some((steps, secs)) = g.replay_device_time()? {
-                if steps > 0 {
-                    eprintln!(
-                        "realm: {steps} replays took {:.1} us of device time each, \
-                         from their launch to their end",
-                        secs * 1e6 / steps as f64
-                    );
-                }
             }
             if g.blocks_products() > 0 {
                 eprintln!(
@@ -158,13 +164,15 @@ fn note_recording(what: &str, failure: Option<&str>) {
 }
 
 /// pp and tg on `backend`; every figure ends with the logits on the host,
-/// so device work is complete when the clock stops.
+/// so device work is complete when the clock stops. `after_test` is called
+/// with each test's name once it has run.
 fn bench_native<B: Backend>(
     args: &BenchArgs,
     l: &load::Loaded,
     backend: &B,
     label: &str,
     threads: usize,
+    after_test: &mut dyn FnMut(&str) -> Result<()>,
 ) -> Result<()> {
     let model = Model::load(&l.file, backend)?;
     let vocab = model.config().vocab_size as u32;
@@ -203,6 +211,7 @@ fn bench_native<B: Backend>(
             n_depth: depth,
             samples_ts: samples,
         });
+        after_test(&test_name("pp", args.n_prompt, depth))?;
     }
     if args.n_gen > 0 {
         let mut samples = Vec::new();
@@ -227,9 +236,12 @@ fn bench_native<B: Backend>(
             n_depth: depth,
             samples_ts: samples,
         });
+        after_test(&test_name("tg", args.n_gen, depth))?;
     }
     for &n_seq in &args.npl {
-        tests.push(batched_decode(args, &model, &tokens, n_seq)?);
+        let test = batched_decode(args, &model, &tokens, n_seq)?;
+        after_test(&test.name)?;
+        tests.push(test);
     }
     report(args, l, label, threads, &tests)?;
     if args.profile {

@@ -507,8 +507,9 @@ impl GpuBackend {
         )
     }
 
-    /// How many replayed steps were timed and their device time in seconds,
-    /// from just before each graph's launch to its end: `None` unless the
+    /// How many replayed steps were timed since the last call and their
+    /// device time in seconds, from each graph's launch to its end: `None`
+    /// unless the
     /// environment variable `REALM_TIME_REPLAYS` is `1` when the backend
     /// opens a CUDA device (timing adds two events to each replay). Against
     /// a step's wall time, it says how much of a decode step the device
@@ -517,7 +518,7 @@ impl GpuBackend {
         #[cfg(feature = "cuda")]
         if let Some(clock) = &self.replay_clock {
             return clock
-                .read()
+                .take()
                 .map(Some)
                 .map_err(dev_err("replay_device_time"));
         }

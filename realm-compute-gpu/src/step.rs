@@ -554,14 +554,21 @@ impl StepOps for GpuBackend {
             // the launch as if it were the replay's: it is taken first and
             // put back after.
             let replayed = cuda::aside_pending_error(&self.device, || {
-                self.scratch.replay(&self.device, rec.epoch, || {
-                    let Some(clock) = &self.replay_clock else {
-                        return rec.graph.launch();
-                    };
-                    let start = cuda::mark(&self.device)?;
-                    rec.graph.launch()?;
-                    clock.add(start, cuda::mark(&self.device)?)
-                })
+                // Timing, when asked, is best effort: a failed event only
+                // leaves a replay untimed.
+                let mut start = None;
+                let replayed = self.scratch.replay(&self.device, rec.epoch, || {
+                    if self.replay_clock.is_some() {
+                        start = cuda::mark(&self.device).ok();
+                    }
+                    rec.graph.launch()
+                });
+                if let (Ok(()), Some(clock), Some(start)) = (&replayed, &self.replay_clock, start) {
+                    if let Ok(end) = cuda::mark(&self.device) {
+                        clock.add(start, end);
+                    }
+                }
+                replayed
             });
             match replayed {
                 Ok(()) => {}
@@ -664,48 +671,62 @@ mod cuda {
     }
 
     /// The device time of replayed steps: each replay's launch between two
-    /// timed events, summed when read (or when many are waiting).
+    /// timed events, added up as they finish.
     #[derive(Debug, Default)]
     pub(crate) struct ReplayClock(std::sync::Mutex<Replays>);
 
     #[derive(Debug, Default)]
     struct Replays {
-        waiting: Vec<(CudaEvent, CudaEvent)>,
+        /// Replays' events, oldest first, not yet added.
+        waiting: std::collections::VecDeque<(CudaEvent, CudaEvent)>,
         steps: u64,
         ms: f64,
+        /// The first error reading an event (the replays it lost are not
+        /// counted), for `take` to return.
+        failed: Option<candle_core::Error>,
     }
 
     impl Replays {
-        /// Adds the first `n` waiting replays' times (waiting for them).
-        fn settle(&mut self, n: usize) -> Result<()> {
-            for (start, end) in self.waiting.drain(..n) {
-                self.ms += f64::from(start.elapsed_ms(&end).w()?);
-                self.steps += 1;
+        /// Adds the waiting replays' times, oldest first: all of them,
+        /// waiting for the device, or only those finished.
+        fn settle(&mut self, wait: bool) {
+            while let Some((start, end)) = self.waiting.front() {
+                if !wait && !matches!(end.try_is_complete(), Ok(true)) {
+                    return;
+                }
+                match start.elapsed_ms(end).w() {
+                    Ok(ms) => {
+                        self.ms += f64::from(ms);
+                        self.steps += 1;
+                    }
+                    Err(e) => {
+                        self.failed.get_or_insert(e);
+                    }
+                }
+                self.waiting.pop_front();
             }
-            Ok(())
         }
     }
 
     impl ReplayClock {
-        /// The most replays left waiting before the oldest are read.
-        const WAITING: usize = 256;
-
-        pub(super) fn add(&self, start: CudaEvent, end: CudaEvent) -> Result<()> {
+        /// Adds a replay whose launch lies between `start` and `end`.
+        pub(super) fn add(&self, start: CudaEvent, end: CudaEvent) {
             let mut r = self.0.lock().unwrap_or_else(|e| e.into_inner());
-            r.waiting.push((start, end));
-            if r.waiting.len() >= Self::WAITING {
-                r.settle(Self::WAITING / 2)?;
-            }
-            Ok(())
+            r.waiting.push_back((start, end));
+            r.settle(false);
         }
 
-        /// Replays timed so far and their device time in seconds (waiting
-        /// for those still running).
-        pub(crate) fn read(&self) -> Result<(u64, f64)> {
+        /// Replays timed since the last call and their device time in
+        /// seconds (waiting for those still running), or the first error
+        /// reading their events.
+        pub(crate) fn take(&self) -> Result<(u64, f64)> {
             let mut r = self.0.lock().unwrap_or_else(|e| e.into_inner());
-            let n = r.waiting.len();
-            r.settle(n)?;
-            Ok((r.steps, r.ms / 1e3))
+            r.settle(true);
+            let taken = std::mem::take(&mut *r);
+            match taken.failed {
+                Some(e) => Err(e),
+                None => Ok((taken.steps, taken.ms / 1e3)),
+            }
         }
     }
 

@@ -79,11 +79,13 @@ nsys_profile() {
   if [ -z "$nsys" ]; then
     echo "no nsys: no kernel-by-kernel profile"; return
   fi
-  timeout 120 "$nsys" profile --trace=cuda --cuda-graph-trace=node --sample=none --cpuctxsw=none \
-    --force-overwrite=true -o "$models/nsys-$m" "$here/realm" bench "$models/$m-synth.gguf" \
+  # nsys stops by itself (keeping its report) before the limit.
+  timeout -k 15 130 "$nsys" profile --trace=cuda --cuda-graph-trace=node --sample=none \
+    --cpuctxsw=none --duration=100 --force-overwrite=true -o "$models/nsys-$m" \
+    "$here/realm" bench "$models/$m-synth.gguf" \
     --device "$dev" -p 512 -n 128 -r 1 --npl 32 > "$out/nsys-$m.log" 2>&1 || echo "FAILED: nsys-$m"
   for report in cuda_gpu_kern_sum cuda_api_sum; do
-    timeout 60 "$nsys" stats --report "$report" --format csv --output - "$models/nsys-$m.nsys-rep" \
+    timeout -k 5 60 "$nsys" stats --report "$report" --format csv --output - "$models/nsys-$m.nsys-rep" \
       > "$out/nsys-$m-$report.csv" 2>> "$out/nsys-$m.log" || echo "FAILED: nsys-$m $report"
   done
   head -n 25 "$out/nsys-$m-cuda_gpu_kern_sum.csv"
