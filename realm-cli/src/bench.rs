@@ -99,6 +99,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         if args.n_depth > 0 {
             bail!("--n-depth is for native runs: a guest's prompt starts an empty cache");
         }
+        args.cache_type.check_wasm()?;
         let tests = bench_in_guest(args, &l)?;
         let backend = match args.device.device {
             Device::Cpu => format!("wasm+{}", l.backend.name()),
@@ -415,6 +416,7 @@ fn report(
                 json!({
                     "model_filename": l.name, "model_size": size, "model_n_params": params,
                     "backends": backend, "n_threads": threads, "n_batch": args.batch_size,
+                    "type_k": args.cache_type.name(), "type_v": args.cache_type.name(),
                     "n_prompt": t.n_prompt, "n_gen": t.n_gen, "n_depth": t.n_depth, "avg_ts": avg, "stddev_ts": std,
                     "samples_ts": t.samples_ts,
                 })
@@ -423,16 +425,29 @@ fn report(
         writeln!(out, "{}", serde_json::to_string_pretty(&records)?)?;
         return Ok(());
     }
+    // As llama-bench, the KV cache's type only where it is not the default.
+    let kv = match args.cache_type {
+        load::CacheType::F32 => None,
+        other => Some(other.name()),
+    };
+    let (kv_head, kv_rule) = match kv {
+        Some(_) => (" type_k | type_v |", " --- | --- |"),
+        None => ("", ""),
+    };
     writeln!(
         out,
-        "| model | size | params | backend | threads | test | t/s |"
+        "| model | size | params | backend | threads |{kv_head} test | t/s |"
     )?;
-    writeln!(out, "| --- | ---: | ---: | --- | ---: | ---: | ---: |")?;
+    writeln!(
+        out,
+        "| --- | ---: | ---: | --- | ---: |{kv_rule} ---: | ---: |"
+    )?;
     for t in tests {
         let (avg, std) = mean_std(&t.samples_ts);
+        let kv_cells = kv.map_or(String::new(), |k| format!(" {k} | {k} |"));
         writeln!(
             out,
-            "| {} | {:.2} MiB | {:.2} M | {backend} | {} | {} | {avg:.2} ± {std:.2} |",
+            "| {} | {:.2} MiB | {:.2} M | {backend} | {} |{kv_cells} {} | {avg:.2} ± {std:.2} |",
             l.name,
             size as f64 / (1 << 20) as f64,
             params as f64 / 1e6,

@@ -45,13 +45,34 @@ pub fn open(model: &str, threads: usize) -> Result<Loaded> {
 }
 
 /// `--cache-type`: how the KV cache stores keys and values.
-#[derive(Debug, Clone, Copy, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum CacheType {
     /// 32-bit floats (exact).
     #[default]
     F32,
     /// 16-bit floats (half the memory; llama.cpp's default).
     F16,
+}
+
+impl CacheType {
+    /// The type's name, as llama-bench's `type_k` gives it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::F16 => "f16",
+        }
+    }
+
+    /// Refuses any type but f32 for a wasm tenant, whose sessions the
+    /// runtime makes with f32 caches.
+    pub fn check_wasm(self) -> anyhow::Result<()> {
+        match self {
+            Self::F32 => Ok(()),
+            other => anyhow::bail!(
+                "--cache-type {other:?} is for native runs: a wasm tenant's KV cache is f32"
+            ),
+        }
+    }
 }
 
 impl From<CacheType> for realm_core::backend::KvDtype {

@@ -94,6 +94,7 @@ pub fn context_len(requested: usize, model_ctx: usize) -> usize {
 
 pub fn run(args: &RunArgs) -> Result<()> {
     if args.guest.wasm {
+        args.cache_type.check_wasm()?;
         return run_in_guest(args);
     }
     let l = load::open(&args.model, args.threads)?;

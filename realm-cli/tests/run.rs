@@ -7,7 +7,7 @@ mod common;
 
 use common::{cached, realm};
 use realm_core::catalog;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 /// The README's demo question, as `cargo xtask demo` asks it.
 const DEMO: [&str; 11] = [
@@ -91,9 +91,29 @@ fn bench_reports_llama_bench_fields() {
         assert!(r["avg_ts"].as_f64().unwrap() > 0.0);
         assert_eq!(r["samples_ts"].as_array().unwrap().len(), 2);
         assert_eq!(r["n_depth"], 0);
+        assert_eq!((&r["type_k"], &r["type_v"]), (&json!("f32"), &json!("f32")));
     }
     let (ok, table, _) = realm(&["bench", "smollm2", "-p", "16", "-n", "0", "-r", "1"]);
     assert!(ok && table.contains("| pp16 |"), "{table}");
+    assert!(!table.contains("type_k"), "{table}");
+    // A KV cache of another type than the default says so, as llama-bench.
+    let (ok, table, stderr) = realm(&[
+        "bench",
+        "smollm2",
+        "-p",
+        "16",
+        "-n",
+        "0",
+        "-r",
+        "1",
+        "--cache-type",
+        "f16",
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(
+        table.contains("| type_k | type_v | test |") && table.contains("| f16 | f16 | pp16 |"),
+        "{table}"
+    );
     // After a prefilled context, as llama-bench's -d.
     let (ok, table, stderr) = realm(&[
         "bench", "smollm2", "-p", "16", "-n", "2", "-d", "40", "-b", "16", "-r", "2",
@@ -227,6 +247,28 @@ fn bench_wasm_reports_both_tests() {
     assert!(records[0]["n_prompt"].as_u64().unwrap() >= 20);
     assert_eq!(records[1]["n_gen"].as_u64(), Some(6));
     assert!(records.iter().all(|r| r["avg_ts"].as_f64().unwrap() > 0.0));
+    // A tenant's KV cache is the runtime's (f32): another type is refused,
+    // not ignored.
+    for (command, prompt) in [("bench", "8"), ("run", "Hi")] {
+        let (ok, _, stderr) = realm(&[
+            command,
+            "smollm2",
+            "-p",
+            prompt,
+            "-n",
+            "2",
+            "--wasm",
+            "--guest",
+            &guest,
+            "--cache-type",
+            "f16",
+        ]);
+        assert!(!ok, "{command}");
+        assert!(
+            stderr.contains("a wasm tenant's KV cache is f32"),
+            "{command}: {stderr}"
+        );
+    }
 }
 
 /// `realm synth` writes a model of SmolLM2's layout that `realm bench` runs

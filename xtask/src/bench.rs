@@ -296,8 +296,12 @@ pub fn bench(args: &[String]) -> Result<()> {
                 "-n".into(),
                 o.n_gen.to_string(),
             ];
+            // llama-bench's KV cache is f16 unless told otherwise.
             let mut r = Command::new(&realm);
-            r.arg("bench").arg(&path).args(&test_args).arg("--json");
+            r.arg("bench")
+                .arg(&path)
+                .args(&test_args)
+                .args(["--cache-type", "f16", "--json"]);
             ours.add(&json_of(r)?)?;
             let mut l = Command::new(&llama);
             l.env("LD_LIBRARY_PATH", &lib_dir)
@@ -327,7 +331,8 @@ pub fn bench(args: &[String]) -> Result<()> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
         "Measured {date} on {} ({cores} cores), {} threads; Realm {commit}{}, llama.cpp {} ({}); \
-         tokens/s, median ± half range of {} samples ({} rounds of {} repetitions, engines alternating).\n",
+         f16 KV caches; tokens/s, median ± half range of {} samples ({} rounds of {} repetitions, \
+         engines alternating).\n",
         cpu_name(),
         o.threads,
         if dirty { " (uncommitted changes)" } else { "" },

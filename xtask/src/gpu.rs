@@ -63,10 +63,12 @@ gputest() {
   grep -E "^test result|FAILED|panicked|max \|logit" "$out/$name.log"
   say "$name done"
 }
-# bench NAME SECONDS ARGS...: one `realm bench`.
+# bench NAME SECONDS ARGS...: one `realm bench`, with f16 KV caches as
+# llama.cpp's figures have them (or $cache's type).
 bench() {
   name="$1"; limit="$2"; shift 2
-  timeout "$limit" "$here/realm" bench "$@" > "$out/$name.md" 2> "$out/$name.err" || echo "FAILED: $name"
+  timeout "$limit" "$here/realm" bench "$@" --cache-type "${cache:-f16}" > "$out/$name.md" \
+    2> "$out/$name.err" || echo "FAILED: $name"
   cat "$out/$name.md"; grep -v "^realm: \(loaded\|opened\)" "$out/$name.err"
   say "$name done"
 }
@@ -83,7 +85,8 @@ nsys_profile() {
   timeout -k 15 130 "$nsys" profile --trace=cuda --cuda-graph-trace=node --sample=none \
     --cpuctxsw=none --duration=100 --force-overwrite=true -o "$models/nsys-$m" \
     "$here/realm" bench "$models/$m-synth.gguf" \
-    --device "$dev" -p 512 -n 128 -r 1 --npl 32 > "$out/nsys-$m.log" 2>&1 || echo "FAILED: nsys-$m"
+    --device "$dev" -p 512 -n 128 -r 1 --npl 32 --cache-type f16 > "$out/nsys-$m.log" 2>&1 \
+    || echo "FAILED: nsys-$m"
   for report in cuda_gpu_kern_sum cuda_api_sum; do
     timeout -k 5 60 "$nsys" stats --report "$report" --format csv --output - "$models/nsys-$m.nsys-rep" \
       > "$out/nsys-$m-$report.csv" 2>> "$out/nsys-$m.log" || echo "FAILED: nsys-$m $report"
@@ -112,14 +115,17 @@ for m in smollm2 gemma3; do
   # A recorded step's device time, from its launch to its end, against
   # its wall time.
   (export REALM_TIME_REPLAYS=1; bench "bench-$m-replay-time" 60 "$models/$m-synth.gguf" --device "$dev" -p 0 -n 128 -r 10 --npl 1,32)
+  # f32 KV caches (Realm's default, exact).
+  (cache=f32; bench "bench-$m-f32-cache" 60 "$models/$m-synth.gguf" --device "$dev" -p 512 -n 128 -r 10 --npl 32)
   # Each decode step's keys and values stored by a kernel of their own.
   (export REALM_STORE_IN_ATTENTION=0; bench "bench-$m-separate-stores" 60 "$models/$m-synth.gguf" --device "$dev" -p 0 -n 128 -r 10 --npl 1,32)
   # A prompt attended by the decode kernel instead of the tiled one.
   (export REALM_TILED_ATTENTION=0; bench "bench-$m-untiled" 60 "$models/$m-synth.gguf" --device "$dev" -p 512 -n 0 -r 10)
   # candle's ops instead of Realm's fused kernels.
   (export REALM_FUSED_KERNELS=0; bench "bench-$m-unfused" 90 "$models/$m-synth.gguf" --device "$dev" -p 512 -n 128 -r 10 --npl 1,32)
-  # A wasm tenant's generation through the runtime (guest sampling included).
-  bench "bench-$m-wasm" 90 "$models/$m-synth.gguf" --device "$dev" --wasm --guest "$here/realm_wasm.wasm" -p 512 -n 128 -r 5
+  # A wasm tenant's generation through the runtime (guest sampling
+  # included; a tenant's KV cache is f32).
+  (cache=f32; bench "bench-$m-wasm" 90 "$models/$m-synth.gguf" --device "$dev" --wasm --guest "$here/realm_wasm.wasm" -p 512 -n 128 -r 5)
   # Where an op-by-op decode step's time goes.
   bench "profile-$m" 60 "$models/$m-synth.gguf" --device "$dev" -p 0 -n 64 -r 1 --profile
   # After a long context (llama-bench's -d 4096).
