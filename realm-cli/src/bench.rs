@@ -205,14 +205,15 @@ fn bench_native<B: Backend>(
             model.forward(&mut s, &tokens)?;
             samples.push(args.n_prompt as f64 / t.elapsed().as_secs_f64());
         }
-        tests.push(Test {
+        let test = Test {
             name: test_name("pp", args.n_prompt, depth),
             n_prompt: args.n_prompt,
             n_gen: 0,
             n_depth: depth,
             samples_ts: samples,
-        });
-        after_test(&test_name("pp", args.n_prompt, depth))?;
+        };
+        after_test(&test.name)?;
+        tests.push(test);
     }
     if args.n_gen > 0 {
         let mut samples = Vec::new();
@@ -230,14 +231,15 @@ fn bench_native<B: Backend>(
             samples.push(args.n_gen as f64 / t.elapsed().as_secs_f64());
         }
         note_recording("decode", s.recording_failure());
-        tests.push(Test {
+        let test = Test {
             name: test_name("tg", args.n_gen, depth),
             n_prompt: 0,
             n_gen: args.n_gen,
             n_depth: depth,
             samples_ts: samples,
-        });
-        after_test(&test_name("tg", args.n_gen, depth))?;
+        };
+        after_test(&test.name)?;
+        tests.push(test);
     }
     for &n_seq in &args.npl {
         let test = batched_decode(args, &model, &tokens, n_seq)?;
