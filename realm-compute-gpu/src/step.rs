@@ -688,10 +688,12 @@ mod cuda {
 
     impl Replays {
         /// Adds the waiting replays' times, oldest first: all of them,
-        /// waiting for the device, or only those finished.
+        /// waiting for the device, or only those not still running (an
+        /// event whose query fails is read, and its error kept, rather
+        /// than left at the front for good).
         fn settle(&mut self, wait: bool) {
             while let Some((start, end)) = self.waiting.front() {
-                if !wait && !matches!(end.try_is_complete(), Ok(true)) {
+                if !wait && matches!(end.try_is_complete(), Ok(false)) {
                     return;
                 }
                 match start.elapsed_ms(end).w() {
