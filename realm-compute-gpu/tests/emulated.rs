@@ -8,6 +8,11 @@
 //! The tests need a C++20 compiler (`$CXX`, else `c++`), so they are
 //! ignored by a plain `cargo test`; `cargo xtask test` runs them where it
 //! finds one.
+//!
+//! `EMU_SANITIZE` builds the emulator with the compiler's sanitizers, what
+//! a GPU's `compute-sanitizer` would check: `EMU_SANITIZE=address,undefined`
+//! catches a read or write outside an array, `EMU_SANITIZE=thread` a race
+//! between a block's threads on shared memory (a missing barrier).
 
 mod common;
 
@@ -27,10 +32,22 @@ fn driver() -> &'static Path {
     static DRIVER: OnceLock<PathBuf> = OnceLock::new();
     DRIVER.get_or_init(|| {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/emu");
-        let exe = Path::new(env!("CARGO_TARGET_TMPDIR")).join("realm-emulated-kernels");
         let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".to_string());
-        let out = Command::new(&cxx)
-            .args(["-std=c++20", "-O1", "-pthread", "-I"])
+        let sanitize = std::env::var("EMU_SANITIZE").ok().filter(|s| !s.is_empty());
+        let exe = Path::new(env!("CARGO_TARGET_TMPDIR")).join(match &sanitize {
+            None => "realm-emulated-kernels".to_string(),
+            Some(s) => format!("realm-emulated-kernels-{}", s.replace(',', "-")),
+        });
+        let mut build = Command::new(&cxx);
+        build.args(["-std=c++20", "-O1", "-pthread"]);
+        if let Some(s) = &sanitize {
+            // Checked vectors, so that a read past an array's end but
+            // within its allocation is caught too.
+            build.args(["-g", "-fno-sanitize-recover=all", "-D_GLIBCXX_SANITIZE_VECTOR"]);
+            build.arg(format!("-fsanitize={s}"));
+        }
+        let out = build
+            .arg("-I")
             .arg(&dir)
             .arg(dir.join("driver.cpp"))
             .arg("-o")
