@@ -82,6 +82,23 @@ fn probabilities(
     candle_nn::ops::softmax_last_dim(&scores)
 }
 
+/// Keys or values `t` with every position that `keep` (1 where some query
+/// sees the position, else 0; broadcasting to `t`) hides set to zero. A
+/// position no query sees may hold anything a slot's earlier session left
+/// there, NaN or infinity included, and a softmax weight of 0 times NaN is
+/// NaN: masking the scores alone does not hide it.
+fn zero_hidden(t: &Tensor, keep: &Tensor) -> candle_core::Result<Tensor> {
+    let keep = keep.broadcast_as(t.shape())?;
+    let zero = Tensor::zeros((), t.dtype(), t.device())?.broadcast_as(t.shape())?;
+    keep.where_cond(t, &zero)
+}
+
+/// [`zero_hidden`]'s `keep` from an additive mask (0 or minus infinity),
+/// made on the device: `exp` is 1 or 0.
+fn kept(mask: &Tensor) -> candle_core::Result<Tensor> {
+    mask.exp()?.to_dtype(DType::U8)
+}
+
 fn check_end(op: &'static str, cfg: &KvCacheConfig, start: usize, n: usize) -> BackendResult<()> {
     let end = start.saturating_add(n);
     if end > cfg.max_seq_len {
@@ -285,8 +302,14 @@ impl AttentionOps for GpuBackend {
         let attend = || -> candle_core::Result<Tensor> {
             // The products read an f32 cache in place: each head's keys are
             // contiguous rows, and heads are a strided batch.
-            let keys = cache.k[at.layer].narrow(1, lo, len)?.to_dtype(DType::F32)?;
-            let values = cache.v[at.layer].narrow(1, lo, len)?.to_dtype(DType::F32)?;
+            let mut keys = cache.k[at.layer].narrow(1, lo, len)?.to_dtype(DType::F32)?;
+            let mut values = cache.v[at.layer].narrow(1, lo, len)?.to_dtype(DType::F32)?;
+            if let Some(m) = &m {
+                // Positions no query sees (a static step's span past them).
+                let keep = kept(&m.max_keepdim(1)?)?.reshape((1, len, 1))?;
+                keys = zero_hidden(&keys, &keep)?;
+                values = zero_hidden(&values, &keep)?;
+            }
             // Queries grouped by KV head: [kvh, n * group, hd], rows (token, head in group).
             let qg = qt
                 .reshape((n, kvh, group * hd))?
@@ -855,8 +878,15 @@ impl GpuBackend {
                 return q.apply_op3_no_bwd(&keys, &values, &op);
             }
             // [rows, heads, len, dim], read in place for an f32 cache.
-            let keys = keys.narrow(2, 0, len)?.to_dtype(DType::F32)?;
-            let values = values.narrow(2, 0, len)?.to_dtype(DType::F32)?;
+            let mut keys = keys.narrow(2, 0, len)?.to_dtype(DType::F32)?;
+            let mut values = values.narrow(2, 0, len)?.to_dtype(DType::F32)?;
+            if let Some(m) = &mask {
+                // A row's cache past its position (or before its window):
+                // a reused slot's leftovers.
+                let keep = kept(m)?.reshape((n, 1, len, 1))?;
+                keys = zero_hidden(&keys, &keep)?;
+                values = zero_hidden(&values, &keep)?;
+            }
             // One token a row: a row's heads are [kv head, head in group].
             let qg = row(&rows.q)?.reshape((n, kvh, group, hd))?;
             let scores = qg.matmul(&keys.t()?)?;

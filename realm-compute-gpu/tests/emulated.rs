@@ -43,7 +43,11 @@ fn driver() -> &'static Path {
         if let Some(s) = &sanitize {
             // Checked vectors, so that a read past an array's end but
             // within its allocation is caught too.
-            build.args(["-g", "-fno-sanitize-recover=all", "-D_GLIBCXX_SANITIZE_VECTOR"]);
+            build.args([
+                "-g",
+                "-fno-sanitize-recover=all",
+                "-D_GLIBCXX_SANITIZE_VECTOR",
+            ]);
             build.arg(format!("-fsanitize={s}"));
         }
         let out = build

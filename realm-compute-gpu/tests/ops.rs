@@ -7,10 +7,11 @@ mod common;
 use common::{assert_close, Rng};
 use proptest::prelude::*;
 use realm_compute_cpu::CpuBackend;
-use realm_compute_gpu::{GpuBackend, GpuDevice};
+use realm_compute_gpu::{GpuBackend, GpuDevice, StepMode};
 use realm_core::backend::{
     ActivationOps, AttentionOps, AttentionParams, BackendCore, BackendError, KvCacheConfig,
-    KvDtype, KvSpan, MatMulOps, NormOps, QkNorm, RopeMode, RopeOps, RopeParams, WeightInfo,
+    KvDtype, KvSpan, MatMulOps, NormOps, QkNorm, RopeMode, RopeOps, RopeParams, StepInputs,
+    StepOps, WeightInfo,
 };
 use realm_core::{quant, GgmlType, TensorView};
 
@@ -359,12 +360,15 @@ proptest! {
     /// attends each run of consecutive cache slots at once, the CPU row by
     /// row; rows at their own positions, in cache order or shuffled (no
     /// runs), GQA, windows, soft-capping, f32 and f16 caches; with the fused
-    /// kernel and with candle's ops.
+    /// kernel and with candle's ops. The GPU's caches are reused slots:
+    /// NaN at every position before the history is written, which no row
+    /// may read. In a static step (`span`) every row spans the whole
+    /// cache.
     #[test]
-    fn attend_rows_matches_cpu(n_kv in 1usize..3, group in 1usize..4, hd in 1usize..33, pasts in proptest::collection::vec(0usize..10, 1..7), shuffle in any::<bool>(), window in proptest::option::of(1usize..6), softcap in proptest::option::of(1f32..50.0), f16 in any::<bool>(), seed in any::<u64>()) {
+    fn attend_rows_matches_cpu(n_kv in 1usize..3, group in 1usize..4, hd in 1usize..33, pasts in proptest::collection::vec(0usize..10, 1..7), shuffle in any::<bool>(), window in proptest::option::of(1usize..6), softcap in proptest::option::of(1f32..50.0), f16 in any::<bool>(), span in any::<bool>(), seed in any::<u64>()) {
         for fused in [true, false] {
             let mut rng = Rng(seed);
-            let (g, c) = (gpu().with_fused_kernels(fused), cpu());
+            let (g, c) = (gpu().with_fused_kernels(fused).with_steps(StepMode::Static), cpu());
             let n_heads = n_kv * group;
             let rows = pasts.len();
             let kv_width = n_kv * hd;
@@ -375,6 +379,11 @@ proptest! {
             let (k, v, q) = (rng.f32s(rows * kv_width, -1.0, 1.0), rng.f32s(rows * kv_width, -1.0, 1.0), rng.f32s(rows * n_heads * hd, -1.0, 1.0));
             let mut ccaches: Vec<_> = (0..rows).map(|_| c.kv_cache(&cfg).unwrap()).collect();
             let mut gcaches: Vec<_> = (0..rows).map(|_| g.kv_cache(&cfg).unwrap()).collect();
+            let nan = g.upload(&vec![f32::NAN; cfg.max_seq_len * kv_width]).unwrap();
+            for cache in &mut gcaches {
+                let whole = KvSpan { layer: 1, start_pos: 0 };
+                g.kv_write(&mut g.workspace(), cache, whole, &nan, &nan, 0..cfg.max_seq_len).unwrap();
+            }
             for (i, (hk, hv)) in hist.iter().enumerate() {
                 let span = KvSpan { layer: 1, start_pos: 0 };
                 if pasts[i] > 0 {
@@ -397,15 +406,26 @@ proptest! {
             c.attend_rows(&mut c.workspace(), &mut cc, 1, &positions, (&k, &v), &q, &p, &mut cout).unwrap();
             let (gk, gv, gq) = (g.upload(&k).unwrap(), g.upload(&v).unwrap(), g.upload(&q).unwrap());
             let mut gout = g.buffer(q.len()).unwrap();
-            g.attend_rows(&mut g.workspace(), &mut gc, 1, &positions, (&gk, &gv), &gq, &p, &mut gout).unwrap();
-            assert_close(&down(&g, &gout, q.len()), &cout, 1e-4, 1e-5, "attend_rows");
+            let mut ws = g.workspace();
+            if span {
+                let ids = vec![0; rows];
+                g.begin_step(&mut ws, &StepInputs { ids: &ids, positions: &positions, kv_len: cfg.max_seq_len }).unwrap();
+            }
+            g.attend_rows(&mut ws, &mut gc, 1, &positions, (&gk, &gv), &gq, &p, &mut gout).unwrap();
+            g.end_step(&mut ws);
+            assert_close(&down(&g, &gout, q.len()), &cout, 1e-4, 1e-5, &format!("attend_rows (fused: {fused}, span: {span})"));
             // The rows' keys and values were stored: attending again, one row at
             // a time, gives the same.
             for (r, cache) in gc.iter().enumerate() {
                 let mut one = g.buffer(q.len()).unwrap();
                 let at = KvSpan { layer: 1, start_pos: positions[r] as usize };
                 let gq_row = g.upload(&q[r * n_heads * hd..(r + 1) * n_heads * hd]).unwrap();
-                g.attention(&mut g.workspace(), cache, at, &gq_row, 0..1, &p, &mut one).unwrap();
+                let mut ws = g.workspace();
+                if span {
+                    g.begin_step(&mut ws, &StepInputs { ids: &[0], positions: &positions[r..r + 1], kv_len: cfg.max_seq_len }).unwrap();
+                }
+                g.attention(&mut ws, cache, at, &gq_row, 0..1, &p, &mut one).unwrap();
+                g.end_step(&mut ws);
                 assert_close(&down(&g, &one, n_heads * hd), &cout[r * n_heads * hd..(r + 1) * n_heads * hd], 1e-4, 1e-5, "stored row");
             }
         }
