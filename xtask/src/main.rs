@@ -3,8 +3,9 @@
 //! - `cargo xtask demo`: fetch SmolLM2 and ask it the capital of France, through the wasm guest.
 //! - `cargo xtask fetch-model`: download the real models into the model cache.
 //! - `cargo xtask test`: fetch the models if missing, build the wasm guest,
-//!   then run the whole suite, and the GPU backend's CUDA kernels under the
-//!   tests' CPU emulator where a C++ compiler is found.
+//!   then run the whole suite, the GPU backend's CUDA kernels under the
+//!   tests' CPU emulator where a C++ compiler is found, and a type-check of
+//!   its Metal build for Apple silicon where that target is installed.
 //! - `cargo xtask wasm`: build the wasm guest (`realm-wasm`) and report its size.
 //! - `cargo xtask proptest [CASES]`: the suite with many more property-test cases.
 //! - `cargo xtask fuzz [SECONDS]`: run the GGUF reader's fuzz target.
@@ -117,6 +118,7 @@ fn test() -> Result<()> {
     }
     status(t)?;
     emulated_kernels()?;
+    metal_check()?;
     let mut wasm = cargo();
     wasm.args([
         "build",
@@ -155,6 +157,40 @@ fn emulated_kernels() -> Result<()> {
         "--ignored",
     ]);
     status(t)
+}
+
+/// The Apple target the Metal build is checked for.
+const APPLE: &str = "aarch64-apple-darwin";
+
+/// The GPU backend's `metal` feature, type-checked (with its tests) for
+/// Apple silicon where that target's standard library is installed
+/// (`rustup target add aarch64-apple-darwin`; `.ci/run` adds it): Metal
+/// cannot run here, but its code must compile. Said so where it is not.
+fn metal_check() -> Result<()> {
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .is_ok_and(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l.trim() == APPLE)
+        });
+    if !installed {
+        eprintln!("xtask: no {APPLE} target: the Metal build was not checked");
+        return Ok(());
+    }
+    let mut check = cargo();
+    check.args([
+        "check",
+        "-p",
+        "realm-compute-gpu",
+        "--features",
+        "metal",
+        "--all-targets",
+        "--target",
+        APPLE,
+    ]);
+    status(check)
 }
 
 /// Where `cargo xtask wasm` leaves the guest (realm-runtime's tests look there).
