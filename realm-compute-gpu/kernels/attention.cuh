@@ -19,15 +19,27 @@ __device__ __forceinline__ __half from_f32<__half>(float x) {
   return __float2half(x);
 }
 
+// Reads of a KV cache, through the read-only (non-coherent) data cache:
+// every caller reads only positions no thread of its launch writes.
+//
 // Four consecutive values as f32: for f32 one read (the address 16-byte
 // aligned), for f16 two reads of two halves (4-byte aligned).
 __device__ __forceinline__ float4 load4(const float *p) {
-  return *reinterpret_cast<const float4 *>(p);
+  return __ldg(reinterpret_cast<const float4 *>(p));
 }
 __device__ __forceinline__ float4 load4(const __half *p) {
   const __half2 *h = reinterpret_cast<const __half2 *>(p);
-  const float2 a = __half22float2(h[0]), b = __half22float2(h[1]);
+  const float2 a = __half22float2(__ldg(h)), b = __half22float2(__ldg(h + 1));
   return float4{a.x, a.y, b.x, b.y};
+}
+
+// Two consecutive values as f32, in one read: the address aligned to two
+// values (8 bytes for f32, 4 for f16).
+__device__ __forceinline__ float2 load2(const float *p) {
+  return __ldg(reinterpret_cast<const float2 *>(p));
+}
+__device__ __forceinline__ float2 load2(const __half *p) {
+  return __half22float2(__ldg(reinterpret_cast<const __half2 *>(p)));
 }
 
 // The maximum and the sum of x over a warp (every lane calls them).

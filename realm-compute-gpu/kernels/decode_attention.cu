@@ -13,7 +13,8 @@
 // pos(r) (from `positions`, or pos_base + r when that is null) and sees the
 // keys j with lo <= j <= pos, lo = pos + 1 - window when there is a window.
 // Each warp takes every WARPS-th run of 32 keys (a key a lane for the
-// scores, then every lane over the run's values) and keeps a running
+// scores, then every lane over the run's values, two dimensions a lane at
+// a time) and keeps a running
 // maximum, sum and weighted sum of values (one pass, rescaling as the
 // maximum grows); the warps' partial results are then merged through
 // shared memory. With `q8` not null, the output also as Q8_1 blocks there
@@ -131,7 +132,13 @@ __device__ void decode_attention(
       vw[d] = from_f32<T>(v_new[d]);
     }
   }
+  // A lane's share of the sum: pairs of dimensions, value i of the lane
+  // being dimension dim(i) (pair lane + 32 (i / 2)), so that a row's
+  // values are read two at a time where the rows allow it (v2).
   constexpr int PER_LANE = HD / 32;
+  const auto dim = [lane](int i) { return 2 * (lane + 32 * (i >> 1)) + (i & 1); };
+  const bool v2 =
+      (head_dim & 1) == 0 && ((unsigned long long)vh & (2 * sizeof(T) - 1)) == 0;
   float acc[PER_LANE];
 #pragma unroll
   for (int i = 0; i < PER_LANE; ++i) acc[i] = 0.0f;
@@ -186,9 +193,17 @@ __device__ void decode_attention(
         pj[u] = __shfl_sync(0xffffffffu, p, jj);
         const T *vj = vh + (long long)(base + min(jj, run - 1)) * head_dim;
 #pragma unroll
-        for (int i = 0; i < PER_LANE; ++i) {
-          const int d = lane + 32 * i;
-          vals[u][i] = d < head_dim ? to_f32(vj[d]) : 0.0f;
+        for (int i = 0; i < PER_LANE; i += 2) {
+          const int d = dim(i);
+          float2 x = {0.0f, 0.0f};
+          if (v2) {
+            if (d < head_dim) x = load2(vj + d);
+          } else {
+            if (d < head_dim) x.x = to_f32(vj[d]);
+            if (d + 1 < head_dim) x.y = to_f32(vj[d + 1]);
+          }
+          vals[u][i] = x.x;
+          vals[u][i + 1] = x.y;
         }
       }
 #pragma unroll
@@ -212,7 +227,7 @@ __device__ void decode_attention(
     m = m_new;
 #pragma unroll
     for (int i = 0; i < PER_LANE; ++i) {
-      const int d = lane + 32 * i;
+      const int d = dim(i);
       acc[i] = acc[i] * shrink + (d < head_dim ? p * v_new[d] : 0.0f);
     }
   }
@@ -226,7 +241,7 @@ __device__ void decode_attention(
   }
 #pragma unroll
   for (int i = 0; i < PER_LANE; ++i) {
-    const int d = lane + 32 * i;
+    const int d = dim(i);
     if (d < head_dim) warp_acc[warp][d] = acc[i];
   }
   __syncthreads();
@@ -269,8 +284,11 @@ __device__ void decode_attention(
   }
 }
 
+// Two blocks an SM at least: registers for the sum and the batch of values
+// without spilling (ptxas otherwise kept the 128-value instances to 64
+// registers and spilled).
 #define DECODE_ATTENTION(NAME, T, HD)                                                      \
-  extern "C" __global__ void __launch_bounds__(32 * WARPS) NAME(                              \
+  extern "C" __global__ void __launch_bounds__(32 * WARPS, 2) NAME(                              \
       const float *q, const T *k, const T *v, const uint32_t *positions, float *out,           \
       uint32_t pos_base, int n_heads, int n_kv_heads, int head_dim, int max_seq,               \
       long long row_stride, const SlotTable slots, int by_slots, float scale,                 \

@@ -47,11 +47,13 @@ inline __half __float2half(float f) {
   return __half{(uint16_t)(sign | h)};
 }
 
-struct __half2 {
+// Aligned as CUDA's, so that the undefined-behaviour sanitizer catches a
+// misaligned vector read.
+struct alignas(4) __half2 {
   __half x, y;
 };
 
-struct float2 {
+struct alignas(8) float2 {
   float x, y;
 };
 

@@ -38,7 +38,7 @@ inline EmuBlock *emu_block = nullptr;
 #define __global__
 #define __device__
 #define __forceinline__ inline
-#define __launch_bounds__(x)
+#define __launch_bounds__(...)
 // Blocks run one at a time, so a static is one block's shared memory.
 #define __shared__ static
 
@@ -73,6 +73,12 @@ inline float __shfl_sync(unsigned, float v, int src) {
   const float r = emu_block->lanes[warp * 32 + (unsigned)src % 32];
   bar.arrive_and_wait();
   return r;
+}
+
+// A read through the read-only data cache: a plain read here.
+template <class T>
+inline T __ldg(const T *p) {
+  return *p;
 }
 
 inline float __int_as_float(int i) {
