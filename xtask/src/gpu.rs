@@ -16,7 +16,8 @@
 //! steps' device time kernel by kernel, leaving logs and tables in `$OUT` (and a summary
 //! with elapsed seconds on standard output). It runs what matters most
 //! first, each step under a time limit, so that a machine lent for a few
-//! minutes still returns the figures.
+//! minutes still returns the figures. `run.sh sanitize` runs the op
+//! tests under `compute-sanitizer` (memcheck and racecheck) instead.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -94,6 +95,25 @@ nsys_profile() {
   head -n 25 "$out/nsys-$m-cuda_gpu_kern_sum.csv"
   say "nsys-$m done"
 }
+# `run.sh sanitize`: instead of the figures, the op tests under
+# compute-sanitizer, where the machine has it: memcheck (reads and writes
+# outside an allocation or misaligned, launch errors) and racecheck
+# (shared-memory hazards between a block's threads), Realm's kernels and
+# candle's alike.
+if [ "${1:-}" = sanitize ]; then
+  cs="$(command -v compute-sanitizer || find /usr/local /opt -maxdepth 5 -type f -name compute-sanitizer 2>/dev/null | head -n 1)"
+  if [ -z "$cs" ]; then
+    echo "no compute-sanitizer"; exit 1
+  fi
+  for tool in memcheck racecheck; do
+    timeout 270 "$cs" --tool "$tool" --error-exitcode 9 "$here/test-ops" --test-threads 1 \
+      > "$out/sanitize-$tool.log" 2>&1 || echo "FAILED: $tool (see sanitize-$tool.log)"
+    grep -E "ERROR SUMMARY|RACECHECK SUMMARY|^test result|FAILED|panicked" "$out/sanitize-$tool.log" | head -n 20
+    say "$tool done"
+  done
+  rm -rf "$models"
+  exit 0
+fi
 # (A variable set for one bench is set in a subshell: some shells keep an
 # assignment before a function call after it.)
 # In order of what matters when the machine's time runs out: the op tests,

@@ -4,7 +4,7 @@
 //! - `cargo xtask fetch-model`: download the real models into the model cache.
 //! - `cargo xtask test`: fetch the models if missing, build the wasm guest,
 //!   then run the whole suite, the GPU backend's CUDA kernels under the
-//!   tests' CPU emulator where a C++ compiler is found, and a type-check of
+//!   tests' CPU emulator (sanitized) where a C++ compiler is found, and a type-check of
 //!   its Metal build for Apple silicon where that target is installed.
 //! - `cargo xtask wasm`: build the wasm guest (`realm-wasm`) and report its size.
 //! - `cargo xtask proptest [CASES]`: the suite with many more property-test cases.
@@ -131,9 +131,16 @@ fn test() -> Result<()> {
     status(wasm)
 }
 
+/// The sanitizers the emulated kernels are built with in the test run:
+/// reads and writes outside an array, misaligned vector reads (what
+/// `compute-sanitizer`'s memcheck would report on a GPU).
+const EMU_SANITIZERS: &str = "address,undefined";
+
 /// The GPU backend's CUDA kernels run on the CPU under the tests' SIMT
 /// emulator (`realm-compute-gpu/tests/emulated.rs`), which needs a C++20
-/// compiler: run where one is found (`$CXX`, else `c++`), said so where not.
+/// compiler: run where one is found (`$CXX`, else `c++`), said so where not;
+/// with [`EMU_SANITIZERS`] where the compiler has them (unless
+/// `EMU_SANITIZE` says otherwise).
 fn emulated_kernels() -> Result<()> {
     let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".to_string());
     let found = Command::new(&cxx)
@@ -145,6 +152,13 @@ fn emulated_kernels() -> Result<()> {
         return Ok(());
     }
     let mut t = cargo();
+    if std::env::var_os("EMU_SANITIZE").is_none() {
+        if sanitizers_work(&cxx) {
+            t.env("EMU_SANITIZE", EMU_SANITIZERS);
+        } else {
+            eprintln!("xtask: `{cxx}` cannot build with -fsanitize={EMU_SANITIZERS}: the emulated kernels run unsanitized");
+        }
+    }
     // With --workspace, so that features resolve as in the main run and
     // nothing is built again.
     t.args([
@@ -157,6 +171,26 @@ fn emulated_kernels() -> Result<()> {
         "--ignored",
     ]);
     status(t)
+}
+
+/// Whether `cxx` builds and links a program with [`EMU_SANITIZERS`] (the
+/// sanitizers' runtime libraries are installed).
+fn sanitizers_work(cxx: &str) -> bool {
+    let dir = std::env::temp_dir().join(format!("realm-xtask-sanitize-{}", std::process::id()));
+    if std::fs::create_dir_all(&dir).is_err() {
+        return false;
+    }
+    let src = dir.join("probe.cpp");
+    let works = std::fs::write(&src, "int main() { return 0; }\n").is_ok()
+        && Command::new(cxx)
+            .arg(format!("-fsanitize={EMU_SANITIZERS}"))
+            .arg(&src)
+            .arg("-o")
+            .arg(dir.join("probe"))
+            .output()
+            .is_ok_and(|o| o.status.success());
+    let _ = std::fs::remove_dir_all(&dir);
+    works
 }
 
 /// The Apple target the Metal build is checked for.
