@@ -299,13 +299,17 @@ impl AttentionOps for GpuBackend {
             }
         };
         let recording = ws.recording();
+        // A static step spans positions past its query, which may hold a
+        // reused slot's leftovers; otherwise every position from lo is
+        // this sequence's and some query of the chunk sees it.
+        let leftovers = ws.step().is_some();
         let attend = || -> candle_core::Result<Tensor> {
             // The products read an f32 cache in place: each head's keys are
             // contiguous rows, and heads are a strided batch.
             let mut keys = cache.k[at.layer].narrow(1, lo, len)?.to_dtype(DType::F32)?;
             let mut values = cache.v[at.layer].narrow(1, lo, len)?.to_dtype(DType::F32)?;
-            if let Some(m) = &m {
-                // Positions no query sees (a static step's span past them).
+            if let Some(m) = m.as_ref().filter(|_| leftovers) {
+                // Positions no query sees.
                 let keep = kept(&m.max_keepdim(1)?)?.reshape((1, len, 1))?;
                 keys = zero_hidden(&keys, &keep)?;
                 values = zero_hidden(&values, &keep)?;
@@ -801,7 +805,13 @@ impl GpuBackend {
                         ),
                         false => None,
                     };
-                    let mask = match fused {
+                    // A row sees every key when it is at the furthest
+                    // position and its window (if any) starts at 0.
+                    let hides = positions.iter().any(|&pos| {
+                        let pos = pos as usize;
+                        pos + 1 < len || window.is_some_and(|w| pos + 1 > w)
+                    });
+                    let mask = match fused || !hides {
                         true => None,
                         false => {
                             let mask: Vec<f32> = positions

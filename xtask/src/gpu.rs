@@ -48,6 +48,32 @@ if ldd "$here/realm" | grep -q "not found"; then
   echo "realm cannot start, missing libraries:"; ldd "$here/realm" | grep "not found"; exit 1
 fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/gpu.txt"
+# `run.sh sanitize`: instead of the figures, the op tests under
+# compute-sanitizer, where the machine has it: memcheck (reads and writes
+# outside an allocation or misaligned, launch errors) and racecheck
+# (shared-memory hazards between a block's threads), Realm's kernels and
+# candle's alike. Exits 1 when a tool fails or runs out of time.
+if [ "${1:-}" = sanitize ]; then
+  cs="$(command -v compute-sanitizer || find /usr/local /opt -maxdepth 5 -type f -name compute-sanitizer 2>/dev/null | head -n 1)"
+  if [ -z "$cs" ]; then
+    echo "no compute-sanitizer"; exit 1
+  fi
+  export REALM_GPU_TEST_DEVICE="${REALM_GPU_TEST_DEVICE:-cuda:0}"
+  failed=0
+  for tool in memcheck racecheck; do
+    timeout 250 "$cs" --tool "$tool" --error-exitcode 9 "$here/test-ops" --test-threads 1 \
+      > "$out/sanitize-$tool.log" 2>&1
+    rc=$?
+    case "$rc" in
+      0) ;;
+      124) echo "TIMED OUT: $tool (250 s; see sanitize-$tool.log)"; failed=1 ;;
+      *) echo "FAILED: $tool, exit $rc (see sanitize-$tool.log)"; failed=1 ;;
+    esac
+    grep -E "ERROR SUMMARY|RACECHECK SUMMARY|^test result|panicked" "$out/sanitize-$tool.log" | head -n 20
+    echo "[$tool done]"
+  done
+  exit "$failed"
+fi
 # The models stay out of $out: only logs and tables come back.
 models="$here/models"
 mkdir -p "$models"
@@ -95,25 +121,6 @@ nsys_profile() {
   head -n 25 "$out/nsys-$m-cuda_gpu_kern_sum.csv"
   say "nsys-$m done"
 }
-# `run.sh sanitize`: instead of the figures, the op tests under
-# compute-sanitizer, where the machine has it: memcheck (reads and writes
-# outside an allocation or misaligned, launch errors) and racecheck
-# (shared-memory hazards between a block's threads), Realm's kernels and
-# candle's alike.
-if [ "${1:-}" = sanitize ]; then
-  cs="$(command -v compute-sanitizer || find /usr/local /opt -maxdepth 5 -type f -name compute-sanitizer 2>/dev/null | head -n 1)"
-  if [ -z "$cs" ]; then
-    echo "no compute-sanitizer"; exit 1
-  fi
-  for tool in memcheck racecheck; do
-    timeout 270 "$cs" --tool "$tool" --error-exitcode 9 "$here/test-ops" --test-threads 1 \
-      > "$out/sanitize-$tool.log" 2>&1 || echo "FAILED: $tool (see sanitize-$tool.log)"
-    grep -E "ERROR SUMMARY|RACECHECK SUMMARY|^test result|FAILED|panicked" "$out/sanitize-$tool.log" | head -n 20
-    say "$tool done"
-  done
-  rm -rf "$models"
-  exit 0
-fi
 # (A variable set for one bench is set in a subshell: some shells keep an
 # assignment before a function call after it.)
 # In order of what matters when the machine's time runs out: the op tests,

@@ -173,20 +173,23 @@ fn emulated_kernels() -> Result<()> {
     status(t)
 }
 
-/// Whether `cxx` builds and links a program with [`EMU_SANITIZERS`] (the
-/// sanitizers' runtime libraries are installed).
+/// Whether `cxx` builds a program with [`EMU_SANITIZERS`] that then runs
+/// (the sanitizers' runtimes are installed and work on this kernel).
 fn sanitizers_work(cxx: &str) -> bool {
     let dir = std::env::temp_dir().join(format!("realm-xtask-sanitize-{}", std::process::id()));
     if std::fs::create_dir_all(&dir).is_err() {
         return false;
     }
-    let src = dir.join("probe.cpp");
+    let (src, exe) = (dir.join("probe.cpp"), dir.join("probe"));
     let works = std::fs::write(&src, "int main() { return 0; }\n").is_ok()
         && Command::new(cxx)
             .arg(format!("-fsanitize={EMU_SANITIZERS}"))
             .arg(&src)
             .arg("-o")
-            .arg(dir.join("probe"))
+            .arg(&exe)
+            .output()
+            .is_ok_and(|o| o.status.success())
+        && Command::new(&exe)
             .output()
             .is_ok_and(|o| o.status.success());
     let _ = std::fs::remove_dir_all(&dir);
