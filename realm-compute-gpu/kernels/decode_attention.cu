@@ -14,11 +14,11 @@
 // keys j with lo <= j <= pos, lo = pos + 1 - window when there is a window.
 // Each warp takes every WARPS-th run of 32 keys (a key a lane for the
 // scores, then every lane over the run's values, two dimensions a lane at
-// a time) and keeps a running
-// maximum, sum and weighted sum of values (one pass, rescaling as the
-// maximum grows); the warps' partial results are then merged through
-// shared memory. With `q8` not null, the output also as Q8_1 blocks there
-// (q8_1.cuh; head_dim a multiple of 32), for the product that reads it.
+// a time) and keeps a running maximum, sum and weighted sum of values (one
+// pass, rescaling as the maximum grows); the warps' partial results are
+// then merged through shared memory. With `q8` not null, the output also
+// as Q8_1 blocks there (q8_1.cuh; head_dim a multiple of 32), for the
+// product that reads it.
 //
 // With more than one split (gridDim.z; flash-decoding, for long caches and
 // few rows and heads, which would leave most of the GPU idle), block z
@@ -288,7 +288,7 @@ __device__ void decode_attention(
 // without spilling (ptxas otherwise kept the 128-value instances to 64
 // registers and spilled).
 #define DECODE_ATTENTION(NAME, T, HD)                                                      \
-  extern "C" __global__ void __launch_bounds__(32 * WARPS, 2) NAME(                              \
+  extern "C" __global__ void __launch_bounds__(32 * WARPS, 2) NAME(                           \
       const float *q, const T *k, const T *v, const uint32_t *positions, float *out,           \
       uint32_t pos_base, int n_heads, int n_kv_heads, int head_dim, int max_seq,               \
       long long row_stride, const SlotTable slots, int by_slots, float scale,                 \
