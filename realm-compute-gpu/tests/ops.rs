@@ -44,7 +44,9 @@ fn types() -> Vec<GgmlType> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, failure_persistence: None, ..ProptestConfig::default() })]
+    // 24 cases (candle's CPU device is slow), unless PROPTEST_CASES says
+    // otherwise (`cargo xtask proptest`).
+    #![proptest_config(ProptestConfig { cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(24), failure_persistence: None, ..ProptestConfig::default() })]
 
     /// Quantized matmul and embedding: the GPU's product matches the CPU's
     /// within the error of 8-bit activation rounding (both quantize the

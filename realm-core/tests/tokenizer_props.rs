@@ -125,7 +125,9 @@ fn text() -> impl Strategy<Value = String> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    // The default configuration (256 cases), so that PROPTEST_CASES sets
+    // the case count.
+    #![proptest_config(ProptestConfig::default())]
 
     #[test]
     fn any_text_encodes_and_round_trips(s in text()) {
