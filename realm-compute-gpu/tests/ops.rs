@@ -22,6 +22,20 @@ fn gpu() -> GpuBackend {
     GpuBackend::new(dev).expect("device")
 }
 
+/// The relative and absolute tolerances of attention over keys the GPU
+/// rotated and stored. Keys are rotated before they are rounded to f16; the
+/// two backends' rotations may differ in f32's last bit, which can flip a
+/// rounding (an f16 ulp of a key) and move the result by more than f32
+/// rounding: absolutely, since an output near 0 is a sum of values that
+/// cancel (2.3e-4 seen in 1500 cases; 5e-4 held for 60000).
+fn rope_tolerance(f16: bool) -> (f32, f32) {
+    if f16 {
+        (2e-3, 5e-4)
+    } else {
+        (1e-4, 1e-5)
+    }
+}
+
 fn cpu() -> CpuBackend {
     CpuBackend::new().unwrap()
 }
@@ -472,10 +486,7 @@ proptest! {
         let (mut cq, mut ck) = (q.clone(), k.clone());
         let cnorm = qk.as_ref().map(|(qn, kn)| QkNorm { q: qn, k: kn, eps: 1e-6 });
         c.rope_attend_rows(&mut c.workspace(), &mut cc, 1, &positions, (&mut cq, &mut ck, &v), cnorm, &rope, &p, &mut cout).unwrap();
-        // Keys are rotated before they are rounded to f16; the two sides'
-        // rotations may differ in f32's last bit, which can flip a rounding
-        // (2^-11 of a key) and move the result by more than f32 rounding.
-        let (rel, abs) = if f16 { (2e-3, 1e-4) } else { (1e-4, 1e-5) };
+        let (rel, abs) = rope_tolerance(f16);
         // Queries, keys and values uploaded apart, or split from one
         // stacked product's rows (then strided views, read in place); on
         // CUDA, keys and values stored by the attention kernel or by one
@@ -560,10 +571,7 @@ proptest! {
         let mut cnext = vec![0.0; width];
         c.kv_write(&mut c.workspace(), &mut cc, next, &next_k, &next_v, 0..1).unwrap();
         c.attention(&mut c.workspace(), &cc, next, &next_q, 0..1, &p, &mut cnext).unwrap();
-        // Keys are rotated before they are rounded to f16; the two sides'
-        // rotations may differ in f32's last bit, which can flip a rounding
-        // (2^-11 of a key) and move the result by more than f32 rounding.
-        let (rel, abs) = if f16 { (2e-3, 1e-4) } else { (1e-4, 1e-5) };
+        let (rel, abs) = rope_tolerance(f16);
         for (fused, stacked) in [(true, false), (false, false), (true, true)] {
             let g = gpu().with_fused_kernels(fused);
             // The sequence's cache is the second slot of its block.
@@ -729,7 +737,7 @@ fn long_caches_attend_alike_split_or_not() {
             &mut want_one,
         )
         .unwrap();
-        let (rel, abs) = if case.f16 { (2e-3, 1e-4) } else { (1e-4, 1e-5) };
+        let (rel, abs) = rope_tolerance(case.f16);
         // On CUDA: split or not, keys stored by the attention kernel or not.
         for (split, stores) in [(true, true), (false, true), (true, false)] {
             let g = gpu().with_split_keys(split).with_store_in_attention(stores);
