@@ -395,17 +395,17 @@ proptest! {
             let (k, v, q) = (rng.f32s(rows * kv_width, -1.0, 1.0), rng.f32s(rows * kv_width, -1.0, 1.0), rng.f32s(rows * n_heads * hd, -1.0, 1.0));
             let mut ccaches: Vec<_> = (0..rows).map(|_| c.kv_cache(&cfg).unwrap()).collect();
             let mut gcaches: Vec<_> = (0..rows).map(|_| g.kv_cache(&cfg).unwrap()).collect();
+            // (`start`, not `span`: that is the static-step flag.)
+            let start = KvSpan { layer: 1, start_pos: 0 };
             let nan = g.upload(&vec![f32::NAN; cfg.max_seq_len * kv_width]).unwrap();
             for cache in &mut gcaches {
-                let whole = KvSpan { layer: 1, start_pos: 0 };
-                g.kv_write(&mut g.workspace(), cache, whole, &nan, &nan, 0..cfg.max_seq_len).unwrap();
+                g.kv_write(&mut g.workspace(), cache, start, &nan, &nan, 0..cfg.max_seq_len).unwrap();
             }
             for (i, (hk, hv)) in hist.iter().enumerate() {
-                let span = KvSpan { layer: 1, start_pos: 0 };
                 if pasts[i] > 0 {
-                    c.kv_write(&mut c.workspace(), &mut ccaches[i], span, hk, hv, 0..pasts[i]).unwrap();
+                    c.kv_write(&mut c.workspace(), &mut ccaches[i], start, hk, hv, 0..pasts[i]).unwrap();
                     let (gk, gv) = (g.upload(hk).unwrap(), g.upload(hv).unwrap());
-                    g.kv_write(&mut g.workspace(), &mut gcaches[i], span, &gk, &gv, 0..pasts[i]).unwrap();
+                    g.kv_write(&mut g.workspace(), &mut gcaches[i], start, &gk, &gv, 0..pasts[i]).unwrap();
                 }
             }
             // Row r of the batch is sequence r, or (shuffled) sequence rows - 1 - r:
