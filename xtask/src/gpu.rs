@@ -17,7 +17,9 @@
 //! with elapsed seconds on standard output). It runs what matters most
 //! first, each step under a time limit, so that a machine lent for a few
 //! minutes still returns the figures. `run.sh sanitize` runs the op
-//! tests under `compute-sanitizer` (memcheck and racecheck) instead.
+//! tests under `compute-sanitizer` (memcheck and racecheck) instead. A
+//! test binary that fails has its tests run again one process each (a
+//! kernel's fault spoils the CUDA context for the rest of its process).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -83,10 +85,29 @@ export REALM_GPU_TEST_DEVICE="${REALM_GPU_TEST_DEVICE:-cuda:0}" REALM_GPU_TEST_T
 dev="$REALM_GPU_TEST_DEVICE"
 start="$(date +%s)"
 say() { echo "[$(( $(date +%s) - start )) s] $*"; }
-# gputest NAME SECONDS: one GPU test binary.
+# gputest NAME SECONDS: one GPU test binary. When it fails, its tests run
+# again one process each, for up to SECONDS more: a kernel's fault (an
+# illegal address) spoils the CUDA context for every later test of its
+# process, so only a test alone says whether it fails by itself.
 gputest() {
   name="$1"
-  timeout "$2" "$here/$name" --nocapture > "$out/$name.log" 2>&1 || echo "FAILED: $name (see $name.log)"
+  if ! timeout "$2" "$here/$name" --nocapture > "$out/$name.log" 2>&1; then
+    echo "FAILED: $name (see $name.log); each test alone:"
+    until=$(( $(date +%s) + $2 ))
+    for t in $("$here/$name" --list 2>/dev/null | sed -n 's/: test$//p'); do
+      left=$(( until - $(date +%s) ))
+      if [ "$left" -le 0 ]; then
+        echo "  no time left for the rest"; break
+      fi
+      log="$name-alone-$(echo "$t" | tr -c 'A-Za-z0-9_\n' '_').log"
+      timeout "$left" "$here/$name" --exact "$t" --nocapture > "$out/$log" 2>&1
+      case $? in
+        0) echo "  ok: $t" ;;
+        124) echo "  TIMED OUT: $t (see $log)" ;;
+        *) echo "  FAILED: $t (see $log)" ;;
+      esac
+    done
+  fi
   grep -E "^test result|FAILED|panicked|max \|logit" "$out/$name.log"
   say "$name done"
 }

@@ -122,10 +122,10 @@ impl CustomOp3 for AddRmsNorm {
         lw: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         use candle_core::backend::BackendStorage;
-        use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
-        use candle_core::cuda_backend::WrapErr;
+        use candle_core::cuda_backend::cudarc::driver::LaunchConfig;
 
         use super::cuda::offsets;
+        use super::launch::Kernel;
 
         const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/add_rms_norm.ptx"));
         /// The kernel's `NORM_THREADS`.
@@ -164,8 +164,8 @@ impl CustomOp3 for AddRmsNorm {
             let stream = dev.cuda_stream();
             y_w.as_ref().map_or(0, |v| v.device_ptr(&stream).0)
         };
-        let func = dev.get_or_load_custom_func("add_rms_norm_f32", "realm_add_rms_norm", PTX)?;
-        let mut b = func.builder();
+        let kernel = Kernel::load(dev, "add_rms_norm_f32", "realm_add_rms_norm", PTX)?;
+        let mut b = kernel.args();
         let (rows32, width32) = (rows as u32, width as u32);
         b.arg(&x);
         b.arg(&y);
@@ -186,7 +186,7 @@ impl CustomOp3 for AddRmsNorm {
         // y's norm weight, if any, held alive by `y_norm`) width (a
         // multiple of 32 with blocks), and `out` holds 2 x rows x width
         // values and then, with blocks, their words.
-        unsafe { b.launch(cfg) }.w()?;
+        unsafe { b.launch(cfg) }?;
         Ok((
             candle_core::CudaStorage::wrap_cuda_slice(out, dev.clone()),
             Shape::from(len),

@@ -286,13 +286,14 @@ impl CustomOp3 for FusedAttention {
 mod cuda {
     use candle_core::backend::BackendStorage;
     use candle_core::cuda_backend::cudarc::driver::{
-        CudaSlice, CudaView, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
+        CudaSlice, CudaView, DevicePtr, DeviceRepr, LaunchConfig,
     };
-    use candle_core::cuda_backend::{CudaDType, WrapErr};
+    use candle_core::cuda_backend::CudaDType;
     use candle_core::{CudaDevice, CudaStorage, DType, Layout, Result, Shape, Storage};
 
     use super::{Dims, FusedAttention, QueryPositions, SlotTable};
     use crate::fused::cuda::{offsets, with_address, with_tables};
+    use crate::fused::launch::Kernel;
     use crate::fused::RowLayout;
 
     const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/decode_attention.ptx"));
@@ -507,9 +508,10 @@ mod cuda {
             true => crate::fused::cuda::address(&out, values),
             false => 0,
         };
-        let (func, grid_x, threads) = match tiled {
+        let (kernel, grid_x, threads) = match tiled {
             Some((max_hd, rows)) => (
-                dev.get_or_load_custom_func(
+                Kernel::load(
+                    dev,
                     &format!("prefill_attention_{dtype}_{max_hd}"),
                     TILED_MODULE,
                     TILED_PTX,
@@ -518,7 +520,8 @@ mod cuda {
                 TILED_THREADS,
             ),
             None => (
-                dev.get_or_load_custom_func(
+                Kernel::load(
+                    dev,
                     &format!("decode_attention_{dtype}_{}", largest_head(op.head_dim)),
                     MODULE,
                     PTX,
@@ -563,7 +566,7 @@ mod cuda {
             .map_or(0, |p| crate::fused::cuda::address(p, 0));
         with_address(q_norm, |q_norm| {
             with_address(k_norm, |k_norm| {
-                let mut b = func.builder();
+                let mut b = kernel.args();
                 b.arg(&a.q);
                 b.arg(&a.k);
                 b.arg(&a.v);
@@ -632,12 +635,12 @@ mod cuda {
                 // reads of that cache stop at the position before), and the
                 // caller's exclusive borrow of each row's cache keeps other
                 // work off those positions.
-                unsafe { b.launch(cfg) }.w()?;
+                unsafe { b.launch(cfg) }?;
                 Ok(())
             })
         })?;
         if let Some(part) = &part {
-            let merge = dev.get_or_load_custom_func("decode_attention_merge", MODULE, PTX)?;
+            let merge = Kernel::load(dev, "decode_attention_merge", MODULE, PTX)?;
             let cfg = LaunchConfig {
                 grid_dim: (dims.rows as u32, op.n_heads as u32, 1),
                 block_dim: (MERGE_THREADS, 1, 1),
@@ -645,7 +648,7 @@ mod cuda {
             };
             let (max_seq, n_heads, head_dim) = (ints[3], ints[0], ints[2]);
             let splits = splits as i32;
-            let mut b = merge.builder();
+            let mut b = merge.args();
             b.arg(part);
             b.arg(&a.positions);
             b.arg(&a.pos_base);
@@ -661,7 +664,7 @@ mod cuda {
             // before it on this stream wrote; `positions` (or pos_base) and
             // `out` (with its blocks) are the attention launch's, of `rows`
             // rows of n_heads heads.
-            unsafe { b.launch(cfg) }.w()?;
+            unsafe { b.launch(cfg) }?;
         }
         Ok(out)
     }

@@ -118,8 +118,9 @@ impl CustomOp2 for Gated {
         l2: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         use candle_core::backend::BackendStorage;
-        use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
-        use candle_core::cuda_backend::WrapErr;
+        use candle_core::cuda_backend::cudarc::driver::LaunchConfig;
+
+        use super::launch::Kernel;
 
         const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/gated.ptx"));
         let n = self.check(l1, l2)?;
@@ -140,8 +141,8 @@ impl CustomOp2 for Gated {
             Gate::Silu => "swiglu_f32",
             Gate::Gelu => "geglu_f32",
         };
-        let func = dev.get_or_load_custom_func(name, "realm_gated", PTX)?;
-        let mut b = func.builder();
+        let kernel = Kernel::load(dev, name, "realm_gated", PTX)?;
+        let mut b = kernel.args();
         let n32 = n as u32;
         b.arg(&g);
         b.arg(&u);
@@ -159,7 +160,7 @@ impl CustomOp2 for Gated {
         // with blocks, n a multiple of 32), and the kernel's
         // grid-stride loop stops at n; its blocks of threads are whole
         // warps, which the blocks' shuffles need.
-        unsafe { b.launch(LaunchConfig::for_num_elems(n32)) }.w()?;
+        unsafe { b.launch(LaunchConfig::for_num_elems(n32)) }?;
         Ok((
             candle_core::CudaStorage::wrap_cuda_slice(out, dev.clone()),
             shape,

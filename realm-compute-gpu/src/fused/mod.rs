@@ -9,6 +9,8 @@
 mod add_norm;
 mod attention;
 mod gated;
+#[cfg(any(test, feature = "cuda"))]
+mod launch;
 pub(crate) mod q8;
 mod rope_angles;
 mod rope_store;

@@ -61,10 +61,10 @@ impl CustomOp1 for RopeAngles {
         l: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         use candle_core::backend::BackendStorage;
-        use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
-        use candle_core::cuda_backend::WrapErr;
+        use candle_core::cuda_backend::cudarc::driver::LaunchConfig;
 
         use super::cuda::offsets;
+        use super::launch::Kernel;
 
         const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/rope_angles.ptx"));
         /// The kernel's `ANGLE_THREADS`.
@@ -77,8 +77,8 @@ impl CustomOp1 for RopeAngles {
         // SAFETY: the kernel writes every value: each block its row's
         // cosines and sines.
         let out = unsafe { dev.alloc::<f32>(2 * rows * half)? };
-        let func = dev.get_or_load_custom_func("rope_angles_f32", "realm_rope_angles", PTX)?;
-        let mut builder = func.builder();
+        let kernel = Kernel::load(dev, "rope_angles_f32", "realm_rope_angles", PTX)?;
+        let mut builder = kernel.args();
         let (rows32, n_dims) = (rows as u32, self.n_dims as i32);
         builder.arg(&positions);
         builder.arg(&out);
@@ -93,7 +93,7 @@ impl CustomOp1 for RopeAngles {
         };
         // SAFETY: the arguments match the kernel's parameters in order and
         // type; `positions` holds `rows` values and `out` 2 x rows x half.
-        unsafe { builder.launch(cfg) }.w()?;
+        unsafe { builder.launch(cfg) }?;
         Ok((
             candle_core::CudaStorage::wrap_cuda_slice(out, dev.clone()),
             Shape::from((2, rows, half)),

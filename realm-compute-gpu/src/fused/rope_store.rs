@@ -177,12 +177,13 @@ impl InplaceOp3 for RopeStore {
 #[cfg(feature = "cuda")]
 mod cuda {
     use candle_core::backend::BackendStorage;
-    use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
-    use candle_core::cuda_backend::{CudaDType, WrapErr};
+    use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig};
+    use candle_core::cuda_backend::CudaDType;
     use candle_core::{CudaStorage, DType, Layout, Result, Storage};
 
     use super::{Dims, RopeStore, SlotTable};
     use crate::fused::cuda::{offsets, with_address, with_tables};
+    use crate::fused::launch::Kernel;
     use crate::fused::RowLayout;
 
     const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/rope_store.ptx"));
@@ -252,11 +253,11 @@ mod cuda {
             block_dim: (THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
-        let func = dev.get_or_load_custom_func(name, "realm_rope_store", PTX)?;
+        let kernel = Kernel::load(&dev, name, "realm_rope_store", PTX)?;
         with_tables(&op.rope, |cos, sin| {
             with_address(op.rope.k_norm.as_ref(), |k_norm| {
-                let mut b = func.builder();
-                b.arg(&mut cache);
+                let mut b = kernel.args();
+                b.arg_mut(&mut cache);
                 b.arg(&k);
                 b.arg(&v);
                 b.arg(&positions);
@@ -283,7 +284,7 @@ mod cuda {
                 // tables and key norm (head_dim values, held by
                 // `with_address`) fit the rows, and the kernel writes nothing
                 // for a position past max_seq.
-                unsafe { b.launch(cfg) }.w()?;
+                unsafe { b.launch(cfg) }?;
                 Ok(())
             })
         })
