@@ -11,6 +11,7 @@ const KERNELS: &[&str] = &[
     "add_rms_norm",
     "decode_attention",
     "gated",
+    "hold",
     "prefill_attention",
     "rope_angles",
     "rope_store",

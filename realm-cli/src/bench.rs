@@ -13,7 +13,7 @@ use serde_json::json;
 
 use crate::device::Device;
 use crate::load;
-use crate::profile::Profiled;
+use crate::profile::{Marks, Profiled};
 
 /// Arguments of `realm bench`.
 #[derive(Debug, clap::Args)]
@@ -108,9 +108,14 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         return report(args, &l, &backend, threads, &tests);
     }
     match args.device.device {
-        Device::Cpu => bench_native(args, &l, &l.backend, l.backend.name(), threads, &mut |_| {
-            Ok(())
-        }),
+        Device::Cpu => bench_native(
+            args,
+            &l,
+            (&l.backend, None),
+            l.backend.name(),
+            threads,
+            &mut |_| Ok(()),
+        ),
         Device::Gpu(_) => {
             let g = args.device.gpu()?;
             eprintln!("realm: {}", g.device_summary());
@@ -138,7 +143,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 }
                 Ok(())
             };
-            bench_native(args, &l, &g, &label, 0, &mut replays)?;
+            let marks = g.op_clock()?.map(|c| Box::new(c) as Box<dyn Marks>);
+            bench_native(args, &l, (&g, marks), &label, 0, &mut replays)?;
             let (recorded, replayed) = g.step_counts();
             if recorded > 0 {
                 eprintln!("realm: {recorded} decode steps recorded, {replayed} replayed");
@@ -166,11 +172,12 @@ fn note_recording(what: &str, failure: Option<&str>) {
 
 /// pp and tg on `backend`; every figure ends with the logits on the host,
 /// so device work is complete when the clock stops. `after_test` is called
-/// with each test's name once it has run.
+/// with each test's name once it has run. `marks` (CUDA) time `--profile`'s
+/// ops on the device too.
 fn bench_native<B: Backend>(
     args: &BenchArgs,
     l: &load::Loaded,
-    backend: &B,
+    (backend, marks): (&B, Option<Box<dyn Marks>>),
     label: &str,
     threads: usize,
     after_test: &mut dyn FnMut(&str) -> Result<()>,
@@ -248,38 +255,77 @@ fn bench_native<B: Backend>(
     }
     report(args, l, label, threads, &tests)?;
     if args.profile {
-        profile_decode(args, l, backend)?;
+        profile_decode(args, l, backend, marks)?;
     }
     Ok(())
 }
 
-/// Prints (to stderr) where the time of `-n` decode steps goes, op by op.
-fn profile_decode<B: Backend>(args: &BenchArgs, l: &load::Loaded, backend: &B) -> Result<()> {
+/// Prints (to stderr) where the time of `-n` decode steps goes, op by op:
+/// waiting for the device after each op, then, with `marks` (CUDA), each
+/// op's device time with the step's ops run back to back.
+fn profile_decode<B: Backend>(
+    args: &BenchArgs,
+    l: &load::Loaded,
+    backend: &B,
+    marks: Option<Box<dyn Marks>>,
+) -> Result<()> {
     let p = Profiled::new(backend);
     let model = Model::load(&l.file, &p)?;
     let vocab = model.config().vocab_size as u32;
     let n = args.n_gen.max(1);
     let mut s = model.session_with_kv(n + 1, 1, args.cache_type.into())?;
+    // n decode steps from an empty cache: their wall time, and with marks
+    // the device's idle time between their ops.
     model.forward(&mut s, &[0])?; // warm-up
-    s.truncate(0);
-    p.reset();
-    let start = Instant::now();
-    let mut next = 0;
-    for _ in 0..n {
-        let logits = model.forward(&mut s, &[next])?;
-        next = (logits.len() as u32 / 2 + next) % vocab;
+    let mut decode = || -> Result<(f64, f64)> {
+        s.truncate(0);
+        p.reset();
+        let (start, mut idle) = (Instant::now(), 0.0);
+        let mut next = 0;
+        for _ in 0..n {
+            p.hold()?;
+            let logits = model.forward(&mut s, &[next])?;
+            next = (logits.len() as u32 / 2 + next) % vocab;
+            idle += p.settle()?.as_secs_f64();
+        }
+        Ok((start.elapsed().as_secs_f64(), idle))
+    };
+    let (wall, _) = decode()?;
+    print_profile(
+        &p,
+        n,
+        &format!(
+            "profile of tg{n} on {}, op by op, waiting for the device after each op: \
+             {:.1} us per token",
+            backend.name(),
+            wall * 1e6 / n as f64
+        ),
+    );
+    if let Some(marks) = marks {
+        p.use_marks(marks);
+        let (_, idle) = decode()?;
+        print_profile(
+            &p,
+            n,
+            &format!(
+                "device time of tg{n} on {}, op by op, each step's ops queued behind a \
+                 {} ms hold and run back to back: the device idled {:.1} us per token \
+                 between ops (large where the host did not keep ahead)",
+                backend.name(),
+                crate::profile::HOLD.as_millis(),
+                idle * 1e6 / n as f64
+            ),
+        );
     }
-    let wall = start.elapsed().as_secs_f64();
+    Ok(())
+}
+
+/// Prints `p`'s accounts of `n` decode steps under `title`.
+fn print_profile<B: Backend>(p: &Profiled<'_, B>, n: usize, title: &str) {
     let accounts = p.accounts();
     let in_ops: f64 = accounts.iter().map(|(_, a)| a.time.as_secs_f64()).sum();
     let per_token = |x: f64| x * 1e6 / n as f64;
-    eprintln!(
-        "profile of tg{n} on {}, op by op, waiting for the device after each op: \
-         {:.1} us per token, {:.1} us of it in ops",
-        backend.name(),
-        per_token(wall),
-        per_token(in_ops)
-    );
+    eprintln!("{title}; {:.1} us per token in ops", per_token(in_ops));
     eprintln!("| op | calls per token | us per token | share |");
     eprintln!("| --- | ---: | ---: | ---: |");
     for (name, a) in accounts {
@@ -291,7 +337,6 @@ fn profile_decode<B: Backend>(args: &BenchArgs, l: &load::Loaded, backend: &B) -
             100.0 * t / in_ops
         );
     }
-    Ok(())
 }
 
 /// `n_seq` sequences decoding `n_gen` tokens together after an untimed

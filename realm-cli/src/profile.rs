@@ -7,11 +7,19 @@
 //! latency a queue would hide, so the accounts sum to more than a plain
 //! step takes; their proportions say where the time goes. Steps run op by
 //! op (no recording).
+//!
+//! With [`Marks`] on the device's queue (CUDA's [`OpClock`]), it instead
+//! holds the queue at the start of each step, so that the step's ops queue
+//! up and then run back to back as a recorded step runs them, and times each
+//! op on the device, from a mark before it to a mark after it.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use realm_compute_gpu::OpClock;
 
 use realm_core::backend::{
     ActivationOps, AttentionOps, AttentionParams, Backend, BackendCore, BackendResult,
@@ -26,11 +34,53 @@ pub struct Account {
     pub time: Duration,
 }
 
+/// Marks on a device's queue, for device time op by op.
+pub trait Marks: Send {
+    /// Holds the queue, so that the ops launched next run back to back
+    /// once it lets go.
+    fn hold(&mut self) -> BackendResult<()>;
+    /// Marks the queue where its work now ends.
+    fn mark(&mut self) -> BackendResult<()>;
+    /// Waits for the device; the time from each mark to the next.
+    fn take(&mut self) -> BackendResult<Vec<Duration>>;
+}
+
+/// How long a step's queue is held: far longer than the host takes to
+/// launch a small model's step op by op.
+pub const HOLD: Duration = Duration::from_millis(50);
+
+impl Marks for OpClock {
+    fn hold(&mut self) -> BackendResult<()> {
+        OpClock::hold(self, HOLD)
+    }
+    fn mark(&mut self) -> BackendResult<()> {
+        OpClock::mark(self)
+    }
+    fn take(&mut self) -> BackendResult<Vec<Duration>> {
+        OpClock::take(self)
+    }
+}
+
 /// `B`, timing each op.
-#[derive(Debug)]
 pub struct Profiled<'b, B> {
     inner: &'b B,
     accounts: Mutex<BTreeMap<String, Account>>,
+    /// With marks: the queue's marks, and the ops marked since the last
+    /// [`Profiled::settle`], in order.
+    marks: Mutex<Option<Box<dyn Marks>>>,
+    marked: Mutex<Vec<String>>,
+}
+
+impl<B: std::fmt::Debug> std::fmt::Debug for Profiled<'_, B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Profiled")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl<'b, B: Backend> Profiled<'b, B> {
@@ -38,20 +88,71 @@ impl<'b, B: Backend> Profiled<'b, B> {
         Self {
             inner,
             accounts: Mutex::new(BTreeMap::new()),
+            marks: Mutex::new(None),
+            marked: Mutex::new(Vec::new()),
         }
     }
 
-    /// Runs `f`, waits for the device, and adds the time to `name`'s account.
+    /// From now on, times ops on the device between `marks` (see the
+    /// module's text) instead of waiting for the device after each.
+    pub fn use_marks(&self, marks: Box<dyn Marks>) {
+        *lock(&self.marks) = Some(marks);
+        lock(&self.marked).clear();
+    }
+
+    /// With marks, holds the device's queue: call before a step.
+    pub fn hold(&self) -> BackendResult<()> {
+        match &mut *lock(&self.marks) {
+            Some(m) => m.hold(),
+            None => Ok(()),
+        }
+    }
+
+    /// With marks, waits for the device and adds each op marked since the
+    /// last call to its account: call after a step. Returns the device's
+    /// idle time between those ops (zero without marks).
+    pub fn settle(&self) -> Result<Duration> {
+        let Some(m) = &mut *lock(&self.marks) else {
+            return Ok(Duration::ZERO);
+        };
+        let times = m.take()?;
+        let marked: Vec<String> = lock(&self.marked).drain(..).collect();
+        // Two marks an op: an op's time, then the idle time to the next.
+        if times.len() != (2 * marked.len()).saturating_sub(1) {
+            bail!(
+                "{} times between marks for {} ops",
+                times.len(),
+                marked.len()
+            );
+        }
+        let mut accounts = lock(&self.accounts);
+        for (i, name) in marked.into_iter().enumerate() {
+            let a = accounts.entry(name).or_default();
+            a.calls += 1;
+            a.time += times[2 * i];
+        }
+        Ok(times.iter().skip(1).step_by(2).sum())
+    }
+
+    /// Runs `f` and adds its time to `name`'s account: the time until the
+    /// device is done with it, or with marks its device time.
     fn time<T>(
         &self,
         name: impl FnOnce() -> String,
         f: impl FnOnce() -> BackendResult<T>,
     ) -> BackendResult<T> {
+        if let Some(m) = &mut *lock(&self.marks) {
+            m.mark()?;
+            let out = f()?;
+            m.mark()?;
+            lock(&self.marked).push(name());
+            return Ok(out);
+        }
         let start = Instant::now();
         let out = f()?;
         self.inner.synchronize()?;
         let spent = start.elapsed();
-        let mut accounts = self.accounts.lock().unwrap_or_else(|e| e.into_inner());
+        let mut accounts = lock(&self.accounts);
         let a = accounts.entry(name()).or_default();
         a.calls += 1;
         a.time += spent;
@@ -60,15 +161,12 @@ impl<'b, B: Backend> Profiled<'b, B> {
 
     /// Forgets every account (after a warm-up).
     pub fn reset(&self) {
-        self.accounts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        lock(&self.accounts).clear();
     }
 
     /// Every account, the most expensive first.
     pub fn accounts(&self) -> Vec<(String, Account)> {
-        let accounts = self.accounts.lock().unwrap_or_else(|e| e.into_inner());
+        let accounts = lock(&self.accounts);
         let mut v: Vec<_> = accounts.iter().map(|(k, a)| (k.clone(), *a)).collect();
         v.sort_by_key(|(_, a)| std::cmp::Reverse(a.time));
         v
@@ -375,4 +473,77 @@ impl<B: Backend> AttentionOps for Profiled<'_, B> {
 /// Steps run op by op, so that each op is timed.
 impl<B: Backend> StepOps for Profiled<'_, B> {
     type Recording = B::Recording;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use realm_compute_cpu::CpuBackend;
+    use realm_core::backend::{BackendCore, BackendResult, NormOps};
+
+    use super::{Marks, Profiled};
+
+    /// A queue whose time from mark i to mark i + 1 is `i + 1` us.
+    #[derive(Default)]
+    struct Counted {
+        marks: u64,
+    }
+
+    impl Marks for Counted {
+        fn hold(&mut self) -> BackendResult<()> {
+            Ok(())
+        }
+        fn mark(&mut self) -> BackendResult<()> {
+            self.marks += 1;
+            Ok(())
+        }
+        fn take(&mut self) -> BackendResult<Vec<Duration>> {
+            let n = std::mem::take(&mut self.marks);
+            Ok((1..n).map(Duration::from_micros).collect())
+        }
+    }
+
+    #[test]
+    fn marked_ops_are_timed_between_their_own_two_marks() {
+        let cpu = CpuBackend::new().unwrap();
+        let p = Profiled::new(&cpu);
+        p.use_marks(Box::new(Counted::default()));
+        let x = cpu.upload(&[1.0, -2.0, 3.0, 0.5]).unwrap();
+        let w = cpu.upload(&[1.0; 4]).unwrap();
+        let mut out = cpu.buffer(4).unwrap();
+        let mut host = [0f32; 4];
+        p.hold().unwrap();
+        // Marks 1-2, 3-4 and 5-6: 1, 3 and 5 us; 2 and 4 us between.
+        p.rms_norm(&x, &w, 1e-6, 1, &mut out).unwrap();
+        p.download(&out, &mut host).unwrap();
+        p.rms_norm(&x, &w, 1e-6, 1, &mut out).unwrap();
+        assert_eq!(p.settle().unwrap(), Duration::from_micros(6));
+        let accounts = p.accounts();
+        let get = |op: &str| accounts.iter().find(|(n, _)| n == op).unwrap().1;
+        assert_eq!(get("rms_norm").calls, 2);
+        assert_eq!(get("rms_norm").time, Duration::from_micros(1 + 5));
+        assert_eq!(get("download").calls, 1);
+        assert_eq!(get("download").time, Duration::from_micros(3));
+        // The ops still ran: x over its root mean square.
+        let rms = ((1.0 + 4.0 + 9.0 + 0.25) / 4.0f32 + 1e-6).sqrt();
+        assert!((host[1] - -2.0 / rms).abs() < 1e-5, "{host:?}");
+        // Nothing marked since: nothing to add.
+        assert_eq!(p.settle().unwrap(), Duration::ZERO);
+        assert_eq!(p.accounts().len(), 2);
+    }
+
+    #[test]
+    fn marks_that_do_not_pair_with_the_ops_are_an_error() {
+        let cpu = CpuBackend::new().unwrap();
+        let p = Profiled::new(&cpu);
+        let mut counted = Counted::default();
+        counted.mark().unwrap(); // a stray mark before the op's two
+        p.use_marks(Box::new(counted));
+        let x = cpu.upload(&[1.0; 4]).unwrap();
+        let mut out = cpu.buffer(4).unwrap();
+        p.rms_norm(&x, &x, 1e-6, 1, &mut out).unwrap();
+        let e = p.settle().unwrap_err().to_string();
+        assert!(e.contains("2 times between marks for 1 ops"), "{e}");
+    }
 }

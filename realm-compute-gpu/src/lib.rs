@@ -59,6 +59,7 @@
 
 mod attention;
 mod buffer;
+mod clock;
 mod fused;
 mod kv;
 mod matmul;
@@ -74,6 +75,7 @@ use candle_core::{DType, Device, Tensor};
 use realm_core::backend::{split_width, BackendCore, BackendError, BackendResult};
 
 pub use buffer::GpuBuffer;
+pub use clock::OpClock;
 pub use kv::{GpuKvCache, MAX_SLOTS};
 pub use matmul::GpuWeight;
 pub use ops::GpuWorkspace;

@@ -29,6 +29,14 @@ impl GpuWeight {
     /// candle's product, less the column of the row of zeros an odd count
     /// is stored with.
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        // On CUDA, candle's product kernels launch through the runtime,
+        // unchecked: check them.
+        #[cfg(feature = "cuda")]
+        let y = match x.device().is_cuda() {
+            true => crate::fused::q8::cuda::runtime_checked("matmul", || self.qm.forward(x))?,
+            false => self.qm.forward(x)?,
+        };
+        #[cfg(not(feature = "cuda"))]
         let y = self.qm.forward(x)?;
         match y.dim(1)? == self.rows {
             true => Ok(y),

@@ -316,3 +316,44 @@ fn static_step_inputs_are_checked() {
     be.download(&out, &mut host).unwrap();
     assert_eq!(host, [8.0, 9.0, 10.0, 11.0, 0.0, 1.0, 2.0, 3.0]);
 }
+
+/// On CUDA, the op clock times the device: a 20 ms hold between two marks
+/// takes at least that, and the op queued behind it is timed apart from
+/// it. Elsewhere there is no clock.
+#[test]
+fn op_clock_times_a_hold_and_the_op_behind_it() {
+    use realm_core::backend::NormOps;
+    use std::time::Duration;
+
+    let be = gpu(StepMode::OpByOp);
+    let Some(mut clock) = be.op_clock().unwrap() else {
+        assert!(!be.name().contains("cuda"), "{}", be.name());
+        return;
+    };
+    let x = be.upload(&vec![0.5; 4096]).unwrap();
+    let w = be.upload(&vec![1.0; 4096]).unwrap();
+    let mut out = be.buffer(4096).unwrap();
+    for round in 0..2 {
+        clock.mark().unwrap();
+        clock.hold(Duration::from_millis(20)).unwrap();
+        clock.mark().unwrap();
+        be.rms_norm(&x, &w, 1e-6, 1, &mut out).unwrap();
+        clock.mark().unwrap();
+        let t = clock.take().unwrap();
+        assert_eq!(t.len(), 2, "round {round}");
+        assert!(
+            t[0] >= Duration::from_micros(19_900) && t[0] < Duration::from_secs(5),
+            "round {round}: hold {t:?}"
+        );
+        assert!(t[1] < Duration::from_millis(10), "round {round}: op {t:?}");
+        // The marks are forgotten (and their events reused next round).
+        assert!(clock.take().unwrap().is_empty());
+    }
+    let mut host = vec![0f32; 4096];
+    be.download(&out, &mut host).unwrap();
+    assert!(
+        host.iter().all(|&v| (v - 1.0).abs() < 1e-5),
+        "{:?}",
+        &host[..4]
+    );
+}

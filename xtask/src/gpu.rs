@@ -11,8 +11,8 @@
 //! `realm bench --device cuda` (decode steps recorded as CUDA graphs, and
 //! op by op, without the Q8_1 blocks and with candle's ops instead of
 //! Realm's fused kernels, for comparison), a wasm tenant's generation
-//! through the runtime (the guest is in the bundle), profiles an op-by-op
-//! decode step, and, where the machine has Nsight Systems, sums recorded
+//! through the runtime (the guest is in the bundle), profiles a decode
+//! step op by op (each op's device time among them), and, where the machine has Nsight Systems, sums recorded
 //! steps' device time kernel by kernel, leaving logs and tables in `$OUT` (and a summary
 //! with elapsed seconds on standard output). It runs what matters most
 //! first, each step under a time limit, so that a machine lent for a few
@@ -153,8 +153,13 @@ bench bench-smollm2 150 "$models/smollm2-synth.gguf" --device "$dev" -p 512 -n 1
 gputest test-model 150
 gputest test-steps 120
 nsys_profile smollm2
+# Where a decode step's time goes, op by op: waiting for the device after
+# each op, then each op's device time with the step's ops run back to back
+# (no profiler needed).
+bench profile-smollm2 60 "$models/smollm2-synth.gguf" --device "$dev" -p 0 -n 64 -r 1 --profile
 bench bench-gemma3 150 "$models/gemma3-synth.gguf" --device "$dev" -p 512 -n 128 -r 30 --npl 1,8,32
 nsys_profile gemma3
+bench profile-gemma3 60 "$models/gemma3-synth.gguf" --device "$dev" -p 0 -n 64 -r 1 --profile
 for m in smollm2 gemma3; do
   # Op by op.
   bench "bench-$m-op-by-op" 90 "$models/$m-synth.gguf" --device "$dev" --steps op-by-op -p 512 -n 128 -r 10 --npl 32
@@ -174,8 +179,6 @@ for m in smollm2 gemma3; do
   # A wasm tenant's generation through the runtime (guest sampling
   # included; a tenant's KV cache is f32).
   (cache=f32; bench "bench-$m-wasm" 90 "$models/$m-synth.gguf" --device "$dev" --wasm --guest "$here/realm_wasm.wasm" -p 512 -n 128 -r 5)
-  # Where an op-by-op decode step's time goes.
-  bench "profile-$m" 60 "$models/$m-synth.gguf" --device "$dev" -p 0 -n 64 -r 1 --profile
   # After a long context (llama-bench's -d 4096).
   bench "bench-$m-d4096" 90 "$models/$m-synth.gguf" --device "$dev" -p 512 -n 128 -d 4096 -r 5
   # The same decode with each row and head's keys in one block.

@@ -83,7 +83,8 @@ pub(crate) fn check(name: &str, want: &[Param], got: &[Param]) -> Result<(), Str
             "kernel {name}: argument {i} is {}, the kernel's parameter {} \
              ({} arguments for {} parameters)",
             got.get(i).map_or("missing".into(), |p| format!("{p:?}")),
-            want.get(i).map_or("does not exist".into(), |p| format!("is {p:?}")),
+            want.get(i)
+                .map_or("does not exist".into(), |p| format!("is {p:?}")),
             got.len(),
             want.len()
         )),
@@ -99,9 +100,10 @@ mod cuda {
     use std::sync::{Arc, Mutex, OnceLock};
 
     use candle_core::cuda_backend::cudarc::driver::{
-        CudaSlice, CudaView, CudaViewMut, LaunchArgs, LaunchConfig, PushKernelArg,
+        CudaFunction, CudaSlice, CudaStream, CudaView, CudaViewMut, LaunchArgs, LaunchConfig,
+        PushKernelArg,
     };
-    use candle_core::cuda_backend::{CudaFunc, WrapErr};
+    use candle_core::cuda_backend::WrapErr;
     use candle_core::{CudaDevice, Result};
 
     use super::Param;
@@ -155,7 +157,9 @@ mod cuda {
 
     /// One of Realm's kernels, loaded, with its parameters.
     pub(crate) struct Kernel {
-        func: CudaFunc,
+        func: CudaFunction,
+        /// candle's stream of the device (each thread's own).
+        stream: Arc<CudaStream>,
         name: String,
         params: Arc<[Param]>,
     }
@@ -165,7 +169,10 @@ mod cuda {
         /// (candle loads a module once per device).
         pub(crate) fn load(dev: &CudaDevice, name: &str, module: &str, ptx: &str) -> Result<Self> {
             Ok(Self {
-                func: dev.get_or_load_custom_func(name, module, ptx)?,
+                func: dev
+                    .get_or_load_custom_func(name, module, ptx)?
+                    .into_cuda_function(),
+                stream: dev.cuda_stream(),
                 name: name.to_string(),
                 params: params(name, ptx)?,
             })
@@ -175,7 +182,7 @@ mod cuda {
         pub(crate) fn args(&self) -> Launch<'_> {
             Launch {
                 kernel: self,
-                args: self.func.builder(),
+                args: self.stream.launch_builder(&self.func),
                 kinds: Vec::with_capacity(self.params.len()),
             }
         }
@@ -284,6 +291,7 @@ mod tests {
             "add_rms_norm",
             "decode_attention",
             "gated",
+            "hold",
             "prefill_attention",
             "rope_angles",
             "rope_store"
@@ -323,7 +331,10 @@ mod tests {
         let want = [Word64, Int32, Float32];
         assert!(check("k", &want, &want).is_ok());
         let e = check("k", &want, &[Word64, Float32, Float32]).unwrap_err();
-        assert!(e.contains("argument 1 is Float32") && e.contains("is Int32"), "{e}");
+        assert!(
+            e.contains("argument 1 is Float32") && e.contains("is Int32"),
+            "{e}"
+        );
         let e = check("k", &want, &want[..2]).unwrap_err();
         assert!(e.contains("argument 2 is missing"), "{e}");
         let e = check("k", &want[..2], &want).unwrap_err();

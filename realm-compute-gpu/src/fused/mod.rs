@@ -25,6 +25,8 @@ pub(crate) use slots::{SlotTable, SLOT_ROWS};
 
 #[cfg(feature = "cuda")]
 pub(crate) use cuda::multiprocessors;
+#[cfg(feature = "cuda")]
+pub(crate) use launch::Kernel;
 
 use candle_core::{DType, Layout, Result, Tensor};
 

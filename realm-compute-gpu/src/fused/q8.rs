@@ -134,6 +134,24 @@ pub(crate) mod cuda {
         fn cudaGetLastError() -> i32;
     }
 
+    /// Runs `f`, which launches through the CUDA runtime (candle's product
+    /// launchers do, and do not check their launches), and makes a launch
+    /// that the runtime refused (too many resources, no image for the
+    /// device) an error instead of results never written. Only for work on
+    /// a CUDA device.
+    pub(crate) fn runtime_checked<R>(what: &str, f: impl FnOnce() -> Result<R>) -> Result<R> {
+        // SAFETY: takes nothing; clears this thread's runtime error from
+        // earlier launches, so that the check below is `f`'s.
+        unsafe { cudaGetLastError() };
+        let r = f()?;
+        // SAFETY: takes nothing, and only reads and clears this thread's
+        // runtime error, which `f`'s launches set or not.
+        match unsafe { cudaGetLastError() } {
+            0 => Ok(r),
+            code => candle_core::bail!("{what}: CUDA runtime error {code} at a launch"),
+        }
+    }
+
     /// A quantized weight on a CUDA device, as the vector kernels take it.
     #[derive(Clone, Copy)]
     pub(crate) struct Weight {
@@ -214,13 +232,9 @@ pub(crate) mod cuda {
             // SAFETY: the kernel writes every one of the n x rows results
             // (each block of threads its rows, for every input row).
             let out = unsafe { dev.alloc::<f32>(n * rows)? };
-            {
+            runtime_checked("blocks product", || {
                 let (blocks_ptr, _g1) = blocks.device_ptr(&stream);
                 let (out_ptr, _g2) = out.device_ptr(&stream);
-                // SAFETY: takes nothing; clears this thread's runtime error
-                // from earlier launches (candle's, unchecked), so that the
-                // check below is this launch's.
-                unsafe { cudaGetLastError() };
                 // SAFETY: `launch` is candle's launcher for the weight's
                 // type, whose blocks at `ptr` hold rows x cols values and
                 // outlive the call (see `Weight`); the input is n rows of
@@ -241,15 +255,8 @@ pub(crate) mod cuda {
                         stream.cu_stream() as *mut std::ffi::c_void,
                     )
                 };
-                // SAFETY: takes nothing, and only reads and clears this
-                // thread's runtime error, which the launch just set or not.
-                let code = unsafe { cudaGetLastError() };
-                if code != 0 {
-                    candle_core::bail!(
-                        "blocks product: CUDA runtime error {code} at the product's launch"
-                    );
-                }
-            }
+                Ok(())
+            })?;
             Ok((
                 candle_core::CudaStorage::wrap_cuda_slice(out, dev.clone()),
                 Shape::from((n, rows)),
