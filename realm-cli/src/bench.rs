@@ -13,7 +13,7 @@ use serde_json::json;
 
 use crate::device::Device;
 use crate::load;
-use crate::profile::{Marks, Profiled};
+use crate::profile::{Marks, Profiled, Settled};
 
 /// Arguments of `realm bench`.
 #[derive(Debug, clap::Args)]
@@ -275,20 +275,22 @@ fn profile_decode<B: Backend>(
     let n = args.n_gen.max(1);
     let mut s = model.session_with_kv(n + 1, 1, args.cache_type.into())?;
     // n decode steps from an empty cache: their wall time, and with marks
-    // the device's idle time between their ops.
+    // what the device did between their ops.
     model.forward(&mut s, &[0])?; // warm-up
-    let mut decode = || -> Result<(f64, f64)> {
+    let mut decode = || -> Result<(f64, Settled)> {
         s.truncate(0);
         p.reset();
-        let (start, mut idle) = (Instant::now(), 0.0);
+        let (start, mut all) = (Instant::now(), Settled::default());
         let mut next = 0;
         for _ in 0..n {
-            p.hold()?;
             let logits = model.forward(&mut s, &[next])?;
             next = (logits.len() as u32 / 2 + next) % vocab;
-            idle += p.settle()?.as_secs_f64();
+            let step = p.settle()?;
+            all.ops += step.ops;
+            all.late += step.late;
+            all.idle += step.idle;
         }
-        Ok((start.elapsed().as_secs_f64(), idle))
+        Ok((start.elapsed().as_secs_f64(), all))
     };
     let (wall, _) = decode()?;
     print_profile(
@@ -303,17 +305,21 @@ fn profile_decode<B: Backend>(
     );
     if let Some(marks) = marks {
         p.use_marks(marks);
-        let (_, idle) = decode()?;
+        let (_, all) = decode()?;
         print_profile(
             &p,
             n,
             &format!(
-                "device time of tg{n} on {}, op by op, each step's ops queued behind a \
-                 {} ms hold and run back to back: the device idled {:.1} us per token \
-                 between ops (large where the host did not keep ahead)",
+                "device time of tg{n} on {}, op by op, every {} ops queued behind a {} ms \
+                 hold and run back to back: the device idled {:.1} us per token between \
+                 ops (holds excepted); {} of {} ops were launched after their hold had \
+                 ended (their times may include the host's)",
                 backend.name(),
+                crate::profile::SEGMENT,
                 crate::profile::HOLD.as_millis(),
-                idle * 1e6 / n as f64
+                all.idle.as_secs_f64() * 1e6 / n as f64,
+                all.late,
+                all.ops
             ),
         );
     }

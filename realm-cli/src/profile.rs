@@ -9,9 +9,14 @@
 //! op (no recording).
 //!
 //! With [`Marks`] on the device's queue (CUDA's [`OpClock`]), it instead
-//! holds the queue at the start of each step, so that the step's ops queue
-//! up and then run back to back as a recorded step runs them, and times each
-//! op on the device, from a mark before it to a mark after it.
+//! times each op on the device, from a mark before it to a mark after it,
+//! with the ops run back to back as a recorded step runs them: the queue is
+//! held before every [`SEGMENT`] ops, so that they queue up while the host
+//! launches them and then run without waiting for the host. An op the host
+//! launched after its hold had ended is counted as late: the device may
+//! have been waiting for it, and its time may include the host's. The
+//! last op of a step, the download of its logits, waits for the device, so
+//! its time includes the host's return from that wait.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -36,8 +41,8 @@ pub struct Account {
 
 /// Marks on a device's queue, for device time op by op.
 pub trait Marks: Send {
-    /// Holds the queue, so that the ops launched next run back to back
-    /// once it lets go.
+    /// Holds the queue for [`HOLD`], so that the ops launched meanwhile run
+    /// back to back once it lets go.
     fn hold(&mut self) -> BackendResult<()>;
     /// Marks the queue where its work now ends.
     fn mark(&mut self) -> BackendResult<()>;
@@ -45,9 +50,15 @@ pub trait Marks: Send {
     fn take(&mut self) -> BackendResult<Vec<Duration>>;
 }
 
-/// How long a step's queue is held: far longer than the host takes to
-/// launch a small model's step op by op.
-pub const HOLD: Duration = Duration::from_millis(50);
+/// How long the queue is held before each [`SEGMENT`] ops: far longer
+/// than the host takes to launch them.
+pub const HOLD: Duration = Duration::from_millis(20);
+
+/// The most ops launched behind one hold: few enough that their kernels,
+/// allocations and marks fit the driver's queue of pending work (about a
+/// thousand commands), which would otherwise make the host wait for the
+/// device before the hold ends.
+pub const SEGMENT: usize = 64;
 
 impl Marks for OpClock {
     fn hold(&mut self) -> BackendResult<()> {
@@ -65,10 +76,37 @@ impl Marks for OpClock {
 pub struct Profiled<'b, B> {
     inner: &'b B,
     accounts: Mutex<BTreeMap<String, Account>>,
-    /// With marks: the queue's marks, and the ops marked since the last
-    /// [`Profiled::settle`], in order.
-    marks: Mutex<Option<Box<dyn Marks>>>,
-    marked: Mutex<Vec<String>>,
+    /// With marks: timing on the device.
+    marking: Mutex<Option<Marking>>,
+}
+
+/// Ops timed on the device, not yet added to their accounts.
+struct Marking {
+    marks: Box<dyn Marks>,
+    /// The ops marked since the last [`Profiled::settle`], in order.
+    ops: Vec<Marked>,
+    /// When the queue was last held, and the ops launched since.
+    held: Instant,
+    since_hold: usize,
+}
+
+struct Marked {
+    name: String,
+    /// A hold came between it and the op before.
+    after_hold: bool,
+    /// Launched after its hold had ended.
+    late: bool,
+}
+
+/// What [`Profiled::settle`] added.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Settled {
+    /// Ops added to their accounts.
+    pub ops: usize,
+    /// Of them, launched after their hold had ended.
+    pub late: usize,
+    /// The device's idle time between them, holds excepted.
+    pub idle: Duration,
 }
 
 impl<B: std::fmt::Debug> std::fmt::Debug for Profiled<'_, B> {
@@ -88,50 +126,50 @@ impl<'b, B: Backend> Profiled<'b, B> {
         Self {
             inner,
             accounts: Mutex::new(BTreeMap::new()),
-            marks: Mutex::new(None),
-            marked: Mutex::new(Vec::new()),
+            marking: Mutex::new(None),
         }
     }
 
     /// From now on, times ops on the device between `marks` (see the
     /// module's text) instead of waiting for the device after each.
     pub fn use_marks(&self, marks: Box<dyn Marks>) {
-        *lock(&self.marks) = Some(marks);
-        lock(&self.marked).clear();
-    }
-
-    /// With marks, holds the device's queue: call before a step.
-    pub fn hold(&self) -> BackendResult<()> {
-        match &mut *lock(&self.marks) {
-            Some(m) => m.hold(),
-            None => Ok(()),
-        }
+        *lock(&self.marking) = Some(Marking {
+            marks,
+            ops: Vec::new(),
+            held: Instant::now(),
+            since_hold: SEGMENT,
+        });
     }
 
     /// With marks, waits for the device and adds each op marked since the
-    /// last call to its account: call after a step. Returns the device's
-    /// idle time between those ops (zero without marks).
-    pub fn settle(&self) -> Result<Duration> {
-        let Some(m) = &mut *lock(&self.marks) else {
-            return Ok(Duration::ZERO);
+    /// last call to its account: call after a step (the next op is held
+    /// again). Without marks, nothing to add.
+    pub fn settle(&self) -> Result<Settled> {
+        let Some(mk) = &mut *lock(&self.marking) else {
+            return Ok(Settled::default());
         };
-        let times = m.take()?;
-        let marked: Vec<String> = lock(&self.marked).drain(..).collect();
-        // Two marks an op: an op's time, then the idle time to the next.
-        if times.len() != (2 * marked.len()).saturating_sub(1) {
-            bail!(
-                "{} times between marks for {} ops",
-                times.len(),
-                marked.len()
-            );
+        let times = mk.marks.take()?;
+        let ops = std::mem::take(&mut mk.ops);
+        mk.since_hold = SEGMENT;
+        // Two marks an op: an op's time, then the time to the next op's.
+        if times.len() != (2 * ops.len()).saturating_sub(1) {
+            bail!("{} times between marks for {} ops", times.len(), ops.len());
         }
+        let mut settled = Settled {
+            ops: ops.len(),
+            ..Settled::default()
+        };
         let mut accounts = lock(&self.accounts);
-        for (i, name) in marked.into_iter().enumerate() {
-            let a = accounts.entry(name).or_default();
+        for (i, op) in ops.into_iter().enumerate() {
+            if i > 0 && !op.after_hold {
+                settled.idle += times[2 * i - 1];
+            }
+            settled.late += usize::from(op.late);
+            let a = accounts.entry(op.name).or_default();
             a.calls += 1;
             a.time += times[2 * i];
         }
-        Ok(times.iter().skip(1).step_by(2).sum())
+        Ok(settled)
     }
 
     /// Runs `f` and adds its time to `name`'s account: the time until the
@@ -141,11 +179,22 @@ impl<'b, B: Backend> Profiled<'b, B> {
         name: impl FnOnce() -> String,
         f: impl FnOnce() -> BackendResult<T>,
     ) -> BackendResult<T> {
-        if let Some(m) = &mut *lock(&self.marks) {
-            m.mark()?;
+        if let Some(mk) = &mut *lock(&self.marking) {
+            let after_hold = mk.since_hold >= SEGMENT;
+            if after_hold {
+                mk.marks.hold()?;
+                (mk.held, mk.since_hold) = (Instant::now(), 0);
+            }
+            let late = mk.held.elapsed() > HOLD;
+            mk.marks.mark()?;
             let out = f()?;
-            m.mark()?;
-            lock(&self.marked).push(name());
+            mk.marks.mark()?;
+            mk.since_hold += 1;
+            mk.ops.push(Marked {
+                name: name(),
+                after_hold,
+                late,
+            });
             return Ok(out);
         }
         let start = Instant::now();
@@ -477,21 +526,26 @@ impl<B: Backend> StepOps for Profiled<'_, B> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
     use std::time::Duration;
 
     use realm_compute_cpu::CpuBackend;
     use realm_core::backend::{BackendCore, BackendResult, NormOps};
 
-    use super::{Marks, Profiled};
+    use super::{Marks, Profiled, Settled, SEGMENT};
 
-    /// A queue whose time from mark i to mark i + 1 is `i + 1` us.
+    /// A queue whose time from mark i to mark i + 1 is `i + 1` us, which
+    /// counts its holds.
     #[derive(Default)]
     struct Counted {
         marks: u64,
+        holds: Arc<AtomicU64>,
     }
 
     impl Marks for Counted {
         fn hold(&mut self) -> BackendResult<()> {
+            self.holds.fetch_add(1, Ordering::Relaxed);
             Ok(())
         }
         fn mark(&mut self) -> BackendResult<()> {
@@ -508,17 +562,22 @@ mod tests {
     fn marked_ops_are_timed_between_their_own_two_marks() {
         let cpu = CpuBackend::new().unwrap();
         let p = Profiled::new(&cpu);
-        p.use_marks(Box::new(Counted::default()));
+        let counted = Counted::default();
+        let holds = counted.holds.clone();
+        p.use_marks(Box::new(counted));
         let x = cpu.upload(&[1.0, -2.0, 3.0, 0.5]).unwrap();
         let w = cpu.upload(&[1.0; 4]).unwrap();
         let mut out = cpu.buffer(4).unwrap();
         let mut host = [0f32; 4];
-        p.hold().unwrap();
         // Marks 1-2, 3-4 and 5-6: 1, 3 and 5 us; 2 and 4 us between.
         p.rms_norm(&x, &w, 1e-6, 1, &mut out).unwrap();
         p.download(&out, &mut host).unwrap();
         p.rms_norm(&x, &w, 1e-6, 1, &mut out).unwrap();
-        assert_eq!(p.settle().unwrap(), Duration::from_micros(6));
+        let settled = p.settle().unwrap();
+        let idle = Duration::from_micros(6);
+        assert!(settled.ops == 3 && settled.idle == idle, "{settled:?}");
+        // One hold, before the first op.
+        assert_eq!(holds.load(Ordering::Relaxed), 1);
         let accounts = p.accounts();
         let get = |op: &str| accounts.iter().find(|(n, _)| n == op).unwrap().1;
         assert_eq!(get("rms_norm").calls, 2);
@@ -529,8 +588,50 @@ mod tests {
         let rms = ((1.0 + 4.0 + 9.0 + 0.25) / 4.0f32 + 1e-6).sqrt();
         assert!((host[1] - -2.0 / rms).abs() < 1e-5, "{host:?}");
         // Nothing marked since: nothing to add.
-        assert_eq!(p.settle().unwrap(), Duration::ZERO);
+        assert_eq!(p.settle().unwrap(), Settled::default());
         assert_eq!(p.accounts().len(), 2);
+        // The next step is held again.
+        p.rms_norm(&x, &w, 1e-6, 1, &mut out).unwrap();
+        assert_eq!(holds.load(Ordering::Relaxed), 2);
+        assert_eq!(p.settle().unwrap().ops, 1);
+    }
+
+    #[test]
+    fn every_segment_of_ops_is_held_and_its_hold_is_not_idle_time() {
+        let cpu = CpuBackend::new().unwrap();
+        let p = Profiled::new(&cpu);
+        let counted = Counted::default();
+        let holds = counted.holds.clone();
+        p.use_marks(Box::new(counted));
+        let x = cpu.upload(&[1.0; 4]).unwrap();
+        let mut out = cpu.buffer(4).unwrap();
+        let n = SEGMENT + 2;
+        for _ in 0..n {
+            p.rms_norm(&x, &x, 1e-6, 1, &mut out).unwrap();
+        }
+        assert_eq!(holds.load(Ordering::Relaxed), 2);
+        // Op i's time is 2i + 1 us and the time after it 2i + 2 us; the
+        // time before op SEGMENT holds the queue, and is not idle.
+        let settled = p.settle().unwrap();
+        let gaps: u64 = (0..n as u64 - 1).map(|i| 2 * i + 2).sum();
+        let hold = 2 * (SEGMENT as u64 - 1) + 2;
+        assert_eq!(settled.idle, Duration::from_micros(gaps - hold));
+        let ops: u64 = (0..n as u64).map(|i| 2 * i + 1).sum();
+        assert_eq!(p.accounts()[0].1.time, Duration::from_micros(ops));
+    }
+
+    #[test]
+    fn an_op_launched_after_its_hold_ended_is_late() {
+        let cpu = CpuBackend::new().unwrap();
+        let p = Profiled::new(&cpu);
+        p.use_marks(Box::new(Counted::default()));
+        let x = cpu.upload(&[1.0; 4]).unwrap();
+        let mut out = cpu.buffer(4).unwrap();
+        p.rms_norm(&x, &x, 1e-6, 1, &mut out).unwrap();
+        std::thread::sleep(super::HOLD + Duration::from_millis(5));
+        p.rms_norm(&x, &x, 1e-6, 1, &mut out).unwrap();
+        let settled = p.settle().unwrap();
+        assert!(settled.ops == 2 && settled.late == 1, "{settled:?}");
     }
 
     #[test]

@@ -18,8 +18,9 @@
 //! first, each step under a time limit, so that a machine lent for a few
 //! minutes still returns the figures. `run.sh sanitize` runs the op
 //! tests under `compute-sanitizer` (memcheck and racecheck) instead. A
-//! test binary that fails has its tests run again one process each (a
-//! kernel's fault spoils the CUDA context for the rest of its process).
+//! test binary that fails has its tests run again one process each, after
+//! SmolLM2's figures (a kernel's fault spoils the CUDA context for the rest
+//! of its process).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -85,31 +86,43 @@ export REALM_GPU_TEST_DEVICE="${REALM_GPU_TEST_DEVICE:-cuda:0}" REALM_GPU_TEST_T
 dev="$REALM_GPU_TEST_DEVICE"
 start="$(date +%s)"
 say() { echo "[$(( $(date +%s) - start )) s] $*"; }
-# gputest NAME SECONDS: one GPU test binary. When it fails, its tests run
-# again one process each, for up to SECONDS more: a kernel's fault (an
-# illegal address) spoils the CUDA context for every later test of its
-# process, so only a test alone says whether it fails by itself.
+# gputest NAME SECONDS: one GPU test binary; one that fails is noted for
+# rerun_alone.
+failed_bins=""
 gputest() {
   name="$1"
-  if ! timeout "$2" "$here/$name" --nocapture > "$out/$name.log" 2>&1; then
-    echo "FAILED: $name (see $name.log); each test alone:"
-    until=$(( $(date +%s) + $2 ))
-    for t in $("$here/$name" --list 2>/dev/null | sed -n 's/: test$//p'); do
-      left=$(( until - $(date +%s) ))
-      if [ "$left" -le 0 ]; then
-        echo "  no time left for the rest"; break
-      fi
-      log="$name-alone-$(echo "$t" | tr -c 'A-Za-z0-9_\n' '_').log"
-      timeout "$left" "$here/$name" --exact "$t" --nocapture > "$out/$log" 2>&1
-      case $? in
-        0) echo "  ok: $t" ;;
-        124) echo "  TIMED OUT: $t (see $log)" ;;
-        *) echo "  FAILED: $t (see $log)" ;;
-      esac
-    done
+  if ! timeout -k 10 "$2" "$here/$name" --nocapture > "$out/$name.log" 2>&1; then
+    echo "FAILED: $name (see $name.log; its tests run again one by one later)"
+    failed_bins="$failed_bins $name"
   fi
   grep -E "^test result|FAILED|panicked|max \|logit" "$out/$name.log"
   say "$name done"
+}
+# rerun_alone SECONDS: the tests of each binary that failed, again, one
+# process each (at most 60 s each, SECONDS in all): a kernel's fault (an
+# illegal address) spoils the CUDA context for every later test of its
+# process, so only a test alone says whether it fails by itself.
+rerun_alone() {
+  [ -z "$failed_bins" ] && return
+  until=$(( $(date +%s) + $1 ))
+  for name in $failed_bins; do
+    echo "$name, each test alone:"
+    for t in $("$here/$name" --list 2>/dev/null | sed -n 's/: test$//p'); do
+      left=$(( until - $(date +%s) ))
+      if [ "$left" -le 0 ]; then
+        echo "  no time left for the rest"; break 2
+      fi
+      [ "$left" -gt 60 ] && left=60
+      log="$name-alone-$(echo "$t" | tr -c 'A-Za-z0-9_\n' '_').log"
+      timeout -k 10 "$left" "$here/$name" --exact "$t" --nocapture > "$out/$log" 2>&1
+      case $? in
+        0) echo "  ok: $t" ;;
+        124|137) echo "  TIMED OUT: $t (see $log)" ;;
+        *) echo "  FAILED: $t (see $log)" ;;
+      esac
+    done
+  done
+  say "reruns done"
 }
 # bench NAME SECONDS ARGS...: one `realm bench`, with f16 KV caches as
 # llama.cpp's figures have them (or $cache's type).
@@ -157,6 +170,8 @@ nsys_profile smollm2
 # each op, then each op's device time with the step's ops run back to back
 # (no profiler needed).
 bench profile-smollm2 60 "$models/smollm2-synth.gguf" --device "$dev" -p 0 -n 64 -r 1 --profile
+# SmolLM2's figures are in: now the tests of any binary that failed, alone.
+rerun_alone 120
 bench bench-gemma3 150 "$models/gemma3-synth.gguf" --device "$dev" -p 512 -n 128 -r 30 --npl 1,8,32
 nsys_profile gemma3
 bench profile-gemma3 60 "$models/gemma3-synth.gguf" --device "$dev" -p 0 -n 64 -r 1 --profile

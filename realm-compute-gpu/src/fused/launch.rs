@@ -10,6 +10,11 @@
 //! every argument and, before launching, compares the list with the
 //! kernel's `.param` declarations, read once from its PTX: a mismatch is an
 //! error that names the kernel and the argument.
+//!
+//! The kinds are coarse: PTX declares a pointer and a `long long` alike
+//! (8 bytes), and an `int` and an `unsigned` alike, so two such arguments
+//! swapped pass the check; what it catches is a list of the wrong length or
+//! an argument of the wrong size or of float for integer.
 
 /// A kernel parameter's kind: as PTX declares it, and as a launch passes
 /// it.
@@ -138,21 +143,23 @@ mod cuda {
         const PARAM: Param = Param::Word64;
     }
 
-    /// The parameters of kernel `name` in `ptx`, read once per kernel.
-    fn params(name: &str, ptx: &str) -> Result<Arc<[Param]>> {
-        static READ: OnceLock<Mutex<HashMap<String, Arc<[Param]>>>> = OnceLock::new();
+    /// Kernel `name`'s name and parameters in `ptx`, read once per kernel.
+    fn params(name: &str, ptx: &str) -> Result<(Arc<str>, Arc<[Param]>)> {
+        type Read = HashMap<Arc<str>, Arc<[Param]>>;
+        static READ: OnceLock<Mutex<Read>> = OnceLock::new();
         let mut read = READ
             .get_or_init(Default::default)
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        if let Some(p) = read.get(name) {
-            return Ok(p.clone());
+        if let Some((k, p)) = read.get_key_value(name) {
+            return Ok((k.clone(), p.clone()));
         }
         let p: Arc<[Param]> = super::entry_params(ptx, name)
             .map_err(candle_core::Error::Msg)?
             .into();
-        read.insert(name.to_string(), p.clone());
-        Ok(p)
+        let k: Arc<str> = name.into();
+        read.insert(k.clone(), p.clone());
+        Ok((k, p))
     }
 
     /// One of Realm's kernels, loaded, with its parameters.
@@ -160,7 +167,7 @@ mod cuda {
         func: CudaFunction,
         /// candle's stream of the device (each thread's own).
         stream: Arc<CudaStream>,
-        name: String,
+        name: Arc<str>,
         params: Arc<[Param]>,
     }
 
@@ -168,13 +175,14 @@ mod cuda {
         /// Kernel `name` of module `module`, whose PTX is `ptx`, on `dev`
         /// (candle loads a module once per device).
         pub(crate) fn load(dev: &CudaDevice, name: &str, module: &str, ptx: &str) -> Result<Self> {
+            let (name, params) = params(name, ptx)?;
             Ok(Self {
                 func: dev
-                    .get_or_load_custom_func(name, module, ptx)?
+                    .get_or_load_custom_func(&name, module, ptx)?
                     .into_cuda_function(),
                 stream: dev.cuda_stream(),
-                name: name.to_string(),
-                params: params(name, ptx)?,
+                name,
+                params,
             })
         }
 
@@ -227,8 +235,10 @@ mod cuda {
         pub(crate) unsafe fn launch(mut self, cfg: LaunchConfig) -> Result<()> {
             super::check(&self.kernel.name, &self.kernel.params, &self.kinds)
                 .map_err(candle_core::Error::Msg)?;
-            // SAFETY: the arguments are the kernel's parameters in number
-            // and kind (checked above); the rest is the caller's promise.
+            // SAFETY: the arguments are as many as the kernel's parameters,
+            // each of its size and, at 4 bytes, float or integer as it is
+            // (checked above); that they are the right values (which the
+            // kinds cannot tell apart) is the caller's promise.
             unsafe { self.args.launch(cfg) }.w()?;
             Ok(())
         }

@@ -132,6 +132,21 @@ pub(crate) mod cuda {
         /// launchers launch through the runtime, which reports a kernel
         /// that did not launch only here).
         fn cudaGetLastError() -> i32;
+        /// The name of a runtime error code, a static C string.
+        fn cudaGetErrorName(code: i32) -> *const std::ffi::c_char;
+    }
+
+    /// `code`'s name and number, as in `cudaErrorLaunchOutOfResources (701)`.
+    fn error_name(code: i32) -> String {
+        // SAFETY: takes any code and returns a pointer to a static,
+        // NUL-terminated string (or null for none).
+        let name = unsafe { cudaGetErrorName(code) };
+        if name.is_null() {
+            return format!("error {code}");
+        }
+        // SAFETY: non-null, so a static NUL-terminated C string (above).
+        let name = unsafe { std::ffi::CStr::from_ptr(name) };
+        format!("{} ({code})", name.to_string_lossy())
     }
 
     /// Runs `f`, which launches through the CUDA runtime (candle's product
@@ -139,16 +154,29 @@ pub(crate) mod cuda {
     /// that the runtime refused (too many resources, no image for the
     /// device) an error instead of results never written. Only for work on
     /// a CUDA device.
+    ///
+    /// An error already pending is reported too, as an earlier launch's. A
+    /// kernel's fault (an illegal address) is sticky: every later check
+    /// reports it, wherever it happened.
     pub(crate) fn runtime_checked<R>(what: &str, f: impl FnOnce() -> Result<R>) -> Result<R> {
-        // SAFETY: takes nothing; clears this thread's runtime error from
-        // earlier launches, so that the check below is `f`'s.
-        unsafe { cudaGetLastError() };
+        // SAFETY: takes nothing; reads and clears this thread's runtime
+        // error from earlier launches, so that the check below is `f`'s.
+        let before = unsafe { cudaGetLastError() };
+        if before != 0 {
+            candle_core::bail!(
+                "{what}: CUDA runtime {} from an earlier launch",
+                error_name(before)
+            );
+        }
         let r = f()?;
         // SAFETY: takes nothing, and only reads and clears this thread's
         // runtime error, which `f`'s launches set or not.
         match unsafe { cudaGetLastError() } {
             0 => Ok(r),
-            code => candle_core::bail!("{what}: CUDA runtime error {code} at a launch"),
+            code => candle_core::bail!(
+                "{what}: CUDA runtime {} at or before its launch",
+                error_name(code)
+            ),
         }
     }
 
