@@ -48,4 +48,14 @@ fn main() {
             Err(e) => panic!("cannot run `{nvcc}` ({e}): the cuda feature needs the CUDA toolkit"),
         }
     }
+    // Every module's name and PTX, as an expression, for the tests that
+    // read them all.
+    let modules: String = KERNELS
+        .iter()
+        .map(|k| {
+            format!("    (\"{k}\", include_str!(concat!(env!(\"OUT_DIR\"), \"/{k}.ptx\"))),\n")
+        })
+        .collect();
+    let list = format!("&[\n{modules}]\n");
+    std::fs::write(out_dir.join("ptx_modules.rs"), list).expect("writing ptx_modules.rs");
 }

@@ -287,26 +287,16 @@ mod tests {
         assert!(entry_params(".entry k(\n.param .u64 k_param_0", "k").is_err());
     }
 
-    /// Every kernel of Realm's PTX, as nvcc wrote it for this build.
+    /// Every kernel module's name and PTX, as nvcc wrote it for this build.
+    #[cfg(feature = "cuda")]
+    const PTX_MODULES: &[(&str, &str)] = include!(concat!(env!("OUT_DIR"), "/ptx_modules.rs"));
+
+    /// Every kernel of Realm's PTX.
     #[cfg(feature = "cuda")]
     #[test]
     fn every_kernel_in_the_ptx_is_read() {
         use Param::*;
-        macro_rules! ptx {
-            ($($k:literal),*) => {
-                [$(($k, include_str!(concat!(env!("OUT_DIR"), "/", $k, ".ptx")))),*]
-            };
-        }
-        let modules = ptx!(
-            "add_rms_norm",
-            "decode_attention",
-            "gated",
-            "hold",
-            "prefill_attention",
-            "rope_angles",
-            "rope_store"
-        );
-        for (module, ptx) in modules {
+        for &(module, ptx) in PTX_MODULES {
             let names: Vec<&str> = ptx
                 .lines()
                 .filter_map(|l| l.split(".entry ").nth(1)?.strip_suffix('('))
@@ -317,7 +307,7 @@ mod tests {
                 assert!(!params.is_empty(), "{name}: no parameters");
             }
         }
-        let ptx = |m: &str| modules.iter().find(|(k, _)| *k == m).unwrap().1;
+        let ptx = |m: &str| PTX_MODULES.iter().find(|(k, _)| *k == m).unwrap().1;
         // `swiglu_f32(const float *, const float *, float *, uint32_t,
         // realm_block_q8_1 *, uint32_t, long long, long long)`.
         assert_eq!(
