@@ -4,8 +4,9 @@
 // after attention and after the feed-forward network). Written for
 // Realm's GPU backend; src/fused/add_norm.rs holds the launch and the CPU
 // form. The output is [2, rows, width]: the sums, then the norms; with
-// `q8` not null, the norms also as Q8_1 blocks there (q8_1.cuh; width a
-// multiple of 32), for the product that reads them.
+// `q8` not null, the norms also as Q8_1 blocks there, and with `mmq` not
+// null, in the matrix products' layout there (q8_1.cuh; width a multiple
+// of 32 for either), for the product that reads them.
 //
 // Grid: one block a row. Block: NORM_THREADS threads over the row's values.
 #include <stdint.h>
@@ -35,7 +36,8 @@ __device__ __forceinline__ float block_total(float v) {
 extern "C" __global__ void __launch_bounds__(NORM_THREADS) add_rms_norm_f32(
     const float *__restrict__ x, const float *__restrict__ y, const float *__restrict__ w,
     float *__restrict__ out, uint32_t rows, uint32_t width, float eps,
-    realm_block_q8_1 *__restrict__ q8, const float *__restrict__ y_w) {
+    realm_block_q8_1 *__restrict__ q8, const float *__restrict__ y_w,
+    realm_block_mmq_ds4 *__restrict__ mmq) {
   const uint32_t row = blockIdx.x;
   const int lane = threadIdx.x & 31;
   const float *xr = x + (uint64_t)row * width;
@@ -80,11 +82,18 @@ extern "C" __global__ void __launch_bounds__(NORM_THREADS) add_rms_norm_f32(
       const float n = kept[k] * scale * w[i];
       norm[i] = n;
       if (q8) store_q8_1(n, q8 + ((uint64_t)row * width + i) / 32, lane);
+      if (mmq) store_q8_1_mmq(n, mmq, rows, width, row, i, lane);
     }
   }
   for (uint32_t i = threadIdx.x + NORM_KEEP * NORM_THREADS; i < width; i += NORM_THREADS) {
     const float n = sum[i] * scale * w[i];
     norm[i] = n;
     if (q8) store_q8_1(n, q8 + ((uint64_t)row * width + i) / 32, lane);
+    if (mmq) store_q8_1_mmq(n, mmq, rows, width, row, i, lane);
+  }
+  if (mmq) {
+    for (uint64_t i = width + threadIdx.x; i < mmq_padded(width); i += NORM_THREADS) {
+      store_q8_1_mmq_zero(mmq, rows, width, row, i);
+    }
   }
 }

@@ -8,6 +8,7 @@ use realm_core::backend::{
     KvCacheConfig, KvSpan, NormOps, QkNorm, RopeMode, RopeOps, RopeParams,
 };
 
+use crate::fused::q8::Blocks;
 use crate::fused::{FusedAttention, QueryPositions, Rope, RopeStore, MAX_HEAD_DIM};
 #[cfg(feature = "cuda")]
 use crate::fused::{SlotTable, SLOT_ROWS};
@@ -244,7 +245,7 @@ impl AttentionOps for GpuBackend {
                 .and_then(|q| q.apply_op3_no_bwd(&cache.k[at.layer], &cache.v[at.layer], &op))
                 .map_err(dev_err(OP))?;
             if op.blocks {
-                let (y, b) = split_blocks(OP, y, n * width, true)?;
+                let (y, b) = split_blocks(OP, y, (n, width), Blocks::Vector)?;
                 return out.set_prefix_with_blocks(OP, "out length", n * width, y, b);
             }
             return out.set_rows(OP, "out length", &rows, width, y);
@@ -479,7 +480,7 @@ impl GpuBackend {
                 .apply_op3_no_bwd(&cache.k[layer], &cache.v[layer], &op)
         })()
         .map_err(dev_err(OP))?;
-        let (y, b) = split_blocks(OP, y, n * width, blocks)?;
+        let (y, b) = split_blocks(OP, y, (n, width), Blocks::vector_if(blocks))?;
         out.set_prefix_with_blocks(OP, "out length", n * width, y, b)
     }
 
@@ -594,7 +595,7 @@ impl GpuBackend {
                 op: OP,
                 what: "no rows",
             })?;
-            let (y, b) = split_blocks(OP, y, n * width, true)?;
+            let (y, b) = split_blocks(OP, y, (n, width), Blocks::Vector)?;
             return out.set_prefix_with_blocks(OP, "out length", n * width, y, b);
         }
         let y = match ys.len() {
@@ -678,7 +679,7 @@ impl GpuBackend {
                 .apply_op3_no_bwd(&caches[0].k[layer], &caches[0].v[layer], &op)
         })()
         .map_err(dev_err(OP))?;
-        let (y, b) = split_blocks(OP, y, n * width, blocks)?;
+        let (y, b) = split_blocks(OP, y, (n, width), Blocks::vector_if(blocks))?;
         out.set_prefix_with_blocks(OP, "out length", n * width, y, b)
     }
 }

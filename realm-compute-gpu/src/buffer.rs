@@ -6,7 +6,7 @@ use std::ops::Range;
 use candle_core::Tensor;
 use realm_core::backend::{BackendError, BackendResult};
 
-use crate::fused::q8;
+use crate::fused::q8::{self, Quantized};
 use crate::{dev_err, product};
 
 /// A buffer of `f32` activations on the device.
@@ -21,14 +21,15 @@ use crate::{dev_err, product};
 /// stacked product's parts, [`GpuBuffer::set_rows_view`]): the fused ops
 /// read them in place, anything else gets a contiguous copy as it reads.
 ///
-/// The op that wrote the values may also have written their Q8_1 blocks
-/// (`fused::q8`), which a quantized product then reads in place of
-/// quantizing the values itself; any other write drops them.
+/// The op that wrote the values may also have written them quantized
+/// (`fused::q8`: Q8_1 blocks, or the matrix products' layout), which a
+/// quantized product then reads in place of quantizing the values itself;
+/// any other write drops them.
 #[derive(Debug, Clone)]
 pub struct GpuBuffer {
     t: Tensor,
     cap: usize,
-    blocks: Option<Tensor>,
+    blocks: Option<Quantized>,
 }
 
 fn shape_err(op: &'static str, what: &'static str, expected: usize, got: usize) -> BackendError {
@@ -75,16 +76,22 @@ impl GpuBuffer {
         self.blocks = None;
     }
 
-    /// The Q8_1 blocks of the first `len` values, if the op that wrote
-    /// them wrote their blocks too.
-    pub(crate) fn blocks(&self, len: usize) -> Option<Tensor> {
-        let b = self.blocks.as_ref()?;
+    /// The first `rows` rows of `width` values quantized, if the op that
+    /// wrote them wrote them so: their Q8_1 blocks, or the matrix layout
+    /// of exactly these rows.
+    pub(crate) fn blocks(&self, rows: usize, width: usize) -> Option<Quantized> {
+        let len = rows.checked_mul(width)?;
         if len == 0 || !len.is_multiple_of(q8::BLOCK) || len > self.defined() {
             return None;
         }
-        match q8::words(len) {
-            w if w == b.elem_count() => Some(b.clone()),
-            w => b.narrow(0, 0, w).ok(),
+        match self.blocks.as_ref()? {
+            Quantized::Vector(b) => match q8::words(len) {
+                w if w == b.elem_count() => Some(Quantized::Vector(b.clone())),
+                w => b.narrow(0, 0, w).ok().map(Quantized::Vector),
+            },
+            m @ Quantized::Matrix {
+                rows: r, width: w, ..
+            } => (*r == rows && *w == width).then(|| m.clone()),
         }
     }
 
@@ -218,26 +225,30 @@ impl GpuBuffer {
         Ok(())
     }
 
-    /// [`GpuBuffer::set_prefix`], with the values' Q8_1 blocks when the op
-    /// wrote them (a flat tensor of `fused::q8::words(len)` words).
+    /// [`GpuBuffer::set_prefix`], with the values quantized when the op
+    /// wrote them so (flat tensors of words: `fused::q8::words(len)` of
+    /// Q8_1 blocks, or the matrix layout's words of `len` values).
     pub(crate) fn set_prefix_with_blocks(
         &mut self,
         op: &'static str,
         what: &'static str,
         len: usize,
         t: Tensor,
-        blocks: Option<Tensor>,
+        blocks: Option<Quantized>,
     ) -> BackendResult<()> {
         self.set_prefix(op, what, len, t)?;
-        if let Some(b) = &blocks {
-            if b.elem_count() != q8::words(len) {
-                return Err(shape_err(
-                    op,
-                    "blocks length",
-                    q8::words(len),
-                    b.elem_count(),
-                ));
+        let (want, got) = match &blocks {
+            None => (0, 0),
+            Some(Quantized::Vector(b)) => (q8::words(len), b.elem_count()),
+            Some(Quantized::Matrix { rows, width, words }) => {
+                if rows * width != len {
+                    return Err(shape_err(op, "blocks' values", len, rows * width));
+                }
+                (q8::matrix::words(*rows, *width), words.elem_count())
             }
+        };
+        if want != got {
+            return Err(shape_err(op, "blocks length", want, got));
         }
         self.blocks = blocks;
         Ok(())

@@ -171,6 +171,10 @@ pub struct GpuBackend {
     /// The blocks that fill the device (twice its multiprocessors).
     #[cfg(feature = "cuda")]
     fill: usize,
+    /// What candle's matrix kernels need, for products whose input an op
+    /// wrote in their layout (CUDA).
+    #[cfg(feature = "cuda")]
+    matrix_device: Option<fused::q8::cuda::MatrixDevice>,
     /// Orders the uses of candle's matrix-product scratch.
     scratch: scratch::Scratch,
     /// The blocks KV caches are slots of.
@@ -256,6 +260,13 @@ impl GpuBackend {
             Device::Cuda(d) => 2 * fused::multiprocessors(d).map_err(dev_err("open"))?,
             _ => 0,
         };
+        #[cfg(feature = "cuda")]
+        let matrix_device = match &device {
+            Device::Cuda(d) => {
+                Some(fused::q8::cuda::MatrixDevice::new(d).map_err(dev_err("open"))?)
+            }
+            _ => None,
+        };
         Ok(Self {
             device,
             which,
@@ -272,6 +283,8 @@ impl GpuBackend {
             ),
             #[cfg(feature = "cuda")]
             fill,
+            #[cfg(feature = "cuda")]
+            matrix_device,
             scratch: scratch::Scratch::default(),
             kv_pool: kv::KvPool::default(),
             recorded: AtomicU64::new(0),
@@ -456,7 +469,9 @@ impl GpuBackend {
     /// gated units, decode attention) also write their results as the Q8_1
     /// blocks that candle's vector products (up to 8 rows) quantize their
     /// input to, when `on`: the next quantized product then launches one
-    /// kernel instead of two. On by default on CUDA (unless the environment
+    /// kernel instead of two. For more rows, the norm and the gated units
+    /// write them in the layout candle's matrix products quantize to
+    /// instead. On by default on CUDA (unless the environment
     /// variable `REALM_Q8_BLOCKS` is `0`), where the blocks equal the
     /// products' own bit for bit, so results do not change. On
     /// candle's CPU device, whose products quantize their input to other
@@ -498,6 +513,26 @@ impl GpuBackend {
             && rows <= fused::q8::MAX_ROWS
             && (1..=fused::q8::MAX_VALUES).contains(&len)
             && width.is_multiple_of(fused::q8::BLOCK)
+    }
+
+    /// The blocks an op writing `rows` rows of `width` values also writes:
+    /// Q8_1 blocks for a vector product ([`GpuBackend::writes_blocks`]),
+    /// the matrix products' layout for more rows (rows of whole blocks),
+    /// or none.
+    pub(crate) fn blocks_for(&self, rows: usize, width: usize) -> fused::q8::Blocks {
+        use fused::q8::{Blocks, MAX_MATRIX_VALUES, MAX_ROWS};
+        let len = rows.saturating_mul(width);
+        if self.writes_blocks(rows, width, len) {
+            Blocks::Vector
+        } else if self.q8_blocks()
+            && rows > MAX_ROWS
+            && len <= MAX_MATRIX_VALUES
+            && width.is_multiple_of(fused::q8::BLOCK)
+        {
+            Blocks::Matrix
+        } else {
+            Blocks::No
+        }
     }
 
     /// Decode steps recorded and replayed so far (both stay 0 where steps

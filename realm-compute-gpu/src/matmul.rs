@@ -9,6 +9,7 @@ use candle_core::{Module, Tensor};
 use realm_core::backend::{matrix_dims, BackendError, BackendResult, MatMulOps, WeightInfo};
 use realm_core::{GgmlType, TensorView};
 
+use crate::fused::q8::{self, matrix, Quantized};
 use crate::scratch::scratch_err;
 use crate::{dev_err, product, GpuBackend, GpuBuffer, GpuWorkspace};
 
@@ -140,40 +141,71 @@ impl GpuBackend {
 }
 
 impl GpuBackend {
-    /// The product by `w` of `n` rows whose Q8_1 blocks an op wrote, when
-    /// there are blocks and the product can take them: on CUDA, candle's
-    /// vector kernel for `w`'s type on the blocks, with no kernel to
-    /// quantize the input; on candle's CPU device (only when asked: see
-    /// [`GpuBackend::with_q8_blocks`]), the product of the blocks' values.
+    /// The product by `w` of `n` rows that an op wrote quantized, when
+    /// they are and the product can take them: on CUDA, candle's vector
+    /// kernel (Q8_1 blocks, up to 8 rows) or matrix kernel (its layout)
+    /// for `w`'s type on them, with no kernel to quantize the input; on
+    /// candle's CPU device (only when asked: see
+    /// [`GpuBackend::with_q8_blocks`]), the product of their values.
+    #[cfg_attr(not(feature = "cuda"), allow(unused_variables))] // `ws`: CUDA's ordering.
     fn blocks_product(
         &self,
+        ws: &GpuWorkspace,
         w: &GpuWeight,
-        blocks: Option<Tensor>,
+        blocks: Option<Quantized>,
         n: usize,
     ) -> BackendResult<Option<Tensor>> {
         const OP: &str = "matmul";
-        let Some(blocks) = blocks.filter(|_| n <= crate::fused::q8::MAX_ROWS) else {
+        let Some(blocks) = blocks else {
             return Ok(None);
         };
+        let scales = matrix::Scales::of(w.dtype);
         #[cfg(feature = "cuda")]
         if let (Some(weight), true) = (w.blocks, self.device.is_cuda()) {
-            let op = crate::fused::q8::BlocksProduct {
-                weight,
-                rows: w.rows,
-                cols: w.cols,
+            let y = match (&blocks, &self.matrix_device) {
+                (Quantized::Vector(b), _) if n <= q8::MAX_ROWS => {
+                    let op = q8::BlocksProduct {
+                        weight,
+                        rows: w.rows,
+                        cols: w.cols,
+                    };
+                    b.apply_op1_no_bwd(&op).map_err(dev_err(OP))?
+                }
+                (Quantized::Matrix { words, .. }, Some(device))
+                    if weight.matrix_scales().is_some() =>
+                {
+                    let op = q8::MatrixProduct {
+                        weight,
+                        rows: w.rows,
+                        cols: w.cols,
+                        n,
+                        device,
+                    };
+                    // The kernels share `device`'s buffer, as candle's
+                    // share its scratch.
+                    self.scratch
+                        .shared(&self.device, ws.recording(), || words.apply_op1_no_bwd(&op))
+                        .map_err(scratch_err(OP))?
+                }
+                _ => return Ok(None),
             };
-            let y = blocks.apply_op1_no_bwd(&op).map_err(dev_err(OP))?;
             self.blocks_products.fetch_add(1, Ordering::Relaxed);
             return Ok(Some(y));
         }
         if !self.device.is_cpu() || !w.dtype.is_quantized() {
             return Ok(None);
         }
-        let y = (|| {
-            let x = crate::fused::q8::dequantize_tensor(&blocks)?.reshape((n, w.cols))?;
-            w.forward(&x)
-        })()
+        let x = match (&blocks, scales) {
+            (Quantized::Vector(b), _) if n <= q8::MAX_ROWS => {
+                (|| q8::dequantize_tensor(b)?.reshape((n, w.cols)))()
+            }
+            (Quantized::Matrix { words, .. }, Some(scales)) => {
+                matrix::dequantize_tensor(words, n, w.cols, scales)
+            }
+            _ => return Ok(None),
+        }
         .map_err(dev_err(OP))?;
+        let y = w.forward(&x).map_err(dev_err(OP))?;
         self.blocks_products.fetch_add(1, Ordering::Relaxed);
         Ok(Some(y))
     }
@@ -257,13 +289,13 @@ impl MatMulOps for GpuBackend {
         const OP: &str = "matmul";
         let n_in = product(OP, "n_tokens * cols overflows", n_tokens, w.cols)?;
         let n_out = product(OP, "n_tokens * rows overflows", n_tokens, w.rows)?;
-        let blocks = x.blocks(n_in);
+        let blocks = x.blocks(n_tokens, w.cols);
         let x = x.prefix(OP, "x length (n_tokens * cols)", n_in)?;
         out.check_room(OP, "out length (n_tokens * rows)", n_out)?;
         if n_tokens == 0 {
             return Ok(());
         }
-        if let Some(y) = self.blocks_product(w, blocks, n_tokens)? {
+        if let Some(y) = self.blocks_product(ws, w, blocks, n_tokens)? {
             return out.set_prefix(OP, "out length (n_tokens * rows)", n_out, y);
         }
         let x = x.reshape((n_tokens, w.cols)).map_err(dev_err(OP))?;

@@ -5,6 +5,7 @@ use realm_core::backend::{
     ActivationOps, BackendError, BackendResult, NormOps, RopeMode, RopeOps, RopeParams,
 };
 
+use crate::fused::q8::{Blocks, Quantized};
 use crate::fused::{AddRmsNorm, Gate, Gated};
 use crate::step::StepState;
 use crate::{dev_err, product, GpuBackend, GpuBuffer};
@@ -233,24 +234,28 @@ impl GpuBackend {
                 Gate::Gelu => g.gelu()? * u,
             });
         }
-        // The rows are not known here: blocks are written for short
-        // results, as a decode step's are.
-        let blocks = self.writes_blocks(1, len, len);
-        // The halves of a stacked product's rows are read in place.
-        let (g, u) = match (gate.rows_view_shape(), up.rows_view_shape()) {
+        // The halves of a stacked product's rows are read in place; their
+        // rows are known then. Otherwise the values are one row: blocks are
+        // written for short results, as a decode step's are.
+        let (g, u, rows, width) = match (gate.rows_view_shape(), up.rows_view_shape()) {
             (Some((r, w)), Some(shape)) if shape == (r, w) && r * w == len => (
                 gate.row_view(op, "dst length", r, w)?,
                 up.row_view(op, "src length", r, w)?,
+                r,
+                w,
             ),
             _ => (
                 gate.prefix(op, "dst length", len)?,
                 up.prefix(op, "src length", len)?,
+                1,
+                len,
             ),
         };
+        let blocks = self.blocks_for(rows, width);
         let y = g
             .apply_op2_no_bwd(&u, &Gated { act, blocks })
             .map_err(dev_err(op))?;
-        let (y, b) = split_blocks(op, y, len, blocks)?;
+        let (y, b) = split_blocks(op, y, (rows, width), blocks)?;
         gate.set_prefix_with_blocks(op, "dst length", len, y, b)
     }
 
@@ -267,19 +272,20 @@ impl GpuBackend {
     }
 }
 
-/// A fused op's flat result: its first `len` values and, when it wrote
-/// them, the words of their blocks after.
+/// A fused op's flat result: its `rows` rows of `width` values and, when
+/// it wrote them (`blocks`), the words of their blocks after.
 pub(crate) fn split_blocks(
     op: &'static str,
     y: Tensor,
-    len: usize,
-    blocks: bool,
-) -> BackendResult<(Tensor, Option<Tensor>)> {
-    if !blocks {
+    (rows, width): (usize, usize),
+    blocks: Blocks,
+) -> BackendResult<(Tensor, Option<Quantized>)> {
+    if blocks == Blocks::No {
         return Ok((y, None));
     }
+    let len = rows * width;
     let y = y.flatten_all().map_err(dev_err(op))?;
-    let words = crate::fused::q8::words(len);
+    let words = blocks.words(rows, width);
     if y.elem_count() != len + words {
         return Err(BackendError::Shape {
             op,
@@ -290,6 +296,14 @@ pub(crate) fn split_blocks(
     }
     let values = y.narrow(0, 0, len).map_err(dev_err(op))?;
     let b = y.narrow(0, len, words).map_err(dev_err(op))?;
+    let b = match blocks {
+        Blocks::Matrix => Quantized::Matrix {
+            rows,
+            width,
+            words: b,
+        },
+        _ => Quantized::Vector(b),
+    };
     Ok((values, Some(b)))
 }
 
@@ -397,7 +411,7 @@ impl GpuBackend {
         );
         let fused = AddRmsNorm {
             eps,
-            blocks: self.writes_blocks(n_rows, width, len),
+            blocks: self.blocks_for(n_rows, width),
             y_norm: y_w.map(|t| t.all().clone()),
         };
         let all = (|| {
@@ -409,7 +423,7 @@ impl GpuBackend {
         let rest = all
             .narrow(0, len, all.elem_count() - len)
             .map_err(dev_err(op))?;
-        let (norm, b) = split_blocks(op, rest, len, fused.blocks)?;
+        let (norm, b) = split_blocks(op, rest, (n_rows, width), fused.blocks)?;
         x.set_prefix(op, "x length", len, sum)?;
         out.set_prefix_with_blocks(op, "out length", len, norm, b)
     }

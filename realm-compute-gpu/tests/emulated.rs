@@ -142,6 +142,71 @@ fn assert_blocks(file: &Path, values: &[f32], what: &str) {
     }
 }
 
+/// The blocks candle's matrix products quantize `rows` rows of `width`
+/// values to (ggml's CUDA quantizer for its MMQ kernels), without the
+/// spare blocks: both kinds, DS4 (half scale, half sum) and D4 (float
+/// scale), each as `(bytes, blocks)`. Rows are padded with zeros to 512
+/// values; block c * rows + r holds row r's values 128c .. 128c + 127:
+/// 16 bytes of scales (per 32 values) and 128 quants. Per 32 values,
+/// with d_inv = 127 / amax: quants round(x * d_inv), d = 1 / d_inv, and
+/// the sum of 8 threads' sums of 4 values (each in order), the threads
+/// paired by xor 4, 2 and 1. Written from that description, apart from
+/// the backend's own form, as the oracle for the kernels' blocks.
+fn candle_q8_1_mmq(values: &[f32], rows: usize, width: usize) -> [Vec<u8>; 2] {
+    let padded = width.div_ceil(512) * 512;
+    let mut kinds = [
+        vec![0u8; rows * padded / 128 * 144],
+        vec![0u8; rows * padded / 128 * 144],
+    ];
+    for r in 0..rows {
+        for c0 in (0..width).step_by(32) {
+            let x = &values[r * width + c0..r * width + c0 + 32];
+            let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let mut t: Vec<f32> = x.chunks(4).map(|q| q[0] + q[1] + q[2] + q[3]).collect();
+            for o in [4, 2, 1] {
+                t = (0..8).map(|i| t[i] + t[i ^ o]).collect();
+            }
+            let d_inv = 127.0 / amax;
+            let at = ((c0 / 128) * rows + r) * 144;
+            let sub = c0 % 128 / 32;
+            for kind in &mut kinds {
+                for (k, &v) in x.iter().enumerate() {
+                    let q = (v * d_inv).round();
+                    kind[at + 16 + c0 % 128 + k] = if q.is_nan() { 0 } else { q as i8 as u8 };
+                }
+            }
+            let d = 1.0 / d_inv;
+            kinds[0][at + 4 * sub..at + 4 * sub + 2]
+                .copy_from_slice(&half::f16::from_f32(d).to_le_bytes());
+            kinds[0][at + 4 * sub + 2..at + 4 * sub + 4]
+                .copy_from_slice(&half::f16::from_f32(t[0]).to_le_bytes());
+            kinds[1][at + 4 * sub..at + 4 * sub + 4].copy_from_slice(&d.to_le_bytes());
+        }
+    }
+    kinds
+}
+
+/// Checks the matrix-layout blocks a kernel wrote (`file`, both kinds
+/// with their spare blocks) of `rows` rows of `width` values it wrote.
+fn assert_mmq_blocks(file: &Path, values: &[f32], rows: usize, width: usize, what: &str) {
+    let got = std::fs::read(file).unwrap();
+    let want = candle_q8_1_mmq(values, rows, width);
+    let per_kind = want[0].len() + 128 * 144;
+    assert_eq!(got.len(), 2 * per_kind, "{what}: blocks length");
+    for (k, want) in want.iter().enumerate() {
+        let got = &got[k * per_kind..k * per_kind + want.len()];
+        if let Some(i) = (0..got.len()).find(|&i| got[i] != want[i]) {
+            panic!(
+                "{what}: kind {k}, block {} byte {}: got {}, want {}",
+                i / 144,
+                i % 144,
+                got[i],
+                want[i]
+            );
+        }
+    }
+}
+
 /// One decode-attention case: `positions[r]` is row r's position; the
 /// rows share one cache (`shared`, positions consecutive from the first)
 /// or have one each.
@@ -891,6 +956,32 @@ fn add_rms_norm_matches_the_cpu() {
         assert_close(got_sum, &sum, 1e-5, 1e-5, "norm_add_rms_norm sums");
         assert_close(got_norm, &norm, 1e-5, 1e-5, "norm_add_rms_norm norms");
     }
+    // More rows: the norms in the matrix products' layout. SmolLM2's width
+    // (padded to 1024), Gemma 3's (640), one of whole 512s, and one past
+    // the values the threads keep, with a row of zeros.
+    for (rows, width) in [(9, 576), (12, 640), (10, 1536), (9, 2336 + 32)] {
+        let mut x = rng.f32s(rows * width, -3.0, 3.0);
+        let mut y = rng.f32s(rows * width, -2.0, 2.0);
+        x[width..2 * width].fill(0.0);
+        y[width..2 * width].fill(0.0);
+        let w = rng.f32s(width, 0.5, 1.5);
+        let dir = scratch(&format!("norm-mmq-{width}"));
+        let (out, mmq) = (dir.join("out"), dir.join("mmq"));
+        let args = vec![
+            write(&dir, "x", &x),
+            write(&dir, "y", &y),
+            write(&dir, "w", &w),
+            out.to_str().unwrap().to_string(),
+            rows.to_string(),
+            width.to_string(),
+            "1e-6".to_string(),
+        ];
+        let env = [("EMU_MMQ", mmq.to_str().unwrap().to_string())];
+        let got = run_env("add_rms_norm_f32", &args, &out, &env);
+        let got_norm = &got[rows * width..];
+        let what = format!("add_rms_norm matrix blocks, {rows} x {width}");
+        assert_mmq_blocks(&mmq, got_norm, rows, width, &what);
+    }
 }
 
 #[test]
@@ -955,6 +1046,32 @@ fn gated_units_match_the_cpu() {
     ];
     let got = run_env("swiglu_f32", &args, &out, &env);
     assert_close(&got, &swiglu[..rows * width], 1e-5, 1e-5, "swiglu, strided");
+    // More rows of a stacked product, their results in the matrix
+    // products' layout: 9 rows of 160 (padded to 512), 2 blocks of threads.
+    let (rows, width) = (9, 160);
+    let stacked: Vec<f32> = g[..rows * width]
+        .chunks(width)
+        .zip(u[..rows * width].chunks(width))
+        .flat_map(|(a, b)| a.iter().chain(b).copied())
+        .collect();
+    let mmq = dir.join("mmq");
+    let args = vec![
+        write(&dir, "gate-stacked", &stacked),
+        write(&dir, "up-stacked", &stacked[width..]),
+        out.to_str().unwrap().to_string(),
+    ];
+    let env = [
+        ("EMU_N", (rows * width).to_string()),
+        ("EMU_WIDTH", width.to_string()),
+        ("EMU_GATE_STRIDE", (2 * width).to_string()),
+        ("EMU_UP_STRIDE", (2 * width).to_string()),
+        ("EMU_MMQ", mmq.to_str().unwrap().to_string()),
+    ];
+    for kernel in ["swiglu_f32", "geglu_f32"] {
+        let got = run_env(kernel, &args, &out, &env);
+        let what = format!("{kernel} matrix blocks");
+        assert_mmq_blocks(&mmq, &got, rows, width, &what);
+    }
 }
 
 #[test]

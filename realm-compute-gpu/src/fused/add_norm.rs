@@ -7,13 +7,13 @@ use super::{q8, values};
 
 /// For `x`, `y` of `[rows, width]` and `w` of `[width]`, all f32: the flat
 /// result holds the `rows * width` values of `x + y`, then as many of its
-/// RMSNorm with weight `w`, then (with `blocks`) the norms' Q8_1 blocks
+/// RMSNorm with weight `w`, then the norms' blocks `blocks` asks for
 /// ([`q8`]; `width` a multiple of 32). With `y_norm` (f32 `[width]`), `y`
 /// is first replaced by its RMSNorm with that weight.
 #[derive(Debug, Clone)]
 pub(crate) struct AddRmsNorm {
     pub(crate) eps: f32,
-    pub(crate) blocks: bool,
+    pub(crate) blocks: q8::Blocks,
     pub(crate) y_norm: Option<Tensor>,
 }
 
@@ -26,7 +26,7 @@ impl AddRmsNorm {
         if rows == 0 || width == 0 || u32::try_from(2 * rows * width).is_err() {
             candle_core::bail!("add_rms_norm: {rows} rows of {width} values");
         }
-        if self.blocks && !width.is_multiple_of(q8::BLOCK) {
+        if self.blocks != q8::Blocks::No && !width.is_multiple_of(q8::BLOCK) {
             candle_core::bail!("add_rms_norm: blocks of rows of {width} values");
         }
         if let Some(t) = &self.y_norm {
@@ -39,12 +39,7 @@ impl AddRmsNorm {
 
     /// Values of the result.
     fn len(&self, rows: usize, width: usize) -> usize {
-        let blocks = if self.blocks {
-            q8::words(rows * width)
-        } else {
-            0
-        };
-        2 * rows * width + blocks
+        2 * rows * width + self.blocks.words(rows, width)
     }
 }
 
@@ -103,10 +98,8 @@ impl CustomOp3 for AddRmsNorm {
                 *n = s * scale * wi;
             }
         }
-        if self.blocks {
-            let norms = out[rows * width..].to_vec();
-            q8::quantize_into(&norms, &mut out);
-        }
+        let norms = out[rows * width..].to_vec();
+        self.blocks.quantize_into(&norms, rows, width, &mut out);
         let len = out.len();
         Ok((CpuStorage::F32(out), Shape::from(len)))
     }
@@ -140,12 +133,16 @@ impl CustomOp3 for AddRmsNorm {
         let w = sw.as_cuda_slice::<f32>()?.slice(wa..wb);
         let len = self.len(rows, width);
         // SAFETY: the kernel writes every value: each block its row's sums
-        // and norms, and with `blocks` their blocks.
+        // and norms, and with `blocks` their blocks; all but matrix blocks'
+        // spare blocks, which a product reads only for results it drops
+        // (any bits are an f32).
         let out = unsafe { dev.alloc::<f32>(len)? };
-        // A null pointer says: no blocks.
-        let blocks_ptr = match self.blocks {
-            true => super::cuda::address(&out, 2 * rows * width),
-            false => 0,
+        // Null pointers say: no blocks (of that layout).
+        let blocks_at = super::cuda::address(&out, 2 * rows * width);
+        let (blocks_ptr, matrix_ptr) = match self.blocks {
+            q8::Blocks::No => (0, 0),
+            q8::Blocks::Vector => (blocks_at, 0),
+            q8::Blocks::Matrix => (0, blocks_at),
         };
         // A null pointer says: y as it is.
         let y_norm = self.y_norm.as_ref().map(|t| t.storage_and_layout());
@@ -176,6 +173,7 @@ impl CustomOp3 for AddRmsNorm {
         b.arg(&self.eps);
         b.arg(&blocks_ptr);
         b.arg(&y_w_ptr);
+        b.arg(&matrix_ptr);
         let cfg = LaunchConfig {
             grid_dim: (rows32, 1, 1),
             block_dim: (THREADS, 1, 1),
@@ -185,7 +183,8 @@ impl CustomOp3 for AddRmsNorm {
         // type; `check` made `x` and `y` rows x width values and `w` (and
         // y's norm weight, if any, held alive by `y_norm`) width (a
         // multiple of 32 with blocks), and `out` holds 2 x rows x width
-        // values and then, with blocks, their words.
+        // values and then the words of the blocks asked for, which the
+        // kernel writes (matrix blocks: rows x width padded, both kinds).
         unsafe { b.launch(cfg) }?;
         Ok((
             candle_core::CudaStorage::wrap_cuda_slice(out, dev.clone()),

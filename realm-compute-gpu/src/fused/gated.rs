@@ -29,12 +29,13 @@ impl Gate {
 
 /// `act(gate) * up`, element by element, of two f32 tensors of one shape
 /// (contiguous, or rows contiguous at any stride: the halves of a stacked
-/// product's rows); with `blocks`, flat, followed by the results' Q8_1
-/// blocks ([`q8`]; a multiple of 32 values).
+/// product's rows); with `blocks`, flat, followed by the results' blocks
+/// of that kind ([`q8`]: Q8_1 blocks of a multiple of 32 values, or the
+/// matrix layout of rows of a multiple of 32).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Gated {
     pub(crate) act: Gate,
-    pub(crate) blocks: bool,
+    pub(crate) blocks: q8::Blocks,
 }
 
 /// The rows of `l`: a 2-D layout's, or a contiguous one's values as one
@@ -55,27 +56,33 @@ fn rows_of(l: &Layout) -> Result<RowLayout> {
 }
 
 impl Gated {
-    fn check(&self, l1: &Layout, l2: &Layout) -> Result<usize> {
+    /// The number of values and the rows' width.
+    fn check(&self, l1: &Layout, l2: &Layout) -> Result<(usize, usize)> {
         if l1.shape() != l2.shape() {
             candle_core::bail!("gated unit: gate and up differ in shape");
         }
         let n = l1.shape().elem_count();
-        if u32::try_from(n + q8::words(n)).is_err() {
+        let rows = rows_of(l1)?;
+        rows_of(l2)?;
+        if u32::try_from(n + self.blocks.words(rows.rows, rows.width)).is_err() {
             candle_core::bail!("gated unit: more than 2^32 values");
         }
-        if self.blocks && !n.is_multiple_of(q8::BLOCK) {
-            candle_core::bail!("gated unit: blocks of {n} values");
+        let whole = match self.blocks {
+            q8::Blocks::No => true,
+            q8::Blocks::Vector => n.is_multiple_of(q8::BLOCK),
+            q8::Blocks::Matrix => rows.width.is_multiple_of(q8::BLOCK),
+        };
+        if !whole || (rows.width == 0 && self.blocks != q8::Blocks::No) {
+            candle_core::bail!("gated unit: blocks of rows of {} values", rows.width);
         }
-        rows_of(l1)?;
-        rows_of(l2)?;
-        Ok(n)
+        Ok((n, rows.width))
     }
 
     /// The result's shape.
-    fn shape(&self, l1: &Layout, n: usize) -> Shape {
+    fn shape(&self, l1: &Layout, n: usize, width: usize) -> Shape {
         match self.blocks {
-            true => Shape::from(n + q8::words(n)),
-            false => l1.shape().clone(),
+            q8::Blocks::No => l1.shape().clone(),
+            blocks => Shape::from(n + blocks.words(n / width, width)),
         }
     }
 }
@@ -92,7 +99,7 @@ impl CustomOp2 for Gated {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let n = self.check(l1, l2)?;
+        let (n, width) = self.check(l1, l2)?;
         let (CpuStorage::F32(g), CpuStorage::F32(u)) = (s1, s2) else {
             candle_core::bail!("gated unit: f32 values");
         };
@@ -102,11 +109,12 @@ impl CustomOp2 for Gated {
             .zip(&u)
             .map(|(&g, &u)| self.act.apply(g) * u)
             .collect();
-        if self.blocks {
+        if n > 0 {
             let results = out.clone();
-            q8::quantize_into(&results, &mut out);
+            self.blocks
+                .quantize_into(&results, n / width, width, &mut out);
         }
-        Ok((CpuStorage::F32(out), self.shape(l1, n)))
+        Ok((CpuStorage::F32(out), self.shape(l1, n, width)))
     }
 
     #[cfg(feature = "cuda")]
@@ -123,19 +131,22 @@ impl CustomOp2 for Gated {
         use super::launch::Kernel;
 
         const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/gated.ptx"));
-        let n = self.check(l1, l2)?;
+        let (n, width) = self.check(l1, l2)?;
         let dev = s1.device();
         let (gl, ul) = (rows_of(l1)?, rows_of(l2)?);
         let g = s1.as_cuda_slice::<f32>()?.slice(gl.start..gl.end());
         let u = s2.as_cuda_slice::<f32>()?.slice(ul.start..ul.end());
-        let shape = self.shape(l1, n);
+        let shape = self.shape(l1, n, width);
         // SAFETY: the kernel writes every one of the n values, and with
-        // blocks their words.
+        // blocks their words, all but matrix blocks' spare blocks, which a
+        // product reads only for results it drops (any bits are an f32).
         let out = unsafe { dev.alloc::<f32>(shape.elem_count())? };
-        // A null pointer says: no blocks.
-        let blocks = match self.blocks {
-            true => super::cuda::address(&out, n),
-            false => 0,
+        // Null pointers say: no blocks (of that layout).
+        let blocks_at = super::cuda::address(&out, n);
+        let (blocks, matrix) = match self.blocks {
+            q8::Blocks::No => (0, 0),
+            q8::Blocks::Vector => (blocks_at, 0),
+            q8::Blocks::Matrix => (0, blocks_at),
         };
         let name = match self.act {
             Gate::Silu => "swiglu_f32",
@@ -149,15 +160,17 @@ impl CustomOp2 for Gated {
         b.arg(&out);
         b.arg(&n32);
         b.arg(&blocks);
-        let width = gl.width as u32;
+        let width = width as u32;
         let (g_stride, u_stride) = (gl.stride as i64, ul.stride as i64);
         b.arg(&width);
         b.arg(&g_stride);
         b.arg(&u_stride);
+        b.arg(&matrix);
         // SAFETY: the arguments match the kernel's parameters in order and
         // type; `g` and `u` hold n values in rows of `width` at their
         // strides, within their views, `out` n values (then their words,
-        // with blocks, n a multiple of 32), and the kernel's
+        // with blocks: n a multiple of 32, or for the matrix layout, rows
+        // of a multiple of 32 padded, both kinds), and the kernel's
         // grid-stride loop stops at n; its blocks of threads are whole
         // warps, which the blocks' shuffles need.
         unsafe { b.launch(LaunchConfig::for_num_elems(n32)) }?;
@@ -183,7 +196,7 @@ mod tests {
         ] {
             let op = Gated {
                 act: gate,
-                blocks: false,
+                blocks: q8::Blocks::No,
             };
             let got = g.apply_op2_no_bwd(&u, &op).unwrap();
             let (got, want) = (
@@ -200,11 +213,14 @@ mod tests {
         let short = Tensor::new(&[1.0f32], &Device::Cpu).unwrap();
         let op = Gated {
             act: Gate::Silu,
-            blocks: false,
+            blocks: q8::Blocks::No,
         };
         assert!(g.apply_op2_no_bwd(&short, &op).is_err());
         // Blocks need whole blocks of values.
-        let blocks = Gated { blocks: true, ..op };
+        let blocks = Gated {
+            blocks: q8::Blocks::Vector,
+            ..op
+        };
         assert!(g.apply_op2_no_bwd(&u, &blocks).is_err());
     }
 }

@@ -58,6 +58,29 @@ static realm_block_q8_1 *ptr(std::vector<realm_block_q8_1> &b) {
 
 static long num(const char *s) { return std::strtol(s, nullptr, 10); }
 
+// Blocks in the matrix products' layout (both kinds, spare blocks
+// included) for `rows` rows of `width`, when $EMU_MMQ names a file for
+// them; filled with 0xa5 bytes, so that a byte the kernel does not write
+// shows.
+static std::vector<realm_block_mmq_ds4> mmq_buffer(uint32_t rows, uint32_t width) {
+  if (!std::getenv("EMU_MMQ")) return {};
+  const size_t padded = (width + MMQ_PAD - 1) / MMQ_PAD * MMQ_PAD;
+  std::vector<realm_block_mmq_ds4> b(2 * ((size_t)rows * (padded / 128) + MMQ_SPARE));
+  std::memset((void *)b.data(), 0xa5, b.size() * sizeof b[0]);
+  return b;
+}
+
+static void store_mmq(const std::vector<realm_block_mmq_ds4> &b) {
+  const char *path = std::getenv("EMU_MMQ");
+  if (!path) return;
+  FILE *f = std::fopen(path, "wb");
+  if (!f || std::fwrite(b.data(), sizeof b[0], b.size(), f) != b.size()) {
+    std::fprintf(stderr, "cannot write %s\n", path);
+    std::exit(2);
+  }
+  std::fclose(f);
+}
+
 // The head norms' epsilon, as the tests' CPU references use it.
 static const float NORM_EPS = 1e-6f;
 
@@ -293,10 +316,13 @@ int main(int argc, char **argv) {
     auto q8 = q8_blocks(argc, 9, rows * width);
     // $EMU_Y_NORM names a file of y's norm weight.
     const auto y_w = env_floats("EMU_Y_NORM");
+    auto mmq = mmq_buffer(rows, width);
     emu_launch(add_rms_norm_f32, dim3{rows, 1, 1}, dim3{256, 1, 1}, x.data(), y.data(), w.data(),
-               out.data(), rows, width, real(argv[8]), ptr(q8), ptr_or_null(y_w));
+               out.data(), rows, width, real(argv[8]), ptr(q8), ptr_or_null(y_w),
+               mmq.empty() ? nullptr : mmq.data());
     store(argv[5], out);
     store_q8(argc, argv, 9, q8);
+    store_mmq(mmq);
   } else if (kernel == "swiglu_f32" || kernel == "geglu_f32") {
     // gate up out [q8]
     if (argc != 5 && argc != 6) return 2;
@@ -313,10 +339,12 @@ int main(int argc, char **argv) {
     // As the backend launches it: 1024 threads a block, enough blocks.
     const unsigned blocks = (n + 1023) / 1024;
     auto f = kernel == "swiglu_f32" ? swiglu_f32 : geglu_f32;
+    auto mmq = mmq_buffer(n / width, width);
     emu_launch(f, dim3{blocks, 1, 1}, dim3{1024, 1, 1}, g.data(), u.data(), out.data(), n,
-               ptr(q8), width, gate_stride, up_stride);
+               ptr(q8), width, gate_stride, up_stride, mmq.empty() ? nullptr : mmq.data());
     store(argv[4], out);
     store_q8(argc, argv, 5, q8);
+    store_mmq(mmq);
   } else {
     return 2;
   }
