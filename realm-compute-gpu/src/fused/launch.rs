@@ -309,10 +309,11 @@ mod tests {
         }
         let ptx = |m: &str| PTX_MODULES.iter().find(|(k, _)| *k == m).unwrap().1;
         // `swiglu_f32(const float *, const float *, float *, uint32_t,
-        // realm_block_q8_1 *, uint32_t, long long, long long)`.
+        // realm_block_q8_1 *, uint32_t, long long, long long,
+        // realm_block_mmq_ds4 *)`.
         assert_eq!(
             entry_params(ptx("gated"), "swiglu_f32").unwrap(),
-            [Word64, Word64, Word64, Int32, Word64, Int32, Word64, Word64]
+            [Word64, Word64, Word64, Int32, Word64, Int32, Word64, Word64, Word64]
         );
         // The slot table the kernels take by value is Rust's SlotTable.
         let table = Bytes(std::mem::size_of::<crate::fused::SlotTable>());
