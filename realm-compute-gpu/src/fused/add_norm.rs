@@ -98,8 +98,10 @@ impl CustomOp3 for AddRmsNorm {
                 *n = s * scale * wi;
             }
         }
-        let norms = out[rows * width..].to_vec();
-        self.blocks.quantize_into(&norms, rows, width, &mut out);
+        if self.blocks != q8::Blocks::No {
+            let norms = out[rows * width..].to_vec();
+            self.blocks.quantize_into(&norms, rows, width, &mut out);
+        }
         let len = out.len();
         Ok((CpuStorage::F32(out), Shape::from(len)))
     }

@@ -109,7 +109,7 @@ impl CustomOp2 for Gated {
             .zip(&u)
             .map(|(&g, &u)| self.act.apply(g) * u)
             .collect();
-        if n > 0 {
+        if n > 0 && self.blocks != q8::Blocks::No {
             let results = out.clone();
             self.blocks
                 .quantize_into(&results, n / width, width, &mut out);

@@ -446,6 +446,8 @@ pub(crate) mod cuda {
             // SAFETY: the kernels write a tile's partial results here before
             // they read them back.
             let fixup = unsafe { d.alloc::<f32>(nsm as usize * 128 * 128)? };
+            // Other threads' streams use it: it must exist first.
+            candle_core::backend::BackendDevice::synchronize(d)?;
             Ok(Self {
                 fixup,
                 cc: major * 100 + minor * 10,
@@ -669,7 +671,9 @@ pub(crate) mod cuda {
                     b - a
                 );
             }
-            if i32::try_from(rows.max(cols).max(n)).is_err() {
+            // The kernel indexes its results with 32-bit integers.
+            let results = n.saturating_mul(rows);
+            if i32::try_from(results.max(cols)).is_err() {
                 candle_core::bail!("matrix blocks product: {n} x {cols} x {rows} past 2^31");
             }
             let start = match m.scales {
