@@ -1025,50 +1025,40 @@ fn gated_units_match_the_cpu() {
         let got = run(kernel, &args, &out);
         assert_blocks(&blocks, &got, kernel);
     }
-    // Gate and up as the halves of a stacked product's rows: 3 rows of
-    // 800, row r's gate at r * 1600 and its up 800 after.
+    // Gate and up as the halves of a stacked product's rows: `rows` rows of
+    // `width`, row r's gate at r * 2 * width and its up `width` after; with
+    // `mmq`, the results' blocks in the matrix products' layout there too.
+    let strided = |kernel: &str, rows: usize, width: usize, mmq: Option<&Path>| {
+        let stacked: Vec<f32> = g[..rows * width]
+            .chunks(width)
+            .zip(u[..rows * width].chunks(width))
+            .flat_map(|(a, b)| a.iter().chain(b).copied())
+            .collect();
+        let args = vec![
+            write(&dir, "gate-stacked", &stacked),
+            write(&dir, "up-stacked", &stacked[width..]),
+            out.to_str().unwrap().to_string(),
+        ];
+        let mut env = vec![
+            ("EMU_N", (rows * width).to_string()),
+            ("EMU_WIDTH", width.to_string()),
+            ("EMU_GATE_STRIDE", (2 * width).to_string()),
+            ("EMU_UP_STRIDE", (2 * width).to_string()),
+        ];
+        if let Some(mmq) = mmq {
+            env.push(("EMU_MMQ", mmq.to_str().unwrap().to_string()));
+        }
+        run_env(kernel, &args, &out, &env)
+    };
     let (rows, width) = (3, 800);
-    let stacked: Vec<f32> = g[..rows * width]
-        .chunks(width)
-        .zip(u[..rows * width].chunks(width))
-        .flat_map(|(a, b)| a.iter().chain(b).copied())
-        .collect();
-    let args = vec![
-        write(&dir, "gate-stacked", &stacked),
-        write(&dir, "up-stacked", &stacked[width..]),
-        out.to_str().unwrap().to_string(),
-    ];
-    let env = [
-        ("EMU_N", (rows * width).to_string()),
-        ("EMU_WIDTH", width.to_string()),
-        ("EMU_GATE_STRIDE", (2 * width).to_string()),
-        ("EMU_UP_STRIDE", (2 * width).to_string()),
-    ];
-    let got = run_env("swiglu_f32", &args, &out, &env);
+    let got = strided("swiglu_f32", rows, width, None);
     assert_close(&got, &swiglu[..rows * width], 1e-5, 1e-5, "swiglu, strided");
-    // More rows of a stacked product, their results in the matrix
-    // products' layout: 9 rows of 160 (padded to 512), 2 blocks of threads.
+    // More rows, their results in the matrix products' layout: 9 rows of
+    // 160 (padded to 512), 2 blocks of threads.
     let (rows, width) = (9, 160);
-    let stacked: Vec<f32> = g[..rows * width]
-        .chunks(width)
-        .zip(u[..rows * width].chunks(width))
-        .flat_map(|(a, b)| a.iter().chain(b).copied())
-        .collect();
     let mmq = dir.join("mmq");
-    let args = vec![
-        write(&dir, "gate-stacked", &stacked),
-        write(&dir, "up-stacked", &stacked[width..]),
-        out.to_str().unwrap().to_string(),
-    ];
-    let env = [
-        ("EMU_N", (rows * width).to_string()),
-        ("EMU_WIDTH", width.to_string()),
-        ("EMU_GATE_STRIDE", (2 * width).to_string()),
-        ("EMU_UP_STRIDE", (2 * width).to_string()),
-        ("EMU_MMQ", mmq.to_str().unwrap().to_string()),
-    ];
     for kernel in ["swiglu_f32", "geglu_f32"] {
-        let got = run_env(kernel, &args, &out, &env);
+        let got = strided(kernel, rows, width, Some(&mmq));
         let what = format!("{kernel} matrix blocks");
         assert_mmq_blocks(&mmq, &got, rows, width, &what);
     }
