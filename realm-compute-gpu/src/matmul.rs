@@ -162,8 +162,8 @@ impl GpuBackend {
         let scales = matrix::Scales::of(w.dtype);
         #[cfg(feature = "cuda")]
         if let (Some(weight), true) = (w.blocks, self.device.is_cuda()) {
-            let y = match (&blocks, &self.matrix_device) {
-                (Quantized::Vector(b), _) if n <= q8::MAX_ROWS => {
+            let y = match (&blocks, &self.matrix_device, scales) {
+                (Quantized::Vector(b), _, _) if n <= q8::MAX_ROWS => {
                     let op = q8::BlocksProduct {
                         weight,
                         rows: w.rows,
@@ -171,11 +171,12 @@ impl GpuBackend {
                     };
                     b.apply_op1_no_bwd(&op).map_err(dev_err(OP))?
                 }
-                (Quantized::Matrix { words, .. }, Some(device))
-                    if weight.matrix_scales().is_some() =>
+                (Quantized::Matrix { words, .. }, Some(device), Some(scales))
+                    if weight.has_matrix() =>
                 {
                     let op = q8::MatrixProduct {
                         weight,
+                        scales,
                         rows: w.rows,
                         cols: w.cols,
                         n,

@@ -908,6 +908,26 @@ fn prefill_attention_matches_the_cpu() {
     }
 }
 
+/// The driver's arguments for `add_rms_norm_f32`: x, y and w written to
+/// `dir`, the output file, rows, width and epsilon 1e-6.
+fn norm_args(
+    dir: &Path,
+    [x, y, w]: [&[f32]; 3],
+    out: &Path,
+    rows: usize,
+    width: usize,
+) -> Vec<String> {
+    vec![
+        write(dir, "x", x),
+        write(dir, "y", y),
+        write(dir, "w", w),
+        out.to_str().unwrap().to_string(),
+        rows.to_string(),
+        width.to_string(),
+        "1e-6".to_string(),
+    ]
+}
+
 #[test]
 #[ignore = "needs a C++20 compiler; cargo xtask test runs it where it finds one"]
 fn add_rms_norm_matches_the_cpu() {
@@ -925,15 +945,7 @@ fn add_rms_norm_matches_the_cpu() {
         let dir = scratch(&format!("norm-{width}"));
         let out = dir.join("out");
         let blocks = dir.join("blocks");
-        let mut args = vec![
-            write(&dir, "x", &x),
-            write(&dir, "y", &y),
-            write(&dir, "w", &w),
-            out.to_str().unwrap().to_string(),
-            rows.to_string(),
-            width.to_string(),
-            "1e-6".to_string(),
-        ];
+        let mut args = norm_args(&dir, [&x, &y, &w], &out, rows, width);
         // Rows of whole blocks: the norms' blocks too.
         if width % 32 == 0 {
             args.push(blocks.to_str().unwrap().to_string());
@@ -967,15 +979,7 @@ fn add_rms_norm_matches_the_cpu() {
         let w = rng.f32s(width, 0.5, 1.5);
         let dir = scratch(&format!("norm-mmq-{width}"));
         let (out, mmq) = (dir.join("out"), dir.join("mmq"));
-        let args = vec![
-            write(&dir, "x", &x),
-            write(&dir, "y", &y),
-            write(&dir, "w", &w),
-            out.to_str().unwrap().to_string(),
-            rows.to_string(),
-            width.to_string(),
-            "1e-6".to_string(),
-        ];
+        let args = norm_args(&dir, [&x, &y, &w], &out, rows, width);
         let env = [("EMU_MMQ", mmq.to_str().unwrap().to_string())];
         let got = run_env("add_rms_norm_f32", &args, &out, &env);
         let got_norm = &got[rows * width..];

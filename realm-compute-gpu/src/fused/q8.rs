@@ -231,12 +231,12 @@ pub(crate) mod matrix {
                 let amax = part.iter().fold(0f32, |m, v| m.max(v.abs()));
                 // The sum as candle's quantizer adds it: 8 threads add
                 // their 4 values in order, then pair up (xor 4, 2, 1).
-                let mut sums: Vec<f32> = part
-                    .chunks_exact(4)
-                    .map(|q| ((q[0] + q[1]) + q[2]) + q[3])
-                    .collect();
+                let mut sums = [0f32; 8];
+                for (s, q) in sums.iter_mut().zip(part.chunks_exact(4)) {
+                    *s = ((q[0] + q[1]) + q[2]) + q[3];
+                }
                 for o in [4, 2, 1] {
-                    let prev = sums.clone();
+                    let prev = sums;
                     for (t, s) in sums.iter_mut().enumerate() {
                         *s = prev[t] + prev[t ^ o];
                     }
@@ -335,6 +335,8 @@ pub(crate) struct BlocksProduct {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct MatrixProduct<'a> {
     pub(crate) weight: cuda::Weight,
+    /// The scales the weight's type reads ([`matrix::Scales::of`]).
+    pub(crate) scales: matrix::Scales,
     pub(crate) rows: usize,
     pub(crate) cols: usize,
     pub(crate) n: usize,
@@ -347,7 +349,7 @@ pub(crate) mod cuda {
     use candle_core::quantized::{GgmlDType, QMatMul};
     use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape};
 
-    use super::matrix::{self, Scales};
+    use super::matrix;
     use super::{BlocksProduct, MatrixProduct, MAX_ROWS};
 
     /// candle's launcher of a vector product kernel with f32 results.
@@ -381,35 +383,29 @@ pub(crate) mod cuda {
         stream: *mut std::ffi::c_void,
     );
 
-    /// A weight type's matrix kernel, the scales its input carries and the
-    /// values its blocks hold.
+    /// A weight type's matrix kernel and the values its blocks hold.
     #[derive(Clone, Copy)]
     struct Matrix {
         launch: MatrixLauncher,
-        scales: Scales,
         block: usize,
     }
 
     impl Matrix {
         fn of(t: GgmlDType) -> Option<Self> {
             use candle_kernels::ffi;
-            let (launch, scales, block): (MatrixLauncher, _, _) = match t {
-                GgmlDType::Q4_0 => (ffi::launch_mmq_gguf_q4_0, Scales::Ds4, 32),
-                GgmlDType::Q4_1 => (ffi::launch_mmq_gguf_q4_1, Scales::Ds4, 32),
-                GgmlDType::Q5_0 => (ffi::launch_mmq_gguf_q5_0, Scales::D4, 32),
-                GgmlDType::Q5_1 => (ffi::launch_mmq_gguf_q5_1, Scales::Ds4, 32),
-                GgmlDType::Q8_0 => (ffi::launch_mmq_gguf_q8_0, Scales::D4, 32),
-                GgmlDType::Q3K => (ffi::launch_mmq_gguf_q3_k, Scales::D4, 256),
-                GgmlDType::Q4K => (ffi::launch_mmq_gguf_q4_k, Scales::Ds4, 256),
-                GgmlDType::Q5K => (ffi::launch_mmq_gguf_q5_k, Scales::Ds4, 256),
-                GgmlDType::Q6K => (ffi::launch_mmq_gguf_q6_k, Scales::D4, 256),
+            let (launch, block): (MatrixLauncher, _) = match t {
+                GgmlDType::Q4_0 => (ffi::launch_mmq_gguf_q4_0, 32),
+                GgmlDType::Q4_1 => (ffi::launch_mmq_gguf_q4_1, 32),
+                GgmlDType::Q5_0 => (ffi::launch_mmq_gguf_q5_0, 32),
+                GgmlDType::Q5_1 => (ffi::launch_mmq_gguf_q5_1, 32),
+                GgmlDType::Q8_0 => (ffi::launch_mmq_gguf_q8_0, 32),
+                GgmlDType::Q3K => (ffi::launch_mmq_gguf_q3_k, 256),
+                GgmlDType::Q4K => (ffi::launch_mmq_gguf_q4_k, 256),
+                GgmlDType::Q5K => (ffi::launch_mmq_gguf_q5_k, 256),
+                GgmlDType::Q6K => (ffi::launch_mmq_gguf_q6_k, 256),
                 _ => return None,
             };
-            Some(Self {
-                launch,
-                scales,
-                block,
-            })
+            Some(Self { launch, block })
         }
     }
 
@@ -560,10 +556,9 @@ pub(crate) mod cuda {
             }))
         }
 
-        /// The scales the weight's matrix kernel wants, if it has one that
-        /// takes the matrix layout.
-        pub(crate) fn matrix_scales(&self) -> Option<Scales> {
-            self.matrix.map(|m| m.scales)
+        /// Whether candle has a matrix kernel for the weight's type.
+        pub(crate) fn has_matrix(&self) -> bool {
+            self.matrix.is_some()
         }
     }
 
@@ -676,7 +671,7 @@ pub(crate) mod cuda {
             if i32::try_from(results.max(cols)).is_err() {
                 candle_core::bail!("matrix blocks product: {n} x {cols} x {rows} past 2^31");
             }
-            let start = match m.scales {
+            let start = match self.scales {
                 matrix::Scales::Ds4 => a,
                 matrix::Scales::D4 => a + per_kind,
             };
