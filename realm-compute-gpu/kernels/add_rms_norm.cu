@@ -91,9 +91,5 @@ extern "C" __global__ void __launch_bounds__(NORM_THREADS) add_rms_norm_f32(
     if (q8) store_q8_1(n, q8 + ((uint64_t)row * width + i) / 32, lane);
     if (mmq) store_q8_1_mmq(n, mmq, rows, width, row, i, lane);
   }
-  if (mmq) {
-    for (uint64_t i = width + threadIdx.x; i < mmq_padded(width); i += NORM_THREADS) {
-      store_q8_1_mmq_zero(mmq, rows, width, row, i);
-    }
-  }
+  if (mmq) store_q8_1_mmq_padding(mmq, rows, width, row, threadIdx.x, NORM_THREADS);
 }

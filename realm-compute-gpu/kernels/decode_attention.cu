@@ -17,7 +17,9 @@
 // a time) and keeps a running maximum, sum and weighted sum of values (one
 // pass, rescaling as the maximum grows); the warps' partial results are
 // then merged through shared memory. With `q8` not null, the output also
-// as Q8_1 blocks there (q8_1.cuh; head_dim a multiple of 32), for the
+// as Q8_1 blocks there, and with `mmq` not null in the matrix products'
+// layout there, padding included, for `rows` (gridDim.x) rows of n_heads *
+// head_dim (q8_1.cuh; head_dim a multiple of 32 for either), for the
 // product that reads it.
 //
 // With more than one split (gridDim.z; flash-decoding, for long caches and
@@ -64,8 +66,8 @@ __device__ void decode_attention(
     long long row_stride, const SlotTable &slots, int by_slots, float scale, float softcap,
     int window, const float *__restrict__ rope_cos,  // [rows, n_dims / 2], or null: q is rotated
     const float *__restrict__ rope_sin, int n_dims, int neox,
-    realm_block_q8_1 *__restrict__ q8, long long q_stride, const float *__restrict__ q_norm,
-    float norm_eps,
+    realm_block_q8_1 *__restrict__ q8, realm_block_mmq_ds4 *__restrict__ mmq, long long q_stride,
+    const float *__restrict__ q_norm, float norm_eps,
     float *__restrict__ part,  // split launches: [rows, n_heads, splits] partial results
     const float *__restrict__ new_k, const float *__restrict__ new_v, long long new_k_stride,
     long long new_v_stride, const float *__restrict__ k_norm) {
@@ -79,11 +81,20 @@ __device__ void decode_attention(
   const int lo = (window > 0 && pos + 1 > window) ? pos + 1 - window : 0;
   const long long out_off = ((long long)row * n_heads + head) * head_dim;
   float *oh = out + out_off;
+  // The matrix layout's row: this head's columns, and (head 0's first
+  // split) the padding after the last head's.
+  const uint32_t width = (uint32_t)(n_heads * head_dim), col0 = (uint32_t)(head * head_dim);
+  if (mmq && head == 0 && split == 0) {
+    store_q8_1_mmq_padding(mmq, gridDim.x, width, row, threadIdx.x, 32 * WARPS);
+  }
   if (pos < 0 || pos >= max_seq) {
     // Past the cache: say so with NaN rather than read another's memory.
     for (int d = threadIdx.x; d < head_dim; d += 32 * WARPS) {
       oh[d] = __int_as_float(0x7fc00000);
       if (q8) store_q8_1_nan(q8 + (out_off + d) / 32, lane);
+      if (mmq) {
+        store_q8_1_mmq_const(mmq, gridDim.x, width, row, col0 + d, __int_as_float(0x7fc00000));
+      }
     }
     return;
   }
@@ -281,6 +292,7 @@ __device__ void decode_attention(
     // A warp's 32 values are one block; with head_dim a multiple of 32 its
     // lanes loop together.
     if (q8) store_q8_1(o / total, q8 + (out_off + d) / 32, lane);
+    if (mmq) store_q8_1_mmq(o / total, mmq, gridDim.x, width, row, col0 + d, lane);
   }
 }
 
@@ -293,13 +305,14 @@ __device__ void decode_attention(
       uint32_t pos_base, int n_heads, int n_kv_heads, int head_dim, int max_seq,               \
       long long row_stride, const SlotTable slots, int by_slots, float scale,                 \
       float softcap, int window, const float *rope_cos, const float *rope_sin, int n_dims,     \
-      int neox, realm_block_q8_1 *q8, long long q_stride, const float *q_norm,                 \
-      float norm_eps, float *part, const float *new_k, const float *new_v,                     \
-      long long new_k_stride, long long new_v_stride, const float *k_norm) {                   \
+      int neox, realm_block_q8_1 *q8, realm_block_mmq_ds4 *mmq, long long q_stride,            \
+      const float *q_norm, float norm_eps, float *part, const float *new_k,                    \
+      const float *new_v, long long new_k_stride, long long new_v_stride,                      \
+      const float *k_norm) {                                                                   \
     decode_attention<T, HD>(q, k, v, positions, out, pos_base, n_heads, n_kv_heads, head_dim, \
                             max_seq, row_stride, slots, by_slots, scale, softcap, window,     \
-                            rope_cos, rope_sin, n_dims, neox, q8, q_stride, q_norm, norm_eps, \
-                            part, new_k, new_v, new_k_stride, new_v_stride, k_norm);           \
+                            rope_cos, rope_sin, n_dims, neox, q8, mmq, q_stride, q_norm,      \
+                            norm_eps, part, new_k, new_v, new_k_stride, new_v_stride, k_norm); \
   }
 
 // Heads of up to 64, 128 and 256 values.
@@ -314,21 +327,27 @@ DECODE_ATTENTION(decode_attention_f16_256, __half, 256)
 // block MERGE_THREADS threads. Row r's head h is the splits' sums of values
 // each scaled from its maximum to their common one, over the sum of their
 // scaled sums; a row whose position is past the cache is NaN, as the
-// attention kernel writes it. With `q8` not null, the output also as Q8_1
-// blocks there (head_dim a multiple of 32).
+// attention kernel writes it. With `q8` or `mmq` not null, the output also
+// as Q8_1 blocks or in the matrix products' layout there, as the attention
+// kernel writes them (whose first split already wrote the padding; head_dim
+// a multiple of 32).
 #define MERGE_THREADS 128
 extern "C" __global__ void __launch_bounds__(MERGE_THREADS) decode_attention_merge(
     const float *__restrict__ part, const uint32_t *__restrict__ positions, uint32_t pos_base,
-    int max_seq, float *__restrict__ out, realm_block_q8_1 *__restrict__ q8, int n_heads,
-    int head_dim, int splits) {
+    int max_seq, float *__restrict__ out, realm_block_q8_1 *__restrict__ q8,
+    realm_block_mmq_ds4 *__restrict__ mmq, int n_heads, int head_dim, int splits) {
   const int row = blockIdx.x, head = blockIdx.y;
   const int lane = threadIdx.x & 31;
   const int pos = positions ? (int)positions[row] : (int)pos_base + row;
   const long long out_off = ((long long)row * n_heads + head) * head_dim;
+  const uint32_t width = (uint32_t)(n_heads * head_dim), col0 = (uint32_t)(head * head_dim);
   if (pos < 0 || pos >= max_seq) {
     for (int d = threadIdx.x; d < head_dim; d += MERGE_THREADS) {
       out[out_off + d] = __int_as_float(0x7fc00000);
       if (q8) store_q8_1_nan(q8 + (out_off + d) / 32, lane);
+      if (mmq) {
+        store_q8_1_mmq_const(mmq, gridDim.x, width, row, col0 + d, __int_as_float(0x7fc00000));
+      }
     }
     return;
   }
@@ -348,5 +367,6 @@ extern "C" __global__ void __launch_bounds__(MERGE_THREADS) decode_attention_mer
     out[out_off + d] = o / total;
     // A warp's 32 values are one block (head_dim a multiple of 32).
     if (q8) store_q8_1(o / total, q8 + (out_off + d) / 32, lane);
+    if (mmq) store_q8_1_mmq(o / total, mmq, gridDim.x, width, row, col0 + d, lane);
   }
 }

@@ -36,7 +36,7 @@ __device__ void gated(const float *gate, const float *up, float *out, uint32_t n
     const uint64_t pad = mmq_padded(width) - width;
     for (uint64_t i = blockIdx.x * blockDim.x + threadIdx.x; i < rows * pad;
          i += gridDim.x * blockDim.x) {
-      store_q8_1_mmq_zero(mmq, rows, width, i / pad, width + i % pad);
+      store_q8_1_mmq_const(mmq, rows, width, i / pad, width + i % pad, 0.0f);
     }
   }
 }

@@ -14,11 +14,15 @@
 // t0 + i against each of its warp's rows, the warp updates each row's
 // running maximum and sum, and every lane then adds the tile's values
 // (weighted by the rows' probabilities) into the head_dim / 32 output
-// values it holds. head_dim must be a multiple of 4 and at most HD.
+// values it holds. head_dim must be a multiple of 4 and at most HD. With
+// `mmq` not null, the output also in the matrix products' layout there,
+// padding included (q8_1.cuh; head_dim a multiple of 32), for the product
+// that reads it.
 #include <cuda_fp16.h>
 #include <stdint.h>
 
 #include "attention.cuh"
+#include "q8_1.cuh"
 
 #define PF_WARPS 4
 // Keys in a tile: one a lane.
@@ -45,6 +49,30 @@ __device__ __forceinline__ void load_tile(float (*tile)[HD + 4], const T *__rest
   }
 }
 
+// A warp's `n` rows from row0 of one head's output (row r's at vals + r *
+// stride; seen[r] < 0: NaN, past the cache) into the matrix products'
+// layout (head_dim a multiple of 32, so the warp's lanes loop together),
+// of `rows` rows of n_heads * head_dim; head 0's warps also write the
+// rows' padding.
+__device__ __noinline__ void store_rows_mmq(const float *vals, int stride, const int *seen, int n,
+                                            long long row0, int rows, int n_heads, int head,
+                                            int head_dim, realm_block_mmq_ds4 *mmq) {
+  const uint32_t width = (uint32_t)(n_heads * head_dim), col0 = (uint32_t)(head * head_dim);
+  const int lane = threadIdx.x & 31;
+  for (int r = 0; r < n && row0 + r < rows; ++r) {
+    const uint32_t row = (uint32_t)(row0 + r);
+    for (int d = lane; d < head_dim; d += 32) {
+      const float o = vals[r * stride + d];
+      if (seen[r] >= 0) {
+        store_q8_1_mmq(o, mmq, rows, width, row, col0 + d, lane);
+      } else {
+        store_q8_1_mmq_const(mmq, rows, width, row, col0 + d, o);
+      }
+    }
+    if (head == 0) store_q8_1_mmq_padding(mmq, rows, width, row, lane, 32);
+  }
+}
+
 template <typename T, int ROWS, int HD>
 __device__ void prefill_attention(
     const float *__restrict__ q,  // row r: q + r * q_stride, [n_heads, head_dim]
@@ -56,7 +84,7 @@ __device__ void prefill_attention(
     float scale, float softcap, int window,
     const float *__restrict__ rope_cos,  // [rows, n_dims / 2], or null: q is rotated
     const float *__restrict__ rope_sin, int n_dims, int neox, long long q_stride,
-    const float *__restrict__ q_norm, float norm_eps) {
+    const float *__restrict__ q_norm, float norm_eps, realm_block_mmq_ds4 *__restrict__ mmq) {
   constexpr int BQ = PF_WARPS * ROWS;
   constexpr int PER_LANE = HD / 32;
   const int lane = threadIdx.x & 31;
@@ -195,8 +223,20 @@ __device__ void prefill_attention(
     for (int i = 0; i < PER_LANE; ++i) {
       const int d = lane + 32 * i;
       // Past the cache: NaN rather than another's memory (as decode).
-      if (d < head_dim) oh[d] = last[r] >= 0 ? acc[r][i] / l[r] : __int_as_float(0x7fc00000);
+      if (d < head_dim) {
+        const float o = last[r] >= 0 ? acc[r][i] / l[r] : __int_as_float(0x7fc00000);
+        oh[d] = o;
+        // For the blocks: the warp's own rows of the queries, which no
+        // other warp reads.
+        qs[warp * ROWS + r][d] = o;
+      }
     }
+  }
+  // A call: inlined after the sums, the blocks took registers from the main
+  // loop (heads of 64: 72 without blocks, 96 inlined, 80 called).
+  if (mmq) {
+    store_rows_mmq(qs[warp * ROWS], HD, &row_pos[warp * ROWS], ROWS, row0 + warp * ROWS, rows,
+                   n_heads, head, head_dim, mmq);
   }
 }
 
@@ -205,11 +245,12 @@ __device__ void prefill_attention(
       const float *q, const T *k, const T *v, const uint32_t *positions, float *out,         \
       uint32_t pos_base, int n_heads, int n_kv_heads, int head_dim, int max_seq, int rows,   \
       float scale, float softcap, int window, const float *rope_cos, const float *rope_sin,  \
-      int n_dims, int neox, long long q_stride, const float *q_norm, float norm_eps) {       \
+      int n_dims, int neox, long long q_stride, const float *q_norm, float norm_eps,         \
+      realm_block_mmq_ds4 *mmq) {                                                            \
     prefill_attention<T, ROWS, HD>(q, k, v, positions, out, pos_base, n_heads, n_kv_heads,   \
                                    head_dim, max_seq, rows, scale, softcap, window,          \
                                    rope_cos, rope_sin, n_dims, neox, q_stride, q_norm,       \
-                                   norm_eps);                                                \
+                                   norm_eps, mmq);                                           \
   }
 
 // Heads of up to 64, 128 and 256 values; fewer rows a warp for the largest,

@@ -119,18 +119,31 @@ __device__ __forceinline__ void store_q8_1_mmq(float v, realm_block_mmq_ds4 *mmq
   }
 }
 
-// Writes column `col` (past `width`, in the padding) of row `row` as zero,
-// scales included: any thread, no shuffles.
-__device__ __forceinline__ void store_q8_1_mmq_zero(realm_block_mmq_ds4 *mmq, uint32_t rows,
-                                                    uint32_t width, uint32_t row, uint64_t col) {
+// Writes column `col` of row `row` as a block of constant `d`: quants 0,
+// scales and sums `d`; any thread, no shuffles. Zero for the padding past
+// `width`; NaN for a row that is NaN by design (attention past its cache),
+// so that a product of it is NaN as the values are.
+__device__ __forceinline__ void store_q8_1_mmq_const(realm_block_mmq_ds4 *mmq, uint32_t rows,
+                                                     uint32_t width, uint32_t row, uint64_t col,
+                                                     float d) {
   const uint64_t i = (col / 128) * rows + row;
   realm_block_mmq_d4 *d4 = (realm_block_mmq_d4 *)(mmq + mmq_blocks(rows, width));
   mmq[i].qs[col % 128] = 0;
   d4[i].qs[col % 128] = 0;
   if (col % 32 == 0) {
     const int sub = (col % 128) / 32;
-    mmq[i].ds[2 * sub] = __float2half(0.0f);
-    mmq[i].ds[2 * sub + 1] = __float2half(0.0f);
-    d4[i].d[sub] = 0.0f;
+    mmq[i].ds[2 * sub] = __float2half(d);
+    mmq[i].ds[2 * sub + 1] = __float2half(d);
+    d4[i].d[sub] = d;
+  }
+}
+
+// Writes row `row`'s padding (its columns from `width` on) as zeros: thread
+// `t` of `threads` takes every threads-th column.
+__device__ __forceinline__ void store_q8_1_mmq_padding(realm_block_mmq_ds4 *mmq, uint32_t rows,
+                                                       uint32_t width, uint32_t row, uint32_t t,
+                                                       uint32_t threads) {
+  for (uint64_t col = width + t; col < mmq_padded(width); col += threads) {
+    store_q8_1_mmq_const(mmq, rows, width, row, col, 0.0f);
   }
 }

@@ -233,7 +233,9 @@ impl AttentionOps for GpuBackend {
             };
             let mut op = fused_attention(p, positions);
             // Blocks only for a whole result (rows from the first).
-            op.blocks = rows.start == 0 && self.writes_blocks(n, p.head_dim, n * width);
+            if rows.start == 0 {
+                op.blocks = self.attention_blocks(n, p);
+            }
             op.tiled = self.tiled;
             op.keys = match ws.step() {
                 Some(st) => st.kv_len().min(cfg.max_seq_len),
@@ -244,8 +246,8 @@ impl AttentionOps for GpuBackend {
                 .reshape((n, width))
                 .and_then(|q| q.apply_op3_no_bwd(&cache.k[at.layer], &cache.v[at.layer], &op))
                 .map_err(dev_err(OP))?;
-            if op.blocks {
-                let (y, b) = split_blocks(OP, y, (n, width), Blocks::Vector)?;
+            if op.blocks != Blocks::No {
+                let (y, b) = split_blocks(OP, y, (n, width), op.blocks)?;
                 return out.set_prefix_with_blocks(OP, "out length", n * width, y, b);
             }
             return out.set_rows(OP, "out length", &rows, width, y);
@@ -459,7 +461,7 @@ impl GpuBackend {
         };
         out.check_room(OP, "out length", product(OP, "rows overflow", n, width)?)?;
         let pos = ws.positions_tensor(&self.device, positions)?;
-        let blocks = self.writes_blocks(n, p.head_dim, n * width);
+        let blocks = self.attention_blocks(n, p);
         let (block, slot) = cache.block();
         let y = (|| -> candle_core::Result<Tensor> {
             let store = RopeStore {
@@ -480,7 +482,7 @@ impl GpuBackend {
                 .apply_op3_no_bwd(&cache.k[layer], &cache.v[layer], &op)
         })()
         .map_err(dev_err(OP))?;
-        let (y, b) = split_blocks(OP, y, (n, width), Blocks::vector_if(blocks))?;
+        let (y, b) = split_blocks(OP, y, (n, width), blocks)?;
         out.set_prefix_with_blocks(OP, "out length", n * width, y, b)
     }
 
@@ -573,7 +575,10 @@ impl GpuBackend {
             first = end;
         }
         // One run's result is the whole result, which may carry blocks.
-        let blocks = runs.len() == 1 && self.writes_blocks(n, p.head_dim, n * width);
+        let blocks = match runs.len() {
+            1 => self.attention_blocks(n, p),
+            _ => Blocks::No,
+        };
         let mut ys = Vec::new();
         for run in runs {
             let at = &positions[run.clone()];
@@ -590,12 +595,12 @@ impl GpuBackend {
             )?;
             ys.push(y);
         }
-        if blocks {
+        if blocks != Blocks::No {
             let y = ys.pop().ok_or(BackendError::InvalidParameter {
                 op: OP,
                 what: "no rows",
             })?;
-            let (y, b) = split_blocks(OP, y, (n, width), Blocks::Vector)?;
+            let (y, b) = split_blocks(OP, y, (n, width), blocks)?;
             return out.set_prefix_with_blocks(OP, "out length", n * width, y, b);
         }
         let y = match ys.len() {
@@ -649,7 +654,7 @@ impl GpuBackend {
             }
             None => (ws.positions_tensor(&self.device, positions)?, furthest),
         };
-        let blocks = self.writes_blocks(n, p.head_dim, n * width);
+        let blocks = self.attention_blocks(n, p);
         let (block, _) = caches[0].block();
         let y = (|| -> candle_core::Result<Tensor> {
             // The keys and values stored by the attention kernel, or by a
@@ -679,7 +684,7 @@ impl GpuBackend {
                 .apply_op3_no_bwd(&caches[0].k[layer], &caches[0].v[layer], &op)
         })()
         .map_err(dev_err(OP))?;
-        let (y, b) = split_blocks(OP, y, (n, width), Blocks::vector_if(blocks))?;
+        let (y, b) = split_blocks(OP, y, (n, width), blocks)?;
         out.set_prefix_with_blocks(OP, "out length", n * width, y, b)
     }
 }
@@ -698,7 +703,7 @@ fn fused_attention(p: &AttentionParams, positions: QueryPositions) -> FusedAtten
         softcap: p.softcap,
         window: p.sliding_window,
         rope: None,
-        blocks: false,
+        blocks: Blocks::No,
         slots: None,
         tiled: false,
         keys: 0,
@@ -729,6 +734,16 @@ impl GpuBackend {
         self.fuses(p) && (n <= FUSED_CHUNK || self.device.is_cuda())
     }
 
+    /// The blocks the fused kernels write of `rows` rows of attention's
+    /// output ([`GpuBackend::blocks_for`]): none unless heads are whole
+    /// blocks of 32 values, since the kernels write each head apart.
+    fn attention_blocks(&self, rows: usize, p: &AttentionParams) -> Blocks {
+        match p.head_dim.is_multiple_of(crate::fused::q8::BLOCK) {
+            true => self.blocks_for(rows, p.n_heads * p.head_dim),
+            false => Blocks::No,
+        }
+    }
+
     /// [`AttentionOps::attend_rows`] of the rows `first..` whose caches are
     /// the consecutive slots from `cache`'s (one per position); returns
     /// their outputs, `[rows, n_heads * head_dim]`, or with `blocks` (only
@@ -744,7 +759,7 @@ impl GpuBackend {
         rows: &Rows,
         p: &AttentionParams,
         rope: Option<&Rope>,
-        blocks: bool,
+        blocks: Blocks,
     ) -> BackendResult<Tensor> {
         const OP: &str = "attend_rows";
         let cfg = *cache.config();
@@ -753,7 +768,7 @@ impl GpuBackend {
         let (kvh, hd, group) = (p.n_kv_heads, p.head_dim, p.n_heads / p.n_kv_heads);
         let furthest = positions.iter().max().map_or(0, |&p| p as usize + 1);
         let fused = self.fuses(p);
-        if blocks && !fused {
+        if blocks != Blocks::No && !fused {
             return Err(BackendError::InvalidParameter {
                 op: OP,
                 what: "blocks without the fused kernel",

@@ -466,12 +466,11 @@ impl GpuBackend {
     }
 
     /// The backend whose fused kernels (the norm after a residual add, the
-    /// gated units, decode attention) also write their results as the Q8_1
+    /// gated units, attention) also write their results as the Q8_1
     /// blocks that candle's vector products (up to 8 rows) quantize their
     /// input to, when `on`: the next quantized product then launches one
-    /// kernel instead of two. For more rows, the norm and the gated units
-    /// write them in the layout candle's matrix products quantize to
-    /// instead. On by default on CUDA (unless the environment
+    /// kernel instead of two. For more rows, they write them in the layout
+    /// candle's matrix products quantize to instead. On by default on CUDA (unless the environment
     /// variable `REALM_Q8_BLOCKS` is `0`), where the blocks equal the
     /// products' own bit for bit, so results do not change. On
     /// candle's CPU device, whose products quantize their input to other
@@ -504,31 +503,19 @@ impl GpuBackend {
         self.blocks_products.load(Ordering::Relaxed)
     }
 
-    /// Whether an op writing `len` values, `rows` rows of `width`, also
-    /// writes their blocks: a product takes blocks for up to
-    /// [`fused::q8::MAX_ROWS`] rows, and a block must not cross a row (or
-    /// a head, for attention: `width` is then the head's).
-    pub(crate) fn writes_blocks(&self, rows: usize, width: usize, len: usize) -> bool {
-        self.q8_blocks()
-            && rows <= fused::q8::MAX_ROWS
-            && (1..=fused::q8::MAX_VALUES).contains(&len)
-            && width.is_multiple_of(fused::q8::BLOCK)
-    }
-
-    /// The blocks an op writing `rows` rows of `width` values also writes:
-    /// Q8_1 blocks for a vector product ([`GpuBackend::writes_blocks`]),
-    /// the matrix products' layout for more rows (rows of whole blocks),
-    /// or none.
+    /// The blocks an op writing `rows` rows of `width` values also writes,
+    /// for the product that reads them: Q8_1 blocks for a vector product
+    /// (up to [`fused::q8::MAX_ROWS`] rows), the matrix products' layout
+    /// for more rows, or none. A block must not cross a row: `width` is a
+    /// multiple of 32.
     pub(crate) fn blocks_for(&self, rows: usize, width: usize) -> fused::q8::Blocks {
-        use fused::q8::{Blocks, MAX_MATRIX_VALUES, MAX_ROWS};
+        use fused::q8::{Blocks, BLOCK, MAX_MATRIX_VALUES, MAX_ROWS, MAX_VALUES};
         let len = rows.saturating_mul(width);
-        if self.writes_blocks(rows, width, len) {
+        if !self.q8_blocks() || len == 0 || !width.is_multiple_of(BLOCK) {
+            Blocks::No
+        } else if rows <= MAX_ROWS && len <= MAX_VALUES {
             Blocks::Vector
-        } else if self.q8_blocks()
-            && rows > MAX_ROWS
-            && len <= MAX_MATRIX_VALUES
-            && width.is_multiple_of(fused::q8::BLOCK)
-        {
+        } else if rows > MAX_ROWS && len <= MAX_MATRIX_VALUES {
             Blocks::Matrix
         } else {
             Blocks::No

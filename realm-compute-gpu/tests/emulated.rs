@@ -151,7 +151,9 @@ fn assert_blocks(file: &Path, values: &[f32], what: &str) {
 /// with d_inv = 127 / amax: quants round(x * d_inv), d = 1 / d_inv, and
 /// the sum of 8 threads' sums of 4 values (each in order), the threads
 /// paired by xor 4, 2 and 1. Written from that description, apart from
-/// the backend's own form, as the oracle for the kernels' blocks.
+/// the backend's own form, as the oracle for the kernels' blocks. Values
+/// that are NaN by design (attention past its cache: 32 NaN at once) are
+/// Realm's mark instead: quants 0, NaN scales and sums.
 fn candle_q8_1_mmq(values: &[f32], rows: usize, width: usize) -> [Vec<u8>; 2] {
     let padded = width.div_ceil(512) * 512;
     let mut kinds = [
@@ -161,14 +163,20 @@ fn candle_q8_1_mmq(values: &[f32], rows: usize, width: usize) -> [Vec<u8>; 2] {
     for r in 0..rows {
         for c0 in (0..width).step_by(32) {
             let x = &values[r * width + c0..r * width + c0 + 32];
+            let at = ((c0 / 128) * rows + r) * 144;
+            let sub = c0 % 128 / 32;
+            if x.iter().all(|v| v.is_nan()) {
+                let nan = half::f16::from_f32(f32::NAN).to_le_bytes();
+                kinds[0][at + 4 * sub..at + 4 * sub + 4].copy_from_slice(&[nan, nan].concat());
+                kinds[1][at + 4 * sub..at + 4 * sub + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+                continue;
+            }
             let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
             let mut t: Vec<f32> = x.chunks(4).map(|q| q[0] + q[1] + q[2] + q[3]).collect();
             for o in [4, 2, 1] {
                 t = (0..8).map(|i| t[i] + t[i ^ o]).collect();
             }
             let d_inv = 127.0 / amax;
-            let at = ((c0 / 128) * rows + r) * 144;
-            let sub = c0 % 128 / 32;
             for kind in &mut kinds {
                 for (k, &v) in x.iter().enumerate() {
                     let q = (v * d_inv).round();
@@ -511,16 +519,25 @@ fn attention_kernel(case: &Case, seed: u64, kernel: Kernel) {
         }
         None => args.extend(["-", "-", "0", "0"].map(String::from)),
     }
-    // With heads of whole blocks, the decode kernel's blocks too.
+    // With heads of whole blocks, the decode kernel's Q8_1 blocks too, and
+    // either kernel's blocks in the matrix products' layout.
     let blocks = dir.join("blocks");
-    let with_blocks = decode && hd % 32 == 0;
-    if with_blocks {
+    let mmq = dir.join("mmq");
+    let whole = hd % 32 == 0;
+    if decode && whole {
         args.push(blocks.to_str().unwrap().to_string());
     }
-    let got = run_env(kernel, &args, &out, &env);
+    let mut first = env.clone();
+    if whole {
+        first.push(("EMU_MMQ", mmq.to_str().unwrap().to_string()));
+    }
+    let got = run_env(kernel, &args, &out, &first);
     assert_close(&got, &want, 1e-4, 1e-4, kernel);
-    if with_blocks {
-        assert_blocks(&blocks, &got, kernel);
+    if whole {
+        if decode {
+            assert_blocks(&blocks, &got, kernel);
+        }
+        assert_mmq_blocks(&mmq, &got, rows, n_heads * hd, kernel);
     }
     // What the kernel stored: the reference caches (as the cache's type
     // holds them), and nothing else changed. The emulator runs blocks one
@@ -761,8 +778,8 @@ fn split_decode_attention_matches_the_cpu() {
     attention_kernel(&gemma3, 202, decode(true, 3, Stores::NormedKeys));
 }
 
-/// A row whose position is past its cache is NaN (values and blocks),
-/// split or not, and the other rows are the same split or not: two rows
+/// A row whose position is past its cache is NaN (values and blocks of
+/// both layouts), split or not, and the other rows are the same split or not: two rows
 /// of one KV head, caches of 1600 positions, the kernel told 1200.
 #[test]
 #[ignore = "needs a C++20 compiler; cargo xtask test runs it where it finds one"]
@@ -796,9 +813,13 @@ fn split_rows_past_the_cache_are_nan() {
     ]
     .into();
     let width = n_heads * hd;
+    let mmq = dir.join("mmq");
     let mut results = Vec::new();
     for splits in [1, 3] {
-        let env = [("EMU_SPLITS", splits.to_string())];
+        let env = [
+            ("EMU_SPLITS", splits.to_string()),
+            ("EMU_MMQ", mmq.to_str().unwrap().to_string()),
+        ];
         let got = run_env("decode_attention_f32_64", &args, &dir.join("out"), &env);
         assert!(
             got[..width].iter().all(|x| x.is_finite()),
@@ -814,6 +835,7 @@ fn split_rows_past_the_cache_are_nan() {
             let d = half::f16::from_le_bytes([b[0], b[1]]);
             assert!(d.is_nan(), "splits {splits}: row 1's blocks");
         }
+        assert_mmq_blocks(&mmq, &got, 2, width, &format!("splits {splits}"));
         results.push(got);
     }
     assert_close(
@@ -823,6 +845,47 @@ fn split_rows_past_the_cache_are_nan() {
         1e-6,
         "split row 0",
     );
+}
+
+/// The tiled kernel's rows past the cache are NaN too (values, and blocks
+/// in the matrix products' layout), beside rows that are not: a chunk of
+/// 20 rows from position 0 over a cache of 10 positions, in blocks of 16
+/// rows (one with both kinds, one past the cache).
+#[test]
+#[ignore = "needs a C++20 compiler; cargo xtask test runs it where it finds one"]
+fn prefill_rows_past_the_cache_are_nan() {
+    let (rows, n_heads, hd, max_seq) = (20usize, 4usize, 64usize, 10usize);
+    let mut rng = Rng(310);
+    let dir = scratch("prefill-past-the-cache");
+    let out = dir.join("out");
+    let mmq = dir.join("mmq");
+    let args: Vec<String> = vec![
+        write(&dir, "q", &rng.f32s(rows * n_heads * hd, -1.0, 1.0)),
+        write(&dir, "k", &rng.f32s(max_seq * hd, -1.0, 1.0)),
+        write(&dir, "v", &rng.f32s(max_seq * hd, -1.0, 1.0)),
+        "-".into(),
+        out.to_str().unwrap().to_string(),
+        rows.to_string(),
+        n_heads.to_string(),
+        "1".into(),
+        hd.to_string(),
+        max_seq.to_string(),
+        (1.0 / (hd as f32).sqrt()).to_string(),
+        "0".into(),
+        "0".into(),
+        "0".into(),
+        "-".into(),
+        "-".into(),
+        "0".into(),
+        "0".into(),
+    ];
+    let env = [("EMU_MMQ", mmq.to_str().unwrap().to_string())];
+    let got = run_env("prefill_attention_f32_64", &args, &out, &env);
+    let width = n_heads * hd;
+    let (seen, past) = got.split_at(max_seq * width);
+    assert!(seen.iter().all(|x| x.is_finite()), "rows in the cache");
+    assert!(past.iter().all(|x| x.is_nan()), "rows past the cache");
+    assert_mmq_blocks(&mmq, &got, rows, width, "prefill_attention_f32_64");
 }
 
 /// Positions `start..start + n`, a chunk of one sequence.

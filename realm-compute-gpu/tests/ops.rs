@@ -145,21 +145,21 @@ proptest! {
     }
 
     /// The fused ops' results as Q8_1 blocks, which the next quantized
-    /// product reads in place of quantizing its input (up to 8 rows): the
-    /// residual add + norm, the gated unit and decode attention, each
-    /// before a product by every type; for more rows the norm's and the
-    /// gated unit's, in the layout of the matrix products. The op's values do not change; on
+    /// product reads in place of quantizing its input (up to 8 rows), and
+    /// for more rows in the layout of the matrix products: the residual
+    /// add + norm, the gated unit, a chunk's attention and a batch's, each
+    /// before a product by every type. The op's values do not change; on
     /// CUDA the product does not either, bit for bit; on candle's CPU
     /// device, which quantizes the blocks' values again, it stays within
     /// that second rounding.
     #[test]
-    fn products_read_the_blocks_ops_write(ti in 0usize..64, n in prop_oneof![1usize..20, 120usize..160], which in 0usize..3, seed in any::<u64>()) {
+    fn products_read_the_blocks_ops_write(ti in 0usize..64, n in prop_oneof![1usize..20, 120usize..160], which in 0usize..4, seed in any::<u64>()) {
         let types = types();
         let t = types[ti % types.len()];
         // Attention's rows are 4 heads of 64; the others' 768 values, padded
         // to 1024 in the matrix products' layout. An odd row count for the
         // weight.
-        let (k, m, past) = (if which == 2 { 256 } else { 768 }, 41, 3);
+        let (k, m, past) = (if which >= 2 { 256 } else { 768 }, 41, 3);
         let mut rng = Rng(seed);
         let bytes = quant::quantize_row_to_vec(t, &rng.f32s(m * k, -1.0, 1.0)).unwrap();
         let shape = [k as u64, m as u64];
@@ -195,21 +195,47 @@ proptest! {
                     g.split_cols(&g.upload(&stacked).unwrap(), n, &[k, k], &mut [&mut input, &mut up]).unwrap();
                     g.swiglu_inplace(&mut input, &up, n * k).unwrap();
                 }
-                _ => {
+                2 => {
                     let mut cache = g.kv_cache(&cfg).unwrap();
                     let (gk, gv) = (g.upload(&kv[0]).unwrap(), g.upload(&kv[1]).unwrap());
                     g.kv_write(&mut ws, &mut cache, at(0), &gk, &gv, 0..past + n).unwrap();
                     g.attention(&mut ws, &cache, at(past), &gx, 0..n, &p, &mut input).unwrap();
+                }
+                _ => {
+                    // A batch: each row at position `past` of a cache of
+                    // its own, its key rotated and stored with its value.
+                    let (gk, gv) = (g.upload(&kv[0]).unwrap(), g.upload(&kv[1]).unwrap());
+                    let mut caches: Vec<_> = (0..n).map(|_| g.kv_cache(&cfg).unwrap()).collect();
+                    for c in &mut caches {
+                        g.kv_write(&mut ws, c, at(0), &gk, &gv, 0..past).unwrap();
+                    }
+                    let mut rows: Vec<_> = caches.iter_mut().collect();
+                    let positions = vec![past as u32; n];
+                    let rope = RopeParams { n_dims: 64, base: 10000.0, freq_scale: 1.0, mode: RopeMode::Neox };
+                    let (mut q, mut nk) = (gx.clone(), g.upload(&kv[0][..n * 128]).unwrap());
+                    let nv = g.upload(&kv[1][..n * 128]).unwrap();
+                    g.rope_attend_rows(&mut ws, &mut rows, 0, &positions, (&mut q, &mut nk, &nv), None, &rope, &p, &mut input).unwrap();
                 }
             }
             let before = g.blocks_products();
             let mut out = g.buffer(n * m).unwrap();
             g.matmul(&mut ws, &gw, &input, n, &mut out).unwrap();
             let took = g.blocks_products() - before;
-            // Past 8 rows, the norm's and the gated unit's, for the types
-            // whose matrix kernels read that layout (Q2_K's reads another).
-            let rows = n <= 8 || (which < 2 && t != GgmlType::Q2_K);
-            prop_assert_eq!(took, u64::from(g.q8_blocks() && rows && t.is_quantized()), "blocks products");
+            // Which ops write blocks of these rows: the fused attention
+            // kernel takes a chunk of more than 8 rows only on CUDA; a
+            // batch's rows go to it by address there, up to 32 of them, and
+            // elsewhere as runs of consecutive slots, all of the rows in one
+            // run (which blocks need) only for one row.
+            let cuda = !matches!(g.device(), GpuDevice::Cpu);
+            let writes = match which {
+                0 | 1 => true,
+                2 => n <= 8 || cuda,
+                _ => if cuda { n <= 32 } else { n == 1 },
+            };
+            // Past 8 rows, for the types whose matrix kernels read that
+            // layout (Q2_K's reads another).
+            let reads = n <= 8 || t != GgmlType::Q2_K;
+            prop_assert_eq!(took, u64::from(g.q8_blocks() && writes && reads && t.is_quantized()), "blocks products");
             results.push((down(&g, &input, n * k), down(&g, &out, n * m)));
         }
         let ((v0, y0), (v1, y1)) = (&results[0], &results[1]);

@@ -32,8 +32,8 @@ pub(crate) enum QueryPositions {
 /// `[rows, n_kv_heads, max_seq, head_dim]` (a cache per row) or
 /// `[n_kv_heads, max_seq, head_dim]` (one cache for every row, or row 0's
 /// when `slots` names each row's), f32 or f16, contiguous. Result: `[rows, n_heads * head_dim]` f32, or with
-/// `blocks` the same values flat and then their Q8_1 blocks ([`q8`];
-/// `head_dim` a multiple of 32).
+/// `blocks` the same values flat and then their blocks of that kind
+/// ([`q8::Blocks`]; `head_dim` a multiple of 32).
 #[derive(Debug)]
 pub(crate) struct FusedAttention {
     pub(crate) positions: QueryPositions,
@@ -45,8 +45,9 @@ pub(crate) struct FusedAttention {
     pub(crate) window: Option<usize>,
     /// RoPE to apply to the queries first (`None`: they are rotated).
     pub(crate) rope: Option<Rope>,
-    /// Whether the result is followed by its blocks.
-    pub(crate) blocks: bool,
+    /// The blocks that follow the result: Q8_1 blocks (the decode kernel
+    /// only), the matrix products' layout, or none.
+    pub(crate) blocks: q8::Blocks,
     /// Each row's cache, like the arguments' (CUDA only); `None`: the
     /// arguments are the caches.
     pub(crate) slots: Option<SlotTable>,
@@ -121,7 +122,7 @@ impl FusedAttention {
                 RowLayout::of(t.layout())?;
             }
         }
-        if self.blocks && !hd.is_multiple_of(q8::BLOCK) {
+        if self.blocks != q8::Blocks::No && !hd.is_multiple_of(q8::BLOCK) {
             candle_core::bail!("fused attention: blocks of heads of {hd} values");
         }
         if let QueryPositions::Device(t) = &self.positions {
@@ -151,8 +152,8 @@ impl FusedAttention {
     fn shape(&self, rows: usize) -> Shape {
         let width = self.n_heads * self.head_dim;
         match self.blocks {
-            true => Shape::from(rows * width + q8::words(rows * width)),
-            false => Shape::from((rows, width)),
+            q8::Blocks::No => Shape::from((rows, width)),
+            blocks => Shape::from(rows * width + blocks.words(rows, width)),
         }
     }
 
@@ -260,9 +261,11 @@ impl CustomOp3 for FusedAttention {
             }
             _ => candle_core::bail!("fused attention: f32 or f16 caches"),
         };
-        if self.blocks {
+        if self.blocks != q8::Blocks::No {
             let values = out.clone();
-            q8::quantize_into(&values, &mut out);
+            let width = self.n_heads * self.head_dim;
+            self.blocks
+                .quantize_into(&values, dims.rows, width, &mut out);
         }
         Ok((CpuStorage::F32(out), self.shape(dims.rows)))
     }
@@ -291,7 +294,7 @@ mod cuda {
     use candle_core::cuda_backend::CudaDType;
     use candle_core::{CudaDevice, CudaStorage, DType, Layout, Result, Shape, Storage};
 
-    use super::{Dims, FusedAttention, QueryPositions, SlotTable};
+    use super::{q8, Dims, FusedAttention, QueryPositions, SlotTable};
     use crate::fused::cuda::{offsets, with_address, with_tables};
     use crate::fused::launch::Kernel;
     use crate::fused::RowLayout;
@@ -341,14 +344,14 @@ mod cuda {
 
     /// The largest head of the tiled kernel that runs `op` on `dims`, and
     /// the rows of its blocks; `None` where the decode kernel runs (not
-    /// asked, a cache per row or by address, few rows, blocks, or heads
-    /// whose size is not a multiple of 4).
+    /// asked, a cache per row or by address, few rows, Q8_1 blocks, or
+    /// heads whose size is not a multiple of 4).
     fn tiled(op: &FusedAttention, dims: &Dims) -> Option<(usize, usize)> {
         let one_cache = dims.row_stride == 0 && op.slots.is_none();
         if !op.tiled
             || !one_cache
             || dims.rows <= DECODE_ROWS
-            || op.blocks
+            || op.blocks == q8::Blocks::Vector
             || !op.head_dim.is_multiple_of(4)
         {
             return None;
@@ -500,13 +503,17 @@ mod cuda {
         };
         let values = dims.rows * op.n_heads * op.head_dim;
         // SAFETY: every value of `out` is written (each row's head, every
-        // one of head_dim values, and with blocks their words): by the
-        // attention kernel, or with splits by the merge kernel after it.
+        // one of head_dim values, and with blocks their words, all but
+        // matrix blocks' spare blocks, which a product reads only for
+        // results it drops: any bits are an f32): by the attention kernel,
+        // or with splits by the merge kernel after it.
         let out = unsafe { dev.alloc::<f32>(op.shape(dims.rows).elem_count())? };
-        // A null pointer says: no blocks.
-        let blocks = match op.blocks {
-            true => crate::fused::cuda::address(&out, values),
-            false => 0,
+        // Null pointers say: no blocks (of that layout).
+        let blocks_at = crate::fused::cuda::address(&out, values);
+        let (blocks, matrix) = match op.blocks {
+            q8::Blocks::No => (0, 0),
+            q8::Blocks::Vector => (blocks_at, 0),
+            q8::Blocks::Matrix => (0, blocks_at),
         };
         let (kernel, grid_x, threads) = match tiled {
             Some((max_hd, rows)) => (
@@ -596,6 +603,7 @@ mod cuda {
                 b.arg(&a.neox);
                 if tiled.is_none() {
                     b.arg(&blocks);
+                    b.arg(&matrix);
                 }
                 b.arg(&a.q_stride);
                 b.arg(&q_norm);
@@ -607,6 +615,8 @@ mod cuda {
                     b.arg(&a.new_k_stride);
                     b.arg(&a.new_v_stride);
                     b.arg(&k_norm);
+                } else {
+                    b.arg(&matrix);
                 }
                 // SAFETY: the arguments match the kernel's parameters in order
                 // and type; `dims` checked that every key and value a row reads
@@ -617,9 +627,11 @@ mod cuda {
                 // table, its addresses are each row's cache of the same shape
                 // and type as row 0's, which `dims` checked (`SlotTable::of`
                 // took them from live tensors, which the caller holds); with
-                // blocks (decode kernel only), `out` has their words after the
-                // values and head_dim is a multiple of 32, so each warp's values
-                // are one block. The decode kernel reads keys four at a time
+                // blocks (Q8_1 blocks: decode kernel only), `out` has their
+                // words after the values (matrix blocks: rows x n_heads x
+                // head_dim padded, both kinds, and the spare blocks) and
+                // head_dim is a multiple of 32, so each warp's values are one
+                // block or a quarter of one. The decode kernel reads keys four at a time
                 // only where head_dim is a multiple of 4 and the keys are
                 // 16-byte aligned (it checks both). The tiled kernel runs only
                 // on one cache, with head_dim a multiple of 4 and at most its
@@ -655,6 +667,7 @@ mod cuda {
             b.arg(&max_seq);
             b.arg(&out);
             b.arg(&blocks);
+            b.arg(&matrix);
             b.arg(&n_heads);
             b.arg(&head_dim);
             b.arg(&splits);
@@ -671,7 +684,7 @@ mod cuda {
 
     #[cfg(test)]
     mod tests {
-        use super::super::{Dims, FusedAttention, QueryPositions};
+        use super::super::{q8, Dims, FusedAttention, QueryPositions};
         use super::{splits, tiled, MAX_SPLITS};
 
         /// SmolLM2's heads, `keys` seen, the device filled by `fill` blocks.
@@ -685,7 +698,7 @@ mod cuda {
                 softcap: None,
                 window: None,
                 rope: None,
-                blocks: false,
+                blocks: q8::Blocks::No,
                 slots: None,
                 tiled: true,
                 keys,
@@ -726,12 +739,17 @@ mod cuda {
             let mut gemma = op(64, 0);
             gemma.head_dim = 256;
             assert_eq!(tiled(&gemma, &dims(512)), Some((256, 8)));
-            // Not asked, blocks wanted, a cache per row, odd heads: decode.
+            // Matrix blocks wanted: tiled.
+            let mut matrix = op(64, 0);
+            matrix.blocks = q8::Blocks::Matrix;
+            assert_eq!(tiled(&matrix, &dims(64)), Some((64, 16)));
+            // Not asked, Q8_1 blocks wanted, a cache per row, odd heads:
+            // decode.
             let mut off = op(64, 0);
             off.tiled = false;
             assert_eq!(tiled(&off, &dims(64)), None);
             let mut blocks = op(64, 0);
-            blocks.blocks = true;
+            blocks.blocks = q8::Blocks::Vector;
             assert_eq!(tiled(&blocks, &dims(64)), None);
             let per_row = Dims {
                 row_stride: 3 * 8192 * 64,

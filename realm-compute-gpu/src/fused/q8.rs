@@ -4,7 +4,9 @@
 //! candle's vector product kernels (up to 8 rows) first quantize their
 //! input to GGUF's Q8_1 blocks with a kernel of their own. The fused norm,
 //! gated unit and decode attention can write those blocks as they write
-//! their results, so the product launches one kernel instead of two. The
+//! their results, so the product launches one kernel instead of two; for
+//! more rows they (and the tiled prefill attention) write the layout of
+//! candle's matrix kernels instead ([`matrix`]). The
 //! blocks sit after the op's f32 results in the same f32 tensor (a block
 //! is 36 bytes, 9 words); [`crate::GpuBuffer`] keeps them beside the
 //! values they quantize, and [`MatMulOps::matmul`] reads them when it can.
@@ -109,14 +111,6 @@ pub(crate) enum Blocks {
 }
 
 impl Blocks {
-    /// [`Blocks::Vector`] when `on`, else none.
-    pub(crate) fn vector_if(on: bool) -> Self {
-        match on {
-            true => Blocks::Vector,
-            false => Blocks::No,
-        }
-    }
-
     /// Words of the blocks of `rows` rows of `width` values.
     pub(crate) fn words(self, rows: usize, width: usize) -> usize {
         match self {

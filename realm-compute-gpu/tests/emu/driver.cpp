@@ -163,17 +163,19 @@ int main(int argc, char **argv) {
     const auto k_norm = env_floats("EMU_K_NORM");
     const long long new_k_stride = env_num("EMU_NEW_K_STRIDE", (long long)n_kv * hd);
     const long long new_v_stride = env_num("EMU_NEW_V_STRIDE", (long long)n_kv * hd);
+    auto mmq = mmq_buffer(rows, n_heads * hd);
+    realm_block_mmq_ds4 *mmq_ptr = mmq.empty() ? nullptr : mmq.data();
     // The kernel's name says the cache's type and the largest head.
     auto launch = [&](auto kernel_fn, auto &k, auto &v) {
       emu_launch(kernel_fn, dim3{rows, n_heads, splits}, dim3{256, 1, 1}, q.data(), k.data(),
                  v.data(), p, out.data(), pos_base, (int)n_heads, n_kv, hd, max_seq, row_stride,
                  table(k, v), (int)by_slots, scale, softcap, window, c, s, n_dims, neox, ptr(q8),
-                 q_stride, ptr_or_null(q_norm), NORM_EPS, part_ptr, ptr_or_null(new_k),
+                 mmq_ptr, q_stride, ptr_or_null(q_norm), NORM_EPS, part_ptr, ptr_or_null(new_k),
                  ptr_or_null(new_v), new_k_stride, new_v_stride, ptr_or_null(k_norm));
       if (splits > 1)
         emu_launch(decode_attention_merge, dim3{rows, n_heads, 1}, dim3{MERGE_THREADS, 1, 1},
-                   part_ptr, p, pos_base, max_seq, out.data(), ptr(q8), (int)n_heads, hd,
-                   (int)splits);
+                   part_ptr, p, pos_base, max_seq, out.data(), ptr(q8), mmq_ptr, (int)n_heads,
+                   hd, (int)splits);
       if (const char *prefix = std::getenv("EMU_CACHES")) {
         std::vector<float> kf, vf;
         for (auto x : k) kf.push_back(to_f32(x));
@@ -198,6 +200,7 @@ int main(int argc, char **argv) {
     }
     store(argv[6], out);
     store_q8(argc, argv, 21, q8);
+    store_mmq(mmq);
   } else if (kernel.rfind("prefill_attention_", 0) == 0) {
     // q k v positions|- out rows n_heads n_kv_heads head_dim max_seq scale
     // softcap window pos_base cos|- sin|- n_dims neox, one cache for every
@@ -227,10 +230,12 @@ int main(int argc, char **argv) {
     // Rows a block: 4 warps of 4 rows, or of 2 for heads up to 256.
     const unsigned per_block = max_hd == "256" ? 8 : 16;
     const dim3 grid{(rows + per_block - 1) / per_block, n_heads, 1};
+    auto mmq = mmq_buffer(rows, n_heads * hd);
     auto launch = [&](auto kernel_fn, auto &k, auto &v) {
       emu_launch(kernel_fn, grid, dim3{128, 1, 1}, q.data(), k.data(), v.data(), p, out.data(),
                  pos_base, (int)n_heads, n_kv, hd, max_seq, rows, scale, softcap, window, c, s,
-                 n_dims, neox, q_stride, ptr_or_null(q_norm), NORM_EPS);
+                 n_dims, neox, q_stride, ptr_or_null(q_norm), NORM_EPS,
+                 mmq.empty() ? nullptr : mmq.data());
     };
     if (f16) {
       auto k = load<__half>(argv[3]), v = load<__half>(argv[4]);
@@ -246,6 +251,7 @@ int main(int argc, char **argv) {
       launch(f, k, v);
     }
     store(argv[6], out);
+    store_mmq(mmq);
   } else if (kernel == "rope_store_f32" || kernel == "rope_store_f16") {
     // cache k v positions cos sin out rows slots n_kv_heads head_dim
     // max_seq n_dims neox slot0 [by-slots]; the cache (keys, then values) is

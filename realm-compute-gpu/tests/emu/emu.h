@@ -38,6 +38,7 @@ inline EmuBlock *emu_block = nullptr;
 #define __global__
 #define __device__
 #define __forceinline__ inline
+#define __noinline__
 #define __launch_bounds__(...)
 // Blocks run one at a time, so a static is one block's shared memory.
 #define __shared__ static
