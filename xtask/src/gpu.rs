@@ -178,8 +178,9 @@ bench profile-gemma3 60 "$models/gemma3-synth.gguf" --device "$dev" -p 0 -n 64 -
 for m in smollm2 gemma3; do
   # Op by op.
   bench "bench-$m-op-by-op" 90 "$models/$m-synth.gguf" --device "$dev" --steps op-by-op -p 512 -n 128 -r 10 --npl 32
-  # The fused kernels, but products quantize their own input.
-  (export REALM_Q8_BLOCKS=0; bench "bench-$m-no-q8" 60 "$models/$m-synth.gguf" --device "$dev" -p 0 -n 128 -r 10 --npl 1,8)
+  # The fused kernels, but products quantize their own input (Q8_1 blocks
+  # up to 8 rows, the matrix layout for a prompt's chunk and 32 sequences).
+  (export REALM_Q8_BLOCKS=0; bench "bench-$m-no-q8" 90 "$models/$m-synth.gguf" --device "$dev" -p 512 -n 128 -r 10 --npl 1,8,32)
   # A recorded step's device time, from its launch to its end, against
   # its wall time.
   (export REALM_TIME_REPLAYS=1; bench "bench-$m-replay-time" 60 "$models/$m-synth.gguf" --device "$dev" -p 0 -n 128 -r 10 --npl 1,32)
