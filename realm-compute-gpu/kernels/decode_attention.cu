@@ -326,11 +326,11 @@ DECODE_ATTENTION(decode_attention_f16_256, __half, 256)
 // The output of a split decode_attention launch: grid (rows, n_heads),
 // block MERGE_THREADS threads. Row r's head h is the splits' sums of values
 // each scaled from its maximum to their common one, over the sum of their
-// scaled sums; a row whose position is past the cache is NaN, as the
-// attention kernel writes it. With `q8` or `mmq` not null, the output also
-// as Q8_1 blocks or in the matrix products' layout there, as the attention
-// kernel writes them (whose first split already wrote the padding; head_dim
-// a multiple of 32).
+// scaled sums; a row whose position is past the cache is left as the
+// attention kernel marked it (NaN, blocks included, in every split). With
+// `q8` or `mmq` not null, the output also as Q8_1 blocks or in the matrix
+// products' layout there, as the attention kernel writes them (whose first
+// split already wrote the padding; head_dim a multiple of 32).
 #define MERGE_THREADS 128
 extern "C" __global__ void __launch_bounds__(MERGE_THREADS) decode_attention_merge(
     const float *__restrict__ part, const uint32_t *__restrict__ positions, uint32_t pos_base,
@@ -340,17 +340,8 @@ extern "C" __global__ void __launch_bounds__(MERGE_THREADS) decode_attention_mer
   const int lane = threadIdx.x & 31;
   const int pos = positions ? (int)positions[row] : (int)pos_base + row;
   const long long out_off = ((long long)row * n_heads + head) * head_dim;
+  if (pos < 0 || pos >= max_seq) return;
   const uint32_t width = (uint32_t)(n_heads * head_dim), col0 = (uint32_t)(head * head_dim);
-  if (pos < 0 || pos >= max_seq) {
-    for (int d = threadIdx.x; d < head_dim; d += MERGE_THREADS) {
-      out[out_off + d] = __int_as_float(0x7fc00000);
-      if (q8) store_q8_1_nan(q8 + (out_off + d) / 32, lane);
-      if (mmq) {
-        store_q8_1_mmq_const(mmq, gridDim.x, width, row, col0 + d, __int_as_float(0x7fc00000));
-      }
-    }
-    return;
-  }
   const long long first = ((long long)row * n_heads + head) * splits;
   const float *acc = part + first * head_dim;
   const float *stats = part + (long long)gridDim.x * n_heads * splits * head_dim + 2 * first;

@@ -119,10 +119,11 @@ __device__ __forceinline__ void store_q8_1_mmq(float v, realm_block_mmq_ds4 *mmq
   }
 }
 
-// Writes column `col` of row `row` as a block of constant `d`: quants 0,
-// scales and sums `d`; any thread, no shuffles. Zero for the padding past
-// `width`; NaN for a row that is NaN by design (attention past its cache),
-// so that a product of it is NaN as the values are.
+// Writes column `col` of row `row` as quant 0, and for the first column of
+// 32 (which the caller writes with the rest of them) scale and sum `d`;
+// any thread, no shuffles. Zero (values 0) for the padding past `width`;
+// NaN for a row that is NaN by design (attention past its cache), so that
+// a product of it is NaN as the values are.
 __device__ __forceinline__ void store_q8_1_mmq_const(realm_block_mmq_ds4 *mmq, uint32_t rows,
                                                      uint32_t width, uint32_t row, uint64_t col,
                                                      float d) {

@@ -735,10 +735,11 @@ impl GpuBackend {
     }
 
     /// The blocks the fused kernels write of `rows` rows of attention's
-    /// output ([`GpuBackend::blocks_for`]): none unless heads are whole
-    /// blocks of 32 values, since the kernels write each head apart.
+    /// output ([`GpuBackend::blocks_for`]): none where they do not run
+    /// (heads past [`MAX_HEAD_DIM`]), or unless heads are whole blocks of
+    /// 32 values, since the kernels write each head apart.
     fn attention_blocks(&self, rows: usize, p: &AttentionParams) -> Blocks {
-        match p.head_dim.is_multiple_of(crate::fused::q8::BLOCK) {
+        match self.fuses(p) && p.head_dim.is_multiple_of(crate::fused::q8::BLOCK) {
             true => self.blocks_for(rows, p.n_heads * p.head_dim),
             false => Blocks::No,
         }

@@ -204,7 +204,12 @@ proptest! {
                 _ => {
                     // A batch: each row at position `past` of a cache of
                     // its own, its key rotated and stored with its value.
+                    // After 32 other caches (blocks of 1, 1, 2, 4, 8 and 16
+                    // slots), up to 32 rows' caches are consecutive slots
+                    // of one block, which off CUDA is one run of the fused
+                    // kernel.
                     let (gk, gv) = (g.upload(&kv[0]).unwrap(), g.upload(&kv[1]).unwrap());
+                    let _others: Vec<_> = (0..32).map(|_| g.kv_cache(&cfg).unwrap()).collect();
                     let mut caches: Vec<_> = (0..n).map(|_| g.kv_cache(&cfg).unwrap()).collect();
                     for c in &mut caches {
                         g.kv_write(&mut ws, c, at(0), &gk, &gv, 0..past).unwrap();
@@ -223,14 +228,13 @@ proptest! {
             let took = g.blocks_products() - before;
             // Which ops write blocks of these rows: the fused attention
             // kernel takes a chunk of more than 8 rows only on CUDA; a
-            // batch's rows go to it by address there, up to 32 of them, and
-            // elsewhere as runs of consecutive slots, all of the rows in one
-            // run (which blocks need) only for one row.
-            let cuda = !matches!(g.device(), GpuDevice::Cpu);
+            // batch's rows, up to 32 (by address on CUDA, elsewhere as one
+            // run of slots; more rows are more runs, whose results are
+            // joined).
             let writes = match which {
                 0 | 1 => true,
-                2 => n <= 8 || cuda,
-                _ => if cuda { n <= 32 } else { n == 1 },
+                2 => n <= 8 || !matches!(g.device(), GpuDevice::Cpu),
+                _ => n <= 32,
             };
             // Past 8 rows, for the types whose matrix kernels read that
             // layout (Q2_K's reads another).
@@ -820,6 +824,83 @@ fn long_caches_attend_alike_split_or_not() {
                 rel,
                 abs,
                 &format!("{what}, one row"),
+            );
+        }
+    }
+}
+
+/// Heads past the fused kernels' largest (256 values) are attended by
+/// candle's ops, which write no blocks: a batch of them (one row, or 16
+/// consecutive slots) attends as the CPU does with blocks on too (it once
+/// asked candle's ops for blocks and failed).
+#[test]
+fn heads_past_the_fused_kernels_attend_without_blocks() {
+    let hd = 320;
+    let cfg = KvCacheConfig {
+        n_layers: 1,
+        n_kv_heads: 1,
+        head_dim: hd,
+        max_seq_len: 4,
+        dtype: KvDtype::F32,
+    };
+    let p = AttentionParams {
+        n_heads: 2,
+        n_kv_heads: 1,
+        head_dim: hd,
+        scale: 1.0 / (hd as f32).sqrt(),
+        sliding_window: None,
+        softcap: None,
+    };
+    for n in [1, 16] {
+        let mut rng = Rng(n as u64);
+        let (k, v, q) = (
+            rng.f32s(n * hd, -1.0, 1.0),
+            rng.f32s(n * hd, -1.0, 1.0),
+            rng.f32s(n * 2 * hd, -1.0, 1.0),
+        );
+        let positions = vec![0u32; n];
+        let c = cpu();
+        let mut cc: Vec<_> = (0..n).map(|_| c.kv_cache(&cfg).unwrap()).collect();
+        let mut want = vec![0.0; q.len()];
+        c.attend_rows(
+            &mut c.workspace(),
+            &mut cc.iter_mut().collect::<Vec<_>>(),
+            0,
+            &positions,
+            (&k, &v),
+            &q,
+            &p,
+            &mut want,
+        )
+        .unwrap();
+        for blocks in [false, true] {
+            let g = gpu().with_q8_blocks(blocks);
+            // After 32 caches, the next 16 are consecutive slots of a block.
+            let _others: Vec<_> = (0..32).map(|_| g.kv_cache(&cfg).unwrap()).collect();
+            let mut gc: Vec<_> = (0..n).map(|_| g.kv_cache(&cfg).unwrap()).collect();
+            let (gk, gv, gq) = (
+                g.upload(&k).unwrap(),
+                g.upload(&v).unwrap(),
+                g.upload(&q).unwrap(),
+            );
+            let mut out = g.buffer(q.len()).unwrap();
+            g.attend_rows(
+                &mut g.workspace(),
+                &mut gc.iter_mut().collect::<Vec<_>>(),
+                0,
+                &positions,
+                (&gk, &gv),
+                &gq,
+                &p,
+                &mut out,
+            )
+            .unwrap();
+            assert_close(
+                &down(&g, &out, q.len()),
+                &want,
+                1e-4,
+                1e-5,
+                &format!("{n} rows, blocks {blocks}"),
             );
         }
     }
