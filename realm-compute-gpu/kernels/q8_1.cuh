@@ -82,6 +82,24 @@ __device__ __forceinline__ uint64_t mmq_blocks(uint32_t rows, uint32_t width) {
   return (uint64_t)rows * (mmq_padded(width) / 128) + MMQ_SPARE;
 }
 
+// Stores quant `q` of column `col` of row `row` in both kinds of blocks,
+// and with `scales` (one thread of the column's 32) their scale `d` and
+// sum `sum`.
+__device__ __forceinline__ void store_q8_1_mmq_at(realm_block_mmq_ds4 *mmq, uint32_t rows,
+                                                  uint32_t width, uint32_t row, uint64_t col,
+                                                  int8_t q, bool scales, float d, float sum) {
+  const uint64_t i = (col / 128) * rows + row;
+  realm_block_mmq_d4 *d4 = (realm_block_mmq_d4 *)(mmq + mmq_blocks(rows, width));
+  mmq[i].qs[col % 128] = q;
+  d4[i].qs[col % 128] = q;
+  if (scales) {
+    const int sub = (col % 128) / 32;
+    mmq[i].ds[2 * sub] = __float2half(d);
+    mmq[i].ds[2 * sub + 1] = __float2half(sum);
+    d4[i].d[sub] = d;
+  }
+}
+
 // Quantizes value `v`, column `col` of row `row` of `rows` rows of
 // `width`, into the blocks at `mmq` (DS4, then D4): lane `lane` of a whole
 // warp holds the column `col` whose lane is `col % 32`, so a warp holds 32
@@ -106,17 +124,7 @@ __device__ __forceinline__ void store_q8_1_mmq(float v, realm_block_mmq_ds4 *mmq
   // 0 * inf (a block of zeros) is NaN, which converts to 0.
   const float r = roundf(v * d_inv);
   const int8_t q = r != r ? 0 : (int8_t)fmaxf(-128.0f, fminf(127.0f, r));
-  const uint64_t i = (uint64_t)(col / 128) * rows + row;
-  realm_block_mmq_d4 *d4 = (realm_block_mmq_d4 *)(mmq + mmq_blocks(rows, width));
-  mmq[i].qs[col % 128] = q;
-  d4[i].qs[col % 128] = q;
-  if (lane == 0) {
-    const float d = 1.0f / d_inv;
-    const int sub = (col % 128) / 32;
-    mmq[i].ds[2 * sub] = __float2half(d);
-    mmq[i].ds[2 * sub + 1] = __float2half(sum);
-    d4[i].d[sub] = d;
-  }
+  store_q8_1_mmq_at(mmq, rows, width, row, col, q, lane == 0, 1.0f / d_inv, sum);
 }
 
 // Writes column `col` of row `row` as quant 0, and for the first column of
@@ -127,16 +135,7 @@ __device__ __forceinline__ void store_q8_1_mmq(float v, realm_block_mmq_ds4 *mmq
 __device__ __forceinline__ void store_q8_1_mmq_const(realm_block_mmq_ds4 *mmq, uint32_t rows,
                                                      uint32_t width, uint32_t row, uint64_t col,
                                                      float d) {
-  const uint64_t i = (col / 128) * rows + row;
-  realm_block_mmq_d4 *d4 = (realm_block_mmq_d4 *)(mmq + mmq_blocks(rows, width));
-  mmq[i].qs[col % 128] = 0;
-  d4[i].qs[col % 128] = 0;
-  if (col % 32 == 0) {
-    const int sub = (col % 128) / 32;
-    mmq[i].ds[2 * sub] = __float2half(d);
-    mmq[i].ds[2 * sub + 1] = __float2half(d);
-    d4[i].d[sub] = d;
-  }
+  store_q8_1_mmq_at(mmq, rows, width, row, col, 0, col % 32 == 0, d, d);
 }
 
 // Writes row `row`'s padding (its columns from `width` on) as zeros: thread

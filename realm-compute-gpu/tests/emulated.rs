@@ -778,6 +778,38 @@ fn split_decode_attention_matches_the_cpu() {
     attention_kernel(&gemma3, 202, decode(true, 3, Stores::NormedKeys));
 }
 
+/// The driver's arguments for an attention kernel over one KV head (files
+/// written to `dir`, output `dir/out`): `q`, keys and values `kv`,
+/// positions `pos` (a file, or "-"), `(rows, n_heads, head_dim, max_seq)`,
+/// the decode kernel's cache stride (`None`: the prefill kernel's
+/// arguments), scale 1 / sqrt(head_dim), no soft-cap, window or RoPE,
+/// from position 0.
+fn plain_attention_args(
+    dir: &Path,
+    q: &[f32],
+    kv: &[Vec<f32>; 2],
+    pos: String,
+    (rows, n_heads, hd, max_seq): (usize, usize, usize, usize),
+    stride: Option<usize>,
+) -> Vec<String> {
+    let mut args = vec![
+        write(dir, "q", q),
+        write(dir, "k", &kv[0]),
+        write(dir, "v", &kv[1]),
+        pos,
+        dir.join("out").to_str().unwrap().to_string(),
+        rows.to_string(),
+        n_heads.to_string(),
+        "1".into(),
+        hd.to_string(),
+        max_seq.to_string(),
+    ];
+    args.extend(stride.map(|s| s.to_string()));
+    args.push((1.0 / (hd as f32).sqrt()).to_string());
+    args.extend(["0", "0", "0", "-", "-", "0", "0"].map(String::from));
+    args
+}
+
 /// A row whose position is past its cache is NaN (values and blocks of
 /// both layouts), split or not, and the other rows are the same split or not: two rows
 /// of one KV head, caches of 1600 positions, the kernel told 1200.
@@ -789,29 +821,21 @@ fn split_rows_past_the_cache_are_nan() {
     let mut rng = Rng(300);
     let per_cache = real_seq * hd;
     let dir = scratch("split-past-the-cache");
-    let args: Vec<String> = [
-        write(&dir, "q", &rng.f32s(2 * n_heads * hd, -1.0, 1.0)),
-        write(&dir, "k", &rng.f32s(2 * per_cache, -1.0, 1.0)),
-        write(&dir, "v", &rng.f32s(2 * per_cache, -1.0, 1.0)),
-        write(&dir, "pos", &positions),
-        dir.join("out").to_str().unwrap().to_string(),
-        "2".into(),
-        n_heads.to_string(),
-        "1".into(),
-        hd.to_string(),
-        max_seq.to_string(),
-        per_cache.to_string(),
-        (1.0 / (hd as f32).sqrt()).to_string(),
-        "0".into(),
-        "0".into(),
-        "0".into(),
-        "-".into(),
-        "-".into(),
-        "0".into(),
-        "0".into(),
-        dir.join("blocks").to_str().unwrap().to_string(),
-    ]
-    .into();
+    let q = rng.f32s(2 * n_heads * hd, -1.0, 1.0);
+    let kv = [
+        rng.f32s(2 * per_cache, -1.0, 1.0),
+        rng.f32s(2 * per_cache, -1.0, 1.0),
+    ];
+    let pos = write(&dir, "pos", &positions);
+    let mut args = plain_attention_args(
+        &dir,
+        &q,
+        &kv,
+        pos,
+        (2, n_heads, hd, max_seq),
+        Some(per_cache),
+    );
+    args.push(dir.join("blocks").to_str().unwrap().to_string());
     let width = n_heads * hd;
     let mmq = dir.join("mmq");
     let mut results = Vec::new();
@@ -859,26 +883,19 @@ fn prefill_rows_past_the_cache_are_nan() {
     let dir = scratch("prefill-past-the-cache");
     let out = dir.join("out");
     let mmq = dir.join("mmq");
-    let args: Vec<String> = vec![
-        write(&dir, "q", &rng.f32s(rows * n_heads * hd, -1.0, 1.0)),
-        write(&dir, "k", &rng.f32s(max_seq * hd, -1.0, 1.0)),
-        write(&dir, "v", &rng.f32s(max_seq * hd, -1.0, 1.0)),
-        "-".into(),
-        out.to_str().unwrap().to_string(),
-        rows.to_string(),
-        n_heads.to_string(),
-        "1".into(),
-        hd.to_string(),
-        max_seq.to_string(),
-        (1.0 / (hd as f32).sqrt()).to_string(),
-        "0".into(),
-        "0".into(),
-        "0".into(),
-        "-".into(),
-        "-".into(),
-        "0".into(),
-        "0".into(),
+    let q = rng.f32s(rows * n_heads * hd, -1.0, 1.0);
+    let kv = [
+        rng.f32s(max_seq * hd, -1.0, 1.0),
+        rng.f32s(max_seq * hd, -1.0, 1.0),
     ];
+    let args = plain_attention_args(
+        &dir,
+        &q,
+        &kv,
+        "-".into(),
+        (rows, n_heads, hd, max_seq),
+        None,
+    );
     let env = [("EMU_MMQ", mmq.to_str().unwrap().to_string())];
     let got = run_env("prefill_attention_f32_64", &args, &out, &env);
     let width = n_heads * hd;
