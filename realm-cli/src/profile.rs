@@ -248,6 +248,17 @@ impl<B: Backend> BackendCore for Profiled<'_, B> {
     fn host_slice(buf: &B::Buffer) -> Option<&[f32]> {
         B::host_slice(buf)
     }
+    fn read_on_host<R>(
+        &self,
+        ws: &mut B::Workspace,
+        buf: &B::Buffer,
+        len: usize,
+        read: impl FnOnce(&[f32]) -> R,
+    ) -> BackendResult<R> {
+        self.time(named("download"), || {
+            self.inner.read_on_host(ws, buf, len, read)
+        })
+    }
     fn synchronize(&self) -> BackendResult<()> {
         self.inner.synchronize()
     }

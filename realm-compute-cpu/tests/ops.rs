@@ -466,6 +466,12 @@ fn bad_parameters_are_errors() {
     assert!(b.rms_norm_inplace(&mut x, &vec![], 1e-5, 1).is_err());
     assert!(b.softmax_inplace(&mut x, 0, 1).is_err());
     assert!(b.softmax_inplace(&mut x, 3, 3).is_err());
+    // A read on the host lends the buffer in place, within its length.
+    let first = b.read_on_host(&mut b.workspace(), &x, 2, |v| v.to_vec());
+    assert_eq!(first.unwrap(), x[..2]);
+    assert!(b
+        .read_on_host(&mut b.workspace(), &x, x.len() + 1, |_| ())
+        .is_err());
 }
 
 /// An f16 cache gives what an f32 cache gives for keys and values that are

@@ -65,6 +65,7 @@ mod kv;
 mod matmul;
 mod ops;
 mod scratch;
+mod staging;
 mod step;
 
 use std::fmt;
@@ -620,6 +621,18 @@ impl BackendCore for GpuBackend {
         let v = t.to_vec1::<f32>().map_err(dev_err(OP))?;
         out.copy_from_slice(&v);
         Ok(())
+    }
+
+    fn read_on_host<R>(
+        &self,
+        ws: &mut GpuWorkspace,
+        buf: &GpuBuffer,
+        len: usize,
+        read: impl FnOnce(&[f32]) -> R,
+    ) -> BackendResult<R> {
+        const OP: &str = "read_on_host";
+        let t = buf.prefix(OP, "buffer", len)?;
+        ws.staging.read(&t, read).map_err(dev_err(OP))
     }
 
     fn synchronize(&self) -> BackendResult<()> {

@@ -7,6 +7,7 @@ use realm_core::backend::{
 
 use crate::fused::q8::{Blocks, Quantized};
 use crate::fused::{AddRmsNorm, Gate, Gated};
+use crate::staging::Staging;
 use crate::step::StepState;
 use crate::{dev_err, product, GpuBackend, GpuBuffer};
 
@@ -92,6 +93,10 @@ pub struct GpuWorkspace {
     pub(crate) step: Option<StepState>,
     /// Counts the static steps' reallocations.
     pub(crate) generation: u64,
+    /// Host memory for reading device values ([`GpuBackend::read_on_host`]).
+    ///
+    /// [`GpuBackend::read_on_host`]: realm_core::backend::BackendCore::read_on_host
+    pub(crate) staging: Staging,
 }
 
 impl GpuWorkspace {

@@ -972,6 +972,22 @@ fn rope_attend_refuses_scattered_positions() {
 }
 
 /// Bad input is an error, never a panic, on the GPU path too.
+/// Reads through one workspace's staging memory, growing and then reused
+/// for fewer values, lend exactly what a download gives.
+#[test]
+fn reads_on_host_lend_what_downloads_give() {
+    let g = gpu();
+    let mut ws = g.workspace();
+    for (n, len) in [(40, 40), (5000, 4099), (100, 7), (5000, 5000)] {
+        let values: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+        let buf = g.upload(&values).unwrap();
+        let mut want = vec![0.0; len];
+        g.download(&buf, &mut want).unwrap();
+        let got = g.read_on_host(&mut ws, &buf, len, |v| v.to_vec()).unwrap();
+        assert_eq!(got, want, "{len} of {n} values");
+    }
+}
+
 #[test]
 fn bad_input_is_an_error() {
     let g = gpu();
@@ -990,6 +1006,9 @@ fn bad_input_is_an_error() {
     // Only 2 values are defined now: reading 4 is refused, not stale data.
     assert!(g.download(&small, &mut [0.0; 4]).is_err());
     assert!(g.download(&x, &mut [0.0; 9]).is_err());
+    let mut ws = g.workspace();
+    assert!(g.read_on_host(&mut ws, &small, 4, |_| ()).is_err());
+    assert!(g.read_on_host(&mut ws, &x, 9, |_| ()).is_err());
     let bytes = vec![0u8; 18 * 2];
     let shape = [32u64, 2];
     let view = TensorView::new("w", GgmlType::Q4_0, &shape, &bytes).unwrap();

@@ -188,6 +188,47 @@ pub trait BackendCore: Send + Sync + Debug {
         None
     }
 
+    /// Lends the first `len` values of `buf`, in host memory, to `read` and
+    /// returns what it returns: in place where the buffer is host memory
+    /// ([`BackendCore::host_slice`]), otherwise after one download into
+    /// staging memory (a backend may keep it in `ws`; the default allocates
+    /// it). For many rows at once, such as a batch's logits, which the
+    /// caller then copies where they belong with no second pass over all of
+    /// them.
+    ///
+    /// Guarantees: reading past the buffer's capacity is an error.
+    ///
+    /// ```
+    /// use realm_core::backend::BackendCore;
+    /// # fn sum<B: BackendCore>(be: &B, ws: &mut B::Workspace, buf: &B::Buffer)
+    /// #     -> realm_core::backend::BackendResult<f32> {
+    /// let total = be.read_on_host(ws, buf, 4, |v| v.iter().sum::<f32>())?;
+    /// # Ok(total) }
+    /// ```
+    fn read_on_host<R>(
+        &self,
+        ws: &mut Self::Workspace,
+        buf: &Self::Buffer,
+        len: usize,
+        read: impl FnOnce(&[f32]) -> R,
+    ) -> BackendResult<R> {
+        let _ = ws;
+        if let Some(v) = Self::host_slice(buf) {
+            return match v.get(..len) {
+                Some(v) => Ok(read(v)),
+                None => Err(BackendError::Shape {
+                    op: "read_on_host",
+                    what: "buffer length",
+                    expected: len,
+                    got: v.len(),
+                }),
+            };
+        }
+        let mut v = vec![0.0; len];
+        self.download(buf, &mut v)?;
+        Ok(read(&v))
+    }
+
     /// Waits until the backend has finished all work it queued (a GPU's
     /// queue; a host backend finishes every op before it returns): for
     /// timing, and before what it wrote goes to another thread.
@@ -883,3 +924,68 @@ pub trait StepOps: BackendCore {
 pub trait Backend: MatMulOps + NormOps + RopeOps + ActivationOps + AttentionOps + StepOps {}
 
 impl<T: MatMulOps + NormOps + RopeOps + ActivationOps + AttentionOps + StepOps> Backend for T {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A backend whose buffers the host cannot read in place (as a GPU's),
+    /// with only what a read on the host needs.
+    #[derive(Debug)]
+    struct Remote;
+
+    impl BackendCore for Remote {
+        type Workspace = ();
+        type Buffer = Vec<f32>;
+
+        fn name(&self) -> &str {
+            "remote"
+        }
+        fn workspace(&self) {}
+        fn buffer(&self, len: usize) -> BackendResult<Vec<f32>> {
+            Ok(vec![0.0; len])
+        }
+        fn upload(&self, values: &[f32]) -> BackendResult<Vec<f32>> {
+            Ok(values.to_vec())
+        }
+        fn download(&self, buf: &Vec<f32>, out: &mut [f32]) -> BackendResult<()> {
+            let v = buf.get(..out.len()).ok_or(BackendError::Shape {
+                op: "download",
+                what: "buffer length",
+                expected: out.len(),
+                got: buf.len(),
+            })?;
+            out.copy_from_slice(v);
+            Ok(())
+        }
+        fn split_cols(
+            &self,
+            _: &Vec<f32>,
+            _: usize,
+            _: &[usize],
+            _: &mut [&mut Vec<f32>],
+        ) -> BackendResult<()> {
+            Err(BackendError::Setup("not needed here".into()))
+        }
+        fn copy_rows(
+            &self,
+            _: &Vec<f32>,
+            _: Range<usize>,
+            _: usize,
+            _: &mut Vec<f32>,
+        ) -> BackendResult<()> {
+            Err(BackendError::Setup("not needed here".into()))
+        }
+    }
+
+    #[test]
+    fn reads_on_host_download_where_buffers_are_not_host_memory() {
+        let buf = Remote.upload(&[1.0, 2.0, 3.0, 4.0]).unwrap();
+        let got = Remote.read_on_host(&mut (), &buf, 3, |v| v.to_vec());
+        assert_eq!(got.unwrap(), [1.0, 2.0, 3.0]);
+        assert!(matches!(
+            Remote.read_on_host(&mut (), &buf, 5, |_| ()),
+            Err(BackendError::Shape { got: 4, .. })
+        ));
+    }
+}
