@@ -167,6 +167,7 @@ impl ModelConfig {
         if cfg.n_layers == 0
             || cfg.d_model == 0
             || cfg.head_dim == 0
+            || cfg.vocab_size == 0
             || cfg.rope_dims > cfg.head_dim
         {
             return Err(Error::BadConfig(format!("inconsistent shape: {cfg:?}")));

@@ -6,7 +6,7 @@ use realm_compute_cpu::CpuBackend;
 use realm_core::backend::KvDtype;
 use realm_core::gguf::{Gguf, GgufWriter, MetadataArray, MetadataValue};
 use realm_core::{quant, GgmlType};
-use realm_models::{Error, Model};
+use realm_models::{Error, Model, ModelConfig};
 
 const D: u64 = 64;
 const FF: u64 = 128;
@@ -170,6 +170,25 @@ fn unknown_architecture_and_missing_tensors_are_named() {
     bytes[at..at + 5].copy_from_slice(b"xlstm");
     let file = Gguf::from_bytes(&bytes[..]).unwrap();
     assert!(matches!(Model::load(&file, &cpu), Err(Error::UnknownArchitecture(a)) if a == "xlstm"));
+}
+
+/// A model without a vocabulary is refused when its config is read, before
+/// any step could hand out rows of no logits.
+#[test]
+fn an_empty_vocabulary_is_refused() {
+    let bytes = synthetic("llama", None);
+    let file = Gguf::from_bytes(&bytes[..]).unwrap();
+    assert!(ModelConfig::from_metadata(file.metadata()).is_ok());
+    let mut w = GgufWriter::new();
+    *w.metadata_mut() = file.metadata().clone();
+    w.set("llama.vocab_size", MetadataValue::U32(0));
+    let bytes = w.to_bytes().unwrap();
+    let file = Gguf::from_bytes(&bytes[..]).unwrap();
+    let err = ModelConfig::from_metadata(file.metadata()).unwrap_err();
+    assert!(
+        matches!(err, Error::BadConfig(ref m) if m.contains("vocab_size: 0")),
+        "{err}"
+    );
 }
 
 /// The built-in layouts are exactly the real files' (hyper-parameters,
