@@ -20,7 +20,8 @@
 //! tests under `compute-sanitizer` (memcheck and racecheck) instead. A
 //! test binary that fails has its tests run again one process each, after
 //! SmolLM2's figures (a kernel's fault spoils the CUDA context for the rest
-//! of its process).
+//! of its process). The bundle names the commit it was built from, which
+//! `run.sh` prints first.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -50,6 +51,7 @@ export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:-}"
 if ldd "$here/realm" | grep -q "not found"; then
   echo "realm cannot start, missing libraries:"; ldd "$here/realm" | grep "not found"; exit 1
 fi
+echo "bundle of commit $(cat "$here/commit" 2>/dev/null || echo unknown)" | tee "$out/commit.txt"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/gpu.txt"
 # `run.sh sanitize`: instead of the figures, the op tests under
 # compute-sanitizer, where the machine has it: memcheck (reads and writes
@@ -273,6 +275,8 @@ pub fn bundle() -> Result<()> {
     wasm()?;
     std::fs::copy(root().join(WASM_GUEST), dir.join("realm_wasm.wasm"))
         .context("copying the wasm guest")?;
+    // Which source the figures come from: run.sh prints it first.
+    std::fs::write(dir.join("commit"), format!("{}\n", source_commit()))?;
     let run = dir.join("run.sh");
     std::fs::write(&run, RUN_SH)?;
     let mut chmod = Command::new("chmod");
@@ -297,6 +301,29 @@ pub fn bundle() -> Result<()> {
     Ok(())
 }
 
+/// The commit the bundle is built from (12 hex digits), `-dirty` when
+/// tracked files differ from it, or `unknown` outside a git checkout.
+fn source_commit() -> String {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .current_dir(root())
+            .args(args)
+            .output()
+            .ok()
+    };
+    let Some(hash) = git(&["rev-parse", "--short=12", "HEAD"])
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    else {
+        return "unknown".into();
+    };
+    // `git diff --quiet` exits 1 when tracked files changed.
+    match git(&["diff", "--quiet", "HEAD"]).map(|o| o.status.code()) {
+        Some(Some(0)) => hash,
+        _ => format!("{hash}-dirty"),
+    }
+}
+
 /// The path of `program` on `$PATH`, if any.
 fn which(program: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| {
@@ -309,6 +336,21 @@ fn which(program: &str) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// In a checkout the bundle names its commit by hash.
+    #[test]
+    fn bundles_name_their_commit() {
+        if !root().join(".git").exists() {
+            eprintln!("not a git checkout: not checked");
+            return;
+        }
+        let c = source_commit();
+        let hash = c.strip_suffix("-dirty").unwrap_or(&c);
+        assert!(
+            hash.len() >= 12 && hash.chars().all(|ch| ch.is_ascii_hexdigit()),
+            "{c}"
+        );
+    }
 
     /// The script runs only on rare GPU machines: check here that the
     /// shell can at least parse it (`sh -n`), and that it runs what it
