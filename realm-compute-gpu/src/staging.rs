@@ -16,6 +16,18 @@ pub(crate) struct Staging {
     pinned: Option<candle_core::cuda_backend::cudarc::driver::PinnedHostSlice<f32>>,
 }
 
+/// A workspace may be dropped on a thread that never ran CUDA work: the
+/// page-locked memory goes back through its context, made current first.
+#[cfg(feature = "cuda")]
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if let Some(p) = &self.pinned {
+            let ctx = p.context();
+            ctx.record_err(ctx.bind_to_thread());
+        }
+    }
+}
+
 impl Staging {
     /// Lends the values of `t` (f32, one dimension), in host memory, to
     /// `read`.
@@ -59,7 +71,11 @@ impl Staging {
         let pinned = match self.pinned.take() {
             Some(p) if fits(&p) => p,
             old => {
-                // The old memory goes back before the new is taken.
+                // The old memory goes back, through its own context, before
+                // the new is taken.
+                if let Some(o) = &old {
+                    o.context().bind_to_thread().w()?;
+                }
                 drop(old);
                 // Flags 0: cached memory, which the host reads at full speed
                 // (cudarc's `alloc_pinned` asks for write-combined memory,
