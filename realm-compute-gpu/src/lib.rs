@@ -632,7 +632,9 @@ impl BackendCore for GpuBackend {
     ) -> BackendResult<R> {
         const OP: &str = "read_on_host";
         let t = buf.prefix(OP, "buffer", len)?;
-        ws.staging.read(&t, read).map_err(dev_err(OP))
+        ws.staging
+            .read(&t, buf.capacity(), read)
+            .map_err(dev_err(OP))
     }
 
     fn synchronize(&self) -> BackendResult<()> {

@@ -8,38 +8,32 @@
 
 use candle_core::Tensor;
 
-/// Staging memory for [`Staging::read`], grown to the largest read.
+/// Staging memory for [`Staging::read`], as large as the largest buffer
+/// read through it (so a batch that grows row by row allocates once).
 #[derive(Debug, Default)]
 pub(crate) struct Staging {
-    /// Page-locked memory of the CUDA context of the last read.
+    /// Page-locked memory of the CUDA context of the last read, every value
+    /// initialised. cudarc's drop of it makes its context current first, so
+    /// a workspace may be dropped on any thread.
     #[cfg(feature = "cuda")]
     pinned: Option<candle_core::cuda_backend::cudarc::driver::PinnedHostSlice<f32>>,
 }
 
-/// A workspace may be dropped on a thread that never ran CUDA work: the
-/// page-locked memory goes back through its context, made current first.
-#[cfg(feature = "cuda")]
-impl Drop for Staging {
-    fn drop(&mut self) {
-        if let Some(p) = &self.pinned {
-            let ctx = p.context();
-            ctx.record_err(ctx.bind_to_thread());
-        }
-    }
-}
-
 impl Staging {
-    /// Lends the values of `t` (f32, one dimension), in host memory, to
-    /// `read`.
+    /// Lends the values of `t` (f32, one dimension, a prefix of a buffer of
+    /// `room` values), in host memory, to `read`; on error `read` is not
+    /// called.
     pub(crate) fn read<R>(
         &mut self,
         t: &Tensor,
+        room: usize,
         read: impl FnOnce(&[f32]) -> R,
     ) -> candle_core::Result<R> {
         #[cfg(feature = "cuda")]
         if t.device().is_cuda() {
-            return self.read_cuda(t, read);
+            return self.read_cuda(t, room, read);
         }
+        let _ = room;
         Ok(read(&t.to_vec1::<f32>()?))
     }
 
@@ -50,9 +44,11 @@ impl Staging {
     fn read_cuda<R>(
         &mut self,
         t: &Tensor,
+        room: usize,
         read: impl FnOnce(&[f32]) -> R,
     ) -> candle_core::Result<R> {
         use candle_core::backend::BackendStorage;
+        use candle_core::cuda_backend::cudarc::driver::PinnedHostSlice;
         use candle_core::cuda_backend::WrapErr;
         use candle_core::Storage;
 
@@ -64,34 +60,41 @@ impl Staging {
             candle_core::bail!("read on host: values must be contiguous");
         };
         let len = b - a;
+        if len == 0 {
+            // Nothing to copy (and no allocation of no bytes, which CUDA
+            // leaves undefined).
+            return Ok(read(&[]));
+        }
         let stream = s.device().cuda_stream();
-        let fits = |p: &candle_core::cuda_backend::cudarc::driver::PinnedHostSlice<f32>| {
+        let fits = |p: &PinnedHostSlice<f32>| {
             p.len() >= len && std::sync::Arc::ptr_eq(p.context(), stream.context())
         };
         let pinned = match self.pinned.take() {
             Some(p) if fits(&p) => p,
             old => {
-                // The old memory goes back, through its own context, before
-                // the new is taken.
-                if let Some(o) = &old {
-                    o.context().bind_to_thread().w()?;
-                }
+                // The old memory goes back before the new is taken.
                 drop(old);
+                let n = len.max(room);
                 // Flags 0: cached memory, which the host reads at full speed
                 // (cudarc's `alloc_pinned` asks for write-combined memory,
                 // made for the host to write and slow for it to read).
-                // SAFETY: the memory starts uninitialised; the host reads
-                // only its first `len` values below, after the copy from the
-                // device wrote them and the stream finished it.
-                unsafe { stream.context().alloc_pinned_with_flags::<f32>(len, 0) }.w()?
+                // SAFETY: the memory is uninitialised until the write below.
+                let mut p = unsafe { stream.context().alloc_pinned_with_flags::<f32>(n, 0) }.w()?;
+                let ptr = p.as_mut_ptr().w()?;
+                // SAFETY: `ptr` is the start of the allocation just made, of
+                // `n` f32 values, which nothing else can reach yet; zeros
+                // are a valid f32, so every value is initialised from here
+                // on and slices of the memory are sound.
+                unsafe { std::ptr::write_bytes(ptr, 0, n) };
+                p
             }
         };
         let pinned = self.pinned.insert(pinned);
         let view = s.as_cuda_slice::<f32>()?.slice(a..b);
         stream.memcpy_dtoh(&view, pinned).w()?;
-        // Waits as the context waits for its stream (spinning, by default),
-        // rather than on the slice's own event, whose blocking wait puts the
-        // thread to sleep; the event has completed by then.
+        // The copy is queued, not done: this wait is what makes the values
+        // readable. (`as_slice` waits on the memory's own event, which
+        // cudarc records only with event tracking, off in this backend.)
         stream.synchronize().w()?;
         let host = pinned.as_slice().w()?;
         Ok(read(&host[..len]))

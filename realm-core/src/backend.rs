@@ -194,9 +194,11 @@ pub trait BackendCore: Send + Sync + Debug {
     /// staging memory (a backend may keep it in `ws`; the default allocates
     /// it). For many rows at once, such as a batch's logits, which the
     /// caller then copies where they belong with no second pass over all of
-    /// them.
+    /// them. `read` must not call the backend (a wrapper may hold a lock
+    /// around it).
     ///
-    /// Guarantees: reading past the buffer's capacity is an error.
+    /// Guarantees: reading past the buffer's capacity is an error; on an
+    /// error `read` is not called.
     ///
     /// ```
     /// use realm_core::backend::BackendCore;

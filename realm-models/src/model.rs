@@ -498,13 +498,22 @@ impl<'a, B: Backend> Model<'a, B> {
         ran?;
         let sc = &mut scratch.scratch;
         let vocab = self.config.vocab_size;
-        // One pass over every row's logits on the host, split between
-        // threads (32 rows of a 49,152-word vocabulary are 6.3 MB).
+        // One pass over every row's logits on the host (32 rows of a
+        // 49,152-word vocabulary are 6.3 MB), split between rayon's threads
+        // unless the backend computes on the host: its own threads spin
+        // between steps, and may be all the caller asked for.
+        let on_device = B::host_slice(&sc.logits).is_none();
         b.read_on_host(&mut sc.ws, &sc.logits, n * vocab, |all| {
-            rows.par_iter_mut()
-                .zip(all.par_chunks(vocab))
-                .with_min_len(COPY_VALUES.div_ceil(vocab))
-                .for_each(|((s, _), row)| s.logits.copy_from_slice(row));
+            if on_device {
+                rows.par_iter_mut()
+                    .zip(all.par_chunks(vocab))
+                    .with_min_len(COPY_VALUES.div_ceil(vocab))
+                    .for_each(|((s, _), row)| s.logits.copy_from_slice(row));
+            } else {
+                for ((s, _), row) in rows.iter_mut().zip(all.chunks(vocab)) {
+                    s.logits.copy_from_slice(row);
+                }
+            }
         })?;
         for (s, _) in rows.iter_mut() {
             s.logits_on_host = true;
