@@ -884,8 +884,9 @@ fn project<B: Backend>(
 /// recording of a decode step serves this many positions.
 pub const STEP_SPAN: usize = 256;
 
-/// The fewest logits one thread copies from a batch's into its sessions
-/// (512 KB: a smaller share costs more to hand over than to copy).
+/// The fewest logits one thread copies from a batch's into its sessions:
+/// 512 KB, tens of microseconds of copying, against the few a hand-over
+/// to another thread costs.
 const COPY_VALUES: usize = 1 << 17;
 
 /// Source of [`Session`] identities (the key of a batch's recording).
