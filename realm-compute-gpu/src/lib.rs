@@ -616,7 +616,7 @@ impl BackendCore for GpuBackend {
         if let Device::Cuda(_) = &self.device {
             // Straight into `out` (a step's logits: up to megabytes), not
             // through a vector of candle's.
-            return cuda_download(&t, out).map_err(dev_err(OP));
+            return staging::cuda_download(&t, out).map_err(dev_err(OP));
         }
         let v = t.to_vec1::<f32>().map_err(dev_err(OP))?;
         out.copy_from_slice(&v);
@@ -685,27 +685,4 @@ impl BackendCore for GpuBackend {
         let len = t.elem_count();
         dst.set_prefix(OP, "dst length", len, t)
     }
-}
-
-/// Copies `t` (contiguous f32 values on a CUDA device) into `out`, on this
-/// thread's stream after the work queued there; the copy into pageable
-/// memory returns when it is done.
-#[cfg(feature = "cuda")]
-fn cuda_download(t: &Tensor, out: &mut [f32]) -> candle_core::Result<()> {
-    use candle_core::backend::BackendStorage;
-    use candle_core::cuda_backend::WrapErr;
-    use candle_core::Storage;
-
-    let (storage, layout) = t.storage_and_layout();
-    let Storage::Cuda(s) = &*storage else {
-        candle_core::bail!("download: values on another device");
-    };
-    let Some((a, b)) = layout.contiguous_offsets() else {
-        candle_core::bail!("download: values must be contiguous");
-    };
-    if b - a != out.len() {
-        candle_core::bail!("download: {} values into {}", b - a, out.len());
-    }
-    let view = s.as_cuda_slice::<f32>()?.slice(a..b);
-    s.device().cuda_stream().memcpy_dtoh(&view, out).w()
 }

@@ -47,56 +47,92 @@ impl Staging {
         room: usize,
         read: impl FnOnce(&[f32]) -> R,
     ) -> candle_core::Result<R> {
-        use candle_core::backend::BackendStorage;
         use candle_core::cuda_backend::cudarc::driver::PinnedHostSlice;
         use candle_core::cuda_backend::WrapErr;
-        use candle_core::Storage;
 
-        let (storage, layout) = t.storage_and_layout();
-        let Storage::Cuda(s) = &*storage else {
-            candle_core::bail!("read on host: values on another device");
-        };
-        let Some((a, b)) = layout.contiguous_offsets() else {
-            candle_core::bail!("read on host: values must be contiguous");
-        };
-        let len = b - a;
-        if len == 0 {
-            // Nothing to copy (and no allocation of no bytes, which CUDA
-            // leaves undefined).
-            return Ok(read(&[]));
-        }
-        let stream = s.device().cuda_stream();
-        let fits = |p: &PinnedHostSlice<f32>| {
-            p.len() >= len && std::sync::Arc::ptr_eq(p.context(), stream.context())
-        };
-        let pinned = match self.pinned.take() {
-            Some(p) if fits(&p) => p,
-            old => {
-                // The old memory goes back before the new is taken.
-                drop(old);
-                let n = len.max(room);
-                // Flags 0: cached memory, which the host reads at full speed
-                // (cudarc's `alloc_pinned` asks for write-combined memory,
-                // made for the host to write and slow for it to read).
-                // SAFETY: the memory is uninitialised until the write below.
-                let mut p = unsafe { stream.context().alloc_pinned_with_flags::<f32>(n, 0) }.w()?;
-                let ptr = p.as_mut_ptr().w()?;
-                // SAFETY: `ptr` is the start of the allocation just made, of
-                // `n` f32 values, which nothing else can reach yet; zeros
-                // are a valid f32, so every value is initialised from here
-                // on and slices of the memory are sound.
-                unsafe { std::ptr::write_bytes(ptr, 0, n) };
-                p
+        with_cuda_values(t, "read on host", |stream, view| {
+            let len = view.len();
+            if len == 0 {
+                // Nothing to copy (and no allocation of no bytes, which CUDA
+                // leaves undefined).
+                return Ok(read(&[]));
             }
-        };
-        let pinned = self.pinned.insert(pinned);
-        let view = s.as_cuda_slice::<f32>()?.slice(a..b);
-        stream.memcpy_dtoh(&view, pinned).w()?;
-        // The copy is queued, not done: this wait is what makes the values
-        // readable. (`as_slice` waits on the memory's own event, which
-        // cudarc records only with event tracking, off in this backend.)
-        stream.synchronize().w()?;
-        let host = pinned.as_slice().w()?;
-        Ok(read(&host[..len]))
+            let fits = |p: &PinnedHostSlice<f32>| {
+                p.len() >= len && std::sync::Arc::ptr_eq(p.context(), stream.context())
+            };
+            let pinned = match self.pinned.take() {
+                Some(p) if fits(&p) => p,
+                old => {
+                    // The old memory goes back before the new is taken.
+                    drop(old);
+                    let n = len.max(room);
+                    // Flags 0: cached memory, which the host reads at full
+                    // speed (cudarc's `alloc_pinned` asks for write-combined
+                    // memory, made for the host to write and slow for it to
+                    // read).
+                    // SAFETY: the memory is uninitialised until the write
+                    // below.
+                    let mut p =
+                        unsafe { stream.context().alloc_pinned_with_flags::<f32>(n, 0) }.w()?;
+                    let ptr = p.as_mut_ptr().w()?;
+                    // SAFETY: `ptr` is the start of the allocation just made,
+                    // of `n` f32 values, which nothing else can reach yet;
+                    // zeros are a valid f32, so every value is initialised
+                    // from here on and slices of the memory are sound.
+                    unsafe { std::ptr::write_bytes(ptr, 0, n) };
+                    p
+                }
+            };
+            let pinned = self.pinned.insert(pinned);
+            stream.memcpy_dtoh(&view, pinned).w()?;
+            // The copy is queued, not done: this wait is what makes the
+            // values readable. (`as_slice` waits on the memory's own event,
+            // which cudarc records only with event tracking, off in this
+            // backend.)
+            stream.synchronize().w()?;
+            let host = pinned.as_slice().w()?;
+            Ok(read(&host[..len]))
+        })
     }
+}
+
+/// Copies `t` (contiguous f32 values on a CUDA device) into `out`, on this
+/// thread's stream after the work queued there; the copy into pageable
+/// memory returns when it is done.
+#[cfg(feature = "cuda")]
+pub(crate) fn cuda_download(t: &Tensor, out: &mut [f32]) -> candle_core::Result<()> {
+    use candle_core::cuda_backend::WrapErr;
+
+    with_cuda_values(t, "download", |stream, view| {
+        if view.len() != out.len() {
+            candle_core::bail!("download: {} values into {}", view.len(), out.len());
+        }
+        stream.memcpy_dtoh(&view, out).w()
+    })
+}
+
+/// Runs `copy` with this thread's stream and the device values of `t`
+/// (contiguous f32 values on a CUDA device; `op` names the caller in
+/// errors).
+#[cfg(feature = "cuda")]
+fn with_cuda_values<R>(
+    t: &Tensor,
+    op: &str,
+    copy: impl FnOnce(
+        &std::sync::Arc<candle_core::cuda_backend::cudarc::driver::CudaStream>,
+        candle_core::cuda_backend::cudarc::driver::CudaView<'_, f32>,
+    ) -> candle_core::Result<R>,
+) -> candle_core::Result<R> {
+    use candle_core::backend::BackendStorage;
+    use candle_core::Storage;
+
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cuda(s) = &*storage else {
+        candle_core::bail!("{op}: values on another device");
+    };
+    let Some((a, b)) = layout.contiguous_offsets() else {
+        candle_core::bail!("{op}: values must be contiguous");
+    };
+    let stream = s.device().cuda_stream();
+    copy(&stream, s.as_cuda_slice::<f32>()?.slice(a..b))
 }
