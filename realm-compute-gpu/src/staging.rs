@@ -83,15 +83,20 @@ impl Staging {
                     p
                 }
             };
-            let pinned = self.pinned.insert(pinned);
-            stream.memcpy_dtoh(&view, pinned).w()?;
-            // The copy is queued, not done: this wait is what makes the
-            // values readable. (`as_slice` waits on the memory's own event,
-            // which cudarc records only with event tracking, off in this
-            // backend.)
+            // Into the first `len` values only: cudarc copies as many bytes
+            // as its destination holds, and the memory may be larger than
+            // the buffer's values (a batch of fewer rows than its scratch
+            // was made for), whose device allocation then ends first.
+            // (`as_mut_slice` waits on the memory's own event, which
+            // cudarc records only with event tracking, off in this
+            // backend: it returns at once.)
+            let host = &mut self.pinned.insert(pinned).as_mut_slice().w()?[..len];
+            stream.memcpy_dtoh(&view, host).w()?;
+            // The copy is queued, not done (the destination is page-locked,
+            // so the driver returns before it ends): this wait is what
+            // makes the values readable.
             stream.synchronize().w()?;
-            let host = pinned.as_slice().w()?;
-            Ok(read(&host[..len]))
+            Ok(read(host))
         })
     }
 }
