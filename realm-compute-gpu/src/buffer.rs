@@ -41,6 +41,12 @@ fn shape_err(op: &'static str, what: &'static str, expected: usize, got: usize) 
     }
 }
 
+impl Drop for GpuBuffer {
+    fn drop(&mut self) {
+        crate::current::make_current(self.t.device());
+    }
+}
+
 impl GpuBuffer {
     pub(crate) fn new(t: Tensor, cap: usize) -> Self {
         Self {

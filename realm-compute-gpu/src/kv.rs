@@ -104,6 +104,10 @@ impl std::fmt::Debug for GpuKvCache {
 
 impl Drop for GpuKvCache {
     fn drop(&mut self) {
+        // Its block's memory may go with it.
+        if let Some(k) = self.k.first() {
+            crate::current::make_current(k.device());
+        }
         self.block
             .free
             .lock()

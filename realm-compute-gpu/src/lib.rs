@@ -60,6 +60,7 @@
 mod attention;
 mod buffer;
 mod clock;
+mod current;
 mod fused;
 mod kv;
 mod matmul;
@@ -193,6 +194,12 @@ pub struct GpuBackend {
     /// One thread at a time runs static steps with candle's upload cache.
     #[cfg(feature = "cuda")]
     upload_gate: std::sync::Arc<step::UploadGate>,
+}
+
+impl Drop for GpuBackend {
+    fn drop(&mut self) {
+        current::make_current(&self.device);
+    }
 }
 
 impl fmt::Debug for GpuBackend {
@@ -595,7 +602,9 @@ impl BackendCore for GpuBackend {
     }
 
     fn workspace(&self) -> GpuWorkspace {
-        GpuWorkspace::default()
+        let mut ws = GpuWorkspace::default();
+        ws.device = Some(self.device.clone());
+        ws
     }
 
     fn buffer(&self, len: usize) -> BackendResult<GpuBuffer> {
@@ -604,8 +613,12 @@ impl BackendCore for GpuBackend {
     }
 
     fn upload(&self, values: &[f32]) -> BackendResult<GpuBuffer> {
-        let t =
-            Tensor::from_slice(values, values.len(), &self.device).map_err(dev_err("upload"))?;
+        const OP: &str = "upload";
+        let t = Tensor::from_slice(values, values.len(), &self.device).map_err(dev_err(OP))?;
+        // As a weight's: other threads read uploads (a model's norms) on
+        // their own streams, and a copy from pageable memory may return
+        // before it lands.
+        self.device.synchronize().map_err(dev_err(OP))?;
         Ok(GpuBuffer::new(t, values.len()))
     }
 

@@ -46,6 +46,16 @@ impl GpuWeight {
     }
 }
 
+impl Drop for GpuWeight {
+    fn drop(&mut self) {
+        let device = match &self.qm {
+            QMatMul::QTensor(q) => q.device(),
+            QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.device().clone(),
+        };
+        crate::current::make_current(&device);
+    }
+}
+
 impl std::fmt::Debug for GpuWeight {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GpuWeight")

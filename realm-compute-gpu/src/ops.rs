@@ -97,6 +97,18 @@ pub struct GpuWorkspace {
     ///
     /// [`GpuBackend::read_on_host`]: realm_core::backend::BackendCore::read_on_host
     pub(crate) staging: Staging,
+    /// The device whose memory this holds ([`GpuBackend::workspace`]'s).
+    ///
+    /// [`GpuBackend::workspace`]: realm_core::backend::BackendCore::workspace
+    pub(crate) device: Option<Device>,
+}
+
+impl Drop for GpuWorkspace {
+    fn drop(&mut self) {
+        if let Some(device) = &self.device {
+            crate::current::make_current(device);
+        }
+    }
 }
 
 impl GpuWorkspace {

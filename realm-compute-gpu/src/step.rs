@@ -95,6 +95,14 @@ pub struct GpuRecording {
     epoch: u64,
 }
 
+impl Drop for GpuRecording {
+    fn drop(&mut self) {
+        if let Some(t) = self.fixed.first() {
+            crate::current::make_current(t.device());
+        }
+    }
+}
+
 impl std::fmt::Debug for GpuRecording {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GpuRecording")
@@ -792,9 +800,14 @@ mod cuda {
     /// upload and the recording finds them), with the gate that keeps
     /// other threads from reading the new entries early.
     pub(crate) struct Uploads {
-        /// candle's guard (whose type candle does not name).
-        cache: Box<dyn std::any::Any + Send>,
-        pass: super::GatePass,
+        /// candle's guard (whose type candle does not name), until the
+        /// cache is turned off.
+        cache: Option<Box<dyn std::any::Any + Send>>,
+        /// The thread whose cache it turned on.
+        thread: std::thread::ThreadId,
+        /// The hold on the gate, let go with the rest (after the cache is
+        /// off).
+        _pass: super::GatePass,
         /// Whether the step was replayed: it then uploaded nothing.
         pub(crate) replayed: bool,
     }
@@ -807,26 +820,43 @@ mod cuda {
         ) -> Self {
             let pass = super::UploadGate::enter(gate);
             Self {
-                cache: Box::new(cuda.enable_cuda_graph_htod_cache()),
-                pass,
+                cache: Some(Box::new(cuda.enable_cuda_graph_htod_cache())),
+                thread: std::thread::current().id(),
+                _pass: pass,
                 replayed: false,
+            }
+        }
+
+        /// Turns the cache off, on the thread that turned it on: candle's
+        /// guard counts down the cache of whichever thread drops it, so
+        /// on another thread (a workspace dropped or stepped elsewhere
+        /// after a step that never ended) it is forgotten instead, rather
+        /// than turning that thread's own cache off.
+        fn turn_off(&mut self) {
+            if let Some(cache) = self.cache.take() {
+                if std::thread::current().id() == self.thread {
+                    drop(cache);
+                } else {
+                    std::mem::forget(cache);
+                }
             }
         }
 
         /// Turns the cache off and lets go of the gate, once this thread's
         /// stream has done the copies that fill the entries it added (a
         /// device error here surfaces at the next op).
-        pub(crate) fn close(self, device: &Device) {
-            let Self {
-                cache,
-                pass,
-                replayed,
-            } = self;
-            drop(cache);
-            if !replayed {
+        pub(crate) fn close(mut self, device: &Device) {
+            self.turn_off();
+            if !self.replayed {
                 wait(device);
             }
-            drop(pass);
+        }
+    }
+
+    impl Drop for Uploads {
+        fn drop(&mut self) {
+            // The pass goes after this, with the fields.
+            self.turn_off();
         }
     }
 
@@ -868,11 +898,16 @@ mod cuda {
         out
     }
 
-    /// Starts capturing the device's stream (this thread's work only).
+    /// Starts capturing the device's stream (this thread's work only). An
+    /// error another call left in cudarc's slot is set aside for the next
+    /// call, as in a replay: cudarc's start would fail with it (and a
+    /// scratch whose recording fails never records again).
     pub(super) fn begin(device: &Device) -> Result<()> {
-        stream(device)?
-            .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
-            .w()
+        aside_pending_error(device, || {
+            stream(device)?
+                .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+                .w()
+        })
     }
 
     /// Ends the capture and instantiates the graph. The capture ends

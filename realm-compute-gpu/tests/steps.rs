@@ -225,6 +225,53 @@ fn batched_decode_matches_the_cpu_and_op_by_op() {
     }
 }
 
+/// Sessions and batch scratch, recorded steps and page-locked staging
+/// included, may be dropped on a thread that has made no call of its own,
+/// as a runtime may drop a tenant's: their device memory goes without
+/// leaving an error for the calls after it (on CUDA its context is made
+/// current there first), and the same work then gives the same logits.
+#[test]
+fn sessions_may_be_dropped_on_any_thread() {
+    let be = gpu(StepMode::Recorded);
+    let file = Gguf::from_bytes(SyntheticLayout::tiny("llama").unwrap().write(4).unwrap()).unwrap();
+    let model = Model::load(&file, &be).unwrap();
+    let vocab = model.config().vocab_size;
+    let run = || {
+        let mut sessions: Vec<_> = (0..2)
+            .map(|i| {
+                let mut s = model.session(32, 8).unwrap();
+                model.forward(&mut s, &[token(i, vocab)]).unwrap();
+                s
+            })
+            .collect();
+        let mut scratch = model.batch_scratch(4).unwrap();
+        let mut all = Vec::new();
+        for step in 0..4 {
+            let mut rows: Vec<_> = sessions
+                .iter_mut()
+                .map(|s| (s, token(step, vocab)))
+                .collect();
+            model.forward_batch(&mut rows, &mut scratch).unwrap();
+            all.extend(rows.iter().map(|(s, _)| s.logits().to_vec()));
+            let s = &mut sessions[0];
+            all.push(
+                model
+                    .forward(s, &[token(step + 9, vocab)])
+                    .unwrap()
+                    .to_vec(),
+            );
+        }
+        assert_eq!(scratch.recording_failure(), None);
+        (all, sessions, scratch)
+    };
+    let (want, sessions, scratch) = run();
+    std::thread::spawn(move || drop((sessions, scratch)))
+        .join()
+        .unwrap();
+    let (got, ..) = run();
+    assert_eq!(got, want);
+}
+
 /// Sessions on several threads at once share one model and backend, as
 /// tenants do: prompts of different lengths (candle's vector and matrix
 /// kernels, its scratch growing while other threads run), then decode
