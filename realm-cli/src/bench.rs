@@ -43,7 +43,8 @@ pub struct BenchArgs {
     pub batch_size: usize,
     /// Batched decode: for each N, N sequences each prefill the -p prompt
     /// (untimed) and then generate -n tokens together, one batched forward
-    /// per step (as llama-batched-bench's -npl); reports the aggregate t/s.
+    /// per step (as llama-batched-bench's -npl), after an untimed warm-up
+    /// of 2 steps; reports the aggregate t/s (llama-batched-bench's S_TG).
     #[arg(long, value_delimiter = ',')]
     pub npl: Vec<usize>,
     /// KV cache element type.
@@ -67,6 +68,9 @@ struct Test {
     n_prompt: usize,
     n_gen: usize,
     n_depth: usize,
+    /// Sequences decoding together (the batched test's, as
+    /// llama-batched-bench's `pl`).
+    n_seq: Option<usize>,
     samples_ts: Vec<f64>,
 }
 
@@ -205,7 +209,9 @@ fn bench_native<B: Backend>(
     if args.n_prompt > 0 {
         let mut samples = Vec::new();
         let mut s = session(args.n_prompt, args.batch_size)?;
-        model.forward(&mut s, &tokens[..args.n_prompt.min(16)])?; // warm-up
+        // Warm-up, as llama-bench's: the whole prompt, so that the timed
+        // runs find every buffer at its size.
+        model.forward(&mut s, &tokens)?;
         for _ in 0..args.repetitions {
             s.truncate(depth);
             let t = Instant::now();
@@ -217,6 +223,7 @@ fn bench_native<B: Backend>(
             n_prompt: args.n_prompt,
             n_gen: 0,
             n_depth: depth,
+            n_seq: None,
             samples_ts: samples,
         };
         after_test(&test.name)?;
@@ -225,7 +232,11 @@ fn bench_native<B: Backend>(
     if args.n_gen > 0 {
         let mut samples = Vec::new();
         let mut s = session(args.n_gen + 1, args.batch_size.min(depth).max(1))?;
-        model.forward(&mut s, &tokens[..1])?; // warm-up
+        // Warm-up: a decode step, as llama-bench's, and a second one: a
+        // static step is recorded (on CUDA, as a graph) the second time it
+        // runs, which the timed runs then replay.
+        model.forward(&mut s, &tokens[..1])?;
+        model.forward(&mut s, &tokens[..1])?;
         for _ in 0..args.repetitions {
             s.truncate(depth);
             let t = Instant::now();
@@ -243,6 +254,7 @@ fn bench_native<B: Backend>(
             n_prompt: 0,
             n_gen: args.n_gen,
             n_depth: depth,
+            n_seq: None,
             samples_ts: samples,
         };
         after_test(&test.name)?;
@@ -364,28 +376,35 @@ fn batched_decode<B: Backend>(
         .collect::<Result<Vec<_>, _>>()?;
     let mut scratch = model.batch_scratch(n_seq)?;
     let mut samples = Vec::new();
-    for _ in 0..args.repetitions {
+    // A warm-up run of 2 steps (the second records a static step, which
+    // the timed runs replay), then the timed runs.
+    for steps in
+        std::iter::once(args.n_gen.min(2)).chain(std::iter::repeat_n(args.n_gen, args.repetitions))
+    {
         for s in &mut sessions {
             s.truncate(0);
             model.forward(s, prompt)?;
         }
         let mut next: Vec<u32> = (0..n_seq as u32).map(|i| (i * 7919) % vocab).collect();
         let t = Instant::now();
-        for _ in 0..args.n_gen {
+        for _ in 0..steps {
             let mut rows: Vec<_> = sessions.iter_mut().zip(next.iter().copied()).collect();
             model.forward_batch(&mut rows, &mut scratch)?;
             for (t, s) in next.iter_mut().zip(&sessions) {
                 *t = (s.logits().len() as u32 / 2 + *t) % vocab;
             }
         }
-        samples.push((n_seq * args.n_gen) as f64 / t.elapsed().as_secs_f64());
+        samples.push((n_seq * steps) as f64 / t.elapsed().as_secs_f64());
     }
+    // Not the warm-up's.
+    samples.remove(0);
     note_recording("batched decode", scratch.recording_failure());
     Ok(Test {
         name: format!("pp{}+tg{}x{n_seq}", prompt.len(), args.n_gen),
         n_prompt: prompt.len(),
         n_gen: args.n_gen,
         n_depth: 0,
+        n_seq: Some(n_seq),
         samples_ts: samples,
     })
 }
@@ -395,7 +414,8 @@ fn batched_decode<B: Backend>(
 /// and loops. Each figure is one guest call: pp is the prompt's
 /// tokenization and prefill until the guest has logits; tg is the
 /// `n_gen - 1` steps after the first token, each with the guest's sampling,
-/// detokenizing and streaming.
+/// detokenizing and streaming. Every call makes its own session (in the
+/// guest's prefill chunks of 64, whatever `-b`), after one untimed call.
 fn bench_in_guest(args: &BenchArgs, l: &load::Loaded) -> Result<Vec<Test>> {
     let mut run = crate::guest::start(&args.guest, &args.model, args.threads, args.device.device)?;
     let ban: Vec<(u32, f32)> = l
@@ -413,6 +433,8 @@ fn bench_in_guest(args: &BenchArgs, l: &load::Loaded) -> Result<Vec<Test>> {
         ..Default::default()
     };
     let mut tests = Vec::new();
+    // Warm-up, untimed: a generation of 2 tokens.
+    crate::guest::generate(&mut run, "Once upon a time", &request(2), |_| {})?;
     if args.n_prompt > 0 {
         let prompt = " the".repeat(args.n_prompt);
         let mut samples = Vec::new();
@@ -427,6 +449,7 @@ fn bench_in_guest(args: &BenchArgs, l: &load::Loaded) -> Result<Vec<Test>> {
             n_prompt,
             n_gen: 0,
             n_depth: 0,
+            n_seq: None,
             samples_ts: samples,
         });
     }
@@ -445,6 +468,7 @@ fn bench_in_guest(args: &BenchArgs, l: &load::Loaded) -> Result<Vec<Test>> {
             n_prompt: 0,
             n_gen: args.n_gen,
             n_depth: 0,
+            n_seq: None,
             samples_ts: samples,
         });
     }
@@ -466,13 +490,20 @@ fn report(
             .iter()
             .map(|t| {
                 let (avg, std) = mean_std(&t.samples_ts);
-                json!({
+                let mut record = json!({
                     "model_filename": l.name, "model_size": size, "model_n_params": params,
                     "backends": backend, "n_threads": threads, "n_batch": args.batch_size,
                     "type_k": args.cache_type.name(), "type_v": args.cache_type.name(),
                     "n_prompt": t.n_prompt, "n_gen": t.n_gen, "n_depth": t.n_depth, "avg_ts": avg, "stddev_ts": std,
                     "samples_ts": t.samples_ts,
-                })
+                });
+                // The batched test's sequences, as llama-batched-bench's
+                // `pl`, and its name (its prompt is untimed).
+                if let (Some(pl), Some(r)) = (t.n_seq, record.as_object_mut()) {
+                    r.insert("pl".into(), json!(pl));
+                    r.insert("test".into(), json!(t.name));
+                }
+                record
             })
             .collect();
         writeln!(out, "{}", serde_json::to_string_pretty(&records)?)?;

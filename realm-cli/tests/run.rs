@@ -305,6 +305,16 @@ fn synth_then_bench_on_the_gpu_backend() {
     let records = records.as_array().unwrap();
     assert_eq!(records.len(), 3, "pp, tg and batched decode");
     assert_eq!(records[2]["n_gen"], 2);
+    // The batched record says how many sequences, as llama-batched-bench's
+    // `pl`, and holds the timed runs only (not the warm-up's).
+    assert_eq!(
+        (&records[2]["pl"], &records[2]["test"]),
+        (&json!(2), &json!("pp8+tg2x2"))
+    );
+    assert!(records[..2].iter().all(|r| r.get("pl").is_none()));
+    assert!(records
+        .iter()
+        .all(|r| r["samples_ts"].as_array().map(Vec::len) == Some(1)));
     assert_eq!(records[0]["backends"], "candle-cpu+fused");
     assert_eq!(records[0]["n_prompt"], 8);
     assert_eq!(records[1]["n_gen"], 2);
