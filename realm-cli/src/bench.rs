@@ -417,7 +417,7 @@ fn batched_decode<B: Backend>(
 /// detokenizing and streaming. Every call makes its own session (in the
 /// guest's prefill chunks of 64, whatever `-b`), after one untimed call.
 fn bench_in_guest(args: &BenchArgs, l: &load::Loaded) -> Result<Vec<Test>> {
-    let mut run = crate::guest::start(&args.guest, &args.model, args.threads, args.device.device)?;
+    let mut run = crate::guest::start(&args.guest, &args.model, args.threads, &args.device)?;
     let ban: Vec<(u32, f32)> = l
         .tokenizer
         .eog_ids()

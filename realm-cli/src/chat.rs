@@ -4,9 +4,11 @@
 use std::io::{BufRead, Write};
 
 use anyhow::{bail, Result};
+use realm_core::backend::Backend;
 use realm_core::chat::{ChatMessage, ChatTemplate};
 use realm_models::{generate, GenerateParams, Model, StopReason};
 
+use crate::device::Device;
 use crate::load::{self, Loaded};
 use crate::run::{context_len, SamplingArgs};
 
@@ -32,6 +34,8 @@ pub struct ChatArgs {
     pub ctx_size: usize,
     #[command(flatten)]
     pub sampling: SamplingArgs,
+    #[command(flatten)]
+    pub device: crate::device::DeviceArgs,
 }
 
 fn template(l: &Loaded) -> Result<ChatTemplate> {
@@ -74,8 +78,15 @@ pub fn render_user_turn(l: &Loaded, system: Option<&str>, prompt: &str) -> Resul
 
 pub fn run(args: &ChatArgs) -> Result<()> {
     let l = load::open(&args.model, args.threads)?;
-    let model = Model::load(&l.file, &l.backend)?;
-    let tpl = template(&l)?;
+    match args.device.device {
+        Device::Cpu => chat(args, &l, &l.backend),
+        Device::Gpu(_) => chat(args, &l, &args.device.gpu()?),
+    }
+}
+
+fn chat<B: Backend>(args: &ChatArgs, l: &Loaded, backend: &B) -> Result<()> {
+    let model = Model::load(&l.file, backend)?;
+    let tpl = template(l)?;
     let ctx = context_len(args.ctx_size, model.config().context_length);
     let mut session = model.session_with_kv(ctx, 256, args.cache_type.into())?;
     let mut messages: Vec<ChatMessage> = args
@@ -112,7 +123,7 @@ pub fn run(args: &ChatArgs) -> Result<()> {
             Some(rest) if !in_cache.is_empty() => l.tokenizer.encode(rest, false, true)?,
             _ => {
                 session.truncate(0);
-                encode_rendered(&l, &rendered)?
+                encode_rendered(l, &rendered)?
             }
         };
         if session.position() + new_text.len() >= session.capacity() {

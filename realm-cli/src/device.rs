@@ -20,6 +20,12 @@ impl std::str::FromStr for Device {
         match s {
             "cpu" => Ok(Self::Cpu),
             "candle-cpu" => Ok(Self::Gpu(GpuDevice::Cpu)),
+            // The GPU crate reads `cpu:0` as candle's CPU device; here `cpu`
+            // is Realm's own backend, which has no index.
+            other if other.starts_with("cpu:") => Err(format!(
+                "unknown device `{other}` (the CPU backend is `cpu`, candle's CPU device \
+                 `candle-cpu`)"
+            )),
             other => GpuDevice::parse(other).map(Self::Gpu),
         }
     }

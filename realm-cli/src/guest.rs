@@ -36,7 +36,7 @@ pub fn start(
     args: &GuestArgs,
     model: &str,
     threads: usize,
-    device: crate::device::Device,
+    device: &crate::device::DeviceArgs,
 ) -> Result<Tenant> {
     let path = catalog::resolve_model(model).map_err(anyhow::Error::msg)?;
     let wasm_path = guest_path(args);
@@ -47,13 +47,14 @@ pub fn start(
         )
     })?;
     let start = std::time::Instant::now();
-    let gpu = match device {
+    let gpu = match device.device {
         crate::device::Device::Cpu => None,
         crate::device::Device::Gpu(d) => Some(d),
     };
     let runtime = Runtime::new(RuntimeConfig {
         threads,
         gpu,
+        gpu_steps: device.steps.map(Into::into),
         ..RuntimeConfig::default()
     })?;
     let id = runtime.load_model(&path)?;

@@ -164,7 +164,7 @@ fn run_in_guest(args: &RunArgs) -> Result<()> {
     } else {
         (args.prompt.clone(), true)
     };
-    let mut run = crate::guest::start(&args.guest, &args.model, args.threads, args.device.device)?;
+    let mut run = crate::guest::start(&args.guest, &args.model, args.threads, &args.device)?;
     let req = realm_runtime::GenerateRequest {
         max_tokens: args.n_predict as u32,
         max_seq_len: args.ctx_size as u32,

@@ -162,37 +162,45 @@ fn chat_keeps_the_conversation_in_the_cache() {
     if !cached(&catalog::SMOLLM2) {
         return;
     }
-    let mut child = Command::new(env!("CARGO_BIN_EXE_realm"))
-        .args(["chat", "smollm2", "--temp", "0", "-n", "24"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"Hi, my name is Ada.\nWhat is my name?\n\n")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    let in_context: Vec<usize> = stderr
-        .lines()
-        .filter_map(|l| {
-            l.split('(')
-                .nth(1)?
-                .split(" in context")
-                .next()?
-                .parse()
-                .ok()
-        })
-        .collect();
-    assert_eq!(in_context.len(), 2, "{stderr}");
-    assert!(in_context[1] > in_context[0], "{stderr}");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(stdout.matches("> ").count(), 3, "{stdout}");
+    // On Realm's CPU backend, and on the GPU backend (candle's CPU device).
+    for device in ["cpu", "candle-cpu"] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_realm"))
+            .args([
+                "chat", "smollm2", "--temp", "0", "-n", "24", "--device", device,
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"Hi, my name is Ada.\nWhat is my name?\n\n")
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{device}: {stderr}");
+        let in_context: Vec<usize> = stderr
+            .lines()
+            .filter_map(|l| {
+                l.split('(')
+                    .nth(1)?
+                    .split(" in context")
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        assert_eq!(in_context.len(), 2, "{device}: {stderr}");
+        assert!(in_context[1] > in_context[0], "{device}: {stderr}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(stdout.matches("> ").count(), 3, "{device}: {stdout}");
+    }
+    // `cpu` is Realm's backend, which has no index.
+    let (ok, _, stderr) = realm(&["chat", "smollm2", "--device", "cpu:0"]);
+    assert!(!ok && stderr.contains("candle-cpu"), "{stderr}");
 }
 
 fn guest() -> Option<String> {

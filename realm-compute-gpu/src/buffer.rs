@@ -43,7 +43,7 @@ fn shape_err(op: &'static str, what: &'static str, expected: usize, got: usize) 
 
 impl Drop for GpuBuffer {
     fn drop(&mut self) {
-        crate::current::make_current(self.t.device());
+        crate::driver::make_current(self.t.device());
     }
 }
 

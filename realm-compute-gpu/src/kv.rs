@@ -52,7 +52,7 @@ impl KvBlock {
         }
         // Other threads take this block's slots and write them on their own
         // streams (CUDA's per-thread streams): the zeros must be there first.
-        device.synchronize()?;
+        crate::driver::synchronize(device)?;
         Ok(Self {
             cfg: *cfg,
             slots,
@@ -106,7 +106,7 @@ impl Drop for GpuKvCache {
     fn drop(&mut self) {
         // Its block's memory may go with it.
         if let Some(k) = self.k.first() {
-            crate::current::make_current(k.device());
+            crate::driver::make_current(k.device());
         }
         self.block
             .free

@@ -60,7 +60,7 @@
 mod attention;
 mod buffer;
 mod clock;
-mod current;
+mod driver;
 mod fused;
 mod kv;
 mod matmul;
@@ -198,7 +198,7 @@ pub struct GpuBackend {
 
 impl Drop for GpuBackend {
     fn drop(&mut self) {
-        current::make_current(&self.device);
+        driver::make_current(&self.device);
     }
 }
 
@@ -618,7 +618,7 @@ impl BackendCore for GpuBackend {
         // As a weight's: other threads read uploads (a model's norms) on
         // their own streams, and a copy from pageable memory may return
         // before it lands.
-        self.device.synchronize().map_err(dev_err(OP))?;
+        driver::synchronize(&self.device).map_err(dev_err(OP))?;
         Ok(GpuBuffer::new(t, values.len()))
     }
 
@@ -651,7 +651,7 @@ impl BackendCore for GpuBackend {
     }
 
     fn synchronize(&self) -> BackendResult<()> {
-        self.device.synchronize().map_err(dev_err("synchronize"))
+        driver::synchronize(&self.device).map_err(dev_err("synchronize"))
     }
 
     fn split_cols(

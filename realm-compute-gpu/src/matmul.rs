@@ -52,7 +52,7 @@ impl Drop for GpuWeight {
             QMatMul::QTensor(q) => q.device(),
             QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.device().clone(),
         };
-        crate::current::make_current(&device);
+        crate::driver::make_current(&device);
     }
 }
 
@@ -138,7 +138,7 @@ impl GpuBackend {
         let blocks = crate::fused::q8::cuda::Weight::of(&qm).map_err(dev_err(op))?;
         // Every thread multiplies by the weights, each on its own stream
         // (CUDA's per-thread streams): the copy must be done first.
-        self.device.synchronize().map_err(dev_err(op))?;
+        crate::driver::synchronize(&self.device).map_err(dev_err(op))?;
         Ok(GpuWeight {
             dtype,
             rows,

@@ -106,7 +106,7 @@ pub struct GpuWorkspace {
 impl Drop for GpuWorkspace {
     fn drop(&mut self) {
         if let Some(device) = &self.device {
-            crate::current::make_current(device);
+            crate::driver::make_current(device);
         }
     }
 }

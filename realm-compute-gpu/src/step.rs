@@ -98,7 +98,7 @@ pub struct GpuRecording {
 impl Drop for GpuRecording {
     fn drop(&mut self) {
         if let Some(t) = self.fixed.first() {
-            crate::current::make_current(t.device());
+            crate::driver::make_current(t.device());
         }
     }
 }
@@ -860,27 +860,14 @@ mod cuda {
         }
     }
 
-    /// Waits for this thread's stream. cudarc fails any call, the wait too,
-    /// with an error another call left in its one slot for every thread:
-    /// that error is taken first and left for the next call, so the wait
-    /// happens; a failed wait is left the same way.
+    /// Waits for this thread's stream, whatever error another call left
+    /// in cudarc's slot ([`crate::driver::wait`]); a failed wait is left
+    /// in the slot for the next call.
     fn wait(device: &Device) {
-        let Ok(cuda) = device.as_cuda_device() else {
-            return;
-        };
-        let stream = cuda.cuda_stream();
-        let ctx = stream.context();
-        let pending = ctx.check_err();
-        // The driver's wait itself: cudarc's would read the slot again.
-        // SAFETY: the stream is candle's handle to this thread's stream, on
-        // whose context this thread's step just ran (it is current).
-        let waited = unsafe {
-            candle_core::cuda_backend::cudarc::driver::result::stream::synchronize(
-                stream.cu_stream(),
-            )
-        };
-        // One slot: the wait's own error, else the one taken.
-        ctx.record_err(waited.and(pending));
+        if let Ok(cuda) = device.as_cuda_device() {
+            let ctx = cuda.cuda_stream().context().clone();
+            ctx.record_err(crate::driver::wait(cuda));
+        }
     }
 
     /// Runs `f` with an error another call left in cudarc's slot for every

@@ -444,6 +444,11 @@ impl<'a, B: Backend> Model<'a, B> {
     /// [`Model::forward`] of that token alone would give (the backend is batch
     /// invariant), and [`Model::compute_logits`] returns them as after
     /// `forward`. On error no session has advanced.
+    ///
+    /// With static steps, a step is recorded for these sessions in this
+    /// order (and span of positions), at its second run, and replayed while
+    /// the next steps come in the same order: keep rows in one order
+    /// ([`Session::id`]).
     pub fn forward_batch(
         &self,
         rows: &mut [(&mut Session<B>, u32)],
@@ -1069,6 +1074,14 @@ pub struct Session<B: Backend> {
 }
 
 impl<B: Backend> Session<B> {
+    /// An id unique for the life of the process. A batched step is
+    /// recorded for its rows' sessions in their order
+    /// ([`Model::forward_batch`]): a caller whose batches gather in any
+    /// order keeps them in one order by sorting rows by id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
     /// Tokens in the KV cache so far.
     pub fn position(&self) -> usize {
         self.pos

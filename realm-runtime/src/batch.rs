@@ -180,7 +180,15 @@ fn schedule(
             pending = rest;
             let tail = group.split_off(group.len().min(max_batch));
             pending.extend(tail);
-            run_group(group, &mut scratch, max_batch, &counters);
+            // A panic fails its batch's callers (their replies go with
+            // it), not the scheduler: every tenant's later steps still
+            // batch. The scratch it left half-written is made again.
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                run_group(group, &mut scratch, max_batch, &counters)
+            }));
+            if ran.is_err() {
+                scratch.clear();
+            }
         }
     }
 }
@@ -192,6 +200,10 @@ fn run_group(
     counters: &Counters,
 ) {
     let model = group[0].model.clone();
+    // Steps arrive in whatever order their tenants' threads sent them; a
+    // batch is recorded (on CUDA) for its sessions in order, so one order
+    // lets the next steps replay it.
+    group.sort_by_key(|s| s.session.id());
     let found = scratch
         .iter()
         .position(|(w, _)| std::ptr::eq(w.as_ptr(), Arc::as_ptr(&model)));
@@ -202,32 +214,116 @@ fn run_group(
             scratch.len() - 1
         }),
     };
-    let result = index.and_then(|i| {
-        let rows: Vec<(&mut AnySession, u32)> = group
-            .iter_mut()
-            .map(|s| (&mut s.session, s.token))
-            .collect();
-        model.forward_batch(rows, &mut scratch[i].1)
-    });
+    let mut forwards = 1;
+    let results: Vec<Result<(), String>> = match index {
+        Err(e) => vec![Err(e.to_string()); group.len()],
+        Ok(i) => {
+            let rows: Vec<(&mut AnySession, u32)> = group
+                .iter_mut()
+                .map(|s| (&mut s.session, s.token))
+                .collect();
+            match model.forward_batch(rows, &mut scratch[i].1) {
+                Ok(()) => vec![Ok(()); group.len()],
+                // A failed batch advanced no session: each step again
+                // alone, so that one tenant's bad step fails only its own.
+                Err(_) if group.len() > 1 => {
+                    let _ = model.synchronize();
+                    forwards += group.len();
+                    group
+                        .iter_mut()
+                        .map(|s| {
+                            model
+                                .forward_batch(vec![(&mut s.session, s.token)], &mut scratch[i].1)
+                                .map_err(|e| e.to_string())
+                        })
+                        .collect()
+                }
+                Err(e) => vec![Err(e.to_string())],
+            }
+        }
+    };
     counters
         .steps
         .fetch_add(group.len() as u64, Ordering::Relaxed);
-    counters.batches.fetch_add(1, Ordering::Relaxed);
+    counters
+        .batches
+        .fetch_add(forwards as u64, Ordering::Relaxed);
     // A step that failed part way may have left work queued on this
     // thread's stream: done before the sessions go back to their threads.
-    let result = result.map_err(|e| {
+    if results.iter().any(Result::is_err) {
         let _ = model.synchronize();
-        e.to_string()
-    });
+    }
     // The worker lets go of the model before any caller hears back, so a
     // caller that finishes sees only the holders that remain.
     drop(model);
-    let replies: Vec<_> = group
-        .into_iter()
-        .map(|step| (step.reply, step.session))
-        .collect();
-    for (reply, session) in replies {
+    for (step, result) in group.into_iter().zip(results) {
         // A caller that went away (its tenant was dropped) no longer waits.
-        let _ = reply.send((session, result.clone()));
+        let _ = step.reply.send((step.session, result));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::ModelStore;
+    use realm_compute_cpu::CpuBackend;
+    use realm_models::synthetic::SyntheticLayout;
+
+    /// A step of `session` with `token`, and where its answer comes.
+    fn step(
+        model: &Arc<LoadedModel>,
+        session: AnySession,
+        token: u32,
+    ) -> (Step, Receiver<StepReply>) {
+        let (reply, answer) = mpsc::sync_channel(1);
+        let step = Step {
+            model: model.clone(),
+            session,
+            token,
+            reply,
+        };
+        (step, answer)
+    }
+
+    /// A batch with a step that cannot run (its session is full) fails that
+    /// step alone: the others run, and every session comes back to its own
+    /// caller, whatever order the steps came in.
+    #[test]
+    fn a_bad_step_fails_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tiny.gguf");
+        let layout = SyntheticLayout::tiny("llama").unwrap();
+        std::fs::write(&path, layout.write(2).unwrap()).unwrap();
+        let store = ModelStore::new(Arc::new(CpuBackend::new().unwrap()));
+        let model = store.get(&store.load(&path).unwrap()).unwrap();
+        let mut sessions: Vec<AnySession> = (0..3).map(|_| model.session(4, 1).unwrap()).collect();
+        // The middle one is full.
+        for _ in 0..4 {
+            model.forward(&mut sessions[1], &[3]).unwrap();
+        }
+        let ids: Vec<u64> = sessions.iter().map(AnySession::id).collect();
+        // Newest first: not the order a batch is run in.
+        let (steps, answers): (Vec<_>, Vec<_>) = sessions
+            .into_iter()
+            .rev()
+            .map(|s| step(&model, s, 5))
+            .unzip();
+        let mut scratch = Vec::new();
+        let counters = Counters::default();
+        run_group(steps, &mut scratch, 4, &counters);
+        let back: Vec<StepReply> = answers.iter().map(|a| a.recv().unwrap()).collect();
+        for ((session, result), id) in back.iter().zip(ids.iter().rev()) {
+            assert_eq!(session.id(), *id, "each caller gets its own session");
+            match *id == ids[1] {
+                true => assert!(result.is_err()),
+                false => {
+                    assert_eq!(result, &Ok(()));
+                    assert_eq!(session.position(), 1);
+                }
+            }
+        }
+        // The batch, then each step alone.
+        assert_eq!(counters.batches.load(Ordering::Relaxed), 4);
+        assert_eq!(counters.steps.load(Ordering::Relaxed), 3);
     }
 }

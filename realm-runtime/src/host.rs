@@ -365,8 +365,12 @@ fn forward(
     let out = logits_range(mem.len(), logits, n_logits, entry.model.vocab_size)?;
     let session = entry.session.as_mut().ok_or(AbiError::Busy)?;
     match (batcher, tokens.as_slice()) {
+        // A step that cannot run (a full session, a token past the
+        // vocabulary) fails here, alone, not in a batch.
         (Some(b), &[token])
-            if session.position() < session.capacity() && b.has_company(&entry.model) =>
+            if session.position() < session.capacity()
+                && (token as usize) < entry.model.vocab_size
+                && b.has_company(&entry.model) =>
         {
             // The worker's stream reads what this thread's wrote.
             entry.model.synchronize().map_err(AbiError::from)?;

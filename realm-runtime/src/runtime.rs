@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use realm_compute_cpu::{CpuBackend, CpuConfig};
-use realm_compute_gpu::{GpuBackend, GpuDevice};
+use realm_compute_gpu::{GpuBackend, GpuDevice, StepMode};
 use realm_wasm::{Params, FLAG_ADD_SPECIAL, FLAG_LAYERED, FLAG_PARSE_SPECIAL};
 use sha2::{Digest, Sha256};
 use wasmtime::{
@@ -30,6 +30,9 @@ pub struct RuntimeConfig {
     /// Run the models on the GPU backend on this device instead of the CPU
     /// backend (`None`: the CPU).
     pub gpu: Option<GpuDevice>,
+    /// How the GPU backend runs decode steps (`None`: its default, recorded
+    /// as CUDA graphs on CUDA).
+    pub gpu_steps: Option<StepMode>,
     /// Most tenants alive at once (the pooling allocator's slots).
     pub max_tenants: u32,
     /// Largest memory any tenant may be given, in bytes.
@@ -52,6 +55,7 @@ impl Default for RuntimeConfig {
         Self {
             threads: 0,
             gpu: None,
+            gpu_steps: None,
             max_tenants: 64,
             max_memory: 1 << 30,
             tick: Duration::from_millis(10),
@@ -261,7 +265,13 @@ impl Runtime {
                 threads: config.threads,
                 ..CpuConfig::default()
             })?)),
-            Some(d) => StoreBackend::Gpu(Arc::new(GpuBackend::new(d)?)),
+            Some(d) => {
+                let mut gpu = GpuBackend::new(d)?;
+                if let Some(steps) = config.gpu_steps {
+                    gpu = gpu.with_steps(steps);
+                }
+                StoreBackend::Gpu(Arc::new(gpu))
+            }
         };
         let batcher = match config.batching {
             true => Some(Arc::new(
@@ -440,6 +450,10 @@ impl Tenant {
                 f.call(&mut live.store, ())
                     .map_err(|e| self.classify(&live.store, e))
             });
+        // The device work this thread queued is done before the guest's
+        // sessions may be stepped on another thread, or dropped.
+        let settled = live.store.data().settle().map_err(Error::from);
+        let result = result.and(settled);
         if result.is_ok() {
             self.live = Some(live);
         }
@@ -498,7 +512,12 @@ impl Tenant {
             let worker = std::thread::Builder::new()
                 .stack_size(8 << 20)
                 .spawn_scoped(scope, || {
-                    let r = call_generate(&mut live, prompt.as_bytes(), &params);
+                    // A panic (of a host call) is an error here, so that
+                    // the wait below still happens.
+                    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        call_generate(&mut live, prompt.as_bytes(), &params)
+                    }))
+                    .unwrap_or_else(|_| Err(wasmtime::Error::msg("a host call panicked")));
                     // This thread's device work is done before it ends.
                     let settled = live.store.data().settle();
                     live.store.data_mut().sink = None;

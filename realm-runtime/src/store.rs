@@ -107,6 +107,13 @@ pub(crate) enum AnySession {
 }
 
 impl AnySession {
+    pub(crate) fn id(&self) -> u64 {
+        match self {
+            Self::Cpu(s) => s.id(),
+            Self::Gpu(s) => s.id(),
+        }
+    }
+
     pub(crate) fn logits(&self) -> &[f32] {
         match self {
             Self::Cpu(s) => s.logits(),

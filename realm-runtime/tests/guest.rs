@@ -243,9 +243,16 @@ fn tenants_run_on_the_gpu_backend() {
         .unwrap_or(realm_runtime::GpuDevice::Cpu);
     let prompt = "t300 t301 t302";
     let mut texts = Vec::new();
-    for gpu in [None, Some(device)] {
+    // The CPU backend, the GPU backend in its default step mode, and in
+    // static steps (batched steps too; on CUDA, recorded as graphs).
+    for (gpu, gpu_steps) in [
+        (None, None),
+        (Some(device), None),
+        (Some(device), Some(realm_runtime::StepMode::Static)),
+    ] {
         let runtime = Runtime::new(RuntimeConfig {
             gpu,
+            gpu_steps,
             ..RuntimeConfig::default()
         })
         .unwrap();
@@ -270,9 +277,13 @@ fn tenants_run_on_the_gpu_backend() {
             let hb = s.spawn(|| run(&mut b, true));
             (ha.join().unwrap(), hb.join().unwrap())
         });
-        assert_eq!(ta, tb, "gpu: {gpu:?}");
+        assert_eq!(ta, tb, "gpu: {gpu:?}, steps: {gpu_steps:?}");
         assert!(!ta.is_empty());
         texts.push(ta);
     }
     assert_eq!(texts[0], texts[1], "cpu and gpu backends");
+    assert_eq!(
+        texts[1], texts[2],
+        "the gpu backend op by op and in static steps"
+    );
 }
