@@ -71,7 +71,8 @@ impl std::fmt::Debug for Step {
 
 impl Batcher {
     /// Starts the scheduler: batches of up to `max_batch` rows, waiting at
-    /// most `window` for the steps of other live sessions.
+    /// most `window` for the steps of the other sessions decoding
+    /// ([`wanted`]).
     pub(crate) fn start(max_batch: usize, window: Duration) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel();
         let active = Active::default();
@@ -147,6 +148,42 @@ impl Drop for Batcher {
     }
 }
 
+/// The sessions of a model's last two batches: those decoding now.
+#[derive(Debug, Default)]
+struct Decoding {
+    last: Vec<u64>,
+    before: Vec<u64>,
+}
+
+impl Decoding {
+    /// Sessions in either batch.
+    fn count(&self) -> usize {
+        self.last.len()
+            + self
+                .before
+                .iter()
+                .filter(|id| !self.last.contains(id))
+                .count()
+    }
+
+    fn ran(&mut self, ids: impl IntoIterator<Item = u64>) {
+        self.before = std::mem::take(&mut self.last);
+        self.last.extend(ids);
+    }
+}
+
+/// How many steps a batch of `model` waits for (at most `window`): one
+/// from each session that stepped in either of its last two batches (two,
+/// so that a step that missed one batch is still waited for), at most its
+/// live sessions; before its first batch, every live session. A live
+/// session that does not step (idle, or prefilling) is waited for by two
+/// batches at most, not by every step of the others.
+fn wanted(decoding: Option<&Decoding>, live: usize, max_batch: usize) -> usize {
+    decoding
+        .map_or(live, |d| d.count().min(live))
+        .clamp(1, max_batch)
+}
+
 /// The scheduler loop: gather, group by model, run, reply.
 fn schedule(
     rx: Receiver<Step>,
@@ -157,12 +194,10 @@ fn schedule(
 ) {
     let mut scratch: Vec<(Weak<LoadedModel>, AnyBatchScratch)> = Vec::new();
     let mut pending: Vec<Step> = Vec::new();
+    let mut decoding: HashMap<ModelId, Decoding> = HashMap::new();
     while let Ok(first) = rx.recv() {
-        let want = lock(&active)
-            .get(&first.model.id)
-            .copied()
-            .unwrap_or(1)
-            .clamp(1, max_batch);
+        let live = lock(&active).get(&first.model.id).copied().unwrap_or(1);
+        let want = wanted(decoding.get(&first.model.id), live, max_batch);
         pending.push(first);
         let deadline = Instant::now() + window;
         while pending.len() < want {
@@ -172,7 +207,14 @@ fn schedule(
                 Err(_) => break,
             }
         }
+        // Steps already sent join too (a session that starts decoding).
+        pending.extend(rx.try_iter());
         scratch.retain(|(w, _)| w.strong_count() > 0);
+        // A model whose sessions all closed starts afresh.
+        {
+            let live = lock(&active);
+            decoding.retain(|id, _| live.contains_key(id));
+        }
         while !pending.is_empty() {
             let id = pending[0].model.id.clone();
             let (mut group, rest): (Vec<Step>, Vec<Step>) =
@@ -180,6 +222,10 @@ fn schedule(
             pending = rest;
             let tail = group.split_off(group.len().min(max_batch));
             pending.extend(tail);
+            decoding
+                .entry(id)
+                .or_default()
+                .ran(group.iter().map(|s| s.session.id()));
             // A panic fails its batch's callers (their replies go with
             // it), not the scheduler: every tenant's later steps still
             // batch. The scratch it left half-written is made again.
@@ -283,6 +329,28 @@ mod tests {
             reply,
         };
         (step, answer)
+    }
+
+    /// A batch waits for the sessions of the model's last two batches, at
+    /// most its live ones; before its first batch, for every live session.
+    #[test]
+    fn batches_wait_for_the_sessions_that_step() {
+        assert_eq!(wanted(None, 5, 16), 5);
+        assert_eq!(wanted(None, 40, 16), 16);
+        let mut d = Decoding::default();
+        d.ran([1, 2, 3]);
+        assert_eq!(wanted(Some(&d), 5, 16), 3);
+        // Session 3 missed a batch: still waited for.
+        d.ran([2, 1]);
+        assert_eq!(wanted(Some(&d), 5, 16), 3);
+        // Two batches without it (idle, or prefilling): no longer.
+        d.ran([1, 2]);
+        assert_eq!(wanted(Some(&d), 5, 16), 2);
+        // A session that starts stepping counts from its first batch.
+        d.ran([1, 2, 4]);
+        assert_eq!(wanted(Some(&d), 5, 16), 3);
+        // Never more than are live.
+        assert_eq!(wanted(Some(&d), 2, 16), 2);
     }
 
     /// A batch with a step that cannot run (its session is full) fails that

@@ -46,7 +46,8 @@ pub struct RuntimeConfig {
     pub batching: bool,
     /// Most rows of a batched forward.
     pub max_batch: usize,
-    /// Longest the scheduler waits for other live sessions' steps.
+    /// Longest the scheduler waits for the steps of the other sessions
+    /// decoding (those that stepped in the model's last two batches).
     pub batch_window: Duration,
 }
 
