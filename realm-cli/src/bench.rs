@@ -375,12 +375,9 @@ fn batched_decode<B: Backend>(
         .map(|_| model.session_with_kv(cap, args.batch_size, args.cache_type.into()))
         .collect::<Result<Vec<_>, _>>()?;
     let mut scratch = model.batch_scratch(n_seq)?;
-    let mut samples = Vec::new();
-    // A warm-up run of 2 steps (the second records a static step, which
-    // the timed runs replay), then the timed runs.
-    for steps in
-        std::iter::once(args.n_gen.min(2)).chain(std::iter::repeat_n(args.n_gen, args.repetitions))
-    {
+    // One run: the prompt prefilled into every sequence (untimed), then
+    // `steps` batched steps; their aggregate t/s.
+    let mut run = |steps: usize| -> Result<f64> {
         for s in &mut sessions {
             s.truncate(0);
             model.forward(s, prompt)?;
@@ -394,10 +391,14 @@ fn batched_decode<B: Backend>(
                 *t = (s.logits().len() as u32 / 2 + *t) % vocab;
             }
         }
-        samples.push((n_seq * steps) as f64 / t.elapsed().as_secs_f64());
-    }
-    // Not the warm-up's.
-    samples.remove(0);
+        Ok((n_seq * steps) as f64 / t.elapsed().as_secs_f64())
+    };
+    // Warm-up: 2 steps (the second records a static step, which the timed
+    // runs replay).
+    run(args.n_gen.min(2))?;
+    let samples = (0..args.repetitions)
+        .map(|_| run(args.n_gen))
+        .collect::<Result<Vec<_>>>()?;
     note_recording("batched decode", scratch.recording_failure());
     Ok(Test {
         name: format!("pp{}+tg{}x{n_seq}", prompt.len(), args.n_gen),
