@@ -558,7 +558,7 @@ impl GpuBackend {
         out.check_room(OP, "out length", product(OP, "rows overflow", n, width)?)?;
         #[cfg(feature = "cuda")]
         if let Some(rope) = rope {
-            let one_config = caches.iter().all(|c| c.config() == caches[0].config());
+            let one_config = caches.iter().all(|c| c.storage() == caches[0].storage());
             if self.device.is_cuda() && n <= SLOT_ROWS && one_config {
                 return self.attend_by_slots(ws, caches, layer, positions, &rows, p, rope, out);
             }
@@ -616,10 +616,10 @@ impl GpuBackend {
 
 impl GpuBackend {
     /// [`AttentionOps::rope_attend_rows`] on CUDA with the fused kernels,
-    /// for rows whose caches (of one configuration) may be slots of any
-    /// blocks: the caches named by address (a [`SlotTable`]), one launch
-    /// stores every row's key and value and one attends every row, where
-    /// each run of consecutive slots took two.
+    /// for rows whose caches (of one storage configuration) may be slots of
+    /// any blocks: the caches named by address (a [`SlotTable`]), one
+    /// launch stores every row's key and value and one attends every row,
+    /// where each run of consecutive slots took two.
     #[cfg(feature = "cuda")]
     #[allow(clippy::too_many_arguments)]
     fn attend_by_slots(
@@ -643,7 +643,7 @@ impl GpuBackend {
         // A static step's rows may be anywhere in its span when replayed.
         let (pos, keys) = match ws.step() {
             Some(st) => {
-                let span = st.kv_len().min(caches[0].config().max_seq_len);
+                let span = st.kv_len().min(caches[0].storage().max_seq_len);
                 if furthest > span {
                     return Err(BackendError::InvalidParameter {
                         op: OP,
@@ -763,7 +763,9 @@ impl GpuBackend {
         blocks: Blocks,
     ) -> BackendResult<Tensor> {
         const OP: &str = "attend_rows";
-        let cfg = *cache.config();
+        // The run's caches share a block, so its positions, not each
+        // cache's own length (checked by the caller).
+        let cfg = *cache.storage();
         let (block, slot) = cache.block();
         let n = positions.len();
         let (kvh, hd, group) = (p.n_kv_heads, p.head_dim, p.n_heads / p.n_kv_heads);

@@ -21,8 +21,13 @@ use crate::{dev_err, product};
 /// The most slots one block holds.
 pub const MAX_SLOTS: usize = 32;
 
+/// Blocks hold a multiple of this many positions (at most this many more
+/// than a cache asks for: on SmolLM2 with f16 caches, 6 MB).
+pub const LENGTH_STEP: usize = 256;
+
 /// One block's tensors and free slots.
 pub(crate) struct KvBlock {
+    /// Its caches' configuration, the length rounded up.
     cfg: KvCacheConfig,
     slots: usize,
     /// Per layer, `[2, slots, heads, max_seq_len, head_dim]`: keys and
@@ -82,9 +87,10 @@ pub(crate) fn dtype_of(d: KvDtype) -> DType {
 }
 
 /// Keys and values of every layer of one sequence, on the device: per
-/// layer one `[n_kv_heads, max_seq_len, head_dim]` view of keys and one of
-/// values (a slot of a shared block), in the cache's element type, written
-/// in place.
+/// layer one `[n_kv_heads, positions, head_dim]` view of keys and one of
+/// values (a slot of a shared block, whose `positions` are `max_seq_len`
+/// rounded up to a multiple of [`LENGTH_STEP`]), in the cache's element
+/// type, written in place.
 pub struct GpuKvCache {
     cfg: KvCacheConfig,
     block: Arc<KvBlock>,
@@ -122,6 +128,14 @@ impl GpuKvCache {
         &self.cfg
     }
 
+    /// The configuration of its block: the cache's, with the positions its
+    /// views span (`max_seq_len` rounded up to a multiple of
+    /// [`LENGTH_STEP`]). Caches of one storage configuration may attend in
+    /// one launch.
+    pub(crate) fn storage(&self) -> &KvCacheConfig {
+        &self.block.cfg
+    }
+
     /// The block and slot, for batching.
     pub(crate) fn block(&self) -> (&Arc<KvBlock>, usize) {
         (&self.block, self.slot)
@@ -140,8 +154,9 @@ pub(crate) struct KvPool {
 }
 
 impl KvPool {
-    /// A cache of `cfg`: a free slot of a block, or a slot of a new block
-    /// twice the size of the configuration's live caches (at most
+    /// A cache of `cfg`: a free slot of a block of its storage
+    /// configuration ([`GpuKvCache::storage`]), or a slot of a new block
+    /// twice the size of that configuration's live caches (at most
     /// [`MAX_SLOTS`]).
     pub(crate) fn cache(&self, device: &Device, cfg: &KvCacheConfig) -> BackendResult<GpuKvCache> {
         const OP: &str = "kv_cache";
@@ -151,15 +166,24 @@ impl KvPool {
                 what: "every dimension of a KV cache must be positive",
             });
         }
+        let storage = KvCacheConfig {
+            max_seq_len: product(
+                OP,
+                "cache size overflows",
+                cfg.max_seq_len.div_ceil(LENGTH_STEP),
+                LENGTH_STEP,
+            )?,
+            ..*cfg
+        };
         let per_layer = product(OP, "cache size overflows", cfg.n_kv_heads, cfg.head_dim)
-            .and_then(|v| product(OP, "cache size overflows", v, cfg.max_seq_len))?;
+            .and_then(|v| product(OP, "cache size overflows", v, storage.max_seq_len))?;
         let all = product(OP, "cache size overflows", per_layer, 2 * cfg.n_layers)?;
         let mut blocks = self.blocks.lock().unwrap_or_else(|e| e.into_inner());
         blocks.retain(|b| b.strong_count() > 0);
         let mut live = 0;
         let mut found = None;
         for b in blocks.iter().filter_map(Weak::upgrade) {
-            if b.cfg != *cfg {
+            if b.cfg != storage {
                 continue;
             }
             live += b.live();
@@ -174,7 +198,7 @@ impl KvPool {
             None => {
                 let slots = live.clamp(1, MAX_SLOTS);
                 product(OP, "cache size overflows", all, slots)?;
-                let block = Arc::new(KvBlock::new(device, cfg, slots).map_err(dev_err(OP))?);
+                let block = Arc::new(KvBlock::new(device, &storage, slots).map_err(dev_err(OP))?);
                 blocks.push(Arc::downgrade(&block));
                 let slot = block.take().ok_or(BackendError::InvalidParameter {
                     op: OP,
@@ -240,7 +264,15 @@ mod tests {
         let follows: Vec<bool> = c.windows(2).map(|w| w[0].precedes(&w[1])).collect();
         assert_eq!(follows, [false, false, true, false, true, true, true]);
         // Another configuration gets its own block.
-        let other = pool.cache(&dev, &cfg(16)).unwrap();
+        let other = pool
+            .cache(
+                &dev,
+                &KvCacheConfig {
+                    n_kv_heads: 1,
+                    ..cfg(8)
+                },
+            )
+            .unwrap();
         assert_eq!((other.block.slots, other.slot), (1, 0));
         assert!(!c[7].precedes(&other));
         // A dropped cache's slot goes to the next cache of its configuration.
@@ -251,15 +283,17 @@ mod tests {
         let again = pool.cache(&dev, &cfg(8)).unwrap();
         assert!(Arc::ptr_eq(&again.block, &block) && again.slot == slot);
         // Views are the slot's: writing one cache leaves its neighbours.
-        let ones = Tensor::ones((2, 8, 4), DType::F32, &dev).unwrap();
+        let ones = Tensor::ones((2, LENGTH_STEP, 4), DType::F32, &dev).unwrap();
         c[2].k[1].slice_set(&ones, 0, 0).unwrap();
         let sum = |t: &Tensor| t.sum_all().unwrap().to_scalar::<f32>().unwrap();
         assert_eq!(
             (sum(&c[2].k[1]), sum(&c[3].k[1]), sum(&c[2].k[0])),
-            (64.0, 0.0, 0.0)
+            (2048.0, 0.0, 0.0)
         );
-        // Keys and values are views of one tensor per layer.
-        assert_eq!((sum(&c[2].v[1]), sum(&c[2].block.kv[1])), (0.0, 64.0));
+        // Keys and values are views of one tensor per layer, of
+        // `LENGTH_STEP` positions.
+        assert_eq!((sum(&c[2].v[1]), sum(&c[2].block.kv[1])), (0.0, 2048.0));
+        assert_eq!(c[2].k[1].dims(), [2, LENGTH_STEP, 4]);
         assert!(pool
             .cache(
                 &dev,
@@ -269,5 +303,27 @@ mod tests {
                 }
             )
             .is_err());
+        assert!(pool.cache(&dev, &cfg(usize::MAX - 1)).is_err());
+    }
+
+    #[test]
+    fn lengths_a_little_apart_share_blocks() {
+        let (pool, dev) = (KvPool::default(), Device::Cpu);
+        let lens = [100, LENGTH_STEP, 1, LENGTH_STEP + 1, 200];
+        let c: Vec<_> = lens
+            .iter()
+            .map(|&n| pool.cache(&dev, &cfg(n)).unwrap())
+            .collect();
+        // Each cache keeps the length it asked for.
+        let asked: Vec<usize> = c.iter().map(|c| c.config().max_seq_len).collect();
+        assert_eq!(asked, lens);
+        let held: Vec<usize> = c.iter().map(|c| c.storage().max_seq_len).collect();
+        assert_eq!(held, [256, 256, 256, 512, 256]);
+        // The caches of 256 positions fill blocks of 1, 1 and 2 as caches
+        // of one length would; the one of 512 has a block of its own.
+        let sizes: Vec<usize> = c.iter().map(|c| c.block.slots).collect();
+        assert_eq!(sizes, [1, 1, 2, 1, 2]);
+        assert!(c[2].precedes(&c[4]));
+        assert!(!c[2].precedes(&c[3]) && !c[3].precedes(&c[4]));
     }
 }

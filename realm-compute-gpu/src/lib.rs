@@ -78,7 +78,7 @@ use realm_core::backend::{split_width, BackendCore, BackendError, BackendResult}
 
 pub use buffer::GpuBuffer;
 pub use clock::OpClock;
-pub use kv::{GpuKvCache, MAX_SLOTS};
+pub use kv::{GpuKvCache, LENGTH_STEP, MAX_SLOTS};
 pub use matmul::GpuWeight;
 pub use ops::GpuWorkspace;
 pub use step::{GpuRecording, GraphNodes, StepMode};
