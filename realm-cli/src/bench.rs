@@ -38,7 +38,7 @@ pub struct BenchArgs {
     /// Repetitions of each test.
     #[arg(short, long, default_value_t = 5)]
     pub repetitions: usize,
-    /// Prefill batch size.
+    /// Prefill batch size (a `--wasm` guest prefills in chunks of its own).
     #[arg(short, long, default_value_t = 512)]
     pub batch_size: usize,
     /// Batched decode: for each N, N sequences each prefill the -p prompt
@@ -71,6 +71,8 @@ struct Test {
     /// Sequences decoding together (the batched test's, as
     /// llama-batched-bench's `pl`).
     n_seq: Option<usize>,
+    /// The prefill batch: `-b`, or the one a guest's sessions took.
+    n_batch: usize,
     samples_ts: Vec<f64>,
 }
 
@@ -224,6 +226,7 @@ fn bench_native<B: Backend>(
             n_gen: 0,
             n_depth: depth,
             n_seq: None,
+            n_batch: args.batch_size,
             samples_ts: samples,
         };
         after_test(&test.name)?;
@@ -255,6 +258,7 @@ fn bench_native<B: Backend>(
             n_gen: args.n_gen,
             n_depth: depth,
             n_seq: None,
+            n_batch: args.batch_size,
             samples_ts: samples,
         };
         after_test(&test.name)?;
@@ -406,6 +410,7 @@ fn batched_decode<B: Backend>(
         n_gen: args.n_gen,
         n_depth: 0,
         n_seq: Some(n_seq),
+        n_batch: args.batch_size,
         samples_ts: samples,
     })
 }
@@ -416,7 +421,8 @@ fn batched_decode<B: Backend>(
 /// tokenization and prefill until the guest has logits; tg is the
 /// `n_gen - 1` steps after the first token, each with the guest's sampling,
 /// detokenizing and streaming. Every call makes its own session (in the
-/// guest's prefill chunks of 64, whatever `-b`), after one untimed call.
+/// guest's prefill chunks, whatever `-b`: the records name the guest's),
+/// after one untimed call.
 fn bench_in_guest(args: &BenchArgs, l: &load::Loaded) -> Result<Vec<Test>> {
     let mut run = crate::guest::start(&args.guest, &args.model, args.threads, &args.device)?;
     let ban: Vec<(u32, f32)> = l
@@ -439,10 +445,11 @@ fn bench_in_guest(args: &BenchArgs, l: &load::Loaded) -> Result<Vec<Test>> {
     if args.n_prompt > 0 {
         let prompt = " the".repeat(args.n_prompt);
         let mut samples = Vec::new();
-        let mut n_prompt = 0;
+        let (mut n_prompt, mut n_batch) = (0, 0);
         for _ in 0..args.repetitions {
             let stats = crate::guest::generate(&mut run, &prompt, &request(1), |_| {})?;
             n_prompt = stats.prompt_tokens as usize;
+            n_batch = stats.session_batch.unwrap_or(0) as usize;
             samples.push(stats.prompt_tokens as f64 / stats.prompt_seconds);
         }
         tests.push(Test {
@@ -451,14 +458,17 @@ fn bench_in_guest(args: &BenchArgs, l: &load::Loaded) -> Result<Vec<Test>> {
             n_gen: 0,
             n_depth: 0,
             n_seq: None,
+            n_batch,
             samples_ts: samples,
         });
     }
     if args.n_gen > 0 {
         let mut samples = Vec::new();
+        let mut n_batch = 0;
         for _ in 0..args.repetitions {
             let stats =
                 crate::guest::generate(&mut run, "Once upon a time", &request(args.n_gen), |_| {})?;
+            n_batch = stats.session_batch.unwrap_or(0) as usize;
             let tps = stats
                 .decode_tokens_per_second()
                 .context("the guest generated fewer than 2 tokens")?;
@@ -470,6 +480,7 @@ fn bench_in_guest(args: &BenchArgs, l: &load::Loaded) -> Result<Vec<Test>> {
             n_gen: args.n_gen,
             n_depth: 0,
             n_seq: None,
+            n_batch,
             samples_ts: samples,
         });
     }
@@ -493,7 +504,7 @@ fn report(
                 let (avg, std) = mean_std(&t.samples_ts);
                 let mut record = json!({
                     "model_filename": l.name, "model_size": size, "model_n_params": params,
-                    "backends": backend, "n_threads": threads, "n_batch": args.batch_size,
+                    "backends": backend, "n_threads": threads, "n_batch": t.n_batch,
                     "type_k": args.cache_type.name(), "type_v": args.cache_type.name(),
                     "n_prompt": t.n_prompt, "n_gen": t.n_gen, "n_depth": t.n_depth, "avg_ts": avg, "stddev_ts": std,
                     "samples_ts": t.samples_ts,

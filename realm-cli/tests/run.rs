@@ -255,6 +255,8 @@ fn bench_wasm_reports_both_tests() {
     assert!(records[0]["n_prompt"].as_u64().unwrap() >= 20);
     assert_eq!(records[1]["n_gen"].as_u64(), Some(6));
     assert!(records.iter().all(|r| r["avg_ts"].as_f64().unwrap() > 0.0));
+    // The guest prefills in chunks of its own, not -b's.
+    assert!(records.iter().all(|r| r["n_batch"] == 64), "{stdout}");
     // A tenant's KV cache is the runtime's (f32): another type is refused,
     // not ignored.
     for (command, prompt) in [("bench", "8"), ("run", "Hi")] {

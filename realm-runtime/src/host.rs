@@ -135,6 +135,8 @@ pub(crate) struct TenantState {
     /// When the guest first got logits in this call (the end of its
     /// prompt's prefill).
     pub(crate) first_logits: Option<Instant>,
+    /// The largest batch of the sessions the guest made in this call.
+    pub(crate) session_batch: Option<u64>,
 }
 
 impl TenantState {
@@ -167,6 +169,7 @@ impl TenantState {
             sink: None,
             finish: None,
             first_logits: None,
+            session_batch: None,
         }
     }
 
@@ -311,6 +314,7 @@ fn session_create(
         .map_err(AbiError::from)?;
     let handle = NEXT_HANDLE.fetch_add(1, Ordering::Relaxed);
     st.session_tokens += tokens;
+    st.session_batch = Some(st.session_batch.map_or(batch, |b| b.max(batch)));
     if let Some(b) = &st.batcher {
         b.session_opened(&model);
     }

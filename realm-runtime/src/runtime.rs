@@ -161,6 +161,10 @@ pub struct GenerationStats {
     /// tokenization and prefill, or time to first token less one sampling
     /// (the whole call's when the guest never asked for logits).
     pub prompt_seconds: f64,
+    /// The most tokens one forward of the guest's sessions takes (the
+    /// largest batch the guest made a session with in this call; `None`
+    /// when it made none): its prompt's prefill chunk.
+    pub session_batch: Option<u64>,
 }
 
 impl GenerationStats {
@@ -507,6 +511,7 @@ impl Tenant {
         live.store.set_epoch_deadline(self.deadline_ticks());
         live.store.data_mut().finish = None;
         live.store.data_mut().first_logits = None;
+        live.store.data_mut().session_batch = None;
         let (tx, rx) = mpsc::channel::<String>();
         live.store.data_mut().sink = Some(tx);
         let outcome = std::thread::scope(|scope| {
@@ -543,6 +548,7 @@ impl Tenant {
         };
         let finish = live.store.data().finish;
         let first_logits = live.store.data().first_logits;
+        let session_batch = live.store.data().session_batch;
         let ended = Instant::now();
         self.live = Some(live);
         if status != 0 {
@@ -565,6 +571,7 @@ impl Tenant {
                 .unwrap_or(ended)
                 .duration_since(started)
                 .as_secs_f64(),
+            session_batch,
         })
     }
 }

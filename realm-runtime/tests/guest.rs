@@ -78,6 +78,7 @@ fn guest_generation_equals_native_fused_layered_and_sampled() {
         assert!(stats.prompt_tokens > 10);
         assert!(0.0 < stats.prompt_seconds && stats.prompt_seconds < stats.seconds);
         assert!(stats.decode_tokens_per_second().is_some_and(|t| t > 0.0));
+        assert_eq!(stats.session_batch, Some(64), "the guest's prefill chunk");
         assert_eq!(tenant.live_sessions(), 0, "the guest drops its sessions");
     }
     assert_eq!(
