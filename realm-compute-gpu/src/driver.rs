@@ -11,14 +11,18 @@
 //! - Every cudarc call first takes an error left in that slot and returns
 //!   it instead of doing its work; a wait for the device that returns at
 //!   once with another thread's error is no wait. [`synchronize`] waits
-//!   whatever the slot holds, and leaves it for the next call.
+//!   whatever the slot holds, and leaves it for the next call;
+//!   [`aside_pending_error`] runs other calls with the slot emptied, and
+//!   fills it again after.
 
 use candle_core::Device;
 
 /// Makes `device`'s CUDA context current on this thread (nothing on
 /// other devices), without reading cudarc's error slot: cudarc's own
 /// `bind_to_thread` would take an error left there and return it instead
-/// of making the context current.
+/// of making the context current. It stays current after: a thread that
+/// also drives another context of its own (another library's) makes that
+/// one current again before its calls, as cudarc and candle do.
 #[cfg(feature = "cuda")]
 pub(crate) fn make_current(device: &Device) {
     if let Device::Cuda(cuda) = device {
@@ -41,6 +45,23 @@ fn bind(cuda: &candle_core::CudaDevice) {
         // as it was, and the free reports its error as it would have.
         let _ = unsafe { ctx::set_current(want) };
     }
+}
+
+/// Runs `f` with an error another call left in cudarc's slot for every
+/// thread taken out of it, then puts that error back (unless `f` left one
+/// of its own there): `f`'s cudarc calls do their work, and the error is
+/// still there for the call it belongs to.
+#[cfg(feature = "cuda")]
+pub(crate) fn aside_pending_error<R>(device: &Device, f: impl FnOnce() -> R) -> R {
+    let Device::Cuda(cuda) = device else {
+        return f();
+    };
+    let ctx = cuda.cuda_stream().context().clone();
+    let pending = ctx.check_err();
+    let out = f();
+    let left = ctx.check_err();
+    ctx.record_err(left.and(pending));
+    out
 }
 
 /// Off CUDA no context needs to be current.

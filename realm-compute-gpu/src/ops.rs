@@ -107,6 +107,11 @@ impl Drop for GpuWorkspace {
     fn drop(&mut self) {
         if let Some(device) = &self.device {
             crate::driver::make_current(device);
+            // A recording a panic left open ends before the workspace's
+            // memory goes, so that this thread's stream runs work again.
+            if let Some(st) = &mut self.step {
+                st.abandon_recording(device);
+            }
         }
     }
 }

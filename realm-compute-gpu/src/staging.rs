@@ -50,53 +50,58 @@ impl Staging {
         use candle_core::cuda_backend::cudarc::driver::PinnedHostSlice;
         use candle_core::cuda_backend::WrapErr;
 
-        with_cuda_values(t, "read on host", |stream, view| {
-            let len = view.len();
-            if len == 0 {
-                // Nothing to copy (and no allocation of no bytes, which CUDA
-                // leaves undefined).
-                return Ok(read(&[]));
-            }
-            let fits = |p: &PinnedHostSlice<f32>| {
-                p.len() >= len && std::sync::Arc::ptr_eq(p.context(), stream.context())
-            };
-            let pinned = match self.pinned.take() {
-                Some(p) if fits(&p) => p,
-                old => {
-                    // The old memory goes back before the new is taken.
-                    drop(old);
-                    let n = len.max(room);
-                    // Flags 0: cached memory, which the host reads at full
-                    // speed (cudarc's `alloc_pinned` asks for write-combined
-                    // memory, made for the host to write and slow for it to
-                    // read).
-                    // SAFETY: the memory is uninitialised until the write
-                    // below.
-                    let mut p =
-                        unsafe { stream.context().alloc_pinned_with_flags::<f32>(n, 0) }.w()?;
-                    let ptr = p.as_mut_ptr().w()?;
-                    // SAFETY: `ptr` is the start of the allocation just made,
-                    // of `n` f32 values, which nothing else can reach yet;
-                    // zeros are a valid f32, so every value is initialised
-                    // from here on and slices of the memory are sound.
-                    unsafe { std::ptr::write_bytes(ptr, 0, n) };
-                    p
+        // An error another call left in cudarc's slot would fail this read
+        // instead (and be lost to its own call).
+        let device = t.device();
+        crate::driver::aside_pending_error(device, || {
+            with_cuda_values(t, "read on host", |stream, view| {
+                let len = view.len();
+                if len == 0 {
+                    // Nothing to copy (and no allocation of no bytes, which CUDA
+                    // leaves undefined).
+                    return Ok(read(&[]));
                 }
-            };
-            // Into the first `len` values only: cudarc copies as many bytes
-            // as its destination holds, and the memory may be larger than
-            // the buffer's values (a batch of fewer rows than its scratch
-            // was made for), whose device allocation then ends first.
-            // (`as_mut_slice` waits on the memory's own event, which
-            // cudarc records only with event tracking, off in this
-            // backend: it returns at once.)
-            let host = &mut self.pinned.insert(pinned).as_mut_slice().w()?[..len];
-            stream.memcpy_dtoh(&view, host).w()?;
-            // The copy is queued, not done (the destination is page-locked,
-            // so the driver returns before it ends): this wait is what
-            // makes the values readable.
-            stream.synchronize().w()?;
-            Ok(read(host))
+                let fits = |p: &PinnedHostSlice<f32>| {
+                    p.len() >= len && std::sync::Arc::ptr_eq(p.context(), stream.context())
+                };
+                let pinned = match self.pinned.take() {
+                    Some(p) if fits(&p) => p,
+                    old => {
+                        // The old memory goes back before the new is taken.
+                        drop(old);
+                        let n = len.max(room);
+                        // Flags 0: cached memory, which the host reads at full
+                        // speed (cudarc's `alloc_pinned` asks for write-combined
+                        // memory, made for the host to write and slow for it to
+                        // read).
+                        // SAFETY: the memory is uninitialised until the write
+                        // below.
+                        let mut p =
+                            unsafe { stream.context().alloc_pinned_with_flags::<f32>(n, 0) }.w()?;
+                        let ptr = p.as_mut_ptr().w()?;
+                        // SAFETY: `ptr` is the start of the allocation just made,
+                        // of `n` f32 values, which nothing else can reach yet;
+                        // zeros are a valid f32, so every value is initialised
+                        // from here on and slices of the memory are sound.
+                        unsafe { std::ptr::write_bytes(ptr, 0, n) };
+                        p
+                    }
+                };
+                // Into the first `len` values only: cudarc copies as many bytes
+                // as its destination holds, and the memory may be larger than
+                // the buffer's values (a batch of fewer rows than its scratch
+                // was made for), whose device allocation then ends first.
+                // (`as_mut_slice` waits on the memory's own event, which
+                // cudarc records only with event tracking, off in this
+                // backend: it returns at once.)
+                let host = &mut self.pinned.insert(pinned).as_mut_slice().w()?[..len];
+                stream.memcpy_dtoh(&view, host).w()?;
+                // The copy is queued, not done (the destination is page-locked,
+                // so the driver returns before it ends): this wait is what
+                // makes the values readable.
+                crate::driver::synchronize(device)?;
+                Ok(read(host))
+            })
         })
     }
 }

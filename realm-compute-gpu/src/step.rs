@@ -158,6 +158,10 @@ pub(crate) struct StepState {
     /// candle's upload cache, on while a step may be recorded.
     #[cfg(feature = "cuda")]
     uploads: Option<cuda::Uploads>,
+    /// While recording, an error another call had left in cudarc's slot,
+    /// held out of it until the capture ends.
+    #[cfg(feature = "cuda")]
+    held: cuda::Held,
 }
 
 impl std::fmt::Debug for StepState {
@@ -207,7 +211,24 @@ impl StepState {
             epoch: 0,
             #[cfg(feature = "cuda")]
             uploads: None,
+            #[cfg(feature = "cuda")]
+            held: Ok(()),
         })
+    }
+
+    /// Ends a recording left open (by a panic between its start and its
+    /// end) without keeping it, on this thread's stream (the one it began
+    /// on, unless the workspace moved since), and puts back the error it
+    /// held. Device memory the recording's ops allocated belonged to the
+    /// dropped graph: a buffer still holding some fails its free, and the
+    /// next call reports that once.
+    pub(crate) fn abandon_recording(&mut self, device: &Device) {
+        if std::mem::take(&mut self.recording) {
+            #[cfg(feature = "cuda")]
+            cuda::abandon(device, std::mem::replace(&mut self.held, Ok(())));
+            #[cfg(not(feature = "cuda"))]
+            let _ = device;
+        }
     }
 
     /// Writes `inputs` (same rows and span) into the fixed tensors.
@@ -473,7 +494,9 @@ impl StepOps for GpuBackend {
         st.epoch = epoch;
         st.outputs = outputs;
         #[cfg(feature = "cuda")]
-        cuda::begin(&self.device).map_err(dev_err(OP))?;
+        {
+            st.held = cuda::begin(&self.device).map_err(dev_err(OP))?;
+        }
         st.recording = true;
         Ok(true)
     }
@@ -514,7 +537,8 @@ impl StepOps for GpuBackend {
         let (generation, epoch) = (st.generation, st.epoch);
         #[cfg(feature = "cuda")]
         {
-            let graph = cuda::end(&self.device).map_err(dev_err(OP));
+            let held = std::mem::replace(&mut st.held, Ok(()));
+            let graph = cuda::end(&self.device, held).map_err(dev_err(OP));
             copied?;
             let graph = graph?;
             self.recorded.fetch_add(1, Ordering::Relaxed);
@@ -561,7 +585,7 @@ impl StepOps for GpuBackend {
             // An error another call left in cudarc's shared slot would fail
             // the launch as if it were the replay's: it is taken first and
             // put back after.
-            let replayed = cuda::aside_pending_error(&self.device, || {
+            let replayed = crate::driver::aside_pending_error(&self.device, || {
                 // Timing, when asked, is best effort: a failed event only
                 // leaves a replay untimed.
                 let mut start = None;
@@ -664,7 +688,7 @@ impl Drop for GatePass {
 /// CUDA graph capture of candle's stream.
 #[cfg(feature = "cuda")]
 mod cuda {
-    use candle_core::cuda_backend::cudarc::driver::{sys, CudaEvent, CudaGraph};
+    use candle_core::cuda_backend::cudarc::driver::{sys, CudaEvent, CudaGraph, DriverError};
     use candle_core::cuda_backend::WrapErr;
     use candle_core::{Device, Result};
 
@@ -870,37 +894,47 @@ mod cuda {
         }
     }
 
-    /// Runs `f` with an error another call left in cudarc's slot for every
-    /// thread taken out of it, then puts that error back (unless `f` left
-    /// one of its own there).
-    pub(super) fn aside_pending_error<R>(device: &Device, f: impl FnOnce() -> R) -> R {
-        let Ok(cuda) = device.as_cuda_device() else {
-            return f();
-        };
-        let ctx = cuda.cuda_stream().context().clone();
-        let pending = ctx.check_err();
-        let out = f();
-        let left = ctx.check_err();
-        ctx.record_err(left.and(pending));
-        out
-    }
+    /// An error another call left in cudarc's slot, taken out of it.
+    pub(super) type Held = std::result::Result<(), DriverError>;
 
-    /// Starts capturing the device's stream (this thread's work only). An
-    /// error another call left in cudarc's slot is set aside for the next
-    /// call, as in a replay: cudarc's start would fail with it (and a
-    /// scratch whose recording fails never records again).
-    pub(super) fn begin(device: &Device) -> Result<()> {
-        aside_pending_error(device, || {
-            stream(device)?
-                .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
-                .w()
-        })
-    }
-
-    /// Ends the capture and instantiates the graph. The capture ends
-    /// whatever else fails, so that the thread's stream runs work again.
-    pub(super) fn end(device: &Device) -> Result<Graph> {
+    /// Starts capturing the device's stream (this thread's work only).
+    /// Returns an error another call left in cudarc's slot, taken out of it
+    /// until [`end`] puts it back: every cudarc call of the capture would
+    /// fail with it (and a scratch whose recording fails never records
+    /// again), as a replay's launch would.
+    pub(super) fn begin(device: &Device) -> Result<Held> {
         let stream = stream(device)?;
+        let ctx = stream.context();
+        let held = ctx.check_err();
+        let begun = stream
+            .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .w();
+        match begun {
+            Ok(()) => Ok(held),
+            Err(e) => {
+                ctx.record_err(held);
+                Err(e)
+            }
+        }
+    }
+
+    /// Ends the capture and instantiates the graph, then puts back the
+    /// error [`begin`] held (unless the end left one of its own). The
+    /// capture ends whatever else fails, so that the thread's stream runs
+    /// work again.
+    pub(super) fn end(device: &Device, held: Held) -> Result<Graph> {
+        let stream = stream(device)?;
+        let ctx = stream.context();
+        let ended = end_capture(&stream);
+        let left = ctx.check_err();
+        ctx.record_err(left.and(held));
+        ended
+    }
+
+    /// [`end`] without the held error.
+    fn end_capture(
+        stream: &std::sync::Arc<candle_core::cuda_backend::cudarc::driver::CudaStream>,
+    ) -> Result<Graph> {
         let ctx = stream.context();
         // cudarc keeps the errors of calls that cannot return one (frees)
         // in one slot for every thread, and fails the next call with them,
@@ -931,6 +965,15 @@ mod cuda {
                 Ok(()) => Err(e).w(),
                 Err(p) => candle_core::bail!("{e} (an earlier call failed: {p})"),
             },
+        }
+    }
+
+    /// Ends a capture that [`end`] will not, if one is open on this
+    /// thread's stream, and puts back the error [`begin`] held.
+    pub(super) fn abandon(device: &Device, held: Held) {
+        if let Ok(stream) = stream(device) {
+            close(stream.cu_stream());
+            stream.context().record_err(held);
         }
     }
 

@@ -339,6 +339,38 @@ fn threads_share(fused: bool) {
     }
 }
 
+/// A recording left open (a panic between its start and its end, which a
+/// runtime's scheduler survives) ends with its workspace: the thread's
+/// stream then runs work as before. (On the CPU device nothing is
+/// recorded; the GPU machine runs this for real.)
+#[test]
+fn a_recording_left_open_ends_with_its_workspace() {
+    let be = gpu(StepMode::Recorded);
+    let table: Vec<f32> = (0..12).map(|i| i as f32).collect();
+    let shape = [4u64, 3];
+    let view = TensorView::new("t", GgmlType::F32, &shape, bytemuck::cast_slice(&table)).unwrap();
+    let w = be.weight(&view).unwrap();
+    let mut out = be.buffer(8).unwrap();
+    let mut host = [0f32; 8];
+    for _ in 0..2 {
+        let mut ws: GpuWorkspace = be.workspace();
+        let inputs = StepInputs {
+            ids: &[1, 2],
+            positions: &[0, 1],
+            kv_len: 4,
+        };
+        be.begin_step(&mut ws, &inputs).unwrap();
+        be.embed(&mut ws, &w, &[1, 2], &mut out).unwrap();
+        let started = be.begin_recording(&mut ws, &mut [&mut out], 1).unwrap();
+        assert_eq!(started, matches!(be.device(), GpuDevice::Cuda(_)));
+        drop(ws);
+        let mut ws: GpuWorkspace = be.workspace();
+        be.embed(&mut ws, &w, &[2, 0], &mut out).unwrap();
+        be.download(&out, &mut host).unwrap();
+        assert_eq!(host, [8.0, 9.0, 10.0, 11.0, 0.0, 1.0, 2.0, 3.0]);
+    }
+}
+
 /// A static step's inputs are checked, and ops given other ids or
 /// positions than the step's are errors, not silently wrong.
 #[test]
