@@ -85,8 +85,11 @@ impl std::fmt::Display for GraphNodes {
 pub struct GpuRecording {
     #[cfg(feature = "cuda")]
     graph: cuda::Graph,
-    /// The thread that recorded it: candle keeps the uploads a capture
-    /// reads in a cache per thread, which goes when the thread ends.
+    /// The thread that recorded it, the only one that replays it: a
+    /// captured op that uploads host values (`Tensor::from_*`) reads
+    /// candle's copy of them for that thread, which goes when the thread
+    /// ends. (The ops' shapes and strides are in candle's cache for the
+    /// whole process.)
     #[cfg(feature = "cuda")]
     thread: std::thread::ThreadId,
     /// The tensors the graph leaves each buffer's results in.
