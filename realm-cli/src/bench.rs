@@ -169,10 +169,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
 }
 
-/// Says so when a decode step could not be recorded.
+/// Says so when recording (or replaying) a decode step failed: steps ran
+/// op by op after it.
 fn note_recording(what: &str, failure: Option<&str>) {
     if let Some(why) = failure {
-        eprintln!("realm: {what} ran op by op: recording the step failed: {why}");
+        eprintln!("realm: {what}: steps ran op by op after recording one failed: {why}");
     }
 }
 

@@ -903,8 +903,8 @@ mod cuda {
     /// Starts capturing the device's stream (this thread's work only).
     /// Returns an error another call left in cudarc's slot, taken out of it
     /// until [`end`] puts it back: every cudarc call of the capture would
-    /// fail with it (and a scratch whose recording fails never records
-    /// again), as a replay's launch would.
+    /// fail with it (and a failed recording keeps a scratch's steps op by
+    /// op for a while), as a replay's launch would.
     pub(super) fn begin(device: &Device) -> Result<Held> {
         let stream = stream(device)?;
         let ctx = stream.context();

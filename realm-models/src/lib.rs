@@ -21,6 +21,7 @@
 pub mod config;
 mod error;
 pub mod model;
+mod record;
 
 pub mod generate;
 pub mod sampling;

@@ -13,6 +13,7 @@ use realm_core::gguf::Gguf;
 use realm_core::{quant, TensorView};
 
 use crate::config::{Architecture, ModelConfig};
+use crate::record::{Recorded, StepKey};
 use crate::{Error, Result};
 
 /// Weight matrices that multiply the same input, in order, as runs: each
@@ -308,6 +309,8 @@ impl<'a, B: Backend> Model<'a, B> {
     /// On a backend with static steps ([`StepOps::static_steps`], the CUDA
     /// backend), one token is a static decode step: recorded at the second
     /// step of each [`STEP_SPAN`] positions and replayed for the others.
+    /// After a recording or replay fails, 64 steps run op by op before the
+    /// next recording; after three failures in a row, every step does.
     ///
     /// [`StepOps::static_steps`]: realm_core::backend::StepOps::static_steps
     pub fn forward<'s>(&self, s: &'s mut Session<B>, tokens: &[u32]) -> Result<&'s [f32]> {
@@ -565,7 +568,8 @@ impl<'a, B: Backend> Model<'a, B> {
 
     /// Runs a static step's ops `step` on `sc`: the recording made for
     /// `key` (the sessions, in row order) and `kv_len` if there is one,
-    /// otherwise the ops themselves and then, once, their recording.
+    /// otherwise the ops themselves and then, once, their recording (not
+    /// for a while after a recording or replay failed: `crate::record`).
     fn run_static(
         &self,
         sc: &mut Scratch<B>,
@@ -574,6 +578,9 @@ impl<'a, B: Backend> Model<'a, B> {
         mut step: impl FnMut(&Self, &mut Scratch<B>) -> Result<()>,
     ) -> Result<()> {
         let b = self.backend;
+        if !sc.recorded.may_record() {
+            return step(self, sc);
+        }
         let is = |k: &StepKey| k.0 == key && k.1 == kv_len && k.2 == self.id;
         if let Some(ready) = sc.recorded.ready.take() {
             let (k, rec) = &*ready;
@@ -593,14 +600,14 @@ impl<'a, B: Backend> Model<'a, B> {
                         return Ok(());
                     }
                 }
-                // The device failed to replay it: the ops run, and steps are
-                // not recorded again (each would fail the same way).
-                Err(e) => sc.recorded.failed = Some(format!("replaying the step failed: {e}")),
+                // The device failed to replay it: the ops run, and steps
+                // are not recorded for a while.
+                Err(e) => sc.recorded.fail(format!("replaying the step failed: {e}")),
             }
         }
         step(self, sc)?;
         let r = &mut sc.recorded;
-        if r.failed.is_some() {
+        if r.waiting() {
             return Ok(());
         }
         if !r.seen.as_ref().is_some_and(is) {
@@ -631,8 +638,11 @@ impl<'a, B: Backend> Model<'a, B> {
             }
         };
         match recorded {
-            Ok(rec) => sc.recorded.ready = Some(Box::new(((key.to_vec(), kv_len, self.id), rec))),
-            Err(why) => sc.recorded.failed = Some(why),
+            Ok(rec) => {
+                sc.recorded.ready = Some(Box::new(((key.to_vec(), kv_len, self.id), rec)));
+                sc.recorded.succeeded();
+            }
+            Err(why) => sc.recorded.fail(why),
         }
         Ok(())
     }
@@ -910,25 +920,6 @@ fn step_len(needed: usize, cap: usize) -> usize {
         .max(needed)
 }
 
-/// What a static step is for: the sessions (in row order), the cache
-/// positions it spans and the model.
-type StepKey = (Vec<u64>, usize, u64);
-
-/// A scratch's recorded decode step.
-#[derive(Debug)]
-struct Recorded<B: Backend> {
-    /// The recording, and what it is for.
-    /// (Boxed: a backend's recording can be large, and most sessions
-    /// never hold one.)
-    ready: Option<Box<(StepKey, B::Recording)>>,
-    /// The last step run op by op: a step is recorded when the same one
-    /// comes twice in a row, so that batches whose sessions change from
-    /// step to step are not recorded every step.
-    seen: Option<StepKey>,
-    /// Why recording failed; steps run op by op from then on.
-    failed: Option<String>,
-}
-
 /// Activations and scratch for up to `rows` tokens, sized once, in the
 /// backend's memory.
 #[derive(Debug)]
@@ -981,11 +972,7 @@ impl<B: Backend> Scratch<B> {
             logits: backend.buffer(logit_rows * c.vocab_size)?,
             positions: Vec::with_capacity(rows),
             tokens: Vec::with_capacity(rows),
-            recorded: Recorded {
-                ready: None,
-                seen: None,
-                failed: None,
-            },
+            recorded: Recorded::default(),
         })
     }
 
@@ -1009,9 +996,9 @@ impl<B: Backend> Scratch<B> {
         )
     }
 
-    /// Why recording the decode step failed, if it did.
+    /// Why recording the decode step last failed, if it did.
     fn recording_failure(&self) -> Option<&str> {
-        self.recorded.failed.as_deref()
+        self.recorded.failure()
     }
 }
 
@@ -1026,8 +1013,10 @@ pub struct BatchScratch<B: Backend> {
 }
 
 impl<B: Backend> BatchScratch<B> {
-    /// Why recording the batch's decode step failed, if it did (steps then
-    /// run op by op; see [`Model::forward`]).
+    /// Why recording (or replaying) the batch's decode step last failed,
+    /// unless a recording has succeeded since: after a failure steps run
+    /// op by op for a while, and for good after three in a row (see
+    /// [`Model::forward`]).
     pub fn recording_failure(&self) -> Option<&str> {
         self.scratch.recording_failure()
     }
@@ -1103,8 +1092,10 @@ impl<B: Backend> Session<B> {
         self.scratch.rows
     }
 
-    /// Why recording the session's decode step failed, if it did (steps
-    /// then run op by op; see [`Model::forward`]).
+    /// Why recording (or replaying) the session's decode step last
+    /// failed, unless a recording has succeeded since: after a failure
+    /// steps run op by op for a while, and for good after three in a row
+    /// (see [`Model::forward`]).
     pub fn recording_failure(&self) -> Option<&str> {
         self.scratch.recording_failure()
     }
