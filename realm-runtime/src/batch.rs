@@ -299,12 +299,18 @@ fn run_group(
     if results.iter().any(Result::is_err) {
         let _ = model.synchronize();
     }
-    // The worker lets go of the model before any caller hears back, so a
-    // caller that finishes sees only the holders that remain.
+    // The worker lets go of the model (its own hold and every step's)
+    // before any caller hears back, so a caller that finishes sees only
+    // the holders that remain.
     drop(model);
-    for (step, result) in group.into_iter().zip(results) {
+    let replies: Vec<_> = group
+        .into_iter()
+        .zip(results)
+        .map(|(step, result)| (step.reply, step.session, result))
+        .collect();
+    for (reply, session, result) in replies {
         // A caller that went away (its tenant was dropped) no longer waits.
-        let _ = step.reply.send((step.session, result));
+        let _ = reply.send((session, result));
     }
 }
 
