@@ -1,18 +1,51 @@
 #!/usr/bin/env bash
-# Builds llama.cpp's llama-bench (Release, native) from the llama.cpp vendored
-# in the llama-cpp-python sdist, for same-run comparisons with `realm bench`.
-# Usage: scripts/build_llama_cpp.sh [WORK_DIR]   (prints the llama-bench path)
+# Builds llama.cpp's benchmarks from the llama.cpp vendored in the
+# llama-cpp-python sdist, for same-run comparisons with `realm bench`.
+#
+# Usage: scripts/build_llama_cpp.sh [--cuda] [WORK_DIR]
+#
+# Plain: llama-bench (Release, native CPU); prints its path. It ends up in
+# WORK_DIR/llama_cpp_python-VERSION/vendor/llama.cpp/build/bin/.
+#
+# --cuda: llama-bench and llama-batched-bench with the CUDA backend, for the
+# GPU machine (`cargo xtask gpu-bundle` carries them there); prints their
+# folder, build-cuda/bin/ beside the plain build's, which also holds the
+# ggml and llama libraries they load. Needs the CUDA build tools (`source
+# ../shared/gpu/setup-cuda.sh`) and takes about 40 minutes on 2 cores. It
+# is built for that machine, not this one: Hopper's machine code only
+# (sm_90, $CUDA_COMPUTE_CAP), CPU code for any AVX2 machine, the C++
+# runtime linked in and no OpenMP, so that it needs no library the GPU
+# machine's image may lack beyond the CUDA ones `realm` needs too.
+#
 # WORK_DIR defaults to ~/.cache/realm/llama.cpp (where `cargo xtask bench`
-# looks); llama-bench ends up in
-# WORK_DIR/llama_cpp_python-VERSION/vendor/llama.cpp/build/bin/, and a
-# finished build is reused as it is.
+# and `cargo xtask gpu-bundle` look); a finished build is reused as it is.
 set -euo pipefail
 version=0.3.36
+cuda=0
+if [ "${1:-}" = --cuda ]; then
+  cuda=1
+  shift
+fi
 work=${1:-${XDG_CACHE_HOME:-$HOME/.cache}/realm/llama.cpp}
-bin="$work/llama_cpp_python-$version/vendor/llama.cpp/build/bin/llama-bench"
-if [ -x "$bin" ]; then
-  echo "$bin"
+src="$work/llama_cpp_python-$version/vendor/llama.cpp"
+if [ "$cuda" = 1 ]; then
+  build="$src/build-cuda"
+  targets=(llama-bench llama-batched-bench)
+else
+  build="$src/build"
+  targets=(llama-bench)
+fi
+done_=1
+for t in "${targets[@]}"; do
+  [ -x "$build/bin/$t" ] || done_=0
+done
+if [ "$done_" = 1 ]; then
+  [ "$cuda" = 1 ] && echo "$build/bin" || echo "$build/bin/llama-bench"
   exit 0
+fi
+if [ "$cuda" = 1 ] && ! command -v nvcc >/dev/null; then
+  echo "build_llama_cpp.sh: --cuda needs nvcc: source ../shared/gpu/setup-cuda.sh first" >&2
+  exit 1
 fi
 mkdir -p "$work"
 cd "$work"
@@ -21,9 +54,21 @@ if [ ! -f "llama_cpp_python-$version.tar.gz" ]; then
     python3 -m pip download --no-deps -d . "llama-cpp-python==$version" >/dev/null
 fi
 [ -d "llama_cpp_python-$version" ] || tar xzf "llama_cpp_python-$version.tar.gz"
-src="$work/llama_cpp_python-$version/vendor/llama.cpp"
 command -v cmake >/dev/null || python3 -m pip install -q cmake
-cmake -S "$src" -B "$src/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
-  -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF >/dev/null
-cmake --build "$src/build" -j "$(nproc)" --target llama-bench >/dev/null
-echo "$src/build/bin/llama-bench"
+common=(-DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF
+  -DLLAMA_BUILD_SERVER=OFF)
+if [ "$cuda" = 1 ]; then
+  nvcc="$(command -v nvcc)"
+  cmake -S "$src" -B "$build" "${common[@]}" -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_OPENSSL=OFF \
+    -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="${CUDA_COMPUTE_CAP:-90}" \
+    -DCMAKE_CUDA_COMPILER="$nvcc" -DCUDAToolkit_ROOT="$(dirname "$(dirname "$nvcc")")" \
+    -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_OPENMP=OFF \
+    -DCMAKE_EXE_LINKER_FLAGS="-static-libstdc++ -static-libgcc" \
+    -DCMAKE_SHARED_LINKER_FLAGS="-static-libstdc++ -static-libgcc" >/dev/null
+  cmake --build "$build" -j "$(nproc)" --target "${targets[@]}" >/dev/null
+  echo "$build/bin"
+else
+  cmake -S "$src" -B "$build" "${common[@]}" -DGGML_NATIVE=ON >/dev/null
+  cmake --build "$build" -j "$(nproc)" --target llama-bench >/dev/null
+  echo "$build/bin/llama-bench"
+fi

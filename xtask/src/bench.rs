@@ -98,7 +98,7 @@ fn bench_in(work: &Path) -> PathBuf {
 }
 
 /// The cache folder for the llama.cpp build: `~/.cache/realm/llama.cpp`.
-fn cache_dir() -> Result<PathBuf> {
+pub(crate) fn cache_dir() -> Result<PathBuf> {
     let base = match std::env::var_os("XDG_CACHE_HOME") {
         Some(d) if !d.is_empty() => PathBuf::from(d),
         _ => PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?).join(".cache"),

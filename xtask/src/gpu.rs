@@ -23,7 +23,7 @@
 //! of its process). The bundle names the commit it was built from, which
 //! `run.sh` prints first.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
@@ -157,14 +157,37 @@ nsys_profile() {
   head -n 25 "$out/nsys-$m-cuda_gpu_kern_sum.csv"
   say "nsys-$m done"
 }
+# llama_cpp MODEL: llama.cpp's figures for the same model on this machine,
+# as the issue's reference has them (all layers on the GPU, flash attention
+# auto, f16 KV caches): llama-bench's pp512 and tg128 (30 repetitions) and
+# llama-batched-bench's decode of 1, 8 and 32 sequences after 512-token
+# prompts. `cargo xtask gpu-report` puts them beside Realm's.
+llama="$here/llama.cpp"
+llama_cpp() {
+  m="$1"
+  if [ ! -x "$llama/llama-bench" ]; then
+    echo "no llama.cpp in this bundle: no same-run comparison"; return
+  fi
+  (export LD_LIBRARY_PATH="$llama:$LD_LIBRARY_PATH"
+   timeout -k 10 120 "$llama/llama-bench" -m "$models/$m-synth.gguf" -ngl 99 -fa auto \
+     -p 512 -n 128 -r 30 -o md > "$out/llama-bench-$m.md" 2> "$out/llama-bench-$m.err" \
+     || echo "FAILED: llama-bench-$m (see llama-bench-$m.err)"
+   timeout -k 10 120 "$llama/llama-batched-bench" -m "$models/$m-synth.gguf" -ngl 99 -fa auto \
+     -c 20480 -b 2048 -ub 512 -npp 512 -ntg 128 -npl 1,8,32 > "$out/llama-batched-$m.log" 2>&1 \
+     || echo "FAILED: llama-batched-bench-$m (see llama-batched-$m.log)")
+  cat "$out/llama-bench-$m.md"; grep "^|" "$out/llama-batched-$m.log"
+  say "llama.cpp $m done"
+}
 # (A variable set for one bench is set in a subshell: some shells keep an
 # assignment before a function call after it.)
 # In order of what matters when the machine's time runs out: the op tests,
-# the issue's figures (SmolLM2, decode steps recorded as CUDA graphs), the
-# model and step tests, SmolLM2's kernel-by-kernel profile, Gemma 3's
-# figures and profile, then the comparisons.
+# the issue's figures (SmolLM2, decode steps recorded as CUDA graphs) and
+# llama.cpp's on the same model, the model and step tests, SmolLM2's
+# kernel-by-kernel profile, Gemma 3's figures and profile, then the
+# comparisons.
 gputest test-ops 90
 bench bench-smollm2 150 "$models/smollm2-synth.gguf" --device "$dev" -p 512 -n 128 -r 30 --npl 1,8,32
+llama_cpp smollm2
 gputest test-model 150
 gputest test-steps 120
 nsys_profile smollm2
@@ -175,6 +198,7 @@ bench profile-smollm2 60 "$models/smollm2-synth.gguf" --device "$dev" -p 0 -n 64
 # SmolLM2's figures are in: now the tests of any binary that failed, alone.
 rerun_alone 120
 bench bench-gemma3 150 "$models/gemma3-synth.gguf" --device "$dev" -p 512 -n 128 -r 30 --npl 1,8,32
+llama_cpp gemma3
 nsys_profile gemma3
 bench profile-gemma3 60 "$models/gemma3-synth.gguf" --device "$dev" -p 0 -n 64 -r 1 --profile
 for m in smollm2 gemma3; do
@@ -205,7 +229,12 @@ done
 rm -rf "$models"
 "#;
 
-pub fn bundle() -> Result<()> {
+pub fn bundle(args: &[String]) -> Result<()> {
+    let llama = match args {
+        [] => true,
+        [a] if a == "--no-llama" => false,
+        _ => bail!("gpu-bundle takes only --no-llama, not {args:?}"),
+    };
     if std::env::var_os("CUDA_ROOT").is_none() && which("nvcc").is_none() {
         bail!("no CUDA build tools: `source ../shared/gpu/setup-cuda.sh` first");
     }
@@ -275,6 +304,11 @@ pub fn bundle() -> Result<()> {
     wasm()?;
     std::fs::copy(root().join(WASM_GUEST), dir.join("realm_wasm.wasm"))
         .context("copying the wasm guest")?;
+    if llama {
+        add_llama_cpp(&dir.join("llama.cpp"))?;
+    } else {
+        eprintln!("xtask: --no-llama: the bundle has no llama.cpp to compare with");
+    }
     // Which source the figures come from: run.sh prints it first.
     std::fs::write(dir.join("commit"), format!("{}\n", source_commit()))
         .context("writing the bundle's commit")?;
@@ -300,6 +334,89 @@ pub fn bundle() -> Result<()> {
         size as f64 / (1 << 20) as f64
     );
     Ok(())
+}
+
+/// The llama.cpp programs run.sh compares with.
+const LLAMA_PROGRAMS: &[&str] = &["llama-bench", "llama-batched-bench"];
+
+/// llama.cpp's CUDA benchmarks, so that the GPU machine measures llama.cpp
+/// in the same run as Realm: `scripts/build_llama_cpp.sh --cuda` builds
+/// them (once, about 40 minutes on 2 cores; reused after), and they go
+/// into `to` with the libraries of the build they load.
+fn add_llama_cpp(to: &Path) -> Result<()> {
+    let script = root().join("scripts/build_llama_cpp.sh");
+    eprintln!("xtask: llama.cpp's CUDA benchmarks (a first build takes about 40 minutes)");
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg("--cuda")
+        .arg(crate::bench::cache_dir()?)
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{} --cuda failed ({}); `cargo xtask gpu-bundle --no-llama` leaves llama.cpp out:\n{}",
+            script.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let bin = PathBuf::from(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .trim(),
+    );
+    // The programs, then every library of the build that one of them
+    // needs, each under the name it is asked for (the build's names are
+    // links to versioned files).
+    let mut files: Vec<String> = LLAMA_PROGRAMS.iter().map(|p| p.to_string()).collect();
+    let mut i = 0;
+    while i < files.len() {
+        let path = bin.join(&files[i]);
+        if !path.is_file() {
+            bail!("the llama.cpp build has no {}", path.display());
+        }
+        for lib in needed(&path)? {
+            if bin.join(&lib).is_file() && !files.contains(&lib) {
+                files.push(lib);
+            }
+        }
+        i += 1;
+    }
+    std::fs::create_dir_all(to)?;
+    for name in &files {
+        let dest = to.join(name);
+        std::fs::copy(bin.join(name), &dest)
+            .with_context(|| format!("copying {name} from {}", bin.display()))?;
+        let mut strip = Command::new("strip");
+        strip.arg(&dest);
+        status(strip)?;
+    }
+    Ok(())
+}
+
+/// The shared libraries ELF file `path` asks for (`readelf -d`'s NEEDED).
+fn needed(path: &Path) -> Result<Vec<String>> {
+    let out = Command::new("readelf")
+        .arg("-d")
+        .arg(path)
+        .output()
+        .context("running readelf")?;
+    if !out.status.success() {
+        bail!("readelf -d {} failed", path.display());
+    }
+    Ok(needed_in(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// The NEEDED entries of `readelf -d`'s output, e.g. ` 0x0000000000000001
+/// (NEEDED)             Shared library: [libllama.so.0]`.
+fn needed_in(dynamic: &str) -> Vec<String> {
+    dynamic
+        .lines()
+        .filter(|l| l.contains("(NEEDED)"))
+        .filter_map(|l| Some(l.split_once('[')?.1.split_once(']')?.0.to_string()))
+        .collect()
 }
 
 /// The commit the bundle is built from (12 hex digits), `-dirty` when
@@ -373,6 +490,24 @@ mod tests {
         );
         let at = |s: &str| RUN_SH.find(s).unwrap_or_else(|| panic!("run.sh lacks {s}"));
         assert!(at("gputest test-ops") < at("bench bench-smollm2 "));
-        assert!(at("bench bench-smollm2 ") < at("gputest test-model"));
+        // llama.cpp's figures on the same model right after Realm's.
+        assert!(at("bench bench-smollm2 ") < at("llama_cpp smollm2"));
+        assert!(at("llama_cpp smollm2") < at("gputest test-model"));
+    }
+
+    #[test]
+    fn the_libraries_a_program_needs_are_read_from_readelf() {
+        let dynamic = "
+Dynamic section at offset 0x2d8 contains 33 entries:
+  Tag        Type                         Name/Value
+ 0x0000000000000001 (NEEDED)             Shared library: [libllama.so.0]
+ 0x0000000000000001 (NEEDED)             Shared library: [libggml.so.0]
+ 0x0000000000000001 (NEEDED)             Shared library: [libc.so.6]
+ 0x000000000000001d (RUNPATH)            Library runpath: [/build/bin:]
+";
+        assert_eq!(
+            needed_in(dynamic),
+            ["libllama.so.0", "libggml.so.0", "libc.so.6"]
+        );
     }
 }

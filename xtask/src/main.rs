@@ -14,11 +14,15 @@
 //! - `cargo xtask bench [OPTIONS]`: Realm against llama.cpp's llama-bench on
 //!   both real models, alternating, as a markdown table.
 //! - `cargo xtask gpu-bundle`: `realm` and the GPU tests built with CUDA,
-//!   stripped, with a script that checks and benchmarks them on a GPU machine.
+//!   stripped, with a script that checks and benchmarks them on a GPU
+//!   machine, and llama.cpp's CUDA benchmarks to compare with there.
+//! - `cargo xtask gpu-report DIR`: that script's figures, Realm's beside
+//!   llama.cpp's, with ratios and the GPU issue's floors.
 
 mod bench;
 mod fetch;
 mod gpu;
+mod gpu_report;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -44,9 +48,14 @@ commands:
   bench [OPTIONS]     build llama.cpp's llama-bench if it is not cached, then run `realm bench`
                       and llama-bench on both models, alternating, and print a markdown table
                       of tokens/s and ratios (`cargo xtask bench --help` for the options)
-  gpu-bundle          build `realm` and the GPU backend's tests with --features cuda into
+  gpu-bundle [--no-llama]
+                      build `realm` and the GPU backend's tests with --features cuda into
                       target/gpu-bundle/ with run.sh, which tests and benchmarks them on a
-                      GPU machine (needs `source ../shared/gpu/setup-cuda.sh`)";
+                      GPU machine (needs `source ../shared/gpu/setup-cuda.sh`), with
+                      llama.cpp's CUDA benchmarks to compare in the same run (built once by
+                      scripts/build_llama_cpp.sh --cuda) unless --no-llama
+  gpu-report DIR      Realm's and llama.cpp's figures from a run.sh's output folder DIR,
+                      side by side with their ratios and the issue's floors";
 
 fn main() {
     if let Err(e) = run() {
@@ -66,7 +75,8 @@ fn run() -> Result<()> {
         Some("fuzz") => fuzz(args.get(1).map(String::as_str).unwrap_or("600")),
         Some("neon") => neon(),
         Some("bench") => bench::bench(&args[1..]),
-        Some("gpu-bundle") => gpu::bundle(),
+        Some("gpu-bundle") => gpu::bundle(&args[1..]),
+        Some("gpu-report") => gpu_report::report(&args[1..]),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             Ok(())
