@@ -13,9 +13,12 @@
 # ggml and llama libraries they load. Needs the CUDA build tools (`source
 # ../shared/gpu/setup-cuda.sh`) and takes about 40 minutes on 2 cores. It
 # is built for that machine, not this one: Hopper's machine code only
-# (sm_90, $CUDA_COMPUTE_CAP), CPU code for any AVX2 machine, the C++
+# (sm_90, $CUDA_COMPUTE_CAP; no PTX, which would double the libraries'
+# size), CPU code for any AVX2 machine, the C++
 # runtime linked in and no OpenMP, so that it needs no library the GPU
-# machine's image may lack beyond the CUDA ones `realm` needs too.
+# machine's image may lack beyond the CUDA ones `realm` needs too. (The
+# programs link without resolving what the CUDA libraries need: the
+# driver, libcuda, exists only there.)
 #
 # WORK_DIR defaults to ~/.cache/realm/llama.cpp (where `cargo xtask bench`
 # and `cargo xtask gpu-bundle` look); a finished build is reused as it is.
@@ -60,10 +63,10 @@ common=(-DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF
 if [ "$cuda" = 1 ]; then
   nvcc="$(command -v nvcc)"
   cmake -S "$src" -B "$build" "${common[@]}" -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_OPENSSL=OFF \
-    -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="${CUDA_COMPUTE_CAP:-90}" \
+    -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="${CUDA_COMPUTE_CAP:-90}-real" \
     -DCMAKE_CUDA_COMPILER="$nvcc" -DCUDAToolkit_ROOT="$(dirname "$(dirname "$nvcc")")" \
     -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_OPENMP=OFF \
-    -DCMAKE_EXE_LINKER_FLAGS="-static-libstdc++ -static-libgcc" \
+    -DCMAKE_EXE_LINKER_FLAGS="-static-libstdc++ -static-libgcc -Wl,--allow-shlib-undefined" \
     -DCMAKE_SHARED_LINKER_FLAGS="-static-libstdc++ -static-libgcc" >/dev/null
   cmake --build "$build" -j "$(nproc)" --target "${targets[@]}" >/dev/null
   echo "$build/bin"
