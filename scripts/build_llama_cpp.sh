@@ -13,12 +13,13 @@
 # ggml and llama libraries they load. Needs the CUDA build tools (`source
 # ../shared/gpu/setup-cuda.sh`) and takes about 40 minutes on 2 cores. It
 # is built for that machine, not this one: Hopper's machine code only
-# (sm_90, $CUDA_COMPUTE_CAP; no PTX, which would double the libraries'
-# size), CPU code for any AVX2 machine, the C++
-# runtime linked in and no OpenMP, so that it needs no library the GPU
-# machine's image may lack beyond the CUDA ones `realm` needs too. (The
-# programs link without resolving what the CUDA libraries need: the
-# driver, libcuda, exists only there.)
+# (sm_90, $CUDA_COMPUTE_CAP; no PTX, which took the compressed CUDA library
+# from 18 MB to 38, too much for the GPU machine's carry), CPU code for any
+# AVX2 machine, the C++ runtime linked in and no OpenMP, so that it needs
+# no library the GPU machine's image may lack beyond the CUDA ones `realm`
+# needs too (and glibc 2.36, which `realm` does not: 2.34). The programs
+# link without resolving what the CUDA libraries need: the driver,
+# libcuda, exists only there.
 #
 # WORK_DIR defaults to ~/.cache/realm/llama.cpp (where `cargo xtask bench`
 # and `cargo xtask gpu-bundle` look); a finished build is reused as it is.

@@ -3,8 +3,10 @@
 //!
 //! Builds `realm` and the GPU backend's test binaries with `--features cuda`
 //! (in `target/cuda`, so the CPU build stays warm), strips them into
-//! `target/gpu-bundle/` (and `target/gpu-bundle.tar.xz`, about 27 MiB), and
-//! writes `run.sh`, which on the GPU machine:
+//! `target/gpu-bundle/` with llama.cpp's CUDA benchmarks (and
+//! `target/gpu-bundle.tar.xz`, about 50 MiB, of which llama.cpp is 22;
+//! the GPU machine takes at most 64), and writes `run.sh`, which on the GPU
+//! machine:
 //! writes synthetic-weight models of SmolLM2's and Gemma 3's layouts, runs
 //! every GPU-vs-CPU test on `cuda:0` (64-token generations), and benchmarks
 //! pp512/tg128 and batched decode of 1, 8 and 32 sequences with
@@ -13,7 +15,9 @@
 //! Realm's fused kernels, for comparison), a wasm tenant's generation
 //! through the runtime (the guest is in the bundle), profiles a decode
 //! step op by op (each op's device time among them), and, where the machine has Nsight Systems, sums recorded
-//! steps' device time kernel by kernel, leaving logs and tables in `$OUT` (and a summary
+//! steps' device time kernel by kernel, and runs llama.cpp's llama-bench
+//! and llama-batched-bench on the same models (`cargo xtask gpu-report`
+//! sets them beside Realm's), leaving logs and tables in `$OUT` (and a summary
 //! with elapsed seconds on standard output). It runs what matters most
 //! first, each step under a time limit, so that a machine lent for a few
 //! minutes still returns the issue's figures. `run.sh sanitize` runs the op
@@ -327,10 +331,11 @@ pub fn bundle(args: &[String]) -> Result<()> {
     status(tar)?;
     let size = std::fs::metadata(&archive)?.len();
     eprintln!(
-        "xtask: {} ({} binaries, {:.1} MiB); on the GPU machine: \
+        "xtask: {} ({} binaries{}, {:.1} MiB); on the GPU machine: \
          tar xJf target/gpu-bundle.tar.xz -C target && target/gpu-bundle/run.sh",
         archive.display(),
         files.len(),
+        if llama { " and llama.cpp" } else { "" },
         size as f64 / (1 << 20) as f64
     );
     Ok(())
