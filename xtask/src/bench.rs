@@ -98,7 +98,7 @@ fn bench_in(work: &Path) -> PathBuf {
 }
 
 /// The cache folder for the llama.cpp build: `~/.cache/realm/llama.cpp`.
-pub(crate) fn cache_dir() -> Result<PathBuf> {
+fn cache_dir() -> Result<PathBuf> {
     let base = match std::env::var_os("XDG_CACHE_HOME") {
         Some(d) if !d.is_empty() => PathBuf::from(d),
         _ => PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?).join(".cache"),
@@ -129,10 +129,27 @@ fn llama_bench() -> Result<PathBuf> {
         "xtask: llama-bench not found; building it into {} (slow)",
         cache.display()
     );
+    let path = Some(build_llama_cpp(false)?)
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| bench_in(&cache));
+    if !path.is_file() {
+        bail!("the build script did not leave {}", path.display());
+    }
+    Ok(path)
+}
+
+/// Runs `scripts/build_llama_cpp.sh` (with `--cuda` when `cuda`) into the
+/// cache folder, and returns the path it prints last: llama-bench, or with
+/// `--cuda` the folder of the CUDA build's programs and libraries.
+pub(crate) fn build_llama_cpp(cuda: bool) -> Result<PathBuf> {
     let script = root().join("scripts/build_llama_cpp.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .arg(&cache)
+    let mut cmd = Command::new("bash");
+    cmd.arg(&script);
+    if cuda {
+        cmd.arg("--cuda");
+    }
+    let out = cmd
+        .arg(cache_dir()?)
         .output()
         .with_context(|| format!("running {}", script.display()))?;
     if !out.status.success() {
@@ -144,16 +161,9 @@ fn llama_bench() -> Result<PathBuf> {
         );
     }
     let printed = String::from_utf8_lossy(&out.stdout);
-    let path = printed
-        .lines()
-        .last()
-        .map(|l| PathBuf::from(l.trim()))
-        .filter(|p| p.is_file())
-        .unwrap_or_else(|| bench_in(&cache));
-    if !path.is_file() {
-        bail!("the build script did not leave {}", path.display());
-    }
-    Ok(path)
+    Ok(PathBuf::from(
+        printed.lines().last().unwrap_or_default().trim(),
+    ))
 }
 
 /// Runs `cmd` and parses its standard output as JSON.

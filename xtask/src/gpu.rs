@@ -349,29 +349,9 @@ const LLAMA_PROGRAMS: &[&str] = &["llama-bench", "llama-batched-bench"];
 /// them (once, about 40 minutes on 2 cores; reused after), and they go
 /// into `to` with the libraries of the build they load.
 fn add_llama_cpp(to: &Path) -> Result<()> {
-    let script = root().join("scripts/build_llama_cpp.sh");
     eprintln!("xtask: llama.cpp's CUDA benchmarks (a first build takes about 40 minutes)");
-    let out = Command::new("bash")
-        .arg(&script)
-        .arg("--cuda")
-        .arg(crate::bench::cache_dir()?)
-        .output()
-        .with_context(|| format!("running {}", script.display()))?;
-    if !out.status.success() {
-        bail!(
-            "{} --cuda failed ({}); `cargo xtask gpu-bundle --no-llama` leaves llama.cpp out:\n{}",
-            script.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let bin = PathBuf::from(
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .last()
-            .unwrap_or_default()
-            .trim(),
-    );
+    let bin = crate::bench::build_llama_cpp(true)
+        .context("`cargo xtask gpu-bundle --no-llama` leaves llama.cpp out")?;
     // The programs, then every library of the build that one of them
     // needs, each under the name it is asked for (the build's names are
     // links to versioned files).

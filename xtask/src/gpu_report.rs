@@ -123,45 +123,51 @@ fn cells(line: &str) -> Option<Vec<&str>> {
     Some(inner.split('|').map(str::trim).collect())
 }
 
+/// The cells under columns `names` of every row that follows a header
+/// row holding them all, in the order of `names`.
+fn columns<'a>(text: &'a str, names: &[&str]) -> Vec<Vec<&'a str>> {
+    let mut at: Option<Vec<usize>> = None;
+    let mut rows = Vec::new();
+    for row in text.lines().filter_map(cells) {
+        let header: Option<Vec<usize>> = names
+            .iter()
+            .map(|n| row.iter().position(|c| c == n))
+            .collect();
+        if header.is_some() {
+            at = header;
+            continue;
+        }
+        if let Some(at) = &at {
+            rows.extend(
+                at.iter()
+                    .map(|&i| row.get(i).copied())
+                    .collect::<Option<Vec<_>>>(),
+            );
+        }
+    }
+    rows
+}
+
 /// The mean tokens/s per test of a table as llama-bench and `realm bench`
 /// print them: a header with `test` and `t/s` columns, rows such as
 /// `| ... | pp512 | 52600.12 ± 310.40 |`.
 fn table_speeds(text: &str) -> Vec<(String, f64)> {
-    let mut columns = None;
-    let mut speeds = Vec::new();
-    for row in text.lines().filter_map(cells) {
-        let at = |name: &str| row.iter().position(|c| *c == name);
-        if let (Some(t), Some(s)) = (at("test"), at("t/s")) {
-            columns = Some((t, s));
-            continue;
-        }
-        let Some((t, s)) = columns else { continue };
-        let speed = row
-            .get(s)
-            .and_then(|c| c.split_whitespace().next()?.parse::<f64>().ok());
-        if let (Some(test), Some(speed)) = (row.get(t), speed) {
-            speeds.push((test.to_string(), speed));
-        }
-    }
-    speeds
+    columns(text, &["test", "t/s"])
+        .into_iter()
+        .filter_map(|c| {
+            let speed = c[1].split_whitespace().next()?.parse().ok()?;
+            Some((c[0].to_string(), speed))
+        })
+        .collect()
 }
 
 /// llama-batched-bench's S_TG t/s (decode tokens/s of all sequences
 /// together) per number of sequences (its `B` column).
 fn batched_speeds(text: &str) -> Vec<(usize, f64)> {
-    let mut columns = None;
-    let mut speeds = Vec::new();
-    for row in text.lines().filter_map(cells) {
-        let at = |name: &str| row.iter().position(|c| *c == name);
-        if let (Some(b), Some(s)) = (at("B"), at("S_TG t/s")) {
-            columns = Some((b, s));
-            continue;
-        }
-        let Some((b, s)) = columns else { continue };
-        let parsed = (|| Some((row.get(b)?.parse().ok()?, row.get(s)?.parse().ok()?)))();
-        speeds.extend(parsed);
-    }
-    speeds
+    columns(text, &["B", "S_TG t/s"])
+        .into_iter()
+        .filter_map(|c| Some((c[0].parse().ok()?, c[1].parse().ok()?)))
+        .collect()
 }
 
 #[cfg(test)]
