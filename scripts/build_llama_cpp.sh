@@ -11,7 +11,7 @@
 # GPU machine (`cargo xtask gpu-bundle` carries them there); prints their
 # folder, build-cuda/bin/ beside the plain build's, which also holds the
 # ggml and llama libraries they load. Needs the CUDA build tools (`source
-# ../shared/gpu/setup-cuda.sh`) and takes about 40 minutes on 2 cores. It
+# ../shared/gpu/setup-cuda.sh`) and takes about 30 minutes on 2 cores. It
 # is built for that machine, not this one: Hopper's machine code only
 # (sm_90, $CUDA_COMPUTE_CAP; no PTX, which took the compressed CUDA library
 # from 18 MB to 38, too much for the GPU machine's carry), CPU code for any

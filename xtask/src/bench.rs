@@ -129,9 +129,10 @@ fn llama_bench() -> Result<PathBuf> {
         "xtask: llama-bench not found; building it into {} (slow)",
         cache.display()
     );
-    let path = Some(build_llama_cpp(false)?)
-        .filter(|p| p.is_file())
-        .unwrap_or_else(|| bench_in(&cache));
+    let mut path = build_llama_cpp(false)?;
+    if !path.is_file() {
+        path = bench_in(&cache);
+    }
     if !path.is_file() {
         bail!("the build script did not leave {}", path.display());
     }

@@ -346,10 +346,10 @@ const LLAMA_PROGRAMS: &[&str] = &["llama-bench", "llama-batched-bench"];
 
 /// llama.cpp's CUDA benchmarks, so that the GPU machine measures llama.cpp
 /// in the same run as Realm: `scripts/build_llama_cpp.sh --cuda` builds
-/// them (once, about 40 minutes on 2 cores; reused after), and they go
+/// them (once, about 30 minutes on 2 cores; reused after), and they go
 /// into `to` with the libraries of the build they load.
 fn add_llama_cpp(to: &Path) -> Result<()> {
-    eprintln!("xtask: llama.cpp's CUDA benchmarks (a first build takes about 40 minutes)");
+    eprintln!("xtask: llama.cpp's CUDA benchmarks (a first build takes about 30 minutes)");
     let bin = crate::bench::build_llama_cpp(true)
         .context("`cargo xtask gpu-bundle --no-llama` leaves llama.cpp out")?;
     // The programs, then every library of the build that one of them

@@ -81,16 +81,14 @@ fn report_of(dir: &Path) -> Result<String> {
                 (Some(a), Some(b)) if b > 0.0 => Some(a / b),
                 _ => None,
             };
-            let floor = match (FLOORS.iter().find(|(t, _)| *t == test), ratio) {
-                (Some((_, f)), Some(r)) => {
-                    format!("{f}x: {}", if r >= *f { "met" } else { "NOT met" })
-                }
-                (Some((_, f)), None) => format!("{f}x"),
+            let floor = match (find(FLOORS, &test), ratio) {
+                (Some(f), Some(r)) => format!("{f}x: {}", if r >= f { "met" } else { "NOT met" }),
+                (Some(f), None) => format!("{f}x"),
                 (None, _) => "-".into(),
             };
             let num = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1}"));
             let reference = match *m {
-                "smollm2" => REFERENCE.iter().find(|(t, _)| *t == test).map(|&(_, r)| r),
+                "smollm2" => find(REFERENCE, &test),
                 _ => None,
             };
             writeln!(
@@ -113,8 +111,12 @@ fn report_of(dir: &Path) -> Result<String> {
     Ok(out)
 }
 
-fn find(speeds: &[(String, f64)], test: &str) -> Option<f64> {
-    speeds.iter().find(|(t, _)| t == test).map(|&(_, s)| s)
+/// The figure of test `test` in `figures`.
+fn find<S: AsRef<str>>(figures: &[(S, f64)], test: &str) -> Option<f64> {
+    figures
+        .iter()
+        .find(|(t, _)| t.as_ref() == test)
+        .map(|(_, s)| *s)
 }
 
 /// A markdown table's cells, or `None` for a line that is not a row.
