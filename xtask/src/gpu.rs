@@ -14,14 +14,18 @@
 //! op by op, without the Q8_1 blocks and with candle's ops instead of
 //! Realm's fused kernels, for comparison), a wasm tenant's generation
 //! through the runtime (the guest is in the bundle), profiles a decode
-//! step op by op (each op's device time among them), and, where the machine has Nsight Systems, sums recorded
-//! steps' device time kernel by kernel, and runs llama.cpp's llama-bench
-//! and llama-batched-bench on the same models (`cargo xtask gpu-report`
-//! sets them beside Realm's), leaving logs and tables in `$OUT` (and a summary
-//! with elapsed seconds on standard output). It runs what matters most
-//! first, each step under a time limit, so that a machine lent for a few
-//! minutes still returns the issue's figures. `run.sh sanitize` runs the op
-//! tests under `compute-sanitizer` (memcheck and racecheck) instead. A
+//! step op by op (each op's device time among them), and, where the machine
+//! has Nsight Compute, each kernel's device time and DRAM traffic, runs the
+//! op tests under `compute-sanitizer`'s memcheck, and runs llama.cpp's
+//! llama-bench and llama-batched-bench on the same models (`cargo xtask
+//! gpu-report` sets them beside Realm's). It leaves logs and tables in
+//! `out/` beside it, packed into `$OUT/realm-gpu.tar.gz` after every step
+//! (the device tool brings back at most 8 files), and a summary with
+//! elapsed seconds on standard output. It runs what matters most first,
+//! each step under a time limit cut to what is left of `REALM_RUN_SECONDS`
+//! (570), so that a machine lent for a few minutes still returns the
+//! issue's figures. `run.sh sanitize` runs the op tests under memcheck and
+//! racecheck instead. A
 //! test binary that fails has its tests run again one process each, after
 //! SmolLM2's figures (a kernel's fault spoils the CUDA context for the rest
 //! of its process). The bundle names the commit it was built from, which
@@ -40,8 +44,37 @@ const RUN_SH: &str = r#"#!/bin/sh
 # stopped (timeout) and reported the same way.
 set -u
 here="$(cd "$(dirname "$0")" && pwd)"
-out="${OUT:-$here/out}"
-mkdir -p "$out"
+# Logs and tables go to $here/out, and standard output to its summary.txt
+# too. The device tool brings back at most 8 files from $OUT, so with $OUT
+# set they are packed into $OUT/realm-gpu.tar.gz after every step: a run
+# stopped at its limit still returns what it did. `cargo xtask gpu-report`
+# reads the archive.
+out="$here/out"
+pack() {
+  [ -n "${OUT:-}" ] || return 0
+  # tar exits 1 when a file (summary.txt) grew as it was read: the archive
+  # is whole all the same.
+  tar czf "$OUT/realm-gpu.tar.gz.part" -C "$here" out 2>/dev/null
+  [ "$?" -le 1 ] && mv -f "$OUT/realm-gpu.tar.gz.part" "$OUT/realm-gpu.tar.gz"
+}
+if [ -z "${REALM_RUN_TEED:-}" ]; then
+  rm -rf "$out"; mkdir -p "$out"
+  { REALM_RUN_TEED=1 sh "$0" "$@"; echo "$?" > "$out/rc"; } 2>&1 | tee "$out/summary.txt"
+  pack
+  exit "$(cat "$out/rc" 2>/dev/null || echo 1)"
+fi
+start="$(date +%s)"
+say() { echo "[$(( $(date +%s) - start )) s] $*"; pack; }
+# Every step's limit is cut to what is left of REALM_RUN_SECONDS from the
+# start (570 by default, inside the device tool's 600), and a step is
+# skipped when under 20 s are left, so that the run ends, packed, before
+# the tool stops it. budget SECONDS prints the step's limit, or fails.
+deadline=$(( start + ${REALM_RUN_SECONDS:-570} ))
+budget() {
+  left=$(( deadline - $(date +%s) - 5 ))
+  [ "$left" -ge 20 ] || return 1
+  if [ "$left" -lt "$1" ]; then echo "$left"; else echo "$1"; fi
+}
 # candle links the driver, cuBLAS, cuRAND and the CUDA runtime (13.x). GPU
 # images often keep them off the loader's path (the driver under
 # /usr/local/nvidia, the rest in Python packages such as nvidia-cublas):
@@ -57,30 +90,37 @@ if ldd "$here/realm" | grep -q "not found"; then
 fi
 echo "bundle of commit $(cat "$here/commit" 2>/dev/null || echo unknown)" | tee "$out/commit.txt"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/gpu.txt"
-# `run.sh sanitize`: instead of the figures, the op tests under
-# compute-sanitizer, where the machine has it: memcheck (reads and writes
-# outside an allocation or misaligned, launch errors) and racecheck
-# (shared-memory hazards between a block's threads), Realm's kernels and
-# candle's alike. Exits 1 when a tool fails or runs out of time.
-if [ "${1:-}" = sanitize ]; then
-  cs="$(command -v compute-sanitizer || find /usr/local /opt -maxdepth 5 -type f -name compute-sanitizer 2>/dev/null | head -n 1)"
+export REALM_GPU_TEST_DEVICE="${REALM_GPU_TEST_DEVICE:-cuda:0}"
+# sanitize TOOL SECONDS: the op tests under compute-sanitizer's TOOL, where
+# the machine has it: memcheck (reads and writes outside an allocation or
+# misaligned, launch errors) or racecheck (shared-memory hazards between a
+# block's threads), Realm's kernels and candle's alike. Fails when the tool
+# finds an error or runs out of time.
+cs="$(command -v compute-sanitizer || find /usr/local /opt -maxdepth 5 -type f -name compute-sanitizer 2>/dev/null | head -n 1)"
+sanitize() {
+  tool="$1"
   if [ -z "$cs" ]; then
-    echo "no compute-sanitizer"; exit 1
+    echo "no compute-sanitizer: no $tool"; return 1
   fi
-  export REALM_GPU_TEST_DEVICE="${REALM_GPU_TEST_DEVICE:-cuda:0}"
+  t=$(budget "$2") || { echo "SKIPPED: $tool (no time left)"; return 1; }
+  timeout -k 10 "$t" "$cs" --tool "$tool" --error-exitcode 9 "$here/test-ops" --test-threads 1 \
+    > "$out/sanitize-$tool.log" 2>&1
+  rc=$?
+  case "$rc" in
+    0) ;;
+    124|137) echo "TIMED OUT: $tool ($t s; see sanitize-$tool.log)" ;;
+    *) echo "FAILED: $tool, exit $rc (see sanitize-$tool.log)" ;;
+  esac
+  grep -E "ERROR SUMMARY|RACECHECK SUMMARY|^test result|panicked" "$out/sanitize-$tool.log" | head -n 20
+  say "$tool done"
+  [ "$rc" -eq 0 ]
+}
+# `run.sh sanitize`: instead of the figures, both tools. Exits 1 when one
+# fails.
+if [ "${1:-}" = sanitize ]; then
   failed=0
-  for tool in memcheck racecheck; do
-    timeout 250 "$cs" --tool "$tool" --error-exitcode 9 "$here/test-ops" --test-threads 1 \
-      > "$out/sanitize-$tool.log" 2>&1
-    rc=$?
-    case "$rc" in
-      0) ;;
-      124) echo "TIMED OUT: $tool (250 s; see sanitize-$tool.log)"; failed=1 ;;
-      *) echo "FAILED: $tool, exit $rc (see sanitize-$tool.log)"; failed=1 ;;
-    esac
-    grep -E "ERROR SUMMARY|RACECHECK SUMMARY|^test result|panicked" "$out/sanitize-$tool.log" | head -n 20
-    echo "[$tool done]"
-  done
+  sanitize memcheck 250 || failed=1
+  sanitize racecheck 250 || failed=1
   exit "$failed"
 fi
 # The models stay out of $out: only logs and tables come back.
@@ -88,16 +128,15 @@ models="$here/models"
 mkdir -p "$models"
 "$here/realm" synth smollm2 -o "$models/smollm2-synth.gguf" || exit 1
 "$here/realm" synth gemma3 -o "$models/gemma3-synth.gguf" || exit 1
-export REALM_GPU_TEST_DEVICE="${REALM_GPU_TEST_DEVICE:-cuda:0}" REALM_GPU_TEST_TOKENS=64
+export REALM_GPU_TEST_TOKENS=64
 dev="$REALM_GPU_TEST_DEVICE"
-start="$(date +%s)"
-say() { echo "[$(( $(date +%s) - start )) s] $*"; }
 # gputest NAME SECONDS: one GPU test binary; one that fails is noted for
 # rerun_alone.
 failed_bins=""
 gputest() {
   name="$1"
-  if ! timeout -k 10 "$2" "$here/$name" --nocapture > "$out/$name.log" 2>&1; then
+  t=$(budget "$2") || { echo "SKIPPED: $name (no time left)"; return; }
+  if ! timeout -k 10 "$t" "$here/$name" --nocapture > "$out/$name.log" 2>&1; then
     echo "FAILED: $name (see $name.log; its tests run again one by one later)"
     failed_bins="$failed_bins $name"
   fi
@@ -110,7 +149,8 @@ gputest() {
 # process, so only a test alone says whether it fails by itself.
 rerun_alone() {
   [ -z "$failed_bins" ] && return
-  until=$(( $(date +%s) + $1 ))
+  t=$(budget "$1") || { echo "SKIPPED: reruns (no time left)"; return; }
+  until=$(( $(date +%s) + t ))
   for name in $failed_bins; do
     echo "$name, each test alone:"
     for t in $("$here/$name" --list 2>/dev/null | sed -n 's/: test$//p'); do
@@ -133,33 +173,39 @@ rerun_alone() {
 # bench NAME SECONDS ARGS...: one `realm bench`, with f16 KV caches as
 # llama.cpp's figures have them (or $cache's type).
 bench() {
-  name="$1"; limit="$2"; shift 2
-  timeout "$limit" "$here/realm" bench "$@" --cache-type "${cache:-f16}" > "$out/$name.md" \
+  name="$1"; shift
+  t=$(budget "$1") || { echo "SKIPPED: $name (no time left)"; return; }
+  shift
+  timeout -k 10 "$t" "$here/realm" bench "$@" --cache-type "${cache:-f16}" > "$out/$name.md" \
     2> "$out/$name.err" || echo "FAILED: $name"
   cat "$out/$name.md"; grep -v "^realm: \(loaded\|opened\)" "$out/$name.err"
   say "$name done"
 }
-# nsys_profile MODEL: where recorded steps' device time goes, kernel by
-# kernel (and the host's CUDA calls), when the machine has Nsight Systems:
-# pp512 and tg128 once, and 32 sequences decoding together.
-nsys="$(command -v nsys || find /usr/local /opt -maxdepth 5 -type f -name nsys -path "*bin*" 2>/dev/null | head -n 1)"
-nsys_profile() {
+# ncu_profile MODEL: each kernel's device time and DRAM traffic, from
+# Nsight Compute (with the clocks left as they are), for a 512-token prompt
+# and for single-sequence decode steps (recorded ones: ncu times a graph's
+# kernels one by one), at most 1000 launches each; `cargo xtask gpu-report`
+# sums them kernel by kernel.
+ncu="$(command -v ncu || find /usr/local /opt -maxdepth 4 -type f -name ncu 2>/dev/null | head -n 1)"
+ncu_profile() {
   m="$1"
-  if [ -z "$nsys" ]; then
-    echo "no nsys: no kernel-by-kernel profile"; return
+  if [ -z "$ncu" ]; then
+    echo "no ncu: no kernel-by-kernel profile"; return
   fi
-  # nsys stops by itself (keeping its report) before the limit.
-  timeout -k 15 130 "$nsys" profile --trace=cuda --cuda-graph-trace=node --sample=none \
-    --cpuctxsw=none --duration=100 --force-overwrite=true -o "$models/nsys-$m" \
-    "$here/realm" bench "$models/$m-synth.gguf" \
-    --device "$dev" -p 512 -n 128 -r 1 --npl 32 --cache-type f16 > "$out/nsys-$m.log" 2>&1 \
-    || echo "FAILED: nsys-$m"
-  for report in cuda_gpu_kern_sum cuda_api_sum; do
-    timeout -k 5 60 "$nsys" stats --report "$report" --format csv --output - "$models/nsys-$m.nsys-rep" \
-      > "$out/nsys-$m-$report.csv" 2>> "$out/nsys-$m.log" || echo "FAILED: nsys-$m $report"
+  for phase in prefill decode; do
+    case "$phase" in
+      prefill) steps="-p 512 -n 0" ;;
+      *) steps="-p 0 -n 8" ;;
+    esac
+    t=$(budget 90) || { echo "SKIPPED: ncu-$m-$phase (no time left)"; continue; }
+    # $steps is split into its words on purpose.
+    timeout -k 10 "$t" "$ncu" --clock-control none --launch-count 1000 --csv --print-units base \
+      --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum \
+      --log-file "$out/ncu-$m-$phase.csv" "$here/realm" bench "$models/$m-synth.gguf" \
+      --device "$dev" $steps -r 1 --cache-type f16 > "$out/ncu-$m-$phase.log" 2>&1 \
+      || echo "FAILED: ncu-$m-$phase (see ncu-$m-$phase.log)"
+    say "ncu-$m-$phase done"
   done
-  head -n 25 "$out/nsys-$m-cuda_gpu_kern_sum.csv"
-  say "nsys-$m done"
 }
 # llama_cpp MODEL: llama.cpp's figures for the same model on this machine,
 # as the issue's reference has them (all layers on the GPU, flash attention
@@ -173,12 +219,21 @@ llama_cpp() {
     echo "no llama.cpp in this bundle: no same-run comparison"; return
   fi
   (export LD_LIBRARY_PATH="$llama:$LD_LIBRARY_PATH"
-   timeout -k 10 120 "$llama/llama-bench" -m "$models/$m-synth.gguf" -ngl 99 -fa auto \
-     -p 512 -n 128 -r 30 -o md > "$out/llama-bench-$m.md" 2> "$out/llama-bench-$m.err" \
-     || echo "FAILED: llama-bench-$m (see llama-bench-$m.err)"
-   timeout -k 10 120 "$llama/llama-batched-bench" -m "$models/$m-synth.gguf" -ngl 99 -fa auto \
-     -c 20480 -b 2048 -ub 512 -npp 512 -ntg 128 -npl 1,8,32 > "$out/llama-batched-$m.log" 2>&1 \
-     || echo "FAILED: llama-batched-bench-$m (see llama-batched-$m.log)")
+   if t=$(budget 120); then
+     timeout -k 10 "$t" "$llama/llama-bench" -m "$models/$m-synth.gguf" -ngl 99 -fa auto \
+       -p 512 -n 128 -r 30 -o md > "$out/llama-bench-$m.md" 2> "$out/llama-bench-$m.err" \
+       || echo "FAILED: llama-bench-$m (see llama-bench-$m.err)"
+   else
+     echo "SKIPPED: llama-bench-$m (no time left)"
+   fi
+   if t=$(budget 120); then
+     timeout -k 10 "$t" "$llama/llama-batched-bench" -m "$models/$m-synth.gguf" -ngl 99 -fa auto \
+       -c 20480 -b 2048 -ub 512 -npp 512 -ntg 128 -npl 1,8,32 > "$out/llama-batched-$m.log" 2>&1 \
+       || echo "FAILED: llama-batched-bench-$m (see llama-batched-$m.log)"
+   else
+     echo "SKIPPED: llama-batched-bench-$m (no time left)"
+   fi)
+  cat "$out/llama-bench-$m.md" 2>/dev/null; grep "^|" "$out/llama-batched-$m.log" 2>/dev/null
   cat "$out/llama-bench-$m.md"; grep "^|" "$out/llama-batched-$m.log"
   say "llama.cpp $m done"
 }
@@ -186,15 +241,15 @@ llama_cpp() {
 # assignment before a function call after it.)
 # In order of what matters when the machine's time runs out: the op tests,
 # the issue's figures (SmolLM2, decode steps recorded as CUDA graphs) and
-# llama.cpp's on the same model, the model and step tests, SmolLM2's
-# kernel-by-kernel profile, Gemma 3's figures and profile, then the
+# llama.cpp's on the same model, the model and step tests, SmolLM2's op by
+# op profile, Gemma 3's figures and profile, SmolLM2's kernel by kernel
+# profile, the op tests under memcheck, Gemma 3's kernel profile, then the
 # comparisons.
 gputest test-ops 90
 bench bench-smollm2 150 "$models/smollm2-synth.gguf" --device "$dev" -p 512 -n 128 -r 30 --npl 1,8,32
 llama_cpp smollm2
 gputest test-model 150
 gputest test-steps 120
-nsys_profile smollm2
 # Where a decode step's time goes, op by op: waiting for the device after
 # each op, then each op's device time with the step's ops run back to back
 # (no profiler needed).
@@ -203,8 +258,10 @@ bench profile-smollm2 60 "$models/smollm2-synth.gguf" --device "$dev" -p 0 -n 64
 rerun_alone 120
 bench bench-gemma3 150 "$models/gemma3-synth.gguf" --device "$dev" -p 512 -n 128 -r 30 --npl 1,8,32
 llama_cpp gemma3
-nsys_profile gemma3
 bench profile-gemma3 60 "$models/gemma3-synth.gguf" --device "$dev" -p 0 -n 64 -r 1 --profile
+ncu_profile smollm2
+sanitize memcheck 200
+ncu_profile gemma3
 for m in smollm2 gemma3; do
   # Op by op.
   bench "bench-$m-op-by-op" 90 "$models/$m-synth.gguf" --device "$dev" --steps op-by-op -p 512 -n 128 -r 10 --npl 32
@@ -231,6 +288,7 @@ for m in smollm2 gemma3; do
   (export REALM_SPLIT_KEYS=0; bench "bench-$m-d4096-unsplit" 60 "$models/$m-synth.gguf" --device "$dev" -p 0 -n 128 -d 4096 -r 5)
 done
 rm -rf "$models"
+say "all done"
 "#;
 
 pub fn bundle(args: &[String]) -> Result<()> {
@@ -478,6 +536,103 @@ mod tests {
         // llama.cpp's figures on the same model right after Realm's.
         assert!(at("bench bench-smollm2 ") < at("llama_cpp smollm2"));
         assert!(at("llama_cpp smollm2") < at("gputest test-model"));
+    }
+
+    /// A bundle of stand-ins (shell scripts for `realm` and the test
+    /// binaries, one of which fails) runs run.sh through: it packs its
+    /// outputs into `$OUT`, reruns the failing binary's tests alone and
+    /// ends; with no time it skips every step and still packs.
+    #[test]
+    fn run_sh_packs_its_outputs_and_keeps_to_its_time() {
+        if ["sh", "tar", "timeout"].iter().any(|p| which(p).is_none()) {
+            eprintln!("no sh, tar or timeout on $PATH: not checked");
+            return;
+        }
+        let tmp = std::env::temp_dir().join(format!("realm-run-sh-{}", std::process::id()));
+        let bundle = tmp.join("gpu-bundle");
+        std::fs::create_dir_all(&bundle).unwrap();
+        let script = |name: &str, body: &str| {
+            let path = bundle.join(name);
+            std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+            let mut chmod = Command::new("chmod");
+            chmod.arg("+x").arg(&path);
+            status(chmod).unwrap();
+        };
+        script("run.sh", RUN_SH.trim_start_matches("#!/bin/sh\n"));
+        script(
+            "realm",
+            r#"case "$1" in
+  synth) touch "$4" ;;
+  bench) echo "realm: loaded $2" >&2
+         echo "| model | test | t/s |"; echo "| --- | --- | ---: |"; echo "| m | pp512 | 1.00 ± 0.00 |" ;;
+esac"#,
+        );
+        for t in ["test-ops", "test-model"] {
+            script(t, "echo 'test result: ok. 1 passed'");
+        }
+        script(
+            "test-steps",
+            r#"[ "${1:-}" = --list ] && { echo "one: test"; echo "two: test"; exit 0; }
+echo "test result: FAILED. 1 passed; 1 failed"; exit 101"#,
+        );
+        let run = |seconds: &str, out: &Path| {
+            std::fs::create_dir_all(out).unwrap();
+            let o = Command::new("sh")
+                .arg(bundle.join("run.sh"))
+                .env("OUT", out)
+                .env("REALM_RUN_SECONDS", seconds)
+                .output()
+                .unwrap();
+            let unpacked = out.join("unpacked");
+            std::fs::create_dir_all(&unpacked).unwrap();
+            let mut tar = Command::new("tar");
+            tar.arg("xzf")
+                .arg(out.join("realm-gpu.tar.gz"))
+                .arg("-C")
+                .arg(&unpacked);
+            status(tar).unwrap();
+            let summary = std::fs::read_to_string(unpacked.join("out/summary.txt")).unwrap();
+            assert_eq!(summary, String::from_utf8_lossy(&o.stdout), "{summary}");
+            (o.status.code(), summary, unpacked.join("out"))
+        };
+        let (code, summary, files) = run("300", &tmp.join("full"));
+        assert_eq!(code, Some(0), "{summary}");
+        // Nothing but the archive in $OUT (and what this test unpacked).
+        let names: Vec<_> = std::fs::read_dir(tmp.join("full"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        for line in [
+            "FAILED: test-steps",
+            "test-steps, each test alone:\n  FAILED: one (see test-steps-alone-one.log)",
+            "no llama.cpp in this bundle",
+            "all done",
+        ] {
+            assert!(summary.contains(line), "{line} not in\n{summary}");
+        }
+        assert!(!summary.contains("SKIPPED"), "{summary}");
+        for f in [
+            "bench-smollm2.md",
+            "bench-gemma3-wasm.md",
+            "test-ops.log",
+            "commit.txt",
+        ] {
+            assert!(files.join(f).is_file(), "{f} missing:\n{summary}");
+        }
+        // No time: every step is skipped, and the run still packs.
+        let (code, summary, _) = run("0", &tmp.join("none"));
+        std::fs::remove_dir_all(&tmp).unwrap();
+        assert_eq!(code, Some(0), "{summary}");
+        for line in [
+            "SKIPPED: test-ops (no time left)",
+            "SKIPPED: bench-smollm2 (no time left)",
+            "SKIPPED: bench-gemma3-d4096-unsplit (no time left)",
+            "all done",
+        ] {
+            assert!(summary.contains(line), "{line} not in\n{summary}");
+        }
+        assert!(!summary.contains("FAILED"), "{summary}");
     }
 
     #[test]

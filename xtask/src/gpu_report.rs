@@ -1,18 +1,25 @@
-//! `cargo xtask gpu-report DIR`: the figures a GPU machine's `run.sh` left
-//! in DIR (its `$OUT`), Realm's and llama.cpp's side by side, with their
-//! ratios and issue 7's floors.
+//! `cargo xtask gpu-report PATH`: the figures a GPU machine's `run.sh`
+//! left, Realm's and llama.cpp's side by side, with their ratios and issue
+//! 7's floors; then the steps that failed, ran out of time or were
+//! skipped, memcheck's verdict, and Nsight Compute's kernel-by-kernel
+//! tables. PATH is the archive `run.sh` packs (`realm-gpu.tar.gz`), a
+//! folder holding it (the device tool's), or a folder of unpacked outputs.
 //!
-//! Realm's come from `realm bench`'s tables (`bench-MODEL.md`: pp512,
-//! tg128 and batched decode), llama.cpp's from llama-bench's table
+//! Realm's figures come from `realm bench`'s tables (`bench-MODEL.md`:
+//! pp512, tg128 and batched decode), llama.cpp's from llama-bench's table
 //! (`llama-bench-MODEL.md`) and llama-batched-bench's log
 //! (`llama-batched-MODEL.log`, its S_TG column), all measured in the same
 //! run on the same machine. Both benches' tables give the mean of their
 //! repetitions.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
+
+use crate::{root, status};
 
 /// The models run.sh benchmarks, by the names of its files.
 const MODELS: &[&str] = &["smollm2", "gemma3"];
@@ -35,12 +42,40 @@ const REFERENCE: &[(&str, f64)] = &[
 /// with, per test (pp512, tg128, batched decode of 32 sequences).
 const FLOORS: &[(&str, f64)] = &[("pp512", 0.5), ("tg128", 0.6), ("pp512+tg128x32", 0.5)];
 
+/// The archive run.sh leaves in `$OUT`.
+const ARCHIVE: &str = "realm-gpu.tar.gz";
+
+/// Kernels named in a kernel table; the rest are summed in one row.
+const TOP_KERNELS: usize = 12;
+
 pub fn report(args: &[String]) -> Result<()> {
-    let [dir] = args else {
-        bail!("gpu-report takes one folder: the output of run.sh");
+    let [path] = args else {
+        bail!("gpu-report takes one path: run.sh's archive, or a folder of its outputs");
     };
-    print!("{}", report_of(Path::new(dir))?);
+    let dir = outputs(Path::new(path), &root().join("target/gpu-report"))?;
+    print!("{}", report_of(&dir)?);
     Ok(())
+}
+
+/// The folder of run.sh's outputs at `path`: unpacked into `to` (emptied
+/// first) when `path` is the archive or a folder holding it.
+fn outputs(path: &Path, to: &Path) -> Result<PathBuf> {
+    let archive = if path.is_dir() {
+        path.join(ARCHIVE)
+    } else {
+        path.to_path_buf()
+    };
+    if !archive.is_file() {
+        return Ok(path.to_path_buf());
+    }
+    if to.exists() {
+        std::fs::remove_dir_all(to).with_context(|| format!("clearing {}", to.display()))?;
+    }
+    std::fs::create_dir_all(to)?;
+    let mut tar = Command::new("tar");
+    tar.arg("xzf").arg(&archive).arg("-C").arg(to);
+    status(tar).with_context(|| format!("unpacking {}", archive.display()))?;
+    Ok(to.join("out"))
 }
 
 /// The report of the run whose outputs are in `dir`.
@@ -102,13 +137,220 @@ fn report_of(dir: &Path) -> Result<String> {
             rows += 1;
         }
     }
-    if rows == 0 {
+    let summary = read("summary.txt");
+    if rows == 0 && summary.is_none() {
         bail!(
-            "{} holds no bench-MODEL.md, llama-bench-MODEL.md or llama-batched-MODEL.log",
+            "{} holds no summary.txt, bench-MODEL.md, llama-bench-MODEL.md or \
+             llama-batched-MODEL.log",
             dir.display()
         );
     }
+    if rows == 0 {
+        out.push_str("| (no figures) | | | | | | |\n");
+    }
+    if let Some(summary) = summary {
+        let troubles: Vec<&str> = summary
+            .lines()
+            .filter(|l| {
+                [
+                    "FAILED",
+                    "TIMED OUT",
+                    "SKIPPED",
+                    "no ncu",
+                    "no compute-sanitizer",
+                ]
+                .iter()
+                .any(|w| l.trim_start().starts_with(w))
+            })
+            .collect();
+        out.push_str("\nSteps that failed, ran out of time or were skipped: ");
+        if troubles.is_empty() {
+            out.push_str("none.\n");
+        } else {
+            out.push('\n');
+            for t in troubles {
+                writeln!(out, "- {}", t.trim())?;
+            }
+        }
+        if !summary.contains("all done") {
+            out.push_str("run.sh did not reach its end (stopped at the device tool's limit?).\n");
+        }
+    }
+    if let Some(log) = read("sanitize-memcheck.log") {
+        let verdict = log
+            .lines()
+            .find(|l| l.contains("ERROR SUMMARY"))
+            .map_or("no ERROR SUMMARY (see sanitize-memcheck.log)", str::trim);
+        writeln!(out, "\nThe op tests under memcheck: {verdict}")?;
+    }
+    for m in MODELS {
+        for phase in ["prefill", "decode"] {
+            if let Some(csv) = read(&format!("ncu-{m}-{phase}.csv")) {
+                out.push_str(&kernel_table(&format!("{m}, {phase}"), &ncu_kernels(&csv)));
+            }
+        }
+    }
     Ok(out)
+}
+
+/// One kernel's launches in an Nsight Compute profile.
+#[derive(Debug, Default, PartialEq)]
+struct Kernel {
+    name: String,
+    launches: usize,
+    /// Device time of all its launches, ns.
+    ns: f64,
+    /// DRAM bytes read and written by all its launches.
+    bytes: f64,
+}
+
+/// The fields of one line of CSV as Nsight Compute writes it (every field
+/// quoted, `""` for a quote inside one).
+fn csv_fields(line: &str) -> Vec<String> {
+    let mut fields = Vec::new();
+    let mut field = String::new();
+    let mut quoted = false;
+    let mut chars = line.trim_end_matches(['\r', '\n']).chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                field.push('"');
+                chars.next();
+            }
+            '"' => quoted = !quoted,
+            ',' if !quoted => fields.push(std::mem::take(&mut field)),
+            c => field.push(c),
+        }
+    }
+    fields.push(field);
+    fields
+}
+
+/// How many ns or bytes one `unit` is, for the units Nsight Compute gives
+/// times and sizes in (its base units with `--print-units base`).
+fn unit_scale(unit: &str) -> Option<f64> {
+    Some(match unit {
+        "ns" | "nsecond" | "byte" | "" => 1.0,
+        "us" | "usecond" | "Kbyte" | "KB" => 1e3,
+        "ms" | "msecond" | "Mbyte" | "MB" => 1e6,
+        "s" | "second" | "Gbyte" | "GB" => 1e9,
+        _ => return None,
+    })
+}
+
+/// The kernels of an Nsight Compute `--csv` profile (its details page: a
+/// row per launch and metric, under a header naming `ID`, `Kernel Name`,
+/// `Metric Name`, `Metric Unit` and `Metric Value`), their launches'
+/// `gpu__time_duration.sum` and `dram__bytes_{read,write}.sum` summed by
+/// kernel, the heaviest first. Lines before the header (ncu's own
+/// messages) and metrics in units it does not know are left out.
+fn ncu_kernels(text: &str) -> Vec<Kernel> {
+    const COLUMNS: [&str; 5] = [
+        "ID",
+        "Kernel Name",
+        "Metric Name",
+        "Metric Unit",
+        "Metric Value",
+    ];
+    let mut at: Option<Vec<usize>> = None;
+    // Per launch: its kernel, device time and bytes.
+    let mut launches: HashMap<String, (String, f64, f64)> = HashMap::new();
+    for line in text.lines() {
+        let f = csv_fields(line);
+        let header: Option<Vec<usize>> = COLUMNS
+            .iter()
+            .map(|c| f.iter().position(|x| x == c))
+            .collect();
+        if header.is_some() {
+            at = header;
+            continue;
+        }
+        let Some(at) = &at else { continue };
+        let Some([id, name, metric, unit, value]) = at
+            .iter()
+            .map(|&i| f.get(i).map(String::as_str))
+            .collect::<Option<Vec<_>>>()
+            .and_then(|v| <[&str; 5]>::try_from(v).ok())
+        else {
+            continue;
+        };
+        let (Some(scale), Ok(value)) = (unit_scale(unit), value.replace(',', "").parse::<f64>())
+        else {
+            continue;
+        };
+        let launch = launches
+            .entry(id.to_string())
+            .or_insert_with(|| (name.to_string(), 0.0, 0.0));
+        match metric {
+            "gpu__time_duration.sum" => launch.1 += value * scale,
+            "dram__bytes_read.sum" | "dram__bytes_write.sum" => launch.2 += value * scale,
+            _ => {}
+        }
+    }
+    let mut kernels: HashMap<String, Kernel> = HashMap::new();
+    for (name, ns, bytes) in launches.into_values() {
+        let k = kernels.entry(name.clone()).or_insert_with(|| Kernel {
+            name,
+            ..Kernel::default()
+        });
+        k.launches += 1;
+        k.ns += ns;
+        k.bytes += bytes;
+    }
+    let mut kernels: Vec<Kernel> = kernels.into_values().collect();
+    kernels.sort_by(|a, b| b.ns.total_cmp(&a.ns).then_with(|| a.name.cmp(&b.name)));
+    kernels
+}
+
+/// The launches, device time and bytes of `kernels` together.
+fn sum(kernels: &[Kernel]) -> Kernel {
+    kernels.iter().fold(Kernel::default(), |mut t, k| {
+        t.launches += k.launches;
+        t.ns += k.ns;
+        t.bytes += k.bytes;
+        t
+    })
+}
+
+/// A markdown table of `kernels` (the heaviest first): launches, device
+/// time, share of the profile's, mean time of a launch and DRAM traffic
+/// per second; the kernels past the first [`TOP_KERNELS`] summed in one
+/// row, then the whole profile's.
+fn kernel_table(what: &str, kernels: &[Kernel]) -> String {
+    let total = sum(kernels);
+    let mut out = format!(
+        "\nKernels of {what} (Nsight Compute, {} launches):\n\n\
+         | kernel | launches | device ms | share | mean us | DRAM GB/s |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: |\n",
+        total.launches
+    );
+    let row = |out: &mut String, name: &str, k: &Kernel| {
+        let per = |x: f64, of: f64| if of > 0.0 { x / of } else { 0.0 };
+        // Bytes per ns are GB/s.
+        let _ = writeln!(
+            out,
+            "| {name} | {} | {:.3} | {:.1}% | {:.1} | {:.0} |",
+            k.launches,
+            k.ns / 1e6,
+            100.0 * per(k.ns, total.ns),
+            per(k.ns, k.launches as f64) / 1e3,
+            per(k.bytes, k.ns)
+        );
+    };
+    for k in kernels.iter().take(TOP_KERNELS) {
+        let name: String = k.name.chars().take(60).collect();
+        row(&mut out, &format!("`{name}`"), k);
+    }
+    if kernels.len() > TOP_KERNELS {
+        let rest = sum(&kernels[TOP_KERNELS..]);
+        row(
+            &mut out,
+            &format!("{} other kernels", kernels.len() - TOP_KERNELS),
+            &rest,
+        );
+    }
+    row(&mut out, "all", &total);
+    out
 }
 
 /// The figure of test `test` in `figures`.
@@ -231,9 +473,60 @@ llama_perf_context_print:        load time =     200.00 ms
         assert!(batched_speeds("").is_empty());
     }
 
+    /// Nsight Compute's `--csv` output: its messages, then a row per
+    /// launch and metric (figures made up; units as `--print-units base`
+    /// gives them, and others it might).
+    const NCU: &str = r#"==PROF== Connected to process 4242 (/tmp/gpu-bundle/realm)
+==PROF== Profiling "rms_norm_q8": 0%....50%....100% - 1 pass
+"ID","Process ID","Process Name","Host Name","Kernel Name","Context","Stream","Block Size","Grid Size","Device","CC","Section Name","Metric Name","Metric Unit","Metric Value"
+"0","4242","realm","127.0.0.1","rms_norm_q8","1","13","(256, 1, 1)","(1, 1, 1)","0","9.0","Command line profiler metrics","dram__bytes_read.sum","byte","1,000"
+"0","4242","realm","127.0.0.1","rms_norm_q8","1","13","(256, 1, 1)","(1, 1, 1)","0","9.0","Command line profiler metrics","dram__bytes_write.sum","byte","500"
+"0","4242","realm","127.0.0.1","rms_norm_q8","1","13","(256, 1, 1)","(1, 1, 1)","0","9.0","Command line profiler metrics","gpu__time_duration.sum","nsecond","2,000"
+"1","4242","realm","127.0.0.1","mul_mat_vec<2, ""q"">","1","13","(128, 1, 1)","(576, 1, 1)","0","9.0","Command line profiler metrics","dram__bytes_read.sum","Kbyte","300"
+"1","4242","realm","127.0.0.1","mul_mat_vec<2, ""q"">","1","13","(128, 1, 1)","(576, 1, 1)","0","9.0","Command line profiler metrics","gpu__time_duration.sum","usecond","100"
+"2","4242","realm","127.0.0.1","rms_norm_q8","1","13","(256, 1, 1)","(1, 1, 1)","0","9.0","Command line profiler metrics","gpu__time_duration.sum","nsecond","3,000"
+"2","4242","realm","127.0.0.1","rms_norm_q8","1","13","(256, 1, 1)","(1, 1, 1)","0","9.0","Command line profiler metrics","dram__bytes_read.sum","furlong","7"
+| smollm2-synth.gguf | cuda | tg8 | 100.00 ± 0.00 |
+"#;
+
+    #[test]
+    fn ncu_profiles_are_summed_kernel_by_kernel() {
+        let k = ncu_kernels(NCU);
+        assert_eq!(
+            k,
+            [
+                Kernel {
+                    name: "mul_mat_vec<2, \"q\">".into(),
+                    launches: 1,
+                    ns: 100_000.0,
+                    bytes: 300_000.0
+                },
+                // A metric in a unit it does not know is left out.
+                Kernel {
+                    name: "rms_norm_q8".into(),
+                    launches: 2,
+                    ns: 5_000.0,
+                    bytes: 1_500.0
+                },
+            ]
+        );
+        let table = kernel_table("smollm2, decode", &k);
+        assert!(table.contains("(Nsight Compute, 3 launches)"), "{table}");
+        // 300 kB in 100 us: 3 GB/s; 1.5 kB in 5 us over 2 launches.
+        for row in [
+            "| `mul_mat_vec<2, \"q\">` | 1 | 0.100 | 95.2% | 100.0 | 3 |",
+            "| `rms_norm_q8` | 2 | 0.005 | 4.8% | 2.5 | 0 |",
+            "| all | 3 | 0.105 | 100.0% | 35.0 | 3 |",
+        ] {
+            assert!(table.contains(row), "{row} not in\n{table}");
+        }
+        assert!(ncu_kernels("==PROF== nothing was profiled\n").is_empty());
+    }
+
     #[test]
     fn the_report_sets_realm_beside_llama_cpp_with_the_floors() {
-        let dir = std::env::temp_dir().join(format!("realm-gpu-report-{}", std::process::id()));
+        let tmp = std::env::temp_dir().join(format!("realm-gpu-report-{}", std::process::id()));
+        let dir = tmp.join("out");
         std::fs::create_dir_all(&dir).unwrap();
         assert!(report_of(&dir).is_err(), "an empty folder is an error");
         for (name, text) in [
@@ -241,11 +534,30 @@ llama_perf_context_print:        load time =     200.00 ms
             ("bench-smollm2.md", REALM),
             ("llama-bench-smollm2.md", LLAMA),
             ("llama-batched-smollm2.log", BATCHED),
+            (
+                "summary.txt",
+                "[30 s] test-ops done\nFAILED: bench-gemma3\nSKIPPED: ncu-gemma3-decode (no time left)\n",
+            ),
+            ("sanitize-memcheck.log", "========= ERROR SUMMARY: 0 errors\n"),
+            ("ncu-smollm2-decode.csv", NCU),
         ] {
             std::fs::write(dir.join(name), text).unwrap();
         }
-        let report = report_of(&dir).unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
+        // As the device tool brings it back: the archive, in a folder.
+        let back = tmp.join("back");
+        std::fs::create_dir_all(&back).unwrap();
+        let mut tar = Command::new("tar");
+        tar.arg("czf")
+            .arg(back.join(ARCHIVE))
+            .arg("-C")
+            .arg(&tmp)
+            .arg("out");
+        status(tar).unwrap();
+        let unpacked = outputs(&back, &tmp.join("unpacked")).unwrap();
+        assert_eq!(unpacked, tmp.join("unpacked/out"));
+        assert_eq!(outputs(&dir, &tmp.join("unused")).unwrap(), dir);
+        let report = report_of(&unpacked).unwrap();
+        std::fs::remove_dir_all(&tmp).unwrap();
         assert!(
             report.starts_with("Realm: bundle of commit 9a849a46320c\n"),
             "{report}"
@@ -259,6 +571,14 @@ llama_perf_context_print:        load time =     200.00 ms
             assert!(report.contains(row), "{row} not in\n{report}");
         }
         // Gemma 3's files are missing: no rows for it.
-        assert!(!report.contains("gemma3"), "{report}");
+        assert!(!report.contains("| gemma3 |"), "{report}");
+        for line in [
+            "- FAILED: bench-gemma3\n- SKIPPED: ncu-gemma3-decode (no time left)\n",
+            "run.sh did not reach its end",
+            "The op tests under memcheck: ========= ERROR SUMMARY: 0 errors",
+            "Kernels of smollm2, decode (Nsight Compute, 3 launches)",
+        ] {
+            assert!(report.contains(line), "{line} not in\n{report}");
+        }
     }
 }

@@ -16,8 +16,9 @@
 //! - `cargo xtask gpu-bundle`: `realm` and the GPU tests built with CUDA,
 //!   stripped, with a script that checks and benchmarks them on a GPU
 //!   machine, and llama.cpp's CUDA benchmarks to compare with there.
-//! - `cargo xtask gpu-report DIR`: that script's figures, Realm's beside
-//!   llama.cpp's, with ratios and the GPU issue's floors.
+//! - `cargo xtask gpu-report PATH`: that script's figures, Realm's beside
+//!   llama.cpp's, with ratios and the GPU issue's floors, then its failures
+//!   and kernel tables.
 
 mod bench;
 mod fetch;
@@ -54,8 +55,10 @@ commands:
                       GPU machine (needs `source ../shared/gpu/setup-cuda.sh`), with
                       llama.cpp's CUDA benchmarks to compare in the same run (built once by
                       scripts/build_llama_cpp.sh --cuda) unless --no-llama
-  gpu-report DIR      Realm's and llama.cpp's figures from a run.sh's output folder DIR,
-                      side by side with their ratios and the issue's floors";
+  gpu-report PATH     Realm's and llama.cpp's figures from run.sh's archive (realm-gpu.tar.gz,
+                      or a folder holding it or its unpacked outputs), side by side with
+                      their ratios and the issue's floors; then the steps that failed or
+                      were skipped, memcheck's verdict and the kernel tables";
 
 fn main() {
     if let Err(e) = run() {
