@@ -68,6 +68,8 @@ mod ops;
 mod scratch;
 mod staging;
 mod step;
+#[cfg(any(feature = "cuda", test))]
+mod strays;
 
 use std::fmt;
 use std::ops::Range;

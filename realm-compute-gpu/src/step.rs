@@ -822,6 +822,11 @@ mod cuda {
         Ok(device.as_cuda_device()?.cuda_stream())
     }
 
+    /// Guards of candle's upload cache let go on another thread than
+    /// theirs, each waiting for its own thread's next [`Uploads::open`].
+    static STRAYS: crate::strays::Strays<Box<dyn std::any::Any + Send>> =
+        crate::strays::Strays::new();
+
     /// candle's upload cache, on for this thread while a step may be
     /// recorded (so that the plain run caches the kernel parameters ops
     /// upload and the recording finds them), with the gate that keeps
@@ -845,6 +850,9 @@ mod cuda {
             cuda: &candle_core::CudaDevice,
             gate: &std::sync::Arc<super::UploadGate>,
         ) -> Self {
+            // Guards of this thread's earlier steps let go elsewhere count
+            // its cache down now.
+            STRAYS.drop_mine();
             let pass = super::UploadGate::enter(gate);
             Self {
                 cache: Some(Box::new(cuda.enable_cuda_graph_htod_cache())),
@@ -857,14 +865,15 @@ mod cuda {
         /// Turns the cache off, on the thread that turned it on: candle's
         /// guard counts down the cache of whichever thread drops it, so
         /// on another thread (a workspace dropped or stepped elsewhere
-        /// after a step that never ended) it is forgotten instead, rather
-        /// than turning that thread's own cache off.
+        /// after a step that never ended) the guard waits in [`STRAYS`]
+        /// for its own thread's next step, rather than turning this
+        /// thread's cache off.
         fn turn_off(&mut self) {
             if let Some(cache) = self.cache.take() {
                 if std::thread::current().id() == self.thread {
                     drop(cache);
                 } else {
-                    std::mem::forget(cache);
+                    STRAYS.keep(self.thread, cache);
                 }
             }
         }
