@@ -222,11 +222,15 @@ impl StepState {
     /// Ends a recording left open (by a panic between its start and its
     /// end) without keeping it, on this thread's stream (the one it began
     /// on, unless the workspace moved since), and puts back the error it
-    /// held. Device memory the recording's ops allocated belonged to the
-    /// dropped graph: a buffer still holding some fails its free, and the
-    /// next call reports that once.
+    /// held. The step's masks, tables and indices, all made while
+    /// recording (its start clears them), go first, so that their frees
+    /// are the graph's as in [`StepOps::end_recording`]. Device memory the
+    /// recording's ops allocated into the model's buffers also belonged to
+    /// the dropped graph: a buffer still holding some fails its free, and
+    /// the next call reports that once.
     pub(crate) fn abandon_recording(&mut self, device: &Device) {
         if std::mem::take(&mut self.recording) {
+            self.clear_derived();
             #[cfg(feature = "cuda")]
             cuda::abandon(device, std::mem::replace(&mut self.held, Ok(())));
             #[cfg(not(feature = "cuda"))]
