@@ -18,7 +18,7 @@ use crate::{dev_err, product};
 /// read past them is an error, never stale data.
 ///
 /// A buffer may also hold rows that are columns of another tensor (a
-/// stacked product's parts, [`GpuBuffer::set_rows_view`]): the fused ops
+/// stacked product's parts, `set_rows_view`): the fused ops
 /// read them in place, anything else gets a contiguous copy as it reads.
 ///
 /// The op that wrote the values may also have written them quantized
