@@ -184,8 +184,8 @@ bench() {
 # ncu_profile MODEL: each kernel's device time and DRAM traffic, from
 # Nsight Compute (with the clocks left as they are), for a 512-token prompt
 # and for single-sequence decode steps (recorded ones: ncu times a graph's
-# kernels one by one), at most 1000 launches each; `cargo xtask gpu-report`
-# sums them kernel by kernel.
+# kernels one by one, each with the caches flushed first), at most 1000
+# launches each; `cargo xtask gpu-report` sums them kernel by kernel.
 ncu="$(command -v ncu || find /usr/local /opt -maxdepth 4 -type f -name ncu 2>/dev/null | head -n 1)"
 ncu_profile() {
   m="$1"
@@ -200,7 +200,8 @@ ncu_profile() {
     t=$(budget 90) || { echo "SKIPPED: ncu-$m-$phase (no time left)"; continue; }
     # $steps is split into its words on purpose.
     timeout -k 10 "$t" "$ncu" --clock-control none --launch-count 1000 --csv --print-units base \
-      --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum \
+      --print-kernel-base function \
+      --metrics gpu__time_duration.sum,dram__bytes.sum \
       --log-file "$out/ncu-$m-$phase.csv" "$here/realm" bench "$models/$m-synth.gguf" \
       --device "$dev" $steps -r 1 --cache-type f16 > "$out/ncu-$m-$phase.log" 2>&1 \
       || echo "FAILED: ncu-$m-$phase (see ncu-$m-$phase.log)"

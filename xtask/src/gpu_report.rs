@@ -241,7 +241,7 @@ fn unit_scale(unit: &str) -> Option<f64> {
 /// The kernels of an Nsight Compute `--csv` profile (its details page: a
 /// row per launch and metric, under a header naming `ID`, `Kernel Name`,
 /// `Metric Name`, `Metric Unit` and `Metric Value`), their launches'
-/// `gpu__time_duration.sum` and `dram__bytes_{read,write}.sum` summed by
+/// `gpu__time_duration.sum` and `dram__bytes.sum` (read and written) summed by
 /// kernel, the heaviest first. Lines before the header (ncu's own
 /// messages) and metrics in units it does not know are left out.
 fn ncu_kernels(text: &str) -> Vec<Kernel> {
@@ -283,7 +283,7 @@ fn ncu_kernels(text: &str) -> Vec<Kernel> {
             .or_insert_with(|| (name.to_string(), 0.0, 0.0));
         match metric {
             "gpu__time_duration.sum" => launch.1 += value * scale,
-            "dram__bytes_read.sum" | "dram__bytes_write.sum" => launch.2 += value * scale,
+            "dram__bytes.sum" => launch.2 += value * scale,
             _ => {}
         }
     }
@@ -319,7 +319,7 @@ fn sum(kernels: &[Kernel]) -> Kernel {
 fn kernel_table(what: &str, kernels: &[Kernel]) -> String {
     let total = sum(kernels);
     let mut out = format!(
-        "\nKernels of {what} (Nsight Compute, {} launches):\n\n\
+        "\nKernels of {what} (Nsight Compute, {} launches, each timed alone with cold caches):\n\n\
          | kernel | launches | device ms | share | mean us | DRAM GB/s |\n\
          | --- | ---: | ---: | ---: | ---: | ---: |\n",
         total.launches
@@ -479,13 +479,12 @@ llama_perf_context_print:        load time =     200.00 ms
     const NCU: &str = r#"==PROF== Connected to process 4242 (/tmp/gpu-bundle/realm)
 ==PROF== Profiling "rms_norm_q8": 0%....50%....100% - 1 pass
 "ID","Process ID","Process Name","Host Name","Kernel Name","Context","Stream","Block Size","Grid Size","Device","CC","Section Name","Metric Name","Metric Unit","Metric Value"
-"0","4242","realm","127.0.0.1","rms_norm_q8","1","13","(256, 1, 1)","(1, 1, 1)","0","9.0","Command line profiler metrics","dram__bytes_read.sum","byte","1,000"
-"0","4242","realm","127.0.0.1","rms_norm_q8","1","13","(256, 1, 1)","(1, 1, 1)","0","9.0","Command line profiler metrics","dram__bytes_write.sum","byte","500"
+"0","4242","realm","127.0.0.1","rms_norm_q8","1","13","(256, 1, 1)","(1, 1, 1)","0","9.0","Command line profiler metrics","dram__bytes.sum","byte","1,500"
 "0","4242","realm","127.0.0.1","rms_norm_q8","1","13","(256, 1, 1)","(1, 1, 1)","0","9.0","Command line profiler metrics","gpu__time_duration.sum","nsecond","2,000"
-"1","4242","realm","127.0.0.1","mul_mat_vec<2, ""q"">","1","13","(128, 1, 1)","(576, 1, 1)","0","9.0","Command line profiler metrics","dram__bytes_read.sum","Kbyte","300"
+"1","4242","realm","127.0.0.1","mul_mat_vec<2, ""q"">","1","13","(128, 1, 1)","(576, 1, 1)","0","9.0","Command line profiler metrics","dram__bytes.sum","Kbyte","300"
 "1","4242","realm","127.0.0.1","mul_mat_vec<2, ""q"">","1","13","(128, 1, 1)","(576, 1, 1)","0","9.0","Command line profiler metrics","gpu__time_duration.sum","usecond","100"
 "2","4242","realm","127.0.0.1","rms_norm_q8","1","13","(256, 1, 1)","(1, 1, 1)","0","9.0","Command line profiler metrics","gpu__time_duration.sum","nsecond","3,000"
-"2","4242","realm","127.0.0.1","rms_norm_q8","1","13","(256, 1, 1)","(1, 1, 1)","0","9.0","Command line profiler metrics","dram__bytes_read.sum","furlong","7"
+"2","4242","realm","127.0.0.1","rms_norm_q8","1","13","(256, 1, 1)","(1, 1, 1)","0","9.0","Command line profiler metrics","dram__bytes.sum","furlong","7"
 | smollm2-synth.gguf | cuda | tg8 | 100.00 ± 0.00 |
 "#;
 
@@ -511,7 +510,7 @@ llama_perf_context_print:        load time =     200.00 ms
             ]
         );
         let table = kernel_table("smollm2, decode", &k);
-        assert!(table.contains("(Nsight Compute, 3 launches)"), "{table}");
+        assert!(table.contains("(Nsight Compute, 3 launches, "), "{table}");
         // 300 kB in 100 us: 3 GB/s; 1.5 kB in 5 us over 2 launches.
         for row in [
             "| `mul_mat_vec<2, \"q\">` | 1 | 0.100 | 95.2% | 100.0 | 3 |",
@@ -576,7 +575,7 @@ llama_perf_context_print:        load time =     200.00 ms
             "- FAILED: bench-gemma3\n- SKIPPED: ncu-gemma3-decode (no time left)\n",
             "run.sh did not reach its end",
             "The op tests under memcheck: ========= ERROR SUMMARY: 0 errors",
-            "Kernels of smollm2, decode (Nsight Compute, 3 launches)",
+            "Kernels of smollm2, decode (Nsight Compute, 3 launches, ",
         ] {
             assert!(report.contains(line), "{line} not in\n{report}");
         }
