@@ -105,7 +105,6 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         if args.n_depth > 0 {
             bail!("--n-depth is for native runs: a guest's prompt starts an empty cache");
         }
-        args.cache_type.check_wasm()?;
         let tests = bench_in_guest(args, &l)?;
         let backend = match args.device.device {
             Device::Cpu => format!("wasm+{}", l.backend.name()),
@@ -425,7 +424,13 @@ fn batched_decode<B: Backend>(
 /// guest's prefill chunks, whatever `-b`: the records name the guest's),
 /// after one untimed call.
 fn bench_in_guest(args: &BenchArgs, l: &load::Loaded) -> Result<Vec<Test>> {
-    let mut run = crate::guest::start(&args.guest, &args.model, args.threads, &args.device)?;
+    let mut run = crate::guest::start(
+        &args.guest,
+        &args.model,
+        args.threads,
+        &args.device,
+        args.cache_type.into(),
+    )?;
     let ban: Vec<(u32, f32)> = l
         .tokenizer
         .eog_ids()

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use realm_core::catalog;
 use realm_runtime::{
-    GenerateRequest, GenerationStats, Runtime, RuntimeConfig, Tenant, TenantConfig, GUEST_WASM_PATH,
+    GenerateRequest, GenerationStats, KvDtype, Runtime, RuntimeConfig, Tenant, TenantConfig,
+    GUEST_WASM_PATH,
 };
 
 /// Flags of the commands that can run through a guest.
@@ -29,14 +30,15 @@ fn guest_path(args: &GuestArgs) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(GUEST_WASM_PATH))
 }
 
-/// Starts a runtime with `threads` CPU threads, loads `model` and
-/// instantiates the guest as a tenant granted that model (the tenant keeps
-/// what it needs of the runtime alive).
+/// Starts a runtime with `threads` CPU threads and tenants' KV caches of
+/// type `kv`, loads `model` and instantiates the guest as a tenant granted
+/// that model (the tenant keeps what it needs of the runtime alive).
 pub fn start(
     args: &GuestArgs,
     model: &str,
     threads: usize,
     device: &crate::device::DeviceArgs,
+    kv: KvDtype,
 ) -> Result<Tenant> {
     let path = catalog::resolve_model(model).map_err(anyhow::Error::msg)?;
     let wasm_path = guest_path(args);
@@ -55,6 +57,7 @@ pub fn start(
         threads,
         gpu,
         gpu_steps: device.steps.map(Into::into),
+        kv_dtype: kv,
         ..RuntimeConfig::default()
     })?;
     let id = runtime.load_model(&path)?;

@@ -62,17 +62,6 @@ impl CacheType {
             Self::F16 => "f16",
         }
     }
-
-    /// Refuses any type but f32 for a wasm tenant, whose sessions the
-    /// runtime makes with f32 caches.
-    pub fn check_wasm(self) -> anyhow::Result<()> {
-        match self {
-            Self::F32 => Ok(()),
-            other => anyhow::bail!(
-                "--cache-type {other:?} is for native runs: a wasm tenant's KV cache is f32"
-            ),
-        }
-    }
 }
 
 impl From<CacheType> for realm_core::backend::KvDtype {

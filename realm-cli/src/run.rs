@@ -94,7 +94,6 @@ pub fn context_len(requested: usize, model_ctx: usize) -> usize {
 
 pub fn run(args: &RunArgs) -> Result<()> {
     if args.guest.wasm {
-        args.cache_type.check_wasm()?;
         return run_in_guest(args);
     }
     let l = load::open(&args.model, args.threads)?;
@@ -164,7 +163,13 @@ fn run_in_guest(args: &RunArgs) -> Result<()> {
     } else {
         (args.prompt.clone(), true)
     };
-    let mut run = crate::guest::start(&args.guest, &args.model, args.threads, &args.device)?;
+    let mut run = crate::guest::start(
+        &args.guest,
+        &args.model,
+        args.threads,
+        &args.device,
+        args.cache_type.into(),
+    )?;
     let req = realm_runtime::GenerateRequest {
         max_tokens: args.n_predict as u32,
         max_seq_len: args.ctx_size as u32,

@@ -216,23 +216,26 @@ fn guest() -> Option<String> {
     ok.then_some(path)
 }
 
-/// The demo through the wasm guest: same answer as natively.
+/// The demo through the wasm guest: same answer as natively, with f32 KV
+/// caches and with f16 ones.
 #[test]
 fn run_wasm_answers_like_native() {
     let Some(guest) = guest() else { return };
     if !cached(&catalog::SMOLLM2) {
         return;
     }
-    let args = DEMO;
-    let (ok, native, stderr) = realm(&args);
-    assert!(ok, "{stderr}");
-    let mut wasm_args = args.to_vec();
-    wasm_args.extend(["--wasm", "--guest", &guest]);
-    let (ok, wasm, stderr) = realm(&wasm_args);
-    assert!(ok, "{stderr}");
-    assert!(stderr.contains("wasm tenant"), "{stderr}");
-    assert_eq!(native, wasm);
-    assert!(wasm.contains("Paris"), "{wasm}");
+    for cache in ["f32", "f16"] {
+        let mut args = DEMO.to_vec();
+        args.extend(["--cache-type", cache]);
+        let (ok, native, stderr) = realm(&args);
+        assert!(ok, "{stderr}");
+        args.extend(["--wasm", "--guest", &guest]);
+        let (ok, wasm, stderr) = realm(&args);
+        assert!(ok, "{stderr}");
+        assert!(stderr.contains("wasm tenant"), "{stderr}");
+        assert_eq!(native, wasm, "{cache}");
+        assert!(wasm.contains("Paris"), "{cache}: {wasm}");
+    }
 }
 
 #[test]
@@ -257,28 +260,34 @@ fn bench_wasm_reports_both_tests() {
     assert!(records.iter().all(|r| r["avg_ts"].as_f64().unwrap() > 0.0));
     // The guest prefills in chunks of its own, not -b's.
     assert!(records.iter().all(|r| r["n_batch"] == 64), "{stdout}");
-    // A tenant's KV cache is the runtime's (f32): another type is refused,
-    // not ignored.
-    for (command, prompt) in [("bench", "8"), ("run", "Hi")] {
-        let (ok, _, stderr) = realm(&[
-            command,
-            "smollm2",
-            "-p",
-            prompt,
-            "-n",
-            "2",
-            "--wasm",
-            "--guest",
-            &guest,
-            "--cache-type",
-            "f16",
-        ]);
-        assert!(!ok, "{command}");
-        assert!(
-            stderr.contains("a wasm tenant's KV cache is f32"),
-            "{command}: {stderr}"
-        );
-    }
+    assert!(records.iter().all(|r| r["type_k"] == "f32"), "{stdout}");
+    // Tenants' KV caches of another type, which the record names.
+    let (ok, stdout, stderr) = realm(&[
+        "bench",
+        "smollm2",
+        "-p",
+        "8",
+        "-n",
+        "2",
+        "-r",
+        "1",
+        "--json",
+        "--wasm",
+        "--guest",
+        &guest,
+        "--cache-type",
+        "f16",
+    ]);
+    assert!(ok, "{stderr}");
+    let records: Value = serde_json::from_str(&stdout).unwrap();
+    let records = records.as_array().unwrap();
+    assert_eq!(records.len(), 2);
+    assert!(
+        records
+            .iter()
+            .all(|r| r["type_k"] == "f16" && r["type_v"] == "f16"),
+        "{stdout}"
+    );
 }
 
 /// `realm synth` writes a model of SmolLM2's layout that `realm bench` runs

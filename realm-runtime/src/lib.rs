@@ -35,6 +35,7 @@ mod store;
 pub use batch::BatchStats;
 pub use error::{Error, Result};
 pub use realm_compute_gpu::{GpuDevice, StepMode};
+pub use realm_core::backend::KvDtype;
 pub use runtime::{
     GenerateRequest, GenerationStats, Runtime, RuntimeConfig, StopReason, Tenant, TenantConfig,
 };

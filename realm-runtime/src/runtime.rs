@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use realm_compute_cpu::{CpuBackend, CpuConfig};
 use realm_compute_gpu::{GpuBackend, GpuDevice, StepMode};
+use realm_core::backend::KvDtype;
 use realm_wasm::{Params, FLAG_ADD_SPECIAL, FLAG_LAYERED, FLAG_PARSE_SPECIAL};
 use sha2::{Digest, Sha256};
 use wasmtime::{
@@ -33,6 +34,9 @@ pub struct RuntimeConfig {
     /// How the GPU backend runs decode steps (`None`: its default, recorded
     /// as CUDA graphs on CUDA).
     pub gpu_steps: Option<StepMode>,
+    /// Element type of every tenant's KV caches: f32 (exact) or f16 (half
+    /// the memory, as llama.cpp's default cache).
+    pub kv_dtype: KvDtype,
     /// Most tenants alive at once (the pooling allocator's slots).
     pub max_tenants: u32,
     /// Largest memory any tenant may be given, in bytes.
@@ -57,6 +61,7 @@ impl Default for RuntimeConfig {
             threads: 0,
             gpu: None,
             gpu_steps: None,
+            kv_dtype: KvDtype::F32,
             max_tenants: 64,
             max_memory: 1 << 30,
             tick: Duration::from_millis(10),
@@ -290,7 +295,7 @@ impl Runtime {
         let shared = Arc::new(Shared {
             linker: linker(&engine).map_err(wasm_err)?,
             engine,
-            store: ModelStore::new(backend),
+            store: ModelStore::new(backend).with_kv_dtype(config.kv_dtype),
             batcher,
             modules: Mutex::new(HashMap::new()),
             config,

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use realm_compute_cpu::CpuBackend;
 use realm_compute_gpu::GpuBackend;
-use realm_core::backend::BackendCore;
+use realm_core::backend::{BackendCore, KvDtype};
 use realm_core::gguf::{GgufFile, GgufWriter};
 use realm_models::{BatchScratch, Model, Session};
 use sha2::{Digest, Sha256};
@@ -170,19 +170,23 @@ pub(crate) struct LoadedModel {
     pub(crate) metadata: Vec<u8>,
     pub(crate) vocab_size: usize,
     pub(crate) n_layers: usize,
+    /// Element type of its sessions' KV caches (the store's).
+    kv_dtype: KvDtype,
 }
 
 type ModelResult<T> = std::result::Result<T, realm_models::Error>;
 
 impl LoadedModel {
-    /// A new session (see [`Model::session`]).
+    /// A new session, its KV cache of the store's element type (see
+    /// [`Model::session_with_kv`]).
     pub(crate) fn session(&self, max_seq_len: usize, batch: usize) -> ModelResult<AnySession> {
+        let kv = self.kv_dtype;
         match &self.cell {
             ModelCell::Cpu(c) => c
-                .with_dependent(|_, m| m.session(max_seq_len, batch))
+                .with_dependent(|_, m| m.session_with_kv(max_seq_len, batch, kv))
                 .map(|s| AnySession::Cpu(Box::new(s))),
             ModelCell::Gpu(c) => c
-                .with_dependent(|_, m| m.session(max_seq_len, batch))
+                .with_dependent(|_, m| m.session_with_kv(max_seq_len, batch, kv))
                 .map(|s| AnySession::Gpu(Box::new(s))),
         }
     }
@@ -277,6 +281,8 @@ impl LoadedModel {
 #[derive(Debug)]
 pub struct ModelStore {
     backend: StoreBackend,
+    /// Element type of the KV caches of sessions on models it loads.
+    kv_dtype: KvDtype,
     models: Mutex<HashMap<ModelId, Arc<LoadedModel>>>,
 }
 
@@ -307,8 +313,32 @@ impl ModelStore {
     pub fn new(backend: impl Into<StoreBackend>) -> Self {
         Self {
             backend: backend.into(),
+            kv_dtype: KvDtype::F32,
             models: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The store, with the sessions of models it loads from now on keeping
+    /// their keys and values as `kv_dtype` (f32 by default, exact; f16
+    /// halves every tenant's KV memory, as llama.cpp's default cache).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use realm_compute_cpu::CpuBackend;
+    /// use realm_runtime::{KvDtype, ModelStore};
+    ///
+    /// let store = ModelStore::new(Arc::new(CpuBackend::new()?)).with_kv_dtype(KvDtype::F16);
+    /// assert_eq!(store.kv_dtype(), KvDtype::F16);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn with_kv_dtype(mut self, kv_dtype: KvDtype) -> Self {
+        self.kv_dtype = kv_dtype;
+        self
+    }
+
+    /// The element type of the KV caches of sessions on models it loads.
+    pub fn kv_dtype(&self) -> KvDtype {
+        self.kv_dtype
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<ModelId, Arc<LoadedModel>>> {
@@ -361,6 +391,7 @@ impl ModelStore {
             metadata,
             vocab_size,
             n_layers,
+            kv_dtype: self.kv_dtype,
         });
         // Two threads may have loaded the same id at once: the first wins.
         self.lock().entry(id.clone()).or_insert(model);

@@ -9,13 +9,20 @@ use realm_compute_cpu::CpuBackend;
 use realm_core::gguf::GgufFile;
 use realm_core::tokenizer::Tokenizer;
 use realm_models::{GenerateParams, Model, SamplingParams, Session};
-use realm_runtime::{Error, GenerateRequest, Runtime, RuntimeConfig, StopReason, TenantConfig};
+use realm_runtime::{
+    Error, GenerateRequest, KvDtype, Runtime, RuntimeConfig, StopReason, TenantConfig,
+};
 
 const PROMPT: &str =
     "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
 
 /// Native generation of `PROMPT` with the same settings as `req`.
 fn native(path: &std::path::Path, req: &GenerateRequest) -> (String, usize) {
+    native_with_kv(path, req, KvDtype::F32)
+}
+
+/// [`native`] with the KV cache stored as `kv`.
+fn native_with_kv(path: &std::path::Path, req: &GenerateRequest, kv: KvDtype) -> (String, usize) {
     let file = GgufFile::open(path).unwrap();
     let cpu = CpuBackend::new().unwrap();
     let model = Model::load(&file, &cpu).unwrap();
@@ -24,7 +31,7 @@ fn native(path: &std::path::Path, req: &GenerateRequest) -> (String, usize) {
         .encode(PROMPT, req.add_special, req.parse_special)
         .unwrap();
     let mut session = model
-        .session(ids.len() + req.max_tokens as usize, 64)
+        .session_with_kv(ids.len() + req.max_tokens as usize, 64, kv)
         .unwrap();
     let params = GenerateParams {
         max_tokens: req.max_tokens as usize,
@@ -98,6 +105,33 @@ fn guest_generation_equals_native_fused_layered_and_sampled() {
         .unwrap();
     assert_eq!(streamed, want);
     assert_eq!(stats.stop_reason, StopReason::StopString);
+}
+
+/// A runtime whose tenants keep f16 KV caches generates what a native
+/// session with an f16 cache does.
+#[test]
+fn tenants_with_f16_kv_caches_generate_as_natively() {
+    let Some(path) = common::smollm2() else {
+        return;
+    };
+    let runtime = Runtime::new(RuntimeConfig {
+        kv_dtype: KvDtype::F16,
+        ..RuntimeConfig::default()
+    })
+    .unwrap();
+    assert_eq!(runtime.models().kv_dtype(), KvDtype::F16);
+    let id = runtime.load_model(&path).unwrap();
+    let mut tenant = runtime
+        .tenant(&common::guest_wasm(), TenantConfig::new(vec![id]))
+        .unwrap();
+    let req = request(SamplingParams::greedy(), false);
+    let (want, n) = native_with_kv(&path, &req, KvDtype::F16);
+    let mut streamed = String::new();
+    let stats = tenant
+        .generate(PROMPT, &req, |t| streamed.push_str(t))
+        .unwrap();
+    assert_eq!(streamed, want);
+    assert_eq!(stats.generated_tokens as usize, n);
 }
 
 #[test]
