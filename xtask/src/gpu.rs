@@ -611,17 +611,16 @@ echo "test result: FAILED. 1 passed; 1 failed"; exit 101"#,
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         assert_eq!(names.len(), 2, "{names:?}");
-        for line in [
-            "FAILED: test-steps",
-            "test-steps, each test alone:\n  FAILED: one (see test-steps-alone-one.log)",
-            "| m | tg128 | 2.00 ± 0.00 |\n| PP | TG | B | S_TG t/s |\n| 512 | 128 | 32 | 3.00 |\n",
-            "all done",
-        ] {
-            assert!(summary.contains(line), "{line} not in\n{summary}");
-        }
-        for line in ["SKIPPED", "No such file"] {
-            assert!(!summary.contains(line), "{line} in\n{summary}");
-        }
+        lines_in(
+            &summary,
+            &[
+                "FAILED: test-steps",
+                "test-steps, each test alone:\n  FAILED: one (see test-steps-alone-one.log)",
+                "| m | tg128 | 2.00 ± 0.00 |\n| PP | TG | B | S_TG t/s |\n| 512 | 128 | 32 | 3.00 |\n",
+                "all done",
+            ],
+            &["SKIPPED", "No such file"],
+        );
         for f in [
             "bench-smollm2.md",
             "llama-batched-gemma3.log",
@@ -635,16 +634,26 @@ echo "test result: FAILED. 1 passed; 1 failed"; exit 101"#,
         let (code, summary, _) = run("0", &tmp.join("none"));
         std::fs::remove_dir_all(&tmp).unwrap();
         assert_eq!(code, Some(0), "{summary}");
-        for line in [
-            "SKIPPED: test-ops (no time left)",
-            "SKIPPED: bench-smollm2 (no time left)",
-            "SKIPPED: llama-batched-bench-smollm2 (no time left)",
-            "SKIPPED: bench-gemma3-d4096-unsplit (no time left)",
-            "all done",
-        ] {
+        lines_in(
+            &summary,
+            &[
+                "SKIPPED: test-ops (no time left)",
+                "SKIPPED: bench-smollm2 (no time left)",
+                "SKIPPED: llama-batched-bench-smollm2 (no time left)",
+                "SKIPPED: bench-gemma3-d4096-unsplit (no time left)",
+                "all done",
+            ],
+            &["FAILED", "No such file"],
+        );
+    }
+
+    /// Asserts that `summary` holds every one of `present` and none of
+    /// `absent`.
+    fn lines_in(summary: &str, present: &[&str], absent: &[&str]) {
+        for line in present {
             assert!(summary.contains(line), "{line} not in\n{summary}");
         }
-        for line in ["FAILED", "No such file"] {
+        for line in absent {
             assert!(!summary.contains(line), "{line} in\n{summary}");
         }
     }

@@ -252,28 +252,10 @@ fn ncu_kernels(text: &str) -> Vec<Kernel> {
         "Metric Unit",
         "Metric Value",
     ];
-    let mut at: Option<Vec<usize>> = None;
     // Per launch: its kernel, device time and bytes.
     let mut launches: HashMap<String, (String, f64, f64)> = HashMap::new();
-    for line in text.lines() {
-        let f = csv_fields(line);
-        let header: Option<Vec<usize>> = COLUMNS
-            .iter()
-            .map(|c| f.iter().position(|x| x == c))
-            .collect();
-        if header.is_some() {
-            at = header;
-            continue;
-        }
-        let Some(at) = &at else { continue };
-        let Some([id, name, metric, unit, value]) = at
-            .iter()
-            .map(|&i| f.get(i).map(String::as_str))
-            .collect::<Option<Vec<_>>>()
-            .and_then(|v| <[&str; 5]>::try_from(v).ok())
-        else {
-            continue;
-        };
+    for row in under_headers(text.lines().map(csv_fields), &COLUMNS) {
+        let [id, name, metric, unit, value] = [0, 1, 2, 3, 4].map(|i| row[i].as_str());
         let (Some(scale), Ok(value)) = (unit_scale(unit), value.replace(',', "").parse::<f64>())
         else {
             continue;
@@ -370,26 +352,36 @@ fn cells(line: &str) -> Option<Vec<&str>> {
 /// The cells under columns `names` of every row that follows a header
 /// row holding them all, in the order of `names`.
 fn columns<'a>(text: &'a str, names: &[&str]) -> Vec<Vec<&'a str>> {
+    under_headers(text.lines().filter_map(cells), names)
+}
+
+/// The cells under columns `names` of every row of `rows` that follows a
+/// header row holding them all, in the order of `names` (a row too short
+/// for them is left out).
+fn under_headers<C: AsRef<str> + Clone>(
+    rows: impl IntoIterator<Item = Vec<C>>,
+    names: &[&str],
+) -> Vec<Vec<C>> {
     let mut at: Option<Vec<usize>> = None;
-    let mut rows = Vec::new();
-    for row in text.lines().filter_map(cells) {
+    let mut out = Vec::new();
+    for row in rows {
         let header: Option<Vec<usize>> = names
             .iter()
-            .map(|n| row.iter().position(|c| c == n))
+            .map(|n| row.iter().position(|c| c.as_ref() == *n))
             .collect();
         if header.is_some() {
             at = header;
             continue;
         }
         if let Some(at) = &at {
-            rows.extend(
+            out.extend(
                 at.iter()
-                    .map(|&i| row.get(i).copied())
+                    .map(|&i| row.get(i).cloned())
                     .collect::<Option<Vec<_>>>(),
             );
         }
     }
-    rows
+    out
 }
 
 /// The mean tokens/s per test of a table as llama-bench and `realm bench`
