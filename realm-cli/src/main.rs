@@ -1,4 +1,4 @@
-//! `realm`: inspect GGUF models (and, as the project grows, run and serve them).
+//! `realm`: inspect, run, benchmark and serve GGUF models.
 
 mod bench;
 mod chat;
@@ -8,6 +8,7 @@ mod info;
 mod load;
 mod profile;
 mod run;
+mod serve;
 mod synth;
 mod tokenize;
 
@@ -35,6 +36,8 @@ enum Cmd {
     Tokenize(tokenize::TokenizeArgs),
     /// Render a sample conversation with the model's chat template.
     ChatTemplate(tokenize::ChatTemplateArgs),
+    /// An OpenAI-compatible HTTP server (chat and text completions, streamed or whole).
+    Serve(serve::ServeArgs),
     /// Write a synthetic-weight model with a real model's exact layout.
     Synth(synth::SynthArgs),
 }
@@ -48,6 +51,7 @@ fn main() {
         Cmd::Bench(args) => bench::run(&args),
         Cmd::Tokenize(args) => tokenize::tokenize(&args),
         Cmd::ChatTemplate(args) => tokenize::chat_template(&args),
+        Cmd::Serve(args) => serve::run(&args),
         Cmd::Synth(args) => synth::run(&args),
     };
     if let Err(e) = result {

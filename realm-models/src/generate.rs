@@ -123,16 +123,16 @@ mod clock {
 /// assert_eq!(m.push("/s> more"), (String::new(), true));
 /// ```
 #[derive(Debug)]
-pub struct StopMatcher<'p> {
-    stops: &'p [String],
+pub struct StopMatcher {
+    stops: Vec<String>,
     pending: String,
 }
 
-impl<'p> StopMatcher<'p> {
+impl StopMatcher {
     /// A matcher for `stops` (empty strings never match).
-    pub fn new(stops: &'p [String]) -> Self {
+    pub fn new(stops: &[String]) -> Self {
         Self {
-            stops,
+            stops: stops.to_vec(),
             pending: String::new(),
         }
     }

@@ -1,0 +1,459 @@
+//! The server's engine: one thread that owns the model and runs every
+//! request, the running ones decoded together.
+//!
+//! Each turn of its loop admits waiting requests while fewer than
+//! `parallel` run, runs one prefill chunk (at most `batch` tokens of one
+//! request's prompt), then one decode step of every request that has a
+//! token to run, as one batch ([`Model::forward_batch`]). A long prompt
+//! therefore delays the others by one chunk a turn, not by its whole
+//! prefill. The backend is batch invariant, so a request's tokens are the
+//! same whatever else runs beside it.
+//!
+//! A request whose client has gone (its event channel closed) is dropped at
+//! the next turn, with its KV cache.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Result;
+use axum::http::StatusCode;
+use realm_core::backend::{Backend, KvDtype};
+use realm_core::chat::{ChatMessage, ChatTemplate};
+use realm_core::tokenizer::StreamDecoder;
+use realm_models::generate::StopMatcher;
+use realm_models::{BatchScratch, Model, Sampler, Session, StopReason};
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::openai::{ApiError, Limits, Prompt};
+use crate::device::{Device, DeviceArgs};
+use crate::load::{self, Loaded};
+
+/// What a request continues.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    /// A conversation of (role, text), through the model's chat template.
+    Chat(Vec<(String, String)>),
+    /// A text completion's prompt.
+    Prompt(Prompt),
+}
+
+/// What the engine tells a request's handler, in this order: `Started` or
+/// `Failed`; then `Text` pieces; then `Done` or `Failed`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Started {
+        prompt_tokens: usize,
+    },
+    Text(String),
+    Done {
+        reason: StopReason,
+        completion_tokens: usize,
+    },
+    Failed(ApiError),
+}
+
+/// A place among the requests the server holds (running or waiting): given
+/// back when the request ends, whichever way.
+#[derive(Debug)]
+pub struct Ticket(Arc<AtomicUsize>);
+
+impl Ticket {
+    /// A place, unless `limit` are taken.
+    pub fn take(held: &Arc<AtomicUsize>, limit: usize) -> Option<Self> {
+        held.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < limit).then_some(n + 1)
+        })
+        .ok()
+        .map(|_| Self(held.clone()))
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// One request.
+#[derive(Debug)]
+pub struct Job {
+    pub input: Input,
+    pub limits: Limits,
+    pub events: UnboundedSender<Event>,
+    /// Held for its drop, which gives the place back.
+    pub _ticket: Ticket,
+}
+
+/// How the engine runs.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub model: String,
+    pub threads: usize,
+    pub device: DeviceArgs,
+    /// Most requests decoded together.
+    pub parallel: usize,
+    /// Context length of each request (0: the model's, capped at 4096).
+    pub ctx_size: usize,
+    /// Most prompt tokens of one prefill chunk.
+    pub batch: usize,
+    pub kv_dtype: KvDtype,
+}
+
+/// What the engine says once its model is loaded.
+#[derive(Debug, Clone)]
+pub struct Ready {
+    /// The model file's name.
+    pub name: String,
+    /// Each request's context length.
+    pub ctx: usize,
+}
+
+/// Loads the model and serves `jobs` until every sender is gone; `ready`
+/// hears once, when the model is loaded or could not be.
+pub fn run(cfg: &EngineConfig, jobs: Receiver<Job>, ready: Sender<Result<Ready>>) {
+    let l = match load::open(&cfg.model, cfg.threads) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    match cfg.device.device {
+        Device::Cpu => serve(cfg, &l, &l.backend, jobs, ready),
+        Device::Gpu(_) => match cfg.device.gpu() {
+            Ok(b) => serve(cfg, &l, &b, jobs, ready),
+            Err(e) => {
+                let _ = ready.send(Err(e));
+            }
+        },
+    }
+}
+
+fn serve<B: Backend>(
+    cfg: &EngineConfig,
+    l: &Loaded,
+    backend: &B,
+    jobs: Receiver<Job>,
+    ready: Sender<Result<Ready>>,
+) {
+    let started = Model::load(&l.file, backend)
+        .map_err(anyhow::Error::from)
+        .and_then(|model| {
+            let scratch = model.batch_scratch(cfg.parallel)?;
+            Ok((model, scratch))
+        });
+    let (model, scratch) = match started {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let ctx = crate::run::context_len(cfg.ctx_size, model.config().context_length);
+    let mut engine = Engine {
+        model: &model,
+        l,
+        template: ChatTemplate::from_metadata(l.file.metadata(), &l.tokenizer)
+            .map_err(|e| e.to_string()),
+        cfg,
+        ctx,
+        scratch,
+        running: Vec::new(),
+        waiting: VecDeque::new(),
+    };
+    let _ = ready.send(Ok(Ready {
+        name: l.name.clone(),
+        ctx,
+    }));
+    engine.serve(&jobs);
+}
+
+/// A running request.
+struct Seq<'t, B: Backend> {
+    job: Job,
+    session: Session<B>,
+    prompt: Vec<u32>,
+    /// Prompt tokens run so far.
+    prefilled: usize,
+    sampler: Sampler,
+    /// The prompt and the tokens generated, for the sampler's penalties.
+    history: Vec<u32>,
+    generated: usize,
+    decoder: StreamDecoder<'t>,
+    stop: StopMatcher,
+    /// A sampled token the next decode step runs.
+    next: Option<u32>,
+    start: Instant,
+}
+
+struct Engine<'m, 'a, B: Backend> {
+    model: &'m Model<'a, B>,
+    l: &'m Loaded,
+    template: Result<ChatTemplate, String>,
+    cfg: &'m EngineConfig,
+    ctx: usize,
+    scratch: BatchScratch<B>,
+    running: Vec<Seq<'m, B>>,
+    waiting: VecDeque<Job>,
+}
+
+impl<'m, B: Backend> Engine<'m, '_, B> {
+    fn serve(&mut self, jobs: &Receiver<Job>) {
+        loop {
+            if self.running.is_empty() && self.waiting.is_empty() {
+                match jobs.recv() {
+                    Ok(job) => self.waiting.push_back(job),
+                    Err(_) => return,
+                }
+            }
+            self.waiting.extend(jobs.try_iter());
+            self.waiting.retain(|j| !j.events.is_closed());
+            while self.running.len() < self.cfg.parallel {
+                let Some(job) = self.waiting.pop_front() else {
+                    break;
+                };
+                if let Some(seq) = self.admit(job) {
+                    self.running.push(seq);
+                }
+            }
+            self.running.retain(|s| !s.job.events.is_closed());
+            self.prefill();
+            self.decode();
+        }
+    }
+
+    /// The request, with its prompt tokens and KV cache; or none, when
+    /// it cannot run and has been told why.
+    fn admit(&self, job: Job) -> Option<Seq<'m, B>> {
+        match self.start(&job) {
+            Ok((prompt, session, sampler)) => {
+                // A client gone already is noticed at the next turn.
+                let _ = job.events.send(Event::Started {
+                    prompt_tokens: prompt.len(),
+                });
+                Some(Seq {
+                    history: prompt.clone(),
+                    prompt,
+                    prefilled: 0,
+                    sampler,
+                    generated: 0,
+                    decoder: self.l.tokenizer.stream_decoder(false),
+                    stop: StopMatcher::new(&job.limits.stop),
+                    next: None,
+                    session,
+                    job,
+                    start: Instant::now(),
+                })
+            }
+            Err(e) => {
+                let _ = job.events.send(Event::Failed(e));
+                None
+            }
+        }
+    }
+
+    fn start(&self, job: &Job) -> Result<(Vec<u32>, Session<B>, Sampler), ApiError> {
+        let tok = &self.l.tokenizer;
+        let bad = |e: realm_core::Error| ApiError::invalid(None, e.to_string());
+        let prompt = match &job.input {
+            Input::Chat(turns) => {
+                let tpl = self.template.as_ref().map_err(|e| {
+                    ApiError::invalid(
+                        Some("messages"),
+                        format!("the model has no usable chat template: {e}"),
+                    )
+                })?;
+                let messages: Vec<ChatMessage> = turns
+                    .iter()
+                    .map(|(role, text)| ChatMessage::new(role.as_str(), text.as_str()))
+                    .collect();
+                let text = tpl
+                    .render(&messages, true)
+                    .map_err(|e| ApiError::invalid(Some("messages"), e.to_string()))?;
+                crate::chat::encode_rendered(self.l, &text)
+                    .map_err(|e| ApiError::invalid(Some("messages"), format!("{e:#}")))?
+            }
+            Input::Prompt(Prompt::Text(t)) => tok.encode(t, true, false).map_err(bad)?,
+            Input::Prompt(Prompt::Tokens(ids)) => {
+                let vocab = self.model.config().vocab_size;
+                if let Some(&id) = ids.iter().find(|&&id| id as usize >= vocab) {
+                    return Err(ApiError::invalid(
+                        Some("prompt"),
+                        format!("token id {id} is not in the vocabulary of {vocab}"),
+                    ));
+                }
+                ids.clone()
+            }
+        };
+        if prompt.is_empty() {
+            return Err(ApiError::invalid(Some("prompt"), "the prompt is empty"));
+        }
+        if prompt.len() >= self.ctx {
+            return Err(ApiError::invalid(
+                None,
+                format!(
+                    "the prompt is {} tokens; the context holds {}",
+                    prompt.len(),
+                    self.ctx
+                ),
+            ));
+        }
+        let room = match job.limits.max_tokens {
+            Some(n) => prompt.len().saturating_add(n).min(self.ctx),
+            None => self.ctx,
+        };
+        let sampler = Sampler::new(job.limits.sampling.clone())
+            .map_err(|e| ApiError::invalid(None, e.to_string()))?;
+        let session = self
+            .model
+            .session_with_kv(room, self.cfg.batch, self.cfg.kv_dtype)
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        Ok((prompt, session, sampler))
+    }
+
+    /// Runs one chunk of the first prompt not yet run; a prompt run whole
+    /// samples its first token.
+    fn prefill(&mut self) {
+        let Some(i) = self
+            .running
+            .iter()
+            .position(|s| s.prefilled < s.prompt.len())
+        else {
+            return;
+        };
+        let s = &mut self.running[i];
+        let end = s.prompt.len().min(s.prefilled + s.session.batch());
+        let ran = self
+            .model
+            .forward(&mut s.session, &s.prompt[s.prefilled..end])
+            .map(|_| ());
+        if let Err(e) = ran {
+            let s = self.running.remove(i);
+            fail(s, &e);
+            return;
+        }
+        s.prefilled = end;
+        if end == s.prompt.len() {
+            self.advance(i);
+        }
+    }
+
+    /// One decode step of every request with a token to run.
+    fn decode(&mut self) {
+        let mut rows: Vec<(&mut Session<B>, u32)> = self
+            .running
+            .iter_mut()
+            .filter_map(|s| s.next.map(|t| (&mut s.session, t)))
+            .collect();
+        if rows.is_empty() {
+            return;
+        }
+        let ran = if let [(session, token)] = rows.as_mut_slice() {
+            // One request alone takes the single-sequence path (the decode
+            // step a GPU records as a graph); its logits are the same.
+            self.model.forward(session, &[*token]).map(|_| ())
+        } else {
+            rows.sort_by_key(|(s, _)| s.id());
+            self.model.forward_batch(&mut rows, &mut self.scratch)
+        };
+        if let Err(e) = ran {
+            // No session advanced: every request of the step fails.
+            let (failed, kept) = std::mem::take(&mut self.running)
+                .into_iter()
+                .partition(|s| s.next.is_some());
+            self.running = kept;
+            for s in failed {
+                fail(s, &e);
+            }
+            return;
+        }
+        let mut i = 0;
+        while i < self.running.len() {
+            if self.running[i].next.take().is_some() && !self.advance(i) {
+                continue;
+            }
+            i += 1;
+        }
+    }
+
+    /// Samples request `i`'s next token from its logits and streams its
+    /// text; returns whether the request still runs (if not, it has been
+    /// removed and answered).
+    fn advance(&mut self, i: usize) -> bool {
+        let s = &mut self.running[i];
+        let token = s.sampler.sample(s.session.logits(), &s.history);
+        let reason = if self.l.tokenizer.is_eog(token) {
+            Some(StopReason::EndOfGeneration)
+        } else {
+            s.generated += 1;
+            s.history.push(token);
+            match s.decoder.push(token) {
+                Err(e) => {
+                    let s = self.running.remove(i);
+                    fail(s, &e);
+                    return false;
+                }
+                Ok(piece) => {
+                    let (out, hit) = s.stop.push(&piece);
+                    if !out.is_empty() && s.job.events.send(Event::Text(out)).is_err() {
+                        Some(StopReason::Cancelled)
+                    } else if hit {
+                        Some(StopReason::StopString)
+                    } else if s.job.limits.max_tokens == Some(s.generated) {
+                        Some(StopReason::MaxTokens)
+                    } else if s.session.position() >= s.session.capacity() {
+                        // No room for the token just sampled.
+                        Some(StopReason::ContextFull)
+                    } else {
+                        s.next = Some(token);
+                        None
+                    }
+                }
+            }
+        };
+        match reason {
+            None => true,
+            Some(reason) => {
+                let s = self.running.remove(i);
+                finish(s, reason);
+                false
+            }
+        }
+    }
+}
+
+/// Ends a request that generated what it will.
+fn finish<B: Backend>(s: Seq<'_, B>, reason: StopReason) {
+    if reason == StopReason::Cancelled {
+        return;
+    }
+    if reason != StopReason::StopString {
+        let mut rest = s.stop.finish();
+        rest.push_str(&s.decoder.finish());
+        if !rest.is_empty() {
+            let _ = s.job.events.send(Event::Text(rest));
+        }
+    }
+    eprintln!(
+        "realm: served {} + {} tokens in {:.2} s ({reason:?})",
+        s.prompt.len(),
+        s.generated,
+        s.start.elapsed().as_secs_f64()
+    );
+    let _ = s.job.events.send(Event::Done {
+        reason,
+        completion_tokens: s.generated,
+    });
+}
+
+/// Ends a request on an error of the model or tokenizer.
+fn fail<B: Backend>(s: Seq<'_, B>, e: &dyn std::fmt::Display) {
+    eprintln!("realm: a request failed: {e}");
+    let _ = s.job.events.send(Event::Failed(ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        e.to_string(),
+    )));
+}

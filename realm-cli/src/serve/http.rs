@@ -1,0 +1,358 @@
+//! The HTTP side of `realm serve`: routes, request checks, and answers
+//! whole or streamed as server-sent events.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::sse::{self, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+
+use super::engine::{Event, Input, Job, Ticket};
+use super::openai::{finish_reason, ApiError, ChatRequest, CompletionRequest, Options, Usage};
+
+/// What every handler shares.
+#[derive(Debug)]
+pub struct App {
+    /// The engine's queue.
+    pub jobs: Sender<Job>,
+    /// Requests held now (running or waiting).
+    pub held: Arc<AtomicUsize>,
+    /// Most requests held at once; more get a 503.
+    pub limit: usize,
+    /// The model's name in answers.
+    pub model: String,
+    /// When the server started (Unix seconds), the model's `created`.
+    pub created: u64,
+    /// Numbers requests' ids.
+    pub count: AtomicU64,
+}
+
+/// The routes, with and without the `/v1` prefix (as llama.cpp's server).
+pub fn router(app: Arc<App>, body_limit: usize) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/chat/completions", post(chat))
+        .route("/v1/completions", post(completion))
+        .route("/completions", post(completion))
+        .route("/v1/models", get(models))
+        .route("/models", get(models))
+        .route("/health", get(health))
+        .fallback(|| async { error(ApiError::new(StatusCode::NOT_FOUND, "no such route")) })
+        .method_not_allowed_fallback(|| async {
+            error(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "this route does not take that method",
+            ))
+        })
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(app)
+}
+
+fn error(e: ApiError) -> Response {
+    (e.status, Json(e.body())).into_response()
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A body that is not the JSON a route takes, as an OpenAI error.
+fn rejected(r: JsonRejection) -> Response {
+    error(ApiError::new(r.status(), r.body_text()))
+}
+
+async fn health() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn models(State(app): State<Arc<App>>) -> Json<Value> {
+    Json(json!({
+        "object": "list",
+        "data": [{
+            "id": app.model,
+            "object": "model",
+            "created": app.created,
+            "owned_by": "realm",
+        }],
+    }))
+}
+
+async fn chat(
+    State(app): State<Arc<App>>,
+    body: Result<Json<ChatRequest>, JsonRejection>,
+) -> Response {
+    let req = match body {
+        Ok(Json(r)) => r,
+        Err(r) => return rejected(r),
+    };
+    match req.conversation() {
+        Ok(turns) => answer(&app, Kind::Chat, Input::Chat(turns), &req.options).await,
+        Err(e) => error(e),
+    }
+}
+
+async fn completion(
+    State(app): State<Arc<App>>,
+    body: Result<Json<CompletionRequest>, JsonRejection>,
+) -> Response {
+    let req = match body {
+        Ok(Json(r)) => r,
+        Err(r) => return rejected(r),
+    };
+    match req.prompt() {
+        Ok(p) => answer(&app, Kind::Text, Input::Prompt(p), &req.options).await,
+        Err(e) => error(e),
+    }
+}
+
+/// Which endpoint answers: they differ only in their JSON.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Chat,
+    Text,
+}
+
+/// An answer's fixed fields and the shapes of its JSON.
+struct Reply {
+    kind: Kind,
+    id: String,
+    created: u64,
+    model: String,
+}
+
+impl Reply {
+    fn object(&self, chunk: bool) -> &'static str {
+        match (self.kind, chunk) {
+            (Kind::Chat, false) => "chat.completion",
+            (Kind::Chat, true) => "chat.completion.chunk",
+            (Kind::Text, _) => "text_completion",
+        }
+    }
+
+    fn wrap(&self, chunk: bool, choices: Value, usage: Option<Usage>) -> Value {
+        let mut v = json!({
+            "id": self.id,
+            "object": self.object(chunk),
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        });
+        if let Some(u) = usage {
+            v["usage"] = json!(u);
+        }
+        v
+    }
+
+    /// The whole answer.
+    fn whole(&self, text: String, reason: &str, usage: Usage) -> Value {
+        let choice = match self.kind {
+            Kind::Chat => json!({
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "logprobs": null,
+                "finish_reason": reason,
+            }),
+            Kind::Text => json!({
+                "index": 0,
+                "text": text,
+                "logprobs": null,
+                "finish_reason": reason,
+            }),
+        };
+        self.wrap(false, json!([choice]), Some(usage))
+    }
+
+    /// The events that stream engine event `e` (`None`: the engine
+    /// stopped) to the client; whether the stream ends with them.
+    fn events(
+        &self,
+        e: Option<Event>,
+        prompt_tokens: usize,
+        include_usage: bool,
+        out: &mut VecDeque<sse::Event>,
+    ) -> bool {
+        match e {
+            Some(Event::Text(t)) => {
+                out.push_back(data(&self.chunk(Some(&t), None)));
+                false
+            }
+            Some(Event::Done {
+                reason,
+                completion_tokens,
+            }) => {
+                out.push_back(data(&self.chunk(None, Some(finish_reason(reason)))));
+                if include_usage {
+                    let usage = Usage::new(prompt_tokens, completion_tokens);
+                    out.push_back(data(&self.wrap(true, json!([]), Some(usage))));
+                }
+                out.push_back(sse::Event::default().data("[DONE]"));
+                true
+            }
+            Some(Event::Failed(e)) => {
+                out.push_back(data(&e.body()));
+                true
+            }
+            Some(Event::Started { .. }) | None => {
+                out.push_back(data(&stopped().body()));
+                true
+            }
+        }
+    }
+
+    /// A streamed piece: text, or the end (`reason`).
+    fn chunk(&self, text: Option<&str>, reason: Option<&str>) -> Value {
+        let choice = match self.kind {
+            Kind::Chat => {
+                let delta = text.map_or(json!({}), |t| json!({"content": t}));
+                json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": reason})
+            }
+            Kind::Text => json!({
+                "index": 0,
+                "text": text.unwrap_or(""),
+                "logprobs": null,
+                "finish_reason": reason,
+            }),
+        };
+        self.wrap(true, json!([choice]), None)
+    }
+}
+
+/// Queues the request and answers it, whole or streamed.
+async fn answer(app: &App, kind: Kind, input: Input, options: &Options) -> Response {
+    let n = app.count.fetch_add(1, Ordering::Relaxed);
+    // A request without a seed gets one of its own.
+    let seed = (u64::from(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos()),
+    )) ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let limits = match options.limits(seed) {
+        Ok(l) => l,
+        Err(e) => return error(e),
+    };
+    let Some(ticket) = Ticket::take(&app.held, app.limit) else {
+        return error(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the server holds {} requests already; try again later",
+                app.limit
+            ),
+        ));
+    };
+    let (events, mut rx) = unbounded_channel();
+    let job = Job {
+        input,
+        limits,
+        events,
+        _ticket: ticket,
+    };
+    if app.jobs.send(job).is_err() {
+        return error(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the engine has stopped",
+        ));
+    }
+    let prompt_tokens = match rx.recv().await {
+        Some(Event::Started { prompt_tokens }) => prompt_tokens,
+        Some(Event::Failed(e)) => return error(e),
+        _ => return error(stopped()),
+    };
+    let reply = Reply {
+        kind,
+        id: format!(
+            "{}-{:x}{n:04x}",
+            match kind {
+                Kind::Chat => "chatcmpl",
+                Kind::Text => "cmpl",
+            },
+            app.created
+        ),
+        created: now(),
+        model: app.model.clone(),
+    };
+    if options.stream {
+        stream(reply, rx, prompt_tokens, options.include_usage())
+    } else {
+        whole(reply, rx, prompt_tokens).await
+    }
+}
+
+fn stopped() -> ApiError {
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "the engine stopped before the answer ended",
+    )
+}
+
+async fn whole(reply: Reply, mut rx: UnboundedReceiver<Event>, prompt_tokens: usize) -> Response {
+    let mut text = String::new();
+    loop {
+        match rx.recv().await {
+            Some(Event::Text(t)) => text.push_str(&t),
+            Some(Event::Done {
+                reason,
+                completion_tokens,
+            }) => {
+                let usage = Usage::new(prompt_tokens, completion_tokens);
+                return Json(reply.whole(text, finish_reason(reason), usage)).into_response();
+            }
+            Some(Event::Failed(e)) => return error(e),
+            Some(Event::Started { .. }) | None => return error(stopped()),
+        }
+    }
+}
+
+/// The answer as server-sent events: for a chat, a first chunk with the
+/// role; a chunk per piece of text; a last chunk with the finish reason;
+/// with `include_usage` a chunk of token counts; then `[DONE]`. An error
+/// after the stream began is sent as an `{"error": ...}` event, and the
+/// stream ends.
+fn stream(
+    reply: Reply,
+    rx: UnboundedReceiver<Event>,
+    prompt_tokens: usize,
+    include_usage: bool,
+) -> Response {
+    let mut first = VecDeque::new();
+    if let Kind::Chat = reply.kind {
+        let mut role = reply.chunk(None, None);
+        role["choices"][0]["delta"] = json!({"role": "assistant", "content": ""});
+        first.push_back(data(&role));
+    }
+    let reply = Arc::new(reply);
+    let state = (rx, first, false);
+    let events = futures_util::stream::unfold(state, move |(mut rx, mut out, mut ended)| {
+        let reply = reply.clone();
+        async move {
+            loop {
+                if let Some(e) = out.pop_front() {
+                    return Some((Ok::<_, Infallible>(e), (rx, out, ended)));
+                }
+                if ended {
+                    return None;
+                }
+                ended = reply.events(rx.recv().await, prompt_tokens, include_usage, &mut out);
+            }
+        }
+    });
+    Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+fn data(v: &Value) -> sse::Event {
+    sse::Event::default().data(v.to_string())
+}

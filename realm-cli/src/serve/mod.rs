@@ -1,0 +1,126 @@
+//! `realm serve MODEL`: an OpenAI-compatible HTTP server.
+//!
+//! `POST /v1/chat/completions` and `POST /v1/completions` (whole answers,
+//! or streamed as server-sent events with `"stream": true`), `GET
+//! /v1/models` and `GET /health`. One engine thread runs the model for
+//! every request; up to `--parallel` requests decode together in batched
+//! steps, and up to `--queue` more wait, beyond which a request gets a 503.
+//!
+//! ```sh
+//! realm serve smollm2 --port 8080 &
+//! curl -s localhost:8080/v1/chat/completions -H 'content-type: application/json' \
+//!   -d '{"messages": [{"role": "user", "content": "Which city is the capital of France?"}]}'
+//! ```
+
+mod engine;
+mod http;
+mod openai;
+
+use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::{mpsc, Arc};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use crate::{device, load};
+
+/// Arguments of `realm serve`.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// A GGUF file, or a short name from the model cache (smollm2, gemma3).
+    pub model: String,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on (0: any free port; the address is printed).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Most requests decoded together, in one batched step.
+    #[arg(long, default_value_t = 4)]
+    pub parallel: usize,
+    /// Most requests waiting beyond those; more are refused with a 503.
+    #[arg(long, default_value_t = 64)]
+    pub queue: usize,
+    /// Context length of each request (0: the model's, capped at 4096).
+    #[arg(short = 'c', long, default_value_t = 0)]
+    pub ctx_size: usize,
+    /// Most prompt tokens run in one prefill chunk, between decode steps.
+    #[arg(short, long, default_value_t = 256)]
+    pub batch_size: usize,
+    /// CPU threads (0: one per core).
+    #[arg(short, long, default_value_t = 0)]
+    pub threads: usize,
+    /// KV cache element type.
+    #[arg(long, value_enum, default_value_t = load::CacheType::F32)]
+    pub cache_type: load::CacheType,
+    /// Largest request body, in bytes (larger ones get a 413).
+    #[arg(long, default_value_t = 4 << 20)]
+    pub max_body: usize,
+    /// The model's name in answers and in /v1/models (default: its file name).
+    #[arg(long)]
+    pub alias: Option<String>,
+    #[command(flatten)]
+    pub device: device::DeviceArgs,
+}
+
+pub fn run(args: &ServeArgs) -> Result<()> {
+    if args.parallel == 0 || args.batch_size == 0 {
+        bail!("--parallel and --batch-size must be at least 1");
+    }
+    let cfg = engine::EngineConfig {
+        model: args.model.clone(),
+        threads: args.threads,
+        device: args.device.clone(),
+        parallel: args.parallel,
+        ctx_size: args.ctx_size,
+        batch: args.batch_size,
+        kv_dtype: args.cache_type.into(),
+    };
+    let (jobs, queue) = mpsc::channel();
+    let (ready_tx, ready) = mpsc::channel();
+    let engine = std::thread::Builder::new()
+        .name("realm-engine".into())
+        .spawn(move || engine::run(&cfg, queue, ready_tx))
+        .context("starting the engine thread")?;
+    let ready = ready
+        .recv()
+        .map_err(|_| anyhow!("the engine stopped while loading the model"))??;
+    let app = Arc::new(http::App {
+        jobs,
+        held: Arc::new(AtomicUsize::new(0)),
+        limit: args.parallel.saturating_add(args.queue),
+        model: args.alias.clone().unwrap_or(ready.name),
+        created: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        count: AtomicU64::new(0),
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let (parallel, ctx) = (args.parallel, ready.ctx);
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
+            .await
+            .with_context(|| format!("listening on {}:{}", args.host, args.port))?;
+        eprintln!(
+            "realm: serving {} on http://{} ({parallel} in parallel, context {ctx}); \
+             Ctrl-C stops",
+            app.model,
+            listener.local_addr()?
+        );
+        axum::serve(listener, http::router(app, args.max_body))
+            .with_graceful_shutdown(async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await
+            .context("serving")
+    })?;
+    // The router, and with it the engine's queue, is gone: the engine ends.
+    drop(runtime);
+    engine
+        .join()
+        .map_err(|_| anyhow!("the engine thread panicked"))
+}

@@ -1,0 +1,521 @@
+//! The OpenAI API's requests and responses, as far as `realm serve` speaks
+//! it: chat completions, text completions and the model list.
+//!
+//! Fields a client may send that change nothing here (`user`, `name`,
+//! `response_format` of text, ...) are ignored; fields that ask for
+//! something this server cannot do (`n` above 1, `logprobs`, `tools`,
+//! `echo`, `suffix`, images) are refused with a 400, not ignored, so that a
+//! client never gets an answer to a question it did not ask.
+
+use std::collections::HashMap;
+
+use axum::http::StatusCode;
+use realm_models::{SamplingParams, StopReason};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Most stop strings a request may give.
+const MAX_STOPS: usize = 16;
+
+/// An error as the OpenAI API returns it: an HTTP status and
+/// `{"error": {"message", "type", "param", "code"}}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    /// The request field at fault, if one is.
+    pub param: Option<&'static str>,
+}
+
+impl ApiError {
+    /// A 400: the request asks for something wrong or unsupported.
+    pub fn invalid(param: Option<&'static str>, message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+            param,
+        }
+    }
+
+    /// A status with a message and no field.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            param: None,
+        }
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> Value {
+        let kind = match self.status.as_u16() {
+            400 | 404 | 405 | 413 | 415 | 422 => "invalid_request_error",
+            503 => "server_busy",
+            _ => "server_error",
+        };
+        serde_json::json!({
+            "error": {
+                "message": self.message,
+                "type": kind,
+                "param": self.param,
+                "code": null,
+            }
+        })
+    }
+}
+
+/// `stop`: one string or a list.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// The sampling and length fields both endpoints share. Sampling defaults
+/// are llama.cpp's (temperature 0.8, top-k 40, top-p 0.95, min-p 0.05),
+/// as llama.cpp's server has them; `top_k`, `min_p`, `repeat_penalty` and
+/// `seed` are extensions llama.cpp's server accepts too.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Options {
+    pub max_tokens: Option<u64>,
+    pub max_completion_tokens: Option<u64>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<usize>,
+    pub min_p: Option<f32>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub repeat_penalty: Option<f32>,
+    pub seed: Option<u64>,
+    pub logit_bias: Option<HashMap<String, f32>>,
+    pub stop: Option<Stop>,
+    #[serde(default)]
+    pub stream: bool,
+    pub stream_options: Option<StreamOptions>,
+    pub n: Option<u64>,
+    pub logprobs: Option<Value>,
+    pub top_logprobs: Option<Value>,
+}
+
+/// `stream_options`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+/// What a request asks the engine for, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    /// Most tokens to generate; `None`: until the context is full.
+    pub max_tokens: Option<usize>,
+    pub stop: Vec<String>,
+    pub sampling: SamplingParams,
+}
+
+impl Options {
+    /// Checks the fields; `seed` stands in for an absent `seed`.
+    pub fn limits(&self, seed: u64) -> Result<Limits, ApiError> {
+        if self.n.is_some_and(|n| n != 1) {
+            return Err(ApiError::invalid(
+                Some("n"),
+                "only one choice per request (n = 1) is supported",
+            ));
+        }
+        if !matches!(
+            self.logprobs,
+            None | Some(Value::Null) | Some(Value::Bool(false))
+        ) || !matches!(self.top_logprobs, None | Some(Value::Null))
+        {
+            return Err(ApiError::invalid(
+                Some("logprobs"),
+                "log probabilities are not supported",
+            ));
+        }
+        let max_tokens = match self.max_completion_tokens.or(self.max_tokens) {
+            Some(0) => {
+                return Err(ApiError::invalid(
+                    Some("max_tokens"),
+                    "max_tokens must be at least 1",
+                ))
+            }
+            Some(n) => Some(usize::try_from(n).unwrap_or(usize::MAX)),
+            None => None,
+        };
+        let stop = match &self.stop {
+            None => Vec::new(),
+            Some(Stop::One(s)) => vec![s.clone()],
+            Some(Stop::Many(v)) => v.clone(),
+        };
+        if stop.len() > MAX_STOPS {
+            return Err(ApiError::invalid(
+                Some("stop"),
+                format!("at most {MAX_STOPS} stop strings"),
+            ));
+        }
+        let mut logit_bias = Vec::new();
+        for (id, &bias) in self.logit_bias.iter().flatten() {
+            let id = id.parse::<u32>().map_err(|_| {
+                ApiError::invalid(
+                    Some("logit_bias"),
+                    format!("logit_bias keys are token ids, not `{id}`"),
+                )
+            })?;
+            if !(-100.0..=100.0).contains(&bias) {
+                return Err(ApiError::invalid(
+                    Some("logit_bias"),
+                    "logit_bias values lie in -100..=100",
+                ));
+            }
+            logit_bias.push((id, bias));
+        }
+        logit_bias.sort_by_key(|&(id, _)| id);
+        let d = SamplingParams::default();
+        let sampling = SamplingParams {
+            temperature: self.temperature.unwrap_or(d.temperature),
+            top_k: self.top_k.unwrap_or(d.top_k),
+            top_p: self.top_p.unwrap_or(d.top_p),
+            min_p: self.min_p.unwrap_or(d.min_p),
+            repeat_penalty: self.repeat_penalty.unwrap_or(d.repeat_penalty),
+            presence_penalty: self.presence_penalty.unwrap_or(d.presence_penalty),
+            frequency_penalty: self.frequency_penalty.unwrap_or(d.frequency_penalty),
+            logit_bias,
+            seed: self.seed.unwrap_or(seed),
+            ..d
+        };
+        // The sampler's own checks (ranges of every field), as a 400.
+        realm_models::Sampler::new(sampling.clone())
+            .map_err(|e| ApiError::invalid(None, e.to_string()))?;
+        Ok(Limits {
+            max_tokens,
+            stop,
+            sampling,
+        })
+    }
+
+    /// Whether a stream ends with a chunk of token counts.
+    pub fn include_usage(&self) -> bool {
+        self.stream_options
+            .as_ref()
+            .is_some_and(|o| o.include_usage)
+    }
+}
+
+/// A chat message's `content`: a string, or a list of parts of which only
+/// text parts are supported.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Content {
+    Text(String),
+    Parts(Vec<Part>),
+}
+
+/// One part of a message's content.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Part {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub text: Option<String>,
+}
+
+/// A message of `messages`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Message {
+    pub role: String,
+    pub content: Option<Content>,
+}
+
+/// `POST /v1/chat/completions`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChatRequest {
+    pub messages: Vec<Message>,
+    pub tools: Option<Value>,
+    #[serde(flatten)]
+    pub options: Options,
+}
+
+impl ChatRequest {
+    /// The conversation as (role, text) pairs.
+    pub fn conversation(&self) -> Result<Vec<(String, String)>, ApiError> {
+        if matches!(&self.tools, Some(t) if !t.is_null()) {
+            return Err(ApiError::invalid(Some("tools"), "tools are not supported"));
+        }
+        if self.messages.is_empty() {
+            return Err(ApiError::invalid(
+                Some("messages"),
+                "messages must hold at least one message",
+            ));
+        }
+        self.messages
+            .iter()
+            .map(|m| {
+                let text = match &m.content {
+                    None => String::new(),
+                    Some(Content::Text(t)) => t.clone(),
+                    Some(Content::Parts(parts)) => {
+                        let mut text = String::new();
+                        for p in parts {
+                            match (p.kind.as_str(), &p.text) {
+                                ("text", Some(t)) => text.push_str(t),
+                                (kind, _) => {
+                                    return Err(ApiError::invalid(
+                                        Some("messages"),
+                                        format!(
+                                            "content parts of type `{kind}` are not supported \
+                                             (only text)"
+                                        ),
+                                    ))
+                                }
+                            }
+                        }
+                        text
+                    }
+                };
+                // OpenAI's newer name for the system role.
+                let role = match m.role.as_str() {
+                    "developer" => "system".to_string(),
+                    r => r.to_string(),
+                };
+                Ok((role, text))
+            })
+            .collect()
+    }
+}
+
+/// `prompt` of a text completion: a string, a list of one string, or token
+/// ids.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum PromptField {
+    Text(String),
+    Texts(Vec<String>),
+    Tokens(Vec<u32>),
+}
+
+/// `POST /v1/completions`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CompletionRequest {
+    pub prompt: PromptField,
+    pub echo: Option<bool>,
+    pub suffix: Option<String>,
+    pub best_of: Option<u64>,
+    #[serde(flatten)]
+    pub options: Options,
+}
+
+/// What a text completion continues.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Prompt {
+    Text(String),
+    Tokens(Vec<u32>),
+}
+
+impl CompletionRequest {
+    /// The prompt, once the unsupported fields are refused.
+    pub fn prompt(&self) -> Result<Prompt, ApiError> {
+        if self.echo == Some(true) {
+            return Err(ApiError::invalid(Some("echo"), "echo is not supported"));
+        }
+        if self.suffix.as_ref().is_some_and(|s| !s.is_empty()) {
+            return Err(ApiError::invalid(Some("suffix"), "suffix is not supported"));
+        }
+        if self.best_of.is_some_and(|n| n != 1) {
+            return Err(ApiError::invalid(
+                Some("best_of"),
+                "only best_of = 1 is supported",
+            ));
+        }
+        match &self.prompt {
+            PromptField::Text(t) => Ok(Prompt::Text(t.clone())),
+            PromptField::Texts(v) if v.len() == 1 => Ok(Prompt::Text(v[0].clone())),
+            PromptField::Texts(v) if v.is_empty() => {
+                Err(ApiError::invalid(Some("prompt"), "the prompt is empty"))
+            }
+            PromptField::Texts(_) => Err(ApiError::invalid(
+                Some("prompt"),
+                "one prompt per request is supported",
+            )),
+            PromptField::Tokens(ids) if ids.is_empty() => {
+                Err(ApiError::invalid(Some("prompt"), "the prompt is empty"))
+            }
+            PromptField::Tokens(ids) => Ok(Prompt::Tokens(ids.clone())),
+        }
+    }
+}
+
+/// `finish_reason` of a choice.
+pub fn finish_reason(reason: StopReason) -> &'static str {
+    match reason {
+        StopReason::EndOfGeneration | StopReason::StopString | StopReason::Cancelled => "stop",
+        StopReason::MaxTokens | StopReason::ContextFull => "length",
+    }
+}
+
+/// `usage`.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub total_tokens: usize,
+}
+
+impl Usage {
+    pub fn new(prompt_tokens: usize, completion_tokens: usize) -> Self {
+        Self {
+            prompt_tokens,
+            completion_tokens,
+            total_tokens: prompt_tokens + completion_tokens,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chat(body: Value) -> ChatRequest {
+        serde_json::from_value(body).unwrap()
+    }
+
+    #[test]
+    fn options_map_onto_sampling_and_limits() {
+        let r = chat(serde_json::json!({
+            "model": "x",
+            "messages": [{"role": "user", "content": "hi"}],
+            "temperature": 0,
+            "top_k": 5,
+            "max_completion_tokens": 7,
+            "max_tokens": 99,
+            "stop": "END",
+            "logit_bias": {"12": 3.5, "3": -100},
+            "user": "someone",
+        }));
+        let l = r.options.limits(42).unwrap();
+        assert_eq!(l.max_tokens, Some(7));
+        assert_eq!(l.stop, ["END"]);
+        assert_eq!(l.sampling.temperature, 0.0);
+        assert_eq!(l.sampling.top_k, 5);
+        assert_eq!(l.sampling.top_p, SamplingParams::default().top_p);
+        assert_eq!(l.sampling.logit_bias, [(3, -100.0), (12, 3.5)]);
+        assert_eq!(l.sampling.seed, 42);
+        let seeded = chat(serde_json::json!({"messages": [], "seed": 9}));
+        assert_eq!(seeded.options.limits(42).unwrap().sampling.seed, 9);
+    }
+
+    #[test]
+    fn unsupported_or_bad_fields_are_refused_by_name() {
+        let refused = |body: Value| {
+            let r = chat(body);
+            r.conversation()
+                .and_then(|_| r.options.limits(0))
+                .unwrap_err()
+        };
+        let m = serde_json::json!([{"role": "user", "content": "hi"}]);
+        for (body, param) in [
+            (serde_json::json!({"messages": m, "n": 2}), Some("n")),
+            (
+                serde_json::json!({"messages": m, "logprobs": true}),
+                Some("logprobs"),
+            ),
+            (
+                serde_json::json!({"messages": m, "max_tokens": 0}),
+                Some("max_tokens"),
+            ),
+            (
+                serde_json::json!({"messages": m, "tools": []}),
+                Some("tools"),
+            ),
+            (
+                serde_json::json!({"messages": m, "logit_bias": {"a": 1}}),
+                Some("logit_bias"),
+            ),
+            (
+                serde_json::json!({"messages": m, "logit_bias": {"1": 101}}),
+                Some("logit_bias"),
+            ),
+            (
+                serde_json::json!({"messages": m, "stop": vec!["x"; 17]}),
+                Some("stop"),
+            ),
+            (serde_json::json!({"messages": []}), Some("messages")),
+            (
+                serde_json::json!({"messages": [{"role": "user", "content": [
+                    {"type": "image_url", "image_url": {"url": "x"}}]}]}),
+                Some("messages"),
+            ),
+            (
+                serde_json::json!({"messages": m, "temperature": 1e39}),
+                None,
+            ),
+            (
+                serde_json::json!({"messages": m, "repeat_penalty": 0}),
+                None,
+            ),
+            (serde_json::json!({"messages": m, "top_p": 2}), None),
+        ] {
+            let e = refused(body.clone());
+            assert_eq!(
+                (e.status, e.param),
+                (StatusCode::BAD_REQUEST, param),
+                "{body}"
+            );
+            assert!(!e.message.is_empty());
+        }
+    }
+
+    #[test]
+    fn content_parts_join_and_developer_is_system() {
+        let r = chat(serde_json::json!({"messages": [
+            {"role": "developer", "content": "Be brief."},
+            {"role": "user", "content": [
+                {"type": "text", "text": "Hello, "}, {"type": "text", "text": "there"}]},
+            {"role": "assistant", "content": null},
+        ]}));
+        assert_eq!(
+            r.conversation().unwrap(),
+            [
+                ("system".to_string(), "Be brief.".to_string()),
+                ("user".to_string(), "Hello, there".to_string()),
+                ("assistant".to_string(), String::new()),
+            ]
+        );
+    }
+
+    #[test]
+    fn completion_prompts_take_three_forms() {
+        let prompt = |p: Value| {
+            serde_json::from_value::<CompletionRequest>(serde_json::json!({"prompt": p}))
+                .unwrap()
+                .prompt()
+        };
+        assert_eq!(prompt("a".into()), Ok(Prompt::Text("a".into())));
+        assert_eq!(
+            prompt(serde_json::json!(["b"])),
+            Ok(Prompt::Text("b".into()))
+        );
+        assert_eq!(
+            prompt(serde_json::json!([1, 2])),
+            Ok(Prompt::Tokens(vec![1, 2]))
+        );
+        assert!(prompt(serde_json::json!(["a", "b"])).is_err());
+        assert!(prompt(serde_json::json!([])).is_err());
+        let echo: CompletionRequest =
+            serde_json::from_value(serde_json::json!({"prompt": "a", "echo": true})).unwrap();
+        assert_eq!(echo.prompt().unwrap_err().param, Some("echo"));
+    }
+
+    #[test]
+    fn errors_have_openai_shape() {
+        let e = ApiError::invalid(Some("n"), "no");
+        assert_eq!(
+            e.body(),
+            serde_json::json!({"error": {
+                "message": "no", "type": "invalid_request_error", "param": "n", "code": null}})
+        );
+        assert_eq!(
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy").body()["error"]["type"],
+            "server_busy"
+        );
+    }
+}

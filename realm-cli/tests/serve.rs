@@ -1,0 +1,404 @@
+//! `realm serve` on the real models, over plain HTTP as a client talks to
+//! it: answers equal `realm run`'s, streamed answers equal whole ones,
+//! requests decoded together equal requests run alone, and bad requests,
+//! a full server and a client that goes away get what they should.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+mod common;
+
+use common::{cached, realm};
+use realm_core::catalog;
+use realm_core::gguf::GgufFile;
+use realm_core::tokenizer::Tokenizer;
+use serde_json::{json, Value};
+
+/// A running `realm serve`, stopped when dropped.
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Server {
+    fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_realm"))
+            .arg("serve")
+            .args(args)
+            .args(["--port", "0"])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("the server ended before it listened")
+                .unwrap();
+            if let Some((_, rest)) = line.split_once(" on http://") {
+                break rest.split_whitespace().next().unwrap().to_string();
+            }
+        };
+        // Keep reading its log, so that it never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        Self { child, addr }
+    }
+
+    /// Sends a request (HTTP/1.0, so that the body ends with the
+    /// connection); the connection, after the request is written.
+    fn send(&self, method: &str, path: &str, body: &str) -> TcpStream {
+        let mut c = TcpStream::connect(&self.addr).unwrap();
+        write!(
+            c,
+            "{method} {path} HTTP/1.0\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        c
+    }
+
+    /// (status, body) of a request.
+    fn call(&self, method: &str, path: &str, body: &str) -> (u16, String) {
+        let mut raw = String::new();
+        self.send(method, path, body)
+            .read_to_string(&mut raw)
+            .unwrap();
+        let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+        let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+        (status, body.to_string())
+    }
+
+    /// The JSON answer of a POST that must succeed.
+    fn post(&self, path: &str, body: &Value) -> Value {
+        let (status, text) = self.call("POST", path, &body.to_string());
+        assert_eq!(status, 200, "{text}");
+        serde_json::from_str(&text).unwrap()
+    }
+
+    /// The `data:` payloads of a streamed POST.
+    fn stream(&self, path: &str, body: &Value) -> Vec<String> {
+        let (status, text) = self.call("POST", path, &body.to_string());
+        assert_eq!(status, 200, "{text}");
+        text.lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const SYSTEM: &str = "Answer in one short English sentence.";
+const QUESTION: &str = "Which city is the capital of France?";
+
+fn question(extra: Value) -> Value {
+    let mut body = json!({
+        "model": "ignored",
+        "messages": [
+            {"role": "system", "content": SYSTEM},
+            {"role": "user", "content": QUESTION},
+        ],
+        "temperature": 0,
+        "max_tokens": 64,
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    body
+}
+
+/// A chat answer equals `realm run --chat`'s greedy answer, on both
+/// models, and its token counts add up.
+#[test]
+fn chat_answers_equal_realm_runs() {
+    for m in [&catalog::SMOLLM2, &catalog::GEMMA3] {
+        if !cached(m) {
+            continue;
+        }
+        let name = m.short_name;
+        let (ok, expected, stderr) = realm(&[
+            "run", name, "--chat", "--temp", "0", "-n", "64", "--system", SYSTEM, "-p", QUESTION,
+        ]);
+        assert!(ok, "{stderr}");
+        let server = Server::start(&[name]);
+        let r = server.post("/v1/chat/completions", &question(json!({})));
+        assert_eq!(r["object"], "chat.completion");
+        let choice = &r["choices"][0];
+        assert_eq!(choice["message"]["role"], "assistant");
+        assert_eq!(
+            choice["message"]["content"].as_str().unwrap(),
+            expected.trim_end_matches('\n'),
+            "{name}"
+        );
+        let u = &r["usage"];
+        let (p, c) = (
+            u["prompt_tokens"].as_u64().unwrap(),
+            u["completion_tokens"].as_u64().unwrap(),
+        );
+        assert!(
+            p > 10 && c > 0 && u["total_tokens"].as_u64() == Some(p + c),
+            "{u}"
+        );
+        // SmolLM2 answers and ends its turn; Gemma 3 270M (not tuned for
+        // chat) runs on to the limit.
+        let reason = if c == 64 { "length" } else { "stop" };
+        assert_eq!(choice["finish_reason"], reason, "{r}");
+        if name == "smollm2" {
+            assert_eq!(reason, "stop");
+        }
+        assert!(r["model"].as_str().unwrap().ends_with(".gguf"));
+        let models: Value = serde_json::from_str(&server.call("GET", "/v1/models", "").1).unwrap();
+        assert_eq!(models["data"][0]["id"], r["model"]);
+    }
+}
+
+/// A streamed answer is the whole answer in pieces: a role chunk, text
+/// chunks, a finish chunk, a usage chunk, `[DONE]`; text completions
+/// likewise.
+#[test]
+fn streamed_answers_equal_whole_ones() {
+    if !cached(&catalog::SMOLLM2) {
+        return;
+    }
+    let server = Server::start(&["smollm2"]);
+    let whole = server.post("/v1/chat/completions", &question(json!({})));
+    let events = server.stream(
+        "/v1/chat/completions",
+        &question(json!({"stream": true, "stream_options": {"include_usage": true}})),
+    );
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    assert!(chunks
+        .iter()
+        .all(|c| c["object"] == "chat.completion.chunk"));
+    assert!(chunks.iter().all(|c| c["id"] == chunks[0]["id"]));
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let (usage, finish) = (&chunks[chunks.len() - 1], &chunks[chunks.len() - 2]);
+    assert_eq!(usage["choices"], json!([]));
+    assert_eq!(usage["usage"], whole["usage"]);
+    assert_eq!(finish["choices"][0]["finish_reason"], "stop");
+    let text: String = chunks[1..chunks.len() - 2]
+        .iter()
+        .map(|c| c["choices"][0]["delta"]["content"].as_str().unwrap())
+        .collect();
+    assert!(chunks.len() > 5, "{events:?}");
+    assert_eq!(text, whole["choices"][0]["message"]["content"]);
+
+    // A text completion, sampled with a seed: the same seed, the same text.
+    let body = json!({"prompt": "Once upon a time", "max_tokens": 12, "seed": 7});
+    let whole = server.post("/v1/completions", &body);
+    assert_eq!(whole["choices"][0]["finish_reason"], "length");
+    assert_eq!(whole["usage"]["completion_tokens"], 12);
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let events = server.stream("/v1/completions", &streamed);
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let text: String = events[..events.len() - 1]
+        .iter()
+        .map(|e| {
+            let c: Value = serde_json::from_str(e).unwrap();
+            assert_eq!(c["object"], "text_completion");
+            c["choices"][0]["text"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(text, whole["choices"][0]["text"]);
+}
+
+/// Requests decoded together in batched steps get the answers they get
+/// alone, each its own.
+#[test]
+fn requests_decoded_together_get_their_answers_alone() {
+    if !cached(&catalog::SMOLLM2) {
+        return;
+    }
+    let server = Server::start(&["smollm2", "--parallel", "4", "-c", "512"]);
+    let prompts = [
+        "Which city is the capital of France?",
+        "Name three colours.",
+        "What is two plus two?",
+        "Write a haiku about the sea.",
+        "Who wrote Hamlet?",
+    ];
+    let body = |p: &str| {
+        json!({
+            "messages": [{"role": "user", "content": p}],
+            "temperature": 0,
+            "max_tokens": 40,
+        })
+    };
+    let alone: Vec<Value> = prompts
+        .iter()
+        .map(|p| server.post("/v1/chat/completions", &body(p))["choices"][0].clone())
+        .collect();
+    let together: Vec<Value> = std::thread::scope(|s| {
+        let handles: Vec<_> = prompts
+            .iter()
+            .map(|p| {
+                let server = &server;
+                s.spawn(move || server.post("/v1/chat/completions", &body(p)))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap()["choices"][0].clone())
+            .collect()
+    });
+    assert_eq!(together, alone);
+    assert!(alone.windows(2).all(|w| w[0] != w[1]));
+}
+
+/// `stop` cuts the text before the string; a prompt of token ids is the
+/// same prompt as its text.
+#[test]
+fn completions_stop_where_asked() {
+    if !cached(&catalog::SMOLLM2) {
+        return;
+    }
+    let server = Server::start(&["smollm2"]);
+    let greedy = |extra: Value| {
+        let mut body = json!({"prompt": "The capital of France is", "temperature": 0,
+                              "max_tokens": 24});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        server.post("/v1/completions", &body)["choices"][0].clone()
+    };
+    let full = greedy(json!({}));
+    let text = full["text"].as_str().unwrap();
+    assert_eq!(full["finish_reason"], "length");
+    // A word from the middle of the text as the stop string.
+    let words: Vec<&str> = text.split_whitespace().collect();
+    assert!(words.len() > 4, "{text}");
+    let stop = words[words.len() / 2];
+    let cut = greedy(json!({"stop": ["never appears", stop]}));
+    assert_eq!(cut["finish_reason"], "stop");
+    assert_eq!(
+        cut["text"].as_str().unwrap(),
+        &text[..text.find(stop).unwrap()]
+    );
+
+    let path = catalog::cached_path(&catalog::SMOLLM2).unwrap();
+    let file = GgufFile::open(&path).unwrap();
+    let tok = Tokenizer::from_metadata(file.metadata()).unwrap();
+    let ids = tok.encode("The capital of France is", true, false).unwrap();
+    assert_eq!(greedy(json!({"prompt": ids}))["text"], full["text"]);
+}
+
+/// Bad requests get OpenAI-shaped errors with the right status, and the
+/// server goes on answering.
+#[test]
+fn bad_requests_get_clear_errors() {
+    if !cached(&catalog::SMOLLM2) {
+        return;
+    }
+    let server = Server::start(&["smollm2", "-c", "64", "--max-body", "2000"]);
+    let long = "word ".repeat(100);
+    for (path, body, status, says) in [
+        ("/v1/chat/completions", "{not json".to_string(), 400, "JSON"),
+        (
+            "/v1/chat/completions",
+            r#"{"messages": 3}"#.into(),
+            422,
+            "messages",
+        ),
+        (
+            "/v1/chat/completions",
+            question(json!({"n": 2})).to_string(),
+            400,
+            "n = 1",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": long}).to_string(),
+            400,
+            "context holds 64",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": [1, 99_999_999]}).to_string(),
+            400,
+            "vocabulary",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "x".repeat(3000)}).to_string(),
+            413,
+            "",
+        ),
+        ("/v1/nothing", "{}".into(), 404, "no such route"),
+    ] {
+        let (got, text) = server.call("POST", path, &body);
+        assert_eq!(got, status, "{path} {text}");
+        let e: Value = serde_json::from_str(&text).unwrap();
+        assert!(
+            e["error"]["message"].as_str().unwrap().contains(says),
+            "{e}"
+        );
+        assert!(e["error"]["type"].is_string(), "{e}");
+    }
+    let (got, _) = server.call("GET", "/v1/completions", "");
+    assert_eq!(got, 405);
+    let r = server.post(
+        "/v1/completions",
+        &json!({"prompt": "Hello", "max_tokens": 2}),
+    );
+    assert_eq!(r["usage"]["completion_tokens"], 2);
+}
+
+/// A server holding all the requests it may refuses the next with a 503;
+/// a client that goes away mid-stream gives its place back.
+#[test]
+fn a_full_server_refuses_and_a_gone_client_frees_its_place() {
+    if !cached(&catalog::SMOLLM2) {
+        return;
+    }
+    let server = Server::start(&["smollm2", "--parallel", "1", "--queue", "0", "-c", "2048"]);
+    // Generation that never ends early: every end-of-generation token banned.
+    let path = catalog::cached_path(&catalog::SMOLLM2).unwrap();
+    let file = GgufFile::open(&path).unwrap();
+    let tok = Tokenizer::from_metadata(file.metadata()).unwrap();
+    let bias: serde_json::Map<String, Value> = (0..tok.n_vocab() as u32)
+        .filter(|&id| tok.is_eog(id))
+        .map(|id| (id.to_string(), json!(-100)))
+        .collect();
+    assert!(!bias.is_empty());
+    let endless = json!({"prompt": "Once upon a time", "stream": true, "logit_bias": bias});
+    let mut first = server.send("POST", "/v1/completions", &endless.to_string());
+    let mut seen = [0u8; 1024];
+    let n = first.read(&mut seen).unwrap();
+    assert!(String::from_utf8_lossy(&seen[..n]).starts_with("HTTP/1.0 200"));
+
+    let (status, text) = server.call("POST", "/v1/completions", r#"{"prompt": "Hi"}"#);
+    assert_eq!(status, 503, "{text}");
+    assert!(text.contains("try again later"), "{text}");
+
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, text) = server.call(
+            "POST",
+            "/v1/completions",
+            r#"{"prompt": "Hi", "max_tokens": 2}"#,
+        );
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 503, "{text}");
+        assert!(
+            Instant::now() < deadline,
+            "the gone client's place never came back"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
