@@ -359,16 +359,20 @@ impl<'m, B: Backend> Engine<'m, '_, B> {
             rows.sort_by_key(|(s, _)| s.id());
             self.model.forward_batch(&mut rows, &mut self.scratch)
         };
-        if let Err(e) = ran {
-            // No session advanced: every request of the step fails.
-            let (failed, kept) = std::mem::take(&mut self.running)
-                .into_iter()
-                .partition(|s| s.next.is_some());
-            self.running = kept;
-            for s in failed {
-                fail(s, &e);
+        if ran.is_err() {
+            // No session advanced: run the rows one by one, so that only a
+            // request whose own step fails fails (as the runtime's batcher).
+            let mut i = 0;
+            while i < self.running.len() {
+                let s = &mut self.running[i];
+                match s.next {
+                    Some(t) => match self.model.forward(&mut s.session, &[t]) {
+                        Ok(_) => i += 1,
+                        Err(e) => fail(self.running.remove(i), &e),
+                    },
+                    None => i += 1,
+                }
             }
-            return;
         }
         let mut i = 0;
         while i < self.running.len() {
