@@ -186,7 +186,15 @@ fn streamed_answers_equal_whole_ones() {
     assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
     let (usage, finish) = (&chunks[chunks.len() - 1], &chunks[chunks.len() - 2]);
     assert_eq!(usage["choices"], json!([]));
-    assert_eq!(usage["usage"], whole["usage"]);
+    let (streamed, whole_usage) = (&usage["usage"], &whole["usage"]);
+    for count in ["prompt_tokens", "completion_tokens", "total_tokens"] {
+        assert_eq!(streamed[count], whole_usage[count]);
+    }
+    // The same prompt again: a kept cache held all of it but its last token.
+    assert_eq!(
+        streamed["prompt_tokens_details"]["cached_tokens"].as_u64(),
+        whole_usage["prompt_tokens"].as_u64().map(|p| p - 1)
+    );
     assert_eq!(finish["choices"][0]["finish_reason"], "stop");
     let text: String = chunks[1..chunks.len() - 2]
         .iter()
@@ -256,6 +264,53 @@ fn requests_decoded_together_get_their_answers_alone() {
     });
     assert_eq!(together, alone);
     assert!(alone.windows(2).all(|w| w[0] != w[1]));
+}
+
+/// A chat's next turn reuses the KV cache of the turn before: only its new
+/// tokens run (`cached_tokens`), and its answer is the one a server that
+/// keeps no caches gives.
+#[test]
+fn a_chats_next_turn_runs_only_its_new_tokens() {
+    if !cached(&catalog::SMOLLM2) {
+        return;
+    }
+    let keeping = Server::start(&["smollm2", "-c", "1024"]);
+    let fresh = Server::start(&["smollm2", "-c", "1024", "--prompt-cache", "0"]);
+    let ask = |server: &Server, messages: &Value| {
+        let r = server.post(
+            "/v1/chat/completions",
+            &json!({"messages": messages, "temperature": 0, "max_tokens": 48}),
+        );
+        let u = &r["usage"];
+        (
+            r["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+            u["prompt_tokens"].as_u64().unwrap(),
+            u["prompt_tokens_details"]["cached_tokens"]
+                .as_u64()
+                .unwrap(),
+        )
+    };
+    let mut messages = json!([{"role": "user", "content": "Which city is the capital of France?"}]);
+    let (first, p1, c1) = ask(&keeping, &messages);
+    assert_eq!(c1, 0);
+    assert_eq!(ask(&fresh, &messages).0, first);
+    // The same request again: all but its last prompt token are held.
+    let (again, p, c) = ask(&keeping, &messages);
+    assert_eq!((again.as_str(), p, c), (first.as_str(), p1, p1 - 1));
+
+    let turns = messages.as_array_mut().unwrap();
+    turns.push(json!({"role": "assistant", "content": first}));
+    turns.push(json!({"role": "user", "content": "And of Germany?"}));
+    let (second, p2, c2) = ask(&keeping, &messages);
+    assert!(
+        c2 >= p1 && c2 < p2,
+        "{c2} of {p2} cached after a first prompt of {p1}"
+    );
+    let (want, fresh_p2, fresh_c2) = ask(&fresh, &messages);
+    assert_eq!((second, p2, 0), (want, fresh_p2, fresh_c2));
 }
 
 /// `stop` cuts the text before the string; a prompt of token ids is the

@@ -46,6 +46,8 @@ pub enum Input {
 pub enum Event {
     Started {
         prompt_tokens: usize,
+        /// Of those, the ones a kept KV cache already held.
+        cached_tokens: usize,
     },
     Text(String),
     Done {
@@ -100,6 +102,9 @@ pub struct EngineConfig {
     /// Most prompt tokens of one prefill chunk.
     pub batch: usize,
     pub kv_dtype: KvDtype,
+    /// Most finished requests' KV caches kept for requests whose prompts
+    /// begin the same (0: none; then each cache is sized to its request).
+    pub prompt_cache: usize,
 }
 
 /// What the engine says once its model is loaded.
@@ -163,12 +168,22 @@ fn serve<B: Backend>(
         scratch,
         running: Vec::new(),
         waiting: VecDeque::new(),
+        kept: VecDeque::new(),
     };
     let _ = ready.send(Ok(Ready {
         name: l.name.clone(),
         ctx,
     }));
     engine.serve(&jobs);
+}
+
+/// What a request starts with.
+struct Start<B: Backend> {
+    prompt: Vec<u32>,
+    session: Session<B>,
+    /// Prompt tokens the session holds already.
+    cached: usize,
+    sampler: Sampler,
 }
 
 /// A running request.
@@ -198,6 +213,8 @@ struct Engine<'m, 'a, B: Backend> {
     scratch: BatchScratch<B>,
     running: Vec<Seq<'m, B>>,
     waiting: VecDeque<Job>,
+    /// Finished requests' sessions and the tokens they hold, oldest first.
+    kept: VecDeque<(Vec<u32>, Session<B>)>,
 }
 
 impl<'m, B: Backend> Engine<'m, '_, B> {
@@ -227,17 +244,23 @@ impl<'m, B: Backend> Engine<'m, '_, B> {
 
     /// The request, with its prompt tokens and KV cache; or none, when
     /// it cannot run and has been told why.
-    fn admit(&self, job: Job) -> Option<Seq<'m, B>> {
+    fn admit(&mut self, job: Job) -> Option<Seq<'m, B>> {
         match self.start(&job) {
-            Ok((prompt, session, sampler)) => {
+            Ok(Start {
+                prompt,
+                session,
+                cached,
+                sampler,
+            }) => {
                 // A client gone already is noticed at the next turn.
                 let _ = job.events.send(Event::Started {
                     prompt_tokens: prompt.len(),
+                    cached_tokens: cached,
                 });
                 Some(Seq {
                     history: prompt.clone(),
                     prompt,
-                    prefilled: 0,
+                    prefilled: cached,
                     sampler,
                     generated: 0,
                     decoder: self.l.tokenizer.stream_decoder(false),
@@ -255,7 +278,7 @@ impl<'m, B: Backend> Engine<'m, '_, B> {
         }
     }
 
-    fn start(&self, job: &Job) -> Result<(Vec<u32>, Session<B>, Sampler), ApiError> {
+    fn start(&mut self, job: &Job) -> Result<Start<B>, ApiError> {
         let tok = &self.l.tokenizer;
         let bad = |e: realm_core::Error| ApiError::invalid(None, e.to_string());
         let prompt = match &job.input {
@@ -301,17 +324,60 @@ impl<'m, B: Backend> Engine<'m, '_, B> {
                 ),
             ));
         }
+        // Kept caches are of the whole context, so that any later request
+        // fits one.
         let room = match job.limits.max_tokens {
-            Some(n) => prompt.len().saturating_add(n).min(self.ctx),
-            None => self.ctx,
+            Some(n) if self.cfg.prompt_cache == 0 => prompt.len().saturating_add(n).min(self.ctx),
+            _ => self.ctx,
         };
         let sampler = Sampler::new(job.limits.sampling.clone())
             .map_err(|e| ApiError::invalid(None, e.to_string()))?;
-        let session = self
-            .model
-            .session_with_kv(room, self.cfg.batch, self.cfg.kv_dtype)
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-        Ok((prompt, session, sampler))
+        let (session, cached) = match self.reuse(&prompt, room) {
+            Some(s) => s,
+            None => self
+                .model
+                .session_with_kv(room, self.cfg.batch, self.cfg.kv_dtype)
+                .map(|s| (s, 0))
+                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?,
+        };
+        Ok(Start {
+            prompt,
+            session,
+            cached,
+            sampler,
+        })
+    }
+
+    /// A kept session for `prompt`: the one holding its longest beginning
+    /// (the oldest of equals), cut back to that beginning, and how many
+    /// tokens it holds; at least the prompt's last token is left to run, for
+    /// its logits.
+    fn reuse(&mut self, prompt: &[u32], room: usize) -> Option<(Session<B>, usize)> {
+        let (i, common) = self
+            .kept
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, s))| s.capacity() >= room)
+            .map(|(i, (held, _))| {
+                let common = held.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+                (i, common.min(prompt.len() - 1))
+            })
+            .max_by_key(|&(i, common)| (common, std::cmp::Reverse(i)))?;
+        let (_, mut session) = self.kept.remove(i)?;
+        session.truncate(common);
+        Some((session, common))
+    }
+
+    /// Keeps a finished request's session, with the tokens it holds, for
+    /// the requests after it (the oldest kept one goes if there is no room).
+    fn keep(&mut self, held: Vec<u32>, session: Session<B>) {
+        if self.cfg.prompt_cache == 0 {
+            return;
+        }
+        self.kept.push_back((held, session));
+        while self.kept.len() > self.cfg.prompt_cache {
+            self.kept.pop_front();
+        }
     }
 
     /// Runs one chunk of the first prompt not yet run; a prompt run whole
@@ -422,35 +488,50 @@ impl<'m, B: Backend> Engine<'m, '_, B> {
             None => true,
             Some(reason) => {
                 let s = self.running.remove(i);
-                finish(s, reason);
+                let (held, session) = finish(s, reason);
+                self.keep(held, session);
                 false
             }
         }
     }
 }
 
-/// Ends a request that generated what it will.
-fn finish<B: Backend>(s: Seq<'_, B>, reason: StopReason) {
+/// Ends a request that generated what it will; returns its session and
+/// the tokens that session holds.
+fn finish<B: Backend>(s: Seq<'_, B>, reason: StopReason) -> (Vec<u32>, Session<B>) {
+    let Seq {
+        job,
+        session,
+        mut history,
+        stop,
+        decoder,
+        generated,
+        prompt,
+        start,
+        ..
+    } = s;
+    history.truncate(session.position());
     if reason == StopReason::Cancelled {
-        return;
+        return (history, session);
     }
     if reason != StopReason::StopString {
-        let mut rest = s.stop.finish();
-        rest.push_str(&s.decoder.finish());
+        let mut rest = stop.finish();
+        rest.push_str(&decoder.finish());
         if !rest.is_empty() {
-            let _ = s.job.events.send(Event::Text(rest));
+            let _ = job.events.send(Event::Text(rest));
         }
     }
     eprintln!(
         "realm: served {} + {} tokens in {:.2} s ({reason:?})",
-        s.prompt.len(),
-        s.generated,
-        s.start.elapsed().as_secs_f64()
+        prompt.len(),
+        generated,
+        start.elapsed().as_secs_f64()
     );
-    let _ = s.job.events.send(Event::Done {
+    let _ = job.events.send(Event::Done {
         reason,
-        completion_tokens: s.generated,
+        completion_tokens: generated,
     });
+    (history, session)
 }
 
 /// Ends a request on an error of the model or tokenizer.

@@ -19,7 +19,9 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use super::engine::{Event, Input, Job, Ticket};
-use super::openai::{finish_reason, ApiError, ChatRequest, CompletionRequest, Options, Usage};
+use super::openai::{
+    finish_reason, ApiError, ChatRequest, CompletionRequest, Options, PromptCount, Usage,
+};
 
 /// What every handler shares.
 #[derive(Debug)]
@@ -180,7 +182,7 @@ impl Reply {
     fn events(
         &self,
         e: Option<Event>,
-        prompt_tokens: usize,
+        prompt: PromptCount,
         include_usage: bool,
         out: &mut VecDeque<sse::Event>,
     ) -> bool {
@@ -195,7 +197,7 @@ impl Reply {
             }) => {
                 out.push_back(data(&self.chunk(None, Some(finish_reason(reason)))));
                 if include_usage {
-                    let usage = Usage::new(prompt_tokens, completion_tokens);
+                    let usage = Usage::new(prompt, completion_tokens);
                     out.push_back(data(&self.wrap(true, json!([]), Some(usage))));
                 }
                 out.push_back(sse::Event::default().data("[DONE]"));
@@ -265,8 +267,14 @@ async fn answer(app: &App, kind: Kind, input: Input, options: &Options) -> Respo
             "the engine has stopped",
         ));
     }
-    let prompt_tokens = match rx.recv().await {
-        Some(Event::Started { prompt_tokens }) => prompt_tokens,
+    let prompt = match rx.recv().await {
+        Some(Event::Started {
+            prompt_tokens,
+            cached_tokens,
+        }) => PromptCount {
+            tokens: prompt_tokens,
+            cached: cached_tokens,
+        },
         Some(Event::Failed(e)) => return error(e),
         _ => return error(stopped()),
     };
@@ -284,9 +292,9 @@ async fn answer(app: &App, kind: Kind, input: Input, options: &Options) -> Respo
         model: app.model.clone(),
     };
     if options.stream {
-        stream(reply, rx, prompt_tokens, options.include_usage())
+        stream(reply, rx, prompt, options.include_usage())
     } else {
-        whole(reply, rx, prompt_tokens).await
+        whole(reply, rx, prompt).await
     }
 }
 
@@ -297,7 +305,7 @@ fn stopped() -> ApiError {
     )
 }
 
-async fn whole(reply: Reply, mut rx: UnboundedReceiver<Event>, prompt_tokens: usize) -> Response {
+async fn whole(reply: Reply, mut rx: UnboundedReceiver<Event>, prompt: PromptCount) -> Response {
     let mut text = String::new();
     loop {
         match rx.recv().await {
@@ -306,7 +314,7 @@ async fn whole(reply: Reply, mut rx: UnboundedReceiver<Event>, prompt_tokens: us
                 reason,
                 completion_tokens,
             }) => {
-                let usage = Usage::new(prompt_tokens, completion_tokens);
+                let usage = Usage::new(prompt, completion_tokens);
                 return Json(reply.whole(text, finish_reason(reason), usage)).into_response();
             }
             Some(Event::Failed(e)) => return error(e),
@@ -323,7 +331,7 @@ async fn whole(reply: Reply, mut rx: UnboundedReceiver<Event>, prompt_tokens: us
 fn stream(
     reply: Reply,
     rx: UnboundedReceiver<Event>,
-    prompt_tokens: usize,
+    prompt: PromptCount,
     include_usage: bool,
 ) -> Response {
     let mut first = VecDeque::new();
@@ -344,7 +352,7 @@ fn stream(
                 if ended {
                     return None;
                 }
-                ended = reply.events(rx.recv().await, prompt_tokens, include_usage, &mut out);
+                ended = reply.events(rx.recv().await, prompt, include_usage, &mut out);
             }
         }
     });

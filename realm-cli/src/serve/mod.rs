@@ -53,6 +53,12 @@ pub struct ServeArgs {
     /// KV cache element type.
     #[arg(long, value_enum, default_value_t = load::CacheType::F32)]
     pub cache_type: load::CacheType,
+    /// Finished requests' KV caches kept for later requests whose prompts
+    /// begin the same (a chat's next turn runs only its new tokens); 0
+    /// keeps none, and sizes each request's cache to its prompt and
+    /// max_tokens instead of the whole context.
+    #[arg(long, default_value_t = 4)]
+    pub prompt_cache: usize,
     /// Largest request body, in bytes (larger ones get a 413).
     #[arg(long, default_value_t = 4 << 20)]
     pub max_body: usize,
@@ -75,6 +81,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         ctx_size: args.ctx_size,
         batch: args.batch_size,
         kv_dtype: args.cache_type.into(),
+        prompt_cache: args.prompt_cache,
     };
     let (jobs, queue) = mpsc::channel();
     let (ready_tx, ready) = mpsc::channel();

@@ -358,14 +358,32 @@ pub struct Usage {
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
     pub total_tokens: usize,
+    pub prompt_tokens_details: PromptDetails,
+}
+
+/// `usage.prompt_tokens_details`.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct PromptDetails {
+    /// Prompt tokens a kept KV cache held already, which did not run.
+    pub cached_tokens: usize,
+}
+
+/// A request's prompt: its tokens, and how many a kept cache held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PromptCount {
+    pub tokens: usize,
+    pub cached: usize,
 }
 
 impl Usage {
-    pub fn new(prompt_tokens: usize, completion_tokens: usize) -> Self {
+    pub fn new(prompt: PromptCount, completion_tokens: usize) -> Self {
         Self {
-            prompt_tokens,
+            prompt_tokens: prompt.tokens,
             completion_tokens,
-            total_tokens: prompt_tokens + completion_tokens,
+            total_tokens: prompt.tokens + completion_tokens,
+            prompt_tokens_details: PromptDetails {
+                cached_tokens: prompt.cached,
+            },
         }
     }
 }
