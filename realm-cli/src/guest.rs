@@ -30,9 +30,64 @@ fn guest_path(args: &GuestArgs) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(GUEST_WASM_PATH))
 }
 
-/// Starts a runtime with `threads` CPU threads and tenants' KV caches of
-/// type `kv`, loads `model` and instantiates the guest as a tenant granted
-/// that model (the tenant keeps what it needs of the runtime alive).
+/// A runtime with a model loaded and the guest module read: what tenants
+/// are made from.
+pub struct Host {
+    pub runtime: Runtime,
+    pub model: realm_runtime::ModelId,
+    pub wasm: Vec<u8>,
+    /// The model file.
+    pub path: PathBuf,
+}
+
+impl Host {
+    /// Starts a runtime with `threads` CPU threads and tenants' KV caches of
+    /// type `kv`, loads `model` and reads the guest module.
+    pub fn start(
+        args: &GuestArgs,
+        model: &str,
+        threads: usize,
+        device: &crate::device::DeviceArgs,
+        kv: KvDtype,
+    ) -> Result<Self> {
+        let path = catalog::resolve_model(model).map_err(anyhow::Error::msg)?;
+        let wasm_path = guest_path(args);
+        let wasm = std::fs::read(&wasm_path).with_context(|| {
+            format!(
+                "reading the guest {} (build it with `cargo xtask wasm`, or pass --guest)",
+                wasm_path.display()
+            )
+        })?;
+        let gpu = match device.device {
+            crate::device::Device::Cpu => None,
+            crate::device::Device::Gpu(d) => Some(d),
+        };
+        let runtime = Runtime::new(RuntimeConfig {
+            threads,
+            gpu,
+            gpu_steps: device.steps.map(Into::into),
+            kv_dtype: kv,
+            ..RuntimeConfig::default()
+        })?;
+        let model = runtime.load_model(&path)?;
+        Ok(Self {
+            runtime,
+            model,
+            wasm,
+            path,
+        })
+    }
+
+    /// A new tenant, granted the model (it keeps what it needs of the
+    /// runtime alive).
+    pub fn tenant(&self) -> Result<Tenant> {
+        Ok(self
+            .runtime
+            .tenant(&self.wasm, TenantConfig::new(vec![self.model.clone()]))?)
+    }
+}
+
+/// [`Host::start`] and one tenant: the guest as `realm run` uses it.
 pub fn start(
     args: &GuestArgs,
     model: &str,
@@ -40,32 +95,13 @@ pub fn start(
     device: &crate::device::DeviceArgs,
     kv: KvDtype,
 ) -> Result<Tenant> {
-    let path = catalog::resolve_model(model).map_err(anyhow::Error::msg)?;
-    let wasm_path = guest_path(args);
-    let wasm = std::fs::read(&wasm_path).with_context(|| {
-        format!(
-            "reading the guest {} (build it with `cargo xtask wasm`, or pass --guest)",
-            wasm_path.display()
-        )
-    })?;
     let start = std::time::Instant::now();
-    let gpu = match device.device {
-        crate::device::Device::Cpu => None,
-        crate::device::Device::Gpu(d) => Some(d),
-    };
-    let runtime = Runtime::new(RuntimeConfig {
-        threads,
-        gpu,
-        gpu_steps: device.steps.map(Into::into),
-        kv_dtype: kv,
-        ..RuntimeConfig::default()
-    })?;
-    let id = runtime.load_model(&path)?;
-    let tenant = runtime.tenant(&wasm, TenantConfig::new(vec![id]))?;
+    let host = Host::start(args, model, threads, device, kv)?;
+    let tenant = host.tenant()?;
     eprintln!(
         "realm: {} as a wasm tenant ({} KiB guest) in {:.0} ms",
-        path.display(),
-        wasm.len() / 1024,
+        host.path.display(),
+        host.wasm.len() / 1024,
         start.elapsed().as_secs_f64() * 1e3
     );
     Ok(tenant)

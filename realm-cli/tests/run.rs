@@ -5,7 +5,7 @@ use std::process::Command;
 
 mod common;
 
-use common::{cached, realm};
+use common::{cached, guest, realm};
 use realm_core::catalog;
 use serde_json::{json, Value};
 
@@ -201,19 +201,6 @@ fn chat_keeps_the_conversation_in_the_cache() {
     // `cpu` is Realm's backend, which has no index.
     let (ok, _, stderr) = realm(&["chat", "smollm2", "--device", "cpu:0"]);
     assert!(!ok && stderr.contains("candle-cpu"), "{stderr}");
-}
-
-fn guest() -> Option<String> {
-    let path = format!(
-        "{}/../{}",
-        env!("CARGO_MANIFEST_DIR"),
-        realm_runtime::GUEST_WASM_PATH
-    );
-    let ok = std::path::Path::new(&path).is_file();
-    if !ok {
-        eprintln!("skipped: no wasm guest at {path}; run `cargo xtask wasm`");
-    }
-    ok.then_some(path)
 }
 
 /// The demo through the wasm guest: same answer as natively, with f32 KV

@@ -445,11 +445,11 @@ fn emit(mut caller: Caller<'_, TenantState>, ptr: u64, len: u64) -> HostResult<i
     let (mem, st) = parts(&mut caller)?;
     let r = range("text", mem.len(), ptr, len, 1)?;
     let text = std::str::from_utf8(&mem[r]).map_err(|_| AbiError::NotUtf8)?;
-    if let Some(sink) = &st.sink {
-        // A caller that went away no longer wants text; the guest goes on.
-        let _ = sink.send(text.to_string());
+    match &st.sink {
+        // The caller stopped reading: it wants no more text.
+        Some(sink) if sink.send(text.to_string()).is_err() => Ok(1),
+        _ => Ok(0),
     }
-    Ok(0)
 }
 
 /// The linker with every `realm` import.

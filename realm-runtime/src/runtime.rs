@@ -485,6 +485,22 @@ impl Tenant {
         req: &GenerateRequest,
         mut on_text: impl FnMut(&str),
     ) -> Result<GenerationStats> {
+        self.generate_while(prompt, req, |piece| {
+            on_text(piece);
+            true
+        })
+    }
+
+    /// [`Tenant::generate`], where `on_text` returns `false` to stop (a
+    /// server's client went away): the guest is told at its next piece of
+    /// text (`emit` returns non-zero) and ends with
+    /// [`StopReason::Cancelled`]; no text reaches `on_text` after that.
+    pub fn generate_while(
+        &mut self,
+        prompt: &str,
+        req: &GenerateRequest,
+        mut on_text: impl FnMut(&str) -> bool,
+    ) -> Result<GenerationStats> {
         let started = Instant::now();
         let model = match &req.model {
             None => 0,
@@ -535,14 +551,21 @@ impl Tenant {
                     r.and_then(|status| settled.map(|()| status).map_err(wasmtime::Error::new))
                 })
                 .map_err(|e| Error::Config(format!("cannot start a guest thread: {e}")))?;
-            loop {
+            let mut wanted = true;
+            while wanted {
                 match rx.recv_timeout(Duration::from_millis(20)) {
-                    Ok(piece) => on_text(&piece),
+                    Ok(piece) => wanted = on_text(&piece),
                     Err(mpsc::RecvTimeoutError::Timeout) if !worker.is_finished() => {}
                     Err(_) => break,
                 }
             }
-            rx.try_iter().for_each(|piece| on_text(&piece));
+            if wanted {
+                rx.try_iter().for_each(|piece| {
+                    let _ = on_text(&piece);
+                });
+            }
+            // The guest's next `emit` finds no reader and asks it to stop.
+            drop(rx);
             worker
                 .join()
                 .map_err(|_| Error::Guest("the guest thread panicked".into()))

@@ -107,6 +107,69 @@ fn guest_generation_equals_native_fused_layered_and_sampled() {
     assert_eq!(stats.stop_reason, StopReason::StopString);
 }
 
+/// Penalties and logit biases reach the guest (the parameter block's
+/// version 2): it generates what a native session with them does, which is
+/// not the plain greedy text.
+#[test]
+fn guest_sampling_takes_penalties_and_logit_bias() {
+    let Some(path) = common::smollm2() else {
+        return;
+    };
+    let wasm = common::guest_wasm();
+    let runtime = Runtime::new(RuntimeConfig::default()).unwrap();
+    let id = runtime.load_model(&path).unwrap();
+    let mut tenant = runtime.tenant(&wasm, TenantConfig::new(vec![id])).unwrap();
+    let (greedy, _) = native(&path, &request(SamplingParams::greedy(), false));
+    let tok = Tokenizer::from_metadata(GgufFile::open(&path).unwrap().metadata()).unwrap();
+    let first = tok.encode(&greedy, false, false).unwrap()[0];
+    let req = request(
+        SamplingParams {
+            presence_penalty: 0.5,
+            frequency_penalty: 0.5,
+            logit_bias: vec![(first, -100.0)],
+            ..SamplingParams::greedy()
+        },
+        false,
+    );
+    let (want, n) = native(&path, &req);
+    assert_ne!(want, greedy);
+    let mut streamed = String::new();
+    let stats = tenant
+        .generate(PROMPT, &req, |t| streamed.push_str(t))
+        .unwrap();
+    assert_eq!(streamed, want);
+    assert_eq!(stats.generated_tokens as usize, n);
+}
+
+/// A caller that stops reading stops the guest: it ends cancelled, a
+/// piece or so later, and the tenant's next call runs whole.
+#[test]
+fn a_caller_that_stops_reading_cancels_the_guest() {
+    let Some(path) = common::smollm2() else {
+        return;
+    };
+    let wasm = common::guest_wasm();
+    let runtime = Runtime::new(RuntimeConfig::default()).unwrap();
+    let id = runtime.load_model(&path).unwrap();
+    let mut tenant = runtime.tenant(&wasm, TenantConfig::new(vec![id])).unwrap();
+    let req = request(SamplingParams::greedy(), false);
+    let (_, n) = native(&path, &req);
+    assert!(n > 4, "the answer is long enough to cut");
+    let mut pieces = Vec::new();
+    let stats = tenant
+        .generate_while(PROMPT, &req, |t| {
+            pieces.push(t.to_string());
+            pieces.len() < 2
+        })
+        .unwrap();
+    assert_eq!(pieces.len(), 2, "no text after the caller said stop");
+    assert_eq!(stats.stop_reason, StopReason::Cancelled);
+    assert!((stats.generated_tokens as usize) < n, "{stats:?}");
+    assert_eq!(tenant.live_sessions(), 0);
+    let stats = tenant.generate(PROMPT, &req, |_| {}).unwrap();
+    assert_eq!(stats.generated_tokens as usize, n);
+}
+
 /// A runtime whose tenants keep f16 KV caches generates what a native
 /// session with an f16 cache does.
 #[test]

@@ -2,8 +2,9 @@
 
 use realm_models::SamplingParams;
 
-/// The layout version this guest reads.
-pub const PARAMS_VERSION: u32 = 1;
+/// The layout version hosts write. This guest also reads version 1, which
+/// ends after the stop strings (no penalties, no logit bias).
+pub const PARAMS_VERSION: u32 = 2;
 /// Flag: add the vocabulary's special tokens (BOS) around the prompt.
 pub const FLAG_ADD_SPECIAL: u32 = 1;
 /// Flag: turn special-token text in the prompt (`<|im_start|>`) into ids.
@@ -75,13 +76,14 @@ impl Params {
     /// Parses a block; every length is checked.
     pub fn parse(bytes: &[u8]) -> Result<Self, ParamsError> {
         let mut r = Reader(bytes);
-        if r.u32()? != PARAMS_VERSION {
+        let version = r.u32()?;
+        if !(1..=PARAMS_VERSION).contains(&version) {
             return Err(ParamsError("unknown version"));
         }
         let model = r.u32()?;
         let max_tokens = r.u32()?;
         let max_seq_len = r.u32()?;
-        let sampling = SamplingParams {
+        let mut sampling = SamplingParams {
             temperature: r.f32()?,
             top_k: r.u32()? as usize,
             top_p: r.f32()?,
@@ -99,6 +101,22 @@ impl Params {
             let s = std::str::from_utf8(r.take(len)?)
                 .map_err(|_| ParamsError("stop string is not UTF-8"))?;
             stop.push(s.to_string());
+        }
+        if version >= 2 {
+            sampling.presence_penalty = r.f32()?;
+            sampling.frequency_penalty = r.f32()?;
+            let n_bias = r.u32()?;
+            // Each entry is 8 bytes: a count the block cannot hold is
+            // refused before anything is allocated for it.
+            if r.0.len() / 8 < n_bias as usize {
+                return Err(ParamsError("block is truncated"));
+            }
+            sampling.logit_bias = (0..n_bias)
+                .map(|_| Ok((r.u32()?, r.f32()?)))
+                .collect::<Result<_, ParamsError>>()?;
+        }
+        if !r.0.is_empty() {
+            return Err(ParamsError("bytes after the block's end"));
         }
         Ok(Self {
             model,
@@ -140,6 +158,13 @@ impl Params {
             out.extend_from_slice(&(stop.len() as u32).to_le_bytes());
             out.extend_from_slice(stop.as_bytes());
         }
+        out.extend_from_slice(&s.presence_penalty.to_bits().to_le_bytes());
+        out.extend_from_slice(&s.frequency_penalty.to_bits().to_le_bytes());
+        out.extend_from_slice(&(s.logit_bias.len() as u32).to_le_bytes());
+        for &(id, bias) in &s.logit_bias {
+            out.extend_from_slice(&id.to_le_bytes());
+            out.extend_from_slice(&bias.to_bits().to_le_bytes());
+        }
         out
     }
 }
@@ -156,19 +181,42 @@ mod tests {
             max_seq_len: 0,
             sampling: SamplingParams {
                 seed: u64::MAX - 5,
+                presence_penalty: 0.25,
+                frequency_penalty: -0.5,
+                logit_bias: vec![(7, -100.0), (49151, 2.5)],
                 ..SamplingParams::default()
             },
             flags: FLAG_ADD_SPECIAL | FLAG_LAYERED,
             stop: vec!["\n\n".into(), "é".into()],
         };
         let bytes = p.to_bytes();
-        assert_eq!(bytes.len(), FIXED + 4 + 2 + 4 + 2);
+        let stops = 4 + 2 + 4 + 2;
+        assert_eq!(bytes.len(), FIXED + stops + 12 + 2 * 8);
         assert_eq!(Params::parse(&bytes).unwrap(), p);
         for cut in 0..bytes.len() {
             assert!(Params::parse(&bytes[..cut]).is_err(), "cut at {cut}");
         }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(Params::parse(&longer).is_err());
         let mut bad = bytes.clone();
         bad[0] = 9;
         assert_eq!(Params::parse(&bad), Err(ParamsError("unknown version")));
+        // A bias count past the block's end is refused, not allocated.
+        let mut huge = bytes[..FIXED + stops + 8].to_vec();
+        huge.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(Params::parse(&huge), Err(ParamsError("block is truncated")));
+        // Version 1 ends after the stop strings and has none of the rest.
+        let mut v1 = bytes[..FIXED + stops].to_vec();
+        v1[0] = 1;
+        let old = Params::parse(&v1).unwrap();
+        assert_eq!(
+            old.sampling,
+            SamplingParams {
+                seed: p.sampling.seed,
+                ..SamplingParams::default()
+            }
+        );
+        assert_eq!((old.stop, old.flags), (p.stop, p.flags));
     }
 }

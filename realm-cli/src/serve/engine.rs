@@ -21,13 +21,13 @@ use std::time::Instant;
 use anyhow::Result;
 use axum::http::StatusCode;
 use realm_core::backend::{Backend, KvDtype};
-use realm_core::chat::{ChatMessage, ChatTemplate};
 use realm_core::tokenizer::StreamDecoder;
 use realm_models::generate::StopMatcher;
 use realm_models::{BatchScratch, Model, Sampler, Session, StopReason};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::openai::{ApiError, Limits, Prompt};
+use super::prompt::Prompts;
 use crate::device::{Device, DeviceArgs};
 use crate::load::{self, Loaded};
 
@@ -161,10 +161,8 @@ fn serve<B: Backend>(
     let mut engine = Engine {
         model: &model,
         l,
-        template: ChatTemplate::from_metadata(l.file.metadata(), &l.tokenizer)
-            .map_err(|e| e.to_string()),
+        prompts: Prompts::new(l, ctx),
         cfg,
-        ctx,
         scratch,
         running: Vec::new(),
         waiting: VecDeque::new(),
@@ -207,9 +205,8 @@ struct Seq<'t, B: Backend> {
 struct Engine<'m, 'a, B: Backend> {
     model: &'m Model<'a, B>,
     l: &'m Loaded,
-    template: Result<ChatTemplate, String>,
+    prompts: Prompts<'m>,
     cfg: &'m EngineConfig,
-    ctx: usize,
     scratch: BatchScratch<B>,
     running: Vec<Seq<'m, B>>,
     waiting: VecDeque<Job>,
@@ -279,56 +276,14 @@ impl<'m, B: Backend> Engine<'m, '_, B> {
     }
 
     fn start(&mut self, job: &Job) -> Result<Start<B>, ApiError> {
-        let tok = &self.l.tokenizer;
-        let bad = |e: realm_core::Error| ApiError::invalid(None, e.to_string());
-        let prompt = match &job.input {
-            Input::Chat(turns) => {
-                let tpl = self.template.as_ref().map_err(|e| {
-                    ApiError::invalid(
-                        Some("messages"),
-                        format!("the model has no usable chat template: {e}"),
-                    )
-                })?;
-                let messages: Vec<ChatMessage> = turns
-                    .iter()
-                    .map(|(role, text)| ChatMessage::new(role.as_str(), text.as_str()))
-                    .collect();
-                let text = tpl
-                    .render(&messages, true)
-                    .map_err(|e| ApiError::invalid(Some("messages"), e.to_string()))?;
-                crate::chat::encode_rendered(self.l, &text)
-                    .map_err(|e| ApiError::invalid(Some("messages"), format!("{e:#}")))?
-            }
-            Input::Prompt(Prompt::Text(t)) => tok.encode(t, true, false).map_err(bad)?,
-            Input::Prompt(Prompt::Tokens(ids)) => {
-                let vocab = self.model.config().vocab_size;
-                if let Some(&id) = ids.iter().find(|&&id| id as usize >= vocab) {
-                    return Err(ApiError::invalid(
-                        Some("prompt"),
-                        format!("token id {id} is not in the vocabulary of {vocab}"),
-                    ));
-                }
-                ids.clone()
-            }
-        };
-        if prompt.is_empty() {
-            return Err(ApiError::invalid(Some("prompt"), "the prompt is empty"));
-        }
-        if prompt.len() >= self.ctx {
-            return Err(ApiError::invalid(
-                None,
-                format!(
-                    "the prompt is {} tokens; the context holds {}",
-                    prompt.len(),
-                    self.ctx
-                ),
-            ));
-        }
+        let prompt = self.prompts.tokens(&job.input)?;
         // Kept caches are of the whole context, so that any later request
         // fits one.
         let room = match job.limits.max_tokens {
-            Some(n) if self.cfg.prompt_cache == 0 => prompt.len().saturating_add(n).min(self.ctx),
-            _ => self.ctx,
+            Some(n) if self.cfg.prompt_cache == 0 => {
+                prompt.len().saturating_add(n).min(self.prompts.ctx)
+            }
+            _ => self.prompts.ctx,
         };
         let sampler = Sampler::new(job.limits.sampling.clone())
             .map_err(|e| ApiError::invalid(None, e.to_string()))?;

@@ -15,6 +15,8 @@
 mod engine;
 mod http;
 mod openai;
+mod prompt;
+mod tenants;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{mpsc, Arc};
@@ -67,6 +69,11 @@ pub struct ServeArgs {
     pub alias: Option<String>,
     #[command(flatten)]
     pub device: device::DeviceArgs,
+    /// With --wasm, each request runs in a WebAssembly tenant (the guest
+    /// tokenizes, samples and loops; --parallel tenants share the model;
+    /// no --prompt-cache).
+    #[command(flatten)]
+    pub guest: crate::guest::GuestArgs,
 }
 
 pub fn run(args: &ServeArgs) -> Result<()> {
@@ -85,9 +92,13 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     };
     let (jobs, queue) = mpsc::channel();
     let (ready_tx, ready) = mpsc::channel();
+    let guest = args.guest.clone();
     let engine = std::thread::Builder::new()
         .name("realm-engine".into())
-        .spawn(move || engine::run(&cfg, queue, ready_tx))
+        .spawn(move || match guest.wasm {
+            true => tenants::run(&cfg, &guest, queue, ready_tx),
+            false => engine::run(&cfg, queue, ready_tx),
+        })
         .context("starting the engine thread")?;
     let ready = ready
         .recv()
@@ -108,12 +119,16 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         .build()
         .context("starting the async runtime")?;
     let (parallel, ctx) = (args.parallel, ready.ctx);
+    let runs = match args.guest.wasm {
+        true => "wasm tenants",
+        false => "in parallel",
+    };
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
             .await
             .with_context(|| format!("listening on {}:{}", args.host, args.port))?;
         eprintln!(
-            "realm: serving {} on http://{} ({parallel} in parallel, context {ctx}); \
+            "realm: serving {} on http://{} ({parallel} {runs}, context {ctx}); \
              Ctrl-C stops",
             app.model,
             listener.local_addr()?

@@ -28,3 +28,20 @@ pub fn cached(m: &catalog::KnownModel) -> bool {
     }
     ok
 }
+
+/// The wasm guest `cargo xtask wasm` builds, if it is there; says why the
+/// test is skipped if not.
+// Each test binary compiles this module; `info` has no guest tests.
+#[allow(dead_code)]
+pub fn guest() -> Option<String> {
+    let path = format!(
+        "{}/../{}",
+        env!("CARGO_MANIFEST_DIR"),
+        realm_runtime::GUEST_WASM_PATH
+    );
+    let ok = std::path::Path::new(&path).is_file();
+    if !ok {
+        eprintln!("skipped: no wasm guest at {path}; run `cargo xtask wasm`");
+    }
+    ok.then_some(path)
+}

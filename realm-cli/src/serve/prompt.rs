@@ -1,0 +1,111 @@
+//! A request's prompt: a conversation through the model's chat template,
+//! or a text completion's text or token ids; checked against the context.
+
+use realm_core::chat::{ChatMessage, ChatTemplate};
+
+use super::engine::Input;
+use super::openai::{ApiError, Prompt};
+use crate::load::Loaded;
+
+/// A prompt as text, with how the model's tokenizer takes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromptText {
+    pub text: String,
+    /// Add BOS (a rendered template that wrote it already does not).
+    pub add_special: bool,
+    /// Read special tokens' text as those tokens (a template's markers).
+    pub parse_special: bool,
+}
+
+/// Turns requests' inputs into prompts for one model.
+pub struct Prompts<'l> {
+    l: &'l Loaded,
+    template: Result<ChatTemplate, String>,
+    /// Each request's context length: a prompt must leave room for a token.
+    pub ctx: usize,
+}
+
+impl<'l> Prompts<'l> {
+    pub fn new(l: &'l Loaded, ctx: usize) -> Self {
+        Self {
+            l,
+            template: ChatTemplate::from_metadata(l.file.metadata(), &l.tokenizer)
+                .map_err(|e| e.to_string()),
+            ctx,
+        }
+    }
+
+    /// The prompt as text; `Err(ids)` for a prompt given as token ids.
+    pub fn text(&self, input: &Input) -> Result<Result<PromptText, Vec<u32>>, ApiError> {
+        match input {
+            Input::Chat(turns) => {
+                let tpl = self.template.as_ref().map_err(|e| {
+                    ApiError::invalid(
+                        Some("messages"),
+                        format!("the model has no usable chat template: {e}"),
+                    )
+                })?;
+                let messages: Vec<ChatMessage> = turns
+                    .iter()
+                    .map(|(role, text)| ChatMessage::new(role.as_str(), text.as_str()))
+                    .collect();
+                let text = tpl
+                    .render(&messages, true)
+                    .map_err(|e| ApiError::invalid(Some("messages"), e.to_string()))?;
+                Ok(Ok(PromptText {
+                    add_special: !crate::chat::starts_with_bos(self.l, &text),
+                    parse_special: true,
+                    text,
+                }))
+            }
+            Input::Prompt(Prompt::Text(text)) => Ok(Ok(PromptText {
+                text: text.clone(),
+                add_special: true,
+                parse_special: false,
+            })),
+            Input::Prompt(Prompt::Tokens(ids)) => Ok(Err(ids.clone())),
+        }
+    }
+
+    /// The prompt's token ids, checked: in the vocabulary, not empty, and
+    /// shorter than the context.
+    pub fn tokens(&self, input: &Input) -> Result<Vec<u32>, ApiError> {
+        let ids = match self.text(input)? {
+            Ok(p) => self.encode(&p)?,
+            Err(ids) => {
+                let vocab = self.l.tokenizer.n_vocab();
+                if let Some(&id) = ids.iter().find(|&&id| id as usize >= vocab) {
+                    return Err(ApiError::invalid(
+                        Some("prompt"),
+                        format!("token id {id} is not in the vocabulary of {vocab}"),
+                    ));
+                }
+                ids
+            }
+        };
+        self.check_len(ids.len())?;
+        Ok(ids)
+    }
+
+    /// `p` tokenized.
+    pub fn encode(&self, p: &PromptText) -> Result<Vec<u32>, ApiError> {
+        self.l
+            .tokenizer
+            .encode(&p.text, p.add_special, p.parse_special)
+            .map_err(|e| ApiError::invalid(Some("prompt"), e.to_string()))
+    }
+
+    /// Whether a prompt of `len` tokens can run.
+    pub fn check_len(&self, len: usize) -> Result<(), ApiError> {
+        if len == 0 {
+            return Err(ApiError::invalid(Some("prompt"), "the prompt is empty"));
+        }
+        if len >= self.ctx {
+            return Err(ApiError::invalid(
+                None,
+                format!("the prompt is {len} tokens; the context holds {}", self.ctx),
+            ));
+        }
+        Ok(())
+    }
+}

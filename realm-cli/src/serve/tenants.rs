@@ -1,0 +1,166 @@
+//! `realm serve --wasm`: every request runs inside a WebAssembly tenant.
+//!
+//! `--parallel` tenants of the guest (realm-wasm) share one copy of the
+//! model in a realm-runtime; each runs one request at a time on its own
+//! thread: the guest tokenizes, samples, loops and streams, while the host
+//! runs the model, and the runtime merges the tenants' concurrent decode
+//! steps into batches. This thread renders chat templates and checks
+//! prompts with the host's tokenizer (the guest's ids are the same), then
+//! hands requests to whichever tenant is free. A client that goes away
+//! stops its tenant at the next piece of text.
+
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+
+use anyhow::Result;
+use axum::http::StatusCode;
+use realm_models::StopReason;
+use realm_runtime::{GenerateRequest, Tenant};
+
+use super::engine::{EngineConfig, Event, Job, Ready};
+use super::openai::ApiError;
+use super::prompt::{PromptText, Prompts};
+use crate::guest::{GuestArgs, Host};
+use crate::load;
+
+/// A checked request, for a tenant.
+struct Work {
+    job: Job,
+    prompt: PromptText,
+    prompt_tokens: usize,
+    req: GenerateRequest,
+}
+
+/// Starts the tenants and serves `jobs` until every sender is gone; `ready`
+/// hears once, when the tenants are up or could not be started.
+pub fn run(
+    cfg: &EngineConfig,
+    guest: &GuestArgs,
+    jobs: Receiver<Job>,
+    ready: Sender<Result<Ready>>,
+) {
+    let started = load::open(&cfg.model, 1).and_then(|l| {
+        let host = Host::start(guest, &cfg.model, cfg.threads, &cfg.device, cfg.kv_dtype)?;
+        let tenants = (0..cfg.parallel)
+            .map(|_| host.tenant())
+            .collect::<Result<Vec<_>>>()?;
+        let model_ctx = realm_models::ModelConfig::from_metadata(l.file.metadata())?.context_length;
+        Ok((l, tenants, crate::run::context_len(cfg.ctx_size, model_ctx)))
+    });
+    let (l, tenants, ctx) = match started {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let prompts = Prompts::new(&l, ctx);
+    let (work, queue) = mpsc::channel::<Work>();
+    let queue = Arc::new(Mutex::new(queue));
+    std::thread::scope(|scope| {
+        for tenant in tenants {
+            let queue = queue.clone();
+            scope.spawn(move || serve(tenant, &queue));
+        }
+        let _ = ready.send(Ok(Ready {
+            name: l.name.clone(),
+            ctx,
+        }));
+        for job in jobs {
+            match check(&prompts, &job) {
+                Ok((prompt, prompt_tokens, req)) => {
+                    let w = Work {
+                        job,
+                        prompt,
+                        prompt_tokens,
+                        req,
+                    };
+                    if work.send(w).is_err() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    let _ = job.events.send(Event::Failed(e));
+                }
+            }
+        }
+        // The tenants end once the queue is empty and closed.
+        drop(work);
+    });
+}
+
+/// The request's prompt as text, its length in tokens, and the guest's
+/// request.
+fn check(
+    prompts: &Prompts<'_>,
+    job: &Job,
+) -> Result<(PromptText, usize, GenerateRequest), ApiError> {
+    let prompt = prompts.text(&job.input)?.map_err(|_| {
+        ApiError::invalid(
+            Some("prompt"),
+            "a wasm tenant takes its prompt as text, not token ids",
+        )
+    })?;
+    let n = prompts.encode(&prompt)?.len();
+    prompts.check_len(n)?;
+    let room = prompts.ctx - n;
+    let max_tokens = job.limits.max_tokens.map_or(room, |m| m.min(room));
+    let req = GenerateRequest {
+        max_tokens: u32::try_from(max_tokens).unwrap_or(u32::MAX),
+        max_seq_len: 0,
+        sampling: job.limits.sampling.clone(),
+        stop: job.limits.stop.clone(),
+        add_special: prompt.add_special,
+        parse_special: prompt.parse_special,
+        ..GenerateRequest::default()
+    };
+    Ok((prompt, n, req))
+}
+
+/// One tenant's loop: a request at a time, until the queue closes.
+fn serve(mut tenant: Tenant, queue: &Mutex<Receiver<Work>>) {
+    loop {
+        let next = queue.lock().unwrap_or_else(|e| e.into_inner()).recv();
+        let Ok(w) = next else {
+            return;
+        };
+        let events = &w.job.events;
+        if events.is_closed() {
+            continue;
+        }
+        let _ = events.send(Event::Started {
+            prompt_tokens: w.prompt_tokens,
+            cached_tokens: 0,
+        });
+        let ran = tenant.generate_while(&w.prompt.text, &w.req, |piece| {
+            events.send(Event::Text(piece.to_string())).is_ok()
+        });
+        match ran {
+            Ok(stats) => {
+                let reason = match stats.stop_reason {
+                    realm_runtime::StopReason::EndOfGeneration => StopReason::EndOfGeneration,
+                    realm_runtime::StopReason::MaxTokens => StopReason::MaxTokens,
+                    realm_runtime::StopReason::StopString => StopReason::StopString,
+                    realm_runtime::StopReason::ContextFull => StopReason::ContextFull,
+                    realm_runtime::StopReason::Cancelled => continue,
+                };
+                eprintln!(
+                    "realm: a tenant served {} + {} tokens in {:.2} s ({reason:?})",
+                    stats.prompt_tokens, stats.generated_tokens, stats.seconds
+                );
+                let _ = events.send(Event::Done {
+                    reason,
+                    completion_tokens: usize::try_from(stats.generated_tokens)
+                        .unwrap_or(usize::MAX),
+                });
+            }
+            Err(e) => {
+                eprintln!("realm: a tenant's request failed: {e}");
+                let _ = events.send(Event::Failed(ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    e.to_string(),
+                )));
+            }
+        }
+    }
+}
