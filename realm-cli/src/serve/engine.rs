@@ -9,8 +9,10 @@
 //! prefill. The backend is batch invariant, so a request's tokens are the
 //! same whatever else runs beside it.
 //!
-//! A request whose client has gone (its event channel closed) is dropped at
-//! the next turn, with its KV cache.
+//! A finished request's KV cache is kept (the last `prompt_cache` of
+//! them), and a later request whose prompt begins with the tokens one holds
+//! runs only the rest. A request whose client has gone (its event channel
+//! closed) is dropped at the next turn, with its KV cache.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -58,7 +58,8 @@ pub struct ServeArgs {
     /// Finished requests' KV caches kept for later requests whose prompts
     /// begin the same (a chat's next turn runs only its new tokens); 0
     /// keeps none, and sizes each request's cache to its prompt and
-    /// max_tokens instead of the whole context.
+    /// max_tokens instead of the whole context. The native engine's only
+    /// (not --wasm).
     #[arg(long, default_value_t = 4)]
     pub prompt_cache: usize,
     /// Largest request body, in bytes (larger ones get a 413).
