@@ -47,12 +47,13 @@ impl Server {
     }
 
     /// Sends a request (HTTP/1.0, so that the body ends with the
-    /// connection); the connection, after the request is written.
-    fn send(&self, method: &str, path: &str, body: &str) -> TcpStream {
+    /// connection) with extra header lines; the connection, after the
+    /// request is written.
+    fn send_with(&self, method: &str, path: &str, headers: &str, body: &str) -> TcpStream {
         let mut c = TcpStream::connect(&self.addr).unwrap();
         write!(
             c,
-            "{method} {path} HTTP/1.0\r\ncontent-type: application/json\r\n\
+            "{method} {path} HTTP/1.0\r\ncontent-type: application/json\r\n{headers}\
              content-length: {}\r\n\r\n{body}",
             body.len()
         )
@@ -60,15 +61,22 @@ impl Server {
         c
     }
 
-    /// (status, body) of a request.
-    fn call(&self, method: &str, path: &str, body: &str) -> (u16, String) {
+    fn send(&self, method: &str, path: &str, body: &str) -> TcpStream {
+        self.send_with(method, path, "", body)
+    }
+
+    /// (status, body) of a request with extra header lines.
+    fn call_with(&self, method: &str, path: &str, headers: &str, body: &str) -> (u16, String) {
         let mut raw = String::new();
-        self.send(method, path, body)
+        self.send_with(method, path, headers, body)
             .read_to_string(&mut raw)
             .unwrap();
-        let (head, body) = raw.split_once("\r\n\r\n").unwrap();
-        let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-        (status, body.to_string())
+        status_and_body(&raw)
+    }
+
+    /// (status, body) of a request.
+    fn call(&self, method: &str, path: &str, body: &str) -> (u16, String) {
+        self.call_with(method, path, "", body)
     }
 
     /// The JSON answer of a POST that must succeed.
@@ -87,6 +95,12 @@ impl Server {
             .map(str::to_string)
             .collect()
     }
+}
+
+fn status_and_body(raw: &str) -> (u16, String) {
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, body.to_string())
 }
 
 impl Drop for Server {
@@ -528,4 +542,57 @@ fn full_server_refuses_and_frees(server: &Server) {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// With `--api-key`, every route but /health wants `Authorization: Bearer
+/// KEY`, and says so with a 401.
+#[test]
+fn an_api_key_keeps_out_who_lacks_it() {
+    if !cached(&catalog::SMOLLM2) {
+        return;
+    }
+    let server = Server::start(&["smollm2", "--api-key", "s3cret"]);
+    let body = r#"{"prompt": "Hello", "max_tokens": 2}"#;
+    for headers in [
+        "",
+        "authorization: Bearer s3cre\r\n",
+        "authorization: s3cret\r\n",
+    ] {
+        let (status, text) = server.call_with("POST", "/v1/completions", headers, body);
+        assert_eq!(status, 401, "{headers:?}: {text}");
+        assert!(text.contains("Authorization: Bearer"), "{text}");
+        assert_eq!(server.call_with("GET", "/v1/models", headers, "").0, 401);
+    }
+    let key = "authorization: Bearer s3cret\r\n";
+    let (status, text) = server.call_with("POST", "/v1/completions", key, body);
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(server.call_with("GET", "/v1/models", key, "").0, 200);
+    assert_eq!(server.call("GET", "/health", "").0, 200);
+}
+
+/// Ctrl-C (SIGINT) stops the server once the answers in flight end: a
+/// streamed answer runs to `[DONE]`, and the process exits cleanly.
+#[cfg(unix)]
+#[test]
+fn ctrl_c_lets_answers_in_flight_end() {
+    if !cached(&catalog::SMOLLM2) {
+        return;
+    }
+    let mut server = Server::start(&["smollm2"]);
+    let body = json!({"prompt": "Once upon a time", "max_tokens": 48, "temperature": 0,
+                      "stream": true});
+    let mut c = server.send("POST", "/v1/completions", &body.to_string());
+    let mut first = [0u8; 12];
+    c.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"HTTP/1.0 200");
+    let pid = server.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let mut rest = String::new();
+    c.read_to_string(&mut rest).unwrap();
+    assert!(rest.trim_end().ends_with("data: [DONE]"), "{rest}");
+    assert!(server.child.wait().unwrap().success());
 }

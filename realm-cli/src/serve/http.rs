@@ -9,8 +9,9 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::StatusCode;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::sse::{self, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -38,9 +39,12 @@ pub struct App {
     pub created: u64,
     /// Numbers requests' ids.
     pub count: AtomicU64,
+    /// The key clients must send (`Authorization: Bearer KEY`), if any.
+    pub api_key: Option<String>,
 }
 
-/// The routes, with and without the `/v1` prefix (as llama.cpp's server).
+/// The routes, with and without the `/v1` prefix (as llama.cpp's server);
+/// all but `/health` need the API key when the server has one.
 pub fn router(app: Arc<App>, body_limit: usize) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat))
@@ -49,6 +53,7 @@ pub fn router(app: Arc<App>, body_limit: usize) -> Router {
         .route("/completions", post(completion))
         .route("/v1/models", get(models))
         .route("/models", get(models))
+        .route_layer(middleware::from_fn_with_state(app.clone(), authorize))
         .route("/health", get(health))
         .fallback(|| async { error(ApiError::new(StatusCode::NOT_FOUND, "no such route")) })
         .method_not_allowed_fallback(|| async {
@@ -59,6 +64,31 @@ pub fn router(app: Arc<App>, body_limit: usize) -> Router {
         })
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(app)
+}
+
+/// Lets a request through if the server has no key or the request bears it.
+async fn authorize(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let Some(key) = &app.api_key else {
+        return next.run(req).await;
+    };
+    let sent = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    // Every byte is compared, so that the time taken does not tell how
+    // much of a guess was right.
+    let matches = sent.is_some_and(|s| {
+        s.len() == key.len() && s.bytes().zip(key.bytes()).fold(0, |d, (a, b)| d | (a ^ b)) == 0
+    });
+    if matches {
+        next.run(req).await
+    } else {
+        error(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "a valid API key is needed: send `Authorization: Bearer KEY`",
+        ))
+    }
 }
 
 fn error(e: ApiError) -> Response {

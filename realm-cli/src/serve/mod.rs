@@ -65,6 +65,11 @@ pub struct ServeArgs {
     /// Largest request body, in bytes (larger ones get a 413).
     #[arg(long, default_value_t = 4 << 20)]
     pub max_body: usize,
+    /// A key clients must send (`Authorization: Bearer KEY`) to every
+    /// route but /health; without it the server is open to all who reach
+    /// it.
+    #[arg(long)]
+    pub api_key: Option<String>,
     /// The model's name in answers and in /v1/models (default: its file name).
     #[arg(long)]
     pub alias: Option<String>,
@@ -113,6 +118,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
         count: AtomicU64::new(0),
+        api_key: args.api_key.clone(),
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -49,7 +49,7 @@ impl ApiError {
     /// The JSON body.
     pub fn body(&self) -> Value {
         let kind = match self.status.as_u16() {
-            400 | 404 | 405 | 413 | 415 | 422 => "invalid_request_error",
+            400 | 401 | 404 | 405 | 413 | 415 | 422 => "invalid_request_error",
             503 => "server_busy",
             _ => "server_error",
         };
