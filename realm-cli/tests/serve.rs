@@ -387,6 +387,37 @@ fn wasm_tenants_answer_as_the_native_engine() {
     assert_eq!(status, 400, "{text}");
 }
 
+/// The engine runs on the GPU backend too (here on candle's CPU device,
+/// the code path CUDA takes less its kernels): requests decoded together
+/// get their answers alone.
+#[test]
+fn the_gpu_backend_serves_requests_together_as_alone() {
+    if !cached(&catalog::SMOLLM2) {
+        return;
+    }
+    let server = Server::start(&["smollm2", "--device", "candle-cpu", "-c", "256"]);
+    let bodies: Vec<Value> = ["The capital of France is", "One, two, three,", "Roses are"]
+        .iter()
+        .map(|p| json!({"prompt": p, "temperature": 0, "max_tokens": 10}))
+        .collect();
+    let text = |r: Value| r["choices"][0]["text"].as_str().unwrap().to_string();
+    let alone: Vec<String> = bodies
+        .iter()
+        .map(|b| text(server.post("/v1/completions", b)))
+        .collect();
+    let together: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = bodies
+            .iter()
+            .map(|b| {
+                let server = &server;
+                s.spawn(move || text(server.post("/v1/completions", b)))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(together, alone);
+}
+
 /// `stop` cuts the text before the string; a prompt of token ids is the
 /// same prompt as its text.
 #[test]
