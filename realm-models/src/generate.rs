@@ -3,7 +3,7 @@
 //! string, the token limit or a full context.
 
 use realm_core::backend::Backend;
-use realm_core::tokenizer::Tokenizer;
+use realm_core::tokenizer::{StreamDecoder, Tokenizer};
 
 use crate::sampling::{Sampler, SamplingParams};
 use crate::{Error, Model, Result, Session};
@@ -164,9 +164,133 @@ impl StopMatcher {
         (out, false)
     }
 
-    /// The text still held back, once generation ends without a stop string.
-    pub fn finish(self) -> String {
-        self.pending
+    /// The text still held back, once generation ends without a stop string
+    /// (the matcher then holds nothing).
+    pub fn finish(&mut self) -> String {
+        std::mem::take(&mut self.pending)
+    }
+}
+
+/// What [`Continuation::step`] chose.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Stream `text`, run `token` through the model, and step again with
+    /// its logits.
+    Token {
+        /// The token chosen, to run next.
+        token: u32,
+        /// Text that is now final (maybe empty).
+        text: String,
+    },
+    /// Generation ended.
+    End {
+        /// Why.
+        reason: StopReason,
+        /// The last of the text, to stream (maybe empty).
+        text: String,
+    },
+}
+
+/// One sequence's generation after its prompt, a token at a time, for
+/// callers that run the model themselves (a server decoding many
+/// sequences in batches, a wasm guest): given the logits after each token
+/// has run, it samples the next one, turns it into text that is safe to
+/// stream (whole UTF-8 characters, nothing that could begin a stop string)
+/// and says when generation ends. [`generate`] is this loop around
+/// [`Model::forward`].
+///
+/// ```
+/// use realm_models::generate::{Continuation, Step};
+/// # fn run(tok: &realm_core::tokenizer::Tokenizer, prompt_logits: &[f32]) -> realm_models::Result<()> {
+/// let params = realm_models::GenerateParams::default();
+/// let mut c = Continuation::new(tok, &[1, 2, 3], &params)?;
+/// let mut step = c.step(prompt_logits)?;
+/// while let Step::Token { token, text } = step {
+///     print!("{text}");
+///     let logits = vec![0.0; tok.n_vocab()]; // the model's, after `token`
+///     step = c.step(&logits)?;
+/// }
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Continuation<'t> {
+    tokenizer: &'t Tokenizer,
+    sampler: Sampler,
+    /// The prompt, then every generated token.
+    history: Vec<u32>,
+    prompt_len: usize,
+    max_tokens: usize,
+    decoder: StreamDecoder<'t>,
+    stop: StopMatcher,
+}
+
+impl<'t> Continuation<'t> {
+    /// A generation after `prompt` with `params`' limit, stop strings and
+    /// sampling (checked here); `params.stop_at_context_end` is the
+    /// caller's to apply.
+    pub fn new(tokenizer: &'t Tokenizer, prompt: &[u32], params: &GenerateParams) -> Result<Self> {
+        Ok(Self {
+            tokenizer,
+            sampler: Sampler::new(params.sampling.clone())?,
+            history: prompt.to_vec(),
+            prompt_len: prompt.len(),
+            max_tokens: params.max_tokens,
+            decoder: tokenizer.stream_decoder(false),
+            stop: StopMatcher::new(&params.stop),
+        })
+    }
+
+    /// Chooses the token after the one whose `logits` these are.
+    pub fn step(&mut self, logits: &[f32]) -> Result<Step> {
+        if self.generated().len() >= self.max_tokens {
+            return Ok(self.end_with(StopReason::MaxTokens, String::new()));
+        }
+        let token = self.sampler.sample(logits, &self.history);
+        if self.tokenizer.is_eog(token) {
+            return Ok(self.end_with(StopReason::EndOfGeneration, String::new()));
+        }
+        self.history.push(token);
+        let piece = self.decoder.push(token)?;
+        let (text, hit) = self.stop.push(&piece);
+        Ok(if hit {
+            Step::End {
+                reason: StopReason::StopString,
+                text,
+            }
+        } else if self.generated().len() == self.max_tokens {
+            self.end_with(StopReason::MaxTokens, text)
+        } else {
+            Step::Token { token, text }
+        })
+    }
+
+    /// Ends generation early for `reason` (the context is full, the caller
+    /// cancels): the text still held back, to stream; none for a
+    /// cancellation.
+    pub fn end(&mut self, reason: StopReason) -> String {
+        let mut rest = String::new();
+        if !matches!(reason, StopReason::StopString | StopReason::Cancelled) {
+            rest.push_str(&self.stop.finish());
+            rest.push_str(&self.decoder.finish());
+        }
+        rest
+    }
+
+    /// The end for `reason`: `text`, then what [`Continuation::end`] gives.
+    fn end_with(&mut self, reason: StopReason, mut text: String) -> Step {
+        text.push_str(&self.end(reason));
+        Step::End { reason, text }
+    }
+
+    /// The tokens generated so far.
+    pub fn generated(&self) -> &[u32] {
+        &self.history[self.prompt_len..]
+    }
+
+    /// The prompt and the tokens generated so far.
+    pub fn history(&self) -> &[u32] {
+        &self.history
     }
 }
 
@@ -185,70 +309,51 @@ pub fn generate<B: Backend>(
     params: &GenerateParams,
     mut on_text: impl FnMut(&str) -> bool,
 ) -> Result<Generation> {
-    let mut sampler = Sampler::new(params.sampling.clone())?;
+    let mut c = Continuation::new(tokenizer, prompt, params)?;
     let mut stats = GenerationStats {
         prompt_tokens: prompt.len(),
         ..Default::default()
     };
-    let mut history: Vec<u32> = prompt.to_vec();
-    let mut tokens = Vec::new();
     let mut text = String::new();
-    let mut decoder = tokenizer.stream_decoder(false);
-    let mut stop = StopMatcher::new(&params.stop);
+    let mut emit = |piece: &str| -> bool {
+        text.push_str(piece);
+        piece.is_empty() || on_text(piece)
+    };
 
     let t0 = clock::now();
-    let mut next = {
+    let mut step = {
         let logits = model.forward(session, prompt)?;
-        sampler.sample(logits, &history)
+        c.step(logits)?
     };
     stats.prefill_seconds = clock::since(t0);
 
     let t1 = clock::now();
-    let mut reason = StopReason::MaxTokens;
-    let mut emit = |piece: &str, text: &mut String| -> bool {
-        text.push_str(piece);
-        piece.is_empty() || on_text(piece)
-    };
-    while tokens.len() < params.max_tokens {
-        if tokenizer.is_eog(next) {
-            reason = StopReason::EndOfGeneration;
-            break;
-        }
-        tokens.push(next);
-        history.push(next);
-        let piece = decoder.push(next)?;
-        let (out, hit) = stop.push(&piece);
-        if !emit(&out, &mut text) {
-            reason = StopReason::Cancelled;
-            break;
-        }
-        if hit {
-            reason = StopReason::StopString;
-            break;
-        }
-        if tokens.len() == params.max_tokens {
-            break;
-        }
-        let logits = match model.forward(session, &[next]) {
-            Ok(l) => l,
-            Err(Error::ContextFull { .. }) if params.stop_at_context_end => {
-                reason = StopReason::ContextFull;
-                break;
+    let reason = loop {
+        match step {
+            Step::End { reason, text } => {
+                emit(&text);
+                break reason;
             }
-            Err(e) => return Err(e),
-        };
-        next = sampler.sample(logits, &history);
-    }
-    if !matches!(reason, StopReason::StopString | StopReason::Cancelled) {
-        let mut rest = stop.finish();
-        rest.push_str(&decoder.finish());
-        emit(&rest, &mut text);
-    }
-    stats.generated_tokens = tokens.len();
+            Step::Token { token, text } => {
+                if !emit(&text) {
+                    break StopReason::Cancelled;
+                }
+                step = match model.forward(session, &[token]) {
+                    Ok(logits) => c.step(logits)?,
+                    Err(Error::ContextFull { .. }) if params.stop_at_context_end => {
+                        emit(&c.end(StopReason::ContextFull));
+                        break StopReason::ContextFull;
+                    }
+                    Err(e) => return Err(e),
+                };
+            }
+        }
+    };
+    stats.generated_tokens = c.generated().len();
     stats.decode_seconds = clock::since(t1);
     Ok(Generation {
         text,
-        tokens,
+        tokens: c.generated().to_vec(),
         stop_reason: reason,
         stats,
     })

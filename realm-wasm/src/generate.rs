@@ -1,10 +1,10 @@
-//! The generation loop, over the host functions of the [`Host`] trait. It
-//! follows `realm_models::generate` step for step, so that a greedy run in a
-//! guest gives the same tokens and text as a native one.
+//! The generation loop, over the host functions of the [`Host`] trait. Its
+//! steps are `realm_models::generate`'s ([`Continuation`]), so that a greedy
+//! run in a guest gives the same tokens and text as a native one.
 
 use realm_core::tokenizer::Tokenizer;
-use realm_models::generate::StopMatcher;
-use realm_models::Sampler;
+use realm_models::generate::{Continuation, Step};
+use realm_models::{GenerateParams, StopReason as Ended};
 
 use crate::params::{Params, FLAG_ADD_SPECIAL, FLAG_LAYERED, FLAG_PARSE_SPECIAL};
 
@@ -108,7 +108,6 @@ pub fn generate<H: Host>(
     prompt: &str,
     params: &Params,
 ) -> Result<Outcome, Failure> {
-    let mut sampler = Sampler::new(params.sampling.clone()).map_err(|_| Failure::BadSampling)?;
     let ids = tokenizer
         .encode(
             prompt,
@@ -120,6 +119,17 @@ pub fn generate<H: Host>(
         return Err(Failure::BadPrompt);
     }
     let max_tokens = params.max_tokens as usize;
+    let text = Continuation::new(
+        tokenizer,
+        &ids,
+        &GenerateParams {
+            max_tokens,
+            stop: params.stop.clone(),
+            sampling: params.sampling.clone(),
+            stop_at_context_end: true,
+        },
+    )
+    .map_err(|_| Failure::BadSampling)?;
     let capacity = match params.max_seq_len {
         0 => ids.len() + max_tokens.max(1),
         n => n as usize,
@@ -131,68 +141,54 @@ pub fn generate<H: Host>(
         n_layers,
         layered: params.flags & FLAG_LAYERED != 0,
     };
-    let result = run_loop(&mut runner, tokenizer, &mut sampler, vocab, ids, params);
+    let result = run_loop(&mut runner, text, vocab, &ids);
     runner.host.session_drop(session);
     result
 }
 
 fn run_loop<H: Host>(
     runner: &mut Runner<'_, H>,
-    tokenizer: &Tokenizer,
-    sampler: &mut Sampler,
+    mut text: Continuation<'_>,
     vocab: usize,
-    mut history: Vec<u32>,
-    params: &Params,
+    prompt: &[u32],
 ) -> Result<Outcome, Failure> {
-    let prompt_tokens = history.len();
-    let max_tokens = params.max_tokens as usize;
     let mut logits = vec![0f32; vocab];
-    let mut outcome = Outcome {
-        prompt_tokens,
-        generated_tokens: 0,
-        stop_reason: StopReason::MaxTokens,
+    let outcome = |text: &Continuation<'_>, stop_reason| Outcome {
+        prompt_tokens: prompt.len(),
+        generated_tokens: text.generated().len(),
+        stop_reason,
     };
-    if !runner.run(&history, &mut logits) {
-        outcome.stop_reason = StopReason::ContextFull;
-        return Ok(outcome);
+    if !runner.run(prompt, &mut logits) {
+        return Ok(outcome(&text, StopReason::ContextFull));
     }
-    let mut next = sampler.sample(&logits, &history);
-    let mut decoder = tokenizer.stream_decoder(false);
-    let mut stop = StopMatcher::new(&params.stop);
     let emit = |host: &mut H, piece: &str| piece.is_empty() || host.emit(piece);
-    while outcome.generated_tokens < max_tokens {
-        if tokenizer.is_eog(next) {
-            outcome.stop_reason = StopReason::EndOfGeneration;
-            break;
+    loop {
+        match text.step(&logits).map_err(|_| Failure::Tokenizer)? {
+            Step::End { reason, text: last } => {
+                emit(runner.host, &last);
+                return Ok(outcome(&text, reason.into()));
+            }
+            Step::Token { token, text: piece } => {
+                if !emit(runner.host, &piece) {
+                    return Ok(outcome(&text, StopReason::Cancelled));
+                }
+                if !runner.run(&[token], &mut logits) {
+                    emit(runner.host, &text.end(Ended::ContextFull));
+                    return Ok(outcome(&text, StopReason::ContextFull));
+                }
+            }
         }
-        outcome.generated_tokens += 1;
-        history.push(next);
-        let piece = decoder.push(next).map_err(|_| Failure::Tokenizer)?;
-        let (out, hit) = stop.push(&piece);
-        if !emit(runner.host, &out) {
-            outcome.stop_reason = StopReason::Cancelled;
-            break;
-        }
-        if hit {
-            outcome.stop_reason = StopReason::StopString;
-            break;
-        }
-        if outcome.generated_tokens == max_tokens {
-            break;
-        }
-        if !runner.run(&[next], &mut logits) {
-            outcome.stop_reason = StopReason::ContextFull;
-            break;
-        }
-        next = sampler.sample(&logits, &history);
     }
-    if !matches!(
-        outcome.stop_reason,
-        StopReason::StopString | StopReason::Cancelled
-    ) {
-        let mut rest = stop.finish();
-        rest.push_str(&decoder.finish());
-        emit(runner.host, &rest);
+}
+
+impl From<Ended> for StopReason {
+    fn from(r: Ended) -> Self {
+        match r {
+            Ended::EndOfGeneration => Self::EndOfGeneration,
+            Ended::MaxTokens => Self::MaxTokens,
+            Ended::StopString => Self::StopString,
+            Ended::ContextFull => Self::ContextFull,
+            Ended::Cancelled => Self::Cancelled,
+        }
     }
-    Ok(outcome)
 }

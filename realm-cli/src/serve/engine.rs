@@ -23,9 +23,8 @@ use std::time::Instant;
 use anyhow::Result;
 use axum::http::StatusCode;
 use realm_core::backend::{Backend, KvDtype};
-use realm_core::tokenizer::StreamDecoder;
-use realm_models::generate::StopMatcher;
-use realm_models::{BatchScratch, Model, Sampler, Session, StopReason};
+use realm_models::generate::{Continuation, Step};
+use realm_models::{BatchScratch, GenerateParams, Model, Session, StopReason};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::openai::{ApiError, Limits, Prompt};
@@ -178,12 +177,12 @@ fn serve<B: Backend>(
 }
 
 /// What a request starts with.
-struct Start<B: Backend> {
+struct Start<'t, B: Backend> {
     prompt: Vec<u32>,
     session: Session<B>,
     /// Prompt tokens the session holds already.
     cached: usize,
-    sampler: Sampler,
+    text: Continuation<'t>,
 }
 
 /// A running request.
@@ -193,12 +192,8 @@ struct Seq<'t, B: Backend> {
     prompt: Vec<u32>,
     /// Prompt tokens run so far.
     prefilled: usize,
-    sampler: Sampler,
-    /// The prompt and the tokens generated, for the sampler's penalties.
-    history: Vec<u32>,
-    generated: usize,
-    decoder: StreamDecoder<'t>,
-    stop: StopMatcher,
+    /// Sampling, streaming and where to stop.
+    text: Continuation<'t>,
     /// A sampled token the next decode step runs.
     next: Option<u32>,
     start: Instant,
@@ -249,7 +244,7 @@ impl<'m, B: Backend> Engine<'m, '_, B> {
                 prompt,
                 session,
                 cached,
-                sampler,
+                text,
             }) => {
                 // A client gone already is noticed at the next turn.
                 let _ = job.events.send(Event::Started {
@@ -257,13 +252,9 @@ impl<'m, B: Backend> Engine<'m, '_, B> {
                     cached_tokens: cached,
                 });
                 Some(Seq {
-                    history: prompt.clone(),
                     prompt,
                     prefilled: cached,
-                    sampler,
-                    generated: 0,
-                    decoder: self.l.tokenizer.stream_decoder(false),
-                    stop: StopMatcher::new(&job.limits.stop),
+                    text,
                     next: None,
                     session,
                     job,
@@ -277,7 +268,7 @@ impl<'m, B: Backend> Engine<'m, '_, B> {
         }
     }
 
-    fn start(&mut self, job: &Job) -> Result<Start<B>, ApiError> {
+    fn start(&mut self, job: &Job) -> Result<Start<'m, B>, ApiError> {
         let prompt = self.prompts.tokens(&job.input)?;
         // Kept caches are of the whole context, so that any later request
         // fits one.
@@ -287,7 +278,14 @@ impl<'m, B: Backend> Engine<'m, '_, B> {
             }
             _ => self.prompts.ctx,
         };
-        let sampler = Sampler::new(job.limits.sampling.clone())
+        let params = GenerateParams {
+            // Without a limit, the context's end stops it.
+            max_tokens: job.limits.max_tokens.unwrap_or(usize::MAX),
+            stop: job.limits.stop.clone(),
+            sampling: job.limits.sampling.clone(),
+            stop_at_context_end: true,
+        };
+        let text = Continuation::new(&self.l.tokenizer, &prompt, &params)
             .map_err(|e| ApiError::invalid(None, e.to_string()))?;
         let (session, cached) = match self.reuse(&prompt, room) {
             Some(s) => s,
@@ -301,7 +299,7 @@ impl<'m, B: Backend> Engine<'m, '_, B> {
             prompt,
             session,
             cached,
-            sampler,
+            text,
         })
     }
 
@@ -411,84 +409,53 @@ impl<'m, B: Backend> Engine<'m, '_, B> {
     /// removed and answered).
     fn advance(&mut self, i: usize) -> bool {
         let s = &mut self.running[i];
-        let token = s.sampler.sample(s.session.logits(), &s.history);
-        let reason = if self.l.tokenizer.is_eog(token) {
-            Some(StopReason::EndOfGeneration)
-        } else {
-            s.generated += 1;
-            s.history.push(token);
-            match s.decoder.push(token) {
-                Err(e) => {
-                    let s = self.running.remove(i);
-                    fail(s, &e);
-                    return false;
-                }
-                Ok(piece) => {
-                    let (out, hit) = s.stop.push(&piece);
-                    if !out.is_empty() && s.job.events.send(Event::Text(out)).is_err() {
-                        Some(StopReason::Cancelled)
-                    } else if hit {
-                        Some(StopReason::StopString)
-                    } else if s.job.limits.max_tokens == Some(s.generated) {
-                        Some(StopReason::MaxTokens)
-                    } else if s.session.position() >= s.session.capacity() {
-                        // No room for the token just sampled.
-                        Some(StopReason::ContextFull)
-                    } else {
-                        s.next = Some(token);
-                        None
-                    }
+        let (reason, text) = match s.text.step(s.session.logits()) {
+            Err(e) => {
+                let s = self.running.remove(i);
+                fail(s, &e);
+                return false;
+            }
+            Ok(Step::End { reason, text }) => (reason, text),
+            Ok(Step::Token { token, text }) => {
+                if !text.is_empty() && s.job.events.send(Event::Text(text)).is_err() {
+                    (StopReason::Cancelled, String::new())
+                } else if s.session.position() >= s.session.capacity() {
+                    // No room for the token just sampled.
+                    (StopReason::ContextFull, s.text.end(StopReason::ContextFull))
+                } else {
+                    s.next = Some(token);
+                    return true;
                 }
             }
         };
-        match reason {
-            None => true,
-            Some(reason) => {
-                let s = self.running.remove(i);
-                let (held, session) = finish(s, reason);
-                self.keep(held, session);
-                false
-            }
-        }
+        let s = self.running.remove(i);
+        let (held, session) = finish(s, reason, text);
+        self.keep(held, session);
+        false
     }
 }
 
-/// Ends a request that generated what it will; returns its session and
-/// the tokens that session holds.
-fn finish<B: Backend>(s: Seq<'_, B>, reason: StopReason) -> (Vec<u32>, Session<B>) {
-    let Seq {
-        job,
-        session,
-        mut history,
-        stop,
-        decoder,
-        generated,
-        prompt,
-        start,
-        ..
-    } = s;
-    history.truncate(session.position());
-    if reason == StopReason::Cancelled {
-        return (history, session);
-    }
-    if reason != StopReason::StopString {
-        let mut rest = stop.finish();
-        rest.push_str(&decoder.finish());
-        if !rest.is_empty() {
-            let _ = job.events.send(Event::Text(rest));
+/// Ends a request that generated what it will, with the last of its
+/// `text`; returns its session and the tokens that session holds.
+fn finish<B: Backend>(s: Seq<'_, B>, reason: StopReason, text: String) -> (Vec<u32>, Session<B>) {
+    let generated = s.text.generated().len();
+    let history = s.text.history();
+    let held = history[..s.session.position().min(history.len())].to_vec();
+    if reason != StopReason::Cancelled {
+        if !text.is_empty() {
+            let _ = s.job.events.send(Event::Text(text));
         }
+        eprintln!(
+            "realm: served {} + {generated} tokens in {:.2} s ({reason:?})",
+            s.prompt.len(),
+            s.start.elapsed().as_secs_f64()
+        );
+        let _ = s.job.events.send(Event::Done {
+            reason,
+            completion_tokens: generated,
+        });
     }
-    eprintln!(
-        "realm: served {} + {} tokens in {:.2} s ({reason:?})",
-        prompt.len(),
-        generated,
-        start.elapsed().as_secs_f64()
-    );
-    let _ = job.events.send(Event::Done {
-        reason,
-        completion_tokens: generated,
-    });
-    (history, session)
+    (held, s.session)
 }
 
 /// Ends a request on an error of the model or tokenizer.

@@ -239,8 +239,9 @@ impl StreamDecoder<'_> {
         Ok(self.take_text(false))
     }
 
-    /// Ends the stream: returns whatever was held back.
-    pub fn finish(mut self) -> String {
+    /// Ends the stream: returns whatever was held back, which leaves the
+    /// decoder holding nothing.
+    pub fn finish(&mut self) -> String {
         let mut rest = std::mem::take(&mut self.raw);
         if self.tok.clean_spaces {
             clean_spaces(&mut rest);
