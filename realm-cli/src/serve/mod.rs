@@ -37,7 +37,8 @@ pub struct ServeArgs {
     /// Port to listen on (0: any free port; the address is printed).
     #[arg(long, default_value_t = 8080)]
     pub port: u16,
-    /// Most requests decoded together, in one batched step.
+    /// Most requests decoded together, in one batched step (with --wasm:
+    /// the number of tenants).
     #[arg(long, default_value_t = 4)]
     pub parallel: usize,
     /// Most requests waiting beyond those; more are refused with a 503.
@@ -75,9 +76,8 @@ pub struct ServeArgs {
     pub alias: Option<String>,
     #[command(flatten)]
     pub device: device::DeviceArgs,
-    /// With --wasm, each request runs in a WebAssembly tenant (the guest
-    /// tokenizes, samples and loops; --parallel tenants share the model;
-    /// no --prompt-cache).
+    // With --wasm, each request runs in a WebAssembly tenant (the guest
+    // tokenizes, samples and loops; --parallel tenants share the model).
     #[command(flatten)]
     pub guest: crate::guest::GuestArgs,
 }
