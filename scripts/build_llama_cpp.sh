@@ -2,10 +2,13 @@
 # Builds llama.cpp's benchmarks from the llama.cpp vendored in the
 # llama-cpp-python sdist, for same-run comparisons with `realm bench`.
 #
-# Usage: scripts/build_llama_cpp.sh [--cuda] [WORK_DIR]
+# Usage: scripts/build_llama_cpp.sh [--cuda | --server] [WORK_DIR]
 #
 # Plain: llama-bench (Release, native CPU); prints its path. It ends up in
 # WORK_DIR/llama_cpp_python-VERSION/vendor/llama.cpp/build/bin/.
+#
+# --server: llama-server too (the same CPU build), to load it and `realm
+# serve` alike with scripts/bench_serve.py; prints its path.
 #
 # --cuda: llama-bench and llama-batched-bench with the CUDA backend, for the
 # GPU machine (`cargo xtask gpu-bundle` carries them there); prints their
@@ -26,8 +29,12 @@
 set -euo pipefail
 version=0.3.36
 cuda=0
+server=0
 if [ "${1:-}" = --cuda ]; then
   cuda=1
+  shift
+elif [ "${1:-}" = --server ]; then
+  server=1
   shift
 fi
 work=${1:-${XDG_CACHE_HOME:-$HOME/.cache}/realm/llama.cpp}
@@ -38,13 +45,17 @@ if [ "$cuda" = 1 ]; then
 else
   build="$src/build"
   targets=(llama-bench)
+  [ "$server" = 1 ] && targets+=(llama-server)
 fi
+# What the build prints: the CUDA folder, or its last program's path.
+out="$build/bin/${targets[-1]}"
+[ "$cuda" = 1 ] && out="$build/bin"
 done_=1
 for t in "${targets[@]}"; do
   [ -x "$build/bin/$t" ] || done_=0
 done
 if [ "$done_" = 1 ]; then
-  [ "$cuda" = 1 ] && echo "$build/bin" || echo "$build/bin/llama-bench"
+  echo "$out"
   exit 0
 fi
 if [ "$cuda" = 1 ] && ! command -v nvcc >/dev/null; then
@@ -59,20 +70,18 @@ if [ ! -f "llama_cpp_python-$version.tar.gz" ]; then
 fi
 [ -d "llama_cpp_python-$version" ] || tar xzf "llama_cpp_python-$version.tar.gz"
 command -v cmake >/dev/null || python3 -m pip install -q cmake
-common=(-DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF
-  -DLLAMA_BUILD_SERVER=OFF)
+common=(-DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF
+  -DLLAMA_BUILD_SERVER="$([ "$server" = 1 ] && echo ON || echo OFF)")
 if [ "$cuda" = 1 ]; then
   nvcc="$(command -v nvcc)"
-  cmake -S "$src" -B "$build" "${common[@]}" -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_OPENSSL=OFF \
+  cmake -S "$src" -B "$build" "${common[@]}" -DLLAMA_BUILD_EXAMPLES=OFF \
     -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="${CUDA_COMPUTE_CAP:-90}-real" \
     -DCMAKE_CUDA_COMPILER="$nvcc" -DCUDAToolkit_ROOT="$(dirname "$(dirname "$nvcc")")" \
     -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_OPENMP=OFF \
     -DCMAKE_EXE_LINKER_FLAGS="-static-libstdc++ -static-libgcc -Wl,--allow-shlib-undefined" \
     -DCMAKE_SHARED_LINKER_FLAGS="-static-libstdc++ -static-libgcc" >/dev/null
-  cmake --build "$build" -j "$(nproc)" --target "${targets[@]}" >/dev/null
-  echo "$build/bin"
 else
   cmake -S "$src" -B "$build" "${common[@]}" -DGGML_NATIVE=ON >/dev/null
-  cmake --build "$build" -j "$(nproc)" --target llama-bench >/dev/null
-  echo "$build/bin/llama-bench"
 fi
+cmake --build "$build" -j "$(nproc)" --target "${targets[@]}" >/dev/null
+echo "$out"

@@ -10,7 +10,7 @@ use realm_core::gguf::GgufFile;
 use realm_core::tokenizer::Tokenizer;
 use realm_models::{GenerateParams, Model, SamplingParams, Session};
 use realm_runtime::{
-    Error, GenerateRequest, KvDtype, Runtime, RuntimeConfig, StopReason, TenantConfig,
+    Error, GenerateRequest, KvDtype, Runtime, RuntimeConfig, StopReason, Tenant, TenantConfig,
 };
 
 const PROMPT: &str =
@@ -41,6 +41,16 @@ fn native_with_kv(path: &std::path::Path, req: &GenerateRequest, kv: KvDtype) ->
     };
     let g = realm_models::generate(&model, &tok, &mut session, &ids, &params, |_| true).unwrap();
     (g.text, g.tokens.len())
+}
+
+/// A tenant of the guest, granted the model at `path`, in a runtime of its
+/// own (which it keeps alive).
+fn tenant_of(path: &std::path::Path) -> Tenant {
+    let runtime = Runtime::new(RuntimeConfig::default()).unwrap();
+    let id = runtime.load_model(path).unwrap();
+    runtime
+        .tenant(&common::guest_wasm(), TenantConfig::new(vec![id]))
+        .unwrap()
 }
 
 fn request(sampling: SamplingParams, layered: bool) -> GenerateRequest {
@@ -115,10 +125,7 @@ fn guest_sampling_takes_penalties_and_logit_bias() {
     let Some(path) = common::smollm2() else {
         return;
     };
-    let wasm = common::guest_wasm();
-    let runtime = Runtime::new(RuntimeConfig::default()).unwrap();
-    let id = runtime.load_model(&path).unwrap();
-    let mut tenant = runtime.tenant(&wasm, TenantConfig::new(vec![id])).unwrap();
+    let mut tenant = tenant_of(&path);
     let (greedy, _) = native(&path, &request(SamplingParams::greedy(), false));
     let tok = Tokenizer::from_metadata(GgufFile::open(&path).unwrap().metadata()).unwrap();
     let first = tok.encode(&greedy, false, false).unwrap()[0];
@@ -148,10 +155,7 @@ fn a_caller_that_stops_reading_cancels_the_guest() {
     let Some(path) = common::smollm2() else {
         return;
     };
-    let wasm = common::guest_wasm();
-    let runtime = Runtime::new(RuntimeConfig::default()).unwrap();
-    let id = runtime.load_model(&path).unwrap();
-    let mut tenant = runtime.tenant(&wasm, TenantConfig::new(vec![id])).unwrap();
+    let mut tenant = tenant_of(&path);
     let req = request(SamplingParams::greedy(), false);
     let (_, n) = native(&path, &req);
     assert!(n > 4, "the answer is long enough to cut");
