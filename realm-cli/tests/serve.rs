@@ -540,8 +540,9 @@ fn full_server_refuses_and_frees(server: &Server) {
     let path = catalog::cached_path(&catalog::SMOLLM2).unwrap();
     let file = GgufFile::open(&path).unwrap();
     let tok = Tokenizer::from_metadata(file.metadata()).unwrap();
-    let bias: serde_json::Map<String, Value> = (0..tok.n_vocab() as u32)
-        .filter(|&id| tok.is_eog(id))
+    let bias: serde_json::Map<String, Value> = tok
+        .eog_ids()
+        .iter()
         .map(|id| (id.to_string(), json!(-100)))
         .collect();
     assert!(!bias.is_empty());
