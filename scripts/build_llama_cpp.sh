@@ -2,13 +2,16 @@
 # Builds llama.cpp's benchmarks from the llama.cpp vendored in the
 # llama-cpp-python sdist, for same-run comparisons with `realm bench`.
 #
-# Usage: scripts/build_llama_cpp.sh [--cuda | --server] [WORK_DIR]
+# Usage: scripts/build_llama_cpp.sh [--cuda | --server | --perplexity] [WORK_DIR]
 #
 # Plain: llama-bench (Release, native CPU); prints its path. It ends up in
 # WORK_DIR/llama_cpp_python-VERSION/vendor/llama.cpp/build/bin/.
 #
 # --server: llama-server too (the same CPU build), to load it and `realm
 # serve` alike with scripts/bench_serve.py; prints its path.
+#
+# --perplexity: llama-perplexity too (the same CPU build), the reference
+# scripts/gen_perplexity_fixtures.py runs; prints its path.
 #
 # --cuda: llama-bench and llama-batched-bench with the CUDA backend, for the
 # GPU machine (`cargo xtask gpu-bundle` carries them there); prints their
@@ -30,11 +33,15 @@ set -euo pipefail
 version=0.3.36
 cuda=0
 server=0
+perplexity=0
 if [ "${1:-}" = --cuda ]; then
   cuda=1
   shift
 elif [ "${1:-}" = --server ]; then
   server=1
+  shift
+elif [ "${1:-}" = --perplexity ]; then
+  perplexity=1
   shift
 fi
 work=${1:-${XDG_CACHE_HOME:-$HOME/.cache}/realm/llama.cpp}
@@ -46,6 +53,7 @@ else
   build="$src/build"
   targets=(llama-bench)
   [ "$server" = 1 ] && targets+=(llama-server)
+  [ "$perplexity" = 1 ] && targets+=(llama-perplexity)
 fi
 # What the build prints: the CUDA folder, or its last program's path.
 out="$build/bin/${targets[-1]}"

@@ -24,12 +24,14 @@ pub mod model;
 mod record;
 
 pub mod generate;
+pub mod logprob;
 pub mod sampling;
 pub mod synthetic;
 
 pub use config::{Architecture, ModelConfig};
 pub use error::{Error, Result};
-pub use model::{BatchScratch, Model, Session, STEP_SPAN};
+pub use model::{BatchScratch, Model, Session, OUTPUT_ROWS, STEP_SPAN};
 
 pub use generate::{generate, GenerateParams, Generation, GenerationStats, StopReason};
+pub use logprob::LogProbs;
 pub use sampling::{Sampler, SamplingParams};

@@ -337,6 +337,79 @@ impl<'a, B: Backend> Model<'a, B> {
         Ok(s.logits())
     }
 
+    /// [`Model::forward`] that also hands over the logits of every token
+    /// from `tokens[from]` on: `each(i, logits)` for each such `i`, in order
+    /// (llama.cpp's "outputs"; what perplexity and prompt log-probabilities
+    /// read). Afterwards the session holds the last token's logits, as
+    /// after `forward`.
+    ///
+    /// The logits are bit-identical to those `forward` of the tokens up to
+    /// and including `tokens[i]` would return (the backend is batch
+    /// invariant). They are computed [`OUTPUT_ROWS`] rows at a time, into a
+    /// buffer allocated for the call. On an error the session may hold part
+    /// of the tokens (every chunk before the failing one).
+    ///
+    /// ```
+    /// use realm_models::{synthetic::SyntheticLayout, Model};
+    /// let file = realm_core::gguf::Gguf::from_bytes(SyntheticLayout::tiny("llama")?.write(1)?)?;
+    /// let backend = realm_compute_cpu::CpuBackend::new().unwrap();
+    /// let model = Model::load(&file, &backend)?;
+    /// let mut s = model.session(16, 4)?;
+    /// let mut best = Vec::new();
+    /// model.forward_outputs(&mut s, &[1, 2, 3, 4, 5], 2, |i, logits| {
+    ///     let top = (0..logits.len()).max_by(|&a, &b| logits[a].total_cmp(&logits[b]));
+    ///     best.push((i, top.unwrap()));
+    /// })?;
+    /// assert_eq!(best.iter().map(|&(i, _)| i).collect::<Vec<_>>(), [2, 3, 4]);
+    /// # Ok::<(), realm_models::Error>(())
+    /// ```
+    pub fn forward_outputs(
+        &self,
+        s: &mut Session<B>,
+        tokens: &[u32],
+        from: usize,
+        mut each: impl FnMut(usize, &[f32]),
+    ) -> Result<()> {
+        if tokens.is_empty() {
+            return Err(Error::BadConfig("forward needs at least one token".into()));
+        }
+        self.check_room(s, tokens.len())?;
+        self.check_tokens(tokens)?;
+        let vocab = self.config.vocab_size;
+        let group = OUTPUT_ROWS.min(s.scratch.rows);
+        let mut out = (from < tokens.len())
+            .then(|| self.backend.buffer(group * vocab))
+            .transpose()?;
+        let rows = s.scratch.rows;
+        for (c, chunk) in tokens.chunks(rows).enumerate() {
+            let start = c * rows;
+            self.embed_tokens(s, chunk)?;
+            for layer in 0..self.layers.len() {
+                self.forward_layer(s, layer)?;
+            }
+            let Some(out) = out.as_mut() else { continue };
+            let sc = &mut s.scratch;
+            let mut r = from.saturating_sub(start);
+            while r < chunk.len() {
+                let n = group.min(chunk.len() - r);
+                // `logits_rows` writes the scratch's logits: lend it `out`.
+                std::mem::swap(&mut sc.logits, out);
+                let ran = self.logits_rows(sc, r, n);
+                std::mem::swap(&mut sc.logits, out);
+                ran?;
+                self.backend
+                    .read_on_host(&mut sc.ws, out, n * vocab, |all| {
+                        for (k, row) in all.chunks_exact(vocab).enumerate() {
+                            each(start + r + k, row);
+                        }
+                    })?;
+                r += n;
+            }
+        }
+        self.compute_logits(s)?;
+        Ok(())
+    }
+
     fn check_room(&self, s: &Session<B>, n: usize) -> Result<()> {
         if s.pos + n > s.max_seq_len {
             return Err(Error::ContextFull {
@@ -903,6 +976,10 @@ pub const STEP_SPAN: usize = 256;
 /// 512 KB, tens of microseconds of copying, against the few a hand-over
 /// to another thread costs.
 const COPY_VALUES: usize = 1 << 17;
+
+/// Most rows of logits [`Model::forward_outputs`] computes in one product
+/// (32 rows of Gemma 3's 262,144-word vocabulary are 32 MiB).
+pub const OUTPUT_ROWS: usize = 32;
 
 /// Source of [`Session`] identities (the key of a batch's recording).
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(0);

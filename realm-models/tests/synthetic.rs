@@ -158,6 +158,52 @@ fn every_architecture_runs_and_prefill_chunking_is_bit_identical() {
 }
 
 #[test]
+fn every_output_equals_forward_token_by_token() {
+    let cpu = CpuBackend::new().unwrap();
+    // Long enough for several chunks and several groups of output rows.
+    let prompt: Vec<u32> = (0..75).map(|i| (i * 11 + 5) % VOCAB as u32).collect();
+    for arch in ["llama", "gemma3"] {
+        let bytes = synthetic(arch, None);
+        let file = Gguf::from_bytes(&bytes[..]).unwrap();
+        let model = Model::load(&file, &cpu).unwrap();
+        let mut steps = model.session(128, 1).unwrap();
+        let alone: Vec<Vec<u32>> = prompt
+            .iter()
+            .map(|&t| {
+                let l = model.forward(&mut steps, &[t]).unwrap();
+                l.iter().map(|x| x.to_bits()).collect()
+            })
+            .collect();
+        for (batch, from) in [(64, 0), (64, 40), (7, 3), (40, 74), (40, 75)] {
+            let mut s = model.session(128, batch).unwrap();
+            let mut seen = Vec::new();
+            model
+                .forward_outputs(&mut s, &prompt, from, |i, l| {
+                    let bits: Vec<u32> = l.iter().map(|x| x.to_bits()).collect();
+                    assert_eq!(bits, alone[i], "{arch}: output {i}, chunks of {batch}");
+                    seen.push(i);
+                })
+                .unwrap();
+            assert_eq!(seen, (from..prompt.len()).collect::<Vec<_>>(), "{arch}");
+            assert_eq!(s.position(), prompt.len());
+            let last: Vec<u32> = s.logits().iter().map(|x| x.to_bits()).collect();
+            assert_eq!(&last, alone.last().unwrap(), "{arch}: the session's logits");
+            // The session goes on as after `forward`.
+            let next = model.forward(&mut s, &[1]).unwrap().to_vec();
+            let mut again = model.session(128, 64).unwrap();
+            model.forward(&mut again, &prompt).unwrap();
+            assert_eq!(next, model.forward(&mut again, &[1]).unwrap());
+        }
+        let mut full = model.session(8, 8).unwrap();
+        assert!(matches!(
+            model.forward_outputs(&mut full, &prompt, 0, |_, _| {}),
+            Err(Error::ContextFull { .. })
+        ));
+        assert_eq!(full.position(), 0);
+    }
+}
+
+#[test]
 fn unknown_architecture_and_missing_tensors_are_named() {
     let cpu = CpuBackend::new().unwrap();
     let bytes = synthetic("llama", Some("blk.1.ffn_up.weight"));
