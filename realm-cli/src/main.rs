@@ -6,6 +6,7 @@ mod device;
 mod guest;
 mod info;
 mod load;
+mod perplexity;
 mod profile;
 mod run;
 mod serve;
@@ -36,6 +37,8 @@ enum Cmd {
     Tokenize(tokenize::TokenizeArgs),
     /// Render a sample conversation with the model's chat template.
     ChatTemplate(tokenize::ChatTemplateArgs),
+    /// A model's perplexity on a text file, measured as llama-perplexity does.
+    Perplexity(perplexity::PerplexityArgs),
     /// An OpenAI-compatible HTTP server (chat and text completions, streamed or whole).
     Serve(serve::ServeArgs),
     /// Write a synthetic-weight model with a real model's exact layout.
@@ -51,6 +54,7 @@ fn main() {
         Cmd::Bench(args) => bench::run(&args),
         Cmd::Tokenize(args) => tokenize::tokenize(&args),
         Cmd::ChatTemplate(args) => tokenize::chat_template(&args),
+        Cmd::Perplexity(args) => perplexity::run(&args),
         Cmd::Serve(args) => serve::run(&args),
         Cmd::Synth(args) => synth::run(&args),
     };

@@ -1,0 +1,187 @@
+//! `realm perplexity MODEL -f TEXT`: a model's perplexity on a text, as
+//! llama.cpp's `llama-perplexity` measures it, so that the two figures
+//! compare.
+//!
+//! The text is tokenized whole (with the model's beginning-of-sequence
+//! token if it adds one) and cut into chunks of `-c` tokens; a chunk's
+//! first token is replaced by the beginning-of-sequence token when the
+//! model adds one. Each chunk runs in a fresh KV cache, and only the
+//! tokens of its second half are scored, so that every scored token has at
+//! least half a context before it. Perplexity is `exp` of the mean negative
+//! log-likelihood; its uncertainty is that of the mean, carried through
+//! `exp`.
+
+use std::io::Write;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use realm_core::backend::Backend;
+use realm_models::{LogProbs, Model};
+
+use crate::{device, load};
+
+/// Arguments of `realm perplexity`.
+#[derive(Debug, clap::Args)]
+pub struct PerplexityArgs {
+    /// A GGUF file, or a short name from the model cache (smollm2, gemma3).
+    pub model: String,
+    /// The text to score (UTF-8; special tokens in it are plain text).
+    #[arg(short, long)]
+    pub file: std::path::PathBuf,
+    /// Tokens per chunk (llama-perplexity's default).
+    #[arg(short = 'c', long, default_value_t = 512)]
+    pub ctx_size: usize,
+    /// Prefill batch size (at most a chunk).
+    #[arg(short, long, default_value_t = 512)]
+    pub batch_size: usize,
+    /// Score only the first N chunks.
+    #[arg(long)]
+    pub chunks: Option<usize>,
+    /// CPU threads (0: one per core).
+    #[arg(short, long, default_value_t = 0)]
+    pub threads: usize,
+    /// KV cache element type (llama-perplexity's default is f16).
+    #[arg(long, value_enum, default_value_t = load::CacheType::F32)]
+    pub cache_type: load::CacheType,
+    #[command(flatten)]
+    pub device: device::DeviceArgs,
+}
+
+/// Sums of negative log-likelihoods over scored tokens.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct Nll {
+    sum: f64,
+    sum_sq: f64,
+    count: usize,
+}
+
+impl Nll {
+    fn add(&mut self, nll: f64) {
+        self.sum += nll;
+        self.sum_sq += nll * nll;
+        self.count += 1;
+    }
+
+    /// `exp` of the mean negative log-likelihood.
+    pub fn perplexity(&self) -> f64 {
+        (self.sum / self.count as f64).exp()
+    }
+
+    /// The standard error of the perplexity: that of the mean negative
+    /// log-likelihood, times the perplexity (none for fewer than two
+    /// tokens).
+    pub fn uncertainty(&self) -> Option<f64> {
+        let n = self.count as f64;
+        let mean = self.sum / n;
+        let var = self.sum_sq / n - mean * mean;
+        (self.count > 1 && var > 0.0).then(|| (var / (n - 1.0)).sqrt() * self.perplexity())
+    }
+}
+
+pub fn run(args: &PerplexityArgs) -> Result<()> {
+    let text = std::fs::read_to_string(&args.file)
+        .with_context(|| format!("reading {}", args.file.display()))?;
+    let l = load::open(&args.model, args.threads)?;
+    match args.device.device {
+        device::Device::Cpu => score(args, &l, &l.backend, &text),
+        device::Device::Gpu(_) => score(args, &l, &args.device.gpu()?, &text),
+    }
+}
+
+fn score<B: Backend>(
+    args: &PerplexityArgs,
+    l: &load::Loaded,
+    backend: &B,
+    text: &str,
+) -> Result<()> {
+    let model = Model::load(&l.file, backend)?;
+    let ctx = args.ctx_size;
+    if ctx < 4 {
+        bail!("a chunk needs at least 4 tokens (-c)");
+    }
+    let tokens = l.tokenizer.encode(text, true, false)?;
+    if tokens.len() < 2 * ctx {
+        bail!(
+            "{} tokenizes to {} tokens; a context of {ctx} needs at least {} (lower -c)",
+            args.file.display(),
+            tokens.len(),
+            2 * ctx
+        );
+    }
+    let n_chunks = (tokens.len() / ctx).min(args.chunks.unwrap_or(usize::MAX));
+    if n_chunks == 0 {
+        bail!("--chunks must be at least 1");
+    }
+    let bos = match (l.tokenizer.add_bos(), l.tokenizer.bos()) {
+        (true, Some(b)) => Some(b),
+        (true, None) => bail!("the model adds a beginning-of-sequence token but has none"),
+        (false, _) => None,
+    };
+    let first = ctx / 2;
+    eprintln!(
+        "realm: {} tokens; scoring {n_chunks} chunks of {ctx}, the last {} tokens of each",
+        tokens.len(),
+        ctx - first - 1
+    );
+    let mut session =
+        model.session_with_kv(ctx, args.batch_size.min(ctx), args.cache_type.into())?;
+    let mut nll = Nll::default();
+    let mut out = std::io::stdout().lock();
+    let start = Instant::now();
+    for c in 0..n_chunks {
+        let mut chunk = tokens[c * ctx..(c + 1) * ctx].to_vec();
+        if let Some(b) = bos {
+            chunk[0] = b;
+        }
+        session.truncate(0);
+        let mut missing = None;
+        model.forward_outputs(&mut session, &chunk, first, |i, logits| {
+            // The last position predicts the next chunk's first token: not
+            // scored, as in llama-perplexity.
+            if let Some(&next) = chunk.get(i + 1) {
+                match LogProbs::new(logits).of(next) {
+                    Some(lp) => nll.add(-lp),
+                    None => missing = Some(next),
+                }
+            }
+        })?;
+        if let Some(t) = missing {
+            bail!("token {t} has no logit");
+        }
+        write!(out, "[{}]{:.4},", c + 1, nll.perplexity())?;
+        out.flush()?;
+    }
+    writeln!(out)?;
+    let secs = start.elapsed().as_secs_f64();
+    match nll.uncertainty() {
+        Some(u) => writeln!(
+            out,
+            "Final estimate: PPL = {:.4} +/- {u:.5}",
+            nll.perplexity()
+        )?,
+        None => writeln!(out, "Final estimate: PPL = {:.4}", nll.perplexity())?,
+    }
+    eprintln!(
+        "realm: {} tokens run, {} scored, in {secs:.2} s ({:.1} t/s)",
+        n_chunks * ctx,
+        nll.count,
+        (n_chunks * ctx) as f64 / secs
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn perplexity_and_its_uncertainty() {
+        let mut n = Nll::default();
+        n.add(1.0);
+        assert_eq!(n.uncertainty(), None);
+        n.add(3.0);
+        // Mean 2, population variance 1, standard error sqrt(1 / 1).
+        assert!((n.perplexity() - 2f64.exp()).abs() < 1e-12);
+        assert!((n.uncertainty().unwrap() - 2f64.exp()).abs() < 1e-12);
+    }
+}
