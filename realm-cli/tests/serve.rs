@@ -382,9 +382,34 @@ fn wasm_tenants_answer_as_the_native_engine() {
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     assert_eq!(got, want);
-    // Token ids are the native engine's alone.
+    // Token ids and log-probabilities are the native engine's alone.
     let (status, text) = wasm.call("POST", "/v1/completions", r#"{"prompt": [1, 2]}"#);
     assert_eq!(status, 400, "{text}");
+    let (status, text) = wasm.call(
+        "POST",
+        "/v1/completions",
+        r#"{"prompt": "a", "logprobs": 1}"#,
+    );
+    assert_eq!(
+        (status, text.contains("\"logprobs\"")),
+        (400, true),
+        "{text}"
+    );
+    // `echo` puts the prompt first; with `max_tokens: 0` it is all.
+    let echo = json!({"prompt": "Once upon a time", "max_tokens": 16, "seed": 3, "echo": true});
+    let r = wasm.post("/v1/completions", &echo);
+    assert_eq!(
+        r["choices"][0]["text"],
+        format!("Once upon a time{}", want[3].0)
+    );
+    let r = wasm.post(
+        "/v1/completions",
+        &json!({"prompt": "Hi", "max_tokens": 0, "echo": true}),
+    );
+    assert_eq!(
+        (&r["choices"][0]["text"], &r["usage"]["completion_tokens"]),
+        (&json!("Hi"), &json!(0))
+    );
 }
 
 /// The engine runs on the GPU backend too (here on candle's CPU device,
@@ -453,6 +478,199 @@ fn completions_stop_where_asked() {
     let tok = Tokenizer::from_metadata(file.metadata()).unwrap();
     let ids = tok.encode("The capital of France is", true, false).unwrap();
     assert_eq!(greedy(json!({"prompt": ids}))["text"], full["text"]);
+}
+
+/// Prompt log-probabilities (`echo`, `logprobs`, `max_tokens: 0`, as
+/// evaluation harnesses score text) agree with llama.cpp: scored as
+/// llama-perplexity scores its chunks, they give its perplexities
+/// (realm-cli/tests/fixtures/perplexity.json; `realm perplexity`'s own test
+/// states the tolerance).
+#[test]
+fn prompt_logprobs_give_llama_cpps_perplexity() {
+    if !cached(&catalog::SMOLLM2) {
+        return;
+    }
+    let fixture: Value = serde_json::from_str(
+        &std::fs::read_to_string(format!(
+            "{}/tests/fixtures/perplexity.json",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(format!(
+        "{}/tests/fixtures/perplexity.txt",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let ctx = fixture["ctx"].as_u64().unwrap() as usize;
+    let path = catalog::cached_path(&catalog::SMOLLM2).unwrap();
+    let tok = Tokenizer::from_metadata(GgufFile::open(&path).unwrap().metadata()).unwrap();
+    let ids = tok.encode(&text, true, false).unwrap();
+    let server = Server::start(&["smollm2", "--cache-type", "f16"]);
+    let (mut nll, mut count) = (0.0, 0);
+    for (c, want) in fixture["models"]["smollm2"]["chunks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .take(2)
+        .enumerate()
+    {
+        let chunk = &ids[c * ctx..(c + 1) * ctx];
+        let body = json!({"prompt": chunk, "echo": true, "logprobs": 1, "max_tokens": 0});
+        let r = server.post("/v1/completions", &body);
+        assert_eq!(r["usage"]["completion_tokens"], 0);
+        assert_eq!(r["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+        let lp = &r["choices"][0]["logprobs"];
+        let scores = lp["token_logprobs"].as_array().unwrap();
+        assert_eq!(scores.len(), ctx);
+        assert!(scores[0].is_null() && lp["top_logprobs"][0].is_null());
+        assert_eq!(lp["top_logprobs"][1].as_object().unwrap().len(), 1);
+        // The text is the prompt's, and each offset is its token's.
+        let answer = r["choices"][0]["text"].as_str().unwrap();
+        assert_eq!(answer, tok.decode(chunk, true, false).unwrap());
+        for (t, at) in lp["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(lp["text_offset"].as_array().unwrap())
+        {
+            let at = at.as_u64().unwrap() as usize;
+            let rest: String = answer.chars().skip(at).collect();
+            assert!(rest.starts_with(t.as_str().unwrap()), "{t} at {at}");
+        }
+        // llama-perplexity scores the second half of each chunk.
+        for s in &scores[ctx / 2 + 1..] {
+            nll -= s.as_f64().unwrap();
+            count += 1;
+        }
+        let ppl = f64::exp(nll / count as f64);
+        let want = want.as_f64().unwrap();
+        assert!(
+            (ppl / want - 1.0).abs() < 0.0125,
+            "chunk {}: {ppl} against llama.cpp's {want}",
+            c + 1
+        );
+    }
+}
+
+/// Log-probabilities of generated tokens: for greedy answers, each token is
+/// its own likeliest alternative; the tokens spell the text; streamed
+/// chunks carry the same entries as the whole answer; `echo` puts the
+/// prompt's tokens first; a stop string's tokens go with its text.
+#[test]
+fn generated_tokens_carry_their_logprobs() {
+    if !cached(&catalog::SMOLLM2) {
+        return;
+    }
+    let server = Server::start(&["smollm2"]);
+    let body = question(json!({"logprobs": true, "top_logprobs": 3}));
+    let whole = server.post("/v1/chat/completions", &body);
+    let content = whole["choices"][0]["message"]["content"].as_str().unwrap();
+    let entries = whole["choices"][0]["logprobs"]["content"]
+        .as_array()
+        .unwrap()
+        .clone();
+    // Every token generated (the end of the turn is not part of the answer).
+    assert_eq!(
+        entries.len() as u64,
+        whole["usage"]["completion_tokens"].as_u64().unwrap()
+    );
+    let mut spelled = Vec::new();
+    for e in &entries {
+        let top = e["top_logprobs"].as_array().unwrap();
+        assert_eq!(top.len(), 3);
+        assert_eq!(top[0]["token"], e["token"]);
+        assert_eq!(top[0]["logprob"], e["logprob"]);
+        let lp = e["logprob"].as_f64().unwrap();
+        assert!(lp <= 0.0 && top[1]["logprob"].as_f64().unwrap() <= lp);
+        spelled.extend(
+            e["bytes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| b.as_u64().unwrap() as u8),
+        );
+    }
+    assert_eq!(String::from_utf8(spelled).unwrap(), content);
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let events = server.stream("/v1/chat/completions", &streamed);
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let streamed_entries: Vec<Value> = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["logprobs"]["content"].as_array())
+        .flatten()
+        .cloned()
+        .collect();
+    assert_eq!(streamed_entries, entries);
+
+    // A completion with `echo`: the prompt, then the continuation; the
+    // prompt's tokens first, their offsets running on into the text.
+    let prompt = "The capital of France is";
+    let greedy = |extra: Value| {
+        let mut body = json!({"prompt": prompt, "temperature": 0, "max_tokens": 24,
+                              "logprobs": 2});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        server.post("/v1/completions", &body)
+    };
+    let plain = greedy(json!({}));
+    let echoed = greedy(json!({"echo": true}));
+    let text = plain["choices"][0]["text"].as_str().unwrap();
+    assert_eq!(echoed["choices"][0]["text"], format!("{prompt}{text}"));
+    let (p, e) = (
+        &plain["choices"][0]["logprobs"],
+        &echoed["choices"][0]["logprobs"],
+    );
+    let n_prompt = echoed["usage"]["prompt_tokens"].as_u64().unwrap() as usize;
+    let tokens = |v: &Value| v["tokens"].as_array().unwrap().clone();
+    assert_eq!(tokens(e).len(), n_prompt + tokens(p).len());
+    assert_eq!(tokens(e)[n_prompt..], tokens(p)[..]);
+    assert_eq!(
+        e["token_logprobs"].as_array().unwrap()[n_prompt..],
+        p["token_logprobs"].as_array().unwrap()[..]
+    );
+    let offsets = |v: &Value| -> Vec<u64> {
+        v["text_offset"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o.as_u64().unwrap())
+            .collect()
+    };
+    let shift = prompt.chars().count() as u64;
+    assert_eq!(
+        offsets(e)[n_prompt..],
+        offsets(p).iter().map(|o| o + shift).collect::<Vec<_>>()[..]
+    );
+    assert_eq!(
+        tokens(p)
+            .iter()
+            .map(|t| t.as_str().unwrap())
+            .collect::<String>(),
+        text
+    );
+
+    // A stop string: the tokens kept are those whose text begins before it.
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let stop = words[words.len() / 2];
+    let cut = greedy(json!({"stop": stop}));
+    let cut_text = cut["choices"][0]["text"].as_str().unwrap();
+    let kept: Vec<String> = tokens(&cut["choices"][0]["logprobs"])
+        .iter()
+        .map(|t| t.as_str().unwrap().to_string())
+        .collect();
+    let joined: String = kept.concat();
+    assert!(joined.starts_with(cut_text), "{joined:?} / {cut_text:?}");
+    assert!(
+        joined.len() - kept.last().unwrap().len() < cut_text.len(),
+        "{kept:?}"
+    );
 }
 
 /// Bad requests get OpenAI-shaped errors with the right status, and the

@@ -11,8 +11,16 @@
 //!
 //! A finished request's KV cache is kept (the last `prompt_cache` of
 //! them), and a later request whose prompt begins with the tokens one holds
-//! runs only the rest. A request whose client has gone (its event channel
-//! closed) is dropped at the next turn, with its KV cache.
+//! runs only the rest (unless it wants its prompt's log-probabilities,
+//! which need every prompt token run). A request whose client has gone
+//! (its event channel closed) is dropped at the next turn, with its KV
+//! cache.
+//!
+//! A request asking for log-probabilities gets, with each piece of text,
+//! the tokens that released it: the token, its log-probability under the
+//! logits it was sampled from, and the most likely alternatives. A token
+//! whose text is not yet whole goes with the next piece; a stop string's
+//! tokens are dropped from its first character on, as its text is.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,11 +31,12 @@ use std::time::Instant;
 use anyhow::Result;
 use axum::http::StatusCode;
 use realm_core::backend::{Backend, KvDtype};
+use realm_core::tokenizer::Tokenizer;
 use realm_models::generate::{Continuation, Step};
-use realm_models::{BatchScratch, GenerateParams, Model, Session, StopReason};
+use realm_models::{BatchScratch, GenerateParams, LogProbs, Model, Session, StopReason};
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::openai::{ApiError, Limits, Prompt};
+use super::openai::{ApiError, Limits, Prompt, TokenLogprob};
 use super::prompt::Prompts;
 use crate::device::{Device, DeviceArgs};
 use crate::load::{self, Loaded};
@@ -42,7 +51,8 @@ pub enum Input {
 }
 
 /// What the engine tells a request's handler, in this order: `Started` or
-/// `Failed`; then `Text` pieces; then `Done` or `Failed`.
+/// `Failed`; then `Text` pieces (with `echo`, the prompt's first); then
+/// `Done` or `Failed`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     Started {
@@ -50,7 +60,12 @@ pub enum Event {
         /// Of those, the ones a kept KV cache already held.
         cached_tokens: usize,
     },
-    Text(String),
+    Text {
+        text: String,
+        /// The tokens this text completes, when log-probabilities were
+        /// asked for.
+        logprobs: Vec<TokenLogprob>,
+    },
     Done {
         reason: StopReason,
         completion_tokens: usize,
@@ -183,6 +198,8 @@ struct Start<'t, B: Backend> {
     /// Prompt tokens the session holds already.
     cached: usize,
     text: Continuation<'t>,
+    /// With `echo`: the prompt's text.
+    echo: Option<String>,
 }
 
 /// A running request.
@@ -197,6 +214,53 @@ struct Seq<'t, B: Backend> {
     /// A sampled token the next decode step runs.
     next: Option<u32>,
     start: Instant,
+    /// With `echo`: the prompt's text, sent once the prompt has run.
+    echo: Option<String>,
+    /// Log-probabilities not yet sent: the prompt's (with `echo`), then
+    /// generated tokens whose text is not yet out.
+    pending: Vec<TokenLogprob>,
+    /// Bytes of generated text sent, and of the generated tokens whose
+    /// log-probabilities were sent.
+    sent_text: usize,
+    sent_tokens: usize,
+}
+
+impl<B: Backend> Seq<'_, B> {
+    /// Whether the prompt's tokens get log-probabilities.
+    fn scores_prompt(&self) -> bool {
+        self.job.limits.echo && self.job.limits.logprobs.is_some()
+    }
+
+    /// Sends a piece of generated text with the pending tokens; whether the
+    /// client still listens.
+    fn send(&mut self, text: String) -> bool {
+        self.sent_text += text.len();
+        self.sent_tokens += self.pending.iter().map(|t| t.token.len()).sum::<usize>();
+        let logprobs = std::mem::take(&mut self.pending);
+        self.job.events.send(Event::Text { text, logprobs }).is_ok()
+    }
+}
+
+/// The bytes of token `id` as text shows it (control tokens are empty, as
+/// in generated text); alternatives show theirs (`special`).
+fn piece(tok: &Tokenizer, id: u32, special: bool) -> Vec<u8> {
+    tok.token_to_piece(id, special)
+        .map(<[u8]>::to_vec)
+        .unwrap_or_default()
+}
+
+/// `token`'s log-probability under `lp`, with the `k` likeliest tokens.
+fn scored(tok: &Tokenizer, lp: &LogProbs<'_>, token: u32, k: usize) -> TokenLogprob {
+    TokenLogprob {
+        token: piece(tok, token, false),
+        logprob: lp.of(token),
+        top: Some(
+            lp.top(k)
+                .into_iter()
+                .map(|(t, l)| (piece(tok, t, true), l))
+                .collect(),
+        ),
+    }
 }
 
 struct Engine<'m, 'a, B: Backend> {
@@ -245,13 +309,14 @@ impl<'m, B: Backend> Engine<'m, '_, B> {
                 session,
                 cached,
                 text,
+                echo,
             }) => {
                 // A client gone already is noticed at the next turn.
                 let _ = job.events.send(Event::Started {
                     prompt_tokens: prompt.len(),
                     cached_tokens: cached,
                 });
-                Some(Seq {
+                let mut seq = Seq {
                     prompt,
                     prefilled: cached,
                     text,
@@ -259,7 +324,20 @@ impl<'m, B: Backend> Engine<'m, '_, B> {
                     session,
                     job,
                     start: Instant::now(),
-                })
+                    echo,
+                    pending: Vec::new(),
+                    sent_text: 0,
+                    sent_tokens: 0,
+                };
+                if seq.scores_prompt() {
+                    // Nothing predicts the first token.
+                    seq.pending.push(TokenLogprob {
+                        token: piece(&self.l.tokenizer, seq.prompt[0], false),
+                        logprob: None,
+                        top: None,
+                    });
+                }
+                Some(seq)
             }
             Err(e) => {
                 let _ = job.events.send(Event::Failed(e));
@@ -287,7 +365,13 @@ impl<'m, B: Backend> Engine<'m, '_, B> {
         };
         let text = Continuation::new(&self.l.tokenizer, &prompt, &params)
             .map_err(|e| ApiError::invalid(None, e.to_string()))?;
-        let (session, cached) = match self.reuse(&prompt, room) {
+        let scores_prompt = job.limits.echo && job.limits.logprobs.is_some();
+        let reused = if scores_prompt {
+            None
+        } else {
+            self.reuse(&prompt, room)
+        };
+        let (session, cached) = match reused {
             Some(s) => s,
             None => self
                 .model
@@ -295,11 +379,22 @@ impl<'m, B: Backend> Engine<'m, '_, B> {
                 .map(|s| (s, 0))
                 .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?,
         };
+        let echo = match (job.limits.echo, &job.input) {
+            (false, _) => None,
+            (true, Input::Prompt(Prompt::Text(t))) => Some(t.clone()),
+            (true, _) => Some(
+                self.l
+                    .tokenizer
+                    .decode(&prompt, true, false)
+                    .map_err(|e| ApiError::invalid(Some("prompt"), e.to_string()))?,
+            ),
+        };
         Ok(Start {
             prompt,
             session,
             cached,
             text,
+            echo,
         })
     }
 
@@ -347,10 +442,23 @@ impl<'m, B: Backend> Engine<'m, '_, B> {
         };
         let s = &mut self.running[i];
         let end = s.prompt.len().min(s.prefilled + s.session.batch());
-        let ran = self
-            .model
-            .forward(&mut s.session, &s.prompt[s.prefilled..end])
-            .map(|_| ());
+        let ran = match s.job.limits.logprobs {
+            Some(k) if s.scores_prompt() => {
+                // Each prompt token's logits score the token after it.
+                let (tok, base, prompt) = (&self.l.tokenizer, s.prefilled, &s.prompt);
+                let pending = &mut s.pending;
+                self.model
+                    .forward_outputs(&mut s.session, &prompt[base..end], 0, |j, logits| {
+                        if let Some(&next) = prompt.get(base + j + 1) {
+                            pending.push(scored(tok, &LogProbs::new(logits), next, k));
+                        }
+                    })
+            }
+            _ => self
+                .model
+                .forward(&mut s.session, &s.prompt[s.prefilled..end])
+                .map(|_| ()),
+        };
         if let Err(e) = ran {
             let s = self.running.remove(i);
             fail(s, &e);
@@ -358,6 +466,11 @@ impl<'m, B: Backend> Engine<'m, '_, B> {
         }
         s.prefilled = end;
         if end == s.prompt.len() {
+            if let Some(text) = s.echo.take() {
+                let logprobs = std::mem::take(&mut s.pending);
+                // A client gone already is noticed at the next turn.
+                let _ = s.job.events.send(Event::Text { text, logprobs });
+            }
             self.advance(i);
         }
     }
@@ -409,7 +522,17 @@ impl<'m, B: Backend> Engine<'m, '_, B> {
     /// removed and answered).
     fn advance(&mut self, i: usize) -> bool {
         let s = &mut self.running[i];
-        let (reason, text) = match s.text.step(s.session.logits()) {
+        let before = s.text.generated().len();
+        let logits = s.session.logits();
+        let stepped = s.text.step(logits);
+        if let Some(k) = s.job.limits.logprobs {
+            // The token sampled, unless generation ended without one.
+            if let Some(&token) = s.text.generated().get(before) {
+                let entry = scored(&self.l.tokenizer, &LogProbs::new(logits), token, k);
+                s.pending.push(entry);
+            }
+        }
+        let (reason, text) = match stepped {
             Err(e) => {
                 let s = self.running.remove(i);
                 fail(s, &e);
@@ -417,7 +540,7 @@ impl<'m, B: Backend> Engine<'m, '_, B> {
             }
             Ok(Step::End { reason, text }) => (reason, text),
             Ok(Step::Token { token, text }) => {
-                if !text.is_empty() && s.job.events.send(Event::Text(text)).is_err() {
+                if !text.is_empty() && !s.send(text) {
                     (StopReason::Cancelled, String::new())
                 } else if s.session.position() >= s.session.capacity() {
                     // No room for the token just sampled.
@@ -437,13 +560,26 @@ impl<'m, B: Backend> Engine<'m, '_, B> {
 
 /// Ends a request that generated what it will, with the last of its
 /// `text`; returns its session and the tokens that session holds.
-fn finish<B: Backend>(s: Seq<'_, B>, reason: StopReason, text: String) -> (Vec<u32>, Session<B>) {
+fn finish<B: Backend>(
+    mut s: Seq<'_, B>,
+    reason: StopReason,
+    text: String,
+) -> (Vec<u32>, Session<B>) {
     let generated = s.text.generated().len();
     let history = s.text.history();
     let held = history[..s.session.position().min(history.len())].to_vec();
     if reason != StopReason::Cancelled {
-        if !text.is_empty() {
-            let _ = s.job.events.send(Event::Text(text));
+        if reason == StopReason::StopString {
+            // Keep the tokens whose text begins before the stop string.
+            let (mut at, end) = (s.sent_tokens, s.sent_text + text.len());
+            s.pending.retain(|t| {
+                let keep = at < end;
+                at += t.token.len();
+                keep
+            });
+        }
+        if !text.is_empty() || !s.pending.is_empty() {
+            s.send(text);
         }
         eprintln!(
             "realm: served {} + {generated} tokens in {:.2} s ({reason:?})",

@@ -20,8 +20,10 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use super::engine::{Event, Input, Job, Ticket};
+use super::openai::Limits;
 use super::openai::{
-    finish_reason, ApiError, ChatRequest, CompletionRequest, Options, PromptCount, Usage,
+    chat_logprobs, completion_logprobs, finish_reason, ApiError, ChatRequest, CompletionRequest,
+    Options, PromptCount, TokenLogprob, Usage,
 };
 
 /// What every handler shares.
@@ -130,8 +132,17 @@ async fn chat(
         Ok(Json(r)) => r,
         Err(r) => return rejected(r),
     };
-    match req.conversation() {
-        Ok(turns) => answer(&app, Kind::Chat, Input::Chat(turns), &req.options).await,
+    let asked = req
+        .conversation()
+        .and_then(|turns| Ok((turns, req.options.chat_logprobs()?)));
+    match asked {
+        Ok((turns, logprobs)) => {
+            let extra = Extra {
+                logprobs,
+                echo: false,
+            };
+            answer(&app, Kind::Chat, Input::Chat(turns), &req.options, extra).await
+        }
         Err(e) => error(e),
     }
 }
@@ -144,10 +155,27 @@ async fn completion(
         Ok(Json(r)) => r,
         Err(r) => return rejected(r),
     };
-    match req.prompt() {
-        Ok(p) => answer(&app, Kind::Text, Input::Prompt(p), &req.options).await,
+    let asked = req
+        .prompt()
+        .and_then(|p| Ok((p, req.options.completion_logprobs()?)));
+    match asked {
+        Ok((p, logprobs)) => {
+            let extra = Extra {
+                logprobs,
+                echo: req.echo == Some(true),
+            };
+            answer(&app, Kind::Text, Input::Prompt(p), &req.options, extra).await
+        }
         Err(e) => error(e),
     }
+}
+
+/// What the two endpoints ask for in their own ways.
+#[derive(Debug, Clone, Copy)]
+struct Extra {
+    /// Alternatives per token, if log-probabilities are asked for.
+    logprobs: Option<usize>,
+    echo: bool,
 }
 
 /// Which endpoint answers: they differ only in their JSON.
@@ -163,6 +191,8 @@ struct Reply {
     id: String,
     created: u64,
     model: String,
+    /// Whether choices carry log-probabilities.
+    logprobs: bool,
 }
 
 impl Reply {
@@ -188,19 +218,30 @@ impl Reply {
         v
     }
 
+    /// A choice's `logprobs` for `tokens` (null unless asked for); a text
+    /// completion's offsets go on from `offset`.
+    fn logprobs(&self, tokens: &[TokenLogprob], offset: &mut usize) -> Value {
+        match (self.logprobs, self.kind) {
+            (false, _) => Value::Null,
+            (true, Kind::Chat) => chat_logprobs(tokens),
+            (true, Kind::Text) => completion_logprobs(tokens, offset),
+        }
+    }
+
     /// The whole answer.
-    fn whole(&self, text: String, reason: &str, usage: Usage) -> Value {
+    fn whole(&self, text: String, tokens: &[TokenLogprob], reason: &str, usage: Usage) -> Value {
+        let logprobs = self.logprobs(tokens, &mut 0);
         let choice = match self.kind {
             Kind::Chat => json!({
                 "index": 0,
                 "message": {"role": "assistant", "content": text},
-                "logprobs": null,
+                "logprobs": logprobs,
                 "finish_reason": reason,
             }),
             Kind::Text => json!({
                 "index": 0,
                 "text": text,
-                "logprobs": null,
+                "logprobs": logprobs,
                 "finish_reason": reason,
             }),
         };
@@ -208,24 +249,28 @@ impl Reply {
     }
 
     /// The events that stream engine event `e` (`None`: the engine
-    /// stopped) to the client; whether the stream ends with them.
+    /// stopped) to the client; whether the stream ends with them. A text
+    /// completion's log-probability offsets go on from `offset`.
     fn events(
         &self,
         e: Option<Event>,
         prompt: PromptCount,
         include_usage: bool,
+        offset: &mut usize,
         out: &mut VecDeque<sse::Event>,
     ) -> bool {
         match e {
-            Some(Event::Text(t)) => {
-                out.push_back(data(&self.chunk(Some(&t), None)));
+            Some(Event::Text { text, logprobs }) => {
+                let logprobs = self.logprobs(&logprobs, offset);
+                out.push_back(data(&self.chunk(Some(&text), None, logprobs)));
                 false
             }
             Some(Event::Done {
                 reason,
                 completion_tokens,
             }) => {
-                out.push_back(data(&self.chunk(None, Some(finish_reason(reason)))));
+                let end = self.chunk(None, Some(finish_reason(reason)), Value::Null);
+                out.push_back(data(&end));
                 if include_usage {
                     let usage = Usage::new(prompt, completion_tokens);
                     out.push_back(data(&self.wrap(true, json!([]), Some(usage))));
@@ -244,17 +289,17 @@ impl Reply {
         }
     }
 
-    /// A streamed piece: text, or the end (`reason`).
-    fn chunk(&self, text: Option<&str>, reason: Option<&str>) -> Value {
+    /// A streamed piece: text and its `logprobs`, or the end (`reason`).
+    fn chunk(&self, text: Option<&str>, reason: Option<&str>, logprobs: Value) -> Value {
         let choice = match self.kind {
             Kind::Chat => {
                 let delta = text.map_or(json!({}), |t| json!({"content": t}));
-                json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": reason})
+                json!({"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": reason})
             }
             Kind::Text => json!({
                 "index": 0,
                 "text": text.unwrap_or(""),
-                "logprobs": null,
+                "logprobs": logprobs,
                 "finish_reason": reason,
             }),
         };
@@ -263,7 +308,7 @@ impl Reply {
 }
 
 /// Queues the request and answers it, whole or streamed.
-async fn answer(app: &App, kind: Kind, input: Input, options: &Options) -> Response {
+async fn answer(app: &App, kind: Kind, input: Input, options: &Options, extra: Extra) -> Response {
     let n = app.count.fetch_add(1, Ordering::Relaxed);
     // A request without a seed gets one of its own.
     let seed = (u64::from(
@@ -271,8 +316,11 @@ async fn answer(app: &App, kind: Kind, input: Input, options: &Options) -> Respo
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos()),
     )) ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    let limits = match options.limits(seed) {
-        Ok(l) => l,
+    let limits = match options.limits(seed, extra.echo) {
+        Ok(l) => Limits {
+            logprobs: extra.logprobs,
+            ..l
+        },
         Err(e) => return error(e),
     };
     let Some(ticket) = Ticket::take(&app.held, app.limit) else {
@@ -320,6 +368,7 @@ async fn answer(app: &App, kind: Kind, input: Input, options: &Options) -> Respo
         ),
         created: now(),
         model: app.model.clone(),
+        logprobs: extra.logprobs.is_some(),
     };
     if options.stream {
         stream(reply, rx, prompt, options.include_usage())
@@ -337,15 +386,20 @@ fn stopped() -> ApiError {
 
 async fn whole(reply: Reply, mut rx: UnboundedReceiver<Event>, prompt: PromptCount) -> Response {
     let mut text = String::new();
+    let mut tokens = Vec::new();
     loop {
         match rx.recv().await {
-            Some(Event::Text(t)) => text.push_str(&t),
+            Some(Event::Text { text: t, logprobs }) => {
+                text.push_str(&t);
+                tokens.extend(logprobs);
+            }
             Some(Event::Done {
                 reason,
                 completion_tokens,
             }) => {
                 let usage = Usage::new(prompt, completion_tokens);
-                return Json(reply.whole(text, finish_reason(reason), usage)).into_response();
+                let answer = reply.whole(text, &tokens, finish_reason(reason), usage);
+                return Json(answer).into_response();
             }
             Some(Event::Failed(e)) => return error(e),
             Some(Event::Started { .. }) | None => return error(stopped()),
@@ -366,26 +420,28 @@ fn stream(
 ) -> Response {
     let mut first = VecDeque::new();
     if let Kind::Chat = reply.kind {
-        let mut role = reply.chunk(None, None);
+        let mut role = reply.chunk(None, None, Value::Null);
         role["choices"][0]["delta"] = json!({"role": "assistant", "content": ""});
         first.push_back(data(&role));
     }
     let reply = Arc::new(reply);
-    let state = (rx, first, false);
-    let events = futures_util::stream::unfold(state, move |(mut rx, mut out, mut ended)| {
-        let reply = reply.clone();
-        async move {
-            loop {
-                if let Some(e) = out.pop_front() {
-                    return Some((Ok::<_, Infallible>(e), (rx, out, ended)));
+    let state = (rx, first, false, 0);
+    let events =
+        futures_util::stream::unfold(state, move |(mut rx, mut out, mut ended, mut at)| {
+            let reply = reply.clone();
+            async move {
+                loop {
+                    if let Some(e) = out.pop_front() {
+                        return Some((Ok::<_, Infallible>(e), (rx, out, ended, at)));
+                    }
+                    if ended {
+                        return None;
+                    }
+                    let e = rx.recv().await;
+                    ended = reply.events(e, prompt, include_usage, &mut at, &mut out);
                 }
-                if ended {
-                    return None;
-                }
-                ended = reply.events(rx.recv().await, prompt, include_usage, &mut out);
             }
-        }
-    });
+        });
     Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response()

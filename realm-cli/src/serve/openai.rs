@@ -3,9 +3,14 @@
 //!
 //! Fields a client may send that change nothing here (`user`, `name`,
 //! `response_format` of text, ...) are ignored; fields that ask for
-//! something this server cannot do (`n` above 1, `logprobs`, `tools`,
-//! `echo`, `suffix`, images) are refused with a 400, not ignored, so that a
-//! client never gets an answer to a question it did not ask.
+//! something this server cannot do (`n` above 1, `tools`, `suffix`,
+//! images) are refused with a 400, not ignored, so that a client never gets
+//! an answer to a question it did not ask.
+//!
+//! Log-probabilities are the model's own (a softmax of its logits, before
+//! sampling's temperature, penalties or biases), as OpenAI's are: chat's
+//! `logprobs: true` with `top_logprobs`, completions' `logprobs: N`, with
+//! `echo` the prompt's tokens too (how evaluation harnesses score text).
 
 use std::collections::HashMap;
 
@@ -16,6 +21,9 @@ use serde_json::Value;
 
 /// Most stop strings a request may give.
 const MAX_STOPS: usize = 16;
+
+/// Most alternatives a token's log-probabilities may list.
+pub const MAX_TOP_LOGPROBS: usize = 20;
 
 /// An error as the OpenAI API returns it: an HTTP status and
 /// `{"error": {"message", "type", "param", "code"}}`.
@@ -112,32 +120,30 @@ pub struct Limits {
     pub max_tokens: Option<usize>,
     pub stop: Vec<String>,
     pub sampling: SamplingParams,
+    /// Log-probabilities of each token, with this many alternatives.
+    pub logprobs: Option<usize>,
+    /// Answer with the prompt before the completion (and, with
+    /// `logprobs`, the prompt's tokens' log-probabilities).
+    pub echo: bool,
 }
 
 impl Options {
-    /// Checks the fields; `seed` stands in for an absent `seed`.
-    pub fn limits(&self, seed: u64) -> Result<Limits, ApiError> {
+    /// Checks the fields; `seed` stands in for an absent `seed`. The
+    /// caller sets [`Limits::logprobs`] and [`Limits::echo`], which the two
+    /// endpoints spell differently; with `echo`, `max_tokens` may be 0
+    /// (score the prompt, generate nothing).
+    pub fn limits(&self, seed: u64, echo: bool) -> Result<Limits, ApiError> {
         if self.n.is_some_and(|n| n != 1) {
             return Err(ApiError::invalid(
                 Some("n"),
                 "only one choice per request (n = 1) is supported",
             ));
         }
-        if !matches!(
-            self.logprobs,
-            None | Some(Value::Null) | Some(Value::Bool(false))
-        ) || !matches!(self.top_logprobs, None | Some(Value::Null))
-        {
-            return Err(ApiError::invalid(
-                Some("logprobs"),
-                "log probabilities are not supported",
-            ));
-        }
         let max_tokens = match self.max_completion_tokens.or(self.max_tokens) {
-            Some(0) => {
+            Some(0) if !echo => {
                 return Err(ApiError::invalid(
                     Some("max_tokens"),
-                    "max_tokens must be at least 1",
+                    "max_tokens must be at least 1 (0 only with echo)",
                 ))
             }
             Some(n) => Some(usize::try_from(n).unwrap_or(usize::MAX)),
@@ -191,7 +197,44 @@ impl Options {
             max_tokens,
             stop,
             sampling,
+            logprobs: None,
+            echo,
         })
+    }
+
+    /// Chat's `logprobs: true` and `top_logprobs: N`: how many alternatives
+    /// each token lists, if log-probabilities are asked for.
+    pub fn chat_logprobs(&self) -> Result<Option<usize>, ApiError> {
+        let top = match &self.top_logprobs {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(count(v, "top_logprobs")?),
+        };
+        match &self.logprobs {
+            None | Some(Value::Null) | Some(Value::Bool(false)) if top.is_some() => Err(
+                ApiError::invalid(Some("top_logprobs"), "top_logprobs needs logprobs: true"),
+            ),
+            None | Some(Value::Null) | Some(Value::Bool(false)) => Ok(None),
+            Some(Value::Bool(true)) => Ok(Some(top.unwrap_or(0))),
+            Some(_) => Err(ApiError::invalid(
+                Some("logprobs"),
+                "a chat's logprobs is true or false (the number goes in top_logprobs)",
+            )),
+        }
+    }
+
+    /// Completions' `logprobs: N`: alternatives per token (0: the chosen
+    /// token's alone), if asked for.
+    pub fn completion_logprobs(&self) -> Result<Option<usize>, ApiError> {
+        if !matches!(self.top_logprobs, None | Some(Value::Null)) {
+            return Err(ApiError::invalid(
+                Some("top_logprobs"),
+                "completions take logprobs: N (top_logprobs is chat's)",
+            ));
+        }
+        match &self.logprobs {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => count(v, "logprobs").map(Some),
+        }
     }
 
     /// Whether a stream ends with a chunk of token counts.
@@ -200,6 +243,82 @@ impl Options {
             .as_ref()
             .is_some_and(|o| o.include_usage)
     }
+}
+
+/// A whole number of alternatives, 0 to [`MAX_TOP_LOGPROBS`].
+fn count(v: &Value, param: &'static str) -> Result<usize, ApiError> {
+    v.as_u64()
+        .and_then(|n| usize::try_from(n).ok())
+        .filter(|&n| n <= MAX_TOP_LOGPROBS)
+        .ok_or_else(|| {
+            ApiError::invalid(
+                Some(param),
+                format!("{param} is a whole number from 0 to {MAX_TOP_LOGPROBS}"),
+            )
+        })
+}
+
+/// One token's log-probability and the most likely tokens in its place.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    /// The token's bytes (maybe part of a UTF-8 character).
+    pub token: Vec<u8>,
+    /// `None` for a prompt's first token, which nothing predicts.
+    pub logprob: Option<f64>,
+    /// The alternatives, most likely first; `None` with `logprob`.
+    pub top: Option<Vec<(Vec<u8>, f64)>>,
+}
+
+fn lossy(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A chat choice's `logprobs` for `tokens`:
+/// `{"content": [{"token", "logprob", "bytes", "top_logprobs"}], "refusal": null}`.
+pub fn chat_logprobs(tokens: &[TokenLogprob]) -> Value {
+    let entry = |bytes: &[u8], logprob: Option<f64>| serde_json::json!({"token": lossy(bytes), "logprob": logprob, "bytes": bytes});
+    let content: Vec<Value> = tokens
+        .iter()
+        .map(|t| {
+            let mut e = entry(&t.token, t.logprob);
+            e["top_logprobs"] = t
+                .top
+                .iter()
+                .flatten()
+                .map(|(b, lp)| entry(b, Some(*lp)))
+                .collect();
+            e
+        })
+        .collect();
+    serde_json::json!({"content": content, "refusal": null})
+}
+
+/// A text completion's `logprobs` for `tokens`, whose text begins at
+/// character `offset` of the answer's (advanced past them):
+/// `{"tokens", "token_logprobs", "top_logprobs", "text_offset"}`.
+pub fn completion_logprobs(tokens: &[TokenLogprob], offset: &mut usize) -> Value {
+    let mut offsets = Vec::with_capacity(tokens.len());
+    for t in tokens {
+        offsets.push(*offset);
+        *offset += lossy(&t.token).chars().count();
+    }
+    let top: Vec<Value> = tokens
+        .iter()
+        .map(|t| match &t.top {
+            None => Value::Null,
+            Some(alts) => Value::Object(
+                alts.iter()
+                    .map(|(b, lp)| (lossy(b), serde_json::json!(lp)))
+                    .collect(),
+            ),
+        })
+        .collect();
+    serde_json::json!({
+        "tokens": tokens.iter().map(|t| lossy(&t.token)).collect::<Vec<_>>(),
+        "token_logprobs": tokens.iter().map(|t| t.logprob).collect::<Vec<_>>(),
+        "top_logprobs": top,
+        "text_offset": offsets,
+    })
 }
 
 /// A chat message's `content`: a string, or a list of parts of which only
@@ -314,9 +433,6 @@ pub enum Prompt {
 impl CompletionRequest {
     /// The prompt, once the unsupported fields are refused.
     pub fn prompt(&self) -> Result<Prompt, ApiError> {
-        if self.echo == Some(true) {
-            return Err(ApiError::invalid(Some("echo"), "echo is not supported"));
-        }
         if self.suffix.as_ref().is_some_and(|s| !s.is_empty()) {
             return Err(ApiError::invalid(Some("suffix"), "suffix is not supported"));
         }
@@ -409,7 +525,7 @@ mod tests {
             "logit_bias": {"12": 3.5, "3": -100},
             "user": "someone",
         }));
-        let l = r.options.limits(42).unwrap();
+        let l = r.options.limits(42, false).unwrap();
         assert_eq!(l.max_tokens, Some(7));
         assert_eq!(l.stop, ["END"]);
         assert_eq!(l.sampling.temperature, 0.0);
@@ -418,7 +534,7 @@ mod tests {
         assert_eq!(l.sampling.logit_bias, [(3, -100.0), (12, 3.5)]);
         assert_eq!(l.sampling.seed, 42);
         let seeded = chat(serde_json::json!({"messages": [], "seed": 9}));
-        assert_eq!(seeded.options.limits(42).unwrap().sampling.seed, 9);
+        assert_eq!(seeded.options.limits(42, false).unwrap().sampling.seed, 9);
     }
 
     #[test]
@@ -426,15 +542,24 @@ mod tests {
         let refused = |body: Value| {
             let r = chat(body);
             r.conversation()
-                .and_then(|_| r.options.limits(0))
+                .and_then(|_| r.options.limits(0, false))
+                .and_then(|_| r.options.chat_logprobs())
                 .unwrap_err()
         };
         let m = serde_json::json!([{"role": "user", "content": "hi"}]);
         for (body, param) in [
             (serde_json::json!({"messages": m, "n": 2}), Some("n")),
             (
-                serde_json::json!({"messages": m, "logprobs": true}),
+                serde_json::json!({"messages": m, "logprobs": 3}),
                 Some("logprobs"),
+            ),
+            (
+                serde_json::json!({"messages": m, "logprobs": true, "top_logprobs": 21}),
+                Some("top_logprobs"),
+            ),
+            (
+                serde_json::json!({"messages": m, "top_logprobs": 2}),
+                Some("top_logprobs"),
             ),
             (
                 serde_json::json!({"messages": m, "max_tokens": 0}),
@@ -518,9 +643,97 @@ mod tests {
         );
         assert!(prompt(serde_json::json!(["a", "b"])).is_err());
         assert!(prompt(serde_json::json!([])).is_err());
-        let echo: CompletionRequest =
-            serde_json::from_value(serde_json::json!({"prompt": "a", "echo": true})).unwrap();
-        assert_eq!(echo.prompt().unwrap_err().param, Some("echo"));
+    }
+
+    #[test]
+    fn logprobs_are_asked_for_per_endpoint() {
+        let chat_lp = |body: Value| chat(body).options.chat_logprobs();
+        let m = serde_json::json!([{"role": "user", "content": "hi"}]);
+        assert_eq!(chat_lp(serde_json::json!({"messages": m})), Ok(None));
+        assert_eq!(
+            chat_lp(serde_json::json!({"messages": m, "logprobs": false})),
+            Ok(None)
+        );
+        assert_eq!(
+            chat_lp(serde_json::json!({"messages": m, "logprobs": true})),
+            Ok(Some(0))
+        );
+        assert_eq!(
+            chat_lp(serde_json::json!({"messages": m, "logprobs": true, "top_logprobs": 5})),
+            Ok(Some(5))
+        );
+        let text = |body: Value| {
+            let r: CompletionRequest = serde_json::from_value(body).unwrap();
+            let echo = r.echo == Some(true);
+            r.options
+                .completion_logprobs()
+                .and_then(|lp| Ok((lp, r.options.limits(0, echo)?.max_tokens)))
+        };
+        assert_eq!(
+            text(serde_json::json!({"prompt": "a", "logprobs": 0})),
+            Ok((Some(0), None))
+        );
+        assert_eq!(
+            text(serde_json::json!({"prompt": "a", "logprobs": 20, "echo": true, "max_tokens": 0})),
+            Ok((Some(20), Some(0)))
+        );
+        for (body, param) in [
+            (
+                serde_json::json!({"prompt": "a", "logprobs": true}),
+                "logprobs",
+            ),
+            (
+                serde_json::json!({"prompt": "a", "logprobs": -1}),
+                "logprobs",
+            ),
+            (
+                serde_json::json!({"prompt": "a", "top_logprobs": 1}),
+                "top_logprobs",
+            ),
+            (
+                serde_json::json!({"prompt": "a", "max_tokens": 0}),
+                "max_tokens",
+            ),
+        ] {
+            assert_eq!(text(body.clone()).unwrap_err().param, Some(param), "{body}");
+        }
+    }
+
+    #[test]
+    fn logprobs_have_each_endpoints_shape() {
+        let tokens = [
+            TokenLogprob {
+                token: b"Hi".to_vec(),
+                logprob: None,
+                top: None,
+            },
+            TokenLogprob {
+                token: vec![0xc3],
+                logprob: Some(-0.5),
+                top: Some(vec![(b" there".to_vec(), -0.25), (vec![0xc3], -0.5)]),
+            },
+        ];
+        assert_eq!(
+            chat_logprobs(&tokens[1..]),
+            serde_json::json!({"content": [{
+                "token": "\u{fffd}", "logprob": -0.5, "bytes": [0xc3],
+                "top_logprobs": [
+                    {"token": " there", "logprob": -0.25, "bytes": b" there"},
+                    {"token": "\u{fffd}", "logprob": -0.5, "bytes": [0xc3]},
+                ],
+            }], "refusal": null})
+        );
+        let mut at = 3;
+        assert_eq!(
+            completion_logprobs(&tokens, &mut at),
+            serde_json::json!({
+                "tokens": ["Hi", "\u{fffd}"],
+                "token_logprobs": [null, -0.5],
+                "top_logprobs": [null, {" there": -0.25, "\u{fffd}": -0.5}],
+                "text_offset": [3, 5],
+            })
+        );
+        assert_eq!(at, 6);
     }
 
     #[test]

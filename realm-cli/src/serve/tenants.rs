@@ -95,6 +95,12 @@ fn check(
     prompts: &Prompts<'_>,
     job: &Job,
 ) -> Result<(PromptText, usize, GenerateRequest), ApiError> {
+    if job.limits.logprobs.is_some() {
+        return Err(ApiError::invalid(
+            Some("logprobs"),
+            "a wasm tenant samples its own tokens: log-probabilities need the native engine",
+        ));
+    }
     let prompt = prompts.text(&job.input)?.map_err(|_| {
         ApiError::invalid(
             Some("prompt"),
@@ -132,8 +138,23 @@ fn serve(mut tenant: Tenant, queue: &Mutex<Receiver<Work>>) {
             prompt_tokens: w.prompt_tokens,
             cached_tokens: 0,
         });
+        let text = |text: String| Event::Text {
+            text,
+            logprobs: Vec::new(),
+        };
+        if w.job.limits.echo {
+            let _ = events.send(text(w.prompt.text.clone()));
+        }
+        if w.req.max_tokens == 0 {
+            // `echo` with nothing to generate: the prompt is the answer.
+            let _ = events.send(Event::Done {
+                reason: StopReason::MaxTokens,
+                completion_tokens: 0,
+            });
+            continue;
+        }
         let ran = tenant.generate_while(&w.prompt.text, &w.req, |piece| {
-            events.send(Event::Text(piece.to_string())).is_ok()
+            events.send(text(piece.to_string())).is_ok()
         });
         match ran {
             Ok(stats) => {
