@@ -673,6 +673,100 @@ fn generated_tokens_carry_their_logprobs() {
     );
 }
 
+/// A completion request with several prompts (strings or token lists)
+/// answers each as a request of its own would, a choice per prompt in
+/// order; `n` samples a prompt `n` times, choice `j` with the seed plus
+/// `j`; streamed choices carry their index. Token counts add up, a prompt
+/// counted once however many choices it has.
+#[test]
+fn several_prompts_and_choices_answer_as_requests_alone() {
+    if !cached(&catalog::SMOLLM2) {
+        return;
+    }
+    let server = Server::start(&["smollm2", "--parallel", "3"]);
+    let prompts = [
+        "The capital of France is",
+        "One, two, three,",
+        "Roses are red,",
+    ];
+    let complete = |body: Value| server.post("/v1/completions", &body);
+    let text = |r: &Value, i: usize| r["choices"][i]["text"].as_str().unwrap().to_string();
+    let alone: Vec<Value> = prompts
+        .iter()
+        .map(|p| complete(json!({"prompt": p, "max_tokens": 10, "seed": 11})))
+        .collect();
+    let together = complete(json!({"prompt": prompts, "max_tokens": 10, "seed": 11}));
+    let choices = together["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 3);
+    for (i, a) in alone.iter().enumerate() {
+        assert_eq!(choices[i]["index"], i);
+        assert_eq!(text(&together, i), text(a, 0));
+    }
+    let sum = |key: &str| {
+        alone
+            .iter()
+            .map(|a| a["usage"][key].as_u64().unwrap())
+            .sum::<u64>()
+    };
+    assert_eq!(together["usage"]["prompt_tokens"], sum("prompt_tokens"));
+    assert_eq!(
+        together["usage"]["completion_tokens"],
+        sum("completion_tokens")
+    );
+
+    // Token lists, as evaluation harnesses send them.
+    let path = catalog::cached_path(&catalog::SMOLLM2).unwrap();
+    let tok = Tokenizer::from_metadata(GgufFile::open(&path).unwrap().metadata()).unwrap();
+    let ids: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| tok.encode(p, true, false).unwrap())
+        .collect();
+    let r = complete(json!({"prompt": ids, "max_tokens": 10, "seed": 11}));
+    assert_eq!(r["choices"], together["choices"]);
+
+    // `n`: choice j is the request with seed 11 + j.
+    let body = json!({"prompt": prompts[0], "max_tokens": 10, "seed": 11, "n": 3});
+    let r = complete(body.clone());
+    for j in 0..3 {
+        let one = complete(json!({"prompt": prompts[0], "max_tokens": 10, "seed": 11 + j}));
+        assert_eq!(text(&r, j as usize), text(&one, 0));
+    }
+    assert_eq!(
+        r["usage"]["prompt_tokens"],
+        alone[0]["usage"]["prompt_tokens"]
+    );
+    assert_eq!(r["usage"]["completion_tokens"], 30);
+    let mut streamed = body;
+    streamed["stream"] = json!(true);
+    let mut texts = vec![String::new(); 3];
+    let mut ends = 0;
+    for e in server.stream("/v1/completions", &streamed) {
+        if e == "[DONE]" {
+            continue;
+        }
+        let c: Value = serde_json::from_str(&e).unwrap();
+        let choice = &c["choices"][0];
+        let i = choice["index"].as_u64().unwrap() as usize;
+        texts[i].push_str(choice["text"].as_str().unwrap());
+        ends += usize::from(!choice["finish_reason"].is_null());
+    }
+    assert_eq!(ends, 3);
+    assert_eq!(texts, (0..3).map(|j| text(&r, j)).collect::<Vec<_>>());
+
+    // Chat choices too; more sequences than the server holds get a 503.
+    let r = server.post("/v1/chat/completions", &question(json!({"n": 2})));
+    assert_eq!(
+        r["choices"][1]["message"]["content"],
+        r["choices"][0]["message"]["content"]
+    );
+    let (status, body) = server.call(
+        "POST",
+        "/v1/completions",
+        &json!({"prompt": vec!["a"; 64], "n": 2}).to_string(),
+    );
+    assert_eq!(status, 503, "{body}");
+}
+
 /// Bad requests get OpenAI-shaped errors with the right status, and the
 /// server goes on answering.
 #[test]
@@ -692,9 +786,15 @@ fn bad_requests_get_clear_errors() {
         ),
         (
             "/v1/chat/completions",
-            question(json!({"n": 2})).to_string(),
+            question(json!({"n": 17})).to_string(),
             400,
-            "n = 1",
+            "from 1 to 16",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": ["fine", long]}).to_string(),
+            400,
+            "context holds 64",
         ),
         (
             "/v1/completions",

@@ -73,19 +73,19 @@ pub enum Event {
     Failed(ApiError),
 }
 
-/// A place among the requests the server holds (running or waiting): given
-/// back when the request ends, whichever way.
+/// A place among the sequences the server holds (running or waiting):
+/// given back when the sequence ends, whichever way.
 #[derive(Debug)]
 pub struct Ticket(Arc<AtomicUsize>);
 
 impl Ticket {
-    /// A place, unless `limit` are taken.
-    pub fn take(held: &Arc<AtomicUsize>, limit: usize) -> Option<Self> {
+    /// `count` places, unless fewer than that are free of `limit`.
+    pub fn take(held: &Arc<AtomicUsize>, limit: usize, count: usize) -> Option<Vec<Self>> {
         held.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-            (n < limit).then_some(n + 1)
+            n.checked_add(count).filter(|&m| m <= limit)
         })
         .ok()
-        .map(|_| Self(held.clone()))
+        .map(|_| (0..count).map(|_| Self(held.clone())).collect())
     }
 }
 
@@ -95,12 +95,33 @@ impl Drop for Ticket {
     }
 }
 
-/// One request.
+/// Where a sequence's events go: its HTTP request's channel, which the
+/// request's choices share, each event tagged with the choice's index.
+#[derive(Debug, Clone)]
+pub struct Events {
+    pub index: usize,
+    pub tx: UnboundedSender<(usize, Event)>,
+}
+
+impl Events {
+    /// Sends `e`; an error when the client has gone.
+    pub fn send(&self, e: Event) -> Result<(), Event> {
+        self.tx.send((self.index, e)).map_err(|e| e.0 .1)
+    }
+
+    /// Whether the client has gone.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
+
+/// One sequence to generate: a request's prompt, or one of its prompts
+/// or choices.
 #[derive(Debug)]
 pub struct Job {
     pub input: Input,
     pub limits: Limits,
-    pub events: UnboundedSender<Event>,
+    pub events: Events,
     /// Held for its drop, which gives the place back.
     pub _ticket: Ticket,
 }

@@ -19,7 +19,9 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
-use super::engine::{Event, Input, Job, Ticket};
+use realm_models::StopReason;
+
+use super::engine::{Event, Events, Input, Job, Ticket};
 use super::openai::Limits;
 use super::openai::{
     chat_logprobs, completion_logprobs, finish_reason, ApiError, ChatRequest, CompletionRequest,
@@ -141,7 +143,14 @@ async fn chat(
                 logprobs,
                 echo: false,
             };
-            answer(&app, Kind::Chat, Input::Chat(turns), &req.options, extra).await
+            answer(
+                &app,
+                Kind::Chat,
+                vec![Input::Chat(turns)],
+                &req.options,
+                extra,
+            )
+            .await
         }
         Err(e) => error(e),
     }
@@ -156,15 +165,16 @@ async fn completion(
         Err(r) => return rejected(r),
     };
     let asked = req
-        .prompt()
+        .prompts()
         .and_then(|p| Ok((p, req.options.completion_logprobs()?)));
     match asked {
-        Ok((p, logprobs)) => {
+        Ok((prompts, logprobs)) => {
             let extra = Extra {
                 logprobs,
                 echo: req.echo == Some(true),
             };
-            answer(&app, Kind::Text, Input::Prompt(p), &req.options, extra).await
+            let inputs = prompts.into_iter().map(Input::Prompt).collect();
+            answer(&app, Kind::Text, inputs, &req.options, extra).await
         }
         Err(e) => error(e),
     }
@@ -193,6 +203,37 @@ struct Reply {
     model: String,
     /// Whether choices carry log-probabilities.
     logprobs: bool,
+    /// Choices in all (prompts times `n`).
+    choices: usize,
+    /// Choices per prompt (`n`).
+    per_prompt: usize,
+}
+
+/// One choice's answer, as its events arrive.
+#[derive(Debug, Default)]
+struct Choice {
+    text: String,
+    tokens: Vec<TokenLogprob>,
+    /// Why it ended and how many tokens it generated, once it has.
+    done: Option<(StopReason, usize)>,
+    /// A text completion's character offset for its next token.
+    offset: usize,
+}
+
+/// A request's events: those that came before every choice had started,
+/// then the channel's.
+struct Inbox {
+    early: VecDeque<(usize, Event)>,
+    rx: UnboundedReceiver<(usize, Event)>,
+}
+
+impl Inbox {
+    async fn next(&mut self) -> Option<(usize, Event)> {
+        match self.early.pop_front() {
+            Some(e) => Some(e),
+            None => self.rx.recv().await,
+        }
+    }
 }
 
 impl Reply {
@@ -228,76 +269,67 @@ impl Reply {
         }
     }
 
+    /// The token counts of finished `choices` (a prompt counted once
+    /// however many choices it has).
+    fn usage(&self, prompts: &[PromptCount], choices: &[Choice]) -> Usage {
+        let prompt = prompts.iter().step_by(self.per_prompt).fold(
+            PromptCount {
+                tokens: 0,
+                cached: 0,
+            },
+            |a, p| PromptCount {
+                tokens: a.tokens + p.tokens,
+                cached: a.cached + p.cached,
+            },
+        );
+        let generated = choices.iter().filter_map(|c| c.done).map(|(_, n)| n).sum();
+        Usage::new(prompt, generated)
+    }
+
     /// The whole answer.
-    fn whole(&self, text: String, tokens: &[TokenLogprob], reason: &str, usage: Usage) -> Value {
-        let logprobs = self.logprobs(tokens, &mut 0);
-        let choice = match self.kind {
-            Kind::Chat => json!({
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "logprobs": logprobs,
-                "finish_reason": reason,
-            }),
-            Kind::Text => json!({
-                "index": 0,
-                "text": text,
-                "logprobs": logprobs,
-                "finish_reason": reason,
-            }),
-        };
-        self.wrap(false, json!([choice]), Some(usage))
-    }
-
-    /// The events that stream engine event `e` (`None`: the engine
-    /// stopped) to the client; whether the stream ends with them. A text
-    /// completion's log-probability offsets go on from `offset`.
-    fn events(
-        &self,
-        e: Option<Event>,
-        prompt: PromptCount,
-        include_usage: bool,
-        offset: &mut usize,
-        out: &mut VecDeque<sse::Event>,
-    ) -> bool {
-        match e {
-            Some(Event::Text { text, logprobs }) => {
-                let logprobs = self.logprobs(&logprobs, offset);
-                out.push_back(data(&self.chunk(Some(&text), None, logprobs)));
-                false
-            }
-            Some(Event::Done {
-                reason,
-                completion_tokens,
-            }) => {
-                let end = self.chunk(None, Some(finish_reason(reason)), Value::Null);
-                out.push_back(data(&end));
-                if include_usage {
-                    let usage = Usage::new(prompt, completion_tokens);
-                    out.push_back(data(&self.wrap(true, json!([]), Some(usage))));
+    fn whole(&self, choices: &[Choice], usage: Usage) -> Value {
+        let choices: Vec<Value> = choices
+            .iter()
+            .enumerate()
+            .map(|(index, c)| {
+                let logprobs = self.logprobs(&c.tokens, &mut 0);
+                let reason = c.done.map(|(r, _)| finish_reason(r));
+                match self.kind {
+                    Kind::Chat => json!({
+                        "index": index,
+                        "message": {"role": "assistant", "content": c.text},
+                        "logprobs": logprobs,
+                        "finish_reason": reason,
+                    }),
+                    Kind::Text => json!({
+                        "index": index,
+                        "text": c.text,
+                        "logprobs": logprobs,
+                        "finish_reason": reason,
+                    }),
                 }
-                out.push_back(sse::Event::default().data("[DONE]"));
-                true
-            }
-            Some(Event::Failed(e)) => {
-                out.push_back(data(&e.body()));
-                true
-            }
-            Some(Event::Started { .. }) | None => {
-                out.push_back(data(&stopped().body()));
-                true
-            }
-        }
+            })
+            .collect();
+        self.wrap(false, json!(choices), Some(usage))
     }
 
-    /// A streamed piece: text and its `logprobs`, or the end (`reason`).
-    fn chunk(&self, text: Option<&str>, reason: Option<&str>, logprobs: Value) -> Value {
+    /// A streamed piece of choice `index`: text and its `logprobs`, or the
+    /// end (`reason`).
+    fn chunk(
+        &self,
+        index: usize,
+        text: Option<&str>,
+        reason: Option<&str>,
+        logprobs: Value,
+    ) -> Value {
         let choice = match self.kind {
             Kind::Chat => {
                 let delta = text.map_or(json!({}), |t| json!({"content": t}));
-                json!({"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": reason})
+                json!({"index": index, "delta": delta, "logprobs": logprobs,
+                       "finish_reason": reason})
             }
             Kind::Text => json!({
-                "index": 0,
+                "index": index,
                 "text": text.unwrap_or(""),
                 "logprobs": logprobs,
                 "finish_reason": reason,
@@ -307,8 +339,15 @@ impl Reply {
     }
 }
 
-/// Queues the request and answers it, whole or streamed.
-async fn answer(app: &App, kind: Kind, input: Input, options: &Options, extra: Extra) -> Response {
+/// Queues the request's sequences (each prompt `n` times) and answers them,
+/// whole or streamed, once every one has started (or one has failed).
+async fn answer(
+    app: &App,
+    kind: Kind,
+    inputs: Vec<Input>,
+    options: &Options,
+    extra: Extra,
+) -> Response {
     let n = app.count.fetch_add(1, Ordering::Relaxed);
     // A request without a seed gets one of its own.
     let seed = (u64::from(
@@ -316,46 +355,80 @@ async fn answer(app: &App, kind: Kind, input: Input, options: &Options, extra: E
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos()),
     )) ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    let limits = match options.limits(seed, extra.echo) {
-        Ok(l) => Limits {
-            logprobs: extra.logprobs,
-            ..l
-        },
+    let asked = options.choices().and_then(|per_prompt| {
+        let limits = options.limits(seed, extra.echo)?;
+        Ok((per_prompt, limits))
+    });
+    let (per_prompt, limits) = match asked {
+        Ok(a) => a,
         Err(e) => return error(e),
     };
-    let Some(ticket) = Ticket::take(&app.held, app.limit) else {
+    let total = inputs.len() * per_prompt;
+    let Some(tickets) = Ticket::take(&app.held, app.limit, total) else {
         return error(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
-                "the server holds {} requests already; try again later",
+                "the server holds at most {} sequences and has no room for {total} more; \
+                 try again later",
                 app.limit
             ),
         ));
     };
-    let (events, mut rx) = unbounded_channel();
-    let job = Job {
-        input,
-        limits,
-        events,
-        _ticket: ticket,
-    };
-    if app.jobs.send(job).is_err() {
-        return error(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the engine has stopped",
-        ));
+    let (tx, rx) = unbounded_channel();
+    let sequences = inputs
+        .iter()
+        .flat_map(|input| std::iter::repeat_n(input, per_prompt));
+    for ((index, input), ticket) in sequences.enumerate().zip(tickets) {
+        let mut limits = Limits {
+            logprobs: extra.logprobs,
+            ..limits.clone()
+        };
+        limits.sampling.seed = limits
+            .sampling
+            .seed
+            .wrapping_add((index % per_prompt) as u64);
+        let job = Job {
+            input: input.clone(),
+            limits,
+            events: Events {
+                index,
+                tx: tx.clone(),
+            },
+            _ticket: ticket,
+        };
+        if app.jobs.send(job).is_err() {
+            return error(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the engine has stopped",
+            ));
+        }
     }
-    let prompt = match rx.recv().await {
-        Some(Event::Started {
-            prompt_tokens,
-            cached_tokens,
-        }) => PromptCount {
-            tokens: prompt_tokens,
-            cached: cached_tokens,
-        },
-        Some(Event::Failed(e)) => return error(e),
-        _ => return error(stopped()),
+    drop(tx);
+    let mut inbox = Inbox {
+        early: VecDeque::new(),
+        rx,
     };
+    let mut prompts: Vec<Option<PromptCount>> = vec![None; total];
+    while prompts.iter().any(Option::is_none) {
+        match inbox.rx.recv().await {
+            Some((
+                i,
+                Event::Started {
+                    prompt_tokens,
+                    cached_tokens,
+                },
+            )) => {
+                prompts[i] = Some(PromptCount {
+                    tokens: prompt_tokens,
+                    cached: cached_tokens,
+                });
+            }
+            Some((_, Event::Failed(e))) => return error(e),
+            Some(e) => inbox.early.push_back(e),
+            None => return error(stopped()),
+        }
+    }
+    let prompts: Vec<PromptCount> = prompts.into_iter().flatten().collect();
     let reply = Reply {
         kind,
         id: format!(
@@ -369,11 +442,13 @@ async fn answer(app: &App, kind: Kind, input: Input, options: &Options, extra: E
         created: now(),
         model: app.model.clone(),
         logprobs: extra.logprobs.is_some(),
+        choices: total,
+        per_prompt,
     };
     if options.stream {
-        stream(reply, rx, prompt, options.include_usage())
+        stream(reply, inbox, prompts, options.include_usage())
     } else {
-        whole(reply, rx, prompt).await
+        whole(reply, inbox, &prompts).await
     }
 }
 
@@ -384,64 +459,131 @@ fn stopped() -> ApiError {
     )
 }
 
-async fn whole(reply: Reply, mut rx: UnboundedReceiver<Event>, prompt: PromptCount) -> Response {
-    let mut text = String::new();
-    let mut tokens = Vec::new();
-    loop {
-        match rx.recv().await {
-            Some(Event::Text { text: t, logprobs }) => {
-                text.push_str(&t);
-                tokens.extend(logprobs);
+async fn whole(reply: Reply, mut inbox: Inbox, prompts: &[PromptCount]) -> Response {
+    let mut choices: Vec<Choice> = (0..reply.choices).map(|_| Choice::default()).collect();
+    let mut left = reply.choices;
+    while left > 0 {
+        match inbox.next().await {
+            Some((i, Event::Text { text, logprobs })) => {
+                choices[i].text.push_str(&text);
+                choices[i].tokens.extend(logprobs);
             }
-            Some(Event::Done {
-                reason,
-                completion_tokens,
-            }) => {
-                let usage = Usage::new(prompt, completion_tokens);
-                let answer = reply.whole(text, &tokens, finish_reason(reason), usage);
-                return Json(answer).into_response();
+            Some((
+                i,
+                Event::Done {
+                    reason,
+                    completion_tokens,
+                },
+            )) => {
+                choices[i].done = Some((reason, completion_tokens));
+                left -= 1;
             }
-            Some(Event::Failed(e)) => return error(e),
-            Some(Event::Started { .. }) | None => return error(stopped()),
+            Some((_, Event::Failed(e))) => return error(e),
+            Some((_, Event::Started { .. })) | None => return error(stopped()),
+        }
+    }
+    let usage = reply.usage(prompts, &choices);
+    Json(reply.whole(&choices, usage)).into_response()
+}
+
+/// A streamed answer's state.
+struct Streaming {
+    inbox: Inbox,
+    /// Events ready to go.
+    out: VecDeque<sse::Event>,
+    choices: Vec<Choice>,
+    left: usize,
+    ended: bool,
+}
+
+impl Streaming {
+    /// Turns the next engine event (`None`: the engine stopped) into
+    /// events for the client: a choice's text, a choice's end; after the
+    /// last choice's end, the usage (if asked for) and `[DONE]`.
+    fn on(
+        &mut self,
+        reply: &Reply,
+        e: Option<(usize, Event)>,
+        prompts: &[PromptCount],
+        include_usage: bool,
+    ) {
+        match e {
+            Some((i, Event::Text { text, logprobs })) => {
+                let logprobs = reply.logprobs(&logprobs, &mut self.choices[i].offset);
+                let chunk = reply.chunk(i, Some(&text), None, logprobs);
+                self.out.push_back(data(&chunk));
+            }
+            Some((
+                i,
+                Event::Done {
+                    reason,
+                    completion_tokens,
+                },
+            )) => {
+                self.choices[i].done = Some((reason, completion_tokens));
+                let end = reply.chunk(i, None, Some(finish_reason(reason)), Value::Null);
+                self.out.push_back(data(&end));
+                self.left -= 1;
+                if self.left == 0 {
+                    if include_usage {
+                        let usage = reply.usage(prompts, &self.choices);
+                        self.out
+                            .push_back(data(&reply.wrap(true, json!([]), Some(usage))));
+                    }
+                    self.out.push_back(sse::Event::default().data("[DONE]"));
+                    self.ended = true;
+                }
+            }
+            Some((_, Event::Failed(e))) => {
+                self.out.push_back(data(&e.body()));
+                self.ended = true;
+            }
+            Some((_, Event::Started { .. })) | None => {
+                self.out.push_back(data(&stopped().body()));
+                self.ended = true;
+            }
         }
     }
 }
 
-/// The answer as server-sent events: for a chat, a first chunk with the
-/// role; a chunk per piece of text; a last chunk with the finish reason;
-/// with `include_usage` a chunk of token counts; then `[DONE]`. An error
-/// after the stream began is sent as an `{"error": ...}` event, and the
-/// stream ends.
-fn stream(
-    reply: Reply,
-    rx: UnboundedReceiver<Event>,
-    prompt: PromptCount,
-    include_usage: bool,
-) -> Response {
-    let mut first = VecDeque::new();
+/// The answer as server-sent events: for a chat, a first chunk per choice
+/// with the role; a chunk per piece of text, tagged with its choice's
+/// index; a chunk with each choice's finish reason; with `include_usage` a
+/// chunk of token counts; then `[DONE]`. An error after the stream began
+/// is sent as an `{"error": ...}` event, and the stream ends.
+fn stream(reply: Reply, inbox: Inbox, prompts: Vec<PromptCount>, include_usage: bool) -> Response {
+    let mut out = VecDeque::new();
     if let Kind::Chat = reply.kind {
-        let mut role = reply.chunk(None, None, Value::Null);
-        role["choices"][0]["delta"] = json!({"role": "assistant", "content": ""});
-        first.push_back(data(&role));
+        for i in 0..reply.choices {
+            let mut role = reply.chunk(i, None, None, Value::Null);
+            role["choices"][0]["delta"] = json!({"role": "assistant", "content": ""});
+            out.push_back(data(&role));
+        }
     }
-    let reply = Arc::new(reply);
-    let state = (rx, first, false, 0);
-    let events =
-        futures_util::stream::unfold(state, move |(mut rx, mut out, mut ended, mut at)| {
-            let reply = reply.clone();
-            async move {
-                loop {
-                    if let Some(e) = out.pop_front() {
-                        return Some((Ok::<_, Infallible>(e), (rx, out, ended, at)));
-                    }
-                    if ended {
-                        return None;
-                    }
-                    let e = rx.recv().await;
-                    ended = reply.events(e, prompt, include_usage, &mut at, &mut out);
+    let state = Streaming {
+        inbox,
+        out,
+        choices: (0..reply.choices).map(|_| Choice::default()).collect(),
+        left: reply.choices,
+        ended: false,
+    };
+    let shared = Arc::new((reply, prompts));
+    let events = futures_util::stream::unfold(state, move |mut st| {
+        let shared = shared.clone();
+        async move {
+            loop {
+                if let Some(e) = st.out.pop_front() {
+                    return Some((Ok::<_, Infallible>(e), st));
                 }
+                if st.ended {
+                    return None;
+                }
+                let e = st.inbox.next().await;
+                let (reply, prompts) = &*shared;
+                st.on(reply, e, prompts, include_usage);
             }
-        });
+        }
+    });
     Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response()

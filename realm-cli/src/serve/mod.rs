@@ -3,8 +3,11 @@
 //! `POST /v1/chat/completions` and `POST /v1/completions` (whole answers,
 //! or streamed as server-sent events with `"stream": true`), `GET
 //! /v1/models` and `GET /health`. One engine thread runs the model for
-//! every request; up to `--parallel` requests decode together in batched
-//! steps, and up to `--queue` more wait, beyond which a request gets a 503.
+//! every request; up to `--parallel` sequences (a request's prompts times
+//! its choices) decode together in batched steps, and up to `--queue` more
+//! wait, beyond which a request gets a 503. Log-probabilities, `echo` and
+//! several prompts or choices per request are served as OpenAI's API has
+//! them.
 //!
 //! ```sh
 //! realm serve smollm2 --port 8080 &
@@ -37,11 +40,12 @@ pub struct ServeArgs {
     /// Port to listen on (0: any free port; the address is printed).
     #[arg(long, default_value_t = 8080)]
     pub port: u16,
-    /// Most requests decoded together, in one batched step (with --wasm:
-    /// the number of tenants).
+    /// Most sequences (a request's prompts times its choices) decoded
+    /// together, in one batched step (with --wasm: the number of tenants).
     #[arg(long, default_value_t = 4)]
     pub parallel: usize,
-    /// Most requests waiting beyond those; more are refused with a 503.
+    /// Most sequences waiting beyond those; a request that needs more
+    /// room is refused with a 503.
     #[arg(long, default_value_t = 64)]
     pub queue: usize,
     /// Context length of each request (0: the model's, capped at 4096).

@@ -3,7 +3,7 @@
 //!
 //! Fields a client may send that change nothing here (`user`, `name`,
 //! `response_format` of text, ...) are ignored; fields that ask for
-//! something this server cannot do (`n` above 1, `tools`, `suffix`,
+//! something this server cannot do (`tools`, `suffix`, `best_of`,
 //! images) are refused with a 400, not ignored, so that a client never gets
 //! an answer to a question it did not ask.
 //!
@@ -24,6 +24,9 @@ const MAX_STOPS: usize = 16;
 
 /// Most alternatives a token's log-probabilities may list.
 pub const MAX_TOP_LOGPROBS: usize = 20;
+
+/// Most choices (`n`) per prompt.
+pub const MAX_CHOICES: u64 = 16;
 
 /// An error as the OpenAI API returns it: an HTTP status and
 /// `{"error": {"message", "type", "param", "code"}}`.
@@ -133,12 +136,6 @@ impl Options {
     /// endpoints spell differently; with `echo`, `max_tokens` may be 0
     /// (score the prompt, generate nothing).
     pub fn limits(&self, seed: u64, echo: bool) -> Result<Limits, ApiError> {
-        if self.n.is_some_and(|n| n != 1) {
-            return Err(ApiError::invalid(
-                Some("n"),
-                "only one choice per request (n = 1) is supported",
-            ));
-        }
         let max_tokens = match self.max_completion_tokens.or(self.max_tokens) {
             Some(0) if !echo => {
                 return Err(ApiError::invalid(
@@ -200,6 +197,19 @@ impl Options {
             logprobs: None,
             echo,
         })
+    }
+
+    /// `n`: choices per prompt, each sampled on its own (choice `j` with
+    /// the request's seed plus `j`).
+    pub fn choices(&self) -> Result<usize, ApiError> {
+        match self.n {
+            None => Ok(1),
+            Some(n @ 1..=MAX_CHOICES) => Ok(n as usize),
+            Some(_) => Err(ApiError::invalid(
+                Some("n"),
+                format!("n is a number of choices from 1 to {MAX_CHOICES}"),
+            )),
+        }
     }
 
     /// Chat's `logprobs: true` and `top_logprobs: N`: how many alternatives
@@ -402,15 +412,19 @@ impl ChatRequest {
     }
 }
 
-/// `prompt` of a text completion: a string, a list of one string, or token
-/// ids.
+/// `prompt` of a text completion: a string, token ids, or a list of
+/// either.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 pub enum PromptField {
     Text(String),
     Texts(Vec<String>),
     Tokens(Vec<u32>),
+    TokenLists(Vec<Vec<u32>>),
 }
+
+/// Most prompts one completion request may list.
+pub const MAX_PROMPTS: usize = 64;
 
 /// `POST /v1/completions`.
 #[derive(Debug, Clone, Deserialize)]
@@ -431,8 +445,9 @@ pub enum Prompt {
 }
 
 impl CompletionRequest {
-    /// The prompt, once the unsupported fields are refused.
-    pub fn prompt(&self) -> Result<Prompt, ApiError> {
+    /// The prompts (each answered by its own choices, in order), once the
+    /// unsupported fields are refused.
+    pub fn prompts(&self) -> Result<Vec<Prompt>, ApiError> {
         if self.suffix.as_ref().is_some_and(|s| !s.is_empty()) {
             return Err(ApiError::invalid(Some("suffix"), "suffix is not supported"));
         }
@@ -442,21 +457,22 @@ impl CompletionRequest {
                 "only best_of = 1 is supported",
             ));
         }
-        match &self.prompt {
-            PromptField::Text(t) => Ok(Prompt::Text(t.clone())),
-            PromptField::Texts(v) if v.len() == 1 => Ok(Prompt::Text(v[0].clone())),
-            PromptField::Texts(v) if v.is_empty() => {
-                Err(ApiError::invalid(Some("prompt"), "the prompt is empty"))
-            }
-            PromptField::Texts(_) => Err(ApiError::invalid(
-                Some("prompt"),
-                "one prompt per request is supported",
-            )),
-            PromptField::Tokens(ids) if ids.is_empty() => {
-                Err(ApiError::invalid(Some("prompt"), "the prompt is empty"))
-            }
-            PromptField::Tokens(ids) => Ok(Prompt::Tokens(ids.clone())),
+        let prompts: Vec<Prompt> = match &self.prompt {
+            PromptField::Text(t) => vec![Prompt::Text(t.clone())],
+            PromptField::Texts(v) => v.iter().cloned().map(Prompt::Text).collect(),
+            PromptField::Tokens(ids) => vec![Prompt::Tokens(ids.clone())],
+            PromptField::TokenLists(v) => v.iter().cloned().map(Prompt::Tokens).collect(),
+        };
+        if prompts.is_empty() || prompts.contains(&Prompt::Tokens(Vec::new())) {
+            return Err(ApiError::invalid(Some("prompt"), "the prompt is empty"));
         }
+        if prompts.len() > MAX_PROMPTS {
+            return Err(ApiError::invalid(
+                Some("prompt"),
+                format!("at most {MAX_PROMPTS} prompts per request"),
+            ));
+        }
+        Ok(prompts)
     }
 }
 
@@ -542,13 +558,15 @@ mod tests {
         let refused = |body: Value| {
             let r = chat(body);
             r.conversation()
+                .and_then(|_| r.options.choices())
                 .and_then(|_| r.options.limits(0, false))
                 .and_then(|_| r.options.chat_logprobs())
                 .unwrap_err()
         };
         let m = serde_json::json!([{"role": "user", "content": "hi"}]);
         for (body, param) in [
-            (serde_json::json!({"messages": m, "n": 2}), Some("n")),
+            (serde_json::json!({"messages": m, "n": 0}), Some("n")),
+            (serde_json::json!({"messages": m, "n": 17}), Some("n")),
             (
                 serde_json::json!({"messages": m, "logprobs": 3}),
                 Some("logprobs"),
@@ -630,19 +648,26 @@ mod tests {
         let prompt = |p: Value| {
             serde_json::from_value::<CompletionRequest>(serde_json::json!({"prompt": p}))
                 .unwrap()
-                .prompt()
+                .prompts()
         };
-        assert_eq!(prompt("a".into()), Ok(Prompt::Text("a".into())));
-        assert_eq!(
-            prompt(serde_json::json!(["b"])),
-            Ok(Prompt::Text("b".into()))
-        );
+        let text = |t: &str| Prompt::Text(t.into());
+        assert_eq!(prompt("a".into()), Ok(vec![text("a")]));
+        assert_eq!(prompt(serde_json::json!(["b"])), Ok(vec![text("b")]));
         assert_eq!(
             prompt(serde_json::json!([1, 2])),
-            Ok(Prompt::Tokens(vec![1, 2]))
+            Ok(vec![Prompt::Tokens(vec![1, 2])])
         );
-        assert!(prompt(serde_json::json!(["a", "b"])).is_err());
+        assert_eq!(
+            prompt(serde_json::json!(["a", "b"])),
+            Ok(vec![text("a"), text("b")])
+        );
+        assert_eq!(
+            prompt(serde_json::json!([[1], [2, 3]])),
+            Ok(vec![Prompt::Tokens(vec![1]), Prompt::Tokens(vec![2, 3])])
+        );
         assert!(prompt(serde_json::json!([])).is_err());
+        assert!(prompt(serde_json::json!([[1], []])).is_err());
+        assert!(prompt(serde_json::json!(vec!["a"; MAX_PROMPTS + 1])).is_err());
     }
 
     #[test]
