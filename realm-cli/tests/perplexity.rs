@@ -108,6 +108,39 @@ fn gemma3_perplexity_matches_llama_cpp() {
     check(&catalog::GEMMA3, 0.02, 0.055);
 }
 
+/// The GPU backend's code path (on candle's CPU device) scores a chunk as
+/// the CPU backend does: within the running-value tolerance of llama.cpp.
+#[test]
+fn the_gpu_backend_scores_a_chunk_alike() {
+    if !cached(&catalog::SMOLLM2) {
+        return;
+    }
+    let f = fixture();
+    let want = f["models"]["smollm2"]["chunks"][0].as_f64().unwrap();
+    let (ctx, text) = (f["ctx"].to_string(), text());
+    let (ok, stdout, stderr) = realm(&[
+        "perplexity",
+        "smollm2",
+        "-f",
+        &text,
+        "-c",
+        &ctx,
+        "--chunks",
+        "1",
+        "--cache-type",
+        "f16",
+        "--device",
+        "candle-cpu",
+    ]);
+    assert!(ok, "{stderr}");
+    let (chunks, ..) = parse(&stdout);
+    assert!(
+        (chunks[0] / want - 1.0).abs() < 0.0125,
+        "{} against llama.cpp's {want}",
+        chunks[0]
+    );
+}
+
 #[test]
 fn too_short_a_text_is_refused() {
     if !cached(&catalog::SMOLLM2) {

@@ -237,14 +237,29 @@ llama_cpp() {
   cat "$out/llama-bench-$m.md" 2>/dev/null; grep "^|" "$out/llama-batched-$m.log" 2>/dev/null
   say "llama.cpp $m done"
 }
+# ppl_check MODEL: `realm perplexity` of a text on this device and on the
+# CPU backend (the same synthetic model, f16 KV caches): scoring every
+# token of a prompt (Model::forward_outputs, the server's prompt
+# log-probabilities) agrees across backends.
+ppl_check() {
+  m="$1"
+  for d in "$dev" cpu; do
+    t=$(budget 60) || { echo "SKIPPED: perplexity-$m on $d (no time left)"; return; }
+    timeout -k 10 "$t" "$here/realm" perplexity "$models/$m-synth.gguf" -f "$here/perplexity.txt" \
+      -c 128 --cache-type f16 --device "$d" > "$out/perplexity-$m-$d.txt" \
+      2> "$out/perplexity-$m-$d.err" || echo "FAILED: perplexity-$m on $d (see perplexity-$m-$d.err)"
+    echo "perplexity-$m on $d: $(cat "$out/perplexity-$m-$d.txt" | tr '\n' ' ')"
+  done
+  say "perplexity-$m done"
+}
 # (A variable set for one bench is set in a subshell: some shells keep an
 # assignment before a function call after it.)
 # In order of what matters when the machine's time runs out: the op tests,
 # the issue's figures (SmolLM2, decode steps recorded as CUDA graphs) and
 # llama.cpp's on the same model, the model and step tests, SmolLM2's op by
-# op profile, Gemma 3's figures and profile, SmolLM2's kernel by kernel
-# profile, the op tests under memcheck, Gemma 3's kernel profile, then the
-# comparisons.
+# op profile, Gemma 3's figures and profile, perplexities on both backends,
+# SmolLM2's kernel by kernel profile, the op tests under memcheck, Gemma 3's
+# kernel profile, then the comparisons.
 gputest test-ops 90
 bench bench-smollm2 150 "$models/smollm2-synth.gguf" --device "$dev" -p 512 -n 128 -r 30 --npl 1,8,32
 llama_cpp smollm2
@@ -259,6 +274,8 @@ rerun_alone 120
 bench bench-gemma3 150 "$models/gemma3-synth.gguf" --device "$dev" -p 512 -n 128 -r 30 --npl 1,8,32
 llama_cpp gemma3
 bench profile-gemma3 60 "$models/gemma3-synth.gguf" --device "$dev" -p 0 -n 64 -r 1 --profile
+ppl_check smollm2
+ppl_check gemma3
 ncu_profile smollm2
 sanitize memcheck 200
 ncu_profile gemma3
@@ -366,6 +383,12 @@ pub fn bundle(args: &[String]) -> Result<()> {
     wasm()?;
     std::fs::copy(root().join(WASM_GUEST), dir.join("realm_wasm.wasm"))
         .context("copying the wasm guest")?;
+    // A text for `realm perplexity` on both backends.
+    std::fs::copy(
+        root().join("realm-cli/tests/fixtures/perplexity.txt"),
+        dir.join("perplexity.txt"),
+    )
+    .context("copying the perplexity text")?;
     if llama {
         add_llama_cpp(&dir.join("llama.cpp"))?;
     } else {

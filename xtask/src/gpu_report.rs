@@ -184,6 +184,17 @@ fn report_of(dir: &Path) -> Result<String> {
         writeln!(out, "\nThe op tests under memcheck: {verdict}")?;
     }
     for m in MODELS {
+        let on =
+            |d: &str| read(&format!("perplexity-{m}-{d}.txt")).and_then(|t| final_perplexity(&t));
+        if let (Some(gpu), Some(cpu)) = (on("cuda:0"), on("cpu")) {
+            writeln!(
+                out,
+                "\n{m}: perplexity {gpu:.4} on the GPU, {cpu:.4} on the CPU backend ({:+.3}%)",
+                (gpu / cpu - 1.0) * 100.0
+            )?;
+        }
+    }
+    for m in MODELS {
         for phase in ["prefill", "decode"] {
             if let Some(csv) = read(&format!("ncu-{m}-{phase}.csv")) {
                 out.push_str(&kernel_table(&format!("{m}, {phase}"), &ncu_kernels(&csv)));
@@ -191,6 +202,12 @@ fn report_of(dir: &Path) -> Result<String> {
         }
     }
     Ok(out)
+}
+
+/// The final estimate of `realm perplexity`'s output.
+fn final_perplexity(text: &str) -> Option<f64> {
+    let rest = text.split("Final estimate: PPL = ").nth(1)?;
+    rest.split_whitespace().next()?.parse().ok()
 }
 
 /// One kernel's launches in an Nsight Compute profile.
@@ -531,6 +548,14 @@ llama_perf_context_print:        load time =     200.00 ms
             ),
             ("sanitize-memcheck.log", "========= ERROR SUMMARY: 0 errors\n"),
             ("ncu-smollm2-decode.csv", NCU),
+            (
+                "perplexity-smollm2-cuda:0.txt",
+                "[1]101.0000,\nFinal estimate: PPL = 101.0000 +/- 3.00000\n",
+            ),
+            (
+                "perplexity-smollm2-cpu.txt",
+                "[1]100.0000,\nFinal estimate: PPL = 100.0000 +/- 3.00000\n",
+            ),
         ] {
             std::fs::write(dir.join(name), text).unwrap();
         }
@@ -568,6 +593,7 @@ llama_perf_context_print:        load time =     200.00 ms
             "run.sh did not reach its end",
             "The op tests under memcheck: ========= ERROR SUMMARY: 0 errors",
             "Kernels of smollm2, decode (Nsight Compute, 3 launches, ",
+            "smollm2: perplexity 101.0000 on the GPU, 100.0000 on the CPU backend (+1.000%)",
         ] {
             assert!(report.contains(line), "{line} not in\n{report}");
         }
