@@ -2,7 +2,7 @@
 # Builds llama.cpp's benchmarks from the llama.cpp vendored in the
 # llama-cpp-python sdist, for same-run comparisons with `realm bench`.
 #
-# Usage: scripts/build_llama_cpp.sh [--cuda | --server | --perplexity] [WORK_DIR]
+# Usage: scripts/build_llama_cpp.sh [--cuda | --server | --tools] [WORK_DIR]
 #
 # Plain: llama-bench (Release, native CPU); prints its path. It ends up in
 # WORK_DIR/llama_cpp_python-VERSION/vendor/llama.cpp/build/bin/.
@@ -10,8 +10,9 @@
 # --server: llama-server too (the same CPU build), to load it and `realm
 # serve` alike with scripts/bench_serve.py; prints its path.
 #
-# --perplexity: llama-perplexity too (the same CPU build), the reference
-# scripts/gen_perplexity_fixtures.py runs; prints its path.
+# --tools: llama-perplexity and llama-quantize too (the same CPU build),
+# the references scripts/gen_perplexity_fixtures.py and
+# scripts/gen_quantize_fixtures.py run; prints their folder.
 #
 # --cuda: llama-bench and llama-batched-bench with the CUDA backend, for the
 # GPU machine (`cargo xtask gpu-bundle` carries them there); prints their
@@ -33,15 +34,15 @@ set -euo pipefail
 version=0.3.36
 cuda=0
 server=0
-perplexity=0
+tools=0
 if [ "${1:-}" = --cuda ]; then
   cuda=1
   shift
 elif [ "${1:-}" = --server ]; then
   server=1
   shift
-elif [ "${1:-}" = --perplexity ]; then
-  perplexity=1
+elif [ "${1:-}" = --tools ]; then
+  tools=1
   shift
 fi
 work=${1:-${XDG_CACHE_HOME:-$HOME/.cache}/realm/llama.cpp}
@@ -53,11 +54,11 @@ else
   build="$src/build"
   targets=(llama-bench)
   [ "$server" = 1 ] && targets+=(llama-server)
-  [ "$perplexity" = 1 ] && targets+=(llama-perplexity)
+  [ "$tools" = 1 ] && targets+=(llama-perplexity llama-quantize)
 fi
 # What the build prints: the CUDA folder, or its last program's path.
 out="$build/bin/${targets[-1]}"
-[ "$cuda" = 1 ] && out="$build/bin"
+[ "$cuda" = 1 ] || [ "$tools" = 1 ] && out="$build/bin"
 done_=1
 for t in "${targets[@]}"; do
   [ -x "$build/bin/$t" ] || done_=0

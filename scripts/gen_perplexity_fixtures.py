@@ -3,7 +3,7 @@
 tests: realm-cli/tests/fixtures/perplexity.json.
 
 For each model it runs llama-perplexity (built by
-`scripts/build_llama_cpp.sh --perplexity`, llama.cpp 0c1e570 from the
+`scripts/build_llama_cpp.sh --tools`, llama.cpp 0c1e570 from the
 llama-cpp-python 0.3.36 sdist) on realm-cli/tests/fixtures/perplexity.txt
 with 128-token chunks, its default f16 KV cache and 2 threads, and stores the
 running perplexity after each chunk and the final estimate with its
@@ -28,8 +28,9 @@ FIXTURES = os.path.join(HERE, "..", "realm-cli", "tests", "fixtures")
 def main():
     models_dir = sys.argv[1] if len(sys.argv) > 1 else os.environ.get(
         "REALM_MODELS", os.path.expanduser("~/.cache/realm/models"))
-    tool = subprocess.run([os.path.join(HERE, "build_llama_cpp.sh"), "--perplexity"],
-                          check=True, capture_output=True, text=True).stdout.strip()
+    bin_dir = subprocess.run([os.path.join(HERE, "build_llama_cpp.sh"), "--tools"],
+                             check=True, capture_output=True, text=True).stdout.strip()
+    tool = os.path.join(bin_dir, "llama-perplexity")
     text = os.path.join(FIXTURES, "perplexity.txt")
     out = {"llama_cpp": "0c1e570 (llama-cpp-python 0.3.36)", "text": "perplexity.txt",
            "ctx": CTX, "models": {}}

@@ -8,6 +8,7 @@ mod info;
 mod load;
 mod perplexity;
 mod profile;
+mod quantize;
 mod run;
 mod serve;
 mod synth;
@@ -39,6 +40,8 @@ enum Cmd {
     ChatTemplate(tokenize::ChatTemplateArgs),
     /// A model's perplexity on a text file, measured as llama-perplexity does.
     Perplexity(perplexity::PerplexityArgs),
+    /// Quantize a model file to another type, as llama-quantize does.
+    Quantize(quantize::QuantizeArgs),
     /// An OpenAI-compatible HTTP server (chat and text completions, streamed or whole).
     Serve(serve::ServeArgs),
     /// Write a synthetic-weight model with a real model's exact layout.
@@ -55,6 +58,7 @@ fn main() {
         Cmd::Tokenize(args) => tokenize::tokenize(&args),
         Cmd::ChatTemplate(args) => tokenize::chat_template(&args),
         Cmd::Perplexity(args) => perplexity::run(&args),
+        Cmd::Quantize(args) => quantize::run(&args),
         Cmd::Serve(args) => serve::run(&args),
         Cmd::Synth(args) => synth::run(&args),
     };

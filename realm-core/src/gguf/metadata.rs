@@ -49,6 +49,18 @@ impl Metadata {
         }
     }
 
+    /// Removes `key`, returning its value; the keys after it move up.
+    pub fn remove(&mut self, key: &str) -> Option<MetadataValue> {
+        let i = self.index.remove(key)?;
+        let (_, value) = self.entries.remove(i);
+        for (k, _) in &self.entries[i..] {
+            if let Some(at) = self.index.get_mut(k) {
+                *at -= 1;
+            }
+        }
+        Some(value)
+    }
+
     /// Number of keys.
     pub fn len(&self) -> usize {
         self.entries.len()
@@ -210,6 +222,11 @@ mod tests {
             Some(MetadataValue::Bool(true))
         );
         assert_eq!(md.iter().map(|(k, _)| k).collect::<Vec<_>>(), ["x", "t"]);
+        let mut removed = md.clone();
+        assert!(removed.remove("x").is_some());
+        assert_eq!(removed.remove("x"), None);
+        assert_eq!(removed.iter().map(|(k, _)| k).collect::<Vec<_>>(), ["t"]);
+        assert!(removed.get("t").is_some() && !removed.contains_key("x"));
         assert_eq!(md.get_str_array("t").unwrap(), ["a", "b"]);
         let err = md.get_f32_array("t").unwrap_err().to_string();
         assert_eq!(

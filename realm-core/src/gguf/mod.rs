@@ -9,6 +9,7 @@
 mod file;
 mod header;
 mod metadata;
+pub mod quantize;
 mod reader;
 mod value;
 mod writer;

@@ -37,7 +37,27 @@ struct PendingTensor<'a> {
     name: String,
     dtype: GgmlType,
     shape: Vec<u64>,
-    data: Cow<'a, [u8]>,
+    /// The data's length in bytes.
+    len: u64,
+    data: Data<'a>,
+}
+
+/// A tensor's data: at hand, or made when the file is written.
+enum Data<'a> {
+    Bytes(Cow<'a, [u8]>),
+    Made(Box<MakeData<'a>>),
+}
+
+/// What makes a tensor's data when the file is written.
+type MakeData<'a> = dyn Fn() -> Result<Vec<u8>> + 'a;
+
+impl std::fmt::Debug for Data<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Bytes(b) => write!(f, "{} bytes", b.len()),
+            Self::Made(_) => f.write_str("made when written"),
+        }
+    }
 }
 
 impl<'a> GgufWriter<'a> {
@@ -68,6 +88,57 @@ impl<'a> GgufWriter<'a> {
         data: impl Into<Cow<'a, [u8]>>,
     ) -> Result<&mut Self> {
         let data = data.into();
+        let expected = self.check_tensor(name, dtype, shape)?;
+        if expected != data.len() as u64 {
+            return Err(Error::SizeMismatch {
+                what: format!("data of tensor `{name}` ({dtype} {shape:?})"),
+                expected: expected as usize,
+                got: data.len(),
+            });
+        }
+        self.tensors.push(PendingTensor {
+            name: name.to_string(),
+            dtype,
+            shape: shape.to_vec(),
+            len: expected,
+            data: Data::Bytes(data),
+        });
+        Ok(self)
+    }
+
+    /// Adds a tensor whose data `make` returns when the file is written,
+    /// one tensor at a time: a file much larger than memory can be written
+    /// (a model being quantized). `make` must return exactly the bytes
+    /// `dtype` and `shape` take, or writing fails.
+    ///
+    /// ```
+    /// use realm_core::gguf::GgufWriter;
+    /// use realm_core::GgmlType;
+    /// let mut w = GgufWriter::new();
+    /// w.add_tensor_with("x.weight", GgmlType::F32, &[4], || Ok(vec![0u8; 16]))?;
+    /// assert_eq!(w.to_bytes()?.len(), 64);
+    /// # Ok::<(), realm_core::Error>(())
+    /// ```
+    pub fn add_tensor_with(
+        &mut self,
+        name: &str,
+        dtype: GgmlType,
+        shape: &[u64],
+        make: impl Fn() -> Result<Vec<u8>> + 'a,
+    ) -> Result<&mut Self> {
+        let len = self.check_tensor(name, dtype, shape)?;
+        self.tensors.push(PendingTensor {
+            name: name.to_string(),
+            dtype,
+            shape: shape.to_vec(),
+            len,
+            data: Data::Made(Box::new(make)),
+        });
+        Ok(self)
+    }
+
+    /// Checks a new tensor's name and shape; the bytes its data takes.
+    fn check_tensor(&self, name: &str, dtype: GgmlType, shape: &[u64]) -> Result<u64> {
         let bad = |reason: String| Error::Malformed { offset: 0, reason };
         if name.len() > MAX_NAME_LEN {
             return Err(bad(format!(
@@ -84,28 +155,13 @@ impl<'a> GgufWriter<'a> {
         }
         let n = crate::tensor::element_count(shape);
         let row = shape.first().copied().unwrap_or(1);
-        let expected = n
-            .filter(|_| row.is_multiple_of(dtype.block_size() as u64))
+        n.filter(|_| row.is_multiple_of(dtype.block_size() as u64))
             .and_then(|n| dtype.row_bytes(n))
             .ok_or_else(|| {
                 bad(format!(
                     "tensor `{name}`: shape {shape:?} does not fit type {dtype}"
                 ))
-            })?;
-        if expected != data.len() as u64 {
-            return Err(Error::SizeMismatch {
-                what: format!("data of tensor `{name}` ({dtype} {shape:?})"),
-                expected: expected as usize,
-                got: data.len(),
-            });
-        }
-        self.tensors.push(PendingTensor {
-            name: name.to_string(),
-            dtype,
-            shape: shape.to_vec(),
-            data,
-        });
-        Ok(self)
+            })
     }
 
     fn alignment(&self) -> Result<u64> {
@@ -148,7 +204,7 @@ impl<'a> GgufWriter<'a> {
             head.extend_from_slice(&t.dtype.id().to_le_bytes());
             head.extend_from_slice(&offset.to_le_bytes());
             offsets.push(offset);
-            offset = (offset + t.data.len() as u64).next_multiple_of(alignment);
+            offset = (offset + t.len).next_multiple_of(alignment);
         }
         let padded = (head.len() as u64).next_multiple_of(alignment);
         head.resize(padded as usize, 0);
@@ -156,8 +212,21 @@ impl<'a> GgufWriter<'a> {
         let mut written = 0u64;
         for (t, &at) in self.tensors.iter().zip(&offsets) {
             out.write_all(&vec![0u8; (at - written) as usize])?;
-            out.write_all(&t.data)?;
-            written = at + t.data.len() as u64;
+            match &t.data {
+                Data::Bytes(b) => out.write_all(b)?,
+                Data::Made(make) => {
+                    let b = make()?;
+                    if b.len() as u64 != t.len {
+                        return Err(Error::SizeMismatch {
+                            what: format!("data made for tensor `{}`", t.name),
+                            expected: t.len as usize,
+                            got: b.len(),
+                        });
+                    }
+                    out.write_all(&b)?;
+                }
+            }
+            written = at + t.len;
         }
         out.write_all(&vec![0u8; (offset - written) as usize])?;
         out.flush()?;

@@ -1,0 +1,171 @@
+//! `realm quantize INPUT OUTPUT TYPE`: a model file quantized to another
+//! type, as llama.cpp's `llama-quantize` writes it (the same tensor types,
+//! the same bytes: realm-core's `gguf::quantize` chooses, its quantizers
+//! round as ggml's reference ones do).
+
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use rayon::prelude::*;
+use realm_core::gguf::quantize::{self, FileType, PlannedTensor, QuantizeOptions};
+use realm_core::gguf::{GgufFile, GgufWriter};
+use realm_core::GgmlType;
+
+/// Arguments of `realm quantize`.
+#[derive(Debug, clap::Args)]
+pub struct QuantizeArgs {
+    /// The GGUF file to quantize.
+    pub input: std::path::PathBuf,
+    /// Where to write the quantized file.
+    pub output: std::path::PathBuf,
+    /// The file type: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K_S,
+    /// Q4_K_M (Q4_K), Q5_K_S, Q5_K_M (Q5_K), Q6_K, or llama.cpp's number
+    /// for one.
+    #[arg(value_parser = parse_file_type)]
+    pub file_type: FileType,
+    /// Quantize tensors that are quantized already (dequantizing them first
+    /// loses more than quantizing the original would).
+    #[arg(long)]
+    pub allow_requantize: bool,
+    /// Every quantized matrix the file type's default type: no mix.
+    #[arg(long)]
+    pub pure: bool,
+    /// Copy output.weight as it is.
+    #[arg(long)]
+    pub leave_output_tensor: bool,
+    /// The output matrix's type (f16, q8_0, ...), instead of the mix's.
+    #[arg(long, value_parser = parse_tensor_type)]
+    pub output_tensor_type: Option<GgmlType>,
+    /// The token embedding's type, instead of the mix's.
+    #[arg(long, value_parser = parse_tensor_type)]
+    pub token_embedding_type: Option<GgmlType>,
+    /// Print each tensor's type and the sizes; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// CPU threads (0: one per core).
+    #[arg(short, long, default_value_t = 0)]
+    pub threads: usize,
+}
+
+fn parse_file_type(s: &str) -> Result<FileType, String> {
+    FileType::parse(s).ok_or_else(|| {
+        let names: Vec<&str> = FileType::ALL.iter().map(|t| t.name()).collect();
+        format!("unknown file type `{s}` (one of {})", names.join(", "))
+    })
+}
+
+fn parse_tensor_type(s: &str) -> Result<GgmlType, String> {
+    (0..64)
+        .filter_map(GgmlType::from_id)
+        .find(|t| t.name().eq_ignore_ascii_case(s))
+        .ok_or_else(|| format!("unknown tensor type `{s}`"))
+}
+
+/// Rows converted per task: enough values that a task outweighs handing
+/// it to a thread.
+const TASK_VALUES: u64 = 1 << 16;
+
+const MIB: f64 = (1 << 20) as f64;
+
+/// Bytes of a tensor of `shape` as `dtype`.
+fn bytes(dtype: GgmlType, shape: &[u64]) -> u64 {
+    dtype.row_bytes(shape.iter().product()).unwrap_or(u64::MAX)
+}
+
+pub fn run(args: &QuantizeArgs) -> Result<()> {
+    let start = Instant::now();
+    if let (Ok(a), Ok(b)) = (args.input.canonicalize(), args.output.canonicalize()) {
+        if a == b {
+            bail!("the output would overwrite the input ({})", a.display());
+        }
+    }
+    let file =
+        GgufFile::open(&args.input).with_context(|| format!("reading {}", args.input.display()))?;
+    let opts = QuantizeOptions {
+        allow_requantize: args.allow_requantize,
+        pure: args.pure,
+        quantize_output: !args.leave_output_tensor,
+        output_type: args.output_tensor_type,
+        token_embedding_type: args.token_embedding_type,
+        ..QuantizeOptions::new(args.file_type)
+    };
+    let plan = quantize::plan(&file, &opts)?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(args.threads)
+        .build()?;
+    let n = plan.tensors.len();
+    let (mut before, mut after, mut elements) = (0u64, 0u64, 0u64);
+    for (i, t) in plan.tensors.iter().enumerate() {
+        before += bytes(t.from, &t.shape);
+        after += bytes(t.to, &t.shape);
+        elements += t.shape.iter().product::<u64>();
+        if args.dry_run {
+            eprintln!("{}", describe(i, n, t));
+        }
+    }
+    let fell_back = plan.tensors.iter().filter(|t| t.fell_back).count();
+    let sizes = format!(
+        "{:.2} MiB ({:.2} bits per weight) -> {:.2} MiB ({:.2} bits per weight)",
+        before as f64 / MIB,
+        before as f64 * 8.0 / elements as f64,
+        after as f64 / MIB,
+        after as f64 * 8.0 / elements as f64
+    );
+    if args.dry_run {
+        eprintln!("realm: {sizes}; {fell_back} of {n} tensors fell back to a type that fits");
+        return Ok(());
+    }
+    let mut w = GgufWriter::new();
+    for (k, v) in plan.metadata.iter() {
+        w.set(k, v.clone());
+    }
+    for (i, t) in plan.tensors.iter().enumerate() {
+        let src = file.tensor(&t.name)?.data();
+        if t.to == t.from {
+            eprintln!("{}", describe(i, n, t));
+            w.add_tensor(&t.name, t.to, &t.shape, src)?;
+            continue;
+        }
+        let pool = &pool;
+        w.add_tensor_with(&t.name, t.to, &t.shape, move || {
+            eprintln!("{}", describe(i, n, t));
+            let cols = t.shape.first().copied().unwrap_or(1);
+            let row = t.from.row_bytes(cols).unwrap_or(1).max(1) as usize;
+            let rows_per_task = (TASK_VALUES / cols.max(1)).max(1) as usize;
+            let parts: Vec<Vec<u8>> = pool.install(|| {
+                src.par_chunks(row * rows_per_task)
+                    .map(|rows| quantize::convert_rows(t.from, t.to, rows))
+                    .collect::<realm_core::Result<_>>()
+            })?;
+            Ok(parts.concat())
+        })?;
+    }
+    let written = w.write_file(&args.output);
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&args.output);
+        return Err(e).with_context(|| format!("writing {}", args.output.display()));
+    }
+    eprintln!(
+        "realm: wrote {} ({}) in {:.1} s: {sizes}; {fell_back} of {n} tensors fell back to a \
+         type that fits",
+        args.output.display(),
+        args.file_type.name(),
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// A progress line: `[  3/272] blk.0.attn_k.weight [576, 192] q4_1 -> q8_0`.
+fn describe(i: usize, n: usize, t: &PlannedTensor) -> String {
+    let change = if t.to == t.from {
+        format!("{} (copied)", t.from)
+    } else {
+        format!(
+            "{} -> {}{}",
+            t.from,
+            t.to,
+            if t.fell_back { " (fallback)" } else { "" }
+        )
+    };
+    format!("[{:>4}/{n}] {:<36} {:?} {change}", i + 1, t.name, t.shape)
+}

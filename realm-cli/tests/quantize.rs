@@ -1,0 +1,108 @@
+//! `realm quantize` on the real models writes the files llama.cpp's
+//! llama-quantize writes, byte for byte (fixtures/quantize.json, from
+//! scripts/gen_quantize_fixtures.py): the same tensor types, order,
+//! metadata and quantized bytes.
+
+mod common;
+
+use common::{cached, realm};
+use realm_core::catalog;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+#[test]
+fn files_are_llama_quantizes_byte_for_byte() {
+    let path = format!(
+        "{}/tests/fixtures/quantize.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let fixture: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.gguf");
+    let out = out.to_str().unwrap();
+    let mut checked = 0;
+    for case in fixture["cases"].as_array().unwrap() {
+        let m = match case["model"].as_str().unwrap() {
+            "smollm2" => &catalog::SMOLLM2,
+            _ => &catalog::GEMMA3,
+        };
+        if !cached(m) {
+            continue;
+        }
+        let input = catalog::cached_path(m).unwrap();
+        let ftype = case["type"].as_str().unwrap();
+        let mut args = vec!["quantize", "--allow-requantize"];
+        args.extend(
+            case["options"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|o| o.as_str().unwrap()),
+        );
+        args.extend([input.to_str().unwrap(), out, ftype]);
+        let (ok, _, stderr) = realm(&args);
+        assert!(ok, "{args:?}: {stderr}");
+        let bytes = std::fs::read(out).unwrap();
+        assert_eq!(
+            bytes.len() as u64,
+            case["bytes"].as_u64().unwrap(),
+            "{case}"
+        );
+        let digest: String = Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(digest, case["sha256"].as_str().unwrap(), "{case}");
+        checked += 1;
+    }
+    if checked > 0 {
+        assert_eq!(checked, fixture["cases"].as_array().unwrap().len());
+    }
+}
+
+#[test]
+fn bad_requests_are_refused_and_leave_nothing() {
+    if !cached(&catalog::SMOLLM2) {
+        return;
+    }
+    let input = catalog::cached_path(&catalog::SMOLLM2).unwrap();
+    let input = input.to_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.gguf");
+    let out_s = out.to_str().unwrap();
+    // The model is Q4_1 already.
+    let (ok, _, stderr) = realm(&["quantize", input, out_s, "Q8_0"]);
+    assert!(!ok && stderr.contains("--allow-requantize"), "{stderr}");
+    assert!(!out.exists());
+    let (ok, _, stderr) = realm(&["quantize", input, out_s, "IQ2_XXS"]);
+    assert!(!ok && stderr.contains("unknown file type"), "{stderr}");
+    let (ok, _, stderr) = realm(&["quantize", "--allow-requantize", input, input, "Q8_0"]);
+    assert!(!ok && stderr.contains("overwrite the input"), "{stderr}");
+    // A type whose blocks do not divide the embedding's rows.
+    let (ok, _, stderr) = realm(&[
+        "quantize",
+        "--allow-requantize",
+        "--token-embedding-type",
+        "q4_k",
+        input,
+        out_s,
+        "Q8_0",
+    ]);
+    assert!(!ok && stderr.contains("does not fit type"), "{stderr}");
+    assert!(!out.exists());
+    // A dry run writes nothing and says what it would do.
+    let (ok, _, stderr) = realm(&[
+        "quantize",
+        "--allow-requantize",
+        "--dry-run",
+        input,
+        out_s,
+        "Q4_K_M",
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains("blk.0.ffn_down.weight") && stderr.contains("q4_1 -> q6_K"),
+        "{stderr}"
+    );
+    assert!(!out.exists());
+}

@@ -1,0 +1,753 @@
+//! Quantizing a model file: which type each tensor gets, as llama.cpp's
+//! `llama-quantize` chooses it, and the conversion of a tensor's rows.
+//!
+//! A file type ([`FileType`], llama.cpp's `ftype`) names a default tensor
+//! type and, for the k-quant mixes (`Q4_K_M`, ...), the rules that give some
+//! tensors more bits: the output matrix (or a tied embedding) Q6_K, every
+//! third `attn_v` and `ffn_down` matrix (and the first and last eighth of
+//! them) Q6_K in the `_M` mixes, and so on. Only matrices whose names end in
+//! `weight` are quantized (not norms, not 1-D tensors); a matrix whose rows
+//! do not divide into the type's blocks falls back to a type whose blocks
+//! fit (Q4_K to Q5_0, Q5_K to Q5_1, Q6_K to Q8_0). Tensors are written
+//! in `llama-quantize`'s order (those outside the blocks first, then block
+//! by block, each group by name), and the metadata is
+//! the input's with `general.quantization_version` and `general.file_type`
+//! set last: for the same input and options the output is the same file,
+//! byte for byte (tested against `llama-quantize` on both real models).
+//!
+//! ```
+//! use realm_core::gguf::quantize::{plan, FileType, QuantizeOptions};
+//! use realm_core::gguf::{Gguf, GgufWriter, MetadataValue};
+//! use realm_core::GgmlType;
+//! let mut w = GgufWriter::new();
+//! w.set("general.architecture", MetadataValue::String("llama".into()));
+//! w.add_tensor("blk.0.ffn_up.weight", GgmlType::F32, &[64, 2], vec![0u8; 512])?;
+//! w.add_tensor("blk.0.attn_norm.weight", GgmlType::F32, &[64], vec![0u8; 256])?;
+//! let file = Gguf::from_bytes(w.to_bytes()?)?;
+//! let p = plan(&file, &QuantizeOptions::new(FileType::Q4_K_M))?;
+//! // 64 columns are no whole Q4_K block: Q5_0 instead; the norm stays.
+//! assert_eq!(p.tensors[0].name, "blk.0.attn_norm.weight");
+//! assert_eq!(p.tensors[0].to, GgmlType::F32);
+//! assert_eq!(p.tensors[1].to, GgmlType::Q5_0);
+//! # Ok::<(), realm_core::Error>(())
+//! ```
+
+use super::{Gguf, Metadata, MetadataValue};
+use crate::{quant, Error, GgmlType, Result};
+
+/// A model file's type: its default tensor type and mix (llama.cpp's
+/// `llama_ftype`), for the types Realm can quantize to.
+#[allow(non_camel_case_types)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileType {
+    /// Every tensor 32-bit float.
+    F32,
+    /// Matrices 16-bit float.
+    F16,
+    /// Matrices bfloat16.
+    BF16,
+    /// Matrices Q4_0 (the output Q6_K).
+    Q4_0,
+    /// Matrices Q4_1 (the output Q6_K).
+    Q4_1,
+    /// Matrices Q5_0 (the output Q6_K).
+    Q5_0,
+    /// Matrices Q5_1 (the output Q6_K).
+    Q5_1,
+    /// Every matrix Q8_0.
+    Q8_0,
+    /// Q4_K, a few matrices Q5_K.
+    Q4_K_S,
+    /// Q4_K, about half of `attn_v` and `ffn_down` Q6_K.
+    Q4_K_M,
+    /// Q5_K.
+    Q5_K_S,
+    /// Q5_K, about half of `attn_v` and `ffn_down` Q6_K.
+    Q5_K_M,
+    /// Q6_K.
+    Q6_K,
+}
+
+impl FileType {
+    /// Every file type, in llama.cpp's numbering's order.
+    pub const ALL: [Self; 13] = [
+        Self::F32,
+        Self::F16,
+        Self::Q4_0,
+        Self::Q4_1,
+        Self::Q8_0,
+        Self::Q5_0,
+        Self::Q5_1,
+        Self::Q4_K_S,
+        Self::Q4_K_M,
+        Self::Q5_K_S,
+        Self::Q5_K_M,
+        Self::Q6_K,
+        Self::BF16,
+    ];
+
+    /// The number `general.file_type` holds (llama.cpp's `LLAMA_FTYPE_*`).
+    pub const fn id(self) -> u32 {
+        match self {
+            Self::F32 => 0,
+            Self::F16 => 1,
+            Self::Q4_0 => 2,
+            Self::Q4_1 => 3,
+            Self::Q8_0 => 7,
+            Self::Q5_0 => 8,
+            Self::Q5_1 => 9,
+            Self::Q4_K_S => 14,
+            Self::Q4_K_M => 15,
+            Self::Q5_K_S => 16,
+            Self::Q5_K_M => 17,
+            Self::Q6_K => 18,
+            Self::BF16 => 32,
+        }
+    }
+
+    /// The name llama-quantize takes (`Q4_K_M`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "F32",
+            Self::F16 => "F16",
+            Self::BF16 => "BF16",
+            Self::Q4_0 => "Q4_0",
+            Self::Q4_1 => "Q4_1",
+            Self::Q5_0 => "Q5_0",
+            Self::Q5_1 => "Q5_1",
+            Self::Q8_0 => "Q8_0",
+            Self::Q4_K_S => "Q4_K_S",
+            Self::Q4_K_M => "Q4_K_M",
+            Self::Q5_K_S => "Q5_K_S",
+            Self::Q5_K_M => "Q5_K_M",
+            Self::Q6_K => "Q6_K",
+        }
+    }
+
+    /// The file type named `name` (any case; `Q4_K` and `Q5_K` are the
+    /// `_M` mixes, as llama-quantize reads them), or its number.
+    pub fn parse(name: &str) -> Option<Self> {
+        let upper = name.to_ascii_uppercase();
+        let upper = match upper.as_str() {
+            "Q4_K" => "Q4_K_M",
+            "Q5_K" => "Q5_K_M",
+            u => u,
+        };
+        Self::ALL
+            .into_iter()
+            .find(|t| t.name() == upper || t.id().to_string() == upper)
+    }
+
+    /// The type of a matrix no rule singles out.
+    pub const fn default_type(self) -> GgmlType {
+        match self {
+            Self::F32 => GgmlType::F32,
+            Self::F16 => GgmlType::F16,
+            Self::BF16 => GgmlType::BF16,
+            Self::Q4_0 => GgmlType::Q4_0,
+            Self::Q4_1 => GgmlType::Q4_1,
+            Self::Q5_0 => GgmlType::Q5_0,
+            Self::Q5_1 => GgmlType::Q5_1,
+            Self::Q8_0 => GgmlType::Q8_0,
+            Self::Q4_K_S | Self::Q4_K_M => GgmlType::Q4_K,
+            Self::Q5_K_S | Self::Q5_K_M => GgmlType::Q5_K,
+            Self::Q6_K => GgmlType::Q6_K,
+        }
+    }
+}
+
+/// How to quantize (llama-quantize's options of the same names).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuantizeOptions {
+    /// The file type.
+    pub file_type: FileType,
+    /// Quantize tensors that are quantized already (dequantized first,
+    /// which loses more than quantizing the original would).
+    pub allow_requantize: bool,
+    /// Every quantized matrix the default type: no mix.
+    pub pure: bool,
+    /// Quantize `output.weight` (otherwise it is copied as it is).
+    pub quantize_output: bool,
+    /// The output matrix's type, instead of the mix's.
+    pub output_type: Option<GgmlType>,
+    /// The token embedding's type, instead of the mix's.
+    pub token_embedding_type: Option<GgmlType>,
+}
+
+impl QuantizeOptions {
+    /// `file_type` with llama-quantize's defaults.
+    pub fn new(file_type: FileType) -> Self {
+        Self {
+            file_type,
+            allow_requantize: false,
+            pure: false,
+            quantize_output: true,
+            output_type: None,
+            token_embedding_type: None,
+        }
+    }
+}
+
+/// One tensor of the output file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedTensor {
+    /// Its name.
+    pub name: String,
+    /// Its shape (fastest-varying first).
+    pub shape: Vec<u64>,
+    /// Its type in the input.
+    pub from: GgmlType,
+    /// Its type in the output (`from`: copied as it is).
+    pub to: GgmlType,
+    /// Whether `to` is a fallback: the chosen type's blocks did not divide
+    /// its rows.
+    pub fell_back: bool,
+}
+
+/// The output file: its metadata and tensors, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// The input's metadata, `general.quantization_version` and
+    /// `general.file_type` set last.
+    pub metadata: Metadata,
+    /// Every tensor, in [`order`]'s order.
+    pub tensors: Vec<PlannedTensor>,
+}
+
+/// What the mix rules need to know of the model.
+struct Model {
+    arch: String,
+    n_layer: i64,
+    n_expert: u64,
+    is_70b: bool,
+    /// Attention value matrices in the file.
+    n_attention_wv: i64,
+    /// No `output.weight`: the token embedding is the output matrix.
+    tied: bool,
+}
+
+/// What a tensor is to the mix rules (by its name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Output,
+    TokenEmbd,
+    AttnQkv,
+    AttnKvB,
+    AttnV,
+    AttnK,
+    AttnQ,
+    AttnOutput,
+    FfnUp,
+    FfnGate,
+    FfnDown,
+    Other,
+}
+
+impl Role {
+    fn of(name: &str) -> Self {
+        let has = |s: &str| name.contains(s);
+        match name {
+            "output.weight" => Self::Output,
+            "token_embd.weight" | "per_layer_token_embd.weight" => Self::TokenEmbd,
+            _ if has("attn_qkv.weight") => Self::AttnQkv,
+            _ if has("attn_kv_b.weight") => Self::AttnKvB,
+            _ if has("attn_v.weight") => Self::AttnV,
+            _ if has("attn_k.weight") => Self::AttnK,
+            _ if has("attn_q.weight") => Self::AttnQ,
+            _ if has("attn_output.weight") => Self::AttnOutput,
+            _ if has("ffn_up") => Self::FfnUp,
+            _ if has("ffn_gate") => Self::FfnGate,
+            _ if has("ffn_down") => Self::FfnDown,
+            _ => Self::Other,
+        }
+    }
+
+    /// The attention-value-like matrices, the most sensitive to rounding.
+    fn is_attn_v(self) -> bool {
+        matches!(self, Self::AttnV | Self::AttnQkv | Self::AttnKvB)
+    }
+}
+
+/// llama.cpp's order of a model's tensors: by block (`blk.N.`; tensors
+/// outside the blocks first), then by name.
+///
+/// ```
+/// use realm_core::gguf::quantize::order;
+/// let mut names = ["blk.10.a", "output.weight", "blk.2.b", "blk.2.a", "token_embd.weight"];
+/// names.sort_by(|a, b| order(a, b));
+/// assert_eq!(names, ["output.weight", "token_embd.weight", "blk.2.a", "blk.2.b", "blk.10.a"]);
+/// ```
+pub fn order(a: &str, b: &str) -> std::cmp::Ordering {
+    fn block(name: &str) -> i64 {
+        let Some(rest) = name.strip_prefix("blk.") else {
+            return -1;
+        };
+        let end = rest
+            .char_indices()
+            .find(|&(i, c)| !(c.is_ascii_digit() || (i == 0 && (c == '-' || c == '+'))))
+            .map_or(rest.len(), |(i, _)| i);
+        rest[..end].parse().unwrap_or(-1)
+    }
+    block(a)
+        .cmp(&block(b))
+        .then_with(|| a.as_bytes().cmp(b.as_bytes()))
+}
+
+/// Dimensions up to the last one above 1 (ggml's `ggml_n_dims`).
+fn n_dims(shape: &[u64]) -> usize {
+    shape.iter().rposition(|&d| d > 1).map_or(1, |i| i + 1)
+}
+
+/// Whether a tensor is quantized at all: matrices (2-D and up) whose names
+/// end in `weight`, less norms, routers, positional tables and the other
+/// small or index-like tensors llama-quantize leaves as they are.
+fn quantizable(name: &str, shape: &[u64], opts: &QuantizeOptions) -> bool {
+    const KEPT: &[&str] = &[
+        "_norm.weight",
+        "ffn_gate_inp.weight",
+        "ffn_gate_tid2eid.weight",
+        "altup",
+        "laurel",
+        "per_layer_model_proj",
+        "ssm_conv1d",
+        "shortconv.conv.weight",
+        "indexer.k_proj.weight",
+        "indexer.q_proj.weight",
+        "time_mix_first.weight",
+        "time_mix_w0.weight",
+        "time_mix_w1.weight",
+        "time_mix_w2.weight",
+        "time_mix_v0.weight",
+        "time_mix_v1.weight",
+        "time_mix_v2.weight",
+        "time_mix_a0.weight",
+        "time_mix_a1.weight",
+        "time_mix_a2.weight",
+        "time_mix_g1.weight",
+        "time_mix_g2.weight",
+        "time_mix_decay_w1.weight",
+        "time_mix_decay_w2.weight",
+        "time_mix_lerp_fused.weight",
+        "attn_rel_b.weight",
+        ".position_embd",
+        "sam.pos_embd",
+        "sam.neck.",
+        "sam.net_",
+        ".rel_pos",
+        ".patch_embd",
+        ".patch_merger",
+        "a.rvq.codebook",
+        "mm.a.code_embd",
+    ];
+    n_dims(shape) >= 2
+        && name.ends_with("weight")
+        && (opts.quantize_output || name != "output.weight")
+        && name != "position_embd.weight"
+        && name != "token_types.weight"
+        && !KEPT.iter().any(|k| name.contains(k))
+}
+
+/// llama.cpp's layers that get more bits in the `_M` mixes: the first and
+/// last eighth, and every third between.
+fn more_bits(i: i64, n: i64) -> bool {
+    i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2
+}
+
+/// Counters of the matrices the mix has seen, by role.
+#[derive(Default)]
+struct Seen {
+    attention_wv: i64,
+    ffn_down: i64,
+}
+
+/// The mix's type for a quantizable matrix (before any fallback).
+fn mix(
+    m: &Model,
+    seen: &mut Seen,
+    ft: FileType,
+    role: Role,
+    ncols: u64,
+    opts: &QuantizeOptions,
+) -> GgmlType {
+    use FileType as F;
+    use GgmlType as T;
+    let falcon = m.arch == "falcon";
+    let mut t = ft.default_type();
+    if role == Role::Output || (m.tied && role == Role::TokenEmbd) {
+        if let Some(o) = opts.output_type {
+            t = o;
+        } else if falcon || !ncols.is_multiple_of(t.block_size() as u64) {
+            t = T::Q8_0;
+        } else if t != T::Q8_0 {
+            t = T::Q6_K;
+        }
+    } else if role == Role::TokenEmbd {
+        if let Some(e) = opts.token_embedding_type {
+            t = e;
+        }
+    } else if role.is_attn_v() {
+        let i = seen.attention_wv;
+        if matches!(ft, F::Q4_K_M | F::Q5_K_M) && more_bits(i, m.n_attention_wv) {
+            t = T::Q6_K;
+        } else if ft == F::Q4_K_S && i < 4 {
+            t = T::Q5_K;
+        }
+        if m.is_70b && matches!(t, T::Q3_K | T::Q4_K) {
+            t = T::Q5_K;
+        }
+        if m.n_expert == 8 {
+            t = T::Q8_0;
+        }
+        seen.attention_wv += 1;
+    } else if role == Role::AttnK {
+        if m.n_expert == 8 {
+            t = T::Q8_0;
+        }
+    } else if role == Role::FfnDown {
+        // The layer is the count of `ffn_down` matrices seen so far, as
+        // llama-quantize counts it.
+        let (i, n) = (seen.ffn_down, m.n_layer);
+        match ft {
+            F::Q4_K_M if falcon => {
+                t = if i < n / 16 {
+                    T::Q6_K
+                } else if more_bits(i, n) {
+                    T::Q5_K
+                } else {
+                    T::Q4_K
+                };
+            }
+            F::Q4_K_M | F::Q5_K_M if more_bits(i, n) => t = T::Q6_K,
+            F::Q4_K_S if !falcon && i < n / 8 => t = T::Q5_K,
+            _ => {}
+        }
+        seen.ffn_down += 1;
+    } else if role == Role::AttnOutput
+        && !falcon
+        && m.n_expert == 8
+        && matches!(ft, F::Q4_K_S | F::Q4_K_M)
+    {
+        t = T::Q5_K;
+    }
+    // (llama.cpp's rules by grouped-query ratio are those of file types
+    // Realm cannot write: Q2_K, Q3_K, IQ.)
+    t
+}
+
+/// A type whose blocks divide `ncols`, for `t` whose blocks do not: the
+/// next one down llama-quantize takes, or F16.
+fn fallback(t: GgmlType, ncols: u64) -> (GgmlType, bool) {
+    use GgmlType as T;
+    let fits = |t: GgmlType| ncols.is_multiple_of(t.block_size() as u64);
+    if fits(t) {
+        return (t, false);
+    }
+    let next = match t {
+        T::IQ1_S
+        | T::IQ1_M
+        | T::IQ2_XXS
+        | T::IQ2_XS
+        | T::IQ2_S
+        | T::IQ3_XXS
+        | T::IQ3_S
+        | T::IQ4_XS => T::IQ4_NL,
+        T::Q2_K | T::Q3_K | T::TQ1_0 | T::TQ2_0 => T::Q4_0,
+        T::Q4_K => T::Q5_0,
+        T::Q5_K => T::Q5_1,
+        T::Q6_K => T::Q8_0,
+        other => other,
+    };
+    (if fits(next) { next } else { T::F16 }, true)
+}
+
+/// The output file for `file` quantized with `opts`: metadata and each
+/// tensor's type. Fails when a tensor would need a type Realm cannot
+/// quantize to, or is quantized already and `opts.allow_requantize` is off.
+pub fn plan<S: AsRef<[u8]>>(file: &Gguf<S>, opts: &QuantizeOptions) -> Result<Plan> {
+    let md = file.metadata();
+    let arch = md.get_str("general.architecture")?.to_string();
+    let count = |key: &str| -> u64 {
+        match md.get(&format!("{arch}.{key}")) {
+            Some(MetadataValue::Array(_)) => md
+                .get_i32_array(&format!("{arch}.{key}"))
+                .ok()
+                .and_then(|a| a.first().copied())
+                .map_or(0, |v| v.max(0) as u64),
+            Some(_) => md.get_u64(&format!("{arch}.{key}")).unwrap_or(0),
+            None => 0,
+        }
+    };
+    let (n_head, n_head_kv) = (
+        count("attention.head_count"),
+        count("attention.head_count_kv"),
+    );
+    let n_head_kv = if n_head_kv == 0 { n_head } else { n_head_kv };
+    let n_layer = count("block_count");
+    let mut infos: Vec<_> = file.tensor_infos().iter().collect();
+    infos.sort_by(|a, b| order(&a.name, &b.name));
+    let model = Model {
+        n_expert: count("expert_count"),
+        is_70b: arch == "llama" && n_layer == 80 && n_head != n_head_kv,
+        n_layer: n_layer as i64,
+        n_attention_wv: infos
+            .iter()
+            .filter(|t| Role::of(&t.name).is_attn_v())
+            .count() as i64,
+        tied: !infos.iter().any(|t| t.name == "output.weight"),
+        arch,
+    };
+    let ft = opts.file_type;
+    let mut seen = Seen::default();
+    let mut tensors = Vec::with_capacity(infos.len());
+    for info in infos {
+        let (name, shape) = (&info.name, &info.shape);
+        let role = Role::of(name);
+        let ncols = shape.first().copied().unwrap_or(1);
+        let (to, fell_back) = if !quantizable(name, shape, opts) {
+            (info.dtype, false)
+        } else if let (Some(t), Role::TokenEmbd) = (opts.token_embedding_type, role) {
+            (t, false)
+        } else if let (Some(t), Role::Output) = (opts.output_type, role) {
+            (t, false)
+        } else if ft.default_type().is_quantized() {
+            let t = if opts.pure {
+                ft.default_type()
+            } else {
+                mix(&model, &mut seen, ft, role, ncols, opts)
+            };
+            fallback(t, ncols)
+        } else {
+            (ft.default_type(), false)
+        };
+        if to != info.dtype {
+            if !quant::can_quantize(to) {
+                return Err(Error::UnsupportedType {
+                    op: "quantize",
+                    dtype: to,
+                });
+            }
+            if !quant::can_dequantize(info.dtype) {
+                return Err(Error::UnsupportedType {
+                    op: "dequantize",
+                    dtype: info.dtype,
+                });
+            }
+            if info.dtype.is_quantized() && !opts.allow_requantize {
+                return Err(Error::Malformed {
+                    offset: 0,
+                    reason: format!(
+                        "tensor `{name}` is {} already: requantizing it to {to} needs \
+                         --allow-requantize",
+                        info.dtype
+                    ),
+                });
+            }
+        }
+        tensors.push(PlannedTensor {
+            name: name.clone(),
+            // Trailing dimensions of 1 dropped, as ggml writes shapes.
+            shape: shape[..n_dims(shape).min(shape.len())].to_vec(),
+            from: info.dtype,
+            to,
+            fell_back,
+        });
+    }
+    let mut metadata = md.clone();
+    for key in [
+        "split.no",
+        "split.count",
+        "split.tensors.count",
+        "general.quantization_version",
+        "general.file_type",
+    ] {
+        metadata.remove(key);
+    }
+    // ggml's quantization format version.
+    metadata.insert("general.quantization_version", MetadataValue::U32(2));
+    metadata.insert("general.file_type", MetadataValue::U32(ft.id()));
+    Ok(Plan { metadata, tensors })
+}
+
+/// Converts whole rows of `from` data to `to`: dequantized to f32, then
+/// quantized (rows are independent, so any split of a tensor's rows gives
+/// the same bytes).
+///
+/// ```
+/// use realm_core::gguf::quantize::convert_rows;
+/// use realm_core::GgmlType;
+/// let f32s: Vec<u8> = [0.5f32; 32].iter().flat_map(|x| x.to_le_bytes()).collect();
+/// let q = convert_rows(GgmlType::F32, GgmlType::Q8_0, &f32s)?;
+/// assert_eq!(q.len(), 34); // one block: an f16 scale and 32 bytes
+/// let half = convert_rows(GgmlType::F32, GgmlType::F16, &f32s)?;
+/// assert_eq!(convert_rows(GgmlType::F16, GgmlType::F32, &half)?, f32s);
+/// # Ok::<(), realm_core::Error>(())
+/// ```
+pub fn convert_rows(from: GgmlType, to: GgmlType, src: &[u8]) -> Result<Vec<u8>> {
+    let n = src.len() / from.type_size() * from.block_size();
+    let mut values = vec![0f32; n];
+    quant::dequantize(from, src, &mut values)?;
+    let len = to.row_bytes(n as u64).ok_or_else(|| Error::SizeMismatch {
+        what: format!("{n} values as {to}"),
+        expected: to.block_size(),
+        got: n % to.block_size(),
+    })?;
+    let mut out = vec![0u8; len as usize];
+    quant::quantize(to, &values, &mut out)?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gguf::GgufWriter;
+
+    /// A llama-like file of `layers` layers, 256 wide, tied embeddings
+    /// unless `output`.
+    fn model(layers: usize, output: bool) -> Gguf<Vec<u8>> {
+        let mut w = GgufWriter::new();
+        w.set(
+            "general.architecture",
+            MetadataValue::String("llama".into()),
+        );
+        w.set("general.file_type", MetadataValue::U32(0));
+        w.set("llama.block_count", MetadataValue::U32(layers as u32));
+        w.set("llama.attention.head_count", MetadataValue::U32(4));
+        w.set("general.name", MetadataValue::String("tiny".into()));
+        let f32s = |n: usize| vec![0u8; n * 4];
+        w.add_tensor("token_embd.weight", GgmlType::F32, &[256, 8], f32s(2048))
+            .unwrap();
+        if output {
+            w.add_tensor("output.weight", GgmlType::F32, &[256, 8], f32s(2048))
+                .unwrap();
+        }
+        for l in 0..layers {
+            for (t, cols) in [("attn_v", 256), ("ffn_down", 256), ("ffn_up", 96)] {
+                let name = format!("blk.{l}.{t}.weight");
+                w.add_tensor(&name, GgmlType::F32, &[cols, 2], f32s(2 * cols as usize))
+                    .unwrap();
+            }
+            let norm = format!("blk.{l}.attn_norm.weight");
+            w.add_tensor(&norm, GgmlType::F32, &[256], f32s(256))
+                .unwrap();
+        }
+        Gguf::from_bytes(w.to_bytes().unwrap()).unwrap()
+    }
+
+    fn types(p: &Plan) -> Vec<(String, GgmlType)> {
+        p.tensors.iter().map(|t| (t.name.clone(), t.to)).collect()
+    }
+
+    #[test]
+    fn mixes_follow_llama_quantize() {
+        let file = model(16, false);
+        let p = plan(&file, &QuantizeOptions::new(FileType::Q4_K_M)).unwrap();
+        let names: Vec<&str> = p.tensors.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(
+            names[..4],
+            [
+                "token_embd.weight",
+                "blk.0.attn_norm.weight",
+                "blk.0.attn_v.weight",
+                "blk.0.ffn_down.weight"
+            ]
+        );
+        assert_eq!(names[names.len() - 1], "blk.15.ffn_up.weight");
+        let to = |name: &str| p.tensors.iter().find(|t| t.name == name).unwrap().to;
+        // Tied: the embedding is the output, Q6_K.
+        assert_eq!(to("token_embd.weight"), GgmlType::Q6_K);
+        assert_eq!(to("blk.3.attn_norm.weight"), GgmlType::F32);
+        // 96 columns: Q4_K falls back to Q5_0.
+        assert_eq!(to("blk.0.ffn_up.weight"), GgmlType::Q5_0);
+        assert!(p.tensors.iter().any(|t| t.fell_back));
+        // The first and last two of 16 attn_v and ffn_down matrices, and
+        // every third between, get Q6_K.
+        for l in 0..16 {
+            let want = if more_bits(l, 16) {
+                GgmlType::Q6_K
+            } else {
+                GgmlType::Q4_K
+            };
+            assert_eq!(to(&format!("blk.{l}.attn_v.weight")), want, "blk.{l}");
+            assert_eq!(to(&format!("blk.{l}.ffn_down.weight")), want, "blk.{l}");
+        }
+        assert_eq!(
+            p.metadata.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            [
+                "general.architecture",
+                "llama.block_count",
+                "llama.attention.head_count",
+                "general.name",
+                "general.quantization_version",
+                "general.file_type"
+            ]
+        );
+        assert_eq!(p.metadata.get_u32("general.file_type").unwrap(), 15);
+
+        // With an output matrix, the embedding keeps the default; pure:
+        // every matrix the default type (less fallbacks).
+        let p = plan(&model(4, true), &QuantizeOptions::new(FileType::Q5_K_S)).unwrap();
+        let to = |name: &str| p.tensors.iter().find(|t| t.name == name).unwrap().to;
+        assert_eq!(to("output.weight"), GgmlType::Q6_K);
+        assert_eq!(to("token_embd.weight"), GgmlType::Q5_K);
+        let pure = QuantizeOptions {
+            pure: true,
+            ..QuantizeOptions::new(FileType::Q4_K_M)
+        };
+        let p = plan(&model(4, true), &pure).unwrap();
+        assert!(types(&p)
+            .iter()
+            .all(|(n, t)| n.contains("norm") || n.contains("ffn_up") || *t == GgmlType::Q4_K));
+        // F16: every matrix F16, no mix.
+        let p = plan(&model(4, false), &QuantizeOptions::new(FileType::F16)).unwrap();
+        assert!(types(&p)
+            .iter()
+            .all(|(n, t)| n.contains("norm") || *t == GgmlType::F16));
+    }
+
+    #[test]
+    fn requantizing_needs_asking_and_unknown_types_are_refused() {
+        let file = model(2, false);
+        let q8 = plan(&file, &QuantizeOptions::new(FileType::Q8_0)).unwrap();
+        let mut w = GgufWriter::new();
+        for (k, v) in q8.metadata.iter() {
+            w.set(k, v.clone());
+        }
+        for t in &q8.tensors {
+            let n: u64 = t.shape.iter().product();
+            let len = t.to.row_bytes(n).unwrap() as usize;
+            w.add_tensor(&t.name, t.to, &t.shape, vec![0u8; len])
+                .unwrap();
+        }
+        let quantized = Gguf::from_bytes(w.to_bytes().unwrap()).unwrap();
+        let e = plan(&quantized, &QuantizeOptions::new(FileType::Q4_0)).unwrap_err();
+        assert!(e.to_string().contains("--allow-requantize"), "{e}");
+        // The same type again is a copy, not a requantization.
+        assert!(plan(&quantized, &QuantizeOptions::new(FileType::Q8_0)).is_ok());
+        let iq = QuantizeOptions {
+            output_type: Some(GgmlType::IQ2_XXS),
+            ..QuantizeOptions::new(FileType::Q8_0)
+        };
+        assert!(matches!(
+            plan(&file, &iq),
+            Err(Error::UnsupportedType { .. })
+        ));
+    }
+
+    #[test]
+    fn file_types_parse_by_name_and_number() {
+        for t in FileType::ALL {
+            assert_eq!(FileType::parse(t.name()), Some(t));
+            assert_eq!(FileType::parse(&t.id().to_string()), Some(t));
+        }
+        assert_eq!(FileType::parse("q4_k"), Some(FileType::Q4_K_M));
+        assert_eq!(FileType::parse("IQ2_XXS"), None);
+    }
+
+    #[test]
+    fn fallbacks_fit_the_rows() {
+        assert_eq!(fallback(GgmlType::Q4_K, 576), (GgmlType::Q5_0, true));
+        assert_eq!(fallback(GgmlType::Q6_K, 640), (GgmlType::Q8_0, true));
+        assert_eq!(fallback(GgmlType::Q5_K, 512), (GgmlType::Q5_K, false));
+        assert_eq!(fallback(GgmlType::Q8_0, 48), (GgmlType::F16, true));
+    }
+}

@@ -1,0 +1,65 @@
+#!/usr/bin/env python3
+"""Golden quantized files from llama.cpp's llama-quantize for realm-cli's
+tests: realm-cli/tests/fixtures/quantize.json.
+
+For each case it quantizes one of the real models with llama-quantize
+(built by `scripts/build_llama_cpp.sh --tools`, llama.cpp 0c1e570 from the
+llama-cpp-python 0.3.36 sdist; `--allow-requantize`, as both models are
+quantized already, 2 threads) and stores the output file's size and
+sha256: `realm quantize` with the same options must write the same bytes.
+Usage: python3 scripts/gen_quantize_fixtures.py [MODELS_DIR]
+"""
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+MODELS = {
+    "smollm2": "SmolLM2-135M-Instruct.Q4_1.gguf",
+    "gemma3": "gemma-3-270m-q4_k_m.gguf",
+}
+# (model, file type, extra options): every rule of the mixes Realm writes.
+CASES = [
+    ("smollm2", "Q8_0", []),
+    ("smollm2", "Q4_K_M", []),
+    ("smollm2", "Q6_K", []),
+    ("smollm2", "Q4_0", ["--token-embedding-type", "f16"]),
+    ("smollm2", "F16", []),
+    ("gemma3", "Q5_K_M", []),
+    ("gemma3", "Q4_K_S", []),
+    ("gemma3", "Q5_1", []),
+    ("gemma3", "BF16", []),
+    ("gemma3", "Q5_K_S", ["--pure"]),
+]
+HERE = os.path.dirname(os.path.abspath(__file__))
+OUT = os.path.join(HERE, "..", "realm-cli", "tests", "fixtures", "quantize.json")
+
+
+def main():
+    models_dir = sys.argv[1] if len(sys.argv) > 1 else os.environ.get(
+        "REALM_MODELS", os.path.expanduser("~/.cache/realm/models"))
+    bin_dir = subprocess.run([os.path.join(HERE, "build_llama_cpp.sh"), "--tools"],
+                             check=True, capture_output=True, text=True).stdout.strip()
+    tool = os.path.join(bin_dir, "llama-quantize")
+    cases = []
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "out.gguf")
+        for model, ftype, extra in CASES:
+            subprocess.run([tool, "--allow-requantize", *extra,
+                            os.path.join(models_dir, MODELS[model]), out, ftype, "2"],
+                           check=True, capture_output=True)
+            with open(out, "rb") as f:
+                digest = hashlib.sha256(f.read()).hexdigest()
+            case = {"model": model, "type": ftype, "options": extra,
+                    "bytes": os.path.getsize(out), "sha256": digest}
+            print(case)
+            cases.append(case)
+    with open(OUT, "w") as f:
+        json.dump({"llama_cpp": "0c1e570 (llama-cpp-python 0.3.36)", "cases": cases}, f, indent=1)
+        f.write("\n")
+
+
+if __name__ == "__main__":
+    main()
