@@ -3,6 +3,7 @@
 mod bench;
 mod chat;
 mod device;
+mod embed;
 mod guest;
 mod info;
 mod load;
@@ -34,6 +35,8 @@ enum Cmd {
     Chat(chat::ChatArgs),
     /// Prefill and decode speed, as llama-bench reports it (pp512, tg128).
     Bench(bench::BenchArgs),
+    /// A text's embedding: final hidden states pooled, as llama-embedding gives it.
+    Embed(embed::EmbedArgs),
     /// Token ids (and pieces) of a text, with the model's own tokenizer.
     Tokenize(tokenize::TokenizeArgs),
     /// Render a sample conversation with the model's chat template.
@@ -55,6 +58,7 @@ fn main() {
         Cmd::Run(args) => run::run(&args),
         Cmd::Chat(args) => chat::run(&args),
         Cmd::Bench(args) => bench::run(&args),
+        Cmd::Embed(args) => embed::run(&args),
         Cmd::Tokenize(args) => tokenize::tokenize(&args),
         Cmd::ChatTemplate(args) => tokenize::chat_template(&args),
         Cmd::Perplexity(args) => perplexity::run(&args),

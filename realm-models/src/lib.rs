@@ -23,6 +23,7 @@ mod error;
 pub mod model;
 mod record;
 
+pub mod embedding;
 pub mod generate;
 pub mod logprob;
 pub mod sampling;

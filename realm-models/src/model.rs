@@ -368,6 +368,48 @@ impl<'a, B: Backend> Model<'a, B> {
         s: &mut Session<B>,
         tokens: &[u32],
         from: usize,
+        each: impl FnMut(usize, &[f32]),
+    ) -> Result<()> {
+        self.forward_rows(s, tokens, from, Rows::Logits, each)
+    }
+
+    /// [`Model::forward`] that also hands over the final hidden state of
+    /// every token from `tokens[from]` on, after the output norm (what
+    /// llama.cpp pools into embeddings): `each(i, hidden)` with `d_model`
+    /// values, in order. Afterwards the session holds the last token's
+    /// logits, as after `forward`.
+    ///
+    /// ```
+    /// use realm_models::{synthetic::SyntheticLayout, Model};
+    /// let file = realm_core::gguf::Gguf::from_bytes(SyntheticLayout::tiny("llama")?.write(1)?)?;
+    /// let backend = realm_compute_cpu::CpuBackend::new().unwrap();
+    /// let model = Model::load(&file, &backend)?;
+    /// let mut s = model.session(16, 4)?;
+    /// let mut mean = vec![0f32; model.config().d_model];
+    /// model.forward_embeddings(&mut s, &[1, 2, 3], 0, |_, h| {
+    ///     mean.iter_mut().zip(h).for_each(|(m, x)| *m += x / 3.0);
+    /// })?;
+    /// assert!(mean.iter().any(|&x| x != 0.0));
+    /// # Ok::<(), realm_models::Error>(())
+    /// ```
+    pub fn forward_embeddings(
+        &self,
+        s: &mut Session<B>,
+        tokens: &[u32],
+        from: usize,
+        each: impl FnMut(usize, &[f32]),
+    ) -> Result<()> {
+        self.forward_rows(s, tokens, from, Rows::Hidden, each)
+    }
+
+    /// [`Model::forward_outputs`] and [`Model::forward_embeddings`]: the
+    /// chunks, and `what` of each token from `from` on.
+    fn forward_rows(
+        &self,
+        s: &mut Session<B>,
+        tokens: &[u32],
+        from: usize,
+        what: Rows,
         mut each: impl FnMut(usize, &[f32]),
     ) -> Result<()> {
         if tokens.is_empty() {
@@ -375,31 +417,46 @@ impl<'a, B: Backend> Model<'a, B> {
         }
         self.check_room(s, tokens.len())?;
         self.check_tokens(tokens)?;
-        let vocab = self.config.vocab_size;
-        let group = OUTPUT_ROWS.min(s.scratch.rows);
-        let mut out = (from < tokens.len())
-            .then(|| self.backend.buffer(group * vocab))
-            .transpose()?;
+        let width = match what {
+            Rows::Logits => self.config.vocab_size,
+            Rows::Hidden => self.config.d_model,
+        };
         let rows = s.scratch.rows;
+        let group = match what {
+            Rows::Logits => OUTPUT_ROWS.min(rows),
+            Rows::Hidden => rows,
+        };
+        let mut out = (from < tokens.len() && what == Rows::Logits)
+            .then(|| self.backend.buffer(group * width))
+            .transpose()?;
         for (c, chunk) in tokens.chunks(rows).enumerate() {
             let start = c * rows;
             self.embed_tokens(s, chunk)?;
             for layer in 0..self.layers.len() {
                 self.forward_layer(s, layer)?;
             }
-            let Some(out) = out.as_mut() else { continue };
             let sc = &mut s.scratch;
             let mut r = from.saturating_sub(start);
             while r < chunk.len() {
                 let n = group.min(chunk.len() - r);
-                // `logits_rows` writes the scratch's logits: lend it `out`.
-                std::mem::swap(&mut sc.logits, out);
-                let ran = self.logits_rows(sc, r, n);
-                std::mem::swap(&mut sc.logits, out);
-                ran?;
+                let rows_at = match out.as_mut() {
+                    Some(out) => {
+                        // `logits_rows` writes the scratch's logits: lend
+                        // it `out`.
+                        std::mem::swap(&mut sc.logits, out);
+                        let ran = self.logits_rows(sc, r, n);
+                        std::mem::swap(&mut sc.logits, out);
+                        ran?;
+                        &*out
+                    }
+                    None => {
+                        self.norm_rows(sc, r, n)?;
+                        &sc.xn
+                    }
+                };
                 self.backend
-                    .read_on_host(&mut sc.ws, out, n * vocab, |all| {
-                        for (k, row) in all.chunks_exact(vocab).enumerate() {
+                    .read_on_host(&mut sc.ws, rows_at, n * width, |all| {
+                        for (k, row) in all.chunks_exact(width).enumerate() {
                             each(start + r + k, row);
                         }
                     })?;
@@ -745,16 +802,23 @@ impl<'a, B: Backend> Model<'a, B> {
     /// Final norm and output projection of rows `first..first + n` of
     /// `sc.x` into `sc.logits`.
     fn logits_rows(&self, sc: &mut Scratch<B>, first: usize, n: usize) -> Result<()> {
+        self.norm_rows(sc, first, n)?;
+        self.backend
+            .matmul(&mut sc.ws, &self.output, &sc.xn, n, &mut sc.logits)?;
+        Ok(())
+    }
+
+    /// Final norm of rows `first..first + n` of `sc.x` into the first `n`
+    /// rows of `sc.xn`.
+    fn norm_rows(&self, sc: &mut Scratch<B>, first: usize, n: usize) -> Result<()> {
         let (b, c) = (self.backend, &self.config);
-        let d = c.d_model;
         if first == 0 {
             b.rms_norm(&sc.x, &self.output_norm, c.rms_eps, n, &mut sc.xn)?;
         } else {
             // Ops read from row 0: bring the rows to the front of `xn`.
-            b.copy_rows(&sc.x, first..first + n, d, &mut sc.xn)?;
+            b.copy_rows(&sc.x, first..first + n, c.d_model, &mut sc.xn)?;
             b.rms_norm_inplace(&mut sc.xn, &self.output_norm, c.rms_eps, n)?;
         }
-        b.matmul(&mut sc.ws, &self.output, &sc.xn, n, &mut sc.logits)?;
         Ok(())
     }
 
@@ -980,6 +1044,14 @@ const COPY_VALUES: usize = 1 << 17;
 /// Most rows of logits [`Model::forward_outputs`] computes in one product
 /// (32 rows of Gemma 3's 262,144-word vocabulary are 32 MiB).
 pub const OUTPUT_ROWS: usize = 32;
+
+/// What [`Model::forward_outputs`] and [`Model::forward_embeddings`] hand
+/// over for each token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rows {
+    Logits,
+    Hidden,
+}
 
 /// Source of [`Session`] identities (the key of a batch's recording).
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(0);

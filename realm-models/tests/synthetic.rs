@@ -194,6 +194,26 @@ fn every_output_equals_forward_token_by_token() {
             model.forward(&mut again, &prompt).unwrap();
             assert_eq!(next, model.forward(&mut again, &[1]).unwrap());
         }
+        // Hidden states: the same whatever the chunking, and the logits
+        // after them are those of `forward`.
+        let hidden = |batch: usize, from: usize| {
+            let mut s = model.session(128, batch).unwrap();
+            let mut rows = Vec::new();
+            model
+                .forward_embeddings(&mut s, &prompt, from, |i, h| {
+                    assert_eq!(h.len(), model.config().d_model);
+                    rows.push((i, h.iter().map(|x| x.to_bits()).collect::<Vec<_>>()));
+                })
+                .unwrap();
+            let last: Vec<u32> = s.logits().iter().map(|x| x.to_bits()).collect();
+            assert_eq!(&last, alone.last().unwrap(), "{arch}: the session's logits");
+            rows
+        };
+        let whole = hidden(128, 0);
+        assert_eq!(whole.len(), prompt.len());
+        assert_eq!(hidden(7, 0), whole, "{arch}");
+        assert_eq!(hidden(1, 0), whole, "{arch}");
+        assert_eq!(hidden(40, 50), whole[50..], "{arch}");
         let mut full = model.session(8, 8).unwrap();
         assert!(matches!(
             model.forward_outputs(&mut full, &prompt, 0, |_, _| {}),
