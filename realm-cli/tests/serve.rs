@@ -395,6 +395,8 @@ fn wasm_tenants_answer_as_the_native_engine() {
         (400, true),
         "{text}"
     );
+    let (status, text) = wasm.call("POST", "/v1/embeddings", r#"{"input": "a"}"#);
+    assert_eq!(status, 501, "{text}");
     // `echo` puts the prompt first; with `max_tokens: 0` it is all.
     let echo = json!({"prompt": "Once upon a time", "max_tokens": 16, "seed": 3, "echo": true});
     let r = wasm.post("/v1/completions", &echo);
@@ -765,6 +767,65 @@ fn several_prompts_and_choices_answer_as_requests_alone() {
         &json!({"prompt": vec!["a"; 64], "n": 2}).to_string(),
     );
     assert_eq!(status, 503, "{body}");
+}
+
+/// `/v1/embeddings` answers with `realm embed`'s vectors (mean pooling,
+/// unit length), as numbers or base64, for texts and token ids alike.
+#[test]
+fn embeddings_equal_realm_embeds() {
+    if !cached(&catalog::SMOLLM2) {
+        return;
+    }
+    let texts = ["The capital of France is Paris.", "Roses are red."];
+    let (ok, stdout, stderr) =
+        realm(&["embed", "smollm2", "--json", "-p", texts[0], "-p", texts[1]]);
+    assert!(ok, "{stderr}");
+    let cli: Value = serde_json::from_str(&stdout).unwrap();
+    let server = Server::start(&["smollm2"]);
+    let r = server.post("/v1/embeddings", &json!({"input": texts, "model": "x"}));
+    assert_eq!(r["object"], "list");
+    for i in 0..2 {
+        assert_eq!(r["data"][i]["index"], i);
+        assert_eq!(r["data"][i]["embedding"], cli["data"][i]["embedding"]);
+    }
+    let path = catalog::cached_path(&catalog::SMOLLM2).unwrap();
+    let tok = Tokenizer::from_metadata(GgufFile::open(&path).unwrap().metadata()).unwrap();
+    let ids = tok.encode(texts[0], true, true).unwrap();
+    assert_eq!(
+        r["usage"]["prompt_tokens"].as_u64().unwrap() as usize,
+        ids.len() + tok.encode(texts[1], true, true).unwrap().len()
+    );
+    let by_ids = server.post("/v1/embeddings", &json!({"input": ids}));
+    assert_eq!(by_ids["data"][0]["embedding"], cli["data"][0]["embedding"]);
+    let b64 = server.post(
+        "/v1/embeddings",
+        &json!({"input": texts[0], "encoding_format": "base64"}),
+    );
+    let decoded = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD
+            .decode(b64["data"][0]["embedding"].as_str().unwrap())
+            .unwrap()
+    };
+    let floats: Vec<f32> = decoded
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    let want: Vec<f32> = cli["data"][0]["embedding"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect();
+    assert_eq!(floats, want);
+    for (body, status) in [
+        (json!({"input": "a", "dimensions": 8}), 400),
+        (json!({"input": "a", "encoding_format": "int8"}), 400),
+        (json!({"input": []}), 400),
+    ] {
+        let (got, text) = server.call("POST", "/v1/embeddings", &body.to_string());
+        assert_eq!(got, status, "{text}");
+    }
 }
 
 /// Bad requests get OpenAI-shaped errors with the right status, and the

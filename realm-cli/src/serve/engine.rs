@@ -32,6 +32,7 @@ use anyhow::Result;
 use axum::http::StatusCode;
 use realm_core::backend::{Backend, KvDtype};
 use realm_core::tokenizer::Tokenizer;
+use realm_models::embedding::{self, Pooling};
 use realm_models::generate::{Continuation, Step};
 use realm_models::{BatchScratch, GenerateParams, LogProbs, Model, Session, StopReason};
 use tokio::sync::mpsc::UnboundedSender;
@@ -48,6 +49,8 @@ pub enum Input {
     Chat(Vec<(String, String)>),
     /// A text completion's prompt.
     Prompt(Prompt),
+    /// A text to embed.
+    Embed(Prompt),
 }
 
 /// What the engine tells a request's handler, in this order: `Started` or
@@ -71,6 +74,8 @@ pub enum Event {
         completion_tokens: usize,
     },
     Failed(ApiError),
+    /// An embedding's vector (after `Started`), which ends it.
+    Embedding(Vec<f32>),
 }
 
 /// A place among the sequences the server holds (running or waiting):
@@ -204,6 +209,8 @@ fn serve<B: Backend>(
         running: Vec::new(),
         waiting: VecDeque::new(),
         kept: VecDeque::new(),
+        embeds: None,
+        pooling: crate::embed::model_pooling(l),
     };
     let _ = ready.send(Ok(Ready {
         name: l.name.clone(),
@@ -294,6 +301,9 @@ struct Engine<'m, 'a, B: Backend> {
     waiting: VecDeque<Job>,
     /// Finished requests' sessions and the tokens they hold, oldest first.
     kept: VecDeque<(Vec<u32>, Session<B>)>,
+    /// The session embeddings run in (made at the first), and their pooling.
+    embeds: Option<Session<B>>,
+    pooling: Pooling,
 }
 
 impl<'m, B: Backend> Engine<'m, '_, B> {
@@ -307,6 +317,18 @@ impl<'m, B: Backend> Engine<'m, '_, B> {
             }
             self.waiting.extend(jobs.try_iter());
             self.waiting.retain(|j| !j.events.is_closed());
+            // Embeddings run at once, each prompt whole: they take no
+            // place among the running requests.
+            let mut i = 0;
+            while i < self.waiting.len() {
+                if let Input::Embed(_) = self.waiting[i].input {
+                    if let Some(job) = self.waiting.remove(i) {
+                        self.embed(&job);
+                    }
+                } else {
+                    i += 1;
+                }
+            }
             while self.running.len() < self.cfg.parallel {
                 let Some(job) = self.waiting.pop_front() else {
                     break;
@@ -318,6 +340,44 @@ impl<'m, B: Backend> Engine<'m, '_, B> {
             self.running.retain(|s| !s.job.events.is_closed());
             self.prefill();
             self.decode();
+        }
+    }
+
+    /// Answers an embedding request: its prompt's final hidden states,
+    /// pooled and scaled to unit length.
+    fn embed(&mut self, job: &Job) {
+        let ran = self.prompts.tokens(&job.input).and_then(|ids| {
+            let server_error = |e: realm_models::Error| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+            };
+            if self.embeds.is_none() {
+                let s = self
+                    .model
+                    .session_with_kv(self.prompts.ctx, self.cfg.batch, self.cfg.kv_dtype)
+                    .map_err(server_error)?;
+                self.embeds = Some(s);
+            }
+            let session = self.embeds.as_mut().ok_or_else(|| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "no embedding session")
+            })?;
+            let mut v = embedding::embed(self.model, session, &ids, self.pooling)
+                .map_err(server_error)?
+                .pop()
+                .unwrap_or_default();
+            embedding::normalize(&mut v, 2);
+            Ok((ids.len(), v))
+        });
+        match ran {
+            Ok((prompt_tokens, v)) => {
+                let _ = job.events.send(Event::Started {
+                    prompt_tokens,
+                    cached_tokens: 0,
+                });
+                let _ = job.events.send(Event::Embedding(v));
+            }
+            Err(e) => {
+                let _ = job.events.send(Event::Failed(e));
+            }
         }
     }
 

@@ -25,7 +25,7 @@ use super::engine::{Event, Events, Input, Job, Ticket};
 use super::openai::Limits;
 use super::openai::{
     chat_logprobs, completion_logprobs, finish_reason, ApiError, ChatRequest, CompletionRequest,
-    Options, PromptCount, TokenLogprob, Usage,
+    EmbeddingRequest, Options, PromptCount, TokenLogprob, Usage,
 };
 
 /// What every handler shares.
@@ -55,6 +55,8 @@ pub fn router(app: Arc<App>, body_limit: usize) -> Router {
         .route("/chat/completions", post(chat))
         .route("/v1/completions", post(completion))
         .route("/completions", post(completion))
+        .route("/v1/embeddings", post(embeddings))
+        .route("/embeddings", post(embeddings))
         .route("/v1/models", get(models))
         .route("/models", get(models))
         .route_layer(middleware::from_fn_with_state(app.clone(), authorize))
@@ -178,6 +180,82 @@ async fn completion(
         }
         Err(e) => error(e),
     }
+}
+
+async fn embeddings(
+    State(app): State<Arc<App>>,
+    body: Result<Json<EmbeddingRequest>, JsonRejection>,
+) -> Response {
+    let req = match body {
+        Ok(Json(r)) => r,
+        Err(r) => return rejected(r),
+    };
+    let prompts = match req.prompts() {
+        Ok(p) => p,
+        Err(e) => return error(e),
+    };
+    let Some(tickets) = Ticket::take(&app.held, app.limit, prompts.len()) else {
+        return error(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the server holds at most {} sequences and has no room for {} more; \
+                 try again later",
+                app.limit,
+                prompts.len()
+            ),
+        ));
+    };
+    // Embeddings sample nothing: any limits do.
+    let limits = match Options::default().limits(0, false) {
+        Ok(l) => l,
+        Err(e) => return error(e),
+    };
+    let (tx, mut rx) = unbounded_channel();
+    let total = prompts.len();
+    for ((index, prompt), ticket) in prompts.into_iter().enumerate().zip(tickets) {
+        let job = Job {
+            input: Input::Embed(prompt),
+            limits: limits.clone(),
+            events: Events {
+                index,
+                tx: tx.clone(),
+            },
+            _ticket: ticket,
+        };
+        if app.jobs.send(job).is_err() {
+            return error(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the engine has stopped",
+            ));
+        }
+    }
+    drop(tx);
+    let mut vectors: Vec<Option<Vec<f32>>> = vec![None; total];
+    let mut tokens = 0;
+    while vectors.iter().any(Option::is_none) {
+        match rx.recv().await {
+            Some((_, Event::Started { prompt_tokens, .. })) => tokens += prompt_tokens,
+            Some((i, Event::Embedding(v))) => vectors[i] = Some(v),
+            Some((_, Event::Failed(e))) => return error(e),
+            Some(_) | None => return error(stopped()),
+        }
+    }
+    let data: Vec<Value> = vectors
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .map(|(index, v)| {
+            json!({"object": "embedding", "index": index,
+                   "embedding": req.encode(&v)})
+        })
+        .collect();
+    Json(json!({
+        "object": "list",
+        "data": data,
+        "model": app.model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }))
+    .into_response()
 }
 
 /// What the two endpoints ask for in their own ways.
@@ -479,7 +557,9 @@ async fn whole(reply: Reply, mut inbox: Inbox, prompts: &[PromptCount]) -> Respo
                 left -= 1;
             }
             Some((_, Event::Failed(e))) => return error(e),
-            Some((_, Event::Started { .. })) | None => return error(stopped()),
+            Some((_, Event::Started { .. } | Event::Embedding(_))) | None => {
+                return error(stopped())
+            }
         }
     }
     let usage = reply.usage(prompts, &choices);
@@ -538,7 +618,7 @@ impl Streaming {
                 self.out.push_back(data(&e.body()));
                 self.ended = true;
             }
-            Some((_, Event::Started { .. })) | None => {
+            Some((_, Event::Started { .. } | Event::Embedding(_))) | None => {
                 self.out.push_back(data(&stopped().body()));
                 self.ended = true;
             }

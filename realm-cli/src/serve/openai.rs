@@ -423,8 +423,77 @@ pub enum PromptField {
     TokenLists(Vec<Vec<u32>>),
 }
 
-/// Most prompts one completion request may list.
+/// Most prompts one completion or embedding request may list.
 pub const MAX_PROMPTS: usize = 64;
+
+impl PromptField {
+    /// The prompts, each checked for content; at most [`MAX_PROMPTS`].
+    pub fn prompts(&self) -> Result<Vec<Prompt>, ApiError> {
+        let prompts: Vec<Prompt> = match self {
+            Self::Text(t) => vec![Prompt::Text(t.clone())],
+            Self::Texts(v) => v.iter().cloned().map(Prompt::Text).collect(),
+            Self::Tokens(ids) => vec![Prompt::Tokens(ids.clone())],
+            Self::TokenLists(v) => v.iter().cloned().map(Prompt::Tokens).collect(),
+        };
+        if prompts.is_empty() || prompts.contains(&Prompt::Tokens(Vec::new())) {
+            return Err(ApiError::invalid(Some("prompt"), "the prompt is empty"));
+        }
+        if prompts.len() > MAX_PROMPTS {
+            return Err(ApiError::invalid(
+                Some("prompt"),
+                format!("at most {MAX_PROMPTS} prompts per request"),
+            ));
+        }
+        Ok(prompts)
+    }
+}
+
+/// `POST /v1/embeddings`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct EmbeddingRequest {
+    pub input: PromptField,
+    pub encoding_format: Option<String>,
+    pub dimensions: Option<u64>,
+}
+
+impl EmbeddingRequest {
+    /// The texts (or token ids) to embed, once the unsupported fields are
+    /// refused.
+    pub fn prompts(&self) -> Result<Vec<Prompt>, ApiError> {
+        if !matches!(
+            self.encoding_format.as_deref(),
+            None | Some("float" | "base64")
+        ) {
+            return Err(ApiError::invalid(
+                Some("encoding_format"),
+                "encoding_format is float or base64",
+            ));
+        }
+        if self.dimensions.is_some() {
+            return Err(ApiError::invalid(
+                Some("dimensions"),
+                "the model's embeddings have one size: dimensions is not supported",
+            ));
+        }
+        self.input.prompts().map_err(|e| ApiError {
+            param: Some("input"),
+            ..e
+        })
+    }
+
+    /// A vector as `encoding_format` asks: numbers, or the base64 of its
+    /// little-endian f32 bytes.
+    pub fn encode(&self, v: &[f32]) -> Value {
+        use base64::Engine;
+        match self.encoding_format.as_deref() {
+            Some("base64") => {
+                let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
+            }
+            _ => serde_json::json!(v),
+        }
+    }
+}
 
 /// `POST /v1/completions`.
 #[derive(Debug, Clone, Deserialize)]
@@ -457,22 +526,7 @@ impl CompletionRequest {
                 "only best_of = 1 is supported",
             ));
         }
-        let prompts: Vec<Prompt> = match &self.prompt {
-            PromptField::Text(t) => vec![Prompt::Text(t.clone())],
-            PromptField::Texts(v) => v.iter().cloned().map(Prompt::Text).collect(),
-            PromptField::Tokens(ids) => vec![Prompt::Tokens(ids.clone())],
-            PromptField::TokenLists(v) => v.iter().cloned().map(Prompt::Tokens).collect(),
-        };
-        if prompts.is_empty() || prompts.contains(&Prompt::Tokens(Vec::new())) {
-            return Err(ApiError::invalid(Some("prompt"), "the prompt is empty"));
-        }
-        if prompts.len() > MAX_PROMPTS {
-            return Err(ApiError::invalid(
-                Some("prompt"),
-                format!("at most {MAX_PROMPTS} prompts per request"),
-            ));
-        }
-        Ok(prompts)
+        self.prompt.prompts()
     }
 }
 

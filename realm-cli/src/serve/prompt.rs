@@ -63,7 +63,15 @@ impl<'l> Prompts<'l> {
                 add_special: true,
                 parse_special: false,
             })),
-            Input::Prompt(Prompt::Tokens(ids)) => Ok(Err(ids.clone())),
+            Input::Prompt(Prompt::Tokens(ids)) | Input::Embed(Prompt::Tokens(ids)) => {
+                Ok(Err(ids.clone()))
+            }
+            // As llama.cpp's server: special tokens' text is read as them.
+            Input::Embed(Prompt::Text(text)) => Ok(Ok(PromptText {
+                text: text.clone(),
+                add_special: true,
+                parse_special: true,
+            })),
         }
     }
 

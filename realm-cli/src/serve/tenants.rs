@@ -17,7 +17,7 @@ use axum::http::StatusCode;
 use realm_models::StopReason;
 use realm_runtime::{GenerateRequest, Tenant};
 
-use super::engine::{EngineConfig, Event, Job, Ready};
+use super::engine::{EngineConfig, Event, Input, Job, Ready};
 use super::openai::ApiError;
 use super::prompt::{PromptText, Prompts};
 use crate::guest::{GuestArgs, Host};
@@ -95,6 +95,12 @@ fn check(
     prompts: &Prompts<'_>,
     job: &Job,
 ) -> Result<(PromptText, usize, GenerateRequest), ApiError> {
+    if let Input::Embed(_) = job.input {
+        return Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "embeddings need the native engine (realm serve without --wasm)",
+        ));
+    }
     if job.limits.logprobs.is_some() {
         return Err(ApiError::invalid(
             Some("logprobs"),
