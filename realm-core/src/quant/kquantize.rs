@@ -18,7 +18,15 @@ const GROUP_MAX_EPS: f32 = 1e-15;
 /// Round to nearest, ties to even (ggml's `nearest_int` for in-range values),
 /// saturating outside the i32 range.
 fn nearest_int(x: f32) -> i32 {
-    x.round_ties_even() as i32
+    // Adding 1.5 * 2^23 leaves the rounded integer in the low mantissa bits
+    // (the float addition rounds ties to even): no call to `rintf`, which
+    // the baseline x86-64 target has no instruction for.
+    if x.abs() <= 4_194_303.0 {
+        let bits = (x + 12_582_912.0).to_bits();
+        (bits & 0x007f_ffff) as i32 - 0x0040_0000
+    } else {
+        x.round_ties_even() as i32
+    }
 }
 
 /// Parameters of the scale search in [`make_qkx2_quants`].
@@ -376,5 +384,31 @@ pub fn quantize_block_q8_k(x: &[f32; QK_K]) -> BlockQ8K {
         d: 1.0 / iscale,
         qs,
         bsums,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_int_rounds_ties_to_even() {
+        for x in [
+            0.5f32,
+            1.5,
+            2.5,
+            -0.5,
+            -1.5,
+            3.49,
+            -3.51,
+            4_194_303.0,
+            4_194_304.5,
+            -1e9,
+            0.0,
+            -0.0,
+        ] {
+            assert_eq!(nearest_int(x), x.round_ties_even() as i32, "{x}");
+        }
+        assert_eq!(nearest_int(f32::NAN), 0);
     }
 }
