@@ -17,9 +17,9 @@ use crate::{Error, Result, TensorView};
 /// use realm_core::gguf::{Gguf, GgufWriter, MetadataValue};
 /// use realm_core::GgmlType;
 ///
+/// let data: Vec<u8> = [1.0f32, 2.0, 3.0, 4.0].iter().flat_map(|x| x.to_le_bytes()).collect();
 /// let mut w = GgufWriter::new();
 /// w.set("general.architecture", MetadataValue::String("llama".into()));
-/// let data: Vec<u8> = [1.0f32, 2.0, 3.0, 4.0].iter().flat_map(|x| x.to_le_bytes()).collect();
 /// w.add_tensor("w", GgmlType::F32, &[2, 2], &data).unwrap();
 /// let bytes = w.to_bytes().unwrap();
 ///

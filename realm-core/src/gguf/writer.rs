@@ -112,11 +112,16 @@ impl<'a> GgufWriter<'a> {
     /// `dtype` and `shape` take, or writing fails.
     ///
     /// ```
-    /// use realm_core::gguf::GgufWriter;
+    /// use realm_core::gguf::{Gguf, GgufWriter};
     /// use realm_core::GgmlType;
     /// let mut w = GgufWriter::new();
-    /// w.add_tensor_with("x.weight", GgmlType::F32, &[4], || Ok(vec![0u8; 16]))?;
-    /// assert_eq!(w.to_bytes()?.len(), 64);
+    /// w.add_tensor_with("x.weight", GgmlType::F32, &[4], || Ok(vec![7u8; 16]))?;
+    /// let file = Gguf::from_bytes(w.to_bytes()?)?;
+    /// assert_eq!(file.tensor("x.weight")?.data(), &[7u8; 16]);
+    /// // Data of the wrong length fails the write.
+    /// let mut bad = GgufWriter::new();
+    /// bad.add_tensor_with("y.weight", GgmlType::F32, &[4], || Ok(vec![0u8; 12]))?;
+    /// assert!(bad.to_bytes().is_err());
     /// # Ok::<(), realm_core::Error>(())
     /// ```
     pub fn add_tensor_with(
