@@ -252,7 +252,8 @@ const char * ggml_type_name(int type) { (void) type; return "?"; }
 
 GGML_REF_TYPES = {
     T.Q4_0: "q4_0", T.Q4_1: "q4_1", T.Q5_0: "q5_0", T.Q5_1: "q5_1", T.Q8_0: "q8_0",
-    T.Q8_1: "q8_1", T.Q4_K: "q4_K", T.Q5_K: "q5_K", T.Q6_K: "q6_K", T.Q8_K: "q8_K",
+    T.Q8_1: "q8_1", T.Q2_K: "q2_K", T.Q3_K: "q3_K", T.Q4_K: "q4_K", T.Q5_K: "q5_K",
+    T.Q6_K: "q6_K", T.Q8_K: "q8_K",
 }
 
 
@@ -280,7 +281,7 @@ def ggml_quantize(lib: ctypes.CDLL, t: T, x: np.ndarray) -> bytes:
     return out.raw
 
 
-def gen_quantize_ggml(src: Path) -> None:
+def gen_quantize_ggml(src: Path, commit_name: str | None) -> None:
     expected = []
     with tempfile.TemporaryDirectory() as tmp:
         lib = build_ggml_reference(src, Path(tmp))
@@ -300,10 +301,12 @@ def gen_quantize_ggml(src: Path) -> None:
                     "sha256": sha256(raw),
                 })
     commit = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if commit_name is None:
+        commit_name = commit.stdout.strip() if commit.returncode == 0 else "unknown"
     write_json("quantize_ggml.json", {
         "generator": "scripts/gen_quant_fixtures.py --ggml-src",
         "reference": "ggml quantize_row_*_ref (ggml-quants.c, cc -O2 -ffp-contract=off)",
-        "ggml_source": commit.stdout.strip() if commit.returncode == 0 else "unknown",
+        "ggml_source": commit_name,
         "inputs": "quantize.json",
         "expected": expected,
     })
@@ -378,11 +381,13 @@ def main() -> None:
     ap.add_argument("--models-dir", type=Path, default=default_dir)
     ap.add_argument("--skip-models", action="store_true", help="leave models.json as it is")
     ap.add_argument("--ggml-src", type=Path, help="a llama.cpp checkout: also write quantize_ggml.json")
+    ap.add_argument("--ggml-commit", help="the --ggml-src commit, where it is no git checkout "
+                    "(llama-cpp-python's sdist vendors llama.cpp without its history)")
     args = ap.parse_args()
     gen_synthetic()
     gen_quantize()
     if args.ggml_src is not None:
-        gen_quantize_ggml(args.ggml_src)
+        gen_quantize_ggml(args.ggml_src, args.ggml_commit)
     if not args.skip_models:
         gen_models(args.models_dir)
 

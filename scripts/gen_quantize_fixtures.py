@@ -27,11 +27,16 @@ CASES = [
     ("smollm2", "Q6_K", []),
     ("smollm2", "Q4_0", ["--token-embedding-type", "f16"]),
     ("smollm2", "F16", []),
+    ("smollm2", "Q2_K", []),
+    ("smollm2", "Q3_K_M", []),
     ("gemma3", "Q5_K_M", []),
     ("gemma3", "Q4_K_S", []),
     ("gemma3", "Q5_1", []),
     ("gemma3", "BF16", []),
     ("gemma3", "Q5_K_S", ["--pure"]),
+    ("gemma3", "Q2_K", []),
+    ("gemma3", "Q3_K_S", []),
+    ("gemma3", "Q3_K_L", []),
 ]
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "..", "realm-cli", "tests", "fixtures", "quantize.json")

@@ -87,7 +87,8 @@ fn total_error_is_within_llama_cpp_limits() {
 /// clamped end of Q4_0/Q5_0, plus the f16 rounding of the scales. The k-quants
 /// also round sub-block scales to 6 or 8 bits and search for the scale, so
 /// their factors are empirical: the worst seen over 20,000 random rows of this
-/// test's kind was 0.088 m (Q4_K), 0.058 m (Q5_K) and 0.016 m (Q6_K).
+/// test's kind was 0.39 m (Q2_K), 0.23 m (Q3_K), 0.088 m (Q4_K), 0.058 m
+/// (Q5_K) and 0.016 m (Q6_K).
 fn bound(t: GgmlType, m: f32) -> f32 {
     let f16_slack = m * 2.0f32.powi(-9);
     let k = match t {
@@ -99,6 +100,8 @@ fn bound(t: GgmlType, m: f32) -> f32 {
         GgmlType::Q4_1 => 1.0 / 15.0,
         GgmlType::Q5_1 => 1.0 / 31.0,
         GgmlType::Q8_0 | GgmlType::Q8_1 | GgmlType::Q8_K => 0.5 / 127.0,
+        GgmlType::Q2_K => 1.0 / 2.0,
+        GgmlType::Q3_K => 1.0 / 3.5,
         GgmlType::Q4_K => 1.0 / 10.0,
         GgmlType::Q5_K => 1.0 / 14.0,
         GgmlType::Q6_K => 1.0 / 40.0,

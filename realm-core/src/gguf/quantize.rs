@@ -56,6 +56,16 @@ pub enum FileType {
     Q5_1,
     /// Every matrix Q8_0.
     Q8_0,
+    /// Q2_K, `attn_v` Q3_K (Q4_K with four or more query heads per key
+    /// head), `ffn_down` and `attn_output` Q3_K.
+    Q2_K,
+    /// Q3_K.
+    Q3_K_S,
+    /// Q3_K, the first two `attn_v` Q5_K and the rest Q4_K, `ffn_down`
+    /// Q4_K or Q5_K, `attn_output` Q4_K.
+    Q3_K_M,
+    /// Q3_K, `attn_v`, `ffn_down` and `attn_output` Q5_K.
+    Q3_K_L,
     /// Q4_K, a few matrices Q5_K.
     Q4_K_S,
     /// Q4_K, about half of `attn_v` and `ffn_down` Q6_K.
@@ -70,7 +80,7 @@ pub enum FileType {
 
 impl FileType {
     /// Every file type, in llama.cpp's numbering's order.
-    pub const ALL: [Self; 13] = [
+    pub const ALL: [Self; 17] = [
         Self::F32,
         Self::F16,
         Self::Q4_0,
@@ -78,6 +88,10 @@ impl FileType {
         Self::Q8_0,
         Self::Q5_0,
         Self::Q5_1,
+        Self::Q2_K,
+        Self::Q3_K_S,
+        Self::Q3_K_M,
+        Self::Q3_K_L,
         Self::Q4_K_S,
         Self::Q4_K_M,
         Self::Q5_K_S,
@@ -96,6 +110,10 @@ impl FileType {
             Self::Q8_0 => 7,
             Self::Q5_0 => 8,
             Self::Q5_1 => 9,
+            Self::Q2_K => 10,
+            Self::Q3_K_S => 11,
+            Self::Q3_K_M => 12,
+            Self::Q3_K_L => 13,
             Self::Q4_K_S => 14,
             Self::Q4_K_M => 15,
             Self::Q5_K_S => 16,
@@ -116,6 +134,10 @@ impl FileType {
             Self::Q5_0 => "Q5_0",
             Self::Q5_1 => "Q5_1",
             Self::Q8_0 => "Q8_0",
+            Self::Q2_K => "Q2_K",
+            Self::Q3_K_S => "Q3_K_S",
+            Self::Q3_K_M => "Q3_K_M",
+            Self::Q3_K_L => "Q3_K_L",
             Self::Q4_K_S => "Q4_K_S",
             Self::Q4_K_M => "Q4_K_M",
             Self::Q5_K_S => "Q5_K_S",
@@ -124,11 +146,12 @@ impl FileType {
         }
     }
 
-    /// The file type named `name` (any case; `Q4_K` and `Q5_K` are the
-    /// `_M` mixes, as llama-quantize reads them), or its number.
+    /// The file type named `name` (any case; `Q3_K`, `Q4_K` and `Q5_K` are
+    /// the `_M` mixes, as llama-quantize reads them), or its number.
     pub fn parse(name: &str) -> Option<Self> {
         let upper = name.to_ascii_uppercase();
         let upper = match upper.as_str() {
+            "Q3_K" => "Q3_K_M",
             "Q4_K" => "Q4_K_M",
             "Q5_K" => "Q5_K_M",
             u => u,
@@ -149,6 +172,8 @@ impl FileType {
             Self::Q5_0 => GgmlType::Q5_0,
             Self::Q5_1 => GgmlType::Q5_1,
             Self::Q8_0 => GgmlType::Q8_0,
+            Self::Q2_K => GgmlType::Q2_K,
+            Self::Q3_K_S | Self::Q3_K_M | Self::Q3_K_L => GgmlType::Q3_K,
             Self::Q4_K_S | Self::Q4_K_M => GgmlType::Q4_K,
             Self::Q5_K_S | Self::Q5_K_M => GgmlType::Q5_K,
             Self::Q6_K => GgmlType::Q6_K,
@@ -218,6 +243,8 @@ pub struct Plan {
 struct Model {
     arch: String,
     n_layer: i64,
+    /// Query heads per key head.
+    n_gqa: u64,
     n_expert: u64,
     is_70b: bool,
     /// Attention value matrices in the file.
@@ -387,10 +414,13 @@ fn mix(
         }
     } else if role.is_attn_v() {
         let i = seen.attention_wv;
-        if matches!(ft, F::Q4_K_M | F::Q5_K_M) && more_bits(i, m.n_attention_wv) {
-            t = T::Q6_K;
-        } else if ft == F::Q4_K_S && i < 4 {
-            t = T::Q5_K;
+        match ft {
+            F::Q2_K => t = if m.n_gqa >= 4 { T::Q4_K } else { T::Q3_K },
+            F::Q3_K_M => t = if i < 2 { T::Q5_K } else { T::Q4_K },
+            F::Q3_K_L => t = T::Q5_K,
+            F::Q4_K_M | F::Q5_K_M if more_bits(i, m.n_attention_wv) => t = T::Q6_K,
+            F::Q4_K_S if i < 4 => t = T::Q5_K,
+            _ => {}
         }
         if m.is_70b && matches!(t, T::Q3_K | T::Q4_K) {
             t = T::Q5_K;
@@ -408,6 +438,17 @@ fn mix(
         // llama-quantize counts it.
         let (i, n) = (seen.ffn_down, m.n_layer);
         match ft {
+            F::Q2_K => t = T::Q3_K,
+            F::Q3_K_M => {
+                t = if i < n / 16 {
+                    T::Q5_K
+                } else if !falcon || more_bits(i, n) {
+                    T::Q4_K
+                } else {
+                    T::Q3_K
+                };
+            }
+            F::Q3_K_L => t = if falcon { T::Q4_K } else { T::Q5_K },
             F::Q4_K_M if falcon => {
                 t = if i < n / 16 {
                     T::Q6_K
@@ -422,15 +463,19 @@ fn mix(
             _ => {}
         }
         seen.ffn_down += 1;
-    } else if role == Role::AttnOutput
-        && !falcon
-        && m.n_expert == 8
-        && matches!(ft, F::Q4_K_S | F::Q4_K_M)
-    {
-        t = T::Q5_K;
+    } else if role == Role::AttnOutput {
+        t = match (falcon, ft) {
+            (false, F::Q2_K | F::Q3_K_S | F::Q3_K_M | F::Q4_K_S | F::Q4_K_M) if m.n_expert == 8 => {
+                T::Q5_K
+            }
+            (false, _) if m.n_expert == 8 => t,
+            (false, F::Q2_K) => T::Q3_K,
+            (false, F::Q3_K_M) => T::Q4_K,
+            (false, F::Q3_K_L) => T::Q5_K,
+            (true, F::Q3_K_L) => T::Q4_K,
+            _ => t,
+        };
     }
-    // (llama.cpp's rules by grouped-query ratio are those of file types
-    // Realm cannot write: Q2_K, Q3_K, IQ.)
     t
 }
 
@@ -486,6 +531,7 @@ pub fn plan<S: AsRef<[u8]>>(file: &Gguf<S>, opts: &QuantizeOptions) -> Result<Pl
     let mut infos: Vec<_> = file.tensor_infos().iter().collect();
     infos.sort_by(|a, b| order(&a.name, &b.name));
     let model = Model {
+        n_gqa: n_head.checked_div(n_head_kv).unwrap_or(0),
         n_expert: count("expert_count"),
         is_70b: arch == "llama" && n_layer == 80 && n_head != n_head_kv,
         n_layer: n_layer as i64,

@@ -9,7 +9,9 @@
 
 use half::f16;
 
-use super::blocks::{BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, K_SCALE_SIZE, QK_K};
+use super::blocks::{
+    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, K_SCALE_SIZE, QK_K,
+};
 use super::kquants::scale_min_k4;
 
 /// Below this a group's largest magnitude counts as zero.
@@ -35,17 +37,20 @@ struct Search {
     rmin: f32,
     rdelta: f32,
     nstep: i32,
+    /// Weigh absolute errors (Q2_K) rather than squared ones.
+    mad: bool,
 }
 
 /// Quantizes `x` to levels `0..=nmax` as `scale * l - min` (min >= 0), searching
 /// for the weighted least-squares scale. Writes the levels to `levels` and
 /// returns `(scale, min)`.
-fn make_qkx2_quants(
-    x: &[f32; 32],
-    weights: &[f32; 32],
+fn make_qkx2_quants<const N: usize>(
+    x: &[f32; N],
+    weights: &[f32; N],
     p: &Search,
-    levels: &mut [u8; 32],
+    levels: &mut [u8; N],
 ) -> (f32, f32) {
+    let error = |diff: f32| if p.mad { diff.abs() } else { diff * diff };
     let mut min = x[0];
     let mut max = x[0];
     let mut sum_w = weights[0];
@@ -64,7 +69,7 @@ fn make_qkx2_quants(
         min = 0.0;
     }
     if max == min {
-        *levels = [0; 32];
+        *levels = [0; N];
         return (0.0, -min);
     }
     let nmax = p.nmax as f32;
@@ -74,9 +79,9 @@ fn make_qkx2_quants(
     for ((l, &xi), &w) in levels.iter_mut().zip(x).zip(weights) {
         *l = nearest_int(iscale * (xi - min)).clamp(0, p.nmax) as u8;
         let diff = scale * f32::from(*l) + min - xi;
-        best_error += w * (diff * diff);
+        best_error += w * error(diff);
     }
-    let mut aux = [0u8; 32];
+    let mut aux = [0u8; N];
     for is in 0..=p.nstep {
         iscale = (p.rmin + p.rdelta * is as f32 + nmax) / (max - min);
         let (mut sum_l, mut sum_l2, mut sum_xl) = (0.0f32, 0.0f32, 0.0f32);
@@ -99,7 +104,7 @@ fn make_qkx2_quants(
             let mut cur_error = 0.0f32;
             for ((&a, &xi), &w) in aux.iter().zip(x).zip(weights) {
                 let diff = this_scale * f32::from(a) + this_min - xi;
-                cur_error += w * (diff * diff);
+                cur_error += w * error(diff);
             }
             if cur_error < best_error {
                 *levels = aux;
@@ -234,6 +239,220 @@ fn quantize_k4_scales(x: &[f32; QK_K], p: &Search) -> (f16, f16, [u8; K_SCALE_SI
     (d, dmin, packed, levels)
 }
 
+/// Quantizes 16 values to levels `0..2 nmax` standing for `scale * (l -
+/// nmax)` by a search that moves one level at a time while the weighted
+/// (`x^2`) fit improves (ggml's `make_q3_quants` with its RMSE search).
+/// Returns the scale; an all-zero group gets levels 0 (not `nmax`).
+fn make_q3_quants(x: &[f32; 16], nmax: i32, levels: &mut [u8; 16]) -> f32 {
+    let mut amax = 0.0f32;
+    let mut max = 0.0f32;
+    for &xi in x {
+        if xi.abs() > amax {
+            amax = xi.abs();
+            max = xi;
+        }
+    }
+    if amax < GROUP_MAX_EPS {
+        *levels = [0; 16];
+        return 0.0;
+    }
+    let iscale = -(nmax as f32) / max;
+    let mut l = [0i32; 16];
+    let (mut sumlx, mut suml2) = (0.0f32, 0.0f32);
+    for (li, &xi) in l.iter_mut().zip(x) {
+        *li = nearest_int(iscale * xi).clamp(-nmax, nmax - 1);
+        let w = xi * xi;
+        sumlx += w * xi * *li as f32;
+        suml2 += w * *li as f32 * *li as f32;
+    }
+    for _ in 0..5 {
+        let mut changed = false;
+        for (li, &xi) in l.iter_mut().zip(x) {
+            let w = xi * xi;
+            let mut slx = sumlx - w * xi * *li as f32;
+            if slx > 0.0 {
+                let mut sl2 = suml2 - w * *li as f32 * *li as f32;
+                let new_l = nearest_int(xi * sl2 / slx).clamp(-nmax, nmax - 1);
+                if new_l != *li {
+                    slx += w * xi * new_l as f32;
+                    sl2 += w * new_l as f32 * new_l as f32;
+                    if sl2 > 0.0 && slx * slx * suml2 > sumlx * sumlx * sl2 {
+                        *li = new_l;
+                        sumlx = slx;
+                        suml2 = sl2;
+                        changed = true;
+                    }
+                }
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    for (out, &li) in levels.iter_mut().zip(&l) {
+        *out = (li + nmax) as u8;
+    }
+    if suml2 > 0.0 {
+        sumlx / suml2
+    } else {
+        0.0
+    }
+}
+
+/// Packs 256 two-bit levels as Q2_K and Q3_K store them: byte `l` of each
+/// 32-byte group holds levels `l`, `l + 32`, `l + 64`, `l + 96` of its 128.
+fn pack_2bit(levels: &[u8; QK_K]) -> [u8; QK_K / 4] {
+    let mut qs = [0u8; QK_K / 4];
+    for (q, l) in qs.chunks_exact_mut(32).zip(levels.chunks_exact(128)) {
+        for (i, out) in q.iter_mut().enumerate() {
+            *out = l[i] | (l[i + 32] << 2) | (l[i + 64] << 4) | (l[i + 96] << 6);
+        }
+    }
+    qs
+}
+
+/// Quantizes 256 values to Q2_K.
+pub fn quantize_block_q2_k(x: &[f32; QK_K]) -> BlockQ2K {
+    let search = Search {
+        nmax: 3,
+        rmin: -0.5,
+        rdelta: 0.1,
+        nstep: 15,
+        mad: true,
+    };
+    let mut levels = [0u8; QK_K];
+    let mut sub_scales = [0.0f32; QK_K / 16];
+    let mut mins = [0.0f32; QK_K / 16];
+    let (mut max_scale, mut max_min) = (0.0f32, 0.0f32);
+    for (((xs, ls), s), m) in x
+        .chunks_exact(16)
+        .zip(levels.chunks_exact_mut(16))
+        .zip(sub_scales.iter_mut())
+        .zip(mins.iter_mut())
+    {
+        let (Ok(xs), Ok(ls)) = (<&[f32; 16]>::try_from(xs), <&mut [u8; 16]>::try_from(ls)) else {
+            continue;
+        };
+        let weights = xs.map(f32::abs);
+        (*s, *m) = make_qkx2_quants(xs, &weights, &search, ls);
+        if *s > max_scale {
+            max_scale = *s;
+        }
+        if *m > max_min {
+            max_min = *m;
+        }
+    }
+    // Scales in the low nibble, mins in the high one, both of 15 steps.
+    let mut scales = [0u8; QK_K / 16];
+    let mut d = f16::ZERO;
+    if max_scale > 0.0 {
+        let iscale = 15.0 / max_scale;
+        for (out, &s) in scales.iter_mut().zip(&sub_scales) {
+            *out = nearest_int(iscale * s) as u8;
+        }
+        d = f16::from_f32(max_scale / 15.0);
+    }
+    let mut dmin = f16::ZERO;
+    if max_min > 0.0 {
+        let iscale = 15.0 / max_min;
+        for (out, &m) in scales.iter_mut().zip(&mins) {
+            *out |= (nearest_int(iscale * m) << 4) as u8;
+        }
+        dmin = f16::from_f32(max_min / 15.0);
+    }
+    for ((xs, ls), &sc) in x
+        .chunks_exact(16)
+        .zip(levels.chunks_exact_mut(16))
+        .zip(&scales)
+    {
+        let dl = d.to_f32() * f32::from(sc & 0x0f);
+        if dl == 0.0 {
+            continue;
+        }
+        let dm = dmin.to_f32() * f32::from(sc >> 4);
+        for (l, &v) in ls.iter_mut().zip(xs) {
+            *l = nearest_int((v + dm) / dl).clamp(0, 3) as u8;
+        }
+    }
+    BlockQ2K {
+        scales,
+        qs: pack_2bit(&levels),
+        d,
+        dmin,
+    }
+}
+
+/// Quantizes 256 values to Q3_K.
+pub fn quantize_block_q3_k(x: &[f32; QK_K]) -> BlockQ3K {
+    let mut levels = [0u8; QK_K];
+    let mut sub_scales = [0.0f32; QK_K / 16];
+    let (mut max_scale, mut amax) = (0.0f32, 0.0f32);
+    for ((xs, ls), s) in x
+        .chunks_exact(16)
+        .zip(levels.chunks_exact_mut(16))
+        .zip(sub_scales.iter_mut())
+    {
+        let (Ok(xs), Ok(ls)) = (<&[f32; 16]>::try_from(xs), <&mut [u8; 16]>::try_from(ls)) else {
+            continue;
+        };
+        *s = make_q3_quants(xs, 4, ls);
+        if s.abs() > amax {
+            amax = s.abs();
+            max_scale = *s;
+        }
+    }
+    // Sixteen 6-bit scales, offset by 32: low nibbles in bytes 0..8, the
+    // high two bits of scale j in bits 2 (j / 4) of byte 8 + j % 4.
+    let mut scales = [0u8; 12];
+    let mut d = f16::ZERO;
+    if max_scale != 0.0 {
+        let iscale = -32.0 / max_scale;
+        for (j, &s) in sub_scales.iter().enumerate() {
+            let l = (nearest_int(iscale * s).clamp(-32, 31) + 32) as u8;
+            if j < 8 {
+                scales[j] = l & 0x0f;
+            } else {
+                scales[j - 8] |= (l & 0x0f) << 4;
+            }
+            scales[8 + j % 4] |= (l >> 4) << (2 * (j / 4));
+        }
+        d = f16::from_f32(1.0 / iscale);
+    }
+    for (j, (xs, ls)) in x
+        .chunks_exact(16)
+        .zip(levels.chunks_exact_mut(16))
+        .enumerate()
+    {
+        let low = if j < 8 {
+            scales[j] & 0x0f
+        } else {
+            scales[j - 8] >> 4
+        };
+        let sc = i32::from(low | (((scales[8 + j % 4] >> (2 * (j / 4))) & 3) << 4)) - 32;
+        let dl = d.to_f32() * sc as f32;
+        if dl == 0.0 {
+            continue;
+        }
+        for (l, &v) in ls.iter_mut().zip(xs) {
+            *l = (nearest_int(v / dl).clamp(-4, 3) + 4) as u8;
+        }
+    }
+    // The third bit of level j goes to bit j / 32 of hmask[j % 32].
+    let mut hmask = [0u8; QK_K / 8];
+    for (j, l) in levels.iter_mut().enumerate() {
+        if *l > 3 {
+            hmask[j % (QK_K / 8)] |= 1 << (j / (QK_K / 8));
+            *l -= 4;
+        }
+    }
+    BlockQ3K {
+        hmask,
+        qs: pack_2bit(&levels),
+        scales,
+        d,
+    }
+}
+
 /// Quantizes 256 values to Q4_K.
 pub fn quantize_block_q4_k(x: &[f32; QK_K]) -> BlockQ4K {
     let search = Search {
@@ -241,6 +460,7 @@ pub fn quantize_block_q4_k(x: &[f32; QK_K]) -> BlockQ4K {
         rmin: -1.0,
         rdelta: 0.1,
         nstep: 20,
+        mad: false,
     };
     let (d, dmin, scales, levels) = quantize_k4_scales(x, &search);
     let mut qs = [0u8; QK_K / 2];
@@ -265,6 +485,7 @@ pub fn quantize_block_q5_k(x: &[f32; QK_K]) -> BlockQ5K {
         rmin: -0.5,
         rdelta: 0.1,
         nstep: 15,
+        mad: false,
     };
     let (d, dmin, scales, levels) = quantize_k4_scales(x, &search);
     let mut qs = [0u8; QK_K / 2];

@@ -41,7 +41,8 @@ use blocks::{QK, QK_K};
 
 pub use iq4::{dequantize_block_iq4_nl, dequantize_block_iq4_xs};
 pub use kquantize::{
-    quantize_block_q4_k, quantize_block_q5_k, quantize_block_q6_k, quantize_block_q8_k,
+    quantize_block_q2_k, quantize_block_q3_k, quantize_block_q4_k, quantize_block_q5_k,
+    quantize_block_q6_k, quantize_block_q8_k,
 };
 pub use kquants::{
     dequantize_block_q2_k, dequantize_block_q3_k, dequantize_block_q4_k, dequantize_block_q5_k,
@@ -84,6 +85,8 @@ pub const QUANTIZE_TYPES: &[GgmlType] = &[
     GgmlType::Q5_1,
     GgmlType::Q8_0,
     GgmlType::Q8_1,
+    GgmlType::Q2_K,
+    GgmlType::Q3_K,
     GgmlType::Q4_K,
     GgmlType::Q5_K,
     GgmlType::Q6_K,
@@ -304,6 +307,8 @@ pub fn quantize(dtype: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<()> {
         GgmlType::Q5_1 => quantize_blocks::<_, QK>(dtype, src, dst, quantize_block_q5_1)?,
         GgmlType::Q8_0 => quantize_blocks::<_, QK>(dtype, src, dst, quantize_block_q8_0)?,
         GgmlType::Q8_1 => quantize_blocks::<_, QK>(dtype, src, dst, quantize_block_q8_1)?,
+        GgmlType::Q2_K => quantize_blocks::<_, QK_K>(dtype, src, dst, quantize_block_q2_k)?,
+        GgmlType::Q3_K => quantize_blocks::<_, QK_K>(dtype, src, dst, quantize_block_q3_k)?,
         GgmlType::Q4_K => quantize_blocks::<_, QK_K>(dtype, src, dst, quantize_block_q4_k)?,
         GgmlType::Q5_K => quantize_blocks::<_, QK_K>(dtype, src, dst, quantize_block_q5_k)?,
         GgmlType::Q6_K => quantize_blocks::<_, QK_K>(dtype, src, dst, quantize_block_q6_k)?,
