@@ -828,6 +828,40 @@ fn embeddings_equal_realm_embeds() {
     }
 }
 
+/// `/tokenize` and `/detokenize`, as llama.cpp's server has them: the
+/// model's tokenizer's ids (special tokens' text read as them by default),
+/// pieces that spell the text, and ids back to the text.
+#[test]
+fn tokenize_and_detokenize_round_trip() {
+    if !cached(&catalog::SMOLLM2) {
+        return;
+    }
+    let server = Server::start(&["smollm2"]);
+    let path = catalog::cached_path(&catalog::SMOLLM2).unwrap();
+    let tok = Tokenizer::from_metadata(GgufFile::open(&path).unwrap().metadata()).unwrap();
+    let text = "<|im_start|>user\nHello, wörld!";
+    let r = server.post("/tokenize", &json!({"content": text}));
+    let ids: Vec<u32> = serde_json::from_value(r["tokens"].clone()).unwrap();
+    assert_eq!(ids, tok.encode(text, false, true).unwrap());
+    let plain = server.post(
+        "/tokenize",
+        &json!({"content": text, "parse_special": false}),
+    );
+    assert!(plain["tokens"].as_array().unwrap().len() > ids.len());
+    let pieces = server.post("/tokenize", &json!({"content": text, "with_pieces": true}));
+    let spelled: String = pieces["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["piece"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(spelled, text);
+    let back = server.post("/detokenize", &json!({"tokens": ids}));
+    assert_eq!(back["content"], text);
+    let (status, body) = server.call("POST", "/detokenize", r#"{"tokens": [99999999]}"#);
+    assert_eq!(status, 400, "{body}");
+}
+
 /// Bad requests get OpenAI-shaped errors with the right status, and the
 /// server goes on answering.
 #[test]

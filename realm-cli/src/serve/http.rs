@@ -19,13 +19,15 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
+use realm_core::tokenizer::Tokenizer;
 use realm_models::StopReason;
 
 use super::engine::{Event, Events, Input, Job, Ticket};
 use super::openai::Limits;
 use super::openai::{
     chat_logprobs, completion_logprobs, finish_reason, ApiError, ChatRequest, CompletionRequest,
-    EmbeddingRequest, Options, PromptCount, TokenLogprob, Usage,
+    DetokenizeRequest, EmbeddingRequest, Options, PromptCount, TokenLogprob, TokenizeRequest,
+    Usage,
 };
 
 /// What every handler shares.
@@ -45,6 +47,8 @@ pub struct App {
     pub count: AtomicU64,
     /// The key clients must send (`Authorization: Bearer KEY`), if any.
     pub api_key: Option<String>,
+    /// The model's tokenizer, for /tokenize and /detokenize.
+    pub tokenizer: Tokenizer,
 }
 
 /// The routes, with and without the `/v1` prefix (as llama.cpp's server);
@@ -57,6 +61,8 @@ pub fn router(app: Arc<App>, body_limit: usize) -> Router {
         .route("/completions", post(completion))
         .route("/v1/embeddings", post(embeddings))
         .route("/embeddings", post(embeddings))
+        .route("/tokenize", post(tokenize))
+        .route("/detokenize", post(detokenize))
         .route("/v1/models", get(models))
         .route("/models", get(models))
         .route_layer(middleware::from_fn_with_state(app.clone(), authorize))
@@ -179,6 +185,56 @@ async fn completion(
             answer(&app, Kind::Text, inputs, &req.options, extra).await
         }
         Err(e) => error(e),
+    }
+}
+
+/// `POST /tokenize` (llama.cpp's server's): `{"content", "add_special"
+/// (false), "parse_special" (true), "with_pieces" (false)}` to `{"tokens":
+/// [id, ...]}`, or with pieces `{"tokens": [{"id", "piece"}, ...]}` (a
+/// piece that is no whole UTF-8 text as its bytes).
+async fn tokenize(
+    State(app): State<Arc<App>>,
+    body: Result<Json<TokenizeRequest>, JsonRejection>,
+) -> Response {
+    let req = match body {
+        Ok(Json(r)) => r,
+        Err(r) => return rejected(r),
+    };
+    let tok = &app.tokenizer;
+    let ids = match tok.encode(&req.content, req.add_special, req.parse_special) {
+        Ok(ids) => ids,
+        Err(e) => return error(ApiError::invalid(Some("content"), e.to_string())),
+    };
+    if !req.with_pieces {
+        return Json(json!({"tokens": ids})).into_response();
+    }
+    let tokens: Vec<Value> = ids
+        .iter()
+        .map(|&id| {
+            let bytes = tok.token_to_piece(id, true).unwrap_or_default();
+            let piece = match std::str::from_utf8(bytes) {
+                Ok(s) => json!(s),
+                Err(_) => json!(bytes),
+            };
+            json!({"id": id, "piece": piece})
+        })
+        .collect();
+    Json(json!({"tokens": tokens})).into_response()
+}
+
+/// `POST /detokenize` (llama.cpp's server's): `{"tokens": [id, ...]}` to
+/// `{"content"}`, special tokens as their text.
+async fn detokenize(
+    State(app): State<Arc<App>>,
+    body: Result<Json<DetokenizeRequest>, JsonRejection>,
+) -> Response {
+    let req = match body {
+        Ok(Json(r)) => r,
+        Err(r) => return rejected(r),
+    };
+    match app.tokenizer.decode(&req.tokens, false, true) {
+        Ok(content) => Json(json!({"content": content})).into_response(),
+        Err(e) => error(ApiError::invalid(Some("tokens"), e.to_string())),
     }
 }
 

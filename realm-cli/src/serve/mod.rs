@@ -113,6 +113,12 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     let ready = ready
         .recv()
         .map_err(|_| anyhow!("the engine stopped while loading the model"))??;
+    // The HTTP side's own tokenizer, for /tokenize and /detokenize.
+    let path = realm_core::catalog::resolve_model(&args.model).map_err(anyhow::Error::msg)?;
+    let file = realm_core::gguf::GgufFile::open(&path)
+        .with_context(|| format!("reading {}", path.display()))?;
+    let tokenizer = realm_core::tokenizer::Tokenizer::from_metadata(file.metadata())
+        .context("building the tokenizer")?;
     let app = Arc::new(http::App {
         jobs,
         held: Arc::new(AtomicUsize::new(0)),
@@ -123,6 +129,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
             .map_or(0, |d| d.as_secs()),
         count: AtomicU64::new(0),
         api_key: args.api_key.clone(),
+        tokenizer,
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -448,6 +448,28 @@ impl PromptField {
     }
 }
 
+/// `POST /tokenize`, as llama.cpp's server takes it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TokenizeRequest {
+    pub content: String,
+    #[serde(default)]
+    pub add_special: bool,
+    #[serde(default = "yes")]
+    pub parse_special: bool,
+    #[serde(default)]
+    pub with_pieces: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `POST /detokenize`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DetokenizeRequest {
+    pub tokens: Vec<u32>,
+}
+
 /// `POST /v1/embeddings`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct EmbeddingRequest {
