@@ -3,6 +3,7 @@
 mod bench;
 mod chat;
 mod device;
+mod divergence;
 mod embed;
 mod guest;
 mod info;

@@ -10,14 +10,22 @@
 //! least half a context before it. Perplexity is `exp` of the mean negative
 //! log-likelihood; its uncertainty is that of the mean, carried through
 //! `exp`.
+//!
+//! With `--kl-divergence BASE` a second model (the same vocabulary: the
+//! original of a quantized file, say) runs every chunk too, and each scored
+//! token compares the two distributions ([`crate::divergence`]): the
+//! figures llama-perplexity's `--kl-divergence` prints, without its file of
+//! the base's log-probabilities.
 
 use std::io::Write;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use realm_core::backend::Backend;
+use realm_core::gguf::GgufFile;
 use realm_models::{LogProbs, Model};
 
+use crate::divergence::Stats;
 use crate::{device, load};
 
 /// Arguments of `realm perplexity`.
@@ -43,6 +51,10 @@ pub struct PerplexityArgs {
     /// KV cache element type (llama-perplexity's default is f16).
     #[arg(long, value_enum, default_value_t = load::CacheType::F32)]
     pub cache_type: load::CacheType,
+    /// A base model (same vocabulary) to compare with: KL divergence, top
+    /// token agreement and probability differences per scored token.
+    #[arg(long, value_name = "BASE")]
+    pub kl_divergence: Option<String>,
     #[command(flatten)]
     pub device: device::DeviceArgs,
 }
@@ -95,6 +107,23 @@ fn score<B: Backend>(
     text: &str,
 ) -> Result<()> {
     let model = Model::load(&l.file, backend)?;
+    let base_file = match &args.kl_divergence {
+        Some(name) => {
+            let path = realm_core::catalog::resolve_model(name).map_err(anyhow::Error::msg)?;
+            Some(GgufFile::open(&path).with_context(|| format!("reading {}", path.display()))?)
+        }
+        None => None,
+    };
+    let base = base_file
+        .as_ref()
+        .map(|f| Model::load(f, backend))
+        .transpose()?;
+    if let Some(b) = &base {
+        let (v, vb) = (model.config().vocab_size, b.config().vocab_size);
+        if v != vb {
+            bail!("the base model's vocabulary has {vb} tokens, this model's {v}: no comparison");
+        }
+    }
     let ctx = args.ctx_size;
     if ctx < 4 {
         bail!("a chunk needs at least 4 tokens (-c)");
@@ -123,35 +152,68 @@ fn score<B: Backend>(
         tokens.len(),
         ctx - first - 1
     );
-    let mut session =
-        model.session_with_kv(ctx, args.batch_size.min(ctx), args.cache_type.into())?;
+    let batch = args.batch_size.min(ctx);
+    let mut session = model.session_with_kv(ctx, batch, args.cache_type.into())?;
+    let mut base_session = base
+        .as_ref()
+        .map(|b| b.session_with_kv(ctx, batch, args.cache_type.into()))
+        .transpose()?;
     let mut nll = Nll::default();
+    let mut stats = Stats::default();
+    let vocab = model.config().vocab_size;
+    let mut base_rows: Vec<f32> = Vec::new();
     let mut out = std::io::stdout().lock();
+    if base.is_some() {
+        writeln!(out, "{}", Stats::header())?;
+    }
     let start = Instant::now();
     for c in 0..n_chunks {
         let mut chunk = tokens[c * ctx..(c + 1) * ctx].to_vec();
         if let Some(b) = bos {
             chunk[0] = b;
         }
+        // The base's logits of the scored positions, kept for the model's.
+        base_rows.clear();
+        if let (Some(b), Some(s)) = (&base, base_session.as_mut()) {
+            s.truncate(0);
+            b.forward_outputs(s, &chunk, first, |i, logits| {
+                if i + 1 < chunk.len() {
+                    base_rows.extend_from_slice(logits);
+                }
+            })?;
+        }
         session.truncate(0);
         let mut missing = None;
         model.forward_outputs(&mut session, &chunk, first, |i, logits| {
             // The last position predicts the next chunk's first token: not
             // scored, as in llama-perplexity.
-            if let Some(&next) = chunk.get(i + 1) {
-                match LogProbs::new(logits).of(next) {
-                    Some(lp) => nll.add(-lp),
-                    None => missing = Some(next),
-                }
+            let Some(&next) = chunk.get(i + 1) else {
+                return;
+            };
+            let lp = LogProbs::new(logits);
+            match lp.of(next) {
+                Some(v) => nll.add(-v),
+                None => missing = Some(next),
+            }
+            let row = base_rows.get((i - first) * vocab..(i - first + 1) * vocab);
+            if let Some(d) = row.and_then(|r| lp.divergence(&LogProbs::new(r), next)) {
+                stats.add(&d);
             }
         })?;
         if let Some(t) = missing {
             bail!("token {t} has no logit");
         }
-        write!(out, "[{}]{:.4},", c + 1, nll.perplexity())?;
-        out.flush()?;
+        if base.is_some() {
+            writeln!(out, "{}", stats.line(c + 1))?;
+        } else {
+            write!(out, "[{}]{:.4},", c + 1, nll.perplexity())?;
+            out.flush()?;
+        }
     }
     writeln!(out)?;
+    if let Some(summary) = stats.summary() {
+        write!(out, "{summary}")?;
+    }
     let secs = start.elapsed().as_secs_f64();
     match nll.uncertainty() {
         Some(u) => writeln!(

@@ -34,5 +34,5 @@ pub use error::{Error, Result};
 pub use model::{BatchScratch, Model, Session, OUTPUT_ROWS, STEP_SPAN};
 
 pub use generate::{generate, GenerateParams, Generation, GenerationStats, StopReason};
-pub use logprob::LogProbs;
+pub use logprob::{Divergence, LogProbs};
 pub use sampling::{Sampler, SamplingParams};

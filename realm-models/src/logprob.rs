@@ -63,6 +63,59 @@ impl<'l> LogProbs<'l> {
     }
 }
 
+/// How a model's next-token distribution compares with a base model's at
+/// one position (what llama.cpp's `--kl-divergence` measures).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Divergence {
+    /// KL divergence of the model from the base: the sum over tokens of
+    /// `p_base (log p_base - log p)`, tokens whose base log-probability is
+    /// below -16 left out, as llama.cpp leaves them.
+    pub kld: f64,
+    /// Negative log-likelihood of the scored token under the model.
+    pub nll: f64,
+    /// And under the base.
+    pub nll_base: f64,
+    /// Whether both put the same token first.
+    pub same_top: bool,
+    /// The scored token's probability under the model less under the base.
+    pub p_diff: f64,
+}
+
+impl LogProbs<'_> {
+    /// This distribution (the model's) against `base`'s, scoring `token`;
+    /// `None` when either has no such token or their vocabularies differ.
+    ///
+    /// ```
+    /// use realm_models::LogProbs;
+    /// let (base, model) = ([2.0f32, 1.0, 0.0], [1.0f32, 2.0, 0.0]);
+    /// let d = LogProbs::new(&model).divergence(&LogProbs::new(&base), 0).unwrap();
+    /// assert!(d.kld > 0.0 && !d.same_top && d.p_diff < 0.0);
+    /// let same = LogProbs::new(&base).divergence(&LogProbs::new(&base), 0).unwrap();
+    /// assert!(same.kld.abs() < 1e-9 && same.same_top && same.p_diff == 0.0);
+    /// ```
+    pub fn divergence(&self, base: &LogProbs<'_>, token: u32) -> Option<Divergence> {
+        if self.logits.len() != base.logits.len() {
+            return None;
+        }
+        let (nll, nll_base) = (-self.of(token)?, -base.of(token)?);
+        let mut kld = 0.0;
+        for (&q, &b) in self.logits.iter().zip(base.logits) {
+            let lp_base = f64::from(b) - base.norm;
+            if lp_base > -16.0 {
+                kld += lp_base.exp() * (lp_base - (f64::from(q) - self.norm));
+            }
+        }
+        let top = |lp: &LogProbs<'_>| lp.top(1).first().map(|&(t, _)| t);
+        Some(Divergence {
+            kld,
+            nll,
+            nll_base,
+            same_top: top(self) == top(base),
+            p_diff: (-nll).exp() - (-nll_base).exp(),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
