@@ -37,7 +37,8 @@ use realm_models::generate::{Continuation, Step};
 use realm_models::{BatchScratch, GenerateParams, LogProbs, Model, Session, StopReason};
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::openai::{ApiError, Limits, Prompt, TokenLogprob};
+use super::logprobs::TokenLogprob;
+use super::openai::{ApiError, Limits, Prompt};
 use super::prompt::Prompts;
 use crate::device::{Device, DeviceArgs};
 use crate::load::{self, Loaded};

@@ -23,12 +23,12 @@ use realm_core::tokenizer::Tokenizer;
 use realm_models::StopReason;
 
 use super::engine::{Event, Events, Input, Job, Ticket};
+use super::logprobs::{chat_logprobs, completion_logprobs, TokenLogprob};
 use super::openai::Limits;
 use super::openai::{
-    chat_logprobs, completion_logprobs, finish_reason, ApiError, ChatRequest, CompletionRequest,
-    DetokenizeRequest, EmbeddingRequest, Options, PromptCount, TokenLogprob, TokenizeRequest,
-    Usage,
+    finish_reason, ApiError, ChatRequest, CompletionRequest, Options, PromptCount, Usage,
 };
+use super::{embeddings, tokens};
 
 /// What every handler shares.
 #[derive(Debug)]
@@ -59,10 +59,10 @@ pub fn router(app: Arc<App>, body_limit: usize) -> Router {
         .route("/chat/completions", post(chat))
         .route("/v1/completions", post(completion))
         .route("/completions", post(completion))
-        .route("/v1/embeddings", post(embeddings))
-        .route("/embeddings", post(embeddings))
-        .route("/tokenize", post(tokenize))
-        .route("/detokenize", post(detokenize))
+        .route("/v1/embeddings", post(embeddings::embeddings))
+        .route("/embeddings", post(embeddings::embeddings))
+        .route("/tokenize", post(tokens::tokenize))
+        .route("/detokenize", post(tokens::detokenize))
         .route("/v1/models", get(models))
         .route("/models", get(models))
         .route_layer(middleware::from_fn_with_state(app.clone(), authorize))
@@ -103,7 +103,7 @@ async fn authorize(State(app): State<Arc<App>>, req: Request, next: Next) -> Res
     }
 }
 
-fn error(e: ApiError) -> Response {
+pub(super) fn error(e: ApiError) -> Response {
     (e.status, Json(e.body())).into_response()
 }
 
@@ -114,7 +114,7 @@ fn now() -> u64 {
 }
 
 /// A body that is not the JSON a route takes, as an OpenAI error.
-fn rejected(r: JsonRejection) -> Response {
+pub(super) fn rejected(r: JsonRejection) -> Response {
     error(ApiError::new(r.status(), r.body_text()))
 }
 
@@ -186,132 +186,6 @@ async fn completion(
         }
         Err(e) => error(e),
     }
-}
-
-/// `POST /tokenize` (llama.cpp's server's): `{"content", "add_special"
-/// (false), "parse_special" (true), "with_pieces" (false)}` to `{"tokens":
-/// [id, ...]}`, or with pieces `{"tokens": [{"id", "piece"}, ...]}` (a
-/// piece that is no whole UTF-8 text as its bytes).
-async fn tokenize(
-    State(app): State<Arc<App>>,
-    body: Result<Json<TokenizeRequest>, JsonRejection>,
-) -> Response {
-    let req = match body {
-        Ok(Json(r)) => r,
-        Err(r) => return rejected(r),
-    };
-    let tok = &app.tokenizer;
-    let ids = match tok.encode(&req.content, req.add_special, req.parse_special) {
-        Ok(ids) => ids,
-        Err(e) => return error(ApiError::invalid(Some("content"), e.to_string())),
-    };
-    if !req.with_pieces {
-        return Json(json!({"tokens": ids})).into_response();
-    }
-    let tokens: Vec<Value> = ids
-        .iter()
-        .map(|&id| {
-            let bytes = tok.token_to_piece(id, true).unwrap_or_default();
-            let piece = match std::str::from_utf8(bytes) {
-                Ok(s) => json!(s),
-                Err(_) => json!(bytes),
-            };
-            json!({"id": id, "piece": piece})
-        })
-        .collect();
-    Json(json!({"tokens": tokens})).into_response()
-}
-
-/// `POST /detokenize` (llama.cpp's server's): `{"tokens": [id, ...]}` to
-/// `{"content"}`, special tokens as their text.
-async fn detokenize(
-    State(app): State<Arc<App>>,
-    body: Result<Json<DetokenizeRequest>, JsonRejection>,
-) -> Response {
-    let req = match body {
-        Ok(Json(r)) => r,
-        Err(r) => return rejected(r),
-    };
-    match app.tokenizer.decode(&req.tokens, false, true) {
-        Ok(content) => Json(json!({"content": content})).into_response(),
-        Err(e) => error(ApiError::invalid(Some("tokens"), e.to_string())),
-    }
-}
-
-async fn embeddings(
-    State(app): State<Arc<App>>,
-    body: Result<Json<EmbeddingRequest>, JsonRejection>,
-) -> Response {
-    let req = match body {
-        Ok(Json(r)) => r,
-        Err(r) => return rejected(r),
-    };
-    let prompts = match req.prompts() {
-        Ok(p) => p,
-        Err(e) => return error(e),
-    };
-    let Some(tickets) = Ticket::take(&app.held, app.limit, prompts.len()) else {
-        return error(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "the server holds at most {} sequences and has no room for {} more; \
-                 try again later",
-                app.limit,
-                prompts.len()
-            ),
-        ));
-    };
-    // Embeddings sample nothing: any limits do.
-    let limits = match Options::default().limits(0, false) {
-        Ok(l) => l,
-        Err(e) => return error(e),
-    };
-    let (tx, mut rx) = unbounded_channel();
-    let total = prompts.len();
-    for ((index, prompt), ticket) in prompts.into_iter().enumerate().zip(tickets) {
-        let job = Job {
-            input: Input::Embed(prompt),
-            limits: limits.clone(),
-            events: Events {
-                index,
-                tx: tx.clone(),
-            },
-            _ticket: ticket,
-        };
-        if app.jobs.send(job).is_err() {
-            return error(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the engine has stopped",
-            ));
-        }
-    }
-    drop(tx);
-    let mut vectors: Vec<Option<Vec<f32>>> = vec![None; total];
-    let mut tokens = 0;
-    while vectors.iter().any(Option::is_none) {
-        match rx.recv().await {
-            Some((_, Event::Started { prompt_tokens, .. })) => tokens += prompt_tokens,
-            Some((i, Event::Embedding(v))) => vectors[i] = Some(v),
-            Some((_, Event::Failed(e))) => return error(e),
-            Some(_) | None => return error(stopped()),
-        }
-    }
-    let data: Vec<Value> = vectors
-        .into_iter()
-        .flatten()
-        .enumerate()
-        .map(|(index, v)| {
-            json!({"object": "embedding", "index": index,
-                   "embedding": req.encode(&v)})
-        })
-        .collect();
-    Json(json!({
-        "object": "list",
-        "data": data,
-        "model": app.model,
-        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-    }))
-    .into_response()
 }
 
 /// What the two endpoints ask for in their own ways.
@@ -586,7 +460,7 @@ async fn answer(
     }
 }
 
-fn stopped() -> ApiError {
+pub(super) fn stopped() -> ApiError {
     ApiError::new(
         StatusCode::INTERNAL_SERVER_ERROR,
         "the engine stopped before the answer ended",

@@ -15,11 +15,14 @@
 //!   -d '{"messages": [{"role": "user", "content": "Which city is the capital of France?"}]}'
 //! ```
 
+mod embeddings;
 mod engine;
 mod http;
+mod logprobs;
 mod openai;
 mod prompt;
 mod tenants;
+mod tokens;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{mpsc, Arc};

@@ -268,69 +268,6 @@ fn count(v: &Value, param: &'static str) -> Result<usize, ApiError> {
         })
 }
 
-/// One token's log-probability and the most likely tokens in its place.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TokenLogprob {
-    /// The token's bytes (maybe part of a UTF-8 character).
-    pub token: Vec<u8>,
-    /// `None` for a prompt's first token, which nothing predicts.
-    pub logprob: Option<f64>,
-    /// The alternatives, most likely first; `None` with `logprob`.
-    pub top: Option<Vec<(Vec<u8>, f64)>>,
-}
-
-fn lossy(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// A chat choice's `logprobs` for `tokens`:
-/// `{"content": [{"token", "logprob", "bytes", "top_logprobs"}], "refusal": null}`.
-pub fn chat_logprobs(tokens: &[TokenLogprob]) -> Value {
-    let entry = |bytes: &[u8], logprob: Option<f64>| serde_json::json!({"token": lossy(bytes), "logprob": logprob, "bytes": bytes});
-    let content: Vec<Value> = tokens
-        .iter()
-        .map(|t| {
-            let mut e = entry(&t.token, t.logprob);
-            e["top_logprobs"] = t
-                .top
-                .iter()
-                .flatten()
-                .map(|(b, lp)| entry(b, Some(*lp)))
-                .collect();
-            e
-        })
-        .collect();
-    serde_json::json!({"content": content, "refusal": null})
-}
-
-/// A text completion's `logprobs` for `tokens`, whose text begins at
-/// character `offset` of the answer's (advanced past them):
-/// `{"tokens", "token_logprobs", "top_logprobs", "text_offset"}`.
-pub fn completion_logprobs(tokens: &[TokenLogprob], offset: &mut usize) -> Value {
-    let mut offsets = Vec::with_capacity(tokens.len());
-    for t in tokens {
-        offsets.push(*offset);
-        *offset += lossy(&t.token).chars().count();
-    }
-    let top: Vec<Value> = tokens
-        .iter()
-        .map(|t| match &t.top {
-            None => Value::Null,
-            Some(alts) => Value::Object(
-                alts.iter()
-                    .map(|(b, lp)| (lossy(b), serde_json::json!(lp)))
-                    .collect(),
-            ),
-        })
-        .collect();
-    serde_json::json!({
-        "tokens": tokens.iter().map(|t| lossy(&t.token)).collect::<Vec<_>>(),
-        "token_logprobs": tokens.iter().map(|t| t.logprob).collect::<Vec<_>>(),
-        "top_logprobs": top,
-        "text_offset": offsets,
-    })
-}
-
 /// A chat message's `content`: a string, or a list of parts of which only
 /// text parts are supported.
 #[derive(Debug, Clone, Deserialize)]
@@ -445,75 +382,6 @@ impl PromptField {
             ));
         }
         Ok(prompts)
-    }
-}
-
-/// `POST /tokenize`, as llama.cpp's server takes it.
-#[derive(Debug, Clone, Deserialize)]
-pub struct TokenizeRequest {
-    pub content: String,
-    #[serde(default)]
-    pub add_special: bool,
-    #[serde(default = "yes")]
-    pub parse_special: bool,
-    #[serde(default)]
-    pub with_pieces: bool,
-}
-
-fn yes() -> bool {
-    true
-}
-
-/// `POST /detokenize`.
-#[derive(Debug, Clone, Deserialize)]
-pub struct DetokenizeRequest {
-    pub tokens: Vec<u32>,
-}
-
-/// `POST /v1/embeddings`.
-#[derive(Debug, Clone, Deserialize)]
-pub struct EmbeddingRequest {
-    pub input: PromptField,
-    pub encoding_format: Option<String>,
-    pub dimensions: Option<u64>,
-}
-
-impl EmbeddingRequest {
-    /// The texts (or token ids) to embed, once the unsupported fields are
-    /// refused.
-    pub fn prompts(&self) -> Result<Vec<Prompt>, ApiError> {
-        if !matches!(
-            self.encoding_format.as_deref(),
-            None | Some("float" | "base64")
-        ) {
-            return Err(ApiError::invalid(
-                Some("encoding_format"),
-                "encoding_format is float or base64",
-            ));
-        }
-        if self.dimensions.is_some() {
-            return Err(ApiError::invalid(
-                Some("dimensions"),
-                "the model's embeddings have one size: dimensions is not supported",
-            ));
-        }
-        self.input.prompts().map_err(|e| ApiError {
-            param: Some("input"),
-            ..e
-        })
-    }
-
-    /// A vector as `encoding_format` asks: numbers, or the base64 of its
-    /// little-endian f32 bytes.
-    pub fn encode(&self, v: &[f32]) -> Value {
-        use base64::Engine;
-        match self.encoding_format.as_deref() {
-            Some("base64") => {
-                let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-                Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
-            }
-            _ => serde_json::json!(v),
-        }
     }
 }
 
@@ -798,43 +666,6 @@ mod tests {
         ] {
             assert_eq!(text(body.clone()).unwrap_err().param, Some(param), "{body}");
         }
-    }
-
-    #[test]
-    fn logprobs_have_each_endpoints_shape() {
-        let tokens = [
-            TokenLogprob {
-                token: b"Hi".to_vec(),
-                logprob: None,
-                top: None,
-            },
-            TokenLogprob {
-                token: vec![0xc3],
-                logprob: Some(-0.5),
-                top: Some(vec![(b" there".to_vec(), -0.25), (vec![0xc3], -0.5)]),
-            },
-        ];
-        assert_eq!(
-            chat_logprobs(&tokens[1..]),
-            serde_json::json!({"content": [{
-                "token": "\u{fffd}", "logprob": -0.5, "bytes": [0xc3],
-                "top_logprobs": [
-                    {"token": " there", "logprob": -0.25, "bytes": b" there"},
-                    {"token": "\u{fffd}", "logprob": -0.5, "bytes": [0xc3]},
-                ],
-            }], "refusal": null})
-        );
-        let mut at = 3;
-        assert_eq!(
-            completion_logprobs(&tokens, &mut at),
-            serde_json::json!({
-                "tokens": ["Hi", "\u{fffd}"],
-                "token_logprobs": [null, -0.5],
-                "top_logprobs": [null, {" there": -0.25, "\u{fffd}": -0.5}],
-                "text_offset": [3, 5],
-            })
-        );
-        assert_eq!(at, 6);
     }
 
     #[test]
