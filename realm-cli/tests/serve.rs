@@ -862,6 +862,53 @@ fn tokenize_and_detokenize_round_trip() {
     assert_eq!(status, 400, "{body}");
 }
 
+/// `--cors ORIGIN`: browsers' preflight requests from that origin are
+/// answered, and answers to it carry the allowing header; other origins,
+/// and a server without `--cors`, get none.
+#[test]
+fn cors_lets_listed_origins_in() {
+    if !cached(&catalog::SMOLLM2) {
+        return;
+    }
+    let header = |raw: &str, name: &str| {
+        raw.split("\r\n\r\n").next().unwrap().lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+    };
+    let raw = |server: &Server, method: &str, headers: &str| {
+        let mut out = String::new();
+        server
+            .send_with(method, "/v1/models", headers, "")
+            .read_to_string(&mut out)
+            .unwrap();
+        out
+    };
+    let open = Server::start(&["smollm2", "--cors", "https://app.example"]);
+    let preflight = raw(
+        &open,
+        "OPTIONS",
+        "origin: https://app.example\r\naccess-control-request-method: POST\r\n\
+         access-control-request-headers: authorization, content-type\r\n",
+    );
+    assert_eq!(status_and_body(&preflight).0, 200, "{preflight}");
+    let allowed = "access-control-allow-origin";
+    assert_eq!(
+        header(&preflight, allowed).as_deref(),
+        Some("https://app.example")
+    );
+    let get = raw(&open, "GET", "origin: https://app.example\r\n");
+    assert_eq!(
+        header(&get, allowed).as_deref(),
+        Some("https://app.example")
+    );
+    let other = raw(&open, "GET", "origin: https://evil.example\r\n");
+    assert_eq!(header(&other, allowed), None, "{other}");
+    let closed = Server::start(&["smollm2"]);
+    let get = raw(&closed, "GET", "origin: https://app.example\r\n");
+    assert_eq!(header(&get, allowed), None, "{get}");
+}
+
 /// Bad requests get OpenAI-shaped errors with the right status, and the
 /// server goes on answering.
 #[test]

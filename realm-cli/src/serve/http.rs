@@ -10,7 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::sse::{self, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -18,6 +18,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use realm_core::tokenizer::Tokenizer;
 use realm_models::StopReason;
@@ -51,10 +52,36 @@ pub struct App {
     pub tokenizer: Tokenizer,
 }
 
+/// The CORS policy for `origins` (`*`: any), or none.
+pub fn cors(origins: &[String]) -> anyhow::Result<Option<CorsLayer>> {
+    if origins.is_empty() {
+        return Ok(None);
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        let values = origins
+            .iter()
+            .map(|o| {
+                header::HeaderValue::from_str(o)
+                    .map_err(|_| anyhow::anyhow!("--cors: `{o}` is no origin"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        AllowOrigin::list(values)
+    };
+    Ok(Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION]),
+    ))
+}
+
 /// The routes, with and without the `/v1` prefix (as llama.cpp's server);
-/// all but `/health` need the API key when the server has one.
-pub fn router(app: Arc<App>, body_limit: usize) -> Router {
-    Router::new()
+/// all but `/health` need the API key when the server has one. A CORS
+/// policy, if given, answers browsers' preflight requests before any route.
+pub fn router(app: Arc<App>, body_limit: usize, cors: Option<CorsLayer>) -> Router {
+    let router = Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/chat/completions", post(chat))
         .route("/v1/completions", post(completion))
@@ -75,7 +102,11 @@ pub fn router(app: Arc<App>, body_limit: usize) -> Router {
             ))
         })
         .layer(DefaultBodyLimit::max(body_limit))
-        .with_state(app)
+        .with_state(app);
+    match cors {
+        Some(c) => router.layer(c),
+        None => router,
+    }
 }
 
 /// Lets a request through if the server has no key or the request bears it.

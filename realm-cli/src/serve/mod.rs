@@ -78,6 +78,11 @@ pub struct ServeArgs {
     /// it.
     #[arg(long)]
     pub api_key: Option<String>,
+    /// Let web pages from ORIGIN call the server from a browser (CORS;
+    /// repeatable, `*` for any origin). Without it browsers refuse other
+    /// origins' pages the answers.
+    #[arg(long = "cors", value_name = "ORIGIN")]
+    pub cors_origins: Vec<String>,
     /// The model's name in answers and in /v1/models (default: its file name).
     #[arg(long)]
     pub alias: Option<String>,
@@ -134,6 +139,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         api_key: args.api_key.clone(),
         tokenizer,
     });
+    let cors = http::cors(&args.cors_origins)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -154,7 +160,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
             app.model,
             listener.local_addr()?
         );
-        axum::serve(listener, http::router(app, args.max_body))
+        axum::serve(listener, http::router(app, args.max_body, cors))
             .with_graceful_shutdown(async {
                 let _ = tokio::signal::ctrl_c().await;
             })
