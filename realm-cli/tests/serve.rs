@@ -909,6 +909,46 @@ fn cors_lets_listed_origins_in() {
     assert_eq!(header(&get, allowed), None, "{get}");
 }
 
+/// `--metrics`: `/metrics` counts what the requests ran, in Prometheus's
+/// text format; without the flag there is no such route.
+#[test]
+fn metrics_count_what_ran() {
+    if !cached(&catalog::SMOLLM2) {
+        return;
+    }
+    let server = Server::start(&["smollm2", "--metrics"]);
+    let value = |text: &str, name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("realm:{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+            .parse()
+            .unwrap()
+    };
+    let (status, before) = server.call("GET", "/metrics", "");
+    assert_eq!(status, 200, "{before}");
+    assert_eq!(value(&before, "tokens_predicted_total"), 0.0);
+    let r = server.post(
+        "/v1/completions",
+        &json!({"prompt": "Once upon a time", "max_tokens": 9}),
+    );
+    let e = server.post("/v1/embeddings", &json!({"input": "Hello"}));
+    let (_, after) = server.call("GET", "/metrics", "");
+    assert_eq!(value(&after, "tokens_predicted_total"), 9.0);
+    let prompt = r["usage"]["prompt_tokens"].as_f64().unwrap()
+        + e["usage"]["prompt_tokens"].as_f64().unwrap();
+    assert_eq!(value(&after, "prompt_tokens_total"), prompt);
+    assert_eq!(value(&after, "sequences_done_total"), 1.0);
+    assert_eq!(value(&after, "embeddings_total"), 1.0);
+    assert!(value(&after, "decode_steps_total") >= 8.0);
+    assert!(value(&after, "tokens_predicted_seconds_total") > 0.0);
+    assert!(
+        after.contains("# TYPE realm:requests_processing gauge"),
+        "{after}"
+    );
+    let plain = Server::start(&["smollm2"]);
+    assert_eq!(plain.call("GET", "/metrics", "").0, 404);
+}
+
 /// Bad requests get OpenAI-shaped errors with the right status, and the
 /// server goes on answering.
 #[test]

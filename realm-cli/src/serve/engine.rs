@@ -38,6 +38,7 @@ use realm_models::{BatchScratch, GenerateParams, LogProbs, Model, Session, StopR
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::logprobs::TokenLogprob;
+use super::metrics::{self, Metrics};
 use super::openai::{ApiError, Limits, Prompt};
 use super::prompt::Prompts;
 use crate::device::{Device, DeviceArgs};
@@ -148,6 +149,8 @@ pub struct EngineConfig {
     /// Most finished requests' KV caches kept for requests whose prompts
     /// begin the same (0: none; then each cache is sized to its request).
     pub prompt_cache: usize,
+    /// What the engine counts, for `/metrics`.
+    pub metrics: Arc<Metrics>,
 }
 
 /// What the engine says once its model is loaded.
@@ -339,6 +342,9 @@ impl<'m, B: Backend> Engine<'m, '_, B> {
                 }
             }
             self.running.retain(|s| !s.job.events.is_closed());
+            let m = &self.cfg.metrics;
+            metrics::set(&m.running, self.running.len() as u64);
+            metrics::set(&m.waiting, self.waiting.len() as u64);
             self.prefill();
             self.decode();
         }
@@ -347,6 +353,7 @@ impl<'m, B: Backend> Engine<'m, '_, B> {
     /// Answers an embedding request: its prompt's final hidden states,
     /// pooled and scaled to unit length.
     fn embed(&mut self, job: &Job) {
+        let started = Instant::now();
         let ran = self.prompts.tokens(&job.input).and_then(|ids| {
             let server_error = |e: realm_models::Error| {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
@@ -370,6 +377,10 @@ impl<'m, B: Backend> Engine<'m, '_, B> {
         });
         match ran {
             Ok((prompt_tokens, v)) => {
+                let m = &self.cfg.metrics;
+                metrics::add(&m.embeddings, 1);
+                metrics::add(&m.prompt_tokens, prompt_tokens as u64);
+                metrics::add(&m.prompt_micros, started.elapsed().as_micros() as u64);
                 let _ = job.events.send(Event::Started {
                     prompt_tokens,
                     cached_tokens: 0,
@@ -398,6 +409,7 @@ impl<'m, B: Backend> Engine<'m, '_, B> {
                     prompt_tokens: prompt.len(),
                     cached_tokens: cached,
                 });
+                metrics::add(&self.cfg.metrics.prompt_tokens_cached, cached as u64);
                 let mut seq = Seq {
                     prompt,
                     prefilled: cached,
@@ -524,6 +536,7 @@ impl<'m, B: Backend> Engine<'m, '_, B> {
         };
         let s = &mut self.running[i];
         let end = s.prompt.len().min(s.prefilled + s.session.batch());
+        let started = Instant::now();
         let ran = match s.job.limits.logprobs {
             Some(k) if s.scores_prompt() => {
                 // Each prompt token's logits score the token after it.
@@ -546,6 +559,9 @@ impl<'m, B: Backend> Engine<'m, '_, B> {
             fail(s, &e);
             return;
         }
+        let m = &self.cfg.metrics;
+        metrics::add(&m.prompt_tokens, (end - s.prefilled) as u64);
+        metrics::add(&m.prompt_micros, started.elapsed().as_micros() as u64);
         s.prefilled = end;
         if end == s.prompt.len() {
             if let Some(text) = s.echo.take() {
@@ -567,6 +583,7 @@ impl<'m, B: Backend> Engine<'m, '_, B> {
         if rows.is_empty() {
             return;
         }
+        let started = Instant::now();
         let ran = if let [(session, token)] = rows.as_mut_slice() {
             // One request alone takes the single-sequence path (the decode
             // step a GPU records as a graph); its logits are the same.
@@ -590,6 +607,9 @@ impl<'m, B: Backend> Engine<'m, '_, B> {
                 }
             }
         }
+        let m = &self.cfg.metrics;
+        metrics::add(&m.decode_steps, 1);
+        metrics::add(&m.decode_micros, started.elapsed().as_micros() as u64);
         let mut i = 0;
         while i < self.running.len() {
             if self.running[i].next.take().is_some() && !self.advance(i) {
@@ -634,7 +654,7 @@ impl<'m, B: Backend> Engine<'m, '_, B> {
             }
         };
         let s = self.running.remove(i);
-        let (held, session) = finish(s, reason, text);
+        let (held, session) = finish(s, reason, text, &self.cfg.metrics);
         self.keep(held, session);
         false
     }
@@ -646,6 +666,7 @@ fn finish<B: Backend>(
     mut s: Seq<'_, B>,
     reason: StopReason,
     text: String,
+    m: &Metrics,
 ) -> (Vec<u32>, Session<B>) {
     let generated = s.text.generated().len();
     let history = s.text.history();
@@ -672,6 +693,8 @@ fn finish<B: Backend>(
             reason,
             completion_tokens: generated,
         });
+        metrics::add(&m.tokens_predicted, generated as u64);
+        metrics::add(&m.sequences_done, 1);
     }
     (held, s.session)
 }

@@ -25,6 +25,7 @@ use realm_models::StopReason;
 
 use super::engine::{Event, Events, Input, Job, Ticket};
 use super::logprobs::{chat_logprobs, completion_logprobs, TokenLogprob};
+use super::metrics::Metrics;
 use super::openai::Limits;
 use super::openai::{
     finish_reason, ApiError, ChatRequest, CompletionRequest, Options, PromptCount, Usage,
@@ -50,6 +51,8 @@ pub struct App {
     pub api_key: Option<String>,
     /// The model's tokenizer, for /tokenize and /detokenize.
     pub tokenizer: Tokenizer,
+    /// The engine's counters, when `/metrics` serves them.
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 /// The CORS policy for `origins` (`*`: any), or none.
@@ -81,7 +84,7 @@ pub fn cors(origins: &[String]) -> anyhow::Result<Option<CorsLayer>> {
 /// all but `/health` need the API key when the server has one. A CORS
 /// policy, if given, answers browsers' preflight requests before any route.
 pub fn router(app: Arc<App>, body_limit: usize, cors: Option<CorsLayer>) -> Router {
-    let router = Router::new()
+    let mut router = Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/chat/completions", post(chat))
         .route("/v1/completions", post(completion))
@@ -91,7 +94,11 @@ pub fn router(app: Arc<App>, body_limit: usize, cors: Option<CorsLayer>) -> Rout
         .route("/tokenize", post(tokens::tokenize))
         .route("/detokenize", post(tokens::detokenize))
         .route("/v1/models", get(models))
-        .route("/models", get(models))
+        .route("/models", get(models));
+    if app.metrics.is_some() {
+        router = router.route("/metrics", get(metrics));
+    }
+    let router = router
         .route_layer(middleware::from_fn_with_state(app.clone(), authorize))
         .route("/health", get(health))
         .fallback(|| async { error(ApiError::new(StatusCode::NOT_FOUND, "no such route")) })
@@ -147,6 +154,11 @@ fn now() -> u64 {
 /// A body that is not the JSON a route takes, as an OpenAI error.
 pub(super) fn rejected(r: JsonRejection) -> Response {
     error(ApiError::new(r.status(), r.body_text()))
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    let text = app.metrics.as_ref().map(|m| m.render()).unwrap_or_default();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 async fn health() -> Json<Value> {

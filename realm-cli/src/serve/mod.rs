@@ -19,6 +19,7 @@ mod embeddings;
 mod engine;
 mod http;
 mod logprobs;
+mod metrics;
 mod openai;
 mod prompt;
 mod tenants;
@@ -78,6 +79,10 @@ pub struct ServeArgs {
     /// it.
     #[arg(long)]
     pub api_key: Option<String>,
+    /// Serve the engine's counters at GET /metrics (Prometheus's text
+    /// format).
+    #[arg(long)]
+    pub metrics: bool,
     /// Let web pages from ORIGIN call the server from a browser (CORS;
     /// repeatable, `*` for any origin). Without it browsers refuse other
     /// origins' pages the answers.
@@ -107,7 +112,9 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         batch: args.batch_size,
         kv_dtype: args.cache_type.into(),
         prompt_cache: args.prompt_cache,
+        metrics: Arc::new(metrics::Metrics::default()),
     };
+    let counted = args.metrics.then(|| cfg.metrics.clone());
     let (jobs, queue) = mpsc::channel();
     let (ready_tx, ready) = mpsc::channel();
     let guest = args.guest.clone();
@@ -138,6 +145,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         count: AtomicU64::new(0),
         api_key: args.api_key.clone(),
         tokenizer,
+        metrics: counted,
     });
     let cors = http::cors(&args.cors_origins)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -18,6 +18,7 @@ use realm_models::StopReason;
 use realm_runtime::{GenerateRequest, Tenant};
 
 use super::engine::{EngineConfig, Event, Input, Job, Ready};
+use super::metrics::{self, Metrics};
 use super::openai::ApiError;
 use super::prompt::{PromptText, Prompts};
 use crate::guest::{GuestArgs, Host};
@@ -60,7 +61,8 @@ pub fn run(
     std::thread::scope(|scope| {
         for tenant in tenants {
             let queue = queue.clone();
-            scope.spawn(move || serve(tenant, &queue));
+            let m = &cfg.metrics;
+            scope.spawn(move || serve(tenant, &queue, m));
         }
         let _ = ready.send(Ok(Ready {
             name: l.name.clone(),
@@ -130,7 +132,7 @@ fn check(
 }
 
 /// One tenant's loop: a request at a time, until the queue closes.
-fn serve(mut tenant: Tenant, queue: &Mutex<Receiver<Work>>) {
+fn serve(mut tenant: Tenant, queue: &Mutex<Receiver<Work>>, m: &Metrics) {
     loop {
         let next = queue.lock().unwrap_or_else(|e| e.into_inner()).recv();
         let Ok(w) = next else {
@@ -180,6 +182,11 @@ fn serve(mut tenant: Tenant, queue: &Mutex<Receiver<Work>>) {
                     completion_tokens: usize::try_from(stats.generated_tokens)
                         .unwrap_or(usize::MAX),
                 });
+                // A tenant reports no split of its time between prompt and
+                // decode: only its tokens count.
+                metrics::add(&m.prompt_tokens, stats.prompt_tokens);
+                metrics::add(&m.tokens_predicted, stats.generated_tokens);
+                metrics::add(&m.sequences_done, 1);
             }
             Err(e) => {
                 eprintln!("realm: a tenant's request failed: {e}");
