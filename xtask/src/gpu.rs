@@ -252,13 +252,42 @@ ppl_check() {
   done
   say "perplexity-$m done"
 }
+# serve_check MODEL: `realm serve` on this device, loaded by bench_serve.py
+# (greedy completions of 128 tokens, end of generation banned) with one
+# client and with 8 at a time: the server's engine, batched decode steps
+# included, on the GPU, and its tokens per second.
+serve_check() {
+  m="$1"
+  t=$(budget 120) || { echo "SKIPPED: serve-$m (no time left)"; return; }
+  "$here/realm" serve "$models/$m-synth.gguf" --device "$dev" --port 0 --parallel 8 -c 1024 \
+    --cache-type f16 > "$out/serve-$m.log" 2>&1 &
+  pid=$!
+  addr=""; waited=0
+  while [ "$waited" -lt 60 ] && kill -0 "$pid" 2>/dev/null; do
+    addr="$(sed -n 's|.* on http://\([^ ]*\) .*|\1|p' "$out/serve-$m.log" | head -n 1)"
+    [ -n "$addr" ] && break
+    sleep 1; waited=$(( waited + 1 ))
+  done
+  if [ -z "$addr" ]; then
+    echo "FAILED: serve-$m did not start (see serve-$m.log)"
+    kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; return
+  fi
+  for c in 1 8; do
+    timeout -k 10 "$t" python3 "$here/bench_serve.py" "http://$addr" --clients "$c" --requests 2 \
+      --max-tokens 128 > "$out/serve-$m-c$c.txt" 2>&1 \
+      || echo "FAILED: serve-$m with $c clients (see serve-$m-c$c.txt)"
+    cat "$out/serve-$m-c$c.txt"
+  done
+  kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
+  say "serve-$m done"
+}
 # (A variable set for one bench is set in a subshell: some shells keep an
 # assignment before a function call after it.)
 # In order of what matters when the machine's time runs out: the op tests,
 # the issue's figures (SmolLM2, decode steps recorded as CUDA graphs) and
 # llama.cpp's on the same model, the model and step tests, SmolLM2's op by
 # op profile, Gemma 3's figures and profile, perplexities on both backends,
-# SmolLM2's kernel by kernel profile, the op tests under memcheck, Gemma 3's
+# the server under load, SmolLM2's kernel by kernel profile, the op tests under memcheck, Gemma 3's
 # kernel profile, then the comparisons.
 gputest test-ops 90
 bench bench-smollm2 150 "$models/smollm2-synth.gguf" --device "$dev" -p 512 -n 128 -r 30 --npl 1,8,32
@@ -276,6 +305,7 @@ llama_cpp gemma3
 bench profile-gemma3 60 "$models/gemma3-synth.gguf" --device "$dev" -p 0 -n 64 -r 1 --profile
 ppl_check smollm2
 ppl_check gemma3
+serve_check smollm2
 ncu_profile smollm2
 sanitize memcheck 200
 ncu_profile gemma3
@@ -383,6 +413,9 @@ pub fn bundle(args: &[String]) -> Result<()> {
     wasm()?;
     std::fs::copy(root().join(WASM_GUEST), dir.join("realm_wasm.wasm"))
         .context("copying the wasm guest")?;
+    // The server's load generator (python3 is on the GPU machine).
+    std::fs::copy(root().join("scripts/bench_serve.py"), dir.join("bench_serve.py"))
+        .context("copying bench_serve.py")?;
     // A text for `realm perplexity` on both backends.
     std::fs::copy(
         root().join("realm-cli/tests/fixtures/perplexity.txt"),

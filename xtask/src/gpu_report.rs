@@ -186,6 +186,18 @@ fn report_of(dir: &Path) -> Result<String> {
     for m in MODELS {
         let on =
             |d: &str| read(&format!("perplexity-{m}-{d}.txt")).and_then(|t| final_perplexity(&t));
+        let served = |c: u32| {
+            read(&format!("serve-{m}-c{c}.txt"))
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(t.trim()).ok())
+                .and_then(|v| v["tokens_per_second"].as_f64())
+        };
+        if let (Some(one), Some(eight)) = (served(1), served(8)) {
+            writeln!(
+                out,
+                "\n{m}: realm serve, 128-token completions: {one:.1} t/s with 1 client, \
+                 {eight:.1} t/s with 8"
+            )?;
+        }
         if let (Some(gpu), Some(cpu)) = (on("cuda:0"), on("cpu")) {
             writeln!(
                 out,
@@ -556,6 +568,8 @@ llama_perf_context_print:        load time =     200.00 ms
                 "perplexity-smollm2-cpu.txt",
                 "[1]100.0000,\nFinal estimate: PPL = 100.0000 +/- 3.00000\n",
             ),
+            ("serve-smollm2-c1.txt", "{\"clients\": 1, \"tokens_per_second\": 850.5}\n"),
+            ("serve-smollm2-c8.txt", "{\"clients\": 8, \"tokens_per_second\": 4100.25}\n"),
         ] {
             std::fs::write(dir.join(name), text).unwrap();
         }
@@ -594,6 +608,7 @@ llama_perf_context_print:        load time =     200.00 ms
             "The op tests under memcheck: ========= ERROR SUMMARY: 0 errors",
             "Kernels of smollm2, decode (Nsight Compute, 3 launches, ",
             "smollm2: perplexity 101.0000 on the GPU, 100.0000 on the CPU backend (+1.000%)",
+            "smollm2: realm serve, 128-token completions: 850.5 t/s with 1 client, 4100.2 t/s with 8",
         ] {
             assert!(report.contains(line), "{line} not in\n{report}");
         }
