@@ -4,5 +4,8 @@
 //!   generate greedily (`cargo run --release --example paris`).
 //! - `stream`: stream a completion with sampling options
 //!   (`cargo run --release --example stream -- "Once upon a time" 0.8 42`).
+//! - `search`: rank documents by the cosine similarity of their
+//!   embeddings to a query's
+//!   (`cargo run --release --example search -- "Where is the Eiffel Tower?"`).
 //! - `gpu`: `paris` on the GPU backend, a CUDA device with `--features
 //!   cuda` (`cargo run --release --example gpu --features cuda -- cuda:0`).

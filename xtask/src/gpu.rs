@@ -414,8 +414,11 @@ pub fn bundle(args: &[String]) -> Result<()> {
     std::fs::copy(root().join(WASM_GUEST), dir.join("realm_wasm.wasm"))
         .context("copying the wasm guest")?;
     // The server's load generator (python3 is on the GPU machine).
-    std::fs::copy(root().join("scripts/bench_serve.py"), dir.join("bench_serve.py"))
-        .context("copying bench_serve.py")?;
+    std::fs::copy(
+        root().join("scripts/bench_serve.py"),
+        dir.join("bench_serve.py"),
+    )
+    .context("copying bench_serve.py")?;
     // A text for `realm perplexity` on both backends.
     std::fs::copy(
         root().join("realm-cli/tests/fixtures/perplexity.txt"),
