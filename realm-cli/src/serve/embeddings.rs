@@ -116,7 +116,10 @@ pub async fn embeddings(
     while vectors.iter().any(Option::is_none) {
         match rx.recv().await {
             Some((_, Event::Started { prompt_tokens, .. })) => tokens += prompt_tokens,
-            Some((i, Event::Embedding(v))) => vectors[i] = Some(v),
+            Some((i, Event::Embedding(v))) => match vectors.get_mut(i) {
+                Some(slot) => *slot = Some(v),
+                None => return error(stopped()),
+            },
             Some((_, Event::Failed(e))) => return error(e),
             Some(_) | None => return error(stopped()),
         }

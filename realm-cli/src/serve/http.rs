@@ -468,12 +468,15 @@ async fn answer(
                     prompt_tokens,
                     cached_tokens,
                 },
-            )) => {
-                prompts[i] = Some(PromptCount {
-                    tokens: prompt_tokens,
-                    cached: cached_tokens,
-                });
-            }
+            )) => match prompts.get_mut(i) {
+                Some(p) => {
+                    *p = Some(PromptCount {
+                        tokens: prompt_tokens,
+                        cached: cached_tokens,
+                    });
+                }
+                None => return error(stopped()),
+            },
             Some((_, Event::Failed(e))) => return error(e),
             Some(e) => inbox.early.push_back(e),
             None => return error(stopped()),
@@ -514,20 +517,27 @@ async fn whole(reply: Reply, mut inbox: Inbox, prompts: &[PromptCount]) -> Respo
     let mut choices: Vec<Choice> = (0..reply.choices).map(|_| Choice::default()).collect();
     let mut left = reply.choices;
     while left > 0 {
-        match inbox.next().await {
-            Some((i, Event::Text { text, logprobs })) => {
-                choices[i].text.push_str(&text);
-                choices[i].tokens.extend(logprobs);
+        let e = inbox.next().await;
+        // (Every event is of one of the request's choices.)
+        let Some(c) = e.as_ref().and_then(|(i, _)| choices.get_mut(*i)) else {
+            return error(stopped());
+        };
+        match e {
+            Some((_, Event::Text { text, logprobs })) => {
+                c.text.push_str(&text);
+                c.tokens.extend(logprobs);
             }
             Some((
-                i,
+                _,
                 Event::Done {
                     reason,
                     completion_tokens,
                 },
             )) => {
-                choices[i].done = Some((reason, completion_tokens));
-                left -= 1;
+                if c.done.is_none() {
+                    left -= 1;
+                }
+                c.done = Some((reason, completion_tokens));
             }
             Some((_, Event::Failed(e))) => return error(e),
             Some((_, Event::Started { .. } | Event::Embedding(_))) | None => {
@@ -560,23 +570,34 @@ impl Streaming {
         prompts: &[PromptCount],
         include_usage: bool,
     ) {
+        let i = match &e {
+            Some((i, _)) if *i < self.choices.len() => *i,
+            // (Every event is of one of the request's choices.)
+            _ => {
+                self.out.push_back(data(&stopped().body()));
+                self.ended = true;
+                return;
+            }
+        };
         match e {
-            Some((i, Event::Text { text, logprobs })) => {
+            Some((_, Event::Text { text, logprobs })) => {
                 let logprobs = reply.logprobs(&logprobs, &mut self.choices[i].offset);
                 let chunk = reply.chunk(i, Some(&text), None, logprobs);
                 self.out.push_back(data(&chunk));
             }
             Some((
-                i,
+                _,
                 Event::Done {
                     reason,
                     completion_tokens,
                 },
             )) => {
+                if self.choices[i].done.is_none() {
+                    self.left = self.left.saturating_sub(1);
+                }
                 self.choices[i].done = Some((reason, completion_tokens));
                 let end = reply.chunk(i, None, Some(finish_reason(reason)), Value::Null);
                 self.out.push_back(data(&end));
-                self.left -= 1;
                 if self.left == 0 {
                     if include_usage {
                         let usage = reply.usage(prompts, &self.choices);
