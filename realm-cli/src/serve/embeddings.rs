@@ -5,15 +5,13 @@ use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::sync::mpsc::unbounded_channel;
 
-use super::engine::{Event, Events, Input, Job, Ticket};
-use super::http::{error, rejected, stopped, App};
+use super::engine::{Event, Input};
+use super::http::{error, rejected, stopped, submit, App};
 use super::openai::{ApiError, Options, Prompt, PromptField};
 
 /// `POST /v1/embeddings`.
@@ -75,42 +73,20 @@ pub async fn embeddings(
         Ok(p) => p,
         Err(e) => return error(e),
     };
-    let Some(tickets) = Ticket::take(&app.held, app.limit, prompts.len()) else {
-        return error(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "the server holds at most {} sequences and has no room for {} more; \
-                 try again later",
-                app.limit,
-                prompts.len()
-            ),
-        ));
-    };
     // Embeddings sample nothing: any limits do.
     let limits = match Options::default().limits(0, false) {
         Ok(l) => l,
         Err(e) => return error(e),
     };
-    let (tx, mut rx) = unbounded_channel();
     let total = prompts.len();
-    for ((index, prompt), ticket) in prompts.into_iter().enumerate().zip(tickets) {
-        let job = Job {
-            input: Input::Embed(prompt),
-            limits: limits.clone(),
-            events: Events {
-                index,
-                tx: tx.clone(),
-            },
-            _ticket: ticket,
-        };
-        if app.jobs.send(job).is_err() {
-            return error(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the engine has stopped",
-            ));
-        }
-    }
-    drop(tx);
+    let sequences = prompts
+        .into_iter()
+        .map(|p| (Input::Embed(p), limits.clone()))
+        .collect();
+    let mut rx = match submit(&app, sequences) {
+        Ok(rx) => rx,
+        Err(e) => return error(e),
+    };
     let mut vectors: Vec<Option<Vec<f32>>> = vec![None; total];
     let mut tokens = 0;
     while vectors.iter().any(Option::is_none) {

@@ -415,46 +415,26 @@ async fn answer(
         Err(e) => return error(e),
     };
     let total = inputs.len() * per_prompt;
-    let Some(tickets) = Ticket::take(&app.held, app.limit, total) else {
-        return error(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "the server holds at most {} sequences and has no room for {total} more; \
-                 try again later",
-                app.limit
-            ),
-        ));
-    };
-    let (tx, rx) = unbounded_channel();
     let sequences = inputs
         .iter()
-        .flat_map(|input| std::iter::repeat_n(input, per_prompt));
-    for ((index, input), ticket) in sequences.enumerate().zip(tickets) {
-        let mut limits = Limits {
-            logprobs: extra.logprobs,
-            ..limits.clone()
-        };
-        limits.sampling.seed = limits
-            .sampling
-            .seed
-            .wrapping_add((index % per_prompt) as u64);
-        let job = Job {
-            input: input.clone(),
-            limits,
-            events: Events {
-                index,
-                tx: tx.clone(),
-            },
-            _ticket: ticket,
-        };
-        if app.jobs.send(job).is_err() {
-            return error(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the engine has stopped",
-            ));
-        }
-    }
-    drop(tx);
+        .flat_map(|input| std::iter::repeat_n(input, per_prompt))
+        .enumerate()
+        .map(|(index, input)| {
+            let mut limits = Limits {
+                logprobs: extra.logprobs,
+                ..limits.clone()
+            };
+            limits.sampling.seed = limits
+                .sampling
+                .seed
+                .wrapping_add((index % per_prompt) as u64);
+            (input.clone(), limits)
+        })
+        .collect();
+    let rx = match submit(app, sequences) {
+        Ok(rx) => rx,
+        Err(e) => return error(e),
+    };
     let mut inbox = Inbox {
         early: VecDeque::new(),
         rx,
@@ -504,6 +484,41 @@ async fn answer(
     } else {
         whole(reply, inbox, &prompts).await
     }
+}
+
+/// Takes a place for each sequence and queues it for the engine, its events
+/// tagged with its index on one channel, which is returned.
+pub(super) fn submit(
+    app: &App,
+    sequences: Vec<(Input, Limits)>,
+) -> Result<UnboundedReceiver<(usize, Event)>, ApiError> {
+    let count = sequences.len();
+    let tickets = Ticket::take(&app.held, app.limit, count).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the server holds at most {} sequences and has no room for {count} more; \
+                 try again later",
+                app.limit
+            ),
+        )
+    })?;
+    let (tx, rx) = unbounded_channel();
+    for ((index, (input, limits)), ticket) in sequences.into_iter().enumerate().zip(tickets) {
+        let job = Job {
+            input,
+            limits,
+            events: Events {
+                index,
+                tx: tx.clone(),
+            },
+            _ticket: ticket,
+        };
+        app.jobs.send(job).map_err(|_| {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the engine has stopped")
+        })?;
+    }
+    Ok(rx)
 }
 
 pub(super) fn stopped() -> ApiError {

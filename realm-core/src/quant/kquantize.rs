@@ -117,9 +117,9 @@ fn make_qkx2_quants<const N: usize>(
     (scale, -min)
 }
 
-/// Quantizes 16 values to levels `0..2 nmax` standing for `scale * (l - nmax)`,
-/// weighting by `x^2`. Writes the levels and returns the scale.
-fn make_qx_quants(x: &[f32; 16], nmax: i32, levels: &mut [u8; 16]) -> f32 {
+/// The value of largest magnitude (the first of equals), or `None` when
+/// that magnitude counts as zero.
+fn largest(x: &[f32; 16]) -> Option<f32> {
     let mut amax = 0.0f32;
     let mut max = 0.0f32;
     for &xi in x {
@@ -128,10 +128,16 @@ fn make_qx_quants(x: &[f32; 16], nmax: i32, levels: &mut [u8; 16]) -> f32 {
             max = xi;
         }
     }
-    if amax < GROUP_MAX_EPS {
+    (amax >= GROUP_MAX_EPS).then_some(max)
+}
+
+/// Quantizes 16 values to levels `0..2 nmax` standing for `scale * (l - nmax)`,
+/// weighting by `x^2`. Writes the levels and returns the scale.
+fn make_qx_quants(x: &[f32; 16], nmax: i32, levels: &mut [u8; 16]) -> f32 {
+    let Some(max) = largest(x) else {
         *levels = [0; 16];
         return 0.0;
-    }
+    };
     let level = |iscale: f32, xi: f32| nearest_int(iscale * xi).clamp(-nmax, nmax - 1);
     let sums = |iscale: f32| {
         let (mut sumlx, mut suml2) = (0.0f32, 0.0f32);
@@ -244,18 +250,10 @@ fn quantize_k4_scales(x: &[f32; QK_K], p: &Search) -> (f16, f16, [u8; K_SCALE_SI
 /// (`x^2`) fit improves (ggml's `make_q3_quants` with its RMSE search).
 /// Returns the scale; an all-zero group gets levels 0 (not `nmax`).
 fn make_q3_quants(x: &[f32; 16], nmax: i32, levels: &mut [u8; 16]) -> f32 {
-    let mut amax = 0.0f32;
-    let mut max = 0.0f32;
-    for &xi in x {
-        if xi.abs() > amax {
-            amax = xi.abs();
-            max = xi;
-        }
-    }
-    if amax < GROUP_MAX_EPS {
+    let Some(max) = largest(x) else {
         *levels = [0; 16];
         return 0.0;
-    }
+    };
     let iscale = -(nmax as f32) / max;
     let mut l = [0i32; 16];
     let (mut sumlx, mut suml2) = (0.0f32, 0.0f32);
@@ -382,25 +380,39 @@ pub fn quantize_block_q2_k(x: &[f32; QK_K]) -> BlockQ2K {
     }
 }
 
-/// Quantizes 256 values to Q3_K.
-pub fn quantize_block_q3_k(x: &[f32; QK_K]) -> BlockQ3K {
-    let mut levels = [0u8; QK_K];
-    let mut sub_scales = [0.0f32; QK_K / 16];
+/// Quantizes each of the 16 groups of 16 values with `group`, which writes
+/// their levels and returns their scale; returns the scales, the one of
+/// largest magnitude (the first of equals; 0 if all are) and that
+/// magnitude.
+fn group_scales(
+    x: &[f32; QK_K],
+    levels: &mut [u8; QK_K],
+    mut group: impl FnMut(&[f32; 16], &mut [u8; 16]) -> f32,
+) -> ([f32; QK_K / 16], f32, f32) {
+    let mut scales = [0.0f32; QK_K / 16];
     let (mut max_scale, mut amax) = (0.0f32, 0.0f32);
     for ((xs, ls), s) in x
         .chunks_exact(16)
         .zip(levels.chunks_exact_mut(16))
-        .zip(sub_scales.iter_mut())
+        .zip(scales.iter_mut())
     {
         let (Ok(xs), Ok(ls)) = (<&[f32; 16]>::try_from(xs), <&mut [u8; 16]>::try_from(ls)) else {
             continue;
         };
-        *s = make_q3_quants(xs, 4, ls);
+        *s = group(xs, ls);
         if s.abs() > amax {
             amax = s.abs();
             max_scale = *s;
         }
     }
+    (scales, max_scale, amax)
+}
+
+/// Quantizes 256 values to Q3_K.
+pub fn quantize_block_q3_k(x: &[f32; QK_K]) -> BlockQ3K {
+    let mut levels = [0u8; QK_K];
+    let (sub_scales, max_scale, _) =
+        group_scales(x, &mut levels, |xs, ls| make_q3_quants(xs, 4, ls));
     // Sixteen 6-bit scales, offset by 32: low nibbles in bytes 0..8, the
     // high two bits of scale j in bits 2 (j / 4) of byte 8 + j % 4.
     let mut scales = [0u8; 12];
@@ -514,23 +526,8 @@ pub fn quantize_block_q5_k(x: &[f32; QK_K]) -> BlockQ5K {
 /// Quantizes 256 values to Q6_K.
 pub fn quantize_block_q6_k(x: &[f32; QK_K]) -> BlockQ6K {
     let mut levels = [0u8; QK_K];
-    let mut sub_scales = [0.0f32; QK_K / 16];
-    let mut max_scale = 0.0f32;
-    let mut max_abs_scale = 0.0f32;
-    for ((xs, ls), s) in x
-        .chunks_exact(16)
-        .zip(levels.chunks_exact_mut(16))
-        .zip(sub_scales.iter_mut())
-    {
-        let (Ok(xs), Ok(ls)) = (<&[f32; 16]>::try_from(xs), <&mut [u8; 16]>::try_from(ls)) else {
-            continue;
-        };
-        *s = make_qx_quants(xs, 32, ls);
-        if s.abs() > max_abs_scale {
-            max_abs_scale = s.abs();
-            max_scale = *s;
-        }
-    }
+    let (sub_scales, max_scale, max_abs_scale) =
+        group_scales(x, &mut levels, |xs, ls| make_qx_quants(xs, 32, ls));
     if max_abs_scale < GROUP_MAX_EPS {
         return BlockQ6K {
             ql: [0; QK_K / 2],
