@@ -10,9 +10,10 @@
 # --server: llama-server too (the same CPU build), to load it and `realm
 # serve` alike with scripts/bench_serve.py; prints its path.
 #
-# --tools: llama-perplexity and llama-quantize too (the same CPU build),
-# the references scripts/gen_perplexity_fixtures.py and
-# scripts/gen_quantize_fixtures.py run; prints their folder.
+# --tools: llama-perplexity, llama-quantize and llama-completion too (the
+# same CPU build), the references scripts/gen_perplexity_fixtures.py,
+# scripts/gen_quantize_fixtures.py and scripts/gen_grammar_fixtures.py
+# run; prints their folder.
 #
 # --cuda: llama-bench and llama-batched-bench with the CUDA backend, for the
 # GPU machine (`cargo xtask gpu-bundle` carries them there); prints their
@@ -54,7 +55,7 @@ else
   build="$src/build"
   targets=(llama-bench)
   [ "$server" = 1 ] && targets+=(llama-server)
-  [ "$tools" = 1 ] && targets+=(llama-perplexity llama-quantize)
+  [ "$tools" = 1 ] && targets+=(llama-perplexity llama-quantize llama-completion)
 fi
 # What the build prints: the CUDA folder, or its last program's path.
 out="$build/bin/${targets[-1]}"

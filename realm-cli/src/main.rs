@@ -5,6 +5,7 @@ mod chat;
 mod device;
 mod divergence;
 mod embed;
+mod grammar;
 mod guest;
 mod info;
 mod load;
@@ -42,6 +43,8 @@ enum Cmd {
     Tokenize(tokenize::TokenizeArgs),
     /// Render a sample conversation with the model's chat template.
     ChatTemplate(tokenize::ChatTemplateArgs),
+    /// Check a GBNF grammar, or turn a JSON schema into one, and print it.
+    Grammar(grammar::GrammarArgs),
     /// A model's perplexity on a text file, measured as llama-perplexity does.
     Perplexity(perplexity::PerplexityArgs),
     /// Quantize a model file to another type, as llama-quantize does.
@@ -62,6 +65,7 @@ fn main() {
         Cmd::Embed(args) => embed::run(&args),
         Cmd::Tokenize(args) => tokenize::tokenize(&args),
         Cmd::ChatTemplate(args) => tokenize::chat_template(&args),
+        Cmd::Grammar(args) => grammar::run(&args),
         Cmd::Perplexity(args) => perplexity::run(&args),
         Cmd::Quantize(args) => quantize::run(&args),
         Cmd::Serve(args) => serve::run(&args),

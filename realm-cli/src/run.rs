@@ -2,9 +2,11 @@
 
 use std::io::Write;
 
-use anyhow::{bail, Result};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
 use realm_core::backend::Backend;
-use realm_models::{generate, GenerateParams, Model, SamplingParams};
+use realm_models::{generate, GenerateParams, Grammar, Model, SamplingParams};
 
 use crate::{device, load};
 
@@ -29,6 +31,19 @@ pub struct SamplingArgs {
     /// Random seed.
     #[arg(long, default_value_t = 0x5eed)]
     pub seed: u64,
+    /// Constrain the output to this GBNF grammar (llama.cpp's format).
+    #[arg(long, group = "constraint")]
+    pub grammar: Option<String>,
+    /// Constrain the output to the GBNF grammar in this file.
+    #[arg(long, group = "constraint")]
+    pub grammar_file: Option<std::path::PathBuf>,
+    /// Constrain the output to JSON documents of this JSON schema (`{}`:
+    /// any JSON value).
+    #[arg(short = 'j', long, group = "constraint")]
+    pub json_schema: Option<String>,
+    /// Constrain the output to JSON documents of the schema in this file.
+    #[arg(long, group = "constraint")]
+    pub json_schema_file: Option<std::path::PathBuf>,
 }
 
 impl SamplingArgs {
@@ -42,6 +57,41 @@ impl SamplingArgs {
             seed: self.seed,
             ..SamplingParams::default()
         }
+    }
+
+    /// The grammar the flags ask for, if any.
+    pub fn grammar(&self) -> Result<Option<Arc<Grammar>>> {
+        let read = |path: &std::path::Path| {
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+        };
+        let gbnf = match (&self.grammar, &self.grammar_file) {
+            (Some(g), _) => Some(g.clone()),
+            (None, Some(path)) => Some(read(path)?),
+            (None, None) => None,
+        };
+        let schema = match (&self.json_schema, &self.json_schema_file) {
+            (Some(s), _) => Some(s.clone()),
+            (None, Some(path)) => Some(read(path)?),
+            (None, None) => None,
+        };
+        let grammar = match (gbnf, schema) {
+            (Some(g), _) => Grammar::parse(&g)?,
+            (None, Some(s)) => {
+                let schema: serde_json::Value =
+                    serde_json::from_str(&s).context("the JSON schema is not JSON")?;
+                Grammar::from_json_schema(&schema)?
+            }
+            (None, None) => return Ok(None),
+        };
+        Ok(Some(Arc::new(grammar)))
+    }
+
+    /// True when a grammar or schema flag is given.
+    pub fn constrained(&self) -> bool {
+        self.grammar.is_some()
+            || self.grammar_file.is_some()
+            || self.json_schema.is_some()
+            || self.json_schema_file.is_some()
     }
 }
 
@@ -123,6 +173,7 @@ fn run_native<B: Backend>(args: &RunArgs, l: &load::Loaded, backend: &B) -> Resu
         stop: args.stop.clone(),
         sampling: args.sampling.params(),
         stop_at_context_end: true,
+        grammar: args.sampling.grammar()?,
     };
     let mut out = std::io::stdout().lock();
     if !args.chat {
@@ -155,6 +206,9 @@ fn run_native<B: Backend>(args: &RunArgs, l: &load::Loaded, backend: &B) -> Resu
 }
 
 fn run_in_guest(args: &RunArgs) -> Result<()> {
+    if args.sampling.constrained() {
+        bail!("--wasm does not take a grammar or JSON schema yet: the guest's parameter block has no room for one");
+    }
     let (text, add_special) = if args.chat {
         let l = load::open(&args.model, 1)?;
         let rendered = crate::chat::render_user_text(&l, args.system.as_deref(), &args.prompt)?;

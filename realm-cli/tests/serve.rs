@@ -177,6 +177,61 @@ fn chat_answers_equal_realm_runs() {
 /// A streamed answer is the whole answer in pieces: a role chunk, text
 /// chunks, a finish chunk, a usage chunk, `[DONE]`; text completions
 /// likewise.
+/// `response_format` with a JSON schema constrains the answer to JSON of
+/// that schema, the same answer `realm run -j` gives; a GBNF `grammar`
+/// constrains a completion.
+#[test]
+fn structured_output_follows_its_schema() {
+    if !cached(&catalog::SMOLLM2) {
+        return;
+    }
+    let schema = json!({
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "country": {"type": "string"}},
+        "required": ["city", "country"]
+    });
+    let (ok, expected, stderr) = realm(&[
+        "run",
+        "smollm2",
+        "--chat",
+        "--temp",
+        "0",
+        "-n",
+        "64",
+        "--system",
+        SYSTEM,
+        "-p",
+        QUESTION,
+        "-j",
+        &schema.to_string(),
+    ]);
+    assert!(ok, "{stderr}");
+    let server = Server::start(&["smollm2"]);
+    let format = json!({"type": "json_schema", "json_schema": {"name": "place", "schema": schema}});
+    let r = server.post(
+        "/v1/chat/completions",
+        &question(json!({"response_format": format})),
+    );
+    let content = r["choices"][0]["message"]["content"].as_str().unwrap();
+    assert_eq!(content, expected.trim_end_matches('\n'));
+    let place: Value = serde_json::from_str(content).unwrap();
+    // (SmolLM2-135M's answer is JSON of the schema, if not a right one.)
+    assert!(
+        place["city"].is_string() && place["country"].is_string(),
+        "{content}"
+    );
+    assert_eq!(r["choices"][0]["finish_reason"], "stop");
+
+    let r = server.post(
+        "/v1/completions",
+        &json!({"prompt": "Is Paris in France? Answer:", "grammar": "root ::= \" \" (\"yes\" | \"no\")",
+                "temperature": 0, "max_tokens": 8}),
+    );
+    let text = r["choices"][0]["text"].as_str().unwrap();
+    assert!(text == " yes" || text == " no", "{text:?}");
+    assert_eq!(r["choices"][0]["finish_reason"], "stop");
+}
+
 #[test]
 fn streamed_answers_equal_whole_ones() {
     if !cached(&catalog::SMOLLM2) {

@@ -63,6 +63,10 @@ pub enum Error {
         vocab_size: usize,
     },
 
+    /// A grammar or JSON schema that cannot constrain generation.
+    #[error(transparent)]
+    Grammar(#[from] crate::grammar::GrammarError),
+
     /// Sampling parameters out of range.
     #[error("bad sampling parameter: {0}")]
     BadSampling(String),

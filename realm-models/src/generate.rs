@@ -2,9 +2,12 @@
 //! token, streaming text pieces, until an end-of-generation token, a stop
 //! string, the token limit or a full context.
 
+use std::sync::Arc;
+
 use realm_core::backend::Backend;
 use realm_core::tokenizer::{StreamDecoder, Tokenizer};
 
+use crate::grammar::{Grammar, GrammarError, Matcher};
 use crate::sampling::{Sampler, SamplingParams};
 use crate::{Error, Model, Result, Session};
 
@@ -19,6 +22,10 @@ pub struct GenerateParams {
     pub sampling: SamplingParams,
     /// Stop quietly when the context is full, instead of failing.
     pub stop_at_context_end: bool,
+    /// Only generate text this grammar allows (see [`crate::grammar`]);
+    /// an end-of-generation token is then allowed only where the grammar
+    /// is complete.
+    pub grammar: Option<Arc<Grammar>>,
 }
 
 impl Default for GenerateParams {
@@ -28,6 +35,7 @@ impl Default for GenerateParams {
             stop: Vec::new(),
             sampling: SamplingParams::default(),
             stop_at_context_end: true,
+            grammar: None,
         }
     }
 }
@@ -223,6 +231,10 @@ pub struct Continuation<'t> {
     max_tokens: usize,
     decoder: StreamDecoder<'t>,
     stop: StopMatcher,
+    /// The grammar's progress, if generation is constrained.
+    matcher: Option<Matcher>,
+    /// Scratch: the logits with the grammar's refusals masked.
+    masked: Vec<f32>,
 }
 
 impl<'t> Continuation<'t> {
@@ -238,6 +250,8 @@ impl<'t> Continuation<'t> {
             max_tokens: params.max_tokens,
             decoder: tokenizer.stream_decoder(false),
             stop: StopMatcher::new(&params.stop),
+            matcher: params.grammar.clone().map(Matcher::new),
+            masked: Vec::new(),
         })
     }
 
@@ -246,7 +260,10 @@ impl<'t> Continuation<'t> {
         if self.generated().len() >= self.max_tokens {
             return Ok(self.end_with(StopReason::MaxTokens, String::new()));
         }
-        let token = self.sampler.sample(logits, &self.history);
+        let token = match self.choose(logits)? {
+            Some(token) => token,
+            None => return Ok(self.end_with(StopReason::EndOfGeneration, String::new())),
+        };
         if self.tokenizer.is_eog(token) {
             return Ok(self.end_with(StopReason::EndOfGeneration, String::new()));
         }
@@ -263,6 +280,42 @@ impl<'t> Continuation<'t> {
         } else {
             Step::Token { token, text }
         })
+    }
+
+    /// Samples the next token; under a grammar, a token it allows: the
+    /// unconstrained choice when the grammar takes it (most steps), else a
+    /// second draw from the logits with every refused token masked, as
+    /// llama.cpp does. `None`: the grammar is complete and allows no
+    /// token, not even an end-of-generation one.
+    fn choose(&mut self, logits: &[f32]) -> Result<Option<u32>> {
+        let token = self.sampler.sample(logits, &self.history);
+        let Some(m) = self.matcher.as_mut() else {
+            return Ok(Some(token));
+        };
+        if m.allows_token(self.tokenizer, token) {
+            m.accept_token(self.tokenizer, token)?;
+            return Ok(Some(token));
+        }
+        let mut masked = std::mem::take(&mut self.masked);
+        masked.clear();
+        masked.extend_from_slice(logits);
+        m.mask(self.tokenizer, &mut masked);
+        if m.overflowed() {
+            self.masked = masked;
+            return Err(GrammarError::TooComplex.into());
+        }
+        let any = masked.iter().any(|&l| l > f32::NEG_INFINITY);
+        let token = any.then(|| self.sampler.sample(&masked, &self.history));
+        self.masked = masked;
+        let m = self.matcher.as_mut().expect("checked above");
+        match token {
+            Some(token) => {
+                m.accept_token(self.tokenizer, token)?;
+                Ok(Some(token))
+            }
+            None if m.is_complete() => Ok(None),
+            None => Err(GrammarError::NoToken.into()),
+        }
     }
 
     /// Ends generation early for `reason` (the context is full, the caller

@@ -25,6 +25,7 @@ mod record;
 
 pub mod embedding;
 pub mod generate;
+pub mod grammar;
 pub mod logprob;
 pub mod sampling;
 pub mod synthetic;
@@ -34,5 +35,6 @@ pub use error::{Error, Result};
 pub use model::{BatchScratch, Model, Session, OUTPUT_ROWS, STEP_SPAN};
 
 pub use generate::{generate, GenerateParams, Generation, GenerationStats, StopReason};
+pub use grammar::{Grammar, GrammarError};
 pub use logprob::{Divergence, LogProbs};
 pub use sampling::{Sampler, SamplingParams};

@@ -38,6 +38,7 @@ fn native_with_kv(path: &std::path::Path, req: &GenerateRequest, kv: KvDtype) ->
         stop: req.stop.clone(),
         sampling: req.sampling.clone(),
         stop_at_context_end: true,
+        grammar: None,
     };
     let g = realm_models::generate(&model, &tok, &mut session, &ids, &params, |_| true).unwrap();
     (g.text, g.tokens.len())

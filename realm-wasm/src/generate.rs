@@ -127,6 +127,7 @@ pub fn generate<H: Host>(
             stop: params.stop.clone(),
             sampling: params.sampling.clone(),
             stop_at_context_end: true,
+            grammar: None,
         },
     )
     .map_err(|_| Failure::BadSampling)?;

@@ -8,7 +8,8 @@
 //!   its Metal build for Apple silicon where that target is installed.
 //! - `cargo xtask wasm`: build the wasm guest (`realm-wasm`) and report its size.
 //! - `cargo xtask proptest [CASES]`: the suite with many more property-test cases.
-//! - `cargo xtask fuzz [SECONDS]`: run the GGUF reader's fuzz target.
+//! - `cargo xtask fuzz [SECONDS] [TARGET]`: run a fuzz target (`gguf_reader`,
+//!   the default, or `grammar`).
 //! - `cargo xtask neon`: the CPU backend's tests built for aarch64 and run
 //!   under qemu, so the NEON kernels run on an x86 machine.
 //! - `cargo xtask bench [OPTIONS]`: Realm against llama.cpp's llama-bench on
@@ -42,7 +43,7 @@ commands:
   wasm                build the wasm guest (realm-wasm, size-optimised) into
                       target/wasm32-unknown-unknown/wasm-guest/realm_wasm.wasm
   proptest [CASES]    the test suite with CASES property-test cases each (default 20000)
-  fuzz [SECONDS]      fuzz the GGUF reader for SECONDS (default 600); needs cargo-fuzz
+  fuzz [SECONDS] [TARGET]  fuzz gguf_reader (default) or grammar for SECONDS (default 600); needs cargo-fuzz
   neon                the CPU backend's tests for aarch64 under qemu-user, NEON kernels
                       included (needs the rustup target aarch64-unknown-linux-gnu and, on
                       Debian, `apt-get install qemu-user gcc-aarch64-linux-gnu`)
@@ -75,7 +76,10 @@ fn run() -> Result<()> {
         Some("test") => test(),
         Some("wasm") => wasm(),
         Some("proptest") => proptest(args.get(1).map(String::as_str).unwrap_or("20000")),
-        Some("fuzz") => fuzz(args.get(1).map(String::as_str).unwrap_or("600")),
+        Some("fuzz") => fuzz(
+            args.get(1).map(String::as_str).unwrap_or("600"),
+            args.get(2).map(String::as_str).unwrap_or("gguf_reader"),
+        ),
         Some("neon") => neon(),
         Some("bench") => bench::bench(&args[1..]),
         Some("gpu-bundle") => gpu::bundle(&args[1..]),
@@ -328,9 +332,13 @@ fn neon() -> Result<()> {
     ))
 }
 
-fn fuzz(seconds: &str) -> Result<()> {
+fn fuzz(seconds: &str, target: &str) -> Result<()> {
     seconds.parse::<u32>().context("SECONDS must be a number")?;
-    let dir = root().join("realm-core/fuzz");
+    let dir = match target {
+        "gguf_reader" => root().join("realm-core/fuzz"),
+        "grammar" => root().join("realm-models/fuzz"),
+        other => bail!("no fuzz target `{other}` (gguf_reader, grammar)"),
+    };
     let corpus = dir.join("corpus-run");
     std::fs::create_dir_all(&corpus).with_context(|| format!("creating {}", corpus.display()))?;
     let mut c = cargo();
@@ -338,7 +346,7 @@ fn fuzz(seconds: &str) -> Result<()> {
         // cargo-fuzz passes nightly-only sanitizer flags; this lets the pinned
         // stable toolchain accept them.
         .env("RUSTC_BOOTSTRAP", "1")
-        .args(["fuzz", "run", "gguf_reader", "corpus-run", "seeds", "--"])
+        .args(["fuzz", "run", target, "corpus-run", "seeds", "--"])
         .arg(format!("-max_total_time={seconds}"))
         .arg("-max_len=65536");
     status(c).context("is cargo-fuzz installed? `cargo install cargo-fuzz`")

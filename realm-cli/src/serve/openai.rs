@@ -1,6 +1,10 @@
 //! The OpenAI API's requests and responses, as far as `realm serve` speaks
 //! it: chat completions, text completions and the model list.
 //!
+//! Structured output: `response_format` (`json_object`, `json_schema`)
+//! and llama.cpp's `grammar` (GBNF) and `json_schema` fields constrain
+//! sampling to a grammar, as llama.cpp's server does.
+//!
 //! Fields a client may send that change nothing here (`user`, `name`,
 //! `response_format` of text, ...) are ignored; fields that ask for
 //! something this server cannot do (`tools`, `suffix`, `best_of`,
@@ -13,9 +17,10 @@
 //! `echo` the prompt's tokens too (how evaluation harnesses score text).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use axum::http::StatusCode;
-use realm_models::{SamplingParams, StopReason};
+use realm_models::{Grammar, SamplingParams, StopReason};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -107,6 +112,9 @@ pub struct Options {
     pub n: Option<u64>,
     pub logprobs: Option<Value>,
     pub top_logprobs: Option<Value>,
+    pub grammar: Option<String>,
+    pub json_schema: Option<Value>,
+    pub response_format: Option<Value>,
 }
 
 /// `stream_options`.
@@ -128,6 +136,8 @@ pub struct Limits {
     /// Answer with the prompt before the completion (and, with
     /// `logprobs`, the prompt's tokens' log-probabilities).
     pub echo: bool,
+    /// Generate only text this grammar allows.
+    pub grammar: Option<Arc<Grammar>>,
 }
 
 impl Options {
@@ -196,7 +206,66 @@ impl Options {
             sampling,
             logprobs: None,
             echo,
+            grammar: self.grammar()?,
         })
+    }
+
+    /// The grammar `grammar`, `json_schema` or `response_format` asks for,
+    /// read as llama.cpp's server reads them: `json_object` takes its
+    /// `schema` if it has one, `json_schema` its `json_schema.schema`, and
+    /// an absent or empty schema means any JSON object.
+    fn grammar(&self) -> Result<Option<Arc<Grammar>>, ApiError> {
+        let bad = |param, m: String| ApiError::invalid(Some(param), m);
+        let mut schema = self.json_schema.clone().filter(|s| !s.is_null());
+        if schema.is_some() && self.grammar.is_some() {
+            return Err(bad(
+                "grammar",
+                "grammar and json_schema cannot both be given".into(),
+            ));
+        }
+        if let Some(format) = self.response_format.as_ref().filter(|f| !f.is_null()) {
+            let kind = format.get("type").and_then(Value::as_str).unwrap_or("");
+            match kind {
+                "" | "text" => {}
+                "json_object" => {
+                    if format.get("schema").is_some() || schema.is_none() {
+                        schema = Some(format.get("schema").cloned().unwrap_or_default());
+                    }
+                }
+                "json_schema" => {
+                    let s = format.get("json_schema").and_then(|w| w.get("schema"));
+                    schema = Some(s.cloned().unwrap_or_default());
+                }
+                other => {
+                    return Err(bad(
+                        "response_format",
+                        format!(
+                        "response_format's type is text, json_object or json_schema, not `{other}`"
+                    ),
+                    ))
+                }
+            }
+            if schema.is_some() && self.grammar.is_some() {
+                return Err(bad(
+                    "grammar",
+                    "grammar and a JSON response_format cannot both be given".into(),
+                ));
+            }
+        }
+        if let Some(g) = &self.grammar {
+            return Grammar::parse(g)
+                .map(|g| Some(Arc::new(g)))
+                .map_err(|e| bad("grammar", e.to_string()));
+        }
+        let Some(mut schema) = schema else {
+            return Ok(None);
+        };
+        if schema.is_null() || schema.as_object().is_some_and(|o| o.is_empty()) {
+            schema = serde_json::json!({"type": "object"});
+        }
+        Grammar::from_json_schema(&schema)
+            .map(|g| Some(Arc::new(g)))
+            .map_err(|e| bad("json_schema", e.to_string()))
     }
 
     /// `n`: choices per prompt, each sampled on its own (choice `j` with
@@ -470,6 +539,85 @@ mod tests {
 
     fn chat(body: Value) -> ChatRequest {
         serde_json::from_value(body).unwrap()
+    }
+
+    /// `grammar`, `json_schema` and `response_format` become the grammar
+    /// llama.cpp's server would use; conflicts and bad grammars are 400s
+    /// naming the field.
+    #[test]
+    fn structured_output_fields_give_grammars() {
+        let grammar_of = |extra: Value| {
+            let mut body = serde_json::json!({"messages": []});
+            body.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            chat(body).options.limits(1, false).map(|l| l.grammar)
+        };
+        let object = Grammar::from_json_schema(&serde_json::json!({"type": "object"})).unwrap();
+        let list = Grammar::from_json_schema(&serde_json::json!({"type": "array"})).unwrap();
+        let gbnf = Grammar::parse("root ::= \"a\"").unwrap();
+        for (extra, want) in [
+            (serde_json::json!({}), None),
+            (
+                serde_json::json!({"response_format": {"type": "text"}}),
+                None,
+            ),
+            (
+                serde_json::json!({"response_format": {"type": "json_object"}}),
+                Some(&object),
+            ),
+            (
+                serde_json::json!({"response_format": {"type": "json_object", "schema": {"type": "array"}}}),
+                Some(&list),
+            ),
+            (
+                serde_json::json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "array"}}}}),
+                Some(&list),
+            ),
+            (
+                serde_json::json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}),
+                Some(&object),
+            ),
+            (serde_json::json!({"json_schema": {}}), Some(&object)),
+            (
+                serde_json::json!({"json_schema": {"type": "array"}, "response_format": {"type": "json_object"}}),
+                Some(&list),
+            ),
+            (
+                serde_json::json!({"grammar": "root ::= \"a\""}),
+                Some(&gbnf),
+            ),
+        ] {
+            let got = grammar_of(extra.clone()).unwrap();
+            assert_eq!(got.as_deref(), want, "{extra}");
+        }
+        for (extra, param) in [
+            (
+                serde_json::json!({"grammar": "root ::= \"a\"", "json_schema": {}}),
+                "grammar",
+            ),
+            (
+                serde_json::json!({"grammar": "root ::= \"a\"", "response_format": {"type": "json_object"}}),
+                "grammar",
+            ),
+            (serde_json::json!({"grammar": "root ::= b"}), "grammar"),
+            (
+                serde_json::json!({"json_schema": {"type": "string", "pattern": "a+"}}),
+                "json_schema",
+            ),
+            (
+                serde_json::json!({"response_format": {"type": "xml"}}),
+                "response_format",
+            ),
+        ] {
+            let e = grammar_of(extra.clone()).unwrap_err();
+            assert_eq!(
+                (e.status, e.param),
+                (StatusCode::BAD_REQUEST, Some(param)),
+                "{extra}: {}",
+                e.message
+            );
+        }
     }
 
     #[test]

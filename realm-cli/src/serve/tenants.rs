@@ -109,6 +109,12 @@ fn check(
             "a wasm tenant samples its own tokens: log-probabilities need the native engine",
         ));
     }
+    if job.limits.grammar.is_some() {
+        return Err(ApiError::invalid(
+            Some("grammar"),
+            "a wasm tenant samples its own tokens: grammars and JSON schemas need the native engine",
+        ));
+    }
     let prompt = prompts.text(&job.input)?.map_err(|_| {
         ApiError::invalid(
             Some("prompt"),

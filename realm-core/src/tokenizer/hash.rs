@@ -1,13 +1,14 @@
-//! A small, fast, non-cryptographic hash for the tokenizer's lookup tables
-//! (token text to id, merge pair to rank). Keys come from the model file and
-//! the input text; hash flooding is not a concern for a local tokenizer.
+//! A small, fast, non-cryptographic hash for lookup tables keyed by model
+//! data and generated text (the tokenizer's token text to id and merge pair
+//! to rank; a grammar matcher's states). Hash flooding is not a concern for
+//! these tables: a caller that hashes untrusted keys should use std's.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
 /// Multiply-rotate hashing of 8-byte words (the "Fx" scheme).
 #[derive(Default, Clone, Copy, Debug)]
-pub(crate) struct FxHasher {
+pub struct FxHasher {
     hash: u64,
 }
 
@@ -64,4 +65,4 @@ impl Hasher for FxHasher {
 }
 
 /// A `HashMap` with [`FxHasher`].
-pub(crate) type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+pub type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;

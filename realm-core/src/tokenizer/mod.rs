@@ -31,15 +31,17 @@ mod metadata;
 mod pretokenize;
 mod special;
 mod spm;
+mod trie;
 mod unicode;
 mod unicode_tables;
 mod vocab;
 
 pub use decode::StreamDecoder;
+pub use hash::{FastMap, FxHasher};
+pub use trie::PieceTrie;
 pub use vocab::{SpecialTokens, TokenType, Vocab, VocabKind};
 
 use bpe::{BpeModel, BpeSession};
-use hash::FastMap;
 use pretokenize::PreOptions;
 use special::{Fragment, SpecialMatcher, SpecialToken};
 use spm::SpmSession;
@@ -87,6 +89,8 @@ pub struct Tokenizer {
     byte_tokens: [Option<u32>; 256],
     bpe: Option<BpeModel>,
     specials: SpecialMatcher,
+    /// Every token's piece in a trie, built on first use.
+    trie: std::sync::OnceLock<PieceTrie>,
 }
 
 /// Texts llama.cpp takes as end-of-turn when the file names none.
@@ -370,6 +374,7 @@ impl Tokenizer {
             byte_tokens,
             bpe,
             specials,
+            trie: std::sync::OnceLock::new(),
         })
     }
 
@@ -465,6 +470,15 @@ impl Tokenizer {
             .ok_or_else(|| {
                 Error::Tokenizer(format!("no token for byte 0x{b:02X} and no unknown token"))
             })
+    }
+
+    /// Every token's piece (`token_to_piece` with control tokens rendered)
+    /// in a byte trie, for walking the whole vocabulary at once, as a
+    /// grammar does to find the tokens that may come next. Built on the
+    /// first call (tens of milliseconds for a 256k vocabulary), then kept.
+    pub fn piece_trie(&self) -> &PieceTrie {
+        self.trie
+            .get_or_init(|| PieceTrie::new(self.tokens.iter().map(|t| &*t.piece)))
     }
 
     /// The vocabulary kind.
