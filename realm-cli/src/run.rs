@@ -85,14 +85,6 @@ impl SamplingArgs {
         };
         Ok(Some(Arc::new(grammar)))
     }
-
-    /// True when a grammar or schema flag is given.
-    pub fn constrained(&self) -> bool {
-        self.grammar.is_some()
-            || self.grammar_file.is_some()
-            || self.json_schema.is_some()
-            || self.json_schema_file.is_some()
-    }
 }
 
 /// Arguments of `realm run`.
@@ -206,9 +198,6 @@ fn run_native<B: Backend>(args: &RunArgs, l: &load::Loaded, backend: &B) -> Resu
 }
 
 fn run_in_guest(args: &RunArgs) -> Result<()> {
-    if args.sampling.constrained() {
-        bail!("--wasm does not take a grammar or JSON schema yet: the guest's parameter block has no room for one");
-    }
     let (text, add_special) = if args.chat {
         let l = load::open(&args.model, 1)?;
         let rendered = crate::chat::render_user_text(&l, args.system.as_deref(), &args.prompt)?;
@@ -231,6 +220,7 @@ fn run_in_guest(args: &RunArgs) -> Result<()> {
         stop: args.stop.clone(),
         add_special,
         parse_special: args.chat,
+        grammar: args.sampling.grammar()?.map(|g| g.source().to_string()),
         ..Default::default()
     };
     let mut out = std::io::stdout().lock();

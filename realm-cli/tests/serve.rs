@@ -403,7 +403,13 @@ fn wasm_tenants_answer_as_the_native_engine() {
         json!({"messages": [{"role": "user", "content": p}], "temperature": 0,
                     "max_tokens": 32})
     })
-    .chain([json!({"prompt": "Once upon a time", "max_tokens": 16, "seed": 3})])
+    .chain([
+        json!({"prompt": "Once upon a time", "max_tokens": 16, "seed": 3}),
+        // Structured output: the guest keeps to the schema's grammar.
+        json!({"messages": [{"role": "user", "content": "Describe Paris as JSON."}],
+               "temperature": 0, "max_tokens": 48,
+               "response_format": {"type": "json_object"}}),
+    ])
     .collect();
     let answer = |r: &Value| {
         let c = &r["choices"][0];

@@ -119,6 +119,9 @@ pub struct GenerateRequest {
     pub parse_special: bool,
     /// Run the model layer by layer through the host instead of fused.
     pub layered: bool,
+    /// A GBNF grammar the guest keeps its text to (for a JSON schema,
+    /// [`realm_models::grammar::schema_to_gbnf`]'s).
+    pub grammar: Option<String>,
 }
 
 impl Default for GenerateRequest {
@@ -132,6 +135,7 @@ impl Default for GenerateRequest {
             add_special: true,
             parse_special: true,
             layered: false,
+            grammar: None,
         }
     }
 }
@@ -526,6 +530,7 @@ impl Tenant {
             sampling: req.sampling.clone(),
             flags,
             stop: req.stop.clone(),
+            grammar: req.grammar.clone(),
         }
         .to_bytes();
         let mut live = self.take_live()?;

@@ -38,7 +38,10 @@ fn native_with_kv(path: &std::path::Path, req: &GenerateRequest, kv: KvDtype) ->
         stop: req.stop.clone(),
         sampling: req.sampling.clone(),
         stop_at_context_end: true,
-        grammar: None,
+        grammar: req
+            .grammar
+            .as_ref()
+            .map(|g| Arc::new(realm_models::Grammar::parse(g).unwrap())),
     };
     let g = realm_models::generate(&model, &tok, &mut session, &ids, &params, |_| true).unwrap();
     (g.text, g.tokens.len())
@@ -61,6 +64,54 @@ fn request(sampling: SamplingParams, layered: bool) -> GenerateRequest {
         layered,
         ..GenerateRequest::default()
     }
+}
+
+/// A guest keeps to a grammar (a JSON schema's) as native generation does,
+/// greedy and sampled; a grammar that does not parse is the guest's status
+/// -6.
+#[test]
+fn guest_generation_keeps_to_a_grammar_as_natively() {
+    let Some(path) = common::smollm2() else {
+        return;
+    };
+    let mut tenant = tenant_of(&path);
+    let schema = serde_json::json!({
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "population": {"type": "integer"}},
+        "required": ["city", "population"]
+    });
+    let gbnf = realm_models::grammar::schema_to_gbnf(&schema).unwrap();
+    let sampled = SamplingParams {
+        seed: 11,
+        ..SamplingParams::default()
+    };
+    for sampling in [SamplingParams::greedy(), sampled] {
+        let req = GenerateRequest {
+            max_tokens: 60,
+            sampling,
+            grammar: Some(gbnf.clone()),
+            ..GenerateRequest::default()
+        };
+        let (want, n) = native(&path, &req);
+        let mut streamed = String::new();
+        let stats = tenant
+            .generate(PROMPT, &req, |t| streamed.push_str(t))
+            .unwrap();
+        assert_eq!(streamed, want);
+        assert_eq!(stats.generated_tokens as usize, n);
+        if stats.stop_reason == StopReason::EndOfGeneration {
+            let v: serde_json::Value = serde_json::from_str(&streamed).unwrap();
+            assert!(v["city"].is_string() && v["population"].is_i64(), "{v}");
+        }
+    }
+    let bad = GenerateRequest {
+        grammar: Some("root ::= missing".into()),
+        ..GenerateRequest::default()
+    };
+    assert!(matches!(
+        tenant.generate(PROMPT, &bad, |_| {}),
+        Err(Error::GuestStatus(-6))
+    ));
 }
 
 #[test]

@@ -2,9 +2,11 @@
 //! steps are `realm_models::generate`'s ([`Continuation`]), so that a greedy
 //! run in a guest gives the same tokens and text as a native one.
 
+use std::sync::Arc;
+
 use realm_core::tokenizer::Tokenizer;
 use realm_models::generate::{Continuation, Step};
-use realm_models::{GenerateParams, StopReason as Ended};
+use realm_models::{GenerateParams, Grammar, StopReason as Ended};
 
 use crate::params::{Params, FLAG_ADD_SPECIAL, FLAG_LAYERED, FLAG_PARSE_SPECIAL};
 
@@ -95,6 +97,8 @@ pub enum Failure {
     BadSampling = -4,
     /// The tokenizer failed on a token id.
     Tokenizer = -5,
+    /// The grammar does not parse, or generation cannot keep to it.
+    Grammar = -6,
 }
 
 /// Generates from `prompt` with model `params.model` (tokenized by
@@ -118,6 +122,10 @@ pub fn generate<H: Host>(
     if ids.is_empty() {
         return Err(Failure::BadPrompt);
     }
+    let grammar = match &params.grammar {
+        None => None,
+        Some(g) => Some(Arc::new(Grammar::parse(g).map_err(|_| Failure::Grammar)?)),
+    };
     let max_tokens = params.max_tokens as usize;
     let text = Continuation::new(
         tokenizer,
@@ -127,7 +135,7 @@ pub fn generate<H: Host>(
             stop: params.stop.clone(),
             sampling: params.sampling.clone(),
             stop_at_context_end: true,
-            grammar: None,
+            grammar,
         },
     )
     .map_err(|_| Failure::BadSampling)?;
@@ -164,7 +172,11 @@ fn run_loop<H: Host>(
     }
     let emit = |host: &mut H, piece: &str| piece.is_empty() || host.emit(piece);
     loop {
-        match text.step(&logits).map_err(|_| Failure::Tokenizer)? {
+        let step = text.step(&logits).map_err(|e| match e {
+            realm_models::Error::Grammar(_) => Failure::Grammar,
+            _ => Failure::Tokenizer,
+        })?;
+        match step {
             Step::End { reason, text: last } => {
                 emit(runner.host, &last);
                 return Ok(outcome(&text, reason.into()));

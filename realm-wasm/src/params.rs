@@ -2,9 +2,10 @@
 
 use realm_models::SamplingParams;
 
-/// The layout version hosts write. This guest also reads version 1, which
-/// ends after the stop strings (no penalties, no logit bias).
-pub const PARAMS_VERSION: u32 = 2;
+/// The layout version hosts write. This guest also reads version 2, which
+/// ends after the logit biases (no grammar), and version 1, which ends
+/// after the stop strings (no penalties, no logit bias).
+pub const PARAMS_VERSION: u32 = 3;
 /// Flag: add the vocabulary's special tokens (BOS) around the prompt.
 pub const FLAG_ADD_SPECIAL: u32 = 1;
 /// Flag: turn special-token text in the prompt (`<|im_start|>`) into ids.
@@ -31,6 +32,8 @@ pub struct Params {
     pub flags: u32,
     /// Stop strings.
     pub stop: Vec<String>,
+    /// A GBNF grammar the text must keep to.
+    pub grammar: Option<String>,
 }
 
 /// A malformed parameter block.
@@ -115,6 +118,15 @@ impl Params {
                 .map(|_| Ok((r.u32()?, r.f32()?)))
                 .collect::<Result<_, ParamsError>>()?;
         }
+        let mut grammar = None;
+        if version >= 3 {
+            let len = r.u32()? as usize;
+            if len > 0 {
+                let g = std::str::from_utf8(r.take(len)?)
+                    .map_err(|_| ParamsError("grammar is not UTF-8"))?;
+                grammar = Some(g.to_string());
+            }
+        }
         if !r.0.is_empty() {
             return Err(ParamsError("bytes after the block's end"));
         }
@@ -125,6 +137,7 @@ impl Params {
             sampling,
             flags,
             stop,
+            grammar,
         })
     }
 
@@ -165,6 +178,9 @@ impl Params {
             out.extend_from_slice(&id.to_le_bytes());
             out.extend_from_slice(&bias.to_bits().to_le_bytes());
         }
+        let grammar = self.grammar.as_deref().unwrap_or("");
+        out.extend_from_slice(&(grammar.len() as u32).to_le_bytes());
+        out.extend_from_slice(grammar.as_bytes());
         out
     }
 }
@@ -188,10 +204,12 @@ mod tests {
             },
             flags: FLAG_ADD_SPECIAL | FLAG_LAYERED,
             stop: vec!["\n\n".into(), "é".into()],
+            grammar: Some("root ::= \"é\"".into()),
         };
         let bytes = p.to_bytes();
         let stops = 4 + 2 + 4 + 2;
-        assert_eq!(bytes.len(), FIXED + stops + 12 + 2 * 8);
+        let grammar = 4 + 13;
+        assert_eq!(bytes.len(), FIXED + stops + 12 + 2 * 8 + grammar);
         assert_eq!(Params::parse(&bytes).unwrap(), p);
         for cut in 0..bytes.len() {
             assert!(Params::parse(&bytes[..cut]).is_err(), "cut at {cut}");
@@ -217,6 +235,27 @@ mod tests {
                 ..SamplingParams::default()
             }
         );
-        assert_eq!((old.stop, old.flags), (p.stop, p.flags));
+        assert_eq!((&old.stop, old.flags), (&p.stop, p.flags));
+        // Version 2 ends after the logit biases: no grammar.
+        let mut v2 = bytes[..bytes.len() - grammar].to_vec();
+        v2[0] = 2;
+        let old = Params::parse(&v2).unwrap();
+        assert_eq!(old.grammar, None);
+        assert_eq!(old.sampling, p.sampling);
+        // A grammar length past the block's end, or bytes not UTF-8.
+        let mut long = bytes[..bytes.len() - grammar].to_vec();
+        long.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(Params::parse(&long), Err(ParamsError("block is truncated")));
+        let mut bad = bytes.clone();
+        let last = bad.len() - 1;
+        bad[last] = 0xff;
+        assert_eq!(
+            Params::parse(&bad),
+            Err(ParamsError("grammar is not UTF-8"))
+        );
+        // No grammar is a zero length.
+        let none = Params { grammar: None, ..p };
+        assert_eq!(none.to_bytes().len(), FIXED + stops + 12 + 2 * 8 + 4);
+        assert_eq!(Params::parse(&none.to_bytes()).unwrap(), none);
     }
 }

@@ -109,12 +109,6 @@ fn check(
             "a wasm tenant samples its own tokens: log-probabilities need the native engine",
         ));
     }
-    if job.limits.grammar.is_some() {
-        return Err(ApiError::invalid(
-            Some("grammar"),
-            "a wasm tenant samples its own tokens: grammars and JSON schemas need the native engine",
-        ));
-    }
     let prompt = prompts.text(&job.input)?.map_err(|_| {
         ApiError::invalid(
             Some("prompt"),
@@ -132,6 +126,7 @@ fn check(
         stop: job.limits.stop.clone(),
         add_special: prompt.add_special,
         parse_special: prompt.parse_special,
+        grammar: job.limits.grammar.as_ref().map(|g| g.source().to_string()),
         ..GenerateRequest::default()
     };
     Ok((prompt, n, req))
