@@ -36,7 +36,7 @@ PERSON = {
     "type": "object",
     "properties": {
         "name": {"type": "string"},
-        "age": {"type": "integer"},
+        "age": {"type": "integer", "minimum": 0, "maximum": 120},
         "city": {"type": "string", "maxLength": 20},
         "hobbies": {"type": "array", "items": {"type": "string"}, "maxItems": 3},
     },
@@ -58,6 +58,7 @@ SENTIMENT = {
         "sentiment": {"enum": ["positive", "negative", "neutral"]},
         "confident": {"type": "boolean"},
         "score": {"type": "number"},
+        "stars": {"type": "integer", "minimum": -5, "exclusiveMaximum": 6},
     },
     "required": ["sentiment", "confident"],
 }

@@ -10,7 +10,8 @@ use realm_core::gguf::GgufFile;
 use realm_core::tokenizer::Tokenizer;
 use realm_models::{GenerateParams, Model, SamplingParams, Session};
 use realm_runtime::{
-    Error, GenerateRequest, KvDtype, Runtime, RuntimeConfig, StopReason, Tenant, TenantConfig,
+    Error, GenerateRequest, GenerationStats, KvDtype, Runtime, RuntimeConfig, StopReason, Tenant,
+    TenantConfig,
 };
 
 const PROMPT: &str =
@@ -45,6 +46,23 @@ fn native_with_kv(path: &std::path::Path, req: &GenerateRequest, kv: KvDtype) ->
     };
     let g = realm_models::generate(&model, &tok, &mut session, &ids, &params, |_| true).unwrap();
     (g.text, g.tokens.len())
+}
+
+/// `req` through `tenant` (its streamed text and stats), checked to give
+/// the text and token count of native generation.
+fn generate_as_natively(
+    tenant: &mut Tenant,
+    path: &std::path::Path,
+    req: &GenerateRequest,
+) -> (String, GenerationStats) {
+    let (want, n) = native(path, req);
+    let mut streamed = String::new();
+    let stats = tenant
+        .generate(PROMPT, req, |t| streamed.push_str(t))
+        .unwrap();
+    assert_eq!(streamed, want, "{:?}", req.sampling);
+    assert_eq!(stats.generated_tokens as usize, n);
+    (streamed, stats)
 }
 
 /// A tenant of the guest, granted the model at `path`, in a runtime of its
@@ -92,13 +110,7 @@ fn guest_generation_keeps_to_a_grammar_as_natively() {
             grammar: Some(gbnf.clone()),
             ..GenerateRequest::default()
         };
-        let (want, n) = native(&path, &req);
-        let mut streamed = String::new();
-        let stats = tenant
-            .generate(PROMPT, &req, |t| streamed.push_str(t))
-            .unwrap();
-        assert_eq!(streamed, want);
-        assert_eq!(stats.generated_tokens as usize, n);
+        let (streamed, stats) = generate_as_natively(&mut tenant, &path, &req);
         if stats.stop_reason == StopReason::EndOfGeneration {
             let v: serde_json::Value = serde_json::from_str(&streamed).unwrap();
             assert!(v["city"].is_string() && v["population"].is_i64(), "{v}");
@@ -133,17 +145,7 @@ fn guest_generation_equals_native_fused_layered_and_sampled() {
         (sampled, false),
     ] {
         let req = request(sampling, layered);
-        let (want, n) = native(&path, &req);
-        let mut streamed = String::new();
-        let stats = tenant
-            .generate(PROMPT, &req, |t| streamed.push_str(t))
-            .unwrap();
-        assert_eq!(
-            streamed, want,
-            "layered: {layered}, sampling: {:?}",
-            req.sampling
-        );
-        assert_eq!(stats.generated_tokens as usize, n);
+        let (_, stats) = generate_as_natively(&mut tenant, &path, &req);
         assert!(stats.prompt_tokens > 10);
         assert!(0.0 < stats.prompt_seconds && stats.prompt_seconds < stats.seconds);
         assert!(stats.decode_tokens_per_second().is_some_and(|t| t > 0.0));
@@ -160,12 +162,7 @@ fn guest_generation_equals_native_fused_layered_and_sampled() {
         stop: vec!["France".into()],
         ..request(SamplingParams::greedy(), false)
     };
-    let (want, _) = native(&path, &req);
-    let mut streamed = String::new();
-    let stats = tenant
-        .generate(PROMPT, &req, |t| streamed.push_str(t))
-        .unwrap();
-    assert_eq!(streamed, want);
+    let (_, stats) = generate_as_natively(&mut tenant, &path, &req);
     assert_eq!(stats.stop_reason, StopReason::StopString);
 }
 
@@ -190,14 +187,8 @@ fn guest_sampling_takes_penalties_and_logit_bias() {
         },
         false,
     );
-    let (want, n) = native(&path, &req);
-    assert_ne!(want, greedy);
-    let mut streamed = String::new();
-    let stats = tenant
-        .generate(PROMPT, &req, |t| streamed.push_str(t))
-        .unwrap();
-    assert_eq!(streamed, want);
-    assert_eq!(stats.generated_tokens as usize, n);
+    let (streamed, _) = generate_as_natively(&mut tenant, &path, &req);
+    assert_ne!(streamed, greedy);
 }
 
 /// A caller that stops reading stops the guest: it ends cancelled, a

@@ -156,6 +156,125 @@ fn literal(text: &str) -> String {
     out
 }
 
+/// Most digits of an integer with an open end (as llama.cpp bounds them).
+const OPEN_DIGITS: u32 = 16;
+
+/// An integer's bound: `key`'s value, rounded inwards (`up` for a lower
+/// bound).
+fn bound(
+    obj: &serde_json::Map<String, Value>,
+    key: &str,
+    up: bool,
+    path: &str,
+) -> Result<Option<i128>, GrammarError> {
+    let Some(v) = obj.get(key) else {
+        return Ok(None);
+    };
+    if let Some(i) = v.as_i64() {
+        return Ok(Some(i128::from(i)));
+    }
+    let f = v
+        .as_f64()
+        .filter(|f| f.abs() < 1e18)
+        .ok_or_else(|| error(path, format!("{key} must be a number")))?;
+    Ok(Some(if up { f.ceil() } else { f.floor() } as i128))
+}
+
+/// The grammar of the integers `minimum` / `exclusiveMinimum` to
+/// `maximum` / `exclusiveMaximum` allow, written without leading zeros; an
+/// open end stops at 16 digits. `None` when there are no bounds.
+fn bounded_integer(
+    obj: &serde_json::Map<String, Value>,
+    path: &str,
+) -> Result<Option<String>, GrammarError> {
+    let lo = match bound(obj, "minimum", true, path)? {
+        Some(m) => Some(m),
+        None => bound(obj, "exclusiveMinimum", false, path)?.map(|m| m + 1),
+    };
+    let hi = match bound(obj, "maximum", false, path)? {
+        Some(m) => Some(m),
+        None => bound(obj, "exclusiveMaximum", true, path)?.map(|m| m - 1),
+    };
+    let open = 10i128.pow(OPEN_DIGITS) - 1;
+    let (lo, hi) = match (lo, hi) {
+        (None, None) => return Ok(None),
+        (lo, hi) => (lo.unwrap_or(-open), hi.unwrap_or(open)),
+    };
+    if ![lo, hi].iter().all(|b| (-open..=open).contains(b)) {
+        return Err(error(
+            path,
+            format!("integer bounds beyond {OPEN_DIGITS} digits are not supported"),
+        ));
+    }
+    if lo > hi {
+        return Err(error(path, "the integer's minimum is above its maximum"));
+    }
+    // Negative numbers as "-" and their magnitude; like llama.cpp's, a
+    // range across zero also allows "-0".
+    let body = if hi < 0 {
+        format!("\"-\" {}", digits_range(-hi, -lo))
+    } else if lo < 0 {
+        format!("\"-\" {} | {}", digits_range(0, -lo), digits_range(0, hi))
+    } else {
+        digits_range(lo, hi)
+    };
+    Ok(Some(format!("({body})")))
+}
+
+/// The decimal numerals of `lo..=hi` (both at least 0), a group.
+fn digits_range(lo: i128, hi: i128) -> String {
+    let (lo_s, hi_s) = (lo.to_string(), hi.to_string());
+    let mut alts = Vec::new();
+    for len in lo_s.len()..=hi_s.len() {
+        let first = if len == 1 {
+            0
+        } else {
+            10i128.pow(len as u32 - 1)
+        };
+        let last = 10i128.pow(len as u32) - 1;
+        let a = lo.max(first).to_string();
+        let b = hi.min(last).to_string();
+        alts.push(same_length(a.as_bytes(), b.as_bytes()));
+    }
+    format!("({})", alts.join(" | "))
+}
+
+/// The numerals of one length from `a` to `b` (digit strings, `a <= b`).
+fn same_length(a: &[u8], b: &[u8]) -> String {
+    let Some((&a0, a_rest)) = a.split_first() else {
+        return String::new();
+    };
+    let (&b0, b_rest) = b.split_first().unwrap_or((&b'0', &[]));
+    let (a0, b0) = (char::from(a0), char::from(b0));
+    if a0 == b0 {
+        return format!("[{a0}] {}", same_length(a_rest, b_rest))
+            .trim_end()
+            .to_string();
+    }
+    let k = a_rest.len();
+    let any = match k {
+        0 => String::new(),
+        1 => " [0-9]".to_string(),
+        k => format!(" [0-9]{{{k}}}"),
+    };
+    let a_low = a_rest.iter().all(|&d| d == b'0');
+    let b_high = b_rest.iter().all(|&d| d == b'9');
+    let mut alts = Vec::new();
+    let mut from = a0;
+    if !a_low {
+        alts.push(format!("[{a0}] {}", same_length(a_rest, &vec![b'9'; k])));
+        from = (a0 as u8 + 1) as char;
+    }
+    let to = if b_high { b0 } else { (b0 as u8 - 1) as char };
+    if from <= to {
+        alts.push(format!("[{from}-{to}]{any}"));
+    }
+    if !b_high {
+        alts.push(format!("[{b0}] {}", same_length(&vec![b'0'; k], b_rest)));
+    }
+    format!("({})", alts.join(" | "))
+}
+
 /// `item` `min` to `max` (None: no limit) times, with `sep` between.
 fn repetition(item: &str, min: u64, max: Option<u64>, sep: Option<&str>) -> String {
     if max == Some(0) {
@@ -322,11 +441,8 @@ impl Converter<'_> {
             "array" => return self.array(obj, &rule, &sub, path),
             "string" => return self.string(obj, &rule, path),
             "integer" => {
-                if ["minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"]
-                    .iter()
-                    .any(|k| obj.contains_key(*k))
-                {
-                    return Err(error(path, "bounds on integers are not supported"));
+                if let Some(body) = bounded_integer(obj, path)? {
+                    return Ok(self.add_rule(&rule, body));
                 }
                 "integer"
             }

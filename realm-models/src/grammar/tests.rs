@@ -300,8 +300,12 @@ fn unsupported_schemas_are_refused_by_path() {
     for (schema, want) in [
         (json!({"type": "string", "pattern": "^a+$"}), "#: pattern"),
         (
-            json!({"properties": {"n": {"type": "integer", "minimum": 0}}}),
-            "#/properties/n: bounds",
+            json!({"properties": {"n": {"type": "integer", "minimum": 3, "maximum": 2}}}),
+            "#/properties/n: the integer's minimum is above",
+        ),
+        (
+            json!({"type": "integer", "minimum": 1e17}),
+            "beyond 16 digits",
         ),
         (json!({"allOf": [{"type": "object"}]}), "allOf"),
         (json!({"type": "strin"}), "unknown type `strin`"),
@@ -318,6 +322,67 @@ fn unsupported_schemas_are_refused_by_path() {
     ] {
         let e = schema_to_gbnf(&schema).unwrap_err().to_string();
         assert!(e.contains(want), "{schema}: {e}");
+    }
+}
+
+/// Integer bounds: exactly the numerals in range, without leading zeros,
+/// an open end stopping at 16 digits.
+#[test]
+fn integer_bounds() {
+    let check = |schema: serde_json::Value, lo: i64, hi: i64| {
+        let g = schema_to_gbnf(&schema).unwrap();
+        for n in lo - 30..=hi + 30 {
+            let inside = (lo..=hi).contains(&n);
+            assert_eq!(full(&g, &n.to_string()), inside, "{schema} {n}\n{g}");
+        }
+        assert!(!full(&g, "007"), "{g}");
+    };
+    check(
+        json!({"type": "integer", "minimum": 0, "maximum": 150}),
+        0,
+        150,
+    );
+    check(
+        json!({"type": "integer", "minimum": 17, "maximum": 1234}),
+        17,
+        1234,
+    );
+    check(
+        json!({"type": "integer", "exclusiveMinimum": -20, "exclusiveMaximum": -3}),
+        -19,
+        -4,
+    );
+    check(
+        json!({"type": "integer", "minimum": -75, "maximum": 42}),
+        -75,
+        42,
+    );
+    check(
+        json!({"type": "integer", "minimum": 2.5, "maximum": 9.9}),
+        3,
+        9,
+    );
+    check(json!({"type": "integer", "minimum": 5, "maximum": 5}), 5, 5);
+    let at_least = schema_to_gbnf(&json!({"type": "integer", "minimum": 25})).unwrap();
+    assert!(full(&at_least, "25") && full(&at_least, "9999999999999999"));
+    assert!(
+        !full(&at_least, "24") && !full(&at_least, "10000000000000000") && !full(&at_least, "-1")
+    );
+    let at_most = schema_to_gbnf(&json!({"type": "integer", "maximum": -4})).unwrap();
+    assert!(
+        full(&at_most, "-4")
+            && full(&at_most, "-123456")
+            && !full(&at_most, "-3")
+            && !full(&at_most, "2")
+    );
+}
+
+proptest! {
+    /// Any range's grammar holds exactly its numbers.
+    #[test]
+    fn integer_ranges_hold_their_numbers(a in -3000i64..3000, len in 0i64..3000, probe in -7000i64..7000) {
+        let g = schema_to_gbnf(&json!({"type": "integer", "minimum": a, "maximum": a + len})).unwrap();
+        prop_assert_eq!(full(&g, &probe.to_string()), (a..=a + len).contains(&probe));
     }
 }
 
