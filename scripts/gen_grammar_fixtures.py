@@ -46,7 +46,10 @@ CAPITALS = {
     "type": "array",
     "items": {
         "type": "object",
-        "properties": {"city": {"type": "string"}, "country": {"type": "string"}},
+        "properties": {
+            "city": {"type": "string"},
+            "country": {"type": "string", "pattern": "^[A-Z][a-z]+( [A-Z][a-z]+)*$"},
+        },
         "required": ["city", "country"],
     },
     "minItems": 3,

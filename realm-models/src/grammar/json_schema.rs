@@ -507,8 +507,13 @@ impl Converter<'_> {
         rule: &str,
         path: &str,
     ) -> Result<String, GrammarError> {
-        if obj.contains_key("pattern") {
-            return Err(error(path, "pattern is not supported"));
+        if let Some(pattern) = obj.get("pattern") {
+            let pattern = pattern
+                .as_str()
+                .ok_or_else(|| error(path, "pattern must be a string"))?;
+            let body = super::regex::pattern_to_gbnf(pattern)
+                .map_err(|m| error(path, format!("pattern `{pattern}`: {m}")))?;
+            return Ok(self.add_rule(rule, format!("\"\\\"\" {body} \"\\\"\"")));
         }
         if let Some(format) = obj.get("format").and_then(Value::as_str) {
             let prim = match format {

@@ -23,6 +23,7 @@
 mod json_schema;
 mod matcher;
 mod parse;
+mod regex;
 
 pub use json_schema::schema_to_gbnf;
 pub use matcher::Matcher;

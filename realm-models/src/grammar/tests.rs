@@ -298,7 +298,10 @@ fn schema_references_unions_and_extra_properties() {
 #[test]
 fn unsupported_schemas_are_refused_by_path() {
     for (schema, want) in [
-        (json!({"type": "string", "pattern": "^a+$"}), "#: pattern"),
+        (
+            json!({"type": "string", "pattern": "a+"}),
+            "#: pattern `a+`: only patterns anchored",
+        ),
         (
             json!({"properties": {"n": {"type": "integer", "minimum": 3, "maximum": 2}}}),
             "#/properties/n: the integer's minimum is above",
@@ -383,6 +386,65 @@ proptest! {
     fn integer_ranges_hold_their_numbers(a in -3000i64..3000, len in 0i64..3000, probe in -7000i64..7000) {
         let g = schema_to_gbnf(&json!({"type": "integer", "minimum": a, "maximum": a + len})).unwrap();
         prop_assert_eq!(full(&g, &probe.to_string()), (a..=a + len).contains(&probe));
+    }
+}
+
+/// `pattern`: the JSON strings whose contents the expression matches,
+/// written as valid JSON (each case's texts are JSON string contents).
+#[test]
+fn string_patterns() {
+    let cases: &[(&str, &[&str], &[&str])] = &[
+        (
+            "^[A-Z]{2}-[0-9]{4}$",
+            &["AB-1234"],
+            &["AB-123", "ab-1234", "AB1234"],
+        ),
+        (
+            r"^(\+\d{1,3} )?\d{3}-\d{4}$",
+            &["555-1234", "+44 555-1234"],
+            &["+ 555-1234", "5551234"],
+        ),
+        (r"^(?:cat|dog)s?$", &["cat", "dogs"], &["cow", "catss"]),
+        (
+            r"^[\w.-]+@[^@\s]+\.[a-z]{2,}$",
+            &["a.b-c@ex.org"],
+            &["a@b.c", "a b@ex.org"],
+        ),
+        (r"^\$\d+(\.\d\d)?$", &["$5", "$10.25"], &["5", "$1.5"]),
+        ("^[-a]x[b-]$", &["-xb", "ax-"], &["bxa"]),
+        // `.`: any character, escaped where JSON wants it, but a line break.
+        (
+            "^a.c$",
+            &["abc", r#"a\"c"#, r"a\u0041c", "aéc"],
+            &[r#"a"c"#, "ac", r"a\nc"],
+        ),
+        // A quote or backslash the pattern asks for is written escaped.
+        (r#"^say "hi"$"#, &[r#"say \"hi\""#], &[r#"say "hi""#]),
+        (r#"^["\\]+$"#, &[r#"\"\\"#], &[r#"""#, r"\"]),
+        (r"^a\tb\nc$", &[r"a\tb\nc"], &["a\tb\nc"]),
+        // A negated class never gives a raw quote, backslash or control.
+        (
+            "^[^@]+$",
+            &["abc", "é"],
+            &[r#"a"b"#, r#"a\"b"#, "a@b", "a\tb"],
+        ),
+    ];
+    for (pattern, yes, no) in cases {
+        let g = schema_to_gbnf(&json!({"type": "string", "pattern": pattern})).unwrap();
+        for y in *yes {
+            assert!(
+                full(&g, &format!("\"{y}\"")),
+                "{pattern} should take {y}\n{g}"
+            );
+            // And what it takes is JSON.
+            serde_json::from_str::<String>(&format!("\"{y}\"")).unwrap();
+        }
+        for n in *no {
+            assert!(
+                !full(&g, &format!("\"{n}\"")),
+                "{pattern} should refuse {n}\n{g}"
+            );
+        }
     }
 }
 
