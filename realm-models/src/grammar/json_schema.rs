@@ -93,6 +93,11 @@ const PRIMITIVES: &[(&str, &str, &[&str])] = &[
 /// assert!(!m.accepts(b" "));
 /// ```
 pub fn schema_to_gbnf(schema: &Value) -> Result<String, GrammarError> {
+    convert(schema).map(|g| g.source().to_string())
+}
+
+/// The grammar of `schema`'s documents, parsed.
+pub(super) fn convert(schema: &Value) -> Result<super::Grammar, GrammarError> {
     let mut c = Converter {
         doc: schema,
         rules: BTreeMap::new(),
@@ -107,7 +112,9 @@ pub fn schema_to_gbnf(schema: &Value) -> Result<String, GrammarError> {
         out.push_str(body);
         out.push('\n');
     }
-    Ok(out)
+    // What comes out parses (a schema that only refers to itself does not:
+    // its rule is left-recursive).
+    super::Grammar::parse(&out)
 }
 
 struct Converter<'a> {
@@ -419,13 +426,17 @@ impl Converter<'_> {
             Some(Value::String(t)) => Some(t.as_str()),
             Some(_) => return Err(error(path, "type must be a string or an array of strings")),
         };
-        if obj.contains_key("allOf") {
-            return Err(error(path, "allOf is not supported"));
-        }
         let has_properties = obj.contains_key("properties")
             || obj
                 .get("additionalProperties")
                 .is_some_and(|a| *a != Value::Bool(true));
+        if let Some(all) = obj.get("allOf") {
+            // As llama.cpp reads it: where no properties of its own or a
+            // type other than object or string decide first.
+            if !has_properties && matches!(ty, None | Some("object" | "string")) {
+                return self.all_of(all, &rule, name, path);
+            }
+        }
         let is_string = ["pattern", "minLength", "maxLength", "format"]
             .iter()
             .any(|k| obj.contains_key(*k));
@@ -606,6 +617,82 @@ impl Converter<'_> {
                 Ok(self.add_rule(rule, body))
             }
         }
+    }
+
+    /// `allOf`, as llama.cpp's converter reads it: the values every
+    /// component is an `enum` of, if any; else one object of every
+    /// component's properties (those of `anyOf` components optional, the
+    /// others required) and no others.
+    fn all_of(
+        &mut self,
+        all: &Value,
+        rule: &str,
+        name: &str,
+        path: &str,
+    ) -> Result<String, GrammarError> {
+        let parts = all
+            .as_array()
+            .filter(|a| !a.is_empty())
+            .ok_or_else(|| error(path, "allOf must be a non-empty array"))?;
+        let mut properties = serde_json::Map::new();
+        let mut required = Vec::new();
+        let mut enums: Vec<(String, usize)> = Vec::new();
+        for part in parts {
+            let alts = match part.get("anyOf") {
+                Some(Value::Array(alts)) => alts.iter().map(|a| (a, false)).collect(),
+                _ => vec![(part, true)],
+            };
+            for (mut c, is_required) in alts {
+                // A `$ref` component stands for what it points at (a chain
+                // of references, so long it must be a loop, is an error).
+                let mut hops = 0;
+                while let Some(r) = c.get("$ref").and_then(Value::as_str) {
+                    let target = r.strip_prefix('#').and_then(|p| self.doc.pointer(p));
+                    c = target
+                        .ok_or_else(|| error(path, format!("$ref `{r}` points at nothing")))?;
+                    hops += 1;
+                    if hops > 64 {
+                        return Err(error(path, format!("$ref `{r}` refers to itself")));
+                    }
+                }
+                if let Some(Value::Object(props)) = c.get("properties") {
+                    for (k, v) in props {
+                        if !properties.contains_key(k) {
+                            properties.insert(k.clone(), v.clone());
+                        }
+                        if is_required && !required.contains(k) {
+                            required.push(k.clone());
+                        }
+                    }
+                } else if let Some(Value::Array(values)) = c.get("enum") {
+                    for v in values {
+                        let lit = literal(&v.to_string());
+                        match enums.iter_mut().find(|(l, _)| *l == lit) {
+                            Some((_, n)) => *n += 1,
+                            None => enums.push((lit, 1)),
+                        }
+                    }
+                }
+            }
+        }
+        let common: Vec<String> = enums
+            .into_iter()
+            .filter(|(_, n)| *n == parts.len())
+            .map(|(l, _)| l)
+            .collect();
+        if !common.is_empty() {
+            return Ok(self.add_rule(rule, format!("({})", common.join(" | "))));
+        }
+        let merged = serde_json::json!({
+            "type": "object",
+            "properties": properties,
+            "required": required,
+            "additionalProperties": false,
+        });
+        let Value::Object(merged) = merged else {
+            return Err(error(path, "allOf"));
+        };
+        self.object(&merged, rule, name, path)
     }
 
     fn object(

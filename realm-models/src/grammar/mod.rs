@@ -149,7 +149,7 @@ impl Grammar {
     /// The grammar of the JSON documents a JSON schema describes, as
     /// llama.cpp's converter writes it (see [`schema_to_gbnf`]).
     pub fn from_json_schema(schema: &serde_json::Value) -> Result<Self, GrammarError> {
-        Self::parse(&schema_to_gbnf(schema)?)
+        json_schema::convert(schema)
     }
 
     /// The GBNF text of the grammar (for a JSON schema's, the converter's).

@@ -310,7 +310,15 @@ fn unsupported_schemas_are_refused_by_path() {
             json!({"type": "integer", "minimum": 1e17}),
             "beyond 16 digits",
         ),
-        (json!({"allOf": [{"type": "object"}]}), "allOf"),
+        (json!({"allOf": []}), "allOf must be a non-empty array"),
+        (
+            json!({"$defs": {"a": {"$ref": "#/$defs/a"}}, "allOf": [{"$ref": "#/$defs/a"}]}),
+            "refers to itself",
+        ),
+        (
+            json!({"$defs": {"a": {"$ref": "#/$defs/a"}}, "$ref": "#/$defs/a"}),
+            "left-recursive",
+        ),
         (json!({"type": "strin"}), "unknown type `strin`"),
         (json!({"$ref": "#/$defs/missing"}), "points at nothing"),
         (
@@ -387,6 +395,34 @@ proptest! {
         let g = schema_to_gbnf(&json!({"type": "integer", "minimum": a, "maximum": a + len})).unwrap();
         prop_assert_eq!(full(&g, &probe.to_string()), (a..=a + len).contains(&probe));
     }
+}
+
+/// `allOf`: components' properties merged (an `anyOf` component's
+/// optional), or their enums intersected.
+#[test]
+fn all_of_merges_objects_and_intersects_enums() {
+    let schema = json!({
+        "$defs": {"named": {"properties": {"name": {"type": "string"}}}},
+        "allOf": [
+            {"$ref": "#/$defs/named"},
+            {"type": "object", "properties": {"age": {"type": "integer"}}},
+            {"anyOf": [{"properties": {"nick": {"type": "string"}}}]}
+        ]
+    });
+    let g = schema_to_gbnf(&schema).unwrap();
+    assert!(full(&g, r#"{"name": "a", "age": 3}"#), "{g}");
+    assert!(full(&g, r#"{"name": "a", "age": 3, "nick": "b"}"#));
+    assert!(!full(&g, r#"{"name": "a"}"#), "age is required");
+    assert!(
+        !full(&g, r#"{"name": "a", "age": 3, "x": 1}"#),
+        "nothing else"
+    );
+    let g =
+        schema_to_gbnf(&json!({"allOf": [{"enum": ["a", "b", 1]}, {"enum": [1, "b"]}]})).unwrap();
+    assert!(
+        full(&g, r#""b""#) && full(&g, "1") && !full(&g, r#""a""#),
+        "{g}"
+    );
 }
 
 /// `pattern`: the JSON strings whose contents the expression matches,
