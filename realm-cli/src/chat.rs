@@ -101,7 +101,7 @@ fn chat<B: Backend>(args: &ChatArgs, l: &Loaded, backend: &B) -> Result<()> {
         stop: Vec::new(),
         sampling: args.sampling.params(),
         stop_at_context_end: true,
-        grammar: args.sampling.grammar()?,
+        grammar: args.sampling.constraint.grammar()?,
     };
     eprintln!(
         "realm: chatting with {}; an empty line or end of input quits",

@@ -2,11 +2,9 @@
 
 use std::io::Write;
 
-use std::sync::Arc;
-
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use realm_core::backend::Backend;
-use realm_models::{generate, GenerateParams, Grammar, Model, SamplingParams};
+use realm_models::{generate, GenerateParams, Model, SamplingParams};
 
 use crate::{device, load};
 
@@ -31,19 +29,9 @@ pub struct SamplingArgs {
     /// Random seed.
     #[arg(long, default_value_t = 0x5eed)]
     pub seed: u64,
-    /// Constrain the output to this GBNF grammar (llama.cpp's format).
-    #[arg(long, group = "constraint")]
-    pub grammar: Option<String>,
-    /// Constrain the output to the GBNF grammar in this file.
-    #[arg(long, group = "constraint")]
-    pub grammar_file: Option<std::path::PathBuf>,
-    /// Constrain the output to JSON documents of this JSON schema (`{}`:
-    /// any JSON value).
-    #[arg(short = 'j', long, group = "constraint")]
-    pub json_schema: Option<String>,
-    /// Constrain the output to JSON documents of the schema in this file.
-    #[arg(long, group = "constraint")]
-    pub json_schema_file: Option<std::path::PathBuf>,
+    /// A grammar or JSON schema the output keeps to.
+    #[command(flatten)]
+    pub constraint: crate::grammar::ConstraintArgs,
 }
 
 impl SamplingArgs {
@@ -57,33 +45,6 @@ impl SamplingArgs {
             seed: self.seed,
             ..SamplingParams::default()
         }
-    }
-
-    /// The grammar the flags ask for, if any.
-    pub fn grammar(&self) -> Result<Option<Arc<Grammar>>> {
-        let read = |path: &std::path::Path| {
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
-        };
-        let gbnf = match (&self.grammar, &self.grammar_file) {
-            (Some(g), _) => Some(g.clone()),
-            (None, Some(path)) => Some(read(path)?),
-            (None, None) => None,
-        };
-        let schema = match (&self.json_schema, &self.json_schema_file) {
-            (Some(s), _) => Some(s.clone()),
-            (None, Some(path)) => Some(read(path)?),
-            (None, None) => None,
-        };
-        let grammar = match (gbnf, schema) {
-            (Some(g), _) => Grammar::parse(&g)?,
-            (None, Some(s)) => {
-                let schema: serde_json::Value =
-                    serde_json::from_str(&s).context("the JSON schema is not JSON")?;
-                Grammar::from_json_schema(&schema)?
-            }
-            (None, None) => return Ok(None),
-        };
-        Ok(Some(Arc::new(grammar)))
     }
 }
 
@@ -165,7 +126,7 @@ fn run_native<B: Backend>(args: &RunArgs, l: &load::Loaded, backend: &B) -> Resu
         stop: args.stop.clone(),
         sampling: args.sampling.params(),
         stop_at_context_end: true,
-        grammar: args.sampling.grammar()?,
+        grammar: args.sampling.constraint.grammar()?,
     };
     let mut out = std::io::stdout().lock();
     if !args.chat {
@@ -220,7 +181,11 @@ fn run_in_guest(args: &RunArgs) -> Result<()> {
         stop: args.stop.clone(),
         add_special,
         parse_special: args.chat,
-        grammar: args.sampling.grammar()?.map(|g| g.source().to_string()),
+        grammar: args
+            .sampling
+            .constraint
+            .grammar()?
+            .map(|g| g.source().to_string()),
         ..Default::default()
     };
     let mut out = std::io::stdout().lock();
