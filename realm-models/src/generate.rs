@@ -292,9 +292,10 @@ impl<'t> Continuation<'t> {
         let Some(m) = self.matcher.as_mut() else {
             return Ok(Some(token));
         };
-        if m.allows_token(self.tokenizer, token) {
-            m.accept_token(self.tokenizer, token)?;
-            return Ok(Some(token));
+        match m.accept_token(self.tokenizer, token) {
+            Ok(()) => return Ok(Some(token)),
+            Err(GrammarError::Rejected) => {}
+            Err(e) => return Err(e.into()),
         }
         let mut masked = std::mem::take(&mut self.masked);
         masked.clear();

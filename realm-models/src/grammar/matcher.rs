@@ -188,20 +188,17 @@ impl Matcher {
     /// Moves past `token` (an end-of-generation token changes nothing);
     /// fails, changing nothing, unless [`allows_token`](Self::allows_token).
     pub fn accept_token(&mut self, tokenizer: &Tokenizer, token: u32) -> Result<(), GrammarError> {
-        if !self.allows_token(tokenizer, token) {
-            return Err(if self.overflow {
-                GrammarError::TooComplex
-            } else {
-                GrammarError::Rejected
-            });
-        }
         if tokenizer.is_eog(token) {
-            return Ok(());
+            return match self.is_complete() {
+                true => Ok(()),
+                false if self.overflow => Err(GrammarError::TooComplex),
+                false => Err(GrammarError::Rejected),
+            };
         }
-        let piece = tokenizer
-            .token_to_piece(token, true)
-            .map_err(|_| GrammarError::Rejected)?;
-        self.accept(piece)
+        match tokenizer.token_to_piece(token, true) {
+            Ok(piece) if piece.first().is_some_and(|&b| b != 0) => self.accept(piece),
+            _ => Err(GrammarError::Rejected),
+        }
     }
 
     /// Sets the logit of every token that may not come next to minus
