@@ -3,7 +3,9 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use realm_compute_cpu::CpuBackend;
 use realm_core::gguf::GgufFile;
@@ -250,7 +252,14 @@ fn tenants_share_one_model_and_batched_text_is_unchanged() {
         return;
     };
     let wasm = common::guest_wasm();
-    let runtime = Runtime::new(RuntimeConfig::default()).unwrap();
+    // A batch closes as soon as every live session's step is in, so a long
+    // window costs nothing here; it only keeps a loaded machine (tests run
+    // side by side on two cores) from splitting steps that belong together.
+    let runtime = Runtime::new(RuntimeConfig {
+        batch_window: Duration::from_millis(500),
+        ..RuntimeConfig::default()
+    })
+    .unwrap();
     let id = runtime.load_model(&path).unwrap();
     assert_eq!(
         runtime.load_model(&path).unwrap(),
@@ -278,12 +287,26 @@ fn tenants_share_one_model_and_batched_text_is_unchanged() {
 
     let want = Arc::new(want);
     let before = runtime.batch_stats();
+    // Each tenant waits at its first piece until all three have one, so
+    // that their decoding overlaps however the threads are scheduled.
+    let started = AtomicUsize::new(0);
+    let n = tenants.len();
     std::thread::scope(|s| {
         for mut t in tenants {
-            let (want, req) = (want.clone(), req.clone());
+            let (want, req, started) = (want.clone(), req.clone(), &started);
             s.spawn(move || {
-                let mut text = String::new();
-                t.generate(PROMPT, &req, |p| text.push_str(p)).unwrap();
+                let (mut text, mut first) = (String::new(), true);
+                t.generate(PROMPT, &req, |p| {
+                    if std::mem::take(&mut first) {
+                        started.fetch_add(1, Ordering::SeqCst);
+                        let deadline = Instant::now() + Duration::from_secs(60);
+                        while started.load(Ordering::SeqCst) < n && Instant::now() < deadline {
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                    }
+                    text.push_str(p)
+                })
+                .unwrap();
                 assert_eq!(&text, &*want, "batched decoding changes nothing");
             });
         }
