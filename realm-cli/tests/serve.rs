@@ -174,9 +174,6 @@ fn chat_answers_equal_realm_runs() {
     }
 }
 
-/// A streamed answer is the whole answer in pieces: a role chunk, text
-/// chunks, a finish chunk, a usage chunk, `[DONE]`; text completions
-/// likewise.
 /// `response_format` with a JSON schema constrains the answer to JSON of
 /// that schema, the same answer `realm run -j` gives; a GBNF `grammar`
 /// constrains a completion.
@@ -230,6 +227,125 @@ fn structured_output_follows_its_schema() {
     let text = r["choices"][0]["text"].as_str().unwrap();
     assert!(text == " yes" || text == " no", "{text:?}");
     assert_eq!(r["choices"][0]["finish_reason"], "stop");
+}
+
+/// A streamed answer is the whole answer in pieces: a role chunk, text
+/// chunks, a finish chunk, a usage chunk, `[DONE]`; text completions
+/// likewise.
+fn weather_request(extra: Value) -> Value {
+    let mut body = json!({
+        "messages": [{"role": "user", "content": "What is the weather like in Paris today?"}],
+        "tools": [{"type": "function", "function": {
+            "name": "get_weather",
+            "description": "Get the current weather in a city",
+            "parameters": {"type": "object",
+                           "properties": {"city": {"type": "string"},
+                                          "unit": {"type": "string",
+                                                   "enum": ["celsius", "fahrenheit"]}},
+                           "required": ["city"]}}}],
+        "temperature": 0,
+        "max_tokens": 80,
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    body
+}
+
+/// Chunks of a stream, `[DONE]` checked and left out.
+fn chunks(events: &[String]) -> Vec<Value> {
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect()
+}
+
+/// Tools: a required call comes back as `tool_calls` (whole, or streamed
+/// in one delta) with arguments of the tool's schema; a direct answer
+/// streams as text and equals the whole one; a tool's result handed back
+/// reaches the model.
+#[test]
+fn tool_calls_come_back_as_openais() {
+    if !cached(&catalog::SMOLLM2) {
+        return;
+    }
+    let server = Server::start(&["smollm2"]);
+    let required = weather_request(json!({"tool_choice": "required"}));
+    let r = server.post("/v1/chat/completions", &required);
+    let choice = &r["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls", "{r}");
+    assert!(choice["message"]["content"].is_null());
+    let calls = choice["message"]["tool_calls"].as_array().unwrap();
+    assert_eq!(calls.len(), 1);
+    assert!(calls[0]["id"].as_str().unwrap().starts_with("call_"));
+    assert_eq!(calls[0]["type"], "function");
+    assert_eq!(calls[0]["function"]["name"], "get_weather");
+    let arguments = calls[0]["function"]["arguments"].as_str().unwrap();
+    let parsed: Value = serde_json::from_str(arguments).unwrap();
+    assert!(parsed["city"].is_string(), "{arguments}");
+
+    let mut streamed = required.clone();
+    streamed["stream"] = json!(true);
+    let events = chunks(&server.stream("/v1/chat/completions", &streamed));
+    let deltas: Vec<&Value> = events
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"].get("tool_calls"))
+        .collect();
+    assert_eq!(deltas.len(), 1, "{events:?}");
+    assert_eq!(deltas[0][0]["index"], 0);
+    assert_eq!(deltas[0][0]["function"], calls[0]["function"]);
+    assert_eq!(
+        events.last().unwrap()["choices"][0]["finish_reason"],
+        "tool_calls"
+    );
+
+    // Auto: SmolLM2-135M answers this one itself; the text streams.
+    let auto = weather_request(json!({}));
+    let whole = server.post("/v1/chat/completions", &auto);
+    let content = whole["choices"][0]["message"]["content"].as_str().unwrap();
+    assert_eq!(whole["choices"][0]["finish_reason"], "stop", "{whole}");
+    assert!(!content.starts_with('{'), "{content}");
+    let mut streamed = auto.clone();
+    streamed["stream"] = json!(true);
+    let events = chunks(&server.stream("/v1/chat/completions", &streamed));
+    let text: Vec<&str> = events
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .filter(|t| !t.is_empty())
+        .collect();
+    assert!(text.len() > 5, "{events:?}");
+    assert_eq!(text.concat(), content);
+
+    // The call and its result go back; the answer uses the result.
+    let mut follow = auto.clone();
+    let messages = follow["messages"].as_array_mut().unwrap();
+    messages.push(json!({"role": "assistant", "content": null, "tool_calls": [
+        {"id": "call_1", "type": "function",
+         "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]}));
+    messages.push(json!({"role": "tool", "tool_call_id": "call_1",
+                         "content": "{\"temperature\": 11, \"sky\": \"rain\"}"}));
+    let r = server.post("/v1/chat/completions", &follow);
+    let answer = r["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(answer.contains("11"), "{answer}");
+
+    // Refused: a grammar with tools, a choice of no tool.
+    let mut bad = auto.clone();
+    bad["grammar"] = json!("root ::= \"a\"");
+    let (status, text) = server.call("POST", "/v1/chat/completions", &bad.to_string());
+    assert_eq!(
+        (status, text.contains("\"grammar\"")),
+        (400, true),
+        "{text}"
+    );
+    let bad =
+        weather_request(json!({"tool_choice": {"type": "function", "function": {"name": "f"}}}));
+    let (status, text) = server.call("POST", "/v1/chat/completions", &bad.to_string());
+    assert_eq!(
+        (status, text.contains("tool_choice")),
+        (400, true),
+        "{text}"
+    );
 }
 
 #[test]
@@ -458,6 +574,16 @@ fn wasm_tenants_answer_as_the_native_engine() {
     );
     let (status, text) = wasm.call("POST", "/v1/embeddings", r#"{"input": "a"}"#);
     assert_eq!(status, 501, "{text}");
+    // Tools: the guest keeps to their grammar; the call is the native one.
+    let tools = weather_request(json!({"tool_choice": "required"}));
+    let call = |s: &Server| {
+        let r = s.post("/v1/chat/completions", &tools);
+        (
+            r["choices"][0]["message"]["tool_calls"][0]["function"].clone(),
+            r["choices"][0]["finish_reason"].clone(),
+        )
+    };
+    assert_eq!(call(&wasm), call(&native));
     // `echo` puts the prompt first; with `max_tokens: 0` it is all.
     let echo = json!({"prompt": "Once upon a time", "max_tokens": 16, "seed": 3, "echo": true});
     let r = wasm.post("/v1/completions", &echo);

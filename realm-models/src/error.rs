@@ -67,6 +67,10 @@ pub enum Error {
     #[error(transparent)]
     Grammar(#[from] crate::grammar::GrammarError),
 
+    /// Tools, a tool choice or a tool reply that cannot be used.
+    #[error(transparent)]
+    Tools(#[from] crate::tools::ToolError),
+
     /// Sampling parameters out of range.
     #[error("bad sampling parameter: {0}")]
     BadSampling(String),

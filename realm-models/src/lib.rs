@@ -29,6 +29,7 @@ pub mod grammar;
 pub mod logprob;
 pub mod sampling;
 pub mod synthetic;
+pub mod tools;
 
 pub use config::{Architecture, ModelConfig};
 pub use error::{Error, Result};

@@ -21,6 +21,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use realm_core::tokenizer::Tokenizer;
+use realm_models::tools::{streamed_response, Tools};
 use realm_models::StopReason;
 
 use super::engine::{Event, Events, Input, Job, Ticket};
@@ -30,6 +31,7 @@ use super::openai::Limits;
 use super::openai::{
     finish_reason, ApiError, ChatRequest, CompletionRequest, Options, PromptCount, Usage,
 };
+use super::tools::{self, Outcome, ToolMode};
 use super::{embeddings, tokens};
 
 /// What every handler shares.
@@ -185,14 +187,16 @@ async fn chat(
         Ok(Json(r)) => r,
         Err(r) => return rejected(r),
     };
-    let asked = req
-        .conversation()
-        .and_then(|turns| Ok((turns, req.options.chat_logprobs()?)));
+    let asked = tools::requested(&req).and_then(|tools| {
+        let turns = req.conversation(tools.as_ref().map(|(t, _)| &**t))?;
+        Ok((turns, req.options.chat_logprobs()?, tools))
+    });
     match asked {
-        Ok((turns, logprobs)) => {
+        Ok((turns, logprobs, tools)) => {
             let extra = Extra {
                 logprobs,
                 echo: false,
+                tools,
             };
             answer(
                 &app,
@@ -223,6 +227,7 @@ async fn completion(
             let extra = Extra {
                 logprobs,
                 echo: req.echo == Some(true),
+                tools: None,
             };
             let inputs = prompts.into_iter().map(Input::Prompt).collect();
             answer(&app, Kind::Text, inputs, &req.options, extra).await
@@ -232,11 +237,13 @@ async fn completion(
 }
 
 /// What the two endpoints ask for in their own ways.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Extra {
     /// Alternatives per token, if log-probabilities are asked for.
     logprobs: Option<usize>,
     echo: bool,
+    /// A chat's tools, whose grammar replaces any other.
+    tools: Option<ToolMode>,
 }
 
 /// Which endpoint answers: they differ only in their JSON.
@@ -258,6 +265,8 @@ struct Reply {
     choices: usize,
     /// Choices per prompt (`n`).
     per_prompt: usize,
+    /// A chat's tools: replies are read as calls or content.
+    tools: Option<Arc<Tools>>,
 }
 
 /// One choice's answer, as its events arrive.
@@ -269,6 +278,10 @@ struct Choice {
     done: Option<(StopReason, usize)>,
     /// A text completion's character offset for its next token.
     offset: usize,
+    /// With tools: bytes of content streamed so far, and tokens whose
+    /// log-probabilities have not gone out with a chunk yet.
+    sent: usize,
+    held: Vec<TokenLogprob>,
 }
 
 /// A request's events: those that came before every choice had started,
@@ -344,14 +357,27 @@ impl Reply {
             .enumerate()
             .map(|(index, c)| {
                 let logprobs = self.logprobs(&c.tokens, &mut 0);
-                let reason = c.done.map(|(r, _)| finish_reason(r));
+                let mut reason = c.done.map(|(r, _)| finish_reason(r));
                 match self.kind {
-                    Kind::Chat => json!({
-                        "index": index,
-                        "message": {"role": "assistant", "content": c.text},
-                        "logprobs": logprobs,
-                        "finish_reason": reason,
-                    }),
+                    Kind::Chat => {
+                        let mut message = json!({"role": "assistant", "content": c.text});
+                        match self.tools.as_ref().map(|t| tools::outcome(t, &c.text)) {
+                            Some(Outcome::Calls(calls)) => {
+                                message["content"] = Value::Null;
+                                message["tool_calls"] =
+                                    tools::calls_json(&calls, &self.call_id(index), false);
+                                reason = Some("tool_calls");
+                            }
+                            Some(Outcome::Content(text)) => message["content"] = json!(text),
+                            None => {}
+                        }
+                        json!({
+                            "index": index,
+                            "message": message,
+                            "logprobs": logprobs,
+                            "finish_reason": reason,
+                        })
+                    }
                     Kind::Text => json!({
                         "index": index,
                         "text": c.text,
@@ -362,6 +388,12 @@ impl Reply {
             })
             .collect();
         self.wrap(false, json!(choices), Some(usage))
+    }
+
+    /// The stem of the ids of choice `index`'s tool calls.
+    fn call_id(&self, index: usize) -> String {
+        let id = self.id.strip_prefix("chatcmpl-").unwrap_or(&self.id);
+        format!("{id}_{index}")
     }
 
     /// A streamed piece of choice `index`: text and its `logprobs`, or the
@@ -424,6 +456,9 @@ async fn answer(
                 logprobs: extra.logprobs,
                 ..limits.clone()
             };
+            if let Some((_, grammar)) = &extra.tools {
+                limits.grammar = Some(grammar.clone());
+            }
             limits.sampling.seed = limits
                 .sampling
                 .seed
@@ -478,6 +513,7 @@ async fn answer(
         logprobs: extra.logprobs.is_some(),
         choices: total,
         per_prompt,
+        tools: extra.tools.map(|(t, _)| t),
     };
     if options.stream {
         stream(reply, inbox, prompts, options.include_usage())
@@ -595,6 +631,19 @@ impl Streaming {
             }
         };
         match e {
+            Some((_, Event::Text { text, logprobs })) if reply.tools.is_some() => {
+                let c = &mut self.choices[i];
+                c.text.push_str(&text);
+                c.held.extend(logprobs);
+                if let Some(content) = streamed_response(&c.text) {
+                    if content.len() > c.sent {
+                        let logprobs = reply.logprobs(&std::mem::take(&mut c.held), &mut 0);
+                        let chunk = reply.chunk(i, Some(&content[c.sent..]), None, logprobs);
+                        c.sent = content.len();
+                        self.out.push_back(data(&chunk));
+                    }
+                }
+            }
             Some((_, Event::Text { text, logprobs })) => {
                 let logprobs = reply.logprobs(&logprobs, &mut self.choices[i].offset);
                 let chunk = reply.chunk(i, Some(&text), None, logprobs);
@@ -611,7 +660,30 @@ impl Streaming {
                     self.left = self.left.saturating_sub(1);
                 }
                 self.choices[i].done = Some((reason, completion_tokens));
-                let end = reply.chunk(i, None, Some(finish_reason(reason)), Value::Null);
+                let mut reason = finish_reason(reason);
+                if let Some(tools) = &reply.tools {
+                    let c = &mut self.choices[i];
+                    let held = std::mem::take(&mut c.held);
+                    let logprobs = reply.logprobs(&held, &mut 0);
+                    match tools::outcome(tools, &c.text) {
+                        Outcome::Calls(calls) => {
+                            let mut chunk = reply.chunk(i, None, None, logprobs);
+                            chunk["choices"][0]["delta"] = json!({
+                                "tool_calls": tools::calls_json(&calls, &reply.call_id(i), true)
+                            });
+                            self.out.push_back(data(&chunk));
+                            reason = "tool_calls";
+                        }
+                        Outcome::Content(content) => {
+                            let rest = content.get(c.sent..).unwrap_or("");
+                            if !rest.is_empty() || !held.is_empty() {
+                                let chunk = reply.chunk(i, Some(rest), None, logprobs);
+                                self.out.push_back(data(&chunk));
+                            }
+                        }
+                    }
+                }
+                let end = reply.chunk(i, None, Some(reason), Value::Null);
                 self.out.push_back(data(&end));
                 if self.left == 0 {
                     if include_usage {

@@ -24,6 +24,7 @@ mod openai;
 mod prompt;
 mod tenants;
 mod tokens;
+mod tools;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{mpsc, Arc};

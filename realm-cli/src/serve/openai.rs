@@ -5,11 +5,15 @@
 //! and llama.cpp's `grammar` (GBNF) and `json_schema` fields constrain
 //! sampling to a grammar, as llama.cpp's server does.
 //!
+//! Tool calling: `tools`, `tool_choice` and `parallel_tool_calls`, with
+//! earlier calls and `tool` messages in the conversation (see
+//! [`super::tools`]).
+//!
 //! Fields a client may send that change nothing here (`user`, `name`,
 //! `response_format` of text, ...) are ignored; fields that ask for
-//! something this server cannot do (`tools`, `suffix`, `best_of`,
-//! images) are refused with a 400, not ignored, so that a client never gets
-//! an answer to a question it did not ask.
+//! something this server cannot do (`suffix`, `best_of`, images) are
+//! refused with a 400, not ignored, so that a client never gets an answer
+//! to a question it did not ask.
 //!
 //! Log-probabilities are the model's own (a softmax of its logits, before
 //! sampling's temperature, penalties or biases), as OpenAI's are: chat's
@@ -20,6 +24,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::http::StatusCode;
+use realm_models::tools::Tools;
 use realm_models::{Grammar, SamplingParams, StopReason};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -210,11 +215,28 @@ impl Options {
         })
     }
 
-    /// The grammar `grammar`, `json_schema` or `response_format` asks for,
-    /// read as llama.cpp's server reads them: `json_object` takes its
-    /// `schema` if it has one, `json_schema` its `json_schema.schema`, and
-    /// an absent or empty schema means any JSON object.
+    /// The grammar `grammar`, `json_schema` or `response_format` asks for.
     fn grammar(&self) -> Result<Option<Arc<Grammar>>, ApiError> {
+        if let Some(g) = &self.grammar {
+            self.response_schema()?;
+            return Grammar::parse(g)
+                .map(|g| Some(Arc::new(g)))
+                .map_err(|e| ApiError::invalid(Some("grammar"), e.to_string()));
+        }
+        let Some(schema) = self.response_schema()? else {
+            return Ok(None);
+        };
+        Grammar::from_json_schema(&schema)
+            .map(|g| Some(Arc::new(g)))
+            .map_err(|e| ApiError::invalid(Some("json_schema"), e.to_string()))
+    }
+
+    /// The JSON schema `json_schema` or `response_format` asks for, read as
+    /// llama.cpp's server reads them: `json_object` takes its `schema` if
+    /// it has one, `json_schema` its `json_schema.schema`, and an absent or
+    /// empty schema means any JSON object. Given with a GBNF `grammar`, an
+    /// error.
+    pub fn response_schema(&self) -> Result<Option<Value>, ApiError> {
         let bad = |param, m: String| ApiError::invalid(Some(param), m);
         let mut schema = self.json_schema.clone().filter(|s| !s.is_null());
         if schema.is_some() && self.grammar.is_some() {
@@ -252,20 +274,13 @@ impl Options {
                 ));
             }
         }
-        if let Some(g) = &self.grammar {
-            return Grammar::parse(g)
-                .map(|g| Some(Arc::new(g)))
-                .map_err(|e| bad("grammar", e.to_string()));
-        }
-        let Some(mut schema) = schema else {
-            return Ok(None);
-        };
-        if schema.is_null() || schema.as_object().is_some_and(|o| o.is_empty()) {
-            schema = serde_json::json!({"type": "object"});
-        }
-        Grammar::from_json_schema(&schema)
-            .map(|g| Some(Arc::new(g)))
-            .map_err(|e| bad("json_schema", e.to_string()))
+        Ok(schema.map(|s| {
+            if s.is_null() || s.as_object().is_some_and(|o| o.is_empty()) {
+                serde_json::json!({"type": "object"})
+            } else {
+                s
+            }
+        }))
     }
 
     /// `n`: choices per prompt, each sampled on its own (choice `j` with
@@ -354,28 +369,46 @@ pub struct Part {
     pub text: Option<String>,
 }
 
-/// A message of `messages`.
+/// A message of `messages`: an assistant's may hold the tool calls it
+/// made, a `tool` message the result of one.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Message {
     pub role: String,
     pub content: Option<Content>,
+    pub tool_calls: Option<Value>,
+    pub tool_call_id: Option<String>,
+    pub name: Option<String>,
 }
 
 /// `POST /v1/chat/completions`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ChatRequest {
     pub messages: Vec<Message>,
-    pub tools: Option<Value>,
+    #[serde(default)]
+    pub tools: Value,
+    pub tool_choice: Option<Value>,
+    pub parallel_tool_calls: Option<bool>,
     #[serde(flatten)]
     pub options: Options,
 }
 
 impl ChatRequest {
-    /// The conversation as (role, text) pairs.
-    pub fn conversation(&self) -> Result<Vec<(String, String)>, ApiError> {
-        if matches!(&self.tools, Some(t) if !t.is_null()) {
-            return Err(ApiError::invalid(Some("tools"), "tools are not supported"));
+    /// The conversation as (role, text) pairs: earlier tool calls and tool
+    /// results written as [`super::tools`] has the model read them, and,
+    /// with `tools`, their instructions in the system message.
+    pub fn conversation(&self, tools: Option<&Tools>) -> Result<Vec<(String, String)>, ApiError> {
+        let turns = super::tools::conversation(self.texts()?, tools)?;
+        if turns.is_empty() {
+            return Err(ApiError::invalid(
+                Some("messages"),
+                "messages must hold at least one message",
+            ));
         }
+        Ok(turns)
+    }
+
+    /// Each message with its content as text.
+    fn texts(&self) -> Result<Vec<(&Message, String)>, ApiError> {
         if self.messages.is_empty() {
             return Err(ApiError::invalid(
                 Some("messages"),
@@ -407,12 +440,7 @@ impl ChatRequest {
                         text
                     }
                 };
-                // OpenAI's newer name for the system role.
-                let role = match m.role.as_str() {
-                    "developer" => "system".to_string(),
-                    r => r.to_string(),
-                };
-                Ok((role, text))
+                Ok((m, text))
             })
             .collect()
     }
@@ -649,7 +677,7 @@ mod tests {
     fn unsupported_or_bad_fields_are_refused_by_name() {
         let refused = |body: Value| {
             let r = chat(body);
-            r.conversation()
+            r.conversation(None)
                 .and_then(|_| r.options.choices())
                 .and_then(|_| r.options.limits(0, false))
                 .and_then(|_| r.options.chat_logprobs())
@@ -674,10 +702,6 @@ mod tests {
             (
                 serde_json::json!({"messages": m, "max_tokens": 0}),
                 Some("max_tokens"),
-            ),
-            (
-                serde_json::json!({"messages": m, "tools": []}),
-                Some("tools"),
             ),
             (
                 serde_json::json!({"messages": m, "logit_bias": {"a": 1}}),
@@ -726,7 +750,7 @@ mod tests {
             {"role": "assistant", "content": null},
         ]}));
         assert_eq!(
-            r.conversation().unwrap(),
+            r.conversation(None).unwrap(),
             [
                 ("system".to_string(), "Be brief.".to_string()),
                 ("user".to_string(), "Hello, there".to_string()),

@@ -6,11 +6,13 @@
 //! Supported: `type` (one or a list), `properties`, `required`,
 //! `additionalProperties`, `items` / `prefixItems`, `minItems`,
 //! `maxItems`, `enum`, `const`, `anyOf` / `oneOf`, `$ref` into the same
-//! document (recursion included), `minLength` / `maxLength` and `format`
-//! (`date`, `time`, `date-time`, `uuid`) for strings. Refused with an
-//! error rather than ignored: `pattern`, `allOf`, and `minimum` / `maximum`
-//! on integers. Annotations (`title`, `description`, `default`, ...) and
-//! numbers' bounds change nothing, as in llama.cpp.
+//! document (recursion included), `minLength` / `maxLength`, `format`
+//! (`date`, `time`, `date-time`, `uuid`) and `pattern` (see `regex`) for
+//! strings, `minimum` / `maximum` and their exclusive forms on integers,
+//! and `allOf` as llama.cpp reads it. Refused with an error rather than
+//! ignored: patterns outside that subset and `$ref` loops. Annotations
+//! (`title`, `description`, `default`, ...) and bounds on non-integer
+//! numbers change nothing, as in llama.cpp.
 
 use std::collections::{BTreeMap, HashSet};
 

@@ -1,0 +1,336 @@
+//! Tool calling in chat completions, in the generic JSON format of
+//! [`realm_models::tools`]: a request's `tools` become instructions in the
+//! system message and a grammar over the replies; earlier calls and `tool`
+//! messages go back into the conversation as that JSON; a reply is read
+//! back as OpenAI's `tool_calls` (finish reason `tool_calls`) or as
+//! content. Streamed, a response's text goes out as it is generated, and a
+//! call in one piece once it is complete.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use realm_models::tools::{
+    calls_text, result_text, streamed_response, ToolCall, ToolError, ToolReply, Tools,
+};
+use realm_models::Grammar;
+use serde_json::{json, Value};
+
+use super::openai::{ApiError, ChatRequest, Message};
+
+/// A request's tools and the grammar that holds replies to them.
+pub type ToolMode = (Arc<Tools>, Arc<Grammar>);
+
+/// The tools a chat request asks the model to use, if any: a
+/// `response_format` schema shapes its direct answers; a GBNF `grammar`
+/// cannot be combined with them.
+pub fn requested(req: &ChatRequest) -> Result<Option<ToolMode>, ApiError> {
+    let tools = Tools::from_openai(
+        &req.tools,
+        req.tool_choice.as_ref(),
+        req.parallel_tool_calls,
+    )
+    .map_err(|e| {
+        let param = match e {
+            ToolError::BadChoice(_) => "tool_choice",
+            _ => "tools",
+        };
+        ApiError::invalid(Some(param), e.to_string())
+    })?;
+    let Some(tools) = tools else {
+        return Ok(None);
+    };
+    if req.options.grammar.is_some() {
+        return Err(ApiError::invalid(
+            Some("grammar"),
+            "a GBNF grammar cannot be combined with tools (a response_format can)",
+        ));
+    }
+    let schema = req.options.response_schema()?;
+    let grammar = tools
+        .grammar(schema.as_ref())
+        .map_err(|e| ApiError::invalid(Some("response_format"), e.to_string()))?;
+    Ok(Some((Arc::new(tools), Arc::new(grammar))))
+}
+
+/// The conversation as (role, text) turns: an assistant's `tool_calls`
+/// written after its content as the model writes calls; `tool` messages as
+/// a user turn of results (consecutive ones in one turn, so that templates
+/// that insist on alternating roles take them), each named by the call it
+/// answers; `developer` read as `system`. With `tools`, their instructions
+/// end the system message (one is added if there is none).
+pub fn conversation(
+    messages: Vec<(&Message, String)>,
+    tools: Option<&Tools>,
+) -> Result<Vec<(String, String)>, ApiError> {
+    let mut names: HashMap<String, String> = HashMap::new();
+    let mut turns: Vec<(String, String)> = Vec::new();
+    let mut after_tool = false;
+    for (m, mut text) in messages {
+        if m.role == "tool" {
+            let name = m
+                .tool_call_id
+                .as_ref()
+                .and_then(|id| names.get(id))
+                .or(m.name.as_ref());
+            let result = result_text(name.map(String::as_str), &text);
+            match turns.last_mut() {
+                Some((_, t)) if after_tool => {
+                    t.push('\n');
+                    t.push_str(&result);
+                }
+                _ => turns.push(("user".into(), result)),
+            }
+            after_tool = true;
+            continue;
+        }
+        after_tool = false;
+        if let Some(calls) = m.tool_calls.as_ref().filter(|c| !c.is_null()) {
+            if m.role != "assistant" {
+                return Err(ApiError::invalid(
+                    Some("messages"),
+                    "only assistant messages hold tool_calls",
+                ));
+            }
+            let calls = earlier_calls(calls, &mut names)?;
+            if !calls.is_empty() {
+                if !text.is_empty() {
+                    text.push('\n');
+                }
+                text.push_str(&calls_text(&calls));
+            }
+        }
+        // OpenAI's newer name for the system role.
+        let role = match m.role.as_str() {
+            "developer" => "system",
+            r => r,
+        };
+        turns.push((role.to_string(), text));
+    }
+    if let Some(tools) = tools {
+        let instructions = tools.instructions();
+        match turns.first_mut() {
+            Some((role, text)) if role == "system" => {
+                if !text.is_empty() {
+                    text.push_str("\n\n");
+                }
+                text.push_str(&instructions);
+            }
+            _ => turns.insert(0, ("system".into(), instructions)),
+        }
+    }
+    Ok(turns)
+}
+
+/// An assistant message's `tool_calls` (`[{"id", "type": "function",
+/// "function": {"name", "arguments"}}]`, arguments a JSON string or
+/// object), noting each call's tool by its id.
+fn earlier_calls(
+    calls: &Value,
+    names: &mut HashMap<String, String>,
+) -> Result<Vec<ToolCall>, ApiError> {
+    let bad = || {
+        ApiError::invalid(
+            Some("messages"),
+            "a message's tool_calls are [{\"id\", \"type\": \"function\", \
+             \"function\": {\"name\", \"arguments\"}}]",
+        )
+    };
+    let calls = calls.as_array().ok_or_else(bad)?;
+    calls
+        .iter()
+        .map(|c| {
+            let f = c.get("function").ok_or_else(bad)?;
+            let name = f.get("name").and_then(Value::as_str).ok_or_else(bad)?;
+            let arguments = match f.get("arguments") {
+                None | Some(Value::Null) => json!({}),
+                Some(Value::String(s)) => {
+                    serde_json::from_str(s).unwrap_or_else(|_| Value::String(s.clone()))
+                }
+                Some(v) => v.clone(),
+            };
+            if let Some(id) = c.get("id").and_then(Value::as_str) {
+                names.insert(id.to_string(), name.to_string());
+            }
+            Ok(ToolCall {
+                name: name.to_string(),
+                arguments,
+            })
+        })
+        .collect()
+}
+
+/// What a generated reply says.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Tool calls.
+    Calls(Vec<ToolCall>),
+    /// Content: a string response, a response of the schema as indented
+    /// JSON, or, for a reply cut short, the response so far (or the raw
+    /// text, when it is not a string response).
+    Content(String),
+}
+
+/// Reads a reply generated under `tools`' grammar.
+pub fn outcome(tools: &Tools, text: &str) -> Outcome {
+    match tools.parse(text) {
+        Ok(ToolReply::Calls(calls)) => Outcome::Calls(calls),
+        Ok(ToolReply::Response(Value::String(s))) => Outcome::Content(s),
+        Ok(ToolReply::Response(v)) => {
+            Outcome::Content(serde_json::to_string_pretty(&v).unwrap_or_default())
+        }
+        Err(_) => Outcome::Content(streamed_response(text).unwrap_or_else(|| text.to_string())),
+    }
+}
+
+/// OpenAI's `tool_calls` of `calls`, with ids made of `id` (unique to the
+/// request's choice); streamed chunks number them with `index`.
+pub fn calls_json(calls: &[ToolCall], id: &str, streamed: bool) -> Value {
+    let list: Vec<Value> = calls
+        .iter()
+        .enumerate()
+        .map(|(k, c)| {
+            let mut v = json!({
+                "id": format!("call_{id}_{k}"),
+                "type": "function",
+                "function": {"name": c.name, "arguments": c.arguments.to_string()},
+            });
+            if streamed {
+                v["index"] = json!(k);
+            }
+            v
+        })
+        .collect();
+    json!(list)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(body: Value) -> ChatRequest {
+        serde_json::from_value(body).unwrap()
+    }
+
+    fn weather() -> Value {
+        json!([{"type": "function", "function": {"name": "get_weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}])
+    }
+
+    /// A conversation with a call and its result reads as the model would
+    /// have written it, under instructions that name the tools.
+    #[test]
+    fn history_and_instructions_go_into_the_conversation() {
+        let r = request(json!({
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Weather in Oslo and Lima?"},
+                {"role": "assistant", "content": null, "tool_calls": [
+                    {"id": "c1", "type": "function",
+                     "function": {"name": "get_weather", "arguments": "{\"city\": \"Oslo\"}"}},
+                    {"id": "c2", "type": "function",
+                     "function": {"name": "get_weather", "arguments": "{\"city\": \"Lima\"}"}}]},
+                {"role": "tool", "tool_call_id": "c1", "content": "{\"temp\": 3}"},
+                {"role": "tool", "tool_call_id": "c2", "content": "warm"},
+            ],
+            "tools": weather(),
+        }));
+        let (tools, _) = requested(&r).unwrap().unwrap();
+        let turns = r.conversation(Some(&tools)).unwrap();
+        let roles: Vec<&str> = turns.iter().map(|(r, _)| r.as_str()).collect();
+        assert_eq!(roles, ["system", "user", "assistant", "user"]);
+        assert!(turns[0].1.starts_with("Be brief.\n\nThese tools"));
+        assert!(turns[0].1.contains("\"get_weather\""));
+        assert_eq!(
+            turns[2].1,
+            r#"{"tool_calls":[{"name":"get_weather","arguments":{"city":"Oslo"}},{"name":"get_weather","arguments":{"city":"Lima"}}]}"#
+        );
+        assert_eq!(
+            turns[3].1,
+            "{\"tool_response\":{\"name\":\"get_weather\",\"content\":{\"temp\":3}}}\n\
+             {\"tool_response\":{\"name\":\"get_weather\",\"content\":\"warm\"}}"
+        );
+        // Without tools the history is the same, with no instructions.
+        let plain = r.conversation(None).unwrap();
+        assert_eq!(plain[0].1, "Be brief.");
+        assert_eq!(plain[1..], turns[1..]);
+    }
+
+    #[test]
+    fn bad_tool_requests_name_their_field() {
+        let m = json!([{"role": "user", "content": "hi"}]);
+        for (body, param) in [
+            (json!({"messages": m, "tools": {"a": 1}}), "tools"),
+            (json!({"messages": m, "tools": [{"type": "x"}]}), "tools"),
+            (
+                json!({"messages": m, "tools": weather(), "tool_choice": "maybe"}),
+                "tool_choice",
+            ),
+            (
+                json!({"messages": m, "tools": weather(), "grammar": "root ::= \"a\""}),
+                "grammar",
+            ),
+            (
+                json!({"messages": m, "tools": [], "tool_choice": "required"}),
+                "tool_choice",
+            ),
+        ] {
+            let e = requested(&request(body)).unwrap_err();
+            assert_eq!(e.param, Some(param), "{}", e.message);
+        }
+        let user_calls = request(json!({"messages": [
+            {"role": "user", "content": "hi", "tool_calls": []}]}));
+        assert_eq!(
+            user_calls.conversation(None).unwrap_err().param,
+            Some("messages")
+        );
+        let no_name = request(json!({"messages": [
+            {"role": "assistant", "tool_calls": [{"function": {}}]}]}));
+        assert_eq!(
+            no_name.conversation(None).unwrap_err().param,
+            Some("messages")
+        );
+        // No tools, or the choice none: a plain chat.
+        for extra in [
+            json!({}),
+            json!({"tools": []}),
+            json!({"tools": weather(), "tool_choice": "none"}),
+        ] {
+            let mut body = json!({"messages": m});
+            body.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            assert!(requested(&request(body)).unwrap().is_none());
+        }
+    }
+
+    #[test]
+    fn replies_become_calls_or_content() {
+        let tools = Tools::from_openai(&weather(), None, None).unwrap().unwrap();
+        let call = r#"{"tool_call": {"name": "get_weather", "arguments": {"city": "Oslo"}}}"#;
+        let Outcome::Calls(calls) = outcome(&tools, call) else {
+            panic!("not a call")
+        };
+        assert_eq!(
+            calls_json(&calls, "x_0", true),
+            json!([{"index": 0, "id": "call_x_0_0", "type": "function",
+                    "function": {"name": "get_weather", "arguments": "{\"city\":\"Oslo\"}"}}])
+        );
+        assert_eq!(
+            outcome(&tools, r#"{"response": "Hi."}"#),
+            Outcome::Content("Hi.".into())
+        );
+        assert_eq!(
+            outcome(&tools, r#"{"response": {"a": 1}}"#),
+            Outcome::Content("{\n  \"a\": 1\n}".into())
+        );
+        // Cut short: the response so far, or the text.
+        assert_eq!(
+            outcome(&tools, r#"{"response": "Hel"#),
+            Outcome::Content("Hel".into())
+        );
+        assert_eq!(
+            outcome(&tools, r#"{"tool_call": {"na"#),
+            Outcome::Content(r#"{"tool_call": {"na"#.into())
+        );
+    }
+}
