@@ -11,6 +11,7 @@ mod info;
 mod load;
 mod perplexity;
 mod profile;
+mod prompt_cache;
 mod quantize;
 mod run;
 mod serve;
@@ -81,5 +82,16 @@ fn main() {
         }
         eprintln!("realm: error: {e:#}");
         std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// clap's own checks of the flags (duplicate short flags, conflicts and
+    /// requirements naming flags that exist), which it makes only in debug
+    /// builds on first use.
+    #[test]
+    fn the_command_line_is_consistent() {
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
     }
 }

@@ -464,6 +464,18 @@ impl<B: Backend> AttentionOps for Profiled<'_, B> {
             self.inner.kv_write(ws, cache, at, k, v, rows)
         })
     }
+    fn kv_read(
+        &self,
+        cache: &B::KvCache,
+        layer: usize,
+        positions: Range<usize>,
+        k: &mut [f32],
+        v: &mut [f32],
+    ) -> BackendResult<()> {
+        self.time(named("kv_read"), || {
+            self.inner.kv_read(cache, layer, positions, k, v)
+        })
+    }
     fn attention(
         &self,
         ws: &mut B::Workspace,

@@ -2,11 +2,11 @@
 
 use std::io::Write;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use realm_core::backend::Backend;
-use realm_models::{generate, GenerateParams, Model, SamplingParams};
+use realm_models::{generate_after, GenerateParams, Model, SamplingParams};
 
-use crate::{device, load};
+use crate::{device, load, prompt_cache};
 
 /// Sampling flags shared by `run` and `chat`.
 #[derive(Debug, Clone, clap::Args)]
@@ -54,8 +54,11 @@ pub struct RunArgs {
     /// A GGUF file, or a short name from the model cache (smollm2, gemma3).
     pub model: String,
     /// The prompt.
-    #[arg(short, long)]
-    pub prompt: String,
+    #[arg(short, long, required_unless_present = "file")]
+    pub prompt: Option<String>,
+    /// Read the prompt from FILE.
+    #[arg(short, long, value_name = "FILE", conflicts_with = "prompt")]
+    pub file: Option<std::path::PathBuf>,
     /// Most tokens to generate.
     #[arg(short = 'n', long, default_value_t = 256)]
     pub n_predict: usize,
@@ -80,6 +83,17 @@ pub struct RunArgs {
     /// Stop when the text contains this (repeatable).
     #[arg(long)]
     pub stop: Vec<String>,
+    /// Keep the prompt's KV state in FILE: a later run whose prompt begins
+    /// with the same tokens runs only the rest (as llama.cpp's
+    /// --prompt-cache).
+    #[arg(long, value_name = "FILE")]
+    pub prompt_cache: Option<std::path::PathBuf>,
+    /// With --prompt-cache: keep the generated tokens too.
+    #[arg(long, requires = "prompt_cache")]
+    pub prompt_cache_all: bool,
+    /// With --prompt-cache: use the file, never write it.
+    #[arg(long, requires = "prompt_cache", conflicts_with = "prompt_cache_all")]
+    pub prompt_cache_ro: bool,
     #[command(flatten)]
     pub sampling: SamplingArgs,
     #[command(flatten)]
@@ -96,22 +110,31 @@ pub fn context_len(requested: usize, model_ctx: usize) -> usize {
 }
 
 pub fn run(args: &RunArgs) -> Result<()> {
+    let text = match (&args.prompt, &args.file) {
+        (Some(p), _) => p.clone(),
+        (None, Some(f)) => std::fs::read_to_string(f)
+            .with_context(|| format!("reading the prompt from {}", f.display()))?,
+        (None, None) => bail!("give a prompt: -p TEXT or -f FILE"),
+    };
     if args.guest.wasm {
-        return run_in_guest(args);
+        if args.prompt_cache.is_some() {
+            bail!("--prompt-cache is the native engine's (not with --wasm)");
+        }
+        return run_in_guest(args, &text);
     }
     let l = load::open(&args.model, args.threads)?;
     match args.device.device {
-        device::Device::Cpu => run_native(args, &l, &l.backend),
-        device::Device::Gpu(_) => run_native(args, &l, &args.device.gpu()?),
+        device::Device::Cpu => run_native(args, &text, &l, &l.backend),
+        device::Device::Gpu(_) => run_native(args, &text, &l, &args.device.gpu()?),
     }
 }
 
-fn run_native<B: Backend>(args: &RunArgs, l: &load::Loaded, backend: &B) -> Result<()> {
+fn run_native<B: Backend>(args: &RunArgs, text: &str, l: &load::Loaded, backend: &B) -> Result<()> {
     let model = Model::load(&l.file, backend)?;
     let prompt = if args.chat {
-        crate::chat::render_user_turn(l, args.system.as_deref(), &args.prompt)?
+        crate::chat::render_user_turn(l, args.system.as_deref(), text)?
     } else {
-        l.tokenizer.encode(&args.prompt, true, false)?
+        l.tokenizer.encode(text, true, false)?
     };
     let ctx = context_len(args.ctx_size, model.config().context_length);
     if prompt.len() >= ctx {
@@ -121,6 +144,10 @@ fn run_native<B: Backend>(args: &RunArgs, l: &load::Loaded, backend: &B) -> Resu
         );
     }
     let mut session = model.session_with_kv(ctx, args.batch_size, args.cache_type.into())?;
+    let (cached, held) = match &args.prompt_cache {
+        Some(path) => prompt_cache::restore(&model, &mut session, path, &prompt),
+        None => (0, 0),
+    };
     let params = GenerateParams {
         max_tokens: args.n_predict,
         stop: args.stop.clone(),
@@ -130,14 +157,15 @@ fn run_native<B: Backend>(args: &RunArgs, l: &load::Loaded, backend: &B) -> Resu
     };
     let mut out = std::io::stdout().lock();
     if !args.chat {
-        write!(out, "{}", args.prompt)?;
+        write!(out, "{text}")?;
         out.flush()?;
     }
-    let g = generate(
+    let g = generate_after(
         &model,
         &l.tokenizer,
         &mut session,
         &prompt,
+        cached,
         &params,
         |piece| {
             out.write_all(piece.as_bytes())
@@ -146,6 +174,13 @@ fn run_native<B: Backend>(args: &RunArgs, l: &load::Loaded, backend: &B) -> Resu
         },
     )?;
     writeln!(out)?;
+    if let Some(path) = args.prompt_cache.as_ref().filter(|_| !args.prompt_cache_ro) {
+        let mut tokens = prompt.clone();
+        if args.prompt_cache_all {
+            tokens.extend(&g.tokens);
+        }
+        prompt_cache::save(&model, &mut session, path, tokens, held)?;
+    }
     let s = g.stats;
     eprintln!(
         "realm: prompt {} tokens at {:.1} t/s, generated {} tokens at {:.1} t/s ({:?})",
@@ -158,14 +193,14 @@ fn run_native<B: Backend>(args: &RunArgs, l: &load::Loaded, backend: &B) -> Resu
     Ok(())
 }
 
-fn run_in_guest(args: &RunArgs) -> Result<()> {
+fn run_in_guest(args: &RunArgs, prompt: &str) -> Result<()> {
     let (text, add_special) = if args.chat {
         let l = load::open(&args.model, 1)?;
-        let rendered = crate::chat::render_user_text(&l, args.system.as_deref(), &args.prompt)?;
+        let rendered = crate::chat::render_user_text(&l, args.system.as_deref(), prompt)?;
         let starts_with_bos = crate::chat::starts_with_bos(&l, &rendered);
         (rendered, !starts_with_bos)
     } else {
-        (args.prompt.clone(), true)
+        (prompt.to_string(), true)
     };
     let mut run = crate::guest::start(
         &args.guest,
@@ -190,7 +225,7 @@ fn run_in_guest(args: &RunArgs) -> Result<()> {
     };
     let mut out = std::io::stdout().lock();
     if !args.chat {
-        write!(out, "{}", args.prompt)?;
+        write!(out, "{text}")?;
         out.flush()?;
     }
     let stats = crate::guest::generate(&mut run, &text, &req, |piece| {

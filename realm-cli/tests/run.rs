@@ -61,6 +61,78 @@ fn run_streams_prompt_then_continuation_and_seeds_repeat() {
     assert_eq!(a, b, "the same seed must give the same text");
 }
 
+/// `--prompt-cache`: a second run reuses the prompt's state and writes
+/// what a run without the cache writes (sampled, with a repeat penalty,
+/// which sees the whole prompt either way); a longer prompt reuses the
+/// shared beginning; `--prompt-cache-all` keeps the answer too; another
+/// model's state is reported and ignored; `--prompt-cache-ro` writes
+/// nothing.
+#[test]
+fn prompt_caches_skip_what_ran_before() {
+    if !cached(&catalog::SMOLLM2) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("prompt.state");
+    let cache = file.to_str().unwrap();
+    let prompt = "A short story about a lighthouse keeper and a storm. Once upon a time";
+    let args = |p: &str, extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = ["run", "smollm2", "-p", p, "-n", "16", "--seed", "5"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        a.extend(["--repeat-penalty", "1.3"].iter().map(|s| s.to_string()));
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let run = |a: Vec<String>| {
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        let (ok, out, err) = realm(&a);
+        assert!(ok, "{err}");
+        (out, err)
+    };
+    let (plain, _) = run(args(prompt, &[]));
+    let (first, err) = run(args(prompt, &["--prompt-cache", cache]));
+    assert_eq!(first, plain);
+    assert!(err.contains("is new") && err.contains("saved"), "{err}");
+    let n = std::fs::metadata(&file).unwrap().len();
+    let (second, err) = run(args(prompt, &["--prompt-cache", cache]));
+    assert_eq!(second, plain);
+    assert!(
+        err.contains("tokens reused") && !err.contains("saved"),
+        "{err}"
+    );
+    assert!(err.contains("prompt 1 tokens"), "{err}");
+
+    let longer = format!("{prompt} there was");
+    let (_, err) = run(args(
+        &longer,
+        &["--prompt-cache", cache, "--prompt-cache-ro"],
+    ));
+    assert!(err.contains("prompt 2 tokens"), "{err}");
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), n);
+    let (_, err) = run(args(
+        &longer,
+        &["--prompt-cache", cache, "--prompt-cache-all"],
+    ));
+    assert!(err.contains("saved"), "{err}");
+    assert!(std::fs::metadata(&file).unwrap().len() > n);
+
+    if cached(&catalog::GEMMA3) {
+        let (ok, _, err) = realm(&[
+            "run",
+            "gemma3",
+            "-p",
+            prompt,
+            "-n",
+            "2",
+            "--prompt-cache",
+            cache,
+        ]);
+        assert!(ok && err.contains("another model"), "{err}");
+    }
+}
+
 #[test]
 fn bench_reports_llama_bench_fields() {
     if !cached(&catalog::SMOLLM2) {

@@ -161,6 +161,72 @@ pub(crate) fn kv_write(
     Ok(())
 }
 
+pub(crate) fn kv_read(
+    cache: &CpuKvCache,
+    layer: usize,
+    positions: std::ops::Range<usize>,
+    k: &mut [f32],
+    v: &mut [f32],
+) -> BackendResult<()> {
+    const OP: &str = "kv_read";
+    let cfg = cache.cfg;
+    let (hd, width) = (cfg.head_dim, cfg.n_kv_heads * cfg.head_dim);
+    if layer >= cfg.n_layers {
+        return Err(BackendError::OutOfRange {
+            op: OP,
+            what: "layer",
+            index: layer,
+            limit: cfg.n_layers,
+        });
+    }
+    if positions.end > cfg.max_seq_len {
+        return Err(BackendError::OutOfRange {
+            op: OP,
+            what: "end position",
+            index: positions.end,
+            limit: cfg.max_seq_len + 1,
+        });
+    }
+    let want = positions.len() * width;
+    for (what, got) in [("k length", k.len()), ("v length", v.len())] {
+        if got != want {
+            return Err(BackendError::Shape {
+                op: OP,
+                what,
+                expected: want,
+                got,
+            });
+        }
+    }
+    for (t, pos) in positions.enumerate() {
+        for h in 0..cfg.n_kv_heads {
+            let base = cache.head_base(layer, h);
+            let (kh, vh) = (
+                &mut k[t * width + h * hd..][..hd],
+                &mut v[t * width + h * hd..][..hd],
+            );
+            let at = base + pos * hd;
+            match &cache.store {
+                Store::F32 { k, v } => {
+                    kh.iter_mut()
+                        .enumerate()
+                        .for_each(|(d, x)| *x = k[base + key_at(pos, d, hd)]);
+                    vh.copy_from_slice(&v[at..at + hd]);
+                }
+                Store::F16 { k, v } => {
+                    kh.iter_mut()
+                        .enumerate()
+                        .for_each(|(d, x)| *x = k[base + key_at(pos, d, hd)].to_f32());
+                    vh.iter_mut()
+                        .zip(&v[at..at + hd])
+                        .for_each(|(x, &y)| *x = y.to_f32());
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 fn check_params(
     cache: &CpuKvCache,
     layer: usize,

@@ -640,6 +640,17 @@ impl AttentionOps for CpuBackend {
         attention::kv_write(cache, at.layer, at.start_pos, k, v)
     }
 
+    fn kv_read(
+        &self,
+        cache: &CpuKvCache,
+        layer: usize,
+        positions: Range<usize>,
+        k: &mut [f32],
+        v: &mut [f32],
+    ) -> BackendResult<()> {
+        attention::kv_read(cache, layer, positions, k, v)
+    }
+
     fn attention(
         &self,
         ws: &mut CpuWorkspace,

@@ -201,6 +201,49 @@ impl AttentionOps for GpuBackend {
         store(vt, &cache.v[at.layer]).map_err(dev_err(OP))
     }
 
+    fn kv_read(
+        &self,
+        cache: &GpuKvCache,
+        layer: usize,
+        positions: Range<usize>,
+        k: &mut [f32],
+        v: &mut [f32],
+    ) -> BackendResult<()> {
+        const OP: &str = "kv_read";
+        let cfg = *cache.config();
+        check_layer(OP, &cfg, layer)?;
+        let n = positions.len();
+        check_end(OP, &cfg, positions.start, n)?;
+        let want = product(OP, "rows overflow", n, cfg.n_kv_heads * cfg.head_dim)?;
+        for (what, got) in [("k length", k.len()), ("v length", v.len())] {
+            if got != want {
+                return Err(BackendError::Shape {
+                    op: OP,
+                    what,
+                    expected: want,
+                    got,
+                });
+            }
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let read = |src: &Tensor, out: &mut [f32]| -> candle_core::Result<()> {
+            // [heads, positions, dim] -> [n, heads * dim], kv_write's rows.
+            let rows = src
+                .narrow(1, positions.start, n)?
+                .transpose(0, 1)?
+                .to_dtype(DType::F32)?
+                .contiguous()?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            out.copy_from_slice(&rows);
+            Ok(())
+        };
+        read(&cache.k[layer], k).map_err(dev_err(OP))?;
+        read(&cache.v[layer], v).map_err(dev_err(OP))
+    }
+
     fn attention(
         &self,
         ws: &mut GpuWorkspace,

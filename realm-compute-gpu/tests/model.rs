@@ -254,3 +254,57 @@ fn real_models_match_the_cpu() {
         compare_file(&gpu(), m.short_name, &file, &prompt, tol);
     }
 }
+
+/// A session state saved on the GPU backend restores there bit for bit
+/// (f32 and f16 caches), and one saved on the CPU restores on the GPU: the
+/// same keys and values, whichever backend wrote them.
+#[test]
+fn session_states_move_between_sessions_and_backends() {
+    use realm_core::backend::KvDtype;
+    // f32 matrices: the backends then agree to 1e-3 (above).
+    let layout = SyntheticLayout::tiny("gemma3")
+        .unwrap()
+        .with_matrix_type(GgmlType::F32);
+    let file = Gguf::from_bytes(layout.write(3).unwrap()).unwrap();
+    let (g, cpu) = (gpu(), CpuBackend::new().unwrap());
+    let on_gpu = Model::load(&file, &g).unwrap();
+    let on_cpu = Model::load(&file, &cpu).unwrap();
+    assert_eq!(on_gpu.fingerprint(), on_cpu.fingerprint());
+    let prompt = [1u32, 5, 9, 2, 7, 3, 8];
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for dtype in [KvDtype::F32, KvDtype::F16] {
+        let mut s = on_gpu.session_with_kv(32, 4, dtype).unwrap();
+        on_gpu.forward(&mut s, &prompt).unwrap();
+        let mut saved = Vec::new();
+        on_gpu.save_state(&s, &prompt, &mut saved).unwrap();
+        let mut r = on_gpu.session_with_kv(16, 8, dtype).unwrap();
+        assert_eq!(
+            on_gpu.load_state(&mut r, &mut saved.as_slice()).unwrap(),
+            prompt
+        );
+        for t in [4u32, 6, 1] {
+            let a = on_gpu.forward(&mut s, &[t]).unwrap().to_vec();
+            let b = on_gpu.forward(&mut r, &[t]).unwrap().to_vec();
+            assert_eq!(bits(&a), bits(&b), "{dtype:?}");
+        }
+
+        // Saved on the CPU: restored on the GPU, it decodes as the GPU's
+        // own prefill does, within the backends' usual difference.
+        let mut c = on_cpu.session_with_kv(32, 4, dtype).unwrap();
+        on_cpu.forward(&mut c, &prompt).unwrap();
+        let mut from_cpu = Vec::new();
+        on_cpu.save_state(&c, &prompt, &mut from_cpu).unwrap();
+        let mut r = on_gpu.session_with_kv(32, 4, dtype).unwrap();
+        on_gpu.load_state(&mut r, &mut from_cpu.as_slice()).unwrap();
+        let mut fresh = on_gpu.session_with_kv(32, 4, dtype).unwrap();
+        on_gpu.forward(&mut fresh, &prompt).unwrap();
+        let a = on_gpu.forward(&mut fresh, &[4]).unwrap().to_vec();
+        let b = on_gpu.forward(&mut r, &[4]).unwrap().to_vec();
+        let diff = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(diff < 1e-3, "{dtype:?}: {diff}");
+    }
+}

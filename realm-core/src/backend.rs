@@ -633,6 +633,23 @@ pub trait AttentionOps: RopeOps + NormOps {
         rows: Range<usize>,
     ) -> BackendResult<()>;
 
+    /// Reads back what [`AttentionOps::kv_write`] stored for positions
+    /// `positions` of layer `layer`: rows of `n_kv_heads * head_dim` keys
+    /// into `k` and values into `v`, as f32 (an f16 cache's widened, so
+    /// that writing them back stores the same bits). A session's state is
+    /// saved this way.
+    ///
+    /// Guarantees: lengths other than the positions' rows, positions past
+    /// `max_seq_len` and bad layers are errors.
+    fn kv_read(
+        &self,
+        cache: &Self::KvCache,
+        layer: usize,
+        positions: Range<usize>,
+        k: &mut [f32],
+        v: &mut [f32],
+    ) -> BackendResult<()>;
+
     /// Causal attention of rows `rows` of `q` (rows of `n_heads * head_dim`
     /// values; row `rows.start + t` at position `at.start_pos + t`) over
     /// the keys and values of layer `at.layer` at positions up to each

@@ -71,6 +71,10 @@ pub enum Error {
     #[error(transparent)]
     Tools(#[from] crate::tools::ToolError),
 
+    /// A saved session state that cannot be written or restored here.
+    #[error("session state: {0}")]
+    State(String),
+
     /// Sampling parameters out of range.
     #[error("bad sampling parameter: {0}")]
     BadSampling(String),

@@ -361,11 +361,36 @@ pub fn generate<B: Backend>(
     session: &mut Session<B>,
     prompt: &[u32],
     params: &GenerateParams,
+    on_text: impl FnMut(&str) -> bool,
+) -> Result<Generation> {
+    generate_after(model, tokenizer, session, prompt, 0, params, on_text)
+}
+
+/// [`generate`] for a session that already holds the first `cached`
+/// tokens of `prompt` (restored with [`Model::load_state`], or kept from
+/// an earlier request): only the rest runs, at least one token, and
+/// sampling sees the whole prompt (its penalties), as if all of it had
+/// run. [`GenerationStats::prompt_tokens`] counts the tokens run.
+pub fn generate_after<B: Backend>(
+    model: &Model<'_, B>,
+    tokenizer: &Tokenizer,
+    session: &mut Session<B>,
+    prompt: &[u32],
+    cached: usize,
+    params: &GenerateParams,
     mut on_text: impl FnMut(&str) -> bool,
 ) -> Result<Generation> {
+    if cached >= prompt.len() || cached > session.position() {
+        return Err(Error::BadConfig(format!(
+            "{cached} cached tokens of a {}-token prompt in a session holding {}: at least one \
+             prompt token must run, and the session must hold the cached ones",
+            prompt.len(),
+            session.position()
+        )));
+    }
     let mut c = Continuation::new(tokenizer, prompt, params)?;
     let mut stats = GenerationStats {
-        prompt_tokens: prompt.len(),
+        prompt_tokens: prompt.len() - cached,
         ..Default::default()
     };
     let mut text = String::new();
@@ -376,7 +401,7 @@ pub fn generate<B: Backend>(
 
     let t0 = clock::now();
     let mut step = {
-        let logits = model.forward(session, prompt)?;
+        let logits = model.forward(session, &prompt[cached..])?;
         c.step(logits)?
     };
     stats.prefill_seconds = clock::since(t0);

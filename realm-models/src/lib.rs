@@ -35,7 +35,9 @@ pub use config::{Architecture, ModelConfig};
 pub use error::{Error, Result};
 pub use model::{BatchScratch, Model, Session, OUTPUT_ROWS, STEP_SPAN};
 
-pub use generate::{generate, GenerateParams, Generation, GenerationStats, StopReason};
+pub use generate::{
+    generate, generate_after, GenerateParams, Generation, GenerationStats, StopReason,
+};
 pub use grammar::{Grammar, GrammarError};
 pub use logprob::{Divergence, LogProbs};
 pub use sampling::{Sampler, SamplingParams};

@@ -12,6 +12,8 @@ use realm_core::backend::{
 use realm_core::gguf::Gguf;
 use realm_core::{quant, TensorView};
 
+mod state;
+
 use crate::config::{Architecture, ModelConfig};
 use crate::record::{Recorded, StepKey};
 use crate::{Error, Result};
@@ -58,6 +60,8 @@ pub struct Model<'a, B: Backend> {
     /// Unique for the life of the process (part of a recording's key: a
     /// recording holds this model's weights' addresses).
     id: u64,
+    /// Identifies the file (see [`Model::fingerprint`]).
+    fingerprint: u64,
     backend: &'a B,
     config: ModelConfig,
     embed: B::Weight<'a>,
@@ -201,6 +205,7 @@ impl<'a, B: Backend> Model<'a, B> {
             .ok_or_else(|| realm_core::Error::TensorNotFound("output_norm.weight".into()))?;
         Ok(Self {
             id: NEXT_MODEL.fetch_add(1, Ordering::Relaxed),
+            fingerprint: state::fingerprint(file),
             backend,
             config,
             embed,
@@ -276,6 +281,7 @@ impl<'a, B: Backend> Model<'a, B> {
         Ok(Session {
             id: NEXT_SESSION.fetch_add(1, Ordering::Relaxed),
             cache,
+            kv_dtype,
             pos: 0,
             max_seq_len,
             chunk: None,
@@ -1201,6 +1207,7 @@ pub struct Session<B: Backend> {
     /// Unique for the life of the process.
     id: u64,
     cache: B::KvCache,
+    kv_dtype: KvDtype,
     pos: usize,
     max_seq_len: usize,
     chunk: Option<Chunk>,
