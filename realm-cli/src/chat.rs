@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, Write};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use realm_core::backend::Backend;
 use realm_core::chat::{ChatMessage, ChatTemplate};
 use realm_models::{generate, GenerateParams, Model, StopReason};
@@ -33,16 +33,46 @@ pub struct ChatArgs {
     #[arg(short = 'c', long, default_value_t = 0)]
     pub ctx_size: usize,
     #[command(flatten)]
+    pub template: TemplateArgs,
+    #[command(flatten)]
     pub sampling: SamplingArgs,
     #[command(flatten)]
     pub device: crate::device::DeviceArgs,
 }
 
-fn template(l: &Loaded) -> Result<ChatTemplate> {
-    Ok(ChatTemplate::from_metadata(
-        l.file.metadata(),
-        &l.tokenizer,
-    )?)
+/// `--chat-template` and `--chat-template-file`: a template used instead of
+/// the model's (as llama.cpp's flags of those names).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TemplateArgs {
+    /// The chat template to use instead of the model's: a built-in one
+    /// (chatml, gemma) or Jinja source.
+    #[arg(long, value_name = "NAME|JINJA")]
+    pub chat_template: Option<String>,
+    /// Read the chat template (Jinja) from FILE.
+    #[arg(long, value_name = "FILE", conflicts_with = "chat_template")]
+    pub chat_template_file: Option<std::path::PathBuf>,
+}
+
+impl TemplateArgs {
+    /// The template given, if one is: a name or Jinja source.
+    pub fn source(&self) -> Result<Option<String>> {
+        match (&self.chat_template, &self.chat_template_file) {
+            (Some(t), _) => Ok(Some(t.clone())),
+            (None, Some(f)) => std::fs::read_to_string(f)
+                .with_context(|| format!("reading the chat template {}", f.display()))
+                .map(Some),
+            (None, None) => Ok(None),
+        }
+    }
+}
+
+/// The chat template of `l`: the one given (`--chat-template`), else the
+/// model's.
+pub fn template(l: &Loaded) -> Result<ChatTemplate> {
+    Ok(match &l.chat_template {
+        Some(t) => ChatTemplate::for_tokenizer(t, &l.tokenizer)?,
+        None => ChatTemplate::from_metadata(l.file.metadata(), &l.tokenizer)?,
+    })
 }
 
 /// True when a rendered template already begins with the BOS token's text.
@@ -77,7 +107,8 @@ pub fn render_user_turn(l: &Loaded, system: Option<&str>, prompt: &str) -> Resul
 }
 
 pub fn run(args: &ChatArgs) -> Result<()> {
-    let l = load::open(&args.model, args.threads)?;
+    let mut l = load::open(&args.model, args.threads)?;
+    l.chat_template = args.template.source()?;
     match args.device.device {
         Device::Cpu => chat(args, &l, &l.backend),
         Device::Gpu(_) => chat(args, &l, &args.device.gpu()?),

@@ -12,6 +12,9 @@ pub struct Loaded {
     pub tokenizer: Tokenizer,
     pub backend: CpuBackend,
     pub name: String,
+    /// The chat template given instead of the model's (`--chat-template`):
+    /// a built-in name or Jinja source.
+    pub chat_template: Option<String>,
 }
 
 /// Opens MODEL (a path or a short name) with `threads` CPU threads (0: all
@@ -41,6 +44,7 @@ pub fn open(model: &str, threads: usize) -> Result<Loaded> {
         tokenizer,
         backend,
         name,
+        chat_template: None,
     })
 }
 

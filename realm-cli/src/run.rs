@@ -95,6 +95,8 @@ pub struct RunArgs {
     #[arg(long, requires = "prompt_cache", conflicts_with = "prompt_cache_all")]
     pub prompt_cache_ro: bool,
     #[command(flatten)]
+    pub template: crate::chat::TemplateArgs,
+    #[command(flatten)]
     pub sampling: SamplingArgs,
     #[command(flatten)]
     pub device: device::DeviceArgs,
@@ -122,7 +124,8 @@ pub fn run(args: &RunArgs) -> Result<()> {
         }
         return run_in_guest(args, &text);
     }
-    let l = load::open(&args.model, args.threads)?;
+    let mut l = load::open(&args.model, args.threads)?;
+    l.chat_template = args.template.source()?;
     match args.device.device {
         device::Device::Cpu => run_native(args, &text, &l, &l.backend),
         device::Device::Gpu(_) => run_native(args, &text, &l, &args.device.gpu()?),
@@ -195,7 +198,8 @@ fn run_native<B: Backend>(args: &RunArgs, text: &str, l: &load::Loaded, backend:
 
 fn run_in_guest(args: &RunArgs, prompt: &str) -> Result<()> {
     let (text, add_special) = if args.chat {
-        let l = load::open(&args.model, 1)?;
+        let mut l = load::open(&args.model, 1)?;
+        l.chat_template = args.template.source()?;
         let rendered = crate::chat::render_user_text(&l, args.system.as_deref(), prompt)?;
         let starts_with_bos = crate::chat::starts_with_bos(&l, &rendered);
         (rendered, !starts_with_bos)

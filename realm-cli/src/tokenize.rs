@@ -33,6 +33,8 @@ pub struct TokenizeArgs {
 pub struct ChatTemplateArgs {
     /// A GGUF file, or a short name from the model cache (smollm2, gemma3).
     pub model: String,
+    #[command(flatten)]
+    pub template: crate::chat::TemplateArgs,
 }
 
 fn open(model: &str) -> Result<(GgufFile, Tokenizer)> {
@@ -66,7 +68,10 @@ pub fn tokenize(args: &TokenizeArgs) -> Result<()> {
 
 pub fn chat_template(args: &ChatTemplateArgs) -> Result<()> {
     let (file, tok) = open(&args.model)?;
-    let tpl = ChatTemplate::from_metadata(file.metadata(), &tok)?;
+    let tpl = match args.template.source()? {
+        Some(t) => ChatTemplate::for_tokenizer(&t, &tok)?,
+        None => ChatTemplate::from_metadata(file.metadata(), &tok)?,
+    };
     let messages = [
         ChatMessage::new("system", "You are a helpful assistant."),
         ChatMessage::new("user", "Hello! Who are you?"),

@@ -225,6 +225,24 @@ fn tokenize_and_chat_template_use_the_models_own_data() {
         "{stdout}"
     );
     assert!(stdout.ends_with("<start_of_turn>model\n"), "{stdout}");
+    // --chat-template: a built-in one instead of the model's, with the
+    // model's BOS text; a name that is no template is an error.
+    let (ok, stdout, stderr) = realm(&["chat-template", "smollm2", "--chat-template", "gemma"]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.starts_with("<|im_start|><start_of_turn>user\nYou are a helpful assistant."),
+        "{stdout}"
+    );
+    let (ok, _, stderr) = realm(&[
+        "run",
+        "smollm2",
+        "--chat",
+        "-p",
+        "Hi",
+        "--chat-template",
+        "llama9",
+    ]);
+    assert!(!ok && stderr.contains("llama9"), "{stderr}");
 }
 
 /// Two turns of `realm chat`: the second turn runs only its new tokens.

@@ -348,6 +348,71 @@ fn tool_calls_come_back_as_openais() {
     );
 }
 
+/// `GET /props` reports the server's settings and the model's template;
+/// `POST /apply-template` gives the prompt a chat runs (its tokens are the
+/// chat's prompt tokens), tools' instructions included; `--chat-template-file`
+/// replaces the model's template everywhere.
+#[test]
+fn props_and_apply_template_show_what_runs() {
+    if !cached(&catalog::SMOLLM2) {
+        return;
+    }
+    let server = Server::start(&["smollm2", "--parallel", "3", "-c", "512"]);
+    let (status, text) = server.call("GET", "/props", "");
+    assert_eq!(status, 200, "{text}");
+    let props: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(props["total_slots"], 3);
+    assert_eq!(props["default_generation_settings"]["n_ctx"], 512);
+    let path = catalog::cached_path(&catalog::SMOLLM2).unwrap();
+    assert_eq!(props["model_path"], path.display().to_string());
+    let file = GgufFile::open(&path).unwrap();
+    let source = file.metadata().get_str("tokenizer.chat_template").unwrap();
+    assert_eq!(props["chat_template"], source);
+
+    let applied = server.post("/apply-template", &question(json!({})));
+    let prompt = applied["prompt"].as_str().unwrap();
+    assert!(
+        prompt.contains(QUESTION) && prompt.contains(SYSTEM),
+        "{prompt}"
+    );
+    let tokens = server.post(
+        "/tokenize",
+        &json!({"content": prompt, "add_special": false, "parse_special": true}),
+    );
+    let chat = server.post("/v1/chat/completions", &question(json!({"max_tokens": 1})));
+    assert_eq!(
+        tokens["tokens"].as_array().unwrap().len() as u64,
+        chat["usage"]["prompt_tokens"].as_u64().unwrap()
+    );
+    let with_tools = server.post("/apply-template", &weather_request(json!({})));
+    assert!(with_tools["prompt"]
+        .as_str()
+        .unwrap()
+        .contains("\"get_weather\""));
+
+    let dir = tempfile::tempdir().unwrap();
+    let tpl = dir.path().join("t.jinja");
+    std::fs::write(
+        &tpl,
+        "{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}<assistant>",
+    )
+    .unwrap();
+    let custom = Server::start(&["smollm2", "--chat-template-file", tpl.to_str().unwrap()]);
+    let applied = custom.post("/apply-template", &question(json!({})));
+    assert_eq!(
+        applied["prompt"],
+        format!("<system>{SYSTEM}\n<user>{QUESTION}\n<assistant>")
+    );
+    let (_, text) = custom.call("GET", "/props", "");
+    let props: Value = serde_json::from_str(&text).unwrap();
+    assert!(props["chat_template"]
+        .as_str()
+        .unwrap()
+        .starts_with("{% for m"));
+    let r = custom.post("/v1/chat/completions", &question(json!({"max_tokens": 4})));
+    assert_eq!(r["usage"]["completion_tokens"], 4);
+}
+
 #[test]
 fn streamed_answers_equal_whole_ones() {
     if !cached(&catalog::SMOLLM2) {

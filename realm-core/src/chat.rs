@@ -102,12 +102,7 @@ impl ChatTemplate {
     /// built-in one its vocabulary suggests. `bos_token` and `eos_token`
     /// are the texts of the tokenizer's BOS and EOS tokens.
     pub fn from_metadata(md: &Metadata, tokenizer: &Tokenizer) -> Result<Self> {
-        let text = |id: Option<u32>| -> String {
-            id.and_then(|id| tokenizer.token_text(id).ok())
-                .unwrap_or_default()
-                .to_owned()
-        };
-        let (bos, eos) = (text(tokenizer.bos()), text(tokenizer.eos()));
+        let (bos, eos) = special_texts(tokenizer);
         let (source, origin) = if md.get(CHAT_TEMPLATE_KEY).is_some() {
             (
                 md.get_str(CHAT_TEMPLATE_KEY)?.to_owned(),
@@ -117,6 +112,40 @@ impl ChatTemplate {
             (GEMMA.to_owned(), TemplateOrigin::Gemma)
         } else {
             (CHATML.to_owned(), TemplateOrigin::ChatMl)
+        };
+        let mut t = Self::new(source, bos, eos)?;
+        t.origin = origin;
+        Ok(t)
+    }
+
+    /// A template given by the user for a model: a built-in one by name
+    /// (`chatml`, `gemma`) or Jinja source, with the tokenizer's BOS and EOS
+    /// texts (as llama.cpp's `--chat-template`).
+    ///
+    /// ```
+    /// use realm_core::chat::{ChatMessage, ChatTemplate, TemplateOrigin};
+    /// use realm_core::tokenizer::{Tokenizer, Vocab, VocabKind};
+    /// let pieces = ["<unk>", "<s>", "</s>", "▁", "h", "i"];
+    /// let vocab = Vocab::new(VocabKind::Spm, pieces.iter().map(|s| s.to_string()).collect());
+    /// let tok = Tokenizer::from_parts(vocab)?;
+    /// let t = ChatTemplate::for_tokenizer("chatml", &tok)?;
+    /// assert_eq!(t.origin(), TemplateOrigin::ChatMl);
+    /// let t = ChatTemplate::for_tokenizer("{{ bos_token }}{{ messages[0].content }}!", &tok)?;
+    /// assert_eq!(t.render(&[ChatMessage::new("user", "Hi")], true)?, "<s>Hi!");
+    /// assert!(ChatTemplate::for_tokenizer("llama9", &tok).is_err());
+    /// # Ok::<(), realm_core::Error>(())
+    /// ```
+    pub fn for_tokenizer(name_or_source: &str, tokenizer: &Tokenizer) -> Result<Self> {
+        let (bos, eos) = special_texts(tokenizer);
+        let (source, origin) = match name_or_source {
+            "chatml" => (CHATML, TemplateOrigin::ChatMl),
+            "gemma" => (GEMMA, TemplateOrigin::Gemma),
+            s if s.contains("{{") || s.contains("{%") => (s, TemplateOrigin::Custom),
+            other => {
+                return Err(Error::ChatTemplate(format!(
+                    "`{other}` is neither a built-in template (chatml, gemma) nor Jinja"
+                )))
+            }
         };
         let mut t = Self::new(source, bos, eos)?;
         t.origin = origin;
@@ -175,6 +204,16 @@ impl ChatTemplate {
         }
         Error::ChatTemplate(msg)
     }
+}
+
+/// The texts of a tokenizer's BOS and EOS tokens (empty where it has none).
+fn special_texts(tokenizer: &Tokenizer) -> (String, String) {
+    let text = |id: Option<u32>| -> String {
+        id.and_then(|id| tokenizer.token_text(id).ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    (text(tokenizer.bos()), text(tokenizer.eos()))
 }
 
 /// A Jinja environment configured like `transformers`' chat templating.

@@ -137,6 +137,8 @@ pub struct Job {
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
     pub model: String,
+    /// A chat template used instead of the model's.
+    pub chat_template: Option<String>,
     pub threads: usize,
     pub device: DeviceArgs,
     /// Most requests decoded together.
@@ -166,7 +168,10 @@ pub struct Ready {
 /// hears once, when the model is loaded or could not be.
 pub fn run(cfg: &EngineConfig, jobs: Receiver<Job>, ready: Sender<Result<Ready>>) {
     let l = match load::open(&cfg.model, cfg.threads) {
-        Ok(l) => l,
+        Ok(mut l) => {
+            l.chat_template = cfg.chat_template.clone();
+            l
+        }
         Err(e) => {
             let _ = ready.send(Err(e));
             return;

@@ -31,6 +31,7 @@ use super::openai::Limits;
 use super::openai::{
     finish_reason, ApiError, ChatRequest, CompletionRequest, Options, PromptCount, Usage,
 };
+use super::props::{self, Props};
 use super::tools::{self, Outcome, ToolMode};
 use super::{embeddings, tokens};
 
@@ -55,6 +56,8 @@ pub struct App {
     pub tokenizer: Tokenizer,
     /// The engine's counters, when `/metrics` serves them.
     pub metrics: Option<Arc<Metrics>>,
+    /// What `/props` reports; the template `/apply-template` renders with.
+    pub props: Props,
 }
 
 /// The CORS policy for `origins` (`*`: any), or none.
@@ -95,6 +98,8 @@ pub fn router(app: Arc<App>, body_limit: usize, cors: Option<CorsLayer>) -> Rout
         .route("/embeddings", post(embeddings::embeddings))
         .route("/tokenize", post(tokens::tokenize))
         .route("/detokenize", post(tokens::detokenize))
+        .route("/props", get(props::props))
+        .route("/apply-template", post(props::apply_template))
         .route("/v1/models", get(models))
         .route("/models", get(models));
     if app.metrics.is_some() {

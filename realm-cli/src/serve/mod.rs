@@ -1,8 +1,9 @@
 //! `realm serve MODEL`: an OpenAI-compatible HTTP server.
 //!
 //! `POST /v1/chat/completions` and `POST /v1/completions` (whole answers,
-//! or streamed as server-sent events with `"stream": true`), `GET
-//! /v1/models` and `GET /health`. One engine thread runs the model for
+//! or streamed as server-sent events with `"stream": true`), `POST
+//! /v1/embeddings`, `GET /v1/models` and `GET /health`, and llama.cpp's
+//! server's `/tokenize`, `/detokenize`, `/props` and `/apply-template`. One engine thread runs the model for
 //! every request; up to `--parallel` sequences (a request's prompts times
 //! its choices) decode together in batched steps, and up to `--queue` more
 //! wait, beyond which a request gets a 503. Log-probabilities, `echo` and
@@ -22,6 +23,7 @@ mod logprobs;
 mod metrics;
 mod openai;
 mod prompt;
+mod props;
 mod tenants;
 mod tokens;
 mod tools;
@@ -93,6 +95,8 @@ pub struct ServeArgs {
     #[arg(long)]
     pub alias: Option<String>,
     #[command(flatten)]
+    pub template: crate::chat::TemplateArgs,
+    #[command(flatten)]
     pub device: device::DeviceArgs,
     // With --wasm, each request runs in a WebAssembly tenant (the guest
     // tokenizes, samples and loops; --parallel tenants share the model).
@@ -104,8 +108,10 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     if args.parallel == 0 || args.batch_size == 0 {
         bail!("--parallel and --batch-size must be at least 1");
     }
+    let chat_template = args.template.source()?;
     let cfg = engine::EngineConfig {
         model: args.model.clone(),
+        chat_template: chat_template.clone(),
         threads: args.threads,
         device: args.device.clone(),
         parallel: args.parallel,
@@ -135,6 +141,20 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         .with_context(|| format!("reading {}", path.display()))?;
     let tokenizer = realm_core::tokenizer::Tokenizer::from_metadata(file.metadata())
         .context("building the tokenizer")?;
+    // A template given on the command line is checked now, not at the
+    // first chat request.
+    let template = match &chat_template {
+        Some(t) => Ok(realm_core::chat::ChatTemplate::for_tokenizer(t, &tokenizer)
+            .context("--chat-template")?),
+        None => realm_core::chat::ChatTemplate::from_metadata(file.metadata(), &tokenizer)
+            .map_err(|e| e.to_string()),
+    };
+    let props = props::Props {
+        model_path: path.display().to_string(),
+        ctx: ready.ctx,
+        slots: args.parallel,
+        template,
+    };
     let app = Arc::new(http::App {
         jobs,
         held: Arc::new(AtomicUsize::new(0)),
@@ -147,6 +167,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         api_key: args.api_key.clone(),
         tokenizer,
         metrics: counted,
+        props,
     });
     let cors = http::cors(&args.cors_origins)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -29,8 +29,7 @@ impl<'l> Prompts<'l> {
     pub fn new(l: &'l Loaded, ctx: usize) -> Self {
         Self {
             l,
-            template: ChatTemplate::from_metadata(l.file.metadata(), &l.tokenizer)
-                .map_err(|e| e.to_string()),
+            template: crate::chat::template(l).map_err(|e| e.to_string()),
             ctx,
         }
     }

@@ -40,7 +40,8 @@ pub fn run(
     jobs: Receiver<Job>,
     ready: Sender<Result<Ready>>,
 ) {
-    let started = load::open(&cfg.model, 1).and_then(|l| {
+    let started = load::open(&cfg.model, 1).and_then(|mut l| {
+        l.chat_template = cfg.chat_template.clone();
         let host = Host::start(guest, &cfg.model, cfg.threads, &cfg.device, cfg.kv_dtype)?;
         let tenants = (0..cfg.parallel)
             .map(|_| host.tenant())

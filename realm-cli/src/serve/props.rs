@@ -1,0 +1,91 @@
+//! llama.cpp's server's `GET /props` (what the server runs, and with which
+//! defaults) and `POST /apply-template` (a conversation as the prompt text
+//! the model would get), answered on the HTTP side.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use realm_core::chat::{ChatMessage, ChatTemplate};
+use realm_models::SamplingParams;
+use serde_json::{json, Value};
+
+use super::http::{error, rejected, App};
+use super::openai::{ApiError, ChatRequest};
+use super::tools;
+
+/// What `/props` reports, fixed when the server starts.
+#[derive(Debug, Clone)]
+pub struct Props {
+    pub model_path: String,
+    /// Each request's context length.
+    pub ctx: usize,
+    /// Sequences decoded together (`--parallel`).
+    pub slots: usize,
+    /// The chat template chats go through, if the model has a usable one.
+    pub template: Result<ChatTemplate, String>,
+}
+
+/// `GET /props`: the generation defaults a request gets, the context
+/// length, `total_slots`, the model's path, its chat template (source) and
+/// the build, in llama.cpp's server's field names.
+pub async fn props(State(app): State<Arc<App>>) -> Json<Value> {
+    let p = &app.props;
+    let d = SamplingParams::default();
+    Json(json!({
+        "default_generation_settings": {
+            "n_ctx": p.ctx,
+            "params": {
+                "temperature": d.temperature,
+                "top_k": d.top_k,
+                "top_p": d.top_p,
+                "min_p": d.min_p,
+                "repeat_penalty": d.repeat_penalty,
+                "presence_penalty": d.presence_penalty,
+                "frequency_penalty": d.frequency_penalty,
+                "n_predict": -1,
+            },
+        },
+        "total_slots": p.slots,
+        "model_path": p.model_path,
+        "model_alias": app.model,
+        "chat_template": p.template.as_ref().map(ChatTemplate::source).ok(),
+        "modalities": {"vision": false, "audio": false},
+        "build_info": format!("realm {}", env!("CARGO_PKG_VERSION")),
+    }))
+}
+
+/// `POST /apply-template`: a chat request's messages (with its tools, as a
+/// chat completion would put them) rendered by the chat template, with the
+/// assistant's turn opened: `{"prompt": "..."}`.
+pub async fn apply_template(
+    State(app): State<Arc<App>>,
+    body: Result<Json<ChatRequest>, JsonRejection>,
+) -> Response {
+    let req = match body {
+        Ok(Json(r)) => r,
+        Err(r) => return rejected(r),
+    };
+    let rendered = tools::requested(&req)
+        .and_then(|t| req.conversation(t.as_ref().map(|(t, _)| &**t)))
+        .and_then(|turns| {
+            let tpl = app.props.template.as_ref().map_err(|e| {
+                ApiError::invalid(
+                    Some("messages"),
+                    format!("the model has no usable chat template: {e}"),
+                )
+            })?;
+            let messages: Vec<ChatMessage> = turns
+                .iter()
+                .map(|(role, text)| ChatMessage::new(role.as_str(), text.as_str()))
+                .collect();
+            tpl.render(&messages, true)
+                .map_err(|e| ApiError::invalid(Some("messages"), e.to_string()))
+        });
+    match rendered {
+        Ok(prompt) => Json(json!({ "prompt": prompt })).into_response(),
+        Err(e) => error(e),
+    }
+}
