@@ -21,6 +21,25 @@ pub struct GuestArgs {
     /// $REALM_GUEST).
     #[arg(long, requires = "wasm")]
     pub guest: Option<PathBuf>,
+    /// Where compiled guests are kept between runs, so that a later run
+    /// loads instead of compiling (default: ~/.cache/realm/modules).
+    #[arg(long, value_name = "DIR", requires = "wasm")]
+    pub guest_cache: Option<PathBuf>,
+    /// Compile the guest in every run, keeping nothing on disk.
+    #[arg(long, requires = "wasm", conflicts_with = "guest_cache")]
+    pub no_guest_cache: bool,
+}
+
+/// The directory compiled guests are kept in, if any.
+fn module_cache(args: &GuestArgs) -> Option<PathBuf> {
+    if args.no_guest_cache {
+        return None;
+    }
+    args.guest_cache.clone().or_else(|| {
+        std::env::var_os("HOME")
+            .filter(|h| !h.is_empty())
+            .map(|h| PathBuf::from(h).join(".cache/realm/modules"))
+    })
 }
 
 fn guest_path(args: &GuestArgs) -> PathBuf {
@@ -67,6 +86,7 @@ impl Host {
             gpu,
             gpu_steps: device.steps.map(Into::into),
             kv_dtype: kv,
+            module_cache: module_cache(args),
             ..RuntimeConfig::default()
         })?;
         let model = runtime.load_model(&path)?;
@@ -98,8 +118,12 @@ pub fn start(
     let start = std::time::Instant::now();
     let host = Host::start(args, model, threads, device, kv)?;
     let tenant = host.tenant()?;
+    let how = match host.runtime.module_counts() {
+        (0, 1) => "loaded compiled",
+        _ => "compiled",
+    };
     eprintln!(
-        "realm: {} as a wasm tenant ({} KiB guest) in {:.0} ms",
+        "realm: {} as a wasm tenant ({} KiB guest, {how}) in {:.0} ms",
         host.path.display(),
         host.wasm.len() / 1024,
         start.elapsed().as_secs_f64() * 1e3

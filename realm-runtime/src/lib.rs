@@ -29,6 +29,7 @@
 mod batch;
 mod error;
 mod host;
+mod modules;
 mod runtime;
 mod store;
 

@@ -2,8 +2,8 @@
 //! allocator), the model store, the batch scheduler, and tenants.
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -14,12 +14,13 @@ use realm_core::backend::KvDtype;
 use realm_wasm::{Params, FLAG_ADD_SPECIAL, FLAG_LAYERED, FLAG_PARSE_SPECIAL};
 use sha2::{Digest, Sha256};
 use wasmtime::{
-    Engine, Instance, InstanceAllocationStrategy, InstancePre, Linker, Module,
-    PoolingAllocationConfig, Store, Trap, TypedFunc,
+    Engine, Instance, InstanceAllocationStrategy, InstancePre, Linker, PoolingAllocationConfig,
+    Store, Trap, TypedFunc,
 };
 
 use crate::batch::{BatchStats, Batcher};
 use crate::host::{linker, TenantState};
+use crate::modules::{self, ModuleSource};
 use crate::store::{LoadedModel, ModelId, ModelStore, StoreBackend};
 use crate::{Error, Result};
 
@@ -53,6 +54,11 @@ pub struct RuntimeConfig {
     /// Longest the scheduler waits for the steps of the other sessions
     /// decoding (those that stepped in the model's last two batches).
     pub batch_window: Duration,
+    /// A directory to keep compiled guest modules in, so that a later
+    /// process starts tenants of the same module without compiling it
+    /// (`None`: compile in every process). The directory must be writable
+    /// by the user alone: the machine code in it is run as it is.
+    pub module_cache: Option<PathBuf>,
 }
 
 impl Default for RuntimeConfig {
@@ -69,6 +75,7 @@ impl Default for RuntimeConfig {
             batching: true,
             max_batch: 16,
             batch_window: Duration::from_millis(2),
+            module_cache: None,
         }
     }
 }
@@ -193,6 +200,8 @@ struct Shared {
     store: ModelStore,
     batcher: Option<Arc<Batcher>>,
     modules: Mutex<HashMap<[u8; 32], InstancePre<TenantState>>>,
+    /// Guest modules compiled, and loaded from the module cache.
+    module_counts: (AtomicU64, AtomicU64),
     config: RuntimeConfig,
     /// Held for its `Drop`: stops the epoch thread with the last user.
     _ticker: Ticker,
@@ -302,6 +311,7 @@ impl Runtime {
             store: ModelStore::new(backend).with_kv_dtype(config.kv_dtype),
             batcher,
             modules: Mutex::new(HashMap::new()),
+            module_counts: Default::default(),
             config,
             _ticker: ticker,
         });
@@ -316,6 +326,14 @@ impl Runtime {
     /// Loads a GGUF model (see [`ModelStore::load`]).
     pub fn load_model(&self, path: impl AsRef<Path>) -> Result<ModelId> {
         self.shared.store.load(path)
+    }
+
+    /// Guest modules this runtime compiled, and those it loaded compiled
+    /// from [`RuntimeConfig::module_cache`] (each distinct module counts
+    /// once: later tenants of it reuse it).
+    pub fn module_counts(&self) -> (u64, u64) {
+        let (c, l) = &self.shared.module_counts;
+        (c.load(Ordering::Relaxed), l.load(Ordering::Relaxed))
     }
 
     /// Batching statistics (zero when batching is off).
@@ -352,7 +370,18 @@ impl Runtime {
         let pre = match cached {
             Some(pre) => pre,
             None => {
-                let module = Module::new(&self.shared.engine, wasm).map_err(wasm_err)?;
+                let (module, source) = modules::module(
+                    &self.shared.engine,
+                    wasm,
+                    &key,
+                    self.shared.config.module_cache.as_deref(),
+                )
+                .map_err(wasm_err)?;
+                let count = match source {
+                    ModuleSource::Compiled => &self.shared.module_counts.0,
+                    ModuleSource::Cached => &self.shared.module_counts.1,
+                };
+                count.fetch_add(1, Ordering::Relaxed);
                 let pre = self
                     .shared
                     .linker

@@ -455,3 +455,44 @@ fn tenants_run_on_the_gpu_backend() {
         "the gpu backend op by op and in static steps"
     );
 }
+
+/// With a module cache, the first runtime compiles the guest and keeps it;
+/// a later one loads it and its tenant generates the native text; a
+/// damaged file is compiled over, not run.
+#[test]
+fn compiled_guests_are_kept_and_reused() {
+    let Some(path) = common::smollm2() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let req = request(SamplingParams::greedy(), false);
+    let (want, _) = native(&path, &req);
+    let run = || {
+        let runtime = Runtime::new(RuntimeConfig {
+            module_cache: Some(dir.path().join("modules")),
+            ..RuntimeConfig::default()
+        })
+        .unwrap();
+        let id = runtime.load_model(&path).unwrap();
+        let mut t = runtime
+            .tenant(&common::guest_wasm(), TenantConfig::new(vec![id]))
+            .unwrap();
+        let mut text = String::new();
+        t.generate(PROMPT, &req, |p| text.push_str(p)).unwrap();
+        assert_eq!(text, want);
+        runtime.module_counts()
+    };
+    assert_eq!(run(), (1, 0), "compiled");
+    let files: Vec<_> = std::fs::read_dir(dir.path().join("modules"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert_eq!(run(), (0, 1), "loaded");
+    let mut bytes = std::fs::read(&files[0]).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&files[0], &bytes).unwrap();
+    assert_eq!(run(), (1, 0), "a damaged file is compiled over");
+    assert_eq!(run(), (0, 1), "and written again");
+}
