@@ -12,7 +12,8 @@
 use half::f16;
 use rayon::prelude::*;
 use realm_core::backend::{
-    AttentionParams, BackendError, BackendResult, KvCacheConfig, KvDtype, KvSpan,
+    check_kv_layer, check_kv_read, AttentionParams, BackendError, BackendResult, KvCacheConfig,
+    KvDtype, KvSpan,
 };
 
 use crate::{CpuBackend, CpuWorkspace, Isa};
@@ -99,14 +100,7 @@ pub(crate) fn kv_write(
     const OP: &str = "kv_write";
     let cfg = cache.cfg;
     let width = cfg.n_kv_heads * cfg.head_dim;
-    if layer >= cfg.n_layers {
-        return Err(BackendError::OutOfRange {
-            op: OP,
-            what: "layer",
-            index: layer,
-            limit: cfg.n_layers,
-        });
-    }
+    check_kv_layer(OP, &cfg, layer)?;
     if !k.len().is_multiple_of(width) {
         return Err(BackendError::Shape {
             op: OP,
@@ -168,36 +162,9 @@ pub(crate) fn kv_read(
     k: &mut [f32],
     v: &mut [f32],
 ) -> BackendResult<()> {
-    const OP: &str = "kv_read";
     let cfg = cache.cfg;
-    let (hd, width) = (cfg.head_dim, cfg.n_kv_heads * cfg.head_dim);
-    if layer >= cfg.n_layers {
-        return Err(BackendError::OutOfRange {
-            op: OP,
-            what: "layer",
-            index: layer,
-            limit: cfg.n_layers,
-        });
-    }
-    if positions.end > cfg.max_seq_len {
-        return Err(BackendError::OutOfRange {
-            op: OP,
-            what: "end position",
-            index: positions.end,
-            limit: cfg.max_seq_len + 1,
-        });
-    }
-    let want = positions.len() * width;
-    for (what, got) in [("k length", k.len()), ("v length", v.len())] {
-        if got != want {
-            return Err(BackendError::Shape {
-                op: OP,
-                what,
-                expected: want,
-                got,
-            });
-        }
-    }
+    let width = check_kv_read("kv_read", &cfg, layer, &positions, k.len(), v.len())?;
+    let hd = cfg.head_dim;
     for (t, pos) in positions.enumerate() {
         for h in 0..cfg.n_kv_heads {
             let base = cache.head_base(layer, h);

@@ -4,8 +4,9 @@ use std::ops::Range;
 
 use candle_core::{DType, Tensor};
 use realm_core::backend::{
-    chunk_start, rope_attend_in_turn, AttentionOps, AttentionParams, BackendError, BackendResult,
-    KvCacheConfig, KvSpan, NormOps, QkNorm, RopeMode, RopeOps, RopeParams,
+    check_kv_layer, check_kv_read, chunk_start, rope_attend_in_turn, AttentionOps, AttentionParams,
+    BackendError, BackendResult, KvCacheConfig, KvSpan, NormOps, QkNorm, RopeMode, RopeOps,
+    RopeParams,
 };
 
 use crate::fused::q8::Blocks;
@@ -17,18 +18,6 @@ use crate::ops::{check_rope, split_blocks};
 use crate::scratch::scratch_err;
 use crate::{dev_err, product, GpuBackend, GpuBuffer, GpuWorkspace};
 
-fn check_layer(op: &'static str, cfg: &KvCacheConfig, layer: usize) -> BackendResult<()> {
-    if layer >= cfg.n_layers {
-        return Err(BackendError::OutOfRange {
-            op,
-            what: "layer",
-            index: layer,
-            limit: cfg.n_layers,
-        });
-    }
-    Ok(())
-}
-
 /// The most attention masks a workspace keeps (a chunk's, per window).
 const MASKS: usize = 4;
 
@@ -39,7 +28,7 @@ fn check_params(
     layer: usize,
     p: &AttentionParams,
 ) -> BackendResult<()> {
-    check_layer(op, cfg, layer)?;
+    check_kv_layer(op, cfg, layer)?;
     if p.n_kv_heads != cfg.n_kv_heads
         || p.head_dim != cfg.head_dim
         || p.n_heads == 0
@@ -162,7 +151,7 @@ impl AttentionOps for GpuBackend {
     ) -> BackendResult<()> {
         const OP: &str = "kv_write";
         let cfg = *cache.config();
-        check_layer(OP, &cfg, at.layer)?;
+        check_kv_layer(OP, &cfg, at.layer)?;
         let width = cfg.n_kv_heads * cfg.head_dim;
         let n = rows.len();
         let kt = k.rows(OP, "k length", &rows, width)?;
@@ -211,20 +200,8 @@ impl AttentionOps for GpuBackend {
     ) -> BackendResult<()> {
         const OP: &str = "kv_read";
         let cfg = *cache.config();
-        check_layer(OP, &cfg, layer)?;
+        check_kv_read(OP, &cfg, layer, &positions, k.len(), v.len())?;
         let n = positions.len();
-        check_end(OP, &cfg, positions.start, n)?;
-        let want = product(OP, "rows overflow", n, cfg.n_kv_heads * cfg.head_dim)?;
-        for (what, got) in [("k length", k.len()), ("v length", v.len())] {
-            if got != want {
-                return Err(BackendError::Shape {
-                    op: OP,
-                    what,
-                    expected: want,
-                    got,
-                });
-            }
-        }
         if n == 0 {
             return Ok(());
         }

@@ -807,6 +807,71 @@ pub fn rope_attend_in_turn<B: AttentionOps + ?Sized>(
     b.attention(ws, cache, at, q, 0..n, p, out)
 }
 
+/// An error unless the cache of `cfg` has layer `layer`.
+pub fn check_kv_layer(op: &'static str, cfg: &KvCacheConfig, layer: usize) -> BackendResult<()> {
+    if layer >= cfg.n_layers {
+        return Err(BackendError::OutOfRange {
+            op,
+            what: "layer",
+            index: layer,
+            limit: cfg.n_layers,
+        });
+    }
+    Ok(())
+}
+
+/// Checks an [`AttentionOps::kv_read`] of `positions` of layer `layer`
+/// against the cache's `cfg`: the layer exists, the positions fit, and the
+/// outputs (`k_len` and `v_len` values) hold exactly their rows. Returns
+/// the values per row.
+///
+/// ```
+/// use realm_core::backend::{check_kv_read, KvCacheConfig, KvDtype};
+/// let cfg = KvCacheConfig { n_layers: 2, n_kv_heads: 2, head_dim: 4, max_seq_len: 8, dtype: KvDtype::F32 };
+/// assert_eq!(check_kv_read("op", &cfg, 1, &(2..5), 24, 24).unwrap(), 8);
+/// assert!(check_kv_read("op", &cfg, 2, &(2..5), 24, 24).is_err());
+/// assert!(check_kv_read("op", &cfg, 1, &(2..9), 56, 56).is_err());
+/// assert!(check_kv_read("op", &cfg, 1, &(2..5), 24, 16).is_err());
+/// ```
+pub fn check_kv_read(
+    op: &'static str,
+    cfg: &KvCacheConfig,
+    layer: usize,
+    positions: &Range<usize>,
+    k_len: usize,
+    v_len: usize,
+) -> BackendResult<usize> {
+    check_kv_layer(op, cfg, layer)?;
+    if positions.end > cfg.max_seq_len {
+        return Err(BackendError::OutOfRange {
+            op,
+            what: "end position",
+            index: positions.end,
+            limit: cfg.max_seq_len + 1,
+        });
+    }
+    let overflow = BackendError::InvalidParameter {
+        op,
+        what: "rows overflow",
+    };
+    let width = cfg
+        .n_kv_heads
+        .checked_mul(cfg.head_dim)
+        .ok_or(overflow.clone())?;
+    let want = positions.len().checked_mul(width).ok_or(overflow)?;
+    for (what, got) in [("k length", k_len), ("v length", v_len)] {
+        if got != want {
+            return Err(BackendError::Shape {
+                op,
+                what,
+                expected: want,
+                got,
+            });
+        }
+    }
+    Ok(width)
+}
+
 /// The first of `positions` (0 for none), which must be consecutive.
 ///
 /// ```

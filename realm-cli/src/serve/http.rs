@@ -192,10 +192,8 @@ async fn chat(
         Ok(Json(r)) => r,
         Err(r) => return rejected(r),
     };
-    let asked = tools::requested(&req).and_then(|tools| {
-        let turns = req.conversation(tools.as_ref().map(|(t, _)| &**t))?;
-        Ok((turns, req.options.chat_logprobs()?, tools))
-    });
+    let asked = tools::prepare(&req)
+        .and_then(|(turns, tools)| Ok((turns, req.options.chat_logprobs()?, tools)));
     match asked {
         Ok((turns, logprobs, tools)) => {
             let extra = Extra {

@@ -17,6 +17,26 @@ pub struct PromptText {
     pub parse_special: bool,
 }
 
+/// A conversation's (role, text) turns through `template`, the assistant's
+/// turn opened: what a chat request runs.
+pub fn render(
+    template: &Result<ChatTemplate, String>,
+    turns: &[(String, String)],
+) -> Result<String, ApiError> {
+    let tpl = template.as_ref().map_err(|e| {
+        ApiError::invalid(
+            Some("messages"),
+            format!("the model has no usable chat template: {e}"),
+        )
+    })?;
+    let messages: Vec<ChatMessage> = turns
+        .iter()
+        .map(|(role, text)| ChatMessage::new(role.as_str(), text.as_str()))
+        .collect();
+    tpl.render(&messages, true)
+        .map_err(|e| ApiError::invalid(Some("messages"), e.to_string()))
+}
+
 /// Turns requests' inputs into prompts for one model.
 pub struct Prompts<'l> {
     l: &'l Loaded,
@@ -38,19 +58,7 @@ impl<'l> Prompts<'l> {
     pub fn text(&self, input: &Input) -> Result<Result<PromptText, Vec<u32>>, ApiError> {
         match input {
             Input::Chat(turns) => {
-                let tpl = self.template.as_ref().map_err(|e| {
-                    ApiError::invalid(
-                        Some("messages"),
-                        format!("the model has no usable chat template: {e}"),
-                    )
-                })?;
-                let messages: Vec<ChatMessage> = turns
-                    .iter()
-                    .map(|(role, text)| ChatMessage::new(role.as_str(), text.as_str()))
-                    .collect();
-                let text = tpl
-                    .render(&messages, true)
-                    .map_err(|e| ApiError::invalid(Some("messages"), e.to_string()))?;
+                let text = render(&self.template, turns)?;
                 Ok(Ok(PromptText {
                     add_special: !crate::chat::starts_with_bos(self.l, &text),
                     parse_special: true,

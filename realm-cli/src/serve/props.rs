@@ -8,12 +8,12 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use realm_core::chat::{ChatMessage, ChatTemplate};
+use realm_core::chat::ChatTemplate;
 use realm_models::SamplingParams;
 use serde_json::{json, Value};
 
 use super::http::{error, rejected, App};
-use super::openai::{ApiError, ChatRequest};
+use super::openai::ChatRequest;
 use super::tools;
 
 /// What `/props` reports, fixed when the server starts.
@@ -68,22 +68,8 @@ pub async fn apply_template(
         Ok(Json(r)) => r,
         Err(r) => return rejected(r),
     };
-    let rendered = tools::requested(&req)
-        .and_then(|t| req.conversation(t.as_ref().map(|(t, _)| &**t)))
-        .and_then(|turns| {
-            let tpl = app.props.template.as_ref().map_err(|e| {
-                ApiError::invalid(
-                    Some("messages"),
-                    format!("the model has no usable chat template: {e}"),
-                )
-            })?;
-            let messages: Vec<ChatMessage> = turns
-                .iter()
-                .map(|(role, text)| ChatMessage::new(role.as_str(), text.as_str()))
-                .collect();
-            tpl.render(&messages, true)
-                .map_err(|e| ApiError::invalid(Some("messages"), e.to_string()))
-        });
+    let rendered = tools::prepare(&req)
+        .and_then(|(turns, _)| super::prompt::render(&app.props.template, &turns));
     match rendered {
         Ok(prompt) => Json(json!({ "prompt": prompt })).into_response(),
         Err(e) => error(e),

@@ -52,6 +52,16 @@ pub fn requested(req: &ChatRequest) -> Result<Option<ToolMode>, ApiError> {
     Ok(Some((Arc::new(tools), Arc::new(grammar))))
 }
 
+/// A conversation as (role, text) turns.
+pub type Turns = Vec<(String, String)>;
+
+/// A chat request's turns (see [`conversation`]) and its tools, checked.
+pub fn prepare(req: &ChatRequest) -> Result<(Turns, Option<ToolMode>), ApiError> {
+    let tools = requested(req)?;
+    let turns = req.conversation(tools.as_ref().map(|(t, _)| &**t))?;
+    Ok((turns, tools))
+}
+
 /// The conversation as (role, text) turns: an assistant's `tool_calls`
 /// written after its content as the model writes calls; `tool` messages as
 /// a user turn of results (consecutive ones in one turn, so that templates
@@ -61,7 +71,7 @@ pub fn requested(req: &ChatRequest) -> Result<Option<ToolMode>, ApiError> {
 pub fn conversation(
     messages: Vec<(&Message, String)>,
     tools: Option<&Tools>,
-) -> Result<Vec<(String, String)>, ApiError> {
+) -> Result<Turns, ApiError> {
     let mut names: HashMap<String, String> = HashMap::new();
     let mut turns: Vec<(String, String)> = Vec::new();
     let mut after_tool = false;
