@@ -133,6 +133,7 @@ fn chat<B: Backend>(args: &ChatArgs, l: &Loaded, backend: &B) -> Result<()> {
         sampling: args.sampling.params(),
         stop_at_context_end: true,
         grammar: args.sampling.constraint.grammar()?,
+        lookup: args.sampling.lookup(),
     };
     eprintln!(
         "realm: chatting with {}; an empty line or end of input quits",

@@ -4,7 +4,7 @@ use std::io::Write;
 
 use anyhow::{bail, Context, Result};
 use realm_core::backend::Backend;
-use realm_models::{generate_after, GenerateParams, Model, SamplingParams};
+use realm_models::{generate_after, GenerateParams, Lookup, Model, SamplingParams};
 
 use crate::{device, load, prompt_cache};
 
@@ -29,6 +29,11 @@ pub struct SamplingArgs {
     /// Random seed.
     #[arg(long, default_value_t = 0x5eed)]
     pub seed: u64,
+    /// Prompt lookup decoding: draft up to N tokens by finding the last
+    /// tokens earlier in the context, checked in one pass (the same text,
+    /// faster where it repeats its context; 0: off).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub lookup: usize,
     /// A grammar or JSON schema the output keeps to.
     #[command(flatten)]
     pub constraint: crate::grammar::ConstraintArgs,
@@ -45,6 +50,11 @@ impl SamplingArgs {
             seed: self.seed,
             ..SamplingParams::default()
         }
+    }
+
+    /// Prompt lookup, if asked for.
+    pub fn lookup(&self) -> Option<Lookup> {
+        (self.lookup > 0).then(|| Lookup::new(self.lookup))
     }
 }
 
@@ -157,6 +167,7 @@ fn run_native<B: Backend>(args: &RunArgs, text: &str, l: &load::Loaded, backend:
         sampling: args.sampling.params(),
         stop_at_context_end: true,
         grammar: args.sampling.constraint.grammar()?,
+        lookup: args.sampling.lookup(),
     };
     let mut out = std::io::stdout().lock();
     if !args.chat {
@@ -193,6 +204,12 @@ fn run_native<B: Backend>(args: &RunArgs, text: &str, l: &load::Loaded, backend:
         s.decode_tps(),
         g.stop_reason
     );
+    if s.drafted_tokens > 0 {
+        eprintln!(
+            "realm: lookup drafted {} tokens, {} accepted",
+            s.drafted_tokens, s.accepted_tokens
+        );
+    }
     Ok(())
 }
 

@@ -8,6 +8,7 @@ use realm_core::backend::Backend;
 use realm_core::tokenizer::{StreamDecoder, Tokenizer};
 
 use crate::grammar::{Grammar, GrammarError, Matcher};
+use crate::lookup::Lookup;
 use crate::sampling::{Sampler, SamplingParams};
 use crate::{Error, Model, Result, Session};
 
@@ -26,6 +27,9 @@ pub struct GenerateParams {
     /// an end-of-generation token is then allowed only where the grammar
     /// is complete.
     pub grammar: Option<Arc<Grammar>>,
+    /// Draft tokens by prompt lookup and check them in one forward pass
+    /// (see [`crate::lookup`]); the text is the same either way.
+    pub lookup: Option<Lookup>,
 }
 
 impl Default for GenerateParams {
@@ -36,6 +40,7 @@ impl Default for GenerateParams {
             sampling: SamplingParams::default(),
             stop_at_context_end: true,
             grammar: None,
+            lookup: None,
         }
     }
 }
@@ -66,6 +71,11 @@ pub struct GenerationStats {
     pub prefill_seconds: f64,
     /// Seconds spent generating (decode forward passes and sampling).
     pub decode_seconds: f64,
+    /// Tokens drafted by prompt lookup, and those of them the model
+    /// confirmed (each saves a forward pass of its own).
+    pub drafted_tokens: usize,
+    /// See [`GenerationStats::drafted_tokens`].
+    pub accepted_tokens: usize,
 }
 
 impl GenerationStats {
@@ -417,6 +427,22 @@ pub fn generate_after<B: Backend>(
                 if !emit(&text) {
                     break StopReason::Cancelled;
                 }
+                let room = session.capacity().saturating_sub(session.position() + 1);
+                let draft = match &params.lookup {
+                    Some(l) if room > 0 => l.draft(c.history(), room),
+                    _ => Vec::new(),
+                };
+                if !draft.is_empty() {
+                    let (checked, cancelled) =
+                        verify(model, session, &mut c, token, &draft, &mut emit)?;
+                    stats.drafted_tokens += draft.len();
+                    stats.accepted_tokens += checked.accepted;
+                    if cancelled {
+                        break StopReason::Cancelled;
+                    }
+                    step = checked.next;
+                    continue;
+                }
                 step = match model.forward(session, &[token]) {
                     Ok(logits) => c.step(logits)?,
                     Err(Error::ContextFull { .. }) if params.stop_at_context_end => {
@@ -436,6 +462,70 @@ pub fn generate_after<B: Backend>(
         stop_reason: reason,
         stats,
     })
+}
+
+/// What checking a draft gave: the step after the last accepted token,
+/// and how many of the draft's tokens were accepted.
+struct Checked {
+    next: Step,
+    accepted: usize,
+}
+
+/// Runs `token` and `draft` in one pass and lets `c` choose after each, as
+/// it would have one pass at a time: a draft token it chooses too is
+/// accepted (its text emitted), the first it does not choose is the next
+/// step, and the session keeps exactly the tokens that were accepted. The
+/// backend is batch invariant, so every choice sees the logits a pass of
+/// its own would have given: the text is the same. `true` when `emit`
+/// cancelled.
+fn verify<B: Backend>(
+    model: &Model<'_, B>,
+    session: &mut Session<B>,
+    c: &mut Continuation<'_>,
+    token: u32,
+    draft: &[u32],
+    emit: &mut impl FnMut(&str) -> bool,
+) -> Result<(Checked, bool)> {
+    let base = session.position();
+    let mut batch = Vec::with_capacity(draft.len() + 1);
+    batch.push(token);
+    batch.extend_from_slice(draft);
+    let mut steps: Vec<Step> = Vec::with_capacity(batch.len());
+    let (mut open, mut failed) = (true, None);
+    // The logits after `batch[i]` choose the token after it: while that is
+    // `draft[i]`, the next logits are still the ones to read.
+    model.forward_draft(session, &batch, |i, logits| {
+        if !open {
+            return;
+        }
+        match c.step(logits) {
+            Ok(s) => {
+                open = matches!(&s, Step::Token { token, .. } if draft.get(i) == Some(token));
+                steps.push(s);
+            }
+            Err(e) => {
+                open = false;
+                failed = Some(e);
+            }
+        }
+    })?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    let next = steps
+        .pop()
+        .expect("the first token's logits are always read");
+    let accepted = steps.len();
+    for (j, s) in steps.into_iter().enumerate() {
+        if let Step::Token { text, .. } = s {
+            if !emit(&text) {
+                session.truncate(base + j + 1);
+                return Ok((Checked { next, accepted }, true));
+            }
+        }
+    }
+    session.truncate(base + accepted + 1);
+    Ok((Checked { next, accepted }, false))
 }
 
 #[cfg(test)]

@@ -27,6 +27,7 @@ pub mod embedding;
 pub mod generate;
 pub mod grammar;
 pub mod logprob;
+pub mod lookup;
 pub mod sampling;
 pub mod synthetic;
 pub mod tools;
@@ -40,4 +41,5 @@ pub use generate::{
 };
 pub use grammar::{Grammar, GrammarError};
 pub use logprob::{Divergence, LogProbs};
+pub use lookup::Lookup;
 pub use sampling::{Sampler, SamplingParams};

@@ -376,7 +376,22 @@ impl<'a, B: Backend> Model<'a, B> {
         from: usize,
         each: impl FnMut(usize, &[f32]),
     ) -> Result<()> {
-        self.forward_rows(s, tokens, from, Rows::Logits, each)
+        self.forward_rows(s, tokens, from, Rows::Logits, each)?;
+        self.compute_logits(s)?;
+        Ok(())
+    }
+
+    /// [`Model::forward_outputs`] of every token, without computing the
+    /// last one's logits again for the session: for a caller that
+    /// [`Session::truncate`]s next (a draft being checked), which leaves
+    /// the session without logits.
+    pub(crate) fn forward_draft(
+        &self,
+        s: &mut Session<B>,
+        tokens: &[u32],
+        each: impl FnMut(usize, &[f32]),
+    ) -> Result<()> {
+        self.forward_rows(s, tokens, 0, Rows::Logits, each)
     }
 
     /// [`Model::forward`] that also hands over the final hidden state of
@@ -405,11 +420,14 @@ impl<'a, B: Backend> Model<'a, B> {
         from: usize,
         each: impl FnMut(usize, &[f32]),
     ) -> Result<()> {
-        self.forward_rows(s, tokens, from, Rows::Hidden, each)
+        self.forward_rows(s, tokens, from, Rows::Hidden, each)?;
+        self.compute_logits(s)?;
+        Ok(())
     }
 
     /// [`Model::forward_outputs`] and [`Model::forward_embeddings`]: the
-    /// chunks, and `what` of each token from `from` on.
+    /// chunks, and `what` of each token from `from` on (the session's own
+    /// logits are the caller's to compute).
     fn forward_rows(
         &self,
         s: &mut Session<B>,
@@ -428,8 +446,13 @@ impl<'a, B: Backend> Model<'a, B> {
             Rows::Hidden => self.config.d_model,
         };
         let rows = s.scratch.rows;
+        // Logits go through a buffer of their own: as many rows as are
+        // wanted, up to OUTPUT_ROWS (a draft's few rows of a large
+        // vocabulary need not allocate 32).
         let group = match what {
-            Rows::Logits => OUTPUT_ROWS.min(rows),
+            Rows::Logits => OUTPUT_ROWS
+                .min(rows)
+                .min(tokens.len().saturating_sub(from).max(1)),
             Rows::Hidden => rows,
         };
         let mut out = (from < tokens.len() && what == Rows::Logits)
@@ -469,7 +492,6 @@ impl<'a, B: Backend> Model<'a, B> {
                 r += n;
             }
         }
-        self.compute_logits(s)?;
         Ok(())
     }
 

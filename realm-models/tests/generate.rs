@@ -178,3 +178,81 @@ fn seeds_stops_limits_and_full_contexts() {
         ));
     });
 }
+
+/// Prompt lookup drafts from the context and keeps what the model would
+/// have chosen anyway: on a rewrite that repeats its prompt, greedy,
+/// sampled, under a grammar, with a stop string, a token limit, a small
+/// context, and a caller that stops reading, the tokens and text are
+/// those of plain decoding, and drafts are accepted.
+#[test]
+fn prompt_lookup_changes_nothing_but_the_passes() {
+    with_smollm2(|model, tok| {
+        let paragraph = "Tom had kept the lighthouse on the northern rock for eleven years. \
+            Every evening he climbed the ninety-two steps, wiped the salt from the great lens, \
+            trimmed the wick and lit the lamp.";
+        let prompt = format!(
+            "<|im_start|>user\nRepeat this paragraph exactly:\n\n{paragraph}<|im_end|>\n\
+             <|im_start|>assistant\n"
+        );
+        let ids = tok.encode(&prompt, true, true).unwrap();
+        let grammar = realm_models::Grammar::parse(r#"root ::= [A-Z] [a-z ,.-]+ "." "#).unwrap();
+        let cases = [
+            (SamplingParams::greedy(), None, vec![], 80, 512),
+            (
+                SamplingParams {
+                    seed: 3,
+                    ..Default::default()
+                },
+                None,
+                vec![],
+                80,
+                512,
+            ),
+            (SamplingParams::greedy(), Some(grammar), vec![], 80, 512),
+            (
+                SamplingParams::greedy(),
+                None,
+                vec!["salt".to_string()],
+                80,
+                512,
+            ),
+            (SamplingParams::greedy(), None, vec![], 17, 512),
+            (SamplingParams::greedy(), None, vec![], 80, ids.len() + 20),
+        ];
+        let mut accepted = 0;
+        for (sampling, grammar, stop, max_tokens, ctx) in cases {
+            let run = |lookup: Option<realm_models::Lookup>, stop_after: usize| {
+                let mut s = model.session(ctx, 64).unwrap();
+                let params = GenerateParams {
+                    max_tokens,
+                    stop: stop.clone(),
+                    sampling: sampling.clone(),
+                    grammar: grammar.clone().map(std::sync::Arc::new),
+                    lookup,
+                    ..Default::default()
+                };
+                let mut pieces = 0;
+                let g = generate(model, tok, &mut s, &ids, &params, |_| {
+                    pieces += 1;
+                    pieces < stop_after
+                })
+                .unwrap();
+                (g, s.position())
+            };
+            let (plain, plain_pos) = run(None, usize::MAX);
+            let (fast, fast_pos) = run(Some(realm_models::Lookup::new(8)), usize::MAX);
+            assert_eq!(fast.tokens, plain.tokens, "{:?}", plain.text);
+            assert_eq!(fast.text, plain.text);
+            assert_eq!(fast.stop_reason, plain.stop_reason);
+            assert_eq!(fast_pos, plain_pos, "the session holds what ran");
+            assert!(fast.stats.accepted_tokens <= fast.stats.drafted_tokens);
+            accepted += fast.stats.accepted_tokens;
+            // Stopped by the caller mid-draft: the same text so far.
+            let (plain, plain_pos) = run(None, 6);
+            let (fast, fast_pos) = run(Some(realm_models::Lookup::new(8)), 6);
+            assert_eq!((fast.text, fast_pos), (plain.text, plain_pos));
+            assert_eq!(fast.stop_reason, StopReason::Cancelled);
+        }
+        assert!(accepted > 20, "only {accepted} drafted tokens accepted");
+    });
+}

@@ -136,6 +136,7 @@ pub fn generate<H: Host>(
             sampling: params.sampling.clone(),
             stop_at_context_end: true,
             grammar,
+            lookup: None,
         },
     )
     .map_err(|_| Failure::BadSampling)?;

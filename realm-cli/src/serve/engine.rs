@@ -462,6 +462,7 @@ impl<'m, B: Backend> Engine<'m, '_, B> {
             sampling: job.limits.sampling.clone(),
             stop_at_context_end: true,
             grammar: job.limits.grammar.clone(),
+            lookup: None,
         };
         let text = Continuation::new(&self.l.tokenizer, &prompt, &params)
             .map_err(|e| ApiError::invalid(None, e.to_string()))?;
