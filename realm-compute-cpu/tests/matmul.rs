@@ -170,14 +170,14 @@ fn dot_product_error_within_llama_cpp_thresholds() {
 
 /// A token's output is bit-identical alone, inside a batch, and with 1 or 2
 /// threads, for every type: a batch of 7 on a shape big enough to use the
-/// thread pool, and one of 67 (past the 64-token groups of the packed
-/// kernels, an odd count) on a row count off the 4-row tiles.
+/// thread pool, one of 67 (past the 64-token groups of the packed kernels,
+/// an odd count) on a row count off the 4-row tiles, and batches of 3 and 2
+/// (the one-token kernels, token by token over stretches of rows).
 #[test]
 fn batch_and_thread_invariance() {
-    for (t, (m, k, n)) in TYPES
-        .iter()
-        .flat_map(|&t| [(192, 1024, 7), (13, 512, 67)].map(|s| (t, s)))
-    {
+    for (t, (m, k, n)) in TYPES.iter().flat_map(|&t| {
+        [(192, 1024, 7), (13, 512, 67), (400, 1024, 3), (13, 512, 2)].map(|s| (t, s))
+    }) {
         let mut rng = Rng::new(100 + t.id() as u64);
         let words = random_weights(t, m, k, &mut rng);
         let data = bytes_of(&words, t, m, k);
