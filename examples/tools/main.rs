@@ -137,7 +137,11 @@ mod tests {
         };
         let (calls, answer) = ask(&path, "Is it raining in Paris?").unwrap();
         assert_eq!(calls[0].name, "get_weather");
-        assert_eq!(calls[0].arguments["city"], "Paris", "{}", calls[0].arguments);
+        assert_eq!(
+            calls[0].arguments["city"], "Paris",
+            "{}",
+            calls[0].arguments
+        );
         // The temperature only the tool knew.
         assert!(answer.contains("11") && answer.contains("rain"), "{answer}");
     }

@@ -442,7 +442,10 @@ async fn answer(
             .map_or(0, |d| d.subsec_nanos()),
     )) ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
     let asked = options.choices().and_then(|per_prompt| {
-        let limits = options.limits(seed, extra.echo)?;
+        let limits = match &extra.tools {
+            Some((_, grammar)) => options.limits_with(seed, extra.echo, Some(grammar.clone()))?,
+            None => options.limits(seed, extra.echo)?,
+        };
         Ok((per_prompt, limits))
     });
     let (per_prompt, limits) = match asked {
@@ -459,9 +462,6 @@ async fn answer(
                 logprobs: extra.logprobs,
                 ..limits.clone()
             };
-            if let Some((_, grammar)) = &extra.tools {
-                limits.grammar = Some(grammar.clone());
-            }
             limits.sampling.seed = limits
                 .sampling
                 .seed

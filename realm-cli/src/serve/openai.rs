@@ -151,6 +151,18 @@ impl Options {
     /// endpoints spell differently; with `echo`, `max_tokens` may be 0
     /// (score the prompt, generate nothing).
     pub fn limits(&self, seed: u64, echo: bool) -> Result<Limits, ApiError> {
+        self.limits_with(seed, echo, self.grammar()?)
+    }
+
+    /// [`Options::limits`] with `grammar` in place of the one the fields
+    /// ask for (a chat's tools', which takes in any `response_format`), so
+    /// that no schema is converted twice.
+    pub fn limits_with(
+        &self,
+        seed: u64,
+        echo: bool,
+        grammar: Option<Arc<Grammar>>,
+    ) -> Result<Limits, ApiError> {
         let max_tokens = match self.max_completion_tokens.or(self.max_tokens) {
             Some(0) if !echo => {
                 return Err(ApiError::invalid(
@@ -211,7 +223,7 @@ impl Options {
             sampling,
             logprobs: None,
             echo,
-            grammar: self.grammar()?,
+            grammar,
         })
     }
 
