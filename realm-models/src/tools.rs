@@ -53,9 +53,6 @@ pub enum ToolError {
     /// A reply is neither a tool call nor a response.
     #[error("the reply is not a tool call or a response: {0}")]
     BadReply(String),
-    /// The combined grammar could not be built.
-    #[error(transparent)]
-    Grammar(#[from] GrammarError),
 }
 
 /// One tool: a function the model may ask the caller to run.
