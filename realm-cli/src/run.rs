@@ -4,7 +4,7 @@ use std::io::Write;
 
 use anyhow::{bail, Context, Result};
 use realm_core::backend::Backend;
-use realm_models::{generate_after, GenerateParams, Lookup, Model, SamplingParams};
+use realm_models::{generate_after, GenerateParams, Lookup, Mirostat, Model, SamplingParams};
 
 use crate::{device, load, prompt_cache};
 
@@ -23,9 +23,72 @@ pub struct SamplingArgs {
     /// Drop tokens less likely than this fraction of the most likely (0: off).
     #[arg(long, default_value_t = 0.05)]
     pub min_p: f32,
-    /// Repetition penalty over the last 64 tokens (1: off).
+    /// Repetition penalty (1: off).
     #[arg(long, default_value_t = 1.0)]
     pub repeat_penalty: f32,
+    /// How many recent tokens the repetition, presence and frequency
+    /// penalties look at (0: none).
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub repeat_last_n: usize,
+    /// Subtract from the logit of every recent token (0: off).
+    #[arg(long, default_value_t = 0.0)]
+    pub presence_penalty: f32,
+    /// Subtract this times its recent count from a token's logit (0: off).
+    #[arg(long, default_value_t = 0.0)]
+    pub frequency_penalty: f32,
+    /// Add to a token's logit: TOKEN_ID+BIAS or TOKEN_ID-BIAS, as
+    /// `15043+1` or `15043-inf` (repeatable).
+    #[arg(short = 'l', long, value_name = "ID(+|-)BIAS", value_parser = parse_bias)]
+    pub logit_bias: Vec<(u32, f32)>,
+    /// Top-p, min-p, typical-p and XTC keep at least N tokens.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub min_keep: usize,
+    /// Locally typical sampling with this probability mass (1: off).
+    #[arg(long = "typical", value_name = "P", default_value_t = 1.0)]
+    pub typical_p: f32,
+    /// Keep tokens within N standard deviations of the top logit (0 or
+    /// below: off).
+    #[arg(long = "top-nsigma", value_name = "N", default_value_t = -1.0, allow_negative_numbers = true)]
+    pub top_n_sigma: f32,
+    /// XTC: the chance of dropping the most likely tokens (0: off).
+    #[arg(long, value_name = "P", default_value_t = 0.0)]
+    pub xtc_probability: f32,
+    /// XTC: the probability a token needs to be dropped (above 0.5: off).
+    #[arg(long, value_name = "P", default_value_t = 0.1)]
+    pub xtc_threshold: f32,
+    /// Dynamic temperature: the temperature moves within --temp ± this, by
+    /// the candidates' entropy (0: off).
+    #[arg(long, value_name = "R", default_value_t = 0.0)]
+    pub dynatemp_range: f32,
+    /// Dynamic temperature: the exponent on the normalised entropy.
+    #[arg(long = "dynatemp-exp", value_name = "E", default_value_t = 1.0)]
+    pub dynatemp_exponent: f32,
+    /// DRY: the penalty's multiplier (0: off).
+    #[arg(long, value_name = "M", default_value_t = 0.0)]
+    pub dry_multiplier: f32,
+    /// DRY: the penalty's base.
+    #[arg(long, value_name = "B", default_value_t = 1.75)]
+    pub dry_base: f32,
+    /// DRY: repeats up to this long go unpunished.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    pub dry_allowed_length: usize,
+    /// DRY: how many recent tokens it looks at (0: off).
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub dry_penalty_last_n: usize,
+    /// DRY: a sequence breaker, in place of the defaults ("\n", ":", "\"",
+    /// "*"); "none" for none (repeatable).
+    #[arg(long, value_name = "TEXT")]
+    pub dry_sequence_breaker: Vec<String>,
+    /// Mirostat sampling: 1 or 2 (0: off); replaces the other samplers
+    /// but the logit bias and the temperature.
+    #[arg(long, value_name = "N", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=2))]
+    pub mirostat: u32,
+    /// Mirostat's learning rate (eta).
+    #[arg(long, value_name = "ETA", default_value_t = 0.1)]
+    pub mirostat_lr: f32,
+    /// Mirostat's target entropy (tau).
+    #[arg(long, value_name = "TAU", default_value_t = 5.0)]
+    pub mirostat_ent: f32,
     /// Random seed.
     #[arg(long, default_value_t = 0x5eed)]
     pub seed: u64,
@@ -41,14 +104,38 @@ pub struct SamplingArgs {
 
 impl SamplingArgs {
     pub fn params(&self) -> SamplingParams {
+        let d = SamplingParams::default();
+        let dry_sequence_breakers = match self.dry_sequence_breaker.as_slice() {
+            [] => d.dry_sequence_breakers.clone(),
+            [none] if none == "none" => Vec::new(),
+            given => given.to_vec(),
+        };
         SamplingParams {
             temperature: self.temperature,
             top_k: self.top_k,
             top_p: self.top_p,
             min_p: self.min_p,
+            min_keep: self.min_keep,
+            typical_p: self.typical_p,
+            top_n_sigma: self.top_n_sigma,
+            xtc_probability: self.xtc_probability,
+            xtc_threshold: self.xtc_threshold,
+            dynatemp_range: self.dynatemp_range,
+            dynatemp_exponent: self.dynatemp_exponent,
             repeat_penalty: self.repeat_penalty,
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
+            penalty_last_n: self.repeat_last_n,
+            dry_multiplier: self.dry_multiplier,
+            dry_base: self.dry_base,
+            dry_allowed_length: self.dry_allowed_length,
+            dry_penalty_last_n: self.dry_penalty_last_n,
+            dry_sequence_breakers,
+            mirostat: Mirostat::from_version(self.mirostat).unwrap_or_default(),
+            mirostat_tau: self.mirostat_ent,
+            mirostat_eta: self.mirostat_lr,
+            logit_bias: self.logit_bias.clone(),
             seed: self.seed,
-            ..SamplingParams::default()
         }
     }
 
@@ -56,6 +143,18 @@ impl SamplingArgs {
     pub fn lookup(&self) -> Option<Lookup> {
         (self.lookup > 0).then(|| Lookup::new(self.lookup))
     }
+}
+
+/// A `--logit-bias`: `ID+BIAS` or `ID-BIAS` (the bias may be `inf`).
+fn parse_bias(s: &str) -> Result<(u32, f32), String> {
+    let bad = || format!("`{s}` is not TOKEN_ID+BIAS or TOKEN_ID-BIAS");
+    let at = s.find(['+', '-']).ok_or_else(bad)?;
+    let id = s[..at].parse::<u32>().map_err(|_| bad())?;
+    let bias = s[at..].parse::<f32>().map_err(|_| bad())?;
+    if bias.is_nan() {
+        return Err(bad());
+    }
+    Ok((id, bias))
 }
 
 /// Arguments of `realm run`.

@@ -1203,6 +1203,130 @@ fn metrics_count_what_ran() {
 
 /// Bad requests get OpenAI-shaped errors with the right status, and the
 /// server goes on answering.
+/// llama.cpp's samplers, by its server's field names, give what `realm run`
+/// gives with the flags of llama.cpp's names; values out of range are 400s.
+#[test]
+fn llama_cpps_samplers_answer_as_realm_runs() {
+    if !cached(&catalog::SMOLLM2) {
+        return;
+    }
+    let server = Server::start(&["smollm2"]);
+    let prompt = "Once upon a time";
+    let run = |flags: &[&str]| {
+        let mut args = vec![
+            "run", "smollm2", "-p", prompt, "-n", "24", "--seed", "5", "--temp", "0.9",
+        ];
+        args.extend(flags);
+        let (ok, out, err) = realm(&args);
+        assert!(ok, "{err}");
+        out.strip_prefix(prompt)
+            .unwrap()
+            .trim_end_matches('\n')
+            .to_string()
+    };
+    let complete = |fields: Value| {
+        let mut body = json!({"prompt": prompt, "max_tokens": 24, "seed": 5, "temperature": 0.9});
+        body.as_object_mut()
+            .unwrap()
+            .extend(fields.as_object().unwrap().clone());
+        let r = server.post("/v1/completions", &body);
+        r["choices"][0]["text"].as_str().unwrap().to_string()
+    };
+    let plain = run(&[]);
+    assert_eq!(complete(json!({})), plain);
+    for (flags, fields) in [
+        (
+            vec![
+                "--dry-multiplier",
+                "0.8",
+                "--dry-allowed-length",
+                "1",
+                "--typical",
+                "0.9",
+                "--top-nsigma",
+                "2",
+                "--xtc-probability",
+                "0.5",
+                "--dynatemp-range",
+                "0.4",
+                "--min-keep",
+                "2",
+                "--repeat-last-n",
+                "32",
+                "--repeat-penalty",
+                "1.1",
+                "--presence-penalty",
+                "0.3",
+                "--frequency-penalty",
+                "0.2",
+                "-l",
+                "13+1.5",
+            ],
+            json!({
+                "dry_multiplier": 0.8, "dry_allowed_length": 1, "typical_p": 0.9,
+                "top_n_sigma": 2.0, "xtc_probability": 0.5, "dynatemp_range": 0.4,
+                "min_keep": 2, "repeat_last_n": 32, "repeat_penalty": 1.1,
+                "presence_penalty": 0.3, "frequency_penalty": 0.2, "logit_bias": {"13": 1.5},
+            }),
+        ),
+        (
+            vec![
+                "--dry-multiplier",
+                "1.5",
+                "--dry-base",
+                "2",
+                "--dry-allowed-length",
+                "0",
+                "--dry-sequence-breaker",
+                "none",
+            ],
+            json!({
+                "dry_multiplier": 1.5, "dry_base": 2.0, "dry_allowed_length": 0,
+                "dry_sequence_breakers": [],
+            }),
+        ),
+        (
+            vec![
+                "--mirostat",
+                "2",
+                "--mirostat-ent",
+                "3",
+                "--mirostat-lr",
+                "0.2",
+            ],
+            json!({"mirostat": 2, "mirostat_tau": 3.0, "mirostat_eta": 0.2}),
+        ),
+        (
+            vec!["--mirostat", "1", "--mirostat-ent", "4"],
+            json!({"mirostat": 1, "mirostat_tau": 4.0}),
+        ),
+    ] {
+        let want = run(&flags);
+        assert_ne!(want, plain, "{flags:?} change the text");
+        assert_eq!(complete(fields), want, "{flags:?}");
+    }
+    for (fields, says) in [
+        (json!({"mirostat": 3}), "mirostat is 0, 1 or 2"),
+        (json!({"typical_p": 1.5}), "typical_p"),
+        (
+            json!({"dry_multiplier": 1.0, "dry_sequence_breakers": [""]}),
+            "must not be empty",
+        ),
+    ] {
+        let mut body = json!({"prompt": prompt, "max_tokens": 2});
+        body.as_object_mut()
+            .unwrap()
+            .extend(fields.as_object().unwrap().clone());
+        let (status, text) = server.call("POST", "/v1/completions", &body.to_string());
+        assert_eq!(status, 400, "{text}");
+        assert!(text.contains(says), "{text}");
+    }
+    let (_, text) = server.call("GET", "/props", "");
+    let props: Value = serde_json::from_str(&text).unwrap();
+    let d = &props["default_generation_settings"]["params"];
+    assert_eq!((&d["mirostat"], &d["dry_base"]), (&json!(0), &json!(1.75)));
+}
+
 #[test]
 fn bad_requests_get_clear_errors() {
     if !cached(&catalog::SMOLLM2) {

@@ -254,7 +254,7 @@ impl<'t> Continuation<'t> {
     pub fn new(tokenizer: &'t Tokenizer, prompt: &[u32], params: &GenerateParams) -> Result<Self> {
         Ok(Self {
             tokenizer,
-            sampler: Sampler::new(params.sampling.clone())?,
+            sampler: Sampler::with_tokenizer(params.sampling.clone(), tokenizer)?,
             history: prompt.to_vec(),
             prompt_len: prompt.len(),
             max_tokens: params.max_tokens,

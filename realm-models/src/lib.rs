@@ -42,4 +42,4 @@ pub use generate::{
 pub use grammar::{Grammar, GrammarError};
 pub use logprob::{Divergence, LogProbs};
 pub use lookup::Lookup;
-pub use sampling::{Sampler, SamplingParams};
+pub use sampling::{Mirostat, Sampler, SamplingParams};

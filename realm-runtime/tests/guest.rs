@@ -194,6 +194,47 @@ fn guest_sampling_takes_penalties_and_logit_bias() {
     assert_ne!(streamed, greedy);
 }
 
+/// llama.cpp's other samplers reach the guest (the parameter block's
+/// version 4): DRY, with its breakers found in the guest's own vocabulary,
+/// typical-p, top-n-sigma, XTC and the dynamic temperature together, then
+/// mirostat 2; each generates what a native session with them does, which
+/// is not what the same seed gives without them.
+#[test]
+fn guest_sampling_takes_llama_cpps_samplers() {
+    let Some(path) = common::smollm2() else {
+        return;
+    };
+    let mut tenant = tenant_of(&path);
+    let base = SamplingParams {
+        temperature: 0.9,
+        seed: 11,
+        ..SamplingParams::default()
+    };
+    let (plain, _) = native(&path, &request(base.clone(), false));
+    for sampling in [
+        SamplingParams {
+            dry_multiplier: 0.8,
+            dry_allowed_length: 1,
+            typical_p: 0.9,
+            top_n_sigma: 2.0,
+            xtc_probability: 0.5,
+            xtc_threshold: 0.1,
+            dynatemp_range: 0.4,
+            min_keep: 2,
+            ..base.clone()
+        },
+        SamplingParams {
+            mirostat: realm_models::Mirostat::V2,
+            mirostat_tau: 3.0,
+            ..base.clone()
+        },
+    ] {
+        let req = request(sampling, false);
+        let (streamed, _) = generate_as_natively(&mut tenant, &path, &req);
+        assert_ne!(streamed, plain);
+    }
+}
+
 /// A caller that stops reading stops the guest: it ends cancelled, a
 /// piece or so later, and the tenant's next call runs whole.
 #[test]

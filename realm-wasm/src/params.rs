@@ -1,11 +1,13 @@
 //! The parameter block of `generate` (little-endian, laid out in `ABI.md`).
 
-use realm_models::SamplingParams;
+use realm_models::{Mirostat, SamplingParams};
 
-/// The layout version hosts write. This guest also reads version 2, which
-/// ends after the logit biases (no grammar), and version 1, which ends
-/// after the stop strings (no penalties, no logit bias).
-pub const PARAMS_VERSION: u32 = 3;
+/// The layout version hosts write. This guest also reads version 3, which
+/// ends after the grammar (none of the samplers after min-p but the
+/// penalties), version 2, which ends after the logit biases (no grammar),
+/// and version 1, which ends after the stop strings (no penalties, no logit
+/// bias).
+pub const PARAMS_VERSION: u32 = 4;
 /// Flag: add the vocabulary's special tokens (BOS) around the prompt.
 pub const FLAG_ADD_SPECIAL: u32 = 1;
 /// Flag: turn special-token text in the prompt (`<|im_start|>`) into ids.
@@ -73,6 +75,13 @@ impl<'a> Reader<'a> {
     fn u64(&mut self) -> Result<u64, ParamsError> {
         Ok(u64::from(self.u32()?) | (u64::from(self.u32()?) << 32))
     }
+
+    /// A u32 length, then that many bytes of UTF-8 (else `not_utf8`).
+    fn string(&mut self, not_utf8: &'static str) -> Result<String, ParamsError> {
+        let len = self.u32()? as usize;
+        let s = std::str::from_utf8(self.take(len)?).map_err(|_| ParamsError(not_utf8))?;
+        Ok(s.to_string())
+    }
 }
 
 impl Params {
@@ -100,10 +109,7 @@ impl Params {
         let n_stop = r.u32()?;
         let mut stop = Vec::new();
         for _ in 0..n_stop {
-            let len = r.u32()? as usize;
-            let s = std::str::from_utf8(r.take(len)?)
-                .map_err(|_| ParamsError("stop string is not UTF-8"))?;
-            stop.push(s.to_string());
+            stop.push(r.string("stop string is not UTF-8")?);
         }
         if version >= 2 {
             sampling.presence_penalty = r.f32()?;
@@ -126,6 +132,31 @@ impl Params {
                     .map_err(|_| ParamsError("grammar is not UTF-8"))?;
                 grammar = Some(g.to_string());
             }
+        }
+        if version >= 4 {
+            sampling.min_keep = r.u32()? as usize;
+            sampling.typical_p = r.f32()?;
+            sampling.top_n_sigma = r.f32()?;
+            sampling.xtc_probability = r.f32()?;
+            sampling.xtc_threshold = r.f32()?;
+            sampling.dynatemp_range = r.f32()?;
+            sampling.dynatemp_exponent = r.f32()?;
+            sampling.dry_multiplier = r.f32()?;
+            sampling.dry_base = r.f32()?;
+            sampling.dry_allowed_length = r.u32()? as usize;
+            sampling.dry_penalty_last_n = r.u32()? as usize;
+            let n_breakers = r.u32()?;
+            // Each breaker takes at least its 4-byte length.
+            if r.0.len() / 4 < n_breakers as usize {
+                return Err(ParamsError("block is truncated"));
+            }
+            sampling.dry_sequence_breakers = (0..n_breakers)
+                .map(|_| r.string("DRY sequence breaker is not UTF-8"))
+                .collect::<Result<_, ParamsError>>()?;
+            sampling.mirostat =
+                Mirostat::from_version(r.u32()?).ok_or(ParamsError("unknown mirostat version"))?;
+            sampling.mirostat_tau = r.f32()?;
+            sampling.mirostat_eta = r.f32()?;
         }
         if !r.0.is_empty() {
             return Err(ParamsError("bytes after the block's end"));
@@ -179,10 +210,38 @@ impl Params {
             out.extend_from_slice(&bias.to_bits().to_le_bytes());
         }
         let grammar = self.grammar.as_deref().unwrap_or("");
-        out.extend_from_slice(&(grammar.len() as u32).to_le_bytes());
-        out.extend_from_slice(grammar.as_bytes());
+        put_str(&mut out, grammar);
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        out.extend_from_slice(&count(s.min_keep).to_le_bytes());
+        for v in [
+            s.typical_p,
+            s.top_n_sigma,
+            s.xtc_probability,
+            s.xtc_threshold,
+            s.dynatemp_range,
+            s.dynatemp_exponent,
+            s.dry_multiplier,
+            s.dry_base,
+        ] {
+            out.extend_from_slice(&v.to_bits().to_le_bytes());
+        }
+        out.extend_from_slice(&count(s.dry_allowed_length).to_le_bytes());
+        out.extend_from_slice(&count(s.dry_penalty_last_n).to_le_bytes());
+        out.extend_from_slice(&(s.dry_sequence_breakers.len() as u32).to_le_bytes());
+        for b in &s.dry_sequence_breakers {
+            put_str(&mut out, b);
+        }
+        out.extend_from_slice(&s.mirostat.version().to_le_bytes());
+        out.extend_from_slice(&s.mirostat_tau.to_bits().to_le_bytes());
+        out.extend_from_slice(&s.mirostat_eta.to_bits().to_le_bytes());
         out
     }
+}
+
+/// A u32 length and the bytes of `s`.
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
 }
 
 #[cfg(test)]
@@ -200,6 +259,21 @@ mod tests {
                 presence_penalty: 0.25,
                 frequency_penalty: -0.5,
                 logit_bias: vec![(7, -100.0), (49151, 2.5)],
+                min_keep: 2,
+                typical_p: 0.9,
+                top_n_sigma: 1.5,
+                xtc_probability: 0.5,
+                xtc_threshold: 0.2,
+                dynatemp_range: 0.3,
+                dynatemp_exponent: 2.0,
+                dry_multiplier: 0.8,
+                dry_base: 1.5,
+                dry_allowed_length: 3,
+                dry_penalty_last_n: 128,
+                dry_sequence_breakers: vec!["\n".into(), "ab".into()],
+                mirostat: Mirostat::V2,
+                mirostat_tau: 4.0,
+                mirostat_eta: 0.2,
                 ..SamplingParams::default()
             },
             flags: FLAG_ADD_SPECIAL | FLAG_LAYERED,
@@ -209,7 +283,10 @@ mod tests {
         let bytes = p.to_bytes();
         let stops = 4 + 2 + 4 + 2;
         let grammar = 4 + 13;
-        assert_eq!(bytes.len(), FIXED + stops + 12 + 2 * 8 + grammar);
+        // min_keep, 8 floats, 2 counts, the breakers, mirostat's 3 fields.
+        let v4 = 4 + 32 + 8 + 4 + (4 + 1) + (4 + 2) + 12;
+        let v3 = FIXED + stops + 12 + 2 * 8 + grammar;
+        assert_eq!(bytes.len(), v3 + v4);
         assert_eq!(Params::parse(&bytes).unwrap(), p);
         for cut in 0..bytes.len() {
             assert!(Params::parse(&bytes[..cut]).is_err(), "cut at {cut}");
@@ -224,6 +301,10 @@ mod tests {
         let mut huge = bytes[..FIXED + stops + 8].to_vec();
         huge.extend_from_slice(&u32::MAX.to_le_bytes());
         assert_eq!(Params::parse(&huge), Err(ParamsError("block is truncated")));
+        // So is a breaker count.
+        let mut huge = bytes[..v3 + 4 + 32 + 8].to_vec();
+        huge.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(Params::parse(&huge), Err(ParamsError("block is truncated")));
         // Version 1 ends after the stop strings and has none of the rest.
         let mut v1 = bytes[..FIXED + stops].to_vec();
         v1[0] = 1;
@@ -236,26 +317,48 @@ mod tests {
             }
         );
         assert_eq!((&old.stop, old.flags), (&p.stop, p.flags));
-        // Version 2 ends after the logit biases: no grammar.
-        let mut v2 = bytes[..bytes.len() - grammar].to_vec();
+        // Version 2 ends after the logit biases: no grammar, and version 3
+        // after the grammar: neither has the samplers of version 4.
+        let before_v4 = SamplingParams {
+            seed: p.sampling.seed,
+            presence_penalty: p.sampling.presence_penalty,
+            frequency_penalty: p.sampling.frequency_penalty,
+            logit_bias: p.sampling.logit_bias.clone(),
+            ..SamplingParams::default()
+        };
+        let mut v2 = bytes[..v3 - grammar].to_vec();
         v2[0] = 2;
         let old = Params::parse(&v2).unwrap();
-        assert_eq!(old.grammar, None);
-        assert_eq!(old.sampling, p.sampling);
+        assert_eq!((&old.grammar, &old.sampling), (&None, &before_v4));
+        let mut v3_block = bytes[..v3].to_vec();
+        v3_block[0] = 3;
+        let old = Params::parse(&v3_block).unwrap();
+        assert_eq!((&old.grammar, &old.sampling), (&p.grammar, &before_v4));
         // A grammar length past the block's end, or bytes not UTF-8.
-        let mut long = bytes[..bytes.len() - grammar].to_vec();
+        let mut long = bytes[..v3 - grammar].to_vec();
         long.extend_from_slice(&u32::MAX.to_le_bytes());
         assert_eq!(Params::parse(&long), Err(ParamsError("block is truncated")));
         let mut bad = bytes.clone();
-        let last = bad.len() - 1;
-        bad[last] = 0xff;
+        bad[v3 - 1] = 0xff;
         assert_eq!(
             Params::parse(&bad),
             Err(ParamsError("grammar is not UTF-8"))
         );
+        let mut bad = bytes.clone();
+        bad[bytes.len() - 13] = 0xff;
+        assert_eq!(
+            Params::parse(&bad),
+            Err(ParamsError("DRY sequence breaker is not UTF-8"))
+        );
+        let mut bad = bytes.clone();
+        bad[bytes.len() - 12] = 3;
+        assert_eq!(
+            Params::parse(&bad),
+            Err(ParamsError("unknown mirostat version"))
+        );
         // No grammar is a zero length.
         let none = Params { grammar: None, ..p };
-        assert_eq!(none.to_bytes().len(), FIXED + stops + 12 + 2 * 8 + 4);
+        assert_eq!(none.to_bytes().len(), v3 - grammar + 4 + v4);
         assert_eq!(Params::parse(&none.to_bytes()).unwrap(), none);
     }
 }

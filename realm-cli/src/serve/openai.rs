@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use axum::http::StatusCode;
 use realm_models::tools::Tools;
-use realm_models::{Grammar, SamplingParams, StopReason};
+use realm_models::{Grammar, Mirostat, SamplingParams, StopReason};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -95,8 +95,9 @@ pub enum Stop {
 
 /// The sampling and length fields both endpoints share. Sampling defaults
 /// are llama.cpp's (temperature 0.8, top-k 40, top-p 0.95, min-p 0.05),
-/// as llama.cpp's server has them; `top_k`, `min_p`, `repeat_penalty` and
-/// `seed` are extensions llama.cpp's server accepts too.
+/// as llama.cpp's server has them; `top_k`, `min_p`, `repeat_penalty`,
+/// `seed` and the samplers after them (`repeat_last_n` to `mirostat_eta`)
+/// are extensions llama.cpp's server accepts too, by the same names.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct Options {
     pub max_tokens: Option<u64>,
@@ -108,6 +109,22 @@ pub struct Options {
     pub presence_penalty: Option<f32>,
     pub frequency_penalty: Option<f32>,
     pub repeat_penalty: Option<f32>,
+    pub repeat_last_n: Option<usize>,
+    pub min_keep: Option<usize>,
+    pub typical_p: Option<f32>,
+    pub top_n_sigma: Option<f32>,
+    pub xtc_probability: Option<f32>,
+    pub xtc_threshold: Option<f32>,
+    pub dynatemp_range: Option<f32>,
+    pub dynatemp_exponent: Option<f32>,
+    pub dry_multiplier: Option<f32>,
+    pub dry_base: Option<f32>,
+    pub dry_allowed_length: Option<usize>,
+    pub dry_penalty_last_n: Option<usize>,
+    pub dry_sequence_breakers: Option<Vec<String>>,
+    pub mirostat: Option<u32>,
+    pub mirostat_tau: Option<f32>,
+    pub mirostat_eta: Option<f32>,
     pub seed: Option<u64>,
     pub logit_bias: Option<HashMap<String, f32>>,
     pub stop: Option<Stop>,
@@ -210,12 +227,41 @@ impl Options {
             repeat_penalty: self.repeat_penalty.unwrap_or(d.repeat_penalty),
             presence_penalty: self.presence_penalty.unwrap_or(d.presence_penalty),
             frequency_penalty: self.frequency_penalty.unwrap_or(d.frequency_penalty),
+            penalty_last_n: self.repeat_last_n.unwrap_or(d.penalty_last_n),
+            min_keep: self.min_keep.unwrap_or(d.min_keep),
+            typical_p: self.typical_p.unwrap_or(d.typical_p),
+            top_n_sigma: self.top_n_sigma.unwrap_or(d.top_n_sigma),
+            xtc_probability: self.xtc_probability.unwrap_or(d.xtc_probability),
+            xtc_threshold: self.xtc_threshold.unwrap_or(d.xtc_threshold),
+            dynatemp_range: self.dynatemp_range.unwrap_or(d.dynatemp_range),
+            dynatemp_exponent: self.dynatemp_exponent.unwrap_or(d.dynatemp_exponent),
+            dry_multiplier: self.dry_multiplier.unwrap_or(d.dry_multiplier),
+            dry_base: self.dry_base.unwrap_or(d.dry_base),
+            dry_allowed_length: self.dry_allowed_length.unwrap_or(d.dry_allowed_length),
+            dry_penalty_last_n: self.dry_penalty_last_n.unwrap_or(d.dry_penalty_last_n),
+            dry_sequence_breakers: self
+                .dry_sequence_breakers
+                .clone()
+                .unwrap_or(d.dry_sequence_breakers.clone()),
+            mirostat: match self.mirostat {
+                None => d.mirostat,
+                Some(v) => Mirostat::from_version(v)
+                    .ok_or_else(|| ApiError::invalid(Some("mirostat"), "mirostat is 0, 1 or 2"))?,
+            },
+            mirostat_tau: self.mirostat_tau.unwrap_or(d.mirostat_tau),
+            mirostat_eta: self.mirostat_eta.unwrap_or(d.mirostat_eta),
             logit_bias,
             seed: self.seed.unwrap_or(seed),
-            ..d
         };
+        if sampling.dry_sequence_breakers.len() > MAX_STOPS {
+            return Err(ApiError::invalid(
+                Some("dry_sequence_breakers"),
+                format!("at most {MAX_STOPS} DRY sequence breakers"),
+            ));
+        }
         // The sampler's own checks (ranges of every field), as a 400.
-        realm_models::Sampler::new(sampling.clone())
+        sampling
+            .validate()
             .map_err(|e| ApiError::invalid(None, e.to_string()))?;
         Ok(Limits {
             max_tokens,

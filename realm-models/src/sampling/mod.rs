@@ -1,0 +1,719 @@
+//! Choosing the next token from logits, as llama.cpp's sampler chain
+//! does (the order is on [`SamplingParams`]): greedy, or filters and a draw
+//! from what they leave, or mirostat; with a seedable generator, so the
+//! same seed gives the same text.
+
+mod dry;
+mod params;
+mod rng;
+
+use realm_core::tokenizer::Tokenizer;
+
+pub use self::params::{Mirostat, SamplingParams};
+
+use self::dry::Dry;
+use self::rng::Rng;
+use crate::{Error, Result};
+
+/// How many of the most likely tokens mirostat 1 estimates the
+/// distribution's exponent from (llama.cpp's `m`).
+const MIROSTAT_M: usize = 100;
+
+/// Picks tokens according to [`SamplingParams`]. Holds its scratch space, so
+/// sampling allocates nothing after the first calls.
+#[derive(Debug, Clone)]
+pub struct Sampler {
+    params: SamplingParams,
+    rng: Rng,
+    dry: Option<Dry>,
+    /// Mirostat's running limit on a token's surprise, in bits.
+    mu: f32,
+    logits: Vec<f32>,
+    /// The candidates: (token, logit) while filtering, (token, weight) once
+    /// weighed for the draw.
+    candidates: Vec<(u32, f32)>,
+    /// The weights' sum.
+    total: f64,
+    recent: Vec<(u32, u32)>,
+    /// Scratch for typical-p: (score, probability, token, logit).
+    typical: Vec<(f64, f64, u32, f32)>,
+}
+
+/// Larger logit first; the lower id first among equals.
+fn by_logit(a: &(u32, f32), b: &(u32, f32)) -> std::cmp::Ordering {
+    b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
+}
+
+/// The largest logit and the sum of `exp(logit - largest)`: the softmax's
+/// normaliser.
+fn normaliser(c: &[(u32, f32)]) -> (f32, f64) {
+    let max = c.iter().fold(f32::NEG_INFINITY, |m, c| m.max(c.1));
+    let sum = c.iter().map(|c| f64::from((c.1 - max).exp())).sum();
+    (max, sum)
+}
+
+impl Sampler {
+    /// A sampler; fails on parameters out of range, and on DRY with
+    /// sequence breakers, which need the vocabulary
+    /// ([`Sampler::with_tokenizer`]).
+    pub fn new(params: SamplingParams) -> Result<Self> {
+        if params.dry_on() && !params.dry_sequence_breakers.is_empty() {
+            return Err(Error::BadSampling(
+                "DRY's sequence breakers are found in the vocabulary: \
+                 build the sampler with Sampler::with_tokenizer"
+                    .into(),
+            ));
+        }
+        Self::build(params, None)
+    }
+
+    /// A sampler whose DRY sequence breakers are found in `tokenizer`'s
+    /// vocabulary (each token's text is searched for them once, here);
+    /// fails on parameters out of range.
+    pub fn with_tokenizer(params: SamplingParams, tokenizer: &Tokenizer) -> Result<Self> {
+        Self::build(params, Some(tokenizer))
+    }
+
+    fn build(params: SamplingParams, vocab: Option<&Tokenizer>) -> Result<Self> {
+        params.validate()?;
+        Ok(Self {
+            rng: Rng::new(params.seed),
+            dry: Dry::new(&params, vocab)?,
+            mu: 2.0 * params.mirostat_tau,
+            params,
+            logits: Vec::new(),
+            candidates: Vec::new(),
+            total: 0.0,
+            recent: Vec::new(),
+            typical: Vec::new(),
+        })
+    }
+
+    /// The parameters.
+    pub fn params(&self) -> &SamplingParams {
+        &self.params
+    }
+
+    /// Chooses the next token from `logits`, given the tokens so far
+    /// (`history`, for the penalties and DRY).
+    ///
+    /// ```
+    /// use realm_models::{Sampler, SamplingParams};
+    /// let mut greedy = Sampler::new(SamplingParams::greedy()).unwrap();
+    /// assert_eq!(greedy.sample(&[0.1, 2.0, -1.0], &[]), 1);
+    /// ```
+    pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
+        if let Some(token) = self.prepare(logits, history) {
+            return token;
+        }
+        let i = self.draw();
+        let (token, weight) = self.candidates[i];
+        if self.params.mirostat != Mirostat::Off {
+            let surprise = -(f64::from(weight) / self.total).log2() as f32;
+            self.mu -= self.params.mirostat_eta * (surprise - self.params.mirostat_tau);
+        }
+        token
+    }
+
+    /// The distribution the next token would be drawn from: each token
+    /// the samplers leave, with its probability (one token with 1 when the
+    /// choice is greedy). XTC's chance is drawn as [`Sampler::sample`]
+    /// draws it; mirostat's state is left as it is.
+    ///
+    /// ```
+    /// use realm_models::{Sampler, SamplingParams};
+    /// let p = SamplingParams { top_k: 2, min_p: 0.0, temperature: 1.0, ..Default::default() };
+    /// let mut s = Sampler::new(p).unwrap();
+    /// let d = s.distribution(&[0.0, 2.0, 1.0], &[]).to_vec();
+    /// assert_eq!(d.iter().map(|t| t.0).collect::<Vec<_>>(), [1, 2]);
+    /// assert!((d[0].1 - 1.0 / (1.0 + (-1f32).exp())).abs() < 1e-6);
+    /// ```
+    pub fn distribution(&mut self, logits: &[f32], history: &[u32]) -> &[(u32, f32)] {
+        if let Some(token) = self.prepare(logits, history) {
+            self.candidates.clear();
+            self.candidates.push((token, 1.0));
+        } else {
+            let total = self.total;
+            for c in &mut self.candidates {
+                c.1 = (f64::from(c.1) / total) as f32;
+            }
+        }
+        &self.candidates
+    }
+
+    /// Runs the samplers: `Some` token when the choice needs no draw,
+    /// else `None` with the candidates weighed for one.
+    fn prepare(&mut self, logits: &[f32], history: &[u32]) -> Option<u32> {
+        self.logits.clear();
+        self.logits.extend_from_slice(logits);
+        self.apply_bias();
+        let mirostat = self.params.mirostat;
+        if mirostat == Mirostat::Off {
+            self.apply_penalties(history);
+            if let Some(dry) = &mut self.dry {
+                dry.apply(history, &mut self.logits);
+            }
+        }
+        let p = &self.params;
+        // Every other filter keeps the most likely token.
+        let keeps_top = mirostat != Mirostat::Off || (p.typical_p >= 1.0 && !p.xtc_on());
+        if p.temperature <= 0.0 && keeps_top {
+            return Some(argmax(&self.logits));
+        }
+        self.candidates.clear();
+        self.candidates.extend(
+            self.logits
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| l.is_finite() || **l == f32::INFINITY)
+                .map(|(i, &l)| (i as u32, l)),
+        );
+        if self.candidates.is_empty() {
+            return Some(argmax(&self.logits));
+        }
+        if self.candidates.iter().any(|c| c.1 == f32::INFINITY) {
+            // Tokens biased to +inf: those alone, alike.
+            self.candidates.retain(|c| c.1 == f32::INFINITY);
+            self.candidates.iter_mut().for_each(|c| c.1 = 0.0);
+        }
+        match mirostat {
+            Mirostat::V1 => return self.mirostat_v1(),
+            Mirostat::V2 => return self.mirostat_v2(),
+            Mirostat::Off => {}
+        }
+        self.top_n_sigma();
+        self.top_k();
+        self.typical_p();
+        self.top_p();
+        self.min_p();
+        self.xtc();
+        if self.params.temperature <= 0.0 {
+            return Some(self.candidates[0].0);
+        }
+        self.weigh()
+    }
+
+    /// Drops tokens more than `top_n_sigma` standard deviations of the
+    /// logits below the largest.
+    fn top_n_sigma(&mut self) {
+        let n = self.params.top_n_sigma;
+        let c = &mut self.candidates;
+        if n <= 0.0 || c.len() <= 1 {
+            return;
+        }
+        let count = c.len() as f64;
+        let mean = c.iter().map(|c| f64::from(c.1)).sum::<f64>() / count;
+        let var = c
+            .iter()
+            .map(|c| (f64::from(c.1) - mean).powi(2))
+            .sum::<f64>()
+            / count;
+        let max = c.iter().fold(f32::NEG_INFINITY, |m, c| m.max(c.1));
+        let floor = max - n * var.sqrt() as f32;
+        c.retain(|c| c.1 >= floor);
+    }
+
+    /// Keeps the `top_k` most likely, and sorts the candidates, most likely
+    /// first.
+    fn top_k(&mut self) {
+        let k = self.params.top_k;
+        if k > 0 && k < self.candidates.len() {
+            self.candidates.select_nth_unstable_by(k - 1, by_logit);
+            self.candidates.truncate(k);
+        }
+        self.candidates.sort_unstable_by(by_logit);
+    }
+
+    /// The least number of tokens the truncating samplers leave.
+    fn min_keep(&self) -> usize {
+        self.params.min_keep.max(1)
+    }
+
+    /// Locally typical sampling: the tokens whose surprise is nearest the
+    /// entropy, until their probability passes `typical_p`.
+    fn typical_p(&mut self) {
+        let p = self.params.typical_p;
+        if p >= 1.0 {
+            return;
+        }
+        let (max, sum) = normaliser(&self.candidates);
+        let t = &mut self.typical;
+        t.clear();
+        t.extend(
+            self.candidates
+                .iter()
+                .map(|&(id, l)| (0.0, f64::from((l - max).exp()) / sum, id, l)),
+        );
+        let entropy: f64 = t
+            .iter()
+            .filter(|x| x.1 > 0.0)
+            .map(|x| -x.1 * x.1.ln())
+            .sum();
+        for x in t.iter_mut() {
+            x.0 = (-x.1.ln() - entropy).abs();
+        }
+        // Stable: among equal scores the more likely (earlier) comes first.
+        t.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let min_keep = self.params.min_keep.max(1);
+        let mut cum = 0.0;
+        let mut keep = t.len();
+        for (i, x) in t.iter().enumerate() {
+            cum += x.1;
+            if cum > f64::from(p) && i + 1 >= min_keep {
+                keep = i + 1;
+                break;
+            }
+        }
+        self.candidates.clear();
+        self.candidates
+            .extend(t[..keep].iter().map(|&(_, _, id, l)| (id, l)));
+        self.candidates.sort_unstable_by(by_logit);
+    }
+
+    /// Nucleus sampling: the most likely tokens until their probability
+    /// reaches `top_p`. The candidates are sorted.
+    fn top_p(&mut self) {
+        let p = self.params.top_p;
+        if p >= 1.0 {
+            return;
+        }
+        let min_keep = self.min_keep();
+        let (max, sum) = normaliser(&self.candidates);
+        let mut cum = 0f64;
+        let mut keep = self.candidates.len();
+        for (i, c) in self.candidates.iter().enumerate() {
+            cum += f64::from((c.1 - max).exp()) / sum;
+            if cum >= f64::from(p) && i + 1 >= min_keep {
+                keep = i + 1;
+                break;
+            }
+        }
+        self.candidates.truncate(keep);
+    }
+
+    /// Drops tokens less likely than `min_p` times the most likely. The
+    /// candidates are sorted.
+    fn min_p(&mut self) {
+        let p = self.params.min_p;
+        if p <= 0.0 {
+            return;
+        }
+        // p_i / p_max >= min_p  <=>  l_i - l_max >= ln(min_p)
+        let floor = self.candidates[0].1 + p.ln();
+        let keep = self.candidates.iter().take_while(|c| c.1 >= floor).count();
+        let keep = keep.max(self.min_keep()).min(self.candidates.len());
+        self.candidates.truncate(keep);
+    }
+
+    /// XTC: with its chance, drops every token at least `xtc_threshold`
+    /// likely except the least likely of them. The candidates are sorted.
+    fn xtc(&mut self) {
+        let p = &self.params;
+        if !p.xtc_on() || self.candidates.len() < 2 {
+            return;
+        }
+        if self.rng.next_f64() as f32 > p.xtc_probability {
+            return;
+        }
+        let (max, sum) = normaliser(&self.candidates);
+        let threshold = f64::from(p.xtc_threshold);
+        let above = self
+            .candidates
+            .iter()
+            .take_while(|c| f64::from((c.1 - max).exp()) / sum >= threshold)
+            .count();
+        let drop = above.saturating_sub(1);
+        if drop > 0 && self.candidates.len() - drop >= p.min_keep {
+            self.candidates.drain(..drop);
+        }
+    }
+
+    /// Turns the (sorted) candidates' logits into weights at the
+    /// temperature, or the dynamic temperature.
+    fn weigh(&mut self) -> Option<u32> {
+        let p = &self.params;
+        let mut t = p.temperature;
+        if p.dynatemp_range > 0.0 && self.candidates.len() > 1 {
+            let lo = (t - p.dynatemp_range).max(0.0);
+            let hi = t + p.dynatemp_range;
+            let (max, sum) = normaliser(&self.candidates);
+            let entropy: f64 = self
+                .candidates
+                .iter()
+                .map(|c| f64::from((c.1 - max).exp()) / sum)
+                .filter(|&q| q > 0.0)
+                .map(|q| -q * q.ln())
+                .sum();
+            let normalised = entropy / (self.candidates.len() as f64).ln();
+            t = lo + (hi - lo) * (normalised as f32).powf(p.dynatemp_exponent);
+            if t <= 0.0 {
+                return Some(self.candidates[0].0);
+            }
+        }
+        let max = self.candidates[0].1;
+        let inv_t = 1.0 / t;
+        let mut total = 0f64;
+        for c in &mut self.candidates {
+            c.1 = ((c.1 - max) * inv_t).exp();
+            total += f64::from(c.1);
+        }
+        self.total = total;
+        None
+    }
+
+    /// Mirostat 1: estimates the Zipf exponent `s` from the most likely
+    /// tokens, keeps the k that would give surprise `mu` under it, and
+    /// weighs them.
+    fn mirostat_v1(&mut self) -> Option<u32> {
+        let t = self.params.temperature;
+        let c = &mut self.candidates;
+        c.iter_mut().for_each(|c| c.1 /= t);
+        let n = c.len();
+        let m = MIROSTAT_M.min(n);
+        if m < n {
+            c.select_nth_unstable_by(m - 1, by_logit);
+        }
+        c[..m].sort_unstable_by(by_logit);
+        let (mut num, mut den) = (0f64, 0f64);
+        for i in 0..m - 1 {
+            let ti = ((i + 2) as f64 / (i + 1) as f64).ln();
+            // ln(p_i / p_{i+1}) is the logits' difference.
+            let bi = f64::from(c[i].1) - f64::from(c[i + 1].1);
+            num += ti * bi;
+            den += ti * ti;
+        }
+        let k = if m < 2 {
+            1
+        } else {
+            let s = num / den;
+            let eps = s - 1.0;
+            let n_vocab = self.logits.len() as f64;
+            let k =
+                (eps * 2f64.powf(f64::from(self.mu)) / (1.0 - n_vocab.powf(-eps))).powf(1.0 / s);
+            if k.is_nan() {
+                1
+            } else {
+                (k.min(n as f64) as usize).max(1)
+            }
+        };
+        if k <= m {
+            c.truncate(k);
+        } else {
+            if k < n {
+                c.select_nth_unstable_by(k - 1, by_logit);
+                c.truncate(k);
+            }
+            c.sort_unstable_by(by_logit);
+        }
+        self.weigh_at_one()
+    }
+
+    /// Mirostat 2: keeps the tokens whose surprise is at most `mu` (at
+    /// least the most likely), and weighs them.
+    fn mirostat_v2(&mut self) -> Option<u32> {
+        let t = self.params.temperature;
+        let c = &mut self.candidates;
+        c.iter_mut().for_each(|c| c.1 /= t);
+        let (max, sum) = normaliser(c);
+        // -log2(p) <= mu  <=>  l - max - ln(sum) >= -mu ln 2
+        let floor = f64::from(max) + sum.ln() - f64::from(self.mu) * std::f64::consts::LN_2;
+        c.sort_unstable_by(by_logit);
+        // Sorted, so the kept tokens are a prefix, and the first always stays.
+        let keep = c.iter().take_while(|c| f64::from(c.1) >= floor).count();
+        c.truncate(keep.max(1));
+        self.weigh_at_one()
+    }
+
+    /// Weights of the (sorted, already scaled) candidates at temperature 1.
+    fn weigh_at_one(&mut self) -> Option<u32> {
+        let max = self.candidates[0].1;
+        let mut total = 0f64;
+        for c in &mut self.candidates {
+            c.1 = (c.1 - max).exp();
+            total += f64::from(c.1);
+        }
+        self.total = total;
+        None
+    }
+
+    /// Draws a candidate by weight: its index.
+    fn draw(&mut self) -> usize {
+        let mut r = self.rng.next_f64() * self.total;
+        for (i, c) in self.candidates.iter().enumerate() {
+            r -= f64::from(c.1);
+            if r < 0.0 {
+                return i;
+            }
+        }
+        self.candidates.len() - 1
+    }
+
+    fn apply_bias(&mut self) {
+        for &(id, bias) in &self.params.logit_bias {
+            if let Some(l) = self.logits.get_mut(id as usize) {
+                *l += bias;
+            }
+        }
+    }
+
+    fn apply_penalties(&mut self, history: &[u32]) {
+        let p = &self.params;
+        let penalised =
+            p.repeat_penalty != 1.0 || p.presence_penalty != 0.0 || p.frequency_penalty != 0.0;
+        if !penalised || p.penalty_last_n == 0 {
+            return;
+        }
+        let window = &history[history.len().saturating_sub(p.penalty_last_n)..];
+        self.recent.clear();
+        for &t in window {
+            match self.recent.iter_mut().find(|(id, _)| *id == t) {
+                Some((_, n)) => *n += 1,
+                None => self.recent.push((t, 1)),
+            }
+        }
+        for &(id, count) in &self.recent {
+            let Some(l) = self.logits.get_mut(id as usize) else {
+                continue;
+            };
+            *l = if *l > 0.0 {
+                *l / p.repeat_penalty
+            } else {
+                *l * p.repeat_penalty
+            };
+            *l -= count as f32 * p.frequency_penalty + p.presence_penalty;
+        }
+    }
+}
+
+/// Index of the largest value; the lowest index wins a tie; NaN never wins
+/// (unless every value is NaN: then the last index).
+pub fn argmax(x: &[f32]) -> u32 {
+    // The largest value first, in 8 independent maxima (one chain of
+    // compares would make every value wait for the last; in a wasm guest
+    // this is most of a greedy step's sampling), then its first index.
+    let mut tops = [f32::NEG_INFINITY; 8];
+    let chunks = x.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (t, &v) in tops.iter_mut().zip(c) {
+            if v > *t {
+                *t = v;
+            }
+        }
+    }
+    let top = tops
+        .into_iter()
+        .chain(rest.iter().copied())
+        .fold(f32::NEG_INFINITY, |a, b| if b > a { b } else { a });
+    x.iter()
+        .position(|&v| v == top)
+        .unwrap_or(x.len().saturating_sub(1)) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The chunked argmax picks what one pass over the values picks:
+        /// the first of the largest, never a NaN unless all are.
+        #[test]
+        fn argmax_is_the_first_largest(x in proptest::collection::vec(prop_oneof![
+            4 => -3i8..3,
+            1 => Just(i8::MIN),
+            1 => Just(i8::MAX),
+        ], 0..40)) {
+            // Small integers for ties; MIN and MAX stand for -inf and NaN.
+            let x: Vec<f32> = x.iter().map(|&v| match v {
+                i8::MIN => f32::NEG_INFINITY,
+                i8::MAX => f32::NAN,
+                v => f32::from(v),
+            }).collect();
+            let mut best = 0;
+            for (i, &v) in x.iter().enumerate() {
+                if v > x[best] || x[best].is_nan() {
+                    best = i;
+                }
+            }
+            prop_assert_eq!(argmax(&x) as usize, best, "{:?}", x);
+        }
+    }
+
+    #[test]
+    fn same_seed_same_tokens_other_seed_other_tokens() {
+        let logits: Vec<f32> = (0..100).map(|i| (i as f32 * 0.37).sin()).collect();
+        let params = SamplingParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            ..Default::default()
+        };
+        let run = |seed| {
+            let mut s = Sampler::new(SamplingParams {
+                seed,
+                ..params.clone()
+            })
+            .unwrap();
+            (0..50).map(|_| s.sample(&logits, &[])).collect::<Vec<_>>()
+        };
+        assert_eq!(run(1), run(1));
+        assert_ne!(run(1), run(2));
+    }
+
+    #[test]
+    fn filters_keep_only_what_they_allow() {
+        let logits = [5.0, 4.0, 3.0, 0.0, -10.0];
+        let mut k1 = Sampler::new(SamplingParams {
+            top_k: 1,
+            temperature: 5.0,
+            ..Default::default()
+        })
+        .unwrap();
+        assert!((0..50).all(|_| k1.sample(&logits, &[]) == 0));
+        // min-p 0.5: only tokens with p >= p_max / 2 (logit within ln 2 of the top).
+        let mut minp = Sampler::new(SamplingParams {
+            min_p: 0.5,
+            top_k: 0,
+            top_p: 1.0,
+            temperature: 1.0,
+            ..Default::default()
+        })
+        .unwrap();
+        assert!((0..50).all(|_| minp.sample(&logits, &[]) == 0));
+        // top-p 0.9 keeps 0 and 1 (0.665 + 0.245 > 0.9), never 2..
+        let mut topp = Sampler::new(SamplingParams {
+            top_p: 0.9,
+            top_k: 0,
+            min_p: 0.0,
+            temperature: 1.0,
+            ..Default::default()
+        })
+        .unwrap();
+        let picks: Vec<u32> = (0..300).map(|_| topp.sample(&logits, &[])).collect();
+        assert!(picks.iter().all(|&t| t <= 1) && picks.contains(&1));
+    }
+
+    #[test]
+    fn penalties_and_bias_change_the_greedy_choice() {
+        let logits = [2.0, 1.9, 0.0];
+        let mut rep = Sampler::new(SamplingParams {
+            repeat_penalty: 1.1,
+            ..SamplingParams::greedy()
+        })
+        .unwrap();
+        assert_eq!(rep.sample(&logits, &[0]), 1);
+        let mut freq = Sampler::new(SamplingParams {
+            frequency_penalty: 0.06,
+            ..SamplingParams::greedy()
+        })
+        .unwrap();
+        assert_eq!(freq.sample(&logits, &[0]), 0);
+        assert_eq!(freq.sample(&logits, &[0, 0]), 1);
+        let mut bias = Sampler::new(SamplingParams {
+            logit_bias: vec![(2, 5.0)],
+            ..SamplingParams::greedy()
+        })
+        .unwrap();
+        assert_eq!(bias.sample(&logits, &[]), 2);
+        assert!(Sampler::new(SamplingParams {
+            top_p: 1.5,
+            ..Default::default()
+        })
+        .is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn sampling_returns_a_valid_token(
+            logits in proptest::collection::vec(prop_oneof![
+                8 => -50f32..50.0,
+                1 => Just(f32::NEG_INFINITY),
+                1 => Just(3.0f32),
+            ], 1..200),
+            temp in 0f32..3.0, top_k in 0usize..50, top_p in 0f32..=1.0, min_p in 0f32..=1.0, seed: u64,
+            min_keep in 0usize..5, typical_p in 0f32..=1.0, top_n_sigma in -1f32..4.0,
+            xtc_probability in 0f32..=1.0, xtc_threshold in 0f32..0.6, dynatemp_range in 0f32..2.0,
+            dry_multiplier in 0f32..2.0, mirostat in 0u32..3, history in proptest::collection::vec(0u32..8, 0..40),
+        ) {
+            let p = SamplingParams {
+                temperature: temp, top_k, top_p, min_p, seed, min_keep, typical_p, top_n_sigma,
+                xtc_probability, xtc_threshold, dynatemp_range, dry_multiplier,
+                dry_sequence_breakers: Vec::new(),
+                mirostat: Mirostat::from_version(mirostat).unwrap(),
+                ..Default::default()
+            };
+            let mut s = Sampler::new(p).unwrap();
+            for _ in 0..3 {
+                let t = s.sample(&logits, &history);
+                prop_assert!((t as usize) < logits.len());
+            }
+            let d = s.distribution(&logits, &history).to_vec();
+            let total: f32 = d.iter().map(|t| t.1).sum();
+            prop_assert!(!d.is_empty() && (total - 1.0).abs() < 1e-3, "{:?}", d);
+        }
+    }
+
+    #[test]
+    fn mirostat_lowers_surprise_by_its_target() {
+        // Zipf-like logits over 2000 tokens. Surprise is measured under the
+        // whole distribution: mirostat's lower target gives less of it, and
+        // either gives less than drawing from every token.
+        let logits: Vec<f32> = (0..2000).map(|i| -1.1 * ((i + 1) as f32).ln()).collect();
+        let all: Vec<(u32, f32)> = logits.iter().map(|&l| (0, l)).collect();
+        let (max, sum) = normaliser(&all);
+        let surprise = |t: u32| -((f64::from((logits[t as usize] - max).exp()) / sum).log2());
+        let mean = |mirostat, tau| {
+            let mut s = Sampler::new(SamplingParams {
+                temperature: 1.0,
+                top_k: 0,
+                top_p: 1.0,
+                min_p: 0.0,
+                mirostat,
+                mirostat_tau: tau,
+                ..Default::default()
+            })
+            .unwrap();
+            let draws: Vec<f64> = (0..3000)
+                .map(|_| surprise(s.sample(&logits, &[])))
+                .collect();
+            draws[1000..].iter().sum::<f64>() / 2000.0
+        };
+        let plain = mean(Mirostat::Off, 3.0);
+        for m in [Mirostat::V1, Mirostat::V2] {
+            let (low, high) = (mean(m, 3.0), mean(m, 5.0));
+            assert!(
+                low + 0.5 < high && high + 0.5 < plain,
+                "{m:?}: {low} {high} {plain}"
+            );
+        }
+    }
+
+    #[test]
+    fn greedy_leaves_xtc_and_typical_their_say() {
+        let logits = [3.0, 2.9, 0.0, -1.0];
+        // Greedy XTC drops the top choice when another is above its
+        // threshold.
+        let mut xtc = Sampler::new(SamplingParams {
+            xtc_probability: 1.0,
+            xtc_threshold: 0.1,
+            ..SamplingParams::greedy()
+        })
+        .unwrap();
+        assert_eq!(xtc.sample(&logits, &[]), 1);
+        let mut plain = Sampler::new(SamplingParams::greedy()).unwrap();
+        assert_eq!(plain.sample(&logits, &[]), 0);
+        // DRY needs the vocabulary for its breakers, not without them.
+        let dry = SamplingParams {
+            dry_multiplier: 0.8,
+            ..Default::default()
+        };
+        assert!(Sampler::new(dry.clone()).is_err());
+        assert!(Sampler::new(SamplingParams {
+            dry_sequence_breakers: Vec::new(),
+            ..dry
+        })
+        .is_ok());
+    }
+}

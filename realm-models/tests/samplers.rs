@@ -1,0 +1,112 @@
+//! The sampler chain against llama.cpp's on real logits and vocabularies:
+//! `scripts/gen_sampler_fixtures.py` ran each model on three prompts that
+//! repeat themselves, kept the 200 most likely next tokens, and stored what
+//! llama.cpp's chain (penalties, DRY, top-n-sigma, top-k, typical-p, top-p,
+//! min-p, XTC, dynamic temperature; or mirostat 1 and 2) leaves of them for
+//! twenty parameter cases, with each token's probability. Realm's sampler
+//! must leave the same tokens with the same probabilities.
+
+use realm_core::catalog::{self, KnownModel};
+use realm_core::gguf::GgufFile;
+use realm_core::tokenizer::Tokenizer;
+use realm_models::{Mirostat, Sampler, SamplingParams};
+use serde_json::Value;
+
+fn params(p: &Value) -> SamplingParams {
+    let f = |k: &str, d: f32| p.get(k).and_then(Value::as_f64).map_or(d, |v| v as f32);
+    let n = |k: &str, d: usize| p.get(k).and_then(Value::as_u64).map_or(d, |v| v as usize);
+    let d = SamplingParams::default();
+    SamplingParams {
+        temperature: f("temperature", d.temperature),
+        top_k: n("top_k", d.top_k),
+        top_p: f("top_p", d.top_p),
+        min_p: f("min_p", d.min_p),
+        min_keep: n("min_keep", d.min_keep),
+        typical_p: f("typical_p", d.typical_p),
+        top_n_sigma: f("top_n_sigma", d.top_n_sigma),
+        xtc_probability: f("xtc_probability", d.xtc_probability),
+        xtc_threshold: f("xtc_threshold", d.xtc_threshold),
+        dynatemp_range: f("dynatemp_range", d.dynatemp_range),
+        dynatemp_exponent: f("dynatemp_exponent", d.dynatemp_exponent),
+        repeat_penalty: f("repeat_penalty", d.repeat_penalty),
+        presence_penalty: f("presence_penalty", d.presence_penalty),
+        frequency_penalty: f("frequency_penalty", d.frequency_penalty),
+        dry_multiplier: f("dry_multiplier", d.dry_multiplier),
+        dry_base: f("dry_base", d.dry_base),
+        dry_allowed_length: n("dry_allowed_length", d.dry_allowed_length),
+        dry_penalty_last_n: n("dry_penalty_last_n", d.dry_penalty_last_n),
+        dry_sequence_breakers: match p.get("dry_sequence_breakers") {
+            Some(b) => serde_json::from_value(b.clone()).unwrap(),
+            None => d.dry_sequence_breakers.clone(),
+        },
+        mirostat: Mirostat::from_version(n("mirostat", 0) as u32).unwrap(),
+        mirostat_tau: f("mirostat_tau", d.mirostat_tau),
+        mirostat_eta: f("mirostat_eta", d.mirostat_eta),
+        ..d
+    }
+}
+
+fn check(mm: &KnownModel) {
+    let Some(path) = catalog::cached_path(mm).filter(|p| p.is_file()) else {
+        eprintln!(
+            "skipped: {} is not cached; run `cargo xtask fetch-model`",
+            mm.file_name
+        );
+        return;
+    };
+    let file = GgufFile::open(path).unwrap();
+    let tok = Tokenizer::from_metadata(file.metadata()).unwrap();
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/samplers.json");
+    let fx: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let steps = fx["steps"].as_array().unwrap();
+    let mut checked = 0;
+    for case in fx["cases"].as_array().unwrap() {
+        let step = &steps[case["step"].as_u64().unwrap() as usize];
+        if step["model"] != mm.short_name {
+            continue;
+        }
+        let ids: Vec<u64> = serde_json::from_value(step["ids"].clone()).unwrap();
+        let values: Vec<f64> = serde_json::from_value(step["logits"].clone()).unwrap();
+        let history: Vec<u32> = serde_json::from_value(step["history"].clone()).unwrap();
+        // The prompt's tokens are llama.cpp's; Realm's tokenizer agrees.
+        let ours = tok
+            .encode(step["prompt"].as_str().unwrap(), true, false)
+            .unwrap();
+        assert_eq!(ours, history, "{}", step["prompt"]);
+        let mut logits = vec![f32::NEG_INFINITY; tok.n_vocab()];
+        for (&id, &l) in ids.iter().zip(&values) {
+            logits[id as usize] = l as f32;
+        }
+        let p = params(&case["params"]);
+        let mut sampler = Sampler::with_tokenizer(p, &tok).unwrap();
+        let mut got = sampler.distribution(&logits, &history).to_vec();
+        got.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        let want_ids: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
+        let want_p: Vec<f32> = serde_json::from_value(case["probs"].clone()).unwrap();
+        let what = format!("{} {} {}", mm.short_name, step["prompt"], case["params"]);
+        let mut got_ids: Vec<u32> = got.iter().map(|t| t.0).collect();
+        let mut sorted_want = want_ids.clone();
+        got_ids.sort_unstable();
+        sorted_want.sort_unstable();
+        assert_eq!(got_ids, sorted_want, "tokens left: {what}");
+        for (&id, &want) in want_ids.iter().zip(&want_p) {
+            let p = got.iter().find(|t| t.0 == id).unwrap().1;
+            assert!(
+                (p - want).abs() <= 2e-5 + 1e-4 * want,
+                "token {id}: {p} against llama.cpp's {want}: {what}"
+            );
+        }
+        checked += 1;
+    }
+    assert_eq!(checked, 60, "cases for {}", mm.short_name);
+}
+
+#[test]
+fn smollm2_samplers_leave_what_llama_cpps_leave() {
+    check(&catalog::SMOLLM2);
+}
+
+#[test]
+fn gemma3_samplers_leave_what_llama_cpps_leave() {
+    check(&catalog::GEMMA3);
+}

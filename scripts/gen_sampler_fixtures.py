@@ -1,0 +1,166 @@
+#!/usr/bin/env python3
+"""Golden sampler outputs from llama.cpp for realm-models' tests:
+realm-models/tests/fixtures/samplers.json.
+
+For each model and prompt it runs the prompt through llama.cpp (the CPU
+build `scripts/build_llama_cpp.sh --tools` makes, through llama-cpp-python
+0.3.36's bindings, llama.cpp 0c1e570), keeps the 200 most likely next
+tokens, and applies llama.cpp's sampler chain to them, for each of a set of
+parameter cases, with the prompt's tokens accepted first (the history the
+penalties and DRY look at), in the order llama.cpp's common sampler
+builds it (penalties, DRY, top-n-sigma, top-k, typical-p, top-p, min-p,
+XTC, temperature; or temperature and mirostat). It stores the tokens the
+chain leaves and their probabilities. XTC's chance is 1 in these cases, so
+no random draw decides what is left; mirostat's truncation is its first
+step's (mu = 2 tau).
+
+Usage: python3 scripts/gen_sampler_fixtures.py [MODELS_DIR]
+"""
+import ctypes
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+MODELS = {
+    "smollm2": "SmolLM2-135M-Instruct.Q4_1.gguf",
+    "gemma3": "gemma-3-270m-q4_k_m.gguf",
+}
+PROMPTS = [
+    "The cat sat on the mat. The dog sat on the mat. The cat sat on the",
+    "Roses are red: violets are blue. Roses are red: violets are",
+    'She said "good morning" to him, and he said "good',
+]
+TOP = 200
+# Filters off, temperature 1: each case changes what it names.
+PLAIN = {"top_k": 0, "top_p": 1.0, "min_p": 0.0, "temperature": 1.0}
+DEFAULTS = {"top_k": 40, "top_p": 0.95, "min_p": 0.05, "temperature": 0.8}
+BREAKERS = ["\n", ":", "\"", "*"]
+CASES = [
+    dict(DEFAULTS),
+    dict(DEFAULTS, min_keep=5, top_p=0.1),
+    dict(DEFAULTS, repeat_penalty=1.3, presence_penalty=0.5, frequency_penalty=0.3),
+    dict(PLAIN, top_n_sigma=1.0),
+    dict(PLAIN, top_n_sigma=2.5, top_k=30, min_p=0.01, temperature=0.7),
+    dict(PLAIN, typical_p=0.7),
+    dict(DEFAULTS, typical_p=0.9),
+    dict(DEFAULTS, xtc_probability=1.0, xtc_threshold=0.1),
+    dict(PLAIN, xtc_probability=1.0, xtc_threshold=0.02, min_keep=3),
+    dict(DEFAULTS, dynatemp_range=0.5, dynatemp_exponent=1.0),
+    dict(PLAIN, dynatemp_range=0.7, dynatemp_exponent=2.0),
+    dict(PLAIN, dry_multiplier=0.8),
+    dict(PLAIN, dry_multiplier=1.5, dry_base=2.0, dry_allowed_length=1, dry_sequence_breakers=[]),
+    dict(PLAIN, dry_multiplier=0.8, dry_allowed_length=1, dry_sequence_breakers=["sat on", "violets"]),
+    dict(DEFAULTS, dry_multiplier=0.8, dry_penalty_last_n=16, repeat_penalty=1.1),
+    dict(PLAIN, mirostat=1, mirostat_tau=5.0),
+    dict(PLAIN, mirostat=1, mirostat_tau=3.0, temperature=0.7),
+    dict(PLAIN, mirostat=2, mirostat_tau=5.0),
+    dict(PLAIN, mirostat=2, mirostat_tau=2.0, temperature=1.2),
+    dict(DEFAULTS, top_k=50, top_p=0.9, min_p=0.02, top_n_sigma=2.0, xtc_probability=1.0,
+         xtc_threshold=0.15, dynatemp_range=0.3, dry_multiplier=0.5, repeat_penalty=1.1),
+]
+HERE = os.path.dirname(os.path.abspath(__file__))
+OUT = os.path.join(HERE, "..", "realm-models", "tests", "fixtures", "samplers.json")
+
+
+def chain(L, vocab, n_vocab, c):
+    """llama.cpp's common sampler chain for case `c`, without the draw."""
+    g = lambda k, d: c.get(k, d)
+    ch = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
+    add = lambda s: L.llama_sampler_chain_add(ch, s)
+    min_keep = g("min_keep", 0)
+    temp = g("temperature", 0.8)
+    if g("mirostat", 0) == 0:
+        add(L.llama_sampler_init_penalties(n_vocab, g("penalty_last_n", 64), g("repeat_penalty", 1.0),
+                                           g("frequency_penalty", 0.0), g("presence_penalty", 0.0)))
+        breakers = [b.encode() for b in g("dry_sequence_breakers", BREAKERS)]
+        arr = (ctypes.c_char_p * max(1, len(breakers)))(*breakers)
+        add(L.llama_sampler_init_dry(vocab, g("dry_multiplier", 0.0), g("dry_base", 1.75),
+                                     g("dry_allowed_length", 2), g("dry_penalty_last_n", 64),
+                                     arr, len(breakers)))
+        add(L.llama_sampler_init_top_n_sigma(g("top_n_sigma", -1.0)))
+        add(L.llama_sampler_init_top_k(g("top_k", 40)))
+        add(L.llama_sampler_init_typical(g("typical_p", 1.0), min_keep))
+        add(L.llama_sampler_init_top_p(g("top_p", 0.95), min_keep))
+        add(L.llama_sampler_init_min_p(g("min_p", 0.05), min_keep))
+        add(L.llama_sampler_init_xtc(g("xtc_probability", 0.0), g("xtc_threshold", 0.1), min_keep, 1))
+        add(L.llama_sampler_init_temp_ext(temp, g("dynatemp_range", 0.0), g("dynatemp_exponent", 1.0)))
+    elif c["mirostat"] == 1:
+        add(L.llama_sampler_init_temp(temp))
+        add(L.llama_sampler_init_mirostat(n_vocab, 1, g("mirostat_tau", 5.0), g("mirostat_eta", 0.1), 100))
+    else:
+        add(L.llama_sampler_init_temp(temp))
+        add(L.llama_sampler_init_mirostat_v2(1, g("mirostat_tau", 5.0), g("mirostat_eta", 0.1)))
+    return ch
+
+
+def main():
+    models_dir = sys.argv[1] if len(sys.argv) > 1 else os.environ.get(
+        "REALM_MODELS", os.path.expanduser("~/.cache/realm/models"))
+    bin_dir = subprocess.run([os.path.join(HERE, "build_llama_cpp.sh"), "--tools"],
+                             check=True, capture_output=True, text=True).stdout.strip()
+    os.environ["LLAMA_CPP_LIB_PATH"] = bin_dir
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(bin_dir)))))
+    import llama_cpp as L
+    L.llama_backend_init()
+    dt = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
+    steps, cases = [], []
+    for short, name in MODELS.items():
+        path = os.path.join(models_dir, name)
+        model = L.llama_model_load_from_file(path.encode(), L.llama_model_default_params())
+        vocab = L.llama_model_get_vocab(model)
+        n_vocab = L.llama_vocab_n_tokens(vocab)
+        for prompt in PROMPTS:
+            cp = L.llama_context_default_params()
+            cp.n_ctx, cp.n_batch, cp.n_threads, cp.n_threads_batch = 256, 256, 2, 2
+            ctx = L.llama_init_from_model(model, cp)
+            raw = prompt.encode()
+            buf = (L.llama_token * 256)()
+            n = L.llama_tokenize(vocab, raw, len(raw), buf, 256, True, False)
+            assert L.llama_decode(ctx, L.llama_batch_get_one(buf, n)) == 0
+            logits = np.ctypeslib.as_array(L.llama_get_logits_ith(ctx, -1), shape=(n_vocab,)).copy()
+            L.llama_free(ctx)
+            top = np.argsort(-logits, kind="stable")[:TOP]
+            history = [int(t) for t in buf[:n]]
+            step = len(steps)
+            steps.append({"model": short, "prompt": prompt, "history": history,
+                          "ids": [int(t) for t in top],
+                          "logits": [float(logits[t]) for t in top]})
+            for c in CASES:
+                ch = chain(L, vocab, n_vocab, c)
+                for t in history:
+                    L.llama_sampler_accept(ch, t)
+                data = (L.llama_token_data * TOP)()
+                view = np.frombuffer(data, dtype=dt)
+                view["id"] = top
+                view["logit"] = logits[top]
+                view["p"] = 0
+                arr = L.llama_token_data_array(data, TOP, -1, False)
+                L.llama_sampler_apply(ch, ctypes.byref(arr))
+                L.llama_sampler_free(ch)
+                # The chain may have moved the start of the array (XTC).
+                start = (ctypes.addressof(arr.data.contents) - ctypes.addressof(data)) // dt.itemsize
+                left = view[start:start + arr.size]
+                if c.get("mirostat", 0):
+                    ids, probs = left["id"], left["p"].astype(np.float64)
+                else:
+                    left = left[np.isfinite(left["logit"])]
+                    l = left["logit"].astype(np.float64)
+                    e = np.exp(l - l.max())
+                    ids, probs = left["id"], e / e.sum()
+                order = np.argsort(-probs, kind="stable")
+                cases.append({"step": step, "params": c,
+                              "ids": [int(ids[i]) for i in order],
+                              "probs": [round(float(probs[i]), 7) for i in order]})
+                print(f"{short} {prompt[:20]!r} {c}: {len(ids)} left, top p {probs.max():.4f}")
+        L.llama_model_free(model)
+    with open(OUT, "w") as f:
+        json.dump({"llama_cpp": "0c1e570 (llama-cpp-python 0.3.36)", "top": TOP,
+                   "steps": steps, "cases": cases}, f, indent=None, ensure_ascii=False)
+        f.write("\n")
+
+
+if __name__ == "__main__":
+    main()
