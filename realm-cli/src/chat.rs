@@ -10,7 +10,7 @@ use realm_models::{generate, GenerateParams, Model, StopReason};
 
 use crate::device::Device;
 use crate::load::{self, Loaded};
-use crate::run::{context_len, SamplingArgs};
+use crate::run::{context_len, SamplingArgs, ShiftArgs};
 
 /// Arguments of `realm chat`.
 #[derive(Debug, clap::Args)]
@@ -32,6 +32,8 @@ pub struct ChatArgs {
     /// Context length (0: the model's, capped at 4096).
     #[arg(short = 'c', long, default_value_t = 0)]
     pub ctx_size: usize,
+    #[command(flatten)]
+    pub shift: ShiftArgs,
     #[command(flatten)]
     pub template: TemplateArgs,
     #[command(flatten)]
@@ -127,13 +129,14 @@ fn chat<B: Backend>(args: &ChatArgs, l: &Loaded, backend: &B) -> Result<()> {
         .collect();
     // The rendered conversation that is already in the KV cache.
     let mut in_cache = String::new();
-    let params = GenerateParams {
+    let mut params = GenerateParams {
         max_tokens: args.n_predict,
         stop: Vec::new(),
         sampling: args.sampling.params(),
         stop_at_context_end: true,
         grammar: args.sampling.constraint.grammar()?,
         lookup: args.sampling.lookup(),
+        context_shift: None,
     };
     eprintln!(
         "realm: chatting with {}; an empty line or end of input quits",
@@ -159,7 +162,15 @@ fn chat<B: Backend>(args: &ChatArgs, l: &Loaded, backend: &B) -> Result<()> {
                 encode_rendered(l, &rendered)?
             }
         };
-        if session.position() + new_text.len() >= session.capacity() {
+        if session.position() == 0 {
+            // What --keep counts from: the first turn.
+            params.context_shift = args.shift.shift(&l.tokenizer, &new_text);
+        }
+        // With a shift, what is kept and the new turn must fit.
+        let held = params
+            .context_shift
+            .map_or(session.position(), |s| s.keep.min(session.position()));
+        if held + new_text.len() >= session.capacity() {
             bail!("the conversation no longer fits the context of {ctx} tokens");
         }
         let g = generate(

@@ -4,7 +4,10 @@ use std::io::Write;
 
 use anyhow::{bail, Context, Result};
 use realm_core::backend::Backend;
-use realm_models::{generate_after, GenerateParams, Lookup, Mirostat, Model, SamplingParams};
+use realm_core::tokenizer::Tokenizer;
+use realm_models::{
+    generate_after, ContextShift, GenerateParams, Lookup, Mirostat, Model, SamplingParams,
+};
 
 use crate::{device, load, prompt_cache};
 
@@ -145,6 +148,38 @@ impl SamplingArgs {
     }
 }
 
+/// `--context-shift` and `--keep`, shared by `run` and `chat`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ShiftArgs {
+    /// When the context is full, forget the older half of the tokens after
+    /// the first --keep, and go on (as llama.cpp's --context-shift).
+    #[arg(long)]
+    pub context_shift: bool,
+    /// With --context-shift: prompt tokens never forgotten, after the BOS
+    /// token, which always stays (-1: the whole initial prompt).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 0,
+        allow_negative_numbers = true,
+        requires = "context_shift"
+    )]
+    pub keep: i64,
+}
+
+impl ShiftArgs {
+    /// The shift for a session whose first tokens are `prompt`, as
+    /// llama.cpp counts `--keep`: after a BOS token, and at most the prompt.
+    pub fn shift(&self, tokenizer: &Tokenizer, prompt: &[u32]) -> Option<ContextShift> {
+        let bos = usize::from(prompt.first().is_some_and(|&t| Some(t) == tokenizer.bos()));
+        let keep = match usize::try_from(self.keep) {
+            Ok(n) if n + bos <= prompt.len() => n + bos,
+            _ => prompt.len(),
+        };
+        self.context_shift.then_some(ContextShift { keep })
+    }
+}
+
 /// A `--logit-bias`: `ID+BIAS` or `ID-BIAS` (the bias may be `inf`).
 fn parse_bias(s: &str) -> Result<(u32, f32), String> {
     let bad = || format!("`{s}` is not TOKEN_ID+BIAS or TOKEN_ID-BIAS");
@@ -204,6 +239,8 @@ pub struct RunArgs {
     #[arg(long, requires = "prompt_cache", conflicts_with = "prompt_cache_all")]
     pub prompt_cache_ro: bool,
     #[command(flatten)]
+    pub shift: ShiftArgs,
+    #[command(flatten)]
     pub template: crate::chat::TemplateArgs,
     #[command(flatten)]
     pub sampling: SamplingArgs,
@@ -228,8 +265,8 @@ pub fn run(args: &RunArgs) -> Result<()> {
         (None, None) => bail!("give a prompt: -p TEXT or -f FILE"),
     };
     if args.guest.wasm {
-        if args.prompt_cache.is_some() {
-            bail!("--prompt-cache is the native engine's (not with --wasm)");
+        if args.prompt_cache.is_some() || args.shift.context_shift {
+            bail!("--prompt-cache and --context-shift are the native engine's (not with --wasm)");
         }
         return run_in_guest(args, &text);
     }
@@ -267,6 +304,7 @@ fn run_native<B: Backend>(args: &RunArgs, text: &str, l: &load::Loaded, backend:
         stop_at_context_end: true,
         grammar: args.sampling.constraint.grammar()?,
         lookup: args.sampling.lookup(),
+        context_shift: args.shift.shift(&l.tokenizer, &prompt),
     };
     let mut out = std::io::stdout().lock();
     if !args.chat {
@@ -308,6 +346,9 @@ fn run_native<B: Backend>(args: &RunArgs, text: &str, l: &load::Loaded, backend:
             "realm: lookup drafted {} tokens, {} accepted",
             s.drafted_tokens, s.accepted_tokens
         );
+    }
+    if s.context_shifts > 0 {
+        eprintln!("realm: the context shifted {} times", s.context_shifts);
     }
     Ok(())
 }

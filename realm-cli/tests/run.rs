@@ -293,6 +293,64 @@ fn chat_keeps_the_conversation_in_the_cache() {
     assert!(!ok && stderr.contains("candle-cpu"), "{stderr}");
 }
 
+/// `--context-shift` runs past a full context: `run` generates all it was
+/// asked for, the same text as without a shift until the context filled;
+/// `chat` takes turns that would no longer fit.
+#[test]
+fn context_shift_goes_on_past_a_full_context() {
+    use std::io::Write;
+    if !cached(&catalog::SMOLLM2) {
+        return;
+    }
+    let run = [
+        "run",
+        "smollm2",
+        "-p",
+        "Once upon a time",
+        "-n",
+        "100",
+        "-c",
+        "48",
+        "--temp",
+        "0",
+    ];
+    let (ok, plain, stderr) = realm(&run);
+    assert!(ok && stderr.contains("(ContextFull)"), "{stderr}");
+    let mut shifting = run.to_vec();
+    shifting.extend(["--context-shift", "--keep", "-1"]);
+    let (ok, out, stderr) = realm(&shifting);
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("generated 100 tokens"), "{stderr}");
+    assert!(stderr.contains("the context shifted"), "{stderr}");
+    assert!(
+        out.starts_with(plain.trim_end_matches('\n')),
+        "{plain:?} {out:?}"
+    );
+    assert!(out.len() > plain.len());
+
+    let turns = b"Hi, my name is Ada.\nTell me a story about a dragon.\nAnd another one.\n\n";
+    let chat = |extra: &[&str]| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_realm"))
+            .args(["chat", "smollm2", "--temp", "0", "-n", "40", "-c", "128"])
+            .args(extra)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(turns).unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (ok, stderr) = chat(&[]);
+    assert!(!ok && stderr.contains("no longer fits"), "{stderr}");
+    let (ok, stderr) = chat(&["--context-shift"]);
+    assert!(ok, "{stderr}");
+}
+
 /// The demo through the wasm guest: same answer as natively, with f32 KV
 /// caches and with f16 ones.
 #[test]

@@ -308,3 +308,40 @@ fn session_states_move_between_sessions_and_backends() {
         assert!(diff < 1e-3, "{dtype:?}: {diff}");
     }
 }
+
+/// A context shift (forget a stretch, turn the later keys back) on the GPU
+/// decodes as the CPU backend's does, within the backends' usual
+/// difference, with either cache type.
+#[test]
+fn context_shifts_match_the_cpu() {
+    use realm_core::backend::KvDtype;
+    for arch in ["llama", "gemma3"] {
+        let layout = SyntheticLayout::tiny(arch)
+            .unwrap()
+            .with_matrix_type(GgmlType::F32);
+        let file = Gguf::from_bytes(layout.write(5).unwrap()).unwrap();
+        let (g, cpu) = (gpu(), CpuBackend::new().unwrap());
+        let on_gpu = Model::load(&file, &g).unwrap();
+        let on_cpu = Model::load(&file, &cpu).unwrap();
+        let prompt: Vec<u32> = (0..40).map(|i| (i * 7 + 3) % 50).collect();
+        for dtype in [KvDtype::F32, KvDtype::F16] {
+            let mut a = on_gpu.session_with_kv(48, 16, dtype).unwrap();
+            let mut b = on_cpu.session_with_kv(48, 16, dtype).unwrap();
+            on_gpu.forward(&mut a, &prompt).unwrap();
+            on_cpu.forward(&mut b, &prompt).unwrap();
+            on_gpu.shift_context(&mut a, 3, 17).unwrap();
+            on_cpu.shift_context(&mut b, 3, 17).unwrap();
+            assert_eq!(a.position(), 23);
+            for t in [4u32, 6, 1] {
+                let x = on_gpu.forward(&mut a, &[t]).unwrap().to_vec();
+                let y = on_cpu.forward(&mut b, &[t]).unwrap();
+                let diff = x
+                    .iter()
+                    .zip(y)
+                    .map(|(p, q)| (p - q).abs())
+                    .fold(0f32, f32::max);
+                assert!(diff < 1e-3, "{arch} {dtype:?}: {diff}");
+            }
+        }
+    }
+}

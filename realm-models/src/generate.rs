@@ -10,7 +10,7 @@ use realm_core::tokenizer::{StreamDecoder, Tokenizer};
 use crate::grammar::{Grammar, GrammarError, Matcher};
 use crate::lookup::Lookup;
 use crate::sampling::{Sampler, SamplingParams};
-use crate::{Error, Model, Result, Session};
+use crate::{ContextShift, Error, Model, Result, Session};
 
 /// What to generate.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,6 +30,10 @@ pub struct GenerateParams {
     /// Draft tokens by prompt lookup and check them in one forward pass
     /// (see [`crate::lookup`]); the text is the same either way.
     pub lookup: Option<Lookup>,
+    /// When the context is full, forget the older half of what follows
+    /// the first `keep` tokens and go on ([`Model::shift_context`]),
+    /// instead of ending; also before a prompt that does not fit.
+    pub context_shift: Option<ContextShift>,
 }
 
 impl Default for GenerateParams {
@@ -41,6 +45,7 @@ impl Default for GenerateParams {
             stop_at_context_end: true,
             grammar: None,
             lookup: None,
+            context_shift: None,
         }
     }
 }
@@ -76,6 +81,8 @@ pub struct GenerationStats {
     pub drafted_tokens: usize,
     /// See [`GenerationStats::drafted_tokens`].
     pub accepted_tokens: usize,
+    /// Context shifts made ([`GenerateParams::context_shift`]).
+    pub context_shifts: usize,
 }
 
 impl GenerationStats {
@@ -410,6 +417,19 @@ pub fn generate_after<B: Backend>(
     };
 
     let t0 = clock::now();
+    if let Some(shift) = &params.context_shift {
+        let new = prompt.len() - cached;
+        let over = (session.position() + new).saturating_sub(session.capacity());
+        if over > 0 {
+            // Forget at least what does not fit (more, if half the rest is
+            // more), as long as what is kept and the new tokens fit.
+            let discard = shift.discard(session.position()).max(over);
+            if shift.keep + discard <= session.position() {
+                model.shift_context(session, shift.keep, discard)?;
+                stats.context_shifts += 1;
+            }
+        }
+    }
     let mut step = {
         let logits = model.forward(session, &prompt[cached..])?;
         c.step(logits)?
@@ -426,6 +446,13 @@ pub fn generate_after<B: Backend>(
             Step::Token { token, text } => {
                 if !emit(&text) {
                     break StopReason::Cancelled;
+                }
+                if let Some(shift) = &params.context_shift {
+                    let discard = shift.discard(session.position());
+                    if session.position() >= session.capacity() && discard > 0 {
+                        model.shift_context(session, shift.keep, discard)?;
+                        stats.context_shifts += 1;
+                    }
                 }
                 let room = session.capacity().saturating_sub(session.position() + 1);
                 let draft = match &params.lookup {

@@ -34,7 +34,7 @@ pub mod tools;
 
 pub use config::{Architecture, ModelConfig};
 pub use error::{Error, Result};
-pub use model::{BatchScratch, Model, Session, OUTPUT_ROWS, STEP_SPAN};
+pub use model::{BatchScratch, ContextShift, Model, Session, OUTPUT_ROWS, STEP_SPAN};
 
 pub use generate::{
     generate, generate_after, GenerateParams, Generation, GenerationStats, StopReason,

@@ -12,7 +12,10 @@ use realm_core::backend::{
 use realm_core::gguf::Gguf;
 use realm_core::{quant, TensorView};
 
+mod shift;
 mod state;
+
+pub use self::shift::ContextShift;
 
 use crate::config::{Architecture, ModelConfig};
 use crate::record::{Recorded, StepKey};

@@ -46,6 +46,7 @@ fn native_with_kv(path: &std::path::Path, req: &GenerateRequest, kv: KvDtype) ->
             .as_ref()
             .map(|g| Arc::new(realm_models::Grammar::parse(g).unwrap())),
         lookup: None,
+        context_shift: None,
     };
     let g = realm_models::generate(&model, &tok, &mut session, &ids, &params, |_| true).unwrap();
     (g.text, g.tokens.len())

@@ -137,6 +137,7 @@ pub fn generate<H: Host>(
             stop_at_context_end: true,
             grammar,
             lookup: None,
+            context_shift: None,
         },
     )
     .map_err(|_| Failure::BadSampling)?;

@@ -463,6 +463,7 @@ impl<'m, B: Backend> Engine<'m, '_, B> {
             stop_at_context_end: true,
             grammar: job.limits.grammar.clone(),
             lookup: None,
+            context_shift: None,
         };
         let text = Continuation::new(&self.l.tokenizer, &prompt, &params)
             .map_err(|e| ApiError::invalid(None, e.to_string()))?;

@@ -1,0 +1,100 @@
+//! Context shift: when a session is full, forget a stretch of tokens after
+//! the first few and move the later ones down, so that generation goes on
+//! (llama.cpp's `--context-shift`). The moved keys are turned back by the
+//! distance they move: RoPE's rotations compose, so a key rotated for
+//! position `p` and then by `-d` is the key for position `p - d`, and the
+//! cache is what running the kept tokens at their new positions would
+//! have stored, up to rounding.
+
+use realm_core::backend::{Backend, KvSpan, RopeParams};
+
+use super::{Model, Session};
+use crate::{Error, Result};
+
+/// How generation makes room when the context is full: keep the first
+/// `keep` tokens of the session, forget half of the rest (the oldest
+/// half), and go on, as llama.cpp does with `--context-shift` and
+/// `--keep`.
+///
+/// ```
+/// use realm_models::ContextShift;
+/// let shift = ContextShift { keep: 4 };
+/// // A full session of 100 tokens forgets 48 of them, after the first 4.
+/// assert_eq!(shift.discard(100), 48);
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ContextShift {
+    /// Tokens at the start of the session that are never forgotten (the
+    /// BOS token, a system prompt).
+    pub keep: usize,
+}
+
+impl ContextShift {
+    /// How many tokens a session holding `held` forgets: half of those
+    /// after `keep` (none when there are fewer than two).
+    pub fn discard(&self, held: usize) -> usize {
+        held.saturating_sub(self.keep) / 2
+    }
+}
+
+impl<B: Backend> Model<'_, B> {
+    /// Forgets the `discard` tokens after the first `keep` that `session`
+    /// holds and moves the tokens after them down by `discard` positions,
+    /// turning their keys back by as much. The session then holds
+    /// `position() - discard` tokens and goes on from there; its last
+    /// logits stay those of the last token run.
+    ///
+    /// Errors: `keep + discard` past the session's tokens.
+    pub fn shift_context(
+        &self,
+        session: &mut Session<B>,
+        keep: usize,
+        discard: usize,
+    ) -> Result<()> {
+        let held = session.pos;
+        let end = keep
+            .checked_add(discard)
+            .filter(|&e| e <= held)
+            .ok_or_else(|| {
+                Error::BadConfig(format!(
+                    "cannot forget {discard} tokens after the first {keep}: the session holds \
+                     {held}"
+                ))
+            })?;
+        let moved = held - end;
+        session.chunk = None;
+        if discard == 0 {
+            return Ok(());
+        }
+        if moved > 0 {
+            let c = &self.config;
+            let b = self.backend;
+            let width = c.n_kv_heads * c.head_dim;
+            let (mut k, mut v) = (vec![0f32; moved * width], vec![0f32; moved * width]);
+            let back = u32::try_from(discard)
+                .map_err(|_| Error::BadConfig(format!("cannot shift by {discard} positions")))?;
+            let positions = vec![back; moved];
+            for layer in 0..c.n_layers {
+                b.kv_read(&session.cache, layer, end..held, &mut k, &mut v)?;
+                let mut keys = b.upload(&k)?;
+                let values = b.upload(&v)?;
+                // A negative frequency scale turns each pair the other way.
+                let rope = RopeParams {
+                    n_dims: c.rope_dims,
+                    base: c.layer_rope_base(layer),
+                    freq_scale: -c.rope_freq_scale,
+                    mode: c.rope_mode,
+                };
+                let ws = &mut session.scratch.ws;
+                b.rope(ws, &mut keys, c.n_kv_heads, c.head_dim, &positions, &rope)?;
+                let at = KvSpan {
+                    layer,
+                    start_pos: keep,
+                };
+                b.kv_write(ws, &mut session.cache, at, &keys, &values, 0..moved)?;
+            }
+        }
+        session.pos = keep + moved;
+        Ok(())
+    }
+}

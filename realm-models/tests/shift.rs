@@ -1,0 +1,208 @@
+//! Context shift on the real models: a session that forgot a stretch of
+//! tokens and moved the rest down gives bit for bit the logits of a session
+//! restored from its saved state shifted by the test's own rotation (f32
+//! and f16 caches; on Gemma 3, whose local and global layers rotate with other
+//! bases, across its 512-token sliding window), and generation with a shift
+//! goes on past a full context, with the text of plain generation until
+//! then.
+
+use realm_compute_cpu::CpuBackend;
+use realm_core::backend::{KvDtype, RopeMode};
+use realm_core::catalog::{self, KnownModel};
+use realm_core::gguf::GgufFile;
+use realm_core::tokenizer::Tokenizer;
+use realm_models::{generate, ContextShift, GenerateParams, Model, SamplingParams, StopReason};
+
+fn open(m: &KnownModel) -> Option<GgufFile> {
+    let path = catalog::cached_path(m).filter(|p| p.is_file());
+    if path.is_none() {
+        eprintln!(
+            "skipped: {} is not cached; run `cargo xtask fetch-model`",
+            m.short_name
+        );
+    }
+    path.map(|p| GgufFile::open(p).unwrap())
+}
+
+/// A text of about `n` tokens.
+fn text(tok: &Tokenizer, n: usize) -> Vec<u32> {
+    let para = "The river runs past the old mill, where the miller's daughter counts \
+                sacks of flour each morning and sings about the sea she has never seen. ";
+    let mut ids = tok.encode(&para.repeat(n / 20 + 1), true, false).unwrap();
+    ids.truncate(n);
+    ids
+}
+
+/// Does what a context shift should, independently: from a saved state
+/// (the format `Model::save_state` documents), drops tokens
+/// `keep..keep + discard` and turns the keys of the later ones back by
+/// `discard` positions, with each layer's RoPE base and pairing, in the CPU
+/// backend's arithmetic (angles in f64 rounded once to f32 cosines and
+/// sines, the turn in f32), so that the result is exact.
+fn shift_state(
+    model: &Model<'_, CpuBackend>,
+    state: &[u8],
+    keep: usize,
+    discard: usize,
+) -> Vec<u8> {
+    let c = model.config();
+    let n = u32::from_le_bytes(state[33..37].try_into().unwrap()) as usize;
+    let f32s = state[32] == 0;
+    let size = if f32s { 4 } else { 2 };
+    let width = c.n_kv_heads * c.head_dim;
+    let row = width * size;
+    let kept = n - discard;
+    let mut out = state[..33].to_vec();
+    out.extend_from_slice(&(kept as u32).to_le_bytes());
+    let ids = &state[37..37 + 4 * n];
+    out.extend_from_slice(&ids[..4 * keep]);
+    out.extend_from_slice(&ids[4 * (keep + discard)..]);
+    let mut at = 37 + 4 * n;
+    let get = |b: &[u8]| -> f32 {
+        if f32s {
+            f32::from_le_bytes(b.try_into().unwrap())
+        } else {
+            half::f16::from_le_bytes(b.try_into().unwrap()).to_f32()
+        }
+    };
+    let put = |out: &mut Vec<u8>, x: f32| {
+        if f32s {
+            out.extend_from_slice(&x.to_le_bytes());
+        } else {
+            out.extend_from_slice(&half::f16::from_f32(x).to_le_bytes());
+        }
+    };
+    let half_dims = c.rope_dims / 2;
+    for layer in 0..c.n_layers {
+        for is_key in [true, false] {
+            let rows = &state[at..at + n * row];
+            at += n * row;
+            for (t, r) in rows.chunks_exact(row).enumerate() {
+                if (keep..keep + discard).contains(&t) {
+                    continue;
+                }
+                let mut x: Vec<f32> = r.chunks_exact(size).map(get).collect();
+                if is_key && t >= keep + discard {
+                    let base = f64::from(c.layer_rope_base(layer));
+                    for head in x.chunks_exact_mut(c.head_dim) {
+                        for i in 0..half_dims {
+                            let theta = -(discard as f64)
+                                * f64::from(c.rope_freq_scale)
+                                * base.powf(-2.0 * i as f64 / c.rope_dims as f64);
+                            let (a, b) = match c.rope_mode {
+                                RopeMode::Normal => (2 * i, 2 * i + 1),
+                                RopeMode::Neox => (i, i + half_dims),
+                            };
+                            let (cos, sin) = (theta.cos() as f32, theta.sin() as f32);
+                            let (xa, xb) = (head[a], head[b]);
+                            head[a] = xa * cos - xb * sin;
+                            head[b] = xa * sin + xb * cos;
+                        }
+                    }
+                }
+                x.into_iter().for_each(|v| put(&mut out, v));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn shifted_sessions_decode_as_the_tests_own_shift() {
+    for m in [&catalog::SMOLLM2, &catalog::GEMMA3] {
+        let Some(file) = open(m) else { continue };
+        let cpu = CpuBackend::new().unwrap();
+        let model = Model::load(&file, &cpu).unwrap();
+        let tok = Tokenizer::from_metadata(file.metadata()).unwrap();
+        // Gemma 3's local layers see 512 tokens: 700 held, 300 forgotten.
+        let (held, keep, discard) = if m.short_name == "gemma3" {
+            (700, 5, 300)
+        } else {
+            (200, 5, 90)
+        };
+        let ids = text(&tok, held + 4);
+        let (prompt, next) = ids.split_at(held);
+        for dtype in [KvDtype::F32, KvDtype::F16] {
+            let mut s = model.session_with_kv(held + 8, 64, dtype).unwrap();
+            model.forward(&mut s, prompt).unwrap();
+            let mut state = Vec::new();
+            model.save_state(&s, prompt, &mut state).unwrap();
+            model.shift_context(&mut s, keep, discard).unwrap();
+            assert_eq!(s.position(), held - discard);
+            let mut r = model.session_with_kv(held + 8, 64, dtype).unwrap();
+            let shifted = shift_state(&model, &state, keep, discard);
+            let kept = model.load_state(&mut r, &mut shifted.as_slice()).unwrap();
+            assert_eq!(kept.len(), held - discard);
+            for (i, &t) in next.iter().enumerate() {
+                let a = model.forward(&mut s, &[t]).unwrap().to_vec();
+                let b = model.forward(&mut r, &[t]).unwrap();
+                assert!(
+                    a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                    "{} {dtype:?} token {i}",
+                    m.short_name
+                );
+            }
+        }
+        // Forgetting more than the session holds is refused, and changes
+        // nothing.
+        let mut s = model.session(64, 16).unwrap();
+        model.forward(&mut s, &ids[..20]).unwrap();
+        assert!(model.shift_context(&mut s, 10, 11).is_err());
+        assert_eq!(s.position(), 20);
+    }
+}
+
+#[test]
+fn generation_shifts_past_a_full_context() {
+    let Some(file) = open(&catalog::SMOLLM2) else {
+        return;
+    };
+    let cpu = CpuBackend::new().unwrap();
+    let model = Model::load(&file, &cpu).unwrap();
+    let tok = Tokenizer::from_metadata(file.metadata()).unwrap();
+    let prompt = tok
+        .encode("Once upon a time, in a village by the sea,", true, false)
+        .unwrap();
+    let params = GenerateParams {
+        max_tokens: 150,
+        sampling: SamplingParams {
+            seed: 3,
+            ..SamplingParams::default()
+        },
+        ..GenerateParams::default()
+    };
+    let ctx = 64;
+    let mut plain = model.session(ctx, 16).unwrap();
+    let ended = generate(&model, &tok, &mut plain, &prompt, &params, |_| true).unwrap();
+    assert_eq!(ended.stop_reason, StopReason::ContextFull);
+    let keep = prompt.len();
+    let shifting = GenerateParams {
+        context_shift: Some(ContextShift { keep }),
+        ..params
+    };
+    let mut s = model.session(ctx, 16).unwrap();
+    let g = generate(&model, &tok, &mut s, &prompt, &shifting, |_| true).unwrap();
+    assert_eq!(g.stop_reason, StopReason::MaxTokens, "{:?}", g.stats);
+    assert_eq!(g.tokens[..ended.tokens.len()], ended.tokens[..]);
+    // Each shift forgets half of what follows the prompt: count them.
+    let (mut held, mut shifts) = (prompt.len(), 0);
+    for _ in 0..150 - 1 {
+        if held == ctx {
+            held -= (held - keep) / 2;
+            shifts += 1;
+        }
+        held += 1;
+    }
+    assert_eq!(g.stats.context_shifts, shifts);
+    assert!(shifts >= 2);
+    assert_eq!(s.position(), held);
+    // The prompt (kept) still steers: the text is not the one without it.
+    let restart = GenerateParams {
+        context_shift: Some(ContextShift { keep: 0 }),
+        ..shifting
+    };
+    let mut z = model.session(ctx, 16).unwrap();
+    let other = generate(&model, &tok, &mut z, &prompt, &restart, |_| true).unwrap();
+    assert_eq!(other.tokens[..ended.tokens.len()], ended.tokens[..]);
+    assert_eq!(other.tokens.len(), 150);
+}
