@@ -1327,6 +1327,42 @@ fn llama_cpps_samplers_answer_as_realm_runs() {
     assert_eq!((&d["mirostat"], &d["dry_base"]), (&json!(0), &json!(1.75)));
 }
 
+/// `--context-shift`: a completion runs past a full context, with the
+/// text the server gives without a shift until then; its session is not
+/// kept for later prompts (it no longer holds their beginning).
+#[test]
+fn context_shift_lets_completions_run_past_the_context() {
+    if !cached(&catalog::SMOLLM2) {
+        return;
+    }
+    let body = json!({"prompt": "Once upon a time", "max_tokens": 100, "temperature": 0});
+    let plain = Server::start(&["smollm2", "-c", "48"]).post("/v1/completions", &body);
+    let server = Server::start(&["smollm2", "-c", "48", "--context-shift"]);
+    let r = server.post("/v1/completions", &body);
+    assert_eq!(r["usage"]["completion_tokens"], 100, "{r}");
+    assert_eq!(r["choices"][0]["finish_reason"], "length");
+    let (short, long) = (
+        plain["choices"][0]["text"].as_str().unwrap(),
+        r["choices"][0]["text"].as_str().unwrap(),
+    );
+    assert!(plain["usage"]["completion_tokens"].as_u64().unwrap() < 48);
+    assert!(
+        long.starts_with(short) && long.len() > short.len(),
+        "{short:?} {long:?}"
+    );
+    // `n_keep: -1` keeps the prompt: another text, as long.
+    let mut keep = body.clone();
+    keep["n_keep"] = json!(-1);
+    let k = server.post("/v1/completions", &keep);
+    assert_eq!(k["usage"]["completion_tokens"], 100, "{k}");
+    assert!(k["choices"][0]["text"].as_str().unwrap().starts_with(short));
+    // Nothing of the shifted sessions was kept to start from.
+    let again = server.post("/v1/completions", &body);
+    assert_eq!(again["choices"][0]["text"], r["choices"][0]["text"]);
+    let cached = &again["usage"]["prompt_tokens_details"]["cached_tokens"];
+    assert!(cached.is_null() || cached == 0, "{again}");
+}
+
 #[test]
 fn bad_requests_get_clear_errors() {
     if !cached(&catalog::SMOLLM2) {

@@ -483,8 +483,10 @@ pub trait RopeOps: BackendCore {
     /// Rotates the first `positions.len() * n_heads * head_dim` values of
     /// `x`, laid out `[n_tokens][n_heads][head_dim]` with
     /// `n_tokens == positions.len()`: pair `i` of token `t` turns by
-    /// `positions[t] * freq_scale * base^(-2i / n_dims)` radians. The
-    /// workspace may cache the angles between calls with the same positions.
+    /// `positions[t] * freq_scale * base^(-2i / n_dims)` radians (a
+    /// negative `freq_scale` turns the other way: a context shift turns
+    /// cached keys back so). The workspace may cache the angles between
+    /// calls with the same positions.
     ///
     /// Guarantees: the layout and `n_dims <= head_dim`, even, are checked;
     /// each token's result depends only on its own values and position.

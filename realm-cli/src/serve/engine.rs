@@ -34,7 +34,9 @@ use realm_core::backend::{Backend, KvDtype};
 use realm_core::tokenizer::Tokenizer;
 use realm_models::embedding::{self, Pooling};
 use realm_models::generate::{Continuation, Step};
-use realm_models::{BatchScratch, GenerateParams, LogProbs, Model, Session, StopReason};
+use realm_models::{
+    BatchScratch, ContextShift, GenerateParams, LogProbs, Model, Session, StopReason,
+};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::logprobs::TokenLogprob;
@@ -151,6 +153,8 @@ pub struct EngineConfig {
     /// Most finished requests' KV caches kept for requests whose prompts
     /// begin the same (0: none; then each cache is sized to its request).
     pub prompt_cache: usize,
+    /// Shift a full context instead of ending the request.
+    pub context_shift: bool,
     /// What the engine counts, for `/metrics`.
     pub metrics: Arc<Metrics>,
 }
@@ -260,6 +264,11 @@ struct Seq<'t, B: Backend> {
     /// log-probabilities were sent.
     sent_text: usize,
     sent_tokens: usize,
+    /// How a full context makes room, if it may.
+    shift: Option<ContextShift>,
+    /// Whether the context has shifted: the session then no longer holds
+    /// the tokens' prefix, and is not kept for later requests.
+    shifted: bool,
 }
 
 impl<B: Backend> Seq<'_, B> {
@@ -415,7 +424,17 @@ impl<'m, B: Backend> Engine<'m, '_, B> {
                     cached_tokens: cached,
                 });
                 metrics::add(&self.cfg.metrics.prompt_tokens_cached, cached as u64);
+                let shift = self.cfg.context_shift.then(|| {
+                    shift_for(
+                        &self.l.tokenizer,
+                        &prompt,
+                        job.limits.n_keep,
+                        session.capacity(),
+                    )
+                });
                 let mut seq = Seq {
+                    shift,
+                    shifted: false,
                     prompt,
                     prefilled: cached,
                     text,
@@ -653,8 +672,20 @@ impl<'m, B: Backend> Engine<'m, '_, B> {
                 if !text.is_empty() && !s.send(text) {
                     (StopReason::Cancelled, String::new())
                 } else if s.session.position() >= s.session.capacity() {
-                    // No room for the token just sampled.
-                    (StopReason::ContextFull, s.text.end(StopReason::ContextFull))
+                    // No room for the token just sampled: make some, or end.
+                    let discard = s.shift.map_or(0, |sh| sh.discard(s.session.position()));
+                    let keep = s.shift.map_or(0, |sh| sh.keep);
+                    if discard == 0 {
+                        (StopReason::ContextFull, s.text.end(StopReason::ContextFull))
+                    } else if let Err(e) = self.model.shift_context(&mut s.session, keep, discard) {
+                        let s = self.running.remove(i);
+                        fail(s, &e);
+                        return false;
+                    } else {
+                        s.shifted = true;
+                        s.next = Some(token);
+                        return true;
+                    }
                 } else {
                     s.next = Some(token);
                     return true;
@@ -662,9 +693,26 @@ impl<'m, B: Backend> Engine<'m, '_, B> {
             }
         };
         let s = self.running.remove(i);
+        let shifted = s.shifted;
         let (held, session) = finish(s, reason, text, &self.cfg.metrics);
-        self.keep(held, session);
+        if !shifted {
+            self.keep(held, session);
+        }
         false
+    }
+}
+
+/// A request's context shift, as llama.cpp's server counts `n_keep`: the
+/// prompt's tokens after the BOS token that stay (negative: all of them),
+/// at most four short of the context.
+fn shift_for(tok: &Tokenizer, prompt: &[u32], n_keep: i64, capacity: usize) -> ContextShift {
+    let bos = usize::from(prompt.first().is_some_and(|&t| Some(t) == tok.bos()));
+    let keep = match usize::try_from(n_keep) {
+        Ok(n) => n.saturating_add(bos),
+        Err(_) => prompt.len(),
+    };
+    ContextShift {
+        keep: keep.min(capacity.saturating_sub(4)),
     }
 }
 

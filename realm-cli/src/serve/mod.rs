@@ -74,6 +74,13 @@ pub struct ServeArgs {
     /// (not --wasm).
     #[arg(long, default_value_t = 4)]
     pub prompt_cache: usize,
+    /// When a request's context is full, forget the older half of its
+    /// tokens after the first `n_keep` (a request field, 0 by default: the
+    /// BOS token; -1: the whole prompt) and go on, as llama.cpp's server
+    /// does with --context-shift. A request without max_tokens then runs
+    /// until the model ends it. The native engine's only (not --wasm).
+    #[arg(long)]
+    pub context_shift: bool,
     /// Largest request body, in bytes (larger ones get a 413).
     #[arg(long, default_value_t = 4 << 20)]
     pub max_body: usize,
@@ -108,6 +115,9 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     if args.parallel == 0 || args.batch_size == 0 {
         bail!("--parallel and --batch-size must be at least 1");
     }
+    if args.context_shift && args.guest.wasm {
+        bail!("--context-shift is the native engine's (not with --wasm)");
+    }
     let chat_template = args.template.source()?;
     let cfg = engine::EngineConfig {
         model: args.model.clone(),
@@ -119,6 +129,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         batch: args.batch_size,
         kv_dtype: args.cache_type.into(),
         prompt_cache: args.prompt_cache,
+        context_shift: args.context_shift,
         metrics: Arc::new(metrics::Metrics::default()),
     };
     let counted = args.metrics.then(|| cfg.metrics.clone());

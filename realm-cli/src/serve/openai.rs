@@ -125,6 +125,7 @@ pub struct Options {
     pub mirostat: Option<u32>,
     pub mirostat_tau: Option<f32>,
     pub mirostat_eta: Option<f32>,
+    pub n_keep: Option<i64>,
     pub seed: Option<u64>,
     pub logit_bias: Option<HashMap<String, f32>>,
     pub stop: Option<Stop>,
@@ -160,6 +161,9 @@ pub struct Limits {
     pub echo: bool,
     /// Generate only text this grammar allows.
     pub grammar: Option<Arc<Grammar>>,
+    /// With `--context-shift`: the prompt's tokens after BOS that a shift
+    /// keeps (negative: all).
+    pub n_keep: i64,
 }
 
 impl Options {
@@ -270,6 +274,7 @@ impl Options {
             logprobs: None,
             echo,
             grammar,
+            n_keep: self.n_keep.unwrap_or(0),
         })
     }
 
