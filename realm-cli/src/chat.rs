@@ -88,7 +88,7 @@ pub fn starts_with_bos(l: &Loaded, text: &str) -> bool {
 
 /// Token ids of `text` rendered by a chat template: special tokens are
 /// parsed, and BOS is added only if the template did not write it.
-fn encode_rendered(l: &Loaded, text: &str) -> Result<Vec<u32>> {
+pub fn encode_rendered(l: &Loaded, text: &str) -> Result<Vec<u32>> {
     Ok(l.tokenizer.encode(text, !starts_with_bos(l, text), true)?)
 }
 

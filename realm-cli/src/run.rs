@@ -283,7 +283,9 @@ fn run_native<B: Backend>(args: &RunArgs, text: &str, l: &load::Loaded, backend:
     let prompt = if args.chat {
         crate::chat::render_user_turn(l, args.system.as_deref(), text)?
     } else {
-        l.tokenizer.encode(text, true, false)?
+        // Special-token text in the prompt (`<|im_start|>`) is the token,
+        // as llama-completion reads a prompt.
+        crate::chat::encode_rendered(l, text)?
     };
     let ctx = context_len(args.ctx_size, model.config().context_length);
     if prompt.len() >= ctx {
@@ -376,7 +378,7 @@ fn run_in_guest(args: &RunArgs, prompt: &str) -> Result<()> {
         sampling: args.sampling.params(),
         stop: args.stop.clone(),
         add_special,
-        parse_special: args.chat,
+        parse_special: true,
         grammar: args
             .sampling
             .constraint

@@ -36,6 +36,31 @@ fn run_chat_answers_paris() {
     assert!(stderr.contains("EndOfGeneration"), "{stderr}");
 }
 
+/// A plain prompt's special-token text is the tokens, as llama-completion
+/// reads it: the demo's conversation written out by hand gets the demo's
+/// answer, natively and in the guest.
+#[test]
+fn run_reads_special_tokens_in_the_prompt() {
+    if !cached(&catalog::SMOLLM2) {
+        return;
+    }
+    let (ok, answer, stderr) = realm(&DEMO);
+    assert!(ok, "{stderr}");
+    let raw = "<|im_start|>system\nAnswer in one short English sentence.<|im_end|>\n\
+               <|im_start|>user\nWhich city is the capital of France?<|im_end|>\n\
+               <|im_start|>assistant\n";
+    let mut args = vec!["run", "smollm2", "--temp", "0", "-n", "64", "-p", raw];
+    let (ok, out, stderr) = realm(&args);
+    assert!(ok, "{stderr}");
+    assert_eq!(out.strip_prefix(raw), Some(answer.as_str()), "{out:?}");
+    if let Some(guest) = guest() {
+        args.extend(["--wasm", "--guest", &guest]);
+        let (ok, out, stderr) = realm(&args);
+        assert!(ok, "{stderr}");
+        assert_eq!(out.strip_prefix(raw), Some(answer.as_str()), "{out:?}");
+    }
+}
+
 #[test]
 fn run_streams_prompt_then_continuation_and_seeds_repeat() {
     if !cached(&catalog::GEMMA3) {

@@ -259,6 +259,9 @@ ppl_check() {
 serve_check() {
   m="$1"
   t=$(budget 120) || { echo "SKIPPED: serve-$m (no time left)"; return; }
+  # The log exists before the server does, so that reading it never races
+  # the background shell's redirection.
+  : > "$out/serve-$m.log"
   "$here/realm" serve "$models/$m-synth.gguf" --device "$dev" --port 0 --parallel 8 -c 1024 \
     --cache-type f16 > "$out/serve-$m.log" 2>&1 &
   pid=$!
