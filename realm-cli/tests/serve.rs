@@ -1363,6 +1363,90 @@ fn context_shift_lets_completions_run_past_the_context() {
     assert!(cached.is_null() || cached == 0, "{again}");
 }
 
+/// llama.cpp's own `/completion` (and `/completions`): `n_predict`, the
+/// text in `content` (the `/v1/completions` text), `stop_type` and
+/// `stopping_word`, counts, settings and timings; streamed, pieces that add
+/// up to it and a last event with `"stop": true`; several prompts, an array.
+#[test]
+fn llama_cpps_completion_endpoint_answers_in_its_shape() {
+    if !cached(&catalog::SMOLLM2) {
+        return;
+    }
+    let server = Server::start(&["smollm2"]);
+    let prompt = "Once upon a time";
+    let oai = server.post(
+        "/v1/completions",
+        &json!({"prompt": prompt, "max_tokens": 12, "temperature": 0}),
+    );
+    let body = json!({"prompt": prompt, "n_predict": 12, "temperature": 0});
+    let r = server.post("/completion", &body);
+    assert_eq!(r["content"], oai["choices"][0]["text"], "{r}");
+    assert_eq!(
+        (&r["stop"], &r["stop_type"]),
+        (&json!(true), &json!("limit"))
+    );
+    assert_eq!(r["tokens_predicted"], 12);
+    assert_eq!(r["tokens_evaluated"], oai["usage"]["prompt_tokens"]);
+    assert_eq!(r["prompt"], prompt);
+    assert_eq!(r["generation_settings"]["n_predict"], 12);
+    assert_eq!(r["generation_settings"]["temperature"], 0.0);
+    let t = &r["timings"];
+    assert_eq!(t["predicted_n"], 12);
+    assert!(t["predicted_ms"].as_f64().unwrap() > 0.0, "{t}");
+    assert!(t["predicted_per_second"].as_f64().unwrap() > 0.0, "{t}");
+    assert_eq!(server.post("/completions", &body)["content"], r["content"]);
+
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let events: Vec<Value> = server
+        .stream("/completion", &streamed)
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let (last, pieces) = events.split_last().unwrap();
+    let text: String = pieces
+        .iter()
+        .map(|e| {
+            assert_eq!(e["stop"], false, "{e}");
+            e["content"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(text, r["content"].as_str().unwrap());
+    assert_eq!(
+        (&last["stop"], &last["content"]),
+        (&json!(true), &json!(""))
+    );
+    assert_eq!(last["tokens_predicted"], 12);
+
+    // A stop string ends it: "word", and which.
+    let r = server.post(
+        "/completion",
+        &json!({"prompt": prompt, "n_predict": 40, "temperature": 0, "stop": ["zzz", ","]}),
+    );
+    assert_eq!(
+        (&r["stop_type"], &r["stopping_word"]),
+        (&json!("word"), &json!(",")),
+        "{r}"
+    );
+    assert!(!r["content"].as_str().unwrap().contains(','));
+    // Several prompts: an array, in order.
+    let both = server.post(
+        "/completion",
+        &json!({"prompt": [prompt, "The capital of France"], "n_predict": 4, "temperature": 0}),
+    );
+    let both = both.as_array().unwrap();
+    assert_eq!(both.len(), 2);
+    assert_eq!(both[1]["prompt"], "The capital of France");
+    assert_eq!(both[1]["index"], 1);
+    let (status, text) = server.call(
+        "POST",
+        "/completion",
+        &json!({"prompt": prompt, "n_predict": 0}).to_string(),
+    );
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("n_predict"), "{text}");
+}
+
 #[test]
 fn bad_requests_get_clear_errors() {
     if !cached(&catalog::SMOLLM2) {

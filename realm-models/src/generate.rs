@@ -146,11 +146,14 @@ mod clock {
 /// let mut m = StopMatcher::new(&stops);
 /// assert_eq!(m.push("Hi <"), ("Hi ".to_string(), false));
 /// assert_eq!(m.push("/s> more"), (String::new(), true));
+/// assert_eq!(m.matched(), Some("</s>"));
 /// ```
 #[derive(Debug)]
 pub struct StopMatcher {
     stops: Vec<String>,
     pending: String,
+    /// The stop string found, once one is.
+    matched: Option<usize>,
 }
 
 impl StopMatcher {
@@ -159,7 +162,14 @@ impl StopMatcher {
         Self {
             stops: stops.to_vec(),
             pending: String::new(),
+            matched: None,
         }
+    }
+
+    /// The stop string that ended the text, once one has (the earliest in
+    /// the text; the first given among those there).
+    pub fn matched(&self) -> Option<&str> {
+        self.matched.map(|i| self.stops[i].as_str())
     }
 
     /// Adds `piece`; returns the text safe to emit and whether a stop string
@@ -169,10 +179,12 @@ impl StopMatcher {
         let hit = self
             .stops
             .iter()
-            .filter(|s| !s.is_empty())
-            .filter_map(|s| self.pending.find(s.as_str()))
+            .enumerate()
+            .filter(|(_, s)| !s.is_empty())
+            .filter_map(|(i, s)| self.pending.find(s.as_str()).map(|at| (at, i)))
             .min();
-        if let Some(at) = hit {
+        if let Some((at, i)) = hit {
+            self.matched = Some(i);
             let out = self.pending[..at].to_string();
             self.pending.clear();
             return (out, true);
@@ -352,6 +364,11 @@ impl<'t> Continuation<'t> {
     fn end_with(&mut self, reason: StopReason, mut text: String) -> Step {
         text.push_str(&self.end(reason));
         Step::End { reason, text }
+    }
+
+    /// The stop string that ended generation, if one did.
+    pub fn stop_string(&self) -> Option<&str> {
+        self.stop.matched()
     }
 
     /// The tokens generated so far.

@@ -76,6 +76,8 @@ pub enum Event {
     Done {
         reason: StopReason,
         completion_tokens: usize,
+        /// The stop string that ended it, where known.
+        stop_word: Option<String>,
     },
     Failed(ApiError),
     /// An embedding's vector (after `Started`), which ends it.
@@ -748,6 +750,7 @@ fn finish<B: Backend>(
         let _ = s.job.events.send(Event::Done {
             reason,
             completion_tokens: generated,
+            stop_word: s.text.stop_string().map(String::from),
         });
         metrics::add(&m.tokens_predicted, generated as u64);
         metrics::add(&m.sequences_done, 1);

@@ -33,7 +33,7 @@ use super::openai::{
 };
 use super::props::{self, Props};
 use super::tools::{self, Outcome, ToolMode};
-use super::{embeddings, tokens};
+use super::{embeddings, native, tokens};
 
 /// What every handler shares.
 #[derive(Debug)]
@@ -93,7 +93,8 @@ pub fn router(app: Arc<App>, body_limit: usize, cors: Option<CorsLayer>) -> Rout
         .route("/v1/chat/completions", post(chat))
         .route("/chat/completions", post(chat))
         .route("/v1/completions", post(completion))
-        .route("/completions", post(completion))
+        .route("/completions", post(native::completion))
+        .route("/completion", post(native::completion))
         .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/embeddings", post(embeddings::embeddings))
         .route("/tokenize", post(tokens::tokenize))
@@ -425,6 +426,17 @@ impl Reply {
     }
 }
 
+/// The request's number, and a seed for a request without one of its own.
+pub(super) fn number(app: &App) -> (u64, u64) {
+    let n = app.count.fetch_add(1, Ordering::Relaxed);
+    let seed = (u64::from(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos()),
+    )) ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    (n, seed)
+}
+
 /// Queues the request's sequences (each prompt `n` times) and answers them,
 /// whole or streamed, once every one has started (or one has failed).
 async fn answer(
@@ -434,13 +446,7 @@ async fn answer(
     options: &Options,
     extra: Extra,
 ) -> Response {
-    let n = app.count.fetch_add(1, Ordering::Relaxed);
-    // A request without a seed gets one of its own.
-    let seed = (u64::from(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos()),
-    )) ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let (n, seed) = number(app);
     let asked = options.choices().and_then(|per_prompt| {
         let limits = match &extra.tools {
             Some((_, grammar)) => options.limits_with(seed, extra.echo, Some(grammar.clone()))?,
@@ -586,6 +592,7 @@ async fn whole(reply: Reply, mut inbox: Inbox, prompts: &[PromptCount]) -> Respo
                 Event::Done {
                     reason,
                     completion_tokens,
+                    ..
                 },
             )) => {
                 if c.done.is_none() {
@@ -657,6 +664,7 @@ impl Streaming {
                 Event::Done {
                     reason,
                     completion_tokens,
+                    ..
                 },
             )) => {
                 if self.choices[i].done.is_none() {
@@ -753,6 +761,6 @@ fn stream(reply: Reply, inbox: Inbox, prompts: Vec<PromptCount>, include_usage: 
         .into_response()
 }
 
-fn data(v: &Value) -> sse::Event {
+pub(super) fn data(v: &Value) -> sse::Event {
     sse::Event::default().data(v.to_string())
 }

@@ -21,6 +21,7 @@ mod engine;
 mod http;
 mod logprobs;
 mod metrics;
+mod native;
 mod openai;
 mod prompt;
 mod props;

@@ -37,32 +37,7 @@ pub async fn props(State(app): State<Arc<App>>) -> Json<Value> {
     Json(json!({
         "default_generation_settings": {
             "n_ctx": p.ctx,
-            "params": {
-                "temperature": d.temperature,
-                "top_k": d.top_k,
-                "top_p": d.top_p,
-                "min_p": d.min_p,
-                "repeat_penalty": d.repeat_penalty,
-                "presence_penalty": d.presence_penalty,
-                "frequency_penalty": d.frequency_penalty,
-                "repeat_last_n": d.penalty_last_n,
-                "min_keep": d.min_keep,
-                "typical_p": d.typical_p,
-                "top_n_sigma": d.top_n_sigma,
-                "xtc_probability": d.xtc_probability,
-                "xtc_threshold": d.xtc_threshold,
-                "dynatemp_range": d.dynatemp_range,
-                "dynatemp_exponent": d.dynatemp_exponent,
-                "dry_multiplier": d.dry_multiplier,
-                "dry_base": d.dry_base,
-                "dry_allowed_length": d.dry_allowed_length,
-                "dry_penalty_last_n": d.dry_penalty_last_n,
-                "dry_sequence_breakers": d.dry_sequence_breakers,
-                "mirostat": d.mirostat.version(),
-                "mirostat_tau": d.mirostat_tau,
-                "mirostat_eta": d.mirostat_eta,
-                "n_predict": -1,
-            },
+            "params": params(&d, -1),
         },
         "total_slots": p.slots,
         "model_path": p.model_path,
@@ -71,6 +46,38 @@ pub async fn props(State(app): State<Arc<App>>) -> Json<Value> {
         "modalities": {"vision": false, "audio": false},
         "build_info": format!("realm {}", env!("CARGO_PKG_VERSION")),
     }))
+}
+
+/// Sampling parameters and `n_predict` in llama.cpp's server's names (its
+/// `generation_settings`).
+pub fn params(d: &SamplingParams, n_predict: i64) -> Value {
+    json!({
+        "temperature": d.temperature,
+        "top_k": d.top_k,
+        "top_p": d.top_p,
+        "min_p": d.min_p,
+        "repeat_penalty": d.repeat_penalty,
+        "presence_penalty": d.presence_penalty,
+        "frequency_penalty": d.frequency_penalty,
+        "repeat_last_n": d.penalty_last_n,
+        "min_keep": d.min_keep,
+        "typical_p": d.typical_p,
+        "top_n_sigma": d.top_n_sigma,
+        "xtc_probability": d.xtc_probability,
+        "xtc_threshold": d.xtc_threshold,
+        "dynatemp_range": d.dynatemp_range,
+        "dynatemp_exponent": d.dynatemp_exponent,
+        "dry_multiplier": d.dry_multiplier,
+        "dry_base": d.dry_base,
+        "dry_allowed_length": d.dry_allowed_length,
+        "dry_penalty_last_n": d.dry_penalty_last_n,
+        "dry_sequence_breakers": d.dry_sequence_breakers,
+        "mirostat": d.mirostat.version(),
+        "mirostat_tau": d.mirostat_tau,
+        "mirostat_eta": d.mirostat_eta,
+        "seed": d.seed,
+        "n_predict": n_predict,
+    })
 }
 
 /// `POST /apply-template`: a chat request's messages (with its tools, as a

@@ -160,6 +160,7 @@ fn serve(mut tenant: Tenant, queue: &Mutex<Receiver<Work>>, m: &Metrics) {
             let _ = events.send(Event::Done {
                 reason: StopReason::MaxTokens,
                 completion_tokens: 0,
+                stop_word: None,
             });
             continue;
         }
@@ -181,6 +182,8 @@ fn serve(mut tenant: Tenant, queue: &Mutex<Receiver<Work>>, m: &Metrics) {
                 );
                 let _ = events.send(Event::Done {
                     reason,
+                    // The guest does not say which stop string it met.
+                    stop_word: None,
                     completion_tokens: usize::try_from(stats.generated_tokens)
                         .unwrap_or(usize::MAX),
                 });
