@@ -9,7 +9,8 @@ tokens, and applies llama.cpp's sampler chain to them, for each of a set of
 parameter cases, with the prompt's tokens accepted first (the history the
 penalties and DRY look at), in the order llama.cpp's common sampler
 builds it (penalties, DRY, top-n-sigma, top-k, typical-p, top-p, min-p,
-XTC, temperature; or temperature and mirostat). It stores the tokens the
+XTC, temperature; or temperature and mirostat), or in the order a case
+names (`--samplers`). It stores the tokens the
 chain leaves and their probabilities. XTC's chance is 1 in these cases, so
 no random draw decides what is left; mirostat's truncation is its first
 step's (mu = 2 tau).
@@ -38,6 +39,8 @@ TOP = 200
 PLAIN = {"top_k": 0, "top_p": 1.0, "min_p": 0.0, "temperature": 1.0}
 DEFAULTS = {"top_k": 40, "top_p": 0.95, "min_p": 0.05, "temperature": 0.8}
 BREAKERS = ["\n", ":", "\"", "*"]
+# llama.cpp's default order of the samplers.
+ORDER = ["penalties", "dry", "top_n_sigma", "top_k", "typ_p", "top_p", "min_p", "xtc", "temperature"]
 CASES = [
     dict(DEFAULTS),
     dict(DEFAULTS, min_keep=5, top_p=0.1),
@@ -60,6 +63,14 @@ CASES = [
     dict(PLAIN, mirostat=2, mirostat_tau=2.0, temperature=1.2),
     dict(DEFAULTS, top_k=50, top_p=0.9, min_p=0.02, top_n_sigma=2.0, xtc_probability=1.0,
          xtc_threshold=0.15, dynatemp_range=0.3, dry_multiplier=0.5, repeat_penalty=1.1),
+    # Other orders (llama.cpp's --samplers).
+    dict(DEFAULTS, temperature=0.5, top_p=0.8, samplers=["temperature", "top_p"]),
+    dict(DEFAULTS, temperature=1.5, min_p=0.1, samplers=["top_k", "temperature", "min_p", "xtc"],
+         xtc_probability=1.0, xtc_threshold=0.05),
+    dict(DEFAULTS, repeat_penalty=1.5, presence_penalty=0.5, dry_multiplier=1.0,
+         samplers=["top_k", "penalties", "dry", "top_p", "temperature"]),
+    dict(DEFAULTS, dynatemp_range=0.6, typical_p=0.8, samplers=["min_p", "temperature", "typ_p"]),
+    dict(DEFAULTS, samplers=["top_p", "top_k"]),
 ]
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "..", "realm-models", "tests", "fixtures", "samplers.json")
@@ -73,20 +84,27 @@ def chain(L, vocab, n_vocab, c):
     min_keep = g("min_keep", 0)
     temp = g("temperature", 0.8)
     if g("mirostat", 0) == 0:
-        add(L.llama_sampler_init_penalties(n_vocab, g("penalty_last_n", 64), g("repeat_penalty", 1.0),
-                                           g("frequency_penalty", 0.0), g("presence_penalty", 0.0)))
         breakers = [b.encode() for b in g("dry_sequence_breakers", BREAKERS)]
         arr = (ctypes.c_char_p * max(1, len(breakers)))(*breakers)
-        add(L.llama_sampler_init_dry(vocab, g("dry_multiplier", 0.0), g("dry_base", 1.75),
-                                     g("dry_allowed_length", 2), g("dry_penalty_last_n", 64),
-                                     arr, len(breakers)))
-        add(L.llama_sampler_init_top_n_sigma(g("top_n_sigma", -1.0)))
-        add(L.llama_sampler_init_top_k(g("top_k", 40)))
-        add(L.llama_sampler_init_typical(g("typical_p", 1.0), min_keep))
-        add(L.llama_sampler_init_top_p(g("top_p", 0.95), min_keep))
-        add(L.llama_sampler_init_min_p(g("min_p", 0.05), min_keep))
-        add(L.llama_sampler_init_xtc(g("xtc_probability", 0.0), g("xtc_threshold", 0.1), min_keep, 1))
-        add(L.llama_sampler_init_temp_ext(temp, g("dynatemp_range", 0.0), g("dynatemp_exponent", 1.0)))
+        make = {
+            "penalties": lambda: L.llama_sampler_init_penalties(
+                n_vocab, g("penalty_last_n", 64), g("repeat_penalty", 1.0),
+                g("frequency_penalty", 0.0), g("presence_penalty", 0.0)),
+            "dry": lambda: L.llama_sampler_init_dry(
+                vocab, g("dry_multiplier", 0.0), g("dry_base", 1.75), g("dry_allowed_length", 2),
+                g("dry_penalty_last_n", 64), arr, len(breakers)),
+            "top_n_sigma": lambda: L.llama_sampler_init_top_n_sigma(g("top_n_sigma", -1.0)),
+            "top_k": lambda: L.llama_sampler_init_top_k(g("top_k", 40)),
+            "typ_p": lambda: L.llama_sampler_init_typical(g("typical_p", 1.0), min_keep),
+            "top_p": lambda: L.llama_sampler_init_top_p(g("top_p", 0.95), min_keep),
+            "min_p": lambda: L.llama_sampler_init_min_p(g("min_p", 0.05), min_keep),
+            "xtc": lambda: L.llama_sampler_init_xtc(
+                g("xtc_probability", 0.0), g("xtc_threshold", 0.1), min_keep, 1),
+            "temperature": lambda: L.llama_sampler_init_temp_ext(
+                temp, g("dynatemp_range", 0.0), g("dynatemp_exponent", 1.0)),
+        }
+        for name in g("samplers", ORDER):
+            add(make[name]())
     elif c["mirostat"] == 1:
         add(L.llama_sampler_init_temp(temp))
         add(L.llama_sampler_init_mirostat(n_vocab, 1, g("mirostat_tau", 5.0), g("mirostat_eta", 0.1), 100))

@@ -5,6 +5,7 @@ use std::io::Write;
 use anyhow::{bail, Context, Result};
 use realm_core::backend::Backend;
 use realm_core::tokenizer::Tokenizer;
+use realm_models::sampling::SamplerKind;
 use realm_models::{
     generate_after, ContextShift, GenerateParams, Lookup, Mirostat, Model, SamplingParams,
 };
@@ -92,6 +93,13 @@ pub struct SamplingArgs {
     /// Mirostat's target entropy (tau).
     #[arg(long, value_name = "TAU", default_value_t = 5.0)]
     pub mirostat_ent: f32,
+    /// The samplers that run, in order, separated by `;` (default:
+    /// penalties;dry;top_n_sigma;top_k;typ_p;top_p;min_p;xtc;temperature).
+    #[arg(long, value_name = "NAMES", value_parser = parse_samplers)]
+    pub samplers: Option<Order>,
+    /// The samplers by letter, in order (default: edskypmxt).
+    #[arg(long, value_name = "LETTERS", value_parser = parse_sampler_letters, conflicts_with = "samplers")]
+    pub sampler_seq: Option<Order>,
     /// Random seed.
     #[arg(long, default_value_t = 0x5eed)]
     pub seed: u64,
@@ -139,6 +147,11 @@ impl SamplingArgs {
             mirostat_eta: self.mirostat_lr,
             logit_bias: self.logit_bias.clone(),
             seed: self.seed,
+            samplers: self
+                .samplers
+                .clone()
+                .or_else(|| self.sampler_seq.clone())
+                .map_or(d.samplers, |o| o.0),
         }
     }
 
@@ -178,6 +191,22 @@ impl ShiftArgs {
         };
         self.context_shift.then_some(ContextShift { keep })
     }
+}
+
+/// The samplers in the order they run (one command-line value).
+#[derive(Debug, Clone)]
+pub struct Order(pub Vec<SamplerKind>);
+
+fn parse_samplers(s: &str) -> Result<Order, String> {
+    SamplerKind::parse_names(s)
+        .map(Order)
+        .map_err(|e| e.to_string())
+}
+
+fn parse_sampler_letters(s: &str) -> Result<Order, String> {
+    SamplerKind::parse_letters(s)
+        .map(Order)
+        .map_err(|e| e.to_string())
 }
 
 /// A `--logit-bias`: `ID+BIAS` or `ID-BIAS` (the bias may be `inf`).

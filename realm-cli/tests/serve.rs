@@ -1300,6 +1300,11 @@ fn llama_cpps_samplers_answer_as_realm_runs() {
             vec!["--mirostat", "1", "--mirostat-ent", "4"],
             json!({"mirostat": 1, "mirostat_tau": 4.0}),
         ),
+        (
+            vec!["--samplers", "top_k;temperature;min_p", "--min-p", "0.2"],
+            json!({"samplers": ["top_k", "temperature", "min_p"], "min_p": 0.2}),
+        ),
+        (vec!["--sampler-seq", "kt"], json!({"samplers": "kt"})),
     ] {
         let want = run(&flags);
         assert_ne!(want, plain, "{flags:?} change the text");
@@ -1307,6 +1312,10 @@ fn llama_cpps_samplers_answer_as_realm_runs() {
     }
     for (fields, says) in [
         (json!({"mirostat": 3}), "mirostat is 0, 1 or 2"),
+        (
+            json!({"samplers": ["top_k", "nonsense"]}),
+            "no sampler is called",
+        ),
         (json!({"typical_p": 1.5}), "typical_p"),
         (
             json!({"dry_multiplier": 1.0, "dry_sequence_breakers": [""]}),

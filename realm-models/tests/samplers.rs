@@ -3,12 +3,14 @@
 //! repeat themselves, kept the 200 most likely next tokens, and stored what
 //! llama.cpp's chain (penalties, DRY, top-n-sigma, top-k, typical-p, top-p,
 //! min-p, XTC, dynamic temperature; or mirostat 1 and 2) leaves of them for
-//! twenty parameter cases, with each token's probability. Realm's sampler
+//! twenty-five parameter cases (five in other orders, as `--samplers`
+//! gives), with each token's probability. Realm's sampler
 //! must leave the same tokens with the same probabilities.
 
 use realm_core::catalog::{self, KnownModel};
 use realm_core::gguf::GgufFile;
 use realm_core::tokenizer::Tokenizer;
+use realm_models::sampling::SamplerKind;
 use realm_models::{Mirostat, Sampler, SamplingParams};
 use serde_json::Value;
 
@@ -42,6 +44,15 @@ fn params(p: &Value) -> SamplingParams {
         mirostat: Mirostat::from_version(n("mirostat", 0) as u32).unwrap(),
         mirostat_tau: f("mirostat_tau", d.mirostat_tau),
         mirostat_eta: f("mirostat_eta", d.mirostat_eta),
+        samplers: match p.get("samplers") {
+            Some(v) => v
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| SamplerKind::from_name(n.as_str().unwrap()).unwrap())
+                .collect(),
+            None => d.samplers.clone(),
+        },
         ..d
     }
 }
@@ -98,7 +109,7 @@ fn check(mm: &KnownModel) {
         }
         checked += 1;
     }
-    assert_eq!(checked, 60, "cases for {}", mm.short_name);
+    assert_eq!(checked, 75, "cases for {}", mm.short_name);
 }
 
 #[test]

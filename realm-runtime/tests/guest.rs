@@ -222,6 +222,19 @@ fn guest_sampling_takes_llama_cpps_samplers() {
             xtc_threshold: 0.1,
             dynatemp_range: 0.4,
             min_keep: 2,
+            samplers: {
+                use realm_models::sampling::SamplerKind::*;
+                vec![
+                    TopK,
+                    Penalties,
+                    Dry,
+                    TypicalP,
+                    TopNSigma,
+                    Temperature,
+                    Xtc,
+                    MinP,
+                ]
+            },
             ..base.clone()
         },
         SamplingParams {

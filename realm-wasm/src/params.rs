@@ -1,5 +1,6 @@
 //! The parameter block of `generate` (little-endian, laid out in `ABI.md`).
 
+use realm_models::sampling::SamplerKind;
 use realm_models::{Mirostat, SamplingParams};
 
 /// The layout version hosts write. This guest also reads version 3, which
@@ -157,6 +158,19 @@ impl Params {
                 Mirostat::from_version(r.u32()?).ok_or(ParamsError("unknown mirostat version"))?;
             sampling.mirostat_tau = r.f32()?;
             sampling.mirostat_eta = r.f32()?;
+            let n_samplers = r.u32()?;
+            if r.0.len() / 4 < n_samplers as usize {
+                return Err(ParamsError("block is truncated"));
+            }
+            sampling.samplers = (0..n_samplers)
+                .map(|_| {
+                    let code = r.u32()? as usize;
+                    SamplerKind::DEFAULT
+                        .get(code)
+                        .copied()
+                        .ok_or(ParamsError("unknown sampler"))
+                })
+                .collect::<Result<_, ParamsError>>()?;
         }
         if !r.0.is_empty() {
             return Err(ParamsError("bytes after the block's end"));
@@ -234,6 +248,15 @@ impl Params {
         out.extend_from_slice(&s.mirostat.version().to_le_bytes());
         out.extend_from_slice(&s.mirostat_tau.to_bits().to_le_bytes());
         out.extend_from_slice(&s.mirostat_eta.to_bits().to_le_bytes());
+        out.extend_from_slice(&(s.samplers.len() as u32).to_le_bytes());
+        for k in &s.samplers {
+            // Each sampler as its place in the default order.
+            let code = SamplerKind::DEFAULT
+                .iter()
+                .position(|d| d == k)
+                .unwrap_or(0);
+            out.extend_from_slice(&(code as u32).to_le_bytes());
+        }
         out
     }
 }
@@ -274,6 +297,11 @@ mod tests {
                 mirostat: Mirostat::V2,
                 mirostat_tau: 4.0,
                 mirostat_eta: 0.2,
+                samplers: vec![
+                    SamplerKind::TopK,
+                    SamplerKind::Temperature,
+                    SamplerKind::MinP,
+                ],
                 ..SamplingParams::default()
             },
             flags: FLAG_ADD_SPECIAL | FLAG_LAYERED,
@@ -283,8 +311,9 @@ mod tests {
         let bytes = p.to_bytes();
         let stops = 4 + 2 + 4 + 2;
         let grammar = 4 + 13;
-        // min_keep, 8 floats, 2 counts, the breakers, mirostat's 3 fields.
-        let v4 = 4 + 32 + 8 + 4 + (4 + 1) + (4 + 2) + 12;
+        // min_keep, 8 floats, 2 counts, the breakers, mirostat's 3 fields,
+        // the 3 samplers.
+        let v4 = 4 + 32 + 8 + 4 + (4 + 1) + (4 + 2) + 12 + 4 + 3 * 4;
         let v3 = FIXED + stops + 12 + 2 * 8 + grammar;
         assert_eq!(bytes.len(), v3 + v4);
         assert_eq!(Params::parse(&bytes).unwrap(), p);
@@ -344,18 +373,23 @@ mod tests {
             Params::parse(&bad),
             Err(ParamsError("grammar is not UTF-8"))
         );
+        let samplers = 4 + 3 * 4;
         let mut bad = bytes.clone();
-        bad[bytes.len() - 13] = 0xff;
+        bad[bytes.len() - samplers - 13] = 0xff;
         assert_eq!(
             Params::parse(&bad),
             Err(ParamsError("DRY sequence breaker is not UTF-8"))
         );
         let mut bad = bytes.clone();
-        bad[bytes.len() - 12] = 3;
+        bad[bytes.len() - samplers - 12] = 3;
         assert_eq!(
             Params::parse(&bad),
             Err(ParamsError("unknown mirostat version"))
         );
+        let mut bad = bytes.clone();
+        let last = bad.len() - 4;
+        bad[last] = 9;
+        assert_eq!(Params::parse(&bad), Err(ParamsError("unknown sampler")));
         // No grammar is a zero length.
         let none = Params { grammar: None, ..p };
         assert_eq!(none.to_bytes().len(), v3 - grammar + 4 + v4);

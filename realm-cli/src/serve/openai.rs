@@ -24,6 +24,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::http::StatusCode;
+use realm_models::sampling::SamplerKind;
 use realm_models::tools::Tools;
 use realm_models::{Grammar, Mirostat, SamplingParams, StopReason};
 use serde::{Deserialize, Serialize};
@@ -126,6 +127,8 @@ pub struct Options {
     pub mirostat_tau: Option<f32>,
     pub mirostat_eta: Option<f32>,
     pub n_keep: Option<i64>,
+    /// The samplers in order: names, or one string of letters.
+    pub samplers: Option<Value>,
     pub seed: Option<u64>,
     pub logit_bias: Option<HashMap<String, f32>>,
     pub stop: Option<Stop>,
@@ -256,6 +259,10 @@ impl Options {
             mirostat_eta: self.mirostat_eta.unwrap_or(d.mirostat_eta),
             logit_bias,
             seed: self.seed.unwrap_or(seed),
+            samplers: match &self.samplers {
+                None => d.samplers.clone(),
+                Some(v) => samplers(v)?,
+            },
         };
         if sampling.dry_sequence_breakers.len() > MAX_STOPS {
             return Err(ApiError::invalid(
@@ -399,6 +406,27 @@ impl Options {
         self.stream_options
             .as_ref()
             .is_some_and(|o| o.include_usage)
+    }
+}
+
+/// llama.cpp's `samplers`: an array of names, or a string of letters.
+fn samplers(v: &Value) -> Result<Vec<SamplerKind>, ApiError> {
+    let bad = |m: String| ApiError::invalid(Some("samplers"), m);
+    match v {
+        Value::String(letters) => {
+            SamplerKind::parse_letters(letters).map_err(|e| bad(e.to_string()))
+        }
+        Value::Array(names) if names.len() <= 64 => names
+            .iter()
+            .map(|n| {
+                n.as_str()
+                    .and_then(SamplerKind::from_name)
+                    .ok_or_else(|| bad(format!("no sampler is called {n}")))
+            })
+            .collect(),
+        _ => Err(bad(
+            "samplers is an array of at most 64 names or a string of letters".into(),
+        )),
     }
 }
 

@@ -76,6 +76,7 @@ pub fn params(d: &SamplingParams, n_predict: i64) -> Value {
         "mirostat_tau": d.mirostat_tau,
         "mirostat_eta": d.mirostat_eta,
         "seed": d.seed,
+        "samplers": d.samplers.iter().map(|k| k.name()).collect::<Vec<_>>(),
         "n_predict": n_predict,
     })
 }

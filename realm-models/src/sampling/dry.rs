@@ -63,17 +63,42 @@ impl Dry {
     /// Lowers the logits of the tokens that would extend a repeat in
     /// `history`'s last `last_n` tokens.
     pub(super) fn apply(&mut self, history: &[u32], logits: &mut [f32]) {
+        if !self.find(history) {
+            return;
+        }
+        for (&token, &len) in &self.longest {
+            if let Some(l) = logits.get_mut(token as usize) {
+                *l -= self.penalty(token, len);
+            }
+        }
+    }
+
+    /// [`Dry::apply`] to the candidates `(token, logit)` only.
+    pub(super) fn apply_to(&mut self, history: &[u32], candidates: &mut [(u32, f32)]) {
+        if !self.find(history) {
+            return;
+        }
+        for c in candidates {
+            if let Some(&len) = self.longest.get(&c.0) {
+                c.1 -= self.penalty(c.0, len);
+            }
+        }
+    }
+
+    /// Finds the longest repeat each token would extend (into `longest`);
+    /// `false` when none may be penalised.
+    fn find(&mut self, history: &[u32]) -> bool {
+        self.longest.clear();
         let n = history.len().min(self.last_n);
         if n <= self.allowed {
-            return;
+            return false;
         }
         let window = &history[history.len() - n..];
         let limit = self.repeat_limit(window);
         if limit < self.allowed {
-            return;
+            return false;
         }
         suffix_matches(window, limit, &mut self.repeats);
-        self.longest.clear();
         for (j, &len) in self.repeats.iter().enumerate() {
             if len >= self.allowed {
                 let next = window[j + 1];
@@ -81,28 +106,29 @@ impl Dry {
                 *best = (*best).max(len);
             }
         }
-        let max_exponent = if self.base > 1.000_001 {
+        true
+    }
+
+    /// What `token`, which would extend a repeat of `len` tokens, loses:
+    /// nothing if it is a breaker by itself.
+    fn penalty(&self, token: u32, len: usize) -> f32 {
+        let breaks_alone = self
+            .heads
+            .get(&token)
+            .is_some_and(|tails| tails.iter().any(Vec::is_empty));
+        if breaks_alone {
+            return 0.0;
+        }
+        let mut exponent = len - self.allowed;
+        let cap = if self.base > 1.000_001 {
             (LN_F32_MAX / self.base.ln()) as usize
         } else {
             0
         };
-        for (&token, &len) in &self.longest {
-            let breaks_alone = self
-                .heads
-                .get(&token)
-                .is_some_and(|tails| tails.iter().any(Vec::is_empty));
-            let Some(l) = logits.get_mut(token as usize) else {
-                continue;
-            };
-            if breaks_alone {
-                continue;
-            }
-            let mut exponent = len - self.allowed;
-            if max_exponent > 0 {
-                exponent = exponent.min(max_exponent);
-            }
-            *l -= self.multiplier * self.base.powi(exponent as i32);
+        if cap > 0 {
+            exponent = exponent.min(cap);
         }
+        self.multiplier * self.base.powi(exponent as i32)
     }
 
     /// How long a repeat may be: the distance from the window's end to the

@@ -9,7 +9,7 @@ mod rng;
 
 use realm_core::tokenizer::Tokenizer;
 
-pub use self::params::{Mirostat, SamplingParams};
+pub use self::params::{Mirostat, SamplerKind, SamplingParams};
 
 use self::dry::Dry;
 use self::rng::Rng;
@@ -148,15 +148,33 @@ impl Sampler {
         self.logits.extend_from_slice(logits);
         self.apply_bias();
         let mirostat = self.params.mirostat;
-        if mirostat == Mirostat::Off {
-            self.apply_penalties(history);
-            if let Some(dry) = &mut self.dry {
-                dry.apply(history, &mut self.logits);
+        let n = self.params.samplers.len();
+        // Penalties and DRY before any other sampler change the logits in
+        // place: no candidate list is needed for them.
+        let lead = match mirostat {
+            Mirostat::Off => self
+                .params
+                .samplers
+                .iter()
+                .take_while(|k| matches!(k, SamplerKind::Penalties | SamplerKind::Dry))
+                .count(),
+            _ => 0,
+        };
+        for i in 0..lead {
+            match self.params.samplers[i] {
+                SamplerKind::Penalties => self.apply_penalties(history),
+                _ => {
+                    if let Some(dry) = &mut self.dry {
+                        dry.apply(history, &mut self.logits);
+                    }
+                }
             }
         }
         let p = &self.params;
-        // Every other filter keeps the most likely token.
-        let keeps_top = mirostat != Mirostat::Off || (p.typical_p >= 1.0 && !p.xtc_on());
+        // In the default order every sampler but typical-p and XTC keeps
+        // the most likely token, which greedy decoding then is.
+        let keeps_top = mirostat != Mirostat::Off
+            || (p.samplers == SamplerKind::DEFAULT && p.typical_p >= 1.0 && !p.xtc_on());
         if p.temperature <= 0.0 && keeps_top {
             return Some(argmax(&self.logits));
         }
@@ -181,16 +199,65 @@ impl Sampler {
             Mirostat::V2 => return self.mirostat_v2(),
             Mirostat::Off => {}
         }
-        self.top_n_sigma();
-        self.top_k();
-        self.typical_p();
-        self.top_p();
-        self.min_p();
-        self.xtc();
-        if self.params.temperature <= 0.0 {
-            return Some(self.candidates[0].0);
+        let mut sorted = false;
+        for i in lead..n {
+            let kind = self.params.samplers[i];
+            let last = i + 1 == n;
+            match kind {
+                SamplerKind::Penalties => {
+                    self.penalise_candidates(history);
+                    sorted = false;
+                }
+                SamplerKind::Dry => {
+                    if let Some(dry) = &mut self.dry {
+                        dry.apply_to(history, &mut self.candidates);
+                    }
+                    sorted = false;
+                }
+                SamplerKind::TopNSigma => self.top_n_sigma(),
+                SamplerKind::TopK => {
+                    self.top_k();
+                    sorted = true;
+                }
+                SamplerKind::TypicalP => {
+                    self.typical_p();
+                    sorted = true;
+                }
+                SamplerKind::TopP | SamplerKind::MinP | SamplerKind::Xtc => {
+                    if !sorted {
+                        self.candidates.sort_unstable_by(by_logit);
+                        sorted = true;
+                    }
+                    match kind {
+                        SamplerKind::TopP => self.top_p(),
+                        SamplerKind::MinP => self.min_p(),
+                        _ => self.xtc(),
+                    }
+                }
+                SamplerKind::Temperature => {
+                    if !sorted {
+                        self.candidates.sort_unstable_by(by_logit);
+                        sorted = true;
+                    }
+                    if self.params.temperature <= 0.0 {
+                        // Only the most likely token is left.
+                        self.candidates.truncate(1);
+                        if last {
+                            return Some(self.candidates[0].0);
+                        }
+                    } else if last {
+                        return self.weigh();
+                    } else {
+                        self.scale();
+                    }
+                }
+            }
         }
-        self.weigh()
+        // No temperature last: a draw at the logits as they are.
+        if !sorted {
+            self.candidates.sort_unstable_by(by_logit);
+        }
+        self.weigh_at_one()
     }
 
     /// Drops tokens more than `top_n_sigma` standard deviations of the
@@ -328,27 +395,34 @@ impl Sampler {
         }
     }
 
-    /// Turns the (sorted) candidates' logits into weights at the
-    /// temperature, or the dynamic temperature.
-    fn weigh(&mut self) -> Option<u32> {
+    /// The temperature for the (sorted) candidates: fixed, or dynamic (by
+    /// their normalised entropy).
+    fn temperature(&self) -> f32 {
         let p = &self.params;
-        let mut t = p.temperature;
-        if p.dynatemp_range > 0.0 && self.candidates.len() > 1 {
-            let lo = (t - p.dynatemp_range).max(0.0);
-            let hi = t + p.dynatemp_range;
-            let (max, sum) = normaliser(&self.candidates);
-            let entropy: f64 = self
-                .candidates
-                .iter()
-                .map(|c| f64::from((c.1 - max).exp()) / sum)
-                .filter(|&q| q > 0.0)
-                .map(|q| -q * q.ln())
-                .sum();
-            let normalised = entropy / (self.candidates.len() as f64).ln();
-            t = lo + (hi - lo) * (normalised as f32).powf(p.dynatemp_exponent);
-            if t <= 0.0 {
-                return Some(self.candidates[0].0);
-            }
+        let t = p.temperature;
+        if p.dynatemp_range <= 0.0 || self.candidates.len() <= 1 {
+            return t;
+        }
+        let lo = (t - p.dynatemp_range).max(0.0);
+        let hi = t + p.dynatemp_range;
+        let (max, sum) = normaliser(&self.candidates);
+        let entropy: f64 = self
+            .candidates
+            .iter()
+            .map(|c| f64::from((c.1 - max).exp()) / sum)
+            .filter(|&q| q > 0.0)
+            .map(|q| -q * q.ln())
+            .sum();
+        let normalised = entropy / (self.candidates.len() as f64).ln();
+        lo + (hi - lo) * (normalised as f32).powf(p.dynatemp_exponent)
+    }
+
+    /// Turns the (sorted) candidates' logits into weights at the
+    /// temperature: the last sampler.
+    fn weigh(&mut self) -> Option<u32> {
+        let t = self.temperature();
+        if t <= 0.0 {
+            return Some(self.candidates[0].0);
         }
         let max = self.candidates[0].1;
         let inv_t = 1.0 / t;
@@ -359,6 +433,17 @@ impl Sampler {
         }
         self.total = total;
         None
+    }
+
+    /// Divides the (sorted) candidates' logits by the temperature, for
+    /// samplers after it; a temperature of 0 leaves the most likely.
+    fn scale(&mut self) {
+        let t = self.temperature();
+        if t <= 0.0 {
+            self.candidates.truncate(1);
+            return;
+        }
+        self.candidates.iter_mut().for_each(|c| c.1 /= t);
     }
 
     /// Mirostat 1: estimates the Zipf exponent `s` from the most likely
@@ -456,12 +541,14 @@ impl Sampler {
         }
     }
 
-    fn apply_penalties(&mut self, history: &[u32]) {
+    /// Counts the tokens of the penalties' window into `recent`, sorted by
+    /// id; `false` when no penalty applies.
+    fn count_recent(&mut self, history: &[u32]) -> bool {
         let p = &self.params;
         let penalised =
             p.repeat_penalty != 1.0 || p.presence_penalty != 0.0 || p.frequency_penalty != 0.0;
         if !penalised || p.penalty_last_n == 0 {
-            return;
+            return false;
         }
         let window = &history[history.len().saturating_sub(p.penalty_last_n)..];
         self.recent.clear();
@@ -471,18 +558,44 @@ impl Sampler {
                 None => self.recent.push((t, 1)),
             }
         }
+        self.recent.sort_unstable();
+        true
+    }
+
+    fn apply_penalties(&mut self, history: &[u32]) {
+        if !self.count_recent(history) {
+            return;
+        }
         for &(id, count) in &self.recent {
-            let Some(l) = self.logits.get_mut(id as usize) else {
-                continue;
-            };
-            *l = if *l > 0.0 {
-                *l / p.repeat_penalty
-            } else {
-                *l * p.repeat_penalty
-            };
-            *l -= count as f32 * p.frequency_penalty + p.presence_penalty;
+            if let Some(l) = self.logits.get_mut(id as usize) {
+                *l = penalised(*l, count, &self.params);
+            }
         }
     }
+
+    /// The penalties on the candidates only (after samplers that narrowed
+    /// them).
+    fn penalise_candidates(&mut self, history: &[u32]) {
+        if !self.count_recent(history) {
+            return;
+        }
+        for c in &mut self.candidates {
+            if let Ok(i) = self.recent.binary_search_by_key(&c.0, |r| r.0) {
+                c.1 = penalised(c.1, self.recent[i].1, &self.params);
+            }
+        }
+    }
+}
+
+/// A logit after the repetition, frequency and presence penalties for a
+/// token seen `count` times.
+fn penalised(l: f32, count: u32, p: &SamplingParams) -> f32 {
+    let l = if l > 0.0 {
+        l / p.repeat_penalty
+    } else {
+        l * p.repeat_penalty
+    };
+    l - (count as f32 * p.frequency_penalty + p.presence_penalty)
 }
 
 /// Index of the largest value; the lowest index wins a tie; NaN never wins

@@ -39,14 +39,133 @@ impl Mirostat {
     }
 }
 
+/// One sampler of the chain: [`SamplingParams::samplers`] lists them in
+/// the order they run (llama.cpp's `--samplers`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SamplerKind {
+    /// The repetition, presence and frequency penalties.
+    Penalties,
+    /// DRY.
+    Dry,
+    /// Top-n-sigma.
+    TopNSigma,
+    /// Top-k.
+    TopK,
+    /// Locally typical sampling.
+    TypicalP,
+    /// Top-p (nucleus).
+    TopP,
+    /// Min-p.
+    MinP,
+    /// XTC.
+    Xtc,
+    /// The temperature, fixed or dynamic; at or below 0 it keeps only the
+    /// most likely token.
+    Temperature,
+}
+
+impl SamplerKind {
+    /// llama.cpp's default order.
+    pub const DEFAULT: [Self; 9] = [
+        Self::Penalties,
+        Self::Dry,
+        Self::TopNSigma,
+        Self::TopK,
+        Self::TypicalP,
+        Self::TopP,
+        Self::MinP,
+        Self::Xtc,
+        Self::Temperature,
+    ];
+
+    /// llama.cpp's name (`typ_p` for typical-p).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Penalties => "penalties",
+            Self::Dry => "dry",
+            Self::TopNSigma => "top_n_sigma",
+            Self::TopK => "top_k",
+            Self::TypicalP => "typ_p",
+            Self::TopP => "top_p",
+            Self::MinP => "min_p",
+            Self::Xtc => "xtc",
+            Self::Temperature => "temperature",
+        }
+    }
+
+    /// A sampler by llama.cpp's name or one of the spellings it takes
+    /// (`top-k`, `topk`, `nucleus`, `temp`, `typ`, `typical_p`), in any case.
+    pub fn from_name(name: &str) -> Option<Self> {
+        let n = name.to_ascii_lowercase().replace('-', "_");
+        match n.as_str() {
+            "nucleus" => return Some(Self::TopP),
+            "temp" => return Some(Self::Temperature),
+            "typ" | "typical_p" => return Some(Self::TypicalP),
+            _ => {}
+        }
+        Self::DEFAULT
+            .into_iter()
+            .find(|k| k.name() == n || k.name().replace('_', "") == n)
+    }
+
+    /// A sampler by llama.cpp's letter (`--sampler-seq`): `e` penalties, `d`
+    /// DRY, `s` top-n-sigma, `k` top-k, `y` typical-p, `p` top-p, `m` min-p,
+    /// `x` XTC, `t` temperature.
+    pub fn from_char(c: char) -> Option<Self> {
+        Some(match c {
+            'e' => Self::Penalties,
+            'd' => Self::Dry,
+            's' => Self::TopNSigma,
+            'k' => Self::TopK,
+            'y' => Self::TypicalP,
+            'p' => Self::TopP,
+            'm' => Self::MinP,
+            'x' => Self::Xtc,
+            't' => Self::Temperature,
+            _ => return None,
+        })
+    }
+
+    /// A list of names separated by `;` (`--samplers`), or of letters
+    /// (`--sampler-seq`); an unknown one is an error.
+    ///
+    /// ```
+    /// use realm_models::sampling::SamplerKind;
+    /// let by_name = SamplerKind::parse_names("top_k;temp;min-p").unwrap();
+    /// assert_eq!(by_name, SamplerKind::parse_letters("ktm").unwrap());
+    /// assert!(SamplerKind::parse_names("top_k;nonsense").is_err());
+    /// ```
+    pub fn parse_names(list: &str) -> Result<Vec<Self>> {
+        list.split(';')
+            .filter(|n| !n.is_empty())
+            .map(|n| {
+                Self::from_name(n)
+                    .ok_or_else(|| Error::BadSampling(format!("no sampler is called `{n}`")))
+            })
+            .collect()
+    }
+
+    /// See [`SamplerKind::parse_names`].
+    pub fn parse_letters(letters: &str) -> Result<Vec<Self>> {
+        letters
+            .chars()
+            .map(|c| {
+                Self::from_char(c)
+                    .ok_or_else(|| Error::BadSampling(format!("no sampler has the letter `{c}`")))
+            })
+            .collect()
+    }
+}
+
 /// How to pick tokens. The defaults sample at temperature 0.8 with top-k 40,
 /// top-p 0.95 and min-p 0.05, as llama.cpp's command line does; every other
 /// sampler starts off.
 ///
-/// The samplers run in llama.cpp's default order: logit bias, the
-/// repetition penalties, DRY, top-n-sigma, top-k, typical-p, top-p, min-p,
-/// XTC, temperature (fixed or dynamic), a draw. With mirostat on, only the
-/// logit bias and the temperature come before it, as in llama.cpp.
+/// The logit bias comes first, then the samplers of `samplers`, by default
+/// in llama.cpp's order: the repetition penalties, DRY, top-n-sigma,
+/// top-k, typical-p, top-p, min-p, XTC, temperature (fixed or dynamic); then
+/// a draw. With mirostat on, only the logit bias and the temperature come
+/// before it, as in llama.cpp.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SamplingParams {
     /// Temperature; 0 or below is greedy (the most likely token that the
@@ -112,6 +231,10 @@ pub struct SamplingParams {
     pub logit_bias: Vec<(u32, f32)>,
     /// Seed of the random generator.
     pub seed: u64,
+    /// The samplers that run, in order ([`SamplerKind::DEFAULT`]); a
+    /// sampler left out does not run, whatever its parameters say. Mirostat
+    /// ignores the list, as in llama.cpp.
+    pub samplers: Vec<SamplerKind>,
 }
 
 impl Default for SamplingParams {
@@ -142,6 +265,7 @@ impl Default for SamplingParams {
             mirostat_eta: 0.1,
             logit_bias: Vec::new(),
             seed: 0x5eed,
+            samplers: SamplerKind::DEFAULT.to_vec(),
         }
     }
 }
@@ -161,11 +285,14 @@ impl SamplingParams {
             && self.dry_multiplier != 0.0
             && self.dry_base >= 1.0
             && self.dry_penalty_last_n > 0
+            && self.samplers.contains(&SamplerKind::Dry)
     }
 
     /// Whether XTC runs.
     pub fn xtc_on(&self) -> bool {
-        self.xtc_probability > 0.0 && self.xtc_threshold <= 0.5
+        self.xtc_probability > 0.0
+            && self.xtc_threshold <= 0.5
+            && self.samplers.contains(&SamplerKind::Xtc)
     }
 
     /// Checks every field's range: what [`Sampler::new`](super::Sampler::new)
