@@ -100,6 +100,9 @@ pub struct SamplingArgs {
     /// The samplers by letter, in order (default: edskypmxt).
     #[arg(long, value_name = "LETTERS", value_parser = parse_sampler_letters, conflicts_with = "samplers")]
     pub sampler_seq: Option<Order>,
+    /// Never end at an end-of-generation token (its logit set to -inf).
+    #[arg(long)]
+    pub ignore_eos: bool,
     /// Random seed.
     #[arg(long, default_value_t = 0x5eed)]
     pub seed: u64,
@@ -147,6 +150,7 @@ impl SamplingArgs {
             mirostat_eta: self.mirostat_lr,
             logit_bias: self.logit_bias.clone(),
             seed: self.seed,
+            ignore_eos: self.ignore_eos,
             samplers: self
                 .samplers
                 .clone()

@@ -34,6 +34,13 @@ fn run_chat_answers_paris() {
     assert!(ok, "{stderr}");
     assert!(stdout.contains("Paris"), "{stdout}");
     assert!(stderr.contains("EndOfGeneration"), "{stderr}");
+    // --ignore-eos: on to the limit, the answer first.
+    let mut args = DEMO.to_vec();
+    args.push("--ignore-eos");
+    let (ok, longer, stderr) = realm(&args);
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("generated 64 tokens"), "{stderr}");
+    assert!(longer.starts_with(stdout.trim_end()), "{longer}");
 }
 
 /// A plain prompt's special-token text is the tokens, as llama-completion

@@ -1334,6 +1334,15 @@ fn llama_cpps_samplers_answer_as_realm_runs() {
     let props: Value = serde_json::from_str(&text).unwrap();
     let d = &props["default_generation_settings"]["params"];
     assert_eq!((&d["mirostat"], &d["dry_base"]), (&json!(0), &json!(1.75)));
+    // ignore_eos: a chat that ends by itself runs on to max_tokens.
+    let ends = server.post("/v1/chat/completions", &question(json!({"max_tokens": 80})));
+    assert_eq!(ends["choices"][0]["finish_reason"], "stop", "{ends}");
+    let on = server.post(
+        "/v1/chat/completions",
+        &question(json!({"max_tokens": 80, "ignore_eos": true})),
+    );
+    assert_eq!(on["choices"][0]["finish_reason"], "length", "{on}");
+    assert_eq!(on["usage"]["completion_tokens"], 80);
 }
 
 /// `--context-shift`: a completion runs past a full context, with the
@@ -1514,6 +1523,21 @@ fn bad_requests_get_clear_errors() {
     }
     let (got, _) = server.call("GET", "/v1/completions", "");
     assert_eq!(got, 405);
+    // A form's content type (as `curl -d` sends) is read as JSON too, as
+    // llama.cpp's server reads it.
+    let body = json!({"prompt": "Hello", "max_tokens": 2}).to_string();
+    let mut c = TcpStream::connect(&server.addr).unwrap();
+    write!(
+        c,
+        "POST /v1/completions HTTP/1.0\r\ncontent-type: application/x-www-form-urlencoded\r\n\
+         content-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = String::new();
+    c.read_to_string(&mut raw).unwrap();
+    let (got, text) = status_and_body(&raw);
+    assert_eq!(got, 200, "{text}");
     let r = server.post(
         "/v1/completions",
         &json!({"prompt": "Hello", "max_tokens": 2}),

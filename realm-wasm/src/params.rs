@@ -171,6 +171,7 @@ impl Params {
                         .ok_or(ParamsError("unknown sampler"))
                 })
                 .collect::<Result<_, ParamsError>>()?;
+            sampling.ignore_eos = r.u32()? != 0;
         }
         if !r.0.is_empty() {
             return Err(ParamsError("bytes after the block's end"));
@@ -257,6 +258,7 @@ impl Params {
                 .unwrap_or(0);
             out.extend_from_slice(&(code as u32).to_le_bytes());
         }
+        out.extend_from_slice(&u32::from(s.ignore_eos).to_le_bytes());
         out
     }
 }
@@ -312,8 +314,8 @@ mod tests {
         let stops = 4 + 2 + 4 + 2;
         let grammar = 4 + 13;
         // min_keep, 8 floats, 2 counts, the breakers, mirostat's 3 fields,
-        // the 3 samplers.
-        let v4 = 4 + 32 + 8 + 4 + (4 + 1) + (4 + 2) + 12 + 4 + 3 * 4;
+        // the 3 samplers, ignore_eos.
+        let v4 = 4 + 32 + 8 + 4 + (4 + 1) + (4 + 2) + 12 + 4 + 3 * 4 + 4;
         let v3 = FIXED + stops + 12 + 2 * 8 + grammar;
         assert_eq!(bytes.len(), v3 + v4);
         assert_eq!(Params::parse(&bytes).unwrap(), p);
@@ -373,7 +375,7 @@ mod tests {
             Params::parse(&bad),
             Err(ParamsError("grammar is not UTF-8"))
         );
-        let samplers = 4 + 3 * 4;
+        let samplers = 4 + 3 * 4 + 4;
         let mut bad = bytes.clone();
         bad[bytes.len() - samplers - 13] = 0xff;
         assert_eq!(
@@ -387,7 +389,7 @@ mod tests {
             Err(ParamsError("unknown mirostat version"))
         );
         let mut bad = bytes.clone();
-        let last = bad.len() - 4;
+        let last = bad.len() - 8;
         bad[last] = 9;
         assert_eq!(Params::parse(&bad), Err(ParamsError("unknown sampler")));
         // No grammar is a zero length.

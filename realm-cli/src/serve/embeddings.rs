@@ -3,15 +3,15 @@
 
 use std::sync::Arc;
 
-use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::body::Body;
 use super::engine::{Event, Input};
-use super::http::{error, rejected, stopped, submit, App};
+use super::http::{error, stopped, submit, App};
 use super::openai::{ApiError, Options, Prompt, PromptField};
 
 /// `POST /v1/embeddings`.
@@ -63,12 +63,8 @@ impl EmbeddingRequest {
 
 pub async fn embeddings(
     State(app): State<Arc<App>>,
-    body: Result<Json<EmbeddingRequest>, JsonRejection>,
+    Body(req): Body<EmbeddingRequest>,
 ) -> Response {
-    let req = match body {
-        Ok(Json(r)) => r,
-        Err(r) => return rejected(r),
-    };
     let prompts = match req.prompts() {
         Ok(p) => p,
         Err(e) => return error(e),

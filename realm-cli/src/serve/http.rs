@@ -8,7 +8,6 @@ use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, Method, StatusCode};
 use axum::middleware::{self, Next};
@@ -24,6 +23,7 @@ use realm_core::tokenizer::Tokenizer;
 use realm_models::tools::{streamed_response, Tools};
 use realm_models::StopReason;
 
+use super::body::Body;
 use super::engine::{Event, Events, Input, Job, Ticket};
 use super::logprobs::{chat_logprobs, completion_logprobs, TokenLogprob};
 use super::metrics::Metrics;
@@ -159,11 +159,6 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// A body that is not the JSON a route takes, as an OpenAI error.
-pub(super) fn rejected(r: JsonRejection) -> Response {
-    error(ApiError::new(r.status(), r.body_text()))
-}
-
 async fn metrics(State(app): State<Arc<App>>) -> Response {
     let text = app.metrics.as_ref().map(|m| m.render()).unwrap_or_default();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
@@ -185,14 +180,7 @@ async fn models(State(app): State<Arc<App>>) -> Json<Value> {
     }))
 }
 
-async fn chat(
-    State(app): State<Arc<App>>,
-    body: Result<Json<ChatRequest>, JsonRejection>,
-) -> Response {
-    let req = match body {
-        Ok(Json(r)) => r,
-        Err(r) => return rejected(r),
-    };
+async fn chat(State(app): State<Arc<App>>, Body(req): Body<ChatRequest>) -> Response {
     let asked = tools::prepare(&req)
         .and_then(|(turns, tools)| Ok((turns, req.options.chat_logprobs()?, tools)));
     match asked {
@@ -215,14 +203,7 @@ async fn chat(
     }
 }
 
-async fn completion(
-    State(app): State<Arc<App>>,
-    body: Result<Json<CompletionRequest>, JsonRejection>,
-) -> Response {
-    let req = match body {
-        Ok(Json(r)) => r,
-        Err(r) => return rejected(r),
-    };
+async fn completion(State(app): State<Arc<App>>, Body(req): Body<CompletionRequest>) -> Response {
     let asked = req
         .prompts()
         .and_then(|p| Ok((p, req.options.completion_logprobs()?)));

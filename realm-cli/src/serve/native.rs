@@ -11,7 +11,6 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
 use axum::response::sse::{self, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -22,8 +21,9 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use realm_models::StopReason;
 
+use super::body::Body;
 use super::engine::{Event, Input};
-use super::http::{data, error, number, rejected, stopped, submit, App};
+use super::http::{data, error, number, stopped, submit, App};
 use super::openai::{ApiError, Options, Prompt, PromptField};
 use super::props;
 
@@ -129,14 +129,7 @@ impl Answer {
 }
 
 /// `POST /completion`.
-pub async fn completion(
-    State(app): State<Arc<App>>,
-    body: Result<Json<NativeRequest>, JsonRejection>,
-) -> Response {
-    let req = match body {
-        Ok(Json(r)) => r,
-        Err(r) => return rejected(r),
-    };
+pub async fn completion(State(app): State<Arc<App>>, Body(req): Body<NativeRequest>) -> Response {
     match start(&app, req).await {
         Ok((answers, inbox, shared, true)) => stream(answers, inbox, shared),
         Ok((answers, inbox, shared, false)) => whole(answers, inbox, shared).await,

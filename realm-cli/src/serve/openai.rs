@@ -129,6 +129,7 @@ pub struct Options {
     pub n_keep: Option<i64>,
     /// The samplers in order: names, or one string of letters.
     pub samplers: Option<Value>,
+    pub ignore_eos: Option<bool>,
     pub seed: Option<u64>,
     pub logit_bias: Option<HashMap<String, f32>>,
     pub stop: Option<Stop>,
@@ -259,6 +260,7 @@ impl Options {
             mirostat_eta: self.mirostat_eta.unwrap_or(d.mirostat_eta),
             logit_bias,
             seed: self.seed.unwrap_or(seed),
+            ignore_eos: self.ignore_eos.unwrap_or(false),
             samplers: match &self.samplers {
                 None => d.samplers.clone(),
                 Some(v) => samplers(v)?,

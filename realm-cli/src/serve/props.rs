@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -12,7 +11,8 @@ use realm_core::chat::ChatTemplate;
 use realm_models::SamplingParams;
 use serde_json::{json, Value};
 
-use super::http::{error, rejected, App};
+use super::body::Body;
+use super::http::{error, App};
 use super::openai::ChatRequest;
 use super::tools;
 
@@ -76,6 +76,7 @@ pub fn params(d: &SamplingParams, n_predict: i64) -> Value {
         "mirostat_tau": d.mirostat_tau,
         "mirostat_eta": d.mirostat_eta,
         "seed": d.seed,
+        "ignore_eos": d.ignore_eos,
         "samplers": d.samplers.iter().map(|k| k.name()).collect::<Vec<_>>(),
         "n_predict": n_predict,
     })
@@ -84,14 +85,7 @@ pub fn params(d: &SamplingParams, n_predict: i64) -> Value {
 /// `POST /apply-template`: a chat request's messages (with its tools, as a
 /// chat completion would put them) rendered by the chat template, with the
 /// assistant's turn opened: `{"prompt": "..."}`.
-pub async fn apply_template(
-    State(app): State<Arc<App>>,
-    body: Result<Json<ChatRequest>, JsonRejection>,
-) -> Response {
-    let req = match body {
-        Ok(Json(r)) => r,
-        Err(r) => return rejected(r),
-    };
+pub async fn apply_template(State(app): State<Arc<App>>, Body(req): Body<ChatRequest>) -> Response {
     let rendered = tools::prepare(&req)
         .and_then(|(turns, _)| super::prompt::render(&app.props.template, &turns));
     match rendered {

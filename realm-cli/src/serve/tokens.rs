@@ -3,14 +3,14 @@
 
 use std::sync::Arc;
 
-use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::http::{error, rejected, App};
+use super::body::Body;
+use super::http::{error, App};
 use super::openai::ApiError;
 
 /// `POST /tokenize`, as llama.cpp's server takes it.
@@ -39,14 +39,7 @@ pub struct DetokenizeRequest {
 /// (false), "parse_special" (true), "with_pieces" (false)}` to `{"tokens":
 /// [id, ...]}`, or with pieces `{"tokens": [{"id", "piece"}, ...]}` (a
 /// piece that is no whole UTF-8 text as its bytes).
-pub async fn tokenize(
-    State(app): State<Arc<App>>,
-    body: Result<Json<TokenizeRequest>, JsonRejection>,
-) -> Response {
-    let req = match body {
-        Ok(Json(r)) => r,
-        Err(r) => return rejected(r),
-    };
+pub async fn tokenize(State(app): State<Arc<App>>, Body(req): Body<TokenizeRequest>) -> Response {
     let tok = &app.tokenizer;
     let ids = match tok.encode(&req.content, req.add_special, req.parse_special) {
         Ok(ids) => ids,
@@ -73,12 +66,8 @@ pub async fn tokenize(
 /// `{"content"}`, special tokens as their text.
 pub async fn detokenize(
     State(app): State<Arc<App>>,
-    body: Result<Json<DetokenizeRequest>, JsonRejection>,
+    Body(req): Body<DetokenizeRequest>,
 ) -> Response {
-    let req = match body {
-        Ok(Json(r)) => r,
-        Err(r) => return rejected(r),
-    };
     match app.tokenizer.decode(&req.tokens, false, true) {
         Ok(content) => Json(json!({"content": content})).into_response(),
         Err(e) => error(ApiError::invalid(Some("tokens"), e.to_string())),

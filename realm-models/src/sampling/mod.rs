@@ -26,6 +26,8 @@ pub struct Sampler {
     params: SamplingParams,
     rng: Rng,
     dry: Option<Dry>,
+    /// End-of-generation tokens never chosen (`ignore_eos`).
+    banned: Vec<u32>,
     /// Mirostat's running limit on a token's surprise, in bits.
     mu: f32,
     logits: Vec<f32>,
@@ -57,9 +59,9 @@ impl Sampler {
     /// sequence breakers, which need the vocabulary
     /// ([`Sampler::with_tokenizer`]).
     pub fn new(params: SamplingParams) -> Result<Self> {
-        if params.dry_on() && !params.dry_sequence_breakers.is_empty() {
+        if (params.dry_on() && !params.dry_sequence_breakers.is_empty()) || params.ignore_eos {
             return Err(Error::BadSampling(
-                "DRY's sequence breakers are found in the vocabulary: \
+                "DRY's sequence breakers and ignore_eos's tokens are found in the vocabulary: \
                  build the sampler with Sampler::with_tokenizer"
                     .into(),
             ));
@@ -67,18 +69,24 @@ impl Sampler {
         Self::build(params, None)
     }
 
-    /// A sampler whose DRY sequence breakers are found in `tokenizer`'s
-    /// vocabulary (each token's text is searched for them once, here);
-    /// fails on parameters out of range.
+    /// A sampler whose DRY sequence breakers (and, with `ignore_eos`,
+    /// end-of-generation tokens) are found in `tokenizer`'s vocabulary (each
+    /// token's text is searched for the breakers once, here); fails on
+    /// parameters out of range.
     pub fn with_tokenizer(params: SamplingParams, tokenizer: &Tokenizer) -> Result<Self> {
         Self::build(params, Some(tokenizer))
     }
 
     fn build(params: SamplingParams, vocab: Option<&Tokenizer>) -> Result<Self> {
         params.validate()?;
+        let banned = match vocab {
+            Some(tok) if params.ignore_eos => tok.eog_ids().to_vec(),
+            _ => Vec::new(),
+        };
         Ok(Self {
             rng: Rng::new(params.seed),
             dry: Dry::new(&params, vocab)?,
+            banned,
             mu: 2.0 * params.mirostat_tau,
             params,
             logits: Vec::new(),
@@ -537,6 +545,11 @@ impl Sampler {
         for &(id, bias) in &self.params.logit_bias {
             if let Some(l) = self.logits.get_mut(id as usize) {
                 *l += bias;
+            }
+        }
+        for &id in &self.banned {
+            if let Some(l) = self.logits.get_mut(id as usize) {
+                *l = f32::NEG_INFINITY;
             }
         }
     }

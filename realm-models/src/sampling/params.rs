@@ -231,6 +231,10 @@ pub struct SamplingParams {
     pub logit_bias: Vec<(u32, f32)>,
     /// Seed of the random generator.
     pub seed: u64,
+    /// Never choose an end-of-generation token (llama.cpp's
+    /// `--ignore-eos`): their logits are set to -inf with the logit bias.
+    /// Needs the vocabulary ([`Sampler::with_tokenizer`](super::Sampler::with_tokenizer)).
+    pub ignore_eos: bool,
     /// The samplers that run, in order ([`SamplerKind::DEFAULT`]); a
     /// sampler left out does not run, whatever its parameters say. Mirostat
     /// ignores the list, as in llama.cpp.
@@ -265,6 +269,7 @@ impl Default for SamplingParams {
             mirostat_eta: 0.1,
             logit_bias: Vec::new(),
             seed: 0x5eed,
+            ignore_eos: false,
             samplers: SamplerKind::DEFAULT.to_vec(),
         }
     }
