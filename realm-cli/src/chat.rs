@@ -10,7 +10,7 @@ use realm_models::{generate, GenerateParams, Model, StopReason};
 
 use crate::device::Device;
 use crate::load::{self, Loaded};
-use crate::run::{context_len, SamplingArgs, ShiftArgs};
+use crate::run::{context_len, EscapeArgs, SamplingArgs, ShiftArgs};
 
 /// Arguments of `realm chat`.
 #[derive(Debug, clap::Args)]
@@ -34,6 +34,8 @@ pub struct ChatArgs {
     pub ctx_size: usize,
     #[command(flatten)]
     pub shift: ShiftArgs,
+    #[command(flatten)]
+    pub escape: EscapeArgs,
     #[command(flatten)]
     pub template: TemplateArgs,
     #[command(flatten)]
@@ -132,7 +134,7 @@ fn chat<B: Backend>(args: &ChatArgs, l: &Loaded, backend: &B) -> Result<()> {
     let mut params = GenerateParams {
         max_tokens: args.n_predict,
         stop: Vec::new(),
-        sampling: args.sampling.params(),
+        sampling: args.sampling.params(&args.escape),
         stop_at_context_end: true,
         grammar: args.sampling.constraint.grammar()?,
         lookup: args.sampling.lookup(),

@@ -117,12 +117,14 @@ pub struct SamplingArgs {
 }
 
 impl SamplingArgs {
-    pub fn params(&self) -> SamplingParams {
+    /// The sampling asked for; DRY breakers with their escapes read as
+    /// `escape` says.
+    pub fn params(&self, escape: &EscapeArgs) -> SamplingParams {
         let d = SamplingParams::default();
         let dry_sequence_breakers = match self.dry_sequence_breaker.as_slice() {
             [] => d.dry_sequence_breakers.clone(),
             [none] if none == "none" => Vec::new(),
-            given => given.to_vec(),
+            given => given.iter().map(|b| escape.apply(b)).collect(),
         };
         SamplingParams {
             temperature: self.temperature,
@@ -163,6 +165,71 @@ impl SamplingArgs {
     pub fn lookup(&self) -> Option<Lookup> {
         (self.lookup > 0).then(|| Lookup::new(self.lookup))
     }
+}
+
+/// `-e/--escape` and `--no-escape`, shared by `run` and `chat`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EscapeArgs {
+    /// Read escapes (\n, \r, \t, \', \", \\, \xNN) in the prompt, stop
+    /// strings and DRY sequence breakers, as llama.cpp does (the default).
+    #[arg(short = 'e', long, overrides_with = "no_escape")]
+    pub escape: bool,
+    /// Take the prompt, stop strings and DRY breakers as written.
+    #[arg(long, overrides_with = "escape")]
+    pub no_escape: bool,
+}
+
+impl EscapeArgs {
+    /// `s` with its escapes read, unless `--no-escape`.
+    pub fn apply(&self, s: &str) -> String {
+        if self.no_escape {
+            s.to_string()
+        } else {
+            unescape(s)
+        }
+    }
+}
+
+/// `s` with llama.cpp's escapes read: `\n`, `\r`, `\t`, `\'`, `\"`,
+/// `\\` and `\xNN` (an ASCII byte; others stay as written, as does any
+/// other backslash).
+pub fn unescape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        let Some(&next) = chars.peek() else {
+            out.push(c);
+            break;
+        };
+        let plain = match next {
+            'n' => Some('\n'),
+            'r' => Some('\r'),
+            't' => Some('\t'),
+            '\'' | '"' | '\\' => Some(next),
+            _ => None,
+        };
+        if let Some(p) = plain {
+            chars.next();
+            out.push(p);
+            continue;
+        }
+        if next == 'x' {
+            let hex: String = chars.clone().skip(1).take(2).collect();
+            if let Some(b) = u8::from_str_radix(&hex, 16).ok().filter(|b| b.is_ascii()) {
+                if hex.len() == 2 && hex.chars().all(|h| h.is_ascii_hexdigit()) {
+                    chars.nth(2);
+                    out.push(char::from(b));
+                    continue;
+                }
+            }
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// `--context-shift` and `--keep`, shared by `run` and `chat`.
@@ -274,6 +341,8 @@ pub struct RunArgs {
     #[command(flatten)]
     pub shift: ShiftArgs,
     #[command(flatten)]
+    pub escape: EscapeArgs,
+    #[command(flatten)]
     pub template: crate::chat::TemplateArgs,
     #[command(flatten)]
     pub sampling: SamplingArgs,
@@ -293,10 +362,19 @@ pub fn context_len(requested: usize, model_ctx: usize) -> usize {
 pub fn run(args: &RunArgs) -> Result<()> {
     let text = match (&args.prompt, &args.file) {
         (Some(p), _) => p.clone(),
-        (None, Some(f)) => std::fs::read_to_string(f)
-            .with_context(|| format!("reading the prompt from {}", f.display()))?,
+        (None, Some(f)) => {
+            let mut t = std::fs::read_to_string(f)
+                .with_context(|| format!("reading the prompt from {}", f.display()))?;
+            // The file's last line break is not the prompt's (as llama.cpp
+            // reads -f).
+            if t.ends_with('\n') {
+                t.pop();
+            }
+            t
+        }
         (None, None) => bail!("give a prompt: -p TEXT or -f FILE"),
     };
+    let text = args.escape.apply(&text);
     if args.guest.wasm {
         if args.prompt_cache.is_some() || args.shift.context_shift {
             bail!("--prompt-cache and --context-shift are the native engine's (not with --wasm)");
@@ -334,8 +412,8 @@ fn run_native<B: Backend>(args: &RunArgs, text: &str, l: &load::Loaded, backend:
     };
     let params = GenerateParams {
         max_tokens: args.n_predict,
-        stop: args.stop.clone(),
-        sampling: args.sampling.params(),
+        stop: args.stop.iter().map(|s| args.escape.apply(s)).collect(),
+        sampling: args.sampling.params(&args.escape),
         stop_at_context_end: true,
         grammar: args.sampling.constraint.grammar()?,
         lookup: args.sampling.lookup(),
@@ -408,8 +486,8 @@ fn run_in_guest(args: &RunArgs, prompt: &str) -> Result<()> {
     let req = realm_runtime::GenerateRequest {
         max_tokens: args.n_predict as u32,
         max_seq_len: args.ctx_size as u32,
-        sampling: args.sampling.params(),
-        stop: args.stop.clone(),
+        sampling: args.sampling.params(&args.escape),
+        stop: args.stop.iter().map(|s| args.escape.apply(s)).collect(),
         add_special,
         parse_special: true,
         grammar: args
@@ -437,4 +515,18 @@ fn run_in_guest(args: &RunArgs, prompt: &str) -> Result<()> {
         stats.stop_reason
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_read_as_llama_cpp_reads_them() {
+        assert_eq!(unescape(r"a\nb\tc\\d\'\x41\q"), "a\nb\tc\\d'A\\q");
+        assert_eq!(unescape(r"\x4"), r"\x4");
+        assert_eq!(unescape(r"\xff"), r"\xff");
+        assert_eq!(unescape("ends with \\"), "ends with \\");
+        assert_eq!(unescape("é\\n"), "é\n");
+    }
 }

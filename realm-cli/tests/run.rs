@@ -68,6 +68,49 @@ fn run_reads_special_tokens_in_the_prompt() {
     }
 }
 
+/// The prompt's escapes are read (`\n` a line break), as llama.cpp reads
+/// them, unless `--no-escape`; a prompt file's last line break is dropped.
+#[test]
+fn run_reads_escapes_unless_told_not_to() {
+    if !cached(&catalog::SMOLLM2) {
+        return;
+    }
+    let args = [
+        "run",
+        "smollm2",
+        "-p",
+        r"Hello\nWorld",
+        "-n",
+        "1",
+        "--temp",
+        "0",
+    ];
+    let (ok, out, stderr) = realm(&args);
+    assert!(ok, "{stderr}");
+    assert!(out.starts_with("Hello\nWorld"), "{out:?}");
+    let mut literal = args.to_vec();
+    literal.push("--no-escape");
+    let (ok, out, stderr) = realm(&literal);
+    assert!(ok, "{stderr}");
+    assert!(out.starts_with(r"Hello\nWorld"), "{out:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("p.txt");
+    std::fs::write(&file, "Hello\n").unwrap();
+    let (ok, from_file, stderr) = realm(&[
+        "run",
+        "smollm2",
+        "-f",
+        file.to_str().unwrap(),
+        "-n",
+        "3",
+        "--temp",
+        "0",
+    ]);
+    assert!(ok, "{stderr}");
+    let (_, inline, _) = realm(&["run", "smollm2", "-p", "Hello", "-n", "3", "--temp", "0"]);
+    assert_eq!(from_file, inline);
+}
+
 #[test]
 fn run_streams_prompt_then_continuation_and_seeds_repeat() {
     if !cached(&catalog::GEMMA3) {
