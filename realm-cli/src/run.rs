@@ -303,9 +303,14 @@ pub struct RunArgs {
     /// Read the prompt from FILE.
     #[arg(short, long, value_name = "FILE", conflicts_with = "prompt")]
     pub file: Option<std::path::PathBuf>,
-    /// Most tokens to generate.
-    #[arg(short = 'n', long, default_value_t = 256)]
-    pub n_predict: usize,
+    /// Most tokens to generate (-1: until the model ends, or forever with
+    /// --context-shift; -2: until the context is full).
+    #[arg(short = 'n', long, default_value_t = 256, allow_negative_numbers = true,
+          value_parser = clap::value_parser!(i64).range(-2..))]
+    pub n_predict: i64,
+    /// Do not print the prompt before the generated text.
+    #[arg(long)]
+    pub no_display_prompt: bool,
     /// Send the prompt through the model's chat template as a user message.
     #[arg(long)]
     pub chat: bool,
@@ -410,17 +415,21 @@ fn run_native<B: Backend>(args: &RunArgs, text: &str, l: &load::Loaded, backend:
         Some(path) => prompt_cache::restore(&model, &mut session, path, &prompt),
         None => (0, 0),
     };
+    let shift = args.shift.shift(&l.tokenizer, &prompt);
     let params = GenerateParams {
-        max_tokens: args.n_predict,
+        max_tokens: match args.n_predict {
+            -2 => ctx - prompt.len(),
+            n => usize::try_from(n).unwrap_or(usize::MAX),
+        },
         stop: args.stop.iter().map(|s| args.escape.apply(s)).collect(),
         sampling: args.sampling.params(&args.escape),
         stop_at_context_end: true,
         grammar: args.sampling.constraint.grammar()?,
         lookup: args.sampling.lookup(),
-        context_shift: args.shift.shift(&l.tokenizer, &prompt),
+        context_shift: shift,
     };
     let mut out = std::io::stdout().lock();
-    if !args.chat {
+    if !args.chat && !args.no_display_prompt {
         write!(out, "{text}")?;
         out.flush()?;
     }
@@ -483,8 +492,11 @@ fn run_in_guest(args: &RunArgs, prompt: &str) -> Result<()> {
         &args.device,
         args.cache_type.into(),
     )?;
+    let Ok(max_tokens) = u32::try_from(args.n_predict) else {
+        bail!("-n -1 and -2 are the native engine's (not with --wasm)");
+    };
     let req = realm_runtime::GenerateRequest {
-        max_tokens: args.n_predict as u32,
+        max_tokens,
         max_seq_len: args.ctx_size as u32,
         sampling: args.sampling.params(&args.escape),
         stop: args.stop.iter().map(|s| args.escape.apply(s)).collect(),
@@ -498,7 +510,7 @@ fn run_in_guest(args: &RunArgs, prompt: &str) -> Result<()> {
         ..Default::default()
     };
     let mut out = std::io::stdout().lock();
-    if !args.chat {
+    if !args.chat && !args.no_display_prompt {
         write!(out, "{text}")?;
         out.flush()?;
     }

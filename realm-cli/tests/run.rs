@@ -109,6 +109,43 @@ fn run_reads_escapes_unless_told_not_to() {
     assert!(ok, "{stderr}");
     let (_, inline, _) = realm(&["run", "smollm2", "-p", "Hello", "-n", "3", "--temp", "0"]);
     assert_eq!(from_file, inline);
+    // --no-display-prompt: the continuation alone.
+    let (ok, bare, stderr) = realm(&[
+        "run",
+        "smollm2",
+        "-p",
+        "Hello",
+        "-n",
+        "3",
+        "--temp",
+        "0",
+        "--no-display-prompt",
+    ]);
+    assert!(ok, "{stderr}");
+    assert_eq!(format!("Hello{bare}"), inline);
+    // -n -2: until the context is full.
+    let (ok, _, stderr) = realm(&[
+        "run",
+        "smollm2",
+        "-p",
+        "Hello",
+        "-n",
+        "-2",
+        "-c",
+        "24",
+        "--ignore-eos",
+    ]);
+    assert!(ok, "{stderr}");
+    let prompt: usize = stderr
+        .split("prompt ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(
+        stderr.contains(&format!("generated {} tokens", 24 - prompt)),
+        "{stderr}"
+    );
 }
 
 #[test]
