@@ -2,9 +2,10 @@
 //! (`scripts/gen_model_fixtures.py` made `fixtures/*.json` with
 //! llama-cpp-python), on the CPU backend.
 
+mod common;
+
 use realm_compute_cpu::CpuBackend;
 use realm_core::catalog::{self, KnownModel};
-use realm_core::gguf::GgufFile;
 use realm_core::tokenizer::Tokenizer;
 use realm_models::sampling::argmax;
 use realm_models::Model;
@@ -62,14 +63,9 @@ fn ids(v: &Value) -> Vec<u32> {
 
 /// Checks every fixture case; returns (prompt, our greedy text) pairs.
 fn check_model(m: &KnownModel) -> Vec<(String, String)> {
-    let Some(path) = catalog::cached_path(m).filter(|p| p.is_file()) else {
-        eprintln!(
-            "skipped: {} is not cached; run `cargo xtask fetch-model`",
-            m.file_name
-        );
+    let Some(file) = common::open(m) else {
         return Vec::new();
     };
-    let file = GgufFile::open(path).unwrap();
     let cpu = CpuBackend::new().unwrap();
     let model = Model::load(&file, &cpu).unwrap();
     let tok = Tokenizer::from_metadata(file.metadata()).unwrap();

@@ -6,11 +6,12 @@
 //! matcher, must allow every one of those tokens and choose the same
 //! ones, but at near ties.
 
+mod common;
+
 use std::sync::Arc;
 
 use realm_compute_cpu::CpuBackend;
 use realm_core::catalog::{self, KnownModel};
-use realm_core::gguf::GgufFile;
 use realm_core::tokenizer::Tokenizer;
 use realm_models::grammar::{Grammar, Matcher};
 use realm_models::sampling::argmax;
@@ -29,14 +30,9 @@ fn tie(m: &KnownModel) -> f32 {
 }
 
 fn check(mm: &KnownModel) {
-    let Some(path) = catalog::cached_path(mm).filter(|p| p.is_file()) else {
-        eprintln!(
-            "skipped: {} is not cached; run `cargo xtask fetch-model`",
-            mm.file_name
-        );
+    let Some(file) = common::open(mm) else {
         return;
     };
-    let file = GgufFile::open(path).unwrap();
     let cpu = CpuBackend::new().unwrap();
     let model = Model::load(&file, &cpu).unwrap();
     let tok = Tokenizer::from_metadata(file.metadata()).unwrap();

@@ -7,8 +7,9 @@
 //! gives), with each token's probability. Realm's sampler
 //! must leave the same tokens with the same probabilities.
 
+mod common;
+
 use realm_core::catalog::{self, KnownModel};
-use realm_core::gguf::GgufFile;
 use realm_core::tokenizer::Tokenizer;
 use realm_models::sampling::SamplerKind;
 use realm_models::{Mirostat, Sampler, SamplingParams};
@@ -58,14 +59,9 @@ fn params(p: &Value) -> SamplingParams {
 }
 
 fn check(mm: &KnownModel) {
-    let Some(path) = catalog::cached_path(mm).filter(|p| p.is_file()) else {
-        eprintln!(
-            "skipped: {} is not cached; run `cargo xtask fetch-model`",
-            mm.file_name
-        );
+    let Some(file) = common::open(mm) else {
         return;
     };
-    let file = GgufFile::open(path).unwrap();
     let tok = Tokenizer::from_metadata(file.metadata()).unwrap();
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/samplers.json");
     let fx: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();

@@ -6,23 +6,13 @@
 //! goes on past a full context, with the text of plain generation until
 //! then.
 
+mod common;
+
 use realm_compute_cpu::CpuBackend;
 use realm_core::backend::{KvDtype, RopeMode};
-use realm_core::catalog::{self, KnownModel};
-use realm_core::gguf::GgufFile;
+use realm_core::catalog;
 use realm_core::tokenizer::Tokenizer;
 use realm_models::{generate, ContextShift, GenerateParams, Model, SamplingParams, StopReason};
-
-fn open(m: &KnownModel) -> Option<GgufFile> {
-    let path = catalog::cached_path(m).filter(|p| p.is_file());
-    if path.is_none() {
-        eprintln!(
-            "skipped: {} is not cached; run `cargo xtask fetch-model`",
-            m.short_name
-        );
-    }
-    path.map(|p| GgufFile::open(p).unwrap())
-}
 
 /// A text of about `n` tokens.
 fn text(tok: &Tokenizer, n: usize) -> Vec<u32> {
@@ -110,7 +100,9 @@ fn shift_state(
 #[test]
 fn shifted_sessions_decode_as_the_tests_own_shift() {
     for m in [&catalog::SMOLLM2, &catalog::GEMMA3] {
-        let Some(file) = open(m) else { continue };
+        let Some(file) = common::open(m) else {
+            continue;
+        };
         let cpu = CpuBackend::new().unwrap();
         let model = Model::load(&file, &cpu).unwrap();
         let tok = Tokenizer::from_metadata(file.metadata()).unwrap();
@@ -154,7 +146,7 @@ fn shifted_sessions_decode_as_the_tests_own_shift() {
 
 #[test]
 fn generation_shifts_past_a_full_context() {
-    let Some(file) = open(&catalog::SMOLLM2) else {
+    let Some(file) = common::open(&catalog::SMOLLM2) else {
         return;
     };
     let cpu = CpuBackend::new().unwrap();

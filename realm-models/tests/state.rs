@@ -3,23 +3,13 @@
 //! caches, into a session of another size), and a truncated, corrupted or
 //! foreign state is refused, leaving the session empty.
 
+mod common;
+
 use realm_compute_cpu::CpuBackend;
 use realm_core::backend::KvDtype;
-use realm_core::catalog::{self, KnownModel};
-use realm_core::gguf::GgufFile;
+use realm_core::catalog;
 use realm_core::tokenizer::Tokenizer;
 use realm_models::{Error, Model};
-
-fn open(m: &KnownModel) -> Option<GgufFile> {
-    let path = catalog::cached_path(m).filter(|p| p.is_file());
-    if path.is_none() {
-        eprintln!(
-            "skipped: {} is not cached; run `cargo xtask fetch-model`",
-            m.short_name
-        );
-    }
-    path.map(|p| GgufFile::open(p).unwrap())
-}
 
 fn argmax(v: &[f32]) -> u32 {
     (0..v.len()).max_by(|&a, &b| v[a].total_cmp(&v[b])).unwrap() as u32
@@ -32,7 +22,9 @@ fn bits(v: &[f32]) -> Vec<u32> {
 #[test]
 fn restored_sessions_decode_as_if_never_stopped() {
     for m in [&catalog::SMOLLM2, &catalog::GEMMA3] {
-        let Some(file) = open(m) else { continue };
+        let Some(file) = common::open(m) else {
+            continue;
+        };
         let cpu = CpuBackend::new().unwrap();
         let model = Model::load(&file, &cpu).unwrap();
         let tok = Tokenizer::from_metadata(file.metadata()).unwrap();
@@ -75,7 +67,7 @@ fn restored_sessions_decode_as_if_never_stopped() {
 
 #[test]
 fn bad_states_are_refused_and_leave_the_session_empty() {
-    let Some(file) = open(&catalog::SMOLLM2) else {
+    let Some(file) = common::open(&catalog::SMOLLM2) else {
         return;
     };
     let cpu = CpuBackend::new().unwrap();
@@ -131,7 +123,7 @@ fn bad_states_are_refused_and_leave_the_session_empty() {
     assert!(e.to_string().contains("F16"), "{e}");
 
     // Another model's state.
-    if let Some(gemma) = open(&catalog::GEMMA3) {
+    if let Some(gemma) = common::open(&catalog::GEMMA3) {
         let g = Model::load(&gemma, &cpu).unwrap();
         assert_ne!(g.fingerprint(), model.fingerprint());
         let mut gs = g.session(64, 8).unwrap();
