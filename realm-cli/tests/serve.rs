@@ -1463,6 +1463,36 @@ fn llama_cpps_completion_endpoint_answers_in_its_shape() {
     );
     assert_eq!(status, 400, "{text}");
     assert!(text.contains("n_predict"), "{text}");
+
+    // n_probs: each token's log-probability and alternatives, the ones
+    // /v1/completions gives; greedy, each token is its own first
+    // alternative.
+    let lp = server.post(
+        "/v1/completions",
+        &json!({"prompt": prompt, "max_tokens": 12, "temperature": 0, "logprobs": 3}),
+    );
+    let mut with = body.clone();
+    with["n_probs"] = json!(3);
+    let r = server.post("/completion", &with);
+    let probs = r["completion_probabilities"].as_array().unwrap();
+    assert_eq!(probs.len(), 12, "{r}");
+    let theirs = lp["choices"][0]["logprobs"]["token_logprobs"]
+        .as_array()
+        .unwrap();
+    for (p, l) in probs.iter().zip(theirs) {
+        assert_eq!(&p["logprob"], l);
+        let top = p["top_logprobs"].as_array().unwrap();
+        assert_eq!(top.len(), 3);
+        assert_eq!(top[0]["id"], p["id"], "{p}");
+    }
+    with["stream"] = json!(true);
+    let streamed: usize = server
+        .stream("/completion", &with)
+        .iter()
+        .map(|e| serde_json::from_str::<Value>(e).unwrap())
+        .filter_map(|e| e["completion_probabilities"].as_array().map(Vec::len))
+        .sum();
+    assert_eq!(streamed, 12);
 }
 
 #[test]

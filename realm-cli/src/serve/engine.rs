@@ -300,12 +300,13 @@ fn piece(tok: &Tokenizer, id: u32, special: bool) -> Vec<u8> {
 /// `token`'s log-probability under `lp`, with the `k` likeliest tokens.
 fn scored(tok: &Tokenizer, lp: &LogProbs<'_>, token: u32, k: usize) -> TokenLogprob {
     TokenLogprob {
+        id: token,
         token: piece(tok, token, false),
         logprob: lp.of(token),
         top: Some(
             lp.top(k)
                 .into_iter()
-                .map(|(t, l)| (piece(tok, t, true), l))
+                .map(|(t, l)| (t, piece(tok, t, true), l))
                 .collect(),
         ),
     }
@@ -452,6 +453,7 @@ impl<'m, B: Backend> Engine<'m, '_, B> {
                 if seq.scores_prompt() {
                     // Nothing predicts the first token.
                     seq.pending.push(TokenLogprob {
+                        id: seq.prompt[0],
                         token: piece(&self.l.tokenizer, seq.prompt[0], false),
                         logprob: None,
                         top: None,

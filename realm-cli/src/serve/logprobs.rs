@@ -8,12 +8,15 @@ use serde_json::Value;
 /// One token's log-probability and the most likely tokens in its place.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TokenLogprob {
+    /// The token's id.
+    pub id: u32,
     /// The token's bytes (maybe part of a UTF-8 character).
     pub token: Vec<u8>,
     /// `None` for a prompt's first token, which nothing predicts.
     pub logprob: Option<f64>,
-    /// The alternatives, most likely first; `None` with `logprob`.
-    pub top: Option<Vec<(Vec<u8>, f64)>>,
+    /// The alternatives (id, bytes, log-probability), most likely first;
+    /// `None` with `logprob`.
+    pub top: Option<Vec<(u32, Vec<u8>, f64)>>,
 }
 
 fn lossy(bytes: &[u8]) -> String {
@@ -32,12 +35,42 @@ pub fn chat_logprobs(tokens: &[TokenLogprob]) -> Value {
                 .top
                 .iter()
                 .flatten()
-                .map(|(b, lp)| entry(b, Some(*lp)))
+                .map(|(_, b, lp)| entry(b, Some(*lp)))
                 .collect();
             e
         })
         .collect();
     serde_json::json!({"content": content, "refusal": null})
+}
+
+/// llama.cpp's `completion_probabilities` for `tokens` (its `/completion`
+/// with `n_probs`): `[{"id", "token", "bytes", "logprob", "top_logprobs":
+/// [{"id", "token", "bytes", "logprob"}]}]`, each text cut to its whole
+/// UTF-8 characters, as llama.cpp cuts it.
+pub fn llama_cpp_probabilities(tokens: &[TokenLogprob]) -> Value {
+    let entry = |id: u32, bytes: &[u8], logprob: Option<f64>| serde_json::json!({"id": id, "token": whole_chars(bytes), "bytes": bytes, "logprob": logprob});
+    tokens
+        .iter()
+        .map(|t| {
+            let mut e = entry(t.id, &t.token, t.logprob);
+            e["top_logprobs"] = t
+                .top
+                .iter()
+                .flatten()
+                .map(|(id, b, lp)| entry(*id, b, Some(*lp)))
+                .collect();
+            e
+        })
+        .collect()
+}
+
+/// The text of the longest prefix of `bytes` that is whole UTF-8.
+fn whole_chars(bytes: &[u8]) -> &str {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => s,
+        // The prefix up to the error is UTF-8 by the error's word.
+        Err(e) => std::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or_default(),
+    }
 }
 
 /// A text completion's `logprobs` for `tokens`, whose text begins at
@@ -55,7 +88,7 @@ pub fn completion_logprobs(tokens: &[TokenLogprob], offset: &mut usize) -> Value
             None => Value::Null,
             Some(alts) => Value::Object(
                 alts.iter()
-                    .map(|(b, lp)| (lossy(b), serde_json::json!(lp)))
+                    .map(|(_, b, lp)| (lossy(b), serde_json::json!(lp)))
                     .collect(),
             ),
         })
@@ -76,14 +109,16 @@ mod tests {
     fn logprobs_have_each_endpoints_shape() {
         let tokens = [
             TokenLogprob {
+                id: 7,
                 token: b"Hi".to_vec(),
                 logprob: None,
                 top: None,
             },
             TokenLogprob {
+                id: 9,
                 token: vec![0xc3],
                 logprob: Some(-0.5),
-                top: Some(vec![(b" there".to_vec(), -0.25), (vec![0xc3], -0.5)]),
+                top: Some(vec![(4, b" there".to_vec(), -0.25), (9, vec![0xc3], -0.5)]),
             },
         ];
         assert_eq!(
@@ -107,5 +142,15 @@ mod tests {
             })
         );
         assert_eq!(at, 6);
+        assert_eq!(
+            llama_cpp_probabilities(&tokens[1..]),
+            serde_json::json!([{
+                "id": 9, "token": "", "bytes": [0xc3], "logprob": -0.5,
+                "top_logprobs": [
+                    {"id": 4, "token": " there", "bytes": b" there", "logprob": -0.25},
+                    {"id": 9, "token": "", "bytes": [0xc3], "logprob": -0.5},
+                ],
+            }])
+        );
     }
 }

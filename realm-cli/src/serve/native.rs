@@ -5,6 +5,9 @@
 //! and timings, in llama.cpp's field names. Streamed, it is server-sent
 //! events of `content` pieces, then one per prompt with `"stop": true` and
 //! the rest. A request of several prompts answers with an array, in order.
+//! `n_probs` adds each generated token's log-probability and its likeliest
+//! alternatives (`completion_probabilities`, the model's probabilities
+//! before sampling, as llama.cpp gives them by default).
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -24,7 +27,8 @@ use realm_models::StopReason;
 use super::body::Body;
 use super::engine::{Event, Input};
 use super::http::{data, error, number, stopped, submit, App};
-use super::openai::{ApiError, Options, Prompt, PromptField};
+use super::logprobs::{llama_cpp_probabilities, TokenLogprob};
+use super::openai::{ApiError, Options, Prompt, PromptField, MAX_TOP_LOGPROBS};
 use super::props;
 
 /// A `/completion` request: llama.cpp's fields; the sampling ones are the
@@ -35,7 +39,9 @@ pub struct NativeRequest {
     /// Most tokens to generate; -1 (the default): until the model ends or
     /// the context is full.
     pub n_predict: Option<i64>,
+    /// Each token's log-probability with this many alternatives (0: none).
     pub n_probs: Option<u64>,
+    pub post_sampling_probs: Option<bool>,
     pub return_tokens: Option<bool>,
     #[serde(flatten)]
     pub options: Options,
@@ -52,6 +58,8 @@ struct Answer {
     started: Instant,
     first: Option<Instant>,
     done: Option<(StopReason, usize, Option<String>, Instant)>,
+    /// With `n_probs`: the generated tokens' log-probabilities.
+    probs: Option<Vec<TokenLogprob>>,
 }
 
 /// What every answer shares.
@@ -63,6 +71,14 @@ struct Shared {
 impl Answer {
     /// The final object: `content` is the whole text, or "" when streamed.
     fn whole(&self, index: usize, shared: &Shared, streamed: bool) -> Value {
+        let mut v = self.fields(index, shared, streamed);
+        if let Some(probs) = self.probs.as_ref().filter(|_| !streamed) {
+            v["completion_probabilities"] = llama_cpp_probabilities(probs);
+        }
+        v
+    }
+
+    fn fields(&self, index: usize, shared: &Shared, streamed: bool) -> Value {
         let (reason, predicted, word, end) =
             self.done
                 .clone()
@@ -106,13 +122,17 @@ impl Answer {
         })
     }
 
-    /// Takes in one of its events; `Err` for a failure.
-    fn on(&mut self, e: Event) -> Result<Option<String>, ApiError> {
+    /// Takes in one of its events: a piece of text and its tokens'
+    /// log-probabilities, `None` at the end, `Err` for a failure.
+    fn on(&mut self, e: Event) -> Result<Option<(String, Vec<TokenLogprob>)>, ApiError> {
         match e {
-            Event::Text { text, .. } => {
+            Event::Text { text, logprobs } => {
                 self.first.get_or_insert_with(Instant::now);
                 self.content.push_str(&text);
-                Ok(Some(text))
+                if let Some(p) = &mut self.probs {
+                    p.extend(logprobs.iter().cloned());
+                }
+                Ok(Some((text, logprobs)))
             }
             Event::Done {
                 reason,
@@ -145,10 +165,27 @@ async fn start(
     app: &App,
     req: NativeRequest,
 ) -> Result<(Vec<Answer>, Inbox, Shared, bool), ApiError> {
-    if req.n_probs.is_some_and(|n| n > 0) || req.options.logprobs.is_some() {
+    // `logprobs` stands for `n_probs` when that is absent, as in llama.cpp.
+    let n_probs = match (req.n_probs, &req.options.logprobs) {
+        (Some(n), _) => n,
+        (None, None) => 0,
+        (None, Some(v)) => v.as_u64().ok_or_else(|| {
+            ApiError::invalid(
+                Some("logprobs"),
+                "logprobs is a number of alternatives here",
+            )
+        })?,
+    };
+    if n_probs > MAX_TOP_LOGPROBS as u64 {
         return Err(ApiError::invalid(
             Some("n_probs"),
-            "token probabilities are not given on /completion: ask /v1/completions for logprobs",
+            format!("n_probs is at most {MAX_TOP_LOGPROBS}"),
+        ));
+    }
+    if req.post_sampling_probs == Some(true) {
+        return Err(ApiError::invalid(
+            Some("post_sampling_probs"),
+            "only the model's probabilities are given, not the samplers'",
         ));
     }
     if req.return_tokens == Some(true) {
@@ -164,6 +201,7 @@ async fn start(
         ));
     }
     let mut options = req.options.clone();
+    options.logprobs = None;
     match req.n_predict {
         None => {}
         Some(n) if n < 0 => options.max_tokens = None,
@@ -176,7 +214,8 @@ async fn start(
         Some(n) => options.max_tokens = Some(n.unsigned_abs()),
     }
     let (_, seed) = number(app);
-    let limits = options.limits(seed, false)?;
+    let mut limits = options.limits(seed, false)?;
+    limits.logprobs = (n_probs > 0).then_some(n_probs as usize);
     let n_predict = limits
         .max_tokens
         .map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX));
@@ -217,6 +256,7 @@ async fn start(
                     started: Instant::now(),
                     first: None,
                     done: None,
+                    probs: limits.logprobs.map(|_| Vec::new()),
                 });
             }
             Some((_, Event::Failed(e))) => return Err(e),
@@ -275,8 +315,8 @@ impl Streaming {
         };
         let a = &mut self.answers[i];
         match a.on(e) {
-            Ok(Some(text)) => {
-                let piece = json!({
+            Ok(Some((text, probs))) => {
+                let mut piece = json!({
                     "index": i,
                     "content": text,
                     "tokens": [],
@@ -284,6 +324,9 @@ impl Streaming {
                     "id_slot": -1,
                     "tokens_evaluated": a.evaluated,
                 });
+                if a.probs.is_some() {
+                    piece["completion_probabilities"] = llama_cpp_probabilities(&probs);
+                }
                 self.out.push_back(data(&piece));
             }
             Ok(None) => {
@@ -308,10 +351,12 @@ fn stream(answers: Vec<Answer>, inbox: Inbox, shared: Shared) -> Response {
         .enumerate()
         .filter(|(_, a)| !a.content.is_empty())
         .map(|(i, a)| {
-            data(
-                &json!({"index": i, "content": a.content, "tokens": [], "stop": false,
-                         "id_slot": -1, "tokens_evaluated": a.evaluated}),
-            )
+            let mut piece = json!({"index": i, "content": a.content, "tokens": [], "stop": false,
+                                   "id_slot": -1, "tokens_evaluated": a.evaluated});
+            if let Some(probs) = &a.probs {
+                piece["completion_probabilities"] = llama_cpp_probabilities(probs);
+            }
+            data(&piece)
         })
         .collect();
     let mut st = Streaming {

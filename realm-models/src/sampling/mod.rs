@@ -56,7 +56,7 @@ fn normaliser(c: &[(u32, f32)]) -> (f32, f64) {
 
 impl Sampler {
     /// A sampler; fails on parameters out of range, and on DRY with
-    /// sequence breakers, which need the vocabulary
+    /// sequence breakers or `ignore_eos`, which need the vocabulary
     /// ([`Sampler::with_tokenizer`]).
     pub fn new(params: SamplingParams) -> Result<Self> {
         if (params.dry_on() && !params.dry_sequence_breakers.is_empty()) || params.ignore_eos {
