@@ -43,12 +43,13 @@ impl Dry {
         if !p.dry_on() {
             return Ok(None);
         }
-        let mut heads: HashMap<u32, Vec<Vec<u32>>> = HashMap::new();
-        if let Some(tok) = vocab {
-            for breaker in &p.dry_sequence_breakers {
-                add_breaker(tok, cut(breaker), &mut heads)?;
+        let heads = match vocab {
+            Some(tok) => {
+                let breakers: Vec<&str> = p.dry_sequence_breakers.iter().map(|b| cut(b)).collect();
+                breaker_heads(tok, &breakers)?
             }
-        }
+            None => HashMap::new(),
+        };
         Ok(Some(Self {
             multiplier: p.dry_multiplier,
             base: p.dry_base,
@@ -162,39 +163,48 @@ fn cut(s: &str) -> &str {
     &s[..end]
 }
 
-/// Records which tokens begin `breaker`: those whose text holds it whole
-/// (empty tail), and those whose text ends with a beginning of it (the
-/// tokenization of the rest as tail).
-fn add_breaker(
-    tok: &Tokenizer,
-    breaker: &str,
-    heads: &mut HashMap<u32, Vec<Vec<u32>>>,
-) -> Result<()> {
-    let b = breaker.as_bytes();
-    let Some(&first) = b.first() else {
-        return Ok(());
-    };
+/// Which tokens begin each of `breakers`: those whose text holds one whole
+/// (empty tail), and those whose text ends with a beginning of one (the
+/// tokenization of the rest as tail). Each token's text is made once.
+fn breaker_heads(tok: &Tokenizer, breakers: &[&str]) -> Result<HashMap<u32, Vec<Vec<u32>>>> {
+    let mut heads: HashMap<u32, Vec<Vec<u32>>> = HashMap::new();
+    // The tokens of a breaker's rest, by (breaker, bytes matched).
+    let mut tails: HashMap<(usize, usize), Vec<u32>> = HashMap::new();
     for id in 0..tok.n_vocab() as u32 {
         let word = tok.decode_bytes(&[id], false, true)?;
-        if word.windows(b.len()).any(|w| w == b) {
-            push_tail(heads, id, Vec::new());
-            continue;
-        }
-        for pos in 0..word.len() {
-            let rest = &word[pos..];
-            if word[pos] != first || rest.len() >= b.len() || !b.starts_with(rest) {
-                continue;
-            }
-            // A tail starting inside a character cannot be tokenized as text.
-            let Some(tail) = breaker.get(rest.len()..) else {
+        for (bi, breaker) in breakers.iter().enumerate() {
+            let b = breaker.as_bytes();
+            let Some(&first) = b.first() else {
                 continue;
             };
-            let mut ids = tok.encode(tail, false, false)?;
-            ids.truncate(MAX_TAIL_TOKENS);
-            push_tail(heads, id, ids);
+            if word.windows(b.len()).any(|w| w == b) {
+                push_tail(&mut heads, id, Vec::new());
+                continue;
+            }
+            for pos in 0..word.len() {
+                let rest = &word[pos..];
+                if word[pos] != first || rest.len() >= b.len() || !b.starts_with(rest) {
+                    continue;
+                }
+                // A tail starting inside a character cannot be tokenized as
+                // text.
+                let Some(tail) = breaker.get(rest.len()..) else {
+                    continue;
+                };
+                let ids = match tails.get(&(bi, rest.len())) {
+                    Some(ids) => ids.clone(),
+                    None => {
+                        let mut ids = tok.encode(tail, false, false)?;
+                        ids.truncate(MAX_TAIL_TOKENS);
+                        tails.insert((bi, rest.len()), ids.clone());
+                        ids
+                    }
+                };
+                push_tail(&mut heads, id, ids);
+            }
         }
     }
-    Ok(())
+    Ok(heads)
 }
 
 fn push_tail(heads: &mut HashMap<u32, Vec<Vec<u32>>>, id: u32, tail: Vec<u32>) {

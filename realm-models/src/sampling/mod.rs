@@ -186,14 +186,24 @@ impl Sampler {
         if p.temperature <= 0.0 && keeps_top {
             return Some(argmax(&self.logits));
         }
-        self.candidates.clear();
-        self.candidates.extend(
-            self.logits
-                .iter()
-                .enumerate()
-                .filter(|(_, l)| l.is_finite() || **l == f32::INFINITY)
-                .map(|(i, &l)| (i as u32, l)),
-        );
+        // A top-k that runs first (top-n-sigma being off) needs only the
+        // tokens that can be among the k.
+        let next = self.params.samplers[lead..]
+            .iter()
+            .find(|&&k| k != SamplerKind::TopNSigma || self.params.top_n_sigma > 0.0);
+        match (mirostat, next, self.params.top_k) {
+            (Mirostat::Off, Some(SamplerKind::TopK), k) if k > 0 => self.collect_top(k),
+            _ => {
+                self.candidates.clear();
+                self.candidates.extend(
+                    self.logits
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, l)| l.is_finite() || **l == f32::INFINITY)
+                        .map(|(i, &l)| (i as u32, l)),
+                );
+            }
+        }
         if self.candidates.is_empty() {
             return Some(argmax(&self.logits));
         }
@@ -286,6 +296,28 @@ impl Sampler {
         let max = c.iter().fold(f32::NEG_INFINITY, |m, c| m.max(c.1));
         let floor = max - n * var.sqrt() as f32;
         c.retain(|c| c.1 >= floor);
+    }
+
+    /// The candidates that can be among the `k` most likely (at least
+    /// those): the logits at or above the least of `k` already seen, so
+    /// that a large vocabulary costs a comparison per token, not a
+    /// selection over all of it.
+    fn collect_top(&mut self, k: usize) {
+        let c = &mut self.candidates;
+        c.clear();
+        let cap = 2 * k.max(32);
+        let mut floor = f32::NEG_INFINITY;
+        for (i, &l) in self.logits.iter().enumerate() {
+            // (NaN fails the comparison; -inf is never a candidate.)
+            if l >= floor && l > f32::NEG_INFINITY {
+                c.push((i as u32, l));
+                if c.len() == cap {
+                    c.select_nth_unstable_by(k - 1, by_logit);
+                    c.truncate(k);
+                    floor = c.iter().fold(f32::INFINITY, |m, c| m.min(c.1));
+                }
+            }
+        }
     }
 
     /// Keeps the `top_k` most likely, and sorts the candidates, most likely
@@ -510,16 +542,23 @@ impl Sampler {
         let (max, sum) = normaliser(c);
         // -log2(p) <= mu  <=>  l - max - ln(sum) >= -mu ln 2
         let floor = f64::from(max) + sum.ln() - f64::from(self.mu) * std::f64::consts::LN_2;
-        c.sort_unstable_by(by_logit);
-        // Sorted, so the kept tokens are a prefix, and the first always stays.
-        let keep = c.iter().take_while(|c| f64::from(c.1) >= floor).count();
-        c.truncate(keep.max(1));
+        // The most likely always stays.
+        let top = c.iter().copied().min_by(by_logit);
+        c.retain(|c| f64::from(c.1) >= floor);
+        if let (true, Some(top)) = (c.is_empty(), top) {
+            c.push(top);
+        }
+        // Unsorted: mu can grow until nearly every token stays, and a draw
+        // needs no order.
         self.weigh_at_one()
     }
 
-    /// Weights of the (sorted, already scaled) candidates at temperature 1.
+    /// Weights of the (already scaled) candidates at temperature 1.
     fn weigh_at_one(&mut self) -> Option<u32> {
-        let max = self.candidates[0].1;
+        let max = self
+            .candidates
+            .iter()
+            .fold(f32::NEG_INFINITY, |m, c| m.max(c.1));
         let mut total = 0f64;
         for c in &mut self.candidates {
             c.1 = (c.1 - max).exp();
@@ -778,6 +817,41 @@ mod tests {
             let d = s.distribution(&logits, &history).to_vec();
             let total: f32 = d.iter().map(|t| t.1).sum();
             prop_assert!(!d.is_empty() && (total - 1.0).abs() < 1e-3, "{:?}", d);
+        }
+    }
+
+    proptest! {
+        /// A top-k that runs first collects only the tokens that can be
+        /// among the k; it leaves what collecting every token leaves (here
+        /// a top-p of 1 before it, a no-op, makes the sampler collect all).
+        #[test]
+        fn top_k_first_leaves_what_collecting_all_leaves(
+            logits in proptest::collection::vec(prop_oneof![
+                30 => -60i8..60,
+                1 => Just(i8::MIN),
+                1 => Just(i8::MAX),
+                1 => Just(100i8),
+            ], 1..300),
+            top_k in 1usize..90,
+        ) {
+            // Small integers (ties among them); MIN, MAX and 100 for -inf,
+            // NaN and +inf.
+            let logits: Vec<f32> = logits.iter().map(|&v| match v {
+                i8::MIN => f32::NEG_INFINITY,
+                i8::MAX => f32::NAN,
+                100 => f32::INFINITY,
+                v => f32::from(v) / 4.0,
+            }).collect();
+            let p = SamplingParams { top_k, temperature: 1.0, ..Default::default() };
+            let mut all = p.samplers.clone();
+            all.insert(2, SamplerKind::TopP);
+            let slow = SamplingParams { top_p: 1.0, samplers: all, ..p.clone() };
+            let mut fast = Sampler::new(SamplingParams { top_p: 1.0, ..p }).unwrap();
+            let mut slow = Sampler::new(slow).unwrap();
+            let bits = |d: &[(u32, f32)]| d.iter().map(|t| (t.0, t.1.to_bits())).collect::<Vec<_>>();
+            let a = bits(fast.distribution(&logits, &[]));
+            let b = bits(slow.distribution(&logits, &[]));
+            prop_assert_eq!(a, b);
         }
     }
 
