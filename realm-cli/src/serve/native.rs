@@ -88,7 +88,7 @@ impl Answer {
         let predicted_ms = end.duration_since(first).as_secs_f64() * 1e3;
         let rate = |n: usize, ms: f64| if ms > 0.0 { n as f64 * 1e3 / ms } else { 0.0 };
         let per = |n: usize, ms: f64| if n > 0 { ms / n as f64 } else { 0.0 };
-        let prompt_n = self.evaluated - self.cached;
+        let prompt_n = self.evaluated.saturating_sub(self.cached);
         json!({
             "index": index,
             "content": if streamed { "" } else { self.content.as_str() },
