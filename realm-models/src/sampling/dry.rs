@@ -217,12 +217,15 @@ fn push_tail(heads: &mut HashMap<u32, Vec<Vec<u32>>>, id: u32, tail: Vec<u32>) {
 /// For each position `j` but the last, the number of tokens the text
 /// ending at `j` shares with the text ending at the window's end (its
 /// longest common suffix), capped at `limit`: a Z-function over the window
-/// read backwards.
+/// read backwards. `out` is the Z-array while it is computed, so that a
+/// step allocates nothing once `out` has grown to the window.
 fn suffix_matches(window: &[u32], limit: usize, out: &mut Vec<usize>) {
     let n = window.len();
     // rev(i) is the i-th token from the end.
     let rev = |i: usize| window[n - 1 - i];
-    let mut z = vec![0usize; n];
+    let z = out;
+    z.clear();
+    z.resize(n, 0);
     let (mut left, mut right) = (0usize, 0usize);
     for k in 1..n {
         let mut len = if k < right {
@@ -239,9 +242,10 @@ fn suffix_matches(window: &[u32], limit: usize, out: &mut Vec<usize>) {
         }
         z[k] = len;
     }
-    out.clear();
-    // The text ending at j is rev(k..) for k = n - 1 - j.
-    out.extend((0..n - 1).map(|j| z[n - 1 - j].min(limit)));
+    // The text ending at j is rev(k..) for k = n - 1 - j: z[1..] reversed.
+    z.remove(0);
+    z.reverse();
+    z.iter_mut().for_each(|m| *m = (*m).min(limit));
 }
 
 #[cfg(test)]

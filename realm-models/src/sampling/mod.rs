@@ -891,7 +891,7 @@ mod tests {
     }
 
     #[test]
-    fn greedy_leaves_xtc_and_typical_their_say() {
+    fn greedy_leaves_xtc_its_say_and_dry_needs_the_vocabulary() {
         let logits = [3.0, 2.9, 0.0, -1.0];
         // Greedy XTC drops the top choice when another is above its
         // threshold.
