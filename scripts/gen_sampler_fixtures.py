@@ -15,6 +15,17 @@ chain leaves and their probabilities. XTC's chance is 1 in these cases, so
 no random draw decides what is left; mirostat's truncation is its first
 step's (mu = 2 tau).
 
+It also writes realm-models/tests/fixtures/seeded.json and seeded.bin:
+llama.cpp's sampled generations, with seeds, for a set of parameter
+cases: its whole chain with the draw (`dist`, or mirostat's), run each
+step as llama_sampler_sample runs it, over the 64 most likely tokens of
+the step's logits (the rest taken as -inf), which seeded.bin keeps
+(token id u32, logit f32, little-endian, 64 per step, the vocabulary's
+order). For each step it records how near the draw fell to the edge of
+the chosen token's share of the probability; the draw's uniform number
+is recomputed with numpy's MT19937 seeded as std::mt19937 is and checked
+to choose what llama.cpp chose.
+
 Usage: python3 scripts/gen_sampler_fixtures.py [MODELS_DIR]
 """
 import ctypes
@@ -72,13 +83,41 @@ CASES = [
     dict(DEFAULTS, dynatemp_range=0.6, typical_p=0.8, samplers=["min_p", "temperature", "typ_p"]),
     dict(DEFAULTS, samplers=["top_p", "top_k"]),
 ]
+# Sampled generations: (prompt, cases), each case with its seed.
+SEEDED_PROMPT = "Once upon a time, in a small village by the sea,"
+SEEDED_TOKENS = 32
+# The candidates each step keeps (with their logits, in seeded.bin).
+SEEDED_TOP = 64
+SEEDED = [
+    dict(DEFAULTS, seed=42),
+    dict(DEFAULTS, seed=1234, temperature=1.0),
+    dict(PLAIN, seed=3),
+    dict(PLAIN, seed=5, min_p=0.05, temperature=0.9),
+    dict(PLAIN, seed=6, top_p=0.9),
+    dict(DEFAULTS, seed=7, typical_p=0.9),
+    dict(PLAIN, seed=8, typical_p=0.8),
+    dict(DEFAULTS, seed=9, xtc_probability=0.5, xtc_threshold=0.1),
+    dict(DEFAULTS, seed=10, dynatemp_range=0.5),
+    dict(PLAIN, seed=11, mirostat=1, mirostat_tau=5.0),
+    dict(PLAIN, seed=12, mirostat=2, mirostat_tau=5.0),
+    dict(DEFAULTS, seed=13, repeat_penalty=1.2, dry_multiplier=0.8),
+    dict(DEFAULTS, seed=14, temperature=1.2, top_p=0.9, samplers=["temperature", "top_p"]),
+    dict(PLAIN, seed=15, top_n_sigma=1.5),
+    # Low targets: steps with one candidate left, where mirostat draws nothing.
+    dict(PLAIN, seed=16, mirostat=1, mirostat_tau=2.0),
+    dict(PLAIN, seed=17, mirostat=2, mirostat_tau=1.0),
+]
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "..", "realm-models", "tests", "fixtures", "samplers.json")
+OUT_SEEDED = os.path.join(HERE, "..", "realm-models", "tests", "fixtures", "seeded.json")
+OUT_SEEDED_BIN = os.path.join(HERE, "..", "realm-models", "tests", "fixtures", "seeded.bin")
 
 
-def chain(L, vocab, n_vocab, c):
-    """llama.cpp's common sampler chain for case `c`, without the draw."""
+def chain(L, vocab, n_vocab, c, draw=False):
+    """llama.cpp's common sampler chain for case `c`, with the draw
+    (`dist`) at its end when `draw`."""
     g = lambda k, d: c.get(k, d)
+    seed = g("seed", 1)
     ch = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
     add = lambda s: L.llama_sampler_chain_add(ch, s)
     min_keep = g("min_keep", 0)
@@ -99,19 +138,96 @@ def chain(L, vocab, n_vocab, c):
             "top_p": lambda: L.llama_sampler_init_top_p(g("top_p", 0.95), min_keep),
             "min_p": lambda: L.llama_sampler_init_min_p(g("min_p", 0.05), min_keep),
             "xtc": lambda: L.llama_sampler_init_xtc(
-                g("xtc_probability", 0.0), g("xtc_threshold", 0.1), min_keep, 1),
+                g("xtc_probability", 0.0), g("xtc_threshold", 0.1), min_keep, seed),
             "temperature": lambda: L.llama_sampler_init_temp_ext(
                 temp, g("dynatemp_range", 0.0), g("dynatemp_exponent", 1.0)),
         }
         for name in g("samplers", ORDER):
             add(make[name]())
+        if draw:
+            add(L.llama_sampler_init_dist(seed))
     elif c["mirostat"] == 1:
         add(L.llama_sampler_init_temp(temp))
-        add(L.llama_sampler_init_mirostat(n_vocab, 1, g("mirostat_tau", 5.0), g("mirostat_eta", 0.1), 100))
+        add(L.llama_sampler_init_mirostat(n_vocab, seed, g("mirostat_tau", 5.0), g("mirostat_eta", 0.1), 100))
     else:
         add(L.llama_sampler_init_temp(temp))
-        add(L.llama_sampler_init_mirostat_v2(1, g("mirostat_tau", 5.0), g("mirostat_eta", 0.1)))
+        add(L.llama_sampler_init_mirostat_v2(seed, g("mirostat_tau", 5.0), g("mirostat_eta", 0.1)))
     return ch
+
+
+def uniforms(seed):
+    """The draws of std::uniform_real_distribution<double> on
+    std::mt19937(seed), as libstdc++ forms them."""
+    bg = np.random.MT19937(0)
+    bg._legacy_seeding(seed)
+    while True:
+        lo, hi = (float(x) for x in bg.random_raw(2))
+        u = (lo + hi * 2.0**32) / 2.0**64
+        yield u if u < 1.0 else np.nextafter(1.0, 0.0)
+
+
+def seeded(L, model, vocab, n_vocab, short, dt, blob):
+    """llama.cpp's sampled generations for SEEDED on one model; each
+    step's candidates are appended to `blob`."""
+    out = []
+    for c in SEEDED:
+        cp = L.llama_context_default_params()
+        cp.n_ctx, cp.n_batch, cp.n_threads, cp.n_threads_batch = 256, 256, 2, 2
+        ctx = L.llama_init_from_model(model, cp)
+        raw = SEEDED_PROMPT.encode()
+        buf = (L.llama_token * 256)()
+        n = L.llama_tokenize(vocab, raw, len(raw), buf, 256, True, False)
+        prompt = [int(t) for t in buf[:n]]
+        ch = chain(L, vocab, n_vocab, c, draw=True)
+        for t in prompt:
+            L.llama_sampler_accept(ch, t)
+        draws = uniforms(c["seed"])
+        batch = L.llama_batch_get_one(buf, n)
+        tokens, margins, offset, singles = [], [], len(blob), 0
+        data = (L.llama_token_data * SEEDED_TOP)()
+        view = np.frombuffer(data, dtype=dt)
+        for _ in range(SEEDED_TOKENS):
+            assert L.llama_decode(ctx, batch) == 0
+            logits = np.ctypeslib.as_array(L.llama_get_logits_ith(ctx, -1), shape=(n_vocab,))
+            # The most likely, in the vocabulary's order: what the chain
+            # sees of a vocabulary whose other logits are -inf.
+            top = np.sort(np.argsort(-logits, kind="stable")[:SEEDED_TOP])
+            view["id"] = top
+            view["logit"] = logits[top]
+            view["p"] = 0
+            kept = np.empty(SEEDED_TOP, dtype=[("id", "<u4"), ("logit", "<f4")])
+            kept["id"], kept["logit"] = top, logits[top]
+            blob += kept.tobytes()
+            arr = L.llama_token_data_array(data, SEEDED_TOP, -1, False)
+            L.llama_sampler_apply(ch, ctypes.byref(arr))
+            start = (ctypes.addressof(arr.data.contents) - ctypes.addressof(data)) // dt.itemsize
+            left = view[start:start + arr.size]
+            token = int(left["id"][arr.selected])
+            L.llama_sampler_accept(ch, token)
+            # Where the draw fell: the running sum of the probabilities, in
+            # the order the draw walked them, against the uniform number.
+            cum = np.cumsum(left["p"].astype(np.float64))
+            cum /= cum[-1]
+            # Mirostat draws with std::discrete_distribution, which draws
+            # nothing from one candidate.
+            u = next(draws) if arr.size > 1 or not c.get("mirostat") else 0.5
+            mine = int(np.searchsorted(cum, u, side="left"))
+            assert mine == arr.selected, (short, c, len(tokens), mine, arr.selected)
+            below = cum[mine - 1] if mine > 0 else 0.0
+            margins.append(float(min(u - below, cum[mine] - u)))
+            singles += arr.size == 1
+            tokens.append(token)
+            if L.llama_vocab_is_eog(vocab, token):
+                break
+            buf[0] = token
+            batch = L.llama_batch_get_one(buf, 1)
+        L.llama_sampler_free(ch)
+        L.llama_free(ctx)
+        print(f"{short} seeded {c}: {len(tokens)} tokens, least margin {min(margins):.2e}, "
+              f"{singles} with one candidate")
+        out.append({"model": short, "params": c, "prompt_tokens": prompt, "tokens": tokens,
+                    "margins": margins, "offset": offset})
+    return out
 
 
 def main():
@@ -124,7 +240,7 @@ def main():
     import llama_cpp as L
     L.llama_backend_init()
     dt = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
-    steps, cases = [], []
+    steps, cases, generations, blob = [], [], [], bytearray()
     for short, name in MODELS.items():
         path = os.path.join(models_dir, name)
         model = L.llama_model_load_from_file(path.encode(), L.llama_model_default_params())
@@ -173,7 +289,15 @@ def main():
                               "ids": [int(ids[i]) for i in order],
                               "probs": [round(float(probs[i]), 7) for i in order]})
                 print(f"{short} {prompt[:20]!r} {c}: {len(ids)} left, top p {probs.max():.4f}")
+        generations += seeded(L, model, vocab, n_vocab, short, dt, blob)
         L.llama_model_free(model)
+    with open(OUT_SEEDED, "w") as f:
+        json.dump({"llama_cpp": "0c1e570 (llama-cpp-python 0.3.36)", "prompt": SEEDED_PROMPT,
+                   "top": SEEDED_TOP, "generations": generations},
+                  f, indent=None, ensure_ascii=False)
+        f.write("\n")
+    with open(OUT_SEEDED_BIN, "wb") as f:
+        f.write(blob)
     with open(OUT, "w") as f:
         json.dump({"llama_cpp": "0c1e570 (llama-cpp-python 0.3.36)", "top": TOP,
                    "steps": steps, "cases": cases}, f, indent=None, ensure_ascii=False)

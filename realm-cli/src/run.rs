@@ -103,8 +103,9 @@ pub struct SamplingArgs {
     /// Never end at an end-of-generation token (its logit set to -inf).
     #[arg(long)]
     pub ignore_eos: bool,
-    /// Random seed.
-    #[arg(long, default_value_t = 0x5eed)]
+    /// Random seed (its low 32 bits seed the generator, as in llama.cpp,
+    /// whose draws a seed repeats; -1: a random seed).
+    #[arg(long, default_value_t = 0x5eed, value_parser = parse_seed, allow_negative_numbers = true)]
     pub seed: u64,
     /// Prompt lookup decoding: draft up to N tokens by finding the last
     /// tokens earlier in the context, checked in one pass (the same text,
@@ -272,6 +273,17 @@ fn parse_samplers(s: &str) -> Result<Order, String> {
     SamplerKind::parse_names(s)
         .map(Order)
         .map_err(|e| e.to_string())
+}
+
+/// A `--seed`: a number, or -1 for a random one (from the system's
+/// hasher keys, which differ from run to run).
+fn parse_seed(s: &str) -> Result<u64, String> {
+    if s.trim() == "-1" {
+        use std::hash::BuildHasher;
+        return Ok(std::collections::hash_map::RandomState::new().hash_one(0u8));
+    }
+    s.parse()
+        .map_err(|_| format!("`{s}` is not a seed (a number from 0, or -1 for a random one)"))
 }
 
 fn parse_sampler_letters(s: &str) -> Result<Order, String> {
@@ -540,5 +552,13 @@ mod tests {
         assert_eq!(unescape(r"\xff"), r"\xff");
         assert_eq!(unescape("ends with \\"), "ends with \\");
         assert_eq!(unescape("é\\n"), "é\n");
+    }
+
+    #[test]
+    fn seeds_are_numbers_or_minus_one_for_a_random_one() {
+        assert_eq!(parse_seed("42"), Ok(42));
+        let (a, b) = (parse_seed("-1").unwrap(), parse_seed("-1").unwrap());
+        assert_ne!(a, b);
+        assert!(parse_seed("-2").is_err() && parse_seed("x").is_err());
     }
 }

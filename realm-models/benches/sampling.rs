@@ -13,6 +13,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use realm_core::catalog;
 use realm_core::gguf::GgufFile;
 use realm_core::tokenizer::Tokenizer;
+use realm_models::sampling::SamplerKind;
 use realm_models::{Mirostat, Sampler, SamplingParams};
 
 fn bench(c: &mut Criterion) {
@@ -54,6 +55,29 @@ fn bench(c: &mut Criterion) {
                     typical_p: 0.9,
                     top_n_sigma: 2.0,
                     xtc_probability: 0.5,
+                    ..Default::default()
+                },
+            ),
+            (
+                // Temperature alone over the whole vocabulary.
+                "plain",
+                SamplingParams {
+                    top_k: 0,
+                    top_p: 1.0,
+                    min_p: 0.0,
+                    temperature: 1.0,
+                    ..Default::default()
+                },
+            ),
+            (
+                "top_p_first",
+                SamplingParams {
+                    samplers: vec![
+                        SamplerKind::TopP,
+                        SamplerKind::TopK,
+                        SamplerKind::MinP,
+                        SamplerKind::Temperature,
+                    ],
                     ..Default::default()
                 },
             ),

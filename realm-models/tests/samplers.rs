@@ -5,7 +5,9 @@
 //! min-p, XTC, dynamic temperature; or mirostat 1 and 2) leaves of them for
 //! twenty-five parameter cases (five in other orders, as `--samplers`
 //! gives), with each token's probability. Realm's sampler
-//! must leave the same tokens with the same probabilities.
+//! must leave the same tokens with the same probabilities. It also ran
+//! llama.cpp's whole chain, draw included, for seeded generations: Realm's
+//! sampler, given the same logits, must draw the same tokens.
 
 mod common;
 
@@ -45,6 +47,7 @@ fn params(p: &Value) -> SamplingParams {
         mirostat: Mirostat::from_version(n("mirostat", 0) as u32).unwrap(),
         mirostat_tau: f("mirostat_tau", d.mirostat_tau),
         mirostat_eta: f("mirostat_eta", d.mirostat_eta),
+        seed: p.get("seed").and_then(Value::as_u64).unwrap_or(d.seed),
         samplers: match p.get("samplers") {
             Some(v) => v
                 .as_array()
@@ -116,4 +119,66 @@ fn smollm2_samplers_leave_what_llama_cpps_leave() {
 #[test]
 fn gemma3_samplers_leave_what_llama_cpps_leave() {
     check(&catalog::GEMMA3);
+}
+
+/// llama.cpp's seeded generations (`fixtures/seeded.json`), token for
+/// token: at each step the sampler gets the logits llama.cpp's chain got
+/// (its 64 most likely, the rest -inf, from `fixtures/seeded.bin`) and the
+/// tokens so far, and must draw what llama.cpp drew: the same generator,
+/// drawn as often, over the candidates in the same order.
+fn seeded(mm: &KnownModel) {
+    let Some(file) = common::open(mm) else {
+        return;
+    };
+    let tok = Tokenizer::from_metadata(file.metadata()).unwrap();
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+    let fx: Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{dir}/seeded.json")).unwrap())
+            .unwrap();
+    let blob = std::fs::read(format!("{dir}/seeded.bin")).unwrap();
+    let top = fx["top"].as_u64().unwrap() as usize;
+    let prompt = tok
+        .encode(fx["prompt"].as_str().unwrap(), true, false)
+        .unwrap();
+    let mut cases = 0;
+    for g in fx["generations"].as_array().unwrap() {
+        if g["model"] != mm.short_name {
+            continue;
+        }
+        let want_prompt: Vec<u32> = serde_json::from_value(g["prompt_tokens"].clone()).unwrap();
+        assert_eq!(prompt, want_prompt);
+        let want: Vec<u32> = serde_json::from_value(g["tokens"].clone()).unwrap();
+        let what = format!("{} {}", mm.short_name, g["params"]);
+        let mut sampler = Sampler::with_tokenizer(params(&g["params"]), &tok).unwrap();
+        let mut history = prompt.clone();
+        let mut at = g["offset"].as_u64().unwrap() as usize;
+        for (step, &token) in want.iter().enumerate() {
+            let mut logits = vec![f32::NEG_INFINITY; tok.n_vocab()];
+            for c in blob[at..at + 8 * top].chunks_exact(8) {
+                let id = u32::from_le_bytes(c[..4].try_into().unwrap());
+                logits[id as usize] = f32::from_le_bytes(c[4..].try_into().unwrap());
+            }
+            at += 8 * top;
+            let ours = sampler.sample(&logits, &history);
+            assert_eq!(
+                ours,
+                token,
+                "{what}: step {step}, llama.cpp's draw {:.1e} from an edge",
+                g["margins"][step].as_f64().unwrap()
+            );
+            history.push(token);
+        }
+        cases += 1;
+    }
+    assert_eq!(cases, 16, "cases for {}", mm.short_name);
+}
+
+#[test]
+fn smollm2_seeded_draws_are_llama_cpps() {
+    seeded(&catalog::SMOLLM2);
+}
+
+#[test]
+fn gemma3_seeded_draws_are_llama_cpps() {
+    seeded(&catalog::GEMMA3);
 }

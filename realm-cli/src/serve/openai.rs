@@ -130,7 +130,8 @@ pub struct Options {
     /// The samplers in order: names, or one string of letters.
     pub samplers: Option<Value>,
     pub ignore_eos: Option<bool>,
-    pub seed: Option<u64>,
+    /// -1 (llama.cpp's "random") is as if absent.
+    pub seed: Option<serde_json::Number>,
     pub logit_bias: Option<HashMap<String, f32>>,
     pub stop: Option<Stop>,
     #[serde(default)]
@@ -259,7 +260,16 @@ impl Options {
             mirostat_tau: self.mirostat_tau.unwrap_or(d.mirostat_tau),
             mirostat_eta: self.mirostat_eta.unwrap_or(d.mirostat_eta),
             logit_bias,
-            seed: self.seed.unwrap_or(seed),
+            seed: match &self.seed {
+                None => seed,
+                Some(s) if s.as_i64() == Some(-1) => seed,
+                Some(s) => s.as_u64().ok_or_else(|| {
+                    ApiError::invalid(
+                        Some("seed"),
+                        "seed is a number from 0, or -1 for a random one",
+                    )
+                })?,
+            },
             ignore_eos: self.ignore_eos.unwrap_or(false),
             samplers: match &self.samplers {
                 None => d.samplers.clone(),
@@ -764,6 +774,15 @@ mod tests {
         assert_eq!(l.sampling.seed, 42);
         let seeded = chat(serde_json::json!({"messages": [], "seed": 9}));
         assert_eq!(seeded.options.limits(42, false).unwrap().sampling.seed, 9);
+        let random = chat(serde_json::json!({"messages": [], "seed": -1}));
+        assert_eq!(random.options.limits(42, false).unwrap().sampling.seed, 42);
+        let large = chat(serde_json::json!({"messages": [], "seed": u64::MAX}));
+        assert_eq!(
+            large.options.limits(42, false).unwrap().sampling.seed,
+            u64::MAX
+        );
+        let bad = chat(serde_json::json!({"messages": [], "seed": -2}));
+        assert!(bad.options.limits(42, false).is_err());
     }
 
     #[test]

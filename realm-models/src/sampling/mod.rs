@@ -1,7 +1,8 @@
 //! Choosing the next token from logits, as llama.cpp's sampler chain
 //! does (the order is on [`SamplingParams`]): greedy, or filters and a draw
-//! from what they leave, or mirostat; with a seedable generator, so the
-//! same seed gives the same text.
+//! from what they leave, or mirostat; with llama.cpp's generator, drawn as
+//! llama.cpp draws it, so the same seed on the same logits gives
+//! llama.cpp's tokens.
 
 mod dry;
 mod params;
@@ -12,7 +13,7 @@ use realm_core::tokenizer::Tokenizer;
 pub use self::params::{Mirostat, SamplerKind, SamplingParams};
 
 use self::dry::Dry;
-use self::rng::Rng;
+use self::rng::Mt19937;
 use crate::{Error, Result};
 
 /// How many of the most likely tokens mirostat 1 estimates the
@@ -24,7 +25,13 @@ const MIROSTAT_M: usize = 100;
 #[derive(Debug, Clone)]
 pub struct Sampler {
     params: SamplingParams,
-    rng: Rng,
+    /// The draw's generator; XTC has its own, as in llama.cpp, both
+    /// seeded with the seed's low 32 bits.
+    draw_rng: Mt19937,
+    xtc_rng: Mt19937,
+    /// Whether the candidates are sorted, most likely first (the draw
+    /// walks them in their order, which follows llama.cpp's).
+    sorted: bool,
     dry: Option<Dry>,
     /// End-of-generation tokens never chosen (`ignore_eos`).
     banned: Vec<u32>,
@@ -84,7 +91,9 @@ impl Sampler {
             _ => Vec::new(),
         };
         Ok(Self {
-            rng: Rng::new(params.seed),
+            draw_rng: Mt19937::new(params.seed as u32),
+            xtc_rng: Mt19937::new(params.seed as u32),
+            sorted: false,
             dry: Dry::new(&params, vocab)?,
             banned,
             mu: 2.0 * params.mirostat_tau,
@@ -204,6 +213,7 @@ impl Sampler {
                 );
             }
         }
+        self.sorted = false;
         if self.candidates.is_empty() {
             return Some(argmax(&self.logits));
         }
@@ -217,65 +227,50 @@ impl Sampler {
             Mirostat::V2 => return self.mirostat_v2(),
             Mirostat::Off => {}
         }
-        let mut sorted = false;
         for i in lead..n {
             let kind = self.params.samplers[i];
-            let last = i + 1 == n;
             match kind {
                 SamplerKind::Penalties => {
                     self.penalise_candidates(history);
-                    sorted = false;
+                    self.sorted = false;
                 }
                 SamplerKind::Dry => {
                     if let Some(dry) = &mut self.dry {
                         dry.apply_to(history, &mut self.candidates);
                     }
-                    sorted = false;
+                    self.sorted = false;
                 }
                 SamplerKind::TopNSigma => self.top_n_sigma(),
-                SamplerKind::TopK => {
-                    self.top_k();
-                    sorted = true;
-                }
-                SamplerKind::TypicalP => {
-                    self.typical_p();
-                    sorted = true;
-                }
-                SamplerKind::TopP | SamplerKind::MinP | SamplerKind::Xtc => {
-                    if !sorted {
-                        self.candidates.sort_unstable_by(by_logit);
-                        sorted = true;
-                    }
-                    match kind {
-                        SamplerKind::TopP => self.top_p(),
-                        SamplerKind::MinP => self.min_p(),
-                        _ => self.xtc(),
-                    }
-                }
+                SamplerKind::TopK => self.top_k(),
+                SamplerKind::TypicalP => self.typical_p(),
+                SamplerKind::TopP => self.top_p(),
+                SamplerKind::MinP => self.min_p(),
+                SamplerKind::Xtc => self.xtc(),
                 SamplerKind::Temperature => {
-                    if !sorted {
-                        self.candidates.sort_unstable_by(by_logit);
-                        sorted = true;
-                    }
-                    if self.params.temperature <= 0.0 {
+                    let t = self.temperature();
+                    if t <= 0.0 {
                         // Only the most likely token is left.
-                        self.candidates.truncate(1);
-                        if last {
-                            return Some(self.candidates[0].0);
+                        let top = self.candidates.iter().copied().min_by(by_logit);
+                        self.candidates.clear();
+                        self.candidates.extend(top);
+                        if i + 1 == n {
+                            return top.map(|c| c.0);
                         }
-                    } else if last {
-                        return self.weigh();
                     } else {
-                        self.scale();
+                        self.candidates.iter_mut().for_each(|c| c.1 /= t);
                     }
                 }
             }
         }
-        // No temperature last: a draw at the logits as they are.
-        if !sorted {
+        self.weigh()
+    }
+
+    /// Sorts the candidates, most likely first, unless they are.
+    fn sort(&mut self) {
+        if !self.sorted {
             self.candidates.sort_unstable_by(by_logit);
+            self.sorted = true;
         }
-        self.weigh_at_one()
     }
 
     /// Drops tokens more than `top_n_sigma` standard deviations of the
@@ -320,15 +315,18 @@ impl Sampler {
         }
     }
 
-    /// Keeps the `top_k` most likely, and sorts the candidates, most likely
-    /// first.
+    /// Keeps the `top_k` most likely, sorted, most likely first; a `top_k`
+    /// of 0 leaves the candidates as they are.
     fn top_k(&mut self) {
         let k = self.params.top_k;
-        if k > 0 && k < self.candidates.len() {
-            self.candidates.select_nth_unstable_by(k - 1, by_logit);
-            self.candidates.truncate(k);
+        if k == 0 {
+            return;
         }
-        self.candidates.sort_unstable_by(by_logit);
+        if !self.sorted && k < self.candidates.len() {
+            self.candidates.select_nth_unstable_by(k - 1, by_logit);
+        }
+        self.candidates.truncate(k);
+        self.sort();
     }
 
     /// The least number of tokens the truncating samplers leave.
@@ -337,12 +335,14 @@ impl Sampler {
     }
 
     /// Locally typical sampling: the tokens whose surprise is nearest the
-    /// entropy, until their probability passes `typical_p`.
+    /// entropy, until their probability passes `typical_p`, left in that
+    /// order (as llama.cpp leaves them, for the draw).
     fn typical_p(&mut self) {
         let p = self.params.typical_p;
         if p >= 1.0 {
             return;
         }
+        self.sort();
         let (max, sum) = normaliser(&self.candidates);
         let t = &mut self.typical;
         t.clear();
@@ -374,11 +374,13 @@ impl Sampler {
         self.candidates.clear();
         self.candidates
             .extend(t[..keep].iter().map(|&(_, _, id, l)| (id, l)));
-        self.candidates.sort_unstable_by(by_logit);
+        self.sorted = false;
     }
 
     /// Nucleus sampling: the most likely tokens until their probability
-    /// reaches `top_p`. The candidates are sorted.
+    /// reaches `top_p`, sorted. Unsorted candidates are sorted only as far
+    /// as the running sum needs: the 256 most likely first, all of them
+    /// if those do not reach `top_p` (llama.cpp's way).
     fn top_p(&mut self) {
         let p = self.params.top_p;
         if p >= 1.0 {
@@ -386,26 +388,60 @@ impl Sampler {
         }
         let min_keep = self.min_keep();
         let (max, sum) = normaliser(&self.candidates);
+        let len = self.candidates.len();
+        let mut sorted_to = len;
+        if !self.sorted {
+            sorted_to = if len > 1024 { 256 } else { len };
+            if sorted_to < len {
+                self.candidates
+                    .select_nth_unstable_by(sorted_to - 1, by_logit);
+            }
+            self.candidates[..sorted_to].sort_unstable_by(by_logit);
+        }
         let mut cum = 0f64;
-        let mut keep = self.candidates.len();
-        for (i, c) in self.candidates.iter().enumerate() {
-            cum += f64::from((c.1 - max).exp()) / sum;
+        let mut keep = len;
+        let mut i = 0;
+        while i < len {
+            if i == sorted_to {
+                self.candidates[sorted_to..].sort_unstable_by(by_logit);
+                sorted_to = len;
+            }
+            cum += f64::from((self.candidates[i].1 - max).exp()) / sum;
             if cum >= f64::from(p) && i + 1 >= min_keep {
                 keep = i + 1;
                 break;
             }
+            i += 1;
+        }
+        if keep == len && sorted_to < len {
+            self.candidates[sorted_to..].sort_unstable_by(by_logit);
         }
         self.candidates.truncate(keep);
+        self.sorted = true;
     }
 
-    /// Drops tokens less likely than `min_p` times the most likely. The
-    /// candidates are sorted.
+    /// Drops tokens less likely than `min_p` times the most likely.
+    /// Unsorted candidates stay in their order (unless fewer than
+    /// `min_keep` would be left: then the most likely are kept, sorted).
     fn min_p(&mut self) {
         let p = self.params.min_p;
-        if p <= 0.0 {
+        if p <= 0.0 || self.candidates.is_empty() {
             return;
         }
         // p_i / p_max >= min_p  <=>  l_i - l_max >= ln(min_p)
+        if !self.sorted {
+            let max = self
+                .candidates
+                .iter()
+                .fold(f32::NEG_INFINITY, |m, c| m.max(c.1));
+            let floor = max + p.ln();
+            let kept = self.candidates.iter().filter(|c| c.1 >= floor).count();
+            if kept > 0 && kept >= self.params.min_keep {
+                self.candidates.retain(|c| c.1 >= floor);
+                return;
+            }
+            self.sort();
+        }
         let floor = self.candidates[0].1 + p.ln();
         let keep = self.candidates.iter().take_while(|c| c.1 >= floor).count();
         let keep = keep.max(self.min_keep()).min(self.candidates.len());
@@ -413,36 +449,39 @@ impl Sampler {
     }
 
     /// XTC: with its chance, drops every token at least `xtc_threshold`
-    /// likely except the least likely of them. The candidates are sorted.
+    /// likely except the least likely of them. The chance comes from its
+    /// own generator, as in llama.cpp, drawn whenever XTC could apply.
     fn xtc(&mut self) {
         let p = &self.params;
         if !p.xtc_on() || self.candidates.len() < 2 {
             return;
         }
-        if self.rng.next_f64() as f32 > p.xtc_probability {
+        if self.xtc_rng.next_f32() > p.xtc_probability {
             return;
         }
+        self.sort();
         let (max, sum) = normaliser(&self.candidates);
-        let threshold = f64::from(p.xtc_threshold);
+        let threshold = f64::from(self.params.xtc_threshold);
         let above = self
             .candidates
             .iter()
             .take_while(|c| f64::from((c.1 - max).exp()) / sum >= threshold)
             .count();
         let drop = above.saturating_sub(1);
-        if drop > 0 && self.candidates.len() - drop >= p.min_keep {
+        if drop > 0 && self.candidates.len() - drop >= self.params.min_keep {
             self.candidates.drain(..drop);
         }
     }
 
-    /// The temperature for the (sorted) candidates: fixed, or dynamic (by
-    /// their normalised entropy).
-    fn temperature(&self) -> f32 {
-        let p = &self.params;
-        let t = p.temperature;
-        if p.dynatemp_range <= 0.0 || self.candidates.len() <= 1 {
+    /// The temperature: fixed, or dynamic (by the candidates' normalised
+    /// entropy; that sorts them, as in llama.cpp).
+    fn temperature(&mut self) -> f32 {
+        let t = self.params.temperature;
+        if self.params.dynatemp_range <= 0.0 || self.candidates.len() <= 1 {
             return t;
         }
+        self.sort();
+        let p = &self.params;
         let lo = (t - p.dynatemp_range).max(0.0);
         let hi = t + p.dynatemp_range;
         let (max, sum) = normaliser(&self.candidates);
@@ -457,38 +496,9 @@ impl Sampler {
         lo + (hi - lo) * (normalised as f32).powf(p.dynatemp_exponent)
     }
 
-    /// Turns the (sorted) candidates' logits into weights at the
-    /// temperature: the last sampler.
-    fn weigh(&mut self) -> Option<u32> {
-        let t = self.temperature();
-        if t <= 0.0 {
-            return Some(self.candidates[0].0);
-        }
-        let max = self.candidates[0].1;
-        let inv_t = 1.0 / t;
-        let mut total = 0f64;
-        for c in &mut self.candidates {
-            c.1 = ((c.1 - max) * inv_t).exp();
-            total += f64::from(c.1);
-        }
-        self.total = total;
-        None
-    }
-
-    /// Divides the (sorted) candidates' logits by the temperature, for
-    /// samplers after it; a temperature of 0 leaves the most likely.
-    fn scale(&mut self) {
-        let t = self.temperature();
-        if t <= 0.0 {
-            self.candidates.truncate(1);
-            return;
-        }
-        self.candidates.iter_mut().for_each(|c| c.1 /= t);
-    }
-
     /// Mirostat 1: estimates the Zipf exponent `s` from the most likely
     /// tokens, keeps the k that would give surprise `mu` under it, and
-    /// weighs them.
+    /// weighs them, sorted.
     fn mirostat_v1(&mut self) -> Option<u32> {
         let t = self.params.temperature;
         let c = &mut self.candidates;
@@ -530,11 +540,14 @@ impl Sampler {
             }
             c.sort_unstable_by(by_logit);
         }
-        self.weigh_at_one()
+        self.sorted = true;
+        self.weigh()
     }
 
     /// Mirostat 2: keeps the tokens whose surprise is at most `mu` (at
-    /// least the most likely), and weighs them.
+    /// least the most likely), and weighs them. They stay unsorted (mu can
+    /// grow until nearly every token stays): the draw sorts only as far as
+    /// it walks.
     fn mirostat_v2(&mut self) -> Option<u32> {
         let t = self.params.temperature;
         let c = &mut self.candidates;
@@ -548,17 +561,19 @@ impl Sampler {
         if let (true, Some(top)) = (c.is_empty(), top) {
             c.push(top);
         }
-        // Unsorted: mu can grow until nearly every token stays, and a draw
-        // needs no order.
-        self.weigh_at_one()
+        self.weigh()
     }
 
-    /// Weights of the (already scaled) candidates at temperature 1.
-    fn weigh_at_one(&mut self) -> Option<u32> {
-        let max = self
-            .candidates
-            .iter()
-            .fold(f32::NEG_INFINITY, |m, c| m.max(c.1));
+    /// Turns the candidates' logits into weights, `exp(logit - largest)`,
+    /// and their sum, in the candidates' order (llama.cpp's `dist`).
+    fn weigh(&mut self) -> Option<u32> {
+        let max = if self.sorted {
+            self.candidates[0].1
+        } else {
+            self.candidates
+                .iter()
+                .fold(f32::NEG_INFINITY, |m, c| m.max(c.1))
+        };
         let mut total = 0f64;
         for c in &mut self.candidates {
             c.1 = (c.1 - max).exp();
@@ -568,16 +583,20 @@ impl Sampler {
         None
     }
 
-    /// Draws a candidate by weight: its index.
+    /// Draws a candidate by weight: its index, the first whose running sum
+    /// reaches the uniform draw times the total, walking the candidates in
+    /// the order llama.cpp's draw walks them (theirs when sorted, most
+    /// likely first for mirostat, which sorts them as far as the walk
+    /// goes).
     fn draw(&mut self) -> usize {
-        let mut r = self.rng.next_f64() * self.total;
-        for (i, c) in self.candidates.iter().enumerate() {
-            r -= f64::from(c.1);
-            if r < 0.0 {
-                return i;
-            }
+        if self.params.mirostat != Mirostat::Off && self.candidates.len() == 1 {
+            // Mirostat draws as std::discrete_distribution does, which
+            // takes nothing from the generator for one candidate.
+            return 0;
         }
-        self.candidates.len() - 1
+        let target = self.draw_rng.next_f64() * self.total;
+        let sort = !self.sorted && self.params.mirostat != Mirostat::Off;
+        walk(&mut self.candidates, target, sort)
     }
 
     fn apply_bias(&mut self) {
@@ -637,6 +656,36 @@ impl Sampler {
             }
         }
     }
+}
+
+/// The index of the first of the weighed candidates whose running sum
+/// reaches `target`, in their order, or (`sort`) most likely first: then
+/// they are sorted only as far as the walk goes, 64 first, then four times
+/// as many at each stretch.
+fn walk(c: &mut [(u32, f32)], target: f64, sort: bool) -> usize {
+    let len = c.len();
+    let mut cum = 0f64;
+    let mut start = 0;
+    let mut chunk = if sort { 64 } else { len };
+    while start < len {
+        let end = (start + chunk).min(len);
+        if sort {
+            let rest = &mut c[start..];
+            if end < len {
+                rest.select_nth_unstable_by(end - start - 1, by_logit);
+            }
+            rest[..end - start].sort_unstable_by(by_logit);
+        }
+        for (i, w) in c[start..end].iter().enumerate() {
+            cum += f64::from(w.1);
+            if cum >= target {
+                return start + i;
+            }
+        }
+        start = end;
+        chunk = chunk.saturating_mul(4);
+    }
+    len - 1
 }
 
 /// A logit after the repetition, frequency and presence penalties for a
@@ -852,6 +901,58 @@ mod tests {
             let a = bits(fast.distribution(&logits, &[]));
             let b = bits(slow.distribution(&logits, &[]));
             prop_assert_eq!(a, b);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn walking_partly_sorted_finds_what_walking_sorted_finds(
+            weights in proptest::collection::vec(0f32..1.0, 1..3000),
+            u in 0f64..1.0,
+        ) {
+            let mut c: Vec<(u32, f32)> =
+                weights.iter().enumerate().map(|(i, &w)| (i as u32, w)).collect();
+            let total: f64 = c.iter().map(|c| f64::from(c.1)).sum();
+            let mut sorted = c.clone();
+            sorted.sort_unstable_by(by_logit);
+            let at = walk(&mut sorted, u * total, false);
+            let want = sorted[at].0;
+            let i = walk(&mut c, u * total, true);
+            // Sums in another order can round the other way at an edge.
+            let edge = sorted.iter().scan(0f64, |s, w| { *s += f64::from(w.1); Some(*s) })
+                .any(|s| (s - u * total).abs() < 1e-9 * total);
+            prop_assert!(c[i].0 == want || edge);
+        }
+
+        #[test]
+        fn top_p_on_unsorted_candidates_keeps_what_it_keeps_on_sorted(
+            unit in proptest::collection::vec(-1f32..1.0, 1..4000),
+            scale in proptest::sample::select(vec![0.1f32, 3.0, 20.0]),
+            top_p in 0.05f32..0.999,
+            min_keep in 0usize..4,
+        ) {
+            // Flat to peaked: the 256 most likely hold from most of the
+            // probability to far too little.
+            let logits: Vec<f32> = unit.iter().map(|l| l * scale).collect();
+            let base = SamplingParams {
+                top_k: 0, top_p, min_p: 0.0, temperature: 1.0, min_keep,
+                samplers: vec![SamplerKind::TopP], ..Default::default()
+            };
+            // A top-k as large as the vocabulary sorts it all first.
+            let sorting = SamplingParams {
+                top_k: logits.len(),
+                samplers: vec![SamplerKind::TopK, SamplerKind::TopP],
+                ..base.clone()
+            };
+            let mut a = Sampler::new(base).unwrap();
+            let mut b = Sampler::new(sorting).unwrap();
+            let a = a.distribution(&logits, &[]).to_vec();
+            let b = b.distribution(&logits, &[]).to_vec();
+            prop_assert_eq!(a.len(), b.len());
+            for (x, y) in a.iter().zip(&b) {
+                prop_assert_eq!(x.0, y.0);
+                prop_assert!((x.1 - y.1).abs() <= 1e-6);
+            }
         }
     }
 

@@ -229,7 +229,9 @@ pub struct SamplingParams {
     pub mirostat_eta: f32,
     /// Added to the logits of given tokens before anything else.
     pub logit_bias: Vec<(u32, f32)>,
-    /// Seed of the random generator.
+    /// Seed of the random generators: its low 32 bits seed
+    /// `std::mt19937`, as llama.cpp's `--seed` does, so that on the same
+    /// logits a seed draws what llama.cpp draws.
     pub seed: u64,
     /// Never choose an end-of-generation token (llama.cpp's
     /// `--ignore-eos`): their logits are set to -inf with the logit bias.
