@@ -256,12 +256,14 @@ impl ShiftArgs {
     /// The shift for a session whose first tokens are `prompt`, as
     /// llama.cpp counts `--keep`: after a BOS token, and at most the prompt.
     pub fn shift(&self, tokenizer: &Tokenizer, prompt: &[u32]) -> Option<ContextShift> {
-        let bos = usize::from(prompt.first().is_some_and(|&t| Some(t) == tokenizer.bos()));
-        let keep = match usize::try_from(self.keep) {
-            Ok(n) if n + bos <= prompt.len() => n + bos,
-            _ => prompt.len(),
-        };
-        self.context_shift.then_some(ContextShift { keep })
+        self.context_shift
+            .then(|| ContextShift::for_prompt(prompt, tokenizer.bos(), self.keep))
+    }
+
+    /// The shift a wasm guest makes: `n_keep` (it counts the prompt's
+    /// tokens itself).
+    pub fn n_keep(&self) -> Option<i64> {
+        self.context_shift.then_some(self.keep)
     }
 }
 
@@ -393,8 +395,8 @@ pub fn run(args: &RunArgs) -> Result<()> {
     };
     let text = args.escape.apply(&text);
     if args.guest.wasm {
-        if args.prompt_cache.is_some() || args.shift.context_shift {
-            bail!("--prompt-cache and --context-shift are the native engine's (not with --wasm)");
+        if args.prompt_cache.is_some() {
+            bail!("--prompt-cache is the native engine's (not with --wasm)");
         }
         return run_in_guest(args, &text);
     }
@@ -519,6 +521,7 @@ fn run_in_guest(args: &RunArgs, prompt: &str) -> Result<()> {
             .constraint
             .grammar()?
             .map(|g| g.source().to_string()),
+        context_shift: args.shift.n_keep(),
         ..Default::default()
     };
     let mut out = std::io::stdout().lock();
@@ -538,6 +541,9 @@ fn run_in_guest(args: &RunArgs, prompt: &str) -> Result<()> {
         stats.decode_tokens_per_second().unwrap_or(0.0),
         stats.stop_reason
     );
+    if stats.context_shifts > 0 {
+        eprintln!("realm: the context shifted {} times", stats.context_shifts);
+    }
     Ok(())
 }
 

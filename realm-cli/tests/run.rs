@@ -406,8 +406,9 @@ fn chat_keeps_the_conversation_in_the_cache() {
 }
 
 /// `--context-shift` runs past a full context: `run` generates all it was
-/// asked for, the same text as without a shift until the context filled;
-/// `chat` takes turns that would no longer fit.
+/// asked for, the same text as without a shift until the context filled,
+/// natively and in a wasm tenant; `chat` takes turns that would no longer
+/// fit.
 #[test]
 fn context_shift_goes_on_past_a_full_context() {
     use std::io::Write;
@@ -439,6 +440,14 @@ fn context_shift_goes_on_past_a_full_context() {
         "{plain:?} {out:?}"
     );
     assert!(out.len() > plain.len());
+    // A wasm tenant shifts its session through the host: the same text.
+    if let Some(guest) = guest() {
+        shifting.extend(["--wasm", "--guest", &guest]);
+        let (ok, wasm, stderr) = realm(&shifting);
+        assert!(ok, "{stderr}");
+        assert!(stderr.contains("the context shifted"), "{stderr}");
+        assert_eq!(wasm, out);
+    }
 
     let turns = b"Hi, my name is Ada.\nTell me a story about a dragon.\nAnd another one.\n\n";
     let chat = |extra: &[&str]| {

@@ -1347,7 +1347,8 @@ fn llama_cpps_samplers_answer_as_realm_runs() {
 
 /// `--context-shift`: a completion runs past a full context, with the
 /// text the server gives without a shift until then; its session is not
-/// kept for later prompts (it no longer holds their beginning).
+/// kept for later prompts (it no longer holds their beginning). Wasm
+/// tenants give the same texts.
 #[test]
 fn context_shift_lets_completions_run_past_the_context() {
     if !cached(&catalog::SMOLLM2) {
@@ -1379,6 +1380,23 @@ fn context_shift_lets_completions_run_past_the_context() {
     assert_eq!(again["choices"][0]["text"], r["choices"][0]["text"]);
     let cached = &again["usage"]["prompt_tokens_details"]["cached_tokens"];
     assert!(cached.is_null() || cached == 0, "{again}");
+    // Wasm tenants shift their sessions through the host: the same texts.
+    if let Some(g) = guest() {
+        let wasm = Server::start(&[
+            "smollm2",
+            "-c",
+            "48",
+            "--context-shift",
+            "--wasm",
+            "--guest",
+            &g,
+        ]);
+        let w = wasm.post("/v1/completions", &body);
+        assert_eq!(w["choices"][0]["text"], r["choices"][0]["text"], "{w}");
+        assert_eq!(w["usage"]["completion_tokens"], 100);
+        let w = wasm.post("/v1/completions", &keep);
+        assert_eq!(w["choices"][0]["text"], k["choices"][0]["text"], "{w}");
+    }
 }
 
 /// llama.cpp's own `/completion` (and `/completions`): `n_predict`, the

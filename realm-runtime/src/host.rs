@@ -137,6 +137,8 @@ pub(crate) struct TenantState {
     pub(crate) first_logits: Option<Instant>,
     /// The largest batch of the sessions the guest made in this call.
     pub(crate) session_batch: Option<u64>,
+    /// Context shifts the guest made in this call.
+    pub(crate) context_shifts: u64,
 }
 
 impl TenantState {
@@ -170,6 +172,7 @@ impl TenantState {
             finish: None,
             first_logits: None,
             session_batch: None,
+            context_shifts: 0,
         }
     }
 
@@ -345,6 +348,26 @@ fn session_drop(mut caller: Caller<'_, TenantState>, handle: u64) -> HostResult<
     Ok(())
 }
 
+fn session_shift(
+    mut caller: Caller<'_, TenantState>,
+    handle: u64,
+    keep: u64,
+    discard: u64,
+) -> HostResult<()> {
+    let st = caller.data_mut();
+    let (model, session) = st.session(handle)?;
+    // Counts past the address space are past any session's tokens too.
+    let (keep, discard) = (
+        usize::try_from(keep).unwrap_or(usize::MAX),
+        usize::try_from(discard).unwrap_or(usize::MAX),
+    );
+    model
+        .shift_context(session, keep, discard)
+        .map_err(AbiError::from)?;
+    st.context_shifts += 1;
+    Ok(())
+}
+
 fn forward(
     mut caller: Caller<'_, TenantState>,
     handle: u64,
@@ -472,6 +495,7 @@ pub(crate) fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<Tenan
     )?;
     l.func_wrap("realm", "session_create", session_create)?;
     l.func_wrap("realm", "session_drop", session_drop)?;
+    l.func_wrap("realm", "session_shift", session_shift)?;
     l.func_wrap("realm", "forward", forward)?;
     l.func_wrap("realm", "embed_tokens", embed_tokens)?;
     l.func_wrap("realm", "forward_layer", forward_layer)?;

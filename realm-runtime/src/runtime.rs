@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use realm_compute_cpu::{CpuBackend, CpuConfig};
 use realm_compute_gpu::{GpuBackend, GpuDevice, StepMode};
 use realm_core::backend::KvDtype;
-use realm_wasm::{Params, FLAG_ADD_SPECIAL, FLAG_LAYERED, FLAG_PARSE_SPECIAL};
+use realm_wasm::{Params, FLAG_ADD_SPECIAL, FLAG_CONTEXT_SHIFT, FLAG_LAYERED, FLAG_PARSE_SPECIAL};
 use sha2::{Digest, Sha256};
 use wasmtime::{
     Engine, Instance, InstanceAllocationStrategy, InstancePre, Linker, PoolingAllocationConfig,
@@ -129,6 +129,12 @@ pub struct GenerateRequest {
     /// A GBNF grammar the guest keeps its text to (for a JSON schema,
     /// [`realm_models::grammar::schema_to_gbnf`]'s).
     pub grammar: Option<String>,
+    /// Context shift: `Some(n_keep)` lets generation go on past a full
+    /// session by forgetting the older half of the tokens after the
+    /// prompt's first `n_keep` (after BOS, as llama.cpp counts `--keep`;
+    /// -1: the whole prompt), as [`realm_models::ContextShift`] does
+    /// natively. `None`: a full session ends generation.
+    pub context_shift: Option<i64>,
 }
 
 impl Default for GenerateRequest {
@@ -143,6 +149,7 @@ impl Default for GenerateRequest {
             parse_special: true,
             layered: false,
             grammar: None,
+            context_shift: None,
         }
     }
 }
@@ -181,6 +188,8 @@ pub struct GenerationStats {
     /// largest batch the guest made a session with in this call; `None`
     /// when it made none): its prompt's prefill chunk.
     pub session_batch: Option<u64>,
+    /// Context shifts the guest made ([`GenerateRequest::context_shift`]).
+    pub context_shifts: u64,
 }
 
 impl GenerationStats {
@@ -548,6 +557,7 @@ impl Tenant {
             (req.add_special, FLAG_ADD_SPECIAL),
             (req.parse_special, FLAG_PARSE_SPECIAL),
             (req.layered, FLAG_LAYERED),
+            (req.context_shift.is_some(), FLAG_CONTEXT_SHIFT),
         ]
         .iter()
         .filter(|(on, _)| *on)
@@ -560,6 +570,10 @@ impl Tenant {
             flags,
             stop: req.stop.clone(),
             grammar: req.grammar.clone(),
+            // Past i32's range means the whole prompt either way.
+            n_keep: req
+                .context_shift
+                .map_or(0, |n| i32::try_from(n).unwrap_or(-1)),
         }
         .to_bytes();
         let mut live = self.take_live()?;
@@ -567,6 +581,7 @@ impl Tenant {
         live.store.data_mut().finish = None;
         live.store.data_mut().first_logits = None;
         live.store.data_mut().session_batch = None;
+        live.store.data_mut().context_shifts = 0;
         let (tx, rx) = mpsc::channel::<String>();
         live.store.data_mut().sink = Some(tx);
         let outcome = std::thread::scope(|scope| {
@@ -611,6 +626,7 @@ impl Tenant {
         let finish = live.store.data().finish;
         let first_logits = live.store.data().first_logits;
         let session_batch = live.store.data().session_batch;
+        let context_shifts = live.store.data().context_shifts;
         let ended = Instant::now();
         self.live = Some(live);
         if status != 0 {
@@ -634,6 +650,7 @@ impl Tenant {
                 .duration_since(started)
                 .as_secs_f64(),
             session_batch,
+            context_shifts,
         })
     }
 }

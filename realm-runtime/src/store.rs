@@ -230,6 +230,16 @@ impl LoadedModel {
         with_session!(self, s, |m, s| m.forward_layer(s, layer))
     }
 
+    /// [`Model::shift_context`].
+    pub(crate) fn shift_context(
+        &self,
+        s: &mut AnySession,
+        keep: usize,
+        discard: usize,
+    ) -> ModelResult<()> {
+        with_session!(self, s, |m, s| m.shift_context(s, keep, discard))
+    }
+
     /// [`Model::compute_logits`], leaving the logits in the session.
     pub(crate) fn compute_logits(&self, s: &mut AnySession) -> ModelResult<()> {
         with_session!(self, s, |m, s| m.compute_logits(s).map(|_| ()))

@@ -99,6 +99,7 @@ const MISUSE: &str = r#"
 (module
   (import "realm" "session_create" (func $create (param i32 i64 i64) (result i64)))
   (import "realm" "session_drop" (func $drop (param i64)))
+  (import "realm" "session_shift" (func $shift (param i64 i64 i64)))
   (import "realm" "forward" (func $forward (param i64 i64 i64 i64 i64) (result i32)))
   (import "realm" "embed_tokens" (func $embed (param i64 i64 i64) (result i32)))
   (import "realm" "forward_layer" (func $layer (param i64 i32)))
@@ -123,6 +124,8 @@ const MISUSE: &str = r#"
       (call $drop (call $create (i32.const 0) (i64.const 32) (i64.const 4)))
       (local.set $i (i32.add (local.get $i) (i32.const 1)))
       (br_if $l (i32.lt_u (local.get $i) (i32.const 100)))))
+  (func (export "bad_shift") (call $shift (global.get $h) (i64.const 0) (i64.const 100)))
+  (func (export "huge_shift") (call $shift (global.get $h) (i64.const -1) (i64.const 1)))
   (func (export "bad_model") (drop (call $create (i32.const 3) (i64.const 8) (i64.const 4))))
   (func (export "bad_meta") (drop (call $meta (i32.const 0) (i64.const 0x10000) (i64.const 0xffffffffffff))))
   (func (export "layer_out_of_order")
@@ -168,6 +171,8 @@ fn host_function_misuse_is_an_error_and_contained() {
         ("huge_session", "budget"),
         ("many_sessions", "budget"),
         ("bad_meta", "outside guest memory"),
+        ("bad_shift", "cannot forget 100 tokens"),
+        ("huge_shift", "cannot forget 1 tokens"),
         ("layer_out_of_order", "out of order"),
         ("forge", "not a live session of this tenant"),
     ];

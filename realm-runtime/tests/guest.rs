@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use realm_compute_cpu::CpuBackend;
 use realm_core::gguf::GgufFile;
 use realm_core::tokenizer::Tokenizer;
-use realm_models::{GenerateParams, Model, SamplingParams, Session};
+use realm_models::{ContextShift, GenerateParams, Model, SamplingParams, Session};
 use realm_runtime::{
     Error, GenerateRequest, GenerationStats, KvDtype, Runtime, RuntimeConfig, StopReason, Tenant,
     TenantConfig,
@@ -33,9 +33,11 @@ fn native_with_kv(path: &std::path::Path, req: &GenerateRequest, kv: KvDtype) ->
     let ids = tok
         .encode(PROMPT, req.add_special, req.parse_special)
         .unwrap();
-    let mut session = model
-        .session_with_kv(ids.len() + req.max_tokens as usize, 64, kv)
-        .unwrap();
+    let capacity = match req.max_seq_len {
+        0 => ids.len() + req.max_tokens as usize,
+        n => n as usize,
+    };
+    let mut session = model.session_with_kv(capacity, 64, kv).unwrap();
     let params = GenerateParams {
         max_tokens: req.max_tokens as usize,
         stop: req.stop.clone(),
@@ -46,7 +48,9 @@ fn native_with_kv(path: &std::path::Path, req: &GenerateRequest, kv: KvDtype) ->
             .as_ref()
             .map(|g| Arc::new(realm_models::Grammar::parse(g).unwrap())),
         lookup: None,
-        context_shift: None,
+        context_shift: req
+            .context_shift
+            .map(|n| ContextShift::for_prompt(&ids, tok.bos(), n)),
     };
     let g = realm_models::generate(&model, &tok, &mut session, &ids, &params, |_| true).unwrap();
     (g.text, g.tokens.len())
@@ -128,6 +132,52 @@ fn guest_generation_keeps_to_a_grammar_as_natively() {
         tenant.generate(PROMPT, &bad, |_| {}),
         Err(Error::GuestStatus(-6))
     ));
+}
+
+/// A guest asked for context shifts goes on past its session's end as
+/// native generation does (the host shifts the session with the same
+/// `Model::shift_context`), fused and layer by layer, greedy and sampled;
+/// without them it stops at the context's end.
+#[test]
+fn guest_context_shifts_generate_as_natively() {
+    let Some(path) = common::smollm2() else {
+        return;
+    };
+    let mut tenant = tenant_of(&path);
+    for (layered, sampling, n_keep) in [
+        (false, SamplingParams::greedy(), 0),
+        (true, SamplingParams::greedy(), -1),
+        (false, SamplingParams::default(), 4),
+    ] {
+        // Past the answer's end: the end-of-turn token is never chosen.
+        let sampling = SamplingParams {
+            ignore_eos: true,
+            ..sampling
+        };
+        let req = GenerateRequest {
+            max_tokens: 90,
+            max_seq_len: 48,
+            context_shift: Some(n_keep),
+            ..request(sampling, layered)
+        };
+        let (_, stats) = generate_as_natively(&mut tenant, &path, &req);
+        assert_eq!(stats.generated_tokens, 90);
+        assert!(stats.context_shifts >= 3, "{stats:?}");
+    }
+    let full = GenerateRequest {
+        max_tokens: 90,
+        max_seq_len: 48,
+        ..request(
+            SamplingParams {
+                ignore_eos: true,
+                ..SamplingParams::greedy()
+            },
+            false,
+        )
+    };
+    let stats = tenant.generate(PROMPT, &full, |_| {}).unwrap();
+    assert_eq!(stats.stop_reason, StopReason::ContextFull);
+    assert_eq!(stats.context_shifts, 0);
 }
 
 #[test]

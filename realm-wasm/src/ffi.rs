@@ -21,6 +21,7 @@ extern "C" {
     fn model_layers(model: u32) -> u64;
     fn session_create(model: u32, max_seq_len: u64, batch: u64) -> u64;
     fn session_drop(session: u64);
+    fn session_shift(session: u64, keep: u64, discard: u64);
     fn forward(session: u64, tokens: u64, n_tokens: u64, logits: u64, n_logits: u64) -> i32;
     fn embed_tokens(session: u64, tokens: u64, n_tokens: u64) -> i32;
     fn forward_layer(session: u64, layer: u32);
@@ -50,6 +51,11 @@ impl Host for Imports {
     fn session_drop(&mut self, session: u64) {
         // SAFETY: a host import taking a plain integer.
         unsafe { session_drop(session) }
+    }
+
+    fn session_shift(&mut self, session: u64, keep: u64, discard: u64) {
+        // SAFETY: a host import taking plain integers.
+        unsafe { session_shift(session, keep, discard) }
     }
 
     fn forward(&mut self, session: u64, tokens: &[u32], logits: &mut [f32]) -> bool {

@@ -6,9 +6,11 @@ use std::sync::Arc;
 
 use realm_core::tokenizer::Tokenizer;
 use realm_models::generate::{Continuation, Step};
-use realm_models::{GenerateParams, Grammar, StopReason as Ended};
+use realm_models::{ContextShift, GenerateParams, Grammar, StopReason as Ended};
 
-use crate::params::{Params, FLAG_ADD_SPECIAL, FLAG_LAYERED, FLAG_PARSE_SPECIAL};
+use crate::params::{
+    Params, FLAG_ADD_SPECIAL, FLAG_CONTEXT_SHIFT, FLAG_LAYERED, FLAG_PARSE_SPECIAL,
+};
 
 /// Prompt tokens per prefill chunk of the layer-by-layer path (and the batch
 /// size of the sessions the guest creates).
@@ -21,6 +23,9 @@ pub trait Host {
     fn session_create(&mut self, model: u32, max_seq_len: u64, batch: u64) -> u64;
     /// Frees a session.
     fn session_drop(&mut self, session: u64);
+    /// Forgets the `discard` tokens after the first `keep` of the session
+    /// and moves the rest down (a context shift).
+    fn session_shift(&mut self, session: u64, keep: u64, discard: u64);
     /// Runs `tokens` and writes the last one's logits; false when the
     /// session's context is full (nothing was run).
     fn forward(&mut self, session: u64, tokens: &[u32], logits: &mut [f32]) -> bool;
@@ -62,19 +67,32 @@ pub struct Outcome {
     pub stop_reason: StopReason,
 }
 
-/// The model as the loop sees it: one session and the path to run it by.
+/// The model as the loop sees it: one session, the path to run it by, and
+/// how many tokens it holds.
 struct Runner<'h, H: Host> {
     host: &'h mut H,
     session: u64,
     n_layers: u32,
     layered: bool,
+    held: usize,
+    capacity: usize,
+    shift: Option<ContextShift>,
 }
 
 impl<H: Host> Runner<'_, H> {
     fn run(&mut self, tokens: &[u32], logits: &mut [f32]) -> bool {
-        if !self.layered {
-            return self.host.forward(self.session, tokens, logits);
+        let ran = if self.layered {
+            self.run_layered(tokens, logits)
+        } else {
+            self.host.forward(self.session, tokens, logits)
+        };
+        if ran {
+            self.held += tokens.len();
         }
+        ran
+    }
+
+    fn run_layered(&mut self, tokens: &[u32], logits: &mut [f32]) -> bool {
         for chunk in tokens.chunks(CHUNK) {
             if !self.host.embed_tokens(self.session, chunk) {
                 return false;
@@ -85,6 +103,21 @@ impl<H: Host> Runner<'_, H> {
         }
         self.host.compute_logits(self.session, logits);
         true
+    }
+
+    /// Makes room for one more token by a context shift, when the session
+    /// is full and the parameters ask for shifts (as native generation
+    /// does).
+    fn make_room(&mut self) {
+        let Some(shift) = self.shift else {
+            return;
+        };
+        let discard = shift.discard(self.held);
+        if self.held >= self.capacity && discard > 0 {
+            self.host
+                .session_shift(self.session, shift.keep as u64, discard as u64);
+            self.held -= discard;
+        }
     }
 }
 
@@ -146,11 +179,16 @@ pub fn generate<H: Host>(
         n => n as usize,
     };
     let session = host.session_create(params.model, capacity as u64, CHUNK as u64);
+    let shift = (params.flags & FLAG_CONTEXT_SHIFT != 0)
+        .then(|| ContextShift::for_prompt(&ids, tokenizer.bos(), i64::from(params.n_keep)));
     let mut runner = Runner {
         host,
         session,
         n_layers,
         layered: params.flags & FLAG_LAYERED != 0,
+        held: 0,
+        capacity,
+        shift,
     };
     let result = run_loop(&mut runner, text, vocab, &ids);
     runner.host.session_drop(session);
@@ -187,6 +225,7 @@ fn run_loop<H: Host>(
                 if !emit(runner.host, &piece) {
                     return Ok(outcome(&text, StopReason::Cancelled));
                 }
+                runner.make_room();
                 if !runner.run(&[token], &mut logits) {
                     emit(runner.host, &text.end(Ended::ContextFull));
                     return Ok(outcome(&text, StopReason::ContextFull));

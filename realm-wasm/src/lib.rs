@@ -20,5 +20,6 @@ mod ffi;
 
 pub use generate::{generate, Failure, Host, Outcome, StopReason};
 pub use params::{
-    Params, ParamsError, FLAG_ADD_SPECIAL, FLAG_LAYERED, FLAG_PARSE_SPECIAL, PARAMS_VERSION,
+    Params, ParamsError, FLAG_ADD_SPECIAL, FLAG_CONTEXT_SHIFT, FLAG_LAYERED, FLAG_PARSE_SPECIAL,
+    PARAMS_VERSION,
 };

@@ -3,12 +3,12 @@
 use realm_models::sampling::SamplerKind;
 use realm_models::{Mirostat, SamplingParams};
 
-/// The layout version hosts write. This guest also reads version 3, which
-/// ends after the grammar (none of the samplers after min-p but the
-/// penalties), version 2, which ends after the logit biases (no grammar),
-/// and version 1, which ends after the stop strings (no penalties, no logit
-/// bias).
-pub const PARAMS_VERSION: u32 = 4;
+/// The layout version hosts write. This guest also reads version 4, which
+/// ends after `ignore_eos` (its `n_keep` is 0), version 3, which ends after
+/// the grammar (none of the samplers after min-p but the penalties),
+/// version 2, which ends after the logit biases (no grammar), and version
+/// 1, which ends after the stop strings (no penalties, no logit bias).
+pub const PARAMS_VERSION: u32 = 5;
 /// Flag: add the vocabulary's special tokens (BOS) around the prompt.
 pub const FLAG_ADD_SPECIAL: u32 = 1;
 /// Flag: turn special-token text in the prompt (`<|im_start|>`) into ids.
@@ -16,6 +16,10 @@ pub const FLAG_PARSE_SPECIAL: u32 = 2;
 /// Flag: run the model layer by layer (`embed_tokens`, `forward_layer`,
 /// `compute_logits`) instead of the fused `forward`.
 pub const FLAG_LAYERED: u32 = 4;
+/// Flag: when the session is full, forget the older half of the tokens
+/// after the first `n_keep` of the prompt and go on (llama.cpp's context
+/// shift).
+pub const FLAG_CONTEXT_SHIFT: u32 = 8;
 
 /// Size of the fixed part of the block, before the stop strings.
 const FIXED: usize = 56;
@@ -37,6 +41,9 @@ pub struct Params {
     pub stop: Vec<String>,
     /// A GBNF grammar the text must keep to.
     pub grammar: Option<String>,
+    /// With [`FLAG_CONTEXT_SHIFT`]: the prompt's tokens a shift keeps, after
+    /// the BOS token, as llama.cpp counts `--keep` (-1: the whole prompt).
+    pub n_keep: i32,
 }
 
 /// A malformed parameter block.
@@ -173,6 +180,7 @@ impl Params {
                 .collect::<Result<_, ParamsError>>()?;
             sampling.ignore_eos = r.u32()? != 0;
         }
+        let n_keep = if version >= 5 { r.u32()? as i32 } else { 0 };
         if !r.0.is_empty() {
             return Err(ParamsError("bytes after the block's end"));
         }
@@ -184,6 +192,7 @@ impl Params {
             flags,
             stop,
             grammar,
+            n_keep,
         })
     }
 
@@ -259,6 +268,7 @@ impl Params {
             out.extend_from_slice(&(code as u32).to_le_bytes());
         }
         out.extend_from_slice(&u32::from(s.ignore_eos).to_le_bytes());
+        out.extend_from_slice(&self.n_keep.to_le_bytes());
         out
     }
 }
@@ -309,6 +319,7 @@ mod tests {
             flags: FLAG_ADD_SPECIAL | FLAG_LAYERED,
             stop: vec!["\n\n".into(), "é".into()],
             grammar: Some("root ::= \"é\"".into()),
+            n_keep: -1,
         };
         let bytes = p.to_bytes();
         let stops = 4 + 2 + 4 + 2;
@@ -317,7 +328,7 @@ mod tests {
         // the 3 samplers, ignore_eos.
         let v4 = 4 + 32 + 8 + 4 + (4 + 1) + (4 + 2) + 12 + 4 + 3 * 4 + 4;
         let v3 = FIXED + stops + 12 + 2 * 8 + grammar;
-        assert_eq!(bytes.len(), v3 + v4);
+        assert_eq!(bytes.len(), v3 + v4 + 4);
         assert_eq!(Params::parse(&bytes).unwrap(), p);
         for cut in 0..bytes.len() {
             assert!(Params::parse(&bytes[..cut]).is_err(), "cut at {cut}");
@@ -375,7 +386,8 @@ mod tests {
             Params::parse(&bad),
             Err(ParamsError("grammar is not UTF-8"))
         );
-        let samplers = 4 + 3 * 4 + 4;
+        // The samplers, ignore_eos and n_keep.
+        let samplers = 4 + 3 * 4 + 4 + 4;
         let mut bad = bytes.clone();
         bad[bytes.len() - samplers - 13] = 0xff;
         assert_eq!(
@@ -389,12 +401,23 @@ mod tests {
             Err(ParamsError("unknown mirostat version"))
         );
         let mut bad = bytes.clone();
-        let last = bad.len() - 8;
+        let last = bad.len() - 12;
         bad[last] = 9;
         assert_eq!(Params::parse(&bad), Err(ParamsError("unknown sampler")));
+        // Version 4 ends after ignore_eos: n_keep is 0.
+        let mut v4_block = bytes[..bytes.len() - 4].to_vec();
+        v4_block[0] = 4;
+        let old = Params::parse(&v4_block).unwrap();
+        assert_eq!(
+            old,
+            Params {
+                n_keep: 0,
+                ..p.clone()
+            }
+        );
         // No grammar is a zero length.
         let none = Params { grammar: None, ..p };
-        assert_eq!(none.to_bytes().len(), v3 - grammar + 4 + v4);
+        assert_eq!(none.to_bytes().len(), v3 - grammar + 4 + v4 + 4);
         assert_eq!(Params::parse(&none.to_bytes()).unwrap(), none);
     }
 }

@@ -710,11 +710,7 @@ impl<'m, B: Backend> Engine<'m, '_, B> {
 /// prompt's tokens after the BOS token that stay (negative: all of them),
 /// at most four short of the context.
 fn shift_for(tok: &Tokenizer, prompt: &[u32], n_keep: i64, capacity: usize) -> ContextShift {
-    let bos = usize::from(prompt.first().is_some_and(|&t| Some(t) == tok.bos()));
-    let keep = match usize::try_from(n_keep) {
-        Ok(n) => n.saturating_add(bos),
-        Err(_) => prompt.len(),
-    };
+    let keep = ContextShift::for_prompt(prompt, tok.bos(), n_keep).keep;
     ContextShift {
         keep: keep.min(capacity.saturating_sub(4)),
     }

@@ -80,7 +80,8 @@ pub struct ServeArgs {
     /// tokens after the first `n_keep` (a request field, 0 by default: the
     /// BOS token; -1: the whole prompt) and go on, as llama.cpp's server
     /// does with --context-shift. A request without max_tokens then runs
-    /// until the model ends it. The native engine's only (not --wasm).
+    /// until the model ends it. With --wasm the guest shifts its own
+    /// session through the host.
     #[arg(long)]
     pub context_shift: bool,
     /// Largest request body, in bytes (larger ones get a 413).
@@ -116,9 +117,6 @@ pub struct ServeArgs {
 pub fn run(args: &ServeArgs) -> Result<()> {
     if args.parallel == 0 || args.batch_size == 0 {
         bail!("--parallel and --batch-size must be at least 1");
-    }
-    if args.context_shift && args.guest.wasm {
-        bail!("--context-shift is the native engine's (not with --wasm)");
     }
     let chat_template = args.template.source()?;
     let cfg = engine::EngineConfig {

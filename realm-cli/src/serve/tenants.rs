@@ -70,7 +70,7 @@ pub fn run(
             ctx,
         }));
         for job in jobs {
-            match check(&prompts, &job) {
+            match check(&prompts, &job, cfg.context_shift) {
                 Ok((prompt, prompt_tokens, req)) => {
                     let w = Work {
                         job,
@@ -93,10 +93,13 @@ pub fn run(
 }
 
 /// The request's prompt as text, its length in tokens, and the guest's
-/// request.
+/// request; with `shift` (`--context-shift`), one that runs in the whole
+/// context and shifts it when full, until `max_tokens` or the model ends
+/// it.
 fn check(
     prompts: &Prompts<'_>,
     job: &Job,
+    shift: bool,
 ) -> Result<(PromptText, usize, GenerateRequest), ApiError> {
     if let Input::Embed(_) = job.input {
         return Err(ApiError::new(
@@ -119,10 +122,14 @@ fn check(
     let n = prompts.encode(&prompt)?.len();
     prompts.check_len(n)?;
     let room = prompts.ctx - n;
-    let max_tokens = job.limits.max_tokens.map_or(room, |m| m.min(room));
+    let (max_tokens, max_seq_len) = match shift {
+        true => (job.limits.max_tokens.unwrap_or(usize::MAX), prompts.ctx),
+        false => (job.limits.max_tokens.map_or(room, |m| m.min(room)), 0),
+    };
     let req = GenerateRequest {
         max_tokens: u32::try_from(max_tokens).unwrap_or(u32::MAX),
-        max_seq_len: 0,
+        max_seq_len: u32::try_from(max_seq_len).unwrap_or(u32::MAX),
+        context_shift: shift.then_some(job.limits.n_keep),
         sampling: job.limits.sampling.clone(),
         stop: job.limits.stop.clone(),
         add_special: prompt.add_special,

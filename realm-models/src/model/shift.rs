@@ -30,6 +30,27 @@ pub struct ContextShift {
 }
 
 impl ContextShift {
+    /// The shift for a session whose first tokens are `prompt`, keeping
+    /// `n_keep` of them as llama.cpp counts `--keep` and `n_keep`: after
+    /// the BOS token (`bos`, when the prompt starts with it), which always
+    /// stays; negative, or more than the prompt holds: the whole prompt.
+    ///
+    /// ```
+    /// use realm_models::ContextShift;
+    /// let prompt = [1, 50, 51, 52];
+    /// assert_eq!(ContextShift::for_prompt(&prompt, Some(1), 2).keep, 3);
+    /// assert_eq!(ContextShift::for_prompt(&prompt, Some(1), -1).keep, 4);
+    /// assert_eq!(ContextShift::for_prompt(&prompt, None, 0).keep, 0);
+    /// ```
+    pub fn for_prompt(prompt: &[u32], bos: Option<u32>, n_keep: i64) -> Self {
+        let bos = usize::from(bos.is_some() && prompt.first().copied() == bos);
+        let keep = match usize::try_from(n_keep) {
+            Ok(n) if n.saturating_add(bos) <= prompt.len() => n + bos,
+            _ => prompt.len(),
+        };
+        Self { keep }
+    }
+
     /// How many tokens a session holding `held` forgets: half of those
     /// after `keep` (none when there are fewer than two).
     pub fn discard(&self, held: usize) -> usize {
