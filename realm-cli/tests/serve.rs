@@ -1511,6 +1511,34 @@ fn llama_cpps_completion_endpoint_answers_in_its_shape() {
         .filter_map(|e| e["completion_probabilities"].as_array().map(Vec::len))
         .sum();
     assert_eq!(streamed, 12);
+
+    // post_sampling_probs: what the samplers left, as probabilities. With
+    // top-k 3 and n_probs 5 that is every token left (they add up to 1),
+    // the drawn one among them; greedy, the token alone with 1.
+    let sampled = json!({"prompt": prompt, "n_predict": 12, "temperature": 0.9, "top_k": 3,
+                         "seed": 5, "n_probs": 5, "post_sampling_probs": true});
+    let r = server.post("/completion", &sampled);
+    let probs = r["completion_probabilities"].as_array().unwrap();
+    assert_eq!(probs.len(), 12, "{r}");
+    for p in probs {
+        let top = p["top_probs"].as_array().unwrap();
+        assert!((1..=3).contains(&top.len()), "{p}");
+        let sum: f64 = top.iter().map(|t| t["prob"].as_f64().unwrap()).sum();
+        assert!((sum - 1.0).abs() < 1e-5, "{p}");
+        let drawn = top.iter().find(|t| t["id"] == p["id"]).unwrap();
+        assert_eq!(drawn["prob"], p["prob"], "{p}");
+        assert!(p.get("logprob").is_none() && p.get("top_logprobs").is_none());
+    }
+    let mut plain = sampled.clone();
+    plain["post_sampling_probs"] = json!(false);
+    assert_eq!(server.post("/completion", &plain)["content"], r["content"]);
+    let mut greedy = sampled.clone();
+    greedy["temperature"] = json!(0);
+    let r = server.post("/completion", &greedy);
+    for p in r["completion_probabilities"].as_array().unwrap() {
+        assert_eq!(p["prob"], 1.0, "{p}");
+        assert_eq!(p["top_probs"].as_array().unwrap().len(), 1, "{p}");
+    }
 }
 
 #[test]

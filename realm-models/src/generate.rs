@@ -371,6 +371,12 @@ impl<'t> Continuation<'t> {
         self.stop.matched()
     }
 
+    /// The sampler (its [`Sampler::last_distribution`] is what the last
+    /// token was drawn from).
+    pub fn sampler(&self) -> &Sampler {
+        &self.sampler
+    }
+
     /// The tokens generated so far.
     pub fn generated(&self) -> &[u32] {
         &self.history[self.prompt_len..]

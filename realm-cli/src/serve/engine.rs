@@ -312,6 +312,24 @@ fn scored(tok: &Tokenizer, lp: &LogProbs<'_>, token: u32, k: usize) -> TokenLogp
     }
 }
 
+/// `token`'s log-probability in the distribution the sampler drew it from
+/// (`last`, most likely first), with the `k` likeliest of it.
+fn drawn(tok: &Tokenizer, last: &[(u32, f32)], token: u32, k: usize) -> TokenLogprob {
+    let ln = |p: f32| f64::from(p).ln();
+    TokenLogprob {
+        id: token,
+        token: piece(tok, token, false),
+        logprob: last.iter().find(|t| t.0 == token).map(|t| ln(t.1)),
+        top: Some(
+            last.iter()
+                .take(k)
+                .filter(|t| t.1 > 0.0)
+                .map(|&(t, p)| (t, piece(tok, t, true), ln(p)))
+                .collect(),
+        ),
+    }
+}
+
 struct Engine<'m, 'a, B: Backend> {
     model: &'m Model<'a, B>,
     l: &'m Loaded,
@@ -661,7 +679,11 @@ impl<'m, B: Backend> Engine<'m, '_, B> {
         if let Some(k) = s.job.limits.logprobs {
             // The token sampled, unless generation ended without one.
             if let Some(&token) = s.text.generated().get(before) {
-                let entry = scored(&self.l.tokenizer, &LogProbs::new(logits), token, k);
+                let tok = &self.l.tokenizer;
+                let entry = match s.job.limits.post_sampling {
+                    true => drawn(tok, &s.text.sampler().last_distribution(), token, k),
+                    false => scored(tok, &LogProbs::new(logits), token, k),
+                };
                 s.pending.push(entry);
             }
         }

@@ -46,14 +46,23 @@ pub fn chat_logprobs(tokens: &[TokenLogprob]) -> Value {
 /// llama.cpp's `completion_probabilities` for `tokens` (its `/completion`
 /// with `n_probs`): `[{"id", "token", "bytes", "logprob", "top_logprobs":
 /// [{"id", "token", "bytes", "logprob"}]}]`, each text cut to its whole
-/// UTF-8 characters, as llama.cpp cuts it.
-pub fn llama_cpp_probabilities(tokens: &[TokenLogprob]) -> Value {
-    let entry = |id: u32, bytes: &[u8], logprob: Option<f64>| serde_json::json!({"id": id, "token": whole_chars(bytes), "bytes": bytes, "logprob": logprob});
+/// UTF-8 characters, as llama.cpp cuts it; with `post_sampling`
+/// (`post_sampling_probs`), `"prob"` and `"top_probs"`, the probabilities
+/// themselves.
+pub fn llama_cpp_probabilities(tokens: &[TokenLogprob], post_sampling: bool) -> Value {
+    let (key, top) = match post_sampling {
+        true => ("prob", "top_probs"),
+        false => ("logprob", "top_logprobs"),
+    };
+    let entry = |id: u32, bytes: &[u8], logprob: Option<f64>| {
+        let value = logprob.map(|lp| if post_sampling { lp.exp() } else { lp });
+        serde_json::json!({"id": id, "token": whole_chars(bytes), "bytes": bytes, key: value})
+    };
     tokens
         .iter()
         .map(|t| {
             let mut e = entry(t.id, &t.token, t.logprob);
-            e["top_logprobs"] = t
+            e[top] = t
                 .top
                 .iter()
                 .flatten()
@@ -143,12 +152,23 @@ mod tests {
         );
         assert_eq!(at, 6);
         assert_eq!(
-            llama_cpp_probabilities(&tokens[1..]),
+            llama_cpp_probabilities(&tokens[1..], false),
             serde_json::json!([{
                 "id": 9, "token": "", "bytes": [0xc3], "logprob": -0.5,
                 "top_logprobs": [
                     {"id": 4, "token": " there", "bytes": b" there", "logprob": -0.25},
                     {"id": 9, "token": "", "bytes": [0xc3], "logprob": -0.5},
+                ],
+            }])
+        );
+        let (p, q) = ((-0.5f64).exp(), (-0.25f64).exp());
+        assert_eq!(
+            llama_cpp_probabilities(&tokens[1..], true),
+            serde_json::json!([{
+                "id": 9, "token": "", "bytes": [0xc3], "prob": p,
+                "top_probs": [
+                    {"id": 4, "token": " there", "bytes": b" there", "prob": q},
+                    {"id": 9, "token": "", "bytes": [0xc3], "prob": p},
                 ],
             }])
         );

@@ -7,7 +7,9 @@
 //! the rest. A request of several prompts answers with an array, in order.
 //! `n_probs` adds each generated token's log-probability and its likeliest
 //! alternatives (`completion_probabilities`, the model's probabilities
-//! before sampling, as llama.cpp gives them by default).
+//! before sampling, as llama.cpp gives them by default; with
+//! `post_sampling_probs`, the probabilities the samplers left, as `prob` and
+//! `top_probs`).
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -66,6 +68,8 @@ struct Answer {
 struct Shared {
     model: String,
     settings: Value,
+    /// `post_sampling_probs`: the samplers' probabilities.
+    post_sampling: bool,
 }
 
 impl Answer {
@@ -73,7 +77,7 @@ impl Answer {
     fn whole(&self, index: usize, shared: &Shared, streamed: bool) -> Value {
         let mut v = self.fields(index, shared, streamed);
         if let Some(probs) = self.probs.as_ref().filter(|_| !streamed) {
-            v["completion_probabilities"] = llama_cpp_probabilities(probs);
+            v["completion_probabilities"] = llama_cpp_probabilities(probs, shared.post_sampling);
         }
         v
     }
@@ -182,12 +186,6 @@ async fn start(
             format!("n_probs is at most {MAX_TOP_LOGPROBS}"),
         ));
     }
-    if req.post_sampling_probs == Some(true) {
-        return Err(ApiError::invalid(
-            Some("post_sampling_probs"),
-            "only the model's probabilities are given, not the samplers'",
-        ));
-    }
     if req.return_tokens == Some(true) {
         return Err(ApiError::invalid(
             Some("return_tokens"),
@@ -216,12 +214,14 @@ async fn start(
     let (_, seed) = number(app);
     let mut limits = options.limits(seed, false)?;
     limits.logprobs = (n_probs > 0).then_some(n_probs as usize);
+    limits.post_sampling = req.post_sampling_probs == Some(true);
     let n_predict = limits
         .max_tokens
         .map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX));
     let shared = Shared {
         model: app.model.clone(),
         settings: props::params(&limits.sampling, n_predict),
+        post_sampling: limits.post_sampling,
     };
     let prompts = req.prompt.prompts()?;
     let texts: Vec<String> = prompts
@@ -325,7 +325,8 @@ impl Streaming {
                     "tokens_evaluated": a.evaluated,
                 });
                 if a.probs.is_some() {
-                    piece["completion_probabilities"] = llama_cpp_probabilities(&probs);
+                    piece["completion_probabilities"] =
+                        llama_cpp_probabilities(&probs, self.shared.post_sampling);
                 }
                 self.out.push_back(data(&piece));
             }
@@ -354,7 +355,8 @@ fn stream(answers: Vec<Answer>, inbox: Inbox, shared: Shared) -> Response {
             let mut piece = json!({"index": i, "content": a.content, "tokens": [], "stop": false,
                                    "id_slot": -1, "tokens_evaluated": a.evaluated});
             if let Some(probs) = &a.probs {
-                piece["completion_probabilities"] = llama_cpp_probabilities(probs);
+                piece["completion_probabilities"] =
+                    llama_cpp_probabilities(probs, shared.post_sampling);
             }
             data(&piece)
         })

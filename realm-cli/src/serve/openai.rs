@@ -169,6 +169,9 @@ pub struct Limits {
     /// With `--context-shift`: the prompt's tokens after BOS that a shift
     /// keeps (negative: all).
     pub n_keep: i64,
+    /// With `logprobs`: the probabilities the samplers left (llama.cpp's
+    /// `post_sampling_probs`) instead of the model's.
+    pub post_sampling: bool,
 }
 
 impl Options {
@@ -294,6 +297,7 @@ impl Options {
             echo,
             grammar,
             n_keep: self.n_keep.unwrap_or(0),
+            post_sampling: false,
         })
     }
 

@@ -32,6 +32,8 @@ pub struct Sampler {
     /// Whether the candidates are sorted, most likely first (the draw
     /// walks them in their order, which follows llama.cpp's).
     sorted: bool,
+    /// The last step's token when it needed no draw (greedy).
+    certain: Option<u32>,
     dry: Option<Dry>,
     /// End-of-generation tokens never chosen (`ignore_eos`).
     banned: Vec<u32>,
@@ -94,6 +96,7 @@ impl Sampler {
             draw_rng: Mt19937::new(params.seed as u32),
             xtc_rng: Mt19937::new(params.seed as u32),
             sorted: false,
+            certain: None,
             dry: Dry::new(&params, vocab)?,
             banned,
             mu: 2.0 * params.mirostat_tau,
@@ -120,7 +123,8 @@ impl Sampler {
     /// assert_eq!(greedy.sample(&[0.1, 2.0, -1.0], &[]), 1);
     /// ```
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
-        if let Some(token) = self.prepare(logits, history) {
+        self.certain = self.prepare(logits, history);
+        if let Some(token) = self.certain {
             return token;
         }
         let i = self.draw();
@@ -146,7 +150,8 @@ impl Sampler {
     /// assert!((d[0].1 - 1.0 / (1.0 + (-1f32).exp())).abs() < 1e-6);
     /// ```
     pub fn distribution(&mut self, logits: &[f32], history: &[u32]) -> &[(u32, f32)] {
-        if let Some(token) = self.prepare(logits, history) {
+        self.certain = self.prepare(logits, history);
+        if let Some(token) = self.certain {
             self.candidates.clear();
             self.candidates.push((token, 1.0));
         } else {
@@ -154,8 +159,37 @@ impl Sampler {
             for c in &mut self.candidates {
                 c.1 = (f64::from(c.1) / total) as f32;
             }
+            self.total = 1.0;
         }
         &self.candidates
+    }
+
+    /// The distribution the last [`Sampler::sample`] drew from (what
+    /// llama.cpp's server calls the post-sampling probabilities): each
+    /// token the samplers left with its probability, most likely first;
+    /// one token with 1 when the choice was greedy; empty before any step.
+    ///
+    /// ```
+    /// use realm_models::{Sampler, SamplingParams};
+    /// let p = SamplingParams { top_k: 2, min_p: 0.0, temperature: 1.0, ..Default::default() };
+    /// let mut s = Sampler::new(p).unwrap();
+    /// let token = s.sample(&[0.0, 2.0, 1.0], &[]);
+    /// let last = s.last_distribution();
+    /// assert_eq!(last.iter().map(|t| t.0).collect::<Vec<_>>(), [1, 2]);
+    /// assert!(last.iter().any(|t| t.0 == token));
+    /// ```
+    pub fn last_distribution(&self) -> Vec<(u32, f32)> {
+        if let Some(token) = self.certain {
+            return vec![(token, 1.0)];
+        }
+        let total = self.total;
+        let mut out: Vec<(u32, f32)> = self
+            .candidates
+            .iter()
+            .map(|&(id, w)| (id, (f64::from(w) / total) as f32))
+            .collect();
+        out.sort_unstable_by(by_logit);
+        out
     }
 
     /// Runs the samplers: `Some` token when the choice needs no draw,
@@ -953,6 +987,39 @@ mod tests {
                 prop_assert_eq!(x.0, y.0);
                 prop_assert!((x.1 - y.1).abs() <= 1e-6);
             }
+        }
+    }
+
+    /// What the last draw drew from is what `distribution` gives for the
+    /// same step, for the chain's samplers, mirostat and greedy.
+    #[test]
+    fn the_last_distribution_is_the_steps() {
+        let logits: Vec<f32> = (0..500).map(|i| ((i * 37) % 101) as f32 / 9.0).collect();
+        for params in [
+            SamplingParams::default(),
+            SamplingParams::greedy(),
+            SamplingParams {
+                top_k: 0,
+                top_p: 0.9,
+                typical_p: 0.95,
+                ..Default::default()
+            },
+            SamplingParams {
+                mirostat: Mirostat::V2,
+                ..Default::default()
+            },
+        ] {
+            let mut s = Sampler::new(params).unwrap();
+            assert!(s.last_distribution().is_empty());
+            let mut twin = s.clone();
+            let token = s.sample(&logits, &[]);
+            let last = s.last_distribution();
+            let mut want = twin.distribution(&logits, &[]).to_vec();
+            want.sort_unstable_by(by_logit);
+            assert_eq!(last, want);
+            assert!(last.iter().any(|t| t.0 == token));
+            let sum: f32 = last.iter().map(|t| t.1).sum();
+            assert!((sum - 1.0).abs() < 1e-5);
         }
     }
 
