@@ -6,6 +6,7 @@ use std::io::{BufRead, Write};
 use anyhow::{bail, Context, Result};
 use realm_core::backend::Backend;
 use realm_core::chat::{ChatMessage, ChatTemplate};
+use realm_core::tokenizer::Tokenizer;
 use realm_models::{generate, GenerateParams, Model, StopReason};
 
 use crate::device::Device;
@@ -80,18 +81,16 @@ pub fn template(l: &Loaded) -> Result<ChatTemplate> {
 }
 
 /// True when a rendered template already begins with the BOS token's text.
-pub fn starts_with_bos(l: &Loaded, text: &str) -> bool {
-    let bos_text = l
-        .tokenizer
-        .bos()
-        .and_then(|b| l.tokenizer.token_text(b).ok());
+pub fn starts_with_bos(tokenizer: &Tokenizer, text: &str) -> bool {
+    let bos_text = tokenizer.bos().and_then(|b| tokenizer.token_text(b).ok());
     bos_text.is_some_and(|b| text.starts_with(b))
 }
 
 /// Token ids of `text` rendered by a chat template: special tokens are
 /// parsed, and BOS is added only if the template did not write it.
 pub fn encode_rendered(l: &Loaded, text: &str) -> Result<Vec<u32>> {
-    Ok(l.tokenizer.encode(text, !starts_with_bos(l, text), true)?)
+    Ok(l.tokenizer
+        .encode(text, !starts_with_bos(&l.tokenizer, text), true)?)
 }
 
 /// One user message (after an optional system message) rendered by the

@@ -494,7 +494,7 @@ fn run_in_guest(args: &RunArgs, prompt: &str) -> Result<()> {
         let mut l = load::open(&args.model, 1)?;
         l.chat_template = args.template.source()?;
         let rendered = crate::chat::render_user_text(&l, args.system.as_deref(), prompt)?;
-        let starts_with_bos = crate::chat::starts_with_bos(&l, &rendered);
+        let starts_with_bos = crate::chat::starts_with_bos(&l.tokenizer, &rendered);
         (rendered, !starts_with_bos)
     } else {
         (prompt.to_string(), true)

@@ -252,6 +252,194 @@ fn weather_request(extra: Value) -> Value {
     body
 }
 
+/// Anthropic's Messages API: the answer of the chat completion the request
+/// means, as a message of content blocks with Anthropic's stop reasons
+/// and usage; streamed as its events, which add up to it; tool calls as
+/// `tool_use` blocks; a conversation's earlier call and result read back;
+/// token counts; errors in Anthropic's shape; `x-api-key` accepted.
+#[test]
+fn anthropic_messages_answer_as_chat_completions() {
+    if !cached(&catalog::SMOLLM2) {
+        return;
+    }
+    let server = Server::start(&["smollm2"]);
+    let msg = json!({
+        "model": "x", "max_tokens": 64, "temperature": 0, "system": SYSTEM,
+        "messages": [{"role": "user", "content": [{"type": "text", "text": QUESTION}]}],
+    });
+    let oai = server.post("/v1/chat/completions", &question(json!({})));
+    let r = server.post("/v1/messages", &msg);
+    assert_eq!(
+        (&r["type"], &r["role"]),
+        (&json!("message"), &json!("assistant"))
+    );
+    assert!(r["id"].as_str().unwrap().starts_with("msg_"), "{r}");
+    assert_eq!(
+        r["content"],
+        json!([{"type": "text", "text": oai["choices"][0]["message"]["content"]}])
+    );
+    assert_eq!(r["stop_reason"], "end_turn");
+    assert!(r["stop_sequence"].is_null());
+    assert_eq!(
+        r["usage"]["output_tokens"],
+        oai["usage"]["completion_tokens"]
+    );
+    let u = &r["usage"];
+    assert_eq!(
+        u["input_tokens"].as_u64().unwrap() + u["cache_read_input_tokens"].as_u64().unwrap(),
+        oai["usage"]["prompt_tokens"].as_u64().unwrap()
+    );
+    let counted = server.post("/v1/messages/count_tokens", &msg);
+    assert_eq!(
+        counted["input_tokens"], oai["usage"]["prompt_tokens"],
+        "{counted}"
+    );
+
+    // Streamed: named events, text deltas that add up to the answer.
+    let mut streamed = msg.clone();
+    streamed["stream"] = json!(true);
+    let (status, raw) = server.call("POST", "/v1/messages", &streamed.to_string());
+    assert_eq!(status, 200, "{raw}");
+    let names: Vec<&str> = raw
+        .lines()
+        .filter_map(|l| l.strip_prefix("event: "))
+        .collect();
+    let events: Vec<Value> = raw
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    assert_eq!(names.len(), events.len());
+    for (n, e) in names.iter().zip(&events) {
+        assert_eq!(e["type"], *n);
+    }
+    assert_eq!(names[..2], ["message_start", "content_block_start"]);
+    assert_eq!(
+        names[names.len() - 3..],
+        ["content_block_stop", "message_delta", "message_stop"]
+    );
+    let text: String = events
+        .iter()
+        .filter_map(|e| e["delta"]["text"].as_str())
+        .collect();
+    assert_eq!(json!(text), r["content"][0]["text"]);
+    let delta = &events[events.len() - 2];
+    assert_eq!(delta["delta"]["stop_reason"], "end_turn");
+    assert_eq!(delta["usage"]["output_tokens"], r["usage"]["output_tokens"]);
+
+    // A stop sequence and a token limit.
+    let mut stop = msg.clone();
+    stop["stop_sequences"] = json!(["Paris"]);
+    let r = server.post("/v1/messages", &stop);
+    assert_eq!(
+        (&r["stop_reason"], &r["stop_sequence"]),
+        (&json!("stop_sequence"), &json!("Paris")),
+        "{r}"
+    );
+    let mut short = msg.clone();
+    short["max_tokens"] = json!(2);
+    assert_eq!(
+        server.post("/v1/messages", &short)["stop_reason"],
+        "max_tokens"
+    );
+
+    // Tools: the call the chat completion makes, as a tool_use block.
+    let tool = json!({"name": "get_weather", "description": "Get the current weather in a city",
+        "input_schema": {"type": "object",
+                         "properties": {"city": {"type": "string"},
+                                        "unit": {"type": "string",
+                                                 "enum": ["celsius", "fahrenheit"]}},
+                         "required": ["city"]}});
+    let ask = json!({"max_tokens": 80, "temperature": 0, "tools": [tool],
+        "tool_choice": {"type": "any"},
+        "messages": [{"role": "user", "content": "What is the weather like in Paris today?"}]});
+    let oai = server.post(
+        "/v1/chat/completions",
+        &weather_request(json!({"tool_choice": "required"})),
+    );
+    let call = &oai["choices"][0]["message"]["tool_calls"][0]["function"];
+    let r = server.post("/v1/messages", &ask);
+    assert_eq!(r["stop_reason"], "tool_use", "{r}");
+    let block = &r["content"][0];
+    assert_eq!(
+        (&block["type"], &block["name"]),
+        (&json!("tool_use"), &call["name"])
+    );
+    let args: Value = serde_json::from_str(call["arguments"].as_str().unwrap()).unwrap();
+    assert_eq!(block["input"], args);
+    let mut streamed = ask.clone();
+    streamed["stream"] = json!(true);
+    let events: Vec<Value> = server
+        .stream("/v1/messages", &streamed)
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let start = events
+        .iter()
+        .find(|e| e["type"] == "content_block_start")
+        .unwrap();
+    assert_eq!(start["content_block"]["name"], "get_weather");
+    let json_delta = events
+        .iter()
+        .find_map(|e| e["delta"]["partial_json"].as_str())
+        .unwrap();
+    assert_eq!(serde_json::from_str::<Value>(json_delta).unwrap(), args);
+    // The call and its result read back as the chat completion's
+    // conversation with them: the same prompt, the same reply.
+    let id = block["id"].clone();
+    let follow = json!({"max_tokens": 40, "temperature": 0, "tools": [ask["tools"][0]],
+        "messages": [ask["messages"][0],
+            {"role": "assistant", "content": [r["content"][0]]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": id,
+                                          "content": "18 degrees and sunny"}]}]});
+    let mut oai_follow = weather_request(json!({"max_tokens": 40}));
+    oai_follow["messages"] = json!([ask["messages"][0],
+        {"role": "assistant", "content": null, "tool_calls": [{"id": id, "type": "function",
+            "function": {"name": "get_weather", "arguments": block["input"].to_string()}}]},
+        {"role": "tool", "tool_call_id": id, "content": "18 degrees and sunny"}]);
+    let (r, oai) = (
+        server.post("/v1/messages", &follow),
+        server.post("/v1/chat/completions", &oai_follow),
+    );
+    let u = &r["usage"];
+    assert_eq!(
+        u["input_tokens"].as_u64().unwrap() + u["cache_read_input_tokens"].as_u64().unwrap(),
+        oai["usage"]["prompt_tokens"].as_u64().unwrap()
+    );
+    let message = &oai["choices"][0]["message"];
+    match message["tool_calls"].as_array() {
+        Some(calls) => {
+            let args: Value =
+                serde_json::from_str(calls[0]["function"]["arguments"].as_str().unwrap()).unwrap();
+            assert_eq!(r["content"][0]["input"], args, "{r}");
+        }
+        None => assert_eq!(r["content"][0]["text"], message["content"], "{r}"),
+    }
+
+    // Errors in Anthropic's shape.
+    let (status, text) = server.call("POST", "/v1/messages", r#"{"max_tokens": 5}"#);
+    assert_eq!(status, 400, "{text}");
+    let e: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        (&e["type"], &e["error"]["type"]),
+        (&json!("error"), &json!("invalid_request_error"))
+    );
+    assert!(e["error"]["message"].as_str().unwrap().contains("messages"));
+
+    // An Anthropic client's key.
+    let keyed = Server::start(&["smollm2", "--api-key", "sesame"]);
+    let body = msg.to_string();
+    let (status, _) = keyed.call("POST", "/v1/messages/count_tokens", &body);
+    assert_eq!(status, 401);
+    let (status, text) = keyed.call_with(
+        "POST",
+        "/v1/messages/count_tokens",
+        "x-api-key: sesame\r\n",
+        &body,
+    );
+    assert_eq!(status, 200, "{text}");
+}
+
 /// Chunks of a stream, `[DONE]` checked and left out.
 fn chunks(events: &[String]) -> Vec<Value> {
     assert_eq!(events.last().map(String::as_str), Some("[DONE]"));

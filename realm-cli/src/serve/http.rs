@@ -33,7 +33,7 @@ use super::openai::{
 };
 use super::props::{self, Props};
 use super::tools::{self, Outcome, ToolMode};
-use super::{embeddings, native, tokens};
+use super::{anthropic, embeddings, native, tokens};
 
 /// What every handler shares.
 #[derive(Debug)]
@@ -101,6 +101,8 @@ pub fn router(app: Arc<App>, body_limit: usize, cors: Option<CorsLayer>) -> Rout
         .route("/detokenize", post(tokens::detokenize))
         .route("/props", get(props::props))
         .route("/apply-template", post(props::apply_template))
+        .route("/v1/messages", post(anthropic::messages))
+        .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
         .route("/v1/models", get(models))
         .route("/models", get(models));
     if app.metrics.is_some() {
@@ -129,11 +131,13 @@ async fn authorize(State(app): State<Arc<App>>, req: Request, next: Next) -> Res
     let Some(key) = &app.api_key else {
         return next.run(req).await;
     };
-    let sent = req
-        .headers()
+    let headers = req.headers();
+    // Anthropic's clients send theirs as `x-api-key`.
+    let sent = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()));
     // Every byte is compared, so that the time taken does not tell how
     // much of a guess was right.
     let matches = sent.is_some_and(|s| {
@@ -144,7 +148,7 @@ async fn authorize(State(app): State<Arc<App>>, req: Request, next: Next) -> Res
     } else {
         error(ApiError::new(
             StatusCode::UNAUTHORIZED,
-            "a valid API key is needed: send `Authorization: Bearer KEY`",
+            "a valid API key is needed: send `Authorization: Bearer KEY` (or `x-api-key: KEY`)",
         ))
     }
 }

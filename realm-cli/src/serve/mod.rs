@@ -16,6 +16,7 @@
 //!   -d '{"messages": [{"role": "user", "content": "Which city is the capital of France?"}]}'
 //! ```
 
+mod anthropic;
 mod body;
 mod embeddings;
 mod engine;

@@ -60,7 +60,7 @@ impl<'l> Prompts<'l> {
             Input::Chat(turns) => {
                 let text = render(&self.template, turns)?;
                 Ok(Ok(PromptText {
-                    add_special: !crate::chat::starts_with_bos(self.l, &text),
+                    add_special: !crate::chat::starts_with_bos(&self.l.tokenizer, &text),
                     parse_special: true,
                     text,
                 }))

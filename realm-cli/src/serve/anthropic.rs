@@ -1,0 +1,576 @@
+//! Anthropic's Messages API: `POST /v1/messages` and
+//! `POST /v1/messages/count_tokens`, as llama.cpp's server offers them.
+//!
+//! A request is read into the chat completion request it means (`system`
+//! as the system message, content blocks as text, `tool_use` blocks as an
+//! assistant's tool calls, `tool_result` blocks as tool messages, `tools`
+//! with their `input_schema`, `tool_choice`, `stop_sequences`) and runs on
+//! the same engine. The answer is a `message` of content blocks (`text`,
+//! `tool_use` with the call's `input` as JSON) with Anthropic's
+//! `stop_reason` (`end_turn`, `max_tokens`, `stop_sequence` with its
+//! `stop_sequence`, `tool_use`) and `usage`; streamed, the events
+//! `message_start`, `content_block_start`, `content_block_delta`
+//! (`text_delta`, `input_json_delta`), `content_block_stop`,
+//! `message_delta` and `message_stop`. Errors have Anthropic's shape:
+//! `{"type": "error", "error": {"type", "message"}}`.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::sse::{self, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use realm_models::tools::Tools;
+use serde_json::{json, Map, Value};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use super::body::Body;
+use super::engine::{Event, Input};
+use super::http::{number, stopped, submit, App};
+use super::openai::{ApiError, ChatRequest};
+use super::tools::{self, Outcome};
+use realm_models::StopReason;
+
+/// Anthropic's error body for `e`, with its status.
+fn error(e: ApiError) -> Response {
+    let kind = match e.status {
+        StatusCode::UNAUTHORIZED => "authentication_error",
+        StatusCode::FORBIDDEN => "permission_error",
+        StatusCode::NOT_FOUND => "not_found_error",
+        StatusCode::PAYLOAD_TOO_LARGE => "request_too_large",
+        StatusCode::TOO_MANY_REQUESTS => "rate_limit_error",
+        StatusCode::SERVICE_UNAVAILABLE => "overloaded_error",
+        s if s.is_client_error() => "invalid_request_error",
+        _ => "api_error",
+    };
+    let body = json!({"type": "error", "error": {"type": kind, "message": e.message}});
+    (e.status, Json(body)).into_response()
+}
+
+fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::invalid(None, message)
+}
+
+/// A content field (a string, or blocks) as text: its `text` blocks
+/// joined; anything else is refused.
+fn text_of(content: &Value, what: &str) -> Result<String, ApiError> {
+    match content {
+        Value::String(s) => Ok(s.clone()),
+        Value::Array(blocks) => blocks
+            .iter()
+            .map(|b| match (b["type"].as_str(), b["text"].as_str()) {
+                (Some("text"), Some(t)) => Ok(t),
+                (kind, _) => Err(invalid(format!(
+                    "{what}: a {} block is not supported here (text only)",
+                    kind.unwrap_or("untyped")
+                ))),
+            })
+            .collect(),
+        Value::Null => Ok(String::new()),
+        _ => Err(invalid(format!("{what} is a string or an array of blocks"))),
+    }
+}
+
+/// The chat completion request (OpenAI's JSON) that an Anthropic request
+/// means.
+pub fn to_openai(body: &Value) -> Result<Value, ApiError> {
+    let Some(obj) = body.as_object() else {
+        return Err(invalid("the body is a JSON object"));
+    };
+    let mut messages = Vec::new();
+    if let Some(system) = obj.get("system") {
+        messages.push(json!({"role": "system", "content": text_of(system, "system")?}));
+    }
+    let Some(list) = obj.get("messages").and_then(Value::as_array) else {
+        return Err(invalid("messages is required: an array of messages"));
+    };
+    for m in list {
+        let role = m["role"].as_str().unwrap_or_default();
+        if role != "user" && role != "assistant" {
+            return Err(invalid(format!(
+                "a message's role is user or assistant, not {role:?}"
+            )));
+        }
+        let blocks = match &m["content"] {
+            Value::String(s) => {
+                messages.push(json!({"role": role, "content": s}));
+                continue;
+            }
+            Value::Array(blocks) => blocks,
+            _ => return Err(invalid("a message's content is a string or an array")),
+        };
+        let (mut text, mut calls, mut results) = (String::new(), Vec::new(), Vec::new());
+        for b in blocks {
+            match b["type"].as_str() {
+                Some("text") => text.push_str(b["text"].as_str().unwrap_or_default()),
+                // A model's earlier reasoning is not shown to it again.
+                Some("thinking" | "redacted_thinking") => {}
+                Some("tool_use") => calls.push(json!({
+                    "id": b["id"],
+                    "type": "function",
+                    "function": {"name": b["name"], "arguments": b["input"].to_string()},
+                })),
+                Some("tool_result") => results.push(json!({
+                    "role": "tool",
+                    "tool_call_id": b["tool_use_id"],
+                    "content": text_of(&b["content"], "a tool_result's content")?,
+                })),
+                other => {
+                    return Err(invalid(format!(
+                        "a {} content block is not supported",
+                        other.unwrap_or("untyped")
+                    )))
+                }
+            }
+        }
+        // Results answer the calls before them: they go before any text
+        // that follows them.
+        messages.extend(results);
+        if !text.is_empty() || !calls.is_empty() {
+            let mut msg = json!({"role": role, "content": text});
+            if !calls.is_empty() {
+                msg["tool_calls"] = json!(calls);
+            }
+            messages.push(msg);
+        }
+    }
+    let mut out = Map::new();
+    out.insert("messages".into(), json!(messages));
+    if let Some(tools) = obj.get("tools").and_then(Value::as_array) {
+        let tools: Vec<Value> = tools
+            .iter()
+            .map(|t| {
+                json!({"type": "function", "function": {
+                    "name": t["name"],
+                    "description": t.get("description").cloned().unwrap_or(json!("")),
+                    "parameters": t.get("input_schema").cloned().unwrap_or(json!({})),
+                }})
+            })
+            .collect();
+        out.insert("tools".into(), json!(tools));
+    }
+    if let Some(choice) = obj.get("tool_choice") {
+        let oai = match choice["type"].as_str() {
+            Some("auto") => json!("auto"),
+            Some("any") => json!("required"),
+            Some("none") => json!("none"),
+            Some("tool") => json!({"type": "function", "function": {"name": choice["name"]}}),
+            _ => return Err(invalid("tool_choice's type is auto, any, tool or none")),
+        };
+        out.insert("tool_choice".into(), oai);
+        if choice["disable_parallel_tool_use"] == json!(true) {
+            out.insert("parallel_tool_calls".into(), json!(false));
+        }
+    }
+    for (from, to) in [
+        ("max_tokens", "max_tokens"),
+        ("stop_sequences", "stop"),
+        ("temperature", "temperature"),
+        ("top_p", "top_p"),
+        ("top_k", "top_k"),
+        ("stream", "stream"),
+    ] {
+        if let Some(v) = obj.get(from).filter(|v| !v.is_null()) {
+            out.insert(to.into(), v.clone());
+        }
+    }
+    Ok(Value::Object(out))
+}
+
+/// The request read as a chat completion request.
+fn chat_request(body: &Value) -> Result<ChatRequest, ApiError> {
+    serde_json::from_value(to_openai(body)?).map_err(|e| invalid(e.to_string()))
+}
+
+/// `POST /v1/messages/count_tokens`: `{"input_tokens": N}`, the tokens of
+/// the prompt the request would run (its tools' instructions included).
+pub async fn count_tokens(State(app): State<Arc<App>>, Body(body): Body<Value>) -> Response {
+    let counted = chat_request(&body).and_then(|req| {
+        let (turns, _) = tools::prepare(&req)?;
+        let text = super::prompt::render(&app.props.template, &turns)?;
+        let bos = !crate::chat::starts_with_bos(&app.tokenizer, &text);
+        app.tokenizer
+            .encode(&text, bos, true)
+            .map_err(|e| invalid(e.to_string()))
+    });
+    match counted {
+        Ok(ids) => Json(json!({"input_tokens": ids.len()})).into_response(),
+        Err(e) => error(e),
+    }
+}
+
+/// Anthropic's `stop_reason` for how generation ended.
+fn stop_reason(reason: StopReason) -> &'static str {
+    match reason {
+        StopReason::EndOfGeneration | StopReason::Cancelled => "end_turn",
+        StopReason::StopString => "stop_sequence",
+        StopReason::MaxTokens | StopReason::ContextFull => "max_tokens",
+    }
+}
+
+/// What every event of an answer needs.
+struct Reply {
+    id: String,
+    model: String,
+    tools: Option<Arc<Tools>>,
+    input_tokens: usize,
+    cached_tokens: usize,
+}
+
+impl Reply {
+    fn usage(&self, output_tokens: usize) -> Value {
+        json!({
+            "input_tokens": self.input_tokens - self.cached_tokens,
+            "cache_read_input_tokens": self.cached_tokens,
+            "output_tokens": output_tokens,
+        })
+    }
+
+    /// The content blocks of a finished reply `text` and its stop reason.
+    fn blocks(&self, text: &str, reason: StopReason) -> (Vec<Value>, &'static str) {
+        let outcome = self.tools.as_ref().map(|t| tools::outcome(t, text));
+        match outcome {
+            Some(Outcome::Calls(calls)) => {
+                let stem = self.id.strip_prefix("msg_").unwrap_or(&self.id);
+                let blocks = calls
+                    .iter()
+                    .enumerate()
+                    .map(|(k, c)| {
+                        json!({"type": "tool_use", "id": format!("toolu_{stem}_{k}"),
+                               "name": c.name, "input": c.arguments})
+                    })
+                    .collect();
+                (blocks, "tool_use")
+            }
+            Some(Outcome::Content(t)) => (
+                vec![json!({"type": "text", "text": t})],
+                stop_reason(reason),
+            ),
+            None => (
+                vec![json!({"type": "text", "text": text})],
+                stop_reason(reason),
+            ),
+        }
+    }
+
+    fn message(
+        &self,
+        content: Vec<Value>,
+        reason: Option<&str>,
+        stop: Option<&str>,
+        out: usize,
+    ) -> Value {
+        json!({
+            "id": self.id,
+            "type": "message",
+            "role": "assistant",
+            "model": self.model,
+            "content": content,
+            "stop_reason": reason,
+            "stop_sequence": stop,
+            "usage": self.usage(out),
+        })
+    }
+}
+
+/// `POST /v1/messages`.
+pub async fn messages(State(app): State<Arc<App>>, Body(body): Body<Value>) -> Response {
+    match start(&app, &body).await {
+        Ok((reply, rx, early, stream)) if stream => streamed(reply, rx, early),
+        Ok((reply, rx, early, _)) => whole(reply, rx, early).await,
+        Err(e) => error(e),
+    }
+}
+
+type Started = (
+    Reply,
+    UnboundedReceiver<(usize, Event)>,
+    VecDeque<Event>,
+    bool,
+);
+
+/// Queues the request and waits for it to start (or fail).
+async fn start(app: &App, body: &Value) -> Result<Started, ApiError> {
+    let req = chat_request(body)?;
+    let (turns, tool_mode) = tools::prepare(&req)?;
+    if req.options.n.is_some_and(|n| n != 1) {
+        return Err(invalid("a message is answered once"));
+    }
+    let (n, seed) = number(app);
+    let limits = match &tool_mode {
+        Some((_, grammar)) => req
+            .options
+            .limits_with(seed, false, Some(grammar.clone()))?,
+        None => req.options.limits(seed, false)?,
+    };
+    let mut rx = submit(app, vec![(Input::Chat(turns), limits)])?;
+    let mut early = VecDeque::new();
+    let (input_tokens, cached_tokens) = loop {
+        match rx.recv().await.map(|(_, e)| e) {
+            Some(Event::Started {
+                prompt_tokens,
+                cached_tokens,
+            }) => break (prompt_tokens, cached_tokens),
+            Some(Event::Failed(e)) => return Err(e),
+            Some(e) => early.push_back(e),
+            None => return Err(stopped()),
+        }
+    };
+    let reply = Reply {
+        id: format!("msg_{:x}{n:04x}", app.created),
+        model: app.model.clone(),
+        tools: tool_mode.map(|(t, _)| t),
+        input_tokens,
+        cached_tokens,
+    };
+    Ok((reply, rx, early, req.options.stream))
+}
+
+async fn whole(
+    reply: Reply,
+    mut rx: UnboundedReceiver<(usize, Event)>,
+    mut early: VecDeque<Event>,
+) -> Response {
+    let mut text = String::new();
+    loop {
+        let e = match early.pop_front() {
+            Some(e) => Some(e),
+            None => rx.recv().await.map(|(_, e)| e),
+        };
+        match e {
+            Some(Event::Text { text: piece, .. }) => text.push_str(&piece),
+            Some(Event::Done {
+                reason,
+                completion_tokens,
+                stop_word,
+            }) => {
+                let (content, why) = reply.blocks(&text, reason);
+                let stop = stop_word.as_deref().filter(|_| why == "stop_sequence");
+                return Json(reply.message(content, Some(why), stop, completion_tokens))
+                    .into_response();
+            }
+            Some(Event::Failed(e)) => return error(e),
+            _ => return error(stopped()),
+        }
+    }
+}
+
+/// An SSE event named as its `type`.
+fn event(data: Value) -> sse::Event {
+    let name = data["type"].as_str().unwrap_or("message").to_string();
+    sse::Event::default().event(name).data(data.to_string())
+}
+
+/// A streamed answer's state: without tools, text goes out as it comes,
+/// in one text block; with tools, the reply is read once whole (it may be
+/// a call) and its blocks go out at the end.
+struct Streaming {
+    reply: Reply,
+    rx: UnboundedReceiver<(usize, Event)>,
+    early: VecDeque<Event>,
+    out: VecDeque<sse::Event>,
+    text: String,
+    /// Whether the live text block has started.
+    open: bool,
+    ended: bool,
+}
+
+impl Streaming {
+    fn on(&mut self, e: Option<Event>) {
+        match e {
+            Some(Event::Text { text, .. }) if self.reply.tools.is_some() => {
+                self.text.push_str(&text)
+            }
+            Some(Event::Text { text, .. }) => {
+                if text.is_empty() {
+                    return;
+                }
+                if !self.open {
+                    self.open = true;
+                    self.out
+                        .push_back(event(json!({"type": "content_block_start", "index": 0,
+                        "content_block": {"type": "text", "text": ""}})));
+                }
+                self.out
+                    .push_back(event(json!({"type": "content_block_delta", "index": 0,
+                    "delta": {"type": "text_delta", "text": text}})));
+            }
+            Some(Event::Done {
+                reason,
+                completion_tokens,
+                stop_word,
+            }) => {
+                let why = match &self.reply.tools {
+                    Some(_) => {
+                        let (blocks, why) = self.reply.blocks(&self.text, reason);
+                        for (index, b) in blocks.into_iter().enumerate() {
+                            self.block(index, b);
+                        }
+                        why
+                    }
+                    None => {
+                        if self.open {
+                            self.out.push_back(event(
+                                json!({"type": "content_block_stop", "index": 0}),
+                            ));
+                        }
+                        stop_reason(reason)
+                    }
+                };
+                let stop = stop_word.filter(|_| why == "stop_sequence");
+                self.out.push_back(event(json!({"type": "message_delta",
+                    "delta": {"stop_reason": why, "stop_sequence": stop},
+                    "usage": {"output_tokens": completion_tokens}})));
+                self.out.push_back(event(json!({"type": "message_stop"})));
+                self.ended = true;
+            }
+            Some(Event::Failed(e)) => self.fail(e),
+            _ => self.fail(stopped()),
+        }
+    }
+
+    /// A whole block: its start, its content as one delta, its stop.
+    fn block(&mut self, index: usize, mut b: Value) {
+        let delta = match b["type"].as_str() {
+            Some("tool_use") => {
+                let input = b["input"].take();
+                b["input"] = json!({});
+                json!({"type": "input_json_delta", "partial_json": input.to_string()})
+            }
+            _ => {
+                let text = b["text"].take();
+                b["text"] = json!("");
+                json!({"type": "text_delta", "text": text})
+            }
+        };
+        self.out.push_back(event(
+            json!({"type": "content_block_start", "index": index, "content_block": b}),
+        ));
+        self.out.push_back(event(
+            json!({"type": "content_block_delta", "index": index, "delta": delta}),
+        ));
+        self.out
+            .push_back(event(json!({"type": "content_block_stop", "index": index})));
+    }
+
+    fn fail(&mut self, e: ApiError) {
+        let body = json!({"type": "error", "error": {"type": "api_error", "message": e.message}});
+        self.out.push_back(event(body));
+        self.ended = true;
+    }
+}
+
+fn streamed(
+    reply: Reply,
+    rx: UnboundedReceiver<(usize, Event)>,
+    early: VecDeque<Event>,
+) -> Response {
+    let start = json!({"type": "message_start",
+                       "message": reply.message(Vec::new(), None, None, 0)});
+    let st = Streaming {
+        reply,
+        rx,
+        early,
+        out: VecDeque::from([event(start)]),
+        text: String::new(),
+        open: false,
+        ended: false,
+    };
+    let events = futures_util::stream::unfold(st, |mut st| async move {
+        loop {
+            if let Some(e) = st.out.pop_front() {
+                return Some((Ok::<_, Infallible>(e), st));
+            }
+            if st.ended {
+                return None;
+            }
+            let e = match st.early.pop_front() {
+                Some(e) => Some(e),
+                None => st.rx.recv().await.map(|(_, e)| e),
+            };
+            st.on(e);
+        }
+    });
+    Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// System text, content blocks, an earlier tool call and its result,
+    /// tools, tool_choice and the sampling fields become the chat request
+    /// they mean.
+    #[test]
+    fn requests_read_as_chat_completions() {
+        let body = json!({
+            "model": "x", "max_tokens": 64, "temperature": 0.5, "top_k": 3,
+            "stop_sequences": ["END"], "stream": true, "metadata": {"user_id": "u"},
+            "system": [{"type": "text", "text": "Be "}, {"type": "text", "text": "brief."}],
+            "messages": [
+                {"role": "user", "content": "Weather in Oslo?"},
+                {"role": "assistant", "content": [
+                    {"type": "thinking", "thinking": "hm", "signature": ""},
+                    {"type": "text", "text": "Checking."},
+                    {"type": "tool_use", "id": "t1", "name": "get_weather",
+                     "input": {"city": "Oslo"}}]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "t1",
+                     "content": [{"type": "text", "text": "rain"}]},
+                    {"type": "text", "text": "And now?"}]},
+            ],
+            "tools": [{"name": "get_weather", "description": "Weather",
+                       "input_schema": {"type": "object"}}],
+            "tool_choice": {"type": "tool", "name": "get_weather",
+                            "disable_parallel_tool_use": true},
+        });
+        let want = json!({
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Weather in Oslo?"},
+                {"role": "assistant", "content": "Checking.", "tool_calls": [
+                    {"id": "t1", "type": "function",
+                     "function": {"name": "get_weather", "arguments": "{\"city\":\"Oslo\"}"}}]},
+                {"role": "tool", "tool_call_id": "t1", "content": "rain"},
+                {"role": "user", "content": "And now?"},
+            ],
+            "tools": [{"type": "function", "function": {"name": "get_weather",
+                "description": "Weather", "parameters": {"type": "object"}}}],
+            "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+            "parallel_tool_calls": false,
+            "max_tokens": 64, "stop": ["END"], "temperature": 0.5, "top_k": 3, "stream": true,
+        });
+        assert_eq!(to_openai(&body).unwrap(), want);
+        let req = chat_request(&body).unwrap();
+        assert_eq!(req.messages.len(), 5);
+    }
+
+    #[test]
+    fn what_cannot_be_read_is_refused_by_name() {
+        for (body, says) in [
+            (json!([]), "object"),
+            (json!({"max_tokens": 1}), "messages is required"),
+            (
+                json!({"messages": [{"role": "system", "content": "x"}]}),
+                "role",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": [{"type": "image"}]}]}),
+                "image",
+            ),
+            (json!({"system": 3, "messages": []}), "system"),
+            (
+                json!({"messages": [], "tool_choice": {"type": "sometimes"}}),
+                "tool_choice",
+            ),
+        ] {
+            let e = to_openai(&body).unwrap_err();
+            assert!(e.message.contains(says), "{body}: {}", e.message);
+        }
+    }
+}
