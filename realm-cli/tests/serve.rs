@@ -440,6 +440,173 @@ fn anthropic_messages_answer_as_chat_completions() {
     assert_eq!(status, 200, "{text}");
 }
 
+/// OpenAI's Responses API: the answer of the chat completion the request
+/// means, as a response whose output is a message of `output_text` (or
+/// `function_call` items), with usage; a token limit makes it incomplete;
+/// streamed, numbered events whose deltas add up to it; a conversation
+/// with a call and its output reads as the chat completion's.
+#[test]
+fn responses_answer_as_chat_completions() {
+    if !cached(&catalog::SMOLLM2) {
+        return;
+    }
+    let server = Server::start(&["smollm2"]);
+    let ask = json!({"model": "x", "instructions": SYSTEM, "input": QUESTION,
+                     "max_output_tokens": 64, "temperature": 0});
+    let oai = server.post("/v1/chat/completions", &question(json!({})));
+    let r = server.post("/v1/responses", &ask);
+    assert_eq!(
+        (&r["object"], &r["status"]),
+        (&json!("response"), &json!("completed")),
+        "{r}"
+    );
+    assert!(r["id"].as_str().unwrap().starts_with("resp_"));
+    let item = &r["output"][0];
+    assert_eq!(
+        (&item["type"], &item["role"]),
+        (&json!("message"), &json!("assistant"))
+    );
+    assert_eq!(item["content"][0]["type"], "output_text");
+    assert_eq!(
+        item["content"][0]["text"],
+        oai["choices"][0]["message"]["content"]
+    );
+    assert_eq!(r["usage"]["input_tokens"], oai["usage"]["prompt_tokens"]);
+    assert_eq!(
+        r["usage"]["output_tokens"],
+        oai["usage"]["completion_tokens"]
+    );
+    // The same request as a list of items, at /responses too.
+    let mut items = ask.clone();
+    items["input"] =
+        json!([{"role": "user", "content": [{"type": "input_text", "text": QUESTION}]}]);
+    assert_eq!(
+        server.post("/responses", &items)["output"][0]["content"],
+        item["content"]
+    );
+
+    let mut short = ask.clone();
+    short["max_output_tokens"] = json!(2);
+    let r = server.post("/v1/responses", &short);
+    assert_eq!(r["status"], "incomplete");
+    assert_eq!(r["incomplete_details"]["reason"], "max_output_tokens");
+
+    let mut streamed = ask.clone();
+    streamed["stream"] = json!(true);
+    let (status, raw) = server.call("POST", "/v1/responses", &streamed.to_string());
+    assert_eq!(status, 200, "{raw}");
+    let names: Vec<&str> = raw
+        .lines()
+        .filter_map(|l| l.strip_prefix("event: "))
+        .collect();
+    let events: Vec<Value> = raw
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    assert_eq!(names.len(), events.len());
+    for (i, (n, e)) in names.iter().zip(&events).enumerate() {
+        assert_eq!((&e["type"], &e["sequence_number"]), (&json!(n), &json!(i)));
+    }
+    assert_eq!(
+        names[..4],
+        [
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added",
+            "response.content_part.added"
+        ]
+    );
+    assert_eq!(
+        names[names.len() - 4..],
+        [
+            "response.output_text.done",
+            "response.content_part.done",
+            "response.output_item.done",
+            "response.completed"
+        ]
+    );
+    let text: String = events.iter().filter_map(|e| e["delta"].as_str()).collect();
+    assert_eq!(json!(text), item["content"][0]["text"]);
+    let last = &events[events.len() - 1]["response"];
+    assert_eq!(last["output"][0]["content"], item["content"]);
+    assert_eq!(
+        last["usage"]["output_tokens"],
+        oai["usage"]["completion_tokens"]
+    );
+
+    // Tools: the call the chat completion makes, as a function_call item,
+    // then the call and its output read back.
+    let tool = json!({"type": "function", "name": "get_weather",
+        "description": "Get the current weather in a city",
+        "parameters": {"type": "object",
+                       "properties": {"city": {"type": "string"},
+                                      "unit": {"type": "string",
+                                               "enum": ["celsius", "fahrenheit"]}},
+                       "required": ["city"]}});
+    let question = "What is the weather like in Paris today?";
+    let calling = json!({"input": question, "tools": [tool], "tool_choice": "required",
+                         "max_output_tokens": 80, "temperature": 0});
+    let oai = server.post(
+        "/v1/chat/completions",
+        &weather_request(json!({"tool_choice": "required"})),
+    );
+    let want = &oai["choices"][0]["message"]["tool_calls"][0]["function"];
+    let r = server.post("/v1/responses", &calling);
+    let call = &r["output"][0];
+    assert_eq!(
+        (&call["type"], &call["name"]),
+        (&json!("function_call"), &want["name"]),
+        "{r}"
+    );
+    assert_eq!(call["arguments"], want["arguments"]);
+    let mut streamed = calling.clone();
+    streamed["stream"] = json!(true);
+    let events: Vec<Value> = server
+        .stream("/v1/responses", &streamed)
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let args = events
+        .iter()
+        .find(|e| e["type"] == "response.function_call_arguments.done")
+        .unwrap();
+    assert_eq!(args["arguments"], want["arguments"]);
+    let follow = json!({"input": [{"role": "user", "content": question}, call,
+            {"type": "function_call_output", "call_id": call["call_id"],
+             "output": "18 degrees and sunny"}],
+        "tools": [tool], "max_output_tokens": 40, "temperature": 0});
+    let mut oai_follow = weather_request(json!({"max_tokens": 40}));
+    oai_follow["messages"] = json!([{"role": "user", "content": question},
+        {"role": "assistant", "content": null, "tool_calls": [{"id": call["call_id"],
+            "type": "function", "function": {"name": "get_weather", "arguments": call["arguments"]}}]},
+        {"role": "tool", "tool_call_id": call["call_id"], "content": "18 degrees and sunny"}]);
+    let (r, oai) = (
+        server.post("/v1/responses", &follow),
+        server.post("/v1/chat/completions", &oai_follow),
+    );
+    assert_eq!(
+        r["usage"]["input_tokens"], oai["usage"]["prompt_tokens"],
+        "{r}"
+    );
+    let message = &oai["choices"][0]["message"];
+    match message["tool_calls"].as_array() {
+        Some(calls) => assert_eq!(
+            r["output"][0]["arguments"],
+            calls[0]["function"]["arguments"]
+        ),
+        None => assert_eq!(r["output"][0]["content"][0]["text"], message["content"]),
+    }
+
+    let (status, text) = server.call(
+        "POST",
+        "/v1/responses",
+        r#"{"input": "x", "previous_response_id": "resp_1"}"#,
+    );
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("previous_response_id"), "{text}");
+}
+
 /// Chunks of a stream, `[DONE]` checked and left out.
 fn chunks(events: &[String]) -> Vec<Value> {
     assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
@@ -1893,6 +2060,7 @@ fn an_api_key_keeps_out_who_lacks_it() {
     assert_eq!(status, 200, "{text}");
     assert_eq!(server.call_with("GET", "/v1/models", key, "").0, 200);
     assert_eq!(server.call("GET", "/health", "").0, 200);
+    assert_eq!(server.call("GET", "/v1/health", "").0, 200);
 }
 
 /// Ctrl-C (SIGINT) stops the server once the answers in flight end: a

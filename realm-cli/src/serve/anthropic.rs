@@ -14,25 +14,22 @@
 //! `message_delta` and `message_stop`. Errors have Anthropic's shape:
 //! `{"type": "error", "error": {"type", "message"}}`.
 
-use std::collections::VecDeque;
-use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::sse::{self, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use realm_models::tools::Tools;
+use realm_models::StopReason;
 use serde_json::{json, Map, Value};
-use tokio::sync::mpsc::UnboundedReceiver;
 
+use super::adapter::{self, Finished, Run};
 use super::body::Body;
-use super::engine::{Event, Input};
-use super::http::{number, stopped, submit, App};
+use super::engine::Event;
+use super::http::{stopped, App};
 use super::openai::{ApiError, ChatRequest};
 use super::tools::{self, Outcome};
-use realm_models::StopReason;
 
 /// Anthropic's error body for `e`, with its status.
 fn error(e: ApiError) -> Response {
@@ -211,16 +208,24 @@ fn stop_reason(reason: StopReason) -> &'static str {
     }
 }
 
-/// What every event of an answer needs.
+/// The ids and counts every part of an answer needs.
 struct Reply {
     id: String,
     model: String,
-    tools: Option<Arc<Tools>>,
     input_tokens: usize,
     cached_tokens: usize,
 }
 
 impl Reply {
+    fn new(app: &App, run: &Run) -> Self {
+        Self {
+            id: format!("msg_{:x}{:04x}", app.created, run.n),
+            model: app.model.clone(),
+            input_tokens: run.prompt_tokens,
+            cached_tokens: run.cached_tokens,
+        }
+    }
+
     fn usage(&self, output_tokens: usize) -> Value {
         json!({
             "input_tokens": self.input_tokens - self.cached_tokens,
@@ -229,11 +234,10 @@ impl Reply {
         })
     }
 
-    /// The content blocks of a finished reply `text` and its stop reason.
-    fn blocks(&self, text: &str, reason: StopReason) -> (Vec<Value>, &'static str) {
-        let outcome = self.tools.as_ref().map(|t| tools::outcome(t, text));
-        match outcome {
-            Some(Outcome::Calls(calls)) => {
+    /// The content blocks of a finished reply and its stop reason.
+    fn blocks(&self, done: &Finished, tools: Option<&Tools>) -> (Vec<Value>, &'static str) {
+        match done.outcome(tools) {
+            Outcome::Calls(calls) => {
                 let stem = self.id.strip_prefix("msg_").unwrap_or(&self.id);
                 let blocks = calls
                     .iter()
@@ -245,13 +249,9 @@ impl Reply {
                     .collect();
                 (blocks, "tool_use")
             }
-            Some(Outcome::Content(t)) => (
+            Outcome::Content(t) => (
                 vec![json!({"type": "text", "text": t})],
-                stop_reason(reason),
-            ),
-            None => (
-                vec![json!({"type": "text", "text": text})],
-                stop_reason(reason),
+                stop_reason(done.reason),
             ),
         }
     }
@@ -276,227 +276,121 @@ impl Reply {
     }
 }
 
+/// The stop string to report: only when one ended the reply.
+fn stop_sequence<'a>(done: &'a Finished, why: &str) -> Option<&'a str> {
+    done.stop_word.as_deref().filter(|_| why == "stop_sequence")
+}
+
 /// `POST /v1/messages`.
 pub async fn messages(State(app): State<Arc<App>>, Body(body): Body<Value>) -> Response {
-    match start(&app, &body).await {
-        Ok((reply, rx, early, stream)) if stream => streamed(reply, rx, early),
-        Ok((reply, rx, early, _)) => whole(reply, rx, early).await,
+    let mut run = match chat_request(&body) {
+        Ok(req) => match Run::start(&app, &req).await {
+            Ok(run) => run,
+            Err(e) => return error(e),
+        },
+        Err(e) => return error(e),
+    };
+    let reply = Reply::new(&app, &run);
+    if run.stream {
+        return streamed(reply, run);
+    }
+    match run.finish().await {
+        Ok(done) => {
+            let (content, why) = reply.blocks(&done, run.tools.as_deref());
+            let stop = stop_sequence(&done, why);
+            Json(reply.message(content, Some(why), stop, done.completion_tokens)).into_response()
+        }
         Err(e) => error(e),
     }
 }
 
-type Started = (
-    Reply,
-    UnboundedReceiver<(usize, Event)>,
-    VecDeque<Event>,
-    bool,
-);
-
-/// Queues the request and waits for it to start (or fail).
-async fn start(app: &App, body: &Value) -> Result<Started, ApiError> {
-    let req = chat_request(body)?;
-    let (turns, tool_mode) = tools::prepare(&req)?;
-    if req.options.n.is_some_and(|n| n != 1) {
-        return Err(invalid("a message is answered once"));
-    }
-    let (n, seed) = number(app);
-    let limits = match &tool_mode {
-        Some((_, grammar)) => req
-            .options
-            .limits_with(seed, false, Some(grammar.clone()))?,
-        None => req.options.limits(seed, false)?,
-    };
-    let mut rx = submit(app, vec![(Input::Chat(turns), limits)])?;
-    let mut early = VecDeque::new();
-    let (input_tokens, cached_tokens) = loop {
-        match rx.recv().await.map(|(_, e)| e) {
-            Some(Event::Started {
-                prompt_tokens,
-                cached_tokens,
-            }) => break (prompt_tokens, cached_tokens),
-            Some(Event::Failed(e)) => return Err(e),
-            Some(e) => early.push_back(e),
-            None => return Err(stopped()),
+/// A whole block's events: its start, its content as one delta, its stop.
+fn block_events(index: usize, mut b: Value) -> [Value; 3] {
+    let delta = match b["type"].as_str() {
+        Some("tool_use") => {
+            let input = b["input"].take();
+            b["input"] = json!({});
+            json!({"type": "input_json_delta", "partial_json": input.to_string()})
+        }
+        _ => {
+            let text = b["text"].take();
+            b["text"] = json!("");
+            json!({"type": "text_delta", "text": text})
         }
     };
-    let reply = Reply {
-        id: format!("msg_{:x}{n:04x}", app.created),
-        model: app.model.clone(),
-        tools: tool_mode.map(|(t, _)| t),
-        input_tokens,
-        cached_tokens,
-    };
-    Ok((reply, rx, early, req.options.stream))
+    [
+        json!({"type": "content_block_start", "index": index, "content_block": b}),
+        json!({"type": "content_block_delta", "index": index, "delta": delta}),
+        json!({"type": "content_block_stop", "index": index}),
+    ]
 }
 
-async fn whole(
-    reply: Reply,
-    mut rx: UnboundedReceiver<(usize, Event)>,
-    mut early: VecDeque<Event>,
-) -> Response {
-    let mut text = String::new();
-    loop {
-        let e = match early.pop_front() {
-            Some(e) => Some(e),
-            None => rx.recv().await.map(|(_, e)| e),
-        };
-        match e {
-            Some(Event::Text { text: piece, .. }) => text.push_str(&piece),
-            Some(Event::Done {
-                reason,
-                completion_tokens,
-                stop_word,
-            }) => {
-                let (content, why) = reply.blocks(&text, reason);
-                let stop = stop_word.as_deref().filter(|_| why == "stop_sequence");
-                return Json(reply.message(content, Some(why), stop, completion_tokens))
-                    .into_response();
-            }
-            Some(Event::Failed(e)) => return error(e),
-            _ => return error(stopped()),
-        }
-    }
-}
-
-/// An SSE event named as its `type`.
-fn event(data: Value) -> sse::Event {
-    let name = data["type"].as_str().unwrap_or("message").to_string();
-    sse::Event::default().event(name).data(data.to_string())
-}
-
-/// A streamed answer's state: without tools, text goes out as it comes,
-/// in one text block; with tools, the reply is read once whole (it may be
-/// a call) and its blocks go out at the end.
-struct Streaming {
-    reply: Reply,
-    rx: UnboundedReceiver<(usize, Event)>,
-    early: VecDeque<Event>,
-    out: VecDeque<sse::Event>,
-    text: String,
-    /// Whether the live text block has started.
-    open: bool,
-    ended: bool,
-}
-
-impl Streaming {
-    fn on(&mut self, e: Option<Event>) {
-        match e {
-            Some(Event::Text { text, .. }) if self.reply.tools.is_some() => {
-                self.text.push_str(&text)
-            }
-            Some(Event::Text { text, .. }) => {
-                if text.is_empty() {
-                    return;
-                }
-                if !self.open {
-                    self.open = true;
-                    self.out
-                        .push_back(event(json!({"type": "content_block_start", "index": 0,
-                        "content_block": {"type": "text", "text": ""}})));
-                }
-                self.out
-                    .push_back(event(json!({"type": "content_block_delta", "index": 0,
-                    "delta": {"type": "text_delta", "text": text}})));
-            }
-            Some(Event::Done {
-                reason,
-                completion_tokens,
-                stop_word,
-            }) => {
-                let why = match &self.reply.tools {
-                    Some(_) => {
-                        let (blocks, why) = self.reply.blocks(&self.text, reason);
-                        for (index, b) in blocks.into_iter().enumerate() {
-                            self.block(index, b);
-                        }
-                        why
-                    }
-                    None => {
-                        if self.open {
-                            self.out.push_back(event(
-                                json!({"type": "content_block_stop", "index": 0}),
-                            ));
-                        }
-                        stop_reason(reason)
-                    }
-                };
-                let stop = stop_word.filter(|_| why == "stop_sequence");
-                self.out.push_back(event(json!({"type": "message_delta",
-                    "delta": {"stop_reason": why, "stop_sequence": stop},
-                    "usage": {"output_tokens": completion_tokens}})));
-                self.out.push_back(event(json!({"type": "message_stop"})));
-                self.ended = true;
-            }
-            Some(Event::Failed(e)) => self.fail(e),
-            _ => self.fail(stopped()),
-        }
-    }
-
-    /// A whole block: its start, its content as one delta, its stop.
-    fn block(&mut self, index: usize, mut b: Value) {
-        let delta = match b["type"].as_str() {
-            Some("tool_use") => {
-                let input = b["input"].take();
-                b["input"] = json!({});
-                json!({"type": "input_json_delta", "partial_json": input.to_string()})
-            }
-            _ => {
-                let text = b["text"].take();
-                b["text"] = json!("");
-                json!({"type": "text_delta", "text": text})
-            }
-        };
-        self.out.push_back(event(
-            json!({"type": "content_block_start", "index": index, "content_block": b}),
-        ));
-        self.out.push_back(event(
-            json!({"type": "content_block_delta", "index": index, "delta": delta}),
-        ));
-        self.out
-            .push_back(event(json!({"type": "content_block_stop", "index": index})));
-    }
-
-    fn fail(&mut self, e: ApiError) {
-        let body = json!({"type": "error", "error": {"type": "api_error", "message": e.message}});
-        self.out.push_back(event(body));
-        self.ended = true;
-    }
-}
-
-fn streamed(
-    reply: Reply,
-    rx: UnboundedReceiver<(usize, Event)>,
-    early: VecDeque<Event>,
-) -> Response {
+/// The answer as Anthropic's events. Without tools, text goes out as it
+/// comes, in one text block; with tools, the reply is read once whole (it
+/// may be a call) and its blocks go out at the end.
+fn streamed(reply: Reply, run: Run) -> Response {
     let start = json!({"type": "message_start",
                        "message": reply.message(Vec::new(), None, None, 0)});
-    let st = Streaming {
-        reply,
-        rx,
-        early,
-        out: VecDeque::from([event(start)]),
-        text: String::new(),
-        open: false,
-        ended: false,
-    };
-    let events = futures_util::stream::unfold(st, |mut st| async move {
-        loop {
-            if let Some(e) = st.out.pop_front() {
-                return Some((Ok::<_, Infallible>(e), st));
-            }
-            if st.ended {
-                return None;
-            }
-            let e = match st.early.pop_front() {
-                Some(e) => Some(e),
-                None => st.rx.recv().await.map(|(_, e)| e),
-            };
-            st.on(e);
+    let tools = run.tools.clone();
+    let (mut text, mut open) = (String::new(), false);
+    adapter::stream(run, vec![start], move |e| match e {
+        Some(Event::Text { text: piece, .. }) if tools.is_some() => {
+            text.push_str(&piece);
+            (Vec::new(), false)
         }
-    });
-    Sse::new(events)
-        .keep_alive(KeepAlive::default())
-        .into_response()
+        Some(Event::Text { text: piece, .. }) if piece.is_empty() => (Vec::new(), false),
+        Some(Event::Text { text: piece, .. }) => {
+            let mut out = Vec::new();
+            if !open {
+                open = true;
+                out.push(json!({"type": "content_block_start", "index": 0,
+                                "content_block": {"type": "text", "text": ""}}));
+            }
+            out.push(json!({"type": "content_block_delta", "index": 0,
+                            "delta": {"type": "text_delta", "text": piece}}));
+            (out, false)
+        }
+        Some(Event::Done {
+            reason,
+            completion_tokens,
+            stop_word,
+        }) => {
+            let done = Finished {
+                text: std::mem::take(&mut text),
+                reason,
+                completion_tokens,
+                stop_word,
+            };
+            let mut out = Vec::new();
+            let why = match &tools {
+                Some(t) => {
+                    let (blocks, why) = reply.blocks(&done, Some(t));
+                    for (index, b) in blocks.into_iter().enumerate() {
+                        out.extend(block_events(index, b));
+                    }
+                    why
+                }
+                None => {
+                    if open {
+                        out.push(json!({"type": "content_block_stop", "index": 0}));
+                    }
+                    stop_reason(reason)
+                }
+            };
+            out.push(json!({"type": "message_delta",
+                "delta": {"stop_reason": why, "stop_sequence": stop_sequence(&done, why)},
+                "usage": {"output_tokens": completion_tokens}}));
+            out.push(json!({"type": "message_stop"}));
+            (out, true)
+        }
+        Some(Event::Failed(e)) => (vec![error_event(&e)], true),
+        _ => (vec![error_event(&stopped())], true),
+    })
+}
+
+/// An error after the stream began, as Anthropic streams one.
+fn error_event(e: &ApiError) -> Value {
+    json!({"type": "error", "error": {"type": "api_error", "message": e.message}})
 }
 
 #[cfg(test)]

@@ -33,7 +33,7 @@ use super::openai::{
 };
 use super::props::{self, Props};
 use super::tools::{self, Outcome, ToolMode};
-use super::{anthropic, embeddings, native, tokens};
+use super::{anthropic, embeddings, native, responses, tokens};
 
 /// What every handler shares.
 #[derive(Debug)]
@@ -97,10 +97,13 @@ pub fn router(app: Arc<App>, body_limit: usize, cors: Option<CorsLayer>) -> Rout
         .route("/completion", post(native::completion))
         .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/embeddings", post(embeddings::embeddings))
+        .route("/embedding", post(embeddings::embeddings))
         .route("/tokenize", post(tokens::tokenize))
         .route("/detokenize", post(tokens::detokenize))
         .route("/props", get(props::props))
         .route("/apply-template", post(props::apply_template))
+        .route("/v1/responses", post(responses::responses))
+        .route("/responses", post(responses::responses))
         .route("/v1/messages", post(anthropic::messages))
         .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
         .route("/v1/models", get(models))
@@ -111,6 +114,7 @@ pub fn router(app: Arc<App>, body_limit: usize, cors: Option<CorsLayer>) -> Rout
     let router = router
         .route_layer(middleware::from_fn_with_state(app.clone(), authorize))
         .route("/health", get(health))
+        .route("/v1/health", get(health))
         .fallback(|| async { error(ApiError::new(StatusCode::NOT_FOUND, "no such route")) })
         .method_not_allowed_fallback(|| async {
             error(ApiError::new(

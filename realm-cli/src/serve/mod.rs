@@ -16,6 +16,7 @@
 //!   -d '{"messages": [{"role": "user", "content": "Which city is the capital of France?"}]}'
 //! ```
 
+mod adapter;
 mod anthropic;
 mod body;
 mod embeddings;
@@ -27,6 +28,7 @@ mod native;
 mod openai;
 mod prompt;
 mod props;
+mod responses;
 mod tenants;
 mod tokens;
 mod tools;

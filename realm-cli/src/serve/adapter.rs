@@ -1,0 +1,158 @@
+//! What the other APIs' endpoints share (Anthropic's Messages, OpenAI's
+//! Responses): a chat request run on the engine, its events read one at a
+//! time, and server-sent events named by their `type`.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::response::sse::{self, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use realm_models::tools::Tools;
+use realm_models::StopReason;
+use serde_json::Value;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use super::engine::{Event, Input};
+use super::http::{number, stopped, submit, App};
+use super::openai::{ApiError, ChatRequest};
+use super::tools::{self, Outcome};
+
+/// One chat request running on the engine, after it started.
+pub struct Run {
+    rx: UnboundedReceiver<(usize, Event)>,
+    early: VecDeque<Event>,
+    /// The request's number (unique to the server).
+    pub n: u64,
+    pub prompt_tokens: usize,
+    /// Of those, the ones a kept cache held.
+    pub cached_tokens: usize,
+    /// The request's tools: its reply is read as calls or content.
+    pub tools: Option<Arc<Tools>>,
+    /// Whether the request asked for a stream.
+    pub stream: bool,
+}
+
+/// A reply that ended.
+pub struct Finished {
+    pub text: String,
+    pub reason: StopReason,
+    pub completion_tokens: usize,
+    /// The stop string that ended it.
+    pub stop_word: Option<String>,
+}
+
+impl Finished {
+    /// The reply read under the request's tools (its text without them).
+    pub fn outcome(&self, tools: Option<&Tools>) -> Outcome {
+        match tools {
+            Some(t) => tools::outcome(t, &self.text),
+            None => Outcome::Content(self.text.clone()),
+        }
+    }
+}
+
+impl Run {
+    /// Queues `req` (one answer) and waits until it starts or fails.
+    pub async fn start(app: &App, req: &ChatRequest) -> Result<Self, ApiError> {
+        let (turns, tool_mode) = tools::prepare(req)?;
+        if req.options.n.is_some_and(|n| n != 1) {
+            return Err(ApiError::invalid(Some("n"), "this API answers once"));
+        }
+        let (n, seed) = number(app);
+        let limits = match &tool_mode {
+            Some((_, grammar)) => req
+                .options
+                .limits_with(seed, false, Some(grammar.clone()))?,
+            None => req.options.limits(seed, false)?,
+        };
+        let mut rx = submit(app, vec![(Input::Chat(turns), limits)])?;
+        let mut early = VecDeque::new();
+        loop {
+            match rx.recv().await.map(|(_, e)| e) {
+                Some(Event::Started {
+                    prompt_tokens,
+                    cached_tokens,
+                }) => {
+                    return Ok(Self {
+                        rx,
+                        early,
+                        n,
+                        prompt_tokens,
+                        cached_tokens,
+                        tools: tool_mode.map(|(t, _)| t),
+                        stream: req.options.stream,
+                    })
+                }
+                Some(Event::Failed(e)) => return Err(e),
+                Some(e) => early.push_back(e),
+                None => return Err(stopped()),
+            }
+        }
+    }
+
+    /// The next event; `None` when the engine has gone.
+    pub async fn next(&mut self) -> Option<Event> {
+        match self.early.pop_front() {
+            Some(e) => Some(e),
+            None => self.rx.recv().await.map(|(_, e)| e),
+        }
+    }
+
+    /// The whole reply.
+    pub async fn finish(&mut self) -> Result<Finished, ApiError> {
+        let mut text = String::new();
+        loop {
+            match self.next().await {
+                Some(Event::Text { text: piece, .. }) => text.push_str(&piece),
+                Some(Event::Done {
+                    reason,
+                    completion_tokens,
+                    stop_word,
+                }) => {
+                    return Ok(Finished {
+                        text,
+                        reason,
+                        completion_tokens,
+                        stop_word,
+                    })
+                }
+                Some(Event::Failed(e)) => return Err(e),
+                _ => return Err(stopped()),
+            }
+        }
+    }
+}
+
+/// An SSE event named by its data's `type`.
+pub fn named(data: &Value) -> sse::Event {
+    let name = data["type"].as_str().unwrap_or("message");
+    sse::Event::default().event(name).data(data.to_string())
+}
+
+/// A streamed answer: `first`, then what `on` makes of each of `run`'s
+/// events (with whether that ended the answer), each as a named event.
+pub fn stream(
+    run: Run,
+    first: Vec<Value>,
+    on: impl FnMut(Option<Event>) -> (Vec<Value>, bool) + Send + 'static,
+) -> Response {
+    let state = (run, VecDeque::from(first), false, on);
+    let events = futures_util::stream::unfold(state, |mut st| async move {
+        loop {
+            if let Some(v) = st.1.pop_front() {
+                return Some((Ok::<_, Infallible>(named(&v)), st));
+            }
+            if st.2 {
+                return None;
+            }
+            let e = st.0.next().await;
+            let (out, ended) = (st.3)(e);
+            st.1.extend(out);
+            st.2 = ended;
+        }
+    });
+    Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}

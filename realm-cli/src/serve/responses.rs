@@ -1,0 +1,514 @@
+//! OpenAI's Responses API, `POST /v1/responses` (and `/responses`), as
+//! llama.cpp's server offers it.
+//!
+//! A request is read into the chat completion request it means:
+//! `instructions` as the system message; `input` a text (the user's turn)
+//! or a list of items (messages with text content, `function_call` items as
+//! an assistant's tool calls, `function_call_output` items as tool
+//! messages); function `tools`, `tool_choice`, `parallel_tool_calls`;
+//! `max_output_tokens`, `temperature`, `top_p`, `stream`, and `text.format`
+//! (`json_schema`, `json_object`) as a response format. The answer is a
+//! `response` whose `output` holds a `message` of `output_text`, or
+//! `function_call` items, with `status` `completed` or `incomplete` (with
+//! `incomplete_details.reason` `max_output_tokens`) and `usage`; streamed,
+//! the events from `response.created` to `response.completed`, each with
+//! its `sequence_number`. Stored responses (`previous_response_id`) are
+//! not kept, so they are refused.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use realm_models::tools::Tools;
+use realm_models::StopReason;
+use serde_json::{json, Map, Value};
+
+use super::adapter::{self, Finished, Run};
+use super::body::Body;
+use super::engine::Event;
+use super::http::{error, stopped, App};
+use super::openai::{ApiError, ChatRequest};
+use super::tools::Outcome;
+
+fn invalid(param: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError::invalid(Some(param), message)
+}
+
+/// A message item's content (a text, or parts) as text: its text parts
+/// (`input_text`, `output_text`, `text`) joined.
+fn text_of(content: &Value) -> Result<String, ApiError> {
+    match content {
+        Value::String(s) => Ok(s.clone()),
+        Value::Array(parts) => parts
+            .iter()
+            .map(|p| match (p["type"].as_str(), p["text"].as_str()) {
+                (Some("input_text" | "output_text" | "text"), Some(t)) => Ok(t),
+                (kind, _) => Err(invalid(
+                    "input",
+                    format!(
+                        "a {} content part is not supported (text only)",
+                        kind.unwrap_or("untyped")
+                    ),
+                )),
+            })
+            .collect(),
+        _ => Err(invalid(
+            "input",
+            "a message's content is a text or a list of parts",
+        )),
+    }
+}
+
+/// The chat completion request (OpenAI's JSON) that a Responses request
+/// means.
+pub fn to_chat(body: &Value) -> Result<Value, ApiError> {
+    let Some(obj) = body.as_object() else {
+        return Err(ApiError::invalid(None, "the body is a JSON object"));
+    };
+    if obj
+        .get("previous_response_id")
+        .is_some_and(|v| !v.is_null())
+    {
+        return Err(invalid(
+            "previous_response_id",
+            "responses are not stored: send the whole conversation as input",
+        ));
+    }
+    let mut messages = Vec::new();
+    if let Some(i) = obj.get("instructions").filter(|v| !v.is_null()) {
+        let text = i
+            .as_str()
+            .ok_or_else(|| invalid("instructions", "instructions is a text"))?;
+        messages.push(json!({"role": "system", "content": text}));
+    }
+    match obj.get("input") {
+        Some(Value::String(s)) => messages.push(json!({"role": "user", "content": s})),
+        Some(Value::Array(items)) => {
+            for item in items {
+                let kind = item["type"].as_str().unwrap_or("message");
+                match kind {
+                    "message" => {
+                        let role = item["role"].as_str().unwrap_or_default();
+                        if !matches!(role, "user" | "assistant" | "system" | "developer") {
+                            return Err(invalid(
+                                "input",
+                                format!("a message's role {role:?} is not user, assistant, system or developer"),
+                            ));
+                        }
+                        let text = text_of(&item["content"])?;
+                        messages.push(json!({"role": role, "content": text}));
+                    }
+                    "function_call" => {
+                        let call = json!({"id": item["call_id"], "type": "function",
+                            "function": {"name": item["name"], "arguments": item["arguments"]}});
+                        // Calls of one turn go in one assistant message.
+                        match messages.last_mut() {
+                            Some(m)
+                                if m["role"] == "assistant" && m.get("tool_calls").is_some() =>
+                            {
+                                if let Some(calls) = m["tool_calls"].as_array_mut() {
+                                    calls.push(call);
+                                }
+                            }
+                            _ => messages.push(
+                                json!({"role": "assistant", "content": null, "tool_calls": [call]}),
+                            ),
+                        }
+                    }
+                    "function_call_output" => {
+                        let output = match &item["output"] {
+                            Value::String(s) => s.clone(),
+                            v => text_of(v)?,
+                        };
+                        messages.push(json!({"role": "tool", "tool_call_id": item["call_id"],
+                                             "content": output}));
+                    }
+                    // A model's earlier reasoning is not shown to it again.
+                    "reasoning" => {}
+                    other => {
+                        return Err(invalid(
+                            "input",
+                            format!("a {other} input item is not supported"),
+                        ))
+                    }
+                }
+            }
+        }
+        _ => {
+            return Err(invalid(
+                "input",
+                "input is required: a text or a list of items",
+            ))
+        }
+    }
+    let mut out = Map::new();
+    out.insert("messages".into(), json!(messages));
+    if let Some(tools) = obj.get("tools").and_then(Value::as_array) {
+        let mut list = Vec::new();
+        for t in tools {
+            if t["type"] != "function" {
+                return Err(invalid(
+                    "tools",
+                    format!("a {} tool is not supported (functions only)", t["type"]),
+                ));
+            }
+            let mut f = t.clone();
+            if let Some(o) = f.as_object_mut() {
+                o.remove("type");
+            }
+            list.push(json!({"type": "function", "function": f}));
+        }
+        out.insert("tools".into(), json!(list));
+    }
+    if let Some(choice) = obj.get("tool_choice").filter(|v| !v.is_null()) {
+        let chat = match choice {
+            Value::String(_) => choice.clone(),
+            _ if choice["type"] == "function" => {
+                json!({"type": "function", "function": {"name": choice["name"]}})
+            }
+            _ => {
+                return Err(invalid(
+                    "tool_choice",
+                    "tool_choice is auto, none, required or a function",
+                ))
+            }
+        };
+        out.insert("tool_choice".into(), chat);
+    }
+    match obj.get("text").map(|t| &t["format"]) {
+        Some(f) if f["type"] == "json_schema" => {
+            let schema = json!({"name": f["name"], "schema": f["schema"], "strict": f["strict"]});
+            out.insert(
+                "response_format".into(),
+                json!({"type": "json_schema", "json_schema": schema}),
+            );
+        }
+        Some(f) if f["type"] == "json_object" => {
+            out.insert("response_format".into(), json!({"type": "json_object"}));
+        }
+        _ => {}
+    }
+    for (from, to) in [
+        ("max_output_tokens", "max_tokens"),
+        ("temperature", "temperature"),
+        ("top_p", "top_p"),
+        ("parallel_tool_calls", "parallel_tool_calls"),
+        ("stream", "stream"),
+    ] {
+        if let Some(v) = obj.get(from).filter(|v| !v.is_null()) {
+            out.insert(to.into(), v.clone());
+        }
+    }
+    Ok(Value::Object(out))
+}
+
+fn chat_request(body: &Value) -> Result<ChatRequest, ApiError> {
+    serde_json::from_value(to_chat(body)?).map_err(|e| ApiError::invalid(None, e.to_string()))
+}
+
+/// The ids, times and counts every part of an answer needs.
+struct Reply {
+    id: String,
+    model: String,
+    created: u64,
+    input_tokens: usize,
+    cached_tokens: usize,
+}
+
+impl Reply {
+    fn new(app: &App, run: &Run) -> Self {
+        Self {
+            id: format!("resp_{:x}{:04x}", app.created, run.n),
+            model: app.model.clone(),
+            created: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            input_tokens: run.prompt_tokens,
+            cached_tokens: run.cached_tokens,
+        }
+    }
+
+    fn stem(&self) -> &str {
+        self.id.strip_prefix("resp_").unwrap_or(&self.id)
+    }
+
+    fn message_id(&self) -> String {
+        format!("msg_{}", self.stem())
+    }
+
+    /// The output items of a finished reply.
+    fn output(&self, done: &Finished, tools: Option<&Tools>) -> Vec<Value> {
+        match done.outcome(tools) {
+            Outcome::Calls(calls) => calls
+                .iter()
+                .enumerate()
+                .map(|(k, c)| {
+                    json!({"type": "function_call", "id": format!("fc_{}_{k}", self.stem()),
+                           "call_id": format!("call_{}_{k}", self.stem()), "name": c.name,
+                           "arguments": c.arguments.to_string(), "status": "completed"})
+                })
+                .collect(),
+            Outcome::Content(text) => vec![self.message(&text, "completed")],
+        }
+    }
+
+    fn message(&self, text: &str, status: &str) -> Value {
+        json!({"type": "message", "id": self.message_id(), "status": status,
+               "role": "assistant", "content": [part(text)]})
+    }
+
+    /// The `response` object; `done` is `None` while it runs.
+    fn response(&self, output: Vec<Value>, done: Option<&Finished>) -> Value {
+        let (status, details, usage) = match done {
+            None => ("in_progress", Value::Null, Value::Null),
+            Some(d) => {
+                let cut = matches!(d.reason, StopReason::MaxTokens | StopReason::ContextFull);
+                let usage = json!({
+                    "input_tokens": self.input_tokens,
+                    "input_tokens_details": {"cached_tokens": self.cached_tokens},
+                    "output_tokens": d.completion_tokens,
+                    "output_tokens_details": {"reasoning_tokens": 0},
+                    "total_tokens": self.input_tokens + d.completion_tokens,
+                });
+                match cut {
+                    true => ("incomplete", json!({"reason": "max_output_tokens"}), usage),
+                    false => ("completed", Value::Null, usage),
+                }
+            }
+        };
+        json!({
+            "id": self.id,
+            "object": "response",
+            "created_at": self.created,
+            "status": status,
+            "incomplete_details": details,
+            "error": null,
+            "model": self.model,
+            "output": output,
+            "usage": usage,
+        })
+    }
+}
+
+/// An `output_text` part.
+fn part(text: &str) -> Value {
+    json!({"type": "output_text", "text": text, "annotations": []})
+}
+
+/// `POST /v1/responses`.
+pub async fn responses(State(app): State<Arc<App>>, Body(body): Body<Value>) -> Response {
+    let mut run = match chat_request(&body) {
+        Ok(req) => match Run::start(&app, &req).await {
+            Ok(run) => run,
+            Err(e) => return error(e),
+        },
+        Err(e) => return error(e),
+    };
+    let reply = Reply::new(&app, &run);
+    if run.stream {
+        return streamed(reply, run);
+    }
+    match run.finish().await {
+        Ok(done) => {
+            let output = reply.output(&done, run.tools.as_deref());
+            Json(reply.response(output, Some(&done))).into_response()
+        }
+        Err(e) => error(e),
+    }
+}
+
+/// Numbers the events of one stream.
+struct Sequence(u64);
+
+impl Sequence {
+    fn next(&mut self, mut v: Value) -> Value {
+        v["sequence_number"] = json!(self.0);
+        self.0 += 1;
+        v
+    }
+}
+
+/// The answer as the Responses API's events. Without tools, text goes out
+/// as it comes, in one message; with tools, the reply is read once whole
+/// (it may be a call) and its items go out at the end.
+fn streamed(reply: Reply, run: Run) -> Response {
+    let tools = run.tools.clone();
+    let mut seq = Sequence(0);
+    let first = vec![
+        seq.next(json!({"type": "response.created", "response": reply.response(Vec::new(), None)})),
+        seq.next(
+            json!({"type": "response.in_progress", "response": reply.response(Vec::new(), None)}),
+        ),
+    ];
+    let (mut text, mut open) = (String::new(), false);
+    let item = reply.message_id();
+    adapter::stream(run, first, move |e| {
+        let mut out = Vec::new();
+        let ended = match e {
+            Some(Event::Text { text: piece, .. }) => {
+                if tools.is_none() && !piece.is_empty() {
+                    if !open {
+                        open = true;
+                        out.push(
+                            json!({"type": "response.output_item.added", "output_index": 0,
+                                        "item": reply.message("", "in_progress")}),
+                        );
+                        out.push(
+                            json!({"type": "response.content_part.added", "item_id": item,
+                                        "output_index": 0, "content_index": 0,
+                                        "part": part("")}),
+                        );
+                    }
+                    out.push(
+                        json!({"type": "response.output_text.delta", "item_id": item,
+                                    "output_index": 0, "content_index": 0, "delta": piece}),
+                    );
+                }
+                text.push_str(&piece);
+                false
+            }
+            Some(Event::Done {
+                reason,
+                completion_tokens,
+                stop_word,
+            }) => {
+                let done = Finished {
+                    text: std::mem::take(&mut text),
+                    reason,
+                    completion_tokens,
+                    stop_word,
+                };
+                let output = reply.output(&done, tools.as_deref());
+                for (index, it) in output.iter().enumerate() {
+                    if tools.is_some() || !open {
+                        out.push(json!({"type": "response.output_item.added",
+                                        "output_index": index, "item": it}));
+                    }
+                    if it["type"] == "function_call" {
+                        out.push(json!({"type": "response.function_call_arguments.delta",
+                            "item_id": it["id"], "output_index": index, "delta": it["arguments"]}));
+                        out.push(json!({"type": "response.function_call_arguments.done",
+                            "item_id": it["id"], "output_index": index,
+                            "arguments": it["arguments"]}));
+                    } else {
+                        let t = &it["content"][0]["text"];
+                        out.push(json!({"type": "response.output_text.done", "item_id": item,
+                            "output_index": index, "content_index": 0, "text": t}));
+                        out.push(
+                            json!({"type": "response.content_part.done", "item_id": item,
+                            "output_index": index, "content_index": 0,
+                            "part": it["content"][0]}),
+                        );
+                    }
+                    out.push(
+                        json!({"type": "response.output_item.done", "output_index": index,
+                                    "item": it}),
+                    );
+                }
+                let kind = match reply.response(Vec::new(), Some(&done))["status"].as_str() {
+                    Some("incomplete") => "response.incomplete",
+                    _ => "response.completed",
+                };
+                out.push(json!({"type": kind, "response": reply.response(output, Some(&done))}));
+                true
+            }
+            Some(Event::Failed(e)) => {
+                out.push(
+                    json!({"type": "error", "code": null, "message": e.message, "param": null}),
+                );
+                true
+            }
+            _ => {
+                out.push(
+                    json!({"type": "error", "code": null, "message": stopped().message,
+                                "param": null}),
+                );
+                true
+            }
+        };
+        (out.into_iter().map(|v| seq.next(v)).collect(), ended)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Instructions, messages of parts, an earlier call and its output,
+    /// tools, tool_choice, the text format and the sampling fields become
+    /// the chat request they mean.
+    #[test]
+    fn requests_read_as_chat_completions() {
+        let body = json!({
+            "model": "x", "instructions": "Be brief.", "max_output_tokens": 50,
+            "temperature": 0.5, "stream": true, "store": false,
+            "input": [
+                {"role": "user", "content": [{"type": "input_text", "text": "Weather?"}]},
+                {"type": "reasoning", "summary": []},
+                {"type": "function_call", "call_id": "c1", "name": "w", "arguments": "{}"},
+                {"type": "function_call", "call_id": "c2", "name": "w", "arguments": "{\"a\":1}"},
+                {"type": "function_call_output", "call_id": "c1", "output": "rain"},
+                {"type": "message", "role": "assistant",
+                 "content": [{"type": "output_text", "text": "It rains."}]},
+            ],
+            "tools": [{"type": "function", "name": "w", "parameters": {"type": "object"}}],
+            "tool_choice": {"type": "function", "name": "w"},
+            "text": {"format": {"type": "json_schema", "name": "r", "schema": {"type": "object"},
+                                "strict": true}},
+        });
+        let want = json!({
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Weather?"},
+                {"role": "assistant", "content": null, "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "w", "arguments": "{}"}},
+                    {"id": "c2", "type": "function",
+                     "function": {"name": "w", "arguments": "{\"a\":1}"}}]},
+                {"role": "tool", "tool_call_id": "c1", "content": "rain"},
+                {"role": "assistant", "content": "It rains."},
+            ],
+            "tools": [{"type": "function",
+                       "function": {"name": "w", "parameters": {"type": "object"}}}],
+            "tool_choice": {"type": "function", "function": {"name": "w"}},
+            "response_format": {"type": "json_schema", "json_schema":
+                {"name": "r", "schema": {"type": "object"}, "strict": true}},
+            "max_tokens": 50, "temperature": 0.5, "stream": true,
+        });
+        assert_eq!(to_chat(&body).unwrap(), want);
+        assert_eq!(chat_request(&body).unwrap().messages.len(), 5);
+        let plain = to_chat(&json!({"input": "Hi"})).unwrap();
+        assert_eq!(
+            plain["messages"],
+            json!([{"role": "user", "content": "Hi"}])
+        );
+    }
+
+    #[test]
+    fn what_cannot_be_read_is_refused_by_name() {
+        for (body, param) in [
+            (
+                json!({"input": "x", "previous_response_id": "resp_1"}),
+                "previous_response_id",
+            ),
+            (json!({"max_output_tokens": 3}), "input"),
+            (json!({"input": [{"type": "file_search_call"}]}), "input"),
+            (
+                json!({"input": [{"role": "user", "content": [{"type": "input_image"}]}]}),
+                "input",
+            ),
+            (
+                json!({"input": "x", "tools": [{"type": "web_search"}]}),
+                "tools",
+            ),
+            (
+                json!({"input": "x", "tool_choice": {"type": "mcp"}}),
+                "tool_choice",
+            ),
+        ] {
+            let e = to_chat(&body).unwrap_err();
+            assert_eq!(e.param, Some(param), "{body}: {}", e.message);
+        }
+    }
+}
