@@ -56,6 +56,10 @@ pub enum CacheType {
     F32,
     /// 16-bit floats (half the memory; llama.cpp's default).
     F16,
+    /// ggml's Q8_0 (8.5 bits a value, about a quarter of f32's memory; the
+    /// CPU backend's).
+    #[value(name = "q8_0")]
+    Q8_0,
 }
 
 impl CacheType {
@@ -64,6 +68,7 @@ impl CacheType {
         match self {
             Self::F32 => "f32",
             Self::F16 => "f16",
+            Self::Q8_0 => "q8_0",
         }
     }
 }
@@ -73,6 +78,7 @@ impl From<CacheType> for realm_core::backend::KvDtype {
         match c {
             CacheType::F32 => Self::F32,
             CacheType::F16 => Self::F16,
+            CacheType::Q8_0 => Self::Q8_0,
         }
     }
 }

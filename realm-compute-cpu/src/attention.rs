@@ -1,13 +1,22 @@
 //! KV cache and causal attention.
 //!
-//! The cache is f32 or f16, one region per `[layer][kv_head]`. Values are
-//! laid out `[position][head_dim]`; keys in tiles of [`KEY_TILE`] positions,
+//! The cache is f32, f16 or Q8_0, one region per `[layer][kv_head]`. Values
+//! are laid out `[position][head_dim]`; keys in tiles of [`KEY_TILE`] positions,
 //! `[tile][head_dim][8]`, so that one vector load holds dimension `d` of 8
 //! keys and a score needs no horizontal sum: each (query, key) score is
 //! `s = fma(q[d], k[d], s)` over `d` in order, in one lane. Each (token,
 //! head) pair is computed by one thread from its query and the cache alone:
 //! scores, an exact two-pass softmax, then values weighted in position
 //! order, the same arithmetic whether the token comes alone or in a batch.
+//!
+//! A Q8_0 cache keeps the same layouts in signed bytes, with one f16 scale
+//! per 32 dimensions of a position: keys' scales `[tile][block][8]`,
+//! values' `[position][block]`. The AVX2 kernels dequantize each row in
+//! registers (exactly: an f16 scale times a byte fits an f32) before the
+//! FMAs the f32 cache's rows get; the scalar path dequantizes what the
+//! call's tokens see, once per call, into the workspace and runs the f32
+//! code. Either way attention gives what an f32 cache holding the
+//! dequantized values gives, bit for bit.
 
 use half::f16;
 use rayon::prelude::*;
@@ -16,13 +25,29 @@ use realm_core::backend::{
     KvDtype, KvSpan,
 };
 
+use realm_core::quant::blocks::QK;
+use realm_core::quant::quantize_block_q8_0;
+
 use crate::{CpuBackend, CpuWorkspace, Isa};
 
 /// Keys and values in the cache's element type.
 #[derive(Debug, Clone)]
 enum Store {
-    F32 { k: Vec<f32>, v: Vec<f32> },
-    F16 { k: Vec<f16>, v: Vec<f16> },
+    F32 {
+        k: Vec<f32>,
+        v: Vec<f32>,
+    },
+    F16 {
+        k: Vec<f16>,
+        v: Vec<f16>,
+    },
+    /// Bytes where the others hold values, and the blocks' scales.
+    Q8 {
+        k: Vec<i8>,
+        v: Vec<i8>,
+        ks: Vec<f16>,
+        vs: Vec<f16>,
+    },
 }
 
 /// Keys and values of every layer of one sequence.
@@ -31,6 +56,10 @@ pub struct CpuKvCache {
     cfg: KvCacheConfig,
     store: Store,
 }
+
+/// Tokens from which a call reads a Q8_0 cache dequantized once for all
+/// of them rather than row by row in registers.
+const FLAT_TOKENS: usize = 16;
 
 /// Positions per key tile.
 pub(crate) const KEY_TILE: usize = 8;
@@ -50,6 +79,18 @@ impl CpuKvCache {
         let cap = self.cfg.max_seq_len.next_multiple_of(KEY_TILE);
         (layer * self.cfg.n_kv_heads + head) * cap * self.cfg.head_dim
     }
+
+    /// Where a head's region of Q8_0 scales starts.
+    fn scale_base(&self, layer: usize, head: usize) -> usize {
+        self.head_base(layer, head) / QK
+    }
+}
+
+/// Offset of the scale of key `pos`, block `b` (of `nb`), in its head's
+/// scales.
+#[inline]
+fn key_scale_at(pos: usize, b: usize, nb: usize) -> usize {
+    (pos / KEY_TILE) * KEY_TILE * nb + b * KEY_TILE + pos % KEY_TILE
 }
 
 /// Offset of key `pos`, dimension `d`, in its head's region.
@@ -85,6 +126,18 @@ pub(crate) fn new_cache(cfg: &KvCacheConfig) -> BackendResult<CpuKvCache> {
         KvDtype::F16 => Store::F16 {
             k: vec![f16::ZERO; len],
             v: vec![f16::ZERO; len],
+        },
+        KvDtype::Q8_0 if !cfg.head_dim.is_multiple_of(QK) => {
+            return Err(BackendError::InvalidParameter {
+                op: OP,
+                what: "a Q8_0 cache needs a head size that is a multiple of 32",
+            })
+        }
+        KvDtype::Q8_0 => Store::Q8 {
+            k: vec![0; len],
+            v: vec![0; len],
+            ks: vec![f16::ZERO; len / QK],
+            vs: vec![f16::ZERO; len / QK],
         },
     };
     Ok(CpuKvCache { cfg: *cfg, store })
@@ -149,6 +202,25 @@ pub(crate) fn kv_write(
                         .zip(vh)
                         .for_each(|(d, &x)| *d = f16::from_f32(x));
                 }
+                Store::Q8 { k, v, ks, vs } => {
+                    let (sb, nb) = (base / QK, hd / QK);
+                    for (b, (kb, vb)) in kh
+                        .as_chunks::<QK>()
+                        .0
+                        .iter()
+                        .zip(vh.as_chunks::<QK>().0)
+                        .enumerate()
+                    {
+                        let kq = quantize_block_q8_0(kb);
+                        for (i, &q) in kq.qs.iter().enumerate() {
+                            k[base + key_at(pos, b * QK + i, hd)] = q;
+                        }
+                        ks[sb + key_scale_at(pos, b, nb)] = kq.d;
+                        let vq = quantize_block_q8_0(vb);
+                        v[at + b * QK..][..QK].copy_from_slice(&vq.qs);
+                        vs[sb + pos * nb + b] = vq.d;
+                    }
+                }
             }
         }
     }
@@ -187,6 +259,16 @@ pub(crate) fn kv_read(
                     vh.iter_mut()
                         .zip(&v[at..at + hd])
                         .for_each(|(x, &y)| *x = y.to_f32());
+                }
+                Store::Q8 { k, v, ks, vs } => {
+                    let (sb, nb) = (base / QK, hd / QK);
+                    for (d, x) in kh.iter_mut().enumerate() {
+                        let scale = ks[sb + key_scale_at(pos, d / QK, nb)].to_f32();
+                        *x = scale * f32::from(k[base + key_at(pos, d, hd)]);
+                    }
+                    for (d, x) in vh.iter_mut().enumerate() {
+                        *x = vs[sb + pos * nb + d / QK].to_f32() * f32::from(v[at + d]);
+                    }
                 }
             }
         }
@@ -276,15 +358,93 @@ fn check_params(
     Ok(n)
 }
 
-/// `body` with `k` and `v` bound to the cache's keys and values, whichever
-/// their element type.
-macro_rules! with_store {
-    ($cache:expr, |$k:ident, $v:ident| $body:expr) => {
-        match &$cache.store {
-            Store::F32 { k: $k, v: $v } => $body,
-            Store::F16 { k: $k, v: $v } => $body,
+/// Where attention reads keys and values: the cache, or (for a Q8_0
+/// cache) its visible part dequantized, per head `kspan` values of key
+/// tiles from tile `t0` and `vspan` values from position `p0`.
+enum Source<'a> {
+    Cache(&'a CpuKvCache),
+    Flat {
+        k: &'a [f32],
+        v: &'a [f32],
+        t0: usize,
+        p0: usize,
+        kspan: usize,
+        vspan: usize,
+    },
+}
+
+/// Dequantizes the key tiles from `t0` and the values from position `p0`
+/// up to position `end` of every head of `layer` of a Q8_0 cache into
+/// `buf`, in the f32 cache's layouts: the [`Source::Flat`] over them.
+fn dequantize_layer<'b>(
+    cache: &CpuKvCache,
+    layer: usize,
+    p0: usize,
+    end: usize,
+    buf: &'b mut Vec<f32>,
+) -> Source<'b> {
+    let cfg = &cache.cfg;
+    let hd = cfg.head_dim;
+    let nb = hd / QK;
+    let t0 = p0 / KEY_TILE;
+    let tile = KEY_TILE * hd;
+    let kspan = (end.div_ceil(KEY_TILE) - t0) * tile;
+    let vspan = (end - p0) * hd;
+    buf.clear();
+    buf.resize(cfg.n_kv_heads * (kspan + vspan), 0.0);
+    let (kbuf, vbuf) = buf.split_at_mut(cfg.n_kv_heads * kspan);
+    if let Store::Q8 { k, v, ks, vs } = &cache.store {
+        for h in 0..cfg.n_kv_heads {
+            let base = cache.head_base(layer, h);
+            let sb = cache.scale_base(layer, h);
+            let kh = &mut kbuf[h * kspan..][..kspan];
+            for (t, kt) in (t0..).zip(kh.chunks_exact_mut(tile)) {
+                let bytes = &k[base + t * tile..][..tile];
+                let scales = &ks[sb + t * KEY_TILE * nb..][..KEY_TILE * nb];
+                // Each block's 32 dimensions of the tile's 8 keys.
+                for ((out, q), s) in kt
+                    .chunks_exact_mut(QK * KEY_TILE)
+                    .zip(bytes.chunks_exact(QK * KEY_TILE))
+                    .zip(scales.chunks_exact(KEY_TILE))
+                {
+                    let s: [f32; KEY_TILE] = std::array::from_fn(|i| s[i].to_f32());
+                    for (out, q) in out
+                        .as_chunks_mut::<KEY_TILE>()
+                        .0
+                        .iter_mut()
+                        .zip(q.as_chunks::<KEY_TILE>().0)
+                    {
+                        for i in 0..KEY_TILE {
+                            out[i] = s[i] * f32::from(q[i]);
+                        }
+                    }
+                }
+            }
+            let vh = &mut vbuf[h * vspan..][..vspan];
+            for (p, vp) in (p0..end).zip(vh.chunks_exact_mut(hd)) {
+                let bytes = &v[base + p * hd..][..hd];
+                let scales = &vs[sb + p * nb..][..nb];
+                for ((o, q), &s) in vp
+                    .chunks_exact_mut(QK)
+                    .zip(bytes.chunks_exact(QK))
+                    .zip(scales)
+                {
+                    let s = s.to_f32();
+                    for (o, &q) in o.iter_mut().zip(q) {
+                        *o = s * f32::from(q);
+                    }
+                }
+            }
         }
-    };
+    }
+    Source::Flat {
+        k: kbuf,
+        v: vbuf,
+        t0,
+        p0,
+        kspan,
+        vspan,
+    }
 }
 
 /// Attention for `q.len() / head_dim` consecutive query heads of one token
@@ -293,7 +453,7 @@ macro_rules! with_store {
 #[allow(clippy::too_many_arguments)]
 fn group_attention(
     isa: Isa,
-    cache: &CpuKvCache,
+    src: &Source<'_>,
     layer: usize,
     kv_head: usize,
     pos: usize,
@@ -304,43 +464,92 @@ fn group_attention(
 ) {
     let hd = p.head_dim;
     let lo = p.sliding_window.map_or(0, |w| (pos + 1).saturating_sub(w));
-    let base = cache.head_base(layer, kv_head);
     // The key tiles that hold positions `lo..=pos`, and the values.
     let (t_lo, t_hi) = (lo / KEY_TILE, (pos + 1).div_ceil(KEY_TILE));
-    let keys = base + t_lo * KEY_TILE * hd..base + t_hi * KEY_TILE * hd;
     let skip = lo - t_lo * KEY_TILE;
-    let values = base + lo * hd..base + (pos + 1) * hd;
-    #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2 {
-        let done = with_store!(cache, |k, v| crate::avx2::attend_group(
-            &k[keys.clone()],
-            skip,
-            &v[values.clone()],
-            hd,
-            q,
-            p.scale,
-            p.softcap,
-            scores,
-            out,
-        ));
-        if done {
-            return;
+    match *src {
+        Source::Cache(cache) => {
+            let base = cache.head_base(layer, kv_head);
+            let keys = base + t_lo * KEY_TILE * hd..base + t_hi * KEY_TILE * hd;
+            let values = base + lo * hd..base + (pos + 1) * hd;
+            match &cache.store {
+                Store::F32 { k, v } => attend(isa, &k[keys], skip, &v[values], q, p, scores, out),
+                Store::F16 { k, v } => attend(isa, &k[keys], skip, &v[values], q, p, scores, out),
+                // Dequantized in registers (AVX2; other CPUs read a Q8_0
+                // cache as its dequantized `Flat` source).
+                #[cfg(target_arch = "x86_64")]
+                Store::Q8 { k, v, ks, vs } => {
+                    let sb = cache.scale_base(layer, kv_head);
+                    let nb = hd / QK;
+                    let rows = crate::avx2::Q8Rows {
+                        k: &k[keys],
+                        ks: &ks[sb + t_lo * KEY_TILE * nb..sb + t_hi * KEY_TILE * nb],
+                        v: &v[values],
+                        vs: &vs[sb + lo * nb..sb + (pos + 1) * nb],
+                    };
+                    let (n_tiles, len) = (t_hi - t_lo, pos + 1 - lo);
+                    crate::avx2::attend_group_q8(
+                        rows, n_tiles, skip, len, hd, q, p.scale, p.softcap, scores, out,
+                    );
+                }
+                #[cfg(not(target_arch = "x86_64"))]
+                Store::Q8 { .. } => {}
+            }
+        }
+        Source::Flat {
+            k,
+            v,
+            t0,
+            p0,
+            kspan,
+            vspan,
+        } => {
+            let kb = kv_head * kspan;
+            let vb = kv_head * vspan;
+            let keys = &k[kb + (t_lo - t0) * KEY_TILE * hd..kb + (t_hi - t0) * KEY_TILE * hd];
+            let values = &v[vb + (lo - p0) * hd..vb + (pos + 1 - p0) * hd];
+            attend(isa, keys, skip, values, q, p, scores, out);
         }
     }
+}
+
+/// Attention of the query heads `q` over key tiles (the first `skip`
+/// positions not visible) and values, in any float element type.
+#[allow(clippy::too_many_arguments)]
+fn attend<T: Element>(
+    isa: Isa,
+    ktiles: &[T],
+    skip: usize,
+    values: &[T],
+    q: &[f32],
+    p: &AttentionParams,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    let hd = p.head_dim;
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2
+        && crate::avx2::attend_group(ktiles, skip, values, hd, q, p.scale, p.softcap, scores, out)
+    {
+        return;
+    }
     let _ = isa;
-    let scores = &mut scores[..pos + 1 - lo];
+    let scores = &mut scores[..values.len() / hd];
     for (qh, oh) in q.chunks_exact(hd).zip(out.chunks_exact_mut(hd)) {
-        with_store!(cache, |k, v| weigh(
-            &k[keys.clone()],
-            skip,
-            &v[values.clone()],
-            qh,
-            p,
-            scores,
-            oh
-        ));
+        weigh(ktiles, skip, values, qh, p, scores, oh);
     }
 }
+
+/// An element type attention reads keys and values in.
+#[cfg(target_arch = "x86_64")]
+trait Element: crate::avx2::FloatSimd + Into<f32> {}
+#[cfg(target_arch = "x86_64")]
+impl<T: crate::avx2::FloatSimd + Into<f32>> Element for T {}
+/// An element type attention reads keys and values in.
+#[cfg(not(target_arch = "x86_64"))]
+trait Element: Copy + Into<f32> {}
+#[cfg(not(target_arch = "x86_64"))]
+impl<T: Copy + Into<f32>> Element for T {}
 
 /// Score slots per head for a query that sees up to `ctx` positions: whole
 /// tiles, plus one for a window that starts inside a tile.
@@ -411,7 +620,11 @@ pub(crate) fn attention(
     // Several tokens: the query heads sharing a key/value head go together
     // (each head's arithmetic is the same either way), so each key and
     // value is loaded once for all of them.
-    let g = if n > 1 && be.isa == Isa::Avx2 {
+    // A Q8_0 cache's rows are dequantized in registers: one token's heads
+    // that share them go together too, so each row is dequantized once for
+    // all of them.
+    let q8 = matches!(cache.store, Store::Q8 { .. });
+    let g = if (n > 1 || q8) && be.isa == Isa::Avx2 {
         group
     } else {
         1
@@ -432,6 +645,18 @@ pub(crate) fn attention(
         ws.scores.resize(n_chunks * span, 0.0);
     }
     let isa = be.isa;
+    // A Q8_0 cache: what the call's tokens see, dequantized once for all,
+    // for many tokens (a prefill chunk, where each row is read by every
+    // token) or without AVX2; else the kernels dequantize in registers.
+    let src = match cache.store {
+        Store::Q8 { .. } if be.isa != Isa::Avx2 || n >= FLAT_TOKENS => {
+            let first = p
+                .sliding_window
+                .map_or(0, |w| (start_pos + 1).saturating_sub(w));
+            dequantize_layer(cache, layer, first, ctx, &mut ws.kv)
+        }
+        _ => Source::Cache(cache),
+    };
     let run = |c: usize, o: &mut [f32], scores: &mut [f32]| {
         for (i, oh) in o.chunks_exact_mut(g * hd).enumerate() {
             let pair = (c * per_chunk + i) * g;
@@ -439,7 +664,7 @@ pub(crate) fn attention(
             let qh = &q[pair * hd..(pair + g) * hd];
             group_attention(
                 isa,
-                cache,
+                &src,
                 layer,
                 h / group,
                 start_pos + t,

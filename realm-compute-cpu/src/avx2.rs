@@ -1810,6 +1810,120 @@ fn weigh_all<T: FloatSimd, const G: usize, const D: usize>(
     }
 }
 
+/// A Q8_0 cache's keys and values of one head (see
+/// [`crate::attention`]): key bytes in tiles with their scales
+/// `[tile][block][8]`, value bytes `[position][head_dim]` with their scales
+/// `[position][block]`, from the first tile and value the call sees.
+#[derive(Clone, Copy)]
+pub(crate) struct Q8Rows<'a> {
+    pub k: &'a [i8],
+    pub ks: &'a [f16],
+    pub v: &'a [i8],
+    pub vs: &'a [f16],
+}
+
+/// Eight signed bytes as f32 lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn bytes8(b: &[i8; 8]) -> __m256 {
+    let x = i64::from_le_bytes(bytemuck::cast(*b));
+    _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_cvtsi64_si128(x)))
+}
+
+/// [`tile_scores`] over Q8_0 key tiles: each key row dequantized in
+/// registers (its 8 bytes times their 8 scales, exact in f32), then the
+/// same FMAs in the same order, so the scores are those of an f32 cache
+/// holding the dequantized keys.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn tile_scores_q8<const H: usize, const TT: usize>(
+    src: Q8Rows<'_>,
+    hd: usize,
+    q: [&[f32]; H],
+    t0: usize,
+    scores: &mut [f32],
+    stride: usize,
+) {
+    let (tile, nb) = (8 * hd, hd / 32);
+    let rows: [&[[i8; 8]]; TT] = std::array::from_fn(|j| {
+        let t = &src.k[(t0 + j) * tile..(t0 + j + 1) * tile];
+        &t.as_chunks::<8>().0[..hd]
+    });
+    let scales: [&[[f16; 8]]; TT] = std::array::from_fn(|j| {
+        let s = &src.ks[(t0 + j) * 8 * nb..(t0 + j + 1) * 8 * nb];
+        &s.as_chunks::<8>().0[..nb]
+    });
+    let q = q.map(|s| &s[..hd]);
+    let mut acc = [[_mm256_setzero_ps(); TT]; H];
+    for d0 in (0..hd).step_by(32) {
+        let sc: [__m256; TT] =
+            std::array::from_fn(|j| _mm256_cvtph_ps(bytemuck::cast(scales[j][d0 / 32])));
+        for d in d0..d0 + 32 {
+            let kv: [__m256; TT] =
+                std::array::from_fn(|j| _mm256_mul_ps(bytes8(&rows[j][d]), sc[j]));
+            for (a, qh) in acc.iter_mut().zip(&q) {
+                let qb = _mm256_set1_ps(qh[d]);
+                for (aj, kj) in a.iter_mut().zip(&kv) {
+                    *aj = _mm256_fmadd_ps(qb, *kj, *aj);
+                }
+            }
+        }
+    }
+    for (h, a) in acc.iter().enumerate() {
+        for (j, aj) in a.iter().enumerate() {
+            let at = h * stride + 8 * (t0 + j);
+            let o: &mut [f32; 8] = (&mut scores[at..at + 8]).try_into().expect("8 scores");
+            *o = bytemuck::cast(*aj);
+        }
+    }
+}
+
+/// [`weigh_values`] over Q8_0 values: each row's 8 bytes times their
+/// block's scale (exact in f32), then the same FMAs in the same order.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn weigh_values_q8<const G: usize, const D: usize>(
+    src: Q8Rows<'_>,
+    hd: usize,
+    scores: [&[f32]; G],
+    inv: [f32; G],
+    d0: usize,
+    out: &mut [f32],
+) {
+    let nb = hd / 32;
+    let mut acc = [[_mm256_setzero_ps(); D]; G];
+    let len = scores[0].len();
+    for p in 0..len {
+        let (v8, _) = src.v[p * hd + d0..p * hd + d0 + 8 * D].as_chunks::<8>();
+        let s = &src.vs[p * nb..(p + 1) * nb];
+        let vv: [__m256; D] = std::array::from_fn(|k| {
+            let scale = _mm256_set1_ps(s[(d0 + 8 * k) / 32].to_f32());
+            _mm256_mul_ps(bytes8(&v8[k]), scale)
+        });
+        for (a, sh) in acc.iter_mut().zip(&scores) {
+            let sp = _mm256_set1_ps(sh[p]);
+            for (ak, vk) in a.iter_mut().zip(&vv) {
+                *ak = _mm256_fmadd_ps(sp, *vk, *ak);
+            }
+        }
+    }
+    for (h, a) in acc.iter().enumerate() {
+        let scale = _mm256_set1_ps(inv[h]);
+        for (k, ak) in a.iter().enumerate() {
+            let at = h * hd + d0 + 8 * k;
+            let o: &mut [f32; 8] = (&mut out[at..at + 8]).try_into().expect("8 outputs");
+            *o = bytemuck::cast(_mm256_mul_ps(*ak, scale));
+        }
+    }
+}
+
+/// The keys and values [`attend_heads`] reads: floats, or Q8_0 bytes.
+#[derive(Clone, Copy)]
+enum Rows<'a, T> {
+    Float { ktiles: &'a [T], values: &'a [T] },
+    Q8(Q8Rows<'a>),
+}
+
 /// Scores and weighted values for `G` heads: `q` and `out` hold them back
 /// to back, `scores` their score rows `stride` apart, of which positions
 /// `skip..skip + len` are the visible ones.
@@ -1817,8 +1931,8 @@ fn weigh_all<T: FloatSimd, const G: usize, const D: usize>(
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn attend_heads<T: FloatSimd, const G: usize, const TT: usize, const D: usize>(
-    ktiles: &[T],
-    values: &[T],
+    rows: Rows<'_, T>,
+    len: usize,
     hd: usize,
     q: &[f32],
     scores: &mut [f32],
@@ -1827,14 +1941,45 @@ fn attend_heads<T: FloatSimd, const G: usize, const TT: usize, const D: usize>(
     post: &dyn Fn(&mut [f32]) -> f32,
     out: &mut [f32],
 ) {
-    let len = values.len() / hd;
     let qh: [&[f32]; G] = std::array::from_fn(|h| &q[h * hd..(h + 1) * hd]);
-    all_tile_scores::<T, G, TT>(ktiles, hd, qh, stride / 8, scores, stride);
+    let n_tiles = stride / 8;
+    match rows {
+        Rows::Float { ktiles, .. } => {
+            all_tile_scores::<T, G, TT>(ktiles, hd, qh, n_tiles, scores, stride)
+        }
+        Rows::Q8(src) => {
+            let mut t = 0;
+            while t + TT <= n_tiles {
+                tile_scores_q8::<G, TT>(src, hd, qh, t, scores, stride);
+                t += TT;
+            }
+            while t < n_tiles {
+                tile_scores_q8::<G, 1>(src, hd, qh, t, scores, stride);
+                t += 1;
+            }
+        }
+    }
     let mut inv = [0.0f32; G];
     for (h, iv) in inv.iter_mut().enumerate() {
         *iv = 1.0 / post(&mut scores[h * stride + skip..h * stride + skip + len]);
     }
     let sc: [&[f32]; G] = std::array::from_fn(|h| &scores[h * stride + skip..][..len]);
+    let values = match rows {
+        Rows::Float { values, .. } => values,
+        Rows::Q8(src) => {
+            // (Q8_0 heads are whole blocks of 32: no columns are left over.)
+            let mut d = 0;
+            while d + 8 * D <= hd {
+                weigh_values_q8::<G, D>(src, hd, sc, inv, d, out);
+                d += 8 * D;
+            }
+            while d < hd {
+                weigh_values_q8::<G, 1>(src, hd, sc, inv, d, out);
+                d += 8;
+            }
+            return;
+        }
+    };
     weigh_all::<T, G, D>(values, hd, sc, inv, out);
     let full = hd / 8 * 8;
     for d in full..hd {
@@ -1849,9 +1994,9 @@ fn attend_heads<T: FloatSimd, const G: usize, const TT: usize, const D: usize>(
 }
 
 /// Causal attention of `g` query heads that share one key/value head, at
-/// one position: `q` and `out` hold the `g` heads back to back; `ktiles`
-/// the key tiles that cover the visible positions, of which the first
-/// `skip` positions are not visible; `values` the visible positions' values;
+/// one position: `q` and `out` hold the `g` heads back to back; `rows` the
+/// key tiles that cover the visible positions, of which the first `skip`
+/// positions are not visible, and the `len` visible positions' values;
 /// `scores` at least `g` times the tiles' positions. Each head's result
 /// depends only on its own query (never on `g`): raw scores as
 /// [`tile_scores`] computes them, scaled and soft-capped, the shared
@@ -1860,9 +2005,10 @@ fn attend_heads<T: FloatSimd, const G: usize, const TT: usize, const D: usize>(
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn attend_group_impl<T: FloatSimd>(
-    ktiles: &[T],
+    rows: Rows<'_, T>,
+    n_tiles: usize,
     skip: usize,
-    values: &[T],
+    len: usize,
     hd: usize,
     q: &[f32],
     scale: f32,
@@ -1870,7 +2016,7 @@ fn attend_group_impl<T: FloatSimd>(
     scores: &mut [f32],
     out: &mut [f32],
 ) {
-    let stride = ktiles.len() / hd;
+    let stride = n_tiles * 8;
     let post = |s: &mut [f32]| {
         for v in s.iter_mut() {
             let raw = *v * scale;
@@ -1890,7 +2036,7 @@ fn attend_group_impl<T: FloatSimd>(
         let sc = &mut scores[h0 * stride..(h0 + gh) * stride];
         macro_rules! run {
             ($g:literal, $tt:literal, $d:literal) => {
-                attend_heads::<T, $g, $tt, $d>(ktiles, values, hd, qg, sc, stride, skip, &post, o)
+                attend_heads::<T, $g, $tt, $d>(rows, len, hd, qg, sc, stride, skip, &post, o)
             };
         }
         match gh {
@@ -1902,7 +2048,8 @@ fn attend_group_impl<T: FloatSimd>(
     }
 }
 
-/// [`attend_group_impl`], or `false` when the CPU lacks the features.
+/// [`attend_group_impl`] over float keys and values, or `false` when the
+/// CPU lacks the features.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn attend_group<T: FloatSimd>(
     ktiles: &[T],
@@ -1918,8 +2065,36 @@ pub(crate) fn attend_group<T: FloatSimd>(
     if !available() {
         return false;
     }
+    let (n_tiles, len) = (ktiles.len() / (8 * hd), values.len() / hd);
+    let rows = Rows::Float { ktiles, values };
     // SAFETY: the CPU supports avx2, fma and f16c (checked just above).
-    unsafe { attend_group_impl(ktiles, skip, values, hd, q, scale, softcap, scores, out) };
+    unsafe { attend_group_impl(rows, n_tiles, skip, len, hd, q, scale, softcap, scores, out) };
+    true
+}
+
+/// [`attend_group_impl`] over a Q8_0 cache's keys and values (`len`
+/// visible positions, in `n_tiles` key tiles), or `false` when the CPU
+/// lacks the features. The results are bit for bit those of an f32 cache
+/// holding the dequantized values.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attend_group_q8(
+    src: Q8Rows<'_>,
+    n_tiles: usize,
+    skip: usize,
+    len: usize,
+    hd: usize,
+    q: &[f32],
+    scale: f32,
+    softcap: Option<f32>,
+    scores: &mut [f32],
+    out: &mut [f32],
+) -> bool {
+    if !available() || !hd.is_multiple_of(32) {
+        return false;
+    }
+    let rows = Rows::<f32>::Q8(src);
+    // SAFETY: the CPU supports avx2, fma and f16c (checked just above).
+    unsafe { attend_group_impl(rows, n_tiles, skip, len, hd, q, scale, softcap, scores, out) };
     true
 }
 

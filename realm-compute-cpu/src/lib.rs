@@ -227,6 +227,8 @@ pub struct CpuWorkspace {
     q8: Vec<act::BlockQ8x32>,
     q8k: Vec<act::BlockQ8K>,
     scores: Vec<f32>,
+    /// A Q8_0 cache's visible keys and values, dequantized for one call.
+    kv: Vec<f32>,
     rope: ops::RopeCache,
 }
 

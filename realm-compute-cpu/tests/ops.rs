@@ -157,6 +157,70 @@ proptest! {
     }
 }
 
+proptest! {
+    /// A Q8_0 cache holds ggml's Q8_0 blocks of what was written (what it
+    /// reads back is their dequantized values, and writing those again
+    /// changes nothing), and attends bit for bit as an f32 cache holding
+    /// those values does: scalar and AVX2, one thread or two, grouped
+    /// heads, windows, soft-caps.
+    #[test]
+    fn q8_0_cache_attends_as_f32_over_its_values(n_kv in 1usize..3, group in 1usize..5, blocks in 1usize..4, past in 0usize..40, n in 1usize..20, window in proptest::option::of(1usize..30), softcap in proptest::option::of(1f32..50.0), threads in 1usize..3, scalar in any::<bool>(), seed in any::<u64>()) {
+        let mut rng = Rng::new(seed);
+        let hd = 32 * blocks;
+        let n_heads = n_kv * group;
+        let total = past + n;
+        let width = n_kv * hd;
+        let cfg = |dtype| KvCacheConfig { n_layers: 2, n_kv_heads: n_kv, head_dim: hd, max_seq_len: total + 3, dtype };
+        let b = if scalar { backend(Isa::Scalar, threads).unwrap() } else { be(threads) };
+        let at = KvSpan { layer: 1, start_pos: 0 };
+        let mut q8 = b.kv_cache(&cfg(KvDtype::Q8_0)).unwrap();
+        let k = rng.f32s(total * width, -1.0, 1.0);
+        let v = rng.f32s(total * width, -1.0, 1.0);
+        b.kv_write(&mut b.workspace(), &mut q8, at, &k, &v, 0..total).unwrap();
+        let round = |x: &[f32]| -> Vec<f32> {
+            x.as_chunks::<32>().0.iter().flat_map(|c| {
+                let mut out = [0f32; 32];
+                realm_core::quant::dequantize_block_q8_0(&realm_core::quant::quantize_block_q8_0(c), &mut out);
+                out
+            }).collect()
+        };
+        let (mut kr, mut vr) = (vec![0.0; k.len()], vec![0.0; v.len()]);
+        b.kv_read(&q8, 1, 0..total, &mut kr, &mut vr).unwrap();
+        prop_assert_eq!(&kr, &round(&k));
+        prop_assert_eq!(&vr, &round(&v));
+        let mut again = b.kv_cache(&cfg(KvDtype::Q8_0)).unwrap();
+        b.kv_write(&mut b.workspace(), &mut again, at, &kr, &vr, 0..total).unwrap();
+        let (mut k2, mut v2) = (vec![0.0; k.len()], vec![0.0; v.len()]);
+        b.kv_read(&again, 1, 0..total, &mut k2, &mut v2).unwrap();
+        prop_assert!(k2 == kr && v2 == vr);
+        let mut f32s = b.kv_cache(&cfg(KvDtype::F32)).unwrap();
+        b.kv_write(&mut b.workspace(), &mut f32s, at, &kr, &vr, 0..total).unwrap();
+        let q = rng.f32s(n * n_heads * hd, -1.0, 1.0);
+        let p = AttentionParams { n_heads, n_kv_heads: n_kv, head_dim: hd, scale: 1.0 / (hd as f32).sqrt(), sliding_window: window, softcap };
+        let attend = |cache| {
+            let mut out = vec![0.0; q.len()];
+            b.attention(&mut b.workspace(), cache, KvSpan { layer: 1, start_pos: past }, &q, 0..n, &p, &mut out).unwrap();
+            out
+        };
+        let (got, want) = (attend(&q8), attend(&f32s));
+        prop_assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()));
+    }
+}
+
+/// A Q8_0 cache needs heads of whole blocks.
+#[test]
+fn q8_0_caches_need_heads_of_32() {
+    let cfg = KvCacheConfig {
+        n_layers: 1,
+        n_kv_heads: 1,
+        head_dim: 48,
+        max_seq_len: 8,
+        dtype: KvDtype::Q8_0,
+    };
+    let err = be(1).kv_cache(&cfg).unwrap_err();
+    assert!(err.to_string().contains("multiple of 32"), "{err}");
+}
+
 /// A workspace reused across calls (its cached angles) gives the results of
 /// a fresh one, whatever the order of settings and positions.
 #[test]

@@ -160,7 +160,7 @@ impl AttentionOps for GpuBackend {
         if n == 0 {
             return Ok(());
         }
-        let dt = dtype_of(cfg.dtype);
+        let dt = dtype_of(cfg.dtype)?;
         // In a static step the positions come from the device: a scatter
         // along the position axis, with every row's index spread over its
         // heads and values.
@@ -868,7 +868,7 @@ impl GpuBackend {
                 (made.0, made.1, len, made.2)
             }
         };
-        let dt = dtype_of(cfg.dtype);
+        let dt = dtype_of(cfg.dtype)?;
         let recording = ws.recording();
         let attend = || -> candle_core::Result<Tensor> {
             let width = p.n_heads * hd;

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use candle_core::{DType, Device, Tensor};
 use realm_core::backend::{BackendError, BackendResult, KvCacheConfig, KvDtype};
+use realm_core::GgmlType;
 
 use crate::{dev_err, product};
 
@@ -41,9 +42,13 @@ pub(crate) struct KvBlock {
 }
 
 impl KvBlock {
-    fn new(device: &Device, cfg: &KvCacheConfig, slots: usize) -> candle_core::Result<Self> {
+    fn new(
+        device: &Device,
+        cfg: &KvCacheConfig,
+        dt: DType,
+        slots: usize,
+    ) -> candle_core::Result<Self> {
         let shape = (2, slots, cfg.n_kv_heads, cfg.max_seq_len, cfg.head_dim);
-        let dt = dtype_of(cfg.dtype);
         let mut kv = Vec::with_capacity(cfg.n_layers);
         let mut k = Vec::with_capacity(cfg.n_layers);
         let mut v = Vec::with_capacity(cfg.n_layers);
@@ -78,11 +83,16 @@ impl KvBlock {
     }
 }
 
-/// The element type of a cache.
-pub(crate) fn dtype_of(d: KvDtype) -> DType {
+/// The element type of a cache: f32 or f16 (this backend keeps no Q8_0
+/// caches; [`KvPool::cache`] refuses them).
+pub(crate) fn dtype_of(d: KvDtype) -> BackendResult<DType> {
     match d {
-        KvDtype::F32 => DType::F32,
-        KvDtype::F16 => DType::F16,
+        KvDtype::F32 => Ok(DType::F32),
+        KvDtype::F16 => Ok(DType::F16),
+        KvDtype::Q8_0 => Err(BackendError::UnsupportedType {
+            op: "kv_cache",
+            dtype: GgmlType::Q8_0,
+        }),
     }
 }
 
@@ -160,6 +170,7 @@ impl KvPool {
     /// [`MAX_SLOTS`]).
     pub(crate) fn cache(&self, device: &Device, cfg: &KvCacheConfig) -> BackendResult<GpuKvCache> {
         const OP: &str = "kv_cache";
+        let dt = dtype_of(cfg.dtype)?;
         if cfg.n_layers == 0 || cfg.n_kv_heads == 0 || cfg.head_dim == 0 || cfg.max_seq_len == 0 {
             return Err(BackendError::InvalidParameter {
                 op: OP,
@@ -198,7 +209,8 @@ impl KvPool {
             None => {
                 let slots = live.clamp(1, MAX_SLOTS);
                 product(OP, "cache size overflows", all, slots)?;
-                let block = Arc::new(KvBlock::new(device, &storage, slots).map_err(dev_err(OP))?);
+                let block =
+                    Arc::new(KvBlock::new(device, &storage, dt, slots).map_err(dev_err(OP))?);
                 blocks.push(Arc::downgrade(&block));
                 let slot = block.take().ok_or(BackendError::InvalidParameter {
                     op: OP,

@@ -580,6 +580,11 @@ pub enum KvDtype {
     /// 16-bit floats: half the memory, keys and values rounded to f16 (as
     /// llama.cpp's default cache).
     F16,
+    /// ggml's Q8_0: each 32 values of a head's keys or values as one f16
+    /// scale and 32 signed bytes (8.5 bits a value, about a quarter of
+    /// f32's memory), as llama.cpp's `--cache-type-k q8_0`. The head size
+    /// must be a multiple of 32.
+    Q8_0,
 }
 
 /// Parameters of one attention call.

@@ -37,10 +37,14 @@ fn shift_state(
 ) -> Vec<u8> {
     let c = model.config();
     let n = u32::from_le_bytes(state[33..37].try_into().unwrap()) as usize;
-    let f32s = state[32] == 0;
-    let size = if f32s { 4 } else { 2 };
+    let kind = state[32];
     let width = c.n_kv_heads * c.head_dim;
-    let row = width * size;
+    // A row's bytes: f32s, f16s, or Q8_0 blocks of 32.
+    let row = match kind {
+        0 => width * 4,
+        1 => width * 2,
+        _ => width / 32 * 34,
+    };
     let kept = n - discard;
     let mut out = state[..33].to_vec();
     out.extend_from_slice(&(kept as u32).to_le_bytes());
@@ -48,19 +52,37 @@ fn shift_state(
     out.extend_from_slice(&ids[..4 * keep]);
     out.extend_from_slice(&ids[4 * (keep + discard)..]);
     let mut at = 37 + 4 * n;
-    let get = |b: &[u8]| -> f32 {
-        if f32s {
-            f32::from_le_bytes(b.try_into().unwrap())
-        } else {
-            half::f16::from_le_bytes(b.try_into().unwrap()).to_f32()
+    let decode = |r: &[u8]| -> Vec<f32> {
+        match kind {
+            0 => r
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                .collect(),
+            1 => r
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes(b.try_into().unwrap()).to_f32())
+                .collect(),
+            _ => r
+                .chunks_exact(34)
+                .flat_map(|b| {
+                    let d = half::f16::from_le_bytes([b[0], b[1]]).to_f32();
+                    b[2..].iter().map(move |&q| d * f32::from(q as i8))
+                })
+                .collect(),
         }
     };
-    let put = |out: &mut Vec<u8>, x: f32| {
-        if f32s {
-            out.extend_from_slice(&x.to_le_bytes());
-        } else {
-            out.extend_from_slice(&half::f16::from_f32(x).to_le_bytes());
-        }
+    let encode = |out: &mut Vec<u8>, x: &[f32]| match kind {
+        0 => x
+            .iter()
+            .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        1 => x
+            .iter()
+            .for_each(|v| out.extend_from_slice(&half::f16::from_f32(*v).to_le_bytes())),
+        _ => x.as_chunks::<32>().0.iter().for_each(|c| {
+            let q = realm_core::quant::quantize_block_q8_0(c);
+            out.extend_from_slice(&q.d.to_le_bytes());
+            out.extend(q.qs.iter().map(|&v| v as u8));
+        }),
     };
     let half_dims = c.rope_dims / 2;
     for layer in 0..c.n_layers {
@@ -71,7 +93,7 @@ fn shift_state(
                 if (keep..keep + discard).contains(&t) {
                     continue;
                 }
-                let mut x: Vec<f32> = r.chunks_exact(size).map(get).collect();
+                let mut x = decode(r);
                 if is_key && t >= keep + discard {
                     let base = f64::from(c.layer_rope_base(layer));
                     for head in x.chunks_exact_mut(c.head_dim) {
@@ -90,7 +112,7 @@ fn shift_state(
                         }
                     }
                 }
-                x.into_iter().for_each(|v| put(&mut out, v));
+                encode(&mut out, &x);
             }
         }
     }
@@ -114,7 +136,7 @@ fn shifted_sessions_decode_as_the_tests_own_shift() {
         };
         let ids = text(&tok, held + 4);
         let (prompt, next) = ids.split_at(held);
-        for dtype in [KvDtype::F32, KvDtype::F16] {
+        for dtype in [KvDtype::F32, KvDtype::F16, KvDtype::Q8_0] {
             let mut s = model.session_with_kv(held + 8, 64, dtype).unwrap();
             model.forward(&mut s, prompt).unwrap();
             let mut state = Vec::new();

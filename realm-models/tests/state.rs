@@ -31,7 +31,7 @@ fn restored_sessions_decode_as_if_never_stopped() {
         let prompt = tok
             .encode("The capital of France is a city called", true, false)
             .unwrap();
-        for dtype in [KvDtype::F32, KvDtype::F16] {
+        for dtype in [KvDtype::F32, KvDtype::F16, KvDtype::Q8_0] {
             let mut s = model.session_with_kv(256, 16, dtype).unwrap();
             let mut logits = model.forward(&mut s, &prompt).unwrap().to_vec();
             let mut saved = Vec::new();
@@ -40,10 +40,15 @@ fn restored_sessions_decode_as_if_never_stopped() {
                 let c = model.config();
                 c.n_kv_heads * c.head_dim * c.n_layers * 2
             };
-            let size = if dtype == KvDtype::F32 { 4 } else { 2 };
+            // Bytes per 32 values.
+            let size = match dtype {
+                KvDtype::F32 => 128,
+                KvDtype::F16 => 64,
+                KvDtype::Q8_0 => 34,
+            };
             assert_eq!(
                 saved.len(),
-                37 + 4 * prompt.len() + width * prompt.len() * size
+                37 + 4 * prompt.len() + width * prompt.len() / 32 * size
             );
 
             // Another capacity and batch size: only the tokens matter.

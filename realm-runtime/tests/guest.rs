@@ -328,28 +328,30 @@ fn a_caller_that_stops_reading_cancels_the_guest() {
 /// A runtime whose tenants keep f16 KV caches generates what a native
 /// session with an f16 cache does.
 #[test]
-fn tenants_with_f16_kv_caches_generate_as_natively() {
+fn tenants_with_f16_and_q8_0_kv_caches_generate_as_natively() {
     let Some(path) = common::smollm2() else {
         return;
     };
-    let runtime = Runtime::new(RuntimeConfig {
-        kv_dtype: KvDtype::F16,
-        ..RuntimeConfig::default()
-    })
-    .unwrap();
-    assert_eq!(runtime.models().kv_dtype(), KvDtype::F16);
-    let id = runtime.load_model(&path).unwrap();
-    let mut tenant = runtime
-        .tenant(&common::guest_wasm(), TenantConfig::new(vec![id]))
+    for kv_dtype in [KvDtype::F16, KvDtype::Q8_0] {
+        let runtime = Runtime::new(RuntimeConfig {
+            kv_dtype,
+            ..RuntimeConfig::default()
+        })
         .unwrap();
-    let req = request(SamplingParams::greedy(), false);
-    let (want, n) = native_with_kv(&path, &req, KvDtype::F16);
-    let mut streamed = String::new();
-    let stats = tenant
-        .generate(PROMPT, &req, |t| streamed.push_str(t))
-        .unwrap();
-    assert_eq!(streamed, want);
-    assert_eq!(stats.generated_tokens as usize, n);
+        assert_eq!(runtime.models().kv_dtype(), kv_dtype);
+        let id = runtime.load_model(&path).unwrap();
+        let mut tenant = runtime
+            .tenant(&common::guest_wasm(), TenantConfig::new(vec![id]))
+            .unwrap();
+        let req = request(SamplingParams::greedy(), false);
+        let (want, n) = native_with_kv(&path, &req, kv_dtype);
+        let mut streamed = String::new();
+        let stats = tenant
+            .generate(PROMPT, &req, |t| streamed.push_str(t))
+            .unwrap();
+        assert_eq!(streamed, want, "{kv_dtype:?}");
+        assert_eq!(stats.generated_tokens as usize, n);
+    }
 }
 
 #[test]

@@ -11,20 +11,25 @@
 //! | 4 | version (1) |
 //! | 8 | the model's [`Model::fingerprint`] |
 //! | 4, 4, 4 | layers, KV heads, values per head |
-//! | 1 | element type: 0 f32, 1 f16 (the cache's) |
+//! | 1 | element type: 0 f32, 1 f16, 2 Q8_0 (the cache's) |
 //! | 4 | tokens `n` |
 //! | 4 `n` | their ids |
 //! | per layer | `n` rows of keys, then `n` rows of values (KV heads × values per head each) |
 //!
 //! Keys are stored as the cache holds them, rotated. Restoring writes them
 //! back through the backend, bit for bit, so that the session then gives
-//! the logits it would have given had it never stopped.
+//! the logits it would have given had it never stopped. A Q8_0 cache's
+//! rows are stored as ggml's Q8_0 blocks (each 32 values of a head one f16
+//! scale and 32 bytes): quantizing the values the cache gives back makes
+//! the blocks it holds again, so its states restore bit for bit too.
 
 use std::io::{Read, Write};
 
 use half::f16;
 use realm_core::backend::{Backend, KvDtype, KvSpan};
 use realm_core::gguf::Gguf;
+use realm_core::quant::blocks::QK;
+use realm_core::quant::{dequantize_block_q8_0, quantize_block_q8_0};
 
 use super::{Model, Session};
 use crate::{Error, Result};
@@ -124,6 +129,7 @@ impl<B: Backend> Model<'_, B> {
         head.push(match session.kv_dtype {
             KvDtype::F32 => 0,
             KvDtype::F16 => 1,
+            KvDtype::Q8_0 => 2,
         });
         head.extend_from_slice(&(n as u32).to_le_bytes());
         tokens
@@ -144,6 +150,12 @@ impl<B: Backend> Model<'_, B> {
                     KvDtype::F16 => x
                         .iter()
                         .for_each(|e| bytes.extend_from_slice(&f16::from_f32(*e).to_le_bytes())),
+                    // (A Q8_0 cache's heads are whole blocks.)
+                    KvDtype::Q8_0 => x.as_chunks::<QK>().0.iter().for_each(|b| {
+                        let q = quantize_block_q8_0(b);
+                        bytes.extend_from_slice(&q.d.to_le_bytes());
+                        bytes.extend(q.qs.iter().map(|&v| v as u8));
+                    }),
                 }
                 w.write_all(&bytes).map_err(io_err)?;
             }
@@ -193,6 +205,7 @@ impl<B: Backend> Model<'_, B> {
         let dtype = match head[32] {
             0 => KvDtype::F32,
             1 => KvDtype::F16,
+            2 => KvDtype::Q8_0,
             t => return Err(state_err(format!("unknown element type {t}"))),
         };
         if dtype != session.kv_dtype {
@@ -221,11 +234,18 @@ impl<B: Backend> Model<'_, B> {
             });
         }
         let width = c.n_kv_heads * c.head_dim;
+        // Bytes per 32 values.
         let size = match dtype {
-            KvDtype::F32 => 4,
-            KvDtype::F16 => 2,
+            KvDtype::F32 => 4 * QK,
+            KvDtype::F16 => 2 * QK,
+            KvDtype::Q8_0 => 2 + QK,
         };
-        let mut bytes = vec![0u8; n * width * size];
+        if !width.is_multiple_of(QK) {
+            return Err(state_err(format!(
+                "{width} values per row are not whole blocks"
+            )));
+        }
+        let mut bytes = vec![0u8; n * width / QK * size];
         let mut rows = [vec![0f32; n * width], vec![0f32; n * width]];
         for layer in 0..c.n_layers {
             for x in rows.iter_mut() {
@@ -237,6 +257,16 @@ impl<B: Backend> Model<'_, B> {
                     KvDtype::F16 => x.iter_mut().zip(bytes.chunks_exact(2)).for_each(|(x, b)| {
                         *x = f16::from_le_bytes([b[0], b[1]]).to_f32();
                     }),
+                    KvDtype::Q8_0 => {
+                        let rows = x.as_chunks_mut::<QK>().0.iter_mut();
+                        for (x, b) in rows.zip(bytes.chunks_exact(2 + QK)) {
+                            let block = realm_core::quant::blocks::BlockQ8_0 {
+                                d: f16::from_le_bytes([b[0], b[1]]),
+                                qs: std::array::from_fn(|i| b[2 + i] as i8),
+                            };
+                            dequantize_block_q8_0(&block, x);
+                        }
+                    }
                 }
             }
             if n == 0 {
