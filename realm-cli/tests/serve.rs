@@ -86,6 +86,28 @@ impl Server {
         serde_json::from_str(&text).unwrap()
     }
 
+    /// The events of a streamed POST whose events are named by their
+    /// data's `type` (Anthropic's and the Responses API's): names and data.
+    fn named_events(&self, path: &str, body: &Value) -> (Vec<String>, Vec<Value>) {
+        let (status, raw) = self.call("POST", path, &body.to_string());
+        assert_eq!(status, 200, "{raw}");
+        let names: Vec<String> = raw
+            .lines()
+            .filter_map(|l| l.strip_prefix("event: "))
+            .map(str::to_string)
+            .collect();
+        let events: Vec<Value> = raw
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .map(|d| serde_json::from_str(d).unwrap())
+            .collect();
+        assert_eq!(names.len(), events.len());
+        for (n, e) in names.iter().zip(&events) {
+            assert_eq!(&e["type"], n.as_str());
+        }
+        (names, events)
+    }
+
     /// The `data:` payloads of a streamed POST.
     fn stream(&self, path: &str, body: &Value) -> Vec<String> {
         let (status, text) = self.call("POST", path, &body.to_string());
@@ -298,21 +320,7 @@ fn anthropic_messages_answer_as_chat_completions() {
     // Streamed: named events, text deltas that add up to the answer.
     let mut streamed = msg.clone();
     streamed["stream"] = json!(true);
-    let (status, raw) = server.call("POST", "/v1/messages", &streamed.to_string());
-    assert_eq!(status, 200, "{raw}");
-    let names: Vec<&str> = raw
-        .lines()
-        .filter_map(|l| l.strip_prefix("event: "))
-        .collect();
-    let events: Vec<Value> = raw
-        .lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .map(|d| serde_json::from_str(d).unwrap())
-        .collect();
-    assert_eq!(names.len(), events.len());
-    for (n, e) in names.iter().zip(&events) {
-        assert_eq!(e["type"], *n);
-    }
+    let (names, events) = server.named_events("/v1/messages", &streamed);
     assert_eq!(names[..2], ["message_start", "content_block_start"]);
     assert_eq!(
         names[names.len() - 3..],
@@ -493,20 +501,9 @@ fn responses_answer_as_chat_completions() {
 
     let mut streamed = ask.clone();
     streamed["stream"] = json!(true);
-    let (status, raw) = server.call("POST", "/v1/responses", &streamed.to_string());
-    assert_eq!(status, 200, "{raw}");
-    let names: Vec<&str> = raw
-        .lines()
-        .filter_map(|l| l.strip_prefix("event: "))
-        .collect();
-    let events: Vec<Value> = raw
-        .lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .map(|d| serde_json::from_str(d).unwrap())
-        .collect();
-    assert_eq!(names.len(), events.len());
-    for (i, (n, e)) in names.iter().zip(&events).enumerate() {
-        assert_eq!((&e["type"], &e["sequence_number"]), (&json!(n), &json!(i)));
+    let (names, events) = server.named_events("/v1/responses", &streamed);
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e["sequence_number"], i);
     }
     assert_eq!(
         names[..4],

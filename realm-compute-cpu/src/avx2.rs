@@ -1685,6 +1685,62 @@ fn hmax(v: __m256) -> f32 {
 
 // ---- attention ----------------------------------------------------------------
 
+/// `acc[h][j] += x[h] * rows[j]` for every head and row: one FMA each,
+/// in the order every path keeps (a dimension of the scores, a position of
+/// the weighted values).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn fma_heads<const H: usize, const N: usize>(
+    acc: &mut [[__m256; N]; H],
+    x: [f32; H],
+    rows: &[__m256; N],
+) {
+    for (a, &xh) in acc.iter_mut().zip(&x) {
+        let xb = _mm256_set1_ps(xh);
+        for (aj, rj) in a.iter_mut().zip(rows) {
+            *aj = _mm256_fmadd_ps(xb, *rj, *aj);
+        }
+    }
+}
+
+/// Head `h`'s scores of tile `t0 + j` from `acc[h][j]`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn store_scores<const H: usize, const TT: usize>(
+    acc: &[[__m256; TT]; H],
+    t0: usize,
+    scores: &mut [f32],
+    stride: usize,
+) {
+    for (h, a) in acc.iter().enumerate() {
+        for (j, aj) in a.iter().enumerate() {
+            let at = h * stride + 8 * (t0 + j);
+            let o: &mut [f32; 8] = (&mut scores[at..at + 8]).try_into().expect("8 scores");
+            *o = bytemuck::cast(*aj);
+        }
+    }
+}
+
+/// Head `h`'s outputs `d0 + 8 k..` from `acc[h][k]` times `inv[h]`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn store_values<const G: usize, const D: usize>(
+    acc: &[[__m256; D]; G],
+    inv: [f32; G],
+    hd: usize,
+    d0: usize,
+    out: &mut [f32],
+) {
+    for (h, a) in acc.iter().enumerate() {
+        let scale = _mm256_set1_ps(inv[h]);
+        for (k, ak) in a.iter().enumerate() {
+            let at = h * hd + d0 + 8 * k;
+            let o: &mut [f32; 8] = (&mut out[at..at + 8]).try_into().expect("8 outputs");
+            *o = bytemuck::cast(_mm256_mul_ps(*ak, scale));
+        }
+    }
+}
+
 /// Raw scores of `H` query heads against key tiles `t0..t0 + TT` (see
 /// [`crate::attention::KEY_TILE`]: a tile holds `hd` rows of 8 positions),
 /// written to `scores[h * stride + 8 t..][..8]` for tile `t`. Each (head,
@@ -1712,20 +1768,9 @@ fn tile_scores<T: FloatSimd, const H: usize, const TT: usize>(
     for d in 0..hd {
         // SAFETY: this function is compiled with the features `load8` needs.
         let kv: [__m256; TT] = std::array::from_fn(|j| unsafe { T::load8(&rows[j][d]) });
-        for (a, qh) in acc.iter_mut().zip(&q) {
-            let qb = _mm256_set1_ps(qh[d]);
-            for (aj, kj) in a.iter_mut().zip(&kv) {
-                *aj = _mm256_fmadd_ps(qb, *kj, *aj);
-            }
-        }
+        fma_heads(&mut acc, q.map(|qh| qh[d]), &kv);
     }
-    for (h, a) in acc.iter().enumerate() {
-        for (j, aj) in a.iter().enumerate() {
-            let at = h * stride + 8 * (t0 + j);
-            let o: &mut [f32; 8] = (&mut scores[at..at + 8]).try_into().expect("8 scores");
-            *o = bytemuck::cast(*aj);
-        }
-    }
+    store_scores(&acc, t0, scores, stride);
 }
 
 /// [`tile_scores`] over all `n_tiles` tiles, `TT` at a time, then one at
@@ -1770,21 +1815,9 @@ fn weigh_values<T: FloatSimd, const G: usize, const D: usize>(
         let (v8, _) = v[d0..d0 + 8 * D].as_chunks::<8>();
         // SAFETY: this function is compiled with the features `load8` needs.
         let vv: [__m256; D] = std::array::from_fn(|k| unsafe { T::load8(&v8[k]) });
-        for (a, sh) in acc.iter_mut().zip(&scores) {
-            let sp = _mm256_set1_ps(sh[p]);
-            for (ak, vk) in a.iter_mut().zip(&vv) {
-                *ak = _mm256_fmadd_ps(sp, *vk, *ak);
-            }
-        }
+        fma_heads(&mut acc, scores.map(|sh| sh[p]), &vv);
     }
-    for (h, a) in acc.iter().enumerate() {
-        let scale = _mm256_set1_ps(inv[h]);
-        for (k, ak) in a.iter().enumerate() {
-            let at = h * hd + d0 + 8 * k;
-            let o: &mut [f32; 8] = (&mut out[at..at + 8]).try_into().expect("8 outputs");
-            *o = bytemuck::cast(_mm256_mul_ps(*ak, scale));
-        }
-    }
+    store_values(&acc, inv, hd, d0, out);
 }
 
 /// [`weigh_values`] over all full 8-column chunks: `D` chunks per pass,
@@ -1861,21 +1894,10 @@ fn tile_scores_q8<const H: usize, const TT: usize>(
         for d in d0..d0 + 32 {
             let kv: [__m256; TT] =
                 std::array::from_fn(|j| _mm256_mul_ps(bytes8(&rows[j][d]), sc[j]));
-            for (a, qh) in acc.iter_mut().zip(&q) {
-                let qb = _mm256_set1_ps(qh[d]);
-                for (aj, kj) in a.iter_mut().zip(&kv) {
-                    *aj = _mm256_fmadd_ps(qb, *kj, *aj);
-                }
-            }
+            fma_heads(&mut acc, q.map(|qh| qh[d]), &kv);
         }
     }
-    for (h, a) in acc.iter().enumerate() {
-        for (j, aj) in a.iter().enumerate() {
-            let at = h * stride + 8 * (t0 + j);
-            let o: &mut [f32; 8] = (&mut scores[at..at + 8]).try_into().expect("8 scores");
-            *o = bytemuck::cast(*aj);
-        }
-    }
+    store_scores(&acc, t0, scores, stride);
 }
 
 /// [`weigh_values`] over Q8_0 values: each row's 8 bytes times their
@@ -1900,21 +1922,9 @@ fn weigh_values_q8<const G: usize, const D: usize>(
             let scale = _mm256_set1_ps(s[(d0 + 8 * k) / 32].to_f32());
             _mm256_mul_ps(bytes8(&v8[k]), scale)
         });
-        for (a, sh) in acc.iter_mut().zip(&scores) {
-            let sp = _mm256_set1_ps(sh[p]);
-            for (ak, vk) in a.iter_mut().zip(&vv) {
-                *ak = _mm256_fmadd_ps(sp, *vk, *ak);
-            }
-        }
+        fma_heads(&mut acc, scores.map(|sh| sh[p]), &vv);
     }
-    for (h, a) in acc.iter().enumerate() {
-        let scale = _mm256_set1_ps(inv[h]);
-        for (k, ak) in a.iter().enumerate() {
-            let at = h * hd + d0 + 8 * k;
-            let o: &mut [f32; 8] = (&mut out[at..at + 8]).try_into().expect("8 outputs");
-            *o = bytemuck::cast(_mm256_mul_ps(*ak, scale));
-        }
-    }
+    store_values(&acc, inv, hd, d0, out);
 }
 
 /// The keys and values [`attend_heads`] reads: floats, or Q8_0 bytes.

@@ -10,13 +10,28 @@ use axum::response::sse::{self, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use realm_models::tools::Tools;
 use realm_models::StopReason;
-use serde_json::Value;
+use serde_json::{Map, Value};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::engine::{Event, Input};
 use super::http::{number, stopped, submit, App};
 use super::openai::{ApiError, ChatRequest};
 use super::tools::{self, Outcome};
+
+/// Copies the fields `(from, to)` of `from` that are set into `to` under
+/// their new names.
+pub fn copy_fields(from: &Map<String, Value>, to: &mut Map<String, Value>, names: &[(&str, &str)]) {
+    for (f, t) in names {
+        if let Some(v) = from.get(*f).filter(|v| !v.is_null()) {
+            to.insert((*t).into(), v.clone());
+        }
+    }
+}
+
+/// A chat completion request (OpenAI's JSON, as an adapter made it) read.
+pub fn chat_request(body: Value) -> Result<ChatRequest, ApiError> {
+    serde_json::from_value(body).map_err(|e| ApiError::invalid(None, e.to_string()))
+}
 
 /// One chat request running on the engine, after it started.
 pub struct Run {

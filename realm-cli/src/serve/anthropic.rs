@@ -162,24 +162,21 @@ pub fn to_openai(body: &Value) -> Result<Value, ApiError> {
             out.insert("parallel_tool_calls".into(), json!(false));
         }
     }
-    for (from, to) in [
+    let fields = [
         ("max_tokens", "max_tokens"),
         ("stop_sequences", "stop"),
         ("temperature", "temperature"),
         ("top_p", "top_p"),
         ("top_k", "top_k"),
         ("stream", "stream"),
-    ] {
-        if let Some(v) = obj.get(from).filter(|v| !v.is_null()) {
-            out.insert(to.into(), v.clone());
-        }
-    }
+    ];
+    adapter::copy_fields(obj, &mut out, &fields);
     Ok(Value::Object(out))
 }
 
 /// The request read as a chat completion request.
 fn chat_request(body: &Value) -> Result<ChatRequest, ApiError> {
-    serde_json::from_value(to_openai(body)?).map_err(|e| invalid(e.to_string()))
+    adapter::chat_request(to_openai(body)?)
 }
 
 /// `POST /v1/messages/count_tokens`: `{"input_tokens": N}`, the tokens of

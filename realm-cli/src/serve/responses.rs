@@ -190,22 +190,19 @@ pub fn to_chat(body: &Value) -> Result<Value, ApiError> {
         }
         _ => {}
     }
-    for (from, to) in [
+    let fields = [
         ("max_output_tokens", "max_tokens"),
         ("temperature", "temperature"),
         ("top_p", "top_p"),
         ("parallel_tool_calls", "parallel_tool_calls"),
         ("stream", "stream"),
-    ] {
-        if let Some(v) = obj.get(from).filter(|v| !v.is_null()) {
-            out.insert(to.into(), v.clone());
-        }
-    }
+    ];
+    adapter::copy_fields(obj, &mut out, &fields);
     Ok(Value::Object(out))
 }
 
 fn chat_request(body: &Value) -> Result<ChatRequest, ApiError> {
-    serde_json::from_value(to_chat(body)?).map_err(|e| ApiError::invalid(None, e.to_string()))
+    adapter::chat_request(to_chat(body)?)
 }
 
 /// The ids, times and counts every part of an answer needs.
