@@ -106,6 +106,14 @@ impl Run {
         }
     }
 
+    /// [`Run::start`] for a request an adapter read (or failed to).
+    pub async fn read_and_start(
+        app: &App,
+        req: Result<ChatRequest, ApiError>,
+    ) -> Result<Self, ApiError> {
+        Self::start(app, &req?).await
+    }
+
     /// The next event; `None` when the engine has gone.
     pub async fn next(&mut self) -> Option<Event> {
         match self.early.pop_front() {

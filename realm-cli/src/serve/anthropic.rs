@@ -280,11 +280,8 @@ fn stop_sequence<'a>(done: &'a Finished, why: &str) -> Option<&'a str> {
 
 /// `POST /v1/messages`.
 pub async fn messages(State(app): State<Arc<App>>, Body(body): Body<Value>) -> Response {
-    let mut run = match chat_request(&body) {
-        Ok(req) => match Run::start(&app, &req).await {
-            Ok(run) => run,
-            Err(e) => return error(e),
-        },
+    let mut run = match Run::read_and_start(&app, chat_request(&body)).await {
+        Ok(run) => run,
         Err(e) => return error(e),
     };
     let reply = Reply::new(&app, &run);

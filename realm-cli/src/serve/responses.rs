@@ -296,11 +296,8 @@ fn part(text: &str) -> Value {
 
 /// `POST /v1/responses`.
 pub async fn responses(State(app): State<Arc<App>>, Body(body): Body<Value>) -> Response {
-    let mut run = match chat_request(&body) {
-        Ok(req) => match Run::start(&app, &req).await {
-            Ok(run) => run,
-            Err(e) => return error(e),
-        },
+    let mut run = match Run::read_and_start(&app, chat_request(&body)).await {
+        Ok(run) => run,
         Err(e) => return error(e),
     };
     let reply = Reply::new(&app, &run);
