@@ -24,7 +24,9 @@ the step's logits (the rest taken as -inf), which seeded.bin keeps
 order). For each step it records how near the draw fell to the edge of
 the chosen token's share of the probability; the draw's uniform number
 is recomputed with numpy's MT19937 seeded as std::mt19937 is and checked
-to choose what llama.cpp chose.
+to choose what llama.cpp chose (-1 under a grammar, where a step may draw
+twice: llama.cpp's common sampler draws again from what the grammar
+allows when it refuses the first draw).
 
 Usage: python3 scripts/gen_sampler_fixtures.py [MODELS_DIR]
 """
@@ -106,6 +108,9 @@ SEEDED = [
     # Low targets: steps with one candidate left, where mirostat draws nothing.
     dict(PLAIN, seed=16, mirostat=1, mirostat_tau=2.0),
     dict(PLAIN, seed=17, mirostat=2, mirostat_tau=1.0),
+    # Under a grammar, as common_sampler_sample runs one: the chain's draw,
+    # and when the grammar refuses it, a second draw from what it allows.
+    dict(DEFAULTS, seed=18, temperature=1.0, grammar="root ::= [a-zA-Z ,]*"),
 ]
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "..", "realm-models", "tests", "fixtures", "samplers.json")
@@ -181,6 +186,9 @@ def seeded(L, model, vocab, n_vocab, short, dt, blob):
         ch = chain(L, vocab, n_vocab, c, draw=True)
         for t in prompt:
             L.llama_sampler_accept(ch, t)
+        grammar = c.get("grammar")
+        grmr = grammar and L.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
+        redrawn = 0
         draws = uniforms(c["seed"])
         batch = L.llama_batch_get_one(buf, n)
         tokens, margins, offset, singles = [], [], len(blob), 0
@@ -203,6 +211,35 @@ def seeded(L, model, vocab, n_vocab, short, dt, blob):
             start = (ctypes.addressof(arr.data.contents) - ctypes.addressof(data)) // dt.itemsize
             left = view[start:start + arr.size]
             token = int(left["id"][arr.selected])
+            if grmr:
+                one = (L.llama_token_data * 1)()
+                one[0].id, one[0].logit, one[0].p = token, 1.0, 0.0
+                single = L.llama_token_data_array(one, 1, -1, False)
+                L.llama_sampler_apply(grmr, ctypes.byref(single))
+                if not np.isfinite(one[0].logit):
+                    # Refused: the grammar first, then the chain again.
+                    redrawn += 1
+                    view["id"] = top
+                    view["logit"] = logits[top]
+                    view["p"] = 0
+                    arr = L.llama_token_data_array(data, SEEDED_TOP, -1, False)
+                    L.llama_sampler_apply(grmr, ctypes.byref(arr))
+                    L.llama_sampler_apply(ch, ctypes.byref(arr))
+                    start = (ctypes.addressof(arr.data.contents)
+                             - ctypes.addressof(data)) // dt.itemsize
+                    left = view[start:start + arr.size]
+                    token = int(left["id"][arr.selected])
+                L.llama_sampler_accept(grmr, token)
+                # (Two draws some steps: no one uniform number to check.)
+                next(draws)
+                margins.append(-1.0)
+                tokens.append(token)
+                L.llama_sampler_accept(ch, token)
+                if L.llama_vocab_is_eog(vocab, token):
+                    break
+                buf[0] = token
+                batch = L.llama_batch_get_one(buf, 1)
+                continue
             L.llama_sampler_accept(ch, token)
             # Where the draw fell: the running sum of the probabilities, in
             # the order the draw walked them, against the uniform number.
@@ -222,9 +259,11 @@ def seeded(L, model, vocab, n_vocab, short, dt, blob):
             buf[0] = token
             batch = L.llama_batch_get_one(buf, 1)
         L.llama_sampler_free(ch)
+        if grmr:
+            L.llama_sampler_free(grmr)
         L.llama_free(ctx)
         print(f"{short} seeded {c}: {len(tokens)} tokens, least margin {min(margins):.2e}, "
-              f"{singles} with one candidate")
+              f"{singles} with one candidate, {redrawn} drawn again under the grammar")
         out.append({"model": short, "params": c, "prompt_tokens": prompt, "tokens": tokens,
                     "margins": margins, "offset": offset})
     return out

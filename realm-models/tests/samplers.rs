@@ -14,7 +14,10 @@ mod common;
 use realm_core::catalog::{self, KnownModel};
 use realm_core::tokenizer::Tokenizer;
 use realm_models::sampling::SamplerKind;
-use realm_models::{Mirostat, Sampler, SamplingParams};
+use std::sync::Arc;
+
+use realm_models::generate::{Continuation, Step};
+use realm_models::{GenerateParams, Grammar, Mirostat, Sampler, SamplingParams, StopReason};
 use serde_json::Value;
 
 fn params(p: &Value) -> SamplingParams {
@@ -149,8 +152,19 @@ fn seeded(mm: &KnownModel) {
         assert_eq!(prompt, want_prompt);
         let want: Vec<u32> = serde_json::from_value(g["tokens"].clone()).unwrap();
         let what = format!("{} {}", mm.short_name, g["params"]);
-        let mut sampler = Sampler::with_tokenizer(params(&g["params"]), &tok).unwrap();
-        let mut history = prompt.clone();
+        // Generation's own loop: under a grammar, a refused draw is drawn
+        // again from what the grammar allows, as llama.cpp's common sampler
+        // does.
+        let grammar = g["params"]["grammar"]
+            .as_str()
+            .map(|src| Arc::new(Grammar::parse(src).unwrap()));
+        let gp = GenerateParams {
+            max_tokens: want.len(),
+            sampling: params(&g["params"]),
+            grammar,
+            ..Default::default()
+        };
+        let mut text = Continuation::new(&tok, &prompt, &gp).unwrap();
         let mut at = g["offset"].as_u64().unwrap() as usize;
         for (step, &token) in want.iter().enumerate() {
             let mut logits = vec![f32::NEG_INFINITY; tok.n_vocab()];
@@ -159,18 +173,26 @@ fn seeded(mm: &KnownModel) {
                 logits[id as usize] = f32::from_le_bytes(c[4..].try_into().unwrap());
             }
             at += 8 * top;
-            let ours = sampler.sample(&logits, &history);
+            // The token drawn: generation ends on an end-of-generation
+            // token, and after its last one.
+            let ours = match text.step(&logits).unwrap() {
+                Step::Token { token, .. } => token,
+                Step::End {
+                    reason: StopReason::EndOfGeneration,
+                    ..
+                } if tok.is_eog(token) => token,
+                Step::End { .. } => *text.history().last().unwrap(),
+            };
             assert_eq!(
                 ours,
                 token,
                 "{what}: step {step}, llama.cpp's draw {:.1e} from an edge",
                 g["margins"][step].as_f64().unwrap()
             );
-            history.push(token);
         }
         cases += 1;
     }
-    assert_eq!(cases, 16, "cases for {}", mm.short_name);
+    assert_eq!(cases, 17, "cases for {}", mm.short_name);
 }
 
 #[test]
