@@ -392,6 +392,20 @@ fn anthropic_messages_answer_as_chat_completions() {
         .find_map(|e| e["delta"]["partial_json"].as_str())
         .unwrap();
     assert_eq!(serde_json::from_str::<Value>(json_delta).unwrap(), args);
+    // Under tools, a reply the model writes as text streams as it comes.
+    let mut auto = ask.clone();
+    auto["tool_choice"] = json!({"type": "auto"});
+    let whole = server.post("/v1/messages", &auto);
+    let text = whole["content"][0]["text"].as_str().unwrap();
+    auto["stream"] = json!(true);
+    let (_, events) = server.named_events("/v1/messages", &auto);
+    let deltas: Vec<&str> = events
+        .iter()
+        .filter_map(|e| e["delta"]["text"].as_str())
+        .collect();
+    assert!(deltas.len() > 1, "{events:?}");
+    assert_eq!(deltas.concat(), text);
+
     // The call and its result read back as the chat completion's
     // conversation with them: the same prompt, the same reply.
     let id = block["id"].clone();
@@ -569,6 +583,19 @@ fn responses_answer_as_chat_completions() {
         .find(|e| e["type"] == "response.function_call_arguments.done")
         .unwrap();
     assert_eq!(args["arguments"], want["arguments"]);
+    let mut auto = calling.clone();
+    auto["tool_choice"] = json!("auto");
+    let whole = server.post("/v1/responses", &auto);
+    let text = whole["output"][0]["content"][0]["text"].as_str().unwrap();
+    auto["stream"] = json!(true);
+    let (_, events) = server.named_events("/v1/responses", &auto);
+    let deltas: Vec<&str> = events
+        .iter()
+        .filter(|e| e["type"] == "response.output_text.delta")
+        .filter_map(|e| e["delta"].as_str())
+        .collect();
+    assert!(deltas.len() > 1, "{events:?}");
+    assert_eq!(deltas.concat(), text);
     let follow = json!({"input": [{"role": "user", "content": question}, call,
             {"type": "function_call_output", "call_id": call["call_id"],
              "output": "18 degrees and sunny"}],

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use axum::response::sse::{self, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use realm_models::tools::Tools;
+use realm_models::tools::{streamed_response, Tools};
 use realm_models::StopReason;
 use serde_json::{Map, Value};
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -143,6 +143,69 @@ impl Run {
                 Some(Event::Failed(e)) => return Err(e),
                 _ => return Err(stopped()),
             }
+        }
+    }
+}
+
+/// A reply's text as it streams, and how much of its content has gone
+/// out. Without tools the content is the text; under tools it is the
+/// string response the reply is writing, while it reads as one (as the chat
+/// completion endpoint streams it), and a call goes out whole at the end.
+pub struct Live {
+    tools: Option<Arc<Tools>>,
+    text: String,
+    sent: usize,
+}
+
+impl Live {
+    pub fn new(tools: Option<Arc<Tools>>) -> Self {
+        Self {
+            tools,
+            text: String::new(),
+            sent: 0,
+        }
+    }
+
+    /// Adds a piece of the reply; returns the content it adds, to stream
+    /// now (empty when there is none yet).
+    pub fn push(&mut self, piece: &str) -> String {
+        self.text.push_str(piece);
+        let content = match &self.tools {
+            None => Some(self.text.as_str().into()),
+            Some(_) => streamed_response(&self.text),
+        };
+        match content {
+            Some(c) if c.len() > self.sent => {
+                let new = c[self.sent..].to_string();
+                self.sent = c.len();
+                new
+            }
+            _ => String::new(),
+        }
+    }
+
+    /// Whether any content has gone out.
+    pub fn started(&self) -> bool {
+        self.sent > 0
+    }
+
+    /// The part of the finished reply's `content` that has not gone out.
+    pub fn rest<'a>(&self, content: &'a str) -> &'a str {
+        content.get(self.sent..).unwrap_or("")
+    }
+
+    /// The reply, ended as the engine says.
+    pub fn finish(
+        &mut self,
+        reason: StopReason,
+        completion_tokens: usize,
+        stop_word: Option<String>,
+    ) -> Finished {
+        Finished {
+            text: std::mem::take(&mut self.text),
+            reason,
+            completion_tokens,
+            stop_word,
         }
     }
 }

@@ -24,7 +24,7 @@ use realm_models::tools::Tools;
 use realm_models::StopReason;
 use serde_json::{json, Map, Value};
 
-use super::adapter::{self, Finished, Run};
+use super::adapter::{self, Finished, Live, Run};
 use super::body::Body;
 use super::engine::Event;
 use super::http::{stopped, App};
@@ -319,29 +319,28 @@ fn block_events(index: usize, mut b: Value) -> [Value; 3] {
     ]
 }
 
-/// The answer as Anthropic's events. Without tools, text goes out as it
-/// comes, in one text block; with tools, the reply is read once whole (it
-/// may be a call) and its blocks go out at the end.
+/// The answer as Anthropic's events: its text as it comes, in one text
+/// block (under tools, the string response the reply writes: see
+/// [`Live`]), and at the end what has not gone out (a call's `tool_use`
+/// blocks, whole).
 fn streamed(reply: Reply, run: Run) -> Response {
     let start = json!({"type": "message_start",
                        "message": reply.message(Vec::new(), None, None, 0)});
     let tools = run.tools.clone();
-    let (mut text, mut open) = (String::new(), false);
+    let mut live = Live::new(run.tools.clone());
     adapter::stream(run, vec![start], move |e| match e {
-        Some(Event::Text { text: piece, .. }) if tools.is_some() => {
-            text.push_str(&piece);
-            (Vec::new(), false)
-        }
-        Some(Event::Text { text: piece, .. }) if piece.is_empty() => (Vec::new(), false),
         Some(Event::Text { text: piece, .. }) => {
+            let was = live.started();
+            let new = live.push(&piece);
             let mut out = Vec::new();
-            if !open {
-                open = true;
+            if !new.is_empty() && !was {
                 out.push(json!({"type": "content_block_start", "index": 0,
                                 "content_block": {"type": "text", "text": ""}}));
             }
-            out.push(json!({"type": "content_block_delta", "index": 0,
-                            "delta": {"type": "text_delta", "text": piece}}));
+            if !new.is_empty() {
+                out.push(json!({"type": "content_block_delta", "index": 0,
+                                "delta": {"type": "text_delta", "text": new}}));
+            }
             (out, false)
         }
         Some(Event::Done {
@@ -349,28 +348,28 @@ fn streamed(reply: Reply, run: Run) -> Response {
             completion_tokens,
             stop_word,
         }) => {
-            let done = Finished {
-                text: std::mem::take(&mut text),
-                reason,
-                completion_tokens,
-                stop_word,
-            };
+            let done = live.finish(reason, completion_tokens, stop_word);
+            let (blocks, why) = reply.blocks(&done, tools.as_deref());
             let mut out = Vec::new();
-            let why = match &tools {
-                Some(t) => {
-                    let (blocks, why) = reply.blocks(&done, Some(t));
-                    for (index, b) in blocks.into_iter().enumerate() {
-                        out.extend(block_events(index, b));
-                    }
-                    why
-                }
-                None => {
-                    if open {
+            // The text block that is streaming is block 0; the rest follow.
+            let open = usize::from(live.started());
+            for (k, b) in blocks.into_iter().enumerate() {
+                match (k, b["text"].as_str()) {
+                    (0, Some(t)) if open == 1 => {
+                        let rest = live.rest(t);
+                        if !rest.is_empty() {
+                            out.push(json!({"type": "content_block_delta", "index": 0,
+                                            "delta": {"type": "text_delta", "text": rest}}));
+                        }
                         out.push(json!({"type": "content_block_stop", "index": 0}));
                     }
-                    stop_reason(reason)
+                    (0, _) if open == 1 => {
+                        out.push(json!({"type": "content_block_stop", "index": 0}));
+                        out.extend(block_events(1, b));
+                    }
+                    _ => out.extend(block_events(k + open, b)),
                 }
-            };
+            }
             out.push(json!({"type": "message_delta",
                 "delta": {"stop_reason": why, "stop_sequence": stop_sequence(&done, why)},
                 "usage": {"output_tokens": completion_tokens}}));

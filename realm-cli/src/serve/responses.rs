@@ -25,7 +25,7 @@ use realm_models::tools::Tools;
 use realm_models::StopReason;
 use serde_json::{json, Map, Value};
 
-use super::adapter::{self, Finished, Run};
+use super::adapter::{self, Finished, Live, Run};
 use super::body::Body;
 use super::engine::Event;
 use super::http::{error, stopped, App};
@@ -324,11 +324,13 @@ impl Sequence {
     }
 }
 
-/// The answer as the Responses API's events. Without tools, text goes out
-/// as it comes, in one message; with tools, the reply is read once whole
-/// (it may be a call) and its items go out at the end.
+/// The answer as the Responses API's events: its text as it comes, in one
+/// message (under tools, the string response the reply writes: see
+/// [`Live`]), and at the end what has not gone out (a call's
+/// `function_call` items, whole).
 fn streamed(reply: Reply, run: Run) -> Response {
     let tools = run.tools.clone();
+    let mut live = Live::new(run.tools.clone());
     let mut seq = Sequence(0);
     let first = vec![
         seq.next(json!({"type": "response.created", "response": reply.response(Vec::new(), None)})),
@@ -336,31 +338,31 @@ fn streamed(reply: Reply, run: Run) -> Response {
             json!({"type": "response.in_progress", "response": reply.response(Vec::new(), None)}),
         ),
     ];
-    let (mut text, mut open) = (String::new(), false);
     let item = reply.message_id();
+    // The message's opening events.
+    let opening = |reply: &Reply, index: usize| {
+        [
+            json!({"type": "response.output_item.added", "output_index": index,
+                   "item": reply.message("", "in_progress")}),
+            json!({"type": "response.content_part.added", "item_id": reply.message_id(),
+                   "output_index": index, "content_index": 0, "part": part("")}),
+        ]
+    };
     adapter::stream(run, first, move |e| {
         let mut out = Vec::new();
         let ended = match e {
             Some(Event::Text { text: piece, .. }) => {
-                if tools.is_none() && !piece.is_empty() {
-                    if !open {
-                        open = true;
-                        out.push(
-                            json!({"type": "response.output_item.added", "output_index": 0,
-                                        "item": reply.message("", "in_progress")}),
-                        );
-                        out.push(
-                            json!({"type": "response.content_part.added", "item_id": item,
-                                        "output_index": 0, "content_index": 0,
-                                        "part": part("")}),
-                        );
+                let was = live.started();
+                let new = live.push(&piece);
+                if !new.is_empty() {
+                    if !was {
+                        out.extend(opening(&reply, 0));
                     }
                     out.push(
                         json!({"type": "response.output_text.delta", "item_id": item,
-                                    "output_index": 0, "content_index": 0, "delta": piece}),
+                                    "output_index": 0, "content_index": 0, "delta": new}),
                     );
                 }
-                text.push_str(&piece);
                 false
             }
             Some(Event::Done {
@@ -368,26 +370,29 @@ fn streamed(reply: Reply, run: Run) -> Response {
                 completion_tokens,
                 stop_word,
             }) => {
-                let done = Finished {
-                    text: std::mem::take(&mut text),
-                    reason,
-                    completion_tokens,
-                    stop_word,
-                };
+                let done = live.finish(reason, completion_tokens, stop_word);
                 let output = reply.output(&done, tools.as_deref());
                 for (index, it) in output.iter().enumerate() {
-                    if tools.is_some() || !open {
+                    if it["type"] == "function_call" {
                         out.push(json!({"type": "response.output_item.added",
                                         "output_index": index, "item": it}));
-                    }
-                    if it["type"] == "function_call" {
                         out.push(json!({"type": "response.function_call_arguments.delta",
                             "item_id": it["id"], "output_index": index, "delta": it["arguments"]}));
                         out.push(json!({"type": "response.function_call_arguments.done",
                             "item_id": it["id"], "output_index": index,
                             "arguments": it["arguments"]}));
                     } else {
-                        let t = &it["content"][0]["text"];
+                        let t = it["content"][0]["text"].as_str().unwrap_or_default();
+                        if !live.started() {
+                            out.extend(opening(&reply, index));
+                        }
+                        let rest = live.rest(t);
+                        if !rest.is_empty() {
+                            out.push(
+                                json!({"type": "response.output_text.delta", "item_id": item,
+                                "output_index": index, "content_index": 0, "delta": rest}),
+                            );
+                        }
                         out.push(json!({"type": "response.output_text.done", "item_id": item,
                             "output_index": index, "content_index": 0, "text": t}));
                         out.push(
