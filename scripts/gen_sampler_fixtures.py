@@ -171,17 +171,24 @@ def uniforms(seed):
         yield u if u < 1.0 else np.nextafter(1.0, 0.0)
 
 
+def context_with(L, model, vocab, prompt):
+    """A fresh 256-token context, and `prompt` tokenized (with BOS) into a
+    256-token buffer: (context, buffer, tokens)."""
+    cp = L.llama_context_default_params()
+    cp.n_ctx, cp.n_batch, cp.n_threads, cp.n_threads_batch = 256, 256, 2, 2
+    ctx = L.llama_init_from_model(model, cp)
+    raw = prompt.encode()
+    buf = (L.llama_token * 256)()
+    n = L.llama_tokenize(vocab, raw, len(raw), buf, 256, True, False)
+    return ctx, buf, n
+
+
 def seeded(L, model, vocab, n_vocab, short, dt, blob):
     """llama.cpp's sampled generations for SEEDED on one model; each
     step's candidates are appended to `blob`."""
     out = []
     for c in SEEDED:
-        cp = L.llama_context_default_params()
-        cp.n_ctx, cp.n_batch, cp.n_threads, cp.n_threads_batch = 256, 256, 2, 2
-        ctx = L.llama_init_from_model(model, cp)
-        raw = SEEDED_PROMPT.encode()
-        buf = (L.llama_token * 256)()
-        n = L.llama_tokenize(vocab, raw, len(raw), buf, 256, True, False)
+        ctx, buf, n = context_with(L, model, vocab, SEEDED_PROMPT)
         prompt = [int(t) for t in buf[:n]]
         ch = chain(L, vocab, n_vocab, c, draw=True)
         for t in prompt:
@@ -286,12 +293,7 @@ def main():
         vocab = L.llama_model_get_vocab(model)
         n_vocab = L.llama_vocab_n_tokens(vocab)
         for prompt in PROMPTS:
-            cp = L.llama_context_default_params()
-            cp.n_ctx, cp.n_batch, cp.n_threads, cp.n_threads_batch = 256, 256, 2, 2
-            ctx = L.llama_init_from_model(model, cp)
-            raw = prompt.encode()
-            buf = (L.llama_token * 256)()
-            n = L.llama_tokenize(vocab, raw, len(raw), buf, 256, True, False)
+            ctx, buf, n = context_with(L, model, vocab, prompt)
             assert L.llama_decode(ctx, L.llama_batch_get_one(buf, n)) == 0
             logits = np.ctypeslib.as_array(L.llama_get_logits_ith(ctx, -1), shape=(n_vocab,)).copy()
             L.llama_free(ctx)

@@ -88,9 +88,8 @@ pub fn starts_with_bos(tokenizer: &Tokenizer, text: &str) -> bool {
 
 /// Token ids of `text` rendered by a chat template: special tokens are
 /// parsed, and BOS is added only if the template did not write it.
-pub fn encode_rendered(l: &Loaded, text: &str) -> Result<Vec<u32>> {
-    Ok(l.tokenizer
-        .encode(text, !starts_with_bos(&l.tokenizer, text), true)?)
+pub fn encode_rendered(tokenizer: &Tokenizer, text: &str) -> Result<Vec<u32>> {
+    Ok(tokenizer.encode(text, !starts_with_bos(tokenizer, text), true)?)
 }
 
 /// One user message (after an optional system message) rendered by the
@@ -106,7 +105,7 @@ pub fn render_user_text(l: &Loaded, system: Option<&str>, prompt: &str) -> Resul
 
 /// [`render_user_text`], tokenized, ready to generate.
 pub fn render_user_turn(l: &Loaded, system: Option<&str>, prompt: &str) -> Result<Vec<u32>> {
-    encode_rendered(l, &render_user_text(l, system, prompt)?)
+    encode_rendered(&l.tokenizer, &render_user_text(l, system, prompt)?)
 }
 
 pub fn run(args: &ChatArgs) -> Result<()> {
@@ -160,7 +159,7 @@ fn chat<B: Backend>(args: &ChatArgs, l: &Loaded, backend: &B) -> Result<()> {
             Some(rest) if !in_cache.is_empty() => l.tokenizer.encode(rest, false, true)?,
             _ => {
                 session.truncate(0);
-                encode_rendered(l, &rendered)?
+                encode_rendered(&l.tokenizer, &rendered)?
             }
         };
         if session.position() == 0 {

@@ -415,7 +415,7 @@ fn run_native<B: Backend>(args: &RunArgs, text: &str, l: &load::Loaded, backend:
     } else {
         // Special-token text in the prompt (`<|im_start|>`) is the token,
         // as llama-completion reads a prompt.
-        crate::chat::encode_rendered(l, text)?
+        crate::chat::encode_rendered(&l.tokenizer, text)?
     };
     let ctx = context_len(args.ctx_size, model.config().context_length);
     if prompt.len() >= ctx {

@@ -170,11 +170,12 @@ impl Live {
     /// now (empty when there is none yet).
     pub fn push(&mut self, piece: &str) -> String {
         self.text.push_str(piece);
-        let content = match &self.tools {
-            None => Some(self.text.as_str().into()),
-            Some(_) => streamed_response(&self.text),
-        };
-        match content {
+        if self.tools.is_none() {
+            // The content is the text: the piece itself.
+            self.sent = self.text.len();
+            return piece.to_string();
+        }
+        match streamed_response(&self.text) {
             Some(c) if c.len() > self.sent => {
                 let new = c[self.sent..].to_string();
                 self.sent = c.len();

@@ -185,10 +185,7 @@ pub async fn count_tokens(State(app): State<Arc<App>>, Body(body): Body<Value>) 
     let counted = chat_request(&body).and_then(|req| {
         let (turns, _) = tools::prepare(&req)?;
         let text = super::prompt::render(&app.props.template, &turns)?;
-        let bos = !crate::chat::starts_with_bos(&app.tokenizer, &text);
-        app.tokenizer
-            .encode(&text, bos, true)
-            .map_err(|e| invalid(e.to_string()))
+        crate::chat::encode_rendered(&app.tokenizer, &text).map_err(|e| invalid(e.to_string()))
     });
     match counted {
         Ok(ids) => Json(json!({"input_tokens": ids.len()})).into_response(),
