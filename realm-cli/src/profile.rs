@@ -443,6 +443,20 @@ impl<B: Backend> ActivationOps for Profiled<'_, B> {
     fn scale_inplace(&self, dst: &mut B::Buffer, s: f32, len: usize) -> BackendResult<()> {
         self.time(named("scale"), || self.inner.scale_inplace(dst, s, len))
     }
+    fn add_scaled_rows(
+        &self,
+        dst: &mut B::Buffer,
+        first_row: usize,
+        src: &B::Buffer,
+        n_rows: usize,
+        width: usize,
+        s: f32,
+    ) -> BackendResult<()> {
+        self.time(named("lora_add"), || {
+            self.inner
+                .add_scaled_rows(dst, first_row, src, n_rows, width, s)
+        })
+    }
 }
 
 impl<B: Backend> AttentionOps for Profiled<'_, B> {

@@ -606,6 +606,32 @@ impl ActivationOps for CpuBackend {
         dst.iter_mut().for_each(|d| *d *= s);
         Ok(())
     }
+
+    fn add_scaled_rows(
+        &self,
+        dst: &mut Vec<f32>,
+        first_row: usize,
+        src: &Vec<f32>,
+        n_rows: usize,
+        width: usize,
+        s: f32,
+    ) -> BackendResult<()> {
+        const OP: &str = "add_scaled_rows";
+        let overflow = BackendError::InvalidParameter {
+            op: OP,
+            what: "row offset overflows",
+        };
+        let len = n_rows.checked_mul(width).ok_or(overflow.clone())?;
+        let start = first_row.checked_mul(width).ok_or(overflow.clone())?;
+        let end = start.checked_add(len).ok_or(overflow)?;
+        let src = prefix(OP, "src length", src, len)?;
+        let got = dst.len();
+        let dst = dst
+            .get_mut(start..end)
+            .ok_or(shape_err(OP, "dst length", end, got))?;
+        dst.iter_mut().zip(src).for_each(|(d, &v)| *d += s * v);
+        Ok(())
+    }
 }
 
 /// The CPU runs every step op by op: there are no launches to save.

@@ -554,6 +554,23 @@ pub trait ActivationOps: BackendCore {
     ) -> BackendResult<()>;
     /// `dst *= s`.
     fn scale_inplace(&self, dst: &mut Self::Buffer, s: f32, len: usize) -> BackendResult<()>;
+    /// `dst[first_row + r] += s * src[r]` for each of the first `n_rows`
+    /// rows of `src`, rows of `width` values: a LoRA adapter's product
+    /// added to some rows of a batch (`s * src` rounded, then added, as
+    /// ggml's scale and add).
+    ///
+    /// Guarantees: rows past either buffer's capacity are errors; the
+    /// values of `dst` outside those rows that were defined stay as they
+    /// were.
+    fn add_scaled_rows(
+        &self,
+        dst: &mut Self::Buffer,
+        first_row: usize,
+        src: &Self::Buffer,
+        n_rows: usize,
+        width: usize,
+        s: f32,
+    ) -> BackendResult<()>;
 }
 
 /// Size of a KV cache.

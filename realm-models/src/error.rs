@@ -75,6 +75,10 @@ pub enum Error {
     #[error("session state: {0}")]
     State(String),
 
+    /// A LoRA adapter that cannot be applied to this model.
+    #[error("LoRA adapter: {0}")]
+    Lora(String),
+
     /// Sampling parameters out of range.
     #[error("bad sampling parameter: {0}")]
     BadSampling(String),

@@ -28,6 +28,7 @@ pub mod generate;
 pub mod grammar;
 pub mod logprob;
 pub mod lookup;
+pub mod lora;
 pub mod sampling;
 pub mod synthetic;
 pub mod tools;
@@ -42,4 +43,5 @@ pub use generate::{
 pub use grammar::{Grammar, GrammarError};
 pub use logprob::{Divergence, LogProbs};
 pub use lookup::Lookup;
+pub use lora::{LoraId, LoraInfo};
 pub use sampling::{Mirostat, Sampler, SamplingParams};

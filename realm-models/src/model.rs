@@ -18,6 +18,7 @@ mod state;
 pub use self::shift::ContextShift;
 
 use crate::config::{Architecture, ModelConfig};
+use crate::lora::{self, Dims, Lora, LoraId, LoraInfo, LoraRun, LoraScratch, Product, Target};
 use crate::record::{Recorded, StepKey};
 use crate::{Error, Result};
 
@@ -71,6 +72,13 @@ pub struct Model<'a, B: Backend> {
     layers: Vec<Layer<'a, B>>,
     output_norm: B::Buffer,
     output: B::Weight<'a>,
+    /// Whether the file has its own output matrix (not tied to the
+    /// embeddings): an adapter may change it.
+    has_output: bool,
+    /// LoRA adapters, in the order they were added.
+    loras: Vec<Lora<'a, B>>,
+    /// What a row of their scratch needs.
+    lora_dims: Dims,
 }
 
 fn f32_vec(t: &TensorView<'_>) -> Result<Vec<f32>> {
@@ -196,11 +204,11 @@ impl<'a, B: Backend> Model<'a, B> {
             });
         }
         let embed = weight("token_embd.weight", c.vocab_size, d)?;
-        let output = match file.tensor("output.weight") {
-            Ok(_) => weight("output.weight", c.vocab_size, d)?,
+        let (output, has_output) = match file.tensor("output.weight") {
+            Ok(_) => (weight("output.weight", c.vocab_size, d)?, true),
             // Tied embeddings: the output projection is the embedding table.
             Err(realm_core::Error::TensorNotFound(_)) => {
-                weight("token_embd.weight", c.vocab_size, d)?
+                (weight("token_embd.weight", c.vocab_size, d)?, false)
             }
             Err(e) => return Err(e.into()),
         };
@@ -215,7 +223,70 @@ impl<'a, B: Backend> Model<'a, B> {
             layers,
             output_norm,
             output,
+            has_output,
+            loras: Vec::new(),
+            lora_dims: Dims::default(),
         })
+    }
+
+    /// Adds the LoRA adapter in `file` (llama.cpp's GGUF adapter format,
+    /// as `convert_lora_to_gguf.py` writes it) under `name`, for sessions
+    /// to run with ([`Session::set_loras`]); the model's own weights stay
+    /// as they are. Its matrices may be of any type the backend
+    /// multiplies. Fails, naming the tensor, on an adapter for another
+    /// architecture or shape, a `lora_a` without its `lora_b`, and on what
+    /// Realm does not apply: the token embeddings' LoRA, activated LoRA.
+    pub fn add_lora<S: AsRef<[u8]>>(
+        &mut self,
+        file: &'a Gguf<S>,
+        name: impl Into<String>,
+    ) -> Result<LoraId> {
+        let (adapter, dims) = Lora::load(
+            file,
+            self.backend,
+            &self.config,
+            self.has_output,
+            name.into(),
+        )?;
+        self.loras.push(adapter);
+        self.lora_dims = self.lora_dims.max(dims);
+        Ok(LoraId {
+            model: self.id,
+            index: self.loras.len() - 1,
+        })
+    }
+
+    /// The adapters added to the model, in order, with their ids.
+    pub fn loras(&self) -> impl Iterator<Item = (LoraId, &LoraInfo)> + use<'_, 'a, B> {
+        let model = self.id;
+        self.loras
+            .iter()
+            .enumerate()
+            .map(move |(index, l)| (LoraId { model, index }, &l.info))
+    }
+
+    /// Checks that `set` names adapters of this model, and that `sc` has
+    /// room for their products.
+    fn ready_loras(&self, sc: &mut Scratch<B>, set: &[(LoraId, f32)]) -> Result<()> {
+        if set.is_empty() {
+            return Ok(());
+        }
+        if let Some((id, _)) = set
+            .iter()
+            .find(|(id, _)| id.model != self.id || id.index >= self.loras.len())
+        {
+            return Err(Error::Lora(format!(
+                "adapter {} was not added to this model",
+                id.index()
+            )));
+        }
+        sc.lora = Some(LoraScratch::fit(
+            sc.lora.take(),
+            self.backend,
+            sc.rows,
+            self.lora_dims,
+        )?);
+        Ok(())
     }
 
     /// Values per row of the widest stacked group's products (0: none is
@@ -291,6 +362,7 @@ impl<'a, B: Backend> Model<'a, B> {
             scratch: Scratch::new(self.backend, c, batch, 1, self.stacked_width())?,
             logits: vec![0.0; c.vocab_size],
             logits_on_host: false,
+            loras: Vec::new(),
         })
     }
 
@@ -329,7 +401,8 @@ impl<'a, B: Backend> Model<'a, B> {
         self.check_room(s, tokens.len())?;
         self.check_tokens(tokens)?;
         if let [token] = *tokens {
-            if self.backend.static_steps() {
+            // (A step with adapters runs op by op: recordings hold none.)
+            if self.backend.static_steps() && s.loras.is_empty() {
                 return self.decode_static(s, token);
             }
         }
@@ -476,7 +549,8 @@ impl<'a, B: Backend> Model<'a, B> {
                         // `logits_rows` writes the scratch's logits: lend
                         // it `out`.
                         std::mem::swap(&mut sc.logits, out);
-                        let ran = self.logits_rows(sc, r, n);
+                        let run = lora_run(&s.loras, n);
+                        let ran = self.logits_rows(sc, r, n, run.as_slice());
                         std::mem::swap(&mut sc.logits, out);
                         ran?;
                         &*out
@@ -536,6 +610,7 @@ impl<'a, B: Backend> Model<'a, B> {
         }
         self.check_room(s, n)?;
         self.check_tokens(tokens)?;
+        self.ready_loras(&mut s.scratch, &s.loras)?;
         s.chunk = None;
         let sc = &mut s.scratch;
         sc.positions.clear();
@@ -566,7 +641,8 @@ impl<'a, B: Backend> Model<'a, B> {
             }
         };
         let cache = &mut s.cache;
-        self.layer(&mut s.scratch, chunk.len, layer, |b, a| {
+        let run = lora_run(&s.loras, chunk.len);
+        self.layer(&mut s.scratch, chunk.len, layer, run.as_slice(), |b, a| {
             a.one(b, cache, layer)
         })?;
         let done = layer + 1;
@@ -586,7 +662,8 @@ impl<'a, B: Backend> Model<'a, B> {
         match s.chunk {
             Some(c) if c.logits => Ok(s.logits()),
             Some(c) if c.layers_done == self.layers.len() => {
-                self.logits_rows(&mut s.scratch, c.len - 1, 1)?;
+                let run = lora_run(&s.loras, 1);
+                self.logits_rows(&mut s.scratch, c.len - 1, 1, run.as_slice())?;
                 // Host backends are read in place; others are downloaded once.
                 s.logits_on_host = B::host_slice(&s.scratch.logits).is_none();
                 if s.logits_on_host {
@@ -629,14 +706,18 @@ impl<'a, B: Backend> Model<'a, B> {
         }
         sc.positions.clear();
         sc.tokens.clear();
+        let mut adapted = false;
         for (s, t) in rows.iter() {
             self.check_room(s, 1)?;
             self.check_tokens(&[*t])?;
+            self.ready_loras(sc, &s.loras)?;
+            adapted |= !s.loras.is_empty();
             sc.positions.push(s.pos as u32);
             sc.tokens.push(*t);
         }
         let tokens = std::mem::take(&mut sc.tokens);
-        let ran = if b.static_steps() {
+        // (A step with adapters runs op by op: recordings hold none.)
+        let ran = if b.static_steps() && !adapted {
             // Every row attends over the same span, enough for the furthest.
             let furthest = rows.iter().map(|(s, _)| s.pos + 1).max().unwrap_or(1);
             let longest = rows.iter().map(|(s, _)| s.max_seq_len).max().unwrap_or(1);
@@ -710,9 +791,9 @@ impl<'a, B: Backend> Model<'a, B> {
         let ran = self.run_static(sc, &[s.id], kv_len, |m, sc| {
             m.embed_rows(sc, &[token])?;
             for layer in 0..m.layers.len() {
-                m.layer(sc, 1, layer, |b, a| a.one(b, cache, layer))?;
+                m.layer(sc, 1, layer, &[], |b, a| a.one(b, cache, layer))?;
             }
-            m.logits_rows(sc, 0, 1)
+            m.logits_rows(sc, 0, 1, &[])
         });
         b.end_step(&mut sc.ws);
         ran?;
@@ -811,11 +892,26 @@ impl<'a, B: Backend> Model<'a, B> {
     /// The layers and logits of [`Model::forward_batch`]'s rows, embedded.
     fn batch_body(&self, rows: &mut [(&mut Session<B>, u32)], sc: &mut Scratch<B>) -> Result<()> {
         let n = rows.len();
-        let mut caches: Vec<&mut B::KvCache> = rows.iter_mut().map(|(s, _)| &mut s.cache).collect();
-        for layer in 0..self.layers.len() {
-            self.layer(sc, n, layer, |b, a| a.rows(b, &mut caches, layer))?;
+        let mut caches = Vec::with_capacity(n);
+        // Runs of consecutive rows with the same adapters (none when no
+        // row has any).
+        let mut runs: Vec<LoraRun<'_>> = Vec::new();
+        for (i, (s, _)) in rows.iter_mut().enumerate() {
+            let Session { cache, loras, .. } = &mut **s;
+            caches.push(cache);
+            match runs.last_mut() {
+                Some(run) if run.set == &loras[..] && run.rows.end == i => run.rows.end = i + 1,
+                _ if loras.is_empty() => {}
+                _ => runs.push(LoraRun {
+                    rows: i..i + 1,
+                    set: loras,
+                }),
+            }
         }
-        self.logits_rows(sc, 0, n)
+        for layer in 0..self.layers.len() {
+            self.layer(sc, n, layer, &runs, |b, a| a.rows(b, &mut caches, layer))?;
+        }
+        self.logits_rows(sc, 0, n, &runs)
     }
 
     /// Embeds `tokens` into the first rows of `sc.x`.
@@ -832,11 +928,52 @@ impl<'a, B: Backend> Model<'a, B> {
 
     /// Final norm and output projection of rows `first..first + n` of
     /// `sc.x` into `sc.logits`.
-    fn logits_rows(&self, sc: &mut Scratch<B>, first: usize, n: usize) -> Result<()> {
+    fn logits_rows(
+        &self,
+        sc: &mut Scratch<B>,
+        first: usize,
+        n: usize,
+        runs: &[LoraRun<'_>],
+    ) -> Result<()> {
         self.norm_rows(sc, first, n)?;
         self.backend
             .matmul(&mut sc.ws, &self.output, &sc.xn, n, &mut sc.logits)?;
+        if self.has_output {
+            let (d, vocab) = (self.config.d_model, self.config.vocab_size);
+            let (x, out) = (&sc.xn, &mut sc.logits);
+            self.adapt(
+                &mut sc.ws,
+                &mut sc.lora,
+                runs,
+                None,
+                (x, n, d),
+                (out, vocab),
+            )?;
+        }
         Ok(())
+    }
+
+    /// Adds the LoRA updates of `runs` to a product of matrix `at` (`None`:
+    /// the output matrix): input `x` (`n` rows of `k`), product `out`
+    /// (rows of `m`).
+    fn adapt(
+        &self,
+        ws: &mut B::Workspace,
+        ls: &mut Option<LoraScratch<B>>,
+        runs: &[LoraRun<'_>],
+        at: Option<(usize, Target)>,
+        (x, n, k): (&B::Buffer, usize, usize),
+        (out, m): (&mut B::Buffer, usize),
+    ) -> Result<(), BackendError> {
+        if runs.is_empty() {
+            return Ok(());
+        }
+        let ls = ls.as_mut().ok_or(BackendError::InvalidParameter {
+            op: "lora",
+            what: "no scratch for adapters",
+        })?;
+        let p = Product { x, n, k, out, m };
+        lora::apply(self.backend, ws, ls, &self.loras, runs, at, p)
     }
 
     /// Final norm of rows `first..first + n` of `sc.x` into the first `n`
@@ -861,6 +998,7 @@ impl<'a, B: Backend> Model<'a, B> {
         sc: &mut Scratch<B>,
         n: usize,
         li: usize,
+        runs: &[LoraRun<'_>],
         mut attend: impl FnMut(&B, Attend<'_, B>) -> Result<(), BackendError>,
     ) -> Result<()> {
         let b = self.backend;
@@ -883,6 +1021,14 @@ impl<'a, B: Backend> Model<'a, B> {
             &[c.q_dim(), c.kv_dim(), c.kv_dim()],
             &mut [&mut sc.q, &mut sc.k, &mut sc.v],
         )?;
+        for (t, out, m) in [
+            (Target::Q, &mut sc.q, c.q_dim()),
+            (Target::K, &mut sc.k, c.kv_dim()),
+            (Target::V, &mut sc.v, c.kv_dim()),
+        ] {
+            let x = (&sc.xn, n, d);
+            self.adapt(&mut sc.ws, &mut sc.lora, runs, Some((li, t)), x, (out, m))?;
+        }
         for (out, bias) in [
             (&mut sc.q, &layer.bq),
             (&mut sc.k, &layer.bk),
@@ -934,6 +1080,15 @@ impl<'a, B: Backend> Model<'a, B> {
         };
         attend(b, a)?;
         b.matmul(&mut sc.ws, &layer.wo, &sc.att, n, &mut sc.proj)?;
+        let (x, out) = ((&sc.att, n, c.q_dim()), (&mut sc.proj, d));
+        self.adapt(
+            &mut sc.ws,
+            &mut sc.lora,
+            runs,
+            Some((li, Target::O)),
+            x,
+            out,
+        )?;
         match &layer.post_attn_norm {
             Some(pw) => {
                 let (x, proj, xn) = (&mut sc.x, &mut sc.proj, &mut sc.xn);
@@ -951,11 +1106,24 @@ impl<'a, B: Backend> Model<'a, B> {
             &[ff, ff],
             &mut [&mut sc.gate, &mut sc.up],
         )?;
+        for (t, out) in [(Target::Gate, &mut sc.gate), (Target::Up, &mut sc.up)] {
+            let x = (&sc.xn, n, d);
+            self.adapt(&mut sc.ws, &mut sc.lora, runs, Some((li, t)), x, (out, ff))?;
+        }
         match c.arch {
             Architecture::Gemma3 => b.geglu_inplace(&mut sc.gate, &sc.up, n * ff)?,
             _ => b.swiglu_inplace(&mut sc.gate, &sc.up, n * ff)?,
         }
         b.matmul(&mut sc.ws, &layer.w_down, &sc.gate, n, &mut sc.proj)?;
+        let (x, out) = ((&sc.gate, n, ff), (&mut sc.proj, d));
+        self.adapt(
+            &mut sc.ws,
+            &mut sc.lora,
+            runs,
+            Some((li, Target::Down)),
+            x,
+            out,
+        )?;
         match (self.layers.get(li + 1), &layer.post_ffn_norm) {
             (Some(next), Some(pw)) => {
                 let (x, proj, xn) = (&mut sc.x, &mut sc.proj, &mut sc.xn);
@@ -1063,6 +1231,12 @@ fn project<B: Backend>(
     Ok(())
 }
 
+/// The one run of a single sequence's `n` rows with adapters `set`, if
+/// it has any.
+fn lora_run(set: &[(LoraId, f32)], n: usize) -> Option<LoraRun<'_>> {
+    (!set.is_empty()).then_some(LoraRun { rows: 0..n, set })
+}
+
 /// Cache positions a static step spans are a multiple of this: one
 /// recording of a decode step serves this many positions.
 pub const STEP_SPAN: usize = 256;
@@ -1122,6 +1296,8 @@ struct Scratch<B: Backend> {
     positions: Vec<u32>,
     tokens: Vec<u32>,
     recorded: Recorded<B>,
+    /// Room for LoRA products, made when a call first runs with adapters.
+    lora: Option<LoraScratch<B>>,
 }
 
 impl<B: Backend> Scratch<B> {
@@ -1153,6 +1329,7 @@ impl<B: Backend> Scratch<B> {
             positions: Vec::with_capacity(rows),
             tokens: Vec::with_capacity(rows),
             recorded: Recorded::default(),
+            lora: None,
         })
     }
 
@@ -1241,6 +1418,8 @@ pub struct Session<B: Backend> {
     /// otherwise they are read in place from the backend's host buffer.
     logits: Vec<f32>,
     logits_on_host: bool,
+    /// The LoRA adapters it runs with, and their scales (none 0).
+    loras: Vec<(LoraId, f32)>,
 }
 
 impl<B: Backend> Session<B> {
@@ -1287,5 +1466,21 @@ impl<B: Backend> Session<B> {
             Some(v) if !self.logits_on_host => v,
             _ => &self.logits,
         }
+    }
+
+    /// Runs the next tokens with these LoRA adapters of its model, each
+    /// product scaled by its scale (llama.cpp's `--lora-scaled`; 1 is the
+    /// adapter as trained, 0 leaves it out), in place of those it ran
+    /// with. Tokens already in the cache keep what they were computed
+    /// with. An id of another model is refused at the next forward pass.
+    pub fn set_loras(&mut self, loras: &[(LoraId, f32)]) {
+        self.loras.clear();
+        self.loras
+            .extend(loras.iter().copied().filter(|&(_, s)| s != 0.0));
+    }
+
+    /// The adapters it runs with and their scales.
+    pub fn loras(&self) -> &[(LoraId, f32)] {
+        &self.loras
     }
 }

@@ -376,6 +376,93 @@ impl SyntheticLayout {
     }
 }
 
+/// A LoRA adapter of seeded values for a model file, in llama.cpp's GGUF
+/// adapter format: for tests (`scripts/gen_lora_fixtures.py` writes the
+/// same values for llama.cpp), and to measure what adapters cost.
+///
+/// Value `i` of tensor `name` is `amplitude * u`, `u` the `i + 1`-th
+/// draw in `[-1, 1)` of SplitMix64 seeded with the seed XOR the FNV-1a
+/// hash of the name; `lora_a`'s amplitude is `sqrt(3 / cols)`, so that
+/// `A x` keeps the size of `x`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SyntheticLora {
+    /// The rank of every matrix's update.
+    pub rank: usize,
+    /// `adapter.lora.alpha`.
+    pub alpha: f32,
+    /// The matrices of every block it changes (`attn_q`, `attn_k`,
+    /// `attn_v`, `attn_output`, `ffn_gate`, `ffn_up`, `ffn_down`), and
+    /// `output` for the output matrix.
+    pub targets: Vec<String>,
+    /// Type of the `lora_a` and `lora_b` tensors.
+    pub dtype: GgmlType,
+    /// Largest magnitude of `lora_b`'s values.
+    pub amplitude: f32,
+}
+
+impl SyntheticLora {
+    /// Rank `rank` and alpha `alpha` over every matrix of every block, f16,
+    /// `lora_b` values up to 0.02.
+    pub fn new(rank: usize, alpha: f32) -> Self {
+        Self {
+            rank,
+            alpha,
+            targets: crate::lora::TARGETS.iter().map(|t| t.to_string()).collect(),
+            dtype: GgmlType::F16,
+            amplitude: 0.02,
+        }
+    }
+
+    /// The adapter's GGUF file for the model in `base`.
+    pub fn write<S: AsRef<[u8]>>(&self, base: &Gguf<S>, seed: u64) -> Result<Vec<u8>> {
+        let md = base.metadata();
+        let arch = md.get_str("general.architecture")?;
+        let layers = md.get_u32(&format!("{arch}.block_count"))?;
+        let mut w = GgufWriter::new();
+        let s = |v: &str| MetadataValue::String(v.into());
+        w.set("general.architecture", s(arch));
+        w.set("general.type", s("adapter"));
+        w.set("general.name", s("synthetic lora"));
+        w.set("adapter.type", s("lora"));
+        w.set("adapter.lora.alpha", MetadataValue::F32(self.alpha));
+        let mut names = Vec::new();
+        for i in 0..layers {
+            for t in self.targets.iter().filter(|t| *t != "output") {
+                names.push(format!("blk.{i}.{t}.weight"));
+            }
+        }
+        if self.targets.iter().any(|t| t == "output") {
+            names.push("output.weight".into());
+        }
+        for name in names {
+            let shape = base.tensor(&name)?.shape();
+            let (cols, rows) = (shape[0], shape[1]);
+            let r = self.rank as u64;
+            let a_amp = (3.0 / cols as f32).sqrt();
+            for (half, dims, amp) in [
+                ("lora_a", [cols, r], a_amp),
+                ("lora_b", [r, rows], self.amplitude),
+            ] {
+                let full = format!("{name}.{half}");
+                let n = usize::try_from(dims[0] * dims[1])
+                    .map_err(|_| Error::BadConfig(format!("tensor {full} is too large")))?;
+                let mut rng = SplitMix(seed ^ fnv1a(&full));
+                let values: Vec<f32> = (0..n).map(|_| amp * rng.uniform()).collect();
+                let bytes = quant::quantize_row_to_vec(self.dtype, &values)?;
+                w.add_tensor(&full, self.dtype, &dims, bytes)?;
+            }
+        }
+        Ok(w.to_bytes()?)
+    }
+}
+
+/// The 64-bit FNV-1a hash of `s`'s bytes.
+fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
 fn u32_kv(k: &str, v: u32) -> (String, MetadataValue) {
     (k.to_string(), MetadataValue::U32(v))
 }

@@ -7,9 +7,12 @@ mod common;
 use realm_compute_cpu::CpuBackend;
 use realm_core::backend::KvDtype;
 use realm_core::catalog::{self, KnownModel};
+use realm_core::gguf::Gguf;
 use realm_core::tokenizer::Tokenizer;
+use realm_core::GgmlType;
 use realm_models::sampling::argmax;
-use realm_models::Model;
+use realm_models::synthetic::SyntheticLora;
+use realm_models::{LoraId, Model, Session};
 use serde_json::Value;
 
 /// Largest difference allowed between a logit of ours and llama.cpp's, for
@@ -67,8 +70,19 @@ fn ids(v: &Value) -> Vec<u32> {
 /// worst difference from llama.cpp's top-32 logits at any position, their
 /// sum and count.
 fn decode_path(model: &Model<'_, CpuBackend>, case: &Value, dtype: KvDtype) -> (f32, f64, usize) {
+    decode_with(model, case, dtype, &[])
+}
+
+/// [`decode_path`] with LoRA adapters.
+fn decode_with(
+    model: &Model<'_, CpuBackend>,
+    case: &Value,
+    dtype: KvDtype,
+    loras: &[(LoraId, f32)],
+) -> (f32, f64, usize) {
     let prompt = ids(&case["tokens"]);
     let mut s = model.session_with_kv(512, 64, dtype).unwrap();
+    s.set_loras(loras);
     let (mut worst, mut sum, mut n) = (0f32, 0f64, 0usize);
     for (p, &t) in prompt.iter().enumerate() {
         let logits = model.forward(&mut s, &[t]).unwrap();
@@ -179,35 +193,7 @@ fn check_model(m: &KnownModel) -> Vec<(String, String)> {
             m.short_name
         );
 
-        // Greedy decoding from the prefill, token for token against llama.cpp.
-        let mut next = argmax(&logits);
-        let want = ids(&case["greedy"]);
-        let margins = case["greedy_margins"].as_array().unwrap();
-        let mut got = Vec::new();
-        for (i, &w) in want.iter().enumerate() {
-            got.push(next);
-            if next != w {
-                let margin = margins[i].as_f64().unwrap() as f32;
-                eprintln!(
-                    "{}: greedy diverges at step {i}: ours {next}, llama.cpp {w} (llama.cpp's top-2 margin there: {margin})",
-                    m.short_name
-                );
-                assert!(
-                    margin < 2.0 * logit_tolerance(m),
-                    "divergence at step {i} is not a near tie ({margin})"
-                );
-                break;
-            }
-            if i + 1 < want.len() {
-                next = argmax(model.forward(&mut s, &[next]).unwrap());
-            }
-        }
-        let same = got.iter().zip(&want).take_while(|(a, b)| a == b).count();
-        eprintln!(
-            "{}: greedy {same} of {} tokens identical",
-            m.short_name,
-            want.len()
-        );
+        let got = greedy(m, &model, &mut s, &logits, case);
         eprintln!(
             "{}: mean top-32 logit difference so far {:.4}",
             m.short_name,
@@ -219,6 +205,149 @@ fn check_model(m: &KnownModel) -> Vec<(String, String)> {
         ));
     }
     texts
+}
+
+/// Greedy decoding of `s` from `logits` (its prompt's), token for token
+/// against llama.cpp's continuation in `case`: identical until a near tie.
+fn greedy(
+    m: &KnownModel,
+    model: &Model<'_, CpuBackend>,
+    s: &mut Session<CpuBackend>,
+    logits: &[f32],
+    case: &Value,
+) -> Vec<u32> {
+    let mut next = argmax(logits);
+    let want = ids(&case["greedy"]);
+    let margins = case["greedy_margins"].as_array().unwrap();
+    let mut got = Vec::new();
+    for (i, &w) in want.iter().enumerate() {
+        got.push(next);
+        if next != w {
+            let margin = margins[i].as_f64().unwrap() as f32;
+            eprintln!(
+                "{}: greedy diverges at step {i}: ours {next}, llama.cpp {w} (llama.cpp's top-2 margin there: {margin})",
+                m.short_name
+            );
+            assert!(
+                margin < 2.0 * logit_tolerance(m),
+                "divergence at step {i} is not a near tie ({margin})"
+            );
+            break;
+        }
+        if i + 1 < want.len() {
+            next = argmax(model.forward(s, &[next]).unwrap());
+        }
+    }
+    let same = got.iter().zip(&want).take_while(|(a, b)| a == b).count();
+    eprintln!(
+        "{}: greedy {same} of {} tokens identical",
+        m.short_name,
+        want.len()
+    );
+    got
+}
+
+/// With llama.cpp's LoRA adapters (fixtures/lora.json, made by
+/// scripts/gen_lora_fixtures.py from SyntheticLora's values): the decode
+/// path's logits within the model's tolerance, and greedy text as
+/// llama.cpp's until a near tie. Returns the worst and mean difference.
+fn check_lora(m: &KnownModel) -> Option<(f32, f64)> {
+    let file = common::open(m)?;
+    let fx = fixture("lora");
+    let specs = fx["models"][m.short_name]["adapters"].as_array().unwrap();
+    let adapters: Vec<Vec<u8>> = specs
+        .iter()
+        .map(|a| {
+            let lora = SyntheticLora {
+                rank: a["rank"].as_u64().unwrap() as usize,
+                alpha: a["alpha"].as_f64().unwrap() as f32,
+                targets: a["targets"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|t| t.as_str().unwrap().to_string())
+                    .collect(),
+                dtype: match a["dtype"].as_str().unwrap() {
+                    "f16" => GgmlType::F16,
+                    _ => GgmlType::F32,
+                },
+                amplitude: a["amplitude"].as_f64().unwrap() as f32,
+            };
+            lora.write(&file, a["seed"].as_u64().unwrap()).unwrap()
+        })
+        .collect();
+    let files: Vec<_> = adapters
+        .iter()
+        .map(|b| Gguf::from_bytes(&b[..]).unwrap())
+        .collect();
+    let cpu = CpuBackend::new().unwrap();
+    let mut model = Model::load(&file, &cpu).unwrap();
+    let ids_: Vec<LoraId> = files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| model.add_lora(f, format!("synthetic {i}")).unwrap())
+        .collect();
+    let plain = Model::load(&file, &cpu).unwrap();
+    let (mut worst, mut sum, mut n) = (0f32, 0f64, 0usize);
+    for run in fx["models"][m.short_name]["runs"].as_array().unwrap() {
+        let set: Vec<(LoraId, f32)> = fx["cases"][run["case"].as_u64().unwrap() as usize]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                let i = p[0].as_u64().unwrap() as usize;
+                (ids_[i], p[1].as_f64().unwrap() as f32)
+            })
+            .collect();
+        let (w, s_, c) = decode_with(&model, run, KvDtype::F32, &set);
+        // What llama.cpp's adapters did: how far the plain model is.
+        let (off, _, _) = decode_path(&plain, run, KvDtype::F32);
+        eprintln!(
+            "{} {set:?}: worst top-32 logit difference {w:.4} (the model without them: {off:.4})",
+            m.short_name
+        );
+        assert!(w < lora_tolerance(m).0, "{}: {w}", m.short_name);
+        assert!(
+            off > lora_tolerance(m).0,
+            "{}: the adapters moved little",
+            m.short_name
+        );
+        (worst, sum, n) = (worst.max(w), sum + s_, n + c);
+        let prompt = ids(&run["tokens"]);
+        let mut s = model.session(512, 64).unwrap();
+        s.set_loras(&set);
+        let logits = model.forward(&mut s, &prompt).unwrap().to_vec();
+        let got = greedy(m, &model, &mut s, &logits, run);
+        assert!(!got.is_empty());
+    }
+    let mean = sum / n as f64;
+    assert!(mean < lora_tolerance(m).1, "{}: mean {mean}", m.short_name);
+    Some((worst, mean))
+}
+
+/// Worst and mean top-32 logit difference allowed with adapters: half as
+/// much again as without ([`logit_tolerance`]; means 0.18 and 0.28), as
+/// the adapters of the fixtures make llama.cpp disagree with itself half
+/// as much again (its token-by-token logits against its own one-batch
+/// fixture: worst 0.84 with them against 0.57 without, SmolLM2; 1.62
+/// against 1.00, Gemma 3). Measured (2026-12-05): worst / mean 1.66 /
+/// 0.24 (SmolLM2), 1.84 / 0.32 (Gemma 3); without the adapters the model
+/// is 4.2 to 8.8 off.
+fn lora_tolerance(m: &KnownModel) -> (f32, f64) {
+    let mean = if m.short_name == "gemma3" { 0.28 } else { 0.18 };
+    (1.5 * logit_tolerance(m), 1.5 * mean)
+}
+
+#[test]
+fn lora_adapters_match_llama_cpp() {
+    for m in [&catalog::SMOLLM2, &catalog::GEMMA3] {
+        if let Some((worst, mean)) = check_lora(m) {
+            eprintln!(
+                "{}: with adapters, worst / mean top-32 logit difference {worst:.4} / {mean:.4}",
+                m.short_name
+            );
+        }
+    }
 }
 
 fn answer<'t>(texts: &'t [(String, String)], prompt: &str) -> &'t str {

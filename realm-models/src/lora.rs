@@ -1,0 +1,429 @@
+//! LoRA adapters, read from llama.cpp's GGUF adapter files: low-rank
+//! updates `W x + s * B (A x)` to a model's matrices. An adapter's own
+//! small matrices sit beside the shared, still quantized weights, and each
+//! [`Session`](crate::Session) picks the adapters it runs with and their
+//! scales, so tenants of one model may each run their own fine-tune, in
+//! one batch.
+//!
+//! ```
+//! use realm_core::gguf::Gguf;
+//! use realm_models::synthetic::{SyntheticLayout, SyntheticLora};
+//! use realm_models::Model;
+//! let base = Gguf::from_bytes(SyntheticLayout::tiny("llama")?.write(1)?)?;
+//! let adapter = Gguf::from_bytes(SyntheticLora::new(4, 8.0).write(&base, 2)?)?;
+//! let cpu = realm_compute_cpu::CpuBackend::new().unwrap();
+//! let mut model = Model::load(&base, &cpu)?;
+//! let tuned = model.add_lora(&adapter, "tuned")?;
+//! let mut s = model.session(16, 4)?;
+//! s.set_loras(&[(tuned, 1.0)]);
+//! let logits = model.forward(&mut s, &[1, 2, 3])?.to_vec();
+//! let mut plain = model.session(16, 4)?;
+//! assert_ne!(model.forward(&mut plain, &[1, 2, 3])?, &logits[..]);
+//! # Ok::<(), realm_models::Error>(())
+//! ```
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+
+use realm_core::backend::{Backend, BackendError, WeightInfo};
+use realm_core::gguf::Gguf;
+use realm_core::TensorView;
+
+use crate::config::{Architecture, ModelConfig};
+use crate::{Error, Result};
+
+/// The matrices of a block an adapter may change, as GGUF names them.
+pub(crate) const TARGETS: [&str; 7] = [
+    "attn_q",
+    "attn_k",
+    "attn_v",
+    "attn_output",
+    "ffn_gate",
+    "ffn_up",
+    "ffn_down",
+];
+
+/// Index of a matrix in [`TARGETS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Target {
+    Q,
+    K,
+    V,
+    O,
+    Gate,
+    Up,
+    Down,
+}
+
+impl Target {
+    const ALL: [Target; 7] = [
+        Self::Q,
+        Self::K,
+        Self::V,
+        Self::O,
+        Self::Gate,
+        Self::Up,
+        Self::Down,
+    ];
+
+    /// `(rows, cols)` of this matrix in a model of config `c`.
+    fn dims(self, c: &ModelConfig) -> (usize, usize) {
+        let (d, q, kv, ff) = (c.d_model, c.q_dim(), c.kv_dim(), c.ffn_dim);
+        match self {
+            Self::Q => (q, d),
+            Self::K | Self::V => (kv, d),
+            Self::O => (d, q),
+            Self::Gate | Self::Up => (ff, d),
+            Self::Down => (d, ff),
+        }
+    }
+}
+
+/// An adapter loaded into a model ([`Model::add_lora`]): what a session
+/// names to run with it ([`Session::set_loras`]).
+///
+/// [`Model::add_lora`]: crate::Model::add_lora
+/// [`Session::set_loras`]: crate::Session::set_loras
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LoraId {
+    pub(crate) model: u64,
+    pub(crate) index: usize,
+}
+
+impl LoraId {
+    /// The adapter's place among its model's adapters (0 for the first
+    /// added): the id llama.cpp's server gives it.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+}
+
+/// What an adapter is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraInfo {
+    /// The name it was added under (a path, for the command line).
+    pub name: String,
+    /// `adapter.lora.alpha`: a matrix's product is scaled by
+    /// `alpha / rank` (by 1 when alpha is 0), times the session's scale.
+    pub alpha: f32,
+    /// How many matrices it changes.
+    pub matrices: usize,
+    /// The largest rank among them.
+    pub rank: usize,
+}
+
+/// One matrix's update: `factor * B (A x)`.
+#[derive(Debug)]
+pub(crate) struct Pair<'a, B: Backend + 'a> {
+    a: B::Weight<'a>,
+    b: B::Weight<'a>,
+    factor: f32,
+}
+
+/// An adapter's matrices, checked against its model.
+#[derive(Debug)]
+pub(crate) struct Lora<'a, B: Backend + 'a> {
+    pub(crate) info: LoraInfo,
+    layers: Vec<[Option<Pair<'a, B>>; 7]>,
+    output: Option<Pair<'a, B>>,
+}
+
+/// Widths a row of LoRA scratch needs: the widest input gathered, the
+/// largest rank, the widest output.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Dims {
+    input: usize,
+    rank: usize,
+    output: usize,
+}
+
+impl Dims {
+    pub(crate) fn max(self, o: Dims) -> Dims {
+        Dims {
+            input: self.input.max(o.input),
+            rank: self.rank.max(o.rank),
+            output: self.output.max(o.output),
+        }
+    }
+}
+
+fn lora_err(what: impl Into<String>) -> Error {
+    Error::Lora(what.into())
+}
+
+impl<'a, B: Backend + 'a> Lora<'a, B> {
+    /// Reads the adapter in `file` for a model of config `c` whose file
+    /// has its own output matrix when `has_output` (not tied to the
+    /// embeddings). Fails, naming it, on anything llama.cpp would refuse
+    /// and on what Realm does not apply (token embeddings, aLoRA).
+    pub(crate) fn load<S: AsRef<[u8]>>(
+        file: &'a Gguf<S>,
+        backend: &B,
+        c: &ModelConfig,
+        has_output: bool,
+        name: String,
+    ) -> Result<(Self, Dims)> {
+        let md = file.metadata();
+        let text = |k: &str| md.get_str(k).ok().unwrap_or("");
+        if text("general.type") != "adapter" {
+            return Err(lora_err(format!(
+                "general.type should be `adapter`, got `{}`",
+                text("general.type")
+            )));
+        }
+        if text("adapter.type") != "lora" {
+            return Err(lora_err(format!(
+                "adapter.type should be `lora`, got `{}`",
+                text("adapter.type")
+            )));
+        }
+        let arch = text("general.architecture");
+        if Architecture::from_name(arch).ok() != Some(c.arch) {
+            return Err(lora_err(format!(
+                "the adapter is for architecture `{arch}`, not this model's"
+            )));
+        }
+        if md.contains_key("adapter.alora.invocation_tokens") {
+            return Err(lora_err(
+                "activated LoRA (adapter.alora.invocation_tokens) is not supported",
+            ));
+        }
+        let alpha = match md.get("adapter.lora.alpha") {
+            None => 0.0,
+            Some(_) => md.get_f32("adapter.lora.alpha")?,
+        };
+        if !alpha.is_finite() {
+            return Err(lora_err("adapter.lora.alpha is not finite"));
+        }
+        // Pair each base tensor's `lora_a` and `lora_b`.
+        let mut halves: BTreeMap<String, (Option<TensorView<'a>>, Option<TensorView<'a>>)> =
+            BTreeMap::new();
+        for t in file.tensors() {
+            let t = t?;
+            let full = t.name().to_string();
+            if let Some(base) = full.strip_suffix(".lora_a") {
+                halves.entry(base.to_string()).or_default().0 = Some(t);
+            } else if let Some(base) = full.strip_suffix(".lora_b") {
+                halves.entry(base.to_string()).or_default().1 = Some(t);
+            } else if !full.ends_with("_norm.weight") {
+                // (Norm vectors are ignored, as llama.cpp ignores them.)
+                return Err(lora_err(format!(
+                    "tensor `{full}` is neither a lora_a nor a lora_b"
+                )));
+            }
+        }
+        let mut layers: Vec<[Option<Pair<'a, B>>; 7]> =
+            (0..c.n_layers).map(|_| Default::default()).collect();
+        let mut output = None;
+        let mut dims = Dims::default();
+        let mut matrices = 0;
+        for (base, (a, b)) in halves {
+            let (Some(a), Some(b)) = (a, b) else {
+                return Err(lora_err(format!("`{base}` lacks its lora_a or lora_b")));
+            };
+            let (slot, (rows, cols)) = match locate(&base, c, has_output)? {
+                Place::Output => (&mut output, (c.vocab_size, c.d_model)),
+                Place::Layer(i, t) => (&mut layers[i][t as usize], t.dims(c)),
+            };
+            let weight = |v: &TensorView<'a>| -> Result<B::Weight<'a>> {
+                if !backend.supports_matmul(v.dtype()) {
+                    return Err(Error::UnsupportedWeight {
+                        tensor: v.name().to_string(),
+                        dtype: v.dtype(),
+                        backend: backend.name().to_string(),
+                    });
+                }
+                Ok(backend.weight(v)?)
+            };
+            let (wa, wb) = (weight(&a)?, weight(&b)?);
+            let rank = wa.rows();
+            if wa.cols() != cols || wb.rows() != rows {
+                return Err(lora_err(format!(
+                    "`{base}`: lora_a {:?} and lora_b {:?} do not fit a {rows} x {cols} \
+                     matrix (an adapter for another model?)",
+                    a.shape(),
+                    b.shape()
+                )));
+            }
+            if wb.cols() != rank {
+                return Err(lora_err(format!(
+                    "`{base}`: lora_a has rank {rank} but lora_b {} (lora_a should be \
+                     stored transposed)",
+                    wb.cols()
+                )));
+            }
+            let factor = if alpha != 0.0 {
+                alpha / rank as f32
+            } else {
+                1.0
+            };
+            *slot = Some(Pair {
+                a: wa,
+                b: wb,
+                factor,
+            });
+            matrices += 1;
+            dims = dims.max(Dims {
+                input: cols,
+                rank,
+                output: rows,
+            });
+        }
+        if matrices == 0 {
+            return Err(lora_err("the adapter changes no matrix"));
+        }
+        let info = LoraInfo {
+            name,
+            alpha,
+            matrices,
+            rank: dims.rank,
+        };
+        Ok((
+            Self {
+                info,
+                layers,
+                output,
+            },
+            dims,
+        ))
+    }
+
+    fn pair(&self, layer: usize, t: Target) -> Option<&Pair<'a, B>> {
+        self.layers.get(layer)?[t as usize].as_ref()
+    }
+}
+
+/// Where a base tensor of an adapter goes.
+enum Place {
+    Output,
+    Layer(usize, Target),
+}
+
+fn locate(base: &str, c: &ModelConfig, has_output: bool) -> Result<Place> {
+    match base {
+        "output.weight" if has_output => return Ok(Place::Output),
+        "output.weight" => {
+            return Err(lora_err(
+                "`output.weight`: the model ties its output to the token embeddings",
+            ))
+        }
+        "token_embd.weight" => {
+            return Err(lora_err(
+                "LoRA of the token embeddings (`token_embd.weight`) is not supported",
+            ))
+        }
+        _ => {}
+    }
+    let found = base
+        .strip_prefix("blk.")
+        .and_then(|rest| rest.split_once('.'))
+        .and_then(|(i, rest)| {
+            let i: usize = i.parse().ok()?;
+            let t = rest.strip_suffix(".weight")?;
+            let t = TARGETS.iter().position(|&n| n == t)?;
+            (i < c.n_layers).then_some(Place::Layer(i, Target::ALL[t]))
+        });
+    found.ok_or_else(|| {
+        lora_err(format!(
+            "`{base}` is not a matrix of this model Realm applies LoRA to"
+        ))
+    })
+}
+
+/// Rows of a call that run with the same adapters (`set`: adapters and
+/// their scales, none of them 0).
+#[derive(Debug, Clone)]
+pub(crate) struct LoraRun<'s> {
+    pub(crate) rows: Range<usize>,
+    pub(crate) set: &'s [(LoraId, f32)],
+}
+
+/// Room for LoRA products of a call's rows.
+#[derive(Debug)]
+pub(crate) struct LoraScratch<B: Backend> {
+    rows: usize,
+    dims: Dims,
+    /// A run's input rows, gathered when the run is not the whole call.
+    x: B::Buffer,
+    /// `A x`.
+    r: B::Buffer,
+    /// `B (A x)`.
+    d: B::Buffer,
+}
+
+impl<B: Backend> LoraScratch<B> {
+    /// `have` if it fits `rows` rows of `dims`, else new buffers that do.
+    pub(crate) fn fit(
+        have: Option<Self>,
+        b: &B,
+        rows: usize,
+        dims: Dims,
+    ) -> std::result::Result<Self, BackendError> {
+        if let Some(s) = have {
+            if s.rows >= rows && s.dims.max(dims) == s.dims {
+                return Ok(s);
+            }
+        }
+        let buf = |w: usize| b.buffer(rows * w.max(1));
+        Ok(Self {
+            rows,
+            dims,
+            x: buf(dims.input)?,
+            r: buf(dims.rank)?,
+            d: buf(dims.output)?,
+        })
+    }
+}
+
+/// What the adapters of a call apply to one matrix's product.
+pub(crate) struct Product<'x, B: Backend> {
+    /// The product's input: the call's first `n` rows of `k` values.
+    pub(crate) x: &'x B::Buffer,
+    pub(crate) n: usize,
+    pub(crate) k: usize,
+    /// The product (rows of `m` values), which gets the updates.
+    pub(crate) out: &'x mut B::Buffer,
+    pub(crate) m: usize,
+}
+
+/// Adds each run's adapters' updates of matrix `t` of block `layer`
+/// (`None`: the output matrix) to `p.out`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn apply<B: Backend>(
+    b: &B,
+    ws: &mut B::Workspace,
+    ls: &mut LoraScratch<B>,
+    adapters: &[Lora<'_, B>],
+    runs: &[LoraRun<'_>],
+    at: Option<(usize, Target)>,
+    p: Product<'_, B>,
+) -> std::result::Result<(), BackendError> {
+    let LoraScratch { x, r, d, .. } = ls;
+    for run in runs {
+        let mut gathered = false;
+        let len = run.rows.len();
+        for &(id, scale) in run.set {
+            let Some(lora) = adapters.get(id.index) else {
+                continue;
+            };
+            let pair = match at {
+                Some((layer, t)) => lora.pair(layer, t),
+                None => lora.output.as_ref(),
+            };
+            let Some(pair) = pair else { continue };
+            let input = if run.rows == (0..p.n) {
+                p.x
+            } else {
+                if !gathered {
+                    b.copy_rows(p.x, run.rows.clone(), p.k, x)?;
+                    gathered = true;
+                }
+                &*x
+            };
+            b.matmul(ws, &pair.a, input, len, r)?;
+            b.matmul(ws, &pair.b, r, len, d)?;
+            b.add_scaled_rows(p.out, run.rows.start, d, len, p.m, scale * pair.factor)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,170 @@
+#!/usr/bin/env python3
+"""Golden logits and greedy text from llama.cpp with LoRA adapters, for
+realm-models' tests: realm-models/tests/fixtures/lora.json.
+
+For each model it writes synthetic adapters, the values
+realm_models::synthetic::SyntheticLora writes for the same parameters
+(value i of tensor NAME is amplitude * u, u the (i + 1)-th draw in [-1, 1)
+of SplitMix64 seeded with seed ^ FNV-1a-64(NAME); lora_a's amplitude is
+sqrt(3 / cols)), with llama.cpp's own GGUF writer (gguf-py), loads them
+into llama.cpp (llama_adapter_lora_init, llama_set_adapters_lora; the CPU
+build `scripts/build_llama_cpp.sh --tools` makes, through llama-cpp-python
+0.3.36's bindings) and stores, for each case (adapters and their scales)
+and prompt: the prompt's token ids, the top 32 logits at every prompt
+position, and the greedy continuation of 32 tokens with each step's top-2
+logit margin. The test makes the same adapters with Realm's writer, so the
+fixture needs no adapter file.
+Usage: python3 scripts/gen_lora_fixtures.py [MODELS_DIR]
+"""
+import ctypes
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+OUT = os.path.join(HERE, "..", "realm-models", "tests", "fixtures", "lora.json")
+MODELS = {
+    "smollm2": ("SmolLM2-135M-Instruct.Q4_1.gguf", "llama",
+                "<|im_start|>user\nWhich city is the capital of France?<|im_end|>\n<|im_start|>assistant\n"),
+    "gemma3": ("gemma-3-270m-q4_k_m.gguf", "gemma3",
+               "<start_of_turn>user\nWhich city is the capital of France?<end_of_turn>\n<start_of_turn>model\n"),
+}
+PROMPTS = ["The quick brown fox jumps over the lazy dog. Once upon a time,"]
+ALL = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"]
+# SyntheticLora's parameters, per model: every matrix at rank 8 in f16,
+# and a few at rank 4 in f32 with alpha 0 (no alpha / rank factor); lora_b
+# as large as moves the model's logits well past the tests' tolerance
+# (SmolLM2 moves less for the same values).
+def adapters(amplitude):
+    return [
+        dict(rank=8, alpha=16.0, targets=ALL, dtype="f16", amplitude=amplitude, seed=1),
+        dict(rank=4, alpha=0.0, targets=["attn_q", "attn_v", "ffn_down"], dtype="f32",
+             amplitude=2.5 * amplitude, seed=2),
+    ]
+
+
+ADAPTERS = {"smollm2": adapters(0.06), "gemma3": adapters(0.012)}
+# Adapters (index, scale) of each case.
+CASES = [[(0, 1.0)], [(0, 0.5), (1, -1.0)]]
+TOP = 32
+GEN = 32
+
+MASK = (1 << 64) - 1
+
+
+def fnv1a(s):
+    h = 0xcbf29ce484222325
+    for b in s.encode():
+        h = ((h ^ b) * 0x100000001b3) & MASK
+    return h
+
+
+def uniform(seed, n):
+    """SplitMix64's first n draws in [-1, 1), as f32 (Realm's SplitMix)."""
+    with np.errstate(over="ignore"):
+        z = np.uint64(seed) + np.arange(1, n + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(40)).astype(np.float32) / np.float32(1 << 23) - np.float32(1.0)
+
+
+def write_adapter(gguf, reader, arch, spec, path):
+    layers = int(reader.fields[f"{arch}.block_count"].parts[-1][0])
+    shapes = {t.name: [int(x) for x in t.shape] for t in reader.tensors}
+    w = gguf.GGUFWriter(path, arch)
+    w.add_string("general.type", "adapter")
+    w.add_string("general.name", "synthetic lora")
+    w.add_string("adapter.type", "lora")
+    w.add_float32("adapter.lora.alpha", spec["alpha"])
+    dtype = np.float16 if spec["dtype"] == "f16" else np.float32
+    for i in range(layers):
+        for t in spec["targets"]:
+            name = f"blk.{i}.{t}.weight"
+            cols, rows = shapes[name][:2]
+            r = spec["rank"]
+            for half, (ne0, ne1), amp in [
+                ("lora_a", (cols, r), np.sqrt(np.float32(3.0) / np.float32(cols))),
+                ("lora_b", (r, rows), np.float32(spec["amplitude"])),
+            ]:
+                full = f"{name}.{half}"
+                v = np.float32(amp) * uniform(spec["seed"] ^ fnv1a(full), ne0 * ne1)
+                w.add_tensor(full, v.astype(dtype).reshape(ne1, ne0))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def top(logits, k=TOP):
+    ids = np.argsort(-logits, kind="stable")[:k]
+    return [int(i) for i in ids], [float(logits[i]) for i in ids]
+
+
+def main():
+    models_dir = sys.argv[1] if len(sys.argv) > 1 else os.environ.get(
+        "REALM_MODELS", os.path.expanduser("~/.cache/realm/models"))
+    bin_dir = subprocess.run([os.path.join(HERE, "build_llama_cpp.sh"), "--tools"],
+                             check=True, capture_output=True, text=True).stdout.strip()
+    os.environ["LLAMA_CPP_LIB_PATH"] = bin_dir
+    vendor = os.path.dirname(os.path.dirname(bin_dir))
+    sys.path.insert(0, os.path.dirname(os.path.dirname(vendor)))
+    sys.path.insert(0, os.path.join(vendor, "gguf-py"))
+    import gguf
+    import llama_cpp as L
+    from llama_cpp import Llama
+    out = {"cases": CASES, "models": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for short, (file_name, arch, chat) in MODELS.items():
+            path = os.path.join(models_dir, file_name)
+            reader = gguf.GGUFReader(path)
+            files = []
+            for i, spec in enumerate(ADAPTERS[short]):
+                files.append(os.path.join(tmp, f"{short}-{i}.gguf"))
+                write_adapter(gguf, reader, arch, spec, files[-1])
+            del reader
+            llm = Llama(path, n_ctx=512, n_batch=512, logits_all=True, n_threads=2,
+                        verbose=False, seed=0)
+            vocab = L.llama_model_get_vocab(llm.model)
+            loaded = [L.llama_adapter_lora_init(llm.model, f.encode()) for f in files]
+            assert all(loaded)
+            runs = []
+            for case in CASES:
+                adapters = (L.llama_adapter_lora_p_ctypes * len(case))(*[loaded[i] for i, _ in case])
+                scales = (ctypes.c_float * len(case))(*[s for _, s in case])
+                assert L.llama_set_adapters_lora(llm._ctx.ctx, adapters, len(case), scales) == 0
+                for prompt in [chat] + PROMPTS:
+                    ids = llm.tokenize(prompt.encode(), add_bos=True, special=True)
+                    llm.reset()
+                    llm.eval(ids)
+                    scores = np.array(llm.scores[: len(ids)], dtype=np.float32)
+                    positions = [dict(zip(("ids", "logits"), top(scores[p]))) for p in range(len(ids))]
+                    gen, margins = [], []
+                    last = scores[len(ids) - 1]
+                    for _ in range(GEN):
+                        order = np.argsort(-last, kind="stable")
+                        tok = int(order[0])
+                        margins.append(float(last[order[0]] - last[order[1]]))
+                        gen.append(tok)
+                        if L.llama_vocab_is_eog(vocab, tok):
+                            break
+                        llm.eval([tok])
+                        last = np.array(llm.scores[llm.n_tokens - 1], dtype=np.float32)
+                    text = llm.detokenize(gen).decode("utf-8", errors="replace")
+                    runs.append({"case": CASES.index(case), "prompt": prompt, "tokens": ids,
+                                 "positions": positions, "greedy": gen,
+                                 "greedy_margins": margins, "greedy_text": text})
+                    print(short, case, repr(prompt[-30:]), "->", repr(text))
+            out["models"][short] = {"model": file_name, "adapters": ADAPTERS[short], "runs": runs}
+            del llm
+    with open(OUT, "w") as f:
+        json.dump(out, f)
+        f.write("\n")
+
+
+if __name__ == "__main__":
+    main()
