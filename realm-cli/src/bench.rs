@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use realm_compute_gpu::StepMode;
 use realm_core::backend::{Backend, BackendCore};
-use realm_models::{Model, Session};
+use realm_models::{LoraId, Model, Session};
 use serde_json::json;
 
 use crate::device::Device;
@@ -57,6 +57,8 @@ pub struct BenchArgs {
     /// the device after each op) and print where a step's time goes.
     #[arg(long)]
     pub profile: bool,
+    #[command(flatten)]
+    pub lora: load::LoraArgs,
     #[command(flatten)]
     pub device: crate::device::DeviceArgs,
     #[command(flatten)]
@@ -188,7 +190,9 @@ fn bench_native<B: Backend>(
     threads: usize,
     after_test: &mut dyn FnMut(&str) -> Result<()>,
 ) -> Result<()> {
-    let model = Model::load(&l.file, backend)?;
+    let adapters = args.lora.open()?;
+    let mut model = Model::load(&l.file, backend)?;
+    let loras = load::add_loras(&mut model, &adapters)?;
     let vocab = model.config().vocab_size as u32;
     let depth = args.n_depth;
     // Deterministic token ids spread over the vocabulary (llama-bench uses random ones).
@@ -202,6 +206,7 @@ fn bench_native<B: Backend>(
     // A session of `room` tokens after the depth, the depth prefilled.
     let session = |room: usize, batch: usize| -> Result<Session<B>> {
         let mut s = model.session_with_kv(depth + room, batch, args.cache_type.into())?;
+        s.set_loras(&loras);
         if depth > 0 {
             model.forward(&mut s, &context[..depth])?;
         }
@@ -265,7 +270,7 @@ fn bench_native<B: Backend>(
         tests.push(test);
     }
     for &n_seq in &args.npl {
-        let test = batched_decode(args, &model, &tokens, n_seq)?;
+        let test = batched_decode(args, &model, &loras, &tokens, n_seq)?;
         after_test(&test.name)?;
         tests.push(test);
     }
@@ -286,10 +291,13 @@ fn profile_decode<B: Backend>(
     marks: Option<Box<dyn Marks>>,
 ) -> Result<()> {
     let p = Profiled::new(backend);
-    let model = Model::load(&l.file, &p)?;
+    let adapters = args.lora.open()?;
+    let mut model = Model::load(&l.file, &p)?;
+    let loras = load::add_loras(&mut model, &adapters)?;
     let vocab = model.config().vocab_size as u32;
     let n = args.n_gen.max(1);
     let mut s = model.session_with_kv(n + 1, 1, args.cache_type.into())?;
+    s.set_loras(&loras);
     // n decode steps from an empty cache: their wall time, and with marks
     // what the device did between their ops.
     model.forward(&mut s, &[0])?; // warm-up
@@ -366,6 +374,7 @@ fn print_profile<B: Backend>(p: &Profiled<'_, B>, n: usize, title: &str) {
 fn batched_decode<B: Backend>(
     args: &BenchArgs,
     model: &Model<'_, B>,
+    loras: &[(LoraId, f32)],
     tokens: &[u32],
     n_seq: usize,
 ) -> Result<Test> {
@@ -376,8 +385,12 @@ fn batched_decode<B: Backend>(
     let prompt = &tokens[..args.n_prompt.max(1).min(tokens.len())];
     let cap = prompt.len() + args.n_gen + 1;
     let mut sessions = (0..n_seq)
-        .map(|_| model.session_with_kv(cap, args.batch_size, args.cache_type.into()))
-        .collect::<Result<Vec<_>, _>>()?;
+        .map(|_| {
+            let mut s = model.session_with_kv(cap, args.batch_size, args.cache_type.into())?;
+            s.set_loras(loras);
+            Ok(s)
+        })
+        .collect::<Result<Vec<_>, realm_models::Error>>()?;
     let mut scratch = model.batch_scratch(n_seq)?;
     // One run: the prompt prefilled into every sequence (untimed), then
     // `steps` batched steps; their aggregate t/s.

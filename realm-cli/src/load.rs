@@ -1,10 +1,14 @@
 //! Opening a model for the commands that run one.
 
+use std::path::PathBuf;
+
 use anyhow::{Context, Result};
 use realm_compute_cpu::{CpuBackend, CpuConfig};
+use realm_core::backend::Backend;
 use realm_core::catalog;
 use realm_core::gguf::GgufFile;
 use realm_core::tokenizer::Tokenizer;
+use realm_models::{LoraId, Model};
 
 /// A mapped model file, its tokenizer and a CPU backend.
 pub struct Loaded {
@@ -81,4 +85,81 @@ impl From<CacheType> for realm_core::backend::KvDtype {
             CacheType::Q8_0 => Self::Q8_0,
         }
     }
+}
+
+/// LoRA adapters from the command line, as llama.cpp's `--lora` and
+/// `--lora-scaled` give them.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct LoraArgs {
+    /// A LoRA adapter (a GGUF file in llama.cpp's adapter format, as
+    /// convert_lora_to_gguf.py writes it) applied at scale 1. Repeat it, or
+    /// separate files by commas, for more.
+    #[arg(long = "lora", value_name = "FILE", value_delimiter = ',')]
+    pub lora: Vec<PathBuf>,
+    /// A LoRA adapter at a scale of its own (0 leaves it out).
+    #[arg(long = "lora-scaled", value_name = "FILE:SCALE", value_delimiter = ',', value_parser = parse_scaled)]
+    pub lora_scaled: Vec<(PathBuf, f32)>,
+}
+
+fn parse_scaled(s: &str) -> Result<(PathBuf, f32), String> {
+    let (file, scale) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("`{s}` is not FILE:SCALE"))?;
+    let scale: f32 = scale
+        .parse()
+        .map_err(|_| format!("`{scale}` is not a scale"))?;
+    if !scale.is_finite() {
+        return Err(format!("`{scale}` is not a finite scale"));
+    }
+    Ok((PathBuf::from(file), scale))
+}
+
+/// A LoRA adapter's file, mapped, and its scale.
+#[derive(Debug)]
+pub struct Adapter {
+    pub file: GgufFile,
+    /// The path it was given as.
+    pub path: String,
+    pub scale: f32,
+}
+
+impl LoraArgs {
+    /// Whether any adapter is given.
+    pub fn any(&self) -> bool {
+        !self.lora.is_empty() || !self.lora_scaled.is_empty()
+    }
+
+    /// Maps the adapters' files: `--lora`'s first, then `--lora-scaled`'s.
+    pub fn open(&self) -> Result<Vec<Adapter>> {
+        let scaled = self.lora.iter().map(|p| (p, 1.0));
+        scaled
+            .chain(self.lora_scaled.iter().map(|(p, s)| (p, *s)))
+            .map(|(path, scale)| {
+                let file = GgufFile::open(path)
+                    .with_context(|| format!("reading the LoRA adapter {}", path.display()))?;
+                Ok(Adapter {
+                    file,
+                    path: path.display().to_string(),
+                    scale,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Adds `adapters` to `model`, in order: their ids and scales, for
+/// [`realm_models::Session::set_loras`].
+pub fn add_loras<'a, B: Backend>(
+    model: &mut Model<'a, B>,
+    adapters: &'a [Adapter],
+) -> Result<Vec<(LoraId, f32)>> {
+    adapters
+        .iter()
+        .map(|a| {
+            let id = model
+                .add_lora(&a.file, a.path.clone())
+                .with_context(|| format!("adding the LoRA adapter {}", a.path))?;
+            Ok((id, a.scale))
+        })
+        .collect()
 }

@@ -33,7 +33,7 @@ enum Cmd {
     /// Print a model's metadata and tensor table (like gguf-dump).
     Info(info::InfoArgs),
     /// Generate text from a prompt, streamed to stdout.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// An interactive chat that keeps the KV cache between turns.
     Chat(chat::ChatArgs),
     /// Prefill and decode speed, as llama-bench reports it (pp512, tg128).

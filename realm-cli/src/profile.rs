@@ -312,6 +312,22 @@ impl<B: Backend> MatMulOps for Profiled<'_, B> {
         let name = || format!("matmul {} {}x{}", w.dtype(), w.rows(), w.cols());
         self.time(name, || self.inner.matmul(ws, w, x, n_tokens, out))
     }
+    fn add_rows_product(
+        &self,
+        dst: &mut B::Buffer,
+        first_row: usize,
+        x: &B::Buffer,
+        n_rows: usize,
+        w: &B::Buffer,
+        (k, m): (usize, usize),
+        s: f32,
+    ) -> BackendResult<()> {
+        let name = || format!("lora product f32 {m}x{k}");
+        self.time(name, || {
+            self.inner
+                .add_rows_product(dst, first_row, x, n_rows, w, (k, m), s)
+        })
+    }
     fn embed(
         &self,
         ws: &mut B::Workspace,
@@ -442,20 +458,6 @@ impl<B: Backend> ActivationOps for Profiled<'_, B> {
     }
     fn scale_inplace(&self, dst: &mut B::Buffer, s: f32, len: usize) -> BackendResult<()> {
         self.time(named("scale"), || self.inner.scale_inplace(dst, s, len))
-    }
-    fn add_scaled_rows(
-        &self,
-        dst: &mut B::Buffer,
-        first_row: usize,
-        src: &B::Buffer,
-        n_rows: usize,
-        width: usize,
-        s: f32,
-    ) -> BackendResult<()> {
-        self.time(named("lora_add"), || {
-            self.inner
-                .add_scaled_rows(dst, first_row, src, n_rows, width, s)
-        })
     }
 }
 

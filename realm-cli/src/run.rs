@@ -366,6 +366,8 @@ pub struct RunArgs {
     #[command(flatten)]
     pub sampling: SamplingArgs,
     #[command(flatten)]
+    pub lora: load::LoraArgs,
+    #[command(flatten)]
     pub device: device::DeviceArgs,
     #[command(flatten)]
     pub guest: crate::guest::GuestArgs,
@@ -400,6 +402,10 @@ pub fn run(args: &RunArgs) -> Result<()> {
         }
         return run_in_guest(args, &text);
     }
+    if args.prompt_cache.is_some() && args.lora.any() {
+        // A saved state does not say which adapters computed it.
+        bail!("--prompt-cache does not go with LoRA adapters");
+    }
     let mut l = load::open(&args.model, args.threads)?;
     l.chat_template = args.template.source()?;
     match args.device.device {
@@ -409,7 +415,9 @@ pub fn run(args: &RunArgs) -> Result<()> {
 }
 
 fn run_native<B: Backend>(args: &RunArgs, text: &str, l: &load::Loaded, backend: &B) -> Result<()> {
-    let model = Model::load(&l.file, backend)?;
+    let adapters = args.lora.open()?;
+    let mut model = Model::load(&l.file, backend)?;
+    let loras = load::add_loras(&mut model, &adapters)?;
     let prompt = if args.chat {
         crate::chat::render_user_turn(l, args.system.as_deref(), text)?
     } else {
@@ -425,6 +433,7 @@ fn run_native<B: Backend>(args: &RunArgs, text: &str, l: &load::Loaded, backend:
         );
     }
     let mut session = model.session_with_kv(ctx, args.batch_size, args.cache_type.into())?;
+    session.set_loras(&loras);
     let (cached, held) = match &args.prompt_cache {
         Some(path) => prompt_cache::restore(&model, &mut session, path, &prompt),
         None => (0, 0),

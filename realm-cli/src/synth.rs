@@ -4,7 +4,7 @@
 
 use anyhow::{Context, Result};
 use realm_core::gguf::GgufFile;
-use realm_models::synthetic::SyntheticLayout;
+use realm_models::synthetic::{SyntheticLayout, SyntheticLora};
 
 /// Arguments of `realm synth`.
 #[derive(Debug, clap::Args)]
@@ -17,6 +17,18 @@ pub struct SynthArgs {
     /// Seed of the weights (same seed, same file).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Write a LoRA adapter of this rank for the layout's model instead
+    /// (llama.cpp's adapter format; seeded values, as `SyntheticLora`).
+    #[arg(long, value_name = "RANK")]
+    pub lora: Option<usize>,
+    /// With --lora: the adapter's alpha (0: no alpha / rank factor).
+    #[arg(long, default_value_t = 0.0, requires = "lora")]
+    pub alpha: f32,
+    /// With --lora: the matrices of each block it changes (default: all
+    /// seven; `output` for the output matrix).
+    #[arg(long, value_delimiter = ',', requires = "lora",
+          value_parser = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down", "output"])]
+    pub targets: Vec<String>,
 }
 
 pub fn run(args: &SynthArgs) -> Result<()> {
@@ -33,14 +45,23 @@ pub fn run(args: &SynthArgs) -> Result<()> {
             SyntheticLayout::of(&file)?
         }
     };
-    let bytes = layout.write(args.seed)?;
+    let (bytes, what) = match args.lora {
+        Some(rank) => {
+            let mut lora = SyntheticLora::new(rank, args.alpha);
+            if !args.targets.is_empty() {
+                lora.targets = args.targets.clone();
+            }
+            (lora.write_for(&layout, args.seed)?, "LoRA adapter for the ")
+        }
+        None => (layout.write(args.seed)?, ""),
+    };
     std::fs::write(&args.output, &bytes)
         .with_context(|| format!("writing {}", args.output.display()))?;
     eprintln!(
-        "realm: wrote {} ({} layout, {} tensors, {:.1} MiB) in {:.1} s",
+        "realm: wrote {} ({what}{} layout, {} tensors, {:.1} MiB) in {:.1} s",
         args.output.display(),
         layout.arch,
-        layout.tensors.len(),
+        GgufFile::open(&args.output)?.tensor_infos().len(),
         bytes.len() as f64 / (1 << 20) as f64,
         start.elapsed().as_secs_f64()
     );

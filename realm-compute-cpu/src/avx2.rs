@@ -15,7 +15,8 @@
 //!
 //! Every function here is compiled with `avx2,fma,f16c`; the only entry
 //! points from ordinary code ([`packed_rows`], [`kquant_rows`],
-//! [`dot_float`], [`attend_group`]) check the CPU first.
+//! [`dot_float`], [`add_combination`], [`attend_group`]) check the CPU
+//! first.
 
 use std::arch::x86_64::*;
 use std::ops::Range;
@@ -743,6 +744,45 @@ pub(crate) fn dot_float<T: FloatSimd>(w: &[T], x: &[f32]) -> Option<f32> {
     }
     // SAFETY: the CPU supports avx2, fma and f16c (checked just above).
     Some(unsafe { dot_float_impl(w, x) })
+}
+
+/// `d[i] += sum_t c[t] * w[t * m + i]` for `i` in `0..d.len()` (`m`),
+/// eight values at a time in a register through all of `c`, or `false`
+/// when the CPU lacks the features. Lengths are the caller's to check:
+/// `w` holds `c.len()` rows of `d.len()` values.
+pub(crate) fn add_combination(d: &mut [f32], c: &[f32], w: &[f32]) -> bool {
+    if !available() || w.len() < c.len() * d.len() {
+        return false;
+    }
+    // SAFETY: the CPU supports avx2 and fma (checked just above), and `w`
+    // holds `c.len()` rows of `d.len()` values.
+    unsafe { add_combination_impl(d, c, w) };
+    true
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn add_combination_impl(d: &mut [f32], c: &[f32], w: &[f32]) {
+    let m = d.len();
+    let whole = m / 8 * 8;
+    let (dp, wp) = (d.as_mut_ptr(), w.as_ptr());
+    for i in (0..whole).step_by(8) {
+        // SAFETY: `i + 8 <= m`, and each row `t < c.len()` of `w` holds
+        // `m` values (the caller's check).
+        unsafe {
+            let mut acc = _mm256_loadu_ps(dp.add(i));
+            for (t, &ct) in c.iter().enumerate() {
+                let wv = _mm256_loadu_ps(wp.add(t * m + i));
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(ct), wv, acc);
+            }
+            _mm256_storeu_ps(dp.add(i), acc);
+        }
+    }
+    for i in whole..m {
+        d[i] = c
+            .iter()
+            .enumerate()
+            .fold(d[i], |a, (t, &ct)| ct.mul_add(w[t * m + i], a));
+    }
 }
 
 // ---- 32-element blocks, packed-weight kernel --------------------------------

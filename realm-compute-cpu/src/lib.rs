@@ -425,6 +425,35 @@ impl MatMulOps for CpuBackend {
         matmul::matmul(self, ws, w, x, n_tokens, out)
     }
 
+    fn add_rows_product(
+        &self,
+        dst: &mut Vec<f32>,
+        first_row: usize,
+        x: &Vec<f32>,
+        n_rows: usize,
+        w: &Vec<f32>,
+        (k, m): (usize, usize),
+        s: f32,
+    ) -> BackendResult<()> {
+        const OP: &str = "add_rows_product";
+        let x = prefix(OP, "x length", x, product(OP, "x overflows", n_rows, k)?)?;
+        let w = prefix(OP, "w length", w, product(OP, "w overflows", k, m)?)?;
+        let start = product(OP, "row offset overflows", first_row, m)?;
+        let len = product(OP, "dst overflows", n_rows, m)?;
+        let end = start
+            .checked_add(len)
+            .ok_or(BackendError::InvalidParameter {
+                op: OP,
+                what: "dst overflows",
+            })?;
+        let got = dst.len();
+        let dst = dst
+            .get_mut(start..end)
+            .ok_or(shape_err(OP, "dst length", end, got))?;
+        matmul::add_rows_product(self, dst, x, w, (k, m), s);
+        Ok(())
+    }
+
     fn embed(
         &self,
         _ws: &mut Self::Workspace,
@@ -604,32 +633,6 @@ impl ActivationOps for CpuBackend {
     fn scale_inplace(&self, dst: &mut Vec<f32>, s: f32, len: usize) -> BackendResult<()> {
         let dst = prefix_mut("scale", "dst length", dst, len)?;
         dst.iter_mut().for_each(|d| *d *= s);
-        Ok(())
-    }
-
-    fn add_scaled_rows(
-        &self,
-        dst: &mut Vec<f32>,
-        first_row: usize,
-        src: &Vec<f32>,
-        n_rows: usize,
-        width: usize,
-        s: f32,
-    ) -> BackendResult<()> {
-        const OP: &str = "add_scaled_rows";
-        let overflow = BackendError::InvalidParameter {
-            op: OP,
-            what: "row offset overflows",
-        };
-        let len = n_rows.checked_mul(width).ok_or(overflow.clone())?;
-        let start = first_row.checked_mul(width).ok_or(overflow.clone())?;
-        let end = start.checked_add(len).ok_or(overflow)?;
-        let src = prefix(OP, "src length", src, len)?;
-        let got = dst.len();
-        let dst = dst
-            .get_mut(start..end)
-            .ok_or(shape_err(OP, "dst length", end, got))?;
-        dst.iter_mut().zip(src).for_each(|(d, &v)| *d += s * v);
         Ok(())
     }
 }

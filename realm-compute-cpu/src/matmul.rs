@@ -285,6 +285,58 @@ fn matmul_float<T: bytemuck::Pod + Sync>(
     Ok(())
 }
 
+/// `dst[t] += s * x[t] W` for each row `t` of `dst` (rows of `m`), `x`
+/// rows of `k`, `W` `k` rows of `m` (lengths checked by the caller): each
+/// row of `W` scaled and added in turn, which vectorises along the rows;
+/// a batch's rows are split over the pool when there is work enough.
+pub(crate) fn add_rows_product(
+    be: &CpuBackend,
+    dst: &mut [f32],
+    x: &[f32],
+    w: &[f32],
+    (k, m): (usize, usize),
+    s: f32,
+) {
+    if m == 0 {
+        return;
+    }
+    let isa = be.isa;
+    let row = |(d, x): (&mut [f32], &[f32])| {
+        // The row's coefficients, `s` folded in (ranks are small).
+        const STEP: usize = 64;
+        let mut coef = [0f32; STEP];
+        for (x, w) in x.chunks(STEP).zip(w.chunks(STEP * m)) {
+            let c = &mut coef[..x.len()];
+            c.iter_mut().zip(x).for_each(|(c, &x)| *c = s * x);
+            combine(isa, d, c, w);
+        }
+    };
+    // Rows above this many multiply-adds go to the pool.
+    const MIN_PARALLEL: usize = 1 << 18;
+    let k = k.max(1);
+    if be.threads > 1 && dst.len() * k >= MIN_PARALLEL && dst.len() > m {
+        be.pool.install(|| {
+            dst.par_chunks_exact_mut(m)
+                .zip(x.par_chunks_exact(k))
+                .for_each(row)
+        });
+    } else {
+        dst.chunks_exact_mut(m).zip(x.chunks_exact(k)).for_each(row);
+    }
+}
+
+/// `d += sum_t c[t] * w[t]`, `w` `c.len()` rows of `d.len()` values.
+fn combine(isa: Isa, d: &mut [f32], c: &[f32], w: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2 && crate::avx2::add_combination(d, c, w) {
+        return;
+    }
+    let _ = isa;
+    for (&c, wr) in c.iter().zip(w.chunks_exact(d.len())) {
+        d.iter_mut().zip(wr).for_each(|(d, &w)| *d += c * w);
+    }
+}
+
 /// `out = x * W^T` for any supported weight type (shapes checked by the
 /// caller).
 pub(crate) fn matmul(

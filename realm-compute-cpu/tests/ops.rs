@@ -604,3 +604,96 @@ fn f16_cache_matches_f32_cache_on_f16_values() {
         assert!((a - b).abs() < 1e-5, "{a} vs {b}");
     }
 }
+
+proptest! {
+    /// `add_rows_product` (a LoRA adapter's second product) against f64,
+    /// on every ISA and thread count: the rows it names get `s * x W`, the
+    /// rest of `dst` is untouched, and the result does not depend on the
+    /// thread count or how many rows share the call.
+    #[test]
+    fn add_rows_product_matches_f64(n in 1usize..5, first in 0usize..3, after in 0usize..2, k in 1usize..80, m in 1usize..70, s in -3f32..3.0, seed in any::<u64>()) {
+        use realm_core::backend::MatMulOps;
+        let mut rng = Rng::new(seed);
+        let x = rng.f32s(n * k, -2.0, 2.0);
+        let w = rng.f32s(k * m, -1.0, 1.0);
+        let dst0 = rng.f32s((first + n + after) * m, -1.0, 1.0);
+        let mut results = Vec::new();
+        for isa in [Isa::Scalar, Isa::detect()] {
+            for threads in [1, 2] {
+                let Some(b) = backend(isa, threads) else { continue };
+                let mut dst = dst0.clone();
+                b.add_rows_product(&mut dst, first, &x, n, &w, (k, m), s).unwrap();
+                for (i, (&got, &was)) in dst.iter().zip(&dst0).enumerate() {
+                    let (row, col) = (i / m, i % m);
+                    if row < first || row >= first + n {
+                        prop_assert_eq!(got, was);
+                        continue;
+                    }
+                    let t = row - first;
+                    let sum: f64 = (0..k).map(|j| f64::from(x[t * k + j]) * f64::from(w[j * m + col])).sum();
+                    let want = f64::from(was) + f64::from(s) * sum;
+                    prop_assert!(close(got, want, 1e-5, 1e-5 * k as f64), "{} vs {}", got, want);
+                }
+                // Row by row, the same bits.
+                let mut one = dst0.clone();
+                for t in 0..n {
+                    b.add_rows_product(&mut one, first + t, &x[t * k..].to_vec(), 1, &w, (k, m), s).unwrap();
+                }
+                prop_assert_eq!(&one, &dst);
+                results.push((isa, dst));
+            }
+        }
+        // Threads never change a result of one ISA.
+        for pair in results.windows(2) {
+            if pair[0].0 == pair[1].0 {
+                prop_assert_eq!(&pair[0].1, &pair[1].1);
+            }
+        }
+    }
+}
+
+#[test]
+fn add_rows_product_checks_lengths() {
+    use realm_core::backend::MatMulOps;
+    let b = be(1);
+    let (x, w) = (vec![1.0; 6], vec![1.0; 12]);
+    let mut dst = vec![0.0; 8];
+    // Two rows of 4 from row 1 end past the 2 rows there are.
+    assert!(b
+        .add_rows_product(&mut dst, 1, &x, 2, &w, (3, 4), 1.0)
+        .is_err());
+    assert!(b
+        .add_rows_product(&mut dst, 0, &x, 3, &w, (3, 4), 1.0)
+        .is_err());
+    assert!(b
+        .add_rows_product(&mut dst, 0, &x, 2, &w, (4, 4), 1.0)
+        .is_err());
+    assert!(b
+        .add_rows_product(&mut dst, usize::MAX, &x, 1, &w, (3, 4), 1.0)
+        .is_err());
+    b.add_rows_product(&mut dst, 0, &x, 2, &w, (3, 4), 0.5)
+        .unwrap();
+    assert_eq!(dst, vec![1.5; 8]);
+}
+
+#[test]
+fn add_rows_product_is_the_same_split_over_threads() {
+    use realm_core::backend::MatMulOps;
+    let mut rng = Rng::new(7);
+    let (n, k, m) = (40, 16, 1536);
+    let (x, w) = (rng.f32s(n * k, -2.0, 2.0), rng.f32s(k * m, -1.0, 1.0));
+    let dst0 = rng.f32s(n * m, -1.0, 1.0);
+    let (mut split, mut rows) = (dst0.clone(), dst0.clone());
+    // Enough work for the pool.
+    be(2)
+        .add_rows_product(&mut split, 0, &x, n, &w, (k, m), 0.7)
+        .unwrap();
+    for t in 0..n {
+        let xt = x[t * k..(t + 1) * k].to_vec();
+        be(1)
+            .add_rows_product(&mut rows, t, &xt, 1, &w, (k, m), 0.7)
+            .unwrap();
+    }
+    assert_eq!(split, rows);
+    assert_ne!(split, dst0);
+}

@@ -318,6 +318,47 @@ impl MatMulOps for GpuBackend {
         out.set_prefix(OP, "out length (n_tokens * rows)", n_out, y)
     }
 
+    fn add_rows_product(
+        &self,
+        dst: &mut GpuBuffer,
+        first_row: usize,
+        x: &GpuBuffer,
+        n_rows: usize,
+        w: &GpuBuffer,
+        (k, m): (usize, usize),
+        s: f32,
+    ) -> BackendResult<()> {
+        const OP: &str = "add_rows_product";
+        let xs = x.prefix(OP, "x length", product(OP, "x overflows", n_rows, k)?)?;
+        let ws = w.prefix(OP, "w length", product(OP, "w overflows", k, m)?)?;
+        let len = product(OP, "dst overflows", n_rows, m)?;
+        let start = product(OP, "row offset overflows", first_row, m)?;
+        let end = start
+            .checked_add(len)
+            .ok_or(BackendError::InvalidParameter {
+                op: OP,
+                what: "dst overflows",
+            })?;
+        let rows = dst.rows(OP, "dst length", &(first_row..first_row + n_rows), m)?;
+        // The rows after these that were defined are kept too.
+        let defined = dst.defined().max(end);
+        let all = dst.prefix(OP, "dst length", defined)?;
+        let y = (|| {
+            let update = xs.reshape((n_rows, k))?.matmul(&ws.reshape((k, m))?)?;
+            let sum = (rows + update.flatten_all()?.affine(f64::from(s), 0.0)?)?;
+            let mut parts = Vec::with_capacity(3);
+            if start > 0 {
+                parts.push(all.narrow(0, 0, start)?);
+            }
+            parts.push(sum);
+            if defined > end {
+                parts.push(all.narrow(0, end, defined - end)?);
+            }
+            Tensor::cat(&parts, 0)
+        })();
+        dst.set_prefix(OP, "dst length", defined, y.map_err(dev_err(OP))?)
+    }
+
     fn embed(
         &self,
         ws: &mut GpuWorkspace,

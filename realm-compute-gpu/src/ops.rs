@@ -563,42 +563,4 @@ impl ActivationOps for GpuBackend {
     fn scale_inplace(&self, dst: &mut GpuBuffer, s: f32, len: usize) -> BackendResult<()> {
         self.unary("scale", dst, len, |t| t.affine(f64::from(s), 0.0))
     }
-
-    fn add_scaled_rows(
-        &self,
-        dst: &mut GpuBuffer,
-        first_row: usize,
-        src: &GpuBuffer,
-        n_rows: usize,
-        width: usize,
-        s: f32,
-    ) -> BackendResult<()> {
-        const OP: &str = "add_scaled_rows";
-        let len = product(OP, "row offset overflows", n_rows, width)?;
-        let start = product(OP, "row offset overflows", first_row, width)?;
-        let end = start
-            .checked_add(len)
-            .ok_or(BackendError::InvalidParameter {
-                op: OP,
-                what: "row offset overflows",
-            })?;
-        let rows = dst.rows(OP, "dst length", &(first_row..first_row + n_rows), width)?;
-        let add = src.prefix(OP, "src length", len)?;
-        // The rows after these that were defined are kept too.
-        let defined = dst.defined().max(end);
-        let all = dst.prefix(OP, "dst length", defined)?;
-        let y = (|| {
-            let sum = (rows + add.affine(f64::from(s), 0.0)?)?;
-            let mut parts = Vec::with_capacity(3);
-            if start > 0 {
-                parts.push(all.narrow(0, 0, start)?);
-            }
-            parts.push(sum);
-            if defined > end {
-                parts.push(all.narrow(0, end, defined - end)?);
-            }
-            Tensor::cat(&parts, 0)
-        })();
-        dst.set_prefix(OP, "dst length", defined, y.map_err(dev_err(OP))?)
-    }
 }

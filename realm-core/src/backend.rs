@@ -353,6 +353,27 @@ pub trait MatMulOps: BackendCore {
         Ok(None)
     }
 
+    /// `dst[first_row + t] += s * x[t] W` for each of the first `n_rows`
+    /// rows of `x` (rows of `k` values), `W` being `k` rows of `m` values
+    /// (`k_m == (k, m)`)
+    /// in a buffer (row `j` of `W` is `w[j * m..(j + 1) * m]`): a LoRA
+    /// adapter's second product (`W` its `lora_b` transposed), added to
+    /// some rows of a batch.
+    ///
+    /// Guarantees: rows past any buffer's capacity are errors; the values
+    /// of `dst` outside those rows that were defined stay as they were.
+    #[allow(clippy::too_many_arguments)]
+    fn add_rows_product(
+        &self,
+        dst: &mut Self::Buffer,
+        first_row: usize,
+        x: &Self::Buffer,
+        n_rows: usize,
+        w: &Self::Buffer,
+        k_m: (usize, usize),
+        s: f32,
+    ) -> BackendResult<()>;
+
     /// Dequantizes rows `ids` of `table` (an embedding matrix, one row per
     /// token id) into the first `ids.len() * cols` values of `out`.
     ///
@@ -554,23 +575,6 @@ pub trait ActivationOps: BackendCore {
     ) -> BackendResult<()>;
     /// `dst *= s`.
     fn scale_inplace(&self, dst: &mut Self::Buffer, s: f32, len: usize) -> BackendResult<()>;
-    /// `dst[first_row + r] += s * src[r]` for each of the first `n_rows`
-    /// rows of `src`, rows of `width` values: a LoRA adapter's product
-    /// added to some rows of a batch (`s * src` rounded, then added, as
-    /// ggml's scale and add).
-    ///
-    /// Guarantees: rows past either buffer's capacity are errors; the
-    /// values of `dst` outside those rows that were defined stay as they
-    /// were.
-    fn add_scaled_rows(
-        &self,
-        dst: &mut Self::Buffer,
-        first_row: usize,
-        src: &Self::Buffer,
-        n_rows: usize,
-        width: usize,
-        s: f32,
-    ) -> BackendResult<()>;
 }
 
 /// Size of a KV cache.

@@ -112,11 +112,14 @@ pub struct LoraInfo {
     pub rank: usize,
 }
 
-/// One matrix's update: `factor * B (A x)`.
+/// One matrix's update: `factor * B (A x)`; `A` a weight of the
+/// adapter's type, `B` transposed into f32 (`rank` rows of the matrix's
+/// `m`), so that its product adds whole rows.
 #[derive(Debug)]
 pub(crate) struct Pair<'a, B: Backend + 'a> {
     a: B::Weight<'a>,
-    b: B::Weight<'a>,
+    bt: B::Buffer,
+    rank: usize,
     factor: f32,
 }
 
@@ -129,12 +132,11 @@ pub(crate) struct Lora<'a, B: Backend + 'a> {
 }
 
 /// Widths a row of LoRA scratch needs: the widest input gathered, the
-/// largest rank, the widest output.
+/// largest rank.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Dims {
     input: usize,
     rank: usize,
-    output: usize,
 }
 
 impl Dims {
@@ -142,7 +144,6 @@ impl Dims {
         Dims {
             input: self.input.max(o.input),
             rank: self.rank.max(o.rank),
-            output: self.output.max(o.output),
         }
     }
 }
@@ -235,9 +236,13 @@ impl<'a, B: Backend + 'a> Lora<'a, B> {
                 }
                 Ok(backend.weight(v)?)
             };
-            let (wa, wb) = (weight(&a)?, weight(&b)?);
+            let wa = weight(&a)?;
             let rank = wa.rows();
-            if wa.cols() != cols || wb.rows() != rows {
+            let (b_cols, b_rows) = match b.shape() {
+                [c, r, rest @ ..] if rest.iter().all(|&d| d == 1) => (*c, *r),
+                _ => (0, 0),
+            };
+            if wa.cols() != cols || b_rows != rows as u64 {
                 return Err(lora_err(format!(
                     "`{base}`: lora_a {:?} and lora_b {:?} do not fit a {rows} x {cols} \
                      matrix (an adapter for another model?)",
@@ -245,12 +250,19 @@ impl<'a, B: Backend + 'a> Lora<'a, B> {
                     b.shape()
                 )));
             }
-            if wb.cols() != rank {
+            if b_cols != rank as u64 {
                 return Err(lora_err(format!(
-                    "`{base}`: lora_a has rank {rank} but lora_b {} (lora_a should be \
-                     stored transposed)",
-                    wb.cols()
+                    "`{base}`: lora_a has rank {rank} but lora_b {b_cols} (lora_a should be \
+                     stored transposed)"
                 )));
+            }
+            let mut bv = vec![0f32; rows * rank];
+            realm_core::quant::dequantize(b.dtype(), b.data(), &mut bv)?;
+            let mut bt = vec![0f32; rows * rank];
+            for (i, row) in bv.chunks_exact(rank).enumerate() {
+                for (t, &v) in row.iter().enumerate() {
+                    bt[t * rows + i] = v;
+                }
             }
             let factor = if alpha != 0.0 {
                 alpha / rank as f32
@@ -259,15 +271,12 @@ impl<'a, B: Backend + 'a> Lora<'a, B> {
             };
             *slot = Some(Pair {
                 a: wa,
-                b: wb,
+                bt: backend.upload(&bt)?,
+                rank,
                 factor,
             });
             matrices += 1;
-            dims = dims.max(Dims {
-                input: cols,
-                rank,
-                output: rows,
-            });
+            dims = dims.max(Dims { input: cols, rank });
         }
         if matrices == 0 {
             return Err(lora_err("the adapter changes no matrix"));
@@ -347,8 +356,6 @@ pub(crate) struct LoraScratch<B: Backend> {
     x: B::Buffer,
     /// `A x`.
     r: B::Buffer,
-    /// `B (A x)`.
-    d: B::Buffer,
 }
 
 impl<B: Backend> LoraScratch<B> {
@@ -370,7 +377,6 @@ impl<B: Backend> LoraScratch<B> {
             dims,
             x: buf(dims.input)?,
             r: buf(dims.rank)?,
-            d: buf(dims.output)?,
         })
     }
 }
@@ -398,7 +404,7 @@ pub(crate) fn apply<B: Backend>(
     at: Option<(usize, Target)>,
     p: Product<'_, B>,
 ) -> std::result::Result<(), BackendError> {
-    let LoraScratch { x, r, d, .. } = ls;
+    let LoraScratch { x, r, .. } = ls;
     for run in runs {
         let mut gathered = false;
         let len = run.rows.len();
@@ -421,8 +427,8 @@ pub(crate) fn apply<B: Backend>(
                 &*x
             };
             b.matmul(ws, &pair.a, input, len, r)?;
-            b.matmul(ws, &pair.b, r, len, d)?;
-            b.add_scaled_rows(p.out, run.rows.start, d, len, p.m, scale * pair.factor)?;
+            let (first, s) = (run.rows.start, scale * pair.factor);
+            b.add_rows_product(p.out, first, r, len, &pair.bt, (pair.rank, p.m), s)?;
         }
     }
     Ok(())

@@ -415,9 +415,19 @@ impl SyntheticLora {
 
     /// The adapter's GGUF file for the model in `base`.
     pub fn write<S: AsRef<[u8]>>(&self, base: &Gguf<S>, seed: u64) -> Result<Vec<u8>> {
-        let md = base.metadata();
-        let arch = md.get_str("general.architecture")?;
-        let layers = md.get_u32(&format!("{arch}.block_count"))?;
+        self.write_for(&SyntheticLayout::of(base)?, seed)
+    }
+
+    /// The adapter's GGUF file for a model of layout `base`.
+    pub fn write_for(&self, base: &SyntheticLayout, seed: u64) -> Result<Vec<u8>> {
+        let arch = base.arch.as_str();
+        let key = format!("{arch}.block_count");
+        let layers = base
+            .hparams
+            .iter()
+            .find(|(k, _)| *k == key)
+            .and_then(|(_, v)| v.as_i128())
+            .ok_or_else(|| Error::BadConfig(format!("the layout has no {key}")))?;
         let mut w = GgufWriter::new();
         let s = |v: &str| MetadataValue::String(v.into());
         w.set("general.architecture", s(arch));
@@ -435,7 +445,12 @@ impl SyntheticLora {
             names.push("output.weight".into());
         }
         for name in names {
-            let shape = base.tensor(&name)?.shape();
+            let shape = &base
+                .tensors
+                .iter()
+                .find(|t| t.name == name)
+                .ok_or_else(|| realm_core::Error::TensorNotFound(name.clone()))?
+                .shape;
             let (cols, rows) = (shape[0], shape[1]);
             let r = self.rank as u64;
             let a_amp = (3.0 / cols as f32).sqrt();
