@@ -370,7 +370,8 @@ mod tests {
         std::fs::write(&path, layout.write(2).unwrap()).unwrap();
         let store = ModelStore::new(Arc::new(CpuBackend::new().unwrap()));
         let model = store.get(&store.load(&path).unwrap()).unwrap();
-        let mut sessions: Vec<AnySession> = (0..3).map(|_| model.session(4, 1).unwrap()).collect();
+        let mut sessions: Vec<AnySession> =
+            (0..3).map(|_| model.session(4, 1, &[]).unwrap()).collect();
         // The middle one is full.
         for _ in 0..4 {
             model.forward(&mut sessions[1], &[3]).unwrap();

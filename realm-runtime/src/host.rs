@@ -17,6 +17,8 @@ use std::time::Instant;
 use wasmtime::{Caller, Extern, Linker, ResourceLimiter};
 
 use crate::batch::{Batcher, StepReply};
+use realm_models::LoraId;
+
 use crate::store::{AnySession, LoadedModel};
 
 /// Largest prefill chunk a guest may ask a session for.
@@ -123,6 +125,8 @@ static NEXT_HANDLE: AtomicU64 = AtomicU64::new(1);
 pub(crate) struct TenantState {
     pub(crate) limits: Limits,
     models: Vec<Arc<LoadedModel>>,
+    /// The LoRA adapters each model's sessions run with (by model index).
+    loras: Vec<Vec<(LoraId, f32)>>,
     sessions: HashMap<u64, HostSession>,
     /// Most tokens all live sessions may hold together (bounds KV memory).
     session_tokens_limit: usize,
@@ -152,11 +156,13 @@ impl TenantState {
 
     pub(crate) fn new(
         models: Vec<Arc<LoadedModel>>,
+        loras: Vec<Vec<(LoraId, f32)>>,
         memory_limit: usize,
         session_tokens_limit: usize,
         batcher: Option<Arc<Batcher>>,
     ) -> Self {
         Self {
+            loras,
             session_tokens_limit,
             session_tokens: 0,
             limits: Limits {
@@ -297,6 +303,7 @@ fn session_create(
     batch: u64,
 ) -> HostResult<u64> {
     let st = caller.data_mut();
+    let index = model as usize;
     let model = st.model(model)?.clone();
     if batch == 0 || batch > MAX_SESSION_BATCH || max_seq_len == 0 {
         return fail(AbiError::BadSessionSize(max_seq_len, batch));
@@ -313,7 +320,11 @@ fn session_create(
         }
     };
     let session = model
-        .session(max_seq_len as usize, batch as usize)
+        .session(
+            max_seq_len as usize,
+            batch as usize,
+            st.loras.get(index).map_or(&[][..], |l| &l[..]),
+        )
         .map_err(AbiError::from)?;
     let handle = NEXT_HANDLE.fetch_add(1, Ordering::Relaxed);
     st.session_tokens += tokens;

@@ -39,6 +39,7 @@ pub use realm_compute_gpu::{GpuDevice, StepMode};
 pub use realm_core::backend::KvDtype;
 pub use runtime::{
     GenerateRequest, GenerationStats, Runtime, RuntimeConfig, StopReason, Tenant, TenantConfig,
+    TenantLora,
 };
 pub use store::{ModelId, ModelStore, StoreBackend};
 

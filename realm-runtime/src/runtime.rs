@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use realm_compute_cpu::{CpuBackend, CpuConfig};
 use realm_compute_gpu::{GpuBackend, GpuDevice, StepMode};
 use realm_core::backend::KvDtype;
+use realm_models::LoraId;
 use realm_wasm::{Params, FLAG_ADD_SPECIAL, FLAG_CONTEXT_SHIFT, FLAG_LAYERED, FLAG_PARSE_SPECIAL};
 use sha2::{Digest, Sha256};
 use wasmtime::{
@@ -92,6 +93,22 @@ pub struct TenantConfig {
     /// Most tokens the guest's live sessions may hold together: bounds the
     /// host memory of its KV caches.
     pub session_tokens: usize,
+    /// LoRA adapters its sessions run with: each names one of a granted
+    /// model's adapters ([`ModelStore::load_with_loras`]) and its scale.
+    /// Tenants of one model with different adapters still share its
+    /// weights, and their decode steps still run in one batch.
+    pub loras: Vec<TenantLora>,
+}
+
+/// A LoRA adapter a tenant's sessions of a model run with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TenantLora {
+    /// The model (one of the tenant's).
+    pub model: ModelId,
+    /// The adapter's place among the model's, as they were loaded.
+    pub adapter: usize,
+    /// The scale of its updates (1: as trained).
+    pub scale: f32,
 }
 
 impl TenantConfig {
@@ -103,6 +120,7 @@ impl TenantConfig {
             memory_limit: 256 << 20,
             time_limit: Duration::from_secs(120),
             session_tokens: 16384,
+            loras: Vec::new(),
         }
     }
 }
@@ -368,6 +386,24 @@ impl Runtime {
             .iter()
             .map(|id| self.shared.store.get(id))
             .collect::<Result<Vec<_>>>()?;
+        let mut loras = vec![Vec::new(); models.len()];
+        for l in &config.loras {
+            let at = config.models.iter().position(|m| *m == l.model);
+            let adapter = at.and_then(|i| models[i].loras.get(l.adapter).map(|a| (i, a.0)));
+            let Some((i, id)) = adapter else {
+                return Err(Error::Config(format!(
+                    "LoRA adapter {} of model {}: the tenant has no such model or adapter",
+                    l.adapter, l.model
+                )));
+            };
+            if !l.scale.is_finite() {
+                return Err(Error::Config(format!(
+                    "LoRA adapter {} of model {}: the scale {} is not finite",
+                    l.adapter, l.model, l.scale
+                )));
+            }
+            loras[i].push((id, l.scale));
+        }
         let key: [u8; 32] = Sha256::digest(wasm).into();
         let cached = self
             .shared
@@ -409,6 +445,7 @@ impl Runtime {
             pre,
             config,
             models,
+            loras,
             live: None,
         })
     }
@@ -434,6 +471,8 @@ pub struct Tenant {
     pre: InstancePre<TenantState>,
     config: TenantConfig,
     models: Vec<Arc<LoadedModel>>,
+    /// The adapters each model's sessions run with.
+    loras: Vec<Vec<(LoraId, f32)>>,
     live: Option<Live>,
 }
 
@@ -450,6 +489,7 @@ impl Tenant {
     fn instantiate(&self) -> Result<Live> {
         let state = TenantState::new(
             self.models.clone(),
+            self.loras.clone(),
             self.config.memory_limit,
             self.config.session_tokens,
             self.shared.batcher.clone(),

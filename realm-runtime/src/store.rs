@@ -11,7 +11,7 @@ use realm_compute_cpu::CpuBackend;
 use realm_compute_gpu::GpuBackend;
 use realm_core::backend::{BackendCore, KvDtype};
 use realm_core::gguf::{GgufFile, GgufWriter};
-use realm_models::{BatchScratch, Model, Session};
+use realm_models::{BatchScratch, LoraId, Model, Session};
 use sha2::{Digest, Sha256};
 
 use crate::{Error, Result};
@@ -65,7 +65,20 @@ impl From<Arc<GpuBackend>> for StoreBackend {
 #[derive(Debug)]
 pub(crate) struct ModelOwner<B> {
     file: GgufFile,
+    /// LoRA adapters' files, added to the model in order.
+    loras: Vec<(String, GgufFile)>,
     backend: Arc<B>,
+}
+
+impl<B: realm_core::backend::Backend> ModelOwner<B> {
+    /// The model in the owned file, with the owned adapters added.
+    fn model(&self) -> ModelResult<Model<'_, B>> {
+        let mut m = Model::load(&self.file, &*self.backend)?;
+        for (name, f) in &self.loras {
+            m.add_lora(f, name.clone())?;
+        }
+        Ok(m)
+    }
 }
 
 type CpuModel<'a> = Model<'a, CpuBackend>;
@@ -172,22 +185,35 @@ pub(crate) struct LoadedModel {
     pub(crate) n_layers: usize,
     /// Element type of its sessions' KV caches (the store's).
     kv_dtype: KvDtype,
+    /// Its LoRA adapters' ids, in the order they were given, and names.
+    pub(crate) loras: Vec<(LoraId, String)>,
 }
 
 type ModelResult<T> = std::result::Result<T, realm_models::Error>;
 
 impl LoadedModel {
     /// A new session, its KV cache of the store's element type (see
-    /// [`Model::session_with_kv`]).
-    pub(crate) fn session(&self, max_seq_len: usize, batch: usize) -> ModelResult<AnySession> {
+    /// [`Model::session_with_kv`]), running with LoRA adapters `loras`.
+    pub(crate) fn session(
+        &self,
+        max_seq_len: usize,
+        batch: usize,
+        loras: &[(LoraId, f32)],
+    ) -> ModelResult<AnySession> {
         let kv = self.kv_dtype;
         match &self.cell {
             ModelCell::Cpu(c) => c
                 .with_dependent(|_, m| m.session_with_kv(max_seq_len, batch, kv))
-                .map(|s| AnySession::Cpu(Box::new(s))),
+                .map(|mut s| {
+                    s.set_loras(loras);
+                    AnySession::Cpu(Box::new(s))
+                }),
             ModelCell::Gpu(c) => c
                 .with_dependent(|_, m| m.session_with_kv(max_seq_len, batch, kv))
-                .map(|s| AnySession::Gpu(Box::new(s))),
+                .map(|mut s| {
+                    s.set_loras(loras);
+                    AnySession::Gpu(Box::new(s))
+                }),
         }
     }
 
@@ -368,31 +394,67 @@ impl ModelStore {
     /// Loads the file at `path` under the caller's `id`; if `id` is already
     /// loaded, that model is kept and `id` returned.
     pub fn load_as(&self, path: impl AsRef<Path>, id: ModelId) -> Result<ModelId> {
-        if self.lock().contains_key(&id) {
+        self.load_with_loras(path, id, &[])
+    }
+
+    /// [`ModelStore::load_as`] with LoRA adapters (llama.cpp's GGUF adapter
+    /// files) added to the model, in order: a tenant runs with the ones
+    /// its [`TenantConfig::loras`] names, by their place here. If `id` is
+    /// already loaded, it must have been with the same adapter files.
+    ///
+    /// [`TenantConfig::loras`]: crate::TenantConfig::loras
+    pub fn load_with_loras(
+        &self,
+        path: impl AsRef<Path>,
+        id: ModelId,
+        loras: &[std::path::PathBuf],
+    ) -> Result<ModelId> {
+        let names: Vec<String> = loras.iter().map(|p| p.display().to_string()).collect();
+        if let Some(m) = self.lock().get(&id) {
+            let have: Vec<&String> = m.loras.iter().map(|(_, n)| n).collect();
+            if have.iter().copied().ne(names.iter()) {
+                return Err(Error::Config(format!(
+                    "model {id} is loaded with LoRA adapters {have:?}, not {names:?}"
+                )));
+            }
             return Ok(id);
         }
         let file = GgufFile::open(path)?;
+        let loras = names
+            .iter()
+            .zip(loras)
+            .map(|(n, p)| Ok((n.clone(), GgufFile::open(p)?)))
+            .collect::<Result<Vec<_>>>()?;
         let mut writer = GgufWriter::new();
         *writer.metadata_mut() = file.metadata().clone();
         let metadata = writer.to_bytes()?;
-        let (cell, (vocab_size, n_layers)) = match &self.backend {
+        // What the store keeps of a model: its sizes and adapters' ids.
+        fn facts<B: realm_core::backend::Backend>(
+            m: &Model<'_, B>,
+        ) -> (usize, usize, Vec<(LoraId, String)>) {
+            let loras = m.loras().map(|(id, i)| (id, i.name.clone())).collect();
+            (m.config().vocab_size, m.config().n_layers, loras)
+        }
+        let (cell, (vocab_size, n_layers, loras)) = match &self.backend {
             StoreBackend::Cpu(b) => {
                 let owner = ModelOwner {
                     file,
+                    loras,
                     backend: b.clone(),
                 };
-                let cell = CpuCell::try_new(owner, |o| Model::load(&o.file, &*o.backend))?;
-                let dims = cell.with_dependent(|_, m| (m.config().vocab_size, m.config().n_layers));
-                (ModelCell::Cpu(cell), dims)
+                let cell = CpuCell::try_new(owner, |o| o.model())?;
+                let facts = cell.with_dependent(|_, m| facts(m));
+                (ModelCell::Cpu(cell), facts)
             }
             StoreBackend::Gpu(b) => {
                 let owner = ModelOwner {
                     file,
+                    loras,
                     backend: b.clone(),
                 };
-                let cell = GpuCell::try_new(owner, |o| Model::load(&o.file, &*o.backend))?;
-                let dims = cell.with_dependent(|_, m| (m.config().vocab_size, m.config().n_layers));
-                (ModelCell::Gpu(cell), dims)
+                let cell = GpuCell::try_new(owner, |o| o.model())?;
+                let facts = cell.with_dependent(|_, m| facts(m));
+                (ModelCell::Gpu(cell), facts)
             }
         };
         let model = Arc::new(LoadedModel {
@@ -402,6 +464,7 @@ impl ModelStore {
             vocab_size,
             n_layers,
             kv_dtype: self.kv_dtype,
+            loras,
         });
         // Two threads may have loaded the same id at once: the first wins.
         self.lock().entry(id.clone()).or_insert(model);

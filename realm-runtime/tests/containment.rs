@@ -25,6 +25,7 @@ fn limits(models: Vec<realm_runtime::ModelId>) -> TenantConfig {
         memory_limit: 4 << 20,
         time_limit: Duration::from_millis(300),
         session_tokens: 64,
+        loras: Vec::new(),
     }
 }
 

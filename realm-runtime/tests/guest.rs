@@ -431,6 +431,128 @@ fn tenants_share_one_model_and_batched_text_is_unchanged() {
     assert!(runtime.models().ids().is_empty());
 }
 
+/// Tenants of one model with LoRA adapters of their own (one without, one
+/// with an adapter, one with two at other scales) generate what native
+/// generation with the same adapters does, their decode steps batched
+/// together.
+#[test]
+fn tenants_with_their_own_lora_adapters_share_one_batch() {
+    use realm_models::synthetic::SyntheticLora;
+    use realm_runtime::TenantLora;
+    let Some(path) = common::smollm2() else {
+        return;
+    };
+    let file = GgufFile::open(&path).unwrap();
+    let dir = std::env::temp_dir().join(format!("realm-lora-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut adapters = Vec::new();
+    for (i, rank) in [(0u64, 8), (1, 4)] {
+        let mut lora = SyntheticLora::new(rank, 2.0 * rank as f32);
+        lora.amplitude = 0.15;
+        let p = dir.join(format!("adapter{i}.gguf"));
+        std::fs::write(&p, lora.write(&file, i + 1).unwrap()).unwrap();
+        adapters.push(p);
+    }
+    let runtime = Runtime::new(RuntimeConfig {
+        batch_window: Duration::from_millis(500),
+        ..RuntimeConfig::default()
+    })
+    .unwrap();
+    let id = runtime
+        .models()
+        .load_with_loras(&path, realm_runtime::ModelId::new("smol"), &adapters)
+        .unwrap();
+    // The same id with other adapters is refused.
+    assert!(runtime
+        .models()
+        .load_with_loras(&path, id.clone(), &adapters[..1])
+        .is_err());
+    let sets: [&[(usize, f32)]; 3] = [&[], &[(0, 1.0)], &[(1, 0.7), (0, 0.5)]];
+    let req = request(SamplingParams::greedy(), false);
+    // Native generation with the same adapters.
+    let cpu = CpuBackend::new().unwrap();
+    let tok = Tokenizer::from_metadata(file.metadata()).unwrap();
+    let lora_files: Vec<GgufFile> = adapters
+        .iter()
+        .map(|p| GgufFile::open(p).unwrap())
+        .collect();
+    let mut model = Model::load(&file, &cpu).unwrap();
+    let ids: Vec<_> = lora_files
+        .iter()
+        .map(|f| model.add_lora(f, "a").unwrap())
+        .collect();
+    let story = "Once upon a time, in a small village by the sea,";
+    let prompt = tok
+        .encode(story, req.add_special, req.parse_special)
+        .unwrap();
+    let wants: Vec<String> = sets
+        .iter()
+        .map(|set| {
+            let mut s = model.session(prompt.len() + 40, 64).unwrap();
+            s.set_loras(&set.iter().map(|&(i, x)| (ids[i], x)).collect::<Vec<_>>());
+            let params = GenerateParams {
+                max_tokens: 40,
+                sampling: SamplingParams::greedy(),
+                ..GenerateParams::default()
+            };
+            realm_models::generate(&model, &tok, &mut s, &prompt, &params, |_| true)
+                .unwrap()
+                .text
+        })
+        .collect();
+    assert_ne!(wants[0], wants[1], "the adapter changes the answer");
+    assert_ne!(wants[1], wants[2]);
+    // A tenant naming an adapter the model lacks is refused.
+    let mut bad = TenantConfig::new(vec![id.clone()]);
+    bad.loras.push(TenantLora {
+        model: id.clone(),
+        adapter: 2,
+        scale: 1.0,
+    });
+    assert!(runtime.tenant(&common::guest_wasm(), bad).is_err());
+
+    let before = runtime.batch_stats();
+    let started = AtomicUsize::new(0);
+    std::thread::scope(|sc| {
+        for (set, want) in sets.iter().zip(&wants) {
+            let mut config = TenantConfig::new(vec![id.clone()]);
+            config.loras = set
+                .iter()
+                .map(|&(adapter, scale)| TenantLora {
+                    model: id.clone(),
+                    adapter,
+                    scale,
+                })
+                .collect();
+            let mut t = runtime.tenant(&common::guest_wasm(), config).unwrap();
+            let (req, started) = (req.clone(), &started);
+            sc.spawn(move || {
+                let (mut text, mut first) = (String::new(), true);
+                t.generate(story, &req, |p| {
+                    if std::mem::take(&mut first) {
+                        started.fetch_add(1, Ordering::SeqCst);
+                        let deadline = Instant::now() + Duration::from_secs(60);
+                        while started.load(Ordering::SeqCst) < 3 && Instant::now() < deadline {
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                    }
+                    text.push_str(p)
+                })
+                .unwrap();
+                assert_eq!(&text, want, "adapters {set:?}");
+            });
+        }
+    });
+    let stats = runtime.batch_stats();
+    let (steps, batches) = (stats.steps - before.steps, stats.batches - before.batches);
+    eprintln!("{steps} decode steps with adapters in {batches} batched forwards");
+    assert!(
+        steps > 0 && batches < steps,
+        "steps of different adapters were merged"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 fn bits(x: &[f32]) -> Vec<u32> {
     x.iter().map(|v| v.to_bits()).collect()
 }
