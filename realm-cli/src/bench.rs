@@ -443,6 +443,7 @@ fn bench_in_guest(args: &BenchArgs, l: &load::Loaded) -> Result<Vec<Test>> {
         args.threads,
         &args.device,
         args.cache_type.into(),
+        &args.lora,
     )?;
     let ban: Vec<(u32, f32)> = l
         .tokenizer

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use realm_core::catalog;
 use realm_runtime::{
     GenerateRequest, GenerationStats, KvDtype, Runtime, RuntimeConfig, Tenant, TenantConfig,
-    GUEST_WASM_PATH,
+    TenantLora, GUEST_WASM_PATH,
 };
 
 /// Flags of the commands that can run through a guest.
@@ -57,6 +57,9 @@ pub struct Host {
     pub wasm: Vec<u8>,
     /// The model file.
     pub path: PathBuf,
+    /// The scale of each of the model's LoRA adapters, in order: what its
+    /// tenants run with.
+    pub loras: Vec<f32>,
 }
 
 impl Host {
@@ -68,6 +71,7 @@ impl Host {
         threads: usize,
         device: &crate::device::DeviceArgs,
         kv: KvDtype,
+        lora: &crate::load::LoraArgs,
     ) -> Result<Self> {
         let path = catalog::resolve_model(model).map_err(anyhow::Error::msg)?;
         let wasm_path = guest_path(args);
@@ -89,21 +93,40 @@ impl Host {
             module_cache: module_cache(args),
             ..RuntimeConfig::default()
         })?;
-        let model = runtime.load_model(&path)?;
+        let (files, loras): (Vec<PathBuf>, Vec<f32>) = lora
+            .lora
+            .iter()
+            .map(|p| (p.clone(), 1.0))
+            .chain(lora.lora_scaled.iter().cloned())
+            .unzip();
+        let model = if files.is_empty() {
+            runtime.load_model(&path)?
+        } else {
+            let id = realm_runtime::ModelId::new(&path.display().to_string());
+            runtime.models().load_with_loras(&path, id, &files)?
+        };
         Ok(Self {
             runtime,
             model,
             wasm,
             path,
+            loras,
         })
     }
 
     /// A new tenant, granted the model (it keeps what it needs of the
     /// runtime alive).
     pub fn tenant(&self) -> Result<Tenant> {
-        Ok(self
-            .runtime
-            .tenant(&self.wasm, TenantConfig::new(vec![self.model.clone()]))?)
+        let mut config = TenantConfig::new(vec![self.model.clone()]);
+        config.loras = (self.loras.iter().enumerate())
+            .filter(|&(_, &scale)| scale != 0.0)
+            .map(|(adapter, &scale)| TenantLora {
+                model: self.model.clone(),
+                adapter,
+                scale,
+            })
+            .collect();
+        Ok(self.runtime.tenant(&self.wasm, config)?)
     }
 }
 
@@ -114,9 +137,10 @@ pub fn start(
     threads: usize,
     device: &crate::device::DeviceArgs,
     kv: KvDtype,
+    lora: &crate::load::LoraArgs,
 ) -> Result<Tenant> {
     let start = std::time::Instant::now();
-    let host = Host::start(args, model, threads, device, kv)?;
+    let host = Host::start(args, model, threads, device, kv, lora)?;
     let tenant = host.tenant()?;
     let how = match host.runtime.module_counts() {
         (0, 1) => "loaded compiled",

@@ -514,6 +514,7 @@ fn run_in_guest(args: &RunArgs, prompt: &str) -> Result<()> {
         args.threads,
         &args.device,
         args.cache_type.into(),
+        &args.lora,
     )?;
     let Ok(max_tokens) = u32::try_from(args.n_predict) else {
         bail!("-n -1 and -2 are the native engine's (not with --wasm)");

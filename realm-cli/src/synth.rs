@@ -29,6 +29,10 @@ pub struct SynthArgs {
     #[arg(long, value_delimiter = ',', requires = "lora",
           value_parser = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down", "output"])]
     pub targets: Vec<String>,
+    /// With --lora: the largest magnitude of lora_b's values (how far the
+    /// adapter moves the model).
+    #[arg(long, default_value_t = 0.02, requires = "lora")]
+    pub amplitude: f32,
 }
 
 pub fn run(args: &SynthArgs) -> Result<()> {
@@ -48,6 +52,7 @@ pub fn run(args: &SynthArgs) -> Result<()> {
     let (bytes, what) = match args.lora {
         Some(rank) => {
             let mut lora = SyntheticLora::new(rank, args.alpha);
+            lora.amplitude = args.amplitude;
             if !args.targets.is_empty() {
                 lora.targets = args.targets.clone();
             }

@@ -494,6 +494,67 @@ fn run_wasm_answers_like_native() {
     }
 }
 
+/// LoRA adapters on the command line: `--lora` and `--lora-scaled` run
+/// the same text natively and in a wasm tenant, and move it from the
+/// model's own; `--prompt-cache` does not go with them.
+#[test]
+fn run_with_lora_adapters_natively_and_in_a_tenant() {
+    if !cached(&catalog::SMOLLM2) {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("realm-run-lora-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let lora = dir.join("a.gguf");
+    let lora = lora.to_str().unwrap();
+    let (ok, _, err) = realm(&[
+        "synth",
+        "smollm2",
+        "--lora",
+        "8",
+        "--alpha",
+        "16",
+        "--amplitude",
+        "0.15",
+        "-o",
+        lora,
+    ]);
+    assert!(ok, "{err}");
+    let story = [
+        "run",
+        "smollm2",
+        "-p",
+        "Once upon a time,",
+        "-n",
+        "24",
+        "--temp",
+        "0",
+    ];
+    let with = |extra: &[&str]| {
+        let mut args = story.to_vec();
+        args.extend(extra);
+        let (ok, out, err) = realm(&args);
+        assert!(ok, "{err}");
+        out
+    };
+    let plain = with(&[]);
+    let adapted = with(&["--lora", lora]);
+    assert_ne!(plain, adapted);
+    assert_eq!(with(&["--lora-scaled", &format!("{lora}:1")]), adapted);
+    assert_eq!(with(&["--lora-scaled", &format!("{lora}:0")]), plain);
+    if let Some(guest) = guest() {
+        assert_eq!(
+            with(&["--lora", lora, "--wasm", "--guest", &guest]),
+            adapted
+        );
+    }
+    let mut args = story.to_vec();
+    let cache = dir.join("cache.bin");
+    args.extend(["--lora", lora, "--prompt-cache", cache.to_str().unwrap()]);
+    let (ok, _, err) = realm(&args);
+    assert!(!ok && err.contains("does not go with LoRA"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn bench_wasm_reports_both_tests() {
     let Some(guest) = guest() else { return };

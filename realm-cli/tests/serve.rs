@@ -2113,3 +2113,129 @@ fn ctrl_c_lets_answers_in_flight_end() {
     assert!(rest.trim_end().ends_with("data: [DONE]"), "{rest}");
     assert!(server.child.wait().unwrap().success());
 }
+
+/// LoRA adapters (`--lora`, `--lora-scaled`): a request runs with the
+/// server's scales, or with its own (`lora`), as `realm run` with the same
+/// adapters answers, also when requests with different adapters decode
+/// together; `/lora-adapters` lists them and sets the server's scales; a
+/// kept cache is reused only by a request with the same adapters.
+#[test]
+fn lora_adapters_answer_as_realm_runs_with_them() {
+    if !cached(&catalog::SMOLLM2) {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("realm-serve-lora-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (a, b) = (dir.join("a.gguf"), dir.join("b.gguf"));
+    for (path, rank, seed) in [(&a, "8", "1"), (&b, "4", "2")] {
+        let p = path.to_str().unwrap();
+        let (ok, _, err) = realm(&[
+            "synth",
+            "smollm2",
+            "--lora",
+            rank,
+            "--alpha",
+            "16",
+            "--amplitude",
+            "0.15",
+            "--seed",
+            seed,
+            "-o",
+            p,
+        ]);
+        assert!(ok, "{err}");
+    }
+    let (a, b) = (a.to_str().unwrap(), b.to_str().unwrap());
+    const STORY: &str = "Once upon a time, in a small village by the sea,";
+    let run = |extra: &[&str]| {
+        let mut args = vec!["run", "smollm2", "-p", STORY, "-n", "32", "--temp", "0"];
+        args.extend(["--no-display-prompt"]);
+        args.extend(extra);
+        let (ok, out, err) = realm(&args);
+        assert!(ok, "{err}");
+        out.trim_end_matches('\n').to_string()
+    };
+    let b_scaled = format!("{b}:0.7");
+    let want_a = run(&["--lora", a]);
+    let want_none = run(&[]);
+    let want_b = run(&["--lora-scaled", &b_scaled]);
+    let want_both = run(&["--lora", a, "--lora-scaled", &b_scaled]);
+    assert!(want_a != want_none && want_b != want_none && want_both != want_a);
+
+    let server = Server::start(&[
+        "smollm2",
+        "--parallel",
+        "3",
+        "--lora",
+        a,
+        "--lora-scaled",
+        &format!("{b}:0"),
+    ]);
+    let (status, list) = server.call("GET", "/lora-adapters", "");
+    assert_eq!(status, 200);
+    let list: Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(
+        list,
+        json!([{"id": 0, "path": a, "scale": 1.0}, {"id": 1, "path": b, "scale": 0.0}])
+    );
+    let ask = |lora: Option<Value>| {
+        let mut body = json!({"prompt": STORY, "temperature": 0, "max_tokens": 32});
+        if let Some(l) = lora {
+            body["lora"] = l;
+        }
+        server.post("/v1/completions", &body)["choices"][0]["text"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let none = json!([{"id": 0, "scale": 0.0}]);
+    let only_b = json!([{"id": 1, "scale": 0.7}]);
+    let both = json!([{"id": 0, "scale": 1.0}, {"id": 1, "scale": 0.7}]);
+    // One after another on one prompt: kept caches must not cross adapters.
+    assert_eq!(ask(None), want_a);
+    assert_eq!(ask(Some(none.clone())), want_none);
+    assert_eq!(ask(Some(only_b.clone())), want_b);
+    assert_eq!(ask(Some(both.clone())), want_both);
+    assert_eq!(
+        ask(Some(json!([]))),
+        want_a,
+        "an empty list is the server's"
+    );
+    // Together, in one batch.
+    let asked = [None, Some(none), Some(only_b), Some(both)];
+    let together: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = asked
+            .iter()
+            .map(|l| {
+                let ask = &ask;
+                s.spawn(move || ask(l.clone()))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(
+        together,
+        [want_a.clone(), want_none, want_b.clone(), want_both]
+    );
+    // The server's scales, set.
+    let set = |body: &str| server.call("POST", "/lora-adapters", body);
+    assert_eq!(set(r#"[{"id": 1, "scale": 0.7}]"#).0, 200);
+    assert_eq!(ask(None), want_b);
+    let (_, list) = server.call("GET", "/lora-adapters", "");
+    let list: Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(
+        (list[0]["scale"].as_f64(), list[1]["scale"].as_f64()),
+        (Some(0.0), Some(0.699999988079071))
+    );
+    // Ids it lacks are refused.
+    assert_eq!(set(r#"[{"id": 2, "scale": 1}]"#).0, 400);
+    let (status, body) = server.call(
+        "POST",
+        "/v1/completions",
+        &json!({"prompt": STORY, "lora": [{"id": 5, "scale": 1}]}).to_string(),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("no LoRA adapter 5"), "{body}");
+    drop(server);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -35,7 +35,7 @@ use realm_core::tokenizer::Tokenizer;
 use realm_models::embedding::{self, Pooling};
 use realm_models::generate::{Continuation, Step};
 use realm_models::{
-    BatchScratch, ContextShift, GenerateParams, LogProbs, Model, Session, StopReason,
+    BatchScratch, ContextShift, GenerateParams, LogProbs, LoraId, Model, Session, StopReason,
 };
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -132,6 +132,9 @@ impl Events {
 pub struct Job {
     pub input: Input,
     pub limits: Limits,
+    /// The LoRA adapters it runs with (ids of the server's, in order) and
+    /// their scales.
+    pub loras: Vec<(usize, f32)>,
     pub events: Events,
     /// Held for its drop, which gives the place back.
     pub _ticket: Ticket,
@@ -159,6 +162,9 @@ pub struct EngineConfig {
     pub context_shift: bool,
     /// What the engine counts, for `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// The LoRA adapters (ids in order: `--lora`'s, then
+    /// `--lora-scaled`'s).
+    pub lora: load::LoraArgs,
 }
 
 /// What the engine says once its model is loaded.
@@ -201,13 +207,21 @@ fn serve<B: Backend>(
     jobs: Receiver<Job>,
     ready: Sender<Result<Ready>>,
 ) {
+    let adapters = match cfg.lora.open() {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
     let started = Model::load(&l.file, backend)
         .map_err(anyhow::Error::from)
-        .and_then(|model| {
+        .and_then(|mut model| {
+            let loras = load::add_loras(&mut model, &adapters)?;
             let scratch = model.batch_scratch(cfg.parallel)?;
-            Ok((model, scratch))
+            Ok((model, loras, scratch))
         });
-    let (model, scratch) = match started {
+    let (model, loras, scratch) = match started {
         Ok(m) => m,
         Err(e) => {
             let _ = ready.send(Err(e));
@@ -217,6 +231,7 @@ fn serve<B: Backend>(
     let ctx = crate::run::context_len(cfg.ctx_size, model.config().context_length);
     let mut engine = Engine {
         model: &model,
+        loras: loras.into_iter().map(|(id, _)| id).collect(),
         l,
         prompts: Prompts::new(l, ctx),
         cfg,
@@ -332,6 +347,8 @@ fn drawn(tok: &Tokenizer, last: &[(u32, f32)], token: u32, k: usize) -> TokenLog
 
 struct Engine<'m, 'a, B: Backend> {
     model: &'m Model<'a, B>,
+    /// The model's LoRA adapters, by the server's ids.
+    loras: Vec<LoraId>,
     l: &'m Loaded,
     prompts: Prompts<'m>,
     cfg: &'m EngineConfig,
@@ -400,9 +417,11 @@ impl<'m, B: Backend> Engine<'m, '_, B> {
                     .map_err(server_error)?;
                 self.embeds = Some(s);
             }
+            let loras = self.lora_ids(job)?;
             let session = self.embeds.as_mut().ok_or_else(|| {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "no embedding session")
             })?;
+            session.set_loras(&loras);
             let mut v = embedding::embed(self.model, session, &ids, self.pooling)
                 .map_err(server_error)?
                 .pop()
@@ -486,6 +505,19 @@ impl<'m, B: Backend> Engine<'m, '_, B> {
         }
     }
 
+    /// The model's ids of the adapters `job` runs with, and their scales.
+    fn lora_ids(&self, job: &Job) -> Result<Vec<(LoraId, f32)>, ApiError> {
+        job.loras
+            .iter()
+            .map(|&(i, s)| {
+                let id = self.loras.get(i).ok_or_else(|| {
+                    ApiError::invalid(Some("lora"), format!("no LoRA adapter {i}"))
+                })?;
+                Ok((*id, s))
+            })
+            .collect()
+    }
+
     fn start(&mut self, job: &Job) -> Result<Start<'m, B>, ApiError> {
         let prompt = self.prompts.tokens(&job.input)?;
         // Kept caches are of the whole context, so that any later request
@@ -509,17 +541,21 @@ impl<'m, B: Backend> Engine<'m, '_, B> {
         let text = Continuation::new(&self.l.tokenizer, &prompt, &params)
             .map_err(|e| ApiError::invalid(None, e.to_string()))?;
         let scores_prompt = job.limits.echo && job.limits.logprobs.is_some();
+        let loras = self.lora_ids(job)?;
         let reused = if scores_prompt {
             None
         } else {
-            self.reuse(&prompt, room)
+            self.reuse(&prompt, room, &loras)
         };
         let (session, cached) = match reused {
             Some(s) => s,
             None => self
                 .model
                 .session_with_kv(room, self.cfg.batch, self.cfg.kv_dtype)
-                .map(|s| (s, 0))
+                .map(|mut s| {
+                    s.set_loras(&loras);
+                    (s, 0)
+                })
                 .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?,
         };
         let echo = match (job.limits.echo, &job.input) {
@@ -541,16 +577,21 @@ impl<'m, B: Backend> Engine<'m, '_, B> {
         })
     }
 
-    /// A kept session for `prompt`: the one holding its longest beginning
-    /// (the oldest of equals), cut back to that beginning, and how many
-    /// tokens it holds; at least the prompt's last token is left to run, for
-    /// its logits.
-    fn reuse(&mut self, prompt: &[u32], room: usize) -> Option<(Session<B>, usize)> {
+    /// A kept session for `prompt`, whose tokens ran with adapters
+    /// `loras`: the one holding its longest beginning (the oldest of
+    /// equals), cut back to that beginning, and how many tokens it holds;
+    /// at least the prompt's last token is left to run, for its logits.
+    fn reuse(
+        &mut self,
+        prompt: &[u32],
+        room: usize,
+        loras: &[(LoraId, f32)],
+    ) -> Option<(Session<B>, usize)> {
         let (i, common) = self
             .kept
             .iter()
             .enumerate()
-            .filter(|(_, (_, s))| s.capacity() >= room)
+            .filter(|(_, (_, s))| s.capacity() >= room && s.loras() == loras)
             .map(|(i, (held, _))| {
                 let common = held.iter().zip(prompt).take_while(|(a, b)| a == b).count();
                 (i, common.min(prompt.len() - 1))

@@ -26,6 +26,7 @@ use realm_models::StopReason;
 use super::body::Body;
 use super::engine::{Event, Events, Input, Job, Ticket};
 use super::logprobs::{chat_logprobs, completion_logprobs, TokenLogprob};
+use super::lora::{self, Loras};
 use super::metrics::Metrics;
 use super::openai::Limits;
 use super::openai::{
@@ -58,6 +59,8 @@ pub struct App {
     pub metrics: Option<Arc<Metrics>>,
     /// What `/props` reports; the template `/apply-template` renders with.
     pub props: Props,
+    /// The LoRA adapters and the scales requests run with.
+    pub loras: Loras,
 }
 
 /// The CORS policy for `origins` (`*`: any), or none.
@@ -106,6 +109,7 @@ pub fn router(app: Arc<App>, body_limit: usize, cors: Option<CorsLayer>) -> Rout
         .route("/responses", post(responses::responses))
         .route("/v1/messages", post(anthropic::messages))
         .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
+        .route("/lora-adapters", get(lora::list).post(lora::set))
         .route("/v1/models", get(models))
         .route("/models", get(models));
     if app.metrics.is_some() {
@@ -537,11 +541,17 @@ pub(super) fn submit(
             ),
         )
     })?;
+    let loras = sequences
+        .iter()
+        .map(|(_, l)| app.loras.resolve(l.lora.as_deref()))
+        .collect::<Result<Vec<_>, _>>()?;
     let (tx, rx) = unbounded_channel();
-    for ((index, (input, limits)), ticket) in sequences.into_iter().enumerate().zip(tickets) {
+    let jobs = sequences.into_iter().zip(loras).enumerate().zip(tickets);
+    for ((index, ((input, limits), loras)), ticket) in jobs {
         let job = Job {
             input,
             limits,
+            loras,
             events: Events {
                 index,
                 tx: tx.clone(),

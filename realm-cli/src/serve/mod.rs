@@ -23,6 +23,7 @@ mod embeddings;
 mod engine;
 mod http;
 mod logprobs;
+mod lora;
 mod metrics;
 mod native;
 mod openai;
@@ -110,6 +111,12 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub template: crate::chat::TemplateArgs,
     #[command(flatten)]
+    pub lora: load::LoraArgs,
+    /// Load the LoRA adapters at scale 0: requests, or POST
+    /// /lora-adapters, turn them on (llama.cpp's flag).
+    #[arg(long)]
+    pub lora_init_without_apply: bool,
+    #[command(flatten)]
     pub device: device::DeviceArgs,
     // With --wasm, each request runs in a WebAssembly tenant (the guest
     // tokenizes, samples and loops; --parallel tenants share the model).
@@ -122,7 +129,27 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         bail!("--parallel and --batch-size must be at least 1");
     }
     let chat_template = args.template.source()?;
+    let mut lora = args.lora.clone();
+    if args.lora_init_without_apply {
+        // The files as they are, every scale 0.
+        lora.lora_scaled = (lora.lora.drain(..).map(|p| (p, 0.0)))
+            .chain(lora.lora_scaled.iter().map(|(p, _)| (p.clone(), 0.0)))
+            .collect();
+    }
+    let loras = lora::Loras {
+        paths: (lora.lora.iter())
+            .chain(lora.lora_scaled.iter().map(|(p, _)| p))
+            .map(|p| p.display().to_string())
+            .collect(),
+        scales: std::sync::Mutex::new(
+            (lora.lora.iter().map(|_| 1.0))
+                .chain(lora.lora_scaled.iter().map(|&(_, s)| s))
+                .collect(),
+        ),
+        per_request: !args.guest.wasm,
+    };
     let cfg = engine::EngineConfig {
+        lora,
         model: args.model.clone(),
         chat_template: chat_template.clone(),
         threads: args.threads,
@@ -182,6 +209,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         tokenizer,
         metrics: counted,
         props,
+        loras,
     });
     let cors = http::cors(&args.cors_origins)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

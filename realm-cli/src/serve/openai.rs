@@ -143,6 +143,16 @@ pub struct Options {
     pub grammar: Option<String>,
     pub json_schema: Option<Value>,
     pub response_format: Option<Value>,
+    /// LoRA adapters of the server (`--lora`) at scales of the request's
+    /// own, llama.cpp's `lora`: adapters it does not name are off.
+    pub lora: Option<Vec<LoraScale>>,
+}
+
+/// One of a request's `lora` entries.
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub struct LoraScale {
+    pub id: usize,
+    pub scale: f32,
 }
 
 /// `stream_options`.
@@ -172,6 +182,8 @@ pub struct Limits {
     /// With `logprobs`: the probabilities the samplers left (llama.cpp's
     /// `post_sampling_probs`) instead of the model's.
     pub post_sampling: bool,
+    /// The request's LoRA adapters and scales (`None`: the server's).
+    pub lora: Option<Vec<(usize, f32)>>,
 }
 
 impl Options {
@@ -289,6 +301,19 @@ impl Options {
         sampling
             .validate()
             .map_err(|e| ApiError::invalid(None, e.to_string()))?;
+        let lora = match &self.lora {
+            // An empty list is none, as llama.cpp reads it: the server's.
+            Some(list) if !list.is_empty() => {
+                if let Some(bad) = list.iter().find(|l| !l.scale.is_finite()) {
+                    return Err(ApiError::invalid(
+                        Some("lora"),
+                        format!("adapter {}'s scale is not a finite number", bad.id),
+                    ));
+                }
+                Some(list.iter().map(|l| (l.id, l.scale)).collect())
+            }
+            _ => None,
+        };
         Ok(Limits {
             max_tokens,
             stop,
@@ -298,6 +323,7 @@ impl Options {
             grammar,
             n_keep: self.n_keep.unwrap_or(0),
             post_sampling: false,
+            lora,
         })
     }
 

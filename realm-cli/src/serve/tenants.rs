@@ -42,7 +42,14 @@ pub fn run(
 ) {
     let started = load::open(&cfg.model, 1).and_then(|mut l| {
         l.chat_template = cfg.chat_template.clone();
-        let host = Host::start(guest, &cfg.model, cfg.threads, &cfg.device, cfg.kv_dtype)?;
+        let host = Host::start(
+            guest,
+            &cfg.model,
+            cfg.threads,
+            &cfg.device,
+            cfg.kv_dtype,
+            &cfg.lora,
+        )?;
         let tenants = (0..cfg.parallel)
             .map(|_| host.tenant())
             .collect::<Result<Vec<_>>>()?;
