@@ -42,6 +42,8 @@ pub struct ChatArgs {
     #[command(flatten)]
     pub sampling: SamplingArgs,
     #[command(flatten)]
+    pub lora: load::LoraArgs,
+    #[command(flatten)]
     pub device: crate::device::DeviceArgs,
 }
 
@@ -118,10 +120,13 @@ pub fn run(args: &ChatArgs) -> Result<()> {
 }
 
 fn chat<B: Backend>(args: &ChatArgs, l: &Loaded, backend: &B) -> Result<()> {
-    let model = Model::load(&l.file, backend)?;
+    let adapters = args.lora.open()?;
+    let mut model = Model::load(&l.file, backend)?;
+    let loras = load::add_loras(&mut model, &adapters)?;
     let tpl = template(l)?;
     let ctx = context_len(args.ctx_size, model.config().context_length);
     let mut session = model.session_with_kv(ctx, 256, args.cache_type.into())?;
+    session.set_loras(&loras);
     let mut messages: Vec<ChatMessage> = args
         .system
         .iter()

@@ -55,6 +55,10 @@ pub struct PerplexityArgs {
     /// token agreement and probability differences per scored token.
     #[arg(long, value_name = "BASE")]
     pub kl_divergence: Option<String>,
+    /// LoRA adapters of the model scored (not of the base: `--lora A
+    /// --kl-divergence MODEL` measures what the adapter changes).
+    #[command(flatten)]
+    pub lora: load::LoraArgs,
     #[command(flatten)]
     pub device: device::DeviceArgs,
 }
@@ -106,7 +110,9 @@ fn score<B: Backend>(
     backend: &B,
     text: &str,
 ) -> Result<()> {
-    let model = Model::load(&l.file, backend)?;
+    let adapters = args.lora.open()?;
+    let mut model = Model::load(&l.file, backend)?;
+    let loras = load::add_loras(&mut model, &adapters)?;
     let base_file = match &args.kl_divergence {
         Some(name) => {
             let path = realm_core::catalog::resolve_model(name).map_err(anyhow::Error::msg)?;
@@ -154,6 +160,7 @@ fn score<B: Backend>(
     );
     let batch = args.batch_size.min(ctx);
     let mut session = model.session_with_kv(ctx, batch, args.cache_type.into())?;
+    session.set_loras(&loras);
     let mut base_session = base
         .as_ref()
         .map(|b| b.session_with_kv(ctx, batch, args.cache_type.into()))
