@@ -1018,6 +1018,16 @@ fn wasm_tenants_answer_as_the_native_engine() {
     );
     let (status, text) = wasm.call("POST", "/v1/embeddings", r#"{"input": "a"}"#);
     assert_eq!(status, 501, "{text}");
+    // Tenants run with the server's LoRA adapters (none here): a request
+    // cannot name its own, nor set the server's.
+    let (status, text) = wasm.call(
+        "POST",
+        "/v1/completions",
+        r#"{"prompt": "a", "lora": [{"id": 0, "scale": 1}]}"#,
+    );
+    assert_eq!((status, text.contains("tenants")), (400, true), "{text}");
+    assert_eq!(wasm.call("POST", "/lora-adapters", "[]").0, 400);
+    assert_eq!(wasm.call("GET", "/lora-adapters", "").1, "[]");
     // Tools: the guest keeps to their grammar; the call is the native one.
     let tools = weather_request(json!({"tool_choice": "required"}));
     let call = |s: &Server| {

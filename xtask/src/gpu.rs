@@ -128,6 +128,8 @@ models="$here/models"
 mkdir -p "$models"
 "$here/realm" synth smollm2 -o "$models/smollm2-synth.gguf" || exit 1
 "$here/realm" synth gemma3 -o "$models/gemma3-synth.gguf" || exit 1
+# A rank-16 LoRA adapter of every block matrix, for what adapters cost.
+"$here/realm" synth smollm2 --lora 16 --alpha 32 -o "$models/smollm2-lora.gguf" || exit 1
 export REALM_GPU_TEST_TOKENS=64
 dev="$REALM_GPU_TEST_DEVICE"
 # gputest NAME SECONDS: one GPU test binary; one that fails is noted for
@@ -312,6 +314,8 @@ serve_check smollm2
 ncu_profile smollm2
 sanitize memcheck 200
 ncu_profile gemma3
+# A LoRA adapter on every request (steps with adapters run op by op).
+bench bench-smollm2-lora 90 "$models/smollm2-synth.gguf" --device "$dev" --lora "$models/smollm2-lora.gguf" -p 512 -n 128 -r 10 --npl 1,32
 for m in smollm2 gemma3; do
   # Op by op.
   bench "bench-$m-op-by-op" 90 "$models/$m-synth.gguf" --device "$dev" --steps op-by-op -p 512 -n 128 -r 10 --npl 32
