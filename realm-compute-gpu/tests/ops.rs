@@ -1124,3 +1124,28 @@ fn missing_gpu_support_is_a_clear_error() {
     assert_eq!("cuda:2".parse::<GpuDevice>(), Ok(GpuDevice::Cuda(2)));
     assert!("cpu:1".parse::<GpuDevice>().is_err());
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(24), failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// A LoRA update added to some rows of a batch: the GPU's rows are the
+    /// CPU's, and the rows before and after (defined by an earlier write)
+    /// are kept.
+    #[test]
+    fn add_rows_product_matches_cpu(n in 1usize..5, first in 0usize..3, after in 0usize..3, k in 1usize..20, m in 1usize..40, s in -2f32..2.0, seed in any::<u64>()) {
+        let (g, c) = (gpu(), cpu());
+        let mut rng = Rng(seed);
+        let rows = first + n + after;
+        let dst0 = rng.f32s(rows * m, -1.0, 1.0);
+        let (x, w) = (rng.f32s(n * k, -2.0, 2.0), rng.f32s(k * m, -1.0, 1.0));
+        let mut want = dst0.clone();
+        c.add_rows_product(&mut want, first, &x, n, &w, (k, m), s).unwrap();
+        let mut dst = g.upload(&dst0).unwrap();
+        let (gx, gw) = (g.upload(&x).unwrap(), g.upload(&w).unwrap());
+        g.add_rows_product(&mut dst, first, &gx, n, &gw, (k, m), s).unwrap();
+        assert_close(&down(&g, &dst, rows * m), &want, 1e-5, 1e-5, "add_rows_product");
+        // Rows past what the buffer holds are an error.
+        let mut small = g.upload(&dst0[..(first + n) * m]).unwrap();
+        prop_assert!(g.add_rows_product(&mut small, first + 1, &gx, n, &gw, (k, m), s).is_err());
+    }
+}
