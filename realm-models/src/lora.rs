@@ -238,6 +238,9 @@ impl<'a, B: Backend + 'a> Lora<'a, B> {
             };
             let wa = weight(&a)?;
             let rank = wa.rows();
+            if rank == 0 {
+                return Err(lora_err(format!("`{base}` has rank 0")));
+            }
             let (b_cols, b_rows) = match b.shape() {
                 [c, r, rest @ ..] if rest.iter().all(|&d| d == 1) => (*c, *r),
                 _ => (0, 0),

@@ -86,7 +86,9 @@ impl<B: Backend> Model<'_, B> {
     }
 
     /// Writes `session`'s state: `tokens` (the ids at its positions, as
-    /// many as [`Session::position`]) and their keys and values.
+    /// many as [`Session::position`]) and their keys and values. The LoRA
+    /// adapters that computed them are not part of it: restore a state
+    /// into a session that runs with the same ones.
     ///
     /// ```
     /// use realm_models::{synthetic::SyntheticLayout, Model};
