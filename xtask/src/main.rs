@@ -43,7 +43,7 @@ commands:
   wasm                build the wasm guest (realm-wasm, size-optimised) into
                       target/wasm32-unknown-unknown/wasm-guest/realm_wasm.wasm
   proptest [CASES]    the test suite with CASES property-test cases each (default 20000)
-  fuzz [SECONDS] [TARGET]  fuzz gguf_reader (default), grammar or state for SECONDS (default 600); needs cargo-fuzz
+  fuzz [SECONDS] [TARGET]  fuzz gguf_reader (default), grammar, state or lora for SECONDS (default 600); needs cargo-fuzz
   neon                the CPU backend's tests for aarch64 under qemu-user, NEON kernels
                       included (needs the rustup target aarch64-unknown-linux-gnu and, on
                       Debian, `apt-get install qemu-user gcc-aarch64-linux-gnu`)
@@ -338,7 +338,8 @@ fn fuzz(seconds: &str, target: &str) -> Result<()> {
         "gguf_reader" => (root().join("realm-core/fuzz"), "seeds"),
         "grammar" => (root().join("realm-models/fuzz"), "seeds"),
         "state" => (root().join("realm-models/fuzz"), "seeds-state"),
-        other => bail!("no fuzz target `{other}` (gguf_reader, grammar, state)"),
+        "lora" => (root().join("realm-models/fuzz"), "seeds-lora"),
+        other => bail!("no fuzz target `{other}` (gguf_reader, grammar, state, lora)"),
     };
     let corpus = dir.join("corpus-run").join(target);
     std::fs::create_dir_all(&corpus).with_context(|| format!("creating {}", corpus.display()))?;
