@@ -14,6 +14,11 @@ and prompt: the prompt's token ids, the top 32 logits at every prompt
 position, and the greedy continuation of 32 tokens with each step's top-2
 logit margin. The test makes the same adapters with Realm's writer, so the
 fixture needs no adapter file.
+
+It also merges the first adapter, at scale EXPORT_SCALE, into each model
+with llama.cpp's llama-export-lora, and stores for every merged tensor the
+sum and absolute sum of its f16 values (in f64) and 64 of them, evenly
+spaced (their bits): what `realm export-lora` is held to.
 Usage: python3 scripts/gen_lora_fixtures.py [MODELS_DIR]
 """
 import ctypes
@@ -52,6 +57,8 @@ ADAPTERS = {"smollm2": adapters(0.06), "gemma3": adapters(0.012)}
 CASES = [[(0, 1.0)], [(0, 0.5), (1, -1.0)]]
 TOP = 32
 GEN = 32
+EXPORT_SCALE = 0.7
+SAMPLES = 64
 
 MASK = (1 << 64) - 1
 
@@ -98,6 +105,28 @@ def write_adapter(gguf, reader, arch, spec, path):
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
+
+
+def export(bin_dir, gguf, model, adapter, tmp):
+    """llama-export-lora's merge of `adapter` at EXPORT_SCALE into `model`:
+    each merged tensor's sums and samples."""
+    out = os.path.join(tmp, "merged.gguf")
+    subprocess.run([os.path.join(bin_dir, "llama-export-lora"), "-m", model, "-o", out,
+                    "--lora-scaled", f"{adapter}:{EXPORT_SCALE}", "-t", "2"],
+                   check=True, capture_output=True)
+    merged = {t.name for t in gguf.GGUFReader(adapter).tensors}
+    tensors = []
+    for t in gguf.GGUFReader(out).tensors:
+        if t.name + ".lora_a" not in merged:
+            continue
+        assert t.tensor_type == gguf.GGMLQuantizationType.F16, t.name
+        v = np.array(t.data).reshape(-1)
+        at = [(i * (len(v) - 1)) // (SAMPLES - 1) for i in range(SAMPLES)]
+        tensors.append({"name": t.name, "sum": float(v.astype(np.float64).sum()),
+                        "abs_sum": float(np.abs(v.astype(np.float64)).sum()),
+                        "samples": [int(x) for x in v[at].view(np.uint16)]})
+    os.remove(out)
+    return {"adapter": 0, "scale": EXPORT_SCALE, "tensors": tensors}
 
 
 def top(logits, k=TOP):
@@ -159,7 +188,8 @@ def main():
                                  "positions": positions, "greedy": gen,
                                  "greedy_margins": margins, "greedy_text": text})
                     print(short, case, repr(prompt[-30:]), "->", repr(text))
-            out["models"][short] = {"model": file_name, "adapters": ADAPTERS[short], "runs": runs}
+            out["models"][short] = {"model": file_name, "adapters": ADAPTERS[short], "runs": runs,
+                                    "export": export(bin_dir, gguf, path, files[0], tmp)}
             del llm
     with open(OUT, "w") as f:
         json.dump(out, f)

@@ -5,6 +5,7 @@ mod chat;
 mod device;
 mod divergence;
 mod embed;
+mod export_lora;
 mod grammar;
 mod guest;
 mod info;
@@ -50,6 +51,8 @@ enum Cmd {
     Perplexity(perplexity::PerplexityArgs),
     /// Quantize a model file to another type, as llama-quantize does.
     Quantize(quantize::QuantizeArgs),
+    /// Merge LoRA adapters into a model's weights, as llama-export-lora does.
+    ExportLora(export_lora::ExportLoraArgs),
     /// An OpenAI-compatible HTTP server (chat and text completions, streamed or whole).
     Serve(serve::ServeArgs),
     /// Write a synthetic-weight model with a real model's exact layout.
@@ -68,6 +71,7 @@ fn main() {
         Cmd::ChatTemplate(args) => tokenize::chat_template(&args),
         Cmd::Grammar(args) => grammar::run(&args),
         Cmd::Perplexity(args) => perplexity::run(&args),
+        Cmd::ExportLora(args) => export_lora::run(&args),
         Cmd::Quantize(args) => quantize::run(&args),
         Cmd::Serve(args) => serve::run(&args),
         Cmd::Synth(args) => synth::run(&args),

@@ -547,6 +547,17 @@ fn run_with_lora_adapters_natively_and_in_a_tenant() {
             adapted
         );
     }
+    // Merged into the model's weights (f16), it runs with no adapter.
+    let merged = dir.join("merged.gguf");
+    let merged = merged.to_str().unwrap();
+    let (ok, _, err) = realm(&["export-lora", "smollm2", "--lora", lora, "-o", merged]);
+    assert!(ok && err.contains("210 tensors merged, 62 copied"), "{err}");
+    let mut args = story.to_vec();
+    args[1] = merged;
+    let (ok, out, err) = realm(&args);
+    assert!(ok && out.len() > "Once upon a time,".len(), "{err}");
+    let (ok, _, err) = realm(&["export-lora", "smollm2", "-o", merged]);
+    assert!(!ok && err.contains("give the adapters"), "{err}");
     let mut args = story.to_vec();
     let cache = dir.join("cache.bin");
     args.extend(["--lora", lora, "--prompt-cache", cache.to_str().unwrap()]);

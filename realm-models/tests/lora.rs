@@ -162,6 +162,20 @@ fn adapters_give_the_logits_of_their_merged_weights() {
                 moved > 0.05,
                 "{arch}: the adapters moved the logits by {moved}"
             );
+            // `lora::merge` (f32 matrices stay f32) gives that model too.
+            let with: Vec<_> = files
+                .iter()
+                .map(|&(b, s)| (Gguf::from_bytes(b).unwrap(), s))
+                .collect();
+            let refs: Vec<_> = with.iter().map(|(f, s)| (f, *s)).collect();
+            let mut out = Vec::new();
+            let n = realm_models::lora::merge(&base_file, &refs, &mut out).unwrap();
+            assert_eq!(n.merged + n.copied, base_file.tensor_infos().len());
+            let ours = Gguf::from_bytes(&out[..]).unwrap();
+            let ours_model = Model::load(&ours, &cpu).unwrap();
+            let got = run(&ours_model, &mut ours_model.session(32, 4).unwrap());
+            let merge_err = max_diff(&got, &want);
+            assert!(merge_err < 2e-5, "{arch}: lora::merge is {merge_err} off");
         }
     }
 }

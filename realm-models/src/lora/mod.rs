@@ -32,6 +32,10 @@ use realm_core::TensorView;
 use crate::config::{Architecture, ModelConfig};
 use crate::{Error, Result};
 
+mod merge;
+
+pub use self::merge::{merge, Merged};
+
 /// The matrices of a block an adapter may change, as GGUF names them.
 pub(crate) const TARGETS: [&str; 7] = [
     "attn_q",
@@ -112,15 +116,27 @@ pub struct LoraInfo {
     pub rank: usize,
 }
 
-/// One matrix's update: `factor * B (A x)`; `A` a weight of the
-/// adapter's type, `B` transposed into f32 (`rank` rows of the matrix's
-/// `m`), so that its product adds whole rows.
+/// One matrix's update: `B (A x)`, scaled by a session's scale times
+/// `alpha / rank` (times 1 when alpha is 0); `A` a weight of the adapter's
+/// type, `B` transposed into f32 (`rank` rows of the matrix's `m`), so
+/// that its product adds whole rows.
 #[derive(Debug)]
 pub(crate) struct Pair<'a, B: Backend + 'a> {
     a: B::Weight<'a>,
     bt: B::Buffer,
     rank: usize,
-    factor: f32,
+    alpha: f32,
+}
+
+impl<B: Backend> Pair<'_, B> {
+    /// The update's factor at a session's `scale`, computed as llama.cpp
+    /// computes it.
+    fn scale(&self, scale: f32) -> f32 {
+        match self.alpha {
+            0.0 => scale,
+            alpha => scale * alpha / self.rank as f32,
+        }
+    }
 }
 
 /// An adapter's matrices, checked against its model.
@@ -164,64 +180,23 @@ impl<'a, B: Backend + 'a> Lora<'a, B> {
         has_output: bool,
         name: String,
     ) -> Result<(Self, Dims)> {
-        let md = file.metadata();
-        let text = |k: &str| md.get_str(k).ok().unwrap_or("");
-        if text("general.type") != "adapter" {
-            return Err(lora_err(format!(
-                "general.type should be `adapter`, got `{}`",
-                text("general.type")
-            )));
-        }
-        if text("adapter.type") != "lora" {
-            return Err(lora_err(format!(
-                "adapter.type should be `lora`, got `{}`",
-                text("adapter.type")
-            )));
-        }
-        let arch = text("general.architecture");
+        let alpha = header(file)?;
+        let arch = file
+            .metadata()
+            .get_str("general.architecture")
+            .unwrap_or("");
         if Architecture::from_name(arch).ok() != Some(c.arch) {
             return Err(lora_err(format!(
                 "the adapter is for architecture `{arch}`, not this model's"
             )));
         }
-        if md.contains_key("adapter.alora.invocation_tokens") {
-            return Err(lora_err(
-                "activated LoRA (adapter.alora.invocation_tokens) is not supported",
-            ));
-        }
-        let alpha = match md.get("adapter.lora.alpha") {
-            None => 0.0,
-            Some(_) => md.get_f32("adapter.lora.alpha")?,
-        };
-        if !alpha.is_finite() {
-            return Err(lora_err("adapter.lora.alpha is not finite"));
-        }
-        // Pair each base tensor's `lora_a` and `lora_b`.
-        let mut halves: BTreeMap<String, (Option<TensorView<'a>>, Option<TensorView<'a>>)> =
-            BTreeMap::new();
-        for t in file.tensors() {
-            let t = t?;
-            let full = t.name().to_string();
-            if let Some(base) = full.strip_suffix(".lora_a") {
-                halves.entry(base.to_string()).or_default().0 = Some(t);
-            } else if let Some(base) = full.strip_suffix(".lora_b") {
-                halves.entry(base.to_string()).or_default().1 = Some(t);
-            } else if !full.ends_with("_norm.weight") {
-                // (Norm vectors are ignored, as llama.cpp ignores them.)
-                return Err(lora_err(format!(
-                    "tensor `{full}` is neither a lora_a nor a lora_b"
-                )));
-            }
-        }
+        let halves = pairs(file)?;
         let mut layers: Vec<[Option<Pair<'a, B>>; 7]> =
             (0..c.n_layers).map(|_| Default::default()).collect();
         let mut output = None;
         let mut dims = Dims::default();
         let mut matrices = 0;
         for (base, (a, b)) in halves {
-            let (Some(a), Some(b)) = (a, b) else {
-                return Err(lora_err(format!("`{base}` lacks its lora_a or lora_b")));
-            };
             let (slot, (rows, cols)) = match locate(&base, c, has_output)? {
                 Place::Output => (&mut output, (c.vocab_size, c.d_model)),
                 Place::Layer(i, t) => (&mut layers[i][t as usize], t.dims(c)),
@@ -267,16 +242,11 @@ impl<'a, B: Backend + 'a> Lora<'a, B> {
                     bt[t * rows + i] = v;
                 }
             }
-            let factor = if alpha != 0.0 {
-                alpha / rank as f32
-            } else {
-                1.0
-            };
             *slot = Some(Pair {
                 a: wa,
                 bt: backend.upload(&bt)?,
                 rank,
-                factor,
+                alpha,
             });
             matrices += 1;
             dims = dims.max(Dims { input: cols, rank });
@@ -303,6 +273,67 @@ impl<'a, B: Backend + 'a> Lora<'a, B> {
     fn pair(&self, layer: usize, t: Target) -> Option<&Pair<'a, B>> {
         self.layers.get(layer)?[t as usize].as_ref()
     }
+}
+
+/// Checks an adapter file's header (its type, no aLoRA); its alpha (0
+/// when it has none).
+fn header<S: AsRef<[u8]>>(file: &Gguf<S>) -> Result<f32> {
+    let md = file.metadata();
+    let text = |k: &str| md.get_str(k).ok().unwrap_or("");
+    if text("general.type") != "adapter" {
+        return Err(lora_err(format!(
+            "general.type should be `adapter`, got `{}`",
+            text("general.type")
+        )));
+    }
+    if text("adapter.type") != "lora" {
+        return Err(lora_err(format!(
+            "adapter.type should be `lora`, got `{}`",
+            text("adapter.type")
+        )));
+    }
+    if md.contains_key("adapter.alora.invocation_tokens") {
+        return Err(lora_err(
+            "activated LoRA (adapter.alora.invocation_tokens) is not supported",
+        ));
+    }
+    let alpha = match md.get("adapter.lora.alpha") {
+        None => 0.0,
+        Some(_) => md.get_f32("adapter.lora.alpha")?,
+    };
+    if !alpha.is_finite() {
+        return Err(lora_err("adapter.lora.alpha is not finite"));
+    }
+    Ok(alpha)
+}
+
+/// An adapter's `lora_a` and `lora_b` of each base tensor, by the base
+/// tensor's name. Norm vectors are ignored, as llama.cpp ignores them.
+fn pairs<S: AsRef<[u8]>>(
+    file: &Gguf<S>,
+) -> Result<BTreeMap<String, (TensorView<'_>, TensorView<'_>)>> {
+    let mut halves: BTreeMap<String, (Option<TensorView<'_>>, Option<TensorView<'_>>)> =
+        BTreeMap::new();
+    for t in file.tensors() {
+        let t = t?;
+        let full = t.name().to_string();
+        if let Some(base) = full.strip_suffix(".lora_a") {
+            halves.entry(base.to_string()).or_default().0 = Some(t);
+        } else if let Some(base) = full.strip_suffix(".lora_b") {
+            halves.entry(base.to_string()).or_default().1 = Some(t);
+        } else if !full.ends_with("_norm.weight") {
+            return Err(lora_err(format!(
+                "tensor `{full}` is neither a lora_a nor a lora_b"
+            )));
+        }
+    }
+    halves
+        .into_iter()
+        .map(|(base, pair)| match pair {
+            (Some(a), Some(b)) => Ok((base, (a, b))),
+            _ => Err(lora_err(format!("`{base}` lacks its lora_a or lora_b"))),
+        })
+        .collect()
 }
 
 /// Where a base tensor of an adapter goes.
@@ -430,7 +461,7 @@ pub(crate) fn apply<B: Backend>(
                 &*x
             };
             b.matmul(ws, &pair.a, input, len, r)?;
-            let (first, s) = (run.rows.start, scale * pair.factor);
+            let (first, s) = (run.rows.start, pair.scale(scale));
             b.add_rows_product(p.out, first, r, len, &pair.bt, (pair.rank, p.m), s)?;
         }
     }
