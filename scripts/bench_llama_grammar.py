@@ -15,10 +15,11 @@ target/release/realm built)
 import ctypes
 import os
 import subprocess
-import sys
 import time
 
 import numpy as np
+
+import llama_env
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODELS = ["SmolLM2-135M-Instruct.Q4_1.gguf", "gemma-3-270m-q4_k_m.gguf"]
@@ -26,12 +27,8 @@ STATES = [("after_brace", "{\n  "), ("in_string", "{\"name\": \"The ")]
 
 
 def main():
-    models_dir = sys.argv[1] if len(sys.argv) > 1 else os.environ.get(
-        "REALM_MODELS", os.path.expanduser("~/.cache/realm/models"))
-    bin_dir = subprocess.run([os.path.join(HERE, "build_llama_cpp.sh"), "--tools"],
-                             check=True, capture_output=True, text=True).stdout.strip()
-    os.environ["LLAMA_CPP_LIB_PATH"] = bin_dir
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(bin_dir)))))
+    models_dir = llama_env.models_dir()
+    llama_env.tools()
     import llama_cpp as L
     L.llama_backend_init()
     realm = os.path.join(HERE, "..", "target", "release", "realm")

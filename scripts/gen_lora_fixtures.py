@@ -25,10 +25,11 @@ import ctypes
 import json
 import os
 import subprocess
-import sys
 import tempfile
 
 import numpy as np
+
+import llama_env
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "..", "realm-models", "tests", "fixtures", "lora.json")
@@ -55,7 +56,6 @@ def adapters(amplitude):
 ADAPTERS = {"smollm2": adapters(0.06), "gemma3": adapters(0.012)}
 # Adapters (index, scale) of each case.
 CASES = [[(0, 1.0)], [(0, 0.5), (1, -1.0)]]
-TOP = 32
 GEN = 32
 EXPORT_SCALE = 0.7
 SAMPLES = 64
@@ -129,23 +129,13 @@ def export(bin_dir, gguf, model, adapter, tmp):
     return {"adapter": 0, "scale": EXPORT_SCALE, "tensors": tensors}
 
 
-def top(logits, k=TOP):
-    ids = np.argsort(-logits, kind="stable")[:k]
-    return [int(i) for i in ids], [float(logits[i]) for i in ids]
-
-
 def main():
-    models_dir = sys.argv[1] if len(sys.argv) > 1 else os.environ.get(
-        "REALM_MODELS", os.path.expanduser("~/.cache/realm/models"))
-    bin_dir = subprocess.run([os.path.join(HERE, "build_llama_cpp.sh"), "--tools"],
-                             check=True, capture_output=True, text=True).stdout.strip()
-    os.environ["LLAMA_CPP_LIB_PATH"] = bin_dir
-    vendor = os.path.dirname(os.path.dirname(bin_dir))
-    sys.path.insert(0, os.path.dirname(os.path.dirname(vendor)))
-    sys.path.insert(0, os.path.join(vendor, "gguf-py"))
+    models_dir = llama_env.models_dir()
+    bin_dir = llama_env.tools()
     import gguf
     import llama_cpp as L
     from llama_cpp import Llama
+    from gen_model_fixtures import golden_case
     out = {"cases": CASES, "models": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for short, (file_name, arch, chat) in MODELS.items():
@@ -167,27 +157,10 @@ def main():
                 scales = (ctypes.c_float * len(case))(*[s for _, s in case])
                 assert L.llama_set_adapters_lora(llm._ctx.ctx, adapters, len(case), scales) == 0
                 for prompt in [chat] + PROMPTS:
-                    ids = llm.tokenize(prompt.encode(), add_bos=True, special=True)
-                    llm.reset()
-                    llm.eval(ids)
-                    scores = np.array(llm.scores[: len(ids)], dtype=np.float32)
-                    positions = [dict(zip(("ids", "logits"), top(scores[p]))) for p in range(len(ids))]
-                    gen, margins = [], []
-                    last = scores[len(ids) - 1]
-                    for _ in range(GEN):
-                        order = np.argsort(-last, kind="stable")
-                        tok = int(order[0])
-                        margins.append(float(last[order[0]] - last[order[1]]))
-                        gen.append(tok)
-                        if L.llama_vocab_is_eog(vocab, tok):
-                            break
-                        llm.eval([tok])
-                        last = np.array(llm.scores[llm.n_tokens - 1], dtype=np.float32)
-                    text = llm.detokenize(gen).decode("utf-8", errors="replace")
-                    runs.append({"case": CASES.index(case), "prompt": prompt, "tokens": ids,
-                                 "positions": positions, "greedy": gen,
-                                 "greedy_margins": margins, "greedy_text": text})
-                    print(short, case, repr(prompt[-30:]), "->", repr(text))
+                    run = {"case": CASES.index(case)}
+                    run.update(golden_case(llm, vocab, prompt, GEN))
+                    runs.append(run)
+                    print(short, case, repr(prompt[-30:]), "->", repr(run["greedy_text"]))
             out["models"][short] = {"model": file_name, "adapters": ADAPTERS[short], "runs": runs,
                                     "export": export(bin_dir, gguf, path, files[0], tmp)}
             del llm

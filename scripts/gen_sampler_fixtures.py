@@ -33,10 +33,10 @@ Usage: python3 scripts/gen_sampler_fixtures.py [MODELS_DIR]
 import ctypes
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
+
+import llama_env
 
 MODELS = {
     "smollm2": "SmolLM2-135M-Instruct.Q4_1.gguf",
@@ -277,12 +277,8 @@ def seeded(L, model, vocab, n_vocab, short, dt, blob):
 
 
 def main():
-    models_dir = sys.argv[1] if len(sys.argv) > 1 else os.environ.get(
-        "REALM_MODELS", os.path.expanduser("~/.cache/realm/models"))
-    bin_dir = subprocess.run([os.path.join(HERE, "build_llama_cpp.sh"), "--tools"],
-                             check=True, capture_output=True, text=True).stdout.strip()
-    os.environ["LLAMA_CPP_LIB_PATH"] = bin_dir
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(bin_dir)))))
+    models_dir = llama_env.models_dir()
+    llama_env.tools()
     import llama_cpp as L
     L.llama_backend_init()
     dt = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
