@@ -62,7 +62,7 @@ mod reference;
 use realm_core::backend::{
     matrix_dims, split_width, ActivationOps, AttentionOps, AttentionParams, BackendCore,
     BackendError, BackendResult, KvCacheConfig, KvSpan, MatMulOps, NormOps, RopeOps, RopeParams,
-    StepOps, WeightInfo,
+    RowsProduct, StepOps, WeightInfo,
 };
 use std::ops::Range;
 
@@ -436,20 +436,13 @@ impl MatMulOps for CpuBackend {
         s: f32,
     ) -> BackendResult<()> {
         const OP: &str = "add_rows_product";
-        let x = prefix(OP, "x length", x, product(OP, "x overflows", n_rows, k)?)?;
-        let w = prefix(OP, "w length", w, product(OP, "w overflows", k, m)?)?;
-        let start = product(OP, "row offset overflows", first_row, m)?;
-        let len = product(OP, "dst overflows", n_rows, m)?;
-        let end = start
-            .checked_add(len)
-            .ok_or(BackendError::InvalidParameter {
-                op: OP,
-                what: "dst overflows",
-            })?;
+        let p = RowsProduct::new(first_row, n_rows, (k, m))?;
+        let x = prefix(OP, "x length", x, p.x_len)?;
+        let w = prefix(OP, "w length", w, p.w_len)?;
         let got = dst.len();
         let dst = dst
-            .get_mut(start..end)
-            .ok_or(shape_err(OP, "dst length", end, got))?;
+            .get_mut(p.dst.clone())
+            .ok_or(shape_err(OP, "dst length", p.dst.end, got))?;
         matmul::add_rows_product(self, dst, x, w, (k, m), s);
         Ok(())
     }

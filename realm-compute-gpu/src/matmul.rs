@@ -6,7 +6,9 @@ use std::sync::atomic::Ordering;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{Module, Tensor};
-use realm_core::backend::{matrix_dims, BackendError, BackendResult, MatMulOps, WeightInfo};
+use realm_core::backend::{
+    matrix_dims, BackendError, BackendResult, MatMulOps, RowsProduct, WeightInfo,
+};
 use realm_core::{GgmlType, TensorView};
 
 use crate::fused::q8::{self, matrix, Quantized};
@@ -329,16 +331,10 @@ impl MatMulOps for GpuBackend {
         s: f32,
     ) -> BackendResult<()> {
         const OP: &str = "add_rows_product";
-        let xs = x.prefix(OP, "x length", product(OP, "x overflows", n_rows, k)?)?;
-        let ws = w.prefix(OP, "w length", product(OP, "w overflows", k, m)?)?;
-        let len = product(OP, "dst overflows", n_rows, m)?;
-        let start = product(OP, "row offset overflows", first_row, m)?;
-        let end = start
-            .checked_add(len)
-            .ok_or(BackendError::InvalidParameter {
-                op: OP,
-                what: "dst overflows",
-            })?;
+        let p = RowsProduct::new(first_row, n_rows, (k, m))?;
+        let xs = x.prefix(OP, "x length", p.x_len)?;
+        let ws = w.prefix(OP, "w length", p.w_len)?;
+        let (start, end) = (p.dst.start, p.dst.end);
         let rows = dst.rows(OP, "dst length", &(first_row..first_row + n_rows), m)?;
         // The rows after these that were defined are kept too.
         let defined = dst.defined().max(end);

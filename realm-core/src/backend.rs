@@ -152,6 +152,41 @@ pub fn split_width(op: &'static str, widths: &[usize], outs: usize) -> BackendRe
         })
 }
 
+/// The lengths [`MatMulOps::add_rows_product`] reads and writes, checked
+/// for overflow: values of `x` and of `w`, and the range of `dst`'s values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowsProduct {
+    /// `n_rows * k`.
+    pub x_len: usize,
+    /// `k * m`.
+    pub w_len: usize,
+    /// Rows `first_row..first_row + n_rows` of `m` values.
+    pub dst: Range<usize>,
+}
+
+impl RowsProduct {
+    /// The lengths of a product of `n_rows` rows into `dst` from row
+    /// `first_row`, `k_m == (k, m)`.
+    pub fn new(first_row: usize, n_rows: usize, (k, m): (usize, usize)) -> BackendResult<Self> {
+        let overflow = |what| BackendError::InvalidParameter {
+            op: "add_rows_product",
+            what,
+        };
+        let start = first_row
+            .checked_mul(m)
+            .ok_or(overflow("row offset overflows"))?;
+        let end = n_rows
+            .checked_mul(m)
+            .and_then(|len| start.checked_add(len))
+            .ok_or(overflow("dst overflows"))?;
+        Ok(Self {
+            x_len: n_rows.checked_mul(k).ok_or(overflow("x overflows"))?,
+            w_len: k.checked_mul(m).ok_or(overflow("w overflows"))?,
+            dst: start..end,
+        })
+    }
+}
+
 /// Identity of a backend and the scratch memory it lends to callers.
 pub trait BackendCore: Send + Sync + Debug {
     /// Scratch memory owned by one caller (one session or one batch loop):

@@ -9,10 +9,11 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use realm_compute_cpu::{CpuBackend, CpuConfig};
+use realm_compute_cpu::CpuBackend;
 use realm_core::gguf::Gguf;
-use realm_models::synthetic::SyntheticLayout;
 use realm_models::Model;
+
+mod edits;
 
 struct Fixture {
     file: Gguf<Vec<u8>>,
@@ -23,13 +24,7 @@ struct Fixture {
 fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| {
-        let file = Gguf::from_bytes(SyntheticLayout::tiny("llama").unwrap().write(2).unwrap())
-            .unwrap();
-        let cpu = CpuBackend::with_config(CpuConfig {
-            threads: 1,
-            ..CpuConfig::default()
-        })
-        .unwrap();
+        let (file, cpu) = edits::tiny();
         let saved = {
             let model = Model::load(&file, &cpu).unwrap();
             let mut s = model.session(16, 4).unwrap();
@@ -43,23 +38,9 @@ fn fixture() -> &'static Fixture {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&mode, rest)) = data.split_first() else {
-        return;
-    };
     let f = fixture();
-    let bytes = if mode == 0 {
-        rest.to_vec()
-    } else {
-        let mut b = f.saved.clone();
-        for e in rest.chunks_exact(3) {
-            let at = usize::from(u16::from_le_bytes([e[0], e[1]]));
-            if at < b.len() {
-                b[at] = e[2];
-            } else {
-                b.truncate(at % (b.len() + 1));
-            }
-        }
-        b
+    let Some(bytes) = edits::edited(&f.saved, data) else {
+        return;
     };
     let model = Model::load(&f.file, &f.cpu).unwrap();
     let mut s = model.session(16, 4).unwrap();
