@@ -640,6 +640,8 @@ impl<'a, B: Backend> Model<'a, B> {
                 )))
             }
         };
+        // (Adapters may have been set since the chunk was embedded.)
+        self.ready_loras(&mut s.scratch, &s.loras)?;
         let cache = &mut s.cache;
         let run = lora_run(&s.loras, chunk.len);
         self.layer(&mut s.scratch, chunk.len, layer, run.as_slice(), |b, a| {
@@ -662,6 +664,7 @@ impl<'a, B: Backend> Model<'a, B> {
         match s.chunk {
             Some(c) if c.logits => Ok(s.logits()),
             Some(c) if c.layers_done == self.layers.len() => {
+                self.ready_loras(&mut s.scratch, &s.loras)?;
                 let run = lora_run(&s.loras, 1);
                 self.logits_rows(&mut s.scratch, c.len - 1, 1, run.as_slice())?;
                 // Host backends are read in place; others are downloaded once.

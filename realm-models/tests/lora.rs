@@ -359,3 +359,22 @@ fn adapters_that_cannot_apply_are_refused_by_name() {
     let err = other.forward(&mut s, &[1, 2]).unwrap_err();
     assert!(matches!(err, Error::Lora(_)), "{err}");
 }
+
+/// Adapters set between a chunk's layers are checked there too: another
+/// model's id is refused, not read as this model's adapter of that place.
+#[test]
+fn adapters_set_mid_chunk_are_checked() {
+    let cpu = CpuBackend::new().unwrap();
+    let bytes = SyntheticLayout::tiny("llama").unwrap().write(5).unwrap();
+    let file = Gguf::from_bytes(&bytes[..]).unwrap();
+    let adapter = SyntheticLora::new(2, 0.0).write(&file, 1).unwrap();
+    let adapter = Gguf::from_bytes(&adapter[..]).unwrap();
+    let mut ours = Model::load(&file, &cpu).unwrap();
+    ours.add_lora(&adapter, "ours").unwrap();
+    let mut other = Model::load(&file, &cpu).unwrap();
+    let foreign = other.add_lora(&adapter, "other").unwrap();
+    let mut s = ours.session(8, 4).unwrap();
+    ours.embed_tokens(&mut s, &[1, 2]).unwrap();
+    s.set_loras(&[(foreign, 1.0)]);
+    assert!(matches!(ours.forward_layer(&mut s, 0), Err(Error::Lora(_))));
+}
