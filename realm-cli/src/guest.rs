@@ -93,12 +93,7 @@ impl Host {
             module_cache: module_cache(args),
             ..RuntimeConfig::default()
         })?;
-        let (files, loras): (Vec<PathBuf>, Vec<f32>) = lora
-            .lora
-            .iter()
-            .map(|p| (p.clone(), 1.0))
-            .chain(lora.lora_scaled.iter().cloned())
-            .unzip();
+        let (files, loras): (Vec<PathBuf>, Vec<f32>) = lora.list().into_iter().unzip();
         let model = if files.is_empty() {
             runtime.load_model(&path)?
         } else {

@@ -129,13 +129,29 @@ impl LoraArgs {
         !self.lora.is_empty() || !self.lora_scaled.is_empty()
     }
 
-    /// Maps the adapters' files: `--lora`'s first, then `--lora-scaled`'s.
+    /// The adapters' files and scales, in the order they get their ids:
+    /// `--lora`'s (at 1), then `--lora-scaled`'s.
+    pub fn list(&self) -> Vec<(PathBuf, f32)> {
+        (self.lora.iter().map(|p| (p.clone(), 1.0)))
+            .chain(self.lora_scaled.iter().cloned())
+            .collect()
+    }
+
+    /// The same adapters with every scale 0 (llama.cpp's
+    /// `--lora-init-without-apply`), all as `--lora-scaled`'s.
+    pub fn unapplied(&self) -> Self {
+        Self {
+            lora: Vec::new(),
+            lora_scaled: self.list().into_iter().map(|(p, _)| (p, 0.0)).collect(),
+        }
+    }
+
+    /// Maps the adapters' files, in [`LoraArgs::list`]'s order.
     pub fn open(&self) -> Result<Vec<Adapter>> {
-        let scaled = self.lora.iter().map(|p| (p, 1.0));
-        scaled
-            .chain(self.lora_scaled.iter().map(|(p, s)| (p, *s)))
+        self.list()
+            .into_iter()
             .map(|(path, scale)| {
-                let file = GgufFile::open(path)
+                let file = GgufFile::open(&path)
                     .with_context(|| format!("reading the LoRA adapter {}", path.display()))?;
                 Ok(Adapter {
                     file,

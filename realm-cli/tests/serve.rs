@@ -2225,7 +2225,7 @@ fn lora_adapters_answer_as_realm_runs_with_them() {
     });
     assert_eq!(
         together,
-        [want_a.clone(), want_none, want_b.clone(), want_both]
+        [want_a.clone(), want_none.clone(), want_b.clone(), want_both]
     );
     // The server's scales, set.
     let set = |body: &str| server.call("POST", "/lora-adapters", body);
@@ -2247,5 +2247,19 @@ fn lora_adapters_answer_as_realm_runs_with_them() {
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("no LoRA adapter 5"), "{body}");
     drop(server);
+    // Loaded without being applied: scale 0 until asked for.
+    let unapplied = Server::start(&["smollm2", "--lora", a, "--lora-init-without-apply"]);
+    let (_, list) = unapplied.call("GET", "/lora-adapters", "");
+    assert_eq!(
+        serde_json::from_str::<Value>(&list).unwrap(),
+        json!([{"id": 0, "path": a, "scale": 0.0}])
+    );
+    let body = json!({"prompt": STORY, "temperature": 0, "max_tokens": 32});
+    let text = |r: Value| r["choices"][0]["text"].as_str().unwrap().to_string();
+    assert_eq!(text(unapplied.post("/v1/completions", &body)), want_none);
+    let mut with_a = body.clone();
+    with_a["lora"] = json!([{"id": 0, "scale": 1.0}]);
+    assert_eq!(text(unapplied.post("/v1/completions", &with_a)), want_a);
+    drop(unapplied);
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -14,11 +14,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
+use realm_models::LoraId;
 use wasmtime::{Caller, Extern, Linker, ResourceLimiter};
 
 use crate::batch::{Batcher, StepReply};
-use realm_models::LoraId;
-
 use crate::store::{AnySession, LoadedModel};
 
 /// Largest prefill chunk a guest may ask a session for.

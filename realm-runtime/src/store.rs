@@ -392,7 +392,9 @@ impl ModelStore {
     }
 
     /// Loads the file at `path` under the caller's `id`; if `id` is already
-    /// loaded, that model is kept and `id` returned.
+    /// loaded (with no LoRA adapters: see
+    /// [`ModelStore::load_with_loras`]), that model is kept and `id`
+    /// returned.
     pub fn load_as(&self, path: impl AsRef<Path>, id: ModelId) -> Result<ModelId> {
         self.load_with_loras(path, id, &[])
     }

@@ -129,23 +129,16 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         bail!("--parallel and --batch-size must be at least 1");
     }
     let chat_template = args.template.source()?;
-    let mut lora = args.lora.clone();
-    if args.lora_init_without_apply {
-        // The files as they are, every scale 0.
-        lora.lora_scaled = (lora.lora.drain(..).map(|p| (p, 0.0)))
-            .chain(lora.lora_scaled.iter().map(|(p, _)| (p.clone(), 0.0)))
-            .collect();
-    }
+    let lora = match args.lora_init_without_apply {
+        true => args.lora.unapplied(),
+        false => args.lora.clone(),
+    };
+    let (paths, scales): (Vec<String>, Vec<f32>) = (lora.list().into_iter())
+        .map(|(p, s)| (p.display().to_string(), s))
+        .unzip();
     let loras = lora::Loras {
-        paths: (lora.lora.iter())
-            .chain(lora.lora_scaled.iter().map(|(p, _)| p))
-            .map(|p| p.display().to_string())
-            .collect(),
-        scales: std::sync::Mutex::new(
-            (lora.lora.iter().map(|_| 1.0))
-                .chain(lora.lora_scaled.iter().map(|&(_, s)| s))
-                .collect(),
-        ),
+        paths,
+        scales: std::sync::Mutex::new(scales),
         per_request: !args.guest.wasm,
     };
     let cfg = engine::EngineConfig {
