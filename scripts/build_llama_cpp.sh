@@ -10,10 +10,11 @@
 # --server: llama-server too (the same CPU build), to load it and `realm
 # serve` alike with scripts/bench_serve.py; prints its path.
 #
-# --tools: llama-perplexity, llama-quantize, llama-completion and
-# llama-export-lora too (the same CPU build), the references
-# scripts/gen_perplexity_fixtures.py, scripts/gen_quantize_fixtures.py,
-# scripts/gen_grammar_fixtures.py and scripts/gen_lora_fixtures.py run;
+# --tools: llama-perplexity, llama-quantize, llama-completion,
+# llama-export-lora and llama-imatrix too (the same CPU build), the
+# references scripts/gen_perplexity_fixtures.py,
+# scripts/gen_quantize_fixtures.py, scripts/gen_grammar_fixtures.py,
+# scripts/gen_lora_fixtures.py and scripts/gen_imatrix_fixtures.py run;
 # prints their folder.
 #
 # --cuda: llama-bench and llama-batched-bench with the CUDA backend, for the
@@ -56,7 +57,7 @@ else
   build="$src/build"
   targets=(llama-bench)
   [ "$server" = 1 ] && targets+=(llama-server)
-  [ "$tools" = 1 ] && targets+=(llama-perplexity llama-quantize llama-completion llama-export-lora)
+  [ "$tools" = 1 ] && targets+=(llama-perplexity llama-quantize llama-completion llama-export-lora llama-imatrix)
 fi
 # What the build prints: the CUDA folder, or its last program's path.
 out="$build/bin/${targets[-1]}"

@@ -18,6 +18,13 @@ mirrors ggml's reference code): `gguf.quants.dequantize` and
       compiled with FP contraction off (no fused multiply-add, as ggml's
       portable build and gguf-py compute) and called through ctypes; the
       legacy types are checked against gguf-py on the way, as a cross-check.
+  quantize_weighted.json, weighted/<importance>.f32   (only with --ggml-src)
+      Some of the same signals cut into rows and quantized by ggml's
+      quantize_<type>(src, dst, nrow, n_per_row, imatrix) with a seeded
+      importance vector (one f32 per column, as llama-quantize --imatrix
+      passes it), for the types whose search for scales uses it (the legacy
+      4- and 5-bit types and the k-quants) and Q8_0, which ignores it. Only
+      the sha256 of the expected bytes is stored.
   models.json
       For each tensor of the two real models: name, type, absolute byte
       offset and length of its data in the file, and the sha256 of its
@@ -25,7 +32,8 @@ mirrors ggml's reference code): `gguf.quants.dequantize` and
 
 Usage: scripts/gen_quant_fixtures.py [--models-dir DIR] [--ggml-src LLAMA_CPP_DIR]
 (default: $REALM_MODELS or ~/.cache/realm/models). The synthetic data is
-seeded, so re-running gives the same files.
+seeded, so re-running gives the same files. With --only-weighted (and
+--ggml-src) only quantize_weighted.json and weighted/ are written.
 """
 
 from __future__ import annotations
@@ -236,7 +244,9 @@ def gen_quantize() -> None:
         "expected": expected,
     })
 
-# Symbols ggml-quants.c refers to outside the quantizers; never reached by them.
+# Symbols ggml-quants.c refers to outside its quantizers. Of them only
+# ggml_row_size is reached (by quantize_<type>), for the types listed here by
+# ggml type id: (elements, bytes) per block.
 GGML_STUBS = r"""
 #include <stdio.h>
 #include <stdlib.h>
@@ -245,7 +255,19 @@ void ggml_abort(const char * file, int line, const char * fmt, ...) {
     fprintf(stderr, "ggml_abort at %s:%d\n", file, line);
     abort();
 }
-size_t ggml_row_size(int type, long long ne) { (void) type; (void) ne; abort(); }
+size_t ggml_row_size(int type, long long ne) {
+    static const struct { int type; long long block, size; } sizes[] = {
+        {2, 32, 18}, {3, 32, 20}, {6, 32, 22}, {7, 32, 24}, {8, 32, 34},
+        {10, 256, 84}, {11, 256, 110}, {12, 256, 144}, {13, 256, 176}, {14, 256, 210},
+    };
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; ++i) {
+        if (sizes[i].type == type && ne % sizes[i].block == 0) {
+            return (size_t) (ne / sizes[i].block * sizes[i].size);
+        }
+    }
+    fprintf(stderr, "ggml_row_size: type %d, %lld elements\n", type, ne);
+    abort();
+}
 size_t ggml_type_size(int type) { (void) type; abort(); }
 const char * ggml_type_name(int type) { (void) type; return "?"; }
 """
@@ -308,6 +330,102 @@ def gen_quantize_ggml(src: Path, commit_name: str | None) -> None:
         "reference": "ggml quantize_row_*_ref (ggml-quants.c, cc -O2 -ffp-contract=off)",
         "ggml_source": commit_name,
         "inputs": "quantize.json",
+        "expected": expected,
+    })
+
+
+# The types whose quantize_<type> takes an importance vector (Q8_0 ignores it).
+WEIGHTED_TYPES = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.Q8_0]
+
+# (input of quantize.json, values per row, importance vector).
+WEIGHTED_CASES = [
+    ("cosine", 256, "lognormal_256"),
+    ("gaussian", 512, "lognormal_512"),
+    ("uniform", 512, "lognormal_512"),
+    ("mixed", 512, "zeros_512"),
+    ("heavy_tailed", 1024, "lognormal_1024"),
+]
+
+
+def importance_vectors() -> dict[str, np.ndarray]:
+    """Positive importances over a wide range (exp of normal noise, as an
+    importance matrix's mean squared activations spread), one with zeros."""
+    rng = np.random.default_rng(0x1A7E)
+    out = {
+        "lognormal_256": np.exp(1.5 * rng.standard_normal(256)),
+        "lognormal_512": np.exp(2.0 * rng.standard_normal(512)),
+        "lognormal_1024": np.exp(2.5 * rng.standard_normal(1024)),
+    }
+    z = np.exp(1.5 * rng.standard_normal(512))
+    z[rng.random(512) < 0.2] = 0.0  # scattered zeros
+    z[32:48] = 0.0  # a whole group of 16 (the k-quants' smallest)
+    z[64:96] = 0.0  # a whole block of 32
+    z[256:512] = 0.0  # a whole super-block
+    out["zeros_512"] = z
+    return {k: v.astype(np.float32) for k, v in out.items()}
+
+
+def ggml_quantize_weighted(lib: ctypes.CDLL, t: T, x: np.ndarray, n_per_row: int,
+                           importance: np.ndarray) -> bytes:
+    block_size, type_size = BLOCK_SIZES[t]
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    importance = np.ascontiguousarray(importance, dtype=np.float32)
+    assert x.size % n_per_row == 0 and importance.size == n_per_row
+    nrow = x.size // n_per_row
+    n_bytes = x.size // block_size * type_size
+    out = ctypes.create_string_buffer(n_bytes)
+    fn = getattr(lib, f"quantize_{GGML_REF_TYPES[t]}")
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
+    fn.restype = ctypes.c_size_t
+    written = fn(x.ctypes.data, out, nrow, n_per_row, importance.ctypes.data)
+    assert written == n_bytes, (t, written, n_bytes)
+    return out.raw
+
+
+def gen_quantize_weighted(src: Path, commit_name: str | None) -> None:
+    sigs = signals()
+    # The inputs are quantize.json's files: check they are these signals.
+    for name, x in sigs.items():
+        assert (OUT / "quantize" / f"{name}.f32").read_bytes() == x.astype("<f4").tobytes(), name
+    vectors = importance_vectors()
+    (OUT / "weighted").mkdir(parents=True, exist_ok=True)
+    importance = []
+    for name, v in vectors.items():
+        raw = v.astype("<f4").tobytes()
+        (OUT / "weighted" / f"{name}.f32").write_bytes(raw)
+        importance.append({"name": name, "file": f"weighted/{name}.f32", "n_per_row": int(v.size),
+                           "sha256": sha256(raw)})
+    cases = []
+    expected = []
+    with tempfile.TemporaryDirectory() as tmp:
+        lib = build_ggml_reference(src, Path(tmp))
+        for input_name, n_per_row, imp in WEIGHTED_CASES:
+            x = sigs[input_name]
+            w = vectors[imp]
+            assert w.size == n_per_row
+            cases.append({"input": input_name, "importance": imp, "n_per_row": n_per_row,
+                          "rows": int(x.size // n_per_row)})
+            for t in WEIGHTED_TYPES:
+                raw = ggml_quantize_weighted(lib, t, x, n_per_row, w)
+                unweighted = ggml_quantize(lib, t, x)
+                if t == T.Q8_0:
+                    assert raw == unweighted, (input_name, t)
+                else:
+                    # The importance changes something, or the weighted path was not taken.
+                    assert raw != unweighted, (input_name, t)
+                expected.append({"input": input_name, "importance": imp, "type": type_name(t),
+                                 "sha256": sha256(raw)})
+    commit = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if commit_name is None:
+        commit_name = commit.stdout.strip() if commit.returncode == 0 else "unknown"
+    write_json("quantize_weighted.json", {
+        "generator": "scripts/gen_quant_fixtures.py --ggml-src",
+        "reference": "ggml quantize_<type>(src, dst, nrow, n_per_row, imatrix) "
+                     "(ggml-quants.c, cc -O2 -ffp-contract=off)",
+        "ggml_source": commit_name,
+        "inputs": "quantize.json",
+        "importance": importance,
+        "cases": cases,
         "expected": expected,
     })
 
@@ -383,11 +501,19 @@ def main() -> None:
     ap.add_argument("--ggml-src", type=Path, help="a llama.cpp checkout: also write quantize_ggml.json")
     ap.add_argument("--ggml-commit", help="the --ggml-src commit, where it is no git checkout "
                     "(llama-cpp-python's sdist vendors llama.cpp without its history)")
+    ap.add_argument("--only-weighted", action="store_true",
+                    help="write only quantize_weighted.json and weighted/ (needs --ggml-src)")
     args = ap.parse_args()
+    if args.only_weighted:
+        if args.ggml_src is None:
+            ap.error("--only-weighted needs --ggml-src")
+        gen_quantize_weighted(args.ggml_src, args.ggml_commit)
+        return
     gen_synthetic()
     gen_quantize()
     if args.ggml_src is not None:
         gen_quantize_ggml(args.ggml_src, args.ggml_commit)
+        gen_quantize_weighted(args.ggml_src, args.ggml_commit)
     if not args.skip_models:
         gen_models(args.models_dir)
 

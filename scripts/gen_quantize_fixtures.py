@@ -7,6 +7,8 @@ For each case it quantizes one of the real models with llama-quantize
 llama-cpp-python 0.3.36 sdist; `--allow-requantize`, as both models are
 quantized already, 2 threads) and stores the output file's size and
 sha256: `realm quantize` with the same options must write the same bytes.
+Cases with `--imatrix` quantize with the importance matrices
+scripts/gen_imatrix_fixtures.py writes (run it first).
 Usage: python3 scripts/gen_quantize_fixtures.py [MODELS_DIR]
 """
 import hashlib
@@ -37,9 +39,23 @@ CASES = [
     ("gemma3", "Q2_K", []),
     ("gemma3", "Q3_K_S", []),
     ("gemma3", "Q3_K_L", []),
+    # With the importance matrices of scripts/gen_imatrix_fixtures.py (its
+    # first six blocks: the rest are quantized without), named relative to
+    # realm-cli/, where llama-quantize runs and the tests run.
+    ("smollm2", "Q4_K_M", ["--imatrix", "tests/fixtures/imatrix/smollm2.gguf"]),
+    ("smollm2", "Q4_0", ["--imatrix", "tests/fixtures/imatrix/smollm2.gguf"]),
+    ("smollm2", "Q2_K", ["--pure", "--imatrix", "tests/fixtures/imatrix/smollm2.gguf"]),
+    ("smollm2", "Q6_K", ["--imatrix", "tests/fixtures/imatrix/smollm2.gguf",
+                         "--exclude-weights", "attn_v"]),
+    ("gemma3", "Q5_0", ["--imatrix", "tests/fixtures/imatrix/gemma3.gguf"]),
+    ("gemma3", "Q3_K_M", ["--imatrix", "tests/fixtures/imatrix/gemma3.gguf"]),
+    ("gemma3", "Q4_K_S", ["--imatrix", "tests/fixtures/imatrix/gemma3.gguf",
+                          "--include-weights", "ffn_", "--include-weights", "attn_q"]),
+    ("gemma3", "Q5_K_S", ["--imatrix", "tests/fixtures/imatrix/gemma3.gguf"]),
 ]
 HERE = os.path.dirname(os.path.abspath(__file__))
-OUT = os.path.join(HERE, "..", "realm-cli", "tests", "fixtures", "quantize.json")
+CRATE = os.path.join(HERE, "..", "realm-cli")
+OUT = os.path.join(CRATE, "tests", "fixtures", "quantize.json")
 
 
 def main():
@@ -54,7 +70,7 @@ def main():
         for model, ftype, extra in CASES:
             subprocess.run([tool, "--allow-requantize", *extra,
                             os.path.join(models_dir, MODELS[model]), out, ftype, "2"],
-                           check=True, capture_output=True)
+                           cwd=CRATE, check=True, capture_output=True)
             with open(out, "rb") as f:
                 digest = hashlib.sha256(f.read()).hexdigest()
             case = {"model": model, "type": ftype, "options": extra,

@@ -8,6 +8,7 @@ mod embed;
 mod export_lora;
 mod grammar;
 mod guest;
+mod imatrix;
 mod info;
 mod load;
 mod perplexity;
@@ -49,6 +50,8 @@ enum Cmd {
     Grammar(grammar::GrammarArgs),
     /// A model's perplexity on a text file, measured as llama-perplexity does.
     Perplexity(perplexity::PerplexityArgs),
+    /// An importance matrix of a model on a text, as llama-imatrix collects it.
+    Imatrix(imatrix::ImatrixArgs),
     /// Quantize a model file to another type, as llama-quantize does.
     Quantize(quantize::QuantizeArgs),
     /// Merge LoRA adapters into a model's weights, as llama-export-lora does.
@@ -71,6 +74,7 @@ fn main() {
         Cmd::ChatTemplate(args) => tokenize::chat_template(&args),
         Cmd::Grammar(args) => grammar::run(&args),
         Cmd::Perplexity(args) => perplexity::run(&args),
+        Cmd::Imatrix(args) => imatrix::run(&args),
         Cmd::ExportLora(args) => export_lora::run(&args),
         Cmd::Quantize(args) => quantize::run(&args),
         Cmd::Serve(args) => serve::run(&args),

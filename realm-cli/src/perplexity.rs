@@ -72,7 +72,8 @@ pub struct Nll {
 }
 
 impl Nll {
-    fn add(&mut self, nll: f64) {
+    /// Adds one scored token's negative log-likelihood.
+    pub fn add(&mut self, nll: f64) {
         self.sum += nll;
         self.sum_sq += nll * nll;
         self.count += 1;
@@ -130,32 +131,12 @@ fn score<B: Backend>(
             bail!("the base model's vocabulary has {vb} tokens, this model's {v}: no comparison");
         }
     }
-    let ctx = args.ctx_size;
-    if ctx < 4 {
-        bail!("a chunk needs at least 4 tokens (-c)");
-    }
-    let tokens = l.tokenizer.encode(text, true, false)?;
-    if tokens.len() < 2 * ctx {
-        bail!(
-            "{} tokenizes to {} tokens; a context of {ctx} needs at least {} (lower -c)",
-            args.file.display(),
-            tokens.len(),
-            2 * ctx
-        );
-    }
-    let n_chunks = (tokens.len() / ctx).min(args.chunks.unwrap_or(usize::MAX));
-    if n_chunks == 0 {
-        bail!("--chunks must be at least 1");
-    }
-    let bos = match (l.tokenizer.add_bos(), l.tokenizer.bos()) {
-        (true, Some(b)) => Some(b),
-        (true, None) => bail!("the model adds a beginning-of-sequence token but has none"),
-        (false, _) => None,
-    };
+    let text = Chunks::new(l, text, &args.file, args.ctx_size, args.chunks)?;
+    let (ctx, n_chunks) = (text.ctx, text.n_chunks);
     let first = ctx / 2;
     eprintln!(
         "realm: {} tokens; scoring {n_chunks} chunks of {ctx}, the last {} tokens of each",
-        tokens.len(),
+        text.tokens.len(),
         ctx - first - 1
     );
     let batch = args.batch_size.min(ctx);
@@ -175,10 +156,7 @@ fn score<B: Backend>(
     }
     let start = Instant::now();
     for c in 0..n_chunks {
-        let mut chunk = tokens[c * ctx..(c + 1) * ctx].to_vec();
-        if let Some(b) = bos {
-            chunk[0] = b;
-        }
+        let chunk = text.chunk(c);
         // The base's logits of the scored positions, kept for the model's.
         base_rows.clear();
         if let (Some(b), Some(s)) = (&base, base_session.as_mut()) {
@@ -237,6 +215,69 @@ fn score<B: Backend>(
         (n_chunks * ctx) as f64 / secs
     );
     Ok(())
+}
+
+/// A text tokenized whole and cut into chunks, as llama-perplexity and
+/// llama-imatrix cut it.
+pub struct Chunks {
+    /// The text's tokens (with the model's beginning-of-sequence token if
+    /// it adds one).
+    pub tokens: Vec<u32>,
+    /// Tokens per chunk.
+    pub ctx: usize,
+    /// Chunks to run.
+    pub n_chunks: usize,
+    bos: Option<u32>,
+}
+
+impl Chunks {
+    /// `text` (read from `file`) in chunks of `ctx` tokens, at most `limit`
+    /// of them; the text must fill two.
+    pub fn new(
+        l: &load::Loaded,
+        text: &str,
+        file: &std::path::Path,
+        ctx: usize,
+        limit: Option<usize>,
+    ) -> Result<Self> {
+        if ctx < 4 {
+            bail!("a chunk needs at least 4 tokens (-c)");
+        }
+        let tokens = l.tokenizer.encode(text, true, false)?;
+        if tokens.len() < 2 * ctx {
+            bail!(
+                "{} tokenizes to {} tokens; a context of {ctx} needs at least {} (lower -c)",
+                file.display(),
+                tokens.len(),
+                2 * ctx
+            );
+        }
+        let n_chunks = (tokens.len() / ctx).min(limit.unwrap_or(usize::MAX));
+        if n_chunks == 0 {
+            bail!("--chunks must be at least 1");
+        }
+        let bos = match (l.tokenizer.add_bos(), l.tokenizer.bos()) {
+            (true, Some(b)) => Some(b),
+            (true, None) => bail!("the model adds a beginning-of-sequence token but has none"),
+            (false, _) => None,
+        };
+        Ok(Self {
+            tokens,
+            ctx,
+            n_chunks,
+            bos,
+        })
+    }
+
+    /// Chunk `c`: its first token replaced by the beginning-of-sequence
+    /// token when the model adds one.
+    pub fn chunk(&self, c: usize) -> Vec<u32> {
+        let mut chunk = self.tokens[c * self.ctx..(c + 1) * self.ctx].to_vec();
+        if let Some(b) = self.bos {
+            chunk[0] = b;
+        }
+        chunk
+    }
 }
 
 #[cfg(test)]

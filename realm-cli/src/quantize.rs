@@ -7,8 +7,9 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
-use realm_core::gguf::quantize::{self, FileType, PlannedTensor, QuantizeOptions};
+use realm_core::gguf::quantize::{self, FileType, ImatrixInfo, PlannedTensor, QuantizeOptions};
 use realm_core::gguf::{GgufFile, GgufWriter};
+use realm_core::imatrix::Imatrix;
 use realm_core::GgmlType;
 
 /// Arguments of `realm quantize`.
@@ -39,6 +40,24 @@ pub struct QuantizeArgs {
     /// The token embedding's type, instead of the mix's.
     #[arg(long, value_parser = parse_tensor_type)]
     pub token_embedding_type: Option<GgmlType>,
+    /// An importance matrix (`realm imatrix`'s or llama-imatrix's file):
+    /// each matrix it has an entry for is quantized with its columns'
+    /// importance, as llama-quantize --imatrix quantizes.
+    #[arg(long, value_name = "FILE")]
+    pub imatrix: Option<String>,
+    /// Use the importance matrix only for tensors whose name contains this
+    /// (repeat).
+    #[arg(
+        long,
+        value_name = "NAME",
+        requires = "imatrix",
+        conflicts_with = "exclude_weights"
+    )]
+    pub include_weights: Vec<String>,
+    /// Do not use the importance matrix for tensors whose name contains this
+    /// (repeat).
+    #[arg(long, value_name = "NAME", requires = "imatrix")]
+    pub exclude_weights: Vec<String>,
     /// Print each tensor's type and the sizes; write nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -81,15 +100,42 @@ pub fn run(args: &QuantizeArgs) -> Result<()> {
     }
     let file =
         GgufFile::open(&args.input).with_context(|| format!("reading {}", args.input.display()))?;
+    let imatrix = args
+        .imatrix
+        .as_deref()
+        .map(|f| read_imatrix(args, f))
+        .transpose()?;
     let opts = QuantizeOptions {
         allow_requantize: args.allow_requantize,
         pure: args.pure,
         quantize_output: !args.leave_output_tensor,
         output_type: args.output_tensor_type,
         token_embedding_type: args.token_embedding_type,
+        imatrix: imatrix.as_ref().map(|(info, _)| info.clone()),
         ..QuantizeOptions::new(args.file_type)
     };
     let plan = quantize::plan(&file, &opts)?;
+    // Each quantized matrix's importance, checked before anything is
+    // written.
+    let mut importance = Vec::with_capacity(plan.tensors.len());
+    for t in &plan.tensors {
+        let cols = t.shape.first().copied().unwrap_or(1) as usize;
+        let w = match &imatrix {
+            Some((_, m)) if t.to != t.from => m.importance(&t.name),
+            _ => None,
+        };
+        importance.push(match w {
+            // A token embedding's entry (of its use as the output matrix)
+            // is not its rows' importance: llama-quantize ignores it too.
+            Some(w) if w.len() != cols && t.name == "token_embd.weight" => None,
+            Some(w) if w.len() != cols => bail!(
+                "the importance matrix has {} values for {}, whose rows have {cols}",
+                w.len(),
+                t.name
+            ),
+            w => w,
+        });
+    }
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(args.threads)
         .build()?;
@@ -119,7 +165,7 @@ pub fn run(args: &QuantizeArgs) -> Result<()> {
     for (k, v) in plan.metadata.iter() {
         w.set(k, v.clone());
     }
-    for (i, t) in plan.tensors.iter().enumerate() {
+    for ((i, t), imp) in plan.tensors.iter().enumerate().zip(importance) {
         let src = file.tensor(&t.name)?.data();
         if t.to == t.from {
             eprintln!("{}", describe(i, n, t));
@@ -128,13 +174,14 @@ pub fn run(args: &QuantizeArgs) -> Result<()> {
         }
         let pool = &pool;
         w.add_tensor_with(&t.name, t.to, &t.shape, move || {
-            eprintln!("{}", describe(i, n, t));
+            let weighted = if imp.is_some() { " (imatrix)" } else { "" };
+            eprintln!("{}{weighted}", describe(i, n, t));
             let cols = t.shape.first().copied().unwrap_or(1);
             let row = t.from.row_bytes(cols).unwrap_or(1).max(1) as usize;
             let rows_per_task = (TASK_VALUES / cols.max(1)).max(1) as usize;
             let parts: Vec<Vec<u8>> = pool.install(|| {
                 src.par_chunks(row * rows_per_task)
-                    .map(|rows| quantize::convert_rows(t.from, t.to, rows))
+                    .map(|rows| quantize::convert_rows_weighted(t.from, t.to, rows, imp.as_deref()))
                     .collect::<realm_core::Result<_>>()
             })?;
             Ok(parts.concat())
@@ -153,6 +200,41 @@ pub fn run(args: &QuantizeArgs) -> Result<()> {
         start.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// The importance matrix in `file`, with `--include-weights` and
+/// `--exclude-weights` applied, and what the output's metadata records of
+/// it.
+fn read_imatrix(args: &QuantizeArgs, file: &str) -> Result<(ImatrixInfo, Imatrix)> {
+    let mut m = Imatrix::open(file).with_context(|| format!("reading {file}"))?;
+    if !m.has_metadata() {
+        bail!("{file} lacks the imatrix.* metadata llama-imatrix writes");
+    }
+    let named = |n: &str, list: &[String]| list.iter().any(|s| n.contains(s.as_str()));
+    if !args.exclude_weights.is_empty() {
+        m.retain(|n| !named(n, &args.exclude_weights));
+    }
+    if !args.include_weights.is_empty() {
+        m.retain(|n| named(n, &args.include_weights));
+    }
+    if let Some(n) = m.names().find(|n| {
+        m.importance(n)
+            .is_some_and(|w| w.iter().any(|v| !v.is_finite()))
+    }) {
+        bail!("{file}: the importance of {n} is not finite");
+    }
+    let info = ImatrixInfo {
+        file: file.to_string(),
+        dataset: m.datasets.first().cloned(),
+        entries: m.len() as u32,
+        chunks: m.chunk_count,
+    };
+    eprintln!(
+        "realm: {} importance matrix entries from {file}, collected on {} chunks",
+        m.len(),
+        m.chunk_count
+    );
+    Ok((info, m))
 }
 
 /// A progress line: `[  3/272] blk.0.attn_k.weight [576, 192] q4_1 -> q8_0`.

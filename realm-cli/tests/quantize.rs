@@ -106,3 +106,55 @@ fn bad_requests_are_refused_and_leave_nothing() {
     );
     assert!(!out.exists());
 }
+
+/// An importance matrix that does not fit the model (another model's) is
+/// refused before anything is written; one without llama-imatrix's
+/// metadata too.
+#[test]
+fn importance_matrices_must_fit() {
+    if !cached(&catalog::SMOLLM2) {
+        return;
+    }
+    let input = catalog::cached_path(&catalog::SMOLLM2).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.gguf");
+    let gemma = format!(
+        "{}/tests/fixtures/imatrix/gemma3.gguf",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let args = [
+        "quantize",
+        "--allow-requantize",
+        "--imatrix",
+        &gemma,
+        input.to_str().unwrap(),
+        out.to_str().unwrap(),
+        "Q4_K_M",
+    ];
+    let (ok, _, stderr) = realm(&args);
+    assert!(!ok, "{stderr}");
+    assert!(
+        stderr.contains("has 640 values for blk.0.attn_k.weight, whose rows have 576"),
+        "{stderr}"
+    );
+    assert!(!out.exists());
+    // Without its imatrix.* keys a GGUF matrix is refused, as llama-quantize
+    // refuses it.
+    let mut m = realm_core::imatrix::Imatrix::open(&gemma).unwrap();
+    m.retain(|n| n.starts_with("blk.0."));
+    let mut w = m.to_gguf().unwrap();
+    w.metadata_mut().remove(realm_core::imatrix::CHUNK_SIZE_KEY);
+    let bare = dir.path().join("bare.gguf");
+    w.write_file(&bare).unwrap();
+    let args = [
+        &args[..2],
+        &["--imatrix", bare.to_str().unwrap()],
+        &args[4..],
+    ]
+    .concat();
+    let (ok, _, stderr) = realm(&args);
+    assert!(
+        !ok && stderr.contains("lacks the imatrix.* metadata"),
+        "{stderr}"
+    );
+}

@@ -112,6 +112,11 @@ pub enum Error {
         got: usize,
     },
 
+    // ---- importance matrices -----------------------------------------------
+    /// An importance matrix file is malformed, or does not fit a model.
+    #[error("importance matrix: {0}")]
+    Imatrix(String),
+
     // ---- tokenizer -------------------------------------------------------
     /// The tokenizer described by the metadata cannot be built.
     #[error("tokenizer: {0}")]

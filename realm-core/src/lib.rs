@@ -8,6 +8,8 @@
 //!   byte-level BPE), identical to llama.cpp's; [`chat`]: chat templates.
 //! - [`quant`]: the ggml quantization formats: block layouts, dequantization
 //!   and quantization.
+//! - [`imatrix`]: importance matrices (llama-imatrix's files), which weight
+//!   quantization towards the columns a model's activations use most.
 //! - [`GgmlType`] and [`TensorView`]: a tensor's type, shape and borrowed bytes,
 //!   which the compute backends take.
 //!
@@ -27,6 +29,7 @@ pub mod chat;
 mod dtype;
 mod error;
 pub mod gguf;
+pub mod imatrix;
 pub mod quant;
 mod tensor;
 pub mod tokenizer;

@@ -26,6 +26,7 @@ mod record;
 pub mod embedding;
 pub mod generate;
 pub mod grammar;
+pub mod imatrix;
 pub mod logprob;
 pub mod lookup;
 pub mod lora;

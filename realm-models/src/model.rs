@@ -18,9 +18,11 @@ mod state;
 pub use self::shift::ContextShift;
 
 use crate::config::{Architecture, ModelConfig};
+use crate::imatrix::Collector;
 use crate::lora::{self, Dims, Lora, LoraId, LoraInfo, LoraRun, LoraScratch, Product, Target};
 use crate::record::{Recorded, StepKey};
 use crate::{Error, Result};
+use realm_core::imatrix::Imatrix;
 
 /// Weight matrices that multiply the same input, in order, as runs: each
 /// run one matrix, or consecutive matrices of one type stacked into one by
@@ -402,7 +404,7 @@ impl<'a, B: Backend> Model<'a, B> {
         self.check_tokens(tokens)?;
         if let [token] = *tokens {
             // (A step with adapters runs op by op: recordings hold none.)
-            if self.backend.static_steps() && s.loras.is_empty() {
+            if self.backend.static_steps() && s.loras.is_empty() && s.scratch.seen.is_none() {
                 return self.decode_static(s, token);
             }
         }
@@ -453,7 +455,14 @@ impl<'a, B: Backend> Model<'a, B> {
         each: impl FnMut(usize, &[f32]),
     ) -> Result<()> {
         self.forward_rows(s, tokens, from, Rows::Logits, each)?;
-        self.compute_logits(s)?;
+        // The last row's output product ran already (when `from` reached
+        // it): an importance matrix does not see it twice.
+        let seen = s.scratch.seen.take_if(|_| from < tokens.len());
+        let ran = self.compute_logits(s).map(|_| ());
+        if seen.is_some() {
+            s.scratch.seen = seen;
+        }
+        ran?;
         Ok(())
     }
 
@@ -946,7 +955,7 @@ impl<'a, B: Backend> Model<'a, B> {
             let (x, out) = (&sc.xn, &mut sc.logits);
             self.adapt(
                 &mut sc.ws,
-                &mut sc.lora,
+                (&mut sc.lora, &mut sc.seen),
                 runs,
                 None,
                 (x, n, d),
@@ -959,15 +968,19 @@ impl<'a, B: Backend> Model<'a, B> {
     /// Adds the LoRA updates of `runs` to a product of matrix `at` (`None`:
     /// the output matrix): input `x` (`n` rows of `k`), product `out`
     /// (rows of `m`).
+    #[allow(clippy::too_many_arguments)]
     fn adapt(
         &self,
         ws: &mut B::Workspace,
-        ls: &mut Option<LoraScratch<B>>,
+        (ls, seen): (&mut Option<LoraScratch<B>>, &mut Option<Box<Collector>>),
         runs: &[LoraRun<'_>],
         at: Option<(usize, Target)>,
         (x, n, k): (&B::Buffer, usize, usize),
         (out, m): (&mut B::Buffer, usize),
-    ) -> Result<(), BackendError> {
+    ) -> Result<()> {
+        if let Some(c) = seen {
+            c.observe(self.backend, ws, at, (x, n, k))?;
+        }
         if runs.is_empty() {
             return Ok(());
         }
@@ -976,7 +989,7 @@ impl<'a, B: Backend> Model<'a, B> {
             what: "no scratch for adapters",
         })?;
         let p = Product { x, n, k, out, m };
-        lora::apply(self.backend, ws, ls, &self.loras, runs, at, p)
+        Ok(lora::apply(self.backend, ws, ls, &self.loras, runs, at, p)?)
     }
 
     /// Final norm of rows `first..first + n` of `sc.x` into the first `n`
@@ -1030,7 +1043,14 @@ impl<'a, B: Backend> Model<'a, B> {
             (Target::V, &mut sc.v, c.kv_dim()),
         ] {
             let x = (&sc.xn, n, d);
-            self.adapt(&mut sc.ws, &mut sc.lora, runs, Some((li, t)), x, (out, m))?;
+            self.adapt(
+                &mut sc.ws,
+                (&mut sc.lora, &mut sc.seen),
+                runs,
+                Some((li, t)),
+                x,
+                (out, m),
+            )?;
         }
         for (out, bias) in [
             (&mut sc.q, &layer.bq),
@@ -1086,7 +1106,7 @@ impl<'a, B: Backend> Model<'a, B> {
         let (x, out) = ((&sc.att, n, c.q_dim()), (&mut sc.proj, d));
         self.adapt(
             &mut sc.ws,
-            &mut sc.lora,
+            (&mut sc.lora, &mut sc.seen),
             runs,
             Some((li, Target::O)),
             x,
@@ -1111,7 +1131,14 @@ impl<'a, B: Backend> Model<'a, B> {
         )?;
         for (t, out) in [(Target::Gate, &mut sc.gate), (Target::Up, &mut sc.up)] {
             let x = (&sc.xn, n, d);
-            self.adapt(&mut sc.ws, &mut sc.lora, runs, Some((li, t)), x, (out, ff))?;
+            self.adapt(
+                &mut sc.ws,
+                (&mut sc.lora, &mut sc.seen),
+                runs,
+                Some((li, t)),
+                x,
+                (out, ff),
+            )?;
         }
         match c.arch {
             Architecture::Gemma3 => b.geglu_inplace(&mut sc.gate, &sc.up, n * ff)?,
@@ -1121,7 +1148,7 @@ impl<'a, B: Backend> Model<'a, B> {
         let (x, out) = ((&sc.gate, n, ff), (&mut sc.proj, d));
         self.adapt(
             &mut sc.ws,
-            &mut sc.lora,
+            (&mut sc.lora, &mut sc.seen),
             runs,
             Some((li, Target::Down)),
             x,
@@ -1301,6 +1328,9 @@ struct Scratch<B: Backend> {
     recorded: Recorded<B>,
     /// Room for LoRA products, made when a call first runs with adapters.
     lora: Option<LoraScratch<B>>,
+    /// What sees the inputs of the matrix products (an importance matrix
+    /// being collected), if anything does.
+    seen: Option<Box<Collector>>,
 }
 
 impl<B: Backend> Scratch<B> {
@@ -1333,6 +1363,7 @@ impl<B: Backend> Scratch<B> {
             tokens: Vec::with_capacity(rows),
             recorded: Recorded::default(),
             lora: None,
+            seen: None,
         })
     }
 
@@ -1485,5 +1516,25 @@ impl<B: Backend> Session<B> {
     /// The adapters it runs with and their scales.
     pub fn loras(&self) -> &[(LoraId, f32)] {
         &self.loras
+    }
+
+    /// Starts collecting an importance matrix into `into`: from now on the
+    /// input rows of every block matrix's product this session runs, and
+    /// with `output` those of an untied output matrix (`output.weight`), are
+    /// added to it ([`crate::imatrix`]). Only [`Model::forward`],
+    /// [`Model::forward_outputs`] and the layer-by-layer calls collect; a
+    /// session in a [`Model::forward_batch`] does not. A token's output row
+    /// counts once, however often [`Model::compute_logits`] is called.
+    pub fn collect_imatrix(&mut self, into: Imatrix, output: bool) {
+        self.scratch.seen = Some(Box::new(Collector {
+            matrix: into,
+            output,
+        }));
+    }
+
+    /// Stops collecting and hands over the importance matrix, if one was
+    /// being collected.
+    pub fn take_imatrix(&mut self) -> Option<Imatrix> {
+        self.scratch.seen.take().map(|c| c.matrix)
     }
 }

@@ -181,6 +181,15 @@ impl FileType {
     }
 }
 
+/// Metadata key: the importance matrix's file.
+pub const IMATRIX_FILE_KEY: &str = "quantize.imatrix.file";
+/// Metadata key: the text the importance matrix was collected on.
+pub const IMATRIX_DATASET_KEY: &str = "quantize.imatrix.dataset";
+/// Metadata key: how many of the importance matrix's entries were used.
+pub const IMATRIX_ENTRIES_KEY: &str = "quantize.imatrix.entries_count";
+/// Metadata key: how many chunks of text the importance matrix saw.
+pub const IMATRIX_CHUNKS_KEY: &str = "quantize.imatrix.chunks_count";
+
 /// How to quantize (llama-quantize's options of the same names).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QuantizeOptions {
@@ -197,6 +206,23 @@ pub struct QuantizeOptions {
     pub output_type: Option<GgmlType>,
     /// The token embedding's type, instead of the mix's.
     pub token_embedding_type: Option<GgmlType>,
+    /// The importance matrix the matrices are quantized with, if any: it
+    /// changes the Q4_0 and Q5_0 mixes, and is recorded in the metadata.
+    pub imatrix: Option<ImatrixInfo>,
+}
+
+/// What llama-quantize records of the importance matrix it quantizes with
+/// (`quantize.imatrix.*` metadata).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImatrixInfo {
+    /// The matrix's file, as named on the command line.
+    pub file: String,
+    /// The first text it was collected on, if it names one.
+    pub dataset: Option<String>,
+    /// How many matrices of it are used.
+    pub entries: u32,
+    /// How many chunks of text it was collected on.
+    pub chunks: u32,
 }
 
 impl QuantizeOptions {
@@ -209,6 +235,7 @@ impl QuantizeOptions {
             quantize_output: true,
             output_type: None,
             token_embedding_type: None,
+            imatrix: None,
         }
     }
 }
@@ -460,6 +487,10 @@ fn mix(
             }
             F::Q4_K_M | F::Q5_K_M if more_bits(i, n) => t = T::Q6_K,
             F::Q4_K_S if !falcon && i < n / 8 => t = T::Q5_K,
+            // With an importance matrix the first blocks' down matrices,
+            // which it quantizes worst, get the type with a minimum.
+            F::Q4_0 if opts.imatrix.is_some() && i < n / 8 => t = T::Q4_1,
+            F::Q5_0 if opts.imatrix.is_some() && i < n / 8 => t = T::Q5_1,
             _ => {}
         }
         seen.ffn_down += 1;
@@ -611,6 +642,21 @@ pub fn plan<S: AsRef<[u8]>>(file: &Gguf<S>, opts: &QuantizeOptions) -> Result<Pl
     // ggml's quantization format version.
     metadata.insert("general.quantization_version", MetadataValue::U32(2));
     metadata.insert("general.file_type", MetadataValue::U32(ft.id()));
+    if let Some(im) = &opts.imatrix {
+        // Set as llama-quantize sets them: each key removed, then appended.
+        let mut set = |key: &str, v: MetadataValue| {
+            metadata.remove(key);
+            metadata.insert(key, v);
+        };
+        set(IMATRIX_FILE_KEY, MetadataValue::String(im.file.clone()));
+        if let Some(d) = &im.dataset {
+            set(IMATRIX_DATASET_KEY, MetadataValue::String(d.clone()));
+        }
+        set(IMATRIX_ENTRIES_KEY, MetadataValue::U32(im.entries));
+        if im.chunks > 0 {
+            set(IMATRIX_CHUNKS_KEY, MetadataValue::U32(im.chunks));
+        }
+    }
     Ok(Plan { metadata, tensors })
 }
 
@@ -629,6 +675,31 @@ pub fn plan<S: AsRef<[u8]>>(file: &Gguf<S>, opts: &QuantizeOptions) -> Result<Pl
 /// # Ok::<(), realm_core::Error>(())
 /// ```
 pub fn convert_rows(from: GgmlType, to: GgmlType, src: &[u8]) -> Result<Vec<u8>> {
+    convert_rows_weighted(from, to, src, None)
+}
+
+/// [`convert_rows`] quantizing with `importance`, the importance of each
+/// column of a row (one value a column: the importance matrix's entry for
+/// the tensor), as llama-quantize does with `--imatrix`
+/// ([`quant::quantize_weighted`]); `None` is `convert_rows`.
+///
+/// ```
+/// use realm_core::gguf::quantize::convert_rows_weighted;
+/// use realm_core::GgmlType;
+/// let row: Vec<f32> = (0..64).map(|i| (i as f32 * 0.37).sin()).collect();
+/// let f32s: Vec<u8> = row.iter().flat_map(|x| x.to_le_bytes()).collect();
+/// // The first 32 columns matter, the rest hardly.
+/// let importance: Vec<f32> = (0..64).map(|i| if i < 32 { 1.0 } else { 1e-6 }).collect();
+/// let q = convert_rows_weighted(GgmlType::F32, GgmlType::Q4_1, &f32s, Some(&importance))?;
+/// assert_eq!(q.len(), 2 * 20);
+/// # Ok::<(), realm_core::Error>(())
+/// ```
+pub fn convert_rows_weighted(
+    from: GgmlType,
+    to: GgmlType,
+    src: &[u8],
+    importance: Option<&[f32]>,
+) -> Result<Vec<u8>> {
     let n = src.len() / from.type_size() * from.block_size();
     let mut values = vec![0f32; n];
     quant::dequantize(from, src, &mut values)?;
@@ -638,7 +709,10 @@ pub fn convert_rows(from: GgmlType, to: GgmlType, src: &[u8]) -> Result<Vec<u8>>
         got: n % to.block_size(),
     })?;
     let mut out = vec![0u8; len as usize];
-    quant::quantize(to, &values, &mut out)?;
+    match importance {
+        Some(w) => quant::quantize_weighted(to, &values, w, &mut out)?,
+        None => quant::quantize(to, &values, &mut out)?,
+    }
     Ok(out)
 }
 

@@ -6,6 +6,10 @@
 //! (ggml's `make_qkx2_quants`); Q6_K picks each 16-element sub-block's scale
 //! with a search that maximises the weighted correlation (`make_qx_quants`).
 //! The arithmetic is done in f32 in the reference's order, so the bytes match.
+//!
+//! The searches, the packing of scales and the last pass that quantizes each
+//! group against its stored scale are shared with the importance-weighted
+//! quantizers of `weighted`.
 
 use half::f16;
 
@@ -15,11 +19,11 @@ use super::blocks::{
 use super::kquants::scale_min_k4;
 
 /// Below this a group's largest magnitude counts as zero.
-const GROUP_MAX_EPS: f32 = 1e-15;
+pub(super) const GROUP_MAX_EPS: f32 = 1e-15;
 
 /// Round to nearest, ties to even (ggml's `nearest_int` for in-range values),
 /// saturating outside the i32 range.
-fn nearest_int(x: f32) -> i32 {
+pub(super) fn nearest_int(x: f32) -> i32 {
     // Adding 1.5 * 2^23 leaves the rounded integer in the low mantissa bits
     // (the float addition rounds ties to even): no call to `rintf`, which
     // the baseline x86-64 target has no instruction for.
@@ -32,19 +36,24 @@ fn nearest_int(x: f32) -> i32 {
 }
 
 /// Parameters of the scale search in [`make_qkx2_quants`].
-struct Search {
-    nmax: i32,
-    rmin: f32,
-    rdelta: f32,
-    nstep: i32,
+pub(super) struct Search {
+    /// The largest level.
+    pub(super) nmax: i32,
+    /// The first candidate's offset from `nmax` levels over the range.
+    pub(super) rmin: f32,
+    /// The step between candidates.
+    pub(super) rdelta: f32,
+    /// The number of steps (`nstep + 1` candidates).
+    pub(super) nstep: i32,
     /// Weigh absolute errors (Q2_K) rather than squared ones.
-    mad: bool,
+    pub(super) mad: bool,
 }
 
 /// Quantizes `x` to levels `0..=nmax` as `scale * l - min` (min >= 0), searching
 /// for the weighted least-squares scale. Writes the levels to `levels` and
-/// returns `(scale, min)`.
-fn make_qkx2_quants<const N: usize>(
+/// returns `(scale, min)`. With an importance matrix ggml calls the same
+/// search `make_qkx3_quants`.
+pub(super) fn make_qkx2_quants<const N: usize>(
     x: &[f32; N],
     weights: &[f32; N],
     p: &Search,
@@ -119,7 +128,7 @@ fn make_qkx2_quants<const N: usize>(
 
 /// The value of largest magnitude (the first of equals), or `None` when
 /// that magnitude counts as zero.
-fn largest(x: &[f32; 16]) -> Option<f32> {
+fn largest(x: &[f32]) -> Option<f32> {
     let mut amax = 0.0f32;
     let mut max = 0.0f32;
     for &xi in x {
@@ -131,25 +140,30 @@ fn largest(x: &[f32; 16]) -> Option<f32> {
     (amax >= GROUP_MAX_EPS).then_some(max)
 }
 
-/// Quantizes 16 values to levels `0..2 nmax` standing for `scale * (l - nmax)`,
-/// weighting by `x^2`. Writes the levels and returns the scale.
-fn make_qx_quants(x: &[f32; 16], nmax: i32, levels: &mut [u8; 16]) -> f32 {
+/// Quantizes `x` to levels `0..2 nmax` standing for `scale * (l - nmax)`,
+/// searching for the scale that best fits with these weights (`x^2` in the
+/// reference quantizers). Writes the levels and returns the scale.
+pub(super) fn make_qx_quants<const N: usize>(
+    x: &[f32; N],
+    nmax: i32,
+    weights: &[f32; N],
+    levels: &mut [u8; N],
+) -> f32 {
     let Some(max) = largest(x) else {
-        *levels = [0; 16];
+        *levels = [0; N];
         return 0.0;
     };
     let level = |iscale: f32, xi: f32| nearest_int(iscale * xi).clamp(-nmax, nmax - 1);
     let sums = |iscale: f32| {
         let (mut sumlx, mut suml2) = (0.0f32, 0.0f32);
-        for &xi in x {
+        for (&xi, &w) in x.iter().zip(weights) {
             let l = level(iscale, xi) as f32;
-            let w = xi * xi;
             sumlx += w * xi * l;
             suml2 += w * l * l;
         }
         (sumlx, suml2)
     };
-    let fill = |iscale: f32, levels: &mut [u8; 16]| {
+    let fill = |iscale: f32, levels: &mut [u8; N]| {
         for (out, &xi) in levels.iter_mut().zip(x) {
             *out = (level(iscale, xi) + nmax) as u8;
         }
@@ -169,6 +183,55 @@ fn make_qx_quants(x: &[f32; 16], nmax: i32, levels: &mut [u8; 16]) -> f32 {
         }
     }
     scale
+}
+
+/// Packs eight 6-bit sub-block scales and minimums as Q4_K and Q5_K store
+/// them: the first four of each whole in bytes 0..4 and 4..8, the last
+/// four's low nibbles in bytes 8..12 and their high two bits in the top bits
+/// of bytes 0..8. A value above 63 is packed as ggml packs it (its extra
+/// bits land in other fields).
+pub(super) fn pack_k4_scales(ls: &[u8; 8], lm: &[u8; 8]) -> [u8; K_SCALE_SIZE] {
+    let mut packed = [0u8; K_SCALE_SIZE];
+    for (j, (&ls, &lm)) in ls.iter().zip(lm).enumerate() {
+        if j < 4 {
+            packed[j] = ls;
+            packed[j + 4] = lm;
+        } else {
+            packed[j + 4] = (ls & 0x0f) | ((lm & 0x0f) << 4);
+            packed[j - 4] |= (ls >> 4) << 6;
+            packed[j] |= (lm >> 4) << 6;
+        }
+    }
+    packed
+}
+
+/// Quantizes each 32-element sub-block of `x` again, to levels `0..=nmax`,
+/// against the scale and minimum it got as stored (`d` and `dmin` times the
+/// 6-bit factors in `packed`); a sub-block whose scale is zero keeps the
+/// levels it has.
+pub(super) fn requantize_k4(
+    x: &[f32; QK_K],
+    levels: &mut [u8; QK_K],
+    d: f16,
+    dmin: f16,
+    packed: &[u8; K_SCALE_SIZE],
+    nmax: i32,
+) {
+    for (j, (xs, ls)) in x
+        .chunks_exact(32)
+        .zip(levels.chunks_exact_mut(32))
+        .enumerate()
+    {
+        let (sc, m) = scale_min_k4(j, packed);
+        let dl = d.to_f32() * f32::from(sc);
+        if dl == 0.0 {
+            continue;
+        }
+        let dm = dmin.to_f32() * f32::from(m);
+        for (l, &v) in ls.iter_mut().zip(xs) {
+            *l = nearest_int((v + dm) / dl).clamp(0, nmax) as u8;
+        }
+    }
 }
 
 /// The shared part of Q4_K and Q5_K: per-sub-block scales and minimums packed
@@ -210,38 +273,13 @@ fn quantize_k4_scales(x: &[f32; QK_K], p: &Search) -> (f16, f16, [u8; K_SCALE_SI
         0.0
     };
     let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
-    let mut packed = [0u8; K_SCALE_SIZE];
-    for (j, (&scale, &min)) in scales.iter().zip(&mins).enumerate() {
-        // The reference stores these in a byte before clamping: wrap, then clamp.
-        let ls = (nearest_int(inv_scale * scale) as u8).min(63);
-        let lm = (nearest_int(inv_min * min) as u8).min(63);
-        if j < 4 {
-            packed[j] = ls;
-            packed[j + 4] = lm;
-        } else {
-            packed[j + 4] = (ls & 0x0f) | ((lm & 0x0f) << 4);
-            packed[j - 4] |= (ls >> 4) << 6;
-            packed[j] |= (lm >> 4) << 6;
-        }
-    }
+    // The reference stores these in a byte before clamping: wrap, then clamp.
+    let ls = scales.map(|s| (nearest_int(inv_scale * s) as u8).min(63));
+    let lm = mins.map(|m| (nearest_int(inv_min * m) as u8).min(63));
+    let packed = pack_k4_scales(&ls, &lm);
     let d = f16::from_f32(max_scale / 63.0);
     let dmin = f16::from_f32(max_min / 63.0);
-
-    for (j, (xs, ls)) in x
-        .chunks_exact(32)
-        .zip(levels.chunks_exact_mut(32))
-        .enumerate()
-    {
-        let (sc, m) = scale_min_k4(j, &packed);
-        let dl = d.to_f32() * f32::from(sc);
-        if dl == 0.0 {
-            continue;
-        }
-        let dm = dmin.to_f32() * f32::from(m);
-        for (l, &v) in ls.iter_mut().zip(xs) {
-            *l = nearest_int((v + dm) / dl).clamp(0, p.nmax) as u8;
-        }
-    }
+    requantize_k4(x, &mut levels, d, dmin, &packed, p.nmax);
     (d, dmin, packed, levels)
 }
 
@@ -309,6 +347,39 @@ fn pack_2bit(levels: &[u8; QK_K]) -> [u8; QK_K / 4] {
     qs
 }
 
+/// Quantizes each 16-element group of `x` again, to levels `0..=3`, against
+/// the scale and minimum it got as stored (`d` and `dmin` times the low and
+/// high nibble of its byte of `scales`; a group whose scale is zero keeps the
+/// levels it has), and packs the Q2_K block.
+pub(super) fn finish_q2_k(
+    x: &[f32; QK_K],
+    mut levels: [u8; QK_K],
+    scales: [u8; QK_K / 16],
+    d: f16,
+    dmin: f16,
+) -> BlockQ2K {
+    for ((xs, ls), &sc) in x
+        .chunks_exact(16)
+        .zip(levels.chunks_exact_mut(16))
+        .zip(&scales)
+    {
+        let dl = d.to_f32() * f32::from(sc & 0x0f);
+        if dl == 0.0 {
+            continue;
+        }
+        let dm = dmin.to_f32() * f32::from(sc >> 4);
+        for (l, &v) in ls.iter_mut().zip(xs) {
+            *l = nearest_int((v + dm) / dl).clamp(0, 3) as u8;
+        }
+    }
+    BlockQ2K {
+        scales,
+        qs: pack_2bit(&levels),
+        d,
+        dmin,
+    }
+}
+
 /// Quantizes 256 values to Q2_K.
 pub fn quantize_block_q2_k(x: &[f32; QK_K]) -> BlockQ2K {
     let search = Search {
@@ -358,48 +429,30 @@ pub fn quantize_block_q2_k(x: &[f32; QK_K]) -> BlockQ2K {
         }
         dmin = f16::from_f32(max_min / 15.0);
     }
-    for ((xs, ls), &sc) in x
-        .chunks_exact(16)
-        .zip(levels.chunks_exact_mut(16))
-        .zip(&scales)
-    {
-        let dl = d.to_f32() * f32::from(sc & 0x0f);
-        if dl == 0.0 {
-            continue;
-        }
-        let dm = dmin.to_f32() * f32::from(sc >> 4);
-        for (l, &v) in ls.iter_mut().zip(xs) {
-            *l = nearest_int((v + dm) / dl).clamp(0, 3) as u8;
-        }
-    }
-    BlockQ2K {
-        scales,
-        qs: pack_2bit(&levels),
-        d,
-        dmin,
-    }
+    finish_q2_k(x, levels, scales, d, dmin)
 }
 
-/// Quantizes each of the 16 groups of 16 values with `group`, which writes
-/// their levels and returns their scale; returns the scales, the one of
-/// largest magnitude (the first of equals; 0 if all are) and that
-/// magnitude.
-fn group_scales(
+/// Quantizes each of the 16 groups of 16 values with `group`, which gets the
+/// group's index, writes its levels and returns its scale; returns the
+/// scales, the one of largest magnitude (the first of equals; 0 if all are)
+/// and that magnitude.
+pub(super) fn group_scales(
     x: &[f32; QK_K],
     levels: &mut [u8; QK_K],
-    mut group: impl FnMut(&[f32; 16], &mut [u8; 16]) -> f32,
+    mut group: impl FnMut(usize, &[f32; 16], &mut [u8; 16]) -> f32,
 ) -> ([f32; QK_K / 16], f32, f32) {
     let mut scales = [0.0f32; QK_K / 16];
     let (mut max_scale, mut amax) = (0.0f32, 0.0f32);
-    for ((xs, ls), s) in x
+    for (j, ((xs, ls), s)) in x
         .chunks_exact(16)
         .zip(levels.chunks_exact_mut(16))
         .zip(scales.iter_mut())
+        .enumerate()
     {
         let (Ok(xs), Ok(ls)) = (<&[f32; 16]>::try_from(xs), <&mut [u8; 16]>::try_from(ls)) else {
             continue;
         };
-        *s = group(xs, ls);
+        *s = group(j, xs, ls);
         if s.abs() > amax {
             amax = s.abs();
             max_scale = *s;
@@ -408,28 +461,31 @@ fn group_scales(
     (scales, max_scale, amax)
 }
 
-/// Quantizes 256 values to Q3_K.
-pub fn quantize_block_q3_k(x: &[f32; QK_K]) -> BlockQ3K {
-    let mut levels = [0u8; QK_K];
-    let (sub_scales, max_scale, _) =
-        group_scales(x, &mut levels, |xs, ls| make_q3_quants(xs, 4, ls));
-    // Sixteen 6-bit scales, offset by 32: low nibbles in bytes 0..8, the
-    // high two bits of scale j in bits 2 (j / 4) of byte 8 + j % 4.
+/// Packs sixteen 6-bit Q3_K scales (offset by 32): low nibbles in bytes 0..8,
+/// the high two bits of scale `j` in bits `2 (j / 4)` of byte `8 + j % 4`.
+pub(super) fn pack_q3_scales(ls: &[u8; QK_K / 16]) -> [u8; 12] {
     let mut scales = [0u8; 12];
-    let mut d = f16::ZERO;
-    if max_scale != 0.0 {
-        let iscale = -32.0 / max_scale;
-        for (j, &s) in sub_scales.iter().enumerate() {
-            let l = (nearest_int(iscale * s).clamp(-32, 31) + 32) as u8;
-            if j < 8 {
-                scales[j] = l & 0x0f;
-            } else {
-                scales[j - 8] |= (l & 0x0f) << 4;
-            }
-            scales[8 + j % 4] |= (l >> 4) << (2 * (j / 4));
+    for (j, &l) in ls.iter().enumerate() {
+        if j < 8 {
+            scales[j] = l & 0x0f;
+        } else {
+            scales[j - 8] |= (l & 0x0f) << 4;
         }
-        d = f16::from_f32(1.0 / iscale);
+        scales[8 + j % 4] |= (l >> 4) << (2 * (j / 4));
     }
+    scales
+}
+
+/// Quantizes each 16-element group of `x` again, to levels `0..8` standing
+/// for `l - 4`, against the scale it got as stored (`d` times its 6-bit
+/// factor in `scales`, less 32; a group whose scale is zero keeps the levels
+/// it has), and packs the Q3_K block.
+pub(super) fn finish_q3_k(
+    x: &[f32; QK_K],
+    mut levels: [u8; QK_K],
+    scales: [u8; 12],
+    d: f16,
+) -> BlockQ3K {
     for (j, (xs, ls)) in x
         .chunks_exact(16)
         .zip(levels.chunks_exact_mut(16))
@@ -465,16 +521,29 @@ pub fn quantize_block_q3_k(x: &[f32; QK_K]) -> BlockQ3K {
     }
 }
 
-/// Quantizes 256 values to Q4_K.
-pub fn quantize_block_q4_k(x: &[f32; QK_K]) -> BlockQ4K {
-    let search = Search {
-        nmax: 15,
-        rmin: -1.0,
-        rdelta: 0.1,
-        nstep: 20,
-        mad: false,
+/// Quantizes 256 values to Q3_K.
+pub fn quantize_block_q3_k(x: &[f32; QK_K]) -> BlockQ3K {
+    let mut levels = [0u8; QK_K];
+    let (sub_scales, max_scale, _) =
+        group_scales(x, &mut levels, |_, xs, ls| make_q3_quants(xs, 4, ls));
+    let (scales, d) = if max_scale != 0.0 {
+        let iscale = -32.0 / max_scale;
+        let ls = sub_scales.map(|s| (nearest_int(iscale * s).clamp(-32, 31) + 32) as u8);
+        (pack_q3_scales(&ls), f16::from_f32(1.0 / iscale))
+    } else {
+        ([0; 12], f16::ZERO)
     };
-    let (d, dmin, scales, levels) = quantize_k4_scales(x, &search);
+    finish_q3_k(x, levels, scales, d)
+}
+
+/// Packs a Q4_K block: byte `l` of each 32-byte group holds level `l` of its
+/// 64 in the low nibble and level `l + 32` in the high one.
+pub(super) fn block_q4_k(
+    d: f16,
+    dmin: f16,
+    scales: [u8; K_SCALE_SIZE],
+    levels: &[u8; QK_K],
+) -> BlockQ4K {
     let mut qs = [0u8; QK_K / 2];
     for (q, l) in qs.chunks_exact_mut(32).zip(levels.chunks_exact(64)) {
         let (lo, hi) = l.split_at(32);
@@ -490,16 +559,28 @@ pub fn quantize_block_q4_k(x: &[f32; QK_K]) -> BlockQ4K {
     }
 }
 
-/// Quantizes 256 values to Q5_K.
-pub fn quantize_block_q5_k(x: &[f32; QK_K]) -> BlockQ5K {
+/// Quantizes 256 values to Q4_K.
+pub fn quantize_block_q4_k(x: &[f32; QK_K]) -> BlockQ4K {
     let search = Search {
-        nmax: 31,
-        rmin: -0.5,
+        nmax: 15,
+        rmin: -1.0,
         rdelta: 0.1,
-        nstep: 15,
+        nstep: 20,
         mad: false,
     };
     let (d, dmin, scales, levels) = quantize_k4_scales(x, &search);
+    block_q4_k(d, dmin, scales, &levels)
+}
+
+/// Packs a Q5_K block: the low nibbles as in Q4_K, the fifth bits of the
+/// levels `l` and `l + 32` of the `c`-th group of 64 in bits `2 c` and
+/// `2 c + 1` of `qh[l]`.
+pub(super) fn block_q5_k(
+    d: f16,
+    dmin: f16,
+    scales: [u8; K_SCALE_SIZE],
+    levels: &[u8; QK_K],
+) -> BlockQ5K {
     let mut qs = [0u8; QK_K / 2];
     let mut qh = [0u8; QK_K / 8];
     for (c, (q, l)) in qs
@@ -523,11 +604,28 @@ pub fn quantize_block_q5_k(x: &[f32; QK_K]) -> BlockQ5K {
     }
 }
 
-/// Quantizes 256 values to Q6_K.
-pub fn quantize_block_q6_k(x: &[f32; QK_K]) -> BlockQ6K {
-    let mut levels = [0u8; QK_K];
-    let (sub_scales, max_scale, max_abs_scale) =
-        group_scales(x, &mut levels, |xs, ls| make_qx_quants(xs, 32, ls));
+/// Quantizes 256 values to Q5_K.
+pub fn quantize_block_q5_k(x: &[f32; QK_K]) -> BlockQ5K {
+    let search = Search {
+        nmax: 31,
+        rmin: -0.5,
+        rdelta: 0.1,
+        nstep: 15,
+        mad: false,
+    };
+    let (d, dmin, scales, levels) = quantize_k4_scales(x, &search);
+    block_q5_k(d, dmin, scales, &levels)
+}
+
+/// Turns Q6_K's sixteen group scales (as [`group_scales`] returns them, with
+/// the groups' levels) into 8-bit factors of one f16 scale, quantizes each
+/// group of `x` again against its stored scale, and packs the block; all
+/// zero when the largest scale counts as zero.
+pub(super) fn finish_q6_k(
+    x: &[f32; QK_K],
+    mut levels: [u8; QK_K],
+    (sub_scales, max_scale, max_abs_scale): ([f32; QK_K / 16], f32, f32),
+) -> BlockQ6K {
     if max_abs_scale < GROUP_MAX_EPS {
         return BlockQ6K {
             ql: [0; QK_K / 2],
@@ -573,6 +671,15 @@ pub fn quantize_block_q6_k(x: &[f32; QK_K]) -> BlockQ6K {
         }
     }
     BlockQ6K { ql, qh, scales, d }
+}
+
+/// Quantizes 256 values to Q6_K.
+pub fn quantize_block_q6_k(x: &[f32; QK_K]) -> BlockQ6K {
+    let mut levels = [0u8; QK_K];
+    let scales = group_scales(x, &mut levels, |_, xs, ls| {
+        make_qx_quants(xs, 32, &xs.map(|v| v * v), ls)
+    });
+    finish_q6_k(x, levels, scales)
 }
 
 /// Quantizes 256 values to Q8_K (f32 scale, per-16 sums of the quants).

@@ -150,8 +150,19 @@ pub fn quantize_block_q4_1(x: &[f32; QK]) -> BlockQ4_1 {
     }
 }
 
+/// Packs 32 four-bit values: element `j` in the low nibble of byte `j`,
+/// element `j + 16` in the high one.
+pub(super) fn pack_4bit(q: &[u8; QK]) -> [u8; HALF] {
+    let mut qs = [0u8; HALF];
+    let (lo, hi) = q.split_at(HALF);
+    for ((out, &q0), &q1) in qs.iter_mut().zip(lo).zip(hi) {
+        *out = q0 | (q1 << 4);
+    }
+    qs
+}
+
 /// Splits 32 five-bit values into low nibbles and the packed fifth bits.
-fn pack_5bit(q: &[u8; QK]) -> ([u8; HALF], [u8; 4]) {
+pub(super) fn pack_5bit(q: &[u8; QK]) -> ([u8; HALF], [u8; 4]) {
     let mut qs = [0u8; HALF];
     let mut qh = 0u32;
     let (lo, hi) = q.split_at(HALF);

@@ -7,6 +7,8 @@
 //! - [`quantize`] / [`quantize_row_to_vec`] turn f32 into the bytes of any type
 //!   in [`QUANTIZE_TYPES`], following ggml's reference quantizers (no importance
 //!   matrix), so a file written here matches one written by ggml.
+//! - [`quantize_weighted`] does the same with a row of an importance matrix,
+//!   as ggml's quantizers do for llama-quantize's `--imatrix`.
 //! - [`can_dequantize`] and [`can_quantize`] say up front whether a type is
 //!   supported, so nothing fails late at decode time.
 //! - The per-block functions (`dequantize_block_*`, `quantize_block_*`) work on
@@ -33,6 +35,7 @@ mod iq4;
 mod kquantize;
 mod kquants;
 mod legacy;
+mod weighted;
 
 use bytemuck::Pod;
 
@@ -319,6 +322,128 @@ pub fn quantize(dtype: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<()> {
                 dtype,
             })
         }
+    }
+    Ok(())
+}
+
+/// Runs `f` on every block of every `importance.len()`-value row of `src`,
+/// with the matching block of `importance` and the row's mean square, and
+/// writes each block it returns to the matching bytes of `dst`. The caller
+/// has checked the lengths (rows of whole blocks, at least one value).
+fn quantize_weighted_blocks<B: Pod, const N: usize>(
+    src: &[f32],
+    importance: &[f32],
+    dst: &mut [u8],
+    f: impl Fn(&[f32; N], &[f32; N], f32) -> B,
+) {
+    let n = importance.len();
+    let size = std::mem::size_of::<B>();
+    let qw = importance.as_chunks::<N>().0;
+    for (row, out) in src.chunks_exact(n).zip(dst.chunks_exact_mut(n / N * size)) {
+        let sigma2 = weighted::sum_squares(row) / n as f32;
+        for ((x, w), out) in row
+            .as_chunks::<N>()
+            .0
+            .iter()
+            .zip(qw)
+            .zip(out.chunks_exact_mut(size))
+        {
+            out.copy_from_slice(bytemuck::bytes_of(&f(x, w, sigma2)));
+        }
+    }
+}
+
+/// Quantizes whole rows of `importance.len()` values each from `src` into
+/// `dst`, weighting each column's error by its importance (an importance
+/// matrix's row for this tensor, as llama-quantize --imatrix passes it) as
+/// ggml's quantizers do; types that ignore importance give what `quantize`
+/// gives.
+///
+/// Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K and Q6_K search their
+/// scales against the importance (ggml's `quantize_row_*_impl`, byte for
+/// byte); every other type in [`QUANTIZE_TYPES`] ignores it, as ggml does.
+/// Every row is quantized with the same importance vector.
+///
+/// ```
+/// use realm_core::{quant, GgmlType};
+/// // Two rows of 256 values, and one importance per column.
+/// let x: Vec<f32> = (0..512).map(|i| (i as f32 * 0.37).sin()).collect();
+/// let importance: Vec<f32> = (0..256).map(|i| 1.0 + (i % 7) as f32).collect();
+/// let mut q = vec![0u8; 2 * GgmlType::Q4_K.type_size()];
+/// quant::quantize_weighted(GgmlType::Q4_K, &x, &importance, &mut q)?;
+/// let y = quant::dequantize_row_to_vec(GgmlType::Q4_K, &q)?;
+/// assert!(x.iter().zip(&y).all(|(a, b)| (a - b).abs() < 0.1));
+///
+/// // Q8_0 has no use for the importance.
+/// let mut q8 = vec![0u8; 16 * GgmlType::Q8_0.type_size()];
+/// quant::quantize_weighted(GgmlType::Q8_0, &x, &importance, &mut q8)?;
+/// assert_eq!(q8, quant::quantize_row_to_vec(GgmlType::Q8_0, &x)?);
+/// # Ok::<(), realm_core::Error>(())
+/// ```
+///
+/// # Errors
+///
+/// [`Error::UnsupportedType`] if `dtype` is not in [`QUANTIZE_TYPES`];
+/// [`Error::SizeMismatch`] if `importance` is empty or not a whole number of
+/// blocks, `src.len()` is not a multiple of `importance.len()`, or
+/// `dst.len()` is not exactly the bytes of `src.len()` elements. Nothing is
+/// written to `dst` on error.
+pub fn quantize_weighted(
+    dtype: GgmlType,
+    src: &[f32],
+    importance: &[f32],
+    dst: &mut [u8],
+) -> Result<()> {
+    const OP: &str = "quantize_weighted";
+    if !can_quantize(dtype) {
+        return Err(Error::UnsupportedType { op: OP, dtype });
+    }
+    let n = importance.len();
+    if n == 0 {
+        return Err(Error::SizeMismatch {
+            what: format!("{OP}: importance of a row of {dtype} (one value per column)"),
+            expected: dtype.block_size(),
+            got: 0,
+        });
+    }
+    byte_len(dtype, n, "quantize_weighted: row")?;
+    if !src.len().is_multiple_of(n) {
+        return Err(Error::SizeMismatch {
+            what: format!("{OP}: {} values in rows of {n}", src.len()),
+            expected: src.len().checked_next_multiple_of(n).unwrap_or(usize::MAX),
+            got: src.len(),
+        });
+    }
+    check_op(OP, true, dtype, src.len(), dst.len())?;
+    match dtype {
+        GgmlType::Q4_0 => {
+            quantize_weighted_blocks::<_, QK>(src, importance, dst, weighted::quantize_block_q4_0)
+        }
+        GgmlType::Q4_1 => {
+            quantize_weighted_blocks::<_, QK>(src, importance, dst, weighted::quantize_block_q4_1)
+        }
+        GgmlType::Q5_0 => {
+            quantize_weighted_blocks::<_, QK>(src, importance, dst, weighted::quantize_block_q5_0)
+        }
+        GgmlType::Q5_1 => {
+            quantize_weighted_blocks::<_, QK>(src, importance, dst, weighted::quantize_block_q5_1)
+        }
+        GgmlType::Q2_K => quantize_weighted_blocks::<_, QK_K>(src, importance, dst, |x, w, _| {
+            weighted::quantize_block_q2_k(x, w)
+        }),
+        GgmlType::Q3_K => quantize_weighted_blocks::<_, QK_K>(src, importance, dst, |x, w, _| {
+            weighted::quantize_block_q3_k(x, w)
+        }),
+        GgmlType::Q4_K => quantize_weighted_blocks::<_, QK_K>(src, importance, dst, |x, w, _| {
+            weighted::quantize_block_q4_k(x, w)
+        }),
+        GgmlType::Q5_K => quantize_weighted_blocks::<_, QK_K>(src, importance, dst, |x, w, _| {
+            weighted::quantize_block_q5_k(x, w)
+        }),
+        GgmlType::Q6_K => quantize_weighted_blocks::<_, QK_K>(src, importance, dst, |x, w, _| {
+            weighted::quantize_block_q6_k(x, w)
+        }),
+        _ => return quantize(dtype, src, dst),
     }
     Ok(())
 }

@@ -70,6 +70,11 @@ impl Target {
         Self::Down,
     ];
 
+    /// The matrix's name in a block (`attn_q`).
+    pub(crate) fn name(self) -> &'static str {
+        TARGETS[self as usize]
+    }
+
     /// `(rows, cols)` of this matrix in a model of config `c`.
     fn dims(self, c: &ModelConfig) -> (usize, usize) {
         let (d, q, kv, ff) = (c.d_model, c.q_dim(), c.kv_dim(), c.ffn_dim);

@@ -1,0 +1,177 @@
+//! `realm imatrix MODEL -f TEXT`: an importance matrix, as llama.cpp's
+//! `llama-imatrix` collects it, for `realm quantize --imatrix`.
+//!
+//! The text is cut into chunks as `realm perplexity` cuts it (`-c` tokens,
+//! the first one the beginning-of-sequence token where the model adds one),
+//! each chunk runs in a fresh KV cache, and the input rows of every block
+//! matrix's product (with `--process-output`, an untied output matrix's
+//! too) are squared and summed per column. The perplexity of the chunks'
+//! second halves is printed on the way, as llama-imatrix prints it. The
+//! matrix is written as llama-imatrix's GGUF file; `--in-file` adds earlier
+//! ones (and without `-f` only combines them).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use realm_core::backend::Backend;
+use realm_core::imatrix::Imatrix;
+use realm_models::{LogProbs, Model};
+
+use crate::perplexity::{Chunks, Nll};
+use crate::{device, load};
+
+/// Arguments of `realm imatrix`.
+#[derive(Debug, clap::Args)]
+pub struct ImatrixArgs {
+    /// A GGUF file, or a short name from the model cache (smollm2, gemma3).
+    pub model: String,
+    /// The text to run (UTF-8; special tokens in it are plain text).
+    #[arg(short, long)]
+    pub file: Option<PathBuf>,
+    /// Where to write the matrix.
+    #[arg(short, long, default_value = "imatrix.gguf")]
+    pub output: PathBuf,
+    /// Earlier matrices to add this one to (repeat).
+    #[arg(long = "in-file", value_name = "FILE")]
+    pub in_files: Vec<PathBuf>,
+    /// Tokens per chunk (llama-imatrix's default).
+    #[arg(short = 'c', long, default_value_t = 512)]
+    pub ctx_size: usize,
+    /// Prefill batch size (at most a chunk).
+    #[arg(short, long, default_value_t = 512)]
+    pub batch_size: usize,
+    /// Run only the first N chunks.
+    #[arg(long)]
+    pub chunks: Option<usize>,
+    /// Collect the output matrix's inputs too (an untied `output.weight`).
+    #[arg(long)]
+    pub process_output: bool,
+    /// Do not compute the perplexity on the way.
+    #[arg(long)]
+    pub no_ppl: bool,
+    /// CPU threads (0: one per core).
+    #[arg(short, long, default_value_t = 0)]
+    pub threads: usize,
+    /// KV cache element type.
+    #[arg(long, value_enum, default_value_t = load::CacheType::F32)]
+    pub cache_type: load::CacheType,
+    #[command(flatten)]
+    pub device: device::DeviceArgs,
+}
+
+pub fn run(args: &ImatrixArgs) -> Result<()> {
+    let mut matrix = Imatrix::new(args.ctx_size.try_into().context("-c is too large")?);
+    for f in &args.in_files {
+        let m = Imatrix::open(f).with_context(|| format!("reading {}", f.display()))?;
+        matrix.merge(&m)?;
+        eprintln!(
+            "realm: added {} ({} matrices, {} chunks)",
+            f.display(),
+            m.len(),
+            m.chunk_count
+        );
+    }
+    if let Some(file) = &args.file {
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        let l = load::open(&args.model, args.threads)?;
+        matrix = match args.device.device {
+            device::Device::Cpu => collect(args, &l, &l.backend, file, &text, matrix)?,
+            device::Device::Gpu(_) => collect(args, &l, &args.device.gpu()?, file, &text, matrix)?,
+        };
+    } else if args.in_files.is_empty() {
+        bail!("nothing to do: give a text (-f) or matrices to combine (--in-file)");
+    }
+    matrix
+        .to_gguf()?
+        .write_file(&args.output)
+        .with_context(|| format!("writing {}", args.output.display()))?;
+    eprintln!(
+        "realm: wrote {} matrices, {} chunks of {}, to {}",
+        matrix.len(),
+        matrix.chunk_count,
+        matrix.chunk_size,
+        args.output.display()
+    );
+    Ok(())
+}
+
+fn collect<B: Backend>(
+    args: &ImatrixArgs,
+    l: &load::Loaded,
+    backend: &B,
+    file: &std::path::Path,
+    text: &str,
+    mut matrix: Imatrix,
+) -> Result<Imatrix> {
+    let model = Model::load(&l.file, backend)?;
+    let text = Chunks::new(l, text, file, args.ctx_size, args.chunks)?;
+    let (ctx, n_chunks) = (text.ctx, text.n_chunks);
+    eprintln!(
+        "realm: {} tokens; running {n_chunks} chunks of {ctx}",
+        text.tokens.len()
+    );
+    let mut session =
+        model.session_with_kv(ctx, args.batch_size.min(ctx), args.cache_type.into())?;
+    // Logits are computed only where they are read: the scored half, or
+    // every row when the output matrix is collected.
+    let first = ctx / 2;
+    let from = if args.process_output { 0 } else { first };
+    let mut nll = Nll::default();
+    let mut out = std::io::stdout().lock();
+    let start = Instant::now();
+    session.collect_imatrix(matrix, args.process_output);
+    for c in 0..n_chunks {
+        let chunk = text.chunk(c);
+        session.truncate(0);
+        if args.no_ppl && !args.process_output {
+            model.forward(&mut session, &chunk)?;
+            continue;
+        }
+        let mut missing = None;
+        model.forward_outputs(&mut session, &chunk, from, |i, logits| {
+            if args.no_ppl || i < first {
+                return;
+            }
+            let Some(&next) = chunk.get(i + 1) else {
+                return;
+            };
+            match LogProbs::new(logits).of(next) {
+                Some(v) => nll.add(-v),
+                None => missing = Some(next),
+            }
+        })?;
+        if let Some(t) = missing {
+            bail!("token {t} has no logit");
+        }
+        if !args.no_ppl {
+            write!(out, "[{}]{:.4},", c + 1, nll.perplexity())?;
+            out.flush()?;
+        }
+    }
+    matrix = session
+        .take_imatrix()
+        .context("the session lost its importance matrix")?;
+    matrix.chunk_count += n_chunks as u32;
+    matrix.datasets.push(file.display().to_string());
+    if !args.no_ppl {
+        writeln!(out)?;
+        match nll.uncertainty() {
+            Some(u) => writeln!(
+                out,
+                "Final estimate: PPL = {:.4} +/- {u:.5}",
+                nll.perplexity()
+            )?,
+            None => writeln!(out, "Final estimate: PPL = {:.4}", nll.perplexity())?,
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    eprintln!(
+        "realm: {} tokens run in {secs:.2} s ({:.1} t/s)",
+        n_chunks * ctx,
+        (n_chunks * ctx) as f64 / secs
+    );
+    Ok(matrix)
+}

@@ -1,0 +1,555 @@
+//! Importance matrices: for each weight matrix of a model, the sum over
+//! some text's tokens of each input column's squared activation, as
+//! llama.cpp's `llama-imatrix` collects them. Quantizers weight each column's
+//! rounding error by its mean ([`Imatrix::importance`]), so the columns the
+//! activations use most are kept best (`llama-quantize --imatrix`).
+//!
+//! Files are read in both of llama.cpp's formats: GGUF (what `llama-imatrix`
+//! writes now: `<matrix>.in_sum2` and `<matrix>.counts` F32 tensors,
+//! `imatrix.datasets`, `imatrix.chunk_count`, `imatrix.chunk_size`) and the
+//! older `.dat` layout; they are written as GGUF.
+//!
+//! ```
+//! use realm_core::imatrix::Imatrix;
+//! let mut m = Imatrix::new(512);
+//! // Two tokens' activations going into `blk.0.attn_q.weight` (4 columns).
+//! m.add("blk.0.attn_q.weight", &[1.0, 2.0, 0.0, -1.0, 3.0, 0.0, 0.0, 1.0], 4)?;
+//! let bytes = m.to_gguf()?.to_bytes()?;
+//! let back = Imatrix::from_bytes(&bytes)?;
+//! assert_eq!(back.importance("blk.0.attn_q.weight"), Some(vec![5.0, 2.0, 0.0, 1.0]));
+//! # Ok::<(), realm_core::Error>(())
+//! ```
+
+use std::collections::BTreeMap;
+
+use crate::gguf::{Gguf, GgufWriter, MetadataArray, MetadataValue};
+use crate::{Error, GgmlType, Result};
+
+/// Metadata key: the texts the matrix was collected on.
+pub const DATASETS_KEY: &str = "imatrix.datasets";
+/// Metadata key: how many chunks of text were run.
+pub const CHUNK_COUNT_KEY: &str = "imatrix.chunk_count";
+/// Metadata key: tokens per chunk.
+pub const CHUNK_SIZE_KEY: &str = "imatrix.chunk_size";
+
+const SUMS_SUFFIX: &str = ".in_sum2";
+const COUNTS_SUFFIX: &str = ".counts";
+
+/// One weight matrix's statistics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImatrixEntry {
+    /// Per input column, the sum of its squared activations; one run of
+    /// columns per expert (`counts.len()` runs).
+    pub sums: Vec<f32>,
+    /// Per expert, how many activation rows were summed.
+    pub counts: Vec<u64>,
+}
+
+/// An importance matrix: statistics per weight matrix, by tensor name.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Imatrix {
+    entries: BTreeMap<String, ImatrixEntry>,
+    /// The texts it was collected on (file names, as given).
+    pub datasets: Vec<String>,
+    /// How many chunks of text were run.
+    pub chunk_count: u32,
+    /// Tokens per chunk.
+    pub chunk_size: u32,
+    /// Read from the older `.dat` layout, whose sums are already divided by
+    /// their counts and multiplied by the number of calls.
+    legacy: bool,
+    /// A GGUF file with the three `imatrix.*` keys (llama-quantize refuses
+    /// GGUF files without them).
+    has_metadata: bool,
+}
+
+fn bad(reason: impl Into<String>) -> Error {
+    Error::Imatrix(reason.into())
+}
+
+impl Imatrix {
+    /// An empty matrix for chunks of `chunk_size` tokens.
+    pub fn new(chunk_size: u32) -> Self {
+        Self {
+            chunk_size,
+            has_metadata: true,
+            ..Self::default()
+        }
+    }
+
+    /// Adds rows of activations going into matrix `name`: `rows` holds whole
+    /// rows of `cols` values (the matrix's input width). Squares are summed
+    /// in f32, row after row, as llama-imatrix sums them.
+    pub fn add(&mut self, name: &str, rows: &[f32], cols: usize) -> Result<()> {
+        if cols == 0 || !rows.len().is_multiple_of(cols) {
+            return Err(bad(format!(
+                "{} activations for `{name}` are not whole rows of {cols}",
+                rows.len()
+            )));
+        }
+        let e = self
+            .entries
+            .entry(name.to_string())
+            .or_insert_with(|| ImatrixEntry {
+                sums: vec![0.0; cols],
+                counts: vec![0],
+            });
+        if e.sums.len() != cols || e.counts.len() != 1 {
+            return Err(bad(format!(
+                "`{name}` has {} columns in {} runs here, not {cols} in one",
+                e.sums.len(),
+                e.counts.len()
+            )));
+        }
+        for row in rows.chunks_exact(cols) {
+            for (acc, &x) in e.sums.iter_mut().zip(row) {
+                *acc += x * x;
+            }
+        }
+        if let Some(c) = e.sums.iter().find(|v| !v.is_finite()) {
+            return Err(bad(format!("`{name}` sums to {c}")));
+        }
+        e.counts[0] += (rows.len() / cols) as u64;
+        Ok(())
+    }
+
+    /// Adds another matrix's statistics (llama-imatrix's `--in-file`):
+    /// sums and counts of the same matrices add up, chunk counts too.
+    pub fn merge(&mut self, other: &Imatrix) -> Result<()> {
+        if other.legacy {
+            return Err(bad(
+                "a .dat matrix's sums are averages: it cannot be added to",
+            ));
+        }
+        for (name, o) in &other.entries {
+            match self.entries.get_mut(name) {
+                None => {
+                    self.entries.insert(name.clone(), o.clone());
+                }
+                Some(e) if e.sums.len() == o.sums.len() && e.counts.len() == o.counts.len() => {
+                    e.sums.iter_mut().zip(&o.sums).for_each(|(a, b)| *a += b);
+                    e.counts
+                        .iter_mut()
+                        .zip(&o.counts)
+                        .for_each(|(a, b)| *a += b);
+                }
+                Some(e) => {
+                    return Err(bad(format!(
+                        "`{name}` has {} values in {} runs in one matrix, {} in {} in the other",
+                        e.sums.len(),
+                        e.counts.len(),
+                        o.sums.len(),
+                        o.counts.len()
+                    )));
+                }
+            }
+        }
+        self.datasets.extend(other.datasets.iter().cloned());
+        self.chunk_count += other.chunk_count;
+        Ok(())
+    }
+
+    /// The matrices' names, in order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.entries.keys().map(String::as_str)
+    }
+
+    /// How many matrices it holds.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Matrix `name`'s statistics.
+    pub fn entry(&self, name: &str) -> Option<&ImatrixEntry> {
+        self.entries.get(name)
+    }
+
+    /// Keeps only the matrices `keep` accepts (llama-quantize's
+    /// `--include-weights` and `--exclude-weights`).
+    pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        self.entries.retain(|name, _| keep(name));
+    }
+
+    /// The importance of matrix `name`'s input columns, as llama-quantize
+    /// hands it to the quantizers: each sum divided by its count (1 where a
+    /// run has no count), or for a `.dat` file by its number of calls.
+    pub fn importance(&self, name: &str) -> Option<Vec<f32>> {
+        let e = self.entries.get(name)?;
+        if self.legacy {
+            let calls = e.counts.first().copied().unwrap_or(0);
+            return Some(if calls > 0 {
+                e.sums.iter().map(|&s| s / calls as f32).collect()
+            } else {
+                e.sums.clone()
+            });
+        }
+        let per = e.sums.len() / e.counts.len().max(1);
+        let mut out = Vec::with_capacity(e.sums.len());
+        for (run, &count) in e.sums.chunks(per.max(1)).zip(&e.counts) {
+            if count > 0 {
+                let c = count as f32;
+                out.extend(run.iter().map(|&s| s / c));
+            } else {
+                out.extend(run.iter().map(|_| 1.0));
+            }
+        }
+        Some(out)
+    }
+
+    /// Reads a matrix file (GGUF, or the older `.dat` layout).
+    pub fn open(path: impl AsRef<std::path::Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_bytes(&bytes)
+    }
+
+    /// Reads a matrix from a file's bytes: GGUF when they start with
+    /// `GGUF`, else the older `.dat` layout.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        if bytes.starts_with(b"GGUF") {
+            Self::from_gguf(&Gguf::from_bytes(bytes)?)
+        } else {
+            Self::from_dat(bytes)
+        }
+    }
+
+    /// Reads a matrix from a GGUF file's tensors and metadata.
+    pub fn from_gguf<S: AsRef<[u8]>>(file: &Gguf<S>) -> Result<Self> {
+        let md = file.metadata();
+        let datasets = match md.get(DATASETS_KEY) {
+            Some(MetadataValue::Array(MetadataArray::String(v))) => Some(v.clone()),
+            _ => None,
+        };
+        let chunk_count = md.get_u32(CHUNK_COUNT_KEY).ok();
+        let chunk_size = md.get_u32(CHUNK_SIZE_KEY).ok();
+        let mut halves: BTreeMap<&str, [Option<Vec<f32>>; 2]> = BTreeMap::new();
+        for info in file.tensor_infos() {
+            let (name, half) = if let Some(n) = info.name.strip_suffix(SUMS_SUFFIX) {
+                (n, 0)
+            } else if let Some(n) = info.name.strip_suffix(COUNTS_SUFFIX) {
+                (n, 1)
+            } else {
+                continue;
+            };
+            if info.dtype != GgmlType::F32 {
+                return Err(bad(format!("`{}` is {}, not F32", info.name, info.dtype)));
+            }
+            let t = file.tensor(&info.name)?;
+            let values = t
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            halves.entry(name).or_default()[half] = Some(values);
+        }
+        if halves.is_empty() {
+            return Err(bad("the file holds no matrices"));
+        }
+        let mut entries = BTreeMap::new();
+        for (name, [sums, counts]) in halves {
+            let (Some(sums), Some(counts)) = (sums, counts) else {
+                return Err(bad(format!("`{name}` lacks its sums or its counts")));
+            };
+            if counts.is_empty() || !sums.len().is_multiple_of(counts.len()) {
+                return Err(bad(format!(
+                    "`{name}`: {} sums do not split into {} runs",
+                    sums.len(),
+                    counts.len()
+                )));
+            }
+            if let Some(c) = counts.iter().find(|c| !(c.is_finite() && **c >= 0.0)) {
+                return Err(bad(format!("`{name}` has a count of {c}")));
+            }
+            let counts = counts.iter().map(|&c| c.round() as u64).collect();
+            entries.insert(name.to_string(), ImatrixEntry { sums, counts });
+        }
+        Ok(Self {
+            entries,
+            has_metadata: datasets.is_some() && chunk_count.is_some() && chunk_size.is_some(),
+            datasets: datasets.unwrap_or_default(),
+            chunk_count: chunk_count.unwrap_or(0),
+            chunk_size: chunk_size.unwrap_or(0),
+            legacy: false,
+        })
+    }
+
+    /// Reads the older `.dat` layout: an i32 count of entries, each a
+    /// length-prefixed name, an i32 number of calls, an i32 number of
+    /// values and the values; then, optionally, an i32 chunk count and a
+    /// length-prefixed dataset name.
+    fn from_dat(bytes: &[u8]) -> Result<Self> {
+        let mut r = Dat { bytes, at: 0 };
+        let n = r.i32("the number of entries")?;
+        if n < 1 {
+            return Err(bad(format!(
+                "not a GGUF file, and as a .dat file it holds {n} entries"
+            )));
+        }
+        let mut m = Self {
+            legacy: true,
+            ..Self::default()
+        };
+        for i in 0..n {
+            let len = r.len(&format!("entry {i}'s name length"))?;
+            let name = String::from_utf8_lossy(r.take(len, "a name")?).into_owned();
+            let calls = r.i32("a number of calls")?;
+            let nval = r.len("a number of values")?;
+            if nval == 0 {
+                return Err(bad(format!("`{name}` has no values")));
+            }
+            let raw = r.take(nval * 4, "values")?;
+            let sums = raw
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            let counts = vec![calls.max(0) as u64];
+            m.entries.insert(name, ImatrixEntry { sums, counts });
+        }
+        if r.at < bytes.len() {
+            m.chunk_count = r.i32("the chunk count")?.max(0) as u32;
+            let len = r.len("the dataset's length").unwrap_or(0);
+            if let Ok(d) = r.take(len, "the dataset") {
+                if len > 0 {
+                    m.datasets.push(String::from_utf8_lossy(d).into_owned());
+                }
+            }
+        }
+        Ok(m)
+    }
+
+    /// Whether this is a file llama-quantize takes: a `.dat` file, or a GGUF
+    /// file with its `imatrix.*` keys.
+    pub fn has_metadata(&self) -> bool {
+        self.legacy || self.has_metadata
+    }
+
+    /// The matrix as llama-imatrix writes it: `general.type` `imatrix`, the
+    /// datasets and chunk keys, then per matrix in name order its sums
+    /// (`<name>.in_sum2`, columns x experts) and counts (`<name>.counts`,
+    /// 1 x experts), both F32.
+    pub fn to_gguf(&self) -> Result<GgufWriter<'static>> {
+        if self.legacy {
+            return Err(bad(
+                "a .dat matrix's sums are averages: write it from a GGUF one",
+            ));
+        }
+        let mut w = GgufWriter::new();
+        w.set("general.type", MetadataValue::String("imatrix".into()));
+        w.set(
+            DATASETS_KEY,
+            MetadataValue::Array(MetadataArray::String(self.datasets.clone())),
+        );
+        w.set(CHUNK_COUNT_KEY, MetadataValue::U32(self.chunk_count));
+        w.set(CHUNK_SIZE_KEY, MetadataValue::U32(self.chunk_size));
+        for (name, e) in &self.entries {
+            let runs = e.counts.len() as u64;
+            let per = e.sums.len() as u64 / runs.max(1);
+            let sums: Vec<u8> = e.sums.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let counts: Vec<u8> = e
+                .counts
+                .iter()
+                .flat_map(|&c| (c as f32).to_le_bytes())
+                .collect();
+            w.add_tensor(
+                &format!("{name}{SUMS_SUFFIX}"),
+                GgmlType::F32,
+                &[per, runs],
+                sums,
+            )?;
+            w.add_tensor(
+                &format!("{name}{COUNTS_SUFFIX}"),
+                GgmlType::F32,
+                &[1, runs],
+                counts,
+            )?;
+        }
+        Ok(w)
+    }
+}
+
+/// A cursor over a `.dat` file.
+struct Dat<'b> {
+    bytes: &'b [u8],
+    at: usize,
+}
+
+impl<'b> Dat<'b> {
+    fn take(&mut self, n: usize, what: &str) -> Result<&'b [u8]> {
+        let end = self.at.checked_add(n).filter(|&e| e <= self.bytes.len());
+        let Some(end) = end else {
+            return Err(bad(format!(
+                "the file ends at byte {} inside {what} ({n} bytes at {})",
+                self.bytes.len(),
+                self.at
+            )));
+        };
+        let s = &self.bytes[self.at..end];
+        self.at = end;
+        Ok(s)
+    }
+
+    fn i32(&mut self, what: &str) -> Result<i32> {
+        let b = self.take(4, what)?;
+        Ok(i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    /// A non-negative i32 length.
+    fn len(&mut self, what: &str) -> Result<usize> {
+        let v = self.i32(what)?;
+        usize::try_from(v).map_err(|_| bad(format!("{what} is {v}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dat(entries: &[(&str, i32, &[f32])], tail: Option<(i32, &str)>) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(&(entries.len() as i32).to_le_bytes());
+        for (name, calls, values) in entries {
+            b.extend_from_slice(&(name.len() as i32).to_le_bytes());
+            b.extend_from_slice(name.as_bytes());
+            b.extend_from_slice(&calls.to_le_bytes());
+            b.extend_from_slice(&(values.len() as i32).to_le_bytes());
+            values
+                .iter()
+                .for_each(|v| b.extend_from_slice(&v.to_le_bytes()));
+        }
+        if let Some((chunks, dataset)) = tail {
+            b.extend_from_slice(&chunks.to_le_bytes());
+            b.extend_from_slice(&(dataset.len() as i32).to_le_bytes());
+            b.extend_from_slice(dataset.as_bytes());
+        }
+        b
+    }
+
+    #[test]
+    fn gguf_round_trips_and_importance_divides_by_counts() {
+        let mut m = Imatrix::new(4);
+        m.add("blk.0.ffn_down.weight", &[1.0, -2.0, 3.0, 0.5], 2)
+            .unwrap();
+        m.add("blk.0.ffn_down.weight", &[2.0, 0.0], 2).unwrap();
+        m.add("blk.0.attn_q.weight", &[3.0], 1).unwrap();
+        m.datasets.push("wiki.txt".into());
+        m.chunk_count = 1;
+        let back = Imatrix::from_bytes(&m.to_gguf().unwrap().to_bytes().unwrap()).unwrap();
+        assert_eq!(back, m);
+        assert!(back.has_metadata());
+        let e = back.entry("blk.0.ffn_down.weight").unwrap();
+        assert_eq!(
+            (e.sums.clone(), e.counts.clone()),
+            (vec![14.0, 4.25], vec![3])
+        );
+        assert_eq!(
+            back.importance("blk.0.ffn_down.weight").unwrap(),
+            vec![14.0 / 3.0, 4.25 / 3.0]
+        );
+        assert_eq!(
+            back.names().collect::<Vec<_>>(),
+            ["blk.0.attn_q.weight", "blk.0.ffn_down.weight"]
+        );
+    }
+
+    #[test]
+    fn runs_without_counts_weigh_one_and_merging_adds() {
+        let mut m = Imatrix::new(8);
+        m.entries.insert(
+            "e".into(),
+            ImatrixEntry {
+                sums: vec![2.0, 4.0, 6.0, 8.0],
+                counts: vec![2, 0],
+            },
+        );
+        assert_eq!(m.importance("e").unwrap(), vec![1.0, 2.0, 1.0, 1.0]);
+        let other = m.clone();
+        m.chunk_count = 3;
+        m.merge(&other).unwrap();
+        assert_eq!(m.entry("e").unwrap().counts, vec![4, 0]);
+        assert_eq!(m.chunk_count, 3);
+        m.add("f", &[1.0, 1.0], 2).unwrap();
+        let mut wider = Imatrix::new(8);
+        wider.add("f", &[1.0, 1.0, 1.0], 3).unwrap();
+        assert!(m.merge(&wider).unwrap_err().to_string().contains("`f`"));
+        assert!(m.add("f", &[1.0, 1.0, 1.0], 3).is_err());
+        assert!(m.add("g", &[1.0, 1.0, 1.0], 2).is_err());
+        assert!(m.add("h", &[f32::MAX, 0.0], 1).is_err());
+    }
+
+    #[test]
+    fn dat_files_read_with_their_tail() {
+        let b = dat(
+            &[("blk.0.attn_k.weight", 10, &[20.0, 5.0]), ("x", 0, &[3.0])],
+            Some((7, "data.txt")),
+        );
+        let m = Imatrix::from_bytes(&b).unwrap();
+        assert!(m.has_metadata());
+        assert_eq!(m.importance("blk.0.attn_k.weight").unwrap(), vec![2.0, 0.5]);
+        assert_eq!(m.importance("x").unwrap(), vec![3.0]);
+        assert_eq!(
+            (m.chunk_count, m.datasets.clone()),
+            (7, vec!["data.txt".to_string()])
+        );
+        assert!(m.to_gguf().is_err());
+        let plain = Imatrix::from_bytes(&dat(&[("y", 1, &[1.0])], None)).unwrap();
+        assert_eq!(plain.chunk_count, 0);
+    }
+
+    #[test]
+    fn malformed_files_are_refused() {
+        let b = dat(&[("blk.0.attn_k.weight", 10, &[20.0, 5.0])], None);
+        for cut in 0..b.len() {
+            assert!(Imatrix::from_bytes(&b[..cut]).is_err(), "cut at {cut}");
+        }
+        assert!(Imatrix::from_bytes(&dat(&[], None)).is_err());
+        assert!(Imatrix::from_bytes(&dat(&[("z", 1, &[])], None)).is_err());
+        let mut negative = dat(&[("z", 1, &[1.0])], None);
+        negative[4..8].copy_from_slice(&(-5i32).to_le_bytes());
+        assert!(Imatrix::from_bytes(&negative).is_err());
+
+        let sums = [1.0f32, 2.0, 3.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect::<Vec<_>>();
+        let counts = [1.0f32, 1.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect::<Vec<_>>();
+        let mut w = GgufWriter::new();
+        w.add_tensor("a.in_sum2", GgmlType::F32, &[3], sums.clone())
+            .unwrap();
+        w.add_tensor("a.counts", GgmlType::F32, &[2], counts)
+            .unwrap();
+        let e = Imatrix::from_bytes(&w.to_bytes().unwrap()).unwrap_err();
+        assert!(e.to_string().contains("do not split"), "{e}");
+        let mut lone = GgufWriter::new();
+        lone.add_tensor("a.in_sum2", GgmlType::F32, &[3], sums)
+            .unwrap();
+        let e = Imatrix::from_bytes(&lone.to_bytes().unwrap()).unwrap_err();
+        assert!(e.to_string().contains("lacks"), "{e}");
+        let e = Imatrix::from_bytes(&GgufWriter::new().to_bytes().unwrap()).unwrap_err();
+        assert!(e.to_string().contains("no matrices"), "{e}");
+        let mut f16 = GgufWriter::new();
+        f16.add_tensor("a.in_sum2", GgmlType::F16, &[2], vec![0u8; 4])
+            .unwrap();
+        assert!(Imatrix::from_bytes(&f16.to_bytes().unwrap()).is_err());
+    }
+
+    #[test]
+    fn gguf_without_its_keys_is_marked() {
+        let mut m = Imatrix::new(4);
+        m.add("a", &[1.0], 1).unwrap();
+        let mut w = m.to_gguf().unwrap();
+        w.metadata_mut().remove(CHUNK_SIZE_KEY);
+        let back = Imatrix::from_bytes(&w.to_bytes().unwrap()).unwrap();
+        assert!(!back.has_metadata());
+    }
+}
