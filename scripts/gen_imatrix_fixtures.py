@@ -7,12 +7,13 @@ For each model it runs llama-imatrix (built by `scripts/build_llama_cpp.sh
 --tools`, llama.cpp 0c1e570 from the llama-cpp-python 0.3.36 sdist) on
 realm-cli/tests/fixtures/perplexity.txt with 128-token chunks, its default
 f16 KV cache and 2 threads, and keeps
-- the matrices of the first BLOCKS blocks, written again with gguf-py with
+- the matrices of the first BLOCKS blocks, and every block's `ffn_down`
+  and `attn_output` (what a Q2_K_S file needs), written again with gguf-py with
   llama-imatrix's metadata (the whole file is 0.5-0.6 MB a model): what
   `realm imatrix` must come close to, and what `realm quantize --imatrix`
   and llama-quantize --imatrix both quantize with
-  (scripts/gen_quantize_fixtures.py), so that blocks without a matrix are
-  quantized too;
+  (scripts/gen_quantize_fixtures.py), so that matrices without an entry
+  are quantized too;
 - the perplexity llama-imatrix prints on the way, in imatrix.json.
 Usage: python3 scripts/gen_imatrix_fixtures.py [MODELS_DIR]
 """
@@ -54,10 +55,10 @@ def prune(src, dst):
     kept = 0
     for t in sorted(r.tensors, key=lambda t: t.name):
         m = re.match(r"blk\.(\d+)\.", t.name)
-        if m and int(m.group(1)) < BLOCKS:
+        if m and (int(m.group(1)) < BLOCKS or re.search(r"\.(ffn_down|attn_output)\.", t.name)):
             data = np.array(t.data, dtype=np.float32).reshape([int(d) for d in reversed(t.shape)])
             w.add_tensor(t.name, data, raw_dtype=gguf.GGMLQuantizationType.F32)
-            kept += 1
+            kept += t.name.endswith(".in_sum2")
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -83,7 +84,7 @@ def main():
             final = re.search(r"Final estimate: PPL = (\d+\.\d+) \+/- (\d+\.\d+)", log)
             kept = prune(whole, os.path.join(FIXTURES, "imatrix", short + ".gguf"))
             out["models"][short] = {"file": name, "ppl": float(final.group(1)),
-                                    "tensors": kept}
+                                    "matrices": kept}
             print(short, out["models"][short])
     with open(os.path.join(FIXTURES, "imatrix.json"), "w") as f:
         json.dump(out, f, indent=1)

@@ -18,13 +18,20 @@ mirrors ggml's reference code): `gguf.quants.dequantize` and
       compiled with FP contraction off (no fused multiply-add, as ggml's
       portable build and gguf-py compute) and called through ctypes; the
       legacy types are checked against gguf-py on the way, as a cross-check.
+  quantize_iq4.json, quantize/<input>.<type>   (only with --ggml-src)
+      The same signals quantized to IQ4_NL and IQ4_XS by ggml's
+      quantize_<type>(src, dst, nrow, n_per_row, NULL), as ggml_quantize_chunk
+      (and so llama-quantize) calls them without an importance matrix. For
+      IQ4_XS that is quantize_row_iq4_xs_ref (checked on the way); for IQ4_NL
+      it is not: quantize_row_iq4_nl_ref skips the search for the scale.
   quantize_weighted.json, weighted/<importance>.f32   (only with --ggml-src)
       Some of the same signals cut into rows and quantized by ggml's
       quantize_<type>(src, dst, nrow, n_per_row, imatrix) with a seeded
       importance vector (one f32 per column, as llama-quantize --imatrix
       passes it), for the types whose search for scales uses it (the legacy
-      4- and 5-bit types and the k-quants) and Q8_0, which ignores it. Only
-      the sha256 of the expected bytes is stored.
+      4- and 5-bit types, the k-quants, IQ4_NL and IQ4_XS) and Q8_0, which
+      ignores it. Only the sha256 of the expected bytes is stored; the IQ4
+      entries come after the others.
   models.json
       For each tensor of the two real models: name, type, absolute byte
       offset and length of its data in the file, and the sha256 of its
@@ -33,7 +40,9 @@ mirrors ggml's reference code): `gguf.quants.dequantize` and
 Usage: scripts/gen_quant_fixtures.py [--models-dir DIR] [--ggml-src LLAMA_CPP_DIR]
 (default: $REALM_MODELS or ~/.cache/realm/models). The synthetic data is
 seeded, so re-running gives the same files. With --only-weighted (and
---ggml-src) only quantize_weighted.json and weighted/ are written.
+--ggml-src) only quantize_weighted.json and weighted/ are written; with
+--only-ggml (and --ggml-src) only the files that need ggml: quantize_ggml.json,
+quantize_iq4.json, quantize_weighted.json and their data.
 """
 
 from __future__ import annotations
@@ -278,6 +287,10 @@ GGML_REF_TYPES = {
     T.Q6_K: "q6_K", T.Q8_K: "q8_K",
 }
 
+# The types quantized by quantize_<type>(..., NULL) rather than by
+# quantize_row_<type>_ref (for IQ4_NL the two differ), and their ggml names.
+GGML_IQ4_TYPES = {T.IQ4_NL: "iq4_nl", T.IQ4_XS: "iq4_xs"}
+
 
 def build_ggml_reference(src: Path, workdir: Path) -> ctypes.CDLL:
     stub = workdir / "stubs.c"
@@ -293,6 +306,10 @@ def build_ggml_reference(src: Path, workdir: Path) -> ctypes.CDLL:
 
 
 def ggml_quantize(lib: ctypes.CDLL, t: T, x: np.ndarray) -> bytes:
+    """ggml's quantize_row_<type>_ref, or for the IQ4 types quantize_<type>
+    without an importance matrix."""
+    if t in GGML_IQ4_TYPES:
+        return ggml_quantize_weighted(lib, t, x, x.size, None)
     block_size, type_size = BLOCK_SIZES[t]
     x = np.ascontiguousarray(x, dtype=np.float32)
     out = ctypes.create_string_buffer(x.size // block_size * type_size)
@@ -301,6 +318,13 @@ def ggml_quantize(lib: ctypes.CDLL, t: T, x: np.ndarray) -> bytes:
     fn.restype = None
     fn(x.ctypes.data, out, x.size)
     return out.raw
+
+
+def ggml_commit(src: Path, commit_name: str | None) -> str:
+    if commit_name is not None:
+        return commit_name
+    commit = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True)
+    return commit.stdout.strip() if commit.returncode == 0 else "unknown"
 
 
 def gen_quantize_ggml(src: Path, commit_name: str | None) -> None:
@@ -322,13 +346,61 @@ def gen_quantize_ggml(src: Path, commit_name: str | None) -> None:
                     "file": f"quantize/{name}.{tn}",
                     "sha256": sha256(raw),
                 })
-    commit = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True)
-    if commit_name is None:
-        commit_name = commit.stdout.strip() if commit.returncode == 0 else "unknown"
     write_json("quantize_ggml.json", {
         "generator": "scripts/gen_quant_fixtures.py --ggml-src",
         "reference": "ggml quantize_row_*_ref (ggml-quants.c, cc -O2 -ffp-contract=off)",
-        "ggml_source": commit_name,
+        "ggml_source": ggml_commit(src, commit_name),
+        "inputs": "quantize.json",
+        "expected": expected,
+    })
+
+
+def ggml_ref_row(lib: ctypes.CDLL, t: T, x: np.ndarray) -> bytes:
+    """ggml's quantize_row_<type>_ref for an IQ4 type."""
+    block_size, type_size = BLOCK_SIZES[t]
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    out = ctypes.create_string_buffer(x.size // block_size * type_size)
+    fn = getattr(lib, f"quantize_row_{GGML_IQ4_TYPES[t]}_ref")
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+    fn.restype = None
+    fn(x.ctypes.data, out, x.size)
+    return out.raw
+
+
+def gen_quantize_iq4(src: Path, commit_name: str | None) -> None:
+    sigs = signals()
+    for name, x in sigs.items():
+        assert (OUT / "quantize" / f"{name}.f32").read_bytes() == x.astype("<f4").tobytes(), name
+    expected = []
+    with tempfile.TemporaryDirectory() as tmp:
+        lib = build_ggml_reference(src, Path(tmp))
+        for name, x in sigs.items():
+            for t in GGML_IQ4_TYPES:
+                raw = ggml_quantize(lib, t, x)
+                # Row by row gives the same bytes as the whole signal at once.
+                assert raw == ggml_quantize_weighted(lib, t, x, 256, None), (name, t)
+                if t == T.IQ4_XS:
+                    assert raw == ggml_ref_row(lib, t, x), (name, t)
+                else:
+                    _, type_size = BLOCK_SIZES[t]
+                    ref = ggml_ref_row(lib, t, x)
+                    differ = sum(raw[i:i + type_size] != ref[i:i + type_size]
+                                 for i in range(0, len(raw), type_size))
+                    print(f"{name}: quantize_row_iq4_nl_ref differs from quantize_iq4_nl(NULL) "
+                          f"in {differ} of {len(raw) // type_size} blocks")
+                tn = type_name(t)
+                (OUT / "quantize" / f"{name}.{tn}").write_bytes(raw)
+                expected.append({
+                    "input": name,
+                    "type": tn,
+                    "file": f"quantize/{name}.{tn}",
+                    "sha256": sha256(raw),
+                })
+    write_json("quantize_iq4.json", {
+        "generator": "scripts/gen_quant_fixtures.py --ggml-src",
+        "reference": "ggml quantize_iq4_nl / quantize_iq4_xs(src, dst, nrow, n_per_row, NULL) "
+                     "(ggml-quants.c, cc -O2 -ffp-contract=off)",
+        "ggml_source": ggml_commit(src, commit_name),
         "inputs": "quantize.json",
         "expected": expected,
     })
@@ -336,6 +408,9 @@ def gen_quantize_ggml(src: Path, commit_name: str | None) -> None:
 
 # The types whose quantize_<type> takes an importance vector (Q8_0 ignores it).
 WEIGHTED_TYPES = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.Q8_0]
+
+# Weighted types added later, whose entries follow the others'.
+WEIGHTED_TYPES_LATER = [T.IQ4_NL, T.IQ4_XS]
 
 # (input of quantize.json, values per row, importance vector).
 WEIGHTED_CASES = [
@@ -366,20 +441,37 @@ def importance_vectors() -> dict[str, np.ndarray]:
 
 
 def ggml_quantize_weighted(lib: ctypes.CDLL, t: T, x: np.ndarray, n_per_row: int,
-                           importance: np.ndarray) -> bytes:
+                           importance: np.ndarray | None) -> bytes:
+    """ggml's quantize_<type>(src, dst, nrow, n_per_row, importance), the
+    importance NULL when None."""
     block_size, type_size = BLOCK_SIZES[t]
     x = np.ascontiguousarray(x, dtype=np.float32)
-    importance = np.ascontiguousarray(importance, dtype=np.float32)
-    assert x.size % n_per_row == 0 and importance.size == n_per_row
+    assert x.size % n_per_row == 0
+    if importance is not None:
+        importance = np.ascontiguousarray(importance, dtype=np.float32)
+        assert importance.size == n_per_row
     nrow = x.size // n_per_row
     n_bytes = x.size // block_size * type_size
     out = ctypes.create_string_buffer(n_bytes)
-    fn = getattr(lib, f"quantize_{GGML_REF_TYPES[t]}")
+    fn = getattr(lib, f"quantize_{GGML_REF_TYPES.get(t) or GGML_IQ4_TYPES[t]}")
     fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
     fn.restype = ctypes.c_size_t
-    written = fn(x.ctypes.data, out, nrow, n_per_row, importance.ctypes.data)
+    written = fn(x.ctypes.data, out, nrow, n_per_row,
+                 None if importance is None else importance.ctypes.data)
     assert written == n_bytes, (t, written, n_bytes)
     return out.raw
+
+
+def weighted_entry(lib: ctypes.CDLL, t: T, input_name: str, x: np.ndarray, n_per_row: int,
+                   imp: str, w: np.ndarray) -> dict:
+    raw = ggml_quantize_weighted(lib, t, x, n_per_row, w)
+    unweighted = ggml_quantize(lib, t, x)
+    if t == T.Q8_0:
+        assert raw == unweighted, (input_name, t)
+    else:
+        # The importance changes something, or the weighted path was not taken.
+        assert raw != unweighted, (input_name, t)
+    return {"input": input_name, "importance": imp, "type": type_name(t), "sha256": sha256(raw)}
 
 
 def gen_quantize_weighted(src: Path, commit_name: str | None) -> None:
@@ -406,23 +498,16 @@ def gen_quantize_weighted(src: Path, commit_name: str | None) -> None:
             cases.append({"input": input_name, "importance": imp, "n_per_row": n_per_row,
                           "rows": int(x.size // n_per_row)})
             for t in WEIGHTED_TYPES:
-                raw = ggml_quantize_weighted(lib, t, x, n_per_row, w)
-                unweighted = ggml_quantize(lib, t, x)
-                if t == T.Q8_0:
-                    assert raw == unweighted, (input_name, t)
-                else:
-                    # The importance changes something, or the weighted path was not taken.
-                    assert raw != unweighted, (input_name, t)
-                expected.append({"input": input_name, "importance": imp, "type": type_name(t),
-                                 "sha256": sha256(raw)})
-    commit = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True)
-    if commit_name is None:
-        commit_name = commit.stdout.strip() if commit.returncode == 0 else "unknown"
+                expected.append(weighted_entry(lib, t, input_name, x, n_per_row, imp, w))
+        for input_name, n_per_row, imp in WEIGHTED_CASES:
+            for t in WEIGHTED_TYPES_LATER:
+                expected.append(weighted_entry(lib, t, input_name, sigs[input_name], n_per_row,
+                                               imp, vectors[imp]))
     write_json("quantize_weighted.json", {
         "generator": "scripts/gen_quant_fixtures.py --ggml-src",
         "reference": "ggml quantize_<type>(src, dst, nrow, n_per_row, imatrix) "
                      "(ggml-quants.c, cc -O2 -ffp-contract=off)",
-        "ggml_source": commit_name,
+        "ggml_source": ggml_commit(src, commit_name),
         "inputs": "quantize.json",
         "importance": importance,
         "cases": cases,
@@ -503,17 +588,23 @@ def main() -> None:
                     "(llama-cpp-python's sdist vendors llama.cpp without its history)")
     ap.add_argument("--only-weighted", action="store_true",
                     help="write only quantize_weighted.json and weighted/ (needs --ggml-src)")
+    ap.add_argument("--only-ggml", action="store_true",
+                    help="write only the fixtures that need ggml (needs --ggml-src)")
     args = ap.parse_args()
+    if (args.only_weighted or args.only_ggml) and args.ggml_src is None:
+        ap.error("--only-weighted and --only-ggml need --ggml-src")
     if args.only_weighted:
-        if args.ggml_src is None:
-            ap.error("--only-weighted needs --ggml-src")
         gen_quantize_weighted(args.ggml_src, args.ggml_commit)
         return
-    gen_synthetic()
-    gen_quantize()
+    if not args.only_ggml:
+        gen_synthetic()
+        gen_quantize()
     if args.ggml_src is not None:
         gen_quantize_ggml(args.ggml_src, args.ggml_commit)
+        gen_quantize_iq4(args.ggml_src, args.ggml_commit)
         gen_quantize_weighted(args.ggml_src, args.ggml_commit)
+    if args.only_ggml:
+        return
     if not args.skip_models:
         gen_models(args.models_dir)
 

@@ -39,9 +39,10 @@ CASES = [
     ("gemma3", "Q2_K", []),
     ("gemma3", "Q3_K_S", []),
     ("gemma3", "Q3_K_L", []),
-    # With the importance matrices of scripts/gen_imatrix_fixtures.py (its
-    # first six blocks: the rest are quantized without), named relative to
-    # realm-cli/, where llama-quantize runs and the tests run.
+    # With the importance matrices of scripts/gen_imatrix_fixtures.py (the
+    # first six blocks, every ffn_down and attn_output: the rest are quantized without),
+    # named relative to realm-cli/, where llama-quantize runs and the tests
+    # run.
     ("smollm2", "Q4_K_M", ["--imatrix", "tests/fixtures/imatrix/smollm2.gguf"]),
     ("smollm2", "Q4_0", ["--imatrix", "tests/fixtures/imatrix/smollm2.gguf"]),
     ("smollm2", "Q2_K", ["--pure", "--imatrix", "tests/fixtures/imatrix/smollm2.gguf"]),
@@ -52,6 +53,12 @@ CASES = [
     ("gemma3", "Q4_K_S", ["--imatrix", "tests/fixtures/imatrix/gemma3.gguf",
                           "--include-weights", "ffn_", "--include-weights", "attn_q"]),
     ("gemma3", "Q5_K_S", ["--imatrix", "tests/fixtures/imatrix/gemma3.gguf"]),
+    ("smollm2", "Q2_K_S", ["--imatrix", "tests/fixtures/imatrix/smollm2.gguf"]),
+    ("gemma3", "Q2_K_S", ["--imatrix", "tests/fixtures/imatrix/gemma3.gguf"]),
+    ("smollm2", "IQ4_XS", []),
+    ("smollm2", "IQ4_NL", ["--imatrix", "tests/fixtures/imatrix/smollm2.gguf"]),
+    ("gemma3", "IQ4_XS", ["--imatrix", "tests/fixtures/imatrix/gemma3.gguf"]),
+    ("gemma3", "IQ4_NL", []),
 ]
 HERE = os.path.dirname(os.path.abspath(__file__))
 CRATE = os.path.join(HERE, "..", "realm-cli")

@@ -20,8 +20,9 @@ pub struct QuantizeArgs {
     /// Where to write the quantized file.
     pub output: std::path::PathBuf,
     /// The file type: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K,
-    /// Q3_K_S, Q3_K_M (Q3_K), Q3_K_L, Q4_K_S, Q4_K_M (Q4_K), Q5_K_S, Q5_K_M
-    /// (Q5_K), Q6_K, or llama.cpp's number for one.
+    /// Q2_K_S (with --imatrix), Q3_K_S, Q3_K_M (Q3_K), Q3_K_L, Q4_K_S, Q4_K_M
+    /// (Q4_K), Q5_K_S, Q5_K_M (Q5_K), Q6_K, IQ4_NL, IQ4_XS, or llama.cpp's
+    /// number for one.
     #[arg(value_parser = parse_file_type)]
     pub file_type: FileType,
     /// Quantize tensors that are quantized already (dequantizing them first
@@ -135,6 +136,18 @@ pub fn run(args: &QuantizeArgs) -> Result<()> {
             ),
             w => w,
         });
+        if t.needs_imatrix && importance.last().is_some_and(Option::is_none) {
+            let why = format!(
+                "{} would be Q2_K without an importance matrix, which ruins it: \
+                 {} needs one (--imatrix) with an entry for every such matrix",
+                t.name,
+                args.file_type.name()
+            );
+            if !args.dry_run {
+                bail!(why);
+            }
+            eprintln!("realm: warning: {why}");
+        }
     }
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(args.threads)

@@ -157,4 +157,14 @@ fn importance_matrices_must_fit() {
         !ok && stderr.contains("lacks the imatrix.* metadata"),
         "{stderr}"
     );
+    // Q2_K_S needs one for each of its Q2_K matrices (SmolLM2's ffn_down
+    // from the fourth block on); a dry run only warns.
+    let q2ks = [&args[..2], &args[4..6], &["Q2_K_S"]].concat();
+    let (ok, _, stderr) = realm(&q2ks);
+    assert!(!ok, "{stderr}");
+    let why = "blk.3.ffn_down.weight would be Q2_K without an importance matrix";
+    assert!(stderr.contains(why), "{stderr}");
+    assert!(!out.exists());
+    let (ok, _, stderr) = realm(&[&q2ks[..], &["--dry-run"]].concat());
+    assert!(ok && stderr.contains(why), "{stderr}");
 }

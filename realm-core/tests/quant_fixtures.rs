@@ -5,7 +5,9 @@
 //! - quantization of a few signals, byte for byte, for the types the package
 //!   can quantize, and for the others against ggml's own reference
 //!   quantizers (`quantize_row_*_ref`, compiled from ggml-quants.c by the
-//!   script when given a llama.cpp checkout).
+//!   script when given a llama.cpp checkout), or for IQ4_NL and IQ4_XS
+//!   against `quantize_iq4_nl` / `quantize_iq4_xs` without an importance
+//!   matrix (quantize_iq4.json), as llama-quantize calls them.
 
 use std::path::{Path, PathBuf};
 
@@ -218,9 +220,9 @@ fn quantize_matches_gguf_py_byte_for_byte() {
 fn quantize_matches_ggml_reference_byte_for_byte() {
     let checked = check_quantize_fixtures("quantize_ggml.json");
     assert!(checked >= 4 * 5, "only {checked} quantize fixtures");
-    // Together the two fixture sets cover every quantizable type.
+    // Together the fixture sets cover every quantizable type.
     let mut covered: Vec<String> = Vec::new();
-    for name in ["quantize.json", "quantize_ggml.json"] {
+    for name in ["quantize.json", "quantize_ggml.json", "quantize_iq4.json"] {
         for e in manifest(name)["expected"].as_array().unwrap() {
             covered.push(e["type"].as_str().unwrap().to_owned());
         }
@@ -230,5 +232,44 @@ fn quantize_matches_ggml_reference_byte_for_byte() {
             *t == GgmlType::F32 || covered.iter().any(|c| c == t.name()),
             "no quantize fixture for {t}"
         );
+    }
+}
+
+/// ggml's `quantize_iq4_nl` and `quantize_iq4_xs` without an importance
+/// matrix; the per-block functions give the same bytes block by block.
+#[test]
+fn quantize_iq4_matches_ggml_byte_for_byte() {
+    let checked = check_quantize_fixtures("quantize_iq4.json");
+    assert!(checked >= 5 * 2, "only {checked} IQ4 quantize fixtures");
+    let inputs = manifest("quantize.json");
+    for e in manifest("quantize_iq4.json")["expected"]
+        .as_array()
+        .unwrap()
+    {
+        let t = type_by_name(e["type"].as_str().unwrap());
+        let input = inputs["inputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["name"] == e["input"])
+            .expect("input");
+        let x = f32s(&read(input["file"].as_str().unwrap()));
+        let want = read(e["file"].as_str().unwrap());
+        let got: Vec<u8> = match t {
+            GgmlType::IQ4_NL => x
+                .as_chunks::<{ quant::blocks::QK }>()
+                .0
+                .iter()
+                .flat_map(|b| bytemuck::bytes_of(&quant::quantize_block_iq4_nl(b)).to_vec())
+                .collect(),
+            GgmlType::IQ4_XS => x
+                .as_chunks::<{ quant::blocks::QK_K }>()
+                .0
+                .iter()
+                .flat_map(|b| bytemuck::bytes_of(&quant::quantize_block_iq4_xs(b)).to_vec())
+                .collect(),
+            _ => panic!("{t} in quantize_iq4.json"),
+        };
+        assert_eq!(got, want, "{t} of `{}` block by block", e["input"]);
     }
 }

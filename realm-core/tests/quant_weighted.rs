@@ -20,7 +20,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 /// The types whose quantizers search their scales against the importance.
-const WEIGHTED: [GgmlType; 9] = [
+const WEIGHTED: [GgmlType; 11] = [
     GgmlType::Q4_0,
     GgmlType::Q4_1,
     GgmlType::Q5_0,
@@ -30,6 +30,8 @@ const WEIGHTED: [GgmlType; 9] = [
     GgmlType::Q4_K,
     GgmlType::Q5_K,
     GgmlType::Q6_K,
+    GgmlType::IQ4_NL,
+    GgmlType::IQ4_XS,
 ];
 
 fn fixture_dir() -> PathBuf {
@@ -159,7 +161,7 @@ fn quantize_weighted_matches_ggml_byte_for_byte() {
         covered.push(t);
         checked += 1;
     }
-    assert!(checked >= 5 * 10, "only {checked} weighted fixtures");
+    assert!(checked >= 5 * 12, "only {checked} weighted fixtures");
     for t in WEIGHTED.iter().chain([&GgmlType::Q8_0]) {
         assert!(covered.contains(t), "no weighted fixture for {t}");
     }
@@ -278,7 +280,7 @@ fn bad_lengths_and_types_are_refused() {
     assert!(ok(0, &[], &imp, t).is_ok());
     // A type that cannot be quantized.
     assert!(matches!(
-        ok(4 * 18, &x[..128], &imp[..32], GgmlType::IQ4_NL),
+        ok(2 * 66, &x[..512], &imp[..256], GgmlType::IQ2_XXS),
         Err(Error::UnsupportedType { .. })
     ));
 }

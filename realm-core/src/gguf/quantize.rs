@@ -76,11 +76,22 @@ pub enum FileType {
     Q5_K_M,
     /// Q6_K.
     Q6_K,
+    /// Q2_K, `attn_v` Q4_K with four or more query heads per key head,
+    /// the first eighth of `ffn_down` Q4_K; its Q2_K matrices need an
+    /// importance matrix.
+    Q2_K_S,
+    /// IQ4_NL (non-linear 4-bit levels in blocks of 32), `attn_v` Q5_K with
+    /// four or more query heads per key head, the first eighth of
+    /// `ffn_down` Q5_K unless an importance matrix is given.
+    IQ4_NL,
+    /// IQ4_XS (IQ4_NL's levels, 6-bit scales in blocks of 256); its rules
+    /// are IQ4_NL's.
+    IQ4_XS,
 }
 
 impl FileType {
     /// Every file type, in llama.cpp's numbering's order.
-    pub const ALL: [Self; 17] = [
+    pub const ALL: [Self; 20] = [
         Self::F32,
         Self::F16,
         Self::Q4_0,
@@ -97,6 +108,9 @@ impl FileType {
         Self::Q5_K_S,
         Self::Q5_K_M,
         Self::Q6_K,
+        Self::Q2_K_S,
+        Self::IQ4_NL,
+        Self::IQ4_XS,
         Self::BF16,
     ];
 
@@ -119,6 +133,9 @@ impl FileType {
             Self::Q5_K_S => 16,
             Self::Q5_K_M => 17,
             Self::Q6_K => 18,
+            Self::Q2_K_S => 21,
+            Self::IQ4_NL => 25,
+            Self::IQ4_XS => 30,
             Self::BF16 => 32,
         }
     }
@@ -143,6 +160,9 @@ impl FileType {
             Self::Q5_K_S => "Q5_K_S",
             Self::Q5_K_M => "Q5_K_M",
             Self::Q6_K => "Q6_K",
+            Self::Q2_K_S => "Q2_K_S",
+            Self::IQ4_NL => "IQ4_NL",
+            Self::IQ4_XS => "IQ4_XS",
         }
     }
 
@@ -172,11 +192,13 @@ impl FileType {
             Self::Q5_0 => GgmlType::Q5_0,
             Self::Q5_1 => GgmlType::Q5_1,
             Self::Q8_0 => GgmlType::Q8_0,
-            Self::Q2_K => GgmlType::Q2_K,
+            Self::Q2_K | Self::Q2_K_S => GgmlType::Q2_K,
             Self::Q3_K_S | Self::Q3_K_M | Self::Q3_K_L => GgmlType::Q3_K,
             Self::Q4_K_S | Self::Q4_K_M => GgmlType::Q4_K,
             Self::Q5_K_S | Self::Q5_K_M => GgmlType::Q5_K,
             Self::Q6_K => GgmlType::Q6_K,
+            Self::IQ4_NL => GgmlType::IQ4_NL,
+            Self::IQ4_XS => GgmlType::IQ4_XS,
         }
     }
 }
@@ -254,6 +276,9 @@ pub struct PlannedTensor {
     /// Whether `to` is a fallback: the chosen type's blocks did not divide
     /// its rows.
     pub fell_back: bool,
+    /// Whether quantizing it without an importance matrix would ruin it
+    /// (llama-quantize refuses to): a Q2_K matrix of a Q2_K_S file.
+    pub needs_imatrix: bool,
 }
 
 /// The output file: its metadata and tensors, in order.
@@ -443,8 +468,10 @@ fn mix(
         let i = seen.attention_wv;
         match ft {
             F::Q2_K => t = if m.n_gqa >= 4 { T::Q4_K } else { T::Q3_K },
+            F::Q2_K_S if m.n_gqa >= 4 => t = T::Q4_K,
             F::Q3_K_M => t = if i < 2 { T::Q5_K } else { T::Q4_K },
             F::Q3_K_L => t = T::Q5_K,
+            F::IQ4_NL | F::IQ4_XS if m.n_gqa >= 4 => t = T::Q5_K,
             F::Q4_K_M | F::Q5_K_M if more_bits(i, m.n_attention_wv) => t = T::Q6_K,
             F::Q4_K_S if i < 4 => t = T::Q5_K,
             _ => {}
@@ -466,6 +493,7 @@ fn mix(
         let (i, n) = (seen.ffn_down, m.n_layer);
         match ft {
             F::Q2_K => t = T::Q3_K,
+            F::Q2_K_S if i < n / 8 => t = T::Q4_K,
             F::Q3_K_M => {
                 t = if i < n / 16 {
                     T::Q5_K
@@ -486,6 +514,7 @@ fn mix(
                 };
             }
             F::Q4_K_M | F::Q5_K_M if more_bits(i, n) => t = T::Q6_K,
+            F::IQ4_NL | F::IQ4_XS if opts.imatrix.is_none() && i < n / 8 => t = T::Q5_K,
             F::Q4_K_S if !falcon && i < n / 8 => t = T::Q5_K,
             // With an importance matrix the first blocks' down matrices,
             // which it quantizes worst, get the type with a minimum.
@@ -496,9 +525,10 @@ fn mix(
         seen.ffn_down += 1;
     } else if role == Role::AttnOutput {
         t = match (falcon, ft) {
-            (false, F::Q2_K | F::Q3_K_S | F::Q3_K_M | F::Q4_K_S | F::Q4_K_M) if m.n_expert == 8 => {
-                T::Q5_K
-            }
+            (
+                false,
+                F::Q2_K | F::Q3_K_S | F::Q3_K_M | F::IQ4_NL | F::Q4_K_S | F::Q4_K_M | F::IQ4_XS,
+            ) if m.n_expert == 8 => T::Q5_K,
             (false, _) if m.n_expert == 8 => t,
             (false, F::Q2_K) => T::Q3_K,
             (false, F::Q3_K_M) => T::Q4_K,
@@ -620,7 +650,12 @@ pub fn plan<S: AsRef<[u8]>>(file: &Gguf<S>, opts: &QuantizeOptions) -> Result<Pl
                 });
             }
         }
+        let needs_imatrix = to != info.dtype
+            && to == GgmlType::Q2_K
+            && ft == FileType::Q2_K_S
+            && !matches!(role, Role::Output | Role::TokenEmbd);
         tensors.push(PlannedTensor {
+            needs_imatrix,
             name: name.clone(),
             // Trailing dimensions of 1 dropped, as ggml writes shapes.
             shape: shape[..n_dims(shape).min(shape.len())].to_vec(),

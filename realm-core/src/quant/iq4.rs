@@ -1,7 +1,19 @@
 //! The non-linear 4-bit formats IQ4_NL and IQ4_XS: each 4-bit index selects
 //! one of the 16 values of [`KVALUES_IQ4NL`], times a scale.
+//!
+//! Quantization follows ggml's `quantize_iq4_nl` and `quantize_iq4_xs`
+//! (`quantize_row_iq4_nl_impl`): a search for each 32-value block's scale
+//! that minimises a weighted squared error against the table, then, for
+//! IQ4_XS, 6-bit sub-block scales under one f16 scale. The weights are
+//! `x^2` without an importance matrix and `importance * sqrt(sigma2 + x^2)`
+//! with one (`weighted`). Every float operation is the reference's, in its
+//! order and in f32, so the bytes equal ggml's.
+
+use half::f16;
 
 use super::blocks::{BlockIQ4NL, BlockIQ4XS, KVALUES_IQ4NL, QK, QK_K};
+use super::kquantize::{largest, nearest_int};
+use super::legacy::{inverse, pack_4bit};
 
 /// The table as f32, indexed by a nibble.
 const KVALUES_F32: [f32; 16] = {
@@ -48,4 +60,163 @@ pub fn dequantize_block_iq4_xs(block: &BlockIQ4XS, out: &mut [f32; QK_K]) {
         let ls = i32::from(low | (high << 4)) - 32;
         dequantize_32(d * ls as f32, qs, chunk);
     }
+}
+
+/// The index of the table value nearest `x`, found by bisection as ggml's
+/// `best_index_int8` finds it: 0 at or below the first value, 15 at or above
+/// the last, the upper of two equally near values, and 15 for NaN.
+fn best_index(x: f32) -> u8 {
+    let last = KVALUES_F32.len() - 1;
+    if x <= KVALUES_F32[0] {
+        return 0;
+    }
+    if x >= KVALUES_F32[last] {
+        return last as u8;
+    }
+    let (mut lo, mut hi) = (0, last);
+    while hi - lo > 1 {
+        let mid = (lo + hi) / 2;
+        if x < KVALUES_F32[mid] {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    if x - KVALUES_F32[hi - 1] < KVALUES_F32[hi] - x {
+        (hi - 1) as u8
+    } else {
+        hi as u8
+    }
+}
+
+/// The weighted sums `sum w q x` and `sum w q^2` of `x` against the table
+/// values `q` its elements take at inverse scale `id`.
+fn sums(x: &[f32; QK], weights: &[f32; QK], id: f32) -> (f32, f32) {
+    let (mut sumqx, mut sumq2) = (0.0f32, 0.0f32);
+    for (&v, &w) in x.iter().zip(weights) {
+        let q = KVALUES_F32[usize::from(best_index(id * v))];
+        sumqx += w * q * v;
+        sumq2 += w * q * q;
+    }
+    (sumqx, sumq2)
+}
+
+/// How far on each side of the table's end the search moves the value the
+/// largest element maps to (ggml's `ntry`, 7 in `quantize_iq4_nl` and
+/// `quantize_iq4_xs`, with or without an importance matrix).
+const NTRY: i32 = 7;
+
+/// The scale of 32 values: the weighted least-squares scale of the table
+/// values nearest them at 16 trial scales, keeping the one that fits best
+/// (largest `(sum w q x)^2 / sum w q^2`). The trials take the largest
+/// element `max` (signed) to 127 (so to the table's top, 113), then to
+/// `-127 + t` for each `t` in `-7..=7`. 0 when every element is (nearly)
+/// zero.
+fn fit_scale(x: &[f32; QK], weights: &[f32; QK]) -> f32 {
+    let Some(max) = largest(x) else {
+        return 0.0;
+    };
+    let (sumqx, sumq2) = sums(x, weights, 1.0 / (-max / KVALUES_F32[0]));
+    let mut d = if sumq2 > 0.0 { sumqx / sumq2 } else { 0.0 };
+    let mut best = d * sumqx;
+    for t in -NTRY..=NTRY {
+        let id = (t + i32::from(KVALUES_IQ4NL[0])) as f32 / max;
+        let (sumqx, sumq2) = sums(x, weights, id);
+        if sumq2 > 0.0 && sumqx * sumqx > best * sumq2 {
+            d = sumqx / sumq2;
+            best = d * sumqx;
+        }
+    }
+    d
+}
+
+/// The table indices of 32 values at inverse scale `id`, packed as
+/// [`BlockQ4_0`](super::blocks::BlockQ4_0) packs its levels.
+fn indices(x: &[f32], id: f32) -> [u8; QK / 2] {
+    let mut levels = [0u8; QK];
+    for (l, &v) in levels.iter_mut().zip(x) {
+        *l = best_index(id * v);
+    }
+    pack_4bit(&levels)
+}
+
+/// IQ4_NL of 32 values whose errors weigh `weights`: the fitted scale in
+/// f16, each value's nearest table index at the scale as fitted (not as
+/// rounded to f16).
+pub(super) fn block_iq4_nl(x: &[f32; QK], weights: &[f32; QK]) -> BlockIQ4NL {
+    let d = fit_scale(x, weights);
+    BlockIQ4NL {
+        d: f16::from_f32(d),
+        qs: indices(x, inverse(d)),
+    }
+}
+
+/// Quantizes 32 values to IQ4_NL, as ggml's `quantize_iq4_nl` does without
+/// an importance matrix (what llama-quantize writes): the scale that best
+/// fits the values to the table by squared error weighted by `x^2`, searched
+/// over 16 candidates, then each value's nearest table index.
+///
+/// ggml's `quantize_row_iq4_nl_ref` (its CPU backend's conversion of f32,
+/// as for an IQ4_NL KV cache) tries one scale only, the largest element
+/// taken to -127, and so gives other bytes for most blocks.
+pub fn quantize_block_iq4_nl(x: &[f32; QK]) -> BlockIQ4NL {
+    block_iq4_nl(x, &x.map(|v| v * v))
+}
+
+/// IQ4_XS of 256 values, each sub-block of 32 fitted with the weights
+/// `weights` gives for it (called with its index and values): the
+/// sub-block scales as 6-bit signed factors of one f16 scale (the largest
+/// magnitude scale taking -32), and each value's nearest table index at its
+/// sub-block's scale as stored (with the super-block scale as fitted, not as
+/// rounded to f16).
+pub(super) fn block_iq4_xs(
+    x: &[f32; QK_K],
+    mut weights: impl FnMut(usize, &[f32; QK]) -> [f32; QK],
+) -> BlockIQ4XS {
+    let blocks = x.as_chunks::<QK>().0;
+    let mut scales = [0.0f32; QK_K / QK];
+    let (mut max_scale, mut amax_scale) = (0.0f32, 0.0f32);
+    for (ib, (s, xb)) in scales.iter_mut().zip(blocks).enumerate() {
+        *s = fit_scale(xb, &weights(ib, xb));
+        if s.abs() > amax_scale {
+            amax_scale = s.abs();
+            max_scale = *s;
+        }
+    }
+    let d = -max_scale / 32.0;
+    let id = inverse(d);
+    let mut qs = [0u8; QK_K / 2];
+    let mut scales_l = [0u8; QK_K / 64];
+    let mut scales_h = 0u16;
+    for (ib, ((q, xb), &s)) in qs
+        .chunks_exact_mut(QK / 2)
+        .zip(blocks)
+        .zip(&scales)
+        .enumerate()
+    {
+        let l = nearest_int(id * s).clamp(-32, 31);
+        q.copy_from_slice(&indices(xb, inverse(d * l as f32)));
+        // Stored offset by 32: low nibble in `scales_l` (two a byte), high
+        // two bits in `scales_h` (eight pairs).
+        let l = (l + 32) as u8;
+        scales_l[ib / 2] |= (l & 0x0f) << (4 * (ib % 2));
+        scales_h |= u16::from(l >> 4) << (2 * ib);
+    }
+    BlockIQ4XS {
+        d: f16::from_f32(d),
+        scales_h,
+        scales_l,
+        qs,
+    }
+}
+
+/// Quantizes 256 values to IQ4_XS, as ggml's `quantize_iq4_xs` does without
+/// an importance matrix (its reference quantizer, and what llama-quantize
+/// writes): each sub-block of 32 gets the scale that best fits its values to
+/// the table by squared error weighted by `x^2` (searched as in
+/// [`quantize_block_iq4_nl`]); the eight scales are stored as 6-bit factors
+/// of one f16 scale, and each value takes its nearest table index at its
+/// sub-block's scale as stored.
+pub fn quantize_block_iq4_xs(x: &[f32; QK_K]) -> BlockIQ4XS {
+    block_iq4_xs(x, |_, xb| xb.map(|v| v * v))
 }

@@ -128,7 +128,7 @@ pub(super) fn make_qkx2_quants<const N: usize>(
 
 /// The value of largest magnitude (the first of equals), or `None` when
 /// that magnitude counts as zero.
-fn largest(x: &[f32]) -> Option<f32> {
+pub(super) fn largest(x: &[f32]) -> Option<f32> {
     let mut amax = 0.0f32;
     let mut max = 0.0f32;
     for &xi in x {

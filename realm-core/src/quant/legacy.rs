@@ -106,7 +106,7 @@ fn min_max(x: &[f32]) -> (f32, f32) {
 }
 
 /// `1 / d`, or 0 when `d` is 0.
-fn inverse(d: f32) -> f32 {
+pub(super) fn inverse(d: f32) -> f32 {
     if d != 0.0 {
         1.0 / d
     } else {

@@ -5,8 +5,9 @@
 //!   [`DEQUANTIZE_TYPES`] into f32, bit for bit as ggml (and the `gguf` Python
 //!   package) compute them.
 //! - [`quantize`] / [`quantize_row_to_vec`] turn f32 into the bytes of any type
-//!   in [`QUANTIZE_TYPES`], following ggml's reference quantizers (no importance
-//!   matrix), so a file written here matches one written by ggml.
+//!   in [`QUANTIZE_TYPES`], following ggml's quantizers without an importance
+//!   matrix (its reference ones, and for IQ4_NL `quantize_iq4_nl`, which
+//!   llama-quantize calls), so a file written here matches one written by ggml.
 //! - [`quantize_weighted`] does the same with a row of an importance matrix,
 //!   as ggml's quantizers do for llama-quantize's `--imatrix`.
 //! - [`can_dequantize`] and [`can_quantize`] say up front whether a type is
@@ -42,7 +43,9 @@ use bytemuck::Pod;
 use crate::{Error, GgmlType, Result};
 use blocks::{QK, QK_K};
 
-pub use iq4::{dequantize_block_iq4_nl, dequantize_block_iq4_xs};
+pub use iq4::{
+    dequantize_block_iq4_nl, dequantize_block_iq4_xs, quantize_block_iq4_nl, quantize_block_iq4_xs,
+};
 pub use kquantize::{
     quantize_block_q2_k, quantize_block_q3_k, quantize_block_q4_k, quantize_block_q5_k,
     quantize_block_q6_k, quantize_block_q8_k,
@@ -94,6 +97,8 @@ pub const QUANTIZE_TYPES: &[GgmlType] = &[
     GgmlType::Q5_K,
     GgmlType::Q6_K,
     GgmlType::Q8_K,
+    GgmlType::IQ4_NL,
+    GgmlType::IQ4_XS,
     GgmlType::BF16,
 ];
 
@@ -293,6 +298,13 @@ fn quantize_blocks<B: Pod, const N: usize>(
 /// Quantizes `src` to `dtype`, writing exactly the bytes of `src.len()`
 /// elements to `dst`.
 ///
+/// Every type is quantized as ggml quantizes it without an importance
+/// matrix (`ggml_quantize_chunk` with none, as llama-quantize runs it),
+/// which for all but IQ4_NL is its reference quantizer
+/// (`quantize_row_*_ref`). For IQ4_NL that is `quantize_iq4_nl`, which
+/// searches each block's scale; ggml's `quantize_row_iq4_nl_ref` (its CPU
+/// backend's conversion of f32 to IQ4_NL) does not, and gives other bytes.
+///
 /// # Errors
 ///
 /// [`Error::UnsupportedType`] if `dtype` is not in [`QUANTIZE_TYPES`];
@@ -316,6 +328,8 @@ pub fn quantize(dtype: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<()> {
         GgmlType::Q5_K => quantize_blocks::<_, QK_K>(dtype, src, dst, quantize_block_q5_k)?,
         GgmlType::Q6_K => quantize_blocks::<_, QK_K>(dtype, src, dst, quantize_block_q6_k)?,
         GgmlType::Q8_K => quantize_blocks::<_, QK_K>(dtype, src, dst, quantize_block_q8_k)?,
+        GgmlType::IQ4_NL => quantize_blocks::<_, QK>(dtype, src, dst, quantize_block_iq4_nl)?,
+        GgmlType::IQ4_XS => quantize_blocks::<_, QK_K>(dtype, src, dst, quantize_block_iq4_xs)?,
         _ => {
             return Err(Error::UnsupportedType {
                 op: "quantize",
@@ -359,9 +373,10 @@ fn quantize_weighted_blocks<B: Pod, const N: usize>(
 /// ggml's quantizers do; types that ignore importance give what `quantize`
 /// gives.
 ///
-/// Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K and Q6_K search their
-/// scales against the importance (ggml's `quantize_row_*_impl`, byte for
-/// byte); every other type in [`QUANTIZE_TYPES`] ignores it, as ggml does.
+/// Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL and IQ4_XS
+/// search their scales against the importance (ggml's
+/// `quantize_row_*_impl`, byte for byte); every other type in
+/// [`QUANTIZE_TYPES`] ignores it, as ggml does.
 /// Every row is quantized with the same importance vector.
 ///
 /// ```
@@ -442,6 +457,12 @@ pub fn quantize_weighted(
         }),
         GgmlType::Q6_K => quantize_weighted_blocks::<_, QK_K>(src, importance, dst, |x, w, _| {
             weighted::quantize_block_q6_k(x, w)
+        }),
+        GgmlType::IQ4_NL => quantize_weighted_blocks::<_, QK>(src, importance, dst, |x, w, _| {
+            weighted::quantize_block_iq4_nl(x, w)
+        }),
+        GgmlType::IQ4_XS => quantize_weighted_blocks::<_, QK_K>(src, importance, dst, |x, w, _| {
+            weighted::quantize_block_iq4_xs(x, w)
         }),
         _ => return quantize(dtype, src, dst),
     }

@@ -4,12 +4,16 @@
 //! A column's importance (how much the model's activations lean on it)
 //! scales the weight of that column's element in every search for a scale:
 //! `importance * sqrt(sigma2 + x^2)`, where `sigma2` is the mean square of
-//! the row for the 32-element types, of the super-block for Q2_K and twice
-//! that for Q3_K, Q4_K and Q5_K. Q6_K weighs by the importance alone.
+//! the row for the legacy 32-element types, of the super-block for Q2_K and
+//! twice that for Q3_K, Q4_K and Q5_K, and twice the mean square of the
+//! block for IQ4_NL (32 values) and IQ4_XS (256). Q6_K weighs by the
+//! importance alone.
 //!
 //! - Q4_0 and Q5_0 search each block's scale (`make_qx_quants`), Q4_1 and
 //!   Q5_1 its scale and minimum (`make_qkx2_quants` with a finer grid of
 //!   candidates, ggml's `make_qkx3_quants`).
+//! - IQ4_NL and IQ4_XS search each 32-value block's scale against the
+//!   non-linear table as without importance (`iq4`), with these weights.
 //! - The k-quants fit each sub-block the same way, then quantize the
 //!   sub-block scales (and minimums) themselves, each sub-block weighted by
 //!   its total weight (`make_qp_quants` below; Q3_K's signed scales with
@@ -22,9 +26,10 @@
 use half::f16;
 
 use super::blocks::{
-    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
-    K_SCALE_SIZE, QK, QK_K,
+    BlockIQ4NL, BlockIQ4XS, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K,
+    BlockQ5_0, BlockQ5_1, BlockQ6K, K_SCALE_SIZE, QK, QK_K,
 };
+use super::iq4::{block_iq4_nl, block_iq4_xs};
 use super::kquantize::{
     block_q4_k, block_q5_k, finish_q2_k, finish_q3_k, finish_q6_k, group_scales, make_qkx2_quants,
     make_qx_quants, nearest_int, pack_k4_scales, pack_q3_scales, requantize_k4, Search,
@@ -318,4 +323,22 @@ pub(super) fn quantize_block_q6_k(x: &[f32; QK_K], importance: &[f32; QK_K]) -> 
         make_qx_quants(xs, 32, &qw[j], ls)
     });
     finish_q6_k(x, levels, fit)
+}
+
+/// Twice the mean square of `x`, as ggml's IQ4 quantizers scale it (the sum
+/// times `2 / N`).
+fn iq4_sigma2<const N: usize>(x: &[f32; N]) -> f32 {
+    sum_squares(x) * (2.0 / N as f32)
+}
+
+/// Quantizes 32 values to IQ4_NL, weighting by `importance`.
+pub(super) fn quantize_block_iq4_nl(x: &[f32; QK], importance: &[f32; QK]) -> BlockIQ4NL {
+    block_iq4_nl(x, &weights(x, importance, iq4_sigma2(x)))
+}
+
+/// Quantizes 256 values to IQ4_XS, weighting by `importance`.
+pub(super) fn quantize_block_iq4_xs(x: &[f32; QK_K], importance: &[f32; QK_K]) -> BlockIQ4XS {
+    let sigma2 = iq4_sigma2(x);
+    let qw = importance.as_chunks::<QK>().0;
+    block_iq4_xs(x, |ib, xb| weights(xb, &qw[ib], sigma2))
 }
