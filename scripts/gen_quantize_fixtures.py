@@ -59,6 +59,11 @@ CASES = [
     ("smollm2", "IQ4_NL", ["--imatrix", "tests/fixtures/imatrix/smollm2.gguf"]),
     ("gemma3", "IQ4_XS", ["--imatrix", "tests/fixtures/imatrix/gemma3.gguf"]),
     ("gemma3", "IQ4_NL", []),
+    # Types by hand: the mix's counters skip them; ffn_up's Q4_K falls back.
+    ("smollm2", "Q4_K_M", ["--tensor-type", "attn_v=q8_0",
+                           "--tensor-type", r"blk\.[0-3]\.ffn_down=q5_k"]),
+    ("gemma3", "Q3_K_M", ["--tensor-type", "FFN_UP=q4_k", "--tensor-type", "attn_q=iq4_nl",
+                          "--imatrix", "tests/fixtures/imatrix/gemma3.gguf"]),
 ]
 HERE = os.path.dirname(os.path.abspath(__file__))
 CRATE = os.path.join(HERE, "..", "realm-cli")

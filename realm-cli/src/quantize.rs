@@ -59,6 +59,16 @@ pub struct QuantizeArgs {
     /// (repeat).
     #[arg(long, value_name = "NAME", requires = "imatrix")]
     pub exclude_weights: Vec<String>,
+    /// Quantize the matrices whose names match PATTERN (a regular
+    /// expression, matched anywhere in the name) to TYPE, in place of the
+    /// mix's type: `attn_v=q8_0`, `blk\.[0-3]\.ffn_down=q6_k` (repeat; the
+    /// first match wins).
+    #[arg(long, value_name = "PATTERN=TYPE", value_parser = parse_tensor_rule)]
+    pub tensor_type: Vec<(String, GgmlType)>,
+    /// A file of `PATTERN=TYPE` rules, separated by spaces or lines, after
+    /// any `--tensor-type`.
+    #[arg(long, value_name = "FILE")]
+    pub tensor_type_file: Option<std::path::PathBuf>,
     /// Print each tensor's type and the sizes; write nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -79,6 +89,18 @@ fn parse_tensor_type(s: &str) -> Result<GgmlType, String> {
         .filter_map(GgmlType::from_id)
         .find(|t| t.name().eq_ignore_ascii_case(s))
         .ok_or_else(|| format!("unknown tensor type `{s}`"))
+}
+
+/// A `--tensor-type` rule: the pattern (lowercased, as llama-quantize
+/// reads it) and the type.
+fn parse_tensor_rule(s: &str) -> Result<(String, GgmlType), String> {
+    let (pattern, ty) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}` is not PATTERN=TYPE"))?;
+    if pattern.is_empty() {
+        return Err(format!("`{s}` names no tensor"));
+    }
+    Ok((pattern.to_lowercase(), parse_tensor_type(ty)?))
 }
 
 /// Rows converted per task: enough values that a task outweighs handing
@@ -106,6 +128,18 @@ pub fn run(args: &QuantizeArgs) -> Result<()> {
         .as_deref()
         .map(|f| read_imatrix(args, f))
         .transpose()?;
+    let mut tensor_types = args.tensor_type.clone();
+    if let Some(f) = &args.tensor_type_file {
+        let text =
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+        for rule in text.split_whitespace() {
+            tensor_types.push(
+                parse_tensor_rule(rule)
+                    .map_err(anyhow::Error::msg)
+                    .with_context(|| format!("in {}", f.display()))?,
+            );
+        }
+    }
     let opts = QuantizeOptions {
         allow_requantize: args.allow_requantize,
         pure: args.pure,
@@ -113,6 +147,7 @@ pub fn run(args: &QuantizeArgs) -> Result<()> {
         output_type: args.output_tensor_type,
         token_embedding_type: args.token_embedding_type,
         imatrix: imatrix.as_ref().map(|(info, _)| info.clone()),
+        tensor_types,
         ..QuantizeOptions::new(args.file_type)
     };
     let plan = quantize::plan(&file, &opts)?;

@@ -168,3 +168,50 @@ fn importance_matrices_must_fit() {
     let (ok, _, stderr) = realm(&[&q2ks[..], &["--dry-run"]].concat());
     assert!(ok && stderr.contains(why), "{stderr}");
 }
+
+/// Rules from a `--tensor-type-file` are `--tensor-type`'s (the fixture
+/// checks those against llama-quantize's bytes); malformed rules and
+/// patterns are refused by name.
+#[test]
+fn tensor_type_rules_from_a_file() {
+    if !cached(&catalog::SMOLLM2) {
+        return;
+    }
+    let input = catalog::cached_path(&catalog::SMOLLM2).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.txt");
+    std::fs::write(&rules, "attn_v=q8_0\n  BLK\\.[0-3]\\.ffn_down=Q5_K\n").unwrap();
+    let run = |extra: &[&str]| {
+        let out = dir.path().join("out.gguf");
+        let head = ["quantize", "--allow-requantize", "--dry-run"];
+        let tail = [input.to_str().unwrap(), out.to_str().unwrap(), "Q4_K_M"];
+        realm(&[&head[..], extra, &tail[..]].concat())
+    };
+    let (ok, _, by_flags) = run(&[
+        "--tensor-type",
+        "attn_v=q8_0",
+        "--tensor-type",
+        "blk\\.[0-3]\\.ffn_down=q5_k",
+    ]);
+    assert!(ok, "{by_flags}");
+    let (ok, _, by_file) = run(&["--tensor-type-file", rules.to_str().unwrap()]);
+    assert!(ok, "{by_file}");
+    let types = |log: &str| -> Vec<String> {
+        log.lines()
+            .filter(|l| l.contains("blk."))
+            .map(String::from)
+            .collect()
+    };
+    assert_eq!(types(&by_flags), types(&by_file));
+    assert!(by_file.contains("blk.2.ffn_down.weight"), "{by_file}");
+    assert_ne!(types(&run(&[]).2), types(&by_file));
+    for (rule, why) in [
+        ("attn_v", "is not PATTERN=TYPE"),
+        ("=q8_0", "names no tensor"),
+        ("attn_v=q9_9", "unknown tensor type"),
+        ("attn_(v=q8_0", "tensor type pattern `attn_(v`"),
+    ] {
+        let (ok, _, stderr) = run(&["--tensor-type", rule]);
+        assert!(!ok && stderr.contains(why), "{rule}: {stderr}");
+    }
+}

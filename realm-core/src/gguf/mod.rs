@@ -9,6 +9,7 @@
 mod file;
 mod header;
 mod metadata;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod quantize;
 mod reader;
 mod value;

@@ -231,6 +231,13 @@ pub struct QuantizeOptions {
     /// The importance matrix the matrices are quantized with, if any: it
     /// changes the Q4_0 and Q5_0 mixes, and is recorded in the metadata.
     pub imatrix: Option<ImatrixInfo>,
+    /// Types chosen by hand (llama-quantize's `--tensor-type`): the first
+    /// pattern (a regular expression, lowercase, matched anywhere in the
+    /// name) that a quantized matrix's name matches gives its type in place
+    /// of the mix's; a type whose blocks do not divide its rows still falls
+    /// back. The token embedding's and output matrix's own options come
+    /// first.
+    pub tensor_types: Vec<(String, GgmlType)>,
 }
 
 /// What llama-quantize records of the importance matrix it quantizes with
@@ -258,6 +265,7 @@ impl QuantizeOptions {
             output_type: None,
             token_embedding_type: None,
             imatrix: None,
+            tensor_types: Vec::new(),
         }
     }
 }
@@ -604,6 +612,17 @@ pub fn plan<S: AsRef<[u8]>>(file: &Gguf<S>, opts: &QuantizeOptions) -> Result<Pl
         arch,
     };
     let ft = opts.file_type;
+    let patterns = opts
+        .tensor_types
+        .iter()
+        .map(|(p, t)| match regex::Regex::new(p) {
+            Ok(re) => Ok((re, *t)),
+            Err(e) => Err(Error::Malformed {
+                offset: 0,
+                reason: format!("tensor type pattern `{p}`: {e}"),
+            }),
+        })
+        .collect::<Result<Vec<_>>>()?;
     let mut seen = Seen::default();
     let mut tensors = Vec::with_capacity(infos.len());
     for info in infos {
@@ -617,10 +636,12 @@ pub fn plan<S: AsRef<[u8]>>(file: &Gguf<S>, opts: &QuantizeOptions) -> Result<Pl
         } else if let (Some(t), Role::Output) = (opts.output_type, role) {
             (t, false)
         } else if ft.default_type().is_quantized() {
-            let t = if opts.pure {
-                ft.default_type()
-            } else {
-                mix(&model, &mut seen, ft, role, ncols, opts)
+            // A matrix typed by hand is not counted by the mix's rules.
+            let by_hand = patterns.iter().find(|(re, _)| re.is_match(name));
+            let t = match by_hand {
+                Some(&(_, t)) => t,
+                None if opts.pure => ft.default_type(),
+                None => mix(&model, &mut seen, ft, role, ncols, opts),
             };
             fallback(t, ncols)
         } else {
