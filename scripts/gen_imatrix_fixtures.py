@@ -14,7 +14,9 @@ f16 KV cache and 2 threads, and keeps
   and llama-quantize --imatrix both quantize with
   (scripts/gen_quantize_fixtures.py), so that matrices without an entry
   are quantized too;
-- the perplexity llama-imatrix prints on the way, in imatrix.json.
+- the perplexity llama-imatrix prints on the way, in imatrix.json;
+- llama-imatrix's `--show-statistics` of the kept matrices,
+  imatrix/{smollm2,gemma3}.stats.txt (its log prefixes taken off).
 Usage: python3 scripts/gen_imatrix_fixtures.py [MODELS_DIR]
 """
 import json
@@ -83,6 +85,15 @@ def main():
             log = run.stdout + run.stderr
             final = re.search(r"Final estimate: PPL = (\d+\.\d+) \+/- (\d+\.\d+)", log)
             kept = prune(whole, os.path.join(FIXTURES, "imatrix", short + ".gguf"))
+            stats = subprocess.run([tool, "-m", os.path.join(models_dir(), name),
+                                    "--show-statistics", "--in-file",
+                                    os.path.join("imatrix", short + ".gguf")],
+                                   cwd=FIXTURES, check=True, capture_output=True, text=True)
+            lines = [re.sub(r"^\d+\.\d+\.\d+\.\d+ [A-Z] ", "", l)
+                     for l in (stats.stdout + stats.stderr).splitlines()]
+            first = next(i for i, l in enumerate(lines) if l.startswith("Computing statistics"))
+            with open(os.path.join(FIXTURES, "imatrix", short + ".stats.txt"), "w") as f:
+                f.write("\n".join(l.rstrip() for l in lines[first:]).strip() + "\n")
             out["models"][short] = {"file": name, "ppl": float(final.group(1)),
                                     "matrices": kept}
             print(short, out["models"][short])

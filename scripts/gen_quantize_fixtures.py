@@ -64,6 +64,13 @@ CASES = [
                            "--tensor-type", r"blk\.[0-3]\.ffn_down=q5_k"]),
     ("gemma3", "Q3_K_M", ["--tensor-type", "FFN_UP=q4_k", "--tensor-type", "attn_q=iq4_nl",
                           "--imatrix", "tests/fixtures/imatrix/gemma3.gguf"]),
+    # Metadata set by hand: a new key, a replaced one, each type; before
+    # the importance matrix's keys.
+    ("smollm2", "Q8_0", ["--override-kv", "tokenizer.ggml.add_bos_token=bool:true",
+                         "--override-kv", "general.name=str:SmolLM2 tuned",
+                         "--override-kv", "realm.test.count=int:-42",
+                         "--override-kv", "realm.test.scale=float:0.125",
+                         "--imatrix", "tests/fixtures/imatrix/smollm2.gguf"]),
 ]
 HERE = os.path.dirname(os.path.abspath(__file__))
 CRATE = os.path.join(HERE, "..", "realm-cli")

@@ -26,7 +26,8 @@ use crate::{device, load};
 #[derive(Debug, clap::Args)]
 pub struct ImatrixArgs {
     /// A GGUF file, or a short name from the model cache (smollm2, gemma3).
-    pub model: String,
+    #[arg(required_unless_present = "show_statistics")]
+    pub model: Option<String>,
     /// The text to run (UTF-8; special tokens in it are plain text).
     #[arg(short, long)]
     pub file: Option<PathBuf>,
@@ -51,6 +52,13 @@ pub struct ImatrixArgs {
     /// Do not compute the perplexity on the way.
     #[arg(long)]
     pub no_ppl: bool,
+    /// Print the statistics of the one `--in-file` matrix, as llama-imatrix
+    /// prints them, and nothing else: per matrix its mean squared
+    /// activations' sum, extremes, mean, deviation, share active, entropy,
+    /// share more than a deviation above the mean (ZD) and cosine with the
+    /// block before; then per block their averages weighted by size.
+    #[arg(long, conflicts_with_all = ["file", "model"], requires = "in_files")]
+    pub show_statistics: bool,
     /// CPU threads (0: one per core).
     #[arg(short, long, default_value_t = 0)]
     pub threads: usize,
@@ -62,6 +70,13 @@ pub struct ImatrixArgs {
 }
 
 pub fn run(args: &ImatrixArgs) -> Result<()> {
+    if args.show_statistics {
+        let [f] = &args.in_files[..] else {
+            bail!("--show-statistics reads one matrix (--in-file)");
+        };
+        let m = Imatrix::open(f).with_context(|| format!("reading {}", f.display()))?;
+        return show_statistics(&m, &f.display().to_string());
+    }
     let mut matrix = Imatrix::new(args.ctx_size.try_into().context("-c is too large")?);
     for f in &args.in_files {
         let m = Imatrix::open(f).with_context(|| format!("reading {}", f.display()))?;
@@ -76,7 +91,8 @@ pub fn run(args: &ImatrixArgs) -> Result<()> {
     if let Some(file) = &args.file {
         let text =
             std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-        let l = load::open(&args.model, args.threads)?;
+        let model = args.model.as_deref().context("no model")?;
+        let l = load::open(model, args.threads)?;
         matrix = match args.device.device {
             device::Device::Cpu => collect(args, &l, &l.backend, file, &text, matrix)?,
             device::Device::Gpu(_) => collect(args, &l, &args.device.gpu()?, file, &text, matrix)?,
@@ -174,4 +190,80 @@ fn collect<B: Backend>(
         (n_chunks * ctx) as f64 / secs
     );
     Ok(matrix)
+}
+
+/// llama-imatrix's `--show-statistics` tables, to stdout.
+fn show_statistics(m: &Imatrix, file: &str) -> Result<()> {
+    let stats = m.statistics();
+    if stats.is_empty() {
+        bail!("{file}: no matrix has a count");
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "Statistics of {file} ({} matrices)\n", stats.len())?;
+    writeln!(
+        out,
+        "{:>5} {:<20} {:>12} {:>9} {:>11} {:>8} {:>8} {:>9} {:>6} {:>10} {:>9} {:>8} {:>8}",
+        "Layer",
+        "Tensor",
+        "Σ(Act²)",
+        "Min",
+        "Max",
+        "μ",
+        "σ",
+        "% Active",
+        "N",
+        "Entropy",
+        "E (norm)",
+        "ZD",
+        "CosSim"
+    )?;
+    // Per block: sums of size-weighted figures, and the sizes.
+    let mut blocks: std::collections::BTreeMap<u32, [f32; 4]> = Default::default();
+    for s in &stats {
+        let layer = s.layer.map_or("-".to_string(), |l| l.to_string());
+        writeln!(
+            out,
+            "{layer:>5} {:<20} {:>12.2} {:>9.4} {:>11.4} {:>8.2} {:>8.2} {:>8.2}% {:>6} {:>10.4} {:>8.2}% {:>7.2}% {:>8.4}",
+            s.tensor,
+            s.sum,
+            s.min,
+            s.max,
+            s.mean,
+            s.stddev,
+            100.0 * s.active,
+            s.elements,
+            s.entropy,
+            s.entropy_norm(),
+            100.0 * s.zd,
+            s.cossim
+        )?;
+        if let Some(l) = s.layer {
+            let n = s.elements as f32;
+            let b = blocks.entry(l).or_default();
+            b[0] += n * s.sum;
+            b[1] += n * s.zd;
+            b[2] += n * s.cossim;
+            b[3] += n;
+        }
+    }
+    writeln!(
+        out,
+        "\nPer block, weighted by size ({} blocks)\n",
+        blocks.len()
+    )?;
+    writeln!(
+        out,
+        "{:>5} {:>14} {:>10} {:>8}",
+        "Layer", "μΣ(Act²)", "μZD", "μCosSim"
+    )?;
+    for (l, [sum, zd, cos, n]) in blocks {
+        writeln!(
+            out,
+            "{l:>5} {:>14.2} {:>9.4}% {:>8.4}",
+            sum / n,
+            100.0 * zd / n,
+            cos / n
+        )?;
+    }
+    Ok(())
 }

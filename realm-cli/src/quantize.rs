@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
 use realm_core::gguf::quantize::{self, FileType, ImatrixInfo, PlannedTensor, QuantizeOptions};
-use realm_core::gguf::{GgufFile, GgufWriter};
+use realm_core::gguf::{GgufFile, GgufWriter, MetadataValue};
 use realm_core::imatrix::Imatrix;
 use realm_core::GgmlType;
 
@@ -69,6 +69,11 @@ pub struct QuantizeArgs {
     /// any `--tensor-type`.
     #[arg(long, value_name = "FILE")]
     pub tensor_type_file: Option<std::path::PathBuf>,
+    /// Set a metadata key in the output: KEY=int:N (written as a u32 of
+    /// |N|, as llama-quantize writes it), KEY=float:X, KEY=bool:true|false
+    /// or KEY=str:TEXT (repeat).
+    #[arg(long, value_name = "KEY=TYPE:VALUE", value_parser = parse_override)]
+    pub override_kv: Vec<(String, MetadataValue)>,
     /// Print each tensor's type and the sizes; write nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -101,6 +106,38 @@ fn parse_tensor_rule(s: &str) -> Result<(String, GgmlType), String> {
         return Err(format!("`{s}` names no tensor"));
     }
     Ok((pattern.to_lowercase(), parse_tensor_type(ty)?))
+}
+
+/// An `--override-kv` rule, read as llama.cpp reads one.
+fn parse_override(s: &str) -> Result<(String, MetadataValue), String> {
+    let (key, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}` is not KEY=TYPE:VALUE"))?;
+    if key.is_empty() || key.len() >= 128 {
+        return Err(format!("`{s}`: a key has 1 to 127 bytes"));
+    }
+    let bad = |what: &str| format!("`{s}`: {what}");
+    let v = if let Some(v) = value.strip_prefix("int:") {
+        let n: i64 = v.trim().parse().map_err(|_| bad("not an integer"))?;
+        let n = u32::try_from(n.unsigned_abs()).map_err(|_| bad("beyond a u32"))?;
+        MetadataValue::U32(n)
+    } else if let Some(v) = value.strip_prefix("float:") {
+        MetadataValue::F32(v.trim().parse().map_err(|_| bad("not a number"))?)
+    } else if let Some(v) = value.strip_prefix("bool:") {
+        match v {
+            "true" => MetadataValue::Bool(true),
+            "false" => MetadataValue::Bool(false),
+            _ => return Err(bad("a bool is true or false")),
+        }
+    } else if let Some(v) = value.strip_prefix("str:") {
+        if v.len() > 127 {
+            return Err(bad("a string has at most 127 bytes"));
+        }
+        MetadataValue::String(v.to_string())
+    } else {
+        return Err(bad("the type is int, float, bool or str"));
+    };
+    Ok((key.to_string(), v))
 }
 
 /// Rows converted per task: enough values that a task outweighs handing
@@ -148,6 +185,7 @@ pub fn run(args: &QuantizeArgs) -> Result<()> {
         token_embedding_type: args.token_embedding_type,
         imatrix: imatrix.as_ref().map(|(info, _)| info.clone()),
         tensor_types,
+        overrides: args.override_kv.clone(),
         ..QuantizeOptions::new(args.file_type)
     };
     let plan = quantize::plan(&file, &opts)?;

@@ -156,3 +156,55 @@ fn matrices_combine() {
     let (ok, _, stderr) = realm(&["imatrix", "smollm2"]);
     assert!(!ok && stderr.contains("nothing to do"), "{stderr}");
 }
+
+/// The data rows of a statistics listing: per matrix (13 fields) and per
+/// block (4), split on white space.
+fn stat_rows(text: &str) -> (Vec<Vec<String>>, Vec<Vec<String>>) {
+    let rows: Vec<Vec<String>> = text
+        .lines()
+        .map(|l| l.split_whitespace().map(String::from).collect::<Vec<_>>())
+        .filter(|f| {
+            f.first()
+                .is_some_and(|l| l == "-" || l.parse::<u32>().is_ok())
+        })
+        .collect();
+    let (matrices, blocks) = rows.into_iter().partition(|f| f.len() == 13);
+    (matrices, blocks)
+}
+
+/// `--show-statistics` prints what llama-imatrix's prints for the same
+/// file (fixtures/imatrix/*.stats.txt): the same rows in the same order,
+/// every figure equal to the last digit printed.
+#[test]
+fn statistics_are_llama_imatrixs() {
+    for short in ["smollm2", "gemma3"] {
+        let file = format!("{}/imatrix/{short}.gguf", fixtures());
+        let (ok, stdout, stderr) = realm(&["imatrix", "--show-statistics", "--in-file", &file]);
+        assert!(ok, "{stderr}");
+        let want =
+            std::fs::read_to_string(format!("{}/imatrix/{short}.stats.txt", fixtures())).unwrap();
+        let ((got_m, got_b), (want_m, want_b)) = (stat_rows(&stdout), stat_rows(&want));
+        assert_eq!(want_m.len(), if short == "smollm2" { 90 } else { 66 });
+        assert_eq!(got_m.len(), want_m.len(), "{stdout}");
+        assert_eq!(got_b.len(), want_b.len(), "{stdout}");
+        for (g, w) in got_m.iter().chain(&got_b).zip(want_m.iter().chain(&want_b)) {
+            let named = if g.len() == 13 { 2 } else { 1 };
+            assert_eq!(g[..named], w[..named], "{g:?} vs {w:?}");
+            for (a, b) in g[named..].iter().zip(&w[named..]) {
+                let num = |s: &str| s.trim_end_matches('%').parse::<f64>().unwrap();
+                let digits = b
+                    .trim_end_matches('%')
+                    .split('.')
+                    .nth(1)
+                    .map_or(0, str::len);
+                let unit = 10f64.powi(-(digits as i32));
+                assert!(
+                    (num(a) - num(b)).abs() <= unit * 1.01,
+                    "{short}: {g:?} vs {w:?}"
+                );
+            }
+        }
+    }
+    let (ok, _, stderr) = realm(&["imatrix", "--show-statistics"]);
+    assert!(!ok, "{stderr}");
+}

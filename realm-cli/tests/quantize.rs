@@ -170,8 +170,8 @@ fn importance_matrices_must_fit() {
 }
 
 /// Rules from a `--tensor-type-file` are `--tensor-type`'s (the fixture
-/// checks those against llama-quantize's bytes); malformed rules and
-/// patterns are refused by name.
+/// checks those against llama-quantize's bytes); malformed rules, patterns
+/// and `--override-kv` values are refused by name.
 #[test]
 fn tensor_type_rules_from_a_file() {
     if !cached(&catalog::SMOLLM2) {
@@ -212,6 +212,16 @@ fn tensor_type_rules_from_a_file() {
         ("attn_(v=q8_0", "tensor type pattern `attn_(v`"),
     ] {
         let (ok, _, stderr) = run(&["--tensor-type", rule]);
+        assert!(!ok && stderr.contains(why), "{rule}: {stderr}");
+    }
+    for (rule, why) in [
+        ("general.name", "is not KEY=TYPE:VALUE"),
+        ("k=int:4x", "not an integer"),
+        ("k=int:5000000000", "beyond a u32"),
+        ("k=bool:yes", "true or false"),
+        ("k=blob:1", "int, float, bool or str"),
+    ] {
+        let (ok, _, stderr) = run(&["--override-kv", rule]);
         assert!(!ok && stderr.contains(why), "{rule}: {stderr}");
     }
 }

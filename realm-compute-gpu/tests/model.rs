@@ -414,3 +414,39 @@ fn lora_adapters_match_the_cpu() {
         assert!(max_diff(&want[2..3], &want[1..2]) > 0.01);
     }
 }
+
+/// An importance matrix collected on the GPU backend (each product's input
+/// read back to the host) is the CPU's to float precision, whatever the
+/// chunking.
+#[test]
+fn importance_matrices_match_the_cpu() {
+    use realm_core::imatrix::Imatrix;
+    fn collect<B: Backend>(b: &B, file: &Gguf<Vec<u8>>, batch: usize) -> Imatrix {
+        let m = Model::load(file, b).unwrap();
+        let mut s = m.session(16, batch).unwrap();
+        s.collect_imatrix(Imatrix::new(10), false);
+        let p: Vec<u32> = (0..10).map(|t| (t * 37 + 11) % 96).collect();
+        m.forward(&mut s, &p).unwrap();
+        s.take_imatrix().unwrap()
+    }
+    let (cpu, g) = (CpuBackend::new().unwrap(), gpu());
+    for arch in ["llama", "gemma3"] {
+        let layout = SyntheticLayout::tiny(arch)
+            .unwrap()
+            .with_matrix_type(GgmlType::F32);
+        let file = Gguf::from_bytes(layout.write(4).unwrap()).unwrap();
+        let (want, got) = (collect(&cpu, &file, 16), collect(&g, &file, 4));
+        assert_eq!(want.len(), got.len());
+        let mut worst = 0f32;
+        for name in want.names() {
+            let (a, b) = (want.entry(name).unwrap(), got.entry(name).unwrap());
+            assert_eq!(a.counts, [10], "{arch} {name}");
+            assert_eq!(a.counts, b.counts, "{arch} {name}");
+            for (x, y) in a.sums.iter().zip(&b.sums) {
+                worst = worst.max((x - y).abs() / x.abs().max(1e-3));
+            }
+        }
+        eprintln!("{arch}: worst relative difference {worst:.2e}");
+        assert!(worst < 1e-3, "{arch}: {worst}");
+    }
+}

@@ -114,14 +114,28 @@ impl Imatrix {
     }
 
     /// Adds another matrix's statistics (llama-imatrix's `--in-file`):
-    /// sums and counts of the same matrices add up, chunk counts too.
+    /// sums and counts of the same matrices add up, chunk counts too. A
+    /// `.dat` matrix's averages count as `chunk_size` rows a call, as
+    /// llama-imatrix counts them.
     pub fn merge(&mut self, other: &Imatrix) -> Result<()> {
-        if other.legacy {
-            return Err(bad(
-                "a .dat matrix's sums are averages: it cannot be added to",
-            ));
-        }
-        for (name, o) in &other.entries {
+        let rows = self.chunk_size;
+        let raw: BTreeMap<String, ImatrixEntry>;
+        let entries = if other.legacy {
+            raw = other
+                .entries
+                .iter()
+                .map(|(name, e)| {
+                    let sums = e.sums.iter().map(|&s| s * rows as f32).collect();
+                    let calls = e.counts.first().copied().unwrap_or(0);
+                    let counts = vec![calls * u64::from(rows)];
+                    (name.clone(), ImatrixEntry { sums, counts })
+                })
+                .collect();
+            &raw
+        } else {
+            &other.entries
+        };
+        for (name, o) in entries {
             match self.entries.get_mut(name) {
                 None => {
                     self.entries.insert(name.clone(), o.clone());
@@ -375,6 +389,160 @@ impl Imatrix {
     }
 }
 
+/// Statistics of one matrix's mean squared activations (llama-imatrix's
+/// `--show-statistics`), over the columns of every expert with a count.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MatrixStats {
+    /// The tensor's name.
+    pub name: String,
+    /// Its block (`blk.N.`), if it is in one.
+    pub layer: Option<u32>,
+    /// The name's part before `.weight` (`attn_q`).
+    pub tensor: String,
+    /// The sum of the mean squared activations.
+    pub sum: f32,
+    /// The smallest.
+    pub min: f32,
+    /// The largest.
+    pub max: f32,
+    /// Their mean.
+    pub mean: f32,
+    /// Their standard deviation.
+    pub stddev: f32,
+    /// The share above 1e-5.
+    pub active: f32,
+    /// How many there are.
+    pub elements: usize,
+    /// The entropy (bits) of their distribution (each over their sum).
+    pub entropy: f32,
+    /// The share more than one standard deviation above the mean.
+    pub zd: f32,
+    /// The cosine similarity of the summed squares with those of the same
+    /// matrix in the block before (0 without one).
+    pub cossim: f32,
+}
+
+impl MatrixStats {
+    /// The entropy as a share of its largest possible value, in percent.
+    pub fn entropy_norm(&self) -> f32 {
+        if self.elements > 0 {
+            (100.0 * (f64::from(self.entropy) / (self.elements as f64).log2())) as f32
+        } else {
+            0.0
+        }
+    }
+}
+
+/// `(layer, matrix)` of a tensor name: the number after `blk.` and the
+/// part before `.weight`.
+fn name_parts(name: &str) -> (Option<u32>, String) {
+    let parts: Vec<&str> = name.split('.').collect();
+    let layer = parts
+        .iter()
+        .position(|p| *p == "blk")
+        .and_then(|i| parts.get(i + 1))
+        .and_then(|l| l.parse().ok());
+    let tensor = parts
+        .iter()
+        .position(|p| *p == "weight")
+        .filter(|&i| i > 0)
+        .map_or(name, |i| parts[i - 1]);
+    (layer, tensor.to_string())
+}
+
+/// A sum of products in f32, in order.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut sum = 0.0f32;
+    for (x, y) in a.iter().zip(b) {
+        sum += x * y;
+    }
+    sum
+}
+
+impl Imatrix {
+    /// Each matrix's statistics, ordered by matrix name and then by
+    /// decreasing sum, as llama-imatrix's `--show-statistics` lists them
+    /// (a matrix whose counts are all 0 has none).
+    pub fn statistics(&self) -> Vec<MatrixStats> {
+        let mut out: Vec<MatrixStats> = self
+            .entries
+            .iter()
+            .filter_map(|(name, e)| stats_of(name, e))
+            .collect();
+        for st in &mut out {
+            let Some(layer) = st.layer.filter(|&l| l > 0) else {
+                continue;
+            };
+            let prev = format!("blk.{}.", layer - 1);
+            let now = format!("blk.{layer}.");
+            let prev_name = st.name.replacen(&now, &prev, 1);
+            let (Some(a), Some(b)) = (self.entries.get(&st.name), self.entries.get(&prev_name))
+            else {
+                continue;
+            };
+            if a.sums.len() == b.sums.len() {
+                let norms = dot(&a.sums, &a.sums).sqrt() * dot(&b.sums, &b.sums).sqrt();
+                st.cossim = dot(&a.sums, &b.sums) / norms;
+            }
+        }
+        out.sort_by(|a, b| a.tensor.cmp(&b.tensor).then(b.sum.total_cmp(&a.sum)));
+        out
+    }
+}
+
+fn stats_of(name: &str, e: &ImatrixEntry) -> Option<MatrixStats> {
+    let per = e.sums.len().checked_div(e.counts.len())?;
+    let mut act = Vec::with_capacity(e.sums.len());
+    for (run, &count) in e.sums.chunks(per.max(1)).zip(&e.counts) {
+        if count > 0 {
+            act.extend(run.iter().map(|&s| s / count as f32));
+        }
+    }
+    if act.is_empty() {
+        return None;
+    }
+    let n = act.len() as f32;
+    let mut sum = 0.0f32;
+    act.iter().for_each(|&v| sum += v);
+    let max = act.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let min = act.iter().copied().fold(f32::INFINITY, f32::min);
+    let mean = sum / n;
+    let var = dot(&act, &act) / n - mean * mean;
+    let stddev = var.max(0.0).sqrt();
+    let inactive = act.iter().filter(|v| v.abs() <= 1e-5).count();
+    let active = 1.0 - inactive as f32 / n;
+    let mut entropy = 0.0f32;
+    if sum > 0.0 {
+        for &v in &act {
+            let p = v / sum;
+            if p > 0.0 {
+                entropy -= p * p.log2();
+            }
+        }
+    }
+    let above = if stddev > 0.0 {
+        act.iter().filter(|&&v| (v - mean) / stddev > 1.0).count()
+    } else {
+        0
+    };
+    let (layer, tensor) = name_parts(name);
+    Some(MatrixStats {
+        name: name.to_string(),
+        layer,
+        tensor,
+        sum,
+        min,
+        max,
+        mean,
+        stddev,
+        active,
+        elements: act.len(),
+        entropy,
+        zd: above as f32 / n,
+        cossim: 0.0,
+    })
+}
+
 /// A cursor over a `.dat` file.
 struct Dat<'b> {
     bytes: &'b [u8],
@@ -499,6 +667,18 @@ mod tests {
             (7, vec!["data.txt".to_string()])
         );
         assert!(m.to_gguf().is_err());
+        // Added to a matrix of 4-token chunks: averages times 4 a call.
+        let mut sum = Imatrix::new(4);
+        sum.merge(&m).unwrap();
+        let e = sum.entry("blk.0.attn_k.weight").unwrap();
+        assert_eq!(
+            (e.sums.clone(), e.counts.clone()),
+            (vec![80.0, 20.0], vec![40])
+        );
+        assert_eq!(
+            sum.importance("blk.0.attn_k.weight"),
+            m.importance("blk.0.attn_k.weight")
+        );
         let plain = Imatrix::from_bytes(&dat(&[("y", 1, &[1.0])], None)).unwrap();
         assert_eq!(plain.chunk_count, 0);
     }

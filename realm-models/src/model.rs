@@ -965,10 +965,10 @@ impl<'a, B: Backend> Model<'a, B> {
         Ok(())
     }
 
-    /// Adds the LoRA updates of `runs` to a product of matrix `at` (`None`:
-    /// the output matrix): input `x` (`n` rows of `k`), product `out`
-    /// (rows of `m`).
-    #[allow(clippy::too_many_arguments)]
+    /// After a product of matrix `at` (`None`: the output matrix), input
+    /// `x` (`n` rows of `k`) and product `out` (rows of `m`): hands the
+    /// input to the importance matrix being collected, if one is, and adds
+    /// the LoRA updates of `runs` to the product.
     fn adapt(
         &self,
         ws: &mut B::Workspace,

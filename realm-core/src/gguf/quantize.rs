@@ -213,7 +213,7 @@ pub const IMATRIX_ENTRIES_KEY: &str = "quantize.imatrix.entries_count";
 pub const IMATRIX_CHUNKS_KEY: &str = "quantize.imatrix.chunks_count";
 
 /// How to quantize (llama-quantize's options of the same names).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct QuantizeOptions {
     /// The file type.
     pub file_type: FileType,
@@ -238,6 +238,10 @@ pub struct QuantizeOptions {
     /// back. The token embedding's and output matrix's own options come
     /// first.
     pub tensor_types: Vec<(String, GgmlType)>,
+    /// Metadata set in the output (llama-quantize's `--override-kv`), in
+    /// order, after `general.file_type` and before the importance matrix's
+    /// keys; each replaced key moves to the end, as llama-quantize moves it.
+    pub overrides: Vec<(String, MetadataValue)>,
 }
 
 /// What llama-quantize records of the importance matrix it quantizes with
@@ -266,6 +270,7 @@ impl QuantizeOptions {
             token_embedding_type: None,
             imatrix: None,
             tensor_types: Vec::new(),
+            overrides: Vec::new(),
         }
     }
 }
@@ -698,12 +703,15 @@ pub fn plan<S: AsRef<[u8]>>(file: &Gguf<S>, opts: &QuantizeOptions) -> Result<Pl
     // ggml's quantization format version.
     metadata.insert("general.quantization_version", MetadataValue::U32(2));
     metadata.insert("general.file_type", MetadataValue::U32(ft.id()));
+    // Set as llama-quantize sets them: each key removed, then appended.
+    let mut set = |key: &str, v: MetadataValue| {
+        metadata.remove(key);
+        metadata.insert(key, v);
+    };
+    for (key, v) in &opts.overrides {
+        set(key, v.clone());
+    }
     if let Some(im) = &opts.imatrix {
-        // Set as llama-quantize sets them: each key removed, then appended.
-        let mut set = |key: &str, v: MetadataValue| {
-            metadata.remove(key);
-            metadata.insert(key, v);
-        };
         set(IMATRIX_FILE_KEY, MetadataValue::String(im.file.clone()));
         if let Some(d) = &im.dataset {
             set(IMATRIX_DATASET_KEY, MetadataValue::String(d.clone()));
