@@ -21,18 +21,15 @@ use super::kquants::scale_min_k4;
 /// Below this a group's largest magnitude counts as zero.
 pub(super) const GROUP_MAX_EPS: f32 = 1e-15;
 
-/// Round to nearest, ties to even (ggml's `nearest_int` for in-range values),
-/// saturating outside the i32 range.
+/// Round to nearest, ties to even, within 2^22 of zero; ggml's
+/// `nearest_int`, computed as ggml computes it for any input (outside that
+/// range, or for NaN, the result is meaningless but the same).
 pub(super) fn nearest_int(x: f32) -> i32 {
     // Adding 1.5 * 2^23 leaves the rounded integer in the low mantissa bits
-    // (the float addition rounds ties to even): no call to `rintf`, which
-    // the baseline x86-64 target has no instruction for.
-    if x.abs() <= 4_194_303.0 {
-        let bits = (x + 12_582_912.0).to_bits();
-        (bits & 0x007f_ffff) as i32 - 0x0040_0000
-    } else {
-        x.round_ties_even() as i32
-    }
+    // (the float addition rounds ties to even): no branch and no call to
+    // `rintf`, so loops of it run in vectors.
+    let bits = (x + 12_582_912.0).to_bits();
+    (bits & 0x007f_ffff) as i32 - 0x0040_0000
 }
 
 /// Parameters of the scale search in [`make_qkx2_quants`].
@@ -91,13 +88,18 @@ pub(super) fn make_qkx2_quants<const N: usize>(
         best_error += w * error(diff);
     }
     let mut aux = [0u8; N];
+    let mut lf = [0.0f32; N];
     for is in 0..=p.nstep {
         iscale = (p.rmin + p.rdelta * is as f32 + nmax) / (max - min);
+        // The levels first (a loop the compiler runs in vectors), then the
+        // sums in order.
+        for ((a, l), &xi) in aux.iter_mut().zip(&mut lf).zip(x) {
+            let q = nearest_int(iscale * (xi - min)).clamp(0, p.nmax);
+            *a = q as u8;
+            *l = q as f32;
+        }
         let (mut sum_l, mut sum_l2, mut sum_xl) = (0.0f32, 0.0f32, 0.0f32);
-        for ((a, &xi), &w) in aux.iter_mut().zip(x).zip(weights) {
-            let l = nearest_int(iscale * (xi - min)).clamp(0, p.nmax);
-            *a = l as u8;
-            let lf = l as f32;
+        for ((&lf, &xi), &w) in lf.iter().zip(x).zip(weights) {
             sum_l += w * lf;
             sum_l2 += w * lf * lf;
             sum_xl += w * lf * xi;
@@ -154,11 +156,21 @@ pub(super) fn make_qx_quants<const N: usize>(
         return 0.0;
     };
     let level = |iscale: f32, xi: f32| nearest_int(iscale * xi).clamp(-nmax, nmax - 1);
+    // `w * x`, which every candidate's correlation takes.
+    let mut wx = [0.0f32; N];
+    for ((o, &xi), &w) in wx.iter_mut().zip(x).zip(weights) {
+        *o = w * xi;
+    }
     let sums = |iscale: f32| {
+        // The levels first (a loop the compiler can run in vectors), then
+        // the sums in order.
+        let mut ls = [0.0f32; N];
+        for (l, &xi) in ls.iter_mut().zip(x) {
+            *l = level(iscale, xi) as f32;
+        }
         let (mut sumlx, mut suml2) = (0.0f32, 0.0f32);
-        for (&xi, &w) in x.iter().zip(weights) {
-            let l = level(iscale, xi) as f32;
-            sumlx += w * xi * l;
+        for ((&l, &wx), &w) in ls.iter().zip(&wx).zip(weights) {
+            sumlx += wx * l;
             suml2 += w * l * l;
         }
         (sumlx, suml2)
@@ -727,13 +739,15 @@ mod tests {
             3.49,
             -3.51,
             4_194_303.0,
-            4_194_304.5,
-            -1e9,
+            -4_194_303.0,
             0.0,
             -0.0,
         ] {
             assert_eq!(nearest_int(x), x.round_ties_even() as i32, "{x}");
         }
+        // Beyond 2^22, what ggml's computes: 2^22 + 0.5 wraps to -2^22.
+        assert_eq!(nearest_int(4_194_304.5), -4_194_304);
         assert_eq!(nearest_int(f32::NAN), 0);
+        assert_eq!(nearest_int(f32::INFINITY), -4_194_304);
     }
 }
