@@ -1,13 +1,17 @@
 #!/usr/bin/env python3
-"""Seed corpus for the GGUF reader's fuzz target (realm-core/fuzz/seeds/),
-written with the `gguf` package's writer so the seeds do not come from the
-code under test."""
+"""Seed corpora for realm-core's fuzz targets, written with the `gguf`
+package's writer (and `struct`) so the seeds do not come from the code under
+test: the GGUF reader's (realm-core/fuzz/seeds/) and the importance matrix
+reader's (realm-core/fuzz/seeds-imatrix/: a GGUF matrix as llama-imatrix
+writes it, and one in its older .dat layout)."""
 import os
+import struct
 
 import numpy as np
 import gguf
 
 OUT = os.path.join(os.path.dirname(__file__), "..", "realm-core", "fuzz", "seeds")
+IMATRIX = os.path.join(os.path.dirname(__file__), "..", "realm-core", "fuzz", "seeds-imatrix")
 
 
 def write(name, build, alignment=None):
@@ -47,7 +51,46 @@ def metadata_only(w):
     w.add_array("s", ["x", "yy", "zzz"])
 
 
+def imatrix_gguf(path):
+    """Two matrices' sums and counts, with llama-imatrix's keys."""
+    w = gguf.GGUFWriter(path, arch="")
+    # gguf-py always writes general.architecture; llama-imatrix does not.
+    w.kv_data[0].pop("general.architecture", None)
+    w.add_type("imatrix")
+    w.add_array("imatrix.datasets", ["perplexity.txt"])
+    w.add_uint32("imatrix.chunk_count", 6)
+    w.add_uint32("imatrix.chunk_size", 128)
+    rng = np.random.default_rng(7)
+    for name, cols in (("blk.0.attn_k.weight", 64), ("blk.1.attn_k.weight", 64)):
+        sums = (rng.random(cols, dtype=np.float32) * 10).astype(np.float32)
+        w.add_tensor(name + ".in_sum2", sums, raw_dtype=gguf.GGMLQuantizationType.F32)
+        w.add_tensor(name + ".counts", np.array([[768.0]], dtype=np.float32),
+                     raw_dtype=gguf.GGMLQuantizationType.F32)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def imatrix_dat(path):
+    """The older layout: entries (name, calls, values), then the chunk
+    count and the dataset."""
+    b = struct.pack("<i", 2)
+    for name, calls, values in (("blk.0.attn_k.weight", 10, [1.0, 2.0, 3.0, 4.0]),
+                                ("blk.0.ffn_down.weight", 10, [0.5] * 8)):
+        n = name.encode()
+        b += struct.pack("<i", len(n)) + n + struct.pack("<ii", calls, len(values))
+        b += struct.pack("<%df" % len(values), *values)
+    b += struct.pack("<ii", 6, 4) + b"data"
+    with open(path, "wb") as f:
+        f.write(b)
+
+
 if __name__ == "__main__":
+    os.makedirs(IMATRIX, exist_ok=True)
+    imatrix_gguf(os.path.join(IMATRIX, "two_matrices.gguf"))
+    imatrix_dat(os.path.join(IMATRIX, "legacy.dat"))
+    print(sorted(os.listdir(IMATRIX)))
     os.makedirs(OUT, exist_ok=True)
     write("small_model.gguf", small_model)
     write("small_model_align64.gguf", small_model, alignment=64)

@@ -170,7 +170,9 @@ fn collect<B: Backend>(
     matrix = session
         .take_imatrix()
         .context("the session lost its importance matrix")?;
-    matrix.chunk_count += n_chunks as u32;
+    matrix.chunk_count = matrix
+        .chunk_count
+        .saturating_add(n_chunks.try_into().unwrap_or(u32::MAX));
     matrix.datasets.push(file.display().to_string());
     if !args.no_ppl {
         writeln!(out)?;

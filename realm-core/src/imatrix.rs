@@ -109,7 +109,7 @@ impl Imatrix {
         if let Some(c) = e.sums.iter().find(|v| !v.is_finite()) {
             return Err(bad(format!("`{name}` sums to {c}")));
         }
-        e.counts[0] += (rows.len() / cols) as u64;
+        e.counts[0] = e.counts[0].saturating_add((rows.len() / cols) as u64);
         Ok(())
     }
 
@@ -127,7 +127,7 @@ impl Imatrix {
                 .map(|(name, e)| {
                     let sums = e.sums.iter().map(|&s| s * rows as f32).collect();
                     let calls = e.counts.first().copied().unwrap_or(0);
-                    let counts = vec![calls * u64::from(rows)];
+                    let counts = vec![calls.saturating_mul(u64::from(rows))];
                     (name.clone(), ImatrixEntry { sums, counts })
                 })
                 .collect();
@@ -145,7 +145,7 @@ impl Imatrix {
                     e.counts
                         .iter_mut()
                         .zip(&o.counts)
-                        .for_each(|(a, b)| *a += b);
+                        .for_each(|(a, b)| *a = a.saturating_add(*b));
                 }
                 Some(e) => {
                     return Err(bad(format!(
@@ -159,7 +159,7 @@ impl Imatrix {
             }
         }
         self.datasets.extend(other.datasets.iter().cloned());
-        self.chunk_count += other.chunk_count;
+        self.chunk_count = self.chunk_count.saturating_add(other.chunk_count);
         Ok(())
     }
 

@@ -9,7 +9,7 @@
 //! - `cargo xtask wasm`: build the wasm guest (`realm-wasm`) and report its size.
 //! - `cargo xtask proptest [CASES]`: the suite with many more property-test cases.
 //! - `cargo xtask fuzz [SECONDS] [TARGET]`: run a fuzz target (`gguf_reader`,
-//!   the default, `grammar`, or `state`).
+//!   the default, `imatrix`, `grammar`, `state` or `lora`).
 //! - `cargo xtask neon`: the CPU backend's tests built for aarch64 and run
 //!   under qemu, so the NEON kernels run on an x86 machine.
 //! - `cargo xtask bench [OPTIONS]`: Realm against llama.cpp's llama-bench on
@@ -43,7 +43,7 @@ commands:
   wasm                build the wasm guest (realm-wasm, size-optimised) into
                       target/wasm32-unknown-unknown/wasm-guest/realm_wasm.wasm
   proptest [CASES]    the test suite with CASES property-test cases each (default 20000)
-  fuzz [SECONDS] [TARGET]  fuzz gguf_reader (default), grammar, state or lora for SECONDS (default 600); needs cargo-fuzz
+  fuzz [SECONDS] [TARGET]  fuzz gguf_reader (default), imatrix, grammar, state or lora for SECONDS (default 600); needs cargo-fuzz
   neon                the CPU backend's tests for aarch64 under qemu-user, NEON kernels
                       included (needs the rustup target aarch64-unknown-linux-gnu and, on
                       Debian, `apt-get install qemu-user gcc-aarch64-linux-gnu`)
@@ -336,10 +336,11 @@ fn fuzz(seconds: &str, target: &str) -> Result<()> {
     seconds.parse::<u32>().context("SECONDS must be a number")?;
     let (dir, seeds) = match target {
         "gguf_reader" => (root().join("realm-core/fuzz"), "seeds"),
+        "imatrix" => (root().join("realm-core/fuzz"), "seeds-imatrix"),
         "grammar" => (root().join("realm-models/fuzz"), "seeds"),
         "state" => (root().join("realm-models/fuzz"), "seeds-state"),
         "lora" => (root().join("realm-models/fuzz"), "seeds-lora"),
-        other => bail!("no fuzz target `{other}` (gguf_reader, grammar, state, lora)"),
+        other => bail!("no fuzz target `{other}` (gguf_reader, imatrix, grammar, state, lora)"),
     };
     let corpus = dir.join("corpus-run").join(target);
     std::fs::create_dir_all(&corpus).with_context(|| format!("creating {}", corpus.display()))?;
