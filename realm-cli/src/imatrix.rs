@@ -19,7 +19,7 @@ use realm_core::backend::Backend;
 use realm_core::imatrix::Imatrix;
 use realm_models::{LogProbs, Model};
 
-use crate::perplexity::{Chunks, Nll};
+use crate::perplexity::{ChunkArgs, Chunks, Nll};
 use crate::{device, load};
 
 /// Arguments of `realm imatrix`.
@@ -37,15 +37,8 @@ pub struct ImatrixArgs {
     /// Earlier matrices to add this one to (repeat).
     #[arg(long = "in-file", value_name = "FILE")]
     pub in_files: Vec<PathBuf>,
-    /// Tokens per chunk (llama-imatrix's default).
-    #[arg(short = 'c', long, default_value_t = 512)]
-    pub ctx_size: usize,
-    /// Prefill batch size (at most a chunk).
-    #[arg(short, long, default_value_t = 512)]
-    pub batch_size: usize,
-    /// Run only the first N chunks.
-    #[arg(long)]
-    pub chunks: Option<usize>,
+    #[command(flatten)]
+    pub run: ChunkArgs,
     /// Collect the output matrix's inputs too (an untied `output.weight`).
     #[arg(long)]
     pub process_output: bool,
@@ -59,12 +52,6 @@ pub struct ImatrixArgs {
     /// block before; then per block their averages weighted by size.
     #[arg(long, conflicts_with_all = ["file", "model"], requires = "in_files")]
     pub show_statistics: bool,
-    /// CPU threads (0: one per core).
-    #[arg(short, long, default_value_t = 0)]
-    pub threads: usize,
-    /// KV cache element type.
-    #[arg(long, value_enum, default_value_t = load::CacheType::F32)]
-    pub cache_type: load::CacheType,
     #[command(flatten)]
     pub device: device::DeviceArgs,
 }
@@ -77,7 +64,7 @@ pub fn run(args: &ImatrixArgs) -> Result<()> {
         let m = Imatrix::open(f).with_context(|| format!("reading {}", f.display()))?;
         return show_statistics(&m, &f.display().to_string());
     }
-    let mut matrix = Imatrix::new(args.ctx_size.try_into().context("-c is too large")?);
+    let mut matrix = Imatrix::new(args.run.ctx_size.try_into().context("-c is too large")?);
     for f in &args.in_files {
         let m = Imatrix::open(f).with_context(|| format!("reading {}", f.display()))?;
         matrix.merge(&m)?;
@@ -92,7 +79,7 @@ pub fn run(args: &ImatrixArgs) -> Result<()> {
         let text =
             std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
         let model = args.model.as_deref().context("no model")?;
-        let l = load::open(model, args.threads)?;
+        let l = load::open(model, args.run.threads)?;
         matrix = match args.device.device {
             device::Device::Cpu => collect(args, &l, &l.backend, file, &text, matrix)?,
             device::Device::Gpu(_) => collect(args, &l, &args.device.gpu()?, file, &text, matrix)?,
@@ -123,14 +110,17 @@ fn collect<B: Backend>(
     mut matrix: Imatrix,
 ) -> Result<Imatrix> {
     let model = Model::load(&l.file, backend)?;
-    let text = Chunks::new(l, text, file, args.ctx_size, args.chunks)?;
+    let text = Chunks::new(l, text, file, &args.run)?;
     let (ctx, n_chunks) = (text.ctx, text.n_chunks);
     eprintln!(
         "realm: {} tokens; running {n_chunks} chunks of {ctx}",
         text.tokens.len()
     );
-    let mut session =
-        model.session_with_kv(ctx, args.batch_size.min(ctx), args.cache_type.into())?;
+    let mut session = model.session_with_kv(
+        ctx,
+        args.run.batch_size.min(ctx),
+        args.run.cache_type.into(),
+    )?;
     // Logits are computed only where they are read: the scored half, or
     // every row when the output matrix is collected.
     let first = ctx / 2;

@@ -36,21 +36,8 @@ pub struct PerplexityArgs {
     /// The text to score (UTF-8; special tokens in it are plain text).
     #[arg(short, long)]
     pub file: std::path::PathBuf,
-    /// Tokens per chunk (llama-perplexity's default).
-    #[arg(short = 'c', long, default_value_t = 512)]
-    pub ctx_size: usize,
-    /// Prefill batch size (at most a chunk).
-    #[arg(short, long, default_value_t = 512)]
-    pub batch_size: usize,
-    /// Score only the first N chunks.
-    #[arg(long)]
-    pub chunks: Option<usize>,
-    /// CPU threads (0: one per core).
-    #[arg(short, long, default_value_t = 0)]
-    pub threads: usize,
-    /// KV cache element type (llama-perplexity's default is f16).
-    #[arg(long, value_enum, default_value_t = load::CacheType::F32)]
-    pub cache_type: load::CacheType,
+    #[command(flatten)]
+    pub run: ChunkArgs,
     /// A base model (same vocabulary) to compare with: KL divergence, top
     /// token agreement and probability differences per scored token.
     #[arg(long, value_name = "BASE")]
@@ -61,6 +48,27 @@ pub struct PerplexityArgs {
     pub lora: load::LoraArgs,
     #[command(flatten)]
     pub device: device::DeviceArgs,
+}
+
+/// How a text is cut and run: llama-perplexity's and llama-imatrix's
+/// options of the same names.
+#[derive(Debug, clap::Args)]
+pub struct ChunkArgs {
+    /// Tokens per chunk (llama.cpp's default).
+    #[arg(short = 'c', long, default_value_t = 512)]
+    pub ctx_size: usize,
+    /// Prefill batch size (at most a chunk).
+    #[arg(short, long, default_value_t = 512)]
+    pub batch_size: usize,
+    /// Run only the first N chunks.
+    #[arg(long)]
+    pub chunks: Option<usize>,
+    /// CPU threads (0: one per core).
+    #[arg(short, long, default_value_t = 0)]
+    pub threads: usize,
+    /// KV cache element type (llama.cpp's default is f16).
+    #[arg(long, value_enum, default_value_t = load::CacheType::F32)]
+    pub cache_type: load::CacheType,
 }
 
 /// Sums of negative log-likelihoods over scored tokens.
@@ -98,7 +106,7 @@ impl Nll {
 pub fn run(args: &PerplexityArgs) -> Result<()> {
     let text = std::fs::read_to_string(&args.file)
         .with_context(|| format!("reading {}", args.file.display()))?;
-    let l = load::open(&args.model, args.threads)?;
+    let l = load::open(&args.model, args.run.threads)?;
     match args.device.device {
         device::Device::Cpu => score(args, &l, &l.backend, &text),
         device::Device::Gpu(_) => score(args, &l, &args.device.gpu()?, &text),
@@ -131,7 +139,7 @@ fn score<B: Backend>(
             bail!("the base model's vocabulary has {vb} tokens, this model's {v}: no comparison");
         }
     }
-    let text = Chunks::new(l, text, &args.file, args.ctx_size, args.chunks)?;
+    let text = Chunks::new(l, text, &args.file, &args.run)?;
     let (ctx, n_chunks) = (text.ctx, text.n_chunks);
     let first = ctx / 2;
     eprintln!(
@@ -139,12 +147,12 @@ fn score<B: Backend>(
         text.tokens.len(),
         ctx - first - 1
     );
-    let batch = args.batch_size.min(ctx);
-    let mut session = model.session_with_kv(ctx, batch, args.cache_type.into())?;
+    let batch = args.run.batch_size.min(ctx);
+    let mut session = model.session_with_kv(ctx, batch, args.run.cache_type.into())?;
     session.set_loras(&loras);
     let mut base_session = base
         .as_ref()
-        .map(|b| b.session_with_kv(ctx, batch, args.cache_type.into()))
+        .map(|b| b.session_with_kv(ctx, batch, args.run.cache_type.into()))
         .transpose()?;
     let mut nll = Nll::default();
     let mut stats = Stats::default();
@@ -231,15 +239,15 @@ pub struct Chunks {
 }
 
 impl Chunks {
-    /// `text` (read from `file`) in chunks of `ctx` tokens, at most `limit`
-    /// of them; the text must fill two.
+    /// `text` (read from `file`) in chunks of `run.ctx_size` tokens, at
+    /// most `run.chunks` of them; the text must fill two.
     pub fn new(
         l: &load::Loaded,
         text: &str,
         file: &std::path::Path,
-        ctx: usize,
-        limit: Option<usize>,
+        run: &ChunkArgs,
     ) -> Result<Self> {
+        let (ctx, limit) = (run.ctx_size, run.chunks);
         if ctx < 4 {
             bail!("a chunk needs at least 4 tokens (-c)");
         }

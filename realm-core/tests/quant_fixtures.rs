@@ -9,24 +9,12 @@
 //!   against `quantize_iq4_nl` / `quantize_iq4_xs` without an importance
 //!   matrix (quantize_iq4.json), as llama-quantize calls them.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::{f32s, manifest, read, sha256_hex, type_by_name};
 
 use realm_core::{quant, GgmlType};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
-
-fn fixture_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/quant")
-}
-
-fn read(rel: &str) -> Vec<u8> {
-    let path = fixture_dir().join(rel);
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-fn manifest(name: &str) -> Value {
-    serde_json::from_slice(&read(name)).expect("fixture manifest is JSON")
-}
 
 fn dtype_of(entry: &Value) -> GgmlType {
     let id = entry["type_id"].as_u64().expect("type_id") as u32;
@@ -39,29 +27,8 @@ fn dtype_of(entry: &Value) -> GgmlType {
     t
 }
 
-fn type_by_name(name: &str) -> GgmlType {
-    GgmlType::ALL
-        .into_iter()
-        .find(|t| t.name() == name)
-        .unwrap_or_else(|| panic!("unknown type {name}"))
-}
-
 fn f32_le_bytes(values: &[f32]) -> Vec<u8> {
     values.iter().flat_map(|v| v.to_le_bytes()).collect()
-}
-
-fn f32s(bytes: &[u8]) -> Vec<f32> {
-    bytes
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect()
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// Asserts `got` has the same f32 bits as `want`, naming the first difference.

@@ -12,12 +12,12 @@
 //!
 //! The proptest case count follows `PROPTEST_CASES` (`cargo xtask proptest`).
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::{f32s, manifest, read, sha256_hex, type_by_name};
 
 use proptest::prelude::*;
 use realm_core::{quant, Error, GgmlType};
-use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 /// The types whose quantizers search their scales against the importance.
 const WEIGHTED: [GgmlType; 11] = [
@@ -33,40 +33,6 @@ const WEIGHTED: [GgmlType; 11] = [
     GgmlType::IQ4_NL,
     GgmlType::IQ4_XS,
 ];
-
-fn fixture_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/quant")
-}
-
-fn read(rel: &str) -> Vec<u8> {
-    let path = fixture_dir().join(rel);
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-fn manifest(name: &str) -> Value {
-    serde_json::from_slice(&read(name)).expect("fixture manifest is JSON")
-}
-
-fn f32s(bytes: &[u8]) -> Vec<f32> {
-    bytes
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect()
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-fn type_by_name(name: &str) -> GgmlType {
-    GgmlType::ALL
-        .into_iter()
-        .find(|t| t.name() == name)
-        .unwrap_or_else(|| panic!("unknown type {name}"))
-}
 
 /// One fixture case: an input of quantize.json cut into rows, and the
 /// importance vector of its rows.
