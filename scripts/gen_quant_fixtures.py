@@ -310,10 +310,15 @@ def ggml_quantize(lib: ctypes.CDLL, t: T, x: np.ndarray) -> bytes:
     without an importance matrix."""
     if t in GGML_IQ4_TYPES:
         return ggml_quantize_weighted(lib, t, x, x.size, None)
+    return ggml_ref_row(lib, t, x)
+
+
+def ggml_ref_row(lib: ctypes.CDLL, t: T, x: np.ndarray) -> bytes:
+    """ggml's quantize_row_<type>_ref."""
     block_size, type_size = BLOCK_SIZES[t]
     x = np.ascontiguousarray(x, dtype=np.float32)
     out = ctypes.create_string_buffer(x.size // block_size * type_size)
-    fn = getattr(lib, f"quantize_row_{GGML_REF_TYPES[t]}_ref")
+    fn = getattr(lib, f"quantize_row_{GGML_REF_TYPES.get(t) or GGML_IQ4_TYPES[t]}_ref")
     fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
     fn.restype = None
     fn(x.ctypes.data, out, x.size)
@@ -353,18 +358,6 @@ def gen_quantize_ggml(src: Path, commit_name: str | None) -> None:
         "inputs": "quantize.json",
         "expected": expected,
     })
-
-
-def ggml_ref_row(lib: ctypes.CDLL, t: T, x: np.ndarray) -> bytes:
-    """ggml's quantize_row_<type>_ref for an IQ4 type."""
-    block_size, type_size = BLOCK_SIZES[t]
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    out = ctypes.create_string_buffer(x.size // block_size * type_size)
-    fn = getattr(lib, f"quantize_row_{GGML_IQ4_TYPES[t]}_ref")
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
-    fn.restype = None
-    fn(x.ctypes.data, out, x.size)
-    return out.raw
 
 
 def gen_quantize_iq4(src: Path, commit_name: str | None) -> None:

@@ -165,15 +165,7 @@ fn collect<B: Backend>(
         .saturating_add(n_chunks.try_into().unwrap_or(u32::MAX));
     matrix.datasets.push(file.display().to_string());
     if !args.no_ppl {
-        writeln!(out)?;
-        match nll.uncertainty() {
-            Some(u) => writeln!(
-                out,
-                "Final estimate: PPL = {:.4} +/- {u:.5}",
-                nll.perplexity()
-            )?,
-            None => writeln!(out, "Final estimate: PPL = {:.4}", nll.perplexity())?,
-        }
+        writeln!(out, "\n{}", nll.final_estimate())?;
     }
     let secs = start.elapsed().as_secs_f64();
     eprintln!(

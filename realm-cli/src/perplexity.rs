@@ -92,6 +92,14 @@ impl Nll {
         (self.sum / self.count as f64).exp()
     }
 
+    /// llama.cpp's last line: `Final estimate: PPL = X +/- Y`.
+    pub fn final_estimate(&self) -> String {
+        match self.uncertainty() {
+            Some(u) => format!("Final estimate: PPL = {:.4} +/- {u:.5}", self.perplexity()),
+            None => format!("Final estimate: PPL = {:.4}", self.perplexity()),
+        }
+    }
+
     /// The standard error of the perplexity: that of the mean negative
     /// log-likelihood, times the perplexity (none for fewer than two
     /// tokens).
@@ -208,14 +216,7 @@ fn score<B: Backend>(
         write!(out, "{summary}")?;
     }
     let secs = start.elapsed().as_secs_f64();
-    match nll.uncertainty() {
-        Some(u) => writeln!(
-            out,
-            "Final estimate: PPL = {:.4} +/- {u:.5}",
-            nll.perplexity()
-        )?,
-        None => writeln!(out, "Final estimate: PPL = {:.4}", nll.perplexity())?,
-    }
+    writeln!(out, "{}", nll.final_estimate())?;
     eprintln!(
         "realm: {} tokens run, {} scored, in {secs:.2} s ({:.1} t/s)",
         n_chunks * ctx,
