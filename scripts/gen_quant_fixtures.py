@@ -112,6 +112,12 @@ def sha256(b: bytes) -> str:
     return hashlib.sha256(b).hexdigest()
 
 
+def store(name: str, tn: str, raw: bytes) -> dict:
+    """Writes quantize/<input>.<type> and returns its manifest entry."""
+    (OUT / "quantize" / f"{name}.{tn}").write_bytes(raw)
+    return {"input": name, "type": tn, "file": f"quantize/{name}.{tn}", "sha256": sha256(raw)}
+
+
 def sane_scales(rng: np.random.Generator, n: int) -> np.ndarray:
     """f16 scales: random sign and magnitude 1e-4..1, with a few zeros and
     subnormals mixed in (never NaN or infinity)."""
@@ -239,13 +245,7 @@ def gen_quantize() -> None:
             q = gguf.quants.quantize(x.reshape(1, -1), t)
             raw = np.ascontiguousarray(q).view(np.uint8).tobytes()
             tn = type_name(t)
-            (OUT / "quantize" / f"{name}.{tn}").write_bytes(raw)
-            expected.append({
-                "input": name,
-                "type": tn,
-                "file": f"quantize/{name}.{tn}",
-                "sha256": sha256(raw),
-            })
+            expected.append(store(name, tn, raw))
     write_json("quantize.json", {
         "generator": "scripts/gen_quant_fixtures.py",
         "reference": f"gguf {GGUF_VERSION} quants.quantize",
@@ -344,13 +344,7 @@ def gen_quantize_ggml(src: Path, commit_name: str | None) -> None:
                     # Same bytes as gguf-py, or the two references disagree.
                     assert raw == (OUT / "quantize" / f"{name}.{tn}").read_bytes(), (name, tn)
                     continue
-                (OUT / "quantize" / f"{name}.{tn}").write_bytes(raw)
-                expected.append({
-                    "input": name,
-                    "type": tn,
-                    "file": f"quantize/{name}.{tn}",
-                    "sha256": sha256(raw),
-                })
+                expected.append(store(name, tn, raw))
     write_json("quantize_ggml.json", {
         "generator": "scripts/gen_quant_fixtures.py --ggml-src",
         "reference": "ggml quantize_row_*_ref (ggml-quants.c, cc -O2 -ffp-contract=off)",
@@ -382,13 +376,7 @@ def gen_quantize_iq4(src: Path, commit_name: str | None) -> None:
                     print(f"{name}: quantize_row_iq4_nl_ref differs from quantize_iq4_nl(NULL) "
                           f"in {differ} of {len(raw) // type_size} blocks")
                 tn = type_name(t)
-                (OUT / "quantize" / f"{name}.{tn}").write_bytes(raw)
-                expected.append({
-                    "input": name,
-                    "type": tn,
-                    "file": f"quantize/{name}.{tn}",
-                    "sha256": sha256(raw),
-                })
+                expected.append(store(name, tn, raw))
     write_json("quantize_iq4.json", {
         "generator": "scripts/gen_quant_fixtures.py --ggml-src",
         "reference": "ggml quantize_iq4_nl / quantize_iq4_xs(src, dst, nrow, n_per_row, NULL) "
