@@ -4,27 +4,35 @@
 //! Two block shapes: [`BlockQ8x32`] (32 values) pairs with the 32-element
 //! weight types, [`BlockQ8K`] (256 values, with per-16 sums) with the
 //! k-quants and IQ4_XS. Both use a symmetric scale `d = max|x| / 127` and
-//! round to nearest, ties to even.
+//! round to nearest, ties to even, as ggml's x86 quantizers do; the scales
+//! are rounded as ggml stores them (half for the 32-value blocks, f32 for
+//! the 256-value ones), so that products match llama.cpp's.
 
 use bytemuck::{Pod, Zeroable};
 pub use realm_core::quant::blocks::BlockQ8K;
 
 use crate::Isa;
 
-/// 32 activations as `d * qs[i]`, with `s = d * sum(qs)` for the weight
-/// types that carry an offset (Q4_0, Q4_1, Q5_0, Q5_1).
+/// 32 activations as `d * qs[i]`, with their sum for the weight types
+/// that carry a min (Q4_1, Q5_1) or an offset (Q4_0, Q5_0, folded out of
+/// the integer products).
 ///
-/// Unlike ggml's `block_q8_1` the scale and sum are `f32`: this block never
-/// leaves memory, so it trades four bytes for one less rounding.
+/// ggml's `block_q8_1`, with its half scale and sum widened to `f32` (held
+/// as the halves round them: the values of ggml's block), so that the dot
+/// products read no half; and the sum of the quants times the rounded
+/// scale, which ggml's `block_q8_0` products (Q4_0, Q5_0) imply.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
 pub struct BlockQ8x32 {
-    /// Scale.
+    /// Scale (a half's value).
     pub d: f32,
-    /// `d * sum(qs)`.
+    /// `d * sum(qs)`, with `d` before its rounding (a half's value): what
+    /// a min multiplies.
     pub s: f32,
     /// Quants in `-127..=127`.
     pub qs: [i8; 32],
+    /// `d * sum(qs)` in f32, with `d` rounded: what an offset multiplies.
+    pub sd: f32,
 }
 
 /// An activation block type: how many values it holds and how it is made.
@@ -87,8 +95,7 @@ impl ActBlock for BlockQ8x32 {
     fn quantize(x: &[f32], out: &mut Self) {
         let d = quantize_symmetric(x, &mut out.qs);
         let sum: i32 = out.qs.iter().map(|&q| i32::from(q)).sum();
-        out.d = d;
-        out.s = d * sum as f32;
+        (out.d, out.s, out.sd) = q8x32_scales(d, sum);
     }
 }
 
@@ -111,6 +118,16 @@ impl ActBlock for BlockQ8K {
             *s = q.iter().map(|&v| i16::from(v)).sum();
         }
     }
+}
+
+/// A [`BlockQ8x32`]'s `d`, `s` and `sd` from the unrounded scale `d` and
+/// the sum of its quants: the first two rounded to a half as ggml stores
+/// them.
+#[inline(always)]
+pub(crate) fn q8x32_scales(d: f32, sum: i32) -> (f32, f32, f32) {
+    let half = |v: f32| half::f16::from_f32(v).to_f32();
+    let dh = half(d);
+    (dh, half(d * sum as f32), dh * sum as f32)
 }
 
 /// Quantizes `n_rows` rows of `x` (each `x.len() / n_rows` values, a
@@ -175,6 +192,13 @@ mod tests {
         let mut b = BlockQ8x32::zeroed();
         BlockQ8x32::quantize(&x[..32], &mut b);
         let sum: i32 = b.qs.iter().map(|&q| i32::from(q)).sum();
-        assert_eq!(b.s, b.d * sum as f32);
+        let amax = x[..32].iter().fold(0f32, |m, v| m.max(v.abs()));
+        let half = |v: f32| half::f16::from_f32(v).to_f32();
+        assert_eq!(b.d, half(amax / 127.0));
+        assert_eq!(b.s, half(amax / 127.0 * sum as f32));
+        assert_eq!(b.sd, b.d * sum as f32);
+        for (q, v) in b.qs.iter().zip(&x) {
+            assert!((f32::from(*q) * amax / 127.0 - v).abs() <= amax / 127.0 * 0.5 + 1e-6);
+        }
     }
 }

@@ -946,7 +946,8 @@ fn packed_tile<B: LegacySimd>(p: &Pack, x: &[BlockQ8x32]) -> ([__m256; 8], __m25
         if B::FORM != Form::Signed {
             // A separate multiply and add: the rounding of the scalar
             // `seq + aux * s`, in each lane.
-            let prod = _mm256_mul_ps(bytemuck::cast(aux[b]), _mm256_set1_ps(xb.s));
+            let s = if B::FORM == Form::Min { xb.s } else { xb.sd };
+            let prod = _mm256_mul_ps(bytemuck::cast(aux[b]), _mm256_set1_ps(s));
             seq = _mm256_add_ps(seq, prod);
         }
     }
@@ -1094,7 +1095,7 @@ fn fused_rows_impl<B: LegacySimd>(
                 let bits: [u16; FUSED_ROWS] = blks.map(|b| b.scale_bits() as u16);
                 let d = _mm_cvtph_ps(_mm_cvtsi64_si128(bytemuck::cast(bits)));
                 if B::FORM != Form::Signed {
-                    let fs = _mm_mul_ps(d, _mm_set1_ps(xb.s));
+                    let fs = _mm_mul_ps(d, _mm_set1_ps(xb.sd));
                     aux = _mm256_castps128_ps256(_mm_add_ps(_mm256_castps256_ps128(aux), fs));
                 }
                 let prod = _mm_mul_ps(d, _mm_set1_ps(xb.d));
@@ -1548,8 +1549,7 @@ pub(crate) fn quantize_q8x32(x: &[f32], out: &mut BlockQ8x32) -> bool {
         let (d, id) = scales(amax32(x));
         (d, quantize32(x, id, &mut out.qs))
     };
-    out.d = d;
-    out.s = d * (sums[0] + sums[1]) as f32;
+    (out.d, out.s, out.sd) = crate::act::q8x32_scales(d, sums[0] + sums[1]);
     true
 }
 
