@@ -89,7 +89,7 @@ fn parse_file_type(s: &str) -> Result<FileType, String> {
     })
 }
 
-fn parse_tensor_type(s: &str) -> Result<GgmlType, String> {
+pub(crate) fn parse_tensor_type(s: &str) -> Result<GgmlType, String> {
     (0..64)
         .filter_map(GgmlType::from_id)
         .find(|t| t.name().eq_ignore_ascii_case(s))
@@ -109,7 +109,7 @@ fn parse_tensor_rule(s: &str) -> Result<(String, GgmlType), String> {
 }
 
 /// An `--override-kv` rule, read as llama.cpp reads one.
-fn parse_override(s: &str) -> Result<(String, MetadataValue), String> {
+pub(crate) fn parse_override(s: &str) -> Result<(String, MetadataValue), String> {
     let (key, value) = s
         .split_once('=')
         .ok_or_else(|| format!("`{s}` is not KEY=TYPE:VALUE"))?;

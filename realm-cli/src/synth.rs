@@ -9,7 +9,9 @@ use realm_models::synthetic::{SyntheticLayout, SyntheticLora};
 /// Arguments of `realm synth`.
 #[derive(Debug, clap::Args)]
 pub struct SynthArgs {
-    /// A built-in layout (smollm2, gemma3) or a GGUF file whose layout to copy.
+    /// A built-in layout (smollm2, gemma3; tiny-ARCH for a two-layer
+    /// model of llama, qwen2, qwen3 or gemma3) or a GGUF file whose layout
+    /// to copy.
     pub layout: String,
     /// Where to write the model.
     #[arg(short, long)]
@@ -17,6 +19,16 @@ pub struct SynthArgs {
     /// Seed of the weights (same seed, same file).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Store every matrix as this type (f32, f16, q8_0, q4_k...).
+    #[arg(long, value_name = "TYPE", value_parser = crate::quantize::parse_tensor_type)]
+    pub matrix_type: Option<realm_core::GgmlType>,
+    /// Add Llama 3.1's RoPE frequency factors (a `rope_freqs.weight`).
+    #[arg(long)]
+    pub rope_factors: bool,
+    /// Set a hyper-parameter, as llama.cpp's --override-kv writes one
+    /// (`gemma3.rope.scaling.factor=float:8`).
+    #[arg(long, value_name = "KEY=TYPE:VALUE", value_parser = crate::quantize::parse_override)]
+    pub override_kv: Vec<(String, realm_core::gguf::MetadataValue)>,
     /// Write a LoRA adapter of this rank for the layout's model instead
     /// (llama.cpp's adapter format; seeded values, as `SyntheticLora`).
     #[arg(long, value_name = "RANK")]
@@ -37,18 +49,27 @@ pub struct SynthArgs {
 
 pub fn run(args: &SynthArgs) -> Result<()> {
     let start = std::time::Instant::now();
-    let layout = match SyntheticLayout::by_name(&args.layout) {
+    let mut layout = match SyntheticLayout::by_name(&args.layout) {
         Some(l) => l,
         None => {
             let file = GgufFile::open(&args.layout).with_context(|| {
                 format!(
-                    "`{}` is neither a built-in layout (smollm2, gemma3) nor a GGUF file",
+                    "`{}` is neither a built-in layout (smollm2, gemma3, tiny-ARCH) nor a GGUF file",
                     args.layout
                 )
             })?;
             SyntheticLayout::of(&file)?
         }
     };
+    if let Some(t) = args.matrix_type {
+        layout = layout.with_matrix_type(t);
+    }
+    if args.rope_factors {
+        layout = layout.with_rope_factors()?;
+    }
+    for (k, v) in &args.override_kv {
+        layout = layout.with_hparam(k, v.clone());
+    }
     let (bytes, what) = match args.lora {
         Some(rank) => {
             let mut lora = SyntheticLora::new(rank, args.alpha);

@@ -536,6 +536,7 @@ impl RopeOps for CpuBackend {
                 what: "n_dims must be even, positive, at most head_dim and 1024",
             });
         }
+        p.check_factors(OP)?;
         let per_token = product(OP, "n_heads * head_dim overflows", n_heads, head_dim)?;
         let len = product(
             OP,

@@ -135,6 +135,8 @@ struct RopeAngles {
     positions: Vec<u32>,
     /// `(base, freq_scale, n_dims)`, bit patterns for exact comparison.
     key: (u32, u32, usize),
+    /// The frequency factors (empty for none).
+    factors: Vec<f32>,
     /// Per token: `n_dims / 2` cosines, then as many sines.
     table: Vec<f32>,
 }
@@ -143,10 +145,16 @@ impl RopeCache {
     /// The table for `positions` and `p`, computed if not cached.
     fn angles(&mut self, positions: &[u32], p: &RopeParams) -> &[f32] {
         let key = (p.base.to_bits(), p.freq_scale.to_bits(), p.n_dims);
-        let hit = self
-            .entries
-            .iter()
-            .position(|e| e.key == key && e.positions == positions && !e.table.is_empty());
+        let factors = p.factors.unwrap_or_default();
+        let same = |a: &[f32]| {
+            a.len() == factors.len()
+                && a.iter()
+                    .zip(factors)
+                    .all(|(x, y)| x.to_bits() == y.to_bits())
+        };
+        let hit = self.entries.iter().position(|e| {
+            e.key == key && e.positions == positions && same(&e.factors) && !e.table.is_empty()
+        });
         let at = match hit {
             Some(i) => i,
             None => {
@@ -154,6 +162,8 @@ impl RopeCache {
                 self.next = (i + 1) % self.entries.len();
                 let e = &mut self.entries[i];
                 e.key = key;
+                e.factors.clear();
+                e.factors.extend_from_slice(factors);
                 e.positions.clear();
                 e.positions.extend_from_slice(positions);
                 fill_angles(&mut e.table, positions, p);
@@ -165,12 +175,13 @@ impl RopeCache {
 }
 
 /// Pair `i` of a token at `pos` turns by `pos * freq_scale *
-/// base^(-2i / n_dims)`, evaluated in f64 and rounded once.
+/// inv_freq[i]` ([`RopeParams::inv_freqs`]), evaluated in f64 and rounded
+/// once.
 fn fill_angles(table: &mut Vec<f32>, positions: &[u32], p: &RopeParams) {
     let half = p.n_dims / 2;
     let mut inv_freq = [0.0f64; ROPE_MAX_DIMS / 2];
-    for (i, f) in inv_freq[..half].iter_mut().enumerate() {
-        *f = f64::from(p.base).powf(-2.0 * i as f64 / p.n_dims as f64);
+    for (f, v) in inv_freq[..half].iter_mut().zip(p.inv_freqs()) {
+        *f = v;
     }
     table.clear();
     for &pos in positions {

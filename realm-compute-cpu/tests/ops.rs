@@ -53,7 +53,7 @@ proptest! {
         let head_dim = n_dims + 2 * extra;
         let positions: Vec<u32> = (0..n_tok).map(|_| (rng.next_u64() % 5000) as u32).collect();
         let x = rng.f32s(n_tok * n_heads * head_dim, -2.0, 2.0);
-        let p = RopeParams { n_dims, base, freq_scale: fs, mode: if neox { RopeMode::Neox } else { RopeMode::Normal } };
+        let p = RopeParams { n_dims, base, freq_scale: fs, mode: if neox { RopeMode::Neox } else { RopeMode::Normal }, factors: None };
         let mut y = x.clone();
         let b = be(1);
         b.rope(&mut b.workspace(), &mut y, n_heads, head_dim, &positions, &p).unwrap();
@@ -247,6 +247,7 @@ fn rope_angle_cache_is_transparent() {
             base,
             freq_scale: 1.0,
             mode: RopeMode::Neox,
+            factors: None,
         };
         let x = rng.f32s(positions.len() * n_heads * head_dim, -2.0, 2.0);
         let (mut cached, mut fresh) = (x.clone(), x);
@@ -492,7 +493,8 @@ fn bad_parameters_are_errors() {
                 n_dims: 6,
                 base: 1e4,
                 freq_scale: 1.0,
-                mode: RopeMode::Normal
+                mode: RopeMode::Normal,
+                factors: None,
             }
         )
         .is_err());
@@ -507,7 +509,8 @@ fn bad_parameters_are_errors() {
                 n_dims: 4,
                 base: 1e4,
                 freq_scale: 1.0,
-                mode: RopeMode::Neox
+                mode: RopeMode::Neox,
+                factors: None,
             }
         )
         .is_err());
@@ -522,7 +525,8 @@ fn bad_parameters_are_errors() {
                 n_dims: 4,
                 base: 1e4,
                 freq_scale: 1.0,
-                mode: RopeMode::Neox
+                mode: RopeMode::Neox,
+                factors: None,
             }
         )
         .is_err());

@@ -15,12 +15,50 @@ use crate::{dev_err, product, GpuBackend, GpuBuffer};
 /// positions (Gemma 3 alternates two bases).
 const ROPE_TABLES: usize = 4;
 
+/// What a RoPE table is for: `n_dims`, the base's and `freq_scale`'s
+/// bits, and the frequency factors' bits (empty for none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RopeKey {
+    n_dims: usize,
+    base: u32,
+    freq_scale: u32,
+    factors: Vec<u32>,
+}
+
+impl RopeKey {
+    /// Whether this is `p`'s key (without allocating).
+    pub(crate) fn is(&self, p: &RopeParams) -> bool {
+        let factors = p.factors.unwrap_or_default();
+        (self.n_dims, self.base, self.freq_scale)
+            == (p.n_dims, p.base.to_bits(), p.freq_scale.to_bits())
+            && self.factors.len() == factors.len()
+            && self
+                .factors
+                .iter()
+                .zip(factors)
+                .all(|(a, b)| *a == b.to_bits())
+    }
+
+    /// `p`'s key.
+    pub(crate) fn of(p: &RopeParams) -> Self {
+        Self {
+            n_dims: p.n_dims,
+            base: p.base.to_bits(),
+            freq_scale: p.freq_scale.to_bits(),
+            factors: p
+                .factors
+                .unwrap_or_default()
+                .iter()
+                .map(|f| f.to_bits())
+                .collect(),
+        }
+    }
+}
+
 /// A RoPE table: cosines and sines for some positions and parameters.
 #[derive(Debug)]
 pub(crate) struct RopeTable {
-    pub(crate) n_dims: usize,
-    base: u32,
-    freq_scale: u32,
+    key: RopeKey,
     /// `[n_tokens, 1, n_dims / 2]`.
     pub(crate) cos: Tensor,
     pub(crate) sin: Tensor,
@@ -31,43 +69,34 @@ impl RopeTable {
     pub(crate) fn new(
         device: &Device,
         positions: &[u32],
-        n_dims: usize,
-        base: f32,
-        freq_scale: f32,
+        p: &RopeParams,
     ) -> candle_core::Result<Self> {
-        let (cos, sin) = rope_angles(positions, n_dims, base, freq_scale);
-        let shape = (positions.len(), 1, n_dims / 2);
+        let inv_freq: Vec<f64> = p.inv_freqs().collect();
+        let (cos, sin) = rope_angles(positions, &inv_freq, p.freq_scale);
+        let shape = (positions.len(), 1, p.n_dims / 2);
         Ok(Self {
-            n_dims,
-            base: base.to_bits(),
-            freq_scale: freq_scale.to_bits(),
+            key: RopeKey::of(p),
             cos: Tensor::from_vec(cos, shape, device)?,
             sin: Tensor::from_vec(sin, shape, device)?,
         })
     }
-
-    /// What the table is for: `(n_dims, base bits, freq_scale bits)`.
-    pub(crate) fn key(&self) -> (usize, u32, u32) {
-        (self.n_dims, self.base, self.freq_scale)
-    }
 }
 
-/// Cosines and sines of every position's angles, `n_dims / 2` per
-/// position: the same angles as the CPU backend, computed in f64 and
-/// rounded once.
+/// Cosines and sines of every position's angles, one per inverse
+/// frequency ([`RopeParams::inv_freqs`]) per position: pair `i` at `pos`
+/// turns by `pos * freq_scale * inv_freq[i]`, the same angles as the CPU
+/// backend, computed in f64 and rounded once.
 pub(crate) fn rope_angles(
     positions: &[u32],
-    n_dims: usize,
-    base: f32,
+    inv_freq: &[f64],
     freq_scale: f32,
 ) -> (Vec<f32>, Vec<f32>) {
-    let half = n_dims / 2;
+    let half = inv_freq.len();
     let mut cos = Vec::with_capacity(positions.len() * half);
     let mut sin = Vec::with_capacity(positions.len() * half);
     for &pos in positions {
-        for i in 0..half {
-            let inv_freq = f64::from(base).powf(-2.0 * i as f64 / n_dims as f64);
-            let theta = f64::from(pos) * f64::from(freq_scale) * inv_freq;
+        for &f in inv_freq {
+            let theta = f64::from(pos) * f64::from(freq_scale) * f;
             cos.push(theta.cos() as f32);
             sin.push(theta.sin() as f32);
         }
@@ -126,19 +155,13 @@ impl GpuWorkspace {
     ) -> BackendResult<(Tensor, Tensor)> {
         const OP: &str = "rope";
         if let Some(st) = self.step() {
-            return st.rope_table(positions, p.n_dims, p.base, p.freq_scale);
+            return st.rope_table(positions, p);
         }
         self.keep_for(positions);
-        let (base, freq_scale) = (p.base.to_bits(), p.freq_scale.to_bits());
-        if let Some(t) = self
-            .tables
-            .iter()
-            .find(|t| t.key() == (p.n_dims, base, freq_scale))
-        {
+        if let Some(t) = self.tables.iter().find(|t| t.key.is(p)) {
             return Ok((t.cos.clone(), t.sin.clone()));
         }
-        let t = RopeTable::new(device, positions, p.n_dims, p.base, p.freq_scale)
-            .map_err(dev_err(OP))?;
+        let t = RopeTable::new(device, positions, p).map_err(dev_err(OP))?;
         if self.tables.len() == ROPE_TABLES {
             self.tables.remove(0);
         }
@@ -185,7 +208,7 @@ pub(crate) fn check_rope(op: &'static str, p: &RopeParams, head_dim: usize) -> B
             what: "n_dims must be even, positive and at most head_dim",
         });
     }
-    Ok(())
+    p.check_factors(op)
 }
 
 /// Rows of `w.defined()` values: the number of values in the first `n_rows`.

@@ -28,9 +28,10 @@ use std::sync::atomic::Ordering;
 pub(crate) use cuda::ReplayClock;
 
 use candle_core::{DType, Device, Tensor};
-use realm_core::backend::{BackendError, BackendResult, StepInputs, StepOps};
+use realm_core::backend::{BackendError, BackendResult, RopeParams, StepInputs, StepOps};
 
 use crate::fused::RopeAngles;
+use crate::ops::RopeKey;
 #[cfg(feature = "cuda")]
 use crate::scratch::scratch_err;
 use crate::{dev_err, GpuBackend, GpuBuffer, GpuWorkspace};
@@ -119,9 +120,6 @@ impl std::fmt::Debug for GpuRecording {
 /// head_dim, whether rows are slots of a block)`.
 type IndexKey = (usize, usize, usize, usize, bool);
 
-/// What a RoPE table is for: `(n_dims, base bits, freq_scale bits)`.
-type RopeKey = (usize, u32, u32);
-
 /// The workspace's state of static steps.
 pub(crate) struct StepState {
     /// Between `begin_step` and `end_step`.
@@ -145,8 +143,7 @@ pub(crate) struct StepState {
     zeros: Tensor,
     neg_inf: Tensor,
     /// This step's RoPE tables `(cos, sin)`, `[rows, 1, n_dims / 2]`, by
-    /// `(n_dims, base bits, freq_scale bits)`, computed on the device from
-    /// `pos`.
+    /// what they are for, computed on the device from `pos`.
     tables: Vec<(RopeKey, (Tensor, Tensor))>,
     /// This step's attention masks, by sliding window.
     masks: Vec<(Option<usize>, Tensor)>,
@@ -292,31 +289,23 @@ impl StepState {
     pub(crate) fn rope_table(
         &mut self,
         positions: &[u32],
-        n_dims: usize,
-        base: f32,
-        freq_scale: f32,
+        p: &RopeParams,
     ) -> BackendResult<(Tensor, Tensor)> {
         const OP: &str = "rope";
         self.check_positions(OP, 0, positions.iter().map(|&p| p as usize))?;
         if positions.len() != self.rows {
             return Err(invalid(OP, "a static step's rope covers all its rows"));
         }
-        let key = (n_dims, base.to_bits(), freq_scale.to_bits());
-        if let Some((_, t)) = self.tables.iter().find(|(k, _)| *k == key) {
+        if let Some((_, t)) = self.tables.iter().find(|(k, _)| k.is(p)) {
             return Ok(t.clone());
         }
-        let angles = RopeAngles {
-            n_dims,
-            base,
-            freq_scale,
-        };
-        let shape = (self.rows, 1, n_dims / 2);
+        let shape = (self.rows, 1, p.n_dims / 2);
         let pair = (|| -> candle_core::Result<_> {
-            let both = self.pos.apply_op1_no_bwd(&angles)?;
+            let both = self.pos.apply_op1_no_bwd(&RopeAngles::new(p)?)?;
             Ok((both.get(0)?.reshape(shape)?, both.get(1)?.reshape(shape)?))
         })()
         .map_err(dev_err(OP))?;
-        self.tables.push((key, pair.clone()));
+        self.tables.push((RopeKey::of(p), pair.clone()));
         Ok(pair)
     }
 

@@ -233,7 +233,7 @@ struct Case {
 }
 
 /// The RoPE parameters the emulated tests use.
-fn rope_params(n_dims: usize, neox: bool) -> RopeParams {
+fn rope_params(n_dims: usize, neox: bool) -> RopeParams<'static> {
     RopeParams {
         n_dims,
         base: 10000.0,
@@ -243,6 +243,7 @@ fn rope_params(n_dims: usize, neox: bool) -> RopeParams {
         } else {
             RopeMode::Normal
         },
+        factors: None,
     }
 }
 

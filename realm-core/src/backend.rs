@@ -508,7 +508,7 @@ pub enum RopeMode {
 
 /// Parameters of a rotary position embedding.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RopeParams {
+pub struct RopeParams<'a> {
     /// Dimensions rotated at the start of each head (even, at most the head
     /// size); the rest are left as they are.
     pub n_dims: usize,
@@ -519,6 +519,38 @@ pub struct RopeParams {
     pub freq_scale: f32,
     /// Pairing of dimensions.
     pub mode: RopeMode,
+    /// Per-pair frequency factors (`rope_freqs.weight`, Llama 3.1's long
+    /// context scaling): pair `i`'s angle is divided by `factors[i]`.
+    /// `n_dims / 2` values; `None` for none.
+    pub factors: Option<&'a [f32]>,
+}
+
+impl RopeParams<'_> {
+    /// The inverse frequency of each of the `n_dims / 2` pairs,
+    /// `base^(-2i / n_dims) / factors[i]`, in f64: every backend turns pair
+    /// `i` of a token at `pos` by `pos * freq_scale * inv_freq[i]`,
+    /// evaluated in f64 and rounded once, so that they agree to the bit.
+    pub fn inv_freqs(&self) -> impl Iterator<Item = f64> + '_ {
+        let n = self.n_dims as f64;
+        (0..self.n_dims / 2).map(move |i| {
+            let f = f64::from(self.base).powf(-2.0 * i as f64 / n);
+            match self.factors.and_then(|v| v.get(i)) {
+                Some(&d) => f / f64::from(d),
+                None => f,
+            }
+        })
+    }
+
+    /// Checks that the factors, if any, number `n_dims / 2`.
+    pub fn check_factors(&self, op: &'static str) -> BackendResult<()> {
+        match self.factors {
+            Some(f) if f.len() != self.n_dims / 2 => Err(BackendError::InvalidParameter {
+                op,
+                what: "rope frequency factors must number half the rotated dimensions",
+            }),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Per-head RMSNorms of the queries and keys before RoPE (Gemma 3's

@@ -14,6 +14,8 @@ pub enum Architecture {
     Mistral,
     /// Qwen 2 (q/k/v biases, NeoX RoPE).
     Qwen2,
+    /// Qwen 3 dense (per-head Q/K norms, NeoX RoPE).
+    Qwen3,
     /// Gemma 3 (QK-norm, sandwich norms, GELU gate, local/global layers).
     Gemma3,
 }
@@ -25,6 +27,7 @@ impl Architecture {
             "llama" => Self::Llama,
             "mistral" => Self::Mistral,
             "qwen2" => Self::Qwen2,
+            "qwen3" => Self::Qwen3,
             "gemma3" => Self::Gemma3,
             other => return Err(Error::UnknownArchitecture(other.to_string())),
         })
@@ -36,6 +39,7 @@ impl Architecture {
             Self::Llama => "llama",
             Self::Mistral => "mistral",
             Self::Qwen2 => "qwen2",
+            Self::Qwen3 => "qwen3",
             Self::Gemma3 => "gemma3",
         }
     }
@@ -70,6 +74,8 @@ pub struct ModelConfig {
     pub rope_base_local: f32,
     /// RoPE frequency scale (1 / linear scaling factor).
     pub rope_freq_scale: f32,
+    /// RoPE frequency scale of the sliding-window layers.
+    pub rope_freq_scale_local: f32,
     /// Dimensions of each head that RoPE rotates.
     pub rope_dims: usize,
     /// Normal (adjacent pairs) or NeoX (halves) rotation.
@@ -127,13 +133,13 @@ impl ModelConfig {
             None => md.get_str_array("tokenizer.ggml.tokens")?.len(),
         };
         let rope_base = opt_f("rope.freq_base")?.unwrap_or(10_000.0);
-        let rope_freq_scale = match md.get(&key("rope.scaling.type")) {
-            Some(_) if md.get_str(&key("rope.scaling.type"))? == "linear" => {
-                1.0 / opt_f("rope.scaling.factor")?.unwrap_or(1.0)
-            }
-            _ => 1.0,
-        };
+        let rope_freq_scale = rope_scale(md, p)?;
         let gemma = arch == Architecture::Gemma3;
+        if gemma && opt_f("final_logit_softcapping")?.is_some_and(|c| c != 0.0) {
+            return Err(Error::BadConfig(
+                "final logit soft-capping is not supported".into(),
+            ));
+        }
         let sliding_window = opt_u("attention.sliding_window")?;
         let cfg = Self {
             arch,
@@ -147,21 +153,34 @@ impl ModelConfig {
             context_length: u("context_length")?,
             rms_eps: opt_f("attention.layer_norm_rms_epsilon")?.unwrap_or(1e-5),
             rope_base,
-            // Gemma 3's local layers keep the classic base.
-            rope_base_local: if gemma { 10_000.0 } else { rope_base },
+            // Gemma 3's local layers have a base of their own (by default
+            // the classic one) and are not scaled.
+            rope_base_local: if gemma {
+                opt_f("rope.freq_base_swa")?.unwrap_or(10_000.0)
+            } else {
+                rope_base
+            },
             rope_freq_scale,
+            rope_freq_scale_local: if gemma { 1.0 } else { rope_freq_scale },
             rope_dims: opt_u("rope.dimension_count")?.unwrap_or(head_dim),
             rope_mode: match arch {
                 Architecture::Llama | Architecture::Mistral => RopeMode::Normal,
-                Architecture::Qwen2 | Architecture::Gemma3 => RopeMode::Neox,
+                Architecture::Qwen2 | Architecture::Qwen3 | Architecture::Gemma3 => RopeMode::Neox,
             },
             sliding_window,
+            // Every sixth layer unless the file says otherwise.
             global_every: if gemma && sliding_window.is_some() {
-                Some(6)
+                Some(opt_u("attention.sliding_window_pattern")?.unwrap_or(6))
             } else {
                 None
             },
-            attn_scale: 1.0 / (head_dim as f32).sqrt(),
+            // Gemma 3 27B scales by its width per head, not its head size
+            // (as llama.cpp tells it: by its 62 layers).
+            attn_scale: if gemma && n_layers == 62 {
+                1.0 / (d_model as f32 / n_heads as f32).sqrt()
+            } else {
+                1.0 / (head_dim as f32).sqrt()
+            },
             scale_embeddings: gemma,
         };
         if cfg.n_layers == 0
@@ -186,11 +205,25 @@ impl ModelConfig {
 
     /// RoPE base of layer `layer`.
     pub fn layer_rope_base(&self, layer: usize) -> f32 {
-        if self.global_every.is_some() && self.layer_window(layer).is_some() {
+        if self.is_local(layer) {
             self.rope_base_local
         } else {
             self.rope_base
         }
+    }
+
+    /// RoPE frequency scale of layer `layer`.
+    pub fn layer_rope_freq_scale(&self, layer: usize) -> f32 {
+        if self.is_local(layer) {
+            self.rope_freq_scale_local
+        } else {
+            self.rope_freq_scale
+        }
+    }
+
+    /// Whether layer `layer` is one of a local/global model's local ones.
+    fn is_local(&self, layer: usize) -> bool {
+        self.global_every.is_some() && self.layer_window(layer).is_some()
     }
 
     /// Width of all query heads together.
@@ -201,5 +234,34 @@ impl ModelConfig {
     /// Width of all key (or value) heads together.
     pub fn kv_dim(&self) -> usize {
         self.n_kv_heads * self.head_dim
+    }
+}
+
+/// The RoPE frequency scale of architecture `p`, as llama.cpp reads it: 1
+/// over `rope.scaling.factor` (or the older `rope.scale_linear`), unless
+/// `rope.scaling.type` is `none`; the scaling types that change more than
+/// the scale (YaRN, LongRoPE) are refused.
+fn rope_scale(md: &Metadata, p: &str) -> Result<f32> {
+    let ty = match md.get(&format!("{p}.rope.scaling.type")) {
+        Some(_) => md.get_str(&format!("{p}.rope.scaling.type"))?,
+        None => "linear",
+    };
+    let mut factor = 0.0;
+    for k in ["rope.scaling.factor", "rope.scale_linear"] {
+        if md.get(&format!("{p}.{k}")).is_some() {
+            factor = md.get_f32(&format!("{p}.{k}"))?;
+            break;
+        }
+    }
+    match ty {
+        "none" => Ok(1.0),
+        "linear" if factor == 0.0 => Ok(1.0),
+        "linear" if factor.is_finite() && factor > 0.0 => Ok(1.0 / factor),
+        "linear" => Err(Error::BadConfig(format!(
+            "RoPE scaling factor {factor} is not a positive number"
+        ))),
+        other => Err(Error::BadConfig(format!(
+            "RoPE scaling `{other}` is not supported (none and linear are)"
+        ))),
     }
 }

@@ -74,6 +74,8 @@ pub struct Model<'a, B: Backend> {
     layers: Vec<Layer<'a, B>>,
     output_norm: B::Buffer,
     output: B::Weight<'a>,
+    /// RoPE frequency factors (`rope_freqs.weight`, Llama 3.1's), if any.
+    rope_factors: Option<Vec<f32>>,
     /// Whether the file has its own output matrix (not tied to the
     /// embeddings): an adapter may change it.
     has_output: bool,
@@ -167,6 +169,7 @@ impl<'a, B: Backend> Model<'a, B> {
         let c = &config;
         let gemma = c.arch == Architecture::Gemma3;
         let qwen = c.arch == Architecture::Qwen2;
+        let qk_norms = gemma || c.arch == Architecture::Qwen3;
         let (d, q, kv, ff) = (c.d_model, c.q_dim(), c.kv_dim(), c.ffn_dim);
         let mut layers = Vec::with_capacity(c.n_layers);
         for i in 0..c.n_layers {
@@ -178,8 +181,8 @@ impl<'a, B: Backend> Model<'a, B> {
                     Ok(None)
                 }
             };
-            let must = |s: &str, len| {
-                if gemma {
+            let must = |s: &str, len, needed: bool| {
+                if needed {
                     norm(&n(s), len).map(Some)
                 } else {
                     Ok(None)
@@ -196,13 +199,13 @@ impl<'a, B: Backend> Model<'a, B> {
                 bq: bias("attn_q.bias", q)?,
                 bk: bias("attn_k.bias", kv)?,
                 bv: bias("attn_v.bias", kv)?,
-                q_norm: must("attn_q_norm.weight", c.head_dim)?,
-                k_norm: must("attn_k_norm.weight", c.head_dim)?,
-                post_attn_norm: must("post_attention_norm.weight", d)?,
+                q_norm: must("attn_q_norm.weight", c.head_dim, qk_norms)?,
+                k_norm: must("attn_k_norm.weight", c.head_dim, qk_norms)?,
+                post_attn_norm: must("post_attention_norm.weight", d, gemma)?,
                 ffn_norm: norm(&n("ffn_norm.weight"), d)?,
                 gate_up: group(&[n("ffn_gate.weight"), n("ffn_up.weight")], &[ff, ff], d)?,
                 w_down: weight(&n("ffn_down.weight"), d, ff)?,
-                post_ffn_norm: must("post_ffw_norm.weight", d)?,
+                post_ffn_norm: must("post_ffw_norm.weight", d, gemma)?,
             });
         }
         let embed = weight("token_embd.weight", c.vocab_size, d)?;
@@ -216,6 +219,22 @@ impl<'a, B: Backend> Model<'a, B> {
         };
         let output_norm = optional_norm("output_norm.weight", d)?
             .ok_or_else(|| realm_core::Error::TensorNotFound("output_norm.weight".into()))?;
+        // One pair's factor each, the same for every layer.
+        let rope_factors = match file.tensor("rope_freqs.weight") {
+            Ok(t) => {
+                let v = f32_vec(&t)?;
+                if v.len() != c.rope_dims / 2 {
+                    return Err(Error::BadTensorShape {
+                        tensor: "rope_freqs.weight".into(),
+                        expected: vec![c.rope_dims as u64 / 2],
+                        got: t.shape().to_vec(),
+                    });
+                }
+                Some(v)
+            }
+            Err(realm_core::Error::TensorNotFound(_)) => None,
+            Err(e) => return Err(e.into()),
+        };
         Ok(Self {
             id: NEXT_MODEL.fetch_add(1, Ordering::Relaxed),
             fingerprint: state::fingerprint(file),
@@ -225,6 +244,7 @@ impl<'a, B: Backend> Model<'a, B> {
             layers,
             output_norm,
             output,
+            rope_factors,
             has_output,
             loras: Vec::new(),
             lora_dims: Dims::default(),
@@ -1075,12 +1095,7 @@ impl<'a, B: Backend> Model<'a, B> {
                 None
             }
         };
-        let rope = RopeParams {
-            n_dims: c.rope_dims,
-            base: c.layer_rope_base(li),
-            freq_scale: c.rope_freq_scale,
-            mode: c.rope_mode,
-        };
+        let rope = self.rope(li);
         let hd = c.head_dim;
         let params = AttentionParams {
             n_heads: c.n_heads,
@@ -1173,6 +1188,20 @@ impl<'a, B: Backend> Model<'a, B> {
     }
 }
 
+impl<B: Backend> Model<'_, B> {
+    /// Layer `layer`'s RoPE.
+    pub(crate) fn rope(&self, layer: usize) -> RopeParams<'_> {
+        let c = &self.config;
+        RopeParams {
+            n_dims: c.rope_dims,
+            base: c.layer_rope_base(layer),
+            freq_scale: c.layer_rope_freq_scale(layer),
+            mode: c.rope_mode,
+            factors: self.rope_factors.as_deref(),
+        }
+    }
+}
+
 /// What a layer hands its attention: the rows' keys, values and queries
 /// (keys and queries not yet rotated), their positions and RoPE, and where
 /// the output goes.
@@ -1184,7 +1213,7 @@ struct Attend<'x, B: Backend> {
     /// Per-head norms of the queries and keys, not yet applied.
     qk_norm: Option<QkNorm<'x, B::Buffer>>,
     positions: &'x [u32],
-    rope: &'x RopeParams,
+    rope: &'x RopeParams<'x>,
     params: &'x AttentionParams,
     out: &'x mut B::Buffer,
 }

@@ -132,8 +132,8 @@ impl SyntheticLayout {
         })
     }
 
-    /// A two-layer model of `arch` (llama, mistral, qwen2, gemma3) small
-    /// enough for unit tests: 64 wide, Q8_0 matrices, 96 tokens.
+    /// A two-layer model of `arch` (llama, mistral, qwen2, qwen3, gemma3)
+    /// small enough for unit tests: 64 wide, Q8_0 matrices, 300 tokens.
     pub fn tiny(arch: &str) -> Result<Self> {
         let gemma = arch == "gemma3";
         let s = Shape {
@@ -141,6 +141,7 @@ impl SyntheticLayout {
                 "llama" => "llama",
                 "mistral" => "mistral",
                 "qwen2" => "qwen2",
+                "qwen3" => "qwen3",
                 "gemma3" => "gemma3",
                 other => return Err(Error::UnknownArchitecture(other.to_string())),
             },
@@ -170,6 +171,10 @@ impl SyntheticLayout {
                 k("attention.key_length"),
                 MetadataValue::U32(s.head_dim as u32),
             ));
+            hp.push((
+                k("attention.value_length"),
+                MetadataValue::U32(s.head_dim as u32),
+            ));
             hp.push((k("attention.sliding_window"), MetadataValue::U32(4)));
         }
         hp.sort_by(|a, b| a.0.cmp(&b.0));
@@ -188,12 +193,61 @@ impl SyntheticLayout {
         self
     }
 
-    /// A built-in layout by short name (`smollm2`, `gemma3`).
+    /// The same layout with hyper-parameter `key` set to `value` (a key
+    /// of another architecture is set as it is).
+    pub fn with_hparam(mut self, key: &str, value: MetadataValue) -> Self {
+        match self.hparams.iter_mut().find(|(k, _)| k == key) {
+            Some((_, v)) => *v = value,
+            None => {
+                self.hparams.push((key.to_string(), value));
+                self.hparams.sort_by(|a, b| a.0.cmp(&b.0));
+            }
+        }
+        self
+    }
+
+    /// The same layout with Llama 3.1's RoPE frequency factors: a
+    /// `rope_freqs.weight` of one factor per rotated pair (written with
+    /// values in [1, 8), as Llama 3.1's run from 1 to 8).
+    pub fn with_rope_factors(mut self) -> Result<Self> {
+        let get = |k: &str| {
+            let k = format!("{}.{k}", self.arch);
+            self.hparams
+                .iter()
+                .find(|(n, _)| *n == k)
+                .and_then(|(_, v)| v.as_i128())
+        };
+        let dims = get("rope.dimension_count")
+            .or_else(|| get("attention.key_length"))
+            .or_else(|| {
+                get("embedding_length")
+                    .zip(get("attention.head_count"))
+                    .filter(|&(_, h)| h > 0)
+                    .map(|(d, h)| d / h)
+            });
+        let pairs = dims
+            .and_then(|d| u64::try_from(d / 2).ok())
+            .filter(|&p| p > 0)
+            .ok_or_else(|| Error::BadConfig("the layout has no rotated dimensions".into()))?;
+        self.tensors.retain(|t| t.name != "rope_freqs.weight");
+        self.tensors.insert(
+            1,
+            SyntheticTensor {
+                name: "rope_freqs.weight".into(),
+                shape: vec![pairs],
+                dtype: GgmlType::F32,
+            },
+        );
+        Ok(self)
+    }
+
+    /// A built-in layout by short name: `smollm2`, `gemma3`, or `tiny-ARCH`
+    /// ([`SyntheticLayout::tiny`]).
     pub fn by_name(name: &str) -> Option<Self> {
         match name {
             "smollm2" => Some(Self::smollm2_135m()),
             "gemma3" => Some(Self::gemma3_270m()),
-            _ => None,
+            _ => Self::tiny(name.strip_prefix("tiny-")?).ok(),
         }
     }
 
@@ -267,9 +321,11 @@ impl SyntheticLayout {
                 blk("attn_k.bias", vec![kv]);
                 blk("attn_v.bias", vec![kv]);
             }
-            if gemma {
+            if gemma || s.arch == "qwen3" {
                 blk("attn_q_norm.weight", vec![s.head_dim]);
                 blk("attn_k_norm.weight", vec![s.head_dim]);
+            }
+            if gemma {
                 blk("post_attention_norm.weight", vec![s.d]);
             }
             blk("ffn_norm.weight", vec![s.d]);
@@ -298,7 +354,8 @@ impl SyntheticLayout {
     /// generator (same seed, same bytes) and a byte-fallback SentencePiece
     /// vocabulary of the layout's size, so every tool that needs a
     /// tokenizer runs on it. Matrices hold values of about +-0.05 (scaled
-    /// by fan-in so activations stay in range), norm weights about 1.
+    /// by fan-in so activations stay in range), norm weights about 1, RoPE
+    /// frequency factors 1 to 8.
     pub fn write(&self, seed: u64) -> Result<Vec<u8>> {
         if self.vocab_size < 259 {
             return Err(Error::BadConfig(
@@ -354,11 +411,14 @@ impl SyntheticLayout {
                 .map_err(|_| Error::BadConfig(format!("tensor {} is too large", t.name)))?;
             let values: Vec<f32> = if t.shape.len() == 1 {
                 let bias = t.name.contains("bias");
+                let factors = t.name == "rope_freqs.weight";
                 (0..n)
                     .map(|_| {
                         let u = rng.uniform();
                         if bias {
                             0.1 * u
+                        } else if factors {
+                            4.5 + 3.5 * u
                         } else {
                             1.0 + 0.2 * u
                         }

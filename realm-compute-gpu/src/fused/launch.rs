@@ -112,6 +112,7 @@ mod cuda {
     use candle_core::{CudaDevice, Result};
 
     use super::Param;
+    use crate::fused::rope_angles::InvFreqs;
     use crate::fused::SlotTable;
 
     /// A value a launch passes, and the parameter kind it fills.
@@ -131,6 +132,7 @@ mod cuda {
         i64 => Param::Word64,
         u64 => Param::Word64,
         SlotTable => Param::Bytes(std::mem::size_of::<SlotTable>()),
+        InvFreqs => Param::Bytes(std::mem::size_of::<InvFreqs>()),
     );
     // Device memory is passed as its address.
     impl<T> KernelArg for CudaSlice<T> {

@@ -7,21 +7,59 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape};
 use super::values;
 use crate::ops::rope_angles;
 
+/// The most pairs a head's RoPE rotates on the device (heads of up to 512
+/// rotated values).
+pub(crate) const ROPE_PAIRS: usize = 256;
+
+/// Each pair's inverse frequency ([`RopeParams::inv_freqs`]), passed to
+/// the kernel by value (a recorded step keeps them); the first `n_dims /
+/// 2` are used.
+///
+/// [`RopeParams::inv_freqs`]: realm_core::backend::RopeParams::inv_freqs
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct InvFreqs {
+    pub(crate) v: [f64; ROPE_PAIRS],
+}
+
+#[cfg(feature = "cuda")]
+// SAFETY: plain doubles, laid out (`repr(C)`) as the kernel's struct.
+unsafe impl candle_core::cuda_backend::cudarc::driver::DeviceRepr for InvFreqs {}
+
 /// On positions `[rows]` (u32): `[2, rows, n_dims / 2]` f32, the cosines
 /// then the sines of each row's angles, as [`rope_angles`] computes them
 /// on the host.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct RopeAngles {
     pub(crate) n_dims: usize,
-    pub(crate) base: f32,
+    pub(crate) inv_freq: InvFreqs,
     pub(crate) freq_scale: f32,
 }
 
 impl RopeAngles {
+    /// The op for `p`'s angles, or an error if it rotates more than
+    /// [`ROPE_PAIRS`] pairs.
+    pub(crate) fn new(p: &realm_core::backend::RopeParams) -> Result<Self> {
+        if p.n_dims / 2 > ROPE_PAIRS {
+            candle_core::bail!("rope_angles: at most {} rotated dimensions", 2 * ROPE_PAIRS);
+        }
+        let mut inv_freq = InvFreqs {
+            v: [0.0; ROPE_PAIRS],
+        };
+        for (v, f) in inv_freq.v.iter_mut().zip(p.inv_freqs()) {
+            *v = f;
+        }
+        Ok(Self {
+            n_dims: p.n_dims,
+            inv_freq,
+            freq_scale: p.freq_scale,
+        })
+    }
+
     fn check(&self, l: &Layout) -> Result<usize> {
         let rows = l.shape().dims1()?;
         let n = self.n_dims;
-        if rows == 0 || n == 0 || !n.is_multiple_of(2) || i32::try_from(n).is_err() {
+        if rows == 0 || n == 0 || !n.is_multiple_of(2) || n / 2 > ROPE_PAIRS {
             candle_core::bail!("rope_angles: {rows} rows, {n} rotated dimensions");
         }
         if u32::try_from(rows).is_err() || !l.is_contiguous() {
@@ -43,8 +81,7 @@ impl CustomOp1 for RopeAngles {
         };
         let (mut out, sin) = rope_angles(
             values(positions, l)?,
-            self.n_dims,
-            self.base,
+            &self.inv_freq.v[..self.n_dims / 2],
             self.freq_scale,
         );
         out.extend(sin);
@@ -84,7 +121,7 @@ impl CustomOp1 for RopeAngles {
         builder.arg(&out);
         builder.arg(&rows32);
         builder.arg(&n_dims);
-        builder.arg(&self.base);
+        builder.arg(&self.inv_freq);
         builder.arg(&self.freq_scale);
         let cfg = LaunchConfig {
             grid_dim: (rows32, 1, 1),

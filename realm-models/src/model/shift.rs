@@ -6,7 +6,7 @@
 //! cache is what running the kept tokens at their new positions would
 //! have stored, up to rounding.
 
-use realm_core::backend::{Backend, KvSpan, RopeParams};
+use realm_core::backend::{Backend, KvSpan};
 
 use super::{Model, Session};
 use crate::{Error, Result};
@@ -100,12 +100,8 @@ impl<B: Backend> Model<'_, B> {
                 let mut keys = b.upload(&k)?;
                 let values = b.upload(&v)?;
                 // A negative frequency scale turns each pair the other way.
-                let rope = RopeParams {
-                    n_dims: c.rope_dims,
-                    base: c.layer_rope_base(layer),
-                    freq_scale: -c.rope_freq_scale,
-                    mode: c.rope_mode,
-                };
+                let mut rope = self.rope(layer);
+                rope.freq_scale = -rope.freq_scale;
                 let ws = &mut session.scratch.ws;
                 b.rope(ws, &mut keys, c.n_kv_heads, c.head_dim, &positions, &rope)?;
                 let at = KvSpan {

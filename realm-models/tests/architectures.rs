@@ -1,0 +1,217 @@
+//! Every architecture against llama.cpp, on synthetic-weight models:
+//! `scripts/gen_arch_fixtures.py` had llama.cpp evaluate two-layer models
+//! that `realm synth tiny-ARCH` wrote, with the options that exercise what
+//! each architecture reads from its metadata (RoPE frequency factors,
+//! linear RoPE scaling, Gemma 3's local/global pattern and local base), and
+//! stored the logits of every position over the whole vocabulary. The test
+//! writes the same files with `realm_models::synthetic` (checked by hash)
+//! and runs them on the CPU backend.
+
+use realm_compute_cpu::CpuBackend;
+use realm_core::gguf::{Gguf, MetadataValue};
+use realm_core::GgmlType;
+use realm_models::synthetic::SyntheticLayout;
+use realm_models::Model;
+use serde_json::Value;
+
+/// Largest difference allowed between a logit of ours and llama.cpp's
+/// (logits of about +-4), in one batch, in chunks of 5 and one token at a
+/// time, with f32 matrices. Measured worst: 6.6e-6; the two differ only in
+/// the order of float sums.
+const TOLERANCE: f32 = 1e-4;
+
+/// The same with quantized matrices, whose products both round
+/// activations to 8 bits with half scales, alike: most positions differ
+/// by at most 5.0e-6, but a value whose rounding the order of float sums
+/// flips moves a logit by up to 3.2e-3 (Q4_0, one position of 24).
+const TOLERANCE_QUANTIZED: f32 = 1e-2;
+
+/// The same for Gemma 3, whose GELU llama.cpp's CPU backend reads from a
+/// table of half inputs and outputs (Realm computes it in f32). Measured
+/// worst: 1.4e-3.
+const TOLERANCE_GELU: f32 = 5e-3;
+
+fn fixture() -> Value {
+    let text = include_str!("fixtures/architectures.json");
+    serde_json::from_str(text).expect("fixture is JSON")
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// The model file of a case, as `realm synth` wrote it for llama.cpp.
+fn model_file(case: &Value, seed: u64) -> Vec<u8> {
+    let name = case["layout"].as_str().unwrap();
+    let mut layout = SyntheticLayout::by_name(name).unwrap();
+    let ty = case["matrix_type"].as_str().unwrap();
+    let ty = (0..64)
+        .filter_map(GgmlType::from_id)
+        .find(|t| t.name().eq_ignore_ascii_case(ty))
+        .unwrap();
+    layout = layout.with_matrix_type(ty);
+    if case["rope_factors"].as_bool().unwrap() {
+        layout = layout.with_rope_factors().unwrap();
+    }
+    for o in case["overrides"].as_array().unwrap() {
+        let (key, value) = (o[0].as_str().unwrap(), o[2].as_str().unwrap());
+        let value = match o[1].as_str().unwrap() {
+            "int" => MetadataValue::U32(value.parse().unwrap()),
+            "float" => MetadataValue::F32(value.parse().unwrap()),
+            "str" => MetadataValue::String(value.into()),
+            other => panic!("type {other}"),
+        };
+        layout = layout.with_hparam(key, value);
+    }
+    layout.write(seed).unwrap()
+}
+
+/// Our logits for every token, through prefill chunks of `batch` rows.
+fn logits(model: &Model<'_, CpuBackend>, tokens: &[u32], batch: usize) -> Vec<Vec<f32>> {
+    let mut s = model.session(64, batch).unwrap();
+    let mut out = Vec::new();
+    model
+        .forward_outputs(&mut s, tokens, 0, |_, l| out.push(l.to_vec()))
+        .unwrap();
+    out
+}
+
+fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    a.iter()
+        .flatten()
+        .zip(b.iter().flatten())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn every_architecture_matches_llama_cpp() {
+    let fx = fixture();
+    let seed = fx["seed"].as_u64().unwrap();
+    let tokens: Vec<u32> = fx["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_u64().unwrap() as u32)
+        .collect();
+    let cpu = CpuBackend::new().unwrap();
+    let mut worst = Vec::new();
+    for case in fx["cases"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let bytes = model_file(case, seed);
+        assert_eq!(
+            format!("{:016x}", fnv1a(&bytes)),
+            case["fnv1a"].as_str().unwrap(),
+            "{name}: the synthetic file is not the one llama.cpp ran"
+        );
+        let want: Vec<Vec<f32>> = case["logits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                r.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_f64().unwrap() as f32)
+                    .collect()
+            })
+            .collect();
+        let file = Gguf::from_bytes(&bytes[..]).unwrap();
+        let model = Model::load(&file, &cpu).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let tol = match (case["layout"].as_str(), case["matrix_type"].as_str()) {
+            (Some("tiny-gemma3"), _) => TOLERANCE_GELU,
+            (_, Some("f32")) => TOLERANCE,
+            _ => TOLERANCE_QUANTIZED,
+        };
+        // One batch as llama.cpp ran it, chunks of 5 rows, decode steps.
+        for batch in [64, 5, 1] {
+            let got = logits(&model, &tokens, batch);
+            assert_eq!(got.len(), want.len(), "{name}");
+            let d = max_diff(&got, &want);
+            assert!(
+                d <= tol,
+                "{name}, batch {batch}: logits differ by {d} (> {tol})"
+            );
+            worst.push((name.to_string(), batch, d));
+        }
+    }
+    eprintln!("worst differences: {worst:?}");
+}
+
+/// What each variant changes moves the logits far beyond the tolerance,
+/// so that the comparison above fails where a variant is ignored.
+#[test]
+fn each_variant_changes_the_logits() {
+    let fx = fixture();
+    let cases = fx["cases"].as_array().unwrap();
+    let logits = |name: &str| -> Vec<Vec<f32>> {
+        let c = cases.iter().find(|c| c["name"] == name).unwrap();
+        c["logits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                r.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_f64().unwrap() as f32)
+                    .collect()
+            })
+            .collect()
+    };
+    for (base, variant) in [
+        ("llama", "llama-rope-factors"),
+        ("llama", "llama-linear-scaling"),
+        ("gemma3", "gemma3-global-scaled"),
+    ] {
+        let d = max_diff(&logits(base), &logits(variant));
+        assert!(
+            d > 100.0 * TOLERANCE_GELU,
+            "{variant} moves {base}'s logits by {d} only"
+        );
+    }
+}
+
+/// The file types llama.cpp refuses or computes differently are refused
+/// by name, not run wrongly.
+#[test]
+fn unsupported_rope_scaling_is_refused() {
+    let cpu = CpuBackend::new().unwrap();
+    for (key, value, says) in [
+        (
+            "llama.rope.scaling.type",
+            MetadataValue::String("yarn".into()),
+            "yarn",
+        ),
+        ("llama.rope.scaling.factor", MetadataValue::F32(-2.0), "-2"),
+    ] {
+        let bytes = SyntheticLayout::tiny("llama")
+            .unwrap()
+            .with_hparam(key, value)
+            .write(1)
+            .unwrap();
+        let file = Gguf::from_bytes(&bytes[..]).unwrap();
+        let err = Model::load(&file, &cpu).unwrap_err().to_string();
+        assert!(err.contains(says), "{key}: {err}");
+    }
+    let bytes = SyntheticLayout::tiny("gemma3")
+        .unwrap()
+        .with_hparam("gemma3.final_logit_softcapping", MetadataValue::F32(30.0))
+        .write(1)
+        .unwrap();
+    let file = Gguf::from_bytes(&bytes[..]).unwrap();
+    let err = Model::load(&file, &cpu).unwrap_err().to_string();
+    assert!(err.contains("soft-capping"), "{err}");
+    // Factors of the wrong count.
+    let mut layout = SyntheticLayout::tiny("llama")
+        .unwrap()
+        .with_rope_factors()
+        .unwrap();
+    layout.tensors[1].shape = vec![3];
+    let bytes = layout.write(1).unwrap();
+    let file = Gguf::from_bytes(&bytes[..]).unwrap();
+    let err = Model::load(&file, &cpu).unwrap_err().to_string();
+    assert!(err.contains("rope_freqs"), "{err}");
+}

@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""Golden logits from llama.cpp for every architecture Realm runs, on
+synthetic-weight models: realm-models/tests/fixtures/architectures.json.
+
+Each case is a two-layer model that `realm synth tiny-ARCH` writes (seeded
+weights, so the test writes the same file with realm_models::synthetic and
+checks it against the FNV-1a hash stored here), with options that exercise
+what the architecture reads from its metadata: f32 or Q8_0 matrices,
+Llama 3.1's RoPE frequency factors, linear RoPE scaling, Gemma 3's
+local/global pattern and local base. llama.cpp (the CPU build
+`scripts/build_llama_cpp.sh --tools` makes, through llama-cpp-python
+0.3.36's bindings; f32 KV cache) evaluates TOKENS in one batch and the
+logits of every position, the whole vocabulary, are stored (6 significant
+digits).
+Usage: python3 scripts/gen_arch_fixtures.py  (after cargo build --release -p realm-cli)
+"""
+import json
+import os
+import subprocess
+import tempfile
+
+import numpy as np
+
+import llama_env
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+OUT = os.path.join(ROOT, "realm-models", "tests", "fixtures", "architectures.json")
+REALM = os.path.join(ROOT, "target", "release", "realm")
+SEED = 7
+# 24 tokens: past the tiny Gemma 3's 4-token sliding window.
+TOKENS = [(i * 37 + 11) % 297 + 3 for i in range(24)]
+
+
+def case(name, layout, matrix_type="f32", rope_factors=False, overrides=()):
+    return dict(name=name, layout=layout, matrix_type=matrix_type, rope_factors=rope_factors,
+                overrides=[list(o) for o in overrides])
+
+
+CASES = [
+    case("llama", "tiny-llama"),
+    case("llama-q8_0", "tiny-llama", matrix_type="q8_0"),
+    case("llama-q4_1", "tiny-llama", matrix_type="q4_1"),
+    case("llama-q4_0", "tiny-llama", matrix_type="q4_0"),
+    case("llama-q5_1", "tiny-llama", matrix_type="q5_1"),
+    case("llama-rope-factors", "tiny-llama", rope_factors=True),
+    case("llama-linear-scaling", "tiny-llama",
+         overrides=[("llama.rope.scaling.factor", "float", "4")]),
+    case("qwen2", "tiny-qwen2"),
+    case("qwen3", "tiny-qwen3"),
+    case("qwen3-q8_0", "tiny-qwen3", matrix_type="q8_0"),
+    case("gemma3", "tiny-gemma3"),
+    case("gemma3-global-scaled", "tiny-gemma3",
+         overrides=[("gemma3.attention.sliding_window_pattern", "int", "2"),
+                    ("gemma3.rope.scaling.type", "str", "linear"),
+                    ("gemma3.rope.scaling.factor", "float", "8"),
+                    ("gemma3.rope.freq_base_swa", "float", "5000")]),
+]
+
+
+def fnv1a(data):
+    h = 0xCBF29CE484222325
+    for b in data:
+        h = ((h ^ b) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return h
+
+
+def synth(c, path):
+    args = [REALM, "synth", c["layout"], "-o", path, "--seed", str(SEED),
+            "--matrix-type", c["matrix_type"]]
+    if c["rope_factors"]:
+        args.append("--rope-factors")
+    for key, ty, value in c["overrides"]:
+        args += ["--override-kv", f"{key}={ty}:{value}"]
+    subprocess.run(args, check=True, capture_output=True)
+
+
+def main():
+    llama_env.tools()
+    from llama_cpp import Llama
+
+    out = dict(seed=SEED, tokens=TOKENS, cases=[])
+    with tempfile.TemporaryDirectory() as tmp:
+        for c in CASES:
+            path = os.path.join(tmp, c["name"] + ".gguf")
+            synth(c, path)
+            with open(path, "rb") as f:
+                digest = fnv1a(f.read())
+            llm = Llama(path, n_ctx=64, n_batch=64, logits_all=True, n_threads=2,
+                        type_k=0, type_v=0, verbose=False, seed=0)
+            llm.eval(TOKENS)
+            scores = np.array(llm.scores[: len(TOKENS)], dtype=np.float32)
+            del llm
+            logits = [[float("%.6g" % v) for v in row] for row in scores]
+            out["cases"].append(dict(c, fnv1a=f"{digest:016x}", logits=logits))
+            print(c["name"], scores.shape, "max |logit|", float(np.abs(scores).max()))
+    with open(OUT, "w") as f:
+        json.dump(out, f, separators=(",", ":"))
+        f.write("\n")
+
+
+if __name__ == "__main__":
+    main()
