@@ -250,12 +250,10 @@ fn rope_params(n_dims: usize, neox: bool) -> RopeParams<'static> {
 /// Each position's cosines and sines, `[positions, n_dims / 2]`: the
 /// angles the backends compute (in f64, rounded once).
 fn angles(positions: &[u32], p: &RopeParams) -> (Vec<f32>, Vec<f32>) {
-    let half = p.n_dims / 2;
     let mut cos = Vec::new();
     let mut sin = Vec::new();
     for &pos in positions {
-        for i in 0..half {
-            let inv = f64::from(p.base).powf(-2.0 * i as f64 / p.n_dims as f64);
+        for inv in p.inv_freqs() {
             let theta = f64::from(pos) * f64::from(p.freq_scale) * inv;
             cos.push(theta.cos() as f32);
             sin.push(theta.sin() as f32);
@@ -1310,25 +1308,31 @@ fn rope_angles_match_the_host() {
     // SmolLM2's and Gemma 3's (local and global bases, 256 dimensions),
     // positions up to far past any context used.
     let positions: Vec<u32> = vec![0, 1, 7, 255, 4096, 131_071];
-    for (n_dims, base) in [
-        (64, 100_000.0f32),
-        (256, 10_000.0),
-        (256, 1_000_000.0),
-        (2, 10_000.0),
+    // Llama 3.1-like frequency factors (1 to 8) for 64 dimensions.
+    let factors: Vec<f32> = (0..32).map(|i| 1.0 + 7.0 * i as f32 / 31.0).collect();
+    for (n_dims, base, factors, scale) in [
+        (64, 100_000.0f32, None, 1.0f32),
+        (256, 10_000.0, None, 1.0),
+        (256, 1_000_000.0, None, 0.125),
+        (2, 10_000.0, None, 1.0),
+        (64, 500_000.0, Some(&factors[..]), 1.0),
     ] {
         let rp = RopeParams {
             base,
+            freq_scale: scale,
+            factors,
             ..rope_params(n_dims, false)
         };
         let (cos, sin) = angles(&positions, &rp);
         let dir = scratch(&format!("angles-{n_dims}-{base}"));
         let out = dir.join("out");
+        let inv: Vec<f64> = rp.inv_freqs().collect();
         let args = vec![
             write(&dir, "pos", &positions),
             out.to_str().unwrap().to_string(),
             n_dims.to_string(),
-            base.to_string(),
-            "1".to_string(),
+            write(&dir, "inv", &inv),
+            scale.to_string(),
         ];
         let got = run("rope_angles_f32", &args, &out);
         // The same double-precision arithmetic, rounded once: equal.

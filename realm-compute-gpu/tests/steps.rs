@@ -69,7 +69,15 @@ fn static_steps_agree(
     prompt: usize,
     seed: u64,
 ) {
-    let file = Gguf::from_bytes(SyntheticLayout::tiny(arch).unwrap().write(seed).unwrap()).unwrap();
+    // `llama3`: llama with Llama 3.1's RoPE frequency factors.
+    let layout = match arch {
+        "llama3" => SyntheticLayout::tiny("llama")
+            .unwrap()
+            .with_rope_factors()
+            .unwrap(),
+        _ => SyntheticLayout::tiny(arch).unwrap(),
+    };
+    let file = Gguf::from_bytes(layout.write(seed).unwrap()).unwrap();
     let (a, b) = (
         Model::load(&file, plain).unwrap(),
         Model::load(&file, steps).unwrap(),
@@ -90,7 +98,7 @@ fn static_steps_agree(
 }
 
 /// Decoding across a span boundary (a new recording, reallocated step
-/// tensors), with every architecture's ops: biases, QK-norm, sliding
+/// tensors), with every architecture's ops: biases, QK-norm, RoPE factors, sliding
 /// windows, the embedding scale; f32 and f16 caches.
 #[test]
 fn static_steps_match_op_by_op() {
@@ -98,6 +106,8 @@ fn static_steps_match_op_by_op() {
     for (arch, kv) in [
         ("llama", KvDtype::F32),
         ("qwen2", KvDtype::F32),
+        ("qwen3", KvDtype::F32),
+        ("llama3", KvDtype::F32),
         ("gemma3", KvDtype::F32),
         ("llama", KvDtype::F16),
         ("gemma3", KvDtype::F16),
