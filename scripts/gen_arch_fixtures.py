@@ -5,8 +5,9 @@ synthetic-weight models: realm-models/tests/fixtures/architectures.json.
 Each case is a two-layer model that `realm synth tiny-ARCH` writes (seeded
 weights, so the test writes the same file with realm_models::synthetic and
 checks it against the FNV-1a hash stored here), with options that exercise
-what the architecture reads from its metadata: f32 or Q8_0 matrices,
-Llama 3.1's RoPE frequency factors, linear RoPE scaling, Gemma 3's
+what the architecture reads from its metadata: f32 or quantized
+matrices, Llama 3.1's RoPE frequency factors, linear RoPE scaling,
+mixtures of experts (Qwen 3 MoE's, and a llama's as Mixtral's), Gemma 3's
 local/global pattern and local base. llama.cpp (the CPU build
 `scripts/build_llama_cpp.sh --tools` makes, through llama-cpp-python
 0.3.36's bindings; f32 KV cache) evaluates TOKENS in one batch and the
@@ -49,6 +50,10 @@ CASES = [
     case("qwen2", "tiny-qwen2"),
     case("qwen3", "tiny-qwen3"),
     case("qwen3-q8_0", "tiny-qwen3", matrix_type="q8_0"),
+    case("qwen3moe", "tiny-qwen3moe"),
+    case("qwen3moe-q8_0", "tiny-qwen3moe", matrix_type="q8_0"),
+    case("mixtral", "tiny-mixtral"),
+    case("mixtral-q4_1", "tiny-mixtral", matrix_type="q4_1"),
     case("gemma3", "tiny-gemma3"),
     case("gemma3-global-scaled", "tiny-gemma3",
          overrides=[("gemma3.attention.sliding_window_pattern", "int", "2"),

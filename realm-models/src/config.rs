@@ -16,6 +16,8 @@ pub enum Architecture {
     Qwen2,
     /// Qwen 3 dense (per-head Q/K norms, NeoX RoPE).
     Qwen3,
+    /// Qwen 3 with mixture-of-experts feed-forward blocks.
+    Qwen3Moe,
     /// Gemma 3 (QK-norm, sandwich norms, GELU gate, local/global layers).
     Gemma3,
 }
@@ -28,6 +30,7 @@ impl Architecture {
             "mistral" => Self::Mistral,
             "qwen2" => Self::Qwen2,
             "qwen3" => Self::Qwen3,
+            "qwen3moe" => Self::Qwen3Moe,
             "gemma3" => Self::Gemma3,
             other => return Err(Error::UnknownArchitecture(other.to_string())),
         })
@@ -40,9 +43,28 @@ impl Architecture {
             Self::Mistral => "mistral",
             Self::Qwen2 => "qwen2",
             Self::Qwen3 => "qwen3",
+            Self::Qwen3Moe => "qwen3moe",
             Self::Gemma3 => "gemma3",
         }
     }
+}
+
+/// A mixture-of-experts feed-forward block's shape: each token's block is
+/// the sum of its `used` best-scored experts' outputs, each weighted by
+/// its router probability.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MoeConfig {
+    /// Experts a block holds.
+    pub experts: usize,
+    /// Experts each token runs.
+    pub used: usize,
+    /// Hidden width of one expert.
+    pub ffn_dim: usize,
+    /// Whether the chosen experts' probabilities are renormalised to sum
+    /// to 1.
+    pub norm_weights: bool,
+    /// A factor on every expert weight (1 for none).
+    pub weights_scale: f32,
 }
 
 /// Everything a forward pass needs to know about the model's shape.
@@ -89,6 +111,9 @@ pub struct ModelConfig {
     pub attn_scale: f32,
     /// Multiply the embeddings by `sqrt(d_model)` (Gemma).
     pub scale_embeddings: bool,
+    /// Mixture-of-experts feed-forward blocks (Mixtral's llama, Qwen 3
+    /// MoE), if the model has them instead of dense ones.
+    pub moe: Option<MoeConfig>,
 }
 
 impl ModelConfig {
@@ -165,7 +190,10 @@ impl ModelConfig {
             rope_dims: opt_u("rope.dimension_count")?.unwrap_or(head_dim),
             rope_mode: match arch {
                 Architecture::Llama | Architecture::Mistral => RopeMode::Normal,
-                Architecture::Qwen2 | Architecture::Qwen3 | Architecture::Gemma3 => RopeMode::Neox,
+                Architecture::Qwen2
+                | Architecture::Qwen3
+                | Architecture::Qwen3Moe
+                | Architecture::Gemma3 => RopeMode::Neox,
             },
             sliding_window,
             // Every sixth layer unless the file says otherwise.
@@ -182,6 +210,7 @@ impl ModelConfig {
                 1.0 / (head_dim as f32).sqrt()
             },
             scale_embeddings: gemma,
+            moe: moe_config(md, arch, u("feed_forward_length")?)?,
         };
         if cfg.n_layers == 0
             || cfg.d_model == 0
@@ -235,6 +264,63 @@ impl ModelConfig {
     pub fn kv_dim(&self) -> usize {
         self.n_kv_heads * self.head_dim
     }
+}
+
+/// The mixture-of-experts shape of an `arch` model, as llama.cpp reads it:
+/// `expert_count` experts (none: dense blocks), `expert_used_count` of
+/// them a token, `expert_feed_forward_length` wide (Qwen 3 MoE; by default
+/// `ffn / used`) or `feed_forward_length` (llama), the chosen weights
+/// renormalised and scaled by `expert_weights_scale` if set.
+fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<MoeConfig>> {
+    let p = arch.name();
+    let get = |k: &str| -> Result<Option<u32>> {
+        let key = format!("{p}.{k}");
+        Ok(match md.get(&key) {
+            Some(_) => Some(md.get_u32(&key)?),
+            None => None,
+        })
+    };
+    let experts = get("expert_count")?.unwrap_or(0) as usize;
+    match (arch, experts) {
+        (Architecture::Qwen3Moe, 0) => {
+            return Err(Error::BadConfig("qwen3moe needs an expert_count".into()))
+        }
+        (_, 0) => return Ok(None),
+        (Architecture::Llama | Architecture::Qwen3Moe, _) => {}
+        (other, _) => {
+            return Err(Error::BadConfig(format!(
+                "{} with experts is not supported",
+                other.name()
+            )))
+        }
+    }
+    let used = get("expert_used_count")?.unwrap_or(0) as usize;
+    if used == 0 || used > experts {
+        return Err(Error::BadConfig(format!(
+            "{used} of {experts} experts a token"
+        )));
+    }
+    let ffn_dim = match (arch, get("expert_feed_forward_length")?) {
+        (Architecture::Qwen3Moe, Some(f)) if f > 0 => f as usize,
+        (Architecture::Qwen3Moe, _) => ffn / used,
+        _ => ffn,
+    };
+    let scale_key = format!("{p}.expert_weights_scale");
+    let weights_scale = match md.get(&scale_key) {
+        Some(_) => md.get_f32(&scale_key)?,
+        None => 0.0,
+    };
+    Ok(Some(MoeConfig {
+        experts,
+        used,
+        ffn_dim,
+        norm_weights: true,
+        weights_scale: if weights_scale == 0.0 {
+            1.0
+        } else {
+            weights_scale
+        },
+    }))
 }
 
 /// The RoPE frequency scale of architecture `p`, as llama.cpp reads it: 1

@@ -12,11 +12,13 @@ use realm_core::backend::{
 use realm_core::gguf::Gguf;
 use realm_core::{quant, TensorView};
 
+mod moe;
 mod shift;
 mod state;
 
 pub use self::shift::ContextShift;
 
+use self::moe::{Moe, MoeBuffers, MoeHost};
 use crate::config::{Architecture, ModelConfig};
 use crate::imatrix::Collector;
 use crate::lora::{self, Dims, Lora, LoraId, LoraInfo, LoraRun, LoraScratch, Product, Target};
@@ -49,10 +51,17 @@ struct Layer<'a, B: Backend + 'a> {
     k_norm: Option<B::Buffer>,
     post_attn_norm: Option<B::Buffer>,
     ffn_norm: B::Buffer,
-    /// Gate and up projections.
-    gate_up: Group<B::Weight<'a>>,
-    w_down: B::Weight<'a>,
+    ffn: Ffn<'a, B>,
     post_ffn_norm: Option<B::Buffer>,
+}
+
+/// A block's feed-forward network.
+#[derive(Debug)]
+enum Ffn<'a, B: Backend + 'a> {
+    /// Gate and up projections (a group), and the down projection.
+    Dense(Group<B::Weight<'a>>, B::Weight<'a>),
+    /// A mixture of experts.
+    Moe(Moe<'a, B>),
 }
 
 /// A transformer whose weights stay in the GGUF file (borrowed, still
@@ -169,7 +178,7 @@ impl<'a, B: Backend> Model<'a, B> {
         let c = &config;
         let gemma = c.arch == Architecture::Gemma3;
         let qwen = c.arch == Architecture::Qwen2;
-        let qk_norms = gemma || c.arch == Architecture::Qwen3;
+        let qk_norms = gemma || matches!(c.arch, Architecture::Qwen3 | Architecture::Qwen3Moe);
         let (d, q, kv, ff) = (c.d_model, c.q_dim(), c.kv_dim(), c.ffn_dim);
         let mut layers = Vec::with_capacity(c.n_layers);
         for i in 0..c.n_layers {
@@ -203,8 +212,13 @@ impl<'a, B: Backend> Model<'a, B> {
                 k_norm: must("attn_k_norm.weight", c.head_dim, qk_norms)?,
                 post_attn_norm: must("post_attention_norm.weight", d, gemma)?,
                 ffn_norm: norm(&n("ffn_norm.weight"), d)?,
-                gate_up: group(&[n("ffn_gate.weight"), n("ffn_up.weight")], &[ff, ff], d)?,
-                w_down: weight(&n("ffn_down.weight"), d, ff)?,
+                ffn: match &c.moe {
+                    Some(m) => Ffn::Moe(Moe::load(file, backend, i, m, d)?),
+                    None => Ffn::Dense(
+                        group(&[n("ffn_gate.weight"), n("ffn_up.weight")], &[ff, ff], d)?,
+                        weight(&n("ffn_down.weight"), d, ff)?,
+                    ),
+                },
                 post_ffn_norm: must("post_ffw_norm.weight", d, gemma)?,
             });
         }
@@ -331,9 +345,21 @@ impl<'a, B: Backend> Model<'a, B> {
         let (q, kv, ff) = (c.q_dim(), c.kv_dim(), c.ffn_dim);
         self.layers
             .iter()
-            .map(|l| widest(&l.qkv, &[q, kv, kv]).max(widest(&l.gate_up, &[ff, ff])))
+            .map(|l| {
+                let ffn = match &l.ffn {
+                    Ffn::Dense(gate_up, _) => widest(gate_up, &[ff, ff]),
+                    Ffn::Moe(_) => 0,
+                };
+                widest(&l.qkv, &[q, kv, kv]).max(ffn)
+            })
             .max()
             .unwrap_or(0)
+    }
+
+    /// Whether decode steps run as the backend's static steps: not for
+    /// experts, whose routing the host decides step by step.
+    fn static_steps(&self) -> bool {
+        self.backend.static_steps() && self.config.moe.is_none()
     }
 
     /// The model's hyper-parameters.
@@ -424,7 +450,7 @@ impl<'a, B: Backend> Model<'a, B> {
         self.check_tokens(tokens)?;
         if let [token] = *tokens {
             // (A step with adapters runs op by op: recordings hold none.)
-            if self.backend.static_steps() && s.loras.is_empty() && s.scratch.seen.is_none() {
+            if self.static_steps() && s.loras.is_empty() && s.scratch.seen.is_none() {
                 return self.decode_static(s, token);
             }
         }
@@ -749,7 +775,7 @@ impl<'a, B: Backend> Model<'a, B> {
         }
         let tokens = std::mem::take(&mut sc.tokens);
         // (A step with adapters runs op by op: recordings hold none.)
-        let ran = if b.static_steps() && !adapted {
+        let ran = if self.static_steps() && !adapted {
             // Every row attends over the same span, enough for the furthest.
             let furthest = rows.iter().map(|(s, _)| s.pos + 1).max().unwrap_or(1);
             let longest = rows.iter().map(|(s, _)| s.max_seq_len).max().unwrap_or(1);
@@ -1040,7 +1066,7 @@ impl<'a, B: Backend> Model<'a, B> {
         let b = self.backend;
         let c = &self.config;
         let layer = &self.layers[li];
-        let (d, ff) = (c.d_model, c.ffn_dim);
+        let d = c.d_model;
         let eps = c.rms_eps;
         // Layers run in order over the same rows, and each leaves the next
         // one's input norm in `xn` (fused with its residual add).
@@ -1134,41 +1160,24 @@ impl<'a, B: Backend> Model<'a, B> {
             }
             None => b.add_rms_norm(&mut sc.x, &sc.proj, &layer.ffn_norm, eps, n, d, &mut sc.xn)?,
         }
-        project(
-            b,
-            &mut sc.ws,
-            &layer.gate_up,
-            &sc.xn,
-            n,
-            &mut sc.stacked,
-            &[ff, ff],
-            &mut [&mut sc.gate, &mut sc.up],
-        )?;
-        for (t, out) in [(Target::Gate, &mut sc.gate), (Target::Up, &mut sc.up)] {
-            let x = (&sc.xn, n, d);
-            self.adapt(
-                &mut sc.ws,
-                (&mut sc.lora, &mut sc.seen),
-                runs,
-                Some((li, t)),
-                x,
-                (out, ff),
-            )?;
+        match &layer.ffn {
+            Ffn::Dense(gate_up, down) => self.dense_ffn(sc, n, li, runs, gate_up, down)?,
+            Ffn::Moe(moe) => {
+                let m = c.moe.as_ref().ok_or_else(|| {
+                    Error::BadConfig("a layer has experts the config does not".into())
+                })?;
+                let buf = MoeBuffers {
+                    ws: &mut sc.ws,
+                    xn: &sc.xn,
+                    scores: &mut sc.scores,
+                    gate: &mut sc.gate,
+                    up: &mut sc.up,
+                    out: &mut sc.proj,
+                    host: &mut sc.moe,
+                };
+                moe.run(b, m, d, n, buf)?
+            }
         }
-        match c.arch {
-            Architecture::Gemma3 => b.geglu_inplace(&mut sc.gate, &sc.up, n * ff)?,
-            _ => b.swiglu_inplace(&mut sc.gate, &sc.up, n * ff)?,
-        }
-        b.matmul(&mut sc.ws, &layer.w_down, &sc.gate, n, &mut sc.proj)?;
-        let (x, out) = ((&sc.gate, n, ff), (&mut sc.proj, d));
-        self.adapt(
-            &mut sc.ws,
-            (&mut sc.lora, &mut sc.seen),
-            runs,
-            Some((li, Target::Down)),
-            x,
-            out,
-        )?;
         match (self.layers.get(li + 1), &layer.post_ffn_norm) {
             (Some(next), Some(pw)) => {
                 let (x, proj, xn) = (&mut sc.x, &mut sc.proj, &mut sc.xn);
@@ -1199,6 +1208,58 @@ impl<B: Backend> Model<'_, B> {
             mode: c.rope_mode,
             factors: self.rope_factors.as_deref(),
         }
+    }
+}
+
+impl<'a, B: Backend> Model<'a, B> {
+    /// A dense feed-forward block over the first `n` rows of `sc.xn`, into
+    /// `sc.proj`, with the rows' adapters `runs` (layer `li`).
+    fn dense_ffn(
+        &self,
+        sc: &mut Scratch<B>,
+        n: usize,
+        li: usize,
+        runs: &[LoraRun<'_>],
+        gate_up: &Group<B::Weight<'a>>,
+        down: &B::Weight<'a>,
+    ) -> Result<()> {
+        let b = self.backend;
+        let (d, ff) = (self.config.d_model, self.config.ffn_dim);
+        project(
+            b,
+            &mut sc.ws,
+            gate_up,
+            &sc.xn,
+            n,
+            &mut sc.stacked,
+            &[ff, ff],
+            &mut [&mut sc.gate, &mut sc.up],
+        )?;
+        for (t, out) in [(Target::Gate, &mut sc.gate), (Target::Up, &mut sc.up)] {
+            let x = (&sc.xn, n, d);
+            self.adapt(
+                &mut sc.ws,
+                (&mut sc.lora, &mut sc.seen),
+                runs,
+                Some((li, t)),
+                x,
+                (out, ff),
+            )?;
+        }
+        match self.config.arch {
+            Architecture::Gemma3 => b.geglu_inplace(&mut sc.gate, &sc.up, n * ff)?,
+            _ => b.swiglu_inplace(&mut sc.gate, &sc.up, n * ff)?,
+        }
+        b.matmul(&mut sc.ws, down, &sc.gate, n, &mut sc.proj)?;
+        let (x, out) = ((&sc.gate, n, ff), (&mut sc.proj, d));
+        self.adapt(
+            &mut sc.ws,
+            (&mut sc.lora, &mut sc.seen),
+            runs,
+            Some((li, Target::Down)),
+            x,
+            out,
+        )
     }
 }
 
@@ -1348,6 +1409,10 @@ struct Scratch<B: Backend> {
     proj: B::Buffer,
     gate: B::Buffer,
     up: B::Buffer,
+    /// Router scores of a mixture of experts (a value a row without one).
+    scores: B::Buffer,
+    /// The host's part of a mixture of experts.
+    moe: MoeHost,
     /// A stacked group's products before they are split (empty when no
     /// group is stacked).
     stacked: B::Buffer,
@@ -1373,6 +1438,11 @@ impl<B: Backend> Scratch<B> {
         stacked: usize,
     ) -> Result<Self> {
         let buf = |width: usize| backend.buffer(rows * width);
+        // Dense blocks' hidden width, or the experts'.
+        let ff = c
+            .moe
+            .as_ref()
+            .map_or(c.ffn_dim, |m| m.ffn_dim.max(c.ffn_dim));
         Ok(Self {
             ws: backend.workspace(),
             rows,
@@ -1383,8 +1453,10 @@ impl<B: Backend> Scratch<B> {
             v: buf(c.kv_dim())?,
             att: buf(c.q_dim())?,
             proj: buf(c.d_model)?,
-            gate: buf(c.ffn_dim)?,
-            up: buf(c.ffn_dim)?,
+            gate: buf(ff)?,
+            up: buf(ff)?,
+            scores: buf(c.moe.as_ref().map_or(1, |m| m.experts))?,
+            moe: MoeHost::default(),
             // (One value a row when nothing is stacked: no empty buffers.)
             stacked: buf(stacked.max(1))?,
             logits: backend.buffer(logit_rows * c.vocab_size)?,

@@ -132,9 +132,26 @@ impl SyntheticLayout {
         })
     }
 
-    /// A two-layer model of `arch` (llama, mistral, qwen2, qwen3, gemma3)
-    /// small enough for unit tests: 64 wide, Q8_0 matrices, 300 tokens.
+    /// A two-layer model of `arch` (llama, mistral, qwen2, qwen3,
+    /// qwen3moe, gemma3) small enough for unit tests: 64 wide, Q8_0
+    /// matrices, 300 tokens; `qwen3moe`'s blocks are 4 experts 32 wide,
+    /// 2 a token.
     pub fn tiny(arch: &str) -> Result<Self> {
+        if arch == "qwen3moe" {
+            let mut l = Self::tiny("qwen3")?;
+            l.arch = arch.to_string();
+            l.hparams = l
+                .hparams
+                .into_iter()
+                .map(|(k, v)| (k.replacen("qwen3.", "qwen3moe.", 1), v))
+                .collect();
+            return l
+                .with_hparam(
+                    "qwen3moe.expert_feed_forward_length",
+                    MetadataValue::U32(32),
+                )
+                .with_experts(4, 2);
+        }
         let gemma = arch == "gemma3";
         let s = Shape {
             arch: match arch {
@@ -241,12 +258,64 @@ impl SyntheticLayout {
         Ok(self)
     }
 
-    /// A built-in layout by short name: `smollm2`, `gemma3`, or `tiny-ARCH`
-    /// ([`SyntheticLayout::tiny`]).
+    /// The same layout with mixture-of-experts feed-forward blocks:
+    /// `experts` experts (each as wide as `expert_feed_forward_length`, or
+    /// `feed_forward_length` without one), `used` a token, and a router,
+    /// in place of each block's dense matrices.
+    pub fn with_experts(self, experts: u32, used: u32) -> Result<Self> {
+        let arch = self.arch.clone();
+        let get = |k: &str| {
+            let k = format!("{arch}.{k}");
+            self.hparams
+                .iter()
+                .find(|(n, _)| *n == k)
+                .and_then(|(_, v)| v.as_i128())
+                .and_then(|v| u64::try_from(v).ok())
+        };
+        let (d, ff) = get("embedding_length")
+            .zip(get("expert_feed_forward_length").or(get("feed_forward_length")))
+            .ok_or_else(|| Error::BadConfig("the layout has no widths".into()))?;
+        let e = u64::from(experts);
+        let mut tensors = Vec::with_capacity(self.tensors.len());
+        for t in self.tensors {
+            let Some((blk, short)) = t.name.rsplit_once(".ffn_") else {
+                tensors.push(t);
+                continue;
+            };
+            let dtype = t.dtype;
+            let mut add = |n: &str, shape: Vec<u64>| {
+                tensors.push(SyntheticTensor {
+                    name: format!("{blk}.ffn_{n}"),
+                    shape,
+                    dtype,
+                })
+            };
+            match short {
+                "gate.weight" => {
+                    add("gate_inp.weight", vec![d, e]);
+                    add("gate_exps.weight", vec![d, ff, e]);
+                }
+                "up.weight" => add("up_exps.weight", vec![d, ff, e]),
+                "down.weight" => add("down_exps.weight", vec![ff, d, e]),
+                _ => tensors.push(t),
+            }
+        }
+        Ok(Self { tensors, ..self }
+            .with_hparam(&format!("{arch}.expert_count"), MetadataValue::U32(experts))
+            .with_hparam(
+                &format!("{arch}.expert_used_count"),
+                MetadataValue::U32(used),
+            ))
+    }
+
+    /// A built-in layout by short name: `smollm2`, `gemma3`, `tiny-ARCH`
+    /// ([`SyntheticLayout::tiny`]) or `tiny-mixtral` (the tiny llama with
+    /// 4 experts, 2 a token).
     pub fn by_name(name: &str) -> Option<Self> {
         match name {
             "smollm2" => Some(Self::smollm2_135m()),
             "gemma3" => Some(Self::gemma3_270m()),
+            "tiny-mixtral" => Self::tiny("llama").ok()?.with_experts(4, 2).ok(),
             _ => Self::tiny(name.strip_prefix("tiny-")?).ok(),
         }
     }

@@ -215,3 +215,66 @@ fn unsupported_rope_scaling_is_refused() {
     let err = Model::load(&file, &cpu).unwrap_err().to_string();
     assert!(err.contains("rope_freqs"), "{err}");
 }
+
+/// A mixture of experts batched across sessions (each row routed on its
+/// own) gives each session what it gets alone, bit for bit.
+#[test]
+fn experts_batch_across_sessions() {
+    let cpu = CpuBackend::new().unwrap();
+    for name in ["tiny-qwen3moe", "tiny-mixtral"] {
+        let bytes = SyntheticLayout::by_name(name).unwrap().write(3).unwrap();
+        let file = Gguf::from_bytes(&bytes[..]).unwrap();
+        let model = Model::load(&file, &cpu).unwrap();
+        let prompts: [&[u32]; 3] = [&[5, 17, 40], &[260, 3], &[99, 98, 97, 96]];
+        let mut alone = Vec::new();
+        let mut sessions = Vec::new();
+        for p in prompts {
+            let mut s = model.session(16, 4).unwrap();
+            model.forward(&mut s, p).unwrap();
+            let mut own = model.session(16, 4).unwrap();
+            model.forward(&mut own, p).unwrap();
+            alone.push(model.forward(&mut own, &[7]).unwrap().to_vec());
+            sessions.push(s);
+        }
+        let mut scratch = model.batch_scratch(3).unwrap();
+        let mut rows: Vec<_> = sessions.iter_mut().map(|s| (s, 7u32)).collect();
+        model.forward_batch(&mut rows, &mut scratch).unwrap();
+        for (s, want) in sessions.iter().zip(&alone) {
+            assert_eq!(s.logits(), &want[..], "{name}");
+        }
+    }
+}
+
+/// Experts where Realm does not run them, or in numbers that cannot be,
+/// and adapters of the dense matrices an expert model lacks, are refused.
+#[test]
+fn unsupported_experts_are_refused() {
+    let cpu = CpuBackend::new().unwrap();
+    let load_err = |layout: SyntheticLayout| {
+        let bytes = layout.write(1).unwrap();
+        let file = Gguf::from_bytes(&bytes[..]).unwrap();
+        Model::load(&file, &cpu).unwrap_err().to_string()
+    };
+    let qwen2 = SyntheticLayout::tiny("qwen2")
+        .unwrap()
+        .with_experts(4, 2)
+        .unwrap();
+    assert!(load_err(qwen2).contains("experts is not supported"));
+    let too_many = SyntheticLayout::tiny("qwen3moe")
+        .unwrap()
+        .with_hparam("qwen3moe.expert_used_count", MetadataValue::U32(5));
+    assert!(load_err(too_many).contains("5 of 4 experts"));
+    // A LoRA of blk.0.ffn_up on a model whose blocks are experts.
+    let dense = SyntheticLayout::tiny("llama").unwrap();
+    let mut lora = realm_models::synthetic::SyntheticLora::new(4, 8.0);
+    lora.targets = vec!["ffn_up".into()];
+    let adapter = Gguf::from_bytes(lora.write_for(&dense, 1).unwrap()).unwrap();
+    let bytes = SyntheticLayout::by_name("tiny-mixtral")
+        .unwrap()
+        .write(1)
+        .unwrap();
+    let file = Gguf::from_bytes(&bytes[..]).unwrap();
+    let mut model = Model::load(&file, &cpu).unwrap();
+    let err = model.add_lora(&adapter, "ffn").unwrap_err().to_string();
+    assert!(err.contains("ffn_up"), "{err}");
+}

@@ -368,6 +368,10 @@ fn locate(base: &str, c: &ModelConfig, has_output: bool) -> Result<Place> {
         .and_then(|(i, rest)| {
             let i: usize = i.parse().ok()?;
             let t = rest.strip_suffix(".weight")?;
+            // A mixture of experts has no dense feed-forward matrices.
+            if c.moe.is_some() && t.starts_with("ffn_") {
+                return None;
+            }
             let t = TARGETS.iter().position(|&n| n == t)?;
             (i < c.n_layers).then_some(Place::Layer(i, Target::ALL[t]))
         });

@@ -1,0 +1,261 @@
+//! Mixture-of-experts feed-forward blocks (Mixtral's llama, Qwen 3 MoE), as
+//! llama.cpp computes them: a router scores every expert for each token
+//! (softmax of `ffn_gate_inp`'s products), the `used` best run their SwiGLU
+//! block (`ffn_{gate,up,down}_exps`, one slice of each 3-D tensor an
+//! expert), and the token's output is their outputs weighted by their
+//! probabilities (renormalised over the chosen), summed best first.
+//!
+//! The routing runs on the host between backend products: each expert
+//! multiplies the rows of the tokens that chose it, gathered, so every
+//! backend runs it with the ops it has (a static step cannot hold it: a
+//! model with experts runs its steps op by op).
+
+use realm_core::backend::{Backend, WeightInfo};
+use realm_core::gguf::Gguf;
+use realm_core::TensorView;
+
+use crate::config::MoeConfig;
+use crate::{Error, Result};
+
+/// One layer's experts and router.
+#[derive(Debug)]
+pub(crate) struct Moe<'a, B: Backend + 'a> {
+    /// `[experts, d_model]`: each expert's score of a token.
+    router: B::Weight<'a>,
+    /// Per expert: gate, up (`[ffn, d_model]`) and down (`[d_model, ffn]`).
+    experts: Vec<[B::Weight<'a>; 3]>,
+}
+
+/// Host memory for a call's routing and expert outputs (kept between
+/// calls, so that it grows once).
+#[derive(Debug, Default)]
+pub(crate) struct MoeHost {
+    xn: Vec<f32>,
+    scores: Vec<f32>,
+    /// Per token, the chosen experts and their weights, best first.
+    chosen: Vec<(usize, f32)>,
+    /// One expert's input rows, gathered.
+    rows: Vec<f32>,
+    /// One expert's output rows.
+    y: Vec<f32>,
+    /// Per token and choice, the weighted output.
+    weighted: Vec<f32>,
+    out: Vec<f32>,
+}
+
+impl<'a, B: Backend + 'a> Moe<'a, B> {
+    /// Layer `layer`'s router and experts from `file`, checked against `m`
+    /// and the model's width `d`.
+    pub(crate) fn load<S: AsRef<[u8]>>(
+        file: &'a Gguf<S>,
+        backend: &'a B,
+        layer: usize,
+        m: &MoeConfig,
+        d: usize,
+    ) -> Result<Self> {
+        let name = |s: &str| format!("blk.{layer}.{s}");
+        let matrix = |t: &TensorView<'a>, rows: usize, cols: usize| -> Result<B::Weight<'a>> {
+            if !backend.supports_matmul(t.dtype()) {
+                return Err(Error::UnsupportedWeight {
+                    tensor: t.name().to_string(),
+                    dtype: t.dtype(),
+                    backend: backend.name().to_string(),
+                });
+            }
+            let w = backend.weight(t)?;
+            if (w.rows(), w.cols()) != (rows, cols) {
+                return Err(Error::BadTensorShape {
+                    tensor: t.name().to_string(),
+                    expected: vec![cols as u64, rows as u64],
+                    got: t.shape().to_vec(),
+                });
+            }
+            Ok(w)
+        };
+        let router = matrix(&file.tensor(&name("ffn_gate_inp.weight"))?, m.experts, d)?;
+        // Expert `e` of a `[cols, rows, experts]` tensor: its `e`-th slice,
+        // a `[cols, rows]` matrix of the file's bytes.
+        let slices = |short: &str, rows: usize, cols: usize| -> Result<Vec<B::Weight<'a>>> {
+            let t = file.tensor(&name(short))?;
+            let want = [cols as u64, rows as u64, m.experts as u64];
+            if t.shape() != want {
+                return Err(Error::BadTensorShape {
+                    tensor: t.name().to_string(),
+                    expected: want.to_vec(),
+                    got: t.shape().to_vec(),
+                });
+            }
+            let bytes = t.data().len() / m.experts;
+            (0..m.experts)
+                .map(|e| {
+                    let data = &t.data()[e * bytes..(e + 1) * bytes];
+                    let view = TensorView::new(t.name(), t.dtype(), &t.shape()[..2], data)
+                        .ok_or_else(|| {
+                            Error::BadConfig(format!("{}: an expert is not whole rows", t.name()))
+                        })?;
+                    matrix(&view, rows, cols)
+                })
+                .collect()
+        };
+        let gate = slices("ffn_gate_exps.weight", m.ffn_dim, d)?;
+        let up = slices("ffn_up_exps.weight", m.ffn_dim, d)?;
+        let down = slices("ffn_down_exps.weight", d, m.ffn_dim)?;
+        let experts = gate
+            .into_iter()
+            .zip(up)
+            .zip(down)
+            .map(|((g, u), dn)| [g, u, dn])
+            .collect();
+        Ok(Self { router, experts })
+    }
+}
+
+/// Scratch a block needs from the model's: the normed input (`n` rows of
+/// `d`), room for `n` rows of router scores, of an expert's input and
+/// output (`d` wide) and of its hidden values (`ffn` wide, two).
+pub(crate) struct MoeBuffers<'x, B: Backend> {
+    pub(crate) ws: &'x mut B::Workspace,
+    pub(crate) xn: &'x B::Buffer,
+    pub(crate) scores: &'x mut B::Buffer,
+    pub(crate) gate: &'x mut B::Buffer,
+    pub(crate) up: &'x mut B::Buffer,
+    /// An expert's output; on return, the block's (`n` rows of `d`).
+    pub(crate) out: &'x mut B::Buffer,
+    pub(crate) host: &'x mut MoeHost,
+}
+
+impl<B: Backend> Moe<'_, B> {
+    /// The block's output for the first `n` rows of `buf.xn` into
+    /// `buf.out`.
+    pub(crate) fn run(
+        &self,
+        b: &B,
+        m: &MoeConfig,
+        d: usize,
+        n: usize,
+        buf: MoeBuffers<'_, B>,
+    ) -> Result<()> {
+        let (e, k, ff) = (m.experts, m.used, m.ffn_dim);
+        let h = buf.host;
+        b.matmul(buf.ws, &self.router, buf.xn, n, buf.scores)?;
+        h.scores.resize(n * e, 0.0);
+        b.download(buf.scores, &mut h.scores)?;
+        h.xn.resize(n * d, 0.0);
+        b.download(buf.xn, &mut h.xn)?;
+        h.chosen.clear();
+        for row in h.scores.chunks_exact(e) {
+            route(row, m, &mut h.chosen);
+        }
+        h.weighted.clear();
+        h.weighted.resize(n * k * d, 0.0);
+        for (x, w) in self.experts.iter().enumerate() {
+            // The (token, choice) pairs that chose expert `x`.
+            let picks = || {
+                h.chosen
+                    .iter()
+                    .enumerate()
+                    .filter(move |(_, c)| c.0 == x)
+                    .map(|(i, c)| (i, c.1))
+            };
+            let rows = picks().count();
+            if rows == 0 {
+                continue;
+            }
+            h.rows.clear();
+            for (i, _) in picks() {
+                let t = i / k;
+                h.rows.extend_from_slice(&h.xn[t * d..(t + 1) * d]);
+            }
+            let input = b.upload(&h.rows)?;
+            b.matmul(buf.ws, &w[0], &input, rows, buf.gate)?;
+            b.matmul(buf.ws, &w[1], &input, rows, buf.up)?;
+            b.swiglu_inplace(buf.gate, buf.up, rows * ff)?;
+            b.matmul(buf.ws, &w[2], buf.gate, rows, buf.out)?;
+            h.y.resize(rows * d, 0.0);
+            b.download(buf.out, &mut h.y)?;
+            for ((i, weight), y) in picks().zip(h.y.chunks_exact(d)) {
+                for (o, v) in h.weighted[i * d..(i + 1) * d].iter_mut().zip(y) {
+                    *o = v * weight;
+                }
+            }
+        }
+        // Each token's outputs summed best first, as llama.cpp adds them.
+        h.out.clear();
+        for token in h.weighted.chunks_exact(k * d) {
+            let (first, rest) = token.split_at(d);
+            let start = h.out.len();
+            h.out.extend_from_slice(first);
+            for y in rest.chunks_exact(d) {
+                for (o, v) in h.out[start..].iter_mut().zip(y) {
+                    *o += v;
+                }
+            }
+        }
+        let out = b.upload(&h.out)?;
+        b.copy_rows(&out, 0..n, d, buf.out)?;
+        Ok(())
+    }
+}
+
+/// Appends a token's `used` chosen experts and their weights, best first,
+/// to `chosen`, from its router scores `scores` (one per expert): the
+/// softmax of the scores (summed in f64, as ggml sums), the best `used`
+/// (the lower index first among equals), their probabilities renormalised
+/// (over a sum of at least 2^-14, as llama.cpp clamps it) and scaled.
+pub(crate) fn route(scores: &[f32], m: &MoeConfig, chosen: &mut Vec<(usize, f32)>) {
+    let max = scores.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
+    let exp: Vec<f32> = scores.iter().map(|&v| (v - max).exp()).collect();
+    let sum: f64 = exp.iter().map(|&v| f64::from(v)).sum();
+    let inv = (1.0 / sum) as f32;
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| exp[b].total_cmp(&exp[a]).then(a.cmp(&b)));
+    let start = chosen.len();
+    chosen.extend(order.iter().take(m.used).map(|&i| (i, exp[i] * inv)));
+    let picked = &mut chosen[start..];
+    if m.norm_weights {
+        let total: f64 = picked.iter().map(|c| f64::from(c.1)).sum();
+        let total = (total as f32).max(6.103_515_6e-5);
+        for c in picked.iter_mut() {
+            c.1 /= total;
+        }
+    }
+    if m.weights_scale != 1.0 {
+        for c in picked.iter_mut() {
+            c.1 *= m.weights_scale;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(used: usize, norm: bool) -> MoeConfig {
+        MoeConfig {
+            experts: 4,
+            used,
+            ffn_dim: 8,
+            norm_weights: norm,
+            weights_scale: 1.0,
+        }
+    }
+
+    #[test]
+    fn routes_to_the_best_experts_with_renormalised_weights() {
+        let mut chosen = Vec::new();
+        route(&[0.5, 2.0, -1.0, 1.0], &cfg(2, true), &mut chosen);
+        assert_eq!(chosen.iter().map(|c| c.0).collect::<Vec<_>>(), [1, 3]);
+        let (a, b) = (2.0f64.exp(), 1.0f64.exp());
+        assert!((f64::from(chosen[0].1) - a / (a + b)).abs() < 1e-6);
+        assert!((chosen[0].1 + chosen[1].1 - 1.0).abs() < 1e-6);
+        // Without renormalisation the weights are the softmax's.
+        let mut raw = Vec::new();
+        route(&[0.5, 2.0, -1.0, 1.0], &cfg(2, false), &mut raw);
+        let all: f64 = [0.5f64, 2.0, -1.0, 1.0].iter().map(|v| v.exp()).sum();
+        assert!((f64::from(raw[0].1) - a / all).abs() < 1e-6);
+        // Ties: the lower index first.
+        let mut tied = Vec::new();
+        route(&[1.0, 1.0, 1.0, 0.0], &cfg(2, true), &mut tied);
+        assert_eq!(tied.iter().map(|c| c.0).collect::<Vec<_>>(), [0, 1]);
+    }
+}
