@@ -7,8 +7,8 @@ weights, so the test writes the same file with realm_models::synthetic and
 checks it against the FNV-1a hash stored here), with options that exercise
 what the architecture reads from its metadata: f32 or quantized
 matrices, Llama 3.1's RoPE frequency factors, linear RoPE scaling,
-mixtures of experts (Qwen 3 MoE's, and a llama's as Mixtral's), Gemma 3's
-local/global pattern and local base. llama.cpp (the CPU build
+mixtures of experts (Qwen 3 MoE's, and a llama's as Mixtral's), Gemma 2's
+soft-caps, Gemma 3's local/global pattern, local base and final cap. llama.cpp (the CPU build
 `scripts/build_llama_cpp.sh --tools` makes, through llama-cpp-python
 0.3.36's bindings; f32 KV cache) evaluates TOKENS in one batch and the
 logits of every position, the whole vocabulary, are stored (6 significant
@@ -54,7 +54,13 @@ CASES = [
     case("qwen3moe-q8_0", "tiny-qwen3moe", matrix_type="q8_0"),
     case("mixtral", "tiny-mixtral"),
     case("mixtral-q4_1", "tiny-mixtral", matrix_type="q4_1"),
+    case("gemma2", "tiny-gemma2"),
+    case("gemma2-tight-caps", "tiny-gemma2",
+         overrides=[("gemma2.attn_logit_softcapping", "float", "0.5"),
+                    ("gemma2.final_logit_softcapping", "float", "2")]),
     case("gemma3", "tiny-gemma3"),
+    case("gemma3-final-cap", "tiny-gemma3",
+         overrides=[("gemma3.final_logit_softcapping", "float", "2")]),
     case("gemma3-global-scaled", "tiny-gemma3",
          overrides=[("gemma3.attention.sliding_window_pattern", "int", "2"),
                     ("gemma3.rope.scaling.type", "str", "linear"),

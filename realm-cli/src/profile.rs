@@ -429,6 +429,9 @@ impl<B: Backend> ActivationOps for Profiled<'_, B> {
     fn gelu_inplace(&self, x: &mut B::Buffer, len: usize) -> BackendResult<()> {
         self.time(named("gelu"), || self.inner.gelu_inplace(x, len))
     }
+    fn softcap_inplace(&self, x: &mut B::Buffer, cap: f32, len: usize) -> BackendResult<()> {
+        self.time(named("softcap"), || self.inner.softcap_inplace(x, cap, len))
+    }
     fn swiglu_inplace(
         &self,
         gate: &mut B::Buffer,

@@ -158,7 +158,15 @@ fn too_short_a_text_is_refused() {
 /// `--kl-divergence`: SmolLM2 requantized to Q2_K (by `realm quantize`,
 /// whose file is llama-quantize's byte for byte) against the original, as
 /// llama-perplexity's `--kl-divergence` summarises it. Measured: mean KLD
-/// 0.4131 against 0.4116, same top token 65.079% against 65.079%.
+/// 0.4141 against 0.4116, PPL(Q) 51.466 against 51.235 (+0.45%).
+///
+/// PPL(Q) is the least stable figure: it moved from within 0.2% of
+/// llama.cpp's to +0.45% when Realm's 8-bit activation blocks took ggml's
+/// half scales, which hold the synthetic models' products to 5e-6 of
+/// llama.cpp's (`realm-models/tests/architectures.rs`). On this 30-layer
+/// Q4_0/Q3_K model one rounding flip is amplified: the logits differ from
+/// llama.cpp's by 0.15 at the first position with ggml's scales, 0.30
+/// with f32 ones, and by 0.9 on average over 128 positions either way.
 #[test]
 fn kl_divergence_matches_llama_cpp() {
     if !cached(&catalog::SMOLLM2) {
@@ -208,7 +216,7 @@ fn kl_divergence_matches_llama_cpp() {
             "{label} {g} against llama.cpp's {w}\n{stdout}"
         );
     };
-    close("Mean PPL(Q)", "ppl", 0.002 * got("ppl"));
+    close("Mean PPL(Q)", "ppl", 0.01 * got("ppl"));
     close("Mean PPL(base)", "ppl_base", 0.002 * got("ppl_base"));
     close("Mean ln(PPL(Q)/PPL(base))", "ln_ratio", 0.005);
     close("Mean    KLD:", "kld", 0.03 * got("kld"));

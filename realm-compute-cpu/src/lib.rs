@@ -577,6 +577,16 @@ impl ActivationOps for CpuBackend {
         Ok(())
     }
 
+    fn softcap_inplace(&self, x: &mut Vec<f32>, cap: f32, len: usize) -> BackendResult<()> {
+        const OP: &str = "softcap";
+        realm_core::backend::check_softcap(OP, cap)?;
+        let inv = 1.0 / cap;
+        for v in prefix_mut(OP, "x length", x, len)? {
+            *v = (*v * inv).tanh() * cap;
+        }
+        Ok(())
+    }
+
     fn swiglu_inplace(&self, gate: &mut Vec<f32>, up: &Vec<f32>, len: usize) -> BackendResult<()> {
         const OP: &str = "swiglu";
         let gate = prefix_mut(OP, "gate length", gate, len)?;

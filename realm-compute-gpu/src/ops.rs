@@ -548,6 +548,14 @@ impl ActivationOps for GpuBackend {
         self.unary("gelu", x, len, |t| t.gelu())
     }
 
+    fn softcap_inplace(&self, x: &mut GpuBuffer, cap: f32, len: usize) -> BackendResult<()> {
+        realm_core::backend::check_softcap("softcap", cap)?;
+        let inv = f64::from(1.0 / cap);
+        self.unary("softcap", x, len, |t| {
+            t.affine(inv, 0.0)?.tanh()?.affine(f64::from(cap), 0.0)
+        })
+    }
+
     fn swiglu_inplace(
         &self,
         gate: &mut GpuBuffer,

@@ -164,7 +164,9 @@ fn compare_file<S: AsRef<[u8]>>(
 /// norms, embedding scale) must agree to float precision.
 #[test]
 fn every_architecture_matches_the_cpu_in_f32() {
-    for arch in ["llama", "mistral", "qwen2", "qwen3", "qwen3moe", "gemma3"] {
+    for arch in [
+        "llama", "mistral", "qwen2", "qwen3", "qwen3moe", "gemma2", "gemma3",
+    ] {
         let layout = SyntheticLayout::tiny(arch)
             .unwrap()
             .with_matrix_type(GgmlType::F32);
@@ -192,7 +194,9 @@ fn every_architecture_matches_the_cpu_in_f32() {
 fn every_architecture_matches_the_cpu_quantized() {
     let cpu = CpuBackend::new().unwrap();
     let g = gpu();
-    for arch in ["llama", "mistral", "qwen2", "qwen3", "qwen3moe", "gemma3"] {
+    for arch in [
+        "llama", "mistral", "qwen2", "qwen3", "qwen3moe", "gemma2", "gemma3",
+    ] {
         let layout = SyntheticLayout::tiny(arch).unwrap();
         compare(&layout, 3, 0.15);
         let file = Gguf::from_bytes(layout.write(3).unwrap()).unwrap();
@@ -224,7 +228,9 @@ fn every_architecture_matches_the_cpu_quantized() {
 #[test]
 fn products_of_blocks_match_the_cpu() {
     let g = gpu().with_q8_blocks(true);
-    for arch in ["llama", "mistral", "qwen2", "qwen3", "qwen3moe", "gemma3"] {
+    for arch in [
+        "llama", "mistral", "qwen2", "qwen3", "qwen3moe", "gemma2", "gemma3",
+    ] {
         let before = g.blocks_products();
         compare_on(&g, &SyntheticLayout::tiny(arch).unwrap(), 3, 0.3);
         assert!(

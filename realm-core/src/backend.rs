@@ -566,6 +566,18 @@ pub struct QkNorm<'a, B> {
     pub eps: f32,
 }
 
+/// Checks a soft-capping value: positive and finite.
+pub fn check_softcap(op: &'static str, cap: f32) -> BackendResult<()> {
+    if cap > 0.0 && cap.is_finite() {
+        Ok(())
+    } else {
+        Err(BackendError::InvalidParameter {
+            op,
+            what: "a soft-cap must be positive and finite",
+        })
+    }
+}
+
 /// Rotary position embedding.
 pub trait RopeOps: BackendCore {
     /// Rotates the first `positions.len() * n_heads * head_dim` values of
@@ -604,6 +616,11 @@ pub trait ActivationOps: BackendCore {
     fn silu_inplace(&self, x: &mut Self::Buffer, len: usize) -> BackendResult<()>;
     /// GELU with ggml's tanh approximation, in place.
     fn gelu_inplace(&self, x: &mut Self::Buffer, len: usize) -> BackendResult<()>;
+    /// Soft-capping (Gemma's final logits): `x = cap * tanh(x * (1 / cap))`,
+    /// in that order of roundings, as llama.cpp computes it.
+    ///
+    /// Guarantees: `cap` positive and finite is checked.
+    fn softcap_inplace(&self, x: &mut Self::Buffer, cap: f32, len: usize) -> BackendResult<()>;
     /// SwiGLU: `gate = silu(gate) * up`.
     fn swiglu_inplace(
         &self,

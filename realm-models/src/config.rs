@@ -18,6 +18,9 @@ pub enum Architecture {
     Qwen3,
     /// Qwen 3 with mixture-of-experts feed-forward blocks.
     Qwen3Moe,
+    /// Gemma 2 (sandwich norms, GELU gate, alternating local/global
+    /// layers, soft-capped attention scores and logits).
+    Gemma2,
     /// Gemma 3 (QK-norm, sandwich norms, GELU gate, local/global layers).
     Gemma3,
 }
@@ -31,6 +34,7 @@ impl Architecture {
             "qwen2" => Self::Qwen2,
             "qwen3" => Self::Qwen3,
             "qwen3moe" => Self::Qwen3Moe,
+            "gemma2" => Self::Gemma2,
             "gemma3" => Self::Gemma3,
             other => return Err(Error::UnknownArchitecture(other.to_string())),
         })
@@ -44,6 +48,7 @@ impl Architecture {
             Self::Qwen2 => "qwen2",
             Self::Qwen3 => "qwen3",
             Self::Qwen3Moe => "qwen3moe",
+            Self::Gemma2 => "gemma2",
             Self::Gemma3 => "gemma3",
         }
     }
@@ -111,6 +116,11 @@ pub struct ModelConfig {
     pub attn_scale: f32,
     /// Multiply the embeddings by `sqrt(d_model)` (Gemma).
     pub scale_embeddings: bool,
+    /// Soft-cap of the attention scores (Gemma 2), if any.
+    pub attn_softcap: Option<f32>,
+    /// Soft-cap of the final logits (Gemma 2; Gemma 3 where the file sets
+    /// one), if any.
+    pub final_softcap: Option<f32>,
     /// Mixture-of-experts feed-forward blocks (Mixtral's llama, Qwen 3
     /// MoE), if the model has them instead of dense ones.
     pub moe: Option<MoeConfig>,
@@ -159,13 +169,35 @@ impl ModelConfig {
         };
         let rope_base = opt_f("rope.freq_base")?.unwrap_or(10_000.0);
         let rope_freq_scale = rope_scale(md, p)?;
-        let gemma = arch == Architecture::Gemma3;
-        if gemma && opt_f("final_logit_softcapping")?.is_some_and(|c| c != 0.0) {
-            return Err(Error::BadConfig(
-                "final logit soft-capping is not supported".into(),
-            ));
-        }
-        let sliding_window = opt_u("attention.sliding_window")?;
+        let gemma2 = arch == Architecture::Gemma2;
+        let gemma3 = arch == Architecture::Gemma3;
+        let gemma = gemma2 || gemma3;
+        // Gemma 2's caps default to 50 and 30; Gemma 3 has none unless set.
+        let cap = |k: &str, default: f32| -> Result<Option<f32>> {
+            let c = opt_f(k)?.unwrap_or(default);
+            match c {
+                0.0 => Ok(None),
+                c if c > 0.0 && c.is_finite() => Ok(Some(c)),
+                c => Err(Error::BadConfig(format!(
+                    "{p}.{k} {c} is not a positive number"
+                ))),
+            }
+        };
+        let attn_softcap = if gemma2 {
+            cap("attn_logit_softcapping", 50.0)?
+        } else {
+            None
+        };
+        let final_softcap = match arch {
+            Architecture::Gemma2 => cap("final_logit_softcapping", 30.0)?,
+            Architecture::Gemma3 => cap("final_logit_softcapping", 0.0)?,
+            _ => None,
+        };
+        // Gemma 2's window is 4096 unless the file says otherwise.
+        let sliding_window = match opt_u("attention.sliding_window")? {
+            None if gemma2 => Some(4096),
+            w => w,
+        };
         let cfg = Self {
             arch,
             n_layers,
@@ -178,38 +210,44 @@ impl ModelConfig {
             context_length: u("context_length")?,
             rms_eps: opt_f("attention.layer_norm_rms_epsilon")?.unwrap_or(1e-5),
             rope_base,
-            // Gemma 3's local layers have a base of their own (by default
-            // the classic one) and are not scaled.
-            rope_base_local: if gemma {
-                opt_f("rope.freq_base_swa")?.unwrap_or(10_000.0)
-            } else {
-                rope_base
+            // Gemma's local layers may have a base of their own (Gemma 3's
+            // by default the classic one, and not scaled).
+            rope_base_local: match opt_f("rope.freq_base_swa")? {
+                Some(b) if gemma => b,
+                _ if gemma3 => 10_000.0,
+                _ => rope_base,
             },
             rope_freq_scale,
-            rope_freq_scale_local: if gemma { 1.0 } else { rope_freq_scale },
+            rope_freq_scale_local: if gemma3 { 1.0 } else { rope_freq_scale },
             rope_dims: opt_u("rope.dimension_count")?.unwrap_or(head_dim),
             rope_mode: match arch {
                 Architecture::Llama | Architecture::Mistral => RopeMode::Normal,
                 Architecture::Qwen2
                 | Architecture::Qwen3
                 | Architecture::Qwen3Moe
+                | Architecture::Gemma2
                 | Architecture::Gemma3 => RopeMode::Neox,
             },
             sliding_window,
-            // Every sixth layer unless the file says otherwise.
+            // Every sixth layer (Gemma 3) or second (Gemma 2) unless the
+            // file says otherwise.
             global_every: if gemma && sliding_window.is_some() {
-                Some(opt_u("attention.sliding_window_pattern")?.unwrap_or(6))
+                let every = if gemma2 { 2 } else { 6 };
+                Some(opt_u("attention.sliding_window_pattern")?.unwrap_or(every))
             } else {
                 None
             },
-            // Gemma 3 27B scales by its width per head, not its head size
-            // (as llama.cpp tells it: by its 62 layers).
-            attn_scale: if gemma && n_layers == 62 {
+            // Gemma 2 and 3 27B scale by their width per head, not their
+            // head size (as llama.cpp tells them: by their 46 and 62
+            // layers).
+            attn_scale: if (gemma2 && n_layers == 46) || (gemma3 && n_layers == 62) {
                 1.0 / (d_model as f32 / n_heads as f32).sqrt()
             } else {
                 1.0 / (head_dim as f32).sqrt()
             },
             scale_embeddings: gemma,
+            attn_softcap,
+            final_softcap,
             moe: moe_config(md, arch, u("feed_forward_length")?)?,
         };
         if cfg.n_layers == 0

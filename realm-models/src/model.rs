@@ -176,9 +176,12 @@ impl<'a, B: Backend> Model<'a, B> {
             }
         };
         let c = &config;
-        let gemma = c.arch == Architecture::Gemma3;
+        let gemma = matches!(c.arch, Architecture::Gemma2 | Architecture::Gemma3);
         let qwen = c.arch == Architecture::Qwen2;
-        let qk_norms = gemma || matches!(c.arch, Architecture::Qwen3 | Architecture::Qwen3Moe);
+        let qk_norms = matches!(
+            c.arch,
+            Architecture::Gemma3 | Architecture::Qwen3 | Architecture::Qwen3Moe
+        );
         let (d, q, kv, ff) = (c.d_model, c.q_dim(), c.kv_dim(), c.ffn_dim);
         let mut layers = Vec::with_capacity(c.n_layers);
         for i in 0..c.n_layers {
@@ -996,8 +999,8 @@ impl<'a, B: Backend> Model<'a, B> {
         self.norm_rows(sc, first, n)?;
         self.backend
             .matmul(&mut sc.ws, &self.output, &sc.xn, n, &mut sc.logits)?;
+        let (d, vocab) = (self.config.d_model, self.config.vocab_size);
         if self.has_output {
-            let (d, vocab) = (self.config.d_model, self.config.vocab_size);
             let (x, out) = (&sc.xn, &mut sc.logits);
             self.adapt(
                 &mut sc.ws,
@@ -1007,6 +1010,10 @@ impl<'a, B: Backend> Model<'a, B> {
                 (x, n, d),
                 (out, vocab),
             )?;
+        }
+        if let Some(cap) = self.config.final_softcap {
+            self.backend
+                .softcap_inplace(&mut sc.logits, cap, n * vocab)?;
         }
         Ok(())
     }
@@ -1129,7 +1136,7 @@ impl<'a, B: Backend> Model<'a, B> {
             head_dim: hd,
             scale: c.attn_scale,
             sliding_window: c.layer_window(li),
-            softcap: None,
+            softcap: c.attn_softcap,
         };
         let a = Attend {
             ws: &mut sc.ws,
@@ -1247,7 +1254,9 @@ impl<'a, B: Backend> Model<'a, B> {
             )?;
         }
         match self.config.arch {
-            Architecture::Gemma3 => b.geglu_inplace(&mut sc.gate, &sc.up, n * ff)?,
+            Architecture::Gemma2 | Architecture::Gemma3 => {
+                b.geglu_inplace(&mut sc.gate, &sc.up, n * ff)?
+            }
             _ => b.swiglu_inplace(&mut sc.gate, &sc.up, n * ff)?,
         }
         b.matmul(&mut sc.ws, down, &sc.gate, n, &mut sc.proj)?;

@@ -133,7 +133,7 @@ impl SyntheticLayout {
     }
 
     /// A two-layer model of `arch` (llama, mistral, qwen2, qwen3,
-    /// qwen3moe, gemma3) small enough for unit tests: 64 wide, Q8_0
+    /// qwen3moe, gemma2, gemma3) small enough for unit tests: 64 wide, Q8_0
     /// matrices, 300 tokens; `qwen3moe`'s blocks are 4 experts 32 wide,
     /// 2 a token.
     pub fn tiny(arch: &str) -> Result<Self> {
@@ -152,13 +152,14 @@ impl SyntheticLayout {
                 )
                 .with_experts(4, 2);
         }
-        let gemma = arch == "gemma3";
+        let gemma = arch == "gemma3" || arch == "gemma2";
         let s = Shape {
             arch: match arch {
                 "llama" => "llama",
                 "mistral" => "mistral",
                 "qwen2" => "qwen2",
                 "qwen3" => "qwen3",
+                "gemma2" => "gemma2",
                 "gemma3" => "gemma3",
                 other => return Err(Error::UnknownArchitecture(other.to_string())),
             },
@@ -354,7 +355,7 @@ impl SyntheticLayout {
         hparams: Vec<(String, MetadataValue)>,
         dtype: impl Fn(&str, Option<u32>) -> GgmlType,
     ) -> Self {
-        let gemma = s.arch == "gemma3";
+        let gemma = s.arch == "gemma3" || s.arch == "gemma2";
         let (q, kv) = (
             u64::from(s.heads) * s.head_dim,
             u64::from(s.kv_heads) * s.head_dim,
@@ -390,7 +391,7 @@ impl SyntheticLayout {
                 blk("attn_k.bias", vec![kv]);
                 blk("attn_v.bias", vec![kv]);
             }
-            if gemma || s.arch == "qwen3" {
+            if s.arch == "gemma3" || s.arch == "qwen3" {
                 blk("attn_q_norm.weight", vec![s.head_dim]);
                 blk("attn_k_norm.weight", vec![s.head_dim]);
             }

@@ -26,7 +26,7 @@ const TOLERANCE: f32 = 1e-4;
 /// flips moves a logit by up to 3.2e-3 (Q4_0, one position of 24).
 const TOLERANCE_QUANTIZED: f32 = 1e-2;
 
-/// The same for Gemma 3, whose GELU llama.cpp's CPU backend reads from a
+/// The same for Gemma 2 and 3, whose GELU llama.cpp's CPU backend reads from a
 /// table of half inputs and outputs (Realm computes it in f32). Measured
 /// worst: 1.4e-3.
 const TOLERANCE_GELU: f32 = 5e-3;
@@ -121,7 +121,7 @@ fn every_architecture_matches_llama_cpp() {
         let file = Gguf::from_bytes(&bytes[..]).unwrap();
         let model = Model::load(&file, &cpu).unwrap_or_else(|e| panic!("{name}: {e}"));
         let tol = match (case["layout"].as_str(), case["matrix_type"].as_str()) {
-            (Some("tiny-gemma3"), _) => TOLERANCE_GELU,
+            (Some("tiny-gemma2" | "tiny-gemma3"), _) => TOLERANCE_GELU,
             (_, Some("f32")) => TOLERANCE,
             _ => TOLERANCE_QUANTIZED,
         };
@@ -165,6 +165,8 @@ fn each_variant_changes_the_logits() {
         ("llama", "llama-rope-factors"),
         ("llama", "llama-linear-scaling"),
         ("gemma3", "gemma3-global-scaled"),
+        ("gemma3", "gemma3-final-cap"),
+        ("gemma2", "gemma2-tight-caps"),
     ] {
         let d = max_diff(&logits(base), &logits(variant));
         assert!(
@@ -196,14 +198,14 @@ fn unsupported_rope_scaling_is_refused() {
         let err = Model::load(&file, &cpu).unwrap_err().to_string();
         assert!(err.contains(says), "{key}: {err}");
     }
-    let bytes = SyntheticLayout::tiny("gemma3")
+    let bytes = SyntheticLayout::tiny("gemma2")
         .unwrap()
-        .with_hparam("gemma3.final_logit_softcapping", MetadataValue::F32(30.0))
+        .with_hparam("gemma2.final_logit_softcapping", MetadataValue::F32(-3.0))
         .write(1)
         .unwrap();
     let file = Gguf::from_bytes(&bytes[..]).unwrap();
     let err = Model::load(&file, &cpu).unwrap_err().to_string();
-    assert!(err.contains("soft-capping"), "{err}");
+    assert!(err.contains("final_logit_softcapping"), "{err}");
     // Factors of the wrong count.
     let mut layout = SyntheticLayout::tiny("llama")
         .unwrap()
