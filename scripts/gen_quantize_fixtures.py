@@ -2,7 +2,8 @@
 """Golden quantized files from llama.cpp's llama-quantize for realm-cli's
 tests: realm-cli/tests/fixtures/quantize.json.
 
-For each case it quantizes one of the real models with llama-quantize
+For each case it quantizes one of the real models (or a synthetic mixture
+of experts `realm synth` writes: build realm-cli first) with llama-quantize
 (built by `scripts/build_llama_cpp.sh --tools`, llama.cpp 0c1e570 from the
 llama-cpp-python 0.3.36 sdist; `--allow-requantize`, as both models are
 quantized already, 2 threads) and stores the output file's size and
@@ -22,8 +23,17 @@ MODELS = {
     "smollm2": "SmolLM2-135M-Instruct.Q4_1.gguf",
     "gemma3": "gemma-3-270m-q4_k_m.gguf",
 }
+# A synthetic mixture of experts, `realm synth` ARGS (the importance matrix
+# scripts/gen_imatrix_fixtures.py collects on it): its 3-D expert tensors
+# quantize with one importance entry an expert.
+SYNTH = {"qwen3moe": ["tiny-qwen3moe", "--seed", "5", "--matrix-type", "f16"]}
+REALM = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "target", "release", "realm")
 # (model, file type, extra options): every rule of the mixes Realm writes.
 CASES = [
+    ("qwen3moe", "Q8_0", []),
+    ("qwen3moe", "Q4_0", ["--imatrix", "tests/fixtures/imatrix/qwen3moe.gguf"]),
+    ("qwen3moe", "Q5_1", ["--imatrix", "tests/fixtures/imatrix/qwen3moe.gguf"]),
+    ("qwen3moe", "IQ4_NL", ["--imatrix", "tests/fixtures/imatrix/qwen3moe.gguf"]),
     ("smollm2", "Q8_0", []),
     ("smollm2", "Q4_K_M", []),
     ("smollm2", "Q6_K", []),
@@ -86,14 +96,20 @@ def main():
     cases = []
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "out.gguf")
+        for name, args in SYNTH.items():
+            subprocess.run([REALM, "synth", *args, "-o", os.path.join(tmp, name + ".gguf")],
+                           check=True, capture_output=True)
         for model, ftype, extra in CASES:
-            subprocess.run([tool, "--allow-requantize", *extra,
-                            os.path.join(models_dir, MODELS[model]), out, ftype, "2"],
+            source = (os.path.join(tmp, model + ".gguf") if model in SYNTH
+                      else os.path.join(models_dir, MODELS[model]))
+            subprocess.run([tool, "--allow-requantize", *extra, source, out, ftype, "2"],
                            cwd=CRATE, check=True, capture_output=True)
             with open(out, "rb") as f:
                 digest = hashlib.sha256(f.read()).hexdigest()
             case = {"model": model, "type": ftype, "options": extra,
                     "bytes": os.path.getsize(out), "sha256": digest}
+            if model in SYNTH:
+                case["synth"] = SYNTH[model]
             print(case)
             cases.append(case)
     with open(OUT, "w") as f:

@@ -194,6 +194,8 @@ pub fn run(args: &QuantizeArgs) -> Result<()> {
     let mut importance = Vec::with_capacity(plan.tensors.len());
     for t in &plan.tensors {
         let cols = t.shape.first().copied().unwrap_or(1) as usize;
+        // A mixture's 3-D tensor has one entry an expert.
+        let cols = cols * t.shape.get(2).copied().unwrap_or(1) as usize;
         let w = match &imatrix {
             Some((_, m)) if t.to != t.from => m.importance(&t.name),
             _ => None,
@@ -265,12 +267,23 @@ pub fn run(args: &QuantizeArgs) -> Result<()> {
             let cols = t.shape.first().copied().unwrap_or(1);
             let row = t.from.row_bytes(cols).unwrap_or(1).max(1) as usize;
             let rows_per_task = (TASK_VALUES / cols.max(1)).max(1) as usize;
-            let parts: Vec<Vec<u8>> = pool.install(|| {
-                src.par_chunks(row * rows_per_task)
-                    .map(|rows| quantize::convert_rows_weighted(t.from, t.to, rows, imp.as_deref()))
-                    .collect::<realm_core::Result<_>>()
-            })?;
-            Ok(parts.concat())
+            // Each expert of a 3-D tensor with its own importance.
+            let experts = t.shape.get(2).copied().unwrap_or(1).max(1) as usize;
+            let slice = src.len() / experts;
+            let mut out = Vec::with_capacity(bytes(t.to, &t.shape) as usize);
+            for e in 0..experts {
+                let imp = imp
+                    .as_deref()
+                    .map(|w| &w[e * cols as usize..(e + 1) * cols as usize]);
+                let parts: Vec<Vec<u8>> = pool.install(|| {
+                    src[e * slice..(e + 1) * slice]
+                        .par_chunks(row * rows_per_task)
+                        .map(|rows| quantize::convert_rows_weighted(t.from, t.to, rows, imp))
+                        .collect::<realm_core::Result<_>>()
+                })?;
+                out.extend(parts.into_iter().flatten());
+            }
+            Ok(out)
         })?;
     }
     let written = w.write_file(&args.output);

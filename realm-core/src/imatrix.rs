@@ -113,6 +113,61 @@ impl Imatrix {
         Ok(())
     }
 
+    /// Adds rows of activations going into expert `expert` of the `experts`
+    /// of a mixture's matrix `name` (a 3-D tensor): each row's squares to
+    /// that expert's `cols` sums, one to its count, as llama-imatrix adds a
+    /// routed product's rows.
+    ///
+    /// ```
+    /// use realm_core::imatrix::Imatrix;
+    /// let mut m = Imatrix::new(512);
+    /// m.add_expert("blk.0.ffn_up_exps.weight", 2, 4, &[1.0, 2.0, 3.0, 4.0], 2)?;
+    /// let e = m.entry("blk.0.ffn_up_exps.weight").unwrap();
+    /// assert_eq!(e.counts, [0, 0, 2, 0]);
+    /// assert_eq!(&e.sums[4..6], &[10.0, 20.0]);
+    /// # Ok::<(), realm_core::Error>(())
+    /// ```
+    pub fn add_expert(
+        &mut self,
+        name: &str,
+        expert: usize,
+        experts: usize,
+        rows: &[f32],
+        cols: usize,
+    ) -> Result<()> {
+        if cols == 0 || !rows.len().is_multiple_of(cols) || expert >= experts {
+            return Err(bad(format!(
+                "{} activations for expert {expert} of {experts} of `{name}` are not whole rows of {cols}",
+                rows.len()
+            )));
+        }
+        let e = self
+            .entries
+            .entry(name.to_string())
+            .or_insert_with(|| ImatrixEntry {
+                sums: vec![0.0; cols * experts],
+                counts: vec![0; experts],
+            });
+        if e.sums.len() != cols * experts || e.counts.len() != experts {
+            return Err(bad(format!(
+                "`{name}` has {} columns in {} runs here, not {cols} in {experts}",
+                e.sums.len(),
+                e.counts.len()
+            )));
+        }
+        let sums = &mut e.sums[expert * cols..(expert + 1) * cols];
+        for row in rows.chunks_exact(cols) {
+            for (acc, &x) in sums.iter_mut().zip(row) {
+                *acc += x * x;
+            }
+        }
+        if let Some(c) = sums.iter().find(|v| !v.is_finite()) {
+            return Err(bad(format!("`{name}` sums to {c}")));
+        }
+        e.counts[expert] = e.counts[expert].saturating_add((rows.len() / cols) as u64);
+        Ok(())
+    }
+
     /// Adds another matrix's statistics (llama-imatrix's `--in-file`):
     /// sums and counts of the same matrices add up, chunk counts too. A
     /// `.dat` matrix's averages count as `chunk_size` rows a call, as

@@ -49,7 +49,35 @@ impl Collector {
             None if self.output => "output.weight".to_string(),
             None => return Ok(()),
         };
+        self.observe_named(b, ws, &name, (x, n, k))
+    }
+
+    /// [`Collector::observe`] for matrix `name`.
+    pub(crate) fn observe_named<B: Backend>(
+        &mut self,
+        b: &B,
+        ws: &mut B::Workspace,
+        name: &str,
+        (x, n, k): (&B::Buffer, usize, usize),
+    ) -> Result<()> {
         let m = &mut self.matrix;
-        Ok(b.read_on_host(ws, x, n * k, |rows| m.add(&name, rows, k))??)
+        Ok(b.read_on_host(ws, x, n * k, |rows| m.add(name, rows, k))??)
+    }
+
+    /// Adds the `n` input rows of `k` values in `x` of expert `expert`
+    /// (of `experts`) of block matrix `name`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn observe_expert<B: Backend>(
+        &mut self,
+        b: &B,
+        ws: &mut B::Workspace,
+        name: &str,
+        (expert, experts): (usize, usize),
+        (x, n, k): (&B::Buffer, usize, usize),
+    ) -> Result<()> {
+        let m = &mut self.matrix;
+        Ok(b.read_on_host(ws, x, n * k, |rows| {
+            m.add_expert(name, expert, experts, rows, k)
+        })??)
     }
 }

@@ -1181,8 +1181,9 @@ impl<'a, B: Backend> Model<'a, B> {
                     up: &mut sc.up,
                     out: &mut sc.proj,
                     host: &mut sc.moe,
+                    seen: sc.seen.as_deref_mut(),
                 };
-                moe.run(b, m, d, n, buf)?
+                moe.run(b, (m, li), d, n, buf)?
             }
         }
         match (self.layers.get(li + 1), &layer.post_ffn_norm) {

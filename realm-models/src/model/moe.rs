@@ -8,13 +8,15 @@
 //! The routing runs on the host between backend products: each expert
 //! multiplies the rows of the tokens that chose it, gathered, so every
 //! backend runs it with the ops it has (a static step cannot hold it: a
-//! model with experts runs its steps op by op).
+//! model with experts runs its steps op by op). LoRA adapters of experts
+//! are not supported.
 
 use realm_core::backend::{Backend, WeightInfo};
 use realm_core::gguf::Gguf;
 use realm_core::TensorView;
 
 use crate::config::MoeConfig;
+use crate::imatrix::Collector;
 use crate::{Error, Result};
 
 /// One layer's experts and router.
@@ -122,22 +124,30 @@ pub(crate) struct MoeBuffers<'x, B: Backend> {
     /// An expert's output; on return, the block's (`n` rows of `d`).
     pub(crate) out: &'x mut B::Buffer,
     pub(crate) host: &'x mut MoeHost,
+    /// The importance matrix being collected, if one is.
+    pub(crate) seen: Option<&'x mut Collector>,
 }
 
 impl<B: Backend> Moe<'_, B> {
-    /// The block's output for the first `n` rows of `buf.xn` into
-    /// `buf.out`.
+    /// Layer `layer`'s block output for the first `n` rows of `buf.xn`
+    /// into `buf.out`; an importance matrix being collected sees the
+    /// router's input and each expert's inputs (llama-imatrix's entries
+    /// `ffn_gate_inp`, and `ffn_{gate,up,down}_exps` by expert).
     pub(crate) fn run(
         &self,
         b: &B,
-        m: &MoeConfig,
+        (m, layer): (&MoeConfig, usize),
         d: usize,
         n: usize,
-        buf: MoeBuffers<'_, B>,
+        mut buf: MoeBuffers<'_, B>,
     ) -> Result<()> {
         let (e, k, ff) = (m.experts, m.used, m.ffn_dim);
+        let name = |s: &str| format!("blk.{layer}.ffn_{s}.weight");
         let h = buf.host;
         b.matmul(buf.ws, &self.router, buf.xn, n, buf.scores)?;
+        if let Some(c) = buf.seen.as_deref_mut() {
+            c.observe_named(b, buf.ws, &name("gate_inp"), (buf.xn, n, d))?;
+        }
         h.scores.resize(n * e, 0.0);
         b.download(buf.scores, &mut h.scores)?;
         h.xn.resize(n * d, 0.0);
@@ -170,6 +180,12 @@ impl<B: Backend> Moe<'_, B> {
             b.matmul(buf.ws, &w[0], &input, rows, buf.gate)?;
             b.matmul(buf.ws, &w[1], &input, rows, buf.up)?;
             b.swiglu_inplace(buf.gate, buf.up, rows * ff)?;
+            if let Some(c) = buf.seen.as_deref_mut() {
+                for s in ["gate_exps", "up_exps"] {
+                    c.observe_expert(b, buf.ws, &name(s), (x, e), (&input, rows, d))?;
+                }
+                c.observe_expert(b, buf.ws, &name("down_exps"), (x, e), (buf.gate, rows, ff))?;
+            }
             b.matmul(buf.ws, &w[2], buf.gate, rows, buf.out)?;
             h.y.resize(rows * d, 0.0);
             b.download(buf.out, &mut h.y)?;
