@@ -44,6 +44,8 @@ CASES = [
     case("llama-q4_1", "tiny-llama", matrix_type="q4_1"),
     case("llama-q4_0", "tiny-llama", matrix_type="q4_0"),
     case("llama-q5_1", "tiny-llama", matrix_type="q5_1"),
+    case("llama-f16", "tiny-llama", matrix_type="f16"),
+    case("llama-bf16", "tiny-llama", matrix_type="bf16"),
     case("llama-rope-factors", "tiny-llama", rope_factors=True),
     case("llama-linear-scaling", "tiny-llama",
          overrides=[("llama.rope.scaling.factor", "float", "4")]),

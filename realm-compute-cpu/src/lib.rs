@@ -229,6 +229,8 @@ pub struct CpuWorkspace {
     scores: Vec<f32>,
     /// A Q8_0 cache's visible keys and values, dequantized for one call.
     kv: Vec<f32>,
+    /// Activations rounded to half or bfloat16 for such weights' products.
+    rounded: Vec<f32>,
     rope: ops::RopeCache,
 }
 

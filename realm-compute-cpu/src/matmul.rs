@@ -351,12 +351,20 @@ pub(crate) fn matmul(
         GgmlType::F32 => matmul_float::<f32>(be, w, x, n, out, |isa, w, x| {
             float_dot!(f32, |v: f32| v, isa, w, x)
         }),
-        GgmlType::F16 => matmul_float::<f16>(be, w, x, n, out, |isa, w, x| {
-            float_dot!(f16, f16::to_f32, isa, w, x)
-        }),
-        GgmlType::BF16 => matmul_float::<bf16>(be, w, x, n, out, |isa, w, x| {
-            float_dot!(bf16, bf16::to_f32, isa, w, x)
-        }),
+        // Activations rounded to the weights' type first, as ggml's f16
+        // and bf16 products take them.
+        GgmlType::F16 => {
+            let x = rounded(&mut ws.rounded, x, |v| f16::from_f32(v).to_f32());
+            matmul_float::<f16>(be, w, x, n, out, |isa, w, x| {
+                float_dot!(f16, f16::to_f32, isa, w, x)
+            })
+        }
+        GgmlType::BF16 => {
+            let x = rounded(&mut ws.rounded, x, |v| bf16::from_f32(v).to_f32());
+            matmul_float::<bf16>(be, w, x, n, out, |isa, w, x| {
+                float_dot!(bf16, bf16::to_f32, isa, w, x)
+            })
+        }
         GgmlType::Q4_0 => matmul_quant::<BlockQ4_0>(be, ws, w, x, n, out),
         GgmlType::Q4_1 => matmul_quant::<BlockQ4_1>(be, ws, w, x, n, out),
         GgmlType::Q5_0 => matmul_quant::<BlockQ5_0>(be, ws, w, x, n, out),
@@ -374,6 +382,13 @@ pub(crate) fn matmul(
             dtype,
         }),
     }
+}
+
+/// `x` with each value rounded by `round`, in `buf` (grown as needed).
+fn rounded<'b>(buf: &'b mut Vec<f32>, x: &[f32], round: impl Fn(f32) -> f32) -> &'b [f32] {
+    buf.clear();
+    buf.extend(x.iter().map(|&v| round(v)));
+    buf
 }
 
 /// The weight types `matmul` handles.

@@ -20,10 +20,12 @@ use serde_json::Value;
 /// the order of float sums.
 const TOLERANCE: f32 = 1e-4;
 
-/// The same with quantized matrices, whose products both round
-/// activations to 8 bits with half scales, alike: most positions differ
-/// by at most 5.0e-6, but a value whose rounding the order of float sums
-/// flips moves a logit by up to 3.2e-3 (Q4_0, one position of 24).
+/// The same with quantized, f16 or bf16 matrices, whose products both
+/// round activations first (to 8 bits with half scales, or to the weights'
+/// type), alike: most positions differ by at most 5.2e-6, but a value whose
+/// rounding the order of float sums flips moves a logit by up to 3.2e-3
+/// (Q4_0, one position of 24) and, through the KV cache, the positions
+/// after it (f16: 1.8e-3).
 const TOLERANCE_QUANTIZED: f32 = 1e-2;
 
 /// The same for Gemma 2 and 3, whose GELU llama.cpp's CPU backend reads from a

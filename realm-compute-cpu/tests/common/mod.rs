@@ -264,7 +264,8 @@ pub fn backend(isa: Isa, threads: usize) -> Option<CpuBackend> {
 /// Bound on `|computed - exact|` for one dot product of dequantized weights
 /// `w` with activations `x`: the error of quantizing `x` per block of `qk`
 /// values to 8 bits (half a step, step `max|x| / 127`, times `sum |w|`), plus
-/// f32 rounding of the accumulation.
+/// f32 rounding of the accumulation; for f16 and bf16 weights, the
+/// rounding of `x` to their type.
 pub fn dot_error_bound(t: GgmlType, w: &[f64], x: &[f32]) -> f64 {
     let qk = match t {
         GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => 0,
@@ -276,6 +277,13 @@ pub fn dot_error_bound(t: GgmlType, w: &[f64], x: &[f32]) -> f64 {
         .map(|(a, &b)| (a * f64::from(b)).abs())
         .sum();
     let rounding = 2e-6 * abs_sum * (w.len() as f64).sqrt() + 1e-6;
+    // f16 and bf16 products round the activations to the weights' type
+    // first (as ggml's do): half an ulp of each.
+    match t {
+        GgmlType::F16 => return rounding + abs_sum * 2f64.powi(-11),
+        GgmlType::BF16 => return rounding + abs_sum * 2f64.powi(-8),
+        _ => {}
+    }
     if qk == 0 {
         return rounding;
     }
