@@ -52,6 +52,8 @@ CASES = [
     case("qwen2", "tiny-qwen2"),
     case("qwen3", "tiny-qwen3"),
     case("qwen3-q8_0", "tiny-qwen3", matrix_type="q8_0"),
+    case("smollm3", "tiny-smollm3"),
+    case("granite", "tiny-granite"),
     case("qwen3moe", "tiny-qwen3moe"),
     case("qwen3moe-q8_0", "tiny-qwen3moe", matrix_type="q8_0"),
     case("mixtral", "tiny-mixtral"),

@@ -98,7 +98,8 @@ fn static_steps_agree(
 }
 
 /// Decoding across a span boundary (a new recording, reallocated step
-/// tensors), with every architecture's ops: biases, QK-norm, RoPE factors, sliding
+/// tensors), with every architecture's ops: biases, QK-norm, RoPE factors, layers
+/// without RoPE, multipliers, sliding
 /// windows, the embedding scale; f32 and f16 caches.
 #[test]
 fn static_steps_match_op_by_op() {
@@ -108,6 +109,8 @@ fn static_steps_match_op_by_op() {
         ("qwen2", KvDtype::F32),
         ("qwen3", KvDtype::F32),
         ("llama3", KvDtype::F32),
+        ("smollm3", KvDtype::F32),
+        ("granite", KvDtype::F32),
         ("gemma3", KvDtype::F32),
         ("llama", KvDtype::F16),
         ("gemma3", KvDtype::F16),

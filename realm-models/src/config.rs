@@ -18,6 +18,11 @@ pub enum Architecture {
     Qwen3,
     /// Qwen 3 with mixture-of-experts feed-forward blocks.
     Qwen3Moe,
+    /// SmolLM3 (llama, without RoPE in every fourth layer).
+    SmolLM3,
+    /// Granite 3 (llama, with embedding, residual, attention and logit
+    /// multipliers).
+    Granite,
     /// Gemma 2 (sandwich norms, GELU gate, alternating local/global
     /// layers, soft-capped attention scores and logits).
     Gemma2,
@@ -34,6 +39,8 @@ impl Architecture {
             "qwen2" => Self::Qwen2,
             "qwen3" => Self::Qwen3,
             "qwen3moe" => Self::Qwen3Moe,
+            "smollm3" => Self::SmolLM3,
+            "granite" => Self::Granite,
             "gemma2" => Self::Gemma2,
             "gemma3" => Self::Gemma3,
             other => return Err(Error::UnknownArchitecture(other.to_string())),
@@ -48,6 +55,8 @@ impl Architecture {
             Self::Qwen2 => "qwen2",
             Self::Qwen3 => "qwen3",
             Self::Qwen3Moe => "qwen3moe",
+            Self::SmolLM3 => "smollm3",
+            Self::Granite => "granite",
             Self::Gemma2 => "gemma2",
             Self::Gemma3 => "gemma3",
         }
@@ -114,8 +123,17 @@ pub struct ModelConfig {
     pub global_every: Option<usize>,
     /// Scale applied to attention scores.
     pub attn_scale: f32,
-    /// Multiply the embeddings by `sqrt(d_model)` (Gemma).
-    pub scale_embeddings: bool,
+    /// A factor on the embeddings (Gemma's `sqrt(d_model)`, Granite's
+    /// `embedding_scale`), if any.
+    pub embedding_scale: Option<f32>,
+    /// A factor on each block's attention and feed-forward outputs before
+    /// they join the residual stream (Granite's `residual_scale`), if any.
+    pub residual_scale: Option<f32>,
+    /// A divisor of the logits (Granite's `logit_scale`), if any.
+    pub logit_scale: Option<f32>,
+    /// Every `n`th layer (the last of each group) runs without RoPE
+    /// (SmolLM3's 4), if any.
+    pub no_rope_every: Option<usize>,
     /// Soft-cap of the attention scores (Gemma 2), if any.
     pub attn_softcap: Option<f32>,
     /// Soft-cap of the final logits (Gemma 2; Gemma 3 where the file sets
@@ -221,7 +239,10 @@ impl ModelConfig {
             rope_freq_scale_local: if gemma3 { 1.0 } else { rope_freq_scale },
             rope_dims: opt_u("rope.dimension_count")?.unwrap_or(head_dim),
             rope_mode: match arch {
-                Architecture::Llama | Architecture::Mistral => RopeMode::Normal,
+                Architecture::Llama
+                | Architecture::Mistral
+                | Architecture::SmolLM3
+                | Architecture::Granite => RopeMode::Normal,
                 Architecture::Qwen2
                 | Architecture::Qwen3
                 | Architecture::Qwen3Moe
@@ -240,12 +261,34 @@ impl ModelConfig {
             // Gemma 2 and 3 27B scale by their width per head, not their
             // head size (as llama.cpp tells them: by their 46 and 62
             // layers).
-            attn_scale: if (gemma2 && n_layers == 46) || (gemma3 && n_layers == 62) {
-                1.0 / (d_model as f32 / n_heads as f32).sqrt()
-            } else {
-                1.0 / (head_dim as f32).sqrt()
+            attn_scale: match opt_f("attention.scale")? {
+                // SmolLM3 and Granite may set theirs.
+                Some(s)
+                    if s != 0.0
+                        && matches!(arch, Architecture::SmolLM3 | Architecture::Granite) =>
+                {
+                    s
+                }
+                _ if (gemma2 && n_layers == 46) || (gemma3 && n_layers == 62) => {
+                    1.0 / (d_model as f32 / n_heads as f32).sqrt()
+                }
+                _ => 1.0 / (head_dim as f32).sqrt(),
             },
-            scale_embeddings: gemma,
+            embedding_scale: match arch {
+                _ if gemma => Some((d_model as f32).sqrt()),
+                Architecture::Granite => opt_f("embedding_scale")?.filter(|&s| s != 0.0),
+                _ => None,
+            },
+            residual_scale: match arch {
+                Architecture::Granite => opt_f("residual_scale")?.filter(|&s| s != 0.0),
+                _ => None,
+            },
+            logit_scale: match arch {
+                // Required, as llama.cpp reads it.
+                Architecture::Granite => Some(md.get_f32(&key("logit_scale"))?),
+                _ => None,
+            },
+            no_rope_every: (arch == Architecture::SmolLM3).then_some(4),
             attn_softcap,
             final_softcap,
             moe: moe_config(md, arch, u("feed_forward_length")?)?,
@@ -279,9 +322,15 @@ impl ModelConfig {
         }
     }
 
-    /// RoPE frequency scale of layer `layer`.
+    /// RoPE frequency scale of layer `layer` (0, which turns nothing, for
+    /// a layer without RoPE).
     pub fn layer_rope_freq_scale(&self, layer: usize) -> f32 {
-        if self.is_local(layer) {
+        if self
+            .no_rope_every
+            .is_some_and(|n| (layer + 1).is_multiple_of(n))
+        {
+            0.0
+        } else if self.is_local(layer) {
             self.rope_freq_scale_local
         } else {
             self.rope_freq_scale

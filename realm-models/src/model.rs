@@ -980,9 +980,8 @@ impl<'a, B: Backend> Model<'a, B> {
         let d = self.config.d_model;
         self.backend
             .embed(&mut sc.ws, &self.embed, tokens, &mut sc.x)?;
-        if self.config.scale_embeddings {
-            self.backend
-                .scale_inplace(&mut sc.x, (d as f32).sqrt(), tokens.len() * d)?;
+        if let Some(s) = self.config.embedding_scale {
+            self.backend.scale_inplace(&mut sc.x, s, tokens.len() * d)?;
         }
         Ok(())
     }
@@ -1014,6 +1013,10 @@ impl<'a, B: Backend> Model<'a, B> {
         if let Some(cap) = self.config.final_softcap {
             self.backend
                 .softcap_inplace(&mut sc.logits, cap, n * vocab)?;
+        }
+        if let Some(s) = self.config.logit_scale {
+            self.backend
+                .scale_inplace(&mut sc.logits, 1.0 / s, n * vocab)?;
         }
         Ok(())
     }
@@ -1160,6 +1163,9 @@ impl<'a, B: Backend> Model<'a, B> {
             x,
             out,
         )?;
+        if let Some(s) = c.residual_scale {
+            b.scale_inplace(&mut sc.proj, s, n * d)?;
+        }
         match &layer.post_attn_norm {
             Some(pw) => {
                 let (x, proj, xn) = (&mut sc.x, &mut sc.proj, &mut sc.xn);
@@ -1185,6 +1191,9 @@ impl<'a, B: Backend> Model<'a, B> {
                 };
                 moe.run(b, (m, li), d, n, buf)?
             }
+        }
+        if let Some(s) = c.residual_scale {
+            b.scale_inplace(&mut sc.proj, s, n * d)?;
         }
         match (self.layers.get(li + 1), &layer.post_ffn_norm) {
             (Some(next), Some(pw)) => {

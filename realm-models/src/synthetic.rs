@@ -133,9 +133,10 @@ impl SyntheticLayout {
     }
 
     /// A two-layer model of `arch` (llama, mistral, qwen2, qwen3,
-    /// qwen3moe, gemma2, gemma3) small enough for unit tests: 64 wide, Q8_0
-    /// matrices, 300 tokens; `qwen3moe`'s blocks are 4 experts 32 wide,
-    /// 2 a token.
+    /// qwen3moe, smollm3, granite, gemma2, gemma3) small enough for unit
+    /// tests: 64 wide, Q8_0 matrices, 300 tokens; `qwen3moe`'s blocks are
+    /// 4 experts 32 wide, 2 a token; `smollm3` has 4 layers (the fourth
+    /// without RoPE); `granite` has Granite 3's multipliers.
     pub fn tiny(arch: &str) -> Result<Self> {
         if arch == "qwen3moe" {
             let mut l = Self::tiny("qwen3")?;
@@ -159,11 +160,14 @@ impl SyntheticLayout {
                 "mistral" => "mistral",
                 "qwen2" => "qwen2",
                 "qwen3" => "qwen3",
+                "smollm3" => "smollm3",
+                "granite" => "granite",
                 "gemma2" => "gemma2",
                 "gemma3" => "gemma3",
                 other => return Err(Error::UnknownArchitecture(other.to_string())),
             },
-            layers: 2,
+            // SmolLM3's fourth layer is the one without RoPE.
+            layers: if arch == "smollm3" { 4 } else { 2 },
             d: 64,
             ff: 128,
             heads: 4,
@@ -194,6 +198,17 @@ impl SyntheticLayout {
                 MetadataValue::U32(s.head_dim as u32),
             ));
             hp.push((k("attention.sliding_window"), MetadataValue::U32(4)));
+        }
+        if arch == "granite" {
+            // Granite 3's multipliers.
+            for (n, v) in [
+                ("attention.scale", 0.0078125),
+                ("embedding_scale", 12.0),
+                ("logit_scale", 8.0),
+                ("residual_scale", 0.22),
+            ] {
+                hp.push((k(n), MetadataValue::F32(v)));
+            }
         }
         hp.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(Self::build(&s, hp, |_, _| GgmlType::Q8_0))

@@ -296,7 +296,9 @@ fn synthetic_files_load_tokenize_and_run() {
     use realm_core::tokenizer::Tokenizer;
     use realm_models::synthetic::SyntheticLayout;
     let cpu = CpuBackend::new().unwrap();
-    for arch in ["llama", "qwen2", "qwen3", "qwen3moe", "gemma2", "gemma3"] {
+    for arch in [
+        "llama", "qwen2", "qwen3", "qwen3moe", "smollm3", "granite", "gemma2", "gemma3",
+    ] {
         let layout = SyntheticLayout::tiny(arch).unwrap();
         let bytes = layout.write(7).unwrap();
         assert_eq!(bytes, layout.write(7).unwrap());
