@@ -98,9 +98,9 @@ fn static_steps_agree(
 }
 
 /// Decoding across a span boundary (a new recording, reallocated step
-/// tensors), with every architecture's ops: biases, QK-norm, RoPE factors, layers
-/// without RoPE, multipliers, sliding
-/// windows, the embedding scale; f32 and f16 caches.
+/// tensors), with every architecture's ops: biases, QK-norm, RoPE factors,
+/// layers without RoPE, multipliers, sliding windows, the embedding scale;
+/// f32 and f16 caches.
 #[test]
 fn static_steps_match_op_by_op() {
     let (plain, steps) = (gpu(StepMode::OpByOp), gpu(StepMode::Recorded));
