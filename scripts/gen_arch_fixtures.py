@@ -52,6 +52,11 @@ CASES = [
     case("qwen2", "tiny-qwen2"),
     case("qwen3", "tiny-qwen3"),
     case("qwen3-q8_0", "tiny-qwen3", matrix_type="q8_0"),
+    # llama.cpp looks up Phi 3's <|endoftext|> in a model named phi3, which
+    # the synthetic vocabulary lacks: another name.
+    case("phi3", "tiny-phi3", overrides=[("general.name", "str", "tiny")]),
+    case("phi3-q8_0", "tiny-phi3", matrix_type="q8_0",
+         overrides=[("general.name", "str", "tiny")]),
     case("smollm3", "tiny-smollm3"),
     case("granite", "tiny-granite"),
     case("qwen3moe", "tiny-qwen3moe"),

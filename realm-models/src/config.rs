@@ -18,6 +18,8 @@ pub enum Architecture {
     Qwen3,
     /// Qwen 3 with mixture-of-experts feed-forward blocks.
     Qwen3Moe,
+    /// Phi 3 and Phi 4 (fused QKV and gate/up matrices, NeoX RoPE).
+    Phi3,
     /// SmolLM3 (llama, without RoPE in every fourth layer).
     SmolLM3,
     /// Granite 3 (llama, with embedding, residual, attention and logit
@@ -39,6 +41,7 @@ impl Architecture {
             "qwen2" => Self::Qwen2,
             "qwen3" => Self::Qwen3,
             "qwen3moe" => Self::Qwen3Moe,
+            "phi3" => Self::Phi3,
             "smollm3" => Self::SmolLM3,
             "granite" => Self::Granite,
             "gemma2" => Self::Gemma2,
@@ -55,6 +58,7 @@ impl Architecture {
             Self::Qwen2 => "qwen2",
             Self::Qwen3 => "qwen3",
             Self::Qwen3Moe => "qwen3moe",
+            Self::Phi3 => "phi3",
             Self::SmolLM3 => "smollm3",
             Self::Granite => "granite",
             Self::Gemma2 => "gemma2",
@@ -212,9 +216,12 @@ impl ModelConfig {
             _ => None,
         };
         // Gemma 2's window is 4096 unless the file says otherwise.
-        let sliding_window = match opt_u("attention.sliding_window")? {
-            None if gemma2 => Some(4096),
-            w => w,
+        // Only these use a window (llama.cpp ignores Phi 3's, and has none
+        // for the others).
+        let sliding_window = match (arch, opt_u("attention.sliding_window")?) {
+            (Architecture::Gemma2, None) => Some(4096),
+            (Architecture::Mistral | Architecture::Gemma2 | Architecture::Gemma3, w) => w,
+            _ => None,
         };
         let cfg = Self {
             arch,
@@ -246,6 +253,7 @@ impl ModelConfig {
                 Architecture::Qwen2
                 | Architecture::Qwen3
                 | Architecture::Qwen3Moe
+                | Architecture::Phi3
                 | Architecture::Gemma2
                 | Architecture::Gemma3 => RopeMode::Neox,
             },

@@ -43,6 +43,9 @@ struct Layer<'a, B: Backend + 'a> {
     attn_norm: B::Buffer,
     /// Query, key and value projections.
     qkv: Group<B::Weight<'a>>,
+    /// The file's fused matrices (`attn_qkv`; Phi 3's `ffn_up` of gate and
+    /// up), whose inputs an importance matrix takes under their names.
+    fused: Fused,
     wo: B::Weight<'a>,
     bq: Option<B::Buffer>,
     bk: Option<B::Buffer>,
@@ -53,6 +56,13 @@ struct Layer<'a, B: Backend + 'a> {
     ffn_norm: B::Buffer,
     ffn: Ffn<'a, B>,
     post_ffn_norm: Option<B::Buffer>,
+}
+
+/// Which of a block's products are one matrix in the file.
+#[derive(Debug, Clone, Copy, Default)]
+struct Fused {
+    qkv: bool,
+    gate_up: bool,
 }
 
 /// A block's feed-forward network.
@@ -200,13 +210,26 @@ impl<'a, B: Backend> Model<'a, B> {
                     Ok(None)
                 }
             };
-            layers.push(Layer {
-                attn_norm: norm(&n("attn_norm.weight"), d)?,
-                qkv: group(
+            // Query, key and value in one matrix, where the file has them so.
+            let has = |s: &str| file.tensor(&n(s)).is_ok();
+            let fused = Fused {
+                qkv: has("attn_qkv.weight"),
+                gate_up: c.arch == Architecture::Phi3 && !has("ffn_gate.weight"),
+            };
+            let qkv = if fused.qkv {
+                let w = weight(&n("attn_qkv.weight"), q + 2 * kv, d)?;
+                Group { runs: vec![(w, 3)] }
+            } else {
+                group(
                     &[n("attn_q.weight"), n("attn_k.weight"), n("attn_v.weight")],
                     &[q, kv, kv],
                     d,
-                )?,
+                )?
+            };
+            layers.push(Layer {
+                attn_norm: norm(&n("attn_norm.weight"), d)?,
+                qkv,
+                fused,
                 wo: weight(&n("attn_output.weight"), d, q)?,
                 bq: bias("attn_q.bias", q)?,
                 bk: bias("attn_k.bias", kv)?,
@@ -217,6 +240,13 @@ impl<'a, B: Backend> Model<'a, B> {
                 ffn_norm: norm(&n("ffn_norm.weight"), d)?,
                 ffn: match &c.moe {
                     Some(m) => Ffn::Moe(Moe::load(file, backend, i, m, d)?),
+                    // Gate and up in one matrix (Phi 3's `ffn_up`), gate first.
+                    None if fused.gate_up => Ffn::Dense(
+                        Group {
+                            runs: vec![(weight(&n("ffn_up.weight"), 2 * ff, d)?, 2)],
+                        },
+                        weight(&n("ffn_down.weight"), d, ff)?,
+                    ),
                     None => Ffn::Dense(
                         group(&[n("ffn_gate.weight"), n("ffn_up.weight")], &[ff, ff], d)?,
                         weight(&n("ffn_down.weight"), d, ff)?,
@@ -236,6 +266,11 @@ impl<'a, B: Backend> Model<'a, B> {
         };
         let output_norm = optional_norm("output_norm.weight", d)?
             .ok_or_else(|| realm_core::Error::TensorNotFound("output_norm.weight".into()))?;
+        for t in ["rope_factors_long.weight", "rope_factors_short.weight"] {
+            if file.tensor(t).is_ok() {
+                return Err(Error::BadConfig(format!("LongRoPE ({t}) is not supported")));
+            }
+        }
         // One pair's factor each, the same for every layer.
         let rope_factors = match file.tensor("rope_freqs.weight") {
             Ok(t) => {
@@ -1093,6 +1128,16 @@ impl<'a, B: Backend> Model<'a, B> {
             &[c.q_dim(), c.kv_dim(), c.kv_dim()],
             &mut [&mut sc.q, &mut sc.k, &mut sc.v],
         )?;
+        // A fused matrix's input is seen once, under its name.
+        let mut unseen = None;
+        let seen = match (layer.fused.qkv, &mut sc.seen) {
+            (true, Some(c)) => {
+                let name = format!("blk.{li}.attn_qkv.weight");
+                c.observe_named(b, &mut sc.ws, &name, (&sc.xn, n, d))?;
+                &mut unseen
+            }
+            (_, seen) => seen,
+        };
         for (t, out, m) in [
             (Target::Q, &mut sc.q, c.q_dim()),
             (Target::K, &mut sc.k, c.kv_dim()),
@@ -1101,7 +1146,7 @@ impl<'a, B: Backend> Model<'a, B> {
             let x = (&sc.xn, n, d);
             self.adapt(
                 &mut sc.ws,
-                (&mut sc.lora, &mut sc.seen),
+                (&mut sc.lora, seen),
                 runs,
                 Some((li, t)),
                 x,
@@ -1174,7 +1219,9 @@ impl<'a, B: Backend> Model<'a, B> {
             None => b.add_rms_norm(&mut sc.x, &sc.proj, &layer.ffn_norm, eps, n, d, &mut sc.xn)?,
         }
         match &layer.ffn {
-            Ffn::Dense(gate_up, down) => self.dense_ffn(sc, n, li, runs, gate_up, down)?,
+            Ffn::Dense(gate_up, down) => {
+                self.dense_ffn(sc, (n, li, layer.fused.gate_up), runs, gate_up, down)?
+            }
             Ffn::Moe(moe) => {
                 let m = c.moe.as_ref().ok_or_else(|| {
                     Error::BadConfig("a layer has experts the config does not".into())
@@ -1230,12 +1277,12 @@ impl<B: Backend> Model<'_, B> {
 
 impl<'a, B: Backend> Model<'a, B> {
     /// A dense feed-forward block over the first `n` rows of `sc.xn`, into
-    /// `sc.proj`, with the rows' adapters `runs` (layer `li`).
+    /// `sc.proj`, with the rows' adapters `runs` (layer `li`; `fused`: its
+    /// gate and up are one matrix).
     fn dense_ffn(
         &self,
         sc: &mut Scratch<B>,
-        n: usize,
-        li: usize,
+        (n, li, fused): (usize, usize, bool),
         runs: &[LoraRun<'_>],
         gate_up: &Group<B::Weight<'a>>,
         down: &B::Weight<'a>,
@@ -1252,11 +1299,20 @@ impl<'a, B: Backend> Model<'a, B> {
             &[ff, ff],
             &mut [&mut sc.gate, &mut sc.up],
         )?;
+        let mut unseen = None;
+        let seen = match (fused, &mut sc.seen) {
+            (true, Some(c)) => {
+                let name = format!("blk.{li}.ffn_up.weight");
+                c.observe_named(b, &mut sc.ws, &name, (&sc.xn, n, d))?;
+                &mut unseen
+            }
+            (_, seen) => seen,
+        };
         for (t, out) in [(Target::Gate, &mut sc.gate), (Target::Up, &mut sc.up)] {
             let x = (&sc.xn, n, d);
             self.adapt(
                 &mut sc.ws,
-                (&mut sc.lora, &mut sc.seen),
+                (&mut sc.lora, seen),
                 runs,
                 Some((li, t)),
                 x,

@@ -133,7 +133,7 @@ impl SyntheticLayout {
     }
 
     /// A two-layer model of `arch` (llama, mistral, qwen2, qwen3,
-    /// qwen3moe, smollm3, granite, gemma2, gemma3) small enough for unit
+    /// qwen3moe, phi3, smollm3, granite, gemma2, gemma3) small enough for unit
     /// tests: 64 wide, Q8_0 matrices, 300 tokens; `qwen3moe`'s blocks are
     /// 4 experts 32 wide, 2 a token; `smollm3` has 4 layers (the fourth
     /// without RoPE); `granite` has Granite 3's multipliers.
@@ -160,6 +160,7 @@ impl SyntheticLayout {
                 "mistral" => "mistral",
                 "qwen2" => "qwen2",
                 "qwen3" => "qwen3",
+                "phi3" => "phi3",
                 "smollm3" => "smollm3",
                 "granite" => "granite",
                 "gemma2" => "gemma2",
@@ -397,9 +398,14 @@ impl SyntheticLayout {
         for l in 0..s.layers {
             let mut blk = |n: &str, shape: Vec<u64>| add(format!("blk.{l}.{n}"), n, Some(l), shape);
             blk("attn_norm.weight", vec![s.d]);
-            blk("attn_q.weight", vec![s.d, q]);
-            blk("attn_k.weight", vec![s.d, kv]);
-            blk("attn_v.weight", vec![s.d, kv]);
+            // Phi 3's query, key and value are one matrix.
+            if s.arch == "phi3" {
+                blk("attn_qkv.weight", vec![s.d, q + 2 * kv]);
+            } else {
+                blk("attn_q.weight", vec![s.d, q]);
+                blk("attn_k.weight", vec![s.d, kv]);
+                blk("attn_v.weight", vec![s.d, kv]);
+            }
             blk("attn_output.weight", vec![q, s.d]);
             if s.arch == "qwen2" {
                 blk("attn_q.bias", vec![q]);
@@ -414,8 +420,13 @@ impl SyntheticLayout {
                 blk("post_attention_norm.weight", vec![s.d]);
             }
             blk("ffn_norm.weight", vec![s.d]);
-            blk("ffn_gate.weight", vec![s.d, s.ff]);
-            blk("ffn_up.weight", vec![s.d, s.ff]);
+            // Phi 3's gate and up are one matrix (gate first).
+            if s.arch == "phi3" {
+                blk("ffn_up.weight", vec![s.d, 2 * s.ff]);
+            } else {
+                blk("ffn_gate.weight", vec![s.d, s.ff]);
+                blk("ffn_up.weight", vec![s.d, s.ff]);
+            }
             blk("ffn_down.weight", vec![s.ff, s.d]);
             if gemma {
                 blk("post_ffw_norm.weight", vec![s.d]);

@@ -208,6 +208,16 @@ fn unsupported_rope_scaling_is_refused() {
     let file = Gguf::from_bytes(&bytes[..]).unwrap();
     let err = Model::load(&file, &cpu).unwrap_err().to_string();
     assert!(err.contains("final_logit_softcapping"), "{err}");
+    // LongRoPE's factors (Phi 3.5's).
+    let mut layout = SyntheticLayout::tiny("phi3")
+        .unwrap()
+        .with_rope_factors()
+        .unwrap();
+    layout.tensors[1].name = "rope_factors_long.weight".into();
+    let bytes = layout.write(1).unwrap();
+    let file = Gguf::from_bytes(&bytes[..]).unwrap();
+    let err = Model::load(&file, &cpu).unwrap_err().to_string();
+    assert!(err.contains("LongRoPE"), "{err}");
     // Factors of the wrong count.
     let mut layout = SyntheticLayout::tiny("llama")
         .unwrap()

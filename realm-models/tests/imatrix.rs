@@ -100,3 +100,38 @@ fn only_what_is_asked_for_is_collected() {
     model.forward(&mut s, &[3]).unwrap();
     assert!(s.take_imatrix().is_none());
 }
+
+/// A fused matrix (Phi 3's `attn_qkv`, and its `ffn_up` of gate and up)
+/// has one entry under its own name, as llama-imatrix names it; a mixture
+/// of experts has its router's and its experts' (by expert, each routed
+/// row once).
+#[test]
+fn fused_matrices_and_experts_have_the_files_names() {
+    let backend = CpuBackend::new().unwrap();
+    let names = |layout: SyntheticLayout| {
+        let bytes = layout.write(3).unwrap();
+        let file = Gguf::from_bytes(&bytes[..]).unwrap();
+        let model = Model::load(&file, &backend).unwrap();
+        let mut s = model.session(16, 16).unwrap();
+        s.collect_imatrix(Imatrix::new(10), false);
+        model.forward(&mut s, &PROMPT).unwrap();
+        let m = s.take_imatrix().unwrap();
+        let tensors: Vec<String> = file.tensor_infos().iter().map(|t| t.name.clone()).collect();
+        for n in m.names() {
+            assert!(
+                tensors.iter().any(|t| t == n),
+                "{n} is not a tensor of the file"
+            );
+        }
+        m
+    };
+    let phi = names(SyntheticLayout::tiny("phi3").unwrap());
+    assert_eq!(phi.len(), 4 * 2, "qkv, output, up and down of two layers");
+    assert_eq!(phi.entry("blk.1.attn_qkv.weight").unwrap().counts, [10]);
+    assert_eq!(phi.entry("blk.1.ffn_up.weight").unwrap().sums.len(), 64);
+    let moe = names(SyntheticLayout::tiny("qwen3moe").unwrap());
+    let up = moe.entry("blk.0.ffn_up_exps.weight").unwrap();
+    assert_eq!((up.counts.len(), up.sums.len()), (4, 4 * 64));
+    assert_eq!(up.counts.iter().sum::<u64>(), 2 * PROMPT.len() as u64);
+    assert_eq!(moe.entry("blk.0.ffn_gate_inp.weight").unwrap().counts, [10]);
+}
