@@ -6,7 +6,7 @@ Each case is a two-layer model that `realm synth tiny-ARCH` writes (seeded
 weights, so the test writes the same file with realm_models::synthetic and
 checks it against the FNV-1a hash stored here), with options that exercise
 what the architecture reads from its metadata: f32 or quantized
-matrices, Llama 3.1's RoPE frequency factors, linear RoPE scaling,
+matrices, Llama 3.1's RoPE frequency factors, linear and YaRN RoPE scaling,
 mixtures of experts (Qwen 3 MoE's, and a llama's as Mixtral's), Gemma 2's
 soft-caps, Gemma 3's local/global pattern, local base and final cap. llama.cpp (the CPU build
 `scripts/build_llama_cpp.sh --tools` makes, through llama-cpp-python
@@ -49,9 +49,18 @@ CASES = [
     case("llama-rope-factors", "tiny-llama", rope_factors=True),
     case("llama-linear-scaling", "tiny-llama",
          overrides=[("llama.rope.scaling.factor", "float", "4")]),
+    case("llama-yarn", "tiny-llama",
+         overrides=[("llama.rope.scaling.type", "str", "yarn"),
+                    ("llama.rope.scaling.factor", "float", "4"),
+                    ("llama.rope.scaling.original_context_length", "int", "64"),
+                    ("llama.rope.scaling.attn_factor", "float", "0.9")]),
     case("qwen2", "tiny-qwen2"),
     case("qwen3", "tiny-qwen3"),
     case("qwen3-q8_0", "tiny-qwen3", matrix_type="q8_0"),
+    case("qwen3-yarn", "tiny-qwen3",
+         overrides=[("qwen3.rope.scaling.type", "str", "yarn"),
+                    ("qwen3.rope.scaling.factor", "float", "4"),
+                    ("qwen3.rope.scaling.original_context_length", "int", "64")]),
     # llama.cpp looks up Phi 3's <|endoftext|> in a model named phi3, which
     # the synthetic vocabulary lacks: another name.
     case("phi3", "tiny-phi3", overrides=[("general.name", "str", "tiny")]),

@@ -10,7 +10,7 @@ use realm_compute_cpu::CpuBackend;
 use realm_compute_gpu::{GpuBackend, GpuDevice};
 use realm_core::backend::Backend;
 use realm_core::catalog;
-use realm_core::gguf::{Gguf, GgufFile, GgufWriter};
+use realm_core::gguf::{Gguf, GgufFile, GgufWriter, MetadataValue};
 use realm_core::tokenizer::Tokenizer;
 use realm_core::{quant, GgmlType};
 use realm_models::synthetic::SyntheticLayout;
@@ -175,6 +175,20 @@ fn every_architecture_matches_the_cpu_in_f32() {
     // A llama with experts, as Mixtral.
     let layout = SyntheticLayout::by_name("tiny-mixtral")
         .unwrap()
+        .with_matrix_type(GgmlType::F32);
+    compare(&layout, 3, 1e-3);
+    // YaRN's scaling (its pair divisors are RoPE factors).
+    let layout = SyntheticLayout::tiny("qwen3")
+        .unwrap()
+        .with_hparam(
+            "qwen3.rope.scaling.type",
+            MetadataValue::String("yarn".into()),
+        )
+        .with_hparam("qwen3.rope.scaling.factor", MetadataValue::F32(4.0))
+        .with_hparam(
+            "qwen3.rope.scaling.original_context_length",
+            MetadataValue::U32(64),
+        )
         .with_matrix_type(GgmlType::F32);
     compare(&layout, 3, 1e-3);
     // Llama 3.1's RoPE frequency factors.

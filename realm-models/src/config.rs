@@ -116,6 +116,9 @@ pub struct ModelConfig {
     pub rope_freq_scale: f32,
     /// RoPE frequency scale of the sliding-window layers.
     pub rope_freq_scale_local: f32,
+    /// YaRN's RoPE scaling, if the model has it (its pair divisors join
+    /// the RoPE frequency factors; its magnitude is in `attn_scale`).
+    pub rope_yarn: Option<YarnConfig>,
     /// Dimensions of each head that RoPE rotates.
     pub rope_dims: usize,
     /// Normal (adjacent pairs) or NeoX (halves) rotation.
@@ -190,7 +193,7 @@ impl ModelConfig {
             None => md.get_str_array("tokenizer.ggml.tokens")?.len(),
         };
         let rope_base = opt_f("rope.freq_base")?.unwrap_or(10_000.0);
-        let rope_freq_scale = rope_scale(md, p)?;
+        let (rope_freq_scale, rope_yarn) = rope_scale(md, p)?;
         let gemma2 = arch == Architecture::Gemma2;
         let gemma3 = arch == Architecture::Gemma3;
         let gemma = gemma2 || gemma3;
@@ -244,6 +247,7 @@ impl ModelConfig {
             },
             rope_freq_scale,
             rope_freq_scale_local: if gemma3 { 1.0 } else { rope_freq_scale },
+            rope_yarn,
             rope_dims: opt_u("rope.dimension_count")?.unwrap_or(head_dim),
             rope_mode: match arch {
                 Architecture::Llama
@@ -308,6 +312,23 @@ impl ModelConfig {
             || cfg.rope_dims > cfg.head_dim
         {
             return Err(Error::BadConfig(format!("inconsistent shape: {cfg:?}")));
+        }
+        let mut cfg = cfg;
+        if let Some(y) = &cfg.rope_yarn {
+            // The magnitude YaRN gives the rotated queries and keys scales
+            // their products twice over: in the attention scale, which
+            // holds only where every dimension turns, and no local layer
+            // has a base of its own.
+            if gemma || cfg.rope_dims != cfg.head_dim {
+                return Err(Error::BadConfig(format!(
+                    "YaRN for {} with {} of {} dimensions rotated is not supported",
+                    arch.name(),
+                    cfg.rope_dims,
+                    cfg.head_dim
+                )));
+            }
+            let m = y.magnitude();
+            cfg.attn_scale *= m * m;
         }
         Ok(cfg)
     }
@@ -418,11 +439,69 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
     }))
 }
 
-/// The RoPE frequency scale of architecture `p`, as llama.cpp reads it: 1
-/// over `rope.scaling.factor` (or the older `rope.scale_linear`), unless
-/// `rope.scaling.type` is `none`; the scaling types that change more than
-/// the scale (YaRN, LongRoPE) are refused.
-fn rope_scale(md: &Metadata, p: &str) -> Result<f32> {
+/// YaRN's RoPE scaling (`rope.scaling.type` yarn), as llama.cpp applies it
+/// to the architectures Realm runs: the low-frequency pairs interpolated by
+/// the factor, the high-frequency ones left, a ramp between (corrections at
+/// 32 and 1 turns over the original context), and the rotated values'
+/// magnitude raised by `1 + 0.1 ln(factor)`, times `rope.scaling.attn_factor`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct YarnConfig {
+    /// How many times the original context the model runs
+    /// (`rope.scaling.factor`).
+    pub factor: f32,
+    /// The context the model was trained for
+    /// (`rope.scaling.original_context_length`).
+    pub original_context: usize,
+    /// `rope.scaling.attn_factor` (1 by default).
+    pub attn_factor: f32,
+}
+
+impl YarnConfig {
+    /// Turns over the original context below which a pair is interpolated
+    /// fully (`beta_slow`) and above which it is left (`beta_fast`).
+    const BETA_FAST: f32 = 32.0;
+    const BETA_SLOW: f32 = 1.0;
+
+    /// Each of the `n_dims / 2` rotated pairs' frequency divisor (pair `i`
+    /// turns by `pos * base^(-2i / n_dims) / d[i]`): `factor` for the
+    /// interpolated pairs, 1 for the others, blended along the ramp
+    /// between the correction dimensions, computed in f32 as ggml computes
+    /// them.
+    pub fn pair_divisors(&self, n_dims: usize, base: f32) -> Vec<f32> {
+        let corr = |beta: f32| {
+            n_dims as f32
+                * (self.original_context as f32 / (beta * 2.0 * std::f32::consts::PI)).ln()
+                / (2.0 * base.ln())
+        };
+        let low = corr(Self::BETA_FAST).floor().max(0.0);
+        let high = corr(Self::BETA_SLOW).ceil().min(n_dims as f32 - 1.0);
+        let freq_scale = 1.0 / self.factor;
+        (0..n_dims / 2)
+            .map(|i| {
+                let y = (i as f32 - low) / (high - low).max(0.001);
+                let mix = 1.0 - y.clamp(0.0, 1.0);
+                1.0 / (freq_scale * (1.0 - mix) + mix)
+            })
+            .collect()
+    }
+
+    /// The factor on the rotated queries' and keys' magnitude.
+    pub fn magnitude(&self) -> f32 {
+        let m = if self.factor <= 1.0 {
+            1.0
+        } else {
+            0.1 * self.factor.ln() + 1.0
+        };
+        m * self.attn_factor
+    }
+}
+
+/// The RoPE frequency scale of architecture `p`, and its YaRN scaling if
+/// it has one, as llama.cpp reads them: 1 over `rope.scaling.factor` (or
+/// the older `rope.scale_linear`), unless `rope.scaling.type` is `none`;
+/// YaRN's scale is in its pair divisors (the scale is then 1). The scaling
+/// types that change more (LongRoPE) are refused.
+fn rope_scale(md: &Metadata, p: &str) -> Result<(f32, Option<YarnConfig>)> {
     let ty = match md.get(&format!("{p}.rope.scaling.type")) {
         Some(_) => md.get_str(&format!("{p}.rope.scaling.type"))?,
         None => "linear",
@@ -434,15 +513,43 @@ fn rope_scale(md: &Metadata, p: &str) -> Result<f32> {
             break;
         }
     }
+    let f = |k: &str| -> Result<Option<f32>> {
+        let key = format!("{p}.{k}");
+        Ok(match md.get(&key) {
+            Some(_) => Some(md.get_f32(&key)?),
+            None => None,
+        })
+    };
     match ty {
-        "none" => Ok(1.0),
-        "linear" if factor == 0.0 => Ok(1.0),
-        "linear" if factor.is_finite() && factor > 0.0 => Ok(1.0 / factor),
-        "linear" => Err(Error::BadConfig(format!(
-            "RoPE scaling factor {factor} is not a positive number"
-        ))),
+        "none" => Ok((1.0, None)),
+        "linear" | "yarn" if factor == 0.0 => Ok((1.0, None)),
+        "linear" | "yarn" if !(factor.is_finite() && factor > 0.0) => Err(Error::BadConfig(
+            format!("RoPE scaling factor {factor} is not a positive number"),
+        )),
+        "linear" => Ok((1.0 / factor, None)),
+        "yarn" => {
+            let ctx_key = format!("{p}.rope.scaling.original_context_length");
+            let original_context = match md.get(&ctx_key) {
+                Some(_) => md.get_u32(&ctx_key)?,
+                None => md.get_u32(&format!("{p}.context_length"))?,
+            } as usize;
+            let attn_factor = f("rope.scaling.attn_factor")?.unwrap_or(1.0);
+            if original_context == 0 || !(attn_factor.is_finite() && attn_factor > 0.0) {
+                return Err(Error::BadConfig(format!(
+                    "YaRN over {original_context} tokens with attn_factor {attn_factor}"
+                )));
+            }
+            Ok((
+                1.0,
+                Some(YarnConfig {
+                    factor,
+                    original_context,
+                    attn_factor,
+                }),
+            ))
+        }
         other => Err(Error::BadConfig(format!(
-            "RoPE scaling `{other}` is not supported (none and linear are)"
+            "RoPE scaling `{other}` is not supported (none, linear and yarn are)"
         ))),
     }
 }

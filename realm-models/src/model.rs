@@ -272,7 +272,7 @@ impl<'a, B: Backend> Model<'a, B> {
             }
         }
         // One pair's factor each, the same for every layer.
-        let rope_factors = match file.tensor("rope_freqs.weight") {
+        let mut rope_factors = match file.tensor("rope_freqs.weight") {
             Ok(t) => {
                 let v = f32_vec(&t)?;
                 if v.len() != c.rope_dims / 2 {
@@ -287,6 +287,14 @@ impl<'a, B: Backend> Model<'a, B> {
             Err(realm_core::Error::TensorNotFound(_)) => None,
             Err(e) => return Err(e.into()),
         };
+        // YaRN's pair divisors join them.
+        if let Some(y) = &c.rope_yarn {
+            let yarn = y.pair_divisors(c.rope_dims, c.rope_base);
+            rope_factors = Some(match rope_factors {
+                Some(f) => f.iter().zip(&yarn).map(|(a, b)| a * b).collect(),
+                None => yarn,
+            });
+        }
         Ok(Self {
             id: NEXT_MODEL.fetch_add(1, Ordering::Relaxed),
             fingerprint: state::fingerprint(file),

@@ -166,6 +166,8 @@ fn each_variant_changes_the_logits() {
     for (base, variant) in [
         ("llama", "llama-rope-factors"),
         ("llama", "llama-linear-scaling"),
+        ("llama", "llama-yarn"),
+        ("qwen3", "qwen3-yarn"),
         ("gemma3", "gemma3-global-scaled"),
         ("gemma3", "gemma3-final-cap"),
         ("gemma2", "gemma2-tight-caps"),
@@ -186,8 +188,8 @@ fn unsupported_rope_scaling_is_refused() {
     for (key, value, says) in [
         (
             "llama.rope.scaling.type",
-            MetadataValue::String("yarn".into()),
-            "yarn",
+            MetadataValue::String("longrope".into()),
+            "longrope",
         ),
         ("llama.rope.scaling.factor", MetadataValue::F32(-2.0), "-2"),
     ] {
