@@ -87,15 +87,20 @@ fn check(m: &KnownModel, median_tol: f64, ppl_tol: f64) {
             "{name}: median relative difference {median}"
         );
     }
-    let ppl: f64 = stdout
+    let ppl = final_ppl(&stdout);
+    let want = want["ppl"].as_f64().unwrap();
+    assert!((ppl / want - 1.0).abs() < ppl_tol, "{ppl} vs {want}");
+}
+
+/// The perplexity of the last line `realm imatrix` prints on the way.
+fn final_ppl(stdout: &str) -> f64 {
+    stdout
         .lines()
         .find_map(|l| l.strip_prefix("Final estimate: PPL = "))
         .and_then(|l| l.split(' ').next())
         .unwrap()
         .parse()
-        .unwrap();
-    let want = want["ppl"].as_f64().unwrap();
-    assert!((ppl / want - 1.0).abs() < ppl_tol, "{ppl} vs {want}");
+        .unwrap()
 }
 
 /// The cosine similarity of `a` and `b`, and the median over columns of
@@ -183,13 +188,7 @@ fn expert_matrices_match_llama_imatrix() {
         assert!(cos > 0.99999, "{name}: cosine {cos}");
         assert!(median < 2e-3, "{name}: median relative difference {median}");
     }
-    let ppl: f64 = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("Final estimate: PPL = "))
-        .and_then(|l| l.split(' ').next())
-        .unwrap()
-        .parse()
-        .unwrap();
+    let ppl = final_ppl(&stdout);
     let want = moe["ppl"].as_f64().unwrap();
     assert!((ppl / want - 1.0).abs() < 0.002, "{ppl} vs {want}");
 }

@@ -81,36 +81,7 @@ impl Imatrix {
     /// rows of `cols` values (the matrix's input width). Squares are summed
     /// in f32, row after row, as llama-imatrix sums them.
     pub fn add(&mut self, name: &str, rows: &[f32], cols: usize) -> Result<()> {
-        if cols == 0 || !rows.len().is_multiple_of(cols) {
-            return Err(bad(format!(
-                "{} activations for `{name}` are not whole rows of {cols}",
-                rows.len()
-            )));
-        }
-        let e = self
-            .entries
-            .entry(name.to_string())
-            .or_insert_with(|| ImatrixEntry {
-                sums: vec![0.0; cols],
-                counts: vec![0],
-            });
-        if e.sums.len() != cols || e.counts.len() != 1 {
-            return Err(bad(format!(
-                "`{name}` has {} columns in {} runs here, not {cols} in one",
-                e.sums.len(),
-                e.counts.len()
-            )));
-        }
-        for row in rows.chunks_exact(cols) {
-            for (acc, &x) in e.sums.iter_mut().zip(row) {
-                *acc += x * x;
-            }
-        }
-        if let Some(c) = e.sums.iter().find(|v| !v.is_finite()) {
-            return Err(bad(format!("`{name}` sums to {c}")));
-        }
-        e.counts[0] = e.counts[0].saturating_add((rows.len() / cols) as u64);
-        Ok(())
+        self.add_expert(name, 0, 1, rows, cols)
     }
 
     /// Adds rows of activations going into expert `expert` of the `experts`
@@ -136,8 +107,12 @@ impl Imatrix {
         cols: usize,
     ) -> Result<()> {
         if cols == 0 || !rows.len().is_multiple_of(cols) || expert >= experts {
+            let which = match experts {
+                1 => String::new(),
+                n => format!("expert {expert} of {n} of "),
+            };
             return Err(bad(format!(
-                "{} activations for expert {expert} of {experts} of `{name}` are not whole rows of {cols}",
+                "{} activations for {which}`{name}` are not whole rows of {cols}",
                 rows.len()
             )));
         }

@@ -104,6 +104,32 @@ pub struct Model<'a, B: Backend> {
     lora_dims: Dims,
 }
 
+/// `t` as a weight of `backend`, checked: a type the backend multiplies,
+/// `rows` rows of `cols` values.
+pub(crate) fn checked_weight<'a, B: Backend>(
+    backend: &B,
+    t: &TensorView<'a>,
+    rows: usize,
+    cols: usize,
+) -> Result<B::Weight<'a>> {
+    if !backend.supports_matmul(t.dtype()) {
+        return Err(Error::UnsupportedWeight {
+            tensor: t.name().to_string(),
+            dtype: t.dtype(),
+            backend: backend.name().to_string(),
+        });
+    }
+    let w = backend.weight(t)?;
+    if (w.rows(), w.cols()) != (rows, cols) {
+        return Err(Error::BadTensorShape {
+            tensor: t.name().to_string(),
+            expected: vec![cols as u64, rows as u64],
+            got: t.shape().to_vec(),
+        });
+    }
+    Ok(w)
+}
+
 fn f32_vec(t: &TensorView<'_>) -> Result<Vec<f32>> {
     let mut v = vec![0f32; t.n_elements() as usize];
     quant::dequantize(t.dtype(), t.data(), &mut v)?;
@@ -117,23 +143,7 @@ impl<'a, B: Backend> Model<'a, B> {
         let config = ModelConfig::from_metadata(file.metadata())?;
         let tensor = |name: &str| file.tensor(name).map_err(Error::from);
         let weight = |name: &str, rows: usize, cols: usize| -> Result<B::Weight<'a>> {
-            let t = file.tensor(name)?;
-            if !backend.supports_matmul(t.dtype()) {
-                return Err(Error::UnsupportedWeight {
-                    tensor: name.to_string(),
-                    dtype: t.dtype(),
-                    backend: backend.name().to_string(),
-                });
-            }
-            let w = backend.weight(&t)?;
-            if (w.rows(), w.cols()) != (rows, cols) {
-                return Err(Error::BadTensorShape {
-                    tensor: name.to_string(),
-                    expected: vec![cols as u64, rows as u64],
-                    got: t.shape().to_vec(),
-                });
-            }
-            Ok(w)
+            checked_weight(backend, &file.tensor(name)?, rows, cols)
         };
         // Weights the backend stacks, if it does: each run of one type.
         let group =

@@ -80,6 +80,22 @@ fn logits(model: &Model<'_, CpuBackend>, tokens: &[u32], batch: usize) -> Vec<Ve
     out
 }
 
+/// llama.cpp's logits of a case, a row a position.
+fn case_logits(case: &Value) -> Vec<Vec<f32>> {
+    case["logits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+                .collect()
+        })
+        .collect()
+}
+
 fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
     a.iter()
         .flatten()
@@ -108,18 +124,7 @@ fn every_architecture_matches_llama_cpp() {
             case["fnv1a"].as_str().unwrap(),
             "{name}: the synthetic file is not the one llama.cpp ran"
         );
-        let want: Vec<Vec<f32>> = case["logits"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| {
-                r.as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|v| v.as_f64().unwrap() as f32)
-                    .collect()
-            })
-            .collect();
+        let want = case_logits(case);
         let file = Gguf::from_bytes(&bytes[..]).unwrap();
         let model = Model::load(&file, &cpu).unwrap_or_else(|e| panic!("{name}: {e}"));
         let tol = match (case["layout"].as_str(), case["matrix_type"].as_str()) {
@@ -148,21 +153,7 @@ fn every_architecture_matches_llama_cpp() {
 fn each_variant_changes_the_logits() {
     let fx = fixture();
     let cases = fx["cases"].as_array().unwrap();
-    let logits = |name: &str| -> Vec<Vec<f32>> {
-        let c = cases.iter().find(|c| c["name"] == name).unwrap();
-        c["logits"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| {
-                r.as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|v| v.as_f64().unwrap() as f32)
-                    .collect()
-            })
-            .collect()
-    };
+    let logits = |name: &str| case_logits(cases.iter().find(|c| c["name"] == name).unwrap());
     for (base, variant) in [
         ("llama", "llama-rope-factors"),
         ("llama", "llama-linear-scaling"),

@@ -157,7 +157,15 @@ fn adapters_give_the_logits_of_their_merged_weights() {
             let want = run(&m_model, &mut m_model.session(32, 4).unwrap());
             let (err, moved) = (max_diff(&adapted, &want), max_diff(&adapted, &plain));
             eprintln!("{arch} {set:?}: off the merged model by {err:e}, moved by {moved}");
-            assert!(err < 2e-5, "{arch}: {err} from the merged model's logits");
+            // The f16 adapter's first product rounds its input to halves
+            // (as ggml's f16 products do), which the f32 merge does not:
+            // measured 1.4e-3 with it, under 2e-5 with the f32 one alone.
+            let tol = if set.iter().any(|&(id, _)| id == e) {
+                5e-3
+            } else {
+                2e-5
+            };
+            assert!(err < tol, "{arch}: {err} from the merged model's logits");
             assert!(
                 moved > 0.05,
                 "{arch}: the adapters moved the logits by {moved}"

@@ -11,7 +11,7 @@
 //! model with experts runs its steps op by op). LoRA adapters of experts
 //! are not supported.
 
-use realm_core::backend::{Backend, WeightInfo};
+use realm_core::backend::Backend;
 use realm_core::gguf::Gguf;
 use realm_core::TensorView;
 
@@ -56,23 +56,8 @@ impl<'a, B: Backend + 'a> Moe<'a, B> {
         d: usize,
     ) -> Result<Self> {
         let name = |s: &str| format!("blk.{layer}.{s}");
-        let matrix = |t: &TensorView<'a>, rows: usize, cols: usize| -> Result<B::Weight<'a>> {
-            if !backend.supports_matmul(t.dtype()) {
-                return Err(Error::UnsupportedWeight {
-                    tensor: t.name().to_string(),
-                    dtype: t.dtype(),
-                    backend: backend.name().to_string(),
-                });
-            }
-            let w = backend.weight(t)?;
-            if (w.rows(), w.cols()) != (rows, cols) {
-                return Err(Error::BadTensorShape {
-                    tensor: t.name().to_string(),
-                    expected: vec![cols as u64, rows as u64],
-                    got: t.shape().to_vec(),
-                });
-            }
-            Ok(w)
+        let matrix = |t: &TensorView<'a>, rows: usize, cols: usize| {
+            super::checked_weight(backend, t, rows, cols)
         };
         let router = matrix(&file.tensor(&name("ffn_gate_inp.weight"))?, m.experts, d)?;
         // Expert `e` of a `[cols, rows, experts]` tensor: its `e`-th slice,
