@@ -254,6 +254,12 @@ impl BackendCore for CpuBackend {
         Ok(values.to_vec())
     }
 
+    fn upload_into(&self, values: &[f32], buf: &mut Vec<f32>) -> BackendResult<()> {
+        buf.clear();
+        buf.extend_from_slice(values);
+        Ok(())
+    }
+
     fn download(&self, buf: &Vec<f32>, out: &mut [f32]) -> BackendResult<()> {
         out.copy_from_slice(prefix("download", "buffer", buf, out.len())?);
         Ok(())

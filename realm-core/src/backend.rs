@@ -211,6 +211,14 @@ pub trait BackendCore: Send + Sync + Debug {
     /// A buffer holding a copy of `values` (its capacity is their number).
     fn upload(&self, values: &[f32]) -> BackendResult<Self::Buffer>;
 
+    /// [`BackendCore::upload`] into `buf`, which a backend may reuse (the
+    /// CPU backend's keeps its memory once large enough); the default
+    /// replaces it with a new buffer.
+    fn upload_into(&self, values: &[f32], buf: &mut Self::Buffer) -> BackendResult<()> {
+        *buf = self.upload(values)?;
+        Ok(())
+    }
+
     /// Copies the first `out.len()` values of `buf` into `out`.
     ///
     /// Guarantees: reading past the buffer's capacity is an error.

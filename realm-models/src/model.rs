@@ -1248,6 +1248,7 @@ impl<'a, B: Backend> Model<'a, B> {
                     ws: &mut sc.ws,
                     xn: &sc.xn,
                     scores: &mut sc.scores,
+                    input: &mut sc.moe_rows,
                     gate: &mut sc.gate,
                     up: &mut sc.up,
                     out: &mut sc.proj,
@@ -1504,8 +1505,9 @@ struct Scratch<B: Backend> {
     up: B::Buffer,
     /// Router scores of a mixture of experts (a value a row without one).
     scores: B::Buffer,
-    /// The host's part of a mixture of experts.
+    /// The host's part of a mixture of experts, and the rows it uploads.
     moe: MoeHost,
+    moe_rows: B::Buffer,
     /// A stacked group's products before they are split (empty when no
     /// group is stacked).
     stacked: B::Buffer,
@@ -1550,6 +1552,7 @@ impl<B: Backend> Scratch<B> {
             up: buf(ff)?,
             scores: buf(c.moe.as_ref().map_or(1, |m| m.experts))?,
             moe: MoeHost::default(),
+            moe_rows: backend.buffer(1)?,
             // (One value a row when nothing is stacked: no empty buffers.)
             stacked: buf(stacked.max(1))?,
             logits: backend.buffer(logit_rows * c.vocab_size)?,

@@ -36,6 +36,8 @@ pub(crate) struct MoeHost {
     scores: Vec<f32>,
     /// Per token, the chosen experts and their weights, best first.
     chosen: Vec<(usize, f32)>,
+    /// One token's routing: its experts' exponentials and their order.
+    ranked: Ranked,
     /// One expert's input rows, gathered.
     rows: Vec<f32>,
     /// One expert's output rows.
@@ -104,6 +106,9 @@ pub(crate) struct MoeBuffers<'x, B: Backend> {
     pub(crate) ws: &'x mut B::Workspace,
     pub(crate) xn: &'x B::Buffer,
     pub(crate) scores: &'x mut B::Buffer,
+    /// An expert's gathered input rows, then the block's output (a buffer
+    /// of its own, which uploads replace).
+    pub(crate) input: &'x mut B::Buffer,
     pub(crate) gate: &'x mut B::Buffer,
     pub(crate) up: &'x mut B::Buffer,
     /// An expert's output; on return, the block's (`n` rows of `d`).
@@ -139,7 +144,7 @@ impl<B: Backend> Moe<'_, B> {
         b.download(buf.xn, &mut h.xn)?;
         h.chosen.clear();
         for row in h.scores.chunks_exact(e) {
-            route(row, m, &mut h.chosen);
+            route(row, m, &mut h.ranked, &mut h.chosen);
         }
         h.weighted.clear();
         h.weighted.resize(n * k * d, 0.0);
@@ -161,13 +166,14 @@ impl<B: Backend> Moe<'_, B> {
                 let t = i / k;
                 h.rows.extend_from_slice(&h.xn[t * d..(t + 1) * d]);
             }
-            let input = b.upload(&h.rows)?;
-            b.matmul(buf.ws, &w[0], &input, rows, buf.gate)?;
-            b.matmul(buf.ws, &w[1], &input, rows, buf.up)?;
+            b.upload_into(&h.rows, buf.input)?;
+            let input = &*buf.input;
+            b.matmul(buf.ws, &w[0], input, rows, buf.gate)?;
+            b.matmul(buf.ws, &w[1], input, rows, buf.up)?;
             b.swiglu_inplace(buf.gate, buf.up, rows * ff)?;
             if let Some(c) = buf.seen.as_deref_mut() {
                 for s in ["gate_exps", "up_exps"] {
-                    c.observe_expert(b, buf.ws, &name(s), (x, e), (&input, rows, d))?;
+                    c.observe_expert(b, buf.ws, &name(s), (x, e), (input, rows, d))?;
                 }
                 c.observe_expert(b, buf.ws, &name("down_exps"), (x, e), (buf.gate, rows, ff))?;
             }
@@ -192,10 +198,17 @@ impl<B: Backend> Moe<'_, B> {
                 }
             }
         }
-        let out = b.upload(&h.out)?;
-        b.copy_rows(&out, 0..n, d, buf.out)?;
+        b.upload_into(&h.out, buf.input)?;
+        b.copy_rows(buf.input, 0..n, d, buf.out)?;
         Ok(())
     }
+}
+
+/// Room for ranking one token's experts (kept between tokens).
+#[derive(Debug, Default)]
+pub(crate) struct Ranked {
+    exp: Vec<f32>,
+    order: Vec<usize>,
 }
 
 /// Appends a token's `used` chosen experts and their weights, best first,
@@ -203,12 +216,20 @@ impl<B: Backend> Moe<'_, B> {
 /// softmax of the scores (summed in f64, as ggml sums), the best `used`
 /// (the lower index first among equals), their probabilities renormalised
 /// (over a sum of at least 2^-14, as llama.cpp clamps it) and scaled.
-pub(crate) fn route(scores: &[f32], m: &MoeConfig, chosen: &mut Vec<(usize, f32)>) {
+pub(crate) fn route(
+    scores: &[f32],
+    m: &MoeConfig,
+    ranked: &mut Ranked,
+    chosen: &mut Vec<(usize, f32)>,
+) {
     let max = scores.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
-    let exp: Vec<f32> = scores.iter().map(|&v| (v - max).exp()).collect();
+    let Ranked { exp, order } = ranked;
+    exp.clear();
+    exp.extend(scores.iter().map(|&v| (v - max).exp()));
     let sum: f64 = exp.iter().map(|&v| f64::from(v)).sum();
     let inv = (1.0 / sum) as f32;
-    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.clear();
+    order.extend(0..scores.len());
     order.sort_by(|&a, &b| exp[b].total_cmp(&exp[a]).then(a.cmp(&b)));
     let start = chosen.len();
     chosen.extend(order.iter().take(m.used).map(|&i| (i, exp[i] * inv)));
@@ -244,19 +265,34 @@ mod tests {
     #[test]
     fn routes_to_the_best_experts_with_renormalised_weights() {
         let mut chosen = Vec::new();
-        route(&[0.5, 2.0, -1.0, 1.0], &cfg(2, true), &mut chosen);
+        route(
+            &[0.5, 2.0, -1.0, 1.0],
+            &cfg(2, true),
+            &mut Ranked::default(),
+            &mut chosen,
+        );
         assert_eq!(chosen.iter().map(|c| c.0).collect::<Vec<_>>(), [1, 3]);
         let (a, b) = (2.0f64.exp(), 1.0f64.exp());
         assert!((f64::from(chosen[0].1) - a / (a + b)).abs() < 1e-6);
         assert!((chosen[0].1 + chosen[1].1 - 1.0).abs() < 1e-6);
         // Without renormalisation the weights are the softmax's.
         let mut raw = Vec::new();
-        route(&[0.5, 2.0, -1.0, 1.0], &cfg(2, false), &mut raw);
+        route(
+            &[0.5, 2.0, -1.0, 1.0],
+            &cfg(2, false),
+            &mut Ranked::default(),
+            &mut raw,
+        );
         let all: f64 = [0.5f64, 2.0, -1.0, 1.0].iter().map(|v| v.exp()).sum();
         assert!((f64::from(raw[0].1) - a / all).abs() < 1e-6);
         // Ties: the lower index first.
         let mut tied = Vec::new();
-        route(&[1.0, 1.0, 1.0, 0.0], &cfg(2, true), &mut tied);
+        route(
+            &[1.0, 1.0, 1.0, 0.0],
+            &cfg(2, true),
+            &mut Ranked::default(),
+            &mut tied,
+        );
         assert_eq!(tied.iter().map(|c| c.0).collect::<Vec<_>>(), [0, 1]);
     }
 }
