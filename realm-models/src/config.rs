@@ -218,9 +218,8 @@ impl ModelConfig {
             Architecture::Gemma3 => cap("final_logit_softcapping", 0.0)?,
             _ => None,
         };
-        // Gemma 2's window is 4096 unless the file says otherwise.
         // Only these use a window (llama.cpp ignores Phi 3's, and has none
-        // for the others).
+        // for the others); Gemma 2's is 4096 unless the file says otherwise.
         let sliding_window = match (arch, opt_u("attention.sliding_window")?) {
             (Architecture::Gemma2, None) => Some(4096),
             (Architecture::Mistral | Architecture::Gemma2 | Architecture::Gemma3, w) => w,
