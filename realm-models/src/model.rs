@@ -93,7 +93,8 @@ pub struct Model<'a, B: Backend> {
     layers: Vec<Layer<'a, B>>,
     output_norm: B::Buffer,
     output: B::Weight<'a>,
-    /// RoPE frequency factors (`rope_freqs.weight`, Llama 3.1's), if any.
+    /// RoPE frequency factors (Llama 3.1's `rope_freqs.weight`, times YaRN's
+    /// pair divisors), if any.
     rope_factors: Option<Vec<f32>>,
     /// Whether the file has its own output matrix (not tied to the
     /// embeddings): an adapter may change it.
