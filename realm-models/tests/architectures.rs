@@ -175,7 +175,6 @@ fn each_variant_changes_the_logits() {
 /// by name, not run wrongly.
 #[test]
 fn unsupported_rope_scaling_is_refused() {
-    let cpu = CpuBackend::new().unwrap();
     for (key, value, says) in [
         (
             "llama.rope.scaling.type",
@@ -184,22 +183,17 @@ fn unsupported_rope_scaling_is_refused() {
         ),
         ("llama.rope.scaling.factor", MetadataValue::F32(-2.0), "-2"),
     ] {
-        let bytes = SyntheticLayout::tiny("llama")
-            .unwrap()
-            .with_hparam(key, value)
-            .write(1)
-            .unwrap();
-        let file = Gguf::from_bytes(&bytes[..]).unwrap();
-        let err = Model::load(&file, &cpu).unwrap_err().to_string();
+        let err = load_err(
+            SyntheticLayout::tiny("llama")
+                .unwrap()
+                .with_hparam(key, value),
+        );
         assert!(err.contains(says), "{key}: {err}");
     }
-    let bytes = SyntheticLayout::tiny("gemma2")
+    let gemma2 = SyntheticLayout::tiny("gemma2")
         .unwrap()
-        .with_hparam("gemma2.final_logit_softcapping", MetadataValue::F32(-3.0))
-        .write(1)
-        .unwrap();
-    let file = Gguf::from_bytes(&bytes[..]).unwrap();
-    let err = Model::load(&file, &cpu).unwrap_err().to_string();
+        .with_hparam("gemma2.final_logit_softcapping", MetadataValue::F32(-3.0));
+    let err = load_err(gemma2);
     assert!(err.contains("final_logit_softcapping"), "{err}");
     // LongRoPE's factors (Phi 3.5's).
     let mut layout = SyntheticLayout::tiny("phi3")
@@ -207,9 +201,7 @@ fn unsupported_rope_scaling_is_refused() {
         .with_rope_factors()
         .unwrap();
     layout.tensors[1].name = "rope_factors_long.weight".into();
-    let bytes = layout.write(1).unwrap();
-    let file = Gguf::from_bytes(&bytes[..]).unwrap();
-    let err = Model::load(&file, &cpu).unwrap_err().to_string();
+    let err = load_err(layout);
     assert!(err.contains("LongRoPE"), "{err}");
     // Factors of the wrong count.
     let mut layout = SyntheticLayout::tiny("llama")
@@ -217,10 +209,16 @@ fn unsupported_rope_scaling_is_refused() {
         .with_rope_factors()
         .unwrap();
     layout.tensors[1].shape = vec![3];
+    let err = load_err(layout);
+    assert!(err.contains("rope_freqs"), "{err}");
+}
+
+/// Why loading a model of `layout` fails (it must).
+fn load_err(layout: SyntheticLayout) -> String {
     let bytes = layout.write(1).unwrap();
     let file = Gguf::from_bytes(&bytes[..]).unwrap();
-    let err = Model::load(&file, &cpu).unwrap_err().to_string();
-    assert!(err.contains("rope_freqs"), "{err}");
+    let cpu = CpuBackend::new().unwrap();
+    Model::load(&file, &cpu).unwrap_err().to_string()
 }
 
 /// A mixture of experts batched across sessions (each row routed on its
@@ -257,11 +255,6 @@ fn experts_batch_across_sessions() {
 #[test]
 fn unsupported_experts_are_refused() {
     let cpu = CpuBackend::new().unwrap();
-    let load_err = |layout: SyntheticLayout| {
-        let bytes = layout.write(1).unwrap();
-        let file = Gguf::from_bytes(&bytes[..]).unwrap();
-        Model::load(&file, &cpu).unwrap_err().to_string()
-    };
     let qwen2 = SyntheticLayout::tiny("qwen2")
         .unwrap()
         .with_experts(4, 2)
