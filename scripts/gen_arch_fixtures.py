@@ -7,12 +7,16 @@ weights, so the test writes the same file with realm_models::synthetic and
 checks it against the FNV-1a hash stored here), with options that exercise
 what the architecture reads from its metadata: f32 or quantized
 matrices, Llama 3.1's RoPE frequency factors, linear and YaRN RoPE scaling,
+LongRoPE (short and long factors, as the context chooses; all or part of
+each head rotated), the RoPE attention factor,
 mixtures of experts (Qwen 3 MoE's, and a llama's as Mixtral's), Gemma 2's
 soft-caps, Gemma 3's local/global pattern, local base and final cap. llama.cpp (the CPU build
 `scripts/build_llama_cpp.sh --tools` makes, through llama-cpp-python
 0.3.36's bindings; f32 KV cache) evaluates TOKENS in one batch and the
 logits of every position, the whole vocabulary, are stored (6 significant
-digits).
+digits). A case's n_ctx is llama.cpp's context (which it rounds up to 256)
+and the test's session length: LongRoPE's long factors serve contexts past
+the original one.
 Usage: python3 scripts/gen_arch_fixtures.py  (after cargo build --release -p realm-cli)
 """
 import json
@@ -33,9 +37,15 @@ SEED = 7
 TOKENS = [(i * 37 + 11) % 297 + 3 for i in range(24)]
 
 
-def case(name, layout, matrix_type="f32", rope_factors=False, overrides=()):
+def case(name, layout, matrix_type="f32", rope_factors=False, overrides=(), long_rope=None,
+         n_ctx=64):
     return dict(name=name, layout=layout, matrix_type=matrix_type, rope_factors=rope_factors,
-                overrides=[list(o) for o in overrides])
+                overrides=[list(o) for o in overrides], long_rope=long_rope, n_ctx=n_ctx)
+
+
+# Phi 3.5's LongRoPE, shrunk: a 4096-token model from a 256-token original
+# (attention factor sqrt(1.5)); another name, as for the phi3 case.
+PHI3_LONG = [("general.name", "str", "tiny"), ("phi3.context_length", "int", "4096")]
 
 
 CASES = [
@@ -49,6 +59,8 @@ CASES = [
     case("llama-rope-factors", "tiny-llama", rope_factors=True),
     case("llama-linear-scaling", "tiny-llama",
          overrides=[("llama.rope.scaling.factor", "float", "4")]),
+    case("llama-attn-factor", "tiny-llama",
+         overrides=[("llama.rope.scaling.attn_factor", "float", "1.3")]),
     case("llama-yarn", "tiny-llama",
          overrides=[("llama.rope.scaling.type", "str", "yarn"),
                     ("llama.rope.scaling.factor", "float", "4"),
@@ -66,6 +78,20 @@ CASES = [
     case("phi3", "tiny-phi3", overrides=[("general.name", "str", "tiny")]),
     case("phi3-q8_0", "tiny-phi3", matrix_type="q8_0",
          overrides=[("general.name", "str", "tiny")]),
+    case("phi3-longrope-short", "tiny-phi3", overrides=PHI3_LONG, long_rope=256, n_ctx=256),
+    case("phi3-longrope-long", "tiny-phi3", overrides=PHI3_LONG, long_rope=256, n_ctx=512),
+    # Phi 4 mini's: three quarters of each head rotated (of the
+    # architectures here, llama.cpp rotates part of a head for Phi 3 and
+    # Gemma only).
+    case("phi3-longrope-partial", "tiny-phi3", long_rope=256, n_ctx=512,
+         overrides=PHI3_LONG + [("phi3.rope.dimension_count", "int", "12")]),
+    case("phi3-yarn-partial", "tiny-phi3",
+         overrides=[("general.name", "str", "tiny"),
+                    ("phi3.rope.scaling.type", "str", "yarn"),
+                    ("phi3.rope.scaling.factor", "float", "4"),
+                    ("phi3.rope.scaling.original_context_length", "int", "64"),
+                    ("phi3.rope.scaling.attn_factor", "float", "0.9"),
+                    ("phi3.rope.dimension_count", "int", "12")]),
     case("smollm3", "tiny-smollm3"),
     case("granite", "tiny-granite"),
     case("qwen3moe", "tiny-qwen3moe"),
@@ -99,6 +125,8 @@ def synth(c, path):
             "--matrix-type", c["matrix_type"]]
     if c["rope_factors"]:
         args.append("--rope-factors")
+    if c["long_rope"]:
+        args += ["--long-rope", str(c["long_rope"])]
     for key, ty, value in c["overrides"]:
         args += ["--override-kv", f"{key}={ty}:{value}"]
     subprocess.run(args, check=True, capture_output=True)
@@ -115,7 +143,7 @@ def main():
             synth(c, path)
             with open(path, "rb") as f:
                 digest = fnv1a(f.read())
-            llm = Llama(path, n_ctx=64, n_batch=64, logits_all=True, n_threads=2,
+            llm = Llama(path, n_ctx=c["n_ctx"], n_batch=64, logits_all=True, n_threads=2,
                         type_k=0, type_v=0, verbose=False, seed=0)
             llm.eval(TOKENS)
             scores = np.array(llm.scores[: len(TOKENS)], dtype=np.float32)

@@ -23,8 +23,14 @@ pub struct SynthArgs {
     #[arg(long, value_name = "TYPE", value_parser = crate::quantize::parse_tensor_type)]
     pub matrix_type: Option<realm_core::GgmlType>,
     /// Add Llama 3.1's RoPE frequency factors (a `rope_freqs.weight`).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "long_rope")]
     pub rope_factors: bool,
+    /// Add LongRoPE's factors (Phi 3.5's `rope_factors_short` and
+    /// `rope_factors_long`) for an original context of this many tokens,
+    /// and the attention factor for the model's context (after
+    /// --override-kv).
+    #[arg(long, value_name = "TOKENS")]
+    pub long_rope: Option<u32>,
     /// Set a hyper-parameter, as llama.cpp's --override-kv writes one
     /// (`gemma3.rope.scaling.factor=float:8`).
     #[arg(long, value_name = "KEY=TYPE:VALUE", value_parser = crate::quantize::parse_override)]
@@ -64,11 +70,14 @@ pub fn run(args: &SynthArgs) -> Result<()> {
     if let Some(t) = args.matrix_type {
         layout = layout.with_matrix_type(t);
     }
+    for (k, v) in &args.override_kv {
+        layout = layout.with_hparam(k, v.clone());
+    }
     if args.rope_factors {
         layout = layout.with_rope_factors()?;
     }
-    for (k, v) in &args.override_kv {
-        layout = layout.with_hparam(k, v.clone());
+    if let Some(n) = args.long_rope {
+        layout = layout.with_long_rope(n)?;
     }
     let (bytes, what) = match args.lora {
         Some(rank) => {

@@ -133,8 +133,9 @@ pub(crate) struct RopeCache {
 #[derive(Debug, Default)]
 struct RopeAngles {
     positions: Vec<u32>,
-    /// `(base, freq_scale, n_dims)`, bit patterns for exact comparison.
-    key: (u32, u32, usize),
+    /// `(base, freq_scale, magnitude, n_dims)`, bit patterns for exact
+    /// comparison.
+    key: (u32, u32, u32, usize),
     /// The frequency factors (empty for none).
     factors: Vec<f32>,
     /// Per token: `n_dims / 2` cosines, then as many sines.
@@ -144,7 +145,12 @@ struct RopeAngles {
 impl RopeCache {
     /// The table for `positions` and `p`, computed if not cached.
     fn angles(&mut self, positions: &[u32], p: &RopeParams) -> &[f32] {
-        let key = (p.base.to_bits(), p.freq_scale.to_bits(), p.n_dims);
+        let key = (
+            p.base.to_bits(),
+            p.freq_scale.to_bits(),
+            p.magnitude.to_bits(),
+            p.n_dims,
+        );
         let factors = p.factors.unwrap_or_default();
         let same = |a: &[f32]| {
             a.len() == factors.len()
@@ -176,7 +182,8 @@ impl RopeCache {
 
 /// Pair `i` of a token at `pos` turns by `pos * freq_scale *
 /// inv_freq[i]` ([`RopeParams::inv_freqs`]), evaluated in f64 and rounded
-/// once.
+/// once; the cosines and sines are then scaled by the magnitude, in f32 as
+/// ggml scales them.
 fn fill_angles(table: &mut Vec<f32>, positions: &[u32], p: &RopeParams) {
     let half = p.n_dims / 2;
     let mut inv_freq = [0.0f64; ROPE_MAX_DIMS / 2];
@@ -186,8 +193,9 @@ fn fill_angles(table: &mut Vec<f32>, positions: &[u32], p: &RopeParams) {
     table.clear();
     for &pos in positions {
         let theta = |i: usize| f64::from(pos) * f64::from(p.freq_scale) * inv_freq[i];
-        table.extend((0..half).map(|i| theta(i).cos() as f32));
-        table.extend((0..half).map(|i| theta(i).sin() as f32));
+        let m = p.magnitude;
+        table.extend((0..half).map(|i| theta(i).cos() as f32 * m));
+        table.extend((0..half).map(|i| theta(i).sin() as f32 * m));
     }
 }
 

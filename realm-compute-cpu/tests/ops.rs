@@ -47,13 +47,13 @@ proptest! {
     }
 
     #[test]
-    fn rope_matches_f64(n_tok in 1usize..4, n_heads in 1usize..4, half_dims in 1usize..33, extra in 0usize..3, neox in any::<bool>(), base in 100f32..1e6, fs in 0.1f32..1.0, seed in any::<u64>()) {
+    fn rope_matches_f64(n_tok in 1usize..4, n_heads in 1usize..4, half_dims in 1usize..33, extra in 0usize..3, neox in any::<bool>(), base in 100f32..1e6, fs in 0.1f32..1.0, mag in 0.5f32..2.0, seed in any::<u64>()) {
         let mut rng = Rng::new(seed);
         let n_dims = 2 * half_dims;
         let head_dim = n_dims + 2 * extra;
         let positions: Vec<u32> = (0..n_tok).map(|_| (rng.next_u64() % 5000) as u32).collect();
         let x = rng.f32s(n_tok * n_heads * head_dim, -2.0, 2.0);
-        let p = RopeParams { n_dims, base, freq_scale: fs, mode: if neox { RopeMode::Neox } else { RopeMode::Normal }, factors: None };
+        let p = RopeParams { n_dims, base, freq_scale: fs, mode: if neox { RopeMode::Neox } else { RopeMode::Normal }, factors: None, magnitude: mag };
         let mut y = x.clone();
         let b = be(1);
         b.rope(&mut b.workspace(), &mut y, n_heads, head_dim, &positions, &p).unwrap();
@@ -64,8 +64,9 @@ proptest! {
                     let theta = f64::from(positions[t]) * f64::from(fs) * f64::from(base).powf(-2.0 * i as f64 / n_dims as f64);
                     let (a, b) = if neox { (o + i, o + i + half_dims) } else { (o + 2 * i, o + 2 * i + 1) };
                     let (xa, xb) = (f64::from(x[a]), f64::from(x[b]));
-                    prop_assert!(close(y[a], xa * theta.cos() - xb * theta.sin(), 1e-5, 1e-5));
-                    prop_assert!(close(y[b], xa * theta.sin() + xb * theta.cos(), 1e-5, 1e-5));
+                    let (c, s) = (theta.cos() * f64::from(mag), theta.sin() * f64::from(mag));
+                    prop_assert!(close(y[a], xa * c - xb * s, 1e-5, 1e-5));
+                    prop_assert!(close(y[b], xa * s + xb * c, 1e-5, 1e-5));
                 }
                 prop_assert_eq!(&y[o + n_dims..o + head_dim], &x[o + n_dims..o + head_dim]);
             }
@@ -229,25 +230,34 @@ fn rope_angle_cache_is_transparent() {
     let (n_heads, head_dim) = (2, 16);
     let b = be(1);
     let mut ws = b.workspace();
-    let settings = [(10_000.0f32, 16usize), (1e6, 16), (10_000.0, 8)];
+    // (base, rotated dimensions, magnitude)
+    let settings = [
+        (10_000.0f32, 16usize, 1.0f32),
+        (1e6, 16, 1.0),
+        (10_000.0, 8, 1.0),
+        (10_000.0, 16, 1.25),
+    ];
     let runs = [
         (0, vec![0u32, 1, 2]),
         (1, vec![0, 1, 2]),
         (0, vec![0, 1, 2]),
         (0, vec![3]),
+        // The same angles at another magnitude.
+        (3, vec![3]),
         (2, vec![3]),
         (1, vec![3]),
         (0, vec![3]),
         (1, vec![0, 1, 2]),
     ];
     for (s, positions) in runs {
-        let (base, n_dims) = settings[s];
+        let (base, n_dims, magnitude) = settings[s];
         let p = RopeParams {
             n_dims,
             base,
             freq_scale: 1.0,
             mode: RopeMode::Neox,
             factors: None,
+            magnitude,
         };
         let x = rng.f32s(positions.len() * n_heads * head_dim, -2.0, 2.0);
         let (mut cached, mut fresh) = (x.clone(), x);
@@ -495,6 +505,7 @@ fn bad_parameters_are_errors() {
                 freq_scale: 1.0,
                 mode: RopeMode::Normal,
                 factors: None,
+                magnitude: 1.0,
             }
         )
         .is_err());
@@ -511,6 +522,7 @@ fn bad_parameters_are_errors() {
                 freq_scale: 1.0,
                 mode: RopeMode::Neox,
                 factors: None,
+                magnitude: 1.0,
             }
         )
         .is_err());
@@ -527,6 +539,7 @@ fn bad_parameters_are_errors() {
                 freq_scale: 1.0,
                 mode: RopeMode::Neox,
                 factors: None,
+                magnitude: 1.0,
             }
         )
         .is_err());

@@ -22,6 +22,7 @@ pub(crate) struct RopeKey {
     n_dims: usize,
     base: u32,
     freq_scale: u32,
+    magnitude: u32,
     factors: Vec<u32>,
 }
 
@@ -29,8 +30,13 @@ impl RopeKey {
     /// Whether this is `p`'s key (without allocating).
     pub(crate) fn is(&self, p: &RopeParams) -> bool {
         let factors = p.factors.unwrap_or_default();
-        (self.n_dims, self.base, self.freq_scale)
-            == (p.n_dims, p.base.to_bits(), p.freq_scale.to_bits())
+        (self.n_dims, self.base, self.freq_scale, self.magnitude)
+            == (
+                p.n_dims,
+                p.base.to_bits(),
+                p.freq_scale.to_bits(),
+                p.magnitude.to_bits(),
+            )
             && self.factors.len() == factors.len()
             && self
                 .factors
@@ -45,6 +51,7 @@ impl RopeKey {
             n_dims: p.n_dims,
             base: p.base.to_bits(),
             freq_scale: p.freq_scale.to_bits(),
+            magnitude: p.magnitude.to_bits(),
             factors: p
                 .factors
                 .unwrap_or_default()
@@ -72,7 +79,7 @@ impl RopeTable {
         p: &RopeParams,
     ) -> candle_core::Result<Self> {
         let inv_freq: Vec<f64> = p.inv_freqs().collect();
-        let (cos, sin) = rope_angles(positions, &inv_freq, p.freq_scale);
+        let (cos, sin) = rope_angles(positions, &inv_freq, p.freq_scale, p.magnitude);
         let shape = (positions.len(), 1, p.n_dims / 2);
         Ok(Self {
             key: RopeKey::of(p),
@@ -85,11 +92,13 @@ impl RopeTable {
 /// Cosines and sines of every position's angles, one per inverse
 /// frequency ([`RopeParams::inv_freqs`]) per position: pair `i` at `pos`
 /// turns by `pos * freq_scale * inv_freq[i]`, the same angles as the CPU
-/// backend, computed in f64 and rounded once.
+/// backend, computed in f64 and rounded once, then scaled by `magnitude`
+/// in f32 ([`RopeParams::magnitude`]).
 pub(crate) fn rope_angles(
     positions: &[u32],
     inv_freq: &[f64],
     freq_scale: f32,
+    magnitude: f32,
 ) -> (Vec<f32>, Vec<f32>) {
     let half = inv_freq.len();
     let mut cos = Vec::with_capacity(positions.len() * half);
@@ -97,8 +106,8 @@ pub(crate) fn rope_angles(
     for &pos in positions {
         for &f in inv_freq {
             let theta = f64::from(pos) * f64::from(freq_scale) * f;
-            cos.push(theta.cos() as f32);
-            sin.push(theta.sin() as f32);
+            cos.push(theta.cos() as f32 * magnitude);
+            sin.push(theta.sin() as f32 * magnitude);
         }
     }
     (cos, sin)

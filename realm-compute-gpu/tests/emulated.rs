@@ -244,6 +244,7 @@ fn rope_params(n_dims: usize, neox: bool) -> RopeParams<'static> {
             RopeMode::Normal
         },
         factors: None,
+        magnitude: 1.0,
     }
 }
 
@@ -255,8 +256,8 @@ fn angles(positions: &[u32], p: &RopeParams) -> (Vec<f32>, Vec<f32>) {
     for &pos in positions {
         for inv in p.inv_freqs() {
             let theta = f64::from(pos) * f64::from(p.freq_scale) * inv;
-            cos.push(theta.cos() as f32);
-            sin.push(theta.sin() as f32);
+            cos.push(theta.cos() as f32 * p.magnitude);
+            sin.push(theta.sin() as f32 * p.magnitude);
         }
     }
     (cos, sin)
@@ -1310,17 +1311,20 @@ fn rope_angles_match_the_host() {
     let positions: Vec<u32> = vec![0, 1, 7, 255, 4096, 131_071];
     // Llama 3.1-like frequency factors (1 to 8) for 64 dimensions.
     let factors: Vec<f32> = (0..32).map(|i| 1.0 + 7.0 * i as f32 / 31.0).collect();
-    for (n_dims, base, factors, scale) in [
-        (64, 100_000.0f32, None, 1.0f32),
-        (256, 10_000.0, None, 1.0),
-        (256, 1_000_000.0, None, 0.125),
-        (2, 10_000.0, None, 1.0),
-        (64, 500_000.0, Some(&factors[..]), 1.0),
+    // (The last with LongRoPE's magnitude.)
+    for (n_dims, base, factors, scale, magnitude) in [
+        (64, 100_000.0f32, None, 1.0f32, 1.0f32),
+        (256, 10_000.0, None, 1.0, 1.0),
+        (256, 1_000_000.0, None, 0.125, 1.0),
+        (2, 10_000.0, None, 1.0, 1.0),
+        (64, 500_000.0, Some(&factors[..]), 1.0, 1.0),
+        (64, 10_000.0, Some(&factors[..]), 1.0, 1.190_238),
     ] {
         let rp = RopeParams {
             base,
             freq_scale: scale,
             factors,
+            magnitude,
             ..rope_params(n_dims, false)
         };
         let (cos, sin) = angles(&positions, &rp);
@@ -1333,6 +1337,7 @@ fn rope_angles_match_the_host() {
             n_dims.to_string(),
             write(&dir, "inv", &inv),
             scale.to_string(),
+            magnitude.to_string(),
         ];
         let got = run("rope_angles_f32", &args, &out);
         // The same double-precision arithmetic, rounded once: equal.

@@ -54,6 +54,12 @@ fn margin(v: &[f32]) -> f32 {
     v[best] - second
 }
 
+/// Every architecture's `SyntheticLayout::tiny`.
+const ARCHS: [&str; 10] = [
+    "llama", "mistral", "qwen2", "qwen3", "qwen3moe", "phi3", "smollm3", "granite", "gemma2",
+    "gemma3",
+];
+
 /// Prefill of `prompt` in chunks of `batch`, then greedy decoding fed with
 /// the CPU's tokens; returns every position's logits.
 fn run<B: Backend>(
@@ -164,9 +170,7 @@ fn compare_file<S: AsRef<[u8]>>(
 /// norms, embedding scale) must agree to float precision.
 #[test]
 fn every_architecture_matches_the_cpu_in_f32() {
-    for arch in [
-        "llama", "mistral", "qwen2", "qwen3", "qwen3moe", "gemma2", "gemma3",
-    ] {
+    for arch in ARCHS {
         let layout = SyntheticLayout::tiny(arch)
             .unwrap()
             .with_matrix_type(GgmlType::F32);
@@ -198,6 +202,16 @@ fn every_architecture_matches_the_cpu_in_f32() {
         .unwrap()
         .with_matrix_type(GgmlType::F32);
     compare(&layout, 3, 1e-3);
+    // LongRoPE's long factors and attention factor, on three quarters of
+    // each head (Phi 4 mini's).
+    let layout = SyntheticLayout::tiny("phi3")
+        .unwrap()
+        .with_hparam("phi3.context_length", MetadataValue::U32(4096))
+        .with_hparam("phi3.rope.dimension_count", MetadataValue::U32(12))
+        .with_long_rope(8)
+        .unwrap()
+        .with_matrix_type(GgmlType::F32);
+    compare(&layout, 3, 1e-3);
 }
 
 /// Quantized matrices: both backends round activations to 8-bit blocks
@@ -208,9 +222,7 @@ fn every_architecture_matches_the_cpu_in_f32() {
 fn every_architecture_matches_the_cpu_quantized() {
     let cpu = CpuBackend::new().unwrap();
     let g = gpu();
-    for arch in [
-        "llama", "mistral", "qwen2", "qwen3", "qwen3moe", "gemma2", "gemma3",
-    ] {
+    for arch in ARCHS {
         let layout = SyntheticLayout::tiny(arch).unwrap();
         compare(&layout, 3, 0.15);
         let file = Gguf::from_bytes(layout.write(3).unwrap()).unwrap();
@@ -242,9 +254,7 @@ fn every_architecture_matches_the_cpu_quantized() {
 #[test]
 fn products_of_blocks_match_the_cpu() {
     let g = gpu().with_q8_blocks(true);
-    for arch in [
-        "llama", "mistral", "qwen2", "qwen3", "qwen3moe", "gemma2", "gemma3",
-    ] {
+    for arch in ARCHS {
         let before = g.blocks_products();
         compare_on(&g, &SyntheticLayout::tiny(arch).unwrap(), 3, 0.3);
         assert!(

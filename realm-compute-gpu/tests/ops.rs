@@ -216,7 +216,7 @@ proptest! {
                     }
                     let mut rows: Vec<_> = caches.iter_mut().collect();
                     let positions = vec![past as u32; n];
-                    let rope = RopeParams { n_dims: 64, base: 10000.0, freq_scale: 1.0, mode: RopeMode::Neox, factors: None };
+                    let rope = RopeParams { n_dims: 64, base: 10000.0, freq_scale: 1.0, mode: RopeMode::Neox, factors: None, magnitude: 1.0 };
                     let (mut q, mut nk) = (gx.clone(), g.upload(&kv[0][..n * 128]).unwrap());
                     let nv = g.upload(&kv[1][..n * 128]).unwrap();
                     g.rope_attend_rows(&mut ws, &mut rows, 0, &positions, (&mut q, &mut nk, &nv), None, &rope, &p, &mut input).unwrap();
@@ -305,7 +305,9 @@ proptest! {
             prop_assert!(g.norm_add_rms_norm(&mut gx, &mut gy, &gw, &gyw, 1e-5, rows, width + 1, &mut gn).is_err());
         }
 
-        let p = RopeParams { n_dims: 2 * half, base: 10000.0, freq_scale: 1.0, mode: if neox { RopeMode::Neox } else { RopeMode::Normal }, factors: None };
+        // (NeoX with LongRoPE's magnitude.)
+        let magnitude = if neox { 1.190_238 } else { 1.0 };
+        let p = RopeParams { n_dims: 2 * half, base: 10000.0, freq_scale: 1.0, mode: if neox { RopeMode::Neox } else { RopeMode::Normal }, factors: None, magnitude };
         let positions: Vec<u32> = (0..rows as u32).map(|i| i * 37 + 5).collect();
         let mut cr = x.clone();
         c.rope(&mut c.workspace(), &mut cr, heads, hd, &positions, &p).unwrap();
@@ -504,7 +506,7 @@ proptest! {
         let kv_width = n_kv * hd;
         let cfg = KvCacheConfig { n_layers: 2, n_kv_heads: n_kv, head_dim: hd, max_seq_len: 12, dtype: if f16 { KvDtype::F16 } else { KvDtype::F32 } };
         let p = AttentionParams { n_heads, n_kv_heads: n_kv, head_dim: hd, scale: 1.0 / (hd as f32).sqrt(), sliding_window: window, softcap: None };
-        let rope = RopeParams { n_dims: 2 * half, base: 10000.0, freq_scale: 1.0, mode: if neox { RopeMode::Neox } else { RopeMode::Normal }, factors: None };
+        let rope = RopeParams { n_dims: 2 * half, base: 10000.0, freq_scale: 1.0, mode: if neox { RopeMode::Neox } else { RopeMode::Normal }, factors: None, magnitude: 1.0 };
         let mut rng = Rng(seed);
         let hist: Vec<(Vec<f32>, Vec<f32>)> = pasts.iter().map(|&p| (rng.f32s(p * kv_width, -1.0, 1.0), rng.f32s(p * kv_width, -1.0, 1.0))).collect();
         let (k, v, q) = (rng.f32s(rows * kv_width, -1.0, 1.0), rng.f32s(rows * kv_width, -1.0, 1.0), rng.f32s(rows * n_heads * hd, -1.0, 1.0));
@@ -592,7 +594,7 @@ proptest! {
         let total = past + n;
         let cfg = KvCacheConfig { n_layers: 2, n_kv_heads: n_kv, head_dim: hd, max_seq_len: total + 2, dtype: if f16 { KvDtype::F16 } else { KvDtype::F32 } };
         let p = AttentionParams { n_heads, n_kv_heads: n_kv, head_dim: hd, scale: 1.0 / (hd as f32).sqrt(), sliding_window: window, softcap };
-        let rope = RopeParams { n_dims: 2 * half, base: 10000.0, freq_scale: 1.0, mode: if neox { RopeMode::Neox } else { RopeMode::Normal }, factors: None };
+        let rope = RopeParams { n_dims: 2 * half, base: 10000.0, freq_scale: 1.0, mode: if neox { RopeMode::Neox } else { RopeMode::Normal }, factors: None, magnitude: 1.0 };
         let mut rng = Rng(seed);
         let (hk, hv) = (rng.f32s(past * kv_width, -1.0, 1.0), rng.f32s(past * kv_width, -1.0, 1.0));
         let (k, v, q) = (rng.f32s(n * kv_width, -1.0, 1.0), rng.f32s(n * kv_width, -1.0, 1.0), rng.f32s(n * width, -1.0, 1.0));
@@ -725,6 +727,7 @@ fn long_caches_attend_alike_split_or_not() {
                 RopeMode::Normal
             },
             factors: None,
+            magnitude: 1.0,
         };
         let mut rng = Rng(40 + i as u64);
         let hist: Vec<(Vec<f32>, Vec<f32>)> = pasts
@@ -945,6 +948,7 @@ fn rope_attend_refuses_scattered_positions() {
         freq_scale: 1.0,
         mode: RopeMode::Normal,
         factors: None,
+        magnitude: 1.0,
     };
     for fused in [true, false] {
         let g = gpu().with_fused_kernels(fused);

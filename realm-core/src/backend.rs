@@ -531,6 +531,10 @@ pub struct RopeParams<'a> {
     /// context scaling): pair `i`'s angle is divided by `factors[i]`.
     /// `n_dims / 2` values; `None` for none.
     pub factors: Option<&'a [f32]>,
+    /// Factor on the rotated dimensions' cosines and sines, so on their
+    /// magnitude (ggml's `attn_factor`: YaRN's and LongRoPE's attention
+    /// factor); 1 for none. Dimensions past `n_dims` keep theirs.
+    pub magnitude: f32,
 }
 
 impl RopeParams<'_> {

@@ -117,8 +117,17 @@ pub struct ModelConfig {
     /// RoPE frequency scale of the sliding-window layers.
     pub rope_freq_scale_local: f32,
     /// YaRN's RoPE scaling, if the model has it (its pair divisors join
-    /// the RoPE frequency factors; its magnitude is in `attn_scale`).
+    /// the RoPE frequency factors; its magnitude is in `rope_magnitude`).
     pub rope_yarn: Option<YarnConfig>,
+    /// Factor on the rotated dimensions of the queries and keys (ggml's
+    /// `attn_factor`): YaRN's magnitude times `rope.scaling.attn_factor`
+    /// (LongRoPE's), 1 for neither.
+    pub rope_magnitude: f32,
+    /// The context the RoPE scaling was made for
+    /// (`rope.scaling.original_context_length`, else `context_length`):
+    /// LongRoPE's long factors serve sessions longer than this, its short
+    /// ones the others.
+    pub rope_original_context: usize,
     /// Dimensions of each head that RoPE rotates.
     pub rope_dims: usize,
     /// Normal (adjacent pairs) or NeoX (halves) rotation.
@@ -193,7 +202,7 @@ impl ModelConfig {
             None => md.get_str_array("tokenizer.ggml.tokens")?.len(),
         };
         let rope_base = opt_f("rope.freq_base")?.unwrap_or(10_000.0);
-        let (rope_freq_scale, rope_yarn) = rope_scale(md, p)?;
+        let (rope_freq_scale, rope_yarn, rope_attn_factor) = rope_scale(md, p)?;
         let gemma2 = arch == Architecture::Gemma2;
         let gemma3 = arch == Architecture::Gemma3;
         let gemma = gemma2 || gemma3;
@@ -246,7 +255,13 @@ impl ModelConfig {
             },
             rope_freq_scale,
             rope_freq_scale_local: if gemma3 { 1.0 } else { rope_freq_scale },
+            rope_magnitude: rope_yarn.as_ref().map_or(1.0, YarnConfig::magnitude)
+                * rope_attn_factor,
             rope_yarn,
+            rope_original_context: match opt_u("rope.scaling.original_context_length")? {
+                Some(n) if n > 0 => n,
+                _ => u("context_length")?,
+            },
             rope_dims: opt_u("rope.dimension_count")?.unwrap_or(head_dim),
             rope_mode: match arch {
                 Architecture::Llama
@@ -312,22 +327,13 @@ impl ModelConfig {
         {
             return Err(Error::BadConfig(format!("inconsistent shape: {cfg:?}")));
         }
-        let mut cfg = cfg;
-        if let Some(y) = &cfg.rope_yarn {
-            // The magnitude YaRN gives the rotated queries and keys scales
-            // their products twice over: in the attention scale, which
-            // holds only where every dimension turns, and no local layer
-            // has a base of its own.
-            if gemma || cfg.rope_dims != cfg.head_dim {
-                return Err(Error::BadConfig(format!(
-                    "YaRN for {} with {} of {} dimensions rotated is not supported",
-                    arch.name(),
-                    cfg.rope_dims,
-                    cfg.head_dim
-                )));
-            }
-            let m = y.magnitude();
-            cfg.attn_scale *= m * m;
+        // YaRN's pair divisors are the model's; a local layer of its own
+        // base or scale would need others.
+        if cfg.rope_yarn.is_some() && gemma {
+            return Err(Error::BadConfig(format!(
+                "YaRN for {} is not supported",
+                arch.name()
+            )));
         }
         Ok(cfg)
     }
@@ -362,6 +368,15 @@ impl ModelConfig {
             self.rope_freq_scale_local
         } else {
             self.rope_freq_scale
+        }
+    }
+
+    /// RoPE magnitude of layer `layer` (1 for a layer without RoPE).
+    pub fn layer_rope_magnitude(&self, layer: usize) -> f32 {
+        if self.layer_rope_freq_scale(layer) == 0.0 {
+            1.0
+        } else {
+            self.rope_magnitude
         }
     }
 
@@ -442,7 +457,9 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
 /// to the architectures Realm runs: the low-frequency pairs interpolated by
 /// the factor, the high-frequency ones left, a ramp between (corrections at
 /// 32 and 1 turns over the original context), and the rotated values'
-/// magnitude raised by `1 + 0.1 ln(factor)`, times `rope.scaling.attn_factor`.
+/// magnitude raised by `1 + 0.1 ln(factor)` ([`YarnConfig::magnitude`];
+/// `rope.scaling.attn_factor`, which applies to every scaling, multiplies
+/// it in [`ModelConfig::rope_magnitude`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct YarnConfig {
     /// How many times the original context the model runs
@@ -451,8 +468,6 @@ pub struct YarnConfig {
     /// The context the model was trained for
     /// (`rope.scaling.original_context_length`).
     pub original_context: usize,
-    /// `rope.scaling.attn_factor` (1 by default).
-    pub attn_factor: f32,
 }
 
 impl YarnConfig {
@@ -484,23 +499,24 @@ impl YarnConfig {
             .collect()
     }
 
-    /// The factor on the rotated queries' and keys' magnitude.
+    /// The factor YaRN puts on the rotated queries' and keys' magnitude.
     pub fn magnitude(&self) -> f32 {
-        let m = if self.factor <= 1.0 {
+        if self.factor <= 1.0 {
             1.0
         } else {
             0.1 * self.factor.ln() + 1.0
-        };
-        m * self.attn_factor
+        }
     }
 }
 
-/// The RoPE frequency scale of architecture `p`, and its YaRN scaling if
-/// it has one, as llama.cpp reads them: 1 over `rope.scaling.factor` (or
-/// the older `rope.scale_linear`), unless `rope.scaling.type` is `none`;
-/// YaRN's scale is in its pair divisors (the scale is then 1). The scaling
-/// types that change more (LongRoPE) are refused.
-fn rope_scale(md: &Metadata, p: &str) -> Result<(f32, Option<YarnConfig>)> {
+/// The RoPE frequency scale of architecture `p`, its YaRN scaling if it
+/// has one, and its `rope.scaling.attn_factor` (1 by default), as llama.cpp
+/// reads them: 1 over `rope.scaling.factor` (or the older
+/// `rope.scale_linear`), unless `rope.scaling.type` is `none`; YaRN's scale
+/// is in its pair divisors (the scale is then 1). LongRoPE is linear
+/// scaling (usually by 1) with per-pair factors, which the model reads
+/// from its tensors.
+fn rope_scale(md: &Metadata, p: &str) -> Result<(f32, Option<YarnConfig>, f32)> {
     let ty = match md.get(&format!("{p}.rope.scaling.type")) {
         Some(_) => md.get_str(&format!("{p}.rope.scaling.type"))?,
         None => "linear",
@@ -519,36 +535,41 @@ fn rope_scale(md: &Metadata, p: &str) -> Result<(f32, Option<YarnConfig>)> {
             None => None,
         })
     };
+    let attn_factor = f("rope.scaling.attn_factor")?.unwrap_or(1.0);
+    if !(attn_factor.is_finite() && attn_factor > 0.0) {
+        return Err(Error::BadConfig(format!(
+            "RoPE attn_factor {attn_factor} is not a positive number"
+        )));
+    }
     match ty {
-        "none" => Ok((1.0, None)),
-        "linear" | "yarn" if factor == 0.0 => Ok((1.0, None)),
-        "linear" | "yarn" if !(factor.is_finite() && factor > 0.0) => Err(Error::BadConfig(
-            format!("RoPE scaling factor {factor} is not a positive number"),
-        )),
-        "linear" => Ok((1.0 / factor, None)),
+        "none" => Ok((1.0, None, attn_factor)),
+        "linear" | "longrope" | "yarn" if factor == 0.0 => Ok((1.0, None, attn_factor)),
+        "linear" | "longrope" | "yarn" if !(factor.is_finite() && factor > 0.0) => {
+            Err(Error::BadConfig(format!(
+                "RoPE scaling factor {factor} is not a positive number"
+            )))
+        }
+        "linear" | "longrope" => Ok((1.0 / factor, None, attn_factor)),
         "yarn" => {
             let ctx_key = format!("{p}.rope.scaling.original_context_length");
             let original_context = match md.get(&ctx_key) {
                 Some(_) => md.get_u32(&ctx_key)?,
                 None => md.get_u32(&format!("{p}.context_length"))?,
             } as usize;
-            let attn_factor = f("rope.scaling.attn_factor")?.unwrap_or(1.0);
-            if original_context == 0 || !(attn_factor.is_finite() && attn_factor > 0.0) {
-                return Err(Error::BadConfig(format!(
-                    "YaRN over {original_context} tokens with attn_factor {attn_factor}"
-                )));
+            if original_context == 0 {
+                return Err(Error::BadConfig("YaRN over 0 tokens".into()));
             }
             Ok((
                 1.0,
                 Some(YarnConfig {
                     factor,
                     original_context,
-                    attn_factor,
                 }),
+                attn_factor,
             ))
         }
         other => Err(Error::BadConfig(format!(
-            "RoPE scaling `{other}` is not supported (none, linear and yarn are)"
+            "RoPE scaling `{other}` is not supported (none, linear, longrope and yarn are)"
         ))),
     }
 }

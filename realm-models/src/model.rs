@@ -93,9 +93,12 @@ pub struct Model<'a, B: Backend> {
     layers: Vec<Layer<'a, B>>,
     output_norm: B::Buffer,
     output: B::Weight<'a>,
-    /// RoPE frequency factors (Llama 3.1's `rope_freqs.weight`, times YaRN's
-    /// pair divisors), if any.
+    /// RoPE frequency factors (Llama 3.1's `rope_freqs.weight`, or
+    /// LongRoPE's short ones, times YaRN's pair divisors), if any.
     rope_factors: Option<Vec<f32>>,
+    /// LongRoPE's long factors, for sessions longer than the original
+    /// context ([`ModelConfig::rope_original_context`]).
+    rope_factors_long: Option<Vec<f32>>,
     /// Whether the file has its own output matrix (not tied to the
     /// embeddings): an adapter may change it.
     has_output: bool,
@@ -277,34 +280,48 @@ impl<'a, B: Backend> Model<'a, B> {
         };
         let output_norm = optional_norm("output_norm.weight", d)?
             .ok_or_else(|| realm_core::Error::TensorNotFound("output_norm.weight".into()))?;
-        for t in ["rope_factors_long.weight", "rope_factors_short.weight"] {
-            if file.tensor(t).is_ok() {
-                return Err(Error::BadConfig(format!("LongRoPE ({t}) is not supported")));
-            }
-        }
         // One pair's factor each, the same for every layer.
-        let mut rope_factors = match file.tensor("rope_freqs.weight") {
-            Ok(t) => {
-                let v = f32_vec(&t)?;
-                if v.len() != c.rope_dims / 2 {
-                    return Err(Error::BadTensorShape {
-                        tensor: "rope_freqs.weight".into(),
-                        expected: vec![c.rope_dims as u64 / 2],
-                        got: t.shape().to_vec(),
-                    });
+        let factors = |name: &str| -> Result<Option<Vec<f32>>> {
+            match file.tensor(name) {
+                Ok(t) => {
+                    let v = f32_vec(&t)?;
+                    if v.len() != c.rope_dims / 2 {
+                        return Err(Error::BadTensorShape {
+                            tensor: name.into(),
+                            expected: vec![c.rope_dims as u64 / 2],
+                            got: t.shape().to_vec(),
+                        });
+                    }
+                    Ok(Some(v))
                 }
-                Some(v)
+                Err(realm_core::Error::TensorNotFound(_)) => Ok(None),
+                Err(e) => Err(e.into()),
             }
-            Err(realm_core::Error::TensorNotFound(_)) => None,
-            Err(e) => return Err(e.into()),
+        };
+        // Llama 3.1's factors serve every session, as llama.cpp prefers
+        // them; LongRoPE's come as a pair (Phi 3's 128k models, Phi 3.5,
+        // Phi 4 mini).
+        let (mut rope_factors, mut rope_factors_long) = match factors("rope_freqs.weight")? {
+            Some(f) => (Some(f), None),
+            None => match (
+                factors("rope_factors_short.weight")?,
+                factors("rope_factors_long.weight")?,
+            ) {
+                (Some(short), Some(long)) => (Some(short), Some(long)),
+                (None, None) => (None, None),
+                _ => {
+                    return Err(Error::BadConfig(
+                        "LongRoPE needs both rope_factors_short and rope_factors_long".into(),
+                    ))
+                }
+            },
         };
         // YaRN's pair divisors join them.
         if let Some(y) = &c.rope_yarn {
             let yarn = y.pair_divisors(c.rope_dims, c.rope_base);
-            rope_factors = Some(match rope_factors {
-                Some(f) => f.iter().zip(&yarn).map(|(a, b)| a * b).collect(),
-                None => yarn,
-            });
+            let times = |f: Vec<f32>| f.iter().zip(&yarn).map(|(a, b)| a * b).collect();
+            rope_factors_long = rope_factors_long.map(times);
+            rope_factors = Some(rope_factors.map_or_else(|| yarn.clone(), times));
         }
         Ok(Self {
             id: NEXT_MODEL.fetch_add(1, Ordering::Relaxed),
@@ -316,6 +333,7 @@ impl<'a, B: Backend> Model<'a, B> {
             output_norm,
             output,
             rope_factors,
+            rope_factors_long,
             has_output,
             loras: Vec::new(),
             lora_dims: Dims::default(),
@@ -464,7 +482,10 @@ impl<'a, B: Backend> Model<'a, B> {
             pos: 0,
             max_seq_len,
             chunk: None,
-            scratch: Scratch::new(self.backend, c, batch, 1, self.stacked_width())?,
+            scratch: Scratch {
+                long_rope: self.long_rope(max_seq_len),
+                ..Scratch::new(self.backend, c, batch, 1, self.stacked_width())?
+            },
             logits: vec![0.0; c.vocab_size],
             logits_on_host: false,
             loras: Vec::new(),
@@ -805,7 +826,43 @@ impl<'a, B: Backend> Model<'a, B> {
     /// order (and span of positions), at its second run, and replayed while
     /// the next steps come in the same order: keep rows in one order
     /// ([`Session::id`]).
+    ///
+    /// A model with LongRoPE turns the keys of sessions longer than its
+    /// original context by other factors than the others'
+    /// ([`ModelConfig::rope_original_context`]): a batch of both runs as
+    /// two steps, and an error in the second leaves the first's sessions
+    /// advanced.
     pub fn forward_batch(
+        &self,
+        rows: &mut [(&mut Session<B>, u32)],
+        scratch: &mut BatchScratch<B>,
+    ) -> Result<()> {
+        let long = |r: &(&mut Session<B>, u32)| r.0.scratch.long_rope;
+        if rows.iter().all(long) || !rows.iter().any(long) {
+            scratch.scratch.long_rope = rows.first().is_some_and(long);
+            return self.batch_step(rows, scratch);
+        }
+        for (s, t) in rows.iter() {
+            self.check_room(s, 1)?;
+            self.check_tokens(&[*t])?;
+        }
+        let (mut longer, mut shorter) = (Vec::new(), Vec::new());
+        for (s, t) in rows.iter_mut() {
+            let group = if s.scratch.long_rope {
+                &mut longer
+            } else {
+                &mut shorter
+            };
+            group.push((&mut **s, *t));
+        }
+        scratch.scratch.long_rope = false;
+        self.batch_step(&mut shorter, scratch)?;
+        scratch.scratch.long_rope = true;
+        self.batch_step(&mut longer, scratch)
+    }
+
+    /// [`Model::forward_batch`] of rows that rotate alike.
+    fn batch_step(
         &self,
         rows: &mut [(&mut Session<B>, u32)],
         scratch: &mut BatchScratch<B>,
@@ -1195,7 +1252,7 @@ impl<'a, B: Backend> Model<'a, B> {
                 None
             }
         };
-        let rope = self.rope(li);
+        let rope = self.rope(li, sc.long_rope);
         let hd = c.head_dim;
         let params = AttentionParams {
             n_heads: c.n_heads,
@@ -1282,16 +1339,29 @@ impl<'a, B: Backend> Model<'a, B> {
 }
 
 impl<B: Backend> Model<'_, B> {
-    /// Layer `layer`'s RoPE.
-    pub(crate) fn rope(&self, layer: usize) -> RopeParams<'_> {
+    /// Layer `layer`'s RoPE, for a session longer than the original
+    /// context (`long`: LongRoPE's long factors) or not.
+    pub(crate) fn rope(&self, layer: usize, long: bool) -> RopeParams<'_> {
         let c = &self.config;
+        let factors = match &self.rope_factors_long {
+            Some(f) if long => Some(f),
+            _ => self.rope_factors.as_ref(),
+        };
         RopeParams {
             n_dims: c.rope_dims,
             base: c.layer_rope_base(layer),
             freq_scale: c.layer_rope_freq_scale(layer),
             mode: c.rope_mode,
-            factors: self.rope_factors.as_deref(),
+            factors: factors.map(Vec::as_slice),
+            magnitude: c.layer_rope_magnitude(layer),
         }
+    }
+
+    /// Whether a session of `max_seq_len` tokens rotates with LongRoPE's
+    /// long factors: where it may pass the original context, as llama.cpp
+    /// chooses them by its context's size.
+    fn long_rope(&self, max_seq_len: usize) -> bool {
+        self.rope_factors_long.is_some() && max_seq_len > self.config.rope_original_context
     }
 }
 
@@ -1521,6 +1591,9 @@ struct Scratch<B: Backend> {
     /// What sees the inputs of the matrix products (an importance matrix
     /// being collected), if anything does.
     seen: Option<Box<Collector>>,
+    /// Whether the rows rotate with LongRoPE's long factors
+    /// ([`Model::rope`]).
+    long_rope: bool,
 }
 
 impl<B: Backend> Scratch<B> {
@@ -1562,6 +1635,7 @@ impl<B: Backend> Scratch<B> {
             recorded: Recorded::default(),
             lora: None,
             seen: None,
+            long_rope: false,
         })
     }
 

@@ -227,6 +227,17 @@ impl SyntheticLayout {
         self
     }
 
+    /// Hyper-parameter `{arch}.{key}` as a whole number, if the layout has
+    /// it so.
+    fn hparam_u64(&self, key: &str) -> Option<u64> {
+        let key = format!("{}.{key}", self.arch);
+        self.hparams
+            .iter()
+            .find(|(k, _)| *k == key)
+            .and_then(|(_, v)| v.as_i128())
+            .and_then(|v| u64::try_from(v).ok())
+    }
+
     /// The same layout with hyper-parameter `key` set to `value` (a key
     /// of another architecture is set as it is).
     pub fn with_hparam(mut self, key: &str, value: MetadataValue) -> Self {
@@ -244,13 +255,7 @@ impl SyntheticLayout {
     /// `rope_freqs.weight` of one factor per rotated pair (written with
     /// values in [1, 8), as Llama 3.1's run from 1 to 8).
     pub fn with_rope_factors(mut self) -> Result<Self> {
-        let get = |k: &str| {
-            let k = format!("{}.{k}", self.arch);
-            self.hparams
-                .iter()
-                .find(|(n, _)| *n == k)
-                .and_then(|(_, v)| v.as_i128())
-        };
+        let get = |k: &str| self.hparam_u64(k);
         let dims = get("rope.dimension_count")
             .or_else(|| get("attention.key_length"))
             .or_else(|| {
@@ -260,7 +265,7 @@ impl SyntheticLayout {
                     .map(|(d, h)| d / h)
             });
         let pairs = dims
-            .and_then(|d| u64::try_from(d / 2).ok())
+            .map(|d| d / 2)
             .filter(|&p| p > 0)
             .ok_or_else(|| Error::BadConfig("the layout has no rotated dimensions".into()))?;
         self.tensors.retain(|t| t.name != "rope_freqs.weight");
@@ -275,20 +280,50 @@ impl SyntheticLayout {
         Ok(self)
     }
 
+    /// The same layout with LongRoPE's factors (Phi 3.5's and Phi 4
+    /// mini's) for an original context of `original_context` tokens: a
+    /// `rope_factors_short.weight` and a `rope_factors_long.weight` of one
+    /// factor per rotated pair (values in [1, 8)), the original context,
+    /// and the attention factor llama.cpp's converter writes for it,
+    /// `sqrt(1 + ln(s) / ln(original_context))` where the model's context
+    /// is `s > 1` times the original one (1 otherwise).
+    pub fn with_long_rope(self, original_context: u32) -> Result<Self> {
+        if original_context < 2 {
+            return Err(Error::BadConfig(format!(
+                "an original context of {original_context} tokens"
+            )));
+        }
+        let context = self.hparam_u64("context_length").unwrap_or(0);
+        let scale = context as f64 / f64::from(original_context);
+        let attn_factor = if scale > 1.0 {
+            (1.0 + scale.ln() / f64::from(original_context).ln()).sqrt()
+        } else {
+            1.0
+        };
+        let mut layout = self.with_rope_factors()?;
+        layout.tensors[1].name = "rope_factors_long.weight".into();
+        let mut short = layout.tensors[1].clone();
+        short.name = "rope_factors_short.weight".into();
+        layout.tensors.insert(2, short);
+        let arch = layout.arch.clone();
+        Ok(layout
+            .with_hparam(
+                &format!("{arch}.rope.scaling.original_context_length"),
+                MetadataValue::U32(original_context),
+            )
+            .with_hparam(
+                &format!("{arch}.rope.scaling.attn_factor"),
+                MetadataValue::F32(attn_factor as f32),
+            ))
+    }
+
     /// The same layout with mixture-of-experts feed-forward blocks:
     /// `experts` experts (each as wide as `expert_feed_forward_length`, or
     /// `feed_forward_length` without one), `used` a token, and a router,
     /// in place of each block's dense matrices.
     pub fn with_experts(self, experts: u32, used: u32) -> Result<Self> {
         let arch = self.arch.clone();
-        let get = |k: &str| {
-            let k = format!("{arch}.{k}");
-            self.hparams
-                .iter()
-                .find(|(n, _)| *n == k)
-                .and_then(|(_, v)| v.as_i128())
-                .and_then(|v| u64::try_from(v).ok())
-        };
+        let get = |k: &str| self.hparam_u64(k);
         let (d, ff) = get("embedding_length")
             .zip(get("expert_feed_forward_length").or(get("feed_forward_length")))
             .ok_or_else(|| Error::BadConfig("the layout has no widths".into()))?;
@@ -507,7 +542,7 @@ impl SyntheticLayout {
                 .map_err(|_| Error::BadConfig(format!("tensor {} is too large", t.name)))?;
             let values: Vec<f32> = if t.shape.len() == 1 {
                 let bias = t.name.contains("bias");
-                let factors = t.name == "rope_freqs.weight";
+                let factors = t.name.starts_with("rope_");
                 (0..n)
                     .map(|_| {
                         let u = rng.uniform();
@@ -577,13 +612,9 @@ impl SyntheticLora {
     /// The adapter's GGUF file for a model of layout `base`.
     pub fn write_for(&self, base: &SyntheticLayout, seed: u64) -> Result<Vec<u8>> {
         let arch = base.arch.as_str();
-        let key = format!("{arch}.block_count");
         let layers = base
-            .hparams
-            .iter()
-            .find(|(k, _)| *k == key)
-            .and_then(|(_, v)| v.as_i128())
-            .ok_or_else(|| Error::BadConfig(format!("the layout has no {key}")))?;
+            .hparam_u64("block_count")
+            .ok_or_else(|| Error::BadConfig(format!("the layout has no {arch}.block_count")))?;
         let mut w = GgufWriter::new();
         let s = |v: &str| MetadataValue::String(v.into());
         w.set("general.architecture", s(arch));

@@ -34,6 +34,7 @@ pub(crate) struct RopeAngles {
     pub(crate) n_dims: usize,
     pub(crate) inv_freq: InvFreqs,
     pub(crate) freq_scale: f32,
+    pub(crate) magnitude: f32,
 }
 
 impl RopeAngles {
@@ -53,6 +54,7 @@ impl RopeAngles {
             n_dims: p.n_dims,
             inv_freq,
             freq_scale: p.freq_scale,
+            magnitude: p.magnitude,
         })
     }
 
@@ -83,6 +85,7 @@ impl CustomOp1 for RopeAngles {
             values(positions, l)?,
             &self.inv_freq.v[..self.n_dims / 2],
             self.freq_scale,
+            self.magnitude,
         );
         out.extend(sin);
         Ok((
@@ -123,6 +126,7 @@ impl CustomOp1 for RopeAngles {
         builder.arg(&n_dims);
         builder.arg(&self.inv_freq);
         builder.arg(&self.freq_scale);
+        builder.arg(&self.magnitude);
         let cfg = LaunchConfig {
             grid_dim: (rows32, 1, 1),
             block_dim: (THREADS, 1, 1),

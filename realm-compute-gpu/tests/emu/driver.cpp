@@ -304,8 +304,8 @@ int main(int argc, char **argv) {
     }
     store(argv[8], out);
   } else if (kernel == "rope_angles_f32") {
-    // positions out n_dims inv_freqs(f64) freq_scale
-    if (argc != 7) return 2;
+    // positions out n_dims inv_freqs(f64) freq_scale magnitude
+    if (argc != 8) return 2;
     auto pos = load<uint32_t>(argv[2]);
     const uint32_t rows = pos.size();
     const int n_dims = num(argv[4]);
@@ -315,7 +315,7 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i < freqs.size(); ++i) inv.v[i] = freqs[i];
     std::vector<float> out(2 * rows * (n_dims / 2), -12345.0f);
     emu_launch(rope_angles_f32, dim3{rows, 1, 1}, dim3{128, 1, 1}, pos.data(), out.data(), rows,
-               n_dims, inv, real(argv[6]));
+               n_dims, inv, real(argv[6]), real(argv[7]));
     store(argv[3], out);
   } else if (kernel == "add_rms_norm_f32") {
     // x y w out rows width eps [q8]

@@ -99,9 +99,12 @@ impl<B: Backend> Model<'_, B> {
                 b.kv_read(&session.cache, layer, end..held, &mut k, &mut v)?;
                 let mut keys = b.upload(&k)?;
                 let values = b.upload(&v)?;
-                // A negative frequency scale turns each pair the other way.
-                let mut rope = self.rope(layer);
+                // A negative frequency scale turns each pair the other way;
+                // the keys have their magnitude already (llama.cpp's shift
+                // gives them it again).
+                let mut rope = self.rope(layer, session.scratch.long_rope);
                 rope.freq_scale = -rope.freq_scale;
+                rope.magnitude = 1.0;
                 let ws = &mut session.scratch.ws;
                 b.rope(ws, &mut keys, c.n_kv_heads, c.head_dim, &positions, &rope)?;
                 let at = KvSpan {
