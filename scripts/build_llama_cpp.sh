@@ -11,11 +11,11 @@
 # serve` alike with scripts/bench_serve.py; prints its path.
 #
 # --tools: llama-perplexity, llama-quantize, llama-completion,
-# llama-export-lora and llama-imatrix too (the same CPU build), the
-# references scripts/gen_perplexity_fixtures.py,
+# llama-export-lora, llama-imatrix and llama-gguf-split too (the same CPU
+# build), the references scripts/gen_perplexity_fixtures.py,
 # scripts/gen_quantize_fixtures.py, scripts/gen_grammar_fixtures.py,
-# scripts/gen_lora_fixtures.py and scripts/gen_imatrix_fixtures.py run;
-# prints their folder.
+# scripts/gen_lora_fixtures.py, scripts/gen_imatrix_fixtures.py and
+# scripts/gen_split_fixtures.py run; prints their folder.
 #
 # --cuda: llama-bench and llama-batched-bench with the CUDA backend, for the
 # GPU machine (`cargo xtask gpu-bundle` carries them there); prints their
@@ -57,7 +57,7 @@ else
   build="$src/build"
   targets=(llama-bench)
   [ "$server" = 1 ] && targets+=(llama-server)
-  [ "$tools" = 1 ] && targets+=(llama-perplexity llama-quantize llama-completion llama-export-lora llama-imatrix)
+  [ "$tools" = 1 ] && targets+=(llama-perplexity llama-quantize llama-completion llama-export-lora llama-imatrix llama-gguf-split)
 fi
 # What the build prints: the CUDA folder, or its last program's path.
 out="$build/bin/${targets[-1]}"

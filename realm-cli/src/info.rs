@@ -43,6 +43,14 @@ pub fn run(args: &InfoArgs) -> Result<()> {
         h.alignment(),
         h.data_offset()
     )?;
+    let files = file.split_headers().count();
+    if files > 1 {
+        writeln!(
+            out,
+            "split over {files} files, {} bytes in all (each tensor's offset is in its own file)",
+            file.len()
+        )?;
+    }
     writeln!(out, "\nmetadata ({} keys):", file.metadata().len())?;
     for (key, value) in file.metadata().iter() {
         let summary = value.display_summary(args.max_items);
@@ -161,6 +169,7 @@ fn to_json(file: &GgufFile, max_items: usize) -> Value {
         "file_len": h.file_len(),
         "alignment": h.alignment(),
         "data_offset": h.data_offset(),
+        "files": file.split_headers().count(),
         "metadata": metadata,
         "tensor_count": tensors.len(),
         "tensors_by_type": counts,

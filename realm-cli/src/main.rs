@@ -17,6 +17,7 @@ mod prompt_cache;
 mod quantize;
 mod run;
 mod serve;
+mod split;
 mod synth;
 mod tokenize;
 
@@ -56,6 +57,8 @@ enum Cmd {
     Quantize(quantize::QuantizeArgs),
     /// Merge LoRA adapters into a model's weights, as llama-export-lora does.
     ExportLora(export_lora::ExportLoraArgs),
+    /// Split a model into several files, or merge them, as llama-gguf-split does.
+    GgufSplit(split::SplitArgs),
     /// An OpenAI-compatible HTTP server (chat and text completions, streamed or whole).
     Serve(serve::ServeArgs),
     /// Write a synthetic-weight model with a real model's exact layout.
@@ -76,6 +79,7 @@ fn main() {
         Cmd::Perplexity(args) => perplexity::run(&args),
         Cmd::Imatrix(args) => imatrix::run(&args),
         Cmd::ExportLora(args) => export_lora::run(&args),
+        Cmd::GgufSplit(args) => split::run(&args),
         Cmd::Quantize(args) => quantize::run(&args),
         Cmd::Serve(args) => serve::run(&args),
         Cmd::Synth(args) => synth::run(&args),

@@ -51,3 +51,76 @@ fn unknown_model_and_bad_file_are_clear_errors() {
     assert!(!ok);
     assert!(stderr.contains("truncated GGUF"), "{stderr}");
 }
+
+/// `realm gguf-split` as a user runs it: a synthetic model split by size
+/// and count, read back whole by `realm info` from its first file, merged,
+/// and its sizes read as llama-gguf-split reads them.
+#[test]
+fn gguf_split_splits_merges_and_info_reads_the_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let at = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+    let (ok, _, stderr) = realm(&[
+        "synth",
+        "tiny-llama",
+        "-o",
+        &at("m.gguf"),
+        "--matrix-type",
+        "q8_0",
+    ]);
+    assert!(ok, "{stderr}");
+    let (ok, _, stderr) = realm(&[
+        "gguf-split",
+        "--split-max-tensors",
+        "8",
+        &at("m.gguf"),
+        &at("s"),
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("3 files"), "{stderr}");
+    let (ok, stdout, stderr) = realm(&["info", &at("s-00001-of-00003.gguf"), "--json"]);
+    assert!(ok, "{stderr}");
+    let doc: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        (doc["files"].as_u64(), doc["tensor_count"].as_u64()),
+        (Some(3), Some(20))
+    );
+    let (ok, _, stderr) = realm(&[
+        "gguf-split",
+        "--merge",
+        &at("s-00001-of-00003.gguf"),
+        &at("j.gguf"),
+    ]);
+    assert!(ok, "{stderr}");
+    let (ok, stdout, _) = realm(&["info", &at("j.gguf"), "--json"]);
+    assert!(ok);
+    let doc: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        (doc["files"].as_u64(), doc["tensor_count"].as_u64()),
+        (Some(1), Some(20))
+    );
+    // Merging onto an existing file, and sizes without a unit, are refused.
+    let (ok, _, stderr) = realm(&[
+        "gguf-split",
+        "--merge",
+        &at("s-00001-of-00003.gguf"),
+        &at("j.gguf"),
+    ]);
+    assert!(!ok && stderr.contains("exists"), "{stderr}");
+    let (ok, _, stderr) = realm(&[
+        "gguf-split",
+        "--split-max-size",
+        "40",
+        &at("m.gguf"),
+        &at("t"),
+    ]);
+    assert!(!ok && stderr.contains("M or G"), "{stderr}");
+    // 1M holds the whole model: one file.
+    let (ok, _, stderr) = realm(&[
+        "gguf-split",
+        "--split-max-size",
+        "1M",
+        &at("m.gguf"),
+        &at("u"),
+    ]);
+    assert!(ok && stderr.contains("1 file\n"), "{stderr}");
+}

@@ -92,6 +92,10 @@ pub enum Error {
     #[error("tensor `{0}` not found")]
     TensorNotFound(String),
 
+    /// The files of a split model do not make one model.
+    #[error("split model: {0}")]
+    Split(String),
+
     /// An operation does not support this tensor type.
     #[error("{op} does not support type {dtype}")]
     UnsupportedType {

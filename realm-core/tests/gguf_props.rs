@@ -4,7 +4,10 @@
 
 use proptest::collection::vec;
 use proptest::prelude::*;
-use realm_core::gguf::{Gguf, GgufReader, GgufWriter, Metadata, MetadataArray, MetadataValue};
+use realm_core::gguf::{
+    merge_writer, split_writers, Gguf, GgufReader, GgufWriter, Metadata, MetadataArray,
+    MetadataValue, SplitLimit, SplitOptions,
+};
 use realm_core::GgmlType;
 
 fn finite_f32() -> impl Strategy<Value = f32> {
@@ -163,6 +166,43 @@ proptest! {
         let _ = Gguf::from_bytes(&bytes[..]);
         let _ = Gguf::from_bytes(&bytes[..cut.index(bytes.len())]);
         let _ = GgufReader::new(std::io::Cursor::new(&bytes));
+    }
+
+    #[test]
+    fn split_files_read_back_as_the_whole(
+        (kv, tensors, align) in file(),
+        limit in prop_oneof![(1usize..4).prop_map(SplitLimit::Tensors), (1u64..600).prop_map(SplitLimit::Bytes)],
+        no_tensor_first_split in any::<bool>(),
+        edit in (any::<prop::sample::Index>(), any::<prop::sample::Index>(), any::<u8>()),
+    ) {
+        let bytes = build(&kv, &tensors, align);
+        let whole = Gguf::from_bytes(&bytes[..]).unwrap();
+        let opts = SplitOptions { limit, no_tensor_first_split };
+        // (Refused only for a first tensor past the byte limit.)
+        let Ok(writers) = split_writers(&whole, &opts) else {
+            let first = tensors.first().map_or(0, |t| t.data.len().next_multiple_of(32) as u64);
+            prop_assert!(matches!(limit, SplitLimit::Bytes(n) if n < first));
+            return Ok(());
+        };
+        let mut parts: Vec<Vec<u8>> = writers.iter().map(|w| w.to_bytes().unwrap()).collect();
+        let split = Gguf::from_splits(parts.clone()).unwrap();
+        prop_assert_eq!(split.split_headers().count(), parts.len());
+        for (k, v) in whole.metadata().iter() {
+            prop_assert_eq!(split.metadata().get(k), Some(v));
+        }
+        let merged = merge_writer(&split).unwrap().to_bytes().unwrap();
+        let merged = Gguf::from_bytes(&merged[..]).unwrap();
+        for (i, t) in tensors.iter().enumerate() {
+            let name = format!("t{i}");
+            prop_assert_eq!(split.tensor(&name).unwrap().data(), &t.data[..]);
+            prop_assert_eq!(merged.tensor(&name).unwrap().data(), &t.data[..]);
+        }
+        // A damaged file of the set: an error or a model, never a panic.
+        let (file, at, b) = edit;
+        let part = &mut parts[file.index(writers.len())];
+        let i = at.index(part.len());
+        part[i] = b;
+        let _ = Gguf::from_splits(parts);
     }
 
     #[test]

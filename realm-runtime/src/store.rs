@@ -302,11 +302,11 @@ impl LoadedModel {
         }
     }
 
-    /// Bytes of the mapped file.
+    /// Bytes of the mapped file (all of a split model's files).
     fn file_len(&self) -> usize {
         match &self.cell {
-            ModelCell::Cpu(c) => c.borrow_owner().file.as_bytes().len(),
-            ModelCell::Gpu(c) => c.borrow_owner().file.as_bytes().len(),
+            ModelCell::Cpu(c) => c.borrow_owner().file.len(),
+            ModelCell::Gpu(c) => c.borrow_owner().file.len(),
         }
     }
 }

@@ -12,16 +12,18 @@ mod metadata;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod quantize;
 mod reader;
+mod split;
 mod value;
 mod writer;
 
-pub use file::Gguf;
 #[cfg(not(target_arch = "wasm32"))]
 pub use file::GgufFile;
+pub use file::{split_suffix, Gguf, SPLIT_COUNT_KEY, SPLIT_NO_KEY, SPLIT_TENSORS_COUNT_KEY};
 pub use header::{
     GgufHeader, TensorInfo, ALIGNMENT_KEY, DEFAULT_ALIGNMENT, MAX_DIMS, MAX_NAME_LEN,
 };
 pub use metadata::Metadata;
 pub use reader::GgufReader;
+pub use split::{merge_writer, plan_split, split_writers, SplitLimit, SplitOptions};
 pub use value::{MetadataArray, MetadataValue, ValueType};
 pub use writer::GgufWriter;
