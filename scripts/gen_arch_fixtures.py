@@ -9,7 +9,8 @@ what the architecture reads from its metadata: f32 or quantized
 matrices, Llama 3.1's RoPE frequency factors, linear and YaRN RoPE scaling,
 LongRoPE (short and long factors, as the context chooses; all or part of
 each head rotated), the RoPE attention factor,
-mixtures of experts (Qwen 3 MoE's, and a llama's as Mixtral's), Gemma 2's
+mixtures of experts (Qwen 2 MoE's with its shared expert, Qwen 3 MoE's,
+and a llama's as Mixtral's), Gemma 2's
 soft-caps, Gemma 3's local/global pattern, local base and final cap. llama.cpp (the CPU build
 `scripts/build_llama_cpp.sh --tools` makes, through llama-cpp-python
 0.3.36's bindings; f32 KV cache) evaluates TOKENS in one batch and the
@@ -94,6 +95,8 @@ CASES = [
                     ("phi3.rope.dimension_count", "int", "12")]),
     case("smollm3", "tiny-smollm3"),
     case("granite", "tiny-granite"),
+    case("qwen2moe", "tiny-qwen2moe"),
+    case("qwen2moe-q8_0", "tiny-qwen2moe", matrix_type="q8_0"),
     case("qwen3moe", "tiny-qwen3moe"),
     case("qwen3moe-q8_0", "tiny-qwen3moe", matrix_type="q8_0"),
     case("mixtral", "tiny-mixtral"),

@@ -17,9 +17,10 @@ f16 KV cache and 2 threads, and keeps
 - the perplexity llama-imatrix prints on the way, in imatrix.json;
 - llama-imatrix's `--show-statistics` of the kept matrices,
   imatrix/{smollm2,gemma3}.stats.txt (its log prefixes taken off);
-- the whole matrix of a synthetic Qwen 3 MoE (MOE below: `realm synth`
-  writes it, so build realm-cli first), imatrix/qwen3moe.gguf: the routed
-  products' entries, by expert.
+- the whole matrix of a synthetic Qwen 3 MoE and a Qwen 2 MoE (MOES below:
+  `realm synth` writes them, so build realm-cli first),
+  imatrix/{qwen3moe,qwen2moe}.gguf: the routed products' entries, by
+  expert, and the Qwen 2 MoE's shared expert's.
 Usage: python3 scripts/gen_imatrix_fixtures.py [MODELS_DIR]
 """
 import json
@@ -71,10 +72,14 @@ def prune(src, dst):
     return kept
 
 
-# The synthetic mixture of experts: `realm synth LAYOUT --seed SEED
-# --matrix-type TYPE` (the test writes the same file), CHUNKS chunks of CTX
-# tokens, one sequence a batch.
-MOE = {"layout": "tiny-qwen3moe", "seed": 5, "matrix_type": "f16", "ctx": 64, "chunks": 24}
+# The synthetic mixtures of experts, by their key in imatrix.json: `realm
+# synth LAYOUT --seed SEED --matrix-type TYPE` (the test writes the same
+# file), CHUNKS chunks of CTX tokens, one sequence a batch.
+MOES = {
+    "moe": {"layout": "tiny-qwen3moe", "seed": 5, "matrix_type": "f16", "ctx": 64, "chunks": 24},
+    "moe_shared": {"layout": "tiny-qwen2moe", "seed": 5, "matrix_type": "f16", "ctx": 64,
+                   "chunks": 24},
+}
 REALM = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "target", "release", "realm")
 
 
@@ -107,18 +112,20 @@ def main():
             out["models"][short] = {"file": name, "ppl": float(final.group(1)),
                                     "matrices": kept}
             print(short, out["models"][short])
-        # A synthetic mixture of experts (Qwen 3 MoE, f16), whole: what
-        # llama-imatrix collects of routed products, by expert.
-        moe = os.path.join(tmp, "qwen3moe.gguf")
-        subprocess.run([REALM, "synth", MOE["layout"], "-o", moe, "--seed", str(MOE["seed"]),
-                        "--matrix-type", MOE["matrix_type"]], check=True, capture_output=True)
-        run = subprocess.run([tool, "-m", moe, "-f", "perplexity.txt", "-c", str(MOE["ctx"]),
-                              "-b", str(MOE["ctx"]), "--chunks", str(MOE["chunks"]), "-t", "2",
-                              "-o", os.path.join("imatrix", "qwen3moe.gguf")],
-                             cwd=FIXTURES, check=True, capture_output=True, text=True)
-        final = re.search(r"Final estimate: PPL = (\d+\.\d+)", run.stdout + run.stderr)
-        out["moe"] = dict(MOE, ppl=float(final.group(1)))
-        print("qwen3moe", out["moe"])
+        # Synthetic mixtures of experts (f16), whole: what llama-imatrix
+        # collects of routed products, by expert.
+        for key, moe in MOES.items():
+            short = moe["layout"].removeprefix("tiny-")
+            path = os.path.join(tmp, short + ".gguf")
+            subprocess.run([REALM, "synth", moe["layout"], "-o", path, "--seed", str(moe["seed"]),
+                            "--matrix-type", moe["matrix_type"]], check=True, capture_output=True)
+            run = subprocess.run([tool, "-m", path, "-f", "perplexity.txt", "-c", str(moe["ctx"]),
+                                  "-b", str(moe["ctx"]), "--chunks", str(moe["chunks"]), "-t", "2",
+                                  "-o", os.path.join("imatrix", short + ".gguf")],
+                                 cwd=FIXTURES, check=True, capture_output=True, text=True)
+            final = re.search(r"Final estimate: PPL = (\d+\.\d+)", run.stdout + run.stderr)
+            out[key] = dict(moe, ppl=float(final.group(1)))
+            print(short, out[key])
     with open(os.path.join(FIXTURES, "imatrix.json"), "w") as f:
         json.dump(out, f, indent=1)
         f.write("\n")

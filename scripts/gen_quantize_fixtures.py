@@ -26,7 +26,11 @@ MODELS = {
 # A synthetic mixture of experts, `realm synth` ARGS (the importance matrix
 # scripts/gen_imatrix_fixtures.py collects on it): its 3-D expert tensors
 # quantize with one importance entry an expert.
-SYNTH = {"qwen3moe": ["tiny-qwen3moe", "--seed", "5", "--matrix-type", "f16"]}
+SYNTH = {
+    "qwen3moe": ["tiny-qwen3moe", "--seed", "5", "--matrix-type", "f16"],
+    # With a shared expert: two ffn_down matrices a block.
+    "qwen2moe": ["tiny-qwen2moe", "--seed", "5", "--matrix-type", "f16"],
+}
 REALM = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "target", "release", "realm")
 # (model, file type, extra options): every rule of the mixes Realm writes.
 CASES = [
@@ -34,6 +38,8 @@ CASES = [
     ("qwen3moe", "Q4_0", ["--imatrix", "tests/fixtures/imatrix/qwen3moe.gguf"]),
     ("qwen3moe", "Q5_1", ["--imatrix", "tests/fixtures/imatrix/qwen3moe.gguf"]),
     ("qwen3moe", "IQ4_NL", ["--imatrix", "tests/fixtures/imatrix/qwen3moe.gguf"]),
+    ("qwen2moe", "Q4_K_M", []),
+    ("qwen2moe", "Q4_0", ["--imatrix", "tests/fixtures/imatrix/qwen2moe.gguf"]),
     ("smollm2", "Q8_0", []),
     ("smollm2", "Q4_K_M", []),
     ("smollm2", "Q6_K", []),

@@ -10,8 +10,8 @@ use realm_models::synthetic::{SyntheticLayout, SyntheticLora};
 #[derive(Debug, clap::Args)]
 pub struct SynthArgs {
     /// A built-in layout (smollm2, gemma3; tiny-ARCH for a two-layer
-    /// model of llama, qwen2, qwen3 or gemma3) or a GGUF file whose layout
-    /// to copy.
+    /// model of any architecture Realm runs, tiny-mixtral) or a GGUF file
+    /// whose layout to copy.
     pub layout: String,
     /// Where to write the model.
     #[arg(short, long)]

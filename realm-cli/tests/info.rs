@@ -59,68 +59,29 @@ fn unknown_model_and_bad_file_are_clear_errors() {
 fn gguf_split_splits_merges_and_info_reads_the_whole() {
     let dir = tempfile::tempdir().unwrap();
     let at = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
-    let (ok, _, stderr) = realm(&[
-        "synth",
-        "tiny-llama",
-        "-o",
-        &at("m.gguf"),
-        "--matrix-type",
-        "q8_0",
-    ]);
+    let (m, first, joined) = (at("m.gguf"), at("s-00001-of-00003.gguf"), at("j.gguf"));
+    let split = |args: &[&str]| realm(&[&["gguf-split"], args].concat());
+    // (files, tensors) as `realm info` counts them.
+    let counts = |path: &str| {
+        let (ok, stdout, stderr) = realm(&["info", path, "--json"]);
+        assert!(ok, "{stderr}");
+        let doc: Value = serde_json::from_str(&stdout).unwrap();
+        (doc["files"].as_u64(), doc["tensor_count"].as_u64())
+    };
+    let (ok, _, stderr) = realm(&["synth", "tiny-llama", "-o", &m, "--matrix-type", "q8_0"]);
     assert!(ok, "{stderr}");
-    let (ok, _, stderr) = realm(&[
-        "gguf-split",
-        "--split-max-tensors",
-        "8",
-        &at("m.gguf"),
-        &at("s"),
-    ]);
+    let (ok, _, stderr) = split(&["--split-max-tensors", "8", &m, &at("s")]);
+    assert!(ok && stderr.contains("3 files"), "{stderr}");
+    assert_eq!(counts(&first), (Some(3), Some(20)));
+    let (ok, _, stderr) = split(&["--merge", &first, &joined]);
     assert!(ok, "{stderr}");
-    assert!(stderr.contains("3 files"), "{stderr}");
-    let (ok, stdout, stderr) = realm(&["info", &at("s-00001-of-00003.gguf"), "--json"]);
-    assert!(ok, "{stderr}");
-    let doc: Value = serde_json::from_str(&stdout).unwrap();
-    assert_eq!(
-        (doc["files"].as_u64(), doc["tensor_count"].as_u64()),
-        (Some(3), Some(20))
-    );
-    let (ok, _, stderr) = realm(&[
-        "gguf-split",
-        "--merge",
-        &at("s-00001-of-00003.gguf"),
-        &at("j.gguf"),
-    ]);
-    assert!(ok, "{stderr}");
-    let (ok, stdout, _) = realm(&["info", &at("j.gguf"), "--json"]);
-    assert!(ok);
-    let doc: Value = serde_json::from_str(&stdout).unwrap();
-    assert_eq!(
-        (doc["files"].as_u64(), doc["tensor_count"].as_u64()),
-        (Some(1), Some(20))
-    );
+    assert_eq!(counts(&joined), (Some(1), Some(20)));
     // Merging onto an existing file, and sizes without a unit, are refused.
-    let (ok, _, stderr) = realm(&[
-        "gguf-split",
-        "--merge",
-        &at("s-00001-of-00003.gguf"),
-        &at("j.gguf"),
-    ]);
+    let (ok, _, stderr) = split(&["--merge", &first, &joined]);
     assert!(!ok && stderr.contains("exists"), "{stderr}");
-    let (ok, _, stderr) = realm(&[
-        "gguf-split",
-        "--split-max-size",
-        "40",
-        &at("m.gguf"),
-        &at("t"),
-    ]);
+    let (ok, _, stderr) = split(&["--split-max-size", "40", &m, &at("t")]);
     assert!(!ok && stderr.contains("M or G"), "{stderr}");
     // 1M holds the whole model: one file.
-    let (ok, _, stderr) = realm(&[
-        "gguf-split",
-        "--split-max-size",
-        "1M",
-        &at("m.gguf"),
-        &at("u"),
-    ]);
+    let (ok, _, stderr) = split(&["--split-max-size", "1M", &m, &at("u")]);
     assert!(ok && stderr.contains("1 file\n"), "{stderr}");
 }

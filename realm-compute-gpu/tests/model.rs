@@ -55,9 +55,9 @@ fn margin(v: &[f32]) -> f32 {
 }
 
 /// Every architecture's `SyntheticLayout::tiny`.
-const ARCHS: [&str; 10] = [
-    "llama", "mistral", "qwen2", "qwen3", "qwen3moe", "phi3", "smollm3", "granite", "gemma2",
-    "gemma3",
+const ARCHS: [&str; 11] = [
+    "llama", "mistral", "qwen2", "qwen2moe", "qwen3", "qwen3moe", "phi3", "smollm3", "granite",
+    "gemma2", "gemma3",
 ];
 
 /// Prefill of `prompt` in chunks of `batch`, then greedy decoding fed with

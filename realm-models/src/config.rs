@@ -14,6 +14,9 @@ pub enum Architecture {
     Mistral,
     /// Qwen 2 (q/k/v biases, NeoX RoPE).
     Qwen2,
+    /// Qwen 1.5 and 2 with mixture-of-experts feed-forward blocks and a
+    /// shared expert (Qwen 2's attention).
+    Qwen2Moe,
     /// Qwen 3 dense (per-head Q/K norms, NeoX RoPE).
     Qwen3,
     /// Qwen 3 with mixture-of-experts feed-forward blocks.
@@ -39,6 +42,7 @@ impl Architecture {
             "llama" => Self::Llama,
             "mistral" => Self::Mistral,
             "qwen2" => Self::Qwen2,
+            "qwen2moe" => Self::Qwen2Moe,
             "qwen3" => Self::Qwen3,
             "qwen3moe" => Self::Qwen3Moe,
             "phi3" => Self::Phi3,
@@ -56,6 +60,7 @@ impl Architecture {
             Self::Llama => "llama",
             Self::Mistral => "mistral",
             Self::Qwen2 => "qwen2",
+            Self::Qwen2Moe => "qwen2moe",
             Self::Qwen3 => "qwen3",
             Self::Qwen3Moe => "qwen3moe",
             Self::Phi3 => "phi3",
@@ -83,6 +88,10 @@ pub struct MoeConfig {
     pub norm_weights: bool,
     /// A factor on every expert weight (1 for none).
     pub weights_scale: f32,
+    /// Hidden width of the shared expert every token also runs, its
+    /// output gated by the sigmoid of its own router's score (Qwen 2
+    /// MoE's); `None` for none.
+    pub shared_ffn_dim: Option<usize>,
 }
 
 /// Everything a forward pass needs to know about the model's shape.
@@ -269,6 +278,7 @@ impl ModelConfig {
                 | Architecture::SmolLM3
                 | Architecture::Granite => RopeMode::Normal,
                 Architecture::Qwen2
+                | Architecture::Qwen2Moe
                 | Architecture::Qwen3
                 | Architecture::Qwen3Moe
                 | Architecture::Phi3
@@ -412,11 +422,11 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
     };
     let experts = get("expert_count")?.unwrap_or(0) as usize;
     match (arch, experts) {
-        (Architecture::Qwen3Moe, 0) => {
-            return Err(Error::BadConfig("qwen3moe needs an expert_count".into()))
+        (Architecture::Qwen2Moe | Architecture::Qwen3Moe, 0) => {
+            return Err(Error::BadConfig(format!("{p} needs an expert_count")))
         }
         (_, 0) => return Ok(None),
-        (Architecture::Llama | Architecture::Qwen3Moe, _) => {}
+        (Architecture::Llama | Architecture::Qwen2Moe | Architecture::Qwen3Moe, _) => {}
         (other, _) => {
             return Err(Error::BadConfig(format!(
                 "{} with experts is not supported",
@@ -430,10 +440,18 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
             "{used} of {experts} experts a token"
         )));
     }
-    let ffn_dim = match (arch, get("expert_feed_forward_length")?) {
-        (Architecture::Qwen3Moe, Some(f)) if f > 0 => f as usize,
-        (Architecture::Qwen3Moe, _) => ffn / used,
+    let qwen = matches!(arch, Architecture::Qwen2Moe | Architecture::Qwen3Moe);
+    let ffn_dim = match get("expert_feed_forward_length")? {
+        Some(f) if f > 0 && qwen => f as usize,
+        _ if qwen => ffn / used,
         _ => ffn,
+    };
+    let shared_ffn_dim = match arch {
+        Architecture::Qwen2Moe => match get("expert_shared_feed_forward_length")? {
+            Some(f) if f > 0 => Some(f as usize),
+            _ => Some(ffn),
+        },
+        _ => None,
     };
     let scale_key = format!("{p}.expert_weights_scale");
     let weights_scale = match md.get(&scale_key) {
@@ -444,12 +462,14 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
         experts,
         used,
         ffn_dim,
-        norm_weights: true,
+        // Qwen 2 MoE's router weights are the softmax's own.
+        norm_weights: arch != Architecture::Qwen2Moe,
         weights_scale: if weights_scale == 0.0 {
             1.0
         } else {
             weights_scale
         },
+        shared_ffn_dim,
     }))
 }
 

@@ -201,7 +201,7 @@ impl<'a, B: Backend> Model<'a, B> {
         };
         let c = &config;
         let gemma = matches!(c.arch, Architecture::Gemma2 | Architecture::Gemma3);
-        let qwen = c.arch == Architecture::Qwen2;
+        let qwen = matches!(c.arch, Architecture::Qwen2 | Architecture::Qwen2Moe);
         let qk_norms = matches!(
             c.arch,
             Architecture::Gemma3 | Architecture::Qwen3 | Architecture::Qwen3Moe
@@ -1607,11 +1607,10 @@ impl<B: Backend> Scratch<B> {
         stacked: usize,
     ) -> Result<Self> {
         let buf = |width: usize| backend.buffer(rows * width);
-        // Dense blocks' hidden width, or the experts'.
-        let ff = c
-            .moe
-            .as_ref()
-            .map_or(c.ffn_dim, |m| m.ffn_dim.max(c.ffn_dim));
+        // Dense blocks' hidden width, or the experts' (and a shared one's).
+        let ff = c.moe.as_ref().map_or(c.ffn_dim, |m| {
+            m.ffn_dim.max(c.ffn_dim).max(m.shared_ffn_dim.unwrap_or(0))
+        });
         Ok(Self {
             ws: backend.workspace(),
             rows,

@@ -132,26 +132,39 @@ impl SyntheticLayout {
         })
     }
 
-    /// A two-layer model of `arch` (llama, mistral, qwen2, qwen3,
+    /// A two-layer model of `arch` (llama, mistral, qwen2, qwen2moe, qwen3,
     /// qwen3moe, phi3, smollm3, granite, gemma2, gemma3) small enough for unit
-    /// tests: 64 wide, Q8_0 matrices, 300 tokens; `qwen3moe`'s blocks are
-    /// 4 experts 32 wide, 2 a token; `smollm3` has 4 layers (the fourth
-    /// without RoPE); `granite` has Granite 3's multipliers.
+    /// tests: 64 wide, Q8_0 matrices, 300 tokens; `qwen2moe`'s and
+    /// `qwen3moe`'s blocks are 4 experts 32 wide, 2 a token (and, for
+    /// `qwen2moe`, a shared expert 64 wide); `smollm3` has 4 layers (the
+    /// fourth without RoPE); `granite` has Granite 3's multipliers.
     pub fn tiny(arch: &str) -> Result<Self> {
-        if arch == "qwen3moe" {
-            let mut l = Self::tiny("qwen3")?;
+        if let Some(dense) = arch
+            .strip_suffix("moe")
+            .filter(|a| ["qwen2", "qwen3"].contains(a))
+        {
+            let mut l = Self::tiny(dense)?;
             l.arch = arch.to_string();
             l.hparams = l
                 .hparams
                 .into_iter()
-                .map(|(k, v)| (k.replacen("qwen3.", "qwen3moe.", 1), v))
+                .map(|(k, v)| (k.replacen(&format!("{dense}."), &format!("{arch}."), 1), v))
                 .collect();
-            return l
+            let l = l
                 .with_hparam(
-                    "qwen3moe.expert_feed_forward_length",
+                    &format!("{arch}.expert_feed_forward_length"),
                     MetadataValue::U32(32),
                 )
-                .with_experts(4, 2);
+                .with_experts(4, 2)?;
+            if arch != "qwen2moe" {
+                return Ok(l);
+            }
+            // Qwen 2 MoE's output matrix is its own (llama.cpp needs it).
+            let mut l = l.with_shared_expert(64)?;
+            let mut output = l.tensors[0].clone();
+            output.name = "output.weight".into();
+            l.tensors.push(output);
+            return Ok(l);
         }
         let gemma = arch == "gemma3" || arch == "gemma2";
         let s = Shape {
@@ -358,6 +371,42 @@ impl SyntheticLayout {
                 &format!("{arch}.expert_used_count"),
                 MetadataValue::U32(used),
             ))
+    }
+
+    /// The same layout of experts with a shared expert `ff` wide in each
+    /// block, as Qwen 2 MoE's: its router `ffn_gate_inp_shexp` (one f32
+    /// row) and its `ffn_{gate,up,down}_shexp`, after the block's experts.
+    pub fn with_shared_expert(self, ff: u64) -> Result<Self> {
+        let d = self
+            .hparam_u64("embedding_length")
+            .ok_or_else(|| Error::BadConfig("the layout has no width".into()))?;
+        let mut tensors = Vec::with_capacity(self.tensors.len());
+        for t in self.tensors {
+            let shared = t
+                .name
+                .strip_suffix(".ffn_down_exps.weight")
+                .map(|blk| (blk.to_string(), t.dtype));
+            tensors.push(t);
+            if let Some((blk, dtype)) = shared {
+                for (n, shape, dtype) in [
+                    ("gate_inp_shexp", vec![d], GgmlType::F32),
+                    ("gate_shexp", vec![d, ff], dtype),
+                    ("up_shexp", vec![d, ff], dtype),
+                    ("down_shexp", vec![ff, d], dtype),
+                ] {
+                    tensors.push(SyntheticTensor {
+                        name: format!("{blk}.ffn_{n}.weight"),
+                        shape,
+                        dtype,
+                    });
+                }
+            }
+        }
+        if !tensors.iter().any(|t| t.name.ends_with("_shexp.weight")) {
+            return Err(Error::BadConfig("the layout has no experts".into()));
+        }
+        let key = format!("{}.expert_shared_feed_forward_length", self.arch);
+        Ok(Self { tensors, ..self }.with_hparam(&key, MetadataValue::U32(ff as u32)))
     }
 
     /// A built-in layout by short name: `smollm2`, `gemma3`, `tiny-ARCH`

@@ -257,7 +257,7 @@ fn load_err(layout: SyntheticLayout) -> String {
 #[test]
 fn experts_batch_across_sessions() {
     let cpu = CpuBackend::new().unwrap();
-    for name in ["tiny-qwen3moe", "tiny-mixtral"] {
+    for name in ["tiny-qwen2moe", "tiny-qwen3moe", "tiny-mixtral"] {
         let bytes = SyntheticLayout::by_name(name).unwrap().write(3).unwrap();
         let file = Gguf::from_bytes(&bytes[..]).unwrap();
         let model = Model::load(&file, &cpu).unwrap();
@@ -281,18 +281,23 @@ fn experts_batch_across_sessions() {
     }
 }
 
-/// A batch of sessions on both sides of LongRoPE's original context
-/// gives each the logits it has alone: short and long factors each.
-#[test]
-fn long_rope_batches_across_context_sizes() {
-    let cpu = CpuBackend::new().unwrap();
-    let bytes = SyntheticLayout::tiny("phi3")
+/// A Phi 3 of 4096 tokens with LongRoPE from an original 32.
+fn long_rope_phi3() -> Vec<u8> {
+    SyntheticLayout::tiny("phi3")
         .unwrap()
         .with_hparam("phi3.context_length", MetadataValue::U32(4096))
         .with_long_rope(32)
         .unwrap()
         .write(5)
-        .unwrap();
+        .unwrap()
+}
+
+/// A batch of sessions on both sides of LongRoPE's original context
+/// gives each the logits it has alone: short and long factors each.
+#[test]
+fn long_rope_batches_across_context_sizes() {
+    let cpu = CpuBackend::new().unwrap();
+    let bytes = long_rope_phi3();
     let file = Gguf::from_bytes(&bytes[..]).unwrap();
     let model = Model::load(&file, &cpu).unwrap();
     // Longer than the original context, not, longer.
@@ -326,13 +331,7 @@ fn long_rope_batches_across_context_sizes() {
 #[test]
 fn long_rope_shift_keeps_the_keys_magnitude() {
     let cpu = CpuBackend::new().unwrap();
-    let bytes = SyntheticLayout::tiny("phi3")
-        .unwrap()
-        .with_hparam("phi3.context_length", MetadataValue::U32(4096))
-        .with_long_rope(32)
-        .unwrap()
-        .write(5)
-        .unwrap();
+    let bytes = long_rope_phi3();
     let file = Gguf::from_bytes(&bytes[..]).unwrap();
     let model = Model::load(&file, &cpu).unwrap();
     let c = model.config();

@@ -370,19 +370,22 @@ impl Role {
 /// assert_eq!(names, ["output.weight", "token_embd.weight", "blk.2.a", "blk.2.b", "blk.10.a"]);
 /// ```
 pub fn order(a: &str, b: &str) -> std::cmp::Ordering {
-    fn block(name: &str) -> i64 {
-        let Some(rest) = name.strip_prefix("blk.") else {
-            return -1;
-        };
-        let end = rest
-            .char_indices()
-            .find(|&(i, c)| !(c.is_ascii_digit() || (i == 0 && (c == '-' || c == '+'))))
-            .map_or(rest.len(), |(i, _)| i);
-        rest[..end].parse().unwrap_or(-1)
-    }
     block(a)
         .cmp(&block(b))
         .then_with(|| a.as_bytes().cmp(b.as_bytes()))
+}
+
+/// The block of a tensor named `blk.N.…` (read as C's `%d` reads it), -1
+/// for another name.
+fn block(name: &str) -> i64 {
+    let Some(rest) = name.strip_prefix("blk.") else {
+        return -1;
+    };
+    let end = rest
+        .char_indices()
+        .find(|&(i, c)| !(c.is_ascii_digit() || (i == 0 && (c == '-' || c == '+'))))
+        .map_or(rest.len(), |(i, _)| i);
+    rest[..end].parse().unwrap_or(-1)
 }
 
 /// Dimensions up to the last one above 1 (ggml's `ggml_n_dims`).
@@ -457,7 +460,7 @@ fn mix(
     m: &Model,
     seen: &mut Seen,
     ft: FileType,
-    role: Role,
+    (role, down_layer): (Role, Option<i64>),
     ncols: u64,
     opts: &QuantizeOptions,
 ) -> GgmlType {
@@ -502,8 +505,9 @@ fn mix(
         }
     } else if role == Role::FfnDown {
         // The layer is the count of `ffn_down` matrices seen so far, as
-        // llama-quantize counts it.
-        let (i, n) = (seen.ffn_down, m.n_layer);
+        // llama-quantize counts it, or with experts (whose blocks may hold
+        // more than one: Qwen 2 MoE's shared expert's), the tensor's block.
+        let (i, n) = (down_layer.unwrap_or(seen.ffn_down), m.n_layer);
         match ft {
             F::Q2_K => t = T::Q3_K,
             F::Q2_K_S if i < n / 8 => t = T::Q4_K,
@@ -646,7 +650,19 @@ pub fn plan<S: AsRef<[u8]>>(file: &Gguf<S>, opts: &QuantizeOptions) -> Result<Pl
             let t = match by_hand {
                 Some(&(_, t)) => t,
                 None if opts.pure => ft.default_type(),
-                None => mix(&model, &mut seen, ft, role, ncols, opts),
+                None => {
+                    let down_layer = match (role, model.n_expert > 1) {
+                        (Role::FfnDown, true) => Some(block(name))
+                            .filter(|b| (0..model.n_layer).contains(b))
+                            .map(Some)
+                            .ok_or_else(|| Error::Malformed {
+                                offset: 0,
+                                reason: format!("tensor `{name}` is in no block of the model's"),
+                            })?,
+                        _ => None,
+                    };
+                    mix(&model, &mut seen, ft, (role, down_layer), ncols, opts)
+                }
             };
             fallback(t, ncols)
         } else {

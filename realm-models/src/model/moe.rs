@@ -1,9 +1,12 @@
-//! Mixture-of-experts feed-forward blocks (Mixtral's llama, Qwen 3 MoE), as
-//! llama.cpp computes them: a router scores every expert for each token
-//! (softmax of `ffn_gate_inp`'s products), the `used` best run their SwiGLU
-//! block (`ffn_{gate,up,down}_exps`, one slice of each 3-D tensor an
+//! Mixture-of-experts feed-forward blocks (Mixtral's llama, Qwen 2 and 3
+//! MoE), as llama.cpp computes them: a router scores every expert for each
+//! token (softmax of `ffn_gate_inp`'s products), the `used` best run their
+//! SwiGLU block (`ffn_{gate,up,down}_exps`, one slice of each 3-D tensor an
 //! expert), and the token's output is their outputs weighted by their
-//! probabilities (renormalised over the chosen), summed best first.
+//! probabilities (renormalised over the chosen, but for Qwen 2 MoE), summed
+//! best first; Qwen 2 MoE adds a shared expert's SwiGLU block
+//! (`ffn_{gate,up,down}_shexp`), weighted by the sigmoid of its own
+//! score (`ffn_gate_inp_shexp`).
 //!
 //! The routing runs on the host between backend products: each expert
 //! multiplies the rows of the tokens that chose it, gathered, so every
@@ -26,6 +29,15 @@ pub(crate) struct Moe<'a, B: Backend + 'a> {
     router: B::Weight<'a>,
     /// Per expert: gate, up (`[ffn, d_model]`) and down (`[d_model, ffn]`).
     experts: Vec<[B::Weight<'a>; 3]>,
+    /// The shared expert, if the block has one.
+    shared: Option<Shared<'a, B>>,
+}
+
+/// A shared expert: its router's row and its gate, up and down.
+#[derive(Debug)]
+struct Shared<'a, B: Backend + 'a> {
+    router: Vec<f32>,
+    ffn: [B::Weight<'a>; 3],
 }
 
 /// Host memory for a call's routing and expert outputs (kept between
@@ -95,7 +107,37 @@ impl<'a, B: Backend + 'a> Moe<'a, B> {
             .zip(down)
             .map(|((g, u), dn)| [g, u, dn])
             .collect();
-        Ok(Self { router, experts })
+        let shared = match m.shared_ffn_dim {
+            Some(ff) => {
+                let w = |short: &str, rows, cols| matrix(&file.tensor(&name(short))?, rows, cols);
+                // The router is one row, stored as a vector: its scores are
+                // taken on the host, beside the routing.
+                let t = file.tensor(&name("ffn_gate_inp_shexp.weight"))?;
+                if t.shape() != [d as u64] {
+                    return Err(Error::BadTensorShape {
+                        tensor: t.name().to_string(),
+                        expected: vec![d as u64],
+                        got: t.shape().to_vec(),
+                    });
+                }
+                let mut router = vec![0f32; d];
+                realm_core::quant::dequantize(t.dtype(), t.data(), &mut router)?;
+                Some(Shared {
+                    router,
+                    ffn: [
+                        w("ffn_gate_shexp.weight", ff, d)?,
+                        w("ffn_up_shexp.weight", ff, d)?,
+                        w("ffn_down_shexp.weight", d, ff)?,
+                    ],
+                })
+            }
+            None => None,
+        };
+        Ok(Self {
+            router,
+            experts,
+            shared,
+        })
     }
 }
 
@@ -198,6 +240,35 @@ impl<B: Backend> Moe<'_, B> {
                 }
             }
         }
+        if let (Some(sh), Some(ff)) = (&self.shared, m.shared_ffn_dim) {
+            let w = &sh.ffn;
+            b.matmul(buf.ws, &w[0], buf.xn, n, buf.gate)?;
+            b.matmul(buf.ws, &w[1], buf.xn, n, buf.up)?;
+            b.swiglu_inplace(buf.gate, buf.up, n * ff)?;
+            if let Some(c) = buf.seen.as_deref_mut() {
+                for s in ["gate_inp_shexp", "gate_shexp", "up_shexp"] {
+                    c.observe_named(b, buf.ws, &name(s), (buf.xn, n, d))?;
+                }
+                c.observe_named(b, buf.ws, &name("down_shexp"), (buf.gate, n, ff))?;
+            }
+            b.matmul(buf.ws, &w[2], buf.gate, n, buf.out)?;
+            h.y.resize(n * d, 0.0);
+            b.download(buf.out, &mut h.y)?;
+            let rows = h.out.chunks_exact_mut(d).zip(h.y.chunks_exact(d));
+            for ((o, y), x) in rows.zip(h.xn.chunks_exact(d)) {
+                let dot: f64 = x
+                    .iter()
+                    .zip(&sh.router)
+                    .map(|(a, b)| f64::from(a * b))
+                    .sum();
+                let g = dot as f32;
+                // The sigmoid as ggml takes it: SiLU over its input.
+                let gate = g / (1.0 + (-g).exp()) / g;
+                for (o, v) in o.iter_mut().zip(y) {
+                    *o += v * gate;
+                }
+            }
+        }
         b.upload_into(&h.out, buf.input)?;
         b.copy_rows(buf.input, 0..n, d, buf.out)?;
         Ok(())
@@ -259,6 +330,7 @@ mod tests {
             ffn_dim: 8,
             norm_weights: norm,
             weights_scale: 1.0,
+            shared_ffn_dim: None,
         }
     }
 

@@ -171,7 +171,12 @@ impl<B: Backend> Model<'_, B> {
     /// fingerprint) and the session's KV cache must have the state's
     /// element type and room for its tokens. Run at least one token
     /// before reading logits: the state holds keys and values, not the
-    /// last logits.
+    /// last logits. With LongRoPE, restore into a session on the same side
+    /// of the original context as the one saved
+    /// ([`ModelConfig::rope_original_context`]): the keys were turned with
+    /// its factors.
+    ///
+    /// [`ModelConfig::rope_original_context`]: crate::ModelConfig::rope_original_context
     ///
     /// Errors (a truncated, foreign or malformed state) leave the session
     /// empty, never half restored.
