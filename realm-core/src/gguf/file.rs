@@ -69,10 +69,10 @@ impl Gguf<memmap2::Mmap> {
     pub fn open(path: impl AsRef<std::path::Path>) -> Result<Self> {
         let path = path.as_ref();
         let first = map(path)?;
-        let header = GgufHeader::read(Cursor::new(&first[..]), first.len() as u64)?;
+        let header = read_header(&first)?;
         let (no, count) = split_place(header.metadata())?;
         if count <= 1 {
-            return Self::from_splits(vec![first]);
+            return Self::joined(vec![(header, first)]);
         }
         if no != 0 {
             return Err(Error::Split(format!(
@@ -89,11 +89,12 @@ impl Gguf<memmap2::Mmap> {
                 path.display()
             ))
         })?;
-        let mut maps = vec![first];
+        let mut splits = vec![(header, first)];
         for i in 1..count {
-            maps.push(map(format!("{prefix}{}", split_suffix(i, count)).as_ref())?);
+            let next = map(format!("{prefix}{}", split_suffix(i, count)).as_ref())?;
+            splits.push((read_header(&next)?, next));
         }
-        Self::from_splits(maps)
+        Self::joined(splits)
     }
 }
 
@@ -150,10 +151,17 @@ impl<S: AsRef<[u8]>> Gguf<S> {
     /// a count that does not add up. One file that is not part of a split
     /// model is read as [`Gguf::from_bytes`] reads it.
     pub fn from_splits(storages: Vec<S>) -> Result<Self> {
-        let count = storages.len();
-        let mut splits = Vec::with_capacity(count);
-        for (i, storage) in storages.into_iter().enumerate() {
-            let header = read_header(&storage)?;
+        let splits = storages
+            .into_iter()
+            .map(|s| Ok((read_header(&s)?, s)))
+            .collect::<Result<Vec<_>>>()?;
+        Self::joined(splits)
+    }
+
+    /// [`Gguf::from_splits`] of files whose headers are read.
+    fn joined(splits: Vec<(GgufHeader, S)>) -> Result<Self> {
+        let count = splits.len();
+        for (i, (header, _)) in splits.iter().enumerate() {
             let (no, of) = split_place(header.metadata())?;
             if (no, of) != (i, count) && !(count == 1 && of == 1) {
                 return Err(Error::Split(format!(
@@ -162,7 +170,6 @@ impl<S: AsRef<[u8]>> Gguf<S> {
                     no + 1
                 )));
             }
-            splits.push((header, storage));
         }
         if splits.is_empty() {
             return Err(Error::Split("no files".into()));
