@@ -32,6 +32,12 @@ mirrors ggml's reference code): `gguf.quants.dequantize` and
       4- and 5-bit types, the k-quants, IQ4_NL and IQ4_XS) and Q8_0, which
       ignores it. Only the sha256 of the expected bytes is stored; the IQ4
       entries come after the others.
+  mxfp4.json, synthetic/mxfp4.{q,f32}, quantize/<input>.mxfp4   (only with --ggml-src)
+      MXFP4 (gpt-oss's experts) by ggml itself: random blocks (every
+      exponent's edge cases among them) and their f32 from
+      dequantize_row_mxfp4, and the signals quantized by quantize_mxfp4(...,
+      NULL) (which is quantize_row_mxfp4_ref, checked on the way, with or
+      without an importance matrix). gguf-py's MXFP4 is checked against both.
   models.json
       For each tensor of the two real models: name, type, absolute byte
       offset and length of its data in the file, and the sha256 of its
@@ -268,6 +274,7 @@ size_t ggml_row_size(int type, long long ne) {
     static const struct { int type; long long block, size; } sizes[] = {
         {2, 32, 18}, {3, 32, 20}, {6, 32, 22}, {7, 32, 24}, {8, 32, 34},
         {10, 256, 84}, {11, 256, 110}, {12, 256, 144}, {13, 256, 176}, {14, 256, 210},
+        {39, 32, 17},
     };
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; ++i) {
         if (sizes[i].type == type && ne % sizes[i].block == 0) {
@@ -403,6 +410,49 @@ WEIGHTED_CASES = [
 ]
 
 
+def gen_mxfp4(src: Path, commit_name: str | None) -> None:
+    rng = np.random.default_rng(0xF4)
+    n_blocks = N_ELEMENTS // 32
+    raw = rng.integers(0, 256, (n_blocks, 17), dtype=np.uint32).astype(np.uint8)
+    # Exponents 0 and 1 (subnormal scales), 2, 1.0's, and the largest.
+    raw[:7, 0] = [0, 1, 2, 127, 128, 254, 255]
+    raw = raw.tobytes()
+    entry = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        lib = build_ggml_reference(src, Path(tmp))
+        out = ctypes.create_string_buffer(N_ELEMENTS * 4)
+        lib.dequantize_row_mxfp4.argtypes = [ctypes.c_char_p, ctypes.c_void_p, ctypes.c_int64]
+        lib.dequantize_row_mxfp4(raw, out, N_ELEMENTS)
+        f32 = out.raw
+        ref = reference_dequantize(raw, T.MXFP4).astype("<f4")
+        assert ref.tobytes() == f32, "gguf-py and ggml dequantize MXFP4 differently"
+        (OUT / "synthetic" / "mxfp4.q").write_bytes(raw)
+        (OUT / "synthetic" / "mxfp4.f32").write_bytes(f32)
+        entry["dequantize"] = {"quant_file": "synthetic/mxfp4.q", "f32_file": "synthetic/mxfp4.f32",
+                               "n_elements": N_ELEMENTS, "f32_sha256": sha256(f32)}
+        quantized = []
+        for name, x in signals().items():
+            x = np.ascontiguousarray(x, dtype=np.float32)
+            got = ggml_quantize_weighted(lib, T.MXFP4, x, 32, None)
+            with_imatrix = ggml_quantize_weighted(lib, T.MXFP4, x, 32, np.ones(32, np.float32))
+            row = ctypes.create_string_buffer(len(got))
+            lib.quantize_row_mxfp4_ref.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+            lib.quantize_row_mxfp4_ref(x.ctypes.data, row, x.size)
+            assert got == row.raw == with_imatrix, name
+            py = gguf.quants.quantize(x.reshape(1, -1), T.MXFP4).tobytes()
+            if py != got:
+                print(f"{name}: gguf-py's MXFP4 differs from ggml's")
+            quantized.append(store(name, "mxfp4", got))
+    entry["expected"] = quantized
+    write_json("mxfp4.json", {
+        "generator": "scripts/gen_quant_fixtures.py --ggml-src (--only-mxfp4)",
+        "reference": "ggml dequantize_row_mxfp4 and quantize_mxfp4 (ggml-quants.c, cc -O2 -ffp-contract=off)",
+        "ggml_source": ggml_commit(src, commit_name),
+        "inputs": "quantize.json",
+        **entry,
+    })
+
+
 def importance_vectors() -> dict[str, np.ndarray]:
     """Positive importances over a wide range (exp of normal noise, as an
     importance matrix's mean squared activations spread), one with zeros."""
@@ -434,7 +484,8 @@ def ggml_quantize_weighted(lib: ctypes.CDLL, t: T, x: np.ndarray, n_per_row: int
     nrow = x.size // n_per_row
     n_bytes = x.size // block_size * type_size
     out = ctypes.create_string_buffer(n_bytes)
-    fn = getattr(lib, f"quantize_{GGML_REF_TYPES.get(t) or GGML_IQ4_TYPES[t]}")
+    ggml_name = GGML_REF_TYPES.get(t) or GGML_IQ4_TYPES.get(t) or t.name.lower()
+    fn = getattr(lib, f"quantize_{ggml_name}")
     fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
     fn.restype = ctypes.c_size_t
     written = fn(x.ctypes.data, out, nrow, n_per_row,
@@ -569,11 +620,16 @@ def main() -> None:
                     "(llama-cpp-python's sdist vendors llama.cpp without its history)")
     ap.add_argument("--only-weighted", action="store_true",
                     help="write only quantize_weighted.json and weighted/ (needs --ggml-src)")
+    ap.add_argument("--only-mxfp4", action="store_true",
+                    help="write only mxfp4.json and its data (needs --ggml-src)")
     ap.add_argument("--only-ggml", action="store_true",
                     help="write only the fixtures that need ggml (needs --ggml-src)")
     args = ap.parse_args()
-    if (args.only_weighted or args.only_ggml) and args.ggml_src is None:
-        ap.error("--only-weighted and --only-ggml need --ggml-src")
+    if (args.only_weighted or args.only_ggml or args.only_mxfp4) and args.ggml_src is None:
+        ap.error("--only-weighted, --only-mxfp4 and --only-ggml need --ggml-src")
+    if args.only_mxfp4:
+        gen_mxfp4(args.ggml_src, args.ggml_commit)
+        return
     if args.only_weighted:
         gen_quantize_weighted(args.ggml_src, args.ggml_commit)
         return
@@ -584,6 +640,7 @@ def main() -> None:
         gen_quantize_ggml(args.ggml_src, args.ggml_commit)
         gen_quantize_iq4(args.ggml_src, args.ggml_commit)
         gen_quantize_weighted(args.ggml_src, args.ggml_commit)
+        gen_mxfp4(args.ggml_src, args.ggml_commit)
     if args.only_ggml:
         return
     if not args.skip_models:

@@ -7,7 +7,9 @@
 //!   quantizers (`quantize_row_*_ref`, compiled from ggml-quants.c by the
 //!   script when given a llama.cpp checkout), or for IQ4_NL and IQ4_XS
 //!   against `quantize_iq4_nl` / `quantize_iq4_xs` without an importance
-//!   matrix (quantize_iq4.json), as llama-quantize calls them.
+//!   matrix (quantize_iq4.json), as llama-quantize calls them;
+//! - MXFP4 both ways against ggml's own `dequantize_row_mxfp4` and
+//!   `quantize_mxfp4` (mxfp4.json).
 
 mod common;
 
@@ -78,6 +80,8 @@ fn dequantize_matches_reference_for_every_supported_type() {
         assert_same_bits(&format!("{t} dequantize (unaligned)"), &got, &want);
         covered.push(t);
     }
+    // (MXFP4's random blocks are in mxfp4.json, from ggml itself.)
+    covered.push(GgmlType::MXFP4);
     for t in quant::DEQUANTIZE_TYPES {
         assert!(covered.contains(t), "no fixture for {t}");
     }
@@ -189,7 +193,12 @@ fn quantize_matches_ggml_reference_byte_for_byte() {
     assert!(checked >= 4 * 5, "only {checked} quantize fixtures");
     // Together the fixture sets cover every quantizable type.
     let mut covered: Vec<String> = Vec::new();
-    for name in ["quantize.json", "quantize_ggml.json", "quantize_iq4.json"] {
+    for name in [
+        "quantize.json",
+        "quantize_ggml.json",
+        "quantize_iq4.json",
+        "mxfp4.json",
+    ] {
         for e in manifest(name)["expected"].as_array().unwrap() {
             covered.push(e["type"].as_str().unwrap().to_owned());
         }
@@ -238,5 +247,47 @@ fn quantize_iq4_matches_ggml_byte_for_byte() {
             _ => panic!("{t} in quantize_iq4.json"),
         };
         assert_eq!(got, want, "{t} of `{}` block by block", e["input"]);
+    }
+}
+
+/// MXFP4 (gpt-oss's experts) against ggml itself: random blocks (every
+/// exponent's edge, subnormal and overflowing scales among them)
+/// dequantized bit for bit, block by block too, and the signals quantized
+/// byte for byte, with or without an importance matrix (which ggml's
+/// `quantize_mxfp4` ignores).
+#[test]
+fn mxfp4_matches_ggml_both_ways() {
+    let m = manifest("mxfp4.json");
+    let d = &m["dequantize"];
+    let q = read(d["quant_file"].as_str().unwrap());
+    let want_bytes = read(d["f32_file"].as_str().unwrap());
+    assert_eq!(sha256_hex(&want_bytes), d["f32_sha256"].as_str().unwrap());
+    let want = f32s(&want_bytes);
+    let got = quant::dequantize_row_to_vec(GgmlType::MXFP4, &q).unwrap();
+    assert_same_bits("mxfp4 dequantize", &got, &want);
+    let mut by_block = Vec::new();
+    for block in q.chunks_exact(GgmlType::MXFP4.type_size()) {
+        let b: quant::blocks::BlockMXFP4 = bytemuck::pod_read_unaligned(block);
+        let mut out = [0.0f32; quant::blocks::QK];
+        quant::dequantize_block_mxfp4(&b, &mut out);
+        by_block.extend_from_slice(&out);
+    }
+    assert_same_bits("mxfp4 per-block", &by_block, &want);
+    assert!(want.iter().any(|v| v.is_infinite()) && want.iter().any(|v| v.is_subnormal()));
+
+    assert_eq!(check_quantize_fixtures("mxfp4.json"), 5);
+    let inputs = manifest("quantize.json");
+    for e in m["expected"].as_array().unwrap() {
+        let input = inputs["inputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["name"] == e["input"])
+            .expect("input");
+        let x = f32s(&read(input["file"].as_str().unwrap()));
+        let importance: Vec<f32> = (0..x.len()).map(|i| 1.0 + (i % 5) as f32).collect();
+        let mut got = vec![0u8; read(e["file"].as_str().unwrap()).len()];
+        quant::quantize_weighted(GgmlType::MXFP4, &x, &importance, &mut got).unwrap();
+        assert_eq!(got, read(e["file"].as_str().unwrap()), "{}", e["input"]);
     }
 }

@@ -194,6 +194,22 @@ pub struct BlockIQ4XS {
     pub qs: [u8; QK_K / 2],
 }
 
+/// MXFP4 (OCP microscaling FP4, gpt-oss's experts): 32 E2M1 values as
+/// 4-bit codes, times a shared power of two stored as an E8M0 exponent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct BlockMXFP4 {
+    /// Exponent: the scale is `2^(e - 128)` (ggml keeps the table's values
+    /// doubled and the scale halved).
+    pub e: u8,
+    /// Codes, laid out as in [`BlockQ4_0`].
+    pub qs: [u8; QK / 2],
+}
+
+/// The 16 values an MXFP4 code selects: E2M1's values doubled, so that
+/// they are integers (sign in the code's high bit).
+pub const KVALUES_MXFP4: [i8; 16] = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12];
+
 /// The 16 values an IQ4_NL / IQ4_XS index selects.
 pub const KVALUES_IQ4NL: [i8; 16] = [
     -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
@@ -220,4 +236,5 @@ assert_block_size! {
     BlockQ8K => GgmlType::Q8_K,
     BlockIQ4NL => GgmlType::IQ4_NL,
     BlockIQ4XS => GgmlType::IQ4_XS,
+    BlockMXFP4 => GgmlType::MXFP4,
 }

@@ -36,6 +36,7 @@ mod iq4;
 mod kquantize;
 mod kquants;
 mod legacy;
+mod mxfp4;
 mod weighted;
 
 use bytemuck::Pod;
@@ -54,6 +55,7 @@ pub use kquants::{
     dequantize_block_q2_k, dequantize_block_q3_k, dequantize_block_q4_k, dequantize_block_q5_k,
     dequantize_block_q6_k, dequantize_block_q8_k, scale_min_k4,
 };
+pub use mxfp4::{dequantize_block_mxfp4, e8m0_to_f32_half, quantize_block_mxfp4};
 pub use legacy::{
     dequantize_block_q4_0, dequantize_block_q4_1, dequantize_block_q5_0, dequantize_block_q5_1,
     dequantize_block_q8_0, dequantize_block_q8_1, quantize_block_q4_0, quantize_block_q4_1,
@@ -79,6 +81,7 @@ pub const DEQUANTIZE_TYPES: &[GgmlType] = &[
     GgmlType::IQ4_NL,
     GgmlType::IQ4_XS,
     GgmlType::BF16,
+    GgmlType::MXFP4,
 ];
 
 /// The types [`quantize`] supports, in id order.
@@ -100,6 +103,7 @@ pub const QUANTIZE_TYPES: &[GgmlType] = &[
     GgmlType::IQ4_NL,
     GgmlType::IQ4_XS,
     GgmlType::BF16,
+    GgmlType::MXFP4,
 ];
 
 /// True if [`dequantize`] supports `t`.
@@ -250,6 +254,7 @@ pub fn dequantize(dtype: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<()> {
         GgmlType::Q8_K => dequantize_blocks::<_, QK_K>(dtype, src, dst, dequantize_block_q8_k)?,
         GgmlType::IQ4_NL => dequantize_blocks::<_, QK>(dtype, src, dst, dequantize_block_iq4_nl)?,
         GgmlType::IQ4_XS => dequantize_blocks::<_, QK_K>(dtype, src, dst, dequantize_block_iq4_xs)?,
+        GgmlType::MXFP4 => dequantize_blocks::<_, QK>(dtype, src, dst, dequantize_block_mxfp4)?,
         _ => {
             return Err(Error::UnsupportedType {
                 op: "dequantize",
@@ -330,6 +335,7 @@ pub fn quantize(dtype: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<()> {
         GgmlType::Q8_K => quantize_blocks::<_, QK_K>(dtype, src, dst, quantize_block_q8_k)?,
         GgmlType::IQ4_NL => quantize_blocks::<_, QK>(dtype, src, dst, quantize_block_iq4_nl)?,
         GgmlType::IQ4_XS => quantize_blocks::<_, QK_K>(dtype, src, dst, quantize_block_iq4_xs)?,
+        GgmlType::MXFP4 => quantize_blocks::<_, QK>(dtype, src, dst, quantize_block_mxfp4)?,
         _ => {
             return Err(Error::UnsupportedType {
                 op: "quantize",
