@@ -23,9 +23,10 @@ use std::ops::Range;
 
 use half::{bf16, f16};
 use realm_core::quant::blocks::{
-    BlockIQ4NL, BlockIQ4XS, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K,
-    BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0, KVALUES_IQ4NL,
+    BlockIQ4NL, BlockIQ4XS, BlockMXFP4, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1,
+    BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0, KVALUES_IQ4NL, KVALUES_MXFP4,
 };
+use realm_core::quant::e8m0_to_f32_half;
 
 use crate::act::{BlockQ8K, BlockQ8x32};
 use crate::matmul::OutRows;
@@ -267,8 +268,20 @@ pub(crate) trait LegacySimd: WeightBlock<Act = BlockQ8x32> {
     unsafe fn load(&self) -> (__m256i, f32, f32);
 
     /// The f16 bits of the scale (low half) and of the min (high half, 0
-    /// for types without a min).
+    /// for types without a min); for a type whose scale is no f16
+    /// ([`LegacySimd::scales`] overridden), its scale's own bits.
     fn scale_bits(&self) -> u32;
+
+    /// The scales of one block of each of `FUSED_ROWS` rows.
+    ///
+    /// # Safety
+    /// The CPU supports avx2, fma and f16c.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn scales(blks: [&Self; FUSED_ROWS]) -> __m128 {
+        let bits: [u16; FUSED_ROWS] = blks.map(|b| b.scale_bits() as u16);
+        _mm_cvtph_ps(_mm_cvtsi64_si128(bytemuck::cast(bits)))
+    }
 }
 
 impl LegacySimd for BlockQ4_0 {
@@ -365,6 +378,29 @@ impl LegacySimd for BlockIQ4NL {
     #[inline(always)]
     fn scale_bits(&self) -> u32 {
         u32::from(self.d.to_bits())
+    }
+}
+
+impl LegacySimd for BlockMXFP4 {
+    const FORM: Form = Form::Signed;
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load(&self) -> (__m256i, f32, f32) {
+        let t: __m128i = bytemuck::cast(KVALUES_MXFP4);
+        let q = _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(t), nibbles(self.qs));
+        (q, e8m0_to_f32_half(self.e), 0.0)
+    }
+
+    #[inline(always)]
+    fn scale_bits(&self) -> u32 {
+        u32::from(self.e)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn scales(blks: [&Self; FUSED_ROWS]) -> __m128 {
+        let [a, b, c, d] = blks.map(|b| e8m0_to_f32_half(b.e));
+        _mm_setr_ps(a, b, c, d)
     }
 }
 
@@ -1092,8 +1128,9 @@ fn fused_rows_impl<B: LegacySimd>(
                 aux = _mm256_add_ps(aux, prod);
                 (prod, |i| 2 * i as i32)
             } else {
-                let bits: [u16; FUSED_ROWS] = blks.map(|b| b.scale_bits() as u16);
-                let d = _mm_cvtph_ps(_mm_cvtsi64_si128(bytemuck::cast(bits)));
+                // SAFETY: this function is compiled with the features
+                // `scales` needs.
+                let d = unsafe { B::scales(blks) };
                 if B::FORM != Form::Signed {
                     let fs = _mm_mul_ps(d, _mm_set1_ps(xb.sd));
                     aux = _mm256_castps128_ps256(_mm_add_ps(_mm256_castps256_ps128(aux), fs));

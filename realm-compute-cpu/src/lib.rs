@@ -4,7 +4,7 @@
 //!
 //! - Quantized matmul the way fast engines do it: activations are quantized
 //!   on the fly to 8-bit blocks (32 values for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/
-//!   IQ4_NL weights, 256 values with per-16 sums for Q2_K..Q6_K and IQ4_XS),
+//!   IQ4_NL/MXFP4 weights, 256 values with per-16 sums for Q2_K..Q6_K and IQ4_XS),
 //!   dot products run on integers and are scaled once per block. F32, F16 and
 //!   BF16 weights multiply f32 activations directly.
 //! - Kernels: a portable scalar path (the reference), an AVX2+FMA+F16C

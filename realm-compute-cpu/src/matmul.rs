@@ -11,8 +11,8 @@ use half::{bf16, f16};
 use rayon::prelude::*;
 use realm_core::backend::{BackendError, BackendResult};
 use realm_core::quant::blocks::{
-    BlockIQ4NL, BlockIQ4XS, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K,
-    BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0,
+    BlockIQ4NL, BlockIQ4XS, BlockMXFP4, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1,
+    BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0,
 };
 use realm_core::GgmlType;
 
@@ -163,7 +163,7 @@ macro_rules! dispatch {
     )*};
 }
 
-dispatch!(crate::avx2::packed_rows::<Self>, BlockQ8x32, q8: BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockIQ4NL);
+dispatch!(crate::avx2::packed_rows::<Self>, BlockQ8x32, q8: BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockIQ4NL, BlockMXFP4);
 dispatch!(crate::avx2::kquant_rows::<Self>, BlockQ8K, q8k: BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockIQ4XS);
 
 /// Scalar kernel: the reference dot product for each (row, token).
@@ -377,6 +377,7 @@ pub(crate) fn matmul(
         GgmlType::Q5_K => matmul_quant::<BlockQ5K>(be, ws, w, x, n, out),
         GgmlType::Q6_K => matmul_quant::<BlockQ6K>(be, ws, w, x, n, out),
         GgmlType::IQ4_XS => matmul_quant::<BlockIQ4XS>(be, ws, w, x, n, out),
+        GgmlType::MXFP4 => matmul_quant::<BlockMXFP4>(be, ws, w, x, n, out),
         dtype => Err(BackendError::UnsupportedType {
             op: "matmul",
             dtype,
@@ -392,7 +393,7 @@ fn rounded<'b>(buf: &'b mut Vec<f32>, x: &[f32], round: impl Fn(f32) -> f32) -> 
 }
 
 /// The weight types `matmul` handles.
-pub(crate) const SUPPORTED: [GgmlType; 15] = [
+pub(crate) const SUPPORTED: [GgmlType; 16] = [
     GgmlType::F32,
     GgmlType::F16,
     GgmlType::BF16,
@@ -408,6 +409,7 @@ pub(crate) const SUPPORTED: [GgmlType; 15] = [
     GgmlType::Q5_K,
     GgmlType::Q6_K,
     GgmlType::IQ4_XS,
+    GgmlType::MXFP4,
 ];
 
 fn embed_quant<B: WeightBlock>(
@@ -468,6 +470,7 @@ pub(crate) fn embed(w: &CpuWeight<'_>, ids: &[u32], out: &mut [f32]) -> BackendR
         GgmlType::Q5_K => embed_quant::<BlockQ5K>(w, ids, out),
         GgmlType::Q6_K => embed_quant::<BlockQ6K>(w, ids, out),
         GgmlType::IQ4_XS => embed_quant::<BlockIQ4XS>(w, ids, out),
+        GgmlType::MXFP4 => embed_quant::<BlockMXFP4>(w, ids, out),
         dtype => Err(BackendError::UnsupportedType { op: "embed", dtype }),
     }
 }

@@ -15,8 +15,8 @@ use std::arch::aarch64::*;
 use std::ops::Range;
 
 use realm_core::quant::blocks::{
-    BlockIQ4NL, BlockIQ4XS, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K,
-    BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0, KVALUES_IQ4NL,
+    BlockIQ4NL, BlockIQ4XS, BlockMXFP4, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1,
+    BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0, KVALUES_IQ4NL, KVALUES_MXFP4,
 };
 
 use crate::act::{BlockQ8K, BlockQ8x32};
@@ -229,6 +229,15 @@ impl LegacyQuants for BlockIQ4NL {
     }
 }
 
+impl LegacyQuants for BlockMXFP4 {
+    #[inline]
+    #[target_feature(enable = "neon")]
+    unsafe fn quants_neon(&self) -> [int8x16_t; 2] {
+        let table: int8x16_t = bytemuck::cast(KVALUES_MXFP4);
+        nibbles(self.qs).map(|n| vqtbl1q_s8(table, n))
+    }
+}
+
 macro_rules! legacy_neon {
     ($($block:ty),*) => {$(
         impl NeonBlock for $block {
@@ -254,7 +263,7 @@ macro_rules! legacy_neon {
     )*};
 }
 
-legacy_neon!(BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockIQ4NL);
+legacy_neon!(BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockIQ4NL, BlockMXFP4);
 
 // ---- 256-element super-blocks ---------------------------------------------
 

@@ -7,10 +7,10 @@
 //! it. The SIMD kernels must agree with these within rounding.
 
 use realm_core::quant::blocks::{
-    BlockIQ4NL, BlockIQ4XS, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K,
-    BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0, KVALUES_IQ4NL, QK_K,
+    BlockIQ4NL, BlockIQ4XS, BlockMXFP4, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1,
+    BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0, KVALUES_IQ4NL, KVALUES_MXFP4, QK_K,
 };
-use realm_core::quant::scale_min_k4;
+use realm_core::quant::{e8m0_to_f32_half, scale_min_k4};
 
 use crate::act::{ActBlock, BlockQ8K, BlockQ8x32};
 
@@ -149,6 +149,16 @@ impl UnpackLegacy for BlockIQ4NL {
     }
 }
 
+impl UnpackLegacy for BlockMXFP4 {
+    fn scales(&self) -> (f32, f32) {
+        (e8m0_to_f32_half(self.e), 0.0)
+    }
+
+    fn quants(&self) -> [i8; 32] {
+        nibbles(&self.qs, |v| KVALUES_MXFP4[usize::from(v)])
+    }
+}
+
 macro_rules! legacy_weight {
     ($($block:ty),* $(,)?) => {$(
         impl WeightBlock for $block {
@@ -177,6 +187,7 @@ legacy_weight! {
     BlockQ5_1,
     BlockQ8_0,
     BlockIQ4NL,
+    BlockMXFP4,
 }
 
 /// Unpacks a 256-element super-block: its scales, and its 256 quants as

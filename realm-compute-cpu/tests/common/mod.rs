@@ -9,7 +9,7 @@ use realm_core::quant::blocks::KVALUES_IQ4NL;
 use realm_core::GgmlType;
 
 /// The weight types the CPU backend multiplies.
-pub const TYPES: [GgmlType; 15] = [
+pub const TYPES: [GgmlType; 16] = [
     GgmlType::F32,
     GgmlType::F16,
     GgmlType::BF16,
@@ -25,6 +25,7 @@ pub const TYPES: [GgmlType; 15] = [
     GgmlType::Q5_K,
     GgmlType::Q6_K,
     GgmlType::IQ4_XS,
+    GgmlType::MXFP4,
 ];
 
 /// splitmix64: small, seedable, good enough for test data.
@@ -94,6 +95,12 @@ pub fn random_weights(t: GgmlType, rows: usize, cols: usize, rng: &mut Rng) -> V
                 c.copy_from_slice(&bf16::from_f32(rng.uniform(-1.5, 1.5)).to_le_bytes());
             }
         }
+        GgmlType::MXFP4 => {
+            // Scales 2^-6 ..= 2^-3: values up to 1.5.
+            for block in data.chunks_exact_mut(t.type_size()) {
+                block[0] = 122 + (rng.next_u64() % 4) as u8;
+            }
+        }
         _ => {
             for block in data.chunks_exact_mut(t.type_size()) {
                 for &(off, mag) in scale_fields(t) {
@@ -144,6 +151,14 @@ fn dequant_block(t: GgmlType, b: &[u8], out: &mut Vec<f64>) {
             }
         }
         GgmlType::Q8_0 => out.extend((0..32).map(|i| h(b, 0) * f64::from(b[2 + i] as i8))),
+        GgmlType::MXFP4 => {
+            // E2M1's values, doubled, and half of E8M0's scale.
+            const FP4: [f64; 16] = [
+                0., 1., 2., 3., 4., 6., 8., 12., 0., -1., -2., -3., -4., -6., -8., -12.,
+            ];
+            let d = 2f64.powi(i32::from(b[0]) - 128);
+            out.extend((0..32).map(|i| d * FP4[nib(&b[1..], i) as usize]))
+        }
         GgmlType::IQ4_NL => out
             .extend((0..32).map(|i| h(b, 0) * f64::from(KVALUES_IQ4NL[nib(&b[2..], i) as usize]))),
         GgmlType::Q2_K => {

@@ -55,12 +55,12 @@ pub use kquants::{
     dequantize_block_q2_k, dequantize_block_q3_k, dequantize_block_q4_k, dequantize_block_q5_k,
     dequantize_block_q6_k, dequantize_block_q8_k, scale_min_k4,
 };
-pub use mxfp4::{dequantize_block_mxfp4, e8m0_to_f32_half, quantize_block_mxfp4};
 pub use legacy::{
     dequantize_block_q4_0, dequantize_block_q4_1, dequantize_block_q5_0, dequantize_block_q5_1,
     dequantize_block_q8_0, dequantize_block_q8_1, quantize_block_q4_0, quantize_block_q4_1,
     quantize_block_q5_0, quantize_block_q5_1, quantize_block_q8_0, quantize_block_q8_1,
 };
+pub use mxfp4::{dequantize_block_mxfp4, e8m0_to_f32_half, quantize_block_mxfp4};
 
 /// The types [`dequantize`] supports, in id order.
 pub const DEQUANTIZE_TYPES: &[GgmlType] = &[

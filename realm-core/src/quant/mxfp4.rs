@@ -60,7 +60,9 @@ fn best_code(x: f32, d: f32) -> u8 {
 /// and AArch64 for the rare block whose largest magnitude is below
 /// 2^-125), then each value's nearest code.
 pub fn quantize_block_mxfp4(x: &[f32; QK]) -> BlockMXFP4 {
-    let amax = x.iter().fold(0.0f32, |m, &v| if m < v.abs() { v.abs() } else { m });
+    let amax = x
+        .iter()
+        .fold(0.0f32, |m, &v| if m < v.abs() { v.abs() } else { m });
     let e = if amax > 0.0 {
         (amax.log2().floor() - 2.0 + 127.0) as i32 as u8
     } else {
