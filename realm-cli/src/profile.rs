@@ -440,6 +440,17 @@ impl<B: Backend> ActivationOps for Profiled<'_, B> {
     ) -> BackendResult<()> {
         self.time(named("swiglu"), || self.inner.swiglu_inplace(gate, up, len))
     }
+    fn swiglu_oai_inplace(
+        &self,
+        gate: &mut B::Buffer,
+        up: &B::Buffer,
+        alpha_limit: (f32, f32),
+        len: usize,
+    ) -> BackendResult<()> {
+        self.time(named("swiglu_oai"), || {
+            self.inner.swiglu_oai_inplace(gate, up, alpha_limit, len)
+        })
+    }
     fn geglu_inplace(&self, gate: &mut B::Buffer, up: &B::Buffer, len: usize) -> BackendResult<()> {
         self.time(named("geglu"), || self.inner.geglu_inplace(gate, up, len))
     }

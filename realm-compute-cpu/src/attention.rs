@@ -21,8 +21,8 @@
 use half::f16;
 use rayon::prelude::*;
 use realm_core::backend::{
-    check_kv_layer, check_kv_read, AttentionParams, BackendError, BackendResult, KvCacheConfig,
-    KvDtype, KvSpan,
+    check_kv_layer, check_kv_read, check_sinks, AttentionParams, BackendError, BackendResult,
+    KvCacheConfig, KvDtype, KvSpan,
 };
 
 use realm_core::quant::blocks::QK;
@@ -316,6 +316,7 @@ fn check_params(
             what: "n_heads is not a positive multiple of n_kv_heads",
         });
     }
+    check_sinks(OP, p)?;
     if p.sliding_window == Some(0) {
         return Err(BackendError::InvalidParameter {
             op: OP,
@@ -448,8 +449,9 @@ fn dequantize_layer<'b>(
 }
 
 /// Attention for `q.len() / head_dim` consecutive query heads of one token
-/// that share the key/value head `kv_head`; `scores` holds at least that
-/// many times [`scores_per_head`] values.
+/// that share the key/value head `kv_head`, with their sinks if they have
+/// them; `scores` holds at least that many times [`scores_per_head`]
+/// values.
 #[allow(clippy::too_many_arguments)]
 fn group_attention(
     isa: Isa,
@@ -457,7 +459,7 @@ fn group_attention(
     layer: usize,
     kv_head: usize,
     pos: usize,
-    q: &[f32],
+    (q, sinks): (&[f32], Option<&[f32]>),
     p: &AttentionParams,
     scores: &mut [f32],
     out: &mut [f32],
@@ -473,8 +475,12 @@ fn group_attention(
             let keys = base + t_lo * KEY_TILE * hd..base + t_hi * KEY_TILE * hd;
             let values = base + lo * hd..base + (pos + 1) * hd;
             match &cache.store {
-                Store::F32 { k, v } => attend(isa, &k[keys], skip, &v[values], q, p, scores, out),
-                Store::F16 { k, v } => attend(isa, &k[keys], skip, &v[values], q, p, scores, out),
+                Store::F32 { k, v } => {
+                    attend(isa, &k[keys], skip, &v[values], (q, sinks), p, scores, out)
+                }
+                Store::F16 { k, v } => {
+                    attend(isa, &k[keys], skip, &v[values], (q, sinks), p, scores, out)
+                }
                 // Dequantized in registers (AVX2; other CPUs read a Q8_0
                 // cache as its dequantized `Flat` source).
                 #[cfg(target_arch = "x86_64")]
@@ -489,7 +495,12 @@ fn group_attention(
                     };
                     let (n_tiles, len) = (t_hi - t_lo, pos + 1 - lo);
                     crate::avx2::attend_group_q8(
-                        rows, n_tiles, skip, len, hd, q, p.scale, p.softcap, scores, out,
+                        rows,
+                        (n_tiles, skip, len, hd),
+                        (q, sinks),
+                        (p.scale, p.softcap),
+                        scores,
+                        out,
                     );
                 }
                 #[cfg(not(target_arch = "x86_64"))]
@@ -508,20 +519,21 @@ fn group_attention(
             let vb = kv_head * vspan;
             let keys = &k[kb + (t_lo - t0) * KEY_TILE * hd..kb + (t_hi - t0) * KEY_TILE * hd];
             let values = &v[vb + (lo - p0) * hd..vb + (pos + 1 - p0) * hd];
-            attend(isa, keys, skip, values, q, p, scores, out);
+            attend(isa, keys, skip, values, (q, sinks), p, scores, out);
         }
     }
 }
 
-/// Attention of the query heads `q` over key tiles (the first `skip`
-/// positions not visible) and values, in any float element type.
+/// Attention of the query heads `q` (with their sinks, if any) over key
+/// tiles (the first `skip` positions not visible) and values, in any float
+/// element type.
 #[allow(clippy::too_many_arguments)]
 fn attend<T: Element>(
     isa: Isa,
     ktiles: &[T],
     skip: usize,
     values: &[T],
-    q: &[f32],
+    (q, sinks): (&[f32], Option<&[f32]>),
     p: &AttentionParams,
     scores: &mut [f32],
     out: &mut [f32],
@@ -529,14 +541,21 @@ fn attend<T: Element>(
     let hd = p.head_dim;
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx2
-        && crate::avx2::attend_group(ktiles, skip, values, hd, q, p.scale, p.softcap, scores, out)
+        && crate::avx2::attend_group(
+            (ktiles, skip, values, hd),
+            (q, sinks),
+            (p.scale, p.softcap),
+            scores,
+            out,
+        )
     {
         return;
     }
     let _ = isa;
     let scores = &mut scores[..values.len() / hd];
-    for (qh, oh) in q.chunks_exact(hd).zip(out.chunks_exact_mut(hd)) {
-        weigh(ktiles, skip, values, qh, p, scores, oh);
+    for (h, (qh, oh)) in q.chunks_exact(hd).zip(out.chunks_exact_mut(hd)).enumerate() {
+        let sink = sinks.map(|s| s[h]);
+        weigh(ktiles, skip, values, (qh, sink), p, scores, oh);
     }
 }
 
@@ -558,15 +577,17 @@ fn scores_per_head(ctx: usize) -> usize {
 }
 
 /// Replaces scores by `exp(s - max)` (in order) and returns their sum (in
-/// order).
-fn softmax_exp(scores: &mut [f32]) -> f32 {
+/// order), then the sink's `exp(sink - max)`, if there is one (the max
+/// taken over it too).
+fn softmax_exp(scores: &mut [f32], sink: Option<f32>) -> f32 {
     let max = scores.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let max = sink.map_or(max, |s| max.max(s));
     let mut sum = 0.0f32;
     for s in scores.iter_mut() {
         *s = (*s - max).exp();
         sum += *s;
     }
-    sum
+    sum + sink.map_or(0.0, |s| (s - max).exp())
 }
 
 /// Scores, softmax and weighted values over one head's visible keys (in
@@ -575,7 +596,7 @@ fn weigh<T: Copy + Into<f32>>(
     ktiles: &[T],
     skip: usize,
     values: &[T],
-    q: &[f32],
+    (q, sink): (&[f32], Option<f32>),
     p: &AttentionParams,
     scores: &mut [f32],
     out: &mut [f32],
@@ -590,7 +611,7 @@ fn weigh<T: Copy + Into<f32>>(
             None => raw,
         };
     }
-    let sum = softmax_exp(scores);
+    let sum = softmax_exp(scores, sink);
     out.fill(0.0);
     for (&e, v) in scores.iter().zip(values.chunks_exact(hd)) {
         for (o, &x) in out.iter_mut().zip(v) {
@@ -662,13 +683,14 @@ pub(crate) fn attention(
             let pair = (c * per_chunk + i) * g;
             let (t, h) = (pair / p.n_heads, pair % p.n_heads);
             let qh = &q[pair * hd..(pair + g) * hd];
+            let sinks = p.sinks.map(|s| &s[h..h + g]);
             group_attention(
                 isa,
                 &src,
                 layer,
                 h / group,
                 start_pos + t,
-                qh,
+                (qh, sinks),
                 p,
                 scores,
                 oh,

@@ -1720,17 +1720,19 @@ pub(crate) fn activate(f: Activation, x: &mut [f32], up: Option<&[f32]>) -> bool
     true
 }
 
-/// Replaces `s` by `exp(s - max s)` ([`exp8`]) and returns their sum, 8
+/// Replaces `s` by `exp(s - max)` ([`exp8`]) and returns their sum, 8
 /// lanes at a time: a fixed function of the slice, whatever its position
-/// in a batch.
+/// in a batch. With a sink, `max` is taken over it too and its
+/// `exp(sink - max)` joins the sum.
 #[target_feature(enable = "avx2,fma,f16c")]
-fn softmax_exp(s: &mut [f32]) -> f32 {
+fn softmax_exp(s: &mut [f32], sink: Option<f32>) -> f32 {
     let (s8, tail) = s.as_chunks_mut::<8>();
     let mut m = _mm256_set1_ps(f32::NEG_INFINITY);
     for c in s8.iter() {
         m = _mm256_max_ps(m, bytemuck::cast(*c));
     }
     let max = tail.iter().fold(hmax(m), |a, &v| a.max(v));
+    let max = sink.map_or(max, |k| max.max(k));
     let mv = _mm256_set1_ps(max);
     let mut sum = _mm256_setzero_ps();
     for c in s8.iter_mut() {
@@ -1747,7 +1749,7 @@ fn softmax_exp(s: &mut [f32]) -> f32 {
         add[..tail.len()].copy_from_slice(tail);
         sum = _mm256_add_ps(sum, bytemuck::cast(add));
     }
-    hsum(sum)
+    hsum(sum) + sink.map_or(0.0, |k| (k - max).exp())
 }
 
 /// The largest of 8 lanes.
@@ -2025,7 +2027,7 @@ fn attend_heads<T: FloatSimd, const G: usize, const TT: usize, const D: usize>(
     scores: &mut [f32],
     stride: usize,
     skip: usize,
-    post: &dyn Fn(&mut [f32]) -> f32,
+    post: &dyn Fn(&mut [f32], usize) -> f32,
     out: &mut [f32],
 ) {
     let qh: [&[f32]; G] = std::array::from_fn(|h| &q[h * hd..(h + 1) * hd]);
@@ -2048,7 +2050,7 @@ fn attend_heads<T: FloatSimd, const G: usize, const TT: usize, const D: usize>(
     }
     let mut inv = [0.0f32; G];
     for (h, iv) in inv.iter_mut().enumerate() {
-        *iv = 1.0 / post(&mut scores[h * stride + skip..h * stride + skip + len]);
+        *iv = 1.0 / post(&mut scores[h * stride + skip..h * stride + skip + len], h);
     }
     let sc: [&[f32]; G] = std::array::from_fn(|h| &scores[h * stride + skip..][..len]);
     let values = match rows {
@@ -2081,30 +2083,26 @@ fn attend_heads<T: FloatSimd, const G: usize, const TT: usize, const D: usize>(
 }
 
 /// Causal attention of `g` query heads that share one key/value head, at
-/// one position: `q` and `out` hold the `g` heads back to back; `rows` the
-/// key tiles that cover the visible positions, of which the first `skip`
+/// one position: `q` and `out` hold the `g` heads back to back, `sinks`
+/// their sinks if they have them; `rows` the key tiles that cover the
+/// visible positions (`n_tiles` of them), of which the first `skip`
 /// positions are not visible, and the `len` visible positions' values;
 /// `scores` at least `g` times the tiles' positions. Each head's result
 /// depends only on its own query (never on `g`): raw scores as
 /// [`tile_scores`] computes them, scaled and soft-capped, the shared
-/// softmax, then values accumulated in position order with one FMA per
-/// element.
-#[allow(clippy::too_many_arguments)]
+/// softmax (with the head's sink in its denominator), then values
+/// accumulated in position order with one FMA per element.
 #[target_feature(enable = "avx2,fma,f16c")]
 fn attend_group_impl<T: FloatSimd>(
     rows: Rows<'_, T>,
-    n_tiles: usize,
-    skip: usize,
-    len: usize,
-    hd: usize,
-    q: &[f32],
-    scale: f32,
-    softcap: Option<f32>,
+    (n_tiles, skip, len, hd): (usize, usize, usize, usize),
+    (q, sinks): (&[f32], Option<&[f32]>),
+    (scale, softcap): (f32, Option<f32>),
     scores: &mut [f32],
     out: &mut [f32],
 ) {
     let stride = n_tiles * 8;
-    let post = |s: &mut [f32]| {
+    let post = |s: &mut [f32], h: usize| {
         for v in s.iter_mut() {
             let raw = *v * scale;
             *v = match softcap {
@@ -2112,7 +2110,7 @@ fn attend_group_impl<T: FloatSimd>(
                 None => raw,
             };
         }
-        softmax_exp(s)
+        softmax_exp(s, sinks.map(|k| k[h]))
     };
     let g = q.len() / hd;
     for h0 in (0..g).step_by(4) {
@@ -2121,6 +2119,7 @@ fn attend_group_impl<T: FloatSimd>(
         let qg = &q[h0 * hd..(h0 + gh) * hd];
         let o = &mut out[h0 * hd..(h0 + gh) * hd];
         let sc = &mut scores[h0 * stride..(h0 + gh) * stride];
+        let post = |s: &mut [f32], h: usize| post(s, h0 + h);
         macro_rules! run {
             ($g:literal, $tt:literal, $d:literal) => {
                 attend_heads::<T, $g, $tt, $d>(rows, len, hd, qg, sc, stride, skip, &post, o)
@@ -2135,17 +2134,13 @@ fn attend_group_impl<T: FloatSimd>(
     }
 }
 
-/// [`attend_group_impl`] over float keys and values, or `false` when the
-/// CPU lacks the features.
-#[allow(clippy::too_many_arguments)]
+/// [`attend_group_impl`] over float keys (`ktiles`, the first `skip`
+/// positions not visible) and values, or `false` when the CPU lacks the
+/// features.
 pub(crate) fn attend_group<T: FloatSimd>(
-    ktiles: &[T],
-    skip: usize,
-    values: &[T],
-    hd: usize,
-    q: &[f32],
-    scale: f32,
-    softcap: Option<f32>,
+    (ktiles, skip, values, hd): (&[T], usize, &[T], usize),
+    q: (&[f32], Option<&[f32]>),
+    score: (f32, Option<f32>),
     scores: &mut [f32],
     out: &mut [f32],
 ) -> bool {
@@ -2154,8 +2149,9 @@ pub(crate) fn attend_group<T: FloatSimd>(
     }
     let (n_tiles, len) = (ktiles.len() / (8 * hd), values.len() / hd);
     let rows = Rows::Float { ktiles, values };
+    let shape = (n_tiles, skip, len, hd);
     // SAFETY: the CPU supports avx2, fma and f16c (checked just above).
-    unsafe { attend_group_impl(rows, n_tiles, skip, len, hd, q, scale, softcap, scores, out) };
+    unsafe { attend_group_impl(rows, shape, q, score, scores, out) };
     true
 }
 
@@ -2163,25 +2159,20 @@ pub(crate) fn attend_group<T: FloatSimd>(
 /// visible positions, in `n_tiles` key tiles), or `false` when the CPU
 /// lacks the features. The results are bit for bit those of an f32 cache
 /// holding the dequantized values.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn attend_group_q8(
     src: Q8Rows<'_>,
-    n_tiles: usize,
-    skip: usize,
-    len: usize,
-    hd: usize,
-    q: &[f32],
-    scale: f32,
-    softcap: Option<f32>,
+    shape: (usize, usize, usize, usize),
+    q: (&[f32], Option<&[f32]>),
+    score: (f32, Option<f32>),
     scores: &mut [f32],
     out: &mut [f32],
 ) -> bool {
-    if !available() || !hd.is_multiple_of(32) {
+    if !available() || !shape.3.is_multiple_of(32) {
         return false;
     }
     let rows = Rows::<f32>::Q8(src);
     // SAFETY: the CPU supports avx2, fma and f16c (checked just above).
-    unsafe { attend_group_impl(rows, n_tiles, skip, len, hd, q, scale, softcap, scores, out) };
+    unsafe { attend_group_impl(rows, shape, q, score, scores, out) };
     true
 }
 

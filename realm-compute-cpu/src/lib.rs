@@ -603,6 +603,24 @@ impl ActivationOps for CpuBackend {
         Ok(())
     }
 
+    fn swiglu_oai_inplace(
+        &self,
+        gate: &mut Vec<f32>,
+        up: &Vec<f32>,
+        (alpha, limit): (f32, f32),
+        len: usize,
+    ) -> BackendResult<()> {
+        const OP: &str = "swiglu_oai";
+        let gate = prefix_mut(OP, "gate length", gate, len)?;
+        let up = prefix(OP, "up length", up, len)?;
+        for (g, &u) in gate.iter_mut().zip(up) {
+            let x = g.min(limit);
+            let y = u.clamp(-limit, limit);
+            *g = x / (1.0 + (alpha * -x).exp()) * (y + 1.0);
+        }
+        Ok(())
+    }
+
     fn geglu_inplace(&self, gate: &mut Vec<f32>, up: &Vec<f32>, len: usize) -> BackendResult<()> {
         const OP: &str = "geglu";
         let gate = prefix_mut(OP, "gate length", gate, len)?;

@@ -86,6 +86,16 @@ proptest! {
         b.gelu_inplace(&mut g, n).unwrap();
         b.swiglu_inplace(&mut sg, &up, n).unwrap();
         b.geglu_inplace(&mut gg, &up, n).unwrap();
+        // gpt-oss's: gate capped at 7, up clamped to +-7 (the ranges above
+        // reach both), sigmoid with alpha 1.702.
+        let mut oai = x.clone();
+        let up7: Vec<f32> = up.iter().map(|u| u * 5.0).collect();
+        b.swiglu_oai_inplace(&mut oai, &up7, (1.702, 7.0), n).unwrap();
+        for i in 0..n {
+            let g = f64::from(x[i]).min(7.0);
+            let u = f64::from(up7[i]).clamp(-7.0, 7.0);
+            prop_assert!(close(oai[i], g / (1.0 + (-1.702 * g).exp()) * (u + 1.0), 1e-5, 1e-6));
+        }
         for i in 0..n {
             let v = f64::from(x[i]);
             prop_assert!(close(s[i], silu(v), 1e-5, 1e-6));
@@ -117,7 +127,7 @@ proptest! {
     }
 
     #[test]
-    fn attention_matches_f64(n_kv in 1usize..3, group in 1usize..6, hd in 1usize..20, past in 0usize..20, n in 1usize..6, window in proptest::option::of(1usize..12), softcap in proptest::option::of(1f32..50.0), threads in 1usize..3, scalar in any::<bool>(), f16_cache in any::<bool>(), seed in any::<u64>()) {
+    fn attention_matches_f64(n_kv in 1usize..3, group in 1usize..6, hd in 1usize..20, past in 0usize..20, n in 1usize..6, window in proptest::option::of(1usize..12), softcap in proptest::option::of(1f32..50.0), sinks in any::<bool>(), threads in 1usize..3, scalar in any::<bool>(), f16_cache in any::<bool>(), seed in any::<u64>()) {
         let mut rng = Rng::new(seed);
         let n_heads = n_kv * group;
         let total = past + n;
@@ -132,7 +142,9 @@ proptest! {
         let stored = |x: Vec<f32>| if f16_cache { x.iter().map(|&a| half::f16::from_f32(a).to_f32()).collect() } else { x };
         let (k, v) = (stored(k), stored(v));
         let q = rng.f32s(n * n_heads * hd, -1.0, 1.0);
-        let p = AttentionParams { n_heads, n_kv_heads: n_kv, head_dim: hd, scale: 1.0 / (hd as f32).sqrt(), sliding_window: window, softcap };
+        // Sinks from well below the scores to well above them.
+        let sink = rng.f32s(n_heads, -4.0, 4.0);
+        let p = AttentionParams { n_heads, n_kv_heads: n_kv, head_dim: hd, scale: 1.0 / (hd as f32).sqrt(), sliding_window: window, softcap, sinks: sinks.then_some(&sink[..]) };
         let mut out = vec![0.0; q.len()];
         let mut ws = b.workspace();
         b.attention(&mut ws, &cache, KvSpan { layer: 1, start_pos: past }, &q, 0..n, &p, &mut out).unwrap();
@@ -149,6 +161,8 @@ proptest! {
                 }).collect();
                 let max = scores.iter().fold(f64::NEG_INFINITY, |m, &s| m.max(s));
                 let z: f64 = scores.iter().map(|s| (s - max).exp()).sum();
+                // A sink adds to the denominator only.
+                let z = z + p.sinks.map_or(0.0, |k| (f64::from(k[h]) - max).exp());
                 for d in 0..hd {
                     let want: f64 = (lo..=pos).zip(&scores).map(|(j, s)| (s - max).exp() / z * f64::from(v[(j * n_kv + g) * hd + d])).sum();
                     prop_assert!(close(out[(t * n_heads + h) * hd + d], want, 1e-4, 1e-5));
@@ -163,9 +177,9 @@ proptest! {
     /// reads back is their dequantized values, and writing those again
     /// changes nothing), and attends bit for bit as an f32 cache holding
     /// those values does: scalar and AVX2, one thread or two, grouped
-    /// heads, windows, soft-caps.
+    /// heads, windows, soft-caps, sinks.
     #[test]
-    fn q8_0_cache_attends_as_f32_over_its_values(n_kv in 1usize..3, group in 1usize..5, blocks in 1usize..4, past in 0usize..40, n in 1usize..20, window in proptest::option::of(1usize..30), softcap in proptest::option::of(1f32..50.0), threads in 1usize..3, scalar in any::<bool>(), seed in any::<u64>()) {
+    fn q8_0_cache_attends_as_f32_over_its_values(n_kv in 1usize..3, group in 1usize..5, blocks in 1usize..4, past in 0usize..40, n in 1usize..20, window in proptest::option::of(1usize..30), softcap in proptest::option::of(1f32..50.0), sinks in any::<bool>(), threads in 1usize..3, scalar in any::<bool>(), seed in any::<u64>()) {
         let mut rng = Rng::new(seed);
         let hd = 32 * blocks;
         let n_heads = n_kv * group;
@@ -197,7 +211,8 @@ proptest! {
         let mut f32s = b.kv_cache(&cfg(KvDtype::F32)).unwrap();
         b.kv_write(&mut b.workspace(), &mut f32s, at, &kr, &vr, 0..total).unwrap();
         let q = rng.f32s(n * n_heads * hd, -1.0, 1.0);
-        let p = AttentionParams { n_heads, n_kv_heads: n_kv, head_dim: hd, scale: 1.0 / (hd as f32).sqrt(), sliding_window: window, softcap };
+        let sink = rng.f32s(n_heads, -4.0, 4.0);
+        let p = AttentionParams { n_heads, n_kv_heads: n_kv, head_dim: hd, scale: 1.0 / (hd as f32).sqrt(), sliding_window: window, softcap, sinks: sinks.then_some(&sink[..]) };
         let attend = |cache| {
             let mut out = vec![0.0; q.len()];
             b.attention(&mut b.workspace(), cache, KvSpan { layer: 1, start_pos: past }, &q, 0..n, &p, &mut out).unwrap();
@@ -299,6 +314,7 @@ fn attention_is_batch_invariant() {
         scale: 0.125,
         sliding_window: Some(16),
         softcap: None,
+        sinks: None,
     };
     let b2 = be(2);
     let mut cache = b2.kv_cache(&cfg).unwrap();
@@ -413,10 +429,25 @@ fn bad_parameters_are_errors() {
         scale: 0.5,
         sliding_window: None,
         softcap: None,
+        sinks: None,
     };
     let mut ws = b.workspace();
     let mut out = vec![0.0; 8];
     let q8 = vec![0.0; 8];
+    // Sinks: one finite value per query head.
+    for sinks in [&[0.5][..], &[0.5, 1.0, 2.0], &[0.5, f32::NAN]] {
+        let p = AttentionParams {
+            sinks: Some(sinks),
+            ..p
+        };
+        let at = KvSpan {
+            layer: 0,
+            start_pos: 3,
+        };
+        assert!(b
+            .attention(&mut ws, &cache, at, &q8, 0..1, &p, &mut out)
+            .is_err());
+    }
     assert!(b
         .attention(
             &mut ws,
@@ -576,6 +607,7 @@ fn f16_cache_matches_f32_cache_on_f16_values() {
         scale: 0.125,
         sliding_window: Some(5),
         softcap: None,
+        sinks: None,
     };
     let b = CpuBackend::new().unwrap();
     let mut outs = Vec::new();

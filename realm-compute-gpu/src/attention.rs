@@ -51,6 +51,12 @@ fn check_params(
             what: "soft-cap must be positive and finite",
         });
     }
+    if p.sinks.is_some() {
+        return Err(BackendError::InvalidParameter {
+            op,
+            what: "the GPU backend has no attention sinks (gpt-oss): run such a model on the CPU",
+        });
+    }
     Ok(())
 }
 

@@ -574,6 +574,22 @@ impl ActivationOps for GpuBackend {
         self.gated("swiglu", Gate::Silu, gate, up, len)
     }
 
+    fn swiglu_oai_inplace(
+        &self,
+        gate: &mut GpuBuffer,
+        up: &GpuBuffer,
+        (alpha, limit): (f32, f32),
+        len: usize,
+    ) -> BackendResult<()> {
+        let (alpha, limit) = (f64::from(alpha), f64::from(limit));
+        self.binary("swiglu_oai", gate, up, len, |g, u| {
+            let x = g.minimum(limit)?;
+            let y = u.clamp(-limit, limit)?;
+            let denominator = (x.affine(-alpha, 0.0)?.exp()? + 1.0)?;
+            (x / denominator)? * (y + 1.0)?
+        })
+    }
+
     fn geglu_inplace(&self, gate: &mut GpuBuffer, up: &GpuBuffer, len: usize) -> BackendResult<()> {
         self.gated("geglu", Gate::Gelu, gate, up, len)
     }

@@ -344,6 +344,7 @@ fn attention_kernel(case: &Case, seed: u64, kernel: Kernel) {
         scale: 1.0 / (hd as f32).sqrt(),
         sliding_window: case.window,
         softcap: case.softcap,
+        sinks: None,
     };
     let cpu = CpuBackend::new().unwrap();
     // With stores, each row's new key (normed, rotated) and value go into

@@ -170,7 +170,7 @@ proptest! {
         // Attention: 4 heads of 64 over 2 KV heads, after `past` keys.
         let cfg = KvCacheConfig { n_layers: 1, n_kv_heads: 2, head_dim: 64, max_seq_len: past + n, dtype: KvDtype::F32 };
         let kv = [rng.f32s((past + n) * 128, -1.0, 1.0), rng.f32s((past + n) * 128, -1.0, 1.0)];
-        let p = AttentionParams { n_heads: 4, n_kv_heads: 2, head_dim: 64, scale: 0.125, sliding_window: None, softcap: None };
+        let p = AttentionParams { n_heads: 4, n_kv_heads: 2, head_dim: 64, scale: 0.125, sliding_window: None, softcap: None, sinks: None };
         let at = |start_pos| KvSpan { layer: 0, start_pos };
         let mut results = Vec::new();
         for blocks in [false, true] {
@@ -339,6 +339,15 @@ proptest! {
             g.swiglu_inplace(&mut ga, &gb, len).unwrap();
             assert_close(&down(&g, &ga, len), &ca, 1e-5, 1e-6, "swiglu of a stacked product's halves");
         }
+        // gpt-oss's SwiGLU: values past its limit of 7 on both sides.
+        {
+            let (gx7, gy7): (Vec<f32>, Vec<f32>) = (x.iter().map(|v| v * 5.0).collect(), y.iter().map(|v| v * 5.0).collect());
+            let mut ca = gx7.clone();
+            c.swiglu_oai_inplace(&mut ca, &gy7, (1.702, 7.0), len).unwrap();
+            let (mut ga, gb) = (g.upload(&gx7).unwrap(), g.upload(&gy7).unwrap());
+            g.swiglu_oai_inplace(&mut ga, &gb, (1.702, 7.0), len).unwrap();
+            assert_close(&down(&g, &ga, len), &ca, 1e-5, 1e-6, "swiglu_oai");
+        }
         // The gated units with Realm's fused kernel and with candle's ops.
         for (name, cf, gf) in ops {
             let mut ca = x.clone();
@@ -390,7 +399,7 @@ proptest! {
             let k = rng.f32s(total * n_kv * hd, -1.0, 1.0);
             let v = rng.f32s(total * n_kv * hd, -1.0, 1.0);
             let q = rng.f32s(n * n_heads * hd, -1.0, 1.0);
-            let p = AttentionParams { n_heads, n_kv_heads: n_kv, head_dim: hd, scale: 1.0 / (hd as f32).sqrt(), sliding_window: window, softcap };
+            let p = AttentionParams { n_heads, n_kv_heads: n_kv, head_dim: hd, scale: 1.0 / (hd as f32).sqrt(), sliding_window: window, softcap, sinks: None };
             let at = |start_pos| KvSpan { layer: 1, start_pos };
 
             let mut cc = c.kv_cache(&cfg).unwrap();
@@ -435,7 +444,7 @@ proptest! {
             let rows = pasts.len();
             let kv_width = n_kv * hd;
             let cfg = KvCacheConfig { n_layers: 2, n_kv_heads: n_kv, head_dim: hd, max_seq_len: 12, dtype: if f16 { KvDtype::F16 } else { KvDtype::F32 } };
-            let p = AttentionParams { n_heads, n_kv_heads: n_kv, head_dim: hd, scale: 1.0 / (hd as f32).sqrt(), sliding_window: window, softcap };
+            let p = AttentionParams { n_heads, n_kv_heads: n_kv, head_dim: hd, scale: 1.0 / (hd as f32).sqrt(), sliding_window: window, softcap, sinks: None };
             // Each sequence's history, written one call each.
             let hist: Vec<(Vec<f32>, Vec<f32>)> = pasts.iter().map(|&p| (rng.f32s(p * kv_width, -1.0, 1.0), rng.f32s(p * kv_width, -1.0, 1.0))).collect();
             let (k, v, q) = (rng.f32s(rows * kv_width, -1.0, 1.0), rng.f32s(rows * kv_width, -1.0, 1.0), rng.f32s(rows * n_heads * hd, -1.0, 1.0));
@@ -505,7 +514,7 @@ proptest! {
         let rows = pasts.len();
         let kv_width = n_kv * hd;
         let cfg = KvCacheConfig { n_layers: 2, n_kv_heads: n_kv, head_dim: hd, max_seq_len: 12, dtype: if f16 { KvDtype::F16 } else { KvDtype::F32 } };
-        let p = AttentionParams { n_heads, n_kv_heads: n_kv, head_dim: hd, scale: 1.0 / (hd as f32).sqrt(), sliding_window: window, softcap: None };
+        let p = AttentionParams { n_heads, n_kv_heads: n_kv, head_dim: hd, scale: 1.0 / (hd as f32).sqrt(), sliding_window: window, softcap: None, sinks: None };
         let rope = RopeParams { n_dims: 2 * half, base: 10000.0, freq_scale: 1.0, mode: if neox { RopeMode::Neox } else { RopeMode::Normal }, factors: None, magnitude: 1.0 };
         let mut rng = Rng(seed);
         let hist: Vec<(Vec<f32>, Vec<f32>)> = pasts.iter().map(|&p| (rng.f32s(p * kv_width, -1.0, 1.0), rng.f32s(p * kv_width, -1.0, 1.0))).collect();
@@ -593,7 +602,7 @@ proptest! {
         let (kv_width, width) = (n_kv * hd, n_heads * hd);
         let total = past + n;
         let cfg = KvCacheConfig { n_layers: 2, n_kv_heads: n_kv, head_dim: hd, max_seq_len: total + 2, dtype: if f16 { KvDtype::F16 } else { KvDtype::F32 } };
-        let p = AttentionParams { n_heads, n_kv_heads: n_kv, head_dim: hd, scale: 1.0 / (hd as f32).sqrt(), sliding_window: window, softcap };
+        let p = AttentionParams { n_heads, n_kv_heads: n_kv, head_dim: hd, scale: 1.0 / (hd as f32).sqrt(), sliding_window: window, softcap, sinks: None };
         let rope = RopeParams { n_dims: 2 * half, base: 10000.0, freq_scale: 1.0, mode: if neox { RopeMode::Neox } else { RopeMode::Normal }, factors: None, magnitude: 1.0 };
         let mut rng = Rng(seed);
         let (hk, hv) = (rng.f32s(past * kv_width, -1.0, 1.0), rng.f32s(past * kv_width, -1.0, 1.0));
@@ -716,6 +725,7 @@ fn long_caches_attend_alike_split_or_not() {
             scale: 1.0 / (hd as f32).sqrt(),
             sliding_window: case.window,
             softcap: None,
+            sinks: None,
         };
         let rope = RopeParams {
             n_dims: hd,
@@ -854,6 +864,7 @@ fn heads_past_the_fused_kernels_attend_without_blocks() {
         scale: 1.0 / (hd as f32).sqrt(),
         sliding_window: None,
         softcap: None,
+        sinks: None,
     };
     for n in [1, 16] {
         let mut rng = Rng(n as u64);
@@ -941,6 +952,7 @@ fn rope_attend_refuses_scattered_positions() {
         scale: 0.5,
         sliding_window: None,
         softcap: None,
+        sinks: None,
     };
     let rope = RopeParams {
         n_dims: 4,
@@ -1083,6 +1095,7 @@ fn bad_input_is_an_error() {
         scale: 0.5,
         sliding_window: None,
         softcap: None,
+        sinks: None,
     };
     let mut att = g.buffer(8).unwrap();
     let mut ws = g.workspace();
@@ -1116,6 +1129,14 @@ fn bad_input_is_an_error() {
             &mut att
         )
         .is_err());
+    // Attention sinks (gpt-oss) are refused, not ignored.
+    let sinks = vec![0.5; p.n_heads];
+    let p = AttentionParams {
+        sinks: Some(&sinks),
+        ..p
+    };
+    let err = g.attention(&mut ws, &cache, span(0, 0), &kv, 0..1, &p, &mut att);
+    assert!(matches!(err, Err(BackendError::InvalidParameter { .. })));
 }
 
 /// A build without the `cuda` feature says so when asked for CUDA.

@@ -590,6 +590,28 @@ pub fn check_softcap(op: &'static str, cap: f32) -> BackendResult<()> {
     }
 }
 
+/// Checks attention sinks: one finite logit per query head.
+pub fn check_sinks(op: &'static str, p: &AttentionParams<'_>) -> BackendResult<()> {
+    let Some(s) = p.sinks else {
+        return Ok(());
+    };
+    if s.len() != p.n_heads {
+        return Err(BackendError::Shape {
+            op,
+            what: "attention sinks (one per query head)",
+            expected: p.n_heads,
+            got: s.len(),
+        });
+    }
+    if !s.iter().all(|v| v.is_finite()) {
+        return Err(BackendError::InvalidParameter {
+            op,
+            what: "attention sinks must be finite",
+        });
+    }
+    Ok(())
+}
+
 /// Rotary position embedding.
 pub trait RopeOps: BackendCore {
     /// Rotates the first `positions.len() * n_heads * head_dim` values of
@@ -638,6 +660,16 @@ pub trait ActivationOps: BackendCore {
         &self,
         gate: &mut Self::Buffer,
         up: &Self::Buffer,
+        len: usize,
+    ) -> BackendResult<()>;
+    /// gpt-oss's SwiGLU (ggml's `swiglu_oai`): with `(alpha, limit) =
+    /// alpha_limit`, `g = min(gate, limit)` and `u = clamp(up, -limit,
+    /// limit)`, `gate = g / (1 + exp(-alpha * g)) * (u + 1)`.
+    fn swiglu_oai_inplace(
+        &self,
+        gate: &mut Self::Buffer,
+        up: &Self::Buffer,
+        alpha_limit: (f32, f32),
         len: usize,
     ) -> BackendResult<()>;
     /// GeGLU: `gate = gelu(gate) * up`.
@@ -706,7 +738,7 @@ pub enum KvDtype {
 
 /// Parameters of one attention call.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct AttentionParams {
+pub struct AttentionParams<'a> {
     /// Query heads.
     pub n_heads: usize,
     /// Key/value heads (divides `n_heads`; query head `h` reads KV head
@@ -721,6 +753,11 @@ pub struct AttentionParams {
     pub sliding_window: Option<usize>,
     /// If set, scores become `c * tanh(score / c)` before the softmax.
     pub softcap: Option<f32>,
+    /// If set, one logit per query head (`n_heads` of them) that joins
+    /// each of that head's softmaxes without a value (gpt-oss's attention
+    /// sinks): a key's weight becomes `exp(s) / (sum exp(s) + exp(sink))`,
+    /// so a head may attend to nothing.
+    pub sinks: Option<&'a [f32]>,
 }
 
 /// Where in a KV cache a call reads or writes: a layer and the position of

@@ -1261,6 +1261,7 @@ impl<'a, B: Backend> Model<'a, B> {
             scale: c.attn_scale,
             sliding_window: c.layer_window(li),
             softcap: c.attn_softcap,
+            sinks: None,
         };
         let a = Attend {
             ws: &mut sc.ws,
@@ -1440,7 +1441,7 @@ struct Attend<'x, B: Backend> {
     qk_norm: Option<QkNorm<'x, B::Buffer>>,
     positions: &'x [u32],
     rope: &'x RopeParams<'x>,
-    params: &'x AttentionParams,
+    params: &'x AttentionParams<'x>,
     out: &'x mut B::Buffer,
 }
 
