@@ -10,7 +10,8 @@ matrices, Llama 3.1's RoPE frequency factors, linear and YaRN RoPE scaling,
 LongRoPE (short and long factors, as the context chooses; all or part of
 each head rotated), the RoPE attention factor,
 mixtures of experts (Qwen 2 MoE's with its shared expert, Qwen 3 MoE's,
-and a llama's as Mixtral's), Gemma 2's
+and a llama's as Mixtral's; gpt-oss's, with its biases, attention
+sinks, clamped SwiGLU and MXFP4 matrices), Gemma 2's
 soft-caps, Gemma 3's local/global pattern, local base and final cap. llama.cpp (the CPU build
 `scripts/build_llama_cpp.sh --tools` makes, through llama-cpp-python
 0.3.36's bindings; f32 KV cache) evaluates TOKENS in one batch and the
@@ -18,8 +19,11 @@ logits of every position, the whole vocabulary, are stored (6 significant
 digits). A case's n_ctx is llama.cpp's context (which it rounds up to 256)
 and the test's session length: LongRoPE's long factors serve contexts past
 the original one.
-Usage: python3 scripts/gen_arch_fixtures.py  (after cargo build --release -p realm-cli)
+Usage: python3 scripts/gen_arch_fixtures.py [--only NAME ...]  (after cargo build --release -p realm-cli)
+With --only, just the named cases are run again and replaced (or added, in
+CASES' order) in the existing file; the others keep their stored logits.
 """
+import argparse
 import json
 import os
 import subprocess
@@ -101,6 +105,13 @@ CASES = [
     case("qwen3moe-q8_0", "tiny-qwen3moe", matrix_type="q8_0"),
     case("mixtral", "tiny-mixtral"),
     case("mixtral-q4_1", "tiny-mixtral", matrix_type="q4_1"),
+    case("gpt-oss", "tiny-gpt-oss"),
+    case("gpt-oss-q8_0", "tiny-gpt-oss", matrix_type="q8_0"),
+    case("gpt-oss-mxfp4", "tiny-gpt-oss", matrix_type="mxfp4"),
+    # A wider window on the local first layer (llama.cpp refuses gpt-oss
+    # without a local layer).
+    case("gpt-oss-window-8", "tiny-gpt-oss",
+         overrides=[("gpt-oss.attention.sliding_window", "int", "8")]),
     case("gemma2", "tiny-gemma2"),
     case("gemma2-tight-caps", "tiny-gemma2",
          overrides=[("gemma2.attn_logit_softcapping", "float", "0.5"),
@@ -136,12 +147,27 @@ def synth(c, path):
 
 
 def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", nargs="+", metavar="NAME", help="run only these cases again")
+    args = ap.parse_args()
     llama_env.tools()
     from llama_cpp import Llama
 
     out = dict(seed=SEED, tokens=TOKENS, cases=[])
+    kept = {}
+    if args.only:
+        unknown = set(args.only) - {c["name"] for c in CASES}
+        if unknown:
+            ap.error(f"no such case: {sorted(unknown)}")
+        with open(OUT) as f:
+            old = json.load(f)
+        assert old["seed"] == SEED and old["tokens"] == TOKENS
+        kept = {c["name"]: c for c in old["cases"] if c["name"] not in args.only}
     with tempfile.TemporaryDirectory() as tmp:
         for c in CASES:
+            if c["name"] in kept:
+                out["cases"].append(kept[c["name"]])
+                continue
             path = os.path.join(tmp, c["name"] + ".gguf")
             synth(c, path)
             with open(path, "rb") as f:

@@ -33,6 +33,10 @@ pub enum Architecture {
     Gemma2,
     /// Gemma 3 (QK-norm, sandwich norms, GELU gate, local/global layers).
     Gemma3,
+    /// gpt-oss (OpenAI's open-weight MoE): biased projections, attention
+    /// sinks, local/global layers, YaRN, experts with biases and a clamped
+    /// SwiGLU whose weights are a softmax over the chosen experts' scores.
+    GptOss,
 }
 
 impl Architecture {
@@ -50,6 +54,7 @@ impl Architecture {
             "granite" => Self::Granite,
             "gemma2" => Self::Gemma2,
             "gemma3" => Self::Gemma3,
+            "gpt-oss" => Self::GptOss,
             other => return Err(Error::UnknownArchitecture(other.to_string())),
         })
     }
@@ -68,6 +73,7 @@ impl Architecture {
             Self::Granite => "granite",
             Self::Gemma2 => "gemma2",
             Self::Gemma3 => "gemma3",
+            Self::GptOss => "gpt-oss",
         }
     }
 }
@@ -92,6 +98,41 @@ pub struct MoeConfig {
     /// output gated by the sigmoid of its own router's score (Qwen 2
     /// MoE's); `None` for none.
     pub shared_ffn_dim: Option<usize>,
+    /// How router scores become the chosen experts' weights.
+    pub gating: Gating,
+    /// The experts' gated activation.
+    pub activation: ExpertActivation,
+    /// Whether the router and the experts' three products add biases
+    /// (`ffn_gate_inp.bias`, `ffn_{gate,up,down}_exps.bias`; gpt-oss).
+    pub biases: bool,
+}
+
+/// How a mixture of experts weighs the experts a token chose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gating {
+    /// The softmax over every expert's score; the chosen experts keep
+    /// their probabilities (renormalised if
+    /// [`MoeConfig::norm_weights`]). Mixtral, Qwen.
+    Softmax,
+    /// The best scores are chosen first, then weighted by a softmax over
+    /// them alone (llama.cpp's `softmax_weight`; gpt-oss).
+    SoftmaxChosen,
+}
+
+/// The gated activation of an expert's hidden values.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ExpertActivation {
+    /// `silu(gate) * up`.
+    Swiglu,
+    /// gpt-oss's: the gate capped and the up clamped at `limit`, a sigmoid
+    /// of `alpha` times the gate, and `up + 1`
+    /// ([`realm_core::backend::ActivationOps::swiglu_oai_inplace`]).
+    SwigluOai {
+        /// Slope of the sigmoid (1.702).
+        alpha: f32,
+        /// Cap of the gate and clamp of the up (7).
+        limit: f32,
+    },
 }
 
 /// Everything a forward pass needs to know about the model's shape.
@@ -215,6 +256,7 @@ impl ModelConfig {
         let gemma2 = arch == Architecture::Gemma2;
         let gemma3 = arch == Architecture::Gemma3;
         let gemma = gemma2 || gemma3;
+        let gpt_oss = arch == Architecture::GptOss;
         // Gemma 2's caps default to 50 and 30; Gemma 3 has none unless set.
         let cap = |k: &str, default: f32| -> Result<Option<f32>> {
             let c = opt_f(k)?.unwrap_or(default);
@@ -237,11 +279,25 @@ impl ModelConfig {
             _ => None,
         };
         // Only these use a window (llama.cpp ignores Phi 3's, and has none
-        // for the others); Gemma 2's is 4096 unless the file says otherwise.
+        // for the others); Gemma 2's is 4096 unless the file says otherwise;
+        // gpt-oss must say.
         let sliding_window = match (arch, opt_u("attention.sliding_window")?) {
             (Architecture::Gemma2, None) => Some(4096),
-            (Architecture::Mistral | Architecture::Gemma2 | Architecture::Gemma3, w) => w,
+            (Architecture::GptOss, None) => Some(u("attention.sliding_window")?),
+            (
+                Architecture::Mistral
+                | Architecture::Gemma2
+                | Architecture::Gemma3
+                | Architecture::GptOss,
+                w,
+            ) => w,
             _ => None,
+        };
+        // gpt-oss's files may give only the experts' width.
+        let ffn_dim = match (arch, opt_u("feed_forward_length")?) {
+            (_, Some(f)) => f,
+            (Architecture::GptOss, None) => u("expert_feed_forward_length")?,
+            (_, None) => u("feed_forward_length")?,
         };
         let cfg = Self {
             arch,
@@ -250,15 +306,15 @@ impl ModelConfig {
             n_heads,
             n_kv_heads,
             head_dim,
-            ffn_dim: u("feed_forward_length")?,
+            ffn_dim,
             vocab_size,
             context_length: u("context_length")?,
             rms_eps: opt_f("attention.layer_norm_rms_epsilon")?.unwrap_or(1e-5),
             rope_base,
-            // Gemma's local layers may have a base of their own (Gemma 3's
-            // by default the classic one, and not scaled).
+            // Gemma's and gpt-oss's local layers may have a base of their
+            // own (Gemma 3's by default the classic one, and not scaled).
             rope_base_local: match opt_f("rope.freq_base_swa")? {
-                Some(b) if gemma => b,
+                Some(b) if gemma || gpt_oss => b,
                 _ if gemma3 => 10_000.0,
                 _ => rope_base,
             },
@@ -283,13 +339,14 @@ impl ModelConfig {
                 | Architecture::Qwen3Moe
                 | Architecture::Phi3
                 | Architecture::Gemma2
-                | Architecture::Gemma3 => RopeMode::Neox,
+                | Architecture::Gemma3
+                | Architecture::GptOss => RopeMode::Neox,
             },
             sliding_window,
-            // Every sixth layer (Gemma 3) or second (Gemma 2) unless the
-            // file says otherwise.
-            global_every: if gemma && sliding_window.is_some() {
-                let every = if gemma2 { 2 } else { 6 };
+            // Every sixth layer (Gemma 3) or second (Gemma 2, gpt-oss)
+            // unless the file says otherwise.
+            global_every: if (gemma || gpt_oss) && sliding_window.is_some() {
+                let every = if gemma3 { 6 } else { 2 };
                 Some(opt_u("attention.sliding_window_pattern")?.unwrap_or(every))
             } else {
                 None
@@ -327,7 +384,7 @@ impl ModelConfig {
             no_rope_every: (arch == Architecture::SmolLM3).then_some(4),
             attn_softcap,
             final_softcap,
-            moe: moe_config(md, arch, u("feed_forward_length")?)?,
+            moe: moe_config(md, arch, ffn_dim)?,
         };
         if cfg.n_layers == 0
             || cfg.d_model == 0
@@ -339,7 +396,7 @@ impl ModelConfig {
         }
         // YaRN's pair divisors are the model's; a local layer of its own
         // base or scale would need others.
-        if cfg.rope_yarn.is_some() && gemma {
+        if cfg.rope_yarn.is_some() && (gemma || cfg.rope_base_local != cfg.rope_base) {
             return Err(Error::BadConfig(format!(
                 "YaRN for {} is not supported",
                 arch.name()
@@ -422,11 +479,17 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
     };
     let experts = get("expert_count")?.unwrap_or(0) as usize;
     match (arch, experts) {
-        (Architecture::Qwen2Moe | Architecture::Qwen3Moe, 0) => {
+        (Architecture::Qwen2Moe | Architecture::Qwen3Moe | Architecture::GptOss, 0) => {
             return Err(Error::BadConfig(format!("{p} needs an expert_count")))
         }
         (_, 0) => return Ok(None),
-        (Architecture::Llama | Architecture::Qwen2Moe | Architecture::Qwen3Moe, _) => {}
+        (
+            Architecture::Llama
+            | Architecture::Qwen2Moe
+            | Architecture::Qwen3Moe
+            | Architecture::GptOss,
+            _,
+        ) => {}
         (other, _) => {
             return Err(Error::BadConfig(format!(
                 "{} with experts is not supported",
@@ -441,8 +504,9 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
         )));
     }
     let qwen = matches!(arch, Architecture::Qwen2Moe | Architecture::Qwen3Moe);
+    let gpt_oss = arch == Architecture::GptOss;
     let ffn_dim = match get("expert_feed_forward_length")? {
-        Some(f) if f > 0 && qwen => f as usize,
+        Some(f) if f > 0 && (qwen || gpt_oss) => f as usize,
         _ if qwen => ffn / used,
         _ => ffn,
     };
@@ -462,14 +526,30 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
         experts,
         used,
         ffn_dim,
-        // Qwen 2 MoE's router weights are the softmax's own.
-        norm_weights: arch != Architecture::Qwen2Moe,
+        // Qwen 2 MoE's router weights are the softmax's own (gpt-oss's a
+        // softmax of the chosen).
+        norm_weights: !matches!(arch, Architecture::Qwen2Moe | Architecture::GptOss),
         weights_scale: if weights_scale == 0.0 {
             1.0
         } else {
             weights_scale
         },
         shared_ffn_dim,
+        gating: if gpt_oss {
+            Gating::SoftmaxChosen
+        } else {
+            Gating::Softmax
+        },
+        // llama.cpp's constants for gpt-oss.
+        activation: if gpt_oss {
+            ExpertActivation::SwigluOai {
+                alpha: 1.702,
+                limit: 7.0,
+            }
+        } else {
+            ExpertActivation::Swiglu
+        },
+        biases: gpt_oss,
     }))
 }
 

@@ -50,6 +50,10 @@ struct Layer<'a, B: Backend + 'a> {
     bq: Option<B::Buffer>,
     bk: Option<B::Buffer>,
     bv: Option<B::Buffer>,
+    /// The attention output's bias (gpt-oss).
+    bo: Option<B::Buffer>,
+    /// One attention sink per query head (gpt-oss's `attn_sinks`).
+    sinks: Option<Vec<f32>>,
     q_norm: Option<B::Buffer>,
     k_norm: Option<B::Buffer>,
     post_attn_norm: Option<B::Buffer>,
@@ -202,6 +206,7 @@ impl<'a, B: Backend> Model<'a, B> {
         let c = &config;
         let gemma = matches!(c.arch, Architecture::Gemma2 | Architecture::Gemma3);
         let qwen = matches!(c.arch, Architecture::Qwen2 | Architecture::Qwen2Moe);
+        let gpt_oss = c.arch == Architecture::GptOss;
         let qk_norms = matches!(
             c.arch,
             Architecture::Gemma3 | Architecture::Qwen3 | Architecture::Qwen3Moe
@@ -210,9 +215,13 @@ impl<'a, B: Backend> Model<'a, B> {
         let mut layers = Vec::with_capacity(c.n_layers);
         for i in 0..c.n_layers {
             let n = |s: &str| format!("blk.{i}.{s}");
+            // Qwen 2's query, key and value biases; gpt-oss's where the
+            // file has them.
             let bias = |s: &str, len| {
                 if qwen {
                     norm(&n(s), len).map(Some)
+                } else if gpt_oss {
+                    optional_norm(&n(s), len)
                 } else {
                     Ok(None)
                 }
@@ -248,10 +257,30 @@ impl<'a, B: Backend> Model<'a, B> {
                 bq: bias("attn_q.bias", q)?,
                 bk: bias("attn_k.bias", kv)?,
                 bv: bias("attn_v.bias", kv)?,
+                bo: must("attn_output.bias", d, gpt_oss)?,
+                sinks: match gpt_oss {
+                    true => {
+                        let v = f32_vec(&tensor(&n("attn_sinks.weight"))?)?;
+                        if v.len() != c.n_heads {
+                            return Err(Error::BadTensorShape {
+                                tensor: n("attn_sinks.weight"),
+                                expected: vec![c.n_heads as u64],
+                                got: vec![v.len() as u64],
+                            });
+                        }
+                        Some(v)
+                    }
+                    false => None,
+                },
                 q_norm: must("attn_q_norm.weight", c.head_dim, qk_norms)?,
                 k_norm: must("attn_k_norm.weight", c.head_dim, qk_norms)?,
                 post_attn_norm: must("post_attention_norm.weight", d, gemma)?,
-                ffn_norm: norm(&n("ffn_norm.weight"), d)?,
+                // gpt-oss names its feed-forward norm as Gemma names the
+                // attention's post-norm.
+                ffn_norm: match gpt_oss {
+                    true => norm(&n("post_attention_norm.weight"), d)?,
+                    false => norm(&n("ffn_norm.weight"), d)?,
+                },
                 ffn: match &c.moe {
                     Some(m) => Ffn::Moe(Moe::load(file, backend, i, m, d)?),
                     // Gate and up in one matrix (Phi 3's `ffn_up`), gate first.
@@ -1261,7 +1290,7 @@ impl<'a, B: Backend> Model<'a, B> {
             scale: c.attn_scale,
             sliding_window: c.layer_window(li),
             softcap: c.attn_softcap,
-            sinks: None,
+            sinks: layer.sinks.as_deref(),
         };
         let a = Attend {
             ws: &mut sc.ws,
@@ -1285,6 +1314,9 @@ impl<'a, B: Backend> Model<'a, B> {
             x,
             out,
         )?;
+        if let Some(bo) = &layer.bo {
+            b.add_row_inplace(&mut sc.proj, bo, n)?;
+        }
         if let Some(s) = c.residual_scale {
             b.scale_inplace(&mut sc.proj, s, n * d)?;
         }

@@ -133,12 +133,17 @@ impl SyntheticLayout {
     }
 
     /// A two-layer model of `arch` (llama, mistral, qwen2, qwen2moe, qwen3,
-    /// qwen3moe, phi3, smollm3, granite, gemma2, gemma3) small enough for unit
-    /// tests: 64 wide, Q8_0 matrices, 300 tokens; `qwen2moe`'s and
-    /// `qwen3moe`'s blocks are 4 experts 32 wide, 2 a token (and, for
-    /// `qwen2moe`, a shared expert 64 wide); `smollm3` has 4 layers (the
-    /// fourth without RoPE); `granite` has Granite 3's multipliers.
+    /// qwen3moe, phi3, smollm3, granite, gemma2, gemma3, gpt-oss) small
+    /// enough for unit tests: 64 wide, Q8_0 matrices, 300 tokens;
+    /// `qwen2moe`'s, `qwen3moe`'s and `gpt-oss`'s blocks are 4 experts 32
+    /// wide, 2 a token (and, for `qwen2moe`, a shared expert 64 wide);
+    /// `smollm3` has 4 layers (the fourth without RoPE); `granite` has
+    /// Granite 3's multipliers; `gpt-oss` has its biases, attention sinks,
+    /// a window of 4 on its first layer and YaRN (factor 4 over 64 tokens).
     pub fn tiny(arch: &str) -> Result<Self> {
+        if arch == "gpt-oss" {
+            return Self::tiny_gpt_oss();
+        }
         if let Some(dense) = arch
             .strip_suffix("moe")
             .filter(|a| ["qwen2", "qwen3"].contains(a))
@@ -228,12 +233,72 @@ impl SyntheticLayout {
         Ok(Self::build(&s, hp, |_, _| GgmlType::Q8_0))
     }
 
-    /// The same layout with every matrix stored as `dtype` (vectors stay
-    /// f32). With `GgmlType::F32` no backend rounds activations to 8 bits,
+    /// The tiny gpt-oss: the tiny llama's shape with gpt-oss's tensors
+    /// and hyper-parameters.
+    fn tiny_gpt_oss() -> Result<Self> {
+        const ARCH: &str = "gpt-oss";
+        let s = Shape {
+            arch: ARCH,
+            layers: 2,
+            d: 64,
+            ff: 32,
+            heads: 4,
+            kv_heads: 2,
+            head_dim: 16,
+            vocab: 300,
+        };
+        let k = |n: &str| format!("{ARCH}.{n}");
+        let mut hp = vec![
+            u32_kv(&k("attention.head_count"), s.heads),
+            u32_kv(&k("attention.head_count_kv"), s.kv_heads),
+            u32_kv(&k("attention.key_length"), s.head_dim as u32),
+            f32_kv(&k("attention.layer_norm_rms_epsilon"), 1e-5),
+            u32_kv(&k("attention.sliding_window"), 4),
+            u32_kv(&k("attention.value_length"), s.head_dim as u32),
+            u32_kv(&k("block_count"), s.layers),
+            u32_kv(&k("context_length"), 256),
+            u32_kv(&k("embedding_length"), s.d as u32),
+            u32_kv(&k("expert_feed_forward_length"), s.ff as u32),
+            u32_kv(&k("feed_forward_length"), s.ff as u32),
+            f32_kv(&k("rope.freq_base"), 150_000.0),
+            f32_kv(&k("rope.scaling.factor"), 4.0),
+            u32_kv(&k("rope.scaling.original_context_length"), 64),
+        ];
+        hp.push((k("rope.scaling.type"), MetadataValue::String("yarn".into())));
+        hp.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut l = Self::build(&s, hp, |_, _| GgmlType::Q8_0).with_experts(4, 2)?;
+        // The experts' biases after each of their matrices (f32, as
+        // llama.cpp adds them), and an output matrix of its own.
+        let mut tensors = Vec::with_capacity(l.tensors.len() * 2);
+        for t in l.tensors {
+            let bias = match t.name.strip_suffix(".weight") {
+                Some(n) if n.ends_with("_exps") || n.ends_with("ffn_gate_inp") => {
+                    // A row per expert of the matrix's output width.
+                    let shape = t.shape[1..].to_vec();
+                    Some(SyntheticTensor {
+                        name: format!("{n}.bias"),
+                        shape,
+                        dtype: GgmlType::F32,
+                    })
+                }
+                _ => None,
+            };
+            tensors.push(t);
+            tensors.extend(bias);
+        }
+        let mut output = tensors[0].clone();
+        output.name = "output.weight".into();
+        tensors.push(output);
+        l.tensors = tensors;
+        Ok(l)
+    }
+
+    /// The same layout with every matrix stored as `dtype` (vectors and
+    /// biases stay f32). With `GgmlType::F32` no backend rounds activations to 8 bits,
     /// which makes backends comparable to float precision.
     pub fn with_matrix_type(mut self, dtype: GgmlType) -> Self {
         for t in &mut self.tensors {
-            if t.shape.len() > 1 {
+            if t.shape.len() > 1 && !t.name.ends_with(".bias") {
                 t.dtype = dtype;
             }
         }
@@ -491,19 +556,25 @@ impl SyntheticLayout {
                 blk("attn_v.weight", vec![s.d, kv]);
             }
             blk("attn_output.weight", vec![q, s.d]);
-            if s.arch == "qwen2" {
+            if s.arch == "qwen2" || s.arch == "gpt-oss" {
                 blk("attn_q.bias", vec![q]);
                 blk("attn_k.bias", vec![kv]);
                 blk("attn_v.bias", vec![kv]);
+            }
+            if s.arch == "gpt-oss" {
+                blk("attn_output.bias", vec![s.d]);
+                blk("attn_sinks.weight", vec![u64::from(s.heads)]);
             }
             if s.arch == "gemma3" || s.arch == "qwen3" {
                 blk("attn_q_norm.weight", vec![s.head_dim]);
                 blk("attn_k_norm.weight", vec![s.head_dim]);
             }
-            if gemma {
+            if gemma || s.arch == "gpt-oss" {
                 blk("post_attention_norm.weight", vec![s.d]);
             }
-            blk("ffn_norm.weight", vec![s.d]);
+            if s.arch != "gpt-oss" {
+                blk("ffn_norm.weight", vec![s.d]);
+            }
             // Phi 3's gate and up are one matrix (gate first).
             if s.arch == "phi3" {
                 blk("ffn_up.weight", vec![s.d, 2 * s.ff]);
@@ -589,8 +660,8 @@ impl SyntheticLayout {
             let n: u64 = t.shape.iter().product();
             let n = usize::try_from(n)
                 .map_err(|_| Error::BadConfig(format!("tensor {} is too large", t.name)))?;
-            let values: Vec<f32> = if t.shape.len() == 1 {
-                let bias = t.name.contains("bias");
+            let bias = t.name.contains("bias");
+            let values: Vec<f32> = if t.shape.len() == 1 || bias {
                 let factors = t.name.starts_with("rope_");
                 (0..n)
                     .map(|_| {

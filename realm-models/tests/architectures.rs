@@ -178,6 +178,7 @@ fn each_variant_changes_the_logits() {
         ("gemma3", "gemma3-global-scaled"),
         ("gemma3", "gemma3-final-cap"),
         ("gemma2", "gemma2-tight-caps"),
+        ("gpt-oss", "gpt-oss-window-8"),
     ] {
         let d = max_diff(&logits(base), &logits(variant));
         assert!(

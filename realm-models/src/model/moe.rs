@@ -6,7 +6,10 @@
 //! probabilities (renormalised over the chosen, but for Qwen 2 MoE), summed
 //! best first; Qwen 2 MoE adds a shared expert's SwiGLU block
 //! (`ffn_{gate,up,down}_shexp`), weighted by the sigmoid of its own
-//! score (`ffn_gate_inp_shexp`).
+//! score (`ffn_gate_inp_shexp`). gpt-oss adds biases to the router's
+//! scores and to each expert's three products, chooses its experts by
+//! score and weighs them by a softmax over the chosen, and gates with its
+//! clamped SwiGLU.
 //!
 //! The routing runs on the host between backend products: each expert
 //! multiplies the rows of the tokens that chose it, gathered, so every
@@ -18,7 +21,7 @@ use realm_core::backend::Backend;
 use realm_core::gguf::Gguf;
 use realm_core::TensorView;
 
-use crate::config::MoeConfig;
+use crate::config::{ExpertActivation, Gating, MoeConfig};
 use crate::imatrix::Collector;
 use crate::{Error, Result};
 
@@ -31,6 +34,16 @@ pub(crate) struct Moe<'a, B: Backend + 'a> {
     experts: Vec<[B::Weight<'a>; 3]>,
     /// The shared expert, if the block has one.
     shared: Option<Shared<'a, B>>,
+    /// The router's and the experts' biases, if the block has them.
+    biases: Option<Biases<B>>,
+}
+
+/// A block's biases: the router's on the host (beside the routing), and
+/// per expert its gate's, up's and down's.
+#[derive(Debug)]
+struct Biases<B: Backend> {
+    router: Vec<f32>,
+    experts: Vec<[B::Buffer; 3]>,
 }
 
 /// A shared expert: its router's row and its gate, up and down.
@@ -133,12 +146,59 @@ impl<'a, B: Backend + 'a> Moe<'a, B> {
             }
             None => None,
         };
+        let biases = match m.biases {
+            true => Some(load_biases(file, backend, layer, m, d)?),
+            false => None,
+        };
         Ok(Self {
             router,
             experts,
             shared,
+            biases,
         })
     }
+}
+
+/// Layer `layer`'s router bias (`[experts]`) and its experts' gate, up
+/// (`[ffn, experts]`) and down (`[d, experts]`) biases.
+fn load_biases<S: AsRef<[u8]>, B: Backend>(
+    file: &Gguf<S>,
+    backend: &B,
+    layer: usize,
+    m: &MoeConfig,
+    d: usize,
+) -> Result<Biases<B>> {
+    let rows = |short: &str, width: usize| -> Result<Vec<Vec<f32>>> {
+        let t = file.tensor(&format!("blk.{layer}.{short}"))?;
+        let want = [width as u64, m.experts as u64];
+        let shape = t.shape();
+        // The router's bias is one vector (a row per expert of width 1).
+        let fits = shape == want || (width == 1 && shape == [m.experts as u64]);
+        if !fits {
+            return Err(Error::BadTensorShape {
+                tensor: t.name().to_string(),
+                expected: want.to_vec(),
+                got: shape.to_vec(),
+            });
+        }
+        let mut v = vec![0f32; width * m.experts];
+        realm_core::quant::dequantize(t.dtype(), t.data(), &mut v)?;
+        Ok(v.chunks_exact(width).map(<[f32]>::to_vec).collect())
+    };
+    let router = rows("ffn_gate_inp.bias", 1)?.concat();
+    let per_expert = [
+        rows("ffn_gate_exps.bias", m.ffn_dim)?,
+        rows("ffn_up_exps.bias", m.ffn_dim)?,
+        rows("ffn_down_exps.bias", d)?,
+    ];
+    let [gate, up, down] = per_expert;
+    let experts = gate
+        .iter()
+        .zip(&up)
+        .zip(&down)
+        .map(|((g, u), dn)| Ok([backend.upload(g)?, backend.upload(u)?, backend.upload(dn)?]))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Biases { router, experts })
 }
 
 /// Scratch a block needs from the model's: the normed input (`n` rows of
@@ -182,6 +242,11 @@ impl<B: Backend> Moe<'_, B> {
         }
         h.scores.resize(n * e, 0.0);
         b.download(buf.scores, &mut h.scores)?;
+        if let Some(bias) = &self.biases {
+            for row in h.scores.chunks_exact_mut(e) {
+                row.iter_mut().zip(&bias.router).for_each(|(s, b)| *s += b);
+            }
+        }
         h.xn.resize(n * d, 0.0);
         b.download(buf.xn, &mut h.xn)?;
         h.chosen.clear();
@@ -212,7 +277,17 @@ impl<B: Backend> Moe<'_, B> {
             let input = &*buf.input;
             b.matmul(buf.ws, &w[0], input, rows, buf.gate)?;
             b.matmul(buf.ws, &w[1], input, rows, buf.up)?;
-            b.swiglu_inplace(buf.gate, buf.up, rows * ff)?;
+            let bias = self.biases.as_ref().map(|bs| &bs.experts[x]);
+            if let Some([g, u, _]) = bias {
+                b.add_row_inplace(buf.gate, g, rows)?;
+                b.add_row_inplace(buf.up, u, rows)?;
+            }
+            match m.activation {
+                ExpertActivation::Swiglu => b.swiglu_inplace(buf.gate, buf.up, rows * ff)?,
+                ExpertActivation::SwigluOai { alpha, limit } => {
+                    b.swiglu_oai_inplace(buf.gate, buf.up, (alpha, limit), rows * ff)?
+                }
+            }
             if let Some(c) = buf.seen.as_deref_mut() {
                 for s in ["gate_exps", "up_exps"] {
                     c.observe_expert(b, buf.ws, &name(s), (x, e), (input, rows, d))?;
@@ -220,6 +295,9 @@ impl<B: Backend> Moe<'_, B> {
                 c.observe_expert(b, buf.ws, &name("down_exps"), (x, e), (buf.gate, rows, ff))?;
             }
             b.matmul(buf.ws, &w[2], buf.gate, rows, buf.out)?;
+            if let Some([_, _, dn]) = bias {
+                b.add_row_inplace(buf.out, dn, rows)?;
+            }
             h.y.resize(rows * d, 0.0);
             b.download(buf.out, &mut h.y)?;
             for ((i, weight), y) in picks().zip(h.y.chunks_exact(d)) {
@@ -283,27 +361,45 @@ pub(crate) struct Ranked {
 }
 
 /// Appends a token's `used` chosen experts and their weights, best first,
-/// to `chosen`, from its router scores `scores` (one per expert): the
-/// softmax of the scores (summed in f64, as ggml sums), the best `used`
-/// (the lower index first among equals), their probabilities renormalised
-/// (over a sum of at least 2^-14, as llama.cpp clamps it) and scaled.
+/// to `chosen`, from its router scores `scores` (one per expert): the best
+/// `used` (the lower index first among equals) and, by
+/// [`MoeConfig::gating`], either their probabilities in the softmax of all
+/// the scores or the softmax of their own scores (either summed in f64, as
+/// ggml sums); then renormalised if asked (over a sum of at least 2^-14, as
+/// llama.cpp clamps it) and scaled.
 pub(crate) fn route(
     scores: &[f32],
     m: &MoeConfig,
     ranked: &mut Ranked,
     chosen: &mut Vec<(usize, f32)>,
 ) {
-    let max = scores.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
     let Ranked { exp, order } = ranked;
-    exp.clear();
-    exp.extend(scores.iter().map(|&v| (v - max).exp()));
-    let sum: f64 = exp.iter().map(|&v| f64::from(v)).sum();
-    let inv = (1.0 / sum) as f32;
     order.clear();
     order.extend(0..scores.len());
-    order.sort_by(|&a, &b| exp[b].total_cmp(&exp[a]).then(a.cmp(&b)));
     let start = chosen.len();
-    chosen.extend(order.iter().take(m.used).map(|&i| (i, exp[i] * inv)));
+    match m.gating {
+        Gating::Softmax => {
+            let max = scores.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
+            exp.clear();
+            exp.extend(scores.iter().map(|&v| (v - max).exp()));
+            let sum: f64 = exp.iter().map(|&v| f64::from(v)).sum();
+            let inv = (1.0 / sum) as f32;
+            order.sort_by(|&a, &b| exp[b].total_cmp(&exp[a]).then(a.cmp(&b)));
+            chosen.extend(order.iter().take(m.used).map(|&i| (i, exp[i] * inv)));
+        }
+        Gating::SoftmaxChosen => {
+            order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+            let best = &order[..m.used.min(order.len())];
+            // The best is first: its score is the chosen's max.
+            let max = best.first().map_or(0.0, |&i| scores[i]);
+            let sum: f64 = best
+                .iter()
+                .map(|&i| f64::from((scores[i] - max).exp()))
+                .sum();
+            let inv = (1.0 / sum) as f32;
+            chosen.extend(best.iter().map(|&i| (i, (scores[i] - max).exp() * inv)));
+        }
+    }
     let picked = &mut chosen[start..];
     if m.norm_weights {
         let total: f64 = picked.iter().map(|c| f64::from(c.1)).sum();
@@ -331,6 +427,9 @@ mod tests {
             norm_weights: norm,
             weights_scale: 1.0,
             shared_ffn_dim: None,
+            gating: Gating::Softmax,
+            activation: ExpertActivation::Swiglu,
+            biases: false,
         }
     }
 
@@ -366,5 +465,20 @@ mod tests {
             &mut tied,
         );
         assert_eq!(tied.iter().map(|c| c.0).collect::<Vec<_>>(), [0, 1]);
+        // gpt-oss's: the softmax of the chosen scores alone.
+        let chosen_only = MoeConfig {
+            gating: Gating::SoftmaxChosen,
+            ..cfg(2, false)
+        };
+        let mut soft = Vec::new();
+        route(
+            &[0.5, 2.0, -1.0, 1.0],
+            &chosen_only,
+            &mut Ranked::default(),
+            &mut soft,
+        );
+        assert_eq!(soft.iter().map(|c| c.0).collect::<Vec<_>>(), [1, 3]);
+        assert!((f64::from(soft[0].1) - a / (a + b)).abs() < 1e-6);
+        assert!((soft[0].1 + soft[1].1 - 1.0).abs() < 1e-6);
     }
 }
