@@ -10,7 +10,9 @@ quantized already, 2 threads) and stores the output file's size and
 sha256: `realm quantize` with the same options must write the same bytes.
 Cases with `--imatrix` quantize with the importance matrices
 scripts/gen_imatrix_fixtures.py writes (run it first).
-Usage: python3 scripts/gen_quantize_fixtures.py [MODELS_DIR]
+Usage: python3 scripts/gen_quantize_fixtures.py [MODELS_DIR] [--only MODEL ...]
+With --only, just the cases of those models are run again (the others keep
+their stored entries).
 """
 import hashlib
 import json
@@ -30,6 +32,8 @@ SYNTH = {
     "qwen3moe": ["tiny-qwen3moe", "--seed", "5", "--matrix-type", "f16"],
     # With a shared expert: two ffn_down matrices a block.
     "qwen2moe": ["tiny-qwen2moe", "--seed", "5", "--matrix-type", "f16"],
+    # Biases, attention sinks and 3-D experts (MXFP4_MOE's).
+    "gpt-oss": ["tiny-gpt-oss", "--seed", "5", "--matrix-type", "f16"],
 }
 REALM = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "target", "release", "realm")
 # (model, file type, extra options): every rule of the mixes Realm writes.
@@ -40,6 +44,8 @@ CASES = [
     ("qwen3moe", "IQ4_NL", ["--imatrix", "tests/fixtures/imatrix/qwen3moe.gguf"]),
     ("qwen2moe", "Q4_K_M", []),
     ("qwen2moe", "Q4_0", ["--imatrix", "tests/fixtures/imatrix/qwen2moe.gguf"]),
+    ("gpt-oss", "MXFP4_MOE", []),
+    ("gpt-oss", "Q4_K_M", []),
     ("smollm2", "Q8_0", []),
     ("smollm2", "Q4_K_M", []),
     ("smollm2", "Q6_K", []),
@@ -94,8 +100,17 @@ OUT = os.path.join(CRATE, "tests", "fixtures", "quantize.json")
 
 
 def main():
-    models_dir = sys.argv[1] if len(sys.argv) > 1 else os.environ.get(
+    args = sys.argv[1:]
+    only = None
+    if "--only" in args:
+        at = args.index("--only")
+        only, args = set(args[at + 1:]), args[:at]
+    models_dir = args[0] if args else os.environ.get(
         "REALM_MODELS", os.path.expanduser("~/.cache/realm/models"))
+    kept = []
+    if only:
+        with open(OUT) as f:
+            kept = [c for c in json.load(f)["cases"] if c["model"] not in only]
     bin_dir = subprocess.run([os.path.join(HERE, "build_llama_cpp.sh"), "--tools"],
                              check=True, capture_output=True, text=True).stdout.strip()
     tool = os.path.join(bin_dir, "llama-quantize")
@@ -106,6 +121,11 @@ def main():
             subprocess.run([REALM, "synth", *args, "-o", os.path.join(tmp, name + ".gguf")],
                            check=True, capture_output=True)
         for model, ftype, extra in CASES:
+            if only and model not in only:
+                stored = [c for c in kept if (c["model"], c["type"], c["options"]) == (model, ftype, extra)]
+                assert len(stored) == 1, (model, ftype, extra)
+                cases.append(stored[0])
+                continue
             source = (os.path.join(tmp, model + ".gguf") if model in SYNTH
                       else os.path.join(models_dir, MODELS[model]))
             subprocess.run([tool, "--allow-requantize", *extra, source, out, ftype, "2"],

@@ -87,11 +87,14 @@ pub enum FileType {
     /// IQ4_XS (IQ4_NL's levels, 6-bit scales in blocks of 256); its rules
     /// are IQ4_NL's.
     IQ4_XS,
+    /// The experts' matrices MXFP4 (gpt-oss's own format), every other
+    /// matrix Q8_0.
+    MXFP4_MOE,
 }
 
 impl FileType {
     /// Every file type, in llama.cpp's numbering's order.
-    pub const ALL: [Self; 20] = [
+    pub const ALL: [Self; 21] = [
         Self::F32,
         Self::F16,
         Self::Q4_0,
@@ -112,6 +115,7 @@ impl FileType {
         Self::IQ4_NL,
         Self::IQ4_XS,
         Self::BF16,
+        Self::MXFP4_MOE,
     ];
 
     /// The number `general.file_type` holds (llama.cpp's `LLAMA_FTYPE_*`).
@@ -137,6 +141,7 @@ impl FileType {
             Self::IQ4_NL => 25,
             Self::IQ4_XS => 30,
             Self::BF16 => 32,
+            Self::MXFP4_MOE => 38,
         }
     }
 
@@ -163,6 +168,7 @@ impl FileType {
             Self::Q2_K_S => "Q2_K_S",
             Self::IQ4_NL => "IQ4_NL",
             Self::IQ4_XS => "IQ4_XS",
+            Self::MXFP4_MOE => "MXFP4_MOE",
         }
     }
 
@@ -199,6 +205,7 @@ impl FileType {
             Self::Q6_K => GgmlType::Q6_K,
             Self::IQ4_NL => GgmlType::IQ4_NL,
             Self::IQ4_XS => GgmlType::IQ4_XS,
+            Self::MXFP4_MOE => GgmlType::MXFP4,
         }
     }
 }
@@ -460,7 +467,7 @@ fn mix(
     m: &Model,
     seen: &mut Seen,
     ft: FileType,
-    (role, down_layer): (Role, Option<i64>),
+    (role, down_layer, stacked): (Role, Option<i64>, bool),
     ncols: u64,
     opts: &QuantizeOptions,
 ) -> GgmlType {
@@ -471,11 +478,14 @@ fn mix(
     if role == Role::Output || (m.tied && role == Role::TokenEmbd) {
         if let Some(o) = opts.output_type {
             t = o;
-        } else if falcon || !ncols.is_multiple_of(t.block_size() as u64) {
+        } else if falcon || ft == F::MXFP4_MOE || !ncols.is_multiple_of(t.block_size() as u64) {
             t = T::Q8_0;
         } else if t != T::Q8_0 {
             t = T::Q6_K;
         }
+    } else if ft == F::MXFP4_MOE {
+        // A stack of experts' matrices (3-D) is MXFP4, any other Q8_0.
+        t = if stacked { T::MXFP4 } else { T::Q8_0 };
     } else if role == Role::TokenEmbd {
         if let Some(e) = opts.token_embedding_type {
             t = e;
@@ -661,7 +671,8 @@ pub fn plan<S: AsRef<[u8]>>(file: &Gguf<S>, opts: &QuantizeOptions) -> Result<Pl
                             })?,
                         _ => None,
                     };
-                    mix(&model, &mut seen, ft, (role, down_layer), ncols, opts)
+                    let stacked = shape.get(2).is_some_and(|&e| e > 1);
+                    mix(&model, &mut seen, ft, (role, down_layer, stacked), ncols, opts)
                 }
             };
             fallback(t, ncols)
