@@ -478,6 +478,9 @@ impl<B: Backend> ActivationOps for Profiled<'_, B> {
 impl<B: Backend> AttentionOps for Profiled<'_, B> {
     type KvCache = B::KvCache;
 
+    fn supports_sinks(&self) -> bool {
+        self.inner.supports_sinks()
+    }
     fn kv_cache(&self, cfg: &KvCacheConfig) -> BackendResult<B::KvCache> {
         self.inner.kv_cache(cfg)
     }

@@ -675,6 +675,10 @@ impl StepOps for CpuBackend {
 impl AttentionOps for CpuBackend {
     type KvCache = CpuKvCache;
 
+    fn supports_sinks(&self) -> bool {
+        true
+    }
+
     fn kv_cache(&self, cfg: &KvCacheConfig) -> BackendResult<CpuKvCache> {
         attention::new_cache(cfg)
     }

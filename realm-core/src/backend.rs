@@ -776,6 +776,13 @@ pub trait AttentionOps: RopeOps + NormOps {
     /// Keys and values of every layer for one sequence.
     type KvCache: Send + Debug;
 
+    /// Whether [`AttentionParams::sinks`] may be set. A backend without
+    /// them refuses the calls that set them; a model that needs them asks
+    /// first, so that it fails at load.
+    fn supports_sinks(&self) -> bool {
+        false
+    }
+
     /// Allocates a cache (the only allocation attention needs).
     fn kv_cache(&self, cfg: &KvCacheConfig) -> BackendResult<Self::KvCache>;
 

@@ -16,7 +16,10 @@ pub enum Error {
     Backend(#[from] BackendError),
 
     /// `general.architecture` names an architecture Realm does not run.
-    #[error("unknown architecture `{0}` (supported: llama, mistral, qwen2, gemma3)")]
+    #[error(
+        "unknown architecture `{0}` (supported: llama, mistral, qwen2, qwen2moe, qwen3, \
+         qwen3moe, phi3, smollm3, granite, gemma2, gemma3, gpt-oss)"
+    )]
     UnknownArchitecture(String),
 
     /// The hyper-parameters do not fit together.
@@ -41,6 +44,15 @@ pub enum Error {
         tensor: String,
         /// Its type.
         dtype: GgmlType,
+        /// The backend's name.
+        backend: String,
+    },
+
+    /// The model needs an op the backend does not have.
+    #[error("the model needs {what}, which the {backend} backend does not have")]
+    UnsupportedOp {
+        /// What the model needs.
+        what: &'static str,
         /// The backend's name.
         backend: String,
     },

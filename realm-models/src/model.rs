@@ -207,6 +207,12 @@ impl<'a, B: Backend> Model<'a, B> {
         let gemma = matches!(c.arch, Architecture::Gemma2 | Architecture::Gemma3);
         let qwen = matches!(c.arch, Architecture::Qwen2 | Architecture::Qwen2Moe);
         let gpt_oss = c.arch == Architecture::GptOss;
+        if gpt_oss && !backend.supports_sinks() {
+            return Err(Error::UnsupportedOp {
+                what: "attention sinks",
+                backend: backend.name().to_string(),
+            });
+        }
         let qk_norms = matches!(
             c.arch,
             Architecture::Gemma3 | Architecture::Qwen3 | Architecture::Qwen3Moe
