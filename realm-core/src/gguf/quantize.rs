@@ -672,7 +672,14 @@ pub fn plan<S: AsRef<[u8]>>(file: &Gguf<S>, opts: &QuantizeOptions) -> Result<Pl
                         _ => None,
                     };
                     let stacked = shape.get(2).is_some_and(|&e| e > 1);
-                    mix(&model, &mut seen, ft, (role, down_layer, stacked), ncols, opts)
+                    mix(
+                        &model,
+                        &mut seen,
+                        ft,
+                        (role, down_layer, stacked),
+                        ncols,
+                        opts,
+                    )
                 }
             };
             fallback(t, ncols)

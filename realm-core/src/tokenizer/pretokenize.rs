@@ -30,6 +30,10 @@ pub(crate) enum PreTokenizer {
     /// `deepseek-llm`: line breaks, Latin-like letter runs, punctuation
     /// runs, trailing spaces, CJK runs and number runs.
     DeepSeekLlm,
+    /// `gpt-4o`, `llama4`, `kanana2`, `talkie` (o200k: gpt-oss, Llama 4):
+    /// words split at lower-to-upper case changes, contractions kept with
+    /// their word, numbers in groups of up to three digits.
+    Gpt4o,
 }
 
 /// Options a pre-tokenizer name implies besides the splitting.
@@ -71,11 +75,13 @@ impl PreOptions {
             }
             "smollm" | "command-r" => o(StarCoder, false, false, false),
             "deepseek-llm" => o(DeepSeekLlm, false, false, false),
+            "gpt-4o" | "llama4" | "kanana2" | "talkie" => o(Gpt4o, false, false, false),
             other => {
                 return Err(Error::Tokenizer(format!(
                     "unsupported pre-tokenizer `{other}` (tokenizer.ggml.pre); supported: \
                      default, gpt2, llama3, llama-bpe, qwen2, stablelm2, dbrx, smaug-bpe, \
-                     starcoder, smollm, refact, command-r, codeshell, deepseek-llm"
+                     starcoder, smollm, refact, command-r, codeshell, deepseek-llm, gpt-4o, \
+                     llama4"
                 )))
             }
         })
@@ -164,6 +170,7 @@ impl Splitter {
             Gpt2 => self.stage(gpt2),
             Llama3 => self.stage(|c, out| llama3(c, 3, out)),
             Qwen2 => self.stage(|c, out| llama3(c, 1, out)),
+            Gpt4o => self.stage(|c, out| by_matches(c, out, |c, p| gpt4o(c, p))),
             StarCoder => {
                 self.stage(|c, out| by_matches(c, out, |c, p| single(c, p, is_number_collapsed)));
                 self.stage(gpt2);
@@ -333,6 +340,80 @@ fn llama3(c: &Chunk<'_>, max_digits: usize, out: &mut Vec<usize>) {
         }
         push_end(out, &mut last, pos);
     }
+}
+
+/// GPT-4o's expression as llama.cpp runs it (std::regex over its
+/// collapsed text, in which every non-ASCII letter counts as both an upper
+/// and a lower case letter, and combining marks are no letters):
+/// `[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))*((?=[\p{L}])([^A-Z]))+C?|
+/// [^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))+((?=[\p{L}])([^A-Z]))*C?|
+/// \p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+`, `C` a
+/// contraction in any case. Its match at `from` (every code point starts
+/// one), alternatives and backtracking taken in the regex's order.
+fn gpt4o(c: &Chunk<'_>, from: usize) -> Option<(usize, usize)> {
+    if from >= c.end {
+        return None;
+    }
+    let in_chunk = |i: usize| i >= c.start && i < c.end;
+    let letter = |i: usize| {
+        let x = c.cp(i);
+        if x < 128 {
+            char::from_u32(x).is_some_and(|ch| ch.is_ascii_alphabetic())
+        } else {
+            let f = c.fl(i);
+            !f.is_whitespace() && f.category() == Flags::LETTER
+        }
+    };
+    let number = |i: usize| is_number_collapsed(c, i);
+    let space = |i: usize| in_chunk(i) && is_space_wide(wide(c, i));
+    let upper = |i: usize| letter(i) && !(0x61..=0x7A).contains(&c.cp(i));
+    let lower = |i: usize| letter(i) && !(0x41..=0x5A).contains(&c.cp(i));
+    let lead =
+        |i: usize| in_chunk(i) && !matches!(c.cp(i), 0x0A | 0x0D) && !letter(i) && !number(i);
+    let other = |i: usize| in_chunk(i) && !space(i) && !letter(i) && !number(i);
+    let run = |mut i: usize, class: &dyn Fn(usize) -> bool| {
+        while class(i) {
+            i += 1;
+        }
+        i
+    };
+    let with_contraction = |e: usize| e + contraction(c, e, true).unwrap_or(0);
+    // Upper case letters then at least one lower case one: the most upper
+    // case ones after which a lower case one follows.
+    let upper_then_lower = |s: usize| {
+        let most = run(s, &upper) - s;
+        (0..=most)
+            .rev()
+            .find(|&k| lower(s + k))
+            .map(|k| with_contraction(run(s + k, &lower)))
+    };
+    let upper_first = |s: usize| upper(s).then(|| with_contraction(run(run(s, &upper), &lower)));
+    let skip_lead = |s: usize| if lead(s) { vec![s + 1, s] } else { vec![s] };
+    let end = skip_lead(from)
+        .into_iter()
+        .find_map(upper_then_lower)
+        .or_else(|| skip_lead(from).into_iter().find_map(upper_first))
+        .or_else(|| number(from).then(|| from + (0..3).take_while(|&k| number(from + k)).count()))
+        .or_else(|| {
+            let s = if c.cp(from) == ' ' as u32 && other(from + 1) {
+                from + 1
+            } else {
+                from
+            };
+            other(s).then(|| run(run(s, &other), &|i| matches!(c.cp(i), 0x0A | 0x0D | 0x2F)))
+        })
+        .or_else(|| {
+            let w = run(from, &space);
+            let newline = (from..w).rev().find(|&i| matches!(c.cp(i), 0x0A | 0x0D));
+            match newline {
+                Some(j) => Some(j + 1),
+                None if w == c.end && w > from => Some(w),
+                None if w >= from + 2 => Some(w - 1),
+                None => (w > from).then_some(w),
+            }
+        })
+        .unwrap_or(from + 1);
+    Some((from, end))
 }
 
 /// `[^\s\p{L}\p{N}]` for a real code point.
@@ -591,6 +672,15 @@ mod tests {
             words(PreTokenizer::DeepSeekLlm, "Hi there,\n你好 12  "),
             ["Hi", " there", ",", "\n", "你好", " ", "12", "  "]
         );
+    }
+
+    #[test]
+    fn gpt4o_words() {
+        assert_eq!(
+            words(PreTokenizer::Gpt4o, "HelloWorld's 12345 DON'T  x/\n\n\ty"),
+            ["Hello", "World's", " ", "123", "45", " DON'T", " ", " x", "/\n\n", "\ty"]
+        );
+        assert_eq!(words(PreTokenizer::Gpt4o, "  é!  "), [" ", " é", "!", "  "]);
     }
 
     #[test]

@@ -1,0 +1,147 @@
+#!/usr/bin/env python3
+"""Golden token ids of llama.cpp's GPT-4o pre-tokenizer (`tokenizer.ggml.pre`
+gpt-4o: gpt-oss, Llama 4) for realm-core's tests:
+realm-core/tests/fixtures/tokenizer/gpt-4o.json.
+
+No o200k vocabulary ships where this runs, so the fixture carries a small
+byte-level BPE vocabulary of its own, declared `gpt-4o`: GPT-2's 256 byte
+tokens and its first MERGES merges (from llama.cpp's
+models/ggml-vocab-gpt-2.gguf), <|endoftext|>, and first of all merges that
+build every whitespace-separated run of the probing texts (and the run after
+a space) from its first byte on. BPE merges never cross the pre-tokenizer's
+words, so a word that starts a run comes out as the run's prefix up to the
+word's end: where a text is split shows in its ids. llama.cpp (llama-cpp-python
+0.3.36's build, `vocab_only`) tokenizes the corpus of
+scripts/gen_tokenizer_fixtures.py and texts aimed at the expression's
+corners (case changes, contractions, digit groups, marks, non-ASCII
+letters and spaces, line breaks); the test rebuilds the vocabulary from the
+fixture and must give the same ids.
+
+Usage: python3 scripts/gen_gpt4o_fixtures.py
+"""
+import json
+import os
+import tempfile
+
+import llama_env
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+OUT = os.path.join(ROOT, "realm-core", "tests", "fixtures", "tokenizer", "gpt-4o.json")
+MERGES = 2000
+
+
+def byte_symbols(text):
+    """GPT-2's byte-level symbols of `text`."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAC + 1)) + list(range(0xAE, 0xFF + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    table = dict(zip(bs, map(chr, cs)))
+    return [table[b] for b in text.encode("utf-8")]
+
+
+def probe_merges(texts):
+    """Merges that build each run (and space + run) of `texts` left to right."""
+    merges, seen = [], set()
+    for text in texts:
+        # (Not the special token's text: it is no merge's.)
+        for run in text.replace("<|endoftext|>", " ").split():
+            for piece in (run, " " + run):
+                sym = byte_symbols(piece)
+                acc = sym[0]
+                for nxt in sym[1:]:
+                    if (acc, nxt) not in seen:
+                        seen.add((acc, nxt))
+                        merges.append((acc, nxt))
+                    acc += nxt
+    return merges
+
+CORNERS = [
+    "HelloWorld", "camelCaseWordsHere", "HTTPServerError", "iPhone XSMax", "ABCdef GHIjkl",
+    "DON'T you'RE WE'LL I'd It'S", "'s 't 're 've 'm 'll 'd", "x's", "O'Neil's",
+    "ÀBc ÉCOLE école", "naïve café", "e\u0301te\u0301", "İstanbul", "ǅungla ǈ", "ΑΒΓαβγ Ωmega",
+    "Straße STRASSE", "日本語テキスト", "한국어 텍스트", "مرحبا بالعالم", "\u0915\u094d\u0937",
+    "1 12 123 1234 12345 123456 1234567", "٣٤٥٦ ①②③", "3.14159 1e-7 0x1F",
+    "x/\n\ny", "a/b//c\n/", " !!  \n\n  ?", "\t\tindent\n\tx", "a\u00a0b\u2003c\u3000d",
+    "end  ", "  start", "mid   dle", "line\r\nbreak\rx\n", "\u0085next", "tab\t\tstop",
+    "email@example.com", "https://example.com/a/b?c=d", "C++ & C# | F#", "~/.config/x.toml",
+    "émoji 🙂👍🏽 ok", "\u200bzero\u200dwidth", "ﬁne ﬂow", "MixedCASEandlower",
+]
+
+
+def main():
+    vendor = os.path.dirname(os.path.dirname(llama_env.tools()))
+    import gguf
+    import llama_cpp
+    import gen_tokenizer_fixtures as gtf
+
+    src = os.path.join(vendor, "models", "ggml-vocab-gpt-2.gguf")
+    reader = gguf.GGUFReader(src)
+
+    def strings(key):
+        f = reader.fields[key]
+        return [bytes(f.parts[i]).decode("utf-8") for i in f.data]
+
+    tokens = strings("tokenizer.ggml.tokens")[: 256 + MERGES]
+    probes = probe_merges(gtf.FIXED + CORNERS)
+    known = set(tokens)
+    for a, b in probes:
+        if a + b not in known:
+            known.add(a + b)
+            tokens.append(a + b)
+    tokens.append("<|endoftext|>")
+    merges = [f"{a} {b}" for a, b in probes] + strings("tokenizer.ggml.merges")[:MERGES]
+    types = [1] * (len(tokens) - 1) + [3]
+    eot = len(tokens) - 1
+    texts = gtf.corpus(["<|endoftext|>"]) + CORNERS
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "gpt-4o.gguf")
+        w = gguf.GGUFWriter(path, "gpt2")
+        w.add_block_count(1)
+        w.add_context_length(1024)
+        w.add_embedding_length(64)
+        w.add_feed_forward_length(256)
+        w.add_head_count(1)
+        w.add_layer_norm_eps(1e-5)
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre("gpt-4o")
+        w.add_token_list(tokens)
+        w.add_token_types(types)
+        w.add_token_merges(merges)
+        w.add_bos_token_id(eot)
+        w.add_eos_token_id(eot)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+        params = llama_cpp.llama_model_default_params()
+        params.vocab_only = True
+        model = llama_cpp.llama_model_load_from_file(path.encode(), params)
+        assert model, "llama.cpp did not load the vocabulary"
+        vocab = llama_cpp.llama_model_get_vocab(model)
+        cases = []
+        for text in texts:
+            data = text.encode("utf-8")
+            cases.append({
+                "text": text,
+                "ids": gtf.tokenize(vocab, data, False, False),
+                "ids_special": gtf.tokenize(vocab, data, False, True),
+            })
+        llama_cpp.llama_model_free(model)
+    with open(OUT, "w", encoding="utf-8") as f:
+        json.dump({
+            "generator": "scripts/gen_gpt4o_fixtures.py",
+            "llama_cpp": "0c1e570 (llama-cpp-python 0.3.36)",
+            "tokens": tokens, "merges": merges, "eot": eot, "cases": cases,
+        }, f, ensure_ascii=False, separators=(",", ":"))
+        f.write("\n")
+    print(f"{len(cases)} texts, {len(tokens)} tokens")
+
+
+if __name__ == "__main__":
+    main()
