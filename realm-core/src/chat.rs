@@ -223,6 +223,12 @@ fn environment() -> Environment<'static> {
     env.set_lstrip_blocks(true);
     minijinja_contrib::add_to_environment(&mut env);
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.add_function("strftime_now", |format: String| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        strftime(&format, now)
+    });
     env.add_function(
         "raise_exception",
         |msg: String| -> std::result::Result<Value, minijinja::Error> {
@@ -232,9 +238,111 @@ fn environment() -> Environment<'static> {
     env
 }
 
+const MONTHS: [&str; 12] = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+];
+const WEEKDAYS: [&str; 7] = [
+    "Monday",
+    "Tuesday",
+    "Wednesday",
+    "Thursday",
+    "Friday",
+    "Saturday",
+    "Sunday",
+];
+
+/// `secs` seconds after the Unix epoch (UTC) as `format` says, with C's
+/// `strftime` codes (`%Y %y %m %d %e %j %H %I %M %S %p %B %b %h %A %a %%`):
+/// transformers' `strftime_now`, which templates use for today's date
+/// (gpt-oss's, Llama 3.1's).
+fn strftime(format: &str, secs: u64) -> std::result::Result<String, minijinja::Error> {
+    let days = secs / 86_400;
+    let (h, mi, s) = (secs % 86_400 / 3600, secs % 3600 / 60, secs % 60);
+    // The civil date of a day count: years of 400 (146,097 days) from
+    // 0000-03-01, then centuries, four-year groups and years, with the
+    // year starting in March so that a leap day is its last.
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy_march = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy_march + 2) / 153;
+    let day = doy_march - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = era * 400 + yoe + u64::from(month <= 2);
+    let leap = year.is_multiple_of(4) && (!year.is_multiple_of(100) || year.is_multiple_of(400));
+    let before: [u64; 12] = [0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334];
+    let yday = before[(month - 1) as usize] + day + u64::from(leap && month > 2);
+    // 1970-01-01 was a Thursday.
+    let weekday = ((days + 3) % 7) as usize;
+    let month_name = MONTHS[(month - 1) as usize];
+    let mut out = String::new();
+    let mut chars = format.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        let code = chars.next().unwrap_or('%');
+        let piece = match code {
+            'Y' => year.to_string(),
+            'y' => format!("{:02}", year % 100),
+            'm' => format!("{month:02}"),
+            'd' => format!("{day:02}"),
+            'e' => format!("{day:>2}"),
+            'j' => format!("{yday:03}"),
+            'H' => format!("{h:02}"),
+            'I' => format!("{:02}", (h + 11) % 12 + 1),
+            'M' => format!("{mi:02}"),
+            'S' => format!("{s:02}"),
+            'p' => (if h < 12 { "AM" } else { "PM" }).to_string(),
+            'B' => month_name.to_string(),
+            'b' | 'h' => month_name[..3].to_string(),
+            'A' => WEEKDAYS[weekday].to_string(),
+            'a' => WEEKDAYS[weekday][..3].to_string(),
+            '%' => "%".to_string(),
+            other => {
+                return Err(minijinja::Error::new(
+                    ErrorKind::InvalidOperation,
+                    format!("strftime_now: %{other} is not supported"),
+                ))
+            }
+        };
+        out.push_str(&piece);
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn strftime_formats_dates() {
+        // 2026-12-06 02:25:58 UTC, a Sunday; 2024-02-29 (a leap day) 13:05.
+        let f = |fmt: &str, secs| strftime(fmt, secs).unwrap();
+        let t = 1_796_523_958;
+        assert_eq!(f("%Y-%m-%d %H:%M:%S", t), "2026-12-06 02:25:58");
+        assert_eq!(
+            f("%d %b %Y, %A (%a) %B %j %e %y %%", t),
+            "06 Dec 2026, Sunday (Sun) December 340  6 26 %"
+        );
+        let leap = 1_709_211_900;
+        assert_eq!(f("%Y-%m-%d %I:%M %p %j", leap), "2024-02-29 01:05 PM 060");
+        assert_eq!(f("%Y-%m-%d %a", 0), "1970-01-01 Thu");
+        assert!(strftime("%Q", 0).is_err());
+    }
 
     #[test]
     fn python_string_methods_and_namespace() {
