@@ -10,7 +10,10 @@ models/ggml-vocab-gpt-2.gguf), <|endoftext|>, and first of all merges that
 build every whitespace-separated run of the probing texts (and the run after
 a space) from its first byte on. BPE merges never cross the pre-tokenizer's
 words, so a word that starts a run comes out as the run's prefix up to the
-word's end: where a text is split shows in its ids. llama.cpp (llama-cpp-python
+word's end: where a text is split shows in its ids. The vocabulary also
+has o200k_harmony's control tokens (gpt-oss's message markers), so the
+fixture holds which tokens llama.cpp ends generation on (`<|end|>` is not
+one where `<|return|>` and `<|call|>` are) and how the markers tokenize. llama.cpp (llama-cpp-python
 0.3.36's build, `vocab_only`) tokenizes the corpus of
 scripts/gen_tokenizer_fixtures.py and texts aimed at the expression's
 corners (case changes, contractions, digit groups, marks, non-ASCII
@@ -49,8 +52,10 @@ def probe_merges(texts):
     """Merges that build each run (and space + run) of `texts` left to right."""
     merges, seen = [], set()
     for text in texts:
-        # (Not the special token's text: it is no merge's.)
-        for run in text.replace("<|endoftext|>", " ").split():
+        # (Not the special tokens' texts: they are no merge's.)
+        for special in HARMONY + ["<|endoftext|>"]:
+            text = text.replace(special, " ")
+        for run in text.split():
             for piece in (run, " " + run):
                 sym = byte_symbols(piece)
                 acc = sym[0]
@@ -71,7 +76,11 @@ CORNERS = [
     "end  ", "  start", "mid   dle", "line\r\nbreak\rx\n", "\u0085next", "tab\t\tstop",
     "email@example.com", "https://example.com/a/b?c=d", "C++ & C# | F#", "~/.config/x.toml",
     "émoji 🙂👍🏽 ok", "\u200bzero\u200dwidth", "ﬁne ﬂow", "MixedCASEandlower",
+    "<|start|>assistant<|channel|>analysis<|message|>Think.<|end|>",
+    "<|channel|>final<|message|>Paris.<|return|>", "x<|call|>y <|constrain|>json",
 ]
+HARMONY = ["<|start|>", "<|end|>", "<|message|>", "<|channel|>", "<|constrain|>", "<|return|>",
+           "<|call|>"]
 
 
 def main():
@@ -94,9 +103,10 @@ def main():
         if a + b not in known:
             known.add(a + b)
             tokens.append(a + b)
-    tokens.append("<|endoftext|>")
+    normal = len(tokens)
+    tokens += HARMONY + ["<|endoftext|>"]
     merges = [f"{a} {b}" for a, b in probes] + strings("tokenizer.ggml.merges")[:MERGES]
-    types = [1] * (len(tokens) - 1) + [3]
+    types = [1] * normal + [3] * (len(tokens) - normal)
     eot = len(tokens) - 1
     texts = gtf.corpus(["<|endoftext|>"]) + CORNERS
     with tempfile.TemporaryDirectory() as tmp:
@@ -124,20 +134,25 @@ def main():
         model = llama_cpp.llama_model_load_from_file(path.encode(), params)
         assert model, "llama.cpp did not load the vocabulary"
         vocab = llama_cpp.llama_model_get_vocab(model)
+        eog = [i for i in range(len(tokens)) if llama_cpp.llama_vocab_is_eog(vocab, i)]
         cases = []
         for text in texts:
             data = text.encode("utf-8")
+            special = gtf.tokenize(vocab, data, False, True)
             cases.append({
                 "text": text,
                 "ids": gtf.tokenize(vocab, data, False, False),
-                "ids_special": gtf.tokenize(vocab, data, False, True),
+                "ids_special": special,
+                # As generated text shows them: control tokens hidden.
+                "decoded_special": gtf.detokenize(vocab, special, False, False),
             })
         llama_cpp.llama_model_free(model)
     with open(OUT, "w", encoding="utf-8") as f:
         json.dump({
             "generator": "scripts/gen_gpt4o_fixtures.py",
             "llama_cpp": "0c1e570 (llama-cpp-python 0.3.36)",
-            "tokens": tokens, "merges": merges, "eot": eot, "cases": cases,
+            "tokens": tokens, "token_types": types, "merges": merges, "eot": eot, "eog": eog,
+            "cases": cases,
         }, f, ensure_ascii=False, separators=(",", ":"))
         f.write("\n")
     print(f"{len(cases)} texts, {len(tokens)} tokens")

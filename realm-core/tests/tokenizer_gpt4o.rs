@@ -2,7 +2,10 @@
 //! against llama.cpp, on the byte-level BPE vocabulary its fixture carries
 //! (`scripts/gen_gpt4o_fixtures.py`: GPT-2's bytes and first merges,
 //! declared gpt-4o). Merges never cross the pre-tokenizer's words, so any
-//! difference in splitting shows in the ids.
+//! difference in splitting shows in the ids. The vocabulary has
+//! o200k_harmony's control tokens too: the tokens that end generation are
+//! llama.cpp's (`<|end|>` not among them beside `<|return|>` and
+//! `<|call|>`).
 #![cfg(not(target_arch = "wasm32"))]
 
 use std::path::PathBuf;
@@ -37,8 +40,11 @@ fn ids(v: &Value) -> Vec<u32> {
 fn tokenizer(fx: &Value) -> Tokenizer {
     let tokens = strings(&fx["tokens"]);
     let eot = fx["eot"].as_u64().unwrap() as u32;
-    let types: Vec<i32> = (0..tokens.len())
-        .map(|i| if i as u32 == eot { 3 } else { 1 })
+    let types: Vec<i32> = fx["token_types"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_i64().unwrap() as i32)
         .collect();
     let mut w = GgufWriter::new();
     let s = |v: &str| MetadataValue::String(v.into());
@@ -67,10 +73,24 @@ fn tokenizer(fx: &Value) -> Tokenizer {
 fn gpt4o_splits_as_llama_cpp() {
     let fx = fixture();
     let tok = tokenizer(&fx);
+    assert_eq!(
+        tok.eog_ids(),
+        ids(&fx["eog"]).as_slice(),
+        "end-of-generation tokens"
+    );
     let cases = fx["cases"].as_array().unwrap();
     let mut failures = Vec::new();
     for case in cases {
         let text = case["text"].as_str().unwrap();
+        let shown = tok
+            .decode(&ids(&case["ids_special"]), false, false)
+            .unwrap();
+        if shown != case["decoded_special"].as_str().unwrap() {
+            failures.push(format!(
+                "decoded {text:?}: got {shown:?}, llama.cpp {}",
+                case["decoded_special"]
+            ));
+        }
         for (special, key) in [(false, "ids"), (true, "ids_special")] {
             let got = tok.encode(text, false, special).unwrap();
             let want = ids(&case[key]);
@@ -84,7 +104,7 @@ fn gpt4o_splits_as_llama_cpp() {
         failures.is_empty(),
         "{} of {} differ:\n{}",
         failures.len(),
-        2 * cases.len(),
+        3 * cases.len(),
         failures.join("\n")
     );
 }

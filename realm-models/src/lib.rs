@@ -30,6 +30,7 @@ pub mod imatrix;
 pub mod logprob;
 pub mod lookup;
 pub mod lora;
+pub mod reasoning;
 pub mod sampling;
 pub mod synthetic;
 pub mod tools;

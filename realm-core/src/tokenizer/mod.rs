@@ -295,6 +295,26 @@ impl Tokenizer {
         );
         eog.sort_unstable();
         eog.dedup();
+        // o200k_harmony (gpt-oss): `<|end|>` ends a message, not the reply,
+        // where `<|return|>` and `<|call|>` end replies (likewise beside
+        // `<|calls|>` and `<|flush|>`): llama.cpp drops it from the ending
+        // tokens and shows it as text.
+        let has = |t: &str| eog.iter().any(|&id| &*texts[id as usize] == t);
+        if has("<|end|>")
+            && ((has("<|return|>") && has("<|call|>")) || (has("<|calls|>") && has("<|flush|>")))
+        {
+            if let Some(pos) = eog.iter().position(|&id| &*texts[id as usize] == "<|end|>") {
+                attrs[eog[pos] as usize] = attr::USER_DEFINED;
+                eog.remove(pos);
+            }
+        }
+        // Harmony's message markers are text too, as llama.cpp makes them
+        // (so that a reply shows its channels).
+        for text in ["<|channel|>", "<|message|>", "<|start|>", "<|constrain|>"] {
+            if let Some(&id) = token_map.get(text) {
+                attrs[id as usize] = attr::USER_DEFINED;
+            }
+        }
         // A model with its own end-of-response marker keeps `</s>` as text.
         let has_marker = eog
             .iter()
