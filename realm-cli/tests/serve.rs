@@ -2267,3 +2267,125 @@ fn lora_adapters_answer_as_realm_runs_with_them() {
     drop(unapplied);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A chat's reasoning and answer, whole and streamed: `reasoning_content`
+/// and `content`, and the streamed deltas of each put together.
+fn reasoning_and_answer(server: &Server, body: &Value) -> [(String, String); 2] {
+    let whole = server.post("/v1/chat/completions", body);
+    let m = &whole["choices"][0]["message"];
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let (mut reasoning, mut content) = (String::new(), String::new());
+    for d in server.stream("/v1/chat/completions", &streamed) {
+        if d == "[DONE]" {
+            continue;
+        }
+        let v: Value = serde_json::from_str(&d).unwrap();
+        let delta = &v["choices"][0]["delta"];
+        // Every chunk says something (a role, text or the end).
+        assert!(
+            delta.as_object().is_some_and(|o| !o.is_empty())
+                || !v["choices"][0]["finish_reason"].is_null(),
+            "{d}"
+        );
+        reasoning.push_str(delta["reasoning_content"].as_str().unwrap_or_default());
+        content.push_str(delta["content"].as_str().unwrap_or_default());
+    }
+    [
+        (text(&m["reasoning_content"]), text(&m["content"])),
+        (reasoning, content),
+    ]
+}
+
+/// Reasoning apart from the answer, as llama.cpp's server gives it: a
+/// `<think>` block's text in `reasoning_content` (`reasoning_format`
+/// deepseek, or the server's `--reasoning-format`), whole and streamed
+/// alike; the reply as it is with `none`; a block the template's prompt
+/// opened; gpt-oss's harmony channels where the template writes them. The
+/// replies are SmolLM2's, held to the markers by a grammar.
+#[test]
+fn reasoning_is_told_from_the_answer() {
+    if !cached(&catalog::SMOLLM2) {
+        return;
+    }
+    let think = "root ::= \"<think>\\nThe user asks about France.\\n</think>\\n\\nIt is \" \
+                 [A-Z] [a-z]+ \".\"";
+    let ask = |grammar: &str, extra: Value| {
+        let mut body = json!({"messages": [{"role": "user", "content": "Capital of France?"}],
+                              "max_tokens": 96, "temperature": 0, "grammar": grammar});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        body
+    };
+    let server = Server::start(&["smollm2"]);
+    // SmolLM2's template writes no reasoning: `auto` leaves the reply.
+    let [(r, c), _] = reasoning_and_answer(&server, &ask(think, json!({})));
+    assert_eq!(r, "");
+    assert!(
+        c.starts_with("<think>\nThe user asks about France.\n</think>\n\nIt is "),
+        "{c}"
+    );
+    let raw = c;
+    let deepseek = ask(think, json!({"reasoning_format": "deepseek"}));
+    let [whole, streamed] = reasoning_and_answer(&server, &deepseek);
+    assert_eq!(whole, streamed);
+    assert_eq!(whole.0, "The user asks about France.");
+    let block = "<think>\nThe user asks about France.\n</think>\n\n";
+    assert_eq!(whole.1, &raw[block.len()..]);
+    let bad = ask(think, json!({"reasoning_format": "dsk"}));
+    let (status, text) = server.call("POST", "/v1/chat/completions", &bad.to_string());
+    assert_eq!(status, 400, "{text}");
+    drop(server);
+
+    // A template whose prompt opens the block; its reply closes it.
+    let opened = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n\
+                  {% endfor %}<|im_start|>assistant\n<think>\n";
+    let server = Server::start(&["smollm2", "--chat-template", opened]);
+    let closes = "root ::= \"France has one.\\n</think>\\nParis.\"";
+    let [whole, streamed] = reasoning_and_answer(&server, &ask(closes, json!({})));
+    assert_eq!(whole, streamed);
+    assert_eq!(whole, ("France has one.".to_string(), "Paris.".to_string()));
+    drop(server);
+
+    // Harmony: the analysis channel is the reasoning, the final one the
+    // answer.
+    let harmony = "{% for m in messages %}<|start|>{{ m.role }}<|message|>{{ m.content }}<|end|>\
+                   {% endfor %}<|start|>assistant{# <|channel|> #}";
+    let server = Server::start(&["smollm2", "--chat-template", harmony]);
+    let channels = "root ::= \"<|channel|>analysis<|message|>Easy: Paris.<|end|>\
+                    <|start|>assistant<|channel|>final<|message|>Paris.\"";
+    let [whole, streamed] = reasoning_and_answer(&server, &ask(channels, json!({})));
+    assert_eq!(whole, streamed);
+    assert_eq!(whole, ("Easy: Paris.".to_string(), "Paris.".to_string()));
+    let none = ask(channels, json!({"reasoning_format": "none"}));
+    let [(r, c), _] = reasoning_and_answer(&server, &none);
+    assert_eq!(r, "");
+    assert!(c.starts_with("<|channel|>analysis<|message|>"), "{c}");
+}
+
+/// `chat_template_kwargs` and `reasoning_effort` reach the chat template
+/// (`/apply-template` shows the prompt a chat would run).
+#[test]
+fn template_variables_reach_the_template() {
+    if !cached(&catalog::SMOLLM2) {
+        return;
+    }
+    let tpl = "{% for m in messages %}{{ m.content }}{% endfor %}|{{ enable_thinking }}|\
+               {{ reasoning_effort }}|{{ add_generation_prompt }}";
+    let server = Server::start(&["smollm2", "--chat-template", tpl]);
+    let body = json!({"messages": [{"role": "user", "content": "Hi"}],
+                      "chat_template_kwargs": {"enable_thinking": false,
+                                               "add_generation_prompt": "not this"},
+                      "reasoning_effort": "high"});
+    let applied = server.post("/apply-template", &body);
+    // (Booleans print as Python prints them, as transformers renders.)
+    assert_eq!(applied["prompt"], "Hi|False|high|True");
+    let bad = json!({"messages": [{"role": "user", "content": "Hi"}],
+                     "chat_template_kwargs": [1]});
+    assert_eq!(
+        server.call("POST", "/apply-template", &bad.to_string()).0,
+        400
+    );
+}

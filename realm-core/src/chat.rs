@@ -166,6 +166,30 @@ impl ChatTemplate {
     /// the opening of the assistant's turn. Errors (including the
     /// template's own `raise_exception`) name the template line.
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+        self.render_with(messages, add_generation_prompt, &())
+    }
+
+    /// [`ChatTemplate::render`] with more variables for the template:
+    /// `vars` serialized to a map (llama.cpp's server passes a request's
+    /// `chat_template_kwargs`, such as `enable_thinking`, and its
+    /// `reasoning_effort` so). `messages`, `add_generation_prompt`,
+    /// `bos_token` and `eos_token` are the render's own, whatever `vars`
+    /// holds; `()` adds nothing.
+    ///
+    /// ```
+    /// use realm_core::chat::{ChatMessage, ChatTemplate};
+    /// let t = ChatTemplate::new("{{ messages[0].content }}{% if think %}!{% endif %}", "", "")?;
+    /// let hi = [ChatMessage::new("user", "Hi")];
+    /// let vars = std::collections::BTreeMap::from([("think", true)]);
+    /// assert_eq!(t.render_with(&hi, true, &vars)?, "Hi!");
+    /// # Ok::<(), realm_core::Error>(())
+    /// ```
+    pub fn render_with<V: serde::Serialize>(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        vars: &V,
+    ) -> Result<String> {
         let env = environment();
         let tmpl = env
             .template_from_str(&self.source)
@@ -179,13 +203,26 @@ impl ChatTemplate {
                 ])
             })
             .collect();
-        let ctx = Value::from_iter([
+        let own = [
             ("messages", Value::from(messages)),
             ("add_generation_prompt", Value::from(add_generation_prompt)),
             ("bos_token", Value::from(self.bos_token.as_str())),
             ("eos_token", Value::from(self.eos_token.as_str())),
-        ]);
-        tmpl.render(ctx).map_err(|e| self.error(&e))
+        ];
+        let extra = Value::from_serialize(vars);
+        let mut ctx: Vec<(Value, Value)> = Vec::new();
+        if let Ok(keys) = extra.try_iter() {
+            for key in keys {
+                let taken = own.iter().any(|(k, _)| key.as_str() == Some(*k));
+                if !taken {
+                    let v = extra.get_item(&key).unwrap_or_default();
+                    ctx.push((key, v));
+                }
+            }
+        }
+        ctx.extend(own.into_iter().map(|(k, v)| (Value::from(k), v)));
+        tmpl.render(Value::from_iter(ctx))
+            .map_err(|e| self.error(&e))
     }
 
     fn error(&self, e: &minijinja::Error) -> Error {

@@ -49,12 +49,20 @@ use crate::load::{self, Loaded};
 /// What a request continues.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Input {
-    /// A conversation of (role, text), through the model's chat template.
-    Chat(Vec<(String, String)>),
+    /// A conversation, through the model's chat template.
+    Chat(Conversation),
     /// A text completion's prompt.
     Prompt(Prompt),
     /// A text to embed.
     Embed(Prompt),
+}
+
+/// A chat request's conversation: (role, text) turns, and more variables
+/// for the chat template (`chat_template_kwargs`, `reasoning_effort`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Conversation {
+    pub turns: Vec<(String, String)>,
+    pub vars: serde_json::Map<String, serde_json::Value>,
 }
 
 /// What the engine tells a request's handler, in this order: `Started` or

@@ -20,11 +20,12 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use realm_core::tokenizer::Tokenizer;
+use realm_models::reasoning::{ReasoningFormat, ReasoningSplitter, ReplyParts};
 use realm_models::tools::{streamed_response, Tools};
 use realm_models::StopReason;
 
 use super::body::Body;
-use super::engine::{Event, Events, Input, Job, Ticket};
+use super::engine::{Conversation, Event, Events, Input, Job, Ticket};
 use super::logprobs::{chat_logprobs, completion_logprobs, TokenLogprob};
 use super::lora::{self, Loras};
 use super::metrics::Metrics;
@@ -61,6 +62,9 @@ pub struct App {
     pub props: Props,
     /// The LoRA adapters and the scales requests run with.
     pub loras: Loras,
+    /// How chat replies' reasoning is told from their answers, unless a
+    /// request says otherwise (`None`: it is not).
+    pub reasoning: Option<ReasoningFormat>,
 }
 
 /// The CORS policy for `origins` (`*`: any), or none.
@@ -193,14 +197,17 @@ async fn models(State(app): State<Arc<App>>) -> Json<Value> {
 }
 
 async fn chat(State(app): State<Arc<App>>, Body(req): Body<ChatRequest>) -> Response {
-    let asked = tools::prepare(&req)
-        .and_then(|(turns, tools)| Ok((turns, req.options.chat_logprobs()?, tools)));
+    let asked = tools::prepare(&req).and_then(|(turns, tools)| {
+        let reasoning = reasoning(&app, &req, &turns)?;
+        Ok((turns, req.options.chat_logprobs()?, tools, reasoning))
+    });
     match asked {
-        Ok((turns, logprobs, tools)) => {
+        Ok((turns, logprobs, tools, reasoning)) => {
             let extra = Extra {
                 logprobs,
                 echo: false,
                 tools,
+                reasoning,
             };
             answer(
                 &app,
@@ -215,6 +222,34 @@ async fn chat(State(app): State<Arc<App>>, Body(req): Body<ChatRequest>) -> Resp
     }
 }
 
+/// A chat request's reasoning format (its `reasoning_format`, or the
+/// server's), and whether its prompt opens a think block already (the
+/// template's generation prompt ends with `<think>`, as Qwen 3's and
+/// DeepSeek R1's may).
+fn reasoning(
+    app: &App,
+    req: &ChatRequest,
+    chat: &Conversation,
+) -> Result<Option<(ReasoningFormat, bool)>, ApiError> {
+    let format = match req.reasoning_format.as_deref() {
+        None | Some("auto") => app.reasoning,
+        Some("none") => None,
+        Some("deepseek") => Some(ReasoningFormat::Think),
+        Some(other) => {
+            return Err(ApiError::invalid(
+                Some("reasoning_format"),
+                format!("reasoning_format `{other}`: none, deepseek or auto"),
+            ))
+        }
+    };
+    Ok(format.map(|f| {
+        let thinking = f == ReasoningFormat::Think
+            && super::prompt::render(&app.props.template, chat)
+                .is_ok_and(|p| p.trim_end().ends_with("<think>"));
+        (f, thinking)
+    }))
+}
+
 async fn completion(State(app): State<Arc<App>>, Body(req): Body<CompletionRequest>) -> Response {
     let asked = req
         .prompts()
@@ -225,6 +260,7 @@ async fn completion(State(app): State<Arc<App>>, Body(req): Body<CompletionReque
                 logprobs,
                 echo: req.echo == Some(true),
                 tools: None,
+                reasoning: None,
             };
             let inputs = prompts.into_iter().map(Input::Prompt).collect();
             answer(&app, Kind::Text, inputs, &req.options, extra).await
@@ -241,6 +277,9 @@ struct Extra {
     echo: bool,
     /// A chat's tools, whose grammar replaces any other.
     tools: Option<ToolMode>,
+    /// A chat's reasoning format, and whether its prompt opened a think
+    /// block.
+    reasoning: Option<(ReasoningFormat, bool)>,
 }
 
 /// Which endpoint answers: they differ only in their JSON.
@@ -264,12 +303,19 @@ struct Reply {
     per_prompt: usize,
     /// A chat's tools: replies are read as calls or content.
     tools: Option<Arc<Tools>>,
+    /// A chat's reasoning format, and whether its prompt opened a think
+    /// block.
+    reasoning: Option<(ReasoningFormat, bool)>,
 }
 
 /// One choice's answer, as its events arrive.
 #[derive(Debug, Default)]
 struct Choice {
+    /// The reply, or with a reasoning format its answer.
     text: String,
+    /// With a reasoning format: the reasoning, and what tells it apart.
+    reasoning: String,
+    split: Option<ReasoningSplitter>,
     tokens: Vec<TokenLogprob>,
     /// Why it ended and how many tokens it generated, once it has.
     done: Option<(StopReason, usize)>,
@@ -286,6 +332,30 @@ struct Choice {
 struct Inbox {
     early: VecDeque<(usize, Event)>,
     rx: UnboundedReceiver<(usize, Event)>,
+}
+
+impl Choice {
+    fn new(reply: &Reply) -> Self {
+        Self {
+            split: reply
+                .reasoning
+                .map(|(format, thinking)| ReasoningSplitter::new(format, thinking)),
+            ..Self::default()
+        }
+    }
+
+    /// What a piece of the reply adds to the reasoning and the answer
+    /// (`None`: the reply has ended; what was held back).
+    fn parts(&mut self, text: Option<&str>) -> ReplyParts {
+        match (&mut self.split, text) {
+            (Some(s), Some(t)) => s.push(t),
+            (Some(s), None) => s.finish(),
+            (None, t) => ReplyParts {
+                reasoning: String::new(),
+                content: t.unwrap_or_default().to_string(),
+            },
+        }
+    }
 }
 
 impl Inbox {
@@ -358,6 +428,9 @@ impl Reply {
                 match self.kind {
                     Kind::Chat => {
                         let mut message = json!({"role": "assistant", "content": c.text});
+                        if !c.reasoning.is_empty() {
+                            message["reasoning_content"] = json!(c.reasoning);
+                        }
                         match self.tools.as_ref().map(|t| tools::outcome(t, &c.text)) {
                             Some(Outcome::Calls(calls)) => {
                                 message["content"] = Value::Null;
@@ -416,6 +489,20 @@ impl Reply {
             }),
         };
         self.wrap(true, json!([choice]), None)
+    }
+
+    /// A streamed piece of a chat's choice `index` with reasoning: its
+    /// reasoning and answer text (whichever it has) and `logprobs`.
+    fn parts_chunk(&self, index: usize, parts: &ReplyParts, logprobs: Value) -> Value {
+        let mut chunk = self.chunk(index, None, None, logprobs);
+        let delta = &mut chunk["choices"][0]["delta"];
+        if !parts.reasoning.is_empty() {
+            delta["reasoning_content"] = json!(parts.reasoning);
+        }
+        if !parts.content.is_empty() {
+            delta["content"] = json!(parts.content);
+        }
+        chunk
     }
 }
 
@@ -516,6 +603,7 @@ async fn answer(
         choices: total,
         per_prompt,
         tools: extra.tools.map(|(t, _)| t),
+        reasoning: extra.reasoning,
     };
     if options.stream {
         stream(reply, inbox, prompts, options.include_usage())
@@ -573,7 +661,7 @@ pub(super) fn stopped() -> ApiError {
 }
 
 async fn whole(reply: Reply, mut inbox: Inbox, prompts: &[PromptCount]) -> Response {
-    let mut choices: Vec<Choice> = (0..reply.choices).map(|_| Choice::default()).collect();
+    let mut choices: Vec<Choice> = (0..reply.choices).map(|_| Choice::new(&reply)).collect();
     let mut left = reply.choices;
     while left > 0 {
         let e = inbox.next().await;
@@ -583,7 +671,9 @@ async fn whole(reply: Reply, mut inbox: Inbox, prompts: &[PromptCount]) -> Respo
         };
         match e {
             Some((_, Event::Text { text, logprobs })) => {
-                c.text.push_str(&text);
+                let parts = c.parts(Some(&text));
+                c.reasoning.push_str(&parts.reasoning);
+                c.text.push_str(&parts.content);
                 c.tokens.extend(logprobs);
             }
             Some((
@@ -596,6 +686,9 @@ async fn whole(reply: Reply, mut inbox: Inbox, prompts: &[PromptCount]) -> Respo
             )) => {
                 if c.done.is_none() {
                     left -= 1;
+                    let parts = c.parts(None);
+                    c.reasoning.push_str(&parts.reasoning);
+                    c.text.push_str(&parts.content);
                 }
                 c.done = Some((reason, completion_tokens));
             }
@@ -642,7 +735,16 @@ impl Streaming {
         match e {
             Some((_, Event::Text { text, logprobs })) if reply.tools.is_some() => {
                 let c = &mut self.choices[i];
-                c.text.push_str(&text);
+                let parts = c.parts(Some(&text));
+                if !parts.reasoning.is_empty() {
+                    let reasoning = ReplyParts {
+                        reasoning: parts.reasoning,
+                        content: String::new(),
+                    };
+                    self.out
+                        .push_back(data(&reply.parts_chunk(i, &reasoning, Value::Null)));
+                }
+                c.text.push_str(&parts.content);
                 c.held.extend(logprobs);
                 if let Some(content) = streamed_response(&c.text) {
                     if content.len() > c.sent {
@@ -654,9 +756,19 @@ impl Streaming {
                 }
             }
             Some((_, Event::Text { text, logprobs })) => {
-                let logprobs = reply.logprobs(&logprobs, &mut self.choices[i].offset);
-                let chunk = reply.chunk(i, Some(&text), None, logprobs);
-                self.out.push_back(data(&chunk));
+                let c = &mut self.choices[i];
+                let logprobs = reply.logprobs(&logprobs, &mut c.offset);
+                let chunk = match c.split.is_some() {
+                    true => {
+                        let parts = c.parts(Some(&text));
+                        // (Text the splitter holds back makes no chunk of
+                        // its own, unless its tokens' log-probabilities go.)
+                        let empty = parts == ReplyParts::default() && logprobs.is_null();
+                        (!empty).then(|| reply.parts_chunk(i, &parts, logprobs))
+                    }
+                    false => Some(reply.chunk(i, Some(&text), None, logprobs)),
+                };
+                self.out.extend(chunk.map(|c| data(&c)));
             }
             Some((
                 _,
@@ -668,6 +780,18 @@ impl Streaming {
             )) => {
                 if self.choices[i].done.is_none() {
                     self.left = self.left.saturating_sub(1);
+                    // What the reasoning splitter held back.
+                    let c = &mut self.choices[i];
+                    if c.split.is_some() {
+                        let mut parts = c.parts(None);
+                        if reply.tools.is_some() {
+                            c.text.push_str(&std::mem::take(&mut parts.content));
+                        }
+                        if parts != ReplyParts::default() {
+                            self.out
+                                .push_back(data(&reply.parts_chunk(i, &parts, Value::Null)));
+                        }
+                    }
                 }
                 self.choices[i].done = Some((reason, completion_tokens));
                 let mut reason = finish_reason(reason);
@@ -734,7 +858,7 @@ fn stream(reply: Reply, inbox: Inbox, prompts: Vec<PromptCount>, include_usage: 
     let state = Streaming {
         inbox,
         out,
-        choices: (0..reply.choices).map(|_| Choice::default()).collect(),
+        choices: (0..reply.choices).map(|_| Choice::new(&reply)).collect(),
         left: reply.choices,
         ended: false,
     };

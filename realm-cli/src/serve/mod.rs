@@ -39,6 +39,7 @@ use std::sync::{mpsc, Arc};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
+use realm_models::reasoning::ReasoningFormat;
 
 use crate::{device, load};
 
@@ -108,6 +109,14 @@ pub struct ServeArgs {
     /// The model's name in answers and in /v1/models (default: its file name).
     #[arg(long)]
     pub alias: Option<String>,
+    /// How chat replies' reasoning is returned: `auto` finds the model's
+    /// format from its chat template (a `<think>` block, or gpt-oss's
+    /// harmony channels) and puts the reasoning in `reasoning_content`;
+    /// `deepseek` reads a `<think>` block whatever the template; `none`
+    /// leaves replies as they are. A request's `reasoning_format` chooses
+    /// for itself.
+    #[arg(long, value_enum, default_value_t = ReasoningArg::Auto)]
+    pub reasoning_format: ReasoningArg,
     #[command(flatten)]
     pub template: crate::chat::TemplateArgs,
     #[command(flatten)]
@@ -122,6 +131,14 @@ pub struct ServeArgs {
     // tokenizes, samples and loops; --parallel tenants share the model).
     #[command(flatten)]
     pub guest: crate::guest::GuestArgs,
+}
+
+/// `--reasoning-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReasoningArg {
+    Auto,
+    None,
+    Deepseek,
 }
 
 pub fn run(args: &ServeArgs) -> Result<()> {
@@ -183,6 +200,11 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         None => realm_core::chat::ChatTemplate::from_metadata(file.metadata(), &tokenizer)
             .map_err(|e| e.to_string()),
     };
+    let reasoning = match (args.reasoning_format, &template) {
+        (ReasoningArg::None, _) | (ReasoningArg::Auto, Err(_)) => None,
+        (ReasoningArg::Deepseek, _) => Some(ReasoningFormat::Think),
+        (ReasoningArg::Auto, Ok(t)) => ReasoningFormat::of_template(t.source()),
+    };
     let props = props::Props {
         model_path: path.display().to_string(),
         ctx: ready.ctx,
@@ -203,6 +225,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         metrics: counted,
         props,
         loras,
+        reasoning,
     });
     let cors = http::cors(&args.cors_origins)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -521,11 +521,38 @@ pub struct ChatRequest {
     pub tools: Value,
     pub tool_choice: Option<Value>,
     pub parallel_tool_calls: Option<bool>,
+    /// More variables for the chat template (`enable_thinking`, ...).
+    pub chat_template_kwargs: Option<Value>,
+    /// Given to the chat template as `reasoning_effort` (gpt-oss's `low`,
+    /// `medium`, `high`).
+    pub reasoning_effort: Option<String>,
+    /// `none` (the reply as it is), `deepseek` (a `<think>` block's text in
+    /// `reasoning_content`) or `auto` (the server's `--reasoning-format`).
+    pub reasoning_format: Option<String>,
     #[serde(flatten)]
     pub options: Options,
 }
 
 impl ChatRequest {
+    /// The chat template's variables besides the conversation:
+    /// `chat_template_kwargs`, then `reasoning_effort`.
+    pub fn template_vars(&self) -> Result<serde_json::Map<String, Value>, ApiError> {
+        let mut vars = match &self.chat_template_kwargs {
+            None | Some(Value::Null) => serde_json::Map::new(),
+            Some(Value::Object(m)) => m.clone(),
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    Some("chat_template_kwargs"),
+                    "chat_template_kwargs must be an object",
+                ))
+            }
+        };
+        if let Some(effort) = &self.reasoning_effort {
+            vars.insert("reasoning_effort".into(), Value::String(effort.clone()));
+        }
+        Ok(vars)
+    }
+
     /// The conversation as (role, text) pairs: earlier tool calls and tool
     /// results written as [`super::tools`] has the model read them, and,
     /// with `tools`, their instructions in the system message.

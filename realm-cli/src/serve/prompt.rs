@@ -3,7 +3,7 @@
 
 use realm_core::chat::{ChatMessage, ChatTemplate};
 
-use super::engine::Input;
+use super::engine::{Conversation, Input};
 use super::openai::{ApiError, Prompt};
 use crate::load::Loaded;
 
@@ -17,11 +17,11 @@ pub struct PromptText {
     pub parse_special: bool,
 }
 
-/// A conversation's (role, text) turns through `template`, the assistant's
-/// turn opened: what a chat request runs.
+/// A conversation's (role, text) turns through `template` with its
+/// variables, the assistant's turn opened: what a chat request runs.
 pub fn render(
     template: &Result<ChatTemplate, String>,
-    turns: &[(String, String)],
+    chat: &Conversation,
 ) -> Result<String, ApiError> {
     let tpl = template.as_ref().map_err(|e| {
         ApiError::invalid(
@@ -29,11 +29,12 @@ pub fn render(
             format!("the model has no usable chat template: {e}"),
         )
     })?;
-    let messages: Vec<ChatMessage> = turns
+    let messages: Vec<ChatMessage> = chat
+        .turns
         .iter()
         .map(|(role, text)| ChatMessage::new(role.as_str(), text.as_str()))
         .collect();
-    tpl.render(&messages, true)
+    tpl.render_with(&messages, true, &chat.vars)
         .map_err(|e| ApiError::invalid(Some("messages"), e.to_string()))
 }
 
@@ -57,8 +58,8 @@ impl<'l> Prompts<'l> {
     /// The prompt as text; `Err(ids)` for a prompt given as token ids.
     pub fn text(&self, input: &Input) -> Result<Result<PromptText, Vec<u32>>, ApiError> {
         match input {
-            Input::Chat(turns) => {
-                let text = render(&self.template, turns)?;
+            Input::Chat(chat) => {
+                let text = render(&self.template, chat)?;
                 Ok(Ok(PromptText {
                     add_special: !crate::chat::starts_with_bos(&self.l.tokenizer, &text),
                     parse_special: true,

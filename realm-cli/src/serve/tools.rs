@@ -15,6 +15,7 @@ use realm_models::tools::{
 use realm_models::Grammar;
 use serde_json::{json, Value};
 
+use super::engine::Conversation;
 use super::openai::{ApiError, ChatRequest, Message};
 
 /// A request's tools and the grammar that holds replies to them.
@@ -55,11 +56,16 @@ pub fn requested(req: &ChatRequest) -> Result<Option<ToolMode>, ApiError> {
 /// A conversation as (role, text) turns.
 pub type Turns = Vec<(String, String)>;
 
-/// A chat request's turns (see [`conversation`]) and its tools, checked.
-pub fn prepare(req: &ChatRequest) -> Result<(Turns, Option<ToolMode>), ApiError> {
+/// A chat request's turns (see [`conversation`]) with its template
+/// variables, and its tools, checked.
+pub fn prepare(req: &ChatRequest) -> Result<(Conversation, Option<ToolMode>), ApiError> {
     let tools = requested(req)?;
     let turns = req.conversation(tools.as_ref().map(|(t, _)| &**t))?;
-    Ok((turns, tools))
+    let chat = Conversation {
+        turns,
+        vars: req.template_vars()?,
+    };
+    Ok((chat, tools))
 }
 
 /// The conversation as (role, text) turns: an assistant's `tool_calls`

@@ -170,7 +170,7 @@ impl Splitter {
             Gpt2 => self.stage(gpt2),
             Llama3 => self.stage(|c, out| llama3(c, 3, out)),
             Qwen2 => self.stage(|c, out| llama3(c, 1, out)),
-            Gpt4o => self.stage(|c, out| by_matches(c, out, |c, p| gpt4o(c, p))),
+            Gpt4o => self.stage(|c, out| by_matches(c, out, gpt4o)),
             StarCoder => {
                 self.stage(|c, out| by_matches(c, out, |c, p| single(c, p, is_number_collapsed)));
                 self.stage(gpt2);
