@@ -9,10 +9,13 @@ use realm_models::synthetic::{SyntheticLayout, SyntheticLora};
 /// Arguments of `realm synth`.
 #[derive(Debug, clap::Args)]
 pub struct SynthArgs {
-    /// A built-in layout (smollm2, gemma3; tiny-ARCH for a two-layer
-    /// model of any architecture Realm runs, tiny-mixtral) or a GGUF file
-    /// whose layout to copy.
+    /// A built-in layout (smollm2, gemma3, gpt-oss-20b; tiny-ARCH for a
+    /// two-layer model of any architecture Realm runs, tiny-mixtral) or a
+    /// GGUF file whose layout to copy.
     pub layout: String,
+    /// Keep only the first N blocks (a cheaper model of the same width).
+    #[arg(long, value_name = "N")]
+    pub layers: Option<u32>,
     /// Where to write the model.
     #[arg(short, long)]
     pub output: std::path::PathBuf,
@@ -60,13 +63,17 @@ pub fn run(args: &SynthArgs) -> Result<()> {
         None => {
             let file = GgufFile::open(&args.layout).with_context(|| {
                 format!(
-                    "`{}` is neither a built-in layout (smollm2, gemma3, tiny-ARCH) nor a GGUF file",
+                    "`{}` is neither a built-in layout (smollm2, gemma3, gpt-oss-20b, tiny-ARCH) \
+                     nor a GGUF file",
                     args.layout
                 )
             })?;
             SyntheticLayout::of(&file)?
         }
     };
+    if let Some(n) = args.layers {
+        layout = layout.with_layers(n)?;
+    }
     if let Some(t) = args.matrix_type {
         layout = layout.with_matrix_type(t);
     }

@@ -48,6 +48,17 @@ pub struct SyntheticLayout {
     pub tensors: Vec<SyntheticTensor>,
 }
 
+/// gpt-oss's own hyper-parameters.
+struct GptOss {
+    /// Experts a block holds, and a token uses.
+    experts: (u32, u32),
+    /// The local layers' window.
+    window: u32,
+    context: u32,
+    /// YaRN's factor and original context.
+    yarn: (f32, u32),
+}
+
 /// Hyper-parameters of a llama-family or Gemma 3 layout.
 struct Shape {
     arch: &'static str,
@@ -236,9 +247,8 @@ impl SyntheticLayout {
     /// The tiny gpt-oss: the tiny llama's shape with gpt-oss's tensors
     /// and hyper-parameters.
     fn tiny_gpt_oss() -> Result<Self> {
-        const ARCH: &str = "gpt-oss";
         let s = Shape {
-            arch: ARCH,
+            arch: "gpt-oss",
             layers: 2,
             d: 64,
             ff: 32,
@@ -247,26 +257,79 @@ impl SyntheticLayout {
             head_dim: 16,
             vocab: 300,
         };
-        let k = |n: &str| format!("{ARCH}.{n}");
+        let shape = GptOss {
+            experts: (4, 2),
+            window: 4,
+            context: 256,
+            yarn: (4.0, 64),
+        };
+        Self::gpt_oss(&s, &shape, |_, _| GgmlType::Q8_0)
+    }
+
+    /// gpt-oss-20b as ggml-org's MXFP4 file holds it: 24 layers, 2880 wide,
+    /// 64 query and 8 KV heads of 64, 32 experts 2880 wide (4 a token) in
+    /// MXFP4, every other matrix Q8_0, the router f32, a 201,088-token
+    /// vocabulary, a 128-token window on every other layer and YaRN (32
+    /// times 4096 tokens).
+    pub fn gpt_oss_20b() -> Result<Self> {
+        let s = Shape {
+            arch: "gpt-oss",
+            layers: 24,
+            d: 2880,
+            ff: 2880,
+            heads: 64,
+            kv_heads: 8,
+            head_dim: 64,
+            vocab: 201_088,
+        };
+        let shape = GptOss {
+            experts: (32, 4),
+            window: 128,
+            context: 131_072,
+            yarn: (32.0, 4096),
+        };
+        let mut l = Self::gpt_oss(&s, &shape, |name, _| match name {
+            n if n.starts_with("ffn_") => GgmlType::MXFP4,
+            _ => GgmlType::Q8_0,
+        })?;
+        for t in &mut l.tensors {
+            if t.name.ends_with("ffn_gate_inp.weight") {
+                t.dtype = GgmlType::F32;
+            }
+        }
+        Ok(l)
+    }
+
+    /// A gpt-oss layout of shape `s`: the llama blocks' tensors with
+    /// gpt-oss's biases, sinks and norms, `g`'s experts, and an output
+    /// matrix of its own; `dtype` types the matrices by short name (the
+    /// experts and router by their dense block's `ffn_*` ones).
+    fn gpt_oss(
+        s: &Shape,
+        g: &GptOss,
+        dtype: impl Fn(&str, Option<u32>) -> GgmlType,
+    ) -> Result<Self> {
+        let k = |n: &str| format!("{}.{n}", s.arch);
         let mut hp = vec![
             u32_kv(&k("attention.head_count"), s.heads),
             u32_kv(&k("attention.head_count_kv"), s.kv_heads),
             u32_kv(&k("attention.key_length"), s.head_dim as u32),
             f32_kv(&k("attention.layer_norm_rms_epsilon"), 1e-5),
-            u32_kv(&k("attention.sliding_window"), 4),
+            u32_kv(&k("attention.sliding_window"), g.window),
             u32_kv(&k("attention.value_length"), s.head_dim as u32),
             u32_kv(&k("block_count"), s.layers),
-            u32_kv(&k("context_length"), 256),
+            u32_kv(&k("context_length"), g.context),
             u32_kv(&k("embedding_length"), s.d as u32),
             u32_kv(&k("expert_feed_forward_length"), s.ff as u32),
             u32_kv(&k("feed_forward_length"), s.ff as u32),
             f32_kv(&k("rope.freq_base"), 150_000.0),
-            f32_kv(&k("rope.scaling.factor"), 4.0),
-            u32_kv(&k("rope.scaling.original_context_length"), 64),
+            f32_kv(&k("rope.scaling.factor"), g.yarn.0),
+            u32_kv(&k("rope.scaling.original_context_length"), g.yarn.1),
         ];
         hp.push((k("rope.scaling.type"), MetadataValue::String("yarn".into())));
         hp.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut l = Self::build(&s, hp, |_, _| GgmlType::Q8_0).with_experts(4, 2)?;
+        let (experts, used) = g.experts;
+        let mut l = Self::build(s, hp, dtype).with_experts(experts, used)?;
         // The experts' biases after each of their matrices (f32, as
         // llama.cpp adds them), and an output matrix of its own.
         let mut tensors = Vec::with_capacity(l.tensors.len() * 2);
@@ -291,6 +354,27 @@ impl SyntheticLayout {
         tensors.push(output);
         l.tensors = tensors;
         Ok(l)
+    }
+
+    /// The same layout with only its first `layers` blocks (and
+    /// `block_count` saying so): a cheaper model of the same width, for
+    /// measuring what a layer costs.
+    pub fn with_layers(mut self, layers: u32) -> Result<Self> {
+        let total = self.hparam_u64("block_count").unwrap_or(0);
+        if layers == 0 || u64::from(layers) > total {
+            return Err(Error::BadConfig(format!(
+                "{layers} of the layout's {total} layers"
+            )));
+        }
+        self.tensors.retain(|t| {
+            t.name
+                .strip_prefix("blk.")
+                .and_then(|r| r.split('.').next())
+                .and_then(|b| b.parse::<u32>().ok())
+                .is_none_or(|b| b < layers)
+        });
+        let key = format!("{}.block_count", self.arch);
+        Ok(self.with_hparam(&key, MetadataValue::U32(layers)))
     }
 
     /// The same layout with every matrix stored as `dtype` (vectors and
@@ -474,13 +558,15 @@ impl SyntheticLayout {
         Ok(Self { tensors, ..self }.with_hparam(&key, MetadataValue::U32(ff as u32)))
     }
 
-    /// A built-in layout by short name: `smollm2`, `gemma3`, `tiny-ARCH`
+    /// A built-in layout by short name: `smollm2`, `gemma3`, `gpt-oss-20b`,
+    /// `tiny-ARCH`
     /// ([`SyntheticLayout::tiny`]) or `tiny-mixtral` (the tiny llama with
     /// 4 experts, 2 a token).
     pub fn by_name(name: &str) -> Option<Self> {
         match name {
             "smollm2" => Some(Self::smollm2_135m()),
             "gemma3" => Some(Self::gemma3_270m()),
+            "gpt-oss-20b" => Self::gpt_oss_20b().ok(),
             "tiny-mixtral" => Self::tiny("llama").ok()?.with_experts(4, 2).ok(),
             _ => Self::tiny(name.strip_prefix("tiny-")?).ok(),
         }
