@@ -2347,6 +2347,33 @@ fn reasoning_is_told_from_the_answer() {
     let [whole, streamed] = reasoning_and_answer(&server, &ask(closes, json!({})));
     assert_eq!(whole, streamed);
     assert_eq!(whole, ("France has one.".to_string(), "Paris.".to_string()));
+    // Anthropic's Messages API: the reasoning as a thinking block, whole
+    // and streamed, as the chat completion's (free text: all reasoning,
+    // the block never closed in 12 tokens).
+    let free = json!({"messages": [{"role": "user", "content": "Capital of France?"}],
+                      "max_tokens": 12, "temperature": 0});
+    let [(reasoning, answer), _] = reasoning_and_answer(&server, &free);
+    assert!(
+        !reasoning.is_empty() && answer.is_empty(),
+        "{reasoning:?} {answer:?}"
+    );
+    let message = server.post("/v1/messages", &free);
+    let blocks = message["content"].as_array().unwrap();
+    assert_eq!(blocks[0]["type"], "thinking");
+    assert_eq!(blocks[0]["thinking"], reasoning.as_str());
+    assert_eq!(blocks.len(), 2, "{message}");
+    let mut streamed_free = free.clone();
+    streamed_free["stream"] = json!(true);
+    let (names, events) = server.named_events("/v1/messages", &streamed_free);
+    let thought: String = events
+        .iter()
+        .filter(|e| e["delta"]["type"] == "thinking_delta")
+        .map(|e| e["delta"]["thinking"].as_str().unwrap())
+        .collect();
+    assert_eq!(thought, reasoning);
+    let starts = names.iter().filter(|n| *n == "content_block_start").count();
+    let stops = names.iter().filter(|n| *n == "content_block_stop").count();
+    assert_eq!((starts, stops), (2, 2), "{names:?}");
     drop(server);
 
     // Harmony: the analysis channel is the reasoning, the final one the

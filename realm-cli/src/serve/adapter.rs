@@ -8,13 +8,14 @@ use std::sync::Arc;
 
 use axum::response::sse::{self, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use realm_models::reasoning::{ReasoningFormat, ReasoningSplitter, ReplyParts};
 use realm_models::tools::{streamed_response, Tools};
 use realm_models::StopReason;
 use serde_json::{Map, Value};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::engine::{Event, Input};
-use super::http::{number, stopped, submit, App};
+use super::http::{number, reasoning, stopped, submit, App};
 use super::openai::{ApiError, ChatRequest};
 use super::tools::{self, Outcome};
 
@@ -46,11 +47,17 @@ pub struct Run {
     pub tools: Option<Arc<Tools>>,
     /// Whether the request asked for a stream.
     pub stream: bool,
+    /// How its reasoning is told from its answer, and whether its prompt
+    /// opened a think block.
+    pub reasoning: Option<(ReasoningFormat, bool)>,
 }
 
 /// A reply that ended.
 pub struct Finished {
+    /// The reply, or where its reasoning was told apart its answer.
     pub text: String,
+    /// Its reasoning, where that was told apart.
+    pub reasoning: String,
     pub reason: StopReason,
     pub completion_tokens: usize,
     /// The stop string that ended it.
@@ -71,6 +78,7 @@ impl Run {
     /// Queues `req` (one answer) and waits until it starts or fails.
     pub async fn start(app: &App, req: &ChatRequest) -> Result<Self, ApiError> {
         let (turns, tool_mode) = tools::prepare(req)?;
+        let reasoning = reasoning(app, req, &turns)?;
         if req.options.n.is_some_and(|n| n != 1) {
             return Err(ApiError::invalid(Some("n"), "this API answers once"));
         }
@@ -97,6 +105,7 @@ impl Run {
                         cached_tokens,
                         tools: tool_mode.map(|(t, _)| t),
                         stream: req.options.stream,
+                        reasoning,
                     })
                 }
                 Some(Event::Failed(e)) => return Err(e),
@@ -122,8 +131,12 @@ impl Run {
         }
     }
 
-    /// The whole reply.
-    pub async fn finish(&mut self) -> Result<Finished, ApiError> {
+    /// The whole reply, its reasoning told apart with `reasoning`'s
+    /// format.
+    pub async fn finish(
+        &mut self,
+        reasoning: Option<(ReasoningFormat, bool)>,
+    ) -> Result<Finished, ApiError> {
         let mut text = String::new();
         loop {
             match self.next().await {
@@ -133,12 +146,25 @@ impl Run {
                     completion_tokens,
                     stop_word,
                 }) => {
+                    let parts = match reasoning {
+                        Some((format, thinking)) => {
+                            let mut s = ReasoningSplitter::new(format, thinking);
+                            let mut parts = s.push(&text);
+                            parts.append(s.finish());
+                            parts
+                        }
+                        None => ReplyParts {
+                            reasoning: String::new(),
+                            content: text,
+                        },
+                    };
                     return Ok(Finished {
-                        text,
+                        text: parts.content,
+                        reasoning: parts.reasoning,
                         reason,
                         completion_tokens,
                         stop_word,
-                    })
+                    });
                 }
                 Some(Event::Failed(e)) => return Err(e),
                 _ => return Err(stopped()),
@@ -148,27 +174,47 @@ impl Run {
 }
 
 /// A reply's text as it streams, and how much of its content has gone
-/// out. Without tools the content is the text; under tools it is the
-/// string response the reply is writing, while it reads as one (as the chat
-/// completion endpoint streams it), and a call goes out whole at the end.
+/// out. Without tools the content is the text (its answer, where its
+/// reasoning is told apart); under tools it is the string response the
+/// answer is writing, while it reads as one (as the chat completion
+/// endpoint streams it), and a call goes out whole at the end.
 pub struct Live {
     tools: Option<Arc<Tools>>,
+    split: Option<ReasoningSplitter>,
     text: String,
     sent: usize,
 }
 
 impl Live {
-    pub fn new(tools: Option<Arc<Tools>>) -> Self {
+    pub fn new(tools: Option<Arc<Tools>>, reasoning: Option<(ReasoningFormat, bool)>) -> Self {
         Self {
             tools,
+            split: reasoning.map(|(f, thinking)| ReasoningSplitter::new(f, thinking)),
             text: String::new(),
             sent: 0,
         }
     }
 
-    /// Adds a piece of the reply; returns the content it adds, to stream
-    /// now (empty when there is none yet).
-    pub fn push(&mut self, piece: &str) -> String {
+    /// Adds a piece of the reply; returns the reasoning and the content it
+    /// adds, to stream now (empty where there is none yet).
+    pub fn push(&mut self, piece: &str) -> ReplyParts {
+        match &mut self.split {
+            Some(s) => {
+                let parts = s.push(piece);
+                ReplyParts {
+                    content: self.answer(&parts.content),
+                    reasoning: parts.reasoning,
+                }
+            }
+            None => ReplyParts {
+                reasoning: String::new(),
+                content: self.answer(piece),
+            },
+        }
+    }
+
+    /// Adds a piece of the answer; returns the content to stream now.
+    fn answer(&mut self, piece: &str) -> String {
         self.text.push_str(piece);
         if self.tools.is_none() {
             // The content is the text: the piece itself.
@@ -195,19 +241,28 @@ impl Live {
         content.get(self.sent..).unwrap_or("")
     }
 
-    /// The reply, ended as the engine says.
+    /// The reply, ended as the engine says, and the reasoning the
+    /// splitter held back, to stream before the rest (its held answer
+    /// joins the reply's text, whose rest [`Live::rest`] gives).
     pub fn finish(
         &mut self,
         reason: StopReason,
         completion_tokens: usize,
         stop_word: Option<String>,
-    ) -> Finished {
-        Finished {
+    ) -> (Finished, String) {
+        let held = self.split.as_mut().map(ReasoningSplitter::finish);
+        let reasoning = held.map_or(String::new(), |h| {
+            self.text.push_str(&h.content);
+            h.reasoning
+        });
+        let done = Finished {
             text: std::mem::take(&mut self.text),
+            reasoning: String::new(),
             reason,
             completion_tokens,
             stop_word,
-        }
+        };
+        (done, reasoning)
     }
 }
 

@@ -20,6 +20,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use realm_models::reasoning::ReplyParts;
 use realm_models::tools::Tools;
 use realm_models::StopReason;
 use serde_json::{json, Map, Value};
@@ -285,9 +286,12 @@ pub async fn messages(State(app): State<Arc<App>>, Body(body): Body<Value>) -> R
     if run.stream {
         return streamed(reply, run);
     }
-    match run.finish().await {
+    match run.finish(run.reasoning).await {
         Ok(done) => {
-            let (content, why) = reply.blocks(&done, run.tools.as_deref());
+            let (mut content, why) = reply.blocks(&done, run.tools.as_deref());
+            if !done.reasoning.is_empty() {
+                content.insert(0, thinking_block(&done.reasoning));
+            }
             let stop = stop_sequence(&done, why);
             Json(reply.message(content, Some(why), stop, done.completion_tokens)).into_response()
         }
@@ -316,28 +320,84 @@ fn block_events(index: usize, mut b: Value) -> [Value; 3] {
     ]
 }
 
-/// The answer as Anthropic's events: its text as it comes, in one text
-/// block (under tools, the string response the reply writes: see
-/// [`Live`]), and at the end what has not gone out (a call's `tool_use`
-/// blocks, whole).
+/// The content blocks being streamed: the open one (its index and
+/// type), and the next index.
+#[derive(Default)]
+struct Blocks {
+    open: Option<(usize, &'static str)>,
+    next: usize,
+}
+
+impl Blocks {
+    /// Closes the open block, if any.
+    fn close(&mut self, out: &mut Vec<Value>) {
+        if let Some((index, _)) = self.open.take() {
+            out.push(json!({"type": "content_block_stop", "index": index}));
+        }
+    }
+
+    /// The open block of `kind` (`thinking` or `text`), opened (after the
+    /// open one of the other kind is closed) if need be; its index.
+    fn to(&mut self, kind: &'static str, out: &mut Vec<Value>) -> usize {
+        match self.open {
+            Some((index, k)) if k == kind => index,
+            _ => {
+                self.close(out);
+                let index = self.take();
+                let block = match kind {
+                    "thinking" => json!({"type": "thinking", "thinking": "", "signature": ""}),
+                    _ => json!({"type": "text", "text": ""}),
+                };
+                out.push(json!({"type": "content_block_start", "index": index,
+                                "content_block": block}));
+                self.open = Some((index, kind));
+                index
+            }
+        }
+    }
+
+    /// A new block's index.
+    fn take(&mut self) -> usize {
+        self.next += 1;
+        self.next - 1
+    }
+
+    /// A piece of reasoning and of answer text, as deltas of their blocks.
+    fn deltas(&mut self, parts: &ReplyParts, out: &mut Vec<Value>) {
+        if !parts.reasoning.is_empty() {
+            let index = self.to("thinking", out);
+            out.push(json!({"type": "content_block_delta", "index": index,
+                            "delta": {"type": "thinking_delta", "thinking": parts.reasoning}}));
+        }
+        if !parts.content.is_empty() {
+            let index = self.to("text", out);
+            out.push(json!({"type": "content_block_delta", "index": index,
+                            "delta": {"type": "text_delta", "text": parts.content}}));
+        }
+    }
+}
+
+/// A reply's reasoning as a `thinking` block (unsigned: nothing checks
+/// it here).
+fn thinking_block(reasoning: &str) -> Value {
+    json!({"type": "thinking", "thinking": reasoning, "signature": ""})
+}
+
+/// The answer as Anthropic's events: its reasoning as it comes, in a
+/// thinking block, where the model's format tells it apart; its text as it
+/// comes, in a text block (under tools, the string response the reply
+/// writes: see [`Live`]); and at the end what has not gone out (a call's
+/// `tool_use` blocks, whole).
 fn streamed(reply: Reply, run: Run) -> Response {
     let start = json!({"type": "message_start",
                        "message": reply.message(Vec::new(), None, None, 0)});
     let tools = run.tools.clone();
-    let mut live = Live::new(run.tools.clone());
+    let mut live = Live::new(run.tools.clone(), run.reasoning);
+    let mut open = Blocks::default();
     adapter::stream(run, vec![start], move |e| match e {
         Some(Event::Text { text: piece, .. }) => {
-            let was = live.started();
-            let new = live.push(&piece);
             let mut out = Vec::new();
-            if !new.is_empty() && !was {
-                out.push(json!({"type": "content_block_start", "index": 0,
-                                "content_block": {"type": "text", "text": ""}}));
-            }
-            if !new.is_empty() {
-                out.push(json!({"type": "content_block_delta", "index": 0,
-                                "delta": {"type": "text_delta", "text": new}}));
-            }
+            open.deltas(&live.push(&piece), &mut out);
             (out, false)
         }
         Some(Event::Done {
@@ -345,28 +405,32 @@ fn streamed(reply: Reply, run: Run) -> Response {
             completion_tokens,
             stop_word,
         }) => {
-            let done = live.finish(reason, completion_tokens, stop_word);
-            let (blocks, why) = reply.blocks(&done, tools.as_deref());
+            let streamed_text = live.started();
+            let (done, held) = live.finish(reason, completion_tokens, stop_word);
             let mut out = Vec::new();
-            // The text block that is streaming is block 0; the rest follow.
-            let open = usize::from(live.started());
-            for (k, b) in blocks.into_iter().enumerate() {
-                match (k, b["text"].as_str()) {
-                    (0, Some(t)) if open == 1 => {
-                        let rest = live.rest(t);
-                        if !rest.is_empty() {
-                            out.push(json!({"type": "content_block_delta", "index": 0,
-                                            "delta": {"type": "text_delta", "text": rest}}));
-                        }
-                        out.push(json!({"type": "content_block_stop", "index": 0}));
+            let held = ReplyParts {
+                reasoning: held,
+                content: String::new(),
+            };
+            open.deltas(&held, &mut out);
+            let (blocks, why) = reply.blocks(&done, tools.as_deref());
+            for b in blocks {
+                match b["text"].as_str() {
+                    // What of the text has not gone out.
+                    Some(t) if streamed_text => {
+                        let rest = ReplyParts {
+                            reasoning: String::new(),
+                            content: live.rest(t).to_string(),
+                        };
+                        open.deltas(&rest, &mut out);
                     }
-                    (0, _) if open == 1 => {
-                        out.push(json!({"type": "content_block_stop", "index": 0}));
-                        out.extend(block_events(1, b));
+                    _ => {
+                        open.close(&mut out);
+                        out.extend(block_events(open.take(), b));
                     }
-                    _ => out.extend(block_events(k + open, b)),
                 }
             }
+            open.close(&mut out);
             out.push(json!({"type": "message_delta",
                 "delta": {"stop_reason": why, "stop_sequence": stop_sequence(&done, why)},
                 "usage": {"output_tokens": completion_tokens}}));

@@ -226,7 +226,7 @@ async fn chat(State(app): State<Arc<App>>, Body(req): Body<ChatRequest>) -> Resp
 /// server's), and whether its prompt opens a think block already (the
 /// template's generation prompt ends with `<think>`, as Qwen 3's and
 /// DeepSeek R1's may).
-fn reasoning(
+pub(super) fn reasoning(
     app: &App,
     req: &ChatRequest,
     chat: &Conversation,

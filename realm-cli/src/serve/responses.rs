@@ -304,7 +304,9 @@ pub async fn responses(State(app): State<Arc<App>>, Body(body): Body<Value>) -> 
     if run.stream {
         return streamed(reply, run);
     }
-    match run.finish().await {
+    // (This API's reasoning items are not written: the reply is the
+    // message.)
+    match run.finish(None).await {
         Ok(done) => {
             let output = reply.output(&done, run.tools.as_deref());
             Json(reply.response(output, Some(&done))).into_response()
@@ -330,7 +332,7 @@ impl Sequence {
 /// `function_call` items, whole).
 fn streamed(reply: Reply, run: Run) -> Response {
     let tools = run.tools.clone();
-    let mut live = Live::new(run.tools.clone());
+    let mut live = Live::new(run.tools.clone(), None);
     let mut seq = Sequence(0);
     let first = vec![
         seq.next(json!({"type": "response.created", "response": reply.response(Vec::new(), None)})),
@@ -353,7 +355,7 @@ fn streamed(reply: Reply, run: Run) -> Response {
         let ended = match e {
             Some(Event::Text { text: piece, .. }) => {
                 let was = live.started();
-                let new = live.push(&piece);
+                let new = live.push(&piece).content;
                 if !new.is_empty() {
                     if !was {
                         out.extend(opening(&reply, 0));
@@ -370,7 +372,7 @@ fn streamed(reply: Reply, run: Run) -> Response {
                 completion_tokens,
                 stop_word,
             }) => {
-                let done = live.finish(reason, completion_tokens, stop_word);
+                let (done, _) = live.finish(reason, completion_tokens, stop_word);
                 let output = reply.output(&done, tools.as_deref());
                 for (index, it) in output.iter().enumerate() {
                     if it["type"] == "function_call" {
