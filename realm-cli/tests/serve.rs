@@ -2374,6 +2374,37 @@ fn reasoning_is_told_from_the_answer() {
     let starts = names.iter().filter(|n| *n == "content_block_start").count();
     let stops = names.iter().filter(|n| *n == "content_block_stop").count();
     assert_eq!((starts, stops), (2, 2), "{names:?}");
+    // The Responses API: a reasoning item before the message.
+    let asked = json!({"input": "Capital of France?", "max_output_tokens": 12,
+                       "temperature": 0});
+    let response = server.post("/v1/responses", &asked);
+    let output = response["output"].as_array().unwrap();
+    assert_eq!(output[0]["type"], "reasoning", "{response}");
+    assert_eq!(output[0]["content"][0]["text"], reasoning.as_str());
+    assert_eq!(output[1]["type"], "message");
+    let mut streamed_asked = asked.clone();
+    streamed_asked["stream"] = json!(true);
+    let (_, events) = server.named_events("/v1/responses", &streamed_asked);
+    let thought: String = events
+        .iter()
+        .filter(|e| e["type"] == "response.reasoning_text.delta")
+        .map(|e| e["delta"].as_str().unwrap())
+        .collect();
+    assert_eq!(thought, reasoning);
+    // The same items as the whole answer's, but for their ids.
+    let last = events.last().unwrap();
+    let without_ids = |items: &Value| -> Vec<Value> {
+        let mut items = items.as_array().unwrap().clone();
+        for it in &mut items {
+            it.as_object_mut().unwrap().remove("id");
+        }
+        items
+    };
+    assert_eq!(
+        without_ids(&last["response"]["output"]),
+        without_ids(&response["output"]),
+        "{last}"
+    );
     drop(server);
 
     // Harmony: the analysis channel is the reasoning, the final one the

@@ -251,6 +251,16 @@ impl Reply {
         }
     }
 
+    fn reasoning_id(&self) -> String {
+        format!("rs_{}", self.stem())
+    }
+
+    /// The reasoning item: the reply's reasoning as its `reasoning_text`.
+    fn reasoning(&self, text: &str, status: &str) -> Value {
+        json!({"type": "reasoning", "id": self.reasoning_id(), "status": status, "summary": [],
+               "content": [{"type": "reasoning_text", "text": text}]})
+    }
+
     fn message(&self, text: &str, status: &str) -> Value {
         json!({"type": "message", "id": self.message_id(), "status": status,
                "role": "assistant", "content": [part(text)]})
@@ -304,11 +314,12 @@ pub async fn responses(State(app): State<Arc<App>>, Body(body): Body<Value>) -> 
     if run.stream {
         return streamed(reply, run);
     }
-    // (This API's reasoning items are not written: the reply is the
-    // message.)
-    match run.finish(None).await {
+    match run.finish(run.reasoning).await {
         Ok(done) => {
-            let output = reply.output(&done, run.tools.as_deref());
+            let mut output = reply.output(&done, run.tools.as_deref());
+            if !done.reasoning.is_empty() {
+                output.insert(0, reply.reasoning(&done.reasoning, "completed"));
+            }
             Json(reply.response(output, Some(&done))).into_response()
         }
         Err(e) => error(e),
@@ -326,13 +337,58 @@ impl Sequence {
     }
 }
 
-/// The answer as the Responses API's events: its text as it comes, in one
-/// message (under tools, the string response the reply writes: see
-/// [`Live`]), and at the end what has not gone out (a call's
+/// Where a streamed answer's items are: the reasoning item's index and
+/// text so far, the message's index once its text has begun, and the next
+/// index.
+#[derive(Default)]
+struct Items {
+    reasoning: Option<(usize, String)>,
+    message: Option<usize>,
+    next: usize,
+}
+
+impl Items {
+    fn take(&mut self) -> usize {
+        self.next += 1;
+        self.next - 1
+    }
+
+    /// A piece of reasoning as a delta of the reasoning item (opened, at
+    /// the next index, with the first).
+    fn reason(&mut self, reply: &Reply, text: &str, out: &mut Vec<Value>) {
+        if text.is_empty() {
+            return;
+        }
+        let index = match &mut self.reasoning {
+            Some((index, all)) => {
+                all.push_str(text);
+                *index
+            }
+            None => {
+                let index = self.take();
+                self.reasoning = Some((index, text.to_string()));
+                out.push(
+                    json!({"type": "response.output_item.added", "output_index": index,
+                                "item": reply.reasoning("", "in_progress")}),
+                );
+                index
+            }
+        };
+        out.push(
+            json!({"type": "response.reasoning_text.delta", "item_id": reply.reasoning_id(),
+                        "output_index": index, "content_index": 0, "delta": text}),
+        );
+    }
+}
+
+/// The answer as the Responses API's events: its reasoning as it comes, in
+/// a reasoning item, where the model's format tells it apart; its text as
+/// it comes, in one message (under tools, the string response the reply
+/// writes: see [`Live`]); and at the end what has not gone out (a call's
 /// `function_call` items, whole).
 fn streamed(reply: Reply, run: Run) -> Response {
     let tools = run.tools.clone();
-    let mut live = Live::new(run.tools.clone(), None);
+    let mut live = Live::new(run.tools.clone(), run.reasoning);
     let mut seq = Sequence(0);
     let first = vec![
         seq.next(json!({"type": "response.created", "response": reply.response(Vec::new(), None)})),
@@ -350,19 +406,27 @@ fn streamed(reply: Reply, run: Run) -> Response {
                    "output_index": index, "content_index": 0, "part": part("")}),
         ]
     };
+    let mut items = Items::default();
     adapter::stream(run, first, move |e| {
         let mut out = Vec::new();
         let ended = match e {
             Some(Event::Text { text: piece, .. }) => {
-                let was = live.started();
-                let new = live.push(&piece).content;
-                if !new.is_empty() {
-                    if !was {
-                        out.extend(opening(&reply, 0));
-                    }
+                let parts = live.push(&piece);
+                items.reason(&reply, &parts.reasoning, &mut out);
+                if !parts.content.is_empty() {
+                    let index = match items.message {
+                        Some(index) => index,
+                        None => {
+                            let index = items.take();
+                            items.message = Some(index);
+                            out.extend(opening(&reply, index));
+                            index
+                        }
+                    };
                     out.push(
                         json!({"type": "response.output_text.delta", "item_id": item,
-                                    "output_index": 0, "content_index": 0, "delta": new}),
+                                "output_index": index, "content_index": 0,
+                                "delta": parts.content}),
                     );
                 }
                 false
@@ -372,10 +436,23 @@ fn streamed(reply: Reply, run: Run) -> Response {
                 completion_tokens,
                 stop_word,
             }) => {
-                let (done, _) = live.finish(reason, completion_tokens, stop_word);
-                let output = reply.output(&done, tools.as_deref());
-                for (index, it) in output.iter().enumerate() {
+                let (done, held) = live.finish(reason, completion_tokens, stop_word);
+                items.reason(&reply, &held, &mut out);
+                let mut output = Vec::new();
+                if let Some((index, text)) = &items.reasoning {
+                    let it = reply.reasoning(text, "completed");
+                    out.push(json!({"type": "response.reasoning_text.done",
+                        "item_id": reply.reasoning_id(), "output_index": index,
+                        "content_index": 0, "text": text}));
+                    out.push(
+                        json!({"type": "response.output_item.done", "output_index": index,
+                                    "item": it}),
+                    );
+                    output.push((*index, it));
+                }
+                for it in reply.output(&done, tools.as_deref()) {
                     if it["type"] == "function_call" {
+                        let index = items.take();
                         out.push(json!({"type": "response.output_item.added",
                                         "output_index": index, "item": it}));
                         out.push(json!({"type": "response.function_call_arguments.delta",
@@ -383,31 +460,41 @@ fn streamed(reply: Reply, run: Run) -> Response {
                         out.push(json!({"type": "response.function_call_arguments.done",
                             "item_id": it["id"], "output_index": index,
                             "arguments": it["arguments"]}));
-                    } else {
-                        let t = it["content"][0]["text"].as_str().unwrap_or_default();
-                        if !live.started() {
+                        out.push(json!({"type": "response.output_item.done",
+                                        "output_index": index, "item": it}));
+                        output.push((index, it));
+                        continue;
+                    }
+                    let t = it["content"][0]["text"].as_str().unwrap_or_default();
+                    let index = match items.message {
+                        Some(index) => index,
+                        None => {
+                            let index = items.take();
                             out.extend(opening(&reply, index));
+                            index
                         }
-                        let rest = live.rest(t);
-                        if !rest.is_empty() {
-                            out.push(
-                                json!({"type": "response.output_text.delta", "item_id": item,
-                                "output_index": index, "content_index": 0, "delta": rest}),
-                            );
-                        }
-                        out.push(json!({"type": "response.output_text.done", "item_id": item,
-                            "output_index": index, "content_index": 0, "text": t}));
+                    };
+                    let rest = live.rest(t);
+                    if !rest.is_empty() {
                         out.push(
-                            json!({"type": "response.content_part.done", "item_id": item,
-                            "output_index": index, "content_index": 0,
-                            "part": it["content"][0]}),
+                            json!({"type": "response.output_text.delta", "item_id": item,
+                            "output_index": index, "content_index": 0, "delta": rest}),
                         );
                     }
+                    out.push(json!({"type": "response.output_text.done", "item_id": item,
+                        "output_index": index, "content_index": 0, "text": t}));
+                    out.push(
+                        json!({"type": "response.content_part.done", "item_id": item,
+                        "output_index": index, "content_index": 0, "part": it["content"][0]}),
+                    );
                     out.push(
                         json!({"type": "response.output_item.done", "output_index": index,
                                     "item": it}),
                     );
+                    output.push((index, it));
                 }
+                output.sort_by_key(|(index, _)| *index);
+                let output: Vec<Value> = output.into_iter().map(|(_, it)| it).collect();
                 let kind = match reply.response(Vec::new(), Some(&done))["status"].as_str() {
                     Some("incomplete") => "response.incomplete",
                     _ => "response.completed",
