@@ -2128,6 +2128,80 @@ fn ctrl_c_lets_answers_in_flight_end() {
     assert!(server.child.wait().unwrap().success());
 }
 
+/// A second Ctrl-C stops the server at once, the answer in flight cut.
+#[test]
+fn ctrl_c_twice_stops_at_once() {
+    if !cached(&catalog::SMOLLM2) {
+        return;
+    }
+    let mut server = Server::start(&["smollm2"]);
+    let body = json!({"prompt": "Once upon a time", "max_tokens": 4000, "temperature": 0,
+                      "ignore_eos": true, "stream": true});
+    let mut c = server.send("POST", "/v1/completions", &body.to_string());
+    let mut first = [0u8; 12];
+    c.read_exact(&mut first).unwrap();
+    let pid = server.child.id().to_string();
+    let interrupt = || {
+        assert!(Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success());
+    };
+    interrupt();
+    std::thread::sleep(Duration::from_millis(300));
+    interrupt();
+    let waited = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            waited.elapsed() < Duration::from_secs(20),
+            "the server did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success());
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut rest = String::new();
+    let _ = c.read_to_string(&mut rest);
+    assert!(!rest.trim_end().ends_with("data: [DONE]"), "{rest}");
+}
+
+/// After Ctrl-C, a connection that never finishes its request does not
+/// hold the server: once no answer is in flight it gets a grace period,
+/// then the server exits.
+#[test]
+fn ctrl_c_does_not_wait_for_stalled_connections() {
+    if !cached(&catalog::SMOLLM2) {
+        return;
+    }
+    let mut server = Server::start(&["smollm2"]);
+    let mut stalled = TcpStream::connect(&server.addr).unwrap();
+    write!(stalled, "GET /health HTTP/1.1\r\nhost: x\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let pid = server.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let waited = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            waited.elapsed() < Duration::from_secs(60),
+            "the server did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success());
+    drop(stalled);
+}
+
 /// LoRA adapters (`--lora`, `--lora-scaled`): a request runs with the
 /// server's scales, or with its own (`lora`), as `realm run` with the same
 /// adapters answers, also when requests with different adapters decode

@@ -34,9 +34,9 @@ mod tenants;
 mod tokens;
 mod tools;
 
-use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
 use realm_models::reasoning::ReasoningFormat;
@@ -133,6 +133,10 @@ pub struct ServeArgs {
     pub guest: crate::guest::GuestArgs,
 }
 
+/// How long connections may stay open after Ctrl-C once every answer has
+/// ended.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 /// `--reasoning-format`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ReasoningArg {
@@ -227,6 +231,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         loras,
         reasoning,
     });
+    let held = app.held.clone();
     let cors = http::cors(&args.cors_origins)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -248,12 +253,38 @@ pub fn run(args: &ServeArgs) -> Result<()> {
             app.model,
             listener.local_addr()?
         );
-        axum::serve(listener, http::router(app, args.max_body, cors))
-            .with_graceful_shutdown(async {
+        let (stop, mut stopping) = tokio::sync::watch::channel(false);
+        let serve = axum::serve(listener, http::router(app, args.max_body, cors))
+            .with_graceful_shutdown(async move {
                 let _ = tokio::signal::ctrl_c().await;
-            })
-            .await
-            .context("serving")
+                let _ = stop.send(true);
+            });
+        // After Ctrl-C: once every answer in flight has ended, its
+        // connection has a grace period to close; a second Ctrl-C stops at
+        // once.
+        let bounded = async move {
+            if stopping.wait_for(|s| *s).await.is_err() {
+                // The server ended of itself.
+                return std::future::pending().await;
+            }
+            let answered = async {
+                while held.load(Ordering::Relaxed) > 0 {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => eprintln!("realm: Ctrl-C again: stopping now"),
+                () = answered => eprintln!(
+                    "realm: connections still open {} s after the last answer ended: closing them",
+                    SHUTDOWN_GRACE.as_secs()
+                ),
+            }
+        };
+        tokio::select! {
+            served = serve => served.context("serving"),
+            () = bounded => Ok(()),
+        }
     })?;
     // The router, and with it the engine's queue, is gone: the engine ends.
     drop(runtime);
