@@ -381,12 +381,25 @@ impl LegacySimd for BlockIQ4NL {
     }
 }
 
+/// MXFP4's table plus 12: every value as an unsigned byte (0..=24), so
+/// that its products take the offset form, as Q4_0's do, without the
+/// signed form's sign shuffling.
+const MXFP4_PLUS_12: [i8; 16] = {
+    let mut t = [0i8; 16];
+    let mut i = 0;
+    while i < 16 {
+        t[i] = KVALUES_MXFP4[i] + 12;
+        i += 1;
+    }
+    t
+};
+
 impl LegacySimd for BlockMXFP4 {
-    const FORM: Form = Form::Signed;
+    const FORM: Form = Form::Offset(12.0);
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn load(&self) -> (__m256i, f32, f32) {
-        let t: __m128i = bytemuck::cast(KVALUES_MXFP4);
+        let t: __m128i = bytemuck::cast(MXFP4_PLUS_12);
         let q = _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(t), nibbles(self.qs));
         (q, e8m0_to_f32_half(self.e), 0.0)
     }
