@@ -33,8 +33,9 @@ use realm_core::backend::{BackendCore, MatMulOps};
 use realm_core::{GgmlType, TensorView};
 
 /// Decode shapes `(type, rows, cols)`: SmolLM2-135M (Q4_1 layers, Q8_0
-/// output) and Gemma 3 270M (Q5_0/Q4_K/Q6_K layers, Q8_0 output). k-quants
-/// need 256-multiples, so Gemma's 640-wide inputs only appear in Q5_0/Q8_0.
+/// output), Gemma 3 270M (Q5_0/Q4_K/Q6_K layers, Q8_0 output) and
+/// gpt-oss-20b's MXFP4 experts. k-quants need 256-multiples, so Gemma's
+/// 640-wide inputs only appear in Q5_0/Q8_0.
 const DECODE: &[(GgmlType, usize, usize)] = &[
     (GgmlType::Q4_1, 576, 576),
     (GgmlType::Q4_1, 1536, 576),
@@ -47,6 +48,7 @@ const DECODE: &[(GgmlType, usize, usize)] = &[
     (GgmlType::Q4_0, 2048, 640),
     (GgmlType::Q8_0, 2048, 640),
     (GgmlType::Q8_0, 262144, 640),
+    (GgmlType::MXFP4, 2880, 2880),
 ];
 
 /// Prefill shapes, 512 tokens.
@@ -57,6 +59,7 @@ const PREFILL: &[(GgmlType, usize, usize)] = &[
     (GgmlType::Q5_0, 2048, 640),
     (GgmlType::Q4_K, 640, 2048),
     (GgmlType::Q6_K, 640, 2048),
+    (GgmlType::MXFP4, 2880, 2880),
 ];
 const PREFILL_TOKENS: usize = 512;
 
@@ -80,11 +83,16 @@ fn weights(t: GgmlType, rows: usize, cols: usize) -> Vec<u64> {
         GgmlType::Q3_K => &[108],
         GgmlType::Q2_K => &[80, 82],
         GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4_K | GgmlType::Q5_K => &[0, 2],
+        // (MXFP4's scale is one exponent byte.)
+        GgmlType::MXFP4 => &[],
         _ => &[0],
     };
     for block in data[..bytes].chunks_exact_mut(t.type_size()) {
         for &f in fields {
             block[f..f + 2].copy_from_slice(&scale);
+        }
+        if t == GgmlType::MXFP4 {
+            block[0] = 121; // 2^-7
         }
     }
     words
