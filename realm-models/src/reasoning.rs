@@ -183,6 +183,15 @@ impl ReasoningSplitter {
                 }
                 false
             }
+            // A reply that opens no message is its own answer.
+            State::Header
+                if !self.held.is_empty()
+                    && !self.held.starts_with("<|")
+                    && !"<|".starts_with(self.held.as_str()) =>
+            {
+                self.state = State::Body { analysis: false };
+                true
+            }
             State::Header => match self.held.find(MESSAGE) {
                 Some(at) => {
                     let header = &self.held[..at];
@@ -197,14 +206,6 @@ impl ReasoningSplitter {
                         });
                     self.held.drain(..at + MESSAGE.len());
                     self.state = State::Body { analysis };
-                    true
-                }
-                // A reply that opens no message is its own answer.
-                None if !self.held.is_empty()
-                    && !self.held.starts_with("<|")
-                    && !"<|".starts_with(self.held.as_str()) =>
-                {
-                    self.state = State::Body { analysis: false };
                     true
                 }
                 None if end => {
