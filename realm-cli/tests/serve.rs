@@ -108,6 +108,28 @@ impl Server {
         (names, events)
     }
 
+    /// Sends the server SIGINT (Ctrl-C).
+    fn interrupt(&self) {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success());
+    }
+
+    /// The server's exit status, waiting for it at most `limit`.
+    fn exit_within(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let waited = std::time::Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(waited.elapsed() < limit, "the server did not stop");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// The `data:` payloads of a streamed POST.
     fn stream(&self, path: &str, body: &Value) -> Vec<String> {
         let (status, text) = self.call("POST", path, &body.to_string());
@@ -2112,12 +2134,7 @@ fn ctrl_c_lets_answers_in_flight_end() {
     let mut first = [0u8; 12];
     c.read_exact(&mut first).unwrap();
     assert_eq!(&first, b"HTTP/1.0 200");
-    let pid = server.child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-INT", &pid])
-        .status()
-        .unwrap()
-        .success());
+    server.interrupt();
     // (A bound on the wait, so that an answer that never ends fails here,
     // with what came of it, rather than holding the test run: seen once.)
     c.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
@@ -2140,29 +2157,10 @@ fn ctrl_c_twice_stops_at_once() {
     let mut c = server.send("POST", "/v1/completions", &body.to_string());
     let mut first = [0u8; 12];
     c.read_exact(&mut first).unwrap();
-    let pid = server.child.id().to_string();
-    let interrupt = || {
-        assert!(Command::new("kill")
-            .args(["-INT", &pid])
-            .status()
-            .unwrap()
-            .success());
-    };
-    interrupt();
+    server.interrupt();
     std::thread::sleep(Duration::from_millis(300));
-    interrupt();
-    let waited = std::time::Instant::now();
-    let status = loop {
-        if let Some(status) = server.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            waited.elapsed() < Duration::from_secs(20),
-            "the server did not stop"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert!(status.success());
+    server.interrupt();
+    assert!(server.exit_within(Duration::from_secs(20)).success());
     c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let mut rest = String::new();
     let _ = c.read_to_string(&mut rest);
@@ -2181,24 +2179,8 @@ fn ctrl_c_does_not_wait_for_stalled_connections() {
     let mut stalled = TcpStream::connect(&server.addr).unwrap();
     write!(stalled, "GET /health HTTP/1.1\r\nhost: x\r\n").unwrap();
     std::thread::sleep(Duration::from_millis(200));
-    let pid = server.child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-INT", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let waited = std::time::Instant::now();
-    let status = loop {
-        if let Some(status) = server.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            waited.elapsed() < Duration::from_secs(60),
-            "the server did not stop"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert!(status.success());
+    server.interrupt();
+    assert!(server.exit_within(Duration::from_secs(60)).success());
     drop(stalled);
 }
 

@@ -211,6 +211,17 @@ fn quantize_matches_ggml_reference_byte_for_byte() {
     }
 }
 
+/// The values of quantize.json's (`inputs`) input named `name`.
+fn input_values(inputs: &Value, name: &Value) -> Vec<f32> {
+    let input = inputs["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| &i["name"] == name)
+        .expect("input");
+    f32s(&read(input["file"].as_str().unwrap()))
+}
+
 /// ggml's `quantize_iq4_nl` and `quantize_iq4_xs` without an importance
 /// matrix; the per-block functions give the same bytes block by block.
 #[test]
@@ -223,13 +234,7 @@ fn quantize_iq4_matches_ggml_byte_for_byte() {
         .unwrap()
     {
         let t = type_by_name(e["type"].as_str().unwrap());
-        let input = inputs["inputs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|i| i["name"] == e["input"])
-            .expect("input");
-        let x = f32s(&read(input["file"].as_str().unwrap()));
+        let x = input_values(&inputs, &e["input"]);
         let want = read(e["file"].as_str().unwrap());
         let got: Vec<u8> = match t {
             GgmlType::IQ4_NL => x
@@ -278,13 +283,7 @@ fn mxfp4_matches_ggml_both_ways() {
     assert_eq!(check_quantize_fixtures("mxfp4.json"), 5);
     let inputs = manifest("quantize.json");
     for e in m["expected"].as_array().unwrap() {
-        let input = inputs["inputs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|i| i["name"] == e["input"])
-            .expect("input");
-        let x = f32s(&read(input["file"].as_str().unwrap()));
+        let x = input_values(&inputs, &e["input"]);
         let importance: Vec<f32> = (0..x.len()).map(|i| 1.0 + (i % 5) as f32).collect();
         let mut got = vec![0u8; read(e["file"].as_str().unwrap()).len()];
         quant::quantize_weighted(GgmlType::MXFP4, &x, &importance, &mut got).unwrap();
