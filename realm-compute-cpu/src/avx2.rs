@@ -412,10 +412,27 @@ impl LegacySimd for BlockMXFP4 {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn scales(blks: [&Self; FUSED_ROWS]) -> __m128 {
-        let [a, b, c, d] = blks.map(|b| e8m0_to_f32_half(b.e));
+        let [a, b, c, d] = blks.map(|b| E8M0_HALF[usize::from(b.e)]);
         _mm_setr_ps(a, b, c, d)
     }
 }
+
+/// Every E8M0 exponent's halved scale ([`e8m0_to_f32_half`]), looked up
+/// rather than built, four rows at a time.
+static E8M0_HALF: [f32; 256] = {
+    let mut t = [0.0f32; 256];
+    let mut e = 0;
+    while e < 256 {
+        let bits = if e < 2 {
+            0x0020_0000u32 << e
+        } else {
+            (e as u32 - 1) << 23
+        };
+        t[e] = f32::from_bits(bits);
+        e += 1;
+    }
+    t
+};
 
 // ---- 256-element super-blocks ---------------------------------------------
 
