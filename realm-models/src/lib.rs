@@ -1,8 +1,11 @@
 //! # realm-models
 //!
 //! Transformers over Realm's backend trait ([`realm_core::backend::Backend`]):
-//! the llama family (llama, mistral, qwen2) and Gemma 3, configured from GGUF
-//! metadata, with a per-sequence KV cache, sampling and generation.
+//! the llama family (llama, mistral, qwen2 and qwen3, their mixtures of
+//! experts, phi3, smollm3, granite), Gemma 2 and 3, and gpt-oss
+//! ([`Architecture`]), configured from GGUF metadata, with a per-sequence KV
+//! cache, sampling and generation, and a reply's reasoning told from its
+//! answer ([`reasoning`]).
 //!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
