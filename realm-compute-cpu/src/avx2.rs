@@ -423,12 +423,7 @@ static E8M0_HALF: [f32; 256] = {
     let mut t = [0.0f32; 256];
     let mut e = 0;
     while e < 256 {
-        let bits = if e < 2 {
-            0x0020_0000u32 << e
-        } else {
-            (e as u32 - 1) << 23
-        };
-        t[e] = f32::from_bits(bits);
+        t[e] = e8m0_to_f32_half(e as u8);
         e += 1;
     }
     t

@@ -356,6 +356,20 @@ impl Choice {
             },
         }
     }
+
+    /// Adds a piece of the reply (`None`: the reply has ended) to the
+    /// answer and the reasoning; returns the reasoning it added. Without a
+    /// reasoning format the piece goes to the answer as it is, uncopied.
+    fn add(&mut self, text: Option<&str>) -> String {
+        if self.split.is_none() {
+            self.text.push_str(text.unwrap_or_default());
+            return String::new();
+        }
+        let parts = self.parts(text);
+        self.text.push_str(&parts.content);
+        self.reasoning.push_str(&parts.reasoning);
+        parts.reasoning
+    }
 }
 
 impl Inbox {
@@ -671,9 +685,7 @@ async fn whole(reply: Reply, mut inbox: Inbox, prompts: &[PromptCount]) -> Respo
         };
         match e {
             Some((_, Event::Text { text, logprobs })) => {
-                let parts = c.parts(Some(&text));
-                c.reasoning.push_str(&parts.reasoning);
-                c.text.push_str(&parts.content);
+                c.add(Some(&text));
                 c.tokens.extend(logprobs);
             }
             Some((
@@ -686,9 +698,7 @@ async fn whole(reply: Reply, mut inbox: Inbox, prompts: &[PromptCount]) -> Respo
             )) => {
                 if c.done.is_none() {
                     left -= 1;
-                    let parts = c.parts(None);
-                    c.reasoning.push_str(&parts.reasoning);
-                    c.text.push_str(&parts.content);
+                    c.add(None);
                 }
                 c.done = Some((reason, completion_tokens));
             }
@@ -735,16 +745,15 @@ impl Streaming {
         match e {
             Some((_, Event::Text { text, logprobs })) if reply.tools.is_some() => {
                 let c = &mut self.choices[i];
-                let parts = c.parts(Some(&text));
-                if !parts.reasoning.is_empty() {
+                let reasoning = c.add(Some(&text));
+                if !reasoning.is_empty() {
                     let reasoning = ReplyParts {
-                        reasoning: parts.reasoning,
+                        reasoning,
                         content: String::new(),
                     };
                     self.out
                         .push_back(data(&reply.parts_chunk(i, &reasoning, Value::Null)));
                 }
-                c.text.push_str(&parts.content);
                 c.held.extend(logprobs);
                 if let Some(content) = streamed_response(&c.text) {
                     if content.len() > c.sent {

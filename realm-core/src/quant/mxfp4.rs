@@ -20,11 +20,11 @@ use super::legacy::pack_4bit;
 /// assert_eq!(e8m0_to_f32_half(130), 4.0);
 /// assert_eq!(e8m0_to_f32_half(0), 2f64.powi(-128) as f32); // subnormal
 /// ```
-pub fn e8m0_to_f32_half(e: u8) -> f32 {
+pub const fn e8m0_to_f32_half(e: u8) -> f32 {
     let bits = if e < 2 {
         0x0020_0000u32 << e
     } else {
-        u32::from(e - 1) << 23
+        ((e - 1) as u32) << 23
     };
     f32::from_bits(bits)
 }

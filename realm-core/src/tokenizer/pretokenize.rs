@@ -388,11 +388,14 @@ fn gpt4o(c: &Chunk<'_>, from: usize) -> Option<(usize, usize)> {
             .map(|k| with_contraction(run(s + k, &lower)))
     };
     let upper_first = |s: usize| upper(s).then(|| with_contraction(run(run(s, &upper), &lower)));
-    let skip_lead = |s: usize| if lead(s) { vec![s + 1, s] } else { vec![s] };
-    let end = skip_lead(from)
+    // Where the letters may start: after the leading character (tried
+    // first, as the regex's greedy `?`), or at `from`.
+    let starts = [lead(from).then_some(from + 1), Some(from)];
+    let end = starts
         .into_iter()
+        .flatten()
         .find_map(upper_then_lower)
-        .or_else(|| skip_lead(from).into_iter().find_map(upper_first))
+        .or_else(|| starts.into_iter().flatten().find_map(upper_first))
         .or_else(|| number(from).then(|| from + (0..3).take_while(|&k| number(from + k)).count()))
         .or_else(|| {
             let s = if c.cp(from) == ' ' as u32 && other(from + 1) {

@@ -181,8 +181,7 @@ fn load_biases<S: AsRef<[u8]>, B: Backend>(
                 got: shape.to_vec(),
             });
         }
-        let mut v = vec![0f32; width * m.experts];
-        realm_core::quant::dequantize(t.dtype(), t.data(), &mut v)?;
+        let v = super::f32_vec(&t)?;
         Ok(v.chunks_exact(width).map(<[f32]>::to_vec).collect())
     };
     let router = rows("ffn_gate_inp.bias", 1)?.concat();
