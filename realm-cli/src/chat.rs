@@ -140,6 +140,7 @@ fn chat<B: Backend>(args: &ChatArgs, l: &Loaded, backend: &B) -> Result<()> {
         sampling: args.sampling.params(&args.escape),
         stop_at_context_end: true,
         grammar: args.sampling.constraint.grammar()?,
+        grammar_triggers: Vec::new(),
         lookup: args.sampling.lookup(),
         context_shift: None,
     };

@@ -448,6 +448,7 @@ fn run_native<B: Backend>(args: &RunArgs, text: &str, l: &load::Loaded, backend:
         sampling: args.sampling.params(&args.escape),
         stop_at_context_end: true,
         grammar: args.sampling.constraint.grammar()?,
+        grammar_triggers: Vec::new(),
         lookup: args.sampling.lookup(),
         context_shift: shift,
     };

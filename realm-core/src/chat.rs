@@ -16,6 +16,7 @@
 //! # Ok::<(), realm_core::Error>(())
 //! ```
 
+use minijinja::value::Kwargs;
 use minijinja::{Environment, ErrorKind, Value};
 
 use crate::gguf::Metadata;
@@ -190,10 +191,6 @@ impl ChatTemplate {
         add_generation_prompt: bool,
         vars: &V,
     ) -> Result<String> {
-        let env = environment();
-        let tmpl = env
-            .template_from_str(&self.source)
-            .map_err(|e| self.error(&e))?;
         let messages: Vec<Value> = messages
             .iter()
             .map(|m| {
@@ -203,8 +200,45 @@ impl ChatTemplate {
                 ])
             })
             .collect();
+        self.render_value(Value::from(messages), add_generation_prompt, vars)
+    }
+
+    /// [`ChatTemplate::render_with`] for messages with more than a role
+    /// and a text: anything that serializes to a list of maps, such as
+    /// OpenAI's messages with their `tool_calls` and `tool_call_id`, which
+    /// templates that know tools write in their own format.
+    ///
+    /// ```
+    /// use realm_core::chat::ChatTemplate;
+    /// let t = ChatTemplate::new(
+    ///     "{% for m in messages %}{{ m.tool_calls[0].function.arguments | tojson }}{% endfor %}",
+    ///     "", "")?;
+    /// let messages = serde_json::json!([{"role": "assistant", "content": null,
+    ///     "tool_calls": [{"function": {"name": "f", "arguments": {"city": "Paris", "n": 2}}}]}]);
+    /// assert_eq!(t.render_messages(&messages, false, &())?, r#"{"city": "Paris", "n": 2}"#);
+    /// # Ok::<(), realm_core::Error>(())
+    /// ```
+    pub fn render_messages<M: serde::Serialize, V: serde::Serialize>(
+        &self,
+        messages: &M,
+        add_generation_prompt: bool,
+        vars: &V,
+    ) -> Result<String> {
+        self.render_value(Value::from_serialize(messages), add_generation_prompt, vars)
+    }
+
+    fn render_value<V: serde::Serialize>(
+        &self,
+        messages: Value,
+        add_generation_prompt: bool,
+        vars: &V,
+    ) -> Result<String> {
+        let env = environment();
+        let tmpl = env
+            .template_from_str(&self.source)
+            .map_err(|e| self.error(&e))?;
         let own = [
-            ("messages", Value::from(messages)),
+            ("messages", messages),
             ("add_generation_prompt", Value::from(add_generation_prompt)),
             ("bos_token", Value::from(self.bos_token.as_str())),
             ("eos_token", Value::from(self.eos_token.as_str())),
@@ -266,6 +300,7 @@ fn environment() -> Environment<'static> {
             .map_or(0, |d| d.as_secs());
         strftime(&format, now)
     });
+    env.add_filter("tojson", tojson);
     env.add_function(
         "raise_exception",
         |msg: String| -> std::result::Result<Value, minijinja::Error> {
@@ -273,6 +308,180 @@ fn environment() -> Environment<'static> {
         },
     );
     env
+}
+
+/// `tojson` as transformers defines it for chat templates: Python's
+/// `json.dumps` (`", "` and `": "` between items, `","` after an item
+/// when indenting; text as it is, not escaped for HTML as Jinja's own
+/// filter does), with its `indent`, `separators` and `sort_keys`
+/// arguments.
+fn tojson(value: &Value, kwargs: Kwargs) -> std::result::Result<Value, minijinja::Error> {
+    let indent: Option<Value> = kwargs.get("indent")?;
+    let indent = match indent {
+        None => None,
+        Some(v) if v.is_none() => None,
+        Some(v) => Some(match v.as_str() {
+            Some(s) => s.to_string(),
+            None => " ".repeat(usize::try_from(v).unwrap_or(0)),
+        }),
+    };
+    let separators: Option<Vec<String>> = kwargs.get("separators")?;
+    let sort_keys: Option<bool> = kwargs.get("sort_keys")?;
+    let _: Option<bool> = kwargs.get("ensure_ascii")?;
+    kwargs.assert_all_used()?;
+    let (item, key) = match separators.as_deref() {
+        Some([item, key]) => (item.clone(), key.clone()),
+        Some(_) => {
+            return Err(minijinja::Error::new(
+                ErrorKind::InvalidOperation,
+                "tojson's separators are two strings",
+            ))
+        }
+        None if indent.is_some() => (",".to_string(), ": ".to_string()),
+        None => (", ".to_string(), ": ".to_string()),
+    };
+    let mut out = String::new();
+    let style = JsonStyle {
+        indent,
+        item,
+        key,
+        sort_keys: sort_keys.unwrap_or(false),
+    };
+    style.write(value, 0, &mut out)?;
+    Ok(Value::from_safe_string(out))
+}
+
+/// How [`tojson`] writes JSON.
+struct JsonStyle {
+    indent: Option<String>,
+    item: String,
+    key: String,
+    sort_keys: bool,
+}
+
+impl JsonStyle {
+    fn write(
+        &self,
+        v: &Value,
+        depth: usize,
+        out: &mut String,
+    ) -> std::result::Result<(), minijinja::Error> {
+        use minijinja::value::ValueKind;
+        match v.kind() {
+            ValueKind::Undefined | ValueKind::None => out.push_str("null"),
+            ValueKind::Bool => out.push_str(if v.is_true() { "true" } else { "false" }),
+            ValueKind::Number => match v.as_i64() {
+                Some(i) if !format!("{v}").contains(['.', 'e', 'E', 'i', 'N']) => {
+                    out.push_str(&i.to_string())
+                }
+                _ => out.push_str(&python_float(f64::try_from(v.clone()).unwrap_or(f64::NAN))),
+            },
+            ValueKind::String => json_string(v.as_str().unwrap_or_default(), out),
+            ValueKind::Seq | ValueKind::Iterable => {
+                let items: Vec<Value> = v.try_iter()?.collect();
+                self.container(('[', ']'), items.len(), depth, out, |i, out| {
+                    self.write(&items[i], depth + 1, out)
+                })?;
+            }
+            ValueKind::Map => {
+                let mut keys: Vec<Value> = v.try_iter()?.collect();
+                if self.sort_keys {
+                    keys.sort();
+                }
+                self.container(('{', '}'), keys.len(), depth, out, |i, out| {
+                    let k = &keys[i];
+                    match k.as_str() {
+                        Some(s) => json_string(s, out),
+                        None => json_string(&k.to_string(), out),
+                    }
+                    out.push_str(&self.key);
+                    self.write(&v.get_item(k)?, depth + 1, out)
+                })?;
+            }
+            _ => json_string(&v.to_string(), out),
+        }
+        Ok(())
+    }
+
+    /// A list or map of `n` items between `brackets`, each written by `item`.
+    fn container(
+        &self,
+        brackets: (char, char),
+        n: usize,
+        depth: usize,
+        out: &mut String,
+        mut item: impl FnMut(usize, &mut String) -> std::result::Result<(), minijinja::Error>,
+    ) -> std::result::Result<(), minijinja::Error> {
+        out.push(brackets.0);
+        if n == 0 {
+            out.push(brackets.1);
+            return Ok(());
+        }
+        for i in 0..n {
+            if i > 0 {
+                out.push_str(&self.item);
+            }
+            if let Some(ind) = &self.indent {
+                out.push('\n');
+                out.push_str(&ind.repeat(depth + 1));
+            }
+            item(i, out)?;
+        }
+        if let Some(ind) = &self.indent {
+            out.push('\n');
+            out.push_str(&ind.repeat(depth));
+        }
+        out.push(brackets.1);
+        Ok(())
+    }
+}
+
+/// A JSON string as Python's `json.dumps(..., ensure_ascii=False)` writes
+/// it.
+fn json_string(s: &str, out: &mut String) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// A float as Python's `repr` writes it: the shortest digits that read
+/// back, `1.0` for a whole number, an exponent below 1e-4 and from 1e16.
+fn python_float(x: f64) -> String {
+    if x.is_nan() {
+        return "NaN".into();
+    }
+    if x.is_infinite() {
+        return if x > 0.0 { "Infinity" } else { "-Infinity" }.into();
+    }
+    let a = x.abs();
+    if a != 0.0 && !(1e-4..1e16).contains(&a) {
+        // Rust writes `1e-5` and `1.5e16`; Python `1e-05` and `1.5e+16`.
+        let e = format!("{x:e}");
+        let (mantissa, exp) = e.split_once('e').unwrap_or((&e, "0"));
+        let (sign, digits) = match exp.strip_prefix('-') {
+            Some(d) => ('-', d),
+            None => ('+', exp),
+        };
+        return format!("{mantissa}e{sign}{digits:0>2}");
+    }
+    let s = format!("{x}");
+    if s.contains('.') {
+        s
+    } else {
+        format!("{s}.0")
+    }
 }
 
 const MONTHS: [&str; 12] = [
@@ -379,6 +588,37 @@ mod tests {
         assert_eq!(f("%Y-%m-%d %I:%M %p %j", leap), "2024-02-29 01:05 PM 060");
         assert_eq!(f("%Y-%m-%d %a", 0), "1970-01-01 Thu");
         assert!(strftime("%Q", 0).is_err());
+    }
+
+    /// `tojson` writes what Python's `json.dumps` writes, as transformers
+    /// calls it (the expected texts are Python's, for the same value).
+    #[test]
+    fn tojson_is_pythons() {
+        let value = serde_json::json!({
+            "b": [1, 2.5, 1e-5, 1e16, 0.1, true, null],
+            "a": "x\"\\\n\té<>&\u{1}",
+            "e": {},
+            "l": [],
+        });
+        let t = |src: &str| {
+            ChatTemplate::new(src, "", "")
+                .unwrap()
+                .render_messages(&[&value], false, &())
+                .unwrap()
+        };
+        assert_eq!(
+            t("{{ messages[0] | tojson }}"),
+            r#"{"b": [1, 2.5, 1e-05, 1e+16, 0.1, true, null], "a": "x\"\\\n\té<>&\u0001", "e": {}, "l": []}"#
+        );
+        assert_eq!(
+            t("{{ messages[0] | tojson(indent=2) }}"),
+            "{\n  \"b\": [\n    1,\n    2.5,\n    1e-05,\n    1e+16,\n    0.1,\n    true,\n    null\n  ],\n  \
+             \"a\": \"x\\\"\\\\\\n\\té<>&\\u0001\",\n  \"e\": {},\n  \"l\": []\n}"
+        );
+        assert_eq!(
+            t("{{ messages[0] | tojson(sort_keys=true, separators=(',', ':')) }}"),
+            r#"{"a":"x\"\\\n\té<>&\u0001","b":[1,2.5,1e-05,1e+16,0.1,true,null],"e":{},"l":[]}"#
+        );
     }
 
     #[test]

@@ -27,6 +27,13 @@ pub struct GenerateParams {
     /// an end-of-generation token is then allowed only where the grammar
     /// is complete.
     pub grammar: Option<Arc<Grammar>>,
+    /// With triggers the grammar is lazy, as llama.cpp's can be: text is
+    /// free until the generated text holds one of these strings, and from
+    /// that string's first byte on (the string included) it must be text
+    /// the grammar allows. A token that completes a trigger but goes on
+    /// where the grammar refuses is drawn again among the tokens it
+    /// allows there. Empty: the grammar holds from the first token.
+    pub grammar_triggers: Vec<String>,
     /// Draft tokens by prompt lookup and check them in one forward pass
     /// (see [`crate::lookup`]); the text is the same either way.
     pub lookup: Option<Lookup>,
@@ -44,6 +51,7 @@ impl Default for GenerateParams {
             sampling: SamplingParams::default(),
             stop_at_context_end: true,
             grammar: None,
+            grammar_triggers: Vec::new(),
             lookup: None,
             context_shift: None,
         }
@@ -262,8 +270,76 @@ pub struct Continuation<'t> {
     stop: StopMatcher,
     /// The grammar's progress, if generation is constrained.
     matcher: Option<Matcher>,
+    /// A lazy grammar not yet triggered.
+    lazy: Option<Lazy>,
     /// Scratch: the logits with the grammar's refusals masked.
     masked: Vec<f32>,
+}
+
+/// A lazy grammar waiting for its trigger.
+#[derive(Debug)]
+struct Lazy {
+    grammar: Arc<Grammar>,
+    triggers: Vec<String>,
+    /// The generated text's bytes so far (control tokens as their text).
+    seen: Vec<u8>,
+}
+
+/// What a token does to a lazy grammar.
+enum Triggered {
+    /// Nothing: no trigger is complete.
+    No,
+    /// It completes a trigger and the grammar takes the text from the
+    /// trigger on: the matcher after it.
+    Whole(Matcher),
+    /// It completes a trigger but the grammar refuses what follows it: a
+    /// matcher after the trigger's bytes before this token, to draw the
+    /// token again under.
+    Refused(Matcher),
+}
+
+impl Lazy {
+    /// Looks at the next token's text for a trigger.
+    fn see(&mut self, tokenizer: &Tokenizer, token: u32) -> Triggered {
+        if tokenizer.is_eog(token) {
+            return Triggered::No;
+        }
+        let before = self.seen.len();
+        if let Ok(piece) = tokenizer.token_to_piece(token, true) {
+            self.seen.extend_from_slice(piece);
+        }
+        // Earlier tokens completed no trigger, so one found now ends in
+        // this token's bytes: search from where the longest could start.
+        let longest = self.triggers.iter().map(String::len).max().unwrap_or(0);
+        let from = before.saturating_sub(longest.saturating_sub(1));
+        let start = self
+            .triggers
+            .iter()
+            .filter(|t| !t.is_empty())
+            .filter_map(|t| {
+                self.seen[from..]
+                    .windows(t.len())
+                    .position(|w| w == t.as_bytes())
+                    .map(|i| from + i)
+            })
+            .min();
+        let Some(start) = start else {
+            return Triggered::No;
+        };
+        let mut m = Matcher::new(self.grammar.clone());
+        if m.accept(&self.seen[start..]).is_ok() {
+            return Triggered::Whole(m);
+        }
+        let mut m = Matcher::new(self.grammar.clone());
+        let held = &self.seen[start.min(before)..before];
+        if m.accept(held).is_err() {
+            // The trigger's start in earlier text is itself refused (a
+            // grammar that does not begin with its triggers): hold from
+            // this token on.
+            m = Matcher::new(self.grammar.clone());
+        }
+        Triggered::Refused(m)
+    }
 }
 
 impl<'t> Continuation<'t> {
@@ -279,7 +355,20 @@ impl<'t> Continuation<'t> {
             max_tokens: params.max_tokens,
             decoder: tokenizer.stream_decoder(false),
             stop: StopMatcher::new(&params.stop),
-            matcher: params.grammar.clone().map(Matcher::new),
+            matcher: params
+                .grammar
+                .clone()
+                .filter(|_| params.grammar_triggers.is_empty())
+                .map(Matcher::new),
+            lazy: params
+                .grammar
+                .clone()
+                .filter(|_| !params.grammar_triggers.is_empty())
+                .map(|grammar| Lazy {
+                    grammar,
+                    triggers: params.grammar_triggers.clone(),
+                    seen: Vec::new(),
+                }),
             masked: Vec::new(),
         })
     }
@@ -318,14 +407,30 @@ impl<'t> Continuation<'t> {
     /// token, not even an end-of-generation one.
     fn choose(&mut self, logits: &[f32]) -> Result<Option<u32>> {
         let token = self.sampler.sample(logits, &self.history);
-        let Some(m) = self.matcher.as_mut() else {
-            return Ok(Some(token));
-        };
-        match m.accept_token(self.tokenizer, token) {
-            Ok(()) => return Ok(Some(token)),
-            Err(GrammarError::Rejected) => {}
-            Err(e) => return Err(e.into()),
+        if let Some(lazy) = self.lazy.as_mut() {
+            match lazy.see(self.tokenizer, token) {
+                Triggered::No => return Ok(Some(token)),
+                Triggered::Whole(m) => {
+                    self.lazy = None;
+                    self.matcher = Some(m);
+                    return Ok(Some(token));
+                }
+                Triggered::Refused(m) => {
+                    self.lazy = None;
+                    self.matcher = Some(m);
+                }
+            }
+        } else {
+            let Some(m) = self.matcher.as_mut() else {
+                return Ok(Some(token));
+            };
+            match m.accept_token(self.tokenizer, token) {
+                Ok(()) => return Ok(Some(token)),
+                Err(GrammarError::Rejected) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
+        let m = self.matcher.as_mut().expect("set above");
         let mut masked = std::mem::take(&mut self.masked);
         masked.clear();
         masked.extend_from_slice(logits);

@@ -28,7 +28,10 @@ pub enum ReasoningFormat {
     /// OpenAI's harmony messages (gpt-oss): `<|channel|>NAME<|message|>`
     /// ... `<|end|>`, the next one opened by `<|start|>assistant`; the
     /// `analysis` channel's text is the reasoning, every other channel's the
-    /// answer. The reply must hold the markers' text (special tokens shown).
+    /// answer but a message to a tool's (its header names a recipient,
+    /// `to=functions.NAME`: a call, for [`crate::tools`] to read), which is
+    /// neither. The reply must hold the markers' text (special tokens
+    /// shown).
     Harmony,
 }
 
@@ -82,8 +85,10 @@ enum State {
     Answer { fresh: bool },
     /// Harmony: a message's header, up to `<|message|>`.
     Header,
-    /// Harmony: a message's text, in the reasoning channel or not.
-    Body { analysis: bool },
+    /// Harmony: a message's text, in the reasoning channel or not, or a
+    /// call (a message to a tool, `to=functions.NAME` in its header),
+    /// which is neither reasoning nor answer.
+    Body { analysis: bool, call: bool },
 }
 
 /// Splits a reply, as it streams, into reasoning and answer.
@@ -189,7 +194,10 @@ impl ReasoningSplitter {
                     && !self.held.starts_with("<|")
                     && !"<|".starts_with(self.held.as_str()) =>
             {
-                self.state = State::Body { analysis: false };
+                self.state = State::Body {
+                    analysis: false,
+                    call: false,
+                };
                 true
             }
             State::Header => match self.held.find(MESSAGE) {
@@ -204,8 +212,9 @@ impl ReasoningSplitter {
                                 .next()
                                 .is_some_and(|name| name == "analysis")
                         });
+                    let call = header.contains(" to=") && !header.contains(" to=assistant");
                     self.held.drain(..at + MESSAGE.len());
-                    self.state = State::Body { analysis };
+                    self.state = State::Body { analysis, call };
                     true
                 }
                 None if end => {
@@ -214,7 +223,7 @@ impl ReasoningSplitter {
                 }
                 None => false,
             },
-            State::Body { analysis } => {
+            State::Body { analysis, call } => {
                 let found = ENDS
                     .iter()
                     .filter_map(|m| self.held.find(m).map(|at| (at, m.len())))
@@ -224,11 +233,13 @@ impl ReasoningSplitter {
                     None if end => (self.held.len(), None),
                     None => (self.held.len() - marker_prefix(&self.held, &ENDS), None),
                 };
-                let text = self.held[..cut].to_string();
-                if analysis {
-                    out.reasoning.push_str(&text);
+                let text = &self.held[..cut];
+                if call {
+                    // A tool's call: read by the tools' parser.
+                } else if analysis {
+                    out.reasoning.push_str(text);
                 } else {
-                    out.content.push_str(&text);
+                    out.content.push_str(text);
                 }
                 self.held.drain(..next.unwrap_or(cut));
                 if next.is_some() {
@@ -346,9 +357,15 @@ mod tests {
             both(Harmony, false, reply),
             s("User asks. Answer: Paris.", "Paris.")
         );
-        // With its end marker, a recipient and a constraint in the header.
+        // A call (a recipient, a constraint in the header) is neither.
         let call = "<|channel|>commentary to=functions.f <|constrain|>json<|message|>{}<|call|>";
-        assert_eq!(both(Harmony, false, call), s("", "{}"));
+        assert_eq!(both(Harmony, false, call), s("", ""));
+        let call = format!(
+            "<|channel|>analysis<|message|>Look up.<|end|><|start|>assistant to=functions.f\
+             <|channel|>commentary json<|message|>{{}}<|end|><|start|>assistant\
+             <|channel|>commentary to=assistant<|message|>Done.<|end|>"
+        );
+        assert_eq!(both(Harmony, false, &call), s("Look up.", "Done."));
         // No header at all: the answer.
         assert_eq!(
             both(Harmony, false, "Just text <| here"),

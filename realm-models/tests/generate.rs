@@ -256,3 +256,75 @@ fn prompt_lookup_changes_nothing_but_the_passes() {
         assert!(accepted > 20, "only {accepted} drafted tokens accepted");
     });
 }
+
+/// A lazy grammar lets text through until its trigger (here spread over
+/// several tokens), then holds: the token that goes on where the grammar
+/// refuses is drawn again among those it allows, and the end of text
+/// waits for the grammar's end. Before the trigger the reply may end.
+#[test]
+fn lazy_grammar_holds_from_its_trigger() {
+    with_smollm2(|_, tok| {
+        let grammar =
+            realm_models::Grammar::parse(r#"root ::= "<tool_call>" " " [0-9]+ "</tool_call>""#)
+                .unwrap();
+        let params = GenerateParams {
+            grammar: Some(std::sync::Arc::new(grammar)),
+            grammar_triggers: vec!["<tool_call>".into()],
+            sampling: SamplingParams::greedy(),
+            ..GenerateParams::default()
+        };
+        let prompt = tok.encode("Hi", true, false).unwrap();
+        let favour = |first: u32, second: Option<u32>| {
+            let mut logits = vec![0.0f32; tok.n_vocab()];
+            logits[first as usize] = 10.0;
+            if let Some(s) = second {
+                logits[s as usize] = 5.0;
+            }
+            logits
+        };
+        let one = |text: &str| {
+            let ids = tok.encode(text, false, false).unwrap();
+            assert_eq!(ids.len(), 1, "{text:?} is one token");
+            ids[0]
+        };
+        let eos = tok.eos().unwrap();
+
+        let mut c = realm_models::generate::Continuation::new(tok, &prompt, &params).unwrap();
+        let opening = tok.encode("Sure. <tool_call>", false, false).unwrap();
+        assert!(opening.len() > 3, "the trigger spans tokens");
+        let text = std::cell::RefCell::new(String::new());
+        let run = |c: &mut realm_models::generate::Continuation<'_>, logits: Vec<f32>| match c
+            .step(&logits)
+            .unwrap()
+        {
+            realm_models::generate::Step::Token { token, text: t } => {
+                text.borrow_mut().push_str(&t);
+                Some(token)
+            }
+            realm_models::generate::Step::End { .. } => None,
+        };
+        for &t in &opening {
+            assert_eq!(
+                run(&mut c, favour(t, None)),
+                Some(t),
+                "free before the trigger"
+            );
+        }
+        // " abc" is refused after the trigger; " " is the best allowed.
+        assert_eq!(
+            run(&mut c, favour(one(" abc"), Some(one(" ")))),
+            Some(one(" "))
+        );
+        // The end of text is refused until the grammar is complete.
+        assert_eq!(run(&mut c, favour(eos, Some(one("7")))), Some(one("7")));
+        assert_eq!(run(&mut c, favour(eos, Some(one("</")))), Some(one("</")));
+        assert_eq!(*text.borrow(), "Sure. <tool_call> 7</");
+
+        let mut free = realm_models::generate::Continuation::new(tok, &prompt, &params).unwrap();
+        assert_eq!(
+            run(&mut free, favour(one("Hello"), None)),
+            Some(one("Hello"))
+        );
+        assert_eq!(run(&mut free, favour(eos, None)), None);
+    });
+}

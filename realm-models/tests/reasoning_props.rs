@@ -22,6 +22,8 @@ const FRAGMENTS: &[&str] = &[
     "assistant",
     "<|return|>",
     "<|call|>",
+    " to=functions.f",
+    " to=assistant",
     "<|",
     "|>",
     "<",

@@ -47,6 +47,7 @@ fn native_with_kv(path: &std::path::Path, req: &GenerateRequest, kv: KvDtype) ->
             .grammar
             .as_ref()
             .map(|g| Arc::new(realm_models::Grammar::parse(g).unwrap())),
+        grammar_triggers: Vec::new(),
         lookup: None,
         context_shift: req
             .context_shift

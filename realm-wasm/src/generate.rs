@@ -169,6 +169,7 @@ pub fn generate<H: Host>(
             sampling: params.sampling.clone(),
             stop_at_context_end: true,
             grammar,
+            grammar_triggers: Vec::new(),
             lookup: None,
             context_shift: None,
         },

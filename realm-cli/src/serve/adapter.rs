@@ -9,14 +9,14 @@ use std::sync::Arc;
 use axum::response::sse::{self, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use realm_models::reasoning::{ReasoningFormat, ReasoningSplitter, ReplyParts};
-use realm_models::tools::{streamed_response, Tools};
+use realm_models::tools::Tools;
 use realm_models::StopReason;
 use serde_json::{Map, Value};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::engine::{Event, Input};
 use super::http::{number, reasoning, stopped, submit, App};
-use super::openai::{ApiError, ChatRequest};
+use super::openai::{ApiError, ChatRequest, Limits};
 use super::tools::{self, Outcome};
 
 /// Copies the fields `(from, to)` of `from` that are set into `to` under
@@ -56,6 +56,8 @@ pub struct Run {
 pub struct Finished {
     /// The reply, or where its reasoning was told apart its answer.
     pub text: String,
+    /// The reply as generated (markers and reasoning included).
+    pub raw: String,
     /// Its reasoning, where that was told apart.
     pub reasoning: String,
     pub reason: StopReason,
@@ -68,7 +70,7 @@ impl Finished {
     /// The reply read under the request's tools (its text without them).
     pub fn outcome(&self, tools: Option<&Tools>) -> Outcome {
         match tools {
-            Some(t) => tools::outcome(t, &self.text),
+            Some(t) => tools::outcome(t, &self.text, &self.raw),
             None => Outcome::Content(self.text.clone()),
         }
     }
@@ -77,16 +79,19 @@ impl Finished {
 impl Run {
     /// Queues `req` (one answer) and waits until it starts or fails.
     pub async fn start(app: &App, req: &ChatRequest) -> Result<Self, ApiError> {
-        let (turns, tool_mode) = tools::prepare(req)?;
+        let (turns, tool_mode) = app.prepare(req)?;
         let reasoning = reasoning(app, req, &turns)?;
         if req.options.n.is_some_and(|n| n != 1) {
             return Err(ApiError::invalid(Some("n"), "this API answers once"));
         }
         let (n, seed) = number(app);
         let limits = match &tool_mode {
-            Some((_, grammar)) => req
-                .options
-                .limits_with(seed, false, Some(grammar.clone()))?,
+            Some((tools, grammar)) => Limits {
+                grammar_triggers: tools.triggers(),
+                ..req
+                    .options
+                    .limits_with(seed, false, Some(grammar.clone()))?
+            },
             None => req.options.limits(seed, false)?,
         };
         let mut rx = submit(app, vec![(Input::Chat(turns), limits)])?;
@@ -155,11 +160,12 @@ impl Run {
                         }
                         None => ReplyParts {
                             reasoning: String::new(),
-                            content: text,
+                            content: text.clone(),
                         },
                     };
                     return Ok(Finished {
                         text: parts.content,
+                        raw: text,
                         reasoning: parts.reasoning,
                         reason,
                         completion_tokens,
@@ -182,6 +188,8 @@ pub struct Live {
     tools: Option<Arc<Tools>>,
     split: Option<ReasoningSplitter>,
     text: String,
+    /// The reply as generated.
+    raw: String,
     sent: usize,
 }
 
@@ -191,6 +199,7 @@ impl Live {
             tools,
             split: reasoning.map(|(f, thinking)| ReasoningSplitter::new(f, thinking)),
             text: String::new(),
+            raw: String::new(),
             sent: 0,
         }
     }
@@ -198,6 +207,7 @@ impl Live {
     /// Adds a piece of the reply; returns the reasoning and the content it
     /// adds, to stream now (empty where there is none yet).
     pub fn push(&mut self, piece: &str) -> ReplyParts {
+        self.raw.push_str(piece);
         match &mut self.split {
             Some(s) => {
                 let parts = s.push(piece);
@@ -221,7 +231,7 @@ impl Live {
             self.sent = self.text.len();
             return piece.to_string();
         }
-        match streamed_response(&self.text) {
+        match self.tools.as_ref().and_then(|t| t.streamable(&self.text)) {
             Some(c) if c.len() > self.sent => {
                 let new = c[self.sent..].to_string();
                 self.sent = c.len();
@@ -257,6 +267,7 @@ impl Live {
         });
         let done = Finished {
             text: std::mem::take(&mut self.text),
+            raw: std::mem::take(&mut self.raw),
             reasoning: String::new(),
             reason,
             completion_tokens,

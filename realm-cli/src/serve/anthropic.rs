@@ -30,7 +30,7 @@ use super::body::Body;
 use super::engine::Event;
 use super::http::{stopped, App};
 use super::openai::{ApiError, ChatRequest};
-use super::tools::{self, Outcome};
+use super::tools::Outcome;
 
 /// Anthropic's error body for `e`, with its status.
 fn error(e: ApiError) -> Response {
@@ -184,7 +184,7 @@ fn chat_request(body: &Value) -> Result<ChatRequest, ApiError> {
 /// the prompt the request would run (its tools' instructions included).
 pub async fn count_tokens(State(app): State<Arc<App>>, Body(body): Body<Value>) -> Response {
     let counted = chat_request(&body).and_then(|req| {
-        let (turns, _) = tools::prepare(&req)?;
+        let (turns, _) = app.prepare(&req)?;
         let text = super::prompt::render(&app.props.template, &turns)?;
         crate::chat::encode_rendered(&app.tokenizer, &text).map_err(|e| invalid(e.to_string()))
     });
@@ -232,15 +232,15 @@ impl Reply {
     /// The content blocks of a finished reply and its stop reason.
     fn blocks(&self, done: &Finished, tools: Option<&Tools>) -> (Vec<Value>, &'static str) {
         match done.outcome(tools) {
-            Outcome::Calls(calls) => {
+            Outcome::Calls(calls, content) => {
                 let stem = self.id.strip_prefix("msg_").unwrap_or(&self.id);
-                let blocks = calls
-                    .iter()
-                    .enumerate()
-                    .map(|(k, c)| {
+                let text = (!content.is_empty()).then(|| json!({"type": "text", "text": content}));
+                let blocks = text
+                    .into_iter()
+                    .chain(calls.iter().enumerate().map(|(k, c)| {
                         json!({"type": "tool_use", "id": format!("toolu_{stem}_{k}"),
                                "name": c.name, "input": c.arguments})
-                    })
+                    }))
                     .collect();
                 (blocks, "tool_use")
             }

@@ -57,11 +57,13 @@ pub enum Input {
     Embed(Prompt),
 }
 
-/// A chat request's conversation: (role, text) turns, and more variables
-/// for the chat template (`chat_template_kwargs`, `reasoning_effort`).
+/// A chat request's conversation: its messages as the chat template reads
+/// them (`{"role", "content"}`, and in a template's own tool format
+/// `tool_calls` and more), and more variables for the template
+/// (`chat_template_kwargs`, `reasoning_effort`, `tools`).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Conversation {
-    pub turns: Vec<(String, String)>,
+    pub messages: Vec<serde_json::Value>,
     pub vars: serde_json::Map<String, serde_json::Value>,
 }
 
@@ -543,6 +545,7 @@ impl<'m, B: Backend> Engine<'m, '_, B> {
             sampling: job.limits.sampling.clone(),
             stop_at_context_end: true,
             grammar: job.limits.grammar.clone(),
+            grammar_triggers: job.limits.grammar_triggers.clone(),
             lookup: None,
             context_shift: None,
         };

@@ -21,7 +21,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use realm_core::tokenizer::Tokenizer;
 use realm_models::reasoning::{ReasoningFormat, ReasoningSplitter, ReplyParts};
-use realm_models::tools::{streamed_response, Tools};
+use realm_models::tools::Tools;
 use realm_models::StopReason;
 
 use super::body::Body;
@@ -65,6 +65,18 @@ pub struct App {
     /// How chat replies' reasoning is told from their answers, unless a
     /// request says otherwise (`None`: it is not).
     pub reasoning: Option<ReasoningFormat>,
+}
+
+impl App {
+    /// A chat request's messages and tools for the model's chat template
+    /// ([`tools::prepare`]).
+    pub(super) fn prepare(
+        &self,
+        req: &ChatRequest,
+    ) -> Result<(Conversation, Option<ToolMode>), ApiError> {
+        let source = self.props.template.as_ref().ok().map(|t| t.source());
+        tools::prepare(req, source)
+    }
 }
 
 /// The CORS policy for `origins` (`*`: any), or none.
@@ -197,7 +209,7 @@ async fn models(State(app): State<Arc<App>>) -> Json<Value> {
 }
 
 async fn chat(State(app): State<Arc<App>>, Body(req): Body<ChatRequest>) -> Response {
-    let asked = tools::prepare(&req).and_then(|(turns, tools)| {
+    let asked = app.prepare(&req).and_then(|(turns, tools)| {
         let reasoning = reasoning(&app, &req, &turns)?;
         Ok((turns, req.options.chat_logprobs()?, tools, reasoning))
     });
@@ -313,6 +325,8 @@ struct Reply {
 struct Choice {
     /// The reply, or with a reasoning format its answer.
     text: String,
+    /// With a reasoning format, the reply as generated (see [`Choice::raw`]).
+    raw: String,
     /// With a reasoning format: the reasoning, and what tells it apart.
     reasoning: String,
     split: Option<ReasoningSplitter>,
@@ -357,6 +371,14 @@ impl Choice {
         }
     }
 
+    /// The reply as generated, markers and reasoning included.
+    fn raw(&self) -> &str {
+        match self.split {
+            Some(_) => &self.raw,
+            None => &self.text,
+        }
+    }
+
     /// Adds a piece of the reply (`None`: the reply has ended) to the
     /// answer and the reasoning; returns the reasoning it added. Without a
     /// reasoning format the piece goes to the answer as it is, uncopied.
@@ -365,6 +387,7 @@ impl Choice {
             self.text.push_str(text.unwrap_or_default());
             return String::new();
         }
+        self.raw.push_str(text.unwrap_or_default());
         let parts = self.parts(text);
         self.text.push_str(&parts.content);
         self.reasoning.push_str(&parts.reasoning);
@@ -445,9 +468,16 @@ impl Reply {
                         if !c.reasoning.is_empty() {
                             message["reasoning_content"] = json!(c.reasoning);
                         }
-                        match self.tools.as_ref().map(|t| tools::outcome(t, &c.text)) {
-                            Some(Outcome::Calls(calls)) => {
-                                message["content"] = Value::Null;
+                        match self
+                            .tools
+                            .as_ref()
+                            .map(|t| tools::outcome(t, &c.text, c.raw()))
+                        {
+                            Some(Outcome::Calls(calls, content)) => {
+                                message["content"] = match content.is_empty() {
+                                    true => Value::Null,
+                                    false => json!(content),
+                                };
                                 message["tool_calls"] =
                                     tools::calls_json(&calls, &self.call_id(index), false);
                                 reason = Some("tool_calls");
@@ -543,7 +573,10 @@ async fn answer(
     let (n, seed) = number(app);
     let asked = options.choices().and_then(|per_prompt| {
         let limits = match &extra.tools {
-            Some((_, grammar)) => options.limits_with(seed, extra.echo, Some(grammar.clone()))?,
+            Some((tools, grammar)) => Limits {
+                grammar_triggers: tools.triggers(),
+                ..options.limits_with(seed, extra.echo, Some(grammar.clone()))?
+            },
             None => options.limits(seed, extra.echo)?,
         };
         Ok((per_prompt, limits))
@@ -755,7 +788,8 @@ impl Streaming {
                         .push_back(data(&reply.parts_chunk(i, &reasoning, Value::Null)));
                 }
                 c.held.extend(logprobs);
-                if let Some(content) = streamed_response(&c.text) {
+                let tools = reply.tools.as_ref().expect("matched with tools");
+                if let Some(content) = tools.streamable(&c.text) {
                     if content.len() > c.sent {
                         let logprobs = reply.logprobs(&std::mem::take(&mut c.held), &mut 0);
                         let chunk = reply.chunk(i, Some(&content[c.sent..]), None, logprobs);
@@ -808,8 +842,14 @@ impl Streaming {
                     let c = &mut self.choices[i];
                     let held = std::mem::take(&mut c.held);
                     let logprobs = reply.logprobs(&held, &mut 0);
-                    match tools::outcome(tools, &c.text) {
-                        Outcome::Calls(calls) => {
+                    match tools::outcome(tools, &c.text, c.raw()) {
+                        Outcome::Calls(calls, content) => {
+                            // Content beside the calls that has not gone out.
+                            let rest = content.get(c.sent..).unwrap_or("");
+                            if !rest.is_empty() {
+                                let chunk = reply.chunk(i, Some(rest), None, Value::Null);
+                                self.out.push_back(data(&chunk));
+                            }
                             let mut chunk = reply.chunk(i, None, None, logprobs);
                             chunk["choices"][0]["delta"] = json!({
                                 "tool_calls": tools::calls_json(&calls, &reply.call_id(i), true)

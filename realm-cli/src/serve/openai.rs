@@ -176,6 +176,9 @@ pub struct Limits {
     pub echo: bool,
     /// Generate only text this grammar allows.
     pub grammar: Option<Arc<Grammar>>,
+    /// Hold to the grammar only from one of these texts on (a lazy
+    /// grammar: a native tool format's calls).
+    pub grammar_triggers: Vec<String>,
     /// With `--context-shift`: the prompt's tokens after BOS that a shift
     /// keeps (negative: all).
     pub n_keep: i64,
@@ -321,6 +324,7 @@ impl Options {
             logprobs: None,
             echo,
             grammar,
+            grammar_triggers: Vec::new(),
             n_keep: self.n_keep.unwrap_or(0),
             post_sampling: false,
             lora,
@@ -568,7 +572,7 @@ impl ChatRequest {
     }
 
     /// Each message with its content as text.
-    fn texts(&self) -> Result<Vec<(&Message, String)>, ApiError> {
+    pub(super) fn texts(&self) -> Result<Vec<(&Message, String)>, ApiError> {
         if self.messages.is_empty() {
             return Err(ApiError::invalid(
                 Some("messages"),

@@ -1,7 +1,7 @@
 //! A request's prompt: a conversation through the model's chat template,
 //! or a text completion's text or token ids; checked against the context.
 
-use realm_core::chat::{ChatMessage, ChatTemplate};
+use realm_core::chat::ChatTemplate;
 
 use super::engine::{Conversation, Input};
 use super::openai::{ApiError, Prompt};
@@ -17,7 +17,7 @@ pub struct PromptText {
     pub parse_special: bool,
 }
 
-/// A conversation's (role, text) turns through `template` with its
+/// A conversation's messages through `template` with its
 /// variables, the assistant's turn opened: what a chat request runs.
 pub fn render(
     template: &Result<ChatTemplate, String>,
@@ -29,12 +29,7 @@ pub fn render(
             format!("the model has no usable chat template: {e}"),
         )
     })?;
-    let messages: Vec<ChatMessage> = chat
-        .turns
-        .iter()
-        .map(|(role, text)| ChatMessage::new(role.as_str(), text.as_str()))
-        .collect();
-    tpl.render_with(&messages, true, &chat.vars)
+    tpl.render_messages(&chat.messages, true, &chat.vars)
         .map_err(|e| ApiError::invalid(Some("messages"), e.to_string()))
 }
 

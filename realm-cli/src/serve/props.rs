@@ -14,7 +14,6 @@ use serde_json::{json, Value};
 use super::body::Body;
 use super::http::{error, App};
 use super::openai::ChatRequest;
-use super::tools;
 
 /// What `/props` reports, fixed when the server starts.
 #[derive(Debug, Clone)]
@@ -86,7 +85,8 @@ pub fn params(d: &SamplingParams, n_predict: i64) -> Value {
 /// chat completion would put them) rendered by the chat template, with the
 /// assistant's turn opened: `{"prompt": "..."}`.
 pub async fn apply_template(State(app): State<Arc<App>>, Body(req): Body<ChatRequest>) -> Response {
-    let rendered = tools::prepare(&req)
+    let rendered = app
+        .prepare(&req)
         .and_then(|(turns, _)| super::prompt::render(&app.props.template, &turns));
     match rendered {
         Ok(prompt) => Json(json!({ "prompt": prompt })).into_response(),

@@ -238,15 +238,16 @@ impl Reply {
     /// The output items of a finished reply.
     fn output(&self, done: &Finished, tools: Option<&Tools>) -> Vec<Value> {
         match done.outcome(tools) {
-            Outcome::Calls(calls) => calls
-                .iter()
-                .enumerate()
-                .map(|(k, c)| {
-                    json!({"type": "function_call", "id": format!("fc_{}_{k}", self.stem()),
-                           "call_id": format!("call_{}_{k}", self.stem()), "name": c.name,
-                           "arguments": c.arguments.to_string(), "status": "completed"})
-                })
-                .collect(),
+            Outcome::Calls(calls, content) => {
+                let text = (!content.is_empty()).then(|| self.message(&content, "completed"));
+                text.into_iter()
+                    .chain(calls.iter().enumerate().map(|(k, c)| {
+                        json!({"type": "function_call", "id": format!("fc_{}_{k}", self.stem()),
+                               "call_id": format!("call_{}_{k}", self.stem()), "name": c.name,
+                               "arguments": c.arguments.to_string(), "status": "completed"})
+                    }))
+                    .collect()
+            }
             Outcome::Content(text) => vec![self.message(&text, "completed")],
         }
     }

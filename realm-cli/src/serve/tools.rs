@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use realm_models::tools::{
-    calls_text, result_text, streamed_response, ToolCall, ToolError, ToolReply, Tools,
+    calls_text, result_text, streamed_response, ToolCall, ToolError, ToolFormat, ToolReply, Tools,
 };
 use realm_models::Grammar;
 use serde_json::{json, Value};
@@ -21,10 +21,11 @@ use super::openai::{ApiError, ChatRequest, Message};
 /// A request's tools and the grammar that holds replies to them.
 pub type ToolMode = (Arc<Tools>, Arc<Grammar>);
 
-/// The tools a chat request asks the model to use, if any: a
-/// `response_format` schema shapes its direct answers; a GBNF `grammar`
-/// cannot be combined with them.
-pub fn requested(req: &ChatRequest) -> Result<Option<ToolMode>, ApiError> {
+/// The tools a chat request asks the model to use, if any, in the format
+/// of `template` (the chat template's source) unless a `response_format`
+/// schema shapes the direct answers (only the generic format has them); a
+/// GBNF `grammar` cannot be combined with them.
+pub fn requested(req: &ChatRequest, template: Option<&str>) -> Result<Option<ToolMode>, ApiError> {
     let tools = Tools::from_openai(
         &req.tools,
         req.tool_choice.as_ref(),
@@ -47,26 +48,121 @@ pub fn requested(req: &ChatRequest) -> Result<Option<ToolMode>, ApiError> {
         ));
     }
     let schema = req.options.response_schema()?;
+    let tools = match (template, &schema) {
+        (Some(src), None) => tools.for_template(src),
+        _ => tools,
+    };
     let grammar = tools
         .grammar(schema.as_ref())
         .map_err(|e| ApiError::invalid(Some("response_format"), e.to_string()))?;
     Ok(Some((Arc::new(tools), Arc::new(grammar))))
 }
 
+/// A chat request's messages for `template` (its source) with its
+/// template variables, and its tools, checked. A template that writes
+/// tool calls in a format of its own is given OpenAI's messages (calls
+/// and results structured, [`native_messages`]) and the request's
+/// `tools`; any other, (role, text) turns ([`conversation`]).
+pub fn prepare(
+    req: &ChatRequest,
+    template: Option<&str>,
+) -> Result<(Conversation, Option<ToolMode>), ApiError> {
+    let tools = requested(req, template)?;
+    let format = match &tools {
+        Some((t, _)) => t.format(),
+        None => template.map_or(ToolFormat::Generic, ToolFormat::of_template),
+    };
+    let mut vars = req.template_vars()?;
+    let messages = if format == ToolFormat::Generic {
+        req.conversation(tools.as_ref().map(|(t, _)| &**t))?
+            .into_iter()
+            .map(|(role, content)| json!({"role": role, "content": content}))
+            .collect()
+    } else {
+        if tools.is_some() {
+            vars.insert("tools".into(), req.tools.clone());
+        }
+        native_messages(req.texts()?, format)?
+    };
+    Ok((Conversation { messages, vars }, tools))
+}
+
+/// OpenAI's messages as templates that know tools read them: text
+/// content; an assistant's `tool_calls` as `[{"id", "type": "function",
+/// "function": {"name", "arguments"}}]` with the arguments an object
+/// (templates write them with `tojson`); `tool` messages with their
+/// `tool_call_id` and the called tool's `name`; `developer` read as
+/// `system` except by harmony, whose templates know it.
+pub fn native_messages(
+    messages: Vec<(&Message, String)>,
+    format: ToolFormat,
+) -> Result<Vec<Value>, ApiError> {
+    let mut names: HashMap<String, String> = HashMap::new();
+    let mut out = Vec::with_capacity(messages.len());
+    for (m, text) in messages {
+        let role = match m.role.as_str() {
+            "developer" if format != ToolFormat::Harmony => "system",
+            r => r,
+        };
+        let mut v = json!({"role": role, "content": text});
+        if let Some(calls) = m.tool_calls.as_ref().filter(|c| !c.is_null()) {
+            if m.role != "assistant" {
+                return Err(ApiError::invalid(
+                    Some("messages"),
+                    "only assistant messages hold tool_calls",
+                ));
+            }
+            let ids: Vec<Option<&str>> = calls
+                .as_array()
+                .map(|cs| {
+                    cs.iter()
+                        .map(|c| c.get("id").and_then(Value::as_str))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let calls = earlier_calls(calls, &mut names)?;
+            if !calls.is_empty() {
+                let list: Vec<Value> = calls
+                    .iter()
+                    .zip(ids.iter().chain(std::iter::repeat(&None)))
+                    .map(|(c, id)| {
+                        let mut call = json!({"type": "function",
+                            "function": {"name": c.name, "arguments": c.arguments}});
+                        if let Some(id) = id {
+                            call["id"] = json!(id);
+                        }
+                        call
+                    })
+                    .collect();
+                v["tool_calls"] = json!(list);
+            }
+        }
+        if m.role == "tool" {
+            if let Some(id) = &m.tool_call_id {
+                v["tool_call_id"] = json!(id);
+            }
+            let name = m
+                .tool_call_id
+                .as_ref()
+                .and_then(|id| names.get(id))
+                .or(m.name.as_ref());
+            if let Some(n) = name {
+                v["name"] = json!(n);
+            }
+        }
+        out.push(v);
+    }
+    if out.is_empty() {
+        return Err(ApiError::invalid(
+            Some("messages"),
+            "messages must hold at least one message",
+        ));
+    }
+    Ok(out)
+}
+
 /// A conversation as (role, text) turns.
 pub type Turns = Vec<(String, String)>;
-
-/// A chat request's turns (see [`conversation`]) with its template
-/// variables, and its tools, checked.
-pub fn prepare(req: &ChatRequest) -> Result<(Conversation, Option<ToolMode>), ApiError> {
-    let tools = requested(req)?;
-    let turns = req.conversation(tools.as_ref().map(|(t, _)| &**t))?;
-    let chat = Conversation {
-        turns,
-        vars: req.template_vars()?,
-    };
-    Ok((chat, tools))
-}
 
 /// The conversation as (role, text) turns: an assistant's `tool_calls`
 /// written after its content as the model writes calls; `tool` messages as
@@ -178,23 +274,47 @@ fn earlier_calls(
 /// What a generated reply says.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
-    /// Tool calls.
-    Calls(Vec<ToolCall>),
+    /// Tool calls, and the content written beside them (a native format's
+    /// text before a call; empty in the generic format).
+    Calls(Vec<ToolCall>, String),
     /// Content: a string response, a response of the schema as indented
     /// JSON, or, for a reply cut short, the response so far (or the raw
-    /// text, when it is not a string response).
+    /// text, when it is not a string response); in a native format, the
+    /// answer as it is.
     Content(String),
 }
 
-/// Reads a reply generated under `tools`' grammar.
-pub fn outcome(tools: &Tools, text: &str) -> Outcome {
-    match tools.parse(text) {
-        Ok(ToolReply::Calls(calls)) => Outcome::Calls(calls),
+/// Reads a reply generated under `tools`: `content` is the answer (the
+/// reply with any reasoning told apart), `raw` the reply as generated
+/// (harmony's calls are messages of their own, outside the answer).
+pub fn outcome(tools: &Tools, content: &str, raw: &str) -> Outcome {
+    let native = match tools.format() {
+        ToolFormat::Generic => None,
+        ToolFormat::Hermes => Some(content),
+        ToolFormat::Harmony => Some(raw),
+    };
+    if let Some(text) = native {
+        // (Hermes' content trimmed, as `Tools::streamable` streams it.)
+        let reply = tools.parse_native(text);
+        let beside = match tools.format() {
+            ToolFormat::Harmony => content.to_string(),
+            _ if reply.calls.is_empty() => content.trim().to_string(),
+            _ => reply.content,
+        };
+        return match reply.calls.is_empty() {
+            true => Outcome::Content(beside),
+            false => Outcome::Calls(reply.calls, beside),
+        };
+    }
+    match tools.parse(content) {
+        Ok(ToolReply::Calls(calls)) => Outcome::Calls(calls, String::new()),
         Ok(ToolReply::Response(Value::String(s))) => Outcome::Content(s),
         Ok(ToolReply::Response(v)) => {
             Outcome::Content(serde_json::to_string_pretty(&v).unwrap_or_default())
         }
-        Err(_) => Outcome::Content(streamed_response(text).unwrap_or_else(|| text.to_string())),
+        Err(_) => {
+            Outcome::Content(streamed_response(content).unwrap_or_else(|| content.to_string()))
+        }
     }
 }
 
@@ -250,7 +370,7 @@ mod tests {
             ],
             "tools": weather(),
         }));
-        let (tools, _) = requested(&r).unwrap().unwrap();
+        let (tools, _) = requested(&r, None).unwrap().unwrap();
         let turns = r.conversation(Some(&tools)).unwrap();
         let roles: Vec<&str> = turns.iter().map(|(r, _)| r.as_str()).collect();
         assert_eq!(roles, ["system", "user", "assistant", "user"]);
@@ -290,7 +410,7 @@ mod tests {
                 "tool_choice",
             ),
         ] {
-            let e = requested(&request(body)).unwrap_err();
+            let e = requested(&request(body), None).unwrap_err();
             assert_eq!(e.param, Some(param), "{}", e.message);
         }
         let user_calls = request(json!({"messages": [
@@ -315,7 +435,7 @@ mod tests {
             body.as_object_mut()
                 .unwrap()
                 .extend(extra.as_object().unwrap().clone());
-            assert!(requested(&request(body)).unwrap().is_none());
+            assert!(requested(&request(body), None).unwrap().is_none());
         }
     }
 
@@ -323,7 +443,7 @@ mod tests {
     fn replies_become_calls_or_content() {
         let tools = Tools::from_openai(&weather(), None, None).unwrap().unwrap();
         let call = r#"{"tool_call": {"name": "get_weather", "arguments": {"city": "Oslo"}}}"#;
-        let Outcome::Calls(calls) = outcome(&tools, call) else {
+        let Outcome::Calls(calls, _) = outcome(&tools, call, call) else {
             panic!("not a call")
         };
         assert_eq!(
@@ -332,20 +452,20 @@ mod tests {
                     "function": {"name": "get_weather", "arguments": "{\"city\":\"Oslo\"}"}}])
         );
         assert_eq!(
-            outcome(&tools, r#"{"response": "Hi."}"#),
+            outcome(&tools, r#"{"response": "Hi."}"#, ""),
             Outcome::Content("Hi.".into())
         );
         assert_eq!(
-            outcome(&tools, r#"{"response": {"a": 1}}"#),
+            outcome(&tools, r#"{"response": {"a": 1}}"#, ""),
             Outcome::Content("{\n  \"a\": 1\n}".into())
         );
         // Cut short: the response so far, or the text.
         assert_eq!(
-            outcome(&tools, r#"{"response": "Hel"#),
+            outcome(&tools, r#"{"response": "Hel"#, ""),
             Outcome::Content("Hel".into())
         );
         assert_eq!(
-            outcome(&tools, r#"{"tool_call": {"na"#),
+            outcome(&tools, r#"{"tool_call": {"na"#, ""),
             Outcome::Content(r#"{"tool_call": {"na"#.into())
         );
     }

@@ -119,6 +119,43 @@ pub(super) fn convert(schema: &Value) -> Result<super::Grammar, GrammarError> {
     super::Grammar::parse(&out)
 }
 
+/// A grammar whose `root` rule is the GBNF expression `root`, in which
+/// each name of `values` is a rule matching the JSON documents of its
+/// schema (a name GBNF accepts, not `root` nor a built-in's such as
+/// `string`). Tool calls framed by a model's markers are written so.
+pub(crate) fn convert_framed(
+    root: &str,
+    values: &[(String, &Value)],
+) -> Result<super::Grammar, GrammarError> {
+    let Some((_, first)) = values.first() else {
+        return super::Grammar::parse(&format!("root ::= {root}\n"));
+    };
+    let mut c = Converter {
+        doc: first,
+        rules: BTreeMap::new(),
+        resolving: HashSet::new(),
+    };
+    c.rules.insert("space".into(), SPACE.into());
+    for (name, schema) in values {
+        c.doc = schema;
+        let rule = c.visit(schema, name, "#")?;
+        if rule != *name {
+            c.rules.insert(name.clone(), rule);
+        }
+    }
+    c.rules.insert("root".into(), root.to_string());
+    let mut out = String::new();
+    for (name, body) in &c.rules {
+        out.push_str(&format!("{name} ::= {body}\n"));
+    }
+    super::Grammar::parse(&out)
+}
+
+/// A GBNF literal matching exactly `text`.
+pub(crate) fn gbnf_literal(text: &str) -> String {
+    literal(text)
+}
+
 struct Converter<'a> {
     doc: &'a Value,
     rules: BTreeMap<String, String>,

@@ -26,6 +26,7 @@ mod parse;
 mod regex;
 
 pub use json_schema::schema_to_gbnf;
+pub(crate) use json_schema::{convert_framed, gbnf_literal};
 pub use matcher::Matcher;
 
 /// What is wrong with a grammar or a JSON schema.

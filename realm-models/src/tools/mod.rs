@@ -34,6 +34,10 @@ use serde_json::{json, Map, Value};
 
 use crate::grammar::{Grammar, GrammarError};
 
+mod native;
+
+pub use native::{NativeReply, ToolFormat};
+
 /// What is wrong with tools, a tool choice, or a model's reply.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -159,6 +163,11 @@ pub struct Tools {
     tools: Vec<Tool>,
     choice: ToolChoice,
     parallel: bool,
+    /// How calls are written ([`Tools::for_template`]).
+    format: ToolFormat,
+    /// Whether the template writes think blocks (a required call may
+    /// follow one).
+    thinks: bool,
 }
 
 impl Tools {
@@ -186,6 +195,8 @@ impl Tools {
             tools,
             choice,
             parallel,
+            format: ToolFormat::Generic,
+            thinks: false,
         })
     }
 
@@ -340,9 +351,14 @@ impl Tools {
         }]})
     }
 
-    /// The grammar of [`Tools::schema`].
+    /// The grammar of [`Tools::schema`]; in a native format
+    /// ([`Tools::for_template`]), of the calls as the model writes them
+    /// (`response` is the generic format's alone).
     pub fn grammar(&self, response: Option<&Value>) -> Result<Grammar, GrammarError> {
-        Grammar::from_json_schema(&self.schema(response))
+        match self.format {
+            ToolFormat::Generic => Grammar::from_json_schema(&self.schema(response)),
+            _ => self.native_grammar(),
+        }
     }
 
     /// Reads a reply: calls (of tools that exist) or a response.

@@ -1,0 +1,423 @@
+//! Tool calls in a model's own format: the chat template is given the
+//! tools (and earlier calls, as OpenAI's messages hold them) and writes
+//! them as the model was trained to read them; the model's calls are read
+//! back from the markers it was trained to write.
+//!
+//! Two formats are known, told from the template's text as llama.cpp
+//! tells them:
+//!
+//! - [`ToolFormat::Hermes`]: `<tool_call>\n{"name": ..., "arguments":
+//!   {...}}\n</tool_call>` blocks (Hermes 2 Pro and 3, Qwen 2.5, QwQ,
+//!   Qwen 3), which may follow some text and a `<think>` block.
+//! - [`ToolFormat::Harmony`]: gpt-oss's messages to a function,
+//!   `<|channel|>commentary to=functions.NAME <|constrain|>json<|message|>`
+//!   and the arguments, ended by `<|call|>` (or the recipient before the
+//!   channel: `<|start|>assistant to=functions.NAME<|channel|>...`).
+//!
+//! Under the choice `auto` the grammar of the calls is lazy: the model
+//! writes freely until it opens a call, and from there on only calls of
+//! the tools it was given, with arguments their schemas allow. Under
+//! `required` (or a named function) the grammar holds from the first
+//! token, allowing the reasoning these models write first.
+//!
+//! ```
+//! use realm_models::tools::{ToolFormat, Tools};
+//! let template = "{% for t in tools %}{{ t | tojson }}{% endfor %} <tool_call>";
+//! assert_eq!(ToolFormat::of_template(template), ToolFormat::Hermes);
+//! let tools = serde_json::json!([{"type": "function", "function": {"name": "now"}}]);
+//! let tools = Tools::from_openai(&tools, None, None)?.unwrap().for_template(template);
+//! assert_eq!(tools.triggers(), ["<tool_call>"]);
+//! let reply = tools.parse_native("Let me look.\n<tool_call>\n{\"name\": \"now\", \"arguments\": {}}\n</tool_call>");
+//! assert_eq!(reply.content, "Let me look.");
+//! assert_eq!(reply.calls[0].name, "now");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use serde_json::Value;
+
+use super::{ToolCall, ToolChoice, Tools};
+use crate::grammar::{convert_framed, gbnf_literal, Grammar, GrammarError};
+
+/// How a model writes tool calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ToolFormat {
+    /// Realm's JSON replies, for any model (see [`crate::tools`]).
+    #[default]
+    Generic,
+    /// `<tool_call>` blocks of JSON (Hermes, Qwen 2.5, QwQ, Qwen 3).
+    Hermes,
+    /// gpt-oss's messages to `functions.NAME`.
+    Harmony,
+}
+
+const HERMES_OPEN: &str = "<tool_call>";
+const HERMES_CLOSE: &str = "</tool_call>";
+const HARMONY_TO: &str = " to=functions.";
+const MESSAGE: &str = "<|message|>";
+/// The markers that end a harmony message.
+const HARMONY_ENDS: [&str; 3] = ["<|end|>", "<|return|>", "<|call|>"];
+
+impl ToolFormat {
+    /// The format a chat template writes calls in: harmony where it
+    /// writes `<|channel|>` and recipients, Hermes where it writes
+    /// `<tool_call>` around JSON (not Qwen 3 Coder's, MiniMax's or GLM's
+    /// XML inside those tags), else the generic format.
+    pub fn of_template(source: &str) -> Self {
+        if source.contains("<|channel|>") && source.contains(" to=") {
+            Self::Harmony
+        } else if source.contains(HERMES_OPEN)
+            && !["<function=", "<invoke", "<arg_key>"]
+                .iter()
+                .any(|m| source.contains(m))
+        {
+            Self::Hermes
+        } else {
+            Self::Generic
+        }
+    }
+}
+
+/// A reply in a native format, read.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NativeReply {
+    /// The text around the calls (trimmed), including any call that did
+    /// not parse, as the model wrote it.
+    pub content: String,
+    /// The calls, in order.
+    pub calls: Vec<ToolCall>,
+}
+
+impl Tools {
+    /// These tools in the format `template` (a chat template's source)
+    /// writes calls in; a template that writes `<think>` lets a required
+    /// call follow a think block.
+    pub fn for_template(mut self, template: &str) -> Self {
+        self.format = ToolFormat::of_template(template);
+        self.thinks = template.contains("<think>");
+        self
+    }
+
+    /// The format calls are written in.
+    pub fn format(&self) -> ToolFormat {
+        self.format
+    }
+
+    /// The texts that start a call, for a lazy grammar
+    /// ([`crate::GenerateParams::grammar_triggers`]): none in the generic
+    /// format or where a call is required (the grammar holds throughout).
+    pub fn triggers(&self) -> Vec<String> {
+        if self.choice != ToolChoice::Auto {
+            return Vec::new();
+        }
+        match self.format {
+            ToolFormat::Generic => Vec::new(),
+            ToolFormat::Hermes => vec![HERMES_OPEN.to_string()],
+            ToolFormat::Harmony => vec![HARMONY_TO.to_string()],
+        }
+    }
+
+    /// The grammar of calls in a native format: from a trigger on (see
+    /// [`Tools::triggers`]), or of the whole reply when a call is required.
+    pub(super) fn native_grammar(&self) -> Result<Grammar, GrammarError> {
+        let lazy = self.choice == ToolChoice::Auto;
+        match self.format {
+            ToolFormat::Generic | ToolFormat::Hermes => {
+                let calls: Vec<Value> = self.callable().map(super::Tool::call_schema).collect();
+                let call = match <[Value; 1]>::try_from(calls) {
+                    Ok([c]) => c,
+                    Err(calls) => serde_json::json!({"anyOf": calls}),
+                };
+                let block = format!(
+                    "{} call {}",
+                    gbnf_literal(&format!("{HERMES_OPEN}\n")),
+                    gbnf_literal(&format!("\n{HERMES_CLOSE}"))
+                );
+                let calls = match self.parallel {
+                    true => format!("{block} ([ \\t\\n]* {block})*"),
+                    false => block,
+                };
+                let root = match (lazy, self.thinks) {
+                    (true, _) => calls,
+                    (false, false) => format!("[ \\t\\n]* {calls}"),
+                    // A think block first, or the rest of one the prompt
+                    // opened: any text without `</` but its end.
+                    (false, true) => format!(
+                        "(\"<think>\"? ([^<] | \"<\" [^/])* \"</think>\")? [ \\t\\n]* {calls}"
+                    ),
+                };
+                convert_framed(&root, &[("call".to_string(), &call)])
+            }
+            ToolFormat::Harmony => {
+                let tools: Vec<&super::Tool> = self.callable().collect();
+                let values: Vec<(String, &Value)> = tools
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| (format!("args-{i}"), &t.parameters))
+                    .collect();
+                // After the name: the channel when the recipient came
+                // first, the arguments' type, then the message.
+                let head = "(\"<|channel|>\" (\"commentary\" | \"analysis\"))? \
+                            (\" \"? \"<|constrain|>\" [a-zA-Z0-9_-]+ | \" \" [a-zA-Z0-9_-]+)? \
+                            \"<|message|>\"";
+                let names: Vec<String> = tools
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| format!("{} {head} args-{i}", gbnf_literal(&t.name)))
+                    .collect();
+                let call = format!("{} ({})", gbnf_literal(HARMONY_TO), names.join(" | "));
+                let root = match lazy {
+                    true => call,
+                    // Reasoning first, then the call's header: the
+                    // recipient after the role or after the channel.
+                    false => format!(
+                        "(\"<|channel|>analysis<|message|>\" ([^<] | \"<\" [^|])* \
+                         \"<|end|><|start|>assistant\")? (\"<|channel|>commentary\")? {call}"
+                    ),
+                };
+                convert_framed(&root, &values)
+            }
+        }
+    }
+
+    /// What of a reply's content may stream before it ends: in the generic
+    /// format a string response's text so far ([`super::streamed_response`]);
+    /// in Hermes the text before a call (not what may be a call's
+    /// opening); in harmony all of it (calls are messages of their own,
+    /// not content).
+    pub fn streamable(&self, content: &str) -> Option<String> {
+        match self.format {
+            ToolFormat::Generic => super::streamed_response(content),
+            ToolFormat::Hermes => {
+                let before = match content.find(HERMES_OPEN) {
+                    Some(at) => &content[..at],
+                    None => {
+                        let held = (1..HERMES_OPEN.len())
+                            .rev()
+                            .find(|&k| content.ends_with(&HERMES_OPEN[..k]))
+                            .unwrap_or(0);
+                        &content[..content.len() - held]
+                    }
+                };
+                Some(before.trim().to_string())
+            }
+            ToolFormat::Harmony => Some(content.to_string()),
+        }
+    }
+
+    /// Reads a reply in a native format: Hermes' calls out of the content
+    /// (`text`, the answer), harmony's out of the whole reply as
+    /// generated (`text`, with its markers). A call that does not parse,
+    /// or names no tool given, stays in the content (Hermes) or is
+    /// dropped (harmony: its message was never content).
+    pub fn parse_native(&self, text: &str) -> NativeReply {
+        match self.format {
+            ToolFormat::Harmony => NativeReply {
+                content: String::new(),
+                calls: self.harmony_calls(text),
+            },
+            _ => self.hermes(text),
+        }
+    }
+
+    fn hermes(&self, text: &str) -> NativeReply {
+        let mut content = String::new();
+        let mut calls = Vec::new();
+        let mut rest = text;
+        while let Some(at) = rest.find(HERMES_OPEN) {
+            content.push_str(&rest[..at]);
+            let after = &rest[at + HERMES_OPEN.len()..];
+            let (body, next) = match after.find(HERMES_CLOSE) {
+                Some(end) => (&after[..end], &after[end + HERMES_CLOSE.len()..]),
+                None => (after, ""),
+            };
+            match self.json_call(body, "arguments") {
+                Some(call) => calls.push(call),
+                None => content.push_str(&rest[at..rest.len() - next.len()]),
+            }
+            rest = next;
+        }
+        content.push_str(rest);
+        NativeReply {
+            content: content.trim().to_string(),
+            calls,
+        }
+    }
+
+    /// `{"name": ..., ARGS: {...}}` of a tool given (arguments as an
+    /// object, or a string holding one).
+    fn json_call(&self, body: &str, args: &str) -> Option<ToolCall> {
+        let v: Value = serde_json::from_str(body.trim()).ok()?;
+        let name = v.get("name")?.as_str()?;
+        self.tools.iter().any(|t| t.name == name).then_some(())?;
+        let arguments = match v.get(args) {
+            None | Some(Value::Null) => serde_json::json!({}),
+            Some(Value::String(s)) => serde_json::from_str(s).ok()?,
+            Some(a) => a.clone(),
+        };
+        Some(ToolCall {
+            name: name.to_string(),
+            arguments,
+        })
+    }
+
+    fn harmony_calls(&self, text: &str) -> Vec<ToolCall> {
+        let mut calls = Vec::new();
+        let mut rest = text;
+        while let Some(at) = rest.find(HARMONY_TO) {
+            let after = &rest[at + HARMONY_TO.len()..];
+            let len = after
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+                .unwrap_or(after.len());
+            let name = &after[..len];
+            let Some(open) = after.find(MESSAGE) else {
+                break;
+            };
+            let body = &after[open + MESSAGE.len()..];
+            let end = HARMONY_ENDS
+                .iter()
+                .filter_map(|m| body.find(m))
+                .min()
+                .unwrap_or(body.len());
+            let known = self.tools.iter().any(|t| t.name == name);
+            if let (true, Ok(arguments)) = (known, serde_json::from_str(body[..end].trim())) {
+                calls.push(ToolCall {
+                    name: name.to_string(),
+                    arguments,
+                });
+            }
+            rest = &body[end..];
+        }
+        calls
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::grammar::Matcher;
+
+    fn tools(choice: Option<Value>, parallel: bool, template: &str) -> Tools {
+        let list = json!([
+            {"type": "function", "function": {"name": "get_weather", "parameters": {
+                "type": "object", "properties": {"city": {"type": "string"}},
+                "required": ["city"]}}},
+            {"type": "function", "function": {"name": "now"}},
+        ]);
+        Tools::from_openai(&list, choice.as_ref(), Some(parallel))
+            .unwrap()
+            .unwrap()
+            .for_template(template)
+    }
+
+    fn accepts(g: &Grammar, text: &str) -> bool {
+        let mut m = Matcher::new(Arc::new(g.clone()));
+        m.accept(text.as_bytes()).is_ok() && m.is_complete()
+    }
+
+    #[test]
+    fn formats_are_told_from_templates() {
+        assert_eq!(ToolFormat::of_template("{{ x }}"), ToolFormat::Generic);
+        assert_eq!(
+            ToolFormat::of_template("<tool_call>\n{{ tool_call.name }}"),
+            ToolFormat::Hermes
+        );
+        assert_eq!(
+            ToolFormat::of_template("<tool_call><function={{ n }}>"),
+            ToolFormat::Generic
+        );
+        assert_eq!(
+            ToolFormat::of_template("<|start|>assistant to=functions.{{ n }}<|channel|>"),
+            ToolFormat::Harmony
+        );
+    }
+
+    #[test]
+    fn hermes_grammar_holds_calls_lazily_or_throughout() {
+        let t = tools(None, false, "<tool_call>");
+        let g = t.native_grammar().unwrap();
+        let call = "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}\n</tool_call>";
+        assert!(accepts(&g, call));
+        assert!(!accepts(&g, &call.replace("Oslo\"", "Oslo\", \"x\": 1")));
+        assert!(!accepts(&g, &call.replace("get_weather", "get_time")));
+        assert!(!accepts(&g, &format!("{call}\n{call}")));
+        let parallel = tools(None, true, "<tool_call>").native_grammar().unwrap();
+        assert!(accepts(&parallel, &format!("{call}\n{call}")));
+
+        let required = tools(Some(json!("required")), false, "<tool_call> <think>");
+        assert!(required.triggers().is_empty());
+        let g = required.native_grammar().unwrap();
+        assert!(accepts(&g, call));
+        assert!(accepts(
+            &g,
+            &format!("<think>\nrain? a<b</think>\n\n{call}")
+        ));
+        assert!(accepts(&g, &format!("opened before.</think>\n{call}")));
+        assert!(!accepts(&g, &format!("Sure. {call}")));
+    }
+
+    #[test]
+    fn harmony_grammar_takes_both_headers() {
+        let t = tools(None, false, "<|channel|> to=");
+        assert_eq!(t.triggers(), [" to=functions."]);
+        let g = t.native_grammar().unwrap();
+        for head in [
+            " to=functions.get_weather <|constrain|>json<|message|>",
+            " to=functions.get_weather<|channel|>commentary json<|message|>",
+            " to=functions.get_weather<|message|>",
+        ] {
+            assert!(
+                accepts(&g, &format!("{head}{{\"city\": \"Oslo\"}}")),
+                "{head}"
+            );
+        }
+        assert!(!accepts(&g, " to=functions.get_time<|message|>{}"));
+        let required = tools(Some(json!("required")), false, "<|channel|> to=");
+        let g = required.native_grammar().unwrap();
+        let call = "<|channel|>commentary to=functions.now <|constrain|>json<|message|>{}";
+        assert!(accepts(&g, call));
+        assert!(accepts(
+            &g,
+            &format!("<|channel|>analysis<|message|>Time? Ask.<|end|><|start|>assistant{call}")
+        ));
+        assert!(!accepts(&g, "<|channel|>final<|message|>Noon."));
+    }
+
+    #[test]
+    fn replies_are_read_in_each_format() {
+        let h = tools(None, true, "<tool_call>");
+        let reply = h.parse_native(
+            "Checking.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}\n</tool_call>\n\
+             <tool_call>\n{\"name\": \"now\", \"arguments\": \"{}\"}\n</tool_call>\n\
+             <tool_call>\n{\"name\": \"nope\"}\n</tool_call>",
+        );
+        assert_eq!(reply.calls.len(), 2);
+        assert_eq!(reply.calls[0].arguments, json!({"city": "Oslo"}));
+        assert_eq!(reply.calls[1].arguments, json!({}));
+        assert_eq!(
+            reply.content,
+            "Checking.\n\n\n<tool_call>\n{\"name\": \"nope\"}\n</tool_call>"
+        );
+        assert_eq!(
+            h.streamable("Checking.\n<tool_").as_deref(),
+            Some("Checking.")
+        );
+        assert_eq!(h.streamable("a <tool_call>\n{").as_deref(), Some("a"));
+
+        let g = tools(None, false, "<|channel|> to=");
+        let reply = g.parse_native(
+            "<|channel|>analysis<|message|>Need weather.<|end|><|start|>assistant<|channel|>commentary \
+             to=functions.get_weather <|constrain|>json<|message|>{\"city\":\"Lima\"}",
+        );
+        assert_eq!(reply.calls.len(), 1);
+        assert_eq!(reply.calls[0].name, "get_weather");
+        assert_eq!(reply.calls[0].arguments, json!({"city": "Lima"}));
+        let other = g.parse_native(
+            "<|start|>assistant to=functions.now<|channel|>commentary json<|message|>{}<|call|>",
+        );
+        assert_eq!(other.calls[0].name, "now");
+    }
+}
