@@ -2503,3 +2503,206 @@ fn template_variables_reach_the_template() {
         400
     );
 }
+
+/// A Hermes-style template (Qwen 2.5's and 3's format, written anew): the
+/// tools as `tojson` writes them, calls as `<tool_call>` blocks, results
+/// as `<tool_response>`.
+const HERMES_TEMPLATE: &str = "{%- if tools %}<|im_start|>system\nYou may call these tools:\n\
+{% for t in tools %}{{ t | tojson }}\n{% endfor %}To call one, write <tool_call>\n\
+{\"name\": <name>, \"arguments\": <arguments>}\n</tool_call><|im_end|>\n{% endif %}\
+{%- for m in messages %}{%- if m.role == \"tool\" %}<|im_start|>user\n<tool_response>\n\
+{{ m.content }}\n</tool_response><|im_end|>\n{% else %}<|im_start|>{{ m.role }}\n{{ m.content }}\
+{% for c in m.tool_calls or [] %}<tool_call>\n{\"name\": \"{{ c.function.name }}\", \
+\"arguments\": {{ c.function.arguments | tojson }}}\n</tool_call>{% endfor %}<|im_end|>\n\
+{% endif %}{%- endfor %}<|im_start|>assistant\n";
+
+/// A gpt-oss-style template (harmony, written anew): calls as messages to
+/// `functions.NAME`, results as messages from them.
+const HARMONY_TEMPLATE: &str = "{%- if tools %}<|start|>developer<|message|># Tools\n\
+{% for t in tools %}{{ t.function.name }}: {{ t.function.parameters | tojson }}\n{% endfor %}\
+<|end|>{%- endif %}{%- for m in messages %}{%- if m.role == \"tool\" %}<|start|>functions.\
+{{ m.name }} to=assistant<|channel|>commentary<|message|>{{ m.content | tojson }}<|end|>\
+{%- elif m.tool_calls %}<|start|>assistant to=functions.{{ m.tool_calls[0].function.name }}\
+<|channel|>commentary json<|message|>{{ m.tool_calls[0].function.arguments | tojson }}<|call|>\
+{%- else %}<|start|>{{ m.role }}<|message|>{{ m.content }}<|end|>{%- endif %}{%- endfor %}\
+<|start|>assistant";
+
+/// A Llama 3-style template (written anew): calls as JSON with
+/// `parameters`, results in `ipython` turns.
+const LLAMA3_TEMPLATE: &str = "{%- if tools %}<|start_header_id|>system<|end_header_id|>\n\n\
+Environment: ipython\nFunctions: {% for t in tools %}{{ t | tojson }} {% endfor %}<|eot_id|>\
+{%- endif %}{%- for m in messages %}{%- if m.role == \"tool\" %}<|start_header_id|>ipython\
+<|end_header_id|>\n\n{{ m.content }}<|eot_id|>{%- elif m.tool_calls %}<|start_header_id|>\
+assistant<|end_header_id|>\n\n{\"name\": \"{{ m.tool_calls[0].function.name }}\", \
+\"parameters\": {{ m.tool_calls[0].function.arguments | tojson }}}<|eom_id|>{%- else %}\
+<|start_header_id|>{{ m.role }}<|end_header_id|>\n\n{{ m.content }}<|eot_id|>{%- endif %}\
+{%- endfor %}<|start_header_id|>assistant<|end_header_id|>\n\n";
+
+/// A weather request after `shots` earlier calls of the tool (each with
+/// its result and an answer), asking about Lima.
+fn weather_after_calls(shots: usize, extra: Value) -> Value {
+    let mut messages = Vec::new();
+    for (i, city) in ["Oslo", "Rome"].iter().take(shots).enumerate() {
+        let id = format!("c{i}");
+        messages.push(json!({"role": "user", "content": format!("Weather in {city}?")}));
+        messages.push(json!({"role": "assistant", "content": "", "tool_calls": [
+            {"id": id, "type": "function", "function": {"name": "get_weather",
+             "arguments": json!({"city": city}).to_string()}}]}));
+        messages.push(json!({"role": "tool", "tool_call_id": id,
+                             "content": "{\"temperature\": 3}"}));
+        messages.push(json!({"role": "assistant",
+                             "content": format!("It is 3 degrees in {city}.")}));
+    }
+    messages.push(json!({"role": "user", "content": "Weather in Lima?"}));
+    let mut body = weather_request(extra);
+    body["messages"] = json!(messages);
+    body
+}
+
+/// A call as the whole answer and the stream give it: (name, arguments,
+/// content), each the same both ways.
+fn native_call(server: &Server, body: &Value) -> (String, Value, Value) {
+    let r = server.post("/v1/chat/completions", body);
+    let choice = &r["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls", "{r}");
+    let call = &choice["message"]["tool_calls"][0]["function"];
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let events = chunks(&server.stream("/v1/chat/completions", &streamed));
+    let deltas: Vec<&Value> = events
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"].get("tool_calls"))
+        .collect();
+    assert_eq!(deltas.len(), 1, "{events:?}");
+    assert_eq!(deltas[0][0]["function"], *call);
+    let text: String = events
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    let content = &choice["message"]["content"];
+    assert_eq!(text, content.as_str().unwrap_or_default());
+    let arguments = serde_json::from_str(call["arguments"].as_str().unwrap()).unwrap();
+    (
+        call["name"].as_str().unwrap().to_string(),
+        arguments,
+        content.clone(),
+    )
+}
+
+/// A server with `template` (and `more` arguments), which writes tool calls in a format of its
+/// own: it gets the tools and OpenAI's messages (its rendering of an
+/// earlier call, `history`, and no generic instructions), and the model's
+/// calls come back as calls: required (the grammar holds from the first
+/// token), and by choice (a lazy grammar: SmolLM2, shown two calls, writes
+/// one itself); a plain answer streams as text, which a grammar holding
+/// from the start would not have allowed.
+fn native_tool_calls(template: &str, history: &str, more: &[&str]) {
+    let mut args = vec!["smollm2", "--chat-template", template];
+    args.extend_from_slice(more);
+    let server = Server::start(&args);
+    let two = weather_after_calls(2, json!({}));
+    let prompt = server.post("/apply-template", &two)["prompt"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(prompt.contains(history), "{prompt}");
+    assert!(!prompt.contains("These tools are available"), "{prompt}");
+
+    let (name, args, content) = native_call(&server, &two);
+    assert_eq!(
+        (name.as_str(), args, content),
+        ("get_weather", json!({"city": "Lima"}), Value::Null)
+    );
+    let required = weather_request(json!({"tool_choice": "required"}));
+    let (name, args, _) = native_call(&server, &required);
+    assert_eq!(name, "get_weather");
+    assert!(args["city"].is_string(), "{args}");
+
+    let plain = weather_request(json!({}));
+    let [whole, streamed] = reasoning_and_answer(&server, &plain);
+    assert_eq!(whole, streamed);
+    assert!(whole.1.len() > 20, "{whole:?}");
+}
+
+/// Hermes' format (Qwen 2.5 and 3, QwQ, Hermes): the tools as `tojson`
+/// writes them, `<tool_call>` blocks.
+#[test]
+fn hermes_tool_calls_in_the_templates_format() {
+    if !cached(&catalog::SMOLLM2) {
+        return;
+    }
+    native_tool_calls(
+        HERMES_TEMPLATE,
+        "<|im_start|>assistant\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": \
+         {\"city\": \"Rome\"}}\n</tool_call><|im_end|>\n<|im_start|>user\n<tool_response>\n\
+         {\"temperature\": 3}\n</tool_response>",
+        &[],
+    );
+    let server = Server::start(&["smollm2", "--chat-template", HERMES_TEMPLATE]);
+    let prompt = server.post("/apply-template", &weather_request(json!({})))["prompt"].clone();
+    assert!(
+        prompt.as_str().unwrap().contains(
+            "{\"type\": \"function\", \"function\": {\"name\": \"get_weather\", \"description\": \
+             \"Get the current weather in a city\", \"parameters\": {\"type\": \"object\""
+        ),
+        "{prompt}"
+    );
+}
+
+/// Llama 3.1-3.3's format: JSON with `parameters`, results in `ipython`
+/// turns.
+#[test]
+fn llama3_tool_calls_in_the_templates_format() {
+    if !cached(&catalog::SMOLLM2) {
+        return;
+    }
+    native_tool_calls(
+        LLAMA3_TEMPLATE,
+        "<|start_header_id|>assistant<|end_header_id|>\n\n{\"name\": \"get_weather\", \
+         \"parameters\": {\"city\": \"Rome\"}}<|eom_id|><|start_header_id|>ipython\
+         <|end_header_id|>\n\n{\"temperature\": 3}<|eot_id|>",
+        &[],
+    );
+}
+
+/// Wasm tenants keep to a native format's lazy grammar as the native
+/// engine does (the guest gets the triggers in its parameter block).
+#[test]
+fn native_tool_calls_in_wasm_tenants() {
+    let Some(g) = guest() else { return };
+    if !cached(&catalog::SMOLLM2) {
+        return;
+    }
+    native_tool_calls(
+        HERMES_TEMPLATE,
+        "<|im_start|>assistant\n<tool_call>\n{\"name\": \"get_weather\"",
+        &["--wasm", "--guest", &g],
+    );
+}
+
+/// A harmony template: calls are messages to `functions.NAME` (the
+/// recipient right after `<|start|>assistant`), read as calls and kept out
+/// of the content and the reasoning; results go back as messages from the
+/// function.
+#[test]
+fn harmony_tool_calls_are_messages_to_functions() {
+    if !cached(&catalog::SMOLLM2) {
+        return;
+    }
+    let server = Server::start(&["smollm2", "--chat-template", HARMONY_TEMPLATE]);
+    let one = weather_after_calls(1, json!({"tool_choice": "required"}));
+    let prompt = server.post("/apply-template", &one)["prompt"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(prompt.contains(
+        "<|start|>assistant to=functions.get_weather<|channel|>commentary json<|message|>\
+         {\"city\": \"Oslo\"}<|call|><|start|>functions.get_weather to=assistant\
+         <|channel|>commentary<|message|>\"{\\\"temperature\\\": 3}\"<|end|>"
+    ));
+    let (name, args, content) = native_call(&server, &one);
+    assert_eq!(
+        (name.as_str(), args, content),
+        ("get_weather", json!({"city": "Lima"}), Value::Null)
+    );
+}

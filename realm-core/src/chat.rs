@@ -621,6 +621,22 @@ mod tests {
         );
     }
 
+    /// `loop.previtem` and `loop.nextitem` (Hermes 3's template reads
+    /// them to group tool results).
+    #[test]
+    fn loops_see_their_neighbours() {
+        let t = ChatTemplate::new(
+            "{% for m in messages %}{{ loop.previtem.content if loop.previtem else '^' }}\
+             {{ m.content }}{{ loop.nextitem.content if loop.nextitem else '$' }} {% endfor %}",
+            "",
+            "",
+        )
+        .unwrap();
+        let m = |c: &str| ChatMessage::new("user", c);
+        let out = t.render(&[m("a"), m("b"), m("c")], false).unwrap();
+        assert_eq!(out, "^ab abc bc$ ");
+    }
+
     #[test]
     fn python_string_methods_and_namespace() {
         let src = "{% set ns = namespace(n=0) %}{% for m in messages %}{% set ns.n = ns.n + 1 %}\

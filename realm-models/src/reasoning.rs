@@ -70,6 +70,8 @@ const THINK_OPEN: &str = "<think>";
 const THINK_CLOSE: &str = "</think>";
 const CHANNEL: &str = "<|channel|>";
 const MESSAGE: &str = "<|message|>";
+/// What names a message's recipient in its header.
+const RECIPIENT: &str = " to=";
 /// The markers that end a harmony message.
 const ENDS: [&str; 3] = ["<|end|>", "<|return|>", "<|call|>"];
 
@@ -188,11 +190,14 @@ impl ReasoningSplitter {
                 }
                 false
             }
-            // A reply that opens no message is its own answer.
+            // A reply that opens no message (nor names a recipient, as
+            // one that goes on from `<|start|>assistant` may) is its own
+            // answer.
             State::Header
                 if !self.held.is_empty()
-                    && !self.held.starts_with("<|")
-                    && !"<|".starts_with(self.held.as_str()) =>
+                    && ["<|", RECIPIENT].iter().all(|m| {
+                        !self.held.starts_with(m) && !m.starts_with(self.held.as_str())
+                    }) =>
             {
                 self.state = State::Body {
                     analysis: false,
@@ -212,7 +217,7 @@ impl ReasoningSplitter {
                                 .next()
                                 .is_some_and(|name| name == "analysis")
                         });
-                    let call = header.contains(" to=") && !header.contains(" to=assistant");
+                    let call = header.contains(RECIPIENT) && !header.contains(" to=assistant");
                     self.held.drain(..at + MESSAGE.len());
                     self.state = State::Body { analysis, call };
                     true
@@ -360,12 +365,14 @@ mod tests {
         // A call (a recipient, a constraint in the header) is neither.
         let call = "<|channel|>commentary to=functions.f <|constrain|>json<|message|>{}<|call|>";
         assert_eq!(both(Harmony, false, call), s("", ""));
-        let call = format!(
-            "<|channel|>analysis<|message|>Look up.<|end|><|start|>assistant to=functions.f\
-             <|channel|>commentary json<|message|>{{}}<|end|><|start|>assistant\
-             <|channel|>commentary to=assistant<|message|>Done.<|end|>"
-        );
-        assert_eq!(both(Harmony, false, &call), s("Look up.", "Done."));
+        let call = "<|channel|>analysis<|message|>Look up.<|end|><|start|>assistant to=functions.f\
+                    <|channel|>commentary json<|message|>{}<|end|><|start|>assistant\
+                    <|channel|>commentary to=assistant<|message|>Done.<|end|>";
+        assert_eq!(both(Harmony, false, call), s("Look up.", "Done."));
+        // The recipient first, going on from `<|start|>assistant`.
+        let call = " to=functions.f<|channel|>commentary json<|message|>{}";
+        assert_eq!(both(Harmony, false, call), s("", ""));
+        assert_eq!(both(Harmony, false, " top"), s("", " top"));
         // No header at all: the answer.
         assert_eq!(
             both(Harmony, false, "Just text <| here"),

@@ -147,6 +147,10 @@ pub struct GenerateRequest {
     /// A GBNF grammar the guest keeps its text to (for a JSON schema,
     /// [`realm_models::grammar::schema_to_gbnf`]'s).
     pub grammar: Option<String>,
+    /// With these, the grammar is lazy: free text until the generated
+    /// text holds one of them, the grammar's from there on (see
+    /// [`realm_models::GenerateParams::grammar_triggers`]).
+    pub grammar_triggers: Vec<String>,
     /// Context shift: `Some(n_keep)` lets generation go on past a full
     /// session by forgetting the older half of the tokens after the
     /// prompt's first `n_keep` (after BOS, as llama.cpp counts `--keep`;
@@ -167,6 +171,7 @@ impl Default for GenerateRequest {
             parse_special: true,
             layered: false,
             grammar: None,
+            grammar_triggers: Vec::new(),
             context_shift: None,
         }
     }
@@ -610,6 +615,7 @@ impl Tenant {
             flags,
             stop: req.stop.clone(),
             grammar: req.grammar.clone(),
+            grammar_triggers: req.grammar_triggers.clone(),
             // Past i32's range means the whole prompt either way.
             n_keep: req
                 .context_shift

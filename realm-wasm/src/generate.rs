@@ -169,7 +169,7 @@ pub fn generate<H: Host>(
             sampling: params.sampling.clone(),
             stop_at_context_end: true,
             grammar,
-            grammar_triggers: Vec::new(),
+            grammar_triggers: params.grammar_triggers.clone(),
             lookup: None,
             context_shift: None,
         },

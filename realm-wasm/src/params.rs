@@ -3,12 +3,13 @@
 use realm_models::sampling::SamplerKind;
 use realm_models::{Mirostat, SamplingParams};
 
-/// The layout version hosts write. This guest also reads version 4, which
-/// ends after `ignore_eos` (its `n_keep` is 0), version 3, which ends after
+/// The layout version hosts write. This guest also reads version 5, which
+/// ends after `n_keep` (no grammar triggers), version 4, which ends after
+/// `ignore_eos` (its `n_keep` is 0), version 3, which ends after
 /// the grammar (none of the samplers after min-p but the penalties),
 /// version 2, which ends after the logit biases (no grammar), and version
 /// 1, which ends after the stop strings (no penalties, no logit bias).
-pub const PARAMS_VERSION: u32 = 5;
+pub const PARAMS_VERSION: u32 = 6;
 /// Flag: add the vocabulary's special tokens (BOS) around the prompt.
 pub const FLAG_ADD_SPECIAL: u32 = 1;
 /// Flag: turn special-token text in the prompt (`<|im_start|>`) into ids.
@@ -41,6 +42,9 @@ pub struct Params {
     pub stop: Vec<String>,
     /// A GBNF grammar the text must keep to.
     pub grammar: Option<String>,
+    /// With these, the grammar is lazy: it holds from the first of them
+    /// the text holds (see `realm_models::GenerateParams::grammar_triggers`).
+    pub grammar_triggers: Vec<String>,
     /// With [`FLAG_CONTEXT_SHIFT`]: the prompt's tokens a shift keeps, after
     /// the BOS token, as llama.cpp counts `--keep` (-1: the whole prompt).
     pub n_keep: i32,
@@ -181,6 +185,17 @@ impl Params {
             sampling.ignore_eos = r.u32()? != 0;
         }
         let n_keep = if version >= 5 { r.u32()? as i32 } else { 0 };
+        let mut grammar_triggers = Vec::new();
+        if version >= 6 {
+            let n = r.u32()?;
+            // Each trigger takes at least its 4-byte length.
+            if r.0.len() / 4 < n as usize {
+                return Err(ParamsError("block is truncated"));
+            }
+            grammar_triggers = (0..n)
+                .map(|_| r.string("grammar trigger is not UTF-8"))
+                .collect::<Result<_, ParamsError>>()?;
+        }
         if !r.0.is_empty() {
             return Err(ParamsError("bytes after the block's end"));
         }
@@ -192,6 +207,7 @@ impl Params {
             flags,
             stop,
             grammar,
+            grammar_triggers,
             n_keep,
         })
     }
@@ -269,6 +285,10 @@ impl Params {
         }
         out.extend_from_slice(&u32::from(s.ignore_eos).to_le_bytes());
         out.extend_from_slice(&self.n_keep.to_le_bytes());
+        out.extend_from_slice(&count(self.grammar_triggers.len()).to_le_bytes());
+        for t in &self.grammar_triggers {
+            put_str(&mut out, t);
+        }
         out
     }
 }
@@ -319,9 +339,14 @@ mod tests {
             flags: FLAG_ADD_SPECIAL | FLAG_LAYERED,
             stop: vec!["\n\n".into(), "é".into()],
             grammar: Some("root ::= \"é\"".into()),
+            grammar_triggers: vec!["<tool_call>".into()],
             n_keep: -1,
         };
-        let bytes = p.to_bytes();
+        let whole = p.to_bytes();
+        // Version 6's grammar triggers end the block: the checks of the
+        // older fields count from before them.
+        let triggers = 4 + 4 + 11;
+        let bytes = whole[..whole.len() - triggers].to_vec();
         let stops = 4 + 2 + 4 + 2;
         let grammar = 4 + 13;
         // min_keep, 8 floats, 2 counts, the breakers, mirostat's 3 fields,
@@ -329,13 +354,36 @@ mod tests {
         let v4 = 4 + 32 + 8 + 4 + (4 + 1) + (4 + 2) + 12 + 4 + 3 * 4 + 4;
         let v3 = FIXED + stops + 12 + 2 * 8 + grammar;
         assert_eq!(bytes.len(), v3 + v4 + 4);
-        assert_eq!(Params::parse(&bytes).unwrap(), p);
-        for cut in 0..bytes.len() {
-            assert!(Params::parse(&bytes[..cut]).is_err(), "cut at {cut}");
+        assert_eq!(Params::parse(&whole).unwrap(), p);
+        for cut in 0..whole.len() {
+            assert!(Params::parse(&whole[..cut]).is_err(), "cut at {cut}");
         }
-        let mut longer = bytes.clone();
+        let mut longer = whole.clone();
         longer.push(0);
         assert!(Params::parse(&longer).is_err());
+        // A trigger count past the end is refused; a trigger not UTF-8 too.
+        let mut huge = bytes.clone();
+        huge.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(Params::parse(&huge), Err(ParamsError("block is truncated")));
+        let mut bad = whole.clone();
+        let last = bad.len() - 1;
+        bad[last] = 0xff;
+        assert_eq!(
+            Params::parse(&bad),
+            Err(ParamsError("grammar trigger is not UTF-8"))
+        );
+        // Version 5 ends after n_keep: no triggers.
+        let mut v5_block = bytes.clone();
+        v5_block[0] = 5;
+        assert_eq!(
+            Params::parse(&v5_block).unwrap(),
+            Params {
+                grammar_triggers: Vec::new(),
+                ..p.clone()
+            }
+        );
+        let mut bytes = bytes;
+        bytes[0] = 5;
         let mut bad = bytes.clone();
         bad[0] = 9;
         assert_eq!(Params::parse(&bad), Err(ParamsError("unknown version")));
@@ -412,12 +460,13 @@ mod tests {
             old,
             Params {
                 n_keep: 0,
+                grammar_triggers: Vec::new(),
                 ..p.clone()
             }
         );
         // No grammar is a zero length.
         let none = Params { grammar: None, ..p };
-        assert_eq!(none.to_bytes().len(), v3 - grammar + 4 + v4 + 4);
+        assert_eq!(none.to_bytes().len(), v3 - grammar + 4 + v4 + 4 + triggers);
         assert_eq!(Params::parse(&none.to_bytes()).unwrap(), none);
     }
 }

@@ -142,6 +142,7 @@ fn check(
         add_special: prompt.add_special,
         parse_special: prompt.parse_special,
         grammar: job.limits.grammar.as_ref().map(|g| g.source().to_string()),
+        grammar_triggers: job.limits.grammar_triggers.clone(),
         ..GenerateRequest::default()
     };
     Ok((prompt, n, req))

@@ -290,11 +290,12 @@ pub enum Outcome {
 pub fn outcome(tools: &Tools, content: &str, raw: &str) -> Outcome {
     let native = match tools.format() {
         ToolFormat::Generic => None,
-        ToolFormat::Hermes => Some(content),
+        ToolFormat::Hermes | ToolFormat::Llama3 => Some(content),
         ToolFormat::Harmony => Some(raw),
     };
     if let Some(text) = native {
-        // (Hermes' content trimmed, as `Tools::streamable` streams it.)
+        // (Content trimmed, as `Tools::streamable` streams it, but
+        // harmony's, which the reasoning splitter made.)
         let reply = tools.parse_native(text);
         let beside = match tools.format() {
             ToolFormat::Harmony => content.to_string(),

@@ -48,9 +48,14 @@ pub enum ToolFormat {
     Hermes,
     /// gpt-oss's messages to `functions.NAME`.
     Harmony,
+    /// Llama 3.1, 3.2 and 3.3's JSON calls, `{"name": ..., "parameters":
+    /// {...}}`, results read back in the `ipython` role.
+    Llama3,
 }
 
 const HERMES_OPEN: &str = "<tool_call>";
+/// How Llama 3's calls begin.
+const LLAMA3_OPEN: &str = "{\"name\"";
 const HERMES_CLOSE: &str = "</tool_call>";
 const HARMONY_TO: &str = " to=functions.";
 const MESSAGE: &str = "<|message|>";
@@ -61,16 +66,18 @@ impl ToolFormat {
     /// The format a chat template writes calls in: harmony where it
     /// writes `<|channel|>` and recipients, Hermes where it writes
     /// `<tool_call>` around JSON (not Qwen 3 Coder's, MiniMax's or GLM's
-    /// XML inside those tags), else the generic format.
+    /// XML inside those tags), Llama 3's where it opens `ipython` turns
+    /// (not Functionary's `<function=` calls), else the generic format.
     pub fn of_template(source: &str) -> Self {
+        let xml = ["<function=", "<invoke", "<arg_key>"]
+            .iter()
+            .any(|m| source.contains(m));
         if source.contains("<|channel|>") && source.contains(" to=") {
             Self::Harmony
-        } else if source.contains(HERMES_OPEN)
-            && !["<function=", "<invoke", "<arg_key>"]
-                .iter()
-                .any(|m| source.contains(m))
-        {
+        } else if source.contains(HERMES_OPEN) && !xml {
             Self::Hermes
+        } else if source.contains("<|start_header_id|>ipython<|end_header_id|>") && !xml {
+            Self::Llama3
         } else {
             Self::Generic
         }
@@ -113,6 +120,7 @@ impl Tools {
             ToolFormat::Generic => Vec::new(),
             ToolFormat::Hermes => vec![HERMES_OPEN.to_string()],
             ToolFormat::Harmony => vec![HARMONY_TO.to_string()],
+            ToolFormat::Llama3 => vec![LLAMA3_OPEN.to_string()],
         }
     }
 
@@ -155,9 +163,10 @@ impl Tools {
                     .map(|(i, t)| (format!("args-{i}"), &t.parameters))
                     .collect();
                 // After the name: the channel when the recipient came
-                // first, the arguments' type, then the message.
+                // first, the arguments' type (a word of at most 16), then
+                // the message.
                 let head = "(\"<|channel|>\" (\"commentary\" | \"analysis\"))? \
-                            (\" \"? \"<|constrain|>\" [a-zA-Z0-9_-]+ | \" \" [a-zA-Z0-9_-]+)? \
+                            (\" \"? \"<|constrain|>\" [a-zA-Z0-9_-]{1,16} | \" \" [a-zA-Z0-9_-]{1,16})? \
                             \"<|message|>\"";
                 let names: Vec<String> = tools
                     .iter()
@@ -176,31 +185,44 @@ impl Tools {
                 };
                 convert_framed(&root, &values)
             }
+            ToolFormat::Llama3 => {
+                // `{"name": ..., "parameters": ...}`, compact where the
+                // call is lazy (its trigger is the compact opening).
+                let calls: Vec<Value> = self
+                    .callable()
+                    .map(|t| {
+                        serde_json::json!({
+                            "type": "object",
+                            "properties": {"name": {"const": t.name}, "parameters": t.parameters},
+                            "required": ["name", "parameters"],
+                        })
+                    })
+                    .collect();
+                let call = match <[Value; 1]>::try_from(calls) {
+                    Ok([c]) => c,
+                    Err(calls) => serde_json::json!({"anyOf": calls}),
+                };
+                let root = match lazy {
+                    true => "call",
+                    false => "[ \\t\\n]* call",
+                };
+                convert_framed(root, &[("call".to_string(), &call)])
+            }
         }
     }
 
     /// What of a reply's content may stream before it ends: in the generic
     /// format a string response's text so far ([`super::streamed_response`]);
     /// in Hermes the text before a call (not what may be a call's
-    /// opening); in harmony all of it (calls are messages of their own,
-    /// not content).
+    /// opening), in Llama 3's the text before any `{`; in harmony all of
+    /// it (calls are messages of their own, not content).
     pub fn streamable(&self, content: &str) -> Option<String> {
         match self.format {
             ToolFormat::Generic => super::streamed_response(content),
-            ToolFormat::Hermes => {
-                let before = match content.find(HERMES_OPEN) {
-                    Some(at) => &content[..at],
-                    None => {
-                        let held = (1..HERMES_OPEN.len())
-                            .rev()
-                            .find(|&k| content.ends_with(&HERMES_OPEN[..k]))
-                            .unwrap_or(0);
-                        &content[..content.len() - held]
-                    }
-                };
-                Some(before.trim().to_string())
-            }
+            ToolFormat::Hermes => Some(held_before(content, HERMES_OPEN).trim().to_string()),
             ToolFormat::Harmony => Some(content.to_string()),
+            // (Any `{` may open a call.)
+            ToolFormat::Llama3 => Some(held_before(content, "{").trim().to_string()),
         }
     }
 
@@ -215,10 +237,46 @@ impl Tools {
                 content: String::new(),
                 calls: self.harmony_calls(text),
             },
-            _ => self.hermes(text),
+            ToolFormat::Llama3 => self.llama3(text),
+            ToolFormat::Generic | ToolFormat::Hermes => self.hermes(text),
         }
     }
 
+    /// Llama 3's JSON calls: each JSON object of a call in the text
+    /// (however it is spaced), the rest content.
+    fn llama3(&self, text: &str) -> NativeReply {
+        let mut content = String::new();
+        let mut calls = Vec::new();
+        let mut rest = text;
+        while let Some(at) = rest.find('{') {
+            content.push_str(&rest[..at]);
+            let after = &rest[at..];
+            let mut values = serde_json::Deserializer::from_str(after).into_iter::<Value>();
+            let call = values
+                .next()
+                .and_then(Result::ok)
+                .and_then(|v| self.call_of(&v));
+            // A call's text is taken; any other `{` stays.
+            let end = match call {
+                Some(call) => {
+                    calls.push(call);
+                    values.byte_offset()
+                }
+                None => {
+                    content.push('{');
+                    1
+                }
+            };
+            rest = &after[end..];
+        }
+        content.push_str(rest);
+        NativeReply {
+            content: content.trim().to_string(),
+            calls,
+        }
+    }
+
+    /// Hermes' `<tool_call>` blocks.
     fn hermes(&self, text: &str) -> NativeReply {
         let mut content = String::new();
         let mut calls = Vec::new();
@@ -230,7 +288,8 @@ impl Tools {
                 Some(end) => (&after[..end], &after[end + HERMES_CLOSE.len()..]),
                 None => (after, ""),
             };
-            match self.json_call(body, "arguments") {
+            let call = serde_json::from_str(body.trim()).ok();
+            match call.and_then(|v| self.call_of(&v)) {
                 Some(call) => calls.push(call),
                 None => content.push_str(&rest[at..rest.len() - next.len()]),
             }
@@ -243,13 +302,13 @@ impl Tools {
         }
     }
 
-    /// `{"name": ..., ARGS: {...}}` of a tool given (arguments as an
-    /// object, or a string holding one).
-    fn json_call(&self, body: &str, args: &str) -> Option<ToolCall> {
-        let v: Value = serde_json::from_str(body.trim()).ok()?;
+    /// `{"name": ..., "arguments": {...}}` (or `"parameters"`, as Llama
+    /// 3 writes) of a tool given, the arguments an object or a string
+    /// holding one.
+    fn call_of(&self, v: &Value) -> Option<ToolCall> {
         let name = v.get("name")?.as_str()?;
         self.tools.iter().any(|t| t.name == name).then_some(())?;
-        let arguments = match v.get(args) {
+        let arguments = match v.get("arguments").or_else(|| v.get("parameters")) {
             None | Some(Value::Null) => serde_json::json!({}),
             Some(Value::String(s)) => serde_json::from_str(s).ok()?,
             Some(a) => a.clone(),
@@ -288,6 +347,21 @@ impl Tools {
             rest = &body[end..];
         }
         calls
+    }
+}
+
+/// `content` before `open`, or all of it but an end that may begin
+/// `open`.
+fn held_before<'a>(content: &'a str, open: &str) -> &'a str {
+    match content.find(open) {
+        Some(at) => &content[..at],
+        None => {
+            let held = (1..open.len())
+                .rev()
+                .find(|&k| content.ends_with(&open[..k]))
+                .unwrap_or(0);
+            &content[..content.len() - held]
+        }
     }
 }
 
@@ -332,6 +406,10 @@ mod tests {
         assert_eq!(
             ToolFormat::of_template("<|start|>assistant to=functions.{{ n }}<|channel|>"),
             ToolFormat::Harmony
+        );
+        assert_eq!(
+            ToolFormat::of_template("{{ '<|start_header_id|>ipython<|end_header_id|>\n\n' }}"),
+            ToolFormat::Llama3
         );
     }
 
@@ -384,6 +462,30 @@ mod tests {
             &format!("<|channel|>analysis<|message|>Time? Ask.<|end|><|start|>assistant{call}")
         ));
         assert!(!accepts(&g, "<|channel|>final<|message|>Noon."));
+    }
+
+    #[test]
+    fn llama3_calls_are_json_with_parameters() {
+        let ipython = "<|start_header_id|>ipython<|end_header_id|>";
+        let t = tools(None, false, ipython);
+        assert_eq!(t.triggers(), ["{\"name\""]);
+        let g = t.native_grammar().unwrap();
+        let call = "{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Oslo\"}}";
+        assert!(accepts(&g, call));
+        assert!(!accepts(&g, &call.replace("parameters", "arguments")));
+        let required = tools(Some(json!("required")), false, ipython);
+        assert!(accepts(
+            &required.native_grammar().unwrap(),
+            &format!("\n {call}")
+        ));
+
+        let pretty = "{\n  \"name\": \"now\",\n  \"parameters\": {}\n}";
+        let reply = t.parse_native(&format!("Sure. {call} {{\"name\": 1}} {pretty} {{\"x"));
+        assert_eq!(reply.calls.len(), 2);
+        assert_eq!(reply.calls[0].arguments, json!({"city": "Oslo"}));
+        assert_eq!(reply.calls[1].name, "now");
+        assert_eq!(reply.content, "Sure.  {\"name\": 1}  {\"x");
+        assert_eq!(t.streamable("Sure. {\"na").as_deref(), Some("Sure."));
     }
 
     #[test]
