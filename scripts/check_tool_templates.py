@@ -41,6 +41,10 @@ TEMPLATES = [
     "meta-llama-Llama-3.3-70B-Instruct.jinja",
     "ibm-granite-granite-4.0.jinja",
     "MiMo-VL.jinja",
+    "mistralai-Mistral-Nemo-Instruct-2407.jinja",
+    "Mistral-Small-3.2-24B-Instruct-2506.jinja",
+    "unsloth-mistral-Devstral-Small-2507.jinja",
+    "mistralai-Ministral-3-14B-Reasoning-2512.jinja",
 ]
 
 TOOLS = [
@@ -61,9 +65,9 @@ CONVERSATIONS = {
     "called": [
         {"role": "user", "content": "Weather in Oslo and the time?"},
         {"role": "assistant", "content": "", "tool_calls": [
-            {"id": "c1", "type": "function",
+            {"id": "call00001", "type": "function",
              "function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}]},
-        {"role": "tool", "tool_call_id": "c1", "name": "get_weather",
+        {"role": "tool", "tool_call_id": "call00001", "name": "get_weather",
          "content": "{\"temperature\": 3}"},
         {"role": "assistant", "content": "It is 3 degrees."},
         {"role": "user", "content": "And in Lima?"},

@@ -141,6 +141,7 @@ fn chat<B: Backend>(args: &ChatArgs, l: &Loaded, backend: &B) -> Result<()> {
         stop_at_context_end: true,
         grammar: args.sampling.constraint.grammar()?,
         grammar_triggers: Vec::new(),
+        preserved_tokens: Vec::new(),
         lookup: args.sampling.lookup(),
         context_shift: None,
     };

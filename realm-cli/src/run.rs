@@ -449,6 +449,7 @@ fn run_native<B: Backend>(args: &RunArgs, text: &str, l: &load::Loaded, backend:
         stop_at_context_end: true,
         grammar: args.sampling.constraint.grammar()?,
         grammar_triggers: Vec::new(),
+        preserved_tokens: Vec::new(),
         lookup: args.sampling.lookup(),
         context_shift: shift,
     };

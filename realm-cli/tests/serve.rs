@@ -2538,6 +2538,16 @@ assistant<|end_header_id|>\n\n{\"name\": \"{{ m.tool_calls[0].function.name }}\"
 <|start_header_id|>{{ m.role }}<|end_header_id|>\n\n{{ m.content }}<|eot_id|>{%- endif %}\
 {%- endfor %}<|start_header_id|>assistant<|end_header_id|>\n\n";
 
+/// A Mistral-style template (Small 3.2's format, written anew): calls as
+/// `[TOOL_CALLS]NAME[ARGS]{...}`.
+const MISTRAL_TEMPLATE: &str = "{%- if tools %}[AVAILABLE_TOOLS]{{ tools | tojson }}\
+[/AVAILABLE_TOOLS]{% endif %}{%- for m in messages %}{%- if m.role == \"user\" %}[INST]\
+{{ m.content }}[/INST]{%- elif m.role == \"tool\" %}[TOOL_RESULTS]{{ m.tool_call_id }}\
+[TOOL_CONTENT]{{ m.content }}[/TOOL_RESULTS]{%- elif m.tool_calls %}{% for c in m.tool_calls %}\
+{% if c.id | length != 9 %}{{ raise_exception('ids are 9 characters') }}{% endif %}\
+[TOOL_CALLS]{{ c.function.name }}[ARGS]{{ c.function.arguments | tojson }}{% endfor %}\
+{{ eos_token }}{%- else %}{{ m.content }}{{ eos_token }}{% endif %}{% endfor %}";
+
 /// A weather request after `shots` earlier calls of the tool (each with
 /// its result and an answer), asking about Lima.
 fn weather_after_calls(shots: usize, extra: Value) -> Value {
@@ -2705,4 +2715,53 @@ fn harmony_tool_calls_are_messages_to_functions() {
         (name.as_str(), args, content),
         ("get_weather", json!({"city": "Lima"}), Value::Null)
     );
+}
+
+/// Mistral's format: `[TOOL_CALLS]NAME[ARGS]{...}` calls, and call ids of
+/// nine letters and digits (its templates refuse others), in the chat
+/// completion and Anthropic's tool_use blocks; an id handed out goes back
+/// through the template.
+#[test]
+fn mistral_tool_calls_get_nine_character_ids() {
+    if !cached(&catalog::SMOLLM2) {
+        return;
+    }
+    let server = Server::start(&["smollm2", "--chat-template", MISTRAL_TEMPLATE]);
+    let required = weather_request(json!({"tool_choice": "required"}));
+    let (name, args, content) = native_call(&server, &required);
+    assert_eq!((name.as_str(), &content), ("get_weather", &Value::Null));
+    let r = server.post("/v1/chat/completions", &required);
+    let call = &r["choices"][0]["message"]["tool_calls"][0];
+    let id = call["id"].as_str().unwrap();
+    assert!(
+        id.len() == 9 && id.chars().all(|c| c.is_ascii_alphanumeric()),
+        "{id}"
+    );
+    let mut follow = required.clone();
+    follow["tool_choice"] = json!("auto");
+    let messages = follow["messages"].as_array_mut().unwrap();
+    messages.push(json!({"role": "assistant", "content": null, "tool_calls": [call]}));
+    messages.push(json!({"role": "tool", "tool_call_id": id, "content": "sunny"}));
+    let prompt = server.post("/apply-template", &follow)["prompt"].clone();
+    let city = args["city"].as_str().unwrap();
+    let prompt = prompt.as_str().unwrap();
+    assert!(
+        prompt.contains(&format!(
+            "[TOOL_CALLS]get_weather[ARGS]{{\"city\": \"{city}\""
+        )) && prompt.ends_with(&format!(
+            "}}<|im_end|>[TOOL_RESULTS]{id}[TOOL_CONTENT]sunny[/TOOL_RESULTS]"
+        )),
+        "{prompt}"
+    );
+    let message = server.post(
+        "/v1/messages",
+        &json!({"max_tokens": 60, "temperature": 0,
+                "messages": [{"role": "user", "content": "What is the weather like in Paris today?"}],
+                "tools": [{"name": "get_weather", "input_schema": {"type": "object",
+                    "properties": {"city": {"type": "string"}}, "required": ["city"]}}],
+                "tool_choice": {"type": "any"}}),
+    );
+    let block = &message["content"][0];
+    assert_eq!(block["type"], "tool_use", "{message}");
+    assert_eq!(block["id"].as_str().unwrap().len(), 9, "{message}");
 }

@@ -191,6 +191,35 @@ proptest! {
     }
 }
 
+/// A stream decoder shows the special tokens it is told to (a chat
+/// format's markers, llama.cpp's preserved tokens) and hides the others.
+#[test]
+fn shown_special_tokens_keep_their_text() {
+    let mut checked = 0;
+    for tok in tokenizers() {
+        let Some(eos) = tok.eos() else { continue };
+        let piece = tok.token_to_piece(eos, true).unwrap().to_vec();
+        if piece.is_empty() || !tok.token_to_piece(eos, false).unwrap().is_empty() {
+            continue;
+        }
+        let ids = tok.encode("Hi", false, false).unwrap();
+        let run = |shown: Vec<u32>| {
+            let mut stream = tok.stream_decoder(false).showing(shown);
+            let mut out = String::new();
+            for &id in ids.iter().chain([eos, ids[0]].iter()) {
+                out.push_str(&stream.push(id).unwrap());
+            }
+            out + &stream.finish()
+        };
+        let hidden = run(Vec::new());
+        let shown = run(vec![eos]);
+        assert_eq!(shown.replace(&*String::from_utf8_lossy(&piece), ""), hidden);
+        assert_ne!(shown, hidden);
+        checked += 1;
+    }
+    assert!(checked > 0, "no tokenizer has a hidden end-of-text token");
+}
+
 #[test]
 fn invalid_ids_are_errors_not_panics() {
     for tok in tokenizers() {

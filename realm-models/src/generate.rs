@@ -34,6 +34,11 @@ pub struct GenerateParams {
     /// where the grammar refuses is drawn again among the tokens it
     /// allows there. Empty: the grammar holds from the first token.
     pub grammar_triggers: Vec<String>,
+    /// Special tokens (by their text) whose text stays in the generated
+    /// text, as llama.cpp's "preserved tokens": a tool format's markers,
+    /// such as Mistral's `[TOOL_CALLS]`, which a parser reads back. Texts
+    /// that are no token of the vocabulary are ignored.
+    pub preserved_tokens: Vec<String>,
     /// Draft tokens by prompt lookup and check them in one forward pass
     /// (see [`crate::lookup`]); the text is the same either way.
     pub lookup: Option<Lookup>,
@@ -52,6 +57,7 @@ impl Default for GenerateParams {
             stop_at_context_end: true,
             grammar: None,
             grammar_triggers: Vec::new(),
+            preserved_tokens: Vec::new(),
             lookup: None,
             context_shift: None,
         }
@@ -353,7 +359,13 @@ impl<'t> Continuation<'t> {
             history: prompt.to_vec(),
             prompt_len: prompt.len(),
             max_tokens: params.max_tokens,
-            decoder: tokenizer.stream_decoder(false),
+            decoder: tokenizer.stream_decoder(false).showing(
+                params
+                    .preserved_tokens
+                    .iter()
+                    .filter_map(|t| tokenizer.token_id(t))
+                    .collect(),
+            ),
             stop: StopMatcher::new(&params.stop),
             matcher: params
                 .grammar

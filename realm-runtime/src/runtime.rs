@@ -151,6 +151,9 @@ pub struct GenerateRequest {
     /// text holds one of them, the grammar's from there on (see
     /// [`realm_models::GenerateParams::grammar_triggers`]).
     pub grammar_triggers: Vec<String>,
+    /// Special tokens whose text stays in the generated text (see
+    /// [`realm_models::GenerateParams::preserved_tokens`]).
+    pub preserved_tokens: Vec<String>,
     /// Context shift: `Some(n_keep)` lets generation go on past a full
     /// session by forgetting the older half of the tokens after the
     /// prompt's first `n_keep` (after BOS, as llama.cpp counts `--keep`;
@@ -172,6 +175,7 @@ impl Default for GenerateRequest {
             layered: false,
             grammar: None,
             grammar_triggers: Vec::new(),
+            preserved_tokens: Vec::new(),
             context_shift: None,
         }
     }
@@ -616,6 +620,7 @@ impl Tenant {
             stop: req.stop.clone(),
             grammar: req.grammar.clone(),
             grammar_triggers: req.grammar_triggers.clone(),
+            preserved_tokens: req.preserved_tokens.clone(),
             // Past i32's range means the whole prompt either way.
             n_keep: req
                 .context_shift

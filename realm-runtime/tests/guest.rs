@@ -48,6 +48,7 @@ fn native_with_kv(path: &std::path::Path, req: &GenerateRequest, kv: KvDtype) ->
             .as_ref()
             .map(|g| Arc::new(realm_models::Grammar::parse(g).unwrap())),
         grammar_triggers: Vec::new(),
+        preserved_tokens: Vec::new(),
         lookup: None,
         context_shift: req
             .context_shift

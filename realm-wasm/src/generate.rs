@@ -170,6 +170,7 @@ pub fn generate<H: Host>(
             stop_at_context_end: true,
             grammar,
             grammar_triggers: params.grammar_triggers.clone(),
+            preserved_tokens: params.preserved_tokens.clone(),
             lookup: None,
             context_shift: None,
         },

@@ -45,6 +45,9 @@ pub struct Params {
     /// With these, the grammar is lazy: it holds from the first of them
     /// the text holds (see `realm_models::GenerateParams::grammar_triggers`).
     pub grammar_triggers: Vec<String>,
+    /// Special tokens whose text stays in the generated text (see
+    /// `realm_models::GenerateParams::preserved_tokens`).
+    pub preserved_tokens: Vec<String>,
     /// With [`FLAG_CONTEXT_SHIFT`]: the prompt's tokens a shift keeps, after
     /// the BOS token, as llama.cpp counts `--keep` (-1: the whole prompt).
     pub n_keep: i32,
@@ -86,6 +89,17 @@ impl<'a> Reader<'a> {
 
     fn u64(&mut self) -> Result<u64, ParamsError> {
         Ok(u64::from(self.u32()?) | (u64::from(self.u32()?) << 32))
+    }
+
+    /// A u32 count, then that many strings (see [`Reader::string`]).
+    fn strings(&mut self, not_utf8: &'static str) -> Result<Vec<String>, ParamsError> {
+        let n = self.u32()?;
+        // Each string takes at least its 4-byte length: a count the block
+        // cannot hold is refused before anything is allocated for it.
+        if self.0.len() / 4 < n as usize {
+            return Err(ParamsError("block is truncated"));
+        }
+        (0..n).map(|_| self.string(not_utf8)).collect()
     }
 
     /// A u32 length, then that many bytes of UTF-8 (else `not_utf8`).
@@ -185,16 +199,10 @@ impl Params {
             sampling.ignore_eos = r.u32()? != 0;
         }
         let n_keep = if version >= 5 { r.u32()? as i32 } else { 0 };
-        let mut grammar_triggers = Vec::new();
+        let (mut grammar_triggers, mut preserved_tokens) = (Vec::new(), Vec::new());
         if version >= 6 {
-            let n = r.u32()?;
-            // Each trigger takes at least its 4-byte length.
-            if r.0.len() / 4 < n as usize {
-                return Err(ParamsError("block is truncated"));
-            }
-            grammar_triggers = (0..n)
-                .map(|_| r.string("grammar trigger is not UTF-8"))
-                .collect::<Result<_, ParamsError>>()?;
+            grammar_triggers = r.strings("grammar trigger is not UTF-8")?;
+            preserved_tokens = r.strings("preserved token is not UTF-8")?;
         }
         if !r.0.is_empty() {
             return Err(ParamsError("bytes after the block's end"));
@@ -208,6 +216,7 @@ impl Params {
             stop,
             grammar,
             grammar_triggers,
+            preserved_tokens,
             n_keep,
         })
     }
@@ -285,9 +294,11 @@ impl Params {
         }
         out.extend_from_slice(&u32::from(s.ignore_eos).to_le_bytes());
         out.extend_from_slice(&self.n_keep.to_le_bytes());
-        out.extend_from_slice(&count(self.grammar_triggers.len()).to_le_bytes());
-        for t in &self.grammar_triggers {
-            put_str(&mut out, t);
+        for list in [&self.grammar_triggers, &self.preserved_tokens] {
+            out.extend_from_slice(&count(list.len()).to_le_bytes());
+            for t in list {
+                put_str(&mut out, t);
+            }
         }
         out
     }
@@ -340,12 +351,13 @@ mod tests {
             stop: vec!["\n\n".into(), "é".into()],
             grammar: Some("root ::= \"é\"".into()),
             grammar_triggers: vec!["<tool_call>".into()],
+            preserved_tokens: vec!["[A]".into()],
             n_keep: -1,
         };
         let whole = p.to_bytes();
-        // Version 6's grammar triggers end the block: the checks of the
-        // older fields count from before them.
-        let triggers = 4 + 4 + 11;
+        // Version 6's grammar triggers and preserved tokens end the block:
+        // the checks of the older fields count from before them.
+        let triggers = 4 + 4 + 11 + 4 + 4 + 3;
         let bytes = whole[..whole.len() - triggers].to_vec();
         let stops = 4 + 2 + 4 + 2;
         let grammar = 4 + 13;
@@ -361,13 +373,19 @@ mod tests {
         let mut longer = whole.clone();
         longer.push(0);
         assert!(Params::parse(&longer).is_err());
-        // A trigger count past the end is refused; a trigger not UTF-8 too.
+        // A trigger count past the end is refused; strings not UTF-8 too.
         let mut huge = bytes.clone();
         huge.extend_from_slice(&u32::MAX.to_le_bytes());
         assert_eq!(Params::parse(&huge), Err(ParamsError("block is truncated")));
         let mut bad = whole.clone();
         let last = bad.len() - 1;
         bad[last] = 0xff;
+        assert_eq!(
+            Params::parse(&bad),
+            Err(ParamsError("preserved token is not UTF-8"))
+        );
+        let mut bad = whole.clone();
+        bad[last - 11] = 0xff;
         assert_eq!(
             Params::parse(&bad),
             Err(ParamsError("grammar trigger is not UTF-8"))
@@ -379,6 +397,7 @@ mod tests {
             Params::parse(&v5_block).unwrap(),
             Params {
                 grammar_triggers: Vec::new(),
+                preserved_tokens: Vec::new(),
                 ..p.clone()
             }
         );
@@ -461,6 +480,7 @@ mod tests {
             Params {
                 n_keep: 0,
                 grammar_triggers: Vec::new(),
+                preserved_tokens: Vec::new(),
                 ..p.clone()
             }
         );

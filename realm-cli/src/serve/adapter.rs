@@ -88,6 +88,7 @@ impl Run {
         let limits = match &tool_mode {
             Some((tools, grammar)) => Limits {
                 grammar_triggers: tools.triggers(),
+                preserved_tokens: tools.preserved_tokens(),
                 ..req
                     .options
                     .limits_with(seed, false, Some(grammar.clone()))?

@@ -238,7 +238,7 @@ impl Reply {
                 let blocks = text
                     .into_iter()
                     .chain(calls.iter().enumerate().map(|(k, c)| {
-                        json!({"type": "tool_use", "id": format!("toolu_{stem}_{k}"),
+                        json!({"type": "tool_use", "id": super::tools::call_id(tools, "toolu_", stem, k),
                                "name": c.name, "input": c.arguments})
                     }))
                     .collect();

@@ -546,6 +546,7 @@ impl<'m, B: Backend> Engine<'m, '_, B> {
             stop_at_context_end: true,
             grammar: job.limits.grammar.clone(),
             grammar_triggers: job.limits.grammar_triggers.clone(),
+            preserved_tokens: job.limits.preserved_tokens.clone(),
             lookup: None,
             context_shift: None,
         };

@@ -468,22 +468,19 @@ impl Reply {
                         if !c.reasoning.is_empty() {
                             message["reasoning_content"] = json!(c.reasoning);
                         }
-                        match self
-                            .tools
-                            .as_ref()
-                            .map(|t| tools::outcome(t, &c.text, c.raw()))
-                        {
-                            Some(Outcome::Calls(calls, content)) => {
-                                message["content"] = match content.is_empty() {
-                                    true => Value::Null,
-                                    false => json!(content),
-                                };
-                                message["tool_calls"] =
-                                    tools::calls_json(&calls, &self.call_id(index), false);
-                                reason = Some("tool_calls");
+                        if let Some(t) = &self.tools {
+                            match tools::outcome(t, &c.text, c.raw()) {
+                                Outcome::Calls(calls, content) => {
+                                    message["content"] = match content.is_empty() {
+                                        true => Value::Null,
+                                        false => json!(content),
+                                    };
+                                    message["tool_calls"] =
+                                        tools::calls_json(t, &calls, &self.call_id(index), false);
+                                    reason = Some("tool_calls");
+                                }
+                                Outcome::Content(text) => message["content"] = json!(text),
                             }
-                            Some(Outcome::Content(text)) => message["content"] = json!(text),
-                            None => {}
                         }
                         json!({
                             "index": index,
@@ -575,6 +572,7 @@ async fn answer(
         let limits = match &extra.tools {
             Some((tools, grammar)) => Limits {
                 grammar_triggers: tools.triggers(),
+                preserved_tokens: tools.preserved_tokens(),
                 ..options.limits_with(seed, extra.echo, Some(grammar.clone()))?
             },
             None => options.limits(seed, extra.echo)?,
@@ -852,7 +850,7 @@ impl Streaming {
                             }
                             let mut chunk = reply.chunk(i, None, None, logprobs);
                             chunk["choices"][0]["delta"] = json!({
-                                "tool_calls": tools::calls_json(&calls, &reply.call_id(i), true)
+                                "tool_calls": tools::calls_json(tools, &calls, &reply.call_id(i), true)
                             });
                             self.out.push_back(data(&chunk));
                             reason = "tool_calls";

@@ -179,6 +179,9 @@ pub struct Limits {
     /// Hold to the grammar only from one of these texts on (a lazy
     /// grammar: a native tool format's calls).
     pub grammar_triggers: Vec<String>,
+    /// Special tokens whose text stays in the reply (a tool format's
+    /// markers).
+    pub preserved_tokens: Vec<String>,
     /// With `--context-shift`: the prompt's tokens after BOS that a shift
     /// keeps (negative: all).
     pub n_keep: i64,
@@ -325,6 +328,7 @@ impl Options {
             echo,
             grammar,
             grammar_triggers: Vec::new(),
+            preserved_tokens: Vec::new(),
             n_keep: self.n_keep.unwrap_or(0),
             post_sampling: false,
             lora,

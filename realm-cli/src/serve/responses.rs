@@ -243,7 +243,7 @@ impl Reply {
                 text.into_iter()
                     .chain(calls.iter().enumerate().map(|(k, c)| {
                         json!({"type": "function_call", "id": format!("fc_{}_{k}", self.stem()),
-                               "call_id": format!("call_{}_{k}", self.stem()), "name": c.name,
+                               "call_id": super::tools::call_id(tools, "call_", self.stem(), k), "name": c.name,
                                "arguments": c.arguments.to_string(), "status": "completed"})
                     }))
                     .collect()

@@ -143,6 +143,7 @@ fn check(
         parse_special: prompt.parse_special,
         grammar: job.limits.grammar.as_ref().map(|g| g.source().to_string()),
         grammar_triggers: job.limits.grammar_triggers.clone(),
+        preserved_tokens: job.limits.preserved_tokens.clone(),
         ..GenerateRequest::default()
     };
     Ok((prompt, n, req))

@@ -290,7 +290,9 @@ pub enum Outcome {
 pub fn outcome(tools: &Tools, content: &str, raw: &str) -> Outcome {
     let native = match tools.format() {
         ToolFormat::Generic => None,
-        ToolFormat::Hermes | ToolFormat::Llama3 => Some(content),
+        ToolFormat::Hermes | ToolFormat::Llama3 | ToolFormat::Mistral | ToolFormat::MistralNemo => {
+            Some(content)
+        }
         ToolFormat::Harmony => Some(raw),
     };
     if let Some(text) = native {
@@ -319,15 +321,38 @@ pub fn outcome(tools: &Tools, content: &str, raw: &str) -> Outcome {
     }
 }
 
-/// OpenAI's `tool_calls` of `calls`, with ids made of `id` (unique to the
-/// request's choice); streamed chunks number them with `index`.
-pub fn calls_json(calls: &[ToolCall], id: &str, streamed: bool) -> Value {
+/// The id of call `k` of a reply whose ids are made of `stem` (unique
+/// to the request's choice): `{prefix}{stem}_{k}`, or, where the template
+/// insists on nine letters and digits (Mistral's), nine made of the same.
+pub fn call_id(tools: Option<&Tools>, prefix: &str, stem: &str, k: usize) -> String {
+    if !tools.is_some_and(|t| t.format().short_ids()) {
+        return format!("{prefix}{stem}_{k}");
+    }
+    // FNV-1a of the long id, in base 36.
+    let long = format!("{stem}_{k}");
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in long.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    (0..9)
+        .map(|_| {
+            let d = DIGITS[(h % 36) as usize] as char;
+            h /= 36;
+            d
+        })
+        .collect()
+}
+
+/// OpenAI's `tool_calls` of `calls`, with ids made of `stem` (see
+/// [`call_id`]); streamed chunks number them with `index`.
+pub fn calls_json(tools: &Tools, calls: &[ToolCall], stem: &str, streamed: bool) -> Value {
     let list: Vec<Value> = calls
         .iter()
         .enumerate()
         .map(|(k, c)| {
             let mut v = json!({
-                "id": format!("call_{id}_{k}"),
+                "id": call_id(Some(tools), "call_", stem, k),
                 "type": "function",
                 "function": {"name": c.name, "arguments": c.arguments.to_string()},
             });
@@ -448,7 +473,7 @@ mod tests {
             panic!("not a call")
         };
         assert_eq!(
-            calls_json(&calls, "x_0", true),
+            calls_json(&tools, &calls, "x_0", true),
             json!([{"index": 0, "id": "call_x_0_0", "type": "function",
                     "function": {"name": "get_weather", "arguments": "{\"city\":\"Oslo\"}"}}])
         );

@@ -182,6 +182,7 @@ impl Tokenizer {
         StreamDecoder {
             tok: self,
             unparse_special,
+            shown: Vec::new(),
             remove_space: self.add_space_prefix,
             raw: Vec::new(),
             bytes: Vec::new(),
@@ -202,6 +203,8 @@ impl Tokenizer {
 pub struct StreamDecoder<'a> {
     tok: &'a Tokenizer,
     unparse_special: bool,
+    /// Special tokens shown as their text even without `unparse_special`.
+    shown: Vec<u32>,
     remove_space: bool,
     /// Decoded bytes not yet space-tidied.
     raw: Vec<u8>,
@@ -213,9 +216,18 @@ pub struct StreamDecoder<'a> {
 const CLEAN_WINDOW: usize = 4;
 
 impl StreamDecoder<'_> {
+    /// Shows these special tokens as their text (llama.cpp's server keeps
+    /// a chat format's markers so, its "preserved tokens"), whatever
+    /// `unparse_special` says of the others.
+    pub fn showing(mut self, ids: Vec<u32>) -> Self {
+        self.shown = ids;
+        self
+    }
+
     /// Adds one token; returns the text that is now final (maybe empty).
     pub fn push(&mut self, id: u32) -> Result<String> {
-        let piece = self.tok.token_to_piece(id, self.unparse_special)?;
+        let special = self.unparse_special || self.shown.contains(&id);
+        let piece = self.tok.token_to_piece(id, special)?;
         let piece = match piece {
             [b' ', rest @ ..] if self.remove_space => rest,
             p => p,

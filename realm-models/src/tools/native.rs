@@ -3,7 +3,7 @@
 //! them as the model was trained to read them; the model's calls are read
 //! back from the markers it was trained to write.
 //!
-//! Two formats are known, told from the template's text as llama.cpp
+//! These formats are known, told from the template's text as llama.cpp
 //! tells them:
 //!
 //! - [`ToolFormat::Hermes`]: `<tool_call>\n{"name": ..., "arguments":
@@ -13,6 +13,14 @@
 //!   `<|channel|>commentary to=functions.NAME <|constrain|>json<|message|>`
 //!   and the arguments, ended by `<|call|>` (or the recipient before the
 //!   channel: `<|start|>assistant to=functions.NAME<|channel|>...`).
+//! - [`ToolFormat::Llama3`]: Llama 3.1-3.3's `{"name": ..., "parameters":
+//!   {...}}`.
+//! - [`ToolFormat::Mistral`]: Mistral Small 3.2's, Devstral's and Ministral
+//!   3's `[TOOL_CALLS]NAME[ARGS]{...}` (a `[CALL_ID]` may come between),
+//!   and [`ToolFormat::MistralNemo`]: Mistral Nemo's `[TOOL_CALLS][{"name":
+//!   ..., "arguments": {...}, "id": "..."}]`. Their markers are special
+//!   tokens, kept in the text ([`Tools::preserved_tokens`]); their call ids
+//!   are nine letters and digits ([`ToolFormat::short_ids`]).
 //!
 //! Under the choice `auto` the grammar of the calls is lazy: the model
 //! writes freely until it opens a call, and from there on only calls of
@@ -51,9 +59,18 @@ pub enum ToolFormat {
     /// Llama 3.1, 3.2 and 3.3's JSON calls, `{"name": ..., "parameters":
     /// {...}}`, results read back in the `ipython` role.
     Llama3,
+    /// `[TOOL_CALLS]NAME[ARGS]{...}` (Mistral Small 3.2, Devstral,
+    /// Ministral 3).
+    Mistral,
+    /// `[TOOL_CALLS][{"name": ..., "arguments": {...}, "id": ...}]`
+    /// (Mistral Nemo).
+    MistralNemo,
 }
 
 const HERMES_OPEN: &str = "<tool_call>";
+const MISTRAL_OPEN: &str = "[TOOL_CALLS]";
+const MISTRAL_ARGS: &str = "[ARGS]";
+const MISTRAL_ID: &str = "[CALL_ID]";
 /// How Llama 3's calls begin.
 const LLAMA3_OPEN: &str = "{\"name\"";
 const HERMES_CLOSE: &str = "</tool_call>";
@@ -67,13 +84,20 @@ impl ToolFormat {
     /// writes `<|channel|>` and recipients, Hermes where it writes
     /// `<tool_call>` around JSON (not Qwen 3 Coder's, MiniMax's or GLM's
     /// XML inside those tags), Llama 3's where it opens `ipython` turns
-    /// (not Functionary's `<function=` calls), else the generic format.
+    /// (not Functionary's `<function=` calls), Mistral's where it writes
+    /// `[TOOL_CALLS]` (with `[ARGS]` or Nemo's JSON), else the generic
+    /// format.
     pub fn of_template(source: &str) -> Self {
         let xml = ["<function=", "<invoke", "<arg_key>"]
             .iter()
             .any(|m| source.contains(m));
         if source.contains("<|channel|>") && source.contains(" to=") {
             Self::Harmony
+        } else if source.contains(MISTRAL_OPEN) {
+            match source.contains(MISTRAL_ARGS) {
+                true => Self::Mistral,
+                false => Self::MistralNemo,
+            }
         } else if source.contains(HERMES_OPEN) && !xml {
             Self::Hermes
         } else if source.contains("<|start_header_id|>ipython<|end_header_id|>") && !xml {
@@ -81,6 +105,12 @@ impl ToolFormat {
         } else {
             Self::Generic
         }
+    }
+
+    /// Whether the template insists on call ids of nine letters and
+    /// digits (Mistral's do), which the ids handed out must then be.
+    pub fn short_ids(self) -> bool {
+        matches!(self, Self::Mistral | Self::MistralNemo)
     }
 }
 
@@ -121,7 +151,22 @@ impl Tools {
             ToolFormat::Hermes => vec![HERMES_OPEN.to_string()],
             ToolFormat::Harmony => vec![HARMONY_TO.to_string()],
             ToolFormat::Llama3 => vec![LLAMA3_OPEN.to_string()],
+            ToolFormat::Mistral | ToolFormat::MistralNemo => vec![MISTRAL_OPEN.to_string()],
         }
+    }
+
+    /// The special tokens whose text must stay in the reply for its calls
+    /// to be read ([`crate::GenerateParams::preserved_tokens`]): the
+    /// format's markers.
+    pub fn preserved_tokens(&self) -> Vec<String> {
+        let marks: &[&str] = match self.format {
+            ToolFormat::Generic | ToolFormat::Llama3 => &[],
+            ToolFormat::Hermes => &[HERMES_OPEN, HERMES_CLOSE],
+            ToolFormat::Harmony => &["<|channel|>", "<|message|>", "<|constrain|>", "<|start|>"],
+            ToolFormat::Mistral => &[MISTRAL_OPEN, MISTRAL_ARGS, MISTRAL_ID],
+            ToolFormat::MistralNemo => &[MISTRAL_OPEN],
+        };
+        marks.iter().map(|m| m.to_string()).collect()
     }
 
     /// The grammar of calls in a native format: from a trigger on (see
@@ -208,6 +253,67 @@ impl Tools {
                 };
                 convert_framed(root, &[("call".to_string(), &call)])
             }
+            ToolFormat::MistralNemo => {
+                let calls: Vec<Value> = self
+                    .callable()
+                    .map(|t| {
+                        serde_json::json!({
+                            "type": "object",
+                            "properties": {
+                                "name": {"const": t.name},
+                                "arguments": t.parameters,
+                                "id": {"type": "string", "pattern": "^[a-zA-Z0-9]{9}$"},
+                            },
+                            "required": ["name", "arguments", "id"],
+                        })
+                    })
+                    .collect();
+                let call = match <[Value; 1]>::try_from(calls) {
+                    Ok([c]) => c,
+                    Err(calls) => serde_json::json!({"anyOf": calls}),
+                };
+                let list = match self.parallel {
+                    true => "call (\",\" [ \\t\\n]* call)*",
+                    false => "call",
+                };
+                let open = gbnf_literal(MISTRAL_OPEN);
+                let lead = if lazy { "" } else { "[ \\t\\n]* " };
+                let root =
+                    format!("{lead}{open} [ \\t\\n]* \"[\" [ \\t\\n]* {list} [ \\t\\n]* \"]\"");
+                convert_framed(&root, &[("call".to_string(), &call)])
+            }
+            ToolFormat::Mistral => {
+                let tools: Vec<&super::Tool> = self.callable().collect();
+                let values: Vec<(String, &Value)> = tools
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| (format!("args-{i}"), &t.parameters))
+                    .collect();
+                // `[TOOL_CALLS]NAME`, maybe `[CALL_ID]` and nine letters
+                // and digits, `[ARGS]` and the arguments.
+                let names: Vec<String> = tools
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| {
+                        format!(
+                            "{} ({} [a-zA-Z0-9]{{9}})? {} args-{i}",
+                            gbnf_literal(&t.name),
+                            gbnf_literal(MISTRAL_ID),
+                            gbnf_literal(MISTRAL_ARGS)
+                        )
+                    })
+                    .collect();
+                let call = format!("{} ({})", gbnf_literal(MISTRAL_OPEN), names.join(" | "));
+                let calls = match self.parallel {
+                    true => format!("({call})+"),
+                    false => call,
+                };
+                let root = match lazy {
+                    true => calls,
+                    false => format!("[ \\t\\n]* {calls}"),
+                };
+                convert_framed(&root, &values)
+            }
         }
     }
 
@@ -223,6 +329,9 @@ impl Tools {
             ToolFormat::Harmony => Some(content.to_string()),
             // (Any `{` may open a call.)
             ToolFormat::Llama3 => Some(held_before(content, "{").trim().to_string()),
+            ToolFormat::Mistral | ToolFormat::MistralNemo => {
+                Some(held_before(content, MISTRAL_OPEN).trim().to_string())
+            }
         }
     }
 
@@ -238,6 +347,7 @@ impl Tools {
                 calls: self.harmony_calls(text),
             },
             ToolFormat::Llama3 => self.llama3(text),
+            ToolFormat::Mistral | ToolFormat::MistralNemo => self.mistral(text),
             ToolFormat::Generic | ToolFormat::Hermes => self.hermes(text),
         }
     }
@@ -268,6 +378,59 @@ impl Tools {
                 }
             };
             rest = &after[end..];
+        }
+        content.push_str(rest);
+        NativeReply {
+            content: content.trim().to_string(),
+            calls,
+        }
+    }
+
+    /// Mistral's calls after each `[TOOL_CALLS]`: Nemo's JSON list, or a
+    /// name, maybe `[CALL_ID]` and an id, `[ARGS]` and a JSON object.
+    fn mistral(&self, text: &str) -> NativeReply {
+        let mut content = String::new();
+        let mut calls = Vec::new();
+        let mut rest = text;
+        while let Some(at) = rest.find(MISTRAL_OPEN) {
+            content.push_str(&rest[..at]);
+            let after = &rest[at + MISTRAL_OPEN.len()..];
+            let (found, used) = match after.trim_start().starts_with('[') {
+                true => {
+                    let skip = after.len() - after.trim_start().len();
+                    let (list, used) = first_json(&after[skip..]);
+                    let found: Vec<ToolCall> = list
+                        .as_ref()
+                        .and_then(Value::as_array)
+                        .map(|l| l.iter().filter_map(|c| self.call_of(c)).collect())
+                        .unwrap_or_default();
+                    (found, skip + used)
+                }
+                false => {
+                    let name_end = after.find(['[', '{']).unwrap_or(after.len());
+                    let name = after[..name_end].trim();
+                    let args_at = after.find(MISTRAL_ARGS).map(|i| i + MISTRAL_ARGS.len());
+                    match args_at {
+                        Some(a) if a >= name_end => {
+                            let (args, used) = first_json(&after[a..]);
+                            let call = args.and_then(|arguments| {
+                                self.call_of(
+                                    &serde_json::json!({"name": name, "arguments": arguments}),
+                                )
+                            });
+                            (call.into_iter().collect(), a + used)
+                        }
+                        _ => (Vec::new(), 0),
+                    }
+                }
+            };
+            if found.is_empty() {
+                content.push_str(MISTRAL_OPEN);
+                rest = after;
+            } else {
+                calls.extend(found);
+                rest = &after[used..];
+            }
         }
         content.push_str(rest);
         NativeReply {
@@ -347,6 +510,16 @@ impl Tools {
             rest = &body[end..];
         }
         calls
+    }
+}
+
+/// The JSON value `text` begins with, and the bytes it takes (0 when it
+/// begins with none).
+fn first_json(text: &str) -> (Option<Value>, usize) {
+    let mut values = serde_json::Deserializer::from_str(text).into_iter::<Value>();
+    match values.next() {
+        Some(Ok(v)) => (Some(v), values.byte_offset()),
+        _ => (None, 0),
     }
 }
 
@@ -486,6 +659,45 @@ mod tests {
         assert_eq!(reply.calls[1].name, "now");
         assert_eq!(reply.content, "Sure.  {\"name\": 1}  {\"x");
         assert_eq!(t.streamable("Sure. {\"na").as_deref(), Some("Sure."));
+    }
+
+    #[test]
+    fn mistral_calls_in_both_forms() {
+        let t = tools(None, true, "[TOOL_CALLS]{{ n }}[ARGS]");
+        assert_eq!(t.format(), ToolFormat::Mistral);
+        assert_eq!(t.triggers(), ["[TOOL_CALLS]"]);
+        assert_eq!(
+            t.preserved_tokens(),
+            ["[TOOL_CALLS]", "[ARGS]", "[CALL_ID]"]
+        );
+        let g = t.native_grammar().unwrap();
+        let one = "[TOOL_CALLS]get_weather[ARGS]{\"city\": \"Oslo\"}";
+        let two = format!("{one}[TOOL_CALLS]now[CALL_ID]a1b2c3d4e[ARGS]{{}}");
+        assert!(accepts(&g, one));
+        assert!(accepts(&g, &two));
+        assert!(!accepts(&g, "[TOOL_CALLS]now[CALL_ID]short[ARGS]{}"));
+        let reply = t.parse_native(&format!("Sure. {two}"));
+        assert_eq!(reply.content, "Sure.");
+        assert_eq!(reply.calls.len(), 2);
+        assert_eq!(reply.calls[1].name, "now");
+        assert_eq!(t.streamable("Sure. [TOOL_").as_deref(), Some("Sure."));
+        let bad = t.parse_native("[TOOL_CALLS]nope[ARGS]{}");
+        assert_eq!(
+            (bad.calls.len(), bad.content.as_str()),
+            (0, "[TOOL_CALLS]nope[ARGS]{}")
+        );
+
+        let nemo = tools(None, true, "[TOOL_CALLS][");
+        assert_eq!(nemo.format(), ToolFormat::MistralNemo);
+        assert!(nemo.format().short_ids());
+        let g = nemo.native_grammar().unwrap();
+        let call = "[TOOL_CALLS][{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}, \
+                    \"id\": \"abcdefghi\"}]";
+        assert!(accepts(&g, call));
+        assert!(!accepts(&g, &call.replace("abcdefghi", "abc")));
+        let reply = nemo.parse_native(call);
+        assert_eq!(reply.calls[0].arguments, json!({"city": "Oslo"}));
+        assert_eq!(reply.content, "");
     }
 
     #[test]
