@@ -45,6 +45,10 @@ TEMPLATES = [
     "Mistral-Small-3.2-24B-Instruct-2506.jinja",
     "unsloth-mistral-Devstral-Small-2507.jinja",
     "mistralai-Ministral-3-14B-Reasoning-2512.jinja",
+    "Qwen3-Coder.jinja",
+    "Qwen3.5-4B.jinja",
+    "NVIDIA-Nemotron-3-Nano-30B-A3B-BF16.jinja",
+    "StepFun3.5-Flash.jinja",
 ]
 
 TOOLS = [

@@ -2548,6 +2548,17 @@ const MISTRAL_TEMPLATE: &str = "{%- if tools %}[AVAILABLE_TOOLS]{{ tools | tojso
 [TOOL_CALLS]{{ c.function.name }}[ARGS]{{ c.function.arguments | tojson }}{% endfor %}\
 {{ eos_token }}{%- else %}{{ m.content }}{{ eos_token }}{% endif %}{% endfor %}";
 
+/// An XML-parameters template (Qwen 3 Coder's and 3.5's format, written
+/// anew): `<function=NAME>` and `<parameter=P>` elements in `<tool_call>`.
+const XML_TEMPLATE: &str = "{%- if tools %}<|im_start|>system\nTools: {% for t in tools %}\
+{{ t | tojson }} {% endfor %}<|im_end|>\n{% endif %}{%- for m in messages %}\
+{%- if m.role == \"tool\" %}<|im_start|>user\n<tool_response>\n{{ m.content }}\n\
+</tool_response><|im_end|>\n{% else %}<|im_start|>{{ m.role }}\n{{ m.content }}\
+{% for c in m.tool_calls or [] %}<tool_call>\n<function={{ c.function.name }}>\n\
+{% for k, v in c.function.arguments | items %}<parameter={{ k }}>\n{{ v }}\n</parameter>\n\
+{% endfor %}</function>\n</tool_call>{% endfor %}<|im_end|>\n{% endif %}{%- endfor %}\
+<|im_start|>assistant\n";
+
 /// A weather request after `shots` earlier calls of the tool (each with
 /// its result and an answer), asking about Lima.
 fn weather_after_calls(shots: usize, extra: Value) -> Value {
@@ -2764,4 +2775,28 @@ fn mistral_tool_calls_get_nine_character_ids() {
     let block = &message["content"][0];
     assert_eq!(block["type"], "tool_use", "{message}");
     assert_eq!(block["id"].as_str().unwrap().len(), 9, "{message}");
+}
+
+/// The XML-parameters format (Qwen 3 Coder, Qwen 3.5, Nemotron 3 Nano):
+/// an earlier call's arguments written as parameter elements, a required
+/// call read back from them, whole and streamed.
+#[test]
+fn xml_parameter_tool_calls() {
+    if !cached(&catalog::SMOLLM2) {
+        return;
+    }
+    let server = Server::start(&["smollm2", "--chat-template", XML_TEMPLATE]);
+    let prompt =
+        server.post("/apply-template", &weather_after_calls(1, json!({})))["prompt"].clone();
+    assert!(
+        prompt.as_str().unwrap().contains(
+            "<|im_start|>assistant\n<tool_call>\n<function=get_weather>\n<parameter=city>\nOslo\n\
+             </parameter>\n</function>\n</tool_call><|im_end|>"
+        ),
+        "{prompt}"
+    );
+    let required = weather_request(json!({"tool_choice": "required"}));
+    let (name, args, content) = native_call(&server, &required);
+    assert_eq!((name.as_str(), &content), ("get_weather", &Value::Null));
+    assert!(args["city"].is_string(), "{args}");
 }

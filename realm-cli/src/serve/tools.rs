@@ -290,10 +290,8 @@ pub enum Outcome {
 pub fn outcome(tools: &Tools, content: &str, raw: &str) -> Outcome {
     let native = match tools.format() {
         ToolFormat::Generic => None,
-        ToolFormat::Hermes | ToolFormat::Llama3 | ToolFormat::Mistral | ToolFormat::MistralNemo => {
-            Some(content)
-        }
         ToolFormat::Harmony => Some(raw),
+        _ => Some(content),
     };
     if let Some(text) = native {
         // (Content trimmed, as `Tools::streamable` streams it, but

@@ -119,19 +119,18 @@ pub(super) fn convert(schema: &Value) -> Result<super::Grammar, GrammarError> {
     super::Grammar::parse(&out)
 }
 
-/// A grammar whose `root` rule is the GBNF expression `root`, in which
-/// each name of `values` is a rule matching the JSON documents of its
-/// schema (a name GBNF accepts, not `root` nor a built-in's such as
-/// `string`). Tool calls framed by a model's markers are written so.
+/// A grammar of the GBNF `rules` (`(name, expression)`, `root` among
+/// them) and, for each name of `values`, a rule matching the JSON
+/// documents of its schema (a name GBNF accepts, not `root` nor a
+/// built-in's such as `string`). Tool calls framed by a model's markers
+/// are written so.
 pub(crate) fn convert_framed(
-    root: &str,
+    rules: &[(&str, String)],
     values: &[(String, &Value)],
 ) -> Result<super::Grammar, GrammarError> {
-    let Some((_, first)) = values.first() else {
-        return super::Grammar::parse(&format!("root ::= {root}\n"));
-    };
+    let empty = Value::Null;
     let mut c = Converter {
-        doc: first,
+        doc: values.first().map_or(&empty, |(_, v)| v),
         rules: BTreeMap::new(),
         resolving: HashSet::new(),
     };
@@ -143,7 +142,9 @@ pub(crate) fn convert_framed(
             c.rules.insert(name.clone(), rule);
         }
     }
-    c.rules.insert("root".into(), root.to_string());
+    for (name, body) in rules {
+        c.rules.insert((*name).to_string(), body.clone());
+    }
     let mut out = String::new();
     for (name, body) in &c.rules {
         out.push_str(&format!("{name} ::= {body}\n"));

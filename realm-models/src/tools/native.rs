@@ -15,6 +15,10 @@
 //!   channel: `<|start|>assistant to=functions.NAME<|channel|>...`).
 //! - [`ToolFormat::Llama3`]: Llama 3.1-3.3's `{"name": ..., "parameters":
 //!   {...}}`.
+//! - [`ToolFormat::XmlParameters`]: `<tool_call>\n<function=NAME>\n
+//!   <parameter=P>\nVALUE\n</parameter>\n</function>\n</tool_call>` (Qwen
+//!   3 Coder, Qwen 3.5, Nemotron 3 Nano, Step 3.5): text values as they
+//!   are, others as JSON.
 //! - [`ToolFormat::Mistral`]: Mistral Small 3.2's, Devstral's and Ministral
 //!   3's `[TOOL_CALLS]NAME[ARGS]{...}` (a `[CALL_ID]` may come between),
 //!   and [`ToolFormat::MistralNemo`]: Mistral Nemo's `[TOOL_CALLS][{"name":
@@ -62,6 +66,9 @@ pub enum ToolFormat {
     /// `[TOOL_CALLS]NAME[ARGS]{...}` (Mistral Small 3.2, Devstral,
     /// Ministral 3).
     Mistral,
+    /// `<tool_call>` blocks of `<function=NAME>` and `<parameter=P>`
+    /// elements (Qwen 3 Coder, Qwen 3.5, Nemotron 3 Nano, Step 3.5).
+    XmlParameters,
     /// `[TOOL_CALLS][{"name": ..., "arguments": {...}, "id": ...}]`
     /// (Mistral Nemo).
     MistralNemo,
@@ -82,8 +89,9 @@ const HARMONY_ENDS: [&str; 3] = ["<|end|>", "<|return|>", "<|call|>"];
 impl ToolFormat {
     /// The format a chat template writes calls in: harmony where it
     /// writes `<|channel|>` and recipients, Hermes where it writes
-    /// `<tool_call>` around JSON (not Qwen 3 Coder's, MiniMax's or GLM's
-    /// XML inside those tags), Llama 3's where it opens `ipython` turns
+    /// `<tool_call>` around JSON, the XML parameters where it writes
+    /// `<function=` and `<parameter=` inside them (not MiniMax's or GLM's
+    /// XML), Llama 3's where it opens `ipython` turns
     /// (not Functionary's `<function=` calls), Mistral's where it writes
     /// `[TOOL_CALLS]` (with `[ARGS]` or Nemo's JSON), else the generic
     /// format.
@@ -98,6 +106,11 @@ impl ToolFormat {
                 true => Self::Mistral,
                 false => Self::MistralNemo,
             }
+        } else if source.contains(HERMES_OPEN)
+            && source.contains("<function=")
+            && source.contains("<parameter=")
+        {
+            Self::XmlParameters
         } else if source.contains(HERMES_OPEN) && !xml {
             Self::Hermes
         } else if source.contains("<|start_header_id|>ipython<|end_header_id|>") && !xml {
@@ -148,7 +161,7 @@ impl Tools {
         }
         match self.format {
             ToolFormat::Generic => Vec::new(),
-            ToolFormat::Hermes => vec![HERMES_OPEN.to_string()],
+            ToolFormat::Hermes | ToolFormat::XmlParameters => vec![HERMES_OPEN.to_string()],
             ToolFormat::Harmony => vec![HARMONY_TO.to_string()],
             ToolFormat::Llama3 => vec![LLAMA3_OPEN.to_string()],
             ToolFormat::Mistral | ToolFormat::MistralNemo => vec![MISTRAL_OPEN.to_string()],
@@ -161,7 +174,7 @@ impl Tools {
     pub fn preserved_tokens(&self) -> Vec<String> {
         let marks: &[&str] = match self.format {
             ToolFormat::Generic | ToolFormat::Llama3 => &[],
-            ToolFormat::Hermes => &[HERMES_OPEN, HERMES_CLOSE],
+            ToolFormat::Hermes | ToolFormat::XmlParameters => &[HERMES_OPEN, HERMES_CLOSE],
             ToolFormat::Harmony => &["<|channel|>", "<|message|>", "<|constrain|>", "<|start|>"],
             ToolFormat::Mistral => &[MISTRAL_OPEN, MISTRAL_ARGS, MISTRAL_ID],
             ToolFormat::MistralNemo => &[MISTRAL_OPEN],
@@ -198,7 +211,7 @@ impl Tools {
                         "(\"<think>\"? ([^<] | \"<\" [^/])* \"</think>\")? [ \\t\\n]* {calls}"
                     ),
                 };
-                convert_framed(&root, &[("call".to_string(), &call)])
+                convert_framed(&[("root", root)], &[("call".to_string(), &call)])
             }
             ToolFormat::Harmony => {
                 let tools: Vec<&super::Tool> = self.callable().collect();
@@ -228,7 +241,7 @@ impl Tools {
                          \"<|end|><|start|>assistant\")? (\"<|channel|>commentary\")? {call}"
                     ),
                 };
-                convert_framed(&root, &values)
+                convert_framed(&[("root", root)], &values)
             }
             ToolFormat::Llama3 => {
                 // `{"name": ..., "parameters": ...}`, compact where the
@@ -251,7 +264,10 @@ impl Tools {
                     true => "call",
                     false => "[ \\t\\n]* call",
                 };
-                convert_framed(root, &[("call".to_string(), &call)])
+                convert_framed(
+                    &[("root", root.to_string())],
+                    &[("call".to_string(), &call)],
+                )
             }
             ToolFormat::MistralNemo => {
                 let calls: Vec<Value> = self
@@ -280,8 +296,9 @@ impl Tools {
                 let lead = if lazy { "" } else { "[ \\t\\n]* " };
                 let root =
                     format!("{lead}{open} [ \\t\\n]* \"[\" [ \\t\\n]* {list} [ \\t\\n]* \"]\"");
-                convert_framed(&root, &[("call".to_string(), &call)])
+                convert_framed(&[("root", root)], &[("call".to_string(), &call)])
             }
+            ToolFormat::XmlParameters => self.xml_grammar(lazy),
             ToolFormat::Mistral => {
                 let tools: Vec<&super::Tool> = self.callable().collect();
                 let values: Vec<(String, &Value)> = tools
@@ -312,7 +329,7 @@ impl Tools {
                     true => calls,
                     false => format!("[ \\t\\n]* {calls}"),
                 };
-                convert_framed(&root, &values)
+                convert_framed(&[("root", root)], &values)
             }
         }
     }
@@ -325,7 +342,9 @@ impl Tools {
     pub fn streamable(&self, content: &str) -> Option<String> {
         match self.format {
             ToolFormat::Generic => super::streamed_response(content),
-            ToolFormat::Hermes => Some(held_before(content, HERMES_OPEN).trim().to_string()),
+            ToolFormat::Hermes | ToolFormat::XmlParameters => {
+                Some(held_before(content, HERMES_OPEN).trim().to_string())
+            }
             ToolFormat::Harmony => Some(content.to_string()),
             // (Any `{` may open a call.)
             ToolFormat::Llama3 => Some(held_before(content, "{").trim().to_string()),
@@ -348,6 +367,7 @@ impl Tools {
             },
             ToolFormat::Llama3 => self.llama3(text),
             ToolFormat::Mistral | ToolFormat::MistralNemo => self.mistral(text),
+            ToolFormat::XmlParameters => self.xml(text),
             ToolFormat::Generic | ToolFormat::Hermes => self.hermes(text),
         }
     }
@@ -384,6 +404,124 @@ impl Tools {
             content: content.trim().to_string(),
             calls,
         }
+    }
+
+    /// The grammar of XML calls: each tool's parameters in its schema's
+    /// order (the required ones required), a text parameter's value any
+    /// text without `</`, another's JSON of its schema.
+    fn xml_grammar(&self, lazy: bool) -> Result<Grammar, GrammarError> {
+        let tools: Vec<&super::Tool> = self.callable().collect();
+        let mut values: Vec<(String, &Value)> = Vec::new();
+        let mut functions = Vec::new();
+        for (i, t) in tools.iter().enumerate() {
+            let required: Vec<&str> = t.parameters["required"]
+                .as_array()
+                .map(|r| r.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            let mut params = String::new();
+            if let Some(props) = t.parameters["properties"].as_object() {
+                for (j, (name, schema)) in props.iter().enumerate() {
+                    let value = if is_text(schema) {
+                        "xml-text".to_string()
+                    } else {
+                        let rule = format!("param-{i}-{j}");
+                        values.push((rule.clone(), schema));
+                        rule
+                    };
+                    let element = format!(
+                        "{} {value} {}",
+                        gbnf_literal(&format!("<parameter={name}>\n")),
+                        gbnf_literal("\n</parameter>\n")
+                    );
+                    match required.contains(&name.as_str()) {
+                        true => params.push_str(&format!(" {element}")),
+                        false => params.push_str(&format!(" ({element})?")),
+                    }
+                }
+            }
+            functions.push(format!(
+                "{}{params} {}",
+                gbnf_literal(&format!("<function={}>\n", t.name)),
+                gbnf_literal("</function>\n")
+            ));
+        }
+        let block = format!(
+            "{} ({}) {}",
+            gbnf_literal(&format!("{HERMES_OPEN}\n")),
+            functions.join(" | "),
+            gbnf_literal(HERMES_CLOSE)
+        );
+        let calls = match self.parallel {
+            true => format!("{block} ([ \\t\\n]* {block})*"),
+            false => block,
+        };
+        let root = match (lazy, self.thinks) {
+            (true, _) => calls,
+            (false, false) => format!("[ \\t\\n]* {calls}"),
+            (false, true) => {
+                format!("(\"<think>\"? ([^<] | \"<\" [^/])* \"</think>\")? [ \\t\\n]* {calls}")
+            }
+        };
+        let text = "([^<] | \"<\" [^/])*".to_string();
+        convert_framed(&[("root", root), ("xml-text", text)], &values)
+    }
+
+    /// XML calls: each `<tool_call>` block of a `<function=NAME>` of a
+    /// tool given, its parameters' values read by their schemas (text as
+    /// it is, else JSON, else text).
+    fn xml(&self, text: &str) -> NativeReply {
+        let mut content = String::new();
+        let mut calls = Vec::new();
+        let mut rest = text;
+        while let Some(at) = rest.find(HERMES_OPEN) {
+            content.push_str(&rest[..at]);
+            let after = &rest[at + HERMES_OPEN.len()..];
+            let (body, next) = match after.find(HERMES_CLOSE) {
+                Some(end) => (&after[..end], &after[end + HERMES_CLOSE.len()..]),
+                None => (after, ""),
+            };
+            match self.xml_call(body) {
+                Some(call) => calls.push(call),
+                None => content.push_str(&rest[at..rest.len() - next.len()]),
+            }
+            rest = next;
+        }
+        content.push_str(rest);
+        NativeReply {
+            content: content.trim().to_string(),
+            calls,
+        }
+    }
+
+    /// One `<function=NAME>` element's call.
+    fn xml_call(&self, body: &str) -> Option<ToolCall> {
+        let f = &body[body.find("<function=")? + "<function=".len()..];
+        let end = f.find('>')?;
+        let tool = self.tools.iter().find(|t| t.name == f[..end])?;
+        let mut arguments = serde_json::Map::new();
+        let mut rest = &f[end + 1..];
+        while let Some(at) = rest.find("<parameter=") {
+            let p = &rest[at + "<parameter=".len()..];
+            let name_end = p.find('>')?;
+            let name = &p[..name_end];
+            let v = &p[name_end + 1..];
+            let close = v.find("</parameter>").unwrap_or(v.len());
+            let raw = v[..close].strip_prefix('\n').unwrap_or(&v[..close]);
+            let raw = raw.strip_suffix('\n').unwrap_or(raw);
+            let schema = &tool.parameters["properties"][name];
+            let value = match is_text(schema) {
+                true => Value::String(raw.to_string()),
+                false => {
+                    serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_string()))
+                }
+            };
+            arguments.insert(name.to_string(), value);
+            rest = &v[close..];
+        }
+        Some(ToolCall {
+            name: tool.name.clone(),
+            arguments: Value::Object(arguments),
+        })
     }
 
     /// Mistral's calls after each `[TOOL_CALLS]`: Nemo's JSON list, or a
@@ -513,6 +651,12 @@ impl Tools {
     }
 }
 
+/// Whether a parameter's schema is of text alone (its value is written as
+/// it is in the XML format).
+fn is_text(schema: &Value) -> bool {
+    schema["type"] == "string"
+}
+
 /// The JSON value `text` begins with, and the bytes it takes (0 when it
 /// begins with none).
 fn first_json(text: &str) -> (Option<Value>, usize) {
@@ -575,6 +719,10 @@ mod tests {
         assert_eq!(
             ToolFormat::of_template("<tool_call><function={{ n }}>"),
             ToolFormat::Generic
+        );
+        assert_eq!(
+            ToolFormat::of_template("<tool_call>\n<function={{ n }}>\n<parameter={{ p }}>"),
+            ToolFormat::XmlParameters
         );
         assert_eq!(
             ToolFormat::of_template("<|start|>assistant to=functions.{{ n }}<|channel|>"),
@@ -659,6 +807,57 @@ mod tests {
         assert_eq!(reply.calls[1].name, "now");
         assert_eq!(reply.content, "Sure.  {\"name\": 1}  {\"x");
         assert_eq!(t.streamable("Sure. {\"na").as_deref(), Some("Sure."));
+    }
+
+    #[test]
+    fn xml_parameters_are_text_or_json() {
+        let template = "<tool_call>\n<function={{ n }}>\n<parameter={{ p }}>";
+        let list = json!([
+            {"type": "function", "function": {"name": "get_weather", "parameters": {
+                "type": "object", "properties": {"city": {"type": "string"},
+                                                 "days": {"type": "integer"}},
+                "required": ["city"]}}},
+            {"type": "function", "function": {"name": "now"}},
+        ]);
+        let t = Tools::from_openai(&list, None, Some(false))
+            .unwrap()
+            .unwrap()
+            .for_template(template);
+        assert_eq!(t.format(), ToolFormat::XmlParameters);
+        assert_eq!(t.triggers(), ["<tool_call>"]);
+        let g = t.native_grammar().unwrap();
+        let call = "<tool_call>\n<function=get_weather>\n<parameter=city>\nSan Jos\u{e9}, CA\n</parameter>\n\
+                    <parameter=days>\n3\n</parameter>\n</function>\n</tool_call>";
+        assert!(accepts(&g, call));
+        assert!(accepts(
+            &g,
+            &call.replace("<parameter=days>\n3\n</parameter>\n", "")
+        ));
+        assert!(!accepts(&g, &call.replace("\n3\n", "\nthree\n")));
+        assert!(!accepts(
+            &g,
+            &call.replace("<parameter=city>\nSan Jos\u{e9}, CA\n</parameter>\n", "")
+        ));
+        assert!(accepts(
+            &g,
+            "<tool_call>\n<function=now>\n</function>\n</tool_call>"
+        ));
+
+        let reply = t.parse_native(&format!("Looking.\n\n{call}"));
+        assert_eq!(reply.content, "Looking.");
+        assert_eq!(
+            reply.calls[0].arguments,
+            json!({"city": "San Jos\u{e9}, CA", "days": 3})
+        );
+        let multi = t.parse_native(
+            "<tool_call>\n<function=get_weather>\n<parameter=city>\na\nb\n</parameter>\n\
+             </function>\n</tool_call><tool_call>\n<function=nope>\n</function>\n</tool_call>",
+        );
+        assert_eq!(multi.calls[0].arguments, json!({"city": "a\nb"}));
+        assert_eq!(
+            multi.content,
+            "<tool_call>\n<function=nope>\n</function>\n</tool_call>"
+        );
     }
 
     #[test]
