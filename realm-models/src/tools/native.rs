@@ -15,9 +15,9 @@
 //!   channel: `<|start|>assistant to=functions.NAME<|channel|>...`).
 //! - [`ToolFormat::Llama3`]: Llama 3.1-3.3's `{"name": ..., "parameters":
 //!   {...}}`.
-//! - [`ToolFormat::XmlParameters`]: `<tool_call>\n<function=NAME>\n
-//!   <parameter=P>\nVALUE\n</parameter>\n</function>\n</tool_call>` (Qwen
-//!   3 Coder, Qwen 3.5, Nemotron 3 Nano, Step 3.5): text values as they
+//! - [`ToolFormat::XmlParameters`] (Qwen 3 Coder, Qwen 3.5, Nemotron 3
+//!   Nano, Step 3.5): `<tool_call>\n<function=NAME>\n<parameter=P>\nVALUE`
+//!   `\n</parameter>\n</function>\n</tool_call>`, text values as they
 //!   are, others as JSON.
 //! - [`ToolFormat::Mistral`]: Mistral Small 3.2's, Devstral's and Ministral
 //!   3's `[TOOL_CALLS]NAME[ARGS]{...}` (a `[CALL_ID]` may come between),
