@@ -68,13 +68,24 @@ CONVERSATIONS = {
             {"role": "user", "content": "Weather in Oslo? Ünïcode <b>&</b>"}],
     "called": [
         {"role": "user", "content": "Weather in Oslo and the time?"},
-        {"role": "assistant", "content": "", "tool_calls": [
+        {"role": "assistant", "content": "", "reasoning_content": "Oslo first.",
+         "tool_calls": [
             {"id": "call00001", "type": "function",
              "function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}]},
         {"role": "tool", "tool_call_id": "call00001", "name": "get_weather",
          "content": "{\"temperature\": 3}"},
         {"role": "assistant", "content": "It is 3 degrees."},
         {"role": "user", "content": "And in Lima?"},
+    ],
+    # A call's result, the turn going on: its reasoning is written back.
+    "calling": [
+        {"role": "user", "content": "Weather in Oslo?"},
+        {"role": "assistant", "content": "", "reasoning_content": "Need the weather.",
+         "tool_calls": [
+            {"id": "call00002", "type": "function",
+             "function": {"name": "get_weather", "arguments": {"city": "Oslo", "unit": "celsius"}}}]},
+        {"role": "tool", "tool_call_id": "call00002", "name": "get_weather",
+         "content": "{\"temperature\": 3}"},
     ],
 }
 
@@ -160,7 +171,14 @@ def main():
                     for c in m["tool_calls"]]} if "tool_calls" in m else m
                 for m in messages], "tools": TOOLS})
             # OpenAI's messages as Realm gives them to a template: content
-            # always text, arguments as objects, a tool message named.
+            # always text, arguments as objects, a tool message named;
+            # for harmony, reasoning as `thinking` too, and no content
+            # beside calls (as llama.cpp gives them).
+            if "<|channel|>" in source:
+                messages = [{**{k: v for k, v in m.items()
+                                if not (k == "content" and "tool_calls" in m)},
+                             "thinking": m["reasoning_content"]}
+                            if "reasoning_content" in m else m for m in messages]
             wants.append(env.from_string(source).render(
                 messages=messages, tools=TOOLS, add_generation_prompt=True,
                 bos_token="<|im_start|>", eos_token="<|im_end|>"))

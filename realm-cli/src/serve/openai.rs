@@ -519,6 +519,9 @@ pub struct Message {
     pub tool_calls: Option<Value>,
     pub tool_call_id: Option<String>,
     pub name: Option<String>,
+    /// An assistant message's reasoning (as `reasoning_content` gave it),
+    /// for templates that write it back (Qwen 3's, gpt-oss's).
+    pub reasoning_content: Option<String>,
 }
 
 /// `POST /v1/chat/completions`.

@@ -137,6 +137,21 @@ pub fn native_messages(
                 v["tool_calls"] = json!(list);
             }
         }
+        if let Some(r) = m
+            .reasoning_content
+            .as_ref()
+            .filter(|_| m.role == "assistant")
+        {
+            v["reasoning_content"] = json!(r);
+            if format == ToolFormat::Harmony {
+                // gpt-oss's template reads it as `thinking`, and refuses
+                // both it and content beside calls.
+                v["thinking"] = json!(r);
+                if let Some(o) = v.as_object_mut().filter(|o| o.contains_key("tool_calls")) {
+                    o.remove("content");
+                }
+            }
+        }
         if m.role == "tool" {
             if let Some(id) = &m.tool_call_id {
                 v["tool_call_id"] = json!(id);
@@ -413,6 +428,49 @@ mod tests {
         let plain = r.conversation(None).unwrap();
         assert_eq!(plain[0].1, "Be brief.");
         assert_eq!(plain[1..], turns[1..]);
+    }
+
+    /// A template with a tool format of its own gets OpenAI's messages:
+    /// calls with object arguments and their ids, results with their id
+    /// and the tool's name, reasoning (for harmony, as `thinking` too and
+    /// without content beside calls), `developer` as `system` but for
+    /// harmony; and the tools.
+    #[test]
+    fn native_templates_get_structured_messages() {
+        let r = request(json!({
+            "messages": [
+                {"role": "developer", "content": "Be brief."},
+                {"role": "user", "content": "Weather in Oslo?"},
+                {"role": "assistant", "content": "", "reasoning_content": "Look it up.",
+                 "tool_calls": [{"id": "c1", "type": "function",
+                    "function": {"name": "get_weather", "arguments": "{\"city\": \"Oslo\"}"}}]},
+                {"role": "tool", "tool_call_id": "c1", "content": "3"},
+            ],
+            "tools": weather(),
+        }));
+        let (chat, _) = prepare(&r, Some("<tool_call>")).unwrap();
+        assert_eq!(chat.vars["tools"], weather());
+        assert_eq!(
+            chat.messages,
+            [
+                json!({"role": "system", "content": "Be brief."}),
+                json!({"role": "user", "content": "Weather in Oslo?"}),
+                json!({"role": "assistant", "content": "", "tool_calls": [
+                    {"type": "function", "function": {"name": "get_weather",
+                     "arguments": {"city": "Oslo"}}, "id": "c1"}],
+                    "reasoning_content": "Look it up."}),
+                json!({"role": "tool", "content": "3", "tool_call_id": "c1",
+                       "name": "get_weather"}),
+            ]
+        );
+        let (harmony, _) = prepare(&r, Some("<|channel|> to=")).unwrap();
+        assert_eq!(harmony.messages[0]["role"], "developer");
+        assert_eq!(harmony.messages[2]["thinking"], "Look it up.");
+        assert!(harmony.messages[2].get("content").is_none());
+        // A template without one: (role, text) turns, instructions given.
+        let (plain, _) = prepare(&r, Some("{{ messages }}")).unwrap();
+        assert!(plain.vars.get("tools").is_none());
+        assert_eq!(plain.messages[3]["role"], "user");
     }
 
     #[test]
