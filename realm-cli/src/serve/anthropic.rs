@@ -101,11 +101,15 @@ pub fn to_openai(body: &Value) -> Result<Value, ApiError> {
             _ => return Err(invalid("a message's content is a string or an array")),
         };
         let (mut text, mut calls, mut results) = (String::new(), Vec::new(), Vec::new());
+        let mut thinking = String::new();
         for b in blocks {
             match b["type"].as_str() {
                 Some("text") => text.push_str(b["text"].as_str().unwrap_or_default()),
-                // A model's earlier reasoning is not shown to it again.
-                Some("thinking" | "redacted_thinking") => {}
+                // A model's earlier reasoning goes back as its
+                // `reasoning_content`: templates that write it back (during
+                // a turn of tool calls, as Qwen 3's and gpt-oss's) do.
+                Some("thinking") => thinking.push_str(b["thinking"].as_str().unwrap_or_default()),
+                Some("redacted_thinking") => {}
                 Some("tool_use") => calls.push(json!({
                     "id": b["id"],
                     "type": "function",
@@ -131,6 +135,9 @@ pub fn to_openai(body: &Value) -> Result<Value, ApiError> {
             let mut msg = json!({"role": role, "content": text});
             if !calls.is_empty() {
                 msg["tool_calls"] = json!(calls);
+            }
+            if !thinking.is_empty() && role == "assistant" {
+                msg["reasoning_content"] = json!(thinking);
             }
             messages.push(msg);
         }
@@ -483,7 +490,8 @@ mod tests {
                 {"role": "user", "content": "Weather in Oslo?"},
                 {"role": "assistant", "content": "Checking.", "tool_calls": [
                     {"id": "t1", "type": "function",
-                     "function": {"name": "get_weather", "arguments": "{\"city\":\"Oslo\"}"}}]},
+                     "function": {"name": "get_weather", "arguments": "{\"city\":\"Oslo\"}"}}],
+                 "reasoning_content": "hm"},
                 {"role": "tool", "tool_call_id": "t1", "content": "rain"},
                 {"role": "user", "content": "And now?"},
             ],
