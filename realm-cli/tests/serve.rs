@@ -686,20 +686,9 @@ fn tool_calls_come_back_as_openais() {
     let parsed: Value = serde_json::from_str(arguments).unwrap();
     assert!(parsed["city"].is_string(), "{arguments}");
 
-    let mut streamed = required.clone();
-    streamed["stream"] = json!(true);
-    let events = chunks(&server.stream("/v1/chat/completions", &streamed));
-    let deltas: Vec<&Value> = events
-        .iter()
-        .filter_map(|c| c["choices"][0]["delta"].get("tool_calls"))
-        .collect();
-    assert_eq!(deltas.len(), 1, "{events:?}");
-    assert_eq!(deltas[0][0]["index"], 0);
-    assert_eq!(deltas[0][0]["function"], calls[0]["function"]);
-    assert_eq!(
-        events.last().unwrap()["choices"][0]["finish_reason"],
-        "tool_calls"
-    );
+    // Streamed: the same call in one delta.
+    let (name, args, _) = call_whole_and_streamed(&server, &required);
+    assert_eq!((name.as_str(), &args), ("get_weather", &parsed));
 
     // Auto: SmolLM2-135M answers this one itself; the text streams.
     let auto = weather_request(json!({}));
@@ -2581,8 +2570,9 @@ fn weather_after_calls(shots: usize, extra: Value) -> Value {
 }
 
 /// A call as the whole answer and the stream give it: (name, arguments,
-/// content), each the same both ways.
-fn native_call(server: &Server, body: &Value) -> (String, Value, Value) {
+/// content), each the same both ways (the call streamed in one delta,
+/// the stream ended with the finish reason `tool_calls`).
+fn call_whole_and_streamed(server: &Server, body: &Value) -> (String, Value, Value) {
     let r = server.post("/v1/chat/completions", body);
     let choice = &r["choices"][0];
     assert_eq!(choice["finish_reason"], "tool_calls", "{r}");
@@ -2595,7 +2585,12 @@ fn native_call(server: &Server, body: &Value) -> (String, Value, Value) {
         .filter_map(|c| c["choices"][0]["delta"].get("tool_calls"))
         .collect();
     assert_eq!(deltas.len(), 1, "{events:?}");
+    assert_eq!(deltas[0][0]["index"], 0);
     assert_eq!(deltas[0][0]["function"], *call);
+    assert_eq!(
+        events.last().unwrap()["choices"][0]["finish_reason"],
+        "tool_calls"
+    );
     let text: String = events
         .iter()
         .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
@@ -2629,13 +2624,13 @@ fn native_tool_calls(template: &str, history: &str, more: &[&str]) {
     assert!(prompt.contains(history), "{prompt}");
     assert!(!prompt.contains("These tools are available"), "{prompt}");
 
-    let (name, args, content) = native_call(&server, &two);
+    let (name, args, content) = call_whole_and_streamed(&server, &two);
     assert_eq!(
         (name.as_str(), args, content),
         ("get_weather", json!({"city": "Lima"}), Value::Null)
     );
     let required = weather_request(json!({"tool_choice": "required"}));
-    let (name, args, _) = native_call(&server, &required);
+    let (name, args, _) = call_whole_and_streamed(&server, &required);
     assert_eq!(name, "get_weather");
     assert!(args["city"].is_string(), "{args}");
 
@@ -2721,7 +2716,7 @@ fn harmony_tool_calls_are_messages_to_functions() {
          {\"city\": \"Oslo\"}<|call|><|start|>functions.get_weather to=assistant\
          <|channel|>commentary<|message|>\"{\\\"temperature\\\": 3}\"<|end|>"
     ));
-    let (name, args, content) = native_call(&server, &one);
+    let (name, args, content) = call_whole_and_streamed(&server, &one);
     assert_eq!(
         (name.as_str(), args, content),
         ("get_weather", json!({"city": "Lima"}), Value::Null)
@@ -2739,7 +2734,7 @@ fn mistral_tool_calls_get_nine_character_ids() {
     }
     let server = Server::start(&["smollm2", "--chat-template", MISTRAL_TEMPLATE]);
     let required = weather_request(json!({"tool_choice": "required"}));
-    let (name, args, content) = native_call(&server, &required);
+    let (name, args, content) = call_whole_and_streamed(&server, &required);
     assert_eq!((name.as_str(), &content), ("get_weather", &Value::Null));
     let r = server.post("/v1/chat/completions", &required);
     let call = &r["choices"][0]["message"]["tool_calls"][0];
@@ -2796,7 +2791,7 @@ fn xml_parameter_tool_calls() {
         "{prompt}"
     );
     let required = weather_request(json!({"tool_choice": "required"}));
-    let (name, args, content) = native_call(&server, &required);
+    let (name, args, content) = call_whole_and_streamed(&server, &required);
     assert_eq!((name.as_str(), &content), ("get_weather", &Value::Null));
     assert!(args["city"].is_string(), "{args}");
 }

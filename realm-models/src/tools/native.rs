@@ -470,27 +470,7 @@ impl Tools {
     /// tool given, its parameters' values read by their schemas (text as
     /// it is, else JSON, else text).
     fn xml(&self, text: &str) -> NativeReply {
-        let mut content = String::new();
-        let mut calls = Vec::new();
-        let mut rest = text;
-        while let Some(at) = rest.find(HERMES_OPEN) {
-            content.push_str(&rest[..at]);
-            let after = &rest[at + HERMES_OPEN.len()..];
-            let (body, next) = match after.find(HERMES_CLOSE) {
-                Some(end) => (&after[..end], &after[end + HERMES_CLOSE.len()..]),
-                None => (after, ""),
-            };
-            match self.xml_call(body) {
-                Some(call) => calls.push(call),
-                None => content.push_str(&rest[at..rest.len() - next.len()]),
-            }
-            rest = next;
-        }
-        content.push_str(rest);
-        NativeReply {
-            content: content.trim().to_string(),
-            calls,
-        }
+        tagged_calls(text, |body| self.xml_call(body))
     }
 
     /// One `<function=NAME>` element's call.
@@ -577,30 +557,12 @@ impl Tools {
         }
     }
 
-    /// Hermes' `<tool_call>` blocks.
+    /// Hermes' `<tool_call>` blocks of JSON.
     fn hermes(&self, text: &str) -> NativeReply {
-        let mut content = String::new();
-        let mut calls = Vec::new();
-        let mut rest = text;
-        while let Some(at) = rest.find(HERMES_OPEN) {
-            content.push_str(&rest[..at]);
-            let after = &rest[at + HERMES_OPEN.len()..];
-            let (body, next) = match after.find(HERMES_CLOSE) {
-                Some(end) => (&after[..end], &after[end + HERMES_CLOSE.len()..]),
-                None => (after, ""),
-            };
-            let call = serde_json::from_str(body.trim()).ok();
-            match call.and_then(|v| self.call_of(&v)) {
-                Some(call) => calls.push(call),
-                None => content.push_str(&rest[at..rest.len() - next.len()]),
-            }
-            rest = next;
-        }
-        content.push_str(rest);
-        NativeReply {
-            content: content.trim().to_string(),
-            calls,
-        }
+        tagged_calls(text, |body| {
+            let v = serde_json::from_str(body.trim()).ok()?;
+            self.call_of(&v)
+        })
     }
 
     /// `{"name": ..., "arguments": {...}}` (or `"parameters"`, as Llama
@@ -648,6 +610,33 @@ impl Tools {
             rest = &body[end..];
         }
         calls
+    }
+}
+
+/// The calls of the `<tool_call>` blocks in `text`, each read by `call`
+/// (a block that reads as none stays in the content, as it is), and the
+/// rest of the text, trimmed.
+fn tagged_calls(text: &str, call: impl Fn(&str) -> Option<ToolCall>) -> NativeReply {
+    let mut content = String::new();
+    let mut calls = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find(HERMES_OPEN) {
+        content.push_str(&rest[..at]);
+        let after = &rest[at + HERMES_OPEN.len()..];
+        let (body, next) = match after.find(HERMES_CLOSE) {
+            Some(end) => (&after[..end], &after[end + HERMES_CLOSE.len()..]),
+            None => (after, ""),
+        };
+        match call(body) {
+            Some(c) => calls.push(c),
+            None => content.push_str(&rest[at..rest.len() - next.len()]),
+        }
+        rest = next;
+    }
+    content.push_str(rest);
+    NativeReply {
+        content: content.trim().to_string(),
+        calls,
     }
 }
 
