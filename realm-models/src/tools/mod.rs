@@ -323,10 +323,7 @@ impl Tools {
     /// a direct answer (a string by default).
     pub fn schema(&self, response: Option<&Value>) -> Value {
         let calls: Vec<Value> = self.callable().map(Tool::call_schema).collect();
-        let one = match <[Value; 1]>::try_from(calls) {
-            Ok([c]) => c,
-            Err(calls) => json!({"anyOf": calls}),
-        };
+        let one = native::any_of(calls);
         let call = if self.parallel {
             json!({
                 "type": "object",

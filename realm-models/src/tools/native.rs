@@ -189,37 +189,18 @@ impl Tools {
         match self.format {
             ToolFormat::Generic | ToolFormat::Hermes => {
                 let calls: Vec<Value> = self.callable().map(super::Tool::call_schema).collect();
-                let call = match <[Value; 1]>::try_from(calls) {
-                    Ok([c]) => c,
-                    Err(calls) => serde_json::json!({"anyOf": calls}),
-                };
+                let call = any_of(calls);
                 let block = format!(
                     "{} call {}",
                     gbnf_literal(&format!("{HERMES_OPEN}\n")),
                     gbnf_literal(&format!("\n{HERMES_CLOSE}"))
                 );
-                let calls = match self.parallel {
-                    true => format!("{block} ([ \\t\\n]* {block})*"),
-                    false => block,
-                };
-                let root = match (lazy, self.thinks) {
-                    (true, _) => calls,
-                    (false, false) => format!("[ \\t\\n]* {calls}"),
-                    // A think block first, or the rest of one the prompt
-                    // opened: any text without `</` but its end.
-                    (false, true) => format!(
-                        "(\"<think>\"? ([^<] | \"<\" [^/])* \"</think>\")? [ \\t\\n]* {calls}"
-                    ),
-                };
+                let root = self.blocks_root(&block, lazy);
                 convert_framed(&[("root", root)], &[("call".to_string(), &call)])
             }
             ToolFormat::Harmony => {
                 let tools: Vec<&super::Tool> = self.callable().collect();
-                let values: Vec<(String, &Value)> = tools
-                    .iter()
-                    .enumerate()
-                    .map(|(i, t)| (format!("args-{i}"), &t.parameters))
-                    .collect();
+                let values = argument_rules(&tools);
                 // After the name: the channel when the recipient came
                 // first, the arguments' type (a word of at most 16), then
                 // the message.
@@ -256,10 +237,7 @@ impl Tools {
                         })
                     })
                     .collect();
-                let call = match <[Value; 1]>::try_from(calls) {
-                    Ok([c]) => c,
-                    Err(calls) => serde_json::json!({"anyOf": calls}),
-                };
+                let call = any_of(calls);
                 let root = match lazy {
                     true => "call",
                     false => "[ \\t\\n]* call",
@@ -284,10 +262,7 @@ impl Tools {
                         })
                     })
                     .collect();
-                let call = match <[Value; 1]>::try_from(calls) {
-                    Ok([c]) => c,
-                    Err(calls) => serde_json::json!({"anyOf": calls}),
-                };
+                let call = any_of(calls);
                 let list = match self.parallel {
                     true => "call (\",\" [ \\t\\n]* call)*",
                     false => "call",
@@ -301,11 +276,7 @@ impl Tools {
             ToolFormat::XmlParameters => self.xml_grammar(lazy),
             ToolFormat::Mistral => {
                 let tools: Vec<&super::Tool> = self.callable().collect();
-                let values: Vec<(String, &Value)> = tools
-                    .iter()
-                    .enumerate()
-                    .map(|(i, t)| (format!("args-{i}"), &t.parameters))
-                    .collect();
+                let values = argument_rules(&tools);
                 // `[TOOL_CALLS]NAME`, maybe `[CALL_ID]` and nine letters
                 // and digits, `[ARGS]` and the arguments.
                 let names: Vec<String> = tools
@@ -406,6 +377,25 @@ impl Tools {
         }
     }
 
+    /// The root of a grammar of `<tool_call>` blocks (`block`, one or
+    /// with parallel calls several): lazy, the blocks; else after
+    /// whitespace, and, for templates that think, a think block first or
+    /// the rest of one the prompt opened (any text without `</` but its
+    /// end).
+    fn blocks_root(&self, block: &str, lazy: bool) -> String {
+        let calls = match self.parallel {
+            true => format!("{block} ([ \\t\\n]* {block})*"),
+            false => block.to_string(),
+        };
+        match (lazy, self.thinks) {
+            (true, _) => calls,
+            (false, false) => format!("[ \\t\\n]* {calls}"),
+            (false, true) => {
+                format!("(\"<think>\"? ([^<] | \"<\" [^/])* \"</think>\")? [ \\t\\n]* {calls}")
+            }
+        }
+    }
+
     /// The grammar of XML calls: each tool's parameters in its schema's
     /// order (the required ones required), a text parameter's value any
     /// text without `</`, another's JSON of its schema.
@@ -451,17 +441,7 @@ impl Tools {
             functions.join(" | "),
             gbnf_literal(HERMES_CLOSE)
         );
-        let calls = match self.parallel {
-            true => format!("{block} ([ \\t\\n]* {block})*"),
-            false => block,
-        };
-        let root = match (lazy, self.thinks) {
-            (true, _) => calls,
-            (false, false) => format!("[ \\t\\n]* {calls}"),
-            (false, true) => {
-                format!("(\"<think>\"? ([^<] | \"<\" [^/])* \"</think>\")? [ \\t\\n]* {calls}")
-            }
-        };
+        let root = self.blocks_root(&block, lazy);
         let text = "([^<] | \"<\" [^/])*".to_string();
         convert_framed(&[("root", root), ("xml-text", text)], &values)
     }
@@ -613,6 +593,23 @@ impl Tools {
     }
 }
 
+/// Each tool's parameter schema as the rule `args-I` (its place).
+fn argument_rules<'t>(tools: &[&'t super::Tool]) -> Vec<(String, &'t Value)> {
+    tools
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (format!("args-{i}"), &t.parameters))
+        .collect()
+}
+
+/// A schema of one of `schemas` (the one itself when there is one).
+pub(super) fn any_of(schemas: Vec<Value>) -> Value {
+    match <[Value; 1]>::try_from(schemas) {
+        Ok([one]) => one,
+        Err(all) => serde_json::json!({"anyOf": all}),
+    }
+}
+
 /// The calls of the `<tool_call>` blocks in `text`, each read by `call`
 /// (a block that reads as none stays in the content, as it is), and the
 /// rest of the text, trimmed.
@@ -700,27 +697,27 @@ mod tests {
 
     #[test]
     fn formats_are_told_from_templates() {
-        assert_eq!(ToolFormat::of_template("{{ x }}"), ToolFormat::Generic);
-        assert_eq!(
-            ToolFormat::of_template("<tool_call>\n{{ tool_call.name }}"),
-            ToolFormat::Hermes
-        );
-        assert_eq!(
-            ToolFormat::of_template("<tool_call><function={{ n }}>"),
-            ToolFormat::Generic
-        );
-        assert_eq!(
-            ToolFormat::of_template("<tool_call>\n<function={{ n }}>\n<parameter={{ p }}>"),
-            ToolFormat::XmlParameters
-        );
-        assert_eq!(
-            ToolFormat::of_template("<|start|>assistant to=functions.{{ n }}<|channel|>"),
-            ToolFormat::Harmony
-        );
-        assert_eq!(
-            ToolFormat::of_template("{{ '<|start_header_id|>ipython<|end_header_id|>\n\n' }}"),
-            ToolFormat::Llama3
-        );
+        for (template, format) in [
+            ("{{ x }}", ToolFormat::Generic),
+            ("<tool_call>\n{{ tool_call.name }}", ToolFormat::Hermes),
+            ("<tool_call><function={{ n }}>", ToolFormat::Generic),
+            (
+                "<tool_call>\n<function={{ n }}>\n<parameter={{ p }}>",
+                ToolFormat::XmlParameters,
+            ),
+            (
+                "<|start|>assistant to=functions.{{ n }}<|channel|>",
+                ToolFormat::Harmony,
+            ),
+            (
+                "{{ '<|start_header_id|>ipython<|end_header_id|>\n\n' }}",
+                ToolFormat::Llama3,
+            ),
+            ("[TOOL_CALLS]{{ n }}[ARGS]", ToolFormat::Mistral),
+            ("[TOOL_CALLS][", ToolFormat::MistralNemo),
+        ] {
+            assert_eq!(ToolFormat::of_template(template), format, "{template}");
+        }
     }
 
     #[test]
