@@ -86,6 +86,8 @@ pub fn to_chat(body: &Value) -> Result<Value, ApiError> {
     match obj.get("input") {
         Some(Value::String(s)) => messages.push(json!({"role": "user", "content": s})),
         Some(Value::Array(items)) => {
+            // A reasoning item's text, for the assistant message after it.
+            let mut reasoning: Option<String> = None;
             for item in items {
                 let kind = item["type"].as_str().unwrap_or("message");
                 match kind {
@@ -98,7 +100,11 @@ pub fn to_chat(body: &Value) -> Result<Value, ApiError> {
                             ));
                         }
                         let text = text_of(&item["content"])?;
-                        messages.push(json!({"role": role, "content": text}));
+                        let mut m = json!({"role": role, "content": text});
+                        if let Some(r) = reasoning.take().filter(|_| role == "assistant") {
+                            m["reasoning_content"] = json!(r);
+                        }
+                        messages.push(m);
                     }
                     "function_call" => {
                         let call = json!({"id": item["call_id"], "type": "function",
@@ -112,9 +118,14 @@ pub fn to_chat(body: &Value) -> Result<Value, ApiError> {
                                     calls.push(call);
                                 }
                             }
-                            _ => messages.push(
-                                json!({"role": "assistant", "content": null, "tool_calls": [call]}),
-                            ),
+                            _ => {
+                                let mut m = json!({"role": "assistant", "content": null,
+                                                   "tool_calls": [call]});
+                                if let Some(r) = reasoning.take() {
+                                    m["reasoning_content"] = json!(r);
+                                }
+                                messages.push(m);
+                            }
                         }
                     }
                     "function_call_output" => {
@@ -125,8 +136,14 @@ pub fn to_chat(body: &Value) -> Result<Value, ApiError> {
                         messages.push(json!({"role": "tool", "tool_call_id": item["call_id"],
                                              "content": output}));
                     }
-                    // A model's earlier reasoning is not shown to it again.
-                    "reasoning" => {}
+                    // A model's earlier reasoning goes back as the next
+                    // assistant message's `reasoning_content` (templates
+                    // that write it back within a turn of calls do).
+                    "reasoning" => {
+                        let parts = item["content"].as_array().into_iter().flatten();
+                        let text: String = parts.filter_map(|p| p["text"].as_str()).collect();
+                        reasoning = Some(text).filter(|t| !t.is_empty());
+                    }
                     other => {
                         return Err(invalid(
                             "input",
@@ -535,7 +552,8 @@ mod tests {
             "temperature": 0.5, "stream": true, "store": false,
             "input": [
                 {"role": "user", "content": [{"type": "input_text", "text": "Weather?"}]},
-                {"type": "reasoning", "summary": []},
+                {"type": "reasoning", "summary": [],
+                 "content": [{"type": "reasoning_text", "text": "Ask w."}]},
                 {"type": "function_call", "call_id": "c1", "name": "w", "arguments": "{}"},
                 {"type": "function_call", "call_id": "c2", "name": "w", "arguments": "{\"a\":1}"},
                 {"type": "function_call_output", "call_id": "c1", "output": "rain"},
@@ -554,7 +572,8 @@ mod tests {
                 {"role": "assistant", "content": null, "tool_calls": [
                     {"id": "c1", "type": "function", "function": {"name": "w", "arguments": "{}"}},
                     {"id": "c2", "type": "function",
-                     "function": {"name": "w", "arguments": "{\"a\":1}"}}]},
+                     "function": {"name": "w", "arguments": "{\"a\":1}"}}],
+                 "reasoning_content": "Ask w."},
                 {"role": "tool", "tool_call_id": "c1", "content": "rain"},
                 {"role": "assistant", "content": "It rains."},
             ],
