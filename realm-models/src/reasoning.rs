@@ -103,6 +103,9 @@ pub struct ReasoningSplitter {
     held: String,
     /// Whether any reasoning is out (its leading whitespace is dropped).
     reasoned: bool,
+    /// Markers that end a think block as its close does but stay in the
+    /// answer ([`ReasoningSplitter::ended_by`]).
+    ends: Vec<&'static str>,
 }
 
 impl ReasoningSplitter {
@@ -120,7 +123,25 @@ impl ReasoningSplitter {
             state,
             held: String::new(),
             reasoned: false,
+            ends: Vec::new(),
         }
+    }
+
+    /// A think block also ends where one of `markers` begins, the marker
+    /// starting the answer: a tool call a model opens without closing its
+    /// reasoning (`<tool_call>`, as llama.cpp reads Qwen 3's) is then an
+    /// answer's call, not reasoning.
+    ///
+    /// ```
+    /// use realm_models::reasoning::{ReasoningFormat, ReasoningSplitter};
+    /// let mut s = ReasoningSplitter::new(ReasoningFormat::Think, false).ended_by(&["<tool_call>"]);
+    /// let mut parts = s.push("<think>Need it.\n<tool_call>\n{}");
+    /// parts.append(s.finish());
+    /// assert_eq!((parts.reasoning.as_str(), parts.content.as_str()), ("Need it.", "<tool_call>\n{}"));
+    /// ```
+    pub fn ended_by(mut self, markers: &[&'static str]) -> Self {
+        self.ends = markers.to_vec();
+        self
     }
 
     /// The format it splits.
@@ -160,19 +181,21 @@ impl ReasoningSplitter {
                     true
                 }
             }
-            State::Thinking => match self.held.find(THINK_CLOSE) {
-                Some(at) => {
+            State::Thinking => match self.think_end() {
+                Some((at, len)) => {
                     let text = self.held[..at].to_string();
-                    self.held.drain(..at + THINK_CLOSE.len());
+                    self.held.drain(..at + len);
                     self.reason(&text, out, true);
                     self.state = State::Answer { fresh: true };
                     true
                 }
                 None => {
+                    let mut marks = vec![THINK_CLOSE];
+                    marks.extend(&self.ends);
                     let keep = if end {
                         0
                     } else {
-                        marker_prefix(&self.held, &[THINK_CLOSE])
+                        marker_prefix(&self.held, &marks)
                     };
                     let cut = self.held.len() - keep;
                     let text = self.held[..cut].to_string();
@@ -256,6 +279,21 @@ impl ReasoningSplitter {
         }
     }
 
+    /// Where the held text's think block ends, and the length of what
+    /// ends it that is dropped (the close; none of a marker that stays).
+    fn think_end(&self) -> Option<(usize, usize)> {
+        let close = self
+            .held
+            .find(THINK_CLOSE)
+            .map(|at| (at, THINK_CLOSE.len()));
+        let marker = self.ends.iter().filter_map(|m| self.held.find(m)).min();
+        match (close, marker) {
+            (Some(c), Some(m)) if m < c.0 => Some((m, 0)),
+            (None, Some(m)) => Some((m, 0)),
+            (c, _) => c,
+        }
+    }
+
     /// Puts think-block text out as reasoning: leading whitespace dropped
     /// before any is out, trailing whitespace held until more comes (and
     /// dropped at the block's end, `last`).
@@ -298,7 +336,8 @@ mod tests {
     /// The parts of `reply` fed in pieces of `size` bytes (at char
     /// boundaries), and fed whole.
     fn split(format: ReasoningFormat, thinking: bool, reply: &str, size: usize) -> ReplyParts {
-        let mut s = ReasoningSplitter::new(format, thinking);
+        // (The `<tool_call>` formats' end: inert in replies without one.)
+        let mut s = ReasoningSplitter::new(format, thinking).ended_by(&["<tool_call>"]);
         let mut parts = ReplyParts::default();
         let mut piece = String::new();
         for ch in reply.chars() {
@@ -345,6 +384,17 @@ mod tests {
         assert_eq!(both(Think, false, "<think>x  \n"), s("x", ""));
         assert_eq!(both(Think, false, " <thi"), s("", " <thi"));
         assert_eq!(both(Think, false, ""), s("", ""));
+        // A call ends the block (opened by the reply or the prompt) and
+        // begins the answer; after the block it is the answer's.
+        assert_eq!(
+            both(Think, false, "<think>Rain?\n<tool_call>\n{}"),
+            s("Rain?", "<tool_call>\n{}")
+        );
+        assert_eq!(both(Think, true, "<tool_call>{}"), s("", "<tool_call>{}"));
+        assert_eq!(
+            both(Think, false, "<think>a</think><tool_call>"),
+            s("a", "<tool_call>")
+        );
         // Whitespace inside is kept; a `<` that opens no marker passes.
         assert_eq!(
             both(Think, false, "<think>a \n b <c</think>d"),

@@ -23,6 +23,8 @@ const FRAGMENTS: &[&str] = &[
     "<|return|>",
     "<|call|>",
     " to=functions.f",
+    "<tool_call>",
+    "<tool_",
     " to=assistant",
     "<|",
     "|>",
@@ -37,7 +39,13 @@ const FRAGMENTS: &[&str] = &[
 
 /// Feeds `reply` in pieces cut at `cuts` (fractions of its length, moved
 /// to character boundaries).
-fn split(format: ReasoningFormat, thinking: bool, reply: &str, cuts: &[f64]) -> ReplyParts {
+fn split(
+    format: ReasoningFormat,
+    thinking: bool,
+    ends: &[&'static str],
+    reply: &str,
+    cuts: &[f64],
+) -> ReplyParts {
     let mut at: Vec<usize> = cuts
         .iter()
         .map(|f| {
@@ -49,7 +57,7 @@ fn split(format: ReasoningFormat, thinking: bool, reply: &str, cuts: &[f64]) -> 
         })
         .collect();
     at.sort_unstable();
-    let mut s = ReasoningSplitter::new(format, thinking);
+    let mut s = ReasoningSplitter::new(format, thinking).ended_by(ends);
     let mut parts = ReplyParts::default();
     let mut from = 0;
     for i in at.into_iter().chain([reply.len()]) {
@@ -78,11 +86,14 @@ proptest! {
         cuts in prop::collection::vec(0.0f64..1.0, 0..8),
         harmony in any::<bool>(),
         thinking in any::<bool>(),
+        tool_calls in any::<bool>(),
     ) {
         let reply: String = picks.iter().map(|&i| FRAGMENTS[i]).collect();
         let format = if harmony { ReasoningFormat::Harmony } else { ReasoningFormat::Think };
-        let whole = split(format, thinking, &reply, &[]);
-        let pieces = split(format, thinking, &reply, &cuts);
+        // With tools in `<tool_call>` formats, a call also ends a block.
+        let ends: &[&str] = if tool_calls { &["<tool_call>"] } else { &[] };
+        let whole = split(format, thinking, ends, &reply, &[]);
+        let pieces = split(format, thinking, ends, &reply, &cuts);
         prop_assert_eq!(&pieces, &whole);
         // Nothing is invented: the parts' letters are the reply's, less
         // those of the markers that were read.

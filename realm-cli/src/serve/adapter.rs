@@ -154,7 +154,8 @@ impl Run {
                 }) => {
                     let parts = match reasoning {
                         Some((format, thinking)) => {
-                            let mut s = ReasoningSplitter::new(format, thinking);
+                            let ends = self.tools.as_ref().map_or(&[][..], |t| t.reasoning_ends());
+                            let mut s = ReasoningSplitter::new(format, thinking).ended_by(ends);
                             let mut parts = s.push(&text);
                             parts.append(s.finish());
                             parts
@@ -196,9 +197,13 @@ pub struct Live {
 
 impl Live {
     pub fn new(tools: Option<Arc<Tools>>, reasoning: Option<(ReasoningFormat, bool)>) -> Self {
+        let split = reasoning.map(|(f, thinking)| {
+            let ends = tools.as_ref().map_or(&[][..], |t| t.reasoning_ends());
+            ReasoningSplitter::new(f, thinking).ended_by(ends)
+        });
         Self {
             tools,
-            split: reasoning.map(|(f, thinking)| ReasoningSplitter::new(f, thinking)),
+            split,
             text: String::new(),
             raw: String::new(),
             sent: 0,

@@ -351,9 +351,10 @@ struct Inbox {
 impl Choice {
     fn new(reply: &Reply) -> Self {
         Self {
-            split: reply
-                .reasoning
-                .map(|(format, thinking)| ReasoningSplitter::new(format, thinking)),
+            split: reply.reasoning.map(|(format, thinking)| {
+                let ends = reply.tools.as_ref().map_or(&[][..], |t| t.reasoning_ends());
+                ReasoningSplitter::new(format, thinking).ended_by(ends)
+            }),
             ..Self::default()
         }
     }

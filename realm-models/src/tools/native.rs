@@ -168,6 +168,16 @@ impl Tools {
         }
     }
 
+    /// Markers that end a think block where a model opens a call without
+    /// closing its reasoning ([`crate::reasoning::ReasoningSplitter::ended_by`]):
+    /// `<tool_call>` in the formats of such blocks.
+    pub fn reasoning_ends(&self) -> &'static [&'static str] {
+        match self.format {
+            ToolFormat::Hermes | ToolFormat::XmlParameters => &[HERMES_OPEN],
+            _ => &[],
+        }
+    }
+
     /// The special tokens whose text must stay in the reply for its calls
     /// to be read ([`crate::GenerateParams::preserved_tokens`]): the
     /// format's markers.
@@ -381,7 +391,7 @@ impl Tools {
     /// with parallel calls several): lazy, the blocks; else after
     /// whitespace, and, for templates that think, a think block first or
     /// the rest of one the prompt opened (any text without `</` but its
-    /// end).
+    /// end, which a call may stand for, as [`Tools::reasoning_ends`]).
     fn blocks_root(&self, block: &str, lazy: bool) -> String {
         let calls = match self.parallel {
             true => format!("{block} ([ \\t\\n]* {block})*"),
@@ -391,7 +401,7 @@ impl Tools {
             (true, _) => calls,
             (false, false) => format!("[ \\t\\n]* {calls}"),
             (false, true) => {
-                format!("(\"<think>\"? ([^<] | \"<\" [^/])* \"</think>\")? [ \\t\\n]* {calls}")
+                format!("(\"<think>\"? ([^<] | \"<\" [^/])* \"</think>\"?)? [ \\t\\n]* {calls}")
             }
         }
     }
@@ -741,7 +751,14 @@ mod tests {
             &format!("<think>\nrain? a<b</think>\n\n{call}")
         ));
         assert!(accepts(&g, &format!("opened before.</think>\n{call}")));
-        assert!(!accepts(&g, &format!("Sure. {call}")));
+        // A call ends reasoning left open, as the splitter reads it.
+        assert!(accepts(&g, &format!("<think>Rain?\n{call}")));
+        assert!(!accepts(&g, &format!("a</b {call}")));
+        let plain = tools(Some(json!("required")), false, "<tool_call>");
+        assert!(!accepts(
+            &plain.native_grammar().unwrap(),
+            &format!("Sure. {call}")
+        ));
     }
 
     #[test]
