@@ -45,6 +45,8 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+use std::borrow::Cow;
+
 use serde_json::Value;
 
 use super::{ToolCall, ToolChoice, Tools};
@@ -319,19 +321,18 @@ impl Tools {
     /// format a string response's text so far ([`super::streamed_response`]);
     /// in Hermes the text before a call (not what may be a call's
     /// opening), in Llama 3's the text before any `{`; in harmony all of
-    /// it (calls are messages of their own, not content).
-    pub fn streamable(&self, content: &str) -> Option<String> {
+    /// it (calls are messages of their own, not content). Each later
+    /// prefix's answer extends the earlier one; only the generic format's
+    /// is a copy (its escapes decoded).
+    pub fn streamable<'c>(&self, content: &'c str) -> Option<Cow<'c, str>> {
+        let before = |open: &str| Some(Cow::Borrowed(held_before(content, open).trim()));
         match self.format {
-            ToolFormat::Generic => super::streamed_response(content),
-            ToolFormat::Hermes | ToolFormat::XmlParameters => {
-                Some(held_before(content, HERMES_OPEN).trim().to_string())
-            }
-            ToolFormat::Harmony => Some(content.to_string()),
+            ToolFormat::Generic => super::streamed_response(content).map(Cow::Owned),
+            ToolFormat::Hermes | ToolFormat::XmlParameters => before(HERMES_OPEN),
+            ToolFormat::Harmony => Some(Cow::Borrowed(content)),
             // (Any `{` may open a call.)
-            ToolFormat::Llama3 => Some(held_before(content, "{").trim().to_string()),
-            ToolFormat::Mistral | ToolFormat::MistralNemo => {
-                Some(held_before(content, MISTRAL_OPEN).trim().to_string())
-            }
+            ToolFormat::Llama3 => before("{"),
+            ToolFormat::Mistral | ToolFormat::MistralNemo => before(MISTRAL_OPEN),
         }
     }
 
