@@ -8,6 +8,8 @@ use realm_core::catalog;
 use realm_core::chat::{ChatMessage, ChatTemplate};
 use realm_core::gguf::GgufFile;
 use realm_core::tokenizer::Tokenizer;
+use realm_models::reasoning::ReasoningFormat;
+use realm_models::tools::{ToolFormat, Tools};
 use serde_json::json;
 
 /// Arguments of `realm tokenize`.
@@ -35,6 +37,15 @@ pub struct ChatTemplateArgs {
     pub model: String,
     #[command(flatten)]
     pub template: crate::chat::TemplateArgs,
+    /// OpenAI tools (a JSON file): with `--parse`, read replies as the
+    /// server reads them under these tools.
+    #[arg(long, value_name = "FILE", requires = "parse")]
+    pub tools: Option<std::path::PathBuf>,
+    /// Replies (a JSON file: a list of texts, as generated, markers
+    /// included) to read as the server would: one line of JSON each,
+    /// `{"content", "reasoning_content", "tool_calls"}`.
+    #[arg(long, value_name = "FILE", requires = "tools")]
+    pub parse: Option<std::path::PathBuf>,
 }
 
 fn open(model: &str) -> Result<(GgufFile, Tokenizer)> {
@@ -79,6 +90,55 @@ pub fn chat_template(args: &ChatTemplateArgs) -> Result<()> {
         ChatMessage::new("user", "Which city is the capital of France?"),
     ];
     eprintln!("template: {:?}", tpl.origin());
+    eprintln!(
+        "tool calls: {}",
+        ToolFormat::of_template(tpl.source()).name()
+    );
+    if let (Some(tools), Some(replies)) = (&args.tools, &args.parse) {
+        return read_replies(&tpl, tools, replies);
+    }
     print!("{}", tpl.render(&messages, true)?);
+    Ok(())
+}
+
+/// `--tools FILE --parse FILE`: each reply read as the server reads a
+/// chat's reply under those tools (`auto`, parallel calls allowed) with
+/// the template's reasoning format.
+fn read_replies(
+    tpl: &ChatTemplate,
+    tools: &std::path::Path,
+    replies: &std::path::Path,
+) -> Result<()> {
+    let read = |p: &std::path::Path| -> Result<serde_json::Value> {
+        let text =
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", p.display()))
+    };
+    let list = read(tools)?;
+    let tools = Tools::from_openai(&list, None, Some(true))?
+        .context("no tools to call")?
+        .for_template(tpl.source());
+    let replies: Vec<String> =
+        serde_json::from_value(read(replies)?).context("replies are a list of texts")?;
+    // Whether the prompt opens a think block, as the server tells it.
+    let prompt = tpl.render_messages(
+        &[json!({"role": "user", "content": "Hi"})],
+        true,
+        &json!({"tools": list}),
+    )?;
+    let reasoning = ReasoningFormat::of_template(tpl.source()).map(|f| {
+        (
+            f,
+            f == ReasoningFormat::Think && prompt.trim_end().ends_with("<think>"),
+        )
+    });
+    let mut out = std::io::stdout().lock();
+    for reply in &replies {
+        writeln!(
+            out,
+            "{}",
+            crate::serve::read_reply(&tools, reasoning, reply)
+        )?;
+    }
     Ok(())
 }

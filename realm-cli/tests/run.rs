@@ -357,6 +357,61 @@ fn tokenize_and_chat_template_use_the_models_own_data() {
     assert!(!ok && stderr.contains("llama9"), "{stderr}");
 }
 
+/// `realm chat-template --tools --parse`: replies read as the server reads
+/// them under the template's tool format and reasoning, one JSON line
+/// each; the format is named on stderr.
+#[test]
+fn chat_template_reads_replies_with_tools() {
+    if !cached(&catalog::SMOLLM2) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tools = dir.path().join("tools.json");
+    let replies = dir.path().join("replies.json");
+    std::fs::write(
+        &tools,
+        json!([{"type": "function", "function": {"name": "now"}}]).to_string(),
+    )
+    .unwrap();
+    std::fs::write(
+        &replies,
+        json!([
+            "<think>\nTime?\n</think>\n\nSure.\n<tool_call>\n{\"name\": \"now\", \"arguments\": {}}\n</tool_call>",
+            "<think>Hm",
+            "<tool_call>\n{\"name\": \"later\"}\n</tool_call>",
+        ])
+        .to_string(),
+    )
+    .unwrap();
+    let template = "<think><tool_call>{{ messages[0].content }}";
+    let (ok, stdout, stderr) = realm(&[
+        "chat-template",
+        "smollm2",
+        "--chat-template",
+        template,
+        "--tools",
+        tools.to_str().unwrap(),
+        "--parse",
+        replies.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("tool calls: hermes"), "{stderr}");
+    let lines: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            json!({"content": "Sure.", "reasoning_content": "Time?",
+                   "tool_calls": [{"name": "now", "arguments": "{}"}]}),
+            json!({"content": "", "reasoning_content": "Hm", "tool_calls": []}),
+            json!({"content": "<tool_call>\n{\"name\": \"later\"}\n</tool_call>",
+                   "reasoning_content": "", "tool_calls": []}),
+        ]
+    );
+}
+
 /// Two turns of `realm chat`: the second turn runs only its new tokens.
 #[test]
 fn chat_keeps_the_conversation_in_the_cache() {

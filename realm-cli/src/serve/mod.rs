@@ -34,6 +34,8 @@ mod tenants;
 mod tokens;
 mod tools;
 
+pub use tools::read_reply;
+
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

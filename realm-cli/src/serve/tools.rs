@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use realm_models::reasoning::{ReasoningFormat, ReasoningSplitter, ReplyParts};
 use realm_models::tools::{
     calls_text, result_text, streamed_response, ToolCall, ToolError, ToolFormat, ToolReply, Tools,
 };
@@ -332,6 +333,35 @@ pub fn outcome(tools: &Tools, content: &str, raw: &str) -> Outcome {
             Outcome::Content(streamed_response(content).unwrap_or_else(|| content.to_string()))
         }
     }
+}
+
+/// A whole reply read as the server reads it under `tools`: its reasoning
+/// told apart in `reasoning`'s format (and whether the prompt opened a
+/// think block), then its calls and content, as
+/// `{"content", "reasoning_content", "tool_calls": [{"name", "arguments"}]}`
+/// (`realm chat-template --tools --parse` prints it).
+pub fn read_reply(tools: &Tools, reasoning: Option<(ReasoningFormat, bool)>, reply: &str) -> Value {
+    let parts = match reasoning {
+        Some((format, thinking)) => {
+            let mut s = ReasoningSplitter::new(format, thinking).ended_by(tools.reasoning_ends());
+            let mut parts = s.push(reply);
+            parts.append(s.finish());
+            parts
+        }
+        None => ReplyParts {
+            reasoning: String::new(),
+            content: reply.to_string(),
+        },
+    };
+    let (content, calls) = match outcome(tools, &parts.content, reply) {
+        Outcome::Calls(calls, content) => (content, calls),
+        Outcome::Content(content) => (content, Vec::new()),
+    };
+    let calls: Vec<Value> = calls
+        .iter()
+        .map(|c| json!({"name": c.name, "arguments": c.arguments.to_string()}))
+        .collect();
+    json!({"content": content, "reasoning_content": parts.reasoning, "tool_calls": calls})
 }
 
 /// The id of call `k` of a reply whose ids are made of `stem` (unique

@@ -122,6 +122,19 @@ impl ToolFormat {
         }
     }
 
+    /// The format's name, as `realm chat-template` reports it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Generic => "generic",
+            Self::Hermes => "hermes",
+            Self::Harmony => "harmony",
+            Self::Llama3 => "llama3",
+            Self::Mistral => "mistral",
+            Self::MistralNemo => "mistral-nemo",
+            Self::XmlParameters => "xml-parameters",
+        }
+    }
+
     /// Whether the template insists on call ids of nine letters and
     /// digits (Mistral's do), which the ids handed out must then be.
     pub fn short_ids(self) -> bool {
