@@ -14,6 +14,14 @@
 //! A conversation's earlier calls and the tools' results go back to the
 //! model in the same JSON ([`calls_text`], [`result_text`]).
 //!
+//! Models trained on a tool format of their own (Qwen's `<tool_call>`,
+//! gpt-oss's harmony, Llama 3's, Mistral's) do better in it:
+//! [`Tools::for_template`] reads the format off the chat template
+//! ([`ToolFormat`]), and the grammar, its triggers (a lazy grammar: free
+//! text until a call opens), the markers to keep in the text and the
+//! reading of replies follow it; the template itself is then given the
+//! tools and the earlier calls.
+//!
 //! ```
 //! use realm_models::tools::{ToolReply, Tools};
 //! use serde_json::json;
