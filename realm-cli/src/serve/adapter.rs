@@ -16,7 +16,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::engine::{Event, Input};
 use super::http::{number, reasoning, stopped, submit, App};
-use super::openai::{ApiError, ChatRequest, Limits};
+use super::openai::{ApiError, ChatRequest};
 use super::tools::{self, Outcome};
 
 /// Copies the fields `(from, to)` of `from` that are set into `to` under
@@ -85,16 +85,7 @@ impl Run {
             return Err(ApiError::invalid(Some("n"), "this API answers once"));
         }
         let (n, seed) = number(app);
-        let limits = match &tool_mode {
-            Some((tools, grammar)) => Limits {
-                grammar_triggers: tools.triggers(),
-                preserved_tokens: tools.preserved_tokens(),
-                ..req
-                    .options
-                    .limits_with(seed, false, Some(grammar.clone()))?
-            },
-            None => req.options.limits(seed, false)?,
-        };
+        let limits = tools::limits(&req.options, seed, false, tool_mode.as_ref())?;
         let mut rx = submit(app, vec![(Input::Chat(turns), limits)])?;
         let mut early = VecDeque::new();
         loop {
@@ -152,19 +143,7 @@ impl Run {
                     completion_tokens,
                     stop_word,
                 }) => {
-                    let parts = match reasoning {
-                        Some((format, thinking)) => {
-                            let ends = self.tools.as_ref().map_or(&[][..], |t| t.reasoning_ends());
-                            let mut s = ReasoningSplitter::new(format, thinking).ended_by(ends);
-                            let mut parts = s.push(&text);
-                            parts.append(s.finish());
-                            parts
-                        }
-                        None => ReplyParts {
-                            reasoning: String::new(),
-                            content: text.clone(),
-                        },
-                    };
+                    let parts = tools::split_reply(self.tools.as_deref(), reasoning, &text);
                     return Ok(Finished {
                         text: parts.content,
                         raw: text,
@@ -197,10 +176,7 @@ pub struct Live {
 
 impl Live {
     pub fn new(tools: Option<Arc<Tools>>, reasoning: Option<(ReasoningFormat, bool)>) -> Self {
-        let split = reasoning.map(|(f, thinking)| {
-            let ends = tools.as_ref().map_or(&[][..], |t| t.reasoning_ends());
-            ReasoningSplitter::new(f, thinking).ended_by(ends)
-        });
+        let split = reasoning.map(|(f, thinking)| tools::splitter(tools.as_deref(), f, thinking));
         Self {
             tools,
             split,

@@ -352,8 +352,7 @@ impl Choice {
     fn new(reply: &Reply) -> Self {
         Self {
             split: reply.reasoning.map(|(format, thinking)| {
-                let ends = reply.tools.as_ref().map_or(&[][..], |t| t.reasoning_ends());
-                ReasoningSplitter::new(format, thinking).ended_by(ends)
+                tools::splitter(reply.tools.as_deref(), format, thinking)
             }),
             ..Self::default()
         }
@@ -570,14 +569,7 @@ async fn answer(
 ) -> Response {
     let (n, seed) = number(app);
     let asked = options.choices().and_then(|per_prompt| {
-        let limits = match &extra.tools {
-            Some((tools, grammar)) => Limits {
-                grammar_triggers: tools.triggers(),
-                preserved_tokens: tools.preserved_tokens(),
-                ..options.limits_with(seed, extra.echo, Some(grammar.clone()))?
-            },
-            None => options.limits(seed, extra.echo)?,
-        };
+        let limits = tools::limits(options, seed, extra.echo, extra.tools.as_ref())?;
         Ok((per_prompt, limits))
     });
     let (per_prompt, limits) = match asked {

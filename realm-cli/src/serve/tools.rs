@@ -17,7 +17,7 @@ use realm_models::Grammar;
 use serde_json::{json, Value};
 
 use super::engine::Conversation;
-use super::openai::{ApiError, ChatRequest, Message};
+use super::openai::{ApiError, ChatRequest, Limits, Message, Options};
 
 /// A request's tools and the grammar that holds replies to them.
 pub type ToolMode = (Arc<Tools>, Arc<Grammar>);
@@ -335,15 +335,27 @@ pub fn outcome(tools: &Tools, content: &str, raw: &str) -> Outcome {
     }
 }
 
-/// A whole reply read as the server reads it under `tools`: its reasoning
-/// told apart in `reasoning`'s format (and whether the prompt opened a
-/// think block), then its calls and content, as
-/// `{"content", "reasoning_content", "tool_calls": [{"name", "arguments"}]}`
-/// (`realm chat-template --tools --parse` prints it).
-pub fn read_reply(tools: &Tools, reasoning: Option<(ReasoningFormat, bool)>, reply: &str) -> Value {
-    let parts = match reasoning {
+/// A splitter of a reply's reasoning in `format` (`thinking`: the prompt
+/// opened a think block), a call in the tools' format ending a block too.
+pub fn splitter(
+    tools: Option<&Tools>,
+    format: ReasoningFormat,
+    thinking: bool,
+) -> ReasoningSplitter {
+    let ends = tools.map_or(&[][..], Tools::reasoning_ends);
+    ReasoningSplitter::new(format, thinking).ended_by(ends)
+}
+
+/// A whole reply's reasoning and answer (with no reasoning format, all
+/// answer).
+pub fn split_reply(
+    tools: Option<&Tools>,
+    reasoning: Option<(ReasoningFormat, bool)>,
+    reply: &str,
+) -> ReplyParts {
+    match reasoning {
         Some((format, thinking)) => {
-            let mut s = ReasoningSplitter::new(format, thinking).ended_by(tools.reasoning_ends());
+            let mut s = splitter(tools, format, thinking);
             let mut parts = s.push(reply);
             parts.append(s.finish());
             parts
@@ -352,7 +364,34 @@ pub fn read_reply(tools: &Tools, reasoning: Option<(ReasoningFormat, bool)>, rep
             reasoning: String::new(),
             content: reply.to_string(),
         },
-    };
+    }
+}
+
+/// A chat request's limits: under tools, their grammar (lazy where the
+/// format's triggers say) and the format's markers kept in the text.
+pub fn limits(
+    options: &Options,
+    seed: u64,
+    echo: bool,
+    tools: Option<&ToolMode>,
+) -> Result<Limits, ApiError> {
+    Ok(match tools {
+        Some((tools, grammar)) => Limits {
+            grammar_triggers: tools.triggers(),
+            preserved_tokens: tools.preserved_tokens(),
+            ..options.limits_with(seed, echo, Some(grammar.clone()))?
+        },
+        None => options.limits(seed, echo)?,
+    })
+}
+
+/// A whole reply read as the server reads it under `tools`: its reasoning
+/// told apart in `reasoning`'s format (and whether the prompt opened a
+/// think block), then its calls and content, as
+/// `{"content", "reasoning_content", "tool_calls": [{"name", "arguments"}]}`
+/// (`realm chat-template --tools --parse` prints it).
+pub fn read_reply(tools: &Tools, reasoning: Option<(ReasoningFormat, bool)>, reply: &str) -> Value {
+    let parts = split_reply(Some(tools), reasoning, reply);
     let (content, calls) = match outcome(tools, &parts.content, reply) {
         Outcome::Calls(calls, content) => (content, calls),
         Outcome::Content(content) => (content, Vec::new()),
