@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Golden token ids of llama.cpp's GPT-4o pre-tokenizer (`tokenizer.ggml.pre`
-gpt-4o: gpt-oss, Llama 4) for realm-core's tests:
-realm-core/tests/fixtures/tokenizer/gpt-4o.json.
+gpt-4o: gpt-oss, Llama 4) and of tekken's (Mistral Nemo, Mistral Small 3,
+Devstral, Ministral 3: GPT-4o's expression without contractions, digits
+alone) for realm-core's tests:
+realm-core/tests/fixtures/tokenizer/gpt-4o.json and tekken.json.
 
 No o200k vocabulary ships where this runs, so the fixture carries a small
 byte-level BPE vocabulary of its own, declared `gpt-4o`: GPT-2's 256 byte
@@ -13,15 +15,20 @@ words, so a word that starts a run comes out as the run's prefix up to the
 word's end: where a text is split shows in its ids. The vocabulary also
 has o200k_harmony's control tokens (gpt-oss's message markers), so the
 fixture holds which tokens llama.cpp ends generation on (`<|end|>` is not
-one where `<|return|>` and `<|call|>` are) and how the markers tokenize. llama.cpp (llama-cpp-python
+one where `<|return|>` and `<|call|>` are) and how the markers tokenize.
+The tekken vocabulary has Mistral's control tokens first, as tekken's
+files do (`<s>` 1, `</s>` 2, `[INST]`, `[TOOL_CALLS]`, `[ARGS]`, ...), and
+its fixture also holds each text's ids with the BOS llama.cpp adds
+(tekken adds one by default). llama.cpp (llama-cpp-python
 0.3.36's build, `vocab_only`) tokenizes the corpus of
 scripts/gen_tokenizer_fixtures.py and texts aimed at the expression's
 corners (case changes, contractions, digit groups, marks, non-ASCII
 letters and spaces, line breaks); the test rebuilds the vocabulary from the
 fixture and must give the same ids.
 
-Usage: python3 scripts/gen_gpt4o_fixtures.py
+Usage: python3 scripts/gen_gpt4o_fixtures.py [--pre gpt-4o|tekken]
 """
+import argparse
 import json
 import os
 import tempfile
@@ -30,7 +37,7 @@ import llama_env
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-OUT = os.path.join(ROOT, "realm-core", "tests", "fixtures", "tokenizer", "gpt-4o.json")
+FIXTURES = os.path.join(ROOT, "realm-core", "tests", "fixtures", "tokenizer")
 MERGES = 2000
 
 
@@ -48,12 +55,12 @@ def byte_symbols(text):
     return [table[b] for b in text.encode("utf-8")]
 
 
-def probe_merges(texts):
+def probe_merges(texts, specials):
     """Merges that build each run (and space + run) of `texts` left to right."""
     merges, seen = [], set()
     for text in texts:
         # (Not the special tokens' texts: they are no merge's.)
-        for special in HARMONY + ["<|endoftext|>"]:
+        for special in specials:
             text = text.replace(special, " ")
         for run in text.split():
             for piece in (run, " " + run):
@@ -81,9 +88,24 @@ CORNERS = [
 ]
 HARMONY = ["<|start|>", "<|end|>", "<|message|>", "<|channel|>", "<|constrain|>", "<|return|>",
            "<|call|>"]
+# Tekken's first control tokens, in their files' order.
+MISTRAL = ["<unk>", "<s>", "</s>", "[INST]", "[/INST]", "[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]",
+           "[TOOL_RESULTS]", "[/TOOL_RESULTS]", "[TOOL_CALLS]", "[IMG]", "<pad>", "[IMG_BREAK]",
+           "[IMG_END]", "[PREFIX]", "[MIDDLE]", "[SUFFIX]", "[SYSTEM_PROMPT]",
+           "[/SYSTEM_PROMPT]", "[TOOL_CONTENT]", "[ARGS]", "[CALL_ID]", "[THINK]", "[/THINK]"]
+TEKKEN_CORNERS = [
+    "[SYSTEM_PROMPT]Be brief.[/SYSTEM_PROMPT][INST]Hi there[/INST]Hello!</s>",
+    '[TOOL_CALLS]get_weather[CALL_ID]a1B2c3D4e[ARGS]{"city": "Paris"}</s>',
+    "[THINK]Let me think.[/THINK]The answer is 42.", "<s>[INST] 2024-11-05 [/INST]",
+    "Mistral's models' \"tekken\" isn't o200k",
+]
 
 
 def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pre", choices=["gpt-4o", "tekken"], default="gpt-4o")
+    args = ap.parse_args()
+    tekken = args.pre == "tekken"
     vendor = os.path.dirname(os.path.dirname(llama_env.tools()))
     import gguf
     import llama_cpp
@@ -96,21 +118,27 @@ def main():
         f = reader.fields[key]
         return [bytes(f.parts[i]).decode("utf-8") for i in f.data]
 
-    tokens = strings("tokenizer.ggml.tokens")[: 256 + MERGES]
-    probes = probe_merges(gtf.FIXED + CORNERS)
+    corners = CORNERS + (TEKKEN_CORNERS if tekken else [])
+    specials = MISTRAL if tekken else HARMONY + ["<|endoftext|>"]
+    first = MISTRAL if tekken else []
+    tokens = first + strings("tokenizer.ggml.tokens")[: 256 + MERGES]
+    probes = probe_merges(gtf.FIXED + corners, specials)
     known = set(tokens)
     for a, b in probes:
         if a + b not in known:
             known.add(a + b)
             tokens.append(a + b)
     normal = len(tokens)
-    tokens += HARMONY + ["<|endoftext|>"]
+    if not tekken:
+        tokens += HARMONY + ["<|endoftext|>"]
     merges = [f"{a} {b}" for a, b in probes] + strings("tokenizer.ggml.merges")[:MERGES]
-    types = [1] * normal + [3] * (len(tokens) - normal)
-    eot = len(tokens) - 1
-    texts = gtf.corpus(["<|endoftext|>"]) + CORNERS
+    types = [3 if (i < len(first) or i >= normal) else 1 for i in range(len(tokens))]
+    # (BOS and EOS: `<s>` and `</s>`, or <|endoftext|>.)
+    bos, eos = (1, 2) if tekken else (len(tokens) - 1, len(tokens) - 1)
+    eot = eos
+    texts = gtf.corpus(["</s>" if tekken else "<|endoftext|>"]) + corners
     with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "gpt-4o.gguf")
+        path = os.path.join(tmp, args.pre + ".gguf")
         w = gguf.GGUFWriter(path, "gpt2")
         w.add_block_count(1)
         w.add_context_length(1024)
@@ -119,12 +147,12 @@ def main():
         w.add_head_count(1)
         w.add_layer_norm_eps(1e-5)
         w.add_tokenizer_model("gpt2")
-        w.add_tokenizer_pre("gpt-4o")
+        w.add_tokenizer_pre(args.pre)
         w.add_token_list(tokens)
         w.add_token_types(types)
         w.add_token_merges(merges)
-        w.add_bos_token_id(eot)
-        w.add_eos_token_id(eot)
+        w.add_bos_token_id(bos)
+        w.add_eos_token_id(eos)
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
@@ -135,6 +163,7 @@ def main():
         assert model, "llama.cpp did not load the vocabulary"
         vocab = llama_cpp.llama_model_get_vocab(model)
         eog = [i for i in range(len(tokens)) if llama_cpp.llama_vocab_is_eog(vocab, i)]
+        add_bos = bool(llama_cpp.llama_vocab_get_add_bos(vocab))
         cases = []
         for text in texts:
             data = text.encode("utf-8")
@@ -146,13 +175,15 @@ def main():
                 # As generated text shows them: control tokens hidden.
                 "decoded_special": gtf.detokenize(vocab, special, False, False),
             })
+            if tekken:
+                cases[-1]["ids_bos"] = gtf.tokenize(vocab, data, True, False)
         llama_cpp.llama_model_free(model)
-    with open(OUT, "w", encoding="utf-8") as f:
+    with open(os.path.join(FIXTURES, args.pre + ".json"), "w", encoding="utf-8") as f:
         json.dump({
             "generator": "scripts/gen_gpt4o_fixtures.py",
             "llama_cpp": "0c1e570 (llama-cpp-python 0.3.36)",
-            "tokens": tokens, "token_types": types, "merges": merges, "eot": eot, "eog": eog,
-            "cases": cases,
+            "pre": args.pre, "tokens": tokens, "token_types": types, "merges": merges,
+            "bos": bos, "eot": eot, "eog": eog, "add_bos": add_bos, "cases": cases,
         }, f, ensure_ascii=False, separators=(",", ":"))
         f.write("\n")
     print(f"{len(cases)} texts, {len(tokens)} tokens")

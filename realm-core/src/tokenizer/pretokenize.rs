@@ -34,6 +34,9 @@ pub(crate) enum PreTokenizer {
     /// words split at lower-to-upper case changes, contractions kept with
     /// their word, numbers in groups of up to three digits.
     Gpt4o,
+    /// `tekken` (Mistral Nemo, Mistral Small 3, Devstral, Ministral 3):
+    /// GPT-4o's expression without the contractions, each digit alone.
+    Tekken,
 }
 
 /// Options a pre-tokenizer name implies besides the splitting.
@@ -76,12 +79,13 @@ impl PreOptions {
             "smollm" | "command-r" => o(StarCoder, false, false, false),
             "deepseek-llm" => o(DeepSeekLlm, false, false, false),
             "gpt-4o" | "llama4" | "kanana2" | "talkie" => o(Gpt4o, false, false, false),
+            "tekken" => o(Tekken, true, false, true),
             other => {
                 return Err(Error::Tokenizer(format!(
                     "unsupported pre-tokenizer `{other}` (tokenizer.ggml.pre); supported: \
                      default, gpt2, llama3, llama-bpe, qwen2, stablelm2, dbrx, smaug-bpe, \
                      starcoder, smollm, refact, command-r, codeshell, deepseek-llm, gpt-4o, \
-                     llama4"
+                     llama4, tekken"
                 )))
             }
         })
@@ -170,7 +174,8 @@ impl Splitter {
             Gpt2 => self.stage(gpt2),
             Llama3 => self.stage(|c, out| llama3(c, 3, out)),
             Qwen2 => self.stage(|c, out| llama3(c, 1, out)),
-            Gpt4o => self.stage(|c, out| by_matches(c, out, gpt4o)),
+            Gpt4o => self.stage(|c, out| by_matches(c, out, |c, p| o200k(c, p, O200K_GPT4O))),
+            Tekken => self.stage(|c, out| by_matches(c, out, |c, p| o200k(c, p, O200K_TEKKEN))),
             StarCoder => {
                 self.stage(|c, out| by_matches(c, out, |c, p| single(c, p, is_number_collapsed)));
                 self.stage(gpt2);
@@ -342,15 +347,35 @@ fn llama3(c: &Chunk<'_>, max_digits: usize, out: &mut Vec<usize>) {
     }
 }
 
+/// What tells GPT-4o's expression from tekken's, which is GPT-4o's without
+/// the contractions and with numbers one digit at a time.
+#[derive(Clone, Copy)]
+struct O200kShape {
+    /// Words keep a following contraction.
+    contractions: bool,
+    /// The most digits a number token holds.
+    max_digits: usize,
+}
+
+const O200K_GPT4O: O200kShape = O200kShape {
+    contractions: true,
+    max_digits: 3,
+};
+const O200K_TEKKEN: O200kShape = O200kShape {
+    contractions: false,
+    max_digits: 1,
+};
+
 /// GPT-4o's expression as llama.cpp runs it (std::regex over its
 /// collapsed text, in which every non-ASCII letter counts as both an upper
 /// and a lower case letter, and combining marks are no letters):
 /// `[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))*((?=[\p{L}])([^A-Z]))+C?|
 /// [^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))+((?=[\p{L}])([^A-Z]))*C?|
 /// \p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+`, `C` a
-/// contraction in any case. Its match at `from` (every code point starts
-/// one), alternatives and backtracking taken in the regex's order.
-fn gpt4o(c: &Chunk<'_>, from: usize) -> Option<(usize, usize)> {
+/// contraction in any case; tekken's has no `C?` and `\p{N}` alone
+/// (`shape`). Its match at `from` (every code point starts one),
+/// alternatives and backtracking taken in the regex's order.
+fn o200k(c: &Chunk<'_>, from: usize, shape: O200kShape) -> Option<(usize, usize)> {
     if from >= c.end {
         return None;
     }
@@ -377,7 +402,10 @@ fn gpt4o(c: &Chunk<'_>, from: usize) -> Option<(usize, usize)> {
         }
         i
     };
-    let with_contraction = |e: usize| e + contraction(c, e, true).unwrap_or(0);
+    let with_contraction = |e: usize| match shape.contractions {
+        true => e + contraction(c, e, true).unwrap_or(0),
+        false => e,
+    };
     // Upper case letters then at least one lower case one: the most upper
     // case ones after which a lower case one follows.
     let upper_then_lower = |s: usize| {
@@ -396,7 +424,13 @@ fn gpt4o(c: &Chunk<'_>, from: usize) -> Option<(usize, usize)> {
         .flatten()
         .find_map(upper_then_lower)
         .or_else(|| starts.into_iter().flatten().find_map(upper_first))
-        .or_else(|| number(from).then(|| from + (0..3).take_while(|&k| number(from + k)).count()))
+        .or_else(|| {
+            number(from).then(|| {
+                from + (0..shape.max_digits)
+                    .take_while(|&k| number(from + k))
+                    .count()
+            })
+        })
         .or_else(|| {
             let s = if c.cp(from) == ' ' as u32 && other(from + 1) {
                 from + 1
@@ -684,6 +718,14 @@ mod tests {
             ["Hello", "World's", " ", "123", "45", " DON'T", " ", " x", "/\n\n", "\ty"]
         );
         assert_eq!(words(PreTokenizer::Gpt4o, "  é!  "), [" ", " é", "!", "  "]);
+    }
+
+    #[test]
+    fn tekken_words() {
+        assert_eq!(
+            words(PreTokenizer::Tekken, "HelloWorld's 125 DON'T"),
+            ["Hello", "World", "'s", " ", "1", "2", "5", " DON", "'T"]
+        );
     }
 
     #[test]

@@ -1,11 +1,13 @@
 //! The GPT-4o pre-tokenizer (`tokenizer.ggml.pre` gpt-4o: gpt-oss, Llama 4)
-//! against llama.cpp, on the byte-level BPE vocabulary its fixture carries
+//! and tekken's (Mistral Nemo, Mistral Small 3, Ministral 3) against
+//! llama.cpp, on the byte-level BPE vocabularies their fixtures carry
 //! (`scripts/gen_gpt4o_fixtures.py`: GPT-2's bytes and first merges,
-//! declared gpt-4o). Merges never cross the pre-tokenizer's words, so any
-//! difference in splitting shows in the ids. The vocabulary has
-//! o200k_harmony's control tokens too: the tokens that end generation are
-//! llama.cpp's (`<|end|>` not among them beside `<|return|>` and
-//! `<|call|>`).
+//! declared gpt-4o or tekken). Merges never cross the pre-tokenizer's
+//! words, so any difference in splitting shows in the ids. The gpt-4o
+//! vocabulary has o200k_harmony's control tokens too: the tokens that end
+//! generation are llama.cpp's (`<|end|>` not among them beside
+//! `<|return|>` and `<|call|>`); the tekken one has Mistral's control
+//! tokens first, as its files do, and a BOS added by default.
 #![cfg(not(target_arch = "wasm32"))]
 
 use std::path::PathBuf;
@@ -14,9 +16,10 @@ use realm_core::gguf::{Gguf, GgufWriter, MetadataArray, MetadataValue};
 use realm_core::tokenizer::Tokenizer;
 use serde_json::Value;
 
-fn fixture() -> Value {
-    let path =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizer/gpt-4o.json");
+fn fixture(pre: &str) -> Value {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/tokenizer")
+        .join(format!("{pre}.json"));
     serde_json::from_str(&std::fs::read_to_string(path).expect("fixture")).expect("fixture JSON")
 }
 
@@ -40,6 +43,7 @@ fn ids(v: &Value) -> Vec<u32> {
 fn tokenizer(fx: &Value) -> Tokenizer {
     let tokens = strings(&fx["tokens"]);
     let eot = fx["eot"].as_u64().unwrap() as u32;
+    let bos = fx["bos"].as_u64().unwrap() as u32;
     let types: Vec<i32> = fx["token_types"]
         .as_array()
         .unwrap()
@@ -50,7 +54,7 @@ fn tokenizer(fx: &Value) -> Tokenizer {
     let s = |v: &str| MetadataValue::String(v.into());
     w.set("general.architecture", s("gpt2"));
     w.set("tokenizer.ggml.model", s("gpt2"));
-    w.set("tokenizer.ggml.pre", s("gpt-4o"));
+    w.set("tokenizer.ggml.pre", s(fx["pre"].as_str().unwrap()));
     w.set(
         "tokenizer.ggml.tokens",
         MetadataValue::Array(MetadataArray::String(tokens)),
@@ -63,25 +67,29 @@ fn tokenizer(fx: &Value) -> Tokenizer {
         "tokenizer.ggml.merges",
         MetadataValue::Array(MetadataArray::String(strings(&fx["merges"]))),
     );
-    w.set("tokenizer.ggml.bos_token_id", MetadataValue::U32(eot));
+    w.set("tokenizer.ggml.bos_token_id", MetadataValue::U32(bos));
     w.set("tokenizer.ggml.eos_token_id", MetadataValue::U32(eot));
     let file = Gguf::from_bytes(w.to_bytes().unwrap()).unwrap();
     Tokenizer::from_metadata(file.metadata()).unwrap()
 }
 
-#[test]
-fn gpt4o_splits_as_llama_cpp() {
-    let fx = fixture();
+/// Every text of fixture `pre` tokenizes (without and with special
+/// tokens, and with the BOS where the fixture has it) and decodes as
+/// llama.cpp's.
+fn splits_as_llama_cpp(pre: &str) {
+    let fx = fixture(pre);
     let tok = tokenizer(&fx);
     assert_eq!(
         tok.eog_ids(),
         ids(&fx["eog"]).as_slice(),
         "end-of-generation tokens"
     );
+    assert_eq!(tok.add_bos(), fx["add_bos"].as_bool().unwrap(), "add_bos");
     let cases = fx["cases"].as_array().unwrap();
-    let mut failures = Vec::new();
+    let (mut failures, mut checks) = (Vec::new(), 0);
     for case in cases {
         let text = case["text"].as_str().unwrap();
+        checks += 1;
         let shown = tok
             .decode(&ids(&case["ids_special"]), false, false)
             .unwrap();
@@ -91,8 +99,16 @@ fn gpt4o_splits_as_llama_cpp() {
                 case["decoded_special"]
             ));
         }
-        for (special, key) in [(false, "ids"), (true, "ids_special")] {
-            let got = tok.encode(text, false, special).unwrap();
+        for (bos, special, key) in [
+            (false, false, "ids"),
+            (false, true, "ids_special"),
+            (true, false, "ids_bos"),
+        ] {
+            if case.get(key).is_none() {
+                continue;
+            }
+            checks += 1;
+            let got = tok.encode(text, bos, special).unwrap();
             let want = ids(&case[key]);
             if got != want {
                 failures.push(format!("{key} {text:?}: got {got:?}, llama.cpp {want:?}"));
@@ -104,7 +120,17 @@ fn gpt4o_splits_as_llama_cpp() {
         failures.is_empty(),
         "{} of {} differ:\n{}",
         failures.len(),
-        3 * cases.len(),
+        checks,
         failures.join("\n")
     );
+}
+
+#[test]
+fn gpt4o_splits_as_llama_cpp() {
+    splits_as_llama_cpp("gpt-4o");
+}
+
+#[test]
+fn tekken_splits_as_llama_cpp() {
+    splits_as_llama_cpp("tekken");
 }
