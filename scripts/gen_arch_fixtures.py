@@ -9,8 +9,9 @@ what the architecture reads from its metadata: f32 or quantized
 matrices, Llama 3.1's RoPE frequency factors, linear and YaRN RoPE scaling,
 LongRoPE (short and long factors, as the context chooses; all or part of
 each head rotated), the RoPE attention factor,
+Ministral 3's YaRN corrections and attention temperature,
 mixtures of experts (Qwen 2 MoE's with its shared expert, Qwen 3 MoE's,
-and a llama's as Mixtral's; gpt-oss's, with its biases, attention
+and a llama's as Mixtral's, a Ministral 3's; gpt-oss's, with its biases, attention
 sinks, clamped SwiGLU and MXFP4 matrices), Gemma 2's
 soft-caps, Gemma 3's local/global pattern, local base and final cap. llama.cpp (the CPU build
 `scripts/build_llama_cpp.sh --tools` makes, through llama-cpp-python
@@ -97,6 +98,23 @@ CASES = [
                     ("phi3.rope.scaling.original_context_length", "int", "64"),
                     ("phi3.rope.scaling.attn_factor", "float", "0.9"),
                     ("phi3.rope.dimension_count", "int", "12")]),
+    # Ministral 3: YaRN over 16 tokens and the attention temperature, which
+    # scales the queries from position 16 on.
+    case("mistral3", "tiny-mistral3"),
+    case("mistral3-q8_0", "tiny-mistral3", matrix_type="q8_0"),
+    # Its YaRN corrections and log multiplier read (a magnitude not 1; over
+    # an original context long enough for the corrections to move the
+    # ramp, and for no temperature in 24 tokens).
+    case("mistral3-corrections", "tiny-mistral3",
+         overrides=[("mistral3.rope.scaling.yarn_beta_fast", "float", "4"),
+                    ("mistral3.rope.scaling.yarn_beta_slow", "float", "0.5"),
+                    ("mistral3.rope.scaling.yarn_log_multiplier", "float", "0.5"),
+                    ("mistral3.rope.scaling.original_context_length", "int", "4096")]),
+    # The temperature stepping every 6 positions.
+    case("mistral3-temperature", "tiny-mistral3",
+         overrides=[("mistral3.rope.scaling.original_context_length", "int", "6"),
+                    ("mistral3.attention.temperature_scale", "float", "0.8")]),
+    case("mistral3-moe", "tiny-mistral3-moe"),
     case("smollm3", "tiny-smollm3"),
     case("granite", "tiny-granite"),
     case("qwen2moe", "tiny-qwen2moe"),
@@ -172,8 +190,11 @@ def main():
             synth(c, path)
             with open(path, "rb") as f:
                 digest = fnv1a(f.read())
+            # (YaRN's corrections as the file has them, as llama-server
+            # reads them: the bindings' defaults would force 32 and 1.)
             llm = Llama(path, n_ctx=c["n_ctx"], n_batch=64, logits_all=True, n_threads=2,
-                        type_k=0, type_v=0, verbose=False, seed=0)
+                        type_k=0, type_v=0, verbose=False, seed=0,
+                        yarn_beta_fast=-1.0, yarn_beta_slow=-1.0)
             llm.eval(TOKENS)
             scores = np.array(llm.scores[: len(TOKENS)], dtype=np.float32)
             del llm

@@ -10,7 +10,8 @@ use realm_models::synthetic::{SyntheticLayout, SyntheticLora};
 #[derive(Debug, clap::Args)]
 pub struct SynthArgs {
     /// A built-in layout (smollm2, gemma3, gpt-oss-20b; tiny-ARCH for a
-    /// two-layer model of any architecture Realm runs, tiny-mixtral) or a
+    /// two-layer model of any architecture Realm runs, tiny-mixtral,
+    /// tiny-mistral3-moe) or a
     /// GGUF file whose layout to copy.
     pub layout: String,
     /// Keep only the first N blocks (a cheaper model of the same width).

@@ -37,6 +37,9 @@ pub enum Architecture {
     /// sinks, local/global layers, YaRN, experts with biases and a clamped
     /// SwiGLU whose weights are a softmax over the chosen experts' scores.
     GptOss,
+    /// Ministral 3 (llama-shaped, YaRN with its own corrections, and
+    /// Llama 4's attention temperature past the original context).
+    Mistral3,
 }
 
 impl Architecture {
@@ -55,6 +58,7 @@ impl Architecture {
             "gemma2" => Self::Gemma2,
             "gemma3" => Self::Gemma3,
             "gpt-oss" => Self::GptOss,
+            "mistral3" => Self::Mistral3,
             other => return Err(Error::UnknownArchitecture(other.to_string())),
         })
     }
@@ -74,6 +78,7 @@ impl Architecture {
             Self::Gemma2 => "gemma2",
             Self::Gemma3 => "gemma3",
             Self::GptOss => "gpt-oss",
+            Self::Mistral3 => "mistral3",
         }
     }
 }
@@ -208,6 +213,40 @@ pub struct ModelConfig {
     /// Mixture-of-experts feed-forward blocks (Mixtral's llama, Qwen 3
     /// MoE), if the model has them instead of dense ones.
     pub moe: Option<MoeConfig>,
+    /// Llama 4's attention temperature (Ministral 3's), if the model has
+    /// one: queries grow with their position's distance past the original
+    /// context.
+    pub attn_temperature: Option<AttnTemperature>,
+}
+
+/// Llama 4's attention temperature, as llama.cpp applies it to Ministral 3:
+/// the queries at position `pos` are multiplied by
+/// `1 + scale * ln(1 + floor(pos / floor))` (after RoPE, which commutes
+/// with it), so 1 before `floor` (`attention.temperature_scale` and the
+/// original context).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AttnTemperature {
+    /// `attention.temperature_scale` (Llama 4's `beta`).
+    pub scale: f32,
+    /// Positions per step of the logarithm: the original context
+    /// (`rope.scaling.original_context_length`, else `context_length`).
+    pub floor: usize,
+}
+
+impl AttnTemperature {
+    /// The factor on the queries at `pos`, computed as llama.cpp computes
+    /// it (the quotient in f32, the logarithm in f64).
+    ///
+    /// ```
+    /// use realm_models::AttnTemperature;
+    /// let t = AttnTemperature { scale: 0.5, floor: 16 };
+    /// assert_eq!(t.factor(15), 1.0);
+    /// assert_eq!(t.factor(16), (2f64.ln() * 0.5 + 1.0) as f32);
+    /// ```
+    pub fn factor(&self, pos: u32) -> f32 {
+        let steps = f64::from((pos as f32 / self.floor as f32).floor()) + 1.0;
+        (steps.ln() * f64::from(self.scale) + 1.0) as f32
+    }
 }
 
 impl ModelConfig {
@@ -252,11 +291,15 @@ impl ModelConfig {
             None => md.get_str_array("tokenizer.ggml.tokens")?.len(),
         };
         let rope_base = opt_f("rope.freq_base")?.unwrap_or(10_000.0);
-        let (rope_freq_scale, rope_yarn, rope_attn_factor) = rope_scale(md, p)?;
+        let (rope_freq_scale, rope_yarn, rope_attn_factor) = rope_scale(md, arch)?;
         let gemma2 = arch == Architecture::Gemma2;
         let gemma3 = arch == Architecture::Gemma3;
         let gemma = gemma2 || gemma3;
         let gpt_oss = arch == Architecture::GptOss;
+        let rope_original_context = match opt_u("rope.scaling.original_context_length")? {
+            Some(n) if n > 0 => n,
+            _ => u("context_length")?,
+        };
         // Gemma 2's caps default to 50 and 30; Gemma 3 has none unless set.
         let cap = |k: &str, default: f32| -> Result<Option<f32>> {
             let c = opt_f(k)?.unwrap_or(default);
@@ -323,14 +366,12 @@ impl ModelConfig {
             rope_magnitude: rope_yarn.as_ref().map_or(1.0, YarnConfig::magnitude)
                 * rope_attn_factor,
             rope_yarn,
-            rope_original_context: match opt_u("rope.scaling.original_context_length")? {
-                Some(n) if n > 0 => n,
-                _ => u("context_length")?,
-            },
+            rope_original_context,
             rope_dims: opt_u("rope.dimension_count")?.unwrap_or(head_dim),
             rope_mode: match arch {
                 Architecture::Llama
                 | Architecture::Mistral
+                | Architecture::Mistral3
                 | Architecture::SmolLM3
                 | Architecture::Granite => RopeMode::Normal,
                 Architecture::Qwen2
@@ -385,6 +426,22 @@ impl ModelConfig {
             attn_softcap,
             final_softcap,
             moe: moe_config(md, arch, ffn_dim)?,
+            attn_temperature: match arch {
+                Architecture::Mistral3 => match opt_f("attention.temperature_scale")? {
+                    None => None,
+                    Some(s) if s == 0.0 => None,
+                    Some(s) if s.is_finite() => Some(AttnTemperature {
+                        scale: s,
+                        floor: rope_original_context,
+                    }),
+                    Some(s) => {
+                        return Err(Error::BadConfig(format!(
+                            "{p}.attention.temperature_scale {s} is not a number"
+                        )))
+                    }
+                },
+                _ => None,
+            },
         };
         if cfg.n_layers == 0
             || cfg.d_model == 0
@@ -485,6 +542,7 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
         (_, 0) => return Ok(None),
         (
             Architecture::Llama
+            | Architecture::Mistral3
             | Architecture::Qwen2Moe
             | Architecture::Qwen3Moe
             | Architecture::GptOss,
@@ -568,13 +626,30 @@ pub struct YarnConfig {
     /// The context the model was trained for
     /// (`rope.scaling.original_context_length`).
     pub original_context: usize,
+    /// Turns over the original context above which a pair is left
+    /// (`rope.scaling.yarn_beta_fast`, Ministral 3's; 32 for the others).
+    pub beta_fast: f32,
+    /// Turns over the original context below which a pair is interpolated
+    /// fully (`rope.scaling.yarn_beta_slow`; 1 for the others).
+    pub beta_slow: f32,
+    /// `rope.scaling.yarn_log_multiplier` (transformers' `mscale_all_dim`;
+    /// Ministral 3's), 0 for none: the magnitude is then divided by
+    /// `1 + 0.1 log_mul ln(factor)`.
+    pub log_mul: f32,
 }
 
 impl YarnConfig {
-    /// Turns over the original context below which a pair is interpolated
-    /// fully (`beta_slow`) and above which it is left (`beta_fast`).
-    const BETA_FAST: f32 = 32.0;
-    const BETA_SLOW: f32 = 1.0;
+    /// YaRN by `factor` over `original_context` tokens with the usual
+    /// corrections (32 and 1 turns) and no log multiplier.
+    pub fn new(factor: f32, original_context: usize) -> Self {
+        Self {
+            factor,
+            original_context,
+            beta_fast: 32.0,
+            beta_slow: 1.0,
+            log_mul: 0.0,
+        }
+    }
 
     /// Each of the `n_dims / 2` rotated pairs' frequency divisor (pair `i`
     /// turns by `pos * base^(-2i / n_dims) / d[i]`): `factor` for the
@@ -587,8 +662,8 @@ impl YarnConfig {
                 * (self.original_context as f32 / (beta * 2.0 * std::f32::consts::PI)).ln()
                 / (2.0 * base.ln())
         };
-        let low = corr(Self::BETA_FAST).floor().max(0.0);
-        let high = corr(Self::BETA_SLOW).ceil().min(n_dims as f32 - 1.0);
+        let low = corr(self.beta_fast).floor().max(0.0);
+        let high = corr(self.beta_slow).ceil().min(n_dims as f32 - 1.0);
         let freq_scale = 1.0 / self.factor;
         (0..n_dims / 2)
             .map(|i| {
@@ -599,12 +674,16 @@ impl YarnConfig {
             .collect()
     }
 
-    /// The factor YaRN puts on the rotated queries' and keys' magnitude.
+    /// The factor YaRN puts on the rotated queries' and keys' magnitude:
+    /// `1 + 0.1 ln(factor)`, divided by `1 + 0.1 log_mul ln(factor)` where
+    /// there is a log multiplier (as llama.cpp takes transformers'
+    /// `mscale` to be 1).
     pub fn magnitude(&self) -> f32 {
-        if self.factor <= 1.0 {
-            1.0
-        } else {
-            0.1 * self.factor.ln() + 1.0
+        let m = |mul: f32| 0.1 * mul * self.factor.ln() + 1.0;
+        match self.factor {
+            f if f <= 1.0 => 1.0,
+            _ if self.log_mul != 0.0 => m(1.0) / m(self.log_mul),
+            _ => m(1.0),
         }
     }
 }
@@ -615,8 +694,11 @@ impl YarnConfig {
 /// `rope.scale_linear`), unless `rope.scaling.type` is `none`; YaRN's scale
 /// is in its pair divisors (the scale is then 1). LongRoPE is linear
 /// scaling (usually by 1) with per-pair factors, which the model reads
-/// from its tensors.
-fn rope_scale(md: &Metadata, p: &str) -> Result<(f32, Option<YarnConfig>, f32)> {
+/// from its tensors. Ministral 3's YaRN reads its corrections and log
+/// multiplier too (llama.cpp reads them for it alone of the architectures
+/// Realm runs).
+fn rope_scale(md: &Metadata, arch: Architecture) -> Result<(f32, Option<YarnConfig>, f32)> {
+    let p = arch.name();
     let ty = match md.get(&format!("{p}.rope.scaling.type")) {
         Some(_) => md.get_str(&format!("{p}.rope.scaling.type"))?,
         None => "linear",
@@ -659,14 +741,19 @@ fn rope_scale(md: &Metadata, p: &str) -> Result<(f32, Option<YarnConfig>, f32)> 
             if original_context == 0 {
                 return Err(Error::BadConfig("YaRN over 0 tokens".into()));
             }
-            Ok((
-                1.0,
-                Some(YarnConfig {
-                    factor,
-                    original_context,
-                }),
-                attn_factor,
-            ))
+            let mut yarn = YarnConfig::new(factor, original_context);
+            if arch == Architecture::Mistral3 {
+                yarn.beta_fast = f("rope.scaling.yarn_beta_fast")?.unwrap_or(yarn.beta_fast);
+                yarn.beta_slow = f("rope.scaling.yarn_beta_slow")?.unwrap_or(yarn.beta_slow);
+                yarn.log_mul = f("rope.scaling.yarn_log_multiplier")?.unwrap_or(0.0);
+            }
+            let finite = [yarn.beta_fast, yarn.beta_slow, yarn.log_mul]
+                .iter()
+                .all(|v| v.is_finite());
+            if !(finite && yarn.beta_fast > 0.0 && yarn.beta_slow > 0.0) {
+                return Err(Error::BadConfig(format!("YaRN's corrections {yarn:?}")));
+            }
+            Ok((1.0, Some(yarn), attn_factor))
         }
         other => Err(Error::BadConfig(format!(
             "RoPE scaling `{other}` is not supported (none, linear, longrope and yarn are)"

@@ -38,7 +38,9 @@ pub mod sampling;
 pub mod synthetic;
 pub mod tools;
 
-pub use config::{Architecture, ExpertActivation, Gating, ModelConfig, MoeConfig, YarnConfig};
+pub use config::{
+    Architecture, AttnTemperature, ExpertActivation, Gating, ModelConfig, MoeConfig, YarnConfig,
+};
 pub use error::{Error, Result};
 pub use model::{BatchScratch, ContextShift, Model, Session, OUTPUT_ROWS, STEP_SPAN};
 

@@ -563,7 +563,11 @@ impl<'a, B: Backend> Model<'a, B> {
         self.check_tokens(tokens)?;
         if let [token] = *tokens {
             // (A step with adapters runs op by op: recordings hold none.)
-            if self.static_steps() && s.loras.is_empty() && s.scratch.seen.is_none() {
+            if self.static_steps()
+                && s.loras.is_empty()
+                && s.scratch.seen.is_none()
+                && !self.tempers(&[s.pos as u32])
+            {
                 return self.decode_static(s, token);
             }
         }
@@ -924,7 +928,7 @@ impl<'a, B: Backend> Model<'a, B> {
         }
         let tokens = std::mem::take(&mut sc.tokens);
         // (A step with adapters runs op by op: recordings hold none.)
-        let ran = if self.static_steps() && !adapted {
+        let ran = if self.static_steps() && !adapted && !self.tempers(&sc.positions) {
             // Every row attends over the same span, enough for the furthest.
             let furthest = rows.iter().map(|(s, _)| s.pos + 1).max().unwrap_or(1);
             let longest = rows.iter().map(|(s, _)| s.max_seq_len).max().unwrap_or(1);
@@ -1228,6 +1232,7 @@ impl<'a, B: Backend> Model<'a, B> {
         // one's input norm in `xn` (fused with its residual add).
         if li == 0 {
             b.rms_norm(&sc.x, &layer.attn_norm, eps, n, &mut sc.xn)?;
+            self.temper(sc, n)?;
         }
         project(
             b,
@@ -1287,6 +1292,12 @@ impl<'a, B: Backend> Model<'a, B> {
                 None
             }
         };
+        // The attention temperature, on the queries before RoPE, which
+        // commutes with it (no architecture that has one norms its
+        // queries).
+        if let Some(t) = sc.temper.as_ref().filter(|_| sc.tempered) {
+            b.mul_inplace(&mut sc.q, t, n * c.q_dim())?;
+        }
         let rope = self.rope(li, sc.long_rope);
         let hd = c.head_dim;
         let params = AttentionParams {
@@ -1394,6 +1405,43 @@ impl<B: Backend> Model<'_, B> {
             factors: factors.map(Vec::as_slice),
             magnitude: c.layer_rope_magnitude(layer),
         }
+    }
+
+    /// Whether any of `positions` is past the attention temperature's floor
+    /// (its queries then scaled: such a step runs op by op, not as a
+    /// static step).
+    fn tempers(&self, positions: &[u32]) -> bool {
+        self.config
+            .attn_temperature
+            .is_some_and(|t| positions.iter().any(|&p| p as usize >= t.floor))
+    }
+
+    /// Readies the attention temperature of the first `n` rows of the
+    /// pass (at `sc.positions`): their factors in `sc.temper` where any
+    /// is not 1.
+    fn temper(&self, sc: &mut Scratch<B>, n: usize) -> Result<()> {
+        let positions = &sc.positions[..n.min(sc.positions.len())];
+        sc.tempered = false;
+        let Some(t) = self.config.attn_temperature else {
+            return Ok(());
+        };
+        if !self.tempers(positions) {
+            return Ok(());
+        }
+        let q = self.config.q_dim();
+        sc.temper_host.clear();
+        for &p in positions {
+            let f = t.factor(p);
+            sc.temper_host.extend(std::iter::repeat_n(f, q));
+        }
+        let b = self.backend;
+        let buf = match &mut sc.temper {
+            Some(buf) => buf,
+            None => sc.temper.insert(b.buffer(sc.rows * q)?),
+        };
+        b.upload_into(&sc.temper_host, buf)?;
+        sc.tempered = true;
+        Ok(())
     }
 
     /// Whether a session of `max_seq_len` tokens rotates with LongRoPE's
@@ -1633,6 +1681,13 @@ struct Scratch<B: Backend> {
     /// Whether the rows rotate with LongRoPE's long factors
     /// ([`Model::rope`]).
     long_rope: bool,
+    /// The attention temperature's factor on each query value of the rows
+    /// (made when a row first passes the temperature's floor), and whether
+    /// the rows of this pass need it.
+    temper: Option<B::Buffer>,
+    tempered: bool,
+    /// The factors on the host, before they are uploaded.
+    temper_host: Vec<f32>,
 }
 
 impl<B: Backend> Scratch<B> {
@@ -1674,6 +1729,9 @@ impl<B: Backend> Scratch<B> {
             lora: None,
             seen: None,
             long_rope: false,
+            temper: None,
+            tempered: false,
+            temper_host: Vec::new(),
         })
     }
 

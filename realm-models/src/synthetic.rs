@@ -143,14 +143,18 @@ impl SyntheticLayout {
         })
     }
 
-    /// A two-layer model of `arch` (llama, mistral, qwen2, qwen2moe, qwen3,
-    /// qwen3moe, phi3, smollm3, granite, gemma2, gemma3, gpt-oss) small
+    /// A two-layer model of `arch` (llama, mistral, mistral3, qwen2,
+    /// qwen2moe, qwen3, qwen3moe, phi3, smollm3, granite, gemma2, gemma3,
+    /// gpt-oss) small
     /// enough for unit tests: 64 wide, Q8_0 matrices, 300 tokens;
     /// `qwen2moe`'s, `qwen3moe`'s and `gpt-oss`'s blocks are 4 experts 32
     /// wide, 2 a token (and, for `qwen2moe`, a shared expert 64 wide);
     /// `smollm3` has 4 layers (the fourth without RoPE); `granite` has
     /// Granite 3's multipliers; `gpt-oss` has its biases, attention sinks,
-    /// a window of 4 on its first layer and YaRN (factor 4 over 64 tokens).
+    /// a window of 4 on its first layer and YaRN (factor 4 over 64 tokens);
+    /// `mistral3` has Ministral 3's YaRN (factor 4 over 16 tokens, log
+    /// multiplier 1) and attention temperature (0.1), which 16 tokens in
+    /// start to scale the queries.
     pub fn tiny(arch: &str) -> Result<Self> {
         if arch == "gpt-oss" {
             return Self::tiny_gpt_oss();
@@ -187,6 +191,7 @@ impl SyntheticLayout {
             arch: match arch {
                 "llama" => "llama",
                 "mistral" => "mistral",
+                "mistral3" => "mistral3",
                 "qwen2" => "qwen2",
                 "qwen3" => "qwen3",
                 "phi3" => "phi3",
@@ -228,6 +233,23 @@ impl SyntheticLayout {
                 MetadataValue::U32(s.head_dim as u32),
             ));
             hp.push((k("attention.sliding_window"), MetadataValue::U32(4)));
+        }
+        if arch == "mistral3" {
+            // Ministral 3's, over a shorter original context.
+            hp.push((k("rope.scaling.type"), MetadataValue::String("yarn".into())));
+            hp.push((
+                k("rope.scaling.original_context_length"),
+                MetadataValue::U32(16),
+            ));
+            for (n, v) in [
+                ("attention.temperature_scale", 0.1),
+                ("rope.scaling.factor", 4.0),
+                ("rope.scaling.yarn_beta_fast", 32.0),
+                ("rope.scaling.yarn_beta_slow", 1.0),
+                ("rope.scaling.yarn_log_multiplier", 1.0),
+            ] {
+                hp.push((k(n), MetadataValue::F32(v)));
+            }
         }
         if arch == "granite" {
             // Granite 3's multipliers.
@@ -560,14 +582,16 @@ impl SyntheticLayout {
 
     /// A built-in layout by short name: `smollm2`, `gemma3`, `gpt-oss-20b`,
     /// `tiny-ARCH`
-    /// ([`SyntheticLayout::tiny`]) or `tiny-mixtral` (the tiny llama with
-    /// 4 experts, 2 a token).
+    /// ([`SyntheticLayout::tiny`]), `tiny-mixtral` (the tiny llama with
+    /// 4 experts, 2 a token) or `tiny-mistral3-moe` (the tiny Ministral 3
+    /// so).
     pub fn by_name(name: &str) -> Option<Self> {
         match name {
             "smollm2" => Some(Self::smollm2_135m()),
             "gemma3" => Some(Self::gemma3_270m()),
             "gpt-oss-20b" => Self::gpt_oss_20b().ok(),
             "tiny-mixtral" => Self::tiny("llama").ok()?.with_experts(4, 2).ok(),
+            "tiny-mistral3-moe" => Self::tiny("mistral3").ok()?.with_experts(4, 2).ok(),
             _ => Self::tiny(name.strip_prefix("tiny-")?).ok(),
         }
     }

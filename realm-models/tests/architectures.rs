@@ -2,8 +2,9 @@
 //! `scripts/gen_arch_fixtures.py` had llama.cpp evaluate two-layer models
 //! that `realm synth tiny-ARCH` wrote, with the options that exercise what
 //! each architecture reads from its metadata (RoPE frequency factors,
-//! linear, YaRN and LongRoPE scaling, experts, Gemma 3's local/global
-//! pattern and local base), and
+//! linear, YaRN and LongRoPE scaling, Ministral 3's YaRN corrections and
+//! attention temperature, experts, Gemma 3's local/global pattern and
+//! local base), and
 //! stored the logits of every position over the whole vocabulary. The test
 //! writes the same files with `realm_models::synthetic` (checked by hash)
 //! and runs them on the CPU backend.
@@ -179,6 +180,8 @@ fn each_variant_changes_the_logits() {
         ("gemma3", "gemma3-final-cap"),
         ("gemma2", "gemma2-tight-caps"),
         ("gpt-oss", "gpt-oss-window-8"),
+        ("mistral3", "mistral3-corrections"),
+        ("mistral3", "mistral3-temperature"),
     ] {
         let d = max_diff(&logits(base), &logits(variant));
         assert!(
@@ -279,6 +282,50 @@ fn experts_batch_across_sessions() {
         for (s, want) in sessions.iter().zip(&alone) {
             assert_eq!(s.logits(), &want[..], "{name}");
         }
+    }
+}
+
+/// A batch of Ministral 3 sessions before and past the attention
+/// temperature's floor (16 positions; two steps past it) gives each the
+/// logits it has alone, and the temperature is seen: the rows past the
+/// floor move when its scale does.
+#[test]
+fn temperature_batches_across_its_floor() {
+    let cpu = CpuBackend::new().unwrap();
+    let layout = SyntheticLayout::tiny("mistral3").unwrap();
+    let cooler = layout.clone().with_hparam(
+        "mistral3.attention.temperature_scale",
+        MetadataValue::F32(0.3),
+    );
+    let tokens: Vec<u32> = (0..40).map(|i| (i * 37 + 11) % 297 + 3).collect();
+    let lengths = [5, 16, 17, 35];
+    let mut runs = Vec::new();
+    for l in [&layout, &cooler] {
+        let bytes = l.write(3).unwrap();
+        let file = Gguf::from_bytes(&bytes[..]).unwrap();
+        let model = Model::load(&file, &cpu).unwrap();
+        let mut alone = Vec::new();
+        let mut sessions = Vec::new();
+        for n in lengths {
+            let mut s = model.session(64, 8).unwrap();
+            model.forward(&mut s, &tokens[..n]).unwrap();
+            let mut own = model.session(64, 8).unwrap();
+            model.forward(&mut own, &tokens[..n]).unwrap();
+            alone.push(model.forward(&mut own, &[7]).unwrap().to_vec());
+            sessions.push(s);
+        }
+        let mut scratch = model.batch_scratch(4).unwrap();
+        let mut rows: Vec<_> = sessions.iter_mut().map(|s| (s, 7u32)).collect();
+        model.forward_batch(&mut rows, &mut scratch).unwrap();
+        for (s, want) in sessions.iter().zip(&alone) {
+            assert_eq!(s.logits(), &want[..]);
+        }
+        runs.push(alone);
+    }
+    // The step at position 5 (before the floor) alike; at 16, 17, 35 not.
+    for (i, n) in lengths.iter().enumerate() {
+        let d = max_diff(&runs[0][i..i + 1], &runs[1][i..i + 1]);
+        assert_eq!(d > 1e-3, *n >= 16, "a session of {n} tokens: {d}");
     }
 }
 
