@@ -85,7 +85,8 @@ TEMPLATES = [
     ("Qwen3.5-4B.jinja", xml, "\n", "<think>\n{}\n</think>\n\n", plain, before),
     ("meta-llama-Llama-3.1-8B-Instruct.jinja", llama3, None, None, plain, before),
     ("unsloth-mistral-Devstral-Small-2507.jinja", mistral, "", None, plain, before),
-    ("mistralai-Ministral-3-14B-Reasoning-2512.jinja", mistral, "", None, plain, before),
+    ("mistralai-Ministral-3-14B-Reasoning-2512.jinja", mistral, "", "[THINK]{}[/THINK]", plain,
+     before),
     ("openai-gpt-oss-120b.jinja", harmony, None,
      "<|channel|>analysis<|message|>{}<|end|><|start|>assistant", harmony_plain, harmony_before),
 ]

@@ -179,6 +179,16 @@ def main():
                                 if not (k == "content" and "tool_calls" in m)},
                              "thinking": m["reasoning_content"]}
                             if "reasoning_content" in m else m for m in messages]
+            # Ministral 3's template: system and assistant content as
+            # blocks, reasoning a `thinking` block first (llama.cpp's
+            # common_chat_params_init_ministral_3).
+            if all(m in source for m in ("[SYSTEM_PROMPT]", "[TOOL_CALLS]", "[ARGS]")) \
+                    and "[CALL_ID]" not in source:
+                messages = [{**{k: v for k, v in m.items() if k != "reasoning_content"},
+                             "content": ([{"type": "thinking", "thinking": m["reasoning_content"]}]
+                                         if "reasoning_content" in m else [])
+                             + [{"type": "text", "text": m["content"]}]}
+                            if m["role"] in ("system", "assistant") else m for m in messages]
             wants.append(env.from_string(source).render(
                 messages=messages, tools=TOOLS, add_generation_prompt=True,
                 bos_token="<|im_start|>", eos_token="<|im_end|>"))

@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 use realm_core::backend::Backend;
 use realm_core::chat::{ChatMessage, ChatTemplate};
 use realm_core::tokenizer::Tokenizer;
+use realm_models::reasoning::ReasoningFormat;
 use realm_models::{generate, GenerateParams, Model, StopReason};
 
 use crate::device::Device;
@@ -141,7 +142,13 @@ fn chat<B: Backend>(args: &ChatArgs, l: &Loaded, backend: &B) -> Result<()> {
         stop_at_context_end: true,
         grammar: args.sampling.constraint.grammar()?,
         grammar_triggers: Vec::new(),
-        preserved_tokens: Vec::new(),
+        // The template's reasoning markers stay in the replies (and so in
+        // the history) where they are control tokens.
+        preserved_tokens: ReasoningFormat::of_template(tpl.source())
+            .map_or(&[][..], ReasoningFormat::preserved_tokens)
+            .iter()
+            .map(|m| m.to_string())
+            .collect(),
         lookup: args.sampling.lookup(),
         context_shift: None,
     };

@@ -126,12 +126,7 @@ fn read_replies(
         true,
         &json!({"tools": list}),
     )?;
-    let reasoning = ReasoningFormat::of_template(tpl.source()).map(|f| {
-        (
-            f,
-            f == ReasoningFormat::Think && prompt.trim_end().ends_with("<think>"),
-        )
-    });
+    let reasoning = ReasoningFormat::of_template(tpl.source()).map(|f| (f, f.opened_by(&prompt)));
     let mut out = std::io::stdout().lock();
     for reply in &replies {
         writeln!(

@@ -2347,8 +2347,9 @@ fn reasoning_and_answer(server: &Server, body: &Value) -> [(String, String); 2] 
 /// `<think>` block's text in `reasoning_content` (`reasoning_format`
 /// deepseek, or the server's `--reasoning-format`), whole and streamed
 /// alike; the reply as it is with `none`; a block the template's prompt
-/// opened; gpt-oss's harmony channels where the template writes them. The
-/// replies are SmolLM2's, held to the markers by a grammar.
+/// opened; gpt-oss's harmony channels and Mistral's `[THINK]` block where
+/// the template writes them. The replies are SmolLM2's, held to the
+/// markers by a grammar.
 #[test]
 fn reasoning_is_told_from_the_answer() {
     if !cached(&catalog::SMOLLM2) {
@@ -2466,6 +2467,19 @@ fn reasoning_is_told_from_the_answer() {
     let [(r, c), _] = reasoning_and_answer(&server, &none);
     assert_eq!(r, "");
     assert!(c.starts_with("<|channel|>analysis<|message|>"), "{c}");
+    drop(server);
+
+    // Mistral's `[THINK]` block (Magistral, Ministral 3), where the
+    // template writes it: by the template, and as `deepseek` asks.
+    let mistral = "{% for m in messages %}[INST]{{ m.content }}[/INST]{% endfor %}\
+                   {# [THINK] #}";
+    let server = Server::start(&["smollm2", "--chat-template", mistral]);
+    let bracketed = "root ::= \"[THINK]France has one.[/THINK]Paris.\"";
+    for extra in [json!({}), json!({"reasoning_format": "deepseek"})] {
+        let [whole, streamed] = reasoning_and_answer(&server, &ask(bracketed, extra));
+        assert_eq!(whole, streamed);
+        assert_eq!(whole, ("France has one.".to_string(), "Paris.".to_string()));
+    }
 }
 
 /// `chat_template_kwargs` and `reasoning_effort` reach the chat template

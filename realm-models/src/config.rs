@@ -428,8 +428,7 @@ impl ModelConfig {
             moe: moe_config(md, arch, ffn_dim)?,
             attn_temperature: match arch {
                 Architecture::Mistral3 => match opt_f("attention.temperature_scale")? {
-                    None => None,
-                    Some(s) if s == 0.0 => None,
+                    None | Some(0.0) => None,
                     Some(s) if s.is_finite() => Some(AttnTemperature {
                         scale: s,
                         floor: rope_original_context,

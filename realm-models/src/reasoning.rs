@@ -1,6 +1,7 @@
 //! A chat reply's reasoning, apart from its answer, as llama.cpp's server
 //! gives them (`reasoning_content` and `content`): DeepSeek R1's, Qwen 3's
-//! and SmolLM3's `<think>` block, or gpt-oss's harmony channels.
+//! and SmolLM3's `<think>` block, Magistral's and Ministral 3's `[THINK]`
+//! block, or gpt-oss's harmony channels.
 //!
 //! [`ReasoningSplitter`] takes the reply as it streams, piece by piece, and
 //! hands back what can be told apart already; text that may be the start of
@@ -25,6 +26,10 @@ pub enum ReasoningFormat {
     /// it (leading whitespace dropped) the answer. A reply that does not
     /// open one is all answer, unless the prompt opened it.
     Think,
+    /// The same block between Mistral's `[THINK]` and `[/THINK]`
+    /// (Magistral, Ministral 3 Reasoning), control tokens that the reply
+    /// must show ([`ReasoningFormat::preserved_tokens`]).
+    MistralThink,
     /// OpenAI's harmony messages (gpt-oss): `<|channel|>NAME<|message|>`
     /// ... `<|end|>`, the next one opened by `<|start|>assistant`; the
     /// `analysis` channel's text is the reasoning, every other channel's the
@@ -37,14 +42,60 @@ pub enum ReasoningFormat {
 
 impl ReasoningFormat {
     /// The format a chat template writes, if it knows one: harmony when it
-    /// writes `<|channel|>`, a think block when it writes `<think>`.
+    /// writes `<|channel|>`, Mistral's block when it writes `[THINK]`, a
+    /// think block when it writes `<think>`.
     pub fn of_template(source: &str) -> Option<Self> {
         if source.contains("<|channel|>") {
             Some(Self::Harmony)
+        } else if source.contains("[THINK]") {
+            Some(Self::MistralThink)
         } else if source.contains("<think>") || source.contains("</think>") {
             Some(Self::Think)
         } else {
             None
+        }
+    }
+
+    /// The think block a template's model writes, whether the template
+    /// tells one or not (llama.cpp's `deepseek` format): Mistral's where
+    /// the template writes `[THINK]`, `<think>` otherwise.
+    pub fn block_of_template(source: &str) -> Self {
+        match Self::of_template(source) {
+            Some(Self::MistralThink) => Self::MistralThink,
+            _ => Self::Think,
+        }
+    }
+
+    /// The markers that open and close a think block in this format
+    /// (none for harmony).
+    pub fn block(self) -> Option<(&'static str, &'static str)> {
+        match self {
+            Self::Think => Some(("<think>", "</think>")),
+            Self::MistralThink => Some(("[THINK]", "[/THINK]")),
+            Self::Harmony => None,
+        }
+    }
+
+    /// Whether `prompt` (a rendered chat, up to its generation prompt)
+    /// opens a think block already, so that the reply starts inside it.
+    ///
+    /// ```
+    /// use realm_models::reasoning::ReasoningFormat;
+    /// assert!(ReasoningFormat::Think.opened_by("<|im_start|>assistant\n<think>\n"));
+    /// assert!(!ReasoningFormat::MistralThink.opened_by("[INST]Hi[/INST]"));
+    /// ```
+    pub fn opened_by(self, prompt: &str) -> bool {
+        self.block()
+            .is_some_and(|(open, _)| prompt.trim_end().ends_with(open))
+    }
+
+    /// The control tokens a reply in this format must show as text
+    /// (generation's preserved tokens): Mistral's markers; the others are
+    /// text already or shown by the template's own tokens.
+    pub fn preserved_tokens(self) -> &'static [&'static str] {
+        match self {
+            Self::MistralThink => &["[THINK]", "[/THINK]"],
+            Self::Think | Self::Harmony => &[],
         }
     }
 }
@@ -66,8 +117,6 @@ impl ReplyParts {
     }
 }
 
-const THINK_OPEN: &str = "<think>";
-const THINK_CLOSE: &str = "</think>";
 const CHANNEL: &str = "<|channel|>";
 const MESSAGE: &str = "<|message|>";
 /// What names a message's recipient in its header.
@@ -106,6 +155,9 @@ pub struct ReasoningSplitter {
     /// Markers that end a think block as its close does but stay in the
     /// answer ([`ReasoningSplitter::ended_by`]).
     ends: Vec<&'static str>,
+    /// The think block's open and close markers (unused by harmony).
+    open: &'static str,
+    close: &'static str,
 }
 
 impl ReasoningSplitter {
@@ -113,17 +165,20 @@ impl ReasoningSplitter {
     /// think block already (its template's generation prompt ends with
     /// `<think>`), so the reply starts inside it.
     pub fn new(format: ReasoningFormat, thinking: bool) -> Self {
-        let state = match (format, thinking) {
-            (ReasoningFormat::Think, true) => State::Thinking,
-            (ReasoningFormat::Think, false) => State::Opening,
-            (ReasoningFormat::Harmony, _) => State::Header,
+        let state = match (format.block(), thinking) {
+            (Some(_), true) => State::Thinking,
+            (Some(_), false) => State::Opening,
+            (None, _) => State::Header,
         };
+        let (open, close) = format.block().unwrap_or(("", ""));
         Self {
             format,
             state,
             held: String::new(),
             reasoned: false,
             ends: Vec::new(),
+            open,
+            close,
         }
     }
 
@@ -169,11 +224,11 @@ impl ReasoningSplitter {
         match self.state.clone() {
             State::Opening => {
                 let rest = self.held.trim_start();
-                if let Some(after) = rest.strip_prefix(THINK_OPEN) {
+                if let Some(after) = rest.strip_prefix(self.open) {
                     self.held = after.to_string();
                     self.state = State::Thinking;
                     true
-                } else if !end && THINK_OPEN.starts_with(rest) {
+                } else if !end && self.open.starts_with(rest) {
                     // Whitespace, or the start of `<think>`: wait.
                     false
                 } else {
@@ -190,7 +245,7 @@ impl ReasoningSplitter {
                     true
                 }
                 None => {
-                    let mut marks = vec![THINK_CLOSE];
+                    let mut marks = vec![self.close];
                     marks.extend(&self.ends);
                     let keep = if end {
                         0
@@ -282,10 +337,7 @@ impl ReasoningSplitter {
     /// Where the held text's think block ends, and the length of what
     /// ends it that is dropped (the close; none of a marker that stays).
     fn think_end(&self) -> Option<(usize, usize)> {
-        let close = self
-            .held
-            .find(THINK_CLOSE)
-            .map(|at| (at, THINK_CLOSE.len()));
+        let close = self.held.find(self.close).map(|at| (at, self.close.len()));
         let marker = self.ends.iter().filter_map(|m| self.held.find(m)).min();
         match (close, marker) {
             (Some(c), Some(m)) if m < c.0 => Some((m, 0)),
@@ -403,6 +455,30 @@ mod tests {
     }
 
     #[test]
+    fn mistral_think_blocks() {
+        use ReasoningFormat::MistralThink;
+        let s = |r: &str, c: &str| (r.to_string(), c.to_string());
+        assert_eq!(
+            both(MistralThink, false, "[THINK]Paris, surely.[/THINK]Paris."),
+            s("Paris, surely.", "Paris.")
+        );
+        // `<think>` is no marker here, nor `[THINK]` in `<think>`'s format.
+        assert_eq!(
+            both(MistralThink, false, "<think>a</think>b"),
+            s("", "<think>a</think>b")
+        );
+        assert_eq!(
+            ReasoningFormat::Think.block(),
+            Some(("<think>", "</think>"))
+        );
+        assert_eq!(both(MistralThink, true, "x [/THIN"), s("x [/THIN", ""));
+        assert_eq!(
+            both(MistralThink, false, "[THINK]a[/THINK][TOOL_CALLS]f[ARGS]{}"),
+            s("a", "[TOOL_CALLS]f[ARGS]{}")
+        );
+    }
+
+    #[test]
     fn harmony_channels() {
         use ReasoningFormat::Harmony;
         let s = |r: &str, c: &str| (r.to_string(), c.to_string());
@@ -446,5 +522,18 @@ mod tests {
             Some(ReasoningFormat::Think)
         );
         assert_eq!(ReasoningFormat::of_template("{{ m.content }}"), None);
+        let ministral = "{{ '[THINK]' + block['thinking'] + '[/THINK]' }}";
+        assert_eq!(
+            ReasoningFormat::of_template(ministral),
+            Some(ReasoningFormat::MistralThink)
+        );
+        assert_eq!(
+            ReasoningFormat::block_of_template(ministral),
+            ReasoningFormat::MistralThink
+        );
+        assert_eq!(
+            ReasoningFormat::block_of_template("{{ m.content }}"),
+            ReasoningFormat::Think
+        );
     }
 }

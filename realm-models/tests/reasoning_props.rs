@@ -11,6 +11,11 @@ const FRAGMENTS: &[&str] = &[
     "</think>",
     "<thi",
     "nk>",
+    "[THINK]",
+    "[/THINK]",
+    "[/THI",
+    "NK]",
+    "[",
     "</",
     "<|channel|>",
     "analysis",
@@ -84,12 +89,16 @@ proptest! {
     fn pieces_split_as_the_whole(
         picks in prop::collection::vec(0..FRAGMENTS.len(), 0..24),
         cuts in prop::collection::vec(0.0f64..1.0, 0..8),
-        harmony in any::<bool>(),
+        format in 0..3usize,
         thinking in any::<bool>(),
         tool_calls in any::<bool>(),
     ) {
         let reply: String = picks.iter().map(|&i| FRAGMENTS[i]).collect();
-        let format = if harmony { ReasoningFormat::Harmony } else { ReasoningFormat::Think };
+        let format = [
+            ReasoningFormat::Think,
+            ReasoningFormat::MistralThink,
+            ReasoningFormat::Harmony,
+        ][format];
         // With tools in `<tool_call>` formats, a call also ends a block.
         let ends: &[&str] = if tool_calls { &["<tool_call>"] } else { &[] };
         let whole = split(format, thinking, ends, &reply, &[]);
@@ -106,7 +115,11 @@ proptest! {
             rest.remove(at.unwrap_or_default());
         }
         // A think reply without markers is all answer.
-        if !harmony && !thinking && !reply.contains('<') {
+        if format != ReasoningFormat::Harmony
+            && !thinking
+            && !reply.contains('<')
+            && !reply.contains('[')
+        {
             prop_assert_eq!(&whole.content, &reply);
         }
     }

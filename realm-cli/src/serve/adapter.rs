@@ -85,7 +85,13 @@ impl Run {
             return Err(ApiError::invalid(Some("n"), "this API answers once"));
         }
         let (n, seed) = number(app);
-        let limits = tools::limits(&req.options, seed, false, tool_mode.as_ref())?;
+        let limits = tools::limits(
+            &req.options,
+            seed,
+            false,
+            tool_mode.as_ref(),
+            app.chat_markers(),
+        )?;
         let mut rx = submit(app, vec![(Input::Chat(turns), limits)])?;
         let mut early = VecDeque::new();
         loop {

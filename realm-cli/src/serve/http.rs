@@ -77,6 +77,18 @@ impl App {
         let source = self.props.template.as_ref().ok().map(|t| t.source());
         tools::prepare(req, source)
     }
+
+    /// The control tokens chat replies show as text whatever the request
+    /// asks: the template's reasoning markers where they are control
+    /// tokens (Mistral's `[THINK]`), as llama-server preserves them.
+    pub(super) fn chat_markers(&self) -> &'static [&'static str] {
+        self.props
+            .template
+            .as_ref()
+            .ok()
+            .and_then(|t| ReasoningFormat::of_template(t.source()))
+            .map_or(&[], ReasoningFormat::preserved_tokens)
+    }
 }
 
 /// The CORS policy for `origins` (`*`: any), or none.
@@ -235,9 +247,10 @@ async fn chat(State(app): State<Arc<App>>, Body(req): Body<ChatRequest>) -> Resp
 }
 
 /// A chat request's reasoning format (its `reasoning_format`, or the
-/// server's), and whether its prompt opens a think block already (the
-/// template's generation prompt ends with `<think>`, as Qwen 3's and
-/// DeepSeek R1's may).
+/// server's; `deepseek` a think block with the template's markers), and
+/// whether its prompt opens a think block already (the template's
+/// generation prompt ends with `<think>`, as Qwen 3's and DeepSeek R1's
+/// may).
 pub(super) fn reasoning(
     app: &App,
     req: &ChatRequest,
@@ -246,7 +259,14 @@ pub(super) fn reasoning(
     let format = match req.reasoning_format.as_deref() {
         None | Some("auto") => app.reasoning,
         Some("none") => None,
-        Some("deepseek") => Some(ReasoningFormat::Think),
+        Some("deepseek") => Some(
+            app.props
+                .template
+                .as_ref()
+                .map_or(ReasoningFormat::Think, |t| {
+                    ReasoningFormat::block_of_template(t.source())
+                }),
+        ),
         Some(other) => {
             return Err(ApiError::invalid(
                 Some("reasoning_format"),
@@ -255,9 +275,8 @@ pub(super) fn reasoning(
         }
     };
     Ok(format.map(|f| {
-        let thinking = f == ReasoningFormat::Think
-            && super::prompt::render(&app.props.template, chat)
-                .is_ok_and(|p| p.trim_end().ends_with("<think>"));
+        let thinking = f.block().is_some()
+            && super::prompt::render(&app.props.template, chat).is_ok_and(|p| f.opened_by(&p));
         (f, thinking)
     }))
 }
@@ -569,7 +588,11 @@ async fn answer(
 ) -> Response {
     let (n, seed) = number(app);
     let asked = options.choices().and_then(|per_prompt| {
-        let limits = tools::limits(options, seed, extra.echo, extra.tools.as_ref())?;
+        let markers = match kind {
+            Kind::Chat => app.chat_markers(),
+            Kind::Text => &[],
+        };
+        let limits = tools::limits(options, seed, extra.echo, extra.tools.as_ref(), markers)?;
         Ok((per_prompt, limits))
     });
     let (per_prompt, limits) = match asked {

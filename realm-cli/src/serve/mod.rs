@@ -208,7 +208,8 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     };
     let reasoning = match (args.reasoning_format, &template) {
         (ReasoningArg::None, _) | (ReasoningArg::Auto, Err(_)) => None,
-        (ReasoningArg::Deepseek, _) => Some(ReasoningFormat::Think),
+        (ReasoningArg::Deepseek, Err(_)) => Some(ReasoningFormat::Think),
+        (ReasoningArg::Deepseek, Ok(t)) => Some(ReasoningFormat::block_of_template(t.source())),
         (ReasoningArg::Auto, Ok(t)) => ReasoningFormat::of_template(t.source()),
     };
     let props = props::Props {

@@ -83,9 +83,21 @@ pub fn prepare(
         if tools.is_some() {
             vars.insert("tools".into(), req.tools.clone());
         }
-        native_messages(req.texts()?, format)?
+        let blocks = template.is_some_and(thinking_blocks);
+        native_messages(req.texts()?, format, blocks)?
     };
     Ok((Conversation { messages, vars }, tools))
+}
+
+/// Whether a template reads system and assistant messages as lists of
+/// `text` and `thinking` blocks (Ministral 3's and Mistral Large 3's,
+/// told as llama.cpp tells them: `[SYSTEM_PROMPT]`, `[TOOL_CALLS]` and
+/// `[ARGS]` without Mistral Small 3.2's `[CALL_ID]`).
+pub fn thinking_blocks(template: &str) -> bool {
+    ["[SYSTEM_PROMPT]", "[TOOL_CALLS]", "[ARGS]"]
+        .iter()
+        .all(|m| template.contains(m))
+        && !template.contains("[CALL_ID]")
 }
 
 /// OpenAI's messages as templates that know tools read them: text
@@ -93,10 +105,14 @@ pub fn prepare(
 /// "function": {"name", "arguments"}}]` with the arguments an object
 /// (templates write them with `tojson`); `tool` messages with their
 /// `tool_call_id` and the called tool's `name`; `developer` read as
-/// `system` except by harmony, whose templates know it.
+/// `system` except by harmony, whose templates know it. With `blocks`
+/// ([`thinking_blocks`]), system and assistant messages' content is a
+/// list of blocks, the reasoning a `thinking` block before the `text`
+/// one, as llama.cpp gives them to Ministral 3's template.
 pub fn native_messages(
     messages: Vec<(&Message, String)>,
     format: ToolFormat,
+    blocks: bool,
 ) -> Result<Vec<Value>, ApiError> {
     let mut names: HashMap<String, String> = HashMap::new();
     let mut out = Vec::with_capacity(messages.len());
@@ -152,6 +168,17 @@ pub fn native_messages(
                     o.remove("content");
                 }
             }
+        }
+        if blocks && matches!(role, "system" | "assistant") {
+            let mut list = Vec::new();
+            if let Some(r) = v
+                .as_object_mut()
+                .and_then(|o| o.remove("reasoning_content"))
+            {
+                list.push(json!({"type": "thinking", "thinking": r}));
+            }
+            list.push(json!({"type": "text", "text": v["content"].take()}));
+            v["content"] = json!(list);
         }
         if m.role == "tool" {
             if let Some(id) = &m.tool_call_id {
@@ -367,22 +394,29 @@ pub fn split_reply(
     }
 }
 
-/// A chat request's limits: under tools, their grammar (lazy where the
-/// format's triggers say) and the format's markers kept in the text.
+/// A request's limits: under tools, their grammar (lazy where the
+/// format's triggers say) and the format's markers kept in the text;
+/// `markers`, control tokens kept in the text besides (a chat template's
+/// reasoning markers).
 pub fn limits(
     options: &Options,
     seed: u64,
     echo: bool,
     tools: Option<&ToolMode>,
+    markers: &[&str],
 ) -> Result<Limits, ApiError> {
-    Ok(match tools {
+    let mut limits = match tools {
         Some((tools, grammar)) => Limits {
             grammar_triggers: tools.triggers(),
             preserved_tokens: tools.preserved_tokens(),
             ..options.limits_with(seed, echo, Some(grammar.clone()))?
         },
         None => options.limits(seed, echo)?,
-    })
+    };
+    limits
+        .preserved_tokens
+        .extend(markers.iter().map(|m| m.to_string()));
+    Ok(limits)
 }
 
 /// A whole reply read as the server reads it under `tools`: its reasoning
@@ -532,6 +566,23 @@ mod tests {
                        "name": "get_weather"}),
             ]
         );
+        // Ministral 3's template reads blocks.
+        let ministral = "[SYSTEM_PROMPT] [TOOL_CALLS] [ARGS] [THINK]";
+        let (blocks, _) = prepare(&r, Some(ministral)).unwrap();
+        assert_eq!(
+            blocks.messages[0]["content"],
+            json!([{"type": "text", "text": "Be brief."}])
+        );
+        assert_eq!(
+            blocks.messages[2]["content"],
+            json!([{"type": "thinking", "thinking": "Look it up."},
+                   {"type": "text", "text": ""}])
+        );
+        assert!(blocks.messages[2].get("reasoning_content").is_none());
+        assert_eq!(blocks.messages[1], chat.messages[1]);
+        assert!(!thinking_blocks(
+            "[SYSTEM_PROMPT] [TOOL_CALLS] [ARGS] [CALL_ID]"
+        ));
         let (harmony, _) = prepare(&r, Some("<|channel|> to=")).unwrap();
         assert_eq!(harmony.messages[0]["role"], "developer");
         assert_eq!(harmony.messages[2]["thinking"], "Look it up.");
@@ -540,6 +591,19 @@ mod tests {
         let (plain, _) = prepare(&r, Some("{{ messages }}")).unwrap();
         assert!(plain.vars.get("tools").is_none());
         assert_eq!(plain.messages[3]["role"], "user");
+    }
+
+    /// A chat template's markers stay in the text beside the tools' own.
+    #[test]
+    fn limits_keep_the_templates_markers() {
+        let r = request(json!({"messages": [{"role": "user", "content": "hi"}],
+                               "tools": weather()}));
+        let plain = limits(&r.options, 1, false, None, &["[THINK]"]).unwrap();
+        assert_eq!(plain.preserved_tokens, ["[THINK]"]);
+        let tools = requested(&r, Some("[TOOL_CALLS] [ARGS] [CALL_ID]")).unwrap();
+        let both = limits(&r.options, 1, false, tools.as_ref(), &["[THINK]"]).unwrap();
+        assert_eq!(both.preserved_tokens.last().unwrap(), "[THINK]");
+        assert!(both.preserved_tokens.contains(&"[TOOL_CALLS]".to_string()));
     }
 
     #[test]
