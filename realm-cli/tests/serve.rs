@@ -663,7 +663,7 @@ fn chunks(events: &[String]) -> Vec<Value> {
 }
 
 /// Tools: a required call comes back as `tool_calls` (whole, or streamed
-/// in one delta) with arguments of the tool's schema; a direct answer
+/// in one delta: the generic format's calls stream whole) with arguments of the tool's schema; a direct answer
 /// streams as text and equals the whole one; a tool's result handed back
 /// reaches the model.
 #[test]
@@ -687,7 +687,7 @@ fn tool_calls_come_back_as_openais() {
     assert!(parsed["city"].is_string(), "{arguments}");
 
     // Streamed: the same call in one delta.
-    let (name, args, _) = call_whole_and_streamed(&server, &required);
+    let (name, args, _) = call_whole_and_streamed(&server, &required, false);
     assert_eq!((name.as_str(), &args), ("get_weather", &parsed));
 
     // Auto: SmolLM2-135M answers this one itself; the text streams.
@@ -2584,9 +2584,14 @@ fn weather_after_calls(shots: usize, extra: Value) -> Value {
 }
 
 /// A call as the whole answer and the stream give it: (name, arguments,
-/// content), each the same both ways (the call streamed in one delta,
-/// the stream ended with the finish reason `tool_calls`).
-fn call_whole_and_streamed(server: &Server, body: &Value) -> (String, Value, Value) {
+/// content), each the same both ways (the stream ended with the finish
+/// reason `tool_calls`); `piecewise`: the format streams the call as it is
+/// written, its arguments in several deltas, not in one.
+fn call_whole_and_streamed(
+    server: &Server,
+    body: &Value,
+    piecewise: bool,
+) -> (String, Value, Value) {
     let r = server.post("/v1/chat/completions", body);
     let choice = &r["choices"][0];
     assert_eq!(choice["finish_reason"], "tool_calls", "{r}");
@@ -2597,10 +2602,29 @@ fn call_whole_and_streamed(server: &Server, body: &Value) -> (String, Value, Val
     let deltas: Vec<&Value> = events
         .iter()
         .filter_map(|c| c["choices"][0]["delta"].get("tool_calls"))
+        .flat_map(|d| d.as_array().unwrap())
         .collect();
-    assert_eq!(deltas.len(), 1, "{events:?}");
-    assert_eq!(deltas[0][0]["index"], 0);
-    assert_eq!(deltas[0][0]["function"], *call);
+    // The first delta of the call names it; the arguments' pieces put
+    // together are its arguments (the model's text: equal as JSON).
+    let first = &deltas[0];
+    assert_eq!(
+        (&first["index"], &first["type"]),
+        (&json!(0), &json!("function"))
+    );
+    // (Ids are the request's own: alike in form.)
+    let id = |v: &Value| v.as_str().unwrap().len();
+    assert_eq!(id(&first["id"]), id(&choice["message"]["tool_calls"][0]["id"]));
+    assert_eq!(first["function"]["name"], call["name"]);
+    let pieces: String = deltas
+        .iter()
+        .map(|d| d["function"]["arguments"].as_str().unwrap())
+        .collect();
+    let parse = |s: &str| serde_json::from_str::<Value>(s).unwrap();
+    assert_eq!(parse(&pieces), parse(call["arguments"].as_str().unwrap()));
+    assert!(deltas.iter().all(|d| d["index"] == 0), "{deltas:?}");
+    // Where the format streams arguments, they come in pieces; the others'
+    // calls in one delta.
+    assert_eq!(deltas.len() > 1, piecewise, "{deltas:?}");
     assert_eq!(
         events.last().unwrap()["choices"][0]["finish_reason"],
         "tool_calls"
@@ -2638,13 +2662,13 @@ fn native_tool_calls(template: &str, history: &str, more: &[&str]) {
     assert!(prompt.contains(history), "{prompt}");
     assert!(!prompt.contains("These tools are available"), "{prompt}");
 
-    let (name, args, content) = call_whole_and_streamed(&server, &two);
+    let (name, args, content) = call_whole_and_streamed(&server, &two, true);
     assert_eq!(
         (name.as_str(), args, content),
         ("get_weather", json!({"city": "Lima"}), Value::Null)
     );
     let required = weather_request(json!({"tool_choice": "required"}));
-    let (name, args, _) = call_whole_and_streamed(&server, &required);
+    let (name, args, _) = call_whole_and_streamed(&server, &required, true);
     assert_eq!(name, "get_weather");
     assert!(args["city"].is_string(), "{args}");
 
@@ -2730,7 +2754,7 @@ fn harmony_tool_calls_are_messages_to_functions() {
          {\"city\": \"Oslo\"}<|call|><|start|>functions.get_weather to=assistant\
          <|channel|>commentary<|message|>\"{\\\"temperature\\\": 3}\"<|end|>"
     ));
-    let (name, args, content) = call_whole_and_streamed(&server, &one);
+    let (name, args, content) = call_whole_and_streamed(&server, &one, true);
     assert_eq!(
         (name.as_str(), args, content),
         ("get_weather", json!({"city": "Lima"}), Value::Null)
@@ -2748,7 +2772,7 @@ fn mistral_tool_calls_get_nine_character_ids() {
     }
     let server = Server::start(&["smollm2", "--chat-template", MISTRAL_TEMPLATE]);
     let required = weather_request(json!({"tool_choice": "required"}));
-    let (name, args, content) = call_whole_and_streamed(&server, &required);
+    let (name, args, content) = call_whole_and_streamed(&server, &required, true);
     assert_eq!((name.as_str(), &content), ("get_weather", &Value::Null));
     let r = server.post("/v1/chat/completions", &required);
     let call = &r["choices"][0]["message"]["tool_calls"][0];
@@ -2805,7 +2829,7 @@ fn xml_parameter_tool_calls() {
         "{prompt}"
     );
     let required = weather_request(json!({"tool_choice": "required"}));
-    let (name, args, content) = call_whole_and_streamed(&server, &required);
+    let (name, args, content) = call_whole_and_streamed(&server, &required, false);
     assert_eq!((name.as_str(), &content), ("get_weather", &Value::Null));
     assert!(args["city"].is_string(), "{args}");
 }

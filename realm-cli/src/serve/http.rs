@@ -358,6 +358,9 @@ struct Choice {
     /// log-probabilities have not gone out with a chunk yet.
     sent: usize,
     held: Vec<TokenLogprob>,
+    /// With tools: each call that streams as it is written, its argument
+    /// bytes streamed so far.
+    calls: Vec<usize>,
 }
 
 /// A request's events: those that came before every choice had started,
@@ -811,6 +814,16 @@ impl Streaming {
                         self.out.push_back(data(&chunk));
                     }
                 }
+                // Calls as they are written.
+                let raw = if c.split.is_some() { &c.raw } else { &c.text };
+                let prefixes = tools.call_prefixes(&c.text, raw);
+                let deltas = tools::call_deltas(tools, &prefixes, &mut c.calls, &reply.call_id(i));
+                if !deltas.is_empty() {
+                    let logprobs = reply.logprobs(&std::mem::take(&mut c.held), &mut 0);
+                    let mut chunk = reply.chunk(i, None, None, logprobs);
+                    chunk["choices"][0]["delta"] = json!({ "tool_calls": deltas });
+                    self.out.push_back(data(&chunk));
+                }
             }
             Some((_, Event::Text { text, logprobs })) => {
                 let c = &mut self.choices[i];
@@ -864,11 +877,23 @@ impl Streaming {
                                 let chunk = reply.chunk(i, Some(rest), None, Value::Null);
                                 self.out.push_back(data(&chunk));
                             }
-                            let mut chunk = reply.chunk(i, None, None, logprobs);
-                            chunk["choices"][0]["delta"] = json!({
-                                "tool_calls": tools::calls_json(tools, &calls, &reply.call_id(i), true)
-                            });
-                            self.out.push_back(data(&chunk));
+                            let raw = if c.split.is_some() { &c.raw } else { &c.text };
+                            let prefixes = tools.call_prefixes(&c.text, raw);
+                            let stem = reply.call_id(i);
+                            let deltas = tools::last_call_deltas(
+                                tools,
+                                &prefixes,
+                                &calls,
+                                &mut c.calls,
+                                &stem,
+                            );
+                            if !deltas.is_empty() || !held.is_empty() {
+                                let mut chunk = reply.chunk(i, None, None, logprobs);
+                                if !deltas.is_empty() {
+                                    chunk["choices"][0]["delta"] = json!({ "tool_calls": deltas });
+                                }
+                                self.out.push_back(data(&chunk));
+                            }
                             reason = "tool_calls";
                         }
                         Outcome::Content(content) => {

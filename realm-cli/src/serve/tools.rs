@@ -11,7 +11,8 @@ use std::sync::Arc;
 
 use realm_models::reasoning::{ReasoningFormat, ReasoningSplitter, ReplyParts};
 use realm_models::tools::{
-    calls_text, result_text, streamed_response, ToolCall, ToolError, ToolFormat, ToolReply, Tools,
+    calls_text, result_text, streamed_response, CallPrefix, ToolCall, ToolError, ToolFormat,
+    ToolReply, Tools,
 };
 use realm_models::Grammar;
 use serde_json::{json, Value};
@@ -479,6 +480,64 @@ pub fn calls_json(tools: &Tools, calls: &[ToolCall], stem: &str, streamed: bool)
         })
         .collect();
     json!(list)
+}
+
+/// The `tool_calls` deltas that stream calls as they are written
+/// (`prefixes`, [`Tools::call_prefixes`]): a call's first delta has its
+/// index, id, type, name and arguments so far, later ones the arguments
+/// that came since. `sent` holds each begun call's argument bytes out,
+/// and grows with the calls begun.
+pub fn call_deltas(
+    tools: &Tools,
+    prefixes: &[CallPrefix<'_>],
+    sent: &mut Vec<usize>,
+    stem: &str,
+) -> Vec<Value> {
+    let mut out = Vec::new();
+    for (k, p) in prefixes.iter().enumerate() {
+        match sent.get_mut(k) {
+            None => {
+                out.push(json!({
+                    "index": k,
+                    "id": call_id(Some(tools), "call_", stem, k),
+                    "type": "function",
+                    "function": {"name": p.name, "arguments": p.arguments},
+                }));
+                sent.push(p.arguments.len());
+            }
+            Some(n) => {
+                if let Some(more) = p.arguments.get(*n..).filter(|m| !m.is_empty()) {
+                    out.push(json!({"index": k, "function": {"arguments": more}}));
+                    *n = p.arguments.len();
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The `tool_calls` deltas that end a streamed reply whose calls are
+/// `calls`: the rest of the calls that streamed as they were written
+/// (`prefixes` of the whole reply, `sent` as [`call_deltas`] left it),
+/// then the others whole.
+pub fn last_call_deltas(
+    tools: &Tools,
+    prefixes: &[CallPrefix<'_>],
+    calls: &[ToolCall],
+    sent: &mut Vec<usize>,
+    stem: &str,
+) -> Vec<Value> {
+    // (The prefixes stand for the calls as far as they agree.)
+    let agree = prefixes
+        .iter()
+        .zip(calls)
+        .take_while(|(p, c)| p.complete && p.name == c.name)
+        .count();
+    let mut out = call_deltas(tools, &prefixes[..agree], sent, stem);
+    if let Value::Array(whole) = calls_json(tools, calls, stem, true) {
+        out.extend(whole.into_iter().skip(sent.len()));
+    }
+    out
 }
 
 #[cfg(test)]

@@ -43,8 +43,10 @@ use serde_json::{json, Map, Value};
 use crate::grammar::{Grammar, GrammarError};
 
 mod native;
+mod partial;
 
 pub use native::{NativeReply, ToolFormat};
+pub use partial::CallPrefix;
 
 /// What is wrong with tools, a tool choice, or a model's reply.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

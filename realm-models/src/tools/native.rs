@@ -76,17 +76,17 @@ pub enum ToolFormat {
     MistralNemo,
 }
 
-const HERMES_OPEN: &str = "<tool_call>";
-const MISTRAL_OPEN: &str = "[TOOL_CALLS]";
-const MISTRAL_ARGS: &str = "[ARGS]";
+pub(super) const HERMES_OPEN: &str = "<tool_call>";
+pub(super) const MISTRAL_OPEN: &str = "[TOOL_CALLS]";
+pub(super) const MISTRAL_ARGS: &str = "[ARGS]";
 const MISTRAL_ID: &str = "[CALL_ID]";
 /// How Llama 3's calls begin.
 const LLAMA3_OPEN: &str = "{\"name\"";
-const HERMES_CLOSE: &str = "</tool_call>";
-const HARMONY_TO: &str = " to=functions.";
-const MESSAGE: &str = "<|message|>";
+pub(super) const HERMES_CLOSE: &str = "</tool_call>";
+pub(super) const HARMONY_TO: &str = " to=functions.";
+pub(super) const MESSAGE: &str = "<|message|>";
 /// The markers that end a harmony message.
-const HARMONY_ENDS: [&str; 3] = ["<|end|>", "<|return|>", "<|call|>"];
+pub(super) const HARMONY_ENDS: [&str; 3] = ["<|end|>", "<|return|>", "<|call|>"];
 
 impl ToolFormat {
     /// The format a chat template writes calls in: harmony where it
