@@ -9,7 +9,8 @@ what the architecture reads from its metadata: f32 or quantized
 matrices, Llama 3.1's RoPE frequency factors, linear and YaRN RoPE scaling,
 LongRoPE (short and long factors, as the context chooses; all or part of
 each head rotated), the RoPE attention factor,
-Ministral 3's YaRN corrections and attention temperature,
+Ministral 3's YaRN corrections and attention temperature, OLMo 2's
+norms and OLMo 3's window,
 mixtures of experts (Qwen 2 MoE's with its shared expert, Qwen 3 MoE's,
 and a llama's as Mixtral's, a Ministral 3's; gpt-oss's, with its biases, attention
 sinks, clamped SwiGLU and MXFP4 matrices), Gemma 2's
@@ -115,6 +116,16 @@ CASES = [
          overrides=[("mistral3.rope.scaling.original_context_length", "int", "6"),
                     ("mistral3.attention.temperature_scale", "float", "0.8")]),
     case("mistral3-moe", "tiny-mistral3-moe"),
+    # OLMo 2: norms after each part of a block only, Q/K norms over all
+    # heads; OLMo 3's window on its first layer (flags a layer), YaRN on
+    # its global layer, a local base of its own; a pattern given as a
+    # number (every second layer global).
+    case("olmo2", "tiny-olmo2"),
+    case("olmo2-q8_0", "tiny-olmo2", matrix_type="q8_0"),
+    case("olmo3", "tiny-olmo3"),
+    case("olmo2-window-every-2", "tiny-olmo2",
+         overrides=[("olmo2.attention.sliding_window", "int", "4"),
+                    ("olmo2.attention.sliding_window_pattern", "int", "2")]),
     case("smollm3", "tiny-smollm3"),
     case("granite", "tiny-granite"),
     case("qwen2moe", "tiny-qwen2moe"),

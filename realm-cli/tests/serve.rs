@@ -2613,7 +2613,10 @@ fn call_whole_and_streamed(
     );
     // (Ids are the request's own: alike in form.)
     let id = |v: &Value| v.as_str().unwrap().len();
-    assert_eq!(id(&first["id"]), id(&choice["message"]["tool_calls"][0]["id"]));
+    assert_eq!(
+        id(&first["id"]),
+        id(&choice["message"]["tool_calls"][0]["id"])
+    );
     assert_eq!(first["function"]["name"], call["name"]);
     let pieces: String = deltas
         .iter()

@@ -99,8 +99,8 @@ fn static_steps_agree(
 
 /// Decoding across a span boundary (a new recording, reallocated step
 /// tensors), with every architecture's ops: biases, QK-norm, RoPE factors,
-/// layers without RoPE, multipliers, sliding windows, the embedding scale;
-/// f32 and f16 caches.
+/// layers without RoPE, multipliers, sliding windows, the embedding scale,
+/// blocks without input norms (OLMo 2); f32 and f16 caches.
 #[test]
 fn static_steps_match_op_by_op() {
     let (plain, steps) = (gpu(StepMode::OpByOp), gpu(StepMode::Recorded));
@@ -112,6 +112,7 @@ fn static_steps_match_op_by_op() {
         ("smollm3", KvDtype::F32),
         ("granite", KvDtype::F32),
         ("gemma3", KvDtype::F32),
+        ("olmo2", KvDtype::F32),
         ("llama", KvDtype::F16),
         ("gemma3", KvDtype::F16),
     ] {

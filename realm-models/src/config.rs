@@ -1,7 +1,7 @@
 //! A transformer's hyper-parameters, read from GGUF metadata.
 
 use realm_core::backend::RopeMode;
-use realm_core::gguf::Metadata;
+use realm_core::gguf::{Metadata, MetadataArray, MetadataValue};
 
 use crate::{Error, Result};
 
@@ -40,6 +40,10 @@ pub enum Architecture {
     /// Ministral 3 (llama-shaped, YaRN with its own corrections, and
     /// Llama 4's attention temperature past the original context).
     Mistral3,
+    /// OLMo 2 and 3: no norms before attention and the feed-forward
+    /// block, RMSNorms after them, Q/K RMSNorms over all heads at once;
+    /// OLMo 3's sliding-window layers, whose RoPE is not scaled.
+    Olmo2,
 }
 
 impl Architecture {
@@ -59,6 +63,7 @@ impl Architecture {
             "gemma3" => Self::Gemma3,
             "gpt-oss" => Self::GptOss,
             "mistral3" => Self::Mistral3,
+            "olmo2" => Self::Olmo2,
             other => return Err(Error::UnknownArchitecture(other.to_string())),
         })
     }
@@ -79,6 +84,7 @@ impl Architecture {
             Self::Gemma3 => "gemma3",
             Self::GptOss => "gpt-oss",
             Self::Mistral3 => "mistral3",
+            Self::Olmo2 => "olmo2",
         }
     }
 }
@@ -189,9 +195,19 @@ pub struct ModelConfig {
     pub rope_mode: RopeMode,
     /// Window of the sliding-window layers, if any.
     pub sliding_window: Option<usize>,
-    /// Every `n`th layer (the last of each group) attends globally; the
-    /// others use the sliding window. `None`: every layer is global.
-    pub global_every: Option<usize>,
+    /// Which layers use the sliding window, the others attending globally
+    /// (`attention.sliding_window_pattern`: a flag a layer, or every
+    /// `n`th layer global); `None`: every layer, where there is a window.
+    pub local_layers: Option<Vec<bool>>,
+    /// Whether the sliding-window layers rotate without the model's RoPE
+    /// scaling (OLMo 3's): no YaRN, no frequency scale, magnitude 1.
+    pub local_rope_plain: bool,
+    /// Whether the blocks norm their attention's and feed-forward block's
+    /// input (all but OLMo 2, which norms only their outputs).
+    pub pre_norms: bool,
+    /// Whether the Q/K norms span all heads at once (OLMo 2's), not each
+    /// head.
+    pub qk_norm_whole: bool,
     /// Scale applied to attention scores.
     pub attn_scale: f32,
     /// A factor on the embeddings (Gemma's `sqrt(d_model)`, Granite's
@@ -296,6 +312,7 @@ impl ModelConfig {
         let gemma3 = arch == Architecture::Gemma3;
         let gemma = gemma2 || gemma3;
         let gpt_oss = arch == Architecture::GptOss;
+        let olmo2 = arch == Architecture::Olmo2;
         let rope_original_context = match opt_u("rope.scaling.original_context_length")? {
             Some(n) if n > 0 => n,
             _ => u("context_length")?,
@@ -331,7 +348,8 @@ impl ModelConfig {
                 Architecture::Mistral
                 | Architecture::Gemma2
                 | Architecture::Gemma3
-                | Architecture::GptOss,
+                | Architecture::GptOss
+                | Architecture::Olmo2,
                 w,
             ) => w,
             _ => None,
@@ -356,13 +374,19 @@ impl ModelConfig {
             rope_base,
             // Gemma's and gpt-oss's local layers may have a base of their
             // own (Gemma 3's by default the classic one, and not scaled).
+            // (llama.cpp's OLMo 2 reads `rope.freq_base_swa` but rotates
+            // its local layers with the global base.)
             rope_base_local: match opt_f("rope.freq_base_swa")? {
                 Some(b) if gemma || gpt_oss => b,
                 _ if gemma3 => 10_000.0,
                 _ => rope_base,
             },
             rope_freq_scale,
-            rope_freq_scale_local: if gemma3 { 1.0 } else { rope_freq_scale },
+            rope_freq_scale_local: if gemma3 || olmo2 {
+                1.0
+            } else {
+                rope_freq_scale
+            },
             rope_magnitude: rope_yarn.as_ref().map_or(1.0, YarnConfig::magnitude)
                 * rope_attn_factor,
             rope_yarn,
@@ -381,17 +405,32 @@ impl ModelConfig {
                 | Architecture::Phi3
                 | Architecture::Gemma2
                 | Architecture::Gemma3
-                | Architecture::GptOss => RopeMode::Neox,
+                | Architecture::GptOss
+                | Architecture::Olmo2 => RopeMode::Neox,
             },
             sliding_window,
-            // Every sixth layer (Gemma 3) or second (Gemma 2, gpt-oss)
-            // unless the file says otherwise.
-            global_every: if (gemma || gpt_oss) && sliding_window.is_some() {
-                let every = if gemma3 { 6 } else { 2 };
-                Some(opt_u("attention.sliding_window_pattern")?.unwrap_or(every))
-            } else {
-                None
+            // Every sixth layer (Gemma 3), second (Gemma 2, gpt-oss) or
+            // fourth (OLMo 3) attends globally unless the file says
+            // otherwise.
+            local_layers: match sliding_window {
+                Some(_) if gemma || gpt_oss || olmo2 => {
+                    let every = match arch {
+                        Architecture::Gemma3 => 6,
+                        Architecture::Olmo2 => 4,
+                        _ => 2,
+                    };
+                    Some(swa_pattern(
+                        md,
+                        &key("attention.sliding_window_pattern"),
+                        n_layers,
+                        every,
+                    )?)
+                }
+                _ => None,
             },
+            local_rope_plain: olmo2,
+            pre_norms: !olmo2,
+            qk_norm_whole: olmo2,
             // Gemma 2 and 3 27B scale by their width per head, not their
             // head size (as llama.cpp tells them: by their 46 and 62
             // layers).
@@ -452,7 +491,11 @@ impl ModelConfig {
         }
         // YaRN's pair divisors are the model's; a local layer of its own
         // base or scale would need others.
-        if cfg.rope_yarn.is_some() && (gemma || cfg.rope_base_local != cfg.rope_base) {
+        // (OLMo 3's local layers rotate plainly.)
+        if cfg.rope_yarn.is_some()
+            && !cfg.local_rope_plain
+            && (gemma || cfg.rope_base_local != cfg.rope_base)
+        {
             return Err(Error::BadConfig(format!(
                 "YaRN for {} is not supported",
                 arch.name()
@@ -463,10 +506,9 @@ impl ModelConfig {
 
     /// The sliding window of layer `layer`, or `None` if it attends globally.
     pub fn layer_window(&self, layer: usize) -> Option<usize> {
-        match self.global_every {
-            Some(n) if (layer + 1).is_multiple_of(n) => None,
-            Some(_) => self.sliding_window,
-            None => self.sliding_window,
+        match &self.local_layers {
+            Some(local) if !local.get(layer).copied().unwrap_or(false) => None,
+            _ => self.sliding_window,
         }
     }
 
@@ -496,16 +538,22 @@ impl ModelConfig {
 
     /// RoPE magnitude of layer `layer` (1 for a layer without RoPE).
     pub fn layer_rope_magnitude(&self, layer: usize) -> f32 {
-        if self.layer_rope_freq_scale(layer) == 0.0 {
+        if self.layer_rope_freq_scale(layer) == 0.0 || self.layer_rope_plain(layer) {
             1.0
         } else {
             self.rope_magnitude
         }
     }
 
+    /// Whether layer `layer` rotates without the model's RoPE scaling
+    /// (frequency factors, YaRN): OLMo 3's local layers.
+    pub fn layer_rope_plain(&self, layer: usize) -> bool {
+        self.local_rope_plain && self.is_local(layer)
+    }
+
     /// Whether layer `layer` is one of a local/global model's local ones.
     fn is_local(&self, layer: usize) -> bool {
-        self.global_every.is_some() && self.layer_window(layer).is_some()
+        self.local_layers.is_some() && self.layer_window(layer).is_some()
     }
 
     /// Width of all query heads together.
@@ -608,6 +656,28 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
         },
         biases: gpt_oss,
     }))
+}
+
+/// Which of `n_layers` layers use the sliding window, from `key`: a list of
+/// flags, one a layer, or every `n`th layer global (`every` when the file
+/// says neither; 0: none), as llama.cpp reads the pattern.
+fn swa_pattern(md: &Metadata, key: &str, n_layers: usize, every: u32) -> Result<Vec<bool>> {
+    let every = match md.get(key) {
+        Some(MetadataValue::Array(MetadataArray::Bool(flags))) => {
+            if flags.len() != n_layers {
+                return Err(Error::BadConfig(format!(
+                    "{key} has {} flags for {n_layers} layers",
+                    flags.len()
+                )));
+            }
+            return Ok(flags.clone());
+        }
+        Some(_) => md.get_u32(key)?,
+        None => every,
+    } as usize;
+    Ok((0..n_layers)
+        .map(|l| every == 0 || !(l + 1).is_multiple_of(every))
+        .collect())
 }
 
 /// YaRN's RoPE scaling (`rope.scaling.type` yarn), as llama.cpp applies it

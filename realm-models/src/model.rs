@@ -40,7 +40,8 @@ struct Group<W> {
 /// One transformer block's weights.
 #[derive(Debug)]
 struct Layer<'a, B: Backend + 'a> {
-    attn_norm: B::Buffer,
+    /// The attention's input norm (none for OLMo 2).
+    attn_norm: Option<B::Buffer>,
     /// Query, key and value projections.
     qkv: Group<B::Weight<'a>>,
     /// The file's fused matrices (`attn_qkv`; Phi 3's `ffn_up` of gate and
@@ -57,7 +58,8 @@ struct Layer<'a, B: Backend + 'a> {
     q_norm: Option<B::Buffer>,
     k_norm: Option<B::Buffer>,
     post_attn_norm: Option<B::Buffer>,
-    ffn_norm: B::Buffer,
+    /// The feed-forward block's input norm (none for OLMo 2).
+    ffn_norm: Option<B::Buffer>,
     ffn: Ffn<'a, B>,
     post_ffn_norm: Option<B::Buffer>,
 }
@@ -215,8 +217,18 @@ impl<'a, B: Backend> Model<'a, B> {
         }
         let qk_norms = matches!(
             c.arch,
-            Architecture::Gemma3 | Architecture::Qwen3 | Architecture::Qwen3Moe
+            Architecture::Gemma3
+                | Architecture::Qwen3
+                | Architecture::Qwen3Moe
+                | Architecture::Olmo2
         );
+        // OLMo 2's norms: after each part of a block, its Q/K norms over
+        // all heads.
+        let post_norms = gemma || c.arch == Architecture::Olmo2;
+        let (q_norm_len, k_norm_len) = match c.qk_norm_whole {
+            true => (c.q_dim(), c.kv_dim()),
+            false => (c.head_dim, c.head_dim),
+        };
         let (d, q, kv, ff) = (c.d_model, c.q_dim(), c.kv_dim(), c.ffn_dim);
         let mut layers = Vec::with_capacity(c.n_layers);
         for i in 0..c.n_layers {
@@ -256,7 +268,7 @@ impl<'a, B: Backend> Model<'a, B> {
                 )?
             };
             layers.push(Layer {
-                attn_norm: norm(&n("attn_norm.weight"), d)?,
+                attn_norm: must("attn_norm.weight", d, c.pre_norms)?,
                 qkv,
                 fused,
                 wo: weight(&n("attn_output.weight"), d, q)?,
@@ -278,14 +290,14 @@ impl<'a, B: Backend> Model<'a, B> {
                     }
                     false => None,
                 },
-                q_norm: must("attn_q_norm.weight", c.head_dim, qk_norms)?,
-                k_norm: must("attn_k_norm.weight", c.head_dim, qk_norms)?,
-                post_attn_norm: must("post_attention_norm.weight", d, gemma)?,
+                q_norm: must("attn_q_norm.weight", q_norm_len, qk_norms)?,
+                k_norm: must("attn_k_norm.weight", k_norm_len, qk_norms)?,
+                post_attn_norm: must("post_attention_norm.weight", d, post_norms)?,
                 // gpt-oss names its feed-forward norm as Gemma names the
                 // attention's post-norm.
                 ffn_norm: match gpt_oss {
-                    true => norm(&n("post_attention_norm.weight"), d)?,
-                    false => norm(&n("ffn_norm.weight"), d)?,
+                    true => Some(norm(&n("post_attention_norm.weight"), d)?),
+                    false => must("ffn_norm.weight", d, c.pre_norms)?,
                 },
                 ffn: match &c.moe {
                     Some(m) => Ffn::Moe(Moe::load(file, backend, i, m, d)?),
@@ -301,7 +313,7 @@ impl<'a, B: Backend> Model<'a, B> {
                         weight(&n("ffn_down.weight"), d, ff)?,
                     ),
                 },
-                post_ffn_norm: must("post_ffw_norm.weight", d, gemma)?,
+                post_ffn_norm: must("post_ffw_norm.weight", d, post_norms)?,
             });
         }
         let embed = weight("token_embd.weight", c.vocab_size, d)?;
@@ -1231,7 +1243,10 @@ impl<'a, B: Backend> Model<'a, B> {
         // Layers run in order over the same rows, and each leaves the next
         // one's input norm in `xn` (fused with its residual add).
         if li == 0 {
-            b.rms_norm(&sc.x, &layer.attn_norm, eps, n, &mut sc.xn)?;
+            match &layer.attn_norm {
+                Some(w) => b.rms_norm(&sc.x, w, eps, n, &mut sc.xn)?,
+                None => b.copy_rows(&sc.x, 0..n, d, &mut sc.xn)?,
+            }
             self.temper(sc, n)?;
         }
         project(
@@ -1280,14 +1295,19 @@ impl<'a, B: Backend> Model<'a, B> {
         }
         // Per-head Q/K norms (Gemma 3) go with the attention, which a
         // backend may fuse them into.
+        // (OLMo 2's span all heads: a row each.)
         let qk_norm = match (&layer.q_norm, &layer.k_norm) {
-            (Some(q), Some(k)) => Some(QkNorm { q, k, eps }),
+            (Some(q), Some(k)) if !c.qk_norm_whole => Some(QkNorm { q, k, eps }),
             (q, k) => {
+                let (q_rows, k_rows) = match c.qk_norm_whole {
+                    true => (n, n),
+                    false => (n * c.n_heads, n * c.n_kv_heads),
+                };
                 if let Some(w) = q {
-                    b.rms_norm_inplace(&mut sc.q, w, eps, n * c.n_heads)?;
+                    b.rms_norm_inplace(&mut sc.q, w, eps, q_rows)?;
                 }
                 if let Some(w) = k {
-                    b.rms_norm_inplace(&mut sc.k, w, eps, n * c.n_kv_heads)?;
+                    b.rms_norm_inplace(&mut sc.k, w, eps, k_rows)?;
                 }
                 None
             }
@@ -1337,13 +1357,15 @@ impl<'a, B: Backend> Model<'a, B> {
         if let Some(s) = c.residual_scale {
             b.scale_inplace(&mut sc.proj, s, n * d)?;
         }
-        match &layer.post_attn_norm {
-            Some(pw) => {
-                let (x, proj, xn) = (&mut sc.x, &mut sc.proj, &mut sc.xn);
-                b.norm_add_rms_norm(x, proj, pw, &layer.ffn_norm, eps, n, d, xn)?
-            }
-            None => b.add_rms_norm(&mut sc.x, &sc.proj, &layer.ffn_norm, eps, n, d, &mut sc.xn)?,
-        }
+        residual(
+            b,
+            sc,
+            layer.post_attn_norm.as_ref(),
+            layer.ffn_norm.as_ref(),
+            eps,
+            n,
+            d,
+        )?;
         match &layer.ffn {
             Ffn::Dense(gate_up, down) => {
                 self.dense_ffn(sc, (n, li, layer.fused.gate_up), runs, gate_up, down)?
@@ -1370,12 +1392,8 @@ impl<'a, B: Backend> Model<'a, B> {
             b.scale_inplace(&mut sc.proj, s, n * d)?;
         }
         match (self.layers.get(li + 1), &layer.post_ffn_norm) {
-            (Some(next), Some(pw)) => {
-                let (x, proj, xn) = (&mut sc.x, &mut sc.proj, &mut sc.xn);
-                b.norm_add_rms_norm(x, proj, pw, &next.attn_norm, eps, n, d, xn)?
-            }
-            (Some(next), None) => {
-                b.add_rms_norm(&mut sc.x, &sc.proj, &next.attn_norm, eps, n, d, &mut sc.xn)?
+            (Some(next), post) => {
+                residual(b, sc, post.as_ref(), next.attn_norm.as_ref(), eps, n, d)?
             }
             (None, post) => {
                 if let Some(pw) = post {
@@ -1394,6 +1412,7 @@ impl<B: Backend> Model<'_, B> {
     pub(crate) fn rope(&self, layer: usize, long: bool) -> RopeParams<'_> {
         let c = &self.config;
         let factors = match &self.rope_factors_long {
+            _ if c.layer_rope_plain(layer) => None,
             Some(f) if long => Some(f),
             _ => self.rope_factors.as_ref(),
         };
@@ -1512,6 +1531,34 @@ impl<'a, B: Backend> Model<'a, B> {
             x,
             out,
         )
+    }
+}
+
+/// A block part's output `sc.proj` (normed by `post`, where it has a
+/// norm after it) joins the residual stream `sc.x`, and `sc.xn` becomes
+/// the next part's input: `sc.x` normed by `next`, or as it is where the
+/// next part norms nothing (OLMo 2). The first `n` rows of width `d`.
+#[allow(clippy::too_many_arguments)]
+fn residual<B: Backend>(
+    b: &B,
+    sc: &mut Scratch<B>,
+    post: Option<&B::Buffer>,
+    next: Option<&B::Buffer>,
+    eps: f32,
+    n: usize,
+    d: usize,
+) -> Result<(), BackendError> {
+    let (x, proj, xn) = (&mut sc.x, &mut sc.proj, &mut sc.xn);
+    match (post, next) {
+        (Some(pw), Some(nw)) => b.norm_add_rms_norm(x, proj, pw, nw, eps, n, d, xn),
+        (None, Some(nw)) => b.add_rms_norm(x, proj, nw, eps, n, d, xn),
+        (post, None) => {
+            if let Some(pw) = post {
+                b.rms_norm_inplace(proj, pw, eps, n)?;
+            }
+            b.add_inplace(x, proj, n * d)?;
+            b.copy_rows(x, 0..n, d, xn)
+        }
     }
 }
 

@@ -145,7 +145,7 @@ impl SyntheticLayout {
 
     /// A two-layer model of `arch` (llama, mistral, mistral3, qwen2,
     /// qwen2moe, qwen3, qwen3moe, phi3, smollm3, granite, gemma2, gemma3,
-    /// gpt-oss) small
+    /// gpt-oss, olmo2) small
     /// enough for unit tests: 64 wide, Q8_0 matrices, 300 tokens;
     /// `qwen2moe`'s, `qwen3moe`'s and `gpt-oss`'s blocks are 4 experts 32
     /// wide, 2 a token (and, for `qwen2moe`, a shared expert 64 wide);
@@ -154,7 +154,8 @@ impl SyntheticLayout {
     /// a window of 4 on its first layer and YaRN (factor 4 over 64 tokens);
     /// `mistral3` has Ministral 3's YaRN (factor 4 over 16 tokens, log
     /// multiplier 1) and attention temperature (0.1), which 16 tokens in
-    /// start to scale the queries.
+    /// start to scale the queries; `olmo2` has its own output matrix,
+    /// as OLMo 2's files do.
     pub fn tiny(arch: &str) -> Result<Self> {
         if arch == "gpt-oss" {
             return Self::tiny_gpt_oss();
@@ -192,6 +193,7 @@ impl SyntheticLayout {
                 "llama" => "llama",
                 "mistral" => "mistral",
                 "mistral3" => "mistral3",
+                "olmo2" => "olmo2",
                 "qwen2" => "qwen2",
                 "qwen3" => "qwen3",
                 "phi3" => "phi3",
@@ -263,7 +265,36 @@ impl SyntheticLayout {
             }
         }
         hp.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(Self::build(&s, hp, |_, _| GgmlType::Q8_0))
+        let mut l = Self::build(&s, hp, |_, _| GgmlType::Q8_0);
+        if arch == "olmo2" {
+            let mut output = l.tensors[0].clone();
+            output.name = "output.weight".into();
+            l.tensors.push(output);
+        }
+        Ok(l)
+    }
+
+    /// The tiny OLMo 2 as OLMo 3 is made: a window of 4 on its first
+    /// layer (a flag a layer), YaRN (factor 4 over 64 tokens) on the
+    /// global one, and a local base in the file (which llama.cpp reads
+    /// and does not use).
+    fn tiny_olmo3() -> Result<Self> {
+        Ok(Self::tiny("olmo2")?
+            .with_hparam("olmo2.attention.sliding_window", MetadataValue::U32(4))
+            .with_hparam(
+                "olmo2.attention.sliding_window_pattern",
+                MetadataValue::Array(MetadataArray::Bool(vec![true, false])),
+            )
+            .with_hparam("olmo2.rope.freq_base_swa", MetadataValue::F32(5000.0))
+            .with_hparam(
+                "olmo2.rope.scaling.type",
+                MetadataValue::String("yarn".into()),
+            )
+            .with_hparam("olmo2.rope.scaling.factor", MetadataValue::F32(4.0))
+            .with_hparam(
+                "olmo2.rope.scaling.original_context_length",
+                MetadataValue::U32(64),
+            ))
     }
 
     /// The tiny gpt-oss: the tiny llama's shape with gpt-oss's tensors
@@ -584,7 +615,7 @@ impl SyntheticLayout {
     /// `tiny-ARCH`
     /// ([`SyntheticLayout::tiny`]), `tiny-mixtral` (the tiny llama with
     /// 4 experts, 2 a token) or `tiny-mistral3-moe` (the tiny Ministral 3
-    /// so).
+    /// so) or `tiny-olmo3` (the tiny OLMo 2 with OLMo 3's window).
     pub fn by_name(name: &str) -> Option<Self> {
         match name {
             "smollm2" => Some(Self::smollm2_135m()),
@@ -592,6 +623,7 @@ impl SyntheticLayout {
             "gpt-oss-20b" => Self::gpt_oss_20b().ok(),
             "tiny-mixtral" => Self::tiny("llama").ok()?.with_experts(4, 2).ok(),
             "tiny-mistral3-moe" => Self::tiny("mistral3").ok()?.with_experts(4, 2).ok(),
+            "tiny-olmo3" => Self::tiny_olmo3().ok(),
             _ => Self::tiny(name.strip_prefix("tiny-")?).ok(),
         }
     }
@@ -631,6 +663,7 @@ impl SyntheticLayout {
         dtype: impl Fn(&str, Option<u32>) -> GgmlType,
     ) -> Self {
         let gemma = s.arch == "gemma3" || s.arch == "gemma2";
+        let olmo2 = s.arch == "olmo2";
         let (q, kv) = (
             u64::from(s.heads) * s.head_dim,
             u64::from(s.kv_heads) * s.head_dim,
@@ -656,7 +689,10 @@ impl SyntheticLayout {
         );
         for l in 0..s.layers {
             let mut blk = |n: &str, shape: Vec<u64>| add(format!("blk.{l}.{n}"), n, Some(l), shape);
-            blk("attn_norm.weight", vec![s.d]);
+            // OLMo 2 norms no block input.
+            if !olmo2 {
+                blk("attn_norm.weight", vec![s.d]);
+            }
             // Phi 3's query, key and value are one matrix.
             if s.arch == "phi3" {
                 blk("attn_qkv.weight", vec![s.d, q + 2 * kv]);
@@ -679,10 +715,15 @@ impl SyntheticLayout {
                 blk("attn_q_norm.weight", vec![s.head_dim]);
                 blk("attn_k_norm.weight", vec![s.head_dim]);
             }
-            if gemma || s.arch == "gpt-oss" {
+            // OLMo 2's Q/K norms span all heads.
+            if olmo2 {
+                blk("attn_q_norm.weight", vec![q]);
+                blk("attn_k_norm.weight", vec![kv]);
+            }
+            if gemma || olmo2 || s.arch == "gpt-oss" {
                 blk("post_attention_norm.weight", vec![s.d]);
             }
-            if s.arch != "gpt-oss" {
+            if s.arch != "gpt-oss" && !olmo2 {
                 blk("ffn_norm.weight", vec![s.d]);
             }
             // Phi 3's gate and up are one matrix (gate first).
@@ -693,7 +734,7 @@ impl SyntheticLayout {
                 blk("ffn_up.weight", vec![s.d, s.ff]);
             }
             blk("ffn_down.weight", vec![s.ff, s.d]);
-            if gemma {
+            if gemma || olmo2 {
                 blk("post_ffw_norm.weight", vec![s.d]);
             }
         }

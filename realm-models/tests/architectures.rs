@@ -3,8 +3,8 @@
 //! that `realm synth tiny-ARCH` wrote, with the options that exercise what
 //! each architecture reads from its metadata (RoPE frequency factors,
 //! linear, YaRN and LongRoPE scaling, Ministral 3's YaRN corrections and
-//! attention temperature, experts, Gemma 3's local/global pattern and
-//! local base), and
+//! attention temperature, OLMo 2's norms and OLMo 3's window, experts,
+//! Gemma 3's local/global pattern and local base), and
 //! stored the logits of every position over the whole vocabulary. The test
 //! writes the same files with `realm_models::synthetic` (checked by hash)
 //! and runs them on the CPU backend.
@@ -182,6 +182,8 @@ fn each_variant_changes_the_logits() {
         ("gpt-oss", "gpt-oss-window-8"),
         ("mistral3", "mistral3-corrections"),
         ("mistral3", "mistral3-temperature"),
+        ("olmo2", "olmo3"),
+        ("olmo2", "olmo2-window-every-2"),
     ] {
         let d = max_diff(&logits(base), &logits(variant));
         assert!(
