@@ -10,7 +10,7 @@ matrices, Llama 3.1's RoPE frequency factors, linear and YaRN RoPE scaling,
 LongRoPE (short and long factors, as the context chooses; all or part of
 each head rotated), the RoPE attention factor,
 Ministral 3's YaRN corrections and attention temperature, OLMo 2's
-norms and OLMo 3's window,
+norms and OLMo 3's window, EXAONE 4's norms and its 32B's window,
 mixtures of experts (Qwen 2 MoE's with its shared expert, Qwen 3 MoE's,
 and a llama's as Mixtral's, a Ministral 3's; gpt-oss's, with its biases, attention
 sinks, clamped SwiGLU and MXFP4 matrices), Gemma 2's
@@ -126,6 +126,12 @@ CASES = [
     case("olmo2-window-every-2", "tiny-olmo2",
          overrides=[("olmo2.attention.sliding_window", "int", "4"),
                     ("olmo2.attention.sliding_window_pattern", "int", "2")]),
+    # EXAONE 4: OLMo 2's norms, Q/K norms per head; the 32B's 64 layers,
+    # for which alone llama.cpp has a window (on three layers of four,
+    # which alone rotate).
+    case("exaone4", "tiny-exaone4"),
+    case("exaone4-q8_0", "tiny-exaone4", matrix_type="q8_0"),
+    case("exaone4-32b", "tiny-exaone4-32b"),
     case("smollm3", "tiny-smollm3"),
     case("granite", "tiny-granite"),
     case("qwen2moe", "tiny-qwen2moe"),

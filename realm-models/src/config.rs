@@ -44,6 +44,9 @@ pub enum Architecture {
     /// block, RMSNorms after them, Q/K RMSNorms over all heads at once;
     /// OLMo 3's sliding-window layers, whose RoPE is not scaled.
     Olmo2,
+    /// EXAONE 4: OLMo 2's norms with per-head Q/K norms; the 32B's
+    /// sliding window on three layers of four, RoPE on those alone.
+    Exaone4,
 }
 
 impl Architecture {
@@ -64,6 +67,7 @@ impl Architecture {
             "gpt-oss" => Self::GptOss,
             "mistral3" => Self::Mistral3,
             "olmo2" => Self::Olmo2,
+            "exaone4" => Self::Exaone4,
             other => return Err(Error::UnknownArchitecture(other.to_string())),
         })
     }
@@ -85,6 +89,7 @@ impl Architecture {
             Self::GptOss => "gpt-oss",
             Self::Mistral3 => "mistral3",
             Self::Olmo2 => "olmo2",
+            Self::Exaone4 => "exaone4",
         }
     }
 }
@@ -202,6 +207,9 @@ pub struct ModelConfig {
     /// Whether the sliding-window layers rotate without the model's RoPE
     /// scaling (OLMo 3's): no YaRN, no frequency scale, magnitude 1.
     pub local_rope_plain: bool,
+    /// Whether the global layers of a model with local ones rotate
+    /// nothing (EXAONE 4 32B's).
+    pub nope_global: bool,
     /// Whether the blocks norm their attention's and feed-forward block's
     /// input (all but OLMo 2, which norms only their outputs).
     pub pre_norms: bool,
@@ -284,7 +292,13 @@ impl ModelConfig {
                 None => None,
             })
         };
-        let n_layers = u("block_count")?;
+        // Blocks that predict further tokens (MTP) are not run.
+        let n_layers = match opt_u("nextn_predict_layers")? {
+            None => u("block_count")?,
+            Some(next) => u("block_count")?.checked_sub(next).ok_or_else(|| {
+                Error::BadConfig(format!("{next} prediction blocks of fewer blocks"))
+            })?,
+        };
         let d_model = u("embedding_length")?;
         let n_heads = u("attention.head_count")?;
         let n_kv_heads = opt_u("attention.head_count_kv")?.unwrap_or(n_heads);
@@ -313,6 +327,10 @@ impl ModelConfig {
         let gemma = gemma2 || gemma3;
         let gpt_oss = arch == Architecture::GptOss;
         let olmo2 = arch == Architecture::Olmo2;
+        let exaone4 = arch == Architecture::Exaone4;
+        // llama.cpp gives EXAONE 4 a window (4096 unless set) where it has
+        // 64 layers (the 32B), and no other.
+        let exaone_window = exaone4 && n_layers == 64;
         let rope_original_context = match opt_u("rope.scaling.original_context_length")? {
             Some(n) if n > 0 => n,
             _ => u("context_length")?,
@@ -344,6 +362,7 @@ impl ModelConfig {
         let sliding_window = match (arch, opt_u("attention.sliding_window")?) {
             (Architecture::Gemma2, None) => Some(4096),
             (Architecture::GptOss, None) => Some(u("attention.sliding_window")?),
+            (Architecture::Exaone4, w) if exaone_window => Some(w.unwrap_or(4096)),
             (
                 Architecture::Mistral
                 | Architecture::Gemma2
@@ -406,17 +425,18 @@ impl ModelConfig {
                 | Architecture::Gemma2
                 | Architecture::Gemma3
                 | Architecture::GptOss
-                | Architecture::Olmo2 => RopeMode::Neox,
+                | Architecture::Olmo2
+                | Architecture::Exaone4 => RopeMode::Neox,
             },
             sliding_window,
             // Every sixth layer (Gemma 3), second (Gemma 2, gpt-oss) or
             // fourth (OLMo 3) attends globally unless the file says
             // otherwise.
             local_layers: match sliding_window {
-                Some(_) if gemma || gpt_oss || olmo2 => {
+                Some(_) if gemma || gpt_oss || olmo2 || exaone4 => {
                     let every = match arch {
                         Architecture::Gemma3 => 6,
-                        Architecture::Olmo2 => 4,
+                        Architecture::Olmo2 | Architecture::Exaone4 => 4,
                         _ => 2,
                     };
                     Some(swa_pattern(
@@ -429,7 +449,8 @@ impl ModelConfig {
                 _ => None,
             },
             local_rope_plain: olmo2,
-            pre_norms: !olmo2,
+            nope_global: exaone_window,
+            pre_norms: !(olmo2 || exaone4),
             qk_norm_whole: olmo2,
             // Gemma 2 and 3 27B scale by their width per head, not their
             // head size (as llama.cpp tells them: by their 46 and 62
@@ -527,6 +548,7 @@ impl ModelConfig {
         if self
             .no_rope_every
             .is_some_and(|n| (layer + 1).is_multiple_of(n))
+            || (self.nope_global && self.layer_window(layer).is_none())
         {
             0.0
         } else if self.is_local(layer) {

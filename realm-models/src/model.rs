@@ -221,10 +221,11 @@ impl<'a, B: Backend> Model<'a, B> {
                 | Architecture::Qwen3
                 | Architecture::Qwen3Moe
                 | Architecture::Olmo2
+                | Architecture::Exaone4
         );
-        // OLMo 2's norms: after each part of a block, its Q/K norms over
-        // all heads.
-        let post_norms = gemma || c.arch == Architecture::Olmo2;
+        // OLMo 2's and EXAONE 4's norms: after each part of a block
+        // (OLMo 2's Q/K norms over all heads).
+        let post_norms = gemma || matches!(c.arch, Architecture::Olmo2 | Architecture::Exaone4);
         let (q_norm_len, k_norm_len) = match c.qk_norm_whole {
             true => (c.q_dim(), c.kv_dim()),
             false => (c.head_dim, c.head_dim),

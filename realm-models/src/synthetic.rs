@@ -145,7 +145,7 @@ impl SyntheticLayout {
 
     /// A two-layer model of `arch` (llama, mistral, mistral3, qwen2,
     /// qwen2moe, qwen3, qwen3moe, phi3, smollm3, granite, gemma2, gemma3,
-    /// gpt-oss, olmo2) small
+    /// gpt-oss, olmo2, exaone4) small
     /// enough for unit tests: 64 wide, Q8_0 matrices, 300 tokens;
     /// `qwen2moe`'s, `qwen3moe`'s and `gpt-oss`'s blocks are 4 experts 32
     /// wide, 2 a token (and, for `qwen2moe`, a shared expert 64 wide);
@@ -194,6 +194,7 @@ impl SyntheticLayout {
                 "mistral" => "mistral",
                 "mistral3" => "mistral3",
                 "olmo2" => "olmo2",
+                "exaone4" => "exaone4",
                 "qwen2" => "qwen2",
                 "qwen3" => "qwen3",
                 "phi3" => "phi3",
@@ -272,6 +273,31 @@ impl SyntheticLayout {
             l.tensors.push(output);
         }
         Ok(l)
+    }
+
+    /// The tiny EXAONE 4 with 64 layers, as its 32B has: llama.cpp gives
+    /// that one (alone) a window, on three layers of four, which alone
+    /// rotate; a window of 4 here.
+    fn tiny_exaone4_32b() -> Result<Self> {
+        let two = Self::tiny("exaone4")?;
+        let mut tensors: Vec<SyntheticTensor> = two
+            .tensors
+            .iter()
+            .filter(|t| !t.name.starts_with("blk."))
+            .cloned()
+            .collect();
+        for l in 0..64 {
+            tensors.extend(two.tensors.iter().filter_map(|t| {
+                let rest = t.name.strip_prefix("blk.0.")?;
+                Some(SyntheticTensor {
+                    name: format!("blk.{l}.{rest}"),
+                    ..t.clone()
+                })
+            }));
+        }
+        Ok(Self { tensors, ..two }
+            .with_hparam("exaone4.block_count", MetadataValue::U32(64))
+            .with_hparam("exaone4.attention.sliding_window", MetadataValue::U32(4)))
     }
 
     /// The tiny OLMo 2 as OLMo 3 is made: a window of 4 on its first
@@ -615,7 +641,8 @@ impl SyntheticLayout {
     /// `tiny-ARCH`
     /// ([`SyntheticLayout::tiny`]), `tiny-mixtral` (the tiny llama with
     /// 4 experts, 2 a token) or `tiny-mistral3-moe` (the tiny Ministral 3
-    /// so) or `tiny-olmo3` (the tiny OLMo 2 with OLMo 3's window).
+    /// so), `tiny-olmo3` (the tiny OLMo 2 with OLMo 3's window) or
+    /// `tiny-exaone4-32b` (the tiny EXAONE 4 with the 32B's 64 layers).
     pub fn by_name(name: &str) -> Option<Self> {
         match name {
             "smollm2" => Some(Self::smollm2_135m()),
@@ -624,6 +651,7 @@ impl SyntheticLayout {
             "tiny-mixtral" => Self::tiny("llama").ok()?.with_experts(4, 2).ok(),
             "tiny-mistral3-moe" => Self::tiny("mistral3").ok()?.with_experts(4, 2).ok(),
             "tiny-olmo3" => Self::tiny_olmo3().ok(),
+            "tiny-exaone4-32b" => Self::tiny_exaone4_32b().ok(),
             _ => Self::tiny(name.strip_prefix("tiny-")?).ok(),
         }
     }
@@ -664,6 +692,8 @@ impl SyntheticLayout {
     ) -> Self {
         let gemma = s.arch == "gemma3" || s.arch == "gemma2";
         let olmo2 = s.arch == "olmo2";
+        // OLMo 2 and EXAONE 4 norm no block input, each part's output.
+        let post_only = olmo2 || s.arch == "exaone4";
         let (q, kv) = (
             u64::from(s.heads) * s.head_dim,
             u64::from(s.kv_heads) * s.head_dim,
@@ -689,8 +719,7 @@ impl SyntheticLayout {
         );
         for l in 0..s.layers {
             let mut blk = |n: &str, shape: Vec<u64>| add(format!("blk.{l}.{n}"), n, Some(l), shape);
-            // OLMo 2 norms no block input.
-            if !olmo2 {
+            if !post_only {
                 blk("attn_norm.weight", vec![s.d]);
             }
             // Phi 3's query, key and value are one matrix.
@@ -711,7 +740,7 @@ impl SyntheticLayout {
                 blk("attn_output.bias", vec![s.d]);
                 blk("attn_sinks.weight", vec![u64::from(s.heads)]);
             }
-            if s.arch == "gemma3" || s.arch == "qwen3" {
+            if s.arch == "gemma3" || s.arch == "qwen3" || s.arch == "exaone4" {
                 blk("attn_q_norm.weight", vec![s.head_dim]);
                 blk("attn_k_norm.weight", vec![s.head_dim]);
             }
@@ -720,10 +749,10 @@ impl SyntheticLayout {
                 blk("attn_q_norm.weight", vec![q]);
                 blk("attn_k_norm.weight", vec![kv]);
             }
-            if gemma || olmo2 || s.arch == "gpt-oss" {
+            if gemma || post_only || s.arch == "gpt-oss" {
                 blk("post_attention_norm.weight", vec![s.d]);
             }
-            if s.arch != "gpt-oss" && !olmo2 {
+            if s.arch != "gpt-oss" && !post_only {
                 blk("ffn_norm.weight", vec![s.d]);
             }
             // Phi 3's gate and up are one matrix (gate first).
@@ -734,7 +763,7 @@ impl SyntheticLayout {
                 blk("ffn_up.weight", vec![s.d, s.ff]);
             }
             blk("ffn_down.weight", vec![s.ff, s.d]);
-            if gemma || olmo2 {
+            if gemma || post_only {
                 blk("post_ffw_norm.weight", vec![s.d]);
             }
         }
