@@ -116,6 +116,7 @@ CASES = [
          overrides=[("mistral3.rope.scaling.original_context_length", "int", "6"),
                     ("mistral3.attention.temperature_scale", "float", "0.8")]),
     case("mistral3-moe", "tiny-mistral3-moe"),
+    case("mistral3-bias", "tiny-mistral3-bias"),
     # OLMo 2: norms after each part of a block only, Q/K norms over all
     # heads; OLMo 3's window on its first layer (flags a layer), YaRN on
     # its global layer, a local base of its own; a pattern given as a
@@ -132,6 +133,7 @@ CASES = [
     case("exaone4", "tiny-exaone4"),
     case("exaone4-q8_0", "tiny-exaone4", matrix_type="q8_0"),
     case("exaone4-32b", "tiny-exaone4-32b"),
+    case("ernie4_5", "tiny-ernie4_5"),
     case("smollm3", "tiny-smollm3"),
     case("granite", "tiny-granite"),
     case("qwen2moe", "tiny-qwen2moe"),

@@ -47,6 +47,8 @@ pub enum Architecture {
     /// EXAONE 4: OLMo 2's norms with per-head Q/K norms; the 32B's
     /// sliding window on three layers of four, RoPE on those alone.
     Exaone4,
+    /// ERNIE 4.5's dense models (0.3B): llama's blocks.
+    Ernie45,
 }
 
 impl Architecture {
@@ -68,6 +70,7 @@ impl Architecture {
             "mistral3" => Self::Mistral3,
             "olmo2" => Self::Olmo2,
             "exaone4" => Self::Exaone4,
+            "ernie4_5" => Self::Ernie45,
             other => return Err(Error::UnknownArchitecture(other.to_string())),
         })
     }
@@ -90,6 +93,7 @@ impl Architecture {
             Self::Mistral3 => "mistral3",
             Self::Olmo2 => "olmo2",
             Self::Exaone4 => "exaone4",
+            Self::Ernie45 => "ernie4_5",
         }
     }
 }
@@ -415,6 +419,7 @@ impl ModelConfig {
                 Architecture::Llama
                 | Architecture::Mistral
                 | Architecture::Mistral3
+                | Architecture::Ernie45
                 | Architecture::SmolLM3
                 | Architecture::Granite => RopeMode::Normal,
                 Architecture::Qwen2

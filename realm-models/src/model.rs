@@ -276,7 +276,12 @@ impl<'a, B: Backend> Model<'a, B> {
                 bq: bias("attn_q.bias", q)?,
                 bk: bias("attn_k.bias", kv)?,
                 bv: bias("attn_v.bias", kv)?,
-                bo: must("attn_output.bias", d, gpt_oss)?,
+                // gpt-oss's output bias; Ministral 3's where the file has
+                // one.
+                bo: match c.arch {
+                    Architecture::Mistral3 => optional_norm(&n("attn_output.bias"), d)?,
+                    _ => must("attn_output.bias", d, gpt_oss)?,
+                },
                 sinks: match gpt_oss {
                     true => {
                         let v = f32_vec(&tensor(&n("attn_sinks.weight"))?)?;

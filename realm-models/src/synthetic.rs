@@ -145,7 +145,7 @@ impl SyntheticLayout {
 
     /// A two-layer model of `arch` (llama, mistral, mistral3, qwen2,
     /// qwen2moe, qwen3, qwen3moe, phi3, smollm3, granite, gemma2, gemma3,
-    /// gpt-oss, olmo2, exaone4) small
+    /// gpt-oss, olmo2, exaone4, ernie4_5) small
     /// enough for unit tests: 64 wide, Q8_0 matrices, 300 tokens;
     /// `qwen2moe`'s, `qwen3moe`'s and `gpt-oss`'s blocks are 4 experts 32
     /// wide, 2 a token (and, for `qwen2moe`, a shared expert 64 wide);
@@ -195,6 +195,7 @@ impl SyntheticLayout {
                 "mistral3" => "mistral3",
                 "olmo2" => "olmo2",
                 "exaone4" => "exaone4",
+                "ernie4_5" => "ernie4_5",
                 "qwen2" => "qwen2",
                 "qwen3" => "qwen3",
                 "phi3" => "phi3",
@@ -273,6 +274,33 @@ impl SyntheticLayout {
             l.tensors.push(output);
         }
         Ok(l)
+    }
+
+    /// The layout with a bias on every block's attention output
+    /// (`attn_output.bias`).
+    fn with_output_bias(mut self) -> Self {
+        let d = self
+            .tensors
+            .iter()
+            .find(|t| t.name == "output_norm.weight")
+            .map_or(0, |t| t.shape[0]);
+        let layers: Vec<String> = self
+            .tensors
+            .iter()
+            .filter_map(|t| {
+                t.name
+                    .strip_suffix(".attn_output.weight")
+                    .map(str::to_string)
+            })
+            .collect();
+        for blk in layers {
+            self.tensors.push(SyntheticTensor {
+                name: format!("{blk}.attn_output.bias"),
+                shape: vec![d],
+                dtype: GgmlType::F32,
+            });
+        }
+        self
     }
 
     /// The tiny EXAONE 4 with 64 layers, as its 32B has: llama.cpp gives
@@ -641,7 +669,8 @@ impl SyntheticLayout {
     /// `tiny-ARCH`
     /// ([`SyntheticLayout::tiny`]), `tiny-mixtral` (the tiny llama with
     /// 4 experts, 2 a token) or `tiny-mistral3-moe` (the tiny Ministral 3
-    /// so), `tiny-olmo3` (the tiny OLMo 2 with OLMo 3's window) or
+    /// so), `tiny-mistral3-bias` (with an attention output bias),
+    /// `tiny-olmo3` (the tiny OLMo 2 with OLMo 3's window) or
     /// `tiny-exaone4-32b` (the tiny EXAONE 4 with the 32B's 64 layers).
     pub fn by_name(name: &str) -> Option<Self> {
         match name {
@@ -650,6 +679,7 @@ impl SyntheticLayout {
             "gpt-oss-20b" => Self::gpt_oss_20b().ok(),
             "tiny-mixtral" => Self::tiny("llama").ok()?.with_experts(4, 2).ok(),
             "tiny-mistral3-moe" => Self::tiny("mistral3").ok()?.with_experts(4, 2).ok(),
+            "tiny-mistral3-bias" => Some(Self::tiny("mistral3").ok()?.with_output_bias()),
             "tiny-olmo3" => Self::tiny_olmo3().ok(),
             "tiny-exaone4-32b" => Self::tiny_exaone4_32b().ok(),
             _ => Self::tiny(name.strip_prefix("tiny-")?).ok(),

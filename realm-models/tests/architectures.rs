@@ -193,6 +193,7 @@ fn each_variant_changes_the_logits() {
         ("gpt-oss", "gpt-oss-window-8"),
         ("mistral3", "mistral3-corrections"),
         ("mistral3", "mistral3-temperature"),
+        ("mistral3", "mistral3-bias"),
         ("olmo2", "olmo3"),
         ("olmo2", "olmo2-window-every-2"),
     ] {
