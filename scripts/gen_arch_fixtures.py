@@ -134,6 +134,14 @@ CASES = [
     case("exaone4-q8_0", "tiny-exaone4", matrix_type="q8_0"),
     case("exaone4-32b", "tiny-exaone4-32b"),
     case("ernie4_5", "tiny-ernie4_5"),
+    # GLM-4: Gemma's norms with SiLU, gate and up in one matrix, half of
+    # each head rotated (llama's pairs), q/k/v biases.
+    case("glm4", "tiny-glm4"),
+    case("glm4-q8_0", "tiny-glm4", matrix_type="q8_0"),
+    # Query, key and value biases where any file has them (llama.cpp reads
+    # them for every architecture), in one for a fused matrix.
+    case("llama-bias", "tiny-llama-bias"),
+    case("phi3-bias", "tiny-phi3-bias", overrides=[("general.name", "str", "tiny")]),
     case("smollm3", "tiny-smollm3"),
     case("granite", "tiny-granite"),
     case("qwen2moe", "tiny-qwen2moe"),

@@ -49,6 +49,9 @@ pub enum Architecture {
     Exaone4,
     /// ERNIE 4.5's dense models (0.3B): llama's blocks.
     Ernie45,
+    /// GLM-4 (0414) and GLM-Z1: RMSNorms before and after each part of a
+    /// block, gate and up in one matrix, part of each head rotated.
+    Glm4,
 }
 
 impl Architecture {
@@ -71,6 +74,7 @@ impl Architecture {
             "olmo2" => Self::Olmo2,
             "exaone4" => Self::Exaone4,
             "ernie4_5" => Self::Ernie45,
+            "glm4" => Self::Glm4,
             other => return Err(Error::UnknownArchitecture(other.to_string())),
         })
     }
@@ -94,6 +98,7 @@ impl Architecture {
             Self::Olmo2 => "olmo2",
             Self::Exaone4 => "exaone4",
             Self::Ernie45 => "ernie4_5",
+            Self::Glm4 => "glm4",
         }
     }
 }
@@ -296,6 +301,16 @@ impl ModelConfig {
                 None => None,
             })
         };
+        // GLM-4's vision models rotate by sections (M-RoPE).
+        if arch == Architecture::Glm4
+            && md
+                .get(&key("rope.dimension_sections"))
+                .is_some_and(|v| !matches!(v, MetadataValue::Array(a) if sections_unused(a)))
+        {
+            return Err(Error::BadConfig(
+                "glm4 with M-RoPE sections (a vision model) is not supported".into(),
+            ));
+        }
         // Blocks that predict further tokens (MTP) are not run.
         let n_layers = match opt_u("nextn_predict_layers")? {
             None => u("block_count")?,
@@ -420,6 +435,7 @@ impl ModelConfig {
                 | Architecture::Mistral
                 | Architecture::Mistral3
                 | Architecture::Ernie45
+                | Architecture::Glm4
                 | Architecture::SmolLM3
                 | Architecture::Granite => RopeMode::Normal,
                 Architecture::Qwen2
@@ -683,6 +699,17 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
         },
         biases: gpt_oss,
     }))
+}
+
+/// Whether RoPE sections leave M-RoPE off, as llama.cpp tells it: the
+/// first two sections not both positive.
+fn sections_unused(a: &MetadataArray) -> bool {
+    let v: Vec<i64> = match a {
+        MetadataArray::I32(v) => v.iter().map(|&x| i64::from(x)).collect(),
+        MetadataArray::U32(v) => v.iter().map(|&x| i64::from(x)).collect(),
+        _ => return false,
+    };
+    !(v.first().is_some_and(|&x| x > 0) && v.get(1).is_some_and(|&x| x > 0))
 }
 
 /// Which of `n_layers` layers use the sliding window, from `key`: a list of

@@ -225,7 +225,11 @@ impl<'a, B: Backend> Model<'a, B> {
         );
         // OLMo 2's and EXAONE 4's norms: after each part of a block
         // (OLMo 2's Q/K norms over all heads).
-        let post_norms = gemma || matches!(c.arch, Architecture::Olmo2 | Architecture::Exaone4);
+        let post_norms = gemma
+            || matches!(
+                c.arch,
+                Architecture::Olmo2 | Architecture::Exaone4 | Architecture::Glm4
+            );
         let (q_norm_len, k_norm_len) = match c.qk_norm_whole {
             true => (c.q_dim(), c.kv_dim()),
             false => (c.head_dim, c.head_dim),
@@ -234,15 +238,14 @@ impl<'a, B: Backend> Model<'a, B> {
         let mut layers = Vec::with_capacity(c.n_layers);
         for i in 0..c.n_layers {
             let n = |s: &str| format!("blk.{i}.{s}");
-            // Qwen 2's query, key and value biases; gpt-oss's where the
-            // file has them.
+            // Qwen 2's query, key and value biases; any other's where the
+            // file has them (as llama.cpp reads them for every
+            // architecture), or in one for a fused matrix.
             let bias = |s: &str, len| {
                 if qwen {
                     norm(&n(s), len).map(Some)
-                } else if gpt_oss {
-                    optional_norm(&n(s), len)
                 } else {
-                    Ok(None)
+                    optional_norm(&n(s), len)
                 }
             };
             let must = |s: &str, len, needed: bool| {
@@ -256,7 +259,8 @@ impl<'a, B: Backend> Model<'a, B> {
             let has = |s: &str| file.tensor(&n(s)).is_ok();
             let fused = Fused {
                 qkv: has("attn_qkv.weight"),
-                gate_up: c.arch == Architecture::Phi3 && !has("ffn_gate.weight"),
+                gate_up: matches!(c.arch, Architecture::Phi3 | Architecture::Glm4)
+                    && !has("ffn_gate.weight"),
             };
             let qkv = if fused.qkv {
                 let w = weight(&n("attn_qkv.weight"), q + 2 * kv, d)?;
@@ -268,14 +272,35 @@ impl<'a, B: Backend> Model<'a, B> {
                     d,
                 )?
             };
+            let (bq, bk, bv) = match file.tensor(&n("attn_qkv.bias")) {
+                Ok(t) if fused.qkv => {
+                    let v = f32_vec(&t)?;
+                    if v.len() != q + 2 * kv {
+                        return Err(Error::BadTensorShape {
+                            tensor: n("attn_qkv.bias"),
+                            expected: vec![(q + 2 * kv) as u64],
+                            got: vec![v.len() as u64],
+                        });
+                    }
+                    let (vq, vkv) = v.split_at(q);
+                    let (vk, vv) = vkv.split_at(kv);
+                    let up = |x: &[f32]| backend.upload(x).map(Some);
+                    (up(vq)?, up(vk)?, up(vv)?)
+                }
+                _ => (
+                    bias("attn_q.bias", q)?,
+                    bias("attn_k.bias", kv)?,
+                    bias("attn_v.bias", kv)?,
+                ),
+            };
             layers.push(Layer {
                 attn_norm: must("attn_norm.weight", d, c.pre_norms)?,
                 qkv,
                 fused,
                 wo: weight(&n("attn_output.weight"), d, q)?,
-                bq: bias("attn_q.bias", q)?,
-                bk: bias("attn_k.bias", kv)?,
-                bv: bias("attn_v.bias", kv)?,
+                bq,
+                bk,
+                bv,
                 // gpt-oss's output bias; Ministral 3's where the file has
                 // one.
                 bo: match c.arch {

@@ -145,7 +145,7 @@ impl SyntheticLayout {
 
     /// A two-layer model of `arch` (llama, mistral, mistral3, qwen2,
     /// qwen2moe, qwen3, qwen3moe, phi3, smollm3, granite, gemma2, gemma3,
-    /// gpt-oss, olmo2, exaone4, ernie4_5) small
+    /// gpt-oss, olmo2, exaone4, ernie4_5, glm4) small
     /// enough for unit tests: 64 wide, Q8_0 matrices, 300 tokens;
     /// `qwen2moe`'s, `qwen3moe`'s and `gpt-oss`'s blocks are 4 experts 32
     /// wide, 2 a token (and, for `qwen2moe`, a shared expert 64 wide);
@@ -196,6 +196,7 @@ impl SyntheticLayout {
                 "olmo2" => "olmo2",
                 "exaone4" => "exaone4",
                 "ernie4_5" => "ernie4_5",
+                "glm4" => "glm4",
                 "qwen2" => "qwen2",
                 "qwen3" => "qwen3",
                 "phi3" => "phi3",
@@ -238,6 +239,10 @@ impl SyntheticLayout {
             ));
             hp.push((k("attention.sliding_window"), MetadataValue::U32(4)));
         }
+        if arch == "glm4" {
+            // Half of each head rotated, as GLM-4's.
+            hp.push((k("rope.dimension_count"), MetadataValue::U32(8)));
+        }
         if arch == "mistral3" {
             // Ministral 3's, over a shorter original context.
             hp.push((k("rope.scaling.type"), MetadataValue::String("yarn".into())));
@@ -274,6 +279,25 @@ impl SyntheticLayout {
             l.tensors.push(output);
         }
         Ok(l)
+    }
+
+    /// The layout with query, key and value biases on every block: one
+    /// (`attn_qkv.bias`) for a fused matrix, else one each.
+    fn with_qkv_biases(mut self) -> Self {
+        let mut biases = Vec::new();
+        for t in &self.tensors {
+            for m in ["attn_qkv", "attn_q", "attn_k", "attn_v"] {
+                if let Some(blk) = t.name.strip_suffix(&format!(".{m}.weight")) {
+                    biases.push(SyntheticTensor {
+                        name: format!("{blk}.{m}.bias"),
+                        shape: vec![t.shape[1]],
+                        dtype: GgmlType::F32,
+                    });
+                }
+            }
+        }
+        self.tensors.extend(biases);
+        self
     }
 
     /// The layout with a bias on every block's attention output
@@ -670,6 +694,8 @@ impl SyntheticLayout {
     /// ([`SyntheticLayout::tiny`]), `tiny-mixtral` (the tiny llama with
     /// 4 experts, 2 a token) or `tiny-mistral3-moe` (the tiny Ministral 3
     /// so), `tiny-mistral3-bias` (with an attention output bias),
+    /// `tiny-llama-bias` and `tiny-phi3-bias` (with query, key and value
+    /// biases, Phi 3's in one for its fused matrix),
     /// `tiny-olmo3` (the tiny OLMo 2 with OLMo 3's window) or
     /// `tiny-exaone4-32b` (the tiny EXAONE 4 with the 32B's 64 layers).
     pub fn by_name(name: &str) -> Option<Self> {
@@ -680,6 +706,8 @@ impl SyntheticLayout {
             "tiny-mixtral" => Self::tiny("llama").ok()?.with_experts(4, 2).ok(),
             "tiny-mistral3-moe" => Self::tiny("mistral3").ok()?.with_experts(4, 2).ok(),
             "tiny-mistral3-bias" => Some(Self::tiny("mistral3").ok()?.with_output_bias()),
+            "tiny-llama-bias" => Some(Self::tiny("llama").ok()?.with_qkv_biases()),
+            "tiny-phi3-bias" => Some(Self::tiny("phi3").ok()?.with_qkv_biases()),
             "tiny-olmo3" => Self::tiny_olmo3().ok(),
             "tiny-exaone4-32b" => Self::tiny_exaone4_32b().ok(),
             _ => Self::tiny(name.strip_prefix("tiny-")?).ok(),
@@ -721,6 +749,8 @@ impl SyntheticLayout {
         dtype: impl Fn(&str, Option<u32>) -> GgmlType,
     ) -> Self {
         let gemma = s.arch == "gemma3" || s.arch == "gemma2";
+        // GLM-4's norms are Gemma's (before and after each part).
+        let sandwich = gemma || s.arch == "glm4";
         let olmo2 = s.arch == "olmo2";
         // OLMo 2 and EXAONE 4 norm no block input, each part's output.
         let post_only = olmo2 || s.arch == "exaone4";
@@ -761,7 +791,7 @@ impl SyntheticLayout {
                 blk("attn_v.weight", vec![s.d, kv]);
             }
             blk("attn_output.weight", vec![q, s.d]);
-            if s.arch == "qwen2" || s.arch == "gpt-oss" {
+            if s.arch == "qwen2" || s.arch == "gpt-oss" || s.arch == "glm4" {
                 blk("attn_q.bias", vec![q]);
                 blk("attn_k.bias", vec![kv]);
                 blk("attn_v.bias", vec![kv]);
@@ -779,21 +809,21 @@ impl SyntheticLayout {
                 blk("attn_q_norm.weight", vec![q]);
                 blk("attn_k_norm.weight", vec![kv]);
             }
-            if gemma || post_only || s.arch == "gpt-oss" {
+            if sandwich || post_only || s.arch == "gpt-oss" {
                 blk("post_attention_norm.weight", vec![s.d]);
             }
             if s.arch != "gpt-oss" && !post_only {
                 blk("ffn_norm.weight", vec![s.d]);
             }
-            // Phi 3's gate and up are one matrix (gate first).
-            if s.arch == "phi3" {
+            // Phi 3's and GLM-4's gate and up are one matrix (gate first).
+            if s.arch == "phi3" || s.arch == "glm4" {
                 blk("ffn_up.weight", vec![s.d, 2 * s.ff]);
             } else {
                 blk("ffn_gate.weight", vec![s.d, s.ff]);
                 blk("ffn_up.weight", vec![s.d, s.ff]);
             }
             blk("ffn_down.weight", vec![s.ff, s.d]);
-            if gemma || post_only {
+            if sandwich || post_only {
                 blk("post_ffw_norm.weight", vec![s.d]);
             }
         }

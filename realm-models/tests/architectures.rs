@@ -194,6 +194,8 @@ fn each_variant_changes_the_logits() {
         ("mistral3", "mistral3-corrections"),
         ("mistral3", "mistral3-temperature"),
         ("mistral3", "mistral3-bias"),
+        ("llama", "llama-bias"),
+        ("phi3", "phi3-bias"),
         ("olmo2", "olmo3"),
         ("olmo2", "olmo2-window-every-2"),
     ] {
@@ -368,6 +370,26 @@ fn prediction_blocks_are_not_run() {
     let file = Gguf::from_bytes(broken.write(3).unwrap()).unwrap();
     let err = Model::load(&file, &cpu).unwrap_err().to_string();
     assert!(err.contains("prediction blocks"), "{err}");
+}
+
+/// GLM-4's vision models (M-RoPE sections) are refused by name; sections
+/// that leave M-RoPE off are not.
+#[test]
+fn glm4_sections_are_refused() {
+    let cpu = CpuBackend::new().unwrap();
+    let sections = |v: Vec<i32>| {
+        let l = SyntheticLayout::tiny("glm4").unwrap().with_hparam(
+            "glm4.rope.dimension_sections",
+            MetadataValue::Array(realm_core::gguf::MetadataArray::I32(v)),
+        );
+        let file = Gguf::from_bytes(l.write(3).unwrap()).unwrap();
+        Model::load(&file, &cpu)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    let err = sections(vec![4, 2, 2, 0]).unwrap_err();
+    assert!(err.contains("M-RoPE"), "{err}");
+    assert!(sections(vec![0, 0, 0, 0]).is_ok());
 }
 
 /// A Phi 3 of 4096 tokens with LongRoPE from an original 32.
