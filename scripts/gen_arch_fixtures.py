@@ -134,6 +134,9 @@ CASES = [
     case("exaone4-q8_0", "tiny-exaone4", matrix_type="q8_0"),
     case("exaone4-32b", "tiny-exaone4-32b"),
     case("ernie4_5", "tiny-ernie4_5"),
+    # Seed-OSS: heads wider than the width over their number, q/k/v
+    # biases, NeoX RoPE, the feed-forward norm under the post-norm's name.
+    case("seed_oss", "tiny-seed_oss"),
     # GLM-4: Gemma's norms with SiLU, gate and up in one matrix, half of
     # each head rotated (llama's pairs), q/k/v biases.
     case("glm4", "tiny-glm4"),

@@ -52,6 +52,10 @@ pub enum Architecture {
     /// GLM-4 (0414) and GLM-Z1: RMSNorms before and after each part of a
     /// block, gate and up in one matrix, part of each head rotated.
     Glm4,
+    /// Seed-OSS: llama's blocks with q/k/v biases, NeoX RoPE, the
+    /// feed-forward norm named as Gemma's attention post-norm (as
+    /// gpt-oss's).
+    SeedOss,
 }
 
 impl Architecture {
@@ -75,6 +79,7 @@ impl Architecture {
             "exaone4" => Self::Exaone4,
             "ernie4_5" => Self::Ernie45,
             "glm4" => Self::Glm4,
+            "seed_oss" => Self::SeedOss,
             other => return Err(Error::UnknownArchitecture(other.to_string())),
         })
     }
@@ -99,6 +104,7 @@ impl Architecture {
             Self::Exaone4 => "exaone4",
             Self::Ernie45 => "ernie4_5",
             Self::Glm4 => "glm4",
+            Self::SeedOss => "seed_oss",
         }
     }
 }
@@ -447,7 +453,8 @@ impl ModelConfig {
                 | Architecture::Gemma3
                 | Architecture::GptOss
                 | Architecture::Olmo2
-                | Architecture::Exaone4 => RopeMode::Neox,
+                | Architecture::Exaone4
+                | Architecture::SeedOss => RopeMode::Neox,
             },
             sliding_window,
             // Every sixth layer (Gemma 3), second (Gemma 2, gpt-oss) or

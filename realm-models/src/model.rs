@@ -324,9 +324,9 @@ impl<'a, B: Backend> Model<'a, B> {
                 q_norm: must("attn_q_norm.weight", q_norm_len, qk_norms)?,
                 k_norm: must("attn_k_norm.weight", k_norm_len, qk_norms)?,
                 post_attn_norm: must("post_attention_norm.weight", d, post_norms)?,
-                // gpt-oss names its feed-forward norm as Gemma names the
-                // attention's post-norm.
-                ffn_norm: match gpt_oss {
+                // gpt-oss and Seed-OSS name their feed-forward norm as
+                // Gemma names the attention's post-norm.
+                ffn_norm: match gpt_oss || c.arch == Architecture::SeedOss {
                     true => Some(norm(&n("post_attention_norm.weight"), d)?),
                     false => must("ffn_norm.weight", d, c.pre_norms)?,
                 },

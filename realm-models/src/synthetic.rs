@@ -145,7 +145,7 @@ impl SyntheticLayout {
 
     /// A two-layer model of `arch` (llama, mistral, mistral3, qwen2,
     /// qwen2moe, qwen3, qwen3moe, phi3, smollm3, granite, gemma2, gemma3,
-    /// gpt-oss, olmo2, exaone4, ernie4_5, glm4) small
+    /// gpt-oss, olmo2, exaone4, ernie4_5, glm4, seed_oss) small
     /// enough for unit tests: 64 wide, Q8_0 matrices, 300 tokens;
     /// `qwen2moe`'s, `qwen3moe`'s and `gpt-oss`'s blocks are 4 experts 32
     /// wide, 2 a token (and, for `qwen2moe`, a shared expert 64 wide);
@@ -188,6 +188,8 @@ impl SyntheticLayout {
             return Ok(l);
         }
         let gemma = arch == "gemma3" || arch == "gemma2";
+        // Seed-OSS's heads are wider than its width over their number.
+        let wide_heads = gemma || arch == "seed_oss";
         let s = Shape {
             arch: match arch {
                 "llama" => "llama",
@@ -197,6 +199,7 @@ impl SyntheticLayout {
                 "exaone4" => "exaone4",
                 "ernie4_5" => "ernie4_5",
                 "glm4" => "glm4",
+                "seed_oss" => "seed_oss",
                 "qwen2" => "qwen2",
                 "qwen3" => "qwen3",
                 "phi3" => "phi3",
@@ -212,7 +215,7 @@ impl SyntheticLayout {
             ff: 128,
             heads: 4,
             kv_heads: if gemma { 1 } else { 2 },
-            head_dim: if gemma { 32 } else { 16 },
+            head_dim: if wide_heads { 32 } else { 16 },
             vocab: 300,
         };
         let k = |n: &str| format!("{arch}.{n}");
@@ -228,7 +231,7 @@ impl SyntheticLayout {
             (k("embedding_length"), MetadataValue::U32(s.d as u32)),
             (k("feed_forward_length"), MetadataValue::U32(s.ff as u32)),
         ];
-        if gemma {
+        if wide_heads {
             hp.push((
                 k("attention.key_length"),
                 MetadataValue::U32(s.head_dim as u32),
@@ -237,6 +240,8 @@ impl SyntheticLayout {
                 k("attention.value_length"),
                 MetadataValue::U32(s.head_dim as u32),
             ));
+        }
+        if gemma {
             hp.push((k("attention.sliding_window"), MetadataValue::U32(4)));
         }
         if arch == "glm4" {
@@ -791,7 +796,7 @@ impl SyntheticLayout {
                 blk("attn_v.weight", vec![s.d, kv]);
             }
             blk("attn_output.weight", vec![q, s.d]);
-            if s.arch == "qwen2" || s.arch == "gpt-oss" || s.arch == "glm4" {
+            if ["qwen2", "gpt-oss", "glm4", "seed_oss"].contains(&s.arch) {
                 blk("attn_q.bias", vec![q]);
                 blk("attn_k.bias", vec![kv]);
                 blk("attn_v.bias", vec![kv]);
@@ -809,10 +814,12 @@ impl SyntheticLayout {
                 blk("attn_q_norm.weight", vec![q]);
                 blk("attn_k_norm.weight", vec![kv]);
             }
-            if sandwich || post_only || s.arch == "gpt-oss" {
+            // gpt-oss's and Seed-OSS's feed-forward norm has this name.
+            let ffn_norm_named_post = s.arch == "gpt-oss" || s.arch == "seed_oss";
+            if sandwich || post_only || ffn_norm_named_post {
                 blk("post_attention_norm.weight", vec![s.d]);
             }
-            if s.arch != "gpt-oss" && !post_only {
+            if !ffn_norm_named_post && !post_only {
                 blk("ffn_norm.weight", vec![s.d]);
             }
             // Phi 3's and GLM-4's gate and up are one matrix (gate first).
