@@ -2679,6 +2679,48 @@ fn native_tool_calls(template: &str, history: &str, more: &[&str]) {
     let [whole, streamed] = reasoning_and_answer(&server, &plain);
     assert_eq!(whole, streamed);
     assert!(whole.1.len() > 20, "{whole:?}");
+    anthropic_call_streams(&server);
+}
+
+/// Anthropic's Messages API streams a required call as it is written: a
+/// `tool_use` block named at its start, its input in several
+/// `input_json_delta`s that put together are the whole answer's input.
+fn anthropic_call_streams(server: &Server) {
+    let tool = json!({"name": "get_weather", "description": "Get the current weather in a city",
+        "input_schema": {"type": "object", "properties": {"city": {"type": "string"}},
+                         "required": ["city"]}});
+    let ask = json!({"max_tokens": 80, "temperature": 0, "tools": [tool],
+        "tool_choice": {"type": "any"},
+        "messages": [{"role": "user", "content": "What is the weather like in Paris today?"}]});
+    let whole = server.post("/v1/messages", &ask);
+    let block = whole["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["type"] == "tool_use")
+        .unwrap_or_else(|| panic!("{whole}"))
+        .clone();
+    let mut streamed = ask.clone();
+    streamed["stream"] = json!(true);
+    let (_, events) = server.named_events("/v1/messages", &streamed);
+    let start = events
+        .iter()
+        .find(|e| e["content_block"]["type"] == "tool_use")
+        .unwrap();
+    assert_eq!(start["content_block"]["name"], block["name"]);
+    let pieces: Vec<&str> = events
+        .iter()
+        .filter(|e| e["index"] == start["index"])
+        .filter_map(|e| e["delta"]["partial_json"].as_str())
+        .collect();
+    assert!(pieces.len() > 1, "{events:?}");
+    let input: Value = serde_json::from_str(&pieces.concat()).unwrap();
+    assert_eq!(input, block["input"]);
+    let stops = events
+        .iter()
+        .filter(|e| e["type"] == "content_block_stop" && e["index"] == start["index"])
+        .count();
+    assert_eq!(stops, 1, "{events:?}");
 }
 
 /// Hermes' format (Qwen 2.5 and 3, QwQ, Hermes): the tools as `tojson`

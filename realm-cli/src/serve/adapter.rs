@@ -178,6 +178,8 @@ pub struct Live {
     /// The reply as generated.
     raw: String,
     sent: usize,
+    /// Each call that streams as it is written, its argument bytes out.
+    calls: Vec<usize>,
 }
 
 impl Live {
@@ -189,7 +191,36 @@ impl Live {
             text: String::new(),
             raw: String::new(),
             sent: 0,
+            calls: Vec::new(),
         }
+    }
+
+    /// The calls written since the last time, as pieces
+    /// ([`tools::call_pieces`]; none without tools, or in a format whose
+    /// calls go out whole).
+    pub fn call_pieces(&mut self) -> Vec<tools::CallPiece<'_>> {
+        let Some(t) = &self.tools else {
+            return Vec::new();
+        };
+        let prefixes = t.call_prefixes(&self.text, &self.raw);
+        tools::call_pieces(&prefixes, &mut self.calls)
+    }
+
+    /// The pieces that end the begun calls of the finished reply `done`
+    /// whose calls are `calls`, and how many calls have begun.
+    pub fn last_call_pieces<'d>(
+        &mut self,
+        done: &'d Finished,
+        calls: &[realm_models::tools::ToolCall],
+    ) -> (Vec<tools::CallPiece<'d>>, usize) {
+        let Some(t) = &self.tools else {
+            return (Vec::new(), 0);
+        };
+        let prefixes = t.call_prefixes(&done.text, &done.raw);
+        let begun = self.calls.len();
+        let agree = tools::agreeing(&prefixes, calls);
+        let pieces = tools::call_pieces(&agree[..agree.len().min(begun)], &mut self.calls);
+        (pieces, begun)
     }
 
     /// Adds a piece of the reply; returns the reasoning and the content it

@@ -393,7 +393,9 @@ fn thinking_block(reasoning: &str) -> Value {
 /// The answer as Anthropic's events: its reasoning as it comes, in a
 /// thinking block, where the model's format tells it apart; its text as it
 /// comes, in a text block (under tools, the string response the reply
-/// writes: see [`Live`]); and at the end what has not gone out (a call's
+/// writes: see [`Live`]); its calls as they are written, in `tool_use`
+/// blocks (their input as `input_json_delta`s), where the tools' format
+/// streams them; and at the end what has not gone out (the other calls'
 /// `tool_use` blocks, whole).
 fn streamed(reply: Reply, run: Run) -> Response {
     let start = json!({"type": "message_start",
@@ -401,10 +403,34 @@ fn streamed(reply: Reply, run: Run) -> Response {
     let tools = run.tools.clone();
     let mut live = Live::new(run.tools.clone(), run.reasoning);
     let mut open = Blocks::default();
+    // Each streaming call's block.
+    let mut call_blocks: Vec<usize> = Vec::new();
+    let stem = reply
+        .id
+        .strip_prefix("msg_")
+        .unwrap_or(&reply.id)
+        .to_string();
     adapter::stream(run, vec![start], move |e| match e {
         Some(Event::Text { text: piece, .. }) => {
             let mut out = Vec::new();
             open.deltas(&live.push(&piece), &mut out);
+            for p in live.call_pieces() {
+                let index = match p.name {
+                    Some(name) => {
+                        open.close(&mut out);
+                        let index = open.take();
+                        let id = super::tools::call_id(tools.as_deref(), "toolu_", &stem, p.index);
+                        out.push(json!({"type": "content_block_start", "index": index,
+                            "content_block": {"type": "tool_use", "id": id, "name": name,
+                                              "input": {}}}));
+                        open.open = Some((index, "tool_use"));
+                        call_blocks.push(index);
+                        index
+                    }
+                    None => call_blocks[p.index],
+                };
+                input_delta(index, p.arguments, &mut out);
+            }
             (out, false)
         }
         Some(Event::Done {
@@ -420,8 +446,24 @@ fn streamed(reply: Reply, run: Run) -> Response {
                 content: String::new(),
             };
             open.deltas(&held, &mut out);
+            // The rest of the calls that went out as they were written.
+            let calls = match done.outcome(tools.as_deref()) {
+                Outcome::Calls(calls, _) => calls,
+                Outcome::Content(_) => Vec::new(),
+            };
+            let (pieces, begun) = live.last_call_pieces(&done, &calls);
+            for p in pieces {
+                input_delta(call_blocks[p.index], p.arguments, &mut out);
+            }
             let (blocks, why) = reply.blocks(&done, tools.as_deref());
+            let mut k = 0;
             for b in blocks {
+                if b["type"] == "tool_use" {
+                    k += 1;
+                    if k <= begun {
+                        continue;
+                    }
+                }
                 match b["text"].as_str() {
                     // What of the text has not gone out.
                     Some(t) if streamed_text => {
@@ -447,6 +489,15 @@ fn streamed(reply: Reply, run: Run) -> Response {
         Some(Event::Failed(e)) => (vec![error_event(&e)], true),
         _ => (vec![error_event(&stopped())], true),
     })
+}
+
+/// More of a streaming call's input, as a delta of its block `index`
+/// (nothing for none).
+fn input_delta(index: usize, json: &str, out: &mut Vec<Value>) {
+    if !json.is_empty() {
+        out.push(json!({"type": "content_block_delta", "index": index,
+                        "delta": {"type": "input_json_delta", "partial_json": json}}));
+    }
 }
 
 /// An error after the stream began, as Anthropic streams one.

@@ -482,38 +482,80 @@ pub fn calls_json(tools: &Tools, calls: &[ToolCall], stem: &str, streamed: bool)
     json!(list)
 }
 
-/// The `tool_calls` deltas that stream calls as they are written
-/// (`prefixes`, [`Tools::call_prefixes`]): a call's first delta has its
-/// index, id, type, name and arguments so far, later ones the arguments
-/// that came since. `sent` holds each begun call's argument bytes out,
-/// and grows with the calls begun.
-pub fn call_deltas(
-    tools: &Tools,
-    prefixes: &[CallPrefix<'_>],
-    sent: &mut Vec<usize>,
-    stem: &str,
-) -> Vec<Value> {
+/// A piece of a call as it streams: call `index` begins (`name` given,
+/// with its arguments so far) or its arguments go on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallPiece<'t> {
+    pub index: usize,
+    pub name: Option<&'t str>,
+    pub arguments: &'t str,
+}
+
+/// The pieces that stream the calls written so far (`prefixes`,
+/// [`Tools::call_prefixes`]) past what went out: `sent` holds each begun
+/// call's argument bytes out, and grows with the calls begun.
+pub fn call_pieces<'t>(prefixes: &[CallPrefix<'t>], sent: &mut Vec<usize>) -> Vec<CallPiece<'t>> {
     let mut out = Vec::new();
-    for (k, p) in prefixes.iter().enumerate() {
-        match sent.get_mut(k) {
+    for (index, p) in prefixes.iter().enumerate() {
+        match sent.get_mut(index) {
             None => {
-                out.push(json!({
-                    "index": k,
-                    "id": call_id(Some(tools), "call_", stem, k),
-                    "type": "function",
-                    "function": {"name": p.name, "arguments": p.arguments},
-                }));
+                out.push(CallPiece {
+                    index,
+                    name: Some(p.name),
+                    arguments: p.arguments,
+                });
                 sent.push(p.arguments.len());
             }
             Some(n) => {
                 if let Some(more) = p.arguments.get(*n..).filter(|m| !m.is_empty()) {
-                    out.push(json!({"index": k, "function": {"arguments": more}}));
+                    out.push(CallPiece {
+                        index,
+                        name: None,
+                        arguments: more,
+                    });
                     *n = p.arguments.len();
                 }
             }
         }
     }
     out
+}
+
+/// The prefixes of a finished reply that stand for its `calls`: as far
+/// as they agree (complete, the same tools).
+pub fn agreeing<'p, 't>(
+    prefixes: &'p [CallPrefix<'t>],
+    calls: &[ToolCall],
+) -> &'p [CallPrefix<'t>] {
+    let agree = prefixes
+        .iter()
+        .zip(calls)
+        .take_while(|(p, c)| p.complete && p.name == c.name)
+        .count();
+    &prefixes[..agree]
+}
+
+/// The `tool_calls` deltas that stream calls as they are written
+/// ([`call_pieces`]): a call's first delta has its index, id, type, name
+/// and arguments so far, later ones the arguments that came since.
+pub fn call_deltas(
+    tools: &Tools,
+    prefixes: &[CallPrefix<'_>],
+    sent: &mut Vec<usize>,
+    stem: &str,
+) -> Vec<Value> {
+    call_pieces(prefixes, sent)
+        .into_iter()
+        .map(|p| match p.name {
+            Some(name) => json!({
+                "index": p.index,
+                "id": call_id(Some(tools), "call_", stem, p.index),
+                "type": "function",
+                "function": {"name": name, "arguments": p.arguments},
+            }),
+            None => json!({"index": p.index, "function": {"arguments": p.arguments}}),
+        })
+        .collect()
 }
 
 /// The `tool_calls` deltas that end a streamed reply whose calls are
@@ -527,13 +569,7 @@ pub fn last_call_deltas(
     sent: &mut Vec<usize>,
     stem: &str,
 ) -> Vec<Value> {
-    // (The prefixes stand for the calls as far as they agree.)
-    let agree = prefixes
-        .iter()
-        .zip(calls)
-        .take_while(|(p, c)| p.complete && p.name == c.name)
-        .count();
-    let mut out = call_deltas(tools, &prefixes[..agree], sent, stem);
+    let mut out = call_deltas(tools, agreeing(prefixes, calls), sent, stem);
     if let Value::Array(whole) = calls_json(tools, calls, stem, true) {
         out.extend(whole.into_iter().skip(sent.len()));
     }
