@@ -2721,6 +2721,56 @@ fn anthropic_call_streams(server: &Server) {
         .filter(|e| e["type"] == "content_block_stop" && e["index"] == start["index"])
         .count();
     assert_eq!(stops, 1, "{events:?}");
+    responses_call_streams(server);
+}
+
+/// The Responses API streams a required call as it is written: a
+/// `function_call` item added with its name, its arguments in several
+/// deltas that put together are the `.done` event's and the item's, equal
+/// as JSON to the whole answer's.
+fn responses_call_streams(server: &Server) {
+    let tool = json!({"type": "function", "name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                       "required": ["city"]}});
+    let ask = json!({"input": "What is the weather like in Paris today?", "tools": [tool],
+                     "tool_choice": "required", "temperature": 0, "max_output_tokens": 80});
+    let whole = server.post("/v1/responses", &ask);
+    let call = whole["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|it| it["type"] == "function_call")
+        .unwrap_or_else(|| panic!("{whole}"))
+        .clone();
+    let mut streamed = ask.clone();
+    streamed["stream"] = json!(true);
+    let (_, events) = server.named_events("/v1/responses", &streamed);
+    let added = events
+        .iter()
+        .find(|e| e["type"] == "response.output_item.added" && e["item"]["type"] == "function_call")
+        .unwrap();
+    assert_eq!(added["item"]["name"], call["name"]);
+    let deltas: Vec<&str> = events
+        .iter()
+        .filter(|e| e["type"] == "response.function_call_arguments.delta")
+        .map(|e| e["delta"].as_str().unwrap())
+        .collect();
+    assert!(deltas.len() > 1, "{events:?}");
+    let done = events
+        .iter()
+        .find(|e| e["type"] == "response.function_call_arguments.done")
+        .unwrap();
+    assert_eq!(done["arguments"], deltas.concat());
+    let parse = |v: &Value| serde_json::from_str::<Value>(v.as_str().unwrap()).unwrap();
+    assert_eq!(parse(&done["arguments"]), parse(&call["arguments"]));
+    let last = events.last().unwrap();
+    let item = last["response"]["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|it| it["type"] == "function_call")
+        .unwrap();
+    assert_eq!(item["arguments"], done["arguments"]);
 }
 
 /// Hermes' format (Qwen 2.5 and 3, QwQ, Hermes): the tools as `tojson`

@@ -355,6 +355,17 @@ impl Sequence {
     }
 }
 
+/// More of a streaming call's arguments (`call`: its item's output index
+/// and id, and its arguments so far), as a delta (nothing for none).
+fn arguments_delta(call: &mut (usize, String, String), more: &str, out: &mut Vec<Value>) {
+    if more.is_empty() {
+        return;
+    }
+    call.2.push_str(more);
+    out.push(json!({"type": "response.function_call_arguments.delta",
+                    "item_id": call.1, "output_index": call.0, "delta": more}));
+}
+
 /// Where a streamed answer's items are: the reasoning item's index and
 /// text so far, the message's index once its text has begun, and the next
 /// index.
@@ -402,8 +413,11 @@ impl Items {
 /// The answer as the Responses API's events: its reasoning as it comes, in
 /// a reasoning item, where the model's format tells it apart; its text as
 /// it comes, in one message (under tools, the string response the reply
-/// writes: see [`Live`]); and at the end what has not gone out (a call's
-/// `function_call` items, whole).
+/// writes: see [`Live`]); its calls as they are written, in
+/// `function_call` items (their arguments as
+/// `response.function_call_arguments.delta`s), where the tools' format
+/// streams them; and at the end what has not gone out (the other calls'
+/// items, whole).
 fn streamed(reply: Reply, run: Run) -> Response {
     let tools = run.tools.clone();
     let mut live = Live::new(run.tools.clone(), run.reasoning);
@@ -425,6 +439,8 @@ fn streamed(reply: Reply, run: Run) -> Response {
         ]
     };
     let mut items = Items::default();
+    // Each streaming call's item (output index, id) and arguments so far.
+    let mut calls_out: Vec<(usize, String, String)> = Vec::new();
     adapter::stream(run, first, move |e| {
         let mut out = Vec::new();
         let ended = match e {
@@ -447,6 +463,20 @@ fn streamed(reply: Reply, run: Run) -> Response {
                                 "delta": parts.content}),
                     );
                 }
+                for p in live.call_pieces() {
+                    if let Some(name) = p.name {
+                        let (index, k) = (items.take(), p.index);
+                        let id = format!("fc_{}_{k}", reply.stem());
+                        let call_id =
+                            super::tools::call_id(tools.as_deref(), "call_", reply.stem(), k);
+                        out.push(json!({"type": "response.output_item.added",
+                            "output_index": index, "item": {"type": "function_call", "id": id,
+                            "call_id": call_id, "name": name, "arguments": "",
+                            "status": "in_progress"}}));
+                        calls_out.push((index, id, String::new()));
+                    }
+                    arguments_delta(&mut calls_out[p.index], p.arguments, &mut out);
+                }
                 false
             }
             Some(Event::Done {
@@ -456,6 +486,16 @@ fn streamed(reply: Reply, run: Run) -> Response {
             }) => {
                 let (done, held) = live.finish(reason, completion_tokens, stop_word);
                 items.reason(&reply, &held, &mut out);
+                // The rest of the calls that went out as they were written.
+                let calls = match done.outcome(tools.as_deref()) {
+                    Outcome::Calls(calls, _) => calls,
+                    Outcome::Content(_) => Vec::new(),
+                };
+                let (pieces, begun) = live.last_call_pieces(&done, &calls);
+                for p in pieces {
+                    arguments_delta(&mut calls_out[p.index], p.arguments, &mut out);
+                }
+                let mut k = 0;
                 let mut output = Vec::new();
                 if let Some((index, text)) = &items.reasoning {
                     let it = reply.reasoning(text, "completed");
@@ -468,7 +508,21 @@ fn streamed(reply: Reply, run: Run) -> Response {
                     );
                     output.push((*index, it));
                 }
-                for it in reply.output(&done, tools.as_deref()) {
+                for mut it in reply.output(&done, tools.as_deref()) {
+                    if it["type"] == "function_call" && k < begun {
+                        // Its arguments as they went out (the model's
+                        // text: equal as JSON).
+                        let (index, _, arguments) = &calls_out[k];
+                        k += 1;
+                        it["arguments"] = json!(arguments);
+                        out.push(json!({"type": "response.function_call_arguments.done",
+                            "item_id": it["id"], "output_index": index,
+                            "arguments": it["arguments"]}));
+                        out.push(json!({"type": "response.output_item.done",
+                                        "output_index": index, "item": it}));
+                        output.push((*index, it));
+                        continue;
+                    }
                     if it["type"] == "function_call" {
                         let index = items.take();
                         out.push(json!({"type": "response.output_item.added",
