@@ -2924,7 +2924,7 @@ fn xml_parameter_tool_calls() {
         "{prompt}"
     );
     let required = weather_request(json!({"tool_choice": "required"}));
-    let (name, args, content) = call_whole_and_streamed(&server, &required, false);
+    let (name, args, content) = call_whole_and_streamed(&server, &required, true);
     assert_eq!((name.as_str(), &content), ("get_weather", &Value::Null));
     assert!(args["city"].is_string(), "{args}");
 }

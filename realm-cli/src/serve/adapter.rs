@@ -198,7 +198,7 @@ impl Live {
     /// The calls written since the last time, as pieces
     /// ([`tools::call_pieces`]; none without tools, or in a format whose
     /// calls go out whole).
-    pub fn call_pieces(&mut self) -> Vec<tools::CallPiece<'_>> {
+    pub fn call_pieces(&mut self) -> Vec<tools::CallPiece> {
         let Some(t) = &self.tools else {
             return Vec::new();
         };
@@ -208,15 +208,15 @@ impl Live {
 
     /// The pieces that end the begun calls of the finished reply `done`
     /// whose calls are `calls`, and how many calls have begun.
-    pub fn last_call_pieces<'d>(
+    pub fn last_call_pieces(
         &mut self,
-        done: &'d Finished,
+        done: &Finished,
         calls: &[realm_models::tools::ToolCall],
-    ) -> (Vec<tools::CallPiece<'d>>, usize) {
+    ) -> (Vec<tools::CallPiece>, usize) {
         let Some(t) = &self.tools else {
             return (Vec::new(), 0);
         };
-        let prefixes = t.call_prefixes(&done.text, &done.raw);
+        let prefixes = t.ended_call_prefixes(&done.text, &done.raw);
         let begun = self.calls.len();
         let agree = tools::agreeing(&prefixes, calls);
         let pieces = tools::call_pieces(&agree[..agree.len().min(begun)], &mut self.calls);

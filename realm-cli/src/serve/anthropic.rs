@@ -429,7 +429,7 @@ fn streamed(reply: Reply, run: Run) -> Response {
                     }
                     None => call_blocks[p.index],
                 };
-                input_delta(index, p.arguments, &mut out);
+                input_delta(index, &p.arguments, &mut out);
             }
             (out, false)
         }
@@ -453,7 +453,7 @@ fn streamed(reply: Reply, run: Run) -> Response {
             };
             let (pieces, begun) = live.last_call_pieces(&done, &calls);
             for p in pieces {
-                input_delta(call_blocks[p.index], p.arguments, &mut out);
+                input_delta(call_blocks[p.index], &p.arguments, &mut out);
             }
             let (blocks, why) = reply.blocks(&done, tools.as_deref());
             let mut k = 0;

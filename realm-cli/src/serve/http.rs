@@ -878,7 +878,7 @@ impl Streaming {
                                 self.out.push_back(data(&chunk));
                             }
                             let raw = if c.split.is_some() { &c.raw } else { &c.text };
-                            let prefixes = tools.call_prefixes(&c.text, raw);
+                            let prefixes = tools.ended_call_prefixes(&c.text, raw);
                             let stem = reply.call_id(i);
                             let deltas = tools::last_call_deltas(
                                 tools,

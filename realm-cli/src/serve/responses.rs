@@ -464,7 +464,7 @@ fn streamed(reply: Reply, run: Run) -> Response {
                     );
                 }
                 for p in live.call_pieces() {
-                    if let Some(name) = p.name {
+                    if let Some(name) = &p.name {
                         let (index, k) = (items.take(), p.index);
                         let id = format!("fc_{}_{k}", reply.stem());
                         let call_id =
@@ -475,7 +475,7 @@ fn streamed(reply: Reply, run: Run) -> Response {
                             "status": "in_progress"}}));
                         calls_out.push((index, id, String::new()));
                     }
-                    arguments_delta(&mut calls_out[p.index], p.arguments, &mut out);
+                    arguments_delta(&mut calls_out[p.index], &p.arguments, &mut out);
                 }
                 false
             }
@@ -493,7 +493,7 @@ fn streamed(reply: Reply, run: Run) -> Response {
                 };
                 let (pieces, begun) = live.last_call_pieces(&done, &calls);
                 for p in pieces {
-                    arguments_delta(&mut calls_out[p.index], p.arguments, &mut out);
+                    arguments_delta(&mut calls_out[p.index], &p.arguments, &mut out);
                 }
                 let mut k = 0;
                 let mut output = Vec::new();

@@ -484,25 +484,25 @@ pub fn calls_json(tools: &Tools, calls: &[ToolCall], stem: &str, streamed: bool)
 
 /// A piece of a call as it streams: call `index` begins (`name` given,
 /// with its arguments so far) or its arguments go on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CallPiece<'t> {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallPiece {
     pub index: usize,
-    pub name: Option<&'t str>,
-    pub arguments: &'t str,
+    pub name: Option<String>,
+    pub arguments: String,
 }
 
 /// The pieces that stream the calls written so far (`prefixes`,
 /// [`Tools::call_prefixes`]) past what went out: `sent` holds each begun
 /// call's argument bytes out, and grows with the calls begun.
-pub fn call_pieces<'t>(prefixes: &[CallPrefix<'t>], sent: &mut Vec<usize>) -> Vec<CallPiece<'t>> {
+pub fn call_pieces(prefixes: &[CallPrefix<'_>], sent: &mut Vec<usize>) -> Vec<CallPiece> {
     let mut out = Vec::new();
     for (index, p) in prefixes.iter().enumerate() {
         match sent.get_mut(index) {
             None => {
                 out.push(CallPiece {
                     index,
-                    name: Some(p.name),
-                    arguments: p.arguments,
+                    name: Some(p.name.to_string()),
+                    arguments: p.arguments.to_string(),
                 });
                 sent.push(p.arguments.len());
             }
@@ -511,7 +511,7 @@ pub fn call_pieces<'t>(prefixes: &[CallPrefix<'t>], sent: &mut Vec<usize>) -> Ve
                     out.push(CallPiece {
                         index,
                         name: None,
-                        arguments: more,
+                        arguments: more.to_string(),
                     });
                     *n = p.arguments.len();
                 }

@@ -663,7 +663,7 @@ fn tagged_calls(text: &str, call: impl Fn(&str) -> Option<ToolCall>) -> NativeRe
 
 /// Whether a parameter's schema is of text alone (its value is written as
 /// it is in the XML format).
-fn is_text(schema: &Value) -> bool {
+pub(super) fn is_text(schema: &Value) -> bool {
     schema["type"] == "string"
 }
 

@@ -3,25 +3,32 @@
 //! stream a call's arguments piece by piece (as llama-server does) rather
 //! than whole once the reply ends.
 //!
-//! Only formats whose arguments are one JSON object in the text stream so
-//! (Hermes, Llama 3, Mistral's `[ARGS]`, harmony): the arguments' text
-//! is the model's own, so the pieces put together are a JSON object,
-//! equal as JSON to the call's arguments once it is read. The others
-//! (the generic format, Mistral Nemo's list, XML parameters) give no
-//! prefixes, and their calls go out whole.
+//! Where the format writes a call's arguments as one JSON object (Hermes,
+//! Llama 3, Mistral's `[ARGS]`, harmony) their text is the model's own;
+//! XML parameters' are built as they come (a text value's characters
+//! escaped one by one, its last line break held until the parameter
+//! closes; other values whole once their parameter closes). Either way
+//! the pieces put together are a JSON object, equal as JSON to the
+//! call's arguments once it is read. The generic format and Mistral
+//! Nemo's list give no prefixes, and their calls go out whole.
 
-use super::native::{HARMONY_ENDS, HARMONY_TO, HERMES_CLOSE, HERMES_OPEN, MESSAGE};
+use std::borrow::Cow;
+
+use serde_json::Value;
+
+use super::native::{is_text, HARMONY_ENDS, HARMONY_TO, HERMES_CLOSE, HERMES_OPEN, MESSAGE};
 use super::native::{MISTRAL_ARGS, MISTRAL_OPEN};
 use super::{ToolFormat, Tools};
 
 /// A call being written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallPrefix<'t> {
     /// The tool it calls (one of the tools given).
     pub name: &'t str,
     /// Its arguments' text so far: the start of a JSON object, empty
-    /// until it begins.
-    pub arguments: &'t str,
+    /// until it begins (the reply's own text, or built from XML
+    /// parameters).
+    pub arguments: Cow<'t, str>,
     /// Whether the arguments' object is complete.
     pub complete: bool,
 }
@@ -43,17 +50,29 @@ impl Tools {
     ///     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]);
     /// let tools = Tools::from_openai(&tools, None, None)?.unwrap().for_template("<tool_call>");
     /// let calls = tools.call_prefixes("<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"ci", "");
-    /// assert_eq!((calls[0].name, calls[0].arguments), ("get_weather", "{\"ci"));
+    /// assert_eq!((calls[0].name, &*calls[0].arguments), ("get_weather", "{\"ci"));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn call_prefixes<'t>(&self, content: &'t str, raw: &'t str) -> Vec<CallPrefix<'t>> {
+        self.prefixes(content, raw, false)
+    }
+
+    /// [`Tools::call_prefixes`] of a reply that has ended: an XML call
+    /// cut short is closed where the reply ends, as reading takes it
+    /// (JSON cut short is no call).
+    pub fn ended_call_prefixes<'t>(&self, content: &'t str, raw: &'t str) -> Vec<CallPrefix<'t>> {
+        self.prefixes(content, raw, true)
+    }
+
+    fn prefixes<'t>(&self, content: &'t str, raw: &'t str, ended: bool) -> Vec<CallPrefix<'t>> {
         let mut out = Vec::new();
         match self.format {
             ToolFormat::Hermes => self.hermes_prefixes(content, &mut out),
             ToolFormat::Llama3 => self.llama3_prefixes(content, &mut out),
             ToolFormat::Mistral => self.mistral_prefixes(content, &mut out),
             ToolFormat::Harmony => self.harmony_prefixes(raw, &mut out),
-            ToolFormat::Generic | ToolFormat::MistralNemo | ToolFormat::XmlParameters => {}
+            ToolFormat::XmlParameters => self.xml_prefixes(content, ended, &mut out),
+            ToolFormat::Generic | ToolFormat::MistralNemo => {}
         }
         out
     }
@@ -120,7 +139,7 @@ impl Tools {
             if self.known(name) {
                 out.push(CallPrefix {
                     name,
-                    arguments: &args[..len],
+                    arguments: Cow::Borrowed(&args[..len]),
                     complete,
                 });
             }
@@ -128,6 +147,58 @@ impl Tools {
                 return;
             }
             rest = &args[len..];
+        }
+    }
+
+    /// `<tool_call>` blocks of a `<function=NAME>` element with
+    /// `<parameter=P>` elements, as JSON built as they come.
+    fn xml_prefixes<'t>(&self, content: &'t str, ended: bool, out: &mut Vec<CallPrefix<'t>>) {
+        let mut rest = content;
+        while let Some(at) = rest.find(HERMES_OPEN) {
+            let after = &rest[at + HERMES_OPEN.len()..];
+            let Some(f) = after.find(FUNCTION).map(|i| &after[i + FUNCTION.len()..]) else {
+                return;
+            };
+            let Some(end) = f.find('>') else {
+                return;
+            };
+            let name = &f[..end];
+            let Some(tool) = self.tools.iter().find(|t| t.name == name) else {
+                // Not a tool given: read as content, skipped here.
+                match after.find(HERMES_CLOSE) {
+                    Some(c) => {
+                        rest = &after[c + HERMES_CLOSE.len()..];
+                        continue;
+                    }
+                    None => return,
+                }
+            };
+            let body = &f[end + 1..];
+            let (mut arguments, mut complete, used) = xml_arguments(body, &tool.parameters);
+            if ended && !complete {
+                // Closed where the reply ends: in a parameter, or after.
+                for close in ["</parameter></function>", "</function>"] {
+                    let closed = format!("{body}{close}");
+                    let (a, c, _) = xml_arguments(&closed, &tool.parameters);
+                    if c {
+                        (arguments, complete) = (a, c);
+                        break;
+                    }
+                }
+            }
+            out.push(CallPrefix {
+                name,
+                arguments: Cow::Owned(arguments),
+                complete,
+            });
+            if !complete {
+                return;
+            }
+            let body = &f[end + 1 + used..];
+            match body.find(HERMES_CLOSE) {
+                Some(c) => rest = &body[c + HERMES_CLOSE.len()..],
+                None => return,
+            }
         }
     }
 
@@ -161,7 +232,7 @@ impl Tools {
             if self.known(name) {
                 out.push(CallPrefix {
                     name,
-                    arguments: &args[..len],
+                    arguments: Cow::Borrowed(&args[..len]),
                     complete,
                 });
             }
@@ -170,6 +241,83 @@ impl Tools {
             }
             rest = &args[len..];
         }
+    }
+}
+
+const FUNCTION: &str = "<function=";
+const PARAMETER: &str = "<parameter=";
+const PARAMETER_CLOSE: &str = "</parameter>";
+const FUNCTION_CLOSE: &str = "</function>";
+
+/// The JSON object of a `<function=...>` element's parameters as far as
+/// `body` (the text after its opening tag) goes: its text so far, whether
+/// the element is closed, and the bytes of `body` it took. A text value
+/// (of a `string` parameter) streams escaped, but for a leading line
+/// break, which is dropped, and a trailing one or what may begin
+/// `</parameter>`, which wait; any other value goes out once its
+/// parameter closes, as reading takes it (JSON, or the text where it is
+/// none).
+fn xml_arguments(body: &str, parameters: &Value) -> (String, bool, usize) {
+    let mut json = String::new();
+    let mut rest = body;
+    loop {
+        let trimmed = rest.trim_start();
+        let skipped = rest.len() - trimmed.len();
+        if let Some(after) = trimmed.strip_prefix(FUNCTION_CLOSE) {
+            if json.is_empty() {
+                json.push('{');
+            }
+            json.push('}');
+            return (json, true, body.len() - after.len());
+        }
+        let Some(p) = trimmed.strip_prefix(PARAMETER) else {
+            // A tag being written, or nothing yet.
+            return (json, false, body.len() - rest.len() + skipped);
+        };
+        let Some(name_end) = p.find('>') else {
+            return (json, false, body.len() - rest.len());
+        };
+        let name = &p[..name_end];
+        let mark = json.len();
+        json.push(if json.is_empty() { '{' } else { ',' });
+        json.push_str(&serde_json::to_string(name).unwrap_or_default());
+        json.push(':');
+        let v = &p[name_end + 1..];
+        let close = v.find(PARAMETER_CLOSE);
+        let raw = &v[..close.unwrap_or(v.len())];
+        let raw = raw.strip_prefix('\n').unwrap_or(raw);
+        if is_text(&parameters["properties"][name]) {
+            json.push('"');
+            let shown = match close {
+                Some(_) => raw.strip_suffix('\n').unwrap_or(raw),
+                // Hold a last line break and a possible close's start.
+                None => {
+                    let held = (1..PARAMETER_CLOSE.len())
+                        .rev()
+                        .find(|&k| raw.ends_with(&PARAMETER_CLOSE[..k]))
+                        .unwrap_or(0);
+                    let shown = &raw[..raw.len() - held];
+                    shown.strip_suffix('\n').unwrap_or(shown)
+                }
+            };
+            let escaped = serde_json::to_string(shown).unwrap_or_default();
+            json.push_str(&escaped[1..escaped.len() - 1]);
+            if close.is_none() {
+                return (json, false, body.len());
+            }
+            json.push('"');
+        } else {
+            if close.is_none() {
+                // (The key goes out with its value.)
+                json.truncate(mark);
+                return (json, false, body.len());
+            }
+            let raw = raw.strip_suffix('\n').unwrap_or(raw);
+            let value = serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.into()));
+            json.push_str(&value.to_string());
+        }
+        let close = close.unwrap_or(v.len());
+        rest = &v[close + PARAMETER_CLOSE.len()..];
     }
 }
 
@@ -251,7 +399,7 @@ fn call_members<'t>(text: &'t str, keys: &[&str]) -> Members<'t> {
 fn call<'t>(name: &'t str, arguments: &'t str, complete: bool) -> Members<'t> {
     Members::Call(CallPrefix {
         name,
-        arguments,
+        arguments: Cow::Borrowed(arguments),
         complete,
     })
 }
@@ -354,7 +502,7 @@ mod tests {
             );
             for (a, b) in last.iter().zip(&now) {
                 assert_eq!(a.name, b.name);
-                assert!(b.arguments.starts_with(a.arguments), "{:?}", &reply[..n]);
+                assert!(b.arguments.starts_with(&*a.arguments), "{:?}", &reply[..n]);
                 assert!(!a.complete || b.arguments == a.arguments);
             }
             last = now;
@@ -366,7 +514,7 @@ mod tests {
             .map(|(p, c)| {
                 assert!(p.complete, "{reply:?}");
                 assert_eq!(p.name, c.name);
-                let args: Value = serde_json::from_str(p.arguments).unwrap();
+                let args: Value = serde_json::from_str(&p.arguments).unwrap();
                 assert_eq!(args, c.arguments, "{reply:?}");
                 (p.name.to_string(), args)
             })
@@ -393,7 +541,7 @@ mod tests {
         );
         // The name first, then the arguments.
         let c = t.call_prefixes("<tool_call>\n{\"name\": \"get_weather\", ", "");
-        assert_eq!((c[0].name, c[0].arguments), ("get_weather", ""));
+        assert_eq!((c[0].name, &*c[0].arguments), ("get_weather", ""));
         assert!(t
             .call_prefixes("<tool_call>\n{\"name\": \"get_wea", "")
             .is_empty());
@@ -431,11 +579,50 @@ mod tests {
     }
 
     #[test]
-    fn other_formats_stream_whole() {
+    fn xml_parameters_grow_as_json() {
         let xml = tools("<tool_call> <function=x> <parameter=y>");
-        assert!(xml
-            .call_prefixes("<tool_call>\n<function=now>\n</function>", "")
-            .is_empty());
+        assert_eq!(xml.format(), ToolFormat::XmlParameters);
+        let reply = "Sure.\n<tool_call>\n<function=get_weather>\n<parameter=city>\nSão \"P\"\n\
+                     line two\n</parameter>\n<parameter=days>\n12\n</parameter>\n</function>\n\
+                     </tool_call>\n<tool_call>\n<function=nope>\n</function>\n</tool_call>\n\
+                     <tool_call>\n<function=now>\n</function>\n</tool_call>";
+        let calls = grows(&xml, reply, false);
+        assert_eq!(
+            calls,
+            [
+                (
+                    "get_weather".into(),
+                    json!({"city": "São \"P\"\nline two", "days": 12})
+                ),
+                ("now".into(), json!({}))
+            ]
+        );
+        // A text value as it comes, its last line break held.
+        let c = xml.call_prefixes(
+            "<tool_call>\n<function=get_weather>\n<parameter=city>\nOs\n</para",
+            "",
+        );
+        assert_eq!(&*c[0].arguments, "{\"city\":\"Os");
+        // Cut short, it reads as closed where the reply ends.
+        let cut = "<tool_call>\n<function=get_weather>\n<parameter=city>\nOs\n</para";
+        let ended = xml.ended_call_prefixes(cut, "");
+        assert!(ended[0].complete);
+        let read = xml.parse_native(cut).calls;
+        let args: Value = serde_json::from_str(&ended[0].arguments).unwrap();
+        assert_eq!(args, read[0].arguments);
+        assert!(ended[0]
+            .arguments
+            .starts_with(&*xml.call_prefixes(cut, "")[0].arguments));
+        // A number waits for its parameter's end.
+        let c = xml.call_prefixes(
+            "<tool_call>\n<function=get_weather>\n<parameter=days>\n1",
+            "",
+        );
+        assert_eq!(&*c[0].arguments, "");
+    }
+
+    #[test]
+    fn other_formats_stream_whole() {
         let nemo = tools("[TOOL_CALLS] [AVAILABLE_TOOLS]");
         assert!(nemo
             .call_prefixes("[TOOL_CALLS][{\"name\": \"now\", \"arguments\": {}", "")
