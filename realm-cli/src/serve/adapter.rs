@@ -218,9 +218,10 @@ impl Live {
         };
         let prefixes = t.ended_call_prefixes(&done.text, &done.raw);
         let begun = self.calls.len();
-        let agree = tools::agreeing(&prefixes, calls);
-        let pieces = tools::call_pieces(&agree[..agree.len().min(begun)], &mut self.calls);
-        (pieces, begun)
+        (
+            tools::ending_pieces(&prefixes, calls, &mut self.calls),
+            begun,
+        )
     }
 
     /// Adds a piece of the reply; returns the reasoning and the content it

@@ -21,7 +21,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use realm_core::tokenizer::Tokenizer;
 use realm_models::reasoning::{ReasoningFormat, ReasoningSplitter, ReplyParts};
-use realm_models::tools::Tools;
+use realm_models::tools::{ToolCall, Tools};
 use realm_models::StopReason;
 
 use super::body::Body;
@@ -391,6 +391,30 @@ impl Choice {
                 content: t.unwrap_or_default().to_string(),
             },
         }
+    }
+
+    /// The `tool_calls` deltas of the calls written since the last ones
+    /// ([`tools::call_deltas`]).
+    fn call_deltas(&mut self, tools: &Tools, stem: &str) -> Vec<Value> {
+        let raw = if self.split.is_some() {
+            &self.raw
+        } else {
+            &self.text
+        };
+        let prefixes = tools.call_prefixes(&self.text, raw);
+        tools::call_deltas(tools, &prefixes, &mut self.calls, stem)
+    }
+
+    /// The `tool_calls` deltas that end the reply, whose calls are `calls`
+    /// ([`tools::last_call_deltas`]).
+    fn last_call_deltas(&mut self, tools: &Tools, calls: &[ToolCall], stem: &str) -> Vec<Value> {
+        let raw = if self.split.is_some() {
+            &self.raw
+        } else {
+            &self.text
+        };
+        let prefixes = tools.ended_call_prefixes(&self.text, raw);
+        tools::last_call_deltas(tools, &prefixes, calls, &mut self.calls, stem)
     }
 
     /// The reply as generated, markers and reasoning included.
@@ -815,9 +839,7 @@ impl Streaming {
                     }
                 }
                 // Calls as they are written.
-                let raw = if c.split.is_some() { &c.raw } else { &c.text };
-                let prefixes = tools.call_prefixes(&c.text, raw);
-                let deltas = tools::call_deltas(tools, &prefixes, &mut c.calls, &reply.call_id(i));
+                let deltas = c.call_deltas(tools, &reply.call_id(i));
                 if !deltas.is_empty() {
                     let logprobs = reply.logprobs(&std::mem::take(&mut c.held), &mut 0);
                     let mut chunk = reply.chunk(i, None, None, logprobs);
@@ -877,16 +899,7 @@ impl Streaming {
                                 let chunk = reply.chunk(i, Some(rest), None, Value::Null);
                                 self.out.push_back(data(&chunk));
                             }
-                            let raw = if c.split.is_some() { &c.raw } else { &c.text };
-                            let prefixes = tools.ended_call_prefixes(&c.text, raw);
-                            let stem = reply.call_id(i);
-                            let deltas = tools::last_call_deltas(
-                                tools,
-                                &prefixes,
-                                &calls,
-                                &mut c.calls,
-                                &stem,
-                            );
+                            let deltas = c.last_call_deltas(tools, &calls, &reply.call_id(i));
                             if !deltas.is_empty() || !held.is_empty() {
                                 let mut chunk = reply.chunk(i, None, None, logprobs);
                                 if !deltas.is_empty() {

@@ -521,18 +521,22 @@ pub fn call_pieces(prefixes: &[CallPrefix<'_>], sent: &mut Vec<usize>) -> Vec<Ca
     out
 }
 
-/// The prefixes of a finished reply that stand for its `calls`: as far
-/// as they agree (complete, the same tools).
-pub fn agreeing<'p, 't>(
-    prefixes: &'p [CallPrefix<'t>],
+/// The pieces that end the calls begun in a streamed reply (`sent` as
+/// [`call_pieces`] left it) that has ended with `calls`: the rest of each,
+/// from `prefixes` of the whole reply ([`Tools::ended_call_prefixes`]) as
+/// far as they stand for `calls` (complete, the same tools).
+pub fn ending_pieces(
+    prefixes: &[CallPrefix<'_>],
     calls: &[ToolCall],
-) -> &'p [CallPrefix<'t>] {
+    sent: &mut Vec<usize>,
+) -> Vec<CallPiece> {
     let agree = prefixes
         .iter()
         .zip(calls)
+        .take(sent.len())
         .take_while(|(p, c)| p.complete && p.name == c.name)
         .count();
-    &prefixes[..agree]
+    call_pieces(&prefixes[..agree], sent)
 }
 
 /// The `tool_calls` deltas that stream calls as they are written
@@ -544,7 +548,12 @@ pub fn call_deltas(
     sent: &mut Vec<usize>,
     stem: &str,
 ) -> Vec<Value> {
-    call_pieces(prefixes, sent)
+    piece_deltas(tools, call_pieces(prefixes, sent), stem)
+}
+
+/// Call pieces as `tool_calls` deltas.
+fn piece_deltas(tools: &Tools, pieces: Vec<CallPiece>, stem: &str) -> Vec<Value> {
+    pieces
         .into_iter()
         .map(|p| match p.name {
             Some(name) => json!({
@@ -569,7 +578,7 @@ pub fn last_call_deltas(
     sent: &mut Vec<usize>,
     stem: &str,
 ) -> Vec<Value> {
-    let mut out = call_deltas(tools, agreeing(prefixes, calls), sent, stem);
+    let mut out = piece_deltas(tools, ending_pieces(prefixes, calls, sent), stem);
     if let Value::Array(whole) = calls_json(tools, calls, stem, true) {
         out.extend(whole.into_iter().skip(sent.len()));
     }
