@@ -160,6 +160,8 @@ CASES = [
     # without a local layer).
     case("gpt-oss-window-8", "tiny-gpt-oss",
          overrides=[("gpt-oss.attention.sliding_window", "int", "8")]),
+    # Gemma (1): a GELU gate, NeoX RoPE, scaled embeddings.
+    case("gemma", "tiny-gemma"),
     case("gemma2", "tiny-gemma2"),
     case("gemma2-tight-caps", "tiny-gemma2",
          overrides=[("gemma2.attn_logit_softcapping", "float", "0.5"),

@@ -56,6 +56,9 @@ pub enum Architecture {
     /// feed-forward norm named as Gemma's attention post-norm (as
     /// gpt-oss's).
     SeedOss,
+    /// Gemma (1) and CodeGemma: llama's blocks with a GELU gate, NeoX
+    /// RoPE and scaled embeddings.
+    Gemma,
 }
 
 impl Architecture {
@@ -80,6 +83,7 @@ impl Architecture {
             "ernie4_5" => Self::Ernie45,
             "glm4" => Self::Glm4,
             "seed_oss" => Self::SeedOss,
+            "gemma" => Self::Gemma,
             other => return Err(Error::UnknownArchitecture(other.to_string())),
         })
     }
@@ -105,6 +109,7 @@ impl Architecture {
             Self::Ernie45 => "ernie4_5",
             Self::Glm4 => "glm4",
             Self::SeedOss => "seed_oss",
+            Self::Gemma => "gemma",
         }
     }
 }
@@ -454,7 +459,8 @@ impl ModelConfig {
                 | Architecture::GptOss
                 | Architecture::Olmo2
                 | Architecture::Exaone4
-                | Architecture::SeedOss => RopeMode::Neox,
+                | Architecture::SeedOss
+                | Architecture::Gemma => RopeMode::Neox,
             },
             sliding_window,
             // Every sixth layer (Gemma 3), second (Gemma 2, gpt-oss) or
@@ -497,7 +503,7 @@ impl ModelConfig {
                 _ => 1.0 / (head_dim as f32).sqrt(),
             },
             embedding_scale: match arch {
-                _ if gemma => Some((d_model as f32).sqrt()),
+                _ if gemma || arch == Architecture::Gemma => Some((d_model as f32).sqrt()),
                 Architecture::Granite => opt_f("embedding_scale")?.filter(|&s| s != 0.0),
                 _ => None,
             },

@@ -1547,7 +1547,7 @@ impl<'a, B: Backend> Model<'a, B> {
             )?;
         }
         match self.config.arch {
-            Architecture::Gemma2 | Architecture::Gemma3 => {
+            Architecture::Gemma | Architecture::Gemma2 | Architecture::Gemma3 => {
                 b.geglu_inplace(&mut sc.gate, &sc.up, n * ff)?
             }
             _ => b.swiglu_inplace(&mut sc.gate, &sc.up, n * ff)?,

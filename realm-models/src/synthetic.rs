@@ -145,7 +145,7 @@ impl SyntheticLayout {
 
     /// A two-layer model of `arch` (llama, mistral, mistral3, qwen2,
     /// qwen2moe, qwen3, qwen3moe, phi3, smollm3, granite, gemma2, gemma3,
-    /// gpt-oss, olmo2, exaone4, ernie4_5, glm4, seed_oss) small
+    /// gpt-oss, olmo2, exaone4, ernie4_5, glm4, seed_oss, gemma) small
     /// enough for unit tests: 64 wide, Q8_0 matrices, 300 tokens;
     /// `qwen2moe`'s, `qwen3moe`'s and `gpt-oss`'s blocks are 4 experts 32
     /// wide, 2 a token (and, for `qwen2moe`, a shared expert 64 wide);
@@ -200,6 +200,7 @@ impl SyntheticLayout {
                 "ernie4_5" => "ernie4_5",
                 "glm4" => "glm4",
                 "seed_oss" => "seed_oss",
+                "gemma" => "gemma",
                 "qwen2" => "qwen2",
                 "qwen3" => "qwen3",
                 "phi3" => "phi3",
