@@ -147,6 +147,10 @@ CASES = [
     case("phi3-bias", "tiny-phi3-bias", overrides=[("general.name", "str", "tiny")]),
     case("smollm3", "tiny-smollm3"),
     case("granite", "tiny-granite"),
+    # Granite MoE: Granite's multipliers, experts as wide as its dense
+    # blocks, an ungated shared expert where the file has one.
+    case("granitemoe", "tiny-granitemoe"),
+    case("granitemoe-shared", "tiny-granitemoe-shared"),
     case("qwen2moe", "tiny-qwen2moe"),
     case("qwen2moe-q8_0", "tiny-qwen2moe", matrix_type="q8_0"),
     case("qwen3moe", "tiny-qwen3moe"),

@@ -68,9 +68,10 @@ fn gpt_oss_is_refused_at_load() {
 }
 
 /// Every architecture's `SyntheticLayout::tiny` the GPU backend runs.
-const ARCHS: [&str; 18] = [
+const ARCHS: [&str; 19] = [
     "llama", "mistral", "mistral3", "olmo2", "exaone4", "ernie4_5", "glm4", "seed_oss", "qwen2",
-    "qwen2moe", "qwen3", "qwen3moe", "phi3", "smollm3", "granite", "gemma", "gemma2", "gemma3",
+    "qwen2moe", "qwen3", "qwen3moe", "phi3", "smollm3", "granite", "granitemoe", "gemma", "gemma2",
+    "gemma3",
 ];
 
 /// Prefill of `prompt` in chunks of `batch`, then greedy decoding fed with

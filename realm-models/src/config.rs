@@ -59,6 +59,10 @@ pub enum Architecture {
     /// Gemma (1) and CodeGemma: llama's blocks with a GELU gate, NeoX
     /// RoPE and scaled embeddings.
     Gemma,
+    /// Granite 3 with mixtures of experts (1B-A400M, 3B-A800M): Granite's
+    /// multipliers, experts weighted by the softmax of the chosen, and a
+    /// shared expert every token runs, ungated, where the file has one.
+    GraniteMoe,
 }
 
 impl Architecture {
@@ -84,6 +88,7 @@ impl Architecture {
             "glm4" => Self::Glm4,
             "seed_oss" => Self::SeedOss,
             "gemma" => Self::Gemma,
+            "granitemoe" => Self::GraniteMoe,
             other => return Err(Error::UnknownArchitecture(other.to_string())),
         })
     }
@@ -110,6 +115,7 @@ impl Architecture {
             Self::Glm4 => "glm4",
             Self::SeedOss => "seed_oss",
             Self::Gemma => "gemma",
+            Self::GraniteMoe => "granitemoe",
         }
     }
 }
@@ -132,8 +138,12 @@ pub struct MoeConfig {
     pub weights_scale: f32,
     /// Hidden width of the shared expert every token also runs, its
     /// output gated by the sigmoid of its own router's score (Qwen 2
-    /// MoE's); `None` for none.
+    /// MoE's) or ungated (Granite MoE's, [`MoeConfig::shared_gated`]);
+    /// `None` for none.
     pub shared_ffn_dim: Option<usize>,
+    /// Whether the shared expert's output is gated by its own router
+    /// (`ffn_gate_inp_shexp`).
+    pub shared_gated: bool,
     /// How router scores become the chosen experts' weights.
     pub gating: Gating,
     /// The experts' gated activation.
@@ -448,7 +458,8 @@ impl ModelConfig {
                 | Architecture::Ernie45
                 | Architecture::Glm4
                 | Architecture::SmolLM3
-                | Architecture::Granite => RopeMode::Normal,
+                | Architecture::Granite
+                | Architecture::GraniteMoe => RopeMode::Normal,
                 Architecture::Qwen2
                 | Architecture::Qwen2Moe
                 | Architecture::Qwen3
@@ -493,7 +504,12 @@ impl ModelConfig {
                 // SmolLM3 and Granite may set theirs.
                 Some(s)
                     if s != 0.0
-                        && matches!(arch, Architecture::SmolLM3 | Architecture::Granite) =>
+                        && matches!(
+                            arch,
+                            Architecture::SmolLM3
+                                | Architecture::Granite
+                                | Architecture::GraniteMoe
+                        ) =>
                 {
                     s
                 }
@@ -504,16 +520,22 @@ impl ModelConfig {
             },
             embedding_scale: match arch {
                 _ if gemma || arch == Architecture::Gemma => Some((d_model as f32).sqrt()),
-                Architecture::Granite => opt_f("embedding_scale")?.filter(|&s| s != 0.0),
+                Architecture::Granite | Architecture::GraniteMoe => {
+                    opt_f("embedding_scale")?.filter(|&s| s != 0.0)
+                }
                 _ => None,
             },
             residual_scale: match arch {
-                Architecture::Granite => opt_f("residual_scale")?.filter(|&s| s != 0.0),
+                Architecture::Granite | Architecture::GraniteMoe => {
+                    opt_f("residual_scale")?.filter(|&s| s != 0.0)
+                }
                 _ => None,
             },
             logit_scale: match arch {
                 // Required, as llama.cpp reads it.
-                Architecture::Granite => Some(md.get_f32(&key("logit_scale"))?),
+                Architecture::Granite | Architecture::GraniteMoe => {
+                    Some(md.get_f32(&key("logit_scale"))?)
+                }
                 _ => None,
             },
             no_rope_every: (arch == Architecture::SmolLM3).then_some(4),
@@ -646,6 +668,7 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
         (
             Architecture::Llama
             | Architecture::Mistral3
+            | Architecture::GraniteMoe
             | Architecture::Qwen2Moe
             | Architecture::Qwen3Moe
             | Architecture::GptOss,
@@ -676,6 +699,9 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
             Some(f) if f > 0 => Some(f as usize),
             _ => Some(ffn),
         },
+        Architecture::GraniteMoe => get("expert_shared_feed_forward_length")?
+            .filter(|&f| f > 0)
+            .map(|f| f as usize),
         _ => None,
     };
     let scale_key = format!("{p}.expert_weights_scale");
@@ -696,6 +722,7 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
             weights_scale
         },
         shared_ffn_dim,
+        shared_gated: arch == Architecture::Qwen2Moe,
         gating: if gpt_oss {
             Gating::SoftmaxChosen
         } else {

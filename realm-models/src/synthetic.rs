@@ -145,7 +145,8 @@ impl SyntheticLayout {
 
     /// A two-layer model of `arch` (llama, mistral, mistral3, qwen2,
     /// qwen2moe, qwen3, qwen3moe, phi3, smollm3, granite, gemma2, gemma3,
-    /// gpt-oss, olmo2, exaone4, ernie4_5, glm4, seed_oss, gemma) small
+    /// gpt-oss, olmo2, exaone4, ernie4_5, glm4, seed_oss, gemma,
+    /// granitemoe) small
     /// enough for unit tests: 64 wide, Q8_0 matrices, 300 tokens;
     /// `qwen2moe`'s, `qwen3moe`'s and `gpt-oss`'s blocks are 4 experts 32
     /// wide, 2 a token (and, for `qwen2moe`, a shared expert 64 wide);
@@ -162,7 +163,7 @@ impl SyntheticLayout {
         }
         if let Some(dense) = arch
             .strip_suffix("moe")
-            .filter(|a| ["qwen2", "qwen3"].contains(a))
+            .filter(|a| ["qwen2", "qwen3", "granite"].contains(a))
         {
             let mut l = Self::tiny(dense)?;
             l.arch = arch.to_string();
@@ -171,12 +172,15 @@ impl SyntheticLayout {
                 .into_iter()
                 .map(|(k, v)| (k.replacen(&format!("{dense}."), &format!("{arch}."), 1), v))
                 .collect();
-            let l = l
-                .with_hparam(
+            // (Granite MoE's experts are as wide as its dense blocks.)
+            let l = match dense {
+                "granite" => l,
+                _ => l.with_hparam(
                     &format!("{arch}.expert_feed_forward_length"),
                     MetadataValue::U32(32),
-                )
-                .with_experts(4, 2)?;
+                ),
+            }
+            .with_experts(4, 2)?;
             if arch != "qwen2moe" {
                 return Ok(l);
             }
@@ -702,6 +706,7 @@ impl SyntheticLayout {
     /// so), `tiny-mistral3-bias` (with an attention output bias),
     /// `tiny-llama-bias` and `tiny-phi3-bias` (with query, key and value
     /// biases, Phi 3's in one for its fused matrix),
+    /// `tiny-granitemoe-shared` (with an ungated shared expert 64 wide),
     /// `tiny-olmo3` (the tiny OLMo 2 with OLMo 3's window) or
     /// `tiny-exaone4-32b` (the tiny EXAONE 4 with the 32B's 64 layers).
     pub fn by_name(name: &str) -> Option<Self> {
@@ -715,6 +720,13 @@ impl SyntheticLayout {
             "tiny-llama-bias" => Some(Self::tiny("llama").ok()?.with_qkv_biases()),
             "tiny-phi3-bias" => Some(Self::tiny("phi3").ok()?.with_qkv_biases()),
             "tiny-olmo3" => Self::tiny_olmo3().ok(),
+            "tiny-granitemoe-shared" => {
+                let mut l = Self::tiny("granitemoe").ok()?.with_shared_expert(64).ok()?;
+                // Granite's shared expert is ungated.
+                l.tensors
+                    .retain(|t| !t.name.ends_with("ffn_gate_inp_shexp.weight"));
+                Some(l)
+            }
             "tiny-exaone4-32b" => Self::tiny_exaone4_32b().ok(),
             _ => Self::tiny(name.strip_prefix("tiny-")?).ok(),
         }

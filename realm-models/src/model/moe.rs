@@ -46,10 +46,11 @@ struct Biases<B: Backend> {
     experts: Vec<[B::Buffer; 3]>,
 }
 
-/// A shared expert: its router's row and its gate, up and down.
+/// A shared expert: its router's row (where its output is gated) and its
+/// gate, up and down.
 #[derive(Debug)]
 struct Shared<'a, B: Backend + 'a> {
-    router: Vec<f32>,
+    router: Option<Vec<f32>>,
     ffn: [B::Weight<'a>; 3],
 }
 
@@ -125,16 +126,22 @@ impl<'a, B: Backend + 'a> Moe<'a, B> {
                 let w = |short: &str, rows, cols| matrix(&file.tensor(&name(short))?, rows, cols);
                 // The router is one row, stored as a vector: its scores are
                 // taken on the host, beside the routing.
-                let t = file.tensor(&name("ffn_gate_inp_shexp.weight"))?;
-                if t.shape() != [d as u64] {
-                    return Err(Error::BadTensorShape {
-                        tensor: t.name().to_string(),
-                        expected: vec![d as u64],
-                        got: t.shape().to_vec(),
-                    });
-                }
-                let mut router = vec![0f32; d];
-                realm_core::quant::dequantize(t.dtype(), t.data(), &mut router)?;
+                let router = match m.shared_gated {
+                    true => {
+                        let t = file.tensor(&name("ffn_gate_inp_shexp.weight"))?;
+                        if t.shape() != [d as u64] {
+                            return Err(Error::BadTensorShape {
+                                tensor: t.name().to_string(),
+                                expected: vec![d as u64],
+                                got: t.shape().to_vec(),
+                            });
+                        }
+                        let mut router = vec![0f32; d];
+                        realm_core::quant::dequantize(t.dtype(), t.data(), &mut router)?;
+                        Some(router)
+                    }
+                    false => None,
+                };
                 Some(Shared {
                     router,
                     ffn: [
@@ -323,7 +330,11 @@ impl<B: Backend> Moe<'_, B> {
             b.matmul(buf.ws, &w[1], buf.xn, n, buf.up)?;
             b.swiglu_inplace(buf.gate, buf.up, n * ff)?;
             if let Some(c) = buf.seen.as_deref_mut() {
-                for s in ["gate_inp_shexp", "gate_shexp", "up_shexp"] {
+                let gated = sh.router.is_some();
+                for s in ["gate_inp_shexp", "gate_shexp", "up_shexp"]
+                    .into_iter()
+                    .filter(|&s| gated || s != "gate_inp_shexp")
+                {
                     c.observe_named(b, buf.ws, &name(s), (buf.xn, n, d))?;
                 }
                 c.observe_named(b, buf.ws, &name("down_shexp"), (buf.gate, n, ff))?;
@@ -333,11 +344,14 @@ impl<B: Backend> Moe<'_, B> {
             b.download(buf.out, &mut h.y)?;
             let rows = h.out.chunks_exact_mut(d).zip(h.y.chunks_exact(d));
             for ((o, y), x) in rows.zip(h.xn.chunks_exact(d)) {
-                let dot: f64 = x
-                    .iter()
-                    .zip(&sh.router)
-                    .map(|(a, b)| f64::from(a * b))
-                    .sum();
+                let Some(router) = &sh.router else {
+                    // Ungated: added as it is.
+                    for (o, v) in o.iter_mut().zip(y) {
+                        *o += v;
+                    }
+                    continue;
+                };
+                let dot: f64 = x.iter().zip(router).map(|(a, b)| f64::from(a * b)).sum();
                 let g = dot as f32;
                 // The sigmoid as ggml takes it: SiLU over its input.
                 let gate = g / (1.0 + (-g).exp()) / g;
