@@ -440,6 +440,7 @@ mod tests {
             norm_weights: norm,
             weights_scale: 1.0,
             shared_ffn_dim: None,
+            shared_gated: false,
             gating: Gating::Softmax,
             activation: ExpertActivation::Swiglu,
             biases: false,
