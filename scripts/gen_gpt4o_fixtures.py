@@ -2,8 +2,9 @@
 """Golden token ids of llama.cpp's GPT-4o pre-tokenizer (`tokenizer.ggml.pre`
 gpt-4o: gpt-oss, Llama 4) and of tekken's (Mistral Nemo, Mistral Small 3,
 Devstral, Ministral 3: GPT-4o's expression without contractions, digits
-alone) for realm-core's tests:
-realm-core/tests/fixtures/tokenizer/gpt-4o.json and tekken.json.
+alone), and of the LLaMA 3 expression as llama.cpp runs it for GLM-4's
+`glm4` and Seed-Coder's `seed-coder` (std::regex over its collapsed text),
+for realm-core's tests: realm-core/tests/fixtures/tokenizer/PRE.json.
 
 No o200k vocabulary ships where this runs, so the fixture carries a small
 byte-level BPE vocabulary of its own, declared `gpt-4o`: GPT-2's 256 byte
@@ -26,7 +27,7 @@ corners (case changes, contractions, digit groups, marks, non-ASCII
 letters and spaces, line breaks); the test rebuilds the vocabulary from the
 fixture and must give the same ids.
 
-Usage: python3 scripts/gen_gpt4o_fixtures.py [--pre gpt-4o|tekken]
+Usage: python3 scripts/gen_gpt4o_fixtures.py [--pre gpt-4o|tekken|glm4|seed-coder]
 """
 import argparse
 import json
@@ -55,14 +56,15 @@ def byte_symbols(text):
     return [table[b] for b in text.encode("utf-8")]
 
 
-def probe_merges(texts, specials):
-    """Merges that build each run (and space + run) of `texts` left to right."""
+def probe_merges(texts, specials, runs=str.split):
+    """Merges that build each run (and space + run) of `texts` left to right
+    (`runs` cuts a text into them: at any whitespace by default)."""
     merges, seen = [], set()
     for text in texts:
         # (Not the special tokens' texts: they are no merge's.)
         for special in specials:
             text = text.replace(special, " ")
-        for run in text.split():
+        for run in runs(text):
             for piece in (run, " " + run):
                 sym = byte_symbols(piece)
                 acc = sym[0]
@@ -103,7 +105,7 @@ TEKKEN_CORNERS = [
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--pre", choices=["gpt-4o", "tekken"], default="gpt-4o")
+    ap.add_argument("--pre", choices=["gpt-4o", "tekken", "glm4", "seed-coder"], default="gpt-4o")
     args = ap.parse_args()
     tekken = args.pre == "tekken"
     vendor = os.path.dirname(os.path.dirname(llama_env.tools()))
@@ -122,7 +124,11 @@ def main():
     specials = MISTRAL if tekken else HARMONY + ["<|endoftext|>"]
     first = MISTRAL if tekken else []
     tokens = first + strings("tokenizer.ggml.tokens")[: 256 + MERGES]
-    probes = probe_merges(gtf.FIXED + corners, specials)
+    # LLaMA 3's expressions: runs cut at spaces alone, so that line breaks
+    # joined to what comes before them show in the ids.
+    cut = (lambda t: [r for r in t.split(" ") if r]) if args.pre in ("glm4", "seed-coder") \
+        else str.split
+    probes = probe_merges(gtf.FIXED + corners, specials, cut)
     known = set(tokens)
     for a, b in probes:
         if a + b not in known:

@@ -69,8 +69,24 @@ fn gpt_oss_is_refused_at_load() {
 
 /// Every architecture's `SyntheticLayout::tiny` the GPU backend runs.
 const ARCHS: [&str; 19] = [
-    "llama", "mistral", "mistral3", "olmo2", "exaone4", "ernie4_5", "glm4", "seed_oss", "qwen2",
-    "qwen2moe", "qwen3", "qwen3moe", "phi3", "smollm3", "granite", "granitemoe", "gemma", "gemma2",
+    "llama",
+    "mistral",
+    "mistral3",
+    "olmo2",
+    "exaone4",
+    "ernie4_5",
+    "glm4",
+    "seed_oss",
+    "qwen2",
+    "qwen2moe",
+    "qwen3",
+    "qwen3moe",
+    "phi3",
+    "smollm3",
+    "granite",
+    "granitemoe",
+    "gemma",
+    "gemma2",
     "gemma3",
 ];
 

@@ -1,5 +1,7 @@
 //! The GPT-4o pre-tokenizer (`tokenizer.ggml.pre` gpt-4o: gpt-oss, Llama 4)
-//! and tekken's (Mistral Nemo, Mistral Small 3, Ministral 3) against
+//! and tekken's (Mistral Nemo, Mistral Small 3, Ministral 3), and LLaMA
+//! 3's as llama.cpp runs it for GLM-4 (`glm4`) and Seed-Coder
+//! (`seed-coder`), against
 //! llama.cpp, on the byte-level BPE vocabularies their fixtures carry
 //! (`scripts/gen_gpt4o_fixtures.py`: GPT-2's bytes and first merges,
 //! declared gpt-4o or tekken). Merges never cross the pre-tokenizer's
@@ -133,4 +135,39 @@ fn gpt4o_splits_as_llama_cpp() {
 #[test]
 fn tekken_splits_as_llama_cpp() {
     splits_as_llama_cpp("tekken");
+}
+
+#[test]
+fn glm4_splits_as_llama_cpp() {
+    splits_as_llama_cpp("glm4");
+}
+
+#[test]
+fn seed_coder_splits_as_llama_cpp() {
+    splits_as_llama_cpp("seed-coder");
+}
+
+/// GLM-4's names leave no BOS token but the one the file names, as
+/// llama.cpp drops the default.
+#[test]
+fn glm4_has_no_default_bos() {
+    let fx = fixture("glm4");
+    assert_eq!(tokenizer(&fx).bos(), fx["bos"].as_u64().map(|b| b as u32));
+    let mut w = GgufWriter::new();
+    let s = |v: &str| MetadataValue::String(v.into());
+    w.set("general.architecture", s("glm4"));
+    w.set("tokenizer.ggml.model", s("gpt2"));
+    w.set("tokenizer.ggml.pre", s("glm4"));
+    w.set(
+        "tokenizer.ggml.tokens",
+        MetadataValue::Array(MetadataArray::String(strings(&fx["tokens"]))),
+    );
+    w.set(
+        "tokenizer.ggml.merges",
+        MetadataValue::Array(MetadataArray::String(strings(&fx["merges"]))),
+    );
+    let file = Gguf::from_bytes(w.to_bytes().unwrap()).unwrap();
+    let tok = Tokenizer::from_metadata(file.metadata()).unwrap();
+    assert_eq!(tok.bos(), None);
+    assert!(!tok.add_bos());
 }

@@ -235,6 +235,7 @@ impl Tokenizer {
         let s = &vocab.special;
         let (bos, eos, unk) = match vocab.kind {
             VocabKind::Spm => (Some(1), Some(2), Some(0)),
+            VocabKind::Bpe if options.is_some_and(|o| o.no_default_bos) => (None, Some(11), None),
             VocabKind::Bpe => (Some(11), Some(11), None),
         };
         let mut special = SpecialTokens {

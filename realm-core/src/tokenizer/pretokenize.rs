@@ -37,6 +37,13 @@ pub(crate) enum PreTokenizer {
     /// `tekken` (Mistral Nemo, Mistral Small 3, Devstral, Ministral 3):
     /// GPT-4o's expression without the contractions, each digit alone.
     Tekken,
+    /// `glm4`, `glm5`, `chatglm-bpe` (GLM-4): LLaMA 3's expression, run as
+    /// llama.cpp runs it for these names (std::regex over its collapsed
+    /// text, not its LLaMA 3 scanner).
+    Glm4,
+    /// `seed-coder` (Seed-OSS, Seed-Coder): the same with single digits and
+    /// no line breaks after punctuation.
+    SeedCoder,
 }
 
 /// Options a pre-tokenizer name implies besides the splitting.
@@ -49,6 +56,9 @@ pub(crate) struct PreOptions {
     pub(crate) clean_spaces: bool,
     /// Default for `add_bos` when the metadata does not set it.
     pub(crate) add_bos: bool,
+    /// Whether there is a BOS token only where the metadata names one
+    /// (GLM-4's: llama.cpp drops the default).
+    pub(crate) no_default_bos: bool,
 }
 
 impl PreOptions {
@@ -60,6 +70,7 @@ impl PreOptions {
             ignore_merges,
             clean_spaces,
             add_bos,
+            no_default_bos: false,
         };
         use PreTokenizer::*;
         Ok(match name {
@@ -80,12 +91,18 @@ impl PreOptions {
             "deepseek-llm" => o(DeepSeekLlm, false, false, false),
             "gpt-4o" | "llama4" | "kanana2" | "talkie" => o(Gpt4o, false, false, false),
             "tekken" => o(Tekken, true, false, true),
+            "glm4" | "glm5" | "chatglm-bpe" => PreOptions {
+                // (chatglm-bpe merges every word.)
+                no_default_bos: true,
+                ..o(Glm4, name != "chatglm-bpe", true, false)
+            },
+            "seed-coder" => o(SeedCoder, false, false, false),
             other => {
                 return Err(Error::Tokenizer(format!(
                     "unsupported pre-tokenizer `{other}` (tokenizer.ggml.pre); supported: \
                      default, gpt2, llama3, llama-bpe, qwen2, stablelm2, dbrx, smaug-bpe, \
                      starcoder, smollm, refact, command-r, codeshell, deepseek-llm, gpt-4o, \
-                     llama4, tekken"
+                     llama4, tekken, glm4, glm5, chatglm-bpe, seed-coder"
                 )))
             }
         })
@@ -176,6 +193,10 @@ impl Splitter {
             Qwen2 => self.stage(|c, out| llama3(c, 1, out)),
             Gpt4o => self.stage(|c, out| by_matches(c, out, |c, p| o200k(c, p, O200K_GPT4O))),
             Tekken => self.stage(|c, out| by_matches(c, out, |c, p| o200k(c, p, O200K_TEKKEN))),
+            Glm4 => self.stage(|c, out| by_matches(c, out, |c, p| collapsed_llama3(c, p, GLM4))),
+            SeedCoder => {
+                self.stage(|c, out| by_matches(c, out, |c, p| collapsed_llama3(c, p, SEED_CODER)))
+            }
             StarCoder => {
                 self.stage(|c, out| by_matches(c, out, |c, p| single(c, p, is_number_collapsed)));
                 self.stage(gpt2);
@@ -438,6 +459,101 @@ fn o200k(c: &Chunk<'_>, from: usize, shape: O200kShape) -> Option<(usize, usize)
                 from
             };
             other(s).then(|| run(run(s, &other), &|i| matches!(c.cp(i), 0x0A | 0x0D | 0x2F)))
+        })
+        .or_else(|| {
+            let w = run(from, &space);
+            let newline = (from..w).rev().find(|&i| matches!(c.cp(i), 0x0A | 0x0D));
+            match newline {
+                Some(j) => Some(j + 1),
+                None if w == c.end && w > from => Some(w),
+                None if w >= from + 2 => Some(w - 1),
+                None => (w > from).then_some(w),
+            }
+        })
+        .unwrap_or(from + 1);
+    Some((from, end))
+}
+
+/// What tells GLM-4's expression from Seed-Coder's.
+#[derive(Clone, Copy)]
+struct Llama3Shape {
+    /// The most digits a number token holds.
+    max_digits: usize,
+    /// Punctuation runs keep the line breaks after them.
+    punct_newlines: bool,
+}
+
+const GLM4: Llama3Shape = Llama3Shape {
+    max_digits: 3,
+    punct_newlines: true,
+};
+const SEED_CODER: Llama3Shape = Llama3Shape {
+    max_digits: 1,
+    punct_newlines: false,
+};
+
+/// LLaMA 3's expression as llama.cpp runs it through std::regex over its
+/// collapsed text, where GLM-4's and Seed-Coder's names send it:
+/// `(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|
+/// [^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|
+/// \s*[\r\n]+|\s+(?!\S)|\s+` (Seed-Coder's: `\p{N}` alone, no line
+/// breaks after punctuation; `shape`). Letters, numbers and spaces are
+/// classed as [`o200k`] classes them. Its match at `from`.
+fn collapsed_llama3(c: &Chunk<'_>, from: usize, shape: Llama3Shape) -> Option<(usize, usize)> {
+    if from >= c.end {
+        return None;
+    }
+    let in_chunk = |i: usize| i >= c.start && i < c.end;
+    let letter = |i: usize| {
+        let x = c.cp(i);
+        if x < 128 {
+            char::from_u32(x).is_some_and(|ch| ch.is_ascii_alphabetic())
+        } else {
+            let f = c.fl(i);
+            !f.is_whitespace() && f.category() == Flags::LETTER
+        }
+    };
+    let number = |i: usize| is_number_collapsed(c, i);
+    let space = |i: usize| in_chunk(i) && is_space_wide(wide(c, i));
+    let lead =
+        |i: usize| in_chunk(i) && !matches!(c.cp(i), 0x0A | 0x0D) && !letter(i) && !number(i);
+    let other = |i: usize| in_chunk(i) && !space(i) && !letter(i) && !number(i);
+    let run = |mut i: usize, class: &dyn Fn(usize) -> bool| {
+        while class(i) {
+            i += 1;
+        }
+        i
+    };
+    let letters = |s: usize| letter(s).then(|| run(s, &letter));
+    let end = contraction(c, from, true)
+        .map(|n| from + n)
+        .or_else(|| {
+            // The leading character first, as the regex's greedy `?`.
+            lead(from)
+                .then(|| letters(from + 1))
+                .flatten()
+                .or_else(|| letters(from))
+        })
+        .or_else(|| {
+            number(from).then(|| {
+                from + (0..shape.max_digits)
+                    .take_while(|&k| number(from + k))
+                    .count()
+            })
+        })
+        .or_else(|| {
+            let s = if c.cp(from) == ' ' as u32 && other(from + 1) {
+                from + 1
+            } else {
+                from
+            };
+            other(s).then(|| {
+                let e = run(s, &other);
+                match shape.punct_newlines {
+                    true => run(e, &|i| in_chunk(i) && matches!(c.cp(i), 0x0A | 0x0D)),
+                    false => e,
+                }
+            })
         })
         .or_else(|| {
             let w = run(from, &space);
@@ -718,6 +834,18 @@ mod tests {
             ["Hello", "World's", " ", "123", "45", " DON'T", " ", " x", "/\n\n", "\ty"]
         );
         assert_eq!(words(PreTokenizer::Gpt4o, "  é!  "), [" ", " é", "!", "  "]);
+    }
+
+    #[test]
+    fn glm4_and_seed_coder_words() {
+        assert_eq!(
+            words(PreTokenizer::Glm4, "I'M 12345 ok?\n\nyes"),
+            ["I", "'M", " ", "123", "45", " ok", "?\n\n", "yes"]
+        );
+        assert_eq!(
+            words(PreTokenizer::SeedCoder, "x 12?\n"),
+            ["x", " ", "1", "2", "?", "\n"]
+        );
     }
 
     #[test]
