@@ -387,9 +387,107 @@ const O200K_TEKKEN: O200kShape = O200kShape {
     max_digits: 1,
 };
 
+/// A chunk as llama.cpp's std::regex expressions see it, over collapsed
+/// text: every non-ASCII letter counts as both an upper and a lower case
+/// letter, combining marks are no letters, non-ASCII spaces are `\s`.
+struct Collapsed<'c, 'a> {
+    c: &'c Chunk<'a>,
+}
+
+impl Collapsed<'_, '_> {
+    fn in_chunk(&self, i: usize) -> bool {
+        i >= self.c.start && i < self.c.end
+    }
+
+    /// `\p{L}`.
+    fn letter(&self, i: usize) -> bool {
+        let x = self.c.cp(i);
+        if x < 128 {
+            char::from_u32(x).is_some_and(|ch| ch.is_ascii_alphabetic())
+        } else {
+            let f = self.c.fl(i);
+            !f.is_whitespace() && f.category() == Flags::LETTER
+        }
+    }
+
+    /// `\p{N}`.
+    fn number(&self, i: usize) -> bool {
+        is_number_collapsed(self.c, i)
+    }
+
+    /// `\s`.
+    fn space(&self, i: usize) -> bool {
+        self.in_chunk(i) && is_space_wide(wide(self.c, i))
+    }
+
+    /// `[^\r\n\p{L}\p{N}]`.
+    fn lead(&self, i: usize) -> bool {
+        self.in_chunk(i)
+            && !matches!(self.c.cp(i), 0x0A | 0x0D)
+            && !self.letter(i)
+            && !self.number(i)
+    }
+
+    /// `[^\s\p{L}\p{N}]`.
+    fn other(&self, i: usize) -> bool {
+        self.in_chunk(i) && !self.space(i) && !self.letter(i) && !self.number(i)
+    }
+
+    fn is_line_break(&self, i: usize) -> bool {
+        self.in_chunk(i) && matches!(self.c.cp(i), 0x0A | 0x0D)
+    }
+
+    /// Where the run of `class` from `i` ends.
+    fn run(&self, mut i: usize, class: impl Fn(usize) -> bool) -> usize {
+        while class(i) {
+            i += 1;
+        }
+        i
+    }
+
+    /// `\p{N}{1,max}` at `from`.
+    fn digits(&self, from: usize, max: usize) -> Option<usize> {
+        self.number(from)
+            .then(|| from + (0..max).take_while(|&k| self.number(from + k)).count())
+    }
+
+    /// ` ?[^\s\p{L}\p{N}]+` at `from` (then line breaks, and with
+    /// `slash` slashes, where `breaks`).
+    fn punctuation(&self, from: usize, breaks: bool, slash: bool) -> Option<usize> {
+        let c = self.c;
+        let s = if c.cp(from) == ' ' as u32 && self.other(from + 1) {
+            from + 1
+        } else {
+            from
+        };
+        self.other(s).then(|| {
+            let e = self.run(s, |i| self.other(i));
+            match breaks {
+                true => self.run(e, |i| {
+                    self.is_line_break(i) || (slash && self.in_chunk(i) && c.cp(i) == 0x2F)
+                }),
+                false => e,
+            }
+        })
+    }
+
+    /// `\s*[\r\n]+|\s+(?!\S)|\s+` at `from`.
+    fn spaces(&self, from: usize) -> Option<usize> {
+        let w = self.run(from, |i| self.space(i));
+        let newline = (from..w)
+            .rev()
+            .find(|&i| matches!(self.c.cp(i), 0x0A | 0x0D));
+        match newline {
+            Some(j) => Some(j + 1),
+            None if w == self.c.end && w > from => Some(w),
+            None if w >= from + 2 => Some(w - 1),
+            None => (w > from).then_some(w),
+        }
+    }
+}
+
 /// GPT-4o's expression as llama.cpp runs it (std::regex over its
-/// collapsed text, in which every non-ASCII letter counts as both an upper
-/// and a lower case letter, and combining marks are no letters):
+/// collapsed text, [`Collapsed`]):
 /// `[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))*((?=[\p{L}])([^A-Z]))+C?|
 /// [^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))+((?=[\p{L}])([^A-Z]))*C?|
 /// \p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+`, `C` a
@@ -400,29 +498,9 @@ fn o200k(c: &Chunk<'_>, from: usize, shape: O200kShape) -> Option<(usize, usize)
     if from >= c.end {
         return None;
     }
-    let in_chunk = |i: usize| i >= c.start && i < c.end;
-    let letter = |i: usize| {
-        let x = c.cp(i);
-        if x < 128 {
-            char::from_u32(x).is_some_and(|ch| ch.is_ascii_alphabetic())
-        } else {
-            let f = c.fl(i);
-            !f.is_whitespace() && f.category() == Flags::LETTER
-        }
-    };
-    let number = |i: usize| is_number_collapsed(c, i);
-    let space = |i: usize| in_chunk(i) && is_space_wide(wide(c, i));
-    let upper = |i: usize| letter(i) && !(0x61..=0x7A).contains(&c.cp(i));
-    let lower = |i: usize| letter(i) && !(0x41..=0x5A).contains(&c.cp(i));
-    let lead =
-        |i: usize| in_chunk(i) && !matches!(c.cp(i), 0x0A | 0x0D) && !letter(i) && !number(i);
-    let other = |i: usize| in_chunk(i) && !space(i) && !letter(i) && !number(i);
-    let run = |mut i: usize, class: &dyn Fn(usize) -> bool| {
-        while class(i) {
-            i += 1;
-        }
-        i
-    };
+    let k = Collapsed { c };
+    let upper = |i: usize| k.letter(i) && !(0x61..=0x7A).contains(&c.cp(i));
+    let lower = |i: usize| k.letter(i) && !(0x41..=0x5A).contains(&c.cp(i));
     let with_contraction = |e: usize| match shape.contractions {
         true => e + contraction(c, e, true).unwrap_or(0),
         false => e,
@@ -430,46 +508,24 @@ fn o200k(c: &Chunk<'_>, from: usize, shape: O200kShape) -> Option<(usize, usize)
     // Upper case letters then at least one lower case one: the most upper
     // case ones after which a lower case one follows.
     let upper_then_lower = |s: usize| {
-        let most = run(s, &upper) - s;
+        let most = k.run(s, upper) - s;
         (0..=most)
             .rev()
-            .find(|&k| lower(s + k))
-            .map(|k| with_contraction(run(s + k, &lower)))
+            .find(|&n| lower(s + n))
+            .map(|n| with_contraction(k.run(s + n, lower)))
     };
-    let upper_first = |s: usize| upper(s).then(|| with_contraction(run(run(s, &upper), &lower)));
+    let upper_first = |s: usize| upper(s).then(|| with_contraction(k.run(k.run(s, upper), lower)));
     // Where the letters may start: after the leading character (tried
     // first, as the regex's greedy `?`), or at `from`.
-    let starts = [lead(from).then_some(from + 1), Some(from)];
+    let starts = [k.lead(from).then_some(from + 1), Some(from)];
     let end = starts
         .into_iter()
         .flatten()
         .find_map(upper_then_lower)
         .or_else(|| starts.into_iter().flatten().find_map(upper_first))
-        .or_else(|| {
-            number(from).then(|| {
-                from + (0..shape.max_digits)
-                    .take_while(|&k| number(from + k))
-                    .count()
-            })
-        })
-        .or_else(|| {
-            let s = if c.cp(from) == ' ' as u32 && other(from + 1) {
-                from + 1
-            } else {
-                from
-            };
-            other(s).then(|| run(run(s, &other), &|i| matches!(c.cp(i), 0x0A | 0x0D | 0x2F)))
-        })
-        .or_else(|| {
-            let w = run(from, &space);
-            let newline = (from..w).rev().find(|&i| matches!(c.cp(i), 0x0A | 0x0D));
-            match newline {
-                Some(j) => Some(j + 1),
-                None if w == c.end && w > from => Some(w),
-                None if w >= from + 2 => Some(w - 1),
-                None => (w > from).then_some(w),
-            }
-        })
+        .or_else(|| k.digits(from, shape.max_digits))
+        .or_else(|| k.punctuation(from, true, true))
+        .or_else(|| k.spaces(from))
         .unwrap_or(from + 1);
     Some((from, end))
 }
@@ -493,78 +549,30 @@ const SEED_CODER: Llama3Shape = Llama3Shape {
 };
 
 /// LLaMA 3's expression as llama.cpp runs it through std::regex over its
-/// collapsed text, where GLM-4's and Seed-Coder's names send it:
+/// collapsed text ([`Collapsed`]), where GLM-4's and Seed-Coder's names
+/// send it:
 /// `(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|
 /// [^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|
 /// \s*[\r\n]+|\s+(?!\S)|\s+` (Seed-Coder's: `\p{N}` alone, no line
-/// breaks after punctuation; `shape`). Letters, numbers and spaces are
-/// classed as [`o200k`] classes them. Its match at `from`.
+/// breaks after punctuation; `shape`). Its match at `from`.
 fn collapsed_llama3(c: &Chunk<'_>, from: usize, shape: Llama3Shape) -> Option<(usize, usize)> {
     if from >= c.end {
         return None;
     }
-    let in_chunk = |i: usize| i >= c.start && i < c.end;
-    let letter = |i: usize| {
-        let x = c.cp(i);
-        if x < 128 {
-            char::from_u32(x).is_some_and(|ch| ch.is_ascii_alphabetic())
-        } else {
-            let f = c.fl(i);
-            !f.is_whitespace() && f.category() == Flags::LETTER
-        }
-    };
-    let number = |i: usize| is_number_collapsed(c, i);
-    let space = |i: usize| in_chunk(i) && is_space_wide(wide(c, i));
-    let lead =
-        |i: usize| in_chunk(i) && !matches!(c.cp(i), 0x0A | 0x0D) && !letter(i) && !number(i);
-    let other = |i: usize| in_chunk(i) && !space(i) && !letter(i) && !number(i);
-    let run = |mut i: usize, class: &dyn Fn(usize) -> bool| {
-        while class(i) {
-            i += 1;
-        }
-        i
-    };
-    let letters = |s: usize| letter(s).then(|| run(s, &letter));
+    let k = Collapsed { c };
+    let letters = |s: usize| k.letter(s).then(|| k.run(s, |i| k.letter(i)));
     let end = contraction(c, from, true)
         .map(|n| from + n)
         .or_else(|| {
             // The leading character first, as the regex's greedy `?`.
-            lead(from)
+            k.lead(from)
                 .then(|| letters(from + 1))
                 .flatten()
                 .or_else(|| letters(from))
         })
-        .or_else(|| {
-            number(from).then(|| {
-                from + (0..shape.max_digits)
-                    .take_while(|&k| number(from + k))
-                    .count()
-            })
-        })
-        .or_else(|| {
-            let s = if c.cp(from) == ' ' as u32 && other(from + 1) {
-                from + 1
-            } else {
-                from
-            };
-            other(s).then(|| {
-                let e = run(s, &other);
-                match shape.punct_newlines {
-                    true => run(e, &|i| in_chunk(i) && matches!(c.cp(i), 0x0A | 0x0D)),
-                    false => e,
-                }
-            })
-        })
-        .or_else(|| {
-            let w = run(from, &space);
-            let newline = (from..w).rev().find(|&i| matches!(c.cp(i), 0x0A | 0x0D));
-            match newline {
-                Some(j) => Some(j + 1),
-                None if w == c.end && w > from => Some(w),
-                None if w >= from + 2 => Some(w - 1),
-                None => (w > from).then_some(w),
-            }
-        })
+        .or_else(|| k.digits(from, shape.max_digits))
+        .or_else(|| k.punctuation(from, shape.punct_newlines, false))
+        .or_else(|| k.spaces(from))
         .unwrap_or(from + 1);
     Some((from, end))
 }

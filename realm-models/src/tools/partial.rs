@@ -132,21 +132,10 @@ impl Tools {
             };
             let name = after[..name_end].trim();
             let args = after[args_at + MISTRAL_ARGS.len()..].trim_start();
-            if !args.is_empty() && !args.starts_with('{') {
-                return;
+            match self.object_args(name, args, args.len(), out) {
+                Some(r) => rest = r,
+                None => return,
             }
-            let (len, complete) = value_extent(args);
-            if self.known(name) {
-                out.push(CallPrefix {
-                    name,
-                    arguments: Cow::Borrowed(&args[..len]),
-                    complete,
-                });
-            }
-            if !complete {
-                return;
-            }
-            rest = &args[len..];
         }
     }
 
@@ -217,30 +206,43 @@ impl Tools {
             let Some(open) = after.find(MESSAGE) else {
                 return;
             };
-            let body = &after[open + MESSAGE.len()..];
-            let args = body.trim_start();
-            if !args.is_empty() && !args.starts_with('{') {
-                return;
-            }
+            let args = after[open + MESSAGE.len()..].trim_start();
             // The message ends at its end marker; the object, before it.
             let end = HARMONY_ENDS
                 .iter()
                 .filter_map(|m| args.find(m))
                 .min()
                 .unwrap_or(args.len());
-            let (len, complete) = value_extent(&args[..end]);
-            if self.known(name) {
-                out.push(CallPrefix {
-                    name,
-                    arguments: Cow::Borrowed(&args[..len]),
-                    complete,
-                });
+            match self.object_args(name, args, end, out) {
+                Some(r) => rest = r,
+                None => return,
             }
-            if !complete {
-                return;
-            }
-            rest = &args[len..];
         }
+    }
+
+    /// A call of `name` whose arguments are the JSON object `args` begins
+    /// with (within its first `limit` bytes), added where the tool is
+    /// given; the text after the object, where it is complete (`None`
+    /// where it is not, or is no object).
+    fn object_args<'t>(
+        &self,
+        name: &'t str,
+        args: &'t str,
+        limit: usize,
+        out: &mut Vec<CallPrefix<'t>>,
+    ) -> Option<&'t str> {
+        if !args.is_empty() && !args.starts_with('{') {
+            return None;
+        }
+        let (len, complete) = value_extent(&args[..limit]);
+        if self.known(name) {
+            out.push(CallPrefix {
+                name,
+                arguments: Cow::Borrowed(&args[..len]),
+                complete,
+            });
+        }
+        complete.then(|| &args[len..])
     }
 }
 
