@@ -130,6 +130,9 @@ CASES = [
     # EXAONE 4: OLMo 2's norms, Q/K norms per head; the 32B's 64 layers,
     # for which alone llama.cpp has a window (on three layers of four,
     # which alone rotate).
+    # OLMoE: llama's norms, Q/K norms over all heads, experts weighted by
+    # the softmax over all of them.
+    case("olmoe", "tiny-olmoe"),
     case("exaone4", "tiny-exaone4"),
     case("exaone4-q8_0", "tiny-exaone4", matrix_type="q8_0"),
     case("exaone4-32b", "tiny-exaone4-32b"),

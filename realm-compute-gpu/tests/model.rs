@@ -68,11 +68,12 @@ fn gpt_oss_is_refused_at_load() {
 }
 
 /// Every architecture's `SyntheticLayout::tiny` the GPU backend runs.
-const ARCHS: [&str; 19] = [
+const ARCHS: [&str; 20] = [
     "llama",
     "mistral",
     "mistral3",
     "olmo2",
+    "olmoe",
     "exaone4",
     "ernie4_5",
     "glm4",

@@ -63,6 +63,9 @@ pub enum Architecture {
     /// multipliers, experts weighted by the softmax of the chosen, and a
     /// shared expert every token runs, ungated, where the file has one.
     GraniteMoe,
+    /// OLMoE: llama's norms, OLMo 2's Q/K norms over all heads, NeoX
+    /// RoPE, experts weighted by the softmax over all (not renormalised).
+    Olmoe,
 }
 
 impl Architecture {
@@ -89,6 +92,7 @@ impl Architecture {
             "seed_oss" => Self::SeedOss,
             "gemma" => Self::Gemma,
             "granitemoe" => Self::GraniteMoe,
+            "olmoe" => Self::Olmoe,
             other => return Err(Error::UnknownArchitecture(other.to_string())),
         })
     }
@@ -116,6 +120,7 @@ impl Architecture {
             Self::SeedOss => "seed_oss",
             Self::Gemma => "gemma",
             Self::GraniteMoe => "granitemoe",
+            Self::Olmoe => "olmoe",
         }
     }
 }
@@ -471,7 +476,8 @@ impl ModelConfig {
                 | Architecture::Olmo2
                 | Architecture::Exaone4
                 | Architecture::SeedOss
-                | Architecture::Gemma => RopeMode::Neox,
+                | Architecture::Gemma
+                | Architecture::Olmoe => RopeMode::Neox,
             },
             sliding_window,
             // Every sixth layer (Gemma 3), second (Gemma 2, gpt-oss) or
@@ -496,7 +502,7 @@ impl ModelConfig {
             local_rope_plain: olmo2,
             nope_global: exaone_window,
             pre_norms: !(olmo2 || exaone4),
-            qk_norm_whole: olmo2,
+            qk_norm_whole: olmo2 || arch == Architecture::Olmoe,
             // Gemma 2 and 3 27B scale by their width per head, not their
             // head size (as llama.cpp tells them: by their 46 and 62
             // layers).
@@ -661,14 +667,19 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
     };
     let experts = get("expert_count")?.unwrap_or(0) as usize;
     match (arch, experts) {
-        (Architecture::Qwen2Moe | Architecture::Qwen3Moe | Architecture::GptOss, 0) => {
-            return Err(Error::BadConfig(format!("{p} needs an expert_count")))
-        }
+        (
+            Architecture::Qwen2Moe
+            | Architecture::Qwen3Moe
+            | Architecture::GptOss
+            | Architecture::Olmoe,
+            0,
+        ) => return Err(Error::BadConfig(format!("{p} needs an expert_count"))),
         (_, 0) => return Ok(None),
         (
             Architecture::Llama
             | Architecture::Mistral3
             | Architecture::GraniteMoe
+            | Architecture::Olmoe
             | Architecture::Qwen2Moe
             | Architecture::Qwen3Moe
             | Architecture::GptOss,
@@ -715,7 +726,10 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
         ffn_dim,
         // Qwen 2 MoE's router weights are the softmax's own (gpt-oss's a
         // softmax of the chosen).
-        norm_weights: !matches!(arch, Architecture::Qwen2Moe | Architecture::GptOss),
+        norm_weights: !matches!(
+            arch,
+            Architecture::Qwen2Moe | Architecture::GptOss | Architecture::Olmoe
+        ),
         weights_scale: if weights_scale == 0.0 {
             1.0
         } else {

@@ -221,6 +221,7 @@ impl<'a, B: Backend> Model<'a, B> {
                 | Architecture::Qwen3
                 | Architecture::Qwen3Moe
                 | Architecture::Olmo2
+                | Architecture::Olmoe
                 | Architecture::Exaone4
         );
         // OLMo 2's and EXAONE 4's norms: after each part of a block

@@ -146,7 +146,7 @@ impl SyntheticLayout {
     /// A two-layer model of `arch` (llama, mistral, mistral3, qwen2,
     /// qwen2moe, qwen3, qwen3moe, phi3, smollm3, granite, gemma2, gemma3,
     /// gpt-oss, olmo2, exaone4, ernie4_5, glm4, seed_oss, gemma,
-    /// granitemoe) small
+    /// granitemoe, olmoe) small
     /// enough for unit tests: 64 wide, Q8_0 matrices, 300 tokens;
     /// `qwen2moe`'s, `qwen3moe`'s and `gpt-oss`'s blocks are 4 experts 32
     /// wide, 2 a token (and, for `qwen2moe`, a shared expert 64 wide);
@@ -200,6 +200,7 @@ impl SyntheticLayout {
                 "mistral" => "mistral",
                 "mistral3" => "mistral3",
                 "olmo2" => "olmo2",
+                "olmoe" => "olmoe",
                 "exaone4" => "exaone4",
                 "ernie4_5" => "ernie4_5",
                 "glm4" => "glm4",
@@ -219,7 +220,12 @@ impl SyntheticLayout {
             d: 64,
             ff: 128,
             heads: 4,
-            kv_heads: if gemma { 1 } else { 2 },
+            // (OLMoE's heads share no keys.)
+            kv_heads: match arch {
+                _ if gemma => 1,
+                "olmoe" => 4,
+                _ => 2,
+            },
             head_dim: if wide_heads { 32 } else { 16 },
             vocab: 300,
         };
@@ -283,12 +289,16 @@ impl SyntheticLayout {
         }
         hp.sort_by(|a, b| a.0.cmp(&b.0));
         let mut l = Self::build(&s, hp, |_, _| GgmlType::Q8_0);
-        if arch == "olmo2" {
+        if arch == "olmo2" || arch == "olmoe" {
             let mut output = l.tensors[0].clone();
             output.name = "output.weight".into();
             l.tensors.push(output);
         }
-        Ok(l)
+        match arch {
+            // OLMoE's experts are as wide as the dense blocks would be.
+            "olmoe" => l.with_experts(4, 2),
+            _ => Ok(l),
+        }
     }
 
     /// The layout with query, key and value biases on every block: one
@@ -822,8 +832,8 @@ impl SyntheticLayout {
                 blk("attn_q_norm.weight", vec![s.head_dim]);
                 blk("attn_k_norm.weight", vec![s.head_dim]);
             }
-            // OLMo 2's Q/K norms span all heads.
-            if olmo2 {
+            // OLMo 2's and OLMoE's Q/K norms span all heads.
+            if olmo2 || s.arch == "olmoe" {
                 blk("attn_q_norm.weight", vec![q]);
                 blk("attn_k_norm.weight", vec![kv]);
             }
