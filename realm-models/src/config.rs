@@ -767,18 +767,19 @@ fn sections_unused(a: &MetadataArray) -> bool {
 }
 
 /// Which of `n_layers` layers use the sliding window, from `key`: a list of
-/// flags, one a layer, or every `n`th layer global (`every` when the file
-/// says neither; 0: none), as llama.cpp reads the pattern.
+/// flags, one a block (prediction blocks' last, unused), or every `n`th
+/// layer global (`every` when the file says neither; 0: none), as
+/// llama.cpp reads the pattern.
 fn swa_pattern(md: &Metadata, key: &str, n_layers: usize, every: u32) -> Result<Vec<bool>> {
     let every = match md.get(key) {
         Some(MetadataValue::Array(MetadataArray::Bool(flags))) => {
-            if flags.len() != n_layers {
+            if flags.len() < n_layers {
                 return Err(Error::BadConfig(format!(
                     "{key} has {} flags for {n_layers} layers",
                     flags.len()
                 )));
             }
-            return Ok(flags.clone());
+            return Ok(flags[..n_layers].to_vec());
         }
         Some(_) => md.get_u32(key)?,
         None => every,
