@@ -154,6 +154,22 @@ CASES = [
     # blocks, an ungated shared expert where the file has one.
     case("granitemoe", "tiny-granitemoe"),
     case("granitemoe-shared", "tiny-granitemoe-shared"),
+    # GLM-4.5: a dense first block, then experts chosen by sigmoid scores
+    # plus a selection bias, weights renormalised and scaled, an ungated
+    # shared expert; q/k/v biases, per-head Q/K norms (none in Air's),
+    # half of each head rotated (NeoX).
+    case("glm4moe", "tiny-glm4moe"),
+    case("glm4moe-q8_0", "tiny-glm4moe", matrix_type="q8_0"),
+    case("glm4moe-air", "tiny-glm4moe-air"),
+    # ERNIE 4.5 MoE: llama's blocks, a dense first block, experts chosen
+    # by softmax probabilities plus a selection bias, a shared expert.
+    case("ernie4_5-moe", "tiny-ernie4_5-moe"),
+    case("ernie4_5-moe-q8_0", "tiny-ernie4_5-moe", matrix_type="q8_0"),
+    # MiniMax-M2: Q/K norms over all heads, half of each head rotated
+    # (NeoX), experts in every block chosen by sigmoid scores plus a
+    # selection bias, renormalised.
+    case("minimax-m2", "tiny-minimax-m2"),
+    case("minimax-m2-q8_0", "tiny-minimax-m2", matrix_type="q8_0"),
     case("qwen2moe", "tiny-qwen2moe"),
     case("qwen2moe-q8_0", "tiny-qwen2moe", matrix_type="q8_0"),
     case("qwen3moe", "tiny-qwen3moe"),

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Golden token ids of llama.cpp's GPT-4o pre-tokenizer (`tokenizer.ggml.pre`
-gpt-4o: gpt-oss, Llama 4) and of tekken's (Mistral Nemo, Mistral Small 3,
+gpt-4o: gpt-oss, Llama 4; minimax-m2, which llama.cpp splits alike) and of tekken's (Mistral Nemo, Mistral Small 3,
 Devstral, Ministral 3: GPT-4o's expression without contractions, digits
 alone), and of the LLaMA 3 expression as llama.cpp runs it for GLM-4's
 `glm4` and Seed-Coder's `seed-coder` (std::regex over its collapsed text),
@@ -27,7 +27,7 @@ corners (case changes, contractions, digit groups, marks, non-ASCII
 letters and spaces, line breaks); the test rebuilds the vocabulary from the
 fixture and must give the same ids.
 
-Usage: python3 scripts/gen_gpt4o_fixtures.py [--pre gpt-4o|tekken|glm4|seed-coder]
+Usage: python3 scripts/gen_gpt4o_fixtures.py [--pre gpt-4o|tekken|glm4|seed-coder|minimax-m2]
 """
 import argparse
 import json
@@ -105,7 +105,7 @@ TEKKEN_CORNERS = [
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--pre", choices=["gpt-4o", "tekken", "glm4", "seed-coder"], default="gpt-4o")
+    ap.add_argument("--pre", choices=["gpt-4o", "tekken", "glm4", "seed-coder", "minimax-m2"], default="gpt-4o")
     args = ap.parse_args()
     tekken = args.pre == "tekken"
     vendor = os.path.dirname(os.path.dirname(llama_env.tools()))

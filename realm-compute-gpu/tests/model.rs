@@ -68,7 +68,7 @@ fn gpt_oss_is_refused_at_load() {
 }
 
 /// Every architecture's `SyntheticLayout::tiny` the GPU backend runs.
-const ARCHS: [&str; 20] = [
+const ARCHS: [&str; 23] = [
     "llama",
     "mistral",
     "mistral3",
@@ -89,6 +89,9 @@ const ARCHS: [&str; 20] = [
     "gemma",
     "gemma2",
     "gemma3",
+    "glm4moe",
+    "ernie4_5-moe",
+    "minimax-m2",
 ];
 
 /// Prefill of `prompt` in chunks of `batch`, then greedy decoding fed with

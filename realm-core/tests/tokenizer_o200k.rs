@@ -132,6 +132,12 @@ fn gpt4o_splits_as_llama_cpp() {
     splits_as_llama_cpp("gpt-4o");
 }
 
+/// MiniMax-M2's name, which llama.cpp splits with GPT-4o's expression.
+#[test]
+fn minimax_m2_splits_as_llama_cpp() {
+    splits_as_llama_cpp("minimax-m2");
+}
+
 #[test]
 fn tekken_splits_as_llama_cpp() {
     splits_as_llama_cpp("tekken");

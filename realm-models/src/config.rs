@@ -66,6 +66,19 @@ pub enum Architecture {
     /// OLMoE: llama's norms, OLMo 2's Q/K norms over all heads, NeoX
     /// RoPE, experts weighted by the softmax over all (not renormalised).
     Olmoe,
+    /// GLM-4.5 and 4.6 (and Air): q/k/v biases, optional per-head Q/K
+    /// norms, part of each head rotated (NeoX), dense leading blocks, then
+    /// experts chosen by their sigmoid scores plus a selection bias, and a
+    /// shared expert.
+    Glm4Moe,
+    /// ERNIE 4.5's mixtures of experts (21B-A3B, 300B-A47B): llama's
+    /// blocks, a dense first block, experts chosen by their softmax
+    /// probabilities plus a selection bias, and a shared expert.
+    Ernie45Moe,
+    /// MiniMax-M2: Q/K norms over all heads, part of each head rotated
+    /// (NeoX), experts in every block chosen by their sigmoid scores plus a
+    /// selection bias.
+    MinimaxM2,
 }
 
 impl Architecture {
@@ -93,6 +106,9 @@ impl Architecture {
             "gemma" => Self::Gemma,
             "granitemoe" => Self::GraniteMoe,
             "olmoe" => Self::Olmoe,
+            "glm4moe" => Self::Glm4Moe,
+            "ernie4_5-moe" => Self::Ernie45Moe,
+            "minimax-m2" => Self::MinimaxM2,
             other => return Err(Error::UnknownArchitecture(other.to_string())),
         })
     }
@@ -121,6 +137,9 @@ impl Architecture {
             Self::Gemma => "gemma",
             Self::GraniteMoe => "granitemoe",
             Self::Olmoe => "olmoe",
+            Self::Glm4Moe => "glm4moe",
+            Self::Ernie45Moe => "ernie4_5-moe",
+            Self::MinimaxM2 => "minimax-m2",
         }
     }
 }
@@ -156,6 +175,43 @@ pub struct MoeConfig {
     /// Whether the router and the experts' three products add biases
     /// (`ffn_gate_inp.bias`, `ffn_{gate,up,down}_exps.bias`; gpt-oss).
     pub biases: bool,
+    /// Whether the blocks add a bias to the experts' probabilities to
+    /// choose them (`exp_probs_b.bias`), their weights left unbiased.
+    pub selection_bias: SelectionBias,
+    /// The first blocks, which are dense (`leading_dense_block_count`;
+    /// GLM-4.5's and ERNIE 4.5's first).
+    pub dense_lead: usize,
+}
+
+impl MoeConfig {
+    /// Whether block `layer` holds experts (else a dense feed-forward
+    /// block as wide as [`ModelConfig::ffn_dim`]).
+    ///
+    /// ```
+    /// # use realm_models::{ExpertActivation, Gating, MoeConfig, SelectionBias};
+    /// let m = MoeConfig {
+    ///     experts: 8, used: 2, ffn_dim: 64, norm_weights: true, weights_scale: 1.0,
+    ///     shared_ffn_dim: None, shared_gated: false, gating: Gating::Sigmoid,
+    ///     activation: ExpertActivation::Swiglu, biases: false,
+    ///     selection_bias: SelectionBias::Required, dense_lead: 1,
+    /// };
+    /// assert!(!m.is_moe_layer(0) && m.is_moe_layer(1));
+    /// ```
+    pub fn is_moe_layer(&self, layer: usize) -> bool {
+        layer >= self.dense_lead
+    }
+}
+
+/// Whether a mixture's blocks hold a bias on the experts' probabilities
+/// for choosing them (DeepSeek V3's, GLM-4.5's, ERNIE 4.5's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SelectionBias {
+    /// None is read.
+    None,
+    /// Read where a block has one.
+    WherePresent,
+    /// Every block of experts must have one.
+    Required,
 }
 
 /// How a mixture of experts weighs the experts a token chose.
@@ -168,6 +224,8 @@ pub enum Gating {
     /// The best scores are chosen first, then weighted by a softmax over
     /// them alone (llama.cpp's `softmax_weight`; gpt-oss).
     SoftmaxChosen,
+    /// Each expert's own sigmoid of its score (GLM-4.5's).
+    Sigmoid,
 }
 
 /// The gated activation of an expert's hidden values.
@@ -327,15 +385,15 @@ impl ModelConfig {
                 None => None,
             })
         };
-        // GLM-4's vision models rotate by sections (M-RoPE).
-        if arch == Architecture::Glm4
+        // GLM-4's and GLM-4.5's vision models rotate by sections (M-RoPE).
+        if matches!(arch, Architecture::Glm4 | Architecture::Glm4Moe)
             && md
                 .get(&key("rope.dimension_sections"))
                 .is_some_and(|v| !matches!(v, MetadataValue::Array(a) if sections_unused(a)))
         {
-            return Err(Error::BadConfig(
-                "glm4 with M-RoPE sections (a vision model) is not supported".into(),
-            ));
+            return Err(Error::BadConfig(format!(
+                "{p} with M-RoPE sections (a vision model) is not supported"
+            )));
         }
         // Blocks that predict further tokens (MTP) are not run.
         let n_layers = match opt_u("nextn_predict_layers")? {
@@ -461,6 +519,7 @@ impl ModelConfig {
                 | Architecture::Mistral
                 | Architecture::Mistral3
                 | Architecture::Ernie45
+                | Architecture::Ernie45Moe
                 | Architecture::Glm4
                 | Architecture::SmolLM3
                 | Architecture::Granite
@@ -477,7 +536,9 @@ impl ModelConfig {
                 | Architecture::Exaone4
                 | Architecture::SeedOss
                 | Architecture::Gemma
-                | Architecture::Olmoe => RopeMode::Neox,
+                | Architecture::Olmoe
+                | Architecture::Glm4Moe
+                | Architecture::MinimaxM2 => RopeMode::Neox,
             },
             sliding_window,
             // Every sixth layer (Gemma 3), second (Gemma 2, gpt-oss) or
@@ -502,7 +563,7 @@ impl ModelConfig {
             local_rope_plain: olmo2,
             nope_global: exaone_window,
             pre_norms: !(olmo2 || exaone4),
-            qk_norm_whole: olmo2 || arch == Architecture::Olmoe,
+            qk_norm_whole: olmo2 || matches!(arch, Architecture::Olmoe | Architecture::MinimaxM2),
             // Gemma 2 and 3 27B scale by their width per head, not their
             // head size (as llama.cpp tells them: by their 46 and 62
             // layers).
@@ -666,12 +727,18 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
         })
     };
     let experts = get("expert_count")?.unwrap_or(0) as usize;
+    let glm = arch == Architecture::Glm4Moe;
+    let ernie = arch == Architecture::Ernie45Moe;
+    let minimax = arch == Architecture::MinimaxM2;
     match (arch, experts) {
         (
             Architecture::Qwen2Moe
             | Architecture::Qwen3Moe
             | Architecture::GptOss
-            | Architecture::Olmoe,
+            | Architecture::Olmoe
+            | Architecture::Glm4Moe
+            | Architecture::Ernie45Moe
+            | Architecture::MinimaxM2,
             0,
         ) => return Err(Error::BadConfig(format!("{p} needs an expert_count"))),
         (_, 0) => return Ok(None),
@@ -682,7 +749,10 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
             | Architecture::Olmoe
             | Architecture::Qwen2Moe
             | Architecture::Qwen3Moe
-            | Architecture::GptOss,
+            | Architecture::GptOss
+            | Architecture::Glm4Moe
+            | Architecture::Ernie45Moe
+            | Architecture::MinimaxM2,
             _,
         ) => {}
         (other, _) => {
@@ -698,11 +768,29 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
             "{used} of {experts} experts a token"
         )));
     }
+    // ERNIE 4.5's blocks of experts would interleave with dense ones, as
+    // no file has them (llama.cpp loads experts in every block).
+    if ernie {
+        let step = md.get_u32(&format!("{p}.interleave_moe_layer_step"))?;
+        if step != 1 {
+            return Err(Error::BadConfig(format!(
+                "{p}.interleave_moe_layer_step {step} is not supported"
+            )));
+        }
+    }
     let qwen = matches!(arch, Architecture::Qwen2Moe | Architecture::Qwen3Moe);
     let gpt_oss = arch == Architecture::GptOss;
     let ffn_dim = match get("expert_feed_forward_length")? {
-        Some(f) if f > 0 && (qwen || gpt_oss) => f as usize,
-        _ if qwen => ffn / used,
+        _ if ernie => md.get_u32(&format!("{p}.expert_feed_forward_length"))? as usize,
+        // MiniMax-M2's experts are `feed_forward_length` wide; llama.cpp
+        // needs the key and leaves it unused.
+        None if minimax => {
+            return Err(Error::BadConfig(format!(
+                "{p} needs an expert_feed_forward_length"
+            )))
+        }
+        Some(f) if f > 0 && (qwen || gpt_oss || glm) => f as usize,
+        _ if qwen || glm => ffn / used,
         _ => ffn,
     };
     let shared_ffn_dim = match arch {
@@ -710,26 +798,64 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
             Some(f) if f > 0 => Some(f as usize),
             _ => Some(ffn),
         },
-        Architecture::GraniteMoe => get("expert_shared_feed_forward_length")?
-            .filter(|&f| f > 0)
-            .map(|f| f as usize),
+        Architecture::GraniteMoe | Architecture::Ernie45Moe => {
+            get("expert_shared_feed_forward_length")?
+                .filter(|&f| f > 0)
+                .map(|f| f as usize)
+        }
+        // GLM-4.5's shared experts are one of their experts' width each.
+        Architecture::Glm4Moe => match md.get_u32(&format!("{p}.expert_shared_count"))? as usize {
+            0 => None,
+            n => Some(n * ffn_dim),
+        },
         _ => None,
     };
+    // (llama.cpp reads no scale for ERNIE 4.5 and MiniMax-M2.)
     let scale_key = format!("{p}.expert_weights_scale");
     let weights_scale = match md.get(&scale_key) {
-        Some(_) => md.get_f32(&scale_key)?,
-        None => 0.0,
+        Some(_) if !ernie && !minimax => md.get_f32(&scale_key)?,
+        _ => 0.0,
+    };
+    let norm_key = format!("{p}.expert_weights_norm");
+    let norm_weights = match arch {
+        // Qwen 2 MoE's router weights are the softmax's own (gpt-oss's a
+        // softmax of the chosen).
+        Architecture::Qwen2Moe | Architecture::GptOss | Architecture::Olmoe => false,
+        Architecture::Glm4Moe => md.get(&norm_key).is_some() && md.get_bool(&norm_key)?,
+        _ => true,
+    };
+    let gating = match arch {
+        Architecture::GptOss => Gating::SoftmaxChosen,
+        // llama.cpp's `expert_gating_func` (GLM-4.5's sigmoid unless set;
+        // MiniMax-M2's must be set).
+        Architecture::Glm4Moe | Architecture::MinimaxM2 => {
+            match get("expert_gating_func")?.unwrap_or(0) {
+                0 if minimax => {
+                    return Err(Error::BadConfig(format!("{p} needs an expert_gating_func")))
+                }
+                0 | 2 => Gating::Sigmoid,
+                1 => Gating::Softmax,
+                3 => Gating::SoftmaxChosen,
+                other => {
+                    return Err(Error::BadConfig(format!(
+                        "{p}.expert_gating_func {other} is not supported"
+                    )))
+                }
+            }
+        }
+        _ => Gating::Softmax,
+    };
+    let dense_lead = match arch {
+        Architecture::Glm4Moe | Architecture::Ernie45Moe => {
+            get("leading_dense_block_count")?.unwrap_or(0) as usize
+        }
+        _ => 0,
     };
     Ok(Some(MoeConfig {
         experts,
         used,
         ffn_dim,
-        // Qwen 2 MoE's router weights are the softmax's own (gpt-oss's a
-        // softmax of the chosen).
-        norm_weights: !matches!(
-            arch,
-            Architecture::Qwen2Moe | Architecture::GptOss | Architecture::Olmoe
-        ),
+        norm_weights,
         weights_scale: if weights_scale == 0.0 {
             1.0
         } else {
@@ -737,11 +863,7 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
         },
         shared_ffn_dim,
         shared_gated: arch == Architecture::Qwen2Moe,
-        gating: if gpt_oss {
-            Gating::SoftmaxChosen
-        } else {
-            Gating::Softmax
-        },
+        gating,
         // llama.cpp's constants for gpt-oss.
         activation: if gpt_oss {
             ExpertActivation::SwigluOai {
@@ -752,6 +874,12 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
             ExpertActivation::Swiglu
         },
         biases: gpt_oss,
+        selection_bias: match arch {
+            Architecture::Glm4Moe | Architecture::MinimaxM2 => SelectionBias::Required,
+            Architecture::Ernie45Moe => SelectionBias::WherePresent,
+            _ => SelectionBias::None,
+        },
+        dense_lead,
     }))
 }
 

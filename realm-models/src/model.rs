@@ -223,7 +223,10 @@ impl<'a, B: Backend> Model<'a, B> {
                 | Architecture::Olmo2
                 | Architecture::Olmoe
                 | Architecture::Exaone4
+                | Architecture::MinimaxM2
         );
+        // GLM-4.5's 355B has Q/K norms, its Air none.
+        let qk_norms_if_any = c.arch == Architecture::Glm4Moe;
         // OLMo 2's and EXAONE 4's norms: after each part of a block
         // (OLMo 2's Q/K norms over all heads).
         let post_norms = gemma
@@ -302,10 +305,12 @@ impl<'a, B: Backend> Model<'a, B> {
                 bq,
                 bk,
                 bv,
-                // gpt-oss's output bias; Ministral 3's where the file has
-                // one.
+                // gpt-oss's output bias; Ministral 3's and ERNIE 4.5's
+                // where the file has one.
                 bo: match c.arch {
-                    Architecture::Mistral3 => optional_norm(&n("attn_output.bias"), d)?,
+                    Architecture::Mistral3 | Architecture::Ernie45 | Architecture::Ernie45Moe => {
+                        optional_norm(&n("attn_output.bias"), d)?
+                    }
                     _ => must("attn_output.bias", d, gpt_oss)?,
                 },
                 sinks: match gpt_oss {
@@ -322,25 +327,33 @@ impl<'a, B: Backend> Model<'a, B> {
                     }
                     false => None,
                 },
-                q_norm: must("attn_q_norm.weight", q_norm_len, qk_norms)?,
-                k_norm: must("attn_k_norm.weight", k_norm_len, qk_norms)?,
+                q_norm: match qk_norms_if_any {
+                    true => optional_norm(&n("attn_q_norm.weight"), q_norm_len)?,
+                    false => must("attn_q_norm.weight", q_norm_len, qk_norms)?,
+                },
+                k_norm: match qk_norms_if_any {
+                    true => optional_norm(&n("attn_k_norm.weight"), k_norm_len)?,
+                    false => must("attn_k_norm.weight", k_norm_len, qk_norms)?,
+                },
                 post_attn_norm: must("post_attention_norm.weight", d, post_norms)?,
-                // gpt-oss and Seed-OSS name their feed-forward norm as
-                // Gemma names the attention's post-norm.
-                ffn_norm: match gpt_oss || c.arch == Architecture::SeedOss {
+                // gpt-oss, Seed-OSS and GLM-4.5 name their feed-forward
+                // norm as Gemma names the attention's post-norm.
+                ffn_norm: match gpt_oss
+                    || matches!(c.arch, Architecture::SeedOss | Architecture::Glm4Moe)
+                {
                     true => Some(norm(&n("post_attention_norm.weight"), d)?),
                     false => must("ffn_norm.weight", d, c.pre_norms)?,
                 },
                 ffn: match &c.moe {
-                    Some(m) => Ffn::Moe(Moe::load(file, backend, i, m, d)?),
+                    Some(m) if m.is_moe_layer(i) => Ffn::Moe(Moe::load(file, backend, i, m, d)?),
                     // Gate and up in one matrix (Phi 3's `ffn_up`), gate first.
-                    None if fused.gate_up => Ffn::Dense(
+                    _ if fused.gate_up => Ffn::Dense(
                         Group {
                             runs: vec![(weight(&n("ffn_up.weight"), 2 * ff, d)?, 2)],
                         },
                         weight(&n("ffn_down.weight"), d, ff)?,
                     ),
-                    None => Ffn::Dense(
+                    _ => Ffn::Dense(
                         group(&[n("ffn_gate.weight"), n("ffn_up.weight")], &[ff, ff], d)?,
                         weight(&n("ffn_down.weight"), d, ff)?,
                     ),

@@ -146,7 +146,7 @@ impl SyntheticLayout {
     /// A two-layer model of `arch` (llama, mistral, mistral3, qwen2,
     /// qwen2moe, qwen3, qwen3moe, phi3, smollm3, granite, gemma2, gemma3,
     /// gpt-oss, olmo2, exaone4, ernie4_5, glm4, seed_oss, gemma,
-    /// granitemoe, olmoe) small
+    /// granitemoe, olmoe, glm4moe, ernie4_5-moe, minimax-m2) small
     /// enough for unit tests: 64 wide, Q8_0 matrices, 300 tokens;
     /// `qwen2moe`'s, `qwen3moe`'s and `gpt-oss`'s blocks are 4 experts 32
     /// wide, 2 a token (and, for `qwen2moe`, a shared expert 64 wide);
@@ -156,7 +156,13 @@ impl SyntheticLayout {
     /// `mistral3` has Ministral 3's YaRN (factor 4 over 16 tokens, log
     /// multiplier 1) and attention temperature (0.1), which 16 tokens in
     /// start to scale the queries; `olmo2` has its own output matrix,
-    /// as OLMo 2's files do.
+    /// as OLMo 2's files do; `glm4moe` and `ernie4_5-moe` have a dense
+    /// first block, then 4 experts 32 wide (2 a token) chosen with a
+    /// selection bias, and an ungated shared expert (32 and 64 wide),
+    /// GLM-4.5 with its per-head Q/K norms, sigmoid routing and weights
+    /// renormalised and scaled by 2.5; `minimax-m2` has experts 128 wide
+    /// in both blocks, chosen alike, Q/K norms over all heads and half of
+    /// each head rotated.
     pub fn tiny(arch: &str) -> Result<Self> {
         if arch == "gpt-oss" {
             return Self::tiny_gpt_oss();
@@ -201,6 +207,9 @@ impl SyntheticLayout {
                 "mistral3" => "mistral3",
                 "olmo2" => "olmo2",
                 "olmoe" => "olmoe",
+                "glm4moe" => "glm4moe",
+                "ernie4_5-moe" => "ernie4_5-moe",
+                "minimax-m2" => "minimax-m2",
                 "exaone4" => "exaone4",
                 "ernie4_5" => "ernie4_5",
                 "glm4" => "glm4",
@@ -255,9 +264,35 @@ impl SyntheticLayout {
         if gemma {
             hp.push((k("attention.sliding_window"), MetadataValue::U32(4)));
         }
-        if arch == "glm4" {
-            // Half of each head rotated, as GLM-4's.
+        if arch == "glm4" || arch == "glm4moe" || arch == "minimax-m2" {
+            // Half of each head rotated, as GLM-4's, GLM-4.5's and
+            // MiniMax-M2's.
             hp.push((k("rope.dimension_count"), MetadataValue::U32(8)));
+        }
+        if arch == "glm4moe" || arch == "ernie4_5-moe" {
+            // A dense first block, experts 32 wide after it.
+            hp.push((k("leading_dense_block_count"), MetadataValue::U32(1)));
+            hp.push((k("expert_feed_forward_length"), MetadataValue::U32(32)));
+        }
+        if arch == "glm4moe" || arch == "minimax-m2" {
+            // Sigmoid routing.
+            hp.push((k("expert_gating_func"), MetadataValue::U32(2)));
+        }
+        if arch == "glm4moe" {
+            // GLM-4.5's weights renormalised and scaled by 2.5.
+            hp.push((k("expert_shared_count"), MetadataValue::U32(1)));
+            hp.push((k("expert_weights_norm"), MetadataValue::Bool(true)));
+            hp.push((k("expert_weights_scale"), MetadataValue::F32(2.5)));
+        }
+        if arch == "ernie4_5-moe" {
+            hp.push((k("interleave_moe_layer_step"), MetadataValue::U32(1)));
+        }
+        if arch == "minimax-m2" {
+            // (Which llama.cpp needs and does not use.)
+            hp.push((
+                k("expert_feed_forward_length"),
+                MetadataValue::U32(s.ff as u32),
+            ));
         }
         if arch == "mistral3" {
             // Ministral 3's, over a shorter original context.
@@ -289,7 +324,7 @@ impl SyntheticLayout {
         }
         hp.sort_by(|a, b| a.0.cmp(&b.0));
         let mut l = Self::build(&s, hp, |_, _| GgmlType::Q8_0);
-        if arch == "olmo2" || arch == "olmoe" {
+        if ["olmo2", "olmoe", "minimax-m2"].contains(&arch) {
             let mut output = l.tensors[0].clone();
             output.name = "output.weight".into();
             l.tensors.push(output);
@@ -297,8 +332,63 @@ impl SyntheticLayout {
         match arch {
             // OLMoE's experts are as wide as the dense blocks would be.
             "olmoe" => l.with_experts(4, 2),
+            // A shared expert as wide as one (GLM-4.5's count of 1), or 64
+            // (ERNIE 4.5's width).
+            "glm4moe" => l.with_selected_experts(Some(32)),
+            "ernie4_5-moe" => l.with_selected_experts(Some(64)),
+            // MiniMax-M2's experts are as wide as `feed_forward_length`.
+            "minimax-m2" => l.with_selected_experts(None),
             _ => Ok(l),
         }
+    }
+
+    /// The layout with 4 experts (2 a token) in every block, or every
+    /// block but the first where the layout has `leading_dense_block_count`,
+    /// each with a selection bias (`exp_probs_b.bias`) and, if `shared`,
+    /// an ungated shared expert that wide: GLM-4.5's, ERNIE 4.5's and
+    /// MiniMax-M2's blocks.
+    fn with_selected_experts(self, shared: Option<u64>) -> Result<Self> {
+        let arch = self.arch.clone();
+        let dense_first = self.hparam_u64("leading_dense_block_count") == Some(1);
+        let dense: Vec<SyntheticTensor> = self
+            .tensors
+            .iter()
+            .filter(|t| dense_first && t.name.starts_with("blk.0.ffn_"))
+            .cloned()
+            .collect();
+        let mut l = self.with_experts(4, 2)?;
+        if let Some(ff) = shared {
+            l = l.with_shared_expert(ff)?;
+        }
+        // (GLM-4.5 gives a count of shared experts instead.)
+        if arch == "glm4moe" {
+            l.hparams
+                .retain(|(k, _)| !k.ends_with(".expert_shared_feed_forward_length"));
+        }
+        let mut tensors = Vec::with_capacity(l.tensors.len());
+        for t in l.tensors {
+            let name = t.name.clone();
+            if dense_first && name.starts_with("blk.0.ffn_") {
+                // The first block keeps its dense matrices.
+                if name.ends_with("ffn_down_exps.weight") {
+                    tensors.extend(dense.iter().cloned());
+                }
+                continue;
+            }
+            if name.ends_with("ffn_gate_inp_shexp.weight") {
+                continue;
+            }
+            tensors.push(t);
+            if let Some(blk) = name.strip_suffix(".ffn_gate_inp.weight") {
+                tensors.push(SyntheticTensor {
+                    name: format!("{blk}.exp_probs_b.bias"),
+                    shape: vec![4],
+                    dtype: GgmlType::F32,
+                });
+            }
+        }
+        l.tensors = tensors;
+        Ok(l)
     }
 
     /// The layout with query, key and value biases on every block: one
@@ -717,8 +807,9 @@ impl SyntheticLayout {
     /// `tiny-llama-bias` and `tiny-phi3-bias` (with query, key and value
     /// biases, Phi 3's in one for its fused matrix),
     /// `tiny-granitemoe-shared` (with an ungated shared expert 64 wide),
-    /// `tiny-olmo3` (the tiny OLMo 2 with OLMo 3's window) or
-    /// `tiny-exaone4-32b` (the tiny EXAONE 4 with the 32B's 64 layers).
+    /// `tiny-olmo3` (the tiny OLMo 2 with OLMo 3's window),
+    /// `tiny-exaone4-32b` (the tiny EXAONE 4 with the 32B's 64 layers) or
+    /// `tiny-glm4moe-air` (the tiny GLM-4.5 without Q/K norms, as Air's).
     pub fn by_name(name: &str) -> Option<Self> {
         match name {
             "smollm2" => Some(Self::smollm2_135m()),
@@ -738,6 +829,13 @@ impl SyntheticLayout {
                 Some(l)
             }
             "tiny-exaone4-32b" => Self::tiny_exaone4_32b().ok(),
+            "tiny-glm4moe-air" => {
+                let mut l = Self::tiny("glm4moe").ok()?;
+                // GLM-4.5 Air's blocks have no Q/K norms.
+                l.tensors
+                    .retain(|t| !t.name.contains("attn_q_norm") && !t.name.contains("attn_k_norm"));
+                Some(l)
+            }
             _ => Self::tiny(name.strip_prefix("tiny-")?).ok(),
         }
     }
@@ -819,7 +917,7 @@ impl SyntheticLayout {
                 blk("attn_v.weight", vec![s.d, kv]);
             }
             blk("attn_output.weight", vec![q, s.d]);
-            if ["qwen2", "gpt-oss", "glm4", "seed_oss"].contains(&s.arch) {
+            if ["qwen2", "gpt-oss", "glm4", "glm4moe", "seed_oss"].contains(&s.arch) {
                 blk("attn_q.bias", vec![q]);
                 blk("attn_k.bias", vec![kv]);
                 blk("attn_v.bias", vec![kv]);
@@ -828,17 +926,17 @@ impl SyntheticLayout {
                 blk("attn_output.bias", vec![s.d]);
                 blk("attn_sinks.weight", vec![u64::from(s.heads)]);
             }
-            if s.arch == "gemma3" || s.arch == "qwen3" || s.arch == "exaone4" {
+            if ["gemma3", "qwen3", "exaone4", "glm4moe"].contains(&s.arch) {
                 blk("attn_q_norm.weight", vec![s.head_dim]);
                 blk("attn_k_norm.weight", vec![s.head_dim]);
             }
-            // OLMo 2's and OLMoE's Q/K norms span all heads.
-            if olmo2 || s.arch == "olmoe" {
+            // OLMo 2's, OLMoE's and MiniMax-M2's Q/K norms span all heads.
+            if olmo2 || s.arch == "olmoe" || s.arch == "minimax-m2" {
                 blk("attn_q_norm.weight", vec![q]);
                 blk("attn_k_norm.weight", vec![kv]);
             }
             // gpt-oss's and Seed-OSS's feed-forward norm has this name.
-            let ffn_norm_named_post = s.arch == "gpt-oss" || s.arch == "seed_oss";
+            let ffn_norm_named_post = ["gpt-oss", "seed_oss", "glm4moe"].contains(&s.arch);
             if sandwich || post_only || ffn_norm_named_post {
                 blk("post_attention_norm.weight", vec![s.d]);
             }

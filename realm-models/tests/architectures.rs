@@ -198,6 +198,7 @@ fn each_variant_changes_the_logits() {
         ("phi3", "phi3-bias"),
         ("olmo2", "olmo3"),
         ("olmo2", "olmo2-window-every-2"),
+        ("glm4moe", "glm4moe-air"),
     ] {
         let d = max_diff(&logits(base), &logits(variant));
         assert!(
@@ -277,7 +278,14 @@ fn load_err(layout: SyntheticLayout) -> String {
 #[test]
 fn experts_batch_across_sessions() {
     let cpu = CpuBackend::new().unwrap();
-    for name in ["tiny-qwen2moe", "tiny-qwen3moe", "tiny-mixtral"] {
+    for name in [
+        "tiny-qwen2moe",
+        "tiny-qwen3moe",
+        "tiny-mixtral",
+        "tiny-glm4moe",
+        "tiny-ernie4_5-moe",
+        "tiny-minimax-m2",
+    ] {
         let bytes = SyntheticLayout::by_name(name).unwrap().write(3).unwrap();
         let file = Gguf::from_bytes(&bytes[..]).unwrap();
         let model = Model::load(&file, &cpu).unwrap();
@@ -509,6 +517,25 @@ fn unsupported_experts_are_refused() {
         .unwrap()
         .with_hparam("qwen3moe.expert_used_count", MetadataValue::U32(5));
     assert!(load_err(too_many).contains("5 of 4 experts"));
+    // GLM-4.5's blocks of experts need their selection bias; ERNIE 4.5's
+    // experts in every block, their routing as llama.cpp knows it.
+    let mut unbiased = SyntheticLayout::tiny("glm4moe").unwrap();
+    unbiased.tensors.retain(|t| !t.name.contains("exp_probs_b"));
+    assert!(load_err(unbiased).contains("blk.1.exp_probs_b.bias"));
+    let interleaved = SyntheticLayout::tiny("ernie4_5-moe").unwrap().with_hparam(
+        "ernie4_5-moe.interleave_moe_layer_step",
+        MetadataValue::U32(2),
+    );
+    assert!(load_err(interleaved).contains("interleave_moe_layer_step 2"));
+    let softplus = SyntheticLayout::tiny("glm4moe")
+        .unwrap()
+        .with_hparam("glm4moe.expert_gating_func", MetadataValue::U32(4));
+    assert!(load_err(softplus).contains("expert_gating_func 4"));
+    let mut ungated = SyntheticLayout::tiny("minimax-m2").unwrap();
+    ungated
+        .hparams
+        .retain(|(k, _)| k != "minimax-m2.expert_gating_func");
+    assert!(load_err(ungated).contains("needs an expert_gating_func"));
     // A LoRA of blk.0.ffn_up on a model whose blocks are experts.
     let dense = SyntheticLayout::tiny("llama").unwrap();
     let mut lora = realm_models::synthetic::SyntheticLora::new(4, 8.0);

@@ -89,7 +89,9 @@ impl PreOptions {
             }
             "smollm" | "command-r" => o(StarCoder, false, false, false),
             "deepseek-llm" => o(DeepSeekLlm, false, false, false),
-            "gpt-4o" | "llama4" | "kanana2" | "talkie" => o(Gpt4o, false, false, false),
+            "gpt-4o" | "llama4" | "kanana2" | "talkie" | "minimax-m2" => {
+                o(Gpt4o, false, false, false)
+            }
             "tekken" => o(Tekken, true, false, true),
             "glm4" | "glm5" | "chatglm-bpe" => PreOptions {
                 // (chatglm-bpe merges every word.)
@@ -102,7 +104,7 @@ impl PreOptions {
                     "unsupported pre-tokenizer `{other}` (tokenizer.ggml.pre); supported: \
                      default, gpt2, llama3, llama-bpe, qwen2, stablelm2, dbrx, smaug-bpe, \
                      starcoder, smollm, refact, command-r, codeshell, deepseek-llm, gpt-4o, \
-                     llama4, tekken, glm4, glm5, chatglm-bpe, seed-coder"
+                     llama4, minimax-m2, tekken, glm4, glm5, chatglm-bpe, seed-coder"
                 )))
             }
         })

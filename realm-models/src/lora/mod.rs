@@ -368,8 +368,8 @@ fn locate(base: &str, c: &ModelConfig, has_output: bool) -> Result<Place> {
         .and_then(|(i, rest)| {
             let i: usize = i.parse().ok()?;
             let t = rest.strip_suffix(".weight")?;
-            // A mixture of experts has no dense feed-forward matrices.
-            if c.moe.is_some() && t.starts_with("ffn_") {
+            // A block of experts has no dense feed-forward matrices.
+            if c.moe.as_ref().is_some_and(|m| m.is_moe_layer(i)) && t.starts_with("ffn_") {
                 return None;
             }
             let t = TARGETS.iter().position(|&n| n == t)?;

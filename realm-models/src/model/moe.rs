@@ -9,7 +9,10 @@
 //! score (`ffn_gate_inp_shexp`). gpt-oss adds biases to the router's
 //! scores and to each expert's three products, chooses its experts by
 //! score and weighs them by a softmax over the chosen, and gates with its
-//! clamped SwiGLU.
+//! clamped SwiGLU. GLM-4.5 scores experts by their sigmoids, and it and
+//! ERNIE 4.5 choose them by their probabilities plus a bias of each block
+//! (`exp_probs_b.bias`), weighing them by the unbiased ones; their shared
+//! experts are ungated.
 //!
 //! The routing runs on the host between backend products: each expert
 //! multiplies the rows of the tokens that chose it, gathered, so every
@@ -21,7 +24,7 @@ use realm_core::backend::Backend;
 use realm_core::gguf::Gguf;
 use realm_core::TensorView;
 
-use crate::config::{ExpertActivation, Gating, MoeConfig};
+use crate::config::{ExpertActivation, Gating, MoeConfig, SelectionBias};
 use crate::imatrix::Collector;
 use crate::{Error, Result};
 
@@ -36,6 +39,9 @@ pub(crate) struct Moe<'a, B: Backend + 'a> {
     shared: Option<Shared<'a, B>>,
     /// The router's and the experts' biases, if the block has them.
     biases: Option<Biases<B>>,
+    /// The bias on each expert's probability for choosing it, if the
+    /// block has one.
+    selection_bias: Option<Vec<f32>>,
 }
 
 /// A block's biases: the router's on the host (beside the routing), and
@@ -157,11 +163,29 @@ impl<'a, B: Backend + 'a> Moe<'a, B> {
             true => Some(load_biases(file, backend, layer, m, d)?),
             false => None,
         };
+        let selection = name("exp_probs_b.bias");
+        let selection_bias = match (m.selection_bias, file.tensor(&selection)) {
+            (SelectionBias::None, _) => None,
+            (SelectionBias::WherePresent, Err(realm_core::Error::TensorNotFound(_))) => None,
+            (_, Err(e)) => return Err(e.into()),
+            (_, Ok(t)) => {
+                let v = super::f32_vec(&t)?;
+                if v.len() != m.experts || t.shape().len() != 1 {
+                    return Err(Error::BadTensorShape {
+                        tensor: selection,
+                        expected: vec![m.experts as u64],
+                        got: t.shape().to_vec(),
+                    });
+                }
+                Some(v)
+            }
+        };
         Ok(Self {
             router,
             experts,
             shared,
             biases,
+            selection_bias,
         })
     }
 }
@@ -257,7 +281,8 @@ impl<B: Backend> Moe<'_, B> {
         b.download(buf.xn, &mut h.xn)?;
         h.chosen.clear();
         for row in h.scores.chunks_exact(e) {
-            route(row, m, &mut h.ranked, &mut h.chosen);
+            let bias = self.selection_bias.as_deref();
+            route(row, (m, bias), &mut h.ranked, &mut h.chosen);
         }
         h.weighted.clear();
         h.weighted.resize(n * k * d, 0.0);
@@ -369,37 +394,41 @@ impl<B: Backend> Moe<'_, B> {
 /// Room for ranking one token's experts (kept between tokens).
 #[derive(Debug, Default)]
 pub(crate) struct Ranked {
-    exp: Vec<f32>,
+    probs: Vec<f32>,
+    keys: Vec<f32>,
     order: Vec<usize>,
 }
 
 /// Appends a token's `used` chosen experts and their weights, best first,
-/// to `chosen`, from its router scores `scores` (one per expert): the best
-/// `used` (the lower index first among equals) and, by
-/// [`MoeConfig::gating`], either their probabilities in the softmax of all
-/// the scores or the softmax of their own scores (either summed in f64, as
-/// ggml sums); then renormalised if asked (over a sum of at least 2^-14, as
-/// llama.cpp clamps it) and scaled.
+/// to `chosen`, from its router scores `scores` (one per expert): by
+/// [`MoeConfig::gating`], either the probabilities of the softmax of all
+/// the scores (summed in f64, as ggml sums) or of the sigmoid of each,
+/// the best `used` by probability plus `bias` where the block has one
+/// (the lower index first among equals), weighted by their unbiased
+/// probabilities; or the best `used` by score, weighted by the softmax of
+/// their scores. Then renormalised if asked (over a sum of at least
+/// 2^-14, as llama.cpp clamps it) and scaled.
 pub(crate) fn route(
     scores: &[f32],
-    m: &MoeConfig,
+    (m, bias): (&MoeConfig, Option<&[f32]>),
     ranked: &mut Ranked,
     chosen: &mut Vec<(usize, f32)>,
 ) {
-    let Ranked { exp, order } = ranked;
+    let Ranked { probs, keys, order } = ranked;
     order.clear();
     order.extend(0..scores.len());
     let start = chosen.len();
+    probs.clear();
     match m.gating {
         Gating::Softmax => {
             let max = scores.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
-            exp.clear();
-            exp.extend(scores.iter().map(|&v| (v - max).exp()));
-            let sum: f64 = exp.iter().map(|&v| f64::from(v)).sum();
+            probs.extend(scores.iter().map(|&v| (v - max).exp()));
+            let sum: f64 = probs.iter().map(|&v| f64::from(v)).sum();
             let inv = (1.0 / sum) as f32;
-            order.sort_by(|&a, &b| exp[b].total_cmp(&exp[a]).then(a.cmp(&b)));
-            chosen.extend(order.iter().take(m.used).map(|&i| (i, exp[i] * inv)));
+            probs.iter_mut().for_each(|p| *p *= inv);
         }
+        // As ggml's sigmoid.
+        Gating::Sigmoid => probs.extend(scores.iter().map(|&v| 1.0 / (1.0 + (-v).exp()))),
         Gating::SoftmaxChosen => {
             order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
             let best = &order[..m.used.min(order.len())];
@@ -412,6 +441,18 @@ pub(crate) fn route(
             let inv = (1.0 / sum) as f32;
             chosen.extend(best.iter().map(|&i| (i, (scores[i] - max).exp() * inv)));
         }
+    }
+    if m.gating != Gating::SoftmaxChosen {
+        let keys: &[f32] = match bias {
+            Some(bias) => {
+                keys.clear();
+                keys.extend(probs.iter().zip(bias).map(|(p, b)| p + b));
+                keys
+            }
+            None => probs,
+        };
+        order.sort_by(|&a, &b| keys[b].total_cmp(&keys[a]).then(a.cmp(&b)));
+        chosen.extend(order.iter().take(m.used).map(|&i| (i, probs[i])));
     }
     let picked = &mut chosen[start..];
     if m.norm_weights {
@@ -444,6 +485,8 @@ mod tests {
             gating: Gating::Softmax,
             activation: ExpertActivation::Swiglu,
             biases: false,
+            selection_bias: SelectionBias::None,
+            dense_lead: 0,
         }
     }
 
@@ -452,7 +495,7 @@ mod tests {
         let mut chosen = Vec::new();
         route(
             &[0.5, 2.0, -1.0, 1.0],
-            &cfg(2, true),
+            (&cfg(2, true), None),
             &mut Ranked::default(),
             &mut chosen,
         );
@@ -464,7 +507,7 @@ mod tests {
         let mut raw = Vec::new();
         route(
             &[0.5, 2.0, -1.0, 1.0],
-            &cfg(2, false),
+            (&cfg(2, false), None),
             &mut Ranked::default(),
             &mut raw,
         );
@@ -474,7 +517,7 @@ mod tests {
         let mut tied = Vec::new();
         route(
             &[1.0, 1.0, 1.0, 0.0],
-            &cfg(2, true),
+            (&cfg(2, true), None),
             &mut Ranked::default(),
             &mut tied,
         );
@@ -487,12 +530,69 @@ mod tests {
         let mut soft = Vec::new();
         route(
             &[0.5, 2.0, -1.0, 1.0],
-            &chosen_only,
+            (&chosen_only, None),
             &mut Ranked::default(),
             &mut soft,
         );
         assert_eq!(soft.iter().map(|c| c.0).collect::<Vec<_>>(), [1, 3]);
         assert!((f64::from(soft[0].1) - a / (a + b)).abs() < 1e-6);
         assert!((soft[0].1 + soft[1].1 - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn a_selection_bias_chooses_but_does_not_weigh() {
+        let sigmoid = |v: f64| 1.0 / (1.0 + (-v).exp());
+        let scores = [0.5f32, 2.0, -1.0, 1.0];
+        let m = MoeConfig {
+            gating: Gating::Sigmoid,
+            ..cfg(2, false)
+        };
+        // Unbiased: the two best sigmoids, weighted by themselves.
+        let mut plain = Vec::new();
+        route(&scores, (&m, None), &mut Ranked::default(), &mut plain);
+        assert_eq!(plain.iter().map(|c| c.0).collect::<Vec<_>>(), [1, 3]);
+        assert!((f64::from(plain[1].1) - sigmoid(1.0)).abs() < 1e-6);
+        // A bias lifts expert 2 to first and expert 0 past expert 1; the
+        // weights stay the sigmoids, in the biased order.
+        let bias = [0.3f32, 0.0, 1.0, 0.0];
+        let mut biased = Vec::new();
+        route(
+            &scores,
+            (&m, Some(&bias)),
+            &mut Ranked::default(),
+            &mut biased,
+        );
+        assert_eq!(biased.iter().map(|c| c.0).collect::<Vec<_>>(), [2, 0]);
+        assert!((f64::from(biased[0].1) - sigmoid(-1.0)).abs() < 1e-6);
+        // Renormalised and scaled, as GLM-4.5's.
+        let scaled = MoeConfig {
+            weights_scale: 2.5,
+            ..MoeConfig {
+                norm_weights: true,
+                ..m.clone()
+            }
+        };
+        let mut w = Vec::new();
+        route(
+            &scores,
+            (&scaled, Some(&bias)),
+            &mut Ranked::default(),
+            &mut w,
+        );
+        assert!((w[0].1 + w[1].1 - 2.5).abs() < 1e-5);
+        let (lo, hi) = (sigmoid(-1.0), sigmoid(0.5));
+        assert!((f64::from(w[0].1) - 2.5 * lo / (lo + hi)).abs() < 1e-5);
+        // A softmax's probabilities biased alike (ERNIE 4.5's).
+        let soft = cfg(2, false);
+        let mut s = Vec::new();
+        route(
+            &scores,
+            (&soft, Some(&bias)),
+            &mut Ranked::default(),
+            &mut s,
+        );
+        assert_eq!(s.iter().map(|c| c.0).collect::<Vec<_>>(), [2, 1]);
+        let all: f64 = scores.iter().map(|&v| f64::from(v).exp()).sum();
+        assert!((f64::from(s[0].1) - (-1f64).exp() / all).abs() < 1e-6);
     }
 }
