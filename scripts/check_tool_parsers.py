@@ -45,6 +45,22 @@ def xml(name, args):
     return f"<tool_call>\n<function={name}>\n{params}</function>\n</tool_call>"
 
 
+def glm45(name, args):
+    params = "".join(f"<arg_key>{k}</arg_key>\n<arg_value>{v}</arg_value>\n"
+                     for k, v in args.items())
+    return f"<tool_call>{name}\n{params}</tool_call>"
+
+
+def glm47(name, args):
+    params = "".join(f"<arg_key>{k}</arg_key><arg_value>{v}</arg_value>" for k, v in args.items())
+    return f"<tool_call>{name}{params}</tool_call>"
+
+
+def minimax(name, args):
+    params = "".join(f'<parameter name="{k}">{v}</parameter>\n' for k, v in args.items())
+    return f'<minimax:tool_call>\n<invoke name="{name}">\n{params}</invoke>\n</minimax:tool_call>'
+
+
 def llama3(name, args):
     return json.dumps({"name": name, "parameters": args})
 
@@ -83,6 +99,9 @@ TEMPLATES = [
     ("NousResearch-Hermes-3-Llama-3.1-8B-tool_use.jinja", hermes, "\n", None, plain, before),
     ("Qwen3-Coder.jinja", xml, "\n", None, plain, before),
     ("Qwen3.5-4B.jinja", xml, "\n", "<think>\n{}\n</think>\n\n", plain, before),
+    ("GLM-4.6.jinja", glm45, "\n", "<think>{}</think>\n", plain, before),
+    ("GLM-4.7-Flash.jinja", glm47, "", "{}</think>", plain, before),
+    ("MiniMax-M2.jinja", minimax, None, "{}\n</think>\n\n", plain, before),
     ("meta-llama-Llama-3.1-8B-Instruct.jinja", llama3, None, None, plain, before),
     ("unsloth-mistral-Devstral-Small-2507.jinja", mistral, "", None, plain, before),
     ("mistralai-Ministral-3-14B-Reasoning-2512.jinja", mistral, "", "[THINK]{}[/THINK]", plain,
@@ -92,7 +111,12 @@ TEMPLATES = [
 ]
 
 
-def replies(call, join, think, plain_text, text_before):
+# Templates whose prompt opens a think block: their replies close it
+# first (an empty one where they do not think).
+OPENED = {"GLM-4.7-Flash.jinja", "MiniMax-M2.jinja"}
+
+
+def replies(call, join, think, plain_text, text_before, opened):
     out = [
         call("get_weather", OSLO),
         text_before("Let me check.", call("get_weather", OSLO)),
@@ -101,6 +125,8 @@ def replies(call, join, think, plain_text, text_before):
     ]
     if join is not None:
         out.append(call("get_weather", OSLO) + join + call("get_weather", LIMA))
+    if opened:
+        out = ["</think>" + r for r in out]
     if think:
         out.append(think.format("The user wants Oslo.") + call("get_weather", LIMA))
     return out
@@ -147,7 +173,7 @@ def main():
     failed = total = refused = 0
     for name, call, join, think, plain_text, text_before in TEMPLATES:
         template = os.path.join(LLAMA, "models", "templates", name)
-        texts = replies(call, join, think, plain_text, text_before)
+        texts = replies(call, join, think, plain_text, text_before, name in OPENED)
         replies_path = os.path.join(tmp, "replies.json")
         json.dump(texts, open(replies_path, "w"))
         ours, fmt = realm(args, template, tools_path, replies_path)

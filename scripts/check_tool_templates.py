@@ -49,6 +49,9 @@ TEMPLATES = [
     "Qwen3.5-4B.jinja",
     "NVIDIA-Nemotron-3-Nano-30B-A3B-BF16.jinja",
     "StepFun3.5-Flash.jinja",
+    "GLM-4.6.jinja",
+    "GLM-4.7-Flash.jinja",
+    "MiniMax-M2.jinja",
 ]
 
 TOOLS = [

@@ -2562,6 +2562,24 @@ const XML_TEMPLATE: &str = "{%- if tools %}<|im_start|>system\nTools: {% for t i
 {% endfor %}</function>\n</tool_call>{% endfor %}<|im_end|>\n{% endif %}{%- endfor %}\
 <|im_start|>assistant\n";
 
+/// GLM-4.5's format (written anew): the name after `<tool_call>`, then
+/// `<arg_key>`/`<arg_value>` pairs.
+const GLM_TEMPLATE: &str = "{%- if tools %}<|system|>\nTools: {% for t in tools %}\
+{{ t | tojson }} {% endfor %}{% endif %}{%- for m in messages %}{%- if m.role == \"tool\" %}\
+<|observation|>\n<tool_response>\n{{ m.content }}\n</tool_response>{% else %}<|{{ m.role }}|>\n\
+{{ m.content }}{% for c in m.tool_calls or [] %}\n<tool_call>{{ c.function.name }}\n\
+{% for k, v in c.function.arguments | items %}<arg_key>{{ k }}</arg_key>\n\
+<arg_value>{{ v }}</arg_value>\n{% endfor %}</tool_call>{% endfor %}{% endif %}{%- endfor %}\
+<|assistant|>\n";
+
+/// MiniMax-M2's format (written anew): `<invoke name=...>` and
+/// `<parameter name=...>` elements in `<minimax:tool_call>`.
+const MINIMAX_TEMPLATE: &str = "{%- if tools %}system\nTools: {% for t in tools %}\
+{{ t | tojson }} {% endfor %}\n{% endif %}{%- for m in messages %}{{ m.role }}\n{{ m.content }}\
+{% for c in m.tool_calls or [] %}<minimax:tool_call>\n<invoke name=\"{{ c.function.name }}\">\n\
+{% for k, v in c.function.arguments | items %}<parameter name=\"{{ k }}\">{{ v }}</parameter>\n\
+{% endfor %}</invoke>\n</minimax:tool_call>{% endfor %}\n{%- endfor %}ai\n";
+
 /// A weather request after `shots` earlier calls of the tool (each with
 /// its result and an answer), asking about Lima.
 fn weather_after_calls(shots: usize, extra: Value) -> Value {
@@ -2903,6 +2921,36 @@ fn mistral_tool_calls_get_nine_character_ids() {
     let block = &message["content"][0];
     assert_eq!(block["type"], "tool_use", "{message}");
     assert_eq!(block["id"].as_str().unwrap().len(), 9, "{message}");
+}
+
+/// GLM-4.5's and MiniMax-M2's formats: an earlier call written in each,
+/// a required call read back, whole and streamed.
+#[test]
+fn glm_and_minimax_tool_calls() {
+    if !cached(&catalog::SMOLLM2) {
+        return;
+    }
+    for (template, earlier) in [
+        (
+            GLM_TEMPLATE,
+            "<tool_call>get_weather\n<arg_key>city</arg_key>\n<arg_value>Oslo</arg_value>\n\
+             </tool_call>",
+        ),
+        (
+            MINIMAX_TEMPLATE,
+            "<minimax:tool_call>\n<invoke name=\"get_weather\">\n<parameter name=\"city\">Oslo\
+             </parameter>\n</invoke>\n</minimax:tool_call>",
+        ),
+    ] {
+        let server = Server::start(&["smollm2", "--chat-template", template]);
+        let prompt =
+            server.post("/apply-template", &weather_after_calls(1, json!({})))["prompt"].clone();
+        assert!(prompt.as_str().unwrap().contains(earlier), "{prompt}");
+        let required = weather_request(json!({"tool_choice": "required"}));
+        let (name, args, content) = call_whole_and_streamed(&server, &required, true);
+        assert_eq!((name.as_str(), &content), ("get_weather", &Value::Null));
+        assert!(args["city"].is_string(), "{args}");
+    }
 }
 
 /// The XML-parameters format (Qwen 3 Coder, Qwen 3.5, Nemotron 3 Nano):

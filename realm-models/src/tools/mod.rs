@@ -44,6 +44,7 @@ use crate::grammar::{Grammar, GrammarError};
 
 mod native;
 mod partial;
+mod xml;
 
 pub use native::{NativeReply, ToolFormat};
 pub use partial::CallPrefix;

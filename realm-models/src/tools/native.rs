@@ -49,6 +49,7 @@ use std::borrow::Cow;
 
 use serde_json::Value;
 
+use super::xml::{self, XmlMarkup};
 use super::{ToolCall, ToolChoice, Tools};
 use crate::grammar::{convert_framed, gbnf_literal, Grammar, GrammarError};
 
@@ -71,6 +72,14 @@ pub enum ToolFormat {
     /// `<tool_call>` blocks of `<function=NAME>` and `<parameter=P>`
     /// elements (Qwen 3 Coder, Qwen 3.5, Nemotron 3 Nano, Step 3.5).
     XmlParameters,
+    /// `<tool_call>NAME` and `<arg_key>`/`<arg_value>` pairs, a line
+    /// break after each (GLM-4.5, GLM-4.6).
+    Glm45,
+    /// GLM-4.5's calls without line breaks (GLM-4.7).
+    Glm47,
+    /// `<minimax:tool_call>` blocks of `<invoke name="NAME">` and
+    /// `<parameter name="P">` elements (MiniMax-M2).
+    MinimaxM2,
     /// `[TOOL_CALLS][{"name": ..., "arguments": {...}, "id": ...}]`
     /// (Mistral Nemo).
     MistralNemo,
@@ -108,6 +117,14 @@ impl ToolFormat {
                 true => Self::Mistral,
                 false => Self::MistralNemo,
             }
+        } else if source.contains(xml::MINIMAX.open) && source.contains("<invoke name=") {
+            Self::MinimaxM2
+        } else if source.contains(HERMES_OPEN) && source.contains("<arg_key>") {
+            // GLM-4.7's instructions show its calls without line breaks.
+            match source.contains("</arg_value><arg_key>") {
+                true => Self::Glm47,
+                false => Self::Glm45,
+            }
         } else if source.contains(HERMES_OPEN)
             && source.contains("<function=")
             && source.contains("<parameter=")
@@ -132,6 +149,20 @@ impl ToolFormat {
             Self::Mistral => "mistral",
             Self::MistralNemo => "mistral-nemo",
             Self::XmlParameters => "xml-parameters",
+            Self::Glm45 => "glm-4.5",
+            Self::Glm47 => "glm-4.7",
+            Self::MinimaxM2 => "minimax-m2",
+        }
+    }
+
+    /// The markup of an XML format's calls.
+    pub(super) fn xml(self) -> Option<&'static XmlMarkup> {
+        match self {
+            Self::XmlParameters => Some(&xml::QWEN),
+            Self::Glm45 => Some(&xml::GLM45),
+            Self::Glm47 => Some(&xml::GLM47),
+            Self::MinimaxM2 => Some(&xml::MINIMAX),
+            _ => None,
         }
     }
 
@@ -176,10 +207,15 @@ impl Tools {
         }
         match self.format {
             ToolFormat::Generic => Vec::new(),
-            ToolFormat::Hermes | ToolFormat::XmlParameters => vec![HERMES_OPEN.to_string()],
+            ToolFormat::Hermes => vec![HERMES_OPEN.to_string()],
             ToolFormat::Harmony => vec![HARMONY_TO.to_string()],
             ToolFormat::Llama3 => vec![LLAMA3_OPEN.to_string()],
             ToolFormat::Mistral | ToolFormat::MistralNemo => vec![MISTRAL_OPEN.to_string()],
+            // The XML formats' block.
+            f => f
+                .xml()
+                .map(|m| vec![m.open.to_string()])
+                .unwrap_or_default(),
         }
     }
 
@@ -187,9 +223,10 @@ impl Tools {
     /// closing its reasoning ([`crate::reasoning::ReasoningSplitter::ended_by`]):
     /// `<tool_call>` in the formats of such blocks.
     pub fn reasoning_ends(&self) -> &'static [&'static str] {
-        match self.format {
-            ToolFormat::Hermes | ToolFormat::XmlParameters => &[HERMES_OPEN],
-            _ => &[],
+        match self.format.xml() {
+            Some(m) => std::slice::from_ref(&m.open),
+            None if self.format == ToolFormat::Hermes => &[HERMES_OPEN],
+            None => &[],
         }
     }
 
@@ -199,10 +236,11 @@ impl Tools {
     pub fn preserved_tokens(&self) -> Vec<String> {
         let marks: &[&str] = match self.format {
             ToolFormat::Generic | ToolFormat::Llama3 => &[],
-            ToolFormat::Hermes | ToolFormat::XmlParameters => &[HERMES_OPEN, HERMES_CLOSE],
+            ToolFormat::Hermes => &[HERMES_OPEN, HERMES_CLOSE],
             ToolFormat::Harmony => &["<|channel|>", "<|message|>", "<|constrain|>", "<|start|>"],
             ToolFormat::Mistral => &[MISTRAL_OPEN, MISTRAL_ARGS, MISTRAL_ID],
             ToolFormat::MistralNemo => &[MISTRAL_OPEN],
+            f => f.xml().map_or(&[], |m| m.preserved),
         };
         marks.iter().map(|m| m.to_string()).collect()
     }
@@ -211,18 +249,10 @@ impl Tools {
     /// [`Tools::triggers`]), or of the whole reply when a call is required.
     pub(super) fn native_grammar(&self) -> Result<Grammar, GrammarError> {
         let lazy = self.choice == ToolChoice::Auto;
+        if let Some(m) = self.format.xml() {
+            return self.xml_grammar(m, lazy);
+        }
         match self.format {
-            ToolFormat::Generic | ToolFormat::Hermes => {
-                let calls: Vec<Value> = self.callable().map(super::Tool::call_schema).collect();
-                let call = any_of(calls);
-                let block = format!(
-                    "{} call {}",
-                    gbnf_literal(&format!("{HERMES_OPEN}\n")),
-                    gbnf_literal(&format!("\n{HERMES_CLOSE}"))
-                );
-                let root = self.blocks_root(&block, lazy);
-                convert_framed(&[("root", root)], &[("call".to_string(), &call)])
-            }
             ToolFormat::Harmony => {
                 let tools: Vec<&super::Tool> = self.callable().collect();
                 let values = argument_rules(&tools);
@@ -298,7 +328,6 @@ impl Tools {
                     format!("{lead}{open} [ \\t\\n]* \"[\" [ \\t\\n]* {list} [ \\t\\n]* \"]\"");
                 convert_framed(&[("root", root)], &[("call".to_string(), &call)])
             }
-            ToolFormat::XmlParameters => self.xml_grammar(lazy),
             ToolFormat::Mistral => {
                 let tools: Vec<&super::Tool> = self.callable().collect();
                 let values = argument_rules(&tools);
@@ -327,6 +356,18 @@ impl Tools {
                 };
                 convert_framed(&[("root", root)], &values)
             }
+            // Realm's generic calls and Hermes' (XML formats were read above).
+            _ => {
+                let calls: Vec<Value> = self.callable().map(super::Tool::call_schema).collect();
+                let call = any_of(calls);
+                let block = format!(
+                    "{} call {}",
+                    gbnf_literal(&format!("{HERMES_OPEN}\n")),
+                    gbnf_literal(&format!("\n{HERMES_CLOSE}"))
+                );
+                let root = self.blocks_root(&block, lazy, self.parallel);
+                convert_framed(&[("root", root)], &[("call".to_string(), &call)])
+            }
         }
     }
 
@@ -339,13 +380,17 @@ impl Tools {
     /// is a copy (its escapes decoded).
     pub fn streamable<'c>(&self, content: &'c str) -> Option<Cow<'c, str>> {
         let before = |open: &str| Some(Cow::Borrowed(held_before(content, open).trim()));
+        if let Some(m) = self.format.xml() {
+            return before(m.open);
+        }
         match self.format {
             ToolFormat::Generic => super::streamed_response(content).map(Cow::Owned),
-            ToolFormat::Hermes | ToolFormat::XmlParameters => before(HERMES_OPEN),
+            ToolFormat::Hermes => before(HERMES_OPEN),
             ToolFormat::Harmony => Some(Cow::Borrowed(content)),
             // (Any `{` may open a call.)
             ToolFormat::Llama3 => before("{"),
             ToolFormat::Mistral | ToolFormat::MistralNemo => before(MISTRAL_OPEN),
+            _ => None,
         }
     }
 
@@ -355,6 +400,9 @@ impl Tools {
     /// or names no tool given, stays in the content (Hermes) or is
     /// dropped (harmony: its message was never content).
     pub fn parse_native(&self, text: &str) -> NativeReply {
+        if let Some(m) = self.format.xml() {
+            return self.xml(m, text);
+        }
         match self.format {
             ToolFormat::Harmony => NativeReply {
                 content: String::new(),
@@ -362,8 +410,7 @@ impl Tools {
             },
             ToolFormat::Llama3 => self.llama3(text),
             ToolFormat::Mistral | ToolFormat::MistralNemo => self.mistral(text),
-            ToolFormat::XmlParameters => self.xml(text),
-            ToolFormat::Generic | ToolFormat::Hermes => self.hermes(text),
+            _ => self.hermes(text),
         }
     }
 
@@ -406,8 +453,8 @@ impl Tools {
     /// whitespace, and, for templates that think, a think block first or
     /// the rest of one the prompt opened (any text without `</` but its
     /// end, which a call may stand for, as [`Tools::reasoning_ends`]).
-    fn blocks_root(&self, block: &str, lazy: bool) -> String {
-        let calls = match self.parallel {
+    pub(super) fn blocks_root(&self, block: &str, lazy: bool, parallel: bool) -> String {
+        let calls = match parallel {
             true => format!("{block} ([ \\t\\n]* {block})*"),
             false => block.to_string(),
         };
@@ -418,94 +465,6 @@ impl Tools {
                 format!("(\"<think>\"? ([^<] | \"<\" [^/])* \"</think>\"?)? [ \\t\\n]* {calls}")
             }
         }
-    }
-
-    /// The grammar of XML calls: each tool's parameters in its schema's
-    /// order (the required ones required), a text parameter's value any
-    /// text without `</`, another's JSON of its schema.
-    fn xml_grammar(&self, lazy: bool) -> Result<Grammar, GrammarError> {
-        let tools: Vec<&super::Tool> = self.callable().collect();
-        let mut values: Vec<(String, &Value)> = Vec::new();
-        let mut functions = Vec::new();
-        for (i, t) in tools.iter().enumerate() {
-            let required: Vec<&str> = t.parameters["required"]
-                .as_array()
-                .map(|r| r.iter().filter_map(Value::as_str).collect())
-                .unwrap_or_default();
-            let mut params = String::new();
-            if let Some(props) = t.parameters["properties"].as_object() {
-                for (j, (name, schema)) in props.iter().enumerate() {
-                    let value = if is_text(schema) {
-                        "xml-text".to_string()
-                    } else {
-                        let rule = format!("param-{i}-{j}");
-                        values.push((rule.clone(), schema));
-                        rule
-                    };
-                    let element = format!(
-                        "{} {value} {}",
-                        gbnf_literal(&format!("<parameter={name}>\n")),
-                        gbnf_literal("\n</parameter>\n")
-                    );
-                    match required.contains(&name.as_str()) {
-                        true => params.push_str(&format!(" {element}")),
-                        false => params.push_str(&format!(" ({element})?")),
-                    }
-                }
-            }
-            functions.push(format!(
-                "{}{params} {}",
-                gbnf_literal(&format!("<function={}>\n", t.name)),
-                gbnf_literal("</function>\n")
-            ));
-        }
-        let block = format!(
-            "{} ({}) {}",
-            gbnf_literal(&format!("{HERMES_OPEN}\n")),
-            functions.join(" | "),
-            gbnf_literal(HERMES_CLOSE)
-        );
-        let root = self.blocks_root(&block, lazy);
-        let text = "([^<] | \"<\" [^/])*".to_string();
-        convert_framed(&[("root", root), ("xml-text", text)], &values)
-    }
-
-    /// XML calls: each `<tool_call>` block of a `<function=NAME>` of a
-    /// tool given, its parameters' values read by their schemas (text as
-    /// it is, else JSON, else text).
-    fn xml(&self, text: &str) -> NativeReply {
-        tagged_calls(text, |body| self.xml_call(body))
-    }
-
-    /// One `<function=NAME>` element's call.
-    fn xml_call(&self, body: &str) -> Option<ToolCall> {
-        let f = &body[body.find("<function=")? + "<function=".len()..];
-        let end = f.find('>')?;
-        let tool = self.tools.iter().find(|t| t.name == f[..end])?;
-        let mut arguments = serde_json::Map::new();
-        let mut rest = &f[end + 1..];
-        while let Some(at) = rest.find("<parameter=") {
-            let p = &rest[at + "<parameter=".len()..];
-            let name_end = p.find('>')?;
-            let name = &p[..name_end];
-            let v = &p[name_end + 1..];
-            let close = v.find("</parameter>").unwrap_or(v.len());
-            let raw = v[..close].strip_prefix('\n').unwrap_or(&v[..close]);
-            let raw = raw.strip_suffix('\n').unwrap_or(raw);
-            let schema = &tool.parameters["properties"][name];
-            let value = match is_text(schema) {
-                true => Value::String(raw.to_string()),
-                false => {
-                    serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_string()))
-                }
-            };
-            arguments.insert(name.to_string(), value);
-            rest = &v[close..];
-        }
-        Some(ToolCall {
-            name: tool.name.clone(),
-            arguments: Value::Object(arguments),
-        })
     }
 
     /// Mistral's calls after each `[TOOL_CALLS]`: Nemo's JSON list, or a

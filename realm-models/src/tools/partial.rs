@@ -14,9 +14,7 @@
 
 use std::borrow::Cow;
 
-use serde_json::Value;
-
-use super::native::{is_text, HARMONY_ENDS, HARMONY_TO, HERMES_CLOSE, HERMES_OPEN, MESSAGE};
+use super::native::{HARMONY_ENDS, HARMONY_TO, HERMES_CLOSE, HERMES_OPEN, MESSAGE};
 use super::native::{MISTRAL_ARGS, MISTRAL_OPEN};
 use super::{ToolFormat, Tools};
 
@@ -71,8 +69,11 @@ impl Tools {
             ToolFormat::Llama3 => self.llama3_prefixes(content, &mut out),
             ToolFormat::Mistral => self.mistral_prefixes(content, &mut out),
             ToolFormat::Harmony => self.harmony_prefixes(raw, &mut out),
-            ToolFormat::XmlParameters => self.xml_prefixes(content, ended, &mut out),
-            ToolFormat::Generic | ToolFormat::MistralNemo => {}
+            f => {
+                if let Some(m) = f.xml() {
+                    self.xml_prefixes(m, content, ended, &mut out)
+                }
+            }
         }
         out
     }
@@ -139,58 +140,6 @@ impl Tools {
         }
     }
 
-    /// `<tool_call>` blocks of a `<function=NAME>` element with
-    /// `<parameter=P>` elements, as JSON built as they come.
-    fn xml_prefixes<'t>(&self, content: &'t str, ended: bool, out: &mut Vec<CallPrefix<'t>>) {
-        let mut rest = content;
-        while let Some(at) = rest.find(HERMES_OPEN) {
-            let after = &rest[at + HERMES_OPEN.len()..];
-            let Some(f) = after.find(FUNCTION).map(|i| &after[i + FUNCTION.len()..]) else {
-                return;
-            };
-            let Some(end) = f.find('>') else {
-                return;
-            };
-            let name = &f[..end];
-            let Some(tool) = self.tools.iter().find(|t| t.name == name) else {
-                // Not a tool given: read as content, skipped here.
-                match after.find(HERMES_CLOSE) {
-                    Some(c) => {
-                        rest = &after[c + HERMES_CLOSE.len()..];
-                        continue;
-                    }
-                    None => return,
-                }
-            };
-            let body = &f[end + 1..];
-            let (mut arguments, mut complete, used) = xml_arguments(body, &tool.parameters);
-            if ended && !complete {
-                // Closed where the reply ends: in a parameter, or after.
-                for close in ["</parameter></function>", "</function>"] {
-                    let closed = format!("{body}{close}");
-                    let (a, c, _) = xml_arguments(&closed, &tool.parameters);
-                    if c {
-                        (arguments, complete) = (a, c);
-                        break;
-                    }
-                }
-            }
-            out.push(CallPrefix {
-                name,
-                arguments: Cow::Owned(arguments),
-                complete,
-            });
-            if !complete {
-                return;
-            }
-            let body = &f[end + 1 + used..];
-            match body.find(HERMES_CLOSE) {
-                Some(c) => rest = &body[c + HERMES_CLOSE.len()..],
-                None => return,
-            }
-        }
-    }
-
     /// Harmony's messages to `functions.NAME`: the message is the
     /// arguments.
     fn harmony_prefixes<'t>(&self, raw: &'t str, out: &mut Vec<CallPrefix<'t>>) {
@@ -243,83 +192,6 @@ impl Tools {
             });
         }
         complete.then(|| &args[len..])
-    }
-}
-
-const FUNCTION: &str = "<function=";
-const PARAMETER: &str = "<parameter=";
-const PARAMETER_CLOSE: &str = "</parameter>";
-const FUNCTION_CLOSE: &str = "</function>";
-
-/// The JSON object of a `<function=...>` element's parameters as far as
-/// `body` (the text after its opening tag) goes: its text so far, whether
-/// the element is closed, and the bytes of `body` it took. A text value
-/// (of a `string` parameter) streams escaped, but for a leading line
-/// break, which is dropped, and a trailing one or what may begin
-/// `</parameter>`, which wait; any other value goes out once its
-/// parameter closes, as reading takes it (JSON, or the text where it is
-/// none).
-fn xml_arguments(body: &str, parameters: &Value) -> (String, bool, usize) {
-    let mut json = String::new();
-    let mut rest = body;
-    loop {
-        let trimmed = rest.trim_start();
-        let skipped = rest.len() - trimmed.len();
-        if let Some(after) = trimmed.strip_prefix(FUNCTION_CLOSE) {
-            if json.is_empty() {
-                json.push('{');
-            }
-            json.push('}');
-            return (json, true, body.len() - after.len());
-        }
-        let Some(p) = trimmed.strip_prefix(PARAMETER) else {
-            // A tag being written, or nothing yet.
-            return (json, false, body.len() - rest.len() + skipped);
-        };
-        let Some(name_end) = p.find('>') else {
-            return (json, false, body.len() - rest.len());
-        };
-        let name = &p[..name_end];
-        let mark = json.len();
-        json.push(if json.is_empty() { '{' } else { ',' });
-        json.push_str(&serde_json::to_string(name).unwrap_or_default());
-        json.push(':');
-        let v = &p[name_end + 1..];
-        let close = v.find(PARAMETER_CLOSE);
-        let raw = &v[..close.unwrap_or(v.len())];
-        let raw = raw.strip_prefix('\n').unwrap_or(raw);
-        if is_text(&parameters["properties"][name]) {
-            json.push('"');
-            let shown = match close {
-                Some(_) => raw.strip_suffix('\n').unwrap_or(raw),
-                // Hold a last line break and a possible close's start.
-                None => {
-                    let held = (1..PARAMETER_CLOSE.len())
-                        .rev()
-                        .find(|&k| raw.ends_with(&PARAMETER_CLOSE[..k]))
-                        .unwrap_or(0);
-                    let shown = &raw[..raw.len() - held];
-                    shown.strip_suffix('\n').unwrap_or(shown)
-                }
-            };
-            let escaped = serde_json::to_string(shown).unwrap_or_default();
-            json.push_str(&escaped[1..escaped.len() - 1]);
-            if close.is_none() {
-                return (json, false, body.len());
-            }
-            json.push('"');
-        } else {
-            if close.is_none() {
-                // (The key goes out with its value.)
-                json.truncate(mark);
-                return (json, false, body.len());
-            }
-            let raw = raw.strip_suffix('\n').unwrap_or(raw);
-            let value = serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.into()));
-            json.push_str(&value.to_string());
-        }
-        let close = close.unwrap_or(v.len());
-        rest = &v[close + PARAMETER_CLOSE.len()..];
     }
 }
 
@@ -618,6 +490,57 @@ mod tests {
         // A number waits for its parameter's end.
         let c = xml.call_prefixes(
             "<tool_call>\n<function=get_weather>\n<parameter=days>\n1",
+            "",
+        );
+        assert_eq!(&*c[0].arguments, "");
+    }
+
+    #[test]
+    fn glm_and_minimax_calls_grow() {
+        let glm45 = tools("<tool_call>{name}\n<arg_key>{k}</arg_key>\n<arg_value>{v}</arg_value>");
+        assert_eq!(glm45.format(), ToolFormat::Glm45);
+        let reply = "Sure.\n<tool_call>get_weather\n<arg_key>city</arg_key>\n<arg_value>S\u{e3}o \"P\"\n\
+                     <x></arg_value>\n<arg_key>days</arg_key>\n<arg_value>12</arg_value>\n</tool_call>\n\
+                     <tool_call>nope\n</tool_call>\n<tool_call>now\n</tool_call>";
+        let calls = grows(&glm45, reply, false);
+        assert_eq!(
+            calls,
+            [
+                (
+                    "get_weather".into(),
+                    json!({"city": "S\u{e3}o \"P\"\n<x>", "days": 12})
+                ),
+                ("now".into(), json!({}))
+            ]
+        );
+        let glm47 =
+            tools("<tool_call>{name}<arg_key>{k}</arg_key><arg_value>{v}</arg_value><arg_key>");
+        assert_eq!(glm47.format(), ToolFormat::Glm47);
+        let reply = "<tool_call>now</tool_call><tool_call>get_weather<arg_key>city</arg_key>\
+                     <arg_value>Oslo</arg_value></tool_call>";
+        assert_eq!(grows(&glm47, reply, false).len(), 2);
+        let mm = tools("<minimax:tool_call> <invoke name=\"x\"> <parameter name=\"y\">");
+        assert_eq!(mm.format(), ToolFormat::MinimaxM2);
+        let reply = "<minimax:tool_call>\n<invoke name=\"get_weather\">\n<parameter name=\"city\">\
+                     Lima</parameter>\n<parameter name=\"days\">3</parameter>\n</invoke>\n\
+                     <invoke name=\"now\">\n</invoke>\n</minimax:tool_call> Done.";
+        let calls = grows(&mm, reply, false);
+        assert_eq!(calls[0].1, json!({"city": "Lima", "days": 3}));
+        assert_eq!(calls[1].0, "now");
+        // A text value as it comes, what may be its close held; cut
+        // short, closed where the reply ends, as reading takes it.
+        let cut = "<tool_call>get_weather\n<arg_key>city</arg_key>\n<arg_value>Os</arg_v";
+        assert_eq!(
+            &*glm45.call_prefixes(cut, "")[0].arguments,
+            "{\"city\":\"Os"
+        );
+        let ended = glm45.ended_call_prefixes(cut, "");
+        assert!(ended[0].complete);
+        let args: Value = serde_json::from_str(&ended[0].arguments).unwrap();
+        assert_eq!(args, glm45.parse_native(cut).calls[0].arguments);
+        // The value's open tag being written holds its key.
+        let c = glm45.call_prefixes(
+            "<tool_call>get_weather\n<arg_key>city</arg_key>\n<arg_v",
             "",
         );
         assert_eq!(&*c[0].arguments, "");
