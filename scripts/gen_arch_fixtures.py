@@ -170,6 +170,13 @@ CASES = [
     # selection bias, renormalised.
     case("minimax-m2", "tiny-minimax-m2"),
     case("minimax-m2-q8_0", "tiny-minimax-m2", matrix_type="q8_0"),
+    # dots.llm1: per-head Q/K norms, a dense first block, GLM-4.5's
+    # routing and shared expert.
+    case("dots1", "tiny-dots1"),
+    # Ling 2.0: Q, K and V in one matrix, per-head Q/K norms, half of each
+    # head rotated, experts chosen from the better of two groups.
+    case("bailingmoe2", "tiny-bailingmoe2"),
+    case("bailingmoe2-q8_0", "tiny-bailingmoe2", matrix_type="q8_0"),
     case("qwen2moe", "tiny-qwen2moe"),
     case("qwen2moe-q8_0", "tiny-qwen2moe", matrix_type="q8_0"),
     case("qwen3moe", "tiny-qwen3moe"),

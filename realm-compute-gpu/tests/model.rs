@@ -68,7 +68,7 @@ fn gpt_oss_is_refused_at_load() {
 }
 
 /// Every architecture's `SyntheticLayout::tiny` the GPU backend runs.
-const ARCHS: [&str; 23] = [
+const ARCHS: [&str; 25] = [
     "llama",
     "mistral",
     "mistral3",
@@ -92,6 +92,8 @@ const ARCHS: [&str; 23] = [
     "glm4moe",
     "ernie4_5-moe",
     "minimax-m2",
+    "dots1",
+    "bailingmoe2",
 ];
 
 /// Prefill of `prompt` in chunks of `batch`, then greedy decoding fed with

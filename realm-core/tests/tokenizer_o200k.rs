@@ -153,6 +153,11 @@ fn seed_coder_splits_as_llama_cpp() {
     splits_as_llama_cpp("seed-coder");
 }
 
+#[test]
+fn bailingmoe2_splits_as_llama_cpp() {
+    splits_as_llama_cpp("bailingmoe2");
+}
+
 /// GLM-4's names leave no BOS token but the one the file names, as
 /// llama.cpp drops the default.
 #[test]

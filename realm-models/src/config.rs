@@ -79,6 +79,15 @@ pub enum Architecture {
     /// (NeoX), experts in every block chosen by their sigmoid scores plus a
     /// selection bias.
     MinimaxM2,
+    /// dots.llm1: per-head Q/K norms, NeoX RoPE, dense leading blocks,
+    /// experts as the file routes them (maybe with a selection bias) and
+    /// shared experts.
+    Dots1,
+    /// Ling 2.0 and Ring 2.0 (bailingmoe2): Q, K and V in one matrix,
+    /// per-head Q/K norms, part of each head rotated (NeoX), dense leading
+    /// blocks, experts chosen in groups by their sigmoid scores plus a
+    /// selection bias, and shared experts.
+    BailingMoe2,
 }
 
 impl Architecture {
@@ -109,6 +118,8 @@ impl Architecture {
             "glm4moe" => Self::Glm4Moe,
             "ernie4_5-moe" => Self::Ernie45Moe,
             "minimax-m2" => Self::MinimaxM2,
+            "dots1" => Self::Dots1,
+            "bailingmoe2" => Self::BailingMoe2,
             other => return Err(Error::UnknownArchitecture(other.to_string())),
         })
     }
@@ -140,6 +151,8 @@ impl Architecture {
             Self::Glm4Moe => "glm4moe",
             Self::Ernie45Moe => "ernie4_5-moe",
             Self::MinimaxM2 => "minimax-m2",
+            Self::Dots1 => "dots1",
+            Self::BailingMoe2 => "bailingmoe2",
         }
     }
 }
@@ -181,6 +194,10 @@ pub struct MoeConfig {
     /// The first blocks, which are dense (`leading_dense_block_count`;
     /// GLM-4.5's and ERNIE 4.5's first).
     pub dense_lead: usize,
+    /// Groups of experts and how many of them a token chooses from (its
+    /// experts the best of the groups whose two best scores sum highest),
+    /// if the experts are grouped.
+    pub groups: Option<(usize, usize)>,
 }
 
 impl MoeConfig {
@@ -193,7 +210,7 @@ impl MoeConfig {
     ///     experts: 8, used: 2, ffn_dim: 64, norm_weights: true, weights_scale: 1.0,
     ///     shared_ffn_dim: None, shared_gated: false, gating: Gating::Sigmoid,
     ///     activation: ExpertActivation::Swiglu, biases: false,
-    ///     selection_bias: SelectionBias::Required, dense_lead: 1,
+    ///     selection_bias: SelectionBias::Required, dense_lead: 1, groups: None,
     /// };
     /// assert!(!m.is_moe_layer(0) && m.is_moe_layer(1));
     /// ```
@@ -538,7 +555,9 @@ impl ModelConfig {
                 | Architecture::Gemma
                 | Architecture::Olmoe
                 | Architecture::Glm4Moe
-                | Architecture::MinimaxM2 => RopeMode::Neox,
+                | Architecture::MinimaxM2
+                | Architecture::Dots1
+                | Architecture::BailingMoe2 => RopeMode::Neox,
             },
             sliding_window,
             // Every sixth layer (Gemma 3), second (Gemma 2, gpt-oss) or
@@ -730,6 +749,9 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
     let glm = arch == Architecture::Glm4Moe;
     let ernie = arch == Architecture::Ernie45Moe;
     let minimax = arch == Architecture::MinimaxM2;
+    // dots.llm1 and Ling 2.0, which llama.cpp reads alike but for Ling's
+    // shared experts' width.
+    let dots_or_ling = matches!(arch, Architecture::Dots1 | Architecture::BailingMoe2);
     match (arch, experts) {
         (
             Architecture::Qwen2Moe
@@ -738,7 +760,9 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
             | Architecture::Olmoe
             | Architecture::Glm4Moe
             | Architecture::Ernie45Moe
-            | Architecture::MinimaxM2,
+            | Architecture::MinimaxM2
+            | Architecture::Dots1
+            | Architecture::BailingMoe2,
             0,
         ) => return Err(Error::BadConfig(format!("{p} needs an expert_count"))),
         (_, 0) => return Ok(None),
@@ -752,7 +776,9 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
             | Architecture::GptOss
             | Architecture::Glm4Moe
             | Architecture::Ernie45Moe
-            | Architecture::MinimaxM2,
+            | Architecture::MinimaxM2
+            | Architecture::Dots1
+            | Architecture::BailingMoe2,
             _,
         ) => {}
         (other, _) => {
@@ -781,7 +807,9 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
     let qwen = matches!(arch, Architecture::Qwen2Moe | Architecture::Qwen3Moe);
     let gpt_oss = arch == Architecture::GptOss;
     let ffn_dim = match get("expert_feed_forward_length")? {
-        _ if ernie => md.get_u32(&format!("{p}.expert_feed_forward_length"))? as usize,
+        _ if ernie || dots_or_ling => {
+            md.get_u32(&format!("{p}.expert_feed_forward_length"))? as usize
+        }
         // MiniMax-M2's experts are `feed_forward_length` wide; llama.cpp
         // needs the key and leaves it unused.
         None if minimax => {
@@ -803,11 +831,18 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
                 .filter(|&f| f > 0)
                 .map(|f| f as usize)
         }
-        // GLM-4.5's shared experts are one of their experts' width each.
-        Architecture::Glm4Moe => match md.get_u32(&format!("{p}.expert_shared_count"))? as usize {
-            0 => None,
-            n => Some(n * ffn_dim),
-        },
+        // GLM-4.5's and dots.llm1's shared experts are one of their
+        // experts' width each; Ling's may be as wide as the file says.
+        Architecture::Glm4Moe | Architecture::Dots1 | Architecture::BailingMoe2 => {
+            let width = match get("expert_shared_feed_forward_length")? {
+                Some(f) if f > 0 && arch == Architecture::BailingMoe2 => f as usize,
+                _ => ffn_dim,
+            };
+            match md.get_u32(&format!("{p}.expert_shared_count"))? as usize {
+                0 => None,
+                n => Some(n * width),
+            }
+        }
         _ => None,
     };
     // (llama.cpp reads no scale for ERNIE 4.5 and MiniMax-M2.)
@@ -821,34 +856,36 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
         // Qwen 2 MoE's router weights are the softmax's own (gpt-oss's a
         // softmax of the chosen).
         Architecture::Qwen2Moe | Architecture::GptOss | Architecture::Olmoe => false,
-        Architecture::Glm4Moe => md.get(&norm_key).is_some() && md.get_bool(&norm_key)?,
+        Architecture::Glm4Moe | Architecture::Dots1 | Architecture::BailingMoe2 => {
+            md.get(&norm_key).is_some() && md.get_bool(&norm_key)?
+        }
         _ => true,
     };
     let gating = match arch {
         Architecture::GptOss => Gating::SoftmaxChosen,
         // llama.cpp's `expert_gating_func` (GLM-4.5's sigmoid unless set;
-        // MiniMax-M2's must be set).
-        Architecture::Glm4Moe | Architecture::MinimaxM2 => {
-            match get("expert_gating_func")?.unwrap_or(0) {
-                0 if minimax => {
-                    return Err(Error::BadConfig(format!("{p} needs an expert_gating_func")))
-                }
-                0 | 2 => Gating::Sigmoid,
-                1 => Gating::Softmax,
-                3 => Gating::SoftmaxChosen,
-                other => {
-                    return Err(Error::BadConfig(format!(
-                        "{p}.expert_gating_func {other} is not supported"
-                    )))
-                }
+        // the others' must be set).
+        Architecture::Glm4Moe
+        | Architecture::MinimaxM2
+        | Architecture::Dots1
+        | Architecture::BailingMoe2 => match get("expert_gating_func")?.unwrap_or(0) {
+            0 if !glm => return Err(Error::BadConfig(format!("{p} needs an expert_gating_func"))),
+            0 | 2 => Gating::Sigmoid,
+            1 => Gating::Softmax,
+            3 => Gating::SoftmaxChosen,
+            other => {
+                return Err(Error::BadConfig(format!(
+                    "{p}.expert_gating_func {other} is not supported"
+                )))
             }
-        }
+        },
         _ => Gating::Softmax,
     };
     let dense_lead = match arch {
-        Architecture::Glm4Moe | Architecture::Ernie45Moe => {
-            get("leading_dense_block_count")?.unwrap_or(0) as usize
-        }
+        Architecture::Glm4Moe
+        | Architecture::Ernie45Moe
+        | Architecture::Dots1
+        | Architecture::BailingMoe2 => get("leading_dense_block_count")?.unwrap_or(0) as usize,
         _ => 0,
     };
     Ok(Some(MoeConfig {
@@ -876,11 +913,48 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
         biases: gpt_oss,
         selection_bias: match arch {
             Architecture::Glm4Moe | Architecture::MinimaxM2 => SelectionBias::Required,
-            Architecture::Ernie45Moe => SelectionBias::WherePresent,
+            Architecture::Ernie45Moe | Architecture::Dots1 | Architecture::BailingMoe2 => {
+                SelectionBias::WherePresent
+            }
             _ => SelectionBias::None,
         },
         dense_lead,
+        groups: expert_groups(md, p, experts, gating)?,
     }))
+}
+
+/// The expert groups a token's experts are chosen from
+/// (`expert_group_count`, `expert_group_used_count`: DeepSeek V3's and
+/// Ling 2.0's), as llama.cpp reads them for every architecture; `None`
+/// for one group.
+fn expert_groups(
+    md: &Metadata,
+    p: &str,
+    experts: usize,
+    gating: Gating,
+) -> Result<Option<(usize, usize)>> {
+    let get = |k: &str| -> Result<usize> {
+        let key = format!("{p}.{k}");
+        Ok(match md.get(&key) {
+            Some(_) => md.get_u32(&key)? as usize,
+            None => 0,
+        })
+    };
+    let (groups, used) = (get("expert_group_count")?, get("expert_group_used_count")?);
+    if groups <= 1 {
+        return Ok(None);
+    }
+    if groups >= experts || !experts.is_multiple_of(groups) || used == 0 || used >= groups {
+        return Err(Error::BadConfig(format!(
+            "{used} of {groups} groups of {experts} experts"
+        )));
+    }
+    if gating == Gating::SoftmaxChosen {
+        return Err(Error::BadConfig(format!(
+            "{p}: expert groups with weights of the chosen's softmax are not supported"
+        )));
+    }
+    Ok(Some((groups, used)))
 }
 
 /// Whether RoPE sections leave M-RoPE off, as llama.cpp tells it: the

@@ -224,6 +224,8 @@ impl<'a, B: Backend> Model<'a, B> {
                 | Architecture::Olmoe
                 | Architecture::Exaone4
                 | Architecture::MinimaxM2
+                | Architecture::Dots1
+                | Architecture::BailingMoe2
         );
         // GLM-4.5's 355B has Q/K norms, its Air none.
         let qk_norms_if_any = c.arch == Architecture::Glm4Moe;

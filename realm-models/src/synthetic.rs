@@ -146,7 +146,8 @@ impl SyntheticLayout {
     /// A two-layer model of `arch` (llama, mistral, mistral3, qwen2,
     /// qwen2moe, qwen3, qwen3moe, phi3, smollm3, granite, gemma2, gemma3,
     /// gpt-oss, olmo2, exaone4, ernie4_5, glm4, seed_oss, gemma,
-    /// granitemoe, olmoe, glm4moe, ernie4_5-moe, minimax-m2) small
+    /// granitemoe, olmoe, glm4moe, ernie4_5-moe, minimax-m2, dots1,
+    /// bailingmoe2) small
     /// enough for unit tests: 64 wide, Q8_0 matrices, 300 tokens;
     /// `qwen2moe`'s, `qwen3moe`'s and `gpt-oss`'s blocks are 4 experts 32
     /// wide, 2 a token (and, for `qwen2moe`, a shared expert 64 wide);
@@ -162,7 +163,10 @@ impl SyntheticLayout {
     /// GLM-4.5 with its per-head Q/K norms, sigmoid routing and weights
     /// renormalised and scaled by 2.5; `minimax-m2` has experts 128 wide
     /// in both blocks, chosen alike, Q/K norms over all heads and half of
-    /// each head rotated.
+    /// each head rotated; `dots1` GLM-4.5's routing with per-head Q/K
+    /// norms; `bailingmoe2` the same in two groups of two experts, one
+    /// group a token, a shared expert 64 wide, and half of each head
+    /// rotated.
     pub fn tiny(arch: &str) -> Result<Self> {
         if arch == "gpt-oss" {
             return Self::tiny_gpt_oss();
@@ -210,6 +214,8 @@ impl SyntheticLayout {
                 "glm4moe" => "glm4moe",
                 "ernie4_5-moe" => "ernie4_5-moe",
                 "minimax-m2" => "minimax-m2",
+                "dots1" => "dots1",
+                "bailingmoe2" => "bailingmoe2",
                 "exaone4" => "exaone4",
                 "ernie4_5" => "ernie4_5",
                 "glm4" => "glm4",
@@ -229,10 +235,10 @@ impl SyntheticLayout {
             d: 64,
             ff: 128,
             heads: 4,
-            // (OLMoE's heads share no keys.)
+            // (OLMoE's and dots.llm1's heads share no keys.)
             kv_heads: match arch {
                 _ if gemma => 1,
-                "olmoe" => 4,
+                "olmoe" | "dots1" => 4,
                 _ => 2,
             },
             head_dim: if wide_heads { 32 } else { 16 },
@@ -264,22 +270,28 @@ impl SyntheticLayout {
         if gemma {
             hp.push((k("attention.sliding_window"), MetadataValue::U32(4)));
         }
-        if arch == "glm4" || arch == "glm4moe" || arch == "minimax-m2" {
-            // Half of each head rotated, as GLM-4's, GLM-4.5's and
-            // MiniMax-M2's.
+        if ["glm4", "glm4moe", "minimax-m2", "bailingmoe2"].contains(&arch) {
+            // Half of each head rotated, as GLM-4's, GLM-4.5's,
+            // MiniMax-M2's and Ling 2.0's.
             hp.push((k("rope.dimension_count"), MetadataValue::U32(8)));
         }
-        if arch == "glm4moe" || arch == "ernie4_5-moe" {
+        let lead = ["glm4moe", "ernie4_5-moe", "dots1", "bailingmoe2"].contains(&arch);
+        if lead {
             // A dense first block, experts 32 wide after it.
             hp.push((k("leading_dense_block_count"), MetadataValue::U32(1)));
             hp.push((k("expert_feed_forward_length"), MetadataValue::U32(32)));
         }
-        if arch == "glm4moe" || arch == "minimax-m2" {
+        if (lead && arch != "ernie4_5-moe") || arch == "minimax-m2" {
             // Sigmoid routing.
             hp.push((k("expert_gating_func"), MetadataValue::U32(2)));
         }
-        if arch == "glm4moe" {
-            // GLM-4.5's weights renormalised and scaled by 2.5.
+        if arch == "bailingmoe2" {
+            // Two groups of two experts, one group a token.
+            hp.push((k("expert_group_count"), MetadataValue::U32(2)));
+            hp.push((k("expert_group_used_count"), MetadataValue::U32(1)));
+        }
+        if ["glm4moe", "dots1", "bailingmoe2"].contains(&arch) {
+            // Weights renormalised and scaled by 2.5, as GLM-4.5's.
             hp.push((k("expert_shared_count"), MetadataValue::U32(1)));
             hp.push((k("expert_weights_norm"), MetadataValue::Bool(true)));
             hp.push((k("expert_weights_scale"), MetadataValue::F32(2.5)));
@@ -324,7 +336,7 @@ impl SyntheticLayout {
         }
         hp.sort_by(|a, b| a.0.cmp(&b.0));
         let mut l = Self::build(&s, hp, |_, _| GgmlType::Q8_0);
-        if ["olmo2", "olmoe", "minimax-m2"].contains(&arch) {
+        if ["olmo2", "olmoe", "minimax-m2", "dots1", "bailingmoe2"].contains(&arch) {
             let mut output = l.tensors[0].clone();
             output.name = "output.weight".into();
             l.tensors.push(output);
@@ -338,6 +350,9 @@ impl SyntheticLayout {
             "ernie4_5-moe" => l.with_selected_experts(Some(64)),
             // MiniMax-M2's experts are as wide as `feed_forward_length`.
             "minimax-m2" => l.with_selected_experts(None),
+            "dots1" => l.with_selected_experts(Some(32)),
+            // (Ling's shared expert is as wide as the file says.)
+            "bailingmoe2" => l.with_selected_experts(Some(64)),
             _ => Ok(l),
         }
     }
@@ -360,8 +375,8 @@ impl SyntheticLayout {
         if let Some(ff) = shared {
             l = l.with_shared_expert(ff)?;
         }
-        // (GLM-4.5 gives a count of shared experts instead.)
-        if arch == "glm4moe" {
+        // (GLM-4.5 and dots.llm1 give a count of shared experts instead.)
+        if arch == "glm4moe" || arch == "dots1" {
             l.hparams
                 .retain(|(k, _)| !k.ends_with(".expert_shared_feed_forward_length"));
         }
@@ -908,8 +923,8 @@ impl SyntheticLayout {
             if !post_only {
                 blk("attn_norm.weight", vec![s.d]);
             }
-            // Phi 3's query, key and value are one matrix.
-            if s.arch == "phi3" {
+            // Phi 3's and Ling 2.0's query, key and value are one matrix.
+            if s.arch == "phi3" || s.arch == "bailingmoe2" {
                 blk("attn_qkv.weight", vec![s.d, q + 2 * kv]);
             } else {
                 blk("attn_q.weight", vec![s.d, q]);
@@ -926,7 +941,16 @@ impl SyntheticLayout {
                 blk("attn_output.bias", vec![s.d]);
                 blk("attn_sinks.weight", vec![u64::from(s.heads)]);
             }
-            if ["gemma3", "qwen3", "exaone4", "glm4moe"].contains(&s.arch) {
+            if [
+                "gemma3",
+                "qwen3",
+                "exaone4",
+                "glm4moe",
+                "dots1",
+                "bailingmoe2",
+            ]
+            .contains(&s.arch)
+            {
                 blk("attn_q_norm.weight", vec![s.head_dim]);
                 blk("attn_k_norm.weight", vec![s.head_dim]);
             }

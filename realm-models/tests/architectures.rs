@@ -285,6 +285,7 @@ fn experts_batch_across_sessions() {
         "tiny-glm4moe",
         "tiny-ernie4_5-moe",
         "tiny-minimax-m2",
+        "tiny-bailingmoe2",
     ] {
         let bytes = SyntheticLayout::by_name(name).unwrap().write(3).unwrap();
         let file = Gguf::from_bytes(&bytes[..]).unwrap();
@@ -536,6 +537,18 @@ fn unsupported_experts_are_refused() {
         .hparams
         .retain(|(k, _)| k != "minimax-m2.expert_gating_func");
     assert!(load_err(ungated).contains("needs an expert_gating_func"));
+    // Groups that cannot be.
+    for (groups, used) in [(3, 1), (2, 2), (4, 1)] {
+        let bad = SyntheticLayout::tiny("bailingmoe2")
+            .unwrap()
+            .with_hparam("bailingmoe2.expert_group_count", MetadataValue::U32(groups))
+            .with_hparam(
+                "bailingmoe2.expert_group_used_count",
+                MetadataValue::U32(used),
+            );
+        let err = load_err(bad);
+        assert!(err.contains(&format!("{used} of {groups} groups")), "{err}");
+    }
     // A LoRA of blk.0.ffn_up on a model whose blocks are experts.
     let dense = SyntheticLayout::tiny("llama").unwrap();
     let mut lora = realm_models::synthetic::SyntheticLora::new(4, 8.0);

@@ -44,6 +44,9 @@ pub(crate) enum PreTokenizer {
     /// `seed-coder` (Seed-OSS, Seed-Coder): the same with single digits and
     /// no line breaks after punctuation.
     SeedCoder,
+    /// `bailingmoe`, `bailingmoe2`, `llada-moe` (Ling, Ring, LLaDA-MoE):
+    /// GLM-4's with single digits.
+    Bailing,
 }
 
 /// Options a pre-tokenizer name implies besides the splitting.
@@ -99,12 +102,14 @@ impl PreOptions {
                 ..o(Glm4, name != "chatglm-bpe", true, false)
             },
             "seed-coder" => o(SeedCoder, false, false, false),
+            "bailingmoe" | "bailingmoe2" | "llada-moe" => o(Bailing, false, false, false),
             other => {
                 return Err(Error::Tokenizer(format!(
                     "unsupported pre-tokenizer `{other}` (tokenizer.ggml.pre); supported: \
                      default, gpt2, llama3, llama-bpe, qwen2, stablelm2, dbrx, smaug-bpe, \
                      starcoder, smollm, refact, command-r, codeshell, deepseek-llm, gpt-4o, \
-                     llama4, minimax-m2, tekken, glm4, glm5, chatglm-bpe, seed-coder"
+                     llama4, minimax-m2, tekken, glm4, glm5, chatglm-bpe, seed-coder, \
+                     bailingmoe, bailingmoe2, llada-moe"
                 )))
             }
         })
@@ -198,6 +203,9 @@ impl Splitter {
             Glm4 => self.stage(|c, out| by_matches(c, out, |c, p| collapsed_llama3(c, p, GLM4))),
             SeedCoder => {
                 self.stage(|c, out| by_matches(c, out, |c, p| collapsed_llama3(c, p, SEED_CODER)))
+            }
+            Bailing => {
+                self.stage(|c, out| by_matches(c, out, |c, p| collapsed_llama3(c, p, BAILING)))
             }
             StarCoder => {
                 self.stage(|c, out| by_matches(c, out, |c, p| single(c, p, is_number_collapsed)));
@@ -549,6 +557,12 @@ const SEED_CODER: Llama3Shape = Llama3Shape {
     max_digits: 1,
     punct_newlines: false,
 };
+/// (Its `\s*[\r\n]` matches as GLM-4's `\s*[\r\n]+`: the longest run of
+/// whitespace that ends with a line break.)
+const BAILING: Llama3Shape = Llama3Shape {
+    max_digits: 1,
+    punct_newlines: true,
+};
 
 /// LLaMA 3's expression as llama.cpp runs it through std::regex over its
 /// collapsed text ([`Collapsed`]), where GLM-4's and Seed-Coder's names
@@ -556,7 +570,8 @@ const SEED_CODER: Llama3Shape = Llama3Shape {
 /// `(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|
 /// [^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|
 /// \s*[\r\n]+|\s+(?!\S)|\s+` (Seed-Coder's: `\p{N}` alone, no line
-/// breaks after punctuation; `shape`). Its match at `from`.
+/// breaks after punctuation; Ling's `\p{N}` alone; `shape`). Its match at
+/// `from`.
 fn collapsed_llama3(c: &Chunk<'_>, from: usize, shape: Llama3Shape) -> Option<(usize, usize)> {
     if from >= c.end {
         return None;
@@ -855,6 +870,10 @@ mod tests {
         assert_eq!(
             words(PreTokenizer::SeedCoder, "x 12?\n"),
             ["x", " ", "1", "2", "?", "\n"]
+        );
+        assert_eq!(
+            words(PreTokenizer::Bailing, "x 12?\n"),
+            ["x", " ", "1", "2", "?\n"]
         );
     }
 

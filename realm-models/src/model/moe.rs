@@ -397,6 +397,32 @@ pub(crate) struct Ranked {
     probs: Vec<f32>,
     keys: Vec<f32>,
     order: Vec<usize>,
+    groups: Vec<(f32, usize)>,
+}
+
+/// Leaves in `keys` (one a expert, `n` groups of them in order) only the
+/// `used` groups whose two best keys sum highest (the lower group first
+/// among equals), the others' keys minus infinity, as llama.cpp masks
+/// them.
+fn mask_groups(keys: &mut [f32], (n, used): (usize, usize), scores: &mut Vec<(f32, usize)>) {
+    let size = keys.len() / n.max(1);
+    scores.clear();
+    for (g, group) in keys.chunks_exact(size.max(1)).enumerate() {
+        let (mut best, mut second) = (f32::NEG_INFINITY, f32::NEG_INFINITY);
+        for &k in group {
+            if k > best {
+                (best, second) = (k, best);
+            } else if k > second {
+                second = k;
+            }
+        }
+        let score = if group.len() > 1 { best + second } else { best };
+        scores.push((score, g));
+    }
+    scores.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    for &(_, g) in &scores[used.min(scores.len())..] {
+        keys[g * size..(g + 1) * size].fill(f32::NEG_INFINITY);
+    }
 }
 
 /// Appends a token's `used` chosen experts and their weights, best first,
@@ -414,7 +440,12 @@ pub(crate) fn route(
     ranked: &mut Ranked,
     chosen: &mut Vec<(usize, f32)>,
 ) {
-    let Ranked { probs, keys, order } = ranked;
+    let Ranked {
+        probs,
+        keys,
+        order,
+        groups,
+    } = ranked;
     order.clear();
     order.extend(0..scores.len());
     let start = chosen.len();
@@ -443,14 +474,14 @@ pub(crate) fn route(
         }
     }
     if m.gating != Gating::SoftmaxChosen {
-        let keys: &[f32] = match bias {
-            Some(bias) => {
-                keys.clear();
-                keys.extend(probs.iter().zip(bias).map(|(p, b)| p + b));
-                keys
-            }
-            None => probs,
-        };
+        keys.clear();
+        match bias {
+            Some(bias) => keys.extend(probs.iter().zip(bias).map(|(p, b)| p + b)),
+            None => keys.extend_from_slice(probs),
+        }
+        if let Some((n, used)) = m.groups {
+            mask_groups(keys, (n, used), groups);
+        }
         order.sort_by(|&a, &b| keys[b].total_cmp(&keys[a]).then(a.cmp(&b)));
         chosen.extend(order.iter().take(m.used).map(|&i| (i, probs[i])));
     }
@@ -487,6 +518,7 @@ mod tests {
             biases: false,
             selection_bias: SelectionBias::None,
             dense_lead: 0,
+            groups: None,
         }
     }
 
@@ -537,6 +569,43 @@ mod tests {
         assert_eq!(soft.iter().map(|c| c.0).collect::<Vec<_>>(), [1, 3]);
         assert!((f64::from(soft[0].1) - a / (a + b)).abs() < 1e-6);
         assert!((soft[0].1 + soft[1].1 - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn experts_are_chosen_from_the_best_groups() {
+        // Groups {0, 1}, {2, 3}, {4, 5}: their two best sum to 0.9, 1.0
+        // and 1.0; the first two best (1 and 2, the lower first) are kept.
+        let mut keys = [0.1f32, 0.8, 0.5, 0.5, 0.9, 0.1];
+        let mut scores = Vec::new();
+        mask_groups(&mut keys, (3, 2), &mut scores);
+        let inf = f32::NEG_INFINITY;
+        assert_eq!(keys, [inf, inf, 0.5, 0.5, 0.9, 0.1]);
+        // In routing: groups 0 and 2 win (the softmax's two best in each
+        // summed), expert 4 over 5 (the lower first); with one group to
+        // choose, both experts come from group 0.
+        let m = MoeConfig {
+            experts: 6,
+            groups: Some((3, 2)),
+            ..cfg(2, false)
+        };
+        let mut chosen = Vec::new();
+        let scores = [0.1f32, 3.0, 0.5, 0.5, 1.0, 1.0];
+        route(&scores, (&m, None), &mut Ranked::default(), &mut chosen);
+        let all: f64 = scores.iter().map(|&v| f64::from(v).exp()).sum();
+        assert_eq!(chosen.iter().map(|c| c.0).collect::<Vec<_>>(), [1, 4]);
+        assert!((f64::from(chosen[0].1) - 3f64.exp() / all).abs() < 1e-6);
+        let grouped = MoeConfig {
+            groups: Some((3, 1)),
+            ..m
+        };
+        let mut chosen = Vec::new();
+        route(
+            &scores,
+            (&grouped, None),
+            &mut Ranked::default(),
+            &mut chosen,
+        );
+        assert_eq!(chosen.iter().map(|c| c.0).collect::<Vec<_>>(), [1, 0]);
     }
 
     #[test]
