@@ -177,6 +177,18 @@ CASES = [
     # head rotated, experts chosen from the better of two groups.
     case("bailingmoe2", "tiny-bailingmoe2"),
     case("bailingmoe2-q8_0", "tiny-bailingmoe2", matrix_type="q8_0"),
+    # DeepSeek V3 (deepseek2): latent attention with the queries through a
+    # low rank (V2-Lite's in one product), experts chosen from the better
+    # of two groups by sigmoid scores plus a selection bias; YaRN with
+    # DeepSeek's log multiplier (its tenth, as files hold it).
+    case("deepseek2", "tiny-deepseek2"),
+    case("deepseek2-q8_0", "tiny-deepseek2", matrix_type="q8_0"),
+    case("deepseek2-lite", "tiny-deepseek2-lite"),
+    case("deepseek2-yarn", "tiny-deepseek2",
+         overrides=[("deepseek2.rope.scaling.type", "str", "yarn"),
+                    ("deepseek2.rope.scaling.factor", "float", "4"),
+                    ("deepseek2.rope.scaling.original_context_length", "int", "64"),
+                    ("deepseek2.rope.scaling.yarn_log_multiplier", "float", "0.0707")]),
     case("qwen2moe", "tiny-qwen2moe"),
     case("qwen2moe-q8_0", "tiny-qwen2moe", matrix_type="q8_0"),
     case("qwen3moe", "tiny-qwen3moe"),

@@ -68,7 +68,7 @@ fn gpt_oss_is_refused_at_load() {
 }
 
 /// Every architecture's `SyntheticLayout::tiny` the GPU backend runs.
-const ARCHS: [&str; 25] = [
+const ARCHS: [&str; 26] = [
     "llama",
     "mistral",
     "mistral3",
@@ -94,6 +94,7 @@ const ARCHS: [&str; 25] = [
     "minimax-m2",
     "dots1",
     "bailingmoe2",
+    "deepseek2",
 ];
 
 /// Prefill of `prompt` in chunks of `batch`, then greedy decoding fed with

@@ -88,6 +88,11 @@ pub enum Architecture {
     /// blocks, experts chosen in groups by their sigmoid scores plus a
     /// selection bias, and shared experts.
     BailingMoe2,
+    /// DeepSeek V2 and V3, Kimi K2, GLM-4.7-Flash (deepseek2): multi-head
+    /// latent attention ([`MlaConfig`], as files converted for its
+    /// absorbed form hold it), dense leading blocks, then experts routed
+    /// as the file says, in groups, and shared experts.
+    Deepseek2,
 }
 
 impl Architecture {
@@ -120,6 +125,7 @@ impl Architecture {
             "minimax-m2" => Self::MinimaxM2,
             "dots1" => Self::Dots1,
             "bailingmoe2" => Self::BailingMoe2,
+            "deepseek2" => Self::Deepseek2,
             other => return Err(Error::UnknownArchitecture(other.to_string())),
         })
     }
@@ -153,6 +159,7 @@ impl Architecture {
             Self::MinimaxM2 => "minimax-m2",
             Self::Dots1 => "dots1",
             Self::BailingMoe2 => "bailingmoe2",
+            Self::Deepseek2 => "deepseek2",
         }
     }
 }
@@ -351,6 +358,35 @@ pub struct ModelConfig {
     /// one: queries grow with their position's distance past the original
     /// context.
     pub attn_temperature: Option<AttnTemperature>,
+    /// Multi-head latent attention (DeepSeek's), if the model has it: its
+    /// attention is then over `n_kv_heads` (1) latent keys of `head_dim`
+    /// (`kv_lora + rope`) values.
+    pub mla: Option<MlaConfig>,
+}
+
+/// DeepSeek's multi-head latent attention, in the absorbed form llama.cpp
+/// runs: each token's keys and values are one latent vector (`kv_lora`
+/// wide, RMS-normed) and `rope` rotated values shared by all heads; each
+/// head's query is its unrotated part (`nope` wide) taken into the latent
+/// space by the head's `attn_k_b` slice, and its rotated part; each head's
+/// output is its attention over the latents taken out by its `attn_v_b`
+/// slice (`v_dim` wide). Realm's queries and keys put the rotated values
+/// first (so that RoPE rotates each head's first `rope` values), and its
+/// values are the latents followed by `rope` zeros (the cache's keys and
+/// values are one width).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MlaConfig {
+    /// The width of the queries' low-rank projection (`attn_q_a`), 0
+    /// where the queries are one product (`attn_q`; V2-Lite's).
+    pub q_lora: usize,
+    /// The width of the latent keys and values.
+    pub kv_lora: usize,
+    /// The unrotated part of each head's query and key.
+    pub nope: usize,
+    /// The rotated part of each head's query and key.
+    pub rope: usize,
+    /// The width of each head's output.
+    pub v_dim: usize,
 }
 
 /// Llama 4's attention temperature, as llama.cpp applies it to Ministral 3:
@@ -499,7 +535,7 @@ impl ModelConfig {
             (Architecture::GptOss, None) => u("expert_feed_forward_length")?,
             (_, None) => u("feed_forward_length")?,
         };
-        let cfg = Self {
+        let mut cfg = Self {
             arch,
             n_layers,
             d_model,
@@ -537,6 +573,7 @@ impl ModelConfig {
                 | Architecture::Mistral3
                 | Architecture::Ernie45
                 | Architecture::Ernie45Moe
+                | Architecture::Deepseek2
                 | Architecture::Glm4
                 | Architecture::SmolLM3
                 | Architecture::Granite
@@ -628,6 +665,7 @@ impl ModelConfig {
             attn_softcap,
             final_softcap,
             moe: moe_config(md, arch, ffn_dim)?,
+            mla: None,
             attn_temperature: match arch {
                 Architecture::Mistral3 => match opt_f("attention.temperature_scale")? {
                     None | Some(0.0) => None,
@@ -651,6 +689,9 @@ impl ModelConfig {
             || cfg.rope_dims > cfg.head_dim
         {
             return Err(Error::BadConfig(format!("inconsistent shape: {cfg:?}")));
+        }
+        if arch == Architecture::Deepseek2 {
+            mla_config(md, &mut cfg)?;
         }
         // YaRN's pair divisors are the model's; a local layer of its own
         // base or scale would need others.
@@ -751,7 +792,10 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
     let minimax = arch == Architecture::MinimaxM2;
     // dots.llm1 and Ling 2.0, which llama.cpp reads alike but for Ling's
     // shared experts' width.
-    let dots_or_ling = matches!(arch, Architecture::Dots1 | Architecture::BailingMoe2);
+    let dots_or_ling = matches!(
+        arch,
+        Architecture::Dots1 | Architecture::BailingMoe2 | Architecture::Deepseek2
+    );
     match (arch, experts) {
         (
             Architecture::Qwen2Moe
@@ -778,7 +822,8 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
             | Architecture::Ernie45Moe
             | Architecture::MinimaxM2
             | Architecture::Dots1
-            | Architecture::BailingMoe2,
+            | Architecture::BailingMoe2
+            | Architecture::Deepseek2,
             _,
         ) => {}
         (other, _) => {
@@ -833,7 +878,10 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
         }
         // GLM-4.5's and dots.llm1's shared experts are one of their
         // experts' width each; Ling's may be as wide as the file says.
-        Architecture::Glm4Moe | Architecture::Dots1 | Architecture::BailingMoe2 => {
+        Architecture::Glm4Moe
+        | Architecture::Dots1
+        | Architecture::BailingMoe2
+        | Architecture::Deepseek2 => {
             let width = match get("expert_shared_feed_forward_length")? {
                 Some(f) if f > 0 && arch == Architecture::BailingMoe2 => f as usize,
                 _ => ffn_dim,
@@ -856,9 +904,10 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
         // Qwen 2 MoE's router weights are the softmax's own (gpt-oss's a
         // softmax of the chosen).
         Architecture::Qwen2Moe | Architecture::GptOss | Architecture::Olmoe => false,
-        Architecture::Glm4Moe | Architecture::Dots1 | Architecture::BailingMoe2 => {
-            md.get(&norm_key).is_some() && md.get_bool(&norm_key)?
-        }
+        Architecture::Glm4Moe
+        | Architecture::Dots1
+        | Architecture::BailingMoe2
+        | Architecture::Deepseek2 => md.get(&norm_key).is_some() && md.get_bool(&norm_key)?,
         _ => true,
     };
     let gating = match arch {
@@ -879,13 +928,37 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
                 )))
             }
         },
+        // DeepSeek V2's files may not say (softmax; GLM-4.7-Flash's, told
+        // by its shape as llama.cpp tells it, sigmoid).
+        Architecture::Deepseek2 => match get("expert_gating_func")?.unwrap_or(0) {
+            0 => {
+                let layers = md.get_u32(&format!("{p}.block_count"))?;
+                let vocab = match md.get(&format!("{p}.vocab_size")) {
+                    Some(_) => md.get_u32(&format!("{p}.vocab_size"))? as usize,
+                    None => md.get_str_array("tokenizer.ggml.tokens")?.len(),
+                };
+                match (layers, vocab) {
+                    (47 | 48, 154_880) => Gating::Sigmoid,
+                    _ => Gating::Softmax,
+                }
+            }
+            1 => Gating::Softmax,
+            2 => Gating::Sigmoid,
+            3 => Gating::SoftmaxChosen,
+            other => {
+                return Err(Error::BadConfig(format!(
+                    "{p}.expert_gating_func {other} is not supported"
+                )))
+            }
+        },
         _ => Gating::Softmax,
     };
     let dense_lead = match arch {
         Architecture::Glm4Moe
         | Architecture::Ernie45Moe
         | Architecture::Dots1
-        | Architecture::BailingMoe2 => get("leading_dense_block_count")?.unwrap_or(0) as usize,
+        | Architecture::BailingMoe2
+        | Architecture::Deepseek2 => get("leading_dense_block_count")?.unwrap_or(0) as usize,
         _ => 0,
     };
     Ok(Some(MoeConfig {
@@ -913,14 +986,84 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
         biases: gpt_oss,
         selection_bias: match arch {
             Architecture::Glm4Moe | Architecture::MinimaxM2 => SelectionBias::Required,
-            Architecture::Ernie45Moe | Architecture::Dots1 | Architecture::BailingMoe2 => {
-                SelectionBias::WherePresent
-            }
+            Architecture::Ernie45Moe
+            | Architecture::Dots1
+            | Architecture::BailingMoe2
+            | Architecture::Deepseek2 => SelectionBias::WherePresent,
             _ => SelectionBias::None,
         },
         dense_lead,
         groups: expert_groups(md, p, experts, gating)?,
     }))
+}
+
+/// Reads DeepSeek 2's latent attention into `cfg`, as llama.cpp reads it:
+/// its widths, its RoPE's magnitude (1 where YaRN has a log multiplier,
+/// llama.cpp's `mscale` being taken as the multiplier) and its scores'
+/// scale, `mscale^2 / sqrt(nope + rope)` with `mscale` the magnitude times
+/// `1 + 0.1 log_mul ln(factor)`. Files of the older form (a whole
+/// `attn_kv_b`, no `key_length_mla`) and the attention temperature
+/// (Mistral Large 3's) are refused.
+fn mla_config(md: &Metadata, cfg: &mut ModelConfig) -> Result<()> {
+    let p = cfg.arch.name();
+    let get = |k: &str| md.get_u32(&format!("{p}.{k}")).map(|v| v as usize);
+    if md.get(&format!("{p}.attention.key_length_mla")).is_none() {
+        return Err(Error::BadConfig(format!(
+            "{p} without attention.key_length_mla (a file converted before llama.cpp's \
+             absorbed latent attention) is not supported: convert it again"
+        )));
+    }
+    let temperature = format!("{p}.attention.temperature_scale");
+    if md.get(&temperature).is_some() && md.get_f32(&temperature)? != 0.0 {
+        return Err(Error::BadConfig(format!(
+            "{p} with an attention temperature is not supported"
+        )));
+    }
+    let (kv_lora, key) = (
+        get("attention.kv_lora_rank")?,
+        get("attention.key_length_mla")?,
+    );
+    let rope = cfg.rope_dims;
+    let q_lora = match md.get(&format!("{p}.attention.q_lora_rank")) {
+        Some(_) => get("attention.q_lora_rank")?,
+        None => 0,
+    };
+    let m = MlaConfig {
+        q_lora,
+        kv_lora,
+        nope: key
+            .checked_sub(rope)
+            .filter(|&n| n > 0)
+            .ok_or_else(|| Error::BadConfig(format!("{p}: keys of {key} with {rope} rotated")))?,
+        rope,
+        v_dim: get("attention.value_length_mla")?,
+    };
+    if cfg.head_dim != kv_lora + rope || cfg.n_kv_heads != 1 || m.v_dim == 0 {
+        return Err(Error::BadConfig(format!(
+            "{p}: latent attention {m:?} of {} heads of {} keys",
+            cfg.n_kv_heads, cfg.head_dim
+        )));
+    }
+    if cfg.rope_freq_scale != 1.0 {
+        return Err(Error::BadConfig(format!(
+            "{p} with linear RoPE scaling is not supported"
+        )));
+    }
+    let (factor, log_mul) = cfg
+        .rope_yarn
+        .as_ref()
+        .map_or((1.0, 0.0), |y| (y.factor, y.log_mul));
+    let attn_factor = match &cfg.rope_yarn {
+        Some(y) => cfg.rope_magnitude / y.magnitude(),
+        None => cfg.rope_magnitude,
+    };
+    if cfg.rope_yarn.is_some() && log_mul != 0.0 {
+        cfg.rope_magnitude = attn_factor;
+    }
+    let mscale = cfg.rope_magnitude * (1.0 + 0.1 * log_mul * f32::ln(factor.max(1.0)));
+    cfg.attn_scale = mscale * mscale / ((m.nope + rope) as f32).sqrt();
+    cfg.mla = Some(m);
+    Ok(())
 }
 
 /// The expert groups a token's experts are chosen from
@@ -1122,6 +1265,10 @@ fn rope_scale(md: &Metadata, arch: Architecture) -> Result<(f32, Option<YarnConf
                 return Err(Error::BadConfig("YaRN over 0 tokens".into()));
             }
             let mut yarn = YarnConfig::new(factor, original_context);
+            // (DeepSeek 2's files hold a tenth of its multiplier.)
+            if arch == Architecture::Deepseek2 {
+                yarn.log_mul = f("rope.scaling.yarn_log_multiplier")?.unwrap_or(0.0) / 0.1;
+            }
             if arch == Architecture::Mistral3 {
                 yarn.beta_fast = f("rope.scaling.yarn_beta_fast")?.unwrap_or(yarn.beta_fast);
                 yarn.beta_slow = f("rope.scaling.yarn_beta_slow")?.unwrap_or(yarn.beta_slow);

@@ -12,12 +12,14 @@ use realm_core::backend::{
 use realm_core::gguf::Gguf;
 use realm_core::{quant, TensorView};
 
+mod mla;
 mod moe;
 mod shift;
 mod state;
 
 pub use self::shift::ContextShift;
 
+use self::mla::{Mla, MlaScratch};
 use self::moe::{Moe, MoeBuffers, MoeHost};
 use crate::config::{Architecture, ModelConfig};
 use crate::imatrix::Collector;
@@ -62,6 +64,8 @@ struct Layer<'a, B: Backend + 'a> {
     ffn_norm: Option<B::Buffer>,
     ffn: Ffn<'a, B>,
     post_ffn_norm: Option<B::Buffer>,
+    /// Latent attention's weights (DeepSeek's), in place of `qkv`.
+    mla: Option<Mla<'a, B>>,
 }
 
 /// Which of a block's products are one matrix in the file.
@@ -138,6 +142,37 @@ pub(crate) fn checked_weight<'a, B: Backend>(
         });
     }
     Ok(w)
+}
+
+/// The `count` matrices of a `[cols, rows, count]` tensor `t` (a model's
+/// experts, or its heads' own matrices) as weights of `backend`: its
+/// slices, each `rows` rows of `cols` values of the file's bytes.
+pub(crate) fn slices<'a, B: Backend>(
+    backend: &B,
+    t: &TensorView<'a>,
+    rows: usize,
+    cols: usize,
+    count: usize,
+) -> Result<Vec<B::Weight<'a>>> {
+    let want = [cols as u64, rows as u64, count as u64];
+    if t.shape() != want {
+        return Err(Error::BadTensorShape {
+            tensor: t.name().to_string(),
+            expected: want.to_vec(),
+            got: t.shape().to_vec(),
+        });
+    }
+    let bytes = t.data().len() / count;
+    (0..count)
+        .map(|e| {
+            let data = &t.data()[e * bytes..(e + 1) * bytes];
+            let view =
+                TensorView::new(t.name(), t.dtype(), &t.shape()[..2], data).ok_or_else(|| {
+                    Error::BadConfig(format!("{}: a slice is not whole rows", t.name()))
+                })?;
+            checked_weight(backend, &view, rows, cols)
+        })
+        .collect()
 }
 
 fn f32_vec(t: &TensorView<'_>) -> Result<Vec<f32>> {
@@ -268,7 +303,9 @@ impl<'a, B: Backend> Model<'a, B> {
                 gate_up: matches!(c.arch, Architecture::Phi3 | Architecture::Glm4)
                     && !has("ffn_gate.weight"),
             };
-            let qkv = if fused.qkv {
+            let qkv = if c.mla.is_some() {
+                Group { runs: Vec::new() }
+            } else if fused.qkv {
                 let w = weight(&n("attn_qkv.weight"), q + 2 * kv, d)?;
                 Group { runs: vec![(w, 3)] }
             } else {
@@ -303,7 +340,10 @@ impl<'a, B: Backend> Model<'a, B> {
                 attn_norm: must("attn_norm.weight", d, c.pre_norms)?,
                 qkv,
                 fused,
-                wo: weight(&n("attn_output.weight"), d, q)?,
+                wo: match &c.mla {
+                    Some(m) => weight(&n("attn_output.weight"), d, c.n_heads * m.v_dim)?,
+                    None => weight(&n("attn_output.weight"), d, q)?,
+                },
                 bq,
                 bk,
                 bv,
@@ -361,6 +401,10 @@ impl<'a, B: Backend> Model<'a, B> {
                     ),
                 },
                 post_ffn_norm: must("post_ffw_norm.weight", d, post_norms)?,
+                mla: match &c.mla {
+                    Some(m) => Some(Mla::load(file, backend, i, c, m)?),
+                    None => None,
+                },
             });
         }
         let embed = weight("token_embd.weight", c.vocab_size, d)?;
@@ -528,7 +572,7 @@ impl<'a, B: Backend> Model<'a, B> {
     /// Whether decode steps run as the backend's static steps: not for
     /// experts, whose routing the host decides step by step.
     fn static_steps(&self) -> bool {
-        self.backend.static_steps() && self.config.moe.is_none()
+        self.backend.static_steps() && self.config.moe.is_none() && self.config.mla.is_none()
     }
 
     /// The model's hyper-parameters.
@@ -1296,67 +1340,76 @@ impl<'a, B: Backend> Model<'a, B> {
             }
             self.temper(sc, n)?;
         }
-        project(
-            b,
-            &mut sc.ws,
-            &layer.qkv,
-            &sc.xn,
-            n,
-            &mut sc.stacked,
-            &[c.q_dim(), c.kv_dim(), c.kv_dim()],
-            &mut [&mut sc.q, &mut sc.k, &mut sc.v],
-        )?;
-        // A fused matrix's input is seen once, under its name.
-        let mut unseen = None;
-        let seen = match (layer.fused.qkv, &mut sc.seen) {
-            (true, Some(c)) => {
-                let name = format!("blk.{li}.attn_qkv.weight");
-                c.observe_named(b, &mut sc.ws, &name, (&sc.xn, n, d))?;
-                &mut unseen
-            }
-            (_, seen) => seen,
-        };
-        for (t, out, m) in [
-            (Target::Q, &mut sc.q, c.q_dim()),
-            (Target::K, &mut sc.k, c.kv_dim()),
-            (Target::V, &mut sc.v, c.kv_dim()),
-        ] {
-            let x = (&sc.xn, n, d);
-            self.adapt(
-                &mut sc.ws,
-                (&mut sc.lora, seen),
-                runs,
-                Some((li, t)),
-                x,
-                (out, m),
-            )?;
-        }
-        for (out, bias) in [
-            (&mut sc.q, &layer.bq),
-            (&mut sc.k, &layer.bk),
-            (&mut sc.v, &layer.bv),
-        ] {
-            if let Some(bias) = bias {
-                b.add_row_inplace(out, bias, n)?;
-            }
-        }
-        // Per-head Q/K norms (Gemma 3) go with the attention, which a
-        // backend may fuse them into.
-        // (OLMo 2's span all heads: a row each.)
-        let qk_norm = match (&layer.q_norm, &layer.k_norm) {
-            (Some(q), Some(k)) if !c.qk_norm_whole => Some(QkNorm { q, k, eps }),
-            (q, k) => {
-                let (q_rows, k_rows) = match c.qk_norm_whole {
-                    true => (n, n),
-                    false => (n * c.n_heads, n * c.n_kv_heads),
-                };
-                if let Some(w) = q {
-                    b.rms_norm_inplace(&mut sc.q, w, eps, q_rows)?;
-                }
-                if let Some(w) = k {
-                    b.rms_norm_inplace(&mut sc.k, w, eps, k_rows)?;
-                }
+        let qk_norm = match (&layer.mla, &c.mla) {
+            // Latent attention's own queries, keys and values.
+            (Some(mla), Some(m)) => {
+                mla.qkv(b, sc, (c, m, li), n)?;
                 None
+            }
+            _ => {
+                project(
+                    b,
+                    &mut sc.ws,
+                    &layer.qkv,
+                    &sc.xn,
+                    n,
+                    &mut sc.stacked,
+                    &[c.q_dim(), c.kv_dim(), c.kv_dim()],
+                    &mut [&mut sc.q, &mut sc.k, &mut sc.v],
+                )?;
+                // A fused matrix's input is seen once, under its name.
+                let mut unseen = None;
+                let seen = match (layer.fused.qkv, &mut sc.seen) {
+                    (true, Some(c)) => {
+                        let name = format!("blk.{li}.attn_qkv.weight");
+                        c.observe_named(b, &mut sc.ws, &name, (&sc.xn, n, d))?;
+                        &mut unseen
+                    }
+                    (_, seen) => seen,
+                };
+                for (t, out, m) in [
+                    (Target::Q, &mut sc.q, c.q_dim()),
+                    (Target::K, &mut sc.k, c.kv_dim()),
+                    (Target::V, &mut sc.v, c.kv_dim()),
+                ] {
+                    let x = (&sc.xn, n, d);
+                    self.adapt(
+                        &mut sc.ws,
+                        (&mut sc.lora, seen),
+                        runs,
+                        Some((li, t)),
+                        x,
+                        (out, m),
+                    )?;
+                }
+                for (out, bias) in [
+                    (&mut sc.q, &layer.bq),
+                    (&mut sc.k, &layer.bk),
+                    (&mut sc.v, &layer.bv),
+                ] {
+                    if let Some(bias) = bias {
+                        b.add_row_inplace(out, bias, n)?;
+                    }
+                }
+                // Per-head Q/K norms (Gemma 3) go with the attention, which a
+                // backend may fuse them into.
+                // (OLMo 2's span all heads: a row each.)
+                match (&layer.q_norm, &layer.k_norm) {
+                    (Some(q), Some(k)) if !c.qk_norm_whole => Some(QkNorm { q, k, eps }),
+                    (q, k) => {
+                        let (q_rows, k_rows) = match c.qk_norm_whole {
+                            true => (n, n),
+                            false => (n * c.n_heads, n * c.n_kv_heads),
+                        };
+                        if let Some(w) = q {
+                            b.rms_norm_inplace(&mut sc.q, w, eps, q_rows)?;
+                        }
+                        if let Some(w) = k {
+                            b.rms_norm_inplace(&mut sc.k, w, eps, k_rows)?;
+                        }
+                        None
+                    }
+                }
             }
         };
         // The attention temperature, on the queries before RoPE, which
@@ -1388,16 +1441,21 @@ impl<'a, B: Backend> Model<'a, B> {
             out: &mut sc.att,
         };
         attend(b, a)?;
-        b.matmul(&mut sc.ws, &layer.wo, &sc.att, n, &mut sc.proj)?;
-        let (x, out) = ((&sc.att, n, c.q_dim()), (&mut sc.proj, d));
-        self.adapt(
-            &mut sc.ws,
-            (&mut sc.lora, &mut sc.seen),
-            runs,
-            Some((li, Target::O)),
-            x,
-            out,
-        )?;
+        match (&layer.mla, &c.mla) {
+            (Some(mla), Some(m)) => mla.output(b, sc, (c, m, li), &layer.wo, n)?,
+            _ => {
+                b.matmul(&mut sc.ws, &layer.wo, &sc.att, n, &mut sc.proj)?;
+                let (x, out) = ((&sc.att, n, c.q_dim()), (&mut sc.proj, d));
+                self.adapt(
+                    &mut sc.ws,
+                    (&mut sc.lora, &mut sc.seen),
+                    runs,
+                    Some((li, Target::O)),
+                    x,
+                    out,
+                )?;
+            }
+        }
         if let Some(bo) = &layer.bo {
             b.add_row_inplace(&mut sc.proj, bo, n)?;
         }
@@ -1782,6 +1840,8 @@ struct Scratch<B: Backend> {
     tempered: bool,
     /// The factors on the host, before they are uploaded.
     temper_host: Vec<f32>,
+    /// Latent attention's room, for a model with it.
+    mla: Option<MlaScratch<B>>,
 }
 
 impl<B: Backend> Scratch<B> {
@@ -1826,6 +1886,10 @@ impl<B: Backend> Scratch<B> {
             temper: None,
             tempered: false,
             temper_host: Vec::new(),
+            mla: match &c.mla {
+                Some(m) => Some(MlaScratch::new(backend, c, m, rows)?),
+                None => None,
+            },
         })
     }
 

@@ -147,7 +147,7 @@ impl SyntheticLayout {
     /// qwen2moe, qwen3, qwen3moe, phi3, smollm3, granite, gemma2, gemma3,
     /// gpt-oss, olmo2, exaone4, ernie4_5, glm4, seed_oss, gemma,
     /// granitemoe, olmoe, glm4moe, ernie4_5-moe, minimax-m2, dots1,
-    /// bailingmoe2) small
+    /// bailingmoe2, deepseek2) small
     /// enough for unit tests: 64 wide, Q8_0 matrices, 300 tokens;
     /// `qwen2moe`'s, `qwen3moe`'s and `gpt-oss`'s blocks are 4 experts 32
     /// wide, 2 a token (and, for `qwen2moe`, a shared expert 64 wide);
@@ -170,6 +170,9 @@ impl SyntheticLayout {
     pub fn tiny(arch: &str) -> Result<Self> {
         if arch == "gpt-oss" {
             return Self::tiny_gpt_oss();
+        }
+        if arch == "deepseek2" {
+            return Self::tiny_deepseek2(false);
         }
         if let Some(dense) = arch
             .strip_suffix("moe")
@@ -375,8 +378,9 @@ impl SyntheticLayout {
         if let Some(ff) = shared {
             l = l.with_shared_expert(ff)?;
         }
-        // (GLM-4.5 and dots.llm1 give a count of shared experts instead.)
-        if arch == "glm4moe" || arch == "dots1" {
+        // (GLM-4.5, dots.llm1 and DeepSeek give a count of shared experts
+        // instead.)
+        if ["glm4moe", "dots1", "deepseek2"].contains(&arch.as_str()) {
             l.hparams
                 .retain(|(k, _)| !k.ends_with(".expert_shared_feed_forward_length"));
         }
@@ -520,6 +524,86 @@ impl SyntheticLayout {
             yarn: (4.0, 64),
         };
         Self::gpt_oss(&s, &shape, |_, _| GgmlType::Q8_0)
+    }
+
+    /// A two-layer DeepSeek V3 (deepseek2): latent attention (4 heads, a
+    /// latent 64 wide, 8 rotated values, unrotated queries 32 wide, outputs
+    /// 16 wide; the queries through a rank of 32, or, `lite`, V2-Lite's one
+    /// product), a dense first block, then 4 experts 32 wide chosen by
+    /// sigmoid scores plus a selection bias from the better of two groups,
+    /// renormalised and scaled by 2.5, and a shared expert.
+    fn tiny_deepseek2(lite: bool) -> Result<Self> {
+        let (d, heads, kv_lora, rope, nope, v_dim, q_lora) =
+            (64u64, 4u64, 64u64, 8u64, 32u64, 16u64, 32u64);
+        let k = |n: &str| format!("deepseek2.{n}");
+        let mut hp = vec![
+            u32_kv(&k("attention.head_count"), heads as u32),
+            u32_kv(&k("attention.head_count_kv"), 1),
+            f32_kv(&k("attention.layer_norm_rms_epsilon"), 1e-6),
+            u32_kv(&k("attention.key_length"), (kv_lora + rope) as u32),
+            u32_kv(&k("attention.value_length"), kv_lora as u32),
+            u32_kv(&k("attention.key_length_mla"), (nope + rope) as u32),
+            u32_kv(&k("attention.value_length_mla"), v_dim as u32),
+            u32_kv(&k("attention.kv_lora_rank"), kv_lora as u32),
+            u32_kv(
+                &k("attention.q_lora_rank"),
+                if lite { 0 } else { q_lora as u32 },
+            ),
+            u32_kv(&k("block_count"), 2),
+            u32_kv(&k("context_length"), 256),
+            u32_kv(&k("embedding_length"), d as u32),
+            u32_kv(&k("feed_forward_length"), 128),
+            u32_kv(&k("rope.dimension_count"), rope as u32),
+            u32_kv(&k("leading_dense_block_count"), 1),
+            u32_kv(&k("expert_feed_forward_length"), 32),
+            u32_kv(&k("expert_shared_count"), 1),
+            u32_kv(&k("expert_gating_func"), 2),
+            u32_kv(&k("expert_group_count"), 2),
+            u32_kv(&k("expert_group_used_count"), 1),
+            f32_kv(&k("expert_weights_scale"), 2.5),
+            (k("expert_weights_norm"), MetadataValue::Bool(true)),
+        ];
+        hp.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut tensors = Vec::new();
+        let mut add = |name: String, shape: Vec<u64>| {
+            let dtype = if shape.len() == 1 {
+                GgmlType::F32
+            } else {
+                GgmlType::Q8_0
+            };
+            tensors.push(SyntheticTensor { name, shape, dtype });
+        };
+        add("token_embd.weight".into(), vec![d, 300]);
+        for l in 0..2 {
+            let mut blk = |n: &str, shape: Vec<u64>| add(format!("blk.{l}.{n}"), shape);
+            blk("attn_norm.weight", vec![d]);
+            let q_out = heads * (nope + rope);
+            if lite {
+                blk("attn_q.weight", vec![d, q_out]);
+            } else {
+                blk("attn_q_a.weight", vec![d, q_lora]);
+                blk("attn_q_a_norm.weight", vec![q_lora]);
+                blk("attn_q_b.weight", vec![q_lora, q_out]);
+            }
+            blk("attn_kv_a_mqa.weight", vec![d, kv_lora + rope]);
+            blk("attn_kv_a_norm.weight", vec![kv_lora]);
+            blk("attn_k_b.weight", vec![nope, kv_lora, heads]);
+            blk("attn_v_b.weight", vec![kv_lora, v_dim, heads]);
+            blk("attn_output.weight", vec![heads * v_dim, d]);
+            blk("ffn_norm.weight", vec![d]);
+            blk("ffn_gate.weight", vec![d, 128]);
+            blk("ffn_up.weight", vec![d, 128]);
+            blk("ffn_down.weight", vec![128, d]);
+        }
+        add("output_norm.weight".into(), vec![d]);
+        add("output.weight".into(), vec![d, 300]);
+        Self {
+            arch: "deepseek2".into(),
+            hparams: hp,
+            vocab_size: 300,
+            tensors,
+        }
+        .with_selected_experts(Some(32))
     }
 
     /// gpt-oss-20b as ggml-org's MXFP4 file holds it: 24 layers, 2880 wide,
@@ -824,7 +908,8 @@ impl SyntheticLayout {
     /// `tiny-granitemoe-shared` (with an ungated shared expert 64 wide),
     /// `tiny-olmo3` (the tiny OLMo 2 with OLMo 3's window),
     /// `tiny-exaone4-32b` (the tiny EXAONE 4 with the 32B's 64 layers) or
-    /// `tiny-glm4moe-air` (the tiny GLM-4.5 without Q/K norms, as Air's).
+    /// `tiny-glm4moe-air` (the tiny GLM-4.5 without Q/K norms, as Air's)
+    /// or `tiny-deepseek2-lite` (the tiny DeepSeek with V2-Lite's queries).
     pub fn by_name(name: &str) -> Option<Self> {
         match name {
             "smollm2" => Some(Self::smollm2_135m()),
@@ -844,6 +929,7 @@ impl SyntheticLayout {
                 Some(l)
             }
             "tiny-exaone4-32b" => Self::tiny_exaone4_32b().ok(),
+            "tiny-deepseek2-lite" => Self::tiny_deepseek2(true).ok(),
             "tiny-glm4moe-air" => {
                 let mut l = Self::tiny("glm4moe").ok()?;
                 // GLM-4.5 Air's blocks have no Q/K norms.

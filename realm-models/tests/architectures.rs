@@ -199,6 +199,8 @@ fn each_variant_changes_the_logits() {
         ("olmo2", "olmo3"),
         ("olmo2", "olmo2-window-every-2"),
         ("glm4moe", "glm4moe-air"),
+        ("deepseek2", "deepseek2-yarn"),
+        ("deepseek2", "deepseek2-lite"),
     ] {
         let d = max_diff(&logits(base), &logits(variant));
         assert!(
@@ -286,6 +288,7 @@ fn experts_batch_across_sessions() {
         "tiny-ernie4_5-moe",
         "tiny-minimax-m2",
         "tiny-bailingmoe2",
+        "tiny-deepseek2",
     ] {
         let bytes = SyntheticLayout::by_name(name).unwrap().write(3).unwrap();
         let file = Gguf::from_bytes(&bytes[..]).unwrap();
@@ -537,6 +540,18 @@ fn unsupported_experts_are_refused() {
         .hparams
         .retain(|(k, _)| k != "minimax-m2.expert_gating_func");
     assert!(load_err(ungated).contains("needs an expert_gating_func"));
+    // DeepSeek files of the form before absorbed latent attention, and
+    // Mistral Large 3's temperature.
+    let mut legacy = SyntheticLayout::tiny("deepseek2").unwrap();
+    legacy
+        .hparams
+        .retain(|(k, _)| k != "deepseek2.attention.key_length_mla");
+    assert!(load_err(legacy).contains("convert it again"));
+    let tempered = SyntheticLayout::tiny("deepseek2").unwrap().with_hparam(
+        "deepseek2.attention.temperature_scale",
+        MetadataValue::F32(0.1),
+    );
+    assert!(load_err(tempered).contains("attention temperature"));
     // Groups that cannot be.
     for (groups, used) in [(3, 1), (2, 2), (4, 1)] {
         let bad = SyntheticLayout::tiny("bailingmoe2")
@@ -562,4 +577,72 @@ fn unsupported_experts_are_refused() {
     let mut model = Model::load(&file, &cpu).unwrap();
     let err = model.add_lora(&adapter, "ffn").unwrap_err().to_string();
     assert!(err.contains("ffn_up"), "{err}");
+    // Nor of latent attention's matrices.
+    let lite = SyntheticLayout::by_name("tiny-deepseek2-lite").unwrap();
+    let mut lora = realm_models::synthetic::SyntheticLora::new(4, 8.0);
+    lora.targets = vec!["attn_q".into()];
+    let adapter = Gguf::from_bytes(lora.write_for(&lite, 1).unwrap()).unwrap();
+    let bytes = lite.write(1).unwrap();
+    let file = Gguf::from_bytes(&bytes[..]).unwrap();
+    let mut model = Model::load(&file, &cpu).unwrap();
+    let err = model.add_lora(&adapter, "q").unwrap_err().to_string();
+    assert!(err.contains("attn_q"), "{err}");
+}
+
+/// A context shift turns back the rotated values of DeepSeek's latent keys
+/// alone (the first of each key, as RoPE rotates them), and moves the
+/// latents and values as they are.
+#[test]
+fn latent_keys_shift_in_their_rotated_values_only() {
+    let cpu = CpuBackend::new().unwrap();
+    let bytes = SyntheticLayout::tiny("deepseek2")
+        .unwrap()
+        .write(3)
+        .unwrap();
+    let file = Gguf::from_bytes(&bytes[..]).unwrap();
+    let model = Model::load(&file, &cpu).unwrap();
+    let (c, m) = (model.config(), model.config().mla.unwrap());
+    let tokens: Vec<u32> = (0..12).map(|i| 5 + 7 * i).collect();
+    let mut s = model.session(32, 16).unwrap();
+    model.forward(&mut s, &tokens).unwrap();
+    let mut before = Vec::new();
+    model.save_state(&s, &tokens, &mut before).unwrap();
+    let (keep, discard) = (2, 3);
+    model.shift_context(&mut s, keep, discard).unwrap();
+    let kept: Vec<u32> = [&tokens[..keep], &tokens[keep + discard..]].concat();
+    let mut after = Vec::new();
+    model.save_state(&s, &kept, &mut after).unwrap();
+    // Rows of f32 keys then values, a layer after another.
+    let rows = |state: &[u8], n: usize| -> Vec<Vec<f32>> {
+        state[37 + 4 * n..]
+            .chunks_exact(4 * c.head_dim)
+            .map(|r| {
+                r.chunks_exact(4)
+                    .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                    .collect()
+            })
+            .collect()
+    };
+    let (a, b) = (rows(&before, 12), rows(&after, 9));
+    for layer in 0..c.n_layers {
+        for i in 0..9 {
+            let from = if i < keep { i } else { i + discard };
+            let (ka, kb) = (&a[layer * 24 + from], &b[layer * 18 + i]);
+            let (va, vb) = (&a[layer * 24 + 12 + from], &b[layer * 18 + 9 + i]);
+            assert_eq!(va, vb, "values move as they are");
+            assert_eq!(ka[m.rope..], kb[m.rope..], "latents move as they are");
+            let pairs = |k: &[f32]| -> Vec<f32> {
+                k[..m.rope].chunks(2).map(|p| p[0].hypot(p[1])).collect()
+            };
+            match i < keep {
+                true => assert_eq!(ka, kb),
+                false => {
+                    assert_ne!(ka[..m.rope], kb[..m.rope], "position {i} turned back");
+                    for (x, y) in pairs(ka).iter().zip(pairs(kb)) {
+                        assert!((x - y).abs() < 1e-5, "a turn keeps each pair's length");
+                    }
+                }
+            }
+        }
+    }
 }

@@ -368,6 +368,10 @@ fn locate(base: &str, c: &ModelConfig, has_output: bool) -> Result<Place> {
         .and_then(|(i, rest)| {
             let i: usize = i.parse().ok()?;
             let t = rest.strip_suffix(".weight")?;
+            // Latent attention has none of the attention's usual matrices.
+            if c.mla.is_some() && t.starts_with("attn_") {
+                return None;
+            }
             // A block of experts has no dense feed-forward matrices.
             if c.moe.as_ref().is_some_and(|m| m.is_moe_layer(i)) && t.starts_with("ffn_") {
                 return None;

@@ -94,29 +94,8 @@ impl<'a, B: Backend + 'a> Moe<'a, B> {
             super::checked_weight(backend, t, rows, cols)
         };
         let router = matrix(&file.tensor(&name("ffn_gate_inp.weight"))?, m.experts, d)?;
-        // Expert `e` of a `[cols, rows, experts]` tensor: its `e`-th slice,
-        // a `[cols, rows]` matrix of the file's bytes.
-        let slices = |short: &str, rows: usize, cols: usize| -> Result<Vec<B::Weight<'a>>> {
-            let t = file.tensor(&name(short))?;
-            let want = [cols as u64, rows as u64, m.experts as u64];
-            if t.shape() != want {
-                return Err(Error::BadTensorShape {
-                    tensor: t.name().to_string(),
-                    expected: want.to_vec(),
-                    got: t.shape().to_vec(),
-                });
-            }
-            let bytes = t.data().len() / m.experts;
-            (0..m.experts)
-                .map(|e| {
-                    let data = &t.data()[e * bytes..(e + 1) * bytes];
-                    let view = TensorView::new(t.name(), t.dtype(), &t.shape()[..2], data)
-                        .ok_or_else(|| {
-                            Error::BadConfig(format!("{}: an expert is not whole rows", t.name()))
-                        })?;
-                    matrix(&view, rows, cols)
-                })
-                .collect()
+        let slices = |short: &str, rows: usize, cols: usize| {
+            super::slices(backend, &file.tensor(&name(short))?, rows, cols, m.experts)
         };
         let gate = slices("ffn_gate_exps.weight", m.ffn_dim, d)?;
         let up = slices("ffn_up_exps.weight", m.ffn_dim, d)?;
