@@ -4,7 +4,8 @@ gpt-4o: gpt-oss, Llama 4; minimax-m2, which llama.cpp splits alike) and of tekke
 Devstral, Ministral 3: GPT-4o's expression without contractions, digits
 alone), and of the LLaMA 3 expression as llama.cpp runs it for GLM-4's
 `glm4`, Seed-Coder's `seed-coder` and Ling's `bailingmoe2` (std::regex
-over its collapsed text),
+over its collapsed text), and of DeepSeek V3's `deepseek-v3` (its three
+expressions),
 for realm-core's tests: realm-core/tests/fixtures/tokenizer/PRE.json.
 
 No o200k vocabulary ships where this runs, so the fixture carries a small
@@ -28,7 +29,7 @@ corners (case changes, contractions, digit groups, marks, non-ASCII
 letters and spaces, line breaks); the test rebuilds the vocabulary from the
 fixture and must give the same ids.
 
-Usage: python3 scripts/gen_gpt4o_fixtures.py [--pre gpt-4o|tekken|glm4|seed-coder|minimax-m2|bailingmoe2]
+Usage: python3 scripts/gen_gpt4o_fixtures.py [--pre gpt-4o|tekken|glm4|seed-coder|minimax-m2|bailingmoe2|deepseek-v3]
 """
 import argparse
 import json
@@ -106,7 +107,8 @@ TEKKEN_CORNERS = [
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--pre", choices=["gpt-4o", "tekken", "glm4", "seed-coder", "minimax-m2", "bailingmoe2"], default="gpt-4o")
+    ap.add_argument("--pre", choices=["gpt-4o", "tekken", "glm4", "seed-coder", "minimax-m2", "bailingmoe2",
+                                       "deepseek-v3"], default="gpt-4o")
     args = ap.parse_args()
     tekken = args.pre == "tekken"
     vendor = os.path.dirname(os.path.dirname(llama_env.tools()))
@@ -127,7 +129,7 @@ def main():
     tokens = first + strings("tokenizer.ggml.tokens")[: 256 + MERGES]
     # LLaMA 3's expressions: runs cut at spaces alone, so that line breaks
     # joined to what comes before them show in the ids.
-    cut = (lambda t: [r for r in t.split(" ") if r]) if args.pre in ("glm4", "seed-coder", "bailingmoe2") \
+    cut = (lambda t: [r for r in t.split(" ") if r]) if args.pre in ("glm4", "seed-coder", "bailingmoe2", "deepseek-v3") \
         else str.split
     probes = probe_merges(gtf.FIXED + corners, specials, cut)
     known = set(tokens)

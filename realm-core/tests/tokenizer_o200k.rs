@@ -158,6 +158,11 @@ fn bailingmoe2_splits_as_llama_cpp() {
     splits_as_llama_cpp("bailingmoe2");
 }
 
+#[test]
+fn deepseek_v3_splits_as_llama_cpp() {
+    splits_as_llama_cpp("deepseek-v3");
+}
+
 /// GLM-4's names leave no BOS token but the one the file names, as
 /// llama.cpp drops the default.
 #[test]

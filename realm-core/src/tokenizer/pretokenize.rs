@@ -47,6 +47,11 @@ pub(crate) enum PreTokenizer {
     /// `bailingmoe`, `bailingmoe2`, `llada-moe` (Ling, Ring, LLaDA-MoE):
     /// GLM-4's with single digits.
     Bailing,
+    /// `deepseek-v3`, `hunyuan-dense`, `hy_v4`, `joyai-llm` (DeepSeek V3
+    /// and R1, Hunyuan): numbers in threes, runs of CJK ideographs and
+    /// kana, then words, punctuation and spaces as llama.cpp's std::regex
+    /// splits them.
+    DeepSeekV3,
 }
 
 /// Options a pre-tokenizer name implies besides the splitting.
@@ -103,13 +108,17 @@ impl PreOptions {
             },
             "seed-coder" => o(SeedCoder, false, false, false),
             "bailingmoe" | "bailingmoe2" | "llada-moe" => o(Bailing, false, false, false),
+            "deepseek-v3" | "hunyuan-dense" | "hy_v4" | "joyai-llm" => {
+                o(DeepSeekV3, false, false, false)
+            }
             other => {
                 return Err(Error::Tokenizer(format!(
                     "unsupported pre-tokenizer `{other}` (tokenizer.ggml.pre); supported: \
                      default, gpt2, llama3, llama-bpe, qwen2, stablelm2, dbrx, smaug-bpe, \
                      starcoder, smollm, refact, command-r, codeshell, deepseek-llm, gpt-4o, \
                      llama4, minimax-m2, tekken, glm4, glm5, chatglm-bpe, seed-coder, \
-                     bailingmoe, bailingmoe2, llada-moe"
+                     bailingmoe, bailingmoe2, llada-moe, deepseek-v3, hunyuan-dense, hy_v4, \
+                     joyai-llm"
                 )))
             }
         })
@@ -206,6 +215,15 @@ impl Splitter {
             }
             Bailing => {
                 self.stage(|c, out| by_matches(c, out, |c, p| collapsed_llama3(c, p, BAILING)))
+            }
+            DeepSeekV3 => {
+                self.stage(|c, out| by_matches(c, out, numbers_in_threes));
+                self.stage(|c, out| {
+                    by_matches(c, out, |c, p| {
+                        run(c, p, |c, i| in_ranges(wide(c, i), DS3_CJK))
+                    })
+                });
+                self.stage(|c, out| by_matches(c, out, deepseek3));
             }
             StarCoder => {
                 self.stage(|c, out| by_matches(c, out, |c, p| single(c, p, is_number_collapsed)));
@@ -671,6 +689,63 @@ fn single(
     Some((s, s + 1))
 }
 
+/// `\p{N}{1,3}` over collapsed text: the first number at or after `from`
+/// and up to two more.
+fn numbers_in_threes(c: &Chunk<'_>, from: usize) -> Option<(usize, usize)> {
+    let s = (from..c.end).find(|&i| is_number_collapsed(c, i))?;
+    let e = (s..(s + 3).min(c.end))
+        .find(|&i| !is_number_collapsed(c, i))
+        .unwrap_or((s + 3).min(c.end));
+    Some((s, e))
+}
+
+/// DeepSeek V3's last expression as llama.cpp runs it (std::regex over
+/// collapsed text, where every ASCII punctuation mark is `\p{P}` or
+/// `\p{S}`):
+/// `[!-/:-@\[-`{-~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+|
+/// ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`: its first match at or
+/// after `from`, alternatives taken in order.
+fn deepseek3(c: &Chunk<'_>, from: usize) -> Option<(usize, usize)> {
+    const MARK: u16 = 0x10;
+    const SYMBOL: u16 = 0x40;
+    let k = Collapsed { c };
+    let inside = |i: usize| i >= c.start && i < c.end;
+    let of = |i: usize, cat: u16| {
+        let x = c.cp(i);
+        x >= 128 && inside(i) && !c.fl(i).is_whitespace() && c.fl(i).category() == cat
+    };
+    let ascii = |i: usize, class: fn(&u8) -> bool| {
+        inside(i) && u8::try_from(c.cp(i)).is_ok_and(|b| b < 128 && class(&b))
+    };
+    let marks = |i: usize| ascii(i, u8::is_ascii_punctuation);
+    let punct_or_symbol = |i: usize| marks(i) || of(i, Flags::PUNCTUATION) || of(i, SYMBOL);
+    let letter_or_mark = |i: usize| k.letter(i) || of(i, MARK);
+    let line_break = |i: usize| inside(i) && matches!(c.cp(i), 0x0A | 0x0D);
+    let lead = |i: usize| inside(i) && !line_break(i) && !k.letter(i) && !punct_or_symbol(i);
+    (from..c.end).find_map(|p| {
+        let end = if marks(p) && ascii(p + 1, u8::is_ascii_alphabetic) {
+            k.run(p + 1, |i| ascii(i, u8::is_ascii_alphabetic))
+        } else if lead(p) && letter_or_mark(p + 1) {
+            k.run(p + 1, letter_or_mark)
+        } else if letter_or_mark(p) {
+            k.run(p, letter_or_mark)
+        } else {
+            let s = match c.cp(p) == 0x20 && punct_or_symbol(p + 1) {
+                true => p + 1,
+                false => p,
+            };
+            match punct_or_symbol(s) {
+                true => k.run(k.run(s, punct_or_symbol), line_break),
+                false => k.spaces(p)?,
+            }
+        };
+        Some((p, end))
+    })
+}
+
+/// DeepSeek V3's CJK ideographs, hiragana and katakana.
+const DS3_CJK: &[(u32, u32)] = &[(0x4E00, 0x9FA5), (0x3040, 0x309F), (0x30A0, 0x30FF)];
+
 /// `[0-9][0-9][0-9]`.
 fn three_digits(c: &Chunk<'_>, from: usize) -> Option<(usize, usize)> {
     let digit = |i: usize| (0x30..=0x39).contains(&c.cp(i));
@@ -874,6 +949,22 @@ mod tests {
         assert_eq!(
             words(PreTokenizer::Bailing, "x 12?\n"),
             ["x", " ", "1", "2", "?\n"]
+        );
+        assert_eq!(
+            words(PreTokenizer::DeepSeekV3, "Hi .net 12345日本語 ok!!\n\n  x"),
+            [
+                "Hi",
+                " .",
+                "net",
+                " ",
+                "123",
+                "45",
+                "日本語",
+                " ok",
+                "!!\n\n",
+                " ",
+                " x"
+            ]
         );
     }
 
