@@ -61,6 +61,22 @@ def minimax(name, args):
     return f'<minimax:tool_call>\n<invoke name="{name}">\n{params}</invoke>\n</minimax:tool_call>'
 
 
+def deepseek(name, args):
+    return ("<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>" + name + "<｜tool▁sep｜>"
+            + json.dumps(args) + "<｜tool▁call▁end｜><｜tool▁calls▁end｜>")
+
+
+def deepseek_r1(name, args):
+    return ("<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>" + name
+            + "\n```json\n" + json.dumps(args) + "\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜>")
+
+
+def kimi(name, args):
+    return ("<|tool_calls_section_begin|><|tool_call_begin|>functions." + name + ":0"
+            + "<|tool_call_argument_begin|>" + json.dumps(args)
+            + "<|tool_call_end|><|tool_calls_section_end|>")
+
+
 def llama3(name, args):
     return json.dumps({"name": name, "parameters": args})
 
@@ -102,6 +118,10 @@ TEMPLATES = [
     ("GLM-4.6.jinja", glm45, "\n", "<think>{}</think>\n", plain, before),
     ("GLM-4.7-Flash.jinja", glm47, "", "{}</think>", plain, before),
     ("MiniMax-M2.jinja", minimax, None, "{}\n</think>\n\n", plain, before),
+    ("deepseek-ai-DeepSeek-V3.1.jinja", deepseek, None, None, plain, before),
+    ("deepseek-ai-DeepSeek-R1-Distill-Llama-8B.jinja", deepseek_r1, None, "{}\n</think>\n\n",
+     plain, before),
+    ("moonshotai-Kimi-K2.jinja", kimi, None, None, plain, before),
     ("meta-llama-Llama-3.1-8B-Instruct.jinja", llama3, None, None, plain, before),
     ("unsloth-mistral-Devstral-Small-2507.jinja", mistral, "", None, plain, before),
     ("mistralai-Ministral-3-14B-Reasoning-2512.jinja", mistral, "", "[THINK]{}[/THINK]", plain,
@@ -113,7 +133,8 @@ TEMPLATES = [
 
 # Templates whose prompt opens a think block: their replies close it
 # first (an empty one where they do not think).
-OPENED = {"GLM-4.7-Flash.jinja", "MiniMax-M2.jinja"}
+OPENED = {"GLM-4.7-Flash.jinja", "MiniMax-M2.jinja", "deepseek-ai-DeepSeek-V3.1.jinja",
+          "deepseek-ai-DeepSeek-R1-Distill-Llama-8B.jinja"}
 
 
 def replies(call, join, think, plain_text, text_before, opened):

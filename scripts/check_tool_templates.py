@@ -52,6 +52,9 @@ TEMPLATES = [
     "GLM-4.6.jinja",
     "GLM-4.7-Flash.jinja",
     "MiniMax-M2.jinja",
+    "deepseek-ai-DeepSeek-V3.1.jinja",
+    "deepseek-ai-DeepSeek-R1-Distill-Llama-8B.jinja",
+    "moonshotai-Kimi-K2.jinja",
 ]
 
 TOOLS = [

@@ -2580,6 +2580,23 @@ const MINIMAX_TEMPLATE: &str = "{%- if tools %}system\nTools: {% for t in tools 
 {% for k, v in c.function.arguments | items %}<parameter name=\"{{ k }}\">{{ v }}</parameter>\n\
 {% endfor %}</invoke>\n</minimax:tool_call>{% endfor %}\n{%- endfor %}ai\n";
 
+/// DeepSeek V3.1's format (written anew): a section of calls, each a name
+/// and JSON arguments between special tokens.
+const DEEPSEEK_TEMPLATE: &str = "{%- if tools %}system\nTools: {% for t in tools %}\
+{{ t | tojson }} {% endfor %}\n{% endif %}{%- for m in messages %}{% if m.role == \"tool\" %}\
+<｜tool▁output▁begin｜>{{ m.content }}<｜tool▁output▁end｜>{% else %}{{ m.role }}: {{ m.content }}\
+{% if m.tool_calls %}<｜tool▁calls▁begin｜>{% for c in m.tool_calls %}<｜tool▁call▁begin｜>\
+{{ c.function.name }}<｜tool▁sep｜>{{ c.function.arguments | tojson }}<｜tool▁call▁end｜>{% endfor %}\
+<｜tool▁calls▁end｜>{% endif %}\n{% endif %}{%- endfor %}assistant: ";
+
+/// Kimi K2's format (written anew): calls numbered as `functions.NAME:N`.
+const KIMI_TEMPLATE: &str = "{%- if tools %}system\nTools: {% for t in tools %}\
+{{ t | tojson }} {% endfor %}\n{% endif %}{%- for m in messages %}{{ m.role }}: {{ m.content }}\
+{% if m.tool_calls %}<|tool_calls_section_begin|>{% for c in m.tool_calls %}<|tool_call_begin|>\
+functions.{{ c.function.name }}:{{ loop.index0 }}<|tool_call_argument_begin|>\
+{{ c.function.arguments | tojson }}<|tool_call_end|>{% endfor %}<|tool_calls_section_end|>\
+{% endif %}\n{%- endfor %}assistant: ";
+
 /// A weather request after `shots` earlier calls of the tool (each with
 /// its result and an answer), asking about Lima.
 fn weather_after_calls(shots: usize, extra: Value) -> Value {
@@ -2923,10 +2940,11 @@ fn mistral_tool_calls_get_nine_character_ids() {
     assert_eq!(block["id"].as_str().unwrap().len(), 9, "{message}");
 }
 
-/// GLM-4.5's and MiniMax-M2's formats: an earlier call written in each,
-/// a required call read back, whole and streamed.
+/// GLM-4.5's, MiniMax-M2's, DeepSeek V3.1's and Kimi K2's formats: an
+/// earlier call written in each, a required call read back, whole and
+/// streamed.
 #[test]
-fn glm_and_minimax_tool_calls() {
+fn glm_minimax_deepseek_and_kimi_tool_calls() {
     if !cached(&catalog::SMOLLM2) {
         return;
     }
@@ -2941,12 +2959,24 @@ fn glm_and_minimax_tool_calls() {
             "<minimax:tool_call>\n<invoke name=\"get_weather\">\n<parameter name=\"city\">Oslo\
              </parameter>\n</invoke>\n</minimax:tool_call>",
         ),
+        (
+            DEEPSEEK_TEMPLATE,
+            "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>get_weather<｜tool▁sep｜>{\"city\": \"Oslo\"}\
+             <｜tool▁call▁end｜><｜tool▁calls▁end｜>",
+        ),
+        (
+            KIMI_TEMPLATE,
+            "<|tool_calls_section_begin|><|tool_call_begin|>functions.get_weather:0\
+             <|tool_call_argument_begin|>{\"city\": \"Oslo\"}<|tool_call_end|>\
+             <|tool_calls_section_end|>",
+        ),
     ] {
         let server = Server::start(&["smollm2", "--chat-template", template]);
         let prompt =
             server.post("/apply-template", &weather_after_calls(1, json!({})))["prompt"].clone();
         assert!(prompt.as_str().unwrap().contains(earlier), "{prompt}");
-        let required = weather_request(json!({"tool_choice": "required"}));
+        // (DeepSeek's markers are many byte tokens in SmolLM2's vocabulary.)
+        let required = weather_request(json!({"tool_choice": "required", "max_tokens": 200}));
         let (name, args, content) = call_whole_and_streamed(&server, &required, true);
         assert_eq!((name.as_str(), &content), ("get_weather", &Value::Null));
         assert!(args["city"].is_string(), "{args}");

@@ -42,6 +42,7 @@ use serde_json::{json, Map, Value};
 
 use crate::grammar::{Grammar, GrammarError};
 
+mod marked;
 mod native;
 mod partial;
 mod xml;

@@ -49,6 +49,7 @@ use std::borrow::Cow;
 
 use serde_json::Value;
 
+use super::marked::{self, JsonMarkup};
 use super::xml::{self, XmlMarkup};
 use super::{ToolCall, ToolChoice, Tools};
 use crate::grammar::{convert_framed, gbnf_literal, Grammar, GrammarError};
@@ -80,6 +81,16 @@ pub enum ToolFormat {
     /// `<minimax:tool_call>` blocks of `<invoke name="NAME">` and
     /// `<parameter name="P">` elements (MiniMax-M2).
     MinimaxM2,
+    /// `<｜tool▁calls▁begin｜>` sections of `<｜tool▁call▁begin｜>NAME<｜tool▁sep｜>{...}`
+    /// calls (DeepSeek V3.1).
+    DeepSeekV31,
+    /// DeepSeek V3.1's sections of `function<｜tool▁sep｜>NAME` calls with
+    /// their arguments in a JSON code block (DeepSeek R1 and its distills).
+    DeepSeekR1,
+    /// `<|tool_calls_section_begin|>` sections of
+    /// `<|tool_call_begin|>functions.NAME:N<|tool_call_argument_begin|>{...}`
+    /// calls (Kimi K2).
+    KimiK2,
     /// `[TOOL_CALLS][{"name": ..., "arguments": {...}, "id": ...}]`
     /// (Mistral Nemo).
     MistralNemo,
@@ -117,6 +128,16 @@ impl ToolFormat {
                 true => Self::Mistral,
                 false => Self::MistralNemo,
             }
+        } else if source.contains(marked::KIMI_K2.open)
+            && source.contains("<|tool_call_argument_begin|>")
+        {
+            Self::KimiK2
+        } else if source.contains(marked::DEEPSEEK_V31.open) && source.contains("<｜tool▁sep｜>")
+        {
+            match source.contains("```json") {
+                true => Self::DeepSeekR1,
+                false => Self::DeepSeekV31,
+            }
         } else if source.contains(xml::MINIMAX.open) && source.contains("<invoke name=") {
             Self::MinimaxM2
         } else if source.contains(HERMES_OPEN) && source.contains("<arg_key>") {
@@ -152,6 +173,19 @@ impl ToolFormat {
             Self::Glm45 => "glm-4.5",
             Self::Glm47 => "glm-4.7",
             Self::MinimaxM2 => "minimax-m2",
+            Self::DeepSeekV31 => "deepseek-v3.1",
+            Self::DeepSeekR1 => "deepseek-r1",
+            Self::KimiK2 => "kimi-k2",
+        }
+    }
+
+    /// The markup of a format of named JSON calls in a section.
+    pub(super) fn marked(self) -> Option<&'static JsonMarkup> {
+        match self {
+            Self::DeepSeekV31 => Some(&marked::DEEPSEEK_V31),
+            Self::DeepSeekR1 => Some(&marked::DEEPSEEK_R1),
+            Self::KimiK2 => Some(&marked::KIMI_K2),
+            _ => None,
         }
     }
 
@@ -211,11 +245,12 @@ impl Tools {
             ToolFormat::Harmony => vec![HARMONY_TO.to_string()],
             ToolFormat::Llama3 => vec![LLAMA3_OPEN.to_string()],
             ToolFormat::Mistral | ToolFormat::MistralNemo => vec![MISTRAL_OPEN.to_string()],
-            // The XML formats' block.
-            f => f
-                .xml()
-                .map(|m| vec![m.open.to_string()])
-                .unwrap_or_default(),
+            // The XML formats' block, the others' section.
+            f => match (f.xml(), f.marked()) {
+                (Some(m), _) => vec![m.open.to_string()],
+                (_, Some(m)) => vec![m.open.to_string()],
+                _ => Vec::new(),
+            },
         }
     }
 
@@ -240,7 +275,11 @@ impl Tools {
             ToolFormat::Harmony => &["<|channel|>", "<|message|>", "<|constrain|>", "<|start|>"],
             ToolFormat::Mistral => &[MISTRAL_OPEN, MISTRAL_ARGS, MISTRAL_ID],
             ToolFormat::MistralNemo => &[MISTRAL_OPEN],
-            f => f.xml().map_or(&[], |m| m.preserved),
+            f => match (f.xml(), f.marked()) {
+                (Some(m), _) => m.preserved,
+                (_, Some(m)) => m.preserved,
+                _ => &[],
+            },
         };
         marks.iter().map(|m| m.to_string()).collect()
     }
@@ -251,6 +290,9 @@ impl Tools {
         let lazy = self.choice == ToolChoice::Auto;
         if let Some(m) = self.format.xml() {
             return self.xml_grammar(m, lazy);
+        }
+        if let Some(m) = self.format.marked() {
+            return self.marked_grammar(m, lazy);
         }
         match self.format {
             ToolFormat::Harmony => {
@@ -383,6 +425,9 @@ impl Tools {
         if let Some(m) = self.format.xml() {
             return before(m.open);
         }
+        if let Some(m) = self.format.marked() {
+            return before(m.open);
+        }
         match self.format {
             ToolFormat::Generic => super::streamed_response(content).map(Cow::Owned),
             ToolFormat::Hermes => before(HERMES_OPEN),
@@ -402,6 +447,9 @@ impl Tools {
     pub fn parse_native(&self, text: &str) -> NativeReply {
         if let Some(m) = self.format.xml() {
             return self.xml(m, text);
+        }
+        if let Some(m) = self.format.marked() {
+            return self.marked(m, text);
         }
         match self.format {
             ToolFormat::Harmony => NativeReply {
@@ -644,6 +692,7 @@ fn held_before<'a>(content: &'a str, open: &str) -> &'a str {
         None => {
             let held = (1..open.len())
                 .rev()
+                .filter(|&k| open.is_char_boundary(k))
                 .find(|&k| content.ends_with(&open[..k]))
                 .unwrap_or(0);
             &content[..content.len() - held]

@@ -73,6 +73,9 @@ impl Tools {
                 if let Some(m) = f.xml() {
                     self.xml_prefixes(m, content, ended, &mut out)
                 }
+                if let Some(m) = f.marked() {
+                    self.marked_prefixes(m, content, &mut out)
+                }
             }
         }
         out
@@ -289,7 +292,7 @@ fn waiting_or(name: Option<&str>) -> Members<'_> {
 /// How much of `text` the JSON value at its start takes, and whether it
 /// is complete there: strings, objects and arrays to their end, other
 /// values to the first character that cannot go on one.
-fn value_extent(text: &str) -> (usize, bool) {
+pub(super) fn value_extent(text: &str) -> (usize, bool) {
     let bytes = text.as_bytes();
     let Some(&first) = bytes.first() else {
         return (0, false);
@@ -544,6 +547,37 @@ mod tests {
             "",
         );
         assert_eq!(&*c[0].arguments, "");
+    }
+
+    #[test]
+    fn deepseek_and_kimi_calls_grow() {
+        let args = "{\"city\": \"Oslo \\\"}\", \"days\": 12}";
+        for (template, call) in [
+            (
+                "'<｜tool▁calls▁begin｜>' + name + '<｜tool▁sep｜>'",
+                format!("<｜tool▁call▁begin｜>get_weather<｜tool▁sep｜>{args}<｜tool▁call▁end｜>"),
+            ),
+            (
+                "'<｜tool▁calls▁begin｜>' + '<｜tool▁sep｜>' + '```json'",
+                format!(
+                    "<｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n```json\n{args}\n```\
+                     <｜tool▁call▁end｜>"
+                ),
+            ),
+            (
+                "<|tool_calls_section_begin|> <|tool_call_argument_begin|>",
+                format!(
+                    "<|tool_call_begin|>functions.get_weather:0<|tool_call_argument_begin|>{args}\
+                     <|tool_call_end|>"
+                ),
+            ),
+        ] {
+            let t = tools(template);
+            let m = t.format().marked().unwrap();
+            let reply = format!("Sure.\n{}{call}{}", m.open, m.close);
+            let calls = grows(&t, &reply, false);
+            assert_eq!(calls[0].1, json!({"city": "Oslo \"}", "days": 12}));
+        }
     }
 
     #[test]
