@@ -71,6 +71,40 @@ pub(crate) struct MlaScratch<B: Backend> {
     host: MlaHost,
 }
 
+/// For each head (one of `mats`): the values `part` of its piece of each
+/// of the `n` rows of `src` (rows of a piece a head, `stride` values
+/// each), gathered, times the head's matrix (`out` values a row); `place`
+/// gets each row's product with its row and head.
+#[allow(clippy::too_many_arguments)]
+fn per_head<B: Backend>(
+    b: &B,
+    ws: &mut B::Workspace,
+    mats: &[B::Weight<'_>],
+    (src, stride, part): (&[f32], usize, std::ops::Range<usize>),
+    n: usize,
+    out: usize,
+    (rows_in, head_out): (&mut B::Buffer, &mut B::Buffer),
+    (gathered, product): (&mut Vec<f32>, &mut Vec<f32>),
+    mut place: impl FnMut(usize, usize, &[f32]),
+) -> Result<()> {
+    let h = mats.len();
+    for (head, w) in mats.iter().enumerate() {
+        gathered.clear();
+        for t in 0..n {
+            let at = (t * h + head) * stride;
+            gathered.extend_from_slice(&src[at + part.start..at + part.end]);
+        }
+        b.upload_into(gathered, rows_in)?;
+        b.matmul(ws, w, rows_in, n, head_out)?;
+        product.resize(n * out, 0.0);
+        b.download(head_out, product)?;
+        for (t, row) in product.chunks_exact(out).enumerate() {
+            place(t, head, row);
+        }
+    }
+    Ok(())
+}
+
 #[derive(Debug, Default)]
 struct MlaHost {
     q: Vec<f32>,
@@ -145,14 +179,13 @@ impl<'a, B: Backend + 'a> Mla<'a, B> {
             }
             Err(e) => return Err(e.into()),
         };
-        let per_head =
-            |s: &str, rows, cols| slices(backend, &file.tensor(&name(s))?, rows, cols, h);
+        let heads = |s: &str, rows, cols| slices(backend, &file.tensor(&name(s))?, rows, cols, h);
         Ok(Self {
             q,
             kv_a: weight("attn_kv_a_mqa.weight", m.kv_lora + m.rope, d)?,
             kv_norm: norm("attn_kv_a_norm.weight", m.kv_lora)?,
-            k_b: per_head("attn_k_b.weight", m.kv_lora, m.nope)?,
-            v_b: per_head("attn_v_b.weight", m.v_dim, m.kv_lora)?,
+            k_b: heads("attn_k_b.weight", m.kv_lora, m.nope)?,
+            v_b: heads("attn_v_b.weight", m.v_dim, m.kv_lora)?,
         })
     }
 }
@@ -212,23 +245,30 @@ impl<B: Backend> Mla<'_, B> {
         let hd = rope + kvl;
         host.assembled.clear();
         host.assembled.resize(n * h * hd, 0.0);
-        for (head, k_b) in self.k_b.iter().enumerate() {
-            host.gathered.clear();
-            for t in 0..n {
+        let MlaHost {
+            q,
+            gathered,
+            product,
+            assembled,
+            ..
+        } = host;
+        let bufs = (&mut s.rows_in, &mut s.head_out);
+        per_head(
+            b,
+            &mut sc.ws,
+            &self.k_b,
+            (q, qw, 0..nope),
+            n,
+            kvl,
+            bufs,
+            (gathered, product),
+            |t, head, row| {
                 let at = (t * h + head) * qw;
-                host.gathered.extend_from_slice(&host.q[at..at + nope]);
-            }
-            b.upload_into(&host.gathered, &mut s.rows_in)?;
-            b.matmul(&mut sc.ws, k_b, &s.rows_in, n, &mut s.head_out)?;
-            host.product.resize(n * kvl, 0.0);
-            b.download(&s.head_out, &mut host.product)?;
-            for t in 0..n {
-                let at = (t * h + head) * qw;
-                let dst = &mut host.assembled[(t * h + head) * hd..][..hd];
-                dst[..rope].copy_from_slice(&host.q[at + nope..at + qw]);
-                dst[rope..].copy_from_slice(&host.product[t * kvl..(t + 1) * kvl]);
-            }
-        }
+                let dst = &mut assembled[(t * h + head) * hd..][..hd];
+                dst[..rope].copy_from_slice(&q[at + nope..at + qw]);
+                dst[rope..].copy_from_slice(row);
+            },
+        )?;
         b.upload_into(&host.assembled, &mut s.rows_in)?;
         b.copy_rows(&s.rows_in, 0..n, h * hd, &mut sc.q)?;
         // The key: the rotated values, then the latent; the value: the
@@ -276,21 +316,25 @@ impl<B: Backend> Mla<'_, B> {
         b.download(&sc.att, &mut host.q)?;
         host.assembled.clear();
         host.assembled.resize(n * h * v, 0.0);
-        for (head, v_b) in self.v_b.iter().enumerate() {
-            host.gathered.clear();
-            for t in 0..n {
-                let at = (t * h + head) * hd;
-                host.gathered.extend_from_slice(&host.q[at..at + kvl]);
-            }
-            b.upload_into(&host.gathered, &mut s.rows_in)?;
-            b.matmul(&mut sc.ws, v_b, &s.rows_in, n, &mut s.head_out)?;
-            host.product.resize(n * v, 0.0);
-            b.download(&s.head_out, &mut host.product)?;
-            for t in 0..n {
-                host.assembled[(t * h + head) * v..][..v]
-                    .copy_from_slice(&host.product[t * v..(t + 1) * v]);
-            }
-        }
+        let MlaHost {
+            q,
+            gathered,
+            product,
+            assembled,
+            ..
+        } = host;
+        let bufs = (&mut s.rows_in, &mut s.head_out);
+        per_head(
+            b,
+            &mut sc.ws,
+            &self.v_b,
+            (q, hd, 0..kvl),
+            n,
+            v,
+            bufs,
+            (gathered, product),
+            |t, head, row| assembled[(t * h + head) * v..][..v].copy_from_slice(row),
+        )?;
         b.upload_into(&host.assembled, &mut s.rows_in)?;
         if let Some(seen) = sc.seen.as_deref_mut() {
             let name = format!("blk.{layer}.attn_output.weight");

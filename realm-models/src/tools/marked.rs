@@ -11,7 +11,7 @@ use std::borrow::Cow;
 
 use serde_json::Value;
 
-use super::native::NativeReply;
+use super::native::{argument_rules, sections, NativeReply};
 use super::partial::{value_extent, CallPrefix};
 use super::{Tool, ToolCall, Tools};
 use crate::grammar::{convert_framed, gbnf_literal, Grammar, GrammarError};
@@ -120,11 +120,7 @@ impl Tools {
         lazy: bool,
     ) -> Result<Grammar, GrammarError> {
         let tools: Vec<&Tool> = self.callable().collect();
-        let values: Vec<(String, &Value)> = tools
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (format!("args-{i}"), &t.parameters))
-            .collect();
+        let values = argument_rules(&tools);
         let number = if m.numbered { " [0-9]{1,3}" } else { "" };
         let calls: Vec<String> = tools
             .iter()
@@ -156,27 +152,7 @@ impl Tools {
     /// with arguments that are JSON objects; a section with any other
     /// stays in the content.
     pub(super) fn marked(&self, m: &JsonMarkup, text: &str) -> NativeReply {
-        let mut content = String::new();
-        let mut calls = Vec::new();
-        let mut rest = text;
-        while let Some(at) = rest.find(m.open) {
-            content.push_str(&rest[..at]);
-            let after = &rest[at + m.open.len()..];
-            let (body, next) = match after.find(m.close) {
-                Some(end) => (&after[..end], &after[end + m.close.len()..]),
-                None => (after, ""),
-            };
-            match self.marked_section(m, body) {
-                Some(read) => calls.extend(read),
-                None => content.push_str(&rest[at..rest.len() - next.len()]),
-            }
-            rest = next;
-        }
-        content.push_str(rest);
-        NativeReply {
-            content: content.trim().to_string(),
-            calls,
-        }
+        sections(text, (m.open, m.close), |body| self.marked_section(m, body))
     }
 
     fn marked_section(&self, m: &JsonMarkup, body: &str) -> Option<Vec<ToolCall>> {
@@ -239,12 +215,9 @@ impl Tools {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use serde_json::json;
 
-    use super::*;
-    use crate::grammar::Matcher;
+    use crate::tools::testing::{accepts, weather_tools as tools};
     use crate::tools::ToolFormat;
 
     /// The parts of DeepSeek V3.1's, R1's and Kimi K2's templates that
@@ -253,25 +226,6 @@ mod tests {
     const R1: &str = "{{'<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>' + type + '<｜tool▁sep｜>' + name + '\\n' + '```json'}}";
     const KIMI: &str =
         "<|tool_calls_section_begin|><|tool_call_begin|>{{ id }}<|tool_call_argument_begin|>";
-
-    fn tools(template: &str, parallel: bool) -> Tools {
-        let list = json!([
-            {"type": "function", "function": {"name": "get_weather", "parameters": {
-                "type": "object", "properties": {"city": {"type": "string"},
-                                                 "days": {"type": "integer"}},
-                "required": ["city"]}}},
-            {"type": "function", "function": {"name": "now"}},
-        ]);
-        Tools::from_openai(&list, None, Some(parallel))
-            .unwrap()
-            .unwrap()
-            .for_template(template)
-    }
-
-    fn accepts(t: &Tools, text: &str) -> bool {
-        let mut m = Matcher::new(Arc::new(t.native_grammar().unwrap()));
-        m.accept(text.as_bytes()).is_ok() && m.is_complete()
-    }
 
     /// Calls as each template writes them: what the grammar allows and
     /// reading gives back; two in one section where calls are parallel.

@@ -47,6 +47,40 @@ mod native;
 mod partial;
 mod xml;
 
+/// What the formats' tests share: tools, and whether a native grammar
+/// takes a text whole.
+#[cfg(test)]
+mod testing {
+    use std::sync::Arc;
+
+    use serde_json::json;
+
+    use super::Tools;
+    use crate::grammar::Matcher;
+
+    /// `get_weather` (a text `city`, required, and an integer `days`) and
+    /// `now`, in `template`'s format.
+    pub(super) fn weather_tools(template: &str, parallel: bool) -> Tools {
+        let list = json!([
+            {"type": "function", "function": {"name": "get_weather", "parameters": {
+                "type": "object", "properties": {"city": {"type": "string"},
+                                                 "days": {"type": "integer"}},
+                "required": ["city"]}}},
+            {"type": "function", "function": {"name": "now"}},
+        ]);
+        Tools::from_openai(&list, None, Some(parallel))
+            .unwrap()
+            .unwrap()
+            .for_template(template)
+    }
+
+    /// Whether `t`'s native grammar takes `text` whole.
+    pub(super) fn accepts(t: &Tools, text: &str) -> bool {
+        let mut m = Matcher::new(Arc::new(t.native_grammar().unwrap()));
+        m.accept(text.as_bytes()).is_ok() && m.is_complete()
+    }
+}
+
 pub use native::{NativeReply, ToolFormat};
 pub use partial::CallPrefix;
 

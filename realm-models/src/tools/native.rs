@@ -570,9 +570,9 @@ impl Tools {
 
     /// Hermes' `<tool_call>` blocks of JSON.
     fn hermes(&self, text: &str) -> NativeReply {
-        tagged_calls(text, |body| {
+        sections(text, (HERMES_OPEN, HERMES_CLOSE), |body| {
             let v = serde_json::from_str(body.trim()).ok()?;
-            self.call_of(&v)
+            self.call_of(&v).map(|c| vec![c])
         })
     }
 
@@ -625,7 +625,7 @@ impl Tools {
 }
 
 /// Each tool's parameter schema as the rule `args-I` (its place).
-fn argument_rules<'t>(tools: &[&'t super::Tool]) -> Vec<(String, &'t Value)> {
+pub(super) fn argument_rules<'t>(tools: &[&'t super::Tool]) -> Vec<(String, &'t Value)> {
     tools
         .iter()
         .enumerate()
@@ -641,22 +641,27 @@ pub(super) fn any_of(schemas: Vec<Value>) -> Value {
     }
 }
 
-/// The calls of the `<tool_call>` blocks in `text`, each read by `call`
-/// (a block that reads as none stays in the content, as it is), and the
-/// rest of the text, trimmed.
-fn tagged_calls(text: &str, call: impl Fn(&str) -> Option<ToolCall>) -> NativeReply {
+/// The calls of each `open`...`close` section in `text` (to the text's
+/// end where one is not closed), each read by `read` (a section that
+/// reads as none stays in the content, as it is), and the rest of the
+/// text, trimmed.
+pub(super) fn sections(
+    text: &str,
+    (open, close): (&str, &str),
+    read: impl Fn(&str) -> Option<Vec<ToolCall>>,
+) -> NativeReply {
     let mut content = String::new();
     let mut calls = Vec::new();
     let mut rest = text;
-    while let Some(at) = rest.find(HERMES_OPEN) {
+    while let Some(at) = rest.find(open) {
         content.push_str(&rest[..at]);
-        let after = &rest[at + HERMES_OPEN.len()..];
-        let (body, next) = match after.find(HERMES_CLOSE) {
-            Some(end) => (&after[..end], &after[end + HERMES_CLOSE.len()..]),
+        let after = &rest[at + open.len()..];
+        let (body, next) = match after.find(close) {
+            Some(end) => (&after[..end], &after[end + close.len()..]),
             None => (after, ""),
         };
-        match call(body) {
-            Some(c) => calls.push(c),
+        match read(body) {
+            Some(read) => calls.extend(read),
             None => content.push_str(&rest[at..rest.len() - next.len()]),
         }
         rest = next;

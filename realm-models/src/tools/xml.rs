@@ -14,7 +14,7 @@ use std::borrow::Cow;
 
 use serde_json::Value;
 
-use super::native::{is_text, NativeReply};
+use super::native::{is_text, sections, NativeReply};
 use super::partial::CallPrefix;
 use super::{Tool, ToolCall, Tools};
 use crate::grammar::{convert_framed, gbnf_literal, Grammar, GrammarError};
@@ -211,27 +211,7 @@ impl Tools {
     /// parameters' values read by their schemas; a block with a call
     /// that does not read, or of a tool not given, stays in the content.
     pub(super) fn xml(&self, m: &XmlMarkup, text: &str) -> NativeReply {
-        let mut content = String::new();
-        let mut calls = Vec::new();
-        let mut rest = text;
-        while let Some(at) = rest.find(m.open) {
-            content.push_str(&rest[..at]);
-            let after = &rest[at + m.open.len()..];
-            let (body, next) = match after.find(m.close) {
-                Some(end) => (&after[..end], &after[end + m.close.len()..]),
-                None => (after, ""),
-            };
-            match self.xml_block(m, body) {
-                Some(read) => calls.extend(read),
-                None => content.push_str(&rest[at..rest.len() - next.len()]),
-            }
-            rest = next;
-        }
-        content.push_str(rest);
-        NativeReply {
-            content: content.trim().to_string(),
-            calls,
-        }
+        sections(text, (m.open, m.close), |body| self.xml_block(m, body))
     }
 
     /// The calls of a block's `body` (none where one does not read).
@@ -493,12 +473,9 @@ fn xml_arguments(m: &XmlMarkup, body: &str, parameters: &Value) -> (String, bool
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use serde_json::json;
 
-    use super::*;
-    use crate::grammar::Matcher;
+    use crate::tools::testing::{accepts, weather_tools as tools};
     use crate::tools::ToolFormat;
 
     /// GLM-4.6's, GLM-4.7's and MiniMax-M2's instructions, as their
@@ -509,26 +486,6 @@ mod tests {
                          <arg_value>{arg-value-1}</arg_value><arg_key>{arg-key-2}</arg_key>";
     const MINIMAX: &str = "<minimax:tool_call>\n<invoke name=\"tool-name-1\">\n\
                            <parameter name=\"param-key-1\">param-value-1</parameter>";
-
-    fn tools(template: &str, parallel: bool) -> Tools {
-        let list = json!([
-            {"type": "function", "function": {"name": "get_weather", "parameters": {
-                "type": "object", "properties": {"city": {"type": "string"},
-                                                 "days": {"type": "integer"}},
-                "required": ["city"]}}},
-            {"type": "function", "function": {"name": "now"}},
-        ]);
-        Tools::from_openai(&list, None, Some(parallel))
-            .unwrap()
-            .unwrap()
-            .for_template(template)
-    }
-
-    fn accepts(t: &Tools, text: &str) -> bool {
-        let g = t.native_grammar().unwrap();
-        let mut m = Matcher::new(Arc::new(g));
-        m.accept(text.as_bytes()).is_ok() && m.is_complete()
-    }
 
     #[test]
     fn formats_are_told_from_their_templates() {
