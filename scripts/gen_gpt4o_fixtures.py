@@ -5,7 +5,7 @@ Devstral, Ministral 3: GPT-4o's expression without contractions, digits
 alone), and of the LLaMA 3 expression as llama.cpp runs it for GLM-4's
 `glm4`, Seed-Coder's `seed-coder` and Ling's `bailingmoe2` (std::regex
 over its collapsed text), and of DeepSeek V3's `deepseek-v3` (its three
-expressions),
+expressions) and Kimi K2's `kimi-k2` (llama.cpp's own scanner),
 for realm-core's tests: realm-core/tests/fixtures/tokenizer/PRE.json.
 
 No o200k vocabulary ships where this runs, so the fixture carries a small
@@ -29,7 +29,7 @@ corners (case changes, contractions, digit groups, marks, non-ASCII
 letters and spaces, line breaks); the test rebuilds the vocabulary from the
 fixture and must give the same ids.
 
-Usage: python3 scripts/gen_gpt4o_fixtures.py [--pre gpt-4o|tekken|glm4|seed-coder|minimax-m2|bailingmoe2|deepseek-v3]
+Usage: python3 scripts/gen_gpt4o_fixtures.py [--pre gpt-4o|tekken|glm4|seed-coder|minimax-m2|bailingmoe2|deepseek-v3|kimi-k2]
 """
 import argparse
 import json
@@ -108,7 +108,7 @@ TEKKEN_CORNERS = [
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pre", choices=["gpt-4o", "tekken", "glm4", "seed-coder", "minimax-m2", "bailingmoe2",
-                                       "deepseek-v3"], default="gpt-4o")
+                                       "deepseek-v3", "kimi-k2"], default="gpt-4o")
     args = ap.parse_args()
     tekken = args.pre == "tekken"
     vendor = os.path.dirname(os.path.dirname(llama_env.tools()))
@@ -129,7 +129,7 @@ def main():
     tokens = first + strings("tokenizer.ggml.tokens")[: 256 + MERGES]
     # LLaMA 3's expressions: runs cut at spaces alone, so that line breaks
     # joined to what comes before them show in the ids.
-    cut = (lambda t: [r for r in t.split(" ") if r]) if args.pre in ("glm4", "seed-coder", "bailingmoe2", "deepseek-v3") \
+    cut = (lambda t: [r for r in t.split(" ") if r]) if args.pre in ("glm4", "seed-coder", "bailingmoe2", "deepseek-v3", "kimi-k2") \
         else str.split
     probes = probe_merges(gtf.FIXED + corners, specials, cut)
     known = set(tokens)

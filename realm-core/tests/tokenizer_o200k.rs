@@ -163,6 +163,11 @@ fn deepseek_v3_splits_as_llama_cpp() {
     splits_as_llama_cpp("deepseek-v3");
 }
 
+#[test]
+fn kimi_k2_splits_as_llama_cpp() {
+    splits_as_llama_cpp("kimi-k2");
+}
+
 /// GLM-4's names leave no BOS token but the one the file names, as
 /// llama.cpp drops the default.
 #[test]

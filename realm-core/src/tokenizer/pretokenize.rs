@@ -52,6 +52,10 @@ pub(crate) enum PreTokenizer {
     /// kana, then words, punctuation and spaces as llama.cpp's std::regex
     /// splits them.
     DeepSeekV3,
+    /// `kimi-k2` (Kimi K2): runs of Han characters, then words of other
+    /// letters, numbers, punctuation and spaces as llama.cpp's own scanner
+    /// for it splits them.
+    KimiK2,
 }
 
 /// Options a pre-tokenizer name implies besides the splitting.
@@ -111,6 +115,7 @@ impl PreOptions {
             "deepseek-v3" | "hunyuan-dense" | "hy_v4" | "joyai-llm" => {
                 o(DeepSeekV3, false, false, false)
             }
+            "kimi-k2" => o(KimiK2, false, false, false),
             other => {
                 return Err(Error::Tokenizer(format!(
                     "unsupported pre-tokenizer `{other}` (tokenizer.ggml.pre); supported: \
@@ -118,7 +123,7 @@ impl PreOptions {
                      starcoder, smollm, refact, command-r, codeshell, deepseek-llm, gpt-4o, \
                      llama4, minimax-m2, tekken, glm4, glm5, chatglm-bpe, seed-coder, \
                      bailingmoe, bailingmoe2, llada-moe, deepseek-v3, hunyuan-dense, hy_v4, \
-                     joyai-llm"
+                     joyai-llm, kimi-k2"
                 )))
             }
         })
@@ -216,6 +221,7 @@ impl Splitter {
             Bailing => {
                 self.stage(|c, out| by_matches(c, out, |c, p| collapsed_llama3(c, p, BAILING)))
             }
+            KimiK2 => self.stage(kimi_k2),
             DeepSeekV3 => {
                 self.stage(|c, out| by_matches(c, out, numbers_in_threes));
                 self.stage(|c, out| {
@@ -348,52 +354,116 @@ fn llama3(c: &Chunk<'_>, max_digits: usize, out: &mut Vec<usize>) {
             push_end(out, &mut last, pos);
             continue;
         }
-        if f.is_number() {
-            let mut group = pos;
-            while c.fl(pos).is_number() {
-                pos += 1;
-                if pos - group >= max_digits {
-                    push_end(out, &mut last, pos);
-                    group = pos;
-                }
-            }
-            push_end(out, &mut last, pos);
-            continue;
-        }
-        let space = cp == ' ' as u32;
-        let mut f2 = if space { c.fl(pos + 1) } else { f };
-        if !(f2.is_whitespace() || f2.is_letter() || f2.is_number()) && f.is_some() {
-            pos += usize::from(space);
-            while is_other(f2) {
-                pos += 1;
-                f2 = c.fl(pos);
-            }
-            while c.cp(pos) == '\r' as u32 || c.cp(pos) == '\n' as u32 {
+        pos = numbers_marks_spaces(c, pos, max_digits, out, &mut last);
+    }
+}
+
+/// Kimi K2's expression as llama.cpp scans it (a splitter of its own):
+/// runs of Han characters; words of other letters, maybe led by one
+/// character that is no letter, number or line break, maybe ending in an
+/// English contraction; then LLaMA 3's numbers in threes, punctuation and
+/// spaces.
+fn kimi_k2(c: &Chunk<'_>, out: &mut Vec<usize>) {
+    let han = |i: usize| is_han(c.cp(i));
+    let letter = |i: usize| c.fl(i).is_letter() && !han(i);
+    let mut last = c.start;
+    let mut pos = c.start;
+    while pos < c.end {
+        let cp = c.cp(pos);
+        let f = c.fl(pos);
+        if han(pos) {
+            while han(pos) {
                 pos += 1;
             }
             push_end(out, &mut last, pos);
             continue;
         }
-        let mut n_ws = 0;
-        let mut after_newline = None;
-        while c.fl(pos + n_ws).is_whitespace() {
-            let x = c.cp(pos + n_ws);
-            if x == '\r' as u32 || x == '\n' as u32 {
-                after_newline = Some(pos + n_ws + 1);
+        let newline = cp == '\r' as u32 || cp == '\n' as u32;
+        let lead = !(newline || f.is_letter() || f.is_number());
+        if letter(pos) || (lead && letter(pos + 1)) {
+            pos += usize::from(lead);
+            while letter(pos) {
+                pos += 1;
             }
-            n_ws += 1;
+            pos += contraction(c, pos, true).unwrap_or(0);
+            push_end(out, &mut last, pos);
+            continue;
         }
-        if let Some(end) = after_newline {
-            pos = end;
-        } else if n_ws > 1 && c.cp(pos + n_ws) != NONE {
-            pos += n_ws - 1;
-        } else if n_ws > 0 {
-            pos += n_ws;
-        } else {
+        pos = numbers_marks_spaces(c, pos, 3, out, &mut last);
+    }
+}
+
+/// Kimi K2's Han characters, as llama.cpp tells them.
+fn is_han(x: u32) -> bool {
+    matches!(
+        x,
+        0x4E00..=0x9FFF
+            | 0x3400..=0x4DBF
+            | 0x20000..=0x2A6DF
+            | 0x2A700..=0x2EBEF
+            | 0xF900..=0xFAFF
+            | 0x2F800..=0x2FA1F
+    )
+}
+
+/// LLaMA 3's scanner at `pos` past its words: `\p{N}{1,max_digits}`,
+/// ` ?[^\s\p{L}\p{N}]+[\r\n]*`, `\s*[\r\n]+|\s+(?!\S)|\s+`, or one code
+/// point; pushes the ends and returns where it stopped.
+fn numbers_marks_spaces(
+    c: &Chunk<'_>,
+    mut pos: usize,
+    max_digits: usize,
+    out: &mut Vec<usize>,
+    last: &mut usize,
+) -> usize {
+    let cp = c.cp(pos);
+    let f = c.fl(pos);
+    if f.is_number() {
+        let mut group = pos;
+        while c.fl(pos).is_number() {
+            pos += 1;
+            if pos - group >= max_digits {
+                push_end(out, last, pos);
+                group = pos;
+            }
+        }
+        push_end(out, last, pos);
+        return pos;
+    }
+    let space = cp == ' ' as u32;
+    let mut f2 = if space { c.fl(pos + 1) } else { f };
+    if !(f2.is_whitespace() || f2.is_letter() || f2.is_number()) && f.is_some() {
+        pos += usize::from(space);
+        while is_other(f2) {
+            pos += 1;
+            f2 = c.fl(pos);
+        }
+        while c.cp(pos) == '\r' as u32 || c.cp(pos) == '\n' as u32 {
             pos += 1;
         }
-        push_end(out, &mut last, pos);
+        push_end(out, last, pos);
+        return pos;
     }
+    let mut n_ws = 0;
+    let mut after_newline = None;
+    while c.fl(pos + n_ws).is_whitespace() {
+        let x = c.cp(pos + n_ws);
+        if x == '\r' as u32 || x == '\n' as u32 {
+            after_newline = Some(pos + n_ws + 1);
+        }
+        n_ws += 1;
+    }
+    if let Some(end) = after_newline {
+        pos = end;
+    } else if n_ws > 1 && c.cp(pos + n_ws) != NONE {
+        pos += n_ws - 1;
+    } else if n_ws > 0 {
+        pos += n_ws;
+    } else {
+        pos += 1;
+    }
+    push_end(out, last, pos);
+    pos
 }
 
 /// What tells GPT-4o's expression from tekken's, which is GPT-4o's without
@@ -949,6 +1019,10 @@ mod tests {
         assert_eq!(
             words(PreTokenizer::Bailing, "x 12?\n"),
             ["x", " ", "1", "2", "?\n"]
+        );
+        assert_eq!(
+            words(PreTokenizer::KimiK2, "日本語Ab's .x 12345"),
+            ["日本語", "Ab's", " .", "x", " ", "123", "45"]
         );
         assert_eq!(
             words(PreTokenizer::DeepSeekV3, "Hi .net 12345日本語 ok!!\n\n  x"),
