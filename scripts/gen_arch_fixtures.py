@@ -184,6 +184,8 @@ CASES = [
     case("deepseek2", "tiny-deepseek2"),
     case("deepseek2-q8_0", "tiny-deepseek2", matrix_type="q8_0"),
     case("deepseek2-lite", "tiny-deepseek2-lite"),
+    # Its experts' gate and up in one tensor (--fuse-gate-up-exps).
+    case("deepseek2-fused", "tiny-deepseek2-fused"),
     case("deepseek2-yarn", "tiny-deepseek2",
          overrides=[("deepseek2.rope.scaling.type", "str", "yarn"),
                     ("deepseek2.rope.scaling.factor", "float", "4"),

@@ -559,9 +559,10 @@ impl<'a, B: Backend> Model<'a, B> {
         self.layers
             .iter()
             .map(|l| {
-                let ffn = match &l.ffn {
-                    Ffn::Dense(gate_up, _) => widest(gate_up, &[ff, ff]),
-                    Ffn::Moe(_) => 0,
+                let ffn = match (&l.ffn, &c.moe) {
+                    (Ffn::Dense(gate_up, _), _) => widest(gate_up, &[ff, ff]),
+                    (Ffn::Moe(moe), Some(m)) => moe.stacked_width(m),
+                    (Ffn::Moe(_), None) => 0,
                 };
                 widest(&l.qkv, &[q, kv, kv]).max(ffn)
             })
@@ -1487,6 +1488,7 @@ impl<'a, B: Backend> Model<'a, B> {
                     gate: &mut sc.gate,
                     up: &mut sc.up,
                     out: &mut sc.proj,
+                    stacked: &mut sc.stacked,
                     host: &mut sc.moe,
                     seen: sc.seen.as_deref_mut(),
                 };

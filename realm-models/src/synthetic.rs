@@ -907,9 +907,10 @@ impl SyntheticLayout {
     /// biases, Phi 3's in one for its fused matrix),
     /// `tiny-granitemoe-shared` (with an ungated shared expert 64 wide),
     /// `tiny-olmo3` (the tiny OLMo 2 with OLMo 3's window),
-    /// `tiny-exaone4-32b` (the tiny EXAONE 4 with the 32B's 64 layers) or
-    /// `tiny-glm4moe-air` (the tiny GLM-4.5 without Q/K norms, as Air's)
-    /// or `tiny-deepseek2-lite` (the tiny DeepSeek with V2-Lite's queries).
+    /// `tiny-exaone4-32b` (the tiny EXAONE 4 with the 32B's 64 layers),
+    /// `tiny-glm4moe-air` (the tiny GLM-4.5 without Q/K norms, as Air's),
+    /// `tiny-deepseek2-lite` (the tiny DeepSeek with V2-Lite's queries) or
+    /// `tiny-deepseek2-fused` (with its experts' gate and up in one tensor).
     pub fn by_name(name: &str) -> Option<Self> {
         match name {
             "smollm2" => Some(Self::smollm2_135m()),
@@ -930,6 +931,20 @@ impl SyntheticLayout {
             }
             "tiny-exaone4-32b" => Self::tiny_exaone4_32b().ok(),
             "tiny-deepseek2-lite" => Self::tiny_deepseek2(true).ok(),
+            "tiny-deepseek2-fused" => {
+                let mut l = Self::tiny_deepseek2(false).ok()?;
+                // Each expert's gate and up in one tensor, as llama.cpp's
+                // converter writes them with --fuse-gate-up-exps.
+                l.tensors
+                    .retain(|t| !t.name.ends_with("ffn_up_exps.weight"));
+                for t in &mut l.tensors {
+                    if let Some(blk) = t.name.strip_suffix(".ffn_gate_exps.weight") {
+                        t.name = format!("{blk}.ffn_gate_up_exps.weight");
+                        t.shape[1] *= 2;
+                    }
+                }
+                Some(l)
+            }
             "tiny-glm4moe-air" => {
                 let mut l = Self::tiny("glm4moe").ok()?;
                 // GLM-4.5 Air's blocks have no Q/K norms.

@@ -289,6 +289,7 @@ fn experts_batch_across_sessions() {
         "tiny-minimax-m2",
         "tiny-bailingmoe2",
         "tiny-deepseek2",
+        "tiny-deepseek2-fused",
     ] {
         let bytes = SyntheticLayout::by_name(name).unwrap().write(3).unwrap();
         let file = Gguf::from_bytes(&bytes[..]).unwrap();

@@ -33,8 +33,8 @@ use crate::{Error, Result};
 pub(crate) struct Moe<'a, B: Backend + 'a> {
     /// `[experts, d_model]`: each expert's score of a token.
     router: B::Weight<'a>,
-    /// Per expert: gate, up (`[ffn, d_model]`) and down (`[d_model, ffn]`).
-    experts: Vec<[B::Weight<'a>; 3]>,
+    /// Per expert: its gate and up, and its down (`[d_model, ffn]`).
+    experts: Vec<(GateUp<B::Weight<'a>>, B::Weight<'a>)>,
     /// The shared expert, if the block has one.
     shared: Option<Shared<'a, B>>,
     /// The router's and the experts' biases, if the block has them.
@@ -42,6 +42,15 @@ pub(crate) struct Moe<'a, B: Backend + 'a> {
     /// The bias on each expert's probability for choosing it, if the
     /// block has one.
     selection_bias: Option<Vec<f32>>,
+}
+
+/// An expert's gate and up products: one matrix each (`[ffn, d_model]`),
+/// or one matrix of both (`[2 ffn, d_model]`, gate first: a file's
+/// `ffn_gate_up_exps`, as llama.cpp's converter fuses them on request).
+#[derive(Debug)]
+enum GateUp<W> {
+    Split(W, W),
+    Fused(W),
 }
 
 /// A block's biases: the router's on the host (beside the routing), and
@@ -97,15 +106,23 @@ impl<'a, B: Backend + 'a> Moe<'a, B> {
         let slices = |short: &str, rows: usize, cols: usize| {
             super::slices(backend, &file.tensor(&name(short))?, rows, cols, m.experts)
         };
-        let gate = slices("ffn_gate_exps.weight", m.ffn_dim, d)?;
-        let up = slices("ffn_up_exps.weight", m.ffn_dim, d)?;
+        let gate_up: Vec<GateUp<B::Weight<'a>>> =
+            match file.tensor(&name("ffn_gate_up_exps.weight")) {
+                Ok(_) => slices("ffn_gate_up_exps.weight", 2 * m.ffn_dim, d)?
+                    .into_iter()
+                    .map(GateUp::Fused)
+                    .collect(),
+                Err(realm_core::Error::TensorNotFound(_)) => {
+                    slices("ffn_gate_exps.weight", m.ffn_dim, d)?
+                        .into_iter()
+                        .zip(slices("ffn_up_exps.weight", m.ffn_dim, d)?)
+                        .map(|(g, u)| GateUp::Split(g, u))
+                        .collect()
+                }
+                Err(e) => return Err(e.into()),
+            };
         let down = slices("ffn_down_exps.weight", d, m.ffn_dim)?;
-        let experts = gate
-            .into_iter()
-            .zip(up)
-            .zip(down)
-            .map(|((g, u), dn)| [g, u, dn])
-            .collect();
+        let experts = gate_up.into_iter().zip(down).collect();
         let shared = match m.shared_ffn_dim {
             Some(ff) => {
                 let w = |short: &str, rows, cols| matrix(&file.tensor(&name(short))?, rows, cols);
@@ -224,12 +241,23 @@ pub(crate) struct MoeBuffers<'x, B: Backend> {
     pub(crate) up: &'x mut B::Buffer,
     /// An expert's output; on return, the block's (`n` rows of `d`).
     pub(crate) out: &'x mut B::Buffer,
+    /// Room for a fused gate and up product (`rows` of twice the experts'
+    /// width; see [`Moe::stacked_width`]).
+    pub(crate) stacked: &'x mut B::Buffer,
     pub(crate) host: &'x mut MoeHost,
     /// The importance matrix being collected, if one is.
     pub(crate) seen: Option<&'x mut Collector>,
 }
 
 impl<B: Backend> Moe<'_, B> {
+    /// Values per row a fused gate and up product needs (0 for none).
+    pub(crate) fn stacked_width(&self, m: &MoeConfig) -> usize {
+        match self.experts.first() {
+            Some((GateUp::Fused(_), _)) => 2 * m.ffn_dim,
+            _ => 0,
+        }
+    }
+
     /// Layer `layer`'s block output for the first `n` rows of `buf.xn`
     /// into `buf.out`; an importance matrix being collected sees the
     /// router's input and each expert's inputs (llama-imatrix's entries
@@ -285,8 +313,22 @@ impl<B: Backend> Moe<'_, B> {
             }
             b.upload_into(&h.rows, buf.input)?;
             let input = &*buf.input;
-            b.matmul(buf.ws, &w[0], input, rows, buf.gate)?;
-            b.matmul(buf.ws, &w[1], input, rows, buf.up)?;
+            let (gate_up, down) = w;
+            match gate_up {
+                GateUp::Split(g, u) => {
+                    b.matmul(buf.ws, g, input, rows, buf.gate)?;
+                    b.matmul(buf.ws, u, input, rows, buf.up)?;
+                }
+                GateUp::Fused(gu) => {
+                    b.matmul(buf.ws, gu, input, rows, buf.stacked)?;
+                    b.split_cols(
+                        buf.stacked,
+                        rows,
+                        &[ff, ff],
+                        &mut [&mut *buf.gate, &mut *buf.up],
+                    )?;
+                }
+            }
             let bias = self.biases.as_ref().map(|bs| &bs.experts[x]);
             if let Some([g, u, _]) = bias {
                 b.add_row_inplace(buf.gate, g, rows)?;
@@ -299,12 +341,16 @@ impl<B: Backend> Moe<'_, B> {
                 }
             }
             if let Some(c) = buf.seen.as_deref_mut() {
-                for s in ["gate_exps", "up_exps"] {
+                let inputs: &[&str] = match gate_up {
+                    GateUp::Split(..) => &["gate_exps", "up_exps"],
+                    GateUp::Fused(_) => &["gate_up_exps"],
+                };
+                for s in inputs {
                     c.observe_expert(b, buf.ws, &name(s), (x, e), (input, rows, d))?;
                 }
                 c.observe_expert(b, buf.ws, &name("down_exps"), (x, e), (buf.gate, rows, ff))?;
             }
-            b.matmul(buf.ws, &w[2], buf.gate, rows, buf.out)?;
+            b.matmul(buf.ws, down, buf.gate, rows, buf.out)?;
             if let Some([_, _, dn]) = bias {
                 b.add_row_inplace(buf.out, dn, rows)?;
             }
