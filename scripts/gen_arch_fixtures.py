@@ -204,6 +204,10 @@ CASES = [
     # without a local layer).
     case("gpt-oss-window-8", "tiny-gpt-oss",
          overrides=[("gpt-oss.attention.sliding_window", "int", "8")]),
+    # Qwen 3.5: three gated delta nets (a recurrent state) and a gated
+    # attention block, M-RoPE sections over half of each head.
+    case("qwen35", "tiny-qwen35"),
+    case("qwen35-q8_0", "tiny-qwen35", matrix_type="q8_0"),
     # Gemma (1): a GELU gate, NeoX RoPE, scaled embeddings.
     case("gemma", "tiny-gemma"),
     case("gemma2", "tiny-gemma2"),

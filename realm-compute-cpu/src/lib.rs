@@ -665,6 +665,21 @@ impl ActivationOps for CpuBackend {
         dst.iter_mut().for_each(|d| *d *= s);
         Ok(())
     }
+
+    fn sigmoid_mul_inplace(
+        &self,
+        dst: &mut Vec<f32>,
+        gate: &Vec<f32>,
+        len: usize,
+    ) -> BackendResult<()> {
+        const OP: &str = "sigmoid_mul";
+        let dst = prefix_mut(OP, "dst length", dst, len)?;
+        let gate = prefix(OP, "gate length", gate, len)?;
+        dst.iter_mut()
+            .zip(gate)
+            .for_each(|(d, &g)| *d *= 1.0 / (1.0 + (-g).exp()));
+        Ok(())
+    }
 }
 
 /// The CPU runs every step op by op: there are no launches to save.

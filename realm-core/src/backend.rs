@@ -703,6 +703,20 @@ pub trait ActivationOps: BackendCore {
     ) -> BackendResult<()>;
     /// `dst *= s`.
     fn scale_inplace(&self, dst: &mut Self::Buffer, s: f32, len: usize) -> BackendResult<()>;
+    /// `dst *= sigmoid(gate)` (Qwen 3.5's gated attention). The default
+    /// takes the sigmoid on the host and multiplies on the backend.
+    fn sigmoid_mul_inplace(
+        &self,
+        dst: &mut Self::Buffer,
+        gate: &Self::Buffer,
+        len: usize,
+    ) -> BackendResult<()> {
+        let mut g = vec![0.0; len];
+        self.download(gate, &mut g)?;
+        g.iter_mut().for_each(|x| *x = 1.0 / (1.0 + (-*x).exp()));
+        let g = self.upload(&g)?;
+        self.mul_inplace(dst, &g, len)
+    }
 }
 
 /// Size of a KV cache.

@@ -93,6 +93,12 @@ pub enum Architecture {
     /// absorbed form hold it), dense leading blocks, then experts routed
     /// as the file says, in groups, and shared experts.
     Deepseek2,
+    /// Qwen 3.5's dense models (qwen35): three of four blocks a gated
+    /// delta net (linear attention with a recurrent state,
+    /// [`DeltaNetConfig`]), the fourth gated attention (a sigmoid gate on
+    /// each head's output, per-head Q/K norms, part of each head rotated
+    /// by interleaved M-RoPE, which text positions make NeoX's).
+    Qwen35,
 }
 
 impl Architecture {
@@ -126,6 +132,7 @@ impl Architecture {
             "dots1" => Self::Dots1,
             "bailingmoe2" => Self::BailingMoe2,
             "deepseek2" => Self::Deepseek2,
+            "qwen35" => Self::Qwen35,
             other => return Err(Error::UnknownArchitecture(other.to_string())),
         })
     }
@@ -160,6 +167,7 @@ impl Architecture {
             Self::Dots1 => "dots1",
             Self::BailingMoe2 => "bailingmoe2",
             Self::Deepseek2 => "deepseek2",
+            Self::Qwen35 => "qwen35",
         }
     }
 }
@@ -362,6 +370,62 @@ pub struct ModelConfig {
     /// attention is then over `n_kv_heads` (1) latent keys of `head_dim`
     /// (`kv_lora + rope`) values.
     pub mla: Option<MlaConfig>,
+    /// Gated delta-net blocks (Qwen 3.5's), if the model has them in
+    /// place of some attention blocks.
+    pub delta_net: Option<DeltaNetConfig>,
+    /// Whether each attention head's output is multiplied by the sigmoid
+    /// of a gate the query projection also makes (Qwen 3.5's: its query
+    /// matrix is twice as wide, each head's query followed by its gate).
+    pub attn_output_gate: bool,
+}
+
+/// Qwen 3.5's gated delta net, as llama.cpp runs it: a block's input
+/// goes through one product to `2 * k_heads * head_dim + v_heads *
+/// head_dim` channels (queries, keys, values), a causal convolution of
+/// `conv_kernel` taps over each channel's last values and SiLU; each
+/// value head `h` reads query and key head `h % k_heads`, both
+/// L2-normed, and updates its `head_dim x head_dim` state `S` by the
+/// delta rule with a decay `exp(g)` and a rate `beta` made from the
+/// input: `S = exp(g) S; S += beta (v - S k) k^T; out = S q /
+/// sqrt(head_dim)`. Each head's output is RMS-normed and gated by the
+/// SiLU of another product. A session keeps each such block's state and
+/// its last `conv_kernel - 1` inputs, not a KV cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeltaNetConfig {
+    /// Taps of the causal convolution (`ssm.conv_kernel`).
+    pub conv_kernel: usize,
+    /// Width of each query, key and value head (`ssm.state_size`).
+    pub head_dim: usize,
+    /// Query and key heads (`ssm.group_count`).
+    pub k_heads: usize,
+    /// Value heads, each with its own state (`ssm.time_step_rank`).
+    pub v_heads: usize,
+    /// Which blocks are delta nets (`attention.recurrent_layers`, or all
+    /// but every `full_attention_interval`th, 4 unless the file says).
+    pub layers: Vec<bool>,
+}
+
+impl DeltaNetConfig {
+    /// Width of all query (or key) heads together.
+    pub fn k_dim(&self) -> usize {
+        self.k_heads * self.head_dim
+    }
+
+    /// Width of all value heads together.
+    pub fn v_dim(&self) -> usize {
+        self.v_heads * self.head_dim
+    }
+
+    /// Channels of the convolution: queries, keys and values.
+    pub fn channels(&self) -> usize {
+        2 * self.k_dim() + self.v_dim()
+    }
+
+    /// Values a session keeps per delta-net block: the convolution's last
+    /// `conv_kernel - 1` inputs and every head's state.
+    pub fn state_len(&self) -> usize {
+        (self.conv_kernel - 1) * self.channels() + self.v_heads * self.head_dim * self.head_dim
+    }
 }
 
 /// DeepSeek's multi-head latent attention, in the absorbed form llama.cpp
@@ -594,7 +658,8 @@ impl ModelConfig {
                 | Architecture::Glm4Moe
                 | Architecture::MinimaxM2
                 | Architecture::Dots1
-                | Architecture::BailingMoe2 => RopeMode::Neox,
+                | Architecture::BailingMoe2
+                | Architecture::Qwen35 => RopeMode::Neox,
             },
             sliding_window,
             // Every sixth layer (Gemma 3), second (Gemma 2, gpt-oss) or
@@ -666,6 +731,8 @@ impl ModelConfig {
             final_softcap,
             moe: moe_config(md, arch, ffn_dim)?,
             mla: None,
+            delta_net: None,
+            attn_output_gate: arch == Architecture::Qwen35,
             attn_temperature: match arch {
                 Architecture::Mistral3 => match opt_f("attention.temperature_scale")? {
                     None | Some(0.0) => None,
@@ -692,6 +759,10 @@ impl ModelConfig {
         }
         if arch == Architecture::Deepseek2 {
             mla_config(md, &mut cfg)?;
+        }
+        if arch == Architecture::Qwen35 {
+            cfg.delta_net = Some(delta_net_config(md, &cfg)?);
+            imrope_text_check(md, &cfg)?;
         }
         // YaRN's pair divisors are the model's; a local layer of its own
         // base or scale would need others.
@@ -759,6 +830,20 @@ impl ModelConfig {
     /// Whether layer `layer` is one of a local/global model's local ones.
     fn is_local(&self, layer: usize) -> bool {
         self.local_layers.is_some() && self.layer_window(layer).is_some()
+    }
+
+    /// Whether layer `layer` is a delta net (no KV cache).
+    pub fn is_recurrent(&self, layer: usize) -> bool {
+        self.delta_net
+            .as_ref()
+            .is_some_and(|d| d.layers.get(layer).copied().unwrap_or(false))
+    }
+
+    /// Layers with a KV cache: all but the delta nets.
+    pub fn kv_layers(&self) -> usize {
+        (0..self.n_layers)
+            .filter(|&l| !self.is_recurrent(l))
+            .count()
     }
 
     /// Width of all query heads together.
@@ -1102,6 +1187,80 @@ fn expert_groups(
 
 /// Whether RoPE sections leave M-RoPE off, as llama.cpp tells it: the
 /// first two sections not both positive.
+/// Qwen 3.5's delta-net shape, as llama.cpp reads it (see
+/// [`DeltaNetConfig`]): its heads' width is `ssm.state_size`, and
+/// `ssm.inner_size` must be the value heads' width.
+fn delta_net_config(md: &Metadata, cfg: &ModelConfig) -> Result<DeltaNetConfig> {
+    let p = cfg.arch.name();
+    let get = |k: &str| md.get_u32(&format!("{p}.{k}")).map(|v| v as usize);
+    let key = format!("{p}.attention.recurrent_layers");
+    let layers = match md.get(&key) {
+        Some(_) => swa_pattern(md, &key, cfg.n_layers, 0)?,
+        None => {
+            let interval_key = format!("{p}.full_attention_interval");
+            let every = match md.get(&interval_key) {
+                Some(_) => md.get_u32(&interval_key)?,
+                None => 4,
+            };
+            (0..cfg.n_layers)
+                .map(|l| every != 0 && !(l + 1).is_multiple_of(every as usize))
+                .collect()
+        }
+    };
+    let d = DeltaNetConfig {
+        conv_kernel: get("ssm.conv_kernel")?,
+        head_dim: get("ssm.state_size")?,
+        k_heads: get("ssm.group_count")?,
+        v_heads: get("ssm.time_step_rank")?,
+        layers,
+    };
+    let inner = get("ssm.inner_size")?;
+    if d.conv_kernel == 0
+        || d.head_dim == 0
+        || d.k_heads == 0
+        || !d.v_heads.is_multiple_of(d.k_heads)
+        || inner != d.v_dim()
+    {
+        return Err(Error::BadConfig(format!(
+            "{p}: a delta net of {} value heads over {} key heads of {}, {} wide inside, \
+             with {} taps",
+            d.v_heads, d.k_heads, d.head_dim, inner, d.conv_kernel
+        )));
+    }
+    Ok(d)
+}
+
+/// Qwen 3.5's interleaved M-RoPE (`rope.dimension_sections`, four
+/// sections of pairs): for text, whose position is the same in the first
+/// three sections and 0 in the fourth, it is NeoX's RoPE where every
+/// rotated pair falls in one of the first three, as llama.cpp assigns
+/// pair `i` (sector `i` modulo their sum): sector `s` is the first
+/// section's if `s % 3 == 0 && s < 3 * sections[0]`, and so on. Others
+/// are refused.
+fn imrope_text_check(md: &Metadata, cfg: &ModelConfig) -> Result<()> {
+    let key = format!("{}.rope.dimension_sections", cfg.arch.name());
+    let sections: Vec<i64> = match md.get(&key) {
+        Some(MetadataValue::Array(MetadataArray::I32(v))) => v.iter().map(|&x| x.into()).collect(),
+        Some(MetadataValue::Array(MetadataArray::U32(v))) => v.iter().map(|&x| x.into()).collect(),
+        Some(_) => return Err(Error::BadConfig(format!("{key} is not a list of numbers"))),
+        None => return Err(Error::BadConfig(format!("{key} is missing"))),
+    };
+    let s = |i: usize| sections.get(i).copied().unwrap_or(0);
+    let total: i64 = (0..4).map(s).sum();
+    let text = |sector: i64| {
+        (sector % 3 == 0 && sector < 3 * s(0))
+            || (sector % 3 == 1 && sector < 3 * s(1))
+            || (sector % 3 == 2 && sector < 3 * s(2))
+    };
+    let pairs = cfg.rope_dims as i64 / 2;
+    if total <= 0 || !(0..pairs).all(|i| text(i % total)) {
+        return Err(Error::BadConfig(format!(
+            "{key} {sections:?} leaves some of {pairs} rotated pairs unturned for text"
+        )));
+    }
+    Ok(())
+}
+
 fn sections_unused(a: &MetadataArray) -> bool {
     let v: Vec<i64> = match a {
         MetadataArray::I32(v) => v.iter().map(|&x| i64::from(x)).collect(),

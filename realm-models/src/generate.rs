@@ -596,7 +596,9 @@ pub fn generate_after<B: Backend>(
                 }
                 let room = session.capacity().saturating_sub(session.position() + 1);
                 let draft = match &params.lookup {
-                    Some(l) if room > 0 => l.draft(c.history(), room),
+                    // (A model whose state cannot forget tokens checks
+                    // no drafts: a rejected one could not be taken back.)
+                    Some(l) if room > 0 && model.can_forget() => l.draft(c.history(), room),
                     _ => Vec::new(),
                 };
                 if !draft.is_empty() {

@@ -12,6 +12,7 @@ use realm_core::backend::{
 use realm_core::gguf::Gguf;
 use realm_core::{quant, TensorView};
 
+mod delta;
 mod mla;
 mod moe;
 mod shift;
@@ -19,6 +20,7 @@ mod state;
 
 pub use self::shift::ContextShift;
 
+use self::delta::{DeltaNet, DeltaScratch, Recurrent};
 use self::mla::{Mla, MlaScratch};
 use self::moe::{Moe, MoeBuffers, MoeHost};
 use crate::config::{Architecture, ModelConfig};
@@ -66,6 +68,12 @@ struct Layer<'a, B: Backend + 'a> {
     post_ffn_norm: Option<B::Buffer>,
     /// Latent attention's weights (DeepSeek's), in place of `qkv`.
     mla: Option<Mla<'a, B>>,
+    /// A delta net's weights (Qwen 3.5's), in place of the attention's
+    /// (its output product is `wo`).
+    delta: Option<DeltaNet<'a, B>>,
+    /// The block's layer of the KV cache, which only attention blocks
+    /// have.
+    kv_slot: usize,
 }
 
 /// Which of a block's products are one matrix in the file.
@@ -253,6 +261,7 @@ impl<'a, B: Backend> Model<'a, B> {
         let qk_norms = matches!(
             c.arch,
             Architecture::Gemma3
+                | Architecture::Qwen35
                 | Architecture::Qwen3
                 | Architecture::Qwen3Moe
                 | Architecture::Olmo2
@@ -276,9 +285,13 @@ impl<'a, B: Backend> Model<'a, B> {
             false => (c.head_dim, c.head_dim),
         };
         let (d, q, kv, ff) = (c.d_model, c.q_dim(), c.kv_dim(), c.ffn_dim);
+        // Qwen 3.5's gated attention: each head's query and gate.
+        let q_rows = if c.attn_output_gate { 2 * q } else { q };
         let mut layers = Vec::with_capacity(c.n_layers);
+        let mut kv_slot = 0;
         for i in 0..c.n_layers {
             let n = |s: &str| format!("blk.{i}.{s}");
+            let recurrent = c.is_recurrent(i);
             // Qwen 2's query, key and value biases; any other's where the
             // file has them (as llama.cpp reads them for every
             // architecture), or in one for a fused matrix.
@@ -303,7 +316,7 @@ impl<'a, B: Backend> Model<'a, B> {
                 gate_up: matches!(c.arch, Architecture::Phi3 | Architecture::Glm4)
                     && !has("ffn_gate.weight"),
             };
-            let qkv = if c.mla.is_some() {
+            let qkv = if c.mla.is_some() || recurrent {
                 Group { runs: Vec::new() }
             } else if fused.qkv {
                 let w = weight(&n("attn_qkv.weight"), q + 2 * kv, d)?;
@@ -311,7 +324,7 @@ impl<'a, B: Backend> Model<'a, B> {
             } else {
                 group(
                     &[n("attn_q.weight"), n("attn_k.weight"), n("attn_v.weight")],
-                    &[q, kv, kv],
+                    &[q_rows, kv, kv],
                     d,
                 )?
             };
@@ -330,19 +343,25 @@ impl<'a, B: Backend> Model<'a, B> {
                     let up = |x: &[f32]| backend.upload(x).map(Some);
                     (up(vq)?, up(vk)?, up(vv)?)
                 }
+                _ if recurrent => (None, None, None),
                 _ => (
                     bias("attn_q.bias", q)?,
                     bias("attn_k.bias", kv)?,
                     bias("attn_v.bias", kv)?,
                 ),
             };
+            let delta = match &c.delta_net {
+                Some(dn) if recurrent => Some(DeltaNet::load(file, backend, i, c, dn)?),
+                _ => None,
+            };
             layers.push(Layer {
                 attn_norm: must("attn_norm.weight", d, c.pre_norms)?,
                 qkv,
                 fused,
-                wo: match &c.mla {
-                    Some(m) => weight(&n("attn_output.weight"), d, c.n_heads * m.v_dim)?,
-                    None => weight(&n("attn_output.weight"), d, q)?,
+                wo: match (&c.mla, &c.delta_net) {
+                    (Some(m), _) => weight(&n("attn_output.weight"), d, c.n_heads * m.v_dim)?,
+                    (_, Some(dn)) if recurrent => weight(&n("ssm_out.weight"), d, dn.v_dim())?,
+                    _ => weight(&n("attn_output.weight"), d, q)?,
                 },
                 bq,
                 bk,
@@ -371,18 +390,20 @@ impl<'a, B: Backend> Model<'a, B> {
                 },
                 q_norm: match qk_norms_if_any {
                     true => optional_norm(&n("attn_q_norm.weight"), q_norm_len)?,
-                    false => must("attn_q_norm.weight", q_norm_len, qk_norms)?,
+                    false => must("attn_q_norm.weight", q_norm_len, qk_norms && !recurrent)?,
                 },
                 k_norm: match qk_norms_if_any {
                     true => optional_norm(&n("attn_k_norm.weight"), k_norm_len)?,
-                    false => must("attn_k_norm.weight", k_norm_len, qk_norms)?,
+                    false => must("attn_k_norm.weight", k_norm_len, qk_norms && !recurrent)?,
                 },
                 post_attn_norm: must("post_attention_norm.weight", d, post_norms)?,
                 // gpt-oss, Seed-OSS and GLM-4.5 name their feed-forward
                 // norm as Gemma names the attention's post-norm.
                 ffn_norm: match gpt_oss
-                    || matches!(c.arch, Architecture::SeedOss | Architecture::Glm4Moe)
-                {
+                    || matches!(
+                        c.arch,
+                        Architecture::SeedOss | Architecture::Glm4Moe | Architecture::Qwen35
+                    ) {
                     true => Some(norm(&n("post_attention_norm.weight"), d)?),
                     false => must("ffn_norm.weight", d, c.pre_norms)?,
                 },
@@ -405,7 +426,12 @@ impl<'a, B: Backend> Model<'a, B> {
                     Some(m) => Some(Mla::load(file, backend, i, c, m)?),
                     None => None,
                 },
+                delta,
+                kv_slot,
             });
+            if !recurrent {
+                kv_slot += 1;
+            }
         }
         let embed = weight("token_embd.weight", c.vocab_size, d)?;
         let (output, has_output) = match file.tensor("output.weight") {
@@ -564,6 +590,7 @@ impl<'a, B: Backend> Model<'a, B> {
                     (Ffn::Moe(moe), Some(m)) => moe.stacked_width(m),
                     (Ffn::Moe(_), None) => 0,
                 };
+                let q = if c.attn_output_gate { 2 * q } else { q };
                 widest(&l.qkv, &[q, kv, kv]).max(ffn)
             })
             .max()
@@ -573,7 +600,17 @@ impl<'a, B: Backend> Model<'a, B> {
     /// Whether decode steps run as the backend's static steps: not for
     /// experts, whose routing the host decides step by step.
     fn static_steps(&self) -> bool {
-        self.backend.static_steps() && self.config.moe.is_none() && self.config.mla.is_none()
+        self.backend.static_steps()
+            && self.config.moe.is_none()
+            && self.config.mla.is_none()
+            && self.config.delta_net.is_none()
+    }
+
+    /// Whether a session can forget its last tokens and keep the others
+    /// ([`Session::truncate`]): not where delta nets (Qwen 3.5's) hold
+    /// every token in one state.
+    pub fn can_forget(&self) -> bool {
+        self.config.delta_net.is_none()
     }
 
     /// The model's hyper-parameters.
@@ -608,7 +645,8 @@ impl<'a, B: Backend> Model<'a, B> {
         }
         let c = &self.config;
         let cache = self.backend.kv_cache(&KvCacheConfig {
-            n_layers: c.n_layers,
+            // (A model of delta nets alone keeps one, unused.)
+            n_layers: c.kv_layers().max(1),
             n_kv_heads: c.n_kv_heads,
             head_dim: c.head_dim,
             max_seq_len,
@@ -628,6 +666,8 @@ impl<'a, B: Backend> Model<'a, B> {
             logits: vec![0.0; c.vocab_size],
             logits_on_host: false,
             loras: Vec::new(),
+            recurrent: Recurrent::new(c),
+            layers: c.n_layers,
         })
     }
 
@@ -887,6 +927,10 @@ impl<'a, B: Backend> Model<'a, B> {
         self.check_room(s, n)?;
         self.check_tokens(tokens)?;
         self.ready_loras(&mut s.scratch, &s.loras)?;
+        // A chunk left half way through delta nets spoilt their states.
+        if s.recurrent.any() && s.chunk_unfinished() {
+            s.restart();
+        }
         s.chunk = None;
         let sc = &mut s.scratch;
         sc.positions.clear();
@@ -918,11 +962,22 @@ impl<'a, B: Backend> Model<'a, B> {
         };
         // (Adapters may have been set since the chunk was embedded.)
         self.ready_loras(&mut s.scratch, &s.loras)?;
-        let cache = &mut s.cache;
+        let (cache, rec) = (&mut s.cache, &mut s.recurrent);
         let run = lora_run(&s.loras, chunk.len);
-        self.layer(&mut s.scratch, chunk.len, layer, run.as_slice(), |b, a| {
-            a.one(b, cache, layer)
-        })?;
+        let ran = self.layer(
+            &mut s.scratch,
+            (chunk.len, layer),
+            run.as_slice(),
+            &mut [rec],
+            |b, a| a.one(b, cache),
+        );
+        if let Err(e) = ran {
+            // Delta nets may hold part of the chunk: start over.
+            if s.recurrent.any() {
+                s.restart();
+            }
+            return Err(e);
+        }
         let done = layer + 1;
         s.chunk = Some(Chunk {
             layers_done: done,
@@ -1060,6 +1115,15 @@ impl<'a, B: Backend> Model<'a, B> {
                 .and_then(|()| self.batch_body(rows, sc))
         };
         sc.tokens = tokens;
+        if ran.is_err() {
+            // Delta nets may hold part of the step: their sessions start
+            // over.
+            for (s, _) in rows.iter_mut() {
+                if s.recurrent.any() {
+                    s.restart();
+                }
+            }
+        }
         ran?;
         let sc = &mut scratch.scratch;
         let vocab = self.config.vocab_size;
@@ -1093,7 +1157,7 @@ impl<'a, B: Backend> Model<'a, B> {
     fn decode_static<'s>(&self, s: &'s mut Session<B>, token: u32) -> Result<&'s [f32]> {
         let (b, pos) = (self.backend, s.pos);
         let kv_len = step_len(pos + 1, s.max_seq_len);
-        let (cache, sc) = (&mut s.cache, &mut s.scratch);
+        let (cache, sc, rec) = (&mut s.cache, &mut s.scratch, &mut s.recurrent);
         sc.positions.clear();
         sc.positions.push(pos as u32);
         s.chunk = None;
@@ -1106,7 +1170,9 @@ impl<'a, B: Backend> Model<'a, B> {
         let ran = self.run_static(sc, &[s.id], kv_len, |m, sc| {
             m.embed_rows(sc, &[token])?;
             for layer in 0..m.layers.len() {
-                m.layer(sc, 1, layer, &[], |b, a| a.one(b, cache, layer))?;
+                m.layer(sc, (1, layer), &[], &mut [&mut *rec], |b, a| {
+                    a.one(b, cache)
+                })?;
             }
             m.logits_rows(sc, 0, 1, &[])
         });
@@ -1208,12 +1274,19 @@ impl<'a, B: Backend> Model<'a, B> {
     fn batch_body(&self, rows: &mut [(&mut Session<B>, u32)], sc: &mut Scratch<B>) -> Result<()> {
         let n = rows.len();
         let mut caches = Vec::with_capacity(n);
+        let mut states = Vec::with_capacity(n);
         // Runs of consecutive rows with the same adapters (none when no
         // row has any).
         let mut runs: Vec<LoraRun<'_>> = Vec::new();
         for (i, (s, _)) in rows.iter_mut().enumerate() {
-            let Session { cache, loras, .. } = &mut **s;
+            let Session {
+                cache,
+                loras,
+                recurrent,
+                ..
+            } = &mut **s;
             caches.push(cache);
+            states.push(recurrent);
             match runs.last_mut() {
                 Some(run) if run.set == &loras[..] && run.rows.end == i => run.rows.end = i + 1,
                 _ if loras.is_empty() => {}
@@ -1224,7 +1297,9 @@ impl<'a, B: Backend> Model<'a, B> {
             }
         }
         for layer in 0..self.layers.len() {
-            self.layer(sc, n, layer, &runs, |b, a| a.rows(b, &mut caches, layer))?;
+            self.layer(sc, (n, layer), &runs, &mut states, |b, a| {
+                a.rows(b, &mut caches)
+            })?;
         }
         self.logits_rows(sc, 0, n, &runs)
     }
@@ -1322,9 +1397,9 @@ impl<'a, B: Backend> Model<'a, B> {
     fn layer(
         &self,
         sc: &mut Scratch<B>,
-        n: usize,
-        li: usize,
+        (n, li): (usize, usize),
         runs: &[LoraRun<'_>],
+        states: &mut [&mut Recurrent],
         mut attend: impl FnMut(&B, Attend<'_, B>) -> Result<(), BackendError>,
     ) -> Result<()> {
         let b = self.backend;
@@ -1341,6 +1416,96 @@ impl<'a, B: Backend> Model<'a, B> {
             }
             self.temper(sc, n)?;
         }
+        match (&layer.delta, &c.delta_net) {
+            (Some(dn), Some(dc)) => {
+                dn.run(b, sc, (c, dc, li), n, states)?;
+                let Scratch {
+                    ws,
+                    delta,
+                    proj,
+                    seen,
+                    ..
+                } = sc;
+                let ds = delta
+                    .as_mut()
+                    .ok_or_else(|| Error::BadConfig("no room for a delta net".into()))?;
+                b.matmul(ws, &layer.wo, &ds.out, n, proj)?;
+                if let Some(seen) = seen {
+                    let name = format!("blk.{li}.ssm_out.weight");
+                    seen.observe_named(b, ws, &name, (&ds.out, n, dc.v_dim()))?;
+                }
+            }
+            _ => self.attention(sc, (n, li), runs, &mut attend)?,
+        }
+        if let Some(bo) = &layer.bo {
+            b.add_row_inplace(&mut sc.proj, bo, n)?;
+        }
+        if let Some(s) = c.residual_scale {
+            b.scale_inplace(&mut sc.proj, s, n * d)?;
+        }
+        residual(
+            b,
+            sc,
+            layer.post_attn_norm.as_ref(),
+            layer.ffn_norm.as_ref(),
+            eps,
+            n,
+            d,
+        )?;
+        match &layer.ffn {
+            Ffn::Dense(gate_up, down) => {
+                self.dense_ffn(sc, (n, li, layer.fused.gate_up), runs, gate_up, down)?
+            }
+            Ffn::Moe(moe) => {
+                let m = c.moe.as_ref().ok_or_else(|| {
+                    Error::BadConfig("a layer has experts the config does not".into())
+                })?;
+                let buf = MoeBuffers {
+                    ws: &mut sc.ws,
+                    xn: &sc.xn,
+                    scores: &mut sc.scores,
+                    input: &mut sc.moe_rows,
+                    gate: &mut sc.gate,
+                    up: &mut sc.up,
+                    out: &mut sc.proj,
+                    stacked: &mut sc.stacked,
+                    host: &mut sc.moe,
+                    seen: sc.seen.as_deref_mut(),
+                };
+                moe.run(b, (m, li), d, n, buf)?
+            }
+        }
+        if let Some(s) = c.residual_scale {
+            b.scale_inplace(&mut sc.proj, s, n * d)?;
+        }
+        match (self.layers.get(li + 1), &layer.post_ffn_norm) {
+            (Some(next), post) => {
+                residual(b, sc, post.as_ref(), next.attn_norm.as_ref(), eps, n, d)?
+            }
+            (None, post) => {
+                if let Some(pw) = post {
+                    b.rms_norm_inplace(&mut sc.proj, pw, eps, n)?;
+                }
+                b.add_inplace(&mut sc.x, &sc.proj, n * d)?
+            }
+        }
+        Ok(())
+    }
+
+    /// The attention of block `li` over the first `n` rows of `sc.xn`,
+    /// its output product in `sc.proj`.
+    fn attention(
+        &self,
+        sc: &mut Scratch<B>,
+        (n, li): (usize, usize),
+        runs: &[LoraRun<'_>],
+        attend: &mut impl FnMut(&B, Attend<'_, B>) -> Result<(), BackendError>,
+    ) -> Result<()> {
+        let b = self.backend;
+        let c = &self.config;
+        let layer = &self.layers[li];
+        let d = c.d_model;
+        let eps = c.rms_eps;
         let qk_norm = match (&layer.mla, &c.mla) {
             // Latent attention's own queries, keys and values.
             (Some(mla), Some(m)) => {
@@ -1348,16 +1513,38 @@ impl<'a, B: Backend> Model<'a, B> {
                 None
             }
             _ => {
-                project(
-                    b,
-                    &mut sc.ws,
-                    &layer.qkv,
-                    &sc.xn,
-                    n,
-                    &mut sc.stacked,
-                    &[c.q_dim(), c.kv_dim(), c.kv_dim()],
-                    &mut [&mut sc.q, &mut sc.k, &mut sc.v],
-                )?;
+                match sc.delta.as_mut().filter(|_| c.attn_output_gate) {
+                    // Each head's query and gate, then apart.
+                    Some(ds) => {
+                        project(
+                            b,
+                            &mut sc.ws,
+                            &layer.qkv,
+                            &sc.xn,
+                            n,
+                            &mut sc.stacked,
+                            &[2 * c.q_dim(), c.kv_dim(), c.kv_dim()],
+                            &mut [&mut ds.q_gate, &mut sc.k, &mut sc.v],
+                        )?;
+                        let hd = c.head_dim;
+                        b.split_cols(
+                            &ds.q_gate,
+                            n * c.n_heads,
+                            &[hd, hd],
+                            &mut [&mut sc.q, &mut ds.gate],
+                        )?;
+                    }
+                    None => project(
+                        b,
+                        &mut sc.ws,
+                        &layer.qkv,
+                        &sc.xn,
+                        n,
+                        &mut sc.stacked,
+                        &[c.q_dim(), c.kv_dim(), c.kv_dim()],
+                        &mut [&mut sc.q, &mut sc.k, &mut sc.v],
+                    )?,
+                }
                 // A fused matrix's input is seen once, under its name.
                 let mut unseen = None;
                 let seen = match (layer.fused.qkv, &mut sc.seen) {
@@ -1440,8 +1627,12 @@ impl<'a, B: Backend> Model<'a, B> {
             rope: &rope,
             params: &params,
             out: &mut sc.att,
+            slot: layer.kv_slot,
         };
         attend(b, a)?;
+        if let Some(ds) = sc.delta.as_ref().filter(|_| c.attn_output_gate) {
+            b.sigmoid_mul_inplace(&mut sc.att, &ds.gate, n * c.q_dim())?;
+        }
         match (&layer.mla, &c.mla) {
             (Some(mla), Some(m)) => mla.output(b, sc, (c, m, li), &layer.wo, n)?,
             _ => {
@@ -1455,58 +1646,6 @@ impl<'a, B: Backend> Model<'a, B> {
                     x,
                     out,
                 )?;
-            }
-        }
-        if let Some(bo) = &layer.bo {
-            b.add_row_inplace(&mut sc.proj, bo, n)?;
-        }
-        if let Some(s) = c.residual_scale {
-            b.scale_inplace(&mut sc.proj, s, n * d)?;
-        }
-        residual(
-            b,
-            sc,
-            layer.post_attn_norm.as_ref(),
-            layer.ffn_norm.as_ref(),
-            eps,
-            n,
-            d,
-        )?;
-        match &layer.ffn {
-            Ffn::Dense(gate_up, down) => {
-                self.dense_ffn(sc, (n, li, layer.fused.gate_up), runs, gate_up, down)?
-            }
-            Ffn::Moe(moe) => {
-                let m = c.moe.as_ref().ok_or_else(|| {
-                    Error::BadConfig("a layer has experts the config does not".into())
-                })?;
-                let buf = MoeBuffers {
-                    ws: &mut sc.ws,
-                    xn: &sc.xn,
-                    scores: &mut sc.scores,
-                    input: &mut sc.moe_rows,
-                    gate: &mut sc.gate,
-                    up: &mut sc.up,
-                    out: &mut sc.proj,
-                    stacked: &mut sc.stacked,
-                    host: &mut sc.moe,
-                    seen: sc.seen.as_deref_mut(),
-                };
-                moe.run(b, (m, li), d, n, buf)?
-            }
-        }
-        if let Some(s) = c.residual_scale {
-            b.scale_inplace(&mut sc.proj, s, n * d)?;
-        }
-        match (self.layers.get(li + 1), &layer.post_ffn_norm) {
-            (Some(next), post) => {
-                residual(b, sc, post.as_ref(), next.attn_norm.as_ref(), eps, n, d)?
-            }
-            (None, post) => {
-                if let Some(pw) = post {
-                    b.rms_norm_inplace(&mut sc.proj, pw, eps, n)?;
-                }
-                b.add_inplace(&mut sc.x, &sc.proj, n * d)?
             }
         }
         Ok(())
@@ -1683,20 +1822,22 @@ struct Attend<'x, B: Backend> {
     rope: &'x RopeParams<'x>,
     params: &'x AttentionParams<'x>,
     out: &'x mut B::Buffer,
+    /// The block's layer of the KV cache.
+    slot: usize,
 }
 
 impl<B: Backend> Attend<'_, B> {
     /// The rows are one sequence's next tokens, cached in `cache`.
-    fn one(self, b: &B, cache: &mut B::KvCache, layer: usize) -> Result<(), BackendError> {
+    fn one(self, b: &B, cache: &mut B::KvCache) -> Result<(), BackendError> {
         let n = self.positions.len();
         if n == 1 {
             // A decode step: the backend's fused path.
-            return self.rows(b, &mut [cache], layer);
+            return self.rows(b, &mut [cache]);
         }
         b.rope_attend(
             self.ws,
             cache,
-            layer,
+            self.slot,
             self.positions,
             (self.q, self.k, self.v),
             self.qk_norm,
@@ -1707,11 +1848,11 @@ impl<B: Backend> Attend<'_, B> {
     }
 
     /// Row `i` is the next token of the sequence cached in `caches[i]`.
-    fn rows(self, b: &B, caches: &mut [&mut B::KvCache], layer: usize) -> Result<(), BackendError> {
+    fn rows(self, b: &B, caches: &mut [&mut B::KvCache]) -> Result<(), BackendError> {
         b.rope_attend_rows(
             self.ws,
             caches,
-            layer,
+            self.slot,
             self.positions,
             (self.q, self.k, self.v),
             self.qk_norm,
@@ -1844,6 +1985,8 @@ struct Scratch<B: Backend> {
     temper_host: Vec<f32>,
     /// Latent attention's room, for a model with it.
     mla: Option<MlaScratch<B>>,
+    /// Delta nets' and gated attention's room, for a model with them.
+    delta: Option<DeltaScratch<B>>,
 }
 
 impl<B: Backend> Scratch<B> {
@@ -1890,6 +2033,10 @@ impl<B: Backend> Scratch<B> {
             temper_host: Vec::new(),
             mla: match &c.mla {
                 Some(m) => Some(MlaScratch::new(backend, c, m, rows)?),
+                None => None,
+            },
+            delta: match &c.delta_net {
+                Some(d) => Some(DeltaScratch::new(backend, c, d, rows)?),
                 None => None,
             },
         })
@@ -1982,6 +2129,10 @@ pub struct Session<B: Backend> {
     logits_on_host: bool,
     /// The LoRA adapters it runs with, and their scales (none 0).
     loras: Vec<(LoraId, f32)>,
+    /// Its delta nets' states (none for a model without).
+    recurrent: Recurrent,
+    /// The model's blocks.
+    layers: usize,
 }
 
 impl<B: Backend> Session<B> {
@@ -2003,10 +2154,31 @@ impl<B: Backend> Session<B> {
         self.max_seq_len
     }
 
-    /// Forgets every token after the first `pos` (the cache keeps the rest).
+    /// Forgets every token after the first `pos` (the cache keeps the
+    /// rest). A model with delta nets (Qwen 3.5's; see
+    /// [`Model::can_forget`]) cannot take tokens out of their states:
+    /// there, forgetting any token forgets all (position 0). A caller
+    /// that keeps a prefix reads [`Session::position`] afterwards.
     pub fn truncate(&mut self, pos: usize) {
+        if self.recurrent.any() && (pos < self.pos || self.chunk_unfinished()) {
+            self.restart();
+        }
         self.pos = self.pos.min(pos);
         self.chunk = None;
+    }
+
+    /// Whether a chunk has run through some layers but not all: a delta
+    /// net's state then holds part of it.
+    fn chunk_unfinished(&self) -> bool {
+        self.chunk
+            .is_some_and(|c| c.layers_done > 0 && c.layers_done < self.layers)
+    }
+
+    /// Back to position 0, the delta nets' states to their start.
+    fn restart(&mut self) {
+        self.pos = 0;
+        self.chunk = None;
+        self.recurrent.reset();
     }
 
     /// Most tokens one chunk of [`Model::embed_tokens`] may hold.

@@ -174,6 +174,9 @@ impl SyntheticLayout {
         if arch == "deepseek2" {
             return Self::tiny_deepseek2(false);
         }
+        if arch == "qwen35" {
+            return Ok(Self::tiny_qwen35());
+        }
         if let Some(dense) = arch
             .strip_suffix("moe")
             .filter(|a| ["qwen2", "qwen3", "granite"].contains(a))
@@ -606,6 +609,85 @@ impl SyntheticLayout {
         .with_selected_experts(Some(32))
     }
 
+    /// A tiny Qwen 3.5: four blocks, the first three delta nets (4 value
+    /// heads over 2 query/key heads of 16, a 4-tap convolution), the
+    /// fourth gated attention (4 query heads over 2 KV heads of 16, half
+    /// of each rotated, M-RoPE sections 2, 1, 1), tied embeddings.
+    fn tiny_qwen35() -> Self {
+        let (d, ff, heads, kv_heads, hd) = (64u64, 128u64, 4u64, 2u64, 16u64);
+        let (taps, s, k_heads, v_heads) = (4u64, 16u64, 2u64, 4u64);
+        let k = |n: &str| format!("qwen35.{n}");
+        let mut hp = vec![
+            u32_kv(&k("attention.head_count"), heads as u32),
+            u32_kv(&k("attention.head_count_kv"), kv_heads as u32),
+            u32_kv(&k("attention.key_length"), hd as u32),
+            u32_kv(&k("attention.value_length"), hd as u32),
+            f32_kv(&k("attention.layer_norm_rms_epsilon"), 1e-6),
+            u32_kv(&k("block_count"), 4),
+            u32_kv(&k("context_length"), 256),
+            u32_kv(&k("embedding_length"), d as u32),
+            u32_kv(&k("feed_forward_length"), ff as u32),
+            u32_kv(&k("full_attention_interval"), 4),
+            u32_kv(&k("rope.dimension_count"), 8),
+            (
+                k("rope.dimension_sections"),
+                MetadataValue::Array(MetadataArray::I32(vec![2, 1, 1, 0])),
+            ),
+            f32_kv(&k("rope.freq_base"), 10_000_000.0),
+            u32_kv(&k("ssm.conv_kernel"), taps as u32),
+            u32_kv(&k("ssm.state_size"), s as u32),
+            u32_kv(&k("ssm.group_count"), k_heads as u32),
+            u32_kv(&k("ssm.time_step_rank"), v_heads as u32),
+            u32_kv(&k("ssm.inner_size"), (v_heads * s) as u32),
+        ];
+        hp.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut tensors = Vec::new();
+        let mut add = |name: String, shape: Vec<u64>| {
+            // (The convolution stays f32, as llama.cpp's converter keeps it.)
+            let dtype = if shape.len() == 1 || name.ends_with("ssm_conv1d.weight") {
+                GgmlType::F32
+            } else {
+                GgmlType::Q8_0
+            };
+            tensors.push(SyntheticTensor { name, shape, dtype });
+        };
+        add("token_embd.weight".into(), vec![d, 300]);
+        let (kd, vd) = (k_heads * s, v_heads * s);
+        for l in 0..4 {
+            let mut blk = |n: &str, shape: Vec<u64>| add(format!("blk.{l}.{n}"), shape);
+            blk("attn_norm.weight", vec![d]);
+            if l < 3 {
+                blk("attn_qkv.weight", vec![d, 2 * kd + vd]);
+                blk("attn_gate.weight", vec![d, vd]);
+                blk("ssm_conv1d.weight", vec![taps, 2 * kd + vd]);
+                blk("ssm_dt.bias", vec![v_heads]);
+                blk("ssm_a", vec![v_heads]);
+                blk("ssm_beta.weight", vec![d, v_heads]);
+                blk("ssm_alpha.weight", vec![d, v_heads]);
+                blk("ssm_norm.weight", vec![s]);
+                blk("ssm_out.weight", vec![vd, d]);
+            } else {
+                blk("attn_q.weight", vec![d, 2 * heads * hd]);
+                blk("attn_k.weight", vec![d, kv_heads * hd]);
+                blk("attn_v.weight", vec![d, kv_heads * hd]);
+                blk("attn_output.weight", vec![heads * hd, d]);
+                blk("attn_q_norm.weight", vec![hd]);
+                blk("attn_k_norm.weight", vec![hd]);
+            }
+            blk("post_attention_norm.weight", vec![d]);
+            blk("ffn_gate.weight", vec![d, ff]);
+            blk("ffn_up.weight", vec![d, ff]);
+            blk("ffn_down.weight", vec![ff, d]);
+        }
+        add("output_norm.weight".into(), vec![d]);
+        Self {
+            arch: "qwen35".into(),
+            hparams: hp,
+            vocab_size: 300,
+            tensors,
+        }
+    }
+
     /// gpt-oss-20b as ggml-org's MXFP4 file holds it: 24 layers, 2880 wide,
     /// 64 query and 8 KV heads of 64, 32 experts 2880 wide (4 a token) in
     /// MXFP4, every other matrix Q8_0, the router f32, a 201,088-token
@@ -722,7 +804,11 @@ impl SyntheticLayout {
     /// which makes backends comparable to float precision.
     pub fn with_matrix_type(mut self, dtype: GgmlType) -> Self {
         for t in &mut self.tensors {
-            if t.shape.len() > 1 && !t.name.ends_with(".bias") {
+            // (A delta net's convolution stays f32, as llama.cpp keeps it.)
+            if t.shape.len() > 1
+                && !t.name.ends_with(".bias")
+                && !t.name.ends_with("ssm_conv1d.weight")
+            {
                 t.dtype = dtype;
             }
         }
@@ -1099,7 +1185,8 @@ impl SyntheticLayout {
     /// vocabulary of the layout's size, so every tool that needs a
     /// tokenizer runs on it. Matrices hold values of about +-0.05 (scaled
     /// by fan-in so activations stay in range), norm weights about 1, RoPE
-    /// frequency factors 1 to 8.
+    /// frequency factors 1 to 8, a delta net's decay rates (`ssm_a`) -0.05 to
+    /// -0.15.
     pub fn write(&self, seed: u64) -> Result<Vec<u8>> {
         if self.vocab_size < 259 {
             return Err(Error::BadConfig(
@@ -1156,11 +1243,16 @@ impl SyntheticLayout {
             let bias = t.name.contains("bias");
             let values: Vec<f32> = if t.shape.len() == 1 || bias {
                 let factors = t.name.starts_with("rope_");
+                // A delta net's decay rates, negative and small, so that
+                // its state fades over tens of tokens.
+                let decay = t.name.ends_with(".ssm_a");
                 (0..n)
                     .map(|_| {
                         let u = rng.uniform();
                         if bias {
                             0.1 * u
+                        } else if decay {
+                            -0.1 * (1.0 + 0.5 * u)
                         } else if factors {
                             4.5 + 3.5 * u
                         } else {

@@ -368,8 +368,10 @@ fn locate(base: &str, c: &ModelConfig, has_output: bool) -> Result<Place> {
         .and_then(|(i, rest)| {
             let i: usize = i.parse().ok()?;
             let t = rest.strip_suffix(".weight")?;
-            // Latent attention has none of the attention's usual matrices.
-            if c.mla.is_some() && t.starts_with("attn_") {
+            // Latent attention has none of the attention's usual
+            // matrices; gated attention's queries are twice as wide, and
+            // a delta net has none.
+            if (c.mla.is_some() || c.delta_net.is_some()) && t.starts_with("attn_") {
                 return None;
             }
             // A block of experts has no dense feed-forward matrices.

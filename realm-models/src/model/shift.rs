@@ -82,6 +82,11 @@ impl<B: Backend> Model<'_, B> {
                      {held}"
                 ))
             })?;
+        if discard > 0 && self.config.delta_net.is_some() {
+            return Err(Error::BadConfig(
+                "a context shift cannot take tokens out of a delta net's state (Qwen 3.5's)".into(),
+            ));
+        }
         let moved = held - end;
         session.chunk = None;
         if discard == 0 {

@@ -10,11 +10,12 @@
 //! | 8 | magic `REALMKV\0` |
 //! | 4 | version (1) |
 //! | 8 | the model's [`Model::fingerprint`] |
-//! | 4, 4, 4 | layers, KV heads, values per head |
+//! | 4, 4, 4 | layers with a KV cache, KV heads, values per head |
 //! | 1 | element type: 0 f32, 1 f16, 2 Q8_0 (the cache's) |
 //! | 4 | tokens `n` |
 //! | 4 `n` | their ids |
 //! | per layer | `n` rows of keys, then `n` rows of values (KV heads × values per head each) |
+//! | per delta net | its state, f32 (a model with delta nets: Qwen 3.5's) |
 //!
 //! Keys are stored as the cache holds them, rotated. Restoring writes them
 //! back through the backend, bit for bit, so that the session then gives
@@ -125,7 +126,7 @@ impl<B: Backend> Model<'_, B> {
         head.extend_from_slice(MAGIC);
         head.extend_from_slice(&VERSION.to_le_bytes());
         head.extend_from_slice(&self.fingerprint.to_le_bytes());
-        for d in [c.n_layers, c.n_kv_heads, c.head_dim] {
+        for d in [c.kv_layers(), c.n_kv_heads, c.head_dim] {
             head.extend_from_slice(&(d as u32).to_le_bytes());
         }
         head.push(match session.kv_dtype {
@@ -140,7 +141,7 @@ impl<B: Backend> Model<'_, B> {
         w.write_all(&head).map_err(io_err)?;
         let (mut k, mut v) = (vec![0f32; n * width], vec![0f32; n * width]);
         let mut bytes = Vec::new();
-        for layer in 0..c.n_layers {
+        for layer in 0..c.kv_layers() {
             self.backend
                 .kv_read(&session.cache, layer, 0..n, &mut k, &mut v)?;
             for x in [&k, &v] {
@@ -161,6 +162,13 @@ impl<B: Backend> Model<'_, B> {
                 }
                 w.write_all(&bytes).map_err(io_err)?;
             }
+        }
+        for state in &session.recurrent.layers {
+            bytes.clear();
+            state
+                .iter()
+                .for_each(|e| bytes.extend_from_slice(&e.to_le_bytes()));
+            w.write_all(&bytes).map_err(io_err)?;
         }
         Ok(())
     }
@@ -202,11 +210,11 @@ impl<B: Backend> Model<'_, B> {
         }
         let c = &self.config;
         let dims = [u32_at(20), u32_at(24), u32_at(28)];
-        if dims.map(|d| d as usize) != [c.n_layers, c.n_kv_heads, c.head_dim] {
+        if dims.map(|d| d as usize) != [c.kv_layers(), c.n_kv_heads, c.head_dim] {
             return Err(state_err(format!(
                 "the state's cache is {dims:?} (layers, KV heads, values per head), the model's \
                  {:?}",
-                [c.n_layers, c.n_kv_heads, c.head_dim]
+                [c.kv_layers(), c.n_kv_heads, c.head_dim]
             )));
         }
         let dtype = match head[32] {
@@ -254,7 +262,7 @@ impl<B: Backend> Model<'_, B> {
         }
         let mut bytes = vec![0u8; n * width / QK * size];
         let mut rows = [vec![0f32; n * width], vec![0f32; n * width]];
-        for layer in 0..c.n_layers {
+        for layer in 0..c.kv_layers() {
             for x in rows.iter_mut() {
                 r.read_exact(&mut bytes).map_err(io_err)?;
                 match dtype {
@@ -294,6 +302,16 @@ impl<B: Backend> Model<'_, B> {
                 0..n,
             )?;
         }
+        // The delta nets' states, whole before any is set.
+        let mut states = session.recurrent.clone();
+        for state in states.layers.iter_mut() {
+            let mut raw = vec![0u8; 4 * state.len()];
+            r.read_exact(&mut raw).map_err(io_err)?;
+            for (x, b) in state.iter_mut().zip(raw.chunks_exact(4)) {
+                *x = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+        }
+        session.recurrent = states;
         session.pos = n;
         Ok(tokens)
     }
