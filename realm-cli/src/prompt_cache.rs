@@ -27,8 +27,9 @@ pub fn restore<B: Backend>(
     match model.load_state(session, &mut reader) {
         Ok(saved) => {
             let common = saved.iter().zip(prompt).take_while(|(a, b)| a == b).count();
-            let keep = common.min(prompt.len().saturating_sub(1));
-            session.truncate(keep);
+            session.truncate(common.min(prompt.len().saturating_sub(1)));
+            // (A model whose state cannot forget tokens keeps all or none.)
+            let keep = session.position();
             eprintln!(
                 "realm: prompt cache {}: {keep} of the prompt's {} tokens reused",
                 path.display(),

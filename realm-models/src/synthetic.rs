@@ -59,6 +59,21 @@ struct GptOss {
     yarn: (f32, u32),
 }
 
+/// Hyper-parameters of a Qwen 3.5 layout: every fourth block attention.
+struct Qwen35 {
+    layers: u32,
+    d: u64,
+    ff: u64,
+    /// Query heads, KV heads, their width.
+    heads: (u64, u64, u64),
+    /// Rotated values a head, and the M-RoPE sections of their pairs.
+    rope: (u32, [u32; 3]),
+    /// The delta nets' taps, heads' width, query/key heads, value heads.
+    delta: (u64, u64, u64, u64),
+    vocab: u64,
+    context: u32,
+}
+
 /// Hyper-parameters of a llama-family or Gemma 3 layout.
 struct Shape {
     arch: &'static str,
@@ -614,24 +629,58 @@ impl SyntheticLayout {
     /// fourth gated attention (4 query heads over 2 KV heads of 16, half
     /// of each rotated, M-RoPE sections 2, 1, 1), tied embeddings.
     fn tiny_qwen35() -> Self {
-        let (d, ff, heads, kv_heads, hd) = (64u64, 128u64, 4u64, 2u64, 16u64);
-        let (taps, s, k_heads, v_heads) = (4u64, 16u64, 2u64, 4u64);
+        Self::qwen35(&Qwen35 {
+            layers: 4,
+            d: 64,
+            ff: 128,
+            heads: (4, 2, 16),
+            rope: (8, [2, 1, 1]),
+            delta: (4, 16, 2, 4),
+            vocab: 300,
+            context: 256,
+        })
+    }
+
+    /// Qwen 3.5 0.8B's shape (Qwen/Qwen3.5-0.8B's config): 24 blocks
+    /// 1024 wide, three of four delta nets (16 value and 16 query/key
+    /// heads of 128, 4 taps), the fourth gated attention (8 query heads
+    /// over 2 KV heads of 256, a quarter of each rotated, M-RoPE sections
+    /// 11, 11, 10), a 3584-wide feed-forward block, a 248,320-token
+    /// vocabulary, tied embeddings; Q8_0 matrices.
+    pub fn qwen35_0_8b() -> Self {
+        Self::qwen35(&Qwen35 {
+            layers: 24,
+            d: 1024,
+            ff: 3584,
+            heads: (8, 2, 256),
+            rope: (64, [11, 11, 10]),
+            delta: (4, 128, 16, 16),
+            vocab: 248_320,
+            context: 262_144,
+        })
+    }
+
+    fn qwen35(q: &Qwen35) -> Self {
+        let (d, ff) = (q.d, q.ff);
+        let (heads, kv_heads, hd) = q.heads;
+        let (taps, s, k_heads, v_heads) = q.delta;
         let k = |n: &str| format!("qwen35.{n}");
+        let sections = q.rope.1.iter().map(|&x| x as i32).chain([0]).collect();
         let mut hp = vec![
             u32_kv(&k("attention.head_count"), heads as u32),
             u32_kv(&k("attention.head_count_kv"), kv_heads as u32),
             u32_kv(&k("attention.key_length"), hd as u32),
             u32_kv(&k("attention.value_length"), hd as u32),
             f32_kv(&k("attention.layer_norm_rms_epsilon"), 1e-6),
-            u32_kv(&k("block_count"), 4),
-            u32_kv(&k("context_length"), 256),
+            u32_kv(&k("block_count"), q.layers),
+            u32_kv(&k("context_length"), q.context),
             u32_kv(&k("embedding_length"), d as u32),
             u32_kv(&k("feed_forward_length"), ff as u32),
             u32_kv(&k("full_attention_interval"), 4),
-            u32_kv(&k("rope.dimension_count"), 8),
+            u32_kv(&k("rope.dimension_count"), q.rope.0),
             (
                 k("rope.dimension_sections"),
-                MetadataValue::Array(MetadataArray::I32(vec![2, 1, 1, 0])),
+                MetadataValue::Array(MetadataArray::I32(sections)),
             ),
             f32_kv(&k("rope.freq_base"), 10_000_000.0),
             u32_kv(&k("ssm.conv_kernel"), taps as u32),
@@ -651,12 +700,12 @@ impl SyntheticLayout {
             };
             tensors.push(SyntheticTensor { name, shape, dtype });
         };
-        add("token_embd.weight".into(), vec![d, 300]);
+        add("token_embd.weight".into(), vec![d, q.vocab]);
         let (kd, vd) = (k_heads * s, v_heads * s);
-        for l in 0..4 {
+        for l in 0..q.layers {
             let mut blk = |n: &str, shape: Vec<u64>| add(format!("blk.{l}.{n}"), shape);
             blk("attn_norm.weight", vec![d]);
-            if l < 3 {
+            if (l + 1) % 4 != 0 {
                 blk("attn_qkv.weight", vec![d, 2 * kd + vd]);
                 blk("attn_gate.weight", vec![d, vd]);
                 blk("ssm_conv1d.weight", vec![taps, 2 * kd + vd]);
@@ -683,7 +732,7 @@ impl SyntheticLayout {
         Self {
             arch: "qwen35".into(),
             hparams: hp,
-            vocab_size: 300,
+            vocab_size: q.vocab as usize,
             tensors,
         }
     }
@@ -985,6 +1034,7 @@ impl SyntheticLayout {
     }
 
     /// A built-in layout by short name: `smollm2`, `gemma3`, `gpt-oss-20b`,
+    /// `qwen35-0.8b` ([`SyntheticLayout::qwen35_0_8b`]),
     /// `tiny-ARCH`
     /// ([`SyntheticLayout::tiny`]), `tiny-mixtral` (the tiny llama with
     /// 4 experts, 2 a token) or `tiny-mistral3-moe` (the tiny Ministral 3
@@ -1002,6 +1052,7 @@ impl SyntheticLayout {
             "smollm2" => Some(Self::smollm2_135m()),
             "gemma3" => Some(Self::gemma3_270m()),
             "gpt-oss-20b" => Self::gpt_oss_20b().ok(),
+            "qwen35-0.8b" => Some(Self::qwen35_0_8b()),
             "tiny-mixtral" => Self::tiny("llama").ok()?.with_experts(4, 2).ok(),
             "tiny-mistral3-moe" => Self::tiny("mistral3").ok()?.with_experts(4, 2).ok(),
             "tiny-mistral3-bias" => Some(Self::tiny("mistral3").ok()?.with_output_bias()),

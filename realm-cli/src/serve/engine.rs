@@ -593,6 +593,8 @@ impl<'m, B: Backend> Engine<'m, '_, B> {
     /// `loras`: the one holding its longest beginning (the oldest of
     /// equals), cut back to that beginning, and how many tokens it holds;
     /// at least the prompt's last token is left to run, for its logits.
+    /// A model whose state cannot forget tokens (Qwen 3.5's delta nets)
+    /// reuses only a session whose every token begins the prompt.
     fn reuse(
         &mut self,
         prompt: &[u32],
@@ -606,12 +608,17 @@ impl<'m, B: Backend> Engine<'m, '_, B> {
             .filter(|(_, (_, s))| s.capacity() >= room && s.loras() == loras)
             .map(|(i, (held, _))| {
                 let common = held.iter().zip(prompt).take_while(|(a, b)| a == b).count();
-                (i, common.min(prompt.len() - 1))
+                let common = common.min(prompt.len() - 1);
+                match common < held.len() && !self.model.can_forget() {
+                    true => (i, 0),
+                    false => (i, common),
+                }
             })
             .max_by_key(|&(i, common)| (common, std::cmp::Reverse(i)))?;
         let (_, mut session) = self.kept.remove(i)?;
         session.truncate(common);
-        Some((session, common))
+        let held = session.position();
+        Some((session, held))
     }
 
     /// Keeps a finished request's session, with the tokens it holds, for
