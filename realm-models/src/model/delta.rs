@@ -104,8 +104,6 @@ struct DeltaHost {
     out: Vec<f32>,
     /// One token's channels after the convolution.
     conv: Vec<f32>,
-    /// One head's delta.
-    delta: Vec<f32>,
 }
 
 impl<B: Backend> DeltaScratch<B> {
@@ -169,8 +167,22 @@ fn rms_scale(x: &[f32], eps: f32) -> f32 {
     1.0 / (mean + eps).sqrt()
 }
 
+/// A dot product with eight running sums (which the compiler keeps in
+/// one vector register).
 fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
+    let mut acc = [0.0f32; 8];
+    let (ac, ar) = a.as_chunks::<8>();
+    let (bc, br) = b.as_chunks::<8>();
+    for (x, y) in ac.iter().zip(bc) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut sum = acc.iter().sum::<f32>();
+    for (x, y) in ar.iter().zip(br) {
+        sum += x * y;
+    }
+    sum
 }
 
 impl<'a, B: Backend> DeltaNet<'a, B> {
@@ -246,8 +258,7 @@ impl<'a, B: Backend> DeltaNet<'a, B> {
         fetch(b, &ds.beta, n * vh, &mut h.beta)?;
         fetch(b, &ds.alpha, n * vh, &mut h.alpha)?;
         h.out.resize(n * vd, 0.0);
-        h.conv.resize(ch, 0.0);
-        h.delta.resize(dn.head_dim, 0.0);
+        h.conv.resize(n * ch, 0.0);
         let one = states.len() == 1;
         if !one && states.len() != n {
             return Err(Error::BadConfig(format!(
@@ -255,45 +266,86 @@ impl<'a, B: Backend> DeltaNet<'a, B> {
                 states.len()
             )));
         }
-        for r in 0..n {
-            let st = states[if one { 0 } else { r }]
+        let state_len = dn.state_len();
+        fn state<'s>(
+            states: &'s mut [&mut Recurrent],
+            r: usize,
+            (li, len): (usize, usize),
+        ) -> Result<&'s mut [f32]> {
+            let one = states.len() == 1;
+            states[if one { 0 } else { r }]
                 .layers
                 .get_mut(li)
-                .filter(|s| s.len() == dn.state_len())
-                .ok_or_else(|| Error::BadConfig(format!("no recurrent state for layer {li}")))?;
-            self.token(
+                .filter(|s| s.len() == len)
+                .map(|s| s.as_mut_slice())
+                .ok_or_else(|| Error::BadConfig(format!("no recurrent state for layer {li}")))
+        }
+        // Each row's convolution, norms, decays and rates, in order (a
+        // sequence's rows shift its convolution's inputs).
+        for r in 0..n {
+            self.mix_in(
                 (c, dn),
-                st,
+                state(states, r, (li, state_len))?,
+                &h.mixed[r * ch..(r + 1) * ch],
+                &mut h.conv[r * ch..(r + 1) * ch],
                 (
-                    &h.mixed[r * ch..(r + 1) * ch],
-                    &h.z[r * vd..(r + 1) * vd],
-                    &h.beta[r * vh..(r + 1) * vh],
-                    &h.alpha[r * vh..(r + 1) * vh],
+                    &mut h.beta[r * vh..(r + 1) * vh],
+                    &mut h.alpha[r * vh..(r + 1) * vh],
                 ),
-                (&mut h.conv, &mut h.delta),
-                &mut h.out[r * vd..(r + 1) * vd],
             );
+        }
+        // Each value head's state through the rows: a sequence's head at a
+        // time, while its state is in cache.
+        let (s, past) = (dn.head_dim, (dn.conv_kernel - 1) * ch);
+        let kd = dn.k_dim();
+        let head = |r: usize, hv: usize| {
+            let y = &h.conv[r * ch..(r + 1) * ch];
+            let hk = hv % dn.k_heads;
+            let at = |base: usize, i: usize| &y[base + i * s..base + (i + 1) * s];
+            (at(0, hk), at(kd, hk), at(2 * kd, hv))
+        };
+        let steps = if one { vh } else { n * vh };
+        for i in 0..steps {
+            let (rows, hv) = match one {
+                true => (0..n, i),
+                false => (i / vh..i / vh + 1, i % vh),
+            };
+            let st = state(states, rows.start, (li, state_len))?;
+            let m = &mut st[past + hv * s * s..past + (hv + 1) * s * s];
+            for r in rows {
+                let (q, k, v) = head(r, hv);
+                let o = &mut h.out[r * vd + hv * s..r * vd + (hv + 1) * s];
+                delta_rule(m, (q, k, v), (h.alpha[r * vh + hv], h.beta[r * vh + hv]), o);
+            }
+        }
+        // Each head's output RMS-normed, times the SiLU of its gate.
+        for (o, z) in h.out.chunks_exact_mut(s).zip(h.z.chunks_exact(s)) {
+            let scale = rms_scale(o, c.rms_eps);
+            for ((x, &w), &g) in o.iter_mut().zip(&self.norm).zip(z) {
+                *x = *x * scale * w * silu(g);
+            }
         }
         b.upload_into(&h.out, &mut ds.out)?;
         Ok(())
     }
 
-    /// One token through the block's mix: its products `(mixed, z, beta,
-    /// alpha)`, the sequence's state `st`, the output `out` (`v_dim`).
-    #[allow(clippy::type_complexity)]
-    fn token(
+    /// One token's channels through the convolution (`st`: the
+    /// sequence's state; `mixed`: the token's channels; `y`: them
+    /// convolved, SiLU'd, the queries and keys L2-normed), and its value
+    /// heads' `beta` and `alpha` made their rates and decays.
+    fn mix_in(
         &self,
         (c, dn): (&ModelConfig, &DeltaNetConfig),
         st: &mut [f32],
-        (mixed, z, beta, alpha): (&[f32], &[f32], &[f32], &[f32]),
-        (conv, delta): (&mut [f32], &mut [f32]),
-        out: &mut [f32],
+        mixed: &[f32],
+        y: &mut [f32],
+        (beta, alpha): (&mut [f32], &mut [f32]),
     ) {
         let (ch, taps, s) = (dn.channels(), dn.conv_kernel, dn.head_dim);
-        let (past, heads) = st.split_at_mut((taps - 1) * ch);
+        let past = &mut st[..(taps - 1) * ch];
         // The causal convolution over each channel's last inputs and this
         // one, in ggml's order (oldest first), then SiLU.
-        for (i, y) in conv.iter_mut().enumerate() {
+        for (i, y) in y.iter_mut().enumerate() {
             let w = &self.conv[i * taps..(i + 1) * taps];
             let mut acc = 0.0f32;
             for (t, wt) in w[..taps - 1].iter().enumerate() {
@@ -308,39 +360,47 @@ impl<'a, B: Backend> DeltaNet<'a, B> {
         }
         // L2 norms of each query and key head, as llama.cpp takes them
         // (an RMSNorm with eps / n, over sqrt(n)).
-        let kd = dn.k_dim();
-        let (qk, v) = conv.split_at_mut(2 * kd);
-        let eps = c.rms_eps;
         let root = 1.0 / (s as f32).sqrt();
-        for head in qk.chunks_exact_mut(s) {
-            let scale = rms_scale(head, eps / s as f32);
+        for head in y[..2 * dn.k_dim()].chunks_exact_mut(s) {
+            let scale = rms_scale(head, c.rms_eps / s as f32);
             head.iter_mut().for_each(|x| *x = *x * scale * root);
         }
-        let (q, k) = qk.split_at(kd);
-        for (hv, state) in heads.chunks_exact_mut(s * s).enumerate() {
-            let hk = hv % dn.k_heads;
-            let (q, k) = (&q[hk * s..(hk + 1) * s], &k[hk * s..(hk + 1) * s]);
-            let v = &v[hv * s..(hv + 1) * s];
-            let g = softplus(alpha[hv] + self.dt_bias[hv]) * self.a[hv];
-            let rate = 1.0 / (1.0 + (-beta[hv]).exp());
-            let decay = g.exp();
-            state.iter_mut().for_each(|x| *x *= decay);
-            for (j, dj) in delta.iter_mut().enumerate() {
-                *dj = (v[j] - dot(&state[j * s..(j + 1) * s], k)) * rate;
-            }
-            for (row, &dj) in state.chunks_exact_mut(s).zip(delta.iter()) {
-                row.iter_mut().zip(k).for_each(|(x, &kv)| *x += kv * dj);
-            }
-            let o = &mut out[hv * s..(hv + 1) * s];
-            for (j, oj) in o.iter_mut().enumerate() {
-                *oj = dot(&state[j * s..(j + 1) * s], q) * root;
-            }
-            // The head's RMSNorm, times the SiLU of its gate.
-            let scale = rms_scale(o, eps);
-            let zh = &z[hv * s..(hv + 1) * s];
-            for ((x, &w), &g) in o.iter_mut().zip(&self.norm).zip(zh) {
-                *x = *x * scale * w * silu(g);
+        for (hv, (b, a)) in beta.iter_mut().zip(alpha.iter_mut()).enumerate() {
+            *b = 1.0 / (1.0 + (-*b).exp());
+            *a = (softplus(*a + self.dt_bias[hv]) * self.a[hv]).exp();
+        }
+    }
+}
+
+/// The delta rule on one value head's state `m` (a row a value
+/// dimension) for one token: `m = decay m; m += rate (v - m k) k^T; o =
+/// m q / sqrt(len)`, each row read twice (its product with `k`, then its
+/// update and product with `q`) with eight running sums.
+fn delta_rule(
+    m: &mut [f32],
+    (q, k, v): (&[f32], &[f32], &[f32]),
+    (decay, rate): (f32, f32),
+    o: &mut [f32],
+) {
+    let s = q.len();
+    let root = 1.0 / (s as f32).sqrt();
+    for ((row, &vj), oj) in m.chunks_exact_mut(s).zip(v).zip(o.iter_mut()) {
+        let d = (vj - decay * dot(row, k)) * rate;
+        let mut acc = [0.0f32; 8];
+        let (rows, rest) = row.as_chunks_mut::<8>();
+        let (ks, k_rest) = k.as_chunks::<8>();
+        let (qs, q_rest) = q.as_chunks::<8>();
+        for ((x, kc), qc) in rows.iter_mut().zip(ks).zip(qs) {
+            for i in 0..8 {
+                x[i] = x[i] * decay + kc[i] * d;
+                acc[i] += x[i] * qc[i];
             }
         }
+        let mut sum = acc.iter().sum::<f32>();
+        for ((x, &kv), &qv) in rest.iter_mut().zip(k_rest).zip(q_rest) {
+            *x = *x * decay + kv * d;
+            sum += *x * qv;
+        }
+        *oj = sum * root;
     }
 }
