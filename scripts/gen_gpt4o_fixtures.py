@@ -5,7 +5,8 @@ Devstral, Ministral 3: GPT-4o's expression without contractions, digits
 alone), and of the LLaMA 3 expression as llama.cpp runs it for GLM-4's
 `glm4`, Seed-Coder's `seed-coder` and Ling's `bailingmoe2` (std::regex
 over its collapsed text), and of DeepSeek V3's `deepseek-v3` (its three
-expressions) and Kimi K2's `kimi-k2` (llama.cpp's own scanner),
+expressions), Kimi K2's `kimi-k2` and Qwen 3.5's `qwen35` (llama.cpp's own
+scanners),
 for realm-core's tests: realm-core/tests/fixtures/tokenizer/PRE.json.
 
 No o200k vocabulary ships where this runs, so the fixture carries a small
@@ -29,7 +30,7 @@ corners (case changes, contractions, digit groups, marks, non-ASCII
 letters and spaces, line breaks); the test rebuilds the vocabulary from the
 fixture and must give the same ids.
 
-Usage: python3 scripts/gen_gpt4o_fixtures.py [--pre gpt-4o|tekken|glm4|seed-coder|minimax-m2|bailingmoe2|deepseek-v3|kimi-k2]
+Usage: python3 scripts/gen_gpt4o_fixtures.py [--pre gpt-4o|tekken|glm4|seed-coder|minimax-m2|bailingmoe2|deepseek-v3|kimi-k2|qwen35]
 """
 import argparse
 import json
@@ -89,6 +90,9 @@ CORNERS = [
     "émoji 🙂👍🏽 ok", "\u200bzero\u200dwidth", "ﬁne ﬂow", "MixedCASEandlower",
     "<|start|>assistant<|channel|>analysis<|message|>Think.<|end|>",
     "<|channel|>final<|message|>Paris.<|return|>", "x<|call|>y <|constrain|>json",
+    # Combining marks alone, after punctuation, spaces and digits.
+    "\u0301abc", "!\u0301x", "x \u0301 y", "(\u0301)", "1\u0301 2", "a\u0301\u0302!\u0303",
+    "\u0928\u092e\u0938\u094d\u0924\u0947 \u0926\u0941\u0928\u093f\u092f\u093e",
 ]
 HARMONY = ["<|start|>", "<|end|>", "<|message|>", "<|channel|>", "<|constrain|>", "<|return|>",
            "<|call|>"]
@@ -108,7 +112,7 @@ TEKKEN_CORNERS = [
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pre", choices=["gpt-4o", "tekken", "glm4", "seed-coder", "minimax-m2", "bailingmoe2",
-                                       "deepseek-v3", "kimi-k2"], default="gpt-4o")
+                                       "deepseek-v3", "kimi-k2", "qwen35"], default="gpt-4o")
     args = ap.parse_args()
     tekken = args.pre == "tekken"
     vendor = os.path.dirname(os.path.dirname(llama_env.tools()))
@@ -129,7 +133,8 @@ def main():
     tokens = first + strings("tokenizer.ggml.tokens")[: 256 + MERGES]
     # LLaMA 3's expressions: runs cut at spaces alone, so that line breaks
     # joined to what comes before them show in the ids.
-    cut = (lambda t: [r for r in t.split(" ") if r]) if args.pre in ("glm4", "seed-coder", "bailingmoe2", "deepseek-v3", "kimi-k2") \
+    cut = (lambda t: [r for r in t.split(" ") if r]) if args.pre in ("glm4", "seed-coder", "bailingmoe2", "deepseek-v3", "kimi-k2",
+                                                             "qwen35") \
         else str.split
     probes = probe_merges(gtf.FIXED + corners, specials, cut)
     known = set(tokens)

@@ -68,7 +68,7 @@ fn gpt_oss_is_refused_at_load() {
 }
 
 /// Every architecture's `SyntheticLayout::tiny` the GPU backend runs.
-const ARCHS: [&str; 26] = [
+const ARCHS: [&str; 27] = [
     "llama",
     "mistral",
     "mistral3",
@@ -95,6 +95,7 @@ const ARCHS: [&str; 26] = [
     "dots1",
     "bailingmoe2",
     "deepseek2",
+    "qwen35",
 ];
 
 /// Prefill of `prompt` in chunks of `batch`, then greedy decoding fed with

@@ -168,6 +168,11 @@ fn kimi_k2_splits_as_llama_cpp() {
     splits_as_llama_cpp("kimi-k2");
 }
 
+#[test]
+fn qwen35_splits_as_llama_cpp() {
+    splits_as_llama_cpp("qwen35");
+}
+
 /// GLM-4's names leave no BOS token but the one the file names, as
 /// llama.cpp drops the default.
 #[test]

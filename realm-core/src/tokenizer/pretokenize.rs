@@ -24,6 +24,9 @@ pub(crate) enum PreTokenizer {
     /// `qwen2`, `stablelm2`, `deepseek-r1-qwen`, ...: LLaMA 3's expression
     /// with single-digit numbers.
     Qwen2,
+    /// `qwen35` (Qwen 3.5): Qwen 2's with combining marks (`\p{M}`) in
+    /// runs of letters and out of runs of punctuation.
+    Qwen35,
     /// `starcoder`, `smollm`, `refact`, `command-r`, `codeshell`, ...: each
     /// digit alone, then GPT-2's expression.
     StarCoder,
@@ -95,6 +98,7 @@ impl PreOptions {
             }
             "dbrx" | "smaug-bpe" => o(Llama3, false, true, false),
             "qwen2" | "deepseek-r1-qwen" => o(Qwen2, false, false, false),
+            "qwen35" => o(Qwen35, false, false, false),
             "stablelm2" | "megrez" => o(Qwen2, false, true, false),
             "starcoder" | "refact" | "codeshell" | "exaone" | "minerva-7b" => {
                 o(StarCoder, false, true, false)
@@ -119,7 +123,7 @@ impl PreOptions {
             other => {
                 return Err(Error::Tokenizer(format!(
                     "unsupported pre-tokenizer `{other}` (tokenizer.ggml.pre); supported: \
-                     default, gpt2, llama3, llama-bpe, qwen2, stablelm2, dbrx, smaug-bpe, \
+                     default, gpt2, llama3, llama-bpe, qwen2, qwen35, stablelm2, dbrx, smaug-bpe, \
                      starcoder, smollm, refact, command-r, codeshell, deepseek-llm, gpt-4o, \
                      llama4, minimax-m2, tekken, glm4, glm5, chatglm-bpe, seed-coder, \
                      bailingmoe, bailingmoe2, llada-moe, deepseek-v3, hunyuan-dense, hy_v4, \
@@ -212,6 +216,7 @@ impl Splitter {
             Gpt2 => self.stage(gpt2),
             Llama3 => self.stage(|c, out| llama3(c, 3, out)),
             Qwen2 => self.stage(|c, out| llama3(c, 1, out)),
+            Qwen35 => self.stage(qwen35),
             Gpt4o => self.stage(|c, out| by_matches(c, out, |c, p| o200k(c, p, O200K_GPT4O))),
             Tekken => self.stage(|c, out| by_matches(c, out, |c, p| o200k(c, p, O200K_TEKKEN))),
             Glm4 => self.stage(|c, out| by_matches(c, out, |c, p| collapsed_llama3(c, p, GLM4))),
@@ -354,7 +359,35 @@ fn llama3(c: &Chunk<'_>, max_digits: usize, out: &mut Vec<usize>) {
             push_end(out, &mut last, pos);
             continue;
         }
-        pos = numbers_marks_spaces(c, pos, max_digits, out, &mut last);
+        pos = numbers_marks_spaces(c, pos, (max_digits, false), out, &mut last);
+    }
+}
+
+/// Qwen 3.5's expression as llama.cpp scans it: Qwen 2's, its runs of
+/// letters taking combining marks too (a run may start at one), its runs
+/// of punctuation stopping at them.
+fn qwen35(c: &Chunk<'_>, out: &mut Vec<usize>) {
+    let wordy = |f: Flags| f.is_letter() || f.is_accent_mark();
+    let mut last = c.start;
+    let mut pos = c.start;
+    while pos < c.end {
+        let cp = c.cp(pos);
+        let f = c.fl(pos);
+        if let Some(len) = contraction(c, pos, true) {
+            pos += len;
+            push_end(out, &mut last, pos);
+            continue;
+        }
+        let newline = cp == '\r' as u32 || cp == '\n' as u32;
+        if !(newline || f.is_number()) && (wordy(f) || wordy(c.fl(pos + 1))) {
+            pos += 1;
+            while wordy(c.fl(pos)) {
+                pos += 1;
+            }
+            push_end(out, &mut last, pos);
+            continue;
+        }
+        pos = numbers_marks_spaces(c, pos, (1, true), out, &mut last);
     }
 }
 
@@ -389,7 +422,7 @@ fn kimi_k2(c: &Chunk<'_>, out: &mut Vec<usize>) {
             push_end(out, &mut last, pos);
             continue;
         }
-        pos = numbers_marks_spaces(c, pos, 3, out, &mut last);
+        pos = numbers_marks_spaces(c, pos, (3, false), out, &mut last);
     }
 }
 
@@ -406,16 +439,19 @@ fn is_han(x: u32) -> bool {
     )
 }
 
-/// LLaMA 3's scanner at `pos` past its words: `\p{N}{1,max_digits}`,
+/// LLaMA 3's scanner at `pos` past its words (with `marks`, Qwen 3.5's:
+/// combining marks are no punctuation): `\p{N}{1,max_digits}`,
 /// ` ?[^\s\p{L}\p{N}]+[\r\n]*`, `\s*[\r\n]+|\s+(?!\S)|\s+`, or one code
 /// point; pushes the ends and returns where it stopped.
 fn numbers_marks_spaces(
     c: &Chunk<'_>,
     mut pos: usize,
-    max_digits: usize,
+    (max_digits, marks): (usize, bool),
     out: &mut Vec<usize>,
     last: &mut usize,
 ) -> usize {
+    // (Qwen 3.5's punctuation takes no combining marks.)
+    let other = |f: Flags| is_other(f) && !(marks && f.is_accent_mark());
     let cp = c.cp(pos);
     let f = c.fl(pos);
     if f.is_number() {
@@ -432,9 +468,10 @@ fn numbers_marks_spaces(
     }
     let space = cp == ' ' as u32;
     let mut f2 = if space { c.fl(pos + 1) } else { f };
-    if !(f2.is_whitespace() || f2.is_letter() || f2.is_number()) && f.is_some() {
+    let wordy = |f: Flags| f.is_letter() || (marks && f.is_accent_mark());
+    if !(f2.is_whitespace() || wordy(f2) || f2.is_number()) && f.is_some() {
         pos += usize::from(space);
-        while is_other(f2) {
+        while other(f2) {
             pos += 1;
             f2 = c.fl(pos);
         }

@@ -16,6 +16,7 @@ impl Flags {
     pub(crate) const UNDEFINED: u16 = 0x01;
     pub(crate) const NUMBER: u16 = 0x02;
     pub(crate) const LETTER: u16 = 0x04;
+    pub(crate) const ACCENT_MARK: u16 = 0x10;
     pub(crate) const PUNCTUATION: u16 = 0x20;
     pub(crate) const WHITESPACE: u16 = 0x100;
     const CATEGORIES: u16 = 0xFF;
@@ -43,6 +44,12 @@ impl Flags {
     #[inline]
     pub(crate) fn is_letter(self) -> bool {
         self.0 & Self::LETTER != 0
+    }
+
+    /// A combining mark (`\p{M}`).
+    #[inline]
+    pub(crate) fn is_accent_mark(self) -> bool {
+        self.0 & Self::ACCENT_MARK != 0
     }
 
     #[inline]
