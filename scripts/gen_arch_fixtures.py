@@ -208,6 +208,9 @@ CASES = [
     # attention block, M-RoPE sections over half of each head.
     case("qwen35", "tiny-qwen35"),
     case("qwen35-q8_0", "tiny-qwen35", matrix_type="q8_0"),
+    # Qwen 3.5 MoE: its blocks with experts and a gated shared expert.
+    case("qwen35moe", "tiny-qwen35moe"),
+    case("qwen35moe-q8_0", "tiny-qwen35moe", matrix_type="q8_0"),
     # Gemma (1): a GELU gate, NeoX RoPE, scaled embeddings.
     case("gemma", "tiny-gemma"),
     case("gemma2", "tiny-gemma2"),

@@ -68,7 +68,7 @@ fn gpt_oss_is_refused_at_load() {
 }
 
 /// Every architecture's `SyntheticLayout::tiny` the GPU backend runs.
-const ARCHS: [&str; 27] = [
+const ARCHS: [&str; 28] = [
     "llama",
     "mistral",
     "mistral3",
@@ -96,6 +96,7 @@ const ARCHS: [&str; 27] = [
     "bailingmoe2",
     "deepseek2",
     "qwen35",
+    "qwen35moe",
 ];
 
 /// Prefill of `prompt` in chunks of `batch`, then greedy decoding fed with

@@ -99,6 +99,10 @@ pub enum Architecture {
     /// each head's output, per-head Q/K norms, part of each head rotated
     /// by interleaved M-RoPE, which text positions make NeoX's).
     Qwen35,
+    /// Qwen 3.5's mixtures of experts (qwen35moe: 35B-A3B, 122B-A10B,
+    /// 397B-A17B): Qwen 3.5's blocks with Qwen 3 MoE's experts and Qwen 2
+    /// MoE's gated shared expert.
+    Qwen35Moe,
 }
 
 impl Architecture {
@@ -133,6 +137,7 @@ impl Architecture {
             "bailingmoe2" => Self::BailingMoe2,
             "deepseek2" => Self::Deepseek2,
             "qwen35" => Self::Qwen35,
+            "qwen35moe" => Self::Qwen35Moe,
             other => return Err(Error::UnknownArchitecture(other.to_string())),
         })
     }
@@ -168,6 +173,7 @@ impl Architecture {
             Self::BailingMoe2 => "bailingmoe2",
             Self::Deepseek2 => "deepseek2",
             Self::Qwen35 => "qwen35",
+            Self::Qwen35Moe => "qwen35moe",
         }
     }
 }
@@ -546,6 +552,7 @@ impl ModelConfig {
         let gemma3 = arch == Architecture::Gemma3;
         let gemma = gemma2 || gemma3;
         let gpt_oss = arch == Architecture::GptOss;
+        let qwen35 = matches!(arch, Architecture::Qwen35 | Architecture::Qwen35Moe);
         let olmo2 = arch == Architecture::Olmo2;
         let exaone4 = arch == Architecture::Exaone4;
         // llama.cpp gives EXAONE 4 a window (4096 unless set) where it has
@@ -596,6 +603,8 @@ impl ModelConfig {
         // gpt-oss's files may give only the experts' width.
         let ffn_dim = match (arch, opt_u("feed_forward_length")?) {
             (_, Some(f)) => f,
+            // (Qwen 3.5's mixtures need no dense width.)
+            (Architecture::Qwen35Moe, None) => 0,
             (Architecture::GptOss, None) => u("expert_feed_forward_length")?,
             (_, None) => u("feed_forward_length")?,
         };
@@ -659,7 +668,8 @@ impl ModelConfig {
                 | Architecture::MinimaxM2
                 | Architecture::Dots1
                 | Architecture::BailingMoe2
-                | Architecture::Qwen35 => RopeMode::Neox,
+                | Architecture::Qwen35
+                | Architecture::Qwen35Moe => RopeMode::Neox,
             },
             sliding_window,
             // Every sixth layer (Gemma 3), second (Gemma 2, gpt-oss) or
@@ -732,7 +742,7 @@ impl ModelConfig {
             moe: moe_config(md, arch, ffn_dim)?,
             mla: None,
             delta_net: None,
-            attn_output_gate: arch == Architecture::Qwen35,
+            attn_output_gate: qwen35,
             attn_temperature: match arch {
                 Architecture::Mistral3 => match opt_f("attention.temperature_scale")? {
                     None | Some(0.0) => None,
@@ -760,7 +770,7 @@ impl ModelConfig {
         if arch == Architecture::Deepseek2 {
             mla_config(md, &mut cfg)?;
         }
-        if arch == Architecture::Qwen35 {
+        if qwen35 {
             cfg.delta_net = Some(delta_net_config(md, &cfg)?);
             imrope_text_check(md, &cfg)?;
         }
@@ -891,7 +901,8 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
             | Architecture::Ernie45Moe
             | Architecture::MinimaxM2
             | Architecture::Dots1
-            | Architecture::BailingMoe2,
+            | Architecture::BailingMoe2
+            | Architecture::Qwen35Moe,
             0,
         ) => return Err(Error::BadConfig(format!("{p} needs an expert_count"))),
         (_, 0) => return Ok(None),
@@ -908,7 +919,8 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
             | Architecture::MinimaxM2
             | Architecture::Dots1
             | Architecture::BailingMoe2
-            | Architecture::Deepseek2,
+            | Architecture::Deepseek2
+            | Architecture::Qwen35Moe,
             _,
         ) => {}
         (other, _) => {
@@ -934,7 +946,10 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
             )));
         }
     }
-    let qwen = matches!(arch, Architecture::Qwen2Moe | Architecture::Qwen3Moe);
+    let qwen = matches!(
+        arch,
+        Architecture::Qwen2Moe | Architecture::Qwen3Moe | Architecture::Qwen35Moe
+    );
     let gpt_oss = arch == Architecture::GptOss;
     let ffn_dim = match get("expert_feed_forward_length")? {
         _ if ernie || dots_or_ling => {
@@ -952,10 +967,12 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
         _ => ffn,
     };
     let shared_ffn_dim = match arch {
-        Architecture::Qwen2Moe => match get("expert_shared_feed_forward_length")? {
-            Some(f) if f > 0 => Some(f as usize),
-            _ => Some(ffn),
-        },
+        Architecture::Qwen2Moe | Architecture::Qwen35Moe => {
+            match get("expert_shared_feed_forward_length")? {
+                Some(f) if f > 0 => Some(f as usize),
+                _ => Some(ffn),
+            }
+        }
         Architecture::GraniteMoe | Architecture::Ernie45Moe => {
             get("expert_shared_feed_forward_length")?
                 .filter(|&f| f > 0)
@@ -978,10 +995,12 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
         }
         _ => None,
     };
-    // (llama.cpp reads no scale for ERNIE 4.5 and MiniMax-M2.)
+    // (llama.cpp reads no scale for ERNIE 4.5, MiniMax-M2 and Qwen 3.5.)
     let scale_key = format!("{p}.expert_weights_scale");
     let weights_scale = match md.get(&scale_key) {
-        Some(_) if !ernie && !minimax => md.get_f32(&scale_key)?,
+        Some(_) if !ernie && !minimax && arch != Architecture::Qwen35Moe => {
+            md.get_f32(&scale_key)?
+        }
         _ => 0.0,
     };
     let norm_key = format!("{p}.expert_weights_norm");
@@ -1057,7 +1076,7 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
             weights_scale
         },
         shared_ffn_dim,
-        shared_gated: arch == Architecture::Qwen2Moe,
+        shared_gated: matches!(arch, Architecture::Qwen2Moe | Architecture::Qwen35Moe),
         gating,
         // llama.cpp's constants for gpt-oss.
         activation: if gpt_oss {

@@ -262,6 +262,7 @@ impl<'a, B: Backend> Model<'a, B> {
             c.arch,
             Architecture::Gemma3
                 | Architecture::Qwen35
+                | Architecture::Qwen35Moe
                 | Architecture::Qwen3
                 | Architecture::Qwen3Moe
                 | Architecture::Olmo2
@@ -402,7 +403,10 @@ impl<'a, B: Backend> Model<'a, B> {
                 ffn_norm: match gpt_oss
                     || matches!(
                         c.arch,
-                        Architecture::SeedOss | Architecture::Glm4Moe | Architecture::Qwen35
+                        Architecture::SeedOss
+                            | Architecture::Glm4Moe
+                            | Architecture::Qwen35
+                            | Architecture::Qwen35Moe
                     ) {
                     true => Some(norm(&n("post_attention_norm.weight"), d)?),
                     false => must("ffn_norm.weight", d, c.pre_norms)?,

@@ -192,6 +192,24 @@ impl SyntheticLayout {
         if arch == "qwen35" {
             return Ok(Self::tiny_qwen35());
         }
+        if arch == "qwen35moe" {
+            // Qwen 3.5's blocks with 4 experts 32 wide (2 a token) and a
+            // gated shared expert 64 wide.
+            let mut l = Self::tiny_qwen35();
+            l.arch = arch.into();
+            l.hparams = l
+                .hparams
+                .into_iter()
+                .map(|(k, v)| (k.replacen("qwen35.", "qwen35moe.", 1), v))
+                .collect();
+            return l
+                .with_hparam(
+                    "qwen35moe.expert_feed_forward_length",
+                    MetadataValue::U32(32),
+                )
+                .with_experts(4, 2)?
+                .with_shared_expert(64);
+        }
         if let Some(dense) = arch
             .strip_suffix("moe")
             .filter(|a| ["qwen2", "qwen3", "granite"].contains(a))
