@@ -211,6 +211,9 @@ CASES = [
     # Qwen 3.5 MoE: its blocks with experts and a gated shared expert.
     case("qwen35moe", "tiny-qwen35moe"),
     case("qwen35moe-q8_0", "tiny-qwen35moe", matrix_type="q8_0"),
+    # LFM2: short convolutions (a recurrent state) and an attention block.
+    case("lfm2", "tiny-lfm2"),
+    case("lfm2-q8_0", "tiny-lfm2", matrix_type="q8_0"),
     # Gemma (1): a GELU gate, NeoX RoPE, scaled embeddings.
     case("gemma", "tiny-gemma"),
     case("gemma2", "tiny-gemma2"),

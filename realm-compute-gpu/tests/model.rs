@@ -68,7 +68,7 @@ fn gpt_oss_is_refused_at_load() {
 }
 
 /// Every architecture's `SyntheticLayout::tiny` the GPU backend runs.
-const ARCHS: [&str; 28] = [
+const ARCHS: [&str; 29] = [
     "llama",
     "mistral",
     "mistral3",
@@ -97,6 +97,7 @@ const ARCHS: [&str; 28] = [
     "deepseek2",
     "qwen35",
     "qwen35moe",
+    "lfm2",
 ];
 
 /// Prefill of `prompt` in chunks of `batch`, then greedy decoding fed with

@@ -103,6 +103,11 @@ pub enum Architecture {
     /// 397B-A17B): Qwen 3.5's blocks with Qwen 3 MoE's experts and Qwen 2
     /// MoE's gated shared expert.
     Qwen35Moe,
+    /// LFM2 (Liquid's 350M to 2.6B, LFM2.5): most blocks a gated short
+    /// convolution (a recurrent state of its last inputs,
+    /// [`ShortConvConfig`]), the others attention with per-head Q/K norms
+    /// and NeoX RoPE (the blocks without KV heads are the convolutions).
+    Lfm2,
 }
 
 impl Architecture {
@@ -138,6 +143,7 @@ impl Architecture {
             "deepseek2" => Self::Deepseek2,
             "qwen35" => Self::Qwen35,
             "qwen35moe" => Self::Qwen35Moe,
+            "lfm2" => Self::Lfm2,
             other => return Err(Error::UnknownArchitecture(other.to_string())),
         })
     }
@@ -174,6 +180,7 @@ impl Architecture {
             Self::Deepseek2 => "deepseek2",
             Self::Qwen35 => "qwen35",
             Self::Qwen35Moe => "qwen35moe",
+            Self::Lfm2 => "lfm2",
         }
     }
 }
@@ -379,6 +386,9 @@ pub struct ModelConfig {
     /// Gated delta-net blocks (Qwen 3.5's), if the model has them in
     /// place of some attention blocks.
     pub delta_net: Option<DeltaNetConfig>,
+    /// Gated short convolutions (LFM2's), if the model has them in place
+    /// of some attention blocks.
+    pub short_conv: Option<ShortConvConfig>,
     /// Whether each attention head's output is multiplied by the sigmoid
     /// of a gate the query projection also makes (Qwen 3.5's: its query
     /// matrix is twice as wide, each head's query followed by its gate).
@@ -408,6 +418,20 @@ pub struct DeltaNetConfig {
     pub v_heads: usize,
     /// Which blocks are delta nets (`attention.recurrent_layers`, or all
     /// but every `full_attention_interval`th, 4 unless the file says).
+    pub layers: Vec<bool>,
+}
+
+/// LFM2's gated short convolution, as llama.cpp runs it: a block's input
+/// goes through one product to three `d_model`-wide parts `b`, `c`, `x`;
+/// `b * x` goes through a causal convolution of `l_cache` taps over each
+/// channel's last values, is multiplied by `c` and goes out through
+/// another product. A session keeps each such block's last `l_cache - 1`
+/// values of `b * x`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShortConvConfig {
+    /// Taps of the convolution (`shortconv.l_cache`).
+    pub l_cache: usize,
+    /// Which blocks are convolutions (those without KV heads).
     pub layers: Vec<bool>,
 }
 
@@ -527,7 +551,24 @@ impl ModelConfig {
         };
         let d_model = u("embedding_length")?;
         let n_heads = u("attention.head_count")?;
-        let n_kv_heads = opt_u("attention.head_count_kv")?.unwrap_or(n_heads);
+        // LFM2's KV heads a block, none for its convolutions.
+        let kv_per_layer = match md.get(&key("attention.head_count_kv")) {
+            Some(MetadataValue::Array(a)) if arch == Architecture::Lfm2 => Some(layer_counts(a)?),
+            _ => None,
+        };
+        let n_kv_heads = match &kv_per_layer {
+            Some(kv) => {
+                let mut heads = kv.iter().copied().filter(|&h| h > 0);
+                let first = heads.next().unwrap_or(n_heads);
+                if heads.any(|h| h != first) {
+                    return Err(Error::BadConfig(format!(
+                        "{p}: blocks of different KV heads ({kv:?})"
+                    )));
+                }
+                first
+            }
+            None => opt_u("attention.head_count_kv")?.unwrap_or(n_heads),
+        };
         if n_heads == 0 || n_kv_heads == 0 || !n_heads.is_multiple_of(n_kv_heads) {
             return Err(Error::BadConfig(format!(
                 "{n_heads} query heads cannot share {n_kv_heads} key/value heads"
@@ -669,7 +710,8 @@ impl ModelConfig {
                 | Architecture::Dots1
                 | Architecture::BailingMoe2
                 | Architecture::Qwen35
-                | Architecture::Qwen35Moe => RopeMode::Neox,
+                | Architecture::Qwen35Moe
+                | Architecture::Lfm2 => RopeMode::Neox,
             },
             sliding_window,
             // Every sixth layer (Gemma 3), second (Gemma 2, gpt-oss) or
@@ -742,6 +784,7 @@ impl ModelConfig {
             moe: moe_config(md, arch, ffn_dim)?,
             mla: None,
             delta_net: None,
+            short_conv: None,
             attn_output_gate: qwen35,
             attn_temperature: match arch {
                 Architecture::Mistral3 => match opt_f("attention.temperature_scale")? {
@@ -769,6 +812,23 @@ impl ModelConfig {
         }
         if arch == Architecture::Deepseek2 {
             mla_config(md, &mut cfg)?;
+        }
+        if arch == Architecture::Lfm2 {
+            let taps = u("shortconv.l_cache")?;
+            let kv = kv_per_layer.ok_or_else(|| {
+                Error::BadConfig(format!("{p}.attention.head_count_kv must be a list"))
+            })?;
+            if taps < 2 || kv.len() < cfg.n_layers {
+                return Err(Error::BadConfig(format!(
+                    "{p}: {taps} taps, {} blocks' KV heads for {}",
+                    kv.len(),
+                    cfg.n_layers
+                )));
+            }
+            cfg.short_conv = Some(ShortConvConfig {
+                l_cache: taps,
+                layers: kv[..cfg.n_layers].iter().map(|&h| h == 0).collect(),
+            });
         }
         if qwen35 {
             cfg.delta_net = Some(delta_net_config(md, &cfg)?);
@@ -842,11 +902,30 @@ impl ModelConfig {
         self.local_layers.is_some() && self.layer_window(layer).is_some()
     }
 
-    /// Whether layer `layer` is a delta net (no KV cache).
+    /// Whether layer `layer` is a delta net or a short convolution (a
+    /// recurrent state, no KV cache).
     pub fn is_recurrent(&self, layer: usize) -> bool {
-        self.delta_net
-            .as_ref()
-            .is_some_and(|d| d.layers.get(layer).copied().unwrap_or(false))
+        let of = |l: &[bool]| l.get(layer).copied().unwrap_or(false);
+        self.delta_net.as_ref().is_some_and(|d| of(&d.layers))
+            || self.short_conv.as_ref().is_some_and(|c| of(&c.layers))
+    }
+
+    /// Whether any layer has a recurrent state (which cannot forget some
+    /// tokens and keep others).
+    pub fn has_recurrent(&self) -> bool {
+        self.delta_net.is_some() || self.short_conv.is_some()
+    }
+
+    /// Values of layer `layer`'s recurrent state (0 for attention).
+    pub fn recurrent_state_len(&self, layer: usize) -> usize {
+        if !self.is_recurrent(layer) {
+            return 0;
+        }
+        match (&self.delta_net, &self.short_conv) {
+            (Some(d), _) => d.state_len(),
+            (_, Some(c)) => (c.l_cache - 1) * self.d_model,
+            _ => 0,
+        }
     }
 
     /// Layers with a KV cache: all but the delta nets.
@@ -1278,6 +1357,19 @@ fn imrope_text_check(md: &Metadata, cfg: &ModelConfig) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// A list of per-block counts (`attention.head_count_kv` as LFM2's files
+/// hold it).
+fn layer_counts(a: &MetadataArray) -> Result<Vec<usize>> {
+    let v: Vec<i64> = match a {
+        MetadataArray::I32(v) => v.iter().map(|&x| i64::from(x)).collect(),
+        MetadataArray::U32(v) => v.iter().map(|&x| i64::from(x)).collect(),
+        _ => return Err(Error::BadConfig("a list of counts holds no numbers".into())),
+    };
+    v.into_iter()
+        .map(|x| usize::try_from(x).map_err(|_| Error::BadConfig(format!("a count of {x}"))))
+        .collect()
 }
 
 fn sections_unused(a: &MetadataArray) -> bool {

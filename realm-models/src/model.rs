@@ -15,14 +15,18 @@ use realm_core::{quant, TensorView};
 mod delta;
 mod mla;
 mod moe;
+mod recurrent;
 mod shift;
+mod shortconv;
 mod state;
 
 pub use self::shift::ContextShift;
 
-use self::delta::{DeltaNet, DeltaScratch, Recurrent};
+use self::delta::{DeltaNet, DeltaScratch};
 use self::mla::{Mla, MlaScratch};
 use self::moe::{Moe, MoeBuffers, MoeHost};
+use self::recurrent::Recurrent;
+use self::shortconv::{ConvScratch, ShortConv};
 use crate::config::{Architecture, ModelConfig};
 use crate::imatrix::Collector;
 use crate::lora::{self, Dims, Lora, LoraId, LoraInfo, LoraRun, LoraScratch, Product, Target};
@@ -71,6 +75,9 @@ struct Layer<'a, B: Backend + 'a> {
     /// A delta net's weights (Qwen 3.5's), in place of the attention's
     /// (its output product is `wo`).
     delta: Option<DeltaNet<'a, B>>,
+    /// A short convolution's weights (LFM2's), in place of the
+    /// attention's (its output product is `wo`).
+    conv: Option<ShortConv<'a, B>>,
     /// The block's layer of the KV cache, which only attention blocks
     /// have.
     kv_slot: usize,
@@ -263,6 +270,7 @@ impl<'a, B: Backend> Model<'a, B> {
             Architecture::Gemma3
                 | Architecture::Qwen35
                 | Architecture::Qwen35Moe
+                | Architecture::Lfm2
                 | Architecture::Qwen3
                 | Architecture::Qwen3Moe
                 | Architecture::Olmo2
@@ -355,6 +363,10 @@ impl<'a, B: Backend> Model<'a, B> {
                 Some(dn) if recurrent => Some(DeltaNet::load(file, backend, i, c, dn)?),
                 _ => None,
             };
+            let conv = match &c.short_conv {
+                Some(sc) if recurrent => Some(ShortConv::load(file, backend, i, c, sc)?),
+                _ => None,
+            };
             layers.push(Layer {
                 attn_norm: must("attn_norm.weight", d, c.pre_norms)?,
                 qkv,
@@ -362,6 +374,7 @@ impl<'a, B: Backend> Model<'a, B> {
                 wo: match (&c.mla, &c.delta_net) {
                     (Some(m), _) => weight(&n("attn_output.weight"), d, c.n_heads * m.v_dim)?,
                     (_, Some(dn)) if recurrent => weight(&n("ssm_out.weight"), d, dn.v_dim())?,
+                    _ if recurrent => weight(&n("shortconv.out_proj.weight"), d, d)?,
                     _ => weight(&n("attn_output.weight"), d, q)?,
                 },
                 bq,
@@ -431,6 +444,7 @@ impl<'a, B: Backend> Model<'a, B> {
                     None => None,
                 },
                 delta,
+                conv,
                 kv_slot,
             });
             if !recurrent {
@@ -446,8 +460,12 @@ impl<'a, B: Backend> Model<'a, B> {
             }
             Err(e) => return Err(e.into()),
         };
-        let output_norm = optional_norm("output_norm.weight", d)?
-            .ok_or_else(|| realm_core::Error::TensorNotFound("output_norm.weight".into()))?;
+        // (LFM2's files name it so.)
+        let output_norm = match c.arch {
+            Architecture::Lfm2 => norm("token_embd_norm.weight", d)?,
+            _ => optional_norm("output_norm.weight", d)?
+                .ok_or_else(|| realm_core::Error::TensorNotFound("output_norm.weight".into()))?,
+        };
         // One pair's factor each, the same for every layer.
         let factors = |name: &str| -> Result<Option<Vec<f32>>> {
             match file.tensor(name) {
@@ -607,14 +625,14 @@ impl<'a, B: Backend> Model<'a, B> {
         self.backend.static_steps()
             && self.config.moe.is_none()
             && self.config.mla.is_none()
-            && self.config.delta_net.is_none()
+            && !self.config.has_recurrent()
     }
 
     /// Whether a session can forget its last tokens and keep the others
     /// ([`Session::truncate`]): not where delta nets (Qwen 3.5's) hold
     /// every token in one state.
     pub fn can_forget(&self) -> bool {
-        self.config.delta_net.is_none()
+        !self.config.has_recurrent()
     }
 
     /// The model's hyper-parameters.
@@ -1439,7 +1457,27 @@ impl<'a, B: Backend> Model<'a, B> {
                     seen.observe_named(b, ws, &name, (&ds.out, n, dc.v_dim()))?;
                 }
             }
-            _ => self.attention(sc, (n, li), runs, &mut attend)?,
+            _ => match (&layer.conv, &c.short_conv) {
+                (Some(conv), Some(cc)) => {
+                    conv.run(b, sc, (c, cc, li), n, states)?;
+                    let Scratch {
+                        ws,
+                        conv: cs,
+                        proj,
+                        seen,
+                        ..
+                    } = sc;
+                    let cs = cs.as_mut().ok_or_else(|| {
+                        Error::BadConfig("no room for a short convolution".into())
+                    })?;
+                    b.matmul(ws, &layer.wo, &cs.out, n, proj)?;
+                    if let Some(seen) = seen {
+                        let name = format!("blk.{li}.shortconv.out_proj.weight");
+                        seen.observe_named(b, ws, &name, (&cs.out, n, d))?;
+                    }
+                }
+                _ => self.attention(sc, (n, li), runs, &mut attend)?,
+            },
         }
         if let Some(bo) = &layer.bo {
             b.add_row_inplace(&mut sc.proj, bo, n)?;
@@ -1991,6 +2029,8 @@ struct Scratch<B: Backend> {
     mla: Option<MlaScratch<B>>,
     /// Delta nets' and gated attention's room, for a model with them.
     delta: Option<DeltaScratch<B>>,
+    /// Short convolutions' room, for a model with them.
+    conv: Option<ConvScratch<B>>,
 }
 
 impl<B: Backend> Scratch<B> {
@@ -2041,6 +2081,10 @@ impl<B: Backend> Scratch<B> {
             },
             delta: match &c.delta_net {
                 Some(d) => Some(DeltaScratch::new(backend, c, d, rows)?),
+                None => None,
+            },
+            conv: match &c.short_conv {
+                Some(_) => Some(ConvScratch::new(backend, c, rows)?),
                 None => None,
             },
         })

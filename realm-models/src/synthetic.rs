@@ -192,6 +192,9 @@ impl SyntheticLayout {
         if arch == "qwen35" {
             return Ok(Self::tiny_qwen35());
         }
+        if arch == "lfm2" {
+            return Ok(Self::tiny_lfm2());
+        }
         if arch == "qwen35moe" {
             // Qwen 3.5's blocks with 4 experts 32 wide (2 a token) and a
             // gated shared expert 64 wide.
@@ -659,6 +662,69 @@ impl SyntheticLayout {
         })
     }
 
+    /// A tiny LFM2: four blocks, the third attention (4 query heads over
+    /// 2 KV heads of 16), the others short convolutions of 3 taps; tied
+    /// embeddings.
+    fn tiny_lfm2() -> Self {
+        let (d, ff, hd) = (64u64, 128u64, 16u64);
+        let kv = [0u32, 0, 2, 0];
+        let k = |n: &str| format!("lfm2.{n}");
+        let mut hp = vec![
+            u32_kv(&k("attention.head_count"), 4),
+            (
+                k("attention.head_count_kv"),
+                MetadataValue::Array(MetadataArray::U32(kv.to_vec())),
+            ),
+            f32_kv(&k("attention.layer_norm_rms_epsilon"), 1e-5),
+            u32_kv(&k("block_count"), kv.len() as u32),
+            u32_kv(&k("context_length"), 256),
+            u32_kv(&k("embedding_length"), d as u32),
+            u32_kv(&k("feed_forward_length"), ff as u32),
+            f32_kv(&k("rope.freq_base"), 1_000_000.0),
+            u32_kv(&k("shortconv.l_cache"), 3),
+        ];
+        hp.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut tensors = Vec::new();
+        let mut add = |name: String, shape: Vec<u64>| {
+            // (The convolution stays f32, as llama.cpp's converter keeps it.)
+            let dtype = if shape.len() == 1 || name.ends_with("shortconv.conv.weight") {
+                GgmlType::F32
+            } else {
+                GgmlType::Q8_0
+            };
+            tensors.push(SyntheticTensor { name, shape, dtype });
+        };
+        add("token_embd.weight".into(), vec![d, 300]);
+        for (l, &heads) in kv.iter().enumerate() {
+            let mut blk = |n: &str, shape: Vec<u64>| add(format!("blk.{l}.{n}"), shape);
+            blk("attn_norm.weight", vec![d]);
+            if heads == 0 {
+                blk("shortconv.conv.weight", vec![3, d]);
+                blk("shortconv.in_proj.weight", vec![d, 3 * d]);
+                blk("shortconv.out_proj.weight", vec![d, d]);
+            } else {
+                let kv = u64::from(heads) * hd;
+                blk("attn_q.weight", vec![d, 4 * hd]);
+                blk("attn_k.weight", vec![d, kv]);
+                blk("attn_v.weight", vec![d, kv]);
+                blk("attn_output.weight", vec![4 * hd, d]);
+                blk("attn_q_norm.weight", vec![hd]);
+                blk("attn_k_norm.weight", vec![hd]);
+            }
+            blk("ffn_norm.weight", vec![d]);
+            blk("ffn_gate.weight", vec![d, ff]);
+            blk("ffn_up.weight", vec![d, ff]);
+            blk("ffn_down.weight", vec![ff, d]);
+        }
+        add("token_embd_norm.weight".into(), vec![d]);
+        Self {
+            arch: "lfm2".into(),
+            hparams: hp,
+            vocab_size: 300,
+            tensors,
+        }
+    }
+
     /// Qwen 3.5 0.8B's shape (Qwen/Qwen3.5-0.8B's config): 24 blocks
     /// 1024 wide, three of four delta nets (16 value and 16 query/key
     /// heads of 128, 4 taps), the fourth gated attention (8 query heads
@@ -875,6 +941,7 @@ impl SyntheticLayout {
             if t.shape.len() > 1
                 && !t.name.ends_with(".bias")
                 && !t.name.ends_with("ssm_conv1d.weight")
+                && !t.name.ends_with("shortconv.conv.weight")
             {
                 t.dtype = dtype;
             }

@@ -298,6 +298,7 @@ fn experts_batch_across_sessions() {
         // (Not experts: each row's delta nets advance its own state.)
         "tiny-qwen35",
         "tiny-qwen35moe",
+        "tiny-lfm2",
     ] {
         let bytes = SyntheticLayout::by_name(name).unwrap().write(3).unwrap();
         let file = Gguf::from_bytes(&bytes[..]).unwrap();
@@ -656,62 +657,60 @@ fn latent_keys_shift_in_their_rotated_values_only() {
     }
 }
 
-/// Qwen 3.5's delta nets keep one state for all tokens: a saved state
-/// restores it (the next logits are bit for bit the uninterrupted
-/// session's), forgetting any token starts the session over, a chunk
-/// abandoned half way through its layers does too, and a context shift
-/// is refused.
+/// Qwen 3.5's delta nets and LFM2's short convolutions keep one state
+/// for all tokens: a saved state restores it (the next logits are bit for
+/// bit the uninterrupted session's), forgetting any token starts the
+/// session over, a chunk abandoned half way through its layers does too,
+/// and a context shift is refused.
 #[test]
-fn delta_net_states_restore_and_restart() {
+fn recurrent_states_restore_and_restart() {
     let cpu = CpuBackend::new().unwrap();
-    let bytes = SyntheticLayout::by_name("tiny-qwen35")
-        .unwrap()
-        .write(3)
-        .unwrap();
-    let file = Gguf::from_bytes(&bytes[..]).unwrap();
-    let model = Model::load(&file, &cpu).unwrap();
-    assert!(!model.can_forget());
-    let prompt = [5u32, 17, 40, 41, 260, 3];
-    let mut s = model.session(32, 4).unwrap();
-    model.forward(&mut s, &prompt).unwrap();
-    let mut saved = Vec::new();
-    model.save_state(&s, &prompt, &mut saved).unwrap();
-    let want = model.forward(&mut s, &[7]).unwrap().to_vec();
+    for name in ["tiny-qwen35", "tiny-lfm2"] {
+        let bytes = SyntheticLayout::by_name(name).unwrap().write(3).unwrap();
+        let file = Gguf::from_bytes(&bytes[..]).unwrap();
+        let model = Model::load(&file, &cpu).unwrap();
+        assert!(!model.can_forget(), "{name}");
+        let prompt = [5u32, 17, 40, 41, 260, 3];
+        let mut s = model.session(32, 4).unwrap();
+        model.forward(&mut s, &prompt).unwrap();
+        let mut saved = Vec::new();
+        model.save_state(&s, &prompt, &mut saved).unwrap();
+        let want = model.forward(&mut s, &[7]).unwrap().to_vec();
 
-    let mut t = model.session(32, 4).unwrap();
-    model.forward(&mut t, &[9, 9, 9]).unwrap();
-    assert_eq!(
-        model.load_state(&mut t, &mut saved.as_slice()).unwrap(),
-        prompt
-    );
-    assert_eq!(model.forward(&mut t, &[7]).unwrap(), &want[..]);
-    // A state cut short restores nothing.
-    let mut u = model.session(32, 4).unwrap();
-    assert!(model
-        .load_state(&mut u, &mut &saved[..saved.len() - 4])
-        .is_err());
-    assert_eq!(u.position(), 0);
+        let mut t = model.session(32, 4).unwrap();
+        model.forward(&mut t, &[9, 9, 9]).unwrap();
+        assert_eq!(
+            model.load_state(&mut t, &mut saved.as_slice()).unwrap(),
+            prompt
+        );
+        assert_eq!(model.forward(&mut t, &[7]).unwrap(), &want[..], "{name}");
+        // A state cut short restores nothing.
+        let mut u = model.session(32, 4).unwrap();
+        assert!(model
+            .load_state(&mut u, &mut &saved[..saved.len() - 4])
+            .is_err());
+        assert_eq!(u.position(), 0);
 
-    // Forgetting the last token forgets all; the prompt again gives the
-    // logits it gave.
-    t.truncate(prompt.len());
-    assert_eq!(t.position(), 0);
-    model.forward(&mut t, &prompt).unwrap();
-    assert_eq!(model.forward(&mut t, &[7]).unwrap(), &want[..]);
-    // Keeping every token keeps the state.
-    t.truncate(100);
-    assert_eq!(t.position(), prompt.len() + 1);
+        // Forgetting the last token forgets all; the prompt again gives
+        // the logits it gave.
+        t.truncate(prompt.len());
+        assert_eq!(t.position(), 0);
+        model.forward(&mut t, &prompt).unwrap();
+        assert_eq!(model.forward(&mut t, &[7]).unwrap(), &want[..], "{name}");
+        // Keeping every token keeps the state.
+        t.truncate(100);
+        assert_eq!(t.position(), prompt.len() + 1);
 
-    // A chunk run through some layers and dropped spoils the states: the
-    // session starts over.
-    let mut v = model.session(32, 4).unwrap();
-    model.forward(&mut v, &prompt).unwrap();
-    model.embed_tokens(&mut v, &[7, 8]).unwrap();
-    model.forward_layer(&mut v, 0).unwrap();
-    model.embed_tokens(&mut v, &[7]).unwrap();
-    assert_eq!(v.position(), 0);
+        // A chunk run through some layers and dropped spoils the states:
+        // the session starts over.
+        let mut v = model.session(32, 4).unwrap();
+        model.forward(&mut v, &prompt).unwrap();
+        model.embed_tokens(&mut v, &[7, 8]).unwrap();
+        model.forward_layer(&mut v, 0).unwrap();
+        model.embed_tokens(&mut v, &[7]).unwrap();
+        assert_eq!(v.position(), 0);
 
-    let err = model.shift_context(&mut s, 1, 2).unwrap_err().to_string();
-    assert!(err.contains("delta net"), "{err}");
+        let err = model.shift_context(&mut s, 1, 2).unwrap_err().to_string();
+        assert!(err.contains("recurrent state"), "{err}");
+    }
 }
-

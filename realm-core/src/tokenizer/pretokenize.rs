@@ -93,7 +93,7 @@ impl PreOptions {
             "gpt2" | "gpt-2" | "phi-2" | "mpt" | "olmo" | "jais" | "exaone4" => {
                 o(Gpt2, false, true, false)
             }
-            "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "pixtral" => {
+            "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "pixtral" | "lfm2" => {
                 o(Llama3, true, true, true)
             }
             "dbrx" | "smaug-bpe" => o(Llama3, false, true, false),
@@ -123,7 +123,7 @@ impl PreOptions {
             other => {
                 return Err(Error::Tokenizer(format!(
                     "unsupported pre-tokenizer `{other}` (tokenizer.ggml.pre); supported: \
-                     default, gpt2, llama3, llama-bpe, qwen2, qwen35, stablelm2, dbrx, smaug-bpe, \
+                     default, gpt2, llama3, llama-bpe, lfm2, qwen2, qwen35, stablelm2, dbrx, smaug-bpe, \
                      starcoder, smollm, refact, command-r, codeshell, deepseek-llm, gpt-4o, \
                      llama4, minimax-m2, tekken, glm4, glm5, chatglm-bpe, seed-coder, \
                      bailingmoe, bailingmoe2, llada-moe, deepseek-v3, hunyuan-dense, hy_v4, \

@@ -371,7 +371,7 @@ fn locate(base: &str, c: &ModelConfig, has_output: bool) -> Result<Place> {
             // Latent attention has none of the attention's usual
             // matrices; gated attention's queries are twice as wide, and
             // a delta net has none.
-            if (c.mla.is_some() || c.delta_net.is_some()) && t.starts_with("attn_") {
+            if (c.mla.is_some() || c.has_recurrent()) && t.starts_with("attn_") {
                 return None;
             }
             // A block of experts has no dense feed-forward matrices.

@@ -17,6 +17,7 @@
 use realm_core::backend::Backend;
 use realm_core::gguf::Gguf;
 
+use super::recurrent::{fetch, silu, state, Recurrent};
 use super::{checked_weight, f32_vec, Scratch};
 use crate::config::{DeltaNetConfig, ModelConfig};
 use crate::{Error, Result};
@@ -40,41 +41,6 @@ pub(crate) struct DeltaNet<'a, B: Backend + 'a> {
     a: Vec<f32>,
     /// The output's RMSNorm, one head wide, shared by the heads.
     norm: Vec<f32>,
-}
-
-/// One session's delta-net states: per block, the convolution's last
-/// `conv_kernel - 1` inputs (oldest first, all channels a row), then each
-/// value head's `head_dim x head_dim` state (a row a value dimension);
-/// none for the attention blocks.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Recurrent {
-    pub(crate) layers: Vec<Vec<f32>>,
-}
-
-impl Recurrent {
-    /// Zero states for the delta nets of `c`.
-    pub(crate) fn new(c: &ModelConfig) -> Self {
-        let layers = match &c.delta_net {
-            Some(d) => (0..c.n_layers)
-                .map(|l| match c.is_recurrent(l) {
-                    true => vec![0.0; d.state_len()],
-                    false => Vec::new(),
-                })
-                .collect(),
-            None => Vec::new(),
-        };
-        Self { layers }
-    }
-
-    /// Whether the model has any delta net.
-    pub(crate) fn any(&self) -> bool {
-        !self.layers.is_empty()
-    }
-
-    /// Back to the state before any token.
-    pub(crate) fn reset(&mut self) {
-        self.layers.iter_mut().for_each(|l| l.fill(0.0));
-    }
 }
 
 /// Room for a delta net's steps: the products' device buffers for `rows`
@@ -125,29 +91,6 @@ impl<B: Backend> DeltaScratch<B> {
             host: DeltaHost::default(),
         })
     }
-}
-
-/// `buf`'s first `len` values into `host` (a copy, unless the backend's
-/// buffers are host memory, where only the length is checked).
-fn fetch<B: Backend>(b: &B, buf: &B::Buffer, len: usize, host: &mut Vec<f32>) -> Result<()> {
-    host.resize(len, 0.0);
-    match B::host_slice(buf) {
-        Some(v) => match v.get(..len) {
-            Some(v) => host.copy_from_slice(v),
-            None => {
-                return Err(Error::BadConfig(format!(
-                    "a delta net's buffer holds {} values, not {len}",
-                    v.len()
-                )))
-            }
-        },
-        None => b.download(buf, host)?,
-    }
-    Ok(())
-}
-
-fn silu(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
 }
 
 /// ggml's softplus: `x` itself past 20.
@@ -267,19 +210,6 @@ impl<'a, B: Backend> DeltaNet<'a, B> {
             )));
         }
         let state_len = dn.state_len();
-        fn state<'s>(
-            states: &'s mut [&mut Recurrent],
-            r: usize,
-            (li, len): (usize, usize),
-        ) -> Result<&'s mut [f32]> {
-            let one = states.len() == 1;
-            states[if one { 0 } else { r }]
-                .layers
-                .get_mut(li)
-                .filter(|s| s.len() == len)
-                .map(|s| s.as_mut_slice())
-                .ok_or_else(|| Error::BadConfig(format!("no recurrent state for layer {li}")))
-        }
         // Each row's convolution, norms, decays and rates, in order (a
         // sequence's rows shift its convolution's inputs).
         for r in 0..n {

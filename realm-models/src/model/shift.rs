@@ -82,9 +82,11 @@ impl<B: Backend> Model<'_, B> {
                      {held}"
                 ))
             })?;
-        if discard > 0 && self.config.delta_net.is_some() {
+        if discard > 0 && self.config.has_recurrent() {
             return Err(Error::BadConfig(
-                "a context shift cannot take tokens out of a delta net's state (Qwen 3.5's)".into(),
+                "a context shift cannot take tokens out of a recurrent state (Qwen 3.5's delta \
+                 nets, LFM2's convolutions)"
+                    .into(),
             ));
         }
         let moved = held - end;

@@ -1,0 +1,82 @@
+//! What recurrent blocks share: a session's states, one a block ([`Recurrent`]),
+//! and the host's copies of the backend's products they work on.
+
+use realm_core::backend::Backend;
+
+use crate::config::ModelConfig;
+use crate::{Error, Result};
+
+/// One session's recurrent states: per block, the values its state holds
+/// (a delta net's convolution inputs and heads' states, a short
+/// convolution's inputs); none for the attention blocks.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Recurrent {
+    pub(crate) layers: Vec<Vec<f32>>,
+}
+
+impl Recurrent {
+    /// Zero states for the recurrent blocks of `c`.
+    pub(crate) fn new(c: &ModelConfig) -> Self {
+        let layers = match c.has_recurrent() {
+            true => (0..c.n_layers)
+                .map(|l| vec![0.0; c.recurrent_state_len(l)])
+                .collect(),
+            false => Vec::new(),
+        };
+        Self { layers }
+    }
+
+    /// Whether the model has any recurrent block.
+    pub(crate) fn any(&self) -> bool {
+        !self.layers.is_empty()
+    }
+
+    /// Back to the state before any token.
+    pub(crate) fn reset(&mut self) {
+        self.layers.iter_mut().for_each(|l| l.fill(0.0));
+    }
+}
+
+/// Block `li`'s state in `states[r]`, or `states[0]` where there is one
+/// (the rows of one sequence), checked to hold `len` values.
+pub(crate) fn state<'s>(
+    states: &'s mut [&mut Recurrent],
+    r: usize,
+    (li, len): (usize, usize),
+) -> Result<&'s mut [f32]> {
+    let one = states.len() == 1;
+    states[if one { 0 } else { r }]
+        .layers
+        .get_mut(li)
+        .filter(|s| s.len() == len)
+        .map(|s| s.as_mut_slice())
+        .ok_or_else(|| Error::BadConfig(format!("no recurrent state for layer {li}")))
+}
+
+/// `buf`'s first `len` values into `host` (a copy, unless the backend's
+/// buffers are host memory, where only the length is checked).
+pub(crate) fn fetch<B: Backend>(
+    b: &B,
+    buf: &B::Buffer,
+    len: usize,
+    host: &mut Vec<f32>,
+) -> Result<()> {
+    host.resize(len, 0.0);
+    match B::host_slice(buf) {
+        Some(v) => match v.get(..len) {
+            Some(v) => host.copy_from_slice(v),
+            None => {
+                return Err(Error::BadConfig(format!(
+                    "a recurrent block's buffer holds {} values, not {len}",
+                    v.len()
+                )))
+            }
+        },
+        None => b.download(buf, host)?,
+    }
+    Ok(())
+}
+
+pub(crate) fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
