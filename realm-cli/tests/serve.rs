@@ -3006,3 +3006,48 @@ fn xml_parameter_tool_calls() {
     assert_eq!((name.as_str(), &content), ("get_weather", &Value::Null));
     assert!(args["city"].is_string(), "{args}");
 }
+
+/// A model whose blocks keep a recurrent state (a tiny Qwen 3.5 and a
+/// tiny LFM2, synthetic): a kept session is reused only where all it
+/// holds begins the next prompt (its state cannot forget the rest), and
+/// every answer is the one a server that keeps nothing gives.
+#[test]
+fn recurrent_models_reuse_only_whole_kept_sessions() {
+    let dir = std::env::temp_dir().join(format!("realm-serve-recurrent-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for layout in ["tiny-qwen35", "tiny-lfm2"] {
+        let path = dir.join(format!("{layout}.gguf"));
+        let p = path.to_str().unwrap();
+        let (ok, _, err) = realm(&["synth", layout, "--seed", "5", "-o", p]);
+        assert!(ok, "{err}");
+        let keeping = Server::start(&[p, "-c", "128"]);
+        let fresh = Server::start(&[p, "-c", "128", "--prompt-cache", "0"]);
+        let ask = |server: &Server, prompt: &str, max_tokens: u32| {
+            let r = server.post(
+                "/v1/completions",
+                &json!({"prompt": prompt, "temperature": 0, "max_tokens": max_tokens}),
+            );
+            let u = &r["usage"];
+            (
+                r["choices"][0]["text"].as_str().unwrap().to_string(),
+                u["prompt_tokens"].as_u64().unwrap(),
+                u["prompt_tokens_details"]["cached_tokens"]
+                    .as_u64()
+                    .unwrap(),
+            )
+        };
+        // One token: the kept session holds the prompt alone.
+        let (_, p1, c1) = ask(&keeping, "abc def ghi", 1);
+        assert_eq!(c1, 0, "{layout}");
+        // A prompt it begins: all of it reused.
+        let longer = "abc def ghi jkl";
+        let (text, p2, c2) = ask(&keeping, longer, 8);
+        assert_eq!(c2, p1, "{layout}: {c2} of {p2} cached");
+        assert_eq!(text, ask(&fresh, longer, 8).0, "{layout}");
+        // A prompt that leaves it part way: nothing reused.
+        let other = "abc xyz";
+        let (text, _, c3) = ask(&keeping, other, 8);
+        assert_eq!(c3, 0, "{layout}");
+        assert_eq!(text, ask(&fresh, other, 8).0, "{layout}");
+    }
+}
