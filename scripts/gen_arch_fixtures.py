@@ -214,6 +214,13 @@ CASES = [
     # LFM2: short convolutions (a recurrent state) and an attention block.
     case("lfm2", "tiny-lfm2"),
     case("lfm2-q8_0", "tiny-lfm2", matrix_type="q8_0"),
+    # Granite 4.0's hybrids: Mamba-2 mixers (a recurrent state) and an
+    # attention block, Granite's multipliers; with experts and a shared
+    # one (H-Tiny's); without RoPE.
+    case("granitehybrid", "tiny-granitehybrid"),
+    case("granitehybrid-q8_0", "tiny-granitehybrid", matrix_type="q8_0"),
+    case("granitehybrid-moe", "tiny-granitehybrid-moe"),
+    case("granitehybrid-nope", "tiny-granitehybrid-nope"),
     # Gemma (1): a GELU gate, NeoX RoPE, scaled embeddings.
     case("gemma", "tiny-gemma"),
     case("gemma2", "tiny-gemma2"),

@@ -68,7 +68,7 @@ fn gpt_oss_is_refused_at_load() {
 }
 
 /// Every architecture's `SyntheticLayout::tiny` the GPU backend runs.
-const ARCHS: [&str; 29] = [
+const ARCHS: [&str; 30] = [
     "llama",
     "mistral",
     "mistral3",
@@ -98,6 +98,7 @@ const ARCHS: [&str; 29] = [
     "qwen35",
     "qwen35moe",
     "lfm2",
+    "granitehybrid",
 ];
 
 /// Prefill of `prompt` in chunks of `batch`, then greedy decoding fed with

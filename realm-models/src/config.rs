@@ -108,6 +108,12 @@ pub enum Architecture {
     /// [`ShortConvConfig`]), the others attention with per-head Q/K norms
     /// and NeoX RoPE (the blocks without KV heads are the convolutions).
     Lfm2,
+    /// Granite 4.0's hybrids (granitehybrid: H-Micro, H-Tiny, H-Small):
+    /// blocks without KV heads are Mamba-2 mixers ([`MambaConfig`]), the
+    /// others attention; Granite's multipliers, RoPE unless
+    /// `rope.scaling.finetuned` says not, dense blocks or experts with an
+    /// ungated shared expert.
+    GraniteHybrid,
 }
 
 impl Architecture {
@@ -144,6 +150,7 @@ impl Architecture {
             "qwen35" => Self::Qwen35,
             "qwen35moe" => Self::Qwen35Moe,
             "lfm2" => Self::Lfm2,
+            "granitehybrid" => Self::GraniteHybrid,
             other => return Err(Error::UnknownArchitecture(other.to_string())),
         })
     }
@@ -181,6 +188,7 @@ impl Architecture {
             Self::Qwen35 => "qwen35",
             Self::Qwen35Moe => "qwen35moe",
             Self::Lfm2 => "lfm2",
+            Self::GraniteHybrid => "granitehybrid",
         }
     }
 }
@@ -389,6 +397,9 @@ pub struct ModelConfig {
     /// Gated short convolutions (LFM2's), if the model has them in place
     /// of some attention blocks.
     pub short_conv: Option<ShortConvConfig>,
+    /// Mamba-2 mixers (Granite 4.0's hybrids), if the model has them in
+    /// place of some attention blocks.
+    pub mamba: Option<MambaConfig>,
     /// Whether each attention head's output is multiplied by the sigmoid
     /// of a gate the query projection also makes (Qwen 3.5's: its query
     /// matrix is twice as wide, each head's query followed by its gate).
@@ -433,6 +444,50 @@ pub struct ShortConvConfig {
     pub l_cache: usize,
     /// Which blocks are convolutions (those without KV heads).
     pub layers: Vec<bool>,
+}
+
+/// A Mamba-2 mixer, as llama.cpp runs Granite 4.0's: a block's input goes
+/// through one product to a gate `z` (`inner`), the convolution's
+/// channels `x`, `B`, `C` (`inner + 2 * groups * state`) and each head's
+/// step `dt` (`heads`); the channels through a causal convolution of
+/// `conv_kernel` taps (with a bias) and SiLU; each head `h` (`inner /
+/// heads` values) updates its `head_dim x state` state with group `h /
+/// (heads / groups)`'s `B` and reads it with its `C`: `S = exp(dt A) S +
+/// dt x B^T; y = S C + D x`, `dt` through softplus after its bias; then
+/// `y * silu(z)`, RMS-normed by groups, and the output product.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MambaConfig {
+    /// Taps of the causal convolution (`ssm.conv_kernel`).
+    pub conv_kernel: usize,
+    /// Width of the mixer (`ssm.inner_size`).
+    pub inner: usize,
+    /// Values of each state row (`ssm.state_size`).
+    pub state: usize,
+    /// Heads (`ssm.time_step_rank`).
+    pub heads: usize,
+    /// Groups of heads sharing `B` and `C`, and of the output norm
+    /// (`ssm.group_count`).
+    pub groups: usize,
+    /// Which blocks are mixers (those without KV heads).
+    pub layers: Vec<bool>,
+}
+
+impl MambaConfig {
+    /// Channels of the convolution: `x`, `B` and `C`.
+    pub fn channels(&self) -> usize {
+        self.inner + 2 * self.groups * self.state
+    }
+
+    /// Width of the input product: `z`, the channels and `dt`.
+    pub fn in_width(&self) -> usize {
+        self.inner + self.channels() + self.heads
+    }
+
+    /// Values a session keeps per mixer: the convolution's last
+    /// `conv_kernel - 1` inputs and every head's state.
+    pub fn state_len(&self) -> usize {
+        (self.conv_kernel - 1) * self.channels() + self.inner * self.state
+    }
 }
 
 impl DeltaNetConfig {
@@ -553,7 +608,11 @@ impl ModelConfig {
         let n_heads = u("attention.head_count")?;
         // LFM2's KV heads a block, none for its convolutions.
         let kv_per_layer = match md.get(&key("attention.head_count_kv")) {
-            Some(MetadataValue::Array(a)) if arch == Architecture::Lfm2 => Some(layer_counts(a)?),
+            Some(MetadataValue::Array(a))
+                if matches!(arch, Architecture::Lfm2 | Architecture::GraniteHybrid) =>
+            {
+                Some(layer_counts(a)?)
+            }
             _ => None,
         };
         let n_kv_heads = match &kv_per_layer {
@@ -588,6 +647,10 @@ impl ModelConfig {
             None => md.get_str_array("tokenizer.ggml.tokens")?.len(),
         };
         let rope_base = opt_f("rope.freq_base")?.unwrap_or(10_000.0);
+        let rope_finetuned = match md.get(&key("rope.scaling.finetuned")) {
+            Some(_) => md.get_bool(&key("rope.scaling.finetuned"))?,
+            None => true,
+        };
         let (rope_freq_scale, rope_yarn, rope_attn_factor) = rope_scale(md, arch)?;
         let gemma2 = arch == Architecture::Gemma2;
         let gemma3 = arch == Architecture::Gemma3;
@@ -691,7 +754,8 @@ impl ModelConfig {
                 | Architecture::Glm4
                 | Architecture::SmolLM3
                 | Architecture::Granite
-                | Architecture::GraniteMoe => RopeMode::Normal,
+                | Architecture::GraniteMoe
+                | Architecture::GraniteHybrid => RopeMode::Normal,
                 Architecture::Qwen2
                 | Architecture::Qwen2Moe
                 | Architecture::Qwen3
@@ -749,6 +813,7 @@ impl ModelConfig {
                             Architecture::SmolLM3
                                 | Architecture::Granite
                                 | Architecture::GraniteMoe
+                                | Architecture::GraniteHybrid
                         ) =>
                 {
                     s
@@ -760,13 +825,13 @@ impl ModelConfig {
             },
             embedding_scale: match arch {
                 _ if gemma || arch == Architecture::Gemma => Some((d_model as f32).sqrt()),
-                Architecture::Granite | Architecture::GraniteMoe => {
+                Architecture::Granite | Architecture::GraniteMoe | Architecture::GraniteHybrid => {
                     opt_f("embedding_scale")?.filter(|&s| s != 0.0)
                 }
                 _ => None,
             },
             residual_scale: match arch {
-                Architecture::Granite | Architecture::GraniteMoe => {
+                Architecture::Granite | Architecture::GraniteMoe | Architecture::GraniteHybrid => {
                     opt_f("residual_scale")?.filter(|&s| s != 0.0)
                 }
                 _ => None,
@@ -776,15 +841,24 @@ impl ModelConfig {
                 Architecture::Granite | Architecture::GraniteMoe => {
                     Some(md.get_f32(&key("logit_scale"))?)
                 }
+                // (Optional for the hybrids.)
+                Architecture::GraniteHybrid => opt_f("logit_scale")?.filter(|&s| s != 0.0),
                 _ => None,
             },
-            no_rope_every: (arch == Architecture::SmolLM3).then_some(4),
+            // Granite 4.0's hybrids rotate nothing where the file says
+            // `rope.scaling.finetuned` is false (every layer "without RoPE").
+            no_rope_every: match arch {
+                Architecture::SmolLM3 => Some(4),
+                Architecture::GraniteHybrid if !rope_finetuned => Some(1),
+                _ => None,
+            },
             attn_softcap,
             final_softcap,
             moe: moe_config(md, arch, ffn_dim)?,
             mla: None,
             delta_net: None,
             short_conv: None,
+            mamba: None,
             attn_output_gate: qwen35,
             attn_temperature: match arch {
                 Architecture::Mistral3 => match opt_f("attention.temperature_scale")? {
@@ -812,6 +886,40 @@ impl ModelConfig {
         }
         if arch == Architecture::Deepseek2 {
             mla_config(md, &mut cfg)?;
+        }
+        if arch == Architecture::GraniteHybrid {
+            let kv = kv_per_layer.as_deref().ok_or_else(|| {
+                Error::BadConfig(format!("{p}.attention.head_count_kv must be a list"))
+            })?;
+            let m = MambaConfig {
+                conv_kernel: u("ssm.conv_kernel")?,
+                inner: u("ssm.inner_size")?,
+                state: u("ssm.state_size")?,
+                heads: u("ssm.time_step_rank")?,
+                groups: u("ssm.group_count")?,
+                layers: kv.iter().take(cfg.n_layers).map(|&h| h == 0).collect(),
+            };
+            if m.conv_kernel < 2
+                || m.state == 0
+                || m.heads == 0
+                || m.groups == 0
+                || !m.inner.is_multiple_of(m.heads)
+                || !m.heads.is_multiple_of(m.groups)
+                || m.layers.len() < cfg.n_layers
+            {
+                return Err(Error::BadConfig(format!(
+                    "{p}: a Mamba-2 mixer {} wide of {} heads in {} groups, state {}, {} taps, \
+                     {} blocks' KV heads for {}",
+                    m.inner,
+                    m.heads,
+                    m.groups,
+                    m.state,
+                    m.conv_kernel,
+                    m.layers.len(),
+                    cfg.n_layers
+                )));
+            }
+            cfg.mamba = Some(m);
         }
         if arch == Architecture::Lfm2 {
             let taps = u("shortconv.l_cache")?;
@@ -908,12 +1016,13 @@ impl ModelConfig {
         let of = |l: &[bool]| l.get(layer).copied().unwrap_or(false);
         self.delta_net.as_ref().is_some_and(|d| of(&d.layers))
             || self.short_conv.as_ref().is_some_and(|c| of(&c.layers))
+            || self.mamba.as_ref().is_some_and(|m| of(&m.layers))
     }
 
     /// Whether any layer has a recurrent state (which cannot forget some
     /// tokens and keep others).
     pub fn has_recurrent(&self) -> bool {
-        self.delta_net.is_some() || self.short_conv.is_some()
+        self.delta_net.is_some() || self.short_conv.is_some() || self.mamba.is_some()
     }
 
     /// Values of layer `layer`'s recurrent state (0 for attention).
@@ -921,9 +1030,10 @@ impl ModelConfig {
         if !self.is_recurrent(layer) {
             return 0;
         }
-        match (&self.delta_net, &self.short_conv) {
-            (Some(d), _) => d.state_len(),
-            (_, Some(c)) => (c.l_cache - 1) * self.d_model,
+        match (&self.delta_net, &self.short_conv, &self.mamba) {
+            (Some(d), _, _) => d.state_len(),
+            (_, Some(c), _) => (c.l_cache - 1) * self.d_model,
+            (_, _, Some(m)) => m.state_len(),
             _ => 0,
         }
     }
@@ -999,7 +1109,8 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
             | Architecture::Dots1
             | Architecture::BailingMoe2
             | Architecture::Deepseek2
-            | Architecture::Qwen35Moe,
+            | Architecture::Qwen35Moe
+            | Architecture::GraniteHybrid,
             _,
         ) => {}
         (other, _) => {
@@ -1052,7 +1163,7 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
                 _ => Some(ffn),
             }
         }
-        Architecture::GraniteMoe | Architecture::Ernie45Moe => {
+        Architecture::GraniteMoe | Architecture::GraniteHybrid | Architecture::Ernie45Moe => {
             get("expert_shared_feed_forward_length")?
                 .filter(|&f| f > 0)
                 .map(|f| f as usize)

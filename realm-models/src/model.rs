@@ -13,6 +13,7 @@ use realm_core::gguf::Gguf;
 use realm_core::{quant, TensorView};
 
 mod delta;
+mod mamba;
 mod mla;
 mod moe;
 mod recurrent;
@@ -23,6 +24,7 @@ mod state;
 pub use self::shift::ContextShift;
 
 use self::delta::{DeltaNet, DeltaScratch};
+use self::mamba::{Mamba, MambaScratch};
 use self::mla::{Mla, MlaScratch};
 use self::moe::{Moe, MoeBuffers, MoeHost};
 use self::recurrent::Recurrent;
@@ -78,6 +80,9 @@ struct Layer<'a, B: Backend + 'a> {
     /// A short convolution's weights (LFM2's), in place of the
     /// attention's (its output product is `wo`).
     conv: Option<ShortConv<'a, B>>,
+    /// A Mamba-2 mixer's weights (Granite 4.0's hybrids), in place of the
+    /// attention's (its output product is `wo`).
+    mamba: Option<Mamba<'a, B>>,
     /// The block's layer of the KV cache, which only attention blocks
     /// have.
     kv_slot: usize,
@@ -131,6 +136,11 @@ pub struct Model<'a, B: Backend> {
     loras: Vec<Lora<'a, B>>,
     /// What a row of their scratch needs.
     lora_dims: Dims,
+}
+
+/// The error of a model whose scratch lacks room for `what`.
+fn no_room(what: &str) -> Error {
+    Error::BadConfig(format!("no room for a {what}"))
 }
 
 /// `t` as a weight of `backend`, checked: a type the backend multiplies,
@@ -367,6 +377,20 @@ impl<'a, B: Backend> Model<'a, B> {
                 Some(sc) if recurrent => Some(ShortConv::load(file, backend, i, c, sc)?),
                 _ => None,
             };
+            let mamba = match &c.mamba {
+                Some(m) if recurrent => Some(Mamba::load(file, backend, i, c, m)?),
+                _ => None,
+            };
+            // (Granite 4.0's dense blocks may have biases in llama.cpp's
+            // loader, which no file has; refused by name, not ignored.)
+            for bias in ["ffn_gate.bias", "ffn_up.bias", "ffn_down.bias"] {
+                if c.arch == Architecture::GraniteHybrid && has(bias) {
+                    return Err(Error::BadConfig(format!(
+                        "{} (feed-forward biases) is not supported",
+                        n(bias)
+                    )));
+                }
+            }
             layers.push(Layer {
                 attn_norm: must("attn_norm.weight", d, c.pre_norms)?,
                 qkv,
@@ -374,7 +398,10 @@ impl<'a, B: Backend> Model<'a, B> {
                 wo: match (&c.mla, &c.delta_net) {
                     (Some(m), _) => weight(&n("attn_output.weight"), d, c.n_heads * m.v_dim)?,
                     (_, Some(dn)) if recurrent => weight(&n("ssm_out.weight"), d, dn.v_dim())?,
-                    _ if recurrent => weight(&n("shortconv.out_proj.weight"), d, d)?,
+                    _ if recurrent => match &c.mamba {
+                        Some(m) => weight(&n("ssm_out.weight"), d, m.inner)?,
+                        None => weight(&n("shortconv.out_proj.weight"), d, d)?,
+                    },
                     _ => weight(&n("attn_output.weight"), d, q)?,
                 },
                 bq,
@@ -383,9 +410,10 @@ impl<'a, B: Backend> Model<'a, B> {
                 // gpt-oss's output bias; Ministral 3's and ERNIE 4.5's
                 // where the file has one.
                 bo: match c.arch {
-                    Architecture::Mistral3 | Architecture::Ernie45 | Architecture::Ernie45Moe => {
-                        optional_norm(&n("attn_output.bias"), d)?
-                    }
+                    Architecture::Mistral3
+                    | Architecture::Ernie45
+                    | Architecture::Ernie45Moe
+                    | Architecture::GraniteHybrid => optional_norm(&n("attn_output.bias"), d)?,
                     _ => must("attn_output.bias", d, gpt_oss)?,
                 },
                 sinks: match gpt_oss {
@@ -445,6 +473,7 @@ impl<'a, B: Backend> Model<'a, B> {
                 },
                 delta,
                 conv,
+                mamba,
                 kv_slot,
             });
             if !recurrent {
@@ -1438,46 +1467,30 @@ impl<'a, B: Backend> Model<'a, B> {
             }
             self.temper(sc, n)?;
         }
-        match (&layer.delta, &c.delta_net) {
-            (Some(dn), Some(dc)) => {
+        let mixed = match (&layer.delta, &layer.conv, &layer.mamba) {
+            (Some(dn), _, _) => {
+                let dc = c.delta_net.as_ref().ok_or_else(|| no_room("delta net"))?;
                 dn.run(b, sc, (c, dc, li), n, states)?;
-                let Scratch {
-                    ws,
-                    delta,
-                    proj,
-                    seen,
-                    ..
-                } = sc;
-                let ds = delta
-                    .as_mut()
-                    .ok_or_else(|| Error::BadConfig("no room for a delta net".into()))?;
-                b.matmul(ws, &layer.wo, &ds.out, n, proj)?;
-                if let Some(seen) = seen {
-                    let name = format!("blk.{li}.ssm_out.weight");
-                    seen.observe_named(b, ws, &name, (&ds.out, n, dc.v_dim()))?;
-                }
+                true
             }
-            _ => match (&layer.conv, &c.short_conv) {
-                (Some(conv), Some(cc)) => {
-                    conv.run(b, sc, (c, cc, li), n, states)?;
-                    let Scratch {
-                        ws,
-                        conv: cs,
-                        proj,
-                        seen,
-                        ..
-                    } = sc;
-                    let cs = cs.as_mut().ok_or_else(|| {
-                        Error::BadConfig("no room for a short convolution".into())
-                    })?;
-                    b.matmul(ws, &layer.wo, &cs.out, n, proj)?;
-                    if let Some(seen) = seen {
-                        let name = format!("blk.{li}.shortconv.out_proj.weight");
-                        seen.observe_named(b, ws, &name, (&cs.out, n, d))?;
-                    }
-                }
-                _ => self.attention(sc, (n, li), runs, &mut attend)?,
-            },
+            (_, Some(conv), _) => {
+                let cc = c
+                    .short_conv
+                    .as_ref()
+                    .ok_or_else(|| no_room("short convolution"))?;
+                conv.run(b, sc, (c, cc, li), n, states)?;
+                true
+            }
+            (_, _, Some(mamba)) => {
+                let m = c.mamba.as_ref().ok_or_else(|| no_room("Mamba-2 mixer"))?;
+                mamba.run(b, sc, (c, m, li), n, states)?;
+                true
+            }
+            _ => false,
+        };
+        match mixed {
+            true => self.mixer_output(sc, li, n)?,
+            false => self.attention(sc, (n, li), runs, &mut attend)?,
         }
         if let Some(bo) = &layer.bo {
             b.add_row_inplace(&mut sc.proj, bo, n)?;
@@ -1530,6 +1543,38 @@ impl<'a, B: Backend> Model<'a, B> {
                 }
                 b.add_inplace(&mut sc.x, &sc.proj, n * d)?
             }
+        }
+        Ok(())
+    }
+
+    /// The output product of recurrent block `li`'s mix of `n` rows, into
+    /// `sc.proj`.
+    fn mixer_output(&self, sc: &mut Scratch<B>, li: usize, n: usize) -> Result<()> {
+        let (b, c) = (self.backend, &self.config);
+        let Scratch {
+            ws,
+            delta,
+            conv,
+            mamba,
+            proj,
+            seen,
+            ..
+        } = sc;
+        let (out, width, name) = match (&c.delta_net, &c.short_conv, &c.mamba) {
+            (Some(dc), _, _) => (delta.as_ref().map(|s| &s.out), dc.v_dim(), "ssm_out"),
+            (_, Some(_), _) => (
+                conv.as_ref().map(|s| &s.out),
+                c.d_model,
+                "shortconv.out_proj",
+            ),
+            (_, _, Some(m)) => (mamba.as_ref().map(|s| &s.out), m.inner, "ssm_out"),
+            _ => (None, 0, ""),
+        };
+        let out = out.ok_or_else(|| no_room("recurrent block"))?;
+        b.matmul(ws, &self.layers[li].wo, out, n, proj)?;
+        if let Some(seen) = seen {
+            let name = format!("blk.{li}.{name}.weight");
+            seen.observe_named(b, ws, &name, (out, n, width))?;
         }
         Ok(())
     }
@@ -2031,6 +2076,8 @@ struct Scratch<B: Backend> {
     delta: Option<DeltaScratch<B>>,
     /// Short convolutions' room, for a model with them.
     conv: Option<ConvScratch<B>>,
+    /// Mamba-2 mixers' room, for a model with them.
+    mamba: Option<MambaScratch<B>>,
 }
 
 impl<B: Backend> Scratch<B> {
@@ -2085,6 +2132,10 @@ impl<B: Backend> Scratch<B> {
             },
             conv: match &c.short_conv {
                 Some(_) => Some(ConvScratch::new(backend, c, rows)?),
+                None => None,
+            },
+            mamba: match &c.mamba {
+                Some(m) => Some(MambaScratch::new(backend, m, rows)?),
                 None => None,
             },
         })

@@ -195,6 +195,9 @@ impl SyntheticLayout {
         if arch == "lfm2" {
             return Ok(Self::tiny_lfm2());
         }
+        if arch == "granitehybrid" {
+            return Ok(Self::tiny_granite_hybrid());
+        }
         if arch == "qwen35moe" {
             // Qwen 3.5's blocks with 4 experts 32 wide (2 a token) and a
             // gated shared expert 64 wide.
@@ -725,6 +728,87 @@ impl SyntheticLayout {
         }
     }
 
+    /// A tiny Granite 4.0 hybrid: four blocks, the third attention (4
+    /// query heads over 2 KV heads of 16, an output bias), the others
+    /// Mamba-2 mixers (128 wide: 8 heads of 16 in 2 groups, a state of 16,
+    /// 4 taps); Granite's multipliers; tied embeddings.
+    fn tiny_granite_hybrid() -> Self {
+        let (d, ff, hd) = (64u64, 128u64, 16u64);
+        let (inner, state, heads, groups, taps) = (128u64, 16u64, 8u64, 2u64, 4u64);
+        let kv = [0u32, 0, 2, 0];
+        let k = |n: &str| format!("granitehybrid.{n}");
+        let mut hp = vec![
+            u32_kv(&k("attention.head_count"), 4),
+            (
+                k("attention.head_count_kv"),
+                MetadataValue::Array(MetadataArray::U32(kv.to_vec())),
+            ),
+            f32_kv(&k("attention.layer_norm_rms_epsilon"), 1e-5),
+            // (Granite 4.0's 1/128 would leave the attention all but
+            // uniform, and its RoPE unseen.)
+            f32_kv(&k("attention.scale"), 0.5),
+            u32_kv(&k("block_count"), kv.len() as u32),
+            u32_kv(&k("context_length"), 256),
+            u32_kv(&k("embedding_length"), d as u32),
+            f32_kv(&k("embedding_scale"), 12.0),
+            u32_kv(&k("feed_forward_length"), ff as u32),
+            f32_kv(&k("logit_scale"), 8.0),
+            f32_kv(&k("residual_scale"), 0.22),
+            u32_kv(&k("ssm.conv_kernel"), taps as u32),
+            u32_kv(&k("ssm.group_count"), groups as u32),
+            u32_kv(&k("ssm.inner_size"), inner as u32),
+            u32_kv(&k("ssm.state_size"), state as u32),
+            u32_kv(&k("ssm.time_step_rank"), heads as u32),
+        ];
+        hp.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut tensors = Vec::new();
+        let mut add = |name: String, shape: Vec<u64>| {
+            let vector = shape.iter().filter(|&&d| d > 1).count() <= 1
+                || name.ends_with("_norm.weight")
+                || name.ends_with("ssm_conv1d.weight");
+            let dtype = if vector {
+                GgmlType::F32
+            } else {
+                GgmlType::Q8_0
+            };
+            tensors.push(SyntheticTensor { name, shape, dtype });
+        };
+        add("token_embd.weight".into(), vec![d, 300]);
+        let ch = inner + 2 * groups * state;
+        for (l, &kv_heads) in kv.iter().enumerate() {
+            let mut blk = |n: &str, shape: Vec<u64>| add(format!("blk.{l}.{n}"), shape);
+            blk("attn_norm.weight", vec![d]);
+            if kv_heads == 0 {
+                blk("ssm_in.weight", vec![d, inner + ch + heads]);
+                blk("ssm_conv1d.weight", vec![taps, ch]);
+                blk("ssm_conv1d.bias", vec![ch]);
+                blk("ssm_dt.bias", vec![heads]);
+                blk("ssm_a", vec![1, heads]);
+                blk("ssm_d", vec![1, heads]);
+                blk("ssm_norm.weight", vec![inner / groups, groups]);
+                blk("ssm_out.weight", vec![inner, d]);
+            } else {
+                let kvd = u64::from(kv_heads) * hd;
+                blk("attn_q.weight", vec![d, 4 * hd]);
+                blk("attn_k.weight", vec![d, kvd]);
+                blk("attn_v.weight", vec![d, kvd]);
+                blk("attn_output.weight", vec![4 * hd, d]);
+                blk("attn_output.bias", vec![d]);
+            }
+            blk("ffn_norm.weight", vec![d]);
+            blk("ffn_gate.weight", vec![d, ff]);
+            blk("ffn_up.weight", vec![d, ff]);
+            blk("ffn_down.weight", vec![ff, d]);
+        }
+        add("output_norm.weight".into(), vec![d]);
+        Self {
+            arch: "granitehybrid".into(),
+            hparams: hp,
+            vocab_size: 300,
+            tensors,
+        }
+    }
+
     /// Qwen 3.5 0.8B's shape (Qwen/Qwen3.5-0.8B's config): 24 blocks
     /// 1024 wide, three of four delta nets (16 value and 16 query/key
     /// heads of 128, 4 taps), the fourth gated attention (8 query heads
@@ -938,8 +1022,9 @@ impl SyntheticLayout {
     pub fn with_matrix_type(mut self, dtype: GgmlType) -> Self {
         for t in &mut self.tensors {
             // (A delta net's convolution stays f32, as llama.cpp keeps it.)
-            if t.shape.len() > 1
+            if t.shape.iter().filter(|&&d| d > 1).count() > 1
                 && !t.name.ends_with(".bias")
+                && !t.name.ends_with("_norm.weight")
                 && !t.name.ends_with("ssm_conv1d.weight")
                 && !t.name.ends_with("shortconv.conv.weight")
             {
@@ -1152,6 +1237,23 @@ impl SyntheticLayout {
                 Some(l)
             }
             "tiny-exaone4-32b" => Self::tiny_exaone4_32b().ok(),
+            // Granite 4.0 H-Tiny's blocks: experts as wide as the dense
+            // ones would be, an ungated shared expert.
+            "tiny-granitehybrid-moe" => {
+                let mut l = Self::tiny_granite_hybrid()
+                    .with_experts(4, 2)
+                    .ok()?
+                    .with_shared_expert(64)
+                    .ok()?;
+                l.tensors
+                    .retain(|t| !t.name.ends_with("ffn_gate_inp_shexp.weight"));
+                Some(l)
+            }
+            // Granite 4.0's hybrids without RoPE.
+            "tiny-granitehybrid-nope" => Some(Self::tiny_granite_hybrid().with_hparam(
+                "granitehybrid.rope.scaling.finetuned",
+                MetadataValue::Bool(false),
+            )),
             "tiny-deepseek2-lite" => Self::tiny_deepseek2(true).ok(),
             "tiny-deepseek2-fused" => {
                 let mut l = Self::tiny_deepseek2(false).ok()?;
@@ -1377,7 +1479,11 @@ impl SyntheticLayout {
             let n = usize::try_from(n)
                 .map_err(|_| Error::BadConfig(format!("tensor {} is too large", t.name)))?;
             let bias = t.name.contains("bias");
-            let values: Vec<f32> = if t.shape.len() == 1 || bias {
+            // (Vectors stored as one row, such as Mamba-2's `[1, heads]`
+            // `ssm_a` and its norm by groups, are vectors too.)
+            let vector =
+                t.shape.iter().filter(|&&d| d > 1).count() <= 1 || t.name.ends_with("_norm.weight");
+            let values: Vec<f32> = if t.shape.len() == 1 || bias || vector {
                 let factors = t.name.starts_with("rope_");
                 // A delta net's decay rates, negative and small, so that
                 // its state fades over tens of tokens.

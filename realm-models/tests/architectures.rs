@@ -213,6 +213,10 @@ fn each_variant_changes_the_logits() {
             "{variant} moves {base}'s logits by {d} only"
         );
     }
+    // Granite's logit scale (8) keeps its logits within +-1: RoPE left
+    // out moves them by 0.042, past 100 times their f32 tolerance.
+    let d = max_diff(&logits("granitehybrid"), &logits("granitehybrid-nope"));
+    assert!(d > 100.0 * TOLERANCE, "RoPE moves the logits by {d} only");
 }
 
 /// The file types llama.cpp refuses or computes differently are refused
@@ -299,6 +303,7 @@ fn experts_batch_across_sessions() {
         "tiny-qwen35",
         "tiny-qwen35moe",
         "tiny-lfm2",
+        "tiny-granitehybrid-moe",
     ] {
         let bytes = SyntheticLayout::by_name(name).unwrap().write(3).unwrap();
         let file = Gguf::from_bytes(&bytes[..]).unwrap();
@@ -657,15 +662,15 @@ fn latent_keys_shift_in_their_rotated_values_only() {
     }
 }
 
-/// Qwen 3.5's delta nets and LFM2's short convolutions keep one state
-/// for all tokens: a saved state restores it (the next logits are bit for
+/// Qwen 3.5's delta nets, LFM2's short convolutions and Granite 4.0's
+/// Mamba-2 mixers keep one state for all tokens: a saved state restores it (the next logits are bit for
 /// bit the uninterrupted session's), forgetting any token starts the
 /// session over, a chunk abandoned half way through its layers does too,
 /// and a context shift is refused.
 #[test]
 fn recurrent_states_restore_and_restart() {
     let cpu = CpuBackend::new().unwrap();
-    for name in ["tiny-qwen35", "tiny-lfm2"] {
+    for name in ["tiny-qwen35", "tiny-lfm2", "tiny-granitehybrid"] {
         let bytes = SyntheticLayout::by_name(name).unwrap().write(3).unwrap();
         let file = Gguf::from_bytes(&bytes[..]).unwrap();
         let model = Model::load(&file, &cpu).unwrap();

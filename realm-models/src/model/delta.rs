@@ -17,7 +17,7 @@
 use realm_core::backend::Backend;
 use realm_core::gguf::Gguf;
 
-use super::recurrent::{fetch, silu, state, Recurrent};
+use super::recurrent::{fetch, rms_scale, silu, softplus, state, Recurrent};
 use super::{checked_weight, f32_vec, Scratch};
 use crate::config::{DeltaNetConfig, ModelConfig};
 use crate::{Error, Result};
@@ -91,23 +91,6 @@ impl<B: Backend> DeltaScratch<B> {
             host: DeltaHost::default(),
         })
     }
-}
-
-/// ggml's softplus: `x` itself past 20.
-fn softplus(x: f32) -> f32 {
-    if x > 20.0 {
-        x
-    } else {
-        x.exp().ln_1p()
-    }
-}
-
-/// `x` times `1 / sqrt(mean(x^2) + eps)`, the mean's sum in f64 as
-/// ggml's RMSNorm takes it.
-fn rms_scale(x: &[f32], eps: f32) -> f32 {
-    let sum: f64 = x.iter().map(|&v| f64::from(v * v)).sum();
-    let mean = (sum / x.len() as f64) as f32;
-    1.0 / (mean + eps).sqrt()
 }
 
 /// A dot product with eight running sums (which the compiler keeps in

@@ -80,3 +80,20 @@ pub(crate) fn fetch<B: Backend>(
 pub(crate) fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
 }
+
+/// ggml's softplus: `x` itself past 20.
+pub(crate) fn softplus(x: f32) -> f32 {
+    if x > 20.0 {
+        x
+    } else {
+        x.exp().ln_1p()
+    }
+}
+
+/// `x` times `1 / sqrt(mean(x^2) + eps)`, the mean's sum in f64 as
+/// ggml's RMSNorm takes it.
+pub(crate) fn rms_scale(x: &[f32], eps: f32) -> f32 {
+    let sum: f64 = x.iter().map(|&v| f64::from(v * v)).sum();
+    let mean = (sum / x.len() as f64) as f32;
+    1.0 / (mean + eps).sqrt()
+}

@@ -85,7 +85,7 @@ impl<B: Backend> Model<'_, B> {
         if discard > 0 && self.config.has_recurrent() {
             return Err(Error::BadConfig(
                 "a context shift cannot take tokens out of a recurrent state (Qwen 3.5's delta \
-                 nets, LFM2's convolutions)"
+                 nets, LFM2's convolutions, Granite 4.0's Mamba-2 mixers)"
                     .into(),
             ));
         }
