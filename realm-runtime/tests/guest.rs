@@ -26,12 +26,23 @@ fn native(path: &std::path::Path, req: &GenerateRequest) -> (String, usize) {
 
 /// [`native`] with the KV cache stored as `kv`.
 fn native_with_kv(path: &std::path::Path, req: &GenerateRequest, kv: KvDtype) -> (String, usize) {
+    native_of(path, PROMPT, req, kv)
+}
+
+/// Native generation of `prompt` with the same settings as `req`, the KV
+/// cache stored as `kv`.
+fn native_of(
+    path: &std::path::Path,
+    prompt: &str,
+    req: &GenerateRequest,
+    kv: KvDtype,
+) -> (String, usize) {
     let file = GgufFile::open(path).unwrap();
     let cpu = CpuBackend::new().unwrap();
     let model = Model::load(&file, &cpu).unwrap();
     let tok = Tokenizer::from_metadata(file.metadata()).unwrap();
     let ids = tok
-        .encode(PROMPT, req.add_special, req.parse_special)
+        .encode(prompt, req.add_special, req.parse_special)
         .unwrap();
     let capacity = match req.max_seq_len {
         0 => ids.len() + req.max_tokens as usize,
@@ -727,4 +738,47 @@ fn compiled_guests_are_kept_and_reused() {
     std::fs::write(&files[0], &bytes).unwrap();
     assert_eq!(run(), (1, 0), "a damaged file is compiled over");
     assert_eq!(run(), (0, 1), "and written again");
+}
+
+/// Tenants of models whose blocks keep a recurrent state (tiny Qwen 3.5,
+/// LFM2 and Granite 4.0 hybrid, synthetic): two at once (their steps
+/// batched), one through the fused host functions and one layer by layer,
+/// each generates the native text.
+#[test]
+fn tenants_of_recurrent_models_generate_as_natively() {
+    use realm_models::synthetic::SyntheticLayout;
+    let wasm = common::guest_wasm();
+    let dir = tempfile::tempdir().unwrap();
+    let prompt = "t300 t301 t302 t303";
+    for arch in ["qwen35", "lfm2", "granitehybrid"] {
+        let path = dir.path().join(format!("{arch}.gguf"));
+        let layout = SyntheticLayout::tiny(arch).unwrap();
+        std::fs::write(&path, layout.write(11).unwrap()).unwrap();
+        let req = |layered| GenerateRequest {
+            max_tokens: 12,
+            layered,
+            ..request(SamplingParams::greedy(), layered)
+        };
+        let (want, n) = native_of(&path, prompt, &req(false), KvDtype::F32);
+        assert!(n > 0, "{arch}");
+        let runtime = Runtime::new(RuntimeConfig::default()).unwrap();
+        let id = runtime.load_model(&path).unwrap();
+        let mut a = runtime
+            .tenant(&wasm, TenantConfig::new(vec![id.clone()]))
+            .unwrap();
+        let mut b = runtime.tenant(&wasm, TenantConfig::new(vec![id])).unwrap();
+        let run = |t: &mut Tenant, layered: bool| {
+            let mut text = String::new();
+            t.generate(prompt, &req(layered), |p| text.push_str(p))
+                .unwrap();
+            text
+        };
+        let (ta, tb) = std::thread::scope(|s| {
+            let ha = s.spawn(|| run(&mut a, false));
+            let hb = s.spawn(|| run(&mut b, true));
+            (ha.join().unwrap(), hb.join().unwrap())
+        });
+        assert_eq!(ta, want, "{arch}, fused");
+        assert_eq!(tb, want, "{arch}, layer by layer");
+    }
 }
