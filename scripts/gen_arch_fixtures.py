@@ -214,6 +214,12 @@ CASES = [
     # LFM2: short convolutions (a recurrent state) and an attention block.
     case("lfm2", "tiny-lfm2"),
     case("lfm2-q8_0", "tiny-lfm2", matrix_type="q8_0"),
+    # LFM2 with a window on its attention block (as llama.cpp reads one).
+    case("lfm2-window", "tiny-lfm2", overrides=[("lfm2.attention.sliding_window", "int", "4")]),
+    # LFM2's experts: a dense first block, then sigmoid scores with a
+    # selection bias.
+    case("lfm2moe", "tiny-lfm2moe"),
+    case("lfm2moe-q8_0", "tiny-lfm2moe", matrix_type="q8_0"),
     # Granite 4.0's hybrids: Mamba-2 mixers (a recurrent state) and an
     # attention block, Granite's multipliers; with experts and a shared
     # one (H-Tiny's); without RoPE.

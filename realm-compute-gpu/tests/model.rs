@@ -68,7 +68,7 @@ fn gpt_oss_is_refused_at_load() {
 }
 
 /// Every architecture's `SyntheticLayout::tiny` the GPU backend runs.
-const ARCHS: [&str; 30] = [
+const ARCHS: [&str; 31] = [
     "llama",
     "mistral",
     "mistral3",
@@ -99,6 +99,7 @@ const ARCHS: [&str; 30] = [
     "qwen35moe",
     "lfm2",
     "granitehybrid",
+    "lfm2moe",
 ];
 
 /// Prefill of `prompt` in chunks of `batch`, then greedy decoding fed with

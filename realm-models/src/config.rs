@@ -114,6 +114,10 @@ pub enum Architecture {
     /// `rope.scaling.finetuned` says not, dense blocks or experts with an
     /// ungated shared expert.
     GraniteHybrid,
+    /// LFM2's mixtures of experts (lfm2moe: 8B-A1B, 24B-A2B): LFM2's
+    /// blocks, dense leading blocks, then experts chosen with a selection
+    /// bias as the file routes them.
+    Lfm2Moe,
 }
 
 impl Architecture {
@@ -151,6 +155,7 @@ impl Architecture {
             "qwen35moe" => Self::Qwen35Moe,
             "lfm2" => Self::Lfm2,
             "granitehybrid" => Self::GraniteHybrid,
+            "lfm2moe" => Self::Lfm2Moe,
             other => return Err(Error::UnknownArchitecture(other.to_string())),
         })
     }
@@ -189,6 +194,7 @@ impl Architecture {
             Self::Qwen35Moe => "qwen35moe",
             Self::Lfm2 => "lfm2",
             Self::GraniteHybrid => "granitehybrid",
+            Self::Lfm2Moe => "lfm2moe",
         }
     }
 }
@@ -609,7 +615,10 @@ impl ModelConfig {
         // LFM2's KV heads a block, none for its convolutions.
         let kv_per_layer = match md.get(&key("attention.head_count_kv")) {
             Some(MetadataValue::Array(a))
-                if matches!(arch, Architecture::Lfm2 | Architecture::GraniteHybrid) =>
+                if matches!(
+                    arch,
+                    Architecture::Lfm2 | Architecture::Lfm2Moe | Architecture::GraniteHybrid
+                ) =>
             {
                 Some(layer_counts(a)?)
             }
@@ -694,6 +703,8 @@ impl ModelConfig {
             (Architecture::Gemma2, None) => Some(4096),
             (Architecture::GptOss, None) => Some(u("attention.sliding_window")?),
             (Architecture::Exaone4, w) if exaone_window => Some(w.unwrap_or(4096)),
+            // LFM2's attention blocks, where the file gives a window.
+            (Architecture::Lfm2 | Architecture::Lfm2Moe, w) => w.filter(|&w| w > 0),
             (
                 Architecture::Mistral
                 | Architecture::Gemma2
@@ -775,7 +786,8 @@ impl ModelConfig {
                 | Architecture::BailingMoe2
                 | Architecture::Qwen35
                 | Architecture::Qwen35Moe
-                | Architecture::Lfm2 => RopeMode::Neox,
+                | Architecture::Lfm2
+                | Architecture::Lfm2Moe => RopeMode::Neox,
             },
             sliding_window,
             // Every sixth layer (Gemma 3), second (Gemma 2, gpt-oss) or
@@ -921,7 +933,7 @@ impl ModelConfig {
             }
             cfg.mamba = Some(m);
         }
-        if arch == Architecture::Lfm2 {
+        if matches!(arch, Architecture::Lfm2 | Architecture::Lfm2Moe) {
             let taps = u("shortconv.l_cache")?;
             let kv = kv_per_layer.ok_or_else(|| {
                 Error::BadConfig(format!("{p}.attention.head_count_kv must be a list"))
@@ -1080,6 +1092,7 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
         arch,
         Architecture::Dots1 | Architecture::BailingMoe2 | Architecture::Deepseek2
     );
+    let lfm2 = arch == Architecture::Lfm2Moe;
     match (arch, experts) {
         (
             Architecture::Qwen2Moe
@@ -1091,7 +1104,8 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
             | Architecture::MinimaxM2
             | Architecture::Dots1
             | Architecture::BailingMoe2
-            | Architecture::Qwen35Moe,
+            | Architecture::Qwen35Moe
+            | Architecture::Lfm2Moe,
             0,
         ) => return Err(Error::BadConfig(format!("{p} needs an expert_count"))),
         (_, 0) => return Ok(None),
@@ -1110,7 +1124,8 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
             | Architecture::BailingMoe2
             | Architecture::Deepseek2
             | Architecture::Qwen35Moe
-            | Architecture::GraniteHybrid,
+            | Architecture::GraniteHybrid
+            | Architecture::Lfm2Moe,
             _,
         ) => {}
         (other, _) => {
@@ -1142,7 +1157,7 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
     );
     let gpt_oss = arch == Architecture::GptOss;
     let ffn_dim = match get("expert_feed_forward_length")? {
-        _ if ernie || dots_or_ling => {
+        _ if ernie || dots_or_ling || lfm2 => {
             md.get_u32(&format!("{p}.expert_feed_forward_length"))? as usize
         }
         // MiniMax-M2's experts are `feed_forward_length` wide; llama.cpp
@@ -1188,7 +1203,7 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
     // (llama.cpp reads no scale for ERNIE 4.5, MiniMax-M2 and Qwen 3.5.)
     let scale_key = format!("{p}.expert_weights_scale");
     let weights_scale = match md.get(&scale_key) {
-        Some(_) if !ernie && !minimax && arch != Architecture::Qwen35Moe => {
+        Some(_) if !ernie && !minimax && !lfm2 && arch != Architecture::Qwen35Moe => {
             md.get_f32(&scale_key)?
         }
         _ => 0.0,
@@ -1211,7 +1226,8 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
         Architecture::Glm4Moe
         | Architecture::MinimaxM2
         | Architecture::Dots1
-        | Architecture::BailingMoe2 => match get("expert_gating_func")?.unwrap_or(0) {
+        | Architecture::BailingMoe2
+        | Architecture::Lfm2Moe => match get("expert_gating_func")?.unwrap_or(0) {
             0 if !glm => return Err(Error::BadConfig(format!("{p} needs an expert_gating_func"))),
             0 | 2 => Gating::Sigmoid,
             1 => Gating::Softmax,
@@ -1249,6 +1265,7 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
     };
     let dense_lead = match arch {
         Architecture::Glm4Moe
+        | Architecture::Lfm2Moe
         | Architecture::Ernie45Moe
         | Architecture::Dots1
         | Architecture::BailingMoe2
@@ -1279,7 +1296,9 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
         },
         biases: gpt_oss,
         selection_bias: match arch {
-            Architecture::Glm4Moe | Architecture::MinimaxM2 => SelectionBias::Required,
+            Architecture::Glm4Moe | Architecture::MinimaxM2 | Architecture::Lfm2Moe => {
+                SelectionBias::Required
+            }
             Architecture::Ernie45Moe
             | Architecture::Dots1
             | Architecture::BailingMoe2

@@ -281,6 +281,7 @@ impl<'a, B: Backend> Model<'a, B> {
                 | Architecture::Qwen35
                 | Architecture::Qwen35Moe
                 | Architecture::Lfm2
+                | Architecture::Lfm2Moe
                 | Architecture::Qwen3
                 | Architecture::Qwen3Moe
                 | Architecture::Olmo2
@@ -491,7 +492,7 @@ impl<'a, B: Backend> Model<'a, B> {
         };
         // (LFM2's files name it so.)
         let output_norm = match c.arch {
-            Architecture::Lfm2 => norm("token_embd_norm.weight", d)?,
+            Architecture::Lfm2 | Architecture::Lfm2Moe => norm("token_embd_norm.weight", d)?,
             _ => optional_norm("output_norm.weight", d)?
                 .ok_or_else(|| realm_core::Error::TensorNotFound("output_norm.weight".into()))?,
         };

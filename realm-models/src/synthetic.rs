@@ -198,6 +198,23 @@ impl SyntheticLayout {
         if arch == "granitehybrid" {
             return Ok(Self::tiny_granite_hybrid());
         }
+        if arch == "lfm2moe" {
+            // LFM2's blocks, the first dense, then 4 experts 32 wide (2 a
+            // token) chosen by sigmoid scores with a selection bias.
+            let mut l = Self::tiny_lfm2();
+            l.arch = arch.into();
+            l.hparams = l
+                .hparams
+                .into_iter()
+                .map(|(k, v)| (k.replacen("lfm2.", "lfm2moe.", 1), v))
+                .collect();
+            let k = |n: &str| format!("lfm2moe.{n}");
+            return l
+                .with_hparam(&k("leading_dense_block_count"), MetadataValue::U32(1))
+                .with_hparam(&k("expert_feed_forward_length"), MetadataValue::U32(32))
+                .with_hparam(&k("expert_gating_func"), MetadataValue::U32(2))
+                .with_selected_experts(None);
+        }
         if arch == "qwen35moe" {
             // Qwen 3.5's blocks with 4 experts 32 wide (2 a token) and a
             // gated shared expert 64 wide.

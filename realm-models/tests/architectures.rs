@@ -206,6 +206,7 @@ fn each_variant_changes_the_logits() {
         ("glm4moe", "glm4moe-air"),
         ("deepseek2", "deepseek2-yarn"),
         ("deepseek2", "deepseek2-lite"),
+        ("lfm2", "lfm2-window"),
     ] {
         let d = max_diff(&logits(base), &logits(variant));
         assert!(
@@ -304,6 +305,7 @@ fn experts_batch_across_sessions() {
         "tiny-qwen35moe",
         "tiny-lfm2",
         "tiny-granitehybrid-moe",
+        "tiny-lfm2moe",
     ] {
         let bytes = SyntheticLayout::by_name(name).unwrap().write(3).unwrap();
         let file = Gguf::from_bytes(&bytes[..]).unwrap();
