@@ -686,18 +686,43 @@ impl SyntheticLayout {
     /// 2 KV heads of 16), the others short convolutions of 3 taps; tied
     /// embeddings.
     fn tiny_lfm2() -> Self {
-        let (d, ff, hd) = (64u64, 128u64, 16u64);
-        let kv = [0u32, 0, 2, 0];
+        Self::lfm2(64, 128, (4, 16), &[0, 0, 2, 0], 300)
+    }
+
+    /// LFM2 1.2B's shape (LiquidAI/LFM2-1.2B's config): 16 blocks 2048
+    /// wide, attention (32 query heads over 8 KV heads of 64) in blocks 2,
+    /// 5, 8, 10, 12 and 14, short convolutions of 3 taps in the others, an
+    /// 8192-wide feed-forward block, a 65,536-token vocabulary, tied
+    /// embeddings; Q8_0 matrices.
+    pub fn lfm2_1_2b() -> Self {
+        let kv: Vec<u32> = (0..16)
+            .map(|l| {
+                if [2, 5, 8, 10, 12, 14].contains(&l) {
+                    8
+                } else {
+                    0
+                }
+            })
+            .collect();
+        Self::lfm2(2048, 8192, (32, 64), &kv, 65_536)
+    }
+
+    /// An LFM2 of width `d`, feed-forward width `ff`, `heads` query heads
+    /// of `hd`, each block's KV heads `kv` (0: a short convolution).
+    fn lfm2(d: u64, ff: u64, (heads, hd): (u64, u64), kv: &[u32], vocab: u64) -> Self {
         let k = |n: &str| format!("lfm2.{n}");
         let mut hp = vec![
-            u32_kv(&k("attention.head_count"), 4),
+            u32_kv(&k("attention.head_count"), heads as u32),
             (
                 k("attention.head_count_kv"),
                 MetadataValue::Array(MetadataArray::U32(kv.to_vec())),
             ),
             f32_kv(&k("attention.layer_norm_rms_epsilon"), 1e-5),
             u32_kv(&k("block_count"), kv.len() as u32),
-            u32_kv(&k("context_length"), 256),
+            u32_kv(
+                &k("context_length"),
+                if vocab == 300 { 256 } else { 128_000 },
+            ),
             u32_kv(&k("embedding_length"), d as u32),
             u32_kv(&k("feed_forward_length"), ff as u32),
             f32_kv(&k("rope.freq_base"), 1_000_000.0),
@@ -714,20 +739,20 @@ impl SyntheticLayout {
             };
             tensors.push(SyntheticTensor { name, shape, dtype });
         };
-        add("token_embd.weight".into(), vec![d, 300]);
-        for (l, &heads) in kv.iter().enumerate() {
+        add("token_embd.weight".into(), vec![d, vocab]);
+        for (l, &kv_heads) in kv.iter().enumerate() {
             let mut blk = |n: &str, shape: Vec<u64>| add(format!("blk.{l}.{n}"), shape);
             blk("attn_norm.weight", vec![d]);
-            if heads == 0 {
+            if kv_heads == 0 {
                 blk("shortconv.conv.weight", vec![3, d]);
                 blk("shortconv.in_proj.weight", vec![d, 3 * d]);
                 blk("shortconv.out_proj.weight", vec![d, d]);
             } else {
-                let kv = u64::from(heads) * hd;
-                blk("attn_q.weight", vec![d, 4 * hd]);
-                blk("attn_k.weight", vec![d, kv]);
-                blk("attn_v.weight", vec![d, kv]);
-                blk("attn_output.weight", vec![4 * hd, d]);
+                let kvd = u64::from(kv_heads) * hd;
+                blk("attn_q.weight", vec![d, heads * hd]);
+                blk("attn_k.weight", vec![d, kvd]);
+                blk("attn_v.weight", vec![d, kvd]);
+                blk("attn_output.weight", vec![heads * hd, d]);
                 blk("attn_q_norm.weight", vec![hd]);
                 blk("attn_k_norm.weight", vec![hd]);
             }
@@ -740,7 +765,7 @@ impl SyntheticLayout {
         Self {
             arch: "lfm2".into(),
             hparams: hp,
-            vocab_size: 300,
+            vocab_size: vocab as usize,
             tensors,
         }
     }
@@ -1221,7 +1246,8 @@ impl SyntheticLayout {
     }
 
     /// A built-in layout by short name: `smollm2`, `gemma3`, `gpt-oss-20b`,
-    /// `qwen35-0.8b` ([`SyntheticLayout::qwen35_0_8b`]),
+    /// `qwen35-0.8b` ([`SyntheticLayout::qwen35_0_8b`]), `lfm2-1.2b`
+    /// ([`SyntheticLayout::lfm2_1_2b`]),
     /// `tiny-ARCH`
     /// ([`SyntheticLayout::tiny`]), `tiny-mixtral` (the tiny llama with
     /// 4 experts, 2 a token) or `tiny-mistral3-moe` (the tiny Ministral 3
@@ -1240,6 +1266,7 @@ impl SyntheticLayout {
             "gemma3" => Some(Self::gemma3_270m()),
             "gpt-oss-20b" => Self::gpt_oss_20b().ok(),
             "qwen35-0.8b" => Some(Self::qwen35_0_8b()),
+            "lfm2-1.2b" => Some(Self::lfm2_1_2b()),
             "tiny-mixtral" => Self::tiny("llama").ok()?.with_experts(4, 2).ok(),
             "tiny-mistral3-moe" => Self::tiny("mistral3").ok()?.with_experts(4, 2).ok(),
             "tiny-mistral3-bias" => Some(Self::tiny("mistral3").ok()?.with_output_bias()),
