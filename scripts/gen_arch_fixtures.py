@@ -227,6 +227,10 @@ CASES = [
     case("granitehybrid-q8_0", "tiny-granitehybrid", matrix_type="q8_0"),
     case("granitehybrid-moe", "tiny-granitehybrid-moe"),
     case("granitehybrid-nope", "tiny-granitehybrid-nope"),
+    # Nemotron-H: blocks of one part each (Mamba-2 mixers, attention
+    # without RoPE, feed-forward networks of squared ReLUs).
+    case("nemotron_h", "tiny-nemotron_h"),
+    case("nemotron_h-q8_0", "tiny-nemotron_h", matrix_type="q8_0"),
     # Gemma (1): a GELU gate, NeoX RoPE, scaled embeddings.
     case("gemma", "tiny-gemma"),
     case("gemma2", "tiny-gemma2"),

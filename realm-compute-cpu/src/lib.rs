@@ -666,6 +666,15 @@ impl ActivationOps for CpuBackend {
         Ok(())
     }
 
+    fn relu_squared_inplace(&self, x: &mut Vec<f32>, len: usize) -> BackendResult<()> {
+        let x = prefix_mut("relu_squared", "x length", x, len)?;
+        x.iter_mut().for_each(|v| {
+            let r = v.max(0.0);
+            *v = r * r;
+        });
+        Ok(())
+    }
+
     fn sigmoid_mul_inplace(
         &self,
         dst: &mut Vec<f32>,

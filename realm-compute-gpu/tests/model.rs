@@ -68,7 +68,7 @@ fn gpt_oss_is_refused_at_load() {
 }
 
 /// Every architecture's `SyntheticLayout::tiny` the GPU backend runs.
-const ARCHS: [&str; 31] = [
+const ARCHS: [&str; 32] = [
     "llama",
     "mistral",
     "mistral3",
@@ -100,6 +100,7 @@ const ARCHS: [&str; 31] = [
     "lfm2",
     "granitehybrid",
     "lfm2moe",
+    "nemotron_h",
 ];
 
 /// Prefill of `prompt` in chunks of `batch`, then greedy decoding fed with

@@ -703,6 +703,15 @@ pub trait ActivationOps: BackendCore {
     ) -> BackendResult<()>;
     /// `dst *= s`.
     fn scale_inplace(&self, dst: &mut Self::Buffer, s: f32, len: usize) -> BackendResult<()>;
+    /// `x = max(x, 0)^2` (Nemotron-H's feed-forward activation). The
+    /// default squares on the host and copies the values back.
+    fn relu_squared_inplace(&self, x: &mut Self::Buffer, len: usize) -> BackendResult<()> {
+        let mut v = vec![0.0; len];
+        self.download(x, &mut v)?;
+        v.iter_mut().for_each(|x| *x = x.max(0.0) * x.max(0.0));
+        let v = self.upload(&v)?;
+        self.copy_rows(&v, 0..1, len, x)
+    }
     /// `dst *= sigmoid(gate)` (Qwen 3.5's gated attention). The default
     /// takes the sigmoid on the host and multiplies on the backend.
     fn sigmoid_mul_inplace(

@@ -118,6 +118,12 @@ pub enum Architecture {
     /// blocks, dense leading blocks, then experts chosen with a selection
     /// bias as the file routes them.
     Lfm2Moe,
+    /// Nemotron-H (nemotron_h: Nemotron-H 8B, NVIDIA Nemotron Nano 9B v2,
+    /// dense): each block one part alone, a Mamba-2 mixer (no KV heads,
+    /// no feed-forward width), attention without RoPE (KV heads) or a
+    /// feed-forward network of squared ReLUs without a gate (a
+    /// feed-forward width).
+    NemotronH,
 }
 
 impl Architecture {
@@ -156,6 +162,7 @@ impl Architecture {
             "lfm2" => Self::Lfm2,
             "granitehybrid" => Self::GraniteHybrid,
             "lfm2moe" => Self::Lfm2Moe,
+            "nemotron_h" => Self::NemotronH,
             other => return Err(Error::UnknownArchitecture(other.to_string())),
         })
     }
@@ -195,6 +202,7 @@ impl Architecture {
             Self::Lfm2 => "lfm2",
             Self::GraniteHybrid => "granitehybrid",
             Self::Lfm2Moe => "lfm2moe",
+            Self::NemotronH => "nemotron_h",
         }
     }
 }
@@ -406,6 +414,9 @@ pub struct ModelConfig {
     /// Mamba-2 mixers (Granite 4.0's hybrids), if the model has them in
     /// place of some attention blocks.
     pub mamba: Option<MambaConfig>,
+    /// Which blocks are a feed-forward network alone, the others a mixer
+    /// alone (Nemotron-H's); `None`: every block is both.
+    pub ffn_blocks: Option<Vec<bool>>,
     /// Whether each attention head's output is multiplied by the sigmoid
     /// of a gate the query projection also makes (Qwen 3.5's: its query
     /// matrix is twice as wide, each head's query followed by its gate).
@@ -617,7 +628,10 @@ impl ModelConfig {
             Some(MetadataValue::Array(a))
                 if matches!(
                     arch,
-                    Architecture::Lfm2 | Architecture::Lfm2Moe | Architecture::GraniteHybrid
+                    Architecture::Lfm2
+                        | Architecture::Lfm2Moe
+                        | Architecture::GraniteHybrid
+                        | Architecture::NemotronH
                 ) =>
             {
                 Some(layer_counts(a)?)
@@ -716,7 +730,27 @@ impl ModelConfig {
             _ => None,
         };
         // gpt-oss's files may give only the experts' width.
-        let ffn_dim = match (arch, opt_u("feed_forward_length")?) {
+        // Nemotron-H's feed-forward width a block, 0 for its mixers.
+        let ff_per_layer = match md.get(&key("feed_forward_length")) {
+            Some(MetadataValue::Array(a)) if arch == Architecture::NemotronH => {
+                Some(layer_counts(a)?)
+            }
+            _ => None,
+        };
+        let ffn_dim = match (arch, &ff_per_layer) {
+            (_, Some(ff)) => {
+                let mut widths = ff.iter().copied().filter(|&f| f > 0);
+                let first = widths.next().unwrap_or(0);
+                if widths.any(|f| f != first) {
+                    return Err(Error::BadConfig(format!(
+                        "{p}: feed-forward blocks of different widths ({ff:?})"
+                    )));
+                }
+                Some(first)
+            }
+            _ => opt_u("feed_forward_length")?,
+        };
+        let ffn_dim = match (arch, ffn_dim) {
             (_, Some(f)) => f,
             // (Qwen 3.5's mixtures need no dense width.)
             (Architecture::Qwen35Moe, None) => 0,
@@ -733,7 +767,14 @@ impl ModelConfig {
             ffn_dim,
             vocab_size,
             context_length: u("context_length")?,
-            rms_eps: opt_f("attention.layer_norm_rms_epsilon")?.unwrap_or(1e-5),
+            rms_eps: match (arch, opt_f("attention.layer_norm_rms_epsilon")?) {
+                (_, Some(e)) => e,
+                // (Nemotron-H's files may give only the plain norm's.)
+                (Architecture::NemotronH, None) => {
+                    opt_f("attention.layer_norm_epsilon")?.unwrap_or(1e-5)
+                }
+                (_, None) => 1e-5,
+            },
             rope_base,
             // Gemma's and gpt-oss's local layers may have a base of their
             // own (Gemma 3's by default the classic one, and not scaled).
@@ -766,7 +807,8 @@ impl ModelConfig {
                 | Architecture::SmolLM3
                 | Architecture::Granite
                 | Architecture::GraniteMoe
-                | Architecture::GraniteHybrid => RopeMode::Normal,
+                | Architecture::GraniteHybrid
+                | Architecture::NemotronH => RopeMode::Normal,
                 Architecture::Qwen2
                 | Architecture::Qwen2Moe
                 | Architecture::Qwen3
@@ -826,6 +868,7 @@ impl ModelConfig {
                                 | Architecture::Granite
                                 | Architecture::GraniteMoe
                                 | Architecture::GraniteHybrid
+                                | Architecture::NemotronH
                         ) =>
                 {
                     s
@@ -862,6 +905,8 @@ impl ModelConfig {
             no_rope_every: match arch {
                 Architecture::SmolLM3 => Some(4),
                 Architecture::GraniteHybrid if !rope_finetuned => Some(1),
+                // (Nemotron-H's attention has no RoPE.)
+                Architecture::NemotronH => Some(1),
                 _ => None,
             },
             attn_softcap,
@@ -871,6 +916,7 @@ impl ModelConfig {
             delta_net: None,
             short_conv: None,
             mamba: None,
+            ffn_blocks: None,
             attn_output_gate: qwen35,
             attn_temperature: match arch {
                 Architecture::Mistral3 => match opt_f("attention.temperature_scale")? {
@@ -899,7 +945,23 @@ impl ModelConfig {
         if arch == Architecture::Deepseek2 {
             mla_config(md, &mut cfg)?;
         }
-        if arch == Architecture::GraniteHybrid {
+        if arch == Architecture::NemotronH {
+            let kv = kv_per_layer.as_deref().unwrap_or_default();
+            let ff = ff_per_layer.as_deref().unwrap_or_default();
+            if kv.len() < cfg.n_layers || ff.len() < cfg.n_layers {
+                return Err(Error::BadConfig(format!(
+                    "{p}: attention.head_count_kv and feed_forward_length must be lists, one \
+                     value a block"
+                )));
+            }
+            if let Some(l) = (0..cfg.n_layers).find(|&l| kv[l] > 0 && ff[l] > 0) {
+                return Err(Error::BadConfig(format!(
+                    "{p}: block {l} has both KV heads and a feed-forward width"
+                )));
+            }
+            cfg.ffn_blocks = Some(ff[..cfg.n_layers].iter().map(|&f| f > 0).collect());
+        }
+        if matches!(arch, Architecture::GraniteHybrid | Architecture::NemotronH) {
             let kv = kv_per_layer.as_deref().ok_or_else(|| {
                 Error::BadConfig(format!("{p}.attention.head_count_kv must be a list"))
             })?;
@@ -909,7 +971,12 @@ impl ModelConfig {
                 state: u("ssm.state_size")?,
                 heads: u("ssm.time_step_rank")?,
                 groups: u("ssm.group_count")?,
-                layers: kv.iter().take(cfg.n_layers).map(|&h| h == 0).collect(),
+                layers: kv
+                    .iter()
+                    .take(cfg.n_layers)
+                    .enumerate()
+                    .map(|(l, &h)| h == 0 && !cfg.ffn_blocks.as_ref().is_some_and(|f| f[l]))
+                    .collect(),
             };
             if m.conv_kernel < 2
                 || m.state == 0
@@ -1050,10 +1117,22 @@ impl ModelConfig {
         }
     }
 
-    /// Layers with a KV cache: all but the delta nets.
+    /// Whether layer `layer` is a feed-forward network alone (no mixer).
+    pub fn is_ffn_only(&self, layer: usize) -> bool {
+        self.ffn_blocks
+            .as_ref()
+            .is_some_and(|f| f.get(layer).copied().unwrap_or(false))
+    }
+
+    /// Whether layer `layer` attends (and has a KV cache).
+    pub fn has_attention(&self, layer: usize) -> bool {
+        !self.is_recurrent(layer) && !self.is_ffn_only(layer)
+    }
+
+    /// Layers with a KV cache: those that attend.
     pub fn kv_layers(&self) -> usize {
         (0..self.n_layers)
-            .filter(|&l| !self.is_recurrent(l))
+            .filter(|&l| self.has_attention(l))
             .count()
     }
 

@@ -57,7 +57,8 @@ struct Layer<'a, B: Backend + 'a> {
     /// The file's fused matrices (`attn_qkv`; Phi 3's `ffn_up` of gate and
     /// up), whose inputs an importance matrix takes under their names.
     fused: Fused,
-    wo: B::Weight<'a>,
+    /// The mixer's output product (none for a feed-forward block alone).
+    wo: Option<B::Weight<'a>>,
     bq: Option<B::Buffer>,
     bk: Option<B::Buffer>,
     bv: Option<B::Buffer>,
@@ -102,6 +103,11 @@ enum Ffn<'a, B: Backend + 'a> {
     Dense(Group<B::Weight<'a>>, B::Weight<'a>),
     /// A mixture of experts.
     Moe(Moe<'a, B>),
+    /// An up projection, squared ReLUs and a down projection, no gate
+    /// (Nemotron-H's).
+    UpSquaredRelu(B::Weight<'a>, B::Weight<'a>),
+    /// None: the block is a mixer alone (Nemotron-H's).
+    None,
 }
 
 /// A transformer whose weights stay in the GGUF file (borrowed, still
@@ -312,6 +318,9 @@ impl<'a, B: Backend> Model<'a, B> {
         for i in 0..c.n_layers {
             let n = |s: &str| format!("blk.{i}.{s}");
             let recurrent = c.is_recurrent(i);
+            let ffn_only = c.is_ffn_only(i);
+            // Nemotron-H's blocks are one part each.
+            let mixer_only = c.ffn_blocks.is_some() && !ffn_only;
             // Qwen 2's query, key and value biases; any other's where the
             // file has them (as llama.cpp reads them for every
             // architecture), or in one for a fused matrix.
@@ -336,7 +345,7 @@ impl<'a, B: Backend> Model<'a, B> {
                 gate_up: matches!(c.arch, Architecture::Phi3 | Architecture::Glm4)
                     && !has("ffn_gate.weight"),
             };
-            let qkv = if c.mla.is_some() || recurrent {
+            let qkv = if c.mla.is_some() || recurrent || ffn_only {
                 Group { runs: Vec::new() }
             } else if fused.qkv {
                 let w = weight(&n("attn_qkv.weight"), q + 2 * kv, d)?;
@@ -363,7 +372,7 @@ impl<'a, B: Backend> Model<'a, B> {
                     let up = |x: &[f32]| backend.upload(x).map(Some);
                     (up(vq)?, up(vk)?, up(vv)?)
                 }
-                _ if recurrent => (None, None, None),
+                _ if recurrent || ffn_only => (None, None, None),
                 _ => (
                     bias("attn_q.bias", q)?,
                     bias("attn_k.bias", kv)?,
@@ -397,13 +406,16 @@ impl<'a, B: Backend> Model<'a, B> {
                 qkv,
                 fused,
                 wo: match (&c.mla, &c.delta_net) {
-                    (Some(m), _) => weight(&n("attn_output.weight"), d, c.n_heads * m.v_dim)?,
-                    (_, Some(dn)) if recurrent => weight(&n("ssm_out.weight"), d, dn.v_dim())?,
-                    _ if recurrent => match &c.mamba {
+                    _ if ffn_only => None,
+                    (Some(m), _) => Some(weight(&n("attn_output.weight"), d, c.n_heads * m.v_dim)?),
+                    (_, Some(dn)) if recurrent => {
+                        Some(weight(&n("ssm_out.weight"), d, dn.v_dim())?)
+                    }
+                    _ if recurrent => Some(match &c.mamba {
                         Some(m) => weight(&n("ssm_out.weight"), d, m.inner)?,
                         None => weight(&n("shortconv.out_proj.weight"), d, d)?,
-                    },
-                    _ => weight(&n("attn_output.weight"), d, q)?,
+                    }),
+                    _ => Some(weight(&n("attn_output.weight"), d, q)?),
                 },
                 bq,
                 bk,
@@ -451,9 +463,15 @@ impl<'a, B: Backend> Model<'a, B> {
                             | Architecture::Qwen35Moe
                     ) {
                     true => Some(norm(&n("post_attention_norm.weight"), d)?),
-                    false => must("ffn_norm.weight", d, c.pre_norms)?,
+                    // (Nemotron-H's blocks norm their input alone.)
+                    false => must("ffn_norm.weight", d, c.pre_norms && c.ffn_blocks.is_none())?,
                 },
                 ffn: match &c.moe {
+                    _ if mixer_only => Ffn::None,
+                    _ if ffn_only => Ffn::UpSquaredRelu(
+                        weight(&n("ffn_up.weight"), ff, d)?,
+                        weight(&n("ffn_down.weight"), d, ff)?,
+                    ),
                     Some(m) if m.is_moe_layer(i) => Ffn::Moe(Moe::load(file, backend, i, m, d)?),
                     // Gate and up in one matrix (Phi 3's `ffn_up`), gate first.
                     _ if fused.gate_up => Ffn::Dense(
@@ -477,7 +495,7 @@ impl<'a, B: Backend> Model<'a, B> {
                 mamba,
                 kv_slot,
             });
-            if !recurrent {
+            if c.has_attention(i) {
                 kv_slot += 1;
             }
         }
@@ -640,7 +658,7 @@ impl<'a, B: Backend> Model<'a, B> {
                 let ffn = match (&l.ffn, &c.moe) {
                     (Ffn::Dense(gate_up, _), _) => widest(gate_up, &[ff, ff]),
                     (Ffn::Moe(moe), Some(m)) => moe.stacked_width(m),
-                    (Ffn::Moe(_), None) => 0,
+                    (Ffn::Moe(_), None) | (Ffn::UpSquaredRelu(..) | Ffn::None, _) => 0,
                 };
                 let q = if c.attn_output_gate { 2 * q } else { q };
                 widest(&l.qkv, &[q, kv, kv]).max(ffn)
@@ -1469,10 +1487,12 @@ impl<'a, B: Backend> Model<'a, B> {
             self.temper(sc, n)?;
         }
         let mixed = match (&layer.delta, &layer.conv, &layer.mamba) {
+            // A feed-forward block alone (Nemotron-H's): its input is `xn`.
+            _ if c.is_ffn_only(li) => None,
             (Some(dn), _, _) => {
                 let dc = c.delta_net.as_ref().ok_or_else(|| no_room("delta net"))?;
                 dn.run(b, sc, (c, dc, li), n, states)?;
-                true
+                Some(true)
             }
             (_, Some(conv), _) => {
                 let cc = c
@@ -1480,35 +1500,66 @@ impl<'a, B: Backend> Model<'a, B> {
                     .as_ref()
                     .ok_or_else(|| no_room("short convolution"))?;
                 conv.run(b, sc, (c, cc, li), n, states)?;
-                true
+                Some(true)
             }
             (_, _, Some(mamba)) => {
                 let m = c.mamba.as_ref().ok_or_else(|| no_room("Mamba-2 mixer"))?;
                 mamba.run(b, sc, (c, m, li), n, states)?;
-                true
+                Some(true)
             }
-            _ => false,
+            _ => Some(false),
         };
-        match mixed {
-            true => self.mixer_output(sc, li, n)?,
-            false => self.attention(sc, (n, li), runs, &mut attend)?,
+        if let Some(recurrent) = mixed {
+            match recurrent {
+                true => self.mixer_output(sc, li, n)?,
+                false => self.attention(sc, (n, li), runs, &mut attend)?,
+            }
+            if let Some(bo) = &layer.bo {
+                b.add_row_inplace(&mut sc.proj, bo, n)?;
+            }
+            if let Some(s) = c.residual_scale {
+                b.scale_inplace(&mut sc.proj, s, n * d)?;
+            }
+            // A mixer alone (Nemotron-H's) ends its block.
+            if matches!(layer.ffn, Ffn::None) {
+                return self.block_end(sc, (n, li), None);
+            }
+            residual(
+                b,
+                sc,
+                layer.post_attn_norm.as_ref(),
+                layer.ffn_norm.as_ref(),
+                eps,
+                n,
+                d,
+            )?;
         }
-        if let Some(bo) = &layer.bo {
-            b.add_row_inplace(&mut sc.proj, bo, n)?;
-        }
-        if let Some(s) = c.residual_scale {
-            b.scale_inplace(&mut sc.proj, s, n * d)?;
-        }
-        residual(
-            b,
-            sc,
-            layer.post_attn_norm.as_ref(),
-            layer.ffn_norm.as_ref(),
-            eps,
-            n,
-            d,
-        )?;
         match &layer.ffn {
+            Ffn::None => {}
+            Ffn::UpSquaredRelu(up, down) => {
+                let ff = c.ffn_dim;
+                b.matmul(&mut sc.ws, up, &sc.xn, n, &mut sc.gate)?;
+                let (x, out) = ((&sc.xn, n, d), (&mut sc.gate, ff));
+                self.adapt(
+                    &mut sc.ws,
+                    (&mut sc.lora, &mut sc.seen),
+                    runs,
+                    Some((li, Target::Up)),
+                    x,
+                    out,
+                )?;
+                b.relu_squared_inplace(&mut sc.gate, n * ff)?;
+                b.matmul(&mut sc.ws, down, &sc.gate, n, &mut sc.proj)?;
+                let (x, out) = ((&sc.gate, n, ff), (&mut sc.proj, d));
+                self.adapt(
+                    &mut sc.ws,
+                    (&mut sc.lora, &mut sc.seen),
+                    runs,
+                    Some((li, Target::Down)),
+                    x,
+                    out,
+                )?;
+            }
             Ffn::Dense(gate_up, down) => {
                 self.dense_ffn(sc, (n, li, layer.fused.gate_up), runs, gate_up, down)?
             }
@@ -1534,11 +1585,23 @@ impl<'a, B: Backend> Model<'a, B> {
         if let Some(s) = c.residual_scale {
             b.scale_inplace(&mut sc.proj, s, n * d)?;
         }
-        match (self.layers.get(li + 1), &layer.post_ffn_norm) {
-            (Some(next), post) => {
-                residual(b, sc, post.as_ref(), next.attn_norm.as_ref(), eps, n, d)?
-            }
-            (None, post) => {
+        self.block_end(sc, (n, li), layer.post_ffn_norm.as_ref())
+    }
+
+    /// The end of block `li`: its last part's output `sc.proj` (normed by
+    /// `post`, where there is a norm after it) joins the residual stream,
+    /// and `sc.xn` becomes the next block's input (none after the last).
+    fn block_end(
+        &self,
+        sc: &mut Scratch<B>,
+        (n, li): (usize, usize),
+        post: Option<&B::Buffer>,
+    ) -> Result<()> {
+        let (b, c) = (self.backend, &self.config);
+        let (d, eps) = (c.d_model, c.rms_eps);
+        match self.layers.get(li + 1) {
+            Some(next) => residual(b, sc, post, next.attn_norm.as_ref(), eps, n, d)?,
+            None => {
                 if let Some(pw) = post {
                     b.rms_norm_inplace(&mut sc.proj, pw, eps, n)?;
                 }
@@ -1572,7 +1635,11 @@ impl<'a, B: Backend> Model<'a, B> {
             _ => (None, 0, ""),
         };
         let out = out.ok_or_else(|| no_room("recurrent block"))?;
-        b.matmul(ws, &self.layers[li].wo, out, n, proj)?;
+        let wo = self.layers[li]
+            .wo
+            .as_ref()
+            .ok_or_else(|| no_room("mixer's output"))?;
+        b.matmul(ws, wo, out, n, proj)?;
         if let Some(seen) = seen {
             let name = format!("blk.{li}.{name}.weight");
             seen.observe_named(b, ws, &name, (out, n, width))?;
@@ -1722,9 +1789,13 @@ impl<'a, B: Backend> Model<'a, B> {
             b.sigmoid_mul_inplace(&mut sc.att, &ds.gate, n * c.q_dim())?;
         }
         match (&layer.mla, &c.mla) {
-            (Some(mla), Some(m)) => mla.output(b, sc, (c, m, li), &layer.wo, n)?,
+            (Some(mla), Some(m)) => {
+                let wo = layer.wo.as_ref().ok_or_else(|| no_room("mixer's output"))?;
+                mla.output(b, sc, (c, m, li), wo, n)?
+            }
             _ => {
-                b.matmul(&mut sc.ws, &layer.wo, &sc.att, n, &mut sc.proj)?;
+                let wo = layer.wo.as_ref().ok_or_else(|| no_room("mixer's output"))?;
+                b.matmul(&mut sc.ws, wo, &sc.att, n, &mut sc.proj)?;
                 let (x, out) = ((&sc.att, n, c.q_dim()), (&mut sc.proj, d));
                 self.adapt(
                     &mut sc.ws,

@@ -198,6 +198,9 @@ impl SyntheticLayout {
         if arch == "granitehybrid" {
             return Ok(Self::tiny_granite_hybrid());
         }
+        if arch == "nemotron_h" {
+            return Ok(Self::tiny_nemotron_h());
+        }
         if arch == "lfm2moe" {
             // LFM2's blocks, the first dense, then 4 experts 32 wide (2 a
             // token) chosen by sigmoid scores with a selection bias.
@@ -845,6 +848,83 @@ impl SyntheticLayout {
         add("output_norm.weight".into(), vec![d]);
         Self {
             arch: "granitehybrid".into(),
+            hparams: hp,
+            vocab_size: 300,
+            tensors,
+        }
+    }
+
+    /// A tiny Nemotron-H: five blocks, each one part: Mamba-2 mixers
+    /// (128 wide: 8 heads of 16 in 2 groups, a state of 16, 4 taps) first
+    /// and last, feed-forward networks (128 wide, squared ReLUs) second and
+    /// fourth, attention (4 query heads over 2 KV heads of 16, no RoPE)
+    /// third; its own output matrix.
+    fn tiny_nemotron_h() -> Self {
+        let (d, hd) = (64u64, 16u64);
+        let (inner, state, heads, groups, taps) = (128u64, 16u64, 8u64, 2u64, 4u64);
+        let kv = [0u32, 0, 2, 0, 0];
+        let ff = [0u32, 128, 0, 128, 0];
+        let k = |n: &str| format!("nemotron_h.{n}");
+        let list = |v: &[u32]| MetadataValue::Array(MetadataArray::U32(v.to_vec()));
+        let mut hp = vec![
+            u32_kv(&k("attention.head_count"), 4),
+            (k("attention.head_count_kv"), list(&kv)),
+            u32_kv(&k("attention.key_length"), hd as u32),
+            u32_kv(&k("attention.value_length"), hd as u32),
+            f32_kv(&k("attention.layer_norm_epsilon"), 1e-5),
+            f32_kv(&k("attention.layer_norm_rms_epsilon"), 1e-5),
+            u32_kv(&k("block_count"), kv.len() as u32),
+            u32_kv(&k("context_length"), 256),
+            u32_kv(&k("embedding_length"), d as u32),
+            (k("feed_forward_length"), list(&ff)),
+            u32_kv(&k("ssm.conv_kernel"), taps as u32),
+            u32_kv(&k("ssm.group_count"), groups as u32),
+            u32_kv(&k("ssm.inner_size"), inner as u32),
+            u32_kv(&k("ssm.state_size"), state as u32),
+            u32_kv(&k("ssm.time_step_rank"), heads as u32),
+        ];
+        hp.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut tensors = Vec::new();
+        let mut add = |name: String, shape: Vec<u64>| {
+            let vector = shape.iter().filter(|&&d| d > 1).count() <= 1
+                || name.ends_with("_norm.weight")
+                || name.ends_with("ssm_conv1d.weight");
+            let dtype = if vector {
+                GgmlType::F32
+            } else {
+                GgmlType::Q8_0
+            };
+            tensors.push(SyntheticTensor { name, shape, dtype });
+        };
+        add("token_embd.weight".into(), vec![d, 300]);
+        let ch = inner + 2 * groups * state;
+        for (l, (&kv_heads, &width)) in kv.iter().zip(&ff).enumerate() {
+            let mut blk = |n: &str, shape: Vec<u64>| add(format!("blk.{l}.{n}"), shape);
+            blk("attn_norm.weight", vec![d]);
+            if width > 0 {
+                blk("ffn_up.weight", vec![d, u64::from(width)]);
+                blk("ffn_down.weight", vec![u64::from(width), d]);
+            } else if kv_heads > 0 {
+                let kvd = u64::from(kv_heads) * hd;
+                blk("attn_q.weight", vec![d, 4 * hd]);
+                blk("attn_k.weight", vec![d, kvd]);
+                blk("attn_v.weight", vec![d, kvd]);
+                blk("attn_output.weight", vec![4 * hd, d]);
+            } else {
+                blk("ssm_in.weight", vec![d, inner + ch + heads]);
+                blk("ssm_conv1d.weight", vec![taps, ch]);
+                blk("ssm_conv1d.bias", vec![ch]);
+                blk("ssm_dt.bias", vec![heads]);
+                blk("ssm_a", vec![1, heads]);
+                blk("ssm_d", vec![1, heads]);
+                blk("ssm_norm.weight", vec![inner / groups, groups]);
+                blk("ssm_out.weight", vec![inner, d]);
+            }
+        }
+        add("output_norm.weight".into(), vec![d]);
+        add("output.weight".into(), vec![d, 300]);
+        Self {
+            arch: "nemotron_h".into(),
             hparams: hp,
             vocab_size: 300,
             tensors,

@@ -306,6 +306,7 @@ fn experts_batch_across_sessions() {
         "tiny-lfm2",
         "tiny-granitehybrid-moe",
         "tiny-lfm2moe",
+        "tiny-nemotron_h",
     ] {
         let bytes = SyntheticLayout::by_name(name).unwrap().write(3).unwrap();
         let file = Gguf::from_bytes(&bytes[..]).unwrap();
@@ -672,7 +673,12 @@ fn latent_keys_shift_in_their_rotated_values_only() {
 #[test]
 fn recurrent_states_restore_and_restart() {
     let cpu = CpuBackend::new().unwrap();
-    for name in ["tiny-qwen35", "tiny-lfm2", "tiny-granitehybrid"] {
+    for name in [
+        "tiny-qwen35",
+        "tiny-lfm2",
+        "tiny-granitehybrid",
+        "tiny-nemotron_h",
+    ] {
         let bytes = SyntheticLayout::by_name(name).unwrap().write(3).unwrap();
         let file = Gguf::from_bytes(&bytes[..]).unwrap();
         let model = Model::load(&file, &cpu).unwrap();
