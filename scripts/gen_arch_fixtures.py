@@ -231,6 +231,10 @@ CASES = [
     # without RoPE, feed-forward networks of squared ReLUs).
     case("nemotron_h", "tiny-nemotron_h"),
     case("nemotron_h-q8_0", "tiny-nemotron_h", matrix_type="q8_0"),
+    # Nemotron 3 Nano's: experts of squared ReLUs with a selection bias and
+    # a shared expert.
+    case("nemotron_h_moe", "tiny-nemotron_h_moe"),
+    case("nemotron_h_moe-q8_0", "tiny-nemotron_h_moe", matrix_type="q8_0"),
     # Gemma (1): a GELU gate, NeoX RoPE, scaled embeddings.
     case("gemma", "tiny-gemma"),
     case("gemma2", "tiny-gemma2"),

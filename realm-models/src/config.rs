@@ -124,6 +124,11 @@ pub enum Architecture {
     /// feed-forward network of squared ReLUs without a gate (a
     /// feed-forward width).
     NemotronH,
+    /// Nemotron-H's mixtures of experts (nemotron_h_moe: NVIDIA Nemotron 3
+    /// Nano 30B-A3B): Nemotron-H's blocks, the feed-forward ones experts
+    /// of squared ReLUs without a gate, scored by sigmoids with a selection
+    /// bias, and an ungated shared expert of the same kind.
+    NemotronHMoe,
 }
 
 impl Architecture {
@@ -163,6 +168,7 @@ impl Architecture {
             "granitehybrid" => Self::GraniteHybrid,
             "lfm2moe" => Self::Lfm2Moe,
             "nemotron_h" => Self::NemotronH,
+            "nemotron_h_moe" => Self::NemotronHMoe,
             other => return Err(Error::UnknownArchitecture(other.to_string())),
         })
     }
@@ -203,6 +209,7 @@ impl Architecture {
             Self::GraniteHybrid => "granitehybrid",
             Self::Lfm2Moe => "lfm2moe",
             Self::NemotronH => "nemotron_h",
+            Self::NemotronHMoe => "nemotron_h_moe",
         }
     }
 }
@@ -309,6 +316,8 @@ pub enum ExpertActivation {
         /// Cap of the gate and clamp of the up (7).
         limit: f32,
     },
+    /// `max(up, 0)^2`, no gate (Nemotron-H's).
+    SquaredRelu,
 }
 
 /// Everything a forward pass needs to know about the model's shape.
@@ -632,6 +641,7 @@ impl ModelConfig {
                         | Architecture::Lfm2Moe
                         | Architecture::GraniteHybrid
                         | Architecture::NemotronH
+                        | Architecture::NemotronHMoe
                 ) =>
             {
                 Some(layer_counts(a)?)
@@ -680,6 +690,7 @@ impl ModelConfig {
         let gemma = gemma2 || gemma3;
         let gpt_oss = arch == Architecture::GptOss;
         let qwen35 = matches!(arch, Architecture::Qwen35 | Architecture::Qwen35Moe);
+        let nemotron = matches!(arch, Architecture::NemotronH | Architecture::NemotronHMoe);
         let olmo2 = arch == Architecture::Olmo2;
         let exaone4 = arch == Architecture::Exaone4;
         // llama.cpp gives EXAONE 4 a window (4096 unless set) where it has
@@ -732,9 +743,7 @@ impl ModelConfig {
         // gpt-oss's files may give only the experts' width.
         // Nemotron-H's feed-forward width a block, 0 for its mixers.
         let ff_per_layer = match md.get(&key("feed_forward_length")) {
-            Some(MetadataValue::Array(a)) if arch == Architecture::NemotronH => {
-                Some(layer_counts(a)?)
-            }
+            Some(MetadataValue::Array(a)) if nemotron => Some(layer_counts(a)?),
             _ => None,
         };
         let ffn_dim = match (arch, &ff_per_layer) {
@@ -770,7 +779,7 @@ impl ModelConfig {
             rms_eps: match (arch, opt_f("attention.layer_norm_rms_epsilon")?) {
                 (_, Some(e)) => e,
                 // (Nemotron-H's files may give only the plain norm's.)
-                (Architecture::NemotronH, None) => {
+                (Architecture::NemotronH | Architecture::NemotronHMoe, None) => {
                     opt_f("attention.layer_norm_epsilon")?.unwrap_or(1e-5)
                 }
                 (_, None) => 1e-5,
@@ -808,7 +817,8 @@ impl ModelConfig {
                 | Architecture::Granite
                 | Architecture::GraniteMoe
                 | Architecture::GraniteHybrid
-                | Architecture::NemotronH => RopeMode::Normal,
+                | Architecture::NemotronH
+                | Architecture::NemotronHMoe => RopeMode::Normal,
                 Architecture::Qwen2
                 | Architecture::Qwen2Moe
                 | Architecture::Qwen3
@@ -869,6 +879,7 @@ impl ModelConfig {
                                 | Architecture::GraniteMoe
                                 | Architecture::GraniteHybrid
                                 | Architecture::NemotronH
+                                | Architecture::NemotronHMoe
                         ) =>
                 {
                     s
@@ -906,7 +917,7 @@ impl ModelConfig {
                 Architecture::SmolLM3 => Some(4),
                 Architecture::GraniteHybrid if !rope_finetuned => Some(1),
                 // (Nemotron-H's attention has no RoPE.)
-                Architecture::NemotronH => Some(1),
+                _ if nemotron => Some(1),
                 _ => None,
             },
             attn_softcap,
@@ -945,7 +956,7 @@ impl ModelConfig {
         if arch == Architecture::Deepseek2 {
             mla_config(md, &mut cfg)?;
         }
-        if arch == Architecture::NemotronH {
+        if nemotron {
             let kv = kv_per_layer.as_deref().unwrap_or_default();
             let ff = ff_per_layer.as_deref().unwrap_or_default();
             if kv.len() < cfg.n_layers || ff.len() < cfg.n_layers {
@@ -961,7 +972,7 @@ impl ModelConfig {
             }
             cfg.ffn_blocks = Some(ff[..cfg.n_layers].iter().map(|&f| f > 0).collect());
         }
-        if matches!(arch, Architecture::GraniteHybrid | Architecture::NemotronH) {
+        if arch == Architecture::GraniteHybrid || nemotron {
             let kv = kv_per_layer.as_deref().ok_or_else(|| {
                 Error::BadConfig(format!("{p}.attention.head_count_kv must be a list"))
             })?;
@@ -1172,6 +1183,7 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
         Architecture::Dots1 | Architecture::BailingMoe2 | Architecture::Deepseek2
     );
     let lfm2 = arch == Architecture::Lfm2Moe;
+    let nemotron = matches!(arch, Architecture::NemotronH | Architecture::NemotronHMoe);
     match (arch, experts) {
         (
             Architecture::Qwen2Moe
@@ -1184,7 +1196,8 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
             | Architecture::Dots1
             | Architecture::BailingMoe2
             | Architecture::Qwen35Moe
-            | Architecture::Lfm2Moe,
+            | Architecture::Lfm2Moe
+            | Architecture::NemotronHMoe,
             0,
         ) => return Err(Error::BadConfig(format!("{p} needs an expert_count"))),
         (_, 0) => return Ok(None),
@@ -1204,7 +1217,9 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
             | Architecture::Deepseek2
             | Architecture::Qwen35Moe
             | Architecture::GraniteHybrid
-            | Architecture::Lfm2Moe,
+            | Architecture::Lfm2Moe
+            | Architecture::NemotronH
+            | Architecture::NemotronHMoe,
             _,
         ) => {}
         (other, _) => {
@@ -1246,11 +1261,15 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
                 "{p} needs an expert_feed_forward_length"
             )))
         }
-        Some(f) if f > 0 && (qwen || gpt_oss || glm) => f as usize,
-        _ if qwen || glm => ffn / used,
+        Some(f) if f > 0 && (qwen || gpt_oss || glm || nemotron) => f as usize,
+        _ if qwen || glm || nemotron => ffn / used,
         _ => ffn,
     };
     let shared_ffn_dim = match arch {
+        // (Nemotron-H's shared expert must have a width.)
+        _ if nemotron => {
+            Some(md.get_u32(&format!("{p}.expert_shared_feed_forward_length"))? as usize)
+        }
         Architecture::Qwen2Moe | Architecture::Qwen35Moe => {
             match get("expert_shared_feed_forward_length")? {
                 Some(f) if f > 0 => Some(f as usize),
@@ -1295,11 +1314,14 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
         Architecture::Glm4Moe
         | Architecture::Dots1
         | Architecture::BailingMoe2
-        | Architecture::Deepseek2 => md.get(&norm_key).is_some() && md.get_bool(&norm_key)?,
+        | Architecture::Deepseek2
+        | Architecture::NemotronH
+        | Architecture::NemotronHMoe => md.get(&norm_key).is_some() && md.get_bool(&norm_key)?,
         _ => true,
     };
     let gating = match arch {
         Architecture::GptOss => Gating::SoftmaxChosen,
+        _ if nemotron => Gating::Sigmoid,
         // llama.cpp's `expert_gating_func` (GLM-4.5's sigmoid unless set;
         // the others' must be set).
         Architecture::Glm4Moe
@@ -1370,14 +1392,18 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
                 alpha: 1.702,
                 limit: 7.0,
             }
+        } else if nemotron {
+            ExpertActivation::SquaredRelu
         } else {
             ExpertActivation::Swiglu
         },
         biases: gpt_oss,
         selection_bias: match arch {
-            Architecture::Glm4Moe | Architecture::MinimaxM2 | Architecture::Lfm2Moe => {
-                SelectionBias::Required
-            }
+            Architecture::Glm4Moe
+            | Architecture::MinimaxM2
+            | Architecture::Lfm2Moe
+            | Architecture::NemotronH
+            | Architecture::NemotronHMoe => SelectionBias::Required,
             Architecture::Ernie45Moe
             | Architecture::Dots1
             | Architecture::BailingMoe2

@@ -468,11 +468,11 @@ impl<'a, B: Backend> Model<'a, B> {
                 },
                 ffn: match &c.moe {
                     _ if mixer_only => Ffn::None,
+                    Some(m) if m.is_moe_layer(i) => Ffn::Moe(Moe::load(file, backend, i, m, d)?),
                     _ if ffn_only => Ffn::UpSquaredRelu(
                         weight(&n("ffn_up.weight"), ff, d)?,
                         weight(&n("ffn_down.weight"), d, ff)?,
                     ),
-                    Some(m) if m.is_moe_layer(i) => Ffn::Moe(Moe::load(file, backend, i, m, d)?),
                     // Gate and up in one matrix (Phi 3's `ffn_up`), gate first.
                     _ if fused.gate_up => Ffn::Dense(
                         Group {

@@ -201,6 +201,54 @@ impl SyntheticLayout {
         if arch == "nemotron_h" {
             return Ok(Self::tiny_nemotron_h());
         }
+        if arch == "nemotron_h_moe" {
+            // Nemotron-H's blocks, the feed-forward ones 4 experts 32 wide
+            // (2 a token) of squared ReLUs, chosen by sigmoid scores with a
+            // selection bias, renormalised and scaled by 2.5, and a shared
+            // expert 64 wide.
+            let mut l = Self::tiny_nemotron_h();
+            l.arch = arch.into();
+            l.hparams = l
+                .hparams
+                .into_iter()
+                .map(|(k, v)| (k.replacen("nemotron_h.", "nemotron_h_moe.", 1), v))
+                .collect();
+            let k = |n: &str| format!("nemotron_h_moe.{n}");
+            let mut tensors = Vec::new();
+            for t in l.tensors {
+                let Some(blk) = t.name.strip_suffix(".ffn_up.weight") else {
+                    if !t.name.ends_with(".ffn_down.weight") {
+                        tensors.push(t);
+                    }
+                    continue;
+                };
+                let (d, dt) = (t.shape[0], t.dtype);
+                let mut add = |n: &str, shape: Vec<u64>, dtype| {
+                    tensors.push(SyntheticTensor {
+                        name: format!("{blk}.{n}"),
+                        shape,
+                        dtype,
+                    })
+                };
+                add("ffn_gate_inp.weight", vec![d, 4], dt);
+                add("exp_probs_b.bias", vec![4], GgmlType::F32);
+                add("ffn_up_exps.weight", vec![d, 32, 4], dt);
+                add("ffn_down_exps.weight", vec![32, d, 4], dt);
+                add("ffn_up_shexp.weight", vec![d, 64], dt);
+                add("ffn_down_shexp.weight", vec![64, d], dt);
+            }
+            l.tensors = tensors;
+            return Ok(l
+                .with_hparam(&k("expert_count"), MetadataValue::U32(4))
+                .with_hparam(&k("expert_used_count"), MetadataValue::U32(2))
+                .with_hparam(&k("expert_feed_forward_length"), MetadataValue::U32(32))
+                .with_hparam(
+                    &k("expert_shared_feed_forward_length"),
+                    MetadataValue::U32(64),
+                )
+                .with_hparam(&k("expert_weights_norm"), MetadataValue::Bool(true))
+                .with_hparam(&k("expert_weights_scale"), MetadataValue::F32(2.5)));
+        }
         if arch == "lfm2moe" {
             // LFM2's blocks, the first dense, then 4 experts 32 wide (2 a
             // token) chosen by sigmoid scores with a selection bias.

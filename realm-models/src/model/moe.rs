@@ -51,6 +51,8 @@ pub(crate) struct Moe<'a, B: Backend + 'a> {
 enum GateUp<W> {
     Split(W, W),
     Fused(W),
+    /// No gate: an up product alone (Nemotron-H's squared ReLUs).
+    Up(W),
 }
 
 /// A block's biases: the router's on the host (beside the routing), and
@@ -61,12 +63,14 @@ struct Biases<B: Backend> {
     experts: Vec<[B::Buffer; 3]>,
 }
 
-/// A shared expert: its router's row (where its output is gated) and its
-/// gate, up and down.
+/// A shared expert: its router's row (where its output is gated), its
+/// gate (none for squared ReLUs), up and down.
 #[derive(Debug)]
 struct Shared<'a, B: Backend + 'a> {
     router: Option<Vec<f32>>,
-    ffn: [B::Weight<'a>; 3],
+    gate: Option<B::Weight<'a>>,
+    up: B::Weight<'a>,
+    down: B::Weight<'a>,
 }
 
 /// Host memory for a call's routing and expert outputs (kept between
@@ -106,8 +110,20 @@ impl<'a, B: Backend + 'a> Moe<'a, B> {
         let slices = |short: &str, rows: usize, cols: usize| {
             super::slices(backend, &file.tensor(&name(short))?, rows, cols, m.experts)
         };
+        // (Nemotron 3 Super's experts in a latent space are not run.)
+        if file.tensor(&name("ffn_latent_down.weight")).is_ok() {
+            return Err(Error::BadConfig(format!(
+                "{} (experts in a latent space) is not supported",
+                name("ffn_latent_down.weight")
+            )));
+        }
+        let gateless = m.activation == ExpertActivation::SquaredRelu;
         let gate_up: Vec<GateUp<B::Weight<'a>>> =
             match file.tensor(&name("ffn_gate_up_exps.weight")) {
+                _ if gateless => slices("ffn_up_exps.weight", m.ffn_dim, d)?
+                    .into_iter()
+                    .map(GateUp::Up)
+                    .collect(),
                 Ok(_) => slices("ffn_gate_up_exps.weight", 2 * m.ffn_dim, d)?
                     .into_iter()
                     .map(GateUp::Fused)
@@ -146,11 +162,12 @@ impl<'a, B: Backend + 'a> Moe<'a, B> {
                 };
                 Some(Shared {
                     router,
-                    ffn: [
-                        w("ffn_gate_shexp.weight", ff, d)?,
-                        w("ffn_up_shexp.weight", ff, d)?,
-                        w("ffn_down_shexp.weight", d, ff)?,
-                    ],
+                    gate: match gateless {
+                        true => None,
+                        false => Some(w("ffn_gate_shexp.weight", ff, d)?),
+                    },
+                    up: w("ffn_up_shexp.weight", ff, d)?,
+                    down: w("ffn_down_shexp.weight", d, ff)?,
                 })
             }
             None => None,
@@ -328,6 +345,8 @@ impl<B: Backend> Moe<'_, B> {
                         &mut [&mut *buf.gate, &mut *buf.up],
                     )?;
                 }
+                // (The activation reads `gate`.)
+                GateUp::Up(u) => b.matmul(buf.ws, u, input, rows, buf.gate)?,
             }
             let bias = self.biases.as_ref().map(|bs| &bs.experts[x]);
             if let Some([g, u, _]) = bias {
@@ -339,11 +358,13 @@ impl<B: Backend> Moe<'_, B> {
                 ExpertActivation::SwigluOai { alpha, limit } => {
                     b.swiglu_oai_inplace(buf.gate, buf.up, (alpha, limit), rows * ff)?
                 }
+                ExpertActivation::SquaredRelu => b.relu_squared_inplace(buf.gate, rows * ff)?,
             }
             if let Some(c) = buf.seen.as_deref_mut() {
                 let inputs: &[&str] = match gate_up {
                     GateUp::Split(..) => &["gate_exps", "up_exps"],
                     GateUp::Fused(_) => &["gate_up_exps"],
+                    GateUp::Up(_) => &["up_exps"],
                 };
                 for s in inputs {
                     c.observe_expert(b, buf.ws, &name(s), (x, e), (input, rows, d))?;
@@ -375,21 +396,30 @@ impl<B: Backend> Moe<'_, B> {
             }
         }
         if let (Some(sh), Some(ff)) = (&self.shared, m.shared_ffn_dim) {
-            let w = &sh.ffn;
-            b.matmul(buf.ws, &w[0], buf.xn, n, buf.gate)?;
-            b.matmul(buf.ws, &w[1], buf.xn, n, buf.up)?;
-            b.swiglu_inplace(buf.gate, buf.up, n * ff)?;
+            match &sh.gate {
+                Some(g) => {
+                    b.matmul(buf.ws, g, buf.xn, n, buf.gate)?;
+                    b.matmul(buf.ws, &sh.up, buf.xn, n, buf.up)?;
+                    b.swiglu_inplace(buf.gate, buf.up, n * ff)?;
+                }
+                None => {
+                    b.matmul(buf.ws, &sh.up, buf.xn, n, buf.gate)?;
+                    b.relu_squared_inplace(buf.gate, n * ff)?;
+                }
+            }
             if let Some(c) = buf.seen.as_deref_mut() {
                 let gated = sh.router.is_some();
+                let has_gate = sh.gate.is_some();
                 for s in ["gate_inp_shexp", "gate_shexp", "up_shexp"]
                     .into_iter()
                     .filter(|&s| gated || s != "gate_inp_shexp")
+                    .filter(|&s| has_gate || s != "gate_shexp")
                 {
                     c.observe_named(b, buf.ws, &name(s), (buf.xn, n, d))?;
                 }
                 c.observe_named(b, buf.ws, &name("down_shexp"), (buf.gate, n, ff))?;
             }
-            b.matmul(buf.ws, &w[2], buf.gate, n, buf.out)?;
+            b.matmul(buf.ws, &sh.down, buf.gate, n, buf.out)?;
             h.y.resize(n * d, 0.0);
             b.download(buf.out, &mut h.y)?;
             let rows = h.out.chunks_exact_mut(d).zip(h.y.chunks_exact(d));
