@@ -68,7 +68,7 @@ fn gpt_oss_is_refused_at_load() {
 }
 
 /// Every architecture's `SyntheticLayout::tiny` the GPU backend runs.
-const ARCHS: [&str; 32] = [
+const ARCHS: [&str; 33] = [
     "llama",
     "mistral",
     "mistral3",
@@ -101,6 +101,7 @@ const ARCHS: [&str; 32] = [
     "granitehybrid",
     "lfm2moe",
     "nemotron_h",
+    "nemotron_h_moe",
 ];
 
 /// Prefill of `prompt` in chunks of `batch`, then greedy decoding fed with
