@@ -93,11 +93,12 @@ impl PreOptions {
             "gpt2" | "gpt-2" | "phi-2" | "mpt" | "olmo" | "jais" | "exaone4" => {
                 o(Gpt2, false, true, false)
             }
-            "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "pixtral" | "lfm2" => {
-                o(Llama3, true, true, true)
-            }
+            "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral"
+            | "midm-2.0" | "lfm2" | "jina-v5-nano" => o(Llama3, true, true, true),
             "dbrx" | "smaug-bpe" => o(Llama3, false, true, false),
-            "qwen2" | "deepseek-r1-qwen" => o(Qwen2, false, false, false),
+            "qwen2" | "deepseek-r1-qwen" | "kormo" | "f2llmv2" | "hunyuan" | "solar-open" => {
+                o(Qwen2, false, false, false)
+            }
             "qwen35" => o(Qwen35, false, false, false),
             "stablelm2" | "megrez" => o(Qwen2, false, true, false),
             "starcoder" | "refact" | "codeshell" | "exaone" | "minerva-7b" => {
@@ -123,7 +124,8 @@ impl PreOptions {
             other => {
                 return Err(Error::Tokenizer(format!(
                     "unsupported pre-tokenizer `{other}` (tokenizer.ggml.pre); supported: \
-                     default, gpt2, llama3, llama-bpe, lfm2, qwen2, qwen35, stablelm2, dbrx, smaug-bpe, \
+                     default, gpt2, llama3, llama-bpe, falcon-h1, lfm2, qwen2, qwen35, hunyuan, \
+                     solar-open, stablelm2, dbrx, smaug-bpe, \
                      starcoder, smollm, refact, command-r, codeshell, deepseek-llm, gpt-4o, \
                      llama4, minimax-m2, tekken, glm4, glm5, chatglm-bpe, seed-coder, \
                      bailingmoe, bailingmoe2, llada-moe, deepseek-v3, hunyuan-dense, hy_v4, \
@@ -1085,6 +1087,19 @@ mod tests {
             words(PreTokenizer::Tekken, "HelloWorld's 125 DON'T"),
             ["Hello", "World", "'s", " ", "1", "2", "5", " DON", "'T"]
         );
+    }
+
+    /// Names llama.cpp reads as another's (its groups of names) get that
+    /// one's options.
+    #[test]
+    fn llama_cpps_aliases_share_their_groups_options() {
+        let options = |n: &str| format!("{:?}", PreOptions::from_name(n).unwrap());
+        for n in ["falcon-h1", "midm-2.0", "lfm2", "jina-v5-nano"] {
+            assert_eq!(options(n), options("llama-bpe"), "{n}");
+        }
+        for n in ["kormo", "f2llmv2", "hunyuan", "solar-open"] {
+            assert_eq!(options(n), options("qwen2"), "{n}");
+        }
     }
 
     #[test]
