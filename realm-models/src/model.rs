@@ -1536,30 +1536,7 @@ impl<'a, B: Backend> Model<'a, B> {
         }
         match &layer.ffn {
             Ffn::None => {}
-            Ffn::UpSquaredRelu(up, down) => {
-                let ff = c.ffn_dim;
-                b.matmul(&mut sc.ws, up, &sc.xn, n, &mut sc.gate)?;
-                let (x, out) = ((&sc.xn, n, d), (&mut sc.gate, ff));
-                self.adapt(
-                    &mut sc.ws,
-                    (&mut sc.lora, &mut sc.seen),
-                    runs,
-                    Some((li, Target::Up)),
-                    x,
-                    out,
-                )?;
-                b.relu_squared_inplace(&mut sc.gate, n * ff)?;
-                b.matmul(&mut sc.ws, down, &sc.gate, n, &mut sc.proj)?;
-                let (x, out) = ((&sc.gate, n, ff), (&mut sc.proj, d));
-                self.adapt(
-                    &mut sc.ws,
-                    (&mut sc.lora, &mut sc.seen),
-                    runs,
-                    Some((li, Target::Down)),
-                    x,
-                    out,
-                )?;
-            }
+            Ffn::UpSquaredRelu(up, down) => self.squared_relu_ffn(sc, (n, li), runs, up, down)?,
             Ffn::Dense(gate_up, down) => {
                 self.dense_ffn(sc, (n, li, layer.fused.gate_up), runs, gate_up, down)?
             }
@@ -1877,6 +1854,29 @@ impl<B: Backend> Model<'_, B> {
 }
 
 impl<'a, B: Backend> Model<'a, B> {
+    /// Nemotron-H's feed-forward block (up, squared ReLUs, down; no gate)
+    /// over the first `n` rows of `sc.xn`, into `sc.proj`.
+    fn squared_relu_ffn(
+        &self,
+        sc: &mut Scratch<B>,
+        (n, li): (usize, usize),
+        runs: &[LoraRun<'_>],
+        up: &B::Weight<'a>,
+        down: &B::Weight<'a>,
+    ) -> Result<()> {
+        let b = self.backend;
+        let (d, ff) = (self.config.d_model, self.config.ffn_dim);
+        b.matmul(&mut sc.ws, up, &sc.xn, n, &mut sc.gate)?;
+        let lora = (&mut sc.lora, &mut sc.seen);
+        let (x, out) = ((&sc.xn, n, d), (&mut sc.gate, ff));
+        self.adapt(&mut sc.ws, lora, runs, Some((li, Target::Up)), x, out)?;
+        b.relu_squared_inplace(&mut sc.gate, n * ff)?;
+        b.matmul(&mut sc.ws, down, &sc.gate, n, &mut sc.proj)?;
+        let lora = (&mut sc.lora, &mut sc.seen);
+        let (x, out) = ((&sc.gate, n, ff), (&mut sc.proj, d));
+        self.adapt(&mut sc.ws, lora, runs, Some((li, Target::Down)), x, out)
+    }
+
     /// A dense feed-forward block over the first `n` rows of `sc.xn`, into
     /// `sc.proj`, with the rows' adapters `runs` (layer `li`; `fused`: its
     /// gate and up are one matrix).

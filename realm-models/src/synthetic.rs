@@ -59,6 +59,66 @@ struct GptOss {
     yarn: (f32, u32),
 }
 
+/// The Mamba-2 mixers of the tiny Granite 4.0 hybrid and Nemotron-H: 128
+/// wide, 8 heads of 16 in 2 groups, a state of 16, 4 taps.
+struct TinyMamba {
+    inner: u64,
+    state: u64,
+    heads: u64,
+    groups: u64,
+    taps: u64,
+}
+
+const TINY_MAMBA: TinyMamba = TinyMamba {
+    inner: 128,
+    state: 16,
+    heads: 8,
+    groups: 2,
+    taps: 4,
+};
+
+impl TinyMamba {
+    /// The `ssm.*` keys, named by `k`.
+    fn hparams(&self, k: &dyn Fn(&str) -> String) -> Vec<(String, MetadataValue)> {
+        vec![
+            u32_kv(&k("ssm.conv_kernel"), self.taps as u32),
+            u32_kv(&k("ssm.group_count"), self.groups as u32),
+            u32_kv(&k("ssm.inner_size"), self.inner as u32),
+            u32_kv(&k("ssm.state_size"), self.state as u32),
+            u32_kv(&k("ssm.time_step_rank"), self.heads as u32),
+        ]
+    }
+
+    /// A block's mixer tensors for a model `d` wide, through `blk`.
+    fn tensors(&self, d: u64, blk: &mut dyn FnMut(&str, Vec<u64>)) {
+        let ch = self.inner + 2 * self.groups * self.state;
+        blk("ssm_in.weight", vec![d, self.inner + ch + self.heads]);
+        blk("ssm_conv1d.weight", vec![self.taps, ch]);
+        blk("ssm_conv1d.bias", vec![ch]);
+        blk("ssm_dt.bias", vec![self.heads]);
+        blk("ssm_a", vec![1, self.heads]);
+        blk("ssm_d", vec![1, self.heads]);
+        blk(
+            "ssm_norm.weight",
+            vec![self.inner / self.groups, self.groups],
+        );
+        blk("ssm_out.weight", vec![self.inner, d]);
+    }
+
+    /// Vectors (one-row ones too), norms and the convolution f32, the
+    /// other matrices Q8_0.
+    fn dtype(name: &str, shape: &[u64]) -> GgmlType {
+        let vector = shape.iter().filter(|&&d| d > 1).count() <= 1
+            || name.ends_with("_norm.weight")
+            || name.ends_with("ssm_conv1d.weight");
+        if vector {
+            GgmlType::F32
+        } else {
+            GgmlType::Q8_0
+        }
+    }
+}
+
 /// Hyper-parameters of a Qwen 3.5 layout: every fourth block attention.
 struct Qwen35 {
     layers: u32,
@@ -206,13 +266,7 @@ impl SyntheticLayout {
             // (2 a token) of squared ReLUs, chosen by sigmoid scores with a
             // selection bias, renormalised and scaled by 2.5, and a shared
             // expert 64 wide.
-            let mut l = Self::tiny_nemotron_h();
-            l.arch = arch.into();
-            l.hparams = l
-                .hparams
-                .into_iter()
-                .map(|(k, v)| (k.replacen("nemotron_h.", "nemotron_h_moe.", 1), v))
-                .collect();
+            let mut l = Self::tiny_nemotron_h().renamed(arch);
             let k = |n: &str| format!("nemotron_h_moe.{n}");
             let mut tensors = Vec::new();
             for t in l.tensors {
@@ -252,13 +306,7 @@ impl SyntheticLayout {
         if arch == "lfm2moe" {
             // LFM2's blocks, the first dense, then 4 experts 32 wide (2 a
             // token) chosen by sigmoid scores with a selection bias.
-            let mut l = Self::tiny_lfm2();
-            l.arch = arch.into();
-            l.hparams = l
-                .hparams
-                .into_iter()
-                .map(|(k, v)| (k.replacen("lfm2.", "lfm2moe.", 1), v))
-                .collect();
+            let l = Self::tiny_lfm2().renamed(arch);
             let k = |n: &str| format!("lfm2moe.{n}");
             return l
                 .with_hparam(&k("leading_dense_block_count"), MetadataValue::U32(1))
@@ -269,13 +317,7 @@ impl SyntheticLayout {
         if arch == "qwen35moe" {
             // Qwen 3.5's blocks with 4 experts 32 wide (2 a token) and a
             // gated shared expert 64 wide.
-            let mut l = Self::tiny_qwen35();
-            l.arch = arch.into();
-            l.hparams = l
-                .hparams
-                .into_iter()
-                .map(|(k, v)| (k.replacen("qwen35.", "qwen35moe.", 1), v))
-                .collect();
+            let l = Self::tiny_qwen35().renamed(arch);
             return l
                 .with_hparam(
                     "qwen35moe.expert_feed_forward_length",
@@ -288,13 +330,7 @@ impl SyntheticLayout {
             .strip_suffix("moe")
             .filter(|a| ["qwen2", "qwen3", "granite"].contains(a))
         {
-            let mut l = Self::tiny(dense)?;
-            l.arch = arch.to_string();
-            l.hparams = l
-                .hparams
-                .into_iter()
-                .map(|(k, v)| (k.replacen(&format!("{dense}."), &format!("{arch}."), 1), v))
-                .collect();
+            let l = Self::tiny(dense)?.renamed(arch);
             // (Granite MoE's experts are as wide as its dense blocks.)
             let l = match dense {
                 "granite" => l,
@@ -468,6 +504,19 @@ impl SyntheticLayout {
             "bailingmoe2" => l.with_selected_experts(Some(64)),
             _ => Ok(l),
         }
+    }
+
+    /// The same layout under architecture `arch`: its hyper-parameters'
+    /// prefix too.
+    fn renamed(mut self, arch: &str) -> Self {
+        let old = format!("{}.", self.arch);
+        self.hparams = self
+            .hparams
+            .into_iter()
+            .map(|(k, v)| (k.replacen(&old, &format!("{arch}."), 1), v))
+            .collect();
+        self.arch = arch.into();
+        self
     }
 
     /// The layout with 4 experts (2 a token) in every block, or every
@@ -827,7 +876,6 @@ impl SyntheticLayout {
     /// 4 taps); Granite's multipliers; tied embeddings.
     fn tiny_granite_hybrid() -> Self {
         let (d, ff, hd) = (64u64, 128u64, 16u64);
-        let (inner, state, heads, groups, taps) = (128u64, 16u64, 8u64, 2u64, 4u64);
         let kv = [0u32, 0, 2, 0];
         let k = |n: &str| format!("granitehybrid.{n}");
         let mut hp = vec![
@@ -847,39 +895,20 @@ impl SyntheticLayout {
             u32_kv(&k("feed_forward_length"), ff as u32),
             f32_kv(&k("logit_scale"), 8.0),
             f32_kv(&k("residual_scale"), 0.22),
-            u32_kv(&k("ssm.conv_kernel"), taps as u32),
-            u32_kv(&k("ssm.group_count"), groups as u32),
-            u32_kv(&k("ssm.inner_size"), inner as u32),
-            u32_kv(&k("ssm.state_size"), state as u32),
-            u32_kv(&k("ssm.time_step_rank"), heads as u32),
         ];
+        hp.extend(TINY_MAMBA.hparams(&k));
         hp.sort_by(|a, b| a.0.cmp(&b.0));
         let mut tensors = Vec::new();
         let mut add = |name: String, shape: Vec<u64>| {
-            let vector = shape.iter().filter(|&&d| d > 1).count() <= 1
-                || name.ends_with("_norm.weight")
-                || name.ends_with("ssm_conv1d.weight");
-            let dtype = if vector {
-                GgmlType::F32
-            } else {
-                GgmlType::Q8_0
-            };
+            let dtype = TinyMamba::dtype(&name, &shape);
             tensors.push(SyntheticTensor { name, shape, dtype });
         };
         add("token_embd.weight".into(), vec![d, 300]);
-        let ch = inner + 2 * groups * state;
         for (l, &kv_heads) in kv.iter().enumerate() {
             let mut blk = |n: &str, shape: Vec<u64>| add(format!("blk.{l}.{n}"), shape);
             blk("attn_norm.weight", vec![d]);
             if kv_heads == 0 {
-                blk("ssm_in.weight", vec![d, inner + ch + heads]);
-                blk("ssm_conv1d.weight", vec![taps, ch]);
-                blk("ssm_conv1d.bias", vec![ch]);
-                blk("ssm_dt.bias", vec![heads]);
-                blk("ssm_a", vec![1, heads]);
-                blk("ssm_d", vec![1, heads]);
-                blk("ssm_norm.weight", vec![inner / groups, groups]);
-                blk("ssm_out.weight", vec![inner, d]);
+                TINY_MAMBA.tensors(d, &mut blk);
             } else {
                 let kvd = u64::from(kv_heads) * hd;
                 blk("attn_q.weight", vec![d, 4 * hd]);
@@ -909,7 +938,6 @@ impl SyntheticLayout {
     /// third; its own output matrix.
     fn tiny_nemotron_h() -> Self {
         let (d, hd) = (64u64, 16u64);
-        let (inner, state, heads, groups, taps) = (128u64, 16u64, 8u64, 2u64, 4u64);
         let kv = [0u32, 0, 2, 0, 0];
         let ff = [0u32, 128, 0, 128, 0];
         let k = |n: &str| format!("nemotron_h.{n}");
@@ -925,27 +953,15 @@ impl SyntheticLayout {
             u32_kv(&k("context_length"), 256),
             u32_kv(&k("embedding_length"), d as u32),
             (k("feed_forward_length"), list(&ff)),
-            u32_kv(&k("ssm.conv_kernel"), taps as u32),
-            u32_kv(&k("ssm.group_count"), groups as u32),
-            u32_kv(&k("ssm.inner_size"), inner as u32),
-            u32_kv(&k("ssm.state_size"), state as u32),
-            u32_kv(&k("ssm.time_step_rank"), heads as u32),
         ];
+        hp.extend(TINY_MAMBA.hparams(&k));
         hp.sort_by(|a, b| a.0.cmp(&b.0));
         let mut tensors = Vec::new();
         let mut add = |name: String, shape: Vec<u64>| {
-            let vector = shape.iter().filter(|&&d| d > 1).count() <= 1
-                || name.ends_with("_norm.weight")
-                || name.ends_with("ssm_conv1d.weight");
-            let dtype = if vector {
-                GgmlType::F32
-            } else {
-                GgmlType::Q8_0
-            };
+            let dtype = TinyMamba::dtype(&name, &shape);
             tensors.push(SyntheticTensor { name, shape, dtype });
         };
         add("token_embd.weight".into(), vec![d, 300]);
-        let ch = inner + 2 * groups * state;
         for (l, (&kv_heads, &width)) in kv.iter().zip(&ff).enumerate() {
             let mut blk = |n: &str, shape: Vec<u64>| add(format!("blk.{l}.{n}"), shape);
             blk("attn_norm.weight", vec![d]);
@@ -959,14 +975,7 @@ impl SyntheticLayout {
                 blk("attn_v.weight", vec![d, kvd]);
                 blk("attn_output.weight", vec![4 * hd, d]);
             } else {
-                blk("ssm_in.weight", vec![d, inner + ch + heads]);
-                blk("ssm_conv1d.weight", vec![taps, ch]);
-                blk("ssm_conv1d.bias", vec![ch]);
-                blk("ssm_dt.bias", vec![heads]);
-                blk("ssm_a", vec![1, heads]);
-                blk("ssm_d", vec![1, heads]);
-                blk("ssm_norm.weight", vec![inner / groups, groups]);
-                blk("ssm_out.weight", vec![inner, d]);
+                TINY_MAMBA.tensors(d, &mut blk);
             }
         }
         add("output_norm.weight".into(), vec![d]);

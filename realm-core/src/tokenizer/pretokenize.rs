@@ -216,9 +216,9 @@ impl Splitter {
         use PreTokenizer::*;
         match pre {
             Gpt2 => self.stage(gpt2),
-            Llama3 => self.stage(|c, out| llama3(c, 3, out)),
-            Qwen2 => self.stage(|c, out| llama3(c, 1, out)),
-            Qwen35 => self.stage(qwen35),
+            Llama3 => self.stage(|c, out| llama3(c, (3, false), out)),
+            Qwen2 => self.stage(|c, out| llama3(c, (1, false), out)),
+            Qwen35 => self.stage(|c, out| llama3(c, (1, true), out)),
             Gpt4o => self.stage(|c, out| by_matches(c, out, |c, p| o200k(c, p, O200K_GPT4O))),
             Tekken => self.stage(|c, out| by_matches(c, out, |c, p| o200k(c, p, O200K_TEKKEN))),
             Glm4 => self.stage(|c, out| by_matches(c, out, |c, p| collapsed_llama3(c, p, GLM4))),
@@ -340,36 +340,12 @@ fn gpt2(c: &Chunk<'_>, out: &mut Vec<usize>) {
 }
 
 /// LLaMA 3 (`max_digits` 3) and Qwen2 (`max_digits` 1):
-/// `(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`.
-fn llama3(c: &Chunk<'_>, max_digits: usize, out: &mut Vec<usize>) {
-    let mut last = c.start;
-    let mut pos = c.start;
-    while pos < c.end {
-        let cp = c.cp(pos);
-        let f = c.fl(pos);
-        if let Some(len) = contraction(c, pos, true) {
-            pos += len;
-            push_end(out, &mut last, pos);
-            continue;
-        }
-        let newline = cp == '\r' as u32 || cp == '\n' as u32;
-        if !(newline || f.is_number()) && (f.is_letter() || c.fl(pos + 1).is_letter()) {
-            pos += 1;
-            while c.fl(pos).is_letter() {
-                pos += 1;
-            }
-            push_end(out, &mut last, pos);
-            continue;
-        }
-        pos = numbers_marks_spaces(c, pos, (max_digits, false), out, &mut last);
-    }
-}
-
-/// Qwen 3.5's expression as llama.cpp scans it: Qwen 2's, its runs of
-/// letters taking combining marks too (a run may start at one), its runs
-/// of punctuation stopping at them.
-fn qwen35(c: &Chunk<'_>, out: &mut Vec<usize>) {
-    let wordy = |f: Flags| f.is_letter() || f.is_accent_mark();
+/// `(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`;
+/// with `marks`, Qwen 3.5's, as llama.cpp scans it: combining marks
+/// (`\p{M}`) in runs of letters (a run may start at one), not in runs of
+/// punctuation.
+fn llama3(c: &Chunk<'_>, (max_digits, marks): (usize, bool), out: &mut Vec<usize>) {
+    let wordy = |f: Flags| f.is_letter() || (marks && f.is_accent_mark());
     let mut last = c.start;
     let mut pos = c.start;
     while pos < c.end {
@@ -389,7 +365,7 @@ fn qwen35(c: &Chunk<'_>, out: &mut Vec<usize>) {
             push_end(out, &mut last, pos);
             continue;
         }
-        pos = numbers_marks_spaces(c, pos, (1, true), out, &mut last);
+        pos = numbers_marks_spaces(c, pos, (max_digits, marks), out, &mut last);
     }
 }
 

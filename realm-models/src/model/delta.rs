@@ -17,8 +17,8 @@
 use realm_core::backend::Backend;
 use realm_core::gguf::Gguf;
 
-use super::recurrent::{fetch, rms_scale, silu, softplus, state, Recurrent};
-use super::{checked_weight, f32_vec, Scratch};
+use super::recurrent::{causal_conv, fetch, rms_scale, silu, softplus, state, vector, Recurrent};
+use super::{checked_weight, Scratch};
 use crate::config::{DeltaNetConfig, ModelConfig};
 use crate::{Error, Result};
 
@@ -123,19 +123,7 @@ impl<'a, B: Backend> DeltaNet<'a, B> {
         let n = |s: &str| format!("blk.{layer}.{s}");
         let d = c.d_model;
         let weight = |s: &str, rows: usize| checked_weight(backend, &file.tensor(&n(s))?, rows, d);
-        let vector = |s: &str, len: usize| -> Result<Vec<f32>> {
-            let name = n(s);
-            let t = file.tensor(&name)?;
-            let v = f32_vec(&t)?;
-            if v.len() != len {
-                return Err(Error::BadTensorShape {
-                    tensor: name,
-                    expected: vec![len as u64],
-                    got: t.shape().to_vec(),
-                });
-            }
-            Ok(v)
-        };
+        let vector = |s: &str, len: usize| vector(file, &n(s), len);
         Ok(Self {
             qkv: weight("attn_qkv.weight", dn.channels())?,
             z: weight("attn_gate.weight", dn.v_dim())?,
@@ -255,22 +243,10 @@ impl<'a, B: Backend> DeltaNet<'a, B> {
         (beta, alpha): (&mut [f32], &mut [f32]),
     ) {
         let (ch, taps, s) = (dn.channels(), dn.conv_kernel, dn.head_dim);
-        let past = &mut st[..(taps - 1) * ch];
         // The causal convolution over each channel's last inputs and this
-        // one, in ggml's order (oldest first), then SiLU.
-        for (i, y) in y.iter_mut().enumerate() {
-            let w = &self.conv[i * taps..(i + 1) * taps];
-            let mut acc = 0.0f32;
-            for (t, wt) in w[..taps - 1].iter().enumerate() {
-                acc += past[t * ch + i] * wt;
-            }
-            acc += mixed[i] * w[taps - 1];
-            *y = silu(acc);
-        }
-        if taps > 1 {
-            past.copy_within(ch.., 0);
-            past[(taps - 2) * ch..].copy_from_slice(mixed);
-        }
+        // one, then SiLU.
+        causal_conv(&mut st[..(taps - 1) * ch], &self.conv, taps, mixed, y);
+        y.iter_mut().for_each(|v| *v = silu(*v));
         // L2 norms of each query and key head, as llama.cpp takes them
         // (an RMSNorm with eps / n, over sqrt(n)).
         let root = 1.0 / (s as f32).sqrt();

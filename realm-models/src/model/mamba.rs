@@ -12,8 +12,8 @@
 use realm_core::backend::Backend;
 use realm_core::gguf::Gguf;
 
-use super::recurrent::{fetch, rms_scale, silu, softplus, state, Recurrent};
-use super::{checked_weight, f32_vec, Scratch};
+use super::recurrent::{causal_conv, fetch, rms_scale, silu, softplus, state, vector, Recurrent};
+use super::{checked_weight, Scratch};
 use crate::config::{MambaConfig, ModelConfig};
 use crate::{Error, Result};
 
@@ -67,19 +67,7 @@ impl<'a, B: Backend> Mamba<'a, B> {
         m: &MambaConfig,
     ) -> Result<Self> {
         let n = |s: &str| format!("blk.{layer}.{s}");
-        let vector = |s: &str, len: usize| -> Result<Vec<f32>> {
-            let name = n(s);
-            let t = file.tensor(&name)?;
-            let v = f32_vec(&t)?;
-            if v.len() != len {
-                return Err(Error::BadTensorShape {
-                    tensor: name,
-                    expected: vec![len as u64],
-                    got: t.shape().to_vec(),
-                });
-            }
-            Ok(v)
-        };
+        let vector = |s: &str, len: usize| vector(file, &n(s), len);
         let input = file.tensor(&n("ssm_in.weight"))?;
         Ok(Self {
             input: checked_weight(backend, &input, m.in_width(), c.d_model)?,
@@ -148,18 +136,11 @@ impl<'a, B: Backend> Mamba<'a, B> {
         let (xbc, dt) = rest.split_at(ch);
         let (past, heads) = st.split_at_mut((taps - 1) * ch);
         // The causal convolution over each channel's last inputs and this
-        // one, in ggml's order (oldest first), its bias, then SiLU.
-        for (i, y) in conv.iter_mut().enumerate() {
-            let w = &self.conv[i * taps..(i + 1) * taps];
-            let mut acc = 0.0f32;
-            for (t, wt) in w[..taps - 1].iter().enumerate() {
-                acc += past[t * ch + i] * wt;
-            }
-            acc += xbc[i] * w[taps - 1];
-            *y = silu(acc + self.conv_bias[i]);
+        // one, its bias, then SiLU.
+        causal_conv(past, &self.conv, taps, xbc, conv);
+        for (y, b) in conv.iter_mut().zip(&self.conv_bias) {
+            *y = silu(*y + b);
         }
-        past.copy_within(ch.., 0);
-        past[(taps - 2) * ch..].copy_from_slice(xbc);
         let (x, bc) = conv.split_at(m.inner);
         let (bs, cs) = bc.split_at(m.groups * ds);
         let head_dim = m.inner / m.heads;

@@ -2,6 +2,7 @@
 //! and the host's copies of the backend's products they work on.
 
 use realm_core::backend::Backend;
+use realm_core::gguf::Gguf;
 
 use crate::config::ModelConfig;
 use crate::{Error, Result};
@@ -96,4 +97,45 @@ pub(crate) fn rms_scale(x: &[f32], eps: f32) -> f32 {
     let sum: f64 = x.iter().map(|&v| f64::from(v * v)).sum();
     let mean = (sum / x.len() as f64) as f32;
     1.0 / (mean + eps).sqrt()
+}
+
+/// Tensor `name` of `file` as f32 values, checked to hold `len`.
+pub(crate) fn vector<S: AsRef<[u8]>>(file: &Gguf<S>, name: &str, len: usize) -> Result<Vec<f32>> {
+    let t = file.tensor(name)?;
+    let v = super::f32_vec(&t)?;
+    if v.len() != len {
+        return Err(Error::BadTensorShape {
+            tensor: name.to_string(),
+            expected: vec![len as u64],
+            got: t.shape().to_vec(),
+        });
+    }
+    Ok(v)
+}
+
+/// One token through a causal convolution of `taps` taps a channel:
+/// `out[i]` is the sum over the channel's kept inputs (`past`, a row of
+/// all channels an input, oldest first) and `input[i]` of each times its
+/// tap (`weights`, `taps` a channel), in ggml's order; then `input`
+/// joins `past` and its oldest row goes.
+pub(crate) fn causal_conv(
+    past: &mut [f32],
+    weights: &[f32],
+    taps: usize,
+    input: &[f32],
+    out: &mut [f32],
+) {
+    let ch = input.len();
+    for (i, o) in out.iter_mut().enumerate() {
+        let w = &weights[i * taps..(i + 1) * taps];
+        let mut acc = 0.0f32;
+        for (t, wt) in w[..taps - 1].iter().enumerate() {
+            acc += past[t * ch + i] * wt;
+        }
+        *o = acc + input[i] * w[taps - 1];
+    }
+    if taps > 1 {
+        past.copy_within(ch.., 0);
+        past[(taps - 2) * ch..].copy_from_slice(input);
+    }
 }

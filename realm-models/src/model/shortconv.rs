@@ -12,8 +12,8 @@
 use realm_core::backend::Backend;
 use realm_core::gguf::Gguf;
 
-use super::recurrent::{fetch, state, Recurrent};
-use super::{checked_weight, f32_vec, Scratch};
+use super::recurrent::{causal_conv, fetch, state, vector, Recurrent};
+use super::{checked_weight, Scratch};
 use crate::config::{ModelConfig, ShortConvConfig};
 use crate::{Error, Result};
 
@@ -58,16 +58,11 @@ impl<'a, B: Backend> ShortConv<'a, B> {
         sc: &ShortConvConfig,
     ) -> Result<Self> {
         let d = c.d_model;
-        let name = format!("blk.{layer}.shortconv.conv.weight");
-        let t = file.tensor(&name)?;
-        let conv = f32_vec(&t)?;
-        if conv.len() != d * sc.l_cache {
-            return Err(Error::BadTensorShape {
-                tensor: name,
-                expected: vec![sc.l_cache as u64, d as u64],
-                got: t.shape().to_vec(),
-            });
-        }
+        let conv = vector(
+            file,
+            &format!("blk.{layer}.shortconv.conv.weight"),
+            d * sc.l_cache,
+        )?;
         let in_proj = file.tensor(&format!("blk.{layer}.shortconv.in_proj.weight"))?;
         Ok(Self {
             in_proj: checked_weight(backend, &in_proj, 3 * d, d)?,
@@ -116,18 +111,9 @@ impl<'a, B: Backend> ShortConv<'a, B> {
             x.iter_mut().zip(bg).for_each(|(x, &g)| *x *= g);
             let out = &mut cs.host_out[r * d..(r + 1) * d];
             // The convolution over each channel's last values and this
-            // one, in ggml's order (oldest first), times `c`.
-            for (i, o) in out.iter_mut().enumerate() {
-                let w = &self.conv[i * taps..(i + 1) * taps];
-                let mut acc = 0.0f32;
-                for (t, wt) in w[..taps - 1].iter().enumerate() {
-                    acc += past[t * d + i] * wt;
-                }
-                acc += x[i] * w[taps - 1];
-                *o = cg[i] * acc;
-            }
-            past.copy_within(d.., 0);
-            past[(taps - 2) * d..].copy_from_slice(x);
+            // one, times `c`.
+            causal_conv(past, &self.conv, taps, x, out);
+            out.iter_mut().zip(cg).for_each(|(o, &g)| *o *= g);
         }
         b.upload_into(&cs.host_out, &mut cs.out)?;
         Ok(())
