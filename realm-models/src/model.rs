@@ -757,7 +757,10 @@ impl<'a, B: Backend> Model<'a, B> {
     /// cache; returns the logits of the last token.
     ///
     /// A sequence that would pass the session's capacity is an error
-    /// ([`Error::ContextFull`]) and leaves the session unchanged.
+    /// ([`Error::ContextFull`]) and leaves the session unchanged. Another
+    /// error part way leaves the chunks before the failing one in the
+    /// session (all of them undone, at position 0, for a model with
+    /// recurrent blocks: [`Model::can_forget`]).
     ///
     /// This is [`Model::embed_tokens`], [`Model::forward_layer`] for every
     /// layer and [`Model::compute_logits`], chunk after chunk.
@@ -984,8 +987,9 @@ impl<'a, B: Backend> Model<'a, B> {
     /// Starts a chunk of 1 to `batch` tokens at the session's position: looks
     /// up their embeddings. Follow with [`Model::forward_layer`] for layers
     /// `0, 1, ...` in order; the chunk joins the sequence after the last
-    /// layer. A chunk left unfinished is dropped by the next `embed_tokens`.
-    /// Allocates nothing.
+    /// layer. A chunk left unfinished is dropped by the next `embed_tokens`
+    /// (where it ran through a recurrent block, whose state holds part of
+    /// it, the session starts over at position 0). Allocates nothing.
     pub fn embed_tokens(&self, s: &mut Session<B>, tokens: &[u32]) -> Result<()> {
         let n = tokens.len();
         if n == 0 || n > s.scratch.rows {
@@ -1088,7 +1092,9 @@ impl<'a, B: Backend> Model<'a, B> {
     /// session's logits ([`Session::logits`]) are bit-identical to what
     /// [`Model::forward`] of that token alone would give (the backend is batch
     /// invariant), and [`Model::compute_logits`] returns them as after
-    /// `forward`. On error no session has advanced.
+    /// `forward`. On error no session has advanced (a model with recurrent
+    /// blocks, whose states may hold part of the step: each session
+    /// starts over, at position 0).
     ///
     /// With static steps, a step is recorded for these sessions in this
     /// order (and span of positions), at its second run, and replayed while
@@ -2282,8 +2288,10 @@ impl Chunk {
     }
 }
 
-/// One sequence's state: its KV cache, its position, and scratch buffers
-/// sized once so that decoding allocates nothing.
+/// One sequence's state: its KV cache, its recurrent blocks' states
+/// (a model with delta nets, short convolutions or Mamba-2 mixers), its
+/// position, and scratch buffers sized once so that decoding allocates
+/// nothing.
 #[derive(Debug)]
 pub struct Session<B: Backend> {
     /// Unique for the life of the process.

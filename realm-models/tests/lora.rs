@@ -386,3 +386,66 @@ fn adapters_set_mid_chunk_are_checked() {
     s.set_loras(&[(foreign, 1.0)]);
     assert!(matches!(ours.forward_layer(&mut s, 0), Err(Error::Lora(_))));
 }
+
+/// Adapters of the matrices a model with recurrent blocks lacks or runs
+/// otherwise are refused by name: Qwen 3.5's attention (its queries are
+/// twice as wide), a Nemotron-H mixer block's feed-forward matrices (it
+/// has none) and any `ffn_gate` of Nemotron-H's (its networks have no
+/// gate); its feed-forward blocks' `ffn_up` is one Realm applies.
+#[test]
+fn recurrent_models_refuse_adapters_of_what_they_lack() {
+    let cpu = CpuBackend::new().unwrap();
+    let a = |name: &str, cols: u64, rows: u64| {
+        [
+            (format!("{name}.lora_a"), [cols, 2]),
+            (format!("{name}.lora_b"), [2, rows]),
+        ]
+    };
+    for (arch, layout, tensor, cols, rows, refused) in [
+        (
+            "qwen35",
+            "tiny-qwen35",
+            "blk.3.attn_q.weight",
+            64,
+            128,
+            true,
+        ),
+        (
+            "nemotron_h",
+            "tiny-nemotron_h",
+            "blk.0.ffn_up.weight",
+            64,
+            128,
+            true,
+        ),
+        (
+            "nemotron_h",
+            "tiny-nemotron_h",
+            "blk.1.ffn_gate.weight",
+            64,
+            128,
+            true,
+        ),
+        (
+            "nemotron_h",
+            "tiny-nemotron_h",
+            "blk.1.ffn_up.weight",
+            64,
+            128,
+            false,
+        ),
+    ] {
+        let bytes = SyntheticLayout::by_name(layout).unwrap().write(5).unwrap();
+        let file = Gguf::from_bytes(&bytes[..]).unwrap();
+        let t = a(tensor, cols, rows);
+        let named: Vec<(&str, [u64; 2])> = t.iter().map(|(n, s)| (n.as_str(), *s)).collect();
+        let lora = adapter(arch, "adapter", &named);
+        let lora = Gguf::from_bytes(&lora[..]).unwrap();
+        let mut model = Model::load(&file, &cpu).unwrap();
+        match model.add_lora(&lora, "a") {
+            Err(e) if refused => assert!(e.to_string().contains(tensor), "{e}"),
+            Ok(_) if !refused => {}
+            other => panic!("{tensor}: {:?}", other.map(|_| ())),
+        }
+    }
+}

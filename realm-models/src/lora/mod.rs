@@ -378,6 +378,14 @@ fn locate(base: &str, c: &ModelConfig, has_output: bool) -> Result<Place> {
             if c.moe.as_ref().is_some_and(|m| m.is_moe_layer(i)) && t.starts_with("ffn_") {
                 return None;
             }
+            // Nemotron-H's feed-forward networks are in blocks of their
+            // own, and have no gate.
+            if c.ffn_blocks.is_some()
+                && t.starts_with("ffn_")
+                && (!c.is_ffn_only(i) || t == "ffn_gate")
+            {
+                return None;
+            }
             let t = TARGETS.iter().position(|&n| n == t)?;
             (i < c.n_layers).then_some(Place::Layer(i, Target::ALL[t]))
         });

@@ -65,10 +65,12 @@ pub(crate) struct DeltaScratch<B: Backend> {
 struct DeltaHost {
     mixed: Vec<f32>,
     z: Vec<f32>,
+    /// Each row's value heads' `beta`, then their rates.
     beta: Vec<f32>,
+    /// Each row's value heads' `alpha`, then their decays.
     alpha: Vec<f32>,
     out: Vec<f32>,
-    /// One token's channels after the convolution.
+    /// Each row's channels after the convolution.
     conv: Vec<f32>,
 }
 
