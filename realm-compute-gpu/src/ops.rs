@@ -619,4 +619,20 @@ impl ActivationOps for GpuBackend {
     fn scale_inplace(&self, dst: &mut GpuBuffer, s: f32, len: usize) -> BackendResult<()> {
         self.unary("scale", dst, len, |t| t.affine(f64::from(s), 0.0))
     }
+
+    fn relu_squared_inplace(&self, x: &mut GpuBuffer, len: usize) -> BackendResult<()> {
+        self.unary("relu_squared", x, len, |t| t.relu()?.sqr())
+    }
+
+    fn sigmoid_mul_inplace(
+        &self,
+        dst: &mut GpuBuffer,
+        gate: &GpuBuffer,
+        len: usize,
+    ) -> BackendResult<()> {
+        self.binary("sigmoid_mul", dst, gate, len, |a, g| {
+            let sigmoid = (g.neg()?.exp()? + 1.0)?.recip()?;
+            a * sigmoid
+        })
+    }
 }

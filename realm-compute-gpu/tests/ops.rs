@@ -321,8 +321,9 @@ proptest! {
         prop_assert_eq!(down(&g, &gr2, len), down(&g, &gr, len));
 
         type Op = (&'static str, fn(&CpuBackend, &mut Vec<f32>, &Vec<f32>, usize), fn(&GpuBackend, &mut realm_compute_gpu::GpuBuffer, &realm_compute_gpu::GpuBuffer, usize));
-        let ops: [Op; 4] = [
+        let ops: [Op; 5] = [
             ("swiglu", |c, a, b, n| c.swiglu_inplace(a, b, n).unwrap(), |g, a, b, n| g.swiglu_inplace(a, b, n).unwrap()),
+            ("sigmoid_mul", |c, a, b, n| c.sigmoid_mul_inplace(a, b, n).unwrap(), |g, a, b, n| g.sigmoid_mul_inplace(a, b, n).unwrap()),
             ("geglu", |c, a, b, n| c.geglu_inplace(a, b, n).unwrap(), |g, a, b, n| g.geglu_inplace(a, b, n).unwrap()),
             ("add", |c, a, b, n| c.add_inplace(a, b, n).unwrap(), |g, a, b, n| g.add_inplace(a, b, n).unwrap()),
             ("mul", |c, a, b, n| c.mul_inplace(a, b, n).unwrap(), |g, a, b, n| g.mul_inplace(a, b, n).unwrap()),
@@ -366,6 +367,10 @@ proptest! {
         c.gelu_inplace(&mut ca, len).unwrap();
         g.gelu_inplace(&mut ga, len).unwrap();
         assert_close(&down(&g, &ga, len), &ca, 1e-5, 1e-6, "gelu");
+        let (mut ca, mut ga) = (x.clone(), gx.clone());
+        c.relu_squared_inplace(&mut ca, len).unwrap();
+        g.relu_squared_inplace(&mut ga, len).unwrap();
+        assert_close(&down(&g, &ga, len), &ca, 1e-5, 1e-6, "relu_squared");
         let (mut ca, mut ga) = (x.clone(), gx.clone());
         c.softmax_inplace(&mut ca, width, rows).unwrap();
         g.softmax_inplace(&mut ga, width, rows).unwrap();
