@@ -59,6 +59,33 @@ struct GptOss {
     yarn: (f32, u32),
 }
 
+/// A block's attention tensors, through `blk`, for a model `d` wide:
+/// queries of `q` rows (Qwen 3.5's twice the heads' width, with their
+/// gates), an output product from `out` values, keys and values of `kv`
+/// rows, and per-head Q/K norms of `norms` values where given.
+fn attention_tensors(
+    blk: &mut dyn FnMut(&str, Vec<u64>),
+    d: u64,
+    (q, out, kv): (u64, u64, u64),
+    norms: Option<u64>,
+) {
+    blk("attn_q.weight", vec![d, q]);
+    blk("attn_k.weight", vec![d, kv]);
+    blk("attn_v.weight", vec![d, kv]);
+    blk("attn_output.weight", vec![out, d]);
+    if let Some(hd) = norms {
+        blk("attn_q_norm.weight", vec![hd]);
+        blk("attn_k_norm.weight", vec![hd]);
+    }
+}
+
+/// A block's gate, up and down matrices, `ff` wide, through `blk`.
+fn gated_ffn_tensors(blk: &mut dyn FnMut(&str, Vec<u64>), d: u64, ff: u64) {
+    blk("ffn_gate.weight", vec![d, ff]);
+    blk("ffn_up.weight", vec![d, ff]);
+    blk("ffn_down.weight", vec![ff, d]);
+}
+
 /// The Mamba-2 mixers of the tiny Granite 4.0 hybrid and Nemotron-H: 128
 /// wide, 8 heads of 16 in 2 groups, a state of 16, 4 taps.
 struct TinyMamba {
@@ -849,17 +876,10 @@ impl SyntheticLayout {
                 blk("shortconv.out_proj.weight", vec![d, d]);
             } else {
                 let kvd = u64::from(kv_heads) * hd;
-                blk("attn_q.weight", vec![d, heads * hd]);
-                blk("attn_k.weight", vec![d, kvd]);
-                blk("attn_v.weight", vec![d, kvd]);
-                blk("attn_output.weight", vec![heads * hd, d]);
-                blk("attn_q_norm.weight", vec![hd]);
-                blk("attn_k_norm.weight", vec![hd]);
+                attention_tensors(&mut blk, d, (heads * hd, heads * hd, kvd), Some(hd));
             }
             blk("ffn_norm.weight", vec![d]);
-            blk("ffn_gate.weight", vec![d, ff]);
-            blk("ffn_up.weight", vec![d, ff]);
-            blk("ffn_down.weight", vec![ff, d]);
+            gated_ffn_tensors(&mut blk, d, ff);
         }
         add("token_embd_norm.weight".into(), vec![d]);
         Self {
@@ -911,16 +931,11 @@ impl SyntheticLayout {
                 TINY_MAMBA.tensors(d, &mut blk);
             } else {
                 let kvd = u64::from(kv_heads) * hd;
-                blk("attn_q.weight", vec![d, 4 * hd]);
-                blk("attn_k.weight", vec![d, kvd]);
-                blk("attn_v.weight", vec![d, kvd]);
-                blk("attn_output.weight", vec![4 * hd, d]);
+                attention_tensors(&mut blk, d, (4 * hd, 4 * hd, kvd), None);
                 blk("attn_output.bias", vec![d]);
             }
             blk("ffn_norm.weight", vec![d]);
-            blk("ffn_gate.weight", vec![d, ff]);
-            blk("ffn_up.weight", vec![d, ff]);
-            blk("ffn_down.weight", vec![ff, d]);
+            gated_ffn_tensors(&mut blk, d, ff);
         }
         add("output_norm.weight".into(), vec![d]);
         Self {
@@ -970,10 +985,7 @@ impl SyntheticLayout {
                 blk("ffn_down.weight", vec![u64::from(width), d]);
             } else if kv_heads > 0 {
                 let kvd = u64::from(kv_heads) * hd;
-                blk("attn_q.weight", vec![d, 4 * hd]);
-                blk("attn_k.weight", vec![d, kvd]);
-                blk("attn_v.weight", vec![d, kvd]);
-                blk("attn_output.weight", vec![4 * hd, d]);
+                attention_tensors(&mut blk, d, (4 * hd, 4 * hd, kvd), None);
             } else {
                 TINY_MAMBA.tensors(d, &mut blk);
             }
@@ -1063,17 +1075,11 @@ impl SyntheticLayout {
                 blk("ssm_norm.weight", vec![s]);
                 blk("ssm_out.weight", vec![vd, d]);
             } else {
-                blk("attn_q.weight", vec![d, 2 * heads * hd]);
-                blk("attn_k.weight", vec![d, kv_heads * hd]);
-                blk("attn_v.weight", vec![d, kv_heads * hd]);
-                blk("attn_output.weight", vec![heads * hd, d]);
-                blk("attn_q_norm.weight", vec![hd]);
-                blk("attn_k_norm.weight", vec![hd]);
+                let q = (2 * heads * hd, heads * hd, kv_heads * hd);
+                attention_tensors(&mut blk, d, q, Some(hd));
             }
             blk("post_attention_norm.weight", vec![d]);
-            blk("ffn_gate.weight", vec![d, ff]);
-            blk("ffn_up.weight", vec![d, ff]);
-            blk("ffn_down.weight", vec![ff, d]);
+            gated_ffn_tensors(&mut blk, d, ff);
         }
         add("output_norm.weight".into(), vec![d]);
         Self {

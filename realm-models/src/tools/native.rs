@@ -842,17 +842,7 @@ mod tests {
     #[test]
     fn xml_parameters_are_text_or_json() {
         let template = "<tool_call>\n<function={{ n }}>\n<parameter={{ p }}>";
-        let list = json!([
-            {"type": "function", "function": {"name": "get_weather", "parameters": {
-                "type": "object", "properties": {"city": {"type": "string"},
-                                                 "days": {"type": "integer"}},
-                "required": ["city"]}}},
-            {"type": "function", "function": {"name": "now"}},
-        ]);
-        let t = Tools::from_openai(&list, None, Some(false))
-            .unwrap()
-            .unwrap()
-            .for_template(template);
+        let t = super::super::testing::weather_tools(template, false);
         assert_eq!(t.format(), ToolFormat::XmlParameters);
         assert_eq!(t.triggers(), ["<tool_call>"]);
         let g = t.native_grammar().unwrap();
