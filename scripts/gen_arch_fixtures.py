@@ -211,6 +211,12 @@ CASES = [
     # Qwen 3.5 MoE: its blocks with experts and a gated shared expert.
     case("qwen35moe", "tiny-qwen35moe"),
     case("qwen35moe-q8_0", "tiny-qwen35moe", matrix_type="q8_0"),
+    # Qwen3-Next: Qwen 3.5 MoE's blocks with NeoX RoPE, value heads
+    # grouped by their query/key head, rates and decays in one product;
+    # its older files' queries, keys, values and gates in one too.
+    case("qwen3next", "tiny-qwen3next"),
+    case("qwen3next-q8_0", "tiny-qwen3next", matrix_type="q8_0"),
+    case("qwen3next-fused", "tiny-qwen3next-fused"),
     # LFM2: short convolutions (a recurrent state) and an attention block.
     case("lfm2", "tiny-lfm2"),
     case("lfm2-q8_0", "tiny-lfm2", matrix_type="q8_0"),

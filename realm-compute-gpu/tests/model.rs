@@ -68,7 +68,7 @@ fn gpt_oss_is_refused_at_load() {
 }
 
 /// Every architecture's `SyntheticLayout::tiny` the GPU backend runs.
-const ARCHS: [&str; 33] = [
+const ARCHS: [&str; 34] = [
     "llama",
     "mistral",
     "mistral3",
@@ -97,6 +97,7 @@ const ARCHS: [&str; 33] = [
     "deepseek2",
     "qwen35",
     "qwen35moe",
+    "qwen3next",
     "lfm2",
     "granitehybrid",
     "lfm2moe",

@@ -103,6 +103,13 @@ pub enum Architecture {
     /// 397B-A17B): Qwen 3.5's blocks with Qwen 3 MoE's experts and Qwen 2
     /// MoE's gated shared expert.
     Qwen35Moe,
+    /// Qwen3-Next (qwen3next: 80B-A3B): Qwen 3.5 MoE's blocks before it,
+    /// with plain NeoX RoPE over part of each head, a delta net's value
+    /// heads grouped by their query/key head (`h / (v_heads / k_heads)`),
+    /// its rates and decays in one product (`ssm_ba`), and in
+    /// older files its queries, keys, values and gate in one too
+    /// (`ssm_in`, by query/key head).
+    Qwen3Next,
     /// LFM2 (Liquid's 350M to 2.6B, LFM2.5): most blocks a gated short
     /// convolution (a recurrent state of its last inputs,
     /// [`ShortConvConfig`]), the others attention with per-head Q/K norms
@@ -164,6 +171,7 @@ impl Architecture {
             "deepseek2" => Self::Deepseek2,
             "qwen35" => Self::Qwen35,
             "qwen35moe" => Self::Qwen35Moe,
+            "qwen3next" => Self::Qwen3Next,
             "lfm2" => Self::Lfm2,
             "granitehybrid" => Self::GraniteHybrid,
             "lfm2moe" => Self::Lfm2Moe,
@@ -205,6 +213,7 @@ impl Architecture {
             Self::Deepseek2 => "deepseek2",
             Self::Qwen35 => "qwen35",
             Self::Qwen35Moe => "qwen35moe",
+            Self::Qwen3Next => "qwen3next",
             Self::Lfm2 => "lfm2",
             Self::GraniteHybrid => "granitehybrid",
             Self::Lfm2Moe => "lfm2moe",
@@ -453,6 +462,10 @@ pub struct DeltaNetConfig {
     pub k_heads: usize,
     /// Value heads, each with its own state (`ssm.time_step_rank`).
     pub v_heads: usize,
+    /// Whether value head `h` reads query/key head `h / (v_heads /
+    /// k_heads)` (Qwen3-Next's, each query/key head's value heads side
+    /// by side) rather than `h % k_heads` (Qwen 3.5's).
+    pub grouped: bool,
     /// Which blocks are delta nets (`attention.recurrent_layers`, or all
     /// but every `full_attention_interval`th, 4 unless the file says).
     pub layers: Vec<bool>,
@@ -689,7 +702,10 @@ impl ModelConfig {
         let gemma3 = arch == Architecture::Gemma3;
         let gemma = gemma2 || gemma3;
         let gpt_oss = arch == Architecture::GptOss;
-        let qwen35 = matches!(arch, Architecture::Qwen35 | Architecture::Qwen35Moe);
+        let qwen35 = matches!(
+            arch,
+            Architecture::Qwen35 | Architecture::Qwen35Moe | Architecture::Qwen3Next
+        );
         let nemotron = matches!(arch, Architecture::NemotronH | Architecture::NemotronHMoe);
         let olmo2 = arch == Architecture::Olmo2;
         let exaone4 = arch == Architecture::Exaone4;
@@ -762,7 +778,7 @@ impl ModelConfig {
         let ffn_dim = match (arch, ffn_dim) {
             (_, Some(f)) => f,
             // (Qwen 3.5's mixtures need no dense width.)
-            (Architecture::Qwen35Moe, None) => 0,
+            (Architecture::Qwen35Moe | Architecture::Qwen3Next, None) => 0,
             (Architecture::GptOss, None) => u("expert_feed_forward_length")?,
             (_, None) => u("feed_forward_length")?,
         };
@@ -838,6 +854,7 @@ impl ModelConfig {
                 | Architecture::BailingMoe2
                 | Architecture::Qwen35
                 | Architecture::Qwen35Moe
+                | Architecture::Qwen3Next
                 | Architecture::Lfm2
                 | Architecture::Lfm2Moe => RopeMode::Neox,
             },
@@ -1030,7 +1047,10 @@ impl ModelConfig {
         }
         if qwen35 {
             cfg.delta_net = Some(delta_net_config(md, &cfg)?);
-            imrope_text_check(md, &cfg)?;
+            // (Qwen3-Next rotates by plain NeoX RoPE.)
+            if arch != Architecture::Qwen3Next {
+                imrope_text_check(md, &cfg)?;
+            }
         }
         // YaRN's pair divisors are the model's; a local layer of its own
         // base or scale would need others.
@@ -1196,6 +1216,7 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
             | Architecture::Dots1
             | Architecture::BailingMoe2
             | Architecture::Qwen35Moe
+            | Architecture::Qwen3Next
             | Architecture::Lfm2Moe
             | Architecture::NemotronHMoe,
             0,
@@ -1216,6 +1237,7 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
             | Architecture::BailingMoe2
             | Architecture::Deepseek2
             | Architecture::Qwen35Moe
+            | Architecture::Qwen3Next
             | Architecture::GraniteHybrid
             | Architecture::Lfm2Moe
             | Architecture::NemotronH
@@ -1247,7 +1269,10 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
     }
     let qwen = matches!(
         arch,
-        Architecture::Qwen2Moe | Architecture::Qwen3Moe | Architecture::Qwen35Moe
+        Architecture::Qwen2Moe
+            | Architecture::Qwen3Moe
+            | Architecture::Qwen35Moe
+            | Architecture::Qwen3Next
     );
     let gpt_oss = arch == Architecture::GptOss;
     let ffn_dim = match get("expert_feed_forward_length")? {
@@ -1270,7 +1295,7 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
         _ if nemotron => {
             Some(md.get_u32(&format!("{p}.expert_shared_feed_forward_length"))? as usize)
         }
-        Architecture::Qwen2Moe | Architecture::Qwen35Moe => {
+        Architecture::Qwen2Moe | Architecture::Qwen35Moe | Architecture::Qwen3Next => {
             match get("expert_shared_feed_forward_length")? {
                 Some(f) if f > 0 => Some(f as usize),
                 _ => Some(ffn),
@@ -1298,12 +1323,12 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
         }
         _ => None,
     };
-    // (llama.cpp reads no scale for ERNIE 4.5, MiniMax-M2 and Qwen 3.5.)
+    // (llama.cpp reads no scale for ERNIE 4.5, MiniMax-M2, Qwen 3.5 and
+    // Qwen3-Next.)
+    let qwen_delta = matches!(arch, Architecture::Qwen35Moe | Architecture::Qwen3Next);
     let scale_key = format!("{p}.expert_weights_scale");
     let weights_scale = match md.get(&scale_key) {
-        Some(_) if !ernie && !minimax && !lfm2 && arch != Architecture::Qwen35Moe => {
-            md.get_f32(&scale_key)?
-        }
+        Some(_) if !ernie && !minimax && !lfm2 && !qwen_delta => md.get_f32(&scale_key)?,
         _ => 0.0,
     };
     let norm_key = format!("{p}.expert_weights_norm");
@@ -1384,7 +1409,10 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
             weights_scale
         },
         shared_ffn_dim,
-        shared_gated: matches!(arch, Architecture::Qwen2Moe | Architecture::Qwen35Moe),
+        shared_gated: matches!(
+            arch,
+            Architecture::Qwen2Moe | Architecture::Qwen35Moe | Architecture::Qwen3Next
+        ),
         gating,
         // llama.cpp's constants for gpt-oss.
         activation: if gpt_oss {
@@ -1545,6 +1573,7 @@ fn delta_net_config(md: &Metadata, cfg: &ModelConfig) -> Result<DeltaNetConfig> 
         head_dim: get("ssm.state_size")?,
         k_heads: get("ssm.group_count")?,
         v_heads: get("ssm.time_step_rank")?,
+        grouped: cfg.arch == Architecture::Qwen3Next,
         layers,
     };
     let inner = get("ssm.inner_size")?;

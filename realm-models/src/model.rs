@@ -286,6 +286,7 @@ impl<'a, B: Backend> Model<'a, B> {
             Architecture::Gemma3
                 | Architecture::Qwen35
                 | Architecture::Qwen35Moe
+                | Architecture::Qwen3Next
                 | Architecture::Lfm2
                 | Architecture::Lfm2Moe
                 | Architecture::Qwen3
@@ -461,6 +462,7 @@ impl<'a, B: Backend> Model<'a, B> {
                             | Architecture::Glm4Moe
                             | Architecture::Qwen35
                             | Architecture::Qwen35Moe
+                            | Architecture::Qwen3Next
                     ) {
                     true => Some(norm(&n("post_attention_norm.weight"), d)?),
                     // (Nemotron-H's blocks norm their input alone.)

@@ -249,7 +249,9 @@ impl SyntheticLayout {
     /// qwen2moe, qwen3, qwen3moe, phi3, smollm3, granite, gemma2, gemma3,
     /// gpt-oss, olmo2, exaone4, ernie4_5, glm4, seed_oss, gemma,
     /// granitemoe, olmoe, glm4moe, ernie4_5-moe, minimax-m2, dots1,
-    /// bailingmoe2, deepseek2) small
+    /// bailingmoe2, deepseek2; and, of four or five blocks, qwen35,
+    /// qwen35moe, qwen3next, lfm2, lfm2moe, granitehybrid, nemotron_h,
+    /// nemotron_h_moe, most of whose blocks keep a recurrent state) small
     /// enough for unit tests: 64 wide, Q8_0 matrices, 300 tokens;
     /// `qwen2moe`'s, `qwen3moe`'s and `gpt-oss`'s blocks are 4 experts 32
     /// wide, 2 a token (and, for `qwen2moe`, a shared expert 64 wide);
@@ -352,6 +354,22 @@ impl SyntheticLayout {
                 )
                 .with_experts(4, 2)?
                 .with_shared_expert(64);
+        }
+        if arch == "qwen3next" {
+            // Qwen 3.5 MoE's blocks without M-RoPE sections, each delta
+            // net's rates and decays in one product (each query/key head's
+            // two value heads' rates, then their decays).
+            let mut l = Self::tiny("qwen35moe")?.renamed(arch);
+            l.hparams
+                .retain(|(k, _)| k != "qwen3next.rope.dimension_sections");
+            l.tensors.retain(|t| !t.name.ends_with(".ssm_alpha.weight"));
+            for t in &mut l.tensors {
+                if let Some(blk) = t.name.strip_suffix(".ssm_beta.weight") {
+                    t.name = format!("{blk}.ssm_ba.weight");
+                    t.shape[1] *= 2;
+                }
+            }
+            return Ok(l);
         }
         if let Some(dense) = arch
             .strip_suffix("moe")
@@ -1402,7 +1420,8 @@ impl SyntheticLayout {
     /// `tiny-exaone4-32b` (the tiny EXAONE 4 with the 32B's 64 layers),
     /// `tiny-glm4moe-air` (the tiny GLM-4.5 without Q/K norms, as Air's),
     /// `tiny-deepseek2-lite` (the tiny DeepSeek with V2-Lite's queries) or
-    /// `tiny-deepseek2-fused` (with its experts' gate and up in one tensor).
+    /// `tiny-deepseek2-fused` (with its experts' gate and up in one tensor)
+    /// or `tiny-qwen3next-fused` (with each delta net's `ssm_in`).
     pub fn by_name(name: &str) -> Option<Self> {
         match name {
             "smollm2" => Some(Self::smollm2_135m()),
@@ -1441,6 +1460,20 @@ impl SyntheticLayout {
                 "granitehybrid.rope.scaling.finetuned",
                 MetadataValue::Bool(false),
             )),
+            // Qwen3-Next as its older files hold it: each delta net's
+            // queries, keys, values and gates in one product.
+            "tiny-qwen3next-fused" => {
+                let mut l = Self::tiny("qwen3next").ok()?;
+                l.tensors.retain(|t| !t.name.ends_with(".attn_gate.weight"));
+                for t in &mut l.tensors {
+                    if let Some(blk) = t.name.strip_suffix(".attn_qkv.weight") {
+                        t.name = format!("{blk}.ssm_in.weight");
+                        // (Two query/key heads of 16, four value heads.)
+                        t.shape[1] += 64;
+                    }
+                }
+                Some(l)
+            }
             "tiny-deepseek2-lite" => Self::tiny_deepseek2(true).ok(),
             "tiny-deepseek2-fused" => {
                 let mut l = Self::tiny_deepseek2(false).ok()?;

@@ -303,6 +303,7 @@ fn experts_batch_across_sessions() {
         // (Not experts: each row's delta nets advance its own state.)
         "tiny-qwen35",
         "tiny-qwen35moe",
+        "tiny-qwen3next-fused",
         "tiny-lfm2",
         "tiny-granitehybrid-moe",
         "tiny-lfm2moe",

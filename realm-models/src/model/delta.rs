@@ -4,7 +4,11 @@
 //! Its four products with the block's input (`attn_qkv`: queries, keys
 //! and values; `attn_gate`: the output gate; `ssm_beta` and `ssm_alpha`:
 //! each value head's rate and decay) and its output product
-//! (`ssm_out`) run on the backend. Between them, on the host, each token
+//! (`ssm_out`) run on the backend. Qwen3-Next's files hold the rates and
+//! decays in one product (`ssm_ba`: each query/key head's value
+//! heads' rates, then their decays), and its older files the queries,
+//! keys, values and gate in one too (`ssm_in`: each query/key head's
+//! query, key, values and gates); the host sorts their columns. Between them, on the host, each token
 //! in order: the causal convolution (`ssm_conv1d`) over the channels'
 //! last inputs, SiLU, the queries' and keys' L2 norms, the decay
 //! `exp(softplus(alpha + ssm_dt.bias) * ssm_a)` and rate
@@ -25,14 +29,8 @@ use crate::{Error, Result};
 /// A delta-net block's weights.
 #[derive(Debug)]
 pub(crate) struct DeltaNet<'a, B: Backend + 'a> {
-    /// `[channels, d]`: queries, keys and values before the convolution.
-    qkv: B::Weight<'a>,
-    /// `[v_dim, d]`: the output's gate.
-    z: B::Weight<'a>,
-    /// `[v_heads, d]`: each value head's rate, before the sigmoid.
-    beta: B::Weight<'a>,
-    /// `[v_heads, d]`: each value head's decay, before its bias.
-    alpha: B::Weight<'a>,
+    mix: MixIn<'a, B>,
+    rates: Rates<'a, B>,
     /// `conv_kernel` taps a channel, the oldest input's first.
     conv: Vec<f32>,
     /// Each value head's decay bias (`ssm_dt.bias`).
@@ -43,12 +41,45 @@ pub(crate) struct DeltaNet<'a, B: Backend + 'a> {
     norm: Vec<f32>,
 }
 
+/// The products of a block's input that the convolution and the output
+/// gate read.
+#[derive(Debug)]
+enum MixIn<'a, B: Backend + 'a> {
+    /// `attn_qkv` (`[channels, d]`: queries, keys and values) and
+    /// `attn_gate` (`[v_dim, d]`: the output's gate).
+    Split {
+        qkv: B::Weight<'a>,
+        z: B::Weight<'a>,
+    },
+    /// `ssm_in` (`[channels + v_dim, d]`): for each query/key head its
+    /// query, its key, its value heads' values and their gates.
+    Fused(B::Weight<'a>),
+}
+
+/// The products of a block's input that make each value head's rate
+/// (before the sigmoid) and decay (before its bias).
+#[derive(Debug)]
+enum Rates<'a, B: Backend + 'a> {
+    /// `ssm_beta` and `ssm_alpha`, `[v_heads, d]` each.
+    Split {
+        beta: B::Weight<'a>,
+        alpha: B::Weight<'a>,
+    },
+    /// `ssm_ba` (`[2 v_heads, d]`): for each query/key head its
+    /// value heads' rates, then their decays.
+    Fused(B::Weight<'a>),
+}
+
 /// Room for a delta net's steps: the products' device buffers for `rows`
 /// rows, and the host's copies.
 #[derive(Debug)]
 pub(crate) struct DeltaScratch<B: Backend> {
+    /// The convolution's channels, or (Qwen3-Next's files may fuse them)
+    /// the fused product's columns.
     mixed: B::Buffer,
     z: B::Buffer,
+    /// Each value head's rate, or (Qwen3-Next's) the fused product's
+    /// rates and decays.
     beta: B::Buffer,
     alpha: B::Buffer,
     /// The mix's output, `v_dim` a row, before `ssm_out`.
@@ -72,6 +103,8 @@ struct DeltaHost {
     out: Vec<f32>,
     /// Each row's channels after the convolution.
     conv: Vec<f32>,
+    /// A fused product's columns, before they are sorted.
+    packed: Vec<f32>,
 }
 
 impl<B: Backend> DeltaScratch<B> {
@@ -82,10 +115,12 @@ impl<B: Backend> DeltaScratch<B> {
         rows: usize,
     ) -> Result<Self> {
         let buf = |w: usize| backend.buffer(rows * w);
+        // (Only Qwen3-Next's files fuse the products.)
+        let fused = |w: usize, extra: usize| w + if d.grouped { extra } else { 0 };
         Ok(Self {
-            mixed: buf(d.channels())?,
+            mixed: buf(fused(d.channels(), d.v_dim()))?,
             z: buf(d.v_dim())?,
-            beta: buf(d.v_heads)?,
+            beta: buf(fused(d.v_heads, d.v_heads))?,
             alpha: buf(d.v_heads)?,
             out: buf(d.v_dim())?,
             q_gate: buf(2 * c.q_dim())?,
@@ -126,11 +161,24 @@ impl<'a, B: Backend> DeltaNet<'a, B> {
         let d = c.d_model;
         let weight = |s: &str, rows: usize| checked_weight(backend, &file.tensor(&n(s))?, rows, d);
         let vector = |s: &str, len: usize| vector(file, &n(s), len);
+        // (Qwen3-Next's products may be fused, as its value heads are
+        // grouped; Qwen 3.5's never are.)
+        let has = |s: &str| dn.grouped && file.tensor(&n(s)).is_ok();
         Ok(Self {
-            qkv: weight("attn_qkv.weight", dn.channels())?,
-            z: weight("attn_gate.weight", dn.v_dim())?,
-            beta: weight("ssm_beta.weight", dn.v_heads)?,
-            alpha: weight("ssm_alpha.weight", dn.v_heads)?,
+            mix: match has("ssm_in.weight") {
+                true => MixIn::Fused(weight("ssm_in.weight", dn.channels() + dn.v_dim())?),
+                false => MixIn::Split {
+                    qkv: weight("attn_qkv.weight", dn.channels())?,
+                    z: weight("attn_gate.weight", dn.v_dim())?,
+                },
+            },
+            rates: match has("ssm_ba.weight") {
+                true => Rates::Fused(weight("ssm_ba.weight", 2 * dn.v_heads)?),
+                false => Rates::Split {
+                    beta: weight("ssm_beta.weight", dn.v_heads)?,
+                    alpha: weight("ssm_alpha.weight", dn.v_heads)?,
+                },
+            },
             conv: vector("ssm_conv1d.weight", dn.channels() * dn.conv_kernel)?,
             dt_bias: vector("ssm_dt.bias", dn.v_heads)?,
             a: vector("ssm_a", dn.v_heads)?,
@@ -155,12 +203,22 @@ impl<'a, B: Backend> DeltaNet<'a, B> {
             .as_mut()
             .ok_or_else(|| Error::BadConfig("no room for a delta net".into()))?;
         let d = c.d_model;
-        for (w, out, name) in [
-            (&self.qkv, &mut ds.mixed, "attn_qkv"),
-            (&self.z, &mut ds.z, "attn_gate"),
-            (&self.beta, &mut ds.beta, "ssm_beta"),
-            (&self.alpha, &mut ds.alpha, "ssm_alpha"),
-        ] {
+        let mut products = Vec::with_capacity(4);
+        match &self.mix {
+            MixIn::Split { qkv, z } => {
+                products.push((qkv, &mut ds.mixed, "attn_qkv"));
+                products.push((z, &mut ds.z, "attn_gate"));
+            }
+            MixIn::Fused(w) => products.push((w, &mut ds.mixed, "ssm_in")),
+        }
+        match &self.rates {
+            Rates::Split { beta, alpha } => {
+                products.push((beta, &mut ds.beta, "ssm_beta"));
+                products.push((alpha, &mut ds.alpha, "ssm_alpha"));
+            }
+            Rates::Fused(w) => products.push((w, &mut ds.beta, "ssm_ba")),
+        }
+        for (w, out, name) in products {
             b.matmul(&mut sc.ws, w, &sc.xn, n, out)?;
             if let Some(seen) = sc.seen.as_mut() {
                 let name = format!("blk.{li}.{name}.weight");
@@ -169,10 +227,26 @@ impl<'a, B: Backend> DeltaNet<'a, B> {
         }
         let (ch, vd, vh) = (dn.channels(), dn.v_dim(), dn.v_heads);
         let h = &mut ds.host;
-        fetch(b, &ds.mixed, n * ch, &mut h.mixed)?;
-        fetch(b, &ds.z, n * vd, &mut h.z)?;
-        fetch(b, &ds.beta, n * vh, &mut h.beta)?;
-        fetch(b, &ds.alpha, n * vh, &mut h.alpha)?;
+        match &self.mix {
+            MixIn::Split { .. } => {
+                fetch(b, &ds.mixed, n * ch, &mut h.mixed)?;
+                fetch(b, &ds.z, n * vd, &mut h.z)?;
+            }
+            MixIn::Fused(_) => {
+                fetch(b, &ds.mixed, n * (ch + vd), &mut h.packed)?;
+                unpack_mix(dn, n, &h.packed, (&mut h.mixed, &mut h.z));
+            }
+        }
+        match &self.rates {
+            Rates::Split { .. } => {
+                fetch(b, &ds.beta, n * vh, &mut h.beta)?;
+                fetch(b, &ds.alpha, n * vh, &mut h.alpha)?;
+            }
+            Rates::Fused(_) => {
+                fetch(b, &ds.beta, n * 2 * vh, &mut h.packed)?;
+                unpack_rates(dn, n, &h.packed, (&mut h.beta, &mut h.alpha));
+            }
+        }
         h.out.resize(n * vd, 0.0);
         h.conv.resize(n * ch, 0.0);
         let one = states.len() == 1;
@@ -203,7 +277,10 @@ impl<'a, B: Backend> DeltaNet<'a, B> {
         let kd = dn.k_dim();
         let head = |r: usize, hv: usize| {
             let y = &h.conv[r * ch..(r + 1) * ch];
-            let hk = hv % dn.k_heads;
+            let hk = match dn.grouped {
+                true => hv / (vh / dn.k_heads),
+                false => hv % dn.k_heads,
+            };
             let at = |base: usize, i: usize| &y[base + i * s..base + (i + 1) * s];
             (at(0, hk), at(kd, hk), at(2 * kd, hv))
         };
@@ -259,6 +336,61 @@ impl<'a, B: Backend> DeltaNet<'a, B> {
         for (hv, (b, a)) in beta.iter_mut().zip(alpha.iter_mut()).enumerate() {
             *b = 1.0 / (1.0 + (-*b).exp());
             *a = (softplus(*a + self.dt_bias[hv]) * self.a[hv]).exp();
+        }
+    }
+}
+
+/// `n` rows of a fused `ssm_in` product (for each query/key head: its
+/// query, its key, its value heads' values, their gates) sorted into the
+/// convolution's channels (all queries, all keys, all values) and the
+/// gates.
+fn unpack_mix(
+    dn: &DeltaNetConfig,
+    n: usize,
+    packed: &[f32],
+    (mixed, z): (&mut Vec<f32>, &mut Vec<f32>),
+) {
+    let (s, kd, ch, vd) = (dn.head_dim, dn.k_dim(), dn.channels(), dn.v_dim());
+    // Each query/key head's value heads' width.
+    let g = vd / dn.k_heads;
+    mixed.resize(n * ch, 0.0);
+    z.resize(n * vd, 0.0);
+    let rows = packed
+        .chunks_exact(ch + vd)
+        .zip(mixed.chunks_exact_mut(ch))
+        .zip(z.chunks_exact_mut(vd));
+    for ((p, m), z) in rows {
+        for (hk, p) in p.chunks_exact(2 * s + 2 * g).enumerate() {
+            m[hk * s..(hk + 1) * s].copy_from_slice(&p[..s]);
+            m[kd + hk * s..kd + (hk + 1) * s].copy_from_slice(&p[s..2 * s]);
+            m[2 * kd + hk * g..2 * kd + (hk + 1) * g].copy_from_slice(&p[2 * s..2 * s + g]);
+            z[hk * g..(hk + 1) * g].copy_from_slice(&p[2 * s + g..]);
+        }
+    }
+}
+
+/// `n` rows of a fused `ssm_ba` product (for each query/key head:
+/// its value heads' rates, then their decays) sorted into the value
+/// heads' rates and decays.
+fn unpack_rates(
+    dn: &DeltaNetConfig,
+    n: usize,
+    packed: &[f32],
+    (beta, alpha): (&mut Vec<f32>, &mut Vec<f32>),
+) {
+    let vh = dn.v_heads;
+    // Each query/key head's value heads.
+    let g = vh / dn.k_heads;
+    beta.resize(n * vh, 0.0);
+    alpha.resize(n * vh, 0.0);
+    let rows = packed
+        .chunks_exact(2 * vh)
+        .zip(beta.chunks_exact_mut(vh))
+        .zip(alpha.chunks_exact_mut(vh));
+    for ((p, b), a) in rows {
+        for (hk, p) in p.chunks_exact(2 * g).enumerate() {
+            b[hk * g..(hk + 1) * g].copy_from_slice(&p[..g]);
+            a[hk * g..(hk + 1) * g].copy_from_slice(&p[g..]);
         }
     }
 }
