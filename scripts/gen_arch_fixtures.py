@@ -233,6 +233,11 @@ CASES = [
     case("granitehybrid-q8_0", "tiny-granitehybrid", matrix_type="q8_0"),
     case("granitehybrid-moe", "tiny-granitehybrid-moe"),
     case("granitehybrid-nope", "tiny-granitehybrid-nope"),
+    # Falcon-H1: attention and a Mamba-2 mixer side by side in every
+    # block; without the mixers' norms.
+    case("falcon-h1", "tiny-falcon-h1"),
+    case("falcon-h1-q8_0", "tiny-falcon-h1", matrix_type="q8_0"),
+    case("falcon-h1-nonorm", "tiny-falcon-h1-nonorm"),
     # Nemotron-H: blocks of one part each (Mamba-2 mixers, attention
     # without RoPE, feed-forward networks of squared ReLUs).
     case("nemotron_h", "tiny-nemotron_h"),

@@ -68,7 +68,7 @@ fn gpt_oss_is_refused_at_load() {
 }
 
 /// Every architecture's `SyntheticLayout::tiny` the GPU backend runs.
-const ARCHS: [&str; 34] = [
+const ARCHS: [&str; 35] = [
     "llama",
     "mistral",
     "mistral3",
@@ -100,6 +100,7 @@ const ARCHS: [&str; 34] = [
     "qwen3next",
     "lfm2",
     "granitehybrid",
+    "falcon-h1",
     "lfm2moe",
     "nemotron_h",
     "nemotron_h_moe",

@@ -121,6 +121,12 @@ pub enum Architecture {
     /// `rope.scaling.finetuned` says not, dense blocks or experts with an
     /// ungated shared expert.
     GraniteHybrid,
+    /// Falcon-H1 (falcon-h1: 0.5B to 34B): in every block attention
+    /// (NeoX RoPE) and a Mamba-2 mixer side by side on the same normed
+    /// input ([`MambaConfig::parallel`]), their outputs summed, then a
+    /// gated feed-forward block whose norm is named `ffn_norm` (no
+    /// `.weight`); Falcon's multipliers are in the weights.
+    FalconH1,
     /// LFM2's mixtures of experts (lfm2moe: 8B-A1B, 24B-A2B): LFM2's
     /// blocks, dense leading blocks, then experts chosen with a selection
     /// bias as the file routes them.
@@ -174,6 +180,7 @@ impl Architecture {
             "qwen3next" => Self::Qwen3Next,
             "lfm2" => Self::Lfm2,
             "granitehybrid" => Self::GraniteHybrid,
+            "falcon-h1" => Self::FalconH1,
             "lfm2moe" => Self::Lfm2Moe,
             "nemotron_h" => Self::NemotronH,
             "nemotron_h_moe" => Self::NemotronHMoe,
@@ -216,6 +223,7 @@ impl Architecture {
             Self::Qwen3Next => "qwen3next",
             Self::Lfm2 => "lfm2",
             Self::GraniteHybrid => "granitehybrid",
+            Self::FalconH1 => "falcon-h1",
             Self::Lfm2Moe => "lfm2moe",
             Self::NemotronH => "nemotron_h",
             Self::NemotronHMoe => "nemotron_h_moe",
@@ -509,6 +517,10 @@ pub struct MambaConfig {
     pub groups: usize,
     /// Which blocks are mixers (those without KV heads).
     pub layers: Vec<bool>,
+    /// Whether each mixer runs beside attention in its block (Falcon-H1's:
+    /// both read the block's normed input, their outputs summed), rather
+    /// than instead of it.
+    pub parallel: bool,
 }
 
 impl MambaConfig {
@@ -856,7 +868,8 @@ impl ModelConfig {
                 | Architecture::Qwen35Moe
                 | Architecture::Qwen3Next
                 | Architecture::Lfm2
-                | Architecture::Lfm2Moe => RopeMode::Neox,
+                | Architecture::Lfm2Moe
+                | Architecture::FalconH1 => RopeMode::Neox,
             },
             sliding_window,
             // Every sixth layer (Gemma 3), second (Gemma 2, gpt-oss) or
@@ -989,10 +1002,16 @@ impl ModelConfig {
             }
             cfg.ffn_blocks = Some(ff[..cfg.n_layers].iter().map(|&f| f > 0).collect());
         }
-        if arch == Architecture::GraniteHybrid || nemotron {
-            let kv = kv_per_layer.as_deref().ok_or_else(|| {
-                Error::BadConfig(format!("{p}.attention.head_count_kv must be a list"))
-            })?;
+        let falcon = arch == Architecture::FalconH1;
+        if arch == Architecture::GraniteHybrid || nemotron || falcon {
+            // (Falcon-H1's blocks all attend and mix.)
+            let all = vec![0; cfg.n_layers];
+            let kv = match falcon {
+                true => &all[..],
+                false => kv_per_layer.as_deref().ok_or_else(|| {
+                    Error::BadConfig(format!("{p}.attention.head_count_kv must be a list"))
+                })?,
+            };
             let m = MambaConfig {
                 conv_kernel: u("ssm.conv_kernel")?,
                 inner: u("ssm.inner_size")?,
@@ -1005,6 +1024,7 @@ impl ModelConfig {
                     .enumerate()
                     .map(|(l, &h)| h == 0 && !cfg.ffn_blocks.as_ref().is_some_and(|f| f[l]))
                     .collect(),
+                parallel: falcon,
             };
             if m.conv_kernel < 2
                 || m.state == 0
@@ -1120,8 +1140,9 @@ impl ModelConfig {
         self.local_layers.is_some() && self.layer_window(layer).is_some()
     }
 
-    /// Whether layer `layer` is a delta net or a short convolution (a
-    /// recurrent state, no KV cache).
+    /// Whether layer `layer` has a recurrent state: a delta net, a short
+    /// convolution or a Mamba-2 mixer (and no KV cache, unless its mixer
+    /// runs beside attention).
     pub fn is_recurrent(&self, layer: usize) -> bool {
         let of = |l: &[bool]| l.get(layer).copied().unwrap_or(false);
         self.delta_net.as_ref().is_some_and(|d| of(&d.layers))
@@ -1157,7 +1178,12 @@ impl ModelConfig {
 
     /// Whether layer `layer` attends (and has a KV cache).
     pub fn has_attention(&self, layer: usize) -> bool {
-        !self.is_recurrent(layer) && !self.is_ffn_only(layer)
+        (!self.is_recurrent(layer) || self.is_parallel()) && !self.is_ffn_only(layer)
+    }
+
+    /// Whether each block's mixer runs beside its attention (Falcon-H1).
+    pub fn is_parallel(&self) -> bool {
+        self.mamba.as_ref().is_some_and(|m| m.parallel)
     }
 
     /// Layers with a KV cache: those that attend.

@@ -320,6 +320,8 @@ impl<'a, B: Backend> Model<'a, B> {
             let n = |s: &str| format!("blk.{i}.{s}");
             let recurrent = c.is_recurrent(i);
             let ffn_only = c.is_ffn_only(i);
+            // (Falcon-H1's blocks attend beside their mixers.)
+            let attends = c.has_attention(i);
             // Nemotron-H's blocks are one part each.
             let mixer_only = c.ffn_blocks.is_some() && !ffn_only;
             // Qwen 2's query, key and value biases; any other's where the
@@ -346,7 +348,7 @@ impl<'a, B: Backend> Model<'a, B> {
                 gate_up: matches!(c.arch, Architecture::Phi3 | Architecture::Glm4)
                     && !has("ffn_gate.weight"),
             };
-            let qkv = if c.mla.is_some() || recurrent || ffn_only {
+            let qkv = if c.mla.is_some() || !attends {
                 Group { runs: Vec::new() }
             } else if fused.qkv {
                 let w = weight(&n("attn_qkv.weight"), q + 2 * kv, d)?;
@@ -373,7 +375,7 @@ impl<'a, B: Backend> Model<'a, B> {
                     let up = |x: &[f32]| backend.upload(x).map(Some);
                     (up(vq)?, up(vk)?, up(vv)?)
                 }
-                _ if recurrent || ffn_only => (None, None, None),
+                _ if !attends => (None, None, None),
                 _ => (
                     bias("attn_q.bias", q)?,
                     bias("attn_k.bias", kv)?,
@@ -395,7 +397,8 @@ impl<'a, B: Backend> Model<'a, B> {
             // (Granite 4.0's dense blocks may have biases in llama.cpp's
             // loader, which no file has; refused by name, not ignored.)
             for bias in ["ffn_gate.bias", "ffn_up.bias", "ffn_down.bias"] {
-                if c.arch == Architecture::GraniteHybrid && has(bias) {
+                let hybrid = matches!(c.arch, Architecture::GraniteHybrid | Architecture::FalconH1);
+                if hybrid && has(bias) {
                     return Err(Error::BadConfig(format!(
                         "{} (feed-forward biases) is not supported",
                         n(bias)
@@ -408,6 +411,10 @@ impl<'a, B: Backend> Model<'a, B> {
                 fused,
                 wo: match (&c.mla, &c.delta_net) {
                     _ if ffn_only => None,
+                    // (A mixer beside attention has its own output.)
+                    _ if attends && c.mla.is_none() => {
+                        Some(weight(&n("attn_output.weight"), d, q)?)
+                    }
                     (Some(m), _) => Some(weight(&n("attn_output.weight"), d, c.n_heads * m.v_dim)?),
                     (_, Some(dn)) if recurrent => {
                         Some(weight(&n("ssm_out.weight"), d, dn.v_dim())?)
@@ -446,11 +453,11 @@ impl<'a, B: Backend> Model<'a, B> {
                 },
                 q_norm: match qk_norms_if_any {
                     true => optional_norm(&n("attn_q_norm.weight"), q_norm_len)?,
-                    false => must("attn_q_norm.weight", q_norm_len, qk_norms && !recurrent)?,
+                    false => must("attn_q_norm.weight", q_norm_len, qk_norms && attends)?,
                 },
                 k_norm: match qk_norms_if_any {
                     true => optional_norm(&n("attn_k_norm.weight"), k_norm_len)?,
-                    false => must("attn_k_norm.weight", k_norm_len, qk_norms && !recurrent)?,
+                    false => must("attn_k_norm.weight", k_norm_len, qk_norms && attends)?,
                 },
                 post_attn_norm: must("post_attention_norm.weight", d, post_norms)?,
                 // gpt-oss, Seed-OSS and GLM-4.5 name their feed-forward
@@ -465,6 +472,8 @@ impl<'a, B: Backend> Model<'a, B> {
                             | Architecture::Qwen3Next
                     ) {
                     true => Some(norm(&n("post_attention_norm.weight"), d)?),
+                    // (Falcon-H1's files name it without `.weight`.)
+                    false if c.arch == Architecture::FalconH1 => Some(norm(&n("ffn_norm"), d)?),
                     // (Nemotron-H's blocks norm their input alone.)
                     false => must("ffn_norm.weight", d, c.pre_norms && c.ffn_blocks.is_none())?,
                 },
@@ -1513,7 +1522,12 @@ impl<'a, B: Backend> Model<'a, B> {
             (_, _, Some(mamba)) => {
                 let m = c.mamba.as_ref().ok_or_else(|| no_room("Mamba-2 mixer"))?;
                 mamba.run(b, sc, (c, m, li), n, states)?;
-                Some(true)
+                // Beside attention (Falcon-H1's): its output apart, the
+                // attention's next.
+                if m.parallel {
+                    mamba.output(b, sc, (m, li), n)?;
+                }
+                Some(!m.parallel)
             }
             _ => Some(false),
         };
@@ -1521,6 +1535,10 @@ impl<'a, B: Backend> Model<'a, B> {
             match recurrent {
                 true => self.mixer_output(sc, li, n)?,
                 false => self.attention(sc, (n, li), runs, &mut attend)?,
+            }
+            // The outputs of a mixer and attention side by side, summed.
+            if let Some(ms) = sc.mamba.as_ref().filter(|_| c.is_parallel()) {
+                b.add_inplace(&mut sc.proj, &ms.proj, n * d)?;
             }
             if let Some(bo) = &layer.bo {
                 b.add_row_inplace(&mut sc.proj, bo, n)?;
@@ -2215,7 +2233,7 @@ impl<B: Backend> Scratch<B> {
                 None => None,
             },
             mamba: match &c.mamba {
-                Some(m) => Some(MambaScratch::new(backend, m, rows)?),
+                Some(m) => Some(MambaScratch::new(backend, c, m, rows)?),
                 None => None,
             },
         })

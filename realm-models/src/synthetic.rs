@@ -250,7 +250,7 @@ impl SyntheticLayout {
     /// gpt-oss, olmo2, exaone4, ernie4_5, glm4, seed_oss, gemma,
     /// granitemoe, olmoe, glm4moe, ernie4_5-moe, minimax-m2, dots1,
     /// bailingmoe2, deepseek2; and, of four or five blocks, qwen35,
-    /// qwen35moe, qwen3next, lfm2, lfm2moe, granitehybrid, nemotron_h,
+    /// qwen35moe, qwen3next, lfm2, lfm2moe, granitehybrid, falcon-h1, nemotron_h,
     /// nemotron_h_moe, most of whose blocks keep a recurrent state) small
     /// enough for unit tests: 64 wide, Q8_0 matrices, 300 tokens;
     /// `qwen2moe`'s, `qwen3moe`'s and `gpt-oss`'s blocks are 4 experts 32
@@ -286,6 +286,9 @@ impl SyntheticLayout {
         }
         if arch == "granitehybrid" {
             return Ok(Self::tiny_granite_hybrid());
+        }
+        if arch == "falcon-h1" {
+            return Ok(Self::tiny_falcon_h1());
         }
         if arch == "nemotron_h" {
             return Ok(Self::tiny_nemotron_h());
@@ -964,6 +967,52 @@ impl SyntheticLayout {
         }
     }
 
+    /// A tiny Falcon-H1: three blocks, each attention (4 query heads over
+    /// 2 KV heads of 16, NeoX RoPE) beside a Mamba-2 mixer (128 wide: 8
+    /// heads of 16 in 2 groups, a state of 16, 4 taps, its norm), then a
+    /// gated feed-forward block 128 wide whose norm is `ffn_norm`; tied
+    /// embeddings.
+    fn tiny_falcon_h1() -> Self {
+        let (d, ff, hd) = (64u64, 128u64, 16u64);
+        let k = |n: &str| format!("falcon-h1.{n}");
+        let mut hp = vec![
+            u32_kv(&k("attention.head_count"), 4),
+            u32_kv(&k("attention.head_count_kv"), 2),
+            u32_kv(&k("attention.key_length"), hd as u32),
+            u32_kv(&k("attention.value_length"), hd as u32),
+            f32_kv(&k("attention.layer_norm_rms_epsilon"), 1e-5),
+            u32_kv(&k("block_count"), 3),
+            u32_kv(&k("context_length"), 256),
+            u32_kv(&k("embedding_length"), d as u32),
+            u32_kv(&k("feed_forward_length"), ff as u32),
+            f32_kv(&k("rope.freq_base"), 100_000.0),
+        ];
+        hp.extend(TINY_MAMBA.hparams(&k));
+        hp.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut tensors = Vec::new();
+        let mut add = |name: String, shape: Vec<u64>| {
+            let dtype = TinyMamba::dtype(&name, &shape);
+            tensors.push(SyntheticTensor { name, shape, dtype });
+        };
+        add("token_embd.weight".into(), vec![d, 300]);
+        for l in 0..3 {
+            let mut blk = |n: &str, shape: Vec<u64>| add(format!("blk.{l}.{n}"), shape);
+            blk("attn_norm.weight", vec![d]);
+            attention_tensors(&mut blk, d, (4 * hd, 4 * hd, 2 * hd), None);
+            TINY_MAMBA.tensors(d, &mut blk);
+            // (As llama.cpp's converter names it.)
+            blk("ffn_norm", vec![d]);
+            gated_ffn_tensors(&mut blk, d, ff);
+        }
+        add("output_norm.weight".into(), vec![d]);
+        Self {
+            arch: "falcon-h1".into(),
+            hparams: hp,
+            vocab_size: 300,
+            tensors,
+        }
+    }
+
     /// A tiny Nemotron-H: five blocks, each one part: Mamba-2 mixers
     /// (128 wide: 8 heads of 16 in 2 groups, a state of 16, 4 taps) first
     /// and last, feed-forward networks (128 wide, squared ReLUs) second and
@@ -1421,7 +1470,8 @@ impl SyntheticLayout {
     /// `tiny-glm4moe-air` (the tiny GLM-4.5 without Q/K norms, as Air's),
     /// `tiny-deepseek2-lite` (the tiny DeepSeek with V2-Lite's queries) or
     /// `tiny-deepseek2-fused` (with its experts' gate and up in one tensor)
-    /// or `tiny-qwen3next-fused` (with each delta net's `ssm_in`).
+    /// or `tiny-qwen3next-fused` (with each delta net's `ssm_in`),
+    /// `tiny-falcon-h1-nonorm` (without its mixers' norms).
     pub fn by_name(name: &str) -> Option<Self> {
         match name {
             "smollm2" => Some(Self::smollm2_135m()),
@@ -1453,6 +1503,12 @@ impl SyntheticLayout {
                     .ok()?;
                 l.tensors
                     .retain(|t| !t.name.ends_with("ffn_gate_inp_shexp.weight"));
+                Some(l)
+            }
+            // Falcon-H1 without its mixers' norms (as some of its files).
+            "tiny-falcon-h1-nonorm" => {
+                let mut l = Self::tiny_falcon_h1();
+                l.tensors.retain(|t| !t.name.ends_with("ssm_norm.weight"));
                 Some(l)
             }
             // Granite 4.0's hybrids without RoPE.

@@ -306,6 +306,7 @@ fn experts_batch_across_sessions() {
         "tiny-qwen3next-fused",
         "tiny-lfm2",
         "tiny-granitehybrid-moe",
+        "tiny-falcon-h1",
         "tiny-lfm2moe",
         "tiny-nemotron_h",
         "tiny-nemotron_h_moe",
@@ -667,8 +668,9 @@ fn latent_keys_shift_in_their_rotated_values_only() {
     }
 }
 
-/// Qwen 3.5's delta nets, LFM2's short convolutions and Granite 4.0's
-/// Mamba-2 mixers keep one state for all tokens: a saved state restores it (the next logits are bit for
+/// Qwen 3.5's delta nets, LFM2's short convolutions and Mamba-2 mixers
+/// (Granite 4.0's, Nemotron-H's, Falcon-H1's beside attention, whose
+/// blocks keep both a state and a KV cache) keep one state for all tokens: a saved state restores it (the next logits are bit for
 /// bit the uninterrupted session's), forgetting any token starts the
 /// session over, a chunk abandoned half way through its layers does too,
 /// and a context shift is refused.
@@ -679,6 +681,7 @@ fn recurrent_states_restore_and_restart() {
         "tiny-qwen35",
         "tiny-lfm2",
         "tiny-granitehybrid",
+        "tiny-falcon-h1",
         "tiny-nemotron_h",
     ] {
         let bytes = SyntheticLayout::by_name(name).unwrap().write(3).unwrap();

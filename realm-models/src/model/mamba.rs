@@ -7,7 +7,10 @@
 //! order: the causal convolution (`ssm_conv1d`, its bias) over the
 //! channels' last inputs and SiLU, each head's state update and read
 //! (`ssm_dt.bias`, `ssm_a`, `ssm_d`), the gate's SiLU and the norm by
-//! groups (`ssm_norm`). The state lives in the session ([`Recurrent`]).
+//! groups (`ssm_norm`, where the file has it: Falcon-H1's may not). The
+//! state lives in the session ([`Recurrent`]). Falcon-H1's mixers run
+//! beside attention: their output product is their own, into a buffer
+//! of theirs that joins the attention's output.
 
 use realm_core::backend::Backend;
 use realm_core::gguf::Gguf;
@@ -17,11 +20,14 @@ use super::{checked_weight, Scratch};
 use crate::config::{MambaConfig, ModelConfig};
 use crate::{Error, Result};
 
-/// A mixer's weights (its output product is the block's `wo`).
+/// A mixer's weights (its output product is the block's `wo`, or its
+/// own beside attention).
 #[derive(Debug)]
 pub(crate) struct Mamba<'a, B: Backend + 'a> {
     /// `[in_width, d]`: `z`, `x`, `B`, `C`, `dt`.
     input: B::Weight<'a>,
+    /// `[d, inner]`: the output product of a mixer beside attention.
+    output: Option<B::Weight<'a>>,
     /// `conv_kernel` taps a channel, the oldest input's first.
     conv: Vec<f32>,
     conv_bias: Vec<f32>,
@@ -30,7 +36,7 @@ pub(crate) struct Mamba<'a, B: Backend + 'a> {
     a: Vec<f32>,
     d: Vec<f32>,
     /// The output's norm, `inner` values (one group after another).
-    norm: Vec<f32>,
+    norm: Option<Vec<f32>>,
 }
 
 /// Room for a mixer's steps.
@@ -39,6 +45,8 @@ pub(crate) struct MambaScratch<B: Backend> {
     input: B::Buffer,
     /// The mix's output, `inner` a row, before `ssm_out`.
     pub(super) out: B::Buffer,
+    /// A mixer beside attention: its output product, `d` a row.
+    pub(super) proj: B::Buffer,
     host_in: Vec<f32>,
     host_out: Vec<f32>,
     /// One token's channels after the convolution.
@@ -46,10 +54,11 @@ pub(crate) struct MambaScratch<B: Backend> {
 }
 
 impl<B: Backend> MambaScratch<B> {
-    pub(super) fn new(backend: &B, m: &MambaConfig, rows: usize) -> Result<Self> {
+    pub(super) fn new(backend: &B, c: &ModelConfig, m: &MambaConfig, rows: usize) -> Result<Self> {
         Ok(Self {
             input: backend.buffer(rows * m.in_width())?,
             out: backend.buffer(rows * m.inner)?,
+            proj: backend.buffer(if m.parallel { rows * c.d_model } else { 1 })?,
             host_in: Vec::new(),
             host_out: Vec::new(),
             conv: Vec::new(),
@@ -69,15 +78,51 @@ impl<'a, B: Backend> Mamba<'a, B> {
         let n = |s: &str| format!("blk.{layer}.{s}");
         let vector = |s: &str, len: usize| vector(file, &n(s), len);
         let input = file.tensor(&n("ssm_in.weight"))?;
+        let output = match m.parallel {
+            true => Some(checked_weight(
+                backend,
+                &file.tensor(&n("ssm_out.weight"))?,
+                c.d_model,
+                m.inner,
+            )?),
+            false => None,
+        };
         Ok(Self {
             input: checked_weight(backend, &input, m.in_width(), c.d_model)?,
+            output,
             conv: vector("ssm_conv1d.weight", m.channels() * m.conv_kernel)?,
             conv_bias: vector("ssm_conv1d.bias", m.channels())?,
             dt_bias: vector("ssm_dt.bias", m.heads)?,
             a: vector("ssm_a", m.heads)?,
             d: vector("ssm_d", m.heads)?,
-            norm: vector("ssm_norm.weight", m.inner)?,
+            // (Falcon-H1's files may have none, as llama.cpp reads them.)
+            norm: match file.tensor(&n("ssm_norm.weight")) {
+                Err(realm_core::Error::TensorNotFound(_)) if m.parallel => None,
+                _ => Some(vector("ssm_norm.weight", m.inner)?),
+            },
         })
+    }
+
+    /// A mixer beside attention: its output product of the first `n`
+    /// rows of `sc.mamba.out` into `sc.mamba.proj`.
+    pub(super) fn output(
+        &self,
+        b: &B,
+        sc: &mut Scratch<B>,
+        (m, li): (&MambaConfig, usize),
+        n: usize,
+    ) -> Result<()> {
+        let (ms, w) = sc
+            .mamba
+            .as_mut()
+            .zip(self.output.as_ref())
+            .ok_or_else(|| Error::BadConfig("no output product for a Mamba-2 mixer".into()))?;
+        b.matmul(&mut sc.ws, w, &ms.out, n, &mut ms.proj)?;
+        if let Some(seen) = sc.seen.as_mut() {
+            let name = format!("blk.{li}.ssm_out.weight");
+            seen.observe_named(b, &mut sc.ws, &name, (&ms.out, n, m.inner))?;
+        }
+        Ok(())
     }
 
     /// The block's mix of the first `n` rows of `sc.xn` into
@@ -173,10 +218,13 @@ impl<'a, B: Backend> Mamba<'a, B> {
         }
         // The gate's SiLU, then the norm by groups.
         out.iter_mut().zip(z).for_each(|(y, &g)| *y *= silu(g));
+        let Some(norm) = &self.norm else {
+            return;
+        };
         let eps = c.rms_eps;
         for (o, w) in out
             .chunks_exact_mut(m.inner / m.groups)
-            .zip(self.norm.chunks_exact(m.inner / m.groups))
+            .zip(norm.chunks_exact(m.inner / m.groups))
         {
             let scale = rms_scale(o, eps);
             o.iter_mut().zip(w).for_each(|(x, &w)| *x = *x * scale * w);
