@@ -3008,11 +3008,13 @@ fn xml_parameter_tool_calls() {
 }
 
 /// A model whose blocks keep a recurrent state (a tiny Qwen 3.5 and a
-/// tiny LFM2, synthetic): a kept session is reused only where all it
-/// holds begins the next prompt (its state cannot forget the rest), and
-/// every answer is the one a server that keeps nothing gives.
+/// tiny LFM2, synthetic): a kept session is reused whole where all it
+/// holds begins the next prompt, up to its checkpoint 4 tokens before its
+/// prompt's end where the next prompt leaves it after that (with
+/// `--ctx-checkpoints 0`, not at all), not at all where it leaves it
+/// before; every answer is the one a server that keeps nothing gives.
 #[test]
-fn recurrent_models_reuse_only_whole_kept_sessions() {
+fn recurrent_models_reuse_kept_sessions_whole_or_to_a_checkpoint() {
     let dir = std::env::temp_dir().join(format!("realm-serve-recurrent-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     for layout in ["tiny-qwen35", "tiny-lfm2"] {
@@ -3022,6 +3024,7 @@ fn recurrent_models_reuse_only_whole_kept_sessions() {
         assert!(ok, "{err}");
         let keeping = Server::start(&[p, "-c", "128"]);
         let fresh = Server::start(&[p, "-c", "128", "--prompt-cache", "0"]);
+        let unmarked = Server::start(&[p, "-c", "128", "--ctx-checkpoints", "0"]);
         let ask = |server: &Server, prompt: &str, max_tokens: u32| {
             let r = server.post(
                 "/v1/completions",
@@ -3044,10 +3047,18 @@ fn recurrent_models_reuse_only_whole_kept_sessions() {
         let (text, p2, c2) = ask(&keeping, longer, 8);
         assert_eq!(c2, p1, "{layout}: {c2} of {p2} cached");
         assert_eq!(text, ask(&fresh, longer, 8).0, "{layout}");
-        // A prompt that leaves it part way: nothing reused.
+        // A prompt that leaves it in its prompt's last 4 tokens: reused
+        // up to the checkpoint there.
+        let near = "abc def ghi jkX";
+        let (text, p3, c3) = ask(&keeping, near, 8);
+        assert_eq!((p3, c3), (p2, p2 - 4), "{layout}");
+        assert_eq!(text, ask(&fresh, near, 8).0, "{layout}");
+        ask(&unmarked, "abc def ghi jkl", 8);
+        assert_eq!(ask(&unmarked, near, 8).2, 0, "{layout}: no checkpoints");
+        // A prompt that leaves it before any checkpoint: nothing reused.
         let other = "abc xyz";
-        let (text, _, c3) = ask(&keeping, other, 8);
-        assert_eq!(c3, 0, "{layout}");
+        let (text, _, c4) = ask(&keeping, other, 8);
+        assert_eq!(c4, 0, "{layout}");
         assert_eq!(text, ask(&fresh, other, 8).0, "{layout}");
     }
 }

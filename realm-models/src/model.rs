@@ -748,6 +748,8 @@ impl<'a, B: Backend> Model<'a, B> {
             logits_on_host: false,
             loras: Vec::new(),
             recurrent: Recurrent::new(c),
+            checkpoints: Vec::new(),
+            max_checkpoints: 0,
             layers: c.n_layers,
         })
     }
@@ -2330,6 +2332,10 @@ pub struct Session<B: Backend> {
     loras: Vec<(LoraId, f32)>,
     /// Its delta nets' states (none for a model without).
     recurrent: Recurrent,
+    /// Copies of those states at earlier positions, oldest first
+    /// ([`Session::checkpoint`]), and how many it keeps.
+    checkpoints: Vec<(usize, Recurrent)>,
+    max_checkpoints: usize,
     /// The model's blocks.
     layers: usize,
 }
@@ -2354,16 +2360,74 @@ impl<B: Backend> Session<B> {
     }
 
     /// Forgets every token after the first `pos` (the cache keeps the
-    /// rest). A model with delta nets (Qwen 3.5's; see
+    /// rest). A model with recurrent blocks (Qwen 3.5's delta nets; see
     /// [`Model::can_forget`]) cannot take tokens out of their states:
-    /// there, forgetting any token forgets all (position 0). A caller
-    /// that keeps a prefix reads [`Session::position`] afterwards.
+    /// there, forgetting any token goes back to the last checkpoint at or
+    /// before `pos` ([`Session::checkpoint`]), or to position 0 where
+    /// there is none. A caller that keeps a prefix reads
+    /// [`Session::position`] afterwards (or asks [`Session::reachable`]
+    /// before).
     pub fn truncate(&mut self, pos: usize) {
         if self.recurrent.any() && (pos < self.pos || self.chunk_unfinished()) {
-            self.restart();
+            self.checkpoints.retain(|&(at, _)| at <= pos);
+            match self.checkpoints.last() {
+                Some((at, states)) => {
+                    self.recurrent.layers.clone_from(&states.layers);
+                    self.pos = *at;
+                }
+                None => self.restart(),
+            }
         }
         self.pos = self.pos.min(pos);
         self.chunk = None;
+    }
+
+    /// The position [`Session::truncate`] to `pos` would leave.
+    pub fn reachable(&self, pos: usize) -> usize {
+        if !self.recurrent.any() || (pos >= self.pos && !self.chunk_unfinished()) {
+            return pos.min(self.pos);
+        }
+        self.checkpoints
+            .iter()
+            .rev()
+            .find(|&&(at, _)| at <= pos)
+            .map_or(0, |&(at, _)| at)
+    }
+
+    /// Keeps at most `n` checkpoints of its recurrent states (none by
+    /// default); the oldest go first.
+    pub fn set_max_checkpoints(&mut self, n: usize) {
+        self.max_checkpoints = n;
+        let extra = self.checkpoints.len().saturating_sub(n);
+        self.checkpoints.drain(..extra);
+    }
+
+    /// Keeps a copy of its recurrent states at this position (llama.cpp's
+    /// context checkpoints), so that forgetting tokens after it
+    /// ([`Session::truncate`]) comes back here instead of to position 0:
+    /// a server takes one a few tokens before a prompt's end, where the
+    /// next turn's prompt (the reply as the chat template writes it back)
+    /// most often leaves what the session holds. Returns whether it kept
+    /// one: not for a model without recurrent blocks (whose cache forgets
+    /// any token), nor half way through a chunk, nor where
+    /// [`Session::set_max_checkpoints`] allows none. A checkpoint holds
+    /// every recurrent block's state (Qwen 3.5 0.8B's: about 20 MB).
+    pub fn checkpoint(&mut self) -> bool {
+        if !self.recurrent.any() || self.max_checkpoints == 0 || self.chunk_unfinished() {
+            return false;
+        }
+        let pos = self.pos;
+        self.checkpoints.retain(|&(at, _)| at != pos);
+        if self.checkpoints.len() >= self.max_checkpoints {
+            self.checkpoints.remove(0);
+        }
+        self.checkpoints.push((pos, self.recurrent.clone()));
+        true
+    }
+
+    /// Positions of its checkpoints, oldest first.
+    pub fn checkpoints(&self) -> impl Iterator<Item = usize> + '_ {
+        self.checkpoints.iter().map(|&(at, _)| at)
     }
 
     /// Whether a chunk has run through some layers but not all: a delta
@@ -2373,11 +2437,13 @@ impl<B: Backend> Session<B> {
             .is_some_and(|c| c.layers_done > 0 && c.layers_done < self.layers)
     }
 
-    /// Back to position 0, the delta nets' states to their start.
+    /// Back to position 0, the delta nets' states to their start (their
+    /// checkpoints go: the tokens after will take their cache rows).
     fn restart(&mut self) {
         self.pos = 0;
         self.chunk = None;
         self.recurrent.reset();
+        self.checkpoints.clear();
     }
 
     /// Most tokens one chunk of [`Model::embed_tokens`] may hold.

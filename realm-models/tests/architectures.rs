@@ -732,3 +732,68 @@ fn recurrent_states_restore_and_restart() {
         assert!(err.contains("recurrent state"), "{err}");
     }
 }
+
+/// Checkpoints of a recurrent session's states: forgetting tokens goes
+/// back to the last checkpoint at or before what is kept (the next
+/// logits bit for bit the uninterrupted session's), to position 0 where
+/// there is none; the oldest go past the limit, none are kept by
+/// default, and a model whose cache forgets any token keeps none.
+#[test]
+fn checkpoints_take_recurrent_sessions_back() {
+    let cpu = CpuBackend::new().unwrap();
+    let prompt = [5u32, 17, 40, 41, 260, 3, 99, 98];
+    for name in [
+        "tiny-qwen35",
+        "tiny-qwen3next-fused",
+        "tiny-lfm2",
+        "tiny-granitehybrid",
+        "tiny-falcon-h1",
+        "tiny-nemotron_h",
+    ] {
+        let bytes = SyntheticLayout::by_name(name).unwrap().write(3).unwrap();
+        let file = Gguf::from_bytes(&bytes[..]).unwrap();
+        let model = Model::load(&file, &cpu).unwrap();
+        let mut whole = model.session(32, 4).unwrap();
+        model.forward(&mut whole, &prompt).unwrap();
+        let want = model.forward(&mut whole, &[7]).unwrap().to_vec();
+
+        let mut s = model.session(32, 4).unwrap();
+        model.forward(&mut s, &prompt[..2]).unwrap();
+        assert!(!s.checkpoint(), "{name}: none kept by default");
+        s.set_max_checkpoints(2);
+        assert!(s.checkpoint());
+        model.forward(&mut s, &prompt[2..4]).unwrap();
+        assert!(s.checkpoint());
+        model.forward(&mut s, &prompt[4..6]).unwrap();
+        assert!(s.checkpoint());
+        assert_eq!(s.checkpoints().collect::<Vec<_>>(), [4, 6], "{name}");
+        model.forward(&mut s, &[1, 2]).unwrap();
+        // Another ending than the prompt's: back to the checkpoint at 6.
+        assert_eq!(s.reachable(7), 6);
+        s.truncate(7);
+        assert_eq!(s.position(), 6, "{name}");
+        model.forward(&mut s, &prompt[6..]).unwrap();
+        assert_eq!(model.forward(&mut s, &[7]).unwrap(), &want[..], "{name}");
+        // Before the checkpoint at 6: the one at 4, and 6 goes.
+        s.truncate(5);
+        assert_eq!(s.position(), 4, "{name}");
+        assert_eq!(s.checkpoints().collect::<Vec<_>>(), [4], "{name}");
+        model.forward(&mut s, &prompt[4..]).unwrap();
+        assert_eq!(model.forward(&mut s, &[7]).unwrap(), &want[..], "{name}");
+        // Before any: position 0.
+        assert_eq!(s.reachable(3), 0);
+        s.truncate(3);
+        assert_eq!((s.position(), s.checkpoints().count()), (0, 0), "{name}");
+    }
+    let bytes = SyntheticLayout::by_name("tiny-llama")
+        .unwrap()
+        .write(3)
+        .unwrap();
+    let file = Gguf::from_bytes(&bytes[..]).unwrap();
+    let model = Model::load(&file, &cpu).unwrap();
+    let mut s = model.session(32, 4).unwrap();
+    s.set_max_checkpoints(2);
+    model.forward(&mut s, &prompt).unwrap();
+    assert!(!s.checkpoint());
+    assert_eq!(s.reachable(5), 5);
+}

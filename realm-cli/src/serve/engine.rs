@@ -12,7 +12,14 @@
 //! A finished request's KV cache is kept (the last `prompt_cache` of
 //! them), and a later request whose prompt begins with the tokens one holds
 //! runs only the rest (unless it wants its prompt's log-probabilities,
-//! which need every prompt token run). A request whose client has gone
+//! which need every prompt token run). A model with recurrent blocks
+//! (Qwen 3.5's delta nets), whose states cannot forget tokens, keeps
+//! checkpoints of them instead (`ctx_checkpoints` a session, llama.cpp's
+//! `--ctx-checkpoints`): one taken `CHECKPOINT_TAIL` tokens before each
+//! prompt's end (its prefill chunk stops there), so a next prompt that
+//! leaves the kept tokens after it (a chat template writing the reply
+//! back otherwise than it was generated) runs only what follows the
+//! checkpoint. A request whose client has gone
 //! (its event channel closed) is dropped at the next turn, with its KV
 //! cache.
 //!
@@ -150,6 +157,12 @@ pub struct Job {
     pub _ticket: Ticket,
 }
 
+/// Tokens before a prompt's end where a recurrent model's session takes a
+/// checkpoint (llama.cpp's server takes one 4 tokens before: a chat's
+/// next prompt most often leaves the kept tokens in the generation
+/// prompt's last few, where a reply begins).
+const CHECKPOINT_TAIL: usize = 4;
+
 /// How the engine runs.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -168,6 +181,9 @@ pub struct EngineConfig {
     /// Most finished requests' KV caches kept for requests whose prompts
     /// begin the same (0: none; then each cache is sized to its request).
     pub prompt_cache: usize,
+    /// Most checkpoints of a recurrent model's states a session keeps
+    /// (0: none).
+    pub ctx_checkpoints: usize,
     /// Shift a full context instead of ending the request.
     pub context_shift: bool,
     /// What the engine counts, for `/metrics`.
@@ -566,6 +582,7 @@ impl<'m, B: Backend> Engine<'m, '_, B> {
                 .session_with_kv(room, self.cfg.batch, self.cfg.kv_dtype)
                 .map(|mut s| {
                     s.set_loras(&loras);
+                    s.set_max_checkpoints(self.cfg.ctx_checkpoints);
                     (s, 0)
                 })
                 .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?,
@@ -594,7 +611,8 @@ impl<'m, B: Backend> Engine<'m, '_, B> {
     /// equals), cut back to that beginning, and how many tokens it holds;
     /// at least the prompt's last token is left to run, for its logits.
     /// A model whose state cannot forget tokens (Qwen 3.5's delta nets)
-    /// reuses only a session whose every token begins the prompt.
+    /// reuses a session up to its last checkpoint within that beginning,
+    /// or whole where its every token begins the prompt.
     fn reuse(
         &mut self,
         prompt: &[u32],
@@ -606,13 +624,9 @@ impl<'m, B: Backend> Engine<'m, '_, B> {
             .iter()
             .enumerate()
             .filter(|(_, (_, s))| s.capacity() >= room && s.loras() == loras)
-            .map(|(i, (held, _))| {
+            .map(|(i, (held, s))| {
                 let common = held.iter().zip(prompt).take_while(|(a, b)| a == b).count();
-                let common = common.min(prompt.len() - 1);
-                match common < held.len() && !self.model.can_forget() {
-                    true => (i, 0),
-                    false => (i, common),
-                }
+                (i, s.reachable(common.min(prompt.len() - 1)))
             })
             .max_by_key(|&(i, common)| (common, std::cmp::Reverse(i)))?;
         let (_, mut session) = self.kept.remove(i)?;
@@ -644,7 +658,15 @@ impl<'m, B: Backend> Engine<'m, '_, B> {
             return;
         };
         let s = &mut self.running[i];
-        let end = s.prompt.len().min(s.prefilled + s.session.batch());
+        let mut end = s.prompt.len().min(s.prefilled + s.session.batch());
+        // A recurrent model's chunk stops where a checkpoint is due.
+        let due = s.prompt.len().checked_sub(CHECKPOINT_TAIL);
+        let checkpoint = due.filter(|&at| {
+            !self.model.can_forget() && self.cfg.ctx_checkpoints > 0 && at > s.prefilled
+        });
+        if let Some(at) = checkpoint {
+            end = end.min(at);
+        }
         let started = Instant::now();
         let ran = match s.job.limits.logprobs {
             Some(k) if s.scores_prompt() => {
@@ -672,6 +694,9 @@ impl<'m, B: Backend> Engine<'m, '_, B> {
         metrics::add(&m.prompt_tokens, (end - s.prefilled) as u64);
         metrics::add(&m.prompt_micros, started.elapsed().as_micros() as u64);
         s.prefilled = end;
+        if checkpoint == Some(end) {
+            s.session.checkpoint();
+        }
         if end == s.prompt.len() {
             if let Some(text) = s.echo.take() {
                 let logprobs = std::mem::take(&mut s.pending);

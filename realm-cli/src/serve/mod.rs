@@ -83,6 +83,14 @@ pub struct ServeArgs {
     /// (not --wasm).
     #[arg(long, default_value_t = 4)]
     pub prompt_cache: usize,
+    /// Most checkpoints of a recurrent model's states (Qwen 3.5's delta
+    /// nets, LFM2's convolutions, Mamba-2 mixers) each session keeps, one
+    /// taken 4 tokens before each prompt's end, so that a later prompt
+    /// that leaves a kept session's tokens after a checkpoint reuses it
+    /// up to there (llama.cpp's --ctx-checkpoints); each holds every
+    /// recurrent block's state (Qwen 3.5 0.8B's: about 20 MB); 0 keeps none.
+    #[arg(long, default_value_t = 4)]
+    pub ctx_checkpoints: usize,
     /// When a request's context is full, forget the older half of its
     /// tokens after the first `n_keep` (a request field, 0 by default: the
     /// BOS token; -1: the whole prompt) and go on, as llama.cpp's server
@@ -175,6 +183,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         batch: args.batch_size,
         kv_dtype: args.cache_type.into(),
         prompt_cache: args.prompt_cache,
+        ctx_checkpoints: args.ctx_checkpoints,
         context_shift: args.context_shift,
         metrics: Arc::new(metrics::Metrics::default()),
     };

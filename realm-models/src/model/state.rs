@@ -312,6 +312,7 @@ impl<B: Backend> Model<'_, B> {
             }
         }
         session.recurrent = states;
+        session.checkpoints.clear();
         session.pos = n;
         Ok(tokens)
     }
