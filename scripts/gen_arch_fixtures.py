@@ -45,9 +45,20 @@ TOKENS = [(i * 37 + 11) % 297 + 3 for i in range(24)]
 
 
 def case(name, layout, matrix_type="f32", rope_factors=False, overrides=(), long_rope=None,
-         n_ctx=64):
-    return dict(name=name, layout=layout, matrix_type=matrix_type, rope_factors=rope_factors,
-                overrides=[list(o) for o in overrides], long_rope=long_rope, n_ctx=n_ctx)
+         n_ctx=64, long=None):
+    """A case; `long`: run that many tokens (TOKENS' formula carried on)
+    and keep only the last len(TOKENS) positions' logits."""
+    c = dict(name=name, layout=layout, matrix_type=matrix_type, rope_factors=rope_factors,
+             overrides=[list(o) for o in overrides], long_rope=long_rope, n_ctx=n_ctx)
+    if long:
+        c["long"] = long
+    return c
+
+
+def tokens_of(c):
+    """The tokens a case runs."""
+    n = c.get("long") or len(TOKENS)
+    return [(i * 37 + 11) % 297 + 3 for i in range(n)]
 
 
 # Phi 3.5's LongRoPE, shrunk: a 4096-token model from a 256-token original
@@ -233,6 +244,12 @@ CASES = [
     case("granitehybrid-q8_0", "tiny-granitehybrid", matrix_type="q8_0"),
     case("granitehybrid-moe", "tiny-granitehybrid-moe"),
     case("granitehybrid-nope", "tiny-granitehybrid-nope"),
+    # Llama 4: chunked attention with RoPE and weightless Q/K norms, a
+    # global layer without RoPE whose queries grow past 8192 positions,
+    # experts every other block given the token times their weight, a
+    # shared expert; run past the first chunk (8,200 tokens).
+    case("llama4", "tiny-llama4"),
+    case("llama4-long", "tiny-llama4", n_ctx=8256, long=8200),
     # Falcon-H1: attention and a Mamba-2 mixer side by side in every
     # block; without the mixers' norms.
     case("falcon-h1", "tiny-falcon-h1"),
@@ -313,8 +330,9 @@ def main():
             llm = Llama(path, n_ctx=c["n_ctx"], n_batch=64, logits_all=True, n_threads=2,
                         type_k=0, type_v=0, verbose=False, seed=0,
                         yarn_beta_fast=-1.0, yarn_beta_slow=-1.0)
-            llm.eval(TOKENS)
-            scores = np.array(llm.scores[: len(TOKENS)], dtype=np.float32)
+            tokens = tokens_of(c)
+            llm.eval(tokens)
+            scores = np.array(llm.scores[len(tokens) - len(TOKENS): len(tokens)], dtype=np.float32)
             del llm
             logits = [[float("%.6g" % v) for v in row] for row in scores]
             out["cases"].append(dict(c, fnv1a=f"{digest:016x}", logits=logits))

@@ -317,10 +317,10 @@ fn check_params(
         });
     }
     check_sinks(OP, p)?;
-    if p.sliding_window == Some(0) {
+    if p.sliding_window == Some(0) || p.chunk == Some(0) {
         return Err(BackendError::InvalidParameter {
             op: OP,
-            what: "sliding window of zero",
+            what: "sliding window or chunk of zero",
         });
     }
     if p.softcap.is_some_and(|c| !(c > 0.0 && c.is_finite())) {
@@ -465,7 +465,7 @@ fn group_attention(
     out: &mut [f32],
 ) {
     let hd = p.head_dim;
-    let lo = p.sliding_window.map_or(0, |w| (pos + 1).saturating_sub(w));
+    let lo = p.first_key(pos);
     // The key tiles that hold positions `lo..=pos`, and the values.
     let (t_lo, t_hi) = (lo / KEY_TILE, (pos + 1).div_ceil(KEY_TILE));
     let skip = lo - t_lo * KEY_TILE;
@@ -671,9 +671,7 @@ pub(crate) fn attention(
     // token) or without AVX2; else the kernels dequantize in registers.
     let src = match cache.store {
         Store::Q8 { .. } if be.isa != Isa::Avx2 || n >= FLAT_TOKENS => {
-            let first = p
-                .sliding_window
-                .map_or(0, |w| (start_pos + 1).saturating_sub(w));
+            let first = p.first_key(start_pos);
             dequantize_layer(cache, layer, first, ctx, &mut ws.kv)
         }
         _ => Source::Cache(cache),

@@ -703,6 +703,10 @@ impl AttentionOps for CpuBackend {
         true
     }
 
+    fn supports_chunks(&self) -> bool {
+        true
+    }
+
     fn kv_cache(&self, cfg: &KvCacheConfig) -> BackendResult<CpuKvCache> {
         attention::new_cache(cfg)
     }

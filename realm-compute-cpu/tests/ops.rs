@@ -127,7 +127,7 @@ proptest! {
     }
 
     #[test]
-    fn attention_matches_f64(n_kv in 1usize..3, group in 1usize..6, hd in 1usize..20, past in 0usize..20, n in 1usize..6, window in proptest::option::of(1usize..12), softcap in proptest::option::of(1f32..50.0), sinks in any::<bool>(), threads in 1usize..3, scalar in any::<bool>(), f16_cache in any::<bool>(), seed in any::<u64>()) {
+    fn attention_matches_f64(n_kv in 1usize..3, group in 1usize..6, hd in 1usize..20, past in 0usize..20, n in 1usize..6, window in proptest::option::of(1usize..12), chunk in proptest::option::of(1usize..10), softcap in proptest::option::of(1f32..50.0), sinks in any::<bool>(), threads in 1usize..3, scalar in any::<bool>(), f16_cache in any::<bool>(), seed in any::<u64>()) {
         let mut rng = Rng::new(seed);
         let n_heads = n_kv * group;
         let total = past + n;
@@ -144,13 +144,14 @@ proptest! {
         let q = rng.f32s(n * n_heads * hd, -1.0, 1.0);
         // Sinks from well below the scores to well above them.
         let sink = rng.f32s(n_heads, -4.0, 4.0);
-        let p = AttentionParams { n_heads, n_kv_heads: n_kv, head_dim: hd, scale: 1.0 / (hd as f32).sqrt(), sliding_window: window, softcap, sinks: sinks.then_some(&sink[..]) };
+        let p = AttentionParams { n_heads, n_kv_heads: n_kv, head_dim: hd, scale: 1.0 / (hd as f32).sqrt(), sliding_window: window, chunk, softcap, sinks: sinks.then_some(&sink[..]) };
         let mut out = vec![0.0; q.len()];
         let mut ws = b.workspace();
         b.attention(&mut ws, &cache, KvSpan { layer: 1, start_pos: past }, &q, 0..n, &p, &mut out).unwrap();
         for t in 0..n {
             let pos = past + t;
-            let lo = window.map_or(0, |w| (pos + 1).saturating_sub(w));
+            // The window's start, or the chunk's where later.
+            let lo = window.map_or(0, |w| (pos + 1).saturating_sub(w)).max(chunk.map_or(0, |c| pos / c * c));
             for h in 0..n_heads {
                 let g = h / group;
                 let qh = &q[(t * n_heads + h) * hd..][..hd];
@@ -212,7 +213,7 @@ proptest! {
         b.kv_write(&mut b.workspace(), &mut f32s, at, &kr, &vr, 0..total).unwrap();
         let q = rng.f32s(n * n_heads * hd, -1.0, 1.0);
         let sink = rng.f32s(n_heads, -4.0, 4.0);
-        let p = AttentionParams { n_heads, n_kv_heads: n_kv, head_dim: hd, scale: 1.0 / (hd as f32).sqrt(), sliding_window: window, softcap, sinks: sinks.then_some(&sink[..]) };
+        let p = AttentionParams { n_heads, n_kv_heads: n_kv, head_dim: hd, scale: 1.0 / (hd as f32).sqrt(), sliding_window: window, chunk: None, softcap, sinks: sinks.then_some(&sink[..]) };
         let attend = |cache| {
             let mut out = vec![0.0; q.len()];
             b.attention(&mut b.workspace(), cache, KvSpan { layer: 1, start_pos: past }, &q, 0..n, &p, &mut out).unwrap();
@@ -313,6 +314,7 @@ fn attention_is_batch_invariant() {
         head_dim: hd,
         scale: 0.125,
         sliding_window: Some(16),
+        chunk: None,
         softcap: None,
         sinks: None,
     };
@@ -428,6 +430,7 @@ fn bad_parameters_are_errors() {
         head_dim: 4,
         scale: 0.5,
         sliding_window: None,
+        chunk: None,
         softcap: None,
         sinks: None,
     };
@@ -502,6 +505,7 @@ fn bad_parameters_are_errors() {
             0..1,
             &AttentionParams {
                 sliding_window: Some(0),
+                chunk: None,
                 ..p
             },
             &mut out
@@ -606,6 +610,7 @@ fn f16_cache_matches_f32_cache_on_f16_values() {
         head_dim: hd,
         scale: 0.125,
         sliding_window: Some(5),
+        chunk: None,
         softcap: None,
         sinks: None,
     };

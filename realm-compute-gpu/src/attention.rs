@@ -57,6 +57,12 @@ fn check_params(
             what: "the GPU backend has no attention sinks (gpt-oss): run such a model on the CPU",
         });
     }
+    if p.chunk.is_some() {
+        return Err(BackendError::InvalidParameter {
+            op,
+            what: "the GPU backend has no chunked attention (Llama 4): run such a model on the CPU",
+        });
+    }
     Ok(())
 }
 

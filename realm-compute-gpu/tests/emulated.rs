@@ -343,6 +343,7 @@ fn attention_kernel(case: &Case, seed: u64, kernel: Kernel) {
         head_dim: hd,
         scale: 1.0 / (hd as f32).sqrt(),
         sliding_window: case.window,
+        chunk: None,
         softcap: case.softcap,
         sinks: None,
     };

@@ -67,6 +67,16 @@ fn gpt_oss_is_refused_at_load() {
     assert!(Model::load(&file, &CpuBackend::new().unwrap()).is_ok());
 }
 
+#[test]
+fn llama4_is_refused_at_load() {
+    let g = gpu();
+    let layout = SyntheticLayout::tiny("llama4").unwrap();
+    let file = Gguf::from_bytes(layout.write(3).unwrap()).unwrap();
+    let err = Model::load(&file, &g).unwrap_err().to_string();
+    assert!(err.contains("chunked attention"), "{err}");
+    assert!(Model::load(&file, &CpuBackend::new().unwrap()).is_ok());
+}
+
 /// Every architecture's `SyntheticLayout::tiny` the GPU backend runs.
 const ARCHS: [&str; 35] = [
     "llama",

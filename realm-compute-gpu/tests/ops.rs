@@ -170,7 +170,7 @@ proptest! {
         // Attention: 4 heads of 64 over 2 KV heads, after `past` keys.
         let cfg = KvCacheConfig { n_layers: 1, n_kv_heads: 2, head_dim: 64, max_seq_len: past + n, dtype: KvDtype::F32 };
         let kv = [rng.f32s((past + n) * 128, -1.0, 1.0), rng.f32s((past + n) * 128, -1.0, 1.0)];
-        let p = AttentionParams { n_heads: 4, n_kv_heads: 2, head_dim: 64, scale: 0.125, sliding_window: None, softcap: None, sinks: None };
+        let p = AttentionParams { n_heads: 4, n_kv_heads: 2, head_dim: 64, scale: 0.125, sliding_window: None, chunk: None, softcap: None, sinks: None };
         let at = |start_pos| KvSpan { layer: 0, start_pos };
         let mut results = Vec::new();
         for blocks in [false, true] {
@@ -404,7 +404,7 @@ proptest! {
             let k = rng.f32s(total * n_kv * hd, -1.0, 1.0);
             let v = rng.f32s(total * n_kv * hd, -1.0, 1.0);
             let q = rng.f32s(n * n_heads * hd, -1.0, 1.0);
-            let p = AttentionParams { n_heads, n_kv_heads: n_kv, head_dim: hd, scale: 1.0 / (hd as f32).sqrt(), sliding_window: window, softcap, sinks: None };
+            let p = AttentionParams { n_heads, n_kv_heads: n_kv, head_dim: hd, scale: 1.0 / (hd as f32).sqrt(), sliding_window: window, chunk: None, softcap, sinks: None };
             let at = |start_pos| KvSpan { layer: 1, start_pos };
 
             let mut cc = c.kv_cache(&cfg).unwrap();
@@ -449,7 +449,7 @@ proptest! {
             let rows = pasts.len();
             let kv_width = n_kv * hd;
             let cfg = KvCacheConfig { n_layers: 2, n_kv_heads: n_kv, head_dim: hd, max_seq_len: 12, dtype: if f16 { KvDtype::F16 } else { KvDtype::F32 } };
-            let p = AttentionParams { n_heads, n_kv_heads: n_kv, head_dim: hd, scale: 1.0 / (hd as f32).sqrt(), sliding_window: window, softcap, sinks: None };
+            let p = AttentionParams { n_heads, n_kv_heads: n_kv, head_dim: hd, scale: 1.0 / (hd as f32).sqrt(), sliding_window: window, chunk: None, softcap, sinks: None };
             // Each sequence's history, written one call each.
             let hist: Vec<(Vec<f32>, Vec<f32>)> = pasts.iter().map(|&p| (rng.f32s(p * kv_width, -1.0, 1.0), rng.f32s(p * kv_width, -1.0, 1.0))).collect();
             let (k, v, q) = (rng.f32s(rows * kv_width, -1.0, 1.0), rng.f32s(rows * kv_width, -1.0, 1.0), rng.f32s(rows * n_heads * hd, -1.0, 1.0));
@@ -519,7 +519,7 @@ proptest! {
         let rows = pasts.len();
         let kv_width = n_kv * hd;
         let cfg = KvCacheConfig { n_layers: 2, n_kv_heads: n_kv, head_dim: hd, max_seq_len: 12, dtype: if f16 { KvDtype::F16 } else { KvDtype::F32 } };
-        let p = AttentionParams { n_heads, n_kv_heads: n_kv, head_dim: hd, scale: 1.0 / (hd as f32).sqrt(), sliding_window: window, softcap: None, sinks: None };
+        let p = AttentionParams { n_heads, n_kv_heads: n_kv, head_dim: hd, scale: 1.0 / (hd as f32).sqrt(), sliding_window: window, chunk: None, softcap: None, sinks: None };
         let rope = RopeParams { n_dims: 2 * half, base: 10000.0, freq_scale: 1.0, mode: if neox { RopeMode::Neox } else { RopeMode::Normal }, factors: None, magnitude: 1.0 };
         let mut rng = Rng(seed);
         let hist: Vec<(Vec<f32>, Vec<f32>)> = pasts.iter().map(|&p| (rng.f32s(p * kv_width, -1.0, 1.0), rng.f32s(p * kv_width, -1.0, 1.0))).collect();
@@ -607,7 +607,7 @@ proptest! {
         let (kv_width, width) = (n_kv * hd, n_heads * hd);
         let total = past + n;
         let cfg = KvCacheConfig { n_layers: 2, n_kv_heads: n_kv, head_dim: hd, max_seq_len: total + 2, dtype: if f16 { KvDtype::F16 } else { KvDtype::F32 } };
-        let p = AttentionParams { n_heads, n_kv_heads: n_kv, head_dim: hd, scale: 1.0 / (hd as f32).sqrt(), sliding_window: window, softcap, sinks: None };
+        let p = AttentionParams { n_heads, n_kv_heads: n_kv, head_dim: hd, scale: 1.0 / (hd as f32).sqrt(), sliding_window: window, chunk: None, softcap, sinks: None };
         let rope = RopeParams { n_dims: 2 * half, base: 10000.0, freq_scale: 1.0, mode: if neox { RopeMode::Neox } else { RopeMode::Normal }, factors: None, magnitude: 1.0 };
         let mut rng = Rng(seed);
         let (hk, hv) = (rng.f32s(past * kv_width, -1.0, 1.0), rng.f32s(past * kv_width, -1.0, 1.0));
@@ -729,6 +729,7 @@ fn long_caches_attend_alike_split_or_not() {
             head_dim: hd,
             scale: 1.0 / (hd as f32).sqrt(),
             sliding_window: case.window,
+            chunk: None,
             softcap: None,
             sinks: None,
         };
@@ -868,6 +869,7 @@ fn heads_past_the_fused_kernels_attend_without_blocks() {
         head_dim: hd,
         scale: 1.0 / (hd as f32).sqrt(),
         sliding_window: None,
+        chunk: None,
         softcap: None,
         sinks: None,
     };
@@ -956,6 +958,7 @@ fn rope_attend_refuses_scattered_positions() {
         head_dim: 4,
         scale: 0.5,
         sliding_window: None,
+        chunk: None,
         softcap: None,
         sinks: None,
     };
@@ -1099,6 +1102,7 @@ fn bad_input_is_an_error() {
         head_dim: 4,
         scale: 0.5,
         sliding_window: None,
+        chunk: None,
         softcap: None,
         sinks: None,
     };
@@ -1129,6 +1133,7 @@ fn bad_input_is_an_error() {
             0..1,
             &AttentionParams {
                 sliding_window: Some(0),
+                chunk: None,
                 ..p
             },
             &mut att

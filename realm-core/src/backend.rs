@@ -774,6 +774,10 @@ pub struct AttentionParams<'a> {
     /// If set, a query at position `p` sees only keys at positions
     /// `p + 1 - w ..= p`.
     pub sliding_window: Option<usize>,
+    /// If set, a query at position `p` sees only keys of its own chunk of
+    /// `c` positions (Llama 4's chunked attention): `c * (p / c) ..= p`.
+    /// Only backends that [support it](AttentionOps::supports_chunks).
+    pub chunk: Option<usize>,
     /// If set, scores become `c * tanh(score / c)` before the softmax.
     pub softcap: Option<f32>,
     /// If set, one logit per query head (`n_heads` of them) that joins
@@ -781,6 +785,28 @@ pub struct AttentionParams<'a> {
     /// sinks): a key's weight becomes `exp(s) / (sum exp(s) + exp(sink))`,
     /// so a head may attend to nothing.
     pub sinks: Option<&'a [f32]>,
+}
+
+impl AttentionParams<'_> {
+    /// The first key position a query at `pos` sees (its window's or
+    /// its chunk's start).
+    ///
+    /// ```
+    /// # use realm_core::backend::AttentionParams;
+    /// let p = AttentionParams {
+    ///     n_heads: 1, n_kv_heads: 1, head_dim: 8, scale: 1.0,
+    ///     sliding_window: Some(4), chunk: Some(16), softcap: None, sinks: None,
+    /// };
+    /// assert_eq!(p.first_key(10), 7);
+    /// assert_eq!(p.first_key(17), 16);
+    /// ```
+    pub fn first_key(&self, pos: usize) -> usize {
+        let window = self
+            .sliding_window
+            .map_or(0, |w| (pos + 1).saturating_sub(w));
+        let chunk = self.chunk.filter(|&c| c > 0).map_or(0, |c| pos / c * c);
+        window.max(chunk)
+    }
 }
 
 /// Where in a KV cache a call reads or writes: a layer and the position of
@@ -803,6 +829,11 @@ pub trait AttentionOps: RopeOps + NormOps {
     /// them refuses the calls that set them; a model that needs them asks
     /// first, so that it fails at load.
     fn supports_sinks(&self) -> bool {
+        false
+    }
+
+    /// Whether [`AttentionParams::chunk`] may be set (as for sinks).
+    fn supports_chunks(&self) -> bool {
         false
     }
 

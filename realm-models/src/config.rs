@@ -5,6 +5,10 @@ use realm_core::gguf::{Metadata, MetadataArray, MetadataValue};
 
 use crate::{Error, Result};
 
+/// The chunks of Llama 4's local layers' attention, and the floor of its
+/// attention temperature (llama.cpp's constants).
+const LLAMA4_CHUNK: usize = 8192;
+
 /// The architectures Realm runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Architecture {
@@ -93,6 +97,14 @@ pub enum Architecture {
     /// absorbed form hold it), dense leading blocks, then experts routed
     /// as the file says, in groups, and shared experts.
     Deepseek2,
+    /// Llama 4 (llama4: Scout 17B-16E, Maverick 17B-128E): three of four
+    /// layers attend within chunks of 8192 positions with RoPE and (but
+    /// Maverick) Q/K norms without weights, the fourth globally without
+    /// RoPE, its queries growing with the position
+    /// ([`AttnTemperature`]); experts every `interleave_moe_layer_step`
+    /// blocks, each chosen by its router's top scores and given the
+    /// token times its score's sigmoid, beside an ungated shared expert.
+    Llama4,
     /// Qwen 3.5's dense models (qwen35): three of four blocks a gated
     /// delta net (linear attention with a recurrent state,
     /// [`DeltaNetConfig`]), the fourth gated attention (a sigmoid gate on
@@ -175,6 +187,7 @@ impl Architecture {
             "dots1" => Self::Dots1,
             "bailingmoe2" => Self::BailingMoe2,
             "deepseek2" => Self::Deepseek2,
+            "llama4" => Self::Llama4,
             "qwen35" => Self::Qwen35,
             "qwen35moe" => Self::Qwen35Moe,
             "qwen3next" => Self::Qwen3Next,
@@ -218,6 +231,7 @@ impl Architecture {
             Self::Dots1 => "dots1",
             Self::BailingMoe2 => "bailingmoe2",
             Self::Deepseek2 => "deepseek2",
+            Self::Llama4 => "llama4",
             Self::Qwen35 => "qwen35",
             Self::Qwen35Moe => "qwen35moe",
             Self::Qwen3Next => "qwen3next",
@@ -272,6 +286,12 @@ pub struct MoeConfig {
     /// experts the best of the groups whose two best scores sum highest),
     /// if the experts are grouped.
     pub groups: Option<(usize, usize)>,
+    /// Experts in every `every`th block after the dense lead (Llama 4's
+    /// `interleave_moe_layer_step`; 1: every block).
+    pub every: usize,
+    /// Whether each chosen expert runs on the token times its weight, its
+    /// output left as it is (Llama 4's), rather than its output weighted.
+    pub weights_on_input: bool,
 }
 
 impl MoeConfig {
@@ -285,11 +305,14 @@ impl MoeConfig {
     ///     shared_ffn_dim: None, shared_gated: false, gating: Gating::Sigmoid,
     ///     activation: ExpertActivation::Swiglu, biases: false,
     ///     selection_bias: SelectionBias::Required, dense_lead: 1, groups: None,
+    ///     every: 1, weights_on_input: false,
     /// };
     /// assert!(!m.is_moe_layer(0) && m.is_moe_layer(1));
+    /// let every_other = MoeConfig { dense_lead: 0, every: 2, ..m };
+    /// assert!(!every_other.is_moe_layer(0) && every_other.is_moe_layer(1));
     /// ```
     pub fn is_moe_layer(&self, layer: usize) -> bool {
-        layer >= self.dense_lead
+        layer >= self.dense_lead && (layer + 1).is_multiple_of(self.every.max(1))
     }
 }
 
@@ -390,6 +413,9 @@ pub struct ModelConfig {
     /// (`attention.sliding_window_pattern`: a flag a layer, or every
     /// `n`th layer global); `None`: every layer, where there is a window.
     pub local_layers: Option<Vec<bool>>,
+    /// Chunks of the local layers' attention (Llama 4's 8192: a query sees
+    /// the keys of its own chunk), if any.
+    pub attn_chunk: Option<usize>,
     /// Whether the sliding-window layers rotate without the model's RoPE
     /// scaling (OLMo 3's): no YaRN, no frequency scale, magnitude 1.
     pub local_rope_plain: bool,
@@ -601,6 +627,11 @@ pub struct AttnTemperature {
     /// Positions per step of the logarithm: the original context
     /// (`rope.scaling.original_context_length`, else `context_length`).
     pub floor: usize,
+    /// Added to the position first (Llama 4's 1, Ministral 3's 0).
+    pub offset: usize,
+    /// Whether only the layers without RoPE scale their queries (Llama
+    /// 4's), rather than all.
+    pub nope_only: bool,
 }
 
 impl AttnTemperature {
@@ -609,13 +640,21 @@ impl AttnTemperature {
     ///
     /// ```
     /// use realm_models::AttnTemperature;
-    /// let t = AttnTemperature { scale: 0.5, floor: 16 };
+    /// let t = AttnTemperature { scale: 0.5, floor: 16, offset: 0, nope_only: false };
     /// assert_eq!(t.factor(15), 1.0);
     /// assert_eq!(t.factor(16), (2f64.ln() * 0.5 + 1.0) as f32);
+    /// let llama4 = AttnTemperature { offset: 1, ..t };
+    /// assert_eq!(llama4.factor(15), t.factor(16));
     /// ```
     pub fn factor(&self, pos: u32) -> f32 {
-        let steps = f64::from((pos as f32 / self.floor as f32).floor()) + 1.0;
+        let at = pos as f32 + self.offset as f32;
+        let steps = f64::from((at / self.floor as f32).floor()) + 1.0;
         (steps.ln() * f64::from(self.scale) + 1.0) as f32
+    }
+
+    /// Whether the queries at `pos` are scaled (their factor is not 1).
+    pub fn applies(&self, pos: u32) -> bool {
+        pos as usize + self.offset >= self.floor
     }
 }
 
@@ -721,6 +760,7 @@ impl ModelConfig {
         let nemotron = matches!(arch, Architecture::NemotronH | Architecture::NemotronHMoe);
         let olmo2 = arch == Architecture::Olmo2;
         let exaone4 = arch == Architecture::Exaone4;
+        let llama4 = arch == Architecture::Llama4;
         // llama.cpp gives EXAONE 4 a window (4096 unless set) where it has
         // 64 layers (the 32B), and no other.
         let exaone_window = exaone4 && n_layers == 64;
@@ -756,6 +796,15 @@ impl ModelConfig {
             (Architecture::Gemma2, None) => Some(4096),
             (Architecture::GptOss, None) => Some(u("attention.sliding_window")?),
             (Architecture::Exaone4, w) if exaone_window => Some(w.unwrap_or(4096)),
+            // Llama 4's chunks are not a window; files that turn them off
+            // (a window of 0) llama.cpp runs with neither chunks nor a
+            // temperature, which Realm does not.
+            (Architecture::Llama4, Some(0)) => {
+                return Err(Error::BadConfig(format!(
+                    "{p} without chunked attention (attention.sliding_window 0) is not supported"
+                )))
+            }
+            (Architecture::Llama4, _) => None,
             // LFM2's attention blocks, where the file gives a window.
             (Architecture::Lfm2 | Architecture::Lfm2Moe, w) => w.filter(|&w| w > 0),
             (
@@ -818,7 +867,7 @@ impl ModelConfig {
             // (llama.cpp's OLMo 2 reads `rope.freq_base_swa` but rotates
             // its local layers with the global base.)
             rope_base_local: match opt_f("rope.freq_base_swa")? {
-                Some(b) if gemma || gpt_oss => b,
+                Some(b) if gemma || gpt_oss || llama4 => b,
                 _ if gemma3 => 10_000.0,
                 _ => rope_base,
             },
@@ -835,6 +884,7 @@ impl ModelConfig {
             rope_dims: opt_u("rope.dimension_count")?.unwrap_or(head_dim),
             rope_mode: match arch {
                 Architecture::Llama
+                | Architecture::Llama4
                 | Architecture::Mistral
                 | Architecture::Mistral3
                 | Architecture::Ernie45
@@ -876,6 +926,13 @@ impl ModelConfig {
             // fourth (OLMo 3) attends globally unless the file says
             // otherwise.
             local_layers: match sliding_window {
+                // (Llama 4's chunked layers.)
+                _ if llama4 => Some(swa_pattern(
+                    md,
+                    &key("attention.sliding_window_pattern"),
+                    n_layers,
+                    4,
+                )?),
                 Some(_) if gemma || gpt_oss || olmo2 || exaone4 => {
                     let every = match arch {
                         Architecture::Gemma3 => 6,
@@ -891,6 +948,7 @@ impl ModelConfig {
                 }
                 _ => None,
             },
+            attn_chunk: llama4.then_some(LLAMA4_CHUNK),
             local_rope_plain: olmo2,
             nope_global: exaone_window,
             pre_norms: !(olmo2 || exaone4),
@@ -944,7 +1002,7 @@ impl ModelConfig {
             // Granite 4.0's hybrids rotate nothing where the file says
             // `rope.scaling.finetuned` is false (every layer "without RoPE").
             no_rope_every: match arch {
-                Architecture::SmolLM3 => Some(4),
+                Architecture::SmolLM3 | Architecture::Llama4 => Some(4),
                 Architecture::GraniteHybrid if !rope_finetuned => Some(1),
                 // (Nemotron-H's attention has no RoPE.)
                 _ if nemotron => Some(1),
@@ -965,6 +1023,8 @@ impl ModelConfig {
                     Some(s) if s.is_finite() => Some(AttnTemperature {
                         scale: s,
                         floor: rope_original_context,
+                        offset: 0,
+                        nope_only: false,
                     }),
                     Some(s) => {
                         return Err(Error::BadConfig(format!(
@@ -972,6 +1032,13 @@ impl ModelConfig {
                         )))
                     }
                 },
+                // llama.cpp's constants for Llama 4's chunked files.
+                Architecture::Llama4 => Some(AttnTemperature {
+                    scale: 0.1,
+                    floor: LLAMA4_CHUNK,
+                    offset: 1,
+                    nope_only: true,
+                }),
                 _ => None,
             },
         };
@@ -1095,6 +1162,20 @@ impl ModelConfig {
         }
     }
 
+    /// Whether layer `layer` rotates its queries and keys.
+    pub fn layer_ropes(&self, layer: usize) -> bool {
+        self.layer_rope_freq_scale(layer) != 0.0
+    }
+
+    /// The attention chunk of layer `layer` (Llama 4's local layers), or
+    /// `None`.
+    pub fn layer_chunk(&self, layer: usize) -> Option<usize> {
+        match &self.local_layers {
+            Some(local) if local.get(layer).copied().unwrap_or(false) => self.attn_chunk,
+            _ => None,
+        }
+    }
+
     /// RoPE base of layer `layer`.
     pub fn layer_rope_base(&self, layer: usize) -> f32 {
         if self.is_local(layer) {
@@ -1137,7 +1218,8 @@ impl ModelConfig {
 
     /// Whether layer `layer` is one of a local/global model's local ones.
     fn is_local(&self, layer: usize) -> bool {
-        self.local_layers.is_some() && self.layer_window(layer).is_some()
+        self.local_layers.is_some()
+            && (self.layer_window(layer).is_some() || self.layer_chunk(layer).is_some())
     }
 
     /// Whether layer `layer` has a recurrent state: a delta net, a short
@@ -1230,6 +1312,7 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
     );
     let lfm2 = arch == Architecture::Lfm2Moe;
     let nemotron = matches!(arch, Architecture::NemotronH | Architecture::NemotronHMoe);
+    let llama4 = arch == Architecture::Llama4;
     match (arch, experts) {
         (
             Architecture::Qwen2Moe
@@ -1244,7 +1327,8 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
             | Architecture::Qwen35Moe
             | Architecture::Qwen3Next
             | Architecture::Lfm2Moe
-            | Architecture::NemotronHMoe,
+            | Architecture::NemotronHMoe
+            | Architecture::Llama4,
             0,
         ) => return Err(Error::BadConfig(format!("{p} needs an expert_count"))),
         (_, 0) => return Ok(None),
@@ -1264,6 +1348,7 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
             | Architecture::Deepseek2
             | Architecture::Qwen35Moe
             | Architecture::Qwen3Next
+            | Architecture::Llama4
             | Architecture::GraniteHybrid
             | Architecture::Lfm2Moe
             | Architecture::NemotronH
@@ -1302,7 +1387,7 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
     );
     let gpt_oss = arch == Architecture::GptOss;
     let ffn_dim = match get("expert_feed_forward_length")? {
-        _ if ernie || dots_or_ling || lfm2 => {
+        _ if ernie || dots_or_ling || lfm2 || llama4 => {
             md.get_u32(&format!("{p}.expert_feed_forward_length"))? as usize
         }
         // MiniMax-M2's experts are `feed_forward_length` wide; llama.cpp
@@ -1317,6 +1402,8 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
         _ => ffn,
     };
     let shared_ffn_dim = match arch {
+        // (Llama 4's is as wide as an expert.)
+        Architecture::Llama4 => Some(ffn_dim),
         // (Nemotron-H's shared expert must have a width.)
         _ if nemotron => {
             Some(md.get_u32(&format!("{p}.expert_shared_feed_forward_length"))? as usize)
@@ -1354,14 +1441,19 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
     let qwen_delta = matches!(arch, Architecture::Qwen35Moe | Architecture::Qwen3Next);
     let scale_key = format!("{p}.expert_weights_scale");
     let weights_scale = match md.get(&scale_key) {
-        Some(_) if !ernie && !minimax && !lfm2 && !qwen_delta => md.get_f32(&scale_key)?,
+        Some(_) if !ernie && !minimax && !lfm2 && !qwen_delta && !llama4 => {
+            md.get_f32(&scale_key)?
+        }
         _ => 0.0,
     };
     let norm_key = format!("{p}.expert_weights_norm");
     let norm_weights = match arch {
         // Qwen 2 MoE's router weights are the softmax's own (gpt-oss's a
         // softmax of the chosen).
-        Architecture::Qwen2Moe | Architecture::GptOss | Architecture::Olmoe => false,
+        Architecture::Qwen2Moe
+        | Architecture::GptOss
+        | Architecture::Olmoe
+        | Architecture::Llama4 => false,
         Architecture::Glm4Moe
         | Architecture::Dots1
         | Architecture::BailingMoe2
@@ -1372,7 +1464,7 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
     };
     let gating = match arch {
         Architecture::GptOss => Gating::SoftmaxChosen,
-        _ if nemotron => Gating::Sigmoid,
+        _ if nemotron || llama4 => Gating::Sigmoid,
         // llama.cpp's `expert_gating_func` (GLM-4.5's sigmoid unless set;
         // the others' must be set).
         Architecture::Glm4Moe
@@ -1424,10 +1516,23 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
         | Architecture::Deepseek2 => get("leading_dense_block_count")?.unwrap_or(0) as usize,
         _ => 0,
     };
+    let every = match llama4 {
+        true => get("interleave_moe_layer_step")?
+            .ok_or_else(|| Error::BadConfig(format!("{p} needs an interleave_moe_layer_step")))?
+            as usize,
+        false => 1,
+    };
+    if every == 0 {
+        return Err(Error::BadConfig(format!(
+            "{p}.interleave_moe_layer_step of 0"
+        )));
+    }
     Ok(Some(MoeConfig {
         experts,
         used,
         ffn_dim,
+        every,
+        weights_on_input: llama4,
         norm_weights,
         weights_scale: if weights_scale == 0.0 {
             1.0

@@ -281,6 +281,17 @@ impl<'a, B: Backend> Model<'a, B> {
                 backend: backend.name().to_string(),
             });
         }
+        if c.attn_chunk.is_some() && !backend.supports_chunks() {
+            return Err(Error::UnsupportedOp {
+                what: "chunked attention",
+                backend: backend.name().to_string(),
+            });
+        }
+        // Llama 4's Q/K norms have no weights (but Maverick's 128 experts
+        // have none at all), on the layers with RoPE: ones.
+        let weightless_qk =
+            c.arch == Architecture::Llama4 && c.moe.as_ref().is_some_and(|m| m.experts != 128);
+        let ones = || backend.upload(&vec![1.0; c.head_dim]);
         let qk_norms = matches!(
             c.arch,
             Architecture::Gemma3
@@ -452,10 +463,12 @@ impl<'a, B: Backend> Model<'a, B> {
                     false => None,
                 },
                 q_norm: match qk_norms_if_any {
+                    _ if weightless_qk => c.layer_ropes(i).then(ones).transpose()?,
                     true => optional_norm(&n("attn_q_norm.weight"), q_norm_len)?,
                     false => must("attn_q_norm.weight", q_norm_len, qk_norms && attends)?,
                 },
                 k_norm: match qk_norms_if_any {
+                    _ if weightless_qk => c.layer_ropes(i).then(ones).transpose()?,
                     true => optional_norm(&n("attn_k_norm.weight"), k_norm_len)?,
                     false => must("attn_k_norm.weight", k_norm_len, qk_norms && attends)?,
                 },
@@ -1761,9 +1774,11 @@ impl<'a, B: Backend> Model<'a, B> {
             }
         };
         // The attention temperature, on the queries before RoPE, which
-        // commutes with it (no architecture that has one norms its
-        // queries).
-        if let Some(t) = sc.temper.as_ref().filter(|_| sc.tempered) {
+        // commutes with it (no architecture that has one norms the
+        // queries it scales); Llama 4's on its layers without RoPE only.
+        let nope_only = c.attn_temperature.is_some_and(|t| t.nope_only);
+        let tempered = sc.tempered && (!nope_only || !c.layer_ropes(li));
+        if let Some(t) = sc.temper.as_ref().filter(|_| tempered) {
             b.mul_inplace(&mut sc.q, t, n * c.q_dim())?;
         }
         let rope = self.rope(li, sc.long_rope);
@@ -1774,6 +1789,7 @@ impl<'a, B: Backend> Model<'a, B> {
             head_dim: hd,
             scale: c.attn_scale,
             sliding_window: c.layer_window(li),
+            chunk: c.layer_chunk(li),
             softcap: c.attn_softcap,
             sinks: layer.sinks.as_deref(),
         };
@@ -1842,7 +1858,7 @@ impl<B: Backend> Model<'_, B> {
     fn tempers(&self, positions: &[u32]) -> bool {
         self.config
             .attn_temperature
-            .is_some_and(|t| positions.iter().any(|&p| p as usize >= t.floor))
+            .is_some_and(|t| positions.iter().any(|&p| t.applies(p)))
     }
 
     /// Readies the attention temperature of the first `n` rows of the

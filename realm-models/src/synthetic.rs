@@ -249,8 +249,9 @@ impl SyntheticLayout {
     /// qwen2moe, qwen3, qwen3moe, phi3, smollm3, granite, gemma2, gemma3,
     /// gpt-oss, olmo2, exaone4, ernie4_5, glm4, seed_oss, gemma,
     /// granitemoe, olmoe, glm4moe, ernie4_5-moe, minimax-m2, dots1,
-    /// bailingmoe2, deepseek2; and, of four or five blocks, qwen35,
-    /// qwen35moe, qwen3next, lfm2, lfm2moe, granitehybrid, falcon-h1, nemotron_h,
+    /// bailingmoe2, deepseek2; llama4 of four blocks; and, of three to
+    /// five blocks, qwen35, qwen35moe, qwen3next, lfm2, lfm2moe,
+    /// granitehybrid, falcon-h1, nemotron_h,
     /// nemotron_h_moe, most of whose blocks keep a recurrent state) small
     /// enough for unit tests: 64 wide, Q8_0 matrices, 300 tokens;
     /// `qwen2moe`'s, `qwen3moe`'s and `gpt-oss`'s blocks are 4 experts 32
@@ -289,6 +290,9 @@ impl SyntheticLayout {
         }
         if arch == "falcon-h1" {
             return Ok(Self::tiny_falcon_h1());
+        }
+        if arch == "llama4" {
+            return Ok(Self::tiny_llama4());
         }
         if arch == "nemotron_h" {
             return Ok(Self::tiny_nemotron_h());
@@ -961,6 +965,65 @@ impl SyntheticLayout {
         add("output_norm.weight".into(), vec![d]);
         Self {
             arch: "granitehybrid".into(),
+            hparams: hp,
+            vocab_size: 300,
+            tensors,
+        }
+    }
+
+    /// A tiny Llama 4: four blocks (the first three attending within
+    /// chunks, with RoPE and weightless Q/K norms; the fourth globally,
+    /// without RoPE), 4 query heads over 2 KV heads of 16; the second and
+    /// fourth blocks 4 experts 32 wide (1 a token) and a shared expert as
+    /// wide, the others dense (128); tied embeddings.
+    fn tiny_llama4() -> Self {
+        let (d, ff, hd) = (64u64, 128u64, 16u64);
+        let k = |n: &str| format!("llama4.{n}");
+        let mut hp = vec![
+            u32_kv(&k("attention.head_count"), 4),
+            u32_kv(&k("attention.head_count_kv"), 2),
+            f32_kv(&k("attention.layer_norm_rms_epsilon"), 1e-5),
+            u32_kv(&k("block_count"), 4),
+            u32_kv(&k("context_length"), 16_384),
+            u32_kv(&k("embedding_length"), d as u32),
+            u32_kv(&k("feed_forward_length"), ff as u32),
+            u32_kv(&k("expert_count"), 4),
+            u32_kv(&k("expert_used_count"), 1),
+            u32_kv(&k("expert_feed_forward_length"), 32),
+            u32_kv(&k("interleave_moe_layer_step"), 2),
+            u32_kv(&k("rope.dimension_count"), hd as u32),
+            f32_kv(&k("rope.freq_base"), 500_000.0),
+        ];
+        hp.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut tensors = Vec::new();
+        let mut add = |name: String, shape: Vec<u64>| {
+            let dtype = match shape.len() {
+                1 => GgmlType::F32,
+                _ => GgmlType::Q8_0,
+            };
+            tensors.push(SyntheticTensor { name, shape, dtype });
+        };
+        add("token_embd.weight".into(), vec![d, 300]);
+        for l in 0..4 {
+            let mut blk = |n: &str, shape: Vec<u64>| add(format!("blk.{l}.{n}"), shape);
+            blk("attn_norm.weight", vec![d]);
+            attention_tensors(&mut blk, d, (4 * hd, 4 * hd, 2 * hd), None);
+            blk("ffn_norm.weight", vec![d]);
+            if l % 2 == 1 {
+                blk("ffn_gate_inp.weight", vec![d, 4]);
+                blk("ffn_gate_exps.weight", vec![d, 32, 4]);
+                blk("ffn_up_exps.weight", vec![d, 32, 4]);
+                blk("ffn_down_exps.weight", vec![32, d, 4]);
+                blk("ffn_gate_shexp.weight", vec![d, 32]);
+                blk("ffn_up_shexp.weight", vec![d, 32]);
+                blk("ffn_down_shexp.weight", vec![32, d]);
+            } else {
+                gated_ffn_tensors(&mut blk, d, ff);
+            }
+        }
+        add("output_norm.weight".into(), vec![d]);
+        Self {
+            arch: "llama4".into(),
             hparams: hp,
             vocab_size: 300,
             tensors,

@@ -50,6 +50,17 @@ const TOLERANCE_GELU: f32 = 5e-3;
 const TOLERANCE_FLIPPED: f32 = 5e-2;
 const FLIPPED: [&str; 2] = ["exaone4-q8_0", "qwen35moe-q8_0"];
 
+/// The same for positions past 8192 (Llama 4's long case): llama.cpp
+/// turns RoPE's pairs by angles it makes in f32 (the position times the
+/// base's power, one multiplication a pair after the last), whose error
+/// grows with the position (at 8192 a few thousandths of a radian), and
+/// Realm by angles made in f64 and rounded once. There the case differs
+/// by up to 2.2e-4, most in the first few positions of a chunk (whose
+/// queries attend to few keys); with ggml's f32 angles in Realm's table
+/// (tried, not kept) it agrees within 1.0e-5 at every position.
+const TOLERANCE_FAR: f32 = 5e-4;
+const FAR: [&str; 1] = ["llama4-long"];
+
 fn fixture() -> Value {
     let text = include_str!("fixtures/architectures.json");
     serde_json::from_str(text).expect("fixture is JSON")
@@ -155,14 +166,22 @@ fn every_architecture_matches_llama_cpp() {
         let model = Model::load(&file, &cpu).unwrap_or_else(|e| panic!("{name}: {e}"));
         let tol = match (case["layout"].as_str(), case["matrix_type"].as_str()) {
             _ if FLIPPED.contains(&name) => TOLERANCE_FLIPPED,
+            _ if FAR.contains(&name) => TOLERANCE_FAR,
             (Some("tiny-gemma" | "tiny-gemma2" | "tiny-gemma3"), _) => TOLERANCE_GELU,
             (_, Some("f32")) => TOLERANCE,
             _ => TOLERANCE_QUANTIZED,
         };
         // One batch as llama.cpp ran it, chunks of 5 rows, decode steps.
         let n_ctx = case["n_ctx"].as_u64().unwrap() as usize;
+        // A long case: the tokens' formula carried on, the last positions
+        // compared.
+        let run: Vec<u32> = match case["long"].as_u64() {
+            Some(n) => (0..n as u32).map(|i| (i * 37 + 11) % 297 + 3).collect(),
+            None => tokens.clone(),
+        };
         for batch in [64, 5, 1] {
-            let got = logits(&model, &tokens, n_ctx, batch);
+            let mut got = logits(&model, &run, n_ctx, batch);
+            got.drain(..run.len() - tokens.len());
             assert_eq!(got.len(), want.len(), "{name}");
             let d = max_diff(&got, &want);
             assert!(
@@ -300,6 +319,7 @@ fn experts_batch_across_sessions() {
         "tiny-bailingmoe2",
         "tiny-deepseek2",
         "tiny-deepseek2-fused",
+        "tiny-llama4",
         // (Not experts: each row's delta nets advance its own state.)
         "tiny-qwen35",
         "tiny-qwen35moe",

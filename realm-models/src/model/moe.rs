@@ -324,9 +324,14 @@ impl<B: Backend> Moe<'_, B> {
                 continue;
             }
             h.rows.clear();
-            for (i, _) in picks() {
+            for (i, weight) in picks() {
                 let t = i / k;
-                h.rows.extend_from_slice(&h.xn[t * d..(t + 1) * d]);
+                let x = &h.xn[t * d..(t + 1) * d];
+                match m.weights_on_input {
+                    // (Llama 4's: the token times its weight.)
+                    true => h.rows.extend(x.iter().map(|v| v * weight)),
+                    false => h.rows.extend_from_slice(x),
+                }
             }
             b.upload_into(&h.rows, buf.input)?;
             let input = &*buf.input;
@@ -378,8 +383,10 @@ impl<B: Backend> Moe<'_, B> {
             h.y.resize(rows * d, 0.0);
             b.download(buf.out, &mut h.y)?;
             for ((i, weight), y) in picks().zip(h.y.chunks_exact(d)) {
-                for (o, v) in h.weighted[i * d..(i + 1) * d].iter_mut().zip(y) {
-                    *o = v * weight;
+                let out = &mut h.weighted[i * d..(i + 1) * d];
+                match m.weights_on_input {
+                    true => out.copy_from_slice(y),
+                    false => out.iter_mut().zip(y).for_each(|(o, v)| *o = v * weight),
                 }
             }
         }
@@ -574,6 +581,8 @@ mod tests {
             selection_bias: SelectionBias::None,
             dense_lead: 0,
             groups: None,
+            every: 1,
+            weights_on_input: false,
         }
     }
 
