@@ -244,6 +244,9 @@ CASES = [
     case("granitehybrid-q8_0", "tiny-granitehybrid", matrix_type="q8_0"),
     case("granitehybrid-moe", "tiny-granitehybrid-moe"),
     case("granitehybrid-nope", "tiny-granitehybrid-nope"),
+    # Arcee's AFM: llama's blocks, squared ReLUs without a gate.
+    case("arcee", "tiny-arcee"),
+    case("arcee-q8_0", "tiny-arcee", matrix_type="q8_0"),
     # Llama 4: chunked attention with RoPE and weightless Q/K norms, a
     # global layer without RoPE whose queries grow past 8192 positions,
     # experts every other block given the token times their weight, a

@@ -78,8 +78,9 @@ fn llama4_is_refused_at_load() {
 }
 
 /// Every architecture's `SyntheticLayout::tiny` the GPU backend runs.
-const ARCHS: [&str; 35] = [
+const ARCHS: [&str; 36] = [
     "llama",
+    "arcee",
     "mistral",
     "mistral3",
     "olmo2",

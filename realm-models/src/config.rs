@@ -97,6 +97,9 @@ pub enum Architecture {
     /// absorbed form hold it), dense leading blocks, then experts routed
     /// as the file says, in groups, and shared experts.
     Deepseek2,
+    /// Arcee's AFM (arcee: AFM-4.5B): llama's blocks with a feed-forward
+    /// network of squared ReLUs and no gate (`ffn_up`, `ffn_down`).
+    Arcee,
     /// Llama 4 (llama4: Scout 17B-16E, Maverick 17B-128E): three of four
     /// layers attend within chunks of 8192 positions with RoPE and (but
     /// Maverick) Q/K norms without weights, the fourth globally without
@@ -188,6 +191,7 @@ impl Architecture {
             "bailingmoe2" => Self::BailingMoe2,
             "deepseek2" => Self::Deepseek2,
             "llama4" => Self::Llama4,
+            "arcee" => Self::Arcee,
             "qwen35" => Self::Qwen35,
             "qwen35moe" => Self::Qwen35Moe,
             "qwen3next" => Self::Qwen3Next,
@@ -232,6 +236,7 @@ impl Architecture {
             Self::BailingMoe2 => "bailingmoe2",
             Self::Deepseek2 => "deepseek2",
             Self::Llama4 => "llama4",
+            Self::Arcee => "arcee",
             Self::Qwen35 => "qwen35",
             Self::Qwen35Moe => "qwen35moe",
             Self::Qwen3Next => "qwen3next",
@@ -885,6 +890,7 @@ impl ModelConfig {
             rope_mode: match arch {
                 Architecture::Llama
                 | Architecture::Llama4
+                | Architecture::Arcee
                 | Architecture::Mistral
                 | Architecture::Mistral3
                 | Architecture::Ernie45

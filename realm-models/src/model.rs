@@ -493,7 +493,8 @@ impl<'a, B: Backend> Model<'a, B> {
                 ffn: match &c.moe {
                     _ if mixer_only => Ffn::None,
                     Some(m) if m.is_moe_layer(i) => Ffn::Moe(Moe::load(file, backend, i, m, d)?),
-                    _ if ffn_only => Ffn::UpSquaredRelu(
+                    // (Arcee's feed-forward networks have no gate either.)
+                    _ if ffn_only || c.arch == Architecture::Arcee => Ffn::UpSquaredRelu(
                         weight(&n("ffn_up.weight"), ff, d)?,
                         weight(&n("ffn_down.weight"), d, ff)?,
                     ),

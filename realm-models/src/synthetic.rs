@@ -249,7 +249,7 @@ impl SyntheticLayout {
     /// qwen2moe, qwen3, qwen3moe, phi3, smollm3, granite, gemma2, gemma3,
     /// gpt-oss, olmo2, exaone4, ernie4_5, glm4, seed_oss, gemma,
     /// granitemoe, olmoe, glm4moe, ernie4_5-moe, minimax-m2, dots1,
-    /// bailingmoe2, deepseek2; llama4 of four blocks; and, of three to
+    /// bailingmoe2, deepseek2, arcee; llama4 of four blocks; and, of three to
     /// five blocks, qwen35, qwen35moe, qwen3next, lfm2, lfm2moe,
     /// granitehybrid, falcon-h1, nemotron_h,
     /// nemotron_h_moe, most of whose blocks keep a recurrent state) small
@@ -293,6 +293,12 @@ impl SyntheticLayout {
         }
         if arch == "llama4" {
             return Ok(Self::tiny_llama4());
+        }
+        if arch == "arcee" {
+            // The tiny llama's blocks without a gate.
+            let mut l = Self::tiny("llama")?.renamed(arch);
+            l.tensors.retain(|t| !t.name.ends_with(".ffn_gate.weight"));
+            return Ok(l);
         }
         if arch == "nemotron_h" {
             return Ok(Self::tiny_nemotron_h());

@@ -434,6 +434,16 @@ fn recurrent_models_refuse_adapters_of_what_they_lack() {
             128,
             false,
         ),
+        // (Arcee's feed-forward networks have no gate either.)
+        (
+            "arcee",
+            "tiny-arcee",
+            "blk.0.ffn_gate.weight",
+            64,
+            128,
+            true,
+        ),
+        ("arcee", "tiny-arcee", "blk.0.ffn_up.weight", 64, 128, false),
     ] {
         let bytes = SyntheticLayout::by_name(layout).unwrap().write(5).unwrap();
         let file = Gguf::from_bytes(&bytes[..]).unwrap();

@@ -374,6 +374,10 @@ fn locate(base: &str, c: &ModelConfig, has_output: bool) -> Result<Place> {
             if (c.mla.is_some() || c.has_recurrent()) && t.starts_with("attn_") {
                 return None;
             }
+            // Arcee's feed-forward networks have no gate.
+            if c.arch == Architecture::Arcee && t == "ffn_gate" {
+                return None;
+            }
             // A block of experts has no dense feed-forward matrices.
             if c.moe.as_ref().is_some_and(|m| m.is_moe_layer(i)) && t.starts_with("ffn_") {
                 return None;
