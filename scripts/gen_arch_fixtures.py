@@ -266,6 +266,8 @@ CASES = [
     # a shared expert.
     case("nemotron_h_moe", "tiny-nemotron_h_moe"),
     case("nemotron_h_moe-q8_0", "tiny-nemotron_h_moe", matrix_type="q8_0"),
+    # Nemotron 3 Super's experts, in a latent space.
+    case("nemotron_h_moe-latent", "tiny-nemotron_h_moe-latent"),
     # Gemma (1): a GELU gate, NeoX RoPE, scaled embeddings.
     case("gemma", "tiny-gemma"),
     case("gemma2", "tiny-gemma2"),

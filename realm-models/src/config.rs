@@ -155,7 +155,8 @@ pub enum Architecture {
     /// Nemotron-H's mixtures of experts (nemotron_h_moe: NVIDIA Nemotron 3
     /// Nano 30B-A3B): Nemotron-H's blocks, the feed-forward ones experts
     /// of squared ReLUs without a gate, scored by sigmoids with a selection
-    /// bias, and an ungated shared expert of the same kind.
+    /// bias, and an ungated shared expert of the same kind; Nemotron 3
+    /// Super's experts in a latent space ([`MoeConfig::latent`]).
     NemotronHMoe,
 }
 
@@ -297,6 +298,11 @@ pub struct MoeConfig {
     /// Whether each chosen expert runs on the token times its weight, its
     /// output left as it is (Llama 4's), rather than its output weighted.
     pub weights_on_input: bool,
+    /// The width of the experts' latent space (Nemotron 3 Super's
+    /// `moe_latent_size`), if they run in one: the token taken into it by
+    /// `ffn_latent_down`, the experts' weighted sum out of it by
+    /// `ffn_latent_up` (the router and shared expert read the token).
+    pub latent: Option<usize>,
 }
 
 impl MoeConfig {
@@ -310,7 +316,7 @@ impl MoeConfig {
     ///     shared_ffn_dim: None, shared_gated: false, gating: Gating::Sigmoid,
     ///     activation: ExpertActivation::Swiglu, biases: false,
     ///     selection_bias: SelectionBias::Required, dense_lead: 1, groups: None,
-    ///     every: 1, weights_on_input: false,
+    ///     every: 1, weights_on_input: false, latent: None,
     /// };
     /// assert!(!m.is_moe_layer(0) && m.is_moe_layer(1));
     /// let every_other = MoeConfig { dense_lead: 0, every: 2, ..m };
@@ -1539,6 +1545,10 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
         ffn_dim,
         every,
         weights_on_input: llama4,
+        latent: match get("moe_latent_size")? {
+            Some(l) if l > 0 && nemotron => Some(l as usize),
+            _ => None,
+        },
         norm_weights,
         weights_scale: if weights_scale == 0.0 {
             1.0

@@ -1540,7 +1540,8 @@ impl SyntheticLayout {
     /// `tiny-deepseek2-lite` (the tiny DeepSeek with V2-Lite's queries) or
     /// `tiny-deepseek2-fused` (with its experts' gate and up in one tensor)
     /// or `tiny-qwen3next-fused` (with each delta net's `ssm_in`),
-    /// `tiny-falcon-h1-nonorm` (without its mixers' norms).
+    /// `tiny-falcon-h1-nonorm` (without its mixers' norms),
+    /// `tiny-nemotron_h_moe-latent` (its experts in a latent space).
     pub fn by_name(name: &str) -> Option<Self> {
         match name {
             "smollm2" => Some(Self::smollm2_135m()),
@@ -1573,6 +1574,33 @@ impl SyntheticLayout {
                 l.tensors
                     .retain(|t| !t.name.ends_with("ffn_gate_inp_shexp.weight"));
                 Some(l)
+            }
+            // Nemotron 3 Super's experts: in a latent space 32 wide.
+            "tiny-nemotron_h_moe-latent" => {
+                let mut l = Self::tiny("nemotron_h_moe").ok()?;
+                let mut tensors = Vec::new();
+                for mut t in l.tensors {
+                    let Some(blk) = t.name.strip_suffix(".ffn_gate_inp.weight") else {
+                        if t.name.ends_with(".ffn_up_exps.weight") {
+                            t.shape[0] = 32;
+                        } else if t.name.ends_with(".ffn_down_exps.weight") {
+                            t.shape[1] = 32;
+                        }
+                        tensors.push(t);
+                        continue;
+                    };
+                    let (blk, d, dtype) = (blk.to_string(), t.shape[0], t.dtype);
+                    tensors.push(t);
+                    for (n, shape) in [("down", vec![d, 32]), ("up", vec![32, d])] {
+                        tensors.push(SyntheticTensor {
+                            name: format!("{blk}.ffn_latent_{n}.weight"),
+                            shape,
+                            dtype,
+                        });
+                    }
+                }
+                l.tensors = tensors;
+                Some(l.with_hparam("nemotron_h_moe.moe_latent_size", MetadataValue::U32(32)))
             }
             // Falcon-H1 without its mixers' norms (as some of its files).
             "tiny-falcon-h1-nonorm" => {

@@ -330,6 +330,7 @@ fn experts_batch_across_sessions() {
         "tiny-lfm2moe",
         "tiny-nemotron_h",
         "tiny-nemotron_h_moe",
+        "tiny-nemotron_h_moe-latent",
     ] {
         let bytes = SyntheticLayout::by_name(name).unwrap().write(3).unwrap();
         let file = Gguf::from_bytes(&bytes[..]).unwrap();

@@ -42,6 +42,9 @@ pub(crate) struct Moe<'a, B: Backend + 'a> {
     /// The bias on each expert's probability for choosing it, if the
     /// block has one.
     selection_bias: Option<Vec<f32>>,
+    /// Into the experts' latent space and out of it (`[latent, d_model]`
+    /// and `[d_model, latent]`), if they run in one.
+    latent: Option<(B::Weight<'a>, B::Weight<'a>)>,
 }
 
 /// An expert's gate and up products: one matrix each (`[ffn, d_model]`),
@@ -78,6 +81,8 @@ struct Shared<'a, B: Backend + 'a> {
 #[derive(Debug, Default)]
 pub(crate) struct MoeHost {
     xn: Vec<f32>,
+    /// The tokens in the experts' latent space, where they run in one.
+    xl: Vec<f32>,
     scores: Vec<f32>,
     /// Per token, the chosen experts and their weights, best first.
     chosen: Vec<(usize, f32)>,
@@ -110,34 +115,37 @@ impl<'a, B: Backend + 'a> Moe<'a, B> {
         let slices = |short: &str, rows: usize, cols: usize| {
             super::slices(backend, &file.tensor(&name(short))?, rows, cols, m.experts)
         };
-        // (Nemotron 3 Super's experts in a latent space are not run.)
-        if file.tensor(&name("ffn_latent_down.weight")).is_ok() {
-            return Err(Error::BadConfig(format!(
-                "{} (experts in a latent space) is not supported",
-                name("ffn_latent_down.weight")
-            )));
-        }
+        // Nemotron 3 Super's experts read and write a latent space.
+        let latent = match m.latent {
+            Some(l) => Some((
+                matrix(&file.tensor(&name("ffn_latent_down.weight"))?, l, d)?,
+                matrix(&file.tensor(&name("ffn_latent_up.weight"))?, d, l)?,
+            )),
+            None => None,
+        };
+        // The experts' width: the latent one where they run in it.
+        let e = m.latent.unwrap_or(d);
         let gateless = m.activation == ExpertActivation::SquaredRelu;
         let gate_up: Vec<GateUp<B::Weight<'a>>> =
             match file.tensor(&name("ffn_gate_up_exps.weight")) {
-                _ if gateless => slices("ffn_up_exps.weight", m.ffn_dim, d)?
+                _ if gateless => slices("ffn_up_exps.weight", m.ffn_dim, e)?
                     .into_iter()
                     .map(GateUp::Up)
                     .collect(),
-                Ok(_) => slices("ffn_gate_up_exps.weight", 2 * m.ffn_dim, d)?
+                Ok(_) => slices("ffn_gate_up_exps.weight", 2 * m.ffn_dim, e)?
                     .into_iter()
                     .map(GateUp::Fused)
                     .collect(),
                 Err(realm_core::Error::TensorNotFound(_)) => {
-                    slices("ffn_gate_exps.weight", m.ffn_dim, d)?
+                    slices("ffn_gate_exps.weight", m.ffn_dim, e)?
                         .into_iter()
-                        .zip(slices("ffn_up_exps.weight", m.ffn_dim, d)?)
+                        .zip(slices("ffn_up_exps.weight", m.ffn_dim, e)?)
                         .map(|(g, u)| GateUp::Split(g, u))
                         .collect()
                 }
-                Err(e) => return Err(e.into()),
+                Err(err) => return Err(err.into()),
             };
-        let down = slices("ffn_down_exps.weight", d, m.ffn_dim)?;
+        let down = slices("ffn_down_exps.weight", e, m.ffn_dim)?;
         let experts = gate_up.into_iter().zip(down).collect();
         let shared = match m.shared_ffn_dim {
             Some(ff) => {
@@ -199,6 +207,7 @@ impl<'a, B: Backend + 'a> Moe<'a, B> {
             shared,
             biases,
             selection_bias,
+            latent,
         })
     }
 }
@@ -303,13 +312,27 @@ impl<B: Backend> Moe<'_, B> {
         }
         h.xn.resize(n * d, 0.0);
         b.download(buf.xn, &mut h.xn)?;
+        // The experts' input: the tokens, or them in the latent space.
+        let e_d = m.latent.unwrap_or(d);
+        if let Some((down, _)) = &self.latent {
+            b.matmul(buf.ws, down, buf.xn, n, buf.out)?;
+            if let Some(c) = buf.seen.as_deref_mut() {
+                c.observe_named(b, buf.ws, &name("latent_down"), (buf.xn, n, d))?;
+            }
+            h.xl.resize(n * e_d, 0.0);
+            b.download(buf.out, &mut h.xl)?;
+        }
+        let x_in = match self.latent {
+            Some(_) => &h.xl,
+            None => &h.xn,
+        };
         h.chosen.clear();
         for row in h.scores.chunks_exact(e) {
             let bias = self.selection_bias.as_deref();
             route(row, (m, bias), &mut h.ranked, &mut h.chosen);
         }
         h.weighted.clear();
-        h.weighted.resize(n * k * d, 0.0);
+        h.weighted.resize(n * k * e_d, 0.0);
         for (x, w) in self.experts.iter().enumerate() {
             // The (token, choice) pairs that chose expert `x`.
             let picks = || {
@@ -326,7 +349,7 @@ impl<B: Backend> Moe<'_, B> {
             h.rows.clear();
             for (i, weight) in picks() {
                 let t = i / k;
-                let x = &h.xn[t * d..(t + 1) * d];
+                let x = &x_in[t * e_d..(t + 1) * e_d];
                 match m.weights_on_input {
                     // (Llama 4's: the token times its weight.)
                     true => h.rows.extend(x.iter().map(|v| v * weight)),
@@ -372,7 +395,7 @@ impl<B: Backend> Moe<'_, B> {
                     GateUp::Up(_) => &["up_exps"],
                 };
                 for s in inputs {
-                    c.observe_expert(b, buf.ws, &name(s), (x, e), (input, rows, d))?;
+                    c.observe_expert(b, buf.ws, &name(s), (x, e), (input, rows, e_d))?;
                 }
                 c.observe_expert(b, buf.ws, &name("down_exps"), (x, e), (buf.gate, rows, ff))?;
             }
@@ -380,10 +403,10 @@ impl<B: Backend> Moe<'_, B> {
             if let Some([_, _, dn]) = bias {
                 b.add_row_inplace(buf.out, dn, rows)?;
             }
-            h.y.resize(rows * d, 0.0);
+            h.y.resize(rows * e_d, 0.0);
             b.download(buf.out, &mut h.y)?;
-            for ((i, weight), y) in picks().zip(h.y.chunks_exact(d)) {
-                let out = &mut h.weighted[i * d..(i + 1) * d];
+            for ((i, weight), y) in picks().zip(h.y.chunks_exact(e_d)) {
+                let out = &mut h.weighted[i * e_d..(i + 1) * e_d];
                 match m.weights_on_input {
                     true => out.copy_from_slice(y),
                     false => out.iter_mut().zip(y).for_each(|(o, v)| *o = v * weight),
@@ -392,15 +415,25 @@ impl<B: Backend> Moe<'_, B> {
         }
         // Each token's outputs summed best first, as llama.cpp adds them.
         h.out.clear();
-        for token in h.weighted.chunks_exact(k * d) {
-            let (first, rest) = token.split_at(d);
+        for token in h.weighted.chunks_exact(k * e_d) {
+            let (first, rest) = token.split_at(e_d);
             let start = h.out.len();
             h.out.extend_from_slice(first);
-            for y in rest.chunks_exact(d) {
+            for y in rest.chunks_exact(e_d) {
                 for (o, v) in h.out[start..].iter_mut().zip(y) {
                     *o += v;
                 }
             }
+        }
+        // Out of the latent space.
+        if let Some((_, up)) = &self.latent {
+            b.upload_into(&h.out, buf.input)?;
+            b.matmul(buf.ws, up, buf.input, n, buf.out)?;
+            if let Some(c) = buf.seen.as_deref_mut() {
+                c.observe_named(b, buf.ws, &name("latent_up"), (buf.input, n, e_d))?;
+            }
+            h.out.resize(n * d, 0.0);
+            b.download(buf.out, &mut h.out)?;
         }
         if let (Some(sh), Some(ff)) = (&self.shared, m.shared_ffn_dim) {
             match &sh.gate {
@@ -583,6 +616,7 @@ mod tests {
             groups: None,
             every: 1,
             weights_on_input: false,
+            latent: None,
         }
     }
 
