@@ -247,6 +247,10 @@ CASES = [
     # Arcee's AFM: llama's blocks, squared ReLUs without a gate.
     case("arcee", "tiny-arcee"),
     case("arcee-q8_0", "tiny-arcee", matrix_type="q8_0"),
+    # Hunyuan MoE: Q/K norms after RoPE, experts beside an ungated shared
+    # expert.
+    case("hunyuan-moe", "tiny-hunyuan-moe"),
+    case("hunyuan-moe-q8_0", "tiny-hunyuan-moe", matrix_type="q8_0"),
     # Llama 4: chunked attention with RoPE and weightless Q/K norms, a
     # global layer without RoPE whose queries grow past 8192 positions,
     # experts every other block given the token times their weight, a

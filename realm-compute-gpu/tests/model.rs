@@ -78,7 +78,7 @@ fn llama4_is_refused_at_load() {
 }
 
 /// Every architecture's `SyntheticLayout::tiny` the GPU backend runs.
-const ARCHS: [&str; 36] = [
+const ARCHS: [&str; 37] = [
     "llama",
     "arcee",
     "mistral",
@@ -93,6 +93,7 @@ const ARCHS: [&str; 36] = [
     "qwen2moe",
     "qwen3",
     "qwen3moe",
+    "hunyuan-moe",
     "phi3",
     "smollm3",
     "granite",

@@ -97,6 +97,11 @@ pub enum Architecture {
     /// absorbed form hold it), dense leading blocks, then experts routed
     /// as the file says, in groups, and shared experts.
     Deepseek2,
+    /// Hunyuan's mixtures of experts (hunyuan-moe: Hunyuan-A13B): NeoX
+    /// RoPE, then per-head Q/K norms (after it, not before), experts in
+    /// every block (renormalised softmax weights) beside an ungated
+    /// shared expert.
+    HunyuanMoe,
     /// Arcee's AFM (arcee: AFM-4.5B): llama's blocks with a feed-forward
     /// network of squared ReLUs and no gate (`ffn_up`, `ffn_down`).
     Arcee,
@@ -193,6 +198,7 @@ impl Architecture {
             "deepseek2" => Self::Deepseek2,
             "llama4" => Self::Llama4,
             "arcee" => Self::Arcee,
+            "hunyuan-moe" => Self::HunyuanMoe,
             "qwen35" => Self::Qwen35,
             "qwen35moe" => Self::Qwen35Moe,
             "qwen3next" => Self::Qwen3Next,
@@ -238,6 +244,7 @@ impl Architecture {
             Self::Deepseek2 => "deepseek2",
             Self::Llama4 => "llama4",
             Self::Arcee => "arcee",
+            Self::HunyuanMoe => "hunyuan-moe",
             Self::Qwen35 => "qwen35",
             Self::Qwen35Moe => "qwen35moe",
             Self::Qwen3Next => "qwen3next",
@@ -439,6 +446,9 @@ pub struct ModelConfig {
     /// Whether the Q/K norms span all heads at once (OLMo 2's), not each
     /// head.
     pub qk_norm_whole: bool,
+    /// Whether the per-head Q/K norms come after RoPE (Hunyuan's), not
+    /// before.
+    pub qk_norm_after_rope: bool,
     /// Scale applied to attention scores.
     pub attn_scale: f32,
     /// A factor on the embeddings (Gemma's `sqrt(d_model)`, Granite's
@@ -931,7 +941,8 @@ impl ModelConfig {
                 | Architecture::Qwen3Next
                 | Architecture::Lfm2
                 | Architecture::Lfm2Moe
-                | Architecture::FalconH1 => RopeMode::Neox,
+                | Architecture::FalconH1
+                | Architecture::HunyuanMoe => RopeMode::Neox,
             },
             sliding_window,
             // Every sixth layer (Gemma 3), second (Gemma 2, gpt-oss) or
@@ -965,6 +976,7 @@ impl ModelConfig {
             nope_global: exaone_window,
             pre_norms: !(olmo2 || exaone4),
             qk_norm_whole: olmo2 || matches!(arch, Architecture::Olmoe | Architecture::MinimaxM2),
+            qk_norm_after_rope: arch == Architecture::HunyuanMoe,
             // Gemma 2 and 3 27B scale by their width per head, not their
             // head size (as llama.cpp tells them: by their 46 and 62
             // layers).
@@ -1325,6 +1337,7 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
     let lfm2 = arch == Architecture::Lfm2Moe;
     let nemotron = matches!(arch, Architecture::NemotronH | Architecture::NemotronHMoe);
     let llama4 = arch == Architecture::Llama4;
+    let hunyuan = arch == Architecture::HunyuanMoe;
     match (arch, experts) {
         (
             Architecture::Qwen2Moe
@@ -1340,7 +1353,8 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
             | Architecture::Qwen3Next
             | Architecture::Lfm2Moe
             | Architecture::NemotronHMoe
-            | Architecture::Llama4,
+            | Architecture::Llama4
+            | Architecture::HunyuanMoe,
             0,
         ) => return Err(Error::BadConfig(format!("{p} needs an expert_count"))),
         (_, 0) => return Ok(None),
@@ -1361,6 +1375,7 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
             | Architecture::Qwen35Moe
             | Architecture::Qwen3Next
             | Architecture::Llama4
+            | Architecture::HunyuanMoe
             | Architecture::GraniteHybrid
             | Architecture::Lfm2Moe
             | Architecture::NemotronH
@@ -1420,12 +1435,13 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
         _ if nemotron => {
             Some(md.get_u32(&format!("{p}.expert_shared_feed_forward_length"))? as usize)
         }
-        Architecture::Qwen2Moe | Architecture::Qwen35Moe | Architecture::Qwen3Next => {
-            match get("expert_shared_feed_forward_length")? {
-                Some(f) if f > 0 => Some(f as usize),
-                _ => Some(ffn),
-            }
-        }
+        Architecture::Qwen2Moe
+        | Architecture::Qwen35Moe
+        | Architecture::Qwen3Next
+        | Architecture::HunyuanMoe => match get("expert_shared_feed_forward_length")? {
+            Some(f) if f > 0 => Some(f as usize),
+            _ => Some(ffn),
+        },
         Architecture::GraniteMoe | Architecture::GraniteHybrid | Architecture::Ernie45Moe => {
             get("expert_shared_feed_forward_length")?
                 .filter(|&f| f > 0)
@@ -1453,7 +1469,7 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
     let qwen_delta = matches!(arch, Architecture::Qwen35Moe | Architecture::Qwen3Next);
     let scale_key = format!("{p}.expert_weights_scale");
     let weights_scale = match md.get(&scale_key) {
-        Some(_) if !ernie && !minimax && !lfm2 && !qwen_delta && !llama4 => {
+        Some(_) if !ernie && !minimax && !lfm2 && !qwen_delta && !llama4 && !hunyuan => {
             md.get_f32(&scale_key)?
         }
         _ => 0.0,

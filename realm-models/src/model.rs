@@ -298,6 +298,7 @@ impl<'a, B: Backend> Model<'a, B> {
                 | Architecture::Qwen35
                 | Architecture::Qwen35Moe
                 | Architecture::Qwen3Next
+                | Architecture::HunyuanMoe
                 | Architecture::Lfm2
                 | Architecture::Lfm2Moe
                 | Architecture::Qwen3
@@ -1782,8 +1783,23 @@ impl<'a, B: Backend> Model<'a, B> {
         if let Some(t) = sc.temper.as_ref().filter(|_| tempered) {
             b.mul_inplace(&mut sc.q, t, n * c.q_dim())?;
         }
-        let rope = self.rope(li, sc.long_rope);
+        let mut rope = self.rope(li, sc.long_rope);
         let hd = c.head_dim;
+        // Norms after RoPE (Hunyuan's): both here, the attention's own
+        // rotation none.
+        let qk_norm = match qk_norm {
+            Some(norm) if c.qk_norm_after_rope => {
+                let pos = sc.positions.get(..n).ok_or_else(|| no_room("positions"))?;
+                b.rope(&mut sc.ws, &mut sc.q, c.n_heads, hd, pos, &rope)?;
+                b.rope(&mut sc.ws, &mut sc.k, c.n_kv_heads, hd, pos, &rope)?;
+                b.rms_norm_inplace(&mut sc.q, norm.q, norm.eps, n * c.n_heads)?;
+                b.rms_norm_inplace(&mut sc.k, norm.k, norm.eps, n * c.n_kv_heads)?;
+                rope.freq_scale = 0.0;
+                rope.magnitude = 1.0;
+                None
+            }
+            other => other,
+        };
         let params = AttentionParams {
             n_heads: c.n_heads,
             n_kv_heads: c.n_kv_heads,

@@ -249,7 +249,7 @@ impl SyntheticLayout {
     /// qwen2moe, qwen3, qwen3moe, phi3, smollm3, granite, gemma2, gemma3,
     /// gpt-oss, olmo2, exaone4, ernie4_5, glm4, seed_oss, gemma,
     /// granitemoe, olmoe, glm4moe, ernie4_5-moe, minimax-m2, dots1,
-    /// bailingmoe2, deepseek2, arcee; llama4 of four blocks; and, of three to
+    /// bailingmoe2, deepseek2, arcee, hunyuan-moe; llama4 of four blocks; and, of three to
     /// five blocks, qwen35, qwen35moe, qwen3next, lfm2, lfm2moe,
     /// granitehybrid, falcon-h1, nemotron_h,
     /// nemotron_h_moe, most of whose blocks keep a recurrent state) small
@@ -293,6 +293,27 @@ impl SyntheticLayout {
         }
         if arch == "llama4" {
             return Ok(Self::tiny_llama4());
+        }
+        if arch == "hunyuan-moe" {
+            // The tiny Qwen 3's blocks (per-head Q/K norms; NeoX), 4 experts
+            // as wide as its dense blocks would be (2 a token) and a shared
+            // expert 64 wide, ungated.
+            // (llama.cpp needs an expert width, and makes them as wide as
+            // `feed_forward_length`.)
+            let mut l = Self::tiny("qwen3")?
+                .renamed(arch)
+                .with_hparam(
+                    "hunyuan-moe.expert_feed_forward_length",
+                    MetadataValue::U32(128),
+                )
+                .with_experts(4, 2)?
+                .with_shared_expert(64)?;
+            l.tensors
+                .retain(|t| !t.name.ends_with("ffn_gate_inp_shexp.weight"));
+            return Ok(l.with_hparam(
+                "hunyuan-moe.expert_shared_feed_forward_length",
+                MetadataValue::U32(64),
+            ));
         }
         if arch == "arcee" {
             // The tiny llama's blocks without a gate.

@@ -320,6 +320,7 @@ fn experts_batch_across_sessions() {
         "tiny-deepseek2",
         "tiny-deepseek2-fused",
         "tiny-llama4",
+        "tiny-hunyuan-moe",
         // (Not experts: each row's delta nets advance its own state.)
         "tiny-qwen35",
         "tiny-qwen35moe",
