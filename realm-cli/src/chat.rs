@@ -34,6 +34,13 @@ pub struct ChatArgs {
     /// Context length (0: the model's, capped at 4096).
     #[arg(short = 'c', long, default_value_t = 0)]
     pub ctx_size: usize,
+    /// Checkpoints of a recurrent model's states (Qwen 3.5, LFM2, Mamba-2
+    /// hybrids) kept, one taken 4 tokens before each turn's end, so that
+    /// a turn whose template writes an earlier reply back otherwise (its
+    /// thinking dropped) runs from there instead of from the start, as
+    /// the server's --ctx-checkpoints; 0 keeps none.
+    #[arg(long, default_value_t = 4)]
+    pub ctx_checkpoints: usize,
     #[command(flatten)]
     pub shift: ShiftArgs,
     #[command(flatten)]
@@ -111,6 +118,10 @@ pub fn render_user_turn(l: &Loaded, system: Option<&str>, prompt: &str) -> Resul
     encode_rendered(&l.tokenizer, &render_user_text(l, system, prompt)?)
 }
 
+/// How many tokens before each turn's end a recurrent model's session
+/// takes a checkpoint (as the server does).
+const CHECKPOINT_TAIL: usize = 4;
+
 pub fn run(args: &ChatArgs) -> Result<()> {
     let mut l = load::open(&args.model, args.threads)?;
     l.chat_template = args.template.source()?;
@@ -128,13 +139,16 @@ fn chat<B: Backend>(args: &ChatArgs, l: &Loaded, backend: &B) -> Result<()> {
     let ctx = context_len(args.ctx_size, model.config().context_length);
     let mut session = model.session_with_kv(ctx, 256, args.cache_type.into())?;
     session.set_loras(&loras);
+    session.set_max_checkpoints(args.ctx_checkpoints);
     let mut messages: Vec<ChatMessage> = args
         .system
         .iter()
         .map(|s| ChatMessage::new("system", s))
         .collect();
-    // The rendered conversation that is already in the KV cache.
+    // The rendered conversation that is already in the KV cache, and its
+    // tokens (none known after a context shift moved them).
     let mut in_cache = String::new();
+    let mut tokens_held: Option<Vec<u32>> = Some(Vec::new());
     let mut params = GenerateParams {
         max_tokens: args.n_predict,
         stop: Vec::new(),
@@ -168,14 +182,24 @@ fn chat<B: Backend>(args: &ChatArgs, l: &Loaded, backend: &B) -> Result<()> {
         messages.push(ChatMessage::new("user", line.trim_end()));
         let rendered = tpl.render(&messages, true)?;
         // Only the new part of the conversation runs; if the template
-        // rewrote earlier turns, start over from an empty cache.
+        // rewrote earlier turns (a reply's thinking dropped), the cache
+        // keeps the tokens the whole conversation still begins with (a
+        // recurrent model's states: up to their last checkpoint there).
         let new_text = match rendered.strip_prefix(in_cache.as_str()) {
             Some(rest) if !in_cache.is_empty() => l.tokenizer.encode(rest, false, true)?,
             _ => {
-                session.truncate(0);
-                encode_rendered(&l.tokenizer, &rendered)?
+                let all = encode_rendered(&l.tokenizer, &rendered)?;
+                let common = tokens_held.as_ref().map_or(0, |held| {
+                    held.iter().zip(&all).take_while(|(a, b)| a == b).count()
+                });
+                session.truncate(common.min(all.len().saturating_sub(1)));
+                if let Some(held) = tokens_held.as_mut() {
+                    held.truncate(session.position());
+                }
+                all[session.position()..].to_vec()
             }
         };
+        let reused = session.position();
         if session.position() == 0 {
             // What --keep counts from: the first turn.
             params.context_shift = args.shift.shift(&l.tokenizer, &new_text);
@@ -187,11 +211,23 @@ fn chat<B: Backend>(args: &ChatArgs, l: &Loaded, backend: &B) -> Result<()> {
         if held + new_text.len() >= session.capacity() {
             bail!("the conversation no longer fits the context of {ctx} tokens");
         }
+        // A recurrent model's states kept a few tokens before the turn's
+        // end, where the next turn's rendering of this reply may leave it.
+        let mut prompt = &new_text[..];
+        if !model.can_forget() && args.ctx_checkpoints > 0 && prompt.len() > CHECKPOINT_TAIL {
+            let (head, tail) = prompt.split_at(prompt.len() - CHECKPOINT_TAIL);
+            model.forward(&mut session, head)?;
+            session.checkpoint();
+            prompt = tail;
+        }
+        if let Some(held) = tokens_held.as_mut() {
+            held.extend_from_slice(&new_text);
+        }
         let g = generate(
             &model,
             &l.tokenizer,
             &mut session,
-            &new_text,
+            prompt,
             &params,
             |piece| {
                 out.write_all(piece.as_bytes())
@@ -211,8 +247,16 @@ fn chat<B: Backend>(args: &ChatArgs, l: &Loaded, backend: &B) -> Result<()> {
         // What the cache holds now: the prompt and the answer, but not the
         // end-of-turn token the model stopped on, which was never run.
         in_cache = rendered + &g.text;
+        match tokens_held.as_mut() {
+            _ if g.stats.context_shifts > 0 => tokens_held = None,
+            Some(held) => {
+                held.extend_from_slice(&g.tokens);
+                held.truncate(session.position());
+            }
+            None => {}
+        }
         eprintln!(
-            "realm: {} tokens at {:.1} t/s ({} in context)",
+            "realm: {} tokens at {:.1} t/s ({} in context, {reused} reused)",
             g.stats.generated_tokens,
             g.stats.decode_tps(),
             session.position()

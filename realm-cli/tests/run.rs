@@ -734,3 +734,81 @@ fn synth_then_bench_on_the_gpu_backend() {
     assert!(!ok);
     assert!(stderr.contains("built-in layout"), "{stderr}");
 }
+
+/// `chat` with a template that writes earlier replies back otherwise
+/// than they were generated (here: their first character dropped, as a
+/// thinking template drops a reply's thinking): the next turn keeps what
+/// the rewritten conversation begins with. A tiny llama keeps its cache
+/// up to there; a tiny Qwen 3.5, whose delta nets cannot forget tokens,
+/// up to its checkpoint 4 tokens before the first turn's end, and
+/// nothing with `--ctx-checkpoints 0`; the replies are the same.
+#[test]
+fn chat_keeps_what_a_rewritten_conversation_begins_with() {
+    use std::io::Write;
+    let dir = std::env::temp_dir().join(format!("realm-chat-rewrite-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let tpl = dir.join("drop-first.jinja");
+    std::fs::write(
+        &tpl,
+        "{% for m in messages %}<|{{ m.role }}|>{% if m.role == 'assistant' %}\
+         {{ m.content[1:] }}{% else %}{{ m.content }}{% endif %}\n{% endfor %}\
+         {% if add_generation_prompt %}<|assistant|>{% endif %}",
+    )
+    .unwrap();
+    let chat = |model: &str, checkpoints: &str| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_realm"))
+            .args([
+                "chat",
+                model,
+                "--temp",
+                "0",
+                "-n",
+                "8",
+                "--chat-template-file",
+            ])
+            .arg(&tpl)
+            .args(["--ctx-checkpoints", checkpoints])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let turns = b"abc def ghi\njkl mno\n\n";
+        child.stdin.take().unwrap().write_all(turns).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{stderr}");
+        // Each turn's "(N in context, K reused)".
+        let counts: Vec<(usize, usize)> = stderr
+            .lines()
+            .filter_map(|l| {
+                let (ctx, rest) = l.split('(').nth(1)?.split_once(" in context, ")?;
+                Some((ctx.parse().ok()?, rest.split(' ').next()?.parse().ok()?))
+            })
+            .collect();
+        assert_eq!(counts.len(), 2, "{stderr}");
+        (String::from_utf8_lossy(&out.stdout).to_string(), counts)
+    };
+    for layout in ["tiny-qwen35", "tiny-llama"] {
+        let path = dir.join(format!("{layout}.gguf"));
+        let p = path.to_str().unwrap();
+        let (ok, _, err) = realm(&["synth", layout, "--seed", "5", "-o", p]);
+        assert!(ok, "{err}");
+        let (text, counts) = chat(p, "4");
+        let (plain, plain_counts) = chat(p, "0");
+        assert_eq!(text, plain, "{layout}");
+        assert_eq!(counts[0].1, 0, "{layout}");
+        // The first turn's prompt: what it holds less its 8 tokens.
+        let first_prompt = counts[0].0 - 8;
+        match layout {
+            "tiny-qwen35" => {
+                assert_eq!(counts[1].1, first_prompt - 4, "{layout}");
+                assert_eq!(plain_counts[1].1, 0, "{layout}");
+            }
+            _ => {
+                assert!(counts[1].1 >= first_prompt, "{layout}: {counts:?}");
+                assert_eq!(plain_counts, counts, "{layout}");
+            }
+        }
+    }
+}
