@@ -131,18 +131,44 @@ impl TinyMamba {
         );
         blk("ssm_out.weight", vec![self.inner, d]);
     }
+}
 
-    /// Vectors (one-row ones too), norms and the convolution f32, the
-    /// other matrices Q8_0.
-    fn dtype(name: &str, shape: &[u64]) -> GgmlType {
-        let vector = shape.iter().filter(|&&d| d > 1).count() <= 1
-            || name.ends_with("_norm.weight")
-            || name.ends_with("ssm_conv1d.weight");
-        if vector {
-            GgmlType::F32
-        } else {
-            GgmlType::Q8_0
-        }
+/// The tensors of a layout `d` wide: the token embeddings (`vocab`
+/// tokens), `layers` blocks whose tensors `block(layer, blk)` names
+/// through `blk` (each typed by [`small_dtype`]), and the output norm
+/// `norm`.
+fn small_tensors(
+    (d, vocab, layers): (u64, u64, usize),
+    norm: &str,
+    mut block: impl FnMut(usize, &mut dyn FnMut(&str, Vec<u64>)),
+) -> Vec<SyntheticTensor> {
+    let mut tensors = Vec::new();
+    let mut add = |name: String, shape: Vec<u64>| {
+        let dtype = small_dtype(&name, &shape);
+        tensors.push(SyntheticTensor { name, shape, dtype });
+    };
+    add("token_embd.weight".into(), vec![d, vocab]);
+    for l in 0..layers {
+        block(l, &mut |n: &str, shape: Vec<u64>| {
+            add(format!("blk.{l}.{n}"), shape)
+        });
+    }
+    add(norm.into(), vec![d]);
+    tensors
+}
+
+/// A small layout's tensor types: vectors (one-row ones too), norms and
+/// the convolutions f32 (as llama.cpp's converters keep them), the other
+/// matrices Q8_0.
+fn small_dtype(name: &str, shape: &[u64]) -> GgmlType {
+    let vector = shape.iter().filter(|&&d| d > 1).count() <= 1
+        || name.ends_with("_norm.weight")
+        || name.ends_with("ssm_conv1d.weight")
+        || name.ends_with("shortconv.conv.weight");
+    if vector {
+        GgmlType::F32
+    } else {
+        GgmlType::Q8_0
     }
 }
 
@@ -908,32 +934,21 @@ impl SyntheticLayout {
             u32_kv(&k("shortconv.l_cache"), 3),
         ];
         hp.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut tensors = Vec::new();
-        let mut add = |name: String, shape: Vec<u64>| {
-            // (The convolution stays f32, as llama.cpp's converter keeps it.)
-            let dtype = if shape.len() == 1 || name.ends_with("shortconv.conv.weight") {
-                GgmlType::F32
-            } else {
-                GgmlType::Q8_0
-            };
-            tensors.push(SyntheticTensor { name, shape, dtype });
-        };
-        add("token_embd.weight".into(), vec![d, vocab]);
-        for (l, &kv_heads) in kv.iter().enumerate() {
-            let mut blk = |n: &str, shape: Vec<u64>| add(format!("blk.{l}.{n}"), shape);
+        let shape = (d, vocab, kv.len());
+        // (LFM2's output norm is named so.)
+        let tensors = small_tensors(shape, "token_embd_norm.weight", |l, blk| {
             blk("attn_norm.weight", vec![d]);
-            if kv_heads == 0 {
+            if kv[l] == 0 {
                 blk("shortconv.conv.weight", vec![3, d]);
                 blk("shortconv.in_proj.weight", vec![d, 3 * d]);
                 blk("shortconv.out_proj.weight", vec![d, d]);
             } else {
-                let kvd = u64::from(kv_heads) * hd;
-                attention_tensors(&mut blk, d, (heads * hd, heads * hd, kvd), Some(hd));
+                let kvd = u64::from(kv[l]) * hd;
+                attention_tensors(blk, d, (heads * hd, heads * hd, kvd), Some(hd));
             }
             blk("ffn_norm.weight", vec![d]);
-            gated_ffn_tensors(&mut blk, d, ff);
-        }
-        add("token_embd_norm.weight".into(), vec![d]);
+            gated_ffn_tensors(blk, d, ff);
+        });
         Self {
             arch: "lfm2".into(),
             hparams: hp,
@@ -970,26 +985,18 @@ impl SyntheticLayout {
         ];
         hp.extend(TINY_MAMBA.hparams(&k));
         hp.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut tensors = Vec::new();
-        let mut add = |name: String, shape: Vec<u64>| {
-            let dtype = TinyMamba::dtype(&name, &shape);
-            tensors.push(SyntheticTensor { name, shape, dtype });
-        };
-        add("token_embd.weight".into(), vec![d, 300]);
-        for (l, &kv_heads) in kv.iter().enumerate() {
-            let mut blk = |n: &str, shape: Vec<u64>| add(format!("blk.{l}.{n}"), shape);
+        let tensors = small_tensors((d, 300, kv.len()), "output_norm.weight", |l, blk| {
             blk("attn_norm.weight", vec![d]);
-            if kv_heads == 0 {
-                TINY_MAMBA.tensors(d, &mut blk);
+            if kv[l] == 0 {
+                TINY_MAMBA.tensors(d, blk);
             } else {
-                let kvd = u64::from(kv_heads) * hd;
-                attention_tensors(&mut blk, d, (4 * hd, 4 * hd, kvd), None);
+                let kvd = u64::from(kv[l]) * hd;
+                attention_tensors(blk, d, (4 * hd, 4 * hd, kvd), None);
                 blk("attn_output.bias", vec![d]);
             }
             blk("ffn_norm.weight", vec![d]);
-            gated_ffn_tensors(&mut blk, d, ff);
-        }
-        add("output_norm.weight".into(), vec![d]);
+            gated_ffn_tensors(blk, d, ff);
+        });
         Self {
             arch: "granitehybrid".into(),
             hparams: hp,
@@ -1022,19 +1029,9 @@ impl SyntheticLayout {
             f32_kv(&k("rope.freq_base"), 500_000.0),
         ];
         hp.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut tensors = Vec::new();
-        let mut add = |name: String, shape: Vec<u64>| {
-            let dtype = match shape.len() {
-                1 => GgmlType::F32,
-                _ => GgmlType::Q8_0,
-            };
-            tensors.push(SyntheticTensor { name, shape, dtype });
-        };
-        add("token_embd.weight".into(), vec![d, 300]);
-        for l in 0..4 {
-            let mut blk = |n: &str, shape: Vec<u64>| add(format!("blk.{l}.{n}"), shape);
+        let tensors = small_tensors((d, 300, 4), "output_norm.weight", |l, blk| {
             blk("attn_norm.weight", vec![d]);
-            attention_tensors(&mut blk, d, (4 * hd, 4 * hd, 2 * hd), None);
+            attention_tensors(blk, d, (4 * hd, 4 * hd, 2 * hd), None);
             blk("ffn_norm.weight", vec![d]);
             if l % 2 == 1 {
                 blk("ffn_gate_inp.weight", vec![d, 4]);
@@ -1045,10 +1042,9 @@ impl SyntheticLayout {
                 blk("ffn_up_shexp.weight", vec![d, 32]);
                 blk("ffn_down_shexp.weight", vec![32, d]);
             } else {
-                gated_ffn_tensors(&mut blk, d, ff);
+                gated_ffn_tensors(blk, d, ff);
             }
-        }
-        add("output_norm.weight".into(), vec![d]);
+        });
         Self {
             arch: "llama4".into(),
             hparams: hp,
@@ -1079,22 +1075,14 @@ impl SyntheticLayout {
         ];
         hp.extend(TINY_MAMBA.hparams(&k));
         hp.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut tensors = Vec::new();
-        let mut add = |name: String, shape: Vec<u64>| {
-            let dtype = TinyMamba::dtype(&name, &shape);
-            tensors.push(SyntheticTensor { name, shape, dtype });
-        };
-        add("token_embd.weight".into(), vec![d, 300]);
-        for l in 0..3 {
-            let mut blk = |n: &str, shape: Vec<u64>| add(format!("blk.{l}.{n}"), shape);
+        let tensors = small_tensors((d, 300, 3), "output_norm.weight", |_, blk| {
             blk("attn_norm.weight", vec![d]);
-            attention_tensors(&mut blk, d, (4 * hd, 4 * hd, 2 * hd), None);
-            TINY_MAMBA.tensors(d, &mut blk);
+            attention_tensors(blk, d, (4 * hd, 4 * hd, 2 * hd), None);
+            TINY_MAMBA.tensors(d, blk);
             // (As llama.cpp's converter names it.)
             blk("ffn_norm", vec![d]);
-            gated_ffn_tensors(&mut blk, d, ff);
-        }
-        add("output_norm.weight".into(), vec![d]);
+            gated_ffn_tensors(blk, d, ff);
+        });
         Self {
             arch: "falcon-h1".into(),
             hparams: hp,
@@ -1128,27 +1116,24 @@ impl SyntheticLayout {
         ];
         hp.extend(TINY_MAMBA.hparams(&k));
         hp.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut tensors = Vec::new();
-        let mut add = |name: String, shape: Vec<u64>| {
-            let dtype = TinyMamba::dtype(&name, &shape);
-            tensors.push(SyntheticTensor { name, shape, dtype });
-        };
-        add("token_embd.weight".into(), vec![d, 300]);
-        for (l, (&kv_heads, &width)) in kv.iter().zip(&ff).enumerate() {
-            let mut blk = |n: &str, shape: Vec<u64>| add(format!("blk.{l}.{n}"), shape);
+        let mut tensors = small_tensors((d, 300, kv.len()), "output_norm.weight", |l, blk| {
             blk("attn_norm.weight", vec![d]);
+            let width = u64::from(ff[l]);
             if width > 0 {
-                blk("ffn_up.weight", vec![d, u64::from(width)]);
-                blk("ffn_down.weight", vec![u64::from(width), d]);
-            } else if kv_heads > 0 {
-                let kvd = u64::from(kv_heads) * hd;
-                attention_tensors(&mut blk, d, (4 * hd, 4 * hd, kvd), None);
+                blk("ffn_up.weight", vec![d, width]);
+                blk("ffn_down.weight", vec![width, d]);
+            } else if kv[l] > 0 {
+                let kvd = u64::from(kv[l]) * hd;
+                attention_tensors(blk, d, (4 * hd, 4 * hd, kvd), None);
             } else {
-                TINY_MAMBA.tensors(d, &mut blk);
+                TINY_MAMBA.tensors(d, blk);
             }
-        }
-        add("output_norm.weight".into(), vec![d]);
-        add("output.weight".into(), vec![d, 300]);
+        });
+        tensors.push(SyntheticTensor {
+            name: "output.weight".into(),
+            shape: vec![d, 300],
+            dtype: GgmlType::Q8_0,
+        });
         Self {
             arch: "nemotron_h".into(),
             hparams: hp,
@@ -1206,20 +1191,9 @@ impl SyntheticLayout {
             u32_kv(&k("ssm.inner_size"), (v_heads * s) as u32),
         ];
         hp.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut tensors = Vec::new();
-        let mut add = |name: String, shape: Vec<u64>| {
-            // (The convolution stays f32, as llama.cpp's converter keeps it.)
-            let dtype = if shape.len() == 1 || name.ends_with("ssm_conv1d.weight") {
-                GgmlType::F32
-            } else {
-                GgmlType::Q8_0
-            };
-            tensors.push(SyntheticTensor { name, shape, dtype });
-        };
-        add("token_embd.weight".into(), vec![d, q.vocab]);
         let (kd, vd) = (k_heads * s, v_heads * s);
-        for l in 0..q.layers {
-            let mut blk = |n: &str, shape: Vec<u64>| add(format!("blk.{l}.{n}"), shape);
+        let shape = (d, q.vocab, q.layers as usize);
+        let tensors = small_tensors(shape, "output_norm.weight", |l, blk| {
             blk("attn_norm.weight", vec![d]);
             if (l + 1) % 4 != 0 {
                 blk("attn_qkv.weight", vec![d, 2 * kd + vd]);
@@ -1233,12 +1207,11 @@ impl SyntheticLayout {
                 blk("ssm_out.weight", vec![vd, d]);
             } else {
                 let q = (2 * heads * hd, heads * hd, kv_heads * hd);
-                attention_tensors(&mut blk, d, q, Some(hd));
+                attention_tensors(blk, d, q, Some(hd));
             }
             blk("post_attention_norm.weight", vec![d]);
-            gated_ffn_tensors(&mut blk, d, ff);
-        }
-        add("output_norm.weight".into(), vec![d]);
+            gated_ffn_tensors(blk, d, ff);
+        });
         Self {
             arch: "qwen35".into(),
             hparams: hp,

@@ -24,13 +24,21 @@ use realm_core::gguf::Gguf;
 use super::recurrent::{causal_conv, fetch, rms_scale, silu, softplus, state, vector, Recurrent};
 use super::{checked_weight, Scratch};
 use crate::config::{DeltaNetConfig, ModelConfig};
+use crate::imatrix::Collector;
 use crate::{Error, Result};
 
 /// A delta-net block's weights.
 #[derive(Debug)]
 pub(crate) struct DeltaNet<'a, B: Backend + 'a> {
-    mix: MixIn<'a, B>,
-    rates: Rates<'a, B>,
+    /// `attn_qkv` (`[channels, d]`: queries, keys and values) and
+    /// `attn_gate` (`[v_dim, d]`: the output's gate), or `ssm_in`: for
+    /// each query/key head its query, its key, its value heads' values
+    /// and their gates.
+    mix: Pair<B::Weight<'a>>,
+    /// `ssm_beta` and `ssm_alpha` (`[v_heads, d]` each: each value head's
+    /// rate before the sigmoid, its decay before its bias), or `ssm_ba`:
+    /// for each query/key head its value heads' rates, then their decays.
+    rates: Pair<B::Weight<'a>>,
     /// `conv_kernel` taps a channel, the oldest input's first.
     conv: Vec<f32>,
     /// Each value head's decay bias (`ssm_dt.bias`).
@@ -41,33 +49,12 @@ pub(crate) struct DeltaNet<'a, B: Backend + 'a> {
     norm: Vec<f32>,
 }
 
-/// The products of a block's input that the convolution and the output
-/// gate read.
+/// Two products of a block's input: apart, or in one matrix by
+/// query/key head (Qwen3-Next's files).
 #[derive(Debug)]
-enum MixIn<'a, B: Backend + 'a> {
-    /// `attn_qkv` (`[channels, d]`: queries, keys and values) and
-    /// `attn_gate` (`[v_dim, d]`: the output's gate).
-    Split {
-        qkv: B::Weight<'a>,
-        z: B::Weight<'a>,
-    },
-    /// `ssm_in` (`[channels + v_dim, d]`): for each query/key head its
-    /// query, its key, its value heads' values and their gates.
-    Fused(B::Weight<'a>),
-}
-
-/// The products of a block's input that make each value head's rate
-/// (before the sigmoid) and decay (before its bias).
-#[derive(Debug)]
-enum Rates<'a, B: Backend + 'a> {
-    /// `ssm_beta` and `ssm_alpha`, `[v_heads, d]` each.
-    Split {
-        beta: B::Weight<'a>,
-        alpha: B::Weight<'a>,
-    },
-    /// `ssm_ba` (`[2 v_heads, d]`): for each query/key head its
-    /// value heads' rates, then their decays.
-    Fused(B::Weight<'a>),
+enum Pair<W> {
+    Split(W, W),
+    Fused(W),
 }
 
 /// Room for a delta net's steps: the products' device buffers for `rows`
@@ -164,21 +151,24 @@ impl<'a, B: Backend> DeltaNet<'a, B> {
         // (Qwen3-Next's products may be fused, as its value heads are
         // grouped; Qwen 3.5's never are.)
         let has = |s: &str| dn.grouped && file.tensor(&n(s)).is_ok();
+        let pair = |fused: &str, (a, b): (&str, &str), (wa, wb): (usize, usize)| {
+            Ok::<_, Error>(match has(fused) {
+                true => Pair::Fused(weight(fused, wa + wb)?),
+                false => Pair::Split(weight(a, wa)?, weight(b, wb)?),
+            })
+        };
+        let (ch, vd, vh) = (dn.channels(), dn.v_dim(), dn.v_heads);
         Ok(Self {
-            mix: match has("ssm_in.weight") {
-                true => MixIn::Fused(weight("ssm_in.weight", dn.channels() + dn.v_dim())?),
-                false => MixIn::Split {
-                    qkv: weight("attn_qkv.weight", dn.channels())?,
-                    z: weight("attn_gate.weight", dn.v_dim())?,
-                },
-            },
-            rates: match has("ssm_ba.weight") {
-                true => Rates::Fused(weight("ssm_ba.weight", 2 * dn.v_heads)?),
-                false => Rates::Split {
-                    beta: weight("ssm_beta.weight", dn.v_heads)?,
-                    alpha: weight("ssm_alpha.weight", dn.v_heads)?,
-                },
-            },
+            mix: pair(
+                "ssm_in.weight",
+                ("attn_qkv.weight", "attn_gate.weight"),
+                (ch, vd),
+            )?,
+            rates: pair(
+                "ssm_ba.weight",
+                ("ssm_beta.weight", "ssm_alpha.weight"),
+                (vh, vh),
+            )?,
             conv: vector("ssm_conv1d.weight", dn.channels() * dn.conv_kernel)?,
             dt_bias: vector("ssm_dt.bias", dn.v_heads)?,
             a: vector("ssm_a", dn.v_heads)?,
@@ -202,51 +192,33 @@ impl<'a, B: Backend> DeltaNet<'a, B> {
             .delta
             .as_mut()
             .ok_or_else(|| Error::BadConfig("no room for a delta net".into()))?;
-        let d = c.d_model;
-        let mut products = Vec::with_capacity(4);
-        match &self.mix {
-            MixIn::Split { qkv, z } => {
-                products.push((qkv, &mut ds.mixed, "attn_qkv"));
-                products.push((z, &mut ds.z, "attn_gate"));
-            }
-            MixIn::Fused(w) => products.push((w, &mut ds.mixed, "ssm_in")),
-        }
-        match &self.rates {
-            Rates::Split { beta, alpha } => {
-                products.push((beta, &mut ds.beta, "ssm_beta"));
-                products.push((alpha, &mut ds.alpha, "ssm_alpha"));
-            }
-            Rates::Fused(w) => products.push((w, &mut ds.beta, "ssm_ba")),
-        }
-        for (w, out, name) in products {
-            b.matmul(&mut sc.ws, w, &sc.xn, n, out)?;
-            if let Some(seen) = sc.seen.as_mut() {
-                let name = format!("blk.{li}.{name}.weight");
-                seen.observe_named(b, &mut sc.ws, &name, (&sc.xn, n, d))?;
-            }
-        }
         let (ch, vd, vh) = (dn.channels(), dn.v_dim(), dn.v_heads);
+        let (s, kd, g) = (dn.head_dim, dn.k_dim(), vh / dn.k_heads);
+        // Each fused group's parts: their widths, which output each goes
+        // to and where in its row.
+        let mix_parts = [(s, 0, 0), (s, 0, kd), (g * s, 0, 2 * kd), (g * s, 1, 0)];
         let h = &mut ds.host;
-        match &self.mix {
-            MixIn::Split { .. } => {
-                fetch(b, &ds.mixed, n * ch, &mut h.mixed)?;
-                fetch(b, &ds.z, n * vd, &mut h.z)?;
-            }
-            MixIn::Fused(_) => {
-                fetch(b, &ds.mixed, n * (ch + vd), &mut h.packed)?;
-                unpack_mix(dn, n, &h.packed, (&mut h.mixed, &mut h.z));
-            }
-        }
-        match &self.rates {
-            Rates::Split { .. } => {
-                fetch(b, &ds.beta, n * vh, &mut h.beta)?;
-                fetch(b, &ds.alpha, n * vh, &mut h.alpha)?;
-            }
-            Rates::Fused(_) => {
-                fetch(b, &ds.beta, n * 2 * vh, &mut h.packed)?;
-                unpack_rates(dn, n, &h.packed, (&mut h.beta, &mut h.alpha));
-            }
-        }
+        let run = ProductRun {
+            b,
+            xn: &sc.xn,
+            n,
+            d: c.d_model,
+            li,
+        };
+        run.pair(
+            (&mut sc.ws, sc.seen.as_deref_mut()),
+            (&self.mix, ["attn_qkv", "attn_gate", "ssm_in"]),
+            ([&mut ds.mixed, &mut ds.z], [ch, vd]),
+            ((dn.k_heads, &mix_parts), &mut h.packed),
+            [&mut h.mixed, &mut h.z],
+        )?;
+        run.pair(
+            (&mut sc.ws, sc.seen.as_deref_mut()),
+            (&self.rates, ["ssm_beta", "ssm_alpha", "ssm_ba"]),
+            ([&mut ds.beta, &mut ds.alpha], [vh, vh]),
+            ((dn.k_heads, &[(g, 0, 0), (g, 1, 0)]), &mut h.packed),
+            [&mut h.beta, &mut h.alpha],
+        )?;
         h.out.resize(n * vd, 0.0);
         h.conv.resize(n * ch, 0.0);
         let one = states.len() == 1;
@@ -340,58 +312,76 @@ impl<'a, B: Backend> DeltaNet<'a, B> {
     }
 }
 
-/// `n` rows of a fused `ssm_in` product (for each query/key head: its
-/// query, its key, its value heads' values, their gates) sorted into the
-/// convolution's channels (all queries, all keys, all values) and the
-/// gates.
-fn unpack_mix(
-    dn: &DeltaNetConfig,
+/// A fused product's group's parts: each one's width, the output it goes
+/// to (0 or 1) and its offset in that output's row.
+type Parts<'p> = &'p [(usize, usize, usize)];
+
+/// The products of a block's input for `n` rows of `xn` (block `li`, `d`
+/// wide).
+struct ProductRun<'r, B: Backend> {
+    b: &'r B,
+    xn: &'r B::Buffer,
     n: usize,
-    packed: &[f32],
-    (mixed, z): (&mut Vec<f32>, &mut Vec<f32>),
-) {
-    let (s, kd, ch, vd) = (dn.head_dim, dn.k_dim(), dn.channels(), dn.v_dim());
-    // Each query/key head's value heads' width.
-    let g = vd / dn.k_heads;
-    mixed.resize(n * ch, 0.0);
-    z.resize(n * vd, 0.0);
-    let rows = packed
-        .chunks_exact(ch + vd)
-        .zip(mixed.chunks_exact_mut(ch))
-        .zip(z.chunks_exact_mut(vd));
-    for ((p, m), z) in rows {
-        for (hk, p) in p.chunks_exact(2 * s + 2 * g).enumerate() {
-            m[hk * s..(hk + 1) * s].copy_from_slice(&p[..s]);
-            m[kd + hk * s..kd + (hk + 1) * s].copy_from_slice(&p[s..2 * s]);
-            m[2 * kd + hk * g..2 * kd + (hk + 1) * g].copy_from_slice(&p[2 * s..2 * s + g]);
-            z[hk * g..(hk + 1) * g].copy_from_slice(&p[2 * s + g..]);
-        }
-    }
+    d: usize,
+    li: usize,
 }
 
-/// `n` rows of a fused `ssm_ba` product (for each query/key head:
-/// its value heads' rates, then their decays) sorted into the value
-/// heads' rates and decays.
-fn unpack_rates(
-    dn: &DeltaNetConfig,
-    n: usize,
-    packed: &[f32],
-    (beta, alpha): (&mut Vec<f32>, &mut Vec<f32>),
-) {
-    let vh = dn.v_heads;
-    // Each query/key head's value heads.
-    let g = vh / dn.k_heads;
-    beta.resize(n * vh, 0.0);
-    alpha.resize(n * vh, 0.0);
-    let rows = packed
-        .chunks_exact(2 * vh)
-        .zip(beta.chunks_exact_mut(vh))
-        .zip(alpha.chunks_exact_mut(vh));
-    for ((p, b), a) in rows {
-        for (hk, p) in p.chunks_exact(2 * g).enumerate() {
-            b[hk * g..(hk + 1) * g].copy_from_slice(&p[..g]);
-            a[hk * g..(hk + 1) * g].copy_from_slice(&p[g..]);
+impl<B: Backend> ProductRun<'_, B> {
+    /// A pair of products (named `names`: the two apart, then the fused
+    /// one) into `bufs` (`widths` a row), and on the host into `host`:
+    /// a fused product's groups (`groups` of `parts`: each part's width,
+    /// which output it goes to and where in its row) sorted through
+    /// `packed`.
+    fn pair(
+        &self,
+        (ws, mut seen): (&mut B::Workspace, Option<&mut Collector>),
+        (pair, names): (&Pair<B::Weight<'_>>, [&str; 3]),
+        (bufs, widths): ([&mut B::Buffer; 2], [usize; 2]),
+        ((groups, parts), packed): ((usize, Parts<'_>), &mut Vec<f32>),
+        host: [&mut Vec<f32>; 2],
+    ) -> Result<()> {
+        let (b, n) = (self.b, self.n);
+        let [buf_a, buf_b] = bufs;
+        let mut product = |w: &B::Weight<'_>, out: &mut B::Buffer, name: &str| -> Result<()> {
+            b.matmul(ws, w, self.xn, n, out)?;
+            if let Some(seen) = seen.as_deref_mut() {
+                let name = format!("blk.{}.{name}.weight", self.li);
+                seen.observe_named(b, ws, &name, (self.xn, n, self.d))?;
+            }
+            Ok(())
+        };
+        let [host_a, host_b] = host;
+        match pair {
+            Pair::Split(wa, wb) => {
+                product(wa, buf_a, names[0])?;
+                product(wb, buf_b, names[1])?;
+                fetch(b, buf_a, n * widths[0], host_a)?;
+                fetch(b, buf_b, n * widths[1], host_b)?;
+            }
+            Pair::Fused(w) => {
+                product(w, buf_a, names[2])?;
+                let row = widths[0] + widths[1];
+                fetch(b, buf_a, n * row, packed)?;
+                host_a.resize(n * widths[0], 0.0);
+                host_b.resize(n * widths[1], 0.0);
+                let group = row / groups;
+                for (r, fused) in packed.chunks_exact(row).enumerate() {
+                    for (hk, g) in fused.chunks_exact(group).enumerate() {
+                        let mut at = 0;
+                        for &(width, o, offset) in parts {
+                            let (out, w) = match o {
+                                0 => (&mut *host_a, widths[0]),
+                                _ => (&mut *host_b, widths[1]),
+                            };
+                            let start = r * w + offset + hk * width;
+                            out[start..start + width].copy_from_slice(&g[at..at + width]);
+                            at += width;
+                        }
+                    }
+                }
+            }
         }
+        Ok(())
     }
 }
 
