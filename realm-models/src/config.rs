@@ -166,50 +166,61 @@ pub enum Architecture {
 }
 
 impl Architecture {
+    /// Every architecture Realm runs.
+    pub const ALL: [Architecture; 39] = [
+        Self::Llama,
+        Self::Mistral,
+        Self::Qwen2,
+        Self::Qwen2Moe,
+        Self::Qwen3,
+        Self::Qwen3Moe,
+        Self::Phi3,
+        Self::SmolLM3,
+        Self::Granite,
+        Self::Gemma2,
+        Self::Gemma3,
+        Self::GptOss,
+        Self::Mistral3,
+        Self::Olmo2,
+        Self::Exaone4,
+        Self::Ernie45,
+        Self::Glm4,
+        Self::SeedOss,
+        Self::Gemma,
+        Self::GraniteMoe,
+        Self::Olmoe,
+        Self::Glm4Moe,
+        Self::Ernie45Moe,
+        Self::MinimaxM2,
+        Self::Dots1,
+        Self::BailingMoe2,
+        Self::Deepseek2,
+        Self::Llama4,
+        Self::Arcee,
+        Self::HunyuanMoe,
+        Self::Qwen35,
+        Self::Qwen35Moe,
+        Self::Qwen3Next,
+        Self::Lfm2,
+        Self::GraniteHybrid,
+        Self::FalconH1,
+        Self::Lfm2Moe,
+        Self::NemotronH,
+        Self::NemotronHMoe,
+    ];
+
     /// The architecture named by `general.architecture`.
     pub fn from_name(name: &str) -> Result<Self> {
-        Ok(match name {
-            "llama" => Self::Llama,
-            "mistral" => Self::Mistral,
-            "qwen2" => Self::Qwen2,
-            "qwen2moe" => Self::Qwen2Moe,
-            "qwen3" => Self::Qwen3,
-            "qwen3moe" => Self::Qwen3Moe,
-            "phi3" => Self::Phi3,
-            "smollm3" => Self::SmolLM3,
-            "granite" => Self::Granite,
-            "gemma2" => Self::Gemma2,
-            "gemma3" => Self::Gemma3,
-            "gpt-oss" => Self::GptOss,
-            "mistral3" => Self::Mistral3,
-            "olmo2" => Self::Olmo2,
-            "exaone4" => Self::Exaone4,
-            "ernie4_5" => Self::Ernie45,
-            "glm4" => Self::Glm4,
-            "seed_oss" => Self::SeedOss,
-            "gemma" => Self::Gemma,
-            "granitemoe" => Self::GraniteMoe,
-            "olmoe" => Self::Olmoe,
-            "glm4moe" => Self::Glm4Moe,
-            "ernie4_5-moe" => Self::Ernie45Moe,
-            "minimax-m2" => Self::MinimaxM2,
-            "dots1" => Self::Dots1,
-            "bailingmoe2" => Self::BailingMoe2,
-            "deepseek2" => Self::Deepseek2,
-            "llama4" => Self::Llama4,
-            "arcee" => Self::Arcee,
-            "hunyuan-moe" => Self::HunyuanMoe,
-            "qwen35" => Self::Qwen35,
-            "qwen35moe" => Self::Qwen35Moe,
-            "qwen3next" => Self::Qwen3Next,
-            "lfm2" => Self::Lfm2,
-            "granitehybrid" => Self::GraniteHybrid,
-            "falcon-h1" => Self::FalconH1,
-            "lfm2moe" => Self::Lfm2Moe,
-            "nemotron_h" => Self::NemotronH,
-            "nemotron_h_moe" => Self::NemotronHMoe,
-            other => return Err(Error::UnknownArchitecture(other.to_string())),
-        })
+        Self::ALL
+            .into_iter()
+            .find(|a| a.name() == name)
+            .ok_or_else(|| Error::UnknownArchitecture(name.to_string()))
+    }
+
+    /// The names of every architecture Realm runs, comma-separated.
+    pub fn names() -> String {
+        let names: Vec<&str> = Self::ALL.iter().map(|a| a.name()).collect();
+        names.join(", ")
     }
 
     /// The metadata prefix (`general.architecture`'s value).

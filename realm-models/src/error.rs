@@ -17,8 +17,8 @@ pub enum Error {
 
     /// `general.architecture` names an architecture Realm does not run.
     #[error(
-        "unknown architecture `{0}` (supported: llama, mistral, qwen2, qwen2moe, qwen3, \
-         qwen3moe, phi3, smollm3, granite, gemma2, gemma3, gpt-oss)"
+        "unknown architecture `{0}` (supported: {names})",
+        names = crate::config::Architecture::names()
     )]
     UnknownArchitecture(String),
 

@@ -819,3 +819,18 @@ fn checkpoints_take_recurrent_sessions_back() {
     assert!(!s.checkpoint());
     assert_eq!(s.reachable(5), 5);
 }
+
+/// Every architecture is found by its name, and an unknown one's error
+/// names them all.
+#[test]
+fn architectures_are_found_by_name() {
+    use realm_models::Architecture;
+    for a in Architecture::ALL {
+        assert_eq!(Architecture::from_name(a.name()).unwrap(), a);
+    }
+    let err = Architecture::from_name("mamba").unwrap_err().to_string();
+    assert!(err.contains("`mamba`"), "{err}");
+    for a in Architecture::ALL {
+        assert!(err.contains(a.name()), "{err}");
+    }
+}
