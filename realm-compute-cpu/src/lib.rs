@@ -61,8 +61,8 @@ mod reference;
 
 use realm_core::backend::{
     matrix_dims, split_width, ActivationOps, AttentionOps, AttentionParams, BackendCore,
-    BackendError, BackendResult, KvCacheConfig, KvSpan, MatMulOps, NormOps, RopeOps, RopeParams,
-    RowsProduct, StepOps, WeightInfo,
+    BackendError, BackendResult, HostChunkFn, KvCacheConfig, KvSpan, MatMulOps, NormOps, RopeOps,
+    RopeParams, RowsProduct, StepOps, WeightInfo,
 };
 use std::ops::Range;
 
@@ -248,6 +248,26 @@ impl BackendCore for CpuBackend {
 
     fn buffer(&self, len: usize) -> BackendResult<Vec<f32>> {
         Ok(vec![0.0; len])
+    }
+
+    fn host_chunks(
+        &self,
+        (a, a_chunk): (&mut [f32], usize),
+        (b, b_chunk): (&mut [f32], usize),
+        f: &HostChunkFn<'_>,
+    ) {
+        // The matmuls' pool, whose helpers are awake between a step's
+        // products (rayon's would compete with them for the cores).
+        let (a_chunk, b_chunk) = (a_chunk.max(1), b_chunk.max(1));
+        if !self
+            .spin
+            .run_chunks((&mut *a, a_chunk), (&mut *b, b_chunk), f)
+        {
+            let chunks = a.chunks_mut(a_chunk).zip(b.chunks_mut(b_chunk));
+            for (c, (ac, bc)) in chunks.enumerate() {
+                f(c, ac, bc);
+            }
+        }
     }
 
     fn upload(&self, values: &[f32]) -> BackendResult<Vec<f32>> {

@@ -751,3 +751,28 @@ fn add_rows_product_is_the_same_split_over_threads() {
     assert_eq!(split, rows);
     assert_ne!(split, dst0);
 }
+
+/// Host work on the pool: every chunk of `a` once, with its matching
+/// chunk of `b` (the last ones short), whichever thread runs it.
+#[test]
+fn host_chunks_visit_every_chunk_once() {
+    use realm_core::backend::BackendCore;
+    for threads in [1, 2, 3] {
+        let b = be(threads);
+        let mut a: Vec<f32> = (0..22).map(|i| i as f32).collect();
+        let mut out = vec![0.0f32; 12];
+        b.host_chunks((&mut a, 4), (&mut out, 2), &|c, a, out| {
+            for x in a.iter_mut() {
+                *x += 100.0 * (c as f32 + 1.0);
+            }
+            out.fill(a.len() as f32);
+        });
+        for (i, x) in a.iter().enumerate() {
+            assert_eq!(*x, i as f32 + 100.0 * ((i / 4) as f32 + 1.0), "{threads}");
+        }
+        assert_eq!(
+            out,
+            [4.0, 4.0, 4.0, 4.0, 4.0, 4.0, 4.0, 4.0, 4.0, 4.0, 2.0, 2.0]
+        );
+    }
+}

@@ -208,6 +208,37 @@ pub trait BackendCore: Send + Sync + Debug {
     /// A buffer with room for `len` values, all zero.
     fn buffer(&self, len: usize) -> BackendResult<Self::Buffer>;
 
+    /// Host work beside the backend's (a recurrent block's scan, head by
+    /// head): `f(c, a_c, b_c)` for every chunk `c` of `a_chunk` values of
+    /// `a` and the matching chunk of `b_chunk` values of `b`, on the
+    /// backend's host threads where it has them (the CPU backend's pool),
+    /// else in turn on the caller. The calls must not depend on one
+    /// another's order.
+    ///
+    /// ```
+    /// # use realm_core::backend::BackendCore;
+    /// fn double<B: BackendCore>(b: &B, a: &mut [f32], out: &mut [f32]) {
+    ///     b.host_chunks((a, 4), (out, 4), &|_, a, out| {
+    ///         for (o, x) in out.iter_mut().zip(a) {
+    ///             *o = 2.0 * *x;
+    ///         }
+    ///     });
+    /// }
+    /// ```
+    fn host_chunks(
+        &self,
+        (a, a_chunk): (&mut [f32], usize),
+        (b, b_chunk): (&mut [f32], usize),
+        f: &HostChunkFn<'_>,
+    ) {
+        let chunks = a
+            .chunks_mut(a_chunk.max(1))
+            .zip(b.chunks_mut(b_chunk.max(1)));
+        for (c, (ac, bc)) in chunks.enumerate() {
+            f(c, ac, bc);
+        }
+    }
+
     /// A buffer holding a copy of `values` (its capacity is their number).
     fn upload(&self, values: &[f32]) -> BackendResult<Self::Buffer>;
 
@@ -758,6 +789,10 @@ pub enum KvDtype {
     /// must be a multiple of 32.
     Q8_0,
 }
+
+/// The work of [`BackendCore::host_chunks`]: a chunk's index and its
+/// chunks of the two slices.
+pub type HostChunkFn<'a> = dyn Fn(usize, &mut [f32], &mut [f32]) + Sync + 'a;
 
 /// Parameters of one attention call.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -86,9 +86,8 @@ fn gated_ffn_tensors(blk: &mut dyn FnMut(&str, Vec<u64>), d: u64, ff: u64) {
     blk("ffn_down.weight", vec![ff, d]);
 }
 
-/// The Mamba-2 mixers of the tiny Granite 4.0 hybrid and Nemotron-H: 128
-/// wide, 8 heads of 16 in 2 groups, a state of 16, 4 taps.
-struct TinyMamba {
+/// A layout's Mamba-2 mixers: their width, state, heads, groups and taps.
+struct MambaShape {
     inner: u64,
     state: u64,
     heads: u64,
@@ -96,7 +95,9 @@ struct TinyMamba {
     taps: u64,
 }
 
-const TINY_MAMBA: TinyMamba = TinyMamba {
+/// The tiny Granite 4.0 hybrid's, Nemotron-H's and Falcon-H1's mixers: 128
+/// wide, 8 heads of 16 in 2 groups, a state of 16, 4 taps.
+const TINY_MAMBA: MambaShape = MambaShape {
     inner: 128,
     state: 16,
     heads: 8,
@@ -104,7 +105,7 @@ const TINY_MAMBA: TinyMamba = TinyMamba {
     taps: 4,
 };
 
-impl TinyMamba {
+impl MambaShape {
     /// The `ssm.*` keys, named by `k`.
     fn hparams(&self, k: &dyn Fn(&str) -> String) -> Vec<(String, MetadataValue)> {
         vec![
@@ -170,6 +171,18 @@ fn small_dtype(name: &str, shape: &[u64]) -> GgmlType {
     } else {
         GgmlType::Q8_0
     }
+}
+
+/// Hyper-parameters of a Falcon-H1 layout.
+struct FalconH1 {
+    layers: u32,
+    d: u64,
+    ff: u64,
+    /// Query heads, KV heads, their width.
+    heads: (u64, u64, u64),
+    mamba: MambaShape,
+    vocab: u64,
+    context: u32,
 }
 
 /// Hyper-parameters of a Qwen 3.5 layout: every fourth block attention.
@@ -1059,26 +1072,65 @@ impl SyntheticLayout {
     /// gated feed-forward block 128 wide whose norm is `ffn_norm`; tied
     /// embeddings.
     fn tiny_falcon_h1() -> Self {
-        let (d, ff, hd) = (64u64, 128u64, 16u64);
+        Self::falcon_h1(&FalconH1 {
+            layers: 3,
+            d: 64,
+            ff: 128,
+            heads: (4, 2, 16),
+            mamba: TINY_MAMBA,
+            vocab: 300,
+            context: 256,
+        })
+    }
+
+    /// Falcon-H1 0.5B's blocks as transformers' table gives them: 36
+    /// blocks 1024 wide, 8 query heads over 2 KV heads of 64 beside 24
+    /// Mamba-2 heads of 64 (one group, a state of 128, 4 taps); with a
+    /// 2048-wide feed-forward block and a 32,784-token vocabulary (its
+    /// config's, as I know it: not checked against a file); Q8_0
+    /// matrices.
+    pub fn falcon_h1_0_5b() -> Self {
+        Self::falcon_h1(&FalconH1 {
+            layers: 36,
+            d: 1024,
+            ff: 2048,
+            heads: (8, 2, 64),
+            mamba: MambaShape {
+                inner: 24 * 64,
+                state: 128,
+                heads: 24,
+                groups: 1,
+                taps: 4,
+            },
+            vocab: 32_784,
+            context: 16_384,
+        })
+    }
+
+    fn falcon_h1(f: &FalconH1) -> Self {
+        let (d, ff) = (f.d, f.ff);
+        let (heads, kv_heads, hd) = f.heads;
         let k = |n: &str| format!("falcon-h1.{n}");
         let mut hp = vec![
-            u32_kv(&k("attention.head_count"), 4),
-            u32_kv(&k("attention.head_count_kv"), 2),
+            u32_kv(&k("attention.head_count"), heads as u32),
+            u32_kv(&k("attention.head_count_kv"), kv_heads as u32),
             u32_kv(&k("attention.key_length"), hd as u32),
             u32_kv(&k("attention.value_length"), hd as u32),
             f32_kv(&k("attention.layer_norm_rms_epsilon"), 1e-5),
-            u32_kv(&k("block_count"), 3),
-            u32_kv(&k("context_length"), 256),
+            u32_kv(&k("block_count"), f.layers),
+            u32_kv(&k("context_length"), f.context),
             u32_kv(&k("embedding_length"), d as u32),
             u32_kv(&k("feed_forward_length"), ff as u32),
             f32_kv(&k("rope.freq_base"), 100_000.0),
         ];
-        hp.extend(TINY_MAMBA.hparams(&k));
+        hp.extend(f.mamba.hparams(&k));
         hp.sort_by(|a, b| a.0.cmp(&b.0));
-        let tensors = small_tensors((d, 300, 3), "output_norm.weight", |_, blk| {
+        let shape = (d, f.vocab, f.layers as usize);
+        let tensors = small_tensors(shape, "output_norm.weight", |_, blk| {
             blk("attn_norm.weight", vec![d]);
-            attention_tensors(blk, d, (4 * hd, 4 * hd, 2 * hd), None);
-            TINY_MAMBA.tensors(d, blk);
+            let q = heads * hd;
+            attention_tensors(blk, d, (q, q, kv_heads * hd), None);
+            f.mamba.tensors(d, blk);
             // (As llama.cpp's converter names it.)
             blk("ffn_norm", vec![d]);
             gated_ffn_tensors(blk, d, ff);
@@ -1086,7 +1138,7 @@ impl SyntheticLayout {
         Self {
             arch: "falcon-h1".into(),
             hparams: hp,
-            vocab_size: 300,
+            vocab_size: f.vocab as usize,
             tensors,
         }
     }
@@ -1520,8 +1572,8 @@ impl SyntheticLayout {
 
     /// A built-in layout by short name: `smollm2`, `gemma3`, `gpt-oss-20b`,
     /// `qwen35-0.8b` ([`SyntheticLayout::qwen35_0_8b`]), `lfm2-1.2b`
-    /// ([`SyntheticLayout::lfm2_1_2b`]),
-    /// `tiny-ARCH`
+    /// ([`SyntheticLayout::lfm2_1_2b`]), `falcon-h1-0.5b`
+    /// ([`SyntheticLayout::falcon_h1_0_5b`]), `tiny-ARCH`
     /// ([`SyntheticLayout::tiny`]), `tiny-mixtral` (the tiny llama with
     /// 4 experts, 2 a token) or `tiny-mistral3-moe` (the tiny Ministral 3
     /// so), `tiny-mistral3-bias` (with an attention output bias),
@@ -1543,6 +1595,7 @@ impl SyntheticLayout {
             "gpt-oss-20b" => Self::gpt_oss_20b().ok(),
             "qwen35-0.8b" => Some(Self::qwen35_0_8b()),
             "lfm2-1.2b" => Some(Self::lfm2_1_2b()),
+            "falcon-h1-0.5b" => Some(Self::falcon_h1_0_5b()),
             "tiny-mixtral" => Self::tiny("llama").ok()?.with_experts(4, 2).ok(),
             "tiny-mistral3-moe" => Self::tiny("mistral3").ok()?.with_experts(4, 2).ok(),
             "tiny-mistral3-bias" => Some(Self::tiny("mistral3").ok()?.with_output_bias()),

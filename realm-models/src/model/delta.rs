@@ -90,6 +90,8 @@ struct DeltaHost {
     out: Vec<f32>,
     /// Each row's channels after the convolution.
     conv: Vec<f32>,
+    /// One sequence's outputs head by head (each head's rows together).
+    heads: Vec<f32>,
     /// A fused product's columns, before they are sorted.
     packed: Vec<f32>,
 }
@@ -256,18 +258,41 @@ impl<'a, B: Backend> DeltaNet<'a, B> {
             let at = |base: usize, i: usize| &y[base + i * s..base + (i + 1) * s];
             (at(0, hk), at(kd, hk), at(2 * kd, hv))
         };
-        let steps = if one { vh } else { n * vh };
-        for i in 0..steps {
-            let (rows, hv) = match one {
-                true => (0..n, i),
-                false => (i / vh..i / vh + 1, i % vh),
-            };
-            let st = state(states, rows.start, (li, state_len))?;
-            let m = &mut st[past + hv * s * s..past + (hv + 1) * s * s];
-            for r in rows {
-                let (q, k, v) = head(r, hv);
-                let o = &mut h.out[r * vd + hv * s..r * vd + (hv + 1) * s];
-                delta_rule(m, (q, k, v), (h.alpha[r * vh + hv], h.beta[r * vh + hv]), o);
+        if one {
+            // One sequence: its heads on the backend's host threads, each
+            // through all the rows while its state is in cache.
+            let st = state(states, 0, (li, state_len))?;
+            h.heads.resize(n * vd, 0.0);
+            let (alpha, beta) = (&h.alpha, &h.beta);
+            b.host_chunks(
+                (&mut st[past..], s * s),
+                (&mut h.heads, n * s),
+                &|hv, m, o| {
+                    for (r, o) in o.chunks_exact_mut(s).enumerate() {
+                        let rate = (alpha[r * vh + hv], beta[r * vh + hv]);
+                        delta_rule(m, head(r, hv), rate, o);
+                    }
+                },
+            );
+            for (hv, o) in h.heads.chunks_exact(n * s).enumerate() {
+                for (r, o) in o.chunks_exact(s).enumerate() {
+                    h.out[r * vd + hv * s..r * vd + (hv + 1) * s].copy_from_slice(o);
+                }
+            }
+        } else {
+            // A row a sequence: each row's heads in turn.
+            for r in 0..n {
+                let st = state(states, r, (li, state_len))?;
+                let heads = st[past..].chunks_exact_mut(s * s);
+                for (hv, m) in heads.enumerate() {
+                    let o = &mut h.out[r * vd + hv * s..r * vd + (hv + 1) * s];
+                    delta_rule(
+                        m,
+                        head(r, hv),
+                        (h.alpha[r * vh + hv], h.beta[r * vh + hv]),
+                        o,
+                    );
+                }
             }
         }
         // Each head's output RMS-normed, times the SiLU of its gate.

@@ -49,8 +49,10 @@ pub(crate) struct MambaScratch<B: Backend> {
     pub(super) proj: B::Buffer,
     host_in: Vec<f32>,
     host_out: Vec<f32>,
-    /// One token's channels after the convolution.
+    /// Each row's channels after the convolution.
     conv: Vec<f32>,
+    /// One sequence's outputs head by head (each head's rows together).
+    heads: Vec<f32>,
 }
 
 impl<B: Backend> MambaScratch<B> {
@@ -62,6 +64,7 @@ impl<B: Backend> MambaScratch<B> {
             host_in: Vec::new(),
             host_out: Vec::new(),
             conv: Vec::new(),
+            heads: Vec::new(),
         })
     }
 }
@@ -152,82 +155,127 @@ impl<'a, B: Backend> Mamba<'a, B> {
                 states.len()
             )));
         }
-        let (w, ch) = (m.in_width(), m.channels());
+        let (w, ch, inner) = (m.in_width(), m.channels(), m.inner);
+        let (taps, hd) = (m.conv_kernel, m.inner / m.heads);
         fetch(b, &ms.input, n * w, &mut ms.host_in)?;
-        ms.host_out.resize(n * m.inner, 0.0);
-        ms.conv.resize(ch, 0.0);
-        for r in 0..n {
-            let st = state(states, r, (li, m.state_len()))?;
-            let row = &ms.host_in[r * w..(r + 1) * w];
-            let out = &mut ms.host_out[r * m.inner..(r + 1) * m.inner];
-            self.token((c, m), st, row, &mut ms.conv, out);
+        ms.host_out.resize(n * inner, 0.0);
+        ms.conv.resize(n * ch, 0.0);
+        ms.heads.resize(n * inner, 0.0);
+        let skip = (&self.dt_bias[..], &self.a[..], &self.d[..]);
+        if states.len() == 1 {
+            // One sequence: its rows' convolutions in order, then its heads
+            // on the backend's host threads, each through all the rows.
+            let st = state(states, 0, (li, m.state_len()))?;
+            let (past, heads) = st.split_at_mut((taps - 1) * ch);
+            for (row, conv) in ms.host_in.chunks_exact(w).zip(ms.conv.chunks_exact_mut(ch)) {
+                self.convolve(past, &row[inner..inner + ch], conv);
+            }
+            let (input, conv) = (&ms.host_in, &ms.conv);
+            b.host_chunks(
+                (heads, hd * m.state),
+                (&mut ms.heads, n * hd),
+                &|h, s, y| {
+                    for (r, y) in y.chunks_exact_mut(hd).enumerate() {
+                        let dt = input[r * w + inner + ch + h];
+                        scan(m, skip, (h, s), (&conv[r * ch..(r + 1) * ch], dt), y);
+                    }
+                },
+            );
+            for (h, y) in ms.heads.chunks_exact(n * hd).enumerate() {
+                for (r, y) in y.chunks_exact(hd).enumerate() {
+                    ms.host_out[r * inner + h * hd..r * inner + (h + 1) * hd].copy_from_slice(y);
+                }
+            }
+        } else {
+            // A row a sequence: each row's convolution and heads in turn.
+            for r in 0..n {
+                let st = state(states, r, (li, m.state_len()))?;
+                let (past, heads) = st.split_at_mut((taps - 1) * ch);
+                let row = &ms.host_in[r * w..(r + 1) * w];
+                let conv = &mut ms.conv[r * ch..(r + 1) * ch];
+                self.convolve(past, &row[inner..inner + ch], conv);
+                let out = &mut ms.host_out[r * inner..(r + 1) * inner];
+                let states = heads.chunks_exact_mut(hd * m.state);
+                for (h, (s, y)) in states.zip(out.chunks_exact_mut(hd)).enumerate() {
+                    scan(m, skip, (h, s), (conv, row[inner + ch + h]), y);
+                }
+            }
+        }
+        for (out, row) in ms
+            .host_out
+            .chunks_exact_mut(inner)
+            .zip(ms.host_in.chunks_exact(w))
+        {
+            self.gate_and_norm(c, m, &row[..inner], out);
         }
         b.upload_into(&ms.host_out, &mut ms.out)?;
         Ok(())
     }
 
-    /// One token through the mixer: its input product `row`, the
-    /// sequence's state `st`, the output `out` (`inner`).
-    fn token(
-        &self,
-        (c, m): (&ModelConfig, &MambaConfig),
-        st: &mut [f32],
-        row: &[f32],
-        conv: &mut [f32],
-        out: &mut [f32],
-    ) {
-        let (ch, taps, ds) = (m.channels(), m.conv_kernel, m.state);
-        let (z, rest) = row.split_at(m.inner);
-        let (xbc, dt) = rest.split_at(ch);
-        let (past, heads) = st.split_at_mut((taps - 1) * ch);
-        // The causal convolution over each channel's last inputs and this
-        // one, its bias, then SiLU.
+    /// One token's channels `xbc` through the causal convolution over each
+    /// channel's last inputs (`past`, which it joins), its bias, then
+    /// SiLU, into `conv`.
+    fn convolve(&self, past: &mut [f32], xbc: &[f32], conv: &mut [f32]) {
+        let taps = self.conv.len() / xbc.len().max(1);
         causal_conv(past, &self.conv, taps, xbc, conv);
         for (y, b) in conv.iter_mut().zip(&self.conv_bias) {
             *y = silu(*y + b);
         }
-        let (x, bc) = conv.split_at(m.inner);
-        let (bs, cs) = bc.split_at(m.groups * ds);
-        let head_dim = m.inner / m.heads;
-        let per_group = m.heads / m.groups;
-        for (h, state) in heads.chunks_exact_mut(head_dim * ds).enumerate() {
-            let step = softplus(dt[h] + self.dt_bias[h]);
-            let decay = (step * self.a[h]).exp();
-            let g = h / per_group;
-            let (bg, cg) = (&bs[g * ds..(g + 1) * ds], &cs[g * ds..(g + 1) * ds]);
-            for (i, s) in state.chunks_exact_mut(ds).enumerate() {
-                let xi = x[h * head_dim + i];
-                let x_dt = xi * step;
-                let mut acc = [0.0f32; 8];
-                let (sc, s_rest) = s.as_chunks_mut::<8>();
-                let (bc8, b_rest) = bg.as_chunks::<8>();
-                let (cc8, c_rest) = cg.as_chunks::<8>();
-                for ((sv, bv), cv) in sc.iter_mut().zip(bc8).zip(cc8) {
-                    for k in 0..8 {
-                        sv[k] = sv[k] * decay + bv[k] * x_dt;
-                        acc[k] += sv[k] * cv[k];
-                    }
-                }
-                let mut y = acc.iter().sum::<f32>();
-                for ((sv, &bv), &cv) in s_rest.iter_mut().zip(b_rest).zip(c_rest) {
-                    *sv = *sv * decay + bv * x_dt;
-                    y += *sv * cv;
-                }
-                out[h * head_dim + i] = y + xi * self.d[h];
-            }
-        }
-        // The gate's SiLU, then the norm by groups.
+    }
+
+    /// A token's output `out` (`inner`) times the SiLU of its gate `z`,
+    /// then normed by groups (where the mixer has a norm).
+    fn gate_and_norm(&self, c: &ModelConfig, m: &MambaConfig, z: &[f32], out: &mut [f32]) {
         out.iter_mut().zip(z).for_each(|(y, &g)| *y *= silu(g));
         let Some(norm) = &self.norm else {
             return;
         };
-        let eps = c.rms_eps;
-        for (o, w) in out
-            .chunks_exact_mut(m.inner / m.groups)
-            .zip(norm.chunks_exact(m.inner / m.groups))
-        {
-            let scale = rms_scale(o, eps);
+        let group = m.inner / m.groups;
+        for (o, w) in out.chunks_exact_mut(group).zip(norm.chunks_exact(group)) {
+            let scale = rms_scale(o, c.rms_eps);
             o.iter_mut().zip(w).for_each(|(x, &w)| *x = *x * scale * w);
         }
+    }
+}
+
+/// Head `h`'s state `s` (`head_dim x state`) through one token: its
+/// convolved channels `conv` (`x`, then each group's `B` and `C`) and step
+/// `dt` before its bias; the head's output (`head_dim`, with the `D`
+/// skip) into `y`. `(dt_bias, a, d)`: each head's step bias, decay rate
+/// and skip.
+fn scan(
+    m: &MambaConfig,
+    (dt_bias, a, d): (&[f32], &[f32], &[f32]),
+    (h, s): (usize, &mut [f32]),
+    (conv, dt): (&[f32], f32),
+    y: &mut [f32],
+) {
+    let ds = m.state;
+    let hd = m.inner / m.heads;
+    let (x, bc) = conv.split_at(m.inner);
+    let (bs, cs) = bc.split_at(m.groups * ds);
+    let step = softplus(dt + dt_bias[h]);
+    let decay = (step * a[h]).exp();
+    let g = h / (m.heads / m.groups);
+    let (bg, cg) = (&bs[g * ds..(g + 1) * ds], &cs[g * ds..(g + 1) * ds]);
+    for (i, (row, yi)) in s.chunks_exact_mut(ds).zip(y.iter_mut()).enumerate() {
+        let xi = x[h * hd + i];
+        let x_dt = xi * step;
+        let mut acc = [0.0f32; 8];
+        let (sc, s_rest) = row.as_chunks_mut::<8>();
+        let (bc8, b_rest) = bg.as_chunks::<8>();
+        let (cc8, c_rest) = cg.as_chunks::<8>();
+        for ((sv, bv), cv) in sc.iter_mut().zip(bc8).zip(cc8) {
+            for k in 0..8 {
+                sv[k] = sv[k] * decay + bv[k] * x_dt;
+                acc[k] += sv[k] * cv[k];
+            }
+        }
+        let mut out = acc.iter().sum::<f32>();
+        for ((sv, &bv), &cv) in s_rest.iter_mut().zip(b_rest).zip(c_rest) {
+            *sv = *sv * decay + bv * x_dt;
+            out += *sv * cv;
+        }
+        *yi = out + xi * d[h];
     }
 }
