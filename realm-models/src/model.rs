@@ -700,6 +700,9 @@ impl<'a, B: Backend> Model<'a, B> {
             && self.config.moe.is_none()
             && self.config.mla.is_none()
             && !self.config.has_recurrent()
+            // (Norms after RoPE rotate outside the attention, by positions
+            // a recording would keep.)
+            && !self.config.qk_norm_after_rope
     }
 
     /// Whether a session can forget its last tokens and keep the others
