@@ -251,6 +251,9 @@ CASES = [
     # expert.
     case("hunyuan-moe", "tiny-hunyuan-moe"),
     case("hunyuan-moe-q8_0", "tiny-hunyuan-moe", matrix_type="q8_0"),
+    # Hunyuan's dense blocks: the same norms after RoPE, NTK-aware alpha.
+    case("hunyuan-dense", "tiny-hunyuan-dense"),
+    case("hunyuan-dense-q8_0", "tiny-hunyuan-dense", matrix_type="q8_0"),
     # Llama 4: chunked attention with RoPE and weightless Q/K norms, a
     # global layer without RoPE whose queries grow past 8192 positions,
     # experts every other block given the token times their weight, a

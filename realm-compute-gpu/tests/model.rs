@@ -78,7 +78,7 @@ fn llama4_is_refused_at_load() {
 }
 
 /// Every architecture's `SyntheticLayout::tiny` the GPU backend runs.
-const ARCHS: [&str; 37] = [
+const ARCHS: [&str; 38] = [
     "llama",
     "arcee",
     "mistral",
@@ -94,6 +94,7 @@ const ARCHS: [&str; 37] = [
     "qwen3",
     "qwen3moe",
     "hunyuan-moe",
+    "hunyuan-dense",
     "phi3",
     "smollm3",
     "granite",

@@ -102,6 +102,10 @@ pub enum Architecture {
     /// every block (renormalised softmax weights) beside an ungated
     /// shared expert.
     HunyuanMoe,
+    /// Hunyuan's dense models (hunyuan-dense: 0.5B to 7B): llama's blocks
+    /// with NeoX RoPE, then per-head Q/K norms (after it), and the RoPE
+    /// base raised by `rope.scaling.alpha` (NTK-aware).
+    HunyuanDense,
     /// Arcee's AFM (arcee: AFM-4.5B): llama's blocks with a feed-forward
     /// network of squared ReLUs and no gate (`ffn_up`, `ffn_down`).
     Arcee,
@@ -167,7 +171,7 @@ pub enum Architecture {
 
 impl Architecture {
     /// Every architecture Realm runs.
-    pub const ALL: [Architecture; 39] = [
+    pub const ALL: [Architecture; 40] = [
         Self::Llama,
         Self::Mistral,
         Self::Qwen2,
@@ -198,6 +202,7 @@ impl Architecture {
         Self::Llama4,
         Self::Arcee,
         Self::HunyuanMoe,
+        Self::HunyuanDense,
         Self::Qwen35,
         Self::Qwen35Moe,
         Self::Qwen3Next,
@@ -256,6 +261,7 @@ impl Architecture {
             Self::Llama4 => "llama4",
             Self::Arcee => "arcee",
             Self::HunyuanMoe => "hunyuan-moe",
+            Self::HunyuanDense => "hunyuan-dense",
             Self::Qwen35 => "qwen35",
             Self::Qwen35Moe => "qwen35moe",
             Self::Qwen3Next => "qwen3next",
@@ -775,7 +781,24 @@ impl ModelConfig {
             Some(v) => v,
             None => md.get_str_array("tokenizer.ggml.tokens")?.len(),
         };
+        let hunyuan = matches!(arch, Architecture::HunyuanMoe | Architecture::HunyuanDense);
         let rope_base = opt_f("rope.freq_base")?.unwrap_or(10_000.0);
+        // Hunyuan's NTK-aware scaling raises the base by `alpha^(d / (d -
+        // 2))` (d a head's width), in f32 as llama.cpp computes it.
+        let rope_base = match opt_f("rope.scaling.alpha")? {
+            Some(alpha) if alpha > 0.0 && arch == Architecture::HunyuanDense && head_dim > 2 => {
+                let dim = head_dim as f32;
+                rope_base * alpha.powf(dim / (dim - 2.0))
+            }
+            _ => rope_base,
+        };
+        // (Hunyuan's M-RoPE is for images; files with sections refused.)
+        let sections_key = key("rope.dimension_sections");
+        if arch == Architecture::HunyuanDense && md.get(&sections_key).is_some() {
+            return Err(Error::BadConfig(format!(
+                "{sections_key} (M-RoPE) is not supported"
+            )));
+        }
         let rope_finetuned = match md.get(&key("rope.scaling.finetuned")) {
             Some(_) => md.get_bool(&key("rope.scaling.finetuned"))?,
             None => true,
@@ -953,7 +976,8 @@ impl ModelConfig {
                 | Architecture::Lfm2
                 | Architecture::Lfm2Moe
                 | Architecture::FalconH1
-                | Architecture::HunyuanMoe => RopeMode::Neox,
+                | Architecture::HunyuanMoe
+                | Architecture::HunyuanDense => RopeMode::Neox,
             },
             sliding_window,
             // Every sixth layer (Gemma 3), second (Gemma 2, gpt-oss) or
@@ -987,7 +1011,7 @@ impl ModelConfig {
             nope_global: exaone_window,
             pre_norms: !(olmo2 || exaone4),
             qk_norm_whole: olmo2 || matches!(arch, Architecture::Olmoe | Architecture::MinimaxM2),
-            qk_norm_after_rope: arch == Architecture::HunyuanMoe,
+            qk_norm_after_rope: hunyuan,
             // Gemma 2 and 3 27B scale by their width per head, not their
             // head size (as llama.cpp tells them: by their 46 and 62
             // layers).

@@ -299,6 +299,7 @@ impl<'a, B: Backend> Model<'a, B> {
                 | Architecture::Qwen35Moe
                 | Architecture::Qwen3Next
                 | Architecture::HunyuanMoe
+                | Architecture::HunyuanDense
                 | Architecture::Lfm2
                 | Architecture::Lfm2Moe
                 | Architecture::Qwen3

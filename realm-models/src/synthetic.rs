@@ -288,7 +288,8 @@ impl SyntheticLayout {
     /// qwen2moe, qwen3, qwen3moe, phi3, smollm3, granite, gemma2, gemma3,
     /// gpt-oss, olmo2, exaone4, ernie4_5, glm4, seed_oss, gemma,
     /// granitemoe, olmoe, glm4moe, ernie4_5-moe, minimax-m2, dots1,
-    /// bailingmoe2, deepseek2, arcee, hunyuan-moe; llama4 of four blocks; and, of three to
+    /// bailingmoe2, deepseek2, arcee, hunyuan-moe, hunyuan-dense; llama4 of
+    /// four blocks; and, of three to
     /// five blocks, qwen35, qwen35moe, qwen3next, lfm2, lfm2moe,
     /// granitehybrid, falcon-h1, nemotron_h,
     /// nemotron_h_moe, most of whose blocks keep a recurrent state) small
@@ -353,6 +354,13 @@ impl SyntheticLayout {
                 "hunyuan-moe.expert_shared_feed_forward_length",
                 MetadataValue::U32(64),
             ));
+        }
+        if arch == "hunyuan-dense" {
+            // The tiny Qwen 3's blocks (per-head Q/K norms; NeoX) with
+            // NTK-aware scaling (alpha 4).
+            return Ok(Self::tiny("qwen3")?
+                .renamed(arch)
+                .with_hparam("hunyuan-dense.rope.scaling.alpha", MetadataValue::F32(4.0)));
         }
         if arch == "arcee" {
             // The tiny llama's blocks without a gate.
