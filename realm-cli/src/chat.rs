@@ -8,7 +8,7 @@ use realm_core::backend::Backend;
 use realm_core::chat::{ChatMessage, ChatTemplate};
 use realm_core::tokenizer::Tokenizer;
 use realm_models::reasoning::ReasoningFormat;
-use realm_models::{generate, GenerateParams, Model, StopReason};
+use realm_models::{generate, GenerateParams, Model, StopReason, CHECKPOINT_TAIL};
 
 use crate::device::Device;
 use crate::load::{self, Loaded};
@@ -117,10 +117,6 @@ pub fn render_user_text(l: &Loaded, system: Option<&str>, prompt: &str) -> Resul
 pub fn render_user_turn(l: &Loaded, system: Option<&str>, prompt: &str) -> Result<Vec<u32>> {
     encode_rendered(&l.tokenizer, &render_user_text(l, system, prompt)?)
 }
-
-/// How many tokens before each turn's end a recurrent model's session
-/// takes a checkpoint (as the server does).
-const CHECKPOINT_TAIL: usize = 4;
 
 pub fn run(args: &ChatArgs) -> Result<()> {
     let mut l = load::open(&args.model, args.threads)?;

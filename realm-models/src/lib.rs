@@ -43,7 +43,9 @@ pub use config::{
     ModelConfig, MoeConfig, SelectionBias, YarnConfig,
 };
 pub use error::{Error, Result};
-pub use model::{BatchScratch, ContextShift, Model, Session, OUTPUT_ROWS, STEP_SPAN};
+pub use model::{
+    BatchScratch, ContextShift, Model, Session, CHECKPOINT_TAIL, OUTPUT_ROWS, STEP_SPAN,
+};
 
 pub use generate::{
     generate, generate_after, GenerateParams, Generation, GenerationStats, StopReason,

@@ -2141,6 +2141,14 @@ const COPY_VALUES: usize = 1 << 17;
 /// (32 rows of Gemma 3's 262,144-word vocabulary are 32 MiB).
 pub const OUTPUT_ROWS: usize = 32;
 
+/// Tokens before a prompt's end where a caller keeping a recurrent
+/// model's sessions takes a checkpoint ([`Session::checkpoint`]), as
+/// llama.cpp's server takes one 4 tokens before: a chat's next prompt most
+/// often leaves what a session holds in the generation prompt's last few
+/// tokens, where a reply begins (the server and `realm chat` take theirs
+/// here).
+pub const CHECKPOINT_TAIL: usize = 4;
+
 /// What [`Model::forward_outputs`] and [`Model::forward_embeddings`] hand
 /// over for each token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -15,7 +15,7 @@
 //! which need every prompt token run). A model with recurrent blocks
 //! (Qwen 3.5's delta nets), whose states cannot forget tokens, keeps
 //! checkpoints of them instead (`ctx_checkpoints` a session, llama.cpp's
-//! `--ctx-checkpoints`): one taken `CHECKPOINT_TAIL` tokens before each
+//! `--ctx-checkpoints`): one taken [`CHECKPOINT_TAIL`] tokens before each
 //! prompt's end (its prefill chunk stops there), so a next prompt that
 //! leaves the kept tokens after it (a chat template writing the reply
 //! back otherwise than it was generated) runs only what follows the
@@ -43,6 +43,7 @@ use realm_models::embedding::{self, Pooling};
 use realm_models::generate::{Continuation, Step};
 use realm_models::{
     BatchScratch, ContextShift, GenerateParams, LogProbs, LoraId, Model, Session, StopReason,
+    CHECKPOINT_TAIL,
 };
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -156,12 +157,6 @@ pub struct Job {
     /// Held for its drop, which gives the place back.
     pub _ticket: Ticket,
 }
-
-/// Tokens before a prompt's end where a recurrent model's session takes a
-/// checkpoint (llama.cpp's server takes one 4 tokens before: a chat's
-/// next prompt most often leaves the kept tokens in the generation
-/// prompt's last few, where a reply begins).
-const CHECKPOINT_TAIL: usize = 4;
 
 /// How the engine runs.
 #[derive(Debug, Clone)]

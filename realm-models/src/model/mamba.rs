@@ -168,7 +168,7 @@ impl<'a, B: Backend> Mamba<'a, B> {
             let st = state(states, 0, (li, m.state_len()))?;
             let (past, heads) = st.split_at_mut((taps - 1) * ch);
             for (row, conv) in ms.host_in.chunks_exact(w).zip(ms.conv.chunks_exact_mut(ch)) {
-                self.convolve(past, &row[inner..inner + ch], conv);
+                self.convolve(past, (&row[inner..inner + ch], taps), conv);
             }
             let (input, conv) = (&ms.host_in, &ms.conv);
             b.host_chunks(
@@ -193,7 +193,7 @@ impl<'a, B: Backend> Mamba<'a, B> {
                 let (past, heads) = st.split_at_mut((taps - 1) * ch);
                 let row = &ms.host_in[r * w..(r + 1) * w];
                 let conv = &mut ms.conv[r * ch..(r + 1) * ch];
-                self.convolve(past, &row[inner..inner + ch], conv);
+                self.convolve(past, (&row[inner..inner + ch], taps), conv);
                 let out = &mut ms.host_out[r * inner..(r + 1) * inner];
                 let states = heads.chunks_exact_mut(hd * m.state);
                 for (h, (s, y)) in states.zip(out.chunks_exact_mut(hd)).enumerate() {
@@ -215,8 +215,7 @@ impl<'a, B: Backend> Mamba<'a, B> {
     /// One token's channels `xbc` through the causal convolution over each
     /// channel's last inputs (`past`, which it joins), its bias, then
     /// SiLU, into `conv`.
-    fn convolve(&self, past: &mut [f32], xbc: &[f32], conv: &mut [f32]) {
-        let taps = self.conv.len() / xbc.len().max(1);
+    fn convolve(&self, past: &mut [f32], (xbc, taps): (&[f32], usize), conv: &mut [f32]) {
         causal_conv(past, &self.conv, taps, xbc, conv);
         for (y, b) in conv.iter_mut().zip(&self.conv_bias) {
             *y = silu(*y + b);
