@@ -289,6 +289,12 @@ CASES = [
                     ("gemma3.rope.scaling.type", "str", "linear"),
                     ("gemma3.rope.scaling.factor", "float", "8"),
                     ("gemma3.rope.freq_base_swa", "float", "5000")]),
+    # Gemma 3n: AltUp's streams, blocks' own inputs, LAuReL, shared KV
+    # caches (local and global) and sparse activations.
+    case("gemma3n", "tiny-gemma3n"),
+    case("gemma3n-q8_0", "tiny-gemma3n", matrix_type="q8_0"),
+    # 22 blocks: the last two read blocks 18's and 19's caches.
+    case("gemma3n-shared", "tiny-gemma3n-shared"),
 ]
 
 

@@ -78,7 +78,7 @@ fn llama4_is_refused_at_load() {
 }
 
 /// Every architecture's `SyntheticLayout::tiny` the GPU backend runs.
-const ARCHS: [&str; 38] = [
+const ARCHS: [&str; 39] = [
     "llama",
     "arcee",
     "mistral",
@@ -102,6 +102,7 @@ const ARCHS: [&str; 38] = [
     "gemma",
     "gemma2",
     "gemma3",
+    "gemma3n",
     "glm4moe",
     "ernie4_5-moe",
     "minimax-m2",

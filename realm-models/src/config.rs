@@ -37,6 +37,13 @@ pub enum Architecture {
     Gemma2,
     /// Gemma 3 (QK-norm, sandwich norms, GELU gate, local/global layers).
     Gemma3,
+    /// Gemma 3n (gemma3n: E2B, E4B): Gemma 3's blocks with unweighted
+    /// value norms and unscaled scores, a low-rank side path (LAuReL),
+    /// four residual streams of which one runs each block (AltUp,
+    /// [`AltUpConfig`]), an input of its own to each block from a second
+    /// embedding table, the last blocks reading earlier blocks' KV
+    /// caches, and sparse activations in the first feed-forward blocks.
+    Gemma3n,
     /// gpt-oss (OpenAI's open-weight MoE): biased projections, attention
     /// sinks, local/global layers, YaRN, experts with biases and a clamped
     /// SwiGLU whose weights are a softmax over the chosen experts' scores.
@@ -171,7 +178,7 @@ pub enum Architecture {
 
 impl Architecture {
     /// Every architecture Realm runs.
-    pub const ALL: [Architecture; 40] = [
+    pub const ALL: [Architecture; 41] = [
         Self::Llama,
         Self::Mistral,
         Self::Qwen2,
@@ -183,6 +190,7 @@ impl Architecture {
         Self::Granite,
         Self::Gemma2,
         Self::Gemma3,
+        Self::Gemma3n,
         Self::GptOss,
         Self::Mistral3,
         Self::Olmo2,
@@ -242,6 +250,7 @@ impl Architecture {
             Self::Granite => "granite",
             Self::Gemma2 => "gemma2",
             Self::Gemma3 => "gemma3",
+            Self::Gemma3n => "gemma3n",
             Self::GptOss => "gpt-oss",
             Self::Mistral3 => "mistral3",
             Self::Olmo2 => "olmo2",
@@ -511,6 +520,113 @@ pub struct ModelConfig {
     /// of a gate the query projection also makes (Qwen 3.5's: its query
     /// matrix is twice as wide, each head's query followed by its gate).
     pub attn_output_gate: bool,
+    /// Gemma 3n's residual streams, per-block inputs, shared KV caches
+    /// and sparse activations, for a model with them.
+    pub altup: Option<AltUpConfig>,
+}
+
+/// Gemma 3n's extras, as llama.cpp runs them. The residual stream is
+/// `inputs` streams: the first the scaled token embedding, the others its
+/// products with `altup_proj`, each brought to the first's magnitude.
+/// Before each block a prediction mixes the streams by coefficients the
+/// active stream's router makes (`altup_router`, `altup_predict_coef`);
+/// the block runs on the active one's prediction; after it a correction
+/// adds each stream the block's change times its own coefficient
+/// (`altup_correct_coef`), and the other streams a product of the
+/// corrected active stream, gated by the block's own input (a row of
+/// `per_layer_token_embd` plus a projection of the embedding, `per_layer`
+/// wide). At the end the other streams go back through `altup_unembd_proj`
+/// and the mean of all is the output.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AltUpConfig {
+    /// Residual streams (`altup.num_inputs`; 4).
+    pub inputs: usize,
+    /// Width of each block's own input
+    /// (`embedding_length_per_layer_input`; 256).
+    pub per_layer: usize,
+    /// Rank of each block's LAuReL products (64: no key gives it, and
+    /// llama.cpp's loader fixes it).
+    pub laurel_rank: usize,
+    /// The first block that keeps no KV cache and reads the cache of the
+    /// last block before it of its kind, local or global (the layer count
+    /// less `attention.shared_kv_layers`; without the key llama.cpp's 20).
+    pub kv_from: usize,
+    /// Each block's activation sparsity, where it has one: the feed-forward
+    /// gate's values less their row's mean plus this many standard
+    /// deviations, below zero made zero, before the GELU
+    /// (`activation_sparsity_scale`, non-finite for none; without the key
+    /// llama.cpp's: the first 10 blocks at the normal's 95th percentile).
+    pub sparsity: Vec<Option<f32>>,
+}
+
+/// The standard normal's 95th percentile in f32: Gemma 3n's sparsity
+/// where the file gives none.
+const GEMMA3N_SPARSITY: f32 = 1.644_853_4;
+
+/// Gemma 3n's extras from `md` for the blocks of `cfg`.
+fn altup_config(md: &Metadata, cfg: &ModelConfig) -> Result<AltUpConfig> {
+    let p = cfg.arch.name();
+    let key = |k: &str| format!("{p}.{k}");
+    let opt_u = |k: &str| -> Result<Option<usize>> {
+        Ok(match md.get(&key(k)) {
+            Some(_) => Some(md.get_u32(&key(k))? as usize),
+            None => None,
+        })
+    };
+    let n = cfg.n_layers;
+    let inputs = opt_u("altup.num_inputs")?.unwrap_or(4);
+    let active = opt_u("altup.active_idx")?.unwrap_or(0);
+    let per_layer = opt_u("embedding_length_per_layer_input")?.unwrap_or(256);
+    let kv_from = match opt_u("attention.shared_kv_layers")? {
+        Some(shared) => n.saturating_sub(shared),
+        None => n.min(20),
+    };
+    if inputs < 2 || active != 0 || per_layer == 0 || kv_from == 0 {
+        return Err(Error::BadConfig(format!(
+            "{p}: {inputs} AltUp streams (at least 2), active stream {active} (only 0 is \
+             supported), per-block inputs {per_layer} wide, {kv_from} blocks with KV caches"
+        )));
+    }
+    let sparsity = match md.get(&key("activation_sparsity_scale")) {
+        Some(_) => {
+            let s = md.get_f32_array(&key("activation_sparsity_scale"))?;
+            (0..n)
+                .map(|l| s.get(l).copied().filter(|s| s.is_finite()))
+                .collect()
+        }
+        None => (0..n)
+            .map(|l| (l < 10).then_some(GEMMA3N_SPARSITY))
+            .collect(),
+    };
+    let alt = AltUpConfig {
+        inputs,
+        per_layer,
+        laurel_rank: 64,
+        kv_from,
+        sparsity,
+    };
+    if let Some(l) = (kv_from..n).find(|&l| alt.kv_source(cfg, l).is_none()) {
+        return Err(Error::BadConfig(format!(
+            "{p}: block {l} reads an earlier block's KV cache, but none of the first {kv_from} \
+             attends as it does"
+        )));
+    }
+    Ok(alt)
+}
+
+impl AltUpConfig {
+    /// The block whose KV cache block `layer` of `cfg` reads, where it
+    /// keeps none of its own: the last block before
+    /// [`AltUpConfig::kv_from`] with its window.
+    fn kv_source(&self, cfg: &ModelConfig, layer: usize) -> Option<usize> {
+        if layer < self.kv_from {
+            return None;
+        }
+        let window = cfg.layer_window(layer);
+        (0..self.kv_from)
+            .rev()
+            .find(|&l| cfg.layer_window(l) == window)
+    }
 }
 
 /// Qwen 3.5's gated delta net, as llama.cpp runs it: a block's input
@@ -807,6 +923,7 @@ impl ModelConfig {
         let gemma2 = arch == Architecture::Gemma2;
         let gemma3 = arch == Architecture::Gemma3;
         let gemma = gemma2 || gemma3;
+        let gemma3n = arch == Architecture::Gemma3n;
         let gpt_oss = arch == Architecture::GptOss;
         let qwen35 = matches!(
             arch,
@@ -842,6 +959,8 @@ impl ModelConfig {
         let final_softcap = match arch {
             Architecture::Gemma2 => cap("final_logit_softcapping", 30.0)?,
             Architecture::Gemma3 => cap("final_logit_softcapping", 0.0)?,
+            // (llama.cpp's Gemma 3n always caps at 30, as its files say.)
+            Architecture::Gemma3n => cap("final_logit_softcapping", 30.0)?,
             _ => None,
         };
         // Only these use a window (llama.cpp ignores Phi 3's, and has none
@@ -866,6 +985,7 @@ impl ModelConfig {
                 Architecture::Mistral
                 | Architecture::Gemma2
                 | Architecture::Gemma3
+                | Architecture::Gemma3n
                 | Architecture::GptOss
                 | Architecture::Olmo2,
                 w,
@@ -922,12 +1042,12 @@ impl ModelConfig {
             // (llama.cpp's OLMo 2 reads `rope.freq_base_swa` but rotates
             // its local layers with the global base.)
             rope_base_local: match opt_f("rope.freq_base_swa")? {
-                Some(b) if gemma || gpt_oss || llama4 => b,
-                _ if gemma3 => 10_000.0,
+                Some(b) if gemma || gemma3n || gpt_oss || llama4 => b,
+                _ if gemma3 || gemma3n => 10_000.0,
                 _ => rope_base,
             },
             rope_freq_scale,
-            rope_freq_scale_local: if gemma3 || olmo2 {
+            rope_freq_scale_local: if gemma3 || gemma3n || olmo2 {
                 1.0
             } else {
                 rope_freq_scale
@@ -960,6 +1080,7 @@ impl ModelConfig {
                 | Architecture::Phi3
                 | Architecture::Gemma2
                 | Architecture::Gemma3
+                | Architecture::Gemma3n
                 | Architecture::GptOss
                 | Architecture::Olmo2
                 | Architecture::Exaone4
@@ -991,9 +1112,10 @@ impl ModelConfig {
                     n_layers,
                     4,
                 )?),
-                Some(_) if gemma || gpt_oss || olmo2 || exaone4 => {
+                Some(_) if gemma || gemma3n || gpt_oss || olmo2 || exaone4 => {
                     let every = match arch {
                         Architecture::Gemma3 => 6,
+                        Architecture::Gemma3n => 5,
                         Architecture::Olmo2 | Architecture::Exaone4 => 4,
                         _ => 2,
                     };
@@ -1034,10 +1156,14 @@ impl ModelConfig {
                 _ if (gemma2 && n_layers == 46) || (gemma3 && n_layers == 62) => {
                     1.0 / (d_model as f32 / n_heads as f32).sqrt()
                 }
+                // (Gemma 3n's queries are normed to their scale.)
+                _ if gemma3n => 1.0,
                 _ => 1.0 / (head_dim as f32).sqrt(),
             },
             embedding_scale: match arch {
-                _ if gemma || arch == Architecture::Gemma => Some((d_model as f32).sqrt()),
+                _ if gemma || gemma3n || arch == Architecture::Gemma => {
+                    Some((d_model as f32).sqrt())
+                }
                 Architecture::Granite | Architecture::GraniteMoe | Architecture::GraniteHybrid => {
                     opt_f("embedding_scale")?.filter(|&s| s != 0.0)
                 }
@@ -1076,6 +1202,7 @@ impl ModelConfig {
             mamba: None,
             ffn_blocks: None,
             attn_output_gate: qwen35,
+            altup: None,
             attn_temperature: match arch {
                 Architecture::Mistral3 => match opt_f("attention.temperature_scale")? {
                     None | Some(0.0) => None,
@@ -1111,6 +1238,9 @@ impl ModelConfig {
         }
         if arch == Architecture::Deepseek2 {
             mla_config(md, &mut cfg)?;
+        }
+        if gemma3n {
+            cfg.altup = Some(altup_config(md, &cfg)?);
         }
         if nemotron {
             let kv = kv_per_layer.as_deref().unwrap_or_default();
@@ -1327,11 +1457,18 @@ impl ModelConfig {
         self.mamba.as_ref().is_some_and(|m| m.parallel)
     }
 
-    /// Layers with a KV cache: those that attend.
+    /// Layers with a KV cache of their own: those that attend, but
+    /// those that read an earlier one's ([`ModelConfig::kv_source`]).
     pub fn kv_layers(&self) -> usize {
         (0..self.n_layers)
-            .filter(|&l| self.has_attention(l))
+            .filter(|&l| self.has_attention(l) && self.kv_source(l).is_none())
             .count()
+    }
+
+    /// The earlier layer whose KV cache layer `layer` reads instead of
+    /// keeping one (Gemma 3n's last layers), if it does.
+    pub fn kv_source(&self, layer: usize) -> Option<usize> {
+        self.altup.as_ref()?.kv_source(self, layer)
     }
 
     /// Width of all query heads together.

@@ -6,12 +6,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use rayon::prelude::*;
 use realm_core::backend::{
-    AttentionParams, Backend, BackendError, KvCacheConfig, KvDtype, QkNorm, RopeParams, StepInputs,
-    WeightInfo,
+    AttentionParams, Backend, BackendError, KvCacheConfig, KvDtype, KvSpan, QkNorm, RopeParams,
+    StepInputs, WeightInfo,
 };
 use realm_core::gguf::Gguf;
 use realm_core::{quant, TensorView};
 
+mod altup;
 mod delta;
 mod mamba;
 mod mla;
@@ -23,6 +24,7 @@ mod state;
 
 pub use self::shift::ContextShift;
 
+use self::altup::{AltUp, AltUpBlock, AltUpScratch};
 use self::delta::{DeltaNet, DeltaScratch};
 use self::mamba::{Mamba, MambaScratch};
 use self::mla::{Mla, MlaScratch};
@@ -87,6 +89,14 @@ struct Layer<'a, B: Backend + 'a> {
     /// The block's layer of the KV cache, which only attention blocks
     /// have.
     kv_slot: usize,
+    /// Whether that layer is an earlier block's, which stores the keys
+    /// and values this block reads (Gemma 3n's last blocks): the block
+    /// makes queries alone.
+    kv_shared: bool,
+    /// A norm of each value head (ones: Gemma 3n's, without weights).
+    v_norm: Option<B::Buffer>,
+    /// Gemma 3n's weights of the block's streams, input and LAuReL.
+    altup: Option<AltUpBlock<'a, B>>,
 }
 
 /// Which of a block's products are one matrix in the file.
@@ -138,6 +148,8 @@ pub struct Model<'a, B: Backend> {
     /// Whether the file has its own output matrix (not tied to the
     /// embeddings): an adapter may change it.
     has_output: bool,
+    /// Gemma 3n's weights into the streams and out of them.
+    altup: Option<AltUp<'a, B>>,
     /// LoRA adapters, in the order they were added.
     loras: Vec<Lora<'a, B>>,
     /// What a row of their scratch needs.
@@ -145,7 +157,7 @@ pub struct Model<'a, B: Backend> {
 }
 
 /// The error of a model whose scratch lacks room for `what`.
-fn no_room(what: &str) -> Error {
+pub(crate) fn no_room(what: &str) -> Error {
     Error::BadConfig(format!("no room for a {what}"))
 }
 
@@ -295,6 +307,7 @@ impl<'a, B: Backend> Model<'a, B> {
         let qk_norms = matches!(
             c.arch,
             Architecture::Gemma3
+                | Architecture::Gemma3n
                 | Architecture::Qwen35
                 | Architecture::Qwen35Moe
                 | Architecture::Qwen3Next
@@ -316,6 +329,7 @@ impl<'a, B: Backend> Model<'a, B> {
         // OLMo 2's and EXAONE 4's norms: after each part of a block
         // (OLMo 2's Q/K norms over all heads).
         let post_norms = gemma
+            || c.altup.is_some()
             || matches!(
                 c.arch,
                 Architecture::Olmo2 | Architecture::Exaone4 | Architecture::Glm4
@@ -337,6 +351,8 @@ impl<'a, B: Backend> Model<'a, B> {
             let attends = c.has_attention(i);
             // Nemotron-H's blocks are one part each.
             let mixer_only = c.ffn_blocks.is_some() && !ffn_only;
+            // Gemma 3n's last blocks read earlier ones' caches.
+            let kv_source = c.kv_source(i);
             // Qwen 2's query, key and value biases; any other's where the
             // file has them (as llama.cpp reads them for every
             // architecture), or in one for a fused matrix.
@@ -363,6 +379,10 @@ impl<'a, B: Backend> Model<'a, B> {
             };
             let qkv = if c.mla.is_some() || !attends {
                 Group { runs: Vec::new() }
+            } else if kv_source.is_some() {
+                Group {
+                    runs: vec![(weight(&n("attn_q.weight"), q_rows, d)?, 1)],
+                }
             } else if fused.qkv {
                 let w = weight(&n("attn_qkv.weight"), q + 2 * kv, d)?;
                 Group { runs: vec![(w, 3)] }
@@ -520,9 +540,18 @@ impl<'a, B: Backend> Model<'a, B> {
                 delta,
                 conv,
                 mamba,
-                kv_slot,
+                kv_slot: match kv_source {
+                    Some(src) => layers.get(src).map_or(0, |l: &Layer<'a, B>| l.kv_slot),
+                    None => kv_slot,
+                },
+                kv_shared: kv_source.is_some(),
+                v_norm: c.altup.is_some().then(ones).transpose()?,
+                altup: match &c.altup {
+                    Some(a) => Some(AltUpBlock::load(file, backend, i, c, a)?),
+                    None => None,
+                },
             });
-            if c.has_attention(i) {
+            if c.has_attention(i) && kv_source.is_none() {
                 kv_slot += 1;
             }
         }
@@ -584,6 +613,10 @@ impl<'a, B: Backend> Model<'a, B> {
             rope_factors_long = rope_factors_long.map(times);
             rope_factors = Some(rope_factors.map_or_else(|| yarn.clone(), times));
         }
+        let altup = match &c.altup {
+            Some(a) => Some(AltUp::load(file, backend, c, a)?),
+            None => None,
+        };
         Ok(Self {
             id: NEXT_MODEL.fetch_add(1, Ordering::Relaxed),
             fingerprint: state::fingerprint(file),
@@ -596,6 +629,7 @@ impl<'a, B: Backend> Model<'a, B> {
             rope_factors,
             rope_factors_long,
             has_output,
+            altup,
             loras: Vec::new(),
             lora_dims: Dims::default(),
         })
@@ -704,6 +738,8 @@ impl<'a, B: Backend> Model<'a, B> {
             // (Norms after RoPE rotate outside the attention, by positions
             // a recording would keep.)
             && !self.config.qk_norm_after_rope
+            // (Gemma 3n's streams are the host's, step by step.)
+            && self.altup.is_none()
     }
 
     /// Whether a session can forget its last tokens and keep the others
@@ -1420,6 +1456,9 @@ impl<'a, B: Backend> Model<'a, B> {
         if let Some(s) = self.config.embedding_scale {
             self.backend.scale_inplace(&mut sc.x, s, tokens.len() * d)?;
         }
+        if let Some(alt) = &self.altup {
+            self.altup_embed(alt, sc, tokens)?;
+        }
         Ok(())
     }
 
@@ -1510,6 +1549,9 @@ impl<'a, B: Backend> Model<'a, B> {
         states: &mut [&mut Recurrent],
         mut attend: impl FnMut(&B, Attend<'_, B>) -> Result<(), BackendError>,
     ) -> Result<()> {
+        if let Some(alt) = &self.altup {
+            return self.altup_layer(alt, sc, (n, li), runs, &mut attend);
+        }
         let b = self.backend;
         let c = &self.config;
         let layer = &self.layers[li];
@@ -1734,11 +1776,14 @@ impl<'a, B: Backend> Model<'a, B> {
                     }
                     (_, seen) => seen,
                 };
-                for (t, out, m) in [
+                let made = [
                     (Target::Q, &mut sc.q, c.q_dim()),
                     (Target::K, &mut sc.k, c.kv_dim()),
                     (Target::V, &mut sc.v, c.kv_dim()),
-                ] {
+                ];
+                // (A block that reads another's cache makes queries alone.)
+                let made = made.into_iter().take(if layer.kv_shared { 1 } else { 3 });
+                for (t, out, m) in made {
                     let x = (&sc.xn, n, d);
                     self.adapt(
                         &mut sc.ws,
@@ -1757,6 +1802,9 @@ impl<'a, B: Backend> Model<'a, B> {
                     if let Some(bias) = bias {
                         b.add_row_inplace(out, bias, n)?;
                     }
+                }
+                if let Some(w) = layer.v_norm.as_ref().filter(|_| !layer.kv_shared) {
+                    b.rms_norm_inplace(&mut sc.v, w, eps, n * c.n_kv_heads)?;
                 }
                 // Per-head Q/K norms (Gemma 3) go with the attention, which a
                 // backend may fuse them into.
@@ -1825,6 +1873,7 @@ impl<'a, B: Backend> Model<'a, B> {
             params: &params,
             out: &mut sc.att,
             slot: layer.kv_slot,
+            write: !layer.kv_shared,
         };
         attend(b, a)?;
         if let Some(ds) = sc.delta.as_ref().filter(|_| c.attn_output_gate) {
@@ -1986,7 +2035,13 @@ impl<'a, B: Backend> Model<'a, B> {
             )?;
         }
         match self.config.arch {
-            Architecture::Gemma | Architecture::Gemma2 | Architecture::Gemma3 => {
+            Architecture::Gemma
+            | Architecture::Gemma2
+            | Architecture::Gemma3
+            | Architecture::Gemma3n => {
+                if let Some(mul) = self.config.altup.as_ref().and_then(|a| a.sparsity[li]) {
+                    self.sparsify(sc, n, mul)?;
+                }
                 b.geglu_inplace(&mut sc.gate, &sc.up, n * ff)?
             }
             _ => b.swiglu_inplace(&mut sc.gate, &sc.up, n * ff)?,
@@ -2048,13 +2103,16 @@ struct Attend<'x, B: Backend> {
     out: &'x mut B::Buffer,
     /// The block's layer of the KV cache.
     slot: usize,
+    /// Whether the rows' keys and values go into it (not where an earlier
+    /// block's stored them: the rows' `k` and `v` are then not made).
+    write: bool,
 }
 
 impl<B: Backend> Attend<'_, B> {
     /// The rows are one sequence's next tokens, cached in `cache`.
     fn one(self, b: &B, cache: &mut B::KvCache) -> Result<(), BackendError> {
         let n = self.positions.len();
-        if n == 1 {
+        if n == 1 || !self.write {
             // A decode step: the backend's fused path.
             return self.rows(b, &mut [cache]);
         }
@@ -2073,6 +2131,9 @@ impl<B: Backend> Attend<'_, B> {
 
     /// Row `i` is the next token of the sequence cached in `caches[i]`.
     fn rows(self, b: &B, caches: &mut [&mut B::KvCache]) -> Result<(), BackendError> {
+        if !self.write {
+            return self.cached(b, caches);
+        }
         b.rope_attend_rows(
             self.ws,
             caches,
@@ -2084,6 +2145,47 @@ impl<B: Backend> Attend<'_, B> {
             self.params,
             self.out,
         )
+    }
+}
+
+impl<B: Backend> Attend<'_, B> {
+    /// The rows' queries normed and rotated, then attended over what the
+    /// caches hold (an earlier block stored the rows' keys and values):
+    /// one span for one cache, else a row a cache.
+    fn cached(self, b: &B, caches: &mut [&mut B::KvCache]) -> Result<(), BackendError> {
+        let Attend {
+            ws,
+            q,
+            qk_norm,
+            positions,
+            rope,
+            params: p,
+            out,
+            slot,
+            ..
+        } = self;
+        let n = positions.len();
+        if let Some(norm) = qk_norm {
+            b.rms_norm_inplace(q, norm.q, norm.eps, n * p.n_heads)?;
+        }
+        b.rope(ws, q, p.n_heads, p.head_dim, positions, rope)?;
+        let span = |pos: u32| KvSpan {
+            layer: slot,
+            start_pos: pos as usize,
+        };
+        match caches {
+            [cache] => b.attention(ws, cache, span(positions[0]), q, 0..n, p, out),
+            caches if caches.len() == n => {
+                for (i, (cache, &pos)) in caches.iter_mut().zip(positions).enumerate() {
+                    b.attention(ws, cache, span(pos), q, i..i + 1, p, out)?;
+                }
+                Ok(())
+            }
+            _ => Err(BackendError::InvalidParameter {
+                op: "attention",
+                what: "one cache, or one a row",
+            }),
+        }
     }
 }
 
@@ -2223,6 +2325,8 @@ struct Scratch<B: Backend> {
     conv: Option<ConvScratch<B>>,
     /// Mamba-2 mixers' room, for a model with them.
     mamba: Option<MambaScratch<B>>,
+    /// Gemma 3n's streams' room, for a model with them.
+    altup: Option<AltUpScratch<B>>,
 }
 
 impl<B: Backend> Scratch<B> {
@@ -2281,6 +2385,10 @@ impl<B: Backend> Scratch<B> {
             },
             mamba: match &c.mamba {
                 Some(m) => Some(MambaScratch::new(backend, c, m, rows)?),
+                None => None,
+            },
+            altup: match &c.altup {
+                Some(a) => Some(AltUpScratch::new(backend, c, a, rows)?),
                 None => None,
             },
         })

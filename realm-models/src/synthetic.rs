@@ -158,11 +158,21 @@ fn small_tensors(
     tensors
 }
 
+/// Whether llama.cpp's quantizer keeps matrix `name` as it is: Gemma
+/// 3n's AltUp and LAuReL matrices and its embedding's product to the
+/// blocks' inputs.
+fn kept_f32(name: &str) -> bool {
+    ["altup", "laurel", "per_layer_model_proj"]
+        .iter()
+        .any(|k| name.contains(k))
+}
+
 /// A small layout's tensor types: vectors (one-row ones too), norms and
 /// the convolutions f32 (as llama.cpp's converters keep them), the other
 /// matrices Q8_0.
 fn small_dtype(name: &str, shape: &[u64]) -> GgmlType {
     let vector = shape.iter().filter(|&&d| d > 1).count() <= 1
+        || kept_f32(name)
         || name.ends_with("_norm.weight")
         || name.ends_with("ssm_conv1d.weight")
         || name.ends_with("shortconv.conv.weight");
@@ -288,8 +298,8 @@ impl SyntheticLayout {
     /// qwen2moe, qwen3, qwen3moe, phi3, smollm3, granite, gemma2, gemma3,
     /// gpt-oss, olmo2, exaone4, ernie4_5, glm4, seed_oss, gemma,
     /// granitemoe, olmoe, glm4moe, ernie4_5-moe, minimax-m2, dots1,
-    /// bailingmoe2, deepseek2, arcee, hunyuan-moe, hunyuan-dense; llama4 of
-    /// four blocks; and, of three to
+    /// bailingmoe2, deepseek2, arcee, hunyuan-moe, hunyuan-dense; llama4 and
+    /// gemma3n of four blocks; and, of three to
     /// five blocks, qwen35, qwen35moe, qwen3next, lfm2, lfm2moe,
     /// granitehybrid, falcon-h1, nemotron_h,
     /// nemotron_h_moe, most of whose blocks keep a recurrent state) small
@@ -333,6 +343,9 @@ impl SyntheticLayout {
         }
         if arch == "llama4" {
             return Ok(Self::tiny_llama4());
+        }
+        if arch == "gemma3n" {
+            return Ok(Self::tiny_gemma3n(4));
         }
         if arch == "hunyuan-moe" {
             // The tiny Qwen 3's blocks (per-head Q/K norms; NeoX), 4 experts
@@ -1074,6 +1087,105 @@ impl SyntheticLayout {
         }
     }
 
+    /// A tiny Gemma 3n of `layers` blocks 64 wide (4 query heads over 2 KV
+    /// heads of 32, a window of 4 but on every fifth block and the last),
+    /// those past the 20th reading the caches of the last local and global
+    /// blocks before it (as llama.cpp, which fixes 20, reads them), the
+    /// first 10 with sparse activations; 4 streams, blocks' inputs 256
+    /// wide and LAuReL's rank 64 (what llama.cpp's loader fixes). The
+    /// AltUp and LAuReL matrices f32, as llama.cpp's quantizer keeps them.
+    fn tiny_gemma3n(layers: usize) -> Self {
+        let (d, ff, hd) = (64u64, 128u64, 32u64);
+        let (per_layer, rank, streams) = (256u64, 64u64, 4u64);
+        let k = |n: &str| format!("gemma3n.{n}");
+        let local = (0..layers)
+            .map(|l| l + 1 != layers && (l + 1) % 5 != 0)
+            .collect();
+        let sparsity = (0..layers)
+            .map(|l| {
+                if l < 10 {
+                    1.644_853_4
+                } else {
+                    f32::NEG_INFINITY
+                }
+            })
+            .collect();
+        let mut hp = vec![
+            u32_kv(&k("attention.head_count"), 4),
+            u32_kv(&k("attention.head_count_kv"), 2),
+            u32_kv(&k("attention.key_length"), hd as u32),
+            u32_kv(&k("attention.value_length"), hd as u32),
+            f32_kv(&k("attention.layer_norm_rms_epsilon"), 1e-6),
+            u32_kv(&k("attention.sliding_window"), 4),
+            (
+                k("attention.sliding_window_pattern"),
+                MetadataValue::Array(MetadataArray::Bool(local)),
+            ),
+            u32_kv(
+                &k("attention.shared_kv_layers"),
+                layers.saturating_sub(20) as u32,
+            ),
+            u32_kv(&k("block_count"), layers as u32),
+            u32_kv(&k("context_length"), 256),
+            u32_kv(&k("embedding_length"), d as u32),
+            u32_kv(&k("embedding_length_per_layer_input"), per_layer as u32),
+            u32_kv(&k("feed_forward_length"), ff as u32),
+            u32_kv(&k("altup.active_idx"), 0),
+            u32_kv(&k("altup.num_inputs"), streams as u32),
+            (
+                k("activation_sparsity_scale"),
+                MetadataValue::Array(MetadataArray::F32(sparsity)),
+            ),
+            f32_kv(&k("rope.freq_base"), 1_000_000.0),
+            f32_kv(&k("rope.freq_base_swa"), 10_000.0),
+            f32_kv(&k("final_logit_softcapping"), 30.0),
+        ];
+        hp.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut tensors = small_tensors((d, 300, layers), "output_norm.weight", |_, blk| {
+            blk("attn_norm.weight", vec![d]);
+            attention_tensors(blk, d, (4 * hd, 4 * hd, 2 * hd), Some(hd));
+            blk("post_attention_norm.weight", vec![d]);
+            blk("ffn_norm.weight", vec![d]);
+            gated_ffn_tensors(blk, d, ff);
+            blk("post_ffw_norm.weight", vec![d]);
+            blk("inp_gate.weight", vec![d, per_layer]);
+            blk("proj.weight", vec![per_layer, d]);
+            blk("post_norm.weight", vec![d]);
+            blk("altup_correct_coef.weight", vec![streams, streams]);
+            blk("altup_correct_scale.weight", vec![d]);
+            blk(
+                "altup_predict_coef.weight",
+                vec![streams, streams * streams],
+            );
+            blk("altup_router.weight", vec![d, streams]);
+            blk("altup_router_norm.weight", vec![d]);
+            blk("laurel_l.weight", vec![d, rank]);
+            blk("laurel_r.weight", vec![rank, d]);
+            blk("laurel_post_norm.weight", vec![d]);
+        });
+        let wide = per_layer * layers as u64;
+        for (name, shape) in [
+            ("per_layer_token_embd.weight", vec![wide, 300]),
+            ("per_layer_model_proj.weight", vec![d, wide]),
+            ("per_layer_proj_norm.weight", vec![per_layer]),
+            ("altup_proj.weight", vec![d, d, streams - 1]),
+            ("altup_unembd_proj.weight", vec![d, d, streams - 1]),
+        ] {
+            let dtype = small_dtype(name, &shape);
+            tensors.push(SyntheticTensor {
+                name: name.into(),
+                shape,
+                dtype,
+            });
+        }
+        Self {
+            arch: "gemma3n".into(),
+            hparams: hp,
+            vocab_size: 300,
+            tensors,
+        }
+    }
+
     /// A tiny Falcon-H1: three blocks, each attention (4 query heads over
     /// 2 KV heads of 16, NeoX RoPE) beside a Mamba-2 mixer (128 wide: 8
     /// heads of 16 in 2 groups, a state of 16, 4 taps, its norm), then a
@@ -1402,6 +1514,7 @@ impl SyntheticLayout {
                 && !t.name.ends_with("_norm.weight")
                 && !t.name.ends_with("ssm_conv1d.weight")
                 && !t.name.ends_with("shortconv.conv.weight")
+                && (!kept_f32(&t.name) || t.dtype != GgmlType::F32)
             {
                 t.dtype = dtype;
             }
@@ -1618,6 +1731,8 @@ impl SyntheticLayout {
                 Some(l)
             }
             "tiny-exaone4-32b" => Self::tiny_exaone4_32b().ok(),
+            // Gemma 3n's shared KV caches: past llama.cpp's 20 blocks.
+            "tiny-gemma3n-shared" => Some(Self::tiny_gemma3n(22)),
             // Granite 4.0 H-Tiny's blocks: experts as wide as the dense
             // ones would be, an ungated shared expert.
             "tiny-granitehybrid-moe" => {
@@ -1932,7 +2047,12 @@ impl SyntheticLayout {
                     .collect()
             } else {
                 let fan_in = t.shape[0] as f32;
-                let scale = (3.0 / fan_in).sqrt().min(0.5);
+                // (Gemma 3n's AltUp coefficients small, as trained ones
+                // are: its 22 blocks' streams would mix chaotically.)
+                let scale = match t.name.ends_with("_coef.weight") {
+                    true => 0.05,
+                    false => (3.0 / fan_in).sqrt().min(0.5),
+                };
                 (0..n).map(|_| scale * rng.uniform()).collect()
             };
             let bytes = quant::quantize_row_to_vec(t.dtype, &values)?;

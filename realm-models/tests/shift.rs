@@ -11,7 +11,9 @@ mod common;
 use realm_compute_cpu::CpuBackend;
 use realm_core::backend::{KvDtype, RopeMode};
 use realm_core::catalog;
+use realm_core::gguf::Gguf;
 use realm_core::tokenizer::Tokenizer;
+use realm_models::synthetic::SyntheticLayout;
 use realm_models::{generate, ContextShift, GenerateParams, Model, SamplingParams, StopReason};
 
 /// A text of about `n` tokens.
@@ -85,7 +87,9 @@ fn shift_state(
         }),
     };
     let half_dims = c.rope_dims / 2;
-    for layer in 0..c.n_layers {
+    // (The layers with caches of their own are the first: Gemma 3n's
+    // last ones read theirs.)
+    for layer in 0..c.kv_layers() {
         for is_key in [true, false] {
             let rows = &state[at..at + n * row];
             at += n * row;
@@ -119,6 +123,55 @@ fn shift_state(
     out
 }
 
+/// A session of `ids[..held]` that forgot `discard` tokens after the
+/// first `keep` decodes the rest of `ids` bit for bit as one restored from
+/// its state shifted by [`shift_state`], with each cache type.
+fn shifts_as_the_tests_own(
+    model: &Model<'_, CpuBackend>,
+    ids: &[u32],
+    (held, keep, discard): (usize, usize, usize),
+    name: &str,
+) {
+    let (prompt, next) = ids.split_at(held);
+    for dtype in [KvDtype::F32, KvDtype::F16, KvDtype::Q8_0] {
+        let mut s = model.session_with_kv(held + 8, 64, dtype).unwrap();
+        model.forward(&mut s, prompt).unwrap();
+        let mut state = Vec::new();
+        model.save_state(&s, prompt, &mut state).unwrap();
+        model.shift_context(&mut s, keep, discard).unwrap();
+        assert_eq!(s.position(), held - discard);
+        let mut r = model.session_with_kv(held + 8, 64, dtype).unwrap();
+        let shifted = shift_state(model, &state, keep, discard);
+        let kept = model.load_state(&mut r, &mut shifted.as_slice()).unwrap();
+        assert_eq!(kept.len(), held - discard);
+        for (i, &t) in next.iter().enumerate() {
+            let a = model.forward(&mut s, &[t]).unwrap().to_vec();
+            let b = model.forward(&mut r, &[t]).unwrap();
+            assert!(
+                a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                "{name} {dtype:?} token {i}"
+            );
+        }
+    }
+}
+
+/// Gemma 3n's last blocks read earlier blocks' caches: a shift turns each
+/// cache once (its keys as the block that stores them), and they read the
+/// turned keys.
+#[test]
+fn gemma3n_shifts_each_cache_once() {
+    let bytes = SyntheticLayout::by_name("tiny-gemma3n-shared")
+        .unwrap()
+        .write(3)
+        .unwrap();
+    let file = Gguf::from_bytes(&bytes[..]).unwrap();
+    let cpu = CpuBackend::new().unwrap();
+    let model = Model::load(&file, &cpu).unwrap();
+    assert_eq!(model.config().kv_layers(), 20);
+    let ids: Vec<u32> = (0..40).map(|i| (i * 37 + 11) % 297 + 3).collect();
+    shifts_as_the_tests_own(&model, &ids, (36, 4, 20), "tiny-gemma3n-shared");
+}
+
 #[test]
 fn shifted_sessions_decode_as_the_tests_own_shift() {
     for m in [&catalog::SMOLLM2, &catalog::GEMMA3] {
@@ -135,28 +188,7 @@ fn shifted_sessions_decode_as_the_tests_own_shift() {
             (200, 5, 90)
         };
         let ids = text(&tok, held + 4);
-        let (prompt, next) = ids.split_at(held);
-        for dtype in [KvDtype::F32, KvDtype::F16, KvDtype::Q8_0] {
-            let mut s = model.session_with_kv(held + 8, 64, dtype).unwrap();
-            model.forward(&mut s, prompt).unwrap();
-            let mut state = Vec::new();
-            model.save_state(&s, prompt, &mut state).unwrap();
-            model.shift_context(&mut s, keep, discard).unwrap();
-            assert_eq!(s.position(), held - discard);
-            let mut r = model.session_with_kv(held + 8, 64, dtype).unwrap();
-            let shifted = shift_state(&model, &state, keep, discard);
-            let kept = model.load_state(&mut r, &mut shifted.as_slice()).unwrap();
-            assert_eq!(kept.len(), held - discard);
-            for (i, &t) in next.iter().enumerate() {
-                let a = model.forward(&mut s, &[t]).unwrap().to_vec();
-                let b = model.forward(&mut r, &[t]).unwrap();
-                assert!(
-                    a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
-                    "{} {dtype:?} token {i}",
-                    m.short_name
-                );
-            }
-        }
+        shifts_as_the_tests_own(&model, &ids, (held, keep, discard), m.short_name);
         // Forgetting more than the session holds is refused, and changes
         // nothing.
         let mut s = model.session(64, 16).unwrap();

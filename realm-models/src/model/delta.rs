@@ -21,7 +21,9 @@
 use realm_core::backend::Backend;
 use realm_core::gguf::Gguf;
 
-use super::recurrent::{causal_conv, fetch, rms_scale, silu, softplus, state, vector, Recurrent};
+use super::recurrent::{
+    causal_conv, dot, fetch, rms_scale, silu, softplus, state, vector, Recurrent,
+};
 use super::{checked_weight, Scratch};
 use crate::config::{DeltaNetConfig, ModelConfig};
 use crate::imatrix::Collector;
@@ -117,24 +119,6 @@ impl<B: Backend> DeltaScratch<B> {
             host: DeltaHost::default(),
         })
     }
-}
-
-/// A dot product with eight running sums (which the compiler keeps in
-/// one vector register).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let (ac, ar) = a.as_chunks::<8>();
-    let (bc, br) = b.as_chunks::<8>();
-    for (x, y) in ac.iter().zip(bc) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    let mut sum = acc.iter().sum::<f32>();
-    for (x, y) in ar.iter().zip(br) {
-        sum += x * y;
-    }
-    sum
 }
 
 impl<'a, B: Backend> DeltaNet<'a, B> {

@@ -102,8 +102,12 @@ impl<B: Backend> Model<'_, B> {
             let back = u32::try_from(discard)
                 .map_err(|_| Error::BadConfig(format!("cannot shift by {discard} positions")))?;
             let positions = vec![back; moved];
-            for layer in 0..c.n_layers {
-                b.kv_read(&session.cache, layer, end..held, &mut k, &mut v)?;
+            // Each cache layer once, turned as the block that stores it.
+            let owners =
+                (0..c.n_layers).filter(|&l| c.has_attention(l) && c.kv_source(l).is_none());
+            for layer in owners {
+                let slot = self.layers[layer].kv_slot;
+                b.kv_read(&session.cache, slot, end..held, &mut k, &mut v)?;
                 let mut keys = b.upload(&k)?;
                 let values = b.upload(&v)?;
                 // A negative frequency scale turns each pair the other way;
@@ -115,7 +119,7 @@ impl<B: Backend> Model<'_, B> {
                 let ws = &mut session.scratch.ws;
                 b.rope(ws, &mut keys, c.n_kv_heads, c.head_dim, &positions, &rope)?;
                 let at = KvSpan {
-                    layer,
+                    layer: slot,
                     start_pos: keep,
                 };
                 b.kv_write(ws, &mut session.cache, at, &keys, &values, 0..moved)?;
