@@ -993,9 +993,10 @@ impl ModelConfig {
             _ => None,
         };
         // gpt-oss's files may give only the experts' width.
-        // Nemotron-H's feed-forward width a block, 0 for its mixers.
+        // Nemotron-H's feed-forward width a block, 0 for its mixers; Gemma
+        // 3n's a block (from its config's list), all alike.
         let ff_per_layer = match md.get(&key("feed_forward_length")) {
-            Some(MetadataValue::Array(a)) if nemotron => Some(layer_counts(a)?),
+            Some(MetadataValue::Array(a)) => Some(layer_counts(a)?),
             _ => None,
         };
         let ffn_dim = match (arch, &ff_per_layer) {

@@ -183,6 +183,20 @@ fn small_dtype(name: &str, shape: &[u64]) -> GgmlType {
     }
 }
 
+/// Hyper-parameters of a Gemma 3n layout.
+struct Gemma3n {
+    layers: usize,
+    d: u64,
+    ff: u64,
+    /// Query heads, KV heads, their width.
+    heads: (u64, u64, u64),
+    window: u32,
+    /// Blocks at the end that read earlier blocks' caches.
+    shared: usize,
+    vocab: u64,
+    context: u32,
+}
+
 /// Hyper-parameters of a Falcon-H1 layout.
 struct FalconH1 {
     layers: u32,
@@ -1090,12 +1104,62 @@ impl SyntheticLayout {
     /// A tiny Gemma 3n of `layers` blocks 64 wide (4 query heads over 2 KV
     /// heads of 32, a window of 4 but on every fifth block and the last),
     /// those past the 20th reading the caches of the last local and global
-    /// blocks before it (as llama.cpp, which fixes 20, reads them), the
+    /// blocks before them (as llama.cpp, which fixes 20, reads them), the
     /// first 10 with sparse activations; 4 streams, blocks' inputs 256
     /// wide and LAuReL's rank 64 (what llama.cpp's loader fixes). The
     /// AltUp and LAuReL matrices f32, as llama.cpp's quantizer keeps them.
     fn tiny_gemma3n(layers: usize) -> Self {
-        let (d, ff, hd) = (64u64, 128u64, 32u64);
+        Self::gemma3n(
+            &Gemma3n {
+                layers,
+                d: 64,
+                ff: 128,
+                heads: (4, 2, 32),
+                window: 4,
+                shared: layers.saturating_sub(20),
+                vocab: 300,
+                context: 256,
+            },
+            small_dtype,
+        )
+    }
+
+    /// Gemma 3n E2B's text blocks as transformers' config gives them: 30
+    /// blocks 2048 wide (8 query heads over 2 KV heads of 256, a window of
+    /// 512 but on every fifth block), the last 10 reading earlier blocks'
+    /// caches, feed-forward blocks 8192 wide, a 262,400-token vocabulary;
+    /// in a Q4_K_M-like mix (Q6_K embeddings, `attn_v` and `ffn_down`, the
+    /// other matrices Q4_K; AltUp's and LAuReL's f32).
+    pub fn gemma3n_e2b() -> Self {
+        Self::gemma3n(
+            &Gemma3n {
+                layers: 30,
+                d: 2048,
+                ff: 8192,
+                heads: (8, 2, 256),
+                window: 512,
+                shared: 10,
+                vocab: 262_400,
+                context: 32_768,
+            },
+            |name, shape| match small_dtype(name, shape) {
+                GgmlType::F32 => GgmlType::F32,
+                _ if name.contains("embd")
+                    || name.ends_with("attn_v.weight")
+                    || name.ends_with("ffn_down.weight") =>
+                {
+                    GgmlType::Q6_K
+                }
+                _ => GgmlType::Q4_K,
+            },
+        )
+    }
+
+    /// A Gemma 3n layout of shape `g`, its tensors typed by `dtype(name,
+    /// shape)`.
+    fn gemma3n(g: &Gemma3n, dtype: impl Fn(&str, &[u64]) -> GgmlType) -> Self {
+        let (d, ff, layers) = (g.d, g.ff, g.layers);
+        let (heads, kv_heads, hd) = g.heads;
         let (per_layer, rank, streams) = (256u64, 64u64, 4u64);
         let k = |n: &str| format!("gemma3n.{n}");
         let local = (0..layers)
@@ -1111,25 +1175,26 @@ impl SyntheticLayout {
             })
             .collect();
         let mut hp = vec![
-            u32_kv(&k("attention.head_count"), 4),
-            u32_kv(&k("attention.head_count_kv"), 2),
+            u32_kv(&k("attention.head_count"), heads as u32),
+            u32_kv(&k("attention.head_count_kv"), kv_heads as u32),
             u32_kv(&k("attention.key_length"), hd as u32),
             u32_kv(&k("attention.value_length"), hd as u32),
             f32_kv(&k("attention.layer_norm_rms_epsilon"), 1e-6),
-            u32_kv(&k("attention.sliding_window"), 4),
+            u32_kv(&k("attention.sliding_window"), g.window),
             (
                 k("attention.sliding_window_pattern"),
                 MetadataValue::Array(MetadataArray::Bool(local)),
             ),
-            u32_kv(
-                &k("attention.shared_kv_layers"),
-                layers.saturating_sub(20) as u32,
-            ),
+            u32_kv(&k("attention.shared_kv_layers"), g.shared as u32),
             u32_kv(&k("block_count"), layers as u32),
-            u32_kv(&k("context_length"), 256),
+            u32_kv(&k("context_length"), g.context),
             u32_kv(&k("embedding_length"), d as u32),
             u32_kv(&k("embedding_length_per_layer_input"), per_layer as u32),
-            u32_kv(&k("feed_forward_length"), ff as u32),
+            // (A list, as Gemma 3n's converted configs give it.)
+            (
+                k("feed_forward_length"),
+                MetadataValue::Array(MetadataArray::U32(vec![ff as u32; layers])),
+            ),
             u32_kv(&k("altup.active_idx"), 0),
             u32_kv(&k("altup.num_inputs"), streams as u32),
             (
@@ -1141,9 +1206,10 @@ impl SyntheticLayout {
             f32_kv(&k("final_logit_softcapping"), 30.0),
         ];
         hp.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut tensors = small_tensors((d, 300, layers), "output_norm.weight", |_, blk| {
+        let mut tensors = small_tensors((d, g.vocab, layers), "output_norm.weight", |_, blk| {
             blk("attn_norm.weight", vec![d]);
-            attention_tensors(blk, d, (4 * hd, 4 * hd, 2 * hd), Some(hd));
+            let (q, kv) = (heads * hd, kv_heads * hd);
+            attention_tensors(blk, d, (q, q, kv), Some(hd));
             blk("post_attention_norm.weight", vec![d]);
             blk("ffn_norm.weight", vec![d]);
             gated_ffn_tensors(blk, d, ff);
@@ -1164,24 +1230,28 @@ impl SyntheticLayout {
             blk("laurel_post_norm.weight", vec![d]);
         });
         let wide = per_layer * layers as u64;
-        for (name, shape) in [
-            ("per_layer_token_embd.weight", vec![wide, 300]),
-            ("per_layer_model_proj.weight", vec![d, wide]),
-            ("per_layer_proj_norm.weight", vec![per_layer]),
-            ("altup_proj.weight", vec![d, d, streams - 1]),
-            ("altup_unembd_proj.weight", vec![d, d, streams - 1]),
-        ] {
-            let dtype = small_dtype(name, &shape);
-            tensors.push(SyntheticTensor {
+        tensors.extend(
+            [
+                ("per_layer_token_embd.weight", vec![wide, g.vocab]),
+                ("per_layer_model_proj.weight", vec![d, wide]),
+                ("per_layer_proj_norm.weight", vec![per_layer]),
+                ("altup_proj.weight", vec![d, d, streams - 1]),
+                ("altup_unembd_proj.weight", vec![d, d, streams - 1]),
+            ]
+            .into_iter()
+            .map(|(name, shape)| SyntheticTensor {
                 name: name.into(),
+                dtype: small_dtype(name, &shape),
                 shape,
-                dtype,
-            });
+            }),
+        );
+        for t in &mut tensors {
+            t.dtype = dtype(&t.name, &t.shape);
         }
         Self {
             arch: "gemma3n".into(),
             hparams: hp,
-            vocab_size: 300,
+            vocab_size: g.vocab as usize,
             tensors,
         }
     }
@@ -1694,7 +1764,8 @@ impl SyntheticLayout {
     /// A built-in layout by short name: `smollm2`, `gemma3`, `gpt-oss-20b`,
     /// `qwen35-0.8b` ([`SyntheticLayout::qwen35_0_8b`]), `lfm2-1.2b`
     /// ([`SyntheticLayout::lfm2_1_2b`]), `falcon-h1-0.5b`
-    /// ([`SyntheticLayout::falcon_h1_0_5b`]), `tiny-ARCH`
+    /// ([`SyntheticLayout::falcon_h1_0_5b`]), `gemma3n-e2b`
+    /// ([`SyntheticLayout::gemma3n_e2b`]), `tiny-ARCH`
     /// ([`SyntheticLayout::tiny`]), `tiny-mixtral` (the tiny llama with
     /// 4 experts, 2 a token) or `tiny-mistral3-moe` (the tiny Ministral 3
     /// so), `tiny-mistral3-bias` (with an attention output bias),
@@ -1717,6 +1788,7 @@ impl SyntheticLayout {
             "qwen35-0.8b" => Some(Self::qwen35_0_8b()),
             "lfm2-1.2b" => Some(Self::lfm2_1_2b()),
             "falcon-h1-0.5b" => Some(Self::falcon_h1_0_5b()),
+            "gemma3n-e2b" => Some(Self::gemma3n_e2b()),
             "tiny-mixtral" => Self::tiny("llama").ok()?.with_experts(4, 2).ok(),
             "tiny-mistral3-moe" => Self::tiny("mistral3").ok()?.with_experts(4, 2).ok(),
             "tiny-mistral3-bias" => Some(Self::tiny("mistral3").ok()?.with_output_bias()),
@@ -2026,7 +2098,26 @@ impl SyntheticLayout {
             // `ssm_a` and its norm by groups, are vectors too.)
             let vector =
                 t.shape.iter().filter(|&&d| d > 1).count() <= 1 || t.name.ends_with("_norm.weight");
-            let values: Vec<f32> = if t.shape.len() == 1 || bias || vector {
+            let matrix = !(t.shape.len() == 1 || bias || vector);
+            if matrix && n > MATRIX_CHUNK {
+                // Large matrices a chunk of whole blocks at a time (the same
+                // values and bytes, without all of them as f32 at once).
+                let fan_in = t.shape[0] as f32;
+                let scale = (3.0 / fan_in).sqrt().min(0.5);
+                let mut bytes = Vec::new();
+                let mut values = Vec::with_capacity(MATRIX_CHUNK);
+                let mut left = n;
+                while left > 0 {
+                    let take = left.min(MATRIX_CHUNK);
+                    values.clear();
+                    values.extend((0..take).map(|_| scale * rng.uniform()));
+                    bytes.extend(quant::quantize_row_to_vec(t.dtype, &values)?);
+                    left -= take;
+                }
+                w.add_tensor(&t.name, t.dtype, &t.shape, bytes)?;
+                continue;
+            }
+            let values: Vec<f32> = if !matrix {
                 let factors = t.name.starts_with("rope_");
                 // A delta net's decay rates, negative and small, so that
                 // its state fades over tens of tokens.
@@ -2167,6 +2258,10 @@ fn u32_kv(k: &str, v: u32) -> (String, MetadataValue) {
 fn f32_kv(k: &str, v: f32) -> (String, MetadataValue) {
     (k.to_string(), MetadataValue::F32(v))
 }
+
+/// Values of a large matrix made and quantized at a time: a multiple of
+/// every block size (256).
+const MATRIX_CHUNK: usize = 1 << 20;
 
 /// SplitMix64: a small seeded generator (quality is not the point).
 struct SplitMix(u64);
