@@ -131,12 +131,23 @@ pub struct CpuBackend {
     threads: usize,
     isa: Isa,
     name: &'static str,
+    /// llama.cpp's GELU table, where GELU reads one
+    /// ([`CpuBackend::with_ggml_gelu`]).
+    gelu_table: Option<Box<[u16]>>,
 }
 
 impl CpuBackend {
     /// `x[i] = f(x[i]) * up[i]` (`up` as long as `x`), or plain `f(x[i])`
     /// without `up`.
     fn activate(&self, f: ops::Activation, x: &mut [f32], up: Option<&[f32]>) {
+        if let (ops::Activation::Gelu, Some(t)) = (f, &self.gelu_table) {
+            let gelu = |v: f32| ops::gelu_looked_up(t, v);
+            match up {
+                Some(up) => x.iter_mut().zip(up).for_each(|(g, &u)| *g = gelu(*g) * u),
+                None => x.iter_mut().for_each(|v| *v = gelu(*v)),
+            }
+            return;
+        }
         #[cfg(target_arch = "x86_64")]
         if self.isa == Isa::Avx2 && avx2::activate(f, x, up) {
             return;
@@ -184,7 +195,31 @@ impl CpuBackend {
             threads,
             isa,
             name,
+            gelu_table: None,
         })
+    }
+
+    /// This backend with llama.cpp's CPU GELU: each input rounded to f16
+    /// and the output read from a table of f16 values (0 at or below -10,
+    /// the input at or above 10), where the default computes it in f32.
+    /// Less exact and slower, but a Gemma's logits are then those of
+    /// llama.cpp's CPU build to the order of float sums, where the table's
+    /// roundings otherwise move them by up to about 1e-3 a block (more
+    /// through Gemma 3n's streams): for comparing the two.
+    ///
+    /// ```
+    /// use realm_compute_cpu::CpuBackend;
+    /// use realm_core::backend::{ActivationOps, BackendCore};
+    /// let be = CpuBackend::new()?.with_ggml_gelu();
+    /// let mut x = be.upload(&[1.0, 2.0])?;
+    /// be.gelu_inplace(&mut x, 2)?;
+    /// // 1.0's GELU, 0.84119..., as an f16.
+    /// assert_eq!(x[0], half::f16::from_f32(0.841_192).to_f32());
+    /// # Ok::<(), realm_core::backend::BackendError>(())
+    /// ```
+    pub fn with_ggml_gelu(mut self) -> Self {
+        self.gelu_table = Some(ops::gelu_table());
+        self
     }
 
     /// The instruction set in use.

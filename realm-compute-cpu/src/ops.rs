@@ -262,9 +262,55 @@ pub(crate) fn gelu(x: f32) -> f32 {
     x / (1.0 + (-2.0 * u).exp())
 }
 
+/// GELU's tanh approximation at every f16 input, rounded to f16 (each
+/// entry's index the input's bits, its value the output's): the table
+/// llama.cpp's CPU backend reads GELU from (ggml's `ggml_table_gelu_f16`,
+/// made by the same formula in f32).
+pub(crate) fn gelu_table() -> Box<[u16]> {
+    (0..=u16::MAX)
+        .map(|bits| {
+            let x = half::f16::from_bits(bits).to_f32();
+            let u = GELU_SQRT_2_OVER_PI * x * (1.0 + GELU_COEF_A * x * x);
+            half::f16::from_f32(0.5 * x * (1.0 + u.tanh())).to_bits()
+        })
+        .collect()
+}
+
+/// GELU as llama.cpp's CPU backend computes it: 0 at or below -10, `x`
+/// itself at or above 10, between them `table`'s value at `x` rounded to
+/// f16 ([`gelu_table`]).
+#[inline]
+pub(crate) fn gelu_looked_up(table: &[u16], x: f32) -> f32 {
+    if x <= -10.0 {
+        0.0
+    } else if x >= 10.0 {
+        x
+    } else {
+        let at = usize::from(half::f16::from_f32(x).to_bits());
+        half::f16::from_bits(table.get(at).copied().unwrap_or(0)).to_f32()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gelu_table_is_gelu_in_half_precision() {
+        let t = gelu_table();
+        assert_eq!(t.len(), 1 << 16);
+        for x in [-9.5f32, -3.0, -0.7, -1e-3, 0.0, 0.3, 1.0, 2.5, 9.9] {
+            let got = gelu_looked_up(&t, x);
+            // Within f16's rounding of the input and of the output.
+            assert!((got - gelu(x)).abs() <= 2e-3 * (1.0 + gelu(x).abs()), "{x}");
+        }
+        assert_eq!(gelu_looked_up(&t, -10.0), 0.0);
+        assert_eq!(gelu_looked_up(&t, 12.0), 12.0);
+        // The input is rounded first: values one f16 step apart share it.
+        let step = half::f16::from_f32(1.0).to_f32();
+        assert_eq!(gelu_looked_up(&t, step + 1e-4), gelu_looked_up(&t, step));
+        assert!(gelu_looked_up(&t, f32::NAN).is_nan());
+    }
 
     #[test]
     fn dot_matches_sequential_sum_closely() {
