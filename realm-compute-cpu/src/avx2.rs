@@ -15,7 +15,7 @@
 //!
 //! Every function here is compiled with `avx2,fma,f16c`; the only entry
 //! points from ordinary code ([`packed_rows`], [`kquant_rows`],
-//! [`dot_float`], [`add_combination`], [`attend_group`]) check the CPU
+//! [`float_rows`], [`add_combination`], [`attend_group`]) check the CPU
 //! first.
 
 use std::arch::x86_64::*;
@@ -765,46 +765,173 @@ impl FloatSimd for bf16 {
     }
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-fn dot_float_impl<T: FloatSimd>(w: &[T], x: &[f32]) -> f32 {
-    let n = w.len().min(x.len());
-    let (w, x) = (&w[..n], &x[..n]);
-    let (w32, _) = w.as_chunks::<32>();
-    let (x32, _) = x.as_chunks::<32>();
-    let mut acc = [_mm256_setzero_ps(); 4];
-    for (wc, xc) in w32.iter().zip(x32) {
-        let (wc, _) = wc.as_chunks::<8>();
-        let (xc, _) = xc.as_chunks::<8>();
-        for ((a, w8), x8) in acc.iter_mut().zip(wc).zip(xc) {
-            // SAFETY: this function is compiled with the features `load8` needs.
-            let wv = unsafe { T::load8(w8) };
-            *a = _mm256_fmadd_ps(wv, bytemuck::cast(*x8), *a);
+/// The products of `R` weight rows with `C` tokens' activations, `k`
+/// values each, each reduced as it would be alone: its 8-value chunks into
+/// four accumulators in turn (chunk `c` into the `c % 4`-th) through the
+/// last whole 32 values, the chunks after them into the first, the sum of
+/// the four (pairwise), the sum of its lanes, then the values past the
+/// last whole chunk in order. So a (row, token) pair's result is the same
+/// in every tile shape and batch size.
+#[inline(always)]
+fn float_tile<T: FloatSimd, const R: usize, const C: usize>(
+    w: [&[T]; R],
+    x: [&[f32]; C],
+    k: usize,
+) -> [[f32; C]; R] {
+    let len = w
+        .iter()
+        .map(|r| r.len())
+        .chain(x.iter().map(|t| t.len()))
+        .fold(k, usize::min);
+    let (groups, whole) = (len / 32 * 32, len / 8 * 8);
+    let wp = w.map(<[T]>::as_ptr);
+    let xp = x.map(<[f32]>::as_ptr);
+    let step = |acc: &mut [[__m256; C]; R], c: usize| {
+        // SAFETY: `c + 8 <= whole <= len`, no row or token shorter than
+        // `len`; this function is only inlined into functions compiled with
+        // avx2, fma and f16c, which `load8` and the intrinsics need.
+        unsafe {
+            let mut wv = [_mm256_setzero_ps(); R];
+            for i in 0..R {
+                wv[i] = T::load8(&*wp[i].add(c).cast::<[T; 8]>());
+            }
+            for j in 0..C {
+                let xv = _mm256_loadu_ps(xp[j].add(c));
+                for i in 0..R {
+                    acc[i][j] = _mm256_fmadd_ps(wv[i], xv, acc[i][j]);
+                }
+            }
+        }
+    };
+    // SAFETY: as above (the features).
+    let zero = unsafe { _mm256_setzero_ps() };
+    let mut acc = [[[zero; C]; R]; 4];
+    let [a0, a1, a2, a3] = &mut acc;
+    let mut c = 0;
+    while c < groups {
+        step(a0, c);
+        step(a1, c + 8);
+        step(a2, c + 16);
+        step(a3, c + 24);
+        c += 32;
+    }
+    while c < whole {
+        step(a0, c);
+        c += 8;
+    }
+    let mut out = [[0.0; C]; R];
+    for i in 0..R {
+        for j in 0..C {
+            // SAFETY: as above (the features).
+            let sum = unsafe {
+                hsum(_mm256_add_ps(
+                    _mm256_add_ps(acc[0][i][j], acc[1][i][j]),
+                    _mm256_add_ps(acc[2][i][j], acc[3][i][j]),
+                ))
+            };
+            out[i][j] = w[i][whole..len]
+                .iter()
+                .zip(&x[j][whole..len])
+                .fold(sum, |s, (&a, &b)| s + a.to_f32() * b);
         }
     }
-    let done = w32.len() * 32;
-    let (w8s, _) = w[done..].as_chunks::<8>();
-    let (x8s, _) = x[done..].as_chunks::<8>();
-    for (w8, x8) in w8s.iter().zip(x8s) {
-        // SAFETY: as above.
-        let wv = unsafe { T::load8(w8) };
-        acc[0] = _mm256_fmadd_ps(wv, bytemuck::cast(*x8), acc[0]);
-    }
-    let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-    let done = done + w8s.len() * 8;
-    w[done..]
-        .iter()
-        .zip(&x[done..])
-        .fold(hsum(sum), |s, (&a, &b)| s + a.to_f32() * b)
+    out
 }
 
-/// Dot product of a float weight row with f32 activations, or `None` when
-/// the CPU lacks the features.
-pub(crate) fn dot_float<T: FloatSimd>(w: &[T], x: &[f32]) -> Option<f32> {
-    if !available() {
-        return None;
+/// [`float_tile`]s of rows `r..r + R` against every token, `C` at a time,
+/// the last few one at a time.
+#[inline(always)]
+fn float_row_tiles<T: FloatSimd, const R: usize, const C: usize>(
+    w: &[T],
+    (k, r): (usize, usize),
+    x: &[f32],
+    n: usize,
+    out: &mut OutRows<'_>,
+) {
+    let rows: [&[T]; R] = std::array::from_fn(|i| &w[(r + i) * k..(r + i + 1) * k]);
+    let tok = |t: usize| &x[t * k..(t + 1) * k];
+    let mut t = 0;
+    while t + C <= n {
+        let v = float_tile::<T, R, C>(rows, std::array::from_fn(|j| tok(t + j)), k);
+        for (i, row) in v.iter().enumerate() {
+            for (j, &y) in row.iter().enumerate() {
+                out.set(t + j, r + i, y);
+            }
+        }
+        t += C;
     }
-    // SAFETY: the CPU supports avx2, fma and f16c (checked just above).
-    Some(unsafe { dot_float_impl(w, x) })
+    for t in t..n {
+        let v = float_tile::<T, R, 1>(rows, [tok(t)], k);
+        for (i, row) in v.iter().enumerate() {
+            out.set(t, r + i, row[0]);
+        }
+    }
+}
+
+/// Rows a row by three tokens at a time (twelve sums in sixteen
+/// registers).
+#[target_feature(enable = "avx2,fma,f16c")]
+fn float_rows_impl<T: FloatSimd>(
+    w: &[T],
+    k: usize,
+    rows: Range<usize>,
+    x: &[f32],
+    n: usize,
+    out: &mut OutRows<'_>,
+) {
+    for r in rows {
+        float_row_tiles::<T, 1, 3>(w, (k, r), x, n, out);
+    }
+}
+
+/// Rows two rows by three tokens at a time, where AVX-512's 32 registers
+/// hold the 24 sums: each weight load serves three tokens and each token's
+/// two rows.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl")]
+fn float_rows_wide<T: FloatSimd>(
+    w: &[T],
+    k: usize,
+    rows: Range<usize>,
+    x: &[f32],
+    n: usize,
+    out: &mut OutRows<'_>,
+) {
+    let mut r = rows.start;
+    while r + 2 <= rows.end {
+        float_row_tiles::<T, 2, 3>(w, (k, r), x, n, out);
+        r += 2;
+    }
+    for r in r..rows.end {
+        float_row_tiles::<T, 1, 3>(w, (k, r), x, n, out);
+    }
+}
+
+/// The products of float weight rows `rows` (`w`: rows of `k` values) with
+/// `n` tokens of f32 activations (`x`), in tiles of rows by tokens
+/// ([`float_tile`]: a pair's result the same in every tile and batch;
+/// two rows by three tokens where the CPU has AVX-512's registers, else a
+/// row by three), or `false` when the CPU lacks the features. Lengths are the
+/// caller's to check: `w` holds `rows.end` rows, `x` `n` tokens.
+pub(crate) fn float_rows<T: FloatSimd>(
+    w: &[T],
+    k: usize,
+    rows: Range<usize>,
+    x: &[f32],
+    n: usize,
+    out: &mut OutRows<'_>,
+) -> bool {
+    if !available() {
+        return false;
+    }
+    if n > 1 && is_x86_feature_detected!("avx512vl") {
+        // SAFETY: the CPU supports avx2, fma, f16c (checked just above),
+        // avx512f and avx512vl (which avx512vl implies, checked here).
+        unsafe { float_rows_wide(w, k, rows, x, n, out) };
+    } else {
+        // SAFETY: the CPU supports avx2, fma and f16c (checked just above).
+        unsafe { float_rows_impl(w, k, rows, x, n, out) };
+    }
+    true
 }
 
 /// `d[i] += sum_t c[t] * w[t * m + i]` for `i` in `0..d.len()` (`m`),

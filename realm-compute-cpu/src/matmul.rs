@@ -246,24 +246,50 @@ fn dot_float_scalar<T: Copy>(w: &[T], x: &[f32], to_f32: impl Fn(T) -> f32) -> f
     w.iter().zip(x).fold(0.0, |s, (&a, &b)| s + to_f32(a) * b)
 }
 
-macro_rules! float_dot {
-    ($t:ty, $conv:expr, $isa:expr, $w:expr, $x:expr) => {{
-        match $isa {
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => crate::avx2::dot_float::<$t>($w, $x),
-            _ => None,
-        }
-        .unwrap_or_else(|| dot_float_scalar($w, $x, $conv))
-    }};
+/// A float weight type (f32, f16, bf16), with its SIMD loads where the
+/// target has them.
+#[cfg(target_arch = "x86_64")]
+trait FloatWeight: crate::avx2::FloatSimd + Sync {}
+
+#[cfg(target_arch = "x86_64")]
+impl<T: crate::avx2::FloatSimd + Sync> FloatWeight for T {}
+
+/// A float weight type (f32, f16, bf16).
+#[cfg(not(target_arch = "x86_64"))]
+trait FloatWeight: bytemuck::Pod + Sync {
+    /// The value as f32.
+    fn to_f32(self) -> f32;
 }
 
-fn matmul_float<T: bytemuck::Pod + Sync>(
+#[cfg(not(target_arch = "x86_64"))]
+impl FloatWeight for f32 {
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+impl FloatWeight for f16 {
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+impl FloatWeight for bf16 {
+    fn to_f32(self) -> f32 {
+        bf16::to_f32(self)
+    }
+}
+
+/// Float weights (`T`: f32, f16, bf16) times `n` tokens of `x`: the SIMD
+/// tiles where the CPU has them, else a dot product a (row, token) pair.
+fn matmul_float<T: FloatWeight>(
     be: &CpuBackend,
     w: &CpuWeight<'_>,
     x: &[f32],
     n: usize,
     out: &mut [f32],
-    dot: impl Fn(Isa, &[T], &[f32]) -> f32 + Sync,
 ) -> BackendResult<()> {
     let wt: &[T] = bytemuck::try_cast_slice(w.data).map_err(|_| BackendError::Misaligned {
         op: "matmul",
@@ -271,14 +297,21 @@ fn matmul_float<T: bytemuck::Pod + Sync>(
     })?;
     let (m, k) = (w.rows, w.cols);
     let shared = SharedOut::new(out, m, n);
-    let isa = be.isa;
     for_row_ranges(be, m, w.data.len(), |rows| {
         // SAFETY: `for_row_ranges` passes disjoint ranges to concurrent calls.
         let mut o = unsafe { shared.rows(rows.clone()) };
+        #[cfg(target_arch = "x86_64")]
+        if be.isa == Isa::Avx2 && crate::avx2::float_rows(wt, k, rows.clone(), x, n, &mut o) {
+            return;
+        }
         for r in rows {
             let wr = &wt[r * k..(r + 1) * k];
             for t in 0..n {
-                o.set(t, r, dot(isa, wr, &x[t * k..(t + 1) * k]));
+                o.set(
+                    t,
+                    r,
+                    dot_float_scalar(wr, &x[t * k..(t + 1) * k], T::to_f32),
+                );
             }
         }
     });
@@ -348,22 +381,16 @@ pub(crate) fn matmul(
     out: &mut [f32],
 ) -> BackendResult<()> {
     match w.dtype {
-        GgmlType::F32 => matmul_float::<f32>(be, w, x, n, out, |isa, w, x| {
-            float_dot!(f32, |v: f32| v, isa, w, x)
-        }),
+        GgmlType::F32 => matmul_float::<f32>(be, w, x, n, out),
         // Activations rounded to the weights' type first, as ggml's f16
         // and bf16 products take them.
         GgmlType::F16 => {
             let x = rounded(&mut ws.rounded, x, |v| f16::from_f32(v).to_f32());
-            matmul_float::<f16>(be, w, x, n, out, |isa, w, x| {
-                float_dot!(f16, f16::to_f32, isa, w, x)
-            })
+            matmul_float::<f16>(be, w, x, n, out)
         }
         GgmlType::BF16 => {
             let x = rounded(&mut ws.rounded, x, |v| bf16::from_f32(v).to_f32());
-            matmul_float::<bf16>(be, w, x, n, out, |isa, w, x| {
-                float_dot!(bf16, bf16::to_f32, isa, w, x)
-            })
+            matmul_float::<bf16>(be, w, x, n, out)
         }
         GgmlType::Q4_0 => matmul_quant::<BlockQ4_0>(be, ws, w, x, n, out),
         GgmlType::Q4_1 => matmul_quant::<BlockQ4_1>(be, ws, w, x, n, out),
