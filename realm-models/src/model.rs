@@ -541,7 +541,12 @@ impl<'a, B: Backend> Model<'a, B> {
                 conv,
                 mamba,
                 kv_slot: match kv_source {
-                    Some(src) => layers.get(src).map_or(0, |l: &Layer<'a, B>| l.kv_slot),
+                    Some(src) => layers
+                        .get(src)
+                        .map(|l: &Layer<'a, B>| l.kv_slot)
+                        .ok_or_else(|| {
+                            Error::BadConfig(format!("block {i} reads a later block's cache"))
+                        })?,
                     None => kv_slot,
                 },
                 kv_shared: kv_source.is_some(),
@@ -2113,7 +2118,8 @@ impl<B: Backend> Attend<'_, B> {
     fn one(self, b: &B, cache: &mut B::KvCache) -> Result<(), BackendError> {
         let n = self.positions.len();
         if n == 1 || !self.write {
-            // A decode step: the backend's fused path.
+            // A decode step (the backend's fused path), or attention over
+            // what an earlier block stored.
             return self.rows(b, &mut [cache]);
         }
         b.rope_attend(
@@ -2146,9 +2152,7 @@ impl<B: Backend> Attend<'_, B> {
             self.out,
         )
     }
-}
 
-impl<B: Backend> Attend<'_, B> {
     /// The rows' queries normed and rotated, then attended over what the
     /// caches hold (an earlier block stored the rows' keys and values):
     /// one span for one cache, else a row a cache.
@@ -2174,7 +2178,10 @@ impl<B: Backend> Attend<'_, B> {
             start_pos: pos as usize,
         };
         match caches {
-            [cache] => b.attention(ws, cache, span(positions[0]), q, 0..n, p, out),
+            [cache] => {
+                let first = positions.first().copied().unwrap_or(0);
+                b.attention(ws, cache, span(first), q, 0..n, p, out)
+            }
             caches if caches.len() == n => {
                 for (i, (cache, &pos)) in caches.iter_mut().zip(positions).enumerate() {
                     b.attention(ws, cache, span(pos), q, i..i + 1, p, out)?;

@@ -421,7 +421,7 @@ impl<'a, B: Backend> Model<'a, B> {
                 .iter()
                 .map(|&v| f64::from((v - mean) * (v - mean)))
                 .sum();
-            let std = (var as f32 * (1.0 / (ff - 1) as f32)).sqrt();
+            let std = (var as f32 * (1.0 / ff.saturating_sub(1).max(1) as f32)).sqrt();
             let cutoff = mean + std * mul;
             row.iter_mut().for_each(|v| *v = (*v - cutoff).max(0.0));
         }
