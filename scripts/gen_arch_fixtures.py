@@ -87,6 +87,10 @@ CASES = [
     case("qwen2", "tiny-qwen2"),
     case("qwen3", "tiny-qwen3"),
     case("qwen3-q8_0", "tiny-qwen3", matrix_type="q8_0"),
+    # Qwen3-VL's language models, text alone: Qwen 3's blocks with M-RoPE.
+    case("qwen3vl", "tiny-qwen3vl"),
+    case("qwen3vl-q8_0", "tiny-qwen3vl", matrix_type="q8_0"),
+    case("qwen3vlmoe", "tiny-qwen3vlmoe"),
     case("qwen3-yarn", "tiny-qwen3",
          overrides=[("qwen3.rope.scaling.type", "str", "yarn"),
                     ("qwen3.rope.scaling.factor", "float", "4"),

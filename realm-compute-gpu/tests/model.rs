@@ -78,7 +78,7 @@ fn llama4_is_refused_at_load() {
 }
 
 /// Every architecture's `SyntheticLayout::tiny` the GPU backend runs.
-const ARCHS: [&str; 39] = [
+const ARCHS: [&str; 41] = [
     "llama",
     "arcee",
     "mistral",
@@ -93,6 +93,8 @@ const ARCHS: [&str; 39] = [
     "qwen2moe",
     "qwen3",
     "qwen3moe",
+    "qwen3vl",
+    "qwen3vlmoe",
     "hunyuan-moe",
     "hunyuan-dense",
     "phi3",

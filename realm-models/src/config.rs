@@ -25,6 +25,14 @@ pub enum Architecture {
     Qwen3,
     /// Qwen 3 with mixture-of-experts feed-forward blocks.
     Qwen3Moe,
+    /// Qwen3-VL's language models (qwen3vl: 2B to 32B), text alone: Qwen
+    /// 3's blocks with interleaved M-RoPE, which text positions make NeoX's
+    /// (`rope.dimension_sections` checked); its DeepStack inputs are an
+    /// image's, none for text.
+    Qwen3Vl,
+    /// Qwen3-VL's mixtures of experts (qwen3vlmoe: 30B-A3B, 235B-A22B),
+    /// text alone: Qwen 3 MoE's blocks, the same RoPE.
+    Qwen3VlMoe,
     /// Phi 3 and Phi 4 (fused QKV and gate/up matrices, NeoX RoPE).
     Phi3,
     /// SmolLM3 (llama, without RoPE in every fourth layer).
@@ -178,13 +186,15 @@ pub enum Architecture {
 
 impl Architecture {
     /// Every architecture Realm runs.
-    pub const ALL: [Architecture; 41] = [
+    pub const ALL: [Architecture; 43] = [
         Self::Llama,
         Self::Mistral,
         Self::Qwen2,
         Self::Qwen2Moe,
         Self::Qwen3,
         Self::Qwen3Moe,
+        Self::Qwen3Vl,
+        Self::Qwen3VlMoe,
         Self::Phi3,
         Self::SmolLM3,
         Self::Granite,
@@ -245,6 +255,8 @@ impl Architecture {
             Self::Qwen2Moe => "qwen2moe",
             Self::Qwen3 => "qwen3",
             Self::Qwen3Moe => "qwen3moe",
+            Self::Qwen3Vl => "qwen3vl",
+            Self::Qwen3VlMoe => "qwen3vlmoe",
             Self::Phi3 => "phi3",
             Self::SmolLM3 => "smollm3",
             Self::Granite => "granite",
@@ -1078,6 +1090,8 @@ impl ModelConfig {
                 | Architecture::Qwen2Moe
                 | Architecture::Qwen3
                 | Architecture::Qwen3Moe
+                | Architecture::Qwen3Vl
+                | Architecture::Qwen3VlMoe
                 | Architecture::Phi3
                 | Architecture::Gemma2
                 | Architecture::Gemma3
@@ -1322,6 +1336,10 @@ impl ModelConfig {
                 layers: kv[..cfg.n_layers].iter().map(|&h| h == 0).collect(),
             });
         }
+        // (Qwen3-VL's sections turn text as NeoX does.)
+        if matches!(arch, Architecture::Qwen3Vl | Architecture::Qwen3VlMoe) {
+            imrope_text_check(md, &cfg)?;
+        }
         if qwen35 {
             cfg.delta_net = Some(delta_net_config(md, &cfg)?);
             // (Qwen3-Next rotates by plain NeoX RoPE.)
@@ -1515,6 +1533,7 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
         (
             Architecture::Qwen2Moe
             | Architecture::Qwen3Moe
+            | Architecture::Qwen3VlMoe
             | Architecture::GptOss
             | Architecture::Olmoe
             | Architecture::Glm4Moe
@@ -1538,6 +1557,7 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
             | Architecture::Olmoe
             | Architecture::Qwen2Moe
             | Architecture::Qwen3Moe
+            | Architecture::Qwen3VlMoe
             | Architecture::GptOss
             | Architecture::Glm4Moe
             | Architecture::Ernie45Moe
@@ -1582,6 +1602,7 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
         arch,
         Architecture::Qwen2Moe
             | Architecture::Qwen3Moe
+            | Architecture::Qwen3VlMoe
             | Architecture::Qwen35Moe
             | Architecture::Qwen3Next
     );

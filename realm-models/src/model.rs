@@ -317,6 +317,8 @@ impl<'a, B: Backend> Model<'a, B> {
                 | Architecture::Lfm2Moe
                 | Architecture::Qwen3
                 | Architecture::Qwen3Moe
+                | Architecture::Qwen3Vl
+                | Architecture::Qwen3VlMoe
                 | Architecture::Olmo2
                 | Architecture::Olmoe
                 | Architecture::Exaone4

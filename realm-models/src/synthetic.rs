@@ -312,7 +312,8 @@ impl SyntheticLayout {
     /// qwen2moe, qwen3, qwen3moe, phi3, smollm3, granite, gemma2, gemma3,
     /// gpt-oss, olmo2, exaone4, ernie4_5, glm4, seed_oss, gemma,
     /// granitemoe, olmoe, glm4moe, ernie4_5-moe, minimax-m2, dots1,
-    /// bailingmoe2, deepseek2, arcee, hunyuan-moe, hunyuan-dense; llama4 and
+    /// bailingmoe2, deepseek2, arcee, hunyuan-moe, hunyuan-dense, qwen3vl,
+    /// qwen3vlmoe; llama4 and
     /// gemma3n of four blocks; and, of three to
     /// five blocks, qwen35, qwen35moe, qwen3next, lfm2, lfm2moe,
     /// granitehybrid, falcon-h1, nemotron_h,
@@ -388,6 +389,16 @@ impl SyntheticLayout {
             return Ok(Self::tiny("qwen3")?
                 .renamed(arch)
                 .with_hparam("hunyuan-dense.rope.scaling.alpha", MetadataValue::F32(4.0)));
+        }
+        if let Some(text) = arch.strip_prefix("qwen3vl") {
+            // Qwen 3's blocks (or Qwen 3 MoE's) with interleaved M-RoPE
+            // sections over the 8 rotated pairs (as Qwen3-VL's 24, 20, 20
+            // over 64).
+            let base = format!("qwen3{text}");
+            return Ok(Self::tiny(&base)?.renamed(arch).with_hparam(
+                &format!("{arch}.rope.dimension_sections"),
+                MetadataValue::Array(MetadataArray::I32(vec![3, 3, 2, 0])),
+            ));
         }
         if arch == "arcee" {
             // The tiny llama's blocks without a gate.

@@ -940,3 +940,23 @@ fn gemmas_match_llama_cpp_with_its_gelu_table() {
     assert!(worst.len() >= 9, "the Gemma cases: {worst:?}");
     eprintln!("with the table: {worst:?}");
 }
+
+/// Qwen3-VL's M-RoPE sections must turn every rotated pair by the text
+/// position (as NeoX does), and must be there, as llama.cpp needs them.
+#[test]
+fn qwen3vl_needs_sections_that_turn_text() {
+    let layout = SyntheticLayout::tiny("qwen3vl").unwrap();
+    let sections = |v: Vec<i32>| {
+        layout.clone().with_hparam(
+            "qwen3vl.rope.dimension_sections",
+            MetadataValue::Array(realm_core::gguf::MetadataArray::I32(v)),
+        )
+    };
+    let err = load_err(sections(vec![2, 2, 0, 0]));
+    assert!(err.contains("unturned"), "{err}");
+    let mut without = layout.clone();
+    without
+        .hparams
+        .retain(|(k, _)| k != "qwen3vl.rope.dimension_sections");
+    assert!(load_err(without).contains("missing"));
+}
