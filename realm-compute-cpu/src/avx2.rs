@@ -868,8 +868,28 @@ fn float_row_tiles<T: FloatSimd, const R: usize, const C: usize>(
     }
 }
 
-/// Rows a row by three tokens at a time (twelve sums in sixteen
-/// registers).
+/// Rows `rows` in tiles of `R` rows by three tokens, the last rows one at
+/// a time.
+#[inline(always)]
+fn float_rows_by<T: FloatSimd, const R: usize>(
+    w: &[T],
+    k: usize,
+    rows: Range<usize>,
+    x: &[f32],
+    n: usize,
+    out: &mut OutRows<'_>,
+) {
+    let mut r = rows.start;
+    while r + R <= rows.end {
+        float_row_tiles::<T, R, 3>(w, (k, r), x, n, out);
+        r += R;
+    }
+    for r in r..rows.end {
+        float_row_tiles::<T, 1, 3>(w, (k, r), x, n, out);
+    }
+}
+
+/// A row by three tokens at a time (twelve sums in sixteen registers).
 #[target_feature(enable = "avx2,fma,f16c")]
 fn float_rows_impl<T: FloatSimd>(
     w: &[T],
@@ -879,13 +899,11 @@ fn float_rows_impl<T: FloatSimd>(
     n: usize,
     out: &mut OutRows<'_>,
 ) {
-    for r in rows {
-        float_row_tiles::<T, 1, 3>(w, (k, r), x, n, out);
-    }
+    float_rows_by::<T, 1>(w, k, rows, x, n, out);
 }
 
-/// Rows two rows by three tokens at a time, where AVX-512's 32 registers
-/// hold the 24 sums: each weight load serves three tokens and each token's
+/// Two rows by three tokens at a time, where AVX-512's 32 registers hold
+/// the 24 sums: each weight load serves three tokens and each token's
 /// two rows.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl")]
 fn float_rows_wide<T: FloatSimd>(
@@ -896,14 +914,7 @@ fn float_rows_wide<T: FloatSimd>(
     n: usize,
     out: &mut OutRows<'_>,
 ) {
-    let mut r = rows.start;
-    while r + 2 <= rows.end {
-        float_row_tiles::<T, 2, 3>(w, (k, r), x, n, out);
-        r += 2;
-    }
-    for r in r..rows.end {
-        float_row_tiles::<T, 1, 3>(w, (k, r), x, n, out);
-    }
+    float_rows_by::<T, 2>(w, k, rows, x, n, out);
 }
 
 /// The products of float weight rows `rows` (`w`: rows of `k` values) with

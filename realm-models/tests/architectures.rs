@@ -83,6 +83,16 @@ fn fixture() -> Value {
     serde_json::from_str(text).expect("fixture is JSON")
 }
 
+/// The tokens every case runs.
+fn fixture_tokens(fx: &Value) -> Vec<u32> {
+    fx["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_u64().unwrap() as u32)
+        .collect()
+}
+
 fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
         (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
@@ -162,12 +172,7 @@ fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
 fn every_architecture_matches_llama_cpp() {
     let fx = fixture();
     let seed = fx["seed"].as_u64().unwrap();
-    let tokens: Vec<u32> = fx["tokens"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t.as_u64().unwrap() as u32)
-        .collect();
+    let tokens = fixture_tokens(&fx);
     let cpu = CpuBackend::new().unwrap();
     let mut worst = Vec::new();
     for case in fx["cases"].as_array().unwrap() {
@@ -912,12 +917,7 @@ const TOLERANCE_TABLE_DEEP: f32 = 1e-2;
 fn gemmas_match_llama_cpp_with_its_gelu_table() {
     let fx = fixture();
     let seed = fx["seed"].as_u64().unwrap();
-    let tokens: Vec<u32> = fx["tokens"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t.as_u64().unwrap() as u32)
-        .collect();
+    let tokens = fixture_tokens(&fx);
     let cpu = CpuBackend::new().unwrap().with_ggml_gelu();
     let mut worst = Vec::new();
     for case in fx["cases"].as_array().unwrap() {
