@@ -88,6 +88,8 @@ CASES = [
     case("qwen3", "tiny-qwen3"),
     case("qwen3-q8_0", "tiny-qwen3", matrix_type="q8_0"),
     # Qwen3-VL's language models, text alone: Qwen 3's blocks with M-RoPE.
+    case("internlm2", "tiny-internlm2"),
+    case("internlm2-q8_0", "tiny-internlm2", matrix_type="q8_0"),
     case("qwen3vl", "tiny-qwen3vl"),
     case("qwen3vl-q8_0", "tiny-qwen3vl", matrix_type="q8_0"),
     case("qwen3vlmoe", "tiny-qwen3vlmoe"),

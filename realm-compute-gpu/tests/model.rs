@@ -78,9 +78,10 @@ fn llama4_is_refused_at_load() {
 }
 
 /// Every architecture's `SyntheticLayout::tiny` the GPU backend runs.
-const ARCHS: [&str; 41] = [
+const ARCHS: [&str; 42] = [
     "llama",
     "arcee",
+    "internlm2",
     "mistral",
     "mistral3",
     "olmo2",

@@ -121,6 +121,10 @@ pub enum Architecture {
     /// with NeoX RoPE, then per-head Q/K norms (after it), and the RoPE
     /// base raised by `rope.scaling.alpha` (NTK-aware).
     HunyuanDense,
+    /// InternLM 2 and 2.5 (internlm2: 1.8B, 7B, 20B): llama's blocks (its
+    /// converter splits and permutes the fused `wqkv` into llama's query,
+    /// key and value matrices), its own output matrix.
+    InternLm2,
     /// Arcee's AFM (arcee: AFM-4.5B): llama's blocks with a feed-forward
     /// network of squared ReLUs and no gate (`ffn_up`, `ffn_down`).
     Arcee,
@@ -186,7 +190,7 @@ pub enum Architecture {
 
 impl Architecture {
     /// Every architecture Realm runs.
-    pub const ALL: [Architecture; 43] = [
+    pub const ALL: [Architecture; 44] = [
         Self::Llama,
         Self::Mistral,
         Self::Qwen2,
@@ -219,6 +223,7 @@ impl Architecture {
         Self::Deepseek2,
         Self::Llama4,
         Self::Arcee,
+        Self::InternLm2,
         Self::HunyuanMoe,
         Self::HunyuanDense,
         Self::Qwen35,
@@ -281,6 +286,7 @@ impl Architecture {
             Self::Deepseek2 => "deepseek2",
             Self::Llama4 => "llama4",
             Self::Arcee => "arcee",
+            Self::InternLm2 => "internlm2",
             Self::HunyuanMoe => "hunyuan-moe",
             Self::HunyuanDense => "hunyuan-dense",
             Self::Qwen35 => "qwen35",
@@ -1074,6 +1080,7 @@ impl ModelConfig {
                 Architecture::Llama
                 | Architecture::Llama4
                 | Architecture::Arcee
+                | Architecture::InternLm2
                 | Architecture::Mistral
                 | Architecture::Mistral3
                 | Architecture::Ernie45

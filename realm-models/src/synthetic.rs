@@ -312,8 +312,8 @@ impl SyntheticLayout {
     /// qwen2moe, qwen3, qwen3moe, phi3, smollm3, granite, gemma2, gemma3,
     /// gpt-oss, olmo2, exaone4, ernie4_5, glm4, seed_oss, gemma,
     /// granitemoe, olmoe, glm4moe, ernie4_5-moe, minimax-m2, dots1,
-    /// bailingmoe2, deepseek2, arcee, hunyuan-moe, hunyuan-dense, qwen3vl,
-    /// qwen3vlmoe; llama4 and
+    /// bailingmoe2, deepseek2, arcee, internlm2, hunyuan-moe,
+    /// hunyuan-dense, qwen3vl, qwen3vlmoe; llama4 and
     /// gemma3n of four blocks; and, of three to
     /// five blocks, qwen35, qwen35moe, qwen3next, lfm2, lfm2moe,
     /// granitehybrid, falcon-h1, nemotron_h,
@@ -399,6 +399,15 @@ impl SyntheticLayout {
                 &format!("{arch}.rope.dimension_sections"),
                 MetadataValue::Array(MetadataArray::I32(vec![3, 3, 2, 0])),
             ));
+        }
+        if arch == "internlm2" {
+            // The tiny llama's blocks with their own output matrix, as
+            // InternLM 2's files have.
+            let mut l = Self::tiny("llama")?.renamed(arch);
+            let mut output = l.tensors[0].clone();
+            output.name = "output.weight".into();
+            l.tensors.push(output);
+            return Ok(l);
         }
         if arch == "arcee" {
             // The tiny llama's blocks without a gate.
