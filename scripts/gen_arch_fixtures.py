@@ -88,6 +88,12 @@ CASES = [
     case("qwen3", "tiny-qwen3"),
     case("qwen3-q8_0", "tiny-qwen3", matrix_type="q8_0"),
     # Qwen3-VL's language models, text alone: Qwen 3's blocks with M-RoPE.
+    # MiniCPM: its default multipliers, then the file's.
+    case("minicpm", "tiny-minicpm"),
+    case("minicpm-scales", "tiny-minicpm",
+         overrides=[("minicpm.embedding_scale", "float", "2"),
+                    ("minicpm.residual_scale", "float", "0.5"),
+                    ("minicpm.logit_scale", "float", "0.5")]),
     case("internlm2", "tiny-internlm2"),
     case("internlm2-q8_0", "tiny-internlm2", matrix_type="q8_0"),
     case("qwen3vl", "tiny-qwen3vl"),

@@ -78,10 +78,11 @@ fn llama4_is_refused_at_load() {
 }
 
 /// Every architecture's `SyntheticLayout::tiny` the GPU backend runs.
-const ARCHS: [&str; 42] = [
+const ARCHS: [&str; 43] = [
     "llama",
     "arcee",
     "internlm2",
+    "minicpm",
     "mistral",
     "mistral3",
     "olmo2",

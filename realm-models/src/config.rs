@@ -121,6 +121,12 @@ pub enum Architecture {
     /// with NeoX RoPE, then per-head Q/K norms (after it), and the RoPE
     /// base raised by `rope.scaling.alpha` (NTK-aware).
     HunyuanDense,
+    /// MiniCPM (minicpm: 1B, 2B, MiniCPM 4): llama's blocks with Granite's
+    /// multipliers, by default MiniCPM's (embeddings times 12, each block
+    /// part's output times `1.4 / sqrt(layers)`, logits divided by `256 /
+    /// width`), an optional attention output bias, LongRoPE where the file
+    /// has its factors.
+    MiniCpm,
     /// InternLM 2 and 2.5 (internlm2: 1.8B, 7B, 20B): llama's blocks (its
     /// converter splits and permutes the fused `wqkv` into llama's query,
     /// key and value matrices), its own output matrix.
@@ -190,7 +196,7 @@ pub enum Architecture {
 
 impl Architecture {
     /// Every architecture Realm runs.
-    pub const ALL: [Architecture; 44] = [
+    pub const ALL: [Architecture; 45] = [
         Self::Llama,
         Self::Mistral,
         Self::Qwen2,
@@ -224,6 +230,7 @@ impl Architecture {
         Self::Llama4,
         Self::Arcee,
         Self::InternLm2,
+        Self::MiniCpm,
         Self::HunyuanMoe,
         Self::HunyuanDense,
         Self::Qwen35,
@@ -287,6 +294,7 @@ impl Architecture {
             Self::Llama4 => "llama4",
             Self::Arcee => "arcee",
             Self::InternLm2 => "internlm2",
+            Self::MiniCpm => "minicpm",
             Self::HunyuanMoe => "hunyuan-moe",
             Self::HunyuanDense => "hunyuan-dense",
             Self::Qwen35 => "qwen35",
@@ -1081,6 +1089,7 @@ impl ModelConfig {
                 | Architecture::Llama4
                 | Architecture::Arcee
                 | Architecture::InternLm2
+                | Architecture::MiniCpm
                 | Architecture::Mistral
                 | Architecture::Mistral3
                 | Architecture::Ernie45
@@ -1189,11 +1198,19 @@ impl ModelConfig {
                 Architecture::Granite | Architecture::GraniteMoe | Architecture::GraniteHybrid => {
                     opt_f("embedding_scale")?.filter(|&s| s != 0.0)
                 }
+                // (MiniCPM's where the file gives none, as llama.cpp's.)
+                Architecture::MiniCpm => {
+                    Some(opt_f("embedding_scale")?.unwrap_or(12.0)).filter(|&s| s != 0.0)
+                }
                 _ => None,
             },
             residual_scale: match arch {
                 Architecture::Granite | Architecture::GraniteMoe | Architecture::GraniteHybrid => {
                     opt_f("residual_scale")?.filter(|&s| s != 0.0)
+                }
+                Architecture::MiniCpm => {
+                    let default = 1.4 / (n_layers as f32).sqrt();
+                    Some(opt_f("residual_scale")?.unwrap_or(default)).filter(|&s| s != 0.0)
                 }
                 _ => None,
             },
@@ -1204,6 +1221,9 @@ impl ModelConfig {
                 }
                 // (Optional for the hybrids.)
                 Architecture::GraniteHybrid => opt_f("logit_scale")?.filter(|&s| s != 0.0),
+                Architecture::MiniCpm => {
+                    Some(opt_f("logit_scale")?.unwrap_or(256.0 / d_model as f32))
+                }
                 _ => None,
             },
             // Granite 4.0's hybrids rotate nothing where the file says

@@ -432,7 +432,10 @@ impl<'a, B: Backend> Model<'a, B> {
             // (Granite 4.0's dense blocks may have biases in llama.cpp's
             // loader, which no file has; refused by name, not ignored.)
             for bias in ["ffn_gate.bias", "ffn_up.bias", "ffn_down.bias"] {
-                let hybrid = matches!(c.arch, Architecture::GraniteHybrid | Architecture::FalconH1);
+                let hybrid = matches!(
+                    c.arch,
+                    Architecture::GraniteHybrid | Architecture::FalconH1 | Architecture::MiniCpm
+                );
                 if hybrid && has(bias) {
                     return Err(Error::BadConfig(format!(
                         "{} (feed-forward biases) is not supported",
@@ -469,7 +472,8 @@ impl<'a, B: Backend> Model<'a, B> {
                     Architecture::Mistral3
                     | Architecture::Ernie45
                     | Architecture::Ernie45Moe
-                    | Architecture::GraniteHybrid => optional_norm(&n("attn_output.bias"), d)?,
+                    | Architecture::GraniteHybrid
+                    | Architecture::MiniCpm => optional_norm(&n("attn_output.bias"), d)?,
                     _ => must("attn_output.bias", d, gpt_oss)?,
                 },
                 sinks: match gpt_oss {

@@ -312,7 +312,7 @@ impl SyntheticLayout {
     /// qwen2moe, qwen3, qwen3moe, phi3, smollm3, granite, gemma2, gemma3,
     /// gpt-oss, olmo2, exaone4, ernie4_5, glm4, seed_oss, gemma,
     /// granitemoe, olmoe, glm4moe, ernie4_5-moe, minimax-m2, dots1,
-    /// bailingmoe2, deepseek2, arcee, internlm2, hunyuan-moe,
+    /// bailingmoe2, deepseek2, arcee, internlm2, minicpm, hunyuan-moe,
     /// hunyuan-dense, qwen3vl, qwen3vlmoe; llama4 and
     /// gemma3n of four blocks; and, of three to
     /// five blocks, qwen35, qwen35moe, qwen3next, lfm2, lfm2moe,
@@ -399,6 +399,10 @@ impl SyntheticLayout {
                 &format!("{arch}.rope.dimension_sections"),
                 MetadataValue::Array(MetadataArray::I32(vec![3, 3, 2, 0])),
             ));
+        }
+        if arch == "minicpm" {
+            // The tiny llama's blocks; MiniCPM's multipliers by default.
+            return Ok(Self::tiny("llama")?.renamed(arch));
         }
         if arch == "internlm2" {
             // The tiny llama's blocks with their own output matrix, as

@@ -251,6 +251,7 @@ fn each_variant_changes_the_logits() {
         ("deepseek2", "deepseek2-yarn"),
         ("deepseek2", "deepseek2-lite"),
         ("lfm2", "lfm2-window"),
+        ("minicpm", "minicpm-scales"),
     ] {
         let d = max_diff(&logits(base), &logits(variant));
         assert!(
@@ -959,4 +960,20 @@ fn qwen3vl_needs_sections_that_turn_text() {
         .hparams
         .retain(|(k, _)| k != "qwen3vl.rope.dimension_sections");
     assert!(load_err(without).contains("missing"));
+}
+
+/// MiniCPM's feed-forward biases (which llama.cpp's loader takes and no
+/// converted file has) are refused by name, not ignored.
+#[test]
+fn minicpm_feed_forward_biases_are_refused() {
+    let mut layout = SyntheticLayout::tiny("minicpm").unwrap();
+    layout
+        .tensors
+        .push(realm_models::synthetic::SyntheticTensor {
+            name: "blk.0.ffn_up.bias".into(),
+            shape: vec![128],
+            dtype: GgmlType::F32,
+        });
+    let err = load_err(layout);
+    assert!(err.contains("blk.0.ffn_up.bias"), "{err}");
 }
