@@ -14,7 +14,8 @@ norms and OLMo 3's window, EXAONE 4's norms and its 32B's window,
 mixtures of experts (Qwen 2 MoE's with its shared expert, Qwen 3 MoE's,
 and a llama's as Mixtral's, a Ministral 3's; gpt-oss's, with its biases, attention
 sinks, clamped SwiGLU and MXFP4 matrices), Gemma 2's
-soft-caps, Gemma 3's local/global pattern, local base and final cap. llama.cpp (the CPU build
+soft-caps, Gemma 3's local/global pattern, local base and final cap, Gemma
+3n's streams and Gemma 4's heads of two shapes. llama.cpp (the CPU build
 `scripts/build_llama_cpp.sh --tools` makes, through llama-cpp-python
 0.3.36's bindings; f32 KV cache) evaluates TOKENS in one batch and the
 logits of every position, the whole vocabulary, are stored (6 significant
@@ -307,6 +308,13 @@ CASES = [
     case("gemma3n-q8_0", "tiny-gemma3n", matrix_type="q8_0"),
     # 22 blocks: the last two read blocks 18's and 19's caches.
     case("gemma3n-shared", "tiny-gemma3n-shared"),
+    # Gemma 4: global blocks of fewer, wider heads, a quarter of each
+    # turned (proportional RoPE), blocks' own inputs, shared KV caches of
+    # twice as wide blocks, output scales; the 31B's shape, whose global
+    # blocks' keys are their values.
+    case("gemma4", "tiny-gemma4"),
+    case("gemma4-q8_0", "tiny-gemma4", matrix_type="q8_0"),
+    case("gemma4-31b", "tiny-gemma4-31b"),
 ]
 
 

@@ -54,6 +54,8 @@ enum Store {
 #[derive(Debug, Clone)]
 pub struct CpuKvCache {
     cfg: KvCacheConfig,
+    /// Where each layer's region starts, in values.
+    offsets: Vec<usize>,
     store: Store,
 }
 
@@ -77,7 +79,7 @@ impl CpuKvCache {
 
     fn head_base(&self, layer: usize, head: usize) -> usize {
         let cap = self.cfg.max_seq_len.next_multiple_of(KEY_TILE);
-        (layer * self.cfg.n_kv_heads + head) * cap * self.cfg.head_dim
+        self.offsets[layer] + head * cap * self.cfg.shape(layer).head_dim
     }
 
     /// Where a head's region of Q8_0 scales starts.
@@ -101,23 +103,30 @@ fn key_at(pos: usize, d: usize, hd: usize) -> usize {
 
 pub(crate) fn new_cache(cfg: &KvCacheConfig) -> BackendResult<CpuKvCache> {
     const OP: &str = "kv_cache";
-    if cfg.n_layers == 0 || cfg.n_kv_heads == 0 || cfg.head_dim == 0 || cfg.max_seq_len == 0 {
+    if cfg.n_layers == 0 || cfg.max_seq_len == 0 {
         return Err(BackendError::InvalidParameter {
             op: OP,
             what: "a cache dimension is zero",
         });
     }
-    let cap = seq_cap(cfg).ok_or(BackendError::InvalidParameter {
+    cfg.check_shapes(OP)?;
+    let overflow = BackendError::InvalidParameter {
         op: OP,
         what: "cache size overflows",
-    })?;
-    let len = [cfg.n_layers, cfg.n_kv_heads, cfg.head_dim, cap]
-        .iter()
-        .try_fold(1usize, |a, &d| a.checked_mul(d))
-        .ok_or(BackendError::InvalidParameter {
-            op: OP,
-            what: "cache size overflows",
-        })?;
+    };
+    let cap = seq_cap(cfg).ok_or(overflow.clone())?;
+    // Each layer's region: its heads' keys (or values), one after another.
+    let mut offsets = Vec::with_capacity(cfg.n_layers);
+    let mut len = 0usize;
+    for l in 0..cfg.n_layers {
+        offsets.push(len);
+        let s = cfg.shape(l);
+        len = [s.n_kv_heads, s.head_dim, cap]
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .and_then(|n| len.checked_add(n))
+            .ok_or(overflow.clone())?;
+    }
     let store = match cfg.dtype {
         KvDtype::F32 => Store::F32 {
             k: vec![0.0; len],
@@ -127,7 +136,7 @@ pub(crate) fn new_cache(cfg: &KvCacheConfig) -> BackendResult<CpuKvCache> {
             k: vec![f16::ZERO; len],
             v: vec![f16::ZERO; len],
         },
-        KvDtype::Q8_0 if !cfg.head_dim.is_multiple_of(QK) => {
+        KvDtype::Q8_0 if (0..cfg.n_layers).any(|l| !cfg.shape(l).head_dim.is_multiple_of(QK)) => {
             return Err(BackendError::InvalidParameter {
                 op: OP,
                 what: "a Q8_0 cache needs a head size that is a multiple of 32",
@@ -140,7 +149,11 @@ pub(crate) fn new_cache(cfg: &KvCacheConfig) -> BackendResult<CpuKvCache> {
             vs: vec![f16::ZERO; len / QK],
         },
     };
-    Ok(CpuKvCache { cfg: *cfg, store })
+    Ok(CpuKvCache {
+        cfg: cfg.clone(),
+        offsets,
+        store,
+    })
 }
 
 pub(crate) fn kv_write(
@@ -151,9 +164,9 @@ pub(crate) fn kv_write(
     v: &[f32],
 ) -> BackendResult<()> {
     const OP: &str = "kv_write";
-    let cfg = cache.cfg;
-    let width = cfg.n_kv_heads * cfg.head_dim;
-    check_kv_layer(OP, &cfg, layer)?;
+    let cfg = &cache.cfg;
+    check_kv_layer(OP, cfg, layer)?;
+    let (width, hd) = (cfg.shape(layer).width(), cfg.shape(layer).head_dim);
     if !k.len().is_multiple_of(width) {
         return Err(BackendError::Shape {
             op: OP,
@@ -180,7 +193,6 @@ pub(crate) fn kv_write(
             limit: cfg.max_seq_len + 1,
         });
     }
-    let hd = cfg.head_dim;
     for (t, (kt, vt)) in k.chunks_exact(width).zip(v.chunks_exact(width)).enumerate() {
         for (h, (kh, vh)) in kt.chunks_exact(hd).zip(vt.chunks_exact(hd)).enumerate() {
             let base = cache.head_base(layer, h);
@@ -234,11 +246,12 @@ pub(crate) fn kv_read(
     k: &mut [f32],
     v: &mut [f32],
 ) -> BackendResult<()> {
-    let cfg = cache.cfg;
-    let width = check_kv_read("kv_read", &cfg, layer, &positions, k.len(), v.len())?;
-    let hd = cfg.head_dim;
+    let cfg = &cache.cfg;
+    let width = check_kv_read("kv_read", cfg, layer, &positions, k.len(), v.len())?;
+    let shape = cfg.shape(layer);
+    let hd = shape.head_dim;
     for (t, pos) in positions.enumerate() {
-        for h in 0..cfg.n_kv_heads {
+        for h in 0..shape.n_kv_heads {
             let base = cache.head_base(layer, h);
             let (kh, vh) = (
                 &mut k[t * width + h * hd..][..hd],
@@ -294,19 +307,20 @@ fn check_params(
             limit: cfg.n_layers,
         });
     }
-    if p.head_dim != cfg.head_dim {
+    let shape = cfg.shape(layer);
+    if p.head_dim != shape.head_dim {
         return Err(BackendError::Shape {
             op: OP,
             what: "head_dim",
-            expected: cfg.head_dim,
+            expected: shape.head_dim,
             got: p.head_dim,
         });
     }
-    if p.n_kv_heads != cfg.n_kv_heads {
+    if p.n_kv_heads != shape.n_kv_heads {
         return Err(BackendError::Shape {
             op: OP,
             what: "n_kv_heads",
-            expected: cfg.n_kv_heads,
+            expected: shape.n_kv_heads,
             got: p.n_kv_heads,
         });
     }
@@ -384,18 +398,18 @@ fn dequantize_layer<'b>(
     end: usize,
     buf: &'b mut Vec<f32>,
 ) -> Source<'b> {
-    let cfg = &cache.cfg;
-    let hd = cfg.head_dim;
+    let shape = cache.cfg.shape(layer);
+    let hd = shape.head_dim;
     let nb = hd / QK;
     let t0 = p0 / KEY_TILE;
     let tile = KEY_TILE * hd;
     let kspan = (end.div_ceil(KEY_TILE) - t0) * tile;
     let vspan = (end - p0) * hd;
     buf.clear();
-    buf.resize(cfg.n_kv_heads * (kspan + vspan), 0.0);
-    let (kbuf, vbuf) = buf.split_at_mut(cfg.n_kv_heads * kspan);
+    buf.resize(shape.n_kv_heads * (kspan + vspan), 0.0);
+    let (kbuf, vbuf) = buf.split_at_mut(shape.n_kv_heads * kspan);
     if let Store::Q8 { k, v, ks, vs } = &cache.store {
-        for h in 0..cfg.n_kv_heads {
+        for h in 0..shape.n_kv_heads {
             let base = cache.head_base(layer, h);
             let sb = cache.scale_base(layer, h);
             let kh = &mut kbuf[h * kspan..][..kspan];

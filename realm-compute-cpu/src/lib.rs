@@ -60,9 +60,9 @@ mod pool;
 mod reference;
 
 use realm_core::backend::{
-    matrix_dims, split_width, ActivationOps, AttentionOps, AttentionParams, BackendCore,
-    BackendError, BackendResult, HostChunkFn, KvCacheConfig, KvSpan, MatMulOps, NormOps, RopeOps,
-    RopeParams, RowsProduct, StepOps, WeightInfo,
+    check_kv_layer, matrix_dims, split_width, ActivationOps, AttentionOps, AttentionParams,
+    BackendCore, BackendError, BackendResult, HostChunkFn, KvCacheConfig, KvSpan, MatMulOps,
+    NormOps, RopeOps, RopeParams, RowsProduct, StepOps, WeightInfo,
 };
 use std::ops::Range;
 
@@ -776,7 +776,8 @@ impl AttentionOps for CpuBackend {
         rows: Range<usize>,
     ) -> BackendResult<()> {
         const OP: &str = "kv_write";
-        let c = cache.config();
+        check_kv_layer(OP, cache.config(), at.layer)?;
+        let c = cache.config().shape(at.layer);
         let width = product(
             OP,
             "n_kv_heads * head_dim overflows",

@@ -9,10 +9,10 @@ mod common;
 
 use common::{backend, Rng};
 use proptest::prelude::*;
-use realm_compute_cpu::{CpuBackend, Isa};
+use realm_compute_cpu::{CpuBackend, CpuKvCache, Isa};
 use realm_core::backend::{
-    ActivationOps, AttentionOps, AttentionParams, BackendCore, KvCacheConfig, KvDtype, KvSpan,
-    NormOps, RopeMode, RopeOps, RopeParams,
+    ActivationOps, AttentionOps, AttentionParams, BackendCore, KvCacheConfig, KvDtype, KvShape,
+    KvSpan, NormOps, RopeMode, RopeOps, RopeParams,
 };
 
 fn be(threads: usize) -> CpuBackend {
@@ -132,7 +132,7 @@ proptest! {
         let n_heads = n_kv * group;
         let total = past + n;
         let dtype = if f16_cache { KvDtype::F16 } else { KvDtype::F32 };
-        let cfg = KvCacheConfig { n_layers: 2, n_kv_heads: n_kv, head_dim: hd, max_seq_len: total + 3, dtype };
+        let cfg = KvCacheConfig { n_layers: 2, n_kv_heads: n_kv, head_dim: hd, max_seq_len: total + 3, dtype, layer_shapes: None, };
         let b = if scalar { backend(Isa::Scalar, threads).unwrap() } else { be(threads) };
         let mut cache = b.kv_cache(&cfg).unwrap();
         let k = rng.f32s(total * n_kv * hd, -1.0, 1.0);
@@ -186,7 +186,7 @@ proptest! {
         let n_heads = n_kv * group;
         let total = past + n;
         let width = n_kv * hd;
-        let cfg = |dtype| KvCacheConfig { n_layers: 2, n_kv_heads: n_kv, head_dim: hd, max_seq_len: total + 3, dtype };
+        let cfg = |dtype| KvCacheConfig { n_layers: 2, n_kv_heads: n_kv, head_dim: hd, max_seq_len: total + 3, dtype, layer_shapes: None, };
         let b = if scalar { backend(Isa::Scalar, threads).unwrap() } else { be(threads) };
         let at = KvSpan { layer: 1, start_pos: 0 };
         let mut q8 = b.kv_cache(&cfg(KvDtype::Q8_0)).unwrap();
@@ -224,6 +224,72 @@ proptest! {
     }
 }
 
+proptest! {
+    /// A cache whose layers have heads of their own (Gemma 4's) keeps each
+    /// layer as a cache of that layer's heads alone would: what each
+    /// layer reads back and attends is bit for bit the uniform cache's,
+    /// whatever the other layers hold; calls with another layer's heads
+    /// are errors.
+    #[test]
+    fn layers_of_their_own_heads_attend_as_uniform_caches(shapes in proptest::collection::vec((1usize..3, 1usize..3), 1..4), group in 1usize..3, past in 0usize..12, n in 1usize..5, q8 in any::<bool>(), f16_cache in any::<bool>(), seed in any::<u64>()) {
+        let mut rng = Rng::new(seed);
+        let total = past + n;
+        let dtype = match (q8, f16_cache) {
+            (true, _) => KvDtype::Q8_0,
+            (_, true) => KvDtype::F16,
+            _ => KvDtype::F32,
+        };
+        // Heads of 32 or 64 values, as Q8_0 needs.
+        let shapes: Vec<KvShape> = shapes.iter().map(|&(h, b)| KvShape { n_kv_heads: h, head_dim: 32 * b }).collect();
+        let cfg = KvCacheConfig { n_layers: shapes.len(), n_kv_heads: 1, head_dim: 32, max_seq_len: total + 3, dtype, layer_shapes: Some(shapes.clone().into()) };
+        let b = be(2);
+        let mut cache = b.kv_cache(&cfg).unwrap();
+        let mut ws = b.workspace();
+        let kvs: Vec<(Vec<f32>, Vec<f32>)> = shapes.iter().map(|s| (rng.f32s(total * s.width(), -1.0, 1.0), rng.f32s(total * s.width(), -1.0, 1.0))).collect();
+        for (l, (k, v)) in kvs.iter().enumerate() {
+            b.kv_write(&mut ws, &mut cache, KvSpan { layer: l, start_pos: 0 }, k, v, 0..total).unwrap();
+        }
+        for (l, (s, (k, v))) in shapes.iter().zip(&kvs).enumerate() {
+            let one = KvCacheConfig { n_layers: 1, n_kv_heads: s.n_kv_heads, head_dim: s.head_dim, max_seq_len: total + 3, dtype, layer_shapes: None };
+            let mut alone = b.kv_cache(&one).unwrap();
+            b.kv_write(&mut ws, &mut alone, KvSpan { layer: 0, start_pos: 0 }, k, v, 0..total).unwrap();
+            let read = |c: &CpuKvCache, layer| {
+                let (mut k, mut v) = (vec![0.0; total * s.width()], vec![0.0; total * s.width()]);
+                b.kv_read(c, layer, 0..total, &mut k, &mut v).unwrap();
+                (k, v)
+            };
+            prop_assert_eq!(read(&cache, l), read(&alone, 0));
+            let n_heads = s.n_kv_heads * group;
+            let q = rng.f32s(n * n_heads * s.head_dim, -1.0, 1.0);
+            let p = AttentionParams { n_heads, n_kv_heads: s.n_kv_heads, head_dim: s.head_dim, scale: 0.125, sliding_window: None, chunk: None, softcap: None, sinks: None };
+            let attend = |c: &CpuKvCache, layer| {
+                let mut out = vec![0.0; q.len()];
+                b.attention(&mut b.workspace(), c, KvSpan { layer, start_pos: past }, &q, 0..n, &p, &mut out).unwrap();
+                out
+            };
+            let (got, want) = (attend(&cache, l), attend(&alone, 0));
+            prop_assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()));
+            // Another shape's heads do not fit this layer.
+            let wrong = AttentionParams { head_dim: s.head_dim + 32, ..p };
+            let mut out = vec![0.0; n * n_heads * (s.head_dim + 32)];
+            let q = vec![0.0; out.len()];
+            let at = KvSpan { layer: l, start_pos: past };
+            let refused = b.attention(&mut ws, &cache, at, &q, 0..n, &wrong, &mut out).is_err();
+            prop_assert!(refused);
+            let at = KvSpan { layer: l, start_pos: 0 };
+            let refused = b.kv_write(&mut ws, &mut cache, at, &k[..s.width() - 1].to_vec(), &v[..s.width() - 1].to_vec(), 0..1).is_err();
+            prop_assert!(refused);
+        }
+        // One shape a layer, each positive.
+        let short = KvCacheConfig { layer_shapes: Some(shapes[..shapes.len() - 1].to_vec().into()), ..cfg.clone() };
+        prop_assert!(b.kv_cache(&short).is_err());
+        let mut zero = shapes.clone();
+        zero[0].head_dim = 0;
+        let zeroed = KvCacheConfig { layer_shapes: Some(zero.into()), ..cfg };
+        prop_assert!(b.kv_cache(&zeroed).is_err());
+    }
+}
+
 /// A Q8_0 cache needs heads of whole blocks.
 #[test]
 fn q8_0_caches_need_heads_of_32() {
@@ -233,6 +299,7 @@ fn q8_0_caches_need_heads_of_32() {
         head_dim: 48,
         max_seq_len: 8,
         dtype: KvDtype::Q8_0,
+        layer_shapes: None,
     };
     let err = be(1).kv_cache(&cfg).unwrap_err();
     assert!(err.to_string().contains("multiple of 32"), "{err}");
@@ -304,6 +371,7 @@ fn attention_is_batch_invariant() {
         head_dim: hd,
         max_seq_len: 64,
         dtype: KvDtype::F32,
+        layer_shapes: None,
     };
     let k = rng.f32s(n * n_kv * hd, -1.0, 1.0);
     let v = rng.f32s(n * n_kv * hd, -1.0, 1.0);
@@ -382,6 +450,7 @@ fn bad_parameters_are_errors() {
         head_dim: 4,
         max_seq_len: 4,
         dtype: KvDtype::F32,
+        layer_shapes: None,
     };
     let mut cache = b.kv_cache(&cfg).unwrap();
     assert!(b.kv_cache(&KvCacheConfig { n_layers: 0, ..cfg }).is_err());
@@ -623,6 +692,7 @@ fn f16_cache_matches_f32_cache_on_f16_values() {
             head_dim: hd,
             max_seq_len: 16,
             dtype,
+            layer_shapes: None,
         };
         let mut cache = b.kv_cache(&cfg).unwrap();
         b.kv_write(

@@ -29,8 +29,9 @@ fn check_params(
     p: &AttentionParams,
 ) -> BackendResult<()> {
     check_kv_layer(op, cfg, layer)?;
-    if p.n_kv_heads != cfg.n_kv_heads
-        || p.head_dim != cfg.head_dim
+    let shape = cfg.shape(layer);
+    if p.n_kv_heads != shape.n_kv_heads
+        || p.head_dim != shape.head_dim
         || p.n_heads == 0
         || !p.n_heads.is_multiple_of(p.n_kv_heads)
     {
@@ -162,9 +163,10 @@ impl AttentionOps for GpuBackend {
         rows: Range<usize>,
     ) -> BackendResult<()> {
         const OP: &str = "kv_write";
-        let cfg = *cache.config();
+        let cfg = cache.config().clone();
         check_kv_layer(OP, &cfg, at.layer)?;
-        let width = cfg.n_kv_heads * cfg.head_dim;
+        let shape = cfg.shape(at.layer);
+        let width = shape.width();
         let n = rows.len();
         let kt = k.rows(OP, "k length", &rows, width)?;
         let vt = v.rows(OP, "v length", &rows, width)?;
@@ -180,7 +182,7 @@ impl AttentionOps for GpuBackend {
             Some(st) => {
                 st.check_positions(OP, rows.start, at.start_pos..at.start_pos + n)?;
                 let index = st
-                    .scatter_index(rows.start, n, cfg.n_kv_heads, cfg.head_dim, false)
+                    .scatter_index(rows.start, n, shape.n_kv_heads, shape.head_dim, false)
                     .map_err(dev_err(OP))?;
                 Some(index)
             }
@@ -189,7 +191,7 @@ impl AttentionOps for GpuBackend {
         let store = |src: Tensor, dst: &Tensor| -> candle_core::Result<()> {
             // [n, heads * dim] -> [heads, n, dim], the cache's layout.
             let src = src
-                .reshape((n, cfg.n_kv_heads, cfg.head_dim))?
+                .reshape((n, shape.n_kv_heads, shape.head_dim))?
                 .transpose(0, 1)?
                 .to_dtype(dt)?
                 .contiguous()?;
@@ -211,8 +213,8 @@ impl AttentionOps for GpuBackend {
         v: &mut [f32],
     ) -> BackendResult<()> {
         const OP: &str = "kv_read";
-        let cfg = *cache.config();
-        check_kv_read(OP, &cfg, layer, &positions, k.len(), v.len())?;
+        let cfg = cache.config();
+        check_kv_read(OP, cfg, layer, &positions, k.len(), v.len())?;
         let n = positions.len();
         if n == 0 {
             return Ok(());
@@ -481,7 +483,7 @@ impl GpuBackend {
         const OP: &str = "rope_attend";
         let start = chunk_start(OP, positions)?;
         let n = positions.len();
-        let cfg = *cache.config();
+        let cfg = cache.config().clone();
         check_params(OP, &cfg, layer, p)?;
         check_end(OP, &cfg, start, n)?;
         let width = p.n_heads * p.head_dim;
@@ -797,7 +799,7 @@ impl GpuBackend {
         const OP: &str = "attend_rows";
         // The run's caches share a block, so its positions, not each
         // cache's own length (checked by the caller).
-        let cfg = *cache.storage();
+        let cfg = cache.storage().clone();
         let (block, slot) = cache.block();
         let n = positions.len();
         let (kvh, hd, group) = (p.n_kv_heads, p.head_dim, p.n_heads / p.n_kv_heads);

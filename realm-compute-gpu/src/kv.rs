@@ -48,11 +48,12 @@ impl KvBlock {
         dt: DType,
         slots: usize,
     ) -> candle_core::Result<Self> {
-        let shape = (2, slots, cfg.n_kv_heads, cfg.max_seq_len, cfg.head_dim);
         let mut kv = Vec::with_capacity(cfg.n_layers);
         let mut k = Vec::with_capacity(cfg.n_layers);
         let mut v = Vec::with_capacity(cfg.n_layers);
-        for _ in 0..cfg.n_layers {
+        for l in 0..cfg.n_layers {
+            let s = cfg.shape(l);
+            let shape = (2, slots, s.n_kv_heads, cfg.max_seq_len, s.head_dim);
             // Zeros: a static step's masked reads of unwritten positions
             // must see finite values.
             let both = Tensor::zeros(shape, dt, device)?;
@@ -64,7 +65,7 @@ impl KvBlock {
         // streams (CUDA's per-thread streams): the zeros must be there first.
         crate::driver::synchronize(device)?;
         Ok(Self {
-            cfg: *cfg,
+            cfg: cfg.clone(),
             slots,
             kv,
             k,
@@ -171,12 +172,13 @@ impl KvPool {
     pub(crate) fn cache(&self, device: &Device, cfg: &KvCacheConfig) -> BackendResult<GpuKvCache> {
         const OP: &str = "kv_cache";
         let dt = dtype_of(cfg.dtype)?;
-        if cfg.n_layers == 0 || cfg.n_kv_heads == 0 || cfg.head_dim == 0 || cfg.max_seq_len == 0 {
+        if cfg.n_layers == 0 || cfg.max_seq_len == 0 {
             return Err(BackendError::InvalidParameter {
                 op: OP,
                 what: "every dimension of a KV cache must be positive",
             });
         }
+        cfg.check_shapes(OP)?;
         let storage = KvCacheConfig {
             max_seq_len: product(
                 OP,
@@ -184,11 +186,20 @@ impl KvPool {
                 cfg.max_seq_len.div_ceil(LENGTH_STEP),
                 LENGTH_STEP,
             )?,
-            ..*cfg
+            ..cfg.clone()
         };
-        let per_layer = product(OP, "cache size overflows", cfg.n_kv_heads, cfg.head_dim)
-            .and_then(|v| product(OP, "cache size overflows", v, storage.max_seq_len))?;
-        let all = product(OP, "cache size overflows", per_layer, 2 * cfg.n_layers)?;
+        let mut all = 0usize;
+        for l in 0..cfg.n_layers {
+            let s = cfg.shape(l);
+            let layer = product(OP, "cache size overflows", s.n_kv_heads, s.head_dim)
+                .and_then(|v| product(OP, "cache size overflows", v, 2 * storage.max_seq_len))?;
+            all = all
+                .checked_add(layer)
+                .ok_or(BackendError::InvalidParameter {
+                    op: OP,
+                    what: "cache size overflows",
+                })?;
+        }
         let mut blocks = self.blocks.lock().unwrap_or_else(|e| e.into_inner());
         blocks.retain(|b| b.strong_count() > 0);
         let mut live = 0;
@@ -235,7 +246,7 @@ impl KvPool {
         })();
         match views {
             Ok((k, v)) => Ok(GpuKvCache {
-                cfg: *cfg,
+                cfg: cfg.clone(),
                 block,
                 slot,
                 k,
@@ -264,6 +275,7 @@ mod tests {
             head_dim: 4,
             max_seq_len,
             dtype: KvDtype::F32,
+            layer_shapes: None,
         }
     }
 

@@ -400,6 +400,7 @@ fn attention_kernel(case: &Case, seed: u64, kernel: Kernel) {
         head_dim: hd,
         max_seq_len: max_seq,
         dtype: if case.f16 { KvDtype::F16 } else { KvDtype::F32 },
+        layer_shapes: None,
     };
     let mut cpu_caches: Vec<_> = (0..caches).map(|_| cpu.kv_cache(&cfg).unwrap()).collect();
     for (c, cache) in cpu_caches.iter_mut().enumerate() {

@@ -78,7 +78,7 @@ fn llama4_is_refused_at_load() {
 }
 
 /// Every architecture's `SyntheticLayout::tiny` the GPU backend runs.
-const ARCHS: [&str; 43] = [
+const ARCHS: [&str; 44] = [
     "llama",
     "arcee",
     "internlm2",
@@ -107,6 +107,7 @@ const ARCHS: [&str; 43] = [
     "gemma2",
     "gemma3",
     "gemma3n",
+    "gemma4",
     "glm4moe",
     "ernie4_5-moe",
     "minimax-m2",

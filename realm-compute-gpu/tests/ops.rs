@@ -168,7 +168,7 @@ proptest! {
         let y = rng.f32s(n * k, -2.0, 2.0);
         let w = rng.f32s(k, 0.5, 1.5);
         // Attention: 4 heads of 64 over 2 KV heads, after `past` keys.
-        let cfg = KvCacheConfig { n_layers: 1, n_kv_heads: 2, head_dim: 64, max_seq_len: past + n, dtype: KvDtype::F32 };
+        let cfg = KvCacheConfig { n_layers: 1, n_kv_heads: 2, head_dim: 64, max_seq_len: past + n, dtype: KvDtype::F32, layer_shapes: None, };
         let kv = [rng.f32s((past + n) * 128, -1.0, 1.0), rng.f32s((past + n) * 128, -1.0, 1.0)];
         let p = AttentionParams { n_heads: 4, n_kv_heads: 2, head_dim: 64, scale: 0.125, sliding_window: None, chunk: None, softcap: None, sinks: None };
         let at = |start_pos| KvSpan { layer: 0, start_pos };
@@ -400,7 +400,7 @@ proptest! {
             let (g, c) = (gpu().with_fused_kernels(fused), cpu());
             let n_heads = n_kv * group;
             let total = past + n;
-            let cfg = KvCacheConfig { n_layers: 2, n_kv_heads: n_kv, head_dim: hd, max_seq_len: total + 2, dtype: if f16 { KvDtype::F16 } else { KvDtype::F32 } };
+            let cfg = KvCacheConfig { n_layers: 2, n_kv_heads: n_kv, head_dim: hd, max_seq_len: total + 2, dtype: if f16 { KvDtype::F16 } else { KvDtype::F32 }, layer_shapes: None, };
             let k = rng.f32s(total * n_kv * hd, -1.0, 1.0);
             let v = rng.f32s(total * n_kv * hd, -1.0, 1.0);
             let q = rng.f32s(n * n_heads * hd, -1.0, 1.0);
@@ -448,7 +448,7 @@ proptest! {
             let n_heads = n_kv * group;
             let rows = pasts.len();
             let kv_width = n_kv * hd;
-            let cfg = KvCacheConfig { n_layers: 2, n_kv_heads: n_kv, head_dim: hd, max_seq_len: 12, dtype: if f16 { KvDtype::F16 } else { KvDtype::F32 } };
+            let cfg = KvCacheConfig { n_layers: 2, n_kv_heads: n_kv, head_dim: hd, max_seq_len: 12, dtype: if f16 { KvDtype::F16 } else { KvDtype::F32 }, layer_shapes: None, };
             let p = AttentionParams { n_heads, n_kv_heads: n_kv, head_dim: hd, scale: 1.0 / (hd as f32).sqrt(), sliding_window: window, chunk: None, softcap, sinks: None };
             // Each sequence's history, written one call each.
             let hist: Vec<(Vec<f32>, Vec<f32>)> = pasts.iter().map(|&p| (rng.f32s(p * kv_width, -1.0, 1.0), rng.f32s(p * kv_width, -1.0, 1.0))).collect();
@@ -518,7 +518,7 @@ proptest! {
         let n_heads = n_kv * group;
         let rows = pasts.len();
         let kv_width = n_kv * hd;
-        let cfg = KvCacheConfig { n_layers: 2, n_kv_heads: n_kv, head_dim: hd, max_seq_len: 12, dtype: if f16 { KvDtype::F16 } else { KvDtype::F32 } };
+        let cfg = KvCacheConfig { n_layers: 2, n_kv_heads: n_kv, head_dim: hd, max_seq_len: 12, dtype: if f16 { KvDtype::F16 } else { KvDtype::F32 }, layer_shapes: None, };
         let p = AttentionParams { n_heads, n_kv_heads: n_kv, head_dim: hd, scale: 1.0 / (hd as f32).sqrt(), sliding_window: window, chunk: None, softcap: None, sinks: None };
         let rope = RopeParams { n_dims: 2 * half, base: 10000.0, freq_scale: 1.0, mode: if neox { RopeMode::Neox } else { RopeMode::Normal }, factors: None, magnitude: 1.0 };
         let mut rng = Rng(seed);
@@ -606,7 +606,7 @@ proptest! {
         let n_heads = n_kv * group;
         let (kv_width, width) = (n_kv * hd, n_heads * hd);
         let total = past + n;
-        let cfg = KvCacheConfig { n_layers: 2, n_kv_heads: n_kv, head_dim: hd, max_seq_len: total + 2, dtype: if f16 { KvDtype::F16 } else { KvDtype::F32 } };
+        let cfg = KvCacheConfig { n_layers: 2, n_kv_heads: n_kv, head_dim: hd, max_seq_len: total + 2, dtype: if f16 { KvDtype::F16 } else { KvDtype::F32 }, layer_shapes: None, };
         let p = AttentionParams { n_heads, n_kv_heads: n_kv, head_dim: hd, scale: 1.0 / (hd as f32).sqrt(), sliding_window: window, chunk: None, softcap, sinks: None };
         let rope = RopeParams { n_dims: 2 * half, base: 10000.0, freq_scale: 1.0, mode: if neox { RopeMode::Neox } else { RopeMode::Normal }, factors: None, magnitude: 1.0 };
         let mut rng = Rng(seed);
@@ -722,6 +722,7 @@ fn long_caches_attend_alike_split_or_not() {
             head_dim: hd,
             max_seq_len: 1600,
             dtype: if case.f16 { KvDtype::F16 } else { KvDtype::F32 },
+            layer_shapes: None,
         };
         let p = AttentionParams {
             n_heads,
@@ -862,6 +863,7 @@ fn heads_past_the_fused_kernels_attend_without_blocks() {
         head_dim: hd,
         max_seq_len: 4,
         dtype: KvDtype::F32,
+        layer_shapes: None,
     };
     let p = AttentionParams {
         n_heads: 2,
@@ -951,6 +953,7 @@ fn rope_attend_refuses_scattered_positions() {
         head_dim: 4,
         max_seq_len: 8,
         dtype: KvDtype::F32,
+        layer_shapes: None,
     };
     let p = AttentionParams {
         n_heads: 1,
@@ -1081,6 +1084,7 @@ fn bad_input_is_an_error() {
         head_dim: 4,
         max_seq_len: 4,
         dtype: KvDtype::F32,
+        layer_shapes: None,
     };
     let mut cache = g.kv_cache(&cfg).unwrap();
     let kv = g.upload(&[0.5; 8]).unwrap();

@@ -52,6 +52,7 @@
 
 use std::fmt::Debug;
 use std::ops::Range;
+use std::sync::Arc;
 
 use crate::{GgmlType, TensorView};
 
@@ -760,7 +761,7 @@ pub trait ActivationOps: BackendCore {
 }
 
 /// Size of a KV cache.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KvCacheConfig {
     /// Transformer layers.
     pub n_layers: usize,
@@ -772,6 +773,78 @@ pub struct KvCacheConfig {
     pub max_seq_len: usize,
     /// Element type the keys and values are stored in.
     pub dtype: KvDtype,
+    /// Each layer's own heads, where layers differ (Gemma 4's global
+    /// layers have fewer, wider heads than its local ones): one a layer,
+    /// in place of `n_kv_heads` and `head_dim`. `None`: every layer has
+    /// those.
+    pub layer_shapes: Option<Arc<[KvShape]>>,
+}
+
+/// The key/value heads of one layer of a KV cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvShape {
+    /// Key/value heads.
+    pub n_kv_heads: usize,
+    /// Values per head.
+    pub head_dim: usize,
+}
+
+impl KvShape {
+    /// Values a position holds: `n_kv_heads * head_dim`.
+    pub fn width(&self) -> usize {
+        self.n_kv_heads * self.head_dim
+    }
+}
+
+impl KvCacheConfig {
+    /// The heads of layer `layer` (the uniform ones past the last layer).
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use realm_core::backend::{KvCacheConfig, KvDtype, KvShape};
+    /// let wide = KvShape { n_kv_heads: 1, head_dim: 8 };
+    /// let narrow = KvShape { n_kv_heads: 2, head_dim: 2 };
+    /// let cfg = KvCacheConfig {
+    ///     n_layers: 2, n_kv_heads: 2, head_dim: 2, max_seq_len: 8, dtype: KvDtype::F32,
+    ///     layer_shapes: Some(Arc::from([narrow, wide])),
+    /// };
+    /// assert_eq!(cfg.shape(1), wide);
+    /// assert_eq!(cfg.shape(0).width(), 4);
+    /// ```
+    pub fn shape(&self, layer: usize) -> KvShape {
+        self.layer_shapes
+            .as_ref()
+            .and_then(|s| s.get(layer).copied())
+            .unwrap_or(KvShape {
+                n_kv_heads: self.n_kv_heads,
+                head_dim: self.head_dim,
+            })
+    }
+
+    /// An error unless every layer's heads are positive and, where the
+    /// layers have their own, there is one shape a layer.
+    pub fn check_shapes(&self, op: &'static str) -> BackendResult<()> {
+        if let Some(s) = &self.layer_shapes {
+            if s.len() != self.n_layers {
+                return Err(BackendError::Shape {
+                    op,
+                    what: "layer shapes (one a layer)",
+                    expected: self.n_layers,
+                    got: s.len(),
+                });
+            }
+        }
+        if (0..self.n_layers.max(1)).any(|l| {
+            let s = self.shape(l);
+            s.n_kv_heads == 0 || s.head_dim == 0
+        }) {
+            return Err(BackendError::InvalidParameter {
+                op,
+                what: "a cache dimension is zero",
+            });
+        }
+        Ok(())
+    }
 }
 
 /// How a KV cache stores keys and values.
@@ -1084,7 +1157,7 @@ pub fn check_kv_layer(op: &'static str, cfg: &KvCacheConfig, layer: usize) -> Ba
 ///
 /// ```
 /// use realm_core::backend::{check_kv_read, KvCacheConfig, KvDtype};
-/// let cfg = KvCacheConfig { n_layers: 2, n_kv_heads: 2, head_dim: 4, max_seq_len: 8, dtype: KvDtype::F32 };
+/// let cfg = KvCacheConfig { n_layers: 2, n_kv_heads: 2, head_dim: 4, max_seq_len: 8, dtype: KvDtype::F32, layer_shapes: None };
 /// assert_eq!(check_kv_read("op", &cfg, 1, &(2..5), 24, 24).unwrap(), 8);
 /// assert!(check_kv_read("op", &cfg, 2, &(2..5), 24, 24).is_err());
 /// assert!(check_kv_read("op", &cfg, 1, &(2..9), 56, 56).is_err());
@@ -1111,9 +1184,10 @@ pub fn check_kv_read(
         op,
         what: "rows overflow",
     };
-    let width = cfg
+    let shape = cfg.shape(layer);
+    let width = shape
         .n_kv_heads
-        .checked_mul(cfg.head_dim)
+        .checked_mul(shape.head_dim)
         .ok_or(overflow.clone())?;
     let want = positions.len().checked_mul(width).ok_or(overflow)?;
     for (what, got) in [("k length", k_len), ("v length", v_len)] {

@@ -1,6 +1,6 @@
 //! A transformer's hyper-parameters, read from GGUF metadata.
 
-use realm_core::backend::RopeMode;
+use realm_core::backend::{KvCacheConfig, KvDtype, KvShape, RopeMode};
 use realm_core::gguf::{Metadata, MetadataArray, MetadataValue};
 
 use crate::{Error, Result};
@@ -52,6 +52,14 @@ pub enum Architecture {
     /// embedding table, the last blocks reading earlier blocks' KV
     /// caches, and sparse activations in the first feed-forward blocks.
     Gemma3n,
+    /// Gemma 4 (gemma4: E2B, E4B, 31B): Gemma 3's blocks with unweighted
+    /// value norms and unscaled scores, global blocks with fewer and wider
+    /// heads of their own (their keys their values where the file has no
+    /// value matrix) rotating a quarter of each head, an input of its own
+    /// to each block from a second embedding table (E2B, E4B), the last
+    /// blocks reading earlier blocks' KV caches, and a scale on each
+    /// block's output ([`Gemma4Config`]).
+    Gemma4,
     /// gpt-oss (OpenAI's open-weight MoE): biased projections, attention
     /// sinks, local/global layers, YaRN, experts with biases and a clamped
     /// SwiGLU whose weights are a softmax over the chosen experts' scores.
@@ -196,7 +204,7 @@ pub enum Architecture {
 
 impl Architecture {
     /// Every architecture Realm runs.
-    pub const ALL: [Architecture; 45] = [
+    pub const ALL: [Architecture; 46] = [
         Self::Llama,
         Self::Mistral,
         Self::Qwen2,
@@ -211,6 +219,7 @@ impl Architecture {
         Self::Gemma2,
         Self::Gemma3,
         Self::Gemma3n,
+        Self::Gemma4,
         Self::GptOss,
         Self::Mistral3,
         Self::Olmo2,
@@ -275,6 +284,7 @@ impl Architecture {
             Self::Gemma2 => "gemma2",
             Self::Gemma3 => "gemma3",
             Self::Gemma3n => "gemma3n",
+            Self::Gemma4 => "gemma4",
             Self::GptOss => "gpt-oss",
             Self::Mistral3 => "mistral3",
             Self::Olmo2 => "olmo2",
@@ -549,6 +559,135 @@ pub struct ModelConfig {
     /// Gemma 3n's residual streams, per-block inputs, shared KV caches
     /// and sparse activations, for a model with them.
     pub altup: Option<AltUpConfig>,
+    /// Gemma 4's global blocks' heads, per-block inputs and shared KV
+    /// caches, for a model with them.
+    pub gemma4: Option<Gemma4Config>,
+    /// Each block's feed-forward width, where blocks differ (Gemma 4's
+    /// that read others' caches may be twice as wide): in place of
+    /// `ffn_dim`, which is then the widest.
+    pub ffn_dims: Option<Vec<usize>>,
+}
+
+/// Gemma 4's extras, as llama.cpp runs them. Its local blocks' heads are
+/// the config's `n_kv_heads`, `head_dim` and `rope_dims`; its global ones
+/// have their own (`global`), rotating their first `rope_dims` with the
+/// file's frequency factors (`rope_freqs`, which leave the rest of each
+/// head unturned), and where such a block has no value matrix its keys
+/// (before their norm and rotation) are its values. Each block may end
+/// with an input of its own (a row of `per_layer_token_embd` plus a
+/// projection of the embedding, `per_layer` wide, gating a product of the
+/// block's output) and a scale (`layer_output_scale`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gemma4Config {
+    /// The global blocks' heads.
+    pub global: HeadShape,
+    /// Width of each block's own input
+    /// (`embedding_length_per_layer_input`; 0: none, the 31B).
+    pub per_layer: usize,
+    /// The first block that keeps no KV cache and reads the cache of the
+    /// last block before it of its kind (the layer count less
+    /// `attention.shared_kv_layers`).
+    pub kv_from: usize,
+}
+
+/// Key/value heads, their width and the dimensions RoPE turns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeadShape {
+    /// Key/value heads.
+    pub n_kv_heads: usize,
+    /// Values per head.
+    pub head_dim: usize,
+    /// Dimensions of each head that RoPE rotates.
+    pub rope_dims: usize,
+}
+
+/// The last block before `kv_from` that attends as block `layer` of `cfg`
+/// does (its window), where `layer` keeps no cache of its own.
+fn shared_kv_source(cfg: &ModelConfig, kv_from: usize, layer: usize) -> Option<usize> {
+    if layer < kv_from {
+        return None;
+    }
+    let window = cfg.layer_window(layer);
+    (0..kv_from).rev().find(|&l| cfg.layer_window(l) == window)
+}
+
+/// Gemma 4's extras from `md` for the blocks of `cfg` (whose heads are
+/// the local blocks'), with the KV heads of each block where the file
+/// lists them.
+fn gemma4_config(md: &Metadata, cfg: &ModelConfig, kv: Option<&[usize]>) -> Result<Gemma4Config> {
+    let p = cfg.arch.name();
+    let key = |k: &str| format!("{p}.{k}");
+    let u = |k: &str| -> Result<usize> { Ok(md.get_u32(&key(k))? as usize) };
+    let opt_u = |k: &str| -> Result<Option<usize>> {
+        Ok(match md.get(&key(k)) {
+            Some(_) => Some(md.get_u32(&key(k))? as usize),
+            None => None,
+        })
+    };
+    let n = cfg.n_layers;
+    if md.get(&key("attention.sliding_window_pattern")).is_none() {
+        return Err(Error::BadConfig(format!(
+            "{p} without attention.sliding_window_pattern"
+        )));
+    }
+    if md
+        .get(&key("expert_count"))
+        .is_some_and(|_| opt_u("expert_count").ok().flatten() != Some(0))
+    {
+        return Err(Error::BadConfig(format!(
+            "{p} with experts (the 26B A4B) is not supported"
+        )));
+    }
+    let global_layer = (0..n).find(|&l| !cfg.is_local(l));
+    let heads = |l: Option<usize>, default: usize| match (kv, l) {
+        (Some(kv), Some(l)) => kv.get(l).copied().unwrap_or(default),
+        _ => default,
+    };
+    let global = HeadShape {
+        n_kv_heads: heads(global_layer, cfg.n_kv_heads),
+        head_dim: u("attention.key_length")?,
+        rope_dims: opt_u("rope.dimension_count")?.unwrap_or(u("attention.key_length")?),
+    };
+    let kv_from = n.saturating_sub(opt_u("attention.shared_kv_layers")?.unwrap_or(0));
+    let g = Gemma4Config {
+        global,
+        per_layer: opt_u("embedding_length_per_layer_input")?.unwrap_or(0),
+        kv_from,
+    };
+    let bad = |what: String| Err(Error::BadConfig(format!("{p}: {what}")));
+    if u("attention.value_length")? != global.head_dim
+        || opt_u("attention.value_length_swa")?.unwrap_or(cfg.head_dim) != cfg.head_dim
+    {
+        return bad("value heads unlike their key heads".into());
+    }
+    if global.n_kv_heads == 0
+        || global.head_dim == 0
+        || global.rope_dims > global.head_dim
+        || !cfg.n_heads.is_multiple_of(global.n_kv_heads)
+        || kv_from == 0
+    {
+        return bad(format!(
+            "global heads {global:?} for {} query heads, {kv_from} blocks with KV caches",
+            cfg.n_heads
+        ));
+    }
+    // Every block of a kind has its kind's heads.
+    if let Some(kv) = kv {
+        let want = |l: usize| match cfg.is_local(l) {
+            true => cfg.n_kv_heads,
+            false => global.n_kv_heads,
+        };
+        if let Some(l) = (0..n).find(|&l| kv.get(l).is_some_and(|&h| h != want(l))) {
+            return bad(format!("block {l}'s KV heads differ from its kind's"));
+        }
+    }
+    if let Some(l) = (kv_from..n).find(|&l| shared_kv_source(cfg, kv_from, l).is_none()) {
+        return bad(format!(
+            "block {l} reads an earlier block's KV cache, but none of the first {kv_from} \
+             attends as it does"
+        ));
+    }
+    Ok(g)
 }
 
 /// Gemma 3n's extras, as llama.cpp runs them. The residual stream is
@@ -645,13 +784,7 @@ impl AltUpConfig {
     /// keeps none of its own: the last block before
     /// [`AltUpConfig::kv_from`] with its window.
     fn kv_source(&self, cfg: &ModelConfig, layer: usize) -> Option<usize> {
-        if layer < self.kv_from {
-            return None;
-        }
-        let window = cfg.layer_window(layer);
-        (0..self.kv_from)
-            .rev()
-            .find(|&l| cfg.layer_window(l) == window)
+        shared_kv_source(cfg, self.kv_from, layer)
     }
 }
 
@@ -886,13 +1019,26 @@ impl ModelConfig {
                         | Architecture::GraniteHybrid
                         | Architecture::NemotronH
                         | Architecture::NemotronHMoe
+                        | Architecture::Gemma4
                 ) =>
             {
                 Some(layer_counts(a)?)
             }
             _ => None,
         };
+        let gemma4 = arch == Architecture::Gemma4;
+        // (Gemma 4's config heads are its local blocks', the global ones
+        // apart.)
+        let local_kv = match (&kv_per_layer, gemma4) {
+            (Some(kv), true) => {
+                let local = swa_pattern(md, &key("attention.sliding_window_pattern"), n_layers, 0)?;
+                let first = (0..n_layers).find(|&l| local[l]);
+                first.and_then(|l| kv.get(l).copied())
+            }
+            _ => None,
+        };
         let n_kv_heads = match &kv_per_layer {
+            _ if local_kv.is_some() => local_kv.unwrap_or(n_heads),
             Some(kv) => {
                 let mut heads = kv.iter().copied().filter(|&h| h > 0);
                 let first = heads.next().unwrap_or(n_heads);
@@ -911,6 +1057,7 @@ impl ModelConfig {
             )));
         }
         let head_dim = match opt_u("attention.key_length")? {
+            _ if gemma4 => u("attention.key_length_swa")?,
             Some(h) => h,
             None if d_model.is_multiple_of(n_heads) => d_model / n_heads,
             None => {
@@ -987,6 +1134,7 @@ impl ModelConfig {
             Architecture::Gemma3 => cap("final_logit_softcapping", 0.0)?,
             // (llama.cpp's Gemma 3n always caps at 30, as its files say.)
             Architecture::Gemma3n => cap("final_logit_softcapping", 30.0)?,
+            Architecture::Gemma4 => cap("final_logit_softcapping", 0.0)?,
             _ => None,
         };
         // Only these use a window (llama.cpp ignores Phi 3's, and has none
@@ -1012,6 +1160,7 @@ impl ModelConfig {
                 | Architecture::Gemma2
                 | Architecture::Gemma3
                 | Architecture::Gemma3n
+                | Architecture::Gemma4
                 | Architecture::GptOss
                 | Architecture::Olmo2,
                 w,
@@ -1026,6 +1175,8 @@ impl ModelConfig {
             _ => None,
         };
         let ffn_dim = match (arch, &ff_per_layer) {
+            // (Gemma 4's widths a block: the widest here.)
+            (Architecture::Gemma4, Some(ff)) => ff.iter().copied().max(),
             (_, Some(ff)) => {
                 let mut widths = ff.iter().copied().filter(|&f| f > 0);
                 let first = widths.next().unwrap_or(0);
@@ -1069,12 +1220,12 @@ impl ModelConfig {
             // (llama.cpp's OLMo 2 reads `rope.freq_base_swa` but rotates
             // its local layers with the global base.)
             rope_base_local: match opt_f("rope.freq_base_swa")? {
-                Some(b) if gemma || gemma3n || gpt_oss || llama4 => b,
-                _ if gemma3 || gemma3n => 10_000.0,
+                Some(b) if gemma || gemma3n || gemma4 || gpt_oss || llama4 => b,
+                _ if gemma3 || gemma3n || gemma4 => 10_000.0,
                 _ => rope_base,
             },
             rope_freq_scale,
-            rope_freq_scale_local: if gemma3 || gemma3n || olmo2 {
+            rope_freq_scale_local: if gemma3 || gemma3n || gemma4 || olmo2 {
                 1.0
             } else {
                 rope_freq_scale
@@ -1083,7 +1234,10 @@ impl ModelConfig {
                 * rope_attn_factor,
             rope_yarn,
             rope_original_context,
-            rope_dims: opt_u("rope.dimension_count")?.unwrap_or(head_dim),
+            rope_dims: match gemma4 {
+                true => opt_u("rope.dimension_count_swa")?.unwrap_or(head_dim),
+                false => opt_u("rope.dimension_count")?.unwrap_or(head_dim),
+            },
             rope_mode: match arch {
                 Architecture::Llama
                 | Architecture::Llama4
@@ -1112,6 +1266,7 @@ impl ModelConfig {
                 | Architecture::Gemma2
                 | Architecture::Gemma3
                 | Architecture::Gemma3n
+                | Architecture::Gemma4
                 | Architecture::GptOss
                 | Architecture::Olmo2
                 | Architecture::Exaone4
@@ -1143,7 +1298,7 @@ impl ModelConfig {
                     n_layers,
                     4,
                 )?),
-                Some(_) if gemma || gemma3n || gpt_oss || olmo2 || exaone4 => {
+                Some(_) if gemma || gemma3n || gemma4 || gpt_oss || olmo2 || exaone4 => {
                     let every = match arch {
                         Architecture::Gemma3 => 6,
                         Architecture::Gemma3n => 5,
@@ -1160,7 +1315,8 @@ impl ModelConfig {
                 _ => None,
             },
             attn_chunk: llama4.then_some(LLAMA4_CHUNK),
-            local_rope_plain: olmo2,
+            // (Gemma 4's frequency factors are its global blocks'.)
+            local_rope_plain: olmo2 || gemma4,
             nope_global: exaone_window,
             pre_norms: !(olmo2 || exaone4),
             qk_norm_whole: olmo2 || matches!(arch, Architecture::Olmoe | Architecture::MinimaxM2),
@@ -1188,11 +1344,11 @@ impl ModelConfig {
                     1.0 / (d_model as f32 / n_heads as f32).sqrt()
                 }
                 // (Gemma 3n's queries are normed to their scale.)
-                _ if gemma3n => 1.0,
+                _ if gemma3n || gemma4 => 1.0,
                 _ => 1.0 / (head_dim as f32).sqrt(),
             },
             embedding_scale: match arch {
-                _ if gemma || gemma3n || arch == Architecture::Gemma => {
+                _ if gemma || gemma3n || gemma4 || arch == Architecture::Gemma => {
                     Some((d_model as f32).sqrt())
                 }
                 Architecture::Granite | Architecture::GraniteMoe | Architecture::GraniteHybrid => {
@@ -1245,6 +1401,15 @@ impl ModelConfig {
             ffn_blocks: None,
             attn_output_gate: qwen35,
             altup: None,
+            gemma4: None,
+            ffn_dims: match (gemma4, &ff_per_layer) {
+                (true, Some(ff)) if ff.iter().any(|&f| f != ffn_dim) => Some(
+                    (0..n_layers)
+                        .map(|l| ff.get(l).copied().unwrap_or(ffn_dim))
+                        .collect(),
+                ),
+                _ => None,
+            },
             attn_temperature: match arch {
                 Architecture::Mistral3 => match opt_f("attention.temperature_scale")? {
                     None | Some(0.0) => None,
@@ -1283,6 +1448,9 @@ impl ModelConfig {
         }
         if gemma3n {
             cfg.altup = Some(altup_config(md, &cfg)?);
+        }
+        if gemma4 {
+            cfg.gemma4 = Some(gemma4_config(md, &cfg, kv_per_layer.as_deref())?);
         }
         if nemotron {
             let kv = kv_per_layer.as_deref().unwrap_or_default();
@@ -1452,7 +1620,7 @@ impl ModelConfig {
     }
 
     /// Whether layer `layer` is one of a local/global model's local ones.
-    fn is_local(&self, layer: usize) -> bool {
+    pub fn is_local(&self, layer: usize) -> bool {
         self.local_layers.is_some()
             && (self.layer_window(layer).is_some() || self.layer_chunk(layer).is_some())
     }
@@ -1506,25 +1674,118 @@ impl ModelConfig {
     /// Layers with a KV cache of their own: those that attend, but
     /// those that read an earlier one's ([`ModelConfig::kv_source`]).
     pub fn kv_layers(&self) -> usize {
-        (0..self.n_layers)
-            .filter(|&l| self.has_attention(l) && self.kv_source(l).is_none())
-            .count()
+        self.cache_blocks().count()
     }
 
     /// The earlier layer whose KV cache layer `layer` reads instead of
     /// keeping one (Gemma 3n's last layers), if it does.
     pub fn kv_source(&self, layer: usize) -> Option<usize> {
-        self.altup.as_ref()?.kv_source(self, layer)
+        match (&self.altup, &self.gemma4) {
+            (Some(a), _) => a.kv_source(self, layer),
+            (_, Some(g)) => shared_kv_source(self, g.kv_from, layer),
+            _ => None,
+        }
     }
 
-    /// Width of all query heads together.
+    /// Width of all query heads together (of the local blocks, where
+    /// blocks differ: [`ModelConfig::layer_heads`]).
     pub fn q_dim(&self) -> usize {
         self.n_heads * self.head_dim
     }
 
-    /// Width of all key (or value) heads together.
+    /// Width of all key (or value) heads together (of the local blocks,
+    /// where blocks differ).
     pub fn kv_dim(&self) -> usize {
         self.n_kv_heads * self.head_dim
+    }
+
+    /// Layer `layer`'s key/value heads, their width and rotated
+    /// dimensions (Gemma 4's global layers have their own).
+    pub fn layer_heads(&self, layer: usize) -> HeadShape {
+        match &self.gemma4 {
+            Some(g) if !self.is_local(layer) => g.global,
+            _ => HeadShape {
+                n_kv_heads: self.n_kv_heads,
+                head_dim: self.head_dim,
+                rope_dims: self.rope_dims,
+            },
+        }
+    }
+
+    /// Width of layer `layer`'s query heads together.
+    pub fn layer_q_dim(&self, layer: usize) -> usize {
+        self.n_heads * self.layer_heads(layer).head_dim
+    }
+
+    /// Width of layer `layer`'s key (or value) heads together.
+    pub fn layer_kv_dim(&self, layer: usize) -> usize {
+        let h = self.layer_heads(layer);
+        h.n_kv_heads * h.head_dim
+    }
+
+    /// The widest layer's query heads together.
+    pub fn max_q_dim(&self) -> usize {
+        (0..self.n_layers)
+            .map(|l| self.layer_q_dim(l))
+            .fold(self.q_dim(), usize::max)
+    }
+
+    /// The widest layer's key (or value) heads together.
+    pub fn max_kv_dim(&self) -> usize {
+        (0..self.n_layers)
+            .map(|l| self.layer_kv_dim(l))
+            .fold(self.kv_dim(), usize::max)
+    }
+
+    /// The blocks that keep a KV cache layer of their own, in the cache's
+    /// order: those that attend but those that read an earlier one's.
+    pub fn cache_blocks(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.n_layers).filter(|&l| self.has_attention(l) && self.kv_source(l).is_none())
+    }
+
+    /// The KV cache of a session of `max_seq_len` positions in `dtype`:
+    /// a layer each block in [`ModelConfig::cache_blocks`] (one for a model
+    /// of recurrent blocks alone, unused), each with its block's heads.
+    pub fn kv_cache_config(&self, max_seq_len: usize, dtype: KvDtype) -> KvCacheConfig {
+        let shapes: Vec<KvShape> = self
+            .cache_blocks()
+            .map(|l| {
+                let h = self.layer_heads(l);
+                KvShape {
+                    n_kv_heads: h.n_kv_heads,
+                    head_dim: h.head_dim,
+                }
+            })
+            .collect();
+        let uniform = shapes
+            .iter()
+            .all(|s| (s.n_kv_heads, s.head_dim) == (self.n_kv_heads, self.head_dim));
+        KvCacheConfig {
+            n_layers: shapes.len().max(1),
+            n_kv_heads: self.n_kv_heads,
+            head_dim: self.head_dim,
+            max_seq_len,
+            dtype,
+            layer_shapes: (!uniform).then(|| shapes.into()),
+        }
+    }
+
+    /// Width of each block's own input (Gemma 3n's, Gemma 4's E2B and
+    /// E4B), for a model whose blocks have one.
+    pub fn per_layer_input(&self) -> Option<usize> {
+        match (&self.altup, &self.gemma4) {
+            (Some(a), _) => Some(a.per_layer),
+            (_, Some(g)) if g.per_layer > 0 => Some(g.per_layer),
+            _ => None,
+        }
+    }
+
+    /// Layer `layer`'s feed-forward width.
+    pub fn layer_ffn_dim(&self, layer: usize) -> usize {
+        self.ffn_dims
+            .as_ref()
+            .and_then(|f| f.get(layer).copied())
+            .unwrap_or(self.ffn_dim)
     }
 }
 

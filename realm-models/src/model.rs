@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use rayon::prelude::*;
 use realm_core::backend::{
-    AttentionParams, Backend, BackendError, KvCacheConfig, KvDtype, KvSpan, QkNorm, RopeParams,
-    StepInputs, WeightInfo,
+    AttentionParams, Backend, BackendError, KvDtype, KvSpan, QkNorm, RopeParams, StepInputs,
+    WeightInfo,
 };
 use realm_core::gguf::Gguf;
 use realm_core::{quant, TensorView};
@@ -17,6 +17,7 @@ mod delta;
 mod mamba;
 mod mla;
 mod moe;
+mod ple;
 mod recurrent;
 mod shift;
 mod shortconv;
@@ -29,6 +30,7 @@ use self::delta::{DeltaNet, DeltaScratch};
 use self::mamba::{Mamba, MambaScratch};
 use self::mla::{Mla, MlaScratch};
 use self::moe::{Moe, MoeBuffers, MoeHost};
+use self::ple::{Ple, PleBlock, PleScratch};
 use self::recurrent::Recurrent;
 use self::shortconv::{ConvScratch, ShortConv};
 use crate::config::{Architecture, ModelConfig};
@@ -95,8 +97,15 @@ struct Layer<'a, B: Backend + 'a> {
     kv_shared: bool,
     /// A norm of each value head (ones: Gemma 3n's, without weights).
     v_norm: Option<B::Buffer>,
-    /// Gemma 3n's weights of the block's streams, input and LAuReL.
+    /// Gemma 3n's weights of the block's streams and LAuReL.
     altup: Option<AltUpBlock<'a, B>>,
+    /// The weights of the block's own input (Gemma 3n's, Gemma 4's).
+    ple: Option<PleBlock<'a, B>>,
+    /// Whether the block's keys are its values (Gemma 4's global blocks
+    /// without a value matrix): its products make queries and keys.
+    v_from_k: bool,
+    /// A factor on the block's output (Gemma 4's `layer_output_scale`).
+    out_scale: Option<f32>,
 }
 
 /// Which of a block's products are one matrix in the file.
@@ -150,6 +159,8 @@ pub struct Model<'a, B: Backend> {
     has_output: bool,
     /// Gemma 3n's weights into the streams and out of them.
     altup: Option<AltUp<'a, B>>,
+    /// The weights of each block's own input (Gemma 3n's, Gemma 4's).
+    ple: Option<Ple<'a, B>>,
     /// LoRA adapters, in the order they were added.
     loras: Vec<Lora<'a, B>>,
     /// What a row of their scratch needs.
@@ -303,11 +314,12 @@ impl<'a, B: Backend> Model<'a, B> {
         // have none at all), on the layers with RoPE: ones.
         let weightless_qk =
             c.arch == Architecture::Llama4 && c.moe.as_ref().is_some_and(|m| m.experts != 128);
-        let ones = || backend.upload(&vec![1.0; c.head_dim]);
+        let ones = |len: usize| backend.upload(&vec![1.0; len]);
         let qk_norms = matches!(
             c.arch,
             Architecture::Gemma3
                 | Architecture::Gemma3n
+                | Architecture::Gemma4
                 | Architecture::Qwen35
                 | Architecture::Qwen35Moe
                 | Architecture::Qwen3Next
@@ -332,20 +344,25 @@ impl<'a, B: Backend> Model<'a, B> {
         // (OLMo 2's Q/K norms over all heads).
         let post_norms = gemma
             || c.altup.is_some()
+            || c.gemma4.is_some()
             || matches!(
                 c.arch,
                 Architecture::Olmo2 | Architecture::Exaone4 | Architecture::Glm4
             );
-        let (q_norm_len, k_norm_len) = match c.qk_norm_whole {
-            true => (c.q_dim(), c.kv_dim()),
-            false => (c.head_dim, c.head_dim),
-        };
-        let (d, q, kv, ff) = (c.d_model, c.q_dim(), c.kv_dim(), c.ffn_dim);
-        // Qwen 3.5's gated attention: each head's query and gate.
-        let q_rows = if c.attn_output_gate { 2 * q } else { q };
+        let d = c.d_model;
         let mut layers = Vec::with_capacity(c.n_layers);
         let mut kv_slot = 0;
         for i in 0..c.n_layers {
+            // (Gemma 4's global blocks have heads of their own, and its
+            // blocks may differ in width.)
+            let hd = c.layer_heads(i).head_dim;
+            let (q, kv, ff) = (c.layer_q_dim(i), c.layer_kv_dim(i), c.layer_ffn_dim(i));
+            let (q_norm_len, k_norm_len) = match c.qk_norm_whole {
+                true => (q, kv),
+                false => (hd, hd),
+            };
+            // Qwen 3.5's gated attention: each head's query and gate.
+            let q_rows = if c.attn_output_gate { 2 * q } else { q };
             let n = |s: &str| format!("blk.{i}.{s}");
             let recurrent = c.is_recurrent(i);
             let ffn_only = c.is_ffn_only(i);
@@ -374,6 +391,12 @@ impl<'a, B: Backend> Model<'a, B> {
             };
             // Query, key and value in one matrix, where the file has them so.
             let has = |s: &str| file.tensor(&n(s)).is_ok();
+            // (Gemma 4's global blocks may have keys for values.)
+            let v_from_k = c.gemma4.is_some()
+                && attends
+                && kv_source.is_none()
+                && !has("attn_qkv.weight")
+                && !has("attn_v.weight");
             let fused = Fused {
                 qkv: has("attn_qkv.weight"),
                 gate_up: matches!(c.arch, Architecture::Phi3 | Architecture::Glm4)
@@ -388,6 +411,8 @@ impl<'a, B: Backend> Model<'a, B> {
             } else if fused.qkv {
                 let w = weight(&n("attn_qkv.weight"), q + 2 * kv, d)?;
                 Group { runs: vec![(w, 3)] }
+            } else if v_from_k {
+                group(&[n("attn_q.weight"), n("attn_k.weight")], &[q_rows, kv], d)?
             } else {
                 group(
                     &[n("attn_q.weight"), n("attn_k.weight"), n("attn_v.weight")],
@@ -491,13 +516,15 @@ impl<'a, B: Backend> Model<'a, B> {
                     false => None,
                 },
                 q_norm: match qk_norms_if_any {
-                    _ if weightless_qk => c.layer_ropes(i).then(ones).transpose()?,
+                    _ if weightless_qk => c.layer_ropes(i).then(|| ones(hd)).transpose()?,
                     true => optional_norm(&n("attn_q_norm.weight"), q_norm_len)?,
                     false => must("attn_q_norm.weight", q_norm_len, qk_norms && attends)?,
                 },
                 k_norm: match qk_norms_if_any {
-                    _ if weightless_qk => c.layer_ropes(i).then(ones).transpose()?,
+                    _ if weightless_qk => c.layer_ropes(i).then(|| ones(hd)).transpose()?,
                     true => optional_norm(&n("attn_k_norm.weight"), k_norm_len)?,
+                    // (Gemma 4's blocks that read others' caches have none.)
+                    false if c.gemma4.is_some() && kv_source.is_some() => None,
                     false => must("attn_k_norm.weight", k_norm_len, qk_norms && attends)?,
                 },
                 post_attn_norm: must("post_attention_norm.weight", d, post_norms)?,
@@ -556,9 +583,36 @@ impl<'a, B: Backend> Model<'a, B> {
                     None => kv_slot,
                 },
                 kv_shared: kv_source.is_some(),
-                v_norm: c.altup.is_some().then(ones).transpose()?,
+                v_norm: (c.altup.is_some() || c.gemma4.is_some())
+                    .then(|| ones(hd))
+                    .transpose()?,
                 altup: match &c.altup {
                     Some(a) => Some(AltUpBlock::load(file, backend, i, c, a)?),
+                    None => None,
+                },
+                ple: match c.per_layer_input() {
+                    Some(p) => Some(PleBlock::load(file, backend, i, c, p)?),
+                    None => None,
+                },
+                v_from_k,
+                out_scale: match c.gemma4 {
+                    Some(_) => match file.tensor(&n("layer_output_scale.weight")) {
+                        Ok(t) => {
+                            let v = f32_vec(&t)?;
+                            match v[..] {
+                                [s] => Some(s),
+                                _ => {
+                                    return Err(Error::BadTensorShape {
+                                        tensor: n("layer_output_scale.weight"),
+                                        expected: vec![1],
+                                        got: t.shape().to_vec(),
+                                    })
+                                }
+                            }
+                        }
+                        Err(realm_core::Error::TensorNotFound(_)) => None,
+                        Err(e) => return Err(e.into()),
+                    },
                     None => None,
                 },
             });
@@ -581,15 +635,20 @@ impl<'a, B: Backend> Model<'a, B> {
             _ => optional_norm("output_norm.weight", d)?
                 .ok_or_else(|| realm_core::Error::TensorNotFound("output_norm.weight".into()))?,
         };
-        // One pair's factor each, the same for every layer.
+        // One pair's factor each, the same for every layer (Gemma 4's for
+        // its global ones).
+        let factor_dims = c
+            .gemma4
+            .as_ref()
+            .map_or(c.rope_dims, |g| g.global.rope_dims);
         let factors = |name: &str| -> Result<Option<Vec<f32>>> {
             match file.tensor(name) {
                 Ok(t) => {
                     let v = f32_vec(&t)?;
-                    if v.len() != c.rope_dims / 2 {
+                    if v.len() != factor_dims / 2 {
                         return Err(Error::BadTensorShape {
                             tensor: name.into(),
-                            expected: vec![c.rope_dims as u64 / 2],
+                            expected: vec![factor_dims as u64 / 2],
                             got: t.shape().to_vec(),
                         });
                     }
@@ -628,6 +687,10 @@ impl<'a, B: Backend> Model<'a, B> {
             Some(a) => Some(AltUp::load(file, backend, c, a)?),
             None => None,
         };
+        let ple = match c.per_layer_input() {
+            Some(p) => Some(Ple::load(file, backend, c, p)?),
+            None => None,
+        };
         Ok(Self {
             id: NEXT_MODEL.fetch_add(1, Ordering::Relaxed),
             fingerprint: state::fingerprint(file),
@@ -641,6 +704,7 @@ impl<'a, B: Backend> Model<'a, B> {
             rope_factors_long,
             has_output,
             altup,
+            ple,
             loras: Vec::new(),
             lora_dims: Dims::default(),
         })
@@ -723,10 +787,11 @@ impl<'a, B: Backend> Model<'a, B> {
             }
             most
         };
-        let (q, kv, ff) = (c.q_dim(), c.kv_dim(), c.ffn_dim);
         self.layers
             .iter()
-            .map(|l| {
+            .enumerate()
+            .map(|(i, l)| {
+                let (q, kv, ff) = (c.layer_q_dim(i), c.layer_kv_dim(i), c.layer_ffn_dim(i));
                 let ffn = match (&l.ffn, &c.moe) {
                     (Ffn::Dense(gate_up, _), _) => widest(gate_up, &[ff, ff]),
                     (Ffn::Moe(moe), Some(m)) => moe.stacked_width(m),
@@ -749,8 +814,10 @@ impl<'a, B: Backend> Model<'a, B> {
             // (Norms after RoPE rotate outside the attention, by positions
             // a recording would keep.)
             && !self.config.qk_norm_after_rope
-            // (Gemma 3n's streams are the host's, step by step.)
+            // (Gemma 3n's streams are the host's, step by step, and so are
+            // Gemma 4's block inputs; its blocks' heads differ.)
             && self.altup.is_none()
+            && self.config.gemma4.is_none()
     }
 
     /// Whether a session can forget its last tokens and keep the others
@@ -791,14 +858,9 @@ impl<'a, B: Backend> Model<'a, B> {
             ));
         }
         let c = &self.config;
-        let cache = self.backend.kv_cache(&KvCacheConfig {
-            // (A model of delta nets alone keeps one, unused.)
-            n_layers: c.kv_layers().max(1),
-            n_kv_heads: c.n_kv_heads,
-            head_dim: c.head_dim,
-            max_seq_len,
-            dtype: kv_dtype,
-        })?;
+        let cache = self
+            .backend
+            .kv_cache(&c.kv_cache_config(max_seq_len, kv_dtype))?;
         Ok(Session {
             id: NEXT_SESSION.fetch_add(1, Ordering::Relaxed),
             cache,
@@ -1467,8 +1529,11 @@ impl<'a, B: Backend> Model<'a, B> {
         if let Some(s) = self.config.embedding_scale {
             self.backend.scale_inplace(&mut sc.x, s, tokens.len() * d)?;
         }
+        if let (Some(ple), Some(s)) = (&self.ple, sc.ple.as_mut()) {
+            self.ple_inputs(ple, s, &mut sc.ws, &sc.x, tokens)?;
+        }
         if let Some(alt) = &self.altup {
-            self.altup_embed(alt, sc, tokens)?;
+            self.altup_embed(alt, sc, tokens.len())?;
         }
         Ok(())
     }
@@ -1676,6 +1741,27 @@ impl<'a, B: Backend> Model<'a, B> {
     ) -> Result<()> {
         let (b, c) = (self.backend, &self.config);
         let (d, eps) = (c.d_model, c.rms_eps);
+        let layer = &self.layers[li];
+        // Gemma 4's block input and output scale come after the residual.
+        if layer.ple.is_some() || layer.out_scale.is_some() {
+            if let Some(pw) = post {
+                b.rms_norm_inplace(&mut sc.proj, pw, eps, n)?;
+            }
+            b.add_inplace(&mut sc.x, &sc.proj, n * d)?;
+            if let Some(w) = &layer.ple {
+                let s = sc.ple.as_mut().ok_or_else(|| no_room("block inputs"))?;
+                self.ple_gate(w, s, &mut sc.ws, &mut sc.seen, (&sc.x, n, li), &mut sc.proj)?;
+                b.add_inplace(&mut sc.x, &sc.proj, n * d)?;
+            }
+            if let Some(f) = layer.out_scale {
+                b.scale_inplace(&mut sc.x, f, n * d)?;
+            }
+            match self.layers.get(li + 1).map(|l| l.attn_norm.as_ref()) {
+                Some(Some(w)) => b.rms_norm(&sc.x, w, eps, n, &mut sc.xn)?,
+                _ => b.copy_rows(&sc.x, 0..n, d, &mut sc.xn)?,
+            }
+            return Ok(());
+        }
         match self.layers.get(li + 1) {
             Some(next) => residual(b, sc, post, next.attn_norm.as_ref(), eps, n, d)?,
             None => {
@@ -1738,6 +1824,10 @@ impl<'a, B: Backend> Model<'a, B> {
         let layer = &self.layers[li];
         let d = c.d_model;
         let eps = c.rms_eps;
+        // This block's heads (Gemma 4's global blocks have their own).
+        let heads = c.layer_heads(li);
+        let (hd, kvh) = (heads.head_dim, heads.n_kv_heads);
+        let (q_dim, kv_dim) = (c.n_heads * hd, kvh * hd);
         let qk_norm = match (&layer.mla, &c.mla) {
             // Latent attention's own queries, keys and values.
             (Some(mla), Some(m)) => {
@@ -1755,10 +1845,9 @@ impl<'a, B: Backend> Model<'a, B> {
                             &sc.xn,
                             n,
                             &mut sc.stacked,
-                            &[2 * c.q_dim(), c.kv_dim(), c.kv_dim()],
+                            &[2 * q_dim, kv_dim, kv_dim],
                             &mut [&mut ds.q_gate, &mut sc.k, &mut sc.v],
                         )?;
-                        let hd = c.head_dim;
                         b.split_cols(
                             &ds.q_gate,
                             n * c.n_heads,
@@ -1773,7 +1862,7 @@ impl<'a, B: Backend> Model<'a, B> {
                         &sc.xn,
                         n,
                         &mut sc.stacked,
-                        &[c.q_dim(), c.kv_dim(), c.kv_dim()],
+                        &[q_dim, kv_dim, kv_dim],
                         &mut [&mut sc.q, &mut sc.k, &mut sc.v],
                     )?,
                 }
@@ -1788,12 +1877,19 @@ impl<'a, B: Backend> Model<'a, B> {
                     (_, seen) => seen,
                 };
                 let made = [
-                    (Target::Q, &mut sc.q, c.q_dim()),
-                    (Target::K, &mut sc.k, c.kv_dim()),
-                    (Target::V, &mut sc.v, c.kv_dim()),
+                    (Target::Q, &mut sc.q, q_dim),
+                    (Target::K, &mut sc.k, kv_dim),
+                    (Target::V, &mut sc.v, kv_dim),
                 ];
-                // (A block that reads another's cache makes queries alone.)
-                let made = made.into_iter().take(if layer.kv_shared { 1 } else { 3 });
+                // (A block that reads another's cache makes queries alone,
+                // one whose keys are its values no values.)
+                let made = made
+                    .into_iter()
+                    .take(match (layer.kv_shared, layer.v_from_k) {
+                        (true, _) => 1,
+                        (_, true) => 2,
+                        _ => 3,
+                    });
                 for (t, out, m) in made {
                     let x = (&sc.xn, n, d);
                     self.adapt(
@@ -1814,8 +1910,11 @@ impl<'a, B: Backend> Model<'a, B> {
                         b.add_row_inplace(out, bias, n)?;
                     }
                 }
+                if layer.v_from_k {
+                    b.copy_rows(&sc.k, 0..n, kv_dim, &mut sc.v)?;
+                }
                 if let Some(w) = layer.v_norm.as_ref().filter(|_| !layer.kv_shared) {
-                    b.rms_norm_inplace(&mut sc.v, w, eps, n * c.n_kv_heads)?;
+                    b.rms_norm_inplace(&mut sc.v, w, eps, n * kvh)?;
                 }
                 // Per-head Q/K norms (Gemma 3) go with the attention, which a
                 // backend may fuse them into.
@@ -1825,7 +1924,7 @@ impl<'a, B: Backend> Model<'a, B> {
                     (q, k) => {
                         let (q_rows, k_rows) = match c.qk_norm_whole {
                             true => (n, n),
-                            false => (n * c.n_heads, n * c.n_kv_heads),
+                            false => (n * c.n_heads, n * kvh),
                         };
                         if let Some(w) = q {
                             b.rms_norm_inplace(&mut sc.q, w, eps, q_rows)?;
@@ -1844,19 +1943,18 @@ impl<'a, B: Backend> Model<'a, B> {
         let nope_only = c.attn_temperature.is_some_and(|t| t.nope_only);
         let tempered = sc.tempered && (!nope_only || !c.layer_ropes(li));
         if let Some(t) = sc.temper.as_ref().filter(|_| tempered) {
-            b.mul_inplace(&mut sc.q, t, n * c.q_dim())?;
+            b.mul_inplace(&mut sc.q, t, n * q_dim)?;
         }
         let mut rope = self.rope(li, sc.long_rope);
-        let hd = c.head_dim;
         // Norms after RoPE (Hunyuan's): both here, the attention's own
         // rotation none.
         let qk_norm = match qk_norm {
             Some(norm) if c.qk_norm_after_rope => {
                 let pos = sc.positions.get(..n).ok_or_else(|| no_room("positions"))?;
                 b.rope(&mut sc.ws, &mut sc.q, c.n_heads, hd, pos, &rope)?;
-                b.rope(&mut sc.ws, &mut sc.k, c.n_kv_heads, hd, pos, &rope)?;
+                b.rope(&mut sc.ws, &mut sc.k, kvh, hd, pos, &rope)?;
                 b.rms_norm_inplace(&mut sc.q, norm.q, norm.eps, n * c.n_heads)?;
-                b.rms_norm_inplace(&mut sc.k, norm.k, norm.eps, n * c.n_kv_heads)?;
+                b.rms_norm_inplace(&mut sc.k, norm.k, norm.eps, n * kvh)?;
                 rope.freq_scale = 0.0;
                 rope.magnitude = 1.0;
                 None
@@ -1865,7 +1963,7 @@ impl<'a, B: Backend> Model<'a, B> {
         };
         let params = AttentionParams {
             n_heads: c.n_heads,
-            n_kv_heads: c.n_kv_heads,
+            n_kv_heads: kvh,
             head_dim: hd,
             scale: c.attn_scale,
             sliding_window: c.layer_window(li),
@@ -1888,7 +1986,7 @@ impl<'a, B: Backend> Model<'a, B> {
         };
         attend(b, a)?;
         if let Some(ds) = sc.delta.as_ref().filter(|_| c.attn_output_gate) {
-            b.sigmoid_mul_inplace(&mut sc.att, &ds.gate, n * c.q_dim())?;
+            b.sigmoid_mul_inplace(&mut sc.att, &ds.gate, n * q_dim)?;
         }
         match (&layer.mla, &c.mla) {
             (Some(mla), Some(m)) => {
@@ -1898,7 +1996,7 @@ impl<'a, B: Backend> Model<'a, B> {
             _ => {
                 let wo = layer.wo.as_ref().ok_or_else(|| no_room("mixer's output"))?;
                 b.matmul(&mut sc.ws, wo, &sc.att, n, &mut sc.proj)?;
-                let (x, out) = ((&sc.att, n, c.q_dim()), (&mut sc.proj, d));
+                let (x, out) = ((&sc.att, n, q_dim), (&mut sc.proj, d));
                 self.adapt(
                     &mut sc.ws,
                     (&mut sc.lora, &mut sc.seen),
@@ -1924,7 +2022,7 @@ impl<B: Backend> Model<'_, B> {
             _ => self.rope_factors.as_ref(),
         };
         RopeParams {
-            n_dims: c.rope_dims,
+            n_dims: c.layer_heads(layer).rope_dims,
             base: c.layer_rope_base(layer),
             freq_scale: c.layer_rope_freq_scale(layer),
             mode: c.rope_mode,
@@ -2014,7 +2112,7 @@ impl<'a, B: Backend> Model<'a, B> {
         down: &B::Weight<'a>,
     ) -> Result<()> {
         let b = self.backend;
-        let (d, ff) = (self.config.d_model, self.config.ffn_dim);
+        let (d, ff) = (self.config.d_model, self.config.layer_ffn_dim(li));
         project(
             b,
             &mut sc.ws,
@@ -2049,7 +2147,8 @@ impl<'a, B: Backend> Model<'a, B> {
             Architecture::Gemma
             | Architecture::Gemma2
             | Architecture::Gemma3
-            | Architecture::Gemma3n => {
+            | Architecture::Gemma3n
+            | Architecture::Gemma4 => {
                 if let Some(mul) = self.config.altup.as_ref().and_then(|a| a.sparsity[li]) {
                     self.sparsify(sc, n, mul)?;
                 }
@@ -2340,6 +2439,8 @@ struct Scratch<B: Backend> {
     mamba: Option<MambaScratch<B>>,
     /// Gemma 3n's streams' room, for a model with them.
     altup: Option<AltUpScratch<B>>,
+    /// Room for the blocks' own inputs, for a model with them.
+    ple: Option<PleScratch<B>>,
 }
 
 impl<B: Backend> Scratch<B> {
@@ -2354,6 +2455,7 @@ impl<B: Backend> Scratch<B> {
     ) -> Result<Self> {
         let buf = |width: usize| backend.buffer(rows * width);
         // Dense blocks' hidden width, or the experts' (and a shared one's).
+        // (`ffn_dim` is the widest of blocks that differ.)
         let ff = c.moe.as_ref().map_or(c.ffn_dim, |m| {
             m.ffn_dim.max(c.ffn_dim).max(m.shared_ffn_dim.unwrap_or(0))
         });
@@ -2362,10 +2464,10 @@ impl<B: Backend> Scratch<B> {
             rows,
             x: buf(c.d_model)?,
             xn: buf(c.d_model)?,
-            q: buf(c.q_dim())?,
-            k: buf(c.kv_dim())?,
-            v: buf(c.kv_dim())?,
-            att: buf(c.q_dim())?,
+            q: buf(c.max_q_dim())?,
+            k: buf(c.max_kv_dim())?,
+            v: buf(c.max_kv_dim())?,
+            att: buf(c.max_q_dim())?,
             proj: buf(c.d_model)?,
             gate: buf(ff)?,
             up: buf(ff)?,
@@ -2402,6 +2504,10 @@ impl<B: Backend> Scratch<B> {
             },
             altup: match &c.altup {
                 Some(a) => Some(AltUpScratch::new(backend, c, a, rows)?),
+                None => None,
+            },
+            ple: match c.per_layer_input() {
+                Some(p) => Some(PleScratch::new(backend, c, p, rows)?),
                 None => None,
             },
         })

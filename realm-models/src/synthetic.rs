@@ -197,6 +197,27 @@ struct Gemma3n {
     context: u32,
 }
 
+/// Hyper-parameters of a Gemma 4 layout.
+struct Gemma4 {
+    /// Which blocks are local (the others global).
+    local: Vec<bool>,
+    d: u64,
+    /// Each block's feed-forward width.
+    ff: Vec<u64>,
+    /// Query heads; the local blocks' KV heads and their width; the
+    /// global blocks'.
+    heads: (u64, (u64, u64), (u64, u64)),
+    window: u32,
+    /// Blocks at the end that read earlier blocks' caches.
+    shared: usize,
+    /// Width of each block's own input (0: none).
+    per_layer: u64,
+    /// Whether the global blocks' keys are their values (no `attn_v`).
+    k_eq_v: bool,
+    vocab: u64,
+    context: u32,
+}
+
 /// Hyper-parameters of a Falcon-H1 layout.
 struct FalconH1 {
     layers: u32,
@@ -314,7 +335,9 @@ impl SyntheticLayout {
     /// granitemoe, olmoe, glm4moe, ernie4_5-moe, minimax-m2, dots1,
     /// bailingmoe2, deepseek2, arcee, internlm2, minicpm, hunyuan-moe,
     /// hunyuan-dense, qwen3vl, qwen3vlmoe; llama4 and
-    /// gemma3n of four blocks; and, of three to
+    /// gemma3n of four blocks; gemma4 of seven (shaped as E2B: blocks'
+    /// own inputs, shared caches, global blocks of wider heads); and, of
+    /// three to
     /// five blocks, qwen35, qwen35moe, qwen3next, lfm2, lfm2moe,
     /// granitehybrid, falcon-h1, nemotron_h,
     /// nemotron_h_moe, most of whose blocks keep a recurrent state) small
@@ -361,6 +384,9 @@ impl SyntheticLayout {
         }
         if arch == "gemma3n" {
             return Ok(Self::tiny_gemma3n(4));
+        }
+        if arch == "gemma4" {
+            return Ok(Self::tiny_gemma4(false));
         }
         if arch == "hunyuan-moe" {
             // The tiny Qwen 3's blocks (per-head Q/K norms; NeoX), 4 experts
@@ -1148,6 +1174,177 @@ impl SyntheticLayout {
         )
     }
 
+    /// A tiny Gemma 4: as E2B and E4B, seven blocks 64 wide (local,
+    /// local, global, local, global, local, global: 4 query heads over 2
+    /// KV heads of 32 locally, a window of 4, 1 of 64 globally, a quarter
+    /// of it rotated), the last two reading the caches of blocks 3 and 4
+    /// and twice as wide (256 against 128), each block with an input 32
+    /// wide of its own; or (`big`) as the 31B: no block inputs, no shared
+    /// caches, all 128 wide, and the global blocks' keys their values. A
+    /// soft-cap of 30 on the logits.
+    fn tiny_gemma4(big: bool) -> Self {
+        let local = vec![true, true, false, true, false, true, false];
+        let (shared, per_layer) = if big { (0, 0) } else { (2, 32) };
+        let ff = (0..local.len())
+            .map(|l| if l + shared >= local.len() { 256 } else { 128 })
+            .collect();
+        Self::gemma4(
+            &Gemma4 {
+                local,
+                d: 64,
+                ff,
+                heads: (4, (2, 32), (1, 64)),
+                window: 4,
+                shared,
+                per_layer,
+                k_eq_v: big,
+                vocab: 300,
+                context: 256,
+            },
+            small_dtype,
+        )
+    }
+
+    /// Gemma 4 E2B's text blocks as its config gives them (my reading of
+    /// it, not checked against a file): 35 blocks 1536 wide, every fifth
+    /// global (8 query heads over 1 KV head of 256 locally, a window of
+    /// 512; 1 of 512 globally), the last 20 reading earlier blocks' caches
+    /// and twice as wide (12,288 against 6,144), blocks' own inputs 256
+    /// wide, a 262,144-token vocabulary; in a Q4_K_M-like mix (Q6_K
+    /// embeddings, `attn_v` and `ffn_down`, the other matrices Q4_K,
+    /// `per_layer_model_proj` f32 as llama.cpp's quantizer keeps it).
+    pub fn gemma4_e2b() -> Self {
+        let layers = 35;
+        let shared = 20;
+        Self::gemma4(
+            &Gemma4 {
+                local: (0..layers).map(|l| (l + 1) % 5 != 0).collect(),
+                d: 1536,
+                ff: (0..layers)
+                    .map(|l| if l + shared >= layers { 12_288 } else { 6_144 })
+                    .collect(),
+                heads: (8, (1, 256), (1, 512)),
+                window: 512,
+                shared,
+                per_layer: 256,
+                k_eq_v: false,
+                vocab: 262_144,
+                context: 32_768,
+            },
+            |name, shape| match small_dtype(name, shape) {
+                GgmlType::F32 => GgmlType::F32,
+                _ if name.contains("embd")
+                    || name.ends_with("attn_v.weight")
+                    || name.ends_with("ffn_down.weight") =>
+                {
+                    GgmlType::Q6_K
+                }
+                _ => GgmlType::Q4_K,
+            },
+        )
+    }
+
+    /// A Gemma 4 layout of shape `g`, its tensors typed by `dtype(name,
+    /// shape)`. Its `rope_freqs` turn the global blocks' first quarter
+    /// (factors 1) and leave the rest (1e30), as llama.cpp's converter
+    /// writes them.
+    fn gemma4(g: &Gemma4, dtype: impl Fn(&str, &[u64]) -> GgmlType) -> Self {
+        let (d, layers) = (g.d, g.local.len());
+        let (heads, (kv_local, hd_local), (kv_global, hd_global)) = g.heads;
+        let k = |n: &str| format!("gemma4.{n}");
+        let kv_heads = g
+            .local
+            .iter()
+            .map(|&l| if l { kv_local } else { kv_global } as u32)
+            .collect();
+        let ff = g.ff.iter().map(|&f| f as u32).collect();
+        let mut hp = vec![
+            u32_kv(&k("attention.head_count"), heads as u32),
+            (
+                k("attention.head_count_kv"),
+                MetadataValue::Array(MetadataArray::U32(kv_heads)),
+            ),
+            u32_kv(&k("attention.key_length"), hd_global as u32),
+            u32_kv(&k("attention.value_length"), hd_global as u32),
+            u32_kv(&k("attention.key_length_swa"), hd_local as u32),
+            u32_kv(&k("attention.value_length_swa"), hd_local as u32),
+            f32_kv(&k("attention.layer_norm_rms_epsilon"), 1e-6),
+            u32_kv(&k("attention.sliding_window"), g.window),
+            (
+                k("attention.sliding_window_pattern"),
+                MetadataValue::Array(MetadataArray::Bool(g.local.clone())),
+            ),
+            u32_kv(&k("attention.shared_kv_layers"), g.shared as u32),
+            u32_kv(&k("block_count"), layers as u32),
+            u32_kv(&k("context_length"), g.context),
+            u32_kv(&k("embedding_length"), d as u32),
+            u32_kv(&k("embedding_length_per_layer_input"), g.per_layer as u32),
+            (
+                k("feed_forward_length"),
+                MetadataValue::Array(MetadataArray::U32(ff)),
+            ),
+            f32_kv(&k("rope.freq_base"), 1_000_000.0),
+            f32_kv(&k("rope.freq_base_swa"), 10_000.0),
+            u32_kv(&k("rope.dimension_count"), hd_global as u32),
+            u32_kv(&k("rope.dimension_count_swa"), hd_local as u32),
+            f32_kv(&k("final_logit_softcapping"), 30.0),
+        ];
+        hp.sort_by(|a, b| a.0.cmp(&b.0));
+        let p = g.per_layer;
+        let kv_from = layers - g.shared;
+        let mut tensors = small_tensors((d, g.vocab, layers), "output_norm.weight", |l, blk| {
+            let (kvh, hd) = match g.local[l] {
+                true => (kv_local, hd_local),
+                false => (kv_global, hd_global),
+            };
+            blk("attn_norm.weight", vec![d]);
+            blk("attn_q.weight", vec![d, heads * hd]);
+            blk("attn_q_norm.weight", vec![hd]);
+            // (Blocks that read others' caches make queries alone.)
+            if l < kv_from {
+                blk("attn_k.weight", vec![d, kvh * hd]);
+                blk("attn_k_norm.weight", vec![hd]);
+                if g.local[l] || !g.k_eq_v {
+                    blk("attn_v.weight", vec![d, kvh * hd]);
+                }
+            }
+            blk("attn_output.weight", vec![heads * hd, d]);
+            blk("post_attention_norm.weight", vec![d]);
+            blk("ffn_norm.weight", vec![d]);
+            gated_ffn_tensors(blk, d, g.ff[l]);
+            blk("post_ffw_norm.weight", vec![d]);
+            if p > 0 {
+                blk("inp_gate.weight", vec![d, p]);
+                blk("proj.weight", vec![p, d]);
+                blk("post_norm.weight", vec![d]);
+            }
+            blk("layer_output_scale.weight", vec![1]);
+        });
+        let mut extra = vec![("rope_freqs.weight", vec![hd_global / 2])];
+        if p > 0 {
+            let wide = p * layers as u64;
+            extra.extend([
+                ("per_layer_token_embd.weight", vec![wide, g.vocab]),
+                ("per_layer_model_proj.weight", vec![d, wide]),
+                ("per_layer_proj_norm.weight", vec![p]),
+            ]);
+        }
+        tensors.extend(extra.into_iter().map(|(name, shape)| SyntheticTensor {
+            name: name.into(),
+            dtype: small_dtype(name, &shape),
+            shape,
+        }));
+        for t in &mut tensors {
+            t.dtype = dtype(&t.name, &t.shape);
+        }
+        Self {
+            arch: "gemma4".into(),
+            hparams: hp,
+            vocab_size: g.vocab as usize,
+            tensors,
+        }
+    }
+
     /// Gemma 3n E2B's text blocks as transformers' config gives them: 30
     /// blocks 2048 wide (8 query heads over 2 KV heads of 256, a window of
     /// 512 but on every fifth block), the last 10 reading earlier blocks'
@@ -1789,7 +1986,8 @@ impl SyntheticLayout {
     /// `qwen35-0.8b` ([`SyntheticLayout::qwen35_0_8b`]), `lfm2-1.2b`
     /// ([`SyntheticLayout::lfm2_1_2b`]), `falcon-h1-0.5b`
     /// ([`SyntheticLayout::falcon_h1_0_5b`]), `gemma3n-e2b`
-    /// ([`SyntheticLayout::gemma3n_e2b`]), `tiny-ARCH`
+    /// ([`SyntheticLayout::gemma3n_e2b`]), `gemma4-e2b`
+    /// ([`SyntheticLayout::gemma4_e2b`]), `tiny-ARCH`
     /// ([`SyntheticLayout::tiny`]), `tiny-mixtral` (the tiny llama with
     /// 4 experts, 2 a token) or `tiny-mistral3-moe` (the tiny Ministral 3
     /// so), `tiny-mistral3-bias` (with an attention output bias),
@@ -1803,6 +2001,7 @@ impl SyntheticLayout {
     /// `tiny-deepseek2-fused` (with its experts' gate and up in one tensor)
     /// or `tiny-qwen3next-fused` (with each delta net's `ssm_in`),
     /// `tiny-falcon-h1-nonorm` (without its mixers' norms),
+    /// `tiny-gemma4-31b` (the tiny Gemma 4 shaped as the 31B),
     /// `tiny-nemotron_h_moe-latent` (its experts in a latent space).
     pub fn by_name(name: &str) -> Option<Self> {
         match name {
@@ -1813,6 +2012,7 @@ impl SyntheticLayout {
             "lfm2-1.2b" => Some(Self::lfm2_1_2b()),
             "falcon-h1-0.5b" => Some(Self::falcon_h1_0_5b()),
             "gemma3n-e2b" => Some(Self::gemma3n_e2b()),
+            "gemma4-e2b" => Some(Self::gemma4_e2b()),
             "tiny-mixtral" => Self::tiny("llama").ok()?.with_experts(4, 2).ok(),
             "tiny-mistral3-moe" => Self::tiny("mistral3").ok()?.with_experts(4, 2).ok(),
             "tiny-mistral3-bias" => Some(Self::tiny("mistral3").ok()?.with_output_bias()),
@@ -1829,6 +2029,7 @@ impl SyntheticLayout {
             "tiny-exaone4-32b" => Self::tiny_exaone4_32b().ok(),
             // Gemma 3n's shared KV caches: past llama.cpp's 20 blocks.
             "tiny-gemma3n-shared" => Some(Self::tiny_gemma3n(22)),
+            "tiny-gemma4-31b" => Some(Self::tiny_gemma4(true)),
             // Granite 4.0 H-Tiny's blocks: experts as wide as the dense
             // ones would be, an ungated shared expert.
             "tiny-granitehybrid-moe" => {
@@ -2141,7 +2342,11 @@ impl SyntheticLayout {
                 w.add_tensor(&t.name, t.dtype, &t.shape, bytes)?;
                 continue;
             }
-            let values: Vec<f32> = if !matrix {
+            // Gemma 4's proportional RoPE: a quarter of the pairs turned.
+            let proportional = self.arch == "gemma4" && t.name == "rope_freqs.weight";
+            let values: Vec<f32> = if proportional {
+                (0..n).map(|i| if i < n / 4 { 1.0 } else { 1e30 }).collect()
+            } else if !matrix {
                 let factors = t.name.starts_with("rope_");
                 // A delta net's decay rates, negative and small, so that
                 // its state fades over tens of tokens.

@@ -78,6 +78,21 @@ const FAR: [&str; 1] = ["llama4-long"];
 const TOLERANCE_DEEP: f32 = 0.25;
 const DEEP: [&str; 2] = ["gemma3n-shared", "gemma3n-q8_0"];
 
+/// The same for Gemma 4, whose attention is sharper than the other
+/// Gemmas' (its queries, keys and values normed, its scores not scaled)
+/// and whose GELUs (two a block with its blocks' inputs) come after it.
+/// Realm's GELU moves the f32 cases' logits by up to 6.6e-3 (6.0e-3 as
+/// the 31B; 8.8e-4 at its first two positions, which attend to one and two
+/// keys), and, flipping the 8-bit roundings of the products after them,
+/// the Q8_0 case's by 0.22. With llama.cpp's GELU table in Realm's
+/// ([`gemmas_match_llama_cpp_with_its_gelu_table`]) the Q8_0 case, whose
+/// 8-bit inputs absorb the float sums' differences, agrees within 5.0e-6;
+/// the f32 cases within 2.1e-3 (1.9e-3), the 31B's within 7.2e-6 at its
+/// first two positions: from the third on the attention's sums, in another
+/// order than llama.cpp's, flip the f16 roundings of the table's inputs.
+const TOLERANCE_SHARP: f32 = 0.5;
+const SHARP: [&str; 3] = ["gemma4", "gemma4-q8_0", "gemma4-31b"];
+
 fn fixture() -> Value {
     let text = include_str!("fixtures/architectures.json");
     serde_json::from_str(text).expect("fixture is JSON")
@@ -190,9 +205,14 @@ fn every_architecture_matches_llama_cpp() {
             _ if FLIPPED.contains(&name) => TOLERANCE_FLIPPED,
             _ if FAR.contains(&name) => TOLERANCE_FAR,
             _ if DEEP.contains(&name) => TOLERANCE_DEEP,
-            (Some("tiny-gemma" | "tiny-gemma2" | "tiny-gemma3" | "tiny-gemma3n"), _) => {
-                TOLERANCE_GELU
-            }
+            _ if SHARP.contains(&name) => TOLERANCE_SHARP,
+            (
+                Some(
+                    "tiny-gemma" | "tiny-gemma2" | "tiny-gemma3" | "tiny-gemma3n" | "tiny-gemma4"
+                    | "tiny-gemma4-31b",
+                ),
+                _,
+            ) => TOLERANCE_GELU,
             (_, Some("f32")) => TOLERANCE,
             _ => TOLERANCE_QUANTIZED,
         };
@@ -362,6 +382,9 @@ fn experts_batch_across_sessions() {
         // blocks read each row's own session's cache.)
         "tiny-gemma3n",
         "tiny-gemma3n-shared",
+        // (Gemma 4's block inputs are each row's.)
+        "tiny-gemma4",
+        "tiny-gemma4-31b",
     ] {
         let bytes = SyntheticLayout::by_name(name).unwrap().write(3).unwrap();
         let file = Gguf::from_bytes(&bytes[..]).unwrap();
@@ -911,7 +934,9 @@ const TOLERANCE_TABLE: f32 = 1e-3;
 
 /// The same through Gemma 3n's 22 blocks, where the differences of float
 /// sums grow block by block (1e-6 of the values' size at block 10, 1e-4 at
-/// block 21, llama.cpp's read through its eval callback). Measured: 4.1e-3.
+/// block 21, llama.cpp's read through its eval callback), and through
+/// Gemma 4's sharp attention (its f32 cases above). Measured: 4.1e-3
+/// (Gemma 3n), 2.1e-3 (Gemma 4).
 const TOLERANCE_TABLE_DEEP: f32 = 1e-2;
 
 #[test]
@@ -931,14 +956,15 @@ fn gemmas_match_llama_cpp_with_its_gelu_table() {
         let model = Model::load(&file, &cpu).unwrap();
         let n_ctx = case["n_ctx"].as_u64().unwrap() as usize;
         let d = max_diff(&logits(&model, &tokens, n_ctx, 64), &case_logits(case));
-        let tol = match DEEP.contains(&name) && case["matrix_type"] == "f32" {
+        let deep = DEEP.contains(&name) || SHARP.contains(&name);
+        let tol = match deep && case["matrix_type"] == "f32" {
             true => TOLERANCE_TABLE_DEEP,
             false => TOLERANCE_TABLE,
         };
         assert!(d <= tol, "{name}: logits differ by {d} (> {tol})");
         worst.push((name.to_string(), d));
     }
-    assert!(worst.len() >= 9, "the Gemma cases: {worst:?}");
+    assert!(worst.len() >= 12, "the Gemma cases: {worst:?}");
     eprintln!("with the table: {worst:?}");
 }
 

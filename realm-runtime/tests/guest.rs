@@ -741,8 +741,10 @@ fn compiled_guests_are_kept_and_reused() {
 }
 
 /// Tenants of models whose blocks keep a recurrent state (tiny Qwen 3.5,
-/// LFM2, Granite 4.0 hybrid and Falcon-H1, synthetic), and of Gemma 3n
-/// (whose streams go from block to block on the host): two at once (their
+/// LFM2, Granite 4.0 hybrid and Falcon-H1, synthetic), of Gemma 3n
+/// (whose streams go from block to block on the host) and of Gemma 4
+/// (whose blocks' inputs do, and whose blocks differ in their heads): two
+/// at once (their
 /// steps batched), one through the fused host functions and one layer by
 /// layer, each generates the native text.
 #[test]
@@ -751,7 +753,14 @@ fn tenants_of_recurrent_models_generate_as_natively() {
     let wasm = common::guest_wasm();
     let dir = tempfile::tempdir().unwrap();
     let prompt = "t300 t301 t302 t303";
-    for arch in ["qwen35", "lfm2", "granitehybrid", "falcon-h1", "gemma3n"] {
+    for arch in [
+        "qwen35",
+        "lfm2",
+        "granitehybrid",
+        "falcon-h1",
+        "gemma3n",
+        "gemma4",
+    ] {
         let path = dir.path().join(format!("{arch}.gguf"));
         let layout = SyntheticLayout::tiny(arch).unwrap();
         std::fs::write(&path, layout.write(11).unwrap()).unwrap();

@@ -1,17 +1,18 @@
-//! Byte-level BPE (`tokenizer.ggml.model = gpt2`).
+//! BPE by merge rank (`tokenizer.ggml.model = gpt2`, `gemma4`).
 //!
 //! Each pre-tokenized word starts as one symbol per byte (GPT-2 maps every
 //! byte to a printable character, so a byte is a character of the vocabulary
-//! strings). The adjacent pair with the lowest merge rank is merged until no
-//! pair has a rank (ties go to the leftmost pair). Every string a merge
-//! mentions is interned to an integer piece once, at load time, so the merge
-//! loop compares and hashes integers and never allocates.
+//! strings), or, SentencePiece-style (Gemma 4), one symbol per character of
+//! the text with spaces as `▁`. The adjacent pair with the lowest merge rank
+//! is merged until no pair has a rank (ties go to the leftmost pair). Every
+//! string a merge mentions is interned to an integer piece once, at load
+//! time, so the merge loop compares and hashes integers and never allocates.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
 use super::hash::FastMap;
-use super::pretokenize::{PreOptions, Splitter};
+use super::pretokenize::{PreOptions, PreTokenizer, Splitter};
 use super::Tokenizer;
 use crate::{Error, Result};
 
@@ -67,16 +68,21 @@ pub(crate) fn char_to_byte(c: char) -> Option<u8> {
 /// The merge table, over interned pieces.
 #[derive(Debug)]
 pub(crate) struct BpeModel {
-    /// Piece of each byte's one-character string, or `NIL`.
+    /// Piece of each byte's one-character string (SentencePiece-style: of
+    /// each ASCII character), or `NIL`.
     byte_piece: [u32; 256],
+    /// SentencePiece-style: piece of each other character a token or merge
+    /// has alone.
+    char_piece: FastMap<char, u32>,
     /// `(left << 32 | right)` to `(rank, merged piece)`.
     merges: FastMap<u64, (u32, u32)>,
     /// Pieces `< n_vocab` are token ids; the others are strings that only
     /// merges mention.
     n_vocab: u32,
-    /// Token of each byte's GPT-2 character when it is a single ASCII byte,
-    /// the fallback for a symbol that is not a token.
-    ascii_fallback: [u32; 256],
+    /// The fallback for each byte of a symbol that is not a token (`NIL`:
+    /// dropped): the token of its GPT-2 character when that is a single
+    /// ASCII byte, or SentencePiece-style its `<0xXX>` token.
+    byte_fallback: [u32; 256],
     pub(crate) options: PreOptions,
 }
 
@@ -127,26 +133,65 @@ impl BpeModel {
                 .or_insert((rank, merged));
         }
         let mut byte_piece = [NIL; 256];
-        let mut ascii_fallback = [NIL; 256];
+        let mut byte_fallback = [NIL; 256];
+        let byte_token = |b: u8| {
+            let name = format!("<0x{b:02X}>");
+            token_map.get(name.as_str()).copied().unwrap_or(NIL)
+        };
         let mut buf = [0u8; 4];
         for b in 0..=255u8 {
-            let s = byte_to_char(b).encode_utf8(&mut buf);
+            // The character a byte stands for alone: GPT-2's, or
+            // SentencePiece-style itself if it is ASCII.
+            let c = match options.spm_style {
+                false => Some(byte_to_char(b)),
+                true => Some(char::from(b)).filter(|_| b.is_ascii()),
+            };
+            let Some(s) = c.map(|c| &*c.encode_utf8(&mut buf)) else {
+                byte_fallback[b as usize] = byte_token(b);
+                continue;
+            };
             byte_piece[b as usize] = token_map
-                .get(&*s)
-                .or_else(|| extra.get(&*s))
+                .get(s)
+                .or_else(|| extra.get(s))
                 .copied()
                 .unwrap_or(NIL);
-            if s.len() == 1 {
-                ascii_fallback[b as usize] = token_map.get(&*s).copied().unwrap_or(NIL);
+            byte_fallback[b as usize] = match options.spm_style {
+                true => byte_token(b),
+                false if s.len() == 1 => token_map.get(s).copied().unwrap_or(NIL),
+                false => NIL,
+            };
+        }
+        let mut char_piece = FastMap::default();
+        if options.spm_style {
+            let pieces = token_map.iter().map(|(s, &id)| (&**s, id));
+            for (s, id) in pieces.chain(extra.iter().map(|(s, &id)| (s.as_str(), id))) {
+                let mut chars = s.chars();
+                if let (Some(c), None) = (chars.next(), chars.next()) {
+                    if !c.is_ascii() {
+                        char_piece.insert(c, id);
+                    }
+                }
             }
         }
         Ok(Self {
             byte_piece,
+            char_piece,
             merges: table,
             n_vocab,
-            ascii_fallback,
+            byte_fallback,
             options,
         })
+    }
+}
+
+impl BpeModel {
+    /// SentencePiece-style: the piece of character `c` alone, or `NIL`.
+    #[inline]
+    fn char_piece(&self, c: char) -> u32 {
+        match u8::try_from(c) {
+            Ok(b) if b.is_ascii() => self.byte_piece[b as usize],
+            _ => self.char_piece.get(&c).copied().unwrap_or(NIL),
+        }
     }
 }
 
@@ -170,6 +215,8 @@ pub(crate) struct BpeSession {
     /// Candidate merges, best first.
     heap: BinaryHeap<Reverse<Candidate>>,
     encoded: String,
+    /// SentencePiece-style: the text with spaces as `▁`.
+    escaped: String,
 }
 
 impl BpeSession {
@@ -182,36 +229,72 @@ impl BpeSession {
         out: &mut Vec<u32>,
     ) {
         let mut splitter = std::mem::take(&mut self.splitter);
+        let mut escaped = std::mem::take(&mut self.escaped);
+        let text = match model.options.spm_style {
+            true => {
+                escaped.clear();
+                escaped.extend(text.chars().map(|c| if c == ' ' { '\u{2581}' } else { c }));
+                &escaped
+            }
+            false => text,
+        };
         splitter.split(model.options.pre, text, |range| {
-            self.word(tok, model, &text.as_bytes()[range], out);
+            self.word(tok, model, &text[range], out);
         });
         self.splitter = splitter;
+        self.escaped = escaped;
     }
 
-    fn word(&mut self, tok: &Tokenizer, model: &BpeModel, word: &[u8], out: &mut Vec<u32>) {
-        if model.options.ignore_merges {
-            self.encoded.clear();
-            self.encoded.extend(word.iter().map(|&b| byte_to_char(b)));
-            if let Some(id) = tok.lookup(&self.encoded) {
+    fn word(&mut self, tok: &Tokenizer, model: &BpeModel, word: &str, out: &mut Vec<u32>) {
+        let spm = model.options.spm_style;
+        // llama.cpp looks a Gemma 4 run of line feeds up whole first, as
+        // those tokens have no merges.
+        let whole = model.options.ignore_merges
+            || (model.options.pre == PreTokenizer::Gemma4 && word.bytes().all(|b| b == b'\n'));
+        if whole {
+            let encoded = match spm {
+                true => word,
+                false => {
+                    self.encoded.clear();
+                    self.encoded.extend(word.bytes().map(byte_to_char));
+                    &self.encoded
+                }
+            };
+            if let Some(id) = tok.lookup(encoded) {
                 out.push(id);
                 return;
             }
         }
-        if let [b] = word {
+        let bytes = word.as_bytes();
+        if let [b] = bytes {
             let piece = model.byte_piece[*b as usize];
-            Self::emit(model, piece, word, out);
+            Self::emit(model, piece, bytes, out);
             return;
         }
         self.symbols.clear();
         self.heap.clear();
-        let n = word.len() as u32;
-        self.symbols
-            .extend(word.iter().enumerate().map(|(i, &b)| Symbol {
-                len: 1,
-                prev: if i == 0 { NIL } else { i as u32 - 1 },
-                next: if i as u32 + 1 == n { NIL } else { i as u32 + 1 },
-                piece: model.byte_piece[b as usize],
-            }));
+        // One symbol per byte, or SentencePiece-style per character.
+        let mut push = |len: usize, piece: u32| {
+            let i = self.symbols.len() as u32;
+            self.symbols.push(Symbol {
+                len: len as u32,
+                prev: if i == 0 { NIL } else { i - 1 },
+                next: i + 1,
+                piece,
+            });
+        };
+        match spm {
+            true => word
+                .chars()
+                .for_each(|c| push(c.len_utf8(), model.char_piece(c))),
+            false => bytes
+                .iter()
+                .for_each(|&b| push(1, model.byte_piece[b as usize])),
+        }
+        if let Some(last) = self.symbols.last_mut() {
+            last.next = NIL;
+        }
+        let n = self.symbols.len() as u32;
         for i in 1..n {
             self.try_add(model, i - 1, i);
         }
@@ -235,13 +318,13 @@ impl BpeSession {
         for s in &self.symbols {
             if s.len > 0 {
                 let end = start + s.len as usize;
-                Self::emit(model, s.piece, &word[start..end], out);
+                Self::emit(model, s.piece, &bytes[start..end], out);
                 start = end;
             }
         }
     }
 
-    /// Emits a finished symbol: its token, or the ASCII-byte fallback.
+    /// Emits a finished symbol: its token, or its bytes' fallback tokens.
     fn emit(model: &BpeModel, piece: u32, bytes: &[u8], out: &mut Vec<u32>) {
         if piece < model.n_vocab {
             out.push(piece);
@@ -249,7 +332,7 @@ impl BpeSession {
             out.extend(
                 bytes
                     .iter()
-                    .map(|&b| model.ascii_fallback[b as usize])
+                    .map(|&b| model.byte_fallback[b as usize])
                     .filter(|&t| t != NIL),
             );
         }

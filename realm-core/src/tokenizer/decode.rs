@@ -1,20 +1,21 @@
 //! Token ids back to bytes and text, whole or streamed.
 
 use super::bpe::char_to_byte;
-use super::vocab::VocabKind;
 use super::{attr, Tokenizer};
 use crate::Result;
 
 /// The bytes token `text` with attributes `attrs` stands for, control
-/// tokens included (llama.cpp's `token_to_piece` with `special`).
-pub(crate) fn piece_bytes(kind: VocabKind, text: &str, attrs: u16) -> Vec<u8> {
+/// tokens included (llama.cpp's `token_to_piece` with `special`). Normal
+/// tokens of a `byte_level` vocabulary are GPT-2 byte characters; the
+/// others' have `▁` for a space.
+pub(crate) fn piece_bytes(byte_level: bool, text: &str, attrs: u16) -> Vec<u8> {
     if attrs & (attr::UNKNOWN | attr::CONTROL | attr::USER_DEFINED) != 0 {
         return text.as_bytes().to_vec();
     }
     if attrs & attr::NORMAL != 0 {
-        return match kind {
-            VocabKind::Spm => text.replace('\u{2581}', " ").into_bytes(),
-            VocabKind::Bpe => gpt2_bytes(text),
+        return match byte_level {
+            true => gpt2_bytes(text),
+            false => text.replace('\u{2581}', " ").into_bytes(),
         };
     }
     if attrs & attr::BYTE != 0 {

@@ -8,13 +8,15 @@ use crate::{Error, Result};
 impl Vocab {
     /// Reads the `tokenizer.ggml.*` keys of a GGUF file.
     ///
-    /// Required: `model` (`llama` or `gpt2`) and `tokens`; `merges` for
-    /// `gpt2`. Everything else is optional, as in llama.cpp.
+    /// Required: `model` (`llama`, `gpt2` or `gemma4`) and `tokens`;
+    /// `merges` for `gpt2` and `gemma4`. Everything else is optional, as in
+    /// llama.cpp. A `gemma4` model's pre-tokenizer is `gemma4`, whatever
+    /// `tokenizer.ggml.pre` says.
     pub fn from_metadata(md: &Metadata) -> Result<Self> {
         let model = md.get_str("tokenizer.ggml.model")?;
         let kind = VocabKind::from_model_name(model).ok_or_else(|| {
             Error::Tokenizer(format!(
-                "unsupported tokenizer model `{model}` (tokenizer.ggml.model); supported: llama, gpt2"
+                "unsupported tokenizer model `{model}` (tokenizer.ggml.model); supported: llama, gpt2, gemma4"
             ))
         })?;
         let tokens = md.get_str_array("tokenizer.ggml.tokens")?.to_vec();
@@ -44,6 +46,7 @@ impl Vocab {
             (_, Some(_)) => md.get_str_array("tokenizer.ggml.merges")?.to_vec(),
         };
         let pre = match md.get("tokenizer.ggml.pre") {
+            _ if model == "gemma4" => Some("gemma4".to_owned()),
             None => None,
             Some(_) => Some(md.get_str("tokenizer.ggml.pre")?.to_owned()),
         };

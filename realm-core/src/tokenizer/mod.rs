@@ -2,10 +2,12 @@
 //! llama.cpp's.
 //!
 //! Two vocabulary kinds are supported (see [`VocabKind`]): SentencePiece-style
-//! BPE by scores with byte fallback (`llama`, as Gemma uses) and byte-level
-//! BPE by merge rank (`gpt2`) with the pre-tokenizer `tokenizer.ggml.pre`
-//! names (`default`, `gpt2`, `llama3`/`llama-bpe`, `qwen2`, `smollm`,
-//! `starcoder`, `deepseek-llm` and their aliases).
+//! BPE by scores with byte fallback (`llama`, as Gemma uses) and BPE by
+//! merge rank (`gpt2`) with the pre-tokenizer `tokenizer.ggml.pre` names
+//! (`default`, `gpt2`, `llama3`/`llama-bpe`, `qwen2`, `smollm`,
+//! `starcoder`, `deepseek-llm` and their aliases): byte-level, or over
+//! `▁`-escaped characters with `<0xXX>` byte fallback for `gemma4` (Gemma
+//! 4's `tokenizer.ggml.model`, which implies that pre-tokenizer).
 //!
 //! ```
 //! use realm_core::tokenizer::{Tokenizer, Vocab, VocabKind};
@@ -42,7 +44,7 @@ pub use trie::PieceTrie;
 pub use vocab::{SpecialTokens, TokenType, Vocab, VocabKind};
 
 use bpe::{BpeModel, BpeSession};
-use pretokenize::PreOptions;
+use pretokenize::{PreOptions, PreTokenizer};
 use special::{Fragment, SpecialMatcher, SpecialToken};
 use spm::SpmSession;
 
@@ -235,8 +237,10 @@ impl Tokenizer {
         let s = &vocab.special;
         let (bos, eos, unk) = match vocab.kind {
             VocabKind::Spm => (Some(1), Some(2), Some(0)),
-            VocabKind::Bpe if options.is_some_and(|o| o.no_default_bos) => (None, Some(11), None),
-            VocabKind::Bpe => (Some(11), Some(11), None),
+            VocabKind::Bpe => {
+                let (bos, eos) = options.map_or((None, None), |o| o.default_bos_eos);
+                (bos, eos, None)
+            }
         };
         let mut special = SpecialTokens {
             bos: pick(s.bos, bos),
@@ -248,10 +252,12 @@ impl Tokenizer {
             pad: in_range(s.pad),
             mask: in_range(s.mask),
         };
-        let add_bos = vocab.add_bos.unwrap_or(match options {
-            Some(o) => o.add_bos,
-            None => true,
-        });
+        let add_bos = match options {
+            // llama.cpp overrides Gemma 4 files that say not to add BOS.
+            Some(o) if o.pre == PreTokenizer::Gemma4 => true,
+            Some(o) => vocab.add_bos.unwrap_or(o.add_bos),
+            None => vocab.add_bos.unwrap_or(true),
+        };
         let add_eos = vocab.add_eos.unwrap_or(false);
         let add_space_prefix = vocab
             .add_space_prefix
@@ -370,12 +376,13 @@ impl Tokenizer {
             None => None,
         };
 
+        let byte_level = options.is_some_and(|o| !o.spm_style);
         let tokens = texts
             .into_iter()
             .zip(attrs)
             .enumerate()
             .map(|(i, (text, attrs))| TokenData {
-                piece: decode::piece_bytes(vocab.kind, &text, attrs).into(),
+                piece: decode::piece_bytes(byte_level, &text, attrs).into(),
                 score: vocab.scores.get(i).copied().unwrap_or(0.0),
                 text,
                 attrs,

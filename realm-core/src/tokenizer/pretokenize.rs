@@ -1,4 +1,4 @@
-//! Pre-tokenizers: split text into words before byte-level BPE.
+//! Pre-tokenizers: split text into words before BPE.
 //!
 //! llama.cpp splits with a list of expressions applied in turn: each one
 //! splits every chunk the previous ones produced into its matches and the
@@ -59,6 +59,9 @@ pub(crate) enum PreTokenizer {
     /// letters, numbers, punctuation and spaces as llama.cpp's own scanner
     /// for it splits them.
     KimiK2,
+    /// `gemma4`, `granite-embed-multi-311m` (Gemma 4): runs of line feeds
+    /// and runs of anything else, over SentencePiece-escaped text.
+    Gemma4,
 }
 
 /// Options a pre-tokenizer name implies besides the splitting.
@@ -71,9 +74,14 @@ pub(crate) struct PreOptions {
     pub(crate) clean_spaces: bool,
     /// Default for `add_bos` when the metadata does not set it.
     pub(crate) add_bos: bool,
-    /// Whether there is a BOS token only where the metadata names one
-    /// (GLM-4's: llama.cpp drops the default).
-    pub(crate) no_default_bos: bool,
+    /// BOS and EOS where the metadata names none (GLM-4 and Gemma 4 have
+    /// no default BOS; Gemma 4 no default EOS either).
+    pub(crate) default_bos_eos: (Option<u32>, Option<u32>),
+    /// SentencePiece-style BPE (Gemma 4; llama.cpp's `escape_whitespaces`
+    /// without `byte_encode`): spaces become `▁`, a word's symbols are its
+    /// own characters rather than GPT-2's byte characters, and a symbol
+    /// that is not a token falls back to `<0xXX>` tokens.
+    pub(crate) spm_style: bool,
 }
 
 impl PreOptions {
@@ -85,7 +93,8 @@ impl PreOptions {
             ignore_merges,
             clean_spaces,
             add_bos,
-            no_default_bos: false,
+            default_bos_eos: (Some(11), Some(11)),
+            spm_style: false,
         };
         use PreTokenizer::*;
         Ok(match name {
@@ -112,7 +121,7 @@ impl PreOptions {
             "tekken" => o(Tekken, true, false, true),
             "glm4" | "glm5" | "chatglm-bpe" => PreOptions {
                 // (chatglm-bpe merges every word.)
-                no_default_bos: true,
+                default_bos_eos: (None, Some(11)),
                 ..o(Glm4, name != "chatglm-bpe", true, false)
             },
             "seed-coder" => o(SeedCoder, false, false, false),
@@ -121,6 +130,16 @@ impl PreOptions {
                 o(DeepSeekV3, false, false, false)
             }
             "kimi-k2" => o(KimiK2, false, false, false),
+            // (`gemma4` is also what `tokenizer.ggml.model` gemma4 forces,
+            // whose special tokens have no defaults.)
+            "gemma4" | "granite-embed-multi-311m" => PreOptions {
+                spm_style: true,
+                default_bos_eos: match name {
+                    "gemma4" => (None, None),
+                    _ => (Some(11), Some(11)),
+                },
+                ..o(Gemma4, false, true, true)
+            },
             other => {
                 return Err(Error::Tokenizer(format!(
                     "unsupported pre-tokenizer `{other}` (tokenizer.ggml.pre); supported: \
@@ -129,7 +148,7 @@ impl PreOptions {
                      starcoder, smollm, refact, command-r, codeshell, deepseek-llm, gpt-4o, \
                      llama4, minimax-m2, tekken, glm4, glm5, chatglm-bpe, seed-coder, \
                      bailingmoe, bailingmoe2, llada-moe, deepseek-v3, hunyuan-dense, hy_v4, \
-                     joyai-llm, kimi-k2"
+                     joyai-llm, kimi-k2, gemma4, granite-embed-multi-311m"
                 )))
             }
         })
@@ -229,6 +248,9 @@ impl Splitter {
                 self.stage(|c, out| by_matches(c, out, |c, p| collapsed_llama3(c, p, BAILING)))
             }
             KimiK2 => self.stage(kimi_k2),
+            Gemma4 => self.stage(|c, out| {
+                by_matches(c, out, |c, p| run(c, p, |c, i| c.cp(i) == u32::from(b'\n')))
+            }),
             DeepSeekV3 => {
                 self.stage(|c, out| by_matches(c, out, numbers_in_threes));
                 self.stage(|c, out| {
@@ -968,6 +990,14 @@ mod tests {
         let mut v = Vec::new();
         s.split(pre, text, |r| v.push(&text[r]));
         v
+    }
+
+    #[test]
+    fn gemma4_splits_at_line_feeds_only() {
+        assert_eq!(
+            words(PreTokenizer::Gemma4, "\n\na▁b\r\n▁\n"),
+            ["\n\n", "a▁b\r", "\n", "▁", "\n"]
+        );
     }
 
     #[test]

@@ -8,7 +8,9 @@ pub enum VocabKind {
     Spm,
     /// `gpt2`: byte-level BPE that merges by merge rank, after a regex
     /// pre-tokenizer chosen by `tokenizer.ggml.pre` (GPT-2, LLaMA 3, Qwen2,
-    /// SmolLM, ...).
+    /// SmolLM, ...). Also `gemma4` (Gemma 4), which llama.cpp runs as BPE
+    /// with the pre-tokenizer `gemma4`: merges over the text's characters
+    /// with spaces as `▁`, not over bytes.
     Bpe,
 }
 
@@ -17,7 +19,7 @@ impl VocabKind {
     pub fn from_model_name(name: &str) -> Option<Self> {
         match name {
             "llama" => Some(Self::Spm),
-            "gpt2" => Some(Self::Bpe),
+            "gpt2" | "gemma4" => Some(Self::Bpe),
             _ => None,
         }
     }
@@ -93,7 +95,7 @@ pub struct Vocab {
     /// The algorithm.
     pub kind: VocabKind,
     /// The pre-tokenizer name (`tokenizer.ggml.pre`), BPE only; `None`
-    /// means `default`.
+    /// means `default`. `gemma4` for a Gemma 4 vocabulary.
     pub pre: Option<String>,
     /// Token texts, indexed by id.
     pub tokens: Vec<String>,

@@ -75,9 +75,11 @@ impl Target {
         TARGETS[self as usize]
     }
 
-    /// `(rows, cols)` of this matrix in a model of config `c`.
-    fn dims(self, c: &ModelConfig) -> (usize, usize) {
-        let (d, q, kv, ff) = (c.d_model, c.q_dim(), c.kv_dim(), c.ffn_dim);
+    /// `(rows, cols)` of this matrix in block `layer` of a model of
+    /// config `c`.
+    fn dims(self, c: &ModelConfig, layer: usize) -> (usize, usize) {
+        let (d, q, kv) = (c.d_model, c.layer_q_dim(layer), c.layer_kv_dim(layer));
+        let ff = c.layer_ffn_dim(layer);
         match self {
             Self::Q => (q, d),
             Self::K | Self::V => (kv, d),
@@ -204,7 +206,7 @@ impl<'a, B: Backend + 'a> Lora<'a, B> {
         for (base, (a, b)) in halves {
             let (slot, (rows, cols)) = match locate(&base, c, has_output)? {
                 Place::Output => (&mut output, (c.vocab_size, c.d_model)),
-                Place::Layer(i, t) => (&mut layers[i][t as usize], t.dims(c)),
+                Place::Layer(i, t) => (&mut layers[i][t as usize], t.dims(c, i)),
             };
             let weight = |v: &TensorView<'a>| -> Result<B::Weight<'a>> {
                 if !backend.supports_matmul(v.dtype()) {

@@ -1,29 +1,23 @@
-//! Gemma 3n's extras ([`AltUpConfig`]): its residual streams (AltUp),
-//! each block's own input, the low-rank path beside the attention
-//! (LAuReL) and the first feed-forward blocks' sparse activations. The
+//! Gemma 3n's extras ([`AltUpConfig`]): its residual streams (AltUp), the
+//! low-rank path beside the attention (LAuReL) and the first feed-forward
+//! blocks' sparse activations (each block's own input is in
+//! [`super::ple`]). The
 //! matrix products run on the backend; the streams, a few values a row
 //! each block, on the host, in ggml's order of operations.
 
 use realm_core::backend::{Backend, BackendError};
 use realm_core::gguf::Gguf;
 
+use super::ple::half_root;
 use super::recurrent::{dot, fetch, rms_scale, vector};
 use super::{checked_weight, no_room, slices, Attend, Ffn, Model, Scratch};
 use crate::config::{AltUpConfig, ModelConfig};
 use crate::lora::LoraRun;
 use crate::Result;
 
-/// The model's own weights: each token's block inputs, and the ways into
-/// the streams and out of them.
+/// The model's own weights: the ways into the streams and out of them.
 #[derive(Debug)]
 pub(super) struct AltUp<'a, B: Backend + 'a> {
-    /// Each token's inputs to every block, `per_layer` values a block
-    /// (`per_layer_token_embd`).
-    embed: B::Weight<'a>,
-    /// The scaled embedding's share of them (`per_layer_model_proj`).
-    model_proj: B::Weight<'a>,
-    /// Its norm, a block's input at a time (`per_layer_proj_norm`).
-    proj_norm: Vec<f32>,
     /// From the embedding to each other stream (`altup_proj`).
     up: Vec<B::Weight<'a>>,
     /// From each other stream back (`altup_unembd_proj`).
@@ -49,11 +43,6 @@ pub(super) struct AltUpBlock<'a, B: Backend + 'a> {
     laurel_l: B::Weight<'a>,
     laurel_r: B::Weight<'a>,
     laurel_norm: B::Buffer,
-    /// The block input's gate (`inp_gate`), the product back to the
-    /// model's width (`proj`) and its norm (`post_norm`).
-    gate: B::Weight<'a>,
-    proj: B::Weight<'a>,
-    post_norm: B::Buffer,
 }
 
 /// Room for a pass's rows.
@@ -70,15 +59,6 @@ pub(super) struct AltUpScratch<B: Backend> {
     /// Values read back from the backend, and a second such.
     host: Vec<f32>,
     table: Vec<f32>,
-    /// Block `l`'s input of row `r` at `(l * n + r) * per_layer`: made on
-    /// the host, then in the backend.
-    inputs_host: Vec<f32>,
-    inputs: B::Buffer,
-    /// Rows of every block's inputs (`per_layer * n_layers` wide).
-    wide: B::Buffer,
-    /// Rows of a block's gate and of its input (`per_layer` wide).
-    gate: B::Buffer,
-    input: B::Buffer,
     /// Rows of LAuReL's rank, and its output.
     mid: B::Buffer,
     laurel: B::Buffer,
@@ -93,14 +73,9 @@ impl<'a, B: Backend> AltUp<'a, B> {
         c: &ModelConfig,
         a: &AltUpConfig,
     ) -> Result<Self> {
-        let (d, wide) = (c.d_model, a.per_layer * c.n_layers);
-        let weight =
-            |name: &str, rows, cols| checked_weight(backend, &file.tensor(name)?, rows, cols);
+        let d = c.d_model;
         let streams = |name: &str| slices(backend, &file.tensor(name)?, d, d, a.inputs - 1);
         Ok(Self {
-            embed: weight("per_layer_token_embd.weight", c.vocab_size, wide)?,
-            model_proj: weight("per_layer_model_proj.weight", wide, d)?,
-            proj_norm: vector(file, "per_layer_proj_norm.weight", a.per_layer)?,
             up: streams("altup_proj.weight")?,
             down: streams("altup_unembd_proj.weight")?,
         })
@@ -116,7 +91,7 @@ impl<'a, B: Backend> AltUpBlock<'a, B> {
         a: &AltUpConfig,
     ) -> Result<Self> {
         let n = |s: &str| format!("blk.{layer}.{s}");
-        let (d, k, p, r) = (c.d_model, a.inputs, a.per_layer, a.laurel_rank);
+        let (d, k, r) = (c.d_model, a.inputs, a.laurel_rank);
         let weight =
             |s: &str, rows, cols| checked_weight(backend, &file.tensor(&n(s))?, rows, cols);
         let host = |s: &str, len| vector(file, &n(s), len);
@@ -130,9 +105,6 @@ impl<'a, B: Backend> AltUpBlock<'a, B> {
             laurel_l: weight("laurel_l.weight", r, d)?,
             laurel_r: weight("laurel_r.weight", d, r)?,
             laurel_norm: buffer("laurel_post_norm.weight", d)?,
-            gate: weight("inp_gate.weight", p, d)?,
-            proj: weight("proj.weight", d, p)?,
-            post_norm: buffer("post_norm.weight", d)?,
         })
     }
 
@@ -164,11 +136,6 @@ impl<B: Backend> AltUpScratch<B> {
             coefs: vec![0.0; a.inputs * a.inputs],
             host: Vec::new(),
             table: Vec::new(),
-            inputs_host: Vec::new(),
-            inputs: buf(a.per_layer * c.n_layers)?,
-            wide: buf(a.per_layer * c.n_layers)?,
-            gate: buf(a.per_layer)?,
-            input: buf(a.per_layer)?,
             mid: buf(a.laurel_rank)?,
             laurel: buf(c.d_model)?,
             staging: buf(c.d_model)?,
@@ -180,11 +147,6 @@ impl<B: Backend> AltUpScratch<B> {
 fn magnitude(x: &[f32]) -> f32 {
     let sum: f64 = x.iter().map(|&v| f64::from(v * v)).sum();
     (sum as f32).sqrt()
-}
-
-/// `1 / sqrt(2)` as ggml's graph makes it.
-fn half_root() -> f32 {
-    1.0 / 2f32.sqrt()
 }
 
 impl<'a, B: Backend> Model<'a, B> {
@@ -203,43 +165,18 @@ impl<'a, B: Backend> Model<'a, B> {
         Ok(())
     }
 
-    /// The streams and block inputs of the pass's `n` rows, whose scaled
-    /// embeddings are the first rows of `sc.x`.
+    /// The streams of the pass's `n` rows, whose scaled embeddings are
+    /// the first rows of `sc.x`.
     pub(super) fn altup_embed(
         &self,
         alt: &AltUp<'a, B>,
         sc: &mut Scratch<B>,
-        tokens: &[u32],
+        n: usize,
     ) -> Result<()> {
         let (b, c) = (self.backend, &self.config);
         let a = c.altup.as_ref().ok_or_else(|| no_room("AltUp"))?;
         let s = sc.altup.as_mut().ok_or_else(|| no_room("AltUp"))?;
-        let (n, d, p, layers) = (tokens.len(), c.d_model, a.per_layer, c.n_layers);
-        let wide = p * layers;
-        // Each block's input: the table's row times sqrt(p), plus the
-        // embedding's product, divided by sqrt(d) and normed, all over
-        // sqrt(2).
-        b.embed(&mut sc.ws, &alt.embed, tokens, &mut s.wide)?;
-        fetch(b, &s.wide, n * wide, &mut s.table)?;
-        b.matmul(&mut sc.ws, &alt.model_proj, &sc.x, n, &mut s.wide)?;
-        fetch(b, &s.wide, n * wide, &mut s.host)?;
-        let (proj_scale, table_scale) = (1.0 / (d as f32).sqrt(), (p as f32).sqrt());
-        let half = half_root();
-        s.inputs_host.resize(layers * n * p, 0.0);
-        for r in 0..n {
-            for l in 0..layers {
-                let at = r * wide + l * p;
-                let proj = &mut s.host[at..at + p];
-                proj.iter_mut().for_each(|v| *v *= proj_scale);
-                let scale = rms_scale(proj, c.rms_eps);
-                let out = &mut s.inputs_host[(l * n + r) * p..][..p];
-                let parts = proj.iter().zip(&alt.proj_norm).zip(&s.table[at..at + p]);
-                for (o, ((&v, &w), &t)) in out.iter_mut().zip(parts) {
-                    *o = (v * scale * w + t * table_scale) * half;
-                }
-            }
-        }
-        b.upload_into(&s.inputs_host, &mut s.inputs)?;
+        let d = c.d_model;
         // The streams: the embedding, and its products brought to its
         // magnitude.
         fetch(b, &sc.x, n * d, &mut s.host)?;
@@ -356,20 +293,18 @@ impl<'a, B: Backend> Model<'a, B> {
             .flat_map(|row| row.iter().zip(&w.correct_scale).map(|(&v, &g)| v * g));
         s.host.extend(scaled);
         self.host_rows(&mut s.staging, &s.host[..nd], d, &mut sc.xn)?;
-        let p = a.per_layer;
-        b.matmul(&mut sc.ws, &w.gate, &sc.xn, n, &mut s.gate)?;
-        if let Some(seen) = &mut sc.seen {
-            let name = format!("blk.{li}.inp_gate.weight");
-            seen.observe_named(b, &mut sc.ws, &name, (&sc.xn, n, d))?;
-        }
-        b.copy_rows(&s.inputs, li * n..(li + 1) * n, p, &mut s.input)?;
-        b.geglu_inplace(&mut s.gate, &s.input, n * p)?;
-        b.matmul(&mut sc.ws, &w.proj, &s.gate, n, &mut sc.proj)?;
-        if let Some(seen) = &mut sc.seen {
-            let name = format!("blk.{li}.proj.weight");
-            seen.observe_named(b, &mut sc.ws, &name, (&s.gate, n, p))?;
-        }
-        b.rms_norm_inplace(&mut sc.proj, &w.post_norm, eps, n)?;
+        let (ple, pw) = (
+            sc.ple.as_mut().ok_or_else(|| no_room("block inputs"))?,
+            layer.ple.as_ref().ok_or_else(|| no_room("block input"))?,
+        );
+        self.ple_gate(
+            pw,
+            ple,
+            &mut sc.ws,
+            &mut sc.seen,
+            (&sc.xn, n, li),
+            &mut sc.proj,
+        )?;
         fetch(b, &sc.proj, nd, &mut s.host)?;
         for stream in s.streams[nd..k * nd].chunks_exact_mut(nd) {
             stream.iter_mut().zip(&s.host).for_each(|(v, &g)| *v += g);

@@ -97,16 +97,17 @@ impl<B: Backend> Model<'_, B> {
         if moved > 0 {
             let c = &self.config;
             let b = self.backend;
-            let width = c.n_kv_heads * c.head_dim;
-            let (mut k, mut v) = (vec![0f32; moved * width], vec![0f32; moved * width]);
+            let (mut k, mut v) = (Vec::new(), Vec::new());
             let back = u32::try_from(discard)
                 .map_err(|_| Error::BadConfig(format!("cannot shift by {discard} positions")))?;
             let positions = vec![back; moved];
             // Each cache layer once, turned as the block that stores it.
-            let owners =
-                (0..c.n_layers).filter(|&l| c.has_attention(l) && c.kv_source(l).is_none());
-            for layer in owners {
+            for layer in c.cache_blocks() {
                 let slot = self.layers[layer].kv_slot;
+                let heads = c.layer_heads(layer);
+                let width = heads.n_kv_heads * heads.head_dim;
+                k.resize(moved * width, 0.0);
+                v.resize(moved * width, 0.0);
                 b.kv_read(&session.cache, slot, end..held, &mut k, &mut v)?;
                 let mut keys = b.upload(&k)?;
                 let values = b.upload(&v)?;
@@ -117,7 +118,14 @@ impl<B: Backend> Model<'_, B> {
                 rope.freq_scale = -rope.freq_scale;
                 rope.magnitude = 1.0;
                 let ws = &mut session.scratch.ws;
-                b.rope(ws, &mut keys, c.n_kv_heads, c.head_dim, &positions, &rope)?;
+                b.rope(
+                    ws,
+                    &mut keys,
+                    heads.n_kv_heads,
+                    heads.head_dim,
+                    &positions,
+                    &rope,
+                )?;
                 let at = KvSpan {
                     layer: slot,
                     start_pos: keep,

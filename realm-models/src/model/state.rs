@@ -121,7 +121,8 @@ impl<B: Backend> Model<'_, B> {
             )));
         }
         let c = &self.config;
-        let width = c.n_kv_heads * c.head_dim;
+        // (Each layer's rows as wide as its heads.)
+        let kc = c.kv_cache_config(session.max_seq_len, session.kv_dtype);
         let mut head = Vec::with_capacity(HEADER + 4 * n);
         head.extend_from_slice(MAGIC);
         head.extend_from_slice(&VERSION.to_le_bytes());
@@ -139,9 +140,12 @@ impl<B: Backend> Model<'_, B> {
             .iter()
             .for_each(|t| head.extend_from_slice(&t.to_le_bytes()));
         w.write_all(&head).map_err(io_err)?;
-        let (mut k, mut v) = (vec![0f32; n * width], vec![0f32; n * width]);
+        let (mut k, mut v) = (Vec::new(), Vec::new());
         let mut bytes = Vec::new();
         for layer in 0..c.kv_layers() {
+            let width = kc.shape(layer).width();
+            k.resize(n * width, 0.0);
+            v.resize(n * width, 0.0);
             self.backend
                 .kv_read(&session.cache, layer, 0..n, &mut k, &mut v)?;
             for x in [&k, &v] {
@@ -248,22 +252,25 @@ impl<B: Backend> Model<'_, B> {
                 vocab_size: c.vocab_size,
             });
         }
-        let width = c.n_kv_heads * c.head_dim;
+        let kc = c.kv_cache_config(session.max_seq_len, dtype);
         // Bytes per 32 values.
         let size = match dtype {
             KvDtype::F32 => 4 * QK,
             KvDtype::F16 => 2 * QK,
             KvDtype::Q8_0 => 2 + QK,
         };
-        if !width.is_multiple_of(QK) {
-            return Err(state_err(format!(
-                "{width} values per row are not whole blocks"
-            )));
-        }
-        let mut bytes = vec![0u8; n * width / QK * size];
-        let mut rows = [vec![0f32; n * width], vec![0f32; n * width]];
+        let mut bytes = Vec::new();
+        let mut rows = [Vec::new(), Vec::new()];
         for layer in 0..c.kv_layers() {
+            let width = kc.shape(layer).width();
+            if !width.is_multiple_of(QK) {
+                return Err(state_err(format!(
+                    "{width} values per row are not whole blocks"
+                )));
+            }
+            bytes.resize(n * width / QK * size, 0);
             for x in rows.iter_mut() {
+                x.resize(n * width, 0.0);
                 r.read_exact(&mut bytes).map_err(io_err)?;
                 match dtype {
                     KvDtype::F32 => x.iter_mut().zip(bytes.chunks_exact(4)).for_each(|(x, b)| {
