@@ -925,6 +925,74 @@ fn gemma3n_reads_its_metadata() {
     );
 }
 
+/// Gemma 4's metadata: each block's heads, widths and cache, the cache's
+/// layers of their own heads, and what Realm refuses.
+#[test]
+fn gemma4_reads_its_metadata() {
+    use realm_core::backend::{KvDtype, KvShape};
+    use realm_core::gguf::MetadataArray;
+    let layout = SyntheticLayout::tiny("gemma4").unwrap();
+    let bytes = layout.write(1).unwrap();
+    let file = Gguf::from_bytes(&bytes[..]).unwrap();
+    let cpu = CpuBackend::new().unwrap();
+    let c = Model::load(&file, &cpu).unwrap().config().clone();
+    let heads: Vec<_> = (0..7)
+        .map(|l| {
+            let h = c.layer_heads(l);
+            (h.n_kv_heads, h.head_dim, h.rope_dims)
+        })
+        .collect();
+    let (local, global) = ((2, 32, 32), (1, 64, 64));
+    assert_eq!(heads, [local, local, global, local, global, local, global]);
+    let sources: Vec<_> = (0..7).map(|l| c.kv_source(l)).collect();
+    assert_eq!(sources, [None, None, None, None, None, Some(3), Some(4)]);
+    let widths: Vec<_> = (0..7).map(|l| c.layer_ffn_dim(l)).collect();
+    assert_eq!(widths, [128, 128, 128, 128, 128, 256, 256]);
+    assert_eq!(
+        (c.per_layer_input(), c.max_q_dim(), c.max_kv_dim()),
+        (Some(32), 256, 64)
+    );
+    let kv = c.kv_cache_config(16, KvDtype::F32);
+    let (l, g) = (
+        KvShape {
+            n_kv_heads: 2,
+            head_dim: 32,
+        },
+        KvShape {
+            n_kv_heads: 1,
+            head_dim: 64,
+        },
+    );
+    assert_eq!(kv.layer_shapes.as_deref(), Some(&[l, l, g, l, g][..]));
+    // The 31B's shape: every block with a cache, no inputs of their own.
+    let big = SyntheticLayout::by_name("tiny-gemma4-31b").unwrap();
+    let bytes = big.write(1).unwrap();
+    let file = Gguf::from_bytes(&bytes[..]).unwrap();
+    let c = Model::load(&file, &cpu).unwrap().config().clone();
+    assert_eq!(
+        (c.kv_layers(), c.per_layer_input(), c.ffn_dims.clone()),
+        (7, None, None)
+    );
+    let refused = |key: &str, value: MetadataValue, what: &str| {
+        let err = load_err(layout.clone().with_hparam(key, value));
+        assert!(err.contains(what), "{key}: {err}");
+    };
+    refused("gemma4.expert_count", MetadataValue::U32(4), "experts");
+    refused(
+        "gemma4.attention.value_length",
+        MetadataValue::U32(32),
+        "value heads",
+    );
+    let kv = vec![2, 1, 1, 2, 1, 2, 1];
+    let kv = MetadataValue::Array(MetadataArray::U32(kv));
+    refused("gemma4.attention.head_count_kv", kv, "block 1's KV heads");
+    let mut unpatterned = layout.clone();
+    unpatterned
+        .hparams
+        .retain(|(k, _)| k != "gemma4.attention.sliding_window_pattern");
+    assert!(load_err(unpatterned).contains("sliding_window_pattern"));
+}
+
 /// The Gemmas with llama.cpp's CPU GELU ([`CpuBackend::with_ggml_gelu`]):
 /// what is left of the differences above is the order of float sums,
 /// which may flip an input's rounding to f16 and so move a GELU output by
