@@ -7,32 +7,15 @@
 //! llama.cpp.
 #![cfg(not(target_arch = "wasm32"))]
 
-use std::path::PathBuf;
+mod bpe_fixture;
 
-use realm_core::gguf::{Gguf, GgufWriter, MetadataArray, MetadataValue};
+use bpe_fixture::{ids, vocabulary};
+use realm_core::gguf::{Gguf, MetadataValue};
 use realm_core::tokenizer::Tokenizer;
 use serde_json::Value;
 
 fn fixture() -> Value {
-    let path =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizer/gemma4.json");
-    serde_json::from_str(&std::fs::read_to_string(path).expect("fixture")).expect("fixture JSON")
-}
-
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s.as_str().unwrap().to_string())
-        .collect()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t.as_u64().unwrap() as u32)
-        .collect()
+    bpe_fixture::fixture("gemma4")
 }
 
 fn hex(s: &str) -> Vec<u8> {
@@ -53,30 +36,8 @@ fn bytes(v: &Value) -> Vec<u8> {
 
 /// The fixture's vocabulary as a Gemma 4 GGUF file's metadata, read back.
 fn tokenizer(fx: &Value) -> Tokenizer {
-    let types: Vec<i32> = fx["token_types"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t.as_i64().unwrap() as i32)
-        .collect();
-    let mut w = GgufWriter::new();
-    let s = |v: &str| MetadataValue::String(v.into());
-    w.set("general.architecture", s("gemma4"));
-    w.set("tokenizer.ggml.model", s("gemma4"));
-    w.set("tokenizer.ggml.pre", s("default"));
+    let mut w = vocabulary(fx, "gemma4", "default");
     w.set("tokenizer.ggml.add_bos_token", MetadataValue::Bool(false));
-    w.set(
-        "tokenizer.ggml.tokens",
-        MetadataValue::Array(MetadataArray::String(strings(&fx["tokens"]))),
-    );
-    w.set(
-        "tokenizer.ggml.token_type",
-        MetadataValue::Array(MetadataArray::I32(types)),
-    );
-    w.set(
-        "tokenizer.ggml.merges",
-        MetadataValue::Array(MetadataArray::String(strings(&fx["merges"]))),
-    );
     w.set("tokenizer.ggml.bos_token_id", MetadataValue::U32(2));
     w.set("tokenizer.ggml.eos_token_id", MetadataValue::U32(1));
     w.set("tokenizer.ggml.unknown_token_id", MetadataValue::U32(3));

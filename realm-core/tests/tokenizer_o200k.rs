@@ -12,63 +12,18 @@
 //! tokens first, as its files do, and a BOS added by default.
 #![cfg(not(target_arch = "wasm32"))]
 
-use std::path::PathBuf;
+mod bpe_fixture;
 
-use realm_core::gguf::{Gguf, GgufWriter, MetadataArray, MetadataValue};
+use bpe_fixture::{fixture, ids, vocabulary};
+use realm_core::gguf::{Gguf, MetadataValue};
 use realm_core::tokenizer::Tokenizer;
 use serde_json::Value;
 
-fn fixture(pre: &str) -> Value {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/tokenizer")
-        .join(format!("{pre}.json"));
-    serde_json::from_str(&std::fs::read_to_string(path).expect("fixture")).expect("fixture JSON")
-}
-
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s.as_str().unwrap().to_string())
-        .collect()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t.as_u64().unwrap() as u32)
-        .collect()
-}
-
 /// The fixture's vocabulary as a GGUF file's metadata, read back.
 fn tokenizer(fx: &Value) -> Tokenizer {
-    let tokens = strings(&fx["tokens"]);
     let eot = fx["eot"].as_u64().unwrap() as u32;
     let bos = fx["bos"].as_u64().unwrap() as u32;
-    let types: Vec<i32> = fx["token_types"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t.as_i64().unwrap() as i32)
-        .collect();
-    let mut w = GgufWriter::new();
-    let s = |v: &str| MetadataValue::String(v.into());
-    w.set("general.architecture", s("gpt2"));
-    w.set("tokenizer.ggml.model", s("gpt2"));
-    w.set("tokenizer.ggml.pre", s(fx["pre"].as_str().unwrap()));
-    w.set(
-        "tokenizer.ggml.tokens",
-        MetadataValue::Array(MetadataArray::String(tokens)),
-    );
-    w.set(
-        "tokenizer.ggml.token_type",
-        MetadataValue::Array(MetadataArray::I32(types)),
-    );
-    w.set(
-        "tokenizer.ggml.merges",
-        MetadataValue::Array(MetadataArray::String(strings(&fx["merges"]))),
-    );
+    let mut w = vocabulary(fx, "gpt2", fx["pre"].as_str().unwrap());
     w.set("tokenizer.ggml.bos_token_id", MetadataValue::U32(bos));
     w.set("tokenizer.ggml.eos_token_id", MetadataValue::U32(eot));
     let file = Gguf::from_bytes(w.to_bytes().unwrap()).unwrap();
@@ -179,19 +134,8 @@ fn qwen35_splits_as_llama_cpp() {
 fn glm4_has_no_default_bos() {
     let fx = fixture("glm4");
     assert_eq!(tokenizer(&fx).bos(), fx["bos"].as_u64().map(|b| b as u32));
-    let mut w = GgufWriter::new();
-    let s = |v: &str| MetadataValue::String(v.into());
-    w.set("general.architecture", s("glm4"));
-    w.set("tokenizer.ggml.model", s("gpt2"));
-    w.set("tokenizer.ggml.pre", s("glm4"));
-    w.set(
-        "tokenizer.ggml.tokens",
-        MetadataValue::Array(MetadataArray::String(strings(&fx["tokens"]))),
-    );
-    w.set(
-        "tokenizer.ggml.merges",
-        MetadataValue::Array(MetadataArray::String(strings(&fx["merges"]))),
-    );
+    // (No BOS id in the file.)
+    let w = vocabulary(&fx, "gpt2", "glm4");
     let file = Gguf::from_bytes(w.to_bytes().unwrap()).unwrap();
     let tok = Tokenizer::from_metadata(file.metadata()).unwrap();
     assert_eq!(tok.bos(), None);

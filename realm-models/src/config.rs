@@ -630,10 +630,7 @@ fn gemma4_config(md: &Metadata, cfg: &ModelConfig, kv: Option<&[usize]>) -> Resu
             "{p} without attention.sliding_window_pattern"
         )));
     }
-    if md
-        .get(&key("expert_count"))
-        .is_some_and(|_| opt_u("expert_count").ok().flatten() != Some(0))
-    {
+    if opt_u("expert_count")?.unwrap_or(0) > 0 {
         return Err(Error::BadConfig(format!(
             "{p} with experts (the 26B A4B) is not supported"
         )));
@@ -643,10 +640,11 @@ fn gemma4_config(md: &Metadata, cfg: &ModelConfig, kv: Option<&[usize]>) -> Resu
         (Some(kv), Some(l)) => kv.get(l).copied().unwrap_or(default),
         _ => default,
     };
+    let head_dim = u("attention.key_length")?;
     let global = HeadShape {
         n_kv_heads: heads(global_layer, cfg.n_kv_heads),
-        head_dim: u("attention.key_length")?,
-        rope_dims: opt_u("rope.dimension_count")?.unwrap_or(u("attention.key_length")?),
+        head_dim,
+        rope_dims: opt_u("rope.dimension_count")?.unwrap_or(head_dim),
     };
     let kv_from = n.saturating_sub(opt_u("attention.shared_kv_layers")?.unwrap_or(0));
     let g = Gemma4Config {
