@@ -315,6 +315,10 @@ CASES = [
     case("gemma4", "tiny-gemma4"),
     case("gemma4-q8_0", "tiny-gemma4", matrix_type="q8_0"),
     case("gemma4-31b", "tiny-gemma4-31b"),
+    # The 26B A4B's experts beside every dense block: their own norms, a
+    # router reading the block's input scaled, each expert's output factor.
+    case("gemma4-moe", "tiny-gemma4-moe"),
+    case("gemma4-moe-q8_0", "tiny-gemma4-moe", matrix_type="q8_0"),
 ]
 
 

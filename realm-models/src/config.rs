@@ -52,13 +52,15 @@ pub enum Architecture {
     /// embedding table, the last blocks reading earlier blocks' KV
     /// caches, and sparse activations in the first feed-forward blocks.
     Gemma3n,
-    /// Gemma 4 (gemma4: E2B, E4B, 31B): Gemma 3's blocks with unweighted
+    /// Gemma 4 (gemma4: E2B, E4B, 31B, 26B A4B): Gemma 3's blocks with unweighted
     /// value norms and unscaled scores, global blocks with fewer and wider
     /// heads of their own (their keys their values where the file has no
     /// value matrix) rotating a quarter of each head, an input of its own
     /// to each block from a second embedding table (E2B, E4B), the last
-    /// blocks reading earlier blocks' KV caches, and a scale on each
-    /// block's output ([`Gemma4Config`]).
+    /// blocks reading earlier blocks' KV caches, a scale on each block's
+    /// output ([`Gemma4Config`]), and (the 26B A4B) experts beside each
+    /// dense feed-forward network, with norms and a router input of their
+    /// own.
     Gemma4,
     /// gpt-oss (OpenAI's open-weight MoE): biased projections, attention
     /// sinks, local/global layers, YaRN, experts with biases and a clamped
@@ -438,6 +440,8 @@ pub enum ExpertActivation {
     },
     /// `max(up, 0)^2`, no gate (Nemotron-H's).
     SquaredRelu,
+    /// `gelu(gate) * up` (Gemma 4's).
+    Geglu,
 }
 
 /// Everything a forward pass needs to know about the model's shape.
@@ -628,11 +632,6 @@ fn gemma4_config(md: &Metadata, cfg: &ModelConfig, kv: Option<&[usize]>) -> Resu
     if md.get(&key("attention.sliding_window_pattern")).is_none() {
         return Err(Error::BadConfig(format!(
             "{p} without attention.sliding_window_pattern"
-        )));
-    }
-    if opt_u("expert_count")?.unwrap_or(0) > 0 {
-        return Err(Error::BadConfig(format!(
-            "{p} with experts (the 26B A4B) is not supported"
         )));
     }
     let global_layer = (0..n).find(|&l| !cfg.is_local(l));
@@ -1815,6 +1814,7 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
     let nemotron = matches!(arch, Architecture::NemotronH | Architecture::NemotronHMoe);
     let llama4 = arch == Architecture::Llama4;
     let hunyuan = arch == Architecture::HunyuanMoe;
+    let gemma4 = arch == Architecture::Gemma4;
     match (arch, experts) {
         (
             Architecture::Qwen2Moe
@@ -1858,7 +1858,8 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
             | Architecture::GraniteHybrid
             | Architecture::Lfm2Moe
             | Architecture::NemotronH
-            | Architecture::NemotronHMoe,
+            | Architecture::NemotronHMoe
+            | Architecture::Gemma4,
             _,
         ) => {}
         (other, _) => {
@@ -1894,7 +1895,7 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
     );
     let gpt_oss = arch == Architecture::GptOss;
     let ffn_dim = match get("expert_feed_forward_length")? {
-        _ if ernie || dots_or_ling || lfm2 || llama4 => {
+        _ if ernie || dots_or_ling || lfm2 || llama4 || gemma4 => {
             md.get_u32(&format!("{p}.expert_feed_forward_length"))? as usize
         }
         // MiniMax-M2's experts are `feed_forward_length` wide; llama.cpp
@@ -1949,7 +1950,7 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
     let qwen_delta = matches!(arch, Architecture::Qwen35Moe | Architecture::Qwen3Next);
     let scale_key = format!("{p}.expert_weights_scale");
     let weights_scale = match md.get(&scale_key) {
-        Some(_) if !ernie && !minimax && !lfm2 && !qwen_delta && !llama4 && !hunyuan => {
+        Some(_) if !ernie && !minimax && !lfm2 && !qwen_delta && !llama4 && !hunyuan && !gemma4 => {
             md.get_f32(&scale_key)?
         }
         _ => 0.0,
@@ -2065,6 +2066,8 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
             }
         } else if nemotron {
             ExpertActivation::SquaredRelu
+        } else if gemma4 {
+            ExpertActivation::Geglu
         } else {
             ExpertActivation::Swiglu
         },

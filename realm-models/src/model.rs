@@ -29,7 +29,7 @@ use self::altup::{AltUp, AltUpBlock, AltUpScratch};
 use self::delta::{DeltaNet, DeltaScratch};
 use self::mamba::{Mamba, MambaScratch};
 use self::mla::{Mla, MlaScratch};
-use self::moe::{Moe, MoeBuffers, MoeHost};
+use self::moe::{BesideMoe, Moe, MoeBuffers, MoeHost};
 use self::ple::{Ple, PleBlock, PleScratch};
 use self::recurrent::Recurrent;
 use self::shortconv::{ConvScratch, ShortConv};
@@ -106,6 +106,8 @@ struct Layer<'a, B: Backend + 'a> {
     v_from_k: bool,
     /// A factor on the block's output (Gemma 4's `layer_output_scale`).
     out_scale: Option<f32>,
+    /// Experts beside the dense feed-forward network (Gemma 4's 26B A4B).
+    beside: Option<BesideMoe<'a, B>>,
 }
 
 /// Which of a block's products are one matrix in the file.
@@ -547,7 +549,10 @@ impl<'a, B: Backend> Model<'a, B> {
                 },
                 ffn: match &c.moe {
                     _ if mixer_only => Ffn::None,
-                    Some(m) if m.is_moe_layer(i) => Ffn::Moe(Moe::load(file, backend, i, m, d)?),
+                    // (Gemma 4's experts are beside its dense blocks.)
+                    Some(m) if m.is_moe_layer(i) && c.gemma4.is_none() => {
+                        Ffn::Moe(Moe::load(file, backend, i, m, d)?)
+                    }
                     // (Arcee's feed-forward networks have no gate either.)
                     _ if ffn_only || c.arch == Architecture::Arcee => Ffn::UpSquaredRelu(
                         weight(&n("ffn_up.weight"), ff, d)?,
@@ -595,6 +600,12 @@ impl<'a, B: Backend> Model<'a, B> {
                     None => None,
                 },
                 v_from_k,
+                beside: match (&c.moe, &c.gemma4) {
+                    (Some(m), Some(_)) if m.is_moe_layer(i) => {
+                        Some(BesideMoe::load(file, backend, i, m, d)?)
+                    }
+                    _ => None,
+                },
                 out_scale: match c.gemma4 {
                     Some(_) => match file.tensor(&n("layer_output_scale.weight")) {
                         Ok(t) => {
@@ -797,8 +808,12 @@ impl<'a, B: Backend> Model<'a, B> {
                     (Ffn::Moe(moe), Some(m)) => moe.stacked_width(m),
                     (Ffn::Moe(_), None) | (Ffn::UpSquaredRelu(..) | Ffn::None, _) => 0,
                 };
+                let beside = match (&l.beside, &c.moe) {
+                    (Some(e), Some(m)) => e.moe.stacked_width(m),
+                    _ => 0,
+                };
                 let q = if c.attn_output_gate { 2 * q } else { q };
-                widest(&l.qkv, &[q, kv, kv]).max(ffn)
+                widest(&l.qkv, &[q, kv, kv]).max(ffn).max(beside)
             })
             .max()
             .unwrap_or(0)
@@ -1703,7 +1718,10 @@ impl<'a, B: Backend> Model<'a, B> {
             Ffn::None => {}
             Ffn::UpSquaredRelu(up, down) => self.squared_relu_ffn(sc, (n, li), runs, up, down)?,
             Ffn::Dense(gate_up, down) => {
-                self.dense_ffn(sc, (n, li, layer.fused.gate_up), runs, gate_up, down)?
+                self.dense_ffn(sc, (n, li, layer.fused.gate_up), runs, gate_up, down)?;
+                if let Some(e) = &layer.beside {
+                    self.beside_moe(sc, (n, li), e)?;
+                }
             }
             Ffn::Moe(moe) => {
                 let m = c.moe.as_ref().ok_or_else(|| {
@@ -1712,6 +1730,7 @@ impl<'a, B: Backend> Model<'a, B> {
                 let buf = MoeBuffers {
                     ws: &mut sc.ws,
                     xn: &sc.xn,
+                    router_in: None,
                     scores: &mut sc.scores,
                     input: &mut sc.moe_rows,
                     gate: &mut sc.gate,
@@ -1728,6 +1747,41 @@ impl<'a, B: Backend> Model<'a, B> {
             b.scale_inplace(&mut sc.proj, s, n * d)?;
         }
         self.block_end(sc, (n, li), layer.post_ffn_norm.as_ref())
+    }
+
+    /// Gemma 4's experts beside block `li`'s dense network, whose output
+    /// is `sc.proj` (of the first `n` rows of `sc.xn`, the block's input
+    /// `sc.x` normed): into `sc.proj`, both normed and summed.
+    fn beside_moe(
+        &self,
+        sc: &mut Scratch<B>,
+        (n, li): (usize, usize),
+        e: &BesideMoe<'a, B>,
+    ) -> Result<()> {
+        let (b, c) = (self.backend, &self.config);
+        let (d, eps) = (c.d_model, c.rms_eps);
+        let m = c.moe.as_ref().ok_or_else(|| no_room("experts"))?;
+        let (dense, router_in) = sc.beside.as_mut().ok_or_else(|| no_room("experts"))?;
+        b.rms_norm(&sc.proj, &e.post_dense, eps, n, dense)?;
+        b.rms_norm(&sc.x, &e.pre, eps, n, &mut sc.xn)?;
+        b.rms_norm(&sc.x, &e.router_scale, eps, n, router_in)?;
+        let buf = MoeBuffers {
+            ws: &mut sc.ws,
+            xn: &sc.xn,
+            router_in: Some(router_in),
+            scores: &mut sc.scores,
+            input: &mut sc.moe_rows,
+            gate: &mut sc.gate,
+            up: &mut sc.up,
+            out: &mut sc.proj,
+            stacked: &mut sc.stacked,
+            host: &mut sc.moe,
+            seen: sc.seen.as_deref_mut(),
+        };
+        e.moe.run(b, (m, li), d, n, buf)?;
+        b.rms_norm_inplace(&mut sc.proj, &e.post, eps, n)?;
+        b.add_inplace(&mut sc.proj, dense, n * d)?;
+        Ok(())
     }
 
     /// The end of block `li`: its last part's output `sc.proj` (normed by
@@ -2441,6 +2495,9 @@ struct Scratch<B: Backend> {
     altup: Option<AltUpScratch<B>>,
     /// Room for the blocks' own inputs, for a model with them.
     ple: Option<PleScratch<B>>,
+    /// Gemma 4's dense network's output and its experts' router input,
+    /// for a model with experts beside its dense blocks.
+    beside: Option<(B::Buffer, B::Buffer)>,
 }
 
 impl<B: Backend> Scratch<B> {
@@ -2509,6 +2566,10 @@ impl<B: Backend> Scratch<B> {
             ple: match c.per_layer_input() {
                 Some(p) => Some(PleScratch::new(backend, c, p, rows)?),
                 None => None,
+            },
+            beside: match (&c.moe, &c.gemma4) {
+                (Some(_), Some(_)) => Some((buf(c.d_model)?, buf(c.d_model)?)),
+                _ => None,
             },
         })
     }

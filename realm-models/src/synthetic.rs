@@ -1244,6 +1244,45 @@ impl SyntheticLayout {
         )
     }
 
+    /// The tiny Gemma 4 shaped as the 31B with the 26B A4B's experts beside
+    /// every dense block: 4 experts 32 wide (2 a token), their gate and up
+    /// in one tensor, each with its own output factor; the router's input
+    /// scale and the experts' norms.
+    fn tiny_gemma4_moe() -> Self {
+        let mut l = Self::tiny_gemma4(true);
+        let (d, experts, width) = (64u64, 4u64, 32u64);
+        let blocks = l.hparam_u64("block_count").unwrap_or(0) as usize;
+        for b in 0..blocks {
+            let at = l
+                .tensors
+                .iter()
+                .position(|t| t.name == format!("blk.{b}.post_ffw_norm.weight"))
+                .unwrap_or(l.tensors.len());
+            let extra = [
+                ("ffn_gate_inp.weight", vec![d, experts]),
+                ("ffn_gate_inp.scale", vec![d]),
+                ("pre_ffw_norm_2.weight", vec![d]),
+                ("post_ffw_norm_1.weight", vec![d]),
+                ("post_ffw_norm_2.weight", vec![d]),
+                ("ffn_gate_up_exps.weight", vec![d, 2 * width, experts]),
+                ("ffn_down_exps.weight", vec![width, d, experts]),
+                ("ffn_down_exps.scale", vec![experts]),
+            ];
+            for (i, (name, shape)) in extra.into_iter().enumerate() {
+                let name = format!("blk.{b}.{name}");
+                let dtype = small_dtype(&name, &shape);
+                l.tensors
+                    .insert(at + i, SyntheticTensor { name, shape, dtype });
+            }
+        }
+        l.with_hparam("gemma4.expert_count", MetadataValue::U32(experts as u32))
+            .with_hparam("gemma4.expert_used_count", MetadataValue::U32(2))
+            .with_hparam(
+                "gemma4.expert_feed_forward_length",
+                MetadataValue::U32(width as u32),
+            )
+    }
+
     /// A Gemma 4 layout of shape `g`, its tensors typed by `dtype(name,
     /// shape)`. Its `rope_freqs` turn the global blocks' first quarter
     /// (factors 1) and leave the rest (1e30), as llama.cpp's converter
@@ -2002,6 +2041,7 @@ impl SyntheticLayout {
     /// or `tiny-qwen3next-fused` (with each delta net's `ssm_in`),
     /// `tiny-falcon-h1-nonorm` (without its mixers' norms),
     /// `tiny-gemma4-31b` (the tiny Gemma 4 shaped as the 31B),
+    /// `tiny-gemma4-moe` (and as the 26B A4B),
     /// `tiny-nemotron_h_moe-latent` (its experts in a latent space).
     pub fn by_name(name: &str) -> Option<Self> {
         match name {
@@ -2030,6 +2070,7 @@ impl SyntheticLayout {
             // Gemma 3n's shared KV caches: past llama.cpp's 20 blocks.
             "tiny-gemma3n-shared" => Some(Self::tiny_gemma3n(22)),
             "tiny-gemma4-31b" => Some(Self::tiny_gemma4(true)),
+            "tiny-gemma4-moe" => Some(Self::tiny_gemma4_moe()),
             // Granite 4.0 H-Tiny's blocks: experts as wide as the dense
             // ones would be, an ungated shared expert.
             "tiny-granitehybrid-moe" => {

@@ -45,6 +45,61 @@ pub(crate) struct Moe<'a, B: Backend + 'a> {
     /// Into the experts' latent space and out of it (`[latent, d_model]`
     /// and `[d_model, latent]`), if they run in one.
     latent: Option<(B::Weight<'a>, B::Weight<'a>)>,
+    /// A factor on each expert's output (`ffn_down_exps.scale`, Gemma 4's),
+    /// where the file has them.
+    scales: Option<Vec<f32>>,
+}
+
+/// Experts beside a block's dense feed-forward network (Gemma 4's 26B
+/// A4B): the network's output normed by `post_dense`; the experts' input
+/// the block's input normed by `pre`, their router's that input normed
+/// without weights and scaled by `router_scale` (`ffn_gate_inp.scale` over
+/// the square root of the width); their output normed by `post`; the two
+/// summed.
+#[derive(Debug)]
+pub(crate) struct BesideMoe<'a, B: Backend + 'a> {
+    pub(crate) moe: Moe<'a, B>,
+    pub(crate) pre: B::Buffer,
+    pub(crate) post_dense: B::Buffer,
+    pub(crate) post: B::Buffer,
+    pub(crate) router_scale: B::Buffer,
+}
+
+impl<'a, B: Backend + 'a> BesideMoe<'a, B> {
+    pub(crate) fn load<S: AsRef<[u8]>>(
+        file: &'a Gguf<S>,
+        backend: &'a B,
+        layer: usize,
+        m: &MoeConfig,
+        d: usize,
+    ) -> Result<Self> {
+        let vector = |s: &str| -> Result<Vec<f32>> {
+            let name = format!("blk.{layer}.{s}");
+            let t = file.tensor(&name)?;
+            let v = super::f32_vec(&t)?;
+            if v.len() != d {
+                return Err(Error::BadTensorShape {
+                    tensor: name,
+                    expected: vec![d as u64],
+                    got: t.shape().to_vec(),
+                });
+            }
+            Ok(v)
+        };
+        let up = |s: &str| -> Result<B::Buffer> { Ok(backend.upload(&vector(s)?)?) };
+        let inv = 1.0 / (d as f32).sqrt();
+        let scale: Vec<f32> = vector("ffn_gate_inp.scale")?
+            .iter()
+            .map(|s| s * inv)
+            .collect();
+        Ok(Self {
+            moe: Moe::load(file, backend, layer, m, d)?,
+            pre: up("pre_ffw_norm_2.weight")?,
+            post_dense: up("post_ffw_norm_1.weight")?,
+            post: up("post_ffw_norm_2.weight")?,
+            router_scale: backend.upload(&scale)?,
+        })
+    }
 }
 
 /// An expert's gate and up products: one matrix each (`[ffn, d_model]`),
@@ -201,6 +256,21 @@ impl<'a, B: Backend + 'a> Moe<'a, B> {
                 Some(v)
             }
         };
+        let scales = match file.tensor(&name("ffn_down_exps.scale")) {
+            Err(realm_core::Error::TensorNotFound(_)) => None,
+            Err(e) => return Err(e.into()),
+            Ok(t) => {
+                let v = super::f32_vec(&t)?;
+                if v.len() != m.experts {
+                    return Err(Error::BadTensorShape {
+                        tensor: name("ffn_down_exps.scale"),
+                        expected: vec![m.experts as u64],
+                        got: t.shape().to_vec(),
+                    });
+                }
+                Some(v)
+            }
+        };
         Ok(Self {
             router,
             experts,
@@ -208,6 +278,7 @@ impl<'a, B: Backend + 'a> Moe<'a, B> {
             biases,
             selection_bias,
             latent,
+            scales,
         })
     }
 }
@@ -259,6 +330,8 @@ fn load_biases<S: AsRef<[u8]>, B: Backend>(
 pub(crate) struct MoeBuffers<'x, B: Backend> {
     pub(crate) ws: &'x mut B::Workspace,
     pub(crate) xn: &'x B::Buffer,
+    /// The router's input, where it is not the experts' (Gemma 4's).
+    pub(crate) router_in: Option<&'x B::Buffer>,
     pub(crate) scores: &'x mut B::Buffer,
     /// An expert's gathered input rows, then the block's output (a buffer
     /// of its own, which uploads replace).
@@ -299,9 +372,10 @@ impl<B: Backend> Moe<'_, B> {
         let (e, k, ff) = (m.experts, m.used, m.ffn_dim);
         let name = |s: &str| format!("blk.{layer}.ffn_{s}.weight");
         let h = buf.host;
-        b.matmul(buf.ws, &self.router, buf.xn, n, buf.scores)?;
+        let router_in = buf.router_in.unwrap_or(buf.xn);
+        b.matmul(buf.ws, &self.router, router_in, n, buf.scores)?;
         if let Some(c) = buf.seen.as_deref_mut() {
-            c.observe_named(b, buf.ws, &name("gate_inp"), (buf.xn, n, d))?;
+            c.observe_named(b, buf.ws, &name("gate_inp"), (router_in, n, d))?;
         }
         h.scores.resize(n * e, 0.0);
         b.download(buf.scores, &mut h.scores)?;
@@ -387,6 +461,7 @@ impl<B: Backend> Moe<'_, B> {
                     b.swiglu_oai_inplace(buf.gate, buf.up, (alpha, limit), rows * ff)?
                 }
                 ExpertActivation::SquaredRelu => b.relu_squared_inplace(buf.gate, rows * ff)?,
+                ExpertActivation::Geglu => b.geglu_inplace(buf.gate, buf.up, rows * ff)?,
             }
             if let Some(c) = buf.seen.as_deref_mut() {
                 let inputs: &[&str] = match gate_up {
@@ -405,6 +480,10 @@ impl<B: Backend> Moe<'_, B> {
             }
             h.y.resize(rows * e_d, 0.0);
             b.download(buf.out, &mut h.y)?;
+            // (The expert's own factor first, as ggml scales its product.)
+            if let Some(&s) = self.scales.as_ref().and_then(|s| s.get(x)) {
+                h.y.iter_mut().for_each(|v| *v *= s);
+            }
             for ((i, weight), y) in picks().zip(h.y.chunks_exact(e_d)) {
                 let out = &mut h.weighted[i * e_d..(i + 1) * e_d];
                 match m.weights_on_input {
