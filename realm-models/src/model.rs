@@ -33,7 +33,7 @@ use self::moe::{BesideMoe, Moe, MoeBuffers, MoeHost};
 use self::ple::{Ple, PleBlock, PleScratch};
 use self::recurrent::Recurrent;
 use self::shortconv::{ConvScratch, ShortConv};
-use crate::config::{Architecture, ModelConfig};
+use crate::config::{Architecture, ModelConfig, MoeConfig};
 use crate::imatrix::Collector;
 use crate::lora::{self, Dims, Lora, LoraId, LoraInfo, LoraRun, LoraScratch, Product, Target};
 use crate::record::{Recorded, StepKey};
@@ -1727,20 +1727,7 @@ impl<'a, B: Backend> Model<'a, B> {
                 let m = c.moe.as_ref().ok_or_else(|| {
                     Error::BadConfig("a layer has experts the config does not".into())
                 })?;
-                let buf = MoeBuffers {
-                    ws: &mut sc.ws,
-                    xn: &sc.xn,
-                    router_in: None,
-                    scores: &mut sc.scores,
-                    input: &mut sc.moe_rows,
-                    gate: &mut sc.gate,
-                    up: &mut sc.up,
-                    out: &mut sc.proj,
-                    stacked: &mut sc.stacked,
-                    host: &mut sc.moe,
-                    seen: sc.seen.as_deref_mut(),
-                };
-                moe.run(b, (m, li), d, n, buf)?
+                self.run_moe(sc, moe, (m, li), n, false)?
             }
         }
         if let Some(s) = c.residual_scale {
@@ -1765,23 +1752,56 @@ impl<'a, B: Backend> Model<'a, B> {
         b.rms_norm(&sc.proj, &e.post_dense, eps, n, dense)?;
         b.rms_norm(&sc.x, &e.pre, eps, n, &mut sc.xn)?;
         b.rms_norm(&sc.x, &e.router_scale, eps, n, router_in)?;
-        let buf = MoeBuffers {
-            ws: &mut sc.ws,
-            xn: &sc.xn,
-            router_in: Some(router_in),
-            scores: &mut sc.scores,
-            input: &mut sc.moe_rows,
-            gate: &mut sc.gate,
-            up: &mut sc.up,
-            out: &mut sc.proj,
-            stacked: &mut sc.stacked,
-            host: &mut sc.moe,
-            seen: sc.seen.as_deref_mut(),
-        };
-        e.moe.run(b, (m, li), d, n, buf)?;
+        self.run_moe(sc, &e.moe, (m, li), n, true)?;
+        let (dense, _) = sc.beside.as_ref().ok_or_else(|| no_room("experts"))?;
         b.rms_norm_inplace(&mut sc.proj, &e.post, eps, n)?;
         b.add_inplace(&mut sc.proj, dense, n * d)?;
         Ok(())
+    }
+
+    /// `moe` over the first `n` rows of `sc.xn`, into `sc.proj`; its router
+    /// reads the second of `sc.beside` where `beside` (Gemma 4's), else
+    /// those rows.
+    fn run_moe(
+        &self,
+        sc: &mut Scratch<B>,
+        moe: &Moe<'a, B>,
+        (m, li): (&MoeConfig, usize),
+        n: usize,
+        beside: bool,
+    ) -> Result<()> {
+        let Scratch {
+            ws,
+            xn,
+            scores,
+            moe_rows,
+            gate,
+            up,
+            proj,
+            stacked,
+            moe: host,
+            seen,
+            beside: room,
+            ..
+        } = sc;
+        let router_in = match beside {
+            true => Some(&room.as_ref().ok_or_else(|| no_room("experts"))?.1),
+            false => None,
+        };
+        let buf = MoeBuffers {
+            ws,
+            xn,
+            router_in,
+            scores,
+            input: moe_rows,
+            gate,
+            up,
+            out: proj,
+            stacked,
+            host,
+            seen: seen.as_deref_mut(),
+        };
+        moe.run(self.backend, (m, li), self.config.d_model, n, buf)
     }
 
     /// The end of block `li`: its last part's output `sc.proj` (normed by
