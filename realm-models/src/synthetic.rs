@@ -183,6 +183,22 @@ fn small_dtype(name: &str, shape: &[u64]) -> GgmlType {
     }
 }
 
+/// A Q4_K_M-like mix for the Gemma 3n and Gemma 4 E2B layouts: what
+/// [`small_dtype`] keeps f32 stays so; the embeddings, `attn_v` and
+/// `ffn_down` Q6_K; the other matrices Q4_K.
+fn q4_k_m_like(name: &str, shape: &[u64]) -> GgmlType {
+    match small_dtype(name, shape) {
+        GgmlType::F32 => GgmlType::F32,
+        _ if name.contains("embd")
+            || name.ends_with("attn_v.weight")
+            || name.ends_with("ffn_down.weight") =>
+        {
+            GgmlType::Q6_K
+        }
+        _ => GgmlType::Q4_K,
+    }
+}
+
 /// Hyper-parameters of a Gemma 3n layout.
 struct Gemma3n {
     layers: usize,
@@ -1231,16 +1247,7 @@ impl SyntheticLayout {
                 vocab: 262_144,
                 context: 32_768,
             },
-            |name, shape| match small_dtype(name, shape) {
-                GgmlType::F32 => GgmlType::F32,
-                _ if name.contains("embd")
-                    || name.ends_with("attn_v.weight")
-                    || name.ends_with("ffn_down.weight") =>
-                {
-                    GgmlType::Q6_K
-                }
-                _ => GgmlType::Q4_K,
-            },
+            q4_k_m_like,
         )
     }
 
@@ -1402,16 +1409,7 @@ impl SyntheticLayout {
                 vocab: 262_400,
                 context: 32_768,
             },
-            |name, shape| match small_dtype(name, shape) {
-                GgmlType::F32 => GgmlType::F32,
-                _ if name.contains("embd")
-                    || name.ends_with("attn_v.weight")
-                    || name.ends_with("ffn_down.weight") =>
-                {
-                    GgmlType::Q6_K
-                }
-                _ => GgmlType::Q4_K,
-            },
+            q4_k_m_like,
         )
     }
 

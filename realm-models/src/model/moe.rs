@@ -73,19 +73,7 @@ impl<'a, B: Backend + 'a> BesideMoe<'a, B> {
         m: &MoeConfig,
         d: usize,
     ) -> Result<Self> {
-        let vector = |s: &str| -> Result<Vec<f32>> {
-            let name = format!("blk.{layer}.{s}");
-            let t = file.tensor(&name)?;
-            let v = super::f32_vec(&t)?;
-            if v.len() != d {
-                return Err(Error::BadTensorShape {
-                    tensor: name,
-                    expected: vec![d as u64],
-                    got: t.shape().to_vec(),
-                });
-            }
-            Ok(v)
-        };
+        let vector = |s: &str| super::recurrent::vector(file, &format!("blk.{layer}.{s}"), d);
         let up = |s: &str| -> Result<B::Buffer> { Ok(backend.upload(&vector(s)?)?) };
         let inv = 1.0 / (d as f32).sqrt();
         let scale: Vec<f32> = vector("ffn_gate_inp.scale")?
