@@ -1,6 +1,6 @@
 //! Realm's CUDA kernels (`kernels/*.cu`) on the CPU, under a small SIMT
-//! emulator (`tests/emu/emu.h`: a block's threads are OS threads, with
-//! barriers for `__syncthreads` and warp shuffles), against the CPU
+//! emulator (`tests/emu/emu.h`: a block's threads are fibers switched at
+//! the barriers of `__syncthreads` and warp shuffles), against the CPU
 //! backend. This checks the kernels' own source (indexing, masks, the
 //! warps' running softmax and its merge, reductions) on machines without a
 //! GPU; a GPU machine runs the same kernels for real through the op tests.
@@ -12,7 +12,8 @@
 //! `EMU_SANITIZE` builds the emulator with the compiler's sanitizers, what
 //! a GPU's `compute-sanitizer` would check: `EMU_SANITIZE=address,undefined`
 //! catches a read or write outside an array, `EMU_SANITIZE=thread` a race
-//! between a block's threads on shared memory (a missing barrier).
+//! between a block's threads on shared memory (a missing barrier: with it,
+//! the threads are OS threads, which ThreadSanitizer sees, not fibers).
 
 mod common;
 
@@ -40,6 +41,9 @@ fn driver() -> &'static Path {
         });
         let mut build = Command::new(&cxx);
         build.args(["-std=c++20", "-O1", "-pthread"]);
+        if sanitize.as_deref().is_some_and(|s| s.contains("thread")) {
+            build.arg("-DEMU_OS_THREADS");
+        }
         if let Some(s) = &sanitize {
             // Checked vectors, so that a read past an array's end but
             // within its allocation is caught too.
