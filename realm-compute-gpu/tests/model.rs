@@ -344,7 +344,7 @@ fn gemma3_layout_matches_the_cpu() {
 
 /// The real models (when `cargo xtask fetch-model` has cached them), their
 /// real weights and a real prompt: the GPU code path against the CPU
-/// backend, which `realm-models/tests/golden.rs` checks against llama.cpp.
+/// backend, which `realm-models/tests/it/golden.rs` checks against llama.cpp.
 /// The bounds are golden.rs's against llama.cpp: both backends round
 /// activations to 8-bit blocks before their products, with different
 /// details, and these small models amplify the difference.

@@ -122,7 +122,8 @@ fn status(mut cmd: Command) -> Result<()> {
 const TEST_SEED: &str = "20261202";
 
 /// The whole suite, built once, optimised: unit, integration, property and
-/// doc tests, plus the wasm32 build of the crates a guest uses.
+/// doc tests, after the wasm guest (which builds the crates a guest uses for
+/// wasm32), then the emulated CUDA kernels and the Metal build's check.
 fn test() -> Result<()> {
     fetch::fetch_all()?;
     wasm()?;
@@ -135,17 +136,7 @@ fn test() -> Result<()> {
     }
     status(t)?;
     emulated_kernels()?;
-    metal_check()?;
-    let mut wasm = cargo();
-    wasm.args([
-        "build",
-        "--release",
-        "-p",
-        "realm-core",
-        "--target",
-        "wasm32-unknown-unknown",
-    ]);
-    status(wasm)
+    metal_check()
 }
 
 /// The sanitizers the emulated kernels are built with in the test run:
@@ -234,8 +225,12 @@ fn metal_check() -> Result<()> {
         return Ok(());
     }
     let mut check = cargo();
+    // Release, as the test run's build: the build scripts and proc macros
+    // it compiled for the host serve again (in the dev profile they would
+    // be built anew, minutes on 2 cores).
     check.args([
         "check",
+        "--release",
         "-p",
         "realm-compute-gpu",
         "--features",

@@ -5,7 +5,7 @@
 //! model it came from (the same tensors, bit-identical logits), from memory
 //! and from disk by its first file's name.
 
-mod common;
+use crate::common;
 
 use realm_compute_cpu::CpuBackend;
 use realm_core::catalog;
@@ -70,7 +70,7 @@ fn split<S: AsRef<[u8]>>(file: &Gguf<S>, opts: &SplitOptions) -> Vec<Vec<u8>> {
 
 #[test]
 fn splits_and_merges_are_llama_cpp_bytes() {
-    let text = include_str!("fixtures/split.json");
+    let text = include_str!("../fixtures/split.json");
     let fx: Value = serde_json::from_str(text).unwrap();
     let tiny = Gguf::from_bytes(tiny()).unwrap();
     let smollm2 = common::open(&catalog::SMOLLM2);

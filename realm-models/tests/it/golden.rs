@@ -2,7 +2,7 @@
 //! (`scripts/gen_model_fixtures.py` made `fixtures/*.json` with
 //! llama-cpp-python), on the CPU backend.
 
-mod common;
+use crate::common;
 
 use realm_compute_cpu::CpuBackend;
 use realm_core::backend::KvDtype;

@@ -12,7 +12,7 @@
 //!
 //! The proptest case count follows `PROPTEST_CASES` (`cargo xtask proptest`).
 
-mod common;
+use crate::common;
 
 use common::{f32s, manifest, read, sha256_hex, type_by_name};
 

@@ -1,7 +1,7 @@
 //! `realm embed` on the real models against llama.cpp's llama-embedding
 //! (fixtures/embeddings.json, from scripts/gen_embedding_fixtures.py).
 
-mod common;
+use crate::common;
 
 use common::{cached, realm};
 use realm_core::catalog::{self, KnownModel};

@@ -3,7 +3,7 @@
 //! scripts/gen_quantize_fixtures.py): the same tensor types, order,
 //! metadata and quantized bytes.
 
-mod common;
+use crate::common;
 
 use common::{cached, realm};
 use realm_core::catalog;

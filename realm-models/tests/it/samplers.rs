@@ -9,7 +9,7 @@
 //! llama.cpp's whole chain, draw included, for seeded generations: Realm's
 //! sampler, given the same logits, must draw the same tokens.
 
-mod common;
+use crate::common;
 
 use realm_core::catalog::{self, KnownModel};
 use realm_core::tokenizer::Tokenizer;

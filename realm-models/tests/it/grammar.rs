@@ -6,7 +6,7 @@
 //! matcher, must allow every one of those tokens and choose the same
 //! ones, but at near ties.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 
@@ -19,7 +19,7 @@ use realm_models::{generate, GenerateParams, Model, SamplingParams, StopReason};
 use serde_json::Value;
 
 /// Largest logit difference between Realm and llama.cpp on these models
-/// (see tests/golden.rs): a greedy step whose top-2 margin is below it
+/// (see golden.rs): a greedy step whose top-2 margin is below it
 /// is a near tie either engine may break either way.
 fn tie(m: &KnownModel) -> f32 {
     if m.short_name == "gemma3" {

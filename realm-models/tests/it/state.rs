@@ -3,7 +3,7 @@
 //! caches, into a session of another size), and a truncated, corrupted or
 //! foreign state is refused, leaving the session empty.
 
-mod common;
+use crate::common;
 
 use realm_compute_cpu::CpuBackend;
 use realm_core::backend::KvDtype;

@@ -2,7 +2,7 @@
 //! llama-perplexity on the same text (fixtures/perplexity.json, from
 //! scripts/gen_perplexity_fixtures.py).
 
-mod common;
+use crate::common;
 
 use common::{cached, realm};
 use realm_core::catalog::{self, KnownModel};
@@ -163,7 +163,7 @@ fn too_short_a_text_is_refused() {
 /// PPL(Q) is the least stable figure: it moved from within 0.2% of
 /// llama.cpp's to +0.45% when Realm's 8-bit activation blocks took ggml's
 /// half scales, which hold the synthetic models' products to 5e-6 of
-/// llama.cpp's (`realm-models/tests/architectures.rs`). On this 30-layer
+/// llama.cpp's (`realm-models/tests/it/architectures.rs`). On this 30-layer
 /// Q4_0/Q3_K model one rounding flip is amplified: the logits differ from
 /// llama.cpp's by 0.15 at the first position with ggml's scales, 0.30
 /// with f32 ones, and by 0.9 on average over 128 positions either way.

@@ -101,7 +101,7 @@ const SHARP: [&str; 5] = [
 ];
 
 fn fixture() -> Value {
-    let text = include_str!("fixtures/architectures.json");
+    let text = include_str!("../fixtures/architectures.json");
     serde_json::from_str(text).expect("fixture is JSON")
 }
 

@@ -31,8 +31,6 @@ pub fn cached(m: &catalog::KnownModel) -> bool {
 
 /// The wasm guest `cargo xtask wasm` builds, if it is there; says why the
 /// test is skipped if not.
-// Each test binary compiles this module; `info` has no guest tests.
-#[allow(dead_code)]
 pub fn guest() -> Option<String> {
     let path = format!(
         "{}/../{}",

@@ -1,6 +1,6 @@
 //! `realm info` on the real models, run as a user runs it.
 
-mod common;
+use crate::common;
 
 use common::{cached, realm};
 use realm_core::catalog;

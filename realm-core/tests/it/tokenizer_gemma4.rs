@@ -7,7 +7,7 @@
 //! llama.cpp.
 #![cfg(not(target_arch = "wasm32"))]
 
-mod bpe_fixture;
+use crate::bpe_fixture;
 
 use bpe_fixture::{ids, vocabulary};
 use realm_core::gguf::{Gguf, MetadataValue};

@@ -2,7 +2,7 @@
 //! the same text (fixtures/imatrix/*.gguf and fixtures/imatrix.json, from
 //! scripts/gen_imatrix_fixtures.py), and combining matrices.
 
-mod common;
+use crate::common;
 
 use common::{cached, realm};
 use realm_core::catalog::{self, KnownModel};

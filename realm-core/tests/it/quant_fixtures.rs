@@ -11,7 +11,7 @@
 //! - MXFP4 both ways against ggml's own `dequantize_row_mxfp4` and
 //!   `quantize_mxfp4` (mxfp4.json).
 
-mod common;
+use crate::common;
 
 use common::{f32s, manifest, read, sha256_hex, type_by_name};
 

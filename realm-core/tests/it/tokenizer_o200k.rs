@@ -12,7 +12,7 @@
 //! tokens first, as its files do, and a BOS added by default.
 #![cfg(not(target_arch = "wasm32"))]
 
-mod bpe_fixture;
+use crate::bpe_fixture;
 
 use bpe_fixture::{fixture, ids, vocabulary};
 use realm_core::gguf::{Gguf, MetadataValue};

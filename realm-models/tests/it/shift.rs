@@ -6,7 +6,7 @@
 //! goes on past a full context, with the text of plain generation until
 //! then.
 
-mod common;
+use crate::common;
 
 use realm_compute_cpu::CpuBackend;
 use realm_core::backend::{KvDtype, RopeMode};
