@@ -62,26 +62,25 @@ pub fn dequantize_block_iq4_xs(block: &BlockIQ4XS, out: &mut [f32; QK_K]) {
     }
 }
 
-/// The index of the table value nearest `x`, found by bisection as ggml's
-/// `best_index_int8` finds it: 0 at or below the first value, 15 at or above
-/// the last, the upper of two equally near values, and 15 for NaN.
+/// The index of the table value nearest `x`, as ggml's `best_index_int8`
+/// finds it by bisection: 0 at or below the first value, 15 at or above the
+/// last, the upper of two equally near values, and 15 for NaN. The
+/// bisection's bracket is found by counting the values at or below `x`
+/// instead (no branch to mispredict: the quantizers call this 16 times a
+/// value), then the same comparison picks between its ends.
 fn best_index(x: f32) -> u8 {
     let last = KVALUES_F32.len() - 1;
+    if x.is_nan() || x >= KVALUES_F32[last] {
+        return last as u8;
+    }
     if x <= KVALUES_F32[0] {
         return 0;
     }
-    if x >= KVALUES_F32[last] {
-        return last as u8;
-    }
-    let (mut lo, mut hi) = (0, last);
-    while hi - lo > 1 {
-        let mid = (lo + hi) / 2;
-        if x < KVALUES_F32[mid] {
-            hi = mid;
-        } else {
-            lo = mid;
-        }
-    }
+    // The first value above x (1..=15 here): where the bisection ends.
+    let hi = KVALUES_F32
+        .iter()
+        .map(|&k| usize::from(k <= x))
+        .sum::<usize>();
     if x - KVALUES_F32[hi - 1] < KVALUES_F32[hi] - x {
         (hi - 1) as u8
     } else {
@@ -89,16 +88,28 @@ fn best_index(x: f32) -> u8 {
     }
 }
 
-/// The weighted sums `sum w q x` and `sum w q^2` of `x` against the table
-/// values `q` its elements take at inverse scale `id`.
-fn sums(x: &[f32; QK], weights: &[f32; QK], id: f32) -> (f32, f32) {
-    let (mut sumqx, mut sumq2) = (0.0f32, 0.0f32);
-    for (&v, &w) in x.iter().zip(weights) {
-        let q = KVALUES_F32[usize::from(best_index(id * v))];
-        sumqx += w * q * v;
-        sumq2 += w * q * q;
+/// The table value nearest `x`: [`best_index`]'s value, found with
+/// selects only, so that the trials of [`fit_scale`] run side by side in
+/// vector lanes.
+#[inline(always)]
+fn nearest_value(x: f32) -> f32 {
+    let [first, .., last] = KVALUES_F32;
+    // The values bracketing x: the last at or below it, the first above.
+    let (mut lo, mut hi) = (first, last);
+    for &k in &KVALUES_F32 {
+        lo = if k <= x { k } else { lo };
     }
-    (sumqx, sumq2)
+    for &k in KVALUES_F32.iter().rev() {
+        hi = if k > x { k } else { hi };
+    }
+    let q = if x - lo < hi - x { lo } else { hi };
+    let q = if x <= first { first } else { q };
+    // At or above the last value, and NaN: the last.
+    if x < last {
+        q
+    } else {
+        last
+    }
 }
 
 /// How far on each side of the table's end the search moves the value the
@@ -106,22 +117,44 @@ fn sums(x: &[f32; QK], weights: &[f32; QK], id: f32) -> (f32, f32) {
 /// `quantize_iq4_xs`, with or without an importance matrix).
 const NTRY: i32 = 7;
 
+/// The trials of [`fit_scale`]: the first, then `2 * NTRY + 1` more.
+const TRIALS: usize = 2 * NTRY as usize + 2;
+
 /// The scale of 32 values: the weighted least-squares scale of the table
 /// values nearest them at 16 trial scales, keeping the one that fits best
 /// (largest `(sum w q x)^2 / sum w q^2`). The trials take the largest
 /// element `max` (signed) to 127 (so to the table's top, 113), then to
 /// `-127 + t` for each `t` in `-7..=7`. 0 when every element is (nearly)
 /// zero.
+///
+/// Each trial's sums `sum w q x` and `sum w q^2` add the values in order,
+/// as ggml's do, so the scale is ggml's to the bit; the trials are summed
+/// side by side (independent chains of additions the compiler puts in
+/// vector lanes), then compared in ggml's order.
 fn fit_scale(x: &[f32; QK], weights: &[f32; QK]) -> f32 {
     let Some(max) = largest(x) else {
         return 0.0;
     };
-    let (sumqx, sumq2) = sums(x, weights, 1.0 / (-max / KVALUES_F32[0]));
-    let mut d = if sumq2 > 0.0 { sumqx / sumq2 } else { 0.0 };
-    let mut best = d * sumqx;
-    for t in -NTRY..=NTRY {
-        let id = (t + i32::from(KVALUES_IQ4NL[0])) as f32 / max;
-        let (sumqx, sumq2) = sums(x, weights, id);
+    let mut ids = [0.0f32; TRIALS];
+    ids[0] = 1.0 / (-max / KVALUES_F32[0]);
+    for (id, t) in ids[1..].iter_mut().zip(-NTRY..=NTRY) {
+        *id = (t + i32::from(KVALUES_IQ4NL[0])) as f32 / max;
+    }
+    let (mut sumqx, mut sumq2) = ([0.0f32; TRIALS], [0.0f32; TRIALS]);
+    for (&v, &w) in x.iter().zip(weights) {
+        for ((id, qx), q2) in ids.iter().zip(&mut sumqx).zip(&mut sumq2) {
+            let q = nearest_value(id * v);
+            *qx += w * q * v;
+            *q2 += w * q * q;
+        }
+    }
+    let mut d = if sumq2[0] > 0.0 {
+        sumqx[0] / sumq2[0]
+    } else {
+        0.0
+    };
+    let mut best = d * sumqx[0];
+    for (&sumqx, &sumq2) in sumqx[1..].iter().zip(&sumq2[1..]) {
         if sumq2 > 0.0 && sumqx * sumqx > best * sumq2 {
             d = sumqx / sumq2;
             best = d * sumqx;
@@ -219,4 +252,54 @@ pub(super) fn block_iq4_xs(
 /// sub-block's scale as stored.
 pub fn quantize_block_iq4_xs(x: &[f32; QK_K]) -> BlockIQ4XS {
     block_iq4_xs(x, |_, xb| xb.map(|v| v * v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// ggml's bisection, as `best_index_int8` writes it.
+    fn bisection(x: f32) -> u8 {
+        let last = KVALUES_F32.len() - 1;
+        if x <= KVALUES_F32[0] {
+            return 0;
+        }
+        if x >= KVALUES_F32[last] {
+            return last as u8;
+        }
+        let (mut lo, mut hi) = (0, last);
+        while hi - lo > 1 {
+            let mid = (lo + hi) / 2;
+            if x < KVALUES_F32[mid] {
+                hi = mid;
+            } else {
+                lo = mid;
+            }
+        }
+        if x - KVALUES_F32[hi - 1] < KVALUES_F32[hi] - x {
+            (hi - 1) as u8
+        } else {
+            hi as u8
+        }
+    }
+
+    #[test]
+    fn the_count_and_the_selects_find_what_the_bisection_finds() {
+        // Every table value, the midpoints between neighbours and the floats
+        // beside each, the ends, NaN and infinities; then every 997th f32
+        // bit pattern (all signs and exponents).
+        let mut xs = vec![f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0];
+        for w in KVALUES_F32.windows(2) {
+            for v in [w[0], (w[0] + w[1]) / 2.0] {
+                xs.extend([v, v.next_up(), v.next_down()]);
+            }
+        }
+        xs.extend((0..u32::MAX / 997).map(|i| f32::from_bits(i * 997)));
+        for x in xs {
+            let want = bisection(x);
+            assert_eq!(best_index(x), want, "{x:e} ({:#x})", x.to_bits());
+            let value = nearest_value(x);
+            assert_eq!(value, KVALUES_F32[usize::from(want)], "{x:e}");
+        }
+    }
 }
