@@ -146,11 +146,27 @@ inline float __int_as_float(int i) {
   return f;
 }
 
+// The blocks of a launch's grid, one at a time: in order (x fastest, then
+// y, then z), or in reverse when $EMU_REVERSE_BLOCKS is set. A GPU runs them
+// in any order at once, so a kernel whose blocks read what others write can
+// give another result run the other way round.
+struct EmuGrid {
+  dim3 grid;
+  unsigned long n;
+  bool reverse;
+  explicit EmuGrid(dim3 g)
+      : grid(g), n((unsigned long)g.x * g.y * g.z),
+        reverse(std::getenv("EMU_REVERSE_BLOCKS") != nullptr) {}
+  // The index of the i-th block to run.
+  dim3 block(unsigned long i) const {
+    const unsigned long at = reverse ? n - 1 - i : i;
+    return dim3{(unsigned)(at % grid.x), (unsigned)(at / grid.x % grid.y),
+                (unsigned)(at / grid.x / grid.y)};
+  }
+};
+
 // Runs `kernel` over `grid` blocks of `block` threads (block.x a multiple
-// of 32), one block at a time: in order (x fastest, then y, then z), or in
-// reverse when $EMU_REVERSE_BLOCKS is set. A GPU runs them in any order at
-// once, so a kernel whose blocks read what others write can give another
-// result run the other way round.
+// of 32), one block at a time, in EmuGrid's order.
 #ifdef EMU_OS_THREADS
 // The block's threads are started once and go from block to block together
 // (a barrier between blocks).
@@ -158,18 +174,15 @@ template <class... P, class... A>
 void emu_launch(void (*kernel)(P...), dim3 grid, dim3 block, A... args) {
   gridDim = grid;
   blockDim = block;
-  const unsigned long n = (unsigned long)grid.x * grid.y * grid.z;
-  const bool reverse = std::getenv("EMU_REVERSE_BLOCKS") != nullptr;
+  const EmuGrid order(grid);
   EmuBlock b(block.x);
   emu_block = &b;
   std::vector<std::thread> threads;
   for (unsigned t = 0; t < block.x; ++t) {
     threads.emplace_back([=, &b] {
       threadIdx = dim3{t, 0, 0};
-      for (unsigned long i = 0; i < n; ++i) {
-        const unsigned long at = reverse ? n - 1 - i : i;
-        blockIdx = dim3{(unsigned)(at % grid.x), (unsigned)(at / grid.x % grid.y),
-                        (unsigned)(at / grid.x / grid.y)};
+      for (unsigned long i = 0; i < order.n; ++i) {
+        blockIdx = order.block(i);
         kernel(static_cast<P>(args)...);
         // Every thread done with this block (its shared memory, its
         // shuffle slots) before any starts the next.
@@ -286,8 +299,7 @@ template <class... P, class... A>
 void emu_launch(void (*kernel)(P...), dim3 grid, dim3 block, A... args) {
   gridDim = grid;
   blockDim = block;
-  const unsigned long n = (unsigned long)grid.x * grid.y * grid.z;
-  const bool reverse = std::getenv("EMU_REVERSE_BLOCKS") != nullptr;
+  const EmuGrid order(grid);
   EmuBlock b(block.x);
   emu_block = &b;
   static void (*call)(P...);
@@ -295,10 +307,8 @@ void emu_launch(void (*kernel)(P...), dim3 grid, dim3 block, A... args) {
   call = kernel;
   held = std::tuple<A...>(args...);
   emu_body = [] { std::apply([](A... a) { call(static_cast<P>(a)...); }, held); };
-  for (unsigned long i = 0; i < n; ++i) {
-    const unsigned long at = reverse ? n - 1 - i : i;
-    blockIdx = dim3{(unsigned)(at % grid.x), (unsigned)(at / grid.x % grid.y),
-                    (unsigned)(at / grid.x / grid.y)};
+  for (unsigned long i = 0; i < order.n; ++i) {
+    blockIdx = order.block(i);
     emu_run_block(b);
   }
   emu_block = nullptr;
