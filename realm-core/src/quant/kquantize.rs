@@ -142,9 +142,18 @@ pub(super) fn largest(x: &[f32]) -> Option<f32> {
     (amax >= GROUP_MAX_EPS).then_some(max)
 }
 
+/// The trial scales of [`make_qx_quants`]: `nmax` levels over the largest
+/// element, then `nmax + 0.1 is` for `is` in `-9..=9` but 0.
+const QX_TRIALS: usize = 19;
+
 /// Quantizes `x` to levels `0..2 nmax` standing for `scale * (l - nmax)`,
 /// searching for the scale that best fits with these weights (`x^2` in the
 /// reference quantizers). Writes the levels and returns the scale.
+///
+/// Each trial's sums add the values in order, as ggml's do, so the result
+/// is ggml's to the bit; the trials are summed side by side (independent
+/// chains of additions the compiler puts in vector lanes), then compared in
+/// ggml's order.
 pub(super) fn make_qx_quants<const N: usize>(
     x: &[f32; N],
     nmax: i32,
@@ -156,43 +165,35 @@ pub(super) fn make_qx_quants<const N: usize>(
         return 0.0;
     };
     let level = |iscale: f32, xi: f32| nearest_int(iscale * xi).clamp(-nmax, nmax - 1);
-    // `w * x`, which every candidate's correlation takes.
-    let mut wx = [0.0f32; N];
-    for ((o, &xi), &w) in wx.iter_mut().zip(x).zip(weights) {
-        *o = w * xi;
+    let mut iscales = [-(nmax as f32) / max; QX_TRIALS];
+    for (s, is) in iscales[1..].iter_mut().zip((-9..=9).filter(|&is| is != 0)) {
+        *s = -(nmax as f32 + 0.1 * is as f32) / max;
     }
-    let sums = |iscale: f32| {
-        // The levels first (a loop the compiler can run in vectors), then
-        // the sums in order.
-        let mut ls = [0.0f32; N];
-        for (l, &xi) in ls.iter_mut().zip(x) {
-            *l = level(iscale, xi) as f32;
+    let (mut sumlx, mut suml2) = ([0.0f32; QX_TRIALS], [0.0f32; QX_TRIALS]);
+    for (&xi, &w) in x.iter().zip(weights) {
+        let wx = w * xi;
+        for ((&iscale, lx), l2) in iscales.iter().zip(&mut sumlx).zip(&mut suml2) {
+            let l = level(iscale, xi) as f32;
+            *lx += wx * l;
+            *l2 += w * l * l;
         }
-        let (mut sumlx, mut suml2) = (0.0f32, 0.0f32);
-        for ((&l, &wx), &w) in ls.iter().zip(&wx).zip(weights) {
-            sumlx += wx * l;
-            suml2 += w * l * l;
-        }
-        (sumlx, suml2)
+    }
+    let mut scale = if suml2[0] != 0.0 {
+        sumlx[0] / suml2[0]
+    } else {
+        0.0
     };
-    let fill = |iscale: f32, levels: &mut [u8; N]| {
-        for (out, &xi) in levels.iter_mut().zip(x) {
-            *out = (level(iscale, xi) + nmax) as u8;
-        }
-    };
-    let iscale = -(nmax as f32) / max;
-    fill(iscale, levels);
-    let (sumlx, suml2) = sums(iscale);
-    let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
-    let mut best = scale * sumlx;
-    for is in (-9..=9).filter(|&is| is != 0) {
-        let iscale = -(nmax as f32 + 0.1 * is as f32) / max;
-        let (sumlx, suml2) = sums(iscale);
+    let mut best = scale * sumlx[0];
+    let mut chosen = 0;
+    for (t, (&sumlx, &suml2)) in sumlx.iter().zip(&suml2).enumerate().skip(1) {
         if suml2 > 0.0 && sumlx * sumlx > best * suml2 {
-            fill(iscale, levels);
+            chosen = t;
             scale = sumlx / suml2;
             best = scale * sumlx;
         }
+    }
+    for (out, &xi) in levels.iter_mut().zip(x) {
+        *out = (level(iscales[chosen], xi) + nmax) as u8;
     }
     scale
 }
