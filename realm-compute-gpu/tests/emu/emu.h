@@ -1,9 +1,9 @@
 // Runs Realm's CUDA kernels on the CPU, for tests on machines without a
-// GPU, one block at a time. A block's threads are fibers on one OS thread
-// (started with ucontext, then switched with the compiler's setjmp and
-// longjmp builtins, which unlike swapcontext make no system call and, unlike
-// libc's longjmp, are not intercepted by AddressSanitizer, which would
-// re-poison stacks on every switch), switched at barriers (__syncthreads, warp shuffles): a
+// GPU, one block at a time. A block's threads are fibers on one OS thread,
+// switched where they wait at a barrier (__syncthreads, warp shuffles):
+// started with ucontext, then switched with the compiler's setjmp and
+// longjmp builtins, which unlike swapcontext make no system call and,
+// unlike libc's longjmp, are not intercepted by AddressSanitizer. A
 // barrier waits, as on a GPU, until each thread it counts has reached it,
 // and a block whose threads wait where the others never come is reported
 // and aborted rather than hung. Built with -DEMU_OS_THREADS, the threads

@@ -62,35 +62,11 @@ pub fn dequantize_block_iq4_xs(block: &BlockIQ4XS, out: &mut [f32; QK_K]) {
     }
 }
 
-/// The index of the table value nearest `x`, as ggml's `best_index_int8`
-/// finds it by bisection: 0 at or below the first value, 15 at or above the
-/// last, the upper of two equally near values, and 15 for NaN. The
-/// bisection's bracket is found by counting the values at or below `x`
-/// instead (no branch to mispredict: the quantizers call this 16 times a
-/// value), then the same comparison picks between its ends.
-fn best_index(x: f32) -> u8 {
-    let last = KVALUES_F32.len() - 1;
-    if x.is_nan() || x >= KVALUES_F32[last] {
-        return last as u8;
-    }
-    if x <= KVALUES_F32[0] {
-        return 0;
-    }
-    // The first value above x (1..=15 here): where the bisection ends.
-    let hi = KVALUES_F32
-        .iter()
-        .map(|&k| usize::from(k <= x))
-        .sum::<usize>();
-    if x - KVALUES_F32[hi - 1] < KVALUES_F32[hi] - x {
-        (hi - 1) as u8
-    } else {
-        hi as u8
-    }
-}
-
-/// The table value nearest `x`: [`best_index`]'s value, found with
-/// selects only, so that the trials of [`fit_scale`] run side by side in
-/// vector lanes.
+/// The table value nearest `x`, as ggml's `best_index_int8` finds it by
+/// bisection: the first value for any `x` at or below it, the last for any
+/// at or above it and for NaN, the upper of two equally near values. Found with
+/// selects only (no branch to mispredict), so that the trials of
+/// [`fit_scale`] run side by side in vector lanes.
 #[inline(always)]
 fn nearest_value(x: f32) -> f32 {
     let [first, .., last] = KVALUES_F32;
@@ -110,6 +86,12 @@ fn nearest_value(x: f32) -> f32 {
     } else {
         last
     }
+}
+
+/// The table index of [`nearest_value`]: how many values lie below it.
+fn best_index(x: f32) -> u8 {
+    let q = nearest_value(x);
+    KVALUES_F32.iter().map(|&k| u8::from(k < q)).sum()
 }
 
 /// How far on each side of the table's end the search moves the value the
@@ -284,7 +266,7 @@ mod tests {
     }
 
     #[test]
-    fn the_count_and_the_selects_find_what_the_bisection_finds() {
+    fn the_selects_find_what_the_bisection_finds() {
         // Every table value, the midpoints between neighbours and the floats
         // beside each, the ends, NaN and infinities; then every 997th f32
         // bit pattern (all signs and exponents).
