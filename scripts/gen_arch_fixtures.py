@@ -319,6 +319,32 @@ CASES = [
     # router reading the block's input scaled, each expert's output factor.
     case("gemma4-moe", "tiny-gemma4-moe"),
     case("gemma4-moe-q8_0", "tiny-gemma4-moe", matrix_type="q8_0"),
+    # LayerNorms. StarCoder 2: biases on every norm and product, GELUs
+    # without a gate.
+    case("starcoder2", "tiny-starcoder2"),
+    case("starcoder2-q8_0", "tiny-starcoder2", matrix_type="q8_0"),
+    # Phi 2: the same with query, key and value in one matrix, the network
+    # beside the attention on its normed input, half of each head rotated,
+    # an output bias.
+    case("phi2", "tiny-phi2"),
+    case("phi2-q8_0", "tiny-phi2", matrix_type="q8_0"),
+    # StableLM: SwiGLU, a quarter of each head rotated; without a
+    # feed-forward norm, the network beside the attention.
+    case("stablelm", "tiny-stablelm"),
+    case("stablelm-q8_0", "tiny-stablelm", matrix_type="q8_0"),
+    case("stablelm-parallel", "tiny-stablelm-parallel"),
+    # GPT-NeoX: the network beside the attention, with its own norm; and
+    # after it (use_parallel_residual false).
+    case("gptneox", "tiny-gptneox"),
+    case("gptneox-q8_0", "tiny-gptneox", matrix_type="q8_0"),
+    case("gptneox-sequential", "tiny-gptneox-sequential"),
+    # Command R: norms without biases, SwiGLU beside the attention, the
+    # logits scaled; Command R7B's window on every other block, the
+    # others global without RoPE.
+    case("command-r", "tiny-command-r"),
+    case("command-r-q8_0", "tiny-command-r", matrix_type="q8_0"),
+    case("cohere2", "tiny-cohere2"),
+    case("cohere2-q8_0", "tiny-cohere2", matrix_type="q8_0"),
 ]
 
 

@@ -363,6 +363,31 @@ impl<B: Backend> NormOps for Profiled<'_, B> {
             self.inner.rms_norm_inplace(x, w, eps, n_rows)
         })
     }
+    fn layer_norm(
+        &self,
+        x: &B::Buffer,
+        w: &B::Buffer,
+        b: Option<&B::Buffer>,
+        eps: f32,
+        n_rows: usize,
+        out: &mut B::Buffer,
+    ) -> BackendResult<()> {
+        self.time(named("layer_norm"), || {
+            self.inner.layer_norm(x, w, b, eps, n_rows, out)
+        })
+    }
+    fn layer_norm_inplace(
+        &self,
+        x: &mut B::Buffer,
+        w: &B::Buffer,
+        b: Option<&B::Buffer>,
+        eps: f32,
+        n_rows: usize,
+    ) -> BackendResult<()> {
+        self.time(named("layer_norm"), || {
+            self.inner.layer_norm_inplace(x, w, b, eps, n_rows)
+        })
+    }
     fn add_rms_norm(
         &self,
         x: &mut B::Buffer,

@@ -576,6 +576,54 @@ impl NormOps for CpuBackend {
         ops::rms_norm_inplace(prefix_mut(OP, "x length", x, len)?, w, eps);
         Ok(())
     }
+
+    fn layer_norm(
+        &self,
+        x: &Vec<f32>,
+        w: &Vec<f32>,
+        b: Option<&Vec<f32>>,
+        eps: f32,
+        n_rows: usize,
+        out: &mut Vec<f32>,
+    ) -> BackendResult<()> {
+        const OP: &str = "layer_norm";
+        let len = norm_rows(OP, w, n_rows)?;
+        let x = prefix(OP, "x length", x, len)?;
+        let out = prefix_mut(OP, "out length", out, len)?;
+        out.copy_from_slice(x);
+        ops::layer_norm_inplace(out, w, norm_bias(OP, w, b)?, eps);
+        Ok(())
+    }
+
+    fn layer_norm_inplace(
+        &self,
+        x: &mut Vec<f32>,
+        w: &Vec<f32>,
+        b: Option<&Vec<f32>>,
+        eps: f32,
+        n_rows: usize,
+    ) -> BackendResult<()> {
+        const OP: &str = "layer_norm";
+        let len = norm_rows(OP, w, n_rows)?;
+        let x = prefix_mut(OP, "x length", x, len)?;
+        ops::layer_norm_inplace(x, w, norm_bias(OP, w, b)?, eps);
+        Ok(())
+    }
+}
+
+/// A norm's bias, checked to be as long as its weight `w`.
+fn norm_bias<'b>(
+    op: &'static str,
+    w: &[f32],
+    b: Option<&'b Vec<f32>>,
+) -> BackendResult<Option<&'b [f32]>> {
+    match b {
+        Some(b) if b.len() != w.len() => Err(BackendError::InvalidParameter {
+            op,
+            what: "a norm's bias must be as long as its weight",
+        }),
+        b => Ok(b.map(Vec::as_slice)),
+    }
 }
 
 impl RopeOps for CpuBackend {

@@ -70,6 +70,30 @@ pub(crate) fn rms_norm_inplace(x: &mut [f32], w: &[f32], eps: f32) {
     }
 }
 
+/// LayerNorm of each row of `x` (as long as `w`) in place: the row less
+/// its mean, over the square root of its variance plus `eps`, times `w`,
+/// plus `b` where given. The sums are in f64, in order (ggml's are too).
+pub(crate) fn layer_norm_inplace(x: &mut [f32], w: &[f32], b: Option<&[f32]>, eps: f32) {
+    for xr in x.chunks_exact_mut(w.len()) {
+        let n = xr.len() as f64;
+        let mean = (xr.iter().map(|&v| f64::from(v)).sum::<f64>() / n) as f32;
+        let mut var = 0.0f64;
+        for v in xr.iter_mut() {
+            *v -= mean;
+            var += f64::from(*v * *v);
+        }
+        let scale = 1.0 / ((var / n) as f32 + eps).sqrt();
+        for (v, &g) in xr.iter_mut().zip(w) {
+            *v = *v * scale * g;
+        }
+        if let Some(b) = b {
+            for (v, &c) in xr.iter_mut().zip(b) {
+                *v += c;
+            }
+        }
+    }
+}
+
 #[inline]
 fn rms_scale(x: &[f32], eps: f32) -> f32 {
     let mean = dot(x, x) / x.len() as f32;
@@ -294,6 +318,26 @@ pub(crate) fn gelu_looked_up(table: &[u16], x: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn layer_norm_centres_scales_and_shifts_each_row() {
+        // Rows of mean 2.5 and variance 1.25, and of one value repeated.
+        let mut x = [1.0f32, 2.0, 3.0, 4.0, 7.0, 7.0, 7.0, 7.0];
+        let w = [1.0, 2.0, 1.0, 0.5];
+        let b = [0.0, 0.0, 1.0, -1.0];
+        layer_norm_inplace(&mut x[..4], &w, Some(&b), 0.0);
+        layer_norm_inplace(&mut x[4..], &w, Some(&b), 1e-5);
+        let s = 1.0 / 1.25f32.sqrt();
+        let want = [-1.5 * s, -0.5 * s * 2.0, 0.5 * s + 1.0, 1.5 * s * 0.5 - 1.0];
+        for (g, w) in x[..4].iter().zip(want) {
+            assert!((g - w).abs() < 1e-6, "{g} {w}");
+        }
+        // (x - mean) is 0: the bias alone, whatever eps.
+        assert_eq!(x[4..], b);
+        let mut y = [1.0f32, 3.0];
+        layer_norm_inplace(&mut y, &[1.0, 1.0], None, 0.0);
+        assert_eq!(y, [-1.0, 1.0]);
+    }
 
     #[test]
     fn gelu_table_is_gelu_in_half_precision() {

@@ -250,6 +250,40 @@ impl GpuBackend {
         Ok((len, y))
     }
 
+    fn layer_norm_tensor(
+        &self,
+        op: &'static str,
+        x: &GpuBuffer,
+        (w, b): (&GpuBuffer, Option<&GpuBuffer>),
+        eps: f32,
+        n_rows: usize,
+    ) -> BackendResult<(usize, Tensor)> {
+        let len = row_values(op, w, n_rows)?;
+        if let Some(b) = b.filter(|b| b.defined() != w.defined()) {
+            return Err(BackendError::Shape {
+                op,
+                what: "bias length (the weight's)",
+                expected: w.defined(),
+                got: b.defined(),
+            });
+        }
+        let x = x.prefix(op, "x length", len)?;
+        if n_rows == 0 {
+            return Ok((0, x));
+        }
+        let x = x.reshape((n_rows, w.defined())).map_err(dev_err(op))?;
+        let zeros;
+        let b = match b {
+            Some(b) => b.all(),
+            None => {
+                zeros = w.all().zeros_like().map_err(dev_err(op))?;
+                &zeros
+            }
+        };
+        let y = candle_nn::ops::layer_norm(&x, w.all(), b, eps).map_err(dev_err(op))?;
+        Ok((len, y))
+    }
+
     /// Element-wise `f(a, b)` over the first `len` values, into `a`.
     fn binary(
         &self,
@@ -385,6 +419,34 @@ impl NormOps for GpuBackend {
     ) -> BackendResult<()> {
         const OP: &str = "rms_norm";
         let (len, y) = self.rms_norm_tensor(OP, x, w, eps, n_rows)?;
+        x.set_prefix(OP, "x length", len, y)
+    }
+
+    fn layer_norm(
+        &self,
+        x: &GpuBuffer,
+        w: &GpuBuffer,
+        b: Option<&GpuBuffer>,
+        eps: f32,
+        n_rows: usize,
+        out: &mut GpuBuffer,
+    ) -> BackendResult<()> {
+        const OP: &str = "layer_norm";
+        out.check_room(OP, "out length", row_values(OP, w, n_rows)?)?;
+        let (len, y) = self.layer_norm_tensor(OP, x, (w, b), eps, n_rows)?;
+        out.set_prefix(OP, "out length", len, y)
+    }
+
+    fn layer_norm_inplace(
+        &self,
+        x: &mut GpuBuffer,
+        w: &GpuBuffer,
+        b: Option<&GpuBuffer>,
+        eps: f32,
+        n_rows: usize,
+    ) -> BackendResult<()> {
+        const OP: &str = "layer_norm";
+        let (len, y) = self.layer_norm_tensor(OP, x, (w, b), eps, n_rows)?;
         x.set_prefix(OP, "x length", len, y)
     }
 

@@ -278,6 +278,20 @@ proptest! {
         g.rms_norm(&gx, &gw, 1e-5, rows, &mut gout).unwrap();
         assert_close(&down(&g, &gout, len), &cout, 1e-5, 1e-5, "rms_norm");
 
+        // LayerNorm with and without a bias, out of place and in place.
+        for b in [Some((&bias, &gb)), None] {
+            let (cb, gbias) = (b.map(|b| b.0), b.map(|b| b.1));
+            c.layer_norm(&x, &w, cb, 1e-5, rows, &mut cout).unwrap();
+            g.layer_norm(&gx, &gw, gbias, 1e-5, rows, &mut gout).unwrap();
+            assert_close(&down(&g, &gout, len), &cout, 1e-5, 1e-5, "layer_norm");
+            let mut gin = gx.clone();
+            g.layer_norm_inplace(&mut gin, &gw, gbias, 1e-5, rows).unwrap();
+            assert_close(&down(&g, &gin, len), &cout, 1e-5, 1e-5, "layer_norm in place");
+        }
+        // A bias of another length than the weight is an error.
+        let short = g.upload(&bias[1..]).unwrap();
+        prop_assert!(g.layer_norm(&gx, &gw, Some(&short), 1e-5, rows, &mut gout).is_err());
+
         // The residual add and the norm after it, fused and not.
         let unfused = gpu().with_fused_kernels(false);
         let (mut cx, mut cn) = (x.clone(), vec![0.0; len]);

@@ -489,6 +489,33 @@ pub trait NormOps: ActivationOps {
         n_rows: usize,
     ) -> BackendResult<()>;
 
+    /// LayerNorm of the first `n_rows` rows of `x`, a row being as long
+    /// as `w`: `out = (x - mean(x)) / sqrt(var(x) + eps) * w + b`, `b`
+    /// `None` for a norm without a bias (Command R's). The mean and the
+    /// variance are reduced in a fixed order.
+    ///
+    /// Guarantees: the capacities are checked; a bias of another length
+    /// than `w` is an error.
+    fn layer_norm(
+        &self,
+        x: &Self::Buffer,
+        w: &Self::Buffer,
+        b: Option<&Self::Buffer>,
+        eps: f32,
+        n_rows: usize,
+        out: &mut Self::Buffer,
+    ) -> BackendResult<()>;
+
+    /// [`NormOps::layer_norm`] in place.
+    fn layer_norm_inplace(
+        &self,
+        x: &mut Self::Buffer,
+        w: &Self::Buffer,
+        b: Option<&Self::Buffer>,
+        eps: f32,
+        n_rows: usize,
+    ) -> BackendResult<()>;
+
     /// A residual add and the norm after it: `x += y` over the first
     /// `n_rows` rows of `width` values, then [`NormOps::rms_norm`] of them
     /// into `out` (`w` holds `width` values). The default runs the two ops;

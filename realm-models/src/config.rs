@@ -202,11 +202,40 @@ pub enum Architecture {
     /// bias, and an ungated shared expert of the same kind; Nemotron 3
     /// Super's experts in a latent space ([`MoeConfig::latent`]).
     NemotronHMoe,
+    /// StarCoder 2 (starcoder2: 3B, 7B, 15B): LayerNorms with biases,
+    /// query, key, value and output biases, NeoX RoPE, a feed-forward
+    /// network of GELUs without a gate, with biases (`ffn_up.bias`,
+    /// `ffn_down.bias`).
+    Starcoder2,
+    /// Phi 2 and Phi 1.5 (phi2): LayerNorms with biases, attention and a
+    /// GELU network without a gate side by side on the same normed input
+    /// ([`ModelConfig::parallel_ffn`]), biases on every product, part of
+    /// each head rotated (NeoX), an output bias (`output.bias`).
+    Phi2,
+    /// StableLM (stablelm: StableLM 2 1.6B and 12B, 3B 4E1T, StableCode
+    /// 3B): LayerNorms with biases, part of each head rotated (NeoX),
+    /// SwiGLU; a block without a feed-forward norm runs its network
+    /// beside the attention, on the attention's input.
+    StableLm,
+    /// GPT-NeoX (gptneox: Pythia, GPT-NeoX 20B): LayerNorms with biases,
+    /// query, key and value in one matrix, part of each head rotated
+    /// (NeoX), a GELU network without a gate, biases on every product;
+    /// with `use_parallel_residual` the network beside the attention,
+    /// each normed by its own norm.
+    GptNeox,
+    /// Command R (command-r: 35B, Aya 23): LayerNorms without biases,
+    /// attention and SwiGLU side by side on the same normed input, the
+    /// logits times `logit_scale`, tied output.
+    CommandR,
+    /// Command R7B and Command A (cohere2): Command R's blocks, three of
+    /// four attending within a window with RoPE, the fourth globally
+    /// without RoPE.
+    Cohere2,
 }
 
 impl Architecture {
     /// Every architecture Realm runs.
-    pub const ALL: [Architecture; 46] = [
+    pub const ALL: [Architecture; 52] = [
         Self::Llama,
         Self::Mistral,
         Self::Qwen2,
@@ -253,6 +282,12 @@ impl Architecture {
         Self::Lfm2Moe,
         Self::NemotronH,
         Self::NemotronHMoe,
+        Self::Starcoder2,
+        Self::Phi2,
+        Self::StableLm,
+        Self::GptNeox,
+        Self::CommandR,
+        Self::Cohere2,
     ];
 
     /// The architecture named by `general.architecture`.
@@ -318,6 +353,12 @@ impl Architecture {
             Self::Lfm2Moe => "lfm2moe",
             Self::NemotronH => "nemotron_h",
             Self::NemotronHMoe => "nemotron_h_moe",
+            Self::Starcoder2 => "starcoder2",
+            Self::Phi2 => "phi2",
+            Self::StableLm => "stablelm",
+            Self::GptNeox => "gptneox",
+            Self::CommandR => "command-r",
+            Self::Cohere2 => "cohere2",
         }
     }
 }
@@ -465,8 +506,20 @@ pub struct ModelConfig {
     pub vocab_size: usize,
     /// Context length the model was trained for.
     pub context_length: usize,
-    /// RMSNorm epsilon.
+    /// The norms' epsilon (RMSNorms', or LayerNorms' where
+    /// [`ModelConfig::layer_norm`]).
     pub rms_eps: f32,
+    /// Whether the blocks' input norms and the output norm are LayerNorms
+    /// (with a bias where the file has one), not RMSNorms (StarCoder 2,
+    /// Phi 2, StableLM, GPT-NeoX, Command R).
+    pub layer_norm: bool,
+    /// Whether every block runs its feed-forward network beside its
+    /// attention, on the block's input (normed by the network's own norm
+    /// where the block has one, else by the attention's), both outputs
+    /// joining the residual stream at once (Phi 2, Command R, GPT-NeoX's
+    /// `use_parallel_residual`). StableLM's blocks without a feed-forward
+    /// norm do so too.
+    pub parallel_ffn: bool,
     /// RoPE base of the global-attention layers.
     pub rope_base: f32,
     /// RoPE base of the sliding-window layers.
@@ -1103,6 +1156,16 @@ impl ModelConfig {
         let olmo2 = arch == Architecture::Olmo2;
         let exaone4 = arch == Architecture::Exaone4;
         let llama4 = arch == Architecture::Llama4;
+        let cohere2 = arch == Architecture::Cohere2;
+        let layer_norm = matches!(
+            arch,
+            Architecture::Starcoder2
+                | Architecture::Phi2
+                | Architecture::StableLm
+                | Architecture::GptNeox
+                | Architecture::CommandR
+                | Architecture::Cohere2
+        );
         // llama.cpp gives EXAONE 4 a window (4096 unless set) where it has
         // 64 layers (the 32B), and no other.
         let exaone_window = exaone4 && n_layers == 64;
@@ -1139,7 +1202,9 @@ impl ModelConfig {
         // gpt-oss must say.
         let sliding_window = match (arch, opt_u("attention.sliding_window")?) {
             (Architecture::Gemma2, None) => Some(4096),
-            (Architecture::GptOss, None) => Some(u("attention.sliding_window")?),
+            (Architecture::GptOss | Architecture::Cohere2, None) => {
+                Some(u("attention.sliding_window")?)
+            }
             (Architecture::Exaone4, w) if exaone_window => Some(w.unwrap_or(4096)),
             // Llama 4's chunks are not a window; files that turn them off
             // (a window of 0) llama.cpp runs with neither chunks nor a
@@ -1159,7 +1224,8 @@ impl ModelConfig {
                 | Architecture::Gemma3n
                 | Architecture::Gemma4
                 | Architecture::GptOss
-                | Architecture::Olmo2,
+                | Architecture::Olmo2
+                | Architecture::Cohere2,
                 w,
             ) => w,
             _ => None,
@@ -1204,12 +1270,23 @@ impl ModelConfig {
             vocab_size,
             context_length: u("context_length")?,
             rms_eps: match (arch, opt_f("attention.layer_norm_rms_epsilon")?) {
+                // (Required, as llama.cpp reads it.)
+                _ if layer_norm => md.get_f32(&key("attention.layer_norm_epsilon"))?,
                 (_, Some(e)) => e,
                 // (Nemotron-H's files may give only the plain norm's.)
                 (Architecture::NemotronH | Architecture::NemotronHMoe, None) => {
                     opt_f("attention.layer_norm_epsilon")?.unwrap_or(1e-5)
                 }
                 (_, None) => 1e-5,
+            },
+            layer_norm,
+            parallel_ffn: match arch {
+                Architecture::Phi2 | Architecture::CommandR | Architecture::Cohere2 => true,
+                Architecture::GptNeox => match md.get(&key("use_parallel_residual")) {
+                    Some(_) => md.get_bool(&key("use_parallel_residual"))?,
+                    None => false,
+                },
+                _ => false,
             },
             rope_base,
             // Gemma's and gpt-oss's local layers may have a base of their
@@ -1252,7 +1329,9 @@ impl ModelConfig {
                 | Architecture::GraniteMoe
                 | Architecture::GraniteHybrid
                 | Architecture::NemotronH
-                | Architecture::NemotronHMoe => RopeMode::Normal,
+                | Architecture::NemotronHMoe
+                | Architecture::CommandR
+                | Architecture::Cohere2 => RopeMode::Normal,
                 Architecture::Qwen2
                 | Architecture::Qwen2Moe
                 | Architecture::Qwen3
@@ -1281,7 +1360,11 @@ impl ModelConfig {
                 | Architecture::Lfm2Moe
                 | Architecture::FalconH1
                 | Architecture::HunyuanMoe
-                | Architecture::HunyuanDense => RopeMode::Neox,
+                | Architecture::HunyuanDense
+                | Architecture::Starcoder2
+                | Architecture::Phi2
+                | Architecture::StableLm
+                | Architecture::GptNeox => RopeMode::Neox,
             },
             sliding_window,
             // Every sixth layer (Gemma 3), second (Gemma 2, gpt-oss) or
@@ -1295,11 +1378,11 @@ impl ModelConfig {
                     n_layers,
                     4,
                 )?),
-                Some(_) if gemma || gemma3n || gemma4 || gpt_oss || olmo2 || exaone4 => {
+                Some(_) if gemma || gemma3n || gemma4 || gpt_oss || olmo2 || exaone4 || cohere2 => {
                     let every = match arch {
                         Architecture::Gemma3 => 6,
                         Architecture::Gemma3n => 5,
-                        Architecture::Olmo2 | Architecture::Exaone4 => 4,
+                        Architecture::Olmo2 | Architecture::Exaone4 | Architecture::Cohere2 => 4,
                         _ => 2,
                     };
                     Some(swa_pattern(
@@ -1314,7 +1397,8 @@ impl ModelConfig {
             attn_chunk: llama4.then_some(LLAMA4_CHUNK),
             // (Gemma 4's frequency factors are its global blocks'.)
             local_rope_plain: olmo2 || gemma4,
-            nope_global: exaone_window,
+            // (Command R7B's global layers rotate nothing either.)
+            nope_global: exaone_window || cohere2,
             pre_norms: !(olmo2 || exaone4),
             qk_norm_whole: olmo2 || matches!(arch, Architecture::Olmoe | Architecture::MinimaxM2),
             qk_norm_after_rope: hunyuan,
@@ -1377,6 +1461,12 @@ impl ModelConfig {
                 Architecture::MiniCpm => {
                     Some(opt_f("logit_scale")?.unwrap_or(256.0 / d_model as f32))
                 }
+                // Command R's multiplies its logits (a divisor here);
+                // required for Command R7B's, as llama.cpp reads them.
+                Architecture::CommandR => {
+                    opt_f("logit_scale")?.filter(|&s| s != 0.0).map(|s| 1.0 / s)
+                }
+                Architecture::Cohere2 => Some(1.0 / md.get_f32(&key("logit_scale"))?),
                 _ => None,
             },
             // Granite 4.0's hybrids rotate nothing where the file says

@@ -56,6 +56,8 @@ struct Group<W> {
 struct Layer<'a, B: Backend + 'a> {
     /// The attention's input norm (none for OLMo 2).
     attn_norm: Option<B::Buffer>,
+    /// Its bias (a LayerNorm's, where the file has one).
+    attn_norm_b: Option<B::Buffer>,
     /// Query, key and value projections.
     qkv: Group<B::Weight<'a>>,
     /// The file's fused matrices (`attn_qkv`; Phi 3's `ffn_up` of gate and
@@ -73,8 +75,15 @@ struct Layer<'a, B: Backend + 'a> {
     q_norm: Option<B::Buffer>,
     k_norm: Option<B::Buffer>,
     post_attn_norm: Option<B::Buffer>,
-    /// The feed-forward block's input norm (none for OLMo 2).
+    /// The feed-forward block's input norm (none for OLMo 2, nor for
+    /// Phi 2's and Command R's blocks, whose network reads the
+    /// attention's normed input).
     ffn_norm: Option<B::Buffer>,
+    /// Its bias (a LayerNorm's, where the file has one).
+    ffn_norm_b: Option<B::Buffer>,
+    /// Whether the feed-forward network runs beside the attention
+    /// ([`ModelConfig::parallel_ffn`]).
+    parallel: bool,
     ffn: Ffn<'a, B>,
     post_ffn_norm: Option<B::Buffer>,
     /// Latent attention's weights (DeepSeek's), in place of `qkv`.
@@ -124,11 +133,23 @@ enum Ffn<'a, B: Backend + 'a> {
     Dense(Group<B::Weight<'a>>, B::Weight<'a>),
     /// A mixture of experts.
     Moe(Moe<'a, B>),
-    /// An up projection, squared ReLUs and a down projection, no gate
-    /// (Nemotron-H's).
-    UpSquaredRelu(B::Weight<'a>, B::Weight<'a>),
+    /// An up projection, an activation and a down projection, no gate
+    /// (Nemotron-H's squared ReLUs, StarCoder 2's GELUs with biases).
+    Up(UpFfn<'a, B>),
     /// None: the block is a mixer alone (Nemotron-H's).
     None,
+}
+
+/// A feed-forward network without a gate: `down(act(up x + up_b)) +
+/// down_b`.
+#[derive(Debug)]
+struct UpFfn<'a, B: Backend + 'a> {
+    up: B::Weight<'a>,
+    down: B::Weight<'a>,
+    /// GELU (StarCoder 2's, Phi 2's, GPT-NeoX's), else squared ReLU.
+    gelu: bool,
+    up_b: Option<B::Buffer>,
+    down_b: Option<B::Buffer>,
 }
 
 /// A transformer whose weights stay in the GGUF file (borrowed, still
@@ -149,7 +170,11 @@ pub struct Model<'a, B: Backend> {
     embed: B::Weight<'a>,
     layers: Vec<Layer<'a, B>>,
     output_norm: B::Buffer,
+    /// Its bias (a LayerNorm's, where the file has one).
+    output_norm_b: Option<B::Buffer>,
     output: B::Weight<'a>,
+    /// A bias on the logits (Phi 2's `output.bias`), if any.
+    output_b: Option<B::Buffer>,
     /// RoPE frequency factors (Llama 3.1's `rope_freqs.weight`, or
     /// LongRoPE's short ones, times YaRN's pair divisors), if any.
     rope_factors: Option<Vec<f32>>,
@@ -470,8 +495,39 @@ impl<'a, B: Backend> Model<'a, B> {
                     )));
                 }
             }
+            // LayerNorms' biases, where the file has them.
+            let norm_bias = |s: &str| match c.layer_norm {
+                true => optional_norm(&n(s), d),
+                false => Ok(None),
+            };
+            // (StableLM 2 12B's and Command R+'s Q/K norms are LayerNorms
+            // with a weight a head.)
+            if c.layer_norm && (has("attn_q_norm.weight") || has("attn_k_norm.weight")) {
+                return Err(Error::BadConfig(format!(
+                    "{} (per-head Q/K LayerNorms) is not supported",
+                    n("attn_q_norm.weight")
+                )));
+            }
+            let ffn_bias = |s: &str, len| match c.layer_norm {
+                true => optional_norm(&n(s), len),
+                false => Ok(None),
+            };
+            // Phi 2's and Command R's networks read the attention's input;
+            // StableLM's where the block has no feed-forward norm.
+            let parallel =
+                c.parallel_ffn || (c.arch == Architecture::StableLm && !has("ffn_norm.weight"));
+            let parallel_shared = parallel
+                && matches!(
+                    c.arch,
+                    Architecture::Phi2
+                        | Architecture::StableLm
+                        | Architecture::CommandR
+                        | Architecture::Cohere2
+                );
             layers.push(Layer {
                 attn_norm: must("attn_norm.weight", d, c.pre_norms)?,
+                attn_norm_b: norm_bias("attn_norm.bias")?,
+                parallel,
                 qkv,
                 fused,
                 wo: match (&c.mla, &c.delta_net) {
@@ -496,6 +552,10 @@ impl<'a, B: Backend> Model<'a, B> {
                 // gpt-oss's output bias; Ministral 3's and ERNIE 4.5's
                 // where the file has one.
                 bo: match c.arch {
+                    // (llama.cpp runs StableLM's without one.)
+                    Architecture::Starcoder2 | Architecture::Phi2 | Architecture::GptNeox => {
+                        optional_norm(&n("attn_output.bias"), d)?
+                    }
                     Architecture::Mistral3
                     | Architecture::Ernie45
                     | Architecture::Ernie45Moe
@@ -544,8 +604,13 @@ impl<'a, B: Backend> Model<'a, B> {
                     true => Some(norm(&n("post_attention_norm.weight"), d)?),
                     // (Falcon-H1's files name it without `.weight`.)
                     false if c.arch == Architecture::FalconH1 => Some(norm(&n("ffn_norm"), d)?),
+                    false if parallel_shared => None,
                     // (Nemotron-H's blocks norm their input alone.)
                     false => must("ffn_norm.weight", d, c.pre_norms && c.ffn_blocks.is_none())?,
+                },
+                ffn_norm_b: match parallel_shared {
+                    true => None,
+                    false => norm_bias("ffn_norm.bias")?,
                 },
                 ffn: match &c.moe {
                     _ if mixer_only => Ffn::None,
@@ -553,11 +618,25 @@ impl<'a, B: Backend> Model<'a, B> {
                     Some(m) if m.is_moe_layer(i) && c.gemma4.is_none() => {
                         Ffn::Moe(Moe::load(file, backend, i, m, d)?)
                     }
-                    // (Arcee's feed-forward networks have no gate either.)
-                    _ if ffn_only || c.arch == Architecture::Arcee => Ffn::UpSquaredRelu(
-                        weight(&n("ffn_up.weight"), ff, d)?,
-                        weight(&n("ffn_down.weight"), d, ff)?,
-                    ),
+                    // (Arcee's feed-forward networks have no gate either, nor
+                    // have StarCoder 2's, Phi 2's and GPT-NeoX's, of GELUs.)
+                    _ if ffn_only
+                        || matches!(
+                            c.arch,
+                            Architecture::Arcee
+                                | Architecture::Starcoder2
+                                | Architecture::Phi2
+                                | Architecture::GptNeox
+                        ) =>
+                    {
+                        Ffn::Up(UpFfn {
+                            up: weight(&n("ffn_up.weight"), ff, d)?,
+                            down: weight(&n("ffn_down.weight"), d, ff)?,
+                            gelu: c.layer_norm,
+                            up_b: ffn_bias("ffn_up.bias", ff)?,
+                            down_b: ffn_bias("ffn_down.bias", d)?,
+                        })
+                    }
                     // Gate and up in one matrix (Phi 3's `ffn_up`), gate first.
                     _ if fused.gate_up => Ffn::Dense(
                         Group {
@@ -646,6 +725,15 @@ impl<'a, B: Backend> Model<'a, B> {
             _ => optional_norm("output_norm.weight", d)?
                 .ok_or_else(|| realm_core::Error::TensorNotFound("output_norm.weight".into()))?,
         };
+        let output_norm_b = match c.layer_norm {
+            true => optional_norm("output_norm.bias", d)?,
+            false => None,
+        };
+        // (Phi 2's; llama.cpp reads it for no other of Realm's.)
+        let output_b = match c.arch {
+            Architecture::Phi2 => optional_norm("output.bias", c.vocab_size)?,
+            _ => None,
+        };
         // One pair's factor each, the same for every layer (Gemma 4's for
         // its global ones).
         let factor_dims = c
@@ -710,7 +798,9 @@ impl<'a, B: Backend> Model<'a, B> {
             embed,
             layers,
             output_norm,
+            output_norm_b,
             output,
+            output_b,
             rope_factors,
             rope_factors_long,
             has_output,
@@ -806,7 +896,7 @@ impl<'a, B: Backend> Model<'a, B> {
                 let ffn = match (&l.ffn, &c.moe) {
                     (Ffn::Dense(gate_up, _), _) => widest(gate_up, &[ff, ff]),
                     (Ffn::Moe(moe), Some(m)) => moe.stacked_width(m),
-                    (Ffn::Moe(_), None) | (Ffn::UpSquaredRelu(..) | Ffn::None, _) => 0,
+                    (Ffn::Moe(_), None) | (Ffn::Up(_) | Ffn::None, _) => 0,
                 };
                 let beside = match (&l.beside, &c.moe) {
                     (Some(e), Some(m)) => e.moe.stacked_width(m),
@@ -1577,6 +1667,9 @@ impl<'a, B: Backend> Model<'a, B> {
                 (out, vocab),
             )?;
         }
+        if let Some(bias) = &self.output_b {
+            self.backend.add_row_inplace(&mut sc.logits, bias, n)?;
+        }
         if let Some(cap) = self.config.final_softcap {
             self.backend
                 .softcap_inplace(&mut sc.logits, cap, n * vocab)?;
@@ -1619,14 +1712,45 @@ impl<'a, B: Backend> Model<'a, B> {
     /// rows of `sc.xn`.
     fn norm_rows(&self, sc: &mut Scratch<B>, first: usize, n: usize) -> Result<()> {
         let (b, c) = (self.backend, &self.config);
+        let w = (&self.output_norm, self.output_norm_b.as_ref());
         if first == 0 {
-            b.rms_norm(&sc.x, &self.output_norm, c.rms_eps, n, &mut sc.xn)?;
+            self.norm(&sc.x, w, n, &mut sc.xn)?;
         } else {
             // Ops read from row 0: bring the rows to the front of `xn`.
             b.copy_rows(&sc.x, first..first + n, c.d_model, &mut sc.xn)?;
-            b.rms_norm_inplace(&mut sc.xn, &self.output_norm, c.rms_eps, n)?;
+            self.norm_inplace(&mut sc.xn, w, n)?;
         }
         Ok(())
+    }
+
+    /// An input norm (`w` and its bias) of the first `n` rows of `x`, into
+    /// `out`: a LayerNorm where the model's are, else an RMSNorm.
+    fn norm(
+        &self,
+        x: &B::Buffer,
+        (w, bias): (&B::Buffer, Option<&B::Buffer>),
+        n: usize,
+        out: &mut B::Buffer,
+    ) -> Result<(), BackendError> {
+        let (b, c) = (self.backend, &self.config);
+        match c.layer_norm {
+            true => b.layer_norm(x, w, bias, c.rms_eps, n, out),
+            false => b.rms_norm(x, w, c.rms_eps, n, out),
+        }
+    }
+
+    /// [`Model::norm`] in place.
+    fn norm_inplace(
+        &self,
+        x: &mut B::Buffer,
+        (w, bias): (&B::Buffer, Option<&B::Buffer>),
+        n: usize,
+    ) -> Result<(), BackendError> {
+        let (b, c) = (self.backend, &self.config);
+        match c.layer_norm {
+            true => b.layer_norm_inplace(x, w, bias, c.rms_eps, n),
+            false => b.rms_norm_inplace(x, w, c.rms_eps, n),
+        }
     }
 
     /// Hot path: transformer block `li` over the first `n` rows of `sc.x`,
@@ -1652,7 +1776,7 @@ impl<'a, B: Backend> Model<'a, B> {
         // one's input norm in `xn` (fused with its residual add).
         if li == 0 {
             match &layer.attn_norm {
-                Some(w) => b.rms_norm(&sc.x, w, eps, n, &mut sc.xn)?,
+                Some(w) => self.norm(&sc.x, (w, layer.attn_norm_b.as_ref()), n, &mut sc.xn)?,
                 None => b.copy_rows(&sc.x, 0..n, d, &mut sc.xn)?,
             }
             self.temper(sc, n)?;
@@ -1704,19 +1828,26 @@ impl<'a, B: Backend> Model<'a, B> {
             if matches!(layer.ffn, Ffn::None) {
                 return self.block_end(sc, (n, li), None);
             }
-            residual(
-                b,
-                sc,
-                layer.post_attn_norm.as_ref(),
-                layer.ffn_norm.as_ref(),
-                eps,
-                n,
-                d,
-            )?;
+            if layer.parallel {
+                // The network beside the attention: its input is the
+                // block's, normed by its own norm (GPT-NeoX's) or as the
+                // attention's (still in `xn`).
+                if let Some(w) = &layer.ffn_norm {
+                    self.norm(&sc.x, (w, layer.ffn_norm_b.as_ref()), n, &mut sc.xn)?;
+                }
+                b.add_inplace(&mut sc.x, &sc.proj, n * d)?;
+            } else {
+                let next = layer
+                    .ffn_norm
+                    .as_ref()
+                    .map(|w| (w, layer.ffn_norm_b.as_ref()));
+                let norm = (eps, c.layer_norm);
+                residual(b, sc, layer.post_attn_norm.as_ref(), next, norm, n, d)?;
+            }
         }
         match &layer.ffn {
             Ffn::None => {}
-            Ffn::UpSquaredRelu(up, down) => self.squared_relu_ffn(sc, (n, li), runs, up, down)?,
+            Ffn::Up(f) => self.up_ffn(sc, (n, li), runs, f)?,
             Ffn::Dense(gate_up, down) => {
                 self.dense_ffn(sc, (n, li, layer.fused.gate_up), runs, gate_up, down)?;
                 if let Some(e) = &layer.beside {
@@ -1830,14 +1961,21 @@ impl<'a, B: Backend> Model<'a, B> {
             if let Some(f) = layer.out_scale {
                 b.scale_inplace(&mut sc.x, f, n * d)?;
             }
-            match self.layers.get(li + 1).map(|l| l.attn_norm.as_ref()) {
-                Some(Some(w)) => b.rms_norm(&sc.x, w, eps, n, &mut sc.xn)?,
+            match self.layers.get(li + 1) {
+                Some(Layer {
+                    attn_norm: Some(w),
+                    attn_norm_b,
+                    ..
+                }) => self.norm(&sc.x, (w, attn_norm_b.as_ref()), n, &mut sc.xn)?,
                 _ => b.copy_rows(&sc.x, 0..n, d, &mut sc.xn)?,
             }
             return Ok(());
         }
         match self.layers.get(li + 1) {
-            Some(next) => residual(b, sc, post, next.attn_norm.as_ref(), eps, n, d)?,
+            Some(l) => {
+                let next = l.attn_norm.as_ref().map(|w| (w, l.attn_norm_b.as_ref()));
+                residual(b, sc, post, next, (eps, c.layer_norm), n, d)?
+            }
             None => {
                 if let Some(pw) = post {
                     b.rms_norm_inplace(&mut sc.proj, pw, eps, n)?;
@@ -2151,27 +2289,37 @@ impl<B: Backend> Model<'_, B> {
 }
 
 impl<'a, B: Backend> Model<'a, B> {
-    /// Nemotron-H's feed-forward block (up, squared ReLUs, down; no gate)
-    /// over the first `n` rows of `sc.xn`, into `sc.proj`.
-    fn squared_relu_ffn(
+    /// A feed-forward block without a gate (up, its bias, squared ReLUs
+    /// or GELUs, down, its bias) over the first `n` rows of `sc.xn`, into
+    /// `sc.proj`.
+    fn up_ffn(
         &self,
         sc: &mut Scratch<B>,
         (n, li): (usize, usize),
         runs: &[LoraRun<'_>],
-        up: &B::Weight<'a>,
-        down: &B::Weight<'a>,
+        f: &UpFfn<'a, B>,
     ) -> Result<()> {
         let b = self.backend;
         let (d, ff) = (self.config.d_model, self.config.ffn_dim);
-        b.matmul(&mut sc.ws, up, &sc.xn, n, &mut sc.gate)?;
+        b.matmul(&mut sc.ws, &f.up, &sc.xn, n, &mut sc.gate)?;
         let lora = (&mut sc.lora, &mut sc.seen);
         let (x, out) = ((&sc.xn, n, d), (&mut sc.gate, ff));
         self.adapt(&mut sc.ws, lora, runs, Some((li, Target::Up)), x, out)?;
-        b.relu_squared_inplace(&mut sc.gate, n * ff)?;
-        b.matmul(&mut sc.ws, down, &sc.gate, n, &mut sc.proj)?;
+        if let Some(bias) = &f.up_b {
+            b.add_row_inplace(&mut sc.gate, bias, n)?;
+        }
+        match f.gelu {
+            true => b.gelu_inplace(&mut sc.gate, n * ff)?,
+            false => b.relu_squared_inplace(&mut sc.gate, n * ff)?,
+        }
+        b.matmul(&mut sc.ws, &f.down, &sc.gate, n, &mut sc.proj)?;
         let lora = (&mut sc.lora, &mut sc.seen);
         let (x, out) = ((&sc.gate, n, ff), (&mut sc.proj, d));
-        self.adapt(&mut sc.ws, lora, runs, Some((li, Target::Down)), x, out)
+        self.adapt(&mut sc.ws, lora, runs, Some((li, Target::Down)), x, out)?;
+        if let Some(bias) = &f.down_b {
+            b.add_row_inplace(&mut sc.proj, bias, n)?;
+        }
+        Ok(())
     }
 
     /// A dense feed-forward block over the first `n` rows of `sc.xn`, into
@@ -2247,20 +2395,28 @@ impl<'a, B: Backend> Model<'a, B> {
 /// norm after it) joins the residual stream `sc.x`, and `sc.xn` becomes
 /// the next part's input: `sc.x` normed by `next`, or as it is where the
 /// next part norms nothing (OLMo 2). The first `n` rows of width `d`.
-#[allow(clippy::too_many_arguments)]
+/// `next` is that norm's weight and bias, and `layer` says whether it is
+/// a LayerNorm (of epsilon `eps`, as `post`).
 fn residual<B: Backend>(
     b: &B,
     sc: &mut Scratch<B>,
     post: Option<&B::Buffer>,
-    next: Option<&B::Buffer>,
-    eps: f32,
+    next: Option<(&B::Buffer, Option<&B::Buffer>)>,
+    (eps, layer): (f32, bool),
     n: usize,
     d: usize,
 ) -> Result<(), BackendError> {
     let (x, proj, xn) = (&mut sc.x, &mut sc.proj, &mut sc.xn);
     match (post, next) {
-        (Some(pw), Some(nw)) => b.norm_add_rms_norm(x, proj, pw, nw, eps, n, d, xn),
-        (None, Some(nw)) => b.add_rms_norm(x, proj, nw, eps, n, d, xn),
+        (post, Some((nw, nb))) if layer => {
+            if let Some(pw) = post {
+                b.rms_norm_inplace(proj, pw, eps, n)?;
+            }
+            b.add_inplace(x, proj, n * d)?;
+            b.layer_norm(x, nw, nb, eps, n, xn)
+        }
+        (Some(pw), Some((nw, _))) => b.norm_add_rms_norm(x, proj, pw, nw, eps, n, d, xn),
+        (None, Some((nw, _))) => b.add_rms_norm(x, proj, nw, eps, n, d, xn),
         (post, None) => {
             if let Some(pw) = post {
                 b.rms_norm_inplace(proj, pw, eps, n)?;

@@ -464,6 +464,18 @@ impl SyntheticLayout {
         if arch == "nemotron_h" {
             return Ok(Self::tiny_nemotron_h());
         }
+        if [
+            "starcoder2",
+            "phi2",
+            "stablelm",
+            "gptneox",
+            "command-r",
+            "cohere2",
+        ]
+        .contains(&arch)
+        {
+            return Self::tiny_layer_norm(arch);
+        }
         if arch == "nemotron_h_moe" {
             // Nemotron-H's blocks, the feed-forward ones 4 experts 32 wide
             // (2 a token) of squared ReLUs, chosen by sigmoid scores with a
@@ -832,6 +844,132 @@ impl SyntheticLayout {
             });
         }
         self
+    }
+
+    /// The tiny llama's shape with LayerNorms: StarCoder 2's blocks
+    /// (biases on every norm and product, GELUs without a gate), Phi 2's
+    /// (the same with query, key and value in one matrix, no feed-forward
+    /// norm, half of each head rotated, an output matrix with a bias),
+    /// GPT-NeoX's (Phi 2's with a feed-forward norm and a quarter of each
+    /// head rotated, the network beside the attention), StableLM's
+    /// (StarCoder 2's norms and query, key and value biases, SwiGLU, a
+    /// quarter of each head rotated, an output matrix), Command R's (norms without biases,
+    /// no feed-forward norm, SwiGLU, logits times 0.0625) and Command
+    /// R7B's (Command R's with a window of 4 on every other block, the
+    /// others global without RoPE).
+    fn tiny_layer_norm(arch: &str) -> Result<Self> {
+        let mut l = Self::tiny("llama")?.renamed(arch);
+        let k = |n: &str| format!("{arch}.{n}");
+        let eps = k("attention.layer_norm_rms_epsilon");
+        l.hparams.retain(|(key, _)| *key != eps);
+        let cohere = arch == "command-r" || arch == "cohere2";
+        let gelu = ["starcoder2", "phi2", "gptneox"].contains(&arch);
+        let fused = arch == "phi2" || arch == "gptneox";
+        let shared_norm = arch == "phi2" || cohere;
+        let f32_tensor = |name: String, shape: Vec<u64>| SyntheticTensor {
+            name,
+            shape,
+            dtype: GgmlType::F32,
+        };
+        let mut tensors = Vec::new();
+        for t in std::mem::take(&mut l.tensors) {
+            let Some((blk, part)) = t
+                .name
+                .strip_prefix("blk.")
+                .and_then(|r| r.split_once('.'))
+                .map(|(b, p)| (format!("blk.{b}"), p.to_string()))
+            else {
+                let bias = t.name == "output_norm.weight" && !cohere;
+                let d = t.shape[0];
+                tensors.push(t);
+                if bias {
+                    tensors.push(f32_tensor("output_norm.bias".into(), vec![d]));
+                }
+                continue;
+            };
+            let d = t.shape[0];
+            match part.as_str() {
+                "attn_norm.weight" | "ffn_norm.weight" => {
+                    if part == "ffn_norm.weight" && shared_norm {
+                        continue;
+                    }
+                    tensors.push(t);
+                    if !cohere {
+                        let name = part.replace(".weight", ".bias");
+                        tensors.push(f32_tensor(format!("{blk}.{name}"), vec![d]));
+                    }
+                }
+                "attn_q.weight" if fused => {
+                    let rows = t.shape[1] * 2;
+                    tensors.push(SyntheticTensor {
+                        name: format!("{blk}.attn_qkv.weight"),
+                        shape: vec![d, rows],
+                        dtype: t.dtype,
+                    });
+                    tensors.push(f32_tensor(format!("{blk}.attn_qkv.bias"), vec![rows]));
+                }
+                "attn_k.weight" | "attn_v.weight" if fused => {}
+                "attn_q.weight" | "attn_k.weight" | "attn_v.weight" => {
+                    let rows = t.shape[1];
+                    tensors.push(t);
+                    if !cohere {
+                        let name = part.replace(".weight", ".bias");
+                        tensors.push(f32_tensor(format!("{blk}.{name}"), vec![rows]));
+                    }
+                }
+                "attn_output.weight" => {
+                    let rows = t.shape[1];
+                    tensors.push(t);
+                    if gelu {
+                        tensors.push(f32_tensor(format!("{blk}.attn_output.bias"), vec![rows]));
+                    }
+                }
+                "ffn_gate.weight" if gelu => {}
+                "ffn_up.weight" | "ffn_down.weight" if gelu => {
+                    let rows = t.shape[1];
+                    let name = part.replace(".weight", ".bias");
+                    tensors.push(t);
+                    tensors.push(f32_tensor(format!("{blk}.{name}"), vec![rows]));
+                }
+                _ => tensors.push(t),
+            }
+        }
+        l.tensors = tensors;
+        if fused || arch == "stablelm" {
+            // Their own output matrix (Phi 2's with a bias).
+            let mut output = l.tensors[0].clone();
+            output.name = "output.weight".into();
+            let vocab = output.shape[1];
+            l.tensors.push(output);
+            if arch == "phi2" {
+                l.tensors
+                    .push(f32_tensor("output.bias".into(), vec![vocab]));
+            }
+        }
+        let mut l = l.with_hparam(&k("attention.layer_norm_epsilon"), MetadataValue::F32(1e-5));
+        match arch {
+            "phi2" => l = l.with_hparam(&k("rope.dimension_count"), MetadataValue::U32(8)),
+            "gptneox" | "stablelm" => {
+                l = l.with_hparam(&k("rope.dimension_count"), MetadataValue::U32(4))
+            }
+            _ => {}
+        }
+        if arch == "gptneox" {
+            l = l.with_hparam(&k("use_parallel_residual"), MetadataValue::Bool(true));
+        }
+        if cohere {
+            l = l.with_hparam(&k("logit_scale"), MetadataValue::F32(0.0625));
+        }
+        if arch == "cohere2" {
+            // (Every second block global here, so that one of two is.)
+            l = l
+                .with_hparam(&k("attention.sliding_window"), MetadataValue::U32(4))
+                .with_hparam(
+                    &k("attention.sliding_window_pattern"),
+                    MetadataValue::U32(2),
+                );
+        }
+        Ok(l)
     }
 
     /// The tiny EXAONE 4 with 64 layers, as its 32B has: llama.cpp gives
@@ -2040,7 +2178,10 @@ impl SyntheticLayout {
     /// `tiny-falcon-h1-nonorm` (without its mixers' norms),
     /// `tiny-gemma4-31b` (the tiny Gemma 4 shaped as the 31B),
     /// `tiny-gemma4-moe` (and as the 26B A4B),
-    /// `tiny-nemotron_h_moe-latent` (its experts in a latent space).
+    /// `tiny-nemotron_h_moe-latent` (its experts in a latent space),
+    /// `tiny-stablelm-parallel` (StableLM's blocks without a feed-forward
+    /// norm), `tiny-gptneox-sequential` (GPT-NeoX's without
+    /// `use_parallel_residual`).
     pub fn by_name(name: &str) -> Option<Self> {
         match name {
             "smollm2" => Some(Self::smollm2_135m()),
@@ -2115,6 +2256,18 @@ impl SyntheticLayout {
                 Some(l)
             }
             // Granite 4.0's hybrids without RoPE.
+            // StableLM's blocks without a feed-forward norm: the network
+            // beside the attention, on its input.
+            "tiny-stablelm-parallel" => {
+                let mut l = Self::tiny("stablelm").ok()?;
+                l.tensors.retain(|t| !t.name.contains(".ffn_norm."));
+                Some(l)
+            }
+            "tiny-gptneox-sequential" => Some(
+                Self::tiny("gptneox")
+                    .ok()?
+                    .with_hparam("gptneox.use_parallel_residual", MetadataValue::Bool(false)),
+            ),
             "tiny-granitehybrid-nope" => Some(Self::tiny_granite_hybrid().with_hparam(
                 "granitehybrid.rope.scaling.finetuned",
                 MetadataValue::Bool(false),
