@@ -345,6 +345,15 @@ CASES = [
     case("command-r-q8_0", "tiny-command-r", matrix_type="q8_0"),
     case("cohere2", "tiny-cohere2"),
     case("cohere2-q8_0", "tiny-cohere2", matrix_type="q8_0"),
+    # Falcon: GELUs beside the attention on the same normed input; the
+    # 40B's attention normed by a norm of its own.
+    case("falcon", "tiny-falcon"),
+    case("falcon-q8_0", "tiny-falcon", matrix_type="q8_0"),
+    case("falcon-40b", "tiny-falcon-40b"),
+    # GPT-2 and StarCoder: learned positions, no RoPE.
+    case("gpt2", "tiny-gpt2"),
+    case("gpt2-q8_0", "tiny-gpt2", matrix_type="q8_0"),
+    case("starcoder", "tiny-starcoder"),
 ]
 
 

@@ -78,7 +78,7 @@ fn llama4_is_refused_at_load() {
 }
 
 /// Every architecture's `SyntheticLayout::tiny` the GPU backend runs.
-const ARCHS: [&str; 50] = [
+const ARCHS: [&str; 53] = [
     "llama",
     "arcee",
     "internlm2",
@@ -129,6 +129,9 @@ const ARCHS: [&str; 50] = [
     "gptneox",
     "command-r",
     "cohere2",
+    "falcon",
+    "gpt2",
+    "starcoder",
 ];
 
 /// Prefill of `prompt` in chunks of `batch`, then greedy decoding fed with

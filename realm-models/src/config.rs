@@ -231,11 +231,25 @@ pub enum Architecture {
     /// four attending within a window with RoPE, the fourth globally
     /// without RoPE.
     Cohere2,
+    /// Falcon (falcon: 7B, 40B, 180B): LayerNorms with biases, query, key
+    /// and value in one matrix, NeoX RoPE, a GELU network without a gate
+    /// beside the attention on the same normed input; the 40B's and
+    /// 180B's attention normed by a norm of its own (`attn_norm_2`), the
+    /// network by `attn_norm`.
+    Falcon,
+    /// GPT-2 (gpt2): learned position embeddings (`position_embd`, one
+    /// row a position up to `context_length`) added to the token's, no
+    /// RoPE, LayerNorms with biases, query, key and value in one matrix,
+    /// GELUs without a gate, biases on every product.
+    Gpt2,
+    /// StarCoder and SantaCoder (starcoder): GPT-2's blocks with one KV
+    /// head (multi-query attention).
+    Starcoder,
 }
 
 impl Architecture {
     /// Every architecture Realm runs.
-    pub const ALL: [Architecture; 52] = [
+    pub const ALL: [Architecture; 55] = [
         Self::Llama,
         Self::Mistral,
         Self::Qwen2,
@@ -288,6 +302,9 @@ impl Architecture {
         Self::GptNeox,
         Self::CommandR,
         Self::Cohere2,
+        Self::Falcon,
+        Self::Gpt2,
+        Self::Starcoder,
     ];
 
     /// The architecture named by `general.architecture`.
@@ -359,6 +376,9 @@ impl Architecture {
             Self::GptNeox => "gptneox",
             Self::CommandR => "command-r",
             Self::Cohere2 => "cohere2",
+            Self::Falcon => "falcon",
+            Self::Gpt2 => "gpt2",
+            Self::Starcoder => "starcoder",
         }
     }
 }
@@ -1165,6 +1185,9 @@ impl ModelConfig {
                 | Architecture::GptNeox
                 | Architecture::CommandR
                 | Architecture::Cohere2
+                | Architecture::Falcon
+                | Architecture::Gpt2
+                | Architecture::Starcoder
         );
         // llama.cpp gives EXAONE 4 a window (4096 unless set) where it has
         // 64 layers (the 32B), and no other.
@@ -1281,7 +1304,10 @@ impl ModelConfig {
             },
             layer_norm,
             parallel_ffn: match arch {
-                Architecture::Phi2 | Architecture::CommandR | Architecture::Cohere2 => true,
+                Architecture::Phi2
+                | Architecture::CommandR
+                | Architecture::Cohere2
+                | Architecture::Falcon => true,
                 Architecture::GptNeox => match md.get(&key("use_parallel_residual")) {
                     Some(_) => md.get_bool(&key("use_parallel_residual"))?,
                     None => false,
@@ -1331,7 +1357,9 @@ impl ModelConfig {
                 | Architecture::NemotronH
                 | Architecture::NemotronHMoe
                 | Architecture::CommandR
-                | Architecture::Cohere2 => RopeMode::Normal,
+                | Architecture::Cohere2
+                | Architecture::Gpt2
+                | Architecture::Starcoder => RopeMode::Normal,
                 Architecture::Qwen2
                 | Architecture::Qwen2Moe
                 | Architecture::Qwen3
@@ -1364,7 +1392,8 @@ impl ModelConfig {
                 | Architecture::Starcoder2
                 | Architecture::Phi2
                 | Architecture::StableLm
-                | Architecture::GptNeox => RopeMode::Neox,
+                | Architecture::GptNeox
+                | Architecture::Falcon => RopeMode::Neox,
             },
             sliding_window,
             // Every sixth layer (Gemma 3), second (Gemma 2, gpt-oss) or
@@ -1474,8 +1503,9 @@ impl ModelConfig {
             no_rope_every: match arch {
                 Architecture::SmolLM3 | Architecture::Llama4 => Some(4),
                 Architecture::GraniteHybrid if !rope_finetuned => Some(1),
-                // (Nemotron-H's attention has no RoPE.)
+                // (Nemotron-H's attention has no RoPE, nor has GPT-2's.)
                 _ if nemotron => Some(1),
+                Architecture::Gpt2 | Architecture::Starcoder => Some(1),
                 _ => None,
             },
             attn_softcap,

@@ -168,6 +168,9 @@ pub struct Model<'a, B: Backend> {
     backend: &'a B,
     config: ModelConfig,
     embed: B::Weight<'a>,
+    /// Learned position embeddings (GPT-2's `position_embd`), added to
+    /// the tokens', if the model has them.
+    pos_embed: Option<B::Weight<'a>>,
     layers: Vec<Layer<'a, B>>,
     output_norm: B::Buffer,
     /// Its bias (a LayerNorm's, where the file has one).
@@ -516,17 +519,26 @@ impl<'a, B: Backend> Model<'a, B> {
             // StableLM's where the block has no feed-forward norm.
             let parallel =
                 c.parallel_ffn || (c.arch == Architecture::StableLm && !has("ffn_norm.weight"));
+            // Falcon 40B's attention has a norm of its own, its network
+            // `attn_norm`; Falcon 7B's share it.
+            let falcon_two = c.arch == Architecture::Falcon && has("attn_norm_2.weight");
             let parallel_shared = parallel
+                && !falcon_two
                 && matches!(
                     c.arch,
                     Architecture::Phi2
                         | Architecture::StableLm
                         | Architecture::CommandR
                         | Architecture::Cohere2
+                        | Architecture::Falcon
                 );
+            let attn_norm = match falcon_two {
+                true => "attn_norm_2",
+                false => "attn_norm",
+            };
             layers.push(Layer {
-                attn_norm: must("attn_norm.weight", d, c.pre_norms)?,
-                attn_norm_b: norm_bias("attn_norm.bias")?,
+                attn_norm: must(&format!("{attn_norm}.weight"), d, c.pre_norms)?,
+                attn_norm_b: norm_bias(&format!("{attn_norm}.bias"))?,
                 parallel,
                 qkv,
                 fused,
@@ -552,10 +564,12 @@ impl<'a, B: Backend> Model<'a, B> {
                 // gpt-oss's output bias; Ministral 3's and ERNIE 4.5's
                 // where the file has one.
                 bo: match c.arch {
-                    // (llama.cpp runs StableLM's without one.)
-                    Architecture::Starcoder2 | Architecture::Phi2 | Architecture::GptNeox => {
-                        optional_norm(&n("attn_output.bias"), d)?
-                    }
+                    // (llama.cpp runs StableLM's and Falcon's without one.)
+                    Architecture::Starcoder2
+                    | Architecture::Phi2
+                    | Architecture::GptNeox
+                    | Architecture::Gpt2
+                    | Architecture::Starcoder => optional_norm(&n("attn_output.bias"), d)?,
                     Architecture::Mistral3
                     | Architecture::Ernie45
                     | Architecture::Ernie45Moe
@@ -605,12 +619,14 @@ impl<'a, B: Backend> Model<'a, B> {
                     // (Falcon-H1's files name it without `.weight`.)
                     false if c.arch == Architecture::FalconH1 => Some(norm(&n("ffn_norm"), d)?),
                     false if parallel_shared => None,
+                    false if falcon_two => Some(norm(&n("attn_norm.weight"), d)?),
                     // (Nemotron-H's blocks norm their input alone.)
                     false => must("ffn_norm.weight", d, c.pre_norms && c.ffn_blocks.is_none())?,
                 },
-                ffn_norm_b: match parallel_shared {
-                    true => None,
-                    false => norm_bias("ffn_norm.bias")?,
+                ffn_norm_b: match (parallel_shared, falcon_two) {
+                    (true, _) => None,
+                    (false, true) => norm_bias("attn_norm.bias")?,
+                    (false, false) => norm_bias("ffn_norm.bias")?,
                 },
                 ffn: match &c.moe {
                     _ if mixer_only => Ffn::None,
@@ -627,6 +643,9 @@ impl<'a, B: Backend> Model<'a, B> {
                                 | Architecture::Starcoder2
                                 | Architecture::Phi2
                                 | Architecture::GptNeox
+                                | Architecture::Falcon
+                                | Architecture::Gpt2
+                                | Architecture::Starcoder
                         ) =>
                     {
                         Ffn::Up(UpFfn {
@@ -711,6 +730,13 @@ impl<'a, B: Backend> Model<'a, B> {
             }
         }
         let embed = weight("token_embd.weight", c.vocab_size, d)?;
+        // GPT-2's and StarCoder's learned positions, one row a position.
+        let pos_embed = match c.arch {
+            Architecture::Gpt2 | Architecture::Starcoder => {
+                Some(weight("position_embd.weight", c.context_length, d)?)
+            }
+            _ => None,
+        };
         let (output, has_output) = match file.tensor("output.weight") {
             Ok(_) => (weight("output.weight", c.vocab_size, d)?, true),
             // Tied embeddings: the output projection is the embedding table.
@@ -796,6 +822,7 @@ impl<'a, B: Backend> Model<'a, B> {
             backend,
             config,
             embed,
+            pos_embed,
             layers,
             output_norm,
             output_norm_b,
@@ -923,6 +950,9 @@ impl<'a, B: Backend> Model<'a, B> {
             // Gemma 4's block inputs; its blocks' heads differ.)
             && self.altup.is_none()
             && self.config.gemma4.is_none()
+            // (A static step's `embed` reads the step's tokens, not its
+            // positions.)
+            && self.pos_embed.is_none()
     }
 
     /// Whether a session can forget its last tokens and keep the others
@@ -963,6 +993,13 @@ impl<'a, B: Backend> Model<'a, B> {
             ));
         }
         let c = &self.config;
+        if let Some(p) = self.pos_embed.as_ref().filter(|p| max_seq_len > p.rows()) {
+            return Err(Error::BadConfig(format!(
+                "a session of {max_seq_len} tokens is longer than the {} positions this \
+                 model learned",
+                p.rows()
+            )));
+        }
         let cache = self
             .backend
             .kv_cache(&c.kv_cache_config(max_seq_len, kv_dtype))?;
@@ -1633,6 +1670,12 @@ impl<'a, B: Backend> Model<'a, B> {
             .embed(&mut sc.ws, &self.embed, tokens, &mut sc.x)?;
         if let Some(s) = self.config.embedding_scale {
             self.backend.scale_inplace(&mut sc.x, s, tokens.len() * d)?;
+        }
+        if let Some(p) = &self.pos_embed {
+            // (`proj` is free until the first block's output.)
+            let b = self.backend;
+            b.embed(&mut sc.ws, p, &sc.positions, &mut sc.proj)?;
+            b.add_inplace(&mut sc.x, &sc.proj, tokens.len() * d)?;
         }
         if let (Some(ple), Some(s)) = (&self.ple, sc.ple.as_mut()) {
             self.ple_inputs(ple, s, &mut sc.ws, &sc.x, tokens)?;

@@ -471,6 +471,9 @@ impl SyntheticLayout {
             "gptneox",
             "command-r",
             "cohere2",
+            "falcon",
+            "gpt2",
+            "starcoder",
         ]
         .contains(&arch)
         {
@@ -853,19 +856,27 @@ impl SyntheticLayout {
     /// GPT-NeoX's (Phi 2's with a feed-forward norm and a quarter of each
     /// head rotated, the network beside the attention), StableLM's
     /// (StarCoder 2's norms and query, key and value biases, SwiGLU, a
-    /// quarter of each head rotated, an output matrix), Command R's (norms without biases,
-    /// no feed-forward norm, SwiGLU, logits times 0.0625) and Command
-    /// R7B's (Command R's with a window of 4 on every other block, the
-    /// others global without RoPE).
+    /// quarter of each head rotated, an output matrix), Command R's (norms
+    /// without biases, no feed-forward norm, SwiGLU, logits times 0.0625),
+    /// Command R7B's (Command R's with a window of 4 on every other block,
+    /// the others global without RoPE), Falcon 7B's (Phi 2's norms and
+    /// fused matrix, no biases but the norms', tied output) and GPT-2's and
+    /// StarCoder's (GPT-NeoX's blocks after each other, no RoPE, learned
+    /// positions for the 256 of the context, tied output).
     fn tiny_layer_norm(arch: &str) -> Result<Self> {
         let mut l = Self::tiny("llama")?.renamed(arch);
         let k = |n: &str| format!("{arch}.{n}");
         let eps = k("attention.layer_norm_rms_epsilon");
         l.hparams.retain(|(key, _)| *key != eps);
-        let cohere = arch == "command-r" || arch == "cohere2";
-        let gelu = ["starcoder2", "phi2", "gptneox"].contains(&arch);
-        let fused = arch == "phi2" || arch == "gptneox";
-        let shared_norm = arch == "phi2" || cohere;
+        let is = |names: &[&str]| names.contains(&arch);
+        let cohere = is(&["command-r", "cohere2"]);
+        let gpt2 = is(&["gpt2", "starcoder"]);
+        let falcon = arch == "falcon";
+        let gelu = gpt2 || is(&["starcoder2", "phi2", "gptneox", "falcon"]);
+        let fused = gpt2 || is(&["phi2", "gptneox", "falcon"]);
+        let shared_norm = cohere || is(&["phi2", "falcon"]);
+        // Biases on the products (but Falcon's and Command R's none).
+        let biases = !cohere && !falcon;
         let f32_tensor = |name: String, shape: Vec<u64>| SyntheticTensor {
             name,
             shape,
@@ -879,24 +890,33 @@ impl SyntheticLayout {
                 .and_then(|r| r.split_once('.'))
                 .map(|(b, p)| (format!("blk.{b}"), p.to_string()))
             else {
-                let bias = t.name == "output_norm.weight" && !cohere;
                 let d = t.shape[0];
+                let name = t.name.clone();
                 tensors.push(t);
-                if bias {
+                if name == "output_norm.weight" && !cohere {
                     tensors.push(f32_tensor("output_norm.bias".into(), vec![d]));
+                }
+                if name == "token_embd.weight" && gpt2 {
+                    // (Q8_0 as the matrices, its rows a position.)
+                    tensors.push(SyntheticTensor {
+                        name: "position_embd.weight".into(),
+                        shape: vec![d, 256],
+                        dtype: GgmlType::Q8_0,
+                    });
                 }
                 continue;
             };
             let d = t.shape[0];
+            let bias = |rows| {
+                let name = part.replace(".weight", ".bias");
+                f32_tensor(format!("{blk}.{name}"), vec![rows])
+            };
             match part.as_str() {
+                "ffn_norm.weight" if shared_norm => {}
                 "attn_norm.weight" | "ffn_norm.weight" => {
-                    if part == "ffn_norm.weight" && shared_norm {
-                        continue;
-                    }
                     tensors.push(t);
                     if !cohere {
-                        let name = part.replace(".weight", ".bias");
-                        tensors.push(f32_tensor(format!("{blk}.{name}"), vec![d]));
+                        tensors.push(bias(d));
                     }
                 }
                 "attn_q.weight" if fused => {
@@ -906,36 +926,29 @@ impl SyntheticLayout {
                         shape: vec![d, rows],
                         dtype: t.dtype,
                     });
-                    tensors.push(f32_tensor(format!("{blk}.attn_qkv.bias"), vec![rows]));
+                    if biases {
+                        tensors.push(f32_tensor(format!("{blk}.attn_qkv.bias"), vec![rows]));
+                    }
                 }
                 "attn_k.weight" | "attn_v.weight" if fused => {}
+                "ffn_gate.weight" if gelu => {}
                 "attn_q.weight" | "attn_k.weight" | "attn_v.weight" => {
                     let rows = t.shape[1];
                     tensors.push(t);
-                    if !cohere {
-                        let name = part.replace(".weight", ".bias");
-                        tensors.push(f32_tensor(format!("{blk}.{name}"), vec![rows]));
+                    if biases {
+                        tensors.push(bias(rows));
                     }
                 }
-                "attn_output.weight" => {
+                "attn_output.weight" | "ffn_up.weight" | "ffn_down.weight" if gelu && biases => {
                     let rows = t.shape[1];
                     tensors.push(t);
-                    if gelu {
-                        tensors.push(f32_tensor(format!("{blk}.attn_output.bias"), vec![rows]));
-                    }
-                }
-                "ffn_gate.weight" if gelu => {}
-                "ffn_up.weight" | "ffn_down.weight" if gelu => {
-                    let rows = t.shape[1];
-                    let name = part.replace(".weight", ".bias");
-                    tensors.push(t);
-                    tensors.push(f32_tensor(format!("{blk}.{name}"), vec![rows]));
+                    tensors.push(bias(rows));
                 }
                 _ => tensors.push(t),
             }
         }
         l.tensors = tensors;
-        if fused || arch == "stablelm" {
+        if is(&["phi2", "gptneox", "stablelm"]) {
             // Their own output matrix (Phi 2's with a bias).
             let mut output = l.tensors[0].clone();
             output.name = "output.weight".into();
@@ -2181,7 +2194,8 @@ impl SyntheticLayout {
     /// `tiny-nemotron_h_moe-latent` (its experts in a latent space),
     /// `tiny-stablelm-parallel` (StableLM's blocks without a feed-forward
     /// norm), `tiny-gptneox-sequential` (GPT-NeoX's without
-    /// `use_parallel_residual`).
+    /// `use_parallel_residual`), `tiny-falcon-40b` (Falcon's blocks with
+    /// the 40B's second norm).
     pub fn by_name(name: &str) -> Option<Self> {
         match name {
             "smollm2" => Some(Self::smollm2_135m()),
@@ -2261,6 +2275,23 @@ impl SyntheticLayout {
             "tiny-stablelm-parallel" => {
                 let mut l = Self::tiny("stablelm").ok()?;
                 l.tensors.retain(|t| !t.name.contains(".ffn_norm."));
+                Some(l)
+            }
+            // Falcon 40B's blocks: the attention normed by a norm of its
+            // own (`attn_norm_2`), the network by `attn_norm`.
+            "tiny-falcon-40b" => {
+                let mut l = Self::tiny("falcon").ok()?;
+                let mut i = 0;
+                while i < l.tensors.len() {
+                    let name = &l.tensors[i].name;
+                    if name.starts_with("blk.") && name.contains(".attn_norm.") {
+                        let mut t = l.tensors[i].clone();
+                        t.name = name.replace(".attn_norm.", ".attn_norm_2.");
+                        l.tensors.insert(i + 1, t);
+                        i += 1;
+                    }
+                    i += 1;
+                }
                 Some(l)
             }
             "tiny-gptneox-sequential" => Some(

@@ -89,6 +89,13 @@ impl<B: Backend> Model<'_, B> {
                     .into(),
             ));
         }
+        // (GPT-2's keys hold their learned positions, which no rotation
+        // moves.)
+        if discard > 0 && self.pos_embed.is_some() {
+            return Err(Error::BadConfig(
+                "a context shift cannot move learned positions (GPT-2's, StarCoder's)".into(),
+            ));
+        }
         let moved = held - end;
         session.chunk = None;
         if discard == 0 {

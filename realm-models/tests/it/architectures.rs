@@ -101,19 +101,24 @@ const SHARP: [&str; 5] = [
 ];
 
 /// The feed-forward networks of GELUs without a gate (StarCoder 2's,
-/// Phi 2's, GPT-NeoX's) run with llama.cpp's GELU table too: with Realm's
+/// Phi 2's, GPT-NeoX's, Falcon's, GPT-2's) run with llama.cpp's GELU table too: with Realm's
 /// own GELU their logits differ by up to 9.0e-4 (StarCoder 2, f32), the
 /// table's f16 rounding of each activation. With the table the Q8_0
 /// cases agree within 5.0e-6 and the f32 ones within 1.9e-4 (GPT-NeoX
-/// without `use_parallel_residual`; Phi 2 1.7e-4, StarCoder 2 9.0e-5):
+/// without `use_parallel_residual`; Phi 2 and GPT-2 1.7e-4, Falcon 40B
+/// 1.1e-4, StarCoder 2 9.0e-5):
 /// as for Gemma 4's, the float sums' order flips the f16 rounding of some
 /// of the table's inputs, which the 8-bit inputs of the Q8_0 products
 /// after them absorb. Their f32 cases are held to [`TOLERANCE_GELU`].
-const GELU_TABLE: [&str; 4] = [
+const GELU_TABLE: [&str; 8] = [
     "tiny-starcoder2",
     "tiny-phi2",
     "tiny-gptneox",
     "tiny-gptneox-sequential",
+    "tiny-falcon",
+    "tiny-falcon-40b",
+    "tiny-gpt2",
+    "tiny-starcoder",
 ];
 
 fn fixture() -> Value {
@@ -300,6 +305,7 @@ fn each_variant_changes_the_logits() {
         ("minicpm", "minicpm-scales"),
         ("stablelm", "stablelm-parallel"),
         ("gptneox", "gptneox-sequential"),
+        ("falcon", "falcon-40b"),
     ] {
         let d = max_diff(&logits(base), &logits(variant));
         assert!(
@@ -318,6 +324,39 @@ fn each_variant_changes_the_logits() {
         d > 100.0 * TOLERANCE,
         "Command R7B's blocks move the logits by {d} only"
     );
+}
+
+/// GPT-2's learned positions bound its sessions, and no context shift
+/// moves them; per-head Q/K LayerNorms (StableLM 2 12B's, Command R+'s)
+/// are refused by name.
+#[test]
+fn layer_norm_families_refuse_what_they_cannot_run() {
+    let cpu = CpuBackend::new().unwrap();
+    let bytes = SyntheticLayout::tiny("gpt2").unwrap().write(3).unwrap();
+    let file = Gguf::from_bytes(&bytes[..]).unwrap();
+    let model = Model::load(&file, &cpu).unwrap();
+    let err = model.session(257, 4).unwrap_err().to_string();
+    assert!(err.contains("256 positions"), "{err}");
+    let mut s = model.session(256, 4).unwrap();
+    let prompt: Vec<u32> = (3..43).collect();
+    model.forward(&mut s, &prompt).unwrap();
+    let err = model.shift_context(&mut s, 4, 16).unwrap_err().to_string();
+    assert!(err.contains("learned positions"), "{err}");
+    assert_eq!(s.position(), 40);
+    // A shift of nothing is no shift.
+    model.shift_context(&mut s, 4, 0).unwrap();
+
+    let mut layout = SyntheticLayout::tiny("stablelm").unwrap();
+    let norm = |name: &str| realm_models::synthetic::SyntheticTensor {
+        name: name.into(),
+        shape: vec![16, 4],
+        dtype: GgmlType::F32,
+    };
+    layout.tensors.push(norm("blk.0.attn_q_norm.weight"));
+    let bytes = layout.write(3).unwrap();
+    let file = Gguf::from_bytes(&bytes[..]).unwrap();
+    let err = Model::load(&file, &cpu).unwrap_err().to_string();
+    assert!(err.contains("per-head Q/K LayerNorms"), "{err}");
 }
 
 /// The file types llama.cpp refuses or computes differently are refused
