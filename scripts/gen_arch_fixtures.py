@@ -354,6 +354,15 @@ CASES = [
     case("gpt2", "tiny-gpt2"),
     case("gpt2-q8_0", "tiny-gpt2", matrix_type="q8_0"),
     case("starcoder", "tiny-starcoder"),
+    # Orion: LayerNorms with biases, SwiGLU; Nemotron: squared ReLUs
+    # without a gate, half of each head rotated; CodeShell: StarCoder 2's
+    # blocks; EXAONE 3: llama's with NeoX RoPE.
+    case("orion", "tiny-orion"),
+    case("nemotron", "tiny-nemotron"),
+    case("nemotron-q8_0", "tiny-nemotron", matrix_type="q8_0"),
+    case("codeshell", "tiny-codeshell"),
+    case("exaone", "tiny-exaone"),
+    case("exaone-q8_0", "tiny-exaone", matrix_type="q8_0"),
 ]
 
 

@@ -78,7 +78,7 @@ fn llama4_is_refused_at_load() {
 }
 
 /// Every architecture's `SyntheticLayout::tiny` the GPU backend runs.
-const ARCHS: [&str; 53] = [
+const ARCHS: [&str; 57] = [
     "llama",
     "arcee",
     "internlm2",
@@ -132,6 +132,10 @@ const ARCHS: [&str; 53] = [
     "falcon",
     "gpt2",
     "starcoder",
+    "orion",
+    "nemotron",
+    "codeshell",
+    "exaone",
 ];
 
 /// Prefill of `prompt` in chunks of `batch`, then greedy decoding fed with

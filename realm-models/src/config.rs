@@ -245,11 +245,24 @@ pub enum Architecture {
     /// StarCoder and SantaCoder (starcoder): GPT-2's blocks with one KV
     /// head (multi-query attention).
     Starcoder,
+    /// Orion (orion: 14B): LayerNorms with biases, NeoX RoPE, SwiGLU.
+    Orion,
+    /// Nemotron-4 and Minitron (nemotron): LayerNorms with biases (the
+    /// converter adds Nemotron's 1 to their weights), part of each head
+    /// rotated (NeoX), a feed-forward network of squared ReLUs without a
+    /// gate; output and feed-forward biases where the file has them.
+    Nemotron,
+    /// CodeShell (codeshell: 7B): StarCoder 2's blocks (LayerNorms with
+    /// biases, biases on every product, NeoX RoPE, GELUs without a gate)
+    /// with an output matrix of its own.
+    CodeShell,
+    /// EXAONE 3.0 and 3.5 (exaone): llama's blocks with NeoX RoPE.
+    Exaone,
 }
 
 impl Architecture {
     /// Every architecture Realm runs.
-    pub const ALL: [Architecture; 55] = [
+    pub const ALL: [Architecture; 59] = [
         Self::Llama,
         Self::Mistral,
         Self::Qwen2,
@@ -305,6 +318,10 @@ impl Architecture {
         Self::Falcon,
         Self::Gpt2,
         Self::Starcoder,
+        Self::Orion,
+        Self::Nemotron,
+        Self::CodeShell,
+        Self::Exaone,
     ];
 
     /// The architecture named by `general.architecture`.
@@ -379,6 +396,10 @@ impl Architecture {
             Self::Falcon => "falcon",
             Self::Gpt2 => "gpt2",
             Self::Starcoder => "starcoder",
+            Self::Orion => "orion",
+            Self::Nemotron => "nemotron",
+            Self::CodeShell => "codeshell",
+            Self::Exaone => "exaone",
         }
     }
 }
@@ -1188,6 +1209,9 @@ impl ModelConfig {
                 | Architecture::Falcon
                 | Architecture::Gpt2
                 | Architecture::Starcoder
+                | Architecture::Orion
+                | Architecture::Nemotron
+                | Architecture::CodeShell
         );
         // llama.cpp gives EXAONE 4 a window (4096 unless set) where it has
         // 64 layers (the 32B), and no other.
@@ -1393,7 +1417,11 @@ impl ModelConfig {
                 | Architecture::Phi2
                 | Architecture::StableLm
                 | Architecture::GptNeox
-                | Architecture::Falcon => RopeMode::Neox,
+                | Architecture::Falcon
+                | Architecture::Orion
+                | Architecture::Nemotron
+                | Architecture::CodeShell
+                | Architecture::Exaone => RopeMode::Neox,
             },
             sliding_window,
             // Every sixth layer (Gemma 3), second (Gemma 2, gpt-oss) or

@@ -569,7 +569,9 @@ impl<'a, B: Backend> Model<'a, B> {
                     | Architecture::Phi2
                     | Architecture::GptNeox
                     | Architecture::Gpt2
-                    | Architecture::Starcoder => optional_norm(&n("attn_output.bias"), d)?,
+                    | Architecture::Starcoder
+                    | Architecture::Nemotron
+                    | Architecture::CodeShell => optional_norm(&n("attn_output.bias"), d)?,
                     Architecture::Mistral3
                     | Architecture::Ernie45
                     | Architecture::Ernie45Moe
@@ -646,12 +648,15 @@ impl<'a, B: Backend> Model<'a, B> {
                                 | Architecture::Falcon
                                 | Architecture::Gpt2
                                 | Architecture::Starcoder
+                                | Architecture::Nemotron
+                                | Architecture::CodeShell
                         ) =>
                     {
                         Ffn::Up(UpFfn {
                             up: weight(&n("ffn_up.weight"), ff, d)?,
                             down: weight(&n("ffn_down.weight"), d, ff)?,
-                            gelu: c.layer_norm,
+                            // (Nemotron's are squared ReLUs, as Arcee's.)
+                            gelu: c.layer_norm && c.arch != Architecture::Nemotron,
                             up_b: ffn_bias("ffn_up.bias", ff)?,
                             down_b: ffn_bias("ffn_down.bias", d)?,
                         })

@@ -474,6 +474,9 @@ impl SyntheticLayout {
             "falcon",
             "gpt2",
             "starcoder",
+            "orion",
+            "nemotron",
+            "codeshell",
         ]
         .contains(&arch)
         {
@@ -601,6 +604,7 @@ impl SyntheticLayout {
                 "bailingmoe2" => "bailingmoe2",
                 "exaone4" => "exaone4",
                 "ernie4_5" => "ernie4_5",
+                "exaone" => "exaone",
                 "glm4" => "glm4",
                 "seed_oss" => "seed_oss",
                 "gemma" => "gemma",
@@ -862,7 +866,10 @@ impl SyntheticLayout {
     /// the others global without RoPE), Falcon 7B's (Phi 2's norms and
     /// fused matrix, no biases but the norms', tied output) and GPT-2's and
     /// StarCoder's (GPT-NeoX's blocks after each other, no RoPE, learned
-    /// positions for the 256 of the context, tied output).
+    /// positions for the 256 of the context, tied output), Orion's
+    /// (StableLM's without its biases), Nemotron's (StarCoder 2's with
+    /// squared ReLUs, half of each head rotated, an output matrix) and
+    /// CodeShell's (StarCoder 2's with an output matrix).
     fn tiny_layer_norm(arch: &str) -> Result<Self> {
         let mut l = Self::tiny("llama")?.renamed(arch);
         let k = |n: &str| format!("{arch}.{n}");
@@ -872,11 +879,21 @@ impl SyntheticLayout {
         let cohere = is(&["command-r", "cohere2"]);
         let gpt2 = is(&["gpt2", "starcoder"]);
         let falcon = arch == "falcon";
-        let gelu = gpt2 || is(&["starcoder2", "phi2", "gptneox", "falcon"]);
+        // (Nemotron's squared ReLUs have no gate either.)
+        let gelu = gpt2
+            || is(&[
+                "starcoder2",
+                "phi2",
+                "gptneox",
+                "falcon",
+                "nemotron",
+                "codeshell",
+            ]);
         let fused = gpt2 || is(&["phi2", "gptneox", "falcon"]);
         let shared_norm = cohere || is(&["phi2", "falcon"]);
-        // Biases on the products (but Falcon's and Command R's none).
-        let biases = !cohere && !falcon;
+        // Biases on the products (but Falcon's, Orion's and Command R's
+        // none).
+        let biases = !cohere && !falcon && arch != "orion";
         let f32_tensor = |name: String, shape: Vec<u64>| SyntheticTensor {
             name,
             shape,
@@ -948,7 +965,14 @@ impl SyntheticLayout {
             }
         }
         l.tensors = tensors;
-        if is(&["phi2", "gptneox", "stablelm"]) {
+        if is(&[
+            "phi2",
+            "gptneox",
+            "stablelm",
+            "orion",
+            "nemotron",
+            "codeshell",
+        ]) {
             // Their own output matrix (Phi 2's with a bias).
             let mut output = l.tensors[0].clone();
             output.name = "output.weight".into();
@@ -965,6 +989,7 @@ impl SyntheticLayout {
             "gptneox" | "stablelm" => {
                 l = l.with_hparam(&k("rope.dimension_count"), MetadataValue::U32(4))
             }
+            "nemotron" => l = l.with_hparam(&k("rope.dimension_count"), MetadataValue::U32(8)),
             _ => {}
         }
         if arch == "gptneox" {
