@@ -363,6 +363,9 @@ CASES = [
     case("codeshell", "tiny-codeshell"),
     case("exaone", "tiny-exaone"),
     case("exaone-q8_0", "tiny-exaone", matrix_type="q8_0"),
+    # Mamba-2: every block a Mamba-2 mixer alone, no attention.
+    case("mamba2", "tiny-mamba2"),
+    case("mamba2-q8_0", "tiny-mamba2", matrix_type="q8_0"),
 ]
 
 

@@ -78,7 +78,7 @@ fn llama4_is_refused_at_load() {
 }
 
 /// Every architecture's `SyntheticLayout::tiny` the GPU backend runs.
-const ARCHS: [&str; 57] = [
+const ARCHS: [&str; 58] = [
     "llama",
     "arcee",
     "internlm2",
@@ -136,6 +136,7 @@ const ARCHS: [&str; 57] = [
     "nemotron",
     "codeshell",
     "exaone",
+    "mamba2",
 ];
 
 /// Prefill of `prompt` in chunks of `batch`, then greedy decoding fed with

@@ -258,11 +258,17 @@ pub enum Architecture {
     CodeShell,
     /// EXAONE 3.0 and 3.5 (exaone): llama's blocks with NeoX RoPE.
     Exaone,
+    /// Mamba-2 (mamba2: Mamba-2 130M to 2.7B, Mamba-Codestral 7B): every
+    /// block a Mamba-2 mixer alone ([`MambaConfig`], Granite 4.0's) after
+    /// an RMSNorm; no attention, no feed-forward networks (the file's
+    /// head count and feed-forward width are 0): a recurrent state per
+    /// session and no KV cache.
+    Mamba2,
 }
 
 impl Architecture {
     /// Every architecture Realm runs.
-    pub const ALL: [Architecture; 59] = [
+    pub const ALL: [Architecture; 60] = [
         Self::Llama,
         Self::Mistral,
         Self::Qwen2,
@@ -322,6 +328,7 @@ impl Architecture {
         Self::Nemotron,
         Self::CodeShell,
         Self::Exaone,
+        Self::Mamba2,
     ];
 
     /// The architecture named by `general.architecture`.
@@ -400,6 +407,7 @@ impl Architecture {
             Self::Nemotron => "nemotron",
             Self::CodeShell => "codeshell",
             Self::Exaone => "exaone",
+            Self::Mamba2 => "mamba2",
         }
     }
 }
@@ -1099,7 +1107,13 @@ impl ModelConfig {
             })?,
         };
         let d_model = u("embedding_length")?;
-        let n_heads = u("attention.head_count")?;
+        let mamba2 = arch == Architecture::Mamba2;
+        // (Mamba-2's files say 0: one head as wide as the model stands for
+        // the attention it does not have.)
+        let n_heads = match mamba2 {
+            true => 1,
+            false => u("attention.head_count")?,
+        };
         // LFM2's KV heads a block, none for its convolutions.
         let kv_per_layer = match md.get(&key("attention.head_count_kv")) {
             Some(MetadataValue::Array(a))
@@ -1383,7 +1397,8 @@ impl ModelConfig {
                 | Architecture::CommandR
                 | Architecture::Cohere2
                 | Architecture::Gpt2
-                | Architecture::Starcoder => RopeMode::Normal,
+                | Architecture::Starcoder
+                | Architecture::Mamba2 => RopeMode::Normal,
                 Architecture::Qwen2
                 | Architecture::Qwen2Moe
                 | Architecture::Qwen3
@@ -1597,6 +1612,10 @@ impl ModelConfig {
         if gemma4 {
             cfg.gemma4 = Some(gemma4_config(md, &cfg, kv_per_layer.as_deref())?);
         }
+        if mamba2 {
+            // Every block a mixer alone.
+            cfg.ffn_blocks = Some(vec![false; cfg.n_layers]);
+        }
         if nemotron {
             let kv = kv_per_layer.as_deref().unwrap_or_default();
             let ff = ff_per_layer.as_deref().unwrap_or_default();
@@ -1614,10 +1633,10 @@ impl ModelConfig {
             cfg.ffn_blocks = Some(ff[..cfg.n_layers].iter().map(|&f| f > 0).collect());
         }
         let falcon = arch == Architecture::FalconH1;
-        if arch == Architecture::GraniteHybrid || nemotron || falcon {
-            // (Falcon-H1's blocks all attend and mix.)
+        if arch == Architecture::GraniteHybrid || nemotron || falcon || mamba2 {
+            // (Falcon-H1's blocks all attend and mix; Mamba-2's all mix.)
             let all = vec![0; cfg.n_layers];
-            let kv = match falcon {
+            let kv = match falcon || mamba2 {
                 true => &all[..],
                 false => kv_per_layer.as_deref().ok_or_else(|| {
                     Error::BadConfig(format!("{p}.attention.head_count_kv must be a list"))
@@ -1889,8 +1908,9 @@ impl ModelConfig {
     }
 
     /// The KV cache of a session of `max_seq_len` positions in `dtype`:
-    /// a layer each block in [`ModelConfig::cache_blocks`] (one for a model
-    /// of recurrent blocks alone, unused), each with its block's heads.
+    /// a layer each block in [`ModelConfig::cache_blocks`] (one of a value
+    /// a position for a model of recurrent blocks alone, unused), each
+    /// with its block's heads.
     pub fn kv_cache_config(&self, max_seq_len: usize, dtype: KvDtype) -> KvCacheConfig {
         let shapes: Vec<KvShape> = self
             .cache_blocks()
@@ -1905,10 +1925,15 @@ impl ModelConfig {
         let uniform = shapes
             .iter()
             .all(|s| (s.n_kv_heads, s.head_dim) == (self.n_kv_heads, self.head_dim));
+        // (A model without attention keeps one value a position, unused.)
+        let (n_kv_heads, head_dim) = match shapes.is_empty() {
+            true => (1, 1),
+            false => (self.n_kv_heads, self.head_dim),
+        };
         KvCacheConfig {
             n_layers: shapes.len().max(1),
-            n_kv_heads: self.n_kv_heads,
-            head_dim: self.head_dim,
+            n_kv_heads,
+            head_dim,
             max_seq_len,
             dtype,
             layer_shapes: (!uniform).then(|| shapes.into()),

@@ -464,6 +464,9 @@ impl SyntheticLayout {
         if arch == "nemotron_h" {
             return Ok(Self::tiny_nemotron_h());
         }
+        if arch == "mamba2" {
+            return Ok(Self::tiny_mamba2());
+        }
         if [
             "starcoder2",
             "phi2",
@@ -1812,6 +1815,34 @@ impl SyntheticLayout {
         });
         Self {
             arch: "nemotron_h".into(),
+            hparams: hp,
+            vocab_size: 300,
+            tensors,
+        }
+    }
+
+    /// A tiny Mamba-2: 3 blocks 64 wide, each a Mamba-2 mixer alone
+    /// ([`TINY_MAMBA`]'s) after an RMSNorm, no attention (no heads, as
+    /// llama.cpp's converter writes it), tied output.
+    fn tiny_mamba2() -> Self {
+        let (d, layers) = (64u64, 3);
+        let k = |n: &str| format!("mamba2.{n}");
+        let mut hp = vec![
+            u32_kv(&k("attention.head_count"), 0),
+            f32_kv(&k("attention.layer_norm_rms_epsilon"), 1e-5),
+            u32_kv(&k("block_count"), layers as u32),
+            u32_kv(&k("context_length"), 1 << 20),
+            u32_kv(&k("embedding_length"), d as u32),
+            u32_kv(&k("feed_forward_length"), 0),
+        ];
+        hp.extend(TINY_MAMBA.hparams(&k));
+        hp.sort_by(|a, b| a.0.cmp(&b.0));
+        let tensors = small_tensors((d, 300, layers), "output_norm.weight", |_, blk| {
+            blk("attn_norm.weight", vec![d]);
+            TINY_MAMBA.tensors(d, blk);
+        });
+        Self {
+            arch: "mamba2".into(),
             hparams: hp,
             vocab_size: 300,
             tensors,
