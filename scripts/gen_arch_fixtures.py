@@ -366,6 +366,13 @@ CASES = [
     # Mamba-2: every block a Mamba-2 mixer alone, no attention.
     case("mamba2", "tiny-mamba2"),
     case("mamba2-q8_0", "tiny-mamba2", matrix_type="q8_0"),
+    # ALiBi: BLOOM (its embeddings normed), MPT (no biases), Refact
+    # (llama's blocks).
+    case("bloom", "tiny-bloom"),
+    case("bloom-q8_0", "tiny-bloom", matrix_type="q8_0"),
+    case("mpt", "tiny-mpt"),
+    case("refact", "tiny-refact"),
+    case("refact-q8_0", "tiny-refact", matrix_type="q8_0"),
 ]
 
 

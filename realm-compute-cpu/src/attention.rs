@@ -343,6 +343,12 @@ fn check_params(
             what: "soft-cap must be positive and finite",
         });
     }
+    if p.alibi.is_some_and(|b| !(b >= 0.0 && b.is_finite())) {
+        return Err(BackendError::InvalidParameter {
+            op: OP,
+            what: "ALiBi's maximum bias must be finite and not negative",
+        });
+    }
     let width = p.n_heads * p.head_dim;
     if !q.is_multiple_of(width) {
         return Err(BackendError::Shape {
@@ -473,13 +479,18 @@ fn group_attention(
     layer: usize,
     kv_head: usize,
     pos: usize,
-    (q, sinks): (&[f32], Option<&[f32]>),
+    (q, sinks, slopes): (&[f32], Option<&[f32]>, Option<&[f32]>),
     p: &AttentionParams,
     scores: &mut [f32],
     out: &mut [f32],
 ) {
     let hd = p.head_dim;
     let lo = p.first_key(pos);
+    let score = Scoring {
+        scale: p.scale,
+        softcap: p.softcap,
+        alibi: slopes.map(|s| (s, pos - lo)),
+    };
     // The key tiles that hold positions `lo..=pos`, and the values.
     let (t_lo, t_hi) = (lo / KEY_TILE, (pos + 1).div_ceil(KEY_TILE));
     let skip = lo - t_lo * KEY_TILE;
@@ -489,12 +500,26 @@ fn group_attention(
             let keys = base + t_lo * KEY_TILE * hd..base + t_hi * KEY_TILE * hd;
             let values = base + lo * hd..base + (pos + 1) * hd;
             match &cache.store {
-                Store::F32 { k, v } => {
-                    attend(isa, &k[keys], skip, &v[values], (q, sinks), p, scores, out)
-                }
-                Store::F16 { k, v } => {
-                    attend(isa, &k[keys], skip, &v[values], (q, sinks), p, scores, out)
-                }
+                Store::F32 { k, v } => attend(
+                    isa,
+                    &k[keys],
+                    skip,
+                    &v[values],
+                    (q, sinks),
+                    (hd, score),
+                    scores,
+                    out,
+                ),
+                Store::F16 { k, v } => attend(
+                    isa,
+                    &k[keys],
+                    skip,
+                    &v[values],
+                    (q, sinks),
+                    (hd, score),
+                    scores,
+                    out,
+                ),
                 // Dequantized in registers (AVX2; other CPUs read a Q8_0
                 // cache as its dequantized `Flat` source).
                 #[cfg(target_arch = "x86_64")]
@@ -512,7 +537,7 @@ fn group_attention(
                         rows,
                         (n_tiles, skip, len, hd),
                         (q, sinks),
-                        (p.scale, p.softcap),
+                        score,
                         scores,
                         out,
                     );
@@ -533,7 +558,16 @@ fn group_attention(
             let vb = kv_head * vspan;
             let keys = &k[kb + (t_lo - t0) * KEY_TILE * hd..kb + (t_hi - t0) * KEY_TILE * hd];
             let values = &v[vb + (lo - p0) * hd..vb + (pos + 1 - p0) * hd];
-            attend(isa, keys, skip, values, (q, sinks), p, scores, out);
+            attend(
+                isa,
+                keys,
+                skip,
+                values,
+                (q, sinks),
+                (hd, score),
+                scores,
+                out,
+            );
         }
     }
 }
@@ -548,20 +582,13 @@ fn attend<T: Element>(
     skip: usize,
     values: &[T],
     (q, sinks): (&[f32], Option<&[f32]>),
-    p: &AttentionParams,
+    (hd, score): (usize, Scoring<'_>),
     scores: &mut [f32],
     out: &mut [f32],
 ) {
-    let hd = p.head_dim;
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx2
-        && crate::avx2::attend_group(
-            (ktiles, skip, values, hd),
-            (q, sinks),
-            (p.scale, p.softcap),
-            scores,
-            out,
-        )
+        && crate::avx2::attend_group((ktiles, skip, values, hd), (q, sinks), score, scores, out)
     {
         return;
     }
@@ -569,7 +596,7 @@ fn attend<T: Element>(
     let scores = &mut scores[..values.len() / hd];
     for (h, (qh, oh)) in q.chunks_exact(hd).zip(out.chunks_exact_mut(hd)).enumerate() {
         let sink = sinks.map(|s| s[h]);
-        weigh(ktiles, skip, values, (qh, sink), p, scores, oh);
+        weigh(ktiles, skip, values, (qh, sink, h), (hd, score), scores, oh);
     }
 }
 
@@ -583,6 +610,37 @@ impl<T: crate::avx2::FloatSimd + Into<f32>> Element for T {}
 trait Element: Copy + Into<f32> {}
 #[cfg(not(target_arch = "x86_64"))]
 impl<T: Copy + Into<f32>> Element for T {}
+
+/// What becomes of a head's raw `q . k` scores over its visible keys, in
+/// order: times the scale, soft-capped, and less ALiBi's bias (the heads'
+/// slopes and the first visible key's distance from the query).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Scoring<'a> {
+    pub(crate) scale: f32,
+    pub(crate) softcap: Option<f32>,
+    pub(crate) alibi: Option<(&'a [f32], usize)>,
+}
+
+impl Scoring<'_> {
+    /// Applies the scale, soft-cap and bias to head `h`'s scores.
+    pub(crate) fn apply(&self, scores: &mut [f32], h: usize) {
+        for v in scores.iter_mut() {
+            let raw = *v * self.scale;
+            *v = match self.softcap {
+                Some(c) => c * (raw / c).tanh(),
+                None => raw,
+            };
+        }
+        if let Some((slopes, first)) = self.alibi {
+            // (llama.cpp's mask holds `-distance` and adds it times the
+            // slope.)
+            let slope = slopes[h];
+            for (i, v) in scores.iter_mut().enumerate() {
+                *v += slope * -((first - i) as f32);
+            }
+        }
+    }
+}
 
 /// Score slots per head for a query that sees up to `ctx` positions: whole
 /// tiles, plus one for a window that starts inside a tile.
@@ -610,21 +668,17 @@ fn weigh<T: Copy + Into<f32>>(
     ktiles: &[T],
     skip: usize,
     values: &[T],
-    (q, sink): (&[f32], Option<f32>),
-    p: &AttentionParams,
+    (q, sink, h): (&[f32], Option<f32>, usize),
+    (hd, score): (usize, Scoring<'_>),
     scores: &mut [f32],
     out: &mut [f32],
 ) {
-    let hd = p.head_dim;
     for (i, s) in scores.iter_mut().enumerate() {
-        let raw = q.iter().enumerate().fold(0.0f32, |a, (d, &x)| {
+        *s = q.iter().enumerate().fold(0.0f32, |a, (d, &x)| {
             x.mul_add(ktiles[key_at(skip + i, d, hd)].into(), a)
-        }) * p.scale;
-        *s = match p.softcap {
-            Some(c) => c * (raw / c).tanh(),
-            None => raw,
-        };
+        });
     }
+    score.apply(scores, h);
     let sum = softmax_exp(scores, sink);
     out.fill(0.0);
     for (&e, v) in scores.iter().zip(values.chunks_exact(hd)) {
@@ -680,6 +734,12 @@ pub(crate) fn attention(
         ws.scores.resize(n_chunks * span, 0.0);
     }
     let isa = be.isa;
+    // ALiBi's slope of every query head.
+    let slopes: Option<Vec<f32>> = p.alibi.map(|b| {
+        (0..p.n_heads)
+            .map(|h| AttentionParams::alibi_slope(b, p.n_heads, h))
+            .collect()
+    });
     // A Q8_0 cache: what the call's tokens see, dequantized once for all,
     // for many tokens (a prefill chunk, where each row is read by every
     // token) or without AVX2; else the kernels dequantize in registers.
@@ -696,13 +756,14 @@ pub(crate) fn attention(
             let (t, h) = (pair / p.n_heads, pair % p.n_heads);
             let qh = &q[pair * hd..(pair + g) * hd];
             let sinks = p.sinks.map(|s| &s[h..h + g]);
+            let slopes = slopes.as_deref().map(|s| &s[h..h + g]);
             group_attention(
                 isa,
                 &src,
                 layer,
                 h / group,
                 start_pos + t,
-                (qh, sinks),
+                (qh, sinks, slopes),
                 p,
                 scores,
                 oh,

@@ -29,6 +29,7 @@ use realm_core::quant::blocks::{
 use realm_core::quant::e8m0_to_f32_half;
 
 use crate::act::{BlockQ8K, BlockQ8x32};
+use crate::attention::Scoring;
 use crate::matmul::OutRows;
 use crate::ops::{Activation, GELU_COEF_A, GELU_SQRT_2_OVER_PI};
 use crate::reference::{scales_q3k, WeightBlock};
@@ -2260,19 +2261,13 @@ fn attend_group_impl<T: FloatSimd>(
     rows: Rows<'_, T>,
     (n_tiles, skip, len, hd): (usize, usize, usize, usize),
     (q, sinks): (&[f32], Option<&[f32]>),
-    (scale, softcap): (f32, Option<f32>),
+    score: Scoring<'_>,
     scores: &mut [f32],
     out: &mut [f32],
 ) {
     let stride = n_tiles * 8;
     let post = |s: &mut [f32], h: usize| {
-        for v in s.iter_mut() {
-            let raw = *v * scale;
-            *v = match softcap {
-                Some(c) => c * (raw / c).tanh(),
-                None => raw,
-            };
-        }
+        score.apply(s, h);
         softmax_exp(s, sinks.map(|k| k[h]))
     };
     let g = q.len() / hd;
@@ -2303,7 +2298,7 @@ fn attend_group_impl<T: FloatSimd>(
 pub(crate) fn attend_group<T: FloatSimd>(
     (ktiles, skip, values, hd): (&[T], usize, &[T], usize),
     q: (&[f32], Option<&[f32]>),
-    score: (f32, Option<f32>),
+    score: Scoring<'_>,
     scores: &mut [f32],
     out: &mut [f32],
 ) -> bool {
@@ -2326,7 +2321,7 @@ pub(crate) fn attend_group_q8(
     src: Q8Rows<'_>,
     shape: (usize, usize, usize, usize),
     q: (&[f32], Option<&[f32]>),
-    score: (f32, Option<f32>),
+    score: Scoring<'_>,
     scores: &mut [f32],
     out: &mut [f32],
 ) -> bool {

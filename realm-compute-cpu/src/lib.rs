@@ -806,6 +806,10 @@ impl AttentionOps for CpuBackend {
         true
     }
 
+    fn supports_alibi(&self) -> bool {
+        true
+    }
+
     fn supports_chunks(&self) -> bool {
         true
     }

@@ -127,7 +127,7 @@ proptest! {
     }
 
     #[test]
-    fn attention_matches_f64(n_kv in 1usize..3, group in 1usize..6, hd in 1usize..20, past in 0usize..20, n in 1usize..6, window in proptest::option::of(1usize..12), chunk in proptest::option::of(1usize..10), softcap in proptest::option::of(1f32..50.0), sinks in any::<bool>(), threads in 1usize..3, scalar in any::<bool>(), f16_cache in any::<bool>(), seed in any::<u64>()) {
+    fn attention_matches_f64(n_kv in 1usize..3, group in 1usize..6, hd in 1usize..20, past in 0usize..20, n in 1usize..6, window in proptest::option::of(1usize..12), chunk in proptest::option::of(1usize..10), softcap in proptest::option::of(1f32..50.0), sinks in any::<bool>(), alibi in proptest::option::of(0.5f32..16.0), threads in 1usize..3, scalar in any::<bool>(), f16_cache in any::<bool>(), seed in any::<u64>()) {
         let mut rng = Rng::new(seed);
         let n_heads = n_kv * group;
         let total = past + n;
@@ -144,7 +144,17 @@ proptest! {
         let q = rng.f32s(n * n_heads * hd, -1.0, 1.0);
         // Sinks from well below the scores to well above them.
         let sink = rng.f32s(n_heads, -4.0, 4.0);
-        let p = AttentionParams { n_heads, n_kv_heads: n_kv, head_dim: hd, scale: 1.0 / (hd as f32).sqrt(), sliding_window: window, chunk, softcap, sinks: sinks.then_some(&sink[..]) };
+        let p = AttentionParams { n_heads, n_kv_heads: n_kv, head_dim: hd, scale: 1.0 / (hd as f32).sqrt(), sliding_window: window, chunk, softcap, sinks: sinks.then_some(&sink[..]), alibi };
+        // ALiBi's slopes, from their definition: 2^(-8/n) to the powers
+        // 1, 2, ... for a power of two of heads, the others interleaved.
+        let slope = |h: usize| -> f64 {
+            let n2 = 1usize << n_heads.ilog2();
+            let b = f64::from(alibi.unwrap_or(0.0));
+            match h < n2 {
+                true => 2f64.powf(-b / n2 as f64 * (h + 1) as f64),
+                false => 2f64.powf(-b / 2.0 / n2 as f64 * (2 * (h - n2) + 1) as f64),
+            }
+        };
         let mut out = vec![0.0; q.len()];
         let mut ws = b.workspace();
         b.attention(&mut ws, &cache, KvSpan { layer: 1, start_pos: past }, &q, 0..n, &p, &mut out).unwrap();
@@ -158,7 +168,9 @@ proptest! {
                 let scores: Vec<f64> = (lo..=pos).map(|j| {
                     let kj = &k[(j * n_kv + g) * hd..][..hd];
                     let s = qh.iter().zip(kj).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum::<f64>() * f64::from(p.scale);
-                    softcap.map_or(s, |c| f64::from(c) * (s / f64::from(c)).tanh())
+                    let s = softcap.map_or(s, |c| f64::from(c) * (s / f64::from(c)).tanh());
+                    // The query's distance from the key, times the slope.
+                    s - alibi.map_or(0.0, |_| slope(h) * (pos - j) as f64)
                 }).collect();
                 let max = scores.iter().fold(f64::NEG_INFINITY, |m, &s| m.max(s));
                 let z: f64 = scores.iter().map(|s| (s - max).exp()).sum();
@@ -213,7 +225,7 @@ proptest! {
         b.kv_write(&mut b.workspace(), &mut f32s, at, &kr, &vr, 0..total).unwrap();
         let q = rng.f32s(n * n_heads * hd, -1.0, 1.0);
         let sink = rng.f32s(n_heads, -4.0, 4.0);
-        let p = AttentionParams { n_heads, n_kv_heads: n_kv, head_dim: hd, scale: 1.0 / (hd as f32).sqrt(), sliding_window: window, chunk: None, softcap, sinks: sinks.then_some(&sink[..]) };
+        let p = AttentionParams { n_heads, n_kv_heads: n_kv, head_dim: hd, scale: 1.0 / (hd as f32).sqrt(), sliding_window: window, chunk: None, softcap, sinks: sinks.then_some(&sink[..]), alibi: None };
         let attend = |cache| {
             let mut out = vec![0.0; q.len()];
             b.attention(&mut b.workspace(), cache, KvSpan { layer: 1, start_pos: past }, &q, 0..n, &p, &mut out).unwrap();
@@ -261,7 +273,7 @@ proptest! {
             prop_assert_eq!(read(&cache, l), read(&alone, 0));
             let n_heads = s.n_kv_heads * group;
             let q = rng.f32s(n * n_heads * s.head_dim, -1.0, 1.0);
-            let p = AttentionParams { n_heads, n_kv_heads: s.n_kv_heads, head_dim: s.head_dim, scale: 0.125, sliding_window: None, chunk: None, softcap: None, sinks: None };
+            let p = AttentionParams { n_heads, n_kv_heads: s.n_kv_heads, head_dim: s.head_dim, scale: 0.125, sliding_window: None, chunk: None, softcap: None, sinks: None, alibi: None };
             let attend = |c: &CpuKvCache, layer| {
                 let mut out = vec![0.0; q.len()];
                 b.attention(&mut b.workspace(), c, KvSpan { layer, start_pos: past }, &q, 0..n, &p, &mut out).unwrap();
@@ -385,6 +397,7 @@ fn attention_is_batch_invariant() {
         chunk: None,
         softcap: None,
         sinks: None,
+        alibi: None,
     };
     let b2 = be(2);
     let mut cache = b2.kv_cache(&cfg).unwrap();
@@ -502,6 +515,7 @@ fn bad_parameters_are_errors() {
         chunk: None,
         softcap: None,
         sinks: None,
+        alibi: None,
     };
     let mut ws = b.workspace();
     let mut out = vec![0.0; 8];
@@ -510,6 +524,7 @@ fn bad_parameters_are_errors() {
     for sinks in [&[0.5][..], &[0.5, 1.0, 2.0], &[0.5, f32::NAN]] {
         let p = AttentionParams {
             sinks: Some(sinks),
+            alibi: None,
             ..p
         };
         let at = KvSpan {
@@ -682,6 +697,7 @@ fn f16_cache_matches_f32_cache_on_f16_values() {
         chunk: None,
         softcap: None,
         sinks: None,
+        alibi: None,
     };
     let b = CpuBackend::new().unwrap();
     let mut outs = Vec::new();

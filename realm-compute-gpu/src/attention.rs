@@ -64,6 +64,12 @@ fn check_params(
             what: "the GPU backend has no chunked attention (Llama 4): run such a model on the CPU",
         });
     }
+    if p.alibi.is_some() {
+        return Err(BackendError::InvalidParameter {
+            op,
+            what: "the GPU backend has no ALiBi (BLOOM, MPT): run such a model on the CPU",
+        });
+    }
     Ok(())
 }
 

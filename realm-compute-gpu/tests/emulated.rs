@@ -350,6 +350,7 @@ fn attention_kernel(case: &Case, seed: u64, kernel: Kernel) {
         chunk: None,
         softcap: case.softcap,
         sinks: None,
+        alibi: None,
     };
     let cpu = CpuBackend::new().unwrap();
     // With stores, each row's new key (normed, rotated) and value go into

@@ -77,6 +77,17 @@ fn llama4_is_refused_at_load() {
     assert!(Model::load(&file, &CpuBackend::new().unwrap()).is_ok());
 }
 
+#[test]
+fn alibi_models_are_refused_at_load() {
+    for arch in ["bloom", "mpt", "refact"] {
+        let layout = SyntheticLayout::tiny(arch).unwrap();
+        let file = Gguf::from_bytes(layout.write(3).unwrap()).unwrap();
+        let err = Model::load(&file, &gpu()).unwrap_err().to_string();
+        assert!(err.contains("ALiBi"), "{arch}: {err}");
+        assert!(Model::load(&file, &CpuBackend::new().unwrap()).is_ok());
+    }
+}
+
 /// Every architecture's `SyntheticLayout::tiny` the GPU backend runs.
 const ARCHS: [&str; 58] = [
     "llama",

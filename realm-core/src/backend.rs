@@ -920,9 +920,37 @@ pub struct AttentionParams<'a> {
     /// sinks): a key's weight becomes `exp(s) / (sum exp(s) + exp(sink))`,
     /// so a head may attend to nothing.
     pub sinks: Option<&'a [f32]>,
+    /// If set, ALiBi's maximum bias (BLOOM's and MPT's 8): no RoPE, but
+    /// each score less its head's slope ([`AttentionParams::alibi_slope`])
+    /// times the query's distance from the key, as llama.cpp adds them.
+    /// Only backends that [support it](AttentionOps::supports_alibi).
+    pub alibi: Option<f32>,
 }
 
 impl AttentionParams<'_> {
+    /// ALiBi's slope of query head `h` (of `n_heads`) for maximum bias
+    /// `max_bias`, as ggml computes it: heads below the power of two at
+    /// or under `n_heads` take `m0^(h + 1)`, `m0 = 2^(-max_bias / n2)`; the
+    /// others `m1^(2 (h - n2) + 1)`, `m1 = 2^(-max_bias / 2 / n2)`.
+    ///
+    /// ```
+    /// # use realm_core::backend::AttentionParams;
+    /// // 8 heads, bias 8: slopes 1/2, 1/4, ... 1/256.
+    /// assert_eq!(AttentionParams::alibi_slope(8.0, 8, 0), 0.5);
+    /// assert_eq!(AttentionParams::alibi_slope(8.0, 8, 7), 1.0 / 256.0);
+    /// ```
+    pub fn alibi_slope(max_bias: f32, n_heads: usize, h: usize) -> f32 {
+        let n2 = 1usize << n_heads.max(1).ilog2();
+        let n2f = n2 as f32;
+        match h < n2 {
+            true => 2f32.powf(-max_bias / n2f).powf(h as f32 + 1.0),
+            false => {
+                let m1 = 2f32.powf(-(max_bias / 2.0) / n2f);
+                m1.powf((2 * (h - n2) + 1) as f32)
+            }
+        }
+    }
+
     /// The first key position a query at `pos` sees (its window's or
     /// its chunk's start).
     ///
@@ -931,6 +959,7 @@ impl AttentionParams<'_> {
     /// let p = AttentionParams {
     ///     n_heads: 1, n_kv_heads: 1, head_dim: 8, scale: 1.0,
     ///     sliding_window: Some(4), chunk: Some(16), softcap: None, sinks: None,
+    ///     alibi: None,
     /// };
     /// assert_eq!(p.first_key(10), 7);
     /// assert_eq!(p.first_key(17), 16);
@@ -964,6 +993,12 @@ pub trait AttentionOps: RopeOps + NormOps {
     /// them refuses the calls that set them; a model that needs them asks
     /// first, so that it fails at load.
     fn supports_sinks(&self) -> bool {
+        false
+    }
+
+    /// Whether [`AttentionOps::attention`] and its kin take ALiBi
+    /// ([`AttentionParams::alibi`]); false by default.
+    fn supports_alibi(&self) -> bool {
         false
     }
 

@@ -264,11 +264,24 @@ pub enum Architecture {
     /// head count and feed-forward width are 0): a recurrent state per
     /// session and no KV cache.
     Mamba2,
+    /// BLOOM and BLOOMZ (bloom): ALiBi (maximum bias 8) instead of RoPE,
+    /// a LayerNorm of the embeddings (`token_embd_norm`), LayerNorms with
+    /// biases, `attn_qkv` with its bias, GELUs without a gate, biases on
+    /// every product.
+    Bloom,
+    /// MPT (mpt: 7B, 30B): ALiBi (`attention.max_alibi_bias`) where the
+    /// file sets it, LayerNorms (biases where the file has them), `attn_qkv`,
+    /// GELUs without a gate, learned positions where the file has them;
+    /// `attention.clamp_kqv`, Q/K LayerNorms and activation scales refused.
+    Mpt,
+    /// Refact (refact: 1.6B): llama's blocks with ALiBi (maximum bias 8)
+    /// instead of RoPE.
+    Refact,
 }
 
 impl Architecture {
     /// Every architecture Realm runs.
-    pub const ALL: [Architecture; 60] = [
+    pub const ALL: [Architecture; 63] = [
         Self::Llama,
         Self::Mistral,
         Self::Qwen2,
@@ -329,6 +342,9 @@ impl Architecture {
         Self::CodeShell,
         Self::Exaone,
         Self::Mamba2,
+        Self::Bloom,
+        Self::Mpt,
+        Self::Refact,
     ];
 
     /// The architecture named by `general.architecture`.
@@ -408,6 +424,9 @@ impl Architecture {
             Self::CodeShell => "codeshell",
             Self::Exaone => "exaone",
             Self::Mamba2 => "mamba2",
+            Self::Bloom => "bloom",
+            Self::Mpt => "mpt",
+            Self::Refact => "refact",
         }
     }
 }
@@ -630,6 +649,9 @@ pub struct ModelConfig {
     /// Every `n`th layer (the last of each group) runs without RoPE
     /// (SmolLM3's 4), if any.
     pub no_rope_every: Option<usize>,
+    /// ALiBi's maximum bias (BLOOM's, MPT's, Refact's), if the model's
+    /// attention has it ([`realm_core::backend::AttentionParams::alibi`]).
+    pub alibi: Option<f32>,
     /// Soft-cap of the attention scores (Gemma 2), if any.
     pub attn_softcap: Option<f32>,
     /// Soft-cap of the final logits (Gemma 2; Gemma 3 where the file sets
@@ -1099,6 +1121,12 @@ impl ModelConfig {
                 "{p} with M-RoPE sections (a vision model) is not supported"
             )));
         }
+        // (MPT's clamped queries, keys and values.)
+        if arch == Architecture::Mpt && opt_f("attention.clamp_kqv")?.is_some_and(|c| c != 0.0) {
+            return Err(Error::BadConfig(format!(
+                "{p}.attention.clamp_kqv (clamped queries, keys and values) is not supported"
+            )));
+        }
         // Blocks that predict further tokens (MTP) are not run.
         let n_layers = match opt_u("nextn_predict_layers")? {
             None => u("block_count")?,
@@ -1226,6 +1254,8 @@ impl ModelConfig {
                 | Architecture::Orion
                 | Architecture::Nemotron
                 | Architecture::CodeShell
+                | Architecture::Bloom
+                | Architecture::Mpt
         );
         // llama.cpp gives EXAONE 4 a window (4096 unless set) where it has
         // 64 layers (the 32B), and no other.
@@ -1398,7 +1428,10 @@ impl ModelConfig {
                 | Architecture::Cohere2
                 | Architecture::Gpt2
                 | Architecture::Starcoder
-                | Architecture::Mamba2 => RopeMode::Normal,
+                | Architecture::Mamba2
+                | Architecture::Bloom
+                | Architecture::Mpt
+                | Architecture::Refact => RopeMode::Normal,
                 Architecture::Qwen2
                 | Architecture::Qwen2Moe
                 | Architecture::Qwen3
@@ -1549,6 +1582,22 @@ impl ModelConfig {
                 // (Nemotron-H's attention has no RoPE, nor has GPT-2's.)
                 _ if nemotron => Some(1),
                 Architecture::Gpt2 | Architecture::Starcoder => Some(1),
+                // (ALiBi's families rotate nothing.)
+                Architecture::Bloom | Architecture::Mpt | Architecture::Refact => Some(1),
+                _ => None,
+            },
+            alibi: match arch {
+                // llama.cpp's constant for BLOOM and Refact.
+                Architecture::Bloom | Architecture::Refact => Some(8.0),
+                Architecture::Mpt => match opt_f("attention.max_alibi_bias")? {
+                    None | Some(0.0) => None,
+                    Some(b) if b > 0.0 && b.is_finite() => Some(b),
+                    Some(b) => {
+                        return Err(Error::BadConfig(format!(
+                            "{p}.attention.max_alibi_bias {b} is not a positive number"
+                        )))
+                    }
+                },
                 _ => None,
             },
             attn_softcap,

@@ -171,6 +171,9 @@ pub struct Model<'a, B: Backend> {
     /// Learned position embeddings (GPT-2's `position_embd`), added to
     /// the tokens', if the model has them.
     pos_embed: Option<B::Weight<'a>>,
+    /// A norm of the embeddings (BLOOM's `token_embd_norm`) and its bias,
+    /// if the model has one.
+    embed_norm: Option<(B::Buffer, Option<B::Buffer>)>,
     layers: Vec<Layer<'a, B>>,
     output_norm: B::Buffer,
     /// Its bias (a LayerNorm's, where the file has one).
@@ -334,6 +337,12 @@ impl<'a, B: Backend> Model<'a, B> {
                 backend: backend.name().to_string(),
             });
         }
+        if c.alibi.is_some() && !backend.supports_alibi() {
+            return Err(Error::UnsupportedOp {
+                what: "ALiBi",
+                backend: backend.name().to_string(),
+            });
+        }
         if c.attn_chunk.is_some() && !backend.supports_chunks() {
             return Err(Error::UnsupportedOp {
                 what: "chunked attention",
@@ -489,7 +498,10 @@ impl<'a, B: Backend> Model<'a, B> {
             for bias in ["ffn_gate.bias", "ffn_up.bias", "ffn_down.bias"] {
                 let hybrid = matches!(
                     c.arch,
-                    Architecture::GraniteHybrid | Architecture::FalconH1 | Architecture::MiniCpm
+                    Architecture::GraniteHybrid
+                        | Architecture::FalconH1
+                        | Architecture::MiniCpm
+                        | Architecture::Refact
                 );
                 if hybrid && has(bias) {
                     return Err(Error::BadConfig(format!(
@@ -504,11 +516,18 @@ impl<'a, B: Backend> Model<'a, B> {
                 false => Ok(None),
             };
             // (StableLM 2 12B's and Command R+'s Q/K norms are LayerNorms
-            // with a weight a head.)
+            // with a weight a head, MPT's over all heads.)
             if c.layer_norm && (has("attn_q_norm.weight") || has("attn_k_norm.weight")) {
                 return Err(Error::BadConfig(format!(
-                    "{} (per-head Q/K LayerNorms) is not supported",
+                    "{} (Q/K LayerNorms) is not supported",
                     n("attn_q_norm.weight")
+                )));
+            }
+            // (MPT's learned activation scales.)
+            if has("ffn_act.scales") {
+                return Err(Error::BadConfig(format!(
+                    "{} (activation scales) is not supported",
+                    n("ffn_act.scales")
                 )));
             }
             let ffn_bias = |s: &str, len| match c.layer_norm {
@@ -571,7 +590,10 @@ impl<'a, B: Backend> Model<'a, B> {
                     | Architecture::Gpt2
                     | Architecture::Starcoder
                     | Architecture::Nemotron
-                    | Architecture::CodeShell => optional_norm(&n("attn_output.bias"), d)?,
+                    | Architecture::CodeShell
+                    | Architecture::Bloom
+                    | Architecture::Mpt
+                    | Architecture::Refact => optional_norm(&n("attn_output.bias"), d)?,
                     Architecture::Mistral3
                     | Architecture::Ernie45
                     | Architecture::Ernie45Moe
@@ -650,6 +672,8 @@ impl<'a, B: Backend> Model<'a, B> {
                                 | Architecture::Starcoder
                                 | Architecture::Nemotron
                                 | Architecture::CodeShell
+                                | Architecture::Bloom
+                                | Architecture::Mpt
                         ) =>
                     {
                         Ffn::Up(UpFfn {
@@ -735,11 +759,23 @@ impl<'a, B: Backend> Model<'a, B> {
             }
         }
         let embed = weight("token_embd.weight", c.vocab_size, d)?;
-        // GPT-2's and StarCoder's learned positions, one row a position.
+        // GPT-2's and StarCoder's learned positions, one row a position
+        // (MPT's where the file has them).
         let pos_embed = match c.arch {
             Architecture::Gpt2 | Architecture::Starcoder => {
                 Some(weight("position_embd.weight", c.context_length, d)?)
             }
+            Architecture::Mpt if file.tensor("position_embd.weight").is_ok() => {
+                Some(weight("position_embd.weight", c.context_length, d)?)
+            }
+            _ => None,
+        };
+        // BLOOM's LayerNorm of the embeddings.
+        let embed_norm = match c.arch {
+            Architecture::Bloom => Some((
+                norm("token_embd_norm.weight", d)?,
+                optional_norm("token_embd_norm.bias", d)?,
+            )),
             _ => None,
         };
         let (output, has_output) = match file.tensor("output.weight") {
@@ -828,6 +864,7 @@ impl<'a, B: Backend> Model<'a, B> {
             config,
             embed,
             pos_embed,
+            embed_norm,
             layers,
             output_norm,
             output_norm_b,
@@ -1682,6 +1719,9 @@ impl<'a, B: Backend> Model<'a, B> {
             b.embed(&mut sc.ws, p, &sc.positions, &mut sc.proj)?;
             b.add_inplace(&mut sc.x, &sc.proj, tokens.len() * d)?;
         }
+        if let Some((w, bias)) = &self.embed_norm {
+            self.norm_inplace(&mut sc.x, (w, bias.as_ref()), tokens.len())?;
+        }
         if let (Some(ple), Some(s)) = (&self.ple, sc.ple.as_mut()) {
             self.ple_inputs(ple, s, &mut sc.ws, &sc.x, tokens)?;
         }
@@ -2230,6 +2270,7 @@ impl<'a, B: Backend> Model<'a, B> {
             chunk: c.layer_chunk(li),
             softcap: c.attn_softcap,
             sinks: layer.sinks.as_deref(),
+            alibi: c.alibi,
         };
         let a = Attend {
             ws: &mut sc.ws,

@@ -442,6 +442,10 @@ impl SyntheticLayout {
                 MetadataValue::Array(MetadataArray::I32(vec![3, 3, 2, 0])),
             ));
         }
+        if arch == "refact" {
+            // The tiny llama's blocks (ALiBi instead of RoPE).
+            return Ok(Self::tiny("llama")?.renamed(arch));
+        }
         if arch == "minicpm" {
             // The tiny llama's blocks; MiniCPM's multipliers by default.
             return Ok(Self::tiny("llama")?.renamed(arch));
@@ -480,6 +484,8 @@ impl SyntheticLayout {
             "orion",
             "nemotron",
             "codeshell",
+            "bloom",
+            "mpt",
         ]
         .contains(&arch)
         {
@@ -872,7 +878,9 @@ impl SyntheticLayout {
     /// positions for the 256 of the context, tied output), Orion's
     /// (StableLM's without its biases), Nemotron's (StarCoder 2's with
     /// squared ReLUs, half of each head rotated, an output matrix) and
-    /// CodeShell's (StarCoder 2's with an output matrix).
+    /// CodeShell's (StarCoder 2's with an output matrix), BLOOM's (GPT-2's
+    /// with ALiBi for the learned positions and a norm of the embeddings)
+    /// and MPT's (BLOOM's without biases or the embeddings' norm).
     fn tiny_layer_norm(arch: &str) -> Result<Self> {
         let mut l = Self::tiny("llama")?.renamed(arch);
         let k = |n: &str| format!("{arch}.{n}");
@@ -891,12 +899,16 @@ impl SyntheticLayout {
                 "falcon",
                 "nemotron",
                 "codeshell",
+                "bloom",
+                "mpt",
             ]);
-        let fused = gpt2 || is(&["phi2", "gptneox", "falcon"]);
+        let fused = gpt2 || is(&["phi2", "gptneox", "falcon", "bloom", "mpt"]);
+        // (MPT 7B's norms have no biases, as Command R's.)
+        let norm_biases = !cohere && arch != "mpt";
         let shared_norm = cohere || is(&["phi2", "falcon"]);
-        // Biases on the products (but Falcon's, Orion's and Command R's
-        // none).
-        let biases = !cohere && !falcon && arch != "orion";
+        // Biases on the products (but Falcon's, Orion's, MPT's and Command
+        // R's none).
+        let biases = !cohere && !falcon && !is(&["orion", "mpt"]);
         let f32_tensor = |name: String, shape: Vec<u64>| SyntheticTensor {
             name,
             shape,
@@ -913,8 +925,12 @@ impl SyntheticLayout {
                 let d = t.shape[0];
                 let name = t.name.clone();
                 tensors.push(t);
-                if name == "output_norm.weight" && !cohere {
+                if name == "output_norm.weight" && norm_biases {
                     tensors.push(f32_tensor("output_norm.bias".into(), vec![d]));
+                }
+                if name == "token_embd.weight" && arch == "bloom" {
+                    tensors.push(f32_tensor("token_embd_norm.weight".into(), vec![d]));
+                    tensors.push(f32_tensor("token_embd_norm.bias".into(), vec![d]));
                 }
                 if name == "token_embd.weight" && gpt2 {
                     // (Q8_0 as the matrices, its rows a position.)
@@ -935,7 +951,7 @@ impl SyntheticLayout {
                 "ffn_norm.weight" if shared_norm => {}
                 "attn_norm.weight" | "ffn_norm.weight" => {
                     tensors.push(t);
-                    if !cohere {
+                    if norm_biases {
                         tensors.push(bias(d));
                     }
                 }
@@ -997,6 +1013,9 @@ impl SyntheticLayout {
         }
         if arch == "gptneox" {
             l = l.with_hparam(&k("use_parallel_residual"), MetadataValue::Bool(true));
+        }
+        if arch == "mpt" {
+            l = l.with_hparam(&k("attention.max_alibi_bias"), MetadataValue::F32(8.0));
         }
         if cohere {
             l = l.with_hparam(&k("logit_scale"), MetadataValue::F32(0.0625));
