@@ -373,6 +373,19 @@ CASES = [
     case("mpt", "tiny-mpt"),
     case("refact", "tiny-refact"),
     case("refact-q8_0", "tiny-refact", matrix_type="q8_0"),
+    # MPT with its queries, keys and values clamped.
+    case("mpt-clamp", "tiny-mpt", overrides=[("mpt.attention.clamp_kqv", "float", "0.5")]),
+    # XVERSE: llama's blocks; PLaMo: the network beside the attention;
+    # OLMo: LayerNorms without weights, clamped queries, keys and values;
+    # Baichuan: RoPE in the 7B's 32 blocks, ALiBi in the 13B's 40.
+    case("xverse", "tiny-xverse"),
+    case("plamo", "tiny-plamo"),
+    case("plamo-q8_0", "tiny-plamo", matrix_type="q8_0"),
+    case("olmo", "tiny-olmo"),
+    case("olmo-q8_0", "tiny-olmo", matrix_type="q8_0"),
+    case("olmo-clamp", "tiny-olmo", overrides=[("olmo.attention.clamp_kqv", "float", "0.5")]),
+    case("baichuan", "tiny-baichuan"),
+    case("baichuan-13b", "tiny-baichuan-13b"),
 ]
 
 

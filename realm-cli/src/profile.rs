@@ -498,6 +498,14 @@ impl<B: Backend> ActivationOps for Profiled<'_, B> {
     fn scale_inplace(&self, dst: &mut B::Buffer, s: f32, len: usize) -> BackendResult<()> {
         self.time(named("scale"), || self.inner.scale_inplace(dst, s, len))
     }
+    fn clamp_inplace(&self, x: &mut B::Buffer, limit: f32, len: usize) -> BackendResult<()> {
+        self.time(named("clamp"), || self.inner.clamp_inplace(x, limit, len))
+    }
+    fn relu_squared_inplace(&self, x: &mut B::Buffer, len: usize) -> BackendResult<()> {
+        self.time(named("relu_squared"), || {
+            self.inner.relu_squared_inplace(x, len)
+        })
+    }
 }
 
 impl<B: Backend> AttentionOps for Profiled<'_, B> {

@@ -769,6 +769,12 @@ impl ActivationOps for CpuBackend {
         Ok(())
     }
 
+    fn clamp_inplace(&self, x: &mut Vec<f32>, limit: f32, len: usize) -> BackendResult<()> {
+        let x = prefix_mut("clamp", "x length", x, len)?;
+        x.iter_mut().for_each(|v| *v = v.max(-limit).min(limit));
+        Ok(())
+    }
+
     fn relu_squared_inplace(&self, x: &mut Vec<f32>, len: usize) -> BackendResult<()> {
         let x = prefix_mut("relu_squared", "x length", x, len)?;
         x.iter_mut().for_each(|v| {

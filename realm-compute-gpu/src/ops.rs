@@ -682,6 +682,10 @@ impl ActivationOps for GpuBackend {
         self.unary("scale", dst, len, |t| t.affine(f64::from(s), 0.0))
     }
 
+    fn clamp_inplace(&self, x: &mut GpuBuffer, limit: f32, len: usize) -> BackendResult<()> {
+        self.unary("clamp", x, len, |t| t.clamp(-limit, limit))
+    }
+
     fn relu_squared_inplace(&self, x: &mut GpuBuffer, len: usize) -> BackendResult<()> {
         self.unary("relu_squared", x, len, |t| t.relu()?.sqr())
     }

@@ -89,7 +89,7 @@ fn alibi_models_are_refused_at_load() {
 }
 
 /// Every architecture's `SyntheticLayout::tiny` the GPU backend runs.
-const ARCHS: [&str; 58] = [
+const ARCHS: [&str; 62] = [
     "llama",
     "arcee",
     "internlm2",
@@ -148,6 +148,10 @@ const ARCHS: [&str; 58] = [
     "codeshell",
     "exaone",
     "mamba2",
+    "xverse",
+    "plamo",
+    "olmo",
+    "baichuan",
 ];
 
 /// Prefill of `prompt` in chunks of `batch`, then greedy decoding fed with

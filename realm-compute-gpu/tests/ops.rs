@@ -278,6 +278,14 @@ proptest! {
         g.rms_norm(&gx, &gw, 1e-5, rows, &mut gout).unwrap();
         assert_close(&down(&g, &gout, len), &cout, 1e-5, 1e-5, "rms_norm");
 
+        // Clamped (OLMo's and MPT's queries, keys and values).
+        let mut cc = x.clone();
+        c.clamp_inplace(&mut cc, 1.25, len).unwrap();
+        let mut gc = gx.clone();
+        g.clamp_inplace(&mut gc, 1.25, len).unwrap();
+        prop_assert_eq!(down(&g, &gc, len), cc.clone());
+        prop_assert!(cc.iter().all(|v| v.abs() <= 1.25));
+
         // LayerNorm with and without a bias, out of place and in place.
         for b in [Some((&bias, &gb)), None] {
             let (cb, gbias) = (b.map(|b| b.0), b.map(|b| b.1));

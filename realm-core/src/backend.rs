@@ -762,6 +762,9 @@ pub trait ActivationOps: BackendCore {
     ) -> BackendResult<()>;
     /// `dst *= s`.
     fn scale_inplace(&self, dst: &mut Self::Buffer, s: f32, len: usize) -> BackendResult<()>;
+    /// `x = min(max(x, -limit), limit)` over the first `len` values
+    /// (OLMo's and MPT's `clamp_kqv` on queries, keys and values).
+    fn clamp_inplace(&self, x: &mut Self::Buffer, limit: f32, len: usize) -> BackendResult<()>;
     /// `x = max(x, 0)^2` (Nemotron-H's feed-forward activation). The
     /// default squares on the host and copies the values back.
     fn relu_squared_inplace(&self, x: &mut Self::Buffer, len: usize) -> BackendResult<()> {

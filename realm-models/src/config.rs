@@ -277,11 +277,25 @@ pub enum Architecture {
     /// Refact (refact: 1.6B): llama's blocks with ALiBi (maximum bias 8)
     /// instead of RoPE.
     Refact,
+    /// XVERSE (xverse: 7B, 13B, 65B): llama's blocks.
+    Xverse,
+    /// PLaMo (plamo: 13B): llama's blocks with the feed-forward network
+    /// beside the attention on the same normed input (no `ffn_norm`),
+    /// NeoX RoPE.
+    Plamo,
+    /// OLMo (olmo: 1B, 7B, 1.7): LayerNorms without weights or biases,
+    /// SwiGLU, queries, keys and values clamped to `attention.clamp_kqv`
+    /// where the file sets it.
+    Olmo,
+    /// Baichuan and Baichuan 2 (baichuan): llama's blocks, RoPE in the
+    /// 7B's 32 blocks, ALiBi (maximum bias 8) in the 13B's 40, as
+    /// llama.cpp tells them apart; other block counts refused.
+    Baichuan,
 }
 
 impl Architecture {
     /// Every architecture Realm runs.
-    pub const ALL: [Architecture; 63] = [
+    pub const ALL: [Architecture; 67] = [
         Self::Llama,
         Self::Mistral,
         Self::Qwen2,
@@ -345,6 +359,10 @@ impl Architecture {
         Self::Bloom,
         Self::Mpt,
         Self::Refact,
+        Self::Xverse,
+        Self::Plamo,
+        Self::Olmo,
+        Self::Baichuan,
     ];
 
     /// The architecture named by `general.architecture`.
@@ -427,6 +445,10 @@ impl Architecture {
             Self::Bloom => "bloom",
             Self::Mpt => "mpt",
             Self::Refact => "refact",
+            Self::Xverse => "xverse",
+            Self::Plamo => "plamo",
+            Self::Olmo => "olmo",
+            Self::Baichuan => "baichuan",
         }
     }
 }
@@ -652,6 +674,10 @@ pub struct ModelConfig {
     /// ALiBi's maximum bias (BLOOM's, MPT's, Refact's), if the model's
     /// attention has it ([`realm_core::backend::AttentionParams::alibi`]).
     pub alibi: Option<f32>,
+    /// The bound of the queries, keys and values (OLMo's and MPT's
+    /// `attention.clamp_kqv`: each clamped to `-c..=c` after its product
+    /// and bias), if the model sets one.
+    pub clamp_kqv: Option<f32>,
     /// Soft-cap of the attention scores (Gemma 2), if any.
     pub attn_softcap: Option<f32>,
     /// Soft-cap of the final logits (Gemma 2; Gemma 3 where the file sets
@@ -1121,10 +1147,12 @@ impl ModelConfig {
                 "{p} with M-RoPE sections (a vision model) is not supported"
             )));
         }
-        // (MPT's clamped queries, keys and values.)
-        if arch == Architecture::Mpt && opt_f("attention.clamp_kqv")?.is_some_and(|c| c != 0.0) {
+        // (llama.cpp knows Baichuan's 7B, with RoPE, and 13B, with ALiBi,
+        // by their blocks; it runs others with neither.)
+        if arch == Architecture::Baichuan && ![32, 40].contains(&u("block_count")?) {
             return Err(Error::BadConfig(format!(
-                "{p}.attention.clamp_kqv (clamped queries, keys and values) is not supported"
+                "{p} with {} blocks (not the 7B's 32 or the 13B's 40) is not supported",
+                u("block_count")?
             )));
         }
         // Blocks that predict further tokens (MTP) are not run.
@@ -1256,6 +1284,7 @@ impl ModelConfig {
                 | Architecture::CodeShell
                 | Architecture::Bloom
                 | Architecture::Mpt
+                | Architecture::Olmo
         );
         // llama.cpp gives EXAONE 4 a window (4096 unless set) where it has
         // 64 layers (the 32B), and no other.
@@ -1375,7 +1404,8 @@ impl ModelConfig {
                 Architecture::Phi2
                 | Architecture::CommandR
                 | Architecture::Cohere2
-                | Architecture::Falcon => true,
+                | Architecture::Falcon
+                | Architecture::Plamo => true,
                 Architecture::GptNeox => match md.get(&key("use_parallel_residual")) {
                     Some(_) => md.get_bool(&key("use_parallel_residual"))?,
                     None => false,
@@ -1431,7 +1461,10 @@ impl ModelConfig {
                 | Architecture::Mamba2
                 | Architecture::Bloom
                 | Architecture::Mpt
-                | Architecture::Refact => RopeMode::Normal,
+                | Architecture::Refact
+                | Architecture::Xverse
+                | Architecture::Olmo
+                | Architecture::Baichuan => RopeMode::Normal,
                 Architecture::Qwen2
                 | Architecture::Qwen2Moe
                 | Architecture::Qwen3
@@ -1469,7 +1502,8 @@ impl ModelConfig {
                 | Architecture::Orion
                 | Architecture::Nemotron
                 | Architecture::CodeShell
-                | Architecture::Exaone => RopeMode::Neox,
+                | Architecture::Exaone
+                | Architecture::Plamo => RopeMode::Neox,
             },
             sliding_window,
             // Every sixth layer (Gemma 3), second (Gemma 2, gpt-oss) or
@@ -1584,17 +1618,31 @@ impl ModelConfig {
                 Architecture::Gpt2 | Architecture::Starcoder => Some(1),
                 // (ALiBi's families rotate nothing.)
                 Architecture::Bloom | Architecture::Mpt | Architecture::Refact => Some(1),
+                Architecture::Baichuan if n_layers == 40 => Some(1),
                 _ => None,
             },
             alibi: match arch {
-                // llama.cpp's constant for BLOOM and Refact.
+                // llama.cpp's constant for BLOOM, Refact and Baichuan 13B.
                 Architecture::Bloom | Architecture::Refact => Some(8.0),
+                Architecture::Baichuan if n_layers == 40 => Some(8.0),
                 Architecture::Mpt => match opt_f("attention.max_alibi_bias")? {
                     None | Some(0.0) => None,
                     Some(b) if b > 0.0 && b.is_finite() => Some(b),
                     Some(b) => {
                         return Err(Error::BadConfig(format!(
                             "{p}.attention.max_alibi_bias {b} is not a positive number"
+                        )))
+                    }
+                },
+                _ => None,
+            },
+            clamp_kqv: match arch {
+                Architecture::Olmo | Architecture::Mpt => match opt_f("attention.clamp_kqv")? {
+                    None | Some(0.0) => None,
+                    Some(c) if c > 0.0 && c.is_finite() => Some(c),
+                    Some(c) => {
+                        return Err(Error::BadConfig(format!(
+                            "{p}.attention.clamp_kqv {c} is not a positive number"
                         )))
                     }
                 },

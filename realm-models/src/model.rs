@@ -550,13 +550,18 @@ impl<'a, B: Backend> Model<'a, B> {
                         | Architecture::CommandR
                         | Architecture::Cohere2
                         | Architecture::Falcon
+                        | Architecture::Plamo
                 );
             let attn_norm = match falcon_two {
                 true => "attn_norm_2",
                 false => "attn_norm",
             };
             layers.push(Layer {
-                attn_norm: must(&format!("{attn_norm}.weight"), d, c.pre_norms)?,
+                // (OLMo's LayerNorms have no weights: ones.)
+                attn_norm: match c.arch {
+                    Architecture::Olmo => Some(ones(d)?),
+                    _ => must(&format!("{attn_norm}.weight"), d, c.pre_norms)?,
+                },
                 attn_norm_b: norm_bias(&format!("{attn_norm}.bias"))?,
                 parallel,
                 qkv,
@@ -644,6 +649,7 @@ impl<'a, B: Backend> Model<'a, B> {
                     false if c.arch == Architecture::FalconH1 => Some(norm(&n("ffn_norm"), d)?),
                     false if parallel_shared => None,
                     false if falcon_two => Some(norm(&n("attn_norm.weight"), d)?),
+                    false if c.arch == Architecture::Olmo => Some(ones(d)?),
                     // (Nemotron-H's blocks norm their input alone.)
                     false => must("ffn_norm.weight", d, c.pre_norms && c.ffn_blocks.is_none())?,
                 },
@@ -789,6 +795,7 @@ impl<'a, B: Backend> Model<'a, B> {
         // (LFM2's files name it so.)
         let output_norm = match c.arch {
             Architecture::Lfm2 | Architecture::Lfm2Moe => norm("token_embd_norm.weight", d)?,
+            Architecture::Olmo => ones(d)?,
             _ => optional_norm("output_norm.weight", d)?
                 .ok_or_else(|| realm_core::Error::TensorNotFound("output_norm.weight".into()))?,
         };
@@ -2209,6 +2216,11 @@ impl<'a, B: Backend> Model<'a, B> {
                     if let Some(bias) = bias {
                         b.add_row_inplace(out, bias, n)?;
                     }
+                }
+                if let Some(limit) = c.clamp_kqv {
+                    b.clamp_inplace(&mut sc.q, limit, n * c.layer_q_dim(li))?;
+                    b.clamp_inplace(&mut sc.k, limit, n * kv_dim)?;
+                    b.clamp_inplace(&mut sc.v, limit, n * kv_dim)?;
                 }
                 if layer.v_from_k {
                     b.copy_rows(&sc.k, 0..n, kv_dim, &mut sc.v)?;

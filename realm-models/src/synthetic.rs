@@ -446,6 +446,9 @@ impl SyntheticLayout {
             // The tiny llama's blocks (ALiBi instead of RoPE).
             return Ok(Self::tiny("llama")?.renamed(arch));
         }
+        if ["xverse", "plamo", "olmo", "baichuan"].contains(&arch) {
+            return Self::tiny_llama_like(arch);
+        }
         if arch == "minicpm" {
             // The tiny llama's blocks; MiniCPM's multipliers by default.
             return Ok(Self::tiny("llama")?.renamed(arch));
@@ -1028,6 +1031,36 @@ impl SyntheticLayout {
                     &k("attention.sliding_window_pattern"),
                     MetadataValue::U32(2),
                 );
+        }
+        Ok(l)
+    }
+
+    /// The tiny llama's blocks as XVERSE's (an output matrix of its own),
+    /// PLaMo's (the same, no feed-forward norm: the network beside the
+    /// attention), OLMo's (no norm weights: LayerNorms without them, tied
+    /// output) and Baichuan 7B's (XVERSE's in 32 blocks, with RoPE).
+    fn tiny_llama_like(arch: &str) -> Result<Self> {
+        let mut l = Self::tiny("llama")?.renamed(arch);
+        if arch == "baichuan" {
+            l = l.grown(32);
+        }
+        match arch {
+            "plamo" => l.tensors.retain(|t| !t.name.ends_with(".ffn_norm.weight")),
+            "olmo" => {
+                l.tensors.retain(|t| !t.name.ends_with("norm.weight"));
+                let eps = format!("{arch}.attention.layer_norm_rms_epsilon");
+                l.hparams.retain(|(k, _)| *k != eps);
+                l = l.with_hparam(
+                    &format!("{arch}.attention.layer_norm_epsilon"),
+                    MetadataValue::F32(1e-5),
+                );
+            }
+            _ => {}
+        }
+        if arch != "olmo" {
+            let mut output = l.tensors[0].clone();
+            output.name = "output.weight".into();
+            l.tensors.push(output);
         }
         Ok(l)
     }
@@ -2036,6 +2069,27 @@ impl SyntheticLayout {
         Ok(l)
     }
 
+    /// The same layout with `layers` blocks, those past its own shaped as
+    /// its first (their weights drawn after the others').
+    fn grown(mut self, layers: u32) -> Self {
+        let first: Vec<SyntheticTensor> = self
+            .tensors
+            .iter()
+            .filter(|t| t.name.starts_with("blk.0."))
+            .cloned()
+            .collect();
+        let have = self.hparam_u64("block_count").unwrap_or(0) as u32;
+        for l in have..layers {
+            for t in &first {
+                let mut t = t.clone();
+                t.name = t.name.replacen("blk.0.", &format!("blk.{l}."), 1);
+                self.tensors.push(t);
+            }
+        }
+        let key = format!("{}.block_count", self.arch);
+        self.with_hparam(&key, MetadataValue::U32(layers.max(have)))
+    }
+
     /// The same layout with only its first `layers` blocks (and
     /// `block_count` saying so): a cheaper model of the same width, for
     /// measuring what a layer costs.
@@ -2270,7 +2324,8 @@ impl SyntheticLayout {
     /// `tiny-stablelm-parallel` (StableLM's blocks without a feed-forward
     /// norm), `tiny-gptneox-sequential` (GPT-NeoX's without
     /// `use_parallel_residual`), `tiny-falcon-40b` (Falcon's blocks with
-    /// the 40B's second norm).
+    /// the 40B's second norm), `tiny-baichuan-13b` (Baichuan's blocks in
+    /// the 13B's 40, with ALiBi).
     pub fn by_name(name: &str) -> Option<Self> {
         match name {
             "smollm2" => Some(Self::smollm2_135m()),
@@ -2369,6 +2424,8 @@ impl SyntheticLayout {
                 }
                 Some(l)
             }
+            // Baichuan 13B's 40 blocks, with ALiBi.
+            "tiny-baichuan-13b" => Some(Self::tiny("baichuan").ok()?.grown(40)),
             "tiny-gptneox-sequential" => Some(
                 Self::tiny("gptneox")
                     .ok()?

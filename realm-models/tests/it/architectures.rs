@@ -319,6 +319,8 @@ fn each_variant_changes_the_logits() {
         ("stablelm", "stablelm-parallel"),
         ("gptneox", "gptneox-sequential"),
         ("falcon", "falcon-40b"),
+        ("mpt", "mpt-clamp"),
+        ("olmo", "olmo-clamp"),
     ] {
         let d = max_diff(&logits(base), &logits(variant));
         assert!(
@@ -341,8 +343,8 @@ fn each_variant_changes_the_logits() {
 
 /// GPT-2's learned positions bound its sessions, and no context shift
 /// moves them; Q/K LayerNorms (StableLM 2 12B's, Command R+'s, MPT's),
-/// MPT's clamped queries, keys and values and its activation scales are
-/// refused by name.
+/// MPT's activation scales and Baichuan files of other block counts than
+/// the 7B's and 13B's are refused by name.
 #[test]
 fn layer_norm_families_refuse_what_they_cannot_run() {
     let cpu = CpuBackend::new().unwrap();
@@ -372,14 +374,16 @@ fn layer_norm_families_refuse_what_they_cannot_run() {
     let err = Model::load(&file, &cpu).unwrap_err().to_string();
     assert!(err.contains("Q/K LayerNorms"), "{err}");
 
-    // MPT's clamped queries, keys and values, and its activation scales.
-    let layout = SyntheticLayout::tiny("mpt")
+    // MPT's activation scales; Baichuan of neither of llama.cpp's block
+    // counts.
+    let layout = SyntheticLayout::tiny("baichuan")
         .unwrap()
-        .with_hparam("mpt.attention.clamp_kqv", MetadataValue::F32(8.0));
+        .with_layers(2)
+        .unwrap();
     let bytes = layout.write(3).unwrap();
     let file = Gguf::from_bytes(&bytes[..]).unwrap();
     let err = Model::load(&file, &cpu).unwrap_err().to_string();
-    assert!(err.contains("clamp_kqv"), "{err}");
+    assert!(err.contains("2 blocks"), "{err}");
     let mut layout = SyntheticLayout::tiny("mpt").unwrap();
     layout
         .tensors
