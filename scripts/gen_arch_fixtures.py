@@ -386,6 +386,11 @@ CASES = [
     case("olmo-clamp", "tiny-olmo", overrides=[("olmo.attention.clamp_kqv", "float", "0.5")]),
     case("baichuan", "tiny-baichuan"),
     case("baichuan-13b", "tiny-baichuan-13b"),
+    # Mamba: every block a Mamba mixer alone; Falcon Mamba's norms of the
+    # step, B and C.
+    case("mamba", "tiny-mamba"),
+    case("mamba-q8_0", "tiny-mamba", matrix_type="q8_0"),
+    case("falcon-mamba", "tiny-falcon-mamba"),
 ]
 
 

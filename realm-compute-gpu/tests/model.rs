@@ -89,7 +89,7 @@ fn alibi_models_are_refused_at_load() {
 }
 
 /// Every architecture's `SyntheticLayout::tiny` the GPU backend runs.
-const ARCHS: [&str; 62] = [
+const ARCHS: [&str; 63] = [
     "llama",
     "arcee",
     "internlm2",
@@ -152,6 +152,7 @@ const ARCHS: [&str; 62] = [
     "plamo",
     "olmo",
     "baichuan",
+    "mamba",
 ];
 
 /// Prefill of `prompt` in chunks of `batch`, then greedy decoding fed with

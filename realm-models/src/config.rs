@@ -291,11 +291,15 @@ pub enum Architecture {
     /// 7B's 32 blocks, ALiBi (maximum bias 8) in the 13B's 40, as
     /// llama.cpp tells them apart; other block counts refused.
     Baichuan,
+    /// Mamba (mamba: Mamba 130M to 2.8B, Falcon Mamba 7B): every block an
+    /// RMSNorm and a Mamba mixer alone ([`Mamba1Config`]), no attention and
+    /// no feed-forward networks: a recurrent state per session.
+    Mamba,
 }
 
 impl Architecture {
     /// Every architecture Realm runs.
-    pub const ALL: [Architecture; 67] = [
+    pub const ALL: [Architecture; 68] = [
         Self::Llama,
         Self::Mistral,
         Self::Qwen2,
@@ -363,6 +367,7 @@ impl Architecture {
         Self::Plamo,
         Self::Olmo,
         Self::Baichuan,
+        Self::Mamba,
     ];
 
     /// The architecture named by `general.architecture`.
@@ -449,6 +454,7 @@ impl Architecture {
             Self::Plamo => "plamo",
             Self::Olmo => "olmo",
             Self::Baichuan => "baichuan",
+            Self::Mamba => "mamba",
         }
     }
 }
@@ -703,6 +709,9 @@ pub struct ModelConfig {
     /// Mamba-2 mixers (Granite 4.0's hybrids), if the model has them in
     /// place of some attention blocks.
     pub mamba: Option<MambaConfig>,
+    /// Mamba's (the first's) mixers, in every block, if the model has
+    /// them.
+    pub mamba1: Option<Mamba1Config>,
     /// Which blocks are a feed-forward network alone, the others a mixer
     /// alone (Nemotron-H's); `None`: every block is both.
     pub ffn_blocks: Option<Vec<bool>>,
@@ -1009,6 +1018,38 @@ pub struct MambaConfig {
     pub parallel: bool,
 }
 
+/// Mamba's (the first's) mixers, llama.cpp's `build_mamba_layer`: the
+/// input product makes the channels `x` and the gate `z` (`inner` each);
+/// `x` through a causal convolution of `conv_kernel` taps (with a bias)
+/// and SiLU; its product `ssm_x` makes each token's low-rank step
+/// (`dt_rank`), `B` and `C` (`state` each; RMS-normed without weights
+/// where `dt_b_c_rms`), and the step's product `ssm_dt` (with its bias,
+/// through softplus) each channel's step `dt`; each channel `i` updates
+/// its `state` values, `s = exp(dt A_i) s + dt x_i B` and reads them,
+/// `y_i = s . C + D_i x_i`; then `y * silu(z)` and the output product.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mamba1Config {
+    /// Taps of the causal convolution (`ssm.conv_kernel`).
+    pub conv_kernel: usize,
+    /// Channels of the mixer (`ssm.inner_size`).
+    pub inner: usize,
+    /// Values of each channel's state (`ssm.state_size`).
+    pub state: usize,
+    /// Rank of the step's product (`ssm.time_step_rank`).
+    pub dt_rank: usize,
+    /// Whether the step, `B` and `C` are RMS-normed (Falcon Mamba's
+    /// `ssm.dt_b_c_rms`).
+    pub dt_b_c_rms: bool,
+}
+
+impl Mamba1Config {
+    /// Values a session keeps per mixer: the convolution's last
+    /// `conv_kernel - 1` inputs and every channel's state.
+    pub fn state_len(&self) -> usize {
+        (self.conv_kernel - 1) * self.inner + self.inner * self.state
+    }
+}
+
 impl MambaConfig {
     /// Channels of the convolution: `x`, `B` and `C`.
     pub fn channels(&self) -> usize {
@@ -1163,7 +1204,8 @@ impl ModelConfig {
             })?,
         };
         let d_model = u("embedding_length")?;
-        let mamba2 = arch == Architecture::Mamba2;
+        // (Mamba's blocks are mixers alone, as Mamba-2's.)
+        let mamba2 = matches!(arch, Architecture::Mamba2 | Architecture::Mamba);
         // (Mamba-2's files say 0: one head as wide as the model stands for
         // the attention it does not have.)
         let n_heads = match mamba2 {
@@ -1464,7 +1506,8 @@ impl ModelConfig {
                 | Architecture::Refact
                 | Architecture::Xverse
                 | Architecture::Olmo
-                | Architecture::Baichuan => RopeMode::Normal,
+                | Architecture::Baichuan
+                | Architecture::Mamba => RopeMode::Normal,
                 Architecture::Qwen2
                 | Architecture::Qwen2Moe
                 | Architecture::Qwen3
@@ -1655,6 +1698,7 @@ impl ModelConfig {
             delta_net: None,
             short_conv: None,
             mamba: None,
+            mamba1: None,
             ffn_blocks: None,
             attn_output_gate: qwen35,
             altup: None,
@@ -1730,7 +1774,27 @@ impl ModelConfig {
             cfg.ffn_blocks = Some(ff[..cfg.n_layers].iter().map(|&f| f > 0).collect());
         }
         let falcon = arch == Architecture::FalconH1;
-        if arch == Architecture::GraniteHybrid || nemotron || falcon || mamba2 {
+        if arch == Architecture::Mamba {
+            cfg.mamba1 = Some(Mamba1Config {
+                conv_kernel: u("ssm.conv_kernel")?,
+                inner: u("ssm.inner_size")?,
+                state: u("ssm.state_size")?,
+                dt_rank: u("ssm.time_step_rank")?,
+                dt_b_c_rms: match md.get(&key("ssm.dt_b_c_rms")) {
+                    Some(_) => md.get_bool(&key("ssm.dt_b_c_rms"))?,
+                    None => false,
+                },
+            });
+            if let Some(m) = cfg
+                .mamba1
+                .as_ref()
+                .filter(|m| m.conv_kernel < 2 || m.inner == 0 || m.state == 0 || m.dt_rank == 0)
+            {
+                return Err(Error::BadConfig(format!("{p}: inconsistent mixers: {m:?}")));
+            }
+        }
+        if arch == Architecture::GraniteHybrid || nemotron || falcon || arch == Architecture::Mamba2
+        {
             // (Falcon-H1's blocks all attend and mix; Mamba-2's all mix.)
             let all = vec![0; cfg.n_layers];
             let kv = match falcon || mamba2 {
@@ -1894,12 +1958,16 @@ impl ModelConfig {
         self.delta_net.as_ref().is_some_and(|d| of(&d.layers))
             || self.short_conv.as_ref().is_some_and(|c| of(&c.layers))
             || self.mamba.as_ref().is_some_and(|m| of(&m.layers))
+            || (self.mamba1.is_some() && layer < self.n_layers)
     }
 
     /// Whether any layer has a recurrent state (which cannot forget some
     /// tokens and keep others).
     pub fn has_recurrent(&self) -> bool {
-        self.delta_net.is_some() || self.short_conv.is_some() || self.mamba.is_some()
+        self.delta_net.is_some()
+            || self.short_conv.is_some()
+            || self.mamba.is_some()
+            || self.mamba1.is_some()
     }
 
     /// Values of layer `layer`'s recurrent state (0 for attention).
@@ -1911,7 +1979,7 @@ impl ModelConfig {
             (Some(d), _, _) => d.state_len(),
             (_, Some(c), _) => (c.l_cache - 1) * self.d_model,
             (_, _, Some(m)) => m.state_len(),
-            _ => 0,
+            _ => self.mamba1.as_ref().map_or(0, Mamba1Config::state_len),
         }
     }
 

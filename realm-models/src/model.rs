@@ -15,6 +15,7 @@ use realm_core::{quant, TensorView};
 mod altup;
 mod delta;
 mod mamba;
+mod mamba1;
 mod mla;
 mod moe;
 mod ple;
@@ -28,6 +29,7 @@ pub use self::shift::ContextShift;
 use self::altup::{AltUp, AltUpBlock, AltUpScratch};
 use self::delta::{DeltaNet, DeltaScratch};
 use self::mamba::{Mamba, MambaScratch};
+use self::mamba1::{Mamba1, Mamba1Scratch};
 use self::mla::{Mla, MlaScratch};
 use self::moe::{BesideMoe, Moe, MoeBuffers, MoeHost};
 use self::ple::{Ple, PleBlock, PleScratch};
@@ -97,6 +99,9 @@ struct Layer<'a, B: Backend + 'a> {
     /// A Mamba-2 mixer's weights (Granite 4.0's hybrids), in place of the
     /// attention's (its output product is `wo`).
     mamba: Option<Mamba<'a, B>>,
+    /// A Mamba mixer's weights (the first Mamba's), in place of the
+    /// attention's (its output product is `wo`).
+    mamba1: Option<Mamba1<'a, B>>,
     /// The block's layer of the KV cache, which only attention blocks
     /// have.
     kv_slot: usize,
@@ -489,6 +494,10 @@ impl<'a, B: Backend> Model<'a, B> {
                 Some(sc) if recurrent => Some(ShortConv::load(file, backend, i, c, sc)?),
                 _ => None,
             };
+            let mamba1 = match &c.mamba1 {
+                Some(m) => Some(Mamba1::load(file, backend, i, c, m)?),
+                None => None,
+            };
             let mamba = match &c.mamba {
                 Some(m) if recurrent => Some(Mamba::load(file, backend, i, c, m)?),
                 _ => None,
@@ -576,9 +585,10 @@ impl<'a, B: Backend> Model<'a, B> {
                     (_, Some(dn)) if recurrent => {
                         Some(weight(&n("ssm_out.weight"), d, dn.v_dim())?)
                     }
-                    _ if recurrent => Some(match &c.mamba {
-                        Some(m) => weight(&n("ssm_out.weight"), d, m.inner)?,
-                        None => weight(&n("shortconv.out_proj.weight"), d, d)?,
+                    _ if recurrent => Some(match (&c.mamba, &c.mamba1) {
+                        (Some(m), _) => weight(&n("ssm_out.weight"), d, m.inner)?,
+                        (_, Some(m)) => weight(&n("ssm_out.weight"), d, m.inner)?,
+                        _ => weight(&n("shortconv.out_proj.weight"), d, d)?,
                     }),
                     _ => Some(weight(&n("attn_output.weight"), d, q)?),
                 },
@@ -711,6 +721,7 @@ impl<'a, B: Backend> Model<'a, B> {
                 delta,
                 conv,
                 mamba,
+                mamba1,
                 kv_slot: match kv_source {
                     Some(src) => layers
                         .get(src)
@@ -1902,7 +1913,13 @@ impl<'a, B: Backend> Model<'a, B> {
                 }
                 Some(!m.parallel)
             }
-            _ => Some(false),
+            _ => match (&layer.mamba1, &c.mamba1) {
+                (Some(mixer), Some(m)) => {
+                    mixer.run(b, sc, (c, m, li), n, states)?;
+                    Some(true)
+                }
+                _ => Some(false),
+            },
         };
         if let Some(recurrent) = mixed {
             match recurrent {
@@ -2090,6 +2107,7 @@ impl<'a, B: Backend> Model<'a, B> {
             delta,
             conv,
             mamba,
+            mamba1,
             proj,
             seen,
             ..
@@ -2102,7 +2120,10 @@ impl<'a, B: Backend> Model<'a, B> {
                 "shortconv.out_proj",
             ),
             (_, _, Some(m)) => (mamba.as_ref().map(|s| &s.out), m.inner, "ssm_out"),
-            _ => (None, 0, ""),
+            _ => match &c.mamba1 {
+                Some(m) => (mamba1.as_ref().map(|s| &s.out), m.inner, "ssm_out"),
+                None => (None, 0, ""),
+            },
         };
         let out = out.ok_or_else(|| no_room("recurrent block"))?;
         let wo = self.layers[li]
@@ -2768,6 +2789,8 @@ struct Scratch<B: Backend> {
     conv: Option<ConvScratch<B>>,
     /// Mamba-2 mixers' room, for a model with them.
     mamba: Option<MambaScratch<B>>,
+    /// Mamba mixers' room, for a model with them.
+    mamba1: Option<Mamba1Scratch<B>>,
     /// Gemma 3n's streams' room, for a model with them.
     altup: Option<AltUpScratch<B>>,
     /// Room for the blocks' own inputs, for a model with them.
@@ -2834,6 +2857,10 @@ impl<B: Backend> Scratch<B> {
             },
             mamba: match &c.mamba {
                 Some(m) => Some(MambaScratch::new(backend, c, m, rows)?),
+                None => None,
+            },
+            mamba1: match &c.mamba1 {
+                Some(m) => Some(Mamba1Scratch::new(backend, m, rows)?),
                 None => None,
             },
             altup: match &c.altup {

@@ -175,6 +175,7 @@ fn small_dtype(name: &str, shape: &[u64]) -> GgmlType {
         || kept_f32(name)
         || name.ends_with("_norm.weight")
         || name.ends_with("ssm_conv1d.weight")
+        || name.ends_with(".ssm_a")
         || name.ends_with("shortconv.conv.weight");
     if vector {
         GgmlType::F32
@@ -473,6 +474,9 @@ impl SyntheticLayout {
         }
         if arch == "mamba2" {
             return Ok(Self::tiny_mamba2());
+        }
+        if arch == "mamba" {
+            return Ok(Self::tiny_mamba());
         }
         if [
             "starcoder2",
@@ -1901,6 +1905,45 @@ impl SyntheticLayout {
         }
     }
 
+    /// A tiny Mamba: 3 blocks 64 wide, each an RMSNorm and a Mamba mixer
+    /// (128 channels, states of 16, a step of rank 32, 4 taps), tied
+    /// output; `ssm_a` negative, as the converter writes `-exp(A_log)`.
+    fn tiny_mamba() -> Self {
+        let (d, inner, ds, rank, taps, layers) = (64u64, 128u64, 16u64, 32u64, 4u64, 3);
+        let k = |n: &str| format!("mamba.{n}");
+        let mut hp = vec![
+            u32_kv(&k("attention.head_count"), 0),
+            f32_kv(&k("attention.layer_norm_rms_epsilon"), 1e-5),
+            u32_kv(&k("block_count"), layers as u32),
+            u32_kv(&k("context_length"), 1 << 20),
+            u32_kv(&k("embedding_length"), d as u32),
+            u32_kv(&k("feed_forward_length"), 0),
+            u32_kv(&k("ssm.conv_kernel"), taps as u32),
+            u32_kv(&k("ssm.inner_size"), inner as u32),
+            u32_kv(&k("ssm.state_size"), ds as u32),
+            u32_kv(&k("ssm.time_step_rank"), rank as u32),
+        ];
+        hp.sort_by(|a, b| a.0.cmp(&b.0));
+        let tensors = small_tensors((d, 300, layers), "output_norm.weight", |_, blk| {
+            blk("attn_norm.weight", vec![d]);
+            blk("ssm_in.weight", vec![d, 2 * inner]);
+            blk("ssm_conv1d.weight", vec![taps, inner]);
+            blk("ssm_conv1d.bias", vec![inner]);
+            blk("ssm_x.weight", vec![inner, rank + 2 * ds]);
+            blk("ssm_dt.weight", vec![rank, inner]);
+            blk("ssm_dt.bias", vec![inner]);
+            blk("ssm_a", vec![ds, inner]);
+            blk("ssm_d", vec![inner]);
+            blk("ssm_out.weight", vec![inner, d]);
+        });
+        Self {
+            arch: "mamba".into(),
+            hparams: hp,
+            vocab_size: 300,
+            tensors,
+        }
+    }
+
     /// Qwen 3.5 0.8B's shape (Qwen/Qwen3.5-0.8B's config): 24 blocks
     /// 1024 wide, three of four delta nets (16 value and 16 query/key
     /// heads of 128, 4 taps), the fourth gated attention (8 query heads
@@ -2121,6 +2164,7 @@ impl SyntheticLayout {
                 && !t.name.ends_with(".bias")
                 && !t.name.ends_with("_norm.weight")
                 && !t.name.ends_with("ssm_conv1d.weight")
+                && !t.name.ends_with(".ssm_a")
                 && !t.name.ends_with("shortconv.conv.weight")
                 && (!kept_f32(&t.name) || t.dtype != GgmlType::F32)
             {
@@ -2325,7 +2369,8 @@ impl SyntheticLayout {
     /// norm), `tiny-gptneox-sequential` (GPT-NeoX's without
     /// `use_parallel_residual`), `tiny-falcon-40b` (Falcon's blocks with
     /// the 40B's second norm), `tiny-baichuan-13b` (Baichuan's blocks in
-    /// the 13B's 40, with ALiBi).
+    /// the 13B's 40, with ALiBi), `tiny-falcon-mamba` (the tiny Mamba
+    /// with Falcon Mamba's norms).
     pub fn by_name(name: &str) -> Option<Self> {
         match name {
             "smollm2" => Some(Self::smollm2_135m()),
@@ -2424,6 +2469,12 @@ impl SyntheticLayout {
                 }
                 Some(l)
             }
+            // Falcon Mamba's norms of the step, B and C.
+            "tiny-falcon-mamba" => Some(
+                Self::tiny("mamba")
+                    .ok()?
+                    .with_hparam("mamba.ssm.dt_b_c_rms", MetadataValue::Bool(true)),
+            ),
             // Baichuan 13B's 40 blocks, with ALiBi.
             "tiny-baichuan-13b" => Some(Self::tiny("baichuan").ok()?.grown(40)),
             "tiny-gptneox-sequential" => Some(
@@ -2676,8 +2727,10 @@ impl SyntheticLayout {
             let bias = t.name.contains("bias");
             // (Vectors stored as one row, such as Mamba-2's `[1, heads]`
             // `ssm_a` and its norm by groups, are vectors too.)
-            let vector =
-                t.shape.iter().filter(|&&d| d > 1).count() <= 1 || t.name.ends_with("_norm.weight");
+            // (Mamba's decay rates are a matrix, a channel's a row.)
+            let vector = t.shape.iter().filter(|&&d| d > 1).count() <= 1
+                || t.name.ends_with("_norm.weight")
+                || t.name.ends_with(".ssm_a");
             let matrix = !(t.shape.len() == 1 || bias || vector);
             if matrix && n > MATRIX_CHUNK {
                 // Large matrices a chunk of whole blocks at a time (the same
