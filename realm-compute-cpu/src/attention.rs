@@ -343,12 +343,6 @@ fn check_params(
             what: "soft-cap must be positive and finite",
         });
     }
-    if p.alibi.is_some_and(|b| !(b >= 0.0 && b.is_finite())) {
-        return Err(BackendError::InvalidParameter {
-            op: OP,
-            what: "ALiBi's maximum bias must be finite and not negative",
-        });
-    }
     let width = p.n_heads * p.head_dim;
     if !q.is_multiple_of(width) {
         return Err(BackendError::Shape {
@@ -734,12 +728,6 @@ pub(crate) fn attention(
         ws.scores.resize(n_chunks * span, 0.0);
     }
     let isa = be.isa;
-    // ALiBi's slope of every query head.
-    let slopes: Option<Vec<f32>> = p.alibi.map(|b| {
-        (0..p.n_heads)
-            .map(|h| AttentionParams::alibi_slope(b, p.n_heads, h))
-            .collect()
-    });
     // A Q8_0 cache: what the call's tokens see, dequantized once for all,
     // for many tokens (a prefill chunk, where each row is read by every
     // token) or without AVX2; else the kernels dequantize in registers.
@@ -756,7 +744,7 @@ pub(crate) fn attention(
             let (t, h) = (pair / p.n_heads, pair % p.n_heads);
             let qh = &q[pair * hd..(pair + g) * hd];
             let sinks = p.sinks.map(|s| &s[h..h + g]);
-            let slopes = slopes.as_deref().map(|s| &s[h..h + g]);
+            let slopes = p.alibi.map(|s| &s[h..h + g]);
             group_attention(
                 isa,
                 &src,

@@ -144,7 +144,8 @@ proptest! {
         let q = rng.f32s(n * n_heads * hd, -1.0, 1.0);
         // Sinks from well below the scores to well above them.
         let sink = rng.f32s(n_heads, -4.0, 4.0);
-        let p = AttentionParams { n_heads, n_kv_heads: n_kv, head_dim: hd, scale: 1.0 / (hd as f32).sqrt(), sliding_window: window, chunk, softcap, sinks: sinks.then_some(&sink[..]), alibi };
+        let slopes: Vec<f32> = (0..n_heads).map(|h| AttentionParams::alibi_slope(alibi.unwrap_or(0.0), n_heads, h)).collect();
+        let p = AttentionParams { n_heads, n_kv_heads: n_kv, head_dim: hd, scale: 1.0 / (hd as f32).sqrt(), sliding_window: window, chunk, softcap, sinks: sinks.then_some(&sink[..]), alibi: alibi.map(|_| &slopes[..]) };
         // ALiBi's slopes, from their definition: 2^(-8/n) to the powers
         // 1, 2, ... for a power of two of heads, the others interleaved.
         let slope = |h: usize| -> f64 {

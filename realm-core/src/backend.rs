@@ -651,6 +651,22 @@ pub fn check_softcap(op: &'static str, cap: f32) -> BackendResult<()> {
 
 /// Checks attention sinks: one finite logit per query head.
 pub fn check_sinks(op: &'static str, p: &AttentionParams<'_>) -> BackendResult<()> {
+    if let Some(s) = p.alibi {
+        if s.len() != p.n_heads {
+            return Err(BackendError::Shape {
+                op,
+                what: "ALiBi slopes (one per query head)",
+                expected: p.n_heads,
+                got: s.len(),
+            });
+        }
+        if !s.iter().all(|v| v.is_finite()) {
+            return Err(BackendError::InvalidParameter {
+                op,
+                what: "ALiBi slopes must be finite",
+            });
+        }
+    }
     let Some(s) = p.sinks else {
         return Ok(());
     };
@@ -923,11 +939,12 @@ pub struct AttentionParams<'a> {
     /// sinks): a key's weight becomes `exp(s) / (sum exp(s) + exp(sink))`,
     /// so a head may attend to nothing.
     pub sinks: Option<&'a [f32]>,
-    /// If set, ALiBi's maximum bias (BLOOM's and MPT's 8): no RoPE, but
-    /// each score less its head's slope ([`AttentionParams::alibi_slope`])
-    /// times the query's distance from the key, as llama.cpp adds them.
-    /// Only backends that [support it](AttentionOps::supports_alibi).
-    pub alibi: Option<f32>,
+    /// If set, ALiBi's slope for each query head (`n_heads` of them;
+    /// [`AttentionParams::alibi_slope`] makes them from a maximum bias):
+    /// no RoPE, but each score less its head's slope times the query's
+    /// distance from the key, as llama.cpp adds them. Only backends that
+    /// [support it](AttentionOps::supports_alibi).
+    pub alibi: Option<&'a [f32]>,
 }
 
 impl AttentionParams<'_> {

@@ -384,6 +384,49 @@ impl Architecture {
         names.join(", ")
     }
 
+    /// Whether the architecture's norms are LayerNorms, not RMSNorms
+    /// ([`ModelConfig::layer_norm`]).
+    pub fn layer_norms(self) -> bool {
+        matches!(
+            self,
+            Self::Starcoder2
+                | Self::Phi2
+                | Self::StableLm
+                | Self::GptNeox
+                | Self::CommandR
+                | Self::Cohere2
+                | Self::Falcon
+                | Self::Gpt2
+                | Self::Starcoder
+                | Self::Orion
+                | Self::Nemotron
+                | Self::CodeShell
+                | Self::Bloom
+                | Self::Mpt
+                | Self::Olmo
+        )
+    }
+
+    /// Whether the architecture's feed-forward networks have no gate
+    /// (an up product, its activation, a down product): Arcee's and
+    /// Nemotron's squared ReLUs, the other LayerNorm families' GELUs.
+    pub fn ungated_ffn(self) -> bool {
+        matches!(
+            self,
+            Self::Arcee
+                | Self::Starcoder2
+                | Self::Phi2
+                | Self::GptNeox
+                | Self::Falcon
+                | Self::Gpt2
+                | Self::Starcoder
+                | Self::Nemotron
+                | Self::CodeShell
+                | Self::Bloom
+                | Self::Mpt
+        )
+    }
+
     /// The metadata prefix (`general.architecture`'s value).
     pub fn name(self) -> &'static str {
         match self {
@@ -1310,24 +1353,7 @@ impl ModelConfig {
         let exaone4 = arch == Architecture::Exaone4;
         let llama4 = arch == Architecture::Llama4;
         let cohere2 = arch == Architecture::Cohere2;
-        let layer_norm = matches!(
-            arch,
-            Architecture::Starcoder2
-                | Architecture::Phi2
-                | Architecture::StableLm
-                | Architecture::GptNeox
-                | Architecture::CommandR
-                | Architecture::Cohere2
-                | Architecture::Falcon
-                | Architecture::Gpt2
-                | Architecture::Starcoder
-                | Architecture::Orion
-                | Architecture::Nemotron
-                | Architecture::CodeShell
-                | Architecture::Bloom
-                | Architecture::Mpt
-                | Architecture::Olmo
-        );
+        let layer_norm = arch.layer_norms();
         // llama.cpp gives EXAONE 4 a window (4096 unless set) where it has
         // 64 layers (the 32B), and no other.
         let exaone_window = exaone4 && n_layers == 64;

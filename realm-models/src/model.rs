@@ -186,6 +186,8 @@ pub struct Model<'a, B: Backend> {
     output: B::Weight<'a>,
     /// A bias on the logits (Phi 2's `output.bias`), if any.
     output_b: Option<B::Buffer>,
+    /// ALiBi's slope for each query head, if the model has it.
+    alibi_slopes: Option<Vec<f32>>,
     /// RoPE frequency factors (Llama 3.1's `rope_freqs.weight`, or
     /// LongRoPE's short ones, times YaRN's pair divisors), if any.
     rope_factors: Option<Vec<f32>>,
@@ -675,23 +677,8 @@ impl<'a, B: Backend> Model<'a, B> {
                         Ffn::Moe(Moe::load(file, backend, i, m, d)?)
                     }
                     // (Arcee's feed-forward networks have no gate either, nor
-                    // have StarCoder 2's, Phi 2's and GPT-NeoX's, of GELUs.)
-                    _ if ffn_only
-                        || matches!(
-                            c.arch,
-                            Architecture::Arcee
-                                | Architecture::Starcoder2
-                                | Architecture::Phi2
-                                | Architecture::GptNeox
-                                | Architecture::Falcon
-                                | Architecture::Gpt2
-                                | Architecture::Starcoder
-                                | Architecture::Nemotron
-                                | Architecture::CodeShell
-                                | Architecture::Bloom
-                                | Architecture::Mpt
-                        ) =>
-                    {
+                    // have StarCoder 2's, Phi 2's and the others', of GELUs.)
+                    _ if ffn_only || c.arch.ungated_ffn() => {
                         Ffn::Up(UpFfn {
                             up: weight(&n("ffn_up.weight"), ff, d)?,
                             down: weight(&n("ffn_down.weight"), d, ff)?,
@@ -871,6 +858,11 @@ impl<'a, B: Backend> Model<'a, B> {
             Some(a) => Some(AltUp::load(file, backend, c, a)?),
             None => None,
         };
+        let alibi_slopes = c.alibi.map(|b| {
+            (0..c.n_heads)
+                .map(|h| AttentionParams::alibi_slope(b, c.n_heads, h))
+                .collect()
+        });
         let ple = match c.per_layer_input() {
             Some(p) => Some(Ple::load(file, backend, c, p)?),
             None => None,
@@ -888,6 +880,7 @@ impl<'a, B: Backend> Model<'a, B> {
             output_norm_b,
             output,
             output_b,
+            alibi_slopes,
             rope_factors,
             rope_factors_long,
             has_output,
@@ -2303,7 +2296,7 @@ impl<'a, B: Backend> Model<'a, B> {
             chunk: c.layer_chunk(li),
             softcap: c.attn_softcap,
             sinks: layer.sinks.as_deref(),
-            alibi: c.alibi,
+            alibi: self.alibi_slopes.as_deref(),
         };
         let a = Attend {
             ws: &mut sc.ws,

@@ -21,7 +21,7 @@
 use realm_core::gguf::{Gguf, GgufWriter, MetadataArray, MetadataValue};
 use realm_core::{quant, GgmlType};
 
-use crate::{Error, Result};
+use crate::{Architecture, Error, Result};
 
 /// One tensor of a layout.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,6 +132,24 @@ impl MambaShape {
         );
         blk("ssm_out.weight", vec![self.inner, d]);
     }
+}
+
+/// The keys of a model `d` wide of `layers` recurrent mixers alone (no
+/// attention heads, no feed-forward width, as llama.cpp's Mamba
+/// converters write them), named by `k`.
+fn mixers_only_hparams(
+    k: &dyn Fn(&str) -> String,
+    d: u64,
+    layers: usize,
+) -> Vec<(String, MetadataValue)> {
+    vec![
+        u32_kv(&k("attention.head_count"), 0),
+        f32_kv(&k("attention.layer_norm_rms_epsilon"), 1e-5),
+        u32_kv(&k("block_count"), layers as u32),
+        u32_kv(&k("context_length"), 1 << 20),
+        u32_kv(&k("embedding_length"), d as u32),
+        u32_kv(&k("feed_forward_length"), 0),
+    ]
 }
 
 /// The tensors of a layout `d` wide: the token embeddings (`vocab`
@@ -478,24 +496,9 @@ impl SyntheticLayout {
         if arch == "mamba" {
             return Ok(Self::tiny_mamba());
         }
-        if [
-            "starcoder2",
-            "phi2",
-            "stablelm",
-            "gptneox",
-            "command-r",
-            "cohere2",
-            "falcon",
-            "gpt2",
-            "starcoder",
-            "orion",
-            "nemotron",
-            "codeshell",
-            "bloom",
-            "mpt",
-        ]
-        .contains(&arch)
-        {
+        // (OLMo's, without norm weights, is the tiny llama's.)
+        let known = Architecture::from_name(arch).ok();
+        if known.is_some_and(|a| a.layer_norms() && a != Architecture::Olmo) {
             return Self::tiny_layer_norm(arch);
         }
         if arch == "nemotron_h_moe" {
@@ -898,17 +901,8 @@ impl SyntheticLayout {
         let gpt2 = is(&["gpt2", "starcoder"]);
         let falcon = arch == "falcon";
         // (Nemotron's squared ReLUs have no gate either.)
-        let gelu = gpt2
-            || is(&[
-                "starcoder2",
-                "phi2",
-                "gptneox",
-                "falcon",
-                "nemotron",
-                "codeshell",
-                "bloom",
-                "mpt",
-            ]);
+        // (Nemotron's squared ReLUs have no gate either.)
+        let gelu = Architecture::from_name(arch).is_ok_and(Architecture::ungated_ffn);
         let fused = gpt2 || is(&["phi2", "gptneox", "falcon", "bloom", "mpt"]);
         // (MPT 7B's norms have no biases, as Command R's.)
         let norm_biases = !cohere && arch != "mpt";
@@ -1883,14 +1877,7 @@ impl SyntheticLayout {
     fn tiny_mamba2() -> Self {
         let (d, layers) = (64u64, 3);
         let k = |n: &str| format!("mamba2.{n}");
-        let mut hp = vec![
-            u32_kv(&k("attention.head_count"), 0),
-            f32_kv(&k("attention.layer_norm_rms_epsilon"), 1e-5),
-            u32_kv(&k("block_count"), layers as u32),
-            u32_kv(&k("context_length"), 1 << 20),
-            u32_kv(&k("embedding_length"), d as u32),
-            u32_kv(&k("feed_forward_length"), 0),
-        ];
+        let mut hp = mixers_only_hparams(&k, d, layers);
         hp.extend(TINY_MAMBA.hparams(&k));
         hp.sort_by(|a, b| a.0.cmp(&b.0));
         let tensors = small_tensors((d, 300, layers), "output_norm.weight", |_, blk| {
@@ -1911,18 +1898,13 @@ impl SyntheticLayout {
     fn tiny_mamba() -> Self {
         let (d, inner, ds, rank, taps, layers) = (64u64, 128u64, 16u64, 32u64, 4u64, 3);
         let k = |n: &str| format!("mamba.{n}");
-        let mut hp = vec![
-            u32_kv(&k("attention.head_count"), 0),
-            f32_kv(&k("attention.layer_norm_rms_epsilon"), 1e-5),
-            u32_kv(&k("block_count"), layers as u32),
-            u32_kv(&k("context_length"), 1 << 20),
-            u32_kv(&k("embedding_length"), d as u32),
-            u32_kv(&k("feed_forward_length"), 0),
+        let mut hp = mixers_only_hparams(&k, d, layers);
+        hp.extend([
             u32_kv(&k("ssm.conv_kernel"), taps as u32),
             u32_kv(&k("ssm.inner_size"), inner as u32),
             u32_kv(&k("ssm.state_size"), ds as u32),
             u32_kv(&k("ssm.time_step_rank"), rank as u32),
-        ];
+        ]);
         hp.sort_by(|a, b| a.0.cmp(&b.0));
         let tensors = small_tensors((d, 300, layers), "output_norm.weight", |_, blk| {
             blk("attn_norm.weight", vec![d]);
