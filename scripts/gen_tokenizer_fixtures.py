@@ -40,6 +40,7 @@ TARGETS = {
     "llama-bpe": ("vocab/ggml-vocab-llama-bpe.gguf", ["<|begin_of_text|>", "<|eot_id|>", "<|start_header_id|>"]),
     "qwen2": ("vocab/ggml-vocab-qwen2.gguf", ["<|im_start|>", "<|im_end|>", "<|endoftext|>"]),
     "starcoder": ("vocab/ggml-vocab-starcoder.gguf", ["<|endoftext|>", "<fim_prefix>"]),
+    "falcon": ("vocab/ggml-vocab-falcon.gguf", ["<|endoftext|>", ">>ABSTRACT<<"]),
     "deepseek-llm": ("vocab/ggml-vocab-deepseek-llm.gguf", ["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"]),
     "llama-spm": ("vocab/ggml-vocab-llama-spm.gguf", ["<s>", "</s>"]),
 }

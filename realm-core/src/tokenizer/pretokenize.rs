@@ -18,6 +18,9 @@ pub(crate) enum PreTokenizer {
     Default,
     /// `gpt2`, `gpt-2`, `phi-2`, `mpt`, `olmo`, `jais`: GPT-2's expression.
     Gpt2,
+    /// `falcon` (Falcon 7B, 40B, 180B): runs of punctuation (and the
+    /// backtick), GPT-2's expression, then groups of three digits.
+    Falcon,
     /// `llama3`, `llama-bpe`, `llama-v3`, `dbrx`, `smaug-bpe`, ...: LLaMA 3's
     /// expression (numbers in groups of up to three digits).
     Llama3,
@@ -105,6 +108,7 @@ impl PreOptions {
             "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral"
             | "midm-2.0" | "lfm2" | "jina-v5-nano" => o(Llama3, true, true, true),
             "dbrx" | "smaug-bpe" => o(Llama3, false, true, false),
+            "falcon" => o(Falcon, false, true, false),
             "qwen2" | "deepseek-r1-qwen" | "kormo" | "f2llmv2" | "hunyuan" | "solar-open" => {
                 o(Qwen2, false, false, false)
             }
@@ -143,7 +147,7 @@ impl PreOptions {
             other => {
                 return Err(Error::Tokenizer(format!(
                     "unsupported pre-tokenizer `{other}` (tokenizer.ggml.pre); supported: \
-                     default, gpt2, llama3, llama-bpe, falcon-h1, lfm2, qwen2, qwen35, hunyuan, \
+                     default, gpt2, falcon, llama3, llama-bpe, falcon-h1, lfm2, qwen2, qwen35, hunyuan, \
                      solar-open, stablelm2, dbrx, smaug-bpe, \
                      starcoder, smollm, refact, command-r, codeshell, deepseek-llm, gpt-4o, \
                      llama4, minimax-m2, tekken, glm4, glm5, chatglm-bpe, seed-coder, \
@@ -263,6 +267,17 @@ impl Splitter {
             StarCoder => {
                 self.stage(|c, out| by_matches(c, out, |c, p| single(c, p, is_number_collapsed)));
                 self.stage(gpt2);
+            }
+            Falcon => {
+                self.stage(|c, out| {
+                    by_matches(c, out, |c, p| {
+                        run(c, p, |c, i| {
+                            is_default_punct(c, i) || c.cp(i) == u32::from(b'`')
+                        })
+                    })
+                });
+                self.stage(gpt2);
+                self.stage(|c, out| by_matches(c, out, three_digits));
             }
             Default => {
                 self.stage(|c, out| by_matches(c, out, |c, p| run(c, p, is_default_punct)));

@@ -158,6 +158,11 @@ fn starcoder_vocab_matches_llama_cpp() {
 }
 
 #[test]
+fn falcon_vocab_matches_llama_cpp() {
+    check("falcon");
+}
+
+#[test]
 fn deepseek_llm_vocab_matches_llama_cpp() {
     check("deepseek-llm");
 }
