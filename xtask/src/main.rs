@@ -131,7 +131,14 @@ const TEST_SEED: &str = "20261202";
 /// wasm32), then the emulated CUDA kernels and the Metal build's check.
 fn test() -> Result<()> {
     fetch::fetch_all()?;
-    fetch::fetch_vocabs()?;
+    // (The tokenizer fixtures that need them say so and skip without them:
+    // a source package pip cannot fetch here is no reason to test nothing.)
+    if let Err(e) = fetch::fetch_vocabs() {
+        eprintln!(
+            "xtask: warning: llama.cpp's vocabularies were not fetched ({e:#}); the tokenizer \
+             fixtures that need them will skip"
+        );
+    }
     wasm()?;
     let mut t = cargo();
     t.args(["test", "--release", "--workspace"]);
