@@ -649,40 +649,34 @@ pub fn check_softcap(op: &'static str, cap: f32) -> BackendResult<()> {
     }
 }
 
-/// Checks attention sinks: one finite logit per query head.
+/// Checks attention sinks and ALiBi slopes: one finite value per query
+/// head.
 pub fn check_sinks(op: &'static str, p: &AttentionParams<'_>) -> BackendResult<()> {
-    if let Some(s) = p.alibi {
+    let checks = [
+        (
+            p.sinks,
+            "attention sinks (one per query head)",
+            "attention sinks must be finite",
+        ),
+        (
+            p.alibi,
+            "ALiBi slopes (one per query head)",
+            "ALiBi slopes must be finite",
+        ),
+    ];
+    for (values, shape, finite) in checks {
+        let Some(s) = values else { continue };
         if s.len() != p.n_heads {
             return Err(BackendError::Shape {
                 op,
-                what: "ALiBi slopes (one per query head)",
+                what: shape,
                 expected: p.n_heads,
                 got: s.len(),
             });
         }
         if !s.iter().all(|v| v.is_finite()) {
-            return Err(BackendError::InvalidParameter {
-                op,
-                what: "ALiBi slopes must be finite",
-            });
+            return Err(BackendError::InvalidParameter { op, what: finite });
         }
-    }
-    let Some(s) = p.sinks else {
-        return Ok(());
-    };
-    if s.len() != p.n_heads {
-        return Err(BackendError::Shape {
-            op,
-            what: "attention sinks (one per query head)",
-            expected: p.n_heads,
-            got: s.len(),
-        });
-    }
-    if !s.iter().all(|v| v.is_finite()) {
-        return Err(BackendError::InvalidParameter {
-            op,
-            what: "attention sinks must be finite",
-        });
     }
     Ok(())
 }

