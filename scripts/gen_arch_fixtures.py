@@ -46,13 +46,17 @@ TOKENS = [(i * 37 + 11) % 297 + 3 for i in range(24)]
 
 
 def case(name, layout, matrix_type="f32", rope_factors=False, overrides=(), long_rope=None,
-         n_ctx=64, long=None):
+         n_ctx=64, long=None, embedding=False):
     """A case; `long`: run that many tokens (TOKENS' formula carried on)
-    and keep only the last len(TOKENS) positions' logits."""
+    and keep only the last len(TOKENS) positions' logits; `embedding`: an
+    encoder's, whose final hidden states are stored (`hidden`) in place of
+    logits."""
     c = dict(name=name, layout=layout, matrix_type=matrix_type, rope_factors=rope_factors,
              overrides=[list(o) for o in overrides], long_rope=long_rope, n_ctx=n_ctx)
     if long:
         c["long"] = long
+    if embedding:
+        c["embedding"] = True
     return c
 
 
@@ -391,6 +395,12 @@ CASES = [
     case("mamba", "tiny-mamba"),
     case("mamba-q8_0", "tiny-mamba", matrix_type="q8_0"),
     case("falcon-mamba", "tiny-falcon-mamba"),
+    # Encoders: every position's final hidden state (no pooling), the
+    # tokens in one batch as llama.cpp needs them.
+    case("bert", "tiny-bert", embedding=True),
+    case("bert-q8_0", "tiny-bert", matrix_type="q8_0", embedding=True),
+    case("nomic-bert", "tiny-nomic-bert", embedding=True),
+    case("nomic-bert-q8_0", "tiny-nomic-bert", matrix_type="q8_0", embedding=True),
 ]
 
 
@@ -411,6 +421,27 @@ def synth(c, path):
     for key, ty, value in c["overrides"]:
         args += ["--override-kv", f"{key}={ty}:{value}"]
     subprocess.run(args, check=True, capture_output=True)
+
+
+def hidden_states(path, c, tokens):
+    """An encoder's final hidden states of `tokens` (one batch, pooling
+    none), a row a position."""
+    import llama_cpp
+    from llama_cpp import Llama
+    llm = Llama(path, embedding=True, pooling_type=llama_cpp.LLAMA_POOLING_TYPE_NONE,
+                n_ctx=c["n_ctx"], n_batch=64, n_ubatch=64, n_threads=2, verbose=False)
+    batch = llama_cpp.llama_batch_init(len(tokens), 0, 1)
+    for i, t in enumerate(tokens):
+        batch.token[i], batch.pos[i], batch.n_seq_id[i] = t, i, 1
+        batch.seq_id[i][0], batch.logits[i] = 0, True
+    batch.n_tokens = len(tokens)
+    assert llama_cpp.llama_decode(llm._ctx.ctx, batch) == 0
+    d = llama_cpp.llama_model_n_embd(llm._model.model)
+    rows = np.ctypeslib.as_array(llama_cpp.llama_get_embeddings(llm._ctx.ctx),
+                                 shape=(len(tokens) * d,)).reshape(len(tokens), d).copy()
+    llama_cpp.llama_batch_free(batch)
+    del llm
+    return rows
 
 
 def main():
@@ -439,6 +470,12 @@ def main():
             synth(c, path)
             with open(path, "rb") as f:
                 digest = fnv1a(f.read())
+            if c.get("embedding"):
+                rows = hidden_states(path, c, tokens_of(c))
+                hidden = [[float("%.6g" % v) for v in row] for row in rows]
+                out["cases"].append(dict(c, fnv1a=f"{digest:016x}", hidden=hidden))
+                print(c["name"], rows.shape, "max |hidden|", float(np.abs(rows).max()))
+                continue
             # (YaRN's corrections as the file has them, as llama-server
             # reads them: the bindings' defaults would force 32 and 1.)
             llm = Llama(path, n_ctx=c["n_ctx"], n_batch=64, logits_all=True, n_threads=2,

@@ -343,6 +343,12 @@ fn check_params(
             what: "soft-cap must be positive and finite",
         });
     }
+    if p.bidirectional && (p.sliding_window.is_some() || p.chunk.is_some() || p.alibi.is_some()) {
+        return Err(BackendError::InvalidParameter {
+            op: OP,
+            what: "bidirectional attention with a window, chunks or ALiBi",
+        });
+    }
     let width = p.n_heads * p.head_dim;
     if !q.is_multiple_of(width) {
         return Err(BackendError::Shape {
@@ -463,6 +469,8 @@ fn dequantize_layer<'b>(
 }
 
 /// Attention for `q.len() / head_dim` consecutive query heads of one token
+/// (which sees the keys up to position `pos`: its own, or a bidirectional
+/// call's last)
 /// that share the key/value head `kv_head`, with their sinks if they have
 /// them; `scores` holds at least that many times [`scores_per_head`]
 /// values.
@@ -745,12 +753,17 @@ pub(crate) fn attention(
             let qh = &q[pair * hd..(pair + g) * hd];
             let sinks = p.sinks.map(|s| &s[h..h + g]);
             let slopes = p.alibi.map(|s| &s[h..h + g]);
+            // The last key the token sees: its own, or the call's last.
+            let last = match p.bidirectional {
+                true => ctx - 1,
+                false => start_pos + t,
+            };
             group_attention(
                 isa,
                 &src,
                 layer,
                 h / group,
-                start_pos + t,
+                last,
                 (qh, sinks, slopes),
                 p,
                 scores,

@@ -145,7 +145,7 @@ proptest! {
         // Sinks from well below the scores to well above them.
         let sink = rng.f32s(n_heads, -4.0, 4.0);
         let slopes: Vec<f32> = (0..n_heads).map(|h| AttentionParams::alibi_slope(alibi.unwrap_or(0.0), n_heads, h)).collect();
-        let p = AttentionParams { n_heads, n_kv_heads: n_kv, head_dim: hd, scale: 1.0 / (hd as f32).sqrt(), sliding_window: window, chunk, softcap, sinks: sinks.then_some(&sink[..]), alibi: alibi.map(|_| &slopes[..]) };
+        let p = AttentionParams { n_heads, n_kv_heads: n_kv, head_dim: hd, scale: 1.0 / (hd as f32).sqrt(), sliding_window: window, chunk, softcap, sinks: sinks.then_some(&sink[..]), alibi: alibi.map(|_| &slopes[..]), bidirectional: false };
         // ALiBi's slopes, from their definition: 2^(-8/n) to the powers
         // 1, 2, ... for a power of two of heads, the others interleaved.
         let slope = |h: usize| -> f64 {
@@ -226,7 +226,7 @@ proptest! {
         b.kv_write(&mut b.workspace(), &mut f32s, at, &kr, &vr, 0..total).unwrap();
         let q = rng.f32s(n * n_heads * hd, -1.0, 1.0);
         let sink = rng.f32s(n_heads, -4.0, 4.0);
-        let p = AttentionParams { n_heads, n_kv_heads: n_kv, head_dim: hd, scale: 1.0 / (hd as f32).sqrt(), sliding_window: window, chunk: None, softcap, sinks: sinks.then_some(&sink[..]), alibi: None };
+        let p = AttentionParams { n_heads, n_kv_heads: n_kv, head_dim: hd, scale: 1.0 / (hd as f32).sqrt(), sliding_window: window, chunk: None, softcap, sinks: sinks.then_some(&sink[..]), alibi: None, bidirectional: false };
         let attend = |cache| {
             let mut out = vec![0.0; q.len()];
             b.attention(&mut b.workspace(), cache, KvSpan { layer: 1, start_pos: past }, &q, 0..n, &p, &mut out).unwrap();
@@ -274,7 +274,7 @@ proptest! {
             prop_assert_eq!(read(&cache, l), read(&alone, 0));
             let n_heads = s.n_kv_heads * group;
             let q = rng.f32s(n * n_heads * s.head_dim, -1.0, 1.0);
-            let p = AttentionParams { n_heads, n_kv_heads: s.n_kv_heads, head_dim: s.head_dim, scale: 0.125, sliding_window: None, chunk: None, softcap: None, sinks: None, alibi: None };
+            let p = AttentionParams { n_heads, n_kv_heads: s.n_kv_heads, head_dim: s.head_dim, scale: 0.125, sliding_window: None, chunk: None, softcap: None, sinks: None, alibi: None, bidirectional: false };
             let attend = |c: &CpuKvCache, layer| {
                 let mut out = vec![0.0; q.len()];
                 b.attention(&mut b.workspace(), c, KvSpan { layer, start_pos: past }, &q, 0..n, &p, &mut out).unwrap();
@@ -399,6 +399,7 @@ fn attention_is_batch_invariant() {
         softcap: None,
         sinks: None,
         alibi: None,
+        bidirectional: false,
     };
     let b2 = be(2);
     let mut cache = b2.kv_cache(&cfg).unwrap();
@@ -517,6 +518,7 @@ fn bad_parameters_are_errors() {
         softcap: None,
         sinks: None,
         alibi: None,
+        bidirectional: false,
     };
     let mut ws = b.workspace();
     let mut out = vec![0.0; 8];
@@ -699,6 +701,7 @@ fn f16_cache_matches_f32_cache_on_f16_values() {
         softcap: None,
         sinks: None,
         alibi: None,
+        bidirectional: false,
     };
     let b = CpuBackend::new().unwrap();
     let mut outs = Vec::new();

@@ -64,6 +64,12 @@ fn check_params(
             what: "the GPU backend has no chunked attention (Llama 4): run such a model on the CPU",
         });
     }
+    if p.bidirectional && (p.sliding_window.is_some() || p.chunk.is_some()) {
+        return Err(BackendError::InvalidParameter {
+            op,
+            what: "bidirectional attention with a window or chunks",
+        });
+    }
     if p.alibi.is_some() {
         return Err(BackendError::InvalidParameter {
             op,
@@ -315,6 +321,8 @@ impl AttentionOps for GpuBackend {
                 .map_err(dev_err(OP))?;
                 (0, len, Some(m))
             }
+            // Every query sees every key up to the call's last.
+            None if p.bidirectional => (0, at.start_pos + n, None),
             None => {
                 // Keys the first query can see onwards (the window only narrows).
                 let lo = p
@@ -770,8 +778,9 @@ impl GpuBackend {
     /// on CUDA any chunk (the tiled kernel past 8 rows); elsewhere up to 8
     /// rows, since the fused op's CPU form reads every key once per row
     /// and head on one thread, slower than candle's products for a prompt.
+    /// Bidirectional attention is candle's products alone.
     fn fuses_chunk(&self, p: &AttentionParams, n: usize) -> bool {
-        self.fuses(p) && (n <= FUSED_CHUNK || self.device.is_cuda())
+        self.fuses(p) && !p.bidirectional && (n <= FUSED_CHUNK || self.device.is_cuda())
     }
 
     /// The blocks the fused kernels write of `rows` rows of attention's

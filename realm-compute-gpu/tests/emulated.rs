@@ -351,6 +351,7 @@ fn attention_kernel(case: &Case, seed: u64, kernel: Kernel) {
         softcap: case.softcap,
         sinks: None,
         alibi: None,
+        bidirectional: false,
     };
     let cpu = CpuBackend::new().unwrap();
     // With stores, each row's new key (normed, rotated) and value go into

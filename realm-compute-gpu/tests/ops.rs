@@ -170,7 +170,7 @@ proptest! {
         // Attention: 4 heads of 64 over 2 KV heads, after `past` keys.
         let cfg = KvCacheConfig { n_layers: 1, n_kv_heads: 2, head_dim: 64, max_seq_len: past + n, dtype: KvDtype::F32, layer_shapes: None, };
         let kv = [rng.f32s((past + n) * 128, -1.0, 1.0), rng.f32s((past + n) * 128, -1.0, 1.0)];
-        let p = AttentionParams { n_heads: 4, n_kv_heads: 2, head_dim: 64, scale: 0.125, sliding_window: None, chunk: None, softcap: None, sinks: None, alibi: None };
+        let p = AttentionParams { n_heads: 4, n_kv_heads: 2, head_dim: 64, scale: 0.125, sliding_window: None, chunk: None, softcap: None, sinks: None, alibi: None, bidirectional: false };
         let at = |start_pos| KvSpan { layer: 0, start_pos };
         let mut results = Vec::new();
         for blocks in [false, true] {
@@ -426,7 +426,7 @@ proptest! {
             let k = rng.f32s(total * n_kv * hd, -1.0, 1.0);
             let v = rng.f32s(total * n_kv * hd, -1.0, 1.0);
             let q = rng.f32s(n * n_heads * hd, -1.0, 1.0);
-            let p = AttentionParams { n_heads, n_kv_heads: n_kv, head_dim: hd, scale: 1.0 / (hd as f32).sqrt(), sliding_window: window, chunk: None, softcap, sinks: None, alibi: None };
+            let p = AttentionParams { n_heads, n_kv_heads: n_kv, head_dim: hd, scale: 1.0 / (hd as f32).sqrt(), sliding_window: window, chunk: None, softcap, sinks: None, alibi: None, bidirectional: false };
             let at = |start_pos| KvSpan { layer: 1, start_pos };
 
             let mut cc = c.kv_cache(&cfg).unwrap();
@@ -471,7 +471,7 @@ proptest! {
             let rows = pasts.len();
             let kv_width = n_kv * hd;
             let cfg = KvCacheConfig { n_layers: 2, n_kv_heads: n_kv, head_dim: hd, max_seq_len: 12, dtype: if f16 { KvDtype::F16 } else { KvDtype::F32 }, layer_shapes: None, };
-            let p = AttentionParams { n_heads, n_kv_heads: n_kv, head_dim: hd, scale: 1.0 / (hd as f32).sqrt(), sliding_window: window, chunk: None, softcap, sinks: None, alibi: None };
+            let p = AttentionParams { n_heads, n_kv_heads: n_kv, head_dim: hd, scale: 1.0 / (hd as f32).sqrt(), sliding_window: window, chunk: None, softcap, sinks: None, alibi: None, bidirectional: false };
             // Each sequence's history, written one call each.
             let hist: Vec<(Vec<f32>, Vec<f32>)> = pasts.iter().map(|&p| (rng.f32s(p * kv_width, -1.0, 1.0), rng.f32s(p * kv_width, -1.0, 1.0))).collect();
             let (k, v, q) = (rng.f32s(rows * kv_width, -1.0, 1.0), rng.f32s(rows * kv_width, -1.0, 1.0), rng.f32s(rows * n_heads * hd, -1.0, 1.0));
@@ -541,7 +541,7 @@ proptest! {
         let rows = pasts.len();
         let kv_width = n_kv * hd;
         let cfg = KvCacheConfig { n_layers: 2, n_kv_heads: n_kv, head_dim: hd, max_seq_len: 12, dtype: if f16 { KvDtype::F16 } else { KvDtype::F32 }, layer_shapes: None, };
-        let p = AttentionParams { n_heads, n_kv_heads: n_kv, head_dim: hd, scale: 1.0 / (hd as f32).sqrt(), sliding_window: window, chunk: None, softcap: None, sinks: None, alibi: None };
+        let p = AttentionParams { n_heads, n_kv_heads: n_kv, head_dim: hd, scale: 1.0 / (hd as f32).sqrt(), sliding_window: window, chunk: None, softcap: None, sinks: None, alibi: None, bidirectional: false };
         let rope = RopeParams { n_dims: 2 * half, base: 10000.0, freq_scale: 1.0, mode: if neox { RopeMode::Neox } else { RopeMode::Normal }, factors: None, magnitude: 1.0 };
         let mut rng = Rng(seed);
         let hist: Vec<(Vec<f32>, Vec<f32>)> = pasts.iter().map(|&p| (rng.f32s(p * kv_width, -1.0, 1.0), rng.f32s(p * kv_width, -1.0, 1.0))).collect();
@@ -629,7 +629,7 @@ proptest! {
         let (kv_width, width) = (n_kv * hd, n_heads * hd);
         let total = past + n;
         let cfg = KvCacheConfig { n_layers: 2, n_kv_heads: n_kv, head_dim: hd, max_seq_len: total + 2, dtype: if f16 { KvDtype::F16 } else { KvDtype::F32 }, layer_shapes: None, };
-        let p = AttentionParams { n_heads, n_kv_heads: n_kv, head_dim: hd, scale: 1.0 / (hd as f32).sqrt(), sliding_window: window, chunk: None, softcap, sinks: None, alibi: None };
+        let p = AttentionParams { n_heads, n_kv_heads: n_kv, head_dim: hd, scale: 1.0 / (hd as f32).sqrt(), sliding_window: window, chunk: None, softcap, sinks: None, alibi: None, bidirectional: false };
         let rope = RopeParams { n_dims: 2 * half, base: 10000.0, freq_scale: 1.0, mode: if neox { RopeMode::Neox } else { RopeMode::Normal }, factors: None, magnitude: 1.0 };
         let mut rng = Rng(seed);
         let (hk, hv) = (rng.f32s(past * kv_width, -1.0, 1.0), rng.f32s(past * kv_width, -1.0, 1.0));
@@ -756,6 +756,7 @@ fn long_caches_attend_alike_split_or_not() {
             softcap: None,
             sinks: None,
             alibi: None,
+            bidirectional: false,
         };
         let rope = RopeParams {
             n_dims: hd,
@@ -898,6 +899,7 @@ fn heads_past_the_fused_kernels_attend_without_blocks() {
         softcap: None,
         sinks: None,
         alibi: None,
+        bidirectional: false,
     };
     for n in [1, 16] {
         let mut rng = Rng(n as u64);
@@ -989,6 +991,7 @@ fn rope_attend_refuses_scattered_positions() {
         softcap: None,
         sinks: None,
         alibi: None,
+        bidirectional: false,
     };
     let rope = RopeParams {
         n_dims: 4,
@@ -1135,6 +1138,7 @@ fn bad_input_is_an_error() {
         softcap: None,
         sinks: None,
         alibi: None,
+        bidirectional: false,
     };
     let mut att = g.buffer(8).unwrap();
     let mut ws = g.workspace();

@@ -939,6 +939,11 @@ pub struct AttentionParams<'a> {
     /// distance from the key, as llama.cpp adds them. Only backends that
     /// [support it](AttentionOps::supports_alibi).
     pub alibi: Option<&'a [f32]>,
+    /// If set, every query of a call sees the keys of all the call's
+    /// positions (and those before them), not only those up to its own:
+    /// an encoder's attention (BERT's), whose input is one call. Neither a
+    /// window, chunks nor ALiBi go with it.
+    pub bidirectional: bool,
 }
 
 impl AttentionParams<'_> {
@@ -973,7 +978,7 @@ impl AttentionParams<'_> {
     /// let p = AttentionParams {
     ///     n_heads: 1, n_kv_heads: 1, head_dim: 8, scale: 1.0,
     ///     sliding_window: Some(4), chunk: Some(16), softcap: None, sinks: None,
-    ///     alibi: None,
+    ///     alibi: None, bidirectional: false,
     /// };
     /// assert_eq!(p.first_key(10), 7);
     /// assert_eq!(p.first_key(17), 16);

@@ -295,11 +295,21 @@ pub enum Architecture {
     /// RMSNorm and a Mamba mixer alone ([`Mamba1Config`]), no attention and
     /// no feed-forward networks: a recurrent state per session.
     Mamba,
+    /// BERT (bert: all-MiniLM, BGE, E5, GTE, ...): an encoder
+    /// ([`ModelConfig::encoder`]): learned positions and the first token
+    /// type's row added to the tokens' embeddings, then a LayerNorm;
+    /// blocks that norm after each residual add (`attn_output_norm`,
+    /// `layer_output_norm`), biases on every product, GELUs without a gate.
+    Bert,
+    /// Nomic BERT (nomic-bert: nomic-embed-text v1 and v1.5): BERT's
+    /// blocks with NeoX RoPE instead of learned positions, `attn_qkv`
+    /// without biases and SwiGLU.
+    NomicBert,
 }
 
 impl Architecture {
     /// Every architecture Realm runs.
-    pub const ALL: [Architecture; 68] = [
+    pub const ALL: [Architecture; 70] = [
         Self::Llama,
         Self::Mistral,
         Self::Qwen2,
@@ -368,6 +378,8 @@ impl Architecture {
         Self::Olmo,
         Self::Baichuan,
         Self::Mamba,
+        Self::Bert,
+        Self::NomicBert,
     ];
 
     /// The architecture named by `general.architecture`.
@@ -404,7 +416,14 @@ impl Architecture {
                 | Self::Bloom
                 | Self::Mpt
                 | Self::Olmo
+                | Self::Bert
+                | Self::NomicBert
         )
+    }
+
+    /// Whether the architecture is an encoder ([`ModelConfig::encoder`]).
+    pub fn encoder(self) -> bool {
+        matches!(self, Self::Bert | Self::NomicBert)
     }
 
     /// Whether the architecture's feed-forward networks have no gate
@@ -424,6 +443,7 @@ impl Architecture {
                 | Self::CodeShell
                 | Self::Bloom
                 | Self::Mpt
+                | Self::Bert
         )
     }
 
@@ -498,6 +518,8 @@ impl Architecture {
             Self::Olmo => "olmo",
             Self::Baichuan => "baichuan",
             Self::Mamba => "mamba",
+            Self::Bert => "bert",
+            Self::NomicBert => "nomic-bert",
         }
     }
 }
@@ -699,8 +721,15 @@ pub struct ModelConfig {
     /// nothing (EXAONE 4 32B's).
     pub nope_global: bool,
     /// Whether the blocks norm their attention's and feed-forward block's
-    /// input (all but OLMo 2, which norms only their outputs).
+    /// input (all but OLMo 2, which norms only their outputs, and the
+    /// encoders).
     pub pre_norms: bool,
+    /// Whether the model is an encoder (BERT's families): every token
+    /// attends to every other of its text (bidirectional attention, so a
+    /// text runs as one batch from position 0), each block norms the
+    /// residual stream after each of its parts joins it, and it makes
+    /// embeddings, no logits.
+    pub encoder: bool,
     /// Whether the Q/K norms span all heads at once (OLMo 2's), not each
     /// head.
     pub qk_norm_whole: bool,
@@ -1572,7 +1601,9 @@ impl ModelConfig {
                 | Architecture::Nemotron
                 | Architecture::CodeShell
                 | Architecture::Exaone
-                | Architecture::Plamo => RopeMode::Neox,
+                | Architecture::Plamo
+                | Architecture::Bert
+                | Architecture::NomicBert => RopeMode::Neox,
             },
             sliding_window,
             // Every sixth layer (Gemma 3), second (Gemma 2, gpt-oss) or
@@ -1607,7 +1638,8 @@ impl ModelConfig {
             local_rope_plain: olmo2 || gemma4,
             // (Command R7B's global layers rotate nothing either.)
             nope_global: exaone_window || cohere2,
-            pre_norms: !(olmo2 || exaone4),
+            pre_norms: !(olmo2 || exaone4 || arch.encoder()),
+            encoder: arch.encoder(),
             qk_norm_whole: olmo2 || matches!(arch, Architecture::Olmoe | Architecture::MinimaxM2),
             qk_norm_after_rope: hunyuan,
             // Gemma 2 and 3 27B scale by their width per head, not their
@@ -1684,7 +1716,7 @@ impl ModelConfig {
                 Architecture::GraniteHybrid if !rope_finetuned => Some(1),
                 // (Nemotron-H's attention has no RoPE, nor has GPT-2's.)
                 _ if nemotron => Some(1),
-                Architecture::Gpt2 | Architecture::Starcoder => Some(1),
+                Architecture::Gpt2 | Architecture::Starcoder | Architecture::Bert => Some(1),
                 // (ALiBi's families rotate nothing.)
                 Architecture::Bloom | Architecture::Mpt | Architecture::Refact => Some(1),
                 Architecture::Baichuan if n_layers == 40 => Some(1),

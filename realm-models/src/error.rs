@@ -48,6 +48,11 @@ pub enum Error {
         backend: String,
     },
 
+    /// An encoder (an embedding model, named) asked for logits or a
+    /// generation.
+    #[error("{0} is an embedding model (an encoder): it makes embeddings, not logits")]
+    NoLogits(&'static str),
+
     /// The model needs an op the backend does not have.
     #[error("the model needs {what}, which the {backend} backend does not have")]
     UnsupportedOp {

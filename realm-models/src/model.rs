@@ -122,6 +122,10 @@ struct Layer<'a, B: Backend + 'a> {
     out_scale: Option<f32>,
     /// Experts beside the dense feed-forward network (Gemma 4's 26B A4B).
     beside: Option<BesideMoe<'a, B>>,
+    /// An encoder's norms of the residual stream after the attention's
+    /// output joins it and after the network's (BERT's `attn_output_norm`
+    /// and `layer_output_norm`), each a LayerNorm's weight and bias.
+    out_norms: Option<[(B::Buffer, B::Buffer); 2]>,
 }
 
 /// Which of a block's products are one matrix in the file.
@@ -179,8 +183,13 @@ pub struct Model<'a, B: Backend> {
     /// A norm of the embeddings (BLOOM's `token_embd_norm`) and its bias,
     /// if the model has one.
     embed_norm: Option<(B::Buffer, Option<B::Buffer>)>,
+    /// The first token type's embedding (BERT's `token_types` row 0: every
+    /// token is of "sentence A", as llama.cpp takes them), added to every
+    /// token's, if the model has them.
+    token_type: Option<B::Buffer>,
     layers: Vec<Layer<'a, B>>,
-    output_norm: B::Buffer,
+    /// The output norm (none for an encoder, whose blocks end normed).
+    output_norm: Option<B::Buffer>,
     /// Its bias (a LayerNorm's, where the file has one).
     output_norm_b: Option<B::Buffer>,
     output: B::Weight<'a>,
@@ -610,7 +619,9 @@ impl<'a, B: Backend> Model<'a, B> {
                     | Architecture::CodeShell
                     | Architecture::Bloom
                     | Architecture::Mpt
-                    | Architecture::Refact => optional_norm(&n("attn_output.bias"), d)?,
+                    | Architecture::Refact
+                    | Architecture::Bert
+                    | Architecture::NomicBert => optional_norm(&n("attn_output.bias"), d)?,
                     Architecture::Mistral3
                     | Architecture::Ernie45
                     | Architecture::Ernie45Moe
@@ -757,6 +768,19 @@ impl<'a, B: Backend> Model<'a, B> {
                     },
                     None => None,
                 },
+                out_norms: match c.encoder {
+                    true => Some([
+                        (
+                            norm(&n("attn_output_norm.weight"), d)?,
+                            norm(&n("attn_output_norm.bias"), d)?,
+                        ),
+                        (
+                            norm(&n("layer_output_norm.weight"), d)?,
+                            norm(&n("layer_output_norm.bias"), d)?,
+                        ),
+                    ]),
+                    false => None,
+                },
             });
             if c.has_attention(i) && kv_source.is_none() {
                 kv_slot += 1;
@@ -766,7 +790,7 @@ impl<'a, B: Backend> Model<'a, B> {
         // GPT-2's and StarCoder's learned positions, one row a position
         // (MPT's where the file has them).
         let pos_embed = match c.arch {
-            Architecture::Gpt2 | Architecture::Starcoder => {
+            Architecture::Gpt2 | Architecture::Starcoder | Architecture::Bert => {
                 Some(weight("position_embd.weight", c.context_length, d)?)
             }
             Architecture::Mpt if file.tensor("position_embd.weight").is_ok() => {
@@ -774,13 +798,30 @@ impl<'a, B: Backend> Model<'a, B> {
             }
             _ => None,
         };
-        // BLOOM's LayerNorm of the embeddings.
+        // BLOOM's LayerNorm of the embeddings (the encoders').
         let embed_norm = match c.arch {
-            Architecture::Bloom => Some((
+            Architecture::Bloom | Architecture::Bert | Architecture::NomicBert => Some((
                 norm("token_embd_norm.weight", d)?,
                 optional_norm("token_embd_norm.bias", d)?,
             )),
             _ => None,
+        };
+        let token_type = match file.tensor("token_types.weight") {
+            Ok(t) if c.encoder => {
+                let types = f32_vec(&t)?;
+                match (t.shape(), types.get(..d)) {
+                    ([w, _], Some(row)) if *w == d as u64 => Some(backend.upload(row)?),
+                    _ => {
+                        return Err(Error::BadTensorShape {
+                            tensor: "token_types.weight".into(),
+                            expected: vec![d as u64, 2],
+                            got: t.shape().to_vec(),
+                        })
+                    }
+                }
+            }
+            Ok(_) | Err(realm_core::Error::TensorNotFound(_)) => None,
+            Err(e) => return Err(e.into()),
         };
         let (output, has_output) = match file.tensor("output.weight") {
             Ok(_) => (weight("output.weight", c.vocab_size, d)?, true),
@@ -792,10 +833,14 @@ impl<'a, B: Backend> Model<'a, B> {
         };
         // (LFM2's files name it so.)
         let output_norm = match c.arch {
-            Architecture::Lfm2 | Architecture::Lfm2Moe => norm("token_embd_norm.weight", d)?,
-            Architecture::Olmo => ones(d)?,
-            _ => optional_norm("output_norm.weight", d)?
-                .ok_or_else(|| realm_core::Error::TensorNotFound("output_norm.weight".into()))?,
+            _ if c.encoder => None,
+            Architecture::Lfm2 | Architecture::Lfm2Moe => Some(norm("token_embd_norm.weight", d)?),
+            Architecture::Olmo => Some(ones(d)?),
+            _ => {
+                Some(optional_norm("output_norm.weight", d)?.ok_or_else(|| {
+                    realm_core::Error::TensorNotFound("output_norm.weight".into())
+                })?)
+            }
         };
         let output_norm_b = match c.layer_norm {
             true => optional_norm("output_norm.bias", d)?,
@@ -875,6 +920,7 @@ impl<'a, B: Backend> Model<'a, B> {
             embed,
             pos_embed,
             embed_norm,
+            token_type,
             layers,
             output_norm,
             output_norm_b,
@@ -1109,6 +1155,7 @@ impl<'a, B: Backend> Model<'a, B> {
     ///
     /// [`StepOps::static_steps`]: realm_core::backend::StepOps::static_steps
     pub fn forward<'s>(&self, s: &'s mut Session<B>, tokens: &[u32]) -> Result<&'s [f32]> {
+        self.check_logits()?;
         if tokens.is_empty() {
             return Err(Error::BadConfig("forward needs at least one token".into()));
         }
@@ -1221,8 +1268,19 @@ impl<'a, B: Backend> Model<'a, B> {
         from: usize,
         each: impl FnMut(usize, &[f32]),
     ) -> Result<()> {
+        if self.config.encoder && (s.pos != 0 || tokens.len() > s.scratch.rows) {
+            return Err(Error::BadConfig(format!(
+                "an encoder reads a text in one batch from position 0: {} tokens at \
+                 position {}, batches of {}",
+                tokens.len(),
+                s.pos,
+                s.scratch.rows
+            )));
+        }
         self.forward_rows(s, tokens, from, Rows::Hidden, each)?;
-        self.compute_logits(s)?;
+        if !self.config.encoder {
+            self.compute_logits(s)?;
+        }
         Ok(())
     }
 
@@ -1239,6 +1297,9 @@ impl<'a, B: Backend> Model<'a, B> {
     ) -> Result<()> {
         if tokens.is_empty() {
             return Err(Error::BadConfig("forward needs at least one token".into()));
+        }
+        if what == Rows::Logits {
+            self.check_logits()?;
         }
         self.check_room(s, tokens.len())?;
         self.check_tokens(tokens)?;
@@ -1295,6 +1356,14 @@ impl<'a, B: Backend> Model<'a, B> {
             }
         }
         Ok(())
+    }
+
+    /// Refuses an encoder's logits.
+    fn check_logits(&self) -> Result<()> {
+        match self.config.encoder {
+            true => Err(Error::NoLogits(self.config.arch.name())),
+            false => Ok(()),
+        }
     }
 
     fn check_room(&self, s: &Session<B>, n: usize) -> Result<()> {
@@ -1402,6 +1471,7 @@ impl<'a, B: Backend> Model<'a, B> {
     /// The logits of the last token of the chunk whose layers all ran (the
     /// session's last chunk). Allocates nothing.
     pub fn compute_logits<'s>(&self, s: &'s mut Session<B>) -> Result<&'s [f32]> {
+        self.check_logits()?;
         match s.chunk {
             Some(c) if c.logits => Ok(s.logits()),
             Some(c) if c.layers_done == self.layers.len() => {
@@ -1447,6 +1517,7 @@ impl<'a, B: Backend> Model<'a, B> {
         rows: &mut [(&mut Session<B>, u32)],
         scratch: &mut BatchScratch<B>,
     ) -> Result<()> {
+        self.check_logits()?;
         let long = |r: &(&mut Session<B>, u32)| r.0.scratch.long_rope;
         if rows.iter().all(long) || !rows.iter().any(long) {
             scratch.scratch.long_rope = rows.first().is_some_and(long);
@@ -1724,12 +1795,17 @@ impl<'a, B: Backend> Model<'a, B> {
         if let Some(s) = self.config.embedding_scale {
             self.backend.scale_inplace(&mut sc.x, s, tokens.len() * d)?;
         }
+        // (Token type, then position, as llama.cpp sums them.)
+        if let Some(t) = &self.token_type {
+            self.backend.add_row_inplace(&mut sc.x, t, tokens.len())?;
+        }
         if let Some(p) = &self.pos_embed {
             // (`proj` is free until the first block's output.)
             let b = self.backend;
             b.embed(&mut sc.ws, p, &sc.positions, &mut sc.proj)?;
             b.add_inplace(&mut sc.x, &sc.proj, tokens.len() * d)?;
         }
+
         if let Some((w, bias)) = &self.embed_norm {
             self.norm_inplace(&mut sc.x, (w, bias.as_ref()), tokens.len())?;
         }
@@ -1811,7 +1887,11 @@ impl<'a, B: Backend> Model<'a, B> {
     /// rows of `sc.xn`.
     fn norm_rows(&self, sc: &mut Scratch<B>, first: usize, n: usize) -> Result<()> {
         let (b, c) = (self.backend, &self.config);
-        let w = (&self.output_norm, self.output_norm_b.as_ref());
+        let Some(w) = &self.output_norm else {
+            // An encoder's stream is normed already.
+            return Ok(b.copy_rows(&sc.x, first..first + n, c.d_model, &mut sc.xn)?);
+        };
+        let w = (w, self.output_norm_b.as_ref());
         if first == 0 {
             self.norm(&sc.x, w, n, &mut sc.xn)?;
         } else {
@@ -1933,7 +2013,13 @@ impl<'a, B: Backend> Model<'a, B> {
             if matches!(layer.ffn, Ffn::None) {
                 return self.block_end(sc, (n, li), None);
             }
-            if layer.parallel {
+            if let Some([(w, bias), _]) = &layer.out_norms {
+                // An encoder's: the stream normed after the attention
+                // joins it is the network's input.
+                b.add_inplace(&mut sc.x, &sc.proj, n * d)?;
+                b.layer_norm_inplace(&mut sc.x, w, Some(bias), eps, n)?;
+                b.copy_rows(&sc.x, 0..n, d, &mut sc.xn)?;
+            } else if layer.parallel {
                 // The network beside the attention: its input is the
                 // block's, normed by its own norm (GPT-NeoX's) or as the
                 // attention's (still in `xn`).
@@ -2052,6 +2138,13 @@ impl<'a, B: Backend> Model<'a, B> {
         let (b, c) = (self.backend, &self.config);
         let (d, eps) = (c.d_model, c.rms_eps);
         let layer = &self.layers[li];
+        // An encoder's block ends normed, the next block's input as it is.
+        if let Some([_, (w, bias)]) = &layer.out_norms {
+            b.add_inplace(&mut sc.x, &sc.proj, n * d)?;
+            b.layer_norm_inplace(&mut sc.x, w, Some(bias), eps, n)?;
+            b.copy_rows(&sc.x, 0..n, d, &mut sc.xn)?;
+            return Ok(());
+        }
         // Gemma 4's block input and output scale come after the residual.
         if layer.ple.is_some() || layer.out_scale.is_some() {
             if let Some(pw) = post {
@@ -2297,6 +2390,7 @@ impl<'a, B: Backend> Model<'a, B> {
             softcap: c.attn_softcap,
             sinks: layer.sinks.as_deref(),
             alibi: self.alibi_slopes.as_deref(),
+            bidirectional: c.encoder,
         };
         let a = Attend {
             ws: &mut sc.ws,

@@ -178,9 +178,9 @@ fn small_tensors(
 
 /// Whether llama.cpp's quantizer keeps matrix `name` as it is: Gemma
 /// 3n's AltUp and LAuReL matrices and its embedding's product to the
-/// blocks' inputs.
+/// blocks' inputs, BERT's token types.
 fn kept_f32(name: &str) -> bool {
-    ["altup", "laurel", "per_layer_model_proj"]
+    ["altup", "laurel", "per_layer_model_proj", "token_types"]
         .iter()
         .any(|k| name.contains(k))
 }
@@ -495,6 +495,9 @@ impl SyntheticLayout {
         }
         if arch == "mamba" {
             return Ok(Self::tiny_mamba());
+        }
+        if Architecture::from_name(arch).is_ok_and(Architecture::encoder) {
+            return Ok(Self::tiny_encoder(arch));
         }
         // (OLMo's, without norm weights, is the tiny llama's.)
         let known = Architecture::from_name(arch).ok();
@@ -1895,6 +1898,71 @@ impl SyntheticLayout {
     /// A tiny Mamba: 3 blocks 64 wide, each an RMSNorm and a Mamba mixer
     /// (128 channels, states of 16, a step of rank 32, 4 taps), tied
     /// output; `ssm_a` negative, as the converter writes `-exp(A_log)`.
+    /// An encoder's: BERT's (2 blocks 64 wide, 4 heads of 16, GELUs 128
+    /// wide, biases on every product, learned positions for the 256 of the
+    /// context, 2 token types, CLS pooling) or Nomic BERT's (NeoX RoPE for
+    /// the positions, `attn_qkv` and SwiGLU without biases, mean pooling).
+    fn tiny_encoder(arch: &str) -> Self {
+        let (d, ff, layers) = (64u64, 128u64, 2);
+        let bert = arch == "bert";
+        let k = |n: &str| format!("{arch}.{n}");
+        let mut hp = vec![
+            u32_kv(&k("attention.head_count"), 4),
+            f32_kv(&k("attention.layer_norm_epsilon"), 1e-12),
+            (k("attention.causal"), MetadataValue::Bool(false)),
+            u32_kv(&k("block_count"), layers as u32),
+            u32_kv(&k("context_length"), 256),
+            u32_kv(&k("embedding_length"), d as u32),
+            u32_kv(&k("feed_forward_length"), ff as u32),
+            u32_kv(&k("pooling_type"), if bert { 2 } else { 1 }),
+            u32_kv("tokenizer.ggml.token_type_count", 2),
+        ];
+        hp.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut tensors = small_tensors((d, 300, layers), "token_embd_norm.weight", |_, blk| {
+            if bert {
+                for m in ["attn_q", "attn_k", "attn_v"] {
+                    blk(&format!("{m}.weight"), vec![d, d]);
+                    blk(&format!("{m}.bias"), vec![d]);
+                }
+            } else {
+                blk("attn_qkv.weight", vec![d, 3 * d]);
+            }
+            blk("attn_output.weight", vec![d, d]);
+            if bert {
+                blk("attn_output.bias", vec![d]);
+            }
+            blk("attn_output_norm.weight", vec![d]);
+            blk("attn_output_norm.bias", vec![d]);
+            if !bert {
+                blk("ffn_gate.weight", vec![d, ff]);
+            }
+            blk("ffn_up.weight", vec![d, ff]);
+            blk("ffn_down.weight", vec![ff, d]);
+            if bert {
+                blk("ffn_up.bias", vec![ff]);
+                blk("ffn_down.bias", vec![d]);
+            }
+            blk("layer_output_norm.weight", vec![d]);
+            blk("layer_output_norm.bias", vec![d]);
+        });
+        let f32_tensor = |name: &str, shape| SyntheticTensor {
+            name: name.into(),
+            shape,
+            dtype: GgmlType::F32,
+        };
+        tensors.push(f32_tensor("token_embd_norm.bias", vec![d]));
+        tensors.push(f32_tensor("token_types.weight", vec![d, 2]));
+        if bert {
+            tensors.push(f32_tensor("position_embd.weight", vec![d, 256]));
+        }
+        Self {
+            arch: arch.into(),
+            hparams: hp,
+            vocab_size: 300,
+            tensors,
+        }
+    }
+
     fn tiny_mamba() -> Self {
         let (d, inner, ds, rank, taps, layers) = (64u64, 128u64, 16u64, 32u64, 4u64, 3);
         let k = |n: &str| format!("mamba.{n}");
