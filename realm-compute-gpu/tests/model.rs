@@ -366,6 +366,52 @@ fn products_of_blocks_match_the_cpu() {
     }
 }
 
+/// An encoder's final hidden states of `tokens` (one batch).
+fn hidden<B: Backend>(model: &Model<'_, B>, tokens: &[u32]) -> Vec<Vec<f32>> {
+    let mut s = model.session(tokens.len(), tokens.len()).unwrap();
+    let mut out = Vec::new();
+    model
+        .forward_embeddings(&mut s, tokens, 0, |_, h| out.push(h.to_vec()))
+        .unwrap();
+    out
+}
+
+/// The encoders' bidirectional attention and norms after the residual:
+/// their hidden states agree in f32 to float precision and, quantized,
+/// each backend stays as close to the exact math as the other (within a
+/// factor of 2); neither makes logits.
+#[test]
+fn encoders_match_the_cpu() {
+    let (cpu, g) = (CpuBackend::new().unwrap(), gpu());
+    let tokens: Vec<u32> = (0..24).map(|i| (i * 37 + 11) % 297 + 3).collect();
+    for arch in ["bert", "nomic-bert"] {
+        let layout = SyntheticLayout::tiny(arch).unwrap();
+        let f32_file = Gguf::from_bytes(
+            layout
+                .clone()
+                .with_matrix_type(GgmlType::F32)
+                .write(3)
+                .unwrap(),
+        )
+        .unwrap();
+        let want = hidden(&Model::load(&f32_file, &cpu).unwrap(), &tokens);
+        let gm = Model::load(&f32_file, &g).unwrap();
+        let d = max_diff(&hidden(&gm, &tokens), &want);
+        eprintln!("{arch}: f32 hidden states differ by {d:.2e}");
+        assert!(d <= 1e-3, "{arch}: {d}");
+        let mut s = gm.session(8, 8).unwrap();
+        let err = gm.forward(&mut s, &tokens[..4]).unwrap_err().to_string();
+        assert!(err.contains("embedding model"), "{err}");
+
+        let file = Gguf::from_bytes(layout.write(3).unwrap()).unwrap();
+        let exact = hidden(&Model::load(&dequantized(&file), &cpu).unwrap(), &tokens);
+        let c = max_diff(&hidden(&Model::load(&file, &cpu).unwrap(), &tokens), &exact);
+        let q = max_diff(&hidden(&Model::load(&file, &g).unwrap(), &tokens), &exact);
+        eprintln!("{arch}: distance from exact math: cpu {c:.4}, gpu {q:.4}");
+        assert!(q <= 2.0 * c && c <= 2.0 * q, "{arch}: cpu {c} gpu {q}");
+    }
+}
+
 /// SmolLM2-135M's exact layout (30 layers, Q4_1, Q8_0 tied embedding).
 #[test]
 fn smollm2_layout_matches_the_cpu() {
