@@ -192,6 +192,7 @@ fn bench_native<B: Backend>(
 ) -> Result<()> {
     let adapters = args.lora.open()?;
     let mut model = Model::load(&l.file, backend)?;
+    model.check_logits()?;
     let loras = load::add_loras(&mut model, &adapters)?;
     let vocab = model.config().vocab_size as u32;
     let depth = args.n_depth;
@@ -302,6 +303,7 @@ fn profile_decode<B: Backend>(
     let p = Profiled::new(backend);
     let adapters = args.lora.open()?;
     let mut model = Model::load(&l.file, &p)?;
+    model.check_logits()?;
     let loras = load::add_loras(&mut model, &adapters)?;
     let vocab = model.config().vocab_size as u32;
     let n = args.n_gen.max(1);

@@ -130,6 +130,7 @@ pub fn run(args: &ChatArgs) -> Result<()> {
 fn chat<B: Backend>(args: &ChatArgs, l: &Loaded, backend: &B) -> Result<()> {
     let adapters = args.lora.open()?;
     let mut model = Model::load(&l.file, backend)?;
+    model.check_logits()?;
     let loras = load::add_loras(&mut model, &adapters)?;
     let tpl = template(l)?;
     let ctx = context_len(args.ctx_size, model.config().context_length);

@@ -45,15 +45,20 @@ fn parse_pooling(s: &str) -> Result<Pooling, String> {
 }
 
 /// The pooling a model's metadata names, else mean (a generative model's
-/// usual embedding).
-pub fn model_pooling(l: &load::Loaded) -> Pooling {
+/// usual embedding). A reranker's (`pooling_type` 4, rank) is refused.
+pub fn model_pooling(l: &load::Loaded) -> Result<Pooling> {
     let md = l.file.metadata();
-    md.get_str("general.architecture")
+    let named = md
+        .get_str("general.architecture")
         .ok()
-        .and_then(|arch| md.get_u32(&format!("{arch}.pooling_type")).ok())
-        .and_then(Pooling::from_gguf)
-        .filter(|&p| p != Pooling::None)
-        .unwrap_or(Pooling::Mean)
+        .and_then(|arch| md.get_u32(&format!("{arch}.pooling_type")).ok());
+    match named {
+        Some(4) => bail!("the model ranks (pooling_type 4, a reranker): not supported"),
+        _ => Ok(named
+            .and_then(Pooling::from_gguf)
+            .filter(|&p| p != Pooling::None)
+            .unwrap_or(Pooling::Mean)),
+    }
 }
 
 pub fn run(args: &EmbedArgs) -> Result<()> {
@@ -66,7 +71,10 @@ pub fn run(args: &EmbedArgs) -> Result<()> {
 
 fn embed_all<B: Backend>(args: &EmbedArgs, l: &load::Loaded, backend: &B) -> Result<()> {
     let model = Model::load(&l.file, backend)?;
-    let pooling = args.pooling.unwrap_or_else(|| model_pooling(l));
+    let pooling = match args.pooling {
+        Some(p) => p,
+        None => model_pooling(l)?,
+    };
     let prompts = args
         .prompt
         .iter()
@@ -76,7 +84,12 @@ fn embed_all<B: Backend>(args: &EmbedArgs, l: &load::Loaded, backend: &B) -> Res
     if prompts.iter().any(Vec::is_empty) {
         bail!("a prompt tokenizes to no tokens");
     }
-    let mut session = model.session(longest, args.batch_size.min(longest))?;
+    // (An encoder reads each prompt in one batch.)
+    let batch = match model.config().encoder {
+        true => longest,
+        false => args.batch_size.min(longest),
+    };
+    let mut session = model.session(longest, batch)?;
     let mut vectors = Vec::new();
     for ids in &prompts {
         for mut v in embedding::embed(&model, &mut session, ids, pooling)? {

@@ -110,6 +110,7 @@ fn collect<B: Backend>(
     mut matrix: Imatrix,
 ) -> Result<Imatrix> {
     let model = Model::load(&l.file, backend)?;
+    model.check_logits()?;
     let text = Chunks::new(l, text, file, &args.run)?;
     let (ctx, n_chunks) = (text.ctx, text.n_chunks);
     eprintln!(

@@ -129,6 +129,7 @@ fn score<B: Backend>(
 ) -> Result<()> {
     let adapters = args.lora.open()?;
     let mut model = Model::load(&l.file, backend)?;
+    model.check_logits()?;
     let loras = load::add_loras(&mut model, &adapters)?;
     let base_file = match &args.kl_divergence {
         Some(name) => {

@@ -417,6 +417,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
 fn run_native<B: Backend>(args: &RunArgs, text: &str, l: &load::Loaded, backend: &B) -> Result<()> {
     let adapters = args.lora.open()?;
     let mut model = Model::load(&l.file, backend)?;
+    model.check_logits()?;
     let loras = load::add_loras(&mut model, &adapters)?;
     let prompt = if args.chat {
         crate::chat::render_user_turn(l, args.system.as_deref(), text)?

@@ -1358,8 +1358,10 @@ impl<'a, B: Backend> Model<'a, B> {
         Ok(())
     }
 
-    /// Refuses an encoder's logits.
-    fn check_logits(&self) -> Result<()> {
+    /// Fails with [`Error::NoLogits`] for an encoder, which makes
+    /// embeddings ([`Model::forward_embeddings`]) and no logits: what a
+    /// tool that generates or scores text checks first.
+    pub fn check_logits(&self) -> Result<()> {
         match self.config.encoder {
             true => Err(Error::NoLogits(self.config.arch.name())),
             false => Ok(()),

@@ -240,9 +240,10 @@ fn serve<B: Backend>(
         .and_then(|mut model| {
             let loras = load::add_loras(&mut model, &adapters)?;
             let scratch = model.batch_scratch(cfg.parallel)?;
-            Ok((model, loras, scratch))
+            let pooling = crate::embed::model_pooling(l)?;
+            Ok((model, loras, scratch, pooling))
         });
-    let (model, loras, scratch) = match started {
+    let (model, loras, scratch, pooling) = match started {
         Ok(m) => m,
         Err(e) => {
             let _ = ready.send(Err(e));
@@ -261,7 +262,7 @@ fn serve<B: Backend>(
         waiting: VecDeque::new(),
         kept: VecDeque::new(),
         embeds: None,
-        pooling: crate::embed::model_pooling(l),
+        pooling,
     };
     let _ = ready.send(Ok(Ready {
         name: l.name.clone(),
@@ -432,9 +433,14 @@ impl<'m, B: Backend> Engine<'m, '_, B> {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
             };
             if self.embeds.is_none() {
+                // (An encoder reads a prompt in one batch.)
+                let batch = match self.model.config().encoder {
+                    true => self.prompts.ctx,
+                    false => self.cfg.batch,
+                };
                 let s = self
                     .model
-                    .session_with_kv(self.prompts.ctx, self.cfg.batch, self.cfg.kv_dtype)
+                    .session_with_kv(self.prompts.ctx, batch, self.cfg.kv_dtype)
                     .map_err(server_error)?;
                 self.embeds = Some(s);
             }
@@ -540,6 +546,10 @@ impl<'m, B: Backend> Engine<'m, '_, B> {
     }
 
     fn start(&mut self, job: &Job) -> Result<Start<'m, B>, ApiError> {
+        if self.model.config().encoder {
+            let e = realm_models::Error::NoLogits(self.model.config().arch.name());
+            return Err(ApiError::invalid(None, format!("{e}: ask /v1/embeddings")));
+        }
         let prompt = self.prompts.tokens(&job.input)?;
         // Kept caches are of the whole context, so that any later request
         // fits one.

@@ -80,3 +80,57 @@ fn smollm2_embeddings_match_llama_cpp() {
 fn gemma3_embeddings_match_llama_cpp() {
     check(&catalog::GEMMA3, 0.995);
 }
+
+/// An encoder through the command line: `realm embed` pools as the file
+/// says (BERT's CLS, Nomic BERT's mean) into unit vectors; generating,
+/// scoring and benchmarking refuse it by name, as does a reranker's
+/// pooling.
+#[test]
+fn encoders_embed_and_refuse_generation() {
+    let dir = std::env::temp_dir().join(format!("realm-encoders-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (layout, pooling) in [("tiny-bert", "Cls"), ("tiny-nomic-bert", "Mean")] {
+        let path = dir.join(format!("{layout}.gguf"));
+        let path = path.to_str().unwrap();
+        let (ok, _, stderr) = realm(&["synth", layout, "-o", path, "--seed", "3"]);
+        assert!(ok, "{stderr}");
+        let (ok, stdout, stderr) = realm(&["embed", path, "-p", "a b c", "-p", "d e", "--json"]);
+        assert!(ok, "{stderr}");
+        assert!(stderr.contains(&format!("({pooling} pooling)")), "{stderr}");
+        let got: Value = serde_json::from_str(&stdout).unwrap();
+        for d in got["data"].as_array().unwrap() {
+            let v = floats(&d["embedding"]);
+            assert_eq!(v.len(), 64);
+            let length = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+            assert!((length - 1.0).abs() < 1e-4, "{length}");
+        }
+        let text = dir.join("text.txt");
+        std::fs::write(&text, "a b c d e f g h ".repeat(20)).unwrap();
+        let text = text.to_str().unwrap();
+        for args in [
+            vec!["run", path, "-p", "a b", "-n", "2"],
+            vec!["bench", path, "-p", "8", "-n", "2"],
+            vec!["perplexity", path, "-f", text, "-c", "16"],
+        ] {
+            let (ok, _, stderr) = realm(&args);
+            assert!(
+                !ok && stderr.contains("is an embedding model"),
+                "{args:?}: {stderr}"
+            );
+        }
+    }
+    let path = dir.join("rank.gguf");
+    let path = path.to_str().unwrap();
+    let (ok, _, stderr) = realm(&[
+        "synth",
+        "tiny-bert",
+        "-o",
+        path,
+        "--override-kv",
+        "bert.pooling_type=int:4",
+    ]);
+    assert!(ok, "{stderr}");
+    let (ok, _, stderr) = realm(&["embed", path, "-p", "a b"]);
+    assert!(!ok && stderr.contains("reranker"), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
