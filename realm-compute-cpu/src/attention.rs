@@ -343,10 +343,10 @@ fn check_params(
             what: "soft-cap must be positive and finite",
         });
     }
-    if p.bidirectional && (p.sliding_window.is_some() || p.chunk.is_some() || p.alibi.is_some()) {
+    if p.bidirectional && (p.chunk.is_some() || p.alibi.is_some()) {
         return Err(BackendError::InvalidParameter {
             op: OP,
-            what: "bidirectional attention with a window, chunks or ALiBi",
+            what: "bidirectional attention with chunks or ALiBi",
         });
     }
     let width = p.n_heads * p.head_dim;
@@ -469,25 +469,22 @@ fn dequantize_layer<'b>(
 }
 
 /// Attention for `q.len() / head_dim` consecutive query heads of one token
-/// (which sees the keys up to position `pos`: its own, or a bidirectional
-/// call's last)
-/// that share the key/value head `kv_head`, with their sinks if they have
-/// them; `scores` holds at least that many times [`scores_per_head`]
-/// values.
+/// that share the key/value head `kv_head`, over the keys at positions
+/// `lo..=pos` ([`visible_keys`]), with their sinks if they have them;
+/// `scores` holds at least that many times [`scores_per_head`] values.
 #[allow(clippy::too_many_arguments)]
 fn group_attention(
     isa: Isa,
     src: &Source<'_>,
     layer: usize,
     kv_head: usize,
-    pos: usize,
+    (lo, pos): (usize, usize),
     (q, sinks, slopes): (&[f32], Option<&[f32]>, Option<&[f32]>),
     p: &AttentionParams,
     scores: &mut [f32],
     out: &mut [f32],
 ) {
     let hd = p.head_dim;
-    let lo = p.first_key(pos);
     let score = Scoring {
         scale: p.scale,
         softcap: p.softcap,
@@ -644,6 +641,18 @@ impl Scoring<'_> {
     }
 }
 
+/// The first and last key positions a query at `pos` sees in a call that
+/// ends at position `ctx - 1`: causal, from its window's or chunk's start
+/// to its own; bidirectional, the whole call, or llama.cpp's symmetric
+/// window (`pos - w / 2 ..= pos + w / 2`).
+fn visible_keys(p: &AttentionParams, pos: usize, ctx: usize) -> (usize, usize) {
+    match (p.bidirectional, p.sliding_window) {
+        (false, _) => (p.first_key(pos), pos),
+        (true, None) => (0, ctx - 1),
+        (true, Some(w)) => (pos.saturating_sub(w / 2), (pos + w / 2).min(ctx - 1)),
+    }
+}
+
 /// Score slots per head for a query that sees up to `ctx` positions: whole
 /// tiles, plus one for a window that starts inside a tile.
 fn scores_per_head(ctx: usize) -> usize {
@@ -741,7 +750,7 @@ pub(crate) fn attention(
     // token) or without AVX2; else the kernels dequantize in registers.
     let src = match cache.store {
         Store::Q8 { .. } if be.isa != Isa::Avx2 || n >= FLAT_TOKENS => {
-            let first = p.first_key(start_pos);
+            let first = visible_keys(p, start_pos, ctx).0;
             dequantize_layer(cache, layer, first, ctx, &mut ws.kv)
         }
         _ => Source::Cache(cache),
@@ -753,17 +762,12 @@ pub(crate) fn attention(
             let qh = &q[pair * hd..(pair + g) * hd];
             let sinks = p.sinks.map(|s| &s[h..h + g]);
             let slopes = p.alibi.map(|s| &s[h..h + g]);
-            // The last key the token sees: its own, or the call's last.
-            let last = match p.bidirectional {
-                true => ctx - 1,
-                false => start_pos + t,
-            };
             group_attention(
                 isa,
                 &src,
                 layer,
                 h / group,
-                last,
+                visible_keys(p, start_pos + t, ctx),
                 (qh, sinks, slopes),
                 p,
                 scores,

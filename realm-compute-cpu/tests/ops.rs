@@ -127,8 +127,10 @@ proptest! {
     }
 
     #[test]
-    fn attention_matches_f64(n_kv in 1usize..3, group in 1usize..6, hd in 1usize..20, past in 0usize..20, n in 1usize..6, window in proptest::option::of(1usize..12), chunk in proptest::option::of(1usize..10), softcap in proptest::option::of(1f32..50.0), sinks in any::<bool>(), alibi in proptest::option::of(0.5f32..16.0), threads in 1usize..3, scalar in any::<bool>(), f16_cache in any::<bool>(), seed in any::<u64>()) {
+    fn attention_matches_f64(n_kv in 1usize..3, group in 1usize..6, hd in 1usize..20, past in 0usize..20, n in 1usize..6, window in proptest::option::of(1usize..12), chunk in proptest::option::of(1usize..10), softcap in proptest::option::of(1f32..50.0), sinks in any::<bool>(), alibi in proptest::option::of(0.5f32..16.0), threads in 1usize..3, scalar in any::<bool>(), f16_cache in any::<bool>(), bidirectional in any::<bool>(), seed in any::<u64>()) {
         let mut rng = Rng::new(seed);
+        // (An encoder's attention has neither chunks nor ALiBi.)
+        let (chunk, alibi) = if bidirectional { (None, None) } else { (chunk, alibi) };
         let n_heads = n_kv * group;
         let total = past + n;
         let dtype = if f16_cache { KvDtype::F16 } else { KvDtype::F32 };
@@ -145,7 +147,7 @@ proptest! {
         // Sinks from well below the scores to well above them.
         let sink = rng.f32s(n_heads, -4.0, 4.0);
         let slopes: Vec<f32> = (0..n_heads).map(|h| AttentionParams::alibi_slope(alibi.unwrap_or(0.0), n_heads, h)).collect();
-        let p = AttentionParams { n_heads, n_kv_heads: n_kv, head_dim: hd, scale: 1.0 / (hd as f32).sqrt(), sliding_window: window, chunk, softcap, sinks: sinks.then_some(&sink[..]), alibi: alibi.map(|_| &slopes[..]), bidirectional: false };
+        let p = AttentionParams { n_heads, n_kv_heads: n_kv, head_dim: hd, scale: 1.0 / (hd as f32).sqrt(), sliding_window: window, chunk, softcap, sinks: sinks.then_some(&sink[..]), alibi: alibi.map(|_| &slopes[..]), bidirectional };
         // ALiBi's slopes, from their definition: 2^(-8/n) to the powers
         // 1, 2, ... for a power of two of heads, the others interleaved.
         let slope = |h: usize| -> f64 {
@@ -161,12 +163,17 @@ proptest! {
         b.attention(&mut ws, &cache, KvSpan { layer: 1, start_pos: past }, &q, 0..n, &p, &mut out).unwrap();
         for t in 0..n {
             let pos = past + t;
-            // The window's start, or the chunk's where later.
-            let lo = window.map_or(0, |w| (pos + 1).saturating_sub(w)).max(chunk.map_or(0, |c| pos / c * c));
+            // The window's start, or the chunk's where later, to the
+            // query; bidirectional, the whole call or both sides of the
+            // query by half a window.
+            let (lo, hi) = match bidirectional {
+                false => (window.map_or(0, |w| (pos + 1).saturating_sub(w)).max(chunk.map_or(0, |c| pos / c * c)), pos),
+                true => window.map_or((0, total - 1), |w| (pos.saturating_sub(w / 2), (pos + w / 2).min(total - 1))),
+            };
             for h in 0..n_heads {
                 let g = h / group;
                 let qh = &q[(t * n_heads + h) * hd..][..hd];
-                let scores: Vec<f64> = (lo..=pos).map(|j| {
+                let scores: Vec<f64> = (lo..=hi).map(|j| {
                     let kj = &k[(j * n_kv + g) * hd..][..hd];
                     let s = qh.iter().zip(kj).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum::<f64>() * f64::from(p.scale);
                     let s = softcap.map_or(s, |c| f64::from(c) * (s / f64::from(c)).tanh());
@@ -178,7 +185,7 @@ proptest! {
                 // A sink adds to the denominator only.
                 let z = z + p.sinks.map_or(0.0, |k| (f64::from(k[h]) - max).exp());
                 for d in 0..hd {
-                    let want: f64 = (lo..=pos).zip(&scores).map(|(j, s)| (s - max).exp() / z * f64::from(v[(j * n_kv + g) * hd + d])).sum();
+                    let want: f64 = (lo..=hi).zip(&scores).map(|(j, s)| (s - max).exp() / z * f64::from(v[(j * n_kv + g) * hd + d])).sum();
                     prop_assert!(close(out[(t * n_heads + h) * hd + d], want, 1e-4, 1e-5));
                 }
             }
@@ -193,7 +200,7 @@ proptest! {
     /// those values does: scalar and AVX2, one thread or two, grouped
     /// heads, windows, soft-caps, sinks.
     #[test]
-    fn q8_0_cache_attends_as_f32_over_its_values(n_kv in 1usize..3, group in 1usize..5, blocks in 1usize..4, past in 0usize..40, n in 1usize..20, window in proptest::option::of(1usize..30), softcap in proptest::option::of(1f32..50.0), sinks in any::<bool>(), threads in 1usize..3, scalar in any::<bool>(), seed in any::<u64>()) {
+    fn q8_0_cache_attends_as_f32_over_its_values(n_kv in 1usize..3, group in 1usize..5, blocks in 1usize..4, past in 0usize..40, n in 1usize..20, window in proptest::option::of(1usize..30), softcap in proptest::option::of(1f32..50.0), sinks in any::<bool>(), threads in 1usize..3, scalar in any::<bool>(), bidirectional in any::<bool>(), seed in any::<u64>()) {
         let mut rng = Rng::new(seed);
         let hd = 32 * blocks;
         let n_heads = n_kv * group;
@@ -226,7 +233,7 @@ proptest! {
         b.kv_write(&mut b.workspace(), &mut f32s, at, &kr, &vr, 0..total).unwrap();
         let q = rng.f32s(n * n_heads * hd, -1.0, 1.0);
         let sink = rng.f32s(n_heads, -4.0, 4.0);
-        let p = AttentionParams { n_heads, n_kv_heads: n_kv, head_dim: hd, scale: 1.0 / (hd as f32).sqrt(), sliding_window: window, chunk: None, softcap, sinks: sinks.then_some(&sink[..]), alibi: None, bidirectional: false };
+        let p = AttentionParams { n_heads, n_kv_heads: n_kv, head_dim: hd, scale: 1.0 / (hd as f32).sqrt(), sliding_window: window, chunk: None, softcap, sinks: sinks.then_some(&sink[..]), alibi: None, bidirectional };
         let attend = |cache| {
             let mut out = vec![0.0; q.len()];
             b.attention(&mut b.workspace(), cache, KvSpan { layer: 1, start_pos: past }, &q, 0..n, &p, &mut out).unwrap();

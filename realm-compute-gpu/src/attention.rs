@@ -64,10 +64,10 @@ fn check_params(
             what: "the GPU backend has no chunked attention (Llama 4): run such a model on the CPU",
         });
     }
-    if p.bidirectional && (p.sliding_window.is_some() || p.chunk.is_some()) {
+    if p.bidirectional && p.chunk.is_some() {
         return Err(BackendError::InvalidParameter {
             op,
-            what: "bidirectional attention with a window or chunks",
+            what: "bidirectional attention with chunks",
         });
     }
     if p.alibi.is_some() {
@@ -321,8 +321,29 @@ impl AttentionOps for GpuBackend {
                 .map_err(dev_err(OP))?;
                 (0, len, Some(m))
             }
-            // Every query sees every key up to the call's last.
-            None if p.bidirectional => (0, at.start_pos + n, None),
+            // Every query sees every key up to the call's last, or those
+            // of its symmetric window.
+            None if p.bidirectional => {
+                let len = at.start_pos + n;
+                let m = p
+                    .sliding_window
+                    .map(|w| {
+                        let half = w / 2;
+                        let m: Vec<f32> = (0..n)
+                            .flat_map(|t| {
+                                let pos = at.start_pos + t;
+                                (0..len).map(move |j| match pos.abs_diff(j) <= half {
+                                    true => 0.0,
+                                    false => f32::NEG_INFINITY,
+                                })
+                            })
+                            .collect();
+                        Tensor::from_vec(m, (1, n, 1, len), &self.device)
+                    })
+                    .transpose()
+                    .map_err(dev_err(OP))?;
+                (0, len, m)
+            }
             None => {
                 // Keys the first query can see onwards (the window only narrows).
                 let lo = p

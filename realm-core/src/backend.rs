@@ -920,7 +920,8 @@ pub struct AttentionParams<'a> {
     /// Multiplier on `q . k` (usually `1 / sqrt(head_dim)`).
     pub scale: f32,
     /// If set, a query at position `p` sees only keys at positions
-    /// `p + 1 - w ..= p`.
+    /// `p + 1 - w ..= p` (with [`AttentionParams::bidirectional`]:
+    /// `p - w / 2 ..= p + w / 2`, llama.cpp's symmetric window).
     pub sliding_window: Option<usize>,
     /// If set, a query at position `p` sees only keys of its own chunk of
     /// `c` positions (Llama 4's chunked attention): `c * (p / c) ..= p`.
@@ -941,8 +942,8 @@ pub struct AttentionParams<'a> {
     pub alibi: Option<&'a [f32]>,
     /// If set, every query of a call sees the keys of all the call's
     /// positions (and those before them), not only those up to its own:
-    /// an encoder's attention (BERT's), whose input is one call. Neither a
-    /// window, chunks nor ALiBi go with it.
+    /// an encoder's attention (BERT's), whose input is one call; a window
+    /// then spans both sides. Neither chunks nor ALiBi go with it.
     pub bidirectional: bool,
 }
 
