@@ -8,7 +8,7 @@ use crate::{Error, Result};
 impl Vocab {
     /// Reads the `tokenizer.ggml.*` keys of a GGUF file.
     ///
-    /// Required: `model` (`llama`, `gpt2` or `gemma4`) and `tokens`;
+    /// Required: `model` (`llama`, `gpt2`, `gemma4` or `bert`) and `tokens`;
     /// `merges` for `gpt2` and `gemma4`. Everything else is optional, as in
     /// llama.cpp. A `gemma4` model's pre-tokenizer is `gemma4`, whatever
     /// `tokenizer.ggml.pre` says.
@@ -16,7 +16,7 @@ impl Vocab {
         let model = md.get_str("tokenizer.ggml.model")?;
         let kind = VocabKind::from_model_name(model).ok_or_else(|| {
             Error::Tokenizer(format!(
-                "unsupported tokenizer model `{model}` (tokenizer.ggml.model); supported: llama, gpt2, gemma4"
+                "unsupported tokenizer model `{model}` (tokenizer.ggml.model); supported: llama, gpt2, gemma4, bert"
             ))
         })?;
         let tokens = md.get_str_array("tokenizer.ggml.tokens")?.to_vec();
@@ -80,6 +80,9 @@ impl Vocab {
             add_bos: flag("tokenizer.ggml.add_bos_token")?,
             add_eos: flag("tokenizer.ggml.add_eos_token")?,
             add_space_prefix: flag("tokenizer.ggml.add_space_prefix")?,
+            add_sep: flag("tokenizer.ggml.add_sep_token")?,
+            lowercase: flag("tokenizer.ggml.normalizer.lowercase")?,
+            strip_accents: flag("tokenizer.ggml.normalizer.strip_accents")?,
         })
     }
 }

@@ -1,13 +1,14 @@
 //! Tokenizers built from GGUF metadata, token for token identical to
 //! llama.cpp's.
 //!
-//! Two vocabulary kinds are supported (see [`VocabKind`]): SentencePiece-style
-//! BPE by scores with byte fallback (`llama`, as Gemma uses) and BPE by
-//! merge rank (`gpt2`) with the pre-tokenizer `tokenizer.ggml.pre` names
-//! (`default`, `gpt2`, `llama3`/`llama-bpe`, `qwen2`, `smollm`,
-//! `starcoder`, `deepseek-llm` and their aliases): byte-level, or over
-//! `▁`-escaped characters with `<0xXX>` byte fallback for `gemma4` (Gemma
-//! 4's `tokenizer.ggml.model`, which implies that pre-tokenizer).
+//! Three vocabulary kinds are supported (see [`VocabKind`]):
+//! SentencePiece-style BPE by scores with byte fallback (`llama`, as Gemma
+//! uses), BPE by merge rank (`gpt2`) with the pre-tokenizer
+//! `tokenizer.ggml.pre` names (`default`, `gpt2`, `llama3`/`llama-bpe`,
+//! `qwen2`, `smollm`, `starcoder`, `deepseek-llm` and their aliases):
+//! byte-level, or over `▁`-escaped characters with `<0xXX>` byte fallback
+//! for `gemma4` (Gemma 4's `tokenizer.ggml.model`, which implies that
+//! pre-tokenizer), and WordPiece (`bert`, BERT-family embedding models).
 //!
 //! ```
 //! use realm_core::tokenizer::{Tokenizer, Vocab, VocabKind};
@@ -37,6 +38,7 @@ mod trie;
 mod unicode;
 mod unicode_tables;
 mod vocab;
+mod wpm;
 
 pub use decode::StreamDecoder;
 pub use hash::{FastMap, FxHasher};
@@ -47,6 +49,7 @@ use bpe::{BpeModel, BpeSession};
 use pretokenize::{PreOptions, PreTokenizer};
 use special::{Fragment, SpecialMatcher, SpecialToken};
 use spm::SpmSession;
+use wpm::{WpmModel, WpmSession};
 
 use crate::{Error, Result};
 
@@ -85,11 +88,15 @@ pub struct Tokenizer {
     eog: Vec<u32>,
     add_bos: bool,
     add_eos: bool,
+    /// The model wants a separator after its input (`add_sep_token`).
+    add_sep: bool,
     add_space_prefix: bool,
     clean_spaces: bool,
     /// SPM: the token of each byte (`<0xNN>`).
     byte_tokens: [Option<u32>; 256],
     bpe: Option<BpeModel>,
+    /// WordPiece's normalizer options, for `VocabKind::Wpm`.
+    wpm: Option<WpmModel>,
     specials: SpecialMatcher,
     /// Every token's piece in a trie, built on first use.
     trie: std::sync::OnceLock<PieceTrie>,
@@ -204,7 +211,7 @@ impl Tokenizer {
 
         let options = match vocab.kind {
             VocabKind::Bpe => Some(PreOptions::from_name(vocab.pre.as_deref().unwrap_or(""))?),
-            VocabKind::Spm => None,
+            VocabKind::Spm | VocabKind::Wpm => None,
         };
 
         let mut texts: Vec<Box<str>> = Vec::with_capacity(n);
@@ -241,6 +248,13 @@ impl Tokenizer {
                 let (bos, eos) = options.map_or((None, None), |o| o.default_bos_eos);
                 (bos, eos, None)
             }
+            // BERT's: [CLS] begins, [UNK], no end of sequence.
+            VocabKind::Wpm => (Some(101), None, Some(100)),
+        };
+        let (sep, pad, mask) = match vocab.kind {
+            // [SEP], [PAD], [MASK].
+            VocabKind::Wpm => (Some(102), Some(0), Some(103)),
+            VocabKind::Spm | VocabKind::Bpe => (None, None, None),
         };
         let mut special = SpecialTokens {
             bos: pick(s.bos, bos),
@@ -248,9 +262,9 @@ impl Tokenizer {
             eot: in_range(s.eot),
             eom: in_range(s.eom),
             unk: pick(s.unk, unk),
-            sep: in_range(s.sep),
-            pad: in_range(s.pad),
-            mask: in_range(s.mask),
+            sep: pick(s.sep, sep),
+            pad: pick(s.pad, pad),
+            mask: pick(s.mask, mask),
         };
         let add_bos = match options {
             // llama.cpp overrides Gemma 4 files that say not to add BOS.
@@ -259,10 +273,21 @@ impl Tokenizer {
             None => vocab.add_bos.unwrap_or(true),
         };
         let add_eos = vocab.add_eos.unwrap_or(false);
+        let add_sep = vocab.add_sep.unwrap_or(vocab.kind == VocabKind::Wpm);
         let add_space_prefix = vocab
             .add_space_prefix
             .unwrap_or(vocab.kind == VocabKind::Spm);
-        let clean_spaces = options.is_some_and(|o| o.clean_spaces);
+        let clean_spaces = vocab.kind == VocabKind::Wpm || options.is_some_and(|o| o.clean_spaces);
+        let wpm = (vocab.kind == VocabKind::Wpm).then(|| {
+            // llama.cpp lowercases unless told not to; accents go with
+            // the case unless the file says otherwise.
+            let lowercase = vocab.lowercase.unwrap_or(true);
+            WpmModel {
+                lowercase,
+                strip_accents: vocab.strip_accents.unwrap_or(lowercase),
+                max_token_len: texts.iter().map(|t| t.len()).max().unwrap_or(0),
+            }
+        });
 
         // Tokens recognised by their text: end of turn, fill-in-the-middle,
         // end of generation. Those become control tokens.
@@ -397,10 +422,12 @@ impl Tokenizer {
             eog,
             add_bos,
             add_eos,
+            add_sep,
             add_space_prefix,
             clean_spaces,
             byte_tokens,
             bpe,
+            wpm,
             specials,
             trie: std::sync::OnceLock::new(),
         })
@@ -413,10 +440,32 @@ impl Tokenizer {
     /// tokens written in the text (`<|im_start|>`, `<start_of_turn>`) as
     /// single tokens instead of tokenizing their characters. User-defined
     /// tokens are always matched.
+    ///
+    /// A WordPiece (BERT) vocabulary, as llama.cpp's, always frames the
+    /// text with `[CLS]` (its BOS) and `[SEP]` when `add_special` is set,
+    /// whatever `add_bos_token` and `add_sep_token` say.
     pub fn encode(&self, text: &str, add_special: bool, parse_special: bool) -> Result<Vec<u32>> {
         let mut out = Vec::with_capacity(text.len() / 3 + 2);
         let mut fragments = Vec::new();
         self.specials.partition(text, parse_special, &mut fragments);
+        if let Some(model) = &self.wpm {
+            if add_special {
+                out.push(self.required(self.special.bos, "BOS")?);
+            }
+            let mut session = WpmSession::default();
+            for f in &fragments {
+                match f {
+                    Fragment::Text(r) => {
+                        session.tokenize(self, model, &text[r.clone()], &mut out)?
+                    }
+                    Fragment::Token(id) => out.push(*id),
+                }
+            }
+            if add_special {
+                out.push(self.required(self.special.sep, "SEP")?);
+            }
+            return Ok(out);
+        }
         if add_special && self.add_bos {
             out.push(self.required(self.special.bos, "BOS")?);
         }
@@ -564,7 +613,10 @@ impl Tokenizer {
         &self.eog
     }
 
-    /// Whether `encode(.., add_special = true, ..)` prepends BOS.
+    /// Whether `encode(.., add_special = true, ..)` prepends BOS. (A
+    /// WordPiece vocabulary prepends `[CLS]` whatever this says, as
+    /// llama.cpp does; decoding with `remove_special` drops a leading BOS
+    /// only where it is set.)
     pub fn add_bos(&self) -> bool {
         self.add_bos
     }
@@ -572,5 +624,17 @@ impl Tokenizer {
     /// Whether `encode(.., add_special = true, ..)` appends EOS.
     pub fn add_eos(&self) -> bool {
         self.add_eos
+    }
+
+    /// Whether the model wants a separator (`[SEP]`) after its input
+    /// (`tokenizer.ggml.add_sep_token`; true by default for WordPiece,
+    /// whose `encode` with special tokens always appends it).
+    pub fn add_sep(&self) -> bool {
+        self.add_sep
+    }
+
+    /// Separator token (`[SEP]` for WordPiece).
+    pub fn sep(&self) -> Option<u32> {
+        self.special.sep
     }
 }

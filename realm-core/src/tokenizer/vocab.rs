@@ -12,6 +12,12 @@ pub enum VocabKind {
     /// with the pre-tokenizer `gemma4`: merges over the text's characters
     /// with spaces as `▁`, not over bytes.
     Bpe,
+    /// `bert`: WordPiece (BERT-family embedding models). The text is
+    /// normalized (lowercased and stripped of accents where the model says
+    /// so), split at whitespace and around punctuation and CJK
+    /// ideographs, and each word is matched greedily, longest piece first;
+    /// a word with any part left unmatched becomes the unknown token.
+    Wpm,
 }
 
 impl VocabKind {
@@ -20,6 +26,7 @@ impl VocabKind {
         match name {
             "llama" => Some(Self::Spm),
             "gpt2" | "gemma4" => Some(Self::Bpe),
+            "bert" => Some(Self::Wpm),
             _ => None,
         }
     }
@@ -113,6 +120,17 @@ pub struct Vocab {
     pub add_eos: Option<bool>,
     /// `tokenizer.ggml.add_space_prefix` (SPM).
     pub add_space_prefix: Option<bool>,
+    /// `tokenizer.ggml.add_sep_token`: whether the model wants a separator
+    /// after its input (default: true for WordPiece). Informational, as in
+    /// llama.cpp: a WordPiece encode with special tokens always ends with
+    /// the separator.
+    pub add_sep: Option<bool>,
+    /// `tokenizer.ggml.normalizer.lowercase` (WordPiece): lowercase the
+    /// text before matching (default true).
+    pub lowercase: Option<bool>,
+    /// `tokenizer.ggml.normalizer.strip_accents` (WordPiece): decompose
+    /// (NFD) and drop combining marks (default: as `lowercase`).
+    pub strip_accents: Option<bool>,
 }
 
 impl Vocab {
@@ -129,6 +147,9 @@ impl Vocab {
             add_bos: None,
             add_eos: None,
             add_space_prefix: None,
+            add_sep: None,
+            lowercase: None,
+            strip_accents: None,
         }
     }
 }
