@@ -11,11 +11,19 @@ Python's jinja2 (the reference implementation of HF chat templates).
 Needs: pip install llama-cpp-python jinja2 gguf
 
     python3 scripts/gen_tokenizer_fixtures.py            # all models found
+    python3 scripts/gen_tokenizer_fixtures.py bert-bge   # only these fixtures
     REALM_MODELS=/path/to/models python3 scripts/gen_tokenizer_fixtures.py
 
 Models are looked up in $REALM_MODELS (default ~/.cache/realm/models); the
 vocabulary-only files of llama.cpp's test suite (models/ggml-vocab-*.gguf in
 the llama.cpp repository) in its `vocab/` subfolder.
+
+A variant fixture (VARIANTS) runs llama.cpp on a copy of a vocabulary with
+some metadata keys changed (written to a temporary folder) and records the
+keys in its "metadata" field, for the test to set the same. Where llama.cpp's
+own test strings for a vocabulary are there (its `.inp` file beside it), they
+join the corpus, and llama.cpp's ids for them are first checked against the
+`.out` file, as llama.cpp's test-tokenizer-0 does.
 """
 import ctypes
 import json
@@ -23,6 +31,7 @@ import os
 import pathlib
 import random
 import sys
+import tempfile
 
 import gguf
 import jinja2
@@ -43,7 +52,41 @@ TARGETS = {
     "falcon": ("vocab/ggml-vocab-falcon.gguf", ["<|endoftext|>", ">>ABSTRACT<<"]),
     "deepseek-llm": ("vocab/ggml-vocab-deepseek-llm.gguf", ["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"]),
     "llama-spm": ("vocab/ggml-vocab-llama-spm.gguf", ["<s>", "</s>"]),
+    "bert-bge": ("vocab/ggml-vocab-bert-bge.gguf", ["[CLS]", "[SEP]", "[MASK]", "[UNK]", "[PAD]"]),
 }
+
+# name -> (the target it changes, metadata keys set on a copy of its file)
+VARIANTS = {
+    # A cased WordPiece model: no lowercasing, so no accent stripping either.
+    "bert-bge-cased": ("bert-bge", {"tokenizer.ggml.normalizer.lowercase": False}),
+    # Lowercased with the accents kept.
+    "bert-bge-accents": ("bert-bge", {"tokenizer.ggml.normalizer.strip_accents": False}),
+}
+
+# Targets whose corpus takes WordPiece's extra strings and llama.cpp's own
+# test strings for the file (its `.inp`, checked against its `.out`).
+WORDPIECE = {"bert-bge", "bert-bge-cased", "bert-bge-accents"}
+
+# What WordPiece's normalizer and greedy matching meet: case, accents and
+# marks, scripts split per character, punctuation and symbols, controls,
+# words longer than any piece and words no piece covers.
+WORDPIECE_EXTRA = [
+    "HELLO World", "Hello WORLD!", "ÄPFEL und Äpfel", "ÜBER über Über", "Ångström Å Å", "İstanbul",
+    "ΣΊΣΥΦΟΣ Σίσυφος", "ǅemal ǈ", "Straße STRASSE", "ＨＥＬＬＯ ｗｏｒｌｄ", "ﬁne ﬂow ﬀ", "Ⅻ ⅻ",
+    "e\u0301\u0301", "a\u0300\u0316b", "\u0308", "n\u0303o", "ñandú", "Crème Brûlée", "ÀÉÎÕÜ àéîõü",
+    "Zürich, Genève & Köln", "résumé-naïve", "ḱṓ ẞ", "Łódź", "Ærøskøbing",
+    "漢字", "日本語", "中文字符和English混合", "豈更車", "\U00020000\U0002A6DF\U0002B920", "\U0002F800",
+    "ｶﾀｶﾅ ｶﾞ", "ㄅㄆㄇ", "한국어 텍스트", "각", "〇一二", "\u3400\u4dbf", "。、「」",
+    "supercalifragilisticexpialidocious", "pneumonoultramicroscopicsilicovolcanoconiosis",
+    "antidisestablishmentarianism", "a" * 120, "ab" * 60, "xqzjvkwpq", "qqqqq zzzzz", "hellozzz world",
+    "w048 7tuijk dsdfhu", "1,234.56", "$100 + 5% = ?", "2+2=4", "a<b>c", "x^y|z~w", "`code`",
+    "a—b–c", "«quoted» „German“ “smart”", "don't won't can't", "U.S.A.", "e.g., i.e.", "(a) [b] {c}",
+    "#hashtag @user", "50°C ±2 µm", "€5 £3 ¥7", "©®™", "→ ← ↑", "∑∫√", "½ ¼ ¾",
+    "hello\u0007world", "a\u00adb", "x\u200by", "\u200d\u200c", "tab\tsep\nline\rret", "\x0b\x0c",
+    "a\u0000b", "a\ufffdb", "\ue000\U000f0000", "\u0378\u0379", "\u2028\u2029",
+    "[CLS] hello [SEP] world [MASK]", "[cls] [sep] [mask]", "[UNK]", "[PAD] [unused0]", "[CLS][SEP]",
+    "the [MASK] sat on the mat.", "[MASK]ed", "x[SEP]y",
+]
 
 # Chat templates for files without one: the same files realm-core embeds.
 BUILTIN_TEMPLATES = ROOT / "realm-core/src/chat"
@@ -90,9 +133,22 @@ FRAGMENTS = [
 ]
 
 
-def corpus(specials):
+def llama_tests(path):
+    """llama.cpp's test strings for a vocabulary and their ids, or []."""
+    inp, out = pathlib.Path(f"{path}.inp"), pathlib.Path(f"{path}.out")
+    if not (inp.exists() and out.exists()):
+        return []
+    texts = inp.read_text(encoding="utf-8").split("\n__ggml_vocab_test__\n")
+    if texts and texts[-1] == "":
+        texts.pop()
+    ids = [[int(t) for t in line.split()] for line in out.read_text().splitlines()]
+    assert len(texts) == len(ids), (len(texts), len(ids))
+    return list(zip(texts, ids))
+
+
+def corpus(specials, extra=()):
     rng = random.Random(20240531)
-    texts = list(FIXED)
+    texts = list(FIXED) + [t for t in dict.fromkeys(extra) if t not in FIXED]
     for s in specials:
         texts += [s, f"{s}hello", f"a {s} b", f"{s}\n{s}", f"x{s}{s}y", f" {s} ", f"{s}user\nHi there!{s}\n"]
     while len(texts) < 360:
@@ -169,19 +225,57 @@ def chat_fixture(path, vocab_tokens, bos_id, eos_id):
     return {"source": source, "cases": cases}
 
 
+def with_metadata(src, dst, keys):
+    """Copies the tensorless GGUF `src` to `dst` with `keys` (name -> bool)
+    set."""
+    reader = gguf.GGUFReader(src)
+    arch = bytes(reader.fields["general.architecture"].parts[-1]).decode()
+    writer = gguf.GGUFWriter(dst, arch)
+    for field in reader.fields.values():
+        if field.name == "general.architecture" or field.name.startswith("GGUF.") or field.name in keys:
+            continue
+        vtype = field.types[0]
+        sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(field.name, field.contents(), vtype, sub_type=sub)
+    for key, value in keys.items():
+        writer.add_bool(key, value)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.close()
+
+
 def main():
     OUT.mkdir(parents=True, exist_ok=True)
+    wanted = set(sys.argv[1:])
+    unknown = wanted - set(TARGETS) - set(VARIANTS)
+    if unknown:
+        sys.exit(f"no fixture named {', '.join(sorted(unknown))}")
+    tmp = tempfile.TemporaryDirectory()
+    jobs = [(name, rel, specials, {}) for name, (rel, specials) in TARGETS.items()]
+    jobs += [(name, TARGETS[base][0], TARGETS[base][1], keys) for name, (base, keys) in VARIANTS.items()]
     done = 0
-    for name, (rel, specials) in TARGETS.items():
+    for name, rel, specials, keys in jobs:
+        if wanted and name not in wanted:
+            continue
         path = MODELS / rel
         if not path.exists():
             print(f"skip {name}: {path} not found")
             continue
-        llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+        tests = llama_tests(path) if name in WORDPIECE else []
+        load = path
+        if keys:
+            load = pathlib.Path(tmp.name) / f"{name}.gguf"
+            with_metadata(str(path), str(load), keys)
+        llm = llama_cpp.Llama(model_path=str(load), vocab_only=True, verbose=False)
         vocab = llm._model.vocab
         n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
+        if tests and not keys:
+            wrong = [t for t, ids in tests if tokenize(vocab, t.encode("utf-8"), False, False) != ids]
+            assert not wrong, f"{name}: llama.cpp disagrees with its own .out on {wrong!r}"
+            print(f"{name}: llama.cpp matches its .out on all {len(tests)} test strings")
+        extra = (WORDPIECE_EXTRA + [t for t, _ in tests]) if name in WORDPIECE else []
         cases = []
-        for text in corpus(specials):
+        for text in corpus(specials, extra):
             data = text.encode("utf-8")
             plain = tokenize(vocab, data, False, False)
             special = tokenize(vocab, data, True, True)
@@ -194,6 +288,7 @@ def main():
             })
         fixture = {
             "model": rel,
+            **({"metadata": keys} if keys else {}),
             "llama_cpp_python": llama_cpp.__version__,
             "n_vocab": n_vocab,
             "bos": llama_cpp.llama_vocab_bos(vocab),

@@ -31,7 +31,8 @@ const VOCAB_SDIST: &str = "llama-cpp-python==0.3.36";
 const VOCAB_MEMBERS: &str = "llama_cpp_python-0.3.36/vendor/llama.cpp/models/";
 
 /// The vocabularies realm-core's tokenizer fixtures name (`vocab/...`),
-/// with their sha256.
+/// and llama.cpp's own test strings for one (`.inp`) with its ids
+/// (`.out`), with their sha256.
 const VOCABS: &[(&str, &str)] = &[
     (
         "ggml-vocab-gpt-2.gguf",
@@ -60,6 +61,18 @@ const VOCABS: &[(&str, &str)] = &[
     (
         "ggml-vocab-falcon.gguf",
         "9f0bf8b0733680398b72e652e90f260f43782f326e75545fc0e49611a5ba35ad",
+    ),
+    (
+        "ggml-vocab-bert-bge.gguf",
+        "fbcbe22278fb302694d5f4a41bfe48c5f90e8e3554eab1c0435387dff654a854",
+    ),
+    (
+        "ggml-vocab-bert-bge.gguf.inp",
+        "be0a11f7071f0c67d3053a2d377d8f35f0dbcb77ff11a60300fb57d36b477cf0",
+    ),
+    (
+        "ggml-vocab-bert-bge.gguf.out",
+        "8f95b1d4e5680634af06ac5a1b19f15ddeb743d3a6240056625e4345a4b06917",
     ),
 ];
 

@@ -3,12 +3,14 @@
 //! holds a corpus of strings with llama.cpp's ids and detokenized text for one
 //! model. The model files are read from `$REALM_MODELS` (default
 //! `~/.cache/realm/models`); a missing file skips its fixture with a message.
+//! A fixture with a `metadata` field was made from a copy of its model's
+//! file with those keys set; the test sets them on the vocabulary too.
 #![cfg(not(target_arch = "wasm32"))]
 
 use std::path::PathBuf;
 
 use realm_core::gguf::GgufFile;
-use realm_core::tokenizer::Tokenizer;
+use realm_core::tokenizer::{Tokenizer, Vocab};
 use serde_json::Value;
 
 fn models_dir() -> PathBuf {
@@ -38,7 +40,18 @@ fn load(fx: &Value) -> Option<Tokenizer> {
         return None;
     }
     let file = GgufFile::open(&path).expect("open model");
-    Some(Tokenizer::from_metadata(file.metadata()).expect("tokenizer"))
+    let mut vocab = Vocab::from_metadata(file.metadata()).expect("vocabulary");
+    if let Some(keys) = fx.get("metadata").and_then(Value::as_object) {
+        for (key, value) in keys {
+            let value = value.as_bool();
+            match key.as_str() {
+                "tokenizer.ggml.normalizer.lowercase" => vocab.lowercase = value,
+                "tokenizer.ggml.normalizer.strip_accents" => vocab.strip_accents = value,
+                other => panic!("fixture sets `{other}`, which the test cannot set"),
+            }
+        }
+    }
+    Some(Tokenizer::from_parts(vocab).expect("tokenizer"))
 }
 
 fn ids(v: &Value) -> Vec<u32> {
@@ -170,4 +183,62 @@ fn deepseek_llm_vocab_matches_llama_cpp() {
 #[test]
 fn llama_spm_vocab_matches_llama_cpp() {
     check("llama-spm");
+}
+
+#[test]
+fn bert_bge_vocab_matches_llama_cpp() {
+    check("bert-bge");
+}
+
+/// The same WordPiece vocabulary, cased: no lowercasing, and so no accent
+/// stripping.
+#[test]
+fn bert_bge_cased_vocab_matches_llama_cpp() {
+    check("bert-bge-cased");
+}
+
+/// The same WordPiece vocabulary, lowercased with its accents kept.
+#[test]
+fn bert_bge_accents_vocab_matches_llama_cpp() {
+    check("bert-bge-accents");
+}
+
+/// llama.cpp's own test strings for the BERT vocabulary (`.inp`) and the
+/// ids its test-tokenizer-0 expects (`.out`, without special tokens), when
+/// `cargo xtask fetch-vocab` has put them beside the vocabulary.
+#[test]
+fn bert_bge_vocab_passes_llama_cpps_own_test() {
+    let path = models_dir().join("vocab/ggml-vocab-bert-bge.gguf");
+    let (inp, out) = (
+        path.with_extension("gguf.inp"),
+        path.with_extension("gguf.out"),
+    );
+    if !(path.exists() && inp.exists() && out.exists()) {
+        eprintln!("skipping: {} or its .inp/.out not found", path.display());
+        return;
+    }
+    let inp = std::fs::read_to_string(&inp).expect("read .inp");
+    let out = std::fs::read_to_string(&out).expect("read .out");
+    let mut texts: Vec<&str> = inp.split("\n__ggml_vocab_test__\n").collect();
+    if texts.last() == Some(&"") {
+        texts.pop();
+    }
+    let want: Vec<Vec<u32>> = out
+        .lines()
+        .map(|l| {
+            l.split_whitespace()
+                .map(|t| t.parse().expect("id"))
+                .collect()
+        })
+        .collect();
+    assert_eq!(texts.len(), want.len(), "test strings and id lines");
+    let file = GgufFile::open(&path).expect("open vocabulary");
+    let tok = Tokenizer::from_metadata(file.metadata()).expect("tokenizer");
+    for (text, want) in texts.iter().zip(&want) {
+        assert_eq!(&tok.encode(text, false, false).unwrap(), want, "{text:?}");
+    }
+    println!(
+        "bert-bge: llama.cpp's {} test strings all match",
+        texts.len()
+    );
 }

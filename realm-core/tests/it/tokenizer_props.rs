@@ -73,6 +73,31 @@ fn toy_bpe() -> Tokenizer {
     Tokenizer::from_parts(vocab).unwrap()
 }
 
+/// A WordPiece (BERT) vocabulary: specials first, word starts with `▁`,
+/// continuations bare.
+fn toy_wpm() -> Tokenizer {
+    let specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"];
+    let pieces = [
+        "▁the", "▁a", "b", "c", "▁,", "▁'", "▁s", "s", "▁日", "▁本", "▁e", "e", "▁hello", "▁<",
+        "▁>", "▁|", "tag", "▁tag", "▁im", "_", "▁_", "start", "▁x",
+    ];
+    let tokens: Vec<String> = specials
+        .iter()
+        .chain(&pieces)
+        .map(|s| s.to_string())
+        .collect();
+    let mut types = vec![TokenType::Normal; tokens.len()];
+    types[..specials.len()].fill(TokenType::Control);
+    let mut vocab = Vocab::new(VocabKind::Wpm, tokens);
+    vocab.token_types = types;
+    vocab.special.pad = Some(0);
+    vocab.special.unk = Some(1);
+    vocab.special.bos = Some(2);
+    vocab.special.sep = Some(3);
+    vocab.special.mask = Some(4);
+    Tokenizer::from_parts(vocab).unwrap()
+}
+
 const REPLACEMENT: char = '\u{FFFD}';
 
 fn real(file: &str) -> Option<Tokenizer> {
@@ -97,7 +122,7 @@ fn real(file: &str) -> Option<Tokenizer> {
 fn tokenizers() -> &'static [Tokenizer] {
     static ALL: OnceLock<Vec<Tokenizer>> = OnceLock::new();
     ALL.get_or_init(|| {
-        let mut v = vec![toy_spm(), toy_bpe()];
+        let mut v = vec![toy_spm(), toy_bpe(), toy_wpm()];
         v.extend(real("gemma-3-270m-q4_k_m.gguf"));
         v.extend(real("SmolLM2-135M-Instruct.Q4_1.gguf"));
         v
@@ -239,6 +264,16 @@ fn toy_vocabularies_behave() {
     // Control tokens are matched only with parse_special.
     assert_eq!(spm.encode("<|ctl|>", false, true).unwrap(), [3]);
     assert!(spm.encode("<|ctl|>", false, false).unwrap().len() > 1);
+    let wpm = toy_wpm();
+    let ids = wpm.encode("The [MASK] x|日本,Aé", true, true).unwrap();
+    let texts: Vec<&str> = ids.iter().map(|&id| wpm.token_text(id).unwrap()).collect();
+    assert_eq!(
+        texts,
+        [
+            "[CLS]", "▁the", "[MASK]", "▁x", "▁|", "▁日", "▁本", "▁,", "▁a", "e", "[SEP]"
+        ]
+    );
+    assert_eq!(wpm.decode(&ids, true, false).unwrap(), " the x | 日 本, ae");
     let bpe = toy_bpe();
     let ids = bpe.encode(" the it's", false, false).unwrap();
     assert_eq!(bpe.token_text(ids[0]).unwrap(), "Ġthe");
