@@ -401,6 +401,17 @@ CASES = [
     case("bert-q8_0", "tiny-bert", matrix_type="q8_0", embedding=True),
     case("nomic-bert", "tiny-nomic-bert", embedding=True),
     case("nomic-bert-q8_0", "tiny-nomic-bert", matrix_type="q8_0", embedding=True),
+    # EmbeddingGemma: a local block (its window on both sides) and a
+    # global one, then its dense projections (of every position, as
+    # llama.cpp applies them without pooling).
+    case("gemma-embedding", "tiny-gemma-embedding", embedding=True),
+    case("gemma-embedding-q8_0", "tiny-gemma-embedding", matrix_type="q8_0", embedding=True),
+    case("llama-embed", "tiny-llama-embed", embedding=True),
+    # (Causal where the file does not say otherwise, as llama.cpp runs it.)
+    case("llama-embed-causal", "tiny-llama-embed", embedding=True,
+         overrides=[("llama-embed.attention.causal", "bool", "true")]),
+    case("neo-bert", "tiny-neo-bert", embedding=True),
+    case("neo-bert-q8_0", "tiny-neo-bert", matrix_type="q8_0", embedding=True),
 ]
 
 

@@ -84,8 +84,8 @@ fn embed_all<B: Backend>(args: &EmbedArgs, l: &load::Loaded, backend: &B) -> Res
     if prompts.iter().any(Vec::is_empty) {
         bail!("a prompt tokenizes to no tokens");
     }
-    // (An encoder reads each prompt in one batch.)
-    let batch = match model.config().encoder {
+    // (Bidirectional attention reads each prompt in one batch.)
+    let batch = match model.config().bidirectional {
         true => longest,
         false => args.batch_size.min(longest),
     };

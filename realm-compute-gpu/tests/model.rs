@@ -384,7 +384,13 @@ fn hidden<B: Backend>(model: &Model<'_, B>, tokens: &[u32]) -> Vec<Vec<f32>> {
 fn encoders_match_the_cpu() {
     let (cpu, g) = (CpuBackend::new().unwrap(), gpu());
     let tokens: Vec<u32> = (0..24).map(|i| (i * 37 + 11) % 297 + 3).collect();
-    for arch in ["bert", "nomic-bert"] {
+    for arch in [
+        "bert",
+        "nomic-bert",
+        "gemma-embedding",
+        "llama-embed",
+        "neo-bert",
+    ] {
         let layout = SyntheticLayout::tiny(arch).unwrap();
         let f32_file = Gguf::from_bytes(
             layout

@@ -305,11 +305,23 @@ pub enum Architecture {
     /// blocks with NeoX RoPE instead of learned positions, `attn_qkv`
     /// without biases and SwiGLU.
     NomicBert,
+    /// EmbeddingGemma (gemma-embedding: 300M): an encoder of Gemma 3's
+    /// blocks, its local blocks' windows on both sides of each token,
+    /// and the file's dense projections of the pooled embedding
+    /// (`dense_2`, `dense_3`) where it has them.
+    GemmaEmbedding,
+    /// Llama-architecture embedding models (llama-embed): an encoder of
+    /// llama's blocks.
+    LlamaEmbed,
+    /// NeoBERT (neo-bert: 250M): an encoder of llama's blocks with
+    /// `attn_qkv`, gate and up in one `ffn_up`, and its output norm named
+    /// `enc.output_norm`.
+    NeoBert,
 }
 
 impl Architecture {
     /// Every architecture Realm runs.
-    pub const ALL: [Architecture; 70] = [
+    pub const ALL: [Architecture; 73] = [
         Self::Llama,
         Self::Mistral,
         Self::Qwen2,
@@ -380,6 +392,9 @@ impl Architecture {
         Self::Mamba,
         Self::Bert,
         Self::NomicBert,
+        Self::GemmaEmbedding,
+        Self::LlamaEmbed,
+        Self::NeoBert,
     ];
 
     /// The architecture named by `general.architecture`.
@@ -423,6 +438,17 @@ impl Architecture {
 
     /// Whether the architecture is an encoder ([`ModelConfig::encoder`]).
     pub fn encoder(self) -> bool {
+        self.bert_blocks()
+            || matches!(
+                self,
+                Self::GemmaEmbedding | Self::LlamaEmbed | Self::NeoBert
+            )
+    }
+
+    /// Whether the architecture's blocks are BERT's: no input norms, a
+    /// LayerNorm of the residual stream after each part joins it, no
+    /// output norm.
+    pub fn bert_blocks(self) -> bool {
         matches!(self, Self::Bert | Self::NomicBert)
     }
 
@@ -520,6 +546,9 @@ impl Architecture {
             Self::Mamba => "mamba",
             Self::Bert => "bert",
             Self::NomicBert => "nomic-bert",
+            Self::GemmaEmbedding => "gemma-embedding",
+            Self::LlamaEmbed => "llama-embed",
+            Self::NeoBert => "neo-bert",
         }
     }
 }
@@ -724,12 +753,14 @@ pub struct ModelConfig {
     /// input (all but OLMo 2, which norms only their outputs, and the
     /// encoders).
     pub pre_norms: bool,
-    /// Whether the model is an encoder (BERT's families): every token
-    /// attends to every other of its text (bidirectional attention, so a
-    /// text runs as one batch from position 0), each block norms the
-    /// residual stream after each of its parts joins it, and it makes
-    /// embeddings, no logits.
+    /// Whether the model is an embedding model (BERT's families,
+    /// EmbeddingGemma): it makes embeddings, no logits.
     pub encoder: bool,
+    /// Whether every token attends to every other of its text, not only
+    /// to those before it (the file's `attention.causal` false, as
+    /// llama.cpp's converters write it for encoders; EmbeddingGemma's
+    /// always): a text then runs as one batch from position 0.
+    pub bidirectional: bool,
     /// Whether the Q/K norms span all heads at once (OLMo 2's), not each
     /// head.
     pub qk_norm_whole: bool,
@@ -1369,7 +1400,20 @@ impl ModelConfig {
         };
         let (rope_freq_scale, rope_yarn, rope_attn_factor) = rope_scale(md, arch)?;
         let gemma2 = arch == Architecture::Gemma2;
-        let gemma3 = arch == Architecture::Gemma3;
+        // (llama.cpp's attention is causal unless the file says not, but
+        // EmbeddingGemma's never is; generative models' always is.)
+        let bidirectional = arch == Architecture::GemmaEmbedding
+            || match md.get(&key("attention.causal")) {
+                Some(_) => !md.get_bool(&key("attention.causal"))?,
+                None => false,
+            };
+        if bidirectional && !arch.encoder() {
+            return Err(Error::BadConfig(format!(
+                "{p} with attention.causal false (a diffusion model) is not supported"
+            )));
+        }
+        // (EmbeddingGemma's blocks are Gemma 3's.)
+        let gemma3 = matches!(arch, Architecture::Gemma3 | Architecture::GemmaEmbedding);
         let gemma = gemma2 || gemma3;
         let gemma3n = arch == Architecture::Gemma3n;
         let gpt_oss = arch == Architecture::GptOss;
@@ -1438,6 +1482,7 @@ impl ModelConfig {
                 Architecture::Mistral
                 | Architecture::Gemma2
                 | Architecture::Gemma3
+                | Architecture::GemmaEmbedding
                 | Architecture::Gemma3n
                 | Architecture::Gemma4
                 | Architecture::GptOss
@@ -1562,7 +1607,9 @@ impl ModelConfig {
                 | Architecture::Xverse
                 | Architecture::Olmo
                 | Architecture::Baichuan
-                | Architecture::Mamba => RopeMode::Normal,
+                | Architecture::Mamba
+                | Architecture::LlamaEmbed
+                | Architecture::NeoBert => RopeMode::Normal,
                 Architecture::Qwen2
                 | Architecture::Qwen2Moe
                 | Architecture::Qwen3
@@ -1572,6 +1619,7 @@ impl ModelConfig {
                 | Architecture::Phi3
                 | Architecture::Gemma2
                 | Architecture::Gemma3
+                | Architecture::GemmaEmbedding
                 | Architecture::Gemma3n
                 | Architecture::Gemma4
                 | Architecture::GptOss
@@ -1619,7 +1667,7 @@ impl ModelConfig {
                 )?),
                 Some(_) if gemma || gemma3n || gemma4 || gpt_oss || olmo2 || exaone4 || cohere2 => {
                     let every = match arch {
-                        Architecture::Gemma3 => 6,
+                        Architecture::Gemma3 | Architecture::GemmaEmbedding => 6,
                         Architecture::Gemma3n => 5,
                         Architecture::Olmo2 | Architecture::Exaone4 | Architecture::Cohere2 => 4,
                         _ => 2,
@@ -1638,8 +1686,9 @@ impl ModelConfig {
             local_rope_plain: olmo2 || gemma4,
             // (Command R7B's global layers rotate nothing either.)
             nope_global: exaone_window || cohere2,
-            pre_norms: !(olmo2 || exaone4 || arch.encoder()),
+            pre_norms: !(olmo2 || exaone4 || arch.bert_blocks()),
             encoder: arch.encoder(),
+            bidirectional,
             qk_norm_whole: olmo2 || matches!(arch, Architecture::Olmoe | Architecture::MinimaxM2),
             qk_norm_after_rope: hunyuan,
             // Gemma 2 and 3 27B scale by their width per head, not their

@@ -61,7 +61,8 @@ impl Pooling {
 
 /// Runs `tokens` through `session` from its start (what it held is
 /// dropped) and pools their final hidden states: one vector, or one per
-/// token with [`Pooling::None`]; not normalised.
+/// token with [`Pooling::None`], projected as the model asks
+/// ([`Model::project_pooled`]); not normalised.
 pub fn embed<B: Backend>(
     model: &Model<'_, B>,
     session: &mut Session<B>,
@@ -94,6 +95,7 @@ pub fn embed<B: Backend>(
         Pooling::Last => out[0].copy_from_slice(h),
         Pooling::Cls => {}
     })?;
+    model.project_pooled(&mut out)?;
     Ok(out)
 }
 

@@ -161,6 +161,15 @@ struct UpFfn<'a, B: Backend + 'a> {
     down_b: Option<B::Buffer>,
 }
 
+/// An embedding model's two projections after pooling: `d` values to
+/// `dense_2`'s rows (plus its bias), then back to `d` by `dense_3`.
+#[derive(Debug)]
+struct DenseOut<'a, B: Backend + 'a> {
+    dense_2: B::Weight<'a>,
+    dense_2_b: Option<B::Buffer>,
+    dense_3: B::Weight<'a>,
+}
+
 /// A transformer whose weights stay in the GGUF file (borrowed, still
 /// quantized) and whose math runs on backend `B`.
 ///
@@ -188,8 +197,12 @@ pub struct Model<'a, B: Backend> {
     /// token's, if the model has them.
     token_type: Option<B::Buffer>,
     layers: Vec<Layer<'a, B>>,
-    /// The output norm (none for an encoder, whose blocks end normed).
+    /// The output norm (none for BERT's blocks, which end normed).
     output_norm: Option<B::Buffer>,
+    /// An embedding model's projections of its pooled embeddings
+    /// (EmbeddingGemma's `dense_2`, with its bias where the file has one,
+    /// then `dense_3`), if it has them.
+    dense_out: Option<DenseOut<'a, B>>,
     /// Its bias (a LayerNorm's, where the file has one).
     output_norm_b: Option<B::Buffer>,
     output: B::Weight<'a>,
@@ -344,7 +357,10 @@ impl<'a, B: Backend> Model<'a, B> {
             }
         };
         let c = &config;
-        let gemma = matches!(c.arch, Architecture::Gemma2 | Architecture::Gemma3);
+        let gemma = matches!(
+            c.arch,
+            Architecture::Gemma2 | Architecture::Gemma3 | Architecture::GemmaEmbedding
+        );
         let qwen = matches!(c.arch, Architecture::Qwen2 | Architecture::Qwen2Moe);
         let gpt_oss = c.arch == Architecture::GptOss;
         if gpt_oss && !backend.supports_sinks() {
@@ -373,6 +389,7 @@ impl<'a, B: Backend> Model<'a, B> {
         let qk_norms = matches!(
             c.arch,
             Architecture::Gemma3
+                | Architecture::GemmaEmbedding
                 | Architecture::Gemma3n
                 | Architecture::Gemma4
                 | Architecture::Qwen35
@@ -454,8 +471,10 @@ impl<'a, B: Backend> Model<'a, B> {
                 && !has("attn_v.weight");
             let fused = Fused {
                 qkv: has("attn_qkv.weight"),
-                gate_up: matches!(c.arch, Architecture::Phi3 | Architecture::Glm4)
-                    && !has("ffn_gate.weight"),
+                gate_up: matches!(
+                    c.arch,
+                    Architecture::Phi3 | Architecture::Glm4 | Architecture::NeoBert
+                ) && !has("ffn_gate.weight"),
             };
             let qkv = if c.mla.is_some() || !attends {
                 Group { runs: Vec::new() }
@@ -768,7 +787,7 @@ impl<'a, B: Backend> Model<'a, B> {
                     },
                     None => None,
                 },
-                out_norms: match c.encoder {
+                out_norms: match c.arch.bert_blocks() {
                     true => Some([
                         (
                             norm(&n("attn_output_norm.weight"), d)?,
@@ -833,7 +852,9 @@ impl<'a, B: Backend> Model<'a, B> {
         };
         // (LFM2's files name it so.)
         let output_norm = match c.arch {
-            _ if c.encoder => None,
+            _ if c.arch.bert_blocks() => None,
+            // (NeoBERT's is the encoder's.)
+            Architecture::NeoBert => Some(norm("enc.output_norm.weight", d)?),
             Architecture::Lfm2 | Architecture::Lfm2Moe => Some(norm("token_embd_norm.weight", d)?),
             Architecture::Olmo => Some(ones(d)?),
             _ => {
@@ -845,6 +866,21 @@ impl<'a, B: Backend> Model<'a, B> {
         let output_norm_b = match c.layer_norm {
             true => optional_norm("output_norm.bias", d)?,
             false => None,
+        };
+        let dense_out = match file.tensor("dense_2.weight") {
+            Ok(t) if c.encoder => {
+                let wide = match t.shape() {
+                    [_, rows] => *rows as usize,
+                    _ => 0,
+                };
+                Some(DenseOut {
+                    dense_2: weight("dense_2.weight", wide, d)?,
+                    dense_2_b: optional_norm("dense_2.bias", wide)?,
+                    dense_3: weight("dense_3.weight", d, wide)?,
+                })
+            }
+            Ok(_) | Err(realm_core::Error::TensorNotFound(_)) => None,
+            Err(e) => return Err(e.into()),
         };
         // (Phi 2's; llama.cpp reads it for no other of Realm's.)
         let output_b = match c.arch {
@@ -923,6 +959,7 @@ impl<'a, B: Backend> Model<'a, B> {
             token_type,
             layers,
             output_norm,
+            dense_out,
             output_norm_b,
             output,
             output_b,
@@ -1268,10 +1305,10 @@ impl<'a, B: Backend> Model<'a, B> {
         from: usize,
         each: impl FnMut(usize, &[f32]),
     ) -> Result<()> {
-        if self.config.encoder && (s.pos != 0 || tokens.len() > s.scratch.rows) {
+        if self.config.bidirectional && (s.pos != 0 || tokens.len() > s.scratch.rows) {
             return Err(Error::BadConfig(format!(
-                "an encoder reads a text in one batch from position 0: {} tokens at \
-                 position {}, batches of {}",
+                "bidirectional attention reads a text in one batch from position 0: {} \
+                 tokens at position {}, batches of {}",
                 tokens.len(),
                 s.pos,
                 s.scratch.rows
@@ -1354,6 +1391,42 @@ impl<'a, B: Backend> Model<'a, B> {
                     })?;
                 r += n;
             }
+        }
+        Ok(())
+    }
+
+    /// Projects pooled embeddings (each `d_model` values) as an embedding
+    /// model's files ask after pooling (EmbeddingGemma's `dense_2` and
+    /// `dense_3`, as llama.cpp applies them); nothing for other models.
+    /// [`crate::embedding::embed`] calls it.
+    pub fn project_pooled(&self, rows: &mut [Vec<f32>]) -> Result<()> {
+        let Some(p) = &self.dense_out else {
+            return Ok(());
+        };
+        let (b, d, n) = (self.backend, self.config.d_model, rows.len());
+        if n == 0 {
+            return Ok(());
+        }
+        if let Some(r) = rows.iter().find(|r| r.len() != d) {
+            return Err(Error::BadConfig(format!(
+                "a pooled embedding of {} values, not {d}",
+                r.len()
+            )));
+        }
+        let wide = p.dense_2.rows();
+        let x = b.upload(&rows.concat())?;
+        let mut ws = b.workspace();
+        let mut mid = b.buffer(n * wide)?;
+        b.matmul(&mut ws, &p.dense_2, &x, n, &mut mid)?;
+        if let Some(bias) = &p.dense_2_b {
+            b.add_row_inplace(&mut mid, bias, n)?;
+        }
+        let mut out = b.buffer(n * d)?;
+        b.matmul(&mut ws, &p.dense_3, &mid, n, &mut out)?;
+        let mut host = vec![0f32; n * d];
+        b.download(&out, &mut host)?;
+        for (r, v) in rows.iter_mut().zip(host.chunks_exact(d)) {
+            r.copy_from_slice(v);
         }
         Ok(())
     }
@@ -2392,7 +2465,7 @@ impl<'a, B: Backend> Model<'a, B> {
             softcap: c.attn_softcap,
             sinks: layer.sinks.as_deref(),
             alibi: self.alibi_slopes.as_deref(),
-            bidirectional: c.encoder,
+            bidirectional: c.bidirectional,
         };
         let a = Attend {
             ws: &mut sc.ws,
@@ -2580,6 +2653,7 @@ impl<'a, B: Backend> Model<'a, B> {
             Architecture::Gemma
             | Architecture::Gemma2
             | Architecture::Gemma3
+            | Architecture::GemmaEmbedding
             | Architecture::Gemma3n
             | Architecture::Gemma4 => {
                 if let Some(mul) = self.config.altup.as_ref().and_then(|a| a.sparsity[li]) {

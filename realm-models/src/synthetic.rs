@@ -496,8 +496,20 @@ impl SyntheticLayout {
         if arch == "mamba" {
             return Ok(Self::tiny_mamba());
         }
-        if Architecture::from_name(arch).is_ok_and(Architecture::encoder) {
+        if Architecture::from_name(arch).is_ok_and(Architecture::bert_blocks) {
             return Ok(Self::tiny_encoder(arch));
+        }
+        if arch == "llama-embed" {
+            // (Bidirectional, as llama-embed-nemotron's file says.)
+            return Ok(Self::tiny("llama")?
+                .renamed(arch)
+                .with_hparam("llama-embed.attention.causal", MetadataValue::Bool(false)));
+        }
+        if arch == "neo-bert" {
+            return Self::tiny_neo_bert();
+        }
+        if arch == "gemma-embedding" {
+            return Self::tiny_gemma_embedding();
         }
         // (OLMo's, without norm weights, is the tiny llama's.)
         let known = Architecture::from_name(arch).ok();
@@ -1961,6 +1973,72 @@ impl SyntheticLayout {
             vocab_size: 300,
             tensors,
         }
+    }
+
+    /// NeoBERT's: the tiny llama's blocks with `attn_qkv`, gate and up
+    /// in one `ffn_up` (gate first), the output norm `enc.output_norm`.
+    fn tiny_neo_bert() -> Result<Self> {
+        let mut l = Self::tiny("llama")?
+            .renamed("neo-bert")
+            .with_hparam("neo-bert.attention.causal", MetadataValue::Bool(false));
+        let mut tensors = Vec::new();
+        for mut t in std::mem::take(&mut l.tensors) {
+            let name = t.name.clone();
+            if let Some(blk) = name.strip_suffix(".attn_q.weight") {
+                // (q, then k and v of half its rows each: 2 of 4 heads.)
+                t.name = format!("{blk}.attn_qkv.weight");
+                t.shape[1] *= 2;
+            } else if let Some(blk) = name.strip_suffix(".ffn_up.weight") {
+                t.name = format!("{blk}.ffn_up.weight");
+                t.shape[1] *= 2;
+            } else if name == "output_norm.weight" {
+                t.name = "enc.output_norm.weight".into();
+            } else if name.ends_with(".attn_k.weight")
+                || name.ends_with(".attn_v.weight")
+                || name.ends_with(".ffn_gate.weight")
+            {
+                continue;
+            }
+            tensors.push(t);
+        }
+        l.tensors = tensors;
+        Ok(l)
+    }
+
+    /// EmbeddingGemma's: the tiny Gemma 3's blocks (the first local, its
+    /// window 4 wide on both sides, the second global), mean pooling, and
+    /// dense projections to 128 values and back.
+    fn tiny_gemma_embedding() -> Result<Self> {
+        let arch = "gemma-embedding";
+        let mut l = Self::tiny("gemma3")?.renamed(arch);
+        let k = |n: &str| format!("{arch}.{n}");
+        let d = 64u64;
+        for (name, shape) in [
+            ("dense_2.weight", vec![d, 128]),
+            ("dense_3.weight", vec![128, d]),
+        ] {
+            let dtype = small_dtype(name, &shape);
+            l.tensors.push(SyntheticTensor {
+                name: name.into(),
+                shape,
+                dtype,
+            });
+        }
+        let mut l = l
+            .with_hparam(
+                &k("attention.sliding_window_pattern"),
+                MetadataValue::U32(2),
+            )
+            .with_hparam(&k("pooling_type"), MetadataValue::U32(1));
+        for (n, v) in [
+            ("dense_2_feat_in", 64),
+            ("dense_2_feat_out", 128),
+            ("dense_3_feat_in", 128),
+            ("dense_3_feat_out", 64),
+        ] {
+            l = l.with_hparam(&k(n), MetadataValue::U32(v));
+        }
+        Ok(l)
     }
 
     fn tiny_mamba() -> Self {

@@ -433,8 +433,8 @@ impl<'m, B: Backend> Engine<'m, '_, B> {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
             };
             if self.embeds.is_none() {
-                // (An encoder reads a prompt in one batch.)
-                let batch = match self.model.config().encoder {
+                // (Bidirectional attention reads a prompt in one batch.)
+                let batch = match self.model.config().bidirectional {
                     true => self.prompts.ctx,
                     false => self.cfg.batch,
                 };

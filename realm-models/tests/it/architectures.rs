@@ -120,7 +120,7 @@ const SHARP: [&str; 5] = [
 /// as for Gemma 4's, the float sums' order flips the f16 rounding of some
 /// of the table's inputs, which the 8-bit inputs of the Q8_0 products
 /// after them absorb. Their f32 cases are held to [`TOLERANCE_GELU`].
-const GELU_TABLE: [&str; 12] = [
+const GELU_TABLE: [&str; 13] = [
     "tiny-starcoder2",
     "tiny-phi2",
     "tiny-gptneox",
@@ -133,6 +133,7 @@ const GELU_TABLE: [&str; 12] = [
     "tiny-bloom",
     "tiny-mpt",
     "tiny-bert",
+    "tiny-gemma-embedding",
 ];
 
 fn fixture() -> Value {
@@ -172,6 +173,7 @@ fn model_file(case: &Value, seed: u64) -> Vec<u8> {
             "int" => MetadataValue::U32(value.parse().unwrap()),
             "float" => MetadataValue::F32(value.parse().unwrap()),
             "str" => MetadataValue::String(value.into()),
+            "bool" => MetadataValue::Bool(value.parse().unwrap()),
             other => panic!("type {other}"),
         };
         layout = layout.with_hparam(key, value);
@@ -201,8 +203,9 @@ fn logits(
     out
 }
 
-/// Our final hidden states for every token (an encoder's), in a session
-/// of `n_ctx` tokens and batches of `batch`.
+/// Our embedding of every token (an encoder's final hidden states, not
+/// pooled, projected as the model asks), in a session of `n_ctx` tokens
+/// and batches of `batch`.
 fn hidden(
     model: &Model<'_, CpuBackend>,
     tokens: &[u32],
@@ -210,9 +213,12 @@ fn hidden(
     batch: usize,
 ) -> realm_models::Result<Vec<Vec<f32>>> {
     let mut s = model.session(n_ctx, batch)?;
-    let mut out = Vec::new();
-    model.forward_embeddings(&mut s, tokens, 0, |_, h| out.push(h.to_vec()))?;
-    Ok(out)
+    realm_models::embedding::embed(
+        model,
+        &mut s,
+        tokens,
+        realm_models::embedding::Pooling::None,
+    )
 }
 
 /// llama.cpp's logits of a case, a row a position (an encoder's final
@@ -282,13 +288,19 @@ fn every_architecture_matches_llama_cpp() {
         };
         let n_ctx = case["n_ctx"].as_u64().unwrap() as usize;
         if case["embedding"].as_bool() == Some(true) {
-            // An encoder: one batch, as llama.cpp ran it; chunks refused.
+            // An embedding model: one batch, as llama.cpp ran it; chunks
+            // refused where attention is bidirectional, else alike.
             let got = hidden(&model, &tokens, n_ctx, 64).unwrap();
             let d = max_diff(&got, &want);
             assert!(d <= tol, "{name}: hidden states differ by {d} (> {tol})");
             worst.push((name.to_string(), 64, d));
-            let err = hidden(&model, &tokens, n_ctx, 5).unwrap_err().to_string();
-            assert!(err.contains("one batch"), "{name}: {err}");
+            match model.config().bidirectional {
+                true => {
+                    let err = hidden(&model, &tokens, n_ctx, 5).unwrap_err().to_string();
+                    assert!(err.contains("one batch"), "{name}: {err}");
+                }
+                false => assert_eq!(hidden(&model, &tokens, n_ctx, 5).unwrap(), got, "{name}"),
+            }
             continue;
         }
         // One batch as llama.cpp ran it, chunks of 5 rows, decode steps.
@@ -311,6 +323,65 @@ fn every_architecture_matches_llama_cpp() {
         }
     }
     eprintln!("worst differences: {worst:?}");
+}
+
+/// What the embedding models' variants change moves their embeddings far
+/// beyond the tolerance: bidirectional attention (llama-embed's cases with
+/// and without it), EmbeddingGemma's windows on both sides (against one
+/// window spanning the text) and its dense projections.
+#[test]
+fn encoder_variants_change_the_embeddings() {
+    let fx = fixture();
+    let seed = fx["seed"].as_u64().unwrap();
+    let tokens = fixture_tokens(&fx);
+    let case = |name: &str| {
+        fx["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    let d = max_diff(
+        &case_logits(&case("llama-embed")),
+        &case_logits(&case("llama-embed-causal")),
+    );
+    assert!(
+        d > 100.0 * TOLERANCE,
+        "bidirectional attention moves them by {d} only"
+    );
+    let cpu = CpuBackend::new().unwrap().with_ggml_gelu();
+    let gemma = case("gemma-embedding");
+    let run = |bytes: Vec<u8>| {
+        let file = Gguf::from_bytes(&bytes[..]).unwrap();
+        let model = Model::load(&file, &cpu).unwrap();
+        let mut s = model.session(64, 64).unwrap();
+        let mut plain = Vec::new();
+        model
+            .forward_embeddings(&mut s, &tokens, 0, |_, h| plain.push(h.to_vec()))
+            .unwrap();
+        (hidden(&model, &tokens, 64, 64).unwrap(), plain)
+    };
+    let (want, plain) = run(model_file(&gemma, seed));
+    let d = max_diff(&want, &plain);
+    assert!(
+        d > 100.0 * TOLERANCE,
+        "the dense projections move them by {d} only"
+    );
+    let wide = SyntheticLayout::by_name("tiny-gemma-embedding")
+        .unwrap()
+        .with_hparam(
+            "gemma-embedding.attention.sliding_window",
+            MetadataValue::U32(64),
+        )
+        .write(seed)
+        .unwrap();
+    let d = max_diff(&run(wide).0, &want);
+    assert!(
+        d > 100.0 * TOLERANCE_GELU,
+        "the windows move them by {d} only"
+    );
 }
 
 /// What each variant changes moves the logits far beyond the tolerance,
@@ -1177,7 +1248,9 @@ fn gemmas_match_llama_cpp_with_its_gelu_table() {
     let mut worst = Vec::new();
     for case in fx["cases"].as_array().unwrap() {
         let name = case["name"].as_str().unwrap();
-        if !case["layout"].as_str().unwrap().starts_with("tiny-gemma") {
+        // (EmbeddingGemma's run with the table above.)
+        let embedding = case["embedding"].as_bool() == Some(true);
+        if !case["layout"].as_str().unwrap().starts_with("tiny-gemma") || embedding {
             continue;
         }
         let bytes = model_file(case, seed);
