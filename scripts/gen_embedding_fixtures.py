@@ -7,7 +7,15 @@ For each model, pooling (mean, cls, last) and prompt it runs llama-embedding
 `cmake --build ... --target llama-embedding`; llama.cpp 0c1e570 from the
 llama-cpp-python 0.3.36 sdist; unit-length normalisation, its default) and
 stores the vector.
-Usage: python3 scripts/gen_embedding_fixtures.py [MODELS_DIR]
+
+Encoders, end to end: `realm synth` writes tiny BERT and Nomic BERT models
+(f32, seed 3) with BGE's WordPiece vocabulary (llama.cpp's
+ggml-vocab-bert-bge.gguf, from `cargo xtask fetch-vocab`), and
+llama-embedding embeds text with each model's own pooling (CLS, mean): the
+tokenizer, the encoder, pooling and normalisation at once.
+Usage: python3 scripts/gen_embedding_fixtures.py [MODELS_DIR] [--encoders-only]
+(after cargo build --release -p realm-cli; --encoders-only keeps the
+stored real-model cases)
 """
 import json
 import os
@@ -24,12 +32,55 @@ PROMPTS = [
     "def add(a, b):\n    return a + b",
 ]
 POOLINGS = ["mean", "cls", "last"]
+# Text that WordPiece splits every way: case, accents, CJK, punctuation,
+# symbols, digits, an unknown character.
+ENCODER_PROMPTS = PROMPTS + [
+    "Héllo Wörld! Ça va? naïve café",
+    "東京タワーは333メートルです。",
+    "e-mail: someone@example.com (50% off) #hashtag $100",
+    "x\u0007y \U0001f600 done",
+]
+ENCODERS = ["tiny-bert", "tiny-nomic-bert"]
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "..", "realm-cli", "tests", "fixtures", "embeddings.json")
 
 
+def fnv1a(data):
+    h = 0xCBF29CE484222325
+    for b in data:
+        h = ((h ^ b) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return h
+
+
+def encoder_cases(tool, models_dir):
+    """The encoders' cases: each layout with BGE's vocabulary, each prompt."""
+    import tempfile
+    realm = os.path.join(HERE, "..", "target", "release", "realm")
+    vocab = os.path.join(models_dir, "vocab", "ggml-vocab-bert-bge.gguf")
+    cases = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for layout in ENCODERS:
+            path = os.path.join(tmp, layout + ".gguf")
+            subprocess.run([realm, "synth", layout, "--vocab", vocab, "--matrix-type", "f32",
+                            "--seed", "3", "-o", path], check=True, capture_output=True)
+            with open(path, "rb") as f:
+                digest = f"{fnv1a(f.read()):016x}"
+            for prompt in ENCODER_PROMPTS:
+                run = subprocess.run(
+                    [tool, "-m", path, "-p", prompt, "--embd-separator", "<#sep#>",
+                     "--embd-output-format", "json", "-t", "2"],
+                    check=True, capture_output=True, text=True)
+                vector = json.loads(run.stdout)["data"][0]["embedding"]
+                cases.append({"model": layout, "vocab": "ggml-vocab-bert-bge.gguf",
+                              "fnv1a": digest, "prompt": prompt, "embedding": vector})
+                print(layout, len(vector))
+    return cases
+
+
 def main():
-    models_dir = sys.argv[1] if len(sys.argv) > 1 else os.environ.get(
+    args = [a for a in sys.argv[1:] if a != "--encoders-only"]
+    encoders_only = len(args) < len(sys.argv) - 1
+    models_dir = args[0] if args else os.environ.get(
         "REALM_MODELS", os.path.expanduser("~/.cache/realm/models"))
     bin_dir = subprocess.run([os.path.join(HERE, "build_llama_cpp.sh"), "--tools"],
                              check=True, capture_output=True, text=True).stdout.strip()
@@ -38,7 +89,12 @@ def main():
                    check=True, capture_output=True)
     tool = os.path.join(bin_dir, "llama-embedding")
     cases = []
+    if encoders_only:
+        with open(OUT) as f:
+            cases = [c for c in json.load(f)["cases"] if c["model"] in MODELS]
     for short, name in MODELS.items():
+        if encoders_only:
+            break
         for pooling in POOLINGS:
             for prompt in PROMPTS:
                 # One prompt per run: llama-embedding splits its prompt at
@@ -52,6 +108,7 @@ def main():
                 cases.append({"model": short, "pooling": pooling, "prompt": prompt,
                               "embedding": vector})
                 print(short, pooling, len(vector))
+    cases += encoder_cases(tool, models_dir)
     with open(OUT, "w") as f:
         json.dump({"llama_cpp": "0c1e570 (llama-cpp-python 0.3.36)", "cases": cases}, f)
         f.write("\n")

@@ -39,6 +39,11 @@ pub struct SynthArgs {
     /// (`gemma3.rope.scaling.factor=float:8`).
     #[arg(long, value_name = "KEY=TYPE:VALUE", value_parser = crate::quantize::parse_override)]
     pub override_kv: Vec<(String, realm_core::gguf::MetadataValue)>,
+    /// Take this GGUF file's vocabulary (its `tokenizer.*` keys) for the
+    /// synthetic one, the embeddings resized to it: a model that tokenizes
+    /// as that file does (llama.cpp's `ggml-vocab-*.gguf`).
+    #[arg(long, value_name = "GGUF")]
+    pub vocab: Option<std::path::PathBuf>,
     /// Write a LoRA adapter of this rank for the layout's model instead
     /// (llama.cpp's adapter format; seeded values, as `SyntheticLora`).
     #[arg(long, value_name = "RANK")]
@@ -74,6 +79,10 @@ pub fn run(args: &SynthArgs) -> Result<()> {
     };
     if let Some(n) = args.layers {
         layout = layout.with_layers(n)?;
+    }
+    if let Some(path) = &args.vocab {
+        let file = GgufFile::open(path).with_context(|| format!("reading {}", path.display()))?;
+        layout = layout.with_vocab(file.metadata())?;
     }
     if let Some(t) = args.matrix_type {
         layout = layout.with_matrix_type(t);

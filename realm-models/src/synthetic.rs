@@ -18,7 +18,7 @@
 //! # Ok::<(), realm_models::Error>(())
 //! ```
 
-use realm_core::gguf::{Gguf, GgufWriter, MetadataArray, MetadataValue};
+use realm_core::gguf::{Gguf, GgufWriter, Metadata, MetadataArray, MetadataValue};
 use realm_core::{quant, GgmlType};
 
 use crate::{Architecture, Error, Result};
@@ -40,7 +40,9 @@ pub struct SyntheticTensor {
 pub struct SyntheticLayout {
     /// `general.architecture`.
     pub arch: String,
-    /// The `{arch}.*` keys, sorted by key.
+    /// The `{arch}.*` keys, sorted by key (and any other key the file
+    /// holds: with [`SyntheticLayout::with_vocab`], a vocabulary's
+    /// `tokenizer.*` keys, written in place of the synthetic one's).
     pub hparams: Vec<(String, MetadataValue)>,
     /// Tokens in the vocabulary.
     pub vocab_size: usize,
@@ -2302,6 +2304,30 @@ impl SyntheticLayout {
         self
     }
 
+    /// The same layout with the vocabulary of the file whose metadata is
+    /// `md` (its `tokenizer.*` keys, written in place of the synthetic
+    /// one's), the token embeddings and output matrix resized to it: a
+    /// model that tokenizes as that file does (llama.cpp's
+    /// `ggml-vocab-*.gguf`).
+    pub fn with_vocab(mut self, md: &Metadata) -> Result<Self> {
+        let n = md.get_str_array("tokenizer.ggml.tokens")?.len();
+        if n < 259 {
+            return Err(Error::BadConfig(format!(
+                "a synthetic model's vocabulary needs at least 259 tokens, not {n}"
+            )));
+        }
+        for (k, v) in md.iter().filter(|(k, _)| k.starts_with("tokenizer.")) {
+            self = self.with_hparam(k, v.clone());
+        }
+        for t in &mut self.tensors {
+            if t.name == "token_embd.weight" || t.name == "output.weight" {
+                t.shape[1] = n as u64;
+            }
+        }
+        self.vocab_size = n;
+        Ok(self)
+    }
+
     /// Hyper-parameter `{arch}.{key}` as a whole number, if the layout has
     /// it so.
     fn hparam_u64(&self, key: &str) -> Option<u64> {
@@ -2817,37 +2843,10 @@ impl SyntheticLayout {
         for (k, v) in &self.hparams {
             w.set(k.clone(), v.clone());
         }
-        let mut tokens = vec!["<unk>".to_string(), "<s>".into(), "</s>".into()];
-        tokens.extend((0..=255u8).map(|b| format!("<0x{b:02X}>")));
-        let specials = tokens.len();
-        tokens.extend((specials..self.vocab_size).map(|i| format!("\u{2581}t{i}")));
-        let scores: Vec<f32> = (0..tokens.len()).map(|i| -(i as f32)).collect();
-        let types: Vec<i32> = (0..tokens.len())
-            .map(|i| match i {
-                0 => 2,
-                1 | 2 => 3,
-                i if i < specials => 6,
-                _ => 1,
-            })
-            .collect();
-        let s = |v: &str| MetadataValue::String(v.into());
-        w.set("tokenizer.ggml.model", s("llama"));
-        w.set(
-            "tokenizer.ggml.tokens",
-            MetadataValue::Array(MetadataArray::String(tokens)),
-        );
-        w.set(
-            "tokenizer.ggml.scores",
-            MetadataValue::Array(MetadataArray::F32(scores)),
-        );
-        w.set(
-            "tokenizer.ggml.token_type",
-            MetadataValue::Array(MetadataArray::I32(types)),
-        );
-        w.set("tokenizer.ggml.bos_token_id", MetadataValue::U32(1));
-        w.set("tokenizer.ggml.eos_token_id", MetadataValue::U32(2));
-        w.set("tokenizer.ggml.unknown_token_id", MetadataValue::U32(0));
         let mut rng = SplitMix(seed);
+        if !self.hparams.iter().any(|(k, _)| k == "tokenizer.ggml.tokens") {
+            self.write_vocab(&mut w);
+        }
         for t in &self.tensors {
             let n: u64 = t.shape.iter().product();
             let n = usize::try_from(n)
@@ -2915,6 +2914,41 @@ impl SyntheticLayout {
             w.add_tensor(&t.name, t.dtype, &t.shape, bytes)?;
         }
         Ok(w.to_bytes()?)
+    }
+
+    /// The synthetic vocabulary: `<unk>`, `<s>`, `</s>`, the 256 byte
+    /// tokens, then `▁tN` up to the layout's size (SentencePiece's kind).
+    fn write_vocab(&self, w: &mut GgufWriter) {
+        let mut tokens = vec!["<unk>".to_string(), "<s>".into(), "</s>".into()];
+        tokens.extend((0..=255u8).map(|b| format!("<0x{b:02X}>")));
+        let specials = tokens.len();
+        tokens.extend((specials..self.vocab_size).map(|i| format!("\u{2581}t{i}")));
+        let scores: Vec<f32> = (0..tokens.len()).map(|i| -(i as f32)).collect();
+        let types: Vec<i32> = (0..tokens.len())
+            .map(|i| match i {
+                0 => 2,
+                1 | 2 => 3,
+                i if i < specials => 6,
+                _ => 1,
+            })
+            .collect();
+        let s = |v: &str| MetadataValue::String(v.into());
+        w.set("tokenizer.ggml.model", s("llama"));
+        w.set(
+            "tokenizer.ggml.tokens",
+            MetadataValue::Array(MetadataArray::String(tokens)),
+        );
+        w.set(
+            "tokenizer.ggml.scores",
+            MetadataValue::Array(MetadataArray::F32(scores)),
+        );
+        w.set(
+            "tokenizer.ggml.token_type",
+            MetadataValue::Array(MetadataArray::I32(types)),
+        );
+        w.set("tokenizer.ggml.bos_token_id", MetadataValue::U32(1));
+        w.set("tokenizer.ggml.eos_token_id", MetadataValue::U32(2));
+        w.set("tokenizer.ggml.unknown_token_id", MetadataValue::U32(0));
     }
 }
 

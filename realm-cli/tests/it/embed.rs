@@ -134,3 +134,78 @@ fn encoders_embed_and_refuse_generation() {
     assert!(!ok && stderr.contains("reranker"), "{stderr}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// Encoders end to end: tiny BERT and Nomic BERT models (f32) with BGE's
+/// WordPiece vocabulary embed text as llama.cpp's llama-embedding does
+/// (the same tokens, the file's own pooling, unit length): cosine at least
+/// 0.99999 (measured: the GELUs' approximations differ by up to 5e-5 a
+/// value). Skipped without llama.cpp's vocabulary file (`cargo xtask
+/// fetch-vocab`).
+#[test]
+fn encoders_embed_text_as_llama_cpp() {
+    let Some(vocab) = catalog::models_dir()
+        .map(|d| d.join("vocab/ggml-vocab-bert-bge.gguf"))
+        .filter(|p| p.is_file())
+    else {
+        eprintln!("skipped: no ggml-vocab-bert-bge.gguf; run `cargo xtask fetch-vocab`");
+        return;
+    };
+    let path = format!(
+        "{}/tests/fixtures/embeddings.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let fixture: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let dir = std::env::temp_dir().join(format!("realm-encoder-text-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut seen = 0;
+    for layout in ["tiny-bert", "tiny-nomic-bert"] {
+        let cases: Vec<&Value> = fixture["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["model"] == layout)
+            .collect();
+        let file = dir.join(format!("{layout}.gguf"));
+        let file = file.to_str().unwrap();
+        let (ok, _, stderr) = realm(&[
+            "synth",
+            layout,
+            "--vocab",
+            vocab.to_str().unwrap(),
+            "--matrix-type",
+            "f32",
+            "--seed",
+            "3",
+            "-o",
+            file,
+        ]);
+        assert!(ok, "{stderr}");
+        let digest = format!("{:016x}", fnv1a(&std::fs::read(file).unwrap()));
+        assert_eq!(
+            digest,
+            cases[0]["fnv1a"].as_str().unwrap(),
+            "{layout}: not llama.cpp's file"
+        );
+        let mut args = vec!["embed", file, "--json"];
+        for c in &cases {
+            args.extend(["-p", c["prompt"].as_str().unwrap()]);
+        }
+        let (ok, stdout, stderr) = realm(&args);
+        assert!(ok, "{stderr}");
+        let got: Value = serde_json::from_str(&stdout).unwrap();
+        for (c, d) in cases.iter().zip(got["data"].as_array().unwrap()) {
+            let (want, have) = (floats(&c["embedding"]), floats(&d["embedding"]));
+            let cos = cosine(&want, &have);
+            assert!(cos >= 0.99999, "{layout} {:?}: cosine {cos}", c["prompt"]);
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, 14);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
