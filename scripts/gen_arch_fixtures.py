@@ -46,17 +46,19 @@ TOKENS = [(i * 37 + 11) % 297 + 3 for i in range(24)]
 
 
 def case(name, layout, matrix_type="f32", rope_factors=False, overrides=(), long_rope=None,
-         n_ctx=64, long=None, embedding=False):
+         n_ctx=64, long=None, embedding=False, rank=False):
     """A case; `long`: run that many tokens (TOKENS' formula carried on)
     and keep only the last len(TOKENS) positions' logits; `embedding`: an
     encoder's, whose final hidden states are stored (`hidden`) in place of
-    logits."""
+    logits; `rank`: a reranker's, whose scores are (one row)."""
     c = dict(name=name, layout=layout, matrix_type=matrix_type, rope_factors=rope_factors,
              overrides=[list(o) for o in overrides], long_rope=long_rope, n_ctx=n_ctx)
     if long:
         c["long"] = long
     if embedding:
         c["embedding"] = True
+    if rank:
+        c["rank"] = True
     return c
 
 
@@ -412,6 +414,10 @@ CASES = [
          overrides=[("llama-embed.attention.causal", "bool", "true")]),
     case("neo-bert", "tiny-neo-bert", embedding=True),
     case("neo-bert-q8_0", "tiny-neo-bert", matrix_type="q8_0", embedding=True),
+    # A BERT reranker: the first token's state through `cls`, tanh and
+    # `cls.output` (llama.cpp's rank pooling).
+    case("bert-rank", "tiny-bert-rank", embedding=True, rank=True),
+    case("bert-rank-q8_0", "tiny-bert-rank", matrix_type="q8_0", embedding=True, rank=True),
 ]
 
 
@@ -439,7 +445,8 @@ def hidden_states(path, c, tokens):
     none), a row a position."""
     import llama_cpp
     from llama_cpp import Llama
-    llm = Llama(path, embedding=True, pooling_type=llama_cpp.LLAMA_POOLING_TYPE_NONE,
+    pooling = llama_cpp.LLAMA_POOLING_TYPE_RANK if c.get("rank") else llama_cpp.LLAMA_POOLING_TYPE_NONE
+    llm = Llama(path, embedding=True, pooling_type=pooling,
                 n_ctx=c["n_ctx"], n_batch=64, n_ubatch=64, n_threads=2, verbose=False)
     batch = llama_cpp.llama_batch_init(len(tokens), 0, 1)
     for i, t in enumerate(tokens):
@@ -447,9 +454,14 @@ def hidden_states(path, c, tokens):
         batch.seq_id[i][0], batch.logits[i] = 0, True
     batch.n_tokens = len(tokens)
     assert llama_cpp.llama_decode(llm._ctx.ctx, batch) == 0
-    d = llama_cpp.llama_model_n_embd(llm._model.model)
-    rows = np.ctypeslib.as_array(llama_cpp.llama_get_embeddings(llm._ctx.ctx),
-                                 shape=(len(tokens) * d,)).reshape(len(tokens), d).copy()
+    if c.get("rank"):
+        n = llama_cpp.llama_model_n_cls_out(llm._model.model)
+        rows = np.ctypeslib.as_array(llama_cpp.llama_get_embeddings_seq(llm._ctx.ctx, 0),
+                                     shape=(n,)).reshape(1, n).copy()
+    else:
+        d = llama_cpp.llama_model_n_embd(llm._model.model)
+        rows = np.ctypeslib.as_array(llama_cpp.llama_get_embeddings(llm._ctx.ctx),
+                                     shape=(len(tokens) * d,)).reshape(len(tokens), d).copy()
     llama_cpp.llama_batch_free(batch)
     del llm
     return rows

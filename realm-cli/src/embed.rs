@@ -41,24 +41,21 @@ pub struct EmbedArgs {
 }
 
 fn parse_pooling(s: &str) -> Result<Pooling, String> {
-    Pooling::parse(s).ok_or_else(|| format!("unknown pooling `{s}` (none, mean, cls, last)"))
+    Pooling::parse(s)
+        .filter(|&p| p != Pooling::Rank)
+        .ok_or_else(|| format!("unknown pooling `{s}` (none, mean, cls, last)"))
 }
 
 /// The pooling a model's metadata names, else mean (a generative model's
-/// usual embedding). A reranker's (`pooling_type` 4, rank) is refused.
-pub fn model_pooling(l: &load::Loaded) -> Result<Pooling> {
+/// usual embedding).
+pub fn model_pooling(l: &load::Loaded) -> Pooling {
     let md = l.file.metadata();
-    let named = md
-        .get_str("general.architecture")
+    md.get_str("general.architecture")
         .ok()
-        .and_then(|arch| md.get_u32(&format!("{arch}.pooling_type")).ok());
-    match named {
-        Some(4) => bail!("the model ranks (pooling_type 4, a reranker): not supported"),
-        _ => Ok(named
-            .and_then(Pooling::from_gguf)
-            .filter(|&p| p != Pooling::None)
-            .unwrap_or(Pooling::Mean)),
-    }
+        .and_then(|arch| md.get_u32(&format!("{arch}.pooling_type")).ok())
+        .and_then(Pooling::from_gguf)
+        .filter(|&p| p != Pooling::None)
+        .unwrap_or(Pooling::Mean)
 }
 
 pub fn run(args: &EmbedArgs) -> Result<()> {
@@ -71,10 +68,10 @@ pub fn run(args: &EmbedArgs) -> Result<()> {
 
 fn embed_all<B: Backend>(args: &EmbedArgs, l: &load::Loaded, backend: &B) -> Result<()> {
     let model = Model::load(&l.file, backend)?;
-    let pooling = match args.pooling {
-        Some(p) => p,
-        None => model_pooling(l)?,
-    };
+    let pooling = args.pooling.unwrap_or_else(|| model_pooling(l));
+    if pooling == Pooling::Rank {
+        bail!("the model ranks (a reranker): score documents with `realm rerank`");
+    }
     let prompts = args
         .prompt
         .iter()

@@ -15,6 +15,7 @@ mod perplexity;
 mod profile;
 mod prompt_cache;
 mod quantize;
+mod rerank;
 mod run;
 mod serve;
 mod split;
@@ -43,6 +44,8 @@ enum Cmd {
     Bench(bench::BenchArgs),
     /// A text's embedding: final hidden states pooled, as llama-embedding gives it.
     Embed(embed::EmbedArgs),
+    /// A reranker's score of each document for a query, as llama.cpp's server ranks them.
+    Rerank(rerank::RerankArgs),
     /// Token ids (and pieces) of a text, with the model's own tokenizer.
     Tokenize(tokenize::TokenizeArgs),
     /// Render a sample conversation with the model's chat template.
@@ -73,6 +76,7 @@ fn main() {
         Cmd::Chat(args) => chat::run(&args),
         Cmd::Bench(args) => bench::run(&args),
         Cmd::Embed(args) => embed::run(&args),
+        Cmd::Rerank(args) => rerank::run(&args),
         Cmd::Tokenize(args) => tokenize::tokenize(&args),
         Cmd::ChatTemplate(args) => tokenize::chat_template(&args),
         Cmd::Grammar(args) => grammar::run(&args),

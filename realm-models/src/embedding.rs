@@ -32,28 +32,34 @@ pub enum Pooling {
     Cls,
     /// The last token's.
     Last,
+    /// A reranker's: the first token's (the last's where attention is
+    /// causal), through the model's classification head
+    /// ([`Model::rank`]): one score a label, not normalised.
+    Rank,
 }
 
 impl Pooling {
     /// The pooling a GGUF's `{arch}.pooling_type` names (0 none, 1 mean,
-    /// 2 cls, 3 last).
+    /// 2 cls, 3 last, 4 rank).
     pub fn from_gguf(v: u32) -> Option<Self> {
         match v {
             0 => Some(Self::None),
             1 => Some(Self::Mean),
             2 => Some(Self::Cls),
             3 => Some(Self::Last),
+            4 => Some(Self::Rank),
             _ => None,
         }
     }
 
-    /// The pooling named `name` (`none`, `mean`, `cls`, `last`).
+    /// The pooling named `name` (`none`, `mean`, `cls`, `last`, `rank`).
     pub fn parse(name: &str) -> Option<Self> {
         match name {
             "none" => Some(Self::None),
             "mean" => Some(Self::Mean),
             "cls" => Some(Self::Cls),
             "last" => Some(Self::Last),
+            "rank" => Some(Self::Rank),
             _ => None,
         }
     }
@@ -62,7 +68,8 @@ impl Pooling {
 /// Runs `tokens` through `session` from its start (what it held is
 /// dropped) and pools their final hidden states: one vector, or one per
 /// token with [`Pooling::None`], projected as the model asks
-/// ([`Model::project_pooled`]); not normalised.
+/// ([`Model::project_pooled`]); not normalised. With [`Pooling::Rank`],
+/// the reranker's scores ([`Model::rank`]).
 pub fn embed<B: Backend>(
     model: &Model<'_, B>,
     session: &mut Session<B>,
@@ -77,6 +84,14 @@ pub fn embed<B: Backend>(
     let d = model.config().d_model;
     let n = tokens.len();
     session.truncate(0);
+    // A reranker reads its first token's state (its last where its
+    // attention is causal, as llama.cpp picks it).
+    let rank = pooling == Pooling::Rank;
+    let pooling = match pooling {
+        Pooling::Rank if model.config().bidirectional => Pooling::Cls,
+        Pooling::Rank => Pooling::Last,
+        p => p,
+    };
     let from = match pooling {
         Pooling::Last => n - 1,
         _ => 0,
@@ -92,9 +107,12 @@ pub fn embed<B: Backend>(
             out[0].iter_mut().zip(h).for_each(|(m, x)| *m += x * scale);
         }
         Pooling::Cls if i == 0 => out[0].copy_from_slice(h),
-        Pooling::Last => out[0].copy_from_slice(h),
+        Pooling::Last | Pooling::Rank => out[0].copy_from_slice(h),
         Pooling::Cls => {}
     })?;
+    if rank {
+        return Ok(vec![model.rank(&out[0])?]);
+    }
     model.project_pooled(&mut out)?;
     Ok(out)
 }

@@ -170,6 +170,15 @@ struct DenseOut<'a, B: Backend + 'a> {
     dense_3: B::Weight<'a>,
 }
 
+/// A reranker's head over the pooled embedding: `cls` (`d` to `d`, then
+/// tanh) where the file has it, then `cls.output` (to one score a label)
+/// where it has that.
+#[derive(Debug)]
+struct RankHead<'a, B: Backend + 'a> {
+    cls: Option<(B::Weight<'a>, Option<B::Buffer>)>,
+    out: Option<(B::Weight<'a>, Option<B::Buffer>)>,
+}
+
 /// A transformer whose weights stay in the GGUF file (borrowed, still
 /// quantized) and whose math runs on backend `B`.
 ///
@@ -203,6 +212,10 @@ pub struct Model<'a, B: Backend> {
     /// (EmbeddingGemma's `dense_2`, with its bias where the file has one,
     /// then `dense_3`), if it has them.
     dense_out: Option<DenseOut<'a, B>>,
+    /// A reranker's classification head (BERT's `cls`, then
+    /// `cls.output`, each with its bias where the file has one), if the
+    /// model has one.
+    rank_head: Option<RankHead<'a, B>>,
     /// Its bias (a LayerNorm's, where the file has one).
     output_norm_b: Option<B::Buffer>,
     output: B::Weight<'a>,
@@ -882,6 +895,29 @@ impl<'a, B: Backend> Model<'a, B> {
             Ok(_) | Err(realm_core::Error::TensorNotFound(_)) => None,
             Err(e) => return Err(e.into()),
         };
+        let has = |name: &str| file.tensor(name).is_ok();
+        let rank_head = match c.encoder && (has("cls.weight") || has("cls.output.weight")) {
+            true => {
+                let labels = match file.tensor("cls.output.weight").map(|t| t.shape().to_vec()) {
+                    Ok(shape) => shape.get(1).copied().unwrap_or(1) as usize,
+                    Err(_) => d,
+                };
+                Some(RankHead {
+                    cls: match has("cls.weight") {
+                        true => Some((weight("cls.weight", d, d)?, optional_norm("cls.bias", d)?)),
+                        false => None,
+                    },
+                    out: match has("cls.output.weight") {
+                        true => Some((
+                            weight("cls.output.weight", labels, d)?,
+                            optional_norm("cls.output.bias", labels)?,
+                        )),
+                        false => None,
+                    },
+                })
+            }
+            false => None,
+        };
         // (Phi 2's; llama.cpp reads it for no other of Realm's.)
         let output_b = match c.arch {
             Architecture::Phi2 => optional_norm("output.bias", c.vocab_size)?,
@@ -960,6 +996,7 @@ impl<'a, B: Backend> Model<'a, B> {
             layers,
             output_norm,
             dense_out,
+            rank_head,
             output_norm_b,
             output,
             output_b,
@@ -1429,6 +1466,55 @@ impl<'a, B: Backend> Model<'a, B> {
             r.copy_from_slice(v);
         }
         Ok(())
+    }
+
+    /// Whether the model has a reranker's head ([`Model::rank`]).
+    pub fn can_rank(&self) -> bool {
+        self.rank_head.is_some()
+    }
+
+    /// A reranker's scores of a pooled embedding (`d_model` values, its
+    /// first token's), as llama.cpp's rank pooling makes them: `cls` and
+    /// its bias, tanh, then `cls.output` and its bias (one score a label;
+    /// the embedding itself where the head has neither). Fails for a
+    /// model without a head.
+    pub fn rank(&self, pooled: &[f32]) -> Result<Vec<f32>> {
+        let head = self
+            .rank_head
+            .as_ref()
+            .ok_or_else(|| Error::BadConfig("the model has no reranker's head (cls)".into()))?;
+        let (b, d) = (self.backend, self.config.d_model);
+        if pooled.len() != d {
+            return Err(Error::BadConfig(format!(
+                "a pooled embedding of {} values, not {d}",
+                pooled.len()
+            )));
+        }
+        let mut ws = b.workspace();
+        let mut x = b.upload(pooled)?;
+        if let Some((w, bias)) = &head.cls {
+            let mut y = b.buffer(d)?;
+            b.matmul(&mut ws, w, &x, 1, &mut y)?;
+            if let Some(bias) = bias {
+                b.add_inplace(&mut y, bias, d)?;
+            }
+            // (tanh: a soft-cap of 1.)
+            b.softcap_inplace(&mut y, 1.0, d)?;
+            x = y;
+        }
+        let mut len = d;
+        if let Some((w, bias)) = &head.out {
+            len = w.rows();
+            let mut y = b.buffer(len)?;
+            b.matmul(&mut ws, w, &x, 1, &mut y)?;
+            if let Some(bias) = bias {
+                b.add_inplace(&mut y, bias, len)?;
+            }
+            x = y;
+        }
+        let mut out = vec![0f32; len];
+        b.download(&x, &mut out)?;
+        Ok(out)
     }
 
     /// Fails with [`Error::NoLogits`] for an encoder, which makes

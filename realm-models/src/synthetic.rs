@@ -2623,6 +2623,27 @@ impl SyntheticLayout {
                 }
                 Some(l)
             }
+            // A BERT reranker's: rank pooling through `cls` and
+            // `cls.output` (one score).
+            "tiny-bert-rank" => {
+                let mut l = Self::tiny("bert")
+                    .ok()?
+                    .with_hparam("bert.pooling_type", MetadataValue::U32(4));
+                for (name, shape) in [
+                    ("cls.weight", vec![64, 64]),
+                    ("cls.bias", vec![64]),
+                    ("cls.output.weight", vec![64, 1]),
+                    ("cls.output.bias", vec![1]),
+                ] {
+                    let dtype = small_dtype(name, &shape);
+                    l.tensors.push(SyntheticTensor {
+                        name: name.into(),
+                        shape,
+                        dtype,
+                    });
+                }
+                Some(l)
+            }
             // Falcon Mamba's norms of the step, B and C.
             "tiny-falcon-mamba" => Some(
                 Self::tiny("mamba")

@@ -63,6 +63,8 @@ pub enum Input {
     Prompt(Prompt),
     /// A text to embed.
     Embed(Prompt),
+    /// A query and a document for a reranker to score.
+    Rerank { query: String, document: String },
 }
 
 /// A chat request's conversation: its messages as the chat template reads
@@ -240,8 +242,7 @@ fn serve<B: Backend>(
         .and_then(|mut model| {
             let loras = load::add_loras(&mut model, &adapters)?;
             let scratch = model.batch_scratch(cfg.parallel)?;
-            let pooling = crate::embed::model_pooling(l)?;
-            Ok((model, loras, scratch, pooling))
+            Ok((model, loras, scratch, crate::embed::model_pooling(l)))
         });
     let (model, loras, scratch, pooling) = match started {
         Ok(m) => m,
@@ -399,7 +400,7 @@ impl<'m, B: Backend> Engine<'m, '_, B> {
             // place among the running requests.
             let mut i = 0;
             while i < self.waiting.len() {
-                if let Input::Embed(_) = self.waiting[i].input {
+                if let Input::Embed(_) | Input::Rerank { .. } = self.waiting[i].input {
                     if let Some(job) = self.waiting.remove(i) {
                         self.embed(&job);
                     }
@@ -449,11 +450,25 @@ impl<'m, B: Backend> Engine<'m, '_, B> {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "no embedding session")
             })?;
             session.set_loras(&loras);
+            // A reranker's scores are not scaled; other embeddings are.
+            let rank = matches!(job.input, Input::Rerank { .. });
+            let ranks = self.pooling == Pooling::Rank;
+            if rank != ranks {
+                return Err(ApiError::invalid(
+                    None,
+                    match ranks {
+                        true => "the model is a reranker: ask /v1/rerank",
+                        false => "the model has no reranker's head: it embeds, it does not rank",
+                    },
+                ));
+            }
             let mut v = embedding::embed(self.model, session, &ids, self.pooling)
                 .map_err(server_error)?
                 .pop()
                 .unwrap_or_default();
-            embedding::normalize(&mut v, 2);
+            if !rank {
+                embedding::normalize(&mut v, 2);
+            }
             Ok((ids.len(), v))
         });
         match ran {

@@ -35,7 +35,7 @@ use super::openai::{
 };
 use super::props::{self, Props};
 use super::tools::{self, Outcome, ToolMode};
-use super::{anthropic, embeddings, native, responses, tokens};
+use super::{anthropic, embeddings, native, rerank, responses, tokens};
 
 /// What every handler shares.
 #[derive(Debug)]
@@ -129,6 +129,10 @@ pub fn router(app: Arc<App>, body_limit: usize, cors: Option<CorsLayer>) -> Rout
         .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/embeddings", post(embeddings::embeddings))
         .route("/embedding", post(embeddings::embeddings))
+        .route("/v1/rerank", post(rerank::rerank))
+        .route("/rerank", post(rerank::rerank))
+        .route("/v1/reranking", post(rerank::rerank))
+        .route("/reranking", post(rerank::rerank))
         .route("/tokenize", post(tokens::tokenize))
         .route("/detokenize", post(tokens::detokenize))
         .route("/props", get(props::props))

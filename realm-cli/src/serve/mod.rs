@@ -29,6 +29,7 @@ mod native;
 mod openai;
 mod prompt;
 mod props;
+mod rerank;
 mod responses;
 mod tenants;
 mod tokens;

@@ -37,6 +37,8 @@ pub fn render(
 pub struct Prompts<'l> {
     l: &'l Loaded,
     template: Result<ChatTemplate, String>,
+    /// The model's `rerank` template, if it has one.
+    rerank: Option<String>,
     /// Each request's context length: a prompt must leave room for a token.
     pub ctx: usize,
 }
@@ -46,6 +48,7 @@ impl<'l> Prompts<'l> {
         Self {
             l,
             template: crate::chat::template(l).map_err(|e| e.to_string()),
+            rerank: crate::rerank::template(l),
             ctx,
         }
     }
@@ -68,6 +71,17 @@ impl<'l> Prompts<'l> {
             })),
             Input::Prompt(Prompt::Tokens(ids)) | Input::Embed(Prompt::Tokens(ids)) => {
                 Ok(Err(ids.clone()))
+            }
+            // As llama.cpp's server pairs them.
+            Input::Rerank { query, document } => {
+                let ids = crate::rerank::pair_tokens(
+                    &self.l.tokenizer,
+                    self.rerank.as_deref(),
+                    query,
+                    document,
+                )
+                .map_err(|e| ApiError::invalid(Some("documents"), e.to_string()))?;
+                Ok(Err(ids))
             }
             // As llama.cpp's server: special tokens' text is read as them.
             Input::Embed(Prompt::Text(text)) => Ok(Ok(PromptText {

@@ -3062,3 +3062,103 @@ fn recurrent_models_reuse_kept_sessions_whole_or_to_a_checkpoint() {
         assert_eq!(text, ask(&fresh, other, 8).0, "{layout}");
     }
 }
+
+/// Encoders served: a reranker (a tiny BERT with `cls` heads) answers
+/// `/v1/rerank` in Jina's format (best first, `top_n`) and TEI's (`texts`,
+/// `return_text`) with the scores `realm rerank` gives; `/v1/embeddings`
+/// on it, `/v1/rerank` on an embedding model and chat on either are
+/// refused with clear errors; an embedding model's vectors are unit
+/// length.
+#[test]
+fn encoders_serve_embeddings_and_reranking() {
+    let dir = std::env::temp_dir().join(format!("realm-serve-encoders-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = |layout: &str| {
+        let p = dir.join(format!("{layout}.gguf"));
+        let p = p.to_str().unwrap().to_string();
+        let (ok, _, err) = realm(&["synth", layout, "--seed", "5", "-o", &p]);
+        assert!(ok, "{err}");
+        p
+    };
+    let (ranker, embedder) = (path("tiny-bert-rank"), path("tiny-nomic-bert"));
+    let docs = ["a b c", "d e f g", "h", "i j"];
+    let mut args = vec!["rerank", ranker.as_str(), "-q", "q r s", "--json"];
+    for d in docs {
+        args.extend(["-d", d]);
+    }
+    let (ok, out, err) = realm(&args);
+    assert!(ok, "{err}");
+    let want: Value = serde_json::from_str(&out).unwrap();
+    let want = want["results"].as_array().unwrap().clone();
+    assert_eq!(want.len(), 4);
+    let server = Server::start(&[&ranker, "-c", "64"]);
+    let got = server.post(
+        "/v1/rerank",
+        &json!({"query": "q r s", "documents": docs, "top_n": 3}),
+    );
+    assert_eq!(got["object"], "list");
+    assert_eq!(got["results"].as_array().unwrap()[..], want[..3]);
+    let scores: Vec<f64> = want
+        .iter()
+        .map(|r| r["relevance_score"].as_f64().unwrap())
+        .collect();
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{scores:?}");
+    assert!(got["usage"]["prompt_tokens"].as_u64().unwrap() > 0);
+    let tei = server.post(
+        "/rerank",
+        &json!({"query": "q r s", "texts": docs, "return_text": true}),
+    );
+    let first = &tei.as_array().unwrap()[0];
+    assert_eq!(first["score"], want[0]["relevance_score"]);
+    assert_eq!(
+        first["text"],
+        docs[want[0]["index"].as_u64().unwrap() as usize]
+    );
+    let (status, body) = server.call(
+        "POST",
+        "/v1/embeddings",
+        &json!({"input": "a b"}).to_string(),
+    );
+    assert!(
+        status == 400 && body.contains("/v1/rerank"),
+        "{status} {body}"
+    );
+    let (status, body) = server.call(
+        "POST",
+        "/v1/rerank",
+        &json!({"documents": docs}).to_string(),
+    );
+    assert!(status == 400 && body.contains("query"), "{status} {body}");
+    let (status, body) = server.call(
+        "POST",
+        "/v1/chat/completions",
+        &json!({"messages": [{"role": "user", "content": "hi"}]}).to_string(),
+    );
+    assert!(
+        status == 400 && body.contains("embedding model"),
+        "{status} {body}"
+    );
+
+    let server = Server::start(&[&embedder, "-c", "64"]);
+    let got = server.post("/v1/embeddings", &json!({"input": ["a b c", "d e"]}));
+    for d in got["data"].as_array().unwrap() {
+        let v: Vec<f64> = d["embedding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        let length = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        assert!((length - 1.0).abs() < 1e-4, "{length}");
+    }
+    let (status, body) = server.call(
+        "POST",
+        "/v1/rerank",
+        &json!({"query": "a", "documents": ["b"]}).to_string(),
+    );
+    assert!(
+        status == 400 && body.contains("reranker"),
+        "{status} {body}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

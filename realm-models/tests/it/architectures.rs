@@ -120,7 +120,7 @@ const SHARP: [&str; 5] = [
 /// as for Gemma 4's, the float sums' order flips the f16 rounding of some
 /// of the table's inputs, which the 8-bit inputs of the Q8_0 products
 /// after them absorb. Their f32 cases are held to [`TOLERANCE_GELU`].
-const GELU_TABLE: [&str; 13] = [
+const GELU_TABLE: [&str; 14] = [
     "tiny-starcoder2",
     "tiny-phi2",
     "tiny-gptneox",
@@ -134,6 +134,7 @@ const GELU_TABLE: [&str; 13] = [
     "tiny-mpt",
     "tiny-bert",
     "tiny-gemma-embedding",
+    "tiny-bert-rank",
 ];
 
 fn fixture() -> Value {
@@ -204,21 +205,21 @@ fn logits(
 }
 
 /// Our embedding of every token (an encoder's final hidden states, not
-/// pooled, projected as the model asks), in a session of `n_ctx` tokens
-/// and batches of `batch`.
+/// pooled, projected as the model asks; a reranker's scores), in a
+/// session of `n_ctx` tokens and batches of `batch`.
 fn hidden(
     model: &Model<'_, CpuBackend>,
     tokens: &[u32],
     n_ctx: usize,
     batch: usize,
 ) -> realm_models::Result<Vec<Vec<f32>>> {
+    use realm_models::embedding::{embed, Pooling};
     let mut s = model.session(n_ctx, batch)?;
-    realm_models::embedding::embed(
-        model,
-        &mut s,
-        tokens,
-        realm_models::embedding::Pooling::None,
-    )
+    let pooling = match model.can_rank() {
+        true => Pooling::Rank,
+        false => Pooling::None,
+    };
+    embed(model, &mut s, tokens, pooling)
 }
 
 /// llama.cpp's logits of a case, a row a position (an encoder's final
