@@ -414,6 +414,13 @@ CASES = [
          overrides=[("llama-embed.attention.causal", "bool", "true")]),
     case("neo-bert", "tiny-neo-bert", embedding=True),
     case("neo-bert-q8_0", "tiny-neo-bert", matrix_type="q8_0", embedding=True),
+    # ModernBERT: a global block, then two local ones (windows on both
+    # sides, their own RoPE base); GEGLU, or SwiGLU as Granite Embedding R2.
+    case("modern-bert", "tiny-modern-bert", embedding=True),
+    case("modern-bert-q8_0", "tiny-modern-bert", matrix_type="q8_0", embedding=True),
+    case("modern-bert-silu", "tiny-modern-bert", embedding=True,
+         overrides=[("modern-bert.hidden_activation", "str", "silu")]),
+    case("eurobert", "tiny-eurobert", embedding=True),
     # A BERT reranker: the first token's state through `cls`, tanh and
     # `cls.output` (llama.cpp's rank pooling).
     case("bert-rank", "tiny-bert-rank", embedding=True, rank=True),

@@ -390,6 +390,8 @@ fn encoders_match_the_cpu() {
         "gemma-embedding",
         "llama-embed",
         "neo-bert",
+        "modern-bert",
+        "eurobert",
     ] {
         let layout = SyntheticLayout::tiny(arch).unwrap();
         let f32_file = Gguf::from_bytes(

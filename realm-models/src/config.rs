@@ -317,11 +317,20 @@ pub enum Architecture {
     /// `attn_qkv`, gate and up in one `ffn_up`, and its output norm named
     /// `enc.output_norm`.
     NeoBert,
+    /// ModernBERT (modern-bert: ModernBERT, gte-modernbert, Granite
+    /// Embedding R2): an encoder of LayerNorms without biases (none before
+    /// the first block's attention), `attn_qkv`, NeoX RoPE with a base of
+    /// its own for the local blocks, a window on both sides of each token
+    /// in all blocks but every third from the first, and gate and up in
+    /// one `ffn_up` (GEGLU, or SwiGLU where `hidden_act` is silu).
+    ModernBert,
+    /// EuroBERT (eurobert): an encoder of llama's blocks with NeoX RoPE.
+    EuroBert,
 }
 
 impl Architecture {
     /// Every architecture Realm runs.
-    pub const ALL: [Architecture; 73] = [
+    pub const ALL: [Architecture; 75] = [
         Self::Llama,
         Self::Mistral,
         Self::Qwen2,
@@ -395,6 +404,8 @@ impl Architecture {
         Self::GemmaEmbedding,
         Self::LlamaEmbed,
         Self::NeoBert,
+        Self::ModernBert,
+        Self::EuroBert,
     ];
 
     /// The architecture named by `general.architecture`.
@@ -433,6 +444,7 @@ impl Architecture {
                 | Self::Olmo
                 | Self::Bert
                 | Self::NomicBert
+                | Self::ModernBert
         )
     }
 
@@ -441,7 +453,11 @@ impl Architecture {
         self.bert_blocks()
             || matches!(
                 self,
-                Self::GemmaEmbedding | Self::LlamaEmbed | Self::NeoBert
+                Self::GemmaEmbedding
+                    | Self::LlamaEmbed
+                    | Self::NeoBert
+                    | Self::ModernBert
+                    | Self::EuroBert
             )
     }
 
@@ -549,6 +565,8 @@ impl Architecture {
             Self::GemmaEmbedding => "gemma-embedding",
             Self::LlamaEmbed => "llama-embed",
             Self::NeoBert => "neo-bert",
+            Self::ModernBert => "modern-bert",
+            Self::EuroBert => "eurobert",
         }
     }
 }
@@ -756,6 +774,9 @@ pub struct ModelConfig {
     /// Whether the model is an embedding model (BERT's families,
     /// EmbeddingGemma): it makes embeddings, no logits.
     pub encoder: bool,
+    /// Whether the gated feed-forward networks gate by GELU (the Gemmas',
+    /// ModernBERT's but where its `hidden_activation` is silu), not SiLU.
+    pub geglu: bool,
     /// Whether every token attends to every other of its text, not only
     /// to those before it (the file's `attention.causal` false, as
     /// llama.cpp's converters write it for encoders; EmbeddingGemma's
@@ -1490,6 +1511,7 @@ impl ModelConfig {
                 | Architecture::Cohere2,
                 w,
             ) => w,
+            (Architecture::ModernBert, w) => w.filter(|&w| w > 0),
             _ => None,
         };
         // gpt-oss's files may give only the experts' width.
@@ -1561,6 +1583,9 @@ impl ModelConfig {
             // its local layers with the global base.)
             rope_base_local: match opt_f("rope.freq_base_swa")? {
                 Some(b) if gemma || gemma3n || gemma4 || gpt_oss || llama4 => b,
+                // (llama.cpp's default for ModernBERT's local blocks.)
+                Some(b) if arch == Architecture::ModernBert => b,
+                None if arch == Architecture::ModernBert => 10_000.0,
                 _ if gemma3 || gemma3n || gemma4 => 10_000.0,
                 _ => rope_base,
             },
@@ -1651,13 +1676,31 @@ impl ModelConfig {
                 | Architecture::Exaone
                 | Architecture::Plamo
                 | Architecture::Bert
-                | Architecture::NomicBert => RopeMode::Neox,
+                | Architecture::NomicBert
+                | Architecture::ModernBert
+                | Architecture::EuroBert => RopeMode::Neox,
             },
             sliding_window,
             // Every sixth layer (Gemma 3), second (Gemma 2, gpt-oss) or
             // fourth (OLMo 3) attends globally unless the file says
             // otherwise.
             local_layers: match sliding_window {
+                // (ModernBERT's global blocks come first of each three.)
+                Some(_) if arch == Architecture::ModernBert => {
+                    let pattern = key("attention.sliding_window_pattern");
+                    match md.get(&pattern) {
+                        Some(MetadataValue::Array(_)) => {
+                            Some(swa_pattern(md, &pattern, n_layers, 3)?)
+                        }
+                        found => {
+                            let every = match found {
+                                Some(_) => md.get_u32(&pattern)? as usize,
+                                None => 3,
+                            };
+                            Some((0..n_layers).map(|l| every == 0 || l % every != 0).collect())
+                        }
+                    }
+                }
                 // (Llama 4's chunked layers.)
                 _ if llama4 => Some(swa_pattern(
                     md,
@@ -1689,6 +1732,28 @@ impl ModelConfig {
             pre_norms: !(olmo2 || exaone4 || arch.bert_blocks()),
             encoder: arch.encoder(),
             bidirectional,
+            geglu: match arch {
+                Architecture::Gemma
+                | Architecture::Gemma2
+                | Architecture::Gemma3
+                | Architecture::GemmaEmbedding
+                | Architecture::Gemma3n
+                | Architecture::Gemma4 => true,
+                // (llama.cpp's names, GEGLU where it knows none.)
+                Architecture::ModernBert => match md.get(&key("hidden_activation")) {
+                    None => true,
+                    Some(_) => match md.get_str(&key("hidden_activation"))? {
+                        "silu" | "swish" | "swiglu" => false,
+                        "relu" | "reglu" => {
+                            return Err(Error::BadConfig(format!(
+                                "{p} with ReLU feed-forward networks is not supported"
+                            )))
+                        }
+                        _ => true,
+                    },
+                },
+                _ => false,
+            },
             qk_norm_whole: olmo2 || matches!(arch, Architecture::Olmoe | Architecture::MinimaxM2),
             qk_norm_after_rope: hunyuan,
             // Gemma 2 and 3 27B scale by their width per head, not their

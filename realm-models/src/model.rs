@@ -486,7 +486,10 @@ impl<'a, B: Backend> Model<'a, B> {
                 qkv: has("attn_qkv.weight"),
                 gate_up: matches!(
                     c.arch,
-                    Architecture::Phi3 | Architecture::Glm4 | Architecture::NeoBert
+                    Architecture::Phi3
+                        | Architecture::Glm4
+                        | Architecture::NeoBert
+                        | Architecture::ModernBert
                 ) && !has("ffn_gate.weight"),
             };
             let qkv = if c.mla.is_some() || !attends {
@@ -612,6 +615,8 @@ impl<'a, B: Backend> Model<'a, B> {
                 // (OLMo's LayerNorms have no weights: ones.)
                 attn_norm: match c.arch {
                     Architecture::Olmo => Some(ones(d)?),
+                    // (ModernBERT's first block has none.)
+                    Architecture::ModernBert => optional_norm(&n("attn_norm.weight"), d)?,
                     _ => must(&format!("{attn_norm}.weight"), d, c.pre_norms)?,
                 },
                 attn_norm_b: norm_bias(&format!("{attn_norm}.bias"))?,
@@ -832,7 +837,10 @@ impl<'a, B: Backend> Model<'a, B> {
         };
         // BLOOM's LayerNorm of the embeddings (the encoders').
         let embed_norm = match c.arch {
-            Architecture::Bloom | Architecture::Bert | Architecture::NomicBert => Some((
+            Architecture::Bloom
+            | Architecture::Bert
+            | Architecture::NomicBert
+            | Architecture::ModernBert => Some((
                 norm("token_embd_norm.weight", d)?,
                 optional_norm("token_embd_norm.bias", d)?,
             )),
@@ -897,6 +905,12 @@ impl<'a, B: Backend> Model<'a, B> {
         };
         let has = |name: &str| file.tensor(name).is_ok();
         let rank_head = match c.encoder && (has("cls.weight") || has("cls.output.weight")) {
+            // (Its head's GELU, norm and mean pooling are its own.)
+            true if c.arch == Architecture::ModernBert => {
+                return Err(Error::BadConfig(
+                    "modern-bert's classifier (a reranker's head) is not supported".into(),
+                ))
+            }
             true => {
                 let labels = match file.tensor("cls.output.weight").map(|t| t.shape().to_vec()) {
                     Ok(shape) => shape.get(1).copied().unwrap_or(1) as usize,
@@ -2735,19 +2749,14 @@ impl<'a, B: Backend> Model<'a, B> {
                 (out, ff),
             )?;
         }
-        match self.config.arch {
-            Architecture::Gemma
-            | Architecture::Gemma2
-            | Architecture::Gemma3
-            | Architecture::GemmaEmbedding
-            | Architecture::Gemma3n
-            | Architecture::Gemma4 => {
+        match self.config.geglu {
+            true => {
                 if let Some(mul) = self.config.altup.as_ref().and_then(|a| a.sparsity[li]) {
                     self.sparsify(sc, n, mul)?;
                 }
                 b.geglu_inplace(&mut sc.gate, &sc.up, n * ff)?
             }
-            _ => b.swiglu_inplace(&mut sc.gate, &sc.up, n * ff)?,
+            false => b.swiglu_inplace(&mut sc.gate, &sc.up, n * ff)?,
         }
         b.matmul(&mut sc.ws, down, &sc.gate, n, &mut sc.proj)?;
         let (x, out) = ((&sc.gate, n, ff), (&mut sc.proj, d));

@@ -510,6 +510,15 @@ impl SyntheticLayout {
         if arch == "neo-bert" {
             return Self::tiny_neo_bert();
         }
+        if arch == "eurobert" {
+            // (Bidirectional, as its converter writes it.)
+            return Ok(Self::tiny("llama")?
+                .renamed(arch)
+                .with_hparam("eurobert.attention.causal", MetadataValue::Bool(false)));
+        }
+        if arch == "modern-bert" {
+            return Ok(Self::tiny_modern_bert());
+        }
         if arch == "gemma-embedding" {
             return Self::tiny_gemma_embedding();
         }
@@ -2005,6 +2014,51 @@ impl SyntheticLayout {
         }
         l.tensors = tensors;
         Ok(l)
+    }
+
+    /// ModernBERT's: 3 blocks 64 wide (4 heads of 16; the first global,
+    /// the others local, their window 4 wide on both sides, RoPE bases
+    /// 160000 and 10000), LayerNorms without biases (none before the first
+    /// attention), `attn_qkv`, GEGLU 128 wide in one `ffn_up`, mean
+    /// pooling.
+    fn tiny_modern_bert() -> Self {
+        let (d, ff, layers) = (64u64, 128u64, 3);
+        let k = |n: &str| format!("modern-bert.{n}");
+        let mut hp = vec![
+            u32_kv(&k("attention.head_count"), 4),
+            f32_kv(&k("attention.layer_norm_epsilon"), 1e-5),
+            (k("attention.causal"), MetadataValue::Bool(false)),
+            u32_kv(&k("attention.sliding_window"), 4),
+            u32_kv(&k("block_count"), layers as u32),
+            u32_kv(&k("context_length"), 256),
+            u32_kv(&k("embedding_length"), d as u32),
+            u32_kv(&k("feed_forward_length"), ff as u32),
+            u32_kv(&k("pooling_type"), 1),
+            f32_kv(&k("rope.freq_base"), 160_000.0),
+            f32_kv(&k("rope.freq_base_swa"), 10_000.0),
+        ];
+        hp.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut tensors = small_tensors((d, 300, layers), "output_norm.weight", |l, blk| {
+            if l > 0 {
+                blk("attn_norm.weight", vec![d]);
+            }
+            blk("attn_qkv.weight", vec![d, 3 * d]);
+            blk("attn_output.weight", vec![d, d]);
+            blk("ffn_norm.weight", vec![d]);
+            blk("ffn_up.weight", vec![d, 2 * ff]);
+            blk("ffn_down.weight", vec![ff, d]);
+        });
+        tensors.push(SyntheticTensor {
+            name: "token_embd_norm.weight".into(),
+            shape: vec![d],
+            dtype: GgmlType::F32,
+        });
+        Self {
+            arch: "modern-bert".into(),
+            hparams: hp,
+            vocab_size: 300,
+            tensors,
+        }
     }
 
     /// EmbeddingGemma's: the tiny Gemma 3's blocks (the first local, its

@@ -102,7 +102,7 @@ impl PreOptions {
         use PreTokenizer::*;
         Ok(match name {
             "" | "default" => o(Default, false, true, false),
-            "gpt2" | "gpt-2" | "phi-2" | "mpt" | "olmo" | "jais" | "exaone4" => {
+            "gpt2" | "gpt-2" | "phi-2" | "mpt" | "olmo" | "jais" | "exaone4" | "modern-bert" => {
                 o(Gpt2, false, true, false)
             }
             "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral"
