@@ -403,6 +403,9 @@ CASES = [
     case("bert-q8_0", "tiny-bert", matrix_type="q8_0", embedding=True),
     case("nomic-bert", "tiny-nomic-bert", embedding=True),
     case("nomic-bert-q8_0", "tiny-nomic-bert", matrix_type="q8_0", embedding=True),
+    # Nomic BERT MoE: ungated GELU experts in the second block.
+    case("nomic-bert-moe", "tiny-nomic-bert-moe", embedding=True),
+    case("nomic-bert-moe-q8_0", "tiny-nomic-bert-moe", matrix_type="q8_0", embedding=True),
     # EmbeddingGemma: a local block (its window on both sides) and a
     # global one, then its dense projections (of every position, as
     # llama.cpp applies them without pooling).

@@ -387,6 +387,7 @@ fn encoders_match_the_cpu() {
     for arch in [
         "bert",
         "nomic-bert",
+        "nomic-bert-moe",
         "gemma-embedding",
         "llama-embed",
         "neo-bert",

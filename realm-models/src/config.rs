@@ -305,6 +305,11 @@ pub enum Architecture {
     /// blocks with NeoX RoPE instead of learned positions, `attn_qkv`
     /// without biases and SwiGLU.
     NomicBert,
+    /// Nomic BERT MoE (nomic-bert-moe: nomic-embed-text v2 MoE): Nomic
+    /// BERT's blocks with BERT's ungated GELU networks, every second block's
+    /// a mixture of ungated GELU experts (`moe_every_n_layers` 2; softmax
+    /// weights, not renormalised).
+    NomicBertMoe,
     /// EmbeddingGemma (gemma-embedding: 300M): an encoder of Gemma 3's
     /// blocks, its local blocks' windows on both sides of each token,
     /// and the file's dense projections of the pooled embedding
@@ -330,7 +335,7 @@ pub enum Architecture {
 
 impl Architecture {
     /// Every architecture Realm runs.
-    pub const ALL: [Architecture; 75] = [
+    pub const ALL: [Architecture; 76] = [
         Self::Llama,
         Self::Mistral,
         Self::Qwen2,
@@ -401,6 +406,7 @@ impl Architecture {
         Self::Mamba,
         Self::Bert,
         Self::NomicBert,
+        Self::NomicBertMoe,
         Self::GemmaEmbedding,
         Self::LlamaEmbed,
         Self::NeoBert,
@@ -444,6 +450,7 @@ impl Architecture {
                 | Self::Olmo
                 | Self::Bert
                 | Self::NomicBert
+                | Self::NomicBertMoe
                 | Self::ModernBert
         )
     }
@@ -465,7 +472,7 @@ impl Architecture {
     /// LayerNorm of the residual stream after each part joins it, no
     /// output norm.
     pub fn bert_blocks(self) -> bool {
-        matches!(self, Self::Bert | Self::NomicBert)
+        matches!(self, Self::Bert | Self::NomicBert | Self::NomicBertMoe)
     }
 
     /// Whether the architecture's feed-forward networks have no gate
@@ -486,6 +493,7 @@ impl Architecture {
                 | Self::Bloom
                 | Self::Mpt
                 | Self::Bert
+                | Self::NomicBertMoe
         )
     }
 
@@ -562,6 +570,7 @@ impl Architecture {
             Self::Mamba => "mamba",
             Self::Bert => "bert",
             Self::NomicBert => "nomic-bert",
+            Self::NomicBertMoe => "nomic-bert-moe",
             Self::GemmaEmbedding => "gemma-embedding",
             Self::LlamaEmbed => "llama-embed",
             Self::NeoBert => "neo-bert",
@@ -691,6 +700,8 @@ pub enum ExpertActivation {
     SquaredRelu,
     /// `gelu(gate) * up` (Gemma 4's).
     Geglu,
+    /// `gelu(up)`, no gate (Nomic BERT MoE's).
+    Gelu,
 }
 
 /// Everything a forward pass needs to know about the model's shape.
@@ -1677,6 +1688,7 @@ impl ModelConfig {
                 | Architecture::Plamo
                 | Architecture::Bert
                 | Architecture::NomicBert
+                | Architecture::NomicBertMoe
                 | Architecture::ModernBert
                 | Architecture::EuroBert => RopeMode::Neox,
             },
@@ -1697,7 +1709,11 @@ impl ModelConfig {
                                 Some(_) => md.get_u32(&pattern)? as usize,
                                 None => 3,
                             };
-                            Some((0..n_layers).map(|l| every == 0 || l % every != 0).collect())
+                            Some(
+                                (0..n_layers)
+                                    .map(|l| every == 0 || l % every != 0)
+                                    .collect(),
+                            )
                         }
                     }
                 }
@@ -2325,6 +2341,7 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
     let llama4 = arch == Architecture::Llama4;
     let hunyuan = arch == Architecture::HunyuanMoe;
     let gemma4 = arch == Architecture::Gemma4;
+    let nomic = arch == Architecture::NomicBertMoe;
     match (arch, experts) {
         (
             Architecture::Qwen2Moe
@@ -2369,7 +2386,8 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
             | Architecture::Lfm2Moe
             | Architecture::NemotronH
             | Architecture::NemotronHMoe
-            | Architecture::Gemma4,
+            | Architecture::Gemma4
+            | Architecture::NomicBertMoe,
             _,
         ) => {}
         (other, _) => {
@@ -2460,7 +2478,16 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
     let qwen_delta = matches!(arch, Architecture::Qwen35Moe | Architecture::Qwen3Next);
     let scale_key = format!("{p}.expert_weights_scale");
     let weights_scale = match md.get(&scale_key) {
-        Some(_) if !ernie && !minimax && !lfm2 && !qwen_delta && !llama4 && !hunyuan && !gemma4 => {
+        Some(_)
+            if !ernie
+                && !minimax
+                && !lfm2
+                && !qwen_delta
+                && !llama4
+                && !hunyuan
+                && !gemma4
+                && !nomic =>
+        {
             md.get_f32(&scale_key)?
         }
         _ => 0.0,
@@ -2472,7 +2499,8 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
         Architecture::Qwen2Moe
         | Architecture::GptOss
         | Architecture::Olmoe
-        | Architecture::Llama4 => false,
+        | Architecture::Llama4
+        | Architecture::NomicBertMoe => false,
         Architecture::Glm4Moe
         | Architecture::Dots1
         | Architecture::BailingMoe2
@@ -2539,6 +2567,16 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
         true => get("interleave_moe_layer_step")?
             .ok_or_else(|| Error::BadConfig(format!("{p} needs an interleave_moe_layer_step")))?
             as usize,
+        // (llama.cpp's experts are in blocks `i % n == 1`: every second
+        // block's, as these, for n = 2.)
+        false if nomic => match get("moe_every_n_layers")?.unwrap_or(0) {
+            2 => 2,
+            n => {
+                return Err(Error::BadConfig(format!(
+                    "{p}.moe_every_n_layers {n} (not 2) is not supported"
+                )))
+            }
+        },
         false => 1,
     };
     if every == 0 {
@@ -2578,6 +2616,8 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
             ExpertActivation::SquaredRelu
         } else if gemma4 {
             ExpertActivation::Geglu
+        } else if nomic {
+            ExpertActivation::Gelu
         } else {
             ExpertActivation::Swiglu
         },

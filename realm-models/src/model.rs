@@ -656,9 +656,8 @@ impl<'a, B: Backend> Model<'a, B> {
                     | Architecture::CodeShell
                     | Architecture::Bloom
                     | Architecture::Mpt
-                    | Architecture::Refact
-                    | Architecture::Bert
-                    | Architecture::NomicBert => optional_norm(&n("attn_output.bias"), d)?,
+                    | Architecture::Refact => optional_norm(&n("attn_output.bias"), d)?,
+                    _ if c.arch.bert_blocks() => optional_norm(&n("attn_output.bias"), d)?,
                     Architecture::Mistral3
                     | Architecture::Ernie45
                     | Architecture::Ernie45Moe
@@ -836,15 +835,14 @@ impl<'a, B: Backend> Model<'a, B> {
             _ => None,
         };
         // BLOOM's LayerNorm of the embeddings (the encoders').
-        let embed_norm = match c.arch {
-            Architecture::Bloom
-            | Architecture::Bert
-            | Architecture::NomicBert
-            | Architecture::ModernBert => Some((
+        let embed_norm = match c.arch.bert_blocks()
+            || matches!(c.arch, Architecture::Bloom | Architecture::ModernBert)
+        {
+            true => Some((
                 norm("token_embd_norm.weight", d)?,
                 optional_norm("token_embd_norm.bias", d)?,
             )),
-            _ => None,
+            false => None,
         };
         let token_type = match file.tensor("token_types.weight") {
             Ok(t) if c.encoder => {

@@ -1923,11 +1923,14 @@ impl SyntheticLayout {
     /// output; `ssm_a` negative, as the converter writes `-exp(A_log)`.
     /// An encoder's: BERT's (2 blocks 64 wide, 4 heads of 16, GELUs 128
     /// wide, biases on every product, learned positions for the 256 of the
-    /// context, 2 token types, CLS pooling) or Nomic BERT's (NeoX RoPE for
-    /// the positions, `attn_qkv` and SwiGLU without biases, mean pooling).
+    /// context, 2 token types, CLS pooling), Nomic BERT's (NeoX RoPE for
+    /// the positions, `attn_qkv` and SwiGLU without biases, mean pooling)
+    /// or Nomic BERT MoE's (Nomic BERT's attention, BERT's GELUs in the
+    /// first block, 4 experts of them, 2 a token, in the second).
     fn tiny_encoder(arch: &str) -> Self {
         let (d, ff, layers) = (64u64, 128u64, 2);
         let bert = arch == "bert";
+        let moe = arch == "nomic-bert-moe";
         let k = |n: &str| format!("{arch}.{n}");
         let mut hp = vec![
             u32_kv(&k("attention.head_count"), 4),
@@ -1940,8 +1943,15 @@ impl SyntheticLayout {
             u32_kv(&k("pooling_type"), if bert { 2 } else { 1 }),
             u32_kv("tokenizer.ggml.token_type_count", 2),
         ];
+        if moe {
+            hp.extend([
+                u32_kv(&k("expert_count"), 4),
+                u32_kv(&k("expert_used_count"), 2),
+                u32_kv(&k("moe_every_n_layers"), 2),
+            ]);
+        }
         hp.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut tensors = small_tensors((d, 300, layers), "token_embd_norm.weight", |_, blk| {
+        let mut tensors = small_tensors((d, 300, layers), "token_embd_norm.weight", |l, blk| {
             if bert {
                 for m in ["attn_q", "attn_k", "attn_v"] {
                     blk(&format!("{m}.weight"), vec![d, d]);
@@ -1956,6 +1966,26 @@ impl SyntheticLayout {
             }
             blk("attn_output_norm.weight", vec![d]);
             blk("attn_output_norm.bias", vec![d]);
+            if moe {
+                // BERT's GELUs in the first block, 4 experts of them in
+                // the second.
+                match l {
+                    1 => {
+                        blk("ffn_gate_inp.weight", vec![d, 4]);
+                        blk("ffn_up_exps.weight", vec![d, ff, 4]);
+                        blk("ffn_down_exps.weight", vec![ff, d, 4]);
+                    }
+                    _ => {
+                        blk("ffn_up.weight", vec![d, ff]);
+                        blk("ffn_down.weight", vec![ff, d]);
+                        blk("ffn_up.bias", vec![ff]);
+                        blk("ffn_down.bias", vec![d]);
+                    }
+                }
+                blk("layer_output_norm.weight", vec![d]);
+                blk("layer_output_norm.bias", vec![d]);
+                return;
+            }
             if !bert {
                 blk("ffn_gate.weight", vec![d, ff]);
             }
@@ -2919,7 +2949,11 @@ impl SyntheticLayout {
             w.set(k.clone(), v.clone());
         }
         let mut rng = SplitMix(seed);
-        if !self.hparams.iter().any(|(k, _)| k == "tokenizer.ggml.tokens") {
+        if !self
+            .hparams
+            .iter()
+            .any(|(k, _)| k == "tokenizer.ggml.tokens")
+        {
             self.write_vocab(&mut w);
         }
         for t in &self.tensors {

@@ -168,7 +168,10 @@ impl<'a, B: Backend + 'a> Moe<'a, B> {
         };
         // The experts' width: the latent one where they run in it.
         let e = m.latent.unwrap_or(d);
-        let gateless = m.activation == ExpertActivation::SquaredRelu;
+        let gateless = matches!(
+            m.activation,
+            ExpertActivation::SquaredRelu | ExpertActivation::Gelu
+        );
         let gate_up: Vec<GateUp<B::Weight<'a>>> =
             match file.tensor(&name("ffn_gate_up_exps.weight")) {
                 _ if gateless => slices("ffn_up_exps.weight", m.ffn_dim, e)?
@@ -450,6 +453,7 @@ impl<B: Backend> Moe<'_, B> {
                 }
                 ExpertActivation::SquaredRelu => b.relu_squared_inplace(buf.gate, rows * ff)?,
                 ExpertActivation::Geglu => b.geglu_inplace(buf.gate, buf.up, rows * ff)?,
+                ExpertActivation::Gelu => b.gelu_inplace(buf.gate, rows * ff)?,
             }
             if let Some(c) = buf.seen.as_deref_mut() {
                 let inputs: &[&str] = match gate_up {

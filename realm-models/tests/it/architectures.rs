@@ -120,7 +120,7 @@ const SHARP: [&str; 5] = [
 /// as for Gemma 4's, the float sums' order flips the f16 rounding of some
 /// of the table's inputs, which the 8-bit inputs of the Q8_0 products
 /// after them absorb. Their f32 cases are held to [`TOLERANCE_GELU`].
-const GELU_TABLE: [&str; 15] = [
+const GELU_TABLE: [&str; 16] = [
     "tiny-starcoder2",
     "tiny-phi2",
     "tiny-gptneox",
@@ -136,6 +136,7 @@ const GELU_TABLE: [&str; 15] = [
     "tiny-gemma-embedding",
     "tiny-bert-rank",
     "tiny-modern-bert",
+    "tiny-nomic-bert-moe",
 ];
 
 fn fixture() -> Value {
