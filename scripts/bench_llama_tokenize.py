@@ -27,7 +27,8 @@ def bench_text():
 
 def main():
     data = bench_text()
-    for name, file in [("gemma3-spm", "gemma-3-270m-q4_k_m.gguf"), ("smollm2-bpe", "SmolLM2-135M-Instruct.Q4_1.gguf")]:
+    for name, file in [("gemma3-spm", "gemma-3-270m-q4_k_m.gguf"), ("smollm2-bpe", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+                       ("nomic-ugm", "vocab/ggml-vocab-nomic-bert-moe.gguf")]:
         path = MODELS / file
         if not path.exists():
             print(f"skipping {name}: {path} not found")

@@ -24,12 +24,17 @@ keys in its "metadata" field, for the test to set the same. Where llama.cpp's
 own test strings for a vocabulary are there (its `.inp` file beside it), they
 join the corpus, and llama.cpp's ids for them are first checked against the
 `.out` file, as llama.cpp's test-tokenizer-0 does.
+
+A toy fixture (TOYS) is a hand-made vocabulary: llama.cpp runs on a GGUF
+written from it, and the fixture keeps its tokenizer keys in a "vocab" field
+instead of naming a model file, for the test to build the same.
 """
 import ctypes
 import json
 import os
 import pathlib
 import random
+import struct
 import sys
 import tempfile
 
@@ -53,6 +58,7 @@ TARGETS = {
     "deepseek-llm": ("vocab/ggml-vocab-deepseek-llm.gguf", ["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"]),
     "llama-spm": ("vocab/ggml-vocab-llama-spm.gguf", ["<s>", "</s>"]),
     "bert-bge": ("vocab/ggml-vocab-bert-bge.gguf", ["[CLS]", "[SEP]", "[MASK]", "[UNK]", "[PAD]"]),
+    "nomic-bert-moe": ("vocab/ggml-vocab-nomic-bert-moe.gguf", ["<s>", "</s>", "<mask>", "<pad>", "<unk>"]),
 }
 
 # name -> (the target it changes, metadata keys set on a copy of its file)
@@ -61,6 +67,10 @@ VARIANTS = {
     "bert-bge-cased": ("bert-bge", {"tokenizer.ggml.normalizer.lowercase": False}),
     # Lowercased with the accents kept.
     "bert-bge-accents": ("bert-bge", {"tokenizer.ggml.normalizer.strip_accents": False}),
+    # A unigram model that keeps its spaces as they come.
+    "nomic-bert-moe-spaces": ("nomic-bert-moe", {"tokenizer.ggml.remove_extra_whitespaces": False}),
+    # ...and one without the space in front.
+    "nomic-bert-moe-no-prefix": ("nomic-bert-moe", {"tokenizer.ggml.add_space_prefix": False}),
 }
 
 # Targets whose corpus takes WordPiece's extra strings and llama.cpp's own
@@ -87,6 +97,157 @@ WORDPIECE_EXTRA = [
     "[CLS] hello [SEP] world [MASK]", "[cls] [sep] [mask]", "[UNK]", "[PAD] [unused0]", "[CLS][SEP]",
     "the [MASK] sat on the mat.", "[MASK]ed", "x[SEP]y",
 ]
+
+# Targets whose corpus takes the unigram extra strings.
+UNIGRAM = {"nomic-bert-moe", "nomic-bert-moe-spaces", "nomic-bert-moe-no-prefix"}
+
+# What a unigram model's character map and Viterbi split meet: compatibility
+# forms the map folds (full width, ligatures, circled and Roman numerals,
+# compatibility spaces, squared units), scripts, whitespace of every kind,
+# characters no piece covers, the special and unused tokens written in text,
+# long words and numbers.
+UNIGRAM_EXTRA = [
+    "ｆｕｌｌｗｉｄｔｈ ＡＢＣ １２３", "Ｈｅｌｌｏ\u3000Ｗｏｒｌｄ", "１２３，４５６．７８", "ｘ＝１＋２", "［］｛｝（）",
+    "ﬁ ﬂ ﬀ ﬃ ﬄ ﬅ ﬆ", "ﬁnancial oﬃce", "①②③④⑤ ⑩ ⑳", "⑴ ⒈ Ⓐ ⓑ", "Ⅰ Ⅱ Ⅲ Ⅳ Ⅻ ⅻ ⅿ", "㍿ ㌔ ㎏ ㎞ ㈱",
+    "½ ⅓ ¼ ¹²³ ₁₂₃ ⁴⁵⁶", "™ ℃ ℉ № ℌ ℍ ℕ", "µ Ω Å K", "𝐀𝐁𝐂 𝒜 𝔸", "ｶﾞｷﾞｸﾞ ﾊﾟ ｱｲｳｴｵ", "〜～ …‥ ⁉‼",
+    "a\u3000b\u3000\u3000c", "\u3000\u3000lead", "\u00a0a\u00a0\u00a0b\u00a0", "a\u2002b\u2003c\u2009d\u200ae",
+    "x\u205fy\u2060z", "x\u00adx", "x\u200by\u200cz\u200d", "\ufeff\ufeffa", "a\u2028b\u2029c\u0085d",
+    "a\u000bb\u000cc", "a\u0000b\u0001c\u001fd\u007fe",
+    "a\tb\t\tc", "line1\nline2\n\nline4", "\r\n\r\n", "\t\n \t\n", "   leading", "trailing   ",
+    "  both  ", "many          spaces", " ", "x ", " x",
+    "a\u0301 e\u0300 o\u0308", "e\u0301\u0301", "ñ n\u0303", "Ça va? Œuvre Æsir ß ẞ", "İı Iı ǅ ǈ ǋ",
+    "你好世界 繁體中文 简体中文", "日本語とEnglishのMix", "ひらがなカタカナ漢字", "가각 한국어입니다", "ㄱㄴㄷ ᄀᄁ",
+    "Москва — столица России.", "ПРИВЕТ мир", "नमस्ते दुनिया", "क्षत्रिय", "مرحبا، كيف حالك؟", "ﻻ ﷺ", "שָׁלוֹם",
+    "Ελληνικά ΆΈΉ", "ภาษาไทยไม่มีช่องว่าง", "ᚠᛇᚻ ꙮ ⲁⲃⲅ ᐊᓄᒃᑎᑐᑦ", "𓀀𓀁 𐌰𐌱 ꓐ ⵣ", "\u0378\u0379", "\ue000\uf8ff",
+    "\U000e0001\U0010fffd", "🙂🙃 🤔", "👩🏽‍💻", "🇺🇳", "😀😀😀",
+    "[PAD250001]", "[PAD250001] [PAD250020]x", "<s><s>", "</s></s>", "<mask><mask>", "a<mask>b",
+    "a  <mask>  b", "\n<mask>\n", "\u3000<mask>", "<pad>x</pad>", "<unk>?", "<S>", "< s >",
+    "supercalifragilisticexpialidocious", "Donaudampfschifffahrtsgesellschaftskapitän",
+    "a" * 100, "ab" * 40, "xqzjvkwpq",
+    "3.14159 2,718 1e10 -42 +7 0.0001 1/2 50% #1", "1234567890123456789012345678901234567890",
+    "٠١٢٣٤٥٦٧٨٩ ۰۱۲", "१२३", "二〇二四年", "www.example.com/path?q=1", "C++ & C#", "¿Qué? ¡Sí!",
+    "“quotes” ‘single’ «guillemets»", "HELLO, World!!!",
+]
+
+# Hand-made unigram vocabularies, written to a temporary GGUF (with the
+# non-tokenizer keys of BASE) and stored whole in their fixture's "vocab"
+# field, for what XLM-R's vocabulary cannot show: there every character of
+# every piece is a piece of its own, so the unknown token's score never
+# decides a split. Here some characters are only inside longer pieces.
+# name -> (add_space_prefix, remove_extra_whitespaces)
+TOYS = {
+    "ugm-toy": (True, True),
+    "ugm-toy-raw": (False, False),
+}
+TOY_BASE = "vocab/ggml-vocab-nomic-bert-moe.gguf"
+
+# (text, score, GGUF token type): 1 normal, 2 unknown, 3 control,
+# 4 user-defined, 5 unused, 6 byte, 0 undefined. No special-token ids are
+# written: llama.cpp's T5 defaults apply (</s> 1, <unk> 2, <pad> 0, no BOS).
+TOY_PIECES = [
+    ("<pad>", 0.0, 3), ("</s>", 0.0, 3), ("<unk>", 0.0, 2), ("<s>", 0.0, 3), ("<mask>", 0.0, 3),
+    ("▁", -2.0, 1), ("▁a", -2.5, 1), ("a", -3.0, 1), ("b", -3.0, 1), ("c", -3.0, 1), ("ab", -4.0, 1),
+    ("abc", -6.0, 1), ("▁abc", -7.0, 1), ("▁the", -1.0, 1), ("t", -4.0, 1), ("h", -4.0, 1),
+    ("e", -2.0, 1), ("th", -5.0, 1), ("he", -5.0, 1), ("x", -2.0, 1),
+    # The lowest normal score: the unknown token scores 10 below, -25.
+    ("xq", -15.0, 1),
+    # `q` and `k` are only inside pieces. "qzg": qz + g (-25.5) beats
+    # <unk> + zg (-26) with the penalty of 10, not with 9. "kwv": <unk> + wv
+    # (-25.5) beats kw + v (-26) with 10, not with 11.
+    ("qz", -12.0, 1), ("zg", -1.0, 1), ("g", -13.5, 1), ("z", -10.0, 1),
+    ("kw", -14.0, 1), ("v", -12.0, 1), ("wv", -0.5, 1), ("w", -5.0, 1),
+    ("日", -5.0, 1), ("日本", -6.0, 1), ("f", -3.0, 1), ("i", -3.0, 1), ("fi", -3.5, 1),
+    ("1", -2.0, 1), ("é", -3.0, 1), ("y", -3.0, 1),
+    # User-defined pieces score 0 in the split, whatever the file says.
+    ("<u>", -50.0, 4), ("▁bb", -50.0, 4),
+    # Unused pieces are matched (with their own score); undefined ones not.
+    ("zz", 1.0, 5), ("[unused0]", -100.0, 5), ("ww", 5.0, 0),
+    ("<0x41>", 0.0, 6),
+]
+
+# The toy character map: folding, spaces, a key that is a prefix of another,
+# a character that vanishes, and `<`, which the user-defined `<u>` shadows.
+TOY_CHARSMAP = [
+    ("Ａ", "a"), ("ＡＢ", "abc"), ("①", "1"), ("ﬁ", "fi"), ("\u3000", " "), ("\t", " "),
+    ("\n", " "), ("\u00a0", " "), ("<", "x"), ("ｅ\u0301", "é"), ("\u200b", ""),
+]
+
+TOY_EXTRA = [
+    "qzg", "kwv", "xqzg kwv", "qq", "qqq x qq", "q", "k", "日本", "本日", "日本本", " bb", "bb", "a bb",
+    "abb", "<y", "x<u>y", "<u><u>", "<", "<<u", "zz", "zzz", "ww", "[unused0]", "x[unused0]", "ﬁ", "ＡＢ",
+    "ＡＡＢ", "Ａ①", "\u3000a\tb\n", "a\u00a0\u00a0b", "ｅ\u0301", "ｅ", "x\u200by", "\u200b", "the",
+    " the", "thethe", "abc", "ab c", "a b c", "  abc  ", "aaa", "fi fi", "1①", "é e\u0301", "A", "<0x41>", "wv",
+    "a\u0000b", "\u0000", "\ufffd", "x  <mask>  y", "<s>abc</s>",
+]
+
+
+def charsmap_bytes(pairs):
+    """A precompiled character map for `pairs` (key, replacement) as
+    darts-clone lays it out: one 256-unit block of children per node, the
+    value unit at label 0 of a key's block."""
+    root = {"children": {}, "value": None}
+    strings = bytearray()
+    for key, repl in pairs:
+        node = root
+        for b in key.encode("utf-8"):
+            node = node["children"].setdefault(b, {"children": {}, "value": None})
+        node["value"] = len(strings)
+        strings += repl.encode("utf-8") + b"\0"
+    units = [0] * 256
+
+    def place(node, index):
+        block = len(units)
+        units.extend([0] * 256)
+        offset = index ^ block
+        assert offset < 1 << 21
+        units[index] = (units[index] & 0x1FF) | (offset << 10)
+        if node["value"] is not None:
+            units[block] = (1 << 31) | node["value"]
+        for b, child in sorted(node["children"].items()):
+            at = block | b
+            units[at] = b | ((child["value"] is not None) << 8)
+            place(child, at)
+
+    place(root, 0)
+    return struct.pack("<I", 4 * len(units)) + struct.pack(f"<{len(units)}I", *units) + bytes(strings)
+
+
+def write_toy(base, dst, prefix, merge):
+    """Writes the toy unigram vocabulary to `dst` as a GGUF with `base`'s
+    other keys; returns its tokenizer keys (and the architecture, which
+    decides `<mask>`'s attributes) as the fixture stores them."""
+    keys = {
+        "tokenizer.ggml.model": "t5",
+        "tokenizer.ggml.tokens": [t for t, _, _ in TOY_PIECES],
+        "tokenizer.ggml.scores": [s for _, s, _ in TOY_PIECES],
+        "tokenizer.ggml.token_type": [k for _, _, k in TOY_PIECES],
+        # Hex in the fixture; bytes in the file.
+        "tokenizer.ggml.precompiled_charsmap": charsmap_bytes(TOY_CHARSMAP).hex(),
+        "tokenizer.ggml.add_space_prefix": prefix,
+        "tokenizer.ggml.remove_extra_whitespaces": merge,
+    }
+    reader = gguf.GGUFReader(base)
+    arch = bytes(reader.fields["general.architecture"].parts[-1]).decode()
+    keys = {"general.architecture": arch, **keys}
+    writer = gguf.GGUFWriter(dst, arch)
+    for field in reader.fields.values():
+        if field.name == "general.architecture" or field.name.startswith(("GGUF.", "tokenizer.")):
+            continue
+        vtype = field.types[0]
+        sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(field.name, field.contents(), vtype, sub_type=sub)
+    writer.add_tokenizer_model(keys["tokenizer.ggml.model"])
+    writer.add_token_list(keys["tokenizer.ggml.tokens"])
+    writer.add_token_scores(keys["tokenizer.ggml.scores"])
+    writer.add_token_types(keys["tokenizer.ggml.token_type"])
+    writer.add_precompiled_charsmap(bytes.fromhex(keys["tokenizer.ggml.precompiled_charsmap"]))
+    writer.add_bool("tokenizer.ggml.add_space_prefix", prefix)
+    writer.add_bool("tokenizer.ggml.remove_extra_whitespaces", merge)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.close()
+    return keys
+
 
 # Chat templates for files without one: the same files realm-core embeds.
 BUILTIN_TEMPLATES = ROOT / "realm-core/src/chat"
@@ -247,14 +408,16 @@ def with_metadata(src, dst, keys):
 def main():
     OUT.mkdir(parents=True, exist_ok=True)
     wanted = set(sys.argv[1:])
-    unknown = wanted - set(TARGETS) - set(VARIANTS)
+    unknown = wanted - set(TARGETS) - set(VARIANTS) - set(TOYS)
     if unknown:
         sys.exit(f"no fixture named {', '.join(sorted(unknown))}")
     tmp = tempfile.TemporaryDirectory()
-    jobs = [(name, rel, specials, {}) for name, (rel, specials) in TARGETS.items()]
-    jobs += [(name, TARGETS[base][0], TARGETS[base][1], keys) for name, (base, keys) in VARIANTS.items()]
+    jobs = [(name, rel, specials, {}, None) for name, (rel, specials) in TARGETS.items()]
+    jobs += [(name, TARGETS[base][0], TARGETS[base][1], keys, None) for name, (base, keys) in VARIANTS.items()]
+    toy_specials = ["<s>", "</s>", "<mask>", "<pad>", "<unk>", "<u>"]
+    jobs += [(name, TOY_BASE, toy_specials, {}, flags) for name, flags in TOYS.items()]
     done = 0
-    for name, rel, specials, keys in jobs:
+    for name, rel, specials, keys, toy in jobs:
         if wanted and name not in wanted:
             continue
         path = MODELS / rel
@@ -266,6 +429,10 @@ def main():
         if keys:
             load = pathlib.Path(tmp.name) / f"{name}.gguf"
             with_metadata(str(path), str(load), keys)
+        toy_keys = None
+        if toy:
+            load = pathlib.Path(tmp.name) / f"{name}.gguf"
+            toy_keys = write_toy(str(path), str(load), *toy)
         llm = llama_cpp.Llama(model_path=str(load), vocab_only=True, verbose=False)
         vocab = llm._model.vocab
         n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
@@ -274,6 +441,10 @@ def main():
             assert not wrong, f"{name}: llama.cpp disagrees with its own .out on {wrong!r}"
             print(f"{name}: llama.cpp matches its .out on all {len(tests)} test strings")
         extra = (WORDPIECE_EXTRA + [t for t, _ in tests]) if name in WORDPIECE else []
+        if name in UNIGRAM:
+            extra = UNIGRAM_EXTRA
+        if toy:
+            extra = TOY_EXTRA
         cases = []
         for text in corpus(specials, extra):
             data = text.encode("utf-8")
@@ -287,7 +458,7 @@ def main():
                 "decoded_special": detokenize(vocab, special, True, True),
             })
         fixture = {
-            "model": rel,
+            **({"vocab": toy_keys} if toy else {"model": rel}),
             **({"metadata": keys} if keys else {}),
             "llama_cpp_python": llama_cpp.__version__,
             "n_vocab": n_vocab,
@@ -297,7 +468,7 @@ def main():
             "eog": [i for i in range(n_vocab) if llama_cpp.llama_vocab_is_eog(vocab, i)],
             "cases": cases,
         }
-        if not rel.startswith("vocab/"):
+        if not toy and not rel.startswith("vocab/"):
             reader_tokens = [llama_cpp.llama_vocab_get_text(vocab, i).decode("utf-8", "replace") for i in range(n_vocab)]
             bos = fixture["bos"] if fixture["bos"] >= 0 else None
             eos = fixture["eos"] if fixture["eos"] >= 0 else None

@@ -1,4 +1,5 @@
-//! Encode throughput of the two real tokenizers on ~1 MiB of mixed text.
+//! Encode throughput of the real tokenizers on ~1 MiB of mixed text, and
+//! the time to build the largest one (XLM-RoBERTa's 250k unigram pieces).
 //!
 //! The text is the SmolLM2 golden corpus (prose, code, numbers, accents,
 //! CJK, Arabic, emoji, special-token look-alikes) repeated to 1 MiB, the same
@@ -48,6 +49,7 @@ fn bench(c: &mut Criterion) {
     for (name, file) in [
         ("gemma3-spm", "gemma-3-270m-q4_k_m.gguf"),
         ("smollm2-bpe", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+        ("nomic-ugm", "vocab/ggml-vocab-nomic-bert-moe.gguf"),
     ] {
         let path = dir.join(file);
         if !path.exists() {
@@ -61,6 +63,17 @@ fn bench(c: &mut Criterion) {
         });
     }
     group.finish();
+
+    let path = dir.join("vocab/ggml-vocab-nomic-bert-moe.gguf");
+    if path.exists() {
+        let mut group = c.benchmark_group("load");
+        group.sample_size(10);
+        let gguf = GgufFile::open(&path).expect("open");
+        group.bench_function("nomic-ugm", |b| {
+            b.iter(|| Tokenizer::from_metadata(gguf.metadata()).expect("tokenizer"))
+        });
+        group.finish();
+    }
 }
 
 criterion_group!(benches, bench);

@@ -4,8 +4,9 @@
 //!
 //! - [`gguf`]: read GGUF files (memory-mapped, zero copy, strictly validated)
 //!   and write them.
-//! - [`tokenizer`]: the tokenizer a GGUF file describes (SentencePiece and
-//!   byte-level BPE), identical to llama.cpp's; [`chat`]: chat templates.
+//! - [`tokenizer`]: the tokenizer a GGUF file describes (SentencePiece BPE,
+//!   byte-level BPE, WordPiece and SentencePiece unigram), identical to
+//!   llama.cpp's; [`chat`]: chat templates.
 //! - [`quant`]: the ggml quantization formats: block layouts, dequantization
 //!   and quantization.
 //! - [`imatrix`]: importance matrices (llama-imatrix's files), which weight

@@ -74,6 +74,10 @@ const VOCABS: &[(&str, &str)] = &[
         "ggml-vocab-bert-bge.gguf.out",
         "8f95b1d4e5680634af06ac5a1b19f15ddeb743d3a6240056625e4345a4b06917",
     ),
+    (
+        "ggml-vocab-nomic-bert-moe.gguf",
+        "90a6746926454784a98389ad36a36d89bc9cfc81db9cb0f33c941bcc959fe5f9",
+    ),
 ];
 
 /// Fetches llama.cpp's vocabulary-only files into the model cache's

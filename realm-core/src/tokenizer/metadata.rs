@@ -8,7 +8,7 @@ use crate::{Error, Result};
 impl Vocab {
     /// Reads the `tokenizer.ggml.*` keys of a GGUF file.
     ///
-    /// Required: `model` (`llama`, `gpt2`, `gemma4` or `bert`) and `tokens`;
+    /// Required: `model` (`llama`, `gpt2`, `gemma4`, `bert` or `t5`) and `tokens`;
     /// `merges` for `gpt2` and `gemma4`. Everything else is optional, as in
     /// llama.cpp. A `gemma4` model's pre-tokenizer is `gemma4`, whatever
     /// `tokenizer.ggml.pre` says.
@@ -16,7 +16,7 @@ impl Vocab {
         let model = md.get_str("tokenizer.ggml.model")?;
         let kind = VocabKind::from_model_name(model).ok_or_else(|| {
             Error::Tokenizer(format!(
-                "unsupported tokenizer model `{model}` (tokenizer.ggml.model); supported: llama, gpt2, gemma4, bert"
+                "unsupported tokenizer model `{model}` (tokenizer.ggml.model); supported: llama, gpt2, gemma4, bert, t5"
             ))
         })?;
         let tokens = md.get_str_array("tokenizer.ggml.tokens")?.to_vec();
@@ -50,6 +50,23 @@ impl Vocab {
             None => None,
             Some(_) => Some(md.get_str("tokenizer.ggml.pre")?.to_owned()),
         };
+        // As llama.cpp, the map is read for UGM only, as bytes of either sign.
+        const CHARSMAP: &str = "tokenizer.ggml.precompiled_charsmap";
+        let precompiled_charsmap = match md.get(CHARSMAP) {
+            Some(v) if kind == VocabKind::Ugm => match md.get_array(CHARSMAP)? {
+                MetadataArray::U8(b) => b.clone(),
+                MetadataArray::I8(b) => b.iter().map(|&x| x as u8).collect(),
+                _ => {
+                    return Err(Error::WrongType {
+                        key: CHARSMAP.into(),
+                        expected: "array of u8",
+                        found: v.type_description(),
+                    })
+                }
+            },
+            _ => Vec::new(),
+        };
+        let architecture = md.get_str("general.architecture").ok().map(str::to_owned);
         let id = |key: &str| -> Option<u32> {
             md.get(key)?;
             md.get_i64(key).ok().and_then(|v| u32::try_from(v).ok())
@@ -80,6 +97,9 @@ impl Vocab {
             add_bos: flag("tokenizer.ggml.add_bos_token")?,
             add_eos: flag("tokenizer.ggml.add_eos_token")?,
             add_space_prefix: flag("tokenizer.ggml.add_space_prefix")?,
+            remove_extra_whitespaces: flag("tokenizer.ggml.remove_extra_whitespaces")?,
+            precompiled_charsmap,
+            architecture,
             add_sep: flag("tokenizer.ggml.add_sep_token")?,
             lowercase: flag("tokenizer.ggml.normalizer.lowercase")?,
             strip_accents: flag("tokenizer.ggml.normalizer.strip_accents")?,

@@ -1,14 +1,16 @@
 //! Tokenizers built from GGUF metadata, token for token identical to
 //! llama.cpp's.
 //!
-//! Three vocabulary kinds are supported (see [`VocabKind`]):
+//! Four vocabulary kinds are supported (see [`VocabKind`]):
 //! SentencePiece-style BPE by scores with byte fallback (`llama`, as Gemma
 //! uses), BPE by merge rank (`gpt2`) with the pre-tokenizer
 //! `tokenizer.ggml.pre` names (`default`, `gpt2`, `llama3`/`llama-bpe`,
 //! `qwen2`, `smollm`, `starcoder`, `deepseek-llm` and their aliases):
 //! byte-level, or over `▁`-escaped characters with `<0xXX>` byte fallback
 //! for `gemma4` (Gemma 4's `tokenizer.ggml.model`, which implies that
-//! pre-tokenizer), and WordPiece (`bert`, BERT-family embedding models).
+//! pre-tokenizer), WordPiece (`bert`, BERT-family embedding models) and
+//! SentencePiece's unigram model (`t5`: T5 and XLM-RoBERTa, as bge-m3,
+//! multilingual-e5 and nomic-embed-text-v2 use).
 //!
 //! ```
 //! use realm_core::tokenizer::{Tokenizer, Vocab, VocabKind};
@@ -35,6 +37,7 @@ mod pretokenize;
 mod special;
 mod spm;
 mod trie;
+mod ugm;
 mod unicode;
 mod unicode_tables;
 mod vocab;
@@ -49,6 +52,7 @@ use bpe::{BpeModel, BpeSession};
 use pretokenize::{PreOptions, PreTokenizer};
 use special::{Fragment, SpecialMatcher, SpecialToken};
 use spm::SpmSession;
+use ugm::{UgmModel, UgmOptions, UgmSession};
 use wpm::{WpmModel, WpmSession};
 
 use crate::{Error, Result};
@@ -97,6 +101,8 @@ pub struct Tokenizer {
     bpe: Option<BpeModel>,
     /// WordPiece's normalizer options, for `VocabKind::Wpm`.
     wpm: Option<WpmModel>,
+    /// The unigram matcher and normalizer, for `VocabKind::Ugm`.
+    ugm: Option<UgmModel>,
     specials: SpecialMatcher,
     /// Every token's piece in a trie, built on first use.
     trie: std::sync::OnceLock<PieceTrie>,
@@ -211,7 +217,7 @@ impl Tokenizer {
 
         let options = match vocab.kind {
             VocabKind::Bpe => Some(PreOptions::from_name(vocab.pre.as_deref().unwrap_or(""))?),
-            VocabKind::Spm | VocabKind::Wpm => None,
+            VocabKind::Spm | VocabKind::Wpm | VocabKind::Ugm => None,
         };
 
         let mut texts: Vec<Box<str>> = Vec::with_capacity(n);
@@ -250,10 +256,14 @@ impl Tokenizer {
             }
             // BERT's: [CLS] begins, [UNK], no end of sequence.
             VocabKind::Wpm => (Some(101), None, Some(100)),
+            // T5's: no BOS, </s> 1, <unk> 2.
+            VocabKind::Ugm => (None, Some(1), Some(2)),
         };
         let (sep, pad, mask) = match vocab.kind {
             // [SEP], [PAD], [MASK].
             VocabKind::Wpm => (Some(102), Some(0), Some(103)),
+            // T5's <pad>.
+            VocabKind::Ugm => (None, Some(0), None),
             VocabKind::Spm | VocabKind::Bpe => (None, None, None),
         };
         let mut special = SpecialTokens {
@@ -270,9 +280,10 @@ impl Tokenizer {
             // llama.cpp overrides Gemma 4 files that say not to add BOS.
             Some(o) if o.pre == PreTokenizer::Gemma4 => true,
             Some(o) => vocab.add_bos.unwrap_or(o.add_bos),
-            None => vocab.add_bos.unwrap_or(true),
+            // T5 adds no BOS, and ends its input with EOS.
+            None => vocab.add_bos.unwrap_or(vocab.kind != VocabKind::Ugm),
         };
-        let add_eos = vocab.add_eos.unwrap_or(false);
+        let add_eos = vocab.add_eos.unwrap_or(vocab.kind == VocabKind::Ugm);
         let add_sep = vocab.add_sep.unwrap_or(vocab.kind == VocabKind::Wpm);
         let add_space_prefix = vocab
             .add_space_prefix
@@ -288,6 +299,9 @@ impl Tokenizer {
                 max_token_len: texts.iter().map(|t| t.len()).max().unwrap_or(0),
             }
         });
+
+        // llama.cpp builds the unigram matcher before the fix-ups below.
+        let load_attrs = (vocab.kind == VocabKind::Ugm).then(|| attrs.clone());
 
         // Tokens recognised by their text: end of turn, fill-in-the-middle,
         // end of generation. Those become control tokens.
@@ -358,6 +372,22 @@ impl Tokenizer {
             }
         }
 
+        // Per-model attributes llama.cpp sets by name: a `<mask>` that
+        // takes the whitespace before it.
+        let pre = vocab.pre.as_deref().unwrap_or("");
+        let arch = vocab.architecture.as_deref().unwrap_or("");
+        if ["jina-v2-de", "jina-v2-es", "jina-v2-code"]
+            .iter()
+            .any(|p| pre.contains(p))
+            || ["nomic-bert-moe", "jina-bert-v3"]
+                .iter()
+                .any(|a| arch.contains(a))
+        {
+            if let Some(&id) = token_map.get("<mask>") {
+                attrs[id as usize] |= attr::LSTRIP;
+            }
+        }
+
         // Special tokens that may be written in text: longest first.
         let mut cands: Vec<u32> = (0..n_u32)
             .filter(|&id| {
@@ -396,6 +426,22 @@ impl Tokenizer {
             }
         }
 
+        let ugm = match &load_attrs {
+            Some(load_attrs) => Some(UgmModel::new(
+                &texts,
+                &vocab.scores,
+                load_attrs,
+                &attrs,
+                UgmOptions {
+                    charsmap: &vocab.precompiled_charsmap,
+                    add_space_prefix,
+                    remove_extra_whitespaces: vocab.remove_extra_whitespaces.unwrap_or(false),
+                    unk: special.unk,
+                },
+            )?),
+            None => None,
+        };
+
         let bpe = match options {
             Some(o) => Some(BpeModel::new(&token_map, n_u32, &vocab.merges, o)?),
             None => None,
@@ -428,6 +474,7 @@ impl Tokenizer {
             byte_tokens,
             bpe,
             wpm,
+            ugm,
             specials,
             trie: std::sync::OnceLock::new(),
         })
@@ -443,7 +490,9 @@ impl Tokenizer {
     ///
     /// A WordPiece (BERT) vocabulary, as llama.cpp's, always frames the
     /// text with `[CLS]` (its BOS) and `[SEP]` when `add_special` is set,
-    /// whatever `add_bos_token` and `add_sep_token` say.
+    /// whatever `add_bos_token` and `add_sep_token` say. A unigram (T5)
+    /// vocabulary adds no BOS and appends EOS unless its file says
+    /// otherwise (llama.cpp's defaults).
     pub fn encode(&self, text: &str, add_special: bool, parse_special: bool) -> Result<Vec<u32>> {
         let mut out = Vec::with_capacity(text.len() / 3 + 2);
         let mut fragments = Vec::new();
@@ -469,8 +518,19 @@ impl Tokenizer {
         if add_special && self.add_bos {
             out.push(self.required(self.special.bos, "BOS")?);
         }
-        match &self.bpe {
-            None => {
+        match (&self.bpe, &self.ugm) {
+            (None, Some(model)) => {
+                // Each piece of text is normalized on its own (a space
+                // prefix for each, where the model asks for one).
+                let mut session = UgmSession::default();
+                for f in &fragments {
+                    match f {
+                        Fragment::Text(r) => session.tokenize(model, &text[r.clone()], &mut out)?,
+                        Fragment::Token(id) => out.push(*id),
+                    }
+                }
+            }
+            (None, None) => {
                 let mut session = SpmSession::default();
                 let mut buf = String::new();
                 let mut prev_special = true;
@@ -494,7 +554,7 @@ impl Tokenizer {
                     }
                 }
             }
-            Some(model) => {
+            (Some(model), _) => {
                 let mut session = BpeSession::default();
                 for f in &fragments {
                     match f {

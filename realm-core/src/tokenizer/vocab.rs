@@ -18,6 +18,12 @@ pub enum VocabKind {
     /// ideographs, and each word is matched greedily, longest piece first;
     /// a word with any part left unmatched becomes the unknown token.
     Wpm,
+    /// `t5`: SentencePiece's unigram model (T5, XLM-RoBERTa and the
+    /// embedding models built on them). The text is normalized by the
+    /// model's precompiled character map, spaces become `▁`, and the split
+    /// into pieces whose scores sum highest is taken; a character no piece
+    /// covers is the unknown token.
+    Ugm,
 }
 
 impl VocabKind {
@@ -27,6 +33,7 @@ impl VocabKind {
             "llama" => Some(Self::Spm),
             "gpt2" | "gemma4" => Some(Self::Bpe),
             "bert" => Some(Self::Wpm),
+            "t5" => Some(Self::Ugm),
             _ => None,
         }
     }
@@ -101,8 +108,10 @@ pub struct SpecialTokens {
 pub struct Vocab {
     /// The algorithm.
     pub kind: VocabKind,
-    /// The pre-tokenizer name (`tokenizer.ggml.pre`), BPE only; `None`
-    /// means `default`. `gemma4` for a Gemma 4 vocabulary.
+    /// The pre-tokenizer name (`tokenizer.ggml.pre`), which BPE splits by
+    /// (and by which llama.cpp sets a few tokens' attributes, as for
+    /// [`architecture`](Self::architecture)); `None` means `default`.
+    /// `gemma4` for a Gemma 4 vocabulary.
     pub pre: Option<String>,
     /// Token texts, indexed by id.
     pub tokens: Vec<String>,
@@ -118,8 +127,24 @@ pub struct Vocab {
     pub add_bos: Option<bool>,
     /// `tokenizer.ggml.add_eos_token`.
     pub add_eos: Option<bool>,
-    /// `tokenizer.ggml.add_space_prefix` (SPM).
+    /// `tokenizer.ggml.add_space_prefix`: a space before the text
+    /// (default: true for SPM, false otherwise; UGM puts it in its
+    /// normalizer).
     pub add_space_prefix: Option<bool>,
+    /// `tokenizer.ggml.remove_extra_whitespaces` (UGM): no spaces at the
+    /// ends of the text, and one `▁` before every word, space prefix or
+    /// not (default false).
+    pub remove_extra_whitespaces: Option<bool>,
+    /// `tokenizer.ggml.precompiled_charsmap` (UGM): SentencePiece's
+    /// normalization map as its converter stored it, a double array of
+    /// prefixes and their replacement strings. Empty for none (no
+    /// normalization beyond spaces).
+    pub precompiled_charsmap: Vec<u8>,
+    /// `general.architecture`. llama.cpp adjusts a few tokens by it: for
+    /// `nomic-bert-moe` and `jina-bert-v3` (and the `jina-v2-de`,
+    /// `jina-v2-es` and `jina-v2-code` pre-tokenizers), `<mask>` written in
+    /// text takes the whitespace before it.
+    pub architecture: Option<String>,
     /// `tokenizer.ggml.add_sep_token`: whether the model wants a separator
     /// after its input (default: true for WordPiece). Informational, as in
     /// llama.cpp: a WordPiece encode with special tokens always ends with
@@ -147,6 +172,9 @@ impl Vocab {
             add_bos: None,
             add_eos: None,
             add_space_prefix: None,
+            remove_extra_whitespaces: None,
+            precompiled_charsmap: Vec::new(),
+            architecture: None,
             add_sep: None,
             lowercase: None,
             strip_accents: None,

@@ -4,12 +4,14 @@
 //! model. The model files are read from `$REALM_MODELS` (default
 //! `~/.cache/realm/models`); a missing file skips its fixture with a message.
 //! A fixture with a `metadata` field was made from a copy of its model's
-//! file with those keys set; the test sets them on the vocabulary too.
+//! file with those keys set; the test sets them on the vocabulary too. A
+//! fixture with a `vocab` field instead of a model file holds a hand-made
+//! vocabulary's GGUF keys whole: the test reads them as the metadata.
 #![cfg(not(target_arch = "wasm32"))]
 
 use std::path::PathBuf;
 
-use realm_core::gguf::GgufFile;
+use realm_core::gguf::{GgufFile, Metadata, MetadataArray, MetadataValue};
 use realm_core::tokenizer::{Tokenizer, Vocab};
 use serde_json::Value;
 
@@ -28,9 +30,48 @@ fn fixture(name: &str) -> Value {
     serde_json::from_str(&std::fs::read_to_string(&path).expect("fixture")).expect("fixture JSON")
 }
 
+/// The metadata a fixture's `vocab` field describes (GGUF keys; the
+/// character map in hex).
+fn toy_metadata(keys: &Value) -> Metadata {
+    let list = |v: &Value| v.as_array().expect("array").clone();
+    let mut md = Metadata::new();
+    for (key, value) in keys.as_object().expect("vocab keys") {
+        let v = match (key.as_str(), value) {
+            ("tokenizer.ggml.tokens", v) => MetadataValue::Array(MetadataArray::String(
+                list(v)
+                    .iter()
+                    .map(|t| t.as_str().unwrap().to_owned())
+                    .collect(),
+            )),
+            ("tokenizer.ggml.scores", v) => MetadataValue::Array(MetadataArray::F32(
+                list(v).iter().map(|x| x.as_f64().unwrap() as f32).collect(),
+            )),
+            ("tokenizer.ggml.token_type", v) => MetadataValue::Array(MetadataArray::I32(
+                list(v).iter().map(|x| x.as_i64().unwrap() as i32).collect(),
+            )),
+            ("tokenizer.ggml.precompiled_charsmap", Value::String(hex)) => {
+                MetadataValue::Array(MetadataArray::U8(
+                    (0..hex.len())
+                        .step_by(2)
+                        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+                        .collect(),
+                ))
+            }
+            (_, Value::Bool(b)) => MetadataValue::Bool(*b),
+            (_, Value::String(s)) => MetadataValue::String(s.clone()),
+            (_, other) => panic!("vocab key `{key}` holds {other}"),
+        };
+        md.insert(key.as_str(), v);
+    }
+    md
+}
+
 /// The tokenizer of the fixture's model, or `None` (with a message) when the
 /// model file is not there.
 fn load(fx: &Value) -> Option<Tokenizer> {
+    if let Some(keys) = fx.get("vocab") {
+        return Some(Tokenizer::from_metadata(&toy_metadata(keys)).expect("tokenizer"));
+    }
     let path = models_dir().join(fx["model"].as_str().expect("model"));
     if !path.exists() {
         eprintln!(
@@ -47,6 +88,8 @@ fn load(fx: &Value) -> Option<Tokenizer> {
             match key.as_str() {
                 "tokenizer.ggml.normalizer.lowercase" => vocab.lowercase = value,
                 "tokenizer.ggml.normalizer.strip_accents" => vocab.strip_accents = value,
+                "tokenizer.ggml.remove_extra_whitespaces" => vocab.remove_extra_whitespaces = value,
+                "tokenizer.ggml.add_space_prefix" => vocab.add_space_prefix = value,
                 other => panic!("fixture sets `{other}`, which the test cannot set"),
             }
         }
@@ -201,6 +244,42 @@ fn bert_bge_cased_vocab_matches_llama_cpp() {
 #[test]
 fn bert_bge_accents_vocab_matches_llama_cpp() {
     check("bert-bge-accents");
+}
+
+/// XLM-RoBERTa's unigram vocabulary (250k pieces and its precompiled
+/// character map), as nomic-embed-text-v2-moe ships it: llama.cpp's UGM.
+#[test]
+fn nomic_bert_moe_vocab_matches_llama_cpp() {
+    check("nomic-bert-moe");
+}
+
+/// The same unigram vocabulary keeping every space
+/// (`remove_extra_whitespaces` off).
+#[test]
+fn nomic_bert_moe_spaces_vocab_matches_llama_cpp() {
+    check("nomic-bert-moe-spaces");
+}
+
+/// The same unigram vocabulary without the space in front
+/// (`add_space_prefix` off).
+#[test]
+fn nomic_bert_moe_no_prefix_vocab_matches_llama_cpp() {
+    check("nomic-bert-moe-no-prefix");
+}
+
+/// A hand-made unigram vocabulary where the unknown token's score decides
+/// splits (characters found only inside longer pieces), with user-defined,
+/// unused and undefined pieces and a small character map; space prefix
+/// and extra-space removal on.
+#[test]
+fn ugm_toy_vocab_matches_llama_cpp() {
+    check("ugm-toy");
+}
+
+/// The same toy vocabulary with both space options off.
+#[test]
+fn ugm_toy_raw_vocab_matches_llama_cpp() {
+    check("ugm-toy-raw");
 }
 
 /// llama.cpp's own test strings for the BERT vocabulary (`.inp`) and the

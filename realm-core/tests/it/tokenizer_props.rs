@@ -98,6 +98,104 @@ fn toy_wpm() -> Tokenizer {
     Tokenizer::from_parts(vocab).unwrap()
 }
 
+/// A precompiled character map for `keys` (key -> replacement), laid out
+/// as darts-clone writes one: a double array whose units pack a label, a
+/// leaf flag and an XOR offset to the children's block (here one block of
+/// 256 units per node), then the NUL-terminated replacements.
+fn charsmap(keys: &[(&str, &str)]) -> Vec<u8> {
+    #[derive(Default)]
+    struct Node {
+        children: std::collections::BTreeMap<u8, Node>,
+        value: Option<u32>,
+    }
+    fn place(node: &Node, index: usize, units: &mut Vec<u32>) {
+        let block = units.len();
+        units.resize(block + 256, 0);
+        units[index] = (units[index] & 0x1FF) | (((index ^ block) as u32) << 10);
+        if let Some(v) = node.value {
+            units[block] = (1 << 31) | v;
+        }
+        for (&b, child) in &node.children {
+            let at = block | b as usize;
+            units[at] = u32::from(b) | (u32::from(child.value.is_some()) << 8);
+            place(child, at, units);
+        }
+    }
+    let mut root = Node::default();
+    let mut strings = Vec::new();
+    for (key, repl) in keys {
+        let mut node = &mut root;
+        for &b in key.as_bytes() {
+            node = node.children.entry(b).or_default();
+        }
+        node.value = Some(strings.len() as u32);
+        strings.extend_from_slice(repl.as_bytes());
+        strings.push(0);
+    }
+    let mut units = vec![0u32; 256];
+    place(&root, 0, &mut units);
+    let mut bytes = ((units.len() * 4) as u32).to_le_bytes().to_vec();
+    bytes.extend(units.iter().flat_map(|u| u.to_le_bytes()));
+    bytes.extend_from_slice(&strings);
+    bytes
+}
+
+/// A unigram (T5-style) vocabulary: specials, scored pieces, a
+/// user-defined `<tag>`, a small character map, the space prefix and
+/// extra-space removal on.
+fn toy_ugm() -> Tokenizer {
+    let mut tokens: Vec<String> = ["<pad>", "</s>", "<unk>", "<tag>"]
+        .map(String::from)
+        .to_vec();
+    let mut types = vec![
+        TokenType::Control,
+        TokenType::Control,
+        TokenType::Unknown,
+        TokenType::UserDefined,
+    ];
+    let mut scores = vec![0.0; 4];
+    for (p, score) in [
+        ("▁", -3.0),
+        ("▁the", -1.0),
+        ("the", -2.5),
+        ("t", -4.0),
+        ("h", -4.0),
+        ("e", -3.0),
+        ("▁a", -2.0),
+        ("a", -3.5),
+        ("b", -4.0),
+        ("c", -4.0),
+        ("s", -4.0),
+        ("'", -5.0),
+        (",", -5.0),
+        ("日", -6.0),
+        ("本", -6.0),
+        ("日本", -7.0),
+        ("é", -5.0),
+        ("fi", -5.0),
+        ("x", -4.0),
+    ] {
+        tokens.push(p.to_string());
+        types.push(TokenType::Normal);
+        scores.push(score);
+    }
+    let mut vocab = Vocab::new(VocabKind::Ugm, tokens);
+    vocab.token_types = types;
+    vocab.scores = scores;
+    vocab.precompiled_charsmap = charsmap(&[
+        ("Ａ", "a"),
+        ("ＡＢ", "ab"),
+        ("ﬁ", "fi"),
+        ("\t", " "),
+        ("\n", " "),
+        ("\u{3000}", " "),
+        ("\u{7}", ""),
+    ]);
+    vocab.add_space_prefix = Some(true);
+    vocab.remove_extra_whitespaces = Some(true);
+    Tokenizer::from_parts(vocab).unwrap()
+}
+
 const REPLACEMENT: char = '\u{FFFD}';
 
 fn real(file: &str) -> Option<Tokenizer> {
@@ -122,9 +220,11 @@ fn real(file: &str) -> Option<Tokenizer> {
 fn tokenizers() -> &'static [Tokenizer] {
     static ALL: OnceLock<Vec<Tokenizer>> = OnceLock::new();
     ALL.get_or_init(|| {
-        let mut v = vec![toy_spm(), toy_bpe(), toy_wpm()];
+        let mut v = vec![toy_spm(), toy_bpe(), toy_wpm(), toy_ugm()];
         v.extend(real("gemma-3-270m-q4_k_m.gguf"));
         v.extend(real("SmolLM2-135M-Instruct.Q4_1.gguf"));
+        // XLM-RoBERTa's unigram vocabulary with its character map.
+        v.extend(real("vocab/ggml-vocab-nomic-bert-moe.gguf"));
         v
     })
 }
@@ -173,7 +273,12 @@ proptest! {
     fn common_text_round_trips(
         s in "[\\x20-\\x7e\\u{a0}-\\u{24f}\\u{391}-\\u{3c9}\\u{410}-\\u{44f}\\u{4e00}-\\u{4fff}\\u{1f600}-\\u{1f64f}\n\t]{0,40}"
     ) {
-        for tok in tokenizers().iter().filter(|t| t.n_vocab() > 1000) {
+        // A unigram model's normalizer folds characters and spaces, so
+        // its text does not come back as it was.
+        for tok in tokenizers()
+            .iter()
+            .filter(|t| t.n_vocab() > 1000 && t.kind() != VocabKind::Ugm)
+        {
             let ids = tok.encode(&s, false, false).unwrap();
             prop_assert_eq!(tok.decode(&ids, false, false).unwrap(), s.as_str());
         }
@@ -274,6 +379,20 @@ fn toy_vocabularies_behave() {
         ]
     );
     assert_eq!(wpm.decode(&ids, true, false).unwrap(), " the x | 日 本, ae");
+    let ugm = toy_ugm();
+    let ids = ugm
+        .encode("The\tthe  ＡＢ<tag>日本\u{7}x", true, true)
+        .unwrap();
+    let texts: Vec<&str> = ids.iter().map(|&id| ugm.token_text(id).unwrap()).collect();
+    // T: unknown; spaces merged; ＡＢ folded; each fragment prefixed; EOS.
+    assert_eq!(
+        texts,
+        ["▁", "<unk>", "h", "e", "▁the", "▁a", "b", "<tag>", "▁", "日本", "x", "</s>"]
+    );
+    assert_eq!(
+        ugm.decode(&ids, true, false).unwrap(),
+        "he the ab<tag> 日本x"
+    );
     let bpe = toy_bpe();
     let ids = bpe.encode(" the it's", false, false).unwrap();
     assert_eq!(bpe.token_text(ids[0]).unwrap(), "Ġthe");
@@ -291,4 +410,61 @@ fn unknown_pre_tokenizer_is_a_clear_error() {
     vocab.pre = Some("martian".into());
     let err = Tokenizer::from_parts(vocab).unwrap_err().to_string();
     assert!(err.contains("unsupported pre-tokenizer `martian`"), "{err}");
+}
+
+/// XLM-RoBERTa's real character map with bytes changed at random: each
+/// copy loads or is refused at load, and one that loads tokenizes any
+/// text without a panic.
+#[test]
+fn damaged_real_charsmaps_load_or_fail_cleanly() {
+    let dir = match std::env::var_os("REALM_MODELS") {
+        Some(d) => PathBuf::from(d),
+        None => {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/realm/models")
+        }
+    };
+    let path = dir.join("vocab/ggml-vocab-nomic-bert-moe.gguf");
+    if !path.exists() {
+        eprintln!("skipping: {} not found", path.display());
+        return;
+    }
+    let file = GgufFile::open(&path).unwrap();
+    let map = Vocab::from_metadata(file.metadata())
+        .unwrap()
+        .precompiled_charsmap;
+    assert!(map.len() > 200_000);
+    let tokens = ["<pad>", "</s>", "<unk>", "▁", "a", "▁a", "1", "fi"];
+    let text = "Ｈｅｌｌｏ ﬁ ①\u{3000}\t\n\u{0}é\u{301} 日本 😀 \u{FFFF}";
+    let (mut loaded, mut refused) = (0, 0);
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    for round in 0..300 {
+        let mut bytes = map.clone();
+        for _ in 0..1 + round % 3 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            // Mostly the double array (the header, then its units).
+            let i = match round % 4 {
+                0 => (seed % 8) as usize,
+                _ => (seed % bytes.len() as u64) as usize,
+            };
+            bytes[i] ^= 1 << ((seed >> 40) % 8);
+        }
+        let mut vocab = Vocab::new(VocabKind::Ugm, tokens.map(String::from).to_vec());
+        vocab.scores = vec![0.0, 0.0, 0.0, -1.0, -2.0, -1.5, -2.0, -2.0];
+        vocab.precompiled_charsmap = bytes;
+        match Tokenizer::from_parts(vocab) {
+            Ok(tok) => {
+                loaded += 1;
+                let ids = tok.encode(text, true, true).unwrap();
+                assert!(ids.iter().all(|&id| (id as usize) < tokens.len()));
+            }
+            Err(e) => {
+                assert!(e.to_string().contains("precompiled_charsmap"), "{e}");
+                refused += 1;
+            }
+        }
+    }
+    println!("damaged charsmaps: {loaded} loaded, {refused} refused");
+    assert!(loaded > 0 && refused > 0);
 }
