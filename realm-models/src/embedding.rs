@@ -158,6 +158,7 @@ mod tests {
         assert_eq!(zero, [0.0, 0.0]);
         assert_eq!(Pooling::parse("mean"), Some(Pooling::Mean));
         assert_eq!(Pooling::from_gguf(3), Some(Pooling::Last));
-        assert_eq!(Pooling::from_gguf(4), None);
+        assert_eq!(Pooling::from_gguf(4), Some(Pooling::Rank));
+        assert_eq!(Pooling::from_gguf(5), None);
     }
 }
