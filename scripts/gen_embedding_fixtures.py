@@ -10,9 +10,10 @@ stores the vector.
 
 Encoders, end to end: `realm synth` writes tiny BERT and Nomic BERT models
 (f32, seed 3) with BGE's WordPiece vocabulary (llama.cpp's
-ggml-vocab-bert-bge.gguf, from `cargo xtask fetch-vocab`), and
-llama-embedding embeds text with each model's own pooling (CLS, mean): the
-tokenizer, the encoder, pooling and normalisation at once.
+ggml-vocab-bert-bge.gguf, from `cargo xtask fetch-vocab`) and a tiny Nomic
+BERT MoE with XLM-R's unigram vocabulary (ggml-vocab-nomic-bert-moe.gguf),
+and llama-embedding embeds text with each model's own pooling (CLS, mean):
+the tokenizer, the encoder, pooling and normalisation at once.
 Usage: python3 scripts/gen_embedding_fixtures.py [MODELS_DIR] [--encoders-only]
 (after cargo build --release -p realm-cli; --encoders-only keeps the
 stored real-model cases)
@@ -40,7 +41,13 @@ ENCODER_PROMPTS = PROMPTS + [
     "e-mail: someone@example.com (50% off) #hashtag $100",
     "x\u0007y \U0001f600 done",
 ]
-ENCODERS = ["tiny-bert", "tiny-nomic-bert"]
+# Each layout with a vocabulary of its family's: WordPiece (BGE's), and
+# SentencePiece's unigram (XLM-R's, nomic-embed-text v2's).
+ENCODERS = [
+    ("tiny-bert", "ggml-vocab-bert-bge.gguf"),
+    ("tiny-nomic-bert", "ggml-vocab-bert-bge.gguf"),
+    ("tiny-nomic-bert-moe", "ggml-vocab-nomic-bert-moe.gguf"),
+]
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "..", "realm-cli", "tests", "fixtures", "embeddings.json")
 
@@ -53,25 +60,35 @@ def fnv1a(data):
 
 
 def encoder_cases(tool, models_dir):
-    """The encoders' cases: each layout with BGE's vocabulary, each prompt."""
+    """The encoders' cases: each layout with its vocabulary, each prompt."""
     import tempfile
     realm = os.path.join(HERE, "..", "target", "release", "realm")
-    vocab = os.path.join(models_dir, "vocab", "ggml-vocab-bert-bge.gguf")
     cases = []
     with tempfile.TemporaryDirectory() as tmp:
-        for layout in ENCODERS:
+        for layout, vocab_name in ENCODERS:
+            vocab = os.path.join(models_dir, "vocab", vocab_name)
             path = os.path.join(tmp, layout + ".gguf")
             subprocess.run([realm, "synth", layout, "--vocab", vocab, "--matrix-type", "f32",
                             "--seed", "3", "-o", path], check=True, capture_output=True)
             with open(path, "rb") as f:
                 digest = f"{fnv1a(f.read()):016x}"
             for prompt in ENCODER_PROMPTS:
-                run = subprocess.run(
-                    [tool, "-m", path, "-p", prompt, "--embd-separator", "<#sep#>",
-                     "--embd-output-format", "json", "-t", "2"],
-                    check=True, capture_output=True, text=True)
-                vector = json.loads(run.stdout)["data"][0]["embedding"]
-                cases.append({"model": layout, "vocab": "ggml-vocab-bert-bge.gguf",
+                # (llama-embedding prints through its asynchronous log,
+                # whose last lines are now and then lost at exit on a busy
+                # machine: each run is tried up to ten times.)
+                for _ in range(10):
+                    run = subprocess.run(
+                        [tool, "-m", path, "-p", prompt, "--embd-separator", "<#sep#>",
+                         "--embd-output-format", "json", "-t", "2"],
+                        check=True, capture_output=True, text=True)
+                    try:
+                        vector = json.loads(run.stdout)["data"][0]["embedding"]
+                        break
+                    except json.JSONDecodeError as e:
+                        print(f"{layout} {prompt!r}: {e}, {len(run.stdout)} bytes; again")
+                else:
+                    sys.exit(f"{layout} {prompt!r}: no JSON")
+                cases.append({"model": layout, "vocab": vocab_name,
                               "fnv1a": digest, "prompt": prompt, "embedding": vector})
                 print(layout, len(vector))
     return cases

@@ -2390,7 +2390,8 @@ impl SyntheticLayout {
 
     /// The same layout with the vocabulary of the file whose metadata is
     /// `md` (its `tokenizer.*` keys, written in place of the synthetic
-    /// one's), the token embeddings and output matrix resized to it: a
+    /// one's), the token embeddings and output matrix (and a BERT's token
+    /// types, to its `token_type_count`) resized to it: a
     /// model that tokenizes as that file does (llama.cpp's
     /// `ggml-vocab-*.gguf`).
     pub fn with_vocab(mut self, md: &Metadata) -> Result<Self> {
@@ -2403,9 +2404,17 @@ impl SyntheticLayout {
         for (k, v) in md.iter().filter(|(k, _)| k.starts_with("tokenizer.")) {
             self = self.with_hparam(k, v.clone());
         }
+        // (A BERT's token types are as many as the vocabulary says.)
+        let types = match md.get("tokenizer.ggml.token_type_count") {
+            Some(_) => Some(md.get_u32("tokenizer.ggml.token_type_count")?),
+            None => None,
+        };
         for t in &mut self.tensors {
             if t.name == "token_embd.weight" || t.name == "output.weight" {
                 t.shape[1] = n as u64;
+            }
+            if let (Some(k), "token_types.weight") = (types, t.name.as_str()) {
+                t.shape[1] = u64::from(k.max(1));
             }
         }
         self.vocab_size = n;

@@ -142,20 +142,25 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 }
 
 /// Encoders end to end: tiny BERT and Nomic BERT models (f32) with BGE's
-/// WordPiece vocabulary embed text as llama.cpp's llama-embedding does
+/// WordPiece vocabulary, a tiny Nomic BERT MoE with XLM-R's unigram one,
+/// embed text as llama.cpp's llama-embedding does
 /// (the same tokens, the file's own pooling, unit length): cosine at least
 /// 0.99999 (measured: the GELUs' approximations differ by up to 5e-5 a
-/// value). Skipped without llama.cpp's vocabulary file (`cargo xtask
+/// value), 0.999 for the mixture of experts (measured down to 0.99978).
+/// Skipped without llama.cpp's vocabulary files (`cargo xtask
 /// fetch-vocab`).
 #[test]
 fn encoders_embed_text_as_llama_cpp() {
-    let Some(vocab) = catalog::models_dir()
-        .map(|d| d.join("vocab/ggml-vocab-bert-bge.gguf"))
-        .filter(|p| p.is_file())
-    else {
-        eprintln!("skipped: no ggml-vocab-bert-bge.gguf; run `cargo xtask fetch-vocab`");
+    let vocab = |name: &str| catalog::models_dir().map(|d| d.join("vocab").join(name));
+    if ["ggml-vocab-bert-bge.gguf", "ggml-vocab-nomic-bert-moe.gguf"]
+        .iter()
+        .any(|v| !vocab(v).is_some_and(|p| p.is_file()))
+    {
+        eprintln!(
+            "skipped: llama.cpp's vocabularies are not cached; run `cargo xtask fetch-vocab`"
+        );
         return;
-    };
+    }
     let path = format!(
         "{}/tests/fixtures/embeddings.json",
         env!("CARGO_MANIFEST_DIR")
@@ -164,7 +169,7 @@ fn encoders_embed_text_as_llama_cpp() {
     let dir = std::env::temp_dir().join(format!("realm-encoder-text-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let mut seen = 0;
-    for layout in ["tiny-bert", "tiny-nomic-bert"] {
+    for layout in ["tiny-bert", "tiny-nomic-bert", "tiny-nomic-bert-moe"] {
         let cases: Vec<&Value> = fixture["cases"]
             .as_array()
             .unwrap()
@@ -173,6 +178,7 @@ fn encoders_embed_text_as_llama_cpp() {
             .collect();
         let file = dir.join(format!("{layout}.gguf"));
         let file = file.to_str().unwrap();
+        let vocab = vocab(cases[0]["vocab"].as_str().unwrap()).unwrap();
         let (ok, _, stderr) = realm(&[
             "synth",
             layout,
@@ -202,10 +208,15 @@ fn encoders_embed_text_as_llama_cpp() {
         for (c, d) in cases.iter().zip(got["data"].as_array().unwrap()) {
             let (want, have) = (floats(&c["embedding"]), floats(&d["embedding"]));
             let cos = cosine(&want, &have);
-            assert!(cos >= 0.99999, "{layout} {:?}: cosine {cos}", c["prompt"]);
+            // (Routing among experts amplifies the GELUs' difference.)
+            let min = match layout {
+                "tiny-nomic-bert-moe" => 0.999,
+                _ => 0.99999,
+            };
+            assert!(cos >= min, "{layout} {:?}: cosine {cos}", c["prompt"]);
             seen += 1;
         }
     }
-    assert_eq!(seen, 14);
+    assert_eq!(seen, 21);
     std::fs::remove_dir_all(&dir).unwrap();
 }
