@@ -431,13 +431,6 @@ CASES = [
 ]
 
 
-def fnv1a(data):
-    h = 0xCBF29CE484222325
-    for b in data:
-        h = ((h ^ b) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
-    return h
-
-
 def synth(c, path):
     args = [REALM, "synth", c["layout"], "-o", path, "--seed", str(SEED),
             "--matrix-type", c["matrix_type"]]
@@ -502,7 +495,7 @@ def main():
             path = os.path.join(tmp, c["name"] + ".gguf")
             synth(c, path)
             with open(path, "rb") as f:
-                digest = fnv1a(f.read())
+                digest = llama_env.fnv1a(f.read())
             if c.get("embedding"):
                 rows = hidden_states(path, c, tokens_of(c))
                 hidden = [[float("%.6g" % v) for v in row] for row in rows]

@@ -23,6 +23,8 @@ import os
 import subprocess
 import sys
 
+import llama_env
+
 MODELS = {
     "smollm2": "SmolLM2-135M-Instruct.Q4_1.gguf",
     "gemma3": "gemma-3-270m-q4_k_m.gguf",
@@ -52,13 +54,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "..", "realm-cli", "tests", "fixtures", "embeddings.json")
 
 
-def fnv1a(data):
-    h = 0xCBF29CE484222325
-    for b in data:
-        h = ((h ^ b) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
-    return h
-
-
 def encoder_cases(tool, models_dir):
     """The encoders' cases: each layout with its vocabulary, each prompt."""
     import tempfile
@@ -71,7 +66,7 @@ def encoder_cases(tool, models_dir):
             subprocess.run([realm, "synth", layout, "--vocab", vocab, "--matrix-type", "f32",
                             "--seed", "3", "-o", path], check=True, capture_output=True)
             with open(path, "rb") as f:
-                digest = f"{fnv1a(f.read()):016x}"
+                digest = f"{llama_env.fnv1a(f.read()):016x}"
             for prompt in ENCODER_PROMPTS:
                 # (llama-embedding prints through its asynchronous log,
                 # whose last lines are now and then lost at exit on a busy

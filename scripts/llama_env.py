@@ -24,3 +24,12 @@ def tools():
     sys.path.insert(0, os.path.dirname(os.path.dirname(vendor)))
     sys.path.insert(0, os.path.join(vendor, "gguf-py"))
     return bin_dir
+
+
+def fnv1a(data):
+    """FNV-1a of `data` (64 bits): how the tests know a synthetic file is
+    the one llama.cpp ran."""
+    h = 0xCBF29CE484222325
+    for b in data:
+        h = ((h ^ b) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return h
