@@ -46,6 +46,7 @@ mod wpm;
 pub use decode::StreamDecoder;
 pub use hash::{FastMap, FxHasher};
 pub use trie::PieceTrie;
+pub use ugm::precompiled_charsmap;
 pub use vocab::{SpecialTokens, TokenType, Vocab, VocabKind};
 
 use bpe::{BpeModel, BpeSession};

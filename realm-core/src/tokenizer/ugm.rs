@@ -626,55 +626,83 @@ impl UgmSession {
     }
 }
 
+/// A precompiled character map for `replacements` (each key's bytes
+/// replaced by its bytes), as SentencePiece's converters store one in
+/// `tokenizer.ggml.precompiled_charsmap`: darts-clone's double array (here
+/// a block of 256 units for each node with children, a key's value at
+/// label 0 of its block), then the NUL-terminated replacements. For
+/// writing unigram vocabularies (tests, synthetic models).
+///
+/// ```
+/// use realm_core::tokenizer::{precompiled_charsmap, TokenType, Tokenizer, Vocab, VocabKind};
+/// let pieces = ["<pad>", "</s>", "<unk>", "\u{2581}a"].map(String::from).to_vec();
+/// let mut v = Vocab::new(VocabKind::Ugm, pieces);
+/// v.token_types = [3, 3, 2, 1].map(TokenType::from_gguf).to_vec();
+/// v.scores = vec![0.0, 0.0, 0.0, -1.0];
+/// v.precompiled_charsmap = precompiled_charsmap(&[("Ａ".as_bytes(), b"a")])?;
+/// v.add_space_prefix = Some(true);
+/// let t = Tokenizer::from_parts(v)?;
+/// assert_eq!(t.encode("Ａ", false, false)?, [3]);
+/// # Ok::<(), realm_core::Error>(())
+/// ```
+///
+/// Fails where the array outgrows the format's 21-bit offsets.
+pub fn precompiled_charsmap(replacements: &[(&[u8], &[u8])]) -> Result<Vec<u8>> {
+    #[derive(Default)]
+    struct Node {
+        children: std::collections::BTreeMap<u8, Node>,
+        value: Option<u32>,
+    }
+    // The unit at `index` gets a block of its own for its children.
+    fn place(node: &Node, index: usize, units: &mut Vec<u32>) -> Result<()> {
+        let block = units.len();
+        units.resize(block + 256, 0);
+        let offset = u32::try_from(index ^ block)
+            .ok()
+            .filter(|&o| o < 1 << 21)
+            .ok_or_else(|| charsmap_error("too many keys for 21-bit offsets"))?;
+        units[index] = (units[index] & 0x1FF) | (offset << 10);
+        if let Some(v) = node.value {
+            units[block] = (1 << 31) | v;
+        }
+        for (&b, child) in &node.children {
+            let at = block | b as usize;
+            units[at] = u32::from(b) | (u32::from(child.value.is_some()) << 8);
+            place(child, at, units)?;
+        }
+        Ok(())
+    }
+    let mut root = Node::default();
+    let mut strings = Vec::new();
+    for (key, repl) in replacements {
+        let mut node = &mut root;
+        for &b in *key {
+            node = node.children.entry(b).or_default();
+        }
+        let at = u32::try_from(strings.len())
+            .ok()
+            .filter(|&a| a < 1 << 31)
+            .ok_or_else(|| charsmap_error("replacements too long"))?;
+        node.value = Some(at);
+        strings.extend_from_slice(repl);
+        strings.push(0);
+    }
+    let mut units = vec![0u32; 256];
+    place(&root, 0, &mut units)?;
+    let size = u32::try_from(units.len() * 4).map_err(|_| charsmap_error("too many keys"))?;
+    let mut bytes = size.to_le_bytes().to_vec();
+    bytes.extend(units.iter().flat_map(|u| u.to_le_bytes()));
+    bytes.extend_from_slice(&strings);
+    Ok(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::{TokenType, Tokenizer, Vocab, VocabKind};
     use super::*;
 
-    /// A double array for `keys` (bytes -> replacement), in the layout
-    /// darts-clone writes: one 256-unit block of children per node that
-    /// has any, the value unit at label 0 of a key's block.
     fn charsmap_bytes(keys: &[(&[u8], &[u8])]) -> Vec<u8> {
-        #[derive(Default)]
-        struct Node {
-            children: std::collections::BTreeMap<u8, Node>,
-            value: Option<u32>,
-        }
-        let mut root = Node::default();
-        let mut strings = Vec::new();
-        for (key, repl) in keys {
-            let mut node = &mut root;
-            for &b in *key {
-                node = node.children.entry(b).or_default();
-            }
-            node.value = Some(strings.len() as u32);
-            strings.extend_from_slice(repl);
-            strings.push(0);
-        }
-        // The unit at `index` gets a block of its own for its children.
-        fn place(node: &Node, index: usize, units: &mut Vec<u32>) {
-            let block = units.len();
-            units.resize(block + 256, 0);
-            let offset = (index ^ block) as u32;
-            assert!(offset < 1 << 21);
-            units[index] = (units[index] & 0x1FF) | (offset << 10);
-            if let Some(v) = node.value {
-                units[block] = (1 << 31) | v;
-            }
-            for (&b, child) in &node.children {
-                let at = block | b as usize;
-                units[at] = u32::from(b) | (u32::from(child.value.is_some()) << 8);
-                place(child, at, units);
-            }
-        }
-        let mut units = vec![0u32; 256];
-        place(&root, 0, &mut units);
-        let mut bytes = ((units.len() * 4) as u32).to_le_bytes().to_vec();
-        for u in units {
-            bytes.extend_from_slice(&u.to_le_bytes());
-        }
-        bytes.extend_from_slice(&strings);
-        bytes
+        precompiled_charsmap(keys).unwrap()
     }
 
     fn charsmap(keys: &[(&str, &str)]) -> Vec<u8> {

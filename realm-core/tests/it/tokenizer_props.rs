@@ -98,46 +98,13 @@ fn toy_wpm() -> Tokenizer {
     Tokenizer::from_parts(vocab).unwrap()
 }
 
-/// A precompiled character map for `keys` (key -> replacement), laid out
-/// as darts-clone writes one: a double array whose units pack a label, a
-/// leaf flag and an XOR offset to the children's block (here one block of
-/// 256 units per node), then the NUL-terminated replacements.
+/// A precompiled character map for `keys` (key -> replacement).
 fn charsmap(keys: &[(&str, &str)]) -> Vec<u8> {
-    #[derive(Default)]
-    struct Node {
-        children: std::collections::BTreeMap<u8, Node>,
-        value: Option<u32>,
-    }
-    fn place(node: &Node, index: usize, units: &mut Vec<u32>) {
-        let block = units.len();
-        units.resize(block + 256, 0);
-        units[index] = (units[index] & 0x1FF) | (((index ^ block) as u32) << 10);
-        if let Some(v) = node.value {
-            units[block] = (1 << 31) | v;
-        }
-        for (&b, child) in &node.children {
-            let at = block | b as usize;
-            units[at] = u32::from(b) | (u32::from(child.value.is_some()) << 8);
-            place(child, at, units);
-        }
-    }
-    let mut root = Node::default();
-    let mut strings = Vec::new();
-    for (key, repl) in keys {
-        let mut node = &mut root;
-        for &b in key.as_bytes() {
-            node = node.children.entry(b).or_default();
-        }
-        node.value = Some(strings.len() as u32);
-        strings.extend_from_slice(repl.as_bytes());
-        strings.push(0);
-    }
-    let mut units = vec![0u32; 256];
-    place(&root, 0, &mut units);
-    let mut bytes = ((units.len() * 4) as u32).to_le_bytes().to_vec();
-    bytes.extend(units.iter().flat_map(|u| u.to_le_bytes()));
-    bytes.extend_from_slice(&strings);
-    bytes
+    let keys: Vec<(&[u8], &[u8])> = keys
+        .iter()
+        .map(|(k, r)| (k.as_bytes(), r.as_bytes()))
+        .collect();
+    realm_core::tokenizer::precompiled_charsmap(&keys).unwrap()
 }
 
 /// A unigram (T5-style) vocabulary: specials, scored pieces, a
