@@ -1,7 +1,7 @@
 //! `--device`: which backend runs the model.
 
 use anyhow::{bail, Result};
-use realm_compute_gpu::{GpuBackend, GpuDevice, StepMode};
+use realm_compute_gpu::{Dequantized, GpuBackend, GpuDevice, StepMode};
 
 /// Where a model runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +44,27 @@ pub struct DeviceArgs {
     /// elsewhere; `REALM_CUDA_GRAPHS=0` makes it CUDA's too).
     #[arg(long, value_enum)]
     pub steps: Option<Steps>,
+    /// Put matrices of the types candle cannot multiply (MXFP4, IQ4_NL,
+    /// IQ4_XS) on the GPU dequantized, in f16 or f32; without it the GPU
+    /// backend refuses a model with them.
+    #[arg(long, value_enum, value_name = "TYPE")]
+    pub dequantize: Option<DequantizeTo>,
+}
+
+/// The `--dequantize` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DequantizeTo {
+    F16,
+    F32,
+}
+
+impl From<DequantizeTo> for Dequantized {
+    fn from(d: DequantizeTo) -> Self {
+        match d {
+            DequantizeTo::F16 => Self::F16,
+            DequantizeTo::F32 => Self::F32,
+        }
+    }
 }
 
 /// The `--steps` values.
@@ -71,7 +92,7 @@ impl DeviceArgs {
             Device::Cpu => bail!("the cpu device does not use the GPU backend"),
             Device::Gpu(d) => {
                 let start = std::time::Instant::now();
-                let mut b = GpuBackend::new(d)?;
+                let mut b = GpuBackend::new(d)?.with_dequantized(self.dequantize.map(Into::into));
                 if let Some(steps) = self.steps {
                     b = b.with_steps(steps.into());
                 }

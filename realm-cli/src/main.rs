@@ -97,6 +97,15 @@ fn main() {
             return;
         }
         eprintln!("realm: error: {e:#}");
+        let unsupported = e.chain().any(|c| {
+            matches!(c.downcast_ref(), Some(realm_models::Error::UnsupportedWeight { backend, .. })
+                if backend.starts_with("candle"))
+        });
+        if unsupported {
+            eprintln!(
+                "realm: `--dequantize f16` (or f32) puts such matrices on the GPU dequantized"
+            );
+        }
         std::process::exit(1);
     }
 }

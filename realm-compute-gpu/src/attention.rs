@@ -4,9 +4,9 @@ use std::ops::Range;
 
 use candle_core::{DType, Tensor};
 use realm_core::backend::{
-    check_kv_layer, check_kv_read, chunk_start, rope_attend_in_turn, AttentionOps, AttentionParams,
-    BackendError, BackendResult, KvCacheConfig, KvSpan, NormOps, QkNorm, RopeMode, RopeOps,
-    RopeParams,
+    check_kv_layer, check_kv_read, check_sinks, chunk_start, rope_attend_in_turn, AttentionOps,
+    AttentionParams, BackendError, BackendResult, KvCacheConfig, KvSpan, NormOps, QkNorm, RopeMode,
+    RopeOps, RopeParams,
 };
 
 use crate::fused::q8::Blocks;
@@ -52,39 +52,81 @@ fn check_params(
             what: "soft-cap must be positive and finite",
         });
     }
-    if p.sinks.is_some() {
+    check_sinks(op, p)?;
+    if p.chunk == Some(0) {
         return Err(BackendError::InvalidParameter {
             op,
-            what: "the GPU backend has no attention sinks (gpt-oss): run such a model on the CPU",
+            what: "chunk of zero",
         });
     }
-    if p.chunk.is_some() {
+    if p.bidirectional && (p.chunk.is_some() || p.alibi.is_some()) {
         return Err(BackendError::InvalidParameter {
             op,
-            what: "the GPU backend has no chunked attention (Llama 4): run such a model on the CPU",
-        });
-    }
-    if p.bidirectional && p.chunk.is_some() {
-        return Err(BackendError::InvalidParameter {
-            op,
-            what: "bidirectional attention with chunks",
-        });
-    }
-    if p.alibi.is_some() {
-        return Err(BackendError::InvalidParameter {
-            op,
-            what: "the GPU backend has no ALiBi (BLOOM, MPT): run such a model on the CPU",
+            what: "bidirectional attention with chunks or ALiBi",
         });
     }
     Ok(())
 }
 
-/// Scores scaled, soft-capped and masked, then softmax: `scores` is
-/// `q . k` of any shape whose last axis is keys; `mask` broadcasts to it.
+/// What the scores get per head beside the mask, each shaped to broadcast
+/// over them: ALiBi's bias (the heads' slopes times each key's distance
+/// from its query, `j - pos`, never positive where the key is seen) and
+/// the attention sinks, one more logit a head that no value goes with.
+#[derive(Default)]
+struct HeadTerms {
+    /// The slopes and the distances.
+    alibi: Option<(Tensor, Tensor)>,
+    sinks: Option<Tensor>,
+}
+
+impl HeadTerms {
+    /// The terms of `p` (none where it has neither): `heads` is the shape
+    /// of the scores' head axes with ones elsewhere (`[kv heads, 1, group,
+    /// 1]` or `[1, kv heads, group, 1]`); `distances` makes the distances
+    /// `j - pos` when ALiBi needs them.
+    fn of(
+        op: &'static str,
+        ws: &mut GpuWorkspace,
+        device: &candle_core::Device,
+        p: &AttentionParams,
+        heads: &[usize],
+        distances: impl FnOnce(&mut GpuWorkspace) -> candle_core::Result<Tensor>,
+    ) -> BackendResult<Self> {
+        let mut shaped = |values: Option<&[f32]>| -> BackendResult<Option<Tensor>> {
+            values
+                .map(|v| {
+                    ws.head_values(device, v)?
+                        .reshape(heads)
+                        .map_err(dev_err(op))
+                })
+                .transpose()
+        };
+        let sinks = shaped(p.sinks)?;
+        let slopes = shaped(p.alibi)?;
+        let alibi = match slopes {
+            Some(s) => Some((s, distances(ws).map_err(dev_err(op))?)),
+            None => None,
+        };
+        Ok(Self { alibi, sinks })
+    }
+}
+
+/// Key positions `lo..lo + len` less the query positions `pos` (`[n]`,
+/// any integer or float type), `[n, len]` f32: ALiBi's distances.
+fn distances(pos: &Tensor, lo: usize, len: usize) -> candle_core::Result<Tensor> {
+    let n = pos.elem_count();
+    let keys = Tensor::arange(lo as f32, (lo + len) as f32, pos.device())?.reshape((1, len))?;
+    keys.broadcast_sub(&pos.to_dtype(DType::F32)?.reshape((n, 1))?)
+}
+
+/// Scores scaled, soft-capped, masked and biased, then softmax (with the
+/// sinks, if any): `scores` is `q . k` of any shape whose last axis is
+/// keys; `mask` and `terms` broadcast to it.
 fn probabilities(
     scores: Tensor,
     p: &AttentionParams,
     mask: Option<&Tensor>,
+    terms: &HeadTerms,
 ) -> candle_core::Result<Tensor> {
     let mut scores = scores.affine(f64::from(p.scale), 0.0)?;
     if let Some(c) = p.softcap {
@@ -94,7 +136,23 @@ fn probabilities(
     if let Some(m) = mask {
         scores = scores.broadcast_add(m)?;
     }
-    candle_nn::ops::softmax_last_dim(&scores)
+    if let Some((slopes, d)) = &terms.alibi {
+        scores = scores.broadcast_add(&d.broadcast_mul(slopes)?)?;
+    }
+    let Some(sinks) = &terms.sinks else {
+        return candle_nn::ops::softmax_last_dim(&scores);
+    };
+    // Each softmax over the keys and its head's sink, whose weight is
+    // dropped.
+    let mut dims = scores.dims().to_vec();
+    let last = dims.len() - 1;
+    let len = dims[last];
+    dims[last] = 1;
+    let sink = sinks.broadcast_as(dims)?.contiguous()?;
+    let all = Tensor::cat(&[&scores, &sink], last)?;
+    candle_nn::ops::softmax_last_dim(&all)?
+        .narrow(last, 0, len)?
+        .contiguous()
 }
 
 /// Keys or values `t` with every position that `keep` (1 where some query
@@ -130,28 +188,28 @@ fn check_end(op: &'static str, cfg: &KvCacheConfig, start: usize, n: usize) -> B
 /// The additive mask `[n, len]` of `n` queries at positions `start..` over
 /// keys at positions `lo..lo + len`, or `None` when every query sees every
 /// key.
-fn mask(start: usize, n: usize, lo: usize, len: usize, window: Option<usize>) -> Option<Vec<f32>> {
-    let all =
-        (0..n).all(|t| visible(start + t, lo, window) && visible(start + t, lo + len - 1, window));
+fn mask(start: usize, n: usize, lo: usize, len: usize, p: &AttentionParams) -> Option<Vec<f32>> {
+    let all = (0..n).all(|t| visible(start + t, lo, p) && visible(start + t, lo + len - 1, p));
     if all {
         return None;
     }
     let mut m = Vec::with_capacity(n * len);
     for t in 0..n {
-        m.extend((lo..lo + len).map(|j| mask_value(start + t, j, window)));
+        m.extend((lo..lo + len).map(|j| mask_value(start + t, j, p)));
     }
     Some(m)
 }
 
-/// Whether a query at position `pos` sees the key at position `j`: causal,
-/// and within `window` positions when there is one.
-fn visible(pos: usize, j: usize, window: Option<usize>) -> bool {
-    j <= pos && window.is_none_or(|w| j + w > pos)
+/// Whether a causal query at position `pos` sees the key at position `j`:
+/// one of its own or an earlier position, and of its window and chunk
+/// where there are.
+fn visible(pos: usize, j: usize, p: &AttentionParams) -> bool {
+    j <= pos && j >= p.first_key(pos)
 }
 
 /// The additive mask of that pair: 0 or minus infinity.
-fn mask_value(pos: usize, j: usize, window: Option<usize>) -> f32 {
-    if visible(pos, j, window) {
+fn mask_value(pos: usize, j: usize, p: &AttentionParams) -> f32 {
+    if visible(pos, j, p) {
         0.0
     } else {
         f32::NEG_INFINITY
@@ -160,6 +218,18 @@ fn mask_value(pos: usize, j: usize, window: Option<usize>) -> f32 {
 
 impl AttentionOps for GpuBackend {
     type KvCache = GpuKvCache;
+
+    fn supports_sinks(&self) -> bool {
+        true
+    }
+
+    fn supports_alibi(&self) -> bool {
+        true
+    }
+
+    fn supports_chunks(&self) -> bool {
+        true
+    }
 
     fn kv_cache(&self, cfg: &KvCacheConfig) -> BackendResult<GpuKvCache> {
         self.kv_pool.cache(&self.device, cfg)
@@ -312,7 +382,7 @@ impl AttentionOps for GpuBackend {
                     });
                 }
                 let m = (|| {
-                    st.mask(p.sliding_window)?
+                    st.mask(p.sliding_window, p.chunk)?
                         .narrow(0, rows.start, n)?
                         .narrow(1, 0, len)?
                         .contiguous()?
@@ -346,17 +416,15 @@ impl AttentionOps for GpuBackend {
             }
             None => {
                 // Keys the first query can see onwards (the window only narrows).
-                let lo = p
-                    .sliding_window
-                    .map_or(0, |w| (at.start_pos + 1).saturating_sub(w));
+                let lo = p.first_key(at.start_pos);
                 let len = at.start_pos + n - lo;
-                let key = (at.start_pos, n, p.sliding_window);
+                let key = (at.start_pos, n, p.sliding_window, p.chunk);
                 let m = match ws.masks.iter().find(|(k, _)| *k == key) {
                     Some((_, m)) => m.clone(),
                     None => {
                         // Every layer of a chunk has the same mask (per
                         // window): made once, kept for the next layers.
-                        let m = mask(at.start_pos, n, lo, len, p.sliding_window)
+                        let m = mask(at.start_pos, n, lo, len, p)
                             .map(|m| Tensor::from_vec(m, (1, n, 1, len), &self.device))
                             .transpose()
                             .map_err(dev_err(OP))?;
@@ -370,6 +438,17 @@ impl AttentionOps for GpuBackend {
                 (lo, len, m)
             }
         };
+        let (start, first) = (at.start_pos, rows.start);
+        let terms = HeadTerms::of(OP, ws, &self.device, p, &[kvh, 1, group, 1], |ws| {
+            let d = match ws.step() {
+                Some(st) => st.distances()?.narrow(0, first, n)?.narrow(1, 0, len)?,
+                None => {
+                    let pos = Tensor::arange(start as u32, (start + n) as u32, &self.device)?;
+                    distances(&pos, lo, len)?
+                }
+            };
+            d.reshape((1, n, 1, len))
+        })?;
         let recording = ws.recording();
         // A static step spans positions past its query, which may hold a
         // reused slot's leftovers; otherwise every position from lo is
@@ -394,7 +473,8 @@ impl AttentionOps for GpuBackend {
                 .reshape((kvh, n * group, hd))?;
             // [kvh, n, group, len] scores: the mask broadcasts over heads.
             let scores = qg.matmul(&keys.t()?)?.reshape((kvh, n, group, len))?;
-            let probs = probabilities(scores, p, m.as_ref())?.reshape((kvh, n * group, len))?;
+            let probs =
+                probabilities(scores, p, m.as_ref(), &terms)?.reshape((kvh, n * group, len))?;
             // [kvh, n * group, hd] -> [n, kvh * group * hd].
             probs
                 .matmul(&values)?
@@ -790,9 +870,14 @@ struct Rows {
 }
 
 impl GpuBackend {
-    /// Whether attention with `p` runs as the fused kernel.
+    /// Whether attention with `p` runs as the fused kernel: not with
+    /// sinks, ALiBi or chunks, which are candle's products alone.
     fn fuses(&self, p: &AttentionParams) -> bool {
-        self.fused && p.head_dim <= MAX_HEAD_DIM
+        self.fused
+            && p.head_dim <= MAX_HEAD_DIM
+            && p.sinks.is_none()
+            && p.alibi.is_none()
+            && p.chunk.is_none()
     }
 
     /// Whether `n` rows of one sequence are attended by the fused kernels:
@@ -869,7 +954,7 @@ impl GpuBackend {
                     let mask = match fused {
                         true => None,
                         false => Some(
-                            st.mask(p.sliding_window)?
+                            st.mask(p.sliding_window, p.chunk)?
                                 .narrow(0, first, n)?
                                 .narrow(1, 0, len)?
                                 .contiguous()?
@@ -883,7 +968,6 @@ impl GpuBackend {
             }
             None => {
                 let len = furthest;
-                let window = p.sliding_window;
                 let made = (|| -> candle_core::Result<_> {
                     let pos = Tensor::from_slice(positions, n, &self.device)?;
                     let index = match scatters {
@@ -895,10 +979,10 @@ impl GpuBackend {
                         false => None,
                     };
                     // A row sees every key when it is at the furthest
-                    // position and its window (if any) starts at 0.
+                    // position and its window or chunk (if any) starts at 0.
                     let hides = positions.iter().any(|&pos| {
                         let pos = pos as usize;
-                        pos + 1 < len || window.is_some_and(|w| pos + 1 > w)
+                        pos + 1 < len || p.first_key(pos) > 0
                     });
                     let mask = match fused || !hides {
                         true => None,
@@ -906,7 +990,7 @@ impl GpuBackend {
                             let mask: Vec<f32> = positions
                                 .iter()
                                 .flat_map(|&pos| {
-                                    (0..len).map(move |j| mask_value(pos as usize, j, window))
+                                    (0..len).map(move |j| mask_value(pos as usize, j, p))
                                 })
                                 .collect();
                             Some(Tensor::from_vec(mask, (n, 1, 1, len), &self.device)?)
@@ -918,6 +1002,13 @@ impl GpuBackend {
                 (made.0, made.1, len, made.2)
             }
         };
+        let terms = HeadTerms::of(OP, ws, &self.device, p, &[1, kvh, group, 1], |ws| {
+            let d = match ws.step() {
+                Some(st) => st.distances()?.narrow(0, first, n)?.narrow(1, 0, len)?,
+                None => distances(&pos, 0, len)?,
+            };
+            d.reshape((n, 1, 1, len))
+        })?;
         let dt = dtype_of(cfg.dtype)?;
         let recording = ws.recording();
         let attend = || -> candle_core::Result<Tensor> {
@@ -989,7 +1080,7 @@ impl GpuBackend {
             // One token a row: a row's heads are [kv head, head in group].
             let qg = row(&rows.q)?.reshape((n, kvh, group, hd))?;
             let scores = qg.matmul(&keys.t()?)?;
-            let probs = probabilities(scores, p, mask.as_ref())?;
+            let probs = probabilities(scores, p, mask.as_ref(), &terms)?;
             probs.matmul(&values)?.reshape((n, width))
         };
         match fused {

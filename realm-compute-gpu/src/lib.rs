@@ -81,7 +81,7 @@ use realm_core::backend::{split_width, BackendCore, BackendError, BackendResult}
 pub use buffer::GpuBuffer;
 pub use clock::OpClock;
 pub use kv::{GpuKvCache, LENGTH_STEP, MAX_SLOTS};
-pub use matmul::GpuWeight;
+pub use matmul::{Dequantized, GpuWeight};
 pub use ops::GpuWorkspace;
 pub use step::{GpuRecording, GraphNodes, StepMode};
 
@@ -172,6 +172,9 @@ pub struct GpuBackend {
     /// Whether a decode step's attention kernel also stores the step's
     /// keys and values (CUDA).
     store_in_attention: bool,
+    /// The type matrices candle cannot multiply in their own type go to
+    /// the device in, if any ([`GpuBackend::with_dequantized`]).
+    dequantized: Option<Dequantized>,
     /// The blocks that fill the device (twice its multiprocessors).
     #[cfg(feature = "cuda")]
     fill: usize,
@@ -291,6 +294,7 @@ impl GpuBackend {
                 std::env::var("REALM_STORE_IN_ATTENTION").as_deref(),
                 Ok("0")
             ),
+            dequantized: None,
             #[cfg(feature = "cuda")]
             fill,
             #[cfg(feature = "cuda")]
@@ -307,6 +311,35 @@ impl GpuBackend {
             #[cfg(feature = "cuda")]
             upload_gate: Default::default(),
         })
+    }
+
+    /// The backend taking matrices of the types candle cannot multiply
+    /// (MXFP4, IQ4_NL, IQ4_XS) dequantized, in `to`, so that a model with
+    /// them runs (in two or four bytes a weight where the file has about
+    /// half of one); `None`, the default, refuses them
+    /// ([`MatMulOps::supports_matmul`] is false), so that no dequantized
+    /// copy is made unless asked. f32 is the exact math of the file's
+    /// weights; f16 rounds each weight once more (relatively within
+    /// 2^-11; MXFP4's values, small whole numbers times a power of two,
+    /// not at all within f16's range).
+    ///
+    /// ```
+    /// use realm_compute_gpu::{Dequantized, GpuBackend, GpuDevice};
+    /// use realm_core::backend::MatMulOps;
+    /// use realm_core::GgmlType;
+    ///
+    /// let be = GpuBackend::new(GpuDevice::Cpu)?;
+    /// assert!(!be.supports_matmul(GgmlType::MXFP4));
+    /// let be = be.with_dequantized(Some(Dequantized::F16));
+    /// assert!(be.supports_matmul(GgmlType::MXFP4));
+    /// assert!(be.supports_matmul(GgmlType::IQ4_XS));
+    /// # Ok::<(), realm_core::backend::BackendError>(())
+    /// ```
+    ///
+    /// [`MatMulOps::supports_matmul`]: realm_core::backend::MatMulOps::supports_matmul
+    pub fn with_dequantized(mut self, to: Option<Dequantized>) -> Self {
+        self.dequantized = to;
+        self
     }
 
     /// The backend running decode steps as `mode` says.

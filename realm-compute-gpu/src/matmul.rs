@@ -5,11 +5,12 @@ use std::borrow::Cow;
 use std::sync::atomic::Ordering;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
-use candle_core::{Module, Tensor};
+use candle_core::{DType, Device, Module, Tensor};
+use half::f16;
 use realm_core::backend::{
     matrix_dims, BackendError, BackendResult, MatMulOps, RowsProduct, WeightInfo,
 };
-use realm_core::{GgmlType, TensorView};
+use realm_core::{quant, GgmlType, TensorView};
 
 use crate::fused::q8::{self, matrix, Quantized};
 use crate::scratch::scratch_err;
@@ -101,6 +102,51 @@ fn candle_type(t: GgmlType) -> Option<(GgmlDType, usize)> {
     })
 }
 
+/// The type a matrix of a type candle cannot multiply goes to the device
+/// in, when asked ([`GpuBackend::with_dequantized`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dequantized {
+    /// Half precision: two bytes a weight.
+    F16,
+    /// Single precision: four bytes a weight, the weights exactly.
+    F32,
+}
+
+impl Dequantized {
+    /// The type on the device.
+    fn dtype(self) -> GgmlType {
+        match self {
+            Self::F16 => GgmlType::F16,
+            Self::F32 => GgmlType::F32,
+        }
+    }
+
+    /// A dense matrix of `values`, `[rows, cols]`, in this type on
+    /// `device`, as candle's product takes it (an f16 matrix multiplies
+    /// its input rounded to f16, as cuBLAS's half products do).
+    fn matrix(
+        self,
+        values: Vec<f32>,
+        (rows, cols): (usize, usize),
+        device: &Device,
+    ) -> candle_core::Result<QMatMul> {
+        Ok(match self {
+            Self::F16 => {
+                let halves: Vec<f16> = values.into_iter().map(f16::from_f32).collect();
+                QMatMul::TensorF16(Tensor::from_vec(halves, (rows, cols), device)?)
+            }
+            Self::F32 => QMatMul::Tensor(Tensor::from_vec(values, (rows, cols), device)?),
+        })
+    }
+}
+
+/// A matrix's data as it goes to the device: its own blocks (Realm's type,
+/// candle's, and the blocks' alignment), or its values dequantized.
+enum Upload<'a> {
+    Blocks(Cow<'a, [u8]>, (GgmlType, GgmlDType, usize)),
+    Values(Vec<f32>, Dequantized),
+}
+
 /// `data`, the bytes of `rows` rows, followed by a row of zero bytes when
 /// `rows` is odd.
 fn with_even_rows(data: Cow<'_, [u8]>, rows: usize) -> Cow<'_, [u8]> {
@@ -113,29 +159,44 @@ fn with_even_rows(data: Cow<'_, [u8]>, rows: usize) -> Cow<'_, [u8]> {
 }
 
 impl GpuBackend {
-    /// A `rows` x `cols` matrix of `data` in `dtype` (candle's `ctype`,
-    /// whose blocks need `align`), copied to the device.
+    /// `t`'s data as it goes to the device: its own blocks, or its values
+    /// where candle cannot multiply its type and
+    /// [`GpuBackend::with_dequantized`] asked.
+    fn upload_of<'a>(&self, op: &'static str, t: &TensorView<'a>) -> BackendResult<Upload<'a>> {
+        let dtype = t.dtype();
+        if let Some((ctype, align)) = candle_type(dtype) {
+            return Ok(Upload::Blocks(
+                Cow::Borrowed(t.data()),
+                (dtype, ctype, align),
+            ));
+        }
+        let to = self
+            .dequantized
+            .ok_or(BackendError::UnsupportedType { op, dtype })?;
+        let values = quant::dequantize_row_to_vec(dtype, t.data())
+            .map_err(|_| BackendError::UnsupportedType { op, dtype })?;
+        Ok(Upload::Values(values, to))
+    }
+
+    /// A `rows` x `cols` matrix of `up`, copied to the device.
     fn to_device(
         &self,
         op: &'static str,
-        data: Cow<'_, [u8]>,
-        (dtype, ctype, align): (GgmlType, GgmlDType, usize),
+        up: Upload<'_>,
         rows: usize,
         cols: usize,
     ) -> BackendResult<GpuWeight> {
-        // candle's CUDA vector kernels for 2 to 8 input rows take weight
-        // rows in pairs, and so read one row past an odd count: a row of
-        // zeros (zero scales: zero values in every type) is stored there,
-        // part of the matrix for candle (products then drop its column).
-        // On every device, so that the tests off CUDA take the same path.
-        let data = with_even_rows(data, rows);
-        let stored_rows = rows + rows % 2;
-        if !(data.as_ptr() as usize).is_multiple_of(align) {
-            return Err(BackendError::Misaligned { op, align });
-        }
-        let storage = QStorage::from_data(data, &self.device, ctype).map_err(dev_err(op))?;
-        let q = QTensor::new(storage, (stored_rows, cols)).map_err(dev_err(op))?;
-        let qm = QMatMul::from_qtensor(q).map_err(dev_err(op))?;
+        let (dtype, qm) = match up {
+            Upload::Blocks(data, types) => {
+                (types.0, self.blocks_to_device(op, data, types, rows, cols)?)
+            }
+            Upload::Values(values, to) => {
+                let qm = to
+                    .matrix(values, (rows, cols), &self.device)
+                    .map_err(dev_err(op))?;
+                (to.dtype(), qm)
+            }
+        };
         #[cfg(feature = "cuda")]
         let blocks = crate::fused::q8::cuda::Weight::of(&qm).map_err(dev_err(op))?;
         // Every thread multiplies by the weights, each on its own stream
@@ -149,6 +210,34 @@ impl GpuBackend {
             #[cfg(feature = "cuda")]
             blocks,
         })
+    }
+
+    /// A `rows` x `cols` matrix of `data` in candle's `ctype` (whose
+    /// blocks need `align`), copied to the device.
+    fn blocks_to_device(
+        &self,
+        op: &'static str,
+        data: Cow<'_, [u8]>,
+        (_, ctype, align): (GgmlType, GgmlDType, usize),
+        rows: usize,
+        cols: usize,
+    ) -> BackendResult<QMatMul> {
+        // candle's CUDA vector kernels for 2 to 8 input rows take weight
+        // rows in pairs, and so read one row past an odd count: a row of
+        // zeros (zero scales: zero values in every type) is stored there,
+        // part of the matrix for candle (products then drop its column).
+        // On every device, so that the tests off CUDA take the same path.
+        let data = with_even_rows(data, rows);
+        let stored_rows = rows + rows % 2;
+        // candle asserts alignment; check it first so that bad input is an
+        // error rather than a panic (TensorView already guarantees whole
+        // blocks and the exact byte length).
+        if !(data.as_ptr() as usize).is_multiple_of(align) {
+            return Err(BackendError::Misaligned { op, align });
+        }
+        let storage = QStorage::from_data(data, &self.device, ctype).map_err(dev_err(op))?;
+        let q = QTensor::new(storage, (stored_rows, cols)).map_err(dev_err(op))?;
+        QMatMul::from_qtensor(q).map_err(dev_err(op))
     }
 }
 
@@ -231,14 +320,11 @@ impl MatMulOps for GpuBackend {
         Self: 'a;
 
     fn supports_matmul(&self, t: GgmlType) -> bool {
-        candle_type(t).is_some()
+        candle_type(t).is_some() || (self.dequantized.is_some() && quant::can_dequantize(t))
     }
 
     fn weight<'a>(&self, t: &TensorView<'a>) -> BackendResult<GpuWeight> {
         const OP: &str = "weight";
-        let dtype = t.dtype();
-        let (ctype, align) =
-            candle_type(dtype).ok_or(BackendError::UnsupportedType { op: OP, dtype })?;
         let (rows, cols) = matrix_dims(OP, t)?;
         if rows == 0 {
             return Err(BackendError::InvalidParameter {
@@ -246,19 +332,8 @@ impl MatMulOps for GpuBackend {
                 what: "empty matrix",
             });
         }
-        // candle asserts alignment; check it first so that bad input is an
-        // error rather than a panic (TensorView already guarantees whole
-        // blocks and the exact byte length).
-        if !(t.data().as_ptr() as usize).is_multiple_of(align) {
-            return Err(BackendError::Misaligned { op: OP, align });
-        }
-        self.to_device(
-            OP,
-            Cow::Borrowed(t.data()),
-            (dtype, ctype, align),
-            rows,
-            cols,
-        )
+        let up = self.upload_of(OP, t)?;
+        self.to_device(OP, up, rows, cols)
     }
 
     fn stack<'a>(&self, parts: &[TensorView<'a>]) -> BackendResult<Option<GpuWeight>> {
@@ -267,11 +342,9 @@ impl MatMulOps for GpuBackend {
             return Ok(None);
         };
         let dtype = first.dtype();
-        let (ctype, align) =
-            candle_type(dtype).ok_or(BackendError::UnsupportedType { op: OP, dtype })?;
         let (_, cols) = matrix_dims(OP, first)?;
         let mut rows = 0;
-        let mut bytes = Vec::new();
+        let mut whole: Option<Upload<'_>> = None;
         for t in parts {
             let (r, c) = matrix_dims(OP, t)?;
             if t.dtype() != dtype || c != cols {
@@ -281,14 +354,31 @@ impl MatMulOps for GpuBackend {
                 });
             }
             rows += r;
-            // Rows are whole blocks, so the parts' bytes concatenate.
-            bytes.extend_from_slice(t.data());
+            // Rows are whole blocks, so the parts' bytes (or values)
+            // concatenate.
+            whole = Some(match (whole, self.upload_of(OP, t)?) {
+                (None, Upload::Blocks(b, ty)) => Upload::Blocks(Cow::Owned(b.into_owned()), ty),
+                (None, values) => values,
+                (Some(Upload::Blocks(mut all, ty)), Upload::Blocks(b, _)) => {
+                    all.to_mut().extend_from_slice(&b);
+                    Upload::Blocks(all, ty)
+                }
+                (Some(Upload::Values(mut all, to)), Upload::Values(v, _)) => {
+                    all.extend(v);
+                    Upload::Values(all, to)
+                }
+                _ => {
+                    return Err(BackendError::InvalidParameter {
+                        op: OP,
+                        what: "stacked weights need one type",
+                    })
+                }
+            });
         }
-        if !(bytes.as_ptr() as usize).is_multiple_of(align) {
-            return Err(BackendError::Misaligned { op: OP, align });
+        match whole {
+            Some(up) => self.to_device(OP, up, rows, cols).map(Some),
+            None => Ok(None),
         }
-        self.to_device(OP, Cow::Owned(bytes), (dtype, ctype, align), rows, cols)
-            .map(Some)
     }
 
     fn matmul(
@@ -384,7 +474,12 @@ impl MatMulOps for GpuBackend {
             Some(st) => st.ids(OP, ids)?.clone(),
             None => Tensor::from_slice(ids, ids.len(), &self.device).map_err(dev_err(OP))?,
         };
-        let rows = table.qm.embedding(&ids).map_err(dev_err(OP))?;
+        // (An f16 table's rows widen to f32.)
+        let rows = table
+            .qm
+            .embedding(&ids)
+            .and_then(|r| r.to_dtype(DType::F32))
+            .map_err(dev_err(OP))?;
         out.set_prefix(OP, "out length (ids * cols)", len, rows)
     }
 }

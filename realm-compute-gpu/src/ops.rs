@@ -113,8 +113,12 @@ pub(crate) fn rope_angles(
     (cos, sin)
 }
 
+/// The most per-head value sets a workspace keeps
+/// ([`GpuWorkspace::head_values`]): a model's layers' sinks and slopes.
+const HEAD_VALUES: usize = 1024;
+
 /// A cached attention mask and what it is for.
-pub(crate) type MaskEntry = ((usize, usize, Option<usize>), Option<Tensor>);
+pub(crate) type MaskEntry = ((usize, usize, Option<usize>, Option<usize>), Option<Tensor>);
 
 /// Per-caller state: the RoPE tables of the positions last seen, so that
 /// every layer of a step reuses them instead of uploading its own, and the
@@ -125,9 +129,12 @@ pub struct GpuWorkspace {
     tables: Vec<RopeTable>,
     /// `positions` on the device, once a kernel has read them.
     device_positions: Option<Tensor>,
-    /// Attention masks of recent chunks, by `(start, tokens, window)`
-    /// (`None` where every query sees every key).
+    /// Attention masks of recent chunks, by `(start, tokens, window,
+    /// attention chunk)` (`None` where every query sees every key).
     pub(crate) masks: Vec<MaskEntry>,
+    /// Per-head values on the device (ALiBi's slopes, each layer's
+    /// attention sinks), by value.
+    heads: Vec<(Vec<f32>, Tensor)>,
     pub(crate) step: Option<StepState>,
     /// Counts the static steps' reallocations.
     pub(crate) generation: u64,
@@ -177,6 +184,29 @@ impl GpuWorkspace {
         let pair = (t.cos.clone(), t.sin.clone());
         self.tables.push(t);
         Ok(pair)
+    }
+
+    /// Per-head values (ALiBi's slopes, a layer's attention sinks) on the
+    /// device, `f32 [n_heads]`: uploaded once and kept, so that every
+    /// later step finds them there, a static step's recording (which
+    /// uploads nothing, and refuses to) among them.
+    pub(crate) fn head_values(&mut self, device: &Device, values: &[f32]) -> BackendResult<Tensor> {
+        const OP: &str = "attention";
+        if let Some((_, t)) = self.heads.iter().find(|(v, _)| v == values) {
+            return Ok(t.clone());
+        }
+        if self.recording() {
+            return Err(BackendError::InvalidParameter {
+                op: OP,
+                what: "per-head values first seen while recording a step",
+            });
+        }
+        let t = Tensor::from_slice(values, values.len(), device).map_err(dev_err(OP))?;
+        if self.heads.len() == HEAD_VALUES {
+            self.heads.remove(0);
+        }
+        self.heads.push((values.to_vec(), t.clone()));
+        Ok(t)
     }
 
     /// `positions` on the device, `[n]` u32: uploaded once for every layer

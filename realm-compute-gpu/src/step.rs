@@ -145,8 +145,11 @@ pub(crate) struct StepState {
     /// This step's RoPE tables `(cos, sin)`, `[rows, 1, n_dims / 2]`, by
     /// what they are for, computed on the device from `pos`.
     tables: Vec<(RopeKey, (Tensor, Tensor))>,
-    /// This step's attention masks, by sliding window.
-    masks: Vec<(Option<usize>, Tensor)>,
+    /// This step's attention masks, by sliding window and attention chunk.
+    masks: Vec<(MaskKey, Tensor)>,
+    /// `f32 [rows, kv_len]`: each key's position less its row's (ALiBi's
+    /// distances), once an op has asked.
+    distances: Option<Tensor>,
     /// This step's KV-cache scatter indices.
     indices: Vec<(IndexKey, Tensor)>,
     /// The fixed copies of the buffers a recording writes.
@@ -174,6 +177,9 @@ impl std::fmt::Debug for StepState {
             .finish_non_exhaustive()
     }
 }
+
+/// What a step's mask is for: a sliding window and an attention chunk.
+type MaskKey = (Option<usize>, Option<usize>);
 
 fn invalid(op: &'static str, what: &'static str) -> BackendError {
     BackendError::InvalidParameter { op, what }
@@ -205,6 +211,7 @@ impl StepState {
             neg_inf: Tensor::full(f32::NEG_INFINITY, (rows, kv_len), device)?,
             tables: Vec::new(),
             masks: Vec::new(),
+            distances: None,
             indices: Vec::new(),
             fixed: Vec::new(),
             outputs: 0,
@@ -344,29 +351,59 @@ impl StepState {
     fn clear_derived(&mut self) {
         self.tables.clear();
         self.masks.clear();
+        self.distances = None;
         self.indices.clear();
     }
 
     /// The additive attention mask `[rows, kv_len]` of this step: 0 where
-    /// row `r` (at position `p`) sees key `j` (`j <= p`, and `j + w > p`
-    /// with a sliding window `w`), minus infinity elsewhere.
-    pub(crate) fn mask(&mut self, window: Option<usize>) -> candle_core::Result<Tensor> {
-        if let Some((_, m)) = self.masks.iter().find(|(w, _)| *w == window) {
+    /// row `r` (at position `p`) sees key `j` (`j <= p`; `j + w > p` with a
+    /// sliding window `w`; `j >= c * floor(p / c)` with attention chunks of
+    /// `c`), minus infinity elsewhere.
+    pub(crate) fn mask(
+        &mut self,
+        window: Option<usize>,
+        chunk: Option<usize>,
+    ) -> candle_core::Result<Tensor> {
+        let key = (window, chunk);
+        if let Some((_, m)) = self.masks.iter().find(|(k, _)| *k == key) {
             return Ok(m.clone());
         }
         // Positions as f32 (exact below 2^24), one a row.
         let pos = self.pos.to_dtype(DType::F32)?.reshape((self.rows, 1))?;
-        let causal = self.key_pos.broadcast_le(&pos)?;
-        let visible = match window {
-            None => causal,
-            Some(w) => {
-                let lo = pos.affine(1.0, -(w as f64))?;
-                (causal * self.key_pos.broadcast_gt(&lo)?)?
-            }
-        };
+        let mut visible = self.key_pos.broadcast_le(&pos)?;
+        if let Some(w) = window {
+            let lo = pos.affine(1.0, -(w as f64))?;
+            visible = (visible * self.key_pos.broadcast_gt(&lo)?)?;
+        }
+        if let Some(c) = chunk.filter(|&c| c > 0) {
+            // The chunk's first position, in f64: `(p + 1/2) / c` is at
+            // least `1 / 2c` from any whole number, far beyond rounding.
+            let c = c as f64;
+            let first = self
+                .pos
+                .to_dtype(DType::F64)?
+                .affine(1.0 / c, 0.5 / c)?
+                .floor()?
+                .affine(c, 0.0)?
+                .to_dtype(DType::F32)?
+                .reshape((self.rows, 1))?;
+            visible = (visible * self.key_pos.broadcast_ge(&first)?)?;
+        }
         let m = visible.where_cond(&self.zeros, &self.neg_inf)?;
-        self.masks.push((window, m.clone()));
+        self.masks.push((key, m.clone()));
         Ok(m)
+    }
+
+    /// Each key's position less its row's, `f32 [rows, kv_len]`: ALiBi's
+    /// distances, made on the device.
+    pub(crate) fn distances(&mut self) -> candle_core::Result<Tensor> {
+        if let Some(d) = &self.distances {
+            return Ok(d.clone());
+        }
+        let pos = self.pos.to_dtype(DType::F32)?.reshape((self.rows, 1))?;
+        let d = self.key_pos.broadcast_sub(&pos)?;
+        self.distances = Some(d.clone());
+        Ok(d)
     }
 }
 

@@ -7,7 +7,7 @@ mod common;
 use common::{assert_close, Rng};
 use proptest::prelude::*;
 use realm_compute_cpu::CpuBackend;
-use realm_compute_gpu::{GpuBackend, GpuDevice, StepMode};
+use realm_compute_gpu::{Dequantized, GpuBackend, GpuDevice, StepMode};
 use realm_core::backend::{
     ActivationOps, AttentionOps, AttentionParams, BackendCore, BackendError, KvCacheConfig,
     KvDtype, KvSpan, MatMulOps, NormOps, QkNorm, RopeMode, RopeOps, RopeParams, StepInputs,
@@ -55,6 +55,60 @@ fn types() -> Vec<GgmlType> {
         .copied()
         .filter(|&t| quant::can_quantize(t) && g.supports_matmul(t))
         .collect()
+}
+
+/// Which of attention's per-head extras a case has: sinks, ALiBi, and
+/// chunks of some length.
+fn extras() -> impl Strategy<Value = (bool, bool, Option<usize>)> {
+    (
+        any::<bool>(),
+        any::<bool>(),
+        proptest::option::of(1usize..6),
+    )
+}
+
+/// Attention sinks and ALiBi slopes for `n_heads` heads, and a chunk
+/// length, as `extras` asks (neither ALiBi nor chunks bidirectionally).
+struct HeadExtras {
+    sinks: Option<Vec<f32>>,
+    slopes: Option<Vec<f32>>,
+    chunk: Option<usize>,
+}
+
+impl HeadExtras {
+    fn new(
+        rng: &mut Rng,
+        (sinks, alibi, chunk): (bool, bool, Option<usize>),
+        n_heads: usize,
+        bidirectional: bool,
+    ) -> Self {
+        let causal = !bidirectional;
+        Self {
+            sinks: sinks.then(|| rng.f32s(n_heads, -2.0, 3.0)),
+            slopes: (alibi && causal).then(|| {
+                (0..n_heads)
+                    .map(|h| AttentionParams::alibi_slope(8.0, n_heads, h))
+                    .collect()
+            }),
+            chunk: chunk.filter(|_| causal),
+        }
+    }
+
+    /// Parameters with these extras (the rest to be set).
+    fn params(&self) -> AttentionParams<'_> {
+        AttentionParams {
+            n_heads: 0,
+            n_kv_heads: 0,
+            head_dim: 0,
+            scale: 1.0,
+            sliding_window: None,
+            chunk: self.chunk,
+            softcap: None,
+            sinks: self.sinks.as_deref(),
+            alibi: self.slopes.as_deref(),
+            bidirectional: false,
+        }
+    }
 }
 
 proptest! {
@@ -414,10 +468,11 @@ proptest! {
 
     /// Attention over the cache: prefill chunks and row-by-row batches,
     /// GQA, sliding windows, soft-capping, f32 and f16 caches, causal and
-    /// bidirectional (an encoder's, its windows on both sides); with the
-    /// fused kernel and with candle's ops.
+    /// bidirectional (an encoder's, its windows on both sides), attention
+    /// sinks, ALiBi and chunks (causal); with the fused kernel and with
+    /// candle's ops.
     #[test]
-    fn attention_matches_cpu(n_kv in 1usize..3, group in 1usize..4, hd in 1usize..40, past in 0usize..12, n in 1usize..7, window in proptest::option::of(1usize..8), softcap in proptest::option::of(1f32..50.0), f16 in any::<bool>(), bidirectional in any::<bool>(), seed in any::<u64>()) {
+    fn attention_matches_cpu(n_kv in 1usize..3, group in 1usize..4, hd in 1usize..40, past in 0usize..12, n in 1usize..7, window in proptest::option::of(1usize..8), softcap in proptest::option::of(1f32..50.0), f16 in any::<bool>(), bidirectional in any::<bool>(), extras in extras(), seed in any::<u64>()) {
         for fused in [true, false] {
             let mut rng = Rng(seed);
             let (g, c) = (gpu().with_fused_kernels(fused), cpu());
@@ -427,7 +482,8 @@ proptest! {
             let k = rng.f32s(total * n_kv * hd, -1.0, 1.0);
             let v = rng.f32s(total * n_kv * hd, -1.0, 1.0);
             let q = rng.f32s(n * n_heads * hd, -1.0, 1.0);
-            let p = AttentionParams { n_heads, n_kv_heads: n_kv, head_dim: hd, scale: 1.0 / (hd as f32).sqrt(), sliding_window: window, chunk: None, softcap, sinks: None, alibi: None, bidirectional };
+            let heads = HeadExtras::new(&mut rng, extras, n_heads, bidirectional);
+            let p = AttentionParams { n_heads, n_kv_heads: n_kv, head_dim: hd, scale: 1.0 / (hd as f32).sqrt(), sliding_window: window, softcap, bidirectional, ..heads.params() };
             let at = |start_pos| KvSpan { layer: 1, start_pos };
 
             let mut cc = c.kv_cache(&cfg).unwrap();
@@ -463,12 +519,12 @@ proptest! {
     /// attends each run of consecutive cache slots at once, the CPU row by
     /// row; rows at their own positions, in cache order or shuffled (no
     /// runs), GQA, windows, soft-capping, f32 and f16 caches; with the fused
-    /// kernel and with candle's ops. The GPU's caches are reused slots:
-    /// NaN at every position before the history is written, which no row
-    /// may read. In a static step (`span`) every row spans the whole
-    /// cache.
+    /// kernel and with candle's ops; sinks, ALiBi and chunks. The GPU's
+    /// caches are reused slots: NaN at every position before the history
+    /// is written, which no row may read. In a static step (`span`) every
+    /// row spans the whole cache.
     #[test]
-    fn attend_rows_matches_cpu(n_kv in 1usize..3, group in 1usize..4, hd in 1usize..33, pasts in proptest::collection::vec(0usize..10, 1..7), shuffle in any::<bool>(), window in proptest::option::of(1usize..6), softcap in proptest::option::of(1f32..50.0), f16 in any::<bool>(), span in any::<bool>(), seed in any::<u64>()) {
+    fn attend_rows_matches_cpu(n_kv in 1usize..3, group in 1usize..4, hd in 1usize..33, pasts in proptest::collection::vec(0usize..10, 1..7), shuffle in any::<bool>(), window in proptest::option::of(1usize..6), softcap in proptest::option::of(1f32..50.0), f16 in any::<bool>(), span in any::<bool>(), extras in extras(), seed in any::<u64>()) {
         for fused in [true, false] {
             let mut rng = Rng(seed);
             let (g, c) = (gpu().with_fused_kernels(fused).with_steps(StepMode::Static), cpu());
@@ -476,7 +532,8 @@ proptest! {
             let rows = pasts.len();
             let kv_width = n_kv * hd;
             let cfg = KvCacheConfig { n_layers: 2, n_kv_heads: n_kv, head_dim: hd, max_seq_len: 12, dtype: if f16 { KvDtype::F16 } else { KvDtype::F32 }, layer_shapes: None, };
-            let p = AttentionParams { n_heads, n_kv_heads: n_kv, head_dim: hd, scale: 1.0 / (hd as f32).sqrt(), sliding_window: window, chunk: None, softcap, sinks: None, alibi: None, bidirectional: false };
+            let heads = HeadExtras::new(&mut rng, extras, n_heads, false);
+            let p = AttentionParams { n_heads, n_kv_heads: n_kv, head_dim: hd, scale: 1.0 / (hd as f32).sqrt(), sliding_window: window, softcap, ..heads.params() };
             // Each sequence's history, written one call each.
             let hist: Vec<(Vec<f32>, Vec<f32>)> = pasts.iter().map(|&p| (rng.f32s(p * kv_width, -1.0, 1.0), rng.f32s(p * kv_width, -1.0, 1.0))).collect();
             let (k, v, q) = (rng.f32s(rows * kv_width, -1.0, 1.0), rng.f32s(rows * kv_width, -1.0, 1.0), rng.f32s(rows * n_heads * hd, -1.0, 1.0));
@@ -1178,15 +1235,42 @@ fn bad_input_is_an_error() {
             &mut att
         )
         .is_err());
-    // Attention sinks (gpt-oss) are refused, not ignored.
-    let sinks = vec![0.5; p.n_heads];
-    let p = AttentionParams {
-        sinks: Some(&sinks),
-        alibi: None,
-        ..p
-    };
-    let err = g.attention(&mut ws, &cache, span(0, 0), &kv, 0..1, &p, &mut att);
-    assert!(matches!(err, Err(BackendError::InvalidParameter { .. })));
+    // Sinks and slopes: one finite value a head; chunks of some length;
+    // neither ALiBi nor chunks in an encoder's attention.
+    let (short, nan) = (vec![0.5; p.n_heads - 1], vec![f32::NAN; p.n_heads]);
+    let slopes = vec![0.5; p.n_heads];
+    let bad = [
+        AttentionParams {
+            sinks: Some(&short),
+            ..p
+        },
+        AttentionParams {
+            sinks: Some(&nan),
+            ..p
+        },
+        AttentionParams {
+            alibi: Some(&short),
+            ..p
+        },
+        AttentionParams {
+            chunk: Some(0),
+            ..p
+        },
+        AttentionParams {
+            alibi: Some(&slopes),
+            bidirectional: true,
+            ..p
+        },
+        AttentionParams {
+            chunk: Some(4),
+            bidirectional: true,
+            ..p
+        },
+    ];
+    for p in &bad {
+        let err = g.attention(&mut ws, &cache, span(0, 0), &kv, 0..1, p, &mut att);
+        assert!(err.is_err(), "{p:?}");
+    }
 }
 
 /// A build without the `cuda` feature says so when asked for CUDA.
@@ -1200,6 +1284,82 @@ fn missing_gpu_support_is_a_clear_error() {
     assert!(msg.contains("--features cuda"), "{msg}");
     assert_eq!("cuda:2".parse::<GpuDevice>(), Ok(GpuDevice::Cuda(2)));
     assert!("cpu:1".parse::<GpuDevice>().is_err());
+}
+
+/// Matrices of the types candle cannot multiply, dequantized when asked:
+/// in f32 the product is the exact math of the file's weights (an f64 sum
+/// of the dequantized weights' products, within f32 rounding); in f16
+/// within the rounding of weights and inputs to 11 bits; embedding rows
+/// are the dequantized weights (f16: MXFP4's exactly). Not asked, the
+/// types are refused, by `supports_matmul` and by `weight` alike.
+#[test]
+fn dequantized_matrices_multiply_their_exact_weights() {
+    let (m, k, n) = (41, 512, 3);
+    let mut rng = Rng(11);
+    let x = rng.f32s(n * k, -1.0, 1.0);
+    for t in [GgmlType::MXFP4, GgmlType::IQ4_NL, GgmlType::IQ4_XS] {
+        let bytes = quant::quantize_row_to_vec(t, &rng.f32s(m * k, -1.0, 1.0)).unwrap();
+        let shape = [k as u64, m as u64];
+        let view = TensorView::new("w", t, &shape, &bytes).unwrap();
+        let w = quant::dequantize_row_to_vec(t, &bytes).unwrap();
+        let want: Vec<f32> = (0..n)
+            .flat_map(|r| {
+                let (x, w) = (&x, &w);
+                (0..m).map(move |i| {
+                    (0..k)
+                        .map(|j| f64::from(x[r * k + j]) * f64::from(w[i * k + j]))
+                        .sum::<f64>() as f32
+                })
+            })
+            .collect();
+        let plain = gpu();
+        assert!(!plain.supports_matmul(t));
+        assert!(matches!(
+            plain.weight(&view),
+            Err(BackendError::UnsupportedType { .. })
+        ));
+        for (to, abs) in [(Dequantized::F32, 1e-4), (Dequantized::F16, 0.02)] {
+            let g = gpu().with_dequantized(Some(to));
+            assert!(g.supports_matmul(t));
+            let gw = g.weight(&view).unwrap();
+            assert_eq!((gw.rows(), gw.cols()), (m, k));
+            let gx = g.upload(&x).unwrap();
+            let mut out = g.buffer(n * m).unwrap();
+            g.matmul(&mut g.workspace(), &gw, &gx, n, &mut out).unwrap();
+            assert_close(
+                &down(&g, &out, n * m),
+                &want,
+                0.0,
+                abs,
+                &format!("{t} as {to:?}"),
+            );
+            // Stacked with itself: the rows twice.
+            let both = g.stack(&[view, view]).unwrap().unwrap();
+            let mut out2 = g.buffer(n * 2 * m).unwrap();
+            g.matmul(&mut g.workspace(), &both, &gx, n, &mut out2)
+                .unwrap();
+            let got2 = down(&g, &out2, n * 2 * m);
+            let twice: Vec<f32> = want
+                .chunks(m)
+                .flat_map(|r| r.iter().chain(r))
+                .copied()
+                .collect();
+            assert_close(&got2, &twice, 0.0, abs, &format!("{t} stacked as {to:?}"));
+            // Embedding rows: the weights (rounded to f16 in f16).
+            let ids = [0u32, 40, 7];
+            let mut e = g.buffer(ids.len() * k).unwrap();
+            g.embed(&mut g.workspace(), &gw, &ids, &mut e).unwrap();
+            let rows: Vec<f32> = ids
+                .iter()
+                .flat_map(|&i| &w[i as usize * k..(i as usize + 1) * k])
+                .map(|&v| match to {
+                    Dequantized::F16 => half::f16::from_f32(v).to_f32(),
+                    Dequantized::F32 => v,
+                })
+                .collect();
+            assert_eq!(down(&g, &e, ids.len() * k), rows, "{t} embedding as {to:?}");
+        }
+    }
 }
 
 proptest! {

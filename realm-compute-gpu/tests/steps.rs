@@ -100,7 +100,8 @@ fn static_steps_agree(
 /// Decoding across a span boundary (a new recording, reallocated step
 /// tensors), with every architecture's ops: biases, QK-norm, RoPE factors,
 /// layers without RoPE, multipliers, sliding windows, the embedding scale,
-/// blocks without input norms (OLMo 2); f32 and f16 caches.
+/// blocks without input norms (OLMo 2), ALiBi (MPT, Refact); f32 and f16
+/// caches.
 #[test]
 fn static_steps_match_op_by_op() {
     let (plain, steps) = (gpu(StepMode::OpByOp), gpu(StepMode::Recorded));
@@ -115,6 +116,8 @@ fn static_steps_match_op_by_op() {
         ("olmo2", KvDtype::F32),
         ("llama", KvDtype::F16),
         ("gemma3", KvDtype::F16),
+        ("mpt", KvDtype::F32),
+        ("refact", KvDtype::F16),
     ] {
         static_steps_agree(&plain, &steps, arch, kv, STEP_SPAN - 6, 3);
     }
@@ -223,7 +226,8 @@ fn batched<B: Backend>(
 }
 
 /// Batched decode: sessions in shared KV blocks attend together, each row
-/// masked by its own position (one row crosses a span boundary), as the
+/// masked by its own position (one row crosses a span boundary; ALiBi's
+/// distances and attention sinks, BLOOM's and gpt-oss's), as the
 /// CPU backend attends row by row; static steps match op by op. Sessions
 /// of one length, or each of its own (sharing blocks of rounded lengths,
 /// where a row is further on than the block's first session holds).
@@ -232,7 +236,7 @@ fn batched_decode_matches_the_cpu_and_op_by_op() {
     let (plain, steps) = (gpu(StepMode::OpByOp), gpu(StepMode::Recorded));
     let cpu = CpuBackend::new().unwrap();
     let prompts = [3, 17, 5, 40, STEP_SPAN - 2, 9];
-    for arch in ["llama", "gemma3"] {
+    for arch in ["llama", "gemma3", "bloom", "gpt-oss"] {
         let layout = SyntheticLayout::tiny(arch)
             .unwrap()
             .with_matrix_type(GgmlType::F32);

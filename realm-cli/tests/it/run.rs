@@ -735,6 +735,50 @@ fn synth_then_bench_on_the_gpu_backend() {
     assert!(stderr.contains("built-in layout"), "{stderr}");
 }
 
+/// A gpt-oss whose matrices are MXFP4, which candle cannot multiply: on
+/// the GPU backend it is refused with the option that runs it, and with
+/// `--dequantize f16` it runs.
+#[test]
+fn dequantize_runs_mxfp4_on_the_gpu_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gpt-oss-mxfp4.gguf");
+    let p = path.to_str().unwrap();
+    let (ok, _, stderr) = realm(&[
+        "synth",
+        "tiny-gpt-oss",
+        "-o",
+        p,
+        "--matrix-type",
+        "mxfp4",
+        "--seed",
+        "3",
+    ]);
+    assert!(ok, "{stderr}");
+    let bench = [
+        "bench",
+        p,
+        "-p",
+        "8",
+        "-n",
+        "2",
+        "-r",
+        "1",
+        "--json",
+        "--device",
+        "candle-cpu",
+    ];
+    let (ok, _, stderr) = realm(&bench);
+    assert!(!ok);
+    assert!(
+        stderr.contains("mxfp4") && stderr.contains("--dequantize f16"),
+        "{stderr}"
+    );
+    let (ok, stdout, stderr) = realm(&[&bench[..], &["--dequantize", "f16"]].concat());
+    assert!(ok, "{stderr}");
+    let records: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(records.as_array().map(Vec::len), Some(2), "{stdout}");
+}
+
 /// `chat` with a template that writes earlier replies back otherwise
 /// than they were generated (here: their first character dropped, as a
 /// thinking template drops a reply's thinking): the next turn keeps what
