@@ -343,10 +343,10 @@ fn check_params(
             what: "soft-cap must be positive and finite",
         });
     }
-    if p.bidirectional && (p.chunk.is_some() || p.alibi.is_some()) {
+    if p.bidirectional && p.chunk.is_some() {
         return Err(BackendError::InvalidParameter {
             op: OP,
-            what: "bidirectional attention with chunks or ALiBi",
+            what: "bidirectional attention with chunks",
         });
     }
     let width = p.n_heads * p.head_dim;
@@ -469,8 +469,9 @@ fn dequantize_layer<'b>(
 }
 
 /// Attention for `q.len() / head_dim` consecutive query heads of one token
-/// that share the key/value head `kv_head`, over the keys at positions
-/// `lo..=pos` ([`visible_keys`]), with their sinks if they have them;
+/// at position `at` that share the key/value head `kv_head`, over the
+/// keys at positions `lo..=pos` ([`visible_keys`]; `pos` is `at` but in an
+/// encoder's attention), with their sinks if they have them;
 /// `scores` holds at least that many times [`scores_per_head`] values.
 #[allow(clippy::too_many_arguments)]
 fn group_attention(
@@ -478,7 +479,7 @@ fn group_attention(
     src: &Source<'_>,
     layer: usize,
     kv_head: usize,
-    (lo, pos): (usize, usize),
+    (lo, pos, at): (usize, usize, usize),
     (q, sinks, slopes): (&[f32], Option<&[f32]>, Option<&[f32]>),
     p: &AttentionParams,
     scores: &mut [f32],
@@ -488,7 +489,7 @@ fn group_attention(
     let score = Scoring {
         scale: p.scale,
         softcap: p.softcap,
-        alibi: slopes.map(|s| (s, pos - lo)),
+        alibi: slopes.map(|s| (s, at - lo)),
     };
     // The key tiles that hold positions `lo..=pos`, and the values.
     let (t_lo, t_hi) = (lo / KEY_TILE, (pos + 1).div_ceil(KEY_TILE));
@@ -612,7 +613,8 @@ impl<T: Copy + Into<f32>> Element for T {}
 
 /// What becomes of a head's raw `q . k` scores over its visible keys, in
 /// order: times the scale, soft-capped, and less ALiBi's bias (the heads'
-/// slopes and the first visible key's distance from the query).
+/// slopes, and the first visible key's position relative to the query's:
+/// each key's distance is its difference from that, either side).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Scoring<'a> {
     pub(crate) scale: f32,
@@ -631,11 +633,11 @@ impl Scoring<'_> {
             };
         }
         if let Some((slopes, first)) = self.alibi {
-            // (llama.cpp's mask holds `-distance` and adds it times the
+            // (llama.cpp's mask holds `-|distance|` and adds it times the
             // slope.)
             let slope = slopes[h];
             for (i, v) in scores.iter_mut().enumerate() {
-                *v += slope * -((first - i) as f32);
+                *v -= slope * (first as f32 - i as f32).abs();
             }
         }
     }
@@ -762,12 +764,14 @@ pub(crate) fn attention(
             let qh = &q[pair * hd..(pair + g) * hd];
             let sinks = p.sinks.map(|s| &s[h..h + g]);
             let slopes = p.alibi.map(|s| &s[h..h + g]);
+            let at = start_pos + t;
+            let (lo, hi) = visible_keys(p, at, ctx);
             group_attention(
                 isa,
                 &src,
                 layer,
                 h / group,
-                visible_keys(p, start_pos + t, ctx),
+                (lo, hi, at),
                 (qh, sinks, slopes),
                 p,
                 scores,

@@ -59,18 +59,18 @@ fn check_params(
             what: "chunk of zero",
         });
     }
-    if p.bidirectional && (p.chunk.is_some() || p.alibi.is_some()) {
+    if p.bidirectional && p.chunk.is_some() {
         return Err(BackendError::InvalidParameter {
             op,
-            what: "bidirectional attention with chunks or ALiBi",
+            what: "bidirectional attention with chunks",
         });
     }
     Ok(())
 }
 
 /// What the scores get per head beside the mask, each shaped to broadcast
-/// over them: ALiBi's bias (the heads' slopes times each key's distance
-/// from its query, `j - pos`, never positive where the key is seen) and
+/// over them: ALiBi's bias (the heads' slopes times minus each key's
+/// distance from its query, `-|j - pos|`, on either side) and
 /// the attention sinks, one more logit a head that no value goes with.
 #[derive(Default)]
 struct HeadTerms {
@@ -83,7 +83,7 @@ impl HeadTerms {
     /// The terms of `p` (none where it has neither): `heads` is the shape
     /// of the scores' head axes with ones elsewhere (`[kv heads, 1, group,
     /// 1]` or `[1, kv heads, group, 1]`); `distances` makes the distances
-    /// `j - pos` when ALiBi needs them.
+    /// `-|j - pos|` when ALiBi needs them.
     fn of(
         op: &'static str,
         ws: &mut GpuWorkspace,
@@ -111,12 +111,15 @@ impl HeadTerms {
     }
 }
 
-/// Key positions `lo..lo + len` less the query positions `pos` (`[n]`,
-/// any integer or float type), `[n, len]` f32: ALiBi's distances.
+/// Minus the distances of key positions `lo..lo + len` from the query
+/// positions `pos` (`[n]`, any integer or float type), `[n, len]` f32:
+/// ALiBi's `-|j - pos|`.
 fn distances(pos: &Tensor, lo: usize, len: usize) -> candle_core::Result<Tensor> {
     let n = pos.elem_count();
     let keys = Tensor::arange(lo as f32, (lo + len) as f32, pos.device())?.reshape((1, len))?;
-    keys.broadcast_sub(&pos.to_dtype(DType::F32)?.reshape((n, 1))?)
+    keys.broadcast_sub(&pos.to_dtype(DType::F32)?.reshape((n, 1))?)?
+        .abs()?
+        .neg()
 }
 
 /// Scores scaled, soft-capped, masked and biased, then softmax (with the

@@ -147,8 +147,7 @@ pub(crate) struct StepState {
     tables: Vec<(RopeKey, (Tensor, Tensor))>,
     /// This step's attention masks, by sliding window and attention chunk.
     masks: Vec<(MaskKey, Tensor)>,
-    /// `f32 [rows, kv_len]`: each key's position less its row's (ALiBi's
-    /// distances), once an op has asked.
+    /// `f32 [rows, kv_len]`: ALiBi's `-|j - pos|`, once an op has asked.
     distances: Option<Tensor>,
     /// This step's KV-cache scatter indices.
     indices: Vec<(IndexKey, Tensor)>,
@@ -394,14 +393,14 @@ impl StepState {
         Ok(m)
     }
 
-    /// Each key's position less its row's, `f32 [rows, kv_len]`: ALiBi's
-    /// distances, made on the device.
+    /// Minus each key's distance from its row's position, `f32 [rows,
+    /// kv_len]`: ALiBi's `-|j - pos|`, made on the device.
     pub(crate) fn distances(&mut self) -> candle_core::Result<Tensor> {
         if let Some(d) = &self.distances {
             return Ok(d.clone());
         }
         let pos = self.pos.to_dtype(DType::F32)?.reshape((self.rows, 1))?;
-        let d = self.key_pos.broadcast_sub(&pos)?;
+        let d = self.key_pos.broadcast_sub(&pos)?.abs()?.neg()?;
         self.distances = Some(d.clone());
         Ok(d)
     }

@@ -68,7 +68,7 @@ fn extras() -> impl Strategy<Value = (bool, bool, Option<usize>)> {
 }
 
 /// Attention sinks and ALiBi slopes for `n_heads` heads, and a chunk
-/// length, as `extras` asks (neither ALiBi nor chunks bidirectionally).
+/// length, as `extras` asks (no chunks bidirectionally).
 struct HeadExtras {
     sinks: Option<Vec<f32>>,
     slopes: Option<Vec<f32>>,
@@ -85,7 +85,7 @@ impl HeadExtras {
         let causal = !bidirectional;
         Self {
             sinks: sinks.then(|| rng.f32s(n_heads, -2.0, 3.0)),
-            slopes: (alibi && causal).then(|| {
+            slopes: alibi.then(|| {
                 (0..n_heads)
                     .map(|h| AttentionParams::alibi_slope(8.0, n_heads, h))
                     .collect()
@@ -1236,9 +1236,8 @@ fn bad_input_is_an_error() {
         )
         .is_err());
     // Sinks and slopes: one finite value a head; chunks of some length;
-    // neither ALiBi nor chunks in an encoder's attention.
+    // no chunks in an encoder's attention.
     let (short, nan) = (vec![0.5; p.n_heads - 1], vec![f32::NAN; p.n_heads]);
-    let slopes = vec![0.5; p.n_heads];
     let bad = [
         AttentionParams {
             sinks: Some(&short),
@@ -1254,11 +1253,6 @@ fn bad_input_is_an_error() {
         },
         AttentionParams {
             chunk: Some(0),
-            ..p
-        },
-        AttentionParams {
-            alibi: Some(&slopes),
-            bidirectional: true,
             ..p
         },
         AttentionParams {

@@ -937,13 +937,14 @@ pub struct AttentionParams<'a> {
     /// If set, ALiBi's slope for each query head (`n_heads` of them;
     /// [`AttentionParams::alibi_slope`] makes them from a maximum bias):
     /// no RoPE, but each score less its head's slope times the query's
-    /// distance from the key, as llama.cpp adds them. Only backends that
+    /// distance from the key (`|pos - j|`, on either side of it in an
+    /// encoder's attention), as llama.cpp adds them. Only backends that
     /// [support it](AttentionOps::supports_alibi).
     pub alibi: Option<&'a [f32]>,
     /// If set, every query of a call sees the keys of all the call's
     /// positions (and those before them), not only those up to its own:
     /// an encoder's attention (BERT's), whose input is one call; a window
-    /// then spans both sides. Neither chunks nor ALiBi go with it.
+    /// then spans both sides. Chunks do not go with it.
     pub bidirectional: bool,
 }
 
