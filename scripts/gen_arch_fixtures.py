@@ -428,6 +428,11 @@ CASES = [
     # `cls.output` (llama.cpp's rank pooling).
     case("bert-rank", "tiny-bert-rank", embedding=True, rank=True),
     case("bert-rank-q8_0", "tiny-bert-rank", matrix_type="q8_0", embedding=True, rank=True),
+    # Jina BERT v2: ALiBi on both sides, Q/K LayerNorms, `attn_norm_2`,
+    # GEGLU with biases; its reranker's one-row `cls`.
+    case("jina-bert-v2", "tiny-jina-bert-v2", embedding=True),
+    case("jina-bert-v2-q8_0", "tiny-jina-bert-v2", matrix_type="q8_0", embedding=True),
+    case("jina-bert-v2-rank", "tiny-jina-bert-v2-rank", embedding=True, rank=True),
 ]
 
 

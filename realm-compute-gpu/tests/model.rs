@@ -407,6 +407,7 @@ fn encoders_match_the_cpu() {
         "neo-bert",
         "modern-bert",
         "eurobert",
+        "jina-bert-v2",
     ] {
         let layout = SyntheticLayout::tiny(arch).unwrap();
         let f32_file = Gguf::from_bytes(

@@ -331,11 +331,18 @@ pub enum Architecture {
     ModernBert,
     /// EuroBERT (eurobert): an encoder of llama's blocks with NeoX RoPE.
     EuroBert,
+    /// Jina BERT v2 (jina-bert-v2: jina-embeddings-v2, jina-reranker-v1):
+    /// BERT's blocks with ALiBi on both sides of each token (maximum bias
+    /// 8) instead of positions, LayerNorms of the whole queries and keys
+    /// where the file has them, a second norm after the attention
+    /// (`attn_norm_2`) where it has one, and a GEGLU network (gate and up
+    /// in one `ffn_up`, or apart) with biases.
+    JinaBertV2,
 }
 
 impl Architecture {
     /// Every architecture Realm runs.
-    pub const ALL: [Architecture; 76] = [
+    pub const ALL: [Architecture; 77] = [
         Self::Llama,
         Self::Mistral,
         Self::Qwen2,
@@ -412,6 +419,7 @@ impl Architecture {
         Self::NeoBert,
         Self::ModernBert,
         Self::EuroBert,
+        Self::JinaBertV2,
     ];
 
     /// The architecture named by `general.architecture`.
@@ -452,6 +460,7 @@ impl Architecture {
                 | Self::NomicBert
                 | Self::NomicBertMoe
                 | Self::ModernBert
+                | Self::JinaBertV2
         )
     }
 
@@ -472,7 +481,10 @@ impl Architecture {
     /// LayerNorm of the residual stream after each part joins it, no
     /// output norm.
     pub fn bert_blocks(self) -> bool {
-        matches!(self, Self::Bert | Self::NomicBert | Self::NomicBertMoe)
+        matches!(
+            self,
+            Self::Bert | Self::NomicBert | Self::NomicBertMoe | Self::JinaBertV2
+        )
     }
 
     /// Whether the architecture's feed-forward networks have no gate
@@ -576,6 +588,7 @@ impl Architecture {
             Self::NeoBert => "neo-bert",
             Self::ModernBert => "modern-bert",
             Self::EuroBert => "eurobert",
+            Self::JinaBertV2 => "jina-bert-v2",
         }
     }
 }
@@ -1645,6 +1658,7 @@ impl ModelConfig {
                 | Architecture::Baichuan
                 | Architecture::Mamba
                 | Architecture::LlamaEmbed
+                | Architecture::JinaBertV2
                 | Architecture::NeoBert => RopeMode::Normal,
                 Architecture::Qwen2
                 | Architecture::Qwen2Moe
@@ -1754,7 +1768,8 @@ impl ModelConfig {
                 | Architecture::Gemma3
                 | Architecture::GemmaEmbedding
                 | Architecture::Gemma3n
-                | Architecture::Gemma4 => true,
+                | Architecture::Gemma4
+                | Architecture::JinaBertV2 => true,
                 // (llama.cpp's names, GEGLU where it knows none.)
                 Architecture::ModernBert => match md.get(&key("hidden_activation")) {
                     None => true,
@@ -1770,7 +1785,11 @@ impl ModelConfig {
                 },
                 _ => false,
             },
-            qk_norm_whole: olmo2 || matches!(arch, Architecture::Olmoe | Architecture::MinimaxM2),
+            qk_norm_whole: olmo2
+                || matches!(
+                    arch,
+                    Architecture::Olmoe | Architecture::MinimaxM2 | Architecture::JinaBertV2
+                ),
             qk_norm_after_rope: hunyuan,
             // Gemma 2 and 3 27B scale by their width per head, not their
             // head size (as llama.cpp tells them: by their 46 and 62
@@ -1848,13 +1867,17 @@ impl ModelConfig {
                 _ if nemotron => Some(1),
                 Architecture::Gpt2 | Architecture::Starcoder | Architecture::Bert => Some(1),
                 // (ALiBi's families rotate nothing.)
-                Architecture::Bloom | Architecture::Mpt | Architecture::Refact => Some(1),
+                Architecture::Bloom
+                | Architecture::Mpt
+                | Architecture::Refact
+                | Architecture::JinaBertV2 => Some(1),
                 Architecture::Baichuan if n_layers == 40 => Some(1),
                 _ => None,
             },
             alibi: match arch {
-                // llama.cpp's constant for BLOOM, Refact and Baichuan 13B.
-                Architecture::Bloom | Architecture::Refact => Some(8.0),
+                // llama.cpp's constant for BLOOM, Refact, Baichuan 13B and
+                // Jina BERT v2.
+                Architecture::Bloom | Architecture::Refact | Architecture::JinaBertV2 => Some(8.0),
                 Architecture::Baichuan if n_layers == 40 => Some(8.0),
                 Architecture::Mpt => match opt_f("attention.max_alibi_bias")? {
                     None | Some(0.0) => None,

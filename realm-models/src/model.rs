@@ -76,6 +76,8 @@ struct Layer<'a, B: Backend + 'a> {
     sinks: Option<Vec<f32>>,
     q_norm: Option<B::Buffer>,
     k_norm: Option<B::Buffer>,
+    /// The Q/K norms' biases, where they are LayerNorms (Jina BERT v2's).
+    qk_norm_b: [Option<B::Buffer>; 2],
     post_attn_norm: Option<B::Buffer>,
     /// The feed-forward block's input norm (none for OLMo 2, nor for
     /// Phi 2's and Command R's blocks, whose network reads the
@@ -126,6 +128,12 @@ struct Layer<'a, B: Backend + 'a> {
     /// output joins it and after the network's (BERT's `attn_output_norm`
     /// and `layer_output_norm`), each a LayerNorm's weight and bias.
     out_norms: Option<[(B::Buffer, B::Buffer); 2]>,
+    /// Jina BERT v2's second norm after the attention (`attn_norm_2`): the
+    /// block's input joins the stream again, then this LayerNorm.
+    attn_norm_2: Option<(B::Buffer, Option<B::Buffer>)>,
+    /// A dense network's biases, where it has them (Jina BERT v2's): gate,
+    /// up (each half of a fused `ffn_up.bias`) and down.
+    ffn_b: [Option<B::Buffer>; 3],
 }
 
 /// Which of a block's products are one matrix in the file.
@@ -149,6 +157,14 @@ enum Ffn<'a, B: Backend + 'a> {
     None,
 }
 
+/// A dense network's gate and up projections, down projection and
+/// biases (gate, up, down), as [`Model::dense_ffn`] runs them.
+type DenseFfn<'r, 'a, B> = (
+    &'r Group<<B as realm_core::backend::MatMulOps>::Weight<'a>>,
+    &'r <B as realm_core::backend::MatMulOps>::Weight<'a>,
+    &'r [Option<<B as realm_core::backend::BackendCore>::Buffer>; 3],
+);
+
 /// A feed-forward network without a gate: `down(act(up x + up_b)) +
 /// down_b`.
 #[derive(Debug)]
@@ -170,9 +186,9 @@ struct DenseOut<'a, B: Backend + 'a> {
     dense_3: B::Weight<'a>,
 }
 
-/// A reranker's head over the pooled embedding: `cls` (`d` to `d`, then
-/// tanh) where the file has it, then `cls.output` (to one score a label)
-/// where it has that.
+/// A reranker's head over the pooled embedding: `cls` (`d` to `d`, or to
+/// one score as Jina's rerankers have it; then tanh) where the file has
+/// it, then `cls.output` (to one score a label) where it has that.
 #[derive(Debug)]
 struct RankHead<'a, B: Backend + 'a> {
     cls: Option<(B::Weight<'a>, Option<B::Buffer>)>,
@@ -424,7 +440,8 @@ impl<'a, B: Backend> Model<'a, B> {
                 | Architecture::BailingMoe2
         );
         // GLM-4.5's 355B has Q/K norms, its Air none.
-        let qk_norms_if_any = c.arch == Architecture::Glm4Moe;
+        // (Jina BERT v2's where the file has them.)
+        let qk_norms_if_any = matches!(c.arch, Architecture::Glm4Moe | Architecture::JinaBertV2);
         // OLMo 2's and EXAONE 4's norms: after each part of a block
         // (OLMo 2's Q/K norms over all heads).
         let post_norms = gemma
@@ -490,6 +507,7 @@ impl<'a, B: Backend> Model<'a, B> {
                         | Architecture::Glm4
                         | Architecture::NeoBert
                         | Architecture::ModernBert
+                        | Architecture::JinaBertV2
                 ) && !has("ffn_gate.weight"),
             };
             let qkv = if c.mla.is_some() || !attends {
@@ -572,7 +590,10 @@ impl<'a, B: Backend> Model<'a, B> {
             };
             // (StableLM 2 12B's and Command R+'s Q/K norms are LayerNorms
             // with a weight a head, MPT's over all heads.)
-            if c.layer_norm && (has("attn_q_norm.weight") || has("attn_k_norm.weight")) {
+            if c.layer_norm
+                && c.arch != Architecture::JinaBertV2
+                && (has("attn_q_norm.weight") || has("attn_k_norm.weight"))
+            {
                 return Err(Error::BadConfig(format!(
                     "{} (Q/K LayerNorms) is not supported",
                     n("attn_q_norm.weight")
@@ -691,6 +712,10 @@ impl<'a, B: Backend> Model<'a, B> {
                     false if c.gemma4.is_some() && kv_source.is_some() => None,
                     false => must("attn_k_norm.weight", k_norm_len, qk_norms && attends)?,
                 },
+                qk_norm_b: [
+                    norm_bias("attn_q_norm.bias").map(|b| b.filter(|_| c.qk_norm_whole))?,
+                    norm_bias("attn_k_norm.bias").map(|b| b.filter(|_| c.qk_norm_whole))?,
+                ],
                 post_attn_norm: must("post_attention_norm.weight", d, post_norms)?,
                 // gpt-oss, Seed-OSS and GLM-4.5 name their feed-forward
                 // norm as Gemma names the attention's post-norm.
@@ -817,6 +842,36 @@ impl<'a, B: Backend> Model<'a, B> {
                     ]),
                     false => None,
                 },
+                attn_norm_2: match c.arch == Architecture::JinaBertV2 && has("attn_norm_2.weight") {
+                    true => Some((
+                        norm(&n("attn_norm_2.weight"), d)?,
+                        optional_norm(&n("attn_norm_2.bias"), d)?,
+                    )),
+                    false => None,
+                },
+                ffn_b: match c.arch {
+                    Architecture::JinaBertV2 => {
+                        let (gate_b, up_b) = match file.tensor(&n("ffn_up.bias")) {
+                            // (A fused `ffn_up`'s: the gate's half first.)
+                            Ok(t) if fused.gate_up => {
+                                let v = f32_vec(&t)?;
+                                if v.len() != 2 * ff {
+                                    return Err(Error::BadTensorShape {
+                                        tensor: n("ffn_up.bias"),
+                                        expected: vec![2 * ff as u64],
+                                        got: t.shape().to_vec(),
+                                    });
+                                }
+                                let (g, u) = v.split_at(ff);
+                                (Some(backend.upload(g)?), Some(backend.upload(u)?))
+                            }
+                            Ok(_) => (None, optional_norm(&n("ffn_up.bias"), ff)?),
+                            Err(_) => (None, None),
+                        };
+                        [gate_b, up_b, Some(norm(&n("ffn_down.bias"), d)?)]
+                    }
+                    _ => [None, None, None],
+                },
             });
             if c.has_attention(i) && kv_source.is_none() {
                 kv_slot += 1;
@@ -910,13 +965,19 @@ impl<'a, B: Backend> Model<'a, B> {
                 ))
             }
             true => {
-                let labels = match file.tensor("cls.output.weight").map(|t| t.shape().to_vec()) {
+                let rows = |name: &str, none| match file.tensor(name).map(|t| t.shape().to_vec()) {
                     Ok(shape) => shape.get(1).copied().unwrap_or(1) as usize,
-                    Err(_) => d,
+                    Err(_) => none,
                 };
+                let labels = rows("cls.output.weight", d);
+                // (Jina's rerankers' `cls` is their whole head: one row.)
+                let cls_rows = rows("cls.weight", d);
                 Some(RankHead {
                     cls: match has("cls.weight") {
-                        true => Some((weight("cls.weight", d, d)?, optional_norm("cls.bias", d)?)),
+                        true => Some((
+                            weight("cls.weight", cls_rows, d)?,
+                            optional_norm("cls.bias", cls_rows)?,
+                        )),
                         false => None,
                     },
                     out: match has("cls.output.weight") {
@@ -1504,17 +1565,18 @@ impl<'a, B: Backend> Model<'a, B> {
         }
         let mut ws = b.workspace();
         let mut x = b.upload(pooled)?;
+        let mut len = d;
         if let Some((w, bias)) = &head.cls {
-            let mut y = b.buffer(d)?;
+            len = w.rows();
+            let mut y = b.buffer(len)?;
             b.matmul(&mut ws, w, &x, 1, &mut y)?;
             if let Some(bias) = bias {
-                b.add_inplace(&mut y, bias, d)?;
+                b.add_inplace(&mut y, bias, len)?;
             }
             // (tanh: a soft-cap of 1.)
-            b.softcap_inplace(&mut y, 1.0, d)?;
+            b.softcap_inplace(&mut y, 1.0, len)?;
             x = y;
         }
-        let mut len = d;
         if let Some((w, bias)) = &head.out {
             len = w.rows();
             let mut y = b.buffer(len)?;
@@ -2191,6 +2253,11 @@ impl<'a, B: Backend> Model<'a, B> {
                 // joins it is the network's input.
                 b.add_inplace(&mut sc.x, &sc.proj, n * d)?;
                 b.layer_norm_inplace(&mut sc.x, w, Some(bias), eps, n)?;
+                // (The block's input is still the attention's, in `xn`.)
+                if let Some((w2, bias2)) = &layer.attn_norm_2 {
+                    b.add_inplace(&mut sc.x, &sc.xn, n * d)?;
+                    b.layer_norm_inplace(&mut sc.x, w2, bias2.as_ref(), eps, n)?;
+                }
                 b.copy_rows(&sc.x, 0..n, d, &mut sc.xn)?;
             } else if layer.parallel {
                 // The network beside the attention: its input is the
@@ -2213,7 +2280,8 @@ impl<'a, B: Backend> Model<'a, B> {
             Ffn::None => {}
             Ffn::Up(f) => self.up_ffn(sc, (n, li), runs, f)?,
             Ffn::Dense(gate_up, down) => {
-                self.dense_ffn(sc, (n, li, layer.fused.gate_up), runs, gate_up, down)?;
+                let f = (gate_up, down, &layer.ffn_b);
+                self.dense_ffn(sc, (n, li, layer.fused.gate_up), runs, f)?;
                 if let Some(e) = &layer.beside {
                     self.beside_moe(sc, (n, li), e)?;
                 }
@@ -2518,11 +2586,17 @@ impl<'a, B: Backend> Model<'a, B> {
                             true => (n, n),
                             false => (n * c.n_heads, n * kvh),
                         };
-                        if let Some(w) = q {
-                            b.rms_norm_inplace(&mut sc.q, w, eps, q_rows)?;
-                        }
-                        if let Some(w) = k {
-                            b.rms_norm_inplace(&mut sc.k, w, eps, k_rows)?;
+                        let [qb, kb] = &layer.qk_norm_b;
+                        for (x, w, bias, rows) in
+                            [(&mut sc.q, q, qb, q_rows), (&mut sc.k, k, kb, k_rows)]
+                        {
+                            match (w, c.layer_norm) {
+                                (Some(w), true) => {
+                                    b.layer_norm_inplace(x, w, bias.as_ref(), eps, rows)?
+                                }
+                                (Some(w), false) => b.rms_norm_inplace(x, w, eps, rows)?,
+                                (None, _) => {}
+                            }
                         }
                         None
                     }
@@ -2706,14 +2780,14 @@ impl<'a, B: Backend> Model<'a, B> {
 
     /// A dense feed-forward block over the first `n` rows of `sc.xn`, into
     /// `sc.proj`, with the rows' adapters `runs` (layer `li`; `fused`: its
-    /// gate and up are one matrix).
+    /// gate and up are one matrix), and its biases (gate, up, down) where
+    /// it has them.
     fn dense_ffn(
         &self,
         sc: &mut Scratch<B>,
         (n, li, fused): (usize, usize, bool),
         runs: &[LoraRun<'_>],
-        gate_up: &Group<B::Weight<'a>>,
-        down: &B::Weight<'a>,
+        (gate_up, down, biases): DenseFfn<'_, 'a, B>,
     ) -> Result<()> {
         let b = self.backend;
         let (d, ff) = (self.config.d_model, self.config.layer_ffn_dim(li));
@@ -2747,6 +2821,11 @@ impl<'a, B: Backend> Model<'a, B> {
                 (out, ff),
             )?;
         }
+        for (out, bias) in [(&mut sc.gate, &biases[0]), (&mut sc.up, &biases[1])] {
+            if let Some(bias) = bias {
+                b.add_row_inplace(out, bias, n)?;
+            }
+        }
         match self.config.geglu {
             true => {
                 if let Some(mul) = self.config.altup.as_ref().and_then(|a| a.sparsity[li]) {
@@ -2765,7 +2844,11 @@ impl<'a, B: Backend> Model<'a, B> {
             Some((li, Target::Down)),
             x,
             out,
-        )
+        )?;
+        if let Some(bias) = &biases[2] {
+            b.add_row_inplace(&mut sc.proj, bias, n)?;
+        }
+        Ok(())
     }
 }
 

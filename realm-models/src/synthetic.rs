@@ -1926,10 +1926,15 @@ impl SyntheticLayout {
     /// context, 2 token types, CLS pooling), Nomic BERT's (NeoX RoPE for
     /// the positions, `attn_qkv` and SwiGLU without biases, mean pooling)
     /// or Nomic BERT MoE's (Nomic BERT's attention, BERT's GELUs in the
-    /// first block, 4 experts of them, 2 a token, in the second).
+    /// first block, 4 experts of them, 2 a token, in the second), or Jina
+    /// BERT v2's (BERT's products and biases, no positions (ALiBi), Q/K
+    /// LayerNorms, `attn_norm_2`, a GEGLU network in one `ffn_up` with its
+    /// bias, mean pooling).
     fn tiny_encoder(arch: &str) -> Self {
         let (d, ff, layers) = (64u64, 128u64, 2);
         let bert = arch == "bert";
+        let jina = arch == "jina-bert-v2";
+        let biased = bert || jina;
         let moe = arch == "nomic-bert-moe";
         let k = |n: &str| format!("{arch}.{n}");
         let mut hp = vec![
@@ -1952,7 +1957,7 @@ impl SyntheticLayout {
         }
         hp.sort_by(|a, b| a.0.cmp(&b.0));
         let mut tensors = small_tensors((d, 300, layers), "token_embd_norm.weight", |l, blk| {
-            if bert {
+            if biased {
                 for m in ["attn_q", "attn_k", "attn_v"] {
                     blk(&format!("{m}.weight"), vec![d, d]);
                     blk(&format!("{m}.bias"), vec![d]);
@@ -1961,11 +1966,24 @@ impl SyntheticLayout {
                 blk("attn_qkv.weight", vec![d, 3 * d]);
             }
             blk("attn_output.weight", vec![d, d]);
-            if bert {
+            if biased {
                 blk("attn_output.bias", vec![d]);
             }
             blk("attn_output_norm.weight", vec![d]);
             blk("attn_output_norm.bias", vec![d]);
+            if jina {
+                for m in ["attn_q_norm", "attn_k_norm", "attn_norm_2"] {
+                    blk(&format!("{m}.weight"), vec![d]);
+                    blk(&format!("{m}.bias"), vec![d]);
+                }
+                blk("ffn_up.weight", vec![d, 2 * ff]);
+                blk("ffn_up.bias", vec![2 * ff]);
+                blk("ffn_down.weight", vec![ff, d]);
+                blk("ffn_down.bias", vec![d]);
+                blk("layer_output_norm.weight", vec![d]);
+                blk("layer_output_norm.bias", vec![d]);
+                return;
+            }
             if moe {
                 // BERT's GELUs in the first block, 4 experts of them in
                 // the second.
@@ -2728,6 +2746,22 @@ impl SyntheticLayout {
                     ("cls.output.weight", vec![64, 1]),
                     ("cls.output.bias", vec![1]),
                 ] {
+                    let dtype = small_dtype(name, &shape);
+                    l.tensors.push(SyntheticTensor {
+                        name: name.into(),
+                        shape,
+                        dtype,
+                    });
+                }
+                Some(l)
+            }
+            // A Jina reranker's: rank pooling through a one-row `cls`
+            // (its whole head; then tanh).
+            "tiny-jina-bert-v2-rank" => {
+                let mut l = Self::tiny("jina-bert-v2")
+                    .ok()?
+                    .with_hparam("jina-bert-v2.pooling_type", MetadataValue::U32(4));
+                for (name, shape) in [("cls.weight", vec![64, 1]), ("cls.bias", vec![1])] {
                     let dtype = small_dtype(name, &shape);
                     l.tensors.push(SyntheticTensor {
                         name: name.into(),

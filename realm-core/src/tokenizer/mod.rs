@@ -285,7 +285,9 @@ impl Tokenizer {
             None => vocab.add_bos.unwrap_or(vocab.kind != VocabKind::Ugm),
         };
         let add_eos = vocab.add_eos.unwrap_or(vocab.kind == VocabKind::Ugm);
-        let add_sep = vocab.add_sep.unwrap_or(vocab.kind == VocabKind::Wpm);
+        let add_sep = vocab
+            .add_sep
+            .unwrap_or(vocab.kind == VocabKind::Wpm || options.is_some_and(|o| o.add_sep));
         let add_space_prefix = vocab
             .add_space_prefix
             .unwrap_or(vocab.kind == VocabKind::Spm);

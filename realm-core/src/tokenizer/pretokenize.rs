@@ -85,6 +85,9 @@ pub(crate) struct PreOptions {
     /// own characters rather than GPT-2's byte characters, and a symbol
     /// that is not a token falls back to `<0xXX>` tokens.
     pub(crate) spm_style: bool,
+    /// Default for `add_sep` when the metadata does not set it (RoBERTa's
+    /// BPE vocabularies, Jina's v1 English and v2 code ones).
+    pub(crate) add_sep: bool,
 }
 
 impl PreOptions {
@@ -98,13 +101,19 @@ impl PreOptions {
             add_bos,
             default_bos_eos: (Some(11), Some(11)),
             spm_style: false,
+            add_sep: false,
         };
         use PreTokenizer::*;
         Ok(match name {
             "" | "default" => o(Default, false, true, false),
-            "gpt2" | "gpt-2" | "phi-2" | "mpt" | "olmo" | "jais" | "exaone4" | "modern-bert" => {
-                o(Gpt2, false, true, false)
-            }
+            "gpt2" | "gpt-2" | "phi-2" | "mpt" | "olmo" | "jais" | "exaone4" | "modern-bert"
+            | "jina-es" | "jina-de" | "jina-v2-es" | "jina-v2-de" | "gigachat" | "a.x-4.0"
+            | "mellum" => o(Gpt2, false, true, false),
+            // (A separator after the input, for a reranker's pairs.)
+            "jina-v1-en" | "jina-v2-code" | "roberta-bpe" => PreOptions {
+                add_sep: true,
+                ..o(Gpt2, false, true, false)
+            },
             "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral"
             | "midm-2.0" | "lfm2" | "jina-v5-nano" => o(Llama3, true, true, true),
             "dbrx" | "smaug-bpe" => o(Llama3, false, true, false),
@@ -147,7 +156,9 @@ impl PreOptions {
             other => {
                 return Err(Error::Tokenizer(format!(
                     "unsupported pre-tokenizer `{other}` (tokenizer.ggml.pre); supported: \
-                     default, gpt2, falcon, llama3, llama-bpe, falcon-h1, lfm2, qwen2, qwen35, hunyuan, \
+                     default, gpt2, mpt, olmo, jais, exaone4, modern-bert, jina-es, jina-de, \
+                     jina-v2-es, jina-v2-de, gigachat, a.x-4.0, mellum, jina-v1-en, jina-v2-code, \
+                     roberta-bpe, falcon, llama3, llama-bpe, falcon-h1, lfm2, qwen2, qwen35, hunyuan, \
                      solar-open, stablelm2, dbrx, smaug-bpe, \
                      starcoder, smollm, refact, command-r, codeshell, deepseek-llm, gpt-4o, \
                      llama4, minimax-m2, tekken, glm4, glm5, chatglm-bpe, seed-coder, \
@@ -1121,6 +1132,21 @@ mod tests {
         for n in ["kormo", "f2llmv2", "hunyuan", "solar-open"] {
             assert_eq!(options(n), options("qwen2"), "{n}");
         }
+        let gpt2 = ["jina-es", "jina-de", "jina-v2-es", "jina-v2-de", "gigachat"];
+        for n in gpt2.into_iter().chain(["a.x-4.0", "mellum"]) {
+            assert_eq!(options(n), options("gpt-2"), "{n}");
+        }
+        // RoBERTa's group: GPT-2's, and a separator after the input.
+        for n in ["jina-v1-en", "jina-v2-code", "roberta-bpe"] {
+            let o = PreOptions::from_name(n).unwrap();
+            assert!(o.add_sep, "{n}");
+            let plain = PreOptions {
+                add_sep: false,
+                ..o
+            };
+            assert_eq!(format!("{plain:?}"), options("gpt-2"), "{n}");
+        }
+        assert!(!PreOptions::from_name("gpt-2").unwrap().add_sep);
     }
 
     #[test]

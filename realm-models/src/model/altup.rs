@@ -261,7 +261,8 @@ impl<'a, B: Backend> Model<'a, B> {
         b.rms_norm(&sc.x, norm(&layer.ffn_norm)?, eps, n, &mut sc.xn)?;
         match &layer.ffn {
             Ffn::Dense(gate_up, down) => {
-                self.dense_ffn(sc, (n, li, layer.fused.gate_up), runs, gate_up, down)?
+                let f = (gate_up, down, &layer.ffn_b);
+                self.dense_ffn(sc, (n, li, layer.fused.gate_up), runs, f)?
             }
             _ => return Err(no_room("Gemma 3n's feed-forward block")),
         }

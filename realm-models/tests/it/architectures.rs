@@ -120,7 +120,7 @@ const SHARP: [&str; 5] = [
 /// as for Gemma 4's, the float sums' order flips the f16 rounding of some
 /// of the table's inputs, which the 8-bit inputs of the Q8_0 products
 /// after them absorb. Their f32 cases are held to [`TOLERANCE_GELU`].
-const GELU_TABLE: [&str; 16] = [
+const GELU_TABLE: [&str; 18] = [
     "tiny-starcoder2",
     "tiny-phi2",
     "tiny-gptneox",
@@ -137,6 +137,8 @@ const GELU_TABLE: [&str; 16] = [
     "tiny-bert-rank",
     "tiny-modern-bert",
     "tiny-nomic-bert-moe",
+    "tiny-jina-bert-v2",
+    "tiny-jina-bert-v2-rank",
 ];
 
 fn fixture() -> Value {
@@ -385,6 +387,21 @@ fn encoder_variants_change_the_embeddings() {
         d > 100.0 * TOLERANCE_GELU,
         "the windows move them by {d} only"
     );
+    // Jina BERT v2's: its Q/K LayerNorms, its second norm after the
+    // attention and its network's up bias each move them.
+    let jina = SyntheticLayout::by_name("tiny-jina-bert-v2").unwrap();
+    let (want, _) = run(jina.write(seed).unwrap());
+    for (what, gone) in [
+        ("the Q/K norms", &["attn_q_norm", "attn_k_norm"][..]),
+        ("attn_norm_2", &["attn_norm_2"][..]),
+        ("the up bias", &["ffn_up.bias"][..]),
+    ] {
+        let mut l = jina.clone();
+        l.tensors
+            .retain(|t| !gone.iter().any(|g| t.name.contains(&format!(".{g}"))));
+        let d = max_diff(&run(l.write(seed).unwrap()).0, &want);
+        assert!(d > 100.0 * TOLERANCE_GELU, "{what} move them by {d} only");
+    }
 }
 
 /// What each variant changes moves the logits far beyond the tolerance,
