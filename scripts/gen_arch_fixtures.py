@@ -433,6 +433,9 @@ CASES = [
     case("jina-bert-v2", "tiny-jina-bert-v2", embedding=True),
     case("jina-bert-v2-q8_0", "tiny-jina-bert-v2", matrix_type="q8_0", embedding=True),
     case("jina-bert-v2-rank", "tiny-jina-bert-v2-rank", embedding=True, rank=True),
+    # Jina BERT v3: NeoX RoPE, `attn_qkv` with its bias, ungated GELUs.
+    case("jina-bert-v3", "tiny-jina-bert-v3", embedding=True),
+    case("jina-bert-v3-q8_0", "tiny-jina-bert-v3", matrix_type="q8_0", embedding=True),
 ]
 
 

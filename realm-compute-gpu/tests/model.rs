@@ -408,6 +408,7 @@ fn encoders_match_the_cpu() {
         "modern-bert",
         "eurobert",
         "jina-bert-v2",
+        "jina-bert-v3",
     ] {
         let layout = SyntheticLayout::tiny(arch).unwrap();
         let f32_file = Gguf::from_bytes(

@@ -338,11 +338,16 @@ pub enum Architecture {
     /// (`attn_norm_2`) where it has one, and a GEGLU network (gate and up
     /// in one `ffn_up`, or apart) with biases.
     JinaBertV2,
+    /// Jina BERT v3 (jina-bert-v3: jina-embeddings-v3): XLM-R's BERT
+    /// blocks with NeoX RoPE instead of positions, `attn_qkv`, GELUs
+    /// without a gate, biases where the file has them (its task adapters
+    /// are LoRA files).
+    JinaBertV3,
 }
 
 impl Architecture {
     /// Every architecture Realm runs.
-    pub const ALL: [Architecture; 77] = [
+    pub const ALL: [Architecture; 78] = [
         Self::Llama,
         Self::Mistral,
         Self::Qwen2,
@@ -420,6 +425,7 @@ impl Architecture {
         Self::ModernBert,
         Self::EuroBert,
         Self::JinaBertV2,
+        Self::JinaBertV3,
     ];
 
     /// The architecture named by `general.architecture`.
@@ -461,6 +467,7 @@ impl Architecture {
                 | Self::NomicBertMoe
                 | Self::ModernBert
                 | Self::JinaBertV2
+                | Self::JinaBertV3
         )
     }
 
@@ -483,7 +490,7 @@ impl Architecture {
     pub fn bert_blocks(self) -> bool {
         matches!(
             self,
-            Self::Bert | Self::NomicBert | Self::NomicBertMoe | Self::JinaBertV2
+            Self::Bert | Self::NomicBert | Self::NomicBertMoe | Self::JinaBertV2 | Self::JinaBertV3
         )
     }
 
@@ -506,6 +513,7 @@ impl Architecture {
                 | Self::Mpt
                 | Self::Bert
                 | Self::NomicBertMoe
+                | Self::JinaBertV3
         )
     }
 
@@ -589,6 +597,7 @@ impl Architecture {
             Self::ModernBert => "modern-bert",
             Self::EuroBert => "eurobert",
             Self::JinaBertV2 => "jina-bert-v2",
+            Self::JinaBertV3 => "jina-bert-v3",
         }
     }
 }
@@ -1703,6 +1712,7 @@ impl ModelConfig {
                 | Architecture::Bert
                 | Architecture::NomicBert
                 | Architecture::NomicBertMoe
+                | Architecture::JinaBertV3
                 | Architecture::ModernBert
                 | Architecture::EuroBert => RopeMode::Neox,
             },

@@ -1929,11 +1929,13 @@ impl SyntheticLayout {
     /// first block, 4 experts of them, 2 a token, in the second), or Jina
     /// BERT v2's (BERT's products and biases, no positions (ALiBi), Q/K
     /// LayerNorms, `attn_norm_2`, a GEGLU network in one `ffn_up` with its
-    /// bias, mean pooling).
+    /// bias, mean pooling), or Jina BERT v3's (Nomic BERT's attention with
+    /// biases, BERT's GELUs with theirs, mean pooling).
     fn tiny_encoder(arch: &str) -> Self {
         let (d, ff, layers) = (64u64, 128u64, 2);
         let bert = arch == "bert";
         let jina = arch == "jina-bert-v2";
+        let jina3 = arch == "jina-bert-v3";
         let biased = bert || jina;
         let moe = arch == "nomic-bert-moe";
         let k = |n: &str| format!("{arch}.{n}");
@@ -1965,8 +1967,11 @@ impl SyntheticLayout {
             } else {
                 blk("attn_qkv.weight", vec![d, 3 * d]);
             }
+            if jina3 {
+                blk("attn_qkv.bias", vec![3 * d]);
+            }
             blk("attn_output.weight", vec![d, d]);
-            if biased {
+            if biased || jina3 {
                 blk("attn_output.bias", vec![d]);
             }
             blk("attn_output_norm.weight", vec![d]);
@@ -2004,12 +2009,12 @@ impl SyntheticLayout {
                 blk("layer_output_norm.bias", vec![d]);
                 return;
             }
-            if !bert {
+            if !(bert || jina3) {
                 blk("ffn_gate.weight", vec![d, ff]);
             }
             blk("ffn_up.weight", vec![d, ff]);
             blk("ffn_down.weight", vec![ff, d]);
-            if bert {
+            if bert || jina3 {
                 blk("ffn_up.bias", vec![ff]);
                 blk("ffn_down.bias", vec![d]);
             }
