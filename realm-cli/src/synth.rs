@@ -54,7 +54,7 @@ pub struct SynthArgs {
     /// With --lora: the matrices of each block it changes (default: all
     /// seven; `output` for the output matrix).
     #[arg(long, value_delimiter = ',', requires = "lora",
-          value_parser = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down", "output"])]
+          value_parser = ["attn_q", "attn_k", "attn_v", "attn_qkv", "attn_output", "ffn_gate", "ffn_up", "ffn_down", "output"])]
     pub targets: Vec<String>,
     /// With --lora: the largest magnitude of lora_b's values (how far the
     /// adapter moves the model).

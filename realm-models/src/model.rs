@@ -1096,11 +1096,16 @@ impl<'a, B: Backend> Model<'a, B> {
         file: &'a Gguf<S>,
         name: impl Into<String>,
     ) -> Result<LoraId> {
+        let fused: Vec<(bool, bool)> = self
+            .layers
+            .iter()
+            .map(|l| (l.fused.qkv, l.fused.gate_up))
+            .collect();
         let (adapter, dims) = Lora::load(
             file,
             self.backend,
             &self.config,
-            self.has_output,
+            (self.has_output, &fused),
             name.into(),
         )?;
         self.loras.push(adapter);

@@ -178,13 +178,16 @@ fn lora_err(what: impl Into<String>) -> Error {
 impl<'a, B: Backend + 'a> Lora<'a, B> {
     /// Reads the adapter in `file` for a model of config `c` whose file
     /// has its own output matrix when `has_output` (not tied to the
-    /// embeddings). Fails, naming it, on anything llama.cpp would refuse
-    /// and on what Realm does not apply (token embeddings, aLoRA).
+    /// embeddings) and whose blocks' Q/K/V and gate/up matrices are one
+    /// each where `fused` says so (`(qkv, gate_up)` a block): an update of
+    /// such a matrix is split into its parts' (each with the same `A`).
+    /// Fails, naming it, on anything llama.cpp would refuse and on what
+    /// Realm does not apply (token embeddings, aLoRA).
     pub(crate) fn load<S: AsRef<[u8]>>(
         file: &'a Gguf<S>,
         backend: &B,
         c: &ModelConfig,
-        has_output: bool,
+        (has_output, fused): (bool, &[(bool, bool)]),
         name: String,
     ) -> Result<(Self, Dims)> {
         let alpha = header(file)?;
@@ -204,10 +207,18 @@ impl<'a, B: Backend + 'a> Lora<'a, B> {
         let mut dims = Dims::default();
         let mut matrices = 0;
         for (base, (a, b)) in halves {
-            let (slot, (rows, cols)) = match locate(&base, c, has_output)? {
-                Place::Output => (&mut output, (c.vocab_size, c.d_model)),
-                Place::Layer(i, t) => (&mut layers[i][t as usize], t.dims(c, i)),
+            // The matrix's parts: where each goes (a block's matrix, or
+            // the output), its rows.
+            type Part = (Option<(usize, Target)>, usize);
+            let (parts, cols): (Vec<Part>, usize) = match locate(&base, c, (has_output, fused))? {
+                Place::Output => (vec![(None, c.vocab_size)], c.d_model),
+                Place::Layer(i, ts) => {
+                    let cols = ts.first().map_or(c.d_model, |t| t.dims(c, i).1);
+                    let parts = ts.iter().map(|&t| (Some((i, t)), t.dims(c, i).0));
+                    (parts.collect(), cols)
+                }
             };
+            let rows: usize = parts.iter().map(|p| p.1).sum();
             let weight = |v: &TensorView<'a>| -> Result<B::Weight<'a>> {
                 if !backend.supports_matmul(v.dtype()) {
                     return Err(Error::UnsupportedWeight {
@@ -243,18 +254,32 @@ impl<'a, B: Backend + 'a> Lora<'a, B> {
             }
             let mut bv = vec![0f32; rows * rank];
             realm_core::quant::dequantize(b.dtype(), b.data(), &mut bv)?;
-            let mut bt = vec![0f32; rows * rank];
-            for (i, row) in bv.chunks_exact(rank).enumerate() {
-                for (t, &v) in row.iter().enumerate() {
-                    bt[t * rows + i] = v;
+            let mut first = 0;
+            let mut wa = Some(wa);
+            for (place, part) in parts {
+                // Each part's rows of B, transposed.
+                let mut bt = vec![0f32; part * rank];
+                for (i, row) in bv.chunks_exact(rank).skip(first).take(part).enumerate() {
+                    for (t, &v) in row.iter().enumerate() {
+                        bt[t * part + i] = v;
+                    }
                 }
+                first += part;
+                let pair = Pair {
+                    a: match wa.take() {
+                        Some(w) => w,
+                        None => weight(&a)?,
+                    },
+                    bt: backend.upload(&bt)?,
+                    rank,
+                    alpha,
+                };
+                let slot = match place {
+                    Some((i, t)) => &mut layers[i][t as usize],
+                    None => &mut output,
+                };
+                *slot = Some(pair);
             }
-            *slot = Some(Pair {
-                a: wa,
-                bt: backend.upload(&bt)?,
-                rank,
-                alpha,
-            });
             matrices += 1;
             dims = dims.max(Dims { input: cols, rank });
         }
@@ -343,13 +368,18 @@ fn pairs<S: AsRef<[u8]>>(
         .collect()
 }
 
-/// Where a base tensor of an adapter goes.
+/// Where a base tensor of an adapter goes: the output, or a block's
+/// matrices (several, in row order, for a fused one).
 enum Place {
     Output,
-    Layer(usize, Target),
+    Layer(usize, Vec<Target>),
 }
 
-fn locate(base: &str, c: &ModelConfig, has_output: bool) -> Result<Place> {
+fn locate(
+    base: &str,
+    c: &ModelConfig,
+    (has_output, fused): (bool, &[(bool, bool)]),
+) -> Result<Place> {
     match base {
         "output.weight" if has_output => return Ok(Place::Output),
         "output.weight" => {
@@ -392,8 +422,16 @@ fn locate(base: &str, c: &ModelConfig, has_output: bool) -> Result<Place> {
             {
                 return None;
             }
-            let t = TARGETS.iter().position(|&n| n == t)?;
-            (i < c.n_layers).then_some(Place::Layer(i, Target::ALL[t]))
+            let (qkv, gate_up) = fused.get(i).copied().unwrap_or_default();
+            // A fused matrix's update splits into its parts'.
+            let ts = match t {
+                "attn_qkv" if qkv => vec![Target::Q, Target::K, Target::V],
+                "ffn_up" if gate_up => vec![Target::Gate, Target::Up],
+                "attn_q" | "attn_k" | "attn_v" if qkv => return None,
+                "ffn_gate" if gate_up => return None,
+                _ => vec![Target::ALL[TARGETS.iter().position(|&n| n == t)?]],
+            };
+            (i < c.n_layers).then_some(Place::Layer(i, ts))
         });
     found.ok_or_else(|| {
         lora_err(format!(

@@ -104,20 +104,34 @@ fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
         .fold(0.0, f32::max)
 }
 
+/// (Phi 3's Q/K/V are one matrix, `attn_qkv`, and its gate and up one
+/// `ffn_up`: their updates split into their parts'.)
 #[test]
 fn adapters_give_the_logits_of_their_merged_weights() {
     let cpu = CpuBackend::new().unwrap();
-    for arch in ["llama", "qwen2", "gemma3"] {
+    for arch in ["llama", "qwen2", "gemma3", "phi3"] {
         let base_bytes = base(arch);
         let base_file = Gguf::from_bytes(&base_bytes[..]).unwrap();
         let mut every = SyntheticLora::new(4, 8.0);
+        let some: Vec<String> = match arch {
+            "phi3" => {
+                every.targets = ["attn_qkv", "attn_output", "ffn_up", "ffn_down"]
+                    .map(String::from)
+                    .to_vec();
+                ["attn_qkv", "ffn_down", "ffn_up"]
+                    .map(String::from)
+                    .to_vec()
+            }
+            _ => ["attn_q", "ffn_down", "attn_v"].map(String::from).to_vec(),
+        };
+        let every_matrices = 2 * every.targets.len() + 1;
         every.targets.push("output".into());
         every.amplitude = 0.2;
         let every = every.write(&base_file, 11).unwrap();
         let some = SyntheticLora {
             rank: 2,
             alpha: 0.0,
-            targets: vec!["attn_q".into(), "ffn_down".into(), "attn_v".into()],
+            targets: some,
             dtype: GgmlType::F32,
             amplitude: 0.3,
         }
@@ -134,7 +148,7 @@ fn adapters_give_the_logits_of_their_merged_weights() {
         assert_eq!(infos.len(), 2);
         assert_eq!(
             (infos[0].0, infos[0].1.rank, infos[0].1.matrices),
-            (e, 4, 15)
+            (e, 4, every_matrices)
         );
         assert_eq!(
             (infos[1].1.rank, infos[1].1.matrices, infos[1].1.alpha),
@@ -341,6 +355,18 @@ fn adapters_that_cannot_apply_are_refused_by_name() {
             "neither a lora_a",
         ),
         (adapter("llama", "adapter", &[]), "changes no matrix"),
+        // A fused matrix on a model whose matrices are apart.
+        (
+            adapter(
+                "llama",
+                "adapter",
+                &[
+                    ("blk.0.attn_qkv.weight.lora_a", [64, 2]),
+                    ("blk.0.attn_qkv.weight.lora_b", [2, 128]),
+                ],
+            ),
+            "`blk.0.attn_qkv.weight` is not a matrix",
+        ),
     ];
     let files: Vec<_> = cases
         .iter()
@@ -355,6 +381,33 @@ fn adapters_that_cannot_apply_are_refused_by_name() {
     let mut model = Model::load(&file, &cpu).unwrap();
     for (f, (_, want)) in files.iter().zip(&cases) {
         let err = model.add_lora(f, "bad").unwrap_err().to_string();
+        assert!(err.contains(want), "{err:?} should say {want:?}");
+    }
+    // On Phi 3, whose Q/K/V are one matrix, a part's update is not one
+    // of its matrices, and the fused one's must cover all three.
+    let phi3 = SyntheticLayout::tiny("phi3").unwrap().write(5).unwrap();
+    let phi3 = Gguf::from_bytes(&phi3[..]).unwrap();
+    let cases = [
+        (adapter("phi3", "adapter", &[q_a, q_b]), "is not a matrix"),
+        (
+            adapter(
+                "phi3",
+                "adapter",
+                &[
+                    ("blk.0.attn_qkv.weight.lora_a", [64, 2]),
+                    ("blk.0.attn_qkv.weight.lora_b", [2, 64]),
+                ],
+            ),
+            "do not fit",
+        ),
+    ];
+    let files: Vec<_> = cases
+        .iter()
+        .map(|(b, _)| Gguf::from_bytes(&b[..]).unwrap())
+        .collect();
+    let mut fused = Model::load(&phi3, &cpu).unwrap();
+    for (f, (_, want)) in files.iter().zip(&cases) {
+        let err = fused.add_lora(f, "bad").unwrap_err().to_string();
         assert!(err.contains(want), "{err:?} should say {want:?}");
     }
     // Norm vectors are ignored, as llama.cpp ignores them.
