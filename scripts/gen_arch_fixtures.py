@@ -434,6 +434,10 @@ CASES = [
     case("jina-bert-v2-q8_0", "tiny-jina-bert-v2", matrix_type="q8_0", embedding=True),
     case("jina-bert-v2-rank", "tiny-jina-bert-v2-rank", embedding=True, rank=True),
     # Jina BERT v3: NeoX RoPE, `attn_qkv` with its bias, ungated GELUs.
+    # A Qwen 3 reranker: its last token's state through `cls.output`'s
+    # "yes" and "no" rows, then a softmax.
+    case("qwen3-rank", "tiny-qwen3-rank", embedding=True, rank=True),
+    case("qwen3-rank-q8_0", "tiny-qwen3-rank", matrix_type="q8_0", embedding=True, rank=True),
     case("jina-bert-v3", "tiny-jina-bert-v3", embedding=True),
     case("jina-bert-v3-q8_0", "tiny-jina-bert-v3", matrix_type="q8_0", embedding=True),
 ]
@@ -457,8 +461,10 @@ def hidden_states(path, c, tokens):
     import llama_cpp
     from llama_cpp import Llama
     pooling = llama_cpp.LLAMA_POOLING_TYPE_RANK if c.get("rank") else llama_cpp.LLAMA_POOLING_TYPE_NONE
+    # (f32 caches for a decoder's, as the logits cases have them.)
     llm = Llama(path, embedding=True, pooling_type=pooling,
-                n_ctx=c["n_ctx"], n_batch=64, n_ubatch=64, n_threads=2, verbose=False)
+                n_ctx=c["n_ctx"], n_batch=64, n_ubatch=64, n_threads=2, verbose=False,
+                type_k=0, type_v=0)
     batch = llama_cpp.llama_batch_init(len(tokens), 0, 1)
     for i, t in enumerate(tokens):
         batch.token[i], batch.pos[i], batch.n_seq_id[i] = t, i, 1

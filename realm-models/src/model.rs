@@ -188,11 +188,14 @@ struct DenseOut<'a, B: Backend + 'a> {
 
 /// A reranker's head over the pooled embedding: `cls` (`d` to `d`, or to
 /// one score as Jina's rerankers have it; then tanh) where the file has
-/// it, then `cls.output` (to one score a label) where it has that.
+/// it, then `cls.output` (to one score a label) where it has that, then a
+/// softmax over the labels where `softmax` (Qwen 3's rerankers: their
+/// "yes" and "no" rows of the output matrix).
 #[derive(Debug)]
 struct RankHead<'a, B: Backend + 'a> {
     cls: Option<(B::Weight<'a>, Option<B::Buffer>)>,
     out: Option<(B::Weight<'a>, Option<B::Buffer>)>,
+    softmax: bool,
 }
 
 /// A transformer whose weights stay in the GGUF file (borrowed, still
@@ -957,7 +960,9 @@ impl<'a, B: Backend> Model<'a, B> {
             Err(e) => return Err(e.into()),
         };
         let has = |name: &str| file.tensor(name).is_ok();
-        let rank_head = match c.encoder && (has("cls.weight") || has("cls.output.weight")) {
+        // (A decoder ranks through `cls.output` alone: Qwen 3's rerankers.)
+        let ranks = has("cls.output.weight") || (c.encoder && has("cls.weight"));
+        let rank_head = match ranks {
             // (Its head's GELU, norm and mean pooling are its own.)
             true if c.arch == Architecture::ModernBert => {
                 return Err(Error::BadConfig(
@@ -987,6 +992,7 @@ impl<'a, B: Backend> Model<'a, B> {
                         )),
                         false => None,
                     },
+                    softmax: matches!(c.arch, Architecture::Qwen3 | Architecture::Qwen3Vl),
                 })
             }
             false => None,
@@ -1593,6 +1599,17 @@ impl<'a, B: Backend> Model<'a, B> {
         }
         let mut out = vec![0f32; len];
         b.download(&x, &mut out)?;
+        if head.softmax {
+            let max = out.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0.0;
+            for v in &mut out {
+                *v = (*v - max).exp();
+                sum += *v;
+            }
+            for v in &mut out {
+                *v /= sum;
+            }
+        }
         Ok(out)
     }
 

@@ -2776,6 +2776,27 @@ impl SyntheticLayout {
                 }
                 Some(l)
             }
+            // A Qwen 3 reranker's: rank pooling (its last token's state)
+            // through `cls.output`'s "yes" and "no" rows, then a softmax.
+            "tiny-qwen3-rank" => {
+                let mut l = Self::tiny("qwen3")
+                    .ok()?
+                    .with_hparam("qwen3.pooling_type", MetadataValue::U32(4))
+                    .with_hparam(
+                        "qwen3.classifier.output_labels",
+                        MetadataValue::Array(MetadataArray::String(vec![
+                            "yes".into(),
+                            "no".into(),
+                        ])),
+                    );
+                let shape = vec![64, 2];
+                l.tensors.push(SyntheticTensor {
+                    name: "cls.output.weight".into(),
+                    dtype: small_dtype("cls.output.weight", &shape),
+                    shape,
+                });
+                Some(l)
+            }
             // Falcon Mamba's norms of the step, B and C.
             "tiny-falcon-mamba" => Some(
                 Self::tiny("mamba")
