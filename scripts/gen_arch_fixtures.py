@@ -434,6 +434,11 @@ CASES = [
     case("jina-bert-v2-q8_0", "tiny-jina-bert-v2", matrix_type="q8_0", embedding=True),
     case("jina-bert-v2-rank", "tiny-jina-bert-v2-rank", embedding=True, rank=True),
     # Jina BERT v3: NeoX RoPE, `attn_qkv` with its bias, ungated GELUs.
+    # A ModernBERT reranker: the tokens' mean (or, as the file may say,
+    # the first token's state) through `cls`, GELU, `cls.norm`, `cls.output`.
+    case("modern-bert-rank", "tiny-modern-bert-rank", embedding=True, rank=True),
+    case("modern-bert-rank-cls", "tiny-modern-bert-rank", embedding=True, rank=True,
+         overrides=[("modern-bert.classifier.pooling_type", "int", "2")]),
     # A Qwen 3 reranker: its last token's state through `cls.output`'s
     # "yes" and "no" rows, then a softmax.
     case("qwen3-rank", "tiny-qwen3-rank", embedding=True, rank=True),

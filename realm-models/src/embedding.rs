@@ -84,12 +84,13 @@ pub fn embed<B: Backend>(
     let d = model.config().d_model;
     let n = tokens.len();
     session.truncate(0);
-    // A reranker reads its first token's state (its last where its
-    // attention is causal, as llama.cpp picks it).
+    // A reranker reads its first token's state, the tokens' mean, or its
+    // last token's where its attention is causal ([`Model::rank_pooling`]).
     let rank = pooling == Pooling::Rank;
     let pooling = match pooling {
-        Pooling::Rank if model.config().bidirectional => Pooling::Cls,
-        Pooling::Rank => Pooling::Last,
+        Pooling::Rank => model
+            .rank_pooling()
+            .ok_or_else(|| Error::BadConfig("the model has no reranker's head (cls)".into()))?,
         p => p,
     };
     let from = match pooling {

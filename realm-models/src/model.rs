@@ -36,6 +36,7 @@ use self::ple::{Ple, PleBlock, PleScratch};
 use self::recurrent::Recurrent;
 use self::shortconv::{ConvScratch, ShortConv};
 use crate::config::{Architecture, ModelConfig, MoeConfig};
+use crate::embedding::Pooling;
 use crate::imatrix::Collector;
 use crate::lora::{self, Dims, Lora, LoraId, LoraInfo, LoraRun, LoraScratch, Product, Target};
 use crate::record::{Recorded, StepKey};
@@ -186,14 +187,19 @@ struct DenseOut<'a, B: Backend + 'a> {
     dense_3: B::Weight<'a>,
 }
 
-/// A reranker's head over the pooled embedding: `cls` (`d` to `d`, or to
-/// one score as Jina's rerankers have it; then tanh) where the file has
-/// it, then `cls.output` (to one score a label) where it has that, then a
-/// softmax over the labels where `softmax` (Qwen 3's rerankers: their
-/// "yes" and "no" rows of the output matrix).
+/// A reranker's head over the pooled embedding (`pooling`: the first
+/// token's state, the tokens' mean (ModernBERT's by default) or the last
+/// token's (a decoder's)): `cls` (`d` to `d`, or to one score as Jina's
+/// rerankers have it; then tanh, or ModernBERT's GELU and LayerNorm
+/// `norm`) where the file has it, then `cls.output` (to one score a label)
+/// where it has that, then a softmax over the labels where `softmax` (Qwen
+/// 3's rerankers: their "yes" and "no" rows of the output matrix).
 #[derive(Debug)]
 struct RankHead<'a, B: Backend + 'a> {
+    pooling: Pooling,
     cls: Option<(B::Weight<'a>, Option<B::Buffer>)>,
+    gelu: bool,
+    norm: Option<B::Buffer>,
     out: Option<(B::Weight<'a>, Option<B::Buffer>)>,
     softmax: bool,
 }
@@ -963,12 +969,6 @@ impl<'a, B: Backend> Model<'a, B> {
         // (A decoder ranks through `cls.output` alone: Qwen 3's rerankers.)
         let ranks = has("cls.output.weight") || (c.encoder && has("cls.weight"));
         let rank_head = match ranks {
-            // (Its head's GELU, norm and mean pooling are its own.)
-            true if c.arch == Architecture::ModernBert => {
-                return Err(Error::BadConfig(
-                    "modern-bert's classifier (a reranker's head) is not supported".into(),
-                ))
-            }
             true => {
                 let rows = |name: &str, none| match file.tensor(name).map(|t| t.shape().to_vec()) {
                     Ok(shape) => shape.get(1).copied().unwrap_or(1) as usize,
@@ -977,7 +977,30 @@ impl<'a, B: Backend> Model<'a, B> {
                 let labels = rows("cls.output.weight", d);
                 // (Jina's rerankers' `cls` is their whole head: one row.)
                 let cls_rows = rows("cls.weight", d);
+                let modern = c.arch == Architecture::ModernBert;
+                let key = format!("{}.classifier.pooling_type", c.arch.name());
+                let pooling = match file.metadata().get(&key) {
+                    Some(_) => {
+                        let v = file.metadata().get_u32(&key)?;
+                        match Pooling::from_gguf(v) {
+                            Some(p @ (Pooling::Mean | Pooling::Cls)) => p,
+                            _ => {
+                                return Err(Error::BadConfig(format!(
+                                    "{key} {v}: a reranker pools the first token's state or \
+                                     the mean"
+                                )))
+                            }
+                        }
+                    }
+                    // (llama.cpp's default for ModernBERT's rerankers.)
+                    None if modern => Pooling::Mean,
+                    None if c.bidirectional => Pooling::Cls,
+                    None => Pooling::Last,
+                };
                 Some(RankHead {
+                    pooling,
+                    gelu: modern,
+                    norm: optional_norm("cls.norm.weight", d)?,
                     cls: match has("cls.weight") {
                         true => Some((
                             weight("cls.weight", cls_rows, d)?,
@@ -1557,6 +1580,15 @@ impl<'a, B: Backend> Model<'a, B> {
         self.rank_head.is_some()
     }
 
+    /// The pooling [`Model::rank`] reads (none for a model that does not
+    /// rank): the first token's state ([`Pooling::Cls`]), the tokens'
+    /// mean (ModernBERT's rerankers, or where the file's
+    /// `classifier.pooling_type` says so) or, attending causally, the
+    /// last token's, as llama.cpp picks them.
+    pub fn rank_pooling(&self) -> Option<Pooling> {
+        self.rank_head.as_ref().map(|h| h.pooling)
+    }
+
     /// A reranker's scores of a pooled embedding (`d_model` values, its
     /// first token's), as llama.cpp's rank pooling makes them: `cls` and
     /// its bias, tanh, then `cls.output` and its bias (one score a label;
@@ -1584,8 +1616,14 @@ impl<'a, B: Backend> Model<'a, B> {
             if let Some(bias) = bias {
                 b.add_inplace(&mut y, bias, len)?;
             }
-            // (tanh: a soft-cap of 1.)
-            b.softcap_inplace(&mut y, 1.0, len)?;
+            match head.gelu {
+                true => b.gelu_inplace(&mut y, len)?,
+                // (tanh: a soft-cap of 1.)
+                false => b.softcap_inplace(&mut y, 1.0, len)?,
+            }
+            if let Some(w) = &head.norm {
+                b.layer_norm_inplace(&mut y, w, None, self.config.rms_eps, 1)?;
+            }
             x = y;
         }
         if let Some((w, bias)) = &head.out {

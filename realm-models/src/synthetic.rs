@@ -2776,6 +2776,27 @@ impl SyntheticLayout {
                 }
                 Some(l)
             }
+            // A ModernBERT reranker's (gte-reranker-modernbert's): the
+            // tokens' mean through `cls`, GELU, `cls.norm` and `cls.output`.
+            "tiny-modern-bert-rank" => {
+                let mut l = Self::tiny("modern-bert")
+                    .ok()?
+                    .with_hparam("modern-bert.pooling_type", MetadataValue::U32(4));
+                for (name, shape) in [
+                    ("cls.weight", vec![64, 64]),
+                    ("cls.norm.weight", vec![64]),
+                    ("cls.output.weight", vec![64, 1]),
+                    ("cls.output.bias", vec![1]),
+                ] {
+                    let dtype = small_dtype(name, &shape);
+                    l.tensors.push(SyntheticTensor {
+                        name: name.into(),
+                        shape,
+                        dtype,
+                    });
+                }
+                Some(l)
+            }
             // A Qwen 3 reranker's: rank pooling (its last token's state)
             // through `cls.output`'s "yes" and "no" rows, then a softmax.
             "tiny-qwen3-rank" => {

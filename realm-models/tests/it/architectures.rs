@@ -120,7 +120,7 @@ const SHARP: [&str; 5] = [
 /// as for Gemma 4's, the float sums' order flips the f16 rounding of some
 /// of the table's inputs, which the 8-bit inputs of the Q8_0 products
 /// after them absorb. Their f32 cases are held to [`TOLERANCE_GELU`].
-const GELU_TABLE: [&str; 19] = [
+const GELU_TABLE: [&str; 20] = [
     "tiny-starcoder2",
     "tiny-phi2",
     "tiny-gptneox",
@@ -140,6 +140,7 @@ const GELU_TABLE: [&str; 19] = [
     "tiny-jina-bert-v2",
     "tiny-jina-bert-v2-rank",
     "tiny-jina-bert-v3",
+    "tiny-modern-bert-rank",
 ];
 
 fn fixture() -> Value {
