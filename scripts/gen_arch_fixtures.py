@@ -397,6 +397,10 @@ CASES = [
     case("mamba", "tiny-mamba"),
     case("mamba-q8_0", "tiny-mamba", matrix_type="q8_0"),
     case("falcon-mamba", "tiny-falcon-mamba"),
+    # ChatGLM: GLM-4's blocks without the norms after each part,
+    # `attn_qkv` with its bias.
+    case("chatglm", "tiny-chatglm"),
+    case("chatglm-q8_0", "tiny-chatglm", matrix_type="q8_0"),
     # Encoders: every position's final hidden state (no pooling), the
     # tokens in one batch as llama.cpp needs them.
     case("bert", "tiny-bert", embedding=True),

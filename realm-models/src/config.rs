@@ -343,11 +343,16 @@ pub enum Architecture {
     /// without a gate, biases where the file has them (its task adapters
     /// are LoRA files).
     JinaBertV3,
+    /// ChatGLM (chatglm: GLM-4-9B and ChatGLM files converted before
+    /// `glm4`): GLM-4's blocks without its norms after each part,
+    /// `attn_qkv` with its bias, half of each head rotated, SwiGLU with gate
+    /// and up in one `ffn_up`.
+    ChatGlm,
 }
 
 impl Architecture {
     /// Every architecture Realm runs.
-    pub const ALL: [Architecture; 78] = [
+    pub const ALL: [Architecture; 79] = [
         Self::Llama,
         Self::Mistral,
         Self::Qwen2,
@@ -426,6 +431,7 @@ impl Architecture {
         Self::EuroBert,
         Self::JinaBertV2,
         Self::JinaBertV3,
+        Self::ChatGlm,
     ];
 
     /// The architecture named by `general.architecture`.
@@ -598,6 +604,7 @@ impl Architecture {
             Self::EuroBert => "eurobert",
             Self::JinaBertV2 => "jina-bert-v2",
             Self::JinaBertV3 => "jina-bert-v3",
+            Self::ChatGlm => "chatglm",
         }
     }
 }
@@ -1648,6 +1655,7 @@ impl ModelConfig {
                 | Architecture::Ernie45Moe
                 | Architecture::Deepseek2
                 | Architecture::Glm4
+                | Architecture::ChatGlm
                 | Architecture::SmolLM3
                 | Architecture::Granite
                 | Architecture::GraniteMoe

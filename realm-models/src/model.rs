@@ -514,6 +514,7 @@ impl<'a, B: Backend> Model<'a, B> {
                     c.arch,
                     Architecture::Phi3
                         | Architecture::Glm4
+                        | Architecture::ChatGlm
                         | Architecture::NeoBert
                         | Architecture::ModernBert
                         | Architecture::JinaBertV2

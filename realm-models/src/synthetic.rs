@@ -463,6 +463,38 @@ impl SyntheticLayout {
                 MetadataValue::Array(MetadataArray::I32(vec![3, 3, 2, 0])),
             ));
         }
+        if arch == "chatglm" {
+            // The tiny GLM-4's blocks without their norms after each
+            // part, q/k/v (and their biases) in one `attn_qkv`.
+            let mut l = Self::tiny("glm4")?.renamed(arch);
+            let mut tensors = Vec::new();
+            for mut t in std::mem::take(&mut l.tensors) {
+                let name = t.name.clone();
+                if let Some(blk) = name.strip_suffix(".attn_q.weight") {
+                    // (q, then k and v of half its rows each.)
+                    t.name = format!("{blk}.attn_qkv.weight");
+                    t.shape[1] *= 2;
+                } else if let Some(blk) = name.strip_suffix(".attn_q.bias") {
+                    t.name = format!("{blk}.attn_qkv.bias");
+                    t.shape[0] *= 2;
+                } else if [
+                    ".attn_k.weight",
+                    ".attn_v.weight",
+                    ".attn_k.bias",
+                    ".attn_v.bias",
+                    ".post_attention_norm.weight",
+                    ".post_ffw_norm.weight",
+                ]
+                .iter()
+                .any(|s| name.ends_with(s))
+                {
+                    continue;
+                }
+                tensors.push(t);
+            }
+            l.tensors = tensors;
+            return Ok(l);
+        }
         if arch == "refact" {
             // The tiny llama's blocks (ALiBi instead of RoPE).
             return Ok(Self::tiny("llama")?.renamed(arch));
