@@ -397,6 +397,10 @@ CASES = [
     case("mamba", "tiny-mamba"),
     case("mamba-q8_0", "tiny-mamba", matrix_type="q8_0"),
     case("falcon-mamba", "tiny-falcon-mamba"),
+    # DeciLM: blocks of their own KV heads and widths, one a linear map in
+    # place of attention, one without attention.
+    case("deci", "tiny-deci"),
+    case("deci-q8_0", "tiny-deci", matrix_type="q8_0"),
     # ChatGLM: GLM-4's blocks without the norms after each part,
     # `attn_qkv` with its bias.
     case("chatglm", "tiny-chatglm"),

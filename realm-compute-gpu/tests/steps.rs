@@ -100,8 +100,9 @@ fn static_steps_agree(
 /// Decoding across a span boundary (a new recording, reallocated step
 /// tensors), with every architecture's ops: biases, QK-norm, RoPE factors,
 /// layers without RoPE, multipliers, sliding windows, the embedding scale,
-/// blocks without input norms (OLMo 2), ALiBi (MPT, Refact); f32 and f16
-/// caches.
+/// blocks without input norms (OLMo 2), ALiBi (MPT, Refact), blocks of
+/// their own KV heads, a linear map or none in place of attention
+/// (DeciLM); f32 and f16 caches.
 #[test]
 fn static_steps_match_op_by_op() {
     let (plain, steps) = (gpu(StepMode::OpByOp), gpu(StepMode::Recorded));
@@ -118,6 +119,7 @@ fn static_steps_match_op_by_op() {
         ("gemma3", KvDtype::F16),
         ("mpt", KvDtype::F32),
         ("refact", KvDtype::F16),
+        ("deci", KvDtype::F32),
     ] {
         static_steps_agree(&plain, &steps, arch, kv, STEP_SPAN - 6, 3);
     }

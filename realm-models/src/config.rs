@@ -348,11 +348,18 @@ pub enum Architecture {
     /// `attn_qkv` with its bias, half of each head rotated, SwiGLU with gate
     /// and up in one `ffn_up`.
     ChatGlm,
+    /// DeciLM (deci: Llama-3.1-Nemotron-51B, Llama-3.3-Nemotron-Super-49B,
+    /// Nemotron Ultra): llama's blocks, each with its own KV heads and
+    /// feed-forward width (`attention.head_count_kv`,
+    /// `feed_forward_length` lists), some with a linear map (`attn_output`
+    /// alone: no KV heads) or nothing (no heads) in place of attention,
+    /// some without a feed-forward network (width 0).
+    Deci,
 }
 
 impl Architecture {
     /// Every architecture Realm runs.
-    pub const ALL: [Architecture; 79] = [
+    pub const ALL: [Architecture; 80] = [
         Self::Llama,
         Self::Mistral,
         Self::Qwen2,
@@ -432,6 +439,7 @@ impl Architecture {
         Self::JinaBertV2,
         Self::JinaBertV3,
         Self::ChatGlm,
+        Self::Deci,
     ];
 
     /// The architecture named by `general.architecture`.
@@ -605,6 +613,7 @@ impl Architecture {
             Self::JinaBertV2 => "jina-bert-v2",
             Self::JinaBertV3 => "jina-bert-v3",
             Self::ChatGlm => "chatglm",
+            Self::Deci => "deci",
         }
     }
 }
@@ -893,6 +902,9 @@ pub struct ModelConfig {
     /// that read others' caches may be twice as wide): in place of
     /// `ffn_dim`, which is then the widest.
     pub ffn_dims: Option<Vec<usize>>,
+    /// DeciLM's blocks: what each has in place of attention (its KV
+    /// heads where it attends).
+    pub deci: Option<Vec<DeciBlock>>,
 }
 
 /// Gemma 4's extras, as llama.cpp runs them. Its local blocks' heads are
@@ -915,6 +927,54 @@ pub struct Gemma4Config {
     /// last block before it of its kind (the layer count less
     /// `attention.shared_kv_layers`).
     pub kv_from: usize,
+}
+
+/// What a DeciLM block has in place of attention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeciBlock {
+    /// Attention, with its own KV heads.
+    Attention {
+        /// The block's key/value heads.
+        kv_heads: usize,
+    },
+    /// A linear map of the normed input (`attn_output` alone, `d` by
+    /// `d`), added to the stream: Nemotron-51B's "linear attention".
+    Linear,
+    /// Nothing: the block is its feed-forward network alone, normed by
+    /// `ffn_norm`.
+    NoAttention,
+}
+
+/// DeciLM's blocks from its heads and KV heads a block (lists; a model
+/// with a single count for either has it in every block).
+fn deci_blocks(
+    cfg: &ModelConfig,
+    heads: Option<&[usize]>,
+    kv: Option<&[usize]>,
+) -> Result<Vec<DeciBlock>> {
+    let n = cfg.n_layers;
+    (0..n)
+        .map(|l| {
+            let h = heads.map_or(cfg.n_heads, |h| h.get(l).copied().unwrap_or(0));
+            let k = kv.map_or(cfg.n_kv_heads, |k| k.get(l).copied().unwrap_or(0));
+            let ff = cfg.layer_ffn_dim(l);
+            match (h, k) {
+                (0, _) if ff == 0 => Err(Error::BadConfig(format!(
+                    "deci: block {l} has neither attention nor a feed-forward network"
+                ))),
+                (0, _) => Ok(DeciBlock::NoAttention),
+                // (The map is `d` by `d`, as wide as the heads.)
+                (_, 0) if cfg.n_heads * cfg.head_dim == cfg.d_model => Ok(DeciBlock::Linear),
+                (_, 0) => Err(Error::BadConfig(format!(
+                    "deci: block {l}'s linear map needs heads as wide as the model"
+                ))),
+                (h, k) if h.is_multiple_of(k) => Ok(DeciBlock::Attention { kv_heads: k }),
+                (h, k) => Err(Error::BadConfig(format!(
+                    "deci: block {l}'s {h} query heads cannot share {k} key/value heads"
+                ))),
+            }
+        })
+        .collect()
 }
 
 /// Key/value heads, their width and the dimensions RoPE turns.
@@ -1372,9 +1432,25 @@ impl ModelConfig {
         let mamba2 = matches!(arch, Architecture::Mamba2 | Architecture::Mamba);
         // (Mamba-2's files say 0: one head as wide as the model stands for
         // the attention it does not have.)
-        let n_heads = match mamba2 {
-            true => 1,
-            false => u("attention.head_count")?,
+        // DeciLM's heads a block: 0 where a block does not attend, else
+        // all alike.
+        let deci_heads = match (arch, md.get(&key("attention.head_count"))) {
+            (Architecture::Deci, Some(MetadataValue::Array(a))) => Some(layer_counts(a)?),
+            _ => None,
+        };
+        let n_heads = match (mamba2, &deci_heads) {
+            (true, _) => 1,
+            (false, Some(h)) => {
+                let mut heads = h.iter().copied().filter(|&h| h > 0);
+                let first = heads.next().unwrap_or(1);
+                if heads.any(|h| h != first) {
+                    return Err(Error::BadConfig(format!(
+                        "{p}: blocks of different query heads ({h:?})"
+                    )));
+                }
+                first
+            }
+            (false, None) => u("attention.head_count")?,
         };
         // LFM2's KV heads a block, none for its convolutions.
         let kv_per_layer = match md.get(&key("attention.head_count_kv")) {
@@ -1387,6 +1463,7 @@ impl ModelConfig {
                         | Architecture::NemotronH
                         | Architecture::NemotronHMoe
                         | Architecture::Gemma4
+                        | Architecture::Deci
                 ) =>
             {
                 Some(layer_counts(a)?)
@@ -1406,6 +1483,10 @@ impl ModelConfig {
         };
         let n_kv_heads = match &kv_per_layer {
             _ if local_kv.is_some() => local_kv.unwrap_or(n_heads),
+            // (DeciLM's blocks each have their own: the first's here.)
+            Some(kv) if arch == Architecture::Deci => {
+                kv.iter().copied().find(|&h| h > 0).unwrap_or(n_heads)
+            }
             Some(kv) => {
                 let mut heads = kv.iter().copied().filter(|&h| h > 0);
                 let first = heads.next().unwrap_or(n_heads);
@@ -1563,7 +1644,7 @@ impl ModelConfig {
         };
         let ffn_dim = match (arch, &ff_per_layer) {
             // (Gemma 4's widths a block: the widest here.)
-            (Architecture::Gemma4, Some(ff)) => ff.iter().copied().max(),
+            (Architecture::Gemma4 | Architecture::Deci, Some(ff)) => ff.iter().copied().max(),
             (_, Some(ff)) => {
                 let mut widths = ff.iter().copied().filter(|&f| f > 0);
                 let first = widths.next().unwrap_or(0);
@@ -1656,6 +1737,7 @@ impl ModelConfig {
                 | Architecture::Deepseek2
                 | Architecture::Glm4
                 | Architecture::ChatGlm
+                | Architecture::Deci
                 | Architecture::SmolLM3
                 | Architecture::Granite
                 | Architecture::GraniteMoe
@@ -1929,10 +2011,11 @@ impl ModelConfig {
             mamba: None,
             mamba1: None,
             ffn_blocks: None,
+            deci: None,
             attn_output_gate: qwen35,
             altup: None,
             gemma4: None,
-            ffn_dims: match (gemma4, &ff_per_layer) {
+            ffn_dims: match (gemma4 || arch == Architecture::Deci, &ff_per_layer) {
                 (true, Some(ff)) if ff.iter().any(|&f| f != ffn_dim) => Some(
                     (0..n_layers)
                         .map(|l| ff.get(l).copied().unwrap_or(ffn_dim))
@@ -1985,6 +2068,13 @@ impl ModelConfig {
         if mamba2 {
             // Every block a mixer alone.
             cfg.ffn_blocks = Some(vec![false; cfg.n_layers]);
+        }
+        if arch == Architecture::Deci {
+            cfg.deci = Some(deci_blocks(
+                &cfg,
+                deci_heads.as_deref(),
+                kv_per_layer.as_deref(),
+            )?);
         }
         if nemotron {
             let kv = kv_per_layer.as_deref().unwrap_or_default();
@@ -2217,11 +2307,20 @@ impl ModelConfig {
         self.ffn_blocks
             .as_ref()
             .is_some_and(|f| f.get(layer).copied().unwrap_or(false))
+            || self.deci_block(layer) == Some(DeciBlock::NoAttention)
     }
 
     /// Whether layer `layer` attends (and has a KV cache).
     pub fn has_attention(&self, layer: usize) -> bool {
-        (!self.is_recurrent(layer) || self.is_parallel()) && !self.is_ffn_only(layer)
+        (!self.is_recurrent(layer) || self.is_parallel())
+            && !self.is_ffn_only(layer)
+            && self.deci_block(layer) != Some(DeciBlock::Linear)
+    }
+
+    /// What DeciLM's block `layer` has in place of attention (none for
+    /// other architectures).
+    pub fn deci_block(&self, layer: usize) -> Option<DeciBlock> {
+        self.deci.as_ref().and_then(|d| d.get(layer).copied())
     }
 
     /// Whether each block's mixer runs beside its attention (Falcon-H1).
@@ -2262,6 +2361,14 @@ impl ModelConfig {
     pub fn layer_heads(&self, layer: usize) -> HeadShape {
         match &self.gemma4 {
             Some(g) if !self.is_local(layer) => g.global,
+            _ if self.deci.is_some() => HeadShape {
+                n_kv_heads: match self.deci_block(layer) {
+                    Some(DeciBlock::Attention { kv_heads }) => kv_heads,
+                    _ => self.n_kv_heads,
+                },
+                head_dim: self.head_dim,
+                rope_dims: self.rope_dims,
+            },
             _ => HeadShape {
                 n_kv_heads: self.n_kv_heads,
                 head_dim: self.head_dim,

@@ -481,6 +481,7 @@ impl<'a, B: Backend> Model<'a, B> {
             let attends = c.has_attention(i);
             // Nemotron-H's blocks are one part each.
             let mixer_only = c.ffn_blocks.is_some() && !ffn_only;
+            let deci_ffn_only = c.deci_block(i) == Some(crate::config::DeciBlock::NoAttention);
             // Gemma 3n's last blocks read earlier ones' caches.
             let kv_source = c.kv_source(i);
             // Qwen 2's query, key and value biases; any other's where the
@@ -585,6 +586,7 @@ impl<'a, B: Backend> Model<'a, B> {
                         | Architecture::FalconH1
                         | Architecture::MiniCpm
                         | Architecture::Refact
+                        | Architecture::Deci
                 );
                 if hybrid && has(bias) {
                     return Err(Error::BadConfig(format!(
@@ -646,6 +648,9 @@ impl<'a, B: Backend> Model<'a, B> {
                 // (OLMo's LayerNorms have no weights: ones.)
                 attn_norm: match c.arch {
                     Architecture::Olmo => Some(ones(d)?),
+                    // (A DeciLM block without attention norms its network's
+                    // input by `ffn_norm`, where the others' `attn_norm` is.)
+                    Architecture::Deci if deci_ffn_only => Some(norm(&n("ffn_norm.weight"), d)?),
                     // (ModernBERT's first block has none.)
                     Architecture::ModernBert => optional_norm(&n("attn_norm.weight"), d)?,
                     _ => must(&format!("{attn_norm}.weight"), d, c.pre_norms)?,
@@ -744,6 +749,7 @@ impl<'a, B: Backend> Model<'a, B> {
                     false if parallel_shared => None,
                     false if falcon_two => Some(norm(&n("attn_norm.weight"), d)?),
                     false if c.arch == Architecture::Olmo => Some(ones(d)?),
+                    false if deci_ffn_only || ff == 0 => None,
                     // (Nemotron-H's blocks norm their input alone.)
                     false => must("ffn_norm.weight", d, c.pre_norms && c.ffn_blocks.is_none())?,
                 },
@@ -754,13 +760,15 @@ impl<'a, B: Backend> Model<'a, B> {
                 },
                 ffn: match &c.moe {
                     _ if mixer_only => Ffn::None,
+                    // (DeciLM's blocks without a network.)
+                    _ if c.deci.is_some() && ff == 0 => Ffn::None,
                     // (Gemma 4's experts are beside its dense blocks.)
                     Some(m) if m.is_moe_layer(i) && c.gemma4.is_none() => {
                         Ffn::Moe(Moe::load(file, backend, i, m, d)?)
                     }
                     // (Arcee's feed-forward networks have no gate either, nor
                     // have StarCoder 2's, Phi 2's and the others', of GELUs.)
-                    _ if ffn_only || c.arch.ungated_ffn() => {
+                    _ if (ffn_only && c.deci.is_none()) || c.arch.ungated_ffn() => {
                         Ffn::Up(UpFfn {
                             up: weight(&n("ffn_up.weight"), ff, d)?,
                             down: weight(&n("ffn_down.weight"), d, ff)?,
@@ -2293,6 +2301,11 @@ impl<'a, B: Backend> Model<'a, B> {
         if let Some(recurrent) = mixed {
             match recurrent {
                 true => self.mixer_output(sc, li, n)?,
+                // (DeciLM's linear map in place of attention.)
+                false if c.deci_block(li) == Some(crate::config::DeciBlock::Linear) => {
+                    let wo = layer.wo.as_ref().ok_or_else(|| no_room("linear map"))?;
+                    b.matmul(&mut sc.ws, wo, &sc.xn, n, &mut sc.proj)?;
+                }
                 false => self.attention(sc, (n, li), runs, &mut attend)?,
             }
             // The outputs of a mixer and attention side by side, summed.

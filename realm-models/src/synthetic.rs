@@ -463,6 +463,9 @@ impl SyntheticLayout {
                 MetadataValue::Array(MetadataArray::I32(vec![3, 3, 2, 0])),
             ));
         }
+        if arch == "deci" {
+            return Ok(Self::tiny_deci());
+        }
         if arch == "chatglm" {
             // The tiny GLM-4's blocks without their norms after each
             // part, q/k/v (and their biases) in one `attn_qkv`.
@@ -1400,6 +1403,52 @@ impl SyntheticLayout {
         });
         Self {
             arch: "granitehybrid".into(),
+            hparams: hp,
+            vocab_size: 300,
+            tensors,
+        }
+    }
+
+    /// A tiny DeciLM: four blocks 64 wide with 4 query heads of 16 where
+    /// they attend: the first over 2 KV heads (network 128 wide), the
+    /// second a linear map in place of attention (96), the third without
+    /// attention (128), the fourth over 1 KV head (64); tied embeddings.
+    fn tiny_deci() -> Self {
+        let (d, hd) = (64u64, 16u64);
+        let heads = [4u32, 4, 0, 4];
+        let kv = [2u32, 0, 0, 1];
+        let ff = [128u32, 96, 128, 64];
+        let k = |n: &str| format!("deci.{n}");
+        let list = |v: &[u32]| MetadataValue::Array(MetadataArray::U32(v.to_vec()));
+        let mut hp = vec![
+            (k("attention.head_count"), list(&heads)),
+            (k("attention.head_count_kv"), list(&kv)),
+            f32_kv(&k("attention.layer_norm_rms_epsilon"), 1e-5),
+            u32_kv(&k("block_count"), 4),
+            u32_kv(&k("context_length"), 256),
+            u32_kv(&k("embedding_length"), d as u32),
+            (k("feed_forward_length"), list(&ff)),
+            u32_kv(&k("rope.dimension_count"), hd as u32),
+        ];
+        hp.sort_by(|a, b| a.0.cmp(&b.0));
+        let tensors = small_tensors((d, 300, 4), "output_norm.weight", |l, blk| {
+            match (heads[l], kv[l]) {
+                (0, _) => {}
+                (_, 0) => {
+                    blk("attn_norm.weight", vec![d]);
+                    blk("attn_output.weight", vec![d, d]);
+                }
+                (h, kv) => {
+                    blk("attn_norm.weight", vec![d]);
+                    let (q, kv) = (u64::from(h) * hd, u64::from(kv) * hd);
+                    attention_tensors(blk, d, (q, q, kv), None);
+                }
+            }
+            blk("ffn_norm.weight", vec![d]);
+            gated_ffn_tensors(blk, d, u64::from(ff[l]));
+        });
+        Self {
+            arch: "deci".into(),
             hparams: hp,
             vocab_size: 300,
             tensors,

@@ -406,6 +406,13 @@ fn locate(
             if (c.mla.is_some() || c.has_recurrent()) && t.starts_with("attn_") {
                 return None;
             }
+            // DeciLM's blocks without attention (or with a linear map in
+            // its place) or without a network have none of those matrices.
+            if (c.deci.is_some() && !c.has_attention(i) && t.starts_with("attn_"))
+                || (c.layer_ffn_dim(i) == 0 && t.starts_with("ffn_"))
+            {
+                return None;
+            }
             // Arcee's feed-forward networks have no gate.
             if c.arch == Architecture::Arcee && t == "ffn_gate" {
                 return None;

@@ -1327,3 +1327,68 @@ fn minicpm_feed_forward_biases_are_refused() {
     let err = load_err(layout);
     assert!(err.contains("blk.0.ffn_up.bias"), "{err}");
 }
+
+/// A DeciLM block without a feed-forward network (width 0, Nemotron
+/// Ultra's) adds its attention to the stream and ends: the model is the
+/// one whose block has a network that adds nothing (`ffn_down` zero), as
+/// the Hugging Face model computes it (llama.cpp's graph drops such a
+/// block's attention instead, so no fixture of its holds one).
+#[test]
+fn deci_blocks_without_a_network_keep_their_attention() {
+    use realm_core::gguf::{GgufWriter, MetadataArray};
+    let layout = SyntheticLayout::by_name("tiny-deci")
+        .unwrap()
+        .with_matrix_type(GgmlType::F32);
+    let plain = layout.write(3).unwrap();
+    let file = Gguf::from_bytes(&plain[..]).unwrap();
+    // The file again, its tensors named `drop...` left out, `zero` zeros,
+    // and the widths `ff`.
+    let rewrite = |drop: &str, zero: &str, ff: &[u32]| {
+        let mut w = GgufWriter::new();
+        for (k, v) in file.metadata().iter() {
+            w.set(k, v.clone());
+        }
+        w.set(
+            "deci.feed_forward_length",
+            MetadataValue::Array(MetadataArray::U32(ff.to_vec())),
+        );
+        for info in file.tensor_infos() {
+            if info.name.starts_with(drop) {
+                continue;
+            }
+            let t = file.tensor(&info.name).unwrap();
+            let data = match info.name == zero {
+                true => vec![0u8; t.data().len()],
+                false => t.data().to_vec(),
+            };
+            w.add_tensor(&info.name, t.dtype(), &info.shape, data)
+                .unwrap();
+        }
+        w.to_bytes().unwrap()
+    };
+    // The last block's `ffn_down` zero; the same block with no network.
+    let zeroed = rewrite("-", "blk.3.ffn_down.weight", &[128, 96, 128, 64]);
+    let none = rewrite("blk.3.ffn_", "-", &[128, 96, 128, 0]);
+    let cpu = CpuBackend::new().unwrap();
+    let logits = |bytes: &[u8]| {
+        let file = Gguf::from_bytes(bytes).unwrap();
+        let model = Model::load(&file, &cpu).unwrap();
+        let mut s = model.session(32, 8).unwrap();
+        let mut out = vec![model.forward(&mut s, &[5, 77, 200, 13]).unwrap().to_vec()];
+        out.push(model.forward(&mut s, &[9]).unwrap().to_vec());
+        out
+    };
+    let (want, got) = (logits(&zeroed), logits(&none));
+    let d = max_diff(&got, &want);
+    assert!(d <= 1e-6, "a block without a network is {d} off");
+    let moved = max_diff(&logits(&plain), &want);
+    assert!(
+        moved > 100.0 * TOLERANCE,
+        "the network moves them by {moved} only"
+    );
+    // A block with neither attention nor a network is refused.
+    let empty = rewrite("blk.2.ffn_", "-", &[128, 96, 0, 64]);
+    let file = Gguf::from_bytes(&empty[..]).unwrap();
+    let err = Model::load(&file, &cpu).unwrap_err().to_string();
+    assert!(err.contains("neither attention nor"), "{err}");
+}
