@@ -38,6 +38,8 @@ pub struct EmbedArgs {
     pub batch_size: usize,
     #[command(flatten)]
     pub device: device::DeviceArgs,
+    #[command(flatten)]
+    pub lora: load::LoraArgs,
 }
 
 fn parse_pooling(s: &str) -> Result<Pooling, String> {
@@ -67,7 +69,9 @@ pub fn run(args: &EmbedArgs) -> Result<()> {
 }
 
 fn embed_all<B: Backend>(args: &EmbedArgs, l: &load::Loaded, backend: &B) -> Result<()> {
-    let model = Model::load(&l.file, backend)?;
+    let adapters = args.lora.open()?;
+    let mut model = Model::load(&l.file, backend)?;
+    let loras = load::add_loras(&mut model, &adapters)?;
     let pooling = args.pooling.unwrap_or_else(|| model_pooling(l));
     if pooling == Pooling::Rank {
         bail!("the model ranks (a reranker): score documents with `realm rerank`");
@@ -87,6 +91,7 @@ fn embed_all<B: Backend>(args: &EmbedArgs, l: &load::Loaded, backend: &B) -> Res
         false => args.batch_size.min(longest),
     };
     let mut session = model.session(longest, batch)?;
+    session.set_loras(&loras);
     let mut vectors = Vec::new();
     for ids in &prompts {
         for mut v in embedding::embed(&model, &mut session, ids, pooling)? {

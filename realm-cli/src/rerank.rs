@@ -36,6 +36,8 @@ pub struct RerankArgs {
     pub threads: usize,
     #[command(flatten)]
     pub device: device::DeviceArgs,
+    #[command(flatten)]
+    pub lora: load::LoraArgs,
 }
 
 /// A query and a document as one prompt for a reranker, as llama.cpp's
@@ -103,7 +105,9 @@ pub fn run(args: &RerankArgs) -> Result<()> {
 }
 
 fn rank_all<B: Backend>(args: &RerankArgs, l: &load::Loaded, backend: &B) -> Result<()> {
-    let model = Model::load(&l.file, backend)?;
+    let adapters = args.lora.open()?;
+    let mut model = Model::load(&l.file, backend)?;
+    let loras = load::add_loras(&mut model, &adapters)?;
     if !model.can_rank() {
         bail!("the model has no reranker's head (cls): it embeds, it does not rank");
     }
@@ -118,6 +122,7 @@ fn rank_all<B: Backend>(args: &RerankArgs, l: &load::Loaded, backend: &B) -> Res
         bail!("a pair tokenizes to no tokens");
     }
     let mut session = model.session(longest, longest)?;
+    session.set_loras(&loras);
     let mut scores = Vec::with_capacity(prompts.len());
     for (i, ids) in prompts.iter().enumerate() {
         let v = embedding::embed(&model, &mut session, ids, Pooling::Rank)?;

@@ -132,6 +132,44 @@ fn encoders_embed_and_refuse_generation() {
     assert!(ok, "{stderr}");
     let (ok, _, stderr) = realm(&["embed", path, "-p", "a b"]);
     assert!(!ok && stderr.contains("reranker"), "{stderr}");
+    // A LoRA adapter changes the embedding as merging it into the
+    // weights does (those merged in f16: within its rounding).
+    let base = dir.join("bert.gguf");
+    let base = base.to_str().unwrap();
+    let lora = dir.join("lora.gguf");
+    let lora = lora.to_str().unwrap();
+    let merged = dir.join("merged.gguf");
+    let merged = merged.to_str().unwrap();
+    for args in [
+        vec!["synth", "tiny-bert", "-o", base, "--seed", "3"],
+        vec![
+            "synth",
+            "tiny-bert",
+            "-o",
+            lora,
+            "--lora",
+            "4",
+            "--amplitude",
+            "0.2",
+            "--targets",
+            "attn_q,attn_k,attn_v,attn_output,ffn_up,ffn_down",
+        ],
+        vec!["export-lora", base, "--lora", lora, "-o", merged],
+    ] {
+        let (ok, _, stderr) = realm(&args);
+        assert!(ok, "{args:?}: {stderr}");
+    }
+    let embed = |args: &[&str]| {
+        let (ok, stdout, stderr) = realm(&[&["embed", "-p", "a b c", "--json"], args].concat());
+        assert!(ok, "{stderr}");
+        let got: Value = serde_json::from_str(&stdout).unwrap();
+        floats(&got["data"][0]["embedding"])
+    };
+    let cos = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+    let (plain, adapted) = (embed(&[base]), embed(&[base, "--lora", lora]));
+    let want = embed(&[merged]);
+    assert!(cos(&adapted, &want) > 0.9999, "{}", cos(&adapted, &want));
+    assert!(cos(&plain, &want) < 0.999, "{}", cos(&plain, &want));
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
