@@ -222,6 +222,15 @@ impl GpuBackend {
         rows: usize,
         cols: usize,
     ) -> BackendResult<QMatMul> {
+        // An f16 matrix stays f16 on the device (candle's own upload would
+        // widen it to f32: twice the memory, and single-precision
+        // products), multiplying its input rounded to f16 as cuBLAS's half
+        // products take it.
+        if ctype == GgmlDType::F16 {
+            let t = Tensor::from_raw_buffer(&data, DType::F16, &[rows, cols], &self.device)
+                .map_err(dev_err(op))?;
+            return Ok(QMatMul::TensorF16(t));
+        }
         // candle's CUDA vector kernels for 2 to 8 input rows take weight
         // rows in pairs, and so read one row past an odd count: a row of
         // zeros (zero scales: zero values in every type) is stored there,

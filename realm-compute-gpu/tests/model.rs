@@ -382,6 +382,19 @@ fn dequantized_matrices_match_the_exact_math() {
     }
 }
 
+/// f16 matrices stay f16 on the device (half of f32's memory), their
+/// products rounding the input to f16: the logits stay within that
+/// rounding of the CPU backend's, which multiplies f32 inputs.
+#[test]
+fn f16_matrices_match_the_cpu() {
+    for arch in ["llama", "gemma3", "qwen3"] {
+        let layout = SyntheticLayout::tiny(arch)
+            .unwrap()
+            .with_matrix_type(GgmlType::F16);
+        compare(&layout, 3, 0.02);
+    }
+}
+
 /// An encoder's final hidden states of `tokens` (one batch).
 fn hidden<B: Backend>(model: &Model<'_, B>, tokens: &[u32]) -> Vec<Vec<f32>> {
     let mut s = model.session(tokens.len(), tokens.len()).unwrap();
