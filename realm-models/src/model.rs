@@ -727,10 +727,14 @@ impl<'a, B: Backend> Model<'a, B> {
                     false if c.gemma4.is_some() && kv_source.is_some() => None,
                     false => must("attn_k_norm.weight", k_norm_len, qk_norms && attends)?,
                 },
-                qk_norm_b: [
-                    norm_bias("attn_q_norm.bias").map(|b| b.filter(|_| c.qk_norm_whole))?,
-                    norm_bias("attn_k_norm.bias").map(|b| b.filter(|_| c.qk_norm_whole))?,
-                ],
+                // (Jina BERT v2's Q/K LayerNorms have biases.)
+                qk_norm_b: match c.arch == Architecture::JinaBertV2 {
+                    true => [
+                        optional_norm(&n("attn_q_norm.bias"), q_norm_len)?,
+                        optional_norm(&n("attn_k_norm.bias"), k_norm_len)?,
+                    ],
+                    false => [None, None],
+                },
                 post_attn_norm: must("post_attention_norm.weight", d, post_norms)?,
                 // gpt-oss, Seed-OSS and GLM-4.5 name their feed-forward
                 // norm as Gemma names the attention's post-norm.
