@@ -6,7 +6,8 @@ alone), and of the LLaMA 3 expression as llama.cpp runs it for GLM-4's
 `glm4`, Seed-Coder's `seed-coder` and Ling's `bailingmoe2` (std::regex
 over its collapsed text), and of DeepSeek V3's `deepseek-v3` (its three
 expressions), Kimi K2's `kimi-k2` and Qwen 3.5's `qwen35` (llama.cpp's own
-scanners),
+scanners), and of BLOOM's `bloom` (` ?[^(\\s|.,!?…。，、।۔،)]+` over
+std::wregex, the text between its matches words of their own),
 for realm-core's tests: realm-core/tests/fixtures/tokenizer/PRE.json.
 
 No o200k vocabulary ships where this runs, so the fixture carries a small
@@ -30,11 +31,12 @@ corners (case changes, contractions, digit groups, marks, non-ASCII
 letters and spaces, line breaks); the test rebuilds the vocabulary from the
 fixture and must give the same ids.
 
-Usage: python3 scripts/gen_gpt4o_fixtures.py [--pre gpt-4o|tekken|glm4|seed-coder|minimax-m2|bailingmoe2|deepseek-v3|kimi-k2|qwen35]
+Usage: python3 scripts/gen_gpt4o_fixtures.py [--pre gpt-4o|tekken|glm4|seed-coder|minimax-m2|bailingmoe2|deepseek-v3|kimi-k2|qwen35|bloom]
 """
 import argparse
 import json
 import os
+import re
 import tempfile
 
 import llama_env
@@ -107,12 +109,30 @@ TEKKEN_CORNERS = [
     "[THINK]Let me think.[/THINK]The answer is 42.", "<s>[INST] 2024-11-05 [/INST]",
     "Mistral's models' \"tekken\" isn't o200k",
 ]
+# BLOOM's corners: the punctuation its class leaves out (and the literal
+# parentheses and bar inside it), punctuation it keeps, spaces before them,
+# whitespace runs, ASCII and other controls, scripts mixed.
+BLOOM_CORNERS = [
+    # Each character the class leaves out between two it keeps, words of
+    # their own so that the probing merges join all three (first, before
+    # any merge joins the character's own bytes).
+    "a.b a,b a!b a?b a…b a。b a，b a、b a।b a۔b a،b a(b a|b a)b",
+    "字.字 字,字 字!字 字?字 字…字 字。字 字，字 字、字 字।字 字۔字 字،字 字(字 字|字 字)字",
+    "a.b,c!d?e…f。g，h、i।j۔k،l", "a(b)c|d", "(x) [y] {z} <w>", "f(x) | g(y)", "a||b ((c))",
+    "Wait... what?! Really?!", "x .y ,z !w ?v", "a . , ! ? b", "end .", " .", ". a", "  , b",
+    "你好，世界。你好、世界！", "你好？世界！", "日本語…テキスト", "नमस्ते। दुनिया॥ ठीक",
+    "سلام، دنیا؟ بله۔", "¿Qué? ¡Sí! «oui» „ja“", "a\\sb \\\\s", "1,000.50 + 2.5e-3 = x", "12|34(56)",
+    "a  b   c    d", "a\n\nb\n \nc", "a\t\tb \tc\t d", " \t\n ", "a \n b", "a\x0bb\x0cc",
+    "a\x1cb\x1dc\x1ed\x1ff", "a\x85b \x85c", "a\u00a0b \u00a0c", "a\u2003b\u3000c \u3000 d",
+    "a\u2028b\u2029c", "a\u200bb\ufeffc", "x\x00y\x7fz", "tab\t(x)\n|y|", "Hello, world! (x|y)",
+    "résumé, naïve. café!", "mixedLatinКириллица中文123。", "🙂, 👍🏽! (🎉)",
+]
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pre", choices=["gpt-4o", "tekken", "glm4", "seed-coder", "minimax-m2", "bailingmoe2",
-                                       "deepseek-v3", "kimi-k2", "qwen35"], default="gpt-4o")
+                                       "deepseek-v3", "kimi-k2", "qwen35", "bloom"], default="gpt-4o")
     args = ap.parse_args()
     tekken = args.pre == "tekken"
     vendor = os.path.dirname(os.path.dirname(llama_env.tools()))
@@ -127,7 +147,7 @@ def main():
         f = reader.fields[key]
         return [bytes(f.parts[i]).decode("utf-8") for i in f.data]
 
-    corners = CORNERS + (TEKKEN_CORNERS if tekken else [])
+    corners = CORNERS + (TEKKEN_CORNERS if tekken else []) + (BLOOM_CORNERS if args.pre == "bloom" else [])
     specials = MISTRAL if tekken else HARMONY + ["<|endoftext|>"]
     first = MISTRAL if tekken else []
     tokens = first + strings("tokenizer.ggml.tokens")[: 256 + MERGES]
@@ -136,7 +156,17 @@ def main():
     cut = (lambda t: [r for r in t.split(" ") if r]) if args.pre in ("glm4", "seed-coder", "bailingmoe2", "deepseek-v3", "kimi-k2",
                                                              "qwen35") \
         else str.split
-    probes = probe_merges(gtf.FIXED + corners, specials, cut)
+    if args.pre == "bloom":
+        # BLOOM's words: runs cut at spaces alone, and the runs of what its
+        # class keeps and of what it leaves out, so that words that start
+        # inside a run show in the ids too.
+        apart = re.compile(r"[^(\s|.,!?…。，、।۔،)]+|[(\s|.,!?…。，、।۔،)]+")
+        cut = lambda t: [r for r in t.split(" ") if r] + apart.findall(t)
+    # (BLOOM's corners first: their merges rank first, so that a character
+    # the class leaves out joins the letters around it before its own bytes
+    # join, and splitting there or not shows in the ids.)
+    first_probes = BLOOM_CORNERS if args.pre == "bloom" else []
+    probes = probe_merges(first_probes + gtf.FIXED + corners, specials, cut)
     known = set(tokens)
     for a, b in probes:
         if a + b not in known:

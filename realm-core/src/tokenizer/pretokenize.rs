@@ -65,6 +65,10 @@ pub(crate) enum PreTokenizer {
     /// `gemma4`, `granite-embed-multi-311m` (Gemma 4): runs of line feeds
     /// and runs of anything else, over SentencePiece-escaped text.
     Gemma4,
+    /// `bloom` (BLOOM): runs of anything but whitespace, parentheses, the bar
+    /// and some sentence punctuation, maybe after a space, and what lies
+    /// between them as words of their own.
+    Bloom,
 }
 
 /// Options a pre-tokenizer name implies besides the splitting.
@@ -143,6 +147,7 @@ impl PreOptions {
                 o(DeepSeekV3, false, false, false)
             }
             "kimi-k2" => o(KimiK2, false, false, false),
+            "bloom" => o(Bloom, false, true, false),
             // (`gemma4` is also what `tokenizer.ggml.model` gemma4 forces,
             // whose special tokens have no defaults.)
             "gemma4" | "granite-embed-multi-311m" => PreOptions {
@@ -163,7 +168,7 @@ impl PreOptions {
                      starcoder, smollm, refact, command-r, codeshell, deepseek-llm, gpt-4o, \
                      llama4, minimax-m2, tekken, glm4, glm5, chatglm-bpe, seed-coder, \
                      bailingmoe, bailingmoe2, llada-moe, deepseek-v3, hunyuan-dense, hy_v4, \
-                     joyai-llm, kimi-k2, gemma4, granite-embed-multi-311m"
+                     joyai-llm, kimi-k2, gemma4, granite-embed-multi-311m, bloom"
                 )))
             }
         })
@@ -263,6 +268,7 @@ impl Splitter {
                 self.stage(|c, out| by_matches(c, out, |c, p| collapsed_llama3(c, p, BAILING)))
             }
             KimiK2 => self.stage(kimi_k2),
+            Bloom => self.stage(|c, out| by_matches(c, out, bloom)),
             Gemma4 => self.stage(|c, out| {
                 by_matches(c, out, |c, p| run(c, p, |c, i| c.cp(i) == u32::from(b'\n')))
             }),
@@ -876,6 +882,26 @@ fn deepseek3(c: &Chunk<'_>, from: usize) -> Option<(usize, usize)> {
     })
 }
 
+/// BLOOM's expression as llama.cpp runs it (std::wregex over the code
+/// points, as it has no Unicode categories): ` ?[^(\s|.,!?…。，、।۔،)]+`.
+/// The parentheses and the bar are literal inside the class, so they end
+/// words as the punctuation does. Its first match at or after `from`.
+fn bloom(c: &Chunk<'_>, from: usize) -> Option<(usize, usize)> {
+    let word = |i: usize| {
+        i < c.end
+            && !is_space_wide(wide(c, i))
+            && !BLOOM_BREAKS.iter().any(|&b| b as u32 == c.cp(i))
+    };
+    let s = (from..c.end).find(|&i| word(i) || (c.cp(i) == u32::from(b' ') && word(i + 1)))?;
+    let e = (s + 1..c.end).find(|&i| !word(i)).unwrap_or(c.end);
+    Some((s, e))
+}
+
+/// What BLOOM's class leaves out besides whitespace.
+const BLOOM_BREAKS: &[char] = &[
+    '(', '|', ')', '.', ',', '!', '?', '…', '。', '，', '、', '।', '۔', '،',
+];
+
 /// DeepSeek V3's CJK ideographs, hiragana and katakana.
 const DS3_CJK: &[(u32, u32)] = &[(0x4E00, 0x9FA5), (0x3040, 0x309F), (0x30A0, 0x30FF)];
 
@@ -1110,6 +1136,24 @@ mod tests {
                 " ",
                 " x"
             ]
+        );
+    }
+
+    #[test]
+    fn bloom_words() {
+        assert_eq!(
+            words(
+                PreTokenizer::Bloom,
+                "Hello, world!  (x|y)  \n\tend… 你好。ok"
+            ),
+            [
+                "Hello", ",", " world", "!  (", "x", "|", "y", ")  \n\t", "end", "…", " 你好",
+                "。", "ok"
+            ]
+        );
+        assert_eq!(
+            words(PreTokenizer::Bloom, "a . b\u{3000}c  "),
+            ["a", " .", " b", "\u{3000}", "c", "  "]
         );
     }
 

@@ -1,7 +1,7 @@
 //! The GPT-4o pre-tokenizer (`tokenizer.ggml.pre` gpt-4o: gpt-oss, Llama 4)
 //! and tekken's (Mistral Nemo, Mistral Small 3, Ministral 3), and LLaMA
 //! 3's as llama.cpp runs it for GLM-4 (`glm4`) and Seed-Coder
-//! (`seed-coder`), against
+//! (`seed-coder`), and BLOOM's (`bloom`), against
 //! llama.cpp, on the byte-level BPE vocabularies their fixtures carry
 //! (`scripts/gen_gpt4o_fixtures.py`: GPT-2's bytes and first merges,
 //! declared gpt-4o or tekken). Merges never cross the pre-tokenizer's
@@ -126,6 +126,13 @@ fn kimi_k2_splits_as_llama_cpp() {
 #[test]
 fn qwen35_splits_as_llama_cpp() {
     splits_as_llama_cpp("qwen35");
+}
+
+/// BLOOM's expression, with the text between its matches (punctuation
+/// it leaves out, whitespace) as words of their own.
+#[test]
+fn bloom_splits_as_llama_cpp() {
+    splits_as_llama_cpp("bloom");
 }
 
 /// GLM-4's names leave no BOS token but the one the file names, as
