@@ -65,9 +65,10 @@ pub(crate) enum PreTokenizer {
     /// `gemma4`, `granite-embed-multi-311m` (Gemma 4): runs of line feeds
     /// and runs of anything else, over SentencePiece-escaped text.
     Gemma4,
-    /// `bloom` (BLOOM): runs of anything but whitespace, parentheses, the bar
-    /// and some sentence punctuation, maybe after a space, and what lies
-    /// between them as words of their own.
+    /// `bloom` (BLOOM; also `gpt3-finnish`, `poro-chat`): runs of anything
+    /// but whitespace, parentheses, the bar and some sentence punctuation,
+    /// maybe after a space, and what lies between them as words of their
+    /// own.
     Bloom,
 }
 
@@ -147,7 +148,9 @@ impl PreOptions {
                 o(DeepSeekV3, false, false, false)
             }
             "kimi-k2" => o(KimiK2, false, false, false),
-            "bloom" => o(Bloom, false, true, false),
+            "bloom" | "gpt3-finnish" => o(Bloom, false, true, false),
+            // (Poro's chat files keep their spaces as they decode.)
+            "poro-chat" => o(Bloom, false, false, false),
             // (`gemma4` is also what `tokenizer.ggml.model` gemma4 forces,
             // whose special tokens have no defaults.)
             "gemma4" | "granite-embed-multi-311m" => PreOptions {
@@ -168,7 +171,8 @@ impl PreOptions {
                      starcoder, smollm, refact, command-r, codeshell, deepseek-llm, gpt-4o, \
                      llama4, minimax-m2, tekken, glm4, glm5, chatglm-bpe, seed-coder, \
                      bailingmoe, bailingmoe2, llada-moe, deepseek-v3, hunyuan-dense, hy_v4, \
-                     joyai-llm, kimi-k2, gemma4, granite-embed-multi-311m, bloom"
+                     joyai-llm, kimi-k2, gemma4, granite-embed-multi-311m, bloom, gpt3-finnish, \
+                     poro-chat"
                 )))
             }
         })
@@ -1191,6 +1195,16 @@ mod tests {
             assert_eq!(format!("{plain:?}"), options("gpt-2"), "{n}");
         }
         assert!(!PreOptions::from_name("gpt-2").unwrap().add_sep);
+        // BLOOM's expression, also GPT-3 Finnish's and Poro's (whose
+        // decoding keeps its spaces).
+        assert_eq!(options("gpt3-finnish"), options("bloom"));
+        let poro = PreOptions::from_name("poro-chat").unwrap();
+        assert!(!poro.clean_spaces);
+        let poro = PreOptions {
+            clean_spaces: true,
+            ..poro
+        };
+        assert_eq!(format!("{poro:?}"), options("bloom"));
     }
 
     #[test]
