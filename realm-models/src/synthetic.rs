@@ -2472,6 +2472,20 @@ impl SyntheticLayout {
         Ok(self.with_hparam(&key, MetadataValue::U32(layers)))
     }
 
+    /// The layout as a reranker: rank pooling (`pooling_type` 4) and its
+    /// head's `tensors` (small-layout types).
+    fn ranking(mut self, tensors: &[(&str, Vec<u64>)]) -> Self {
+        for (name, shape) in tensors {
+            self.tensors.push(SyntheticTensor {
+                name: (*name).into(),
+                dtype: small_dtype(name, shape),
+                shape: shape.clone(),
+            });
+        }
+        let key = format!("{}.pooling_type", self.arch);
+        self.with_hparam(&key, MetadataValue::U32(4))
+    }
+
     /// The same layout with every matrix stored as `dtype` (vectors and
     /// biases stay f32). With `GgmlType::F32` no backend rounds activations to 8 bits,
     /// which makes backends comparable to float precision.
@@ -2822,83 +2836,41 @@ impl SyntheticLayout {
             }
             // A BERT reranker's: rank pooling through `cls` and
             // `cls.output` (one score).
-            "tiny-bert-rank" => {
-                let mut l = Self::tiny("bert")
-                    .ok()?
-                    .with_hparam("bert.pooling_type", MetadataValue::U32(4));
-                for (name, shape) in [
-                    ("cls.weight", vec![64, 64]),
-                    ("cls.bias", vec![64]),
-                    ("cls.output.weight", vec![64, 1]),
-                    ("cls.output.bias", vec![1]),
-                ] {
-                    let dtype = small_dtype(name, &shape);
-                    l.tensors.push(SyntheticTensor {
-                        name: name.into(),
-                        shape,
-                        dtype,
-                    });
-                }
-                Some(l)
-            }
+            "tiny-bert-rank" => Some(Self::tiny("bert").ok()?.ranking(&[
+                ("cls.weight", vec![64, 64]),
+                ("cls.bias", vec![64]),
+                ("cls.output.weight", vec![64, 1]),
+                ("cls.output.bias", vec![1]),
+            ])),
             // A Jina reranker's: rank pooling through a one-row `cls`
             // (its whole head; then tanh).
-            "tiny-jina-bert-v2-rank" => {
-                let mut l = Self::tiny("jina-bert-v2")
+            "tiny-jina-bert-v2-rank" => Some(
+                Self::tiny("jina-bert-v2")
                     .ok()?
-                    .with_hparam("jina-bert-v2.pooling_type", MetadataValue::U32(4));
-                for (name, shape) in [("cls.weight", vec![64, 1]), ("cls.bias", vec![1])] {
-                    let dtype = small_dtype(name, &shape);
-                    l.tensors.push(SyntheticTensor {
-                        name: name.into(),
-                        shape,
-                        dtype,
-                    });
-                }
-                Some(l)
-            }
+                    .ranking(&[("cls.weight", vec![64, 1]), ("cls.bias", vec![1])]),
+            ),
             // A ModernBERT reranker's (gte-reranker-modernbert's): the
             // tokens' mean through `cls`, GELU, `cls.norm` and `cls.output`.
-            "tiny-modern-bert-rank" => {
-                let mut l = Self::tiny("modern-bert")
-                    .ok()?
-                    .with_hparam("modern-bert.pooling_type", MetadataValue::U32(4));
-                for (name, shape) in [
-                    ("cls.weight", vec![64, 64]),
-                    ("cls.norm.weight", vec![64]),
-                    ("cls.output.weight", vec![64, 1]),
-                    ("cls.output.bias", vec![1]),
-                ] {
-                    let dtype = small_dtype(name, &shape);
-                    l.tensors.push(SyntheticTensor {
-                        name: name.into(),
-                        shape,
-                        dtype,
-                    });
-                }
-                Some(l)
-            }
+            "tiny-modern-bert-rank" => Some(Self::tiny("modern-bert").ok()?.ranking(&[
+                ("cls.weight", vec![64, 64]),
+                ("cls.norm.weight", vec![64]),
+                ("cls.output.weight", vec![64, 1]),
+                ("cls.output.bias", vec![1]),
+            ])),
             // A Qwen 3 reranker's: rank pooling (its last token's state)
             // through `cls.output`'s "yes" and "no" rows, then a softmax.
-            "tiny-qwen3-rank" => {
-                let mut l = Self::tiny("qwen3")
+            "tiny-qwen3-rank" => Some(
+                Self::tiny("qwen3")
                     .ok()?
-                    .with_hparam("qwen3.pooling_type", MetadataValue::U32(4))
                     .with_hparam(
                         "qwen3.classifier.output_labels",
                         MetadataValue::Array(MetadataArray::String(vec![
                             "yes".into(),
                             "no".into(),
                         ])),
-                    );
-                let shape = vec![64, 2];
-                l.tensors.push(SyntheticTensor {
-                    name: "cls.output.weight".into(),
-                    dtype: small_dtype("cls.output.weight", &shape),
-                    shape,
-                });
-                Some(l)
-            }
+                    )
+                    .ranking(&[("cls.output.weight", vec![64, 2])]),
+            ),
             // Falcon Mamba's norms of the step, B and C.
             "tiny-falcon-mamba" => Some(
                 Self::tiny("mamba")
