@@ -469,33 +469,11 @@ impl SyntheticLayout {
         if arch == "chatglm" {
             // The tiny GLM-4's blocks without their norms after each
             // part, q/k/v (and their biases) in one `attn_qkv`.
-            let mut l = Self::tiny("glm4")?.renamed(arch);
-            let mut tensors = Vec::new();
-            for mut t in std::mem::take(&mut l.tensors) {
-                let name = t.name.clone();
-                if let Some(blk) = name.strip_suffix(".attn_q.weight") {
-                    // (q, then k and v of half its rows each.)
-                    t.name = format!("{blk}.attn_qkv.weight");
-                    t.shape[1] *= 2;
-                } else if let Some(blk) = name.strip_suffix(".attn_q.bias") {
-                    t.name = format!("{blk}.attn_qkv.bias");
-                    t.shape[0] *= 2;
-                } else if [
-                    ".attn_k.weight",
-                    ".attn_v.weight",
-                    ".attn_k.bias",
-                    ".attn_v.bias",
-                    ".post_attention_norm.weight",
-                    ".post_ffw_norm.weight",
-                ]
-                .iter()
-                .any(|s| name.ends_with(s))
-                {
-                    continue;
-                }
-                tensors.push(t);
-            }
-            l.tensors = tensors;
+            let mut l = Self::tiny("glm4")?.renamed(arch).with_fused_qkv();
+            l.tensors
+                .retain(|t| !t.name.ends_with(".post_attention_norm.weight"));
+            l.tensors
+                .retain(|t| !t.name.ends_with(".post_ffw_norm.weight"));
             return Ok(l);
         }
         if arch == "refact" {
@@ -2125,23 +2103,17 @@ impl SyntheticLayout {
     fn tiny_neo_bert() -> Result<Self> {
         let mut l = Self::tiny("llama")?
             .renamed("neo-bert")
-            .with_hparam("neo-bert.attention.causal", MetadataValue::Bool(false));
+            .with_hparam("neo-bert.attention.causal", MetadataValue::Bool(false))
+            .with_fused_qkv();
         let mut tensors = Vec::new();
         for mut t in std::mem::take(&mut l.tensors) {
             let name = t.name.clone();
-            if let Some(blk) = name.strip_suffix(".attn_q.weight") {
-                // (q, then k and v of half its rows each: 2 of 4 heads.)
-                t.name = format!("{blk}.attn_qkv.weight");
-                t.shape[1] *= 2;
-            } else if let Some(blk) = name.strip_suffix(".ffn_up.weight") {
+            if let Some(blk) = name.strip_suffix(".ffn_up.weight") {
                 t.name = format!("{blk}.ffn_up.weight");
                 t.shape[1] *= 2;
             } else if name == "output_norm.weight" {
                 t.name = "enc.output_norm.weight".into();
-            } else if name.ends_with(".attn_k.weight")
-                || name.ends_with(".attn_v.weight")
-                || name.ends_with(".ffn_gate.weight")
-            {
+            } else if name.ends_with(".ffn_gate.weight") {
                 continue;
             }
             tensors.push(t);
@@ -2470,6 +2442,36 @@ impl SyntheticLayout {
         });
         let key = format!("{}.block_count", self.arch);
         Ok(self.with_hparam(&key, MetadataValue::U32(layers)))
+    }
+
+    /// The layout with each block's q, k and v (and their biases) in one
+    /// `attn_qkv` where q was (its rows first, then k's and v's), as files
+    /// of fused products store them.
+    fn with_fused_qkv(mut self) -> Self {
+        let mut out: Vec<SyntheticTensor> = Vec::new();
+        for mut t in std::mem::take(&mut self.tensors) {
+            let fused = ["q", "k", "v"].iter().find_map(|p| {
+                let (blk, rest) = t.name.split_once(&format!(".attn_{p}."))?;
+                Some((*p, format!("{blk}.attn_qkv.{rest}")))
+            });
+            match fused {
+                Some(("q", name)) => {
+                    t.name = name;
+                    out.push(t);
+                }
+                Some((_, name)) => {
+                    // (k and v come after their block's q.)
+                    if let Some(qkv) = out.iter_mut().find(|f| f.name == name) {
+                        if let (Some(rows), Some(more)) = (qkv.shape.last_mut(), t.shape.last()) {
+                            *rows += more;
+                        }
+                    }
+                }
+                None => out.push(t),
+            }
+        }
+        self.tensors = out;
+        self
     }
 
     /// The layout as a reranker: rank pooling (`pooling_type` 4) and its
