@@ -405,6 +405,10 @@ CASES = [
     # `attn_qkv` with its bias.
     case("chatglm", "tiny-chatglm"),
     case("chatglm-q8_0", "tiny-chatglm", matrix_type="q8_0"),
+    # Qwen 1: q/k/v and their biases in one `attn_qkv`, the network half
+    # as wide as `feed_forward_length`.
+    case("qwen", "tiny-qwen"),
+    case("qwen-q8_0", "tiny-qwen", matrix_type="q8_0"),
     # Encoders: every position's final hidden state (no pooling), the
     # tokens in one batch as llama.cpp needs them.
     case("bert", "tiny-bert", embedding=True),

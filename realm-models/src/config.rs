@@ -355,11 +355,16 @@ pub enum Architecture {
     /// alone: no KV heads) or nothing (no heads) in place of attention,
     /// some without a feed-forward network (width 0).
     Deci,
+    /// Qwen (qwen: Qwen 1, 1.8B to 72B): llama's blocks with q/k/v in one
+    /// `attn_qkv` with its bias, NeoX RoPE, SwiGLU half as wide as
+    /// `feed_forward_length` says (as the Hugging Face config's
+    /// `intermediate_size` counts both of its halves).
+    Qwen,
 }
 
 impl Architecture {
     /// Every architecture Realm runs.
-    pub const ALL: [Architecture; 80] = [
+    pub const ALL: [Architecture; 81] = [
         Self::Llama,
         Self::Mistral,
         Self::Qwen2,
@@ -440,6 +445,7 @@ impl Architecture {
         Self::JinaBertV3,
         Self::ChatGlm,
         Self::Deci,
+        Self::Qwen,
     ];
 
     /// The architecture named by `general.architecture`.
@@ -614,6 +620,7 @@ impl Architecture {
             Self::JinaBertV3 => "jina-bert-v3",
             Self::ChatGlm => "chatglm",
             Self::Deci => "deci",
+            Self::Qwen => "qwen",
         }
     }
 }
@@ -1658,6 +1665,8 @@ impl ModelConfig {
             _ => opt_u("feed_forward_length")?,
         };
         let ffn_dim = match (arch, ffn_dim) {
+            // (Qwen 1's files count both halves of its SwiGLU.)
+            (Architecture::Qwen, Some(f)) => f / 2,
             (_, Some(f)) => f,
             // (Qwen 3.5's mixtures need no dense width.)
             (Architecture::Qwen35Moe | Architecture::Qwen3Next, None) => 0,
@@ -1804,6 +1813,7 @@ impl ModelConfig {
                 | Architecture::NomicBertMoe
                 | Architecture::JinaBertV3
                 | Architecture::ModernBert
+                | Architecture::Qwen
                 | Architecture::EuroBert => RopeMode::Neox,
             },
             sliding_window,

@@ -476,6 +476,35 @@ impl SyntheticLayout {
                 .retain(|t| !t.name.ends_with(".post_ffw_norm.weight"));
             return Ok(l);
         }
+        if arch == "qwen" {
+            // The tiny llama's blocks, as many KV heads as query heads, q/k/v
+            // and their biases in one `attn_qkv`, `feed_forward_length`
+            // twice the network's width (Qwen 1's files count both halves).
+            let l = Self::tiny("llama")?.renamed(arch);
+            let l = l.with_hparam("qwen.attention.head_count_kv", MetadataValue::U32(4));
+            let mut l = l.with_hparam("qwen.feed_forward_length", MetadataValue::U32(256));
+            l.tensors.retain(|t| {
+                !t.name.ends_with(".attn_k.weight") && !t.name.ends_with(".attn_v.weight")
+            });
+            let mut biases = Vec::new();
+            for t in &mut l.tensors {
+                if let Some(blk) = t.name.strip_suffix(".attn_q.weight").map(str::to_string) {
+                    t.name = format!("{blk}.attn_qkv.weight");
+                    t.shape[1] *= 3;
+                    biases.push(SyntheticTensor {
+                        name: format!("{blk}.attn_qkv.bias"),
+                        shape: vec![t.shape[1]],
+                        dtype: GgmlType::F32,
+                    });
+                }
+            }
+            l.tensors.extend(biases);
+            // (Its output matrix is its own, as llama.cpp needs.)
+            let mut output = l.tensors[0].clone();
+            output.name = "output.weight".into();
+            l.tensors.push(output);
+            return Ok(l);
+        }
         if arch == "refact" {
             // The tiny llama's blocks (ALiBi instead of RoPE).
             return Ok(Self::tiny("llama")?.renamed(arch));
