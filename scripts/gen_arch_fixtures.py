@@ -409,6 +409,10 @@ CASES = [
     # as wide as `feed_forward_length`.
     case("qwen", "tiny-qwen"),
     case("qwen-q8_0", "tiny-qwen", matrix_type="q8_0"),
+    # DeepSeek (V1): a dense first block, then softmax-routed experts
+    # (scaled, not renormalised) beside a shared one.
+    case("deepseek", "tiny-deepseek"),
+    case("deepseek-q8_0", "tiny-deepseek", matrix_type="q8_0"),
     # Encoders: every position's final hidden state (no pooling), the
     # tokens in one batch as llama.cpp needs them.
     case("bert", "tiny-bert", embedding=True),

@@ -360,11 +360,17 @@ pub enum Architecture {
     /// `feed_forward_length` says (as the Hugging Face config's
     /// `intermediate_size` counts both of its halves).
     Qwen,
+    /// DeepSeek (deepseek: DeepSeek-MoE 16B, DeepSeek V1's MoE models):
+    /// llama's blocks, the first `leading_dense_block_count` dense, then
+    /// softmax-routed experts (weights not renormalised, scaled by
+    /// `expert_weights_scale`) beside ungated shared experts
+    /// (`expert_shared_count` experts' width).
+    Deepseek,
 }
 
 impl Architecture {
     /// Every architecture Realm runs.
-    pub const ALL: [Architecture; 81] = [
+    pub const ALL: [Architecture; 82] = [
         Self::Llama,
         Self::Mistral,
         Self::Qwen2,
@@ -446,6 +452,7 @@ impl Architecture {
         Self::ChatGlm,
         Self::Deci,
         Self::Qwen,
+        Self::Deepseek,
     ];
 
     /// The architecture named by `general.architecture`.
@@ -621,6 +628,7 @@ impl Architecture {
             Self::ChatGlm => "chatglm",
             Self::Deci => "deci",
             Self::Qwen => "qwen",
+            Self::Deepseek => "deepseek",
         }
     }
 }
@@ -1767,6 +1775,7 @@ impl ModelConfig {
                 | Architecture::Mamba
                 | Architecture::LlamaEmbed
                 | Architecture::JinaBertV2
+                | Architecture::Deepseek
                 | Architecture::NeoBert => RopeMode::Normal,
                 Architecture::Qwen2
                 | Architecture::Qwen2Moe
@@ -2492,7 +2501,10 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
     // shared experts' width.
     let dots_or_ling = matches!(
         arch,
-        Architecture::Dots1 | Architecture::BailingMoe2 | Architecture::Deepseek2
+        Architecture::Dots1
+            | Architecture::BailingMoe2
+            | Architecture::Deepseek2
+            | Architecture::Deepseek
     );
     let lfm2 = arch == Architecture::Lfm2Moe;
     let nemotron = matches!(arch, Architecture::NemotronH | Architecture::NemotronHMoe);
@@ -2517,7 +2529,8 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
             | Architecture::Lfm2Moe
             | Architecture::NemotronHMoe
             | Architecture::Llama4
-            | Architecture::HunyuanMoe,
+            | Architecture::HunyuanMoe
+            | Architecture::Deepseek,
             0,
         ) => return Err(Error::BadConfig(format!("{p} needs an expert_count"))),
         (_, 0) => return Ok(None),
@@ -2545,7 +2558,8 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
             | Architecture::NemotronH
             | Architecture::NemotronHMoe
             | Architecture::Gemma4
-            | Architecture::NomicBertMoe,
+            | Architecture::NomicBertMoe
+            | Architecture::Deepseek,
             _,
         ) => {}
         (other, _) => {
@@ -2619,7 +2633,8 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
         Architecture::Glm4Moe
         | Architecture::Dots1
         | Architecture::BailingMoe2
-        | Architecture::Deepseek2 => {
+        | Architecture::Deepseek2
+        | Architecture::Deepseek => {
             let width = match get("expert_shared_feed_forward_length")? {
                 Some(f) if f > 0 && arch == Architecture::BailingMoe2 => f as usize,
                 _ => ffn_dim,
@@ -2658,7 +2673,8 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
         | Architecture::GptOss
         | Architecture::Olmoe
         | Architecture::Llama4
-        | Architecture::NomicBertMoe => false,
+        | Architecture::NomicBertMoe
+        | Architecture::Deepseek => false,
         Architecture::Glm4Moe
         | Architecture::Dots1
         | Architecture::BailingMoe2
@@ -2718,7 +2734,8 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
         | Architecture::Ernie45Moe
         | Architecture::Dots1
         | Architecture::BailingMoe2
-        | Architecture::Deepseek2 => get("leading_dense_block_count")?.unwrap_or(0) as usize,
+        | Architecture::Deepseek2
+        | Architecture::Deepseek => get("leading_dense_block_count")?.unwrap_or(0) as usize,
         _ => 0,
     };
     let every = match llama4 {

@@ -476,6 +476,21 @@ impl SyntheticLayout {
                 .retain(|t| !t.name.ends_with(".post_ffw_norm.weight"));
             return Ok(l);
         }
+        if arch == "deepseek" {
+            // The tiny llama's blocks, the first dense, then 4 experts 32
+            // wide (2 a token), their softmax weights scaled by 2 (not
+            // renormalised), beside one shared expert as wide.
+            let k = |n: &str| format!("deepseek.{n}");
+            let mut l = Self::tiny("llama")?
+                .renamed(arch)
+                .with_hparam(&k("leading_dense_block_count"), MetadataValue::U32(1))
+                .with_hparam(&k("expert_feed_forward_length"), MetadataValue::U32(32))
+                .with_hparam(&k("expert_shared_count"), MetadataValue::U32(1))
+                .with_hparam(&k("expert_weights_scale"), MetadataValue::F32(2.0))
+                .with_selected_experts(Some(32))?;
+            l.tensors.retain(|t| !t.name.ends_with(".exp_probs_b.bias"));
+            return Ok(l);
+        }
         if arch == "qwen" {
             // The tiny llama's blocks, as many KV heads as query heads, q/k/v
             // and their biases in one `attn_qkv`, `feed_forward_length`
@@ -864,7 +879,7 @@ impl SyntheticLayout {
         }
         // (GLM-4.5, dots.llm1 and DeepSeek give a count of shared experts
         // instead.)
-        if ["glm4moe", "dots1", "deepseek2"].contains(&arch.as_str()) {
+        if ["glm4moe", "dots1", "deepseek2", "deepseek"].contains(&arch.as_str()) {
             l.hparams
                 .retain(|(k, _)| !k.ends_with(".expert_shared_feed_forward_length"));
         }
