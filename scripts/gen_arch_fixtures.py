@@ -413,6 +413,10 @@ CASES = [
     # (scaled, not renormalised) beside a shared one.
     case("deepseek", "tiny-deepseek"),
     case("deepseek-q8_0", "tiny-deepseek", matrix_type="q8_0"),
+    # DBRX: LayerNorms without biases, a clamped `attn_qkv`, experts in
+    # every block normed by `attn_output_norm`.
+    case("dbrx", "tiny-dbrx"),
+    case("dbrx-q8_0", "tiny-dbrx", matrix_type="q8_0"),
     # Encoders: every position's final hidden state (no pooling), the
     # tokens in one batch as llama.cpp needs them.
     case("bert", "tiny-bert", embedding=True),

@@ -56,7 +56,8 @@ fn margin(v: &[f32]) -> f32 {
 
 /// Every generative architecture's `SyntheticLayout::tiny` (the encoders
 /// are [`encoders_match_the_cpu`]'s).
-const ARCHS: [&str; 72] = [
+const ARCHS: [&str; 73] = [
+    "dbrx",
     "deepseek",
     "qwen",
     "deci",

@@ -366,11 +366,15 @@ pub enum Architecture {
     /// `expert_weights_scale`) beside ungated shared experts
     /// (`expert_shared_count` experts' width).
     Deepseek,
+    /// DBRX (dbrx): LayerNorms without biases, q/k/v in one `attn_qkv`
+    /// clamped to `attention.clamp_kqv`, NeoX RoPE, and in every block
+    /// softmax-routed experts (renormalised) normed by `attn_output_norm`.
+    Dbrx,
 }
 
 impl Architecture {
     /// Every architecture Realm runs.
-    pub const ALL: [Architecture; 82] = [
+    pub const ALL: [Architecture; 83] = [
         Self::Llama,
         Self::Mistral,
         Self::Qwen2,
@@ -453,6 +457,7 @@ impl Architecture {
         Self::Deci,
         Self::Qwen,
         Self::Deepseek,
+        Self::Dbrx,
     ];
 
     /// The architecture named by `general.architecture`.
@@ -495,6 +500,7 @@ impl Architecture {
                 | Self::ModernBert
                 | Self::JinaBertV2
                 | Self::JinaBertV3
+                | Self::Dbrx
         )
     }
 
@@ -629,6 +635,7 @@ impl Architecture {
             Self::Deci => "deci",
             Self::Qwen => "qwen",
             Self::Deepseek => "deepseek",
+            Self::Dbrx => "dbrx",
         }
     }
 }
@@ -1823,6 +1830,7 @@ impl ModelConfig {
                 | Architecture::JinaBertV3
                 | Architecture::ModernBert
                 | Architecture::Qwen
+                | Architecture::Dbrx
                 | Architecture::EuroBert => RopeMode::Neox,
             },
             sliding_window,
@@ -2010,15 +2018,17 @@ impl ModelConfig {
                 _ => None,
             },
             clamp_kqv: match arch {
-                Architecture::Olmo | Architecture::Mpt => match opt_f("attention.clamp_kqv")? {
-                    None | Some(0.0) => None,
-                    Some(c) if c > 0.0 && c.is_finite() => Some(c),
-                    Some(c) => {
-                        return Err(Error::BadConfig(format!(
-                            "{p}.attention.clamp_kqv {c} is not a positive number"
-                        )))
+                Architecture::Olmo | Architecture::Mpt | Architecture::Dbrx => {
+                    match opt_f("attention.clamp_kqv")? {
+                        None | Some(0.0) => None,
+                        Some(c) if c > 0.0 && c.is_finite() => Some(c),
+                        Some(c) => {
+                            return Err(Error::BadConfig(format!(
+                                "{p}.attention.clamp_kqv {c} is not a positive number"
+                            )))
+                        }
                     }
-                },
+                }
                 _ => None,
             },
             attn_softcap,
@@ -2530,7 +2540,8 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
             | Architecture::NemotronHMoe
             | Architecture::Llama4
             | Architecture::HunyuanMoe
-            | Architecture::Deepseek,
+            | Architecture::Deepseek
+            | Architecture::Dbrx,
             0,
         ) => return Err(Error::BadConfig(format!("{p} needs an expert_count"))),
         (_, 0) => return Ok(None),
@@ -2559,7 +2570,8 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
             | Architecture::NemotronHMoe
             | Architecture::Gemma4
             | Architecture::NomicBertMoe
-            | Architecture::Deepseek,
+            | Architecture::Deepseek
+            | Architecture::Dbrx,
             _,
         ) => {}
         (other, _) => {

@@ -750,6 +750,10 @@ impl<'a, B: Backend> Model<'a, B> {
                     true => Some(norm(&n("post_attention_norm.weight"), d)?),
                     // (Falcon-H1's files name it without `.weight`.)
                     false if c.arch == Architecture::FalconH1 => Some(norm(&n("ffn_norm"), d)?),
+                    // (DBRX's is named for the attention's output.)
+                    false if c.arch == Architecture::Dbrx => {
+                        Some(norm(&n("attn_output_norm.weight"), d)?)
+                    }
                     false if parallel_shared => None,
                     false if falcon_two => Some(norm(&n("attn_norm.weight"), d)?),
                     false if c.arch == Architecture::Olmo => Some(ones(d)?),

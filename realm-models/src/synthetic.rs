@@ -476,6 +476,29 @@ impl SyntheticLayout {
                 .retain(|t| !t.name.ends_with(".post_ffw_norm.weight"));
             return Ok(l);
         }
+        if arch == "dbrx" {
+            // The tiny llama's blocks with LayerNorms (no biases), q/k/v in
+            // one `attn_qkv` clamped to 0.5, the network's norm named
+            // `attn_output_norm`, 4 experts (2 a token) in every block, and an
+            // output matrix of its own.
+            let k = |n: &str| format!("dbrx.{n}");
+            let mut l = Self::tiny("llama")?.renamed(arch).with_fused_qkv();
+            l.hparams
+                .retain(|(key, _)| *key != k("attention.layer_norm_rms_epsilon"));
+            let mut l = l
+                .with_hparam(&k("attention.layer_norm_epsilon"), MetadataValue::F32(1e-5))
+                .with_hparam(&k("attention.clamp_kqv"), MetadataValue::F32(0.5))
+                .with_experts(4, 2)?;
+            for t in &mut l.tensors {
+                if let Some(blk) = t.name.strip_suffix(".ffn_norm.weight").map(str::to_string) {
+                    t.name = format!("{blk}.attn_output_norm.weight");
+                }
+            }
+            let mut output = l.tensors[0].clone();
+            output.name = "output.weight".into();
+            l.tensors.push(output);
+            return Ok(l);
+        }
         if arch == "deepseek" {
             // The tiny llama's blocks, the first dense, then 4 experts 32
             // wide (2 a token), their softmax weights scaled by 2 (not
