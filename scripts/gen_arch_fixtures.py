@@ -417,6 +417,10 @@ CASES = [
     # every block normed by `attn_output_norm`.
     case("dbrx", "tiny-dbrx"),
     case("dbrx-q8_0", "tiny-dbrx", matrix_type="q8_0"),
+    # Jais: LayerNorms, `attn_qkv` with its bias, ALiBi, scores scaled by
+    # one over a head's width, SwiGLU with biases.
+    case("jais", "tiny-jais"),
+    case("jais-q8_0", "tiny-jais", matrix_type="q8_0"),
     # Encoders: every position's final hidden state (no pooling), the
     # tokens in one batch as llama.cpp needs them.
     case("bert", "tiny-bert", embedding=True),

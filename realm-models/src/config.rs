@@ -370,11 +370,17 @@ pub enum Architecture {
     /// clamped to `attention.clamp_kqv`, NeoX RoPE, and in every block
     /// softmax-routed experts (renormalised) normed by `attn_output_norm`.
     Dbrx,
+    /// Jais (jais: Jais 13B, 30B, jais-family): LayerNorms with biases,
+    /// q/k/v in one `attn_qkv` with its bias, ALiBi where the file gives
+    /// `attention.max_alibi_bias` (else no positions at all), scores scaled by
+    /// one over a head's width (not its root), SwiGLU with biases on its three
+    /// products.
+    Jais,
 }
 
 impl Architecture {
     /// Every architecture Realm runs.
-    pub const ALL: [Architecture; 83] = [
+    pub const ALL: [Architecture; 84] = [
         Self::Llama,
         Self::Mistral,
         Self::Qwen2,
@@ -458,6 +464,7 @@ impl Architecture {
         Self::Qwen,
         Self::Deepseek,
         Self::Dbrx,
+        Self::Jais,
     ];
 
     /// The architecture named by `general.architecture`.
@@ -501,6 +508,7 @@ impl Architecture {
                 | Self::JinaBertV2
                 | Self::JinaBertV3
                 | Self::Dbrx
+                | Self::Jais
         )
     }
 
@@ -636,6 +644,7 @@ impl Architecture {
             Self::Qwen => "qwen",
             Self::Deepseek => "deepseek",
             Self::Dbrx => "dbrx",
+            Self::Jais => "jais",
         }
     }
 }
@@ -1783,6 +1792,7 @@ impl ModelConfig {
                 | Architecture::LlamaEmbed
                 | Architecture::JinaBertV2
                 | Architecture::Deepseek
+                | Architecture::Jais
                 | Architecture::NeoBert => RopeMode::Normal,
                 Architecture::Qwen2
                 | Architecture::Qwen2Moe
@@ -1942,6 +1952,8 @@ impl ModelConfig {
                 }
                 // (Gemma 3n's queries are normed to their scale.)
                 _ if gemma3n || gemma4 => 1.0,
+                // (Jais scales by a head's width, as muP.)
+                _ if arch == Architecture::Jais => 1.0 / head_dim as f32,
                 _ => 1.0 / (head_dim as f32).sqrt(),
             },
             embedding_scale: match arch {
@@ -1997,7 +2009,8 @@ impl ModelConfig {
                 Architecture::Bloom
                 | Architecture::Mpt
                 | Architecture::Refact
-                | Architecture::JinaBertV2 => Some(1),
+                | Architecture::JinaBertV2
+                | Architecture::Jais => Some(1),
                 Architecture::Baichuan if n_layers == 40 => Some(1),
                 _ => None,
             },
@@ -2006,15 +2019,17 @@ impl ModelConfig {
                 // Jina BERT v2.
                 Architecture::Bloom | Architecture::Refact | Architecture::JinaBertV2 => Some(8.0),
                 Architecture::Baichuan if n_layers == 40 => Some(8.0),
-                Architecture::Mpt => match opt_f("attention.max_alibi_bias")? {
-                    None | Some(0.0) => None,
-                    Some(b) if b > 0.0 && b.is_finite() => Some(b),
-                    Some(b) => {
-                        return Err(Error::BadConfig(format!(
-                            "{p}.attention.max_alibi_bias {b} is not a positive number"
-                        )))
+                Architecture::Mpt | Architecture::Jais => {
+                    match opt_f("attention.max_alibi_bias")? {
+                        None | Some(0.0) => None,
+                        Some(b) if b > 0.0 && b.is_finite() => Some(b),
+                        Some(b) => {
+                            return Err(Error::BadConfig(format!(
+                                "{p}.attention.max_alibi_bias {b} is not a positive number"
+                            )))
+                        }
                     }
-                },
+                }
                 _ => None,
             },
             clamp_kqv: match arch {

@@ -692,7 +692,8 @@ impl<'a, B: Backend> Model<'a, B> {
                     | Architecture::CodeShell
                     | Architecture::Bloom
                     | Architecture::Mpt
-                    | Architecture::Refact => optional_norm(&n("attn_output.bias"), d)?,
+                    | Architecture::Refact
+                    | Architecture::Jais => optional_norm(&n("attn_output.bias"), d)?,
                     _ if c.arch.bert_blocks() => optional_norm(&n("attn_output.bias"), d)?,
                     Architecture::Mistral3
                     | Architecture::Ernie45
@@ -876,7 +877,7 @@ impl<'a, B: Backend> Model<'a, B> {
                     false => None,
                 },
                 ffn_b: match c.arch {
-                    Architecture::JinaBertV2 => {
+                    Architecture::JinaBertV2 | Architecture::Jais => {
                         let (gate_b, up_b) = match file.tensor(&n("ffn_up.bias")) {
                             // (A fused `ffn_up`'s: the gate's half first.)
                             Ok(t) if fused.gate_up => {
@@ -891,8 +892,10 @@ impl<'a, B: Backend> Model<'a, B> {
                                 let (g, u) = v.split_at(ff);
                                 (Some(backend.upload(g)?), Some(backend.upload(u)?))
                             }
-                            Ok(_) => (None, optional_norm(&n("ffn_up.bias"), ff)?),
-                            Err(_) => (None, None),
+                            _ => (
+                                optional_norm(&n("ffn_gate.bias"), ff)?,
+                                optional_norm(&n("ffn_up.bias"), ff)?,
+                            ),
                         };
                         [gate_b, up_b, Some(norm(&n("ffn_down.bias"), d)?)]
                     }

@@ -1006,10 +1006,11 @@ impl SyntheticLayout {
         let cohere = is(&["command-r", "cohere2"]);
         let gpt2 = is(&["gpt2", "starcoder"]);
         let falcon = arch == "falcon";
-        // (Nemotron's squared ReLUs have no gate either.)
+        // (Jais's SwiGLU has biases on its three products.)
+        let jais = arch == "jais";
         // (Nemotron's squared ReLUs have no gate either.)
         let gelu = Architecture::from_name(arch).is_ok_and(Architecture::ungated_ffn);
-        let fused = gpt2 || is(&["phi2", "gptneox", "falcon", "bloom", "mpt"]);
+        let fused = gpt2 || is(&["phi2", "gptneox", "falcon", "bloom", "mpt", "jais"]);
         // (MPT 7B's norms have no biases, as Command R's.)
         let norm_biases = !cohere && arch != "mpt";
         let shared_norm = cohere || is(&["phi2", "falcon"]);
@@ -1082,7 +1083,9 @@ impl SyntheticLayout {
                         tensors.push(bias(rows));
                     }
                 }
-                "attn_output.weight" | "ffn_up.weight" | "ffn_down.weight" if gelu && biases => {
+                "attn_output.weight" | "ffn_up.weight" | "ffn_down.weight" | "ffn_gate.weight"
+                    if (gelu || jais) && biases =>
+                {
                     let rows = t.shape[1];
                     tensors.push(t);
                     tensors.push(bias(rows));
@@ -1098,6 +1101,7 @@ impl SyntheticLayout {
             "orion",
             "nemotron",
             "codeshell",
+            "jais",
         ]) {
             // Their own output matrix (Phi 2's with a bias).
             let mut output = l.tensors[0].clone();
@@ -1121,7 +1125,7 @@ impl SyntheticLayout {
         if arch == "gptneox" {
             l = l.with_hparam(&k("use_parallel_residual"), MetadataValue::Bool(true));
         }
-        if arch == "mpt" {
+        if arch == "mpt" || jais {
             l = l.with_hparam(&k("attention.max_alibi_bias"), MetadataValue::F32(8.0));
         }
         if cohere {
