@@ -421,6 +421,10 @@ CASES = [
     # one over a head's width, SwiGLU with biases.
     case("jais", "tiny-jais"),
     case("jais-q8_0", "tiny-jais", matrix_type="q8_0"),
+    # BitNet b1.58: norms of the attention's output and of the network's
+    # gated values (SiLU, as llama.cpp gates every BitNet).
+    case("bitnet", "tiny-bitnet"),
+    case("bitnet-q8_0", "tiny-bitnet", matrix_type="q8_0"),
     # Encoders: every position's final hidden state (no pooling), the
     # tokens in one batch as llama.cpp needs them.
     case("bert", "tiny-bert", embedding=True),

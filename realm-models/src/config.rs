@@ -376,11 +376,18 @@ pub enum Architecture {
     /// one over a head's width (not its root), SwiGLU with biases on its three
     /// products.
     Jais,
+    /// BitNet b1.58 (bitnet: bitnet_b1_58, BitNet b1.58 2B4T): llama's
+    /// blocks with an RMSNorm of the attention's output before `attn_output`
+    /// (`attn_sub_norm`) and of the gated hidden values before `ffn_down`
+    /// (`ffn_sub_norm`), NeoX RoPE, the embedding tied; ternary weights are
+    /// TQ1_0/TQ2_0 matrices. The gate is SiLU, as llama.cpp runs it, unless
+    /// `hidden_activation` says `relu2` (the 2B4T's squared ReLU).
+    Bitnet,
 }
 
 impl Architecture {
     /// Every architecture Realm runs.
-    pub const ALL: [Architecture; 84] = [
+    pub const ALL: [Architecture; 85] = [
         Self::Llama,
         Self::Mistral,
         Self::Qwen2,
@@ -465,6 +472,7 @@ impl Architecture {
         Self::Deepseek,
         Self::Dbrx,
         Self::Jais,
+        Self::Bitnet,
     ];
 
     /// The architecture named by `general.architecture`.
@@ -645,6 +653,7 @@ impl Architecture {
             Self::Deepseek => "deepseek",
             Self::Dbrx => "dbrx",
             Self::Jais => "jais",
+            Self::Bitnet => "bitnet",
         }
     }
 }
@@ -751,6 +760,18 @@ pub enum Gating {
     Sigmoid,
 }
 
+/// The activation of a gated feed-forward network's gate, which then
+/// multiplies its up product.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GateActivation {
+    /// SwiGLU's `x sigmoid(x)` (llama's).
+    Silu,
+    /// GEGLU's tanh-approximated GELU (the Gemmas').
+    Gelu,
+    /// `max(x, 0)^2` (BitNet b1.58 2B4T's `relu2`).
+    SquaredRelu,
+}
+
 /// The gated activation of an expert's hidden values.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum ExpertActivation {
@@ -854,9 +875,10 @@ pub struct ModelConfig {
     /// Whether the model is an embedding model (BERT's families,
     /// EmbeddingGemma): it makes embeddings, no logits.
     pub encoder: bool,
-    /// Whether the gated feed-forward networks gate by GELU (the Gemmas',
-    /// ModernBERT's but where its `hidden_activation` is silu), not SiLU.
-    pub geglu: bool,
+    /// What the gated feed-forward networks gate by: GELU for the Gemmas'
+    /// (ModernBERT's but where its `hidden_activation` is silu), a squared
+    /// ReLU for BitNet's where its file says so, else SiLU.
+    pub gate: GateActivation,
     /// Whether every token attends to every other of its text, not only
     /// to those before it (the file's `attention.causal` false, as
     /// llama.cpp's converters write it for encoders; EmbeddingGemma's
@@ -1841,6 +1863,7 @@ impl ModelConfig {
                 | Architecture::ModernBert
                 | Architecture::Qwen
                 | Architecture::Dbrx
+                | Architecture::Bitnet
                 | Architecture::EuroBert => RopeMode::Neox,
             },
             sliding_window,
@@ -1899,28 +1922,42 @@ impl ModelConfig {
             pre_norms: !(olmo2 || exaone4 || arch.bert_blocks()),
             encoder: arch.encoder(),
             bidirectional,
-            geglu: match arch {
+            gate: match arch {
                 Architecture::Gemma
                 | Architecture::Gemma2
                 | Architecture::Gemma3
                 | Architecture::GemmaEmbedding
                 | Architecture::Gemma3n
                 | Architecture::Gemma4
-                | Architecture::JinaBertV2 => true,
+                | Architecture::JinaBertV2 => GateActivation::Gelu,
                 // (llama.cpp's names, GEGLU where it knows none.)
                 Architecture::ModernBert => match md.get(&key("hidden_activation")) {
-                    None => true,
+                    None => GateActivation::Gelu,
                     Some(_) => match md.get_str(&key("hidden_activation"))? {
-                        "silu" | "swish" | "swiglu" => false,
+                        "silu" | "swish" | "swiglu" => GateActivation::Silu,
                         "relu" | "reglu" => {
                             return Err(Error::BadConfig(format!(
                                 "{p} with ReLU feed-forward networks is not supported"
                             )))
                         }
-                        _ => true,
+                        _ => GateActivation::Gelu,
                     },
                 },
-                _ => false,
+                // (BitNet b1.58 2B4T's squared ReLU, which llama.cpp's
+                // graph does not read: it gates every BitNet by SiLU.)
+                Architecture::Bitnet => match md.get(&key("hidden_activation")) {
+                    None => GateActivation::Silu,
+                    Some(_) => match md.get_str(&key("hidden_activation"))? {
+                        "silu" | "swish" | "swiglu" => GateActivation::Silu,
+                        "relu2" | "relu_squared" => GateActivation::SquaredRelu,
+                        other => {
+                            return Err(Error::BadConfig(format!(
+                                "{p}.hidden_activation {other:?} is not supported"
+                            )))
+                        }
+                    },
+                },
+                _ => GateActivation::Silu,
             },
             qk_norm_whole: olmo2
                 || matches!(

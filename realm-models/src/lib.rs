@@ -39,8 +39,8 @@ pub mod synthetic;
 pub mod tools;
 
 pub use config::{
-    Architecture, AttnTemperature, DeltaNetConfig, ExpertActivation, Gating, MlaConfig,
-    ModelConfig, MoeConfig, SelectionBias, YarnConfig,
+    Architecture, AttnTemperature, DeltaNetConfig, ExpertActivation, GateActivation, Gating,
+    MlaConfig, ModelConfig, MoeConfig, SelectionBias, YarnConfig,
 };
 pub use error::{Error, Result};
 pub use model::{

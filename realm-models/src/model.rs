@@ -35,7 +35,7 @@ use self::moe::{BesideMoe, Moe, MoeBuffers, MoeHost};
 use self::ple::{Ple, PleBlock, PleScratch};
 use self::recurrent::Recurrent;
 use self::shortconv::{ConvScratch, ShortConv};
-use crate::config::{Architecture, ModelConfig, MoeConfig};
+use crate::config::{Architecture, GateActivation, ModelConfig, MoeConfig};
 use crate::embedding::Pooling;
 use crate::imatrix::Collector;
 use crate::lora::{self, Dims, Lora, LoraId, LoraInfo, LoraRun, LoraScratch, Product, Target};
@@ -135,6 +135,10 @@ struct Layer<'a, B: Backend + 'a> {
     /// A dense network's biases, where it has them (Jina BERT v2's): gate,
     /// up (each half of a fused `ffn_up.bias`) and down.
     ffn_b: [Option<B::Buffer>; 3],
+    /// BitNet's RMSNorms of the attention's output before its product
+    /// (`attn_sub_norm`) and of the network's gated values before `ffn_down`
+    /// (`ffn_sub_norm`).
+    sub_norms: [Option<B::Buffer>; 2],
 }
 
 /// Which of a block's products are one matrix in the file.
@@ -611,6 +615,24 @@ impl<'a, B: Backend> Model<'a, B> {
                     n("attn_q_norm.weight")
                 )));
             }
+            // (BitNet's per-tensor scales, which its converter folds into
+            // the weights.)
+            for s in [
+                "attn_q",
+                "attn_k",
+                "attn_v",
+                "attn_output",
+                "ffn_gate",
+                "ffn_up",
+                "ffn_down",
+            ] {
+                if has(&format!("{s}.scale")) {
+                    return Err(Error::BadConfig(format!(
+                        "{} (a per-tensor scale) is not supported",
+                        n(&format!("{s}.scale"))
+                    )));
+                }
+            }
             // (MPT's learned activation scales.)
             if has("ffn_act.scales") {
                 return Err(Error::BadConfig(format!(
@@ -900,6 +922,13 @@ impl<'a, B: Backend> Model<'a, B> {
                         [gate_b, up_b, Some(norm(&n("ffn_down.bias"), d)?)]
                     }
                     _ => [None, None, None],
+                },
+                sub_norms: match c.arch == Architecture::Bitnet {
+                    true => [
+                        Some(norm(&n("attn_sub_norm.weight"), q)?),
+                        Some(norm(&n("ffn_sub_norm.weight"), ff)?),
+                    ],
+                    false => [None, None],
                 },
             });
             if c.has_attention(i) && kv_source.is_none() {
@@ -2748,6 +2777,9 @@ impl<'a, B: Backend> Model<'a, B> {
             }
             _ => {
                 let wo = layer.wo.as_ref().ok_or_else(|| no_room("mixer's output"))?;
+                if let Some(w) = &layer.sub_norms[0] {
+                    b.rms_norm_inplace(&mut sc.att, w, c.rms_eps, n)?;
+                }
                 b.matmul(&mut sc.ws, wo, &sc.att, n, &mut sc.proj)?;
                 let (x, out) = ((&sc.att, n, q_dim), (&mut sc.proj, d));
                 self.adapt(
@@ -2911,14 +2943,21 @@ impl<'a, B: Backend> Model<'a, B> {
                 b.add_row_inplace(out, bias, n)?;
             }
         }
-        match self.config.geglu {
-            true => {
+        match self.config.gate {
+            GateActivation::Gelu => {
                 if let Some(mul) = self.config.altup.as_ref().and_then(|a| a.sparsity[li]) {
                     self.sparsify(sc, n, mul)?;
                 }
                 b.geglu_inplace(&mut sc.gate, &sc.up, n * ff)?
             }
-            false => b.swiglu_inplace(&mut sc.gate, &sc.up, n * ff)?,
+            GateActivation::Silu => b.swiglu_inplace(&mut sc.gate, &sc.up, n * ff)?,
+            GateActivation::SquaredRelu => {
+                b.relu_squared_inplace(&mut sc.gate, n * ff)?;
+                b.mul_inplace(&mut sc.gate, &sc.up, n * ff)?;
+            }
+        }
+        if let Some(w) = &self.layers[li].sub_norms[1] {
+            b.rms_norm_inplace(&mut sc.gate, w, self.config.rms_eps, n)?;
         }
         b.matmul(&mut sc.ws, down, &sc.gate, n, &mut sc.proj)?;
         let (x, out) = ((&sc.gate, n, ff), (&mut sc.proj, d));

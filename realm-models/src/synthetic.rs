@@ -476,6 +476,29 @@ impl SyntheticLayout {
                 .retain(|t| !t.name.ends_with(".post_ffw_norm.weight"));
             return Ok(l);
         }
+        if arch == "bitnet" {
+            // The tiny llama's blocks with norms of the attention's output
+            // and of the network's gated values (its embedding tied).
+            let mut l = Self::tiny("llama")?.renamed(arch);
+            let mut norms = Vec::new();
+            for t in &l.tensors {
+                let (part, width) = match t.name.rsplit_once('.') {
+                    Some((p, "weight")) if p.ends_with(".attn_output") => {
+                        ("attn_sub_norm", t.shape[0])
+                    }
+                    Some((p, "weight")) if p.ends_with(".ffn_down") => ("ffn_sub_norm", t.shape[0]),
+                    _ => continue,
+                };
+                let blk = t.name.split('.').take(2).collect::<Vec<_>>().join(".");
+                norms.push(SyntheticTensor {
+                    name: format!("{blk}.{part}.weight"),
+                    shape: vec![width],
+                    dtype: GgmlType::F32,
+                });
+            }
+            l.tensors.extend(norms);
+            return Ok(l);
+        }
         if arch == "dbrx" {
             // The tiny llama's blocks with LayerNorms (no biases), q/k/v in
             // one `attn_qkv` clamped to 0.5, the network's norm named

@@ -1395,3 +1395,105 @@ fn deci_blocks_without_a_network_keep_their_attention() {
     let err = Model::load(&file, &cpu).unwrap_err().to_string();
     assert!(err.contains("neither attention nor"), "{err}");
 }
+
+/// BitNet b1.58 2B4T's squared-ReLU gate (`hidden_activation` relu2),
+/// which llama.cpp's graph does not read: a first token's logits (its
+/// attention the value of its own key) against the same block computed in
+/// f64 from the file's weights; and the gate moves them from SiLU's.
+#[test]
+fn bitnet_gates_by_the_files_activation() {
+    let layout = SyntheticLayout::by_name("tiny-bitnet")
+        .unwrap()
+        .with_matrix_type(GgmlType::F32);
+    let relu2 = layout
+        .clone()
+        .with_hparam(
+            "bitnet.hidden_activation",
+            MetadataValue::String("relu2".into()),
+        )
+        .write(3)
+        .unwrap();
+    let silu = layout.write(3).unwrap();
+    let cpu = CpuBackend::new().unwrap();
+    let token = 77u32;
+    let first = |bytes: &[u8]| {
+        let file = Gguf::from_bytes(bytes).unwrap();
+        let model = Model::load(&file, &cpu).unwrap();
+        let mut s = model.session(8, 1).unwrap();
+        model.forward(&mut s, &[token]).unwrap().to_vec()
+    };
+    let got = first(&relu2);
+    let file = Gguf::from_bytes(&relu2[..]).unwrap();
+    let md = file.metadata();
+    let u = |k: &str| md.get_u32(&format!("bitnet.{k}")).unwrap() as usize;
+    let (layers, heads, kv_heads) = (
+        u("block_count"),
+        u("attention.head_count"),
+        u("attention.head_count_kv"),
+    );
+    let eps = md
+        .get_f32("bitnet.attention.layer_norm_rms_epsilon")
+        .unwrap() as f64;
+    let w = |name: &str| -> (Vec<f64>, usize) {
+        let t = file.tensor(name).unwrap();
+        let v = realm_core::quant::dequantize_row_to_vec(t.dtype(), t.data()).unwrap();
+        (v.iter().map(|&x| x as f64).collect(), t.shape()[0] as usize)
+    };
+    // `m` times `x`, `m` stored a row of `cols` an output.
+    let mul = |(m, cols): &(Vec<f64>, usize), x: &[f64]| -> Vec<f64> {
+        m.chunks(*cols)
+            .map(|row| row.iter().zip(x).map(|(a, b)| a * b).sum())
+            .collect()
+    };
+    let rms = |x: &[f64], name: &str| -> Vec<f64> {
+        let (g, _) = w(name);
+        let s = (x.iter().map(|v| v * v).sum::<f64>() / x.len() as f64 + eps).sqrt();
+        x.iter().zip(&g).map(|(v, g)| v / s * g).collect()
+    };
+    let embd = w("token_embd.weight");
+    let d = embd.1;
+    let mut x = embd.0[token as usize * d..][..d].to_vec();
+    for l in 0..layers {
+        let n = |s: &str| format!("blk.{l}.{s}.weight");
+        let h = rms(&x, &n("attn_norm"));
+        // One key: each query head's output is its KV head's value.
+        let v = mul(&w(&n("attn_v")), &h);
+        let hd = v.len() / kv_heads;
+        let att: Vec<f64> = (0..heads)
+            .flat_map(|q| v[q / (heads / kv_heads) * hd..][..hd].to_vec())
+            .collect();
+        let o = mul(&w(&n("attn_output")), &rms(&att, &n("attn_sub_norm")));
+        x.iter_mut().zip(&o).for_each(|(x, o)| *x += o);
+        let h = rms(&x, &n("ffn_norm"));
+        let (g, up) = (mul(&w(&n("ffn_gate")), &h), mul(&w(&n("ffn_up")), &h));
+        let a: Vec<f64> = g
+            .iter()
+            .zip(&up)
+            .map(|(g, u)| g.max(0.0) * g.max(0.0) * u)
+            .collect();
+        let o = mul(&w(&n("ffn_down")), &rms(&a, &n("ffn_sub_norm")));
+        x.iter_mut().zip(&o).for_each(|(x, o)| *x += o);
+    }
+    let want: Vec<f32> = mul(&embd, &rms(&x, "output_norm.weight"))
+        .iter()
+        .map(|&v| v as f32)
+        .collect();
+    let d = max_diff(&[got.clone()], &[want]);
+    assert!(d <= 1e-4, "relu2 logits {d} off the f64 block");
+    let moved = max_diff(&[got], &[first(&silu)]);
+    assert!(
+        moved > 100.0 * TOLERANCE,
+        "the gate moves them by {moved} only"
+    );
+    // Other activations are refused by name.
+    let odd = layout
+        .with_hparam(
+            "bitnet.hidden_activation",
+            MetadataValue::String("tanh".into()),
+        )
+        .write(3)
+        .unwrap();
+    let file = Gguf::from_bytes(&odd[..]).unwrap();
+    let err = Model::load(&file, &cpu).unwrap_err().to_string();
+    assert!(err.contains("hidden_activation"), "{err}");
+}
