@@ -38,6 +38,10 @@ mirrors ggml's reference code): `gguf.quants.dequantize` and
       dequantize_row_mxfp4, and the signals quantized by quantize_mxfp4(...,
       NULL) (which is quantize_row_mxfp4_ref, checked on the way, with or
       without an importance matrix). gguf-py's MXFP4 is checked against both.
+  ternary.json, synthetic/tq{1,2}_0.{q,f32}, quantize/<input>.tq{1,2}_0   (only with --ggml-src)
+      TQ1_0 and TQ2_0 (BitNet b1.58's ternary weights) by ggml itself: random
+      blocks and their f32 from dequantize_row_tq*, and the signals quantized
+      by quantize_tq*(..., NULL) (quantize_row_tq*_ref, checked on the way).
   models.json
       For each tensor of the two real models: name, type, absolute byte
       offset and length of its data in the file, and the sha256 of its
@@ -274,7 +278,7 @@ size_t ggml_row_size(int type, long long ne) {
     static const struct { int type; long long block, size; } sizes[] = {
         {2, 32, 18}, {3, 32, 20}, {6, 32, 22}, {7, 32, 24}, {8, 32, 34},
         {10, 256, 84}, {11, 256, 110}, {12, 256, 144}, {13, 256, 176}, {14, 256, 210},
-        {39, 32, 17},
+        {34, 256, 54}, {35, 256, 66}, {39, 32, 17},
     };
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; ++i) {
         if (sizes[i].type == type && ne % sizes[i].block == 0) {
@@ -453,6 +457,51 @@ def gen_mxfp4(src: Path, commit_name: str | None) -> None:
     })
 
 
+def gen_ternary(src: Path, commit_name: str | None) -> None:
+    """TQ1_0 and TQ2_0 (BitNet b1.58's ternary types) by ggml itself: random
+    blocks (every byte value among the packed trits) and their f32 from
+    dequantize_row_tq*, and the signals quantized by quantize_tq*(...,
+    NULL) (quantize_row_tq*_ref, checked on the way)."""
+    rng = np.random.default_rng(0x7E4)
+    entries, quantized = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        lib = build_ggml_reference(src, Path(tmp))
+        for t, tn, d_off in [(T.TQ1_0, "tq1_0", 52), (T.TQ2_0, "tq2_0", 64)]:
+            block_size, type_size = BLOCK_SIZES[t]
+            n_blocks = N_ELEMENTS // block_size
+            raw = rng.integers(0, 256, (n_blocks, type_size), dtype=np.uint32).astype(np.uint8)
+            raw[0, :d_off] = np.arange(d_off, dtype=np.uint8)
+            raw[1, :d_off] = 255 - np.arange(d_off, dtype=np.uint8)
+            raw[:, d_off:d_off + 2] = sane_scales(rng, n_blocks).view(np.uint8).reshape(n_blocks, 2)
+            raw = raw.tobytes()
+            out = ctypes.create_string_buffer(N_ELEMENTS * 4)
+            fn = getattr(lib, f"dequantize_row_{tn}")
+            fn.argtypes = [ctypes.c_char_p, ctypes.c_void_p, ctypes.c_int64]
+            fn(raw, out, N_ELEMENTS)
+            f32 = out.raw
+            (OUT / "synthetic" / f"{tn}.q").write_bytes(raw)
+            (OUT / "synthetic" / f"{tn}.f32").write_bytes(f32)
+            entries.append({"type": tn, "quant_file": f"synthetic/{tn}.q", "f32_file": f"synthetic/{tn}.f32",
+                            "n_elements": N_ELEMENTS, "f32_sha256": sha256(f32)})
+            for name, x in signals().items():
+                x = np.ascontiguousarray(x, dtype=np.float32)
+                got = ggml_quantize_weighted(lib, t, x, x.size, None)
+                row = ctypes.create_string_buffer(len(got))
+                ref = getattr(lib, f"quantize_row_{tn}_ref")
+                ref.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+                ref(x.ctypes.data, row, x.size)
+                assert got == row.raw, name
+                quantized.append(store(name, tn, got))
+    write_json("ternary.json", {
+        "generator": "scripts/gen_quant_fixtures.py --ggml-src (--only-ternary)",
+        "reference": "ggml dequantize_row_tq1_0/tq2_0 and quantize_tq1_0/tq2_0 (ggml-quants.c, cc -O2 -ffp-contract=off)",
+        "ggml_source": ggml_commit(src, commit_name),
+        "inputs": "quantize.json",
+        "dequantize": entries,
+        "expected": quantized,
+    })
+
+
 def importance_vectors() -> dict[str, np.ndarray]:
     """Positive importances over a wide range (exp of normal noise, as an
     importance matrix's mean squared activations spread), one with zeros."""
@@ -622,13 +671,19 @@ def main() -> None:
                     help="write only quantize_weighted.json and weighted/ (needs --ggml-src)")
     ap.add_argument("--only-mxfp4", action="store_true",
                     help="write only mxfp4.json and its data (needs --ggml-src)")
+    ap.add_argument("--only-ternary", action="store_true",
+                    help="write only ternary.json and its data (needs --ggml-src)")
     ap.add_argument("--only-ggml", action="store_true",
                     help="write only the fixtures that need ggml (needs --ggml-src)")
     args = ap.parse_args()
-    if (args.only_weighted or args.only_ggml or args.only_mxfp4) and args.ggml_src is None:
-        ap.error("--only-weighted, --only-mxfp4 and --only-ggml need --ggml-src")
+    if (args.only_weighted or args.only_ggml or args.only_mxfp4 or args.only_ternary) \
+            and args.ggml_src is None:
+        ap.error("--only-weighted, --only-mxfp4, --only-ternary and --only-ggml need --ggml-src")
     if args.only_mxfp4:
         gen_mxfp4(args.ggml_src, args.ggml_commit)
+        return
+    if args.only_ternary:
+        gen_ternary(args.ggml_src, args.ggml_commit)
         return
     if args.only_weighted:
         gen_quantize_weighted(args.ggml_src, args.ggml_commit)
@@ -641,6 +696,7 @@ def main() -> None:
         gen_quantize_iq4(args.ggml_src, args.ggml_commit)
         gen_quantize_weighted(args.ggml_src, args.ggml_commit)
         gen_mxfp4(args.ggml_src, args.ggml_commit)
+        gen_ternary(args.ggml_src, args.ggml_commit)
     if args.only_ggml:
         return
     if not args.skip_models:

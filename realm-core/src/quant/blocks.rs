@@ -206,6 +206,29 @@ pub struct BlockMXFP4 {
     pub qs: [u8; QK / 2],
 }
 
+/// TQ1_0 (BitNet b1.58's ternary weights): 256 trits, five to a byte in
+/// `qs` and four in each of `qh`'s, times `d`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct BlockTQ1_0 {
+    /// Trits of the first 240 values, five a byte.
+    pub qs: [u8; 48],
+    /// Trits of the last 16, four a byte.
+    pub qh: [u8; 4],
+    /// Scale.
+    pub d: f16,
+}
+
+/// TQ2_0: 256 trits as 2-bit values `t + 1`, times `d`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct BlockTQ2_0 {
+    /// Two bits a value, four runs of 32 a 32 bytes.
+    pub qs: [u8; QK_K / 4],
+    /// Scale.
+    pub d: f16,
+}
+
 /// The 16 values an MXFP4 code selects: E2M1's values doubled, so that
 /// they are integers (sign in the code's high bit).
 pub const KVALUES_MXFP4: [i8; 16] = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12];
@@ -237,4 +260,6 @@ assert_block_size! {
     BlockIQ4NL => GgmlType::IQ4_NL,
     BlockIQ4XS => GgmlType::IQ4_XS,
     BlockMXFP4 => GgmlType::MXFP4,
+    BlockTQ1_0 => GgmlType::TQ1_0,
+    BlockTQ2_0 => GgmlType::TQ2_0,
 }

@@ -37,6 +37,7 @@ mod kquantize;
 mod kquants;
 mod legacy;
 mod mxfp4;
+mod ternary;
 mod weighted;
 
 use bytemuck::Pod;
@@ -61,6 +62,9 @@ pub use legacy::{
     quantize_block_q5_0, quantize_block_q5_1, quantize_block_q8_0, quantize_block_q8_1,
 };
 pub use mxfp4::{dequantize_block_mxfp4, e8m0_to_f32_half, quantize_block_mxfp4};
+pub use ternary::{
+    dequantize_block_tq1_0, dequantize_block_tq2_0, quantize_block_tq1_0, quantize_block_tq2_0,
+};
 
 /// The types [`dequantize`] supports, in id order.
 pub const DEQUANTIZE_TYPES: &[GgmlType] = &[
@@ -81,6 +85,8 @@ pub const DEQUANTIZE_TYPES: &[GgmlType] = &[
     GgmlType::IQ4_NL,
     GgmlType::IQ4_XS,
     GgmlType::BF16,
+    GgmlType::TQ1_0,
+    GgmlType::TQ2_0,
     GgmlType::MXFP4,
 ];
 
@@ -103,6 +109,8 @@ pub const QUANTIZE_TYPES: &[GgmlType] = &[
     GgmlType::IQ4_NL,
     GgmlType::IQ4_XS,
     GgmlType::BF16,
+    GgmlType::TQ1_0,
+    GgmlType::TQ2_0,
     GgmlType::MXFP4,
 ];
 
@@ -255,6 +263,8 @@ pub fn dequantize(dtype: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<()> {
         GgmlType::IQ4_NL => dequantize_blocks::<_, QK>(dtype, src, dst, dequantize_block_iq4_nl)?,
         GgmlType::IQ4_XS => dequantize_blocks::<_, QK_K>(dtype, src, dst, dequantize_block_iq4_xs)?,
         GgmlType::MXFP4 => dequantize_blocks::<_, QK>(dtype, src, dst, dequantize_block_mxfp4)?,
+        GgmlType::TQ1_0 => dequantize_blocks::<_, QK_K>(dtype, src, dst, dequantize_block_tq1_0)?,
+        GgmlType::TQ2_0 => dequantize_blocks::<_, QK_K>(dtype, src, dst, dequantize_block_tq2_0)?,
         _ => {
             return Err(Error::UnsupportedType {
                 op: "dequantize",
@@ -336,6 +346,8 @@ pub fn quantize(dtype: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<()> {
         GgmlType::IQ4_NL => quantize_blocks::<_, QK>(dtype, src, dst, quantize_block_iq4_nl)?,
         GgmlType::IQ4_XS => quantize_blocks::<_, QK_K>(dtype, src, dst, quantize_block_iq4_xs)?,
         GgmlType::MXFP4 => quantize_blocks::<_, QK>(dtype, src, dst, quantize_block_mxfp4)?,
+        GgmlType::TQ1_0 => quantize_blocks::<_, QK_K>(dtype, src, dst, quantize_block_tq1_0)?,
+        GgmlType::TQ2_0 => quantize_blocks::<_, QK_K>(dtype, src, dst, quantize_block_tq2_0)?,
         _ => {
             return Err(Error::UnsupportedType {
                 op: "quantize",

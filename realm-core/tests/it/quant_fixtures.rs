@@ -80,8 +80,9 @@ fn dequantize_matches_reference_for_every_supported_type() {
         assert_same_bits(&format!("{t} dequantize (unaligned)"), &got, &want);
         covered.push(t);
     }
-    // (MXFP4's random blocks are in mxfp4.json, from ggml itself.)
-    covered.push(GgmlType::MXFP4);
+    // (MXFP4's and the ternary types' random blocks are in mxfp4.json and
+    // ternary.json, from ggml itself.)
+    covered.extend([GgmlType::MXFP4, GgmlType::TQ1_0, GgmlType::TQ2_0]);
     for t in quant::DEQUANTIZE_TYPES {
         assert!(covered.contains(t), "no fixture for {t}");
     }
@@ -198,6 +199,7 @@ fn quantize_matches_ggml_reference_byte_for_byte() {
         "quantize_ggml.json",
         "quantize_iq4.json",
         "mxfp4.json",
+        "ternary.json",
     ] {
         for e in manifest(name)["expected"].as_array().unwrap() {
             covered.push(e["type"].as_str().unwrap().to_owned());
@@ -252,6 +254,47 @@ fn quantize_iq4_matches_ggml_byte_for_byte() {
             _ => panic!("{t} in quantize_iq4.json"),
         };
         assert_eq!(got, want, "{t} of `{}` block by block", e["input"]);
+    }
+}
+
+/// TQ1_0 and TQ2_0 (BitNet b1.58's ternary weights) against ggml itself:
+/// random blocks (every byte value among their packed trits) dequantized
+/// bit for bit, block by block too, and the signals quantized byte for
+/// byte, with or without an importance matrix (which ggml's quantizers
+/// ignore).
+#[test]
+fn ternary_types_match_ggml_both_ways() {
+    let m = manifest("ternary.json");
+    for d in m["dequantize"].as_array().unwrap() {
+        let t = type_by_name(d["type"].as_str().unwrap());
+        let q = read(d["quant_file"].as_str().unwrap());
+        let want_bytes = read(d["f32_file"].as_str().unwrap());
+        assert_eq!(sha256_hex(&want_bytes), d["f32_sha256"].as_str().unwrap());
+        let want = f32s(&want_bytes);
+        let got = quant::dequantize_row_to_vec(t, &q).unwrap();
+        assert_same_bits(&format!("{t} dequantize"), &got, &want);
+        let mut by_block = Vec::new();
+        for block in q.chunks_exact(t.type_size()) {
+            let mut out = [0.0f32; quant::blocks::QK_K];
+            match t {
+                GgmlType::TQ1_0 => {
+                    quant::dequantize_block_tq1_0(&bytemuck::pod_read_unaligned(block), &mut out)
+                }
+                _ => quant::dequantize_block_tq2_0(&bytemuck::pod_read_unaligned(block), &mut out),
+            }
+            by_block.extend_from_slice(&out);
+        }
+        assert_same_bits(&format!("{t} per-block"), &by_block, &want);
+    }
+    assert_eq!(check_quantize_fixtures("ternary.json"), 10);
+    let inputs = manifest("quantize.json");
+    for e in m["expected"].as_array().unwrap() {
+        let t = type_by_name(e["type"].as_str().unwrap());
+        let x = input_values(&inputs, &e["input"]);
+        let importance: Vec<f32> = (0..256).map(|i| 1.0 + (i % 5) as f32).collect();
+        let mut got = vec![0u8; read(e["file"].as_str().unwrap()).len()];
+        quant::quantize_weighted(t, &x, &importance, &mut got).unwrap();
+        assert_eq!(got, read(e["file"].as_str().unwrap()), "{t} {}", e["input"]);
     }
 }
 

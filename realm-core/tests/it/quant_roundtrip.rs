@@ -18,6 +18,9 @@ const MAX_QUANTIZATION_TOTAL_ERROR: f32 = 0.002;
 const MAX_QUANTIZATION_TOTAL_ERROR_2BITS: f32 = 0.0075;
 /// llama.cpp test-quantize-fns.cpp: limit for 3-bit types (Q3_K).
 const MAX_QUANTIZATION_TOTAL_ERROR_3BITS: f32 = 0.0040;
+/// llama.cpp test-quantize-fns.cpp: limit for the ternary types (TQ1_0,
+/// TQ2_0).
+const MAX_QUANTIZATION_TOTAL_ERROR_TERNARY: f32 = 0.01;
 /// llama.cpp test-quantize-fns.cpp: the length of the test rows.
 const TEST_SIZE: usize = 32 * 128;
 
@@ -46,6 +49,7 @@ fn limit(t: GgmlType) -> f32 {
     match t {
         GgmlType::Q2_K => MAX_QUANTIZATION_TOTAL_ERROR_2BITS,
         GgmlType::Q3_K => MAX_QUANTIZATION_TOTAL_ERROR_3BITS,
+        GgmlType::TQ1_0 | GgmlType::TQ2_0 => MAX_QUANTIZATION_TOTAL_ERROR_TERNARY,
         _ => MAX_QUANTIZATION_TOTAL_ERROR,
     }
 }
@@ -95,6 +99,7 @@ fn total_error_is_within_llama_cpp_limits() {
 /// MXFP4's scale is `2^(floor(log2 m) - 3)` exactly, on a table up to 12:
 /// its widest gap (8 to 12) and the clamp of a largest element near
 /// `2^(floor(log2 m) + 1)` to 12 steps are both at most `m / 4` off.
+/// TQ1_0 and TQ2_0 round each element to -m, 0 or m: at most `m / 2` off.
 fn bound(t: GgmlType, m: f32) -> f32 {
     let f16_slack = m * 2.0f32.powi(-9);
     let k = match t {
@@ -114,6 +119,7 @@ fn bound(t: GgmlType, m: f32) -> f32 {
         GgmlType::IQ4_NL => 1.0 / 5.0,
         GgmlType::IQ4_XS => 1.0 / 6.0,
         GgmlType::MXFP4 => return m / 4.0,
+        GgmlType::TQ1_0 | GgmlType::TQ2_0 => 0.5,
         _ => unreachable!("{t} is not quantizable"),
     };
     k * m + f16_slack
