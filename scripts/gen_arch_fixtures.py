@@ -425,6 +425,8 @@ CASES = [
     # gated values (SiLU, as llama.cpp gates every BitNet).
     case("bitnet", "tiny-bitnet"),
     case("bitnet-q8_0", "tiny-bitnet", matrix_type="q8_0"),
+    case("bitnet-tq1_0", "tiny-bitnet", matrix_type="tq1_0"),
+    case("bitnet-tq2_0", "tiny-bitnet", matrix_type="tq2_0"),
     # Encoders: every position's final hidden state (no pooling), the
     # tokens in one batch as llama.cpp needs them.
     case("bert", "tiny-bert", embedding=True),

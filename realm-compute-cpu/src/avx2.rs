@@ -24,7 +24,8 @@ use std::ops::Range;
 use half::{bf16, f16};
 use realm_core::quant::blocks::{
     BlockIQ4NL, BlockIQ4XS, BlockMXFP4, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1,
-    BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0, KVALUES_IQ4NL, KVALUES_MXFP4,
+    BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0, BlockTQ1_0, BlockTQ2_0, KVALUES_IQ4NL,
+    KVALUES_MXFP4,
 };
 use realm_core::quant::e8m0_to_f32_half;
 
@@ -623,6 +624,54 @@ impl KSimd for BlockIQ4XS {
         KParts {
             q,
             scales: bytemuck::cast::<[i8; 16], __m128i>(std::array::from_fn(|i| ls[i / 2])),
+            mins: _mm_setzero_si128(),
+            d: h2f(self.d),
+            dmin: 0.0,
+        }
+    }
+}
+
+/// The ternary types' scales: every sub-block's 1.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn ternary_scales() -> __m128i {
+    _mm_set1_epi8(1)
+}
+
+impl KSimd for BlockTQ1_0 {
+    // (Bytes are `t + 1`.)
+    const OFFSET: i32 = 1;
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn parts(&self) -> KParts {
+        // Five trits a byte do not unpack by shifts: the scalar unpacking,
+        // then the registers.
+        let t = realm_core::quant::unpack_tq1_0(self).map(|t| (t + 1) as u8);
+        let chunks: [[u8; 32]; 8] = bytemuck::cast(t);
+        KParts {
+            q: chunks.map(|c| load32(c)),
+            scales: ternary_scales(),
+            mins: _mm_setzero_si128(),
+            d: h2f(self.d),
+            dmin: 0.0,
+        }
+    }
+}
+
+impl KSimd for BlockTQ2_0 {
+    const OFFSET: i32 = 1;
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn parts(&self) -> KParts {
+        // Laid out as Q2_K's quants: `t + 1` in bits `2 j` of byte `32 n + l`.
+        let halves: [[u8; 32]; 2] = bytemuck::cast(self.qs);
+        let m3 = _mm256_set1_epi8(3);
+        let q = std::array::from_fn(|g| {
+            _mm256_and_si256(srl16(load32(halves[g / 4]), 2 * (g % 4)), m3)
+        });
+        KParts {
+            q,
+            scales: ternary_scales(),
             mins: _mm_setzero_si128(),
             d: h2f(self.d),
             dmin: 0.0,

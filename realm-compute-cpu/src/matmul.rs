@@ -12,7 +12,7 @@ use rayon::prelude::*;
 use realm_core::backend::{BackendError, BackendResult};
 use realm_core::quant::blocks::{
     BlockIQ4NL, BlockIQ4XS, BlockMXFP4, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1,
-    BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0,
+    BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0, BlockTQ1_0, BlockTQ2_0,
 };
 use realm_core::GgmlType;
 
@@ -164,7 +164,7 @@ macro_rules! dispatch {
 }
 
 dispatch!(crate::avx2::packed_rows::<Self>, BlockQ8x32, q8: BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockIQ4NL, BlockMXFP4);
-dispatch!(crate::avx2::kquant_rows::<Self>, BlockQ8K, q8k: BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockIQ4XS);
+dispatch!(crate::avx2::kquant_rows::<Self>, BlockQ8K, q8k: BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockIQ4XS, BlockTQ1_0, BlockTQ2_0);
 
 /// Scalar kernel: the reference dot product for each (row, token).
 fn rows_scalar<B: WeightBlock>(
@@ -405,6 +405,8 @@ pub(crate) fn matmul(
         GgmlType::Q6_K => matmul_quant::<BlockQ6K>(be, ws, w, x, n, out),
         GgmlType::IQ4_XS => matmul_quant::<BlockIQ4XS>(be, ws, w, x, n, out),
         GgmlType::MXFP4 => matmul_quant::<BlockMXFP4>(be, ws, w, x, n, out),
+        GgmlType::TQ1_0 => matmul_quant::<BlockTQ1_0>(be, ws, w, x, n, out),
+        GgmlType::TQ2_0 => matmul_quant::<BlockTQ2_0>(be, ws, w, x, n, out),
         dtype => Err(BackendError::UnsupportedType {
             op: "matmul",
             dtype,
@@ -420,7 +422,7 @@ fn rounded<'b>(buf: &'b mut Vec<f32>, x: &[f32], round: impl Fn(f32) -> f32) -> 
 }
 
 /// The weight types `matmul` handles.
-pub(crate) const SUPPORTED: [GgmlType; 16] = [
+pub(crate) const SUPPORTED: [GgmlType; 18] = [
     GgmlType::F32,
     GgmlType::F16,
     GgmlType::BF16,
@@ -437,6 +439,8 @@ pub(crate) const SUPPORTED: [GgmlType; 16] = [
     GgmlType::Q6_K,
     GgmlType::IQ4_XS,
     GgmlType::MXFP4,
+    GgmlType::TQ1_0,
+    GgmlType::TQ2_0,
 ];
 
 fn embed_quant<B: WeightBlock>(
@@ -498,6 +502,8 @@ pub(crate) fn embed(w: &CpuWeight<'_>, ids: &[u32], out: &mut [f32]) -> BackendR
         GgmlType::Q6_K => embed_quant::<BlockQ6K>(w, ids, out),
         GgmlType::IQ4_XS => embed_quant::<BlockIQ4XS>(w, ids, out),
         GgmlType::MXFP4 => embed_quant::<BlockMXFP4>(w, ids, out),
+        GgmlType::TQ1_0 => embed_quant::<BlockTQ1_0>(w, ids, out),
+        GgmlType::TQ2_0 => embed_quant::<BlockTQ2_0>(w, ids, out),
         dtype => Err(BackendError::UnsupportedType { op: "embed", dtype }),
     }
 }

@@ -16,7 +16,8 @@ use std::ops::Range;
 
 use realm_core::quant::blocks::{
     BlockIQ4NL, BlockIQ4XS, BlockMXFP4, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1,
-    BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0, KVALUES_IQ4NL, KVALUES_MXFP4,
+    BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0, BlockTQ1_0, BlockTQ2_0, KVALUES_IQ4NL,
+    KVALUES_MXFP4,
 };
 
 use crate::act::{BlockQ8K, BlockQ8x32};
@@ -386,6 +387,29 @@ impl KQuants for BlockIQ4XS {
     }
 }
 
+impl KQuants for BlockTQ1_0 {
+    #[inline]
+    #[target_feature(enable = "neon")]
+    unsafe fn quants_neon(&self) -> [int8x16_t; 16] {
+        // (Five trits a byte: the scalar unpacking.)
+        bytemuck::cast(realm_core::quant::unpack_tq1_0(self))
+    }
+}
+
+impl KQuants for BlockTQ2_0 {
+    #[inline]
+    #[target_feature(enable = "neon")]
+    unsafe fn quants_neon(&self) -> [int8x16_t; 16] {
+        // Q2_K's layout, less 1.
+        let qs = [halves(&self.qs[..32]), halves(&self.qs[32..])];
+        std::array::from_fn(|g| {
+            let (n, j, h) = (g / 8, (g % 8) / 2, g % 2);
+            let q = vandq_u8(shr(qs[n][h], 2 * j), vdupq_n_u8(3));
+            vsubq_s8(signed(q), vdupq_n_s8(1))
+        })
+    }
+}
+
 macro_rules! k_neon {
     ($($block:ty),*) => {$(
         impl NeonBlock for $block {
@@ -413,4 +437,4 @@ macro_rules! k_neon {
     )*};
 }
 
-k_neon!(BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockIQ4XS);
+k_neon!(BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockIQ4XS, BlockTQ1_0, BlockTQ2_0);

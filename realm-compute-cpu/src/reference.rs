@@ -8,9 +8,10 @@
 
 use realm_core::quant::blocks::{
     BlockIQ4NL, BlockIQ4XS, BlockMXFP4, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1,
-    BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0, KVALUES_IQ4NL, KVALUES_MXFP4, QK_K,
+    BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0, BlockTQ1_0, BlockTQ2_0, KVALUES_IQ4NL,
+    KVALUES_MXFP4, QK_K,
 };
-use realm_core::quant::{e8m0_to_f32_half, scale_min_k4};
+use realm_core::quant::{e8m0_to_f32_half, scale_min_k4, unpack_tq1_0, unpack_tq2_0};
 
 use crate::act::{ActBlock, BlockQ8K, BlockQ8x32};
 
@@ -339,6 +340,36 @@ impl UnpackK for BlockIQ4XS {
     }
 }
 
+/// The ternary types' scales: one block scale, every sub-block's 1.
+fn ternary_scales(d: f32) -> KScales {
+    KScales {
+        sc: [1; 16],
+        mn: [0; 16],
+        d,
+        dmin: 0.0,
+    }
+}
+
+impl UnpackK for BlockTQ1_0 {
+    fn quants(&self) -> [i8; QK_K] {
+        unpack_tq1_0(self)
+    }
+
+    fn scales(&self) -> KScales {
+        ternary_scales(self.d.to_f32())
+    }
+}
+
+impl UnpackK for BlockTQ2_0 {
+    fn quants(&self) -> [i8; QK_K] {
+        unpack_tq2_0(self)
+    }
+
+    fn scales(&self) -> KScales {
+        ternary_scales(self.d.to_f32())
+    }
+}
+
 macro_rules! k_weight {
     ($($block:ty),* $(,)?) => {$(
         impl WeightBlock for $block {
@@ -372,6 +403,8 @@ k_weight! {
     BlockQ5K,
     BlockQ6K,
     BlockIQ4XS,
+    BlockTQ1_0,
+    BlockTQ2_0,
 }
 
 /// Reference dot product of one weight row with one quantized activation row

@@ -314,14 +314,15 @@ impl GpuBackend {
     }
 
     /// The backend taking matrices of the types candle cannot multiply
-    /// (MXFP4, IQ4_NL, IQ4_XS) dequantized, in `to`, so that a model with
+    /// (MXFP4, IQ4_NL, IQ4_XS, TQ1_0, TQ2_0) dequantized, in `to`, so that a model with
     /// them runs (in two or four bytes a weight where the file has about
     /// half of one); `None`, the default, refuses them
     /// ([`MatMulOps::supports_matmul`] is false), so that no dequantized
     /// copy is made unless asked. f32 is the exact math of the file's
     /// weights; f16 rounds each weight once more (relatively within
     /// 2^-11; MXFP4's values, small whole numbers times a power of two,
-    /// not at all within f16's range).
+    /// and the ternary types', an f16 scale times -1, 0 or 1, not at all
+    /// within f16's range).
     ///
     /// ```
     /// use realm_compute_gpu::{Dequantized, GpuBackend, GpuDevice};

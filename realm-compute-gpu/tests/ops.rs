@@ -1291,7 +1291,14 @@ fn dequantized_matrices_multiply_their_exact_weights() {
     let (m, k, n) = (41, 512, 3);
     let mut rng = Rng(11);
     let x = rng.f32s(n * k, -1.0, 1.0);
-    for t in [GgmlType::MXFP4, GgmlType::IQ4_NL, GgmlType::IQ4_XS] {
+    let types = [
+        GgmlType::MXFP4,
+        GgmlType::IQ4_NL,
+        GgmlType::IQ4_XS,
+        GgmlType::TQ1_0,
+        GgmlType::TQ2_0,
+    ];
+    for t in types {
         let bytes = quant::quantize_row_to_vec(t, &rng.f32s(m * k, -1.0, 1.0)).unwrap();
         let shape = [k as u64, m as u64];
         let view = TensorView::new("w", t, &shape, &bytes).unwrap();

@@ -477,9 +477,29 @@ impl SyntheticLayout {
             return Ok(l);
         }
         if arch == "bitnet" {
-            // The tiny llama's blocks with norms of the attention's output
-            // and of the network's gated values (its embedding tied).
-            let mut l = Self::tiny("llama")?.renamed(arch);
+            // Llama's blocks, 256 wide (a row a ternary block) with a
+            // network 512 wide, with norms of the attention's output and of
+            // the network's gated values (its embedding tied).
+            let s = Shape {
+                arch: "bitnet",
+                layers: 2,
+                d: 256,
+                ff: 512,
+                heads: 4,
+                kv_heads: 2,
+                head_dim: 64,
+                vocab: 300,
+            };
+            let hp = vec![
+                u32_kv("bitnet.attention.head_count", 4),
+                u32_kv("bitnet.attention.head_count_kv", 2),
+                f32_kv("bitnet.attention.layer_norm_rms_epsilon", 1e-5),
+                u32_kv("bitnet.block_count", 2),
+                u32_kv("bitnet.context_length", 256),
+                u32_kv("bitnet.embedding_length", 256),
+                u32_kv("bitnet.feed_forward_length", 512),
+            ];
+            let mut l = Self::build(&s, hp, |_, _| GgmlType::Q8_0);
             let mut norms = Vec::new();
             for t in &l.tensors {
                 let (part, width) = match t.name.rsplit_once('.') {

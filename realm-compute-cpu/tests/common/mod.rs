@@ -9,7 +9,7 @@ use realm_core::quant::blocks::KVALUES_IQ4NL;
 use realm_core::GgmlType;
 
 /// The weight types the CPU backend multiplies.
-pub const TYPES: [GgmlType; 16] = [
+pub const TYPES: [GgmlType; 18] = [
     GgmlType::F32,
     GgmlType::F16,
     GgmlType::BF16,
@@ -26,6 +26,8 @@ pub const TYPES: [GgmlType; 16] = [
     GgmlType::Q6_K,
     GgmlType::IQ4_XS,
     GgmlType::MXFP4,
+    GgmlType::TQ1_0,
+    GgmlType::TQ2_0,
 ];
 
 /// splitmix64: small, seedable, good enough for test data.
@@ -68,6 +70,8 @@ fn scale_fields(t: GgmlType) -> &'static [(usize, f32)] {
         GgmlType::Q5_K => &[(0, 0.0015), (2, 0.01)],
         GgmlType::Q6_K => &[(208, 0.0003)],
         GgmlType::IQ4_XS => &[(0, 0.0005)],
+        GgmlType::TQ1_0 => &[(52, 1.0)],
+        GgmlType::TQ2_0 => &[(64, 1.0)],
         _ => &[],
     }
 }
@@ -229,6 +233,29 @@ fn dequant_block(t: GgmlType, b: &[u8], out: &mut Vec<f64>) {
                     ((sl[ib / 2] >> (4 * (ib % 2))) & 15) | ((((sh >> (2 * ib)) & 3) as u8) << 4);
                 let v = KVALUES_IQ4NL[nib(&qs[16 * ib..], i) as usize];
                 out.push(d * f64::from(i32::from(ls) - 32) * f64::from(v));
+            }
+        }
+        GgmlType::TQ1_0 => {
+            // Trit k of a byte: the top third of the byte times 3^k, mod 256.
+            let trit = |byte: u8, k: u32| -> f64 {
+                let v = (u32::from(byte) * 3u32.pow(k)) % 256;
+                f64::from((v * 3 / 256) as i32 - 1)
+            };
+            let (qs, qh, d) = (&b[0..48], &b[48..52], h(b, 52));
+            for (start, run) in [(0, 32), (32, 16)] {
+                for k in 0..5 {
+                    out.extend((0..run).map(|m| d * trit(qs[start + m], k)));
+                }
+            }
+            for k in 0..4 {
+                out.extend((0..4).map(|j| d * trit(qh[j], k)));
+            }
+        }
+        GgmlType::TQ2_0 => {
+            let (qs, d) = (&b[0..64], h(b, 64));
+            for e in 0..256 {
+                let (n, j, l) = (e / 128, (e % 128) / 32, e % 32);
+                out.push(d * (f64::from((qs[32 * n + l] >> (2 * j)) & 3) - 1.0));
             }
         }
         other => panic!("no test dequantizer for {other}"),

@@ -64,6 +64,7 @@ pub use legacy::{
 pub use mxfp4::{dequantize_block_mxfp4, e8m0_to_f32_half, quantize_block_mxfp4};
 pub use ternary::{
     dequantize_block_tq1_0, dequantize_block_tq2_0, quantize_block_tq1_0, quantize_block_tq2_0,
+    unpack_tq1_0, unpack_tq2_0,
 };
 
 /// The types [`dequantize`] supports, in id order.

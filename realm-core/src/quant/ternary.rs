@@ -24,9 +24,9 @@ const POW3: [u8; 6] = [1, 3, 9, 27, 81, 243];
 
 /// The trit at the top of `b * 3^k` (mod 256), as -1, 0 or 1.
 #[inline]
-fn trit(b: u8, k: usize) -> i16 {
+fn trit(b: u8, k: usize) -> i8 {
     let q = b.wrapping_mul(POW3[k]);
-    ((u16::from(q) * 3) >> 8) as i16 - 1
+    ((u16::from(q) * 3) >> 8) as i8 - 1
 }
 
 /// The trits of `vals` (each -1, 0 or 1, the first the most significant)
@@ -49,34 +49,54 @@ fn ternary(x: f32, id: f32) -> i32 {
     ((x * id).round() as i32).clamp(-1, 1)
 }
 
-/// Dequantizes one TQ1_0 block.
-pub fn dequantize_block_tq1_0(block: &BlockTQ1_0, out: &mut [f32; QK_K]) {
-    let d = block.d.to_f32();
+/// The 256 trits (-1, 0 or 1) of a TQ1_0 block, in value order.
+///
+/// ```
+/// use realm_core::quant::{blocks::BlockTQ1_0, unpack_tq1_0};
+/// // A byte of 255 holds five 1s (the highest number), one of 0 five -1s.
+/// let b = BlockTQ1_0 { qs: [255; 48], qh: [0; 4], d: half::f16::ONE };
+/// let t = unpack_tq1_0(&b);
+/// assert!(t[..240].iter().all(|&t| t == 1) && t[240..].iter().all(|&t| t == -1));
+/// ```
+pub fn unpack_tq1_0(block: &BlockTQ1_0) -> [i8; QK_K] {
+    let mut out = [0i8; QK_K];
     let mut o = out.iter_mut();
     for (bytes, run) in [(&block.qs[..32], 32), (&block.qs[32..], 16)] {
         for k in 0..5 {
-            for (&b, y) in bytes.iter().zip(&mut o).take(run) {
-                *y = f32::from(trit(b, k)) * d;
+            for (&b, t) in bytes.iter().zip(&mut o).take(run) {
+                *t = trit(b, k);
             }
         }
     }
     for k in 0..4 {
-        for (&b, y) in block.qh.iter().zip(&mut o) {
-            *y = f32::from(trit(b, k)) * d;
+        for (&b, t) in block.qh.iter().zip(&mut o) {
+            *t = trit(b, k);
         }
+    }
+    out
+}
+
+/// The 256 trits (-1, 0 or 1) of a TQ2_0 block, in value order.
+pub fn unpack_tq2_0(block: &BlockTQ2_0) -> [i8; QK_K] {
+    std::array::from_fn(|e| {
+        let (half, shift, m) = (e / 128, (e % 128) / 32, e % 32);
+        ((block.qs[32 * half + m] >> (2 * shift)) & 3) as i8 - 1
+    })
+}
+
+/// Dequantizes one TQ1_0 block.
+pub fn dequantize_block_tq1_0(block: &BlockTQ1_0, out: &mut [f32; QK_K]) {
+    let d = block.d.to_f32();
+    for (y, t) in out.iter_mut().zip(unpack_tq1_0(block)) {
+        *y = f32::from(t) * d;
     }
 }
 
 /// Dequantizes one TQ2_0 block.
 pub fn dequantize_block_tq2_0(block: &BlockTQ2_0, out: &mut [f32; QK_K]) {
     let d = block.d.to_f32();
-    for (half, bytes) in block.qs.chunks_exact(32).enumerate() {
-        for shift in 0..4 {
-            let run = &mut out[128 * half + 32 * shift..][..32];
-            for (&b, y) in bytes.iter().zip(run) {
-                *y = f32::from(i16::from((b >> (2 * shift)) & 3) - 1) * d;
-            }
-        }
+    for (y, t) in out.iter_mut().zip(unpack_tq2_0(block)) {
+        *y = f32::from(t) * d;
     }
 }
 
