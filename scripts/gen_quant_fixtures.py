@@ -42,6 +42,10 @@ mirrors ggml's reference code): `gguf.quants.dequantize` and
       TQ1_0 and TQ2_0 (BitNet b1.58's ternary weights) by ggml itself: random
       blocks and their f32 from dequantize_row_tq*, and the signals quantized
       by quantize_tq*(..., NULL) (quantize_row_tq*_ref, checked on the way).
+  iq123.json, synthetic/iq{1,2,3}_*.{q,f32}   (only with --ggml-src)
+      The IQ1-IQ3 types (IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S)
+      by ggml itself: random blocks and their f32 from dequantize_row_iq*
+      (Realm does not quantize to them).
   models.json
       For each tensor of the two real models: name, type, absolute byte
       offset and length of its data in the file, and the sha256 of its
@@ -502,6 +506,51 @@ def gen_ternary(src: Path, commit_name: str | None) -> None:
     })
 
 
+# The IQ1-IQ3 types: ggml's name, and the byte offset of the block's f16
+# scale (IQ1_M spreads its scale over the top nibbles of its scales).
+IQ123_TYPES = [
+    (T.IQ2_XXS, "iq2_xxs", 0), (T.IQ2_XS, "iq2_xs", 0), (T.IQ2_S, "iq2_s", 0),
+    (T.IQ3_XXS, "iq3_xxs", 0), (T.IQ3_S, "iq3_s", 0), (T.IQ1_S, "iq1_s", 0), (T.IQ1_M, "iq1_m", None),
+]
+
+
+def gen_iq123(src: Path, commit_name: str | None) -> None:
+    """The IQ1-IQ3 types by ggml itself: random blocks (random indices,
+    signs and scales, sane super-block scales) and their f32 from
+    dequantize_row_iq*."""
+    rng = np.random.default_rng(0x1123)
+    entries = []
+    with tempfile.TemporaryDirectory() as tmp:
+        lib = build_ggml_reference(src, Path(tmp))
+        for t, tn, d_off in IQ123_TYPES:
+            block_size, type_size = BLOCK_SIZES[t]
+            n_blocks = N_ELEMENTS // block_size
+            raw = rng.integers(0, 256, (n_blocks, type_size), dtype=np.uint32).astype(np.uint8)
+            if d_off is not None:
+                raw[:, d_off:d_off + 2] = sane_scales(rng, n_blocks).view(np.uint8).reshape(n_blocks, 2)
+            else:
+                # The f16's top exponent bit (bit 14 of the last scale word)
+                # clear: finite scales below 2.
+                raw[:, type_size - 1] &= 0xBF
+            raw = raw.tobytes()
+            out = ctypes.create_string_buffer(N_ELEMENTS * 4)
+            fn = getattr(lib, f"dequantize_row_{tn}")
+            fn.argtypes = [ctypes.c_char_p, ctypes.c_void_p, ctypes.c_int64]
+            fn(raw, out, N_ELEMENTS)
+            f32 = out.raw
+            assert np.isfinite(np.frombuffer(f32, np.float32)).all(), tn
+            (OUT / "synthetic" / f"{tn}.q").write_bytes(raw)
+            (OUT / "synthetic" / f"{tn}.f32").write_bytes(f32)
+            entries.append({"type": tn, "quant_file": f"synthetic/{tn}.q", "f32_file": f"synthetic/{tn}.f32",
+                            "n_elements": N_ELEMENTS, "f32_sha256": sha256(f32)})
+    write_json("iq123.json", {
+        "generator": "scripts/gen_quant_fixtures.py --ggml-src (--only-iq123)",
+        "reference": "ggml dequantize_row_iq* (ggml-quants.c, cc -O2 -ffp-contract=off)",
+        "ggml_source": ggml_commit(src, commit_name),
+        "dequantize": entries,
+    })
+
+
 def importance_vectors() -> dict[str, np.ndarray]:
     """Positive importances over a wide range (exp of normal noise, as an
     importance matrix's mean squared activations spread), one with zeros."""
@@ -671,19 +720,25 @@ def main() -> None:
                     help="write only quantize_weighted.json and weighted/ (needs --ggml-src)")
     ap.add_argument("--only-mxfp4", action="store_true",
                     help="write only mxfp4.json and its data (needs --ggml-src)")
+    ap.add_argument("--only-iq123", action="store_true",
+                    help="write only iq123.json and its data (needs --ggml-src)")
     ap.add_argument("--only-ternary", action="store_true",
                     help="write only ternary.json and its data (needs --ggml-src)")
     ap.add_argument("--only-ggml", action="store_true",
                     help="write only the fixtures that need ggml (needs --ggml-src)")
     args = ap.parse_args()
-    if (args.only_weighted or args.only_ggml or args.only_mxfp4 or args.only_ternary) \
-            and args.ggml_src is None:
-        ap.error("--only-weighted, --only-mxfp4, --only-ternary and --only-ggml need --ggml-src")
+    if (args.only_weighted or args.only_ggml or args.only_mxfp4 or args.only_ternary
+            or args.only_iq123) and args.ggml_src is None:
+        ap.error("--only-weighted, --only-mxfp4, --only-ternary, --only-iq123 and --only-ggml "
+                 "need --ggml-src")
     if args.only_mxfp4:
         gen_mxfp4(args.ggml_src, args.ggml_commit)
         return
     if args.only_ternary:
         gen_ternary(args.ggml_src, args.ggml_commit)
+        return
+    if args.only_iq123:
+        gen_iq123(args.ggml_src, args.ggml_commit)
         return
     if args.only_weighted:
         gen_quantize_weighted(args.ggml_src, args.ggml_commit)
@@ -697,6 +752,7 @@ def main() -> None:
         gen_quantize_weighted(args.ggml_src, args.ggml_commit)
         gen_mxfp4(args.ggml_src, args.ggml_commit)
         gen_ternary(args.ggml_src, args.ggml_commit)
+        gen_iq123(args.ggml_src, args.ggml_commit)
     if args.only_ggml:
         return
     if not args.skip_models:

@@ -206,6 +206,102 @@ pub struct BlockMXFP4 {
     pub qs: [u8; QK / 2],
 }
 
+/// IQ2_XXS: 8 groups of 32 weights, each four 8-value lattice points
+/// (`IQ2XXS_GRID` indices in its first word's bytes), their signs (7 bits
+/// each, the eighth the parity) and a 4-bit scale in its second word.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct BlockIQ2XXS {
+    /// Super-block scale.
+    pub d: f16,
+    /// Two 32-bit words a group of 32.
+    pub qs: [u16; QK_K / 8],
+}
+
+/// IQ2_XS: 32 lattice points a block, each a 9-bit `IQ2XS_GRID` index and
+/// 7 sign bits in one `u16`, and a 4-bit scale a 16 weights.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct BlockIQ2XS {
+    /// Super-block scale.
+    pub d: f16,
+    /// Index and signs of each 8-value point.
+    pub qs: [u16; QK_K / 8],
+    /// Two 4-bit scales a group of 32.
+    pub scales: [u8; QK_K / 32],
+}
+
+/// IQ2_S: 32 lattice points a block, 10-bit `IQ2S_GRID` indices (low bytes
+/// in `qs`, high bits in `qh`), a sign byte each, and a 4-bit scale a 16
+/// weights.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct BlockIQ2S {
+    /// Super-block scale.
+    pub d: f16,
+    /// The points' low index bytes, then their sign bytes.
+    pub qs: [u8; QK_K / 4],
+    /// Two high index bits a point, four points a byte.
+    pub qh: [u8; QK_K / 32],
+    /// Two 4-bit scales a group of 32.
+    pub scales: [u8; QK_K / 32],
+}
+
+/// IQ3_XXS: 64 4-value lattice points (`IQ3XXS_GRID` indices), then a
+/// word a group of 32 of signs (7 bits an 8 values) and a 4-bit scale.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct BlockIQ3XXS {
+    /// Super-block scale.
+    pub d: f16,
+    /// Point indices, then each group's signs and scale.
+    pub qs: [u8; 3 * QK_K / 8],
+}
+
+/// IQ3_S: 64 4-value lattice points (9-bit `IQ3S_GRID` indices), a sign
+/// bit a weight, and a 4-bit scale a 32 weights.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct BlockIQ3S {
+    /// Super-block scale.
+    pub d: f16,
+    /// Low index bytes.
+    pub qs: [u8; QK_K / 4],
+    /// High index bits, one a point.
+    pub qh: [u8; QK_K / 32],
+    /// One sign bit a weight.
+    pub signs: [u8; QK_K / 8],
+    /// Two 4-bit scales a 64 weights.
+    pub scales: [u8; QK_K / 64],
+}
+
+/// IQ1_S: 32 8-value lattice points of -1, 0 and 1 (11-bit `IQ1S_GRID`
+/// indices), a 3-bit scale and the sign of a shift of 1/8 a group of 32.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct BlockIQ1S {
+    /// Super-block scale.
+    pub d: f16,
+    /// Low index bytes.
+    pub qs: [u8; QK_K / 8],
+    /// A group's high index bits (3 a point), scale and shift's sign.
+    pub qh: [u16; QK_K / 32],
+}
+
+/// IQ1_M: IQ1_S's points with a shift's sign a point and a 3-bit scale a
+/// 16 weights; the f16 super-block scale is spread over the scales' top
+/// nibbles.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct BlockIQ1M {
+    /// Low index bytes.
+    pub qs: [u8; QK_K / 8],
+    /// High index bits and shift signs, a nibble a point.
+    pub qh: [u8; QK_K / 16],
+    /// 3-bit scales, four a 16-bit word, and the super-block scale.
+    pub scales: [u8; QK_K / 32],
+}
+
 /// TQ1_0 (BitNet b1.58's ternary weights): 256 trits, five to a byte in
 /// `qs` and four in each of `qh`'s, times `d`.
 #[repr(C)]
@@ -260,6 +356,13 @@ assert_block_size! {
     BlockIQ4NL => GgmlType::IQ4_NL,
     BlockIQ4XS => GgmlType::IQ4_XS,
     BlockMXFP4 => GgmlType::MXFP4,
+    BlockIQ2XXS => GgmlType::IQ2_XXS,
+    BlockIQ2XS => GgmlType::IQ2_XS,
+    BlockIQ2S => GgmlType::IQ2_S,
+    BlockIQ3XXS => GgmlType::IQ3_XXS,
+    BlockIQ3S => GgmlType::IQ3_S,
+    BlockIQ1S => GgmlType::IQ1_S,
+    BlockIQ1M => GgmlType::IQ1_M,
     BlockTQ1_0 => GgmlType::TQ1_0,
     BlockTQ2_0 => GgmlType::TQ2_0,
 }

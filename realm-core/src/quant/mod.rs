@@ -32,7 +32,9 @@
 
 pub mod blocks;
 mod float;
+mod iq123;
 mod iq4;
+mod iq_grids;
 mod kquantize;
 mod kquants;
 mod legacy;
@@ -45,6 +47,12 @@ use bytemuck::Pod;
 use crate::{Error, GgmlType, Result};
 use blocks::{QK, QK_K};
 
+pub use iq123::{
+    dequantize_block_iq1_m, dequantize_block_iq1_s, dequantize_block_iq2_s,
+    dequantize_block_iq2_xs, dequantize_block_iq2_xxs, dequantize_block_iq3_s,
+    dequantize_block_iq3_xxs, unpack_iq1_m, unpack_iq1_s, unpack_iq2_s, unpack_iq2_xs,
+    unpack_iq2_xxs, unpack_iq3_s, unpack_iq3_xxs, IqBlock,
+};
 pub use iq4::{
     dequantize_block_iq4_nl, dequantize_block_iq4_xs, quantize_block_iq4_nl, quantize_block_iq4_xs,
 };
@@ -83,9 +91,16 @@ pub const DEQUANTIZE_TYPES: &[GgmlType] = &[
     GgmlType::Q5_K,
     GgmlType::Q6_K,
     GgmlType::Q8_K,
+    GgmlType::IQ2_XXS,
+    GgmlType::IQ2_XS,
+    GgmlType::IQ3_XXS,
+    GgmlType::IQ1_S,
     GgmlType::IQ4_NL,
+    GgmlType::IQ3_S,
+    GgmlType::IQ2_S,
     GgmlType::IQ4_XS,
     GgmlType::BF16,
+    GgmlType::IQ1_M,
     GgmlType::TQ1_0,
     GgmlType::TQ2_0,
     GgmlType::MXFP4,
@@ -261,8 +276,19 @@ pub fn dequantize(dtype: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<()> {
         GgmlType::Q5_K => dequantize_blocks::<_, QK_K>(dtype, src, dst, dequantize_block_q5_k)?,
         GgmlType::Q6_K => dequantize_blocks::<_, QK_K>(dtype, src, dst, dequantize_block_q6_k)?,
         GgmlType::Q8_K => dequantize_blocks::<_, QK_K>(dtype, src, dst, dequantize_block_q8_k)?,
+        GgmlType::IQ2_XXS => {
+            dequantize_blocks::<_, QK_K>(dtype, src, dst, dequantize_block_iq2_xxs)?
+        }
+        GgmlType::IQ2_XS => dequantize_blocks::<_, QK_K>(dtype, src, dst, dequantize_block_iq2_xs)?,
+        GgmlType::IQ3_XXS => {
+            dequantize_blocks::<_, QK_K>(dtype, src, dst, dequantize_block_iq3_xxs)?
+        }
+        GgmlType::IQ1_S => dequantize_blocks::<_, QK_K>(dtype, src, dst, dequantize_block_iq1_s)?,
         GgmlType::IQ4_NL => dequantize_blocks::<_, QK>(dtype, src, dst, dequantize_block_iq4_nl)?,
+        GgmlType::IQ3_S => dequantize_blocks::<_, QK_K>(dtype, src, dst, dequantize_block_iq3_s)?,
+        GgmlType::IQ2_S => dequantize_blocks::<_, QK_K>(dtype, src, dst, dequantize_block_iq2_s)?,
         GgmlType::IQ4_XS => dequantize_blocks::<_, QK_K>(dtype, src, dst, dequantize_block_iq4_xs)?,
+        GgmlType::IQ1_M => dequantize_blocks::<_, QK_K>(dtype, src, dst, dequantize_block_iq1_m)?,
         GgmlType::MXFP4 => dequantize_blocks::<_, QK>(dtype, src, dst, dequantize_block_mxfp4)?,
         GgmlType::TQ1_0 => dequantize_blocks::<_, QK_K>(dtype, src, dst, dequantize_block_tq1_0)?,
         GgmlType::TQ2_0 => dequantize_blocks::<_, QK_K>(dtype, src, dst, dequantize_block_tq2_0)?,

@@ -80,9 +80,12 @@ fn dequantize_matches_reference_for_every_supported_type() {
         assert_same_bits(&format!("{t} dequantize (unaligned)"), &got, &want);
         covered.push(t);
     }
-    // (MXFP4's and the ternary types' random blocks are in mxfp4.json and
-    // ternary.json, from ggml itself.)
+    // (MXFP4's, the ternary types' and IQ1-IQ3's random blocks are in
+    // mxfp4.json, ternary.json and iq123.json, from ggml itself.)
     covered.extend([GgmlType::MXFP4, GgmlType::TQ1_0, GgmlType::TQ2_0]);
+    for e in manifest("iq123.json")["dequantize"].as_array().unwrap() {
+        covered.push(type_by_name(e["type"].as_str().unwrap()));
+    }
     for t in quant::DEQUANTIZE_TYPES {
         assert!(covered.contains(t), "no fixture for {t}");
     }
@@ -255,6 +258,57 @@ fn quantize_iq4_matches_ggml_byte_for_byte() {
         };
         assert_eq!(got, want, "{t} of `{}` block by block", e["input"]);
     }
+}
+
+/// IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS and IQ3_S against ggml
+/// itself: random blocks (random grid indices, signs and scales)
+/// dequantized bit for bit, block by block too (through the unpacked
+/// integers the CPU backend multiplies).
+#[test]
+fn iq1_to_iq3_dequantize_as_ggml() {
+    use quant::blocks::*;
+    let m = manifest("iq123.json");
+    let mut seen = Vec::new();
+    for d in m["dequantize"].as_array().unwrap() {
+        let t = type_by_name(d["type"].as_str().unwrap());
+        let q = read(d["quant_file"].as_str().unwrap());
+        let want_bytes = read(d["f32_file"].as_str().unwrap());
+        assert_eq!(sha256_hex(&want_bytes), d["f32_sha256"].as_str().unwrap());
+        let want = f32s(&want_bytes);
+        let got = quant::dequantize_row_to_vec(t, &q).unwrap();
+        assert_same_bits(&format!("{t} dequantize"), &got, &want);
+        let mut by_block = Vec::new();
+        for block in q.chunks_exact(t.type_size()) {
+            let u = match t {
+                GgmlType::IQ2_XXS => {
+                    quant::unpack_iq2_xxs(&bytemuck::pod_read_unaligned::<BlockIQ2XXS>(block))
+                }
+                GgmlType::IQ2_XS => {
+                    quant::unpack_iq2_xs(&bytemuck::pod_read_unaligned::<BlockIQ2XS>(block))
+                }
+                GgmlType::IQ2_S => {
+                    quant::unpack_iq2_s(&bytemuck::pod_read_unaligned::<BlockIQ2S>(block))
+                }
+                GgmlType::IQ3_XXS => {
+                    quant::unpack_iq3_xxs(&bytemuck::pod_read_unaligned::<BlockIQ3XXS>(block))
+                }
+                GgmlType::IQ3_S => {
+                    quant::unpack_iq3_s(&bytemuck::pod_read_unaligned::<BlockIQ3S>(block))
+                }
+                GgmlType::IQ1_S => {
+                    quant::unpack_iq1_s(&bytemuck::pod_read_unaligned::<BlockIQ1S>(block))
+                }
+                _ => quant::unpack_iq1_m(&bytemuck::pod_read_unaligned::<BlockIQ1M>(block)),
+            };
+            let mut out = [0.0f32; QK_K];
+            u.dequantize(&mut out);
+            by_block.extend_from_slice(&out);
+        }
+        assert_same_bits(&format!("{t} per-block"), &by_block, &want);
+        assert!(!quant::can_quantize(t), "{t}");
+        seen.push(t);
+    }
+    assert_eq!(seen.len(), 7);
 }
 
 /// TQ1_0 and TQ2_0 (BitNet b1.58's ternary weights) against ggml itself:
