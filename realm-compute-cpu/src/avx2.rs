@@ -23,8 +23,9 @@ use std::ops::Range;
 
 use half::{bf16, f16};
 use realm_core::quant::blocks::{
-    BlockIQ4NL, BlockIQ4XS, BlockMXFP4, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1,
-    BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0, BlockTQ1_0, BlockTQ2_0, KVALUES_IQ4NL,
+    BlockIQ1M, BlockIQ1S, BlockIQ2S, BlockIQ2XS, BlockIQ2XXS, BlockIQ3S, BlockIQ3XXS, BlockIQ4NL,
+    BlockIQ4XS, BlockMXFP4, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K,
+    BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0, BlockTQ1_0, BlockTQ2_0, KVALUES_IQ4NL,
     KVALUES_MXFP4,
 };
 use realm_core::quant::e8m0_to_f32_half;
@@ -678,6 +679,40 @@ impl KSimd for BlockTQ2_0 {
         }
     }
 }
+
+macro_rules! iq_simd {
+    ($($block:ty),*) => {$(
+        impl KSimd for $block {
+            const SIGNED: bool = true;
+            #[inline]
+            #[target_feature(enable = "avx2,fma,f16c")]
+            unsafe fn parts(&self) -> KParts {
+                // Grid points do not unpack by shifts: realm-core's
+                // unpacking (signed values, per-16 scales up to 31), then
+                // the registers.
+                let u = crate::reference::UnpackIq::iq(self);
+                let chunks: [[u8; 32]; 8] = bytemuck::cast(u.q);
+                KParts {
+                    q: chunks.map(|c| load32(c)),
+                    scales: bytemuck::cast(u.scales),
+                    mins: _mm_setzero_si128(),
+                    d: u.d,
+                    dmin: 0.0,
+                }
+            }
+        }
+    )*};
+}
+
+iq_simd!(
+    BlockIQ1M,
+    BlockIQ1S,
+    BlockIQ2S,
+    BlockIQ2XS,
+    BlockIQ2XXS,
+    BlockIQ3S,
+    BlockIQ3XXS
+);
 
 /// Kernel for the 256-element types.
 pub(crate) struct KQuant<B>(std::marker::PhantomData<B>);

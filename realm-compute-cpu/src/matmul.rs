@@ -11,8 +11,9 @@ use half::{bf16, f16};
 use rayon::prelude::*;
 use realm_core::backend::{BackendError, BackendResult};
 use realm_core::quant::blocks::{
-    BlockIQ4NL, BlockIQ4XS, BlockMXFP4, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1,
-    BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0, BlockTQ1_0, BlockTQ2_0,
+    BlockIQ1M, BlockIQ1S, BlockIQ2S, BlockIQ2XS, BlockIQ2XXS, BlockIQ3S, BlockIQ3XXS, BlockIQ4NL,
+    BlockIQ4XS, BlockMXFP4, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K,
+    BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0, BlockTQ1_0, BlockTQ2_0,
 };
 use realm_core::GgmlType;
 
@@ -164,7 +165,7 @@ macro_rules! dispatch {
 }
 
 dispatch!(crate::avx2::packed_rows::<Self>, BlockQ8x32, q8: BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockIQ4NL, BlockMXFP4);
-dispatch!(crate::avx2::kquant_rows::<Self>, BlockQ8K, q8k: BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockIQ4XS, BlockTQ1_0, BlockTQ2_0);
+dispatch!(crate::avx2::kquant_rows::<Self>, BlockQ8K, q8k: BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockIQ4XS, BlockTQ1_0, BlockTQ2_0, BlockIQ1M, BlockIQ1S, BlockIQ2S, BlockIQ2XS, BlockIQ2XXS, BlockIQ3S, BlockIQ3XXS);
 
 /// Scalar kernel: the reference dot product for each (row, token).
 fn rows_scalar<B: WeightBlock>(
@@ -407,6 +408,13 @@ pub(crate) fn matmul(
         GgmlType::MXFP4 => matmul_quant::<BlockMXFP4>(be, ws, w, x, n, out),
         GgmlType::TQ1_0 => matmul_quant::<BlockTQ1_0>(be, ws, w, x, n, out),
         GgmlType::TQ2_0 => matmul_quant::<BlockTQ2_0>(be, ws, w, x, n, out),
+        GgmlType::IQ2_XXS => matmul_quant::<BlockIQ2XXS>(be, ws, w, x, n, out),
+        GgmlType::IQ2_XS => matmul_quant::<BlockIQ2XS>(be, ws, w, x, n, out),
+        GgmlType::IQ2_S => matmul_quant::<BlockIQ2S>(be, ws, w, x, n, out),
+        GgmlType::IQ3_XXS => matmul_quant::<BlockIQ3XXS>(be, ws, w, x, n, out),
+        GgmlType::IQ3_S => matmul_quant::<BlockIQ3S>(be, ws, w, x, n, out),
+        GgmlType::IQ1_S => matmul_quant::<BlockIQ1S>(be, ws, w, x, n, out),
+        GgmlType::IQ1_M => matmul_quant::<BlockIQ1M>(be, ws, w, x, n, out),
         dtype => Err(BackendError::UnsupportedType {
             op: "matmul",
             dtype,
@@ -422,7 +430,7 @@ fn rounded<'b>(buf: &'b mut Vec<f32>, x: &[f32], round: impl Fn(f32) -> f32) -> 
 }
 
 /// The weight types `matmul` handles.
-pub(crate) const SUPPORTED: [GgmlType; 18] = [
+pub(crate) const SUPPORTED: [GgmlType; 25] = [
     GgmlType::F32,
     GgmlType::F16,
     GgmlType::BF16,
@@ -441,6 +449,13 @@ pub(crate) const SUPPORTED: [GgmlType; 18] = [
     GgmlType::MXFP4,
     GgmlType::TQ1_0,
     GgmlType::TQ2_0,
+    GgmlType::IQ2_XXS,
+    GgmlType::IQ2_XS,
+    GgmlType::IQ2_S,
+    GgmlType::IQ3_XXS,
+    GgmlType::IQ3_S,
+    GgmlType::IQ1_S,
+    GgmlType::IQ1_M,
 ];
 
 fn embed_quant<B: WeightBlock>(
@@ -504,6 +519,13 @@ pub(crate) fn embed(w: &CpuWeight<'_>, ids: &[u32], out: &mut [f32]) -> BackendR
         GgmlType::MXFP4 => embed_quant::<BlockMXFP4>(w, ids, out),
         GgmlType::TQ1_0 => embed_quant::<BlockTQ1_0>(w, ids, out),
         GgmlType::TQ2_0 => embed_quant::<BlockTQ2_0>(w, ids, out),
+        GgmlType::IQ2_XXS => embed_quant::<BlockIQ2XXS>(w, ids, out),
+        GgmlType::IQ2_XS => embed_quant::<BlockIQ2XS>(w, ids, out),
+        GgmlType::IQ2_S => embed_quant::<BlockIQ2S>(w, ids, out),
+        GgmlType::IQ3_XXS => embed_quant::<BlockIQ3XXS>(w, ids, out),
+        GgmlType::IQ3_S => embed_quant::<BlockIQ3S>(w, ids, out),
+        GgmlType::IQ1_S => embed_quant::<BlockIQ1S>(w, ids, out),
+        GgmlType::IQ1_M => embed_quant::<BlockIQ1M>(w, ids, out),
         dtype => Err(BackendError::UnsupportedType { op: "embed", dtype }),
     }
 }

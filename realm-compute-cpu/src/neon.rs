@@ -15,8 +15,9 @@ use std::arch::aarch64::*;
 use std::ops::Range;
 
 use realm_core::quant::blocks::{
-    BlockIQ4NL, BlockIQ4XS, BlockMXFP4, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1,
-    BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0, BlockTQ1_0, BlockTQ2_0, KVALUES_IQ4NL,
+    BlockIQ1M, BlockIQ1S, BlockIQ2S, BlockIQ2XS, BlockIQ2XXS, BlockIQ3S, BlockIQ3XXS, BlockIQ4NL,
+    BlockIQ4XS, BlockMXFP4, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K,
+    BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0, BlockTQ1_0, BlockTQ2_0, KVALUES_IQ4NL,
     KVALUES_MXFP4,
 };
 
@@ -410,8 +411,31 @@ impl KQuants for BlockTQ2_0 {
     }
 }
 
-macro_rules! k_neon {
+macro_rules! iq_neon {
     ($($block:ty),*) => {$(
+        impl KQuants for $block {
+            #[inline]
+            #[target_feature(enable = "neon")]
+            unsafe fn quants_neon(&self) -> [int8x16_t; 16] {
+                // (Grid points: realm-core's unpacking.)
+                bytemuck::cast(self.quants())
+            }
+        }
+    )*};
+}
+
+iq_neon!(
+    BlockIQ1M,
+    BlockIQ1S,
+    BlockIQ2S,
+    BlockIQ2XS,
+    BlockIQ2XXS,
+    BlockIQ3S,
+    BlockIQ3XXS
+);
+
+macro_rules! k_neon {
+    ($($block:ty),* $(,)?) => {$(
         impl NeonBlock for $block {
             type Unpacked = KRegs;
 
@@ -437,4 +461,20 @@ macro_rules! k_neon {
     )*};
 }
 
-k_neon!(BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockIQ4XS, BlockTQ1_0, BlockTQ2_0);
+k_neon!(
+    BlockQ2K,
+    BlockQ3K,
+    BlockQ4K,
+    BlockQ5K,
+    BlockQ6K,
+    BlockIQ4XS,
+    BlockTQ1_0,
+    BlockTQ2_0,
+    BlockIQ1M,
+    BlockIQ1S,
+    BlockIQ2S,
+    BlockIQ2XS,
+    BlockIQ2XXS,
+    BlockIQ3S,
+    BlockIQ3XXS,
+);

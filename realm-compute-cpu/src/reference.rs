@@ -7,11 +7,12 @@
 //! it. The SIMD kernels must agree with these within rounding.
 
 use realm_core::quant::blocks::{
-    BlockIQ4NL, BlockIQ4XS, BlockMXFP4, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1,
-    BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0, BlockTQ1_0, BlockTQ2_0, KVALUES_IQ4NL,
+    BlockIQ1M, BlockIQ1S, BlockIQ2S, BlockIQ2XS, BlockIQ2XXS, BlockIQ3S, BlockIQ3XXS, BlockIQ4NL,
+    BlockIQ4XS, BlockMXFP4, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K,
+    BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0, BlockTQ1_0, BlockTQ2_0, KVALUES_IQ4NL,
     KVALUES_MXFP4, QK_K,
 };
-use realm_core::quant::{e8m0_to_f32_half, scale_min_k4, unpack_tq1_0, unpack_tq2_0};
+use realm_core::quant::{e8m0_to_f32_half, scale_min_k4, unpack_tq1_0, unpack_tq2_0, IqBlock};
 
 use crate::act::{ActBlock, BlockQ8K, BlockQ8x32};
 
@@ -370,6 +371,48 @@ impl UnpackK for BlockTQ2_0 {
     }
 }
 
+/// The IQ1-IQ3 types: realm-core unpacks them (grid points, signs and
+/// scales) to small integers, per-16 scales and one factor.
+pub(crate) trait UnpackIq {
+    fn iq(&self) -> IqBlock;
+}
+
+macro_rules! iq_unpack {
+    ($($block:ty => $unpack:path),* $(,)?) => {$(
+        impl UnpackIq for $block {
+            fn iq(&self) -> IqBlock {
+                $unpack(self)
+            }
+        }
+
+        impl UnpackK for $block {
+            fn quants(&self) -> [i8; QK_K] {
+                self.iq().q
+            }
+
+            fn scales(&self) -> KScales {
+                let u = self.iq();
+                KScales {
+                    sc: u.scales.map(i32::from),
+                    mn: [0; 16],
+                    d: u.d,
+                    dmin: 0.0,
+                }
+            }
+        }
+    )*};
+}
+
+iq_unpack! {
+    BlockIQ1M => realm_core::quant::unpack_iq1_m,
+    BlockIQ1S => realm_core::quant::unpack_iq1_s,
+    BlockIQ2S => realm_core::quant::unpack_iq2_s,
+    BlockIQ2XS => realm_core::quant::unpack_iq2_xs,
+    BlockIQ2XXS => realm_core::quant::unpack_iq2_xxs,
+    BlockIQ3S => realm_core::quant::unpack_iq3_s,
+    BlockIQ3XXS => realm_core::quant::unpack_iq3_xxs,
+}
+
 macro_rules! k_weight {
     ($($block:ty),* $(,)?) => {$(
         impl WeightBlock for $block {
@@ -405,6 +448,13 @@ k_weight! {
     BlockIQ4XS,
     BlockTQ1_0,
     BlockTQ2_0,
+    BlockIQ1M,
+    BlockIQ1S,
+    BlockIQ2S,
+    BlockIQ2XS,
+    BlockIQ2XXS,
+    BlockIQ3S,
+    BlockIQ3XXS,
 }
 
 /// Reference dot product of one weight row with one quantized activation row

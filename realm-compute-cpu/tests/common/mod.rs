@@ -9,7 +9,7 @@ use realm_core::quant::blocks::KVALUES_IQ4NL;
 use realm_core::GgmlType;
 
 /// The weight types the CPU backend multiplies.
-pub const TYPES: [GgmlType; 18] = [
+pub const TYPES: [GgmlType; 25] = [
     GgmlType::F32,
     GgmlType::F16,
     GgmlType::BF16,
@@ -28,6 +28,25 @@ pub const TYPES: [GgmlType; 18] = [
     GgmlType::MXFP4,
     GgmlType::TQ1_0,
     GgmlType::TQ2_0,
+    GgmlType::IQ2_XXS,
+    GgmlType::IQ2_XS,
+    GgmlType::IQ2_S,
+    GgmlType::IQ3_XXS,
+    GgmlType::IQ3_S,
+    GgmlType::IQ1_S,
+    GgmlType::IQ1_M,
+];
+
+/// The grid types, whose lattices the test takes from realm-core (proven
+/// bit for bit against ggml's there) rather than writing them again.
+pub const GRID_TYPES: [GgmlType; 7] = [
+    GgmlType::IQ2_XXS,
+    GgmlType::IQ2_XS,
+    GgmlType::IQ2_S,
+    GgmlType::IQ3_XXS,
+    GgmlType::IQ3_S,
+    GgmlType::IQ1_S,
+    GgmlType::IQ1_M,
 ];
 
 /// splitmix64: small, seedable, good enough for test data.
@@ -72,6 +91,9 @@ fn scale_fields(t: GgmlType) -> &'static [(usize, f32)] {
         GgmlType::IQ4_XS => &[(0, 0.0005)],
         GgmlType::TQ1_0 => &[(52, 1.0)],
         GgmlType::TQ2_0 => &[(64, 1.0)],
+        GgmlType::IQ2_XXS | GgmlType::IQ2_XS | GgmlType::IQ2_S => &[(0, 0.006)],
+        GgmlType::IQ3_XXS | GgmlType::IQ3_S => &[(0, 0.002)],
+        GgmlType::IQ1_S => &[(0, 0.06)],
         _ => &[],
     }
 }
@@ -103,6 +125,17 @@ pub fn random_weights(t: GgmlType, rows: usize, cols: usize, rng: &mut Rng) -> V
             // Scales 2^-6 ..= 2^-3: values up to 1.5.
             for block in data.chunks_exact_mut(t.type_size()) {
                 block[0] = 122 + (rng.next_u64() % 4) as u8;
+            }
+        }
+        GgmlType::IQ1_M => {
+            // The f16 scale's nibbles are the top ones of the four scale
+            // words (bytes 48-55).
+            for block in data.chunks_exact_mut(t.type_size()) {
+                let v = f16::from_f32(rng.uniform(-0.06, 0.06)).to_bits();
+                for i in 0..4 {
+                    let b = &mut block[49 + 2 * i];
+                    *b = (*b & 0x0f) | ((((v >> (4 * i)) & 0xf) as u8) << 4);
+                }
             }
         }
         _ => {
@@ -257,6 +290,10 @@ fn dequant_block(t: GgmlType, b: &[u8], out: &mut Vec<f64>) {
                 let (n, j, l) = (e / 128, (e % 128) / 32, e % 32);
                 out.push(d * (f64::from((qs[32 * n + l] >> (2 * j)) & 3) - 1.0));
             }
+        }
+        t if GRID_TYPES.contains(&t) => {
+            let v = realm_core::quant::dequantize_row_to_vec(t, b).unwrap();
+            out.extend(v.iter().map(|&v| f64::from(v)));
         }
         other => panic!("no test dequantizer for {other}"),
     }
