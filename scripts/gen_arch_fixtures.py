@@ -427,6 +427,15 @@ CASES = [
     case("bitnet-q8_0", "tiny-bitnet", matrix_type="q8_0"),
     case("bitnet-tq1_0", "tiny-bitnet", matrix_type="tq1_0"),
     case("bitnet-tq2_0", "tiny-bitnet", matrix_type="tq2_0"),
+    # The IQ1-IQ3 types (random lattice points, which `realm synth` writes
+    # for the types Realm reads but does not write), on a llama 256 wide.
+    case("llama-wide-iq2_xxs", "tiny-llama-wide", matrix_type="iq2_xxs"),
+    case("llama-wide-iq2_xs", "tiny-llama-wide", matrix_type="iq2_xs"),
+    case("llama-wide-iq2_s", "tiny-llama-wide", matrix_type="iq2_s"),
+    case("llama-wide-iq3_xxs", "tiny-llama-wide", matrix_type="iq3_xxs"),
+    case("llama-wide-iq3_s", "tiny-llama-wide", matrix_type="iq3_s"),
+    case("llama-wide-iq1_s", "tiny-llama-wide", matrix_type="iq1_s"),
+    case("llama-wide-iq1_m", "tiny-llama-wide", matrix_type="iq1_m"),
     # Encoders: every position's final hidden state (no pooling), the
     # tokens in one batch as llama.cpp needs them.
     case("bert", "tiny-bert", embedding=True),

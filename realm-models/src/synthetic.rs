@@ -18,6 +18,7 @@
 //! # Ok::<(), realm_models::Error>(())
 //! ```
 
+use half::f16;
 use realm_core::gguf::{Gguf, GgufWriter, Metadata, MetadataArray, MetadataValue};
 use realm_core::{quant, GgmlType};
 
@@ -2834,7 +2835,8 @@ impl SyntheticLayout {
     /// 4 experts, 2 a token) or `tiny-mistral3-moe` (the tiny Ministral 3
     /// so), `tiny-mistral3-bias` (with an attention output bias),
     /// `tiny-llama-bias` and `tiny-phi3-bias` (with query, key and value
-    /// biases, Phi 3's in one for its fused matrix),
+    /// biases, Phi 3's in one for its fused matrix), `tiny-llama-wide` (a
+    /// llama 256 wide, for the 256-value types),
     /// `tiny-granitemoe-shared` (with an ungated shared expert 64 wide),
     /// `tiny-olmo3` (the tiny OLMo 2 with OLMo 3's window),
     /// `tiny-exaone4-32b` (the tiny EXAONE 4 with the 32B's 64 layers),
@@ -2866,6 +2868,13 @@ impl SyntheticLayout {
             "tiny-mistral3-moe" => Self::tiny("mistral3").ok()?.with_experts(4, 2).ok(),
             "tiny-mistral3-bias" => Some(Self::tiny("mistral3").ok()?.with_output_bias()),
             "tiny-llama-bias" => Some(Self::tiny("llama").ok()?.with_qkv_biases()),
+            // A llama 256 wide (tiny BitNet's shape without its sub-norms),
+            // whose rows are whole blocks of the 256-value types.
+            "tiny-llama-wide" => {
+                let mut l = Self::tiny("bitnet").ok()?.renamed("llama");
+                l.tensors.retain(|t| !t.name.contains("_sub_norm"));
+                Some(l)
+            }
             "tiny-phi3-bias" => Some(Self::tiny("phi3").ok()?.with_qkv_biases()),
             "tiny-olmo3" => Self::tiny_olmo3().ok(),
             "tiny-granitemoe-shared" => {
@@ -3239,7 +3248,11 @@ impl SyntheticLayout {
                     let take = left.min(MATRIX_CHUNK);
                     values.clear();
                     values.extend((0..take).map(|_| scale * rng.uniform()));
-                    bytes.extend(quant::quantize_row_to_vec(t.dtype, &values)?);
+                    bytes.extend(match quant::can_quantize(t.dtype) {
+                        true => quant::quantize_row_to_vec(t.dtype, &values)?,
+                        // (A uniform's root mean square.)
+                        false => random_blocks(t.dtype, take, scale / 3f32.sqrt(), &mut rng)?,
+                    });
                     left -= take;
                 }
                 w.add_tensor(&t.name, t.dtype, &t.shape, bytes)?;
@@ -3278,7 +3291,15 @@ impl SyntheticLayout {
                 };
                 (0..n).map(|_| scale * rng.uniform()).collect()
             };
-            let bytes = quant::quantize_row_to_vec(t.dtype, &values)?;
+            let bytes = match quant::can_quantize(t.dtype) {
+                true => quant::quantize_row_to_vec(t.dtype, &values)?,
+                // (Uniform values' root mean square, for the types Realm
+                // does not write.)
+                false => {
+                    let rms = values.iter().map(|x| x * x).sum::<f32>() / n as f32;
+                    random_blocks(t.dtype, n, rms.sqrt(), &mut rng)?
+                }
+            };
             w.add_tensor(&t.name, t.dtype, &t.shape, bytes)?;
         }
         Ok(w.to_bytes()?)
@@ -3434,13 +3455,50 @@ const MATRIX_CHUNK: usize = 1 << 20;
 struct SplitMix(u64);
 
 impl SplitMix {
-    /// Uniform in [-1, 1).
-    fn uniform(&mut self) -> f32 {
+    fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        (z >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        z ^ (z >> 31)
     }
+
+    /// Uniform in [-1, 1).
+    fn uniform(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+}
+
+/// `n` weights of a type Realm reads but does not write (the IQ1-IQ3
+/// lattices): random blocks (random points, signs and scales), each
+/// block's f16 scale set so that its values' root mean square is `rms`.
+fn random_blocks(dtype: GgmlType, n: usize, rms: f32, rng: &mut SplitMix) -> Result<Vec<u8>> {
+    let (size, len) = (dtype.type_size(), dtype.block_size());
+    let mut bytes = Vec::with_capacity(n / len * size);
+    for _ in 0..n / len {
+        let mut block: Vec<u8> = (0..size).map(|_| rng.next() as u8).collect();
+        // The scale: f16 bytes 0-1, or (IQ1_M) the top nibbles of its four
+        // scale words (the block's last 8 bytes).
+        let set = |block: &mut [u8], d: f16| {
+            let bits = d.to_bits();
+            match dtype {
+                GgmlType::IQ1_M => {
+                    for i in 0..4 {
+                        let b = &mut block[size - 7 + 2 * i];
+                        *b = (*b & 0x0f) | ((((bits >> (4 * i)) & 0xf) as u8) << 4);
+                    }
+                }
+                _ => block[..2].copy_from_slice(&bits.to_le_bytes()),
+            }
+        };
+        set(&mut block, f16::ONE);
+        let v = quant::dequantize_row_to_vec(dtype, &block)?;
+        let r = (v.iter().map(|x| x * x).sum::<f32>() / v.len() as f32).sqrt();
+        set(
+            &mut block,
+            f16::from_f32(if r > 0.0 { rms / r } else { 0.0 }),
+        );
+        bytes.extend(block);
+    }
+    Ok(bytes)
 }
