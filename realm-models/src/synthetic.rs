@@ -2555,6 +2555,22 @@ impl SyntheticLayout {
                 .and_then(|b| b.parse::<u32>().ok())
                 .is_none_or(|b| b < layers)
         });
+        // Lists of a value a block (LFM2's KV heads, Gemma 3n's widths...)
+        // keep their first blocks' values.
+        let n = layers as usize;
+        for (_, v) in &mut self.hparams {
+            let MetadataValue::Array(a) = v else { continue };
+            if a.len() as u64 != total {
+                continue;
+            }
+            match a {
+                MetadataArray::U32(x) => x.truncate(n),
+                MetadataArray::I32(x) => x.truncate(n),
+                MetadataArray::F32(x) => x.truncate(n),
+                MetadataArray::Bool(x) => x.truncate(n),
+                _ => {}
+            }
+        }
         let key = format!("{}.block_count", self.arch);
         Ok(self.with_hparam(&key, MetadataValue::U32(layers)))
     }

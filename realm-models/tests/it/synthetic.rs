@@ -317,3 +317,22 @@ fn synthetic_files_load_tokenize_and_run() {
     }
     assert!(SyntheticLayout::tiny("gpt-j").is_err());
 }
+
+/// `with_layers` keeps the first blocks' values of the lists of a value a
+/// block (LFM2's KV heads: 0 for its convolutions), so that llama.cpp,
+/// which checks their lengths, loads the cheaper model too.
+#[test]
+fn fewer_layers_keep_their_per_block_lists() {
+    use realm_models::synthetic::SyntheticLayout;
+    let full = SyntheticLayout::by_name("lfm2-1.2b").unwrap();
+    let kv = |l: &SyntheticLayout| match l
+        .hparams
+        .iter()
+        .find(|(k, _)| k == "lfm2.attention.head_count_kv")
+    {
+        Some((_, MetadataValue::Array(MetadataArray::U32(v)))) => v.clone(),
+        other => panic!("{other:?}"),
+    };
+    let six = full.clone().with_layers(6).unwrap();
+    assert_eq!(kv(&six), kv(&full)[..6]);
+}
