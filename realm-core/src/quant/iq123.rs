@@ -40,22 +40,62 @@ impl IqBlock {
     }
 }
 
-/// The eight signs a 7-bit index stands for: its bits, and an eighth that
-/// makes the count of minus signs even (ggml's `ksigns_iq2xs`).
-fn signs7(i: u32) -> u8 {
-    let i = (i & 127) as u8;
-    i | (((i.count_ones() & 1) as u8) << 7)
+/// For each sign byte, the mask whose byte `j` is 0xff where bit `j` is
+/// set.
+static SIGN_MASKS: [u64; 256] = {
+    let mut t = [0u64; 256];
+    let mut s = 0;
+    while s < 256 {
+        let mut j = 0;
+        while j < 8 {
+            if s & (1 << j) != 0 {
+                t[s] |= 0xff << (8 * j);
+            }
+            j += 1;
+        }
+        s += 1;
+    }
+    t
+};
+
+/// The masks of [`SIGN_MASKS`] of the eight signs each 7-bit index
+/// stands for: its bits, and an eighth that makes the count of minus signs
+/// even (ggml's `ksigns_iq2xs`).
+static SIGN7_MASKS: [u64; 128] = {
+    let mut t = [0u64; 128];
+    let mut i = 0;
+    while i < 128 {
+        let parity = (i as u32).count_ones() as usize & 1;
+        t[i] = SIGN_MASKS[i | (parity << 7)];
+        i += 1;
+    }
+    t
+};
+
+/// A grid entry's 8 bytes (each 1 to 127) as signed bytes, negated where
+/// `mask`'s bytes are 0xff: `(b ^ 0xff) + 1`, which never carries into the
+/// next byte for a nonzero `b`.
+#[inline]
+fn negated(entry: u64, mask: u64) -> u64 {
+    (entry ^ mask).wrapping_add(mask & 0x0101_0101_0101_0101)
 }
 
-/// Byte `j` of a grid entry, negated where bit `j` of `signs` is set.
+/// `entry` with the signs of a sign byte.
 #[inline]
-fn signed(entry: u64, j: usize, signs: u8) -> i8 {
-    let v = ((entry >> (8 * j)) & 0xff) as i8;
-    if signs & (1 << j) != 0 {
-        -v
-    } else {
-        v
-    }
+fn signed(entry: u64, signs: u8) -> u64 {
+    negated(entry, SIGN_MASKS[usize::from(signs)])
+}
+
+/// `entry` with the signs of a 7-bit sign index.
+#[inline]
+fn signed7(entry: u64, index: u32) -> u64 {
+    negated(entry, SIGN7_MASKS[(index & 127) as usize])
+}
+
+/// 32 groups of 8 signed bytes as the block's 256 values.
+#[inline]
+fn values(groups: [u64; 32]) -> [i8; QK_K] {
+    bytemuck::cast(groups.map(u64::to_le_bytes))
 }
 
 /// Both halves of a group of 32 at one scale.
@@ -64,8 +104,9 @@ fn both(s: u8) -> [u8; 2] {
 }
 
 /// Unpacks an IQ2_XXS block.
+#[inline]
 pub fn unpack_iq2_xxs(b: &BlockIQ2XXS) -> IqBlock {
-    let mut q = [0i8; QK_K];
+    let mut q = [0u64; 32];
     let mut scales = [0u8; 16];
     for g in 0..8 {
         let word = |i: usize| u32::from(b.qs[4 * g + i]) | (u32::from(b.qs[4 * g + i + 1]) << 16);
@@ -73,57 +114,48 @@ pub fn unpack_iq2_xxs(b: &BlockIQ2XXS) -> IqBlock {
         scales[2 * g..][..2].copy_from_slice(&both(2 * (rest >> 28) as u8 + 1));
         for l in 0..4 {
             let entry = IQ2XXS_GRID[((points >> (8 * l)) & 0xff) as usize];
-            let s = signs7(rest >> (7 * l));
-            for j in 0..8 {
-                q[32 * g + 8 * l + j] = signed(entry, j, s);
-            }
+            q[4 * g + l] = signed7(entry, rest >> (7 * l));
         }
     }
     IqBlock {
-        q,
+        q: values(q),
         scales,
         d: b.d.to_f32() * 0.125,
     }
 }
 
 /// Unpacks an IQ2_XS block.
+#[inline]
 pub fn unpack_iq2_xs(b: &BlockIQ2XS) -> IqBlock {
-    let mut q = [0i8; QK_K];
-    for (p, &v) in b.qs.iter().enumerate() {
-        let (entry, s) = (IQ2XS_GRID[usize::from(v & 511)], signs7(u32::from(v >> 9)));
-        for j in 0..8 {
-            q[8 * p + j] = signed(entry, j, s);
-        }
-    }
+    let q =
+        b.qs.map(|v| signed7(IQ2XS_GRID[usize::from(v & 511)], u32::from(v >> 9)));
     IqBlock {
-        q,
+        q: values(q),
         scales: std::array::from_fn(|i| 2 * ((b.scales[i / 2] >> (4 * (i % 2))) & 15) + 1),
         d: b.d.to_f32() * 0.125,
     }
 }
 
 /// Unpacks an IQ2_S block.
+#[inline]
 pub fn unpack_iq2_s(b: &BlockIQ2S) -> IqBlock {
-    let mut q = [0i8; QK_K];
     let (low, signs) = b.qs.split_at(QK_K / 8);
-    for p in 0..32 {
+    let q = std::array::from_fn(|p| {
         let (g, l) = (p / 4, p % 4);
         let high = (usize::from(b.qh[g]) << (8 - 2 * l)) & 0x300;
-        let entry = IQ2S_GRID[usize::from(low[p]) | high];
-        for j in 0..8 {
-            q[8 * p + j] = signed(entry, j, signs[p]);
-        }
-    }
+        signed(IQ2S_GRID[usize::from(low[p]) | high], signs[p])
+    });
     IqBlock {
-        q,
+        q: values(q),
         scales: std::array::from_fn(|i| 2 * ((b.scales[i / 2] >> (4 * (i % 2))) & 15) + 1),
         d: b.d.to_f32() * 0.125,
     }
 }
 
 /// Unpacks an IQ3_XXS block.
+#[inline]
 pub fn unpack_iq3_xxs(b: &BlockIQ3XXS) -> IqBlock {
-    let mut q = [0i8; QK_K];
+    let mut q = [0u64; 32];
     let mut scales = [0u8; 16];
     let (points, words) = b.qs.split_at(QK_K / 4);
     for g in 0..8 {
@@ -135,26 +167,22 @@ pub fn unpack_iq3_xxs(b: &BlockIQ3XXS) -> IqBlock {
         ]);
         scales[2 * g..][..2].copy_from_slice(&both(2 * (w >> 28) as u8 + 1));
         for l in 0..4 {
-            let s = signs7(w >> (7 * l));
-            let pair = [
-                IQ3XXS_GRID[usize::from(points[8 * g + 2 * l])],
-                IQ3XXS_GRID[usize::from(points[8 * g + 2 * l + 1])],
-            ];
-            for j in 0..8 {
-                q[32 * g + 8 * l + j] = signed(u64::from(pair[j / 4]) << (32 * (j / 4)), j, s);
-            }
+            let pair = u64::from(IQ3XXS_GRID[usize::from(points[8 * g + 2 * l])])
+                | (u64::from(IQ3XXS_GRID[usize::from(points[8 * g + 2 * l + 1])]) << 32);
+            q[4 * g + l] = signed7(pair, w >> (7 * l));
         }
     }
     IqBlock {
-        q,
+        q: values(q),
         scales,
         d: b.d.to_f32() * 0.25,
     }
 }
 
 /// Unpacks an IQ3_S block.
+#[inline]
 pub fn unpack_iq3_s(b: &BlockIQ3S) -> IqBlock {
-    let mut q = [0i8; QK_K];
+    let mut q = [0u64; 32];
     let mut scales = [0u8; 16];
     for g in 0..8 {
         let s = (b.scales[g / 2] >> (4 * (g % 2))) & 15;
@@ -164,21 +192,20 @@ pub fn unpack_iq3_s(b: &BlockIQ3S) -> IqBlock {
             let idx = |i: usize, shift: usize| {
                 usize::from(b.qs[8 * g + 2 * l + i]) | ((qh << shift) & 256)
             };
-            let pair = [IQ3S_GRID[idx(0, 8 - 2 * l)], IQ3S_GRID[idx(1, 7 - 2 * l)]];
-            let signs = b.signs[4 * g + l];
-            for j in 0..8 {
-                q[32 * g + 8 * l + j] = signed(u64::from(pair[j / 4]) << (32 * (j / 4)), j, signs);
-            }
+            let pair = u64::from(IQ3S_GRID[idx(0, 8 - 2 * l)])
+                | (u64::from(IQ3S_GRID[idx(1, 7 - 2 * l)]) << 32);
+            q[4 * g + l] = signed(pair, b.signs[4 * g + l]);
         }
     }
     IqBlock {
-        q,
+        q: values(q),
         scales,
         d: b.d.to_f32(),
     }
 }
 
 /// An IQ1 point's 8 values shifted by +-1/8, times 8.
+#[inline]
 fn shifted(entry: u64, negative: bool, out: &mut [i8]) {
     let shift = if negative { -1 } else { 1 };
     for (j, o) in out.iter_mut().enumerate().take(8) {
@@ -187,6 +214,7 @@ fn shifted(entry: u64, negative: bool, out: &mut [i8]) {
 }
 
 /// Unpacks an IQ1_S block.
+#[inline]
 pub fn unpack_iq1_s(b: &BlockIQ1S) -> IqBlock {
     let mut q = [0i8; QK_K];
     let mut scales = [0u8; 16];
@@ -205,6 +233,7 @@ pub fn unpack_iq1_s(b: &BlockIQ1S) -> IqBlock {
 }
 
 /// Unpacks an IQ1_M block.
+#[inline]
 pub fn unpack_iq1_m(b: &BlockIQ1M) -> IqBlock {
     let sc: [u16; 4] =
         std::array::from_fn(|i| u16::from_le_bytes([b.scales[2 * i], b.scales[2 * i + 1]]));
@@ -266,12 +295,19 @@ dequantizers! {
 mod tests {
     use super::*;
 
+    /// ggml's `ksigns_iq2xs` entry `i`.
+    fn signs7(i: u32) -> u8 {
+        let i = (i & 127) as u8;
+        i | (((i.count_ones() & 1) as u8) << 7)
+    }
+
     #[test]
     fn signs_have_even_parity() {
         // ggml's first entries: 0, 129, 130, 3, 132, 5, 6, 135.
         let first: Vec<u8> = (0..8).map(signs7).collect();
         assert_eq!(first, [0, 129, 130, 3, 132, 5, 6, 135]);
         assert!((0..128).all(|i| signs7(i).count_ones() % 2 == 0));
+        assert!((0..128).all(|i| SIGN7_MASKS[i as usize] == SIGN_MASKS[usize::from(signs7(i))]));
     }
 
     #[test]
