@@ -306,7 +306,7 @@ mod tests {
         // ggml's first entries: 0, 129, 130, 3, 132, 5, 6, 135.
         let first: Vec<u8> = (0..8).map(signs7).collect();
         assert_eq!(first, [0, 129, 130, 3, 132, 5, 6, 135]);
-        assert!((0..128).all(|i| signs7(i).count_ones() % 2 == 0));
+        assert!((0..128).all(|i| signs7(i).count_ones().is_multiple_of(2)));
         assert!((0..128).all(|i| SIGN7_MASKS[i as usize] == SIGN_MASKS[usize::from(signs7(i))]));
     }
 

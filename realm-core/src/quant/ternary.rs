@@ -34,7 +34,7 @@ fn trit(b: u8, k: usize) -> i8 {
 #[inline]
 fn pack_trits(vals: impl Iterator<Item = i32>) -> u8 {
     let n = vals.fold(0u16, |n, t| n * 3 + (t + 1) as u16);
-    ((n * 256 + 242) / 243) as u8
+    (n * 256).div_ceil(243) as u8
 }
 
 /// The block's scale and its reciprocal (0 for an all-zero block).

@@ -1482,7 +1482,7 @@ fn bitnet_gates_by_the_files_activation() {
         .iter()
         .map(|&v| v as f32)
         .collect();
-    let d = max_diff(&[got.clone()], &[want]);
+    let d = max_diff(std::slice::from_ref(&got), &[want]);
     assert!(d <= 1e-4, "relu2 logits {d} off the f64 block");
     let moved = max_diff(&[got], &[first(&silu)]);
     assert!(
