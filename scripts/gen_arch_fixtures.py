@@ -436,6 +436,10 @@ CASES = [
     case("llama-wide-iq3_s", "tiny-llama-wide", matrix_type="iq3_s"),
     case("llama-wide-iq1_s", "tiny-llama-wide", matrix_type="iq1_s"),
     case("llama-wide-iq1_m", "tiny-llama-wide", matrix_type="iq1_m"),
+    # Apertus: Qwen 3's Q/K norms, no gate, xIELU a block.
+    case("apertus", "tiny-apertus"),
+    case("apertus-q8_0", "tiny-apertus", matrix_type="q8_0"),
+    case("apertus-rope-factors", "tiny-apertus", rope_factors=True),
     # Encoders: every position's final hidden state (no pooling), the
     # tokens in one batch as llama.cpp needs them.
     case("bert", "tiny-bert", embedding=True),

@@ -62,7 +62,7 @@ mod reference;
 use realm_core::backend::{
     check_kv_layer, matrix_dims, split_width, ActivationOps, AttentionOps, AttentionParams,
     BackendCore, BackendError, BackendResult, HostChunkFn, KvCacheConfig, KvSpan, MatMulOps,
-    NormOps, RopeOps, RopeParams, RowsProduct, StepOps, WeightInfo,
+    NormOps, RopeOps, RopeParams, RowsProduct, StepOps, WeightInfo, Xielu,
 };
 use std::ops::Range;
 
@@ -772,6 +772,12 @@ impl ActivationOps for CpuBackend {
     fn clamp_inplace(&self, x: &mut Vec<f32>, limit: f32, len: usize) -> BackendResult<()> {
         let x = prefix_mut("clamp", "x length", x, len)?;
         x.iter_mut().for_each(|v| *v = v.max(-limit).min(limit));
+        Ok(())
+    }
+
+    fn xielu_inplace(&self, x: &mut Vec<f32>, p: Xielu, len: usize) -> BackendResult<()> {
+        let x = prefix_mut("xielu", "x length", x, len)?;
+        x.iter_mut().for_each(|v| *v = p.apply(*v));
         Ok(())
     }
 

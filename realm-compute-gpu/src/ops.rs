@@ -2,7 +2,7 @@
 
 use candle_core::{Device, Tensor};
 use realm_core::backend::{
-    ActivationOps, BackendError, BackendResult, NormOps, RopeMode, RopeOps, RopeParams,
+    ActivationOps, BackendError, BackendResult, NormOps, RopeMode, RopeOps, RopeParams, Xielu,
 };
 
 use crate::fused::q8::{Blocks, Quantized};
@@ -714,6 +714,17 @@ impl ActivationOps for GpuBackend {
 
     fn clamp_inplace(&self, x: &mut GpuBuffer, limit: f32, len: usize) -> BackendResult<()> {
         self.unary("clamp", x, len, |t| t.clamp(-limit, limit))
+    }
+
+    fn xielu_inplace(&self, x: &mut GpuBuffer, p: Xielu, len: usize) -> BackendResult<()> {
+        let [an, ap, beta] = [p.alpha_n, p.alpha_p, p.beta].map(f64::from);
+        self.unary("xielu", x, len, |t| {
+            let linear = t.affine(beta, 0.0)?;
+            let pos = (t.sqr()?.affine(ap, 0.0)? + &linear)?;
+            let expm1 = t.minimum(p.eps)?.exp()?.affine(1.0, -1.0)?;
+            let neg = ((expm1 - t)?.affine(an, 0.0)? + &linear)?;
+            t.gt(0.0)?.where_cond(&pos, &neg)
+        })
     }
 
     fn relu_squared_inplace(&self, x: &mut GpuBuffer, len: usize) -> BackendResult<()> {

@@ -775,6 +775,15 @@ pub trait ActivationOps: BackendCore {
     /// `x = min(max(x, -limit), limit)` over the first `len` values
     /// (OLMo's and MPT's `clamp_kqv` on queries, keys and values).
     fn clamp_inplace(&self, x: &mut Self::Buffer, limit: f32, len: usize) -> BackendResult<()>;
+    /// `x = xielu(x)` (Apertus's feed-forward activation, [`Xielu`]). The
+    /// default computes it on the host and copies the values back.
+    fn xielu_inplace(&self, x: &mut Self::Buffer, p: Xielu, len: usize) -> BackendResult<()> {
+        let mut v = vec![0.0; len];
+        self.download(x, &mut v)?;
+        v.iter_mut().for_each(|x| *x = p.apply(*x));
+        let v = self.upload(&v)?;
+        self.copy_rows(&v, 0..1, len, x)
+    }
     /// `x = max(x, 0)^2` (Nemotron-H's feed-forward activation). The
     /// default squares on the host and copies the values back.
     fn relu_squared_inplace(&self, x: &mut Self::Buffer, len: usize) -> BackendResult<()> {
@@ -797,6 +806,55 @@ pub trait ActivationOps: BackendCore {
         g.iter_mut().for_each(|x| *x = 1.0 / (1.0 + (-*x).exp()));
         let g = self.upload(&g)?;
         self.mul_inplace(dst, &g, len)
+    }
+}
+
+/// xIELU (Apertus's activation), with its coefficients as the model uses
+/// them: `alpha_p x^2 + beta x` above 0, else `(expm1(min(x, eps)) - x)
+/// alpha_n + beta x`. A file stores `alpha_p` and `alpha_n - beta` before
+/// a softplus ([`Xielu::from_file`]).
+///
+/// ```
+/// use realm_core::backend::Xielu;
+/// let p = Xielu::from_file(0.8, 0.8, 0.5, -1e-6);
+/// assert!((p.apply(2.0) - (p.alpha_p * 4.0 + 1.0)).abs() < 1e-6);
+/// assert!(p.apply(-30.0) > 0.0); // (-1 + 30) alpha_n - 15, alpha_n > 0.5
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Xielu {
+    /// Factor of the negative side's `expm1(min(x, eps)) - x`.
+    pub alpha_n: f32,
+    /// Factor of the positive side's `x^2`.
+    pub alpha_p: f32,
+    /// Factor of `x` on both sides.
+    pub beta: f32,
+    /// Where the negative side's exponential stops growing.
+    pub eps: f32,
+}
+
+impl Xielu {
+    /// The coefficients of a layer whose file gives `alpha_n`, `alpha_p`,
+    /// `beta` and `eps` (llama.cpp's `xielu.*` keys): `alpha_p` and
+    /// `beta + alpha_n` through a softplus, as ggml's `ggml_xielu` takes
+    /// them (the softplus `x` itself above 20).
+    pub fn from_file(alpha_n: f32, alpha_p: f32, beta: f32, eps: f32) -> Self {
+        let softplus = |x: f32| if x > 20.0 { x } else { (1.0 + x.exp()).ln() };
+        Self {
+            alpha_n: beta + softplus(alpha_n),
+            alpha_p: softplus(alpha_p),
+            beta,
+            eps,
+        }
+    }
+
+    /// The activation of `x`.
+    #[inline]
+    pub fn apply(&self, x: f32) -> f32 {
+        if x > 0.0 {
+            self.alpha_p * x * x + self.beta * x
+        } else {
+            (x.min(self.eps).exp_m1() - x) * self.alpha_n + self.beta * x
+        }
     }
 }
 

@@ -1,6 +1,6 @@
 //! A transformer's hyper-parameters, read from GGUF metadata.
 
-use realm_core::backend::{KvCacheConfig, KvDtype, KvShape, RopeMode};
+use realm_core::backend::{KvCacheConfig, KvDtype, KvShape, RopeMode, Xielu};
 use realm_core::gguf::{Metadata, MetadataArray, MetadataValue};
 
 use crate::{Error, Result};
@@ -383,11 +383,15 @@ pub enum Architecture {
     /// TQ1_0/TQ2_0 matrices. The gate is SiLU, as llama.cpp runs it, unless
     /// `hidden_activation` says `relu2` (the 2B4T's squared ReLU).
     Bitnet,
+    /// Apertus (apertus: Apertus 8B and 70B): llama's blocks with per-head
+    /// Q/K RMSNorms, NeoX RoPE, and no gate: `ffn_up`, then xIELU (its
+    /// coefficients a block, `xielu.*`), then `ffn_down`.
+    Apertus,
 }
 
 impl Architecture {
     /// Every architecture Realm runs.
-    pub const ALL: [Architecture; 85] = [
+    pub const ALL: [Architecture; 86] = [
         Self::Llama,
         Self::Mistral,
         Self::Qwen2,
@@ -473,6 +477,7 @@ impl Architecture {
         Self::Dbrx,
         Self::Jais,
         Self::Bitnet,
+        Self::Apertus,
     ];
 
     /// The architecture named by `general.architecture`.
@@ -563,6 +568,7 @@ impl Architecture {
                 | Self::Bert
                 | Self::NomicBertMoe
                 | Self::JinaBertV3
+                | Self::Apertus
         )
     }
 
@@ -654,6 +660,7 @@ impl Architecture {
             Self::Dbrx => "dbrx",
             Self::Jais => "jais",
             Self::Bitnet => "bitnet",
+            Self::Apertus => "apertus",
         }
     }
 }
@@ -910,6 +917,9 @@ pub struct ModelConfig {
     /// `attention.clamp_kqv`: each clamped to `-c..=c` after its product
     /// and bias), if the model sets one.
     pub clamp_kqv: Option<f32>,
+    /// Each block's xIELU coefficients (Apertus's feed-forward activation),
+    /// for a model with them.
+    pub xielu: Option<Vec<Xielu>>,
     /// Soft-cap of the attention scores (Gemma 2), if any.
     pub attn_softcap: Option<f32>,
     /// Soft-cap of the final logits (Gemma 2; Gemma 3 where the file sets
@@ -1864,6 +1874,7 @@ impl ModelConfig {
                 | Architecture::Qwen
                 | Architecture::Dbrx
                 | Architecture::Bitnet
+                | Architecture::Apertus
                 | Architecture::EuroBert => RopeMode::Neox,
             },
             sliding_window,
@@ -1980,6 +1991,7 @@ impl ModelConfig {
                                 | Architecture::GraniteHybrid
                                 | Architecture::NemotronH
                                 | Architecture::NemotronHMoe
+                                | Architecture::Apertus
                         ) =>
                 {
                     s
@@ -2083,6 +2095,7 @@ impl ModelConfig {
                 }
                 _ => None,
             },
+            xielu: None,
             attn_softcap,
             final_softcap,
             moe: moe_config(md, arch, ffn_dim)?,
@@ -2149,6 +2162,9 @@ impl ModelConfig {
         if mamba2 {
             // Every block a mixer alone.
             cfg.ffn_blocks = Some(vec![false; cfg.n_layers]);
+        }
+        if arch == Architecture::Apertus {
+            cfg.xielu = Some(xielu_coefficients(md, cfg.n_layers)?);
         }
         if arch == Architecture::Deci {
             cfg.deci = Some(deci_blocks(
@@ -2876,6 +2892,35 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
         dense_lead,
         groups: expert_groups(md, p, experts, gating)?,
     }))
+}
+
+/// Apertus's xIELU coefficients, a block each: `xielu.alpha_n`,
+/// `alpha_p`, `beta` and `eps` (keys without the architecture's prefix,
+/// as llama.cpp names them), each one value for all blocks or a list of
+/// one a block.
+fn xielu_coefficients(md: &Metadata, n_layers: usize) -> Result<Vec<Xielu>> {
+    let per_block = |k: &str| -> Result<Vec<f32>> {
+        let key = format!("xielu.{k}");
+        match md.get(&key) {
+            Some(MetadataValue::Array(MetadataArray::F32(v))) if v.len() >= n_layers => {
+                Ok(v[..n_layers].to_vec())
+            }
+            Some(MetadataValue::Array(a)) => Err(Error::BadConfig(format!(
+                "{key}: {} values for {n_layers} blocks",
+                a.len()
+            ))),
+            _ => Ok(vec![md.get_f32(&key)?; n_layers]),
+        }
+    };
+    let (an, ap, beta, eps) = (
+        per_block("alpha_n")?,
+        per_block("alpha_p")?,
+        per_block("beta")?,
+        per_block("eps")?,
+    );
+    Ok((0..n_layers)
+        .map(|l| Xielu::from_file(an[l], ap[l], beta[l], eps[l]))
+        .collect())
 }
 
 /// Reads DeepSeek 2's latent attention into `cfg`, as llama.cpp reads it:

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rayon::prelude::*;
 use realm_core::backend::{
     AttentionParams, Backend, BackendError, KvDtype, KvSpan, QkNorm, RopeParams, StepInputs,
-    WeightInfo,
+    WeightInfo, Xielu,
 };
 use realm_core::gguf::Gguf;
 use realm_core::{quant, TensorView};
@@ -176,10 +176,20 @@ type DenseFfn<'r, 'a, B> = (
 struct UpFfn<'a, B: Backend + 'a> {
     up: B::Weight<'a>,
     down: B::Weight<'a>,
-    /// GELU (StarCoder 2's, Phi 2's, GPT-NeoX's), else squared ReLU.
-    gelu: bool,
+    act: UpAct,
     up_b: Option<B::Buffer>,
     down_b: Option<B::Buffer>,
+}
+
+/// The activation of a network without a gate.
+#[derive(Debug, Clone, Copy)]
+enum UpAct {
+    /// StarCoder 2's, Phi 2's, GPT-NeoX's...
+    Gelu,
+    /// Nemotron's and Arcee's.
+    SquaredRelu,
+    /// Apertus's, with the block's coefficients.
+    Xielu(Xielu),
 }
 
 /// An embedding model's two projections after pooling: `d` values to
@@ -451,6 +461,7 @@ impl<'a, B: Backend> Model<'a, B> {
                 | Architecture::MinimaxM2
                 | Architecture::Dots1
                 | Architecture::BailingMoe2
+                | Architecture::Apertus
         );
         // GLM-4.5's 355B has Q/K norms, its Air none.
         // (Jina BERT v2's where the file has them.)
@@ -715,7 +726,8 @@ impl<'a, B: Backend> Model<'a, B> {
                     | Architecture::Bloom
                     | Architecture::Mpt
                     | Architecture::Refact
-                    | Architecture::Jais => optional_norm(&n("attn_output.bias"), d)?,
+                    | Architecture::Jais
+                    | Architecture::Apertus => optional_norm(&n("attn_output.bias"), d)?,
                     _ if c.arch.bert_blocks() => optional_norm(&n("attn_output.bias"), d)?,
                     Architecture::Mistral3
                     | Architecture::Ernie45
@@ -803,8 +815,14 @@ impl<'a, B: Backend> Model<'a, B> {
                         Ffn::Up(UpFfn {
                             up: weight(&n("ffn_up.weight"), ff, d)?,
                             down: weight(&n("ffn_down.weight"), d, ff)?,
-                            // (Nemotron's are squared ReLUs, as Arcee's.)
-                            gelu: c.layer_norm && c.arch != Architecture::Nemotron,
+                            act: match &c.xielu {
+                                Some(x) => UpAct::Xielu(x[i]),
+                                // (Nemotron's are squared ReLUs, as Arcee's.)
+                                None if c.layer_norm && c.arch != Architecture::Nemotron => {
+                                    UpAct::Gelu
+                                }
+                                None => UpAct::SquaredRelu,
+                            },
                             up_b: ffn_bias("ffn_up.bias", ff)?,
                             down_b: ffn_bias("ffn_down.bias", d)?,
                         })
@@ -2881,9 +2899,10 @@ impl<'a, B: Backend> Model<'a, B> {
         if let Some(bias) = &f.up_b {
             b.add_row_inplace(&mut sc.gate, bias, n)?;
         }
-        match f.gelu {
-            true => b.gelu_inplace(&mut sc.gate, n * ff)?,
-            false => b.relu_squared_inplace(&mut sc.gate, n * ff)?,
+        match f.act {
+            UpAct::Gelu => b.gelu_inplace(&mut sc.gate, n * ff)?,
+            UpAct::SquaredRelu => b.relu_squared_inplace(&mut sc.gate, n * ff)?,
+            UpAct::Xielu(p) => b.xielu_inplace(&mut sc.gate, p, n * ff)?,
         }
         b.matmul(&mut sc.ws, &f.down, &sc.gate, n, &mut sc.proj)?;
         let lora = (&mut sc.lora, &mut sc.seen);

@@ -477,6 +477,23 @@ impl SyntheticLayout {
                 .retain(|t| !t.name.ends_with(".post_ffw_norm.weight"));
             return Ok(l);
         }
+        if arch == "apertus" {
+            // The tiny Qwen 3's blocks (per-head Q/K norms, NeoX) without
+            // a gate, xIELU a block with coefficients of its own, and an
+            // output matrix.
+            let mut l = Self::tiny("qwen3")?.renamed(arch);
+            l.tensors.retain(|t| !t.name.ends_with(".ffn_gate.weight"));
+            // (Its output matrix is its own, as llama.cpp needs.)
+            let mut output = l.tensors[0].clone();
+            output.name = "output.weight".into();
+            l.tensors.push(output);
+            let list = |v: [f32; 2]| MetadataValue::Array(MetadataArray::F32(v.to_vec()));
+            return Ok(l
+                .with_hparam("xielu.alpha_n", list([0.8, 1.5]))
+                .with_hparam("xielu.alpha_p", list([0.8, 0.3]))
+                .with_hparam("xielu.beta", list([0.5, 0.5]))
+                .with_hparam("xielu.eps", list([-1e-6, -1e-6])));
+        }
         if arch == "bitnet" {
             // Llama's blocks, 256 wide (a row a ternary block) with a
             // network 512 wide, with norms of the attention's output and of
