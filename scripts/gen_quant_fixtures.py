@@ -461,6 +461,22 @@ def gen_mxfp4(src: Path, commit_name: str | None) -> None:
     })
 
 
+def ggml_dequantized(lib: ctypes.CDLL, tn: str, raw: bytes) -> dict:
+    """Writes synthetic/<tn>.q (`raw`) and synthetic/<tn>.f32 (ggml's
+    dequantize_row_<tn> of it, which must be finite) and returns their
+    manifest entry."""
+    out = ctypes.create_string_buffer(N_ELEMENTS * 4)
+    fn = getattr(lib, f"dequantize_row_{tn}")
+    fn.argtypes = [ctypes.c_char_p, ctypes.c_void_p, ctypes.c_int64]
+    fn(raw, out, N_ELEMENTS)
+    f32 = out.raw
+    assert np.isfinite(np.frombuffer(f32, np.float32)).all(), tn
+    (OUT / "synthetic" / f"{tn}.q").write_bytes(raw)
+    (OUT / "synthetic" / f"{tn}.f32").write_bytes(f32)
+    return {"type": tn, "quant_file": f"synthetic/{tn}.q", "f32_file": f"synthetic/{tn}.f32",
+            "n_elements": N_ELEMENTS, "f32_sha256": sha256(f32)}
+
+
 def gen_ternary(src: Path, commit_name: str | None) -> None:
     """TQ1_0 and TQ2_0 (BitNet b1.58's ternary types) by ggml itself: random
     blocks (every byte value among the packed trits) and their f32 from
@@ -477,16 +493,7 @@ def gen_ternary(src: Path, commit_name: str | None) -> None:
             raw[0, :d_off] = np.arange(d_off, dtype=np.uint8)
             raw[1, :d_off] = 255 - np.arange(d_off, dtype=np.uint8)
             raw[:, d_off:d_off + 2] = sane_scales(rng, n_blocks).view(np.uint8).reshape(n_blocks, 2)
-            raw = raw.tobytes()
-            out = ctypes.create_string_buffer(N_ELEMENTS * 4)
-            fn = getattr(lib, f"dequantize_row_{tn}")
-            fn.argtypes = [ctypes.c_char_p, ctypes.c_void_p, ctypes.c_int64]
-            fn(raw, out, N_ELEMENTS)
-            f32 = out.raw
-            (OUT / "synthetic" / f"{tn}.q").write_bytes(raw)
-            (OUT / "synthetic" / f"{tn}.f32").write_bytes(f32)
-            entries.append({"type": tn, "quant_file": f"synthetic/{tn}.q", "f32_file": f"synthetic/{tn}.f32",
-                            "n_elements": N_ELEMENTS, "f32_sha256": sha256(f32)})
+            entries.append(ggml_dequantized(lib, tn, raw.tobytes()))
             for name, x in signals().items():
                 x = np.ascontiguousarray(x, dtype=np.float32)
                 got = ggml_quantize_weighted(lib, t, x, x.size, None)
@@ -532,17 +539,7 @@ def gen_iq123(src: Path, commit_name: str | None) -> None:
                 # The f16's top exponent bit (bit 14 of the last scale word)
                 # clear: finite scales below 2.
                 raw[:, type_size - 1] &= 0xBF
-            raw = raw.tobytes()
-            out = ctypes.create_string_buffer(N_ELEMENTS * 4)
-            fn = getattr(lib, f"dequantize_row_{tn}")
-            fn.argtypes = [ctypes.c_char_p, ctypes.c_void_p, ctypes.c_int64]
-            fn(raw, out, N_ELEMENTS)
-            f32 = out.raw
-            assert np.isfinite(np.frombuffer(f32, np.float32)).all(), tn
-            (OUT / "synthetic" / f"{tn}.q").write_bytes(raw)
-            (OUT / "synthetic" / f"{tn}.f32").write_bytes(f32)
-            entries.append({"type": tn, "quant_file": f"synthetic/{tn}.q", "f32_file": f"synthetic/{tn}.f32",
-                            "n_elements": N_ELEMENTS, "f32_sha256": sha256(f32)})
+            entries.append(ggml_dequantized(lib, tn, raw.tobytes()))
     write_json("iq123.json", {
         "generator": "scripts/gen_quant_fixtures.py --ggml-src (--only-iq123)",
         "reference": "ggml dequantize_row_iq* (ggml-quants.c, cc -O2 -ffp-contract=off)",
