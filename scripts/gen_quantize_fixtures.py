@@ -34,6 +34,8 @@ SYNTH = {
     "qwen2moe": ["tiny-qwen2moe", "--seed", "5", "--matrix-type", "f16"],
     # Biases, attention sinks and 3-D experts (MXFP4_MOE's).
     "gpt-oss": ["tiny-gpt-oss", "--seed", "5", "--matrix-type", "f16"],
+    # 256 wide: rows of whole ternary blocks.
+    "bitnet": ["tiny-bitnet", "--seed", "5", "--matrix-type", "f16"],
 }
 REALM = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "target", "release", "realm")
 # (model, file type, extra options): every rule of the mixes Realm writes.
@@ -46,6 +48,10 @@ CASES = [
     ("qwen2moe", "Q4_0", ["--imatrix", "tests/fixtures/imatrix/qwen2moe.gguf"]),
     ("gpt-oss", "MXFP4_MOE", []),
     ("gpt-oss", "Q4_K_M", []),
+    ("bitnet", "TQ1_0", []),
+    ("bitnet", "TQ2_0", []),
+    # (Rows of 576: the ternary types fall back to Q4_0.)
+    ("smollm2", "TQ2_0", []),
     ("smollm2", "Q8_0", []),
     ("smollm2", "Q4_K_M", []),
     ("smollm2", "Q6_K", []),

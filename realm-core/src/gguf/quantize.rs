@@ -87,6 +87,11 @@ pub enum FileType {
     /// IQ4_XS (IQ4_NL's levels, 6-bit scales in blocks of 256); its rules
     /// are IQ4_NL's.
     IQ4_XS,
+    /// TQ1_0 (BitNet b1.58's ternary weights, 1.69 bits each), a token
+    /// embedding that is not the output matrix Q4_K.
+    TQ1_0,
+    /// TQ2_0 (ternary, 2.06 bits each); its rules are TQ1_0's.
+    TQ2_0,
     /// The experts' matrices MXFP4 (gpt-oss's own format), every other
     /// matrix Q8_0.
     MXFP4_MOE,
@@ -94,7 +99,7 @@ pub enum FileType {
 
 impl FileType {
     /// Every file type, in llama.cpp's numbering's order.
-    pub const ALL: [Self; 21] = [
+    pub const ALL: [Self; 23] = [
         Self::F32,
         Self::F16,
         Self::Q4_0,
@@ -115,6 +120,8 @@ impl FileType {
         Self::IQ4_NL,
         Self::IQ4_XS,
         Self::BF16,
+        Self::TQ1_0,
+        Self::TQ2_0,
         Self::MXFP4_MOE,
     ];
 
@@ -141,6 +148,8 @@ impl FileType {
             Self::IQ4_NL => 25,
             Self::IQ4_XS => 30,
             Self::BF16 => 32,
+            Self::TQ1_0 => 36,
+            Self::TQ2_0 => 37,
             Self::MXFP4_MOE => 38,
         }
     }
@@ -168,6 +177,8 @@ impl FileType {
             Self::Q2_K_S => "Q2_K_S",
             Self::IQ4_NL => "IQ4_NL",
             Self::IQ4_XS => "IQ4_XS",
+            Self::TQ1_0 => "TQ1_0",
+            Self::TQ2_0 => "TQ2_0",
             Self::MXFP4_MOE => "MXFP4_MOE",
         }
     }
@@ -205,6 +216,8 @@ impl FileType {
             Self::Q6_K => GgmlType::Q6_K,
             Self::IQ4_NL => GgmlType::IQ4_NL,
             Self::IQ4_XS => GgmlType::IQ4_XS,
+            Self::TQ1_0 => GgmlType::TQ1_0,
+            Self::TQ2_0 => GgmlType::TQ2_0,
             Self::MXFP4_MOE => GgmlType::MXFP4,
         }
     }
@@ -489,6 +502,8 @@ fn mix(
     } else if role == Role::TokenEmbd {
         if let Some(e) = opts.token_embedding_type {
             t = e;
+        } else if matches!(ft, F::TQ1_0 | F::TQ2_0) {
+            t = T::Q4_K;
         }
     } else if role.is_attn_v() {
         let i = seen.attention_wv;
