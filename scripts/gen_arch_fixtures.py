@@ -440,6 +440,9 @@ CASES = [
     case("apertus", "tiny-apertus"),
     case("apertus-q8_0", "tiny-apertus", matrix_type="q8_0"),
     case("apertus-rope-factors", "tiny-apertus", rope_factors=True),
+    # Maincoder: per-head Q/K norms after RoPE.
+    case("maincoder", "tiny-maincoder"),
+    case("maincoder-q8_0", "tiny-maincoder", matrix_type="q8_0"),
     # Encoders: every position's final hidden state (no pooling), the
     # tokens in one batch as llama.cpp needs them.
     case("bert", "tiny-bert", embedding=True),

@@ -387,11 +387,14 @@ pub enum Architecture {
     /// Q/K RMSNorms, NeoX RoPE, and no gate: `ffn_up`, then xIELU (its
     /// coefficients a block, `xielu.*`), then `ffn_down`.
     Apertus,
+    /// Maincoder (maincoder: Maincoder-1B): llama's blocks with per-head Q/K
+    /// RMSNorms after RoPE (as Hunyuan's).
+    Maincoder,
 }
 
 impl Architecture {
     /// Every architecture Realm runs.
-    pub const ALL: [Architecture; 86] = [
+    pub const ALL: [Architecture; 87] = [
         Self::Llama,
         Self::Mistral,
         Self::Qwen2,
@@ -478,6 +481,7 @@ impl Architecture {
         Self::Jais,
         Self::Bitnet,
         Self::Apertus,
+        Self::Maincoder,
     ];
 
     /// The architecture named by `general.architecture`.
@@ -661,6 +665,7 @@ impl Architecture {
             Self::Jais => "jais",
             Self::Bitnet => "bitnet",
             Self::Apertus => "apertus",
+            Self::Maincoder => "maincoder",
         }
     }
 }
@@ -894,7 +899,7 @@ pub struct ModelConfig {
     /// Whether the Q/K norms span all heads at once (OLMo 2's), not each
     /// head.
     pub qk_norm_whole: bool,
-    /// Whether the per-head Q/K norms come after RoPE (Hunyuan's), not
+    /// Whether the per-head Q/K norms come after RoPE (Hunyuan's, Maincoder's), not
     /// before.
     pub qk_norm_after_rope: bool,
     /// Scale applied to attention scores.
@@ -1825,6 +1830,7 @@ impl ModelConfig {
                 | Architecture::JinaBertV2
                 | Architecture::Deepseek
                 | Architecture::Jais
+                | Architecture::Maincoder
                 | Architecture::NeoBert => RopeMode::Normal,
                 Architecture::Qwen2
                 | Architecture::Qwen2Moe
@@ -1975,7 +1981,7 @@ impl ModelConfig {
                     arch,
                     Architecture::Olmoe | Architecture::MinimaxM2 | Architecture::JinaBertV2
                 ),
-            qk_norm_after_rope: hunyuan,
+            qk_norm_after_rope: hunyuan || arch == Architecture::Maincoder,
             // Gemma 2 and 3 27B scale by their width per head, not their
             // head size (as llama.cpp tells them: by their 46 and 62
             // layers).

@@ -462,6 +462,7 @@ impl<'a, B: Backend> Model<'a, B> {
                 | Architecture::Dots1
                 | Architecture::BailingMoe2
                 | Architecture::Apertus
+                | Architecture::Maincoder
         );
         // GLM-4.5's 355B has Q/K norms, its Air none.
         // (Jina BERT v2's where the file has them.)
@@ -727,7 +728,8 @@ impl<'a, B: Backend> Model<'a, B> {
                     | Architecture::Mpt
                     | Architecture::Refact
                     | Architecture::Jais
-                    | Architecture::Apertus => optional_norm(&n("attn_output.bias"), d)?,
+                    | Architecture::Apertus
+                    | Architecture::Maincoder => optional_norm(&n("attn_output.bias"), d)?,
                     _ if c.arch.bert_blocks() => optional_norm(&n("attn_output.bias"), d)?,
                     Architecture::Mistral3
                     | Architecture::Ernie45

@@ -477,6 +477,11 @@ impl SyntheticLayout {
                 .retain(|t| !t.name.ends_with(".post_ffw_norm.weight"));
             return Ok(l);
         }
+        if arch == "maincoder" {
+            // The tiny Qwen 3's blocks (per-head Q/K norms), normed after
+            // RoPE's normal turns.
+            return Ok(Self::tiny("qwen3")?.renamed(arch));
+        }
         if arch == "apertus" {
             // The tiny Qwen 3's blocks (per-head Q/K norms, NeoX) without
             // a gate, xIELU a block with coefficients of its own, and an
