@@ -494,16 +494,22 @@ fn scales_mins_k4(s: &[u8; 12]) -> (__m128i, __m128i) {
     (twice(sc), twice(mn))
 }
 
+/// 256 2-bit values laid out as Q2_K's (and TQ2_0's): value `128 n + 32 j
+/// + l` in bits `2 j` of byte `32 n + l`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn two_bits(qs: [u8; 64]) -> [__m256i; 8] {
+    let halves: [[u8; 32]; 2] = bytemuck::cast(qs);
+    let m3 = _mm256_set1_epi8(3);
+    std::array::from_fn(|g| _mm256_and_si256(srl16(load32(halves[g / 4]), 2 * (g % 4)), m3))
+}
+
 impl KSimd for BlockQ2K {
     const HAS_MIN: bool = true;
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn parts(&self) -> KParts {
-        let halves: [[u8; 32]; 2] = bytemuck::cast(self.qs);
-        let m3 = _mm256_set1_epi8(3);
-        let q = std::array::from_fn(|g| {
-            _mm256_and_si256(srl16(load32(halves[g / 4]), 2 * (g % 4)), m3)
-        });
+        let q = two_bits(self.qs);
         let sc: __m128i = bytemuck::cast(self.scales);
         let low4 = _mm_set1_epi8(0x0f);
         KParts {
@@ -664,14 +670,9 @@ impl KSimd for BlockTQ2_0 {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn parts(&self) -> KParts {
-        // Laid out as Q2_K's quants: `t + 1` in bits `2 j` of byte `32 n + l`.
-        let halves: [[u8; 32]; 2] = bytemuck::cast(self.qs);
-        let m3 = _mm256_set1_epi8(3);
-        let q = std::array::from_fn(|g| {
-            _mm256_and_si256(srl16(load32(halves[g / 4]), 2 * (g % 4)), m3)
-        });
+        // (`t + 1` laid out as Q2_K's quants.)
         KParts {
-            q,
+            q: two_bits(self.qs),
             scales: ternary_scales(),
             mins: _mm_setzero_si128(),
             d: h2f(self.d),

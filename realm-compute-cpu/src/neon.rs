@@ -290,16 +290,23 @@ fn halves(b: &[u8]) -> [uint8x16_t; 2] {
     std::array::from_fn(|h| bytes(std::array::from_fn(|i| b[16 * h + i])))
 }
 
+/// 256 2-bit values laid out as Q2_K's (and TQ2_0's): element `128 n +
+/// 32 j + l` in bits `2 j` of byte `32 n + l`.
+#[inline]
+#[target_feature(enable = "neon")]
+fn two_bits(qs: &[u8; 64]) -> [uint8x16_t; 16] {
+    let qs = [halves(&qs[..32]), halves(&qs[32..])];
+    std::array::from_fn(|g| {
+        let (n, j, h) = (g / 8, (g % 8) / 2, g % 2);
+        vandq_u8(shr(qs[n][h], 2 * j), vdupq_n_u8(3))
+    })
+}
+
 impl KQuants for BlockQ2K {
     #[inline]
     #[target_feature(enable = "neon")]
     unsafe fn quants_neon(&self) -> [int8x16_t; 16] {
-        // Element `128 n + 32 j + l`: bits `2 j` of byte `32 n + l`.
-        let qs = [halves(&self.qs[..32]), halves(&self.qs[32..])];
-        std::array::from_fn(|g| {
-            let (n, j, h) = (g / 8, (g % 8) / 2, g % 2);
-            signed(vandq_u8(shr(qs[n][h], 2 * j), vdupq_n_u8(3)))
-        })
+        two_bits(&self.qs).map(|q| signed(q))
     }
 }
 
@@ -402,12 +409,7 @@ impl KQuants for BlockTQ2_0 {
     #[target_feature(enable = "neon")]
     unsafe fn quants_neon(&self) -> [int8x16_t; 16] {
         // Q2_K's layout, less 1.
-        let qs = [halves(&self.qs[..32]), halves(&self.qs[32..])];
-        std::array::from_fn(|g| {
-            let (n, j, h) = (g / 8, (g % 8) / 2, g % 2);
-            let q = vandq_u8(shr(qs[n][h], 2 * j), vdupq_n_u8(3));
-            vsubq_s8(signed(q), vdupq_n_s8(1))
-        })
+        two_bits(&self.qs).map(|q| vsubq_s8(signed(q), vdupq_n_s8(1)))
     }
 }
 
