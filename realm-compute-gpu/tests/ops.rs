@@ -1280,7 +1280,8 @@ fn missing_gpu_support_is_a_clear_error() {
     assert!("cpu:1".parse::<GpuDevice>().is_err());
 }
 
-/// Matrices of the types candle cannot multiply, dequantized when asked:
+/// Matrices of the types candle cannot multiply (MXFP4, the IQ types, the
+/// ternary ones), dequantized when asked:
 /// in f32 the product is the exact math of the file's weights (an f64 sum
 /// of the dequantized weights' products, within f32 rounding); in f16
 /// within the rounding of weights and inputs to 11 bits; embedding rows
@@ -1297,9 +1298,45 @@ fn dequantized_matrices_multiply_their_exact_weights() {
         GgmlType::IQ4_XS,
         GgmlType::TQ1_0,
         GgmlType::TQ2_0,
+        GgmlType::IQ2_XXS,
+        GgmlType::IQ2_XS,
+        GgmlType::IQ2_S,
+        GgmlType::IQ3_XXS,
+        GgmlType::IQ3_S,
+        GgmlType::IQ1_S,
+        GgmlType::IQ1_M,
     ];
+    // The lattice types, which Realm reads but does not write: random
+    // blocks, their f16 scales set so that values are about 1 (IQ1_M's
+    // spread over the top nibbles of its last four 16-bit words).
+    let lattice = |t: GgmlType, rng: &mut Rng| -> Vec<u8> {
+        let size = t.type_size();
+        let d = match t {
+            GgmlType::IQ3_XXS | GgmlType::IQ3_S => 0.002,
+            GgmlType::IQ1_S | GgmlType::IQ1_M => 0.05,
+            _ => 0.01,
+        };
+        let bits = half::f16::from_f32(d).to_bits();
+        let n = m * k / t.block_size() * size;
+        let mut bytes: Vec<u8> = rng.f32s(n, 0.0, 256.0).iter().map(|&v| v as u8).collect();
+        for block in bytes.chunks_exact_mut(size) {
+            match t {
+                GgmlType::IQ1_M => {
+                    for i in 0..4 {
+                        let b = &mut block[size - 7 + 2 * i];
+                        *b = (*b & 0x0f) | ((((bits >> (4 * i)) & 0xf) as u8) << 4);
+                    }
+                }
+                _ => block[..2].copy_from_slice(&bits.to_le_bytes()),
+            }
+        }
+        bytes
+    };
     for t in types {
-        let bytes = quant::quantize_row_to_vec(t, &rng.f32s(m * k, -1.0, 1.0)).unwrap();
+        let bytes = match quant::can_quantize(t) {
+            true => quant::quantize_row_to_vec(t, &rng.f32s(m * k, -1.0, 1.0)).unwrap(),
+            false => lattice(t, &mut rng),
+        };
         let shape = [k as u64, m as u64];
         let view = TensorView::new("w", t, &shape, &bytes).unwrap();
         let w = quant::dequantize_row_to_vec(t, &bytes).unwrap();
