@@ -49,6 +49,9 @@ const DECODE: &[(GgmlType, usize, usize)] = &[
     (GgmlType::Q8_0, 2048, 640),
     (GgmlType::Q8_0, 262144, 640),
     (GgmlType::MXFP4, 2880, 2880),
+    (GgmlType::IQ2_XXS, 640, 2048),
+    (GgmlType::IQ3_S, 640, 2048),
+    (GgmlType::IQ1_S, 640, 2048),
 ];
 
 /// Prefill shapes, 512 tokens.
@@ -60,6 +63,8 @@ const PREFILL: &[(GgmlType, usize, usize)] = &[
     (GgmlType::Q4_K, 640, 2048),
     (GgmlType::Q6_K, 640, 2048),
     (GgmlType::MXFP4, 2880, 2880),
+    (GgmlType::IQ2_XXS, 640, 2048),
+    (GgmlType::IQ3_S, 640, 2048),
 ];
 const PREFILL_TOKENS: usize = 512;
 

@@ -22,13 +22,14 @@ use std::arch::x86_64::*;
 use std::ops::Range;
 
 use half::{bf16, f16};
+use realm_core::quant::blocks::QK_K;
 use realm_core::quant::blocks::{
     BlockIQ1M, BlockIQ1S, BlockIQ2S, BlockIQ2XS, BlockIQ2XXS, BlockIQ3S, BlockIQ3XXS, BlockIQ4NL,
     BlockIQ4XS, BlockMXFP4, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K,
     BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0, BlockTQ1_0, BlockTQ2_0, KVALUES_IQ4NL,
     KVALUES_MXFP4,
 };
-use realm_core::quant::e8m0_to_f32_half;
+use realm_core::quant::{e8m0_to_f32_half, IqGroup, IqLattice};
 
 use crate::act::{BlockQ8K, BlockQ8x32};
 use crate::attention::Scoring;
@@ -96,20 +97,27 @@ fn iq4_table() -> __m256i {
 pub(crate) trait Kernel {
     /// The weight block.
     type Block: WeightBlock;
-    /// A block unpacked to registers.
-    type Unpacked: Copy;
+    /// A block unpacked to registers (or the block itself, for a kernel
+    /// that reads it as it multiplies).
+    type Unpacked<'a>: Copy
+    where
+        Self: 'a;
     /// One (row, token) accumulator.
     type Acc: Copy;
 
     /// # Safety
     /// The CPU supports avx2, fma and f16c.
-    unsafe fn unpack(b: &Self::Block) -> Self::Unpacked;
+    unsafe fn unpack(b: &Self::Block) -> Self::Unpacked<'_>;
     /// # Safety
     /// The CPU supports avx2, fma and f16c.
     unsafe fn zero() -> Self::Acc;
     /// # Safety
     /// The CPU supports avx2, fma and f16c.
-    unsafe fn step(u: &Self::Unpacked, x: &<Self::Block as WeightBlock>::Act, acc: &mut Self::Acc);
+    unsafe fn step(
+        u: &Self::Unpacked<'_>,
+        x: &<Self::Block as WeightBlock>::Act,
+        acc: &mut Self::Acc,
+    );
     /// # Safety
     /// The CPU supports avx2, fma and f16c.
     unsafe fn finish(acc: Self::Acc) -> f32;
@@ -681,6 +689,40 @@ impl KSimd for BlockTQ2_0 {
     }
 }
 
+/// A lattice type's super-block built in registers: each group of 32
+/// values from its four grid entries and their signs (no trip through
+/// memory, whose 32-byte loads of 8-byte stores would stall).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn iq_parts<B: IqLattice>(b: &B) -> KParts {
+    let words = |w: [u64; 4]| _mm256_set_epi64x(w[3] as i64, w[2] as i64, w[1] as i64, w[0] as i64);
+    let (high5, one) = (_mm256_set1_epi8(0xf8u8 as i8), _mm256_set1_epi8(1));
+    let mut scales = [0u64; 2];
+    let mut q = [_mm256_setzero_si256(); 8];
+    // (A loop, not `array::from_fn`: LLVM left that closure a call.)
+    for (g, q) in q.iter_mut().enumerate() {
+        let group = b.group(g);
+        scales[g / 4] |= u64::from(u16::from_le_bytes(group.scales)) << (16 * (g % 4));
+        let (points, signs) = (words(group.points), words(group.signs));
+        *q = if B::SHIFTED {
+            // `8 g` (bytes -1, 0, 1 shifted within 16-bit lanes, the bits
+            // carried out of the low byte cleared), plus 1 or minus 1.
+            let eight = _mm256_and_si256(_mm256_slli_epi16::<3>(points), high5);
+            _mm256_add_epi8(eight, _mm256_or_si256(signs, one))
+        } else {
+            // Negated where the mask is all ones: `(p ^ -1) - (-1)`.
+            _mm256_sub_epi8(_mm256_xor_si256(points, signs), signs)
+        };
+    }
+    KParts {
+        q,
+        scales: _mm_set_epi64x(scales[1] as i64, scales[0] as i64),
+        mins: _mm_setzero_si128(),
+        d: b.factor(),
+        dmin: 0.0,
+    }
+}
+
 macro_rules! iq_simd {
     ($($block:ty),*) => {$(
         impl KSimd for $block {
@@ -688,18 +730,7 @@ macro_rules! iq_simd {
             #[inline]
             #[target_feature(enable = "avx2,fma,f16c")]
             unsafe fn parts(&self) -> KParts {
-                // Grid points do not unpack by shifts: realm-core's
-                // unpacking (signed values, per-16 scales up to 31), then
-                // the registers.
-                let u = crate::reference::UnpackIq::iq(self);
-                let chunks: [[u8; 32]; 8] = bytemuck::cast(u.q);
-                KParts {
-                    q: chunks.map(|c| load32(c)),
-                    scales: bytemuck::cast(u.scales),
-                    mins: _mm_setzero_si128(),
-                    d: u.d,
-                    dmin: 0.0,
-                }
+                iq_parts(self)
             }
         }
     )*};
@@ -714,6 +745,133 @@ iq_simd!(
     BlockIQ3S,
     BlockIQ3XXS
 );
+
+/// How [`IqDirect`] reads a lattice type's signs.
+pub(crate) trait IqSigns: IqLattice + WeightBlock<Act = BlockQ8K> {
+    /// Group `g`'s signs (of a type that is not [`IqLattice::SHIFTED`]) as
+    /// multipliers, bytes 1 or -1; by default from `group`'s masks.
+    ///
+    /// # Safety
+    /// The CPU supports avx2, fma and f16c.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn multipliers(&self, _g: usize, group: &IqGroup) -> __m256i {
+        let [a, b, c, d] = group.signs.map(|w| w as i64);
+        _mm256_or_si256(_mm256_set_epi64x(d, c, b, a), _mm256_set1_epi8(1))
+    }
+}
+
+/// Multipliers 1 or -1 from 32 sign bits, value `j`'s in bit `j % 8` of
+/// byte `j / 8` (set for -1): each byte spread over its 8 values, one bit
+/// tested in each.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn sign_bits(bytes: [u8; 4]) -> __m256i {
+    let spread: [u8; 32] = std::array::from_fn(|j| (j / 8) as u8);
+    let v = _mm256_set1_epi32(i32::from_le_bytes(bytes));
+    // (Per 128-bit lane: the high lane's bytes 2 and 3 are its own too.)
+    let v = _mm256_shuffle_epi8(v, bytemuck::cast(spread));
+    let bits = _mm256_set1_epi64x(0x8040_2010_0804_0201_u64 as i64);
+    let set = _mm256_cmpeq_epi8(_mm256_and_si256(v, bits), bits);
+    _mm256_or_si256(set, _mm256_set1_epi8(1))
+}
+
+impl IqSigns for BlockIQ1M {}
+impl IqSigns for BlockIQ1S {}
+impl IqSigns for BlockIQ2XS {}
+impl IqSigns for BlockIQ2XXS {}
+impl IqSigns for BlockIQ3XXS {}
+
+impl IqSigns for BlockIQ2S {
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn multipliers(&self, g: usize, _group: &IqGroup) -> __m256i {
+        // (The sign bytes follow the 32 low index bytes.)
+        let at = QK_K / 8 + 4 * g;
+        sign_bits([
+            self.qs[at],
+            self.qs[at + 1],
+            self.qs[at + 2],
+            self.qs[at + 3],
+        ])
+    }
+}
+
+impl IqSigns for BlockIQ3S {
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn multipliers(&self, g: usize, _group: &IqGroup) -> __m256i {
+        let s = &self.signs[4 * g..];
+        sign_bits([s[0], s[1], s[2], s[3]])
+    }
+}
+
+/// A lattice type's one-token kernel, as its group of 32 values are read:
+/// each group's grid entries go straight into the product, the signs
+/// applied to the activations (`_mm256_sign_epi8`, the entries being
+/// magnitudes) rather than to the weights, and no unpacked block is kept
+/// (with one token nothing would reuse it).
+pub(crate) struct IqDirect<B>(std::marker::PhantomData<B>);
+
+impl<B: IqSigns> Kernel for IqDirect<B> {
+    type Block = B;
+    type Unpacked<'a>
+        = &'a B
+    where
+        B: 'a;
+    type Acc = __m256;
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn unpack(b: &B) -> &B {
+        b
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn zero() -> __m256 {
+        _mm256_setzero_ps()
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn step(u: &&B, x: &BlockQ8K, acc: &mut __m256) {
+        let words =
+            |w: [u64; 4]| _mm256_set_epi64x(w[3] as i64, w[2] as i64, w[1] as i64, w[0] as i64);
+        let (high5, one) = (_mm256_set1_epi8(0xf8u8 as i8), _mm256_set1_epi8(1));
+        let xs: &[[i8; 32]; 8] = bytemuck::cast_ref(&x.qs);
+        let mut isum = _mm256_setzero_si256();
+        for (g, xg) in xs.iter().enumerate() {
+            let group = u.group(g);
+            let (points, signs) = (words(group.points), words(group.signs));
+            let xv: __m256i = bytemuck::cast(*xg);
+            let pairs = if B::SHIFTED {
+                // Signed values `8 g +- 1`, as in `iq_parts`.
+                let eight = _mm256_and_si256(_mm256_slli_epi16::<3>(points), high5);
+                let q = _mm256_add_epi8(eight, _mm256_or_si256(signs, one));
+                _mm256_maddubs_epi16(_mm256_abs_epi8(q), _mm256_sign_epi8(xv, q))
+            } else {
+                // SAFETY: compiled with the features `multipliers` needs.
+                let sign = unsafe { u.multipliers(g, &group) };
+                _mm256_maddubs_epi16(points, _mm256_sign_epi8(xv, sign))
+            };
+            let [s0, s1] = group.scales.map(i16::from);
+            let sc = _mm256_setr_m128i(_mm_set1_epi16(s0), _mm_set1_epi16(s1));
+            isum = _mm256_add_epi32(isum, _mm256_madd_epi16(pairs, sc));
+        }
+        *acc = _mm256_fmadd_ps(
+            _mm256_set1_ps(u.factor() * x.d),
+            _mm256_cvtepi32_ps(isum),
+            *acc,
+        );
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn finish(acc: __m256) -> f32 {
+        hsum(acc)
+    }
+}
 
 /// Kernel for the 256-element types.
 pub(crate) struct KQuant<B>(std::marker::PhantomData<B>);
@@ -732,7 +890,10 @@ pub(crate) struct KUnpacked {
 
 impl<B: KSimd> Kernel for KQuant<B> {
     type Block = B;
-    type Unpacked = KUnpacked;
+    type Unpacked<'a>
+        = KUnpacked
+    where
+        B: 'a;
     type Acc = __m256;
 
     #[inline]
@@ -1751,20 +1912,45 @@ pub(crate) fn kquant_rows<B: KSimd>(
     n_tokens: usize,
     out: &mut OutRows<'_>,
 ) -> bool {
+    super_block_rows::<KQuant<B>>(w, nb, rows, x, n_tokens, out)
+}
+
+/// [`kquant_rows`] for the lattice types, one token through [`IqDirect`].
+pub(crate) fn iq_rows<B: KSimd + IqSigns>(
+    w: &[B],
+    nb: usize,
+    rows: Range<usize>,
+    x: &[BlockQ8K],
+    n_tokens: usize,
+    out: &mut OutRows<'_>,
+) -> bool {
+    super_block_rows::<IqDirect<B>>(w, nb, rows, x, n_tokens, out)
+}
+
+/// A 256-element type's rows: one token through the kernel `K`, several
+/// through the packed tile.
+fn super_block_rows<K: Kernel<Block: KSimd>>(
+    w: &[K::Block],
+    nb: usize,
+    rows: Range<usize>,
+    x: &[BlockQ8K],
+    n_tokens: usize,
+    out: &mut OutRows<'_>,
+) -> bool {
     if !available() {
         return false;
     }
     if n_tokens <= FEW_TOKENS {
-        for (sub, t) in few_tokens(rows, nb * size_of::<B>(), n_tokens) {
+        for (sub, t) in few_tokens(rows, nb * size_of::<K::Block>(), n_tokens) {
             // SAFETY: the CPU supports avx2, fma and f16c (checked just
             // above).
-            unsafe { rows_impl::<KQuant<B>>(w, nb, sub, &x[t * nb..(t + 1) * nb], t, out) };
+            unsafe { rows_impl::<K>(w, nb, sub, &x[t * nb..(t + 1) * nb], t, out) };
         }
         return true;
     }
     let mut p = KPACK.take();
     // SAFETY: the CPU supports avx2, fma and f16c (checked just above).
-    unsafe { kpacked_rows_impl::<B>(w, nb, rows, x, n_tokens, out, &mut p) };
+    unsafe { kpacked_rows_impl::<K::Block>(w, nb, rows, x, n_tokens, out, &mut p) };
     KPACK.set(p);
     true
 }

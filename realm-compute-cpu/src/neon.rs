@@ -20,6 +20,7 @@ use realm_core::quant::blocks::{
     BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0, BlockTQ1_0, BlockTQ2_0, KVALUES_IQ4NL,
     KVALUES_MXFP4,
 };
+use realm_core::quant::IqLattice;
 
 use crate::act::{BlockQ8K, BlockQ8x32};
 use crate::matmul::OutRows;
@@ -413,14 +414,36 @@ impl KQuants for BlockTQ2_0 {
     }
 }
 
+/// A lattice type's 256 values built in registers, 16 (two grid entries)
+/// at a time, as the AVX2 kernel builds them.
+#[inline]
+#[target_feature(enable = "neon")]
+fn iq_quants<B: IqLattice>(b: &B) -> [int8x16_t; 16] {
+    let pair = |w: [u64; 4], h: usize| vcombine_u8(vcreate_u8(w[2 * h]), vcreate_u8(w[2 * h + 1]));
+    let groups: [[int8x16_t; 2]; 8] = std::array::from_fn(|g| {
+        let group = b.group(g);
+        std::array::from_fn(|h| {
+            let (points, signs) = (pair(group.points, h), pair(group.signs, h));
+            if B::SHIFTED {
+                // `8 g`, plus 1 or minus 1.
+                let one = vorrq_u8(signs, vdupq_n_u8(1));
+                signed(vaddq_u8(vshlq_n_u8::<3>(points), one))
+            } else {
+                // Negated where the mask is all ones.
+                signed(vsubq_u8(veorq_u8(points, signs), signs))
+            }
+        })
+    });
+    bytemuck::cast(groups)
+}
+
 macro_rules! iq_neon {
     ($($block:ty),*) => {$(
         impl KQuants for $block {
             #[inline]
             #[target_feature(enable = "neon")]
             unsafe fn quants_neon(&self) -> [int8x16_t; 16] {
-                // (Grid points: realm-core's unpacking.)
-                bytemuck::cast(self.quants())
+                iq_quants(self)
             }
         }
     )*};

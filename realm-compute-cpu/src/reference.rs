@@ -12,7 +12,7 @@ use realm_core::quant::blocks::{
     BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0, BlockTQ1_0, BlockTQ2_0, KVALUES_IQ4NL,
     KVALUES_MXFP4, QK_K,
 };
-use realm_core::quant::{e8m0_to_f32_half, scale_min_k4, unpack_tq1_0, unpack_tq2_0, IqBlock};
+use realm_core::quant::{e8m0_to_f32_half, scale_min_k4, unpack_tq1_0, unpack_tq2_0, IqLattice};
 
 use crate::act::{ActBlock, BlockQ8K, BlockQ8x32};
 
@@ -373,25 +373,15 @@ impl UnpackK for BlockTQ2_0 {
 
 /// The IQ1-IQ3 types: realm-core unpacks them (grid points, signs and
 /// scales) to small integers, per-16 scales and one factor.
-pub(crate) trait UnpackIq {
-    fn iq(&self) -> IqBlock;
-}
-
 macro_rules! iq_unpack {
-    ($($block:ty => $unpack:path),* $(,)?) => {$(
-        impl UnpackIq for $block {
-            fn iq(&self) -> IqBlock {
-                $unpack(self)
-            }
-        }
-
+    ($($block:ty),* $(,)?) => {$(
         impl UnpackK for $block {
             fn quants(&self) -> [i8; QK_K] {
-                self.iq().q
+                self.unpack().q
             }
 
             fn scales(&self) -> KScales {
-                let u = self.iq();
+                let u = self.unpack();
                 KScales {
                     sc: u.scales.map(i32::from),
                     mn: [0; 16],
@@ -404,13 +394,13 @@ macro_rules! iq_unpack {
 }
 
 iq_unpack! {
-    BlockIQ1M => realm_core::quant::unpack_iq1_m,
-    BlockIQ1S => realm_core::quant::unpack_iq1_s,
-    BlockIQ2S => realm_core::quant::unpack_iq2_s,
-    BlockIQ2XS => realm_core::quant::unpack_iq2_xs,
-    BlockIQ2XXS => realm_core::quant::unpack_iq2_xxs,
-    BlockIQ3S => realm_core::quant::unpack_iq3_s,
-    BlockIQ3XXS => realm_core::quant::unpack_iq3_xxs,
+    BlockIQ1M,
+    BlockIQ1S,
+    BlockIQ2S,
+    BlockIQ2XS,
+    BlockIQ2XXS,
+    BlockIQ3S,
+    BlockIQ3XXS,
 }
 
 macro_rules! k_weight {

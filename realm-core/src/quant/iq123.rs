@@ -2,7 +2,9 @@
 //! points of fixed lattices (the grids of [`super::iq_grids`]), 4 or 8
 //! values a point, with signs and small per-group scales.
 //!
-//! Every type unpacks to the same form, [`IqBlock`]: 256 small integers
+//! Each type's block reads as 8 groups of 32 values ([`IqLattice`]: four
+//! grid entries, their signs, two scales) and unpacks to the same form,
+//! [`IqBlock`]: 256 small integers
 //! `q`, a scale a 16 values and one factor `d`, each value `d * scale * q`.
 //! The factors are those of ggml's `dequantize_row_iq*` with the powers of
 //! two taken into `d` (IQ2's `(0.5 + s) / 4` is `(2 s + 1) / 8`), and IQ1's
@@ -72,6 +74,72 @@ static SIGN7_MASKS: [u64; 128] = {
     t
 };
 
+/// 32 values of a lattice block before their signs: four grid entries of 8
+/// values each, how each entry is signed, and the scales of the group's two
+/// halves of 16. The CPU backend builds its registers from these, and
+/// [`IqLattice::unpack`] its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IqGroup {
+    /// The grid entries, value `j` of entry `l` in byte `j`: magnitudes
+    /// (IQ2, IQ3) or -1, 0 and 1 (IQ1).
+    pub points: [u64; 4],
+    /// Per entry: for IQ2 and IQ3 a mask whose bytes are 0xff where the
+    /// value is negated; for IQ1 all ones where the entry is shifted by
+    /// -1/8 and zero where by +1/8.
+    pub signs: [u64; 4],
+    /// The scales of values 0-15 and 16-31.
+    pub scales: [u8; 2],
+}
+
+/// A lattice type's block as 8 [`IqGroup`]s and a factor.
+///
+/// ```
+/// use realm_core::quant::blocks::BlockIQ2XXS;
+/// use realm_core::quant::IqLattice;
+///
+/// let block = BlockIQ2XXS { d: half::f16::from_f32(1.0), qs: [0; 32] };
+/// // Grid entry 0 is eight 8s, unsigned; scale nibble 0 is scale 1; the
+/// // factor is d / 8: every value is 1.
+/// let unpacked = block.unpack();
+/// assert!(unpacked.q.iter().all(|&q| q == 8));
+/// assert_eq!(unpacked.d, 0.125);
+/// ```
+pub trait IqLattice {
+    /// Whether the type is IQ1's: value `8 g +- 1` for grid value `g`
+    /// (`d` an eighth of ggml's), not `+-g`.
+    const SHIFTED: bool;
+
+    /// Group `g` (0 to 7): values `32 g` to `32 g + 31`.
+    fn group(&self, g: usize) -> IqGroup;
+
+    /// The block's factor, `d` of [`IqBlock`].
+    fn factor(&self) -> f32;
+
+    /// The block as 256 integers, their scales and the factor.
+    #[inline]
+    fn unpack(&self) -> IqBlock {
+        let mut q = [0u64; 32];
+        let mut scales = [0u8; 16];
+        for g in 0..8 {
+            let group = self.group(g);
+            scales[2 * g..][..2].copy_from_slice(&group.scales);
+            for l in 0..4 {
+                let (point, sign) = (group.points[l], group.signs[l]);
+                q[4 * g + l] = if Self::SHIFTED {
+                    shifted(point, sign)
+                } else {
+                    negated(point, sign)
+                };
+            }
+        }
+        IqBlock {
+            q: bytemuck::cast(q.map(u64::to_le_bytes)),
+            scales,
+            d: self.factor(),
+        }
+    }
+}
+
 /// A grid entry's 8 bytes (each 1 to 127) as signed bytes, negated where
 /// `mask`'s bytes are 0xff: `(b ^ 0xff) + 1`, which never carries into the
 /// next byte for a nonzero `b`.
@@ -80,215 +148,234 @@ fn negated(entry: u64, mask: u64) -> u64 {
     (entry ^ mask).wrapping_add(mask & 0x0101_0101_0101_0101)
 }
 
-/// `entry` with the signs of a sign byte.
+/// An IQ1 entry's 8 values (-1, 0, 1) times 8, plus 1, or minus 1 where
+/// `mask` is nonzero.
 #[inline]
-fn signed(entry: u64, signs: u8) -> u64 {
-    negated(entry, SIGN_MASKS[usize::from(signs)])
+fn shifted(entry: u64, mask: u64) -> u64 {
+    let shift: u8 = if mask == 0 { 1 } else { 0xff };
+    u64::from_le_bytes(
+        entry
+            .to_le_bytes()
+            .map(|b| b.wrapping_mul(8).wrapping_add(shift)),
+    )
 }
 
-/// `entry` with the signs of a 7-bit sign index.
+/// Both halves of a group of 32 at one scale `2 s + 1`, `s` the low 4
+/// bits of `s`.
 #[inline]
-fn signed7(entry: u64, index: u32) -> u64 {
-    negated(entry, SIGN7_MASKS[(index & 127) as usize])
-}
-
-/// 32 groups of 8 signed bytes as the block's 256 values.
-#[inline]
-fn values(groups: [u64; 32]) -> [i8; QK_K] {
-    bytemuck::cast(groups.map(u64::to_le_bytes))
-}
-
-/// Both halves of a group of 32 at one scale.
-fn both(s: u8) -> [u8; 2] {
+fn both(s: u32) -> [u8; 2] {
+    let s = 2 * (s & 15) as u8 + 1;
     [s, s]
 }
 
-/// Unpacks an IQ2_XXS block.
+/// The scales `2 s + 1` of group `g` of IQ2_XS and IQ2_S: a nibble each.
 #[inline]
-pub fn unpack_iq2_xxs(b: &BlockIQ2XXS) -> IqBlock {
-    let mut q = [0u64; 32];
-    let mut scales = [0u8; 16];
-    for g in 0..8 {
-        let word = |i: usize| u32::from(b.qs[4 * g + i]) | (u32::from(b.qs[4 * g + i + 1]) << 16);
+fn nibble_scales(scales: &[u8; 8], g: usize) -> [u8; 2] {
+    let s = scales[g];
+    [2 * (s & 15) + 1, 2 * (s >> 4) + 1]
+}
+
+impl IqLattice for BlockIQ2XXS {
+    const SHIFTED: bool = false;
+
+    #[inline]
+    fn group(&self, g: usize) -> IqGroup {
+        let word =
+            |i: usize| u32::from(self.qs[4 * g + i]) | (u32::from(self.qs[4 * g + i + 1]) << 16);
         let (points, rest) = (word(0), word(2));
-        scales[2 * g..][..2].copy_from_slice(&both(2 * (rest >> 28) as u8 + 1));
-        for l in 0..4 {
-            let entry = IQ2XXS_GRID[((points >> (8 * l)) & 0xff) as usize];
-            q[4 * g + l] = signed7(entry, rest >> (7 * l));
+        IqGroup {
+            points: std::array::from_fn(|l| IQ2XXS_GRID[((points >> (8 * l)) & 0xff) as usize]),
+            signs: std::array::from_fn(|l| SIGN7_MASKS[((rest >> (7 * l)) & 127) as usize]),
+            scales: both(rest >> 28),
         }
     }
-    IqBlock {
-        q: values(q),
-        scales,
-        d: b.d.to_f32() * 0.125,
+
+    #[inline]
+    fn factor(&self) -> f32 {
+        self.d.to_f32() * 0.125
     }
 }
 
-/// Unpacks an IQ2_XS block.
-#[inline]
-pub fn unpack_iq2_xs(b: &BlockIQ2XS) -> IqBlock {
-    let q =
-        b.qs.map(|v| signed7(IQ2XS_GRID[usize::from(v & 511)], u32::from(v >> 9)));
-    IqBlock {
-        q: values(q),
-        scales: std::array::from_fn(|i| 2 * ((b.scales[i / 2] >> (4 * (i % 2))) & 15) + 1),
-        d: b.d.to_f32() * 0.125,
+impl IqLattice for BlockIQ2XS {
+    const SHIFTED: bool = false;
+
+    #[inline]
+    fn group(&self, g: usize) -> IqGroup {
+        let v = |l: usize| usize::from(self.qs[4 * g + l]);
+        IqGroup {
+            points: std::array::from_fn(|l| IQ2XS_GRID[v(l) & 511]),
+            signs: std::array::from_fn(|l| SIGN7_MASKS[v(l) >> 9]),
+            scales: nibble_scales(&self.scales, g),
+        }
+    }
+
+    #[inline]
+    fn factor(&self) -> f32 {
+        self.d.to_f32() * 0.125
     }
 }
 
-/// Unpacks an IQ2_S block.
-#[inline]
-pub fn unpack_iq2_s(b: &BlockIQ2S) -> IqBlock {
-    let (low, signs) = b.qs.split_at(QK_K / 8);
-    let q = std::array::from_fn(|p| {
-        let (g, l) = (p / 4, p % 4);
-        let high = (usize::from(b.qh[g]) << (8 - 2 * l)) & 0x300;
-        signed(IQ2S_GRID[usize::from(low[p]) | high], signs[p])
-    });
-    IqBlock {
-        q: values(q),
-        scales: std::array::from_fn(|i| 2 * ((b.scales[i / 2] >> (4 * (i % 2))) & 15) + 1),
-        d: b.d.to_f32() * 0.125,
+impl IqLattice for BlockIQ2S {
+    const SHIFTED: bool = false;
+
+    #[inline]
+    fn group(&self, g: usize) -> IqGroup {
+        let (low, signs) = self.qs.split_at(QK_K / 8);
+        let qh = usize::from(self.qh[g]);
+        IqGroup {
+            points: std::array::from_fn(|l| {
+                IQ2S_GRID[usize::from(low[4 * g + l]) | ((qh << (8 - 2 * l)) & 0x300)]
+            }),
+            signs: std::array::from_fn(|l| SIGN_MASKS[usize::from(signs[4 * g + l])]),
+            scales: nibble_scales(&self.scales, g),
+        }
+    }
+
+    #[inline]
+    fn factor(&self) -> f32 {
+        self.d.to_f32() * 0.125
     }
 }
 
-/// Unpacks an IQ3_XXS block.
-#[inline]
-pub fn unpack_iq3_xxs(b: &BlockIQ3XXS) -> IqBlock {
-    let mut q = [0u64; 32];
-    let mut scales = [0u8; 16];
-    let (points, words) = b.qs.split_at(QK_K / 4);
-    for g in 0..8 {
+impl IqLattice for BlockIQ3XXS {
+    const SHIFTED: bool = false;
+
+    #[inline]
+    fn group(&self, g: usize) -> IqGroup {
+        let (points, words) = self.qs.split_at(QK_K / 4);
         let w = u32::from_le_bytes([
             words[4 * g],
             words[4 * g + 1],
             words[4 * g + 2],
             words[4 * g + 3],
         ]);
-        scales[2 * g..][..2].copy_from_slice(&both(2 * (w >> 28) as u8 + 1));
-        for l in 0..4 {
-            let pair = u64::from(IQ3XXS_GRID[usize::from(points[8 * g + 2 * l])])
-                | (u64::from(IQ3XXS_GRID[usize::from(points[8 * g + 2 * l + 1])]) << 32);
-            q[4 * g + l] = signed7(pair, w >> (7 * l));
+        let half = |i: usize| u64::from(IQ3XXS_GRID[usize::from(points[8 * g + i])]);
+        IqGroup {
+            points: std::array::from_fn(|l| half(2 * l) | (half(2 * l + 1) << 32)),
+            signs: std::array::from_fn(|l| SIGN7_MASKS[((w >> (7 * l)) & 127) as usize]),
+            scales: both(w >> 28),
         }
     }
-    IqBlock {
-        q: values(q),
-        scales,
-        d: b.d.to_f32() * 0.25,
+
+    #[inline]
+    fn factor(&self) -> f32 {
+        self.d.to_f32() * 0.25
     }
 }
 
-/// Unpacks an IQ3_S block.
-#[inline]
-pub fn unpack_iq3_s(b: &BlockIQ3S) -> IqBlock {
-    let mut q = [0u64; 32];
-    let mut scales = [0u8; 16];
-    for g in 0..8 {
-        let s = (b.scales[g / 2] >> (4 * (g % 2))) & 15;
-        scales[2 * g..][..2].copy_from_slice(&both(2 * s + 1));
-        let qh = usize::from(b.qh[g]);
-        for l in 0..4 {
-            let idx = |i: usize, shift: usize| {
-                usize::from(b.qs[8 * g + 2 * l + i]) | ((qh << shift) & 256)
-            };
-            let pair = u64::from(IQ3S_GRID[idx(0, 8 - 2 * l)])
-                | (u64::from(IQ3S_GRID[idx(1, 7 - 2 * l)]) << 32);
-            q[4 * g + l] = signed(pair, b.signs[4 * g + l]);
+impl IqLattice for BlockIQ3S {
+    const SHIFTED: bool = false;
+
+    #[inline]
+    fn group(&self, g: usize) -> IqGroup {
+        let qh = usize::from(self.qh[g]);
+        // Point `i` of the group's 8 takes its ninth bit from bit `i` of
+        // `qh`.
+        let half = |i: usize| {
+            let idx = usize::from(self.qs[8 * g + i]) | ((qh << (8 - i)) & 256);
+            u64::from(IQ3S_GRID[idx])
+        };
+        IqGroup {
+            points: std::array::from_fn(|l| half(2 * l) | (half(2 * l + 1) << 32)),
+            signs: std::array::from_fn(|l| SIGN_MASKS[usize::from(self.signs[4 * g + l])]),
+            scales: both(u32::from(self.scales[g / 2] >> (4 * (g % 2)))),
         }
     }
-    IqBlock {
-        q: values(q),
-        scales,
-        d: b.d.to_f32(),
+
+    #[inline]
+    fn factor(&self) -> f32 {
+        self.d.to_f32()
     }
 }
 
-/// An IQ1 point's 8 values shifted by +-1/8, times 8.
-#[inline]
-fn shifted(entry: u64, negative: bool, out: &mut [i8]) {
-    let shift = if negative { -1 } else { 1 };
-    for (j, o) in out.iter_mut().enumerate().take(8) {
-        *o = 8 * ((entry >> (8 * j)) & 0xff) as u8 as i8 + shift;
-    }
-}
+impl IqLattice for BlockIQ1S {
+    const SHIFTED: bool = true;
 
-/// Unpacks an IQ1_S block.
-#[inline]
-pub fn unpack_iq1_s(b: &BlockIQ1S) -> IqBlock {
-    let mut q = [0i8; QK_K];
-    let mut scales = [0u8; 16];
-    for (g, &h) in b.qh.iter().enumerate() {
-        scales[2 * g..][..2].copy_from_slice(&both(2 * ((h >> 12) & 7) as u8 + 1));
-        for l in 0..4 {
-            let idx = usize::from(b.qs[4 * g + l]) | (usize::from((h >> (3 * l)) & 7) << 8);
-            shifted(IQ1S_GRID[idx], h & 0x8000 != 0, &mut q[32 * g + 8 * l..]);
+    #[inline]
+    fn group(&self, g: usize) -> IqGroup {
+        let h = self.qh[g];
+        let idx =
+            |l: usize| usize::from(self.qs[4 * g + l]) | (usize::from((h >> (3 * l)) & 7) << 8);
+        let s = 2 * ((h >> 12) & 7) as u8 + 1;
+        IqGroup {
+            points: std::array::from_fn(|l| IQ1S_GRID[idx(l)]),
+            signs: [if h & 0x8000 != 0 { !0 } else { 0 }; 4],
+            scales: [s, s],
         }
     }
-    IqBlock {
-        q,
-        scales,
-        d: b.d.to_f32() * 0.125,
+
+    #[inline]
+    fn factor(&self) -> f32 {
+        self.d.to_f32() * 0.125
     }
 }
 
-/// Unpacks an IQ1_M block.
-#[inline]
-pub fn unpack_iq1_m(b: &BlockIQ1M) -> IqBlock {
-    let sc: [u16; 4] =
-        std::array::from_fn(|i| u16::from_le_bytes([b.scales[2 * i], b.scales[2 * i + 1]]));
-    let d = f16::from_bits(
-        (sc[0] >> 12) | ((sc[1] >> 8) & 0x00f0) | ((sc[2] >> 4) & 0x0f00) | (sc[3] & 0xf000),
-    );
-    let mut q = [0i8; QK_K];
-    let mut scales = [0u8; 16];
-    for g in 0..8 {
-        let s = sc[g / 2] >> (6 * (g % 2));
-        scales[2 * g] = 2 * (s & 7) as u8 + 1;
-        scales[2 * g + 1] = 2 * ((s >> 3) & 7) as u8 + 1;
-        let (h0, h1) = (u16::from(b.qh[2 * g]), u16::from(b.qh[2 * g + 1]));
-        let points = [
+impl BlockIQ1M {
+    /// Scale word `i`: its low 12 bits are four 3-bit scales, its top 4
+    /// a nibble of the block's f16.
+    #[inline]
+    fn scale_word(&self, i: usize) -> u16 {
+        u16::from_le_bytes([self.scales[2 * i], self.scales[2 * i + 1]])
+    }
+}
+
+impl IqLattice for BlockIQ1M {
+    const SHIFTED: bool = true;
+
+    #[inline]
+    fn group(&self, g: usize) -> IqGroup {
+        let s = self.scale_word(g / 2) >> (6 * (g % 2));
+        let (h0, h1) = (u16::from(self.qh[2 * g]), u16::from(self.qh[2 * g + 1]));
+        // Per entry: the high index bits (at 0x700) and the sign bit.
+        let entries = [
             (h0 << 8, h0 & 0x08),
             (h0 << 4, h0 & 0x80),
             (h1 << 8, h1 & 0x08),
             (h1 << 4, h1 & 0x80),
         ];
-        for (l, (high, neg)) in points.into_iter().enumerate() {
-            let idx = usize::from(b.qs[4 * g + l]) | usize::from(high & 0x700);
-            shifted(IQ1S_GRID[idx], neg != 0, &mut q[32 * g + 8 * l..]);
+        IqGroup {
+            points: std::array::from_fn(|l| {
+                IQ1S_GRID[usize::from(self.qs[4 * g + l]) | usize::from(entries[l].0 & 0x700)]
+            }),
+            signs: entries.map(|(_, neg)| if neg != 0 { !0 } else { 0 }),
+            scales: [2 * (s & 7) as u8 + 1, 2 * ((s >> 3) & 7) as u8 + 1],
         }
     }
-    IqBlock {
-        q,
-        scales,
-        d: d.to_f32() * 0.125,
+
+    #[inline]
+    fn factor(&self) -> f32 {
+        let sc: [u16; 4] = std::array::from_fn(|i| self.scale_word(i));
+        let d = f16::from_bits(
+            (sc[0] >> 12) | ((sc[1] >> 8) & 0x00f0) | ((sc[2] >> 4) & 0x0f00) | (sc[3] & 0xf000),
+        );
+        d.to_f32() * 0.125
     }
 }
 
 macro_rules! dequantizers {
-    ($($(#[$doc:meta])* $name:ident($block:ty) = $unpack:ident;)*) => {$(
+    ($($(#[$doc:meta])* $name:ident($block:ty);)*) => {$(
         $(#[$doc])*
         pub fn $name(block: &$block, out: &mut [f32; QK_K]) {
-            $unpack(block).dequantize(out);
+            block.unpack().dequantize(out);
         }
     )*};
 }
 
 dequantizers! {
     /// Dequantizes one IQ2_XXS block.
-    dequantize_block_iq2_xxs(BlockIQ2XXS) = unpack_iq2_xxs;
+    dequantize_block_iq2_xxs(BlockIQ2XXS);
     /// Dequantizes one IQ2_XS block.
-    dequantize_block_iq2_xs(BlockIQ2XS) = unpack_iq2_xs;
+    dequantize_block_iq2_xs(BlockIQ2XS);
     /// Dequantizes one IQ2_S block.
-    dequantize_block_iq2_s(BlockIQ2S) = unpack_iq2_s;
+    dequantize_block_iq2_s(BlockIQ2S);
     /// Dequantizes one IQ3_XXS block.
-    dequantize_block_iq3_xxs(BlockIQ3XXS) = unpack_iq3_xxs;
+    dequantize_block_iq3_xxs(BlockIQ3XXS);
     /// Dequantizes one IQ3_S block.
-    dequantize_block_iq3_s(BlockIQ3S) = unpack_iq3_s;
+    dequantize_block_iq3_s(BlockIQ3S);
     /// Dequantizes one IQ1_S block.
-    dequantize_block_iq1_s(BlockIQ1S) = unpack_iq1_s;
+    dequantize_block_iq1_s(BlockIQ1S);
     /// Dequantizes one IQ1_M block.
-    dequantize_block_iq1_m(BlockIQ1M) = unpack_iq1_m;
+    dequantize_block_iq1_m(BlockIQ1M);
 }
 
 #[cfg(test)]

@@ -50,8 +50,7 @@ use blocks::{QK, QK_K};
 pub use iq123::{
     dequantize_block_iq1_m, dequantize_block_iq1_s, dequantize_block_iq2_s,
     dequantize_block_iq2_xs, dequantize_block_iq2_xxs, dequantize_block_iq3_s,
-    dequantize_block_iq3_xxs, unpack_iq1_m, unpack_iq1_s, unpack_iq2_s, unpack_iq2_xs,
-    unpack_iq2_xxs, unpack_iq3_s, unpack_iq3_xxs, IqBlock,
+    dequantize_block_iq3_xxs, IqBlock, IqGroup, IqLattice,
 };
 pub use iq4::{
     dequantize_block_iq4_nl, dequantize_block_iq4_xs, quantize_block_iq4_nl, quantize_block_iq4_xs,

@@ -281,24 +281,24 @@ fn iq1_to_iq3_dequantize_as_ggml() {
         for block in q.chunks_exact(t.type_size()) {
             let u = match t {
                 GgmlType::IQ2_XXS => {
-                    quant::unpack_iq2_xxs(&bytemuck::pod_read_unaligned::<BlockIQ2XXS>(block))
+                    quant::IqLattice::unpack(&bytemuck::pod_read_unaligned::<BlockIQ2XXS>(block))
                 }
                 GgmlType::IQ2_XS => {
-                    quant::unpack_iq2_xs(&bytemuck::pod_read_unaligned::<BlockIQ2XS>(block))
+                    quant::IqLattice::unpack(&bytemuck::pod_read_unaligned::<BlockIQ2XS>(block))
                 }
                 GgmlType::IQ2_S => {
-                    quant::unpack_iq2_s(&bytemuck::pod_read_unaligned::<BlockIQ2S>(block))
+                    quant::IqLattice::unpack(&bytemuck::pod_read_unaligned::<BlockIQ2S>(block))
                 }
                 GgmlType::IQ3_XXS => {
-                    quant::unpack_iq3_xxs(&bytemuck::pod_read_unaligned::<BlockIQ3XXS>(block))
+                    quant::IqLattice::unpack(&bytemuck::pod_read_unaligned::<BlockIQ3XXS>(block))
                 }
                 GgmlType::IQ3_S => {
-                    quant::unpack_iq3_s(&bytemuck::pod_read_unaligned::<BlockIQ3S>(block))
+                    quant::IqLattice::unpack(&bytemuck::pod_read_unaligned::<BlockIQ3S>(block))
                 }
                 GgmlType::IQ1_S => {
-                    quant::unpack_iq1_s(&bytemuck::pod_read_unaligned::<BlockIQ1S>(block))
+                    quant::IqLattice::unpack(&bytemuck::pod_read_unaligned::<BlockIQ1S>(block))
                 }
-                _ => quant::unpack_iq1_m(&bytemuck::pod_read_unaligned::<BlockIQ1M>(block)),
+                _ => quant::IqLattice::unpack(&bytemuck::pod_read_unaligned::<BlockIQ1M>(block)),
             };
             let mut out = [0.0f32; QK_K];
             u.dequantize(&mut out);
