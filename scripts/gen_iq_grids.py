@@ -40,7 +40,7 @@ def main() -> None:
         assert len(values) == n, (ggml, len(values))
         width = 16 if ty == "u64" else 8
         out.append(f"/// {what}.")
-        out.append(f"pub(crate) static {rust}: [{ty}; {n}] = [")
+        out.append(f"pub static {rust}: [{ty}; {n}] = [")
         per_line = 4 if ty == "u64" else 6
         for i in range(0, n, per_line):
             row = ", ".join(f"0x{int(v, 16):0{width}x}" for v in values[i:i + per_line])

@@ -29,6 +29,7 @@ use realm_core::quant::blocks::{
     BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0, BlockTQ1_0, BlockTQ2_0, KVALUES_IQ4NL,
     KVALUES_MXFP4,
 };
+use realm_core::quant::iq_grids::IQ3S_GRID;
 use realm_core::quant::{e8m0_to_f32_half, IqGroup, IqLattice};
 
 use crate::act::{BlockQ8K, BlockQ8x32};
@@ -458,6 +459,10 @@ pub(crate) struct KParts {
 pub(crate) trait KSimd: WeightBlock<Act = BlockQ8K> {
     /// Bytes are signed table values (IQ4_XS), not unsigned quants.
     const SIGNED: bool = false;
+    /// Signed values of magnitude at most 63, so that the packed tile may
+    /// add two `maddubs` results in i16 (at most 4 * 63 * 127) before
+    /// `madd`, as it does for the unsigned types.
+    const NARROW: bool = false;
     /// Value = byte - `OFFSET` (Q3_K: 4, Q6_K: 32).
     const OFFSET: i32 = 0;
     /// The type subtracts `dmin * min` per sub-block.
@@ -689,30 +694,45 @@ impl KSimd for BlockTQ2_0 {
     }
 }
 
-/// A lattice type's super-block built in registers: each group of 32
-/// values from its four grid entries and their signs (no trip through
-/// memory, whose 32-byte loads of 8-byte stores would stall).
+/// Group `g` of a lattice block (`group` its [`IqLattice::group`]) in
+/// registers: magnitudes and multipliers whose signs are the values'.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn iq_parts<B: IqLattice>(b: &B) -> KParts {
-    let words = |w: [u64; 4]| _mm256_set_epi64x(w[3] as i64, w[2] as i64, w[1] as i64, w[0] as i64);
-    let (high5, one) = (_mm256_set1_epi8(0xf8u8 as i8), _mm256_set1_epi8(1));
+fn iq_group<B: IqSimd>(b: &B, g: usize, group: &IqGroup) -> (__m256i, __m256i) {
+    if B::SHIFTED {
+        let [p0, p1, p2, p3] = group.points.map(|w| w as i64);
+        let [s0, s1, s2, s3] = group.signs.map(|w| w as i64);
+        let (points, signs) = (
+            _mm256_set_epi64x(p3, p2, p1, p0),
+            _mm256_set_epi64x(s3, s2, s1, s0),
+        );
+        // `8 g` (bytes -1, 0, 1 shifted within 16-bit lanes, the bits
+        // carried out of the low byte cleared), plus 1 or minus 1.
+        let eight = _mm256_and_si256(
+            _mm256_slli_epi16::<3>(points),
+            _mm256_set1_epi8(0xf8u8 as i8),
+        );
+        let q = _mm256_add_epi8(eight, _mm256_or_si256(signs, _mm256_set1_epi8(1)));
+        (_mm256_abs_epi8(q), q)
+    } else {
+        // SAFETY: compiled with the features `points` and `multipliers`
+        // need.
+        unsafe { (b.points(g, group), b.multipliers(g, group)) }
+    }
+}
+
+/// A lattice type's super-block built in registers, group by group.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn iq_parts<B: IqSimd>(b: &B) -> KParts {
     let mut scales = [0u64; 2];
     let mut q = [_mm256_setzero_si256(); 8];
     // (A loop, not `array::from_fn`: LLVM left that closure a call.)
     for (g, q) in q.iter_mut().enumerate() {
         let group = b.group(g);
         scales[g / 4] |= u64::from(u16::from_le_bytes(group.scales)) << (16 * (g % 4));
-        let (points, signs) = (words(group.points), words(group.signs));
-        *q = if B::SHIFTED {
-            // `8 g` (bytes -1, 0, 1 shifted within 16-bit lanes, the bits
-            // carried out of the low byte cleared), plus 1 or minus 1.
-            let eight = _mm256_and_si256(_mm256_slli_epi16::<3>(points), high5);
-            _mm256_add_epi8(eight, _mm256_or_si256(signs, one))
-        } else {
-            // Negated where the mask is all ones: `(p ^ -1) - (-1)`.
-            _mm256_sub_epi8(_mm256_xor_si256(points, signs), signs)
-        };
+        let (magnitudes, signs) = iq_group(b, g, &group);
+        *q = _mm256_sign_epi8(magnitudes, signs);
     }
     KParts {
         q,
@@ -727,6 +747,8 @@ macro_rules! iq_simd {
     ($($block:ty),*) => {$(
         impl KSimd for $block {
             const SIGNED: bool = true;
+            // (Magnitudes: IQ1 at most 9, IQ2 43, IQ3_XXS 62, IQ3_S 15.)
+            const NARROW: bool = true;
             #[inline]
             #[target_feature(enable = "avx2,fma,f16c")]
             unsafe fn parts(&self) -> KParts {
@@ -746,8 +768,19 @@ iq_simd!(
     BlockIQ3XXS
 );
 
-/// How [`IqDirect`] reads a lattice type's signs.
-pub(crate) trait IqSigns: IqLattice + WeightBlock<Act = BlockQ8K> {
+/// How [`IqDirect`] reads a lattice type's grid entries and signs.
+pub(crate) trait IqSimd: IqLattice + WeightBlock<Act = BlockQ8K> {
+    /// Group `g`'s 32 grid values; by default `group`'s entries.
+    ///
+    /// # Safety
+    /// The CPU supports avx2, fma and f16c.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn points(&self, _g: usize, group: &IqGroup) -> __m256i {
+        let [a, b, c, d] = group.points.map(|w| w as i64);
+        _mm256_set_epi64x(d, c, b, a)
+    }
+
     /// Group `g`'s signs (of a type that is not [`IqLattice::SHIFTED`]) as
     /// multipliers, bytes 1 or -1; by default from `group`'s masks.
     ///
@@ -776,13 +809,13 @@ fn sign_bits(bytes: [u8; 4]) -> __m256i {
     _mm256_or_si256(set, _mm256_set1_epi8(1))
 }
 
-impl IqSigns for BlockIQ1M {}
-impl IqSigns for BlockIQ1S {}
-impl IqSigns for BlockIQ2XS {}
-impl IqSigns for BlockIQ2XXS {}
-impl IqSigns for BlockIQ3XXS {}
+impl IqSimd for BlockIQ1M {}
+impl IqSimd for BlockIQ1S {}
+impl IqSimd for BlockIQ2XS {}
+impl IqSimd for BlockIQ2XXS {}
+impl IqSimd for BlockIQ3XXS {}
 
-impl IqSigns for BlockIQ2S {
+impl IqSimd for BlockIQ2S {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn multipliers(&self, g: usize, _group: &IqGroup) -> __m256i {
@@ -797,7 +830,24 @@ impl IqSigns for BlockIQ2S {
     }
 }
 
-impl IqSigns for BlockIQ3S {
+impl IqSimd for BlockIQ3S {
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn points(&self, g: usize, _group: &IqGroup) -> __m256i {
+        // The 8 nine-bit indices in one register (point `i`'s ninth bit is
+        // bit `i` of `qh[g]`), then 8 loads.
+        let low: [u8; 8] = std::array::from_fn(|i| self.qs[8 * g + i]);
+        let low = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(u64::from_le_bytes(low) as i64));
+        let high = _mm256_sllv_epi32(
+            _mm256_set1_epi32(i32::from(self.qh[g])),
+            _mm256_setr_epi32(8, 7, 6, 5, 4, 3, 2, 1),
+        );
+        let idx = _mm256_or_si256(low, _mm256_and_si256(high, _mm256_set1_epi32(256)));
+        let idx: [u32; 8] = bytemuck::cast(idx);
+        let e = idx.map(|i| IQ3S_GRID[(i & 511) as usize] as i32);
+        _mm256_setr_epi32(e[0], e[1], e[2], e[3], e[4], e[5], e[6], e[7])
+    }
+
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn multipliers(&self, g: usize, _group: &IqGroup) -> __m256i {
@@ -813,7 +863,7 @@ impl IqSigns for BlockIQ3S {
 /// (with one token nothing would reuse it).
 pub(crate) struct IqDirect<B>(std::marker::PhantomData<B>);
 
-impl<B: IqSigns> Kernel for IqDirect<B> {
+impl<B: IqSimd> Kernel for IqDirect<B> {
     type Block = B;
     type Unpacked<'a>
         = &'a B
@@ -836,25 +886,13 @@ impl<B: IqSigns> Kernel for IqDirect<B> {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn step(u: &&B, x: &BlockQ8K, acc: &mut __m256) {
-        let words =
-            |w: [u64; 4]| _mm256_set_epi64x(w[3] as i64, w[2] as i64, w[1] as i64, w[0] as i64);
-        let (high5, one) = (_mm256_set1_epi8(0xf8u8 as i8), _mm256_set1_epi8(1));
         let xs: &[[i8; 32]; 8] = bytemuck::cast_ref(&x.qs);
         let mut isum = _mm256_setzero_si256();
         for (g, xg) in xs.iter().enumerate() {
             let group = u.group(g);
-            let (points, signs) = (words(group.points), words(group.signs));
             let xv: __m256i = bytemuck::cast(*xg);
-            let pairs = if B::SHIFTED {
-                // Signed values `8 g +- 1`, as in `iq_parts`.
-                let eight = _mm256_and_si256(_mm256_slli_epi16::<3>(points), high5);
-                let q = _mm256_add_epi8(eight, _mm256_or_si256(signs, one));
-                _mm256_maddubs_epi16(_mm256_abs_epi8(q), _mm256_sign_epi8(xv, q))
-            } else {
-                // SAFETY: compiled with the features `multipliers` needs.
-                let sign = unsafe { u.multipliers(g, &group) };
-                _mm256_maddubs_epi16(points, _mm256_sign_epi8(xv, sign))
-            };
+            let (magnitudes, signs) = iq_group(*u, g, &group);
+            let pairs = _mm256_maddubs_epi16(magnitudes, _mm256_sign_epi8(xv, signs));
             let [s0, s1] = group.scales.map(i16::from);
             let sc = _mm256_setr_m128i(_mm_set1_epi16(s0), _mm_set1_epi16(s1));
             isum = _mm256_add_epi32(isum, _mm256_madd_epi16(pairs, sc));
@@ -1801,7 +1839,11 @@ fn kpacked_tile<B: KSimd, const C: usize>(
                         let sign: [__m256i; 2] = signs[b][i][pair].map(|v| bytemuck::cast(v.0));
                         let lo = _mm256_maddubs_epi16(q[0], _mm256_sign_epi8(xj[0], sign[0]));
                         let hi = _mm256_maddubs_epi16(q[1], _mm256_sign_epi8(xj[1], sign[1]));
-                        _mm256_add_epi32(_mm256_madd_epi16(lo, sc), _mm256_madd_epi16(hi, sc))
+                        if B::NARROW {
+                            _mm256_madd_epi16(_mm256_add_epi16(lo, hi), sc)
+                        } else {
+                            _mm256_add_epi32(_mm256_madd_epi16(lo, sc), _mm256_madd_epi16(hi, sc))
+                        }
                     } else {
                         let lo = _mm256_maddubs_epi16(q[0], xj[0]);
                         let hi = _mm256_maddubs_epi16(q[1], xj[1]);
@@ -1916,7 +1958,7 @@ pub(crate) fn kquant_rows<B: KSimd>(
 }
 
 /// [`kquant_rows`] for the lattice types, one token through [`IqDirect`].
-pub(crate) fn iq_rows<B: KSimd + IqSigns>(
+pub(crate) fn iq_rows<B: KSimd + IqSimd>(
     w: &[B],
     nb: usize,
     rows: Range<usize>,

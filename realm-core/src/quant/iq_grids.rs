@@ -3,7 +3,7 @@
 //! packs one group's values, a byte each, the first in the low byte.
 
 /// IQ2_XXS: 8 magnitudes (8, 25 or 43) a byte each.
-pub(crate) static IQ2XXS_GRID: [u64; 256] = [
+pub static IQ2XXS_GRID: [u64; 256] = [
     0x0808080808080808,
     0x080808080808082b,
     0x0808080808081919,
@@ -263,7 +263,7 @@ pub(crate) static IQ2XXS_GRID: [u64; 256] = [
 ];
 
 /// IQ2_XS: 8 magnitudes (8, 25 or 43) a byte each.
-pub(crate) static IQ2XS_GRID: [u64; 512] = [
+pub static IQ2XS_GRID: [u64; 512] = [
     0x0808080808080808,
     0x080808080808082b,
     0x0808080808081919,
@@ -779,7 +779,7 @@ pub(crate) static IQ2XS_GRID: [u64; 512] = [
 ];
 
 /// IQ2_S: 8 magnitudes (8, 25 or 43) a byte each.
-pub(crate) static IQ2S_GRID: [u64; 1024] = [
+pub static IQ2S_GRID: [u64; 1024] = [
     0x0808080808080808,
     0x080808080808082b,
     0x0808080808081919,
@@ -1807,7 +1807,7 @@ pub(crate) static IQ2S_GRID: [u64; 1024] = [
 ];
 
 /// IQ3_XXS: 4 magnitudes a byte each.
-pub(crate) static IQ3XXS_GRID: [u32; 256] = [
+pub static IQ3XXS_GRID: [u32; 256] = [
     0x04040404, 0x04040414, 0x04040424, 0x04040c0c, 0x04040c1c, 0x04040c3e, 0x04041404, 0x04041414,
     0x04041c0c, 0x04042414, 0x04043e1c, 0x04043e2c, 0x040c040c, 0x040c041c, 0x040c0c04, 0x040c0c14,
     0x040c140c, 0x040c142c, 0x040c1c04, 0x040c1c14, 0x040c240c, 0x040c2c24, 0x040c3e04, 0x04140404,
@@ -1843,7 +1843,7 @@ pub(crate) static IQ3XXS_GRID: [u32; 256] = [
 ];
 
 /// IQ3_S: 4 magnitudes a byte each.
-pub(crate) static IQ3S_GRID: [u32; 512] = [
+pub static IQ3S_GRID: [u32; 512] = [
     0x01010101, 0x01010103, 0x01010105, 0x0101010b, 0x0101010f, 0x01010301, 0x01010303, 0x01010305,
     0x01010309, 0x0101030d, 0x01010501, 0x01010503, 0x0101050b, 0x01010707, 0x01010901, 0x01010905,
     0x0101090b, 0x0101090f, 0x01010b03, 0x01010b07, 0x01010d01, 0x01010d05, 0x01010f03, 0x01010f09,
@@ -1911,7 +1911,7 @@ pub(crate) static IQ3S_GRID: [u32; 512] = [
 ];
 
 /// IQ1_S and IQ1_M: 8 values (-1, 0 or 1, as signed bytes).
-pub(crate) static IQ1S_GRID: [u64; 2048] = [
+pub static IQ1S_GRID: [u64; 2048] = [
     0xffffffffffffffff,
     0xffffffffffffff01,
     0xffffffffffff0000,

@@ -34,7 +34,7 @@ pub mod blocks;
 mod float;
 mod iq123;
 mod iq4;
-mod iq_grids;
+pub mod iq_grids;
 mod kquantize;
 mod kquants;
 mod legacy;
