@@ -52,6 +52,7 @@ const DECODE: &[(GgmlType, usize, usize)] = &[
     (GgmlType::IQ2_XXS, 640, 2048),
     (GgmlType::IQ3_S, 640, 2048),
     (GgmlType::IQ1_S, 640, 2048),
+    (GgmlType::IQ1_M, 640, 2048),
 ];
 
 /// Prefill shapes, 512 tokens.

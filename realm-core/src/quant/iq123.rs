@@ -325,19 +325,14 @@ impl IqLattice for BlockIQ1M {
     #[inline]
     fn group(&self, g: usize) -> IqGroup {
         let s = self.scale_word(g / 2) >> (6 * (g % 2));
-        let (h0, h1) = (u16::from(self.qh[2 * g]), u16::from(self.qh[2 * g + 1]));
-        // Per entry: the high index bits (at 0x700) and the sign bit.
-        let entries = [
-            (h0 << 8, h0 & 0x08),
-            (h0 << 4, h0 & 0x80),
-            (h1 << 8, h1 & 0x08),
-            (h1 << 4, h1 & 0x80),
-        ];
+        // A nibble an entry: 3 high index bits and the sign bit.
+        let h = u16::from_le_bytes([self.qh[2 * g], self.qh[2 * g + 1]]);
+        let nibble = |l: usize| (h >> (4 * l)) & 15;
         IqGroup {
             points: std::array::from_fn(|l| {
-                IQ1S_GRID[usize::from(self.qs[4 * g + l]) | usize::from(entries[l].0 & 0x700)]
+                IQ1S_GRID[usize::from(self.qs[4 * g + l]) | (usize::from(nibble(l) & 7) << 8)]
             }),
-            signs: entries.map(|(_, neg)| if neg != 0 { !0 } else { 0 }),
+            signs: std::array::from_fn(|l| 0u64.wrapping_sub(u64::from(nibble(l) >> 3))),
             scales: [2 * (s & 7) as u8 + 1, 2 * ((s >> 3) & 7) as u8 + 1],
         }
     }
