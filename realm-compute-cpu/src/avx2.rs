@@ -29,7 +29,7 @@ use realm_core::quant::blocks::{
     BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0, BlockTQ1_0, BlockTQ2_0, KVALUES_IQ4NL,
     KVALUES_MXFP4,
 };
-use realm_core::quant::iq_grids::IQ3S_GRID;
+use realm_core::quant::iq_grids::{IQ1S_GRID, IQ3S_GRID};
 use realm_core::quant::{e8m0_to_f32_half, IqGroup, IqLattice};
 
 use crate::act::{BlockQ8K, BlockQ8x32};
@@ -699,25 +699,19 @@ impl KSimd for BlockTQ2_0 {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn iq_group<B: IqSimd>(b: &B, g: usize, group: &IqGroup) -> (__m256i, __m256i) {
+    // SAFETY: compiled with the features `points` and `multipliers` need.
+    let (points, signs) = unsafe { (b.points(g, group), b.multipliers(g, group)) };
     if B::SHIFTED {
-        let [p0, p1, p2, p3] = group.points.map(|w| w as i64);
-        let [s0, s1, s2, s3] = group.signs.map(|w| w as i64);
-        let (points, signs) = (
-            _mm256_set_epi64x(p3, p2, p1, p0),
-            _mm256_set_epi64x(s3, s2, s1, s0),
-        );
         // `8 g` (bytes -1, 0, 1 shifted within 16-bit lanes, the bits
-        // carried out of the low byte cleared), plus 1 or minus 1.
+        // carried out of the low byte cleared), plus the shift, 1 or -1.
         let eight = _mm256_and_si256(
             _mm256_slli_epi16::<3>(points),
             _mm256_set1_epi8(0xf8u8 as i8),
         );
-        let q = _mm256_add_epi8(eight, _mm256_or_si256(signs, _mm256_set1_epi8(1)));
+        let q = _mm256_add_epi8(eight, signs);
         (_mm256_abs_epi8(q), q)
     } else {
-        // SAFETY: compiled with the features `points` and `multipliers`
-        // need.
-        unsafe { (b.points(g, group), b.multipliers(g, group)) }
+        (points, signs)
     }
 }
 
@@ -781,8 +775,9 @@ pub(crate) trait IqSimd: IqLattice + WeightBlock<Act = BlockQ8K> {
         _mm256_set_epi64x(d, c, b, a)
     }
 
-    /// Group `g`'s signs (of a type that is not [`IqLattice::SHIFTED`]) as
-    /// multipliers, bytes 1 or -1; by default from `group`'s masks.
+    /// Group `g`'s signs as multipliers, bytes 1 or -1 (for the
+    /// [`IqLattice::SHIFTED`] types, their shifts); by default from
+    /// `group`'s masks.
     ///
     /// # Safety
     /// The CPU supports avx2, fma and f16c.
@@ -809,7 +804,41 @@ fn sign_bits(bytes: [u8; 4]) -> __m256i {
     _mm256_or_si256(set, _mm256_set1_epi8(1))
 }
 
-impl IqSimd for BlockIQ1M {}
+impl IqSimd for BlockIQ1M {
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn points(&self, g: usize, _group: &IqGroup) -> __m256i {
+        // The 4 eleven-bit indices in one register (entry `l`'s high bits
+        // are bits `4 l` to `4 l + 2` of its 16-bit word, moved to bits 8
+        // to 10), then 4 loads.
+        let h = u32::from(u16::from_le_bytes([self.qh[2 * g], self.qh[2 * g + 1]]));
+        let low = [
+            self.qs[4 * g],
+            self.qs[4 * g + 1],
+            self.qs[4 * g + 2],
+            self.qs[4 * g + 3],
+        ];
+        let low = _mm_cvtepu8_epi32(_mm_cvtsi32_si128(i32::from_le_bytes(low)));
+        let high = _mm_srlv_epi32(_mm_set1_epi32((h << 8) as i32), _mm_setr_epi32(0, 4, 8, 12));
+        let idx = _mm_or_si128(low, _mm_and_si128(high, _mm_set1_epi32(0x700)));
+        let idx: [u32; 4] = bytemuck::cast(idx);
+        let e = idx.map(|i| IQ1S_GRID[(i & 2047) as usize] as i64);
+        _mm256_set_epi64x(e[3], e[2], e[1], e[0])
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn multipliers(&self, g: usize, _group: &IqGroup) -> __m256i {
+        // Entry `l`'s shift is negative where bit `4 l + 3` of its 16-bit
+        // word is set: that bit tested in each 16-bit lane of entry `l`'s
+        // 64 bits.
+        let h = u16::from_le_bytes([self.qh[2 * g], self.qh[2 * g + 1]]);
+        let bits: [u16; 16] = std::array::from_fn(|i| 8 << (4 * (i / 4)));
+        let bits: __m256i = bytemuck::cast(bits);
+        let v = _mm256_and_si256(_mm256_set1_epi16(h as i16), bits);
+        _mm256_or_si256(_mm256_cmpeq_epi16(v, bits), _mm256_set1_epi8(1))
+    }
+}
 impl IqSimd for BlockIQ1S {}
 impl IqSimd for BlockIQ2XS {}
 impl IqSimd for BlockIQ2XXS {}
