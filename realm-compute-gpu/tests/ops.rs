@@ -13,6 +13,7 @@ use realm_core::backend::{
     KvDtype, KvSpan, MatMulOps, NormOps, QkNorm, RopeMode, RopeOps, RopeParams, StepInputs,
     StepOps, WeightInfo,
 };
+use realm_core::quant::blocks::BlockIQ1M;
 use realm_core::{quant, GgmlType, TensorView};
 
 fn gpu() -> GpuBackend {
@@ -1307,8 +1308,7 @@ fn dequantized_matrices_multiply_their_exact_weights() {
         GgmlType::IQ1_M,
     ];
     // The lattice types, which Realm reads but does not write: random
-    // blocks, their f16 scales set so that values are about 1 (IQ1_M's
-    // spread over the top nibbles of its last four 16-bit words).
+    // blocks, their f16 scales set so that values are about 1.
     let lattice = |t: GgmlType, rng: &mut Rng| -> Vec<u8> {
         let size = t.type_size();
         let d = match t {
@@ -1316,18 +1316,13 @@ fn dequantized_matrices_multiply_their_exact_weights() {
             GgmlType::IQ1_S | GgmlType::IQ1_M => 0.05,
             _ => 0.01,
         };
-        let bits = half::f16::from_f32(d).to_bits();
+        let d = half::f16::from_f32(d);
         let n = m * k / t.block_size() * size;
         let mut bytes: Vec<u8> = rng.f32s(n, 0.0, 256.0).iter().map(|&v| v as u8).collect();
         for block in bytes.chunks_exact_mut(size) {
             match t {
-                GgmlType::IQ1_M => {
-                    for i in 0..4 {
-                        let b = &mut block[size - 7 + 2 * i];
-                        *b = (*b & 0x0f) | ((((bits >> (4 * i)) & 0xf) as u8) << 4);
-                    }
-                }
-                _ => block[..2].copy_from_slice(&bits.to_le_bytes()),
+                GgmlType::IQ1_M => bytemuck::from_bytes_mut::<BlockIQ1M>(block).set_d(d),
+                _ => block[..2].copy_from_slice(&d.to_bits().to_le_bytes()),
             }
         }
         bytes

@@ -20,6 +20,7 @@
 
 use half::f16;
 use realm_core::gguf::{Gguf, GgufWriter, Metadata, MetadataArray, MetadataValue};
+use realm_core::quant::blocks::BlockIQ1M;
 use realm_core::{quant, GgmlType};
 
 use crate::{Architecture, Error, Result};
@@ -3515,19 +3516,10 @@ fn random_blocks(dtype: GgmlType, n: usize, rms: f32, rng: &mut SplitMix) -> Res
     let mut bytes = Vec::with_capacity(n / len * size);
     for _ in 0..n / len {
         let mut block: Vec<u8> = (0..size).map(|_| rng.next() as u8).collect();
-        // The scale: f16 bytes 0-1, or (IQ1_M) the top nibbles of its four
-        // scale words (the block's last 8 bytes).
-        let set = |block: &mut [u8], d: f16| {
-            let bits = d.to_bits();
-            match dtype {
-                GgmlType::IQ1_M => {
-                    for i in 0..4 {
-                        let b = &mut block[size - 7 + 2 * i];
-                        *b = (*b & 0x0f) | ((((bits >> (4 * i)) & 0xf) as u8) << 4);
-                    }
-                }
-                _ => block[..2].copy_from_slice(&bits.to_le_bytes()),
-            }
+        // The scale: f16 bytes 0-1, or IQ1_M's own.
+        let set = |block: &mut [u8], d: f16| match dtype {
+            GgmlType::IQ1_M => bytemuck::from_bytes_mut::<BlockIQ1M>(block).set_d(d),
+            _ => block[..2].copy_from_slice(&d.to_bits().to_le_bytes()),
         };
         set(&mut block, f16::ONE);
         let v = quant::dequantize_row_to_vec(dtype, &block)?;

@@ -5,7 +5,7 @@
 
 use half::{bf16, f16};
 use realm_compute_cpu::{CpuBackend, CpuConfig, Isa};
-use realm_core::quant::blocks::KVALUES_IQ4NL;
+use realm_core::quant::blocks::{BlockIQ1M, KVALUES_IQ4NL};
 use realm_core::GgmlType;
 
 /// The weight types the CPU backend multiplies.
@@ -128,14 +128,9 @@ pub fn random_weights(t: GgmlType, rows: usize, cols: usize, rng: &mut Rng) -> V
             }
         }
         GgmlType::IQ1_M => {
-            // The f16 scale's nibbles are the top ones of the four scale
-            // words (bytes 48-55).
             for block in data.chunks_exact_mut(t.type_size()) {
-                let v = f16::from_f32(rng.uniform(-0.06, 0.06)).to_bits();
-                for i in 0..4 {
-                    let b = &mut block[49 + 2 * i];
-                    *b = (*b & 0x0f) | ((((v >> (4 * i)) & 0xf) as u8) << 4);
-                }
+                let d = f16::from_f32(rng.uniform(-0.06, 0.06));
+                bytemuck::from_bytes_mut::<BlockIQ1M>(block).set_d(d);
             }
         }
         _ => {

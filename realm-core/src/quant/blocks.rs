@@ -302,6 +302,33 @@ pub struct BlockIQ1M {
     pub scales: [u8; QK_K / 32],
 }
 
+impl BlockIQ1M {
+    /// The super-block scale: the top nibbles of the four 16-bit scale
+    /// words, the first word's the lowest.
+    ///
+    /// ```
+    /// use realm_core::quant::blocks::BlockIQ1M;
+    ///
+    /// let mut b: BlockIQ1M = bytemuck::Zeroable::zeroed();
+    /// b.set_d(half::f16::from_f32(0.5));
+    /// assert_eq!(b.d().to_f32(), 0.5);
+    /// assert_eq!(b.scales[7] & 0xf0, 0x30); // 0.5 is 0x3800
+    /// ```
+    pub fn d(&self) -> f16 {
+        let nibble = |i: usize| u16::from(self.scales[2 * i + 1] >> 4) << (4 * i);
+        f16::from_bits(nibble(0) | nibble(1) | nibble(2) | nibble(3))
+    }
+
+    /// Sets the super-block scale, keeping the 3-bit scales.
+    pub fn set_d(&mut self, d: f16) {
+        let bits = d.to_bits();
+        for i in 0..4 {
+            let b = &mut self.scales[2 * i + 1];
+            *b = (*b & 0x0f) | ((((bits >> (4 * i)) & 0xf) as u8) << 4);
+        }
+    }
+}
+
 /// TQ1_0 (BitNet b1.58's ternary weights): 256 trits, five to a byte in
 /// `qs` and four in each of `qh`'s, times `d`.
 #[repr(C)]

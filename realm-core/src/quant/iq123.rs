@@ -19,7 +19,6 @@ use super::blocks::{
     BlockIQ1M, BlockIQ1S, BlockIQ2S, BlockIQ2XS, BlockIQ2XXS, BlockIQ3S, BlockIQ3XXS, QK_K,
 };
 use super::iq_grids::{IQ1S_GRID, IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, IQ3S_GRID, IQ3XXS_GRID};
-use half::f16;
 
 /// A 256-value block as small integers: value `e` is `d * scales[e / 16] *
 /// q[e]`.
@@ -339,11 +338,7 @@ impl IqLattice for BlockIQ1M {
 
     #[inline]
     fn factor(&self) -> f32 {
-        let sc: [u16; 4] = std::array::from_fn(|i| self.scale_word(i));
-        let d = f16::from_bits(
-            (sc[0] >> 12) | ((sc[1] >> 8) & 0x00f0) | ((sc[2] >> 4) & 0x0f00) | (sc[3] & 0xf000),
-        );
-        d.to_f32() * 0.125
+        self.d().to_f32() * 0.125
     }
 }
 
