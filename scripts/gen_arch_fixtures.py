@@ -443,6 +443,13 @@ CASES = [
     # Maincoder: per-head Q/K norms after RoPE.
     case("maincoder", "tiny-maincoder"),
     case("maincoder-q8_0", "tiny-maincoder", matrix_type="q8_0"),
+    case("grok", "tiny-grok"),
+    case("grok-q8_0", "tiny-grok", matrix_type="q8_0"),
+    case("grok-2", "tiny-grok-2"),
+    case("grok-yarn", "tiny-grok",
+         overrides=[("grok.rope.scaling.type", "str", "yarn"),
+                    ("grok.rope.scaling.factor", "float", "4"),
+                    ("grok.rope.scaling.original_context_length", "int", "4096")]),
     # Encoders: every position's final hidden state (no pooling), the
     # tokens in one batch as llama.cpp needs them.
     case("bert", "tiny-bert", embedding=True),

@@ -56,7 +56,8 @@ fn margin(v: &[f32]) -> f32 {
 
 /// Every generative architecture's `SyntheticLayout::tiny` (the encoders
 /// are [`encoders_match_the_cpu`]'s).
-const ARCHS: [&str; 77] = [
+const ARCHS: [&str; 78] = [
+    "grok",
     "maincoder",
     "apertus",
     "bitnet",

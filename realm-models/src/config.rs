@@ -390,11 +390,13 @@ pub enum Architecture {
     /// Maincoder (maincoder: Maincoder-1B): llama's blocks with per-head Q/K
     /// RMSNorms after RoPE (as Hunyuan's).
     Maincoder,
+    /// Grok (xAI's Grok-1 and Grok-2): experts with GELU gates, attention scores scaled and soft-capped, the embedding and logits scaled, norms after attention and the feed-forward block
+    Grok,
 }
 
 impl Architecture {
     /// Every architecture Realm runs.
-    pub const ALL: [Architecture; 87] = [
+    pub const ALL: [Architecture; 88] = [
         Self::Llama,
         Self::Mistral,
         Self::Qwen2,
@@ -482,6 +484,7 @@ impl Architecture {
         Self::Bitnet,
         Self::Apertus,
         Self::Maincoder,
+        Self::Grok,
     ];
 
     /// The architecture named by `general.architecture`.
@@ -666,6 +669,7 @@ impl Architecture {
             Self::Bitnet => "bitnet",
             Self::Apertus => "apertus",
             Self::Maincoder => "maincoder",
+            Self::Grok => "grok",
         }
     }
 }
@@ -694,6 +698,10 @@ pub struct MoeConfig {
     /// Whether the shared expert's output is gated by its own router
     /// (`ffn_gate_inp_shexp`).
     pub shared_gated: bool,
+    /// Whether the shared expert is the block's own dense feed-forward
+    /// network (`ffn_{gate,up,down}`, Grok-2's), with the experts' gated
+    /// activation, the two outputs summed times `1/sqrt(2)`.
+    pub dense_beside: bool,
     /// How router scores become the chosen experts' weights.
     pub gating: Gating,
     /// The experts' gated activation.
@@ -732,7 +740,8 @@ impl MoeConfig {
     /// # use realm_models::{ExpertActivation, Gating, MoeConfig, SelectionBias};
     /// let m = MoeConfig {
     ///     experts: 8, used: 2, ffn_dim: 64, norm_weights: true, weights_scale: 1.0,
-    ///     shared_ffn_dim: None, shared_gated: false, gating: Gating::Sigmoid,
+    ///     shared_ffn_dim: None, shared_gated: false, dense_beside: false,
+    ///     gating: Gating::Sigmoid,
     ///     activation: ExpertActivation::Swiglu, biases: false,
     ///     selection_bias: SelectionBias::Required, dense_lead: 1, groups: None,
     ///     every: 1, weights_on_input: false, latent: None,
@@ -1655,17 +1664,17 @@ impl ModelConfig {
                 ))),
             }
         };
-        let attn_softcap = if gemma2 {
-            cap("attn_logit_softcapping", 50.0)?
-        } else {
-            None
+        let attn_softcap = match arch {
+            _ if gemma2 => cap("attn_logit_softcapping", 50.0)?,
+            Architecture::Grok => cap("attn_logit_softcapping", 30.0)?,
+            _ => None,
         };
         let final_softcap = match arch {
             Architecture::Gemma2 => cap("final_logit_softcapping", 30.0)?,
             Architecture::Gemma3 => cap("final_logit_softcapping", 0.0)?,
             // (llama.cpp's Gemma 3n always caps at 30, as its files say.)
             Architecture::Gemma3n => cap("final_logit_softcapping", 30.0)?,
-            Architecture::Gemma4 => cap("final_logit_softcapping", 0.0)?,
+            Architecture::Gemma4 | Architecture::Grok => cap("final_logit_softcapping", 0.0)?,
             _ => None,
         };
         // Only these use a window (llama.cpp ignores Phi 3's, and has none
@@ -1881,6 +1890,7 @@ impl ModelConfig {
                 | Architecture::Dbrx
                 | Architecture::Bitnet
                 | Architecture::Apertus
+                | Architecture::Grok
                 | Architecture::EuroBert => RopeMode::Neox,
             },
             sliding_window,
@@ -2009,6 +2019,11 @@ impl ModelConfig {
                 _ if gemma3n || gemma4 => 1.0,
                 // (Jais scales by a head's width, as muP.)
                 _ if arch == Architecture::Jais => 1.0 / head_dim as f32,
+                // Grok's attention multiplier, 1/sqrt(128) where the file
+                // gives none (llama.cpp's default).
+                _ if arch == Architecture::Grok => {
+                    opt_f("attention.output_scale")?.unwrap_or(0.088_388_347_648_318_45_f64 as f32)
+                }
                 _ => 1.0 / (head_dim as f32).sqrt(),
             },
             embedding_scale: match arch {
@@ -2018,9 +2033,14 @@ impl ModelConfig {
                 Architecture::Granite | Architecture::GraniteMoe | Architecture::GraniteHybrid => {
                     opt_f("embedding_scale")?.filter(|&s| s != 0.0)
                 }
-                // (MiniCPM's where the file gives none, as llama.cpp's.)
+                // (MiniCPM's and Grok's where the file gives none, as
+                // llama.cpp's.)
                 Architecture::MiniCpm => {
                     Some(opt_f("embedding_scale")?.unwrap_or(12.0)).filter(|&s| s != 0.0)
+                }
+                Architecture::Grok => {
+                    Some(opt_f("embedding_scale")?.unwrap_or(78.383_671_769_061_69_f64 as f32))
+                        .filter(|&s| s != 0.0)
                 }
                 _ => None,
             },
@@ -2050,6 +2070,12 @@ impl ModelConfig {
                     opt_f("logit_scale")?.filter(|&s| s != 0.0).map(|s| 1.0 / s)
                 }
                 Architecture::Cohere2 => Some(1.0 / md.get_f32(&key("logit_scale"))?),
+                // Grok's multiplies too, by 1/sqrt(3) where the file gives
+                // none.
+                Architecture::Grok => {
+                    Some(1.0 / opt_f("logit_scale")?.unwrap_or(0.577_350_269_189_625_7_f64 as f32))
+                        .filter(|s| s.is_finite())
+                }
                 _ => None,
             },
             // Granite 4.0's hybrids rotate nothing where the file says
@@ -2596,6 +2622,7 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
     let hunyuan = arch == Architecture::HunyuanMoe;
     let gemma4 = arch == Architecture::Gemma4;
     let nomic = arch == Architecture::NomicBertMoe;
+    let grok = arch == Architecture::Grok;
     match (arch, experts) {
         (
             Architecture::Qwen2Moe
@@ -2615,7 +2642,8 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
             | Architecture::Llama4
             | Architecture::HunyuanMoe
             | Architecture::Deepseek
-            | Architecture::Dbrx,
+            | Architecture::Dbrx
+            | Architecture::Grok,
             0,
         ) => return Err(Error::BadConfig(format!("{p} needs an expert_count"))),
         (_, 0) => return Ok(None),
@@ -2645,7 +2673,8 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
             | Architecture::Gemma4
             | Architecture::NomicBertMoe
             | Architecture::Deepseek
-            | Architecture::Dbrx,
+            | Architecture::Dbrx
+            | Architecture::Grok,
             _,
         ) => {}
         (other, _) => {
@@ -2691,11 +2720,14 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
                 "{p} needs an expert_feed_forward_length"
             )))
         }
-        Some(f) if f > 0 && (qwen || gpt_oss || glm || nemotron) => f as usize,
+        Some(f) if f > 0 && (qwen || gpt_oss || glm || nemotron || grok) => f as usize,
         _ if qwen || glm || nemotron => ffn / used,
         _ => ffn,
     };
     let shared_ffn_dim = match arch {
+        // Grok-2's dense network beside its experts, `feed_forward_length`
+        // wide (its files, unlike Grok-1's, give the experts' own width).
+        Architecture::Grok => get("expert_feed_forward_length")?.map(|_| ffn),
         // (Llama 4's is as wide as an expert.)
         Architecture::Llama4 => Some(ffn_dim),
         // (Nemotron-H's shared expert must have a width.)
@@ -2745,7 +2777,8 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
                 && !llama4
                 && !hunyuan
                 && !gemma4
-                && !nomic =>
+                && !nomic
+                && !grok =>
         {
             md.get_f32(&scale_key)?
         }
@@ -2866,6 +2899,7 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
             arch,
             Architecture::Qwen2Moe | Architecture::Qwen35Moe | Architecture::Qwen3Next
         ),
+        dense_beside: grok && shared_ffn_dim.is_some(),
         gating,
         // llama.cpp's constants for gpt-oss.
         activation: if gpt_oss {
@@ -2875,7 +2909,7 @@ fn moe_config(md: &Metadata, arch: Architecture, ffn: usize) -> Result<Option<Mo
             }
         } else if nemotron {
             ExpertActivation::SquaredRelu
-        } else if gemma4 {
+        } else if gemma4 || grok {
             ExpertActivation::Geglu
         } else if nomic {
             ExpertActivation::Gelu
@@ -3288,6 +3322,17 @@ fn rope_scale(md: &Metadata, arch: Architecture) -> Result<(f32, Option<YarnConf
             // (DeepSeek 2's files hold a tenth of its multiplier.)
             if arch == Architecture::Deepseek2 {
                 yarn.log_mul = f("rope.scaling.yarn_log_multiplier")?.unwrap_or(0.0) / 0.1;
+            }
+            // Grok's betas (8 and 1 where the file gives none, as
+            // llama.cpp's); its ramp is the usual one or refused.
+            if arch == Architecture::Grok {
+                yarn.beta_fast = f("rope.scaling.yarn_beta_fast")?.unwrap_or(8.0);
+                yarn.beta_slow = f("rope.scaling.yarn_beta_slow")?.unwrap_or(yarn.beta_slow);
+                if let Some(e) = f("rope.scaling.yarn_ext_factor")?.filter(|&e| e != 1.0) {
+                    return Err(Error::BadConfig(format!(
+                        "{p}.rope.scaling.yarn_ext_factor {e} (not 1) is not supported"
+                    )));
+                }
             }
             if arch == Architecture::Mistral3 {
                 yarn.beta_fast = f("rope.scaling.yarn_beta_fast")?.unwrap_or(yarn.beta_fast);

@@ -474,8 +474,12 @@ impl<'a, B: Backend> Model<'a, B> {
             || c.gemma4.is_some()
             || matches!(
                 c.arch,
-                Architecture::Olmo2 | Architecture::Exaone4 | Architecture::Glm4
+                Architecture::Olmo2
+                    | Architecture::Exaone4
+                    | Architecture::Glm4
+                    | Architecture::Grok
             );
+        let grok = c.arch == Architecture::Grok;
         let d = c.d_model;
         let mut layers = Vec::with_capacity(c.n_layers);
         let mut kv_slot = 0;
@@ -772,7 +776,12 @@ impl<'a, B: Backend> Model<'a, B> {
                     ],
                     false => [None, None],
                 },
-                post_attn_norm: must("post_attention_norm.weight", d, post_norms)?,
+                // (Grok's are named for the attention's output and the
+                // block's.)
+                post_attn_norm: match grok {
+                    true => Some(norm(&n("attn_output_norm.weight"), d)?),
+                    false => must("post_attention_norm.weight", d, post_norms)?,
+                },
                 // gpt-oss, Seed-OSS and GLM-4.5 name their feed-forward
                 // norm as Gemma names the attention's post-norm.
                 ffn_norm: match gpt_oss
@@ -841,7 +850,16 @@ impl<'a, B: Backend> Model<'a, B> {
                         weight(&n("ffn_down.weight"), d, ff)?,
                     ),
                 },
-                post_ffn_norm: must("post_ffw_norm.weight", d, post_norms)?,
+                post_ffn_norm: match grok {
+                    true => match file.tensor(&n("layer_output_norm.weight")) {
+                        Ok(_) => Some(norm(&n("layer_output_norm.weight"), d)?),
+                        Err(realm_core::Error::TensorNotFound(_)) => {
+                            Some(norm(&n("post_ffw_norm.weight"), d)?)
+                        }
+                        Err(e) => return Err(e.into()),
+                    },
+                    false => must("post_ffw_norm.weight", d, post_norms)?,
+                },
                 mla: match &c.mla {
                     Some(m) => Some(Mla::load(file, backend, i, c, m)?),
                     None => None,

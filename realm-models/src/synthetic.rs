@@ -566,6 +566,9 @@ impl SyntheticLayout {
             l.tensors.push(output);
             return Ok(l);
         }
+        if arch == "grok" {
+            return Self::tiny_grok(false);
+        }
         if arch == "deepseek" {
             // The tiny llama's blocks, the first dense, then 4 experts 32
             // wide (2 a token), their softmax weights scaled by 2 (not
@@ -1243,6 +1246,42 @@ impl SyntheticLayout {
     /// The tiny EXAONE 4 with 64 layers, as its 32B has: llama.cpp gives
     /// that one (alone) a window, on three layers of four, which alone
     /// rotate; a window of 4 here.
+    /// The tiny llama's blocks (NeoX) as Grok's: 4 experts (2 a token) in
+    /// every block, GELU-gated, and norms after the attention
+    /// (`attn_output_norm`) and the feed-forward part
+    /// (`layer_output_norm`); the attention's and embedding's scales, the
+    /// soft-cap and the logits' scale left to llama.cpp's defaults. With
+    /// `dense`, Grok-2's: the experts 32 wide beside the block's own dense
+    /// network (`feed_forward_length` wide).
+    fn tiny_grok(dense: bool) -> Result<Self> {
+        let mut l = Self::tiny("llama")?.renamed("grok");
+        let networks: Vec<SyntheticTensor> = match dense {
+            true => {
+                l = l.with_hparam("grok.expert_feed_forward_length", MetadataValue::U32(32));
+                let network = |t: &&SyntheticTensor| {
+                    t.name.contains(".ffn_") && !t.name.contains(".ffn_norm.")
+                };
+                l.tensors.iter().filter(network).cloned().collect()
+            }
+            false => Vec::new(),
+        };
+        let mut l = l.with_experts(4, 2)?;
+        l.tensors.extend(networks);
+        let mut norms = Vec::new();
+        for t in &l.tensors {
+            if let Some(blk) = t.name.strip_suffix(".attn_norm.weight") {
+                for part in ["attn_output_norm", "layer_output_norm"] {
+                    norms.push(SyntheticTensor {
+                        name: format!("{blk}.{part}.weight"),
+                        ..t.clone()
+                    });
+                }
+            }
+        }
+        l.tensors.extend(norms);
+        Ok(l)
+    }
+
     fn tiny_exaone4_32b() -> Result<Self> {
         let two = Self::tiny("exaone4")?;
         let mut tensors: Vec<SyntheticTensor> = two
@@ -2883,7 +2922,8 @@ impl SyntheticLayout {
     /// `tiny-deepseek2-lite` (the tiny DeepSeek with V2-Lite's queries) or
     /// `tiny-deepseek2-fused` (with its experts' gate and up in one tensor)
     /// or `tiny-qwen3next-fused` (with each delta net's `ssm_in`),
-    /// `tiny-falcon-h1-nonorm` (without its mixers' norms),
+    /// `tiny-falcon-h1-nonorm` (without its mixers' norms), `tiny-grok-2`
+    /// (the tiny Grok with Grok-2's dense network beside its experts),
     /// `tiny-gemma4-31b` (the tiny Gemma 4 shaped as the 31B),
     /// `tiny-gemma4-moe` (and as the 26B A4B),
     /// `tiny-nemotron_h_moe-latent` (its experts in a latent space),
@@ -2967,6 +3007,7 @@ impl SyntheticLayout {
                 l.tensors = tensors;
                 Some(l.with_hparam("nemotron_h_moe.moe_latent_size", MetadataValue::U32(32)))
             }
+            "tiny-grok-2" => Self::tiny_grok(true).ok(),
             // Falcon-H1 without its mixers' norms (as some of its files).
             "tiny-falcon-h1-nonorm" => {
                 let mut l = Self::tiny_falcon_h1();

@@ -214,14 +214,19 @@ impl<'a, B: Backend + 'a> Moe<'a, B> {
                     }
                     false => None,
                 };
+                // (Grok-2's is the block's own dense network.)
+                let shared = |s: &str| match m.dense_beside {
+                    true => format!("ffn_{s}.weight"),
+                    false => format!("ffn_{s}_shexp.weight"),
+                };
                 Some(Shared {
                     router,
                     gate: match gateless {
                         true => None,
-                        false => Some(w("ffn_gate_shexp.weight", ff, d)?),
+                        false => Some(w(&shared("gate"), ff, d)?),
                     },
-                    up: w("ffn_up_shexp.weight", ff, d)?,
-                    down: w("ffn_down_shexp.weight", d, ff)?,
+                    up: w(&shared("up"), ff, d)?,
+                    down: w(&shared("down"), d, ff)?,
                 })
             }
             None => None,
@@ -511,7 +516,10 @@ impl<B: Backend> Moe<'_, B> {
                 Some(g) => {
                     b.matmul(buf.ws, g, buf.xn, n, buf.gate)?;
                     b.matmul(buf.ws, &sh.up, buf.xn, n, buf.up)?;
-                    b.swiglu_inplace(buf.gate, buf.up, n * ff)?;
+                    match m.activation {
+                        ExpertActivation::Geglu => b.geglu_inplace(buf.gate, buf.up, n * ff)?,
+                        _ => b.swiglu_inplace(buf.gate, buf.up, n * ff)?,
+                    }
                 }
                 None => {
                     b.matmul(buf.ws, &sh.up, buf.xn, n, buf.gate)?;
@@ -521,14 +529,18 @@ impl<B: Backend> Moe<'_, B> {
             if let Some(c) = buf.seen.as_deref_mut() {
                 let gated = sh.router.is_some();
                 let has_gate = sh.gate.is_some();
-                for s in ["gate_inp_shexp", "gate_shexp", "up_shexp"]
+                let shared = |s: &str| match m.dense_beside {
+                    true => s.to_string(),
+                    false => format!("{s}_shexp"),
+                };
+                for s in ["gate_inp", "gate", "up"]
                     .into_iter()
-                    .filter(|&s| gated || s != "gate_inp_shexp")
-                    .filter(|&s| has_gate || s != "gate_shexp")
+                    .filter(|&s| gated || s != "gate_inp")
+                    .filter(|&s| has_gate || s != "gate")
                 {
-                    c.observe_named(b, buf.ws, &name(s), (buf.xn, n, d))?;
+                    c.observe_named(b, buf.ws, &name(&shared(s)), (buf.xn, n, d))?;
                 }
-                c.observe_named(b, buf.ws, &name("down_shexp"), (buf.gate, n, ff))?;
+                c.observe_named(b, buf.ws, &name(&shared("down")), (buf.gate, n, ff))?;
             }
             b.matmul(buf.ws, &sh.down, buf.gate, n, buf.out)?;
             h.y.resize(n * d, 0.0);
@@ -549,6 +561,11 @@ impl<B: Backend> Moe<'_, B> {
                 for (o, v) in o.iter_mut().zip(y) {
                     *o += v * gate;
                 }
+            }
+            // (Grok-2's sum, as llama.cpp scales it.)
+            if m.dense_beside {
+                let half_root = std::f32::consts::SQRT_2 / 2.0;
+                h.out.iter_mut().for_each(|o| *o *= half_root);
             }
         }
         b.upload_into(&h.out, buf.input)?;
@@ -679,6 +696,7 @@ mod tests {
             weights_scale: 1.0,
             shared_ffn_dim: None,
             shared_gated: false,
+            dense_beside: false,
             gating: Gating::Softmax,
             activation: ExpertActivation::Swiglu,
             biases: false,

@@ -127,7 +127,11 @@ const SHARP: [&str; 5] = [
 /// as for Gemma 4's, the float sums' order flips the f16 rounding of some
 /// of the table's inputs, which the 8-bit inputs of the Q8_0 products
 /// after them absorb. Their f32 cases are held to [`TOLERANCE_GELU`].
-const GELU_TABLE: [&str; 20] = [
+/// Grok's GELU-gated experts so too: with the table within 5.4e-6 (Grok-2's
+/// dense network beside them 5.1e-6; with YaRN over 4096 original
+/// positions 3.5e-5, where llama.cpp's default `yarn_beta_fast` of 8 for
+/// Grok matters: the usual 32 moves the logits by 8.9e-3).
+const GELU_TABLE: [&str; 22] = [
     "tiny-starcoder2",
     "tiny-phi2",
     "tiny-gptneox",
@@ -148,6 +152,8 @@ const GELU_TABLE: [&str; 20] = [
     "tiny-jina-bert-v2-rank",
     "tiny-jina-bert-v3",
     "tiny-modern-bert-rank",
+    "tiny-grok",
+    "tiny-grok-2",
 ];
 
 fn fixture() -> Value {
