@@ -839,6 +839,7 @@ impl IqSimd for BlockIQ1M {
         _mm256_or_si256(_mm256_cmpeq_epi16(v, bits), _mm256_set1_epi8(1))
     }
 }
+
 impl IqSimd for BlockIQ1S {}
 impl IqSimd for BlockIQ2XS {}
 impl IqSimd for BlockIQ2XXS {}
@@ -885,11 +886,11 @@ impl IqSimd for BlockIQ3S {
     }
 }
 
-/// A lattice type's one-token kernel, as its group of 32 values are read:
-/// each group's grid entries go straight into the product, the signs
-/// applied to the activations (`_mm256_sign_epi8`, the entries being
-/// magnitudes) rather than to the weights, and no unpacked block is kept
-/// (with one token nothing would reuse it).
+/// A lattice type's one-token kernel: each group of 32 values goes from
+/// its grid entries straight into the product, the signs applied to the
+/// activations (`_mm256_sign_epi8`, the entries being magnitudes; Q8_K's
+/// quants stop at -127, so none overflows) rather than to the weights, and
+/// no unpacked block is kept (with one token nothing would reuse it).
 pub(crate) struct IqDirect<B>(std::marker::PhantomData<B>);
 
 impl<B: IqSimd> Kernel for IqDirect<B> {

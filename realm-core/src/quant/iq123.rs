@@ -159,8 +159,8 @@ fn shifted(entry: u64, mask: u64) -> u64 {
     )
 }
 
-/// Both halves of a group of 32 at one scale `2 s + 1`, `s` the low 4
-/// bits of `s`.
+/// Both halves of a group of 32 at one scale, `2 s + 1` for `s` the low
+/// 4 bits of the argument.
 #[inline]
 fn both(s: u32) -> [u8; 2] {
     let s = 2 * (s & 15) as u8 + 1;
