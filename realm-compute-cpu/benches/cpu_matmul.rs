@@ -34,7 +34,8 @@ use realm_core::{GgmlType, TensorView};
 
 /// Decode shapes `(type, rows, cols)`: SmolLM2-135M (Q4_1 layers, Q8_0
 /// output), Gemma 3 270M (Q5_0/Q4_K/Q6_K layers, Q8_0 output) and
-/// gpt-oss-20b's MXFP4 experts. k-quants need 256-multiples, so Gemma's
+/// gpt-oss-20b's MXFP4 experts, the lattice types on Gemma's shape and
+/// SmolLM2's up projection in F16. k-quants need 256-multiples, so Gemma's
 /// 640-wide inputs only appear in Q5_0/Q8_0.
 const DECODE: &[(GgmlType, usize, usize)] = &[
     (GgmlType::Q4_1, 576, 576),
@@ -53,9 +54,10 @@ const DECODE: &[(GgmlType, usize, usize)] = &[
     (GgmlType::IQ3_S, 640, 2048),
     (GgmlType::IQ1_S, 640, 2048),
     (GgmlType::IQ1_M, 640, 2048),
+    (GgmlType::F16, 1536, 576),
 ];
 
-/// Prefill shapes, 512 tokens.
+/// Prefill shapes, 512 tokens (the float ones SmolLM2's up projection).
 const PREFILL: &[(GgmlType, usize, usize)] = &[
     (GgmlType::Q4_1, 1536, 576),
     (GgmlType::Q4_1, 576, 1536),
@@ -66,6 +68,8 @@ const PREFILL: &[(GgmlType, usize, usize)] = &[
     (GgmlType::MXFP4, 2880, 2880),
     (GgmlType::IQ2_XXS, 640, 2048),
     (GgmlType::IQ3_S, 640, 2048),
+    (GgmlType::F16, 1536, 576),
+    (GgmlType::BF16, 1536, 576),
 ];
 const PREFILL_TOKENS: usize = 512;
 

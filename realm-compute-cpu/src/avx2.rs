@@ -1080,48 +1080,96 @@ impl FloatSimd for bf16 {
     }
 }
 
-/// The products of `R` weight rows with `C` tokens' activations, `k`
-/// values each, each reduced as it would be alone: its 8-value chunks into
-/// four accumulators in turn (chunk `c` into the `c % 4`-th) through the
-/// last whole 32 values, the chunks after them into the first, the sum of
-/// the four (pairwise), the sum of its lanes, then the values past the
-/// last whole chunk in order. So a (row, token) pair's result is the same
-/// in every tile shape and batch size.
+/// Adds the products of chunk `c..c + 8` of the `R` rows at `wp` with the
+/// `C` tokens at `xp` to `acc` (a function, not a closure, so that it
+/// inlines whatever the tile's size).
+///
+/// # Safety
+/// Each row and token holds `c + 8` values; the CPU supports avx2, fma and
+/// f16c.
 #[inline(always)]
-fn float_tile<T: FloatSimd, const R: usize, const C: usize>(
+unsafe fn float_step<T: FloatSimd, X: FloatSimd, const R: usize, const C: usize>(
+    acc: &mut [[__m256; C]; R],
+    wp: [*const T; R],
+    xp: [*const X; C],
+    c: usize,
+) {
+    // SAFETY: the caller's promises.
+    unsafe {
+        let wv: [__m256; R] = std::array::from_fn(|i| T::load8(&*wp[i].add(c).cast::<[T; 8]>()));
+        for j in 0..C {
+            let xv = X::load8(&*xp[j].add(c).cast::<[X; 8]>());
+            for i in 0..R {
+                acc[i][j] = _mm256_fmadd_ps(wv[i], xv, acc[i][j]);
+            }
+        }
+    }
+}
+
+/// The rows' and tokens' common length (at most `k`), its whole 32-value
+/// groups and its whole 8-value chunks.
+#[inline(always)]
+fn float_lengths<T, X, const R: usize, const C: usize>(
     w: [&[T]; R],
-    x: [&[f32]; C],
+    x: [&[X]; C],
     k: usize,
-) -> [[f32; C]; R] {
+) -> (usize, usize, usize) {
     let len = w
         .iter()
         .map(|r| r.len())
         .chain(x.iter().map(|t| t.len()))
         .fold(k, usize::min);
-    let (groups, whole) = (len / 32 * 32, len / 8 * 8);
-    let wp = w.map(<[T]>::as_ptr);
-    let xp = x.map(<[f32]>::as_ptr);
-    let step = |acc: &mut [[__m256; C]; R], c: usize| {
-        // SAFETY: `c + 8 <= whole <= len`, no row or token shorter than
-        // `len`; this function is only inlined into functions compiled with
-        // avx2, fma and f16c, which `load8` and the intrinsics need.
-        unsafe {
-            let mut wv = [_mm256_setzero_ps(); R];
-            for i in 0..R {
-                wv[i] = T::load8(&*wp[i].add(c).cast::<[T; 8]>());
-            }
-            for j in 0..C {
-                let xv = _mm256_loadu_ps(xp[j].add(c));
-                for i in 0..R {
-                    acc[i][j] = _mm256_fmadd_ps(wv[i], xv, acc[i][j]);
-                }
-            }
+    (len, len / 32 * 32, len / 8 * 8)
+}
+
+/// Each pair's four accumulators summed (pairwise), then its lanes, then
+/// the values from `whole` to `len` in order.
+#[inline(always)]
+fn float_finish<T: FloatSimd, X: FloatSimd, const R: usize, const C: usize>(
+    part: &[[[__m256; C]; R]; 4],
+    w: [&[T]; R],
+    x: [&[X]; C],
+    (whole, len): (usize, usize),
+) -> [[f32; C]; R] {
+    let mut out = [[0.0; C]; R];
+    for i in 0..R {
+        for j in 0..C {
+            // SAFETY: only inlined into functions compiled with avx2, fma
+            // and f16c.
+            let sum = unsafe {
+                hsum(_mm256_add_ps(
+                    _mm256_add_ps(part[0][i][j], part[1][i][j]),
+                    _mm256_add_ps(part[2][i][j], part[3][i][j]),
+                ))
+            };
+            out[i][j] = w[i][whole..len]
+                .iter()
+                .zip(&x[j][whole..len])
+                .fold(sum, |s, (&a, &b)| s + a.to_f32() * b.to_f32());
         }
-    };
+    }
+    out
+}
+
+/// The product of a weight row with a token's activations, `k` values
+/// each, reduced as every float product is: its 8-value chunks into four
+/// accumulators in turn (chunk `c` into the `c % 4`-th) through the last
+/// whole 32 values, the chunks after them into the first, the sum of the
+/// four (pairwise), the sum of its lanes, then the values past the last
+/// whole chunk in order. So a (row, token) pair's result is the same alone
+/// and in every tile ([`float_tile_passes`]) and batch.
+#[inline(always)]
+fn float_dot<T: FloatSimd, X: FloatSimd>(w: &[T], x: &[X], k: usize) -> f32 {
+    let (len, groups, whole) = float_lengths([w], [x], k);
+    let (wp, xp) = ([w.as_ptr()], [x.as_ptr()]);
+    // SAFETY: at each call `c + 8 <= whole <= len`, neither slice
+    // shorter than `len`; this function is only inlined into functions
+    // compiled with avx2, fma and f16c.
+    let step = |acc: &mut [[__m256; 1]; 1], c: usize| unsafe { float_step(acc, wp, xp, c) };
     // SAFETY: as above (the features).
     let zero = unsafe { _mm256_setzero_ps() };
-    let mut acc = [[[zero; C]; R]; 4];
-    let [a0, a1, a2, a3] = &mut acc;
+    let mut part = [[[zero; 1]; 1]; 4];
+    let [a0, a1, a2, a3] = &mut part;
     let mut c = 0;
     while c < groups {
         step(a0, c);
@@ -1134,40 +1182,72 @@ fn float_tile<T: FloatSimd, const R: usize, const C: usize>(
         step(a0, c);
         c += 8;
     }
-    let mut out = [[0.0; C]; R];
-    for i in 0..R {
-        for j in 0..C {
-            // SAFETY: as above (the features).
-            let sum = unsafe {
-                hsum(_mm256_add_ps(
-                    _mm256_add_ps(acc[0][i][j], acc[1][i][j]),
-                    _mm256_add_ps(acc[2][i][j], acc[3][i][j]),
-                ))
-            };
-            out[i][j] = w[i][whole..len]
-                .iter()
-                .zip(&x[j][whole..len])
-                .fold(sum, |s, (&a, &b)| s + a.to_f32() * b);
-        }
-    }
-    out
+    float_finish(&part, [w], [x], (whole, len))[0][0]
 }
 
-/// [`float_tile`]s of rows `r..r + R` against every token, `C` at a time,
-/// the last few one at a time.
+/// Values of a row a pass of [`float_tile_passes`] covers before the
+/// next accumulator's pass: the tile's rows and tokens of this stretch
+/// stay in L1 through the four passes.
+const FLOAT_PASS_VALUES: usize = 512;
+
+/// [`float_dot`]'s sums, the same bit for bit, for a tile of `R` rows by
+/// `C` tokens, too many for four accumulators a pair in registers: over
+/// each stretch of [`FLOAT_PASS_VALUES`], one pass for each of the four
+/// accumulators (its chunks, every fourth, in order), the tile's `R * C`
+/// sums of that accumulator in registers and put aside between passes.
 #[inline(always)]
-fn float_row_tiles<T: FloatSimd, const R: usize, const C: usize>(
+fn float_tile_passes<T: FloatSimd, X: FloatSimd, const R: usize, const C: usize>(
+    w: [&[T]; R],
+    x: [&[X]; C],
+    k: usize,
+) -> [[f32; C]; R] {
+    let (len, groups, whole) = float_lengths(w, x, k);
+    let wp = w.map(<[T]>::as_ptr);
+    let xp = x.map(<[X]>::as_ptr);
+    // SAFETY: at each call `c + 8 <= whole <= len`, no row or token
+    // shorter than `len`; this function is only inlined into functions
+    // compiled with avx2, fma and f16c.
+    let step = |acc: &mut [[__m256; C]; R], c: usize| unsafe { float_step(acc, wp, xp, c) };
+    // SAFETY: as above (the features).
+    let zero = unsafe { _mm256_setzero_ps() };
+    let mut part = [[[zero; C]; R]; 4];
+    let mut start = 0;
+    while start < groups {
+        let end = (start + FLOAT_PASS_VALUES).min(groups);
+        for (a, p) in part.iter_mut().enumerate() {
+            let mut acc = *p;
+            let mut c = start + 8 * a;
+            while c < end {
+                step(&mut acc, c);
+                c += 32;
+            }
+            *p = acc;
+        }
+        start = end;
+    }
+    let mut c = groups;
+    while c < whole {
+        step(&mut part[0], c);
+        c += 8;
+    }
+    float_finish(&part, w, x, (whole, len))
+}
+
+/// Rows `r..r + R` against tokens `tokens`: [`float_tile_passes`] of `C`
+/// tokens at a time, the last few one at a time ([`float_dot`]).
+#[inline(always)]
+fn float_row_tiles<T: FloatSimd, X: FloatSimd, const R: usize, const C: usize>(
     w: &[T],
     (k, r): (usize, usize),
-    x: &[f32],
-    n: usize,
+    x: &[X],
+    tokens: Range<usize>,
     out: &mut OutRows<'_>,
 ) {
     let rows: [&[T]; R] = std::array::from_fn(|i| &w[(r + i) * k..(r + i + 1) * k]);
     let tok = |t: usize| &x[t * k..(t + 1) * k];
-    let mut t = 0;
-    while t + C <= n {
-        let v = float_tile::<T, R, C>(rows, std::array::from_fn(|j| tok(t + j)), k);
+    let mut t = tokens.start;
+    while t + C <= tokens.end {
+        let v = float_tile_passes::<T, X, R, C>(rows, std::array::from_fn(|j| tok(t + j)), k);
         for (i, row) in v.iter().enumerate() {
             for (j, &y) in row.iter().enumerate() {
                 out.set(t + j, r + i, y);
@@ -1175,74 +1255,87 @@ fn float_row_tiles<T: FloatSimd, const R: usize, const C: usize>(
         }
         t += C;
     }
-    for t in t..n {
-        let v = float_tile::<T, R, 1>(rows, [tok(t)], k);
-        for (i, row) in v.iter().enumerate() {
-            out.set(t, r + i, row[0]);
+    for t in t..tokens.end {
+        for (i, row) in rows.iter().enumerate() {
+            out.set(t, r + i, float_dot(row, tok(t), k));
         }
     }
 }
 
-/// Rows `rows` in tiles of `R` rows by three tokens, the last rows one at
-/// a time.
+/// Activation bytes a pass over the rows works on: a block of tokens stays
+/// in L2 while every tile of rows reads it.
+const FLOAT_TOKEN_BLOCK_BYTES: usize = 192 * 1024;
+
+/// Rows `rows` in tiles of `R` rows by `C` tokens, the last rows one at
+/// a time, over blocks of tokens that fit in L2 (a pass over the rows a
+/// block); a lone token a row at a time.
 #[inline(always)]
-fn float_rows_by<T: FloatSimd, const R: usize>(
+fn float_rows_by<T: FloatSimd, X: FloatSimd, const R: usize, const C: usize>(
     w: &[T],
     k: usize,
     rows: Range<usize>,
-    x: &[f32],
+    x: &[X],
     n: usize,
     out: &mut OutRows<'_>,
 ) {
-    let mut r = rows.start;
-    while r + R <= rows.end {
-        float_row_tiles::<T, R, 3>(w, (k, r), x, n, out);
-        r += R;
-    }
-    for r in r..rows.end {
-        float_row_tiles::<T, 1, 3>(w, (k, r), x, n, out);
+    let block = (FLOAT_TOKEN_BLOCK_BYTES / (size_of::<X>() * k.max(1)) / C * C).max(C);
+    let mut t0 = 0;
+    while t0 < n {
+        let tokens = t0..(t0 + block).min(n);
+        let mut r = rows.start;
+        if tokens.len() >= C {
+            while r + R <= rows.end {
+                float_row_tiles::<T, X, R, C>(w, (k, r), x, tokens.clone(), out);
+                r += R;
+            }
+        }
+        for r in r..rows.end {
+            float_row_tiles::<T, X, 1, C>(w, (k, r), x, tokens.clone(), out);
+        }
+        t0 = tokens.end;
     }
 }
 
-/// A row by three tokens at a time (twelve sums in sixteen registers).
+/// Four rows by two tokens at a time: eight sums, four weight chunks and
+/// a token's chunk, within sixteen registers (three by four, or four by
+/// three, spill and measured slower).
 #[target_feature(enable = "avx2,fma,f16c")]
-fn float_rows_impl<T: FloatSimd>(
+fn float_rows_impl<T: FloatSimd, X: FloatSimd>(
     w: &[T],
     k: usize,
     rows: Range<usize>,
-    x: &[f32],
+    x: &[X],
     n: usize,
     out: &mut OutRows<'_>,
 ) {
-    float_rows_by::<T, 1>(w, k, rows, x, n, out);
+    float_rows_by::<T, X, 4, 2>(w, k, rows, x, n, out);
 }
 
-/// Two rows by three tokens at a time, where AVX-512's 32 registers hold
-/// the 24 sums: each weight load serves three tokens and each token's
-/// two rows.
+/// Four rows by six tokens at a time, where AVX-512's 32 registers hold
+/// the 24 sums beside the weights' chunks.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl")]
-fn float_rows_wide<T: FloatSimd>(
+fn float_rows_wide<T: FloatSimd, X: FloatSimd>(
     w: &[T],
     k: usize,
     rows: Range<usize>,
-    x: &[f32],
+    x: &[X],
     n: usize,
     out: &mut OutRows<'_>,
 ) {
-    float_rows_by::<T, 2>(w, k, rows, x, n, out);
+    float_rows_by::<T, X, 4, 6>(w, k, rows, x, n, out);
 }
 
 /// The products of float weight rows `rows` (`w`: rows of `k` values) with
-/// `n` tokens of f32 activations (`x`), in tiles of rows by tokens
-/// ([`float_tile`]: a pair's result the same in every tile and batch;
-/// two rows by three tokens where the CPU has AVX-512's registers, else a
-/// row by three), or `false` when the CPU lacks the features. Lengths are the
-/// caller's to check: `w` holds `rows.end` rows, `x` `n` tokens.
-pub(crate) fn float_rows<T: FloatSimd>(
+/// `n` tokens of activations (`x`: f32, or the weights' own 16-bit type),
+/// or `false` when the CPU lacks the features: a pair's result is
+/// [`float_dot`]'s, the same in every tile and batch, in tiles of four
+/// rows by two tokens (four by six where the CPU has AVX-512's registers). Lengths are the caller's to check: `w`
+/// holds `rows.end` rows, `x` `n` tokens.
+pub(crate) fn float_rows<T: FloatSimd, X: FloatSimd>(
     w: &[T],
     k: usize,
     rows: Range<usize>,
-    x: &[f32],
+    x: &[X],
     n: usize,
     out: &mut OutRows<'_>,
 ) -> bool {

@@ -5,8 +5,9 @@
 //! - Quantized matmul the way fast engines do it: activations are quantized
 //!   on the fly to 8-bit blocks (32 values for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/
 //!   IQ4_NL/MXFP4 weights, 256 values with per-16 sums for Q2_K..Q6_K and IQ4_XS),
-//!   dot products run on integers and are scaled once per block. F32, F16 and
-//!   BF16 weights multiply f32 activations directly.
+//!   dot products run on integers and are scaled once per block. F32 weights
+//!   multiply f32 activations directly, F16 and BF16 weights activations
+//!   rounded to their own type (as ggml's), in tiles of rows by tokens.
 //! - Kernels: a portable scalar path (the reference), an AVX2+FMA+F16C
 //!   path chosen at run time on x86-64, and a NEON path on aarch64 whose
 //!   results are bit-identical to the scalar path's. Several tokens share
@@ -264,8 +265,9 @@ pub struct CpuWorkspace {
     scores: Vec<f32>,
     /// A Q8_0 cache's visible keys and values, dequantized for one call.
     kv: Vec<f32>,
-    /// Activations rounded to half or bfloat16 for such weights' products.
-    rounded: Vec<f32>,
+    /// Activations as half or bfloat16 values (their bits) for such
+    /// weights' products.
+    halves: Vec<u16>,
     rope: ops::RopeCache,
 }
 

@@ -7,7 +7,7 @@
 use std::marker::PhantomData;
 use std::ops::Range;
 
-use half::{bf16, f16};
+use half::{bf16, f16, slice::HalfFloatSliceExt};
 use rayon::prelude::*;
 use realm_core::backend::{BackendError, BackendResult};
 use realm_core::quant::blocks::{
@@ -243,9 +243,11 @@ fn matmul_quant<B: Dispatch>(
     Ok(())
 }
 
-/// Reference dot product of a float weight row with f32 activations.
-fn dot_float_scalar<T: Copy>(w: &[T], x: &[f32], to_f32: impl Fn(T) -> f32) -> f32 {
-    w.iter().zip(x).fold(0.0, |s, (&a, &b)| s + to_f32(a) * b)
+/// Reference dot product of a float weight row with float activations.
+fn dot_float_scalar<T: FloatWeight, X: FloatWeight>(w: &[T], x: &[X]) -> f32 {
+    w.iter()
+        .zip(x)
+        .fold(0.0, |s, (&a, &b)| s + a.to_f32() * b.to_f32())
 }
 
 /// A float weight type (f32, f16, bf16), with its SIMD loads where the
@@ -284,12 +286,13 @@ impl FloatWeight for bf16 {
     }
 }
 
-/// Float weights (`T`: f32, f16, bf16) times `n` tokens of `x`: the SIMD
-/// tiles where the CPU has them, else a dot product a (row, token) pair.
-fn matmul_float<T: FloatWeight>(
+/// Float weights (`T`: f32, f16, bf16) times `n` tokens of `x` (`X`: f32,
+/// or the weights' type for f16 and bf16): the SIMD tiles where the CPU
+/// has them, else a dot product a (row, token) pair.
+fn matmul_float<T: FloatWeight, X: FloatWeight>(
     be: &CpuBackend,
     w: &CpuWeight<'_>,
-    x: &[f32],
+    x: &[X],
     n: usize,
     out: &mut [f32],
 ) -> BackendResult<()> {
@@ -309,11 +312,7 @@ fn matmul_float<T: FloatWeight>(
         for r in rows {
             let wr = &wt[r * k..(r + 1) * k];
             for t in 0..n {
-                o.set(
-                    t,
-                    r,
-                    dot_float_scalar(wr, &x[t * k..(t + 1) * k], T::to_f32),
-                );
+                o.set(t, r, dot_float_scalar(wr, &x[t * k..(t + 1) * k]));
             }
         }
     });
@@ -383,16 +382,16 @@ pub(crate) fn matmul(
     out: &mut [f32],
 ) -> BackendResult<()> {
     match w.dtype {
-        GgmlType::F32 => matmul_float::<f32>(be, w, x, n, out),
+        GgmlType::F32 => matmul_float::<f32, f32>(be, w, x, n, out),
         // Activations rounded to the weights' type first, as ggml's f16
-        // and bf16 products take them.
+        // and bf16 products take them (and half as many bytes to read).
         GgmlType::F16 => {
-            let x = rounded(&mut ws.rounded, x, |v| f16::from_f32(v).to_f32());
-            matmul_float::<f16>(be, w, x, n, out)
+            let x = halves::<f16>(&mut ws.halves, x);
+            matmul_float::<f16, f16>(be, w, x, n, out)
         }
         GgmlType::BF16 => {
-            let x = rounded(&mut ws.rounded, x, |v| bf16::from_f32(v).to_f32());
-            matmul_float::<bf16>(be, w, x, n, out)
+            let x = halves::<bf16>(&mut ws.halves, x);
+            matmul_float::<bf16, bf16>(be, w, x, n, out)
         }
         GgmlType::Q4_0 => matmul_quant::<BlockQ4_0>(be, ws, w, x, n, out),
         GgmlType::Q4_1 => matmul_quant::<BlockQ4_1>(be, ws, w, x, n, out),
@@ -423,11 +422,18 @@ pub(crate) fn matmul(
     }
 }
 
-/// `x` with each value rounded by `round`, in `buf` (grown as needed).
-fn rounded<'b>(buf: &'b mut Vec<f32>, x: &[f32], round: impl Fn(f32) -> f32) -> &'b [f32] {
+/// `x` rounded to a 16-bit float type `H` (f16, bf16), in `buf` (grown as
+/// needed), by `half`'s slice conversion (F16C's where the CPU has it).
+fn halves<'b, H>(buf: &'b mut Vec<u16>, x: &[f32]) -> &'b [H]
+where
+    H: bytemuck::Pod,
+    [H]: HalfFloatSliceExt,
+{
     buf.clear();
-    buf.extend(x.iter().map(|&v| round(v)));
-    buf
+    buf.resize(x.len(), 0);
+    let out: &mut [H] = bytemuck::cast_slice_mut(buf);
+    out.convert_from_f32_slice(x);
+    out
 }
 
 /// The weight types `matmul` handles.

@@ -175,28 +175,48 @@ fn dot_product_error_within_llama_cpp_thresholds() {
 /// (the one-token kernels, token by token over stretches of rows).
 #[test]
 fn batch_and_thread_invariance() {
-    for (t, (m, k, n)) in TYPES.iter().flat_map(|&t| {
-        [(192, 1024, 7), (13, 512, 67), (400, 1024, 3), (13, 512, 2)].map(|s| (t, s))
-    }) {
-        let mut rng = Rng::new(100 + t.id() as u64);
-        let words = random_weights(t, m, k, &mut rng);
-        let data = bytes_of(&words, t, m, k);
-        let x = rng.f32s(n * k, -3.0, 3.0);
-        for isa in ISAS {
-            let (Some(one), Some(two)) = (backend(isa, 1), backend(isa, 2)) else {
-                continue;
-            };
-            let batch = run_matmul(&[&one, &two], t, data, m, k, &x, n);
-            assert_eq!(batch[0], batch[1], "{t} {isa:?}: 1 vs 2 threads");
-            for tok in 0..n {
-                let alone = run_matmul(&[&two], t, data, m, k, &x[tok * k..(tok + 1) * k], 1);
-                let inside = &batch[1][tok * m..(tok + 1) * m];
-                let same = alone[0]
-                    .iter()
-                    .zip(inside)
-                    .all(|(a, b)| a.to_bits() == b.to_bits());
-                assert!(same, "{t} {isa:?}: token {tok} alone differs from batched");
-            }
+    for t in TYPES {
+        for (m, k, n) in [(192, 1024, 7), (13, 512, 67), (400, 1024, 3), (13, 512, 2)] {
+            check_batch_invariance(t, m, k, n);
+        }
+    }
+}
+
+/// The float types' tiles on rows whose length is no multiple of their
+/// 8-value chunks, 32-value groups or 512-value passes, and batches that
+/// cross a block of tokens (about 192 KiB of activations): each token as
+/// alone.
+#[test]
+fn float_tiles_match_lone_tokens_on_odd_lengths() {
+    for t in [GgmlType::F32, GgmlType::F16, GgmlType::BF16] {
+        for (m, k, n) in [(13, 333, 300), (9, 1000, 7), (40, 1029, 5), (6, 7, 9)] {
+            check_batch_invariance(t, m, k, n);
+        }
+    }
+}
+
+fn check_batch_invariance(t: GgmlType, m: usize, k: usize, n: usize) {
+    let mut rng = Rng::new(100 + t.id() as u64);
+    let words = random_weights(t, m, k, &mut rng);
+    let data = bytes_of(&words, t, m, k);
+    let x = rng.f32s(n * k, -3.0, 3.0);
+    for isa in ISAS {
+        let (Some(one), Some(two)) = (backend(isa, 1), backend(isa, 2)) else {
+            continue;
+        };
+        let batch = run_matmul(&[&one, &two], t, data, m, k, &x, n);
+        assert_eq!(batch[0], batch[1], "{t} {isa:?}: 1 vs 2 threads");
+        for tok in 0..n {
+            let alone = run_matmul(&[&two], t, data, m, k, &x[tok * k..(tok + 1) * k], 1);
+            let inside = &batch[1][tok * m..(tok + 1) * m];
+            let same = alone[0]
+                .iter()
+                .zip(inside)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(
+                same,
+                "{t} {isa:?} {m}x{k}: token {tok} alone differs from batched"
+            );
         }
     }
 }
