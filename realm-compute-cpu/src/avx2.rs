@@ -1239,6 +1239,31 @@ fn float_tile_passes<T: FloatSimd, X: FloatSimd, const R: usize, const C: usize>
     float_finish(&part, w, x, (whole, len))
 }
 
+/// [`float_tile_passes`] of `rows` (rows `r..r + R`) and `C` tokens at a
+/// time from `tokens.start` while `C` remain; returns the first token not
+/// done.
+#[inline(always)]
+fn float_token_tiles<W: FloatSimd, X: FloatSimd, const R: usize, const C: usize>(
+    rows: [&[W]; R],
+    (k, r): (usize, usize),
+    x: &[X],
+    tokens: Range<usize>,
+    out: &mut OutRows<'_>,
+) -> usize {
+    let tok = |t: usize| &x[t * k..(t + 1) * k];
+    let mut t = tokens.start;
+    while t + C <= tokens.end {
+        let v = float_tile_passes::<W, X, R, C>(rows, std::array::from_fn(|j| tok(t + j)), k);
+        for (i, row) in v.iter().enumerate() {
+            for (j, &y) in row.iter().enumerate() {
+                out.set(t + j, r + i, y);
+            }
+        }
+        t += C;
+    }
+    t
+}
+
 /// Rows `r..r + R` against tokens `tokens`: [`float_tile_passes`] of `C`
 /// tokens at a time, the last few one at a time ([`float_dot`]). With
 /// `wide` (room for `R` rows of f32: [`FloatSimd::WIDEN_FIRST`] types) and
@@ -1255,7 +1280,7 @@ fn float_row_tiles<T: FloatSimd, X: FloatSimd, const R: usize, const C: usize>(
 ) {
     let rows: [&[T]; R] = std::array::from_fn(|i| &w[(r + i) * k..(r + i + 1) * k]);
     let tok = |t: usize| &x[t * k..(t + 1) * k];
-    let mut t = tokens.start;
+    let t;
     if tokens.len() >= FLOAT_WIDEN_TOKENS && wide.len() >= R * k {
         for (d, row) in wide.chunks_exact_mut(k).zip(rows) {
             let ((d8, d_rest), (r8, r_rest)) = (d.as_chunks_mut::<8>(), row.as_chunks::<8>());
@@ -1270,24 +1295,9 @@ fn float_row_tiles<T: FloatSimd, X: FloatSimd, const R: usize, const C: usize>(
             }
         }
         let rows: [&[f32]; R] = std::array::from_fn(|i| &wide[i * k..(i + 1) * k]);
-        while t + C <= tokens.end {
-            let v = float_tile_passes::<f32, X, R, C>(rows, std::array::from_fn(|j| tok(t + j)), k);
-            for (i, row) in v.iter().enumerate() {
-                for (j, &y) in row.iter().enumerate() {
-                    out.set(t + j, r + i, y);
-                }
-            }
-            t += C;
-        }
-    }
-    while t + C <= tokens.end {
-        let v = float_tile_passes::<T, X, R, C>(rows, std::array::from_fn(|j| tok(t + j)), k);
-        for (i, row) in v.iter().enumerate() {
-            for (j, &y) in row.iter().enumerate() {
-                out.set(t + j, r + i, y);
-            }
-        }
-        t += C;
+        t = float_token_tiles::<f32, X, R, C>(rows, (k, r), x, tokens.clone(), out);
+    } else {
+        t = float_token_tiles::<T, X, R, C>(rows, (k, r), x, tokens.clone(), out);
     }
     for t in t..tokens.end {
         for (i, row) in rows.iter().enumerate() {
