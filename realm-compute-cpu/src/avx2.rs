@@ -1381,8 +1381,9 @@ fn float_rows_wide<T: FloatSimd, X: FloatSimd>(
 /// `n` tokens of activations (`x`: f32, or the weights' own 16-bit type),
 /// or `false` when the CPU lacks the features: a pair's result is
 /// [`float_dot`]'s, the same in every tile and batch, in tiles of four
-/// rows by two tokens (four by six where the CPU has AVX-512's registers). Lengths are the caller's to check: `w`
-/// holds `rows.end` rows, `x` `n` tokens.
+/// rows by two tokens (four by six where the CPU has AVX-512's
+/// registers). Lengths are the caller's to check: `w` holds `rows.end`
+/// rows, `x` `n` tokens.
 pub(crate) fn float_rows<T: FloatSimd, X: FloatSimd>(
     w: &[T],
     k: usize,
