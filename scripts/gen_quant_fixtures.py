@@ -29,9 +29,10 @@ mirrors ggml's reference code): `gguf.quants.dequantize` and
       quantize_<type>(src, dst, nrow, n_per_row, imatrix) with a seeded
       importance vector (one f32 per column, as llama-quantize --imatrix
       passes it), for the types whose search for scales uses it (the legacy
-      4- and 5-bit types, the k-quants, IQ4_NL and IQ4_XS) and Q8_0, which
-      ignores it. Only the sha256 of the expected bytes is stored; the IQ4
-      entries come after the others.
+      4- and 5-bit types, the k-quants, IQ4_NL, IQ4_XS and the IQ2/IQ3
+      lattice types) and Q8_0, which ignores it. Only the sha256 of the
+      expected bytes is stored; the IQ4 entries come after the others, and
+      the lattice types' after them.
   mxfp4.json, synthetic/mxfp4.{q,f32}, quantize/<input>.mxfp4   (only with --ggml-src)
       MXFP4 (gpt-oss's experts) by ggml itself: random blocks (every
       exponent's edge cases among them) and their f32 from
@@ -44,8 +45,14 @@ mirrors ggml's reference code): `gguf.quants.dequantize` and
       by quantize_tq*(..., NULL) (quantize_row_tq*_ref, checked on the way).
   iq123.json, synthetic/iq{1,2,3}_*.{q,f32}   (only with --ggml-src)
       The IQ1-IQ3 types (IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S)
-      by ggml itself: random blocks and their f32 from dequantize_row_iq*
-      (Realm does not quantize to them).
+      by ggml itself: random blocks and their f32 from dequantize_row_iq*.
+  quantize_lattice.json, quantize/<input>.<type>   (only with --ggml-src)
+      The signals quantized to IQ2_S, IQ3_XXS and IQ3_S by ggml's
+      quantize_<type>(src, dst, nrow, n_per_row, NULL) (after
+      iq2xs_init_impl / iq3xs_init_impl, as ggml_quantize_init runs them),
+      as llama-quantize calls them without an importance matrix. Their
+      weighted entries, and IQ2_XXS's and IQ2_XS's (which ggml quantizes
+      only with an importance matrix), are in quantize_weighted.json.
   models.json
       For each tensor of the two real models: name, type, absolute byte
       offset and length of its data in the file, and the sha256 of its
@@ -56,7 +63,8 @@ Usage: scripts/gen_quant_fixtures.py [--models-dir DIR] [--ggml-src LLAMA_CPP_DI
 seeded, so re-running gives the same files. With --only-weighted (and
 --ggml-src) only quantize_weighted.json and weighted/ are written; with
 --only-ggml (and --ggml-src) only the files that need ggml: quantize_ggml.json,
-quantize_iq4.json, quantize_weighted.json and their data.
+quantize_iq4.json, quantize_weighted.json, quantize_lattice.json and their
+data.
 """
 
 from __future__ import annotations
@@ -283,6 +291,7 @@ size_t ggml_row_size(int type, long long ne) {
         {2, 32, 18}, {3, 32, 20}, {6, 32, 22}, {7, 32, 24}, {8, 32, 34},
         {10, 256, 84}, {11, 256, 110}, {12, 256, 144}, {13, 256, 176}, {14, 256, 210},
         {34, 256, 54}, {35, 256, 66}, {39, 32, 17},
+        {16, 256, 66}, {17, 256, 74}, {18, 256, 98}, {21, 256, 110}, {22, 256, 82},
     };
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; ++i) {
         if (sizes[i].type == type && ne % sizes[i].block == 0) {
@@ -407,6 +416,47 @@ WEIGHTED_TYPES = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K
 
 # Weighted types added later, whose entries follow the others'.
 WEIGHTED_TYPES_LATER = [T.IQ4_NL, T.IQ4_XS]
+
+# The IQ2/IQ3 lattice types, added after those: ggml quantizes the first two
+# only with an importance matrix.
+LATTICE_TYPES = [T.IQ2_XXS, T.IQ2_XS, T.IQ2_S, T.IQ3_XXS, T.IQ3_S]
+IMPORTANCE_ONLY = [T.IQ2_XXS, T.IQ2_XS]
+
+
+def init_lattices(lib: ctypes.CDLL) -> None:
+    """ggml_quantize_init's tables for the lattice types."""
+    for t in [T.IQ2_XXS, T.IQ2_XS, T.IQ2_S]:
+        lib.iq2xs_init_impl.argtypes = [ctypes.c_int]
+        lib.iq2xs_init_impl(int(t))
+    for grid in [256, 512]:
+        lib.iq3xs_init_impl.argtypes = [ctypes.c_int]
+        lib.iq3xs_init_impl(grid)
+
+
+def gen_quantize_lattice(src: Path, commit_name: str | None) -> None:
+    sigs = signals()
+    for name, x in sigs.items():
+        assert (OUT / "quantize" / f"{name}.f32").read_bytes() == x.astype("<f4").tobytes(), name
+    expected = []
+    with tempfile.TemporaryDirectory() as tmp:
+        lib = build_ggml_reference(src, Path(tmp))
+        init_lattices(lib)
+        for name, x in sigs.items():
+            for t in LATTICE_TYPES:
+                if t in IMPORTANCE_ONLY:
+                    continue
+                raw = ggml_quantize_weighted(lib, t, x, x.size, None)
+                # Row by row gives the same bytes as the whole signal at once.
+                assert raw == ggml_quantize_weighted(lib, t, x, 256, None), (name, t)
+                expected.append(store(name, type_name(t), raw))
+    write_json("quantize_lattice.json", {
+        "generator": "scripts/gen_quant_fixtures.py --ggml-src (--only-lattice)",
+        "reference": "ggml quantize_iq2_s / quantize_iq3_xxs / quantize_iq3_s(src, dst, nrow, "
+                     "n_per_row, NULL) (ggml-quants.c, cc -O2 -ffp-contract=off)",
+        "ggml_source": ggml_commit(src, commit_name),
+        "inputs": "quantize.json",
+        "expected": expected,
+    })
 
 # (input of quantize.json, values per row, importance vector).
 WEIGHTED_CASES = [
@@ -592,7 +642,12 @@ def ggml_quantize_weighted(lib: ctypes.CDLL, t: T, x: np.ndarray, n_per_row: int
 def weighted_entry(lib: ctypes.CDLL, t: T, input_name: str, x: np.ndarray, n_per_row: int,
                    imp: str, w: np.ndarray) -> dict:
     raw = ggml_quantize_weighted(lib, t, x, n_per_row, w)
-    unweighted = ggml_quantize(lib, t, x)
+    if t in IMPORTANCE_ONLY:
+        return {"input": input_name, "importance": imp, "type": type_name(t), "sha256": sha256(raw)}
+    if t in LATTICE_TYPES:
+        unweighted = ggml_quantize_weighted(lib, t, x, x.size, None)
+    else:
+        unweighted = ggml_quantize(lib, t, x)
     if t == T.Q8_0:
         assert raw == unweighted, (input_name, t)
     else:
@@ -628,6 +683,11 @@ def gen_quantize_weighted(src: Path, commit_name: str | None) -> None:
                 expected.append(weighted_entry(lib, t, input_name, x, n_per_row, imp, w))
         for input_name, n_per_row, imp in WEIGHTED_CASES:
             for t in WEIGHTED_TYPES_LATER:
+                expected.append(weighted_entry(lib, t, input_name, sigs[input_name], n_per_row,
+                                               imp, vectors[imp]))
+        init_lattices(lib)
+        for input_name, n_per_row, imp in WEIGHTED_CASES:
+            for t in LATTICE_TYPES:
                 expected.append(weighted_entry(lib, t, input_name, sigs[input_name], n_per_row,
                                                imp, vectors[imp]))
     write_json("quantize_weighted.json", {
@@ -719,15 +779,18 @@ def main() -> None:
                     help="write only mxfp4.json and its data (needs --ggml-src)")
     ap.add_argument("--only-iq123", action="store_true",
                     help="write only iq123.json and its data (needs --ggml-src)")
+    ap.add_argument("--only-lattice", action="store_true",
+                    help="write only quantize_lattice.json, its data and quantize_weighted.json "
+                    "(needs --ggml-src)")
     ap.add_argument("--only-ternary", action="store_true",
                     help="write only ternary.json and its data (needs --ggml-src)")
     ap.add_argument("--only-ggml", action="store_true",
                     help="write only the fixtures that need ggml (needs --ggml-src)")
     args = ap.parse_args()
     if (args.only_weighted or args.only_ggml or args.only_mxfp4 or args.only_ternary
-            or args.only_iq123) and args.ggml_src is None:
-        ap.error("--only-weighted, --only-mxfp4, --only-ternary, --only-iq123 and --only-ggml "
-                 "need --ggml-src")
+            or args.only_iq123 or args.only_lattice) and args.ggml_src is None:
+        ap.error("--only-weighted, --only-mxfp4, --only-ternary, --only-iq123, --only-lattice "
+                 "and --only-ggml need --ggml-src")
     if args.only_mxfp4:
         gen_mxfp4(args.ggml_src, args.ggml_commit)
         return
@@ -736,6 +799,10 @@ def main() -> None:
         return
     if args.only_iq123:
         gen_iq123(args.ggml_src, args.ggml_commit)
+        return
+    if args.only_lattice:
+        gen_quantize_lattice(args.ggml_src, args.ggml_commit)
+        gen_quantize_weighted(args.ggml_src, args.ggml_commit)
         return
     if args.only_weighted:
         gen_quantize_weighted(args.ggml_src, args.ggml_commit)
@@ -750,6 +817,7 @@ def main() -> None:
         gen_mxfp4(args.ggml_src, args.ggml_commit)
         gen_ternary(args.ggml_src, args.ggml_commit)
         gen_iq123(args.ggml_src, args.ggml_commit)
+        gen_quantize_lattice(args.ggml_src, args.ggml_commit)
     if args.only_ggml:
         return
     if not args.skip_models:

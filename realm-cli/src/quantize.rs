@@ -213,9 +213,10 @@ pub fn run(args: &QuantizeArgs) -> Result<()> {
         });
         if t.needs_imatrix && importance.last().is_some_and(Option::is_none) {
             let why = format!(
-                "{} would be Q2_K without an importance matrix, which ruins it: \
+                "{} would be {} without an importance matrix, which ruins it: \
                  {} needs one (--imatrix) with an entry for every such matrix",
                 t.name,
+                t.to.name().to_uppercase(),
                 args.file_type.name()
             );
             if !args.dry_run {

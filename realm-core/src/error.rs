@@ -121,6 +121,11 @@ pub enum Error {
     #[error("importance matrix: {0}")]
     Imatrix(String),
 
+    /// The type is quantized only with an importance matrix (ggml's
+    /// quantizers for it need one); see `quant::quantize_weighted`.
+    #[error("quantizing to {0} needs an importance matrix (`realm imatrix` makes one)")]
+    ImportanceRequired(GgmlType),
+
     // ---- tokenizer -------------------------------------------------------
     /// The tokenizer described by the metadata cannot be built.
     #[error("tokenizer: {0}")]

@@ -87,6 +87,37 @@ pub enum FileType {
     /// IQ4_XS (IQ4_NL's levels, 6-bit scales in blocks of 256); its rules
     /// are IQ4_NL's.
     IQ4_XS,
+    /// IQ2_XXS (2.06 bits a weight, 8-value lattice points); `attn_v` Q2_K
+    /// (Q4_K with four or more query heads per key head or four or more
+    /// experts), the first eighth of `ffn_down` Q2_K, the output Q5_K, the
+    /// token embedding Q2_K. Needs an importance matrix.
+    IQ2_XXS,
+    /// IQ2_XS (2.31 bits); IQ2_XXS's rules. Needs an importance matrix.
+    IQ2_XS,
+    /// IQ2_XS with IQ2_S's rules: `attn_v`, the first eighth of
+    /// `ffn_down`, `attn_output` and the token embedding IQ3_S. Needs an
+    /// importance matrix.
+    IQ2_S,
+    /// IQ2_S (2.5 bits) with IQ2_S's file type's rules. Needs an importance
+    /// matrix.
+    IQ2_M,
+    /// IQ3_XXS (3.06 bits, 4-value lattice points); `attn_q` and `attn_k`
+    /// IQ2_S, `attn_v` Q4_K (four or more query heads per key head) or
+    /// IQ3_XXS (IQ3_S without an importance matrix), `attn_output` and the
+    /// token embedding IQ3_S, without an importance matrix `ffn_down` Q3_K
+    /// (its first eighth Q4_K). Needs an importance matrix for its IQ2_S
+    /// and IQ3_XXS matrices.
+    IQ3_XXS,
+    /// IQ3_S, `attn_q`, `attn_k` and the middle three quarters of
+    /// `ffn_gate` and `ffn_up` IQ3_XXS, `attn_v` Q4_K with four or more
+    /// query heads per key head.
+    IQ3_XS,
+    /// IQ3_S (3.44 bits), `attn_v` Q4_K with four or more query heads per
+    /// key head.
+    IQ3_S,
+    /// IQ3_S, `attn_v`, `attn_output` and the first eighth of `ffn_down`
+    /// Q4_K.
+    IQ3_M,
     /// TQ1_0 (BitNet b1.58's ternary weights, 1.69 bits each), a token
     /// embedding that is not the output matrix Q4_K.
     TQ1_0,
@@ -99,7 +130,7 @@ pub enum FileType {
 
 impl FileType {
     /// Every file type, in llama.cpp's numbering's order.
-    pub const ALL: [Self; 23] = [
+    pub const ALL: [Self; 31] = [
         Self::F32,
         Self::F16,
         Self::Q4_0,
@@ -116,8 +147,16 @@ impl FileType {
         Self::Q5_K_S,
         Self::Q5_K_M,
         Self::Q6_K,
+        Self::IQ2_XXS,
+        Self::IQ2_XS,
         Self::Q2_K_S,
+        Self::IQ3_XS,
+        Self::IQ3_XXS,
         Self::IQ4_NL,
+        Self::IQ3_S,
+        Self::IQ3_M,
+        Self::IQ2_S,
+        Self::IQ2_M,
         Self::IQ4_XS,
         Self::BF16,
         Self::TQ1_0,
@@ -144,8 +183,16 @@ impl FileType {
             Self::Q5_K_S => 16,
             Self::Q5_K_M => 17,
             Self::Q6_K => 18,
+            Self::IQ2_XXS => 19,
+            Self::IQ2_XS => 20,
             Self::Q2_K_S => 21,
+            Self::IQ3_XS => 22,
+            Self::IQ3_XXS => 23,
             Self::IQ4_NL => 25,
+            Self::IQ3_S => 26,
+            Self::IQ3_M => 27,
+            Self::IQ2_S => 28,
+            Self::IQ2_M => 29,
             Self::IQ4_XS => 30,
             Self::BF16 => 32,
             Self::TQ1_0 => 36,
@@ -177,6 +224,14 @@ impl FileType {
             Self::Q2_K_S => "Q2_K_S",
             Self::IQ4_NL => "IQ4_NL",
             Self::IQ4_XS => "IQ4_XS",
+            Self::IQ2_XXS => "IQ2_XXS",
+            Self::IQ2_XS => "IQ2_XS",
+            Self::IQ2_S => "IQ2_S",
+            Self::IQ2_M => "IQ2_M",
+            Self::IQ3_XXS => "IQ3_XXS",
+            Self::IQ3_XS => "IQ3_XS",
+            Self::IQ3_S => "IQ3_S",
+            Self::IQ3_M => "IQ3_M",
             Self::TQ1_0 => "TQ1_0",
             Self::TQ2_0 => "TQ2_0",
             Self::MXFP4_MOE => "MXFP4_MOE",
@@ -216,6 +271,11 @@ impl FileType {
             Self::Q6_K => GgmlType::Q6_K,
             Self::IQ4_NL => GgmlType::IQ4_NL,
             Self::IQ4_XS => GgmlType::IQ4_XS,
+            Self::IQ2_XXS => GgmlType::IQ2_XXS,
+            Self::IQ2_XS | Self::IQ2_S => GgmlType::IQ2_XS,
+            Self::IQ2_M => GgmlType::IQ2_S,
+            Self::IQ3_XXS => GgmlType::IQ3_XXS,
+            Self::IQ3_XS | Self::IQ3_S | Self::IQ3_M => GgmlType::IQ3_S,
             Self::TQ1_0 => GgmlType::TQ1_0,
             Self::TQ2_0 => GgmlType::TQ2_0,
             Self::MXFP4_MOE => GgmlType::MXFP4,
@@ -310,7 +370,9 @@ pub struct PlannedTensor {
     /// its rows.
     pub fell_back: bool,
     /// Whether quantizing it without an importance matrix would ruin it
-    /// (llama-quantize refuses to): a Q2_K matrix of a Q2_K_S file.
+    /// (llama-quantize refuses to): an IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS,
+    /// IQ1_S or IQ1_M matrix, or a Q2_K matrix of a Q2_K_S file, other than
+    /// the token embedding and the output.
     pub needs_imatrix: bool,
 }
 
@@ -473,6 +535,8 @@ fn more_bits(i: i64, n: i64) -> bool {
 struct Seen {
     attention_wv: i64,
     ffn_down: i64,
+    ffn_gate: i64,
+    ffn_up: i64,
 }
 
 /// The mix's type for a quantizable matrix (before any fallback).
@@ -480,19 +544,24 @@ fn mix(
     m: &Model,
     seen: &mut Seen,
     ft: FileType,
-    (role, down_layer, stacked): (Role, Option<i64>, bool),
+    (role, ffn_layer, stacked): (Role, Option<i64>, bool),
     ncols: u64,
     opts: &QuantizeOptions,
 ) -> GgmlType {
     use FileType as F;
     use GgmlType as T;
     let falcon = m.arch == "falcon";
+    // The 2-bit lattice mixes (and IQ3_XXS, for the output).
+    let low_bit = matches!(ft, F::IQ2_XXS | F::IQ2_XS | F::IQ2_S | F::IQ2_M);
+    let iq2_s = matches!(ft, F::IQ2_S | F::IQ2_M);
     let mut t = ft.default_type();
     if role == Role::Output || (m.tied && role == Role::TokenEmbd) {
         if let Some(o) = opts.output_type {
             t = o;
         } else if falcon || ft == F::MXFP4_MOE || !ncols.is_multiple_of(t.block_size() as u64) {
             t = T::Q8_0;
+        } else if low_bit || ft == F::IQ3_XXS {
+            t = T::Q5_K;
         } else if t != T::Q8_0 {
             t = T::Q6_K;
         }
@@ -502,14 +571,53 @@ fn mix(
     } else if role == Role::TokenEmbd {
         if let Some(e) = opts.token_embedding_type {
             t = e;
+        } else if matches!(ft, F::IQ2_XXS | F::IQ2_XS) {
+            t = T::Q2_K;
+        } else if iq2_s || ft == F::IQ3_XXS {
+            t = T::IQ3_S;
         } else if matches!(ft, F::TQ1_0 | F::TQ2_0) {
             t = T::Q4_K;
+        }
+    } else if low_bit {
+        let or_iq3_s = |other: GgmlType| if iq2_s { T::IQ3_S } else { other };
+        if role.is_attn_v() {
+            t = if m.n_gqa >= 4 || m.n_expert >= 4 {
+                T::Q4_K
+            } else {
+                or_iq3_s(T::Q2_K)
+            };
+            seen.attention_wv += 1;
+        } else if m.n_expert == 8 && role == Role::AttnK {
+            t = T::Q4_K;
+        } else if role == Role::FfnDown {
+            // The count of `ffn_down` matrices, experts or not.
+            if seen.ffn_down < m.n_layer / 8 {
+                t = or_iq3_s(T::Q2_K);
+            }
+            seen.ffn_down += 1;
+        } else if role == Role::AttnOutput {
+            if m.n_expert == 8 {
+                t = T::Q5_K;
+            } else if iq2_s {
+                t = T::IQ3_S;
+            }
         }
     } else if role.is_attn_v() {
         let i = seen.attention_wv;
         match ft {
             F::Q2_K => t = if m.n_gqa >= 4 { T::Q4_K } else { T::Q3_K },
             F::Q2_K_S if m.n_gqa >= 4 => t = T::Q4_K,
+            F::IQ3_XXS => {
+                t = if m.n_gqa >= 4 {
+                    T::Q4_K
+                } else if opts.imatrix.is_none() {
+                    T::IQ3_S
+                } else {
+                    T::IQ3_XXS
+                };
+            }
+            F::IQ3_XS | F::IQ3_S if m.n_gqa >= 4 => t = T::Q4_K,
+            F::IQ3_M => t = T::Q4_K,
             F::Q3_K_M => t = if i < 2 { T::Q5_K } else { T::Q4_K },
             F::Q3_K_L => t = T::Q5_K,
             F::IQ4_NL | F::IQ4_XS if m.n_gqa >= 4 => t = T::Q5_K,
@@ -527,15 +635,28 @@ fn mix(
     } else if role == Role::AttnK {
         if m.n_expert == 8 {
             t = T::Q8_0;
+        } else if ft == F::IQ3_XS {
+            t = T::IQ3_XXS;
+        } else if ft == F::IQ3_XXS {
+            t = T::IQ2_S;
+        }
+    } else if role == Role::AttnQ {
+        if ft == F::IQ3_XS {
+            t = T::IQ3_XXS;
+        } else if ft == F::IQ3_XXS {
+            t = T::IQ2_S;
         }
     } else if role == Role::FfnDown {
         // The layer is the count of `ffn_down` matrices seen so far, as
         // llama-quantize counts it, or with experts (whose blocks may hold
         // more than one: Qwen 2 MoE's shared expert's), the tensor's block.
-        let (i, n) = (down_layer.unwrap_or(seen.ffn_down), m.n_layer);
+        let (i, n) = (ffn_layer.unwrap_or(seen.ffn_down), m.n_layer);
         match ft {
             F::Q2_K => t = T::Q3_K,
             F::Q2_K_S if i < n / 8 => t = T::Q4_K,
+            F::IQ3_XXS if opts.imatrix.is_none() => {
+                t = if i < n / 8 { T::Q4_K } else { T::Q3_K };
+            }
             F::Q3_K_M => {
                 t = if i < n / 16 {
                     T::Q5_K
@@ -545,6 +666,7 @@ fn mix(
                     T::Q3_K
                 };
             }
+            F::IQ3_M if i < n / 8 || (m.n_expert == 8 && more_bits(i, n)) => t = T::Q4_K,
             F::Q3_K_L => t = if falcon { T::Q4_K } else { T::Q5_K },
             F::Q4_K_M if falcon => {
                 t = if i < n / 16 {
@@ -569,17 +691,51 @@ fn mix(
         t = match (falcon, ft) {
             (
                 false,
-                F::Q2_K | F::Q3_K_S | F::Q3_K_M | F::IQ4_NL | F::Q4_K_S | F::Q4_K_M | F::IQ4_XS,
+                F::Q2_K
+                | F::IQ3_XS
+                | F::IQ3_XXS
+                | F::Q3_K_S
+                | F::Q3_K_M
+                | F::IQ4_NL
+                | F::Q4_K_S
+                | F::Q4_K_M
+                | F::IQ3_S
+                | F::IQ3_M
+                | F::IQ4_XS,
             ) if m.n_expert == 8 => T::Q5_K,
             (false, _) if m.n_expert == 8 => t,
             (false, F::Q2_K) => T::Q3_K,
-            (false, F::Q3_K_M) => T::Q4_K,
+            (false, F::IQ3_XXS) => T::IQ3_S,
+            (false, F::Q3_K_M | F::IQ3_M) => T::Q4_K,
             (false, F::Q3_K_L) => T::Q5_K,
             (true, F::Q3_K_L) => T::Q4_K,
             _ => t,
         };
+    } else if matches!(role, Role::FfnGate | Role::FfnUp) {
+        let count = if role == Role::FfnGate {
+            &mut seen.ffn_gate
+        } else {
+            &mut seen.ffn_up
+        };
+        let (i, n) = (ffn_layer.unwrap_or(*count), m.n_layer);
+        if ft == F::IQ3_XS && i >= n / 8 && i < 7 * n / 8 {
+            t = T::IQ3_XXS;
+        }
+        *count += 1;
     }
     t
+}
+
+/// Whether a matrix quantized to `to` in a file of type `ft` needs an
+/// importance matrix (llama.cpp's `tensor_requires_imatrix`, for matrices
+/// other than the token embedding and the output).
+fn needs_importance(to: GgmlType, ft: FileType) -> bool {
+    use GgmlType as T;
+    match to {
+        T::IQ3_XXS | T::IQ2_XXS | T::IQ2_XS | T::IQ2_S | T::IQ1_M | T::IQ1_S => true,
+        T::Q2_K => ft == FileType::Q2_K_S,
+        _ => false,
+    }
 }
 
 /// A type whose blocks divide `ncols`, for `t` whose blocks do not: the
@@ -676,8 +832,9 @@ pub fn plan<S: AsRef<[u8]>>(file: &Gguf<S>, opts: &QuantizeOptions) -> Result<Pl
                 Some(&(_, t)) => t,
                 None if opts.pure => ft.default_type(),
                 None => {
-                    let down_layer = match (role, model.n_expert > 1) {
-                        (Role::FfnDown, true) => Some(block(name))
+                    let ffn = matches!(role, Role::FfnDown | Role::FfnGate | Role::FfnUp);
+                    let ffn_layer = match (ffn, model.n_expert > 1) {
+                        (true, true) => Some(block(name))
                             .filter(|b| (0..model.n_layer).contains(b))
                             .map(Some)
                             .ok_or_else(|| Error::Malformed {
@@ -691,7 +848,7 @@ pub fn plan<S: AsRef<[u8]>>(file: &Gguf<S>, opts: &QuantizeOptions) -> Result<Pl
                         &model,
                         &mut seen,
                         ft,
-                        (role, down_layer, stacked),
+                        (role, ffn_layer, stacked),
                         ncols,
                         opts,
                     )
@@ -702,7 +859,7 @@ pub fn plan<S: AsRef<[u8]>>(file: &Gguf<S>, opts: &QuantizeOptions) -> Result<Pl
             (ft.default_type(), false)
         };
         if to != info.dtype {
-            if !quant::can_quantize(to) {
+            if !quant::can_quantize_weighted(to) {
                 return Err(Error::UnsupportedType {
                     op: "quantize",
                     dtype: to,
@@ -726,8 +883,7 @@ pub fn plan<S: AsRef<[u8]>>(file: &Gguf<S>, opts: &QuantizeOptions) -> Result<Pl
             }
         }
         let needs_imatrix = to != info.dtype
-            && to == GgmlType::Q2_K
-            && ft == FileType::Q2_K_S
+            && needs_importance(to, ft)
             && !matches!(role, Role::Output | Role::TokenEmbd);
         tensors.push(PlannedTensor {
             needs_imatrix,
@@ -957,7 +1113,7 @@ mod tests {
         // The same type again is a copy, not a requantization.
         assert!(plan(&quantized, &QuantizeOptions::new(FileType::Q8_0)).is_ok());
         let iq = QuantizeOptions {
-            output_type: Some(GgmlType::IQ2_XXS),
+            output_type: Some(GgmlType::I32),
             ..QuantizeOptions::new(FileType::Q8_0)
         };
         assert!(matches!(
@@ -973,7 +1129,8 @@ mod tests {
             assert_eq!(FileType::parse(&t.id().to_string()), Some(t));
         }
         assert_eq!(FileType::parse("q4_k"), Some(FileType::Q4_K_M));
-        assert_eq!(FileType::parse("IQ2_XXS"), None);
+        assert_eq!(FileType::parse("iq3_xxs"), Some(FileType::IQ3_XXS));
+        assert_eq!(FileType::parse("Q9_K"), None);
     }
 
     #[test]

@@ -12,8 +12,7 @@
 //! dequantized values are ggml's bit for bit (a power of two changes no
 //! rounding). The CPU backend's kernels multiply the same integers.
 //!
-//! Quantizing to these types (ggml's searches over the grids' neighbours,
-//! which need an importance matrix for most) is not supported.
+//! Quantizing to them is `super::lattice_quantize`'s (IQ2 and IQ3).
 
 use super::blocks::{
     BlockIQ1M, BlockIQ1S, BlockIQ2S, BlockIQ2XS, BlockIQ2XXS, BlockIQ3S, BlockIQ3XXS, QK_K,

@@ -9,9 +9,11 @@
 //!   matrix (its reference ones, and for IQ4_NL `quantize_iq4_nl`, which
 //!   llama-quantize calls), so a file written here matches one written by ggml.
 //! - [`quantize_weighted`] does the same with a row of an importance matrix,
-//!   as ggml's quantizers do for llama-quantize's `--imatrix`.
-//! - [`can_dequantize`] and [`can_quantize`] say up front whether a type is
-//!   supported, so nothing fails late at decode time.
+//!   as ggml's quantizers do for llama-quantize's `--imatrix`, for those
+//!   types and the ones ggml quantizes only with one ([`IMPORTANCE_TYPES`]).
+//! - [`can_dequantize`], [`can_quantize`] and [`can_quantize_weighted`] say
+//!   up front whether a type is supported, so nothing fails late at decode
+//!   time.
 //! - The per-block functions (`dequantize_block_*`, `quantize_block_*`) work on
 //!   the layouts of [`blocks`] for callers that walk blocks themselves.
 //!
@@ -37,6 +39,8 @@ mod iq4;
 pub mod iq_grids;
 mod kquantize;
 mod kquants;
+mod lattice;
+mod lattice_quantize;
 mod legacy;
 mod mxfp4;
 mod ternary;
@@ -121,13 +125,21 @@ pub const QUANTIZE_TYPES: &[GgmlType] = &[
     GgmlType::Q5_K,
     GgmlType::Q6_K,
     GgmlType::Q8_K,
+    GgmlType::IQ3_XXS,
     GgmlType::IQ4_NL,
+    GgmlType::IQ3_S,
+    GgmlType::IQ2_S,
     GgmlType::IQ4_XS,
     GgmlType::BF16,
     GgmlType::TQ1_0,
     GgmlType::TQ2_0,
     GgmlType::MXFP4,
 ];
+
+/// The types only [`quantize_weighted`] supports: ggml quantizes them only
+/// with an importance matrix (`ggml_quantize_requires_imatrix`), and
+/// [`quantize`] answers [`Error::ImportanceRequired`].
+pub const IMPORTANCE_TYPES: &[GgmlType] = &[GgmlType::IQ2_XXS, GgmlType::IQ2_XS];
 
 /// True if [`dequantize`] supports `t`.
 pub fn can_dequantize(t: GgmlType) -> bool {
@@ -137,6 +149,12 @@ pub fn can_dequantize(t: GgmlType) -> bool {
 /// True if [`quantize`] supports `t`.
 pub fn can_quantize(t: GgmlType) -> bool {
     QUANTIZE_TYPES.contains(&t)
+}
+
+/// True if [`quantize_weighted`] supports `t`: every type [`quantize`]
+/// does, and those of [`IMPORTANCE_TYPES`].
+pub fn can_quantize_weighted(t: GgmlType) -> bool {
+    can_quantize(t) || IMPORTANCE_TYPES.contains(&t)
 }
 
 /// The byte length `n_elements` elements of `dtype` take, or a
@@ -345,13 +363,19 @@ fn quantize_blocks<B: Pod, const N: usize>(
 /// (`quantize_row_*_ref`). For IQ4_NL that is `quantize_iq4_nl`, which
 /// searches each block's scale; ggml's `quantize_row_iq4_nl_ref` (its CPU
 /// backend's conversion of f32 to IQ4_NL) does not, and gives other bytes.
+/// The lattice types IQ2_S, IQ3_XXS and IQ3_S search their points and
+/// scales weighting each value by its square (`quantize_iq*(..., NULL)`).
 ///
 /// # Errors
 ///
+/// [`Error::ImportanceRequired`] if `dtype` is in [`IMPORTANCE_TYPES`];
 /// [`Error::UnsupportedType`] if `dtype` is not in [`QUANTIZE_TYPES`];
 /// [`Error::SizeMismatch`] if `src.len()` is not a whole number of blocks or
 /// `dst.len()` is not exactly the bytes they take.
 pub fn quantize(dtype: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<()> {
+    if IMPORTANCE_TYPES.contains(&dtype) {
+        return Err(Error::ImportanceRequired(dtype));
+    }
     check_op("quantize", can_quantize(dtype), dtype, src.len(), dst.len())?;
     match dtype {
         GgmlType::F32 => float::f32_from_f32(src, dst),
@@ -371,6 +395,15 @@ pub fn quantize(dtype: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<()> {
         GgmlType::Q8_K => quantize_blocks::<_, QK_K>(dtype, src, dst, quantize_block_q8_k)?,
         GgmlType::IQ4_NL => quantize_blocks::<_, QK>(dtype, src, dst, quantize_block_iq4_nl)?,
         GgmlType::IQ4_XS => quantize_blocks::<_, QK_K>(dtype, src, dst, quantize_block_iq4_xs)?,
+        GgmlType::IQ2_S => quantize_blocks::<_, QK_K>(dtype, src, dst, |x| {
+            lattice_quantize::quantize_block_iq2_s(x, None)
+        })?,
+        GgmlType::IQ3_XXS => quantize_blocks::<_, QK_K>(dtype, src, dst, |x| {
+            lattice_quantize::quantize_block_iq3_xxs(x, None)
+        })?,
+        GgmlType::IQ3_S => quantize_blocks::<_, QK_K>(dtype, src, dst, |x| {
+            lattice_quantize::quantize_block_iq3_s(x, None)
+        })?,
         GgmlType::MXFP4 => quantize_blocks::<_, QK>(dtype, src, dst, quantize_block_mxfp4)?,
         GgmlType::TQ1_0 => quantize_blocks::<_, QK_K>(dtype, src, dst, quantize_block_tq1_0)?,
         GgmlType::TQ2_0 => quantize_blocks::<_, QK_K>(dtype, src, dst, quantize_block_tq2_0)?,
@@ -417,10 +450,12 @@ fn quantize_weighted_blocks<B: Pod, const N: usize>(
 /// ggml's quantizers do; types that ignore importance give what `quantize`
 /// gives.
 ///
-/// Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL and IQ4_XS
-/// search their scales against the importance (ggml's
+/// Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS
+/// and the lattice types IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS and IQ3_S search
+/// their scales (and lattice points) against the importance (ggml's
 /// `quantize_row_*_impl`, byte for byte); every other type in
-/// [`QUANTIZE_TYPES`] ignores it, as ggml does.
+/// [`QUANTIZE_TYPES`] ignores it, as ggml does. The types of
+/// [`IMPORTANCE_TYPES`] are quantized only here.
 /// Every row is quantized with the same importance vector.
 ///
 /// ```
@@ -442,8 +477,8 @@ fn quantize_weighted_blocks<B: Pod, const N: usize>(
 ///
 /// # Errors
 ///
-/// [`Error::UnsupportedType`] if `dtype` is not in [`QUANTIZE_TYPES`];
-/// [`Error::SizeMismatch`] if `importance` is empty or not a whole number of
+/// [`Error::UnsupportedType`] if `dtype` is in neither [`QUANTIZE_TYPES`]
+/// nor [`IMPORTANCE_TYPES`]; [`Error::SizeMismatch`] if `importance` is empty or not a whole number of
 /// blocks, `src.len()` is not a multiple of `importance.len()`, or
 /// `dst.len()` is not exactly the bytes of `src.len()` elements. Nothing is
 /// written to `dst` on error.
@@ -454,7 +489,7 @@ pub fn quantize_weighted(
     dst: &mut [u8],
 ) -> Result<()> {
     const OP: &str = "quantize_weighted";
-    if !can_quantize(dtype) {
+    if !can_quantize_weighted(dtype) {
         return Err(Error::UnsupportedType { op: OP, dtype });
     }
     let n = importance.len();
@@ -507,6 +542,21 @@ pub fn quantize_weighted(
         }),
         GgmlType::IQ4_XS => quantize_weighted_blocks::<_, QK_K>(src, importance, dst, |x, w, _| {
             weighted::quantize_block_iq4_xs(x, w)
+        }),
+        GgmlType::IQ2_XXS => quantize_weighted_blocks::<_, QK_K>(src, importance, dst, |x, w, _| {
+            lattice_quantize::quantize_block_iq2_xxs(x, w)
+        }),
+        GgmlType::IQ2_XS => quantize_weighted_blocks::<_, QK_K>(src, importance, dst, |x, w, _| {
+            lattice_quantize::quantize_block_iq2_xs(x, w)
+        }),
+        GgmlType::IQ2_S => quantize_weighted_blocks::<_, QK_K>(src, importance, dst, |x, w, _| {
+            lattice_quantize::quantize_block_iq2_s(x, Some(w))
+        }),
+        GgmlType::IQ3_XXS => quantize_weighted_blocks::<_, QK_K>(src, importance, dst, |x, w, _| {
+            lattice_quantize::quantize_block_iq3_xxs(x, Some(w))
+        }),
+        GgmlType::IQ3_S => quantize_weighted_blocks::<_, QK_K>(src, importance, dst, |x, w, _| {
+            lattice_quantize::quantize_block_iq3_s(x, Some(w))
         }),
         _ => return quantize(dtype, src, dst),
     }

@@ -82,7 +82,7 @@ fn weights<const N: usize>(x: &[f32; N], importance: &[f32; N], sigma2: f32) -> 
 /// weighted fit improves (ggml's `make_qp_quants`). Writes the levels and
 /// returns the scale. A negative value's level wraps into its byte, as in
 /// ggml.
-fn make_qp_quants<const N: usize>(
+pub(super) fn make_qp_quants<const N: usize>(
     x: &[f32; N],
     nmax: i32,
     weights: &[f32; N],

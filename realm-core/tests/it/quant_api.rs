@@ -11,8 +11,9 @@ fn capabilities_list_exactly_the_supported_types() {
     ];
     let q = [
         F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K,
-        IQ4_NL, IQ4_XS, TQ1_0, TQ2_0, MXFP4,
+        IQ3_XXS, IQ4_NL, IQ3_S, IQ2_S, IQ4_XS, TQ1_0, TQ2_0, MXFP4,
     ];
+    let weighted_only = [IQ2_XXS, IQ2_XS];
     for t in GgmlType::ALL {
         assert_eq!(
             quant::can_dequantize(t),
@@ -26,6 +27,16 @@ fn capabilities_list_exactly_the_supported_types() {
             "{t}"
         );
         assert_eq!(quant::QUANTIZE_TYPES.contains(&t), q.contains(&t), "{t}");
+        assert_eq!(
+            quant::can_quantize_weighted(t),
+            q.contains(&t) || weighted_only.contains(&t),
+            "can_quantize_weighted({t})"
+        );
+        assert_eq!(
+            quant::IMPORTANCE_TYPES.contains(&t),
+            weighted_only.contains(&t),
+            "{t}"
+        );
     }
     // Everything that can be written can be read back.
     assert!(quant::QUANTIZE_TYPES
@@ -57,6 +68,11 @@ fn unsupported_types_are_refused_up_front() {
         let r = quant::quantize(t, &x, &mut bytes);
         if quant::can_quantize(t) {
             assert!(r.is_ok(), "{t}: {r:?}");
+        } else if quant::IMPORTANCE_TYPES.contains(&t) {
+            assert!(
+                matches!(r, Err(Error::ImportanceRequired(dtype)) if dtype == t),
+                "{t}: {r:?}"
+            );
         } else {
             assert!(
                 matches!(r, Err(Error::UnsupportedType { op: "quantize", dtype }) if dtype == t),

@@ -19,8 +19,9 @@ use common::{f32s, manifest, read, sha256_hex, type_by_name};
 use proptest::prelude::*;
 use realm_core::{quant, Error, GgmlType};
 
-/// The types whose quantizers search their scales against the importance.
-const WEIGHTED: [GgmlType; 11] = [
+/// The types whose quantizers search their scales against the importance
+/// ([`quant::IMPORTANCE_TYPES`] among them).
+const WEIGHTED: [GgmlType; 16] = [
     GgmlType::Q4_0,
     GgmlType::Q4_1,
     GgmlType::Q5_0,
@@ -32,6 +33,11 @@ const WEIGHTED: [GgmlType; 11] = [
     GgmlType::Q6_K,
     GgmlType::IQ4_NL,
     GgmlType::IQ4_XS,
+    GgmlType::IQ2_XXS,
+    GgmlType::IQ2_XS,
+    GgmlType::IQ2_S,
+    GgmlType::IQ3_XXS,
+    GgmlType::IQ3_S,
 ];
 
 /// One fixture case: an input of quantize.json cut into rows, and the
@@ -127,7 +133,7 @@ fn quantize_weighted_matches_ggml_byte_for_byte() {
         covered.push(t);
         checked += 1;
     }
-    assert!(checked >= 5 * 12, "only {checked} weighted fixtures");
+    assert!(checked >= 5 * 17, "only {checked} weighted fixtures");
     for t in WEIGHTED.iter().chain([&GgmlType::Q8_0]) {
         assert!(covered.contains(t), "no weighted fixture for {t}");
     }
@@ -184,6 +190,10 @@ fn importance_lowers_the_weighted_error_on_the_fixtures() {
     let mut report = Vec::new();
     for case in cases() {
         for t in WEIGHTED {
+            if quant::IMPORTANCE_TYPES.contains(&t) {
+                // No reference without importance to compare with.
+                continue;
+            }
             let y =
                 quant::dequantize_row_to_vec(t, &weighted(t, &case.x, &case.importance)).unwrap();
             let reference =
@@ -246,8 +256,15 @@ fn bad_lengths_and_types_are_refused() {
     assert!(ok(0, &[], &imp, t).is_ok());
     // A type that cannot be quantized.
     assert!(matches!(
-        ok(2 * 66, &x[..512], &imp[..256], GgmlType::IQ2_XXS),
+        ok(2 * 56, &x[..512], &imp[..256], GgmlType::IQ1_M),
         Err(Error::UnsupportedType { .. })
+    ));
+    // IQ2_XXS only with an importance matrix: here, and not without one.
+    assert!(ok(2 * 66, &x[..512], &imp[..256], GgmlType::IQ2_XXS).is_ok());
+    let mut dst = vec![0u8; 2 * 66];
+    assert!(matches!(
+        quant::quantize(GgmlType::IQ2_XXS, &x[..512], &mut dst),
+        Err(Error::ImportanceRequired(GgmlType::IQ2_XXS))
     ));
 }
 
@@ -303,7 +320,7 @@ proptest! {
 
     #[test]
     fn arbitrary_rows_quantize_without_panicking((x, imp) in rows()) {
-        for &t in quant::QUANTIZE_TYPES {
+        for &t in quant::QUANTIZE_TYPES.iter().chain(quant::IMPORTANCE_TYPES) {
             let mut q = vec![0u8; t.row_bytes(x.len() as u64).unwrap() as usize];
             prop_assert!(quant::quantize_weighted(t, &x, &imp, &mut q).is_ok());
             prop_assert!(quant::dequantize_row_to_vec(t, &q).is_ok());
@@ -316,7 +333,7 @@ proptest! {
         cut in 1usize..256,
         extra in 1usize..64,
     ) {
-        for &t in quant::QUANTIZE_TYPES {
+        for &t in quant::QUANTIZE_TYPES.iter().chain(quant::IMPORTANCE_TYPES) {
             let bytes = t.row_bytes(x.len() as u64).unwrap() as usize;
             // The input is not whole rows.
             let mut q = vec![0u8; bytes];
