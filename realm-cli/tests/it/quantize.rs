@@ -98,7 +98,7 @@ fn bad_requests_are_refused_and_leave_nothing() {
     let (ok, _, stderr) = realm(&["quantize", input, out_s, "Q8_0"]);
     assert!(!ok && stderr.contains("--allow-requantize"), "{stderr}");
     assert!(!out.exists());
-    let (ok, _, stderr) = realm(&["quantize", input, out_s, "IQ2_XXS"]);
+    let (ok, _, stderr) = realm(&["quantize", input, out_s, "Q9_K"]);
     assert!(!ok && stderr.contains("unknown file type"), "{stderr}");
     let (ok, _, stderr) = realm(&["quantize", "--allow-requantize", input, input, "Q8_0"]);
     assert!(!ok && stderr.contains("overwrite the input"), "{stderr}");
@@ -191,6 +191,13 @@ fn importance_matrices_must_fit() {
     assert!(!out.exists());
     let (ok, _, stderr) = realm(&[&q2ks[..], &["--dry-run"]].concat());
     assert!(ok && stderr.contains(why), "{stderr}");
+    // So do the 2-bit lattice mixes (SmolLM2's ffn_down keep IQ2_XXS).
+    let iq2 = [&args[..2], &args[4..6], &["IQ2_XXS"]].concat();
+    let (ok, _, stderr) = realm(&iq2);
+    assert!(!ok, "{stderr}");
+    let why = "blk.3.ffn_down.weight would be IQ2_XXS without an importance matrix";
+    assert!(stderr.contains(why), "{stderr}");
+    assert!(!out.exists());
 }
 
 /// Rules from a `--tensor-type-file` are `--tensor-type`'s (the fixture
