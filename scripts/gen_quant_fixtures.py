@@ -47,12 +47,13 @@ mirrors ggml's reference code): `gguf.quants.dequantize` and
       The IQ1-IQ3 types (IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S)
       by ggml itself: random blocks and their f32 from dequantize_row_iq*.
   quantize_lattice.json, quantize/<input>.<type>   (only with --ggml-src)
-      The signals quantized to IQ2_S, IQ3_XXS and IQ3_S by ggml's
+      The signals quantized to IQ2_S, IQ3_XXS, IQ3_S and IQ1_M by ggml's
       quantize_<type>(src, dst, nrow, n_per_row, NULL) (after
       iq2xs_init_impl / iq3xs_init_impl, as ggml_quantize_init runs them),
       as llama-quantize calls them without an importance matrix. Their
-      weighted entries, and IQ2_XXS's and IQ2_XS's (which ggml quantizes
-      only with an importance matrix), are in quantize_weighted.json.
+      weighted entries, and IQ2_XXS's, IQ2_XS's and IQ1_S's (which ggml
+      quantizes only with an importance matrix), are in
+      quantize_weighted.json.
   models.json
       For each tensor of the two real models: name, type, absolute byte
       offset and length of its data in the file, and the sha256 of its
@@ -292,6 +293,7 @@ size_t ggml_row_size(int type, long long ne) {
         {10, 256, 84}, {11, 256, 110}, {12, 256, 144}, {13, 256, 176}, {14, 256, 210},
         {34, 256, 54}, {35, 256, 66}, {39, 32, 17},
         {16, 256, 66}, {17, 256, 74}, {18, 256, 98}, {21, 256, 110}, {22, 256, 82},
+        {19, 256, 50}, {29, 256, 56},
     };
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; ++i) {
         if (sizes[i].type == type && ne % sizes[i].block == 0) {
@@ -420,12 +422,15 @@ WEIGHTED_TYPES_LATER = [T.IQ4_NL, T.IQ4_XS]
 # The IQ2/IQ3 lattice types, added after those: ggml quantizes the first two
 # only with an importance matrix.
 LATTICE_TYPES = [T.IQ2_XXS, T.IQ2_XS, T.IQ2_S, T.IQ3_XXS, T.IQ3_S]
-IMPORTANCE_ONLY = [T.IQ2_XXS, T.IQ2_XS]
+IMPORTANCE_ONLY = [T.IQ2_XXS, T.IQ2_XS, T.IQ1_S]
+
+# IQ1_S and IQ1_M, added after those (IQ1_S only with an importance matrix).
+IQ1_TYPES = [T.IQ1_S, T.IQ1_M]
 
 
 def init_lattices(lib: ctypes.CDLL) -> None:
     """ggml_quantize_init's tables for the lattice types."""
-    for t in [T.IQ2_XXS, T.IQ2_XS, T.IQ2_S]:
+    for t in [T.IQ2_XXS, T.IQ2_XS, T.IQ2_S, T.IQ1_S]:
         lib.iq2xs_init_impl.argtypes = [ctypes.c_int]
         lib.iq2xs_init_impl(int(t))
     for grid in [256, 512]:
@@ -442,7 +447,7 @@ def gen_quantize_lattice(src: Path, commit_name: str | None) -> None:
         lib = build_ggml_reference(src, Path(tmp))
         init_lattices(lib)
         for name, x in sigs.items():
-            for t in LATTICE_TYPES:
+            for t in LATTICE_TYPES + IQ1_TYPES:
                 if t in IMPORTANCE_ONLY:
                     continue
                 raw = ggml_quantize_weighted(lib, t, x, x.size, None)
@@ -451,7 +456,7 @@ def gen_quantize_lattice(src: Path, commit_name: str | None) -> None:
                 expected.append(store(name, type_name(t), raw))
     write_json("quantize_lattice.json", {
         "generator": "scripts/gen_quant_fixtures.py --ggml-src (--only-lattice)",
-        "reference": "ggml quantize_iq2_s / quantize_iq3_xxs / quantize_iq3_s(src, dst, nrow, "
+        "reference": "ggml quantize_iq2_s / quantize_iq3_xxs / quantize_iq3_s / quantize_iq1_m(src, dst, nrow, "
                      "n_per_row, NULL) (ggml-quants.c, cc -O2 -ffp-contract=off)",
         "ggml_source": ggml_commit(src, commit_name),
         "inputs": "quantize.json",
@@ -644,7 +649,7 @@ def weighted_entry(lib: ctypes.CDLL, t: T, input_name: str, x: np.ndarray, n_per
     raw = ggml_quantize_weighted(lib, t, x, n_per_row, w)
     if t in IMPORTANCE_ONLY:
         return {"input": input_name, "importance": imp, "type": type_name(t), "sha256": sha256(raw)}
-    if t in LATTICE_TYPES:
+    if t in LATTICE_TYPES or t in IQ1_TYPES:
         unweighted = ggml_quantize_weighted(lib, t, x, x.size, None)
     else:
         unweighted = ggml_quantize(lib, t, x)
@@ -688,6 +693,10 @@ def gen_quantize_weighted(src: Path, commit_name: str | None) -> None:
         init_lattices(lib)
         for input_name, n_per_row, imp in WEIGHTED_CASES:
             for t in LATTICE_TYPES:
+                expected.append(weighted_entry(lib, t, input_name, sigs[input_name], n_per_row,
+                                               imp, vectors[imp]))
+        for input_name, n_per_row, imp in WEIGHTED_CASES:
+            for t in IQ1_TYPES:
                 expected.append(weighted_entry(lib, t, input_name, sigs[input_name], n_per_row,
                                                imp, vectors[imp]))
     write_json("quantize_weighted.json", {

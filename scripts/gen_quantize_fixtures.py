@@ -90,8 +90,8 @@ CASES = [
     # The lattice mixes. Rows of 576 and 640 are no whole 256-blocks, so in
     # the real models only ffn_down (and Gemma's token embedding) keep the
     # lattice types, the rest falling back to IQ4_NL; the synthetic BitNet
-    # is 256 wide. IQ2_XXS, IQ2_XS, IQ2_S and IQ3_XXS matrices need an
-    # importance matrix (every ffn_down has an entry).
+    # is 256 wide. IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S and IQ3_XXS matrices
+    # need an importance matrix (every ffn_down has an entry).
     ("bitnet", "IQ3_S", []),
     ("bitnet", "IQ3_M", []),
     ("smollm2", "IQ3_XS", []),
@@ -101,6 +101,8 @@ CASES = [
     ("gemma3", "IQ2_XS", ["--imatrix", "tests/fixtures/imatrix/gemma3.gguf"]),
     ("smollm2", "IQ2_S", ["--imatrix", "tests/fixtures/imatrix/smollm2.gguf"]),
     ("gemma3", "IQ2_M", ["--imatrix", "tests/fixtures/imatrix/gemma3.gguf"]),
+    ("smollm2", "IQ1_S", ["--imatrix", "tests/fixtures/imatrix/smollm2.gguf"]),
+    ("gemma3", "IQ1_M", ["--imatrix", "tests/fixtures/imatrix/gemma3.gguf"]),
     # Types by hand: the mix's counters skip them; ffn_up's Q4_K falls back.
     ("smollm2", "Q4_K_M", ["--tensor-type", "attn_v=q8_0",
                            "--tensor-type", r"blk\.[0-3]\.ffn_down=q5_k"]),

@@ -22,9 +22,9 @@ pub struct QuantizeArgs {
     /// The file type: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K,
     /// Q2_K_S (with --imatrix), Q3_K_S, Q3_K_M (Q3_K), Q3_K_L, Q4_K_S, Q4_K_M
     /// (Q4_K), Q5_K_S, Q5_K_M (Q5_K), Q6_K, IQ4_NL, IQ4_XS, IQ3_S, IQ3_M,
-    /// IQ3_XS, IQ3_XXS, IQ2_M, IQ2_S, IQ2_XS, IQ2_XXS (these four and
-    /// IQ3_XXS with --imatrix), TQ1_0, TQ2_0, MXFP4_MOE, or llama.cpp's
-    /// number for one.
+    /// IQ3_XS, IQ3_XXS, IQ2_M, IQ2_S, IQ2_XS, IQ2_XXS, IQ1_M, IQ1_S (these
+    /// six and IQ3_XXS with --imatrix), TQ1_0, TQ2_0, MXFP4_MOE, or
+    /// llama.cpp's number for one.
     #[arg(value_parser = parse_file_type)]
     pub file_type: FileType,
     /// Quantize tensors that are quantized already (dequantizing them first

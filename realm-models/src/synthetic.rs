@@ -3328,7 +3328,7 @@ impl SyntheticLayout {
                     let take = left.min(MATRIX_CHUNK);
                     values.clear();
                     values.extend((0..take).map(|_| scale * rng.uniform()));
-                    bytes.extend(match quant::can_quantize(t.dtype) {
+                    bytes.extend(match quantized_here(t.dtype) {
                         true => quant::quantize_row_to_vec(t.dtype, &values)?,
                         // (A uniform's root mean square.)
                         false => random_blocks(t.dtype, take, scale / 3f32.sqrt(), &mut rng)?,
@@ -3371,10 +3371,10 @@ impl SyntheticLayout {
                 };
                 (0..n).map(|_| scale * rng.uniform()).collect()
             };
-            let bytes = match quant::can_quantize(t.dtype) {
+            let bytes = match quantized_here(t.dtype) {
                 true => quant::quantize_row_to_vec(t.dtype, &values)?,
-                // (Uniform values' root mean square, for the types Realm
-                // does not write.)
+                // (Uniform values' root mean square, for the lattice
+                // types.)
                 false => {
                     let rms = values.iter().map(|x| x * x).sum::<f32>() / n as f32;
                     random_blocks(t.dtype, n, rms.sqrt(), &mut rng)?
@@ -3549,9 +3549,22 @@ impl SplitMix {
     }
 }
 
-/// `n` weights of a type Realm reads but does not write (the IQ1-IQ3
-/// lattices): random blocks (random points, signs and scales), each
-/// block's f16 scale set so that its values' root mean square is `rms`.
+/// Whether synthetic weights of `dtype` are quantized from random values:
+/// every type Realm writes but the IQ1-IQ3 lattices, whose quantizers
+/// search the lattices (some millions of weights a second, minutes for a
+/// billion; and IQ1_S, IQ2_XXS and IQ2_XS only with an importance matrix).
+fn quantized_here(dtype: GgmlType) -> bool {
+    use GgmlType as T;
+    let lattice = matches!(
+        dtype,
+        T::IQ1_S | T::IQ1_M | T::IQ2_XXS | T::IQ2_XS | T::IQ2_S | T::IQ3_XXS | T::IQ3_S
+    );
+    quant::can_quantize(dtype) && !lattice
+}
+
+/// `n` weights of a lattice type (IQ1-IQ3): random blocks (random points,
+/// signs and scales), each block's f16 scale set so that its values' root
+/// mean square is `rms`.
 fn random_blocks(dtype: GgmlType, n: usize, rms: f32, rng: &mut SplitMix) -> Result<Vec<u8>> {
     let (size, len) = (dtype.type_size(), dtype.block_size());
     let mut bytes = Vec::with_capacity(n / len * size);

@@ -118,6 +118,11 @@ pub enum FileType {
     /// IQ3_S, `attn_v`, `attn_output` and the first eighth of `ffn_down`
     /// Q4_K.
     IQ3_M,
+    /// IQ1_S (1.56 bits a weight); IQ2_XXS's rules, `attn_output` IQ2_XXS.
+    /// Needs an importance matrix.
+    IQ1_S,
+    /// IQ1_M (1.75 bits); IQ1_S's rules. Needs an importance matrix.
+    IQ1_M,
     /// TQ1_0 (BitNet b1.58's ternary weights, 1.69 bits each), a token
     /// embedding that is not the output matrix Q4_K.
     TQ1_0,
@@ -130,7 +135,7 @@ pub enum FileType {
 
 impl FileType {
     /// Every file type, in llama.cpp's numbering's order.
-    pub const ALL: [Self; 31] = [
+    pub const ALL: [Self; 33] = [
         Self::F32,
         Self::F16,
         Self::Q4_0,
@@ -152,12 +157,14 @@ impl FileType {
         Self::Q2_K_S,
         Self::IQ3_XS,
         Self::IQ3_XXS,
+        Self::IQ1_S,
         Self::IQ4_NL,
         Self::IQ3_S,
         Self::IQ3_M,
         Self::IQ2_S,
         Self::IQ2_M,
         Self::IQ4_XS,
+        Self::IQ1_M,
         Self::BF16,
         Self::TQ1_0,
         Self::TQ2_0,
@@ -188,12 +195,14 @@ impl FileType {
             Self::Q2_K_S => 21,
             Self::IQ3_XS => 22,
             Self::IQ3_XXS => 23,
+            Self::IQ1_S => 24,
             Self::IQ4_NL => 25,
             Self::IQ3_S => 26,
             Self::IQ3_M => 27,
             Self::IQ2_S => 28,
             Self::IQ2_M => 29,
             Self::IQ4_XS => 30,
+            Self::IQ1_M => 31,
             Self::BF16 => 32,
             Self::TQ1_0 => 36,
             Self::TQ2_0 => 37,
@@ -232,6 +241,8 @@ impl FileType {
             Self::IQ3_XS => "IQ3_XS",
             Self::IQ3_S => "IQ3_S",
             Self::IQ3_M => "IQ3_M",
+            Self::IQ1_S => "IQ1_S",
+            Self::IQ1_M => "IQ1_M",
             Self::TQ1_0 => "TQ1_0",
             Self::TQ2_0 => "TQ2_0",
             Self::MXFP4_MOE => "MXFP4_MOE",
@@ -276,6 +287,8 @@ impl FileType {
             Self::IQ2_M => GgmlType::IQ2_S,
             Self::IQ3_XXS => GgmlType::IQ3_XXS,
             Self::IQ3_XS | Self::IQ3_S | Self::IQ3_M => GgmlType::IQ3_S,
+            Self::IQ1_S => GgmlType::IQ1_S,
+            Self::IQ1_M => GgmlType::IQ1_M,
             Self::TQ1_0 => GgmlType::TQ1_0,
             Self::TQ2_0 => GgmlType::TQ2_0,
             Self::MXFP4_MOE => GgmlType::MXFP4,
@@ -551,8 +564,9 @@ fn mix(
     use FileType as F;
     use GgmlType as T;
     let falcon = m.arch == "falcon";
-    // The 2-bit lattice mixes (and IQ3_XXS, for the output).
-    let low_bit = matches!(ft, F::IQ2_XXS | F::IQ2_XS | F::IQ2_S | F::IQ2_M);
+    // The 1- and 2-bit lattice mixes (and IQ3_XXS, for the output).
+    let iq1 = matches!(ft, F::IQ1_S | F::IQ1_M);
+    let low_bit = iq1 || matches!(ft, F::IQ2_XXS | F::IQ2_XS | F::IQ2_S | F::IQ2_M);
     let iq2_s = matches!(ft, F::IQ2_S | F::IQ2_M);
     let mut t = ft.default_type();
     if role == Role::Output || (m.tied && role == Role::TokenEmbd) {
@@ -571,7 +585,7 @@ fn mix(
     } else if role == Role::TokenEmbd {
         if let Some(e) = opts.token_embedding_type {
             t = e;
-        } else if matches!(ft, F::IQ2_XXS | F::IQ2_XS) {
+        } else if iq1 || matches!(ft, F::IQ2_XXS | F::IQ2_XS) {
             t = T::Q2_K;
         } else if iq2_s || ft == F::IQ3_XXS {
             t = T::IQ3_S;
@@ -598,6 +612,8 @@ fn mix(
         } else if role == Role::AttnOutput {
             if m.n_expert == 8 {
                 t = T::Q5_K;
+            } else if iq1 {
+                t = T::IQ2_XXS;
             } else if iq2_s {
                 t = T::IQ3_S;
             }

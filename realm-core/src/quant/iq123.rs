@@ -12,7 +12,8 @@
 //! dequantized values are ggml's bit for bit (a power of two changes no
 //! rounding). The CPU backend's kernels multiply the same integers.
 //!
-//! Quantizing to them is `super::lattice_quantize`'s (IQ2 and IQ3).
+//! Quantizing to them is `super::lattice_quantize`'s (IQ2 and IQ3) and
+//! `super::iq1_quantize`'s (IQ1).
 
 use super::blocks::{
     BlockIQ1M, BlockIQ1S, BlockIQ2S, BlockIQ2XS, BlockIQ2XXS, BlockIQ3S, BlockIQ3XXS, QK_K,

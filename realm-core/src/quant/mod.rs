@@ -34,6 +34,7 @@
 
 pub mod blocks;
 mod float;
+mod iq1_quantize;
 mod iq123;
 mod iq4;
 pub mod iq_grids;
@@ -130,6 +131,7 @@ pub const QUANTIZE_TYPES: &[GgmlType] = &[
     GgmlType::IQ3_S,
     GgmlType::IQ2_S,
     GgmlType::IQ4_XS,
+    GgmlType::IQ1_M,
     GgmlType::BF16,
     GgmlType::TQ1_0,
     GgmlType::TQ2_0,
@@ -139,7 +141,7 @@ pub const QUANTIZE_TYPES: &[GgmlType] = &[
 /// The types only [`quantize_weighted`] supports: ggml quantizes them only
 /// with an importance matrix (`ggml_quantize_requires_imatrix`), and
 /// [`quantize`] answers [`Error::ImportanceRequired`].
-pub const IMPORTANCE_TYPES: &[GgmlType] = &[GgmlType::IQ2_XXS, GgmlType::IQ2_XS];
+pub const IMPORTANCE_TYPES: &[GgmlType] = &[GgmlType::IQ2_XXS, GgmlType::IQ2_XS, GgmlType::IQ1_S];
 
 /// True if [`dequantize`] supports `t`.
 pub fn can_dequantize(t: GgmlType) -> bool {
@@ -363,8 +365,9 @@ fn quantize_blocks<B: Pod, const N: usize>(
 /// (`quantize_row_*_ref`). For IQ4_NL that is `quantize_iq4_nl`, which
 /// searches each block's scale; ggml's `quantize_row_iq4_nl_ref` (its CPU
 /// backend's conversion of f32 to IQ4_NL) does not, and gives other bytes.
-/// The lattice types IQ2_S, IQ3_XXS and IQ3_S search their points and
-/// scales weighting each value by its square (`quantize_iq*(..., NULL)`).
+/// The lattice types IQ1_M, IQ2_S, IQ3_XXS and IQ3_S search their points
+/// and scales weighting each value by its square (IQ2_S: plus a quarter of
+/// twice the block's mean square) (`quantize_iq*(..., NULL)`).
 ///
 /// # Errors
 ///
@@ -403,6 +406,9 @@ pub fn quantize(dtype: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<()> {
         })?,
         GgmlType::IQ3_S => quantize_blocks::<_, QK_K>(dtype, src, dst, |x| {
             lattice_quantize::quantize_block_iq3_s(x, None)
+        })?,
+        GgmlType::IQ1_M => quantize_blocks::<_, QK_K>(dtype, src, dst, |x| {
+            iq1_quantize::quantize_block_iq1_m(x, None)
         })?,
         GgmlType::MXFP4 => quantize_blocks::<_, QK>(dtype, src, dst, quantize_block_mxfp4)?,
         GgmlType::TQ1_0 => quantize_blocks::<_, QK_K>(dtype, src, dst, quantize_block_tq1_0)?,
@@ -451,7 +457,7 @@ fn quantize_weighted_blocks<B: Pod, const N: usize>(
 /// gives.
 ///
 /// Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS
-/// and the lattice types IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS and IQ3_S search
+/// and the lattice types IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS and IQ3_S search
 /// their scales (and lattice points) against the importance (ggml's
 /// `quantize_row_*_impl`, byte for byte); every other type in
 /// [`QUANTIZE_TYPES`] ignores it, as ggml does. The types of
@@ -557,6 +563,12 @@ pub fn quantize_weighted(
         }),
         GgmlType::IQ3_S => quantize_weighted_blocks::<_, QK_K>(src, importance, dst, |x, w, _| {
             lattice_quantize::quantize_block_iq3_s(x, Some(w))
+        }),
+        GgmlType::IQ1_S => quantize_weighted_blocks::<_, QK_K>(src, importance, dst, |x, w, _| {
+            iq1_quantize::quantize_block_iq1_s(x, w)
+        }),
+        GgmlType::IQ1_M => quantize_weighted_blocks::<_, QK_K>(src, importance, dst, |x, w, _| {
+            iq1_quantize::quantize_block_iq1_m(x, Some(w))
         }),
         _ => return quantize(dtype, src, dst),
     }

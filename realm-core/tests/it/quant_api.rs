@@ -11,9 +11,9 @@ fn capabilities_list_exactly_the_supported_types() {
     ];
     let q = [
         F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K,
-        IQ3_XXS, IQ4_NL, IQ3_S, IQ2_S, IQ4_XS, TQ1_0, TQ2_0, MXFP4,
+        IQ3_XXS, IQ4_NL, IQ3_S, IQ2_S, IQ4_XS, IQ1_M, TQ1_0, TQ2_0, MXFP4,
     ];
-    let weighted_only = [IQ2_XXS, IQ2_XS];
+    let weighted_only = [IQ2_XXS, IQ2_XS, IQ1_S];
     for t in GgmlType::ALL {
         assert_eq!(
             quant::can_dequantize(t),

@@ -20,6 +20,10 @@ const MAX_QUANTIZATION_TOTAL_ERROR_2BITS: f32 = 0.0075;
 const MAX_QUANTIZATION_TOTAL_ERROR_3BITS: f32 = 0.0040;
 /// llama.cpp test-quantize-fns.cpp: limit for IQ3_XXS.
 const MAX_QUANTIZATION_TOTAL_ERROR_3BITS_XXS: f32 = 0.0050;
+/// llama.cpp test-quantize-fns.cpp: limit for its 1-bit type (Q1_0); it
+/// tests no IQ1 type (ggml's CPU backend does not quantize to them), and
+/// this is the limit here for IQ1_M.
+const MAX_QUANTIZATION_TOTAL_ERROR_BINARY: f32 = 0.025;
 /// llama.cpp test-quantize-fns.cpp: limit for the ternary types (TQ1_0,
 /// TQ2_0).
 const MAX_QUANTIZATION_TOTAL_ERROR_TERNARY: f32 = 0.01;
@@ -52,6 +56,7 @@ fn limit(t: GgmlType) -> f32 {
         GgmlType::Q2_K | GgmlType::IQ2_S => MAX_QUANTIZATION_TOTAL_ERROR_2BITS,
         GgmlType::Q3_K | GgmlType::IQ3_S => MAX_QUANTIZATION_TOTAL_ERROR_3BITS,
         GgmlType::IQ3_XXS => MAX_QUANTIZATION_TOTAL_ERROR_3BITS_XXS,
+        GgmlType::IQ1_M => MAX_QUANTIZATION_TOTAL_ERROR_BINARY,
         GgmlType::TQ1_0 | GgmlType::TQ2_0 => MAX_QUANTIZATION_TOTAL_ERROR_TERNARY,
         _ => MAX_QUANTIZATION_TOTAL_ERROR,
     }
@@ -106,7 +111,9 @@ fn total_error_is_within_llama_cpp_limits() {
 /// The lattice types fit groups of 16 or 32 to points of a fixed lattice
 /// (a value's level can move several steps to reach a grid point) at
 /// 4-bit group scales: the worst seen over 200,000 rows was 0.923 m
-/// (IQ2_S), 0.538 m (IQ3_XXS) and 0.450 m (IQ3_S), per super-block.
+/// (IQ2_S), 0.538 m (IQ3_XXS) and 0.450 m (IQ3_S), per super-block; IQ1_M,
+/// whose block factor is fitted once more to all its groups, 1.41 m over
+/// 100,000.
 fn bound(t: GgmlType, m: f32) -> f32 {
     let f16_slack = m * 2.0f32.powi(-9);
     let k = match t {
@@ -130,6 +137,7 @@ fn bound(t: GgmlType, m: f32) -> f32 {
         GgmlType::IQ2_S => 1.1,
         GgmlType::IQ3_XXS => 0.65,
         GgmlType::IQ3_S => 0.55,
+        GgmlType::IQ1_M => 1.7,
         _ => unreachable!("{t} is not quantizable"),
     };
     k * m + f16_slack

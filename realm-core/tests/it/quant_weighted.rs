@@ -21,7 +21,7 @@ use realm_core::{quant, Error, GgmlType};
 
 /// The types whose quantizers search their scales against the importance
 /// ([`quant::IMPORTANCE_TYPES`] among them).
-const WEIGHTED: [GgmlType; 16] = [
+const WEIGHTED: [GgmlType; 18] = [
     GgmlType::Q4_0,
     GgmlType::Q4_1,
     GgmlType::Q5_0,
@@ -38,6 +38,8 @@ const WEIGHTED: [GgmlType; 16] = [
     GgmlType::IQ2_S,
     GgmlType::IQ3_XXS,
     GgmlType::IQ3_S,
+    GgmlType::IQ1_S,
+    GgmlType::IQ1_M,
 ];
 
 /// One fixture case: an input of quantize.json cut into rows, and the
@@ -133,7 +135,7 @@ fn quantize_weighted_matches_ggml_byte_for_byte() {
         covered.push(t);
         checked += 1;
     }
-    assert!(checked >= 5 * 17, "only {checked} weighted fixtures");
+    assert!(checked >= 5 * 19, "only {checked} weighted fixtures");
     for t in WEIGHTED.iter().chain([&GgmlType::Q8_0]) {
         assert!(covered.contains(t), "no weighted fixture for {t}");
     }
@@ -256,7 +258,7 @@ fn bad_lengths_and_types_are_refused() {
     assert!(ok(0, &[], &imp, t).is_ok());
     // A type that cannot be quantized.
     assert!(matches!(
-        ok(2 * 56, &x[..512], &imp[..256], GgmlType::IQ1_M),
+        ok(2 * 256, &x[..512], &imp[..256], GgmlType::I8),
         Err(Error::UnsupportedType { .. })
     ));
     // IQ2_XXS only with an importance matrix: here, and not without one.
