@@ -262,7 +262,7 @@ pub(super) fn quantize_block_iq1_s(x: &[f32; QK_K], importance: &[f32; QK_K]) ->
 /// choice `shift`: 0 both +, 1 first + second -, 2 first - second +, 3
 /// both -.
 fn iq1m_values(shift: usize, k: usize) -> &'static [f32; 3] {
-    let plus = if k == 0 { shift < 2 } else { shift % 2 == 0 };
+    let plus = if k == 0 { shift < 2 } else { shift.is_multiple_of(2) };
     if plus {
         &X_P
     } else {
@@ -331,7 +331,8 @@ pub(super) fn quantize_block_iq1_m(x: &[f32; QK_K], importance: Option<&[f32; QK
         let mut best: Option<(usize, usize, usize)> = None;
         for i1 in 0..=BS {
             for i2 in i1..=BS {
-                let (mut qx_p, mut qx_m, mut q2_p, mut q2_m) = ([0.0f32; 2], [0.0f32; 2], [0.0f32; 2], [0.0f32; 2]);
+                let (mut qx_p, mut qx_m, mut q2_p, mut q2_m) =
+                    ([0.0f32; 2], [0.0f32; 2], [0.0f32; 2], [0.0f32; 2]);
                 for h in 0..2 {
                     let sx = px[h][i1] + px[h][i2];
                     qx_p[h] = txs[h] * p2 - sx;

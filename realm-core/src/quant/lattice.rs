@@ -49,11 +49,14 @@ impl Lattice {
     /// Builds the tables of a grid given as levels a point, for packed
     /// points below `packed_points`, keeping the grid points at the `nwant`
     /// smallest distances of each point off the grid.
-    fn build(levels: &[[u8; 8]], dim: usize, bits: u32, packed_points: usize, nwant: usize) -> Self {
-        let points: Vec<[i8; 8]> = levels
-            .iter()
-            .map(|l| l.map(|l| 2 * l as i8 + 1))
-            .collect();
+    fn build(
+        levels: &[[u8; 8]],
+        dim: usize,
+        bits: u32,
+        packed_points: usize,
+        nwant: usize,
+    ) -> Self {
+        let points: Vec<[i8; 8]> = levels.iter().map(|l| l.map(|l| 2 * l as i8 + 1)).collect();
         let mut slots = vec![Slot::Near { start: 0, len: 0 }; packed_points];
         for (j, l) in levels.iter().enumerate() {
             let u = pack(&l[..dim], bits);
@@ -276,7 +279,9 @@ mod tests {
         let mut seen = 0;
         for u in 0..PACKED4 {
             let l: Vec<i8> = (0..4).map(|k| ((u >> (3 * k)) & 7) as i8).collect();
-            let Err(near) = lattice.find(&l) else { continue };
+            let Err(near) = lattice.find(&l) else {
+                continue;
+            };
             seen += 1;
             assert!(!near.is_empty());
             let d2 = |j: u16| -> i32 {

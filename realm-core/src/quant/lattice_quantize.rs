@@ -318,7 +318,13 @@ pub(super) fn quantize_block_iq2_xxs(x: &[f32; QK_K], importance: &[f32; QK_K]) 
     for ib in 0..QK_K / 32 {
         let xb = &x[32 * ib..][..32];
         let mut weight = [0.0f32; 32];
-        group_weights(xb, Some(&importance[32 * ib..][..32]), sigma2, 0.0, &mut weight);
+        group_weights(
+            xb,
+            Some(&importance[32 * ib..][..32]),
+            sigma2,
+            0.0,
+            &mut weight,
+        );
         let waux = weight.map(f32::sqrt);
         let mut xval = [0.0f32; 32];
         let mut signs = [0u8; 4];
@@ -333,7 +339,16 @@ pub(super) fn quantize_block_iq2_xxs(x: &[f32; QK_K], importance: &[f32; QK_K]) 
             continue;
         }
         let mut levels = [0i8; 32];
-        let mut scale = search_group(lat, &search, &xval, &weight, &waux, eff_max, start, &mut levels);
+        let mut scale = search_group(
+            lat,
+            &search,
+            &xval,
+            &weight,
+            &waux,
+            eff_max,
+            start,
+            &mut levels,
+        );
         if scale < 0.0 {
             scale = -scale;
             signs = signs.map(|s| !s & 127);
@@ -379,7 +394,13 @@ pub(super) fn quantize_block_iq2_xs(x: &[f32; QK_K], importance: &[f32; QK_K]) -
     for ib in 0..QK_K / 16 {
         let xb = &x[16 * ib..][..16];
         let mut weight = [0.0f32; 16];
-        group_weights(xb, Some(&importance[16 * ib..][..16]), sigma2, 0.0, &mut weight);
+        group_weights(
+            xb,
+            Some(&importance[16 * ib..][..16]),
+            sigma2,
+            0.0,
+            &mut weight,
+        );
         let waux = weight.map(f32::sqrt);
         let mut xval = [0.0f32; 16];
         let mut signs = [0u8; 2];
@@ -483,7 +504,10 @@ pub(super) fn quantize_block_iq2_s(x: &[f32; QK_K], importance: Option<&[f32; QK
 
 /// Quantizes 256 values to IQ3_XXS, with a block of the importance matrix
 /// or without.
-pub(super) fn quantize_block_iq3_xxs(x: &[f32; QK_K], importance: Option<&[f32; QK_K]>) -> BlockIQ3XXS {
+pub(super) fn quantize_block_iq3_xxs(
+    x: &[f32; QK_K],
+    importance: Option<&[f32; QK_K]>,
+) -> BlockIQ3XXS {
     let lat = lattice::iq3xxs();
     let search = Search {
         kmax: 8,

@@ -34,8 +34,8 @@
 
 pub mod blocks;
 mod float;
-mod iq1_quantize;
 mod iq123;
+mod iq1_quantize;
 mod iq4;
 pub mod iq_grids;
 mod kquantize;
@@ -549,18 +549,22 @@ pub fn quantize_weighted(
         GgmlType::IQ4_XS => quantize_weighted_blocks::<_, QK_K>(src, importance, dst, |x, w, _| {
             weighted::quantize_block_iq4_xs(x, w)
         }),
-        GgmlType::IQ2_XXS => quantize_weighted_blocks::<_, QK_K>(src, importance, dst, |x, w, _| {
-            lattice_quantize::quantize_block_iq2_xxs(x, w)
-        }),
+        GgmlType::IQ2_XXS => {
+            quantize_weighted_blocks::<_, QK_K>(src, importance, dst, |x, w, _| {
+                lattice_quantize::quantize_block_iq2_xxs(x, w)
+            })
+        }
         GgmlType::IQ2_XS => quantize_weighted_blocks::<_, QK_K>(src, importance, dst, |x, w, _| {
             lattice_quantize::quantize_block_iq2_xs(x, w)
         }),
         GgmlType::IQ2_S => quantize_weighted_blocks::<_, QK_K>(src, importance, dst, |x, w, _| {
             lattice_quantize::quantize_block_iq2_s(x, Some(w))
         }),
-        GgmlType::IQ3_XXS => quantize_weighted_blocks::<_, QK_K>(src, importance, dst, |x, w, _| {
-            lattice_quantize::quantize_block_iq3_xxs(x, Some(w))
-        }),
+        GgmlType::IQ3_XXS => {
+            quantize_weighted_blocks::<_, QK_K>(src, importance, dst, |x, w, _| {
+                lattice_quantize::quantize_block_iq3_xxs(x, Some(w))
+            })
+        }
         GgmlType::IQ3_S => quantize_weighted_blocks::<_, QK_K>(src, importance, dst, |x, w, _| {
             lattice_quantize::quantize_block_iq3_s(x, Some(w))
         }),
