@@ -262,7 +262,11 @@ pub(super) fn quantize_block_iq1_s(x: &[f32; QK_K], importance: &[f32; QK_K]) ->
 /// choice `shift`: 0 both +, 1 first + second -, 2 first - second +, 3
 /// both -.
 fn iq1m_values(shift: usize, k: usize) -> &'static [f32; 3] {
-    let plus = if k == 0 { shift < 2 } else { shift.is_multiple_of(2) };
+    let plus = if k == 0 {
+        shift < 2
+    } else {
+        shift.is_multiple_of(2)
+    };
     if plus {
         &X_P
     } else {
