@@ -157,6 +157,54 @@ fn refit_sums(
     (sumqx, sumq2)
 }
 
+/// Places a group's best split on the lattice: levels 0, 1 and 2 by the
+/// split points of the sorted order `idx`, turned over with the scale if
+/// it is negative (the caller turns its shifts), each point of 8 moved to
+/// its best neighbour at the fitted scale if it is off the grid (point
+/// `k`'s values `values(k)`), and the scale fitted again if any was.
+/// Returns the points' grid indices (the first `idx.len() / 8`) and the
+/// scale.
+fn place(
+    lat: &Lattice,
+    idx: &[usize],
+    (i1, i2): (usize, usize),
+    mut scale: f32,
+    xb: &[f32],
+    weight: &[f32],
+    values: impl Fn(usize) -> &'static [f32; 3],
+) -> ([u16; 4], f32) {
+    let n = idx.len();
+    let mut levels = [0i8; 32];
+    split_levels(idx, i1, i2, &mut levels[..n]);
+    if scale < 0.0 {
+        for l in &mut levels[..n] {
+            *l = 2 - *l;
+        }
+        scale = -scale;
+    }
+    let mut on_grid = true;
+    let mut index = [0u16; 4];
+    for (k, l) in levels[..n].chunks_exact_mut(8).enumerate() {
+        let r = 8 * k..8 * k + 8;
+        index[k] = point_index(
+            lat,
+            &xb[r.clone()],
+            &weight[r],
+            scale,
+            values(k),
+            l,
+            &mut on_grid,
+        );
+    }
+    if !on_grid {
+        let (sumqx, sumq2) = refit_sums(lat, &index[..n / 8], xb, weight, values);
+        if sumqx > 0.0 && sumq2 > 0.0 {
+            scale = sumqx / sumq2;
+        }
+    }
+    (index, scale)
+}
+
 /// Quantizes 256 values to IQ1_S with a block of the importance matrix.
 pub(super) fn quantize_block_iq1_s(x: &[f32; QK_K], importance: &[f32; QK_K]) -> BlockIQ1S {
     const BS: usize = 32;
@@ -210,28 +258,11 @@ pub(super) fn quantize_block_iq1_s(x: &[f32; QK_K], importance: &[f32; QK_K]) ->
         let Some((i1, i2, mut shift)) = best else {
             continue;
         };
-        let mut levels = [0i8; BS];
-        split_levels(&idx, i1, i2, &mut levels);
         if scale < 0.0 {
-            for l in &mut levels {
-                *l = 2 - *l;
-            }
-            scale = -scale;
             shift = -shift;
         }
         let xx: &'static [f32; 3] = if shift == 1 { &X_P } else { &X_M };
-        let mut on_grid = true;
-        let mut index = [0u16; BS / 8];
-        for (k, l) in levels.chunks_exact_mut(8).enumerate() {
-            let r = 8 * k..8 * k + 8;
-            index[k] = point_index(lat, &xb[r.clone()], &weight[r], scale, xx, l, &mut on_grid);
-        }
-        if !on_grid {
-            let (sumqx, sumq2) = refit_sums(lat, &index, xb, &weight, |_| xx);
-            if sumqx > 0.0 && sumq2 > 0.0 {
-                scale = sumqx / sumq2;
-            }
-        }
+        let (index, scale) = place(lat, &idx, (i1, i2), scale, xb, &weight, |_| xx);
         let mut h = 0u16;
         for (k, &j) in index.iter().enumerate() {
             block.qs[(BS / 8) * ib + k] = (j & 255) as u8;
@@ -368,28 +399,12 @@ pub(super) fn quantize_block_iq1_m(x: &[f32; QK_K], importance: Option<&[f32; QK
         let Some((i1, i2, mut shift)) = best else {
             continue;
         };
-        let mut levels = [0i8; BS];
-        split_levels(&idx, i1, i2, &mut levels);
         if scale < 0.0 {
-            for l in &mut levels {
-                *l = 2 - *l;
-            }
-            scale = -scale;
             shift = 3 - shift;
         }
-        let mut on_grid = true;
-        let mut index = [0u16; BS / 8];
-        for (k, l) in levels.chunks_exact_mut(8).enumerate() {
-            let r = 8 * k..8 * k + 8;
-            let xx = iq1m_values(shift, k);
-            index[k] = point_index(lat, &xb[r.clone()], &weight[r], scale, xx, l, &mut on_grid);
-        }
-        if !on_grid {
-            let (sumqx, sumq2) = refit_sums(lat, &index, xb, &weight, |k| iq1m_values(shift, k));
-            if sumqx > 0.0 && sumq2 > 0.0 {
-                scale = sumqx / sumq2;
-            }
-        }
+        let (index, scale) = place(lat, &idx, (i1, i2), scale, xb, &weight, |k| {
+            iq1m_values(shift, k)
+        });
         block.qs[2 * ib] = (index[0] & 255) as u8;
         block.qs[2 * ib + 1] = (index[1] & 255) as u8;
         block.qh[ib] = ((index[0] >> 8) | ((index[1] >> 8) << 4)) as u8;

@@ -300,65 +300,135 @@ fn block_sigma2(x: &[f32; QK_K], factor: f32) -> f32 {
     factor * sum_squares(x) / QK_K as f32
 }
 
+/// How a type fits one group of 16 or 32 values.
+struct GroupFit {
+    lat: &'static Lattice,
+    search: Search,
+    /// Sign bytes of 7 bits with an even count of minus signs (IQ2_XXS,
+    /// IQ2_XS, IQ3_XXS), or of 8.
+    even: bool,
+    /// Below this the group's largest magnitude counts as zero; `None`:
+    /// only zero does (IQ3_S).
+    eps: Option<f32>,
+    /// The search starts from ggml's `make_qp_quants` fit (IQ2_XXS) rather
+    /// than from `max / (2 kmax - 1)`.
+    qp_start: bool,
+    /// Each value's weight without importance, `base + x^2`.
+    base: f32,
+}
+
+/// A fitted group: its points' grid indices and sign bytes (the first
+/// `n / dim` and `n / 8` used), and its scale.
+struct Fitted {
+    index: [u16; 8],
+    signs: [u8; 4],
+    scale: f32,
+}
+
+impl GroupFit {
+    /// Fits the group `xb` (16 or 32 values) with its importance, if any,
+    /// and the block's `sigma2`; `None` for a group that counts as zero.
+    fn fit(&self, xb: &[f32], importance: Option<&[f32]>, sigma2: f32) -> Option<Fitted> {
+        let n = xb.len();
+        let mut weight = [0.0f32; 32];
+        let weight = &mut weight[..n];
+        group_weights(xb, importance, sigma2, self.base, weight);
+        let mut waux = [0.0f32; 32];
+        for (a, &w) in waux.iter_mut().zip(weight.iter()) {
+            *a = w.sqrt();
+        }
+        let mut xval = [0.0f32; 32];
+        let mut signs = [0u8; 4];
+        magnitudes(xb, weight, self.even, &mut xval[..n], &mut signs[..n / 8]);
+        let max = largest(&xval[..n]);
+        let zero = match self.eps {
+            Some(eps) => max < eps,
+            None => max == 0.0,
+        };
+        if zero {
+            return None;
+        }
+        let kmax = self.search.kmax;
+        let (top, start) = match (self.qp_start, <&[f32; 32]>::try_from(&xval[..n])) {
+            (true, Ok(x32)) => {
+                let w32 = <&[f32; 32]>::try_from(&*weight).ok()?;
+                let start = make_qp_quants(x32, kmax + 1, w32, &mut [0u8; 32]);
+                let eff_max = start * kmax as f32;
+                if eff_max <= 0.0 {
+                    return None;
+                }
+                (eff_max, start)
+            }
+            _ => (max, max / (2 * kmax - 1) as f32),
+        };
+        let mut levels = [0i8; 32];
+        let mut scale = search_group(
+            self.lat,
+            &self.search,
+            &xval[..n],
+            weight,
+            &waux[..n],
+            top,
+            start,
+            &mut levels[..n],
+        );
+        if scale < 0.0 {
+            scale = -scale;
+            for s in &mut signs {
+                *s = if self.even { !*s & 127 } else { !*s };
+            }
+        }
+        let mut index = [0u16; 8];
+        for (i, l) in index
+            .iter_mut()
+            .zip(levels[..n].chunks_exact(self.lat.dim()))
+        {
+            *i = grid_index(self.lat, l);
+        }
+        Some(Fitted {
+            index,
+            signs,
+            scale,
+        })
+    }
+}
+
+/// The IQ2 types' search: 3 levels a coordinate.
+fn iq2_search(steps: i32, refit: Refit) -> Search {
+    Search {
+        kmax: 3,
+        steps,
+        step: 0.1,
+        refit,
+        on_grid_start: true,
+    }
+}
+
 /// Quantizes 256 values to IQ2_XXS with a block of the importance matrix.
 pub(super) fn quantize_block_iq2_xxs(x: &[f32; QK_K], importance: &[f32; QK_K]) -> BlockIQ2XXS {
-    const KMAX: i32 = 3;
-    let lat = lattice::iq2xxs();
-    let search = Search {
-        kmax: KMAX,
-        steps: 6,
-        step: 0.1,
-        refit: Refit::Always,
-        on_grid_start: true,
+    let fit = GroupFit {
+        lat: lattice::iq2xxs(),
+        search: iq2_search(6, Refit::Always),
+        even: true,
+        eps: Some(GROUP_MAX_EPS),
+        qp_start: true,
+        base: 0.0,
     };
     let sigma2 = block_sigma2(x, 1.0);
     let mut q2 = [0u32; QK_K / 16];
     let mut scales = [0.0f32; QK_K / 32];
     let mut max_scale = 0.0f32;
     for ib in 0..QK_K / 32 {
-        let xb = &x[32 * ib..][..32];
-        let mut weight = [0.0f32; 32];
-        group_weights(
-            xb,
-            Some(&importance[32 * ib..][..32]),
-            sigma2,
-            0.0,
-            &mut weight,
-        );
-        let waux = weight.map(f32::sqrt);
-        let mut xval = [0.0f32; 32];
-        let mut signs = [0u8; 4];
-        magnitudes(xb, &weight, true, &mut xval, &mut signs);
-        if largest(&xval) < GROUP_MAX_EPS {
+        let (xb, qw) = (&x[32 * ib..][..32], &importance[32 * ib..][..32]);
+        let Some(f) = fit.fit(xb, Some(qw), sigma2) else {
             continue;
+        };
+        for k in 0..4 {
+            q2[2 * ib] |= u32::from(f.index[k]) << (8 * k);
+            q2[2 * ib + 1] |= u32::from(f.signs[k]) << (7 * k);
         }
-        let mut qp = [0u8; 32];
-        let start = make_qp_quants(&xval, KMAX + 1, &weight, &mut qp);
-        let eff_max = start * KMAX as f32;
-        if eff_max <= 0.0 {
-            continue;
-        }
-        let mut levels = [0i8; 32];
-        let mut scale = search_group(
-            lat,
-            &search,
-            &xval,
-            &weight,
-            &waux,
-            eff_max,
-            start,
-            &mut levels,
-        );
-        if scale < 0.0 {
-            scale = -scale;
-            signs = signs.map(|s| !s & 127);
-        }
-        for (k, l) in levels.chunks_exact(8).enumerate() {
-            q2[2 * ib] |= u32::from(grid_index(lat, l)) << (8 * k);
-            q2[2 * ib + 1] |= u32::from(signs[k]) << (7 * k);
-        }
-        scales[ib] = scale;
-        max_scale = ggml_max(max_scale, scale);
+        scales[ib] = f.scale;
+        max_scale = ggml_max(max_scale, f.scale);
     }
     if max_scale == 0.0 {
         return BlockIQ2XXS {
@@ -379,48 +449,28 @@ pub(super) fn quantize_block_iq2_xxs(x: &[f32; QK_K], importance: &[f32; QK_K]) 
 
 /// Quantizes 256 values to IQ2_XS with a block of the importance matrix.
 pub(super) fn quantize_block_iq2_xs(x: &[f32; QK_K], importance: &[f32; QK_K]) -> BlockIQ2XS {
-    let lat = lattice::iq2xs();
-    let search = Search {
-        kmax: 3,
-        steps: 9,
-        step: 0.1,
-        refit: Refit::OffGrid,
-        on_grid_start: true,
+    let fit = GroupFit {
+        lat: lattice::iq2xs(),
+        search: iq2_search(9, Refit::OffGrid),
+        even: true,
+        eps: Some(GROUP_MAX_EPS),
+        qp_start: false,
+        base: 0.0,
     };
     let sigma2 = block_sigma2(x, 1.0);
     let mut qs = [0u16; QK_K / 8];
     let mut scales = [0.0f32; QK_K / 16];
     let mut max_scale = 0.0f32;
     for ib in 0..QK_K / 16 {
-        let xb = &x[16 * ib..][..16];
-        let mut weight = [0.0f32; 16];
-        group_weights(
-            xb,
-            Some(&importance[16 * ib..][..16]),
-            sigma2,
-            0.0,
-            &mut weight,
-        );
-        let waux = weight.map(f32::sqrt);
-        let mut xval = [0.0f32; 16];
-        let mut signs = [0u8; 2];
-        magnitudes(xb, &weight, true, &mut xval, &mut signs);
-        let max = largest(&xval);
-        if max < GROUP_MAX_EPS {
+        let (xb, qw) = (&x[16 * ib..][..16], &importance[16 * ib..][..16]);
+        let Some(f) = fit.fit(xb, Some(qw), sigma2) else {
             continue;
+        };
+        for k in 0..2 {
+            qs[2 * ib + k] = f.index[k] | (u16::from(f.signs[k]) << 9);
         }
-        let mut levels = [0i8; 16];
-        let start = max / 5.0;
-        let mut scale = search_group(lat, &search, &xval, &weight, &waux, max, start, &mut levels);
-        if scale < 0.0 {
-            scale = -scale;
-            signs = signs.map(|s| !s & 127);
-        }
-        for (k, l) in levels.chunks_exact(8).enumerate() {
-            qs[2 * ib + k] = grid_index(lat, l) | (u16::from(signs[k]) << 9);
-        }
-        scales[ib] = scale;
-        max_scale = ggml_max(max_scale, scale);
+        scales[ib] = f.scale;
+        max_scale = ggml_max(max_scale, f.scale);
     }
     let mut block = BlockIQ2XS {
         d: f16::ZERO,
@@ -443,15 +493,15 @@ pub(super) fn quantize_block_iq2_xs(x: &[f32; QK_K], importance: &[f32; QK_K]) -
 /// Quantizes 256 values to IQ2_S, with a block of the importance matrix or
 /// without.
 pub(super) fn quantize_block_iq2_s(x: &[f32; QK_K], importance: Option<&[f32; QK_K]>) -> BlockIQ2S {
-    let lat = lattice::iq2s();
-    let search = Search {
-        kmax: 3,
-        steps: 9,
-        step: 0.1,
-        refit: Refit::OffGrid,
-        on_grid_start: true,
-    };
     let sigma2 = block_sigma2(x, 2.0);
+    let fit = GroupFit {
+        lat: lattice::iq2s(),
+        search: iq2_search(9, Refit::OffGrid),
+        even: false,
+        eps: Some(GROUP_MAX_EPS_1E8),
+        qp_start: false,
+        base: 0.25 * sigma2,
+    };
     let mut block = BlockIQ2S {
         d: f16::ZERO,
         qs: [0; QK_K / 4],
@@ -462,33 +512,17 @@ pub(super) fn quantize_block_iq2_s(x: &[f32; QK_K], importance: Option<&[f32; QK
     let mut max_scale = 0.0f32;
     for ib in 0..QK_K / 16 {
         let xb = &x[16 * ib..][..16];
-        let mut weight = [0.0f32; 16];
-        let qw = importance.map(|w| &w[16 * ib..][..16]);
-        group_weights(xb, qw, sigma2, 0.25 * sigma2, &mut weight);
-        let waux = weight.map(f32::sqrt);
-        let mut xval = [0.0f32; 16];
-        let mut signs = [0u8; 2];
-        magnitudes(xb, &weight, false, &mut xval, &mut signs);
-        let max = largest(&xval);
-        if max < GROUP_MAX_EPS_1E8 {
+        let Some(f) = fit.fit(xb, importance.map(|w| &w[16 * ib..][..16]), sigma2) else {
             continue;
-        }
-        let mut levels = [0i8; 16];
-        let start = max / 5.0;
-        let mut scale = search_group(lat, &search, &xval, &weight, &waux, max, start, &mut levels);
-        if scale < 0.0 {
-            scale = -scale;
-            signs = signs.map(|s| !s);
-        }
-        for (k, l) in levels.chunks_exact(8).enumerate() {
-            let index = grid_index(lat, l);
+        };
+        for k in 0..2 {
             let i8 = 2 * ib + k;
-            block.qs[i8] = (index & 255) as u8;
-            block.qh[i8 / 4] |= ((index >> 8) as u8) << (2 * (i8 % 4));
-            block.qs[QK_K / 8 + i8] = signs[k];
+            block.qs[i8] = (f.index[k] & 255) as u8;
+            block.qh[i8 / 4] |= ((f.index[k] >> 8) as u8) << (2 * (i8 % 4));
+            block.qs[QK_K / 8 + i8] = f.signs[k];
         }
-        scales[ib] = scale;
-        max_scale = ggml_max(max_scale, scale);
+        scales[ib] = f.scale;
+        max_scale = ggml_max(max_scale, f.scale);
     }
     if max_scale == 0.0 {
         return block;
@@ -502,19 +536,30 @@ pub(super) fn quantize_block_iq2_s(x: &[f32; QK_K], importance: Option<&[f32; QK
     block
 }
 
+/// IQ3's search: 8 levels a coordinate, candidates 0.2 levels apart.
+fn iq3_search(steps: i32, refit: Refit, on_grid_start: bool) -> Search {
+    Search {
+        kmax: 8,
+        steps,
+        step: 0.2,
+        refit,
+        on_grid_start,
+    }
+}
+
 /// Quantizes 256 values to IQ3_XXS, with a block of the importance matrix
 /// or without.
 pub(super) fn quantize_block_iq3_xxs(
     x: &[f32; QK_K],
     importance: Option<&[f32; QK_K]>,
 ) -> BlockIQ3XXS {
-    let lat = lattice::iq3xxs();
-    let search = Search {
-        kmax: 8,
-        steps: 15,
-        step: 0.2,
-        refit: Refit::OffGrid,
-        on_grid_start: true,
+    let fit = GroupFit {
+        lat: lattice::iq3xxs(),
+        search: iq3_search(15, Refit::OffGrid, true),
+        even: true,
+        eps: Some(GROUP_MAX_EPS_1E8),
+        qp_start: false,
+        base: 0.0,
     };
     let sigma2 = block_sigma2(x, 2.0);
     // 64 point indices, then a word a group: 4 x 7 sign bits and the scale.
@@ -524,33 +569,18 @@ pub(super) fn quantize_block_iq3_xxs(
     let mut max_scale = 0.0f32;
     for ib in 0..QK_K / 32 {
         let xb = &x[32 * ib..][..32];
-        let mut weight = [0.0f32; 32];
-        let qw = importance.map(|w| &w[32 * ib..][..32]);
-        group_weights(xb, qw, sigma2, 0.0, &mut weight);
-        let waux = weight.map(f32::sqrt);
-        let mut xval = [0.0f32; 32];
-        let mut signs = [0u8; 4];
-        magnitudes(xb, &weight, true, &mut xval, &mut signs);
-        let max = largest(&xval);
-        if max < GROUP_MAX_EPS_1E8 {
+        let Some(f) = fit.fit(xb, importance.map(|w| &w[32 * ib..][..32]), sigma2) else {
             continue;
+        };
+        for (out, &i) in indices[8 * ib..][..8].iter_mut().zip(&f.index) {
+            *out = i as u8;
         }
-        let mut levels = [0i8; 32];
-        let start = max / 15.0;
-        let mut scale = search_group(lat, &search, &xval, &weight, &waux, max, start, &mut levels);
-        if scale < 0.0 {
-            scale = -scale;
-            signs = signs.map(|s| !s & 127);
-        }
-        for (k, l) in levels.chunks_exact(4).enumerate() {
-            indices[8 * ib + k] = grid_index(lat, l) as u8;
-        }
-        words[ib] = u32::from(signs[0])
-            | u32::from(signs[1]) << 7
-            | u32::from(signs[2]) << 14
-            | u32::from(signs[3]) << 21;
-        scales[ib] = scale;
-        max_scale = ggml_max(max_scale, scale);
+        words[ib] = u32::from(f.signs[0])
+            | u32::from(f.signs[1]) << 7
+            | u32::from(f.signs[2]) << 14
+            | u32::from(f.signs[3]) << 21;
+        scales[ib] = f.scale;
+        max_scale = ggml_max(max_scale, f.scale);
     }
     let mut block = BlockIQ3XXS {
         d: f16::ZERO,
@@ -581,13 +611,13 @@ pub(super) fn quantize_block_iq3_xxs(
 /// ones stay zero), while the high index bits and the scales keep their
 /// places. The bytes here follow it, so a file matches llama-quantize's.
 pub(super) fn quantize_block_iq3_s(x: &[f32; QK_K], importance: Option<&[f32; QK_K]>) -> BlockIQ3S {
-    let lat = lattice::iq3s();
-    let search = Search {
-        kmax: 8,
-        steps: 9,
-        step: 0.2,
-        refit: Refit::AllIfOffGrid,
-        on_grid_start: false,
+    let fit = GroupFit {
+        lat: lattice::iq3s(),
+        search: iq3_search(9, Refit::AllIfOffGrid, false),
+        even: false,
+        eps: None,
+        qp_start: false,
+        base: 0.0,
     };
     let sigma2 = block_sigma2(x, 2.0);
     let mut block = BlockIQ3S {
@@ -603,34 +633,18 @@ pub(super) fn quantize_block_iq3_s(x: &[f32; QK_K], importance: Option<&[f32; QK
     let mut at = 0;
     for ib in 0..QK_K / 32 {
         let xb = &x[32 * ib..][..32];
-        let mut weight = [0.0f32; 32];
-        let qw = importance.map(|w| &w[32 * ib..][..32]);
-        group_weights(xb, qw, sigma2, 0.0, &mut weight);
-        let waux = weight.map(f32::sqrt);
-        let mut xval = [0.0f32; 32];
-        let mut signs = [0u8; 4];
-        magnitudes(xb, &weight, false, &mut xval, &mut signs);
-        let max = largest(&xval);
-        if max == 0.0 {
+        let Some(f) = fit.fit(xb, importance.map(|w| &w[32 * ib..][..32]), sigma2) else {
             continue;
-        }
-        let mut levels = [0i8; 32];
-        let start = max / 15.0;
-        let mut scale = search_group(lat, &search, &xval, &weight, &waux, max, start, &mut levels);
-        if scale < 0.0 {
-            scale = -scale;
-            signs = signs.map(|s| !s);
-        }
-        for (k, l) in levels.chunks_exact(4).enumerate() {
-            let index = grid_index(lat, l);
+        };
+        for (k, &index) in f.index.iter().enumerate() {
             let point = 8 * ib + k;
             block.qs[8 * at + k] = (index & 255) as u8;
             block.qh[point / 8] |= ((index >> 8) as u8) << (point % 8);
         }
-        block.signs[4 * at..][..4].copy_from_slice(&signs);
+        block.signs[4 * at..][..4].copy_from_slice(&f.signs);
         at += 1;
-        scales[ib] = scale;
-        max_scale = ggml_max(max_scale, scale);
+        scales[ib] = f.scale;
+        max_scale = ggml_max(max_scale, f.scale);
     }
     if max_scale == 0.0 {
         return block;
