@@ -103,6 +103,11 @@ CASES = [
     ("gemma3", "IQ2_M", ["--imatrix", "tests/fixtures/imatrix/gemma3.gguf"]),
     ("smollm2", "IQ1_S", ["--imatrix", "tests/fixtures/imatrix/smollm2.gguf"]),
     ("gemma3", "IQ1_M", ["--imatrix", "tests/fixtures/imatrix/gemma3.gguf"]),
+    # A mixture of four experts (attn_v Q4_K by the expert count; IQ3_XS
+    # reads ffn_gate's and ffn_up's block from their names), 64 wide: the
+    # mix's types show through their fallbacks.
+    ("qwen3moe", "IQ2_XXS", ["--imatrix", "tests/fixtures/imatrix/qwen3moe.gguf"]),
+    ("qwen3moe", "IQ3_XS", ["--imatrix", "tests/fixtures/imatrix/qwen3moe.gguf"]),
     # Types by hand: the mix's counters skip them; ffn_up's Q4_K falls back.
     ("smollm2", "Q4_K_M", ["--tensor-type", "attn_v=q8_0",
                            "--tensor-type", r"blk\.[0-3]\.ffn_down=q5_k"]),

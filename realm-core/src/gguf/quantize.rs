@@ -94,9 +94,9 @@ pub enum FileType {
     IQ2_XXS,
     /// IQ2_XS (2.31 bits); IQ2_XXS's rules. Needs an importance matrix.
     IQ2_XS,
-    /// IQ2_XS with IQ2_S's rules: `attn_v`, the first eighth of
-    /// `ffn_down`, `attn_output` and the token embedding IQ3_S. Needs an
-    /// importance matrix.
+    /// IQ2_XS, `attn_v` (unless Q4_K, as in IQ2_XXS), the first eighth of
+    /// `ffn_down`, `attn_output` and the token embedding IQ3_S, the output
+    /// Q5_K. Needs an importance matrix.
     IQ2_S,
     /// IQ2_S (2.5 bits) with IQ2_S's file type's rules. Needs an importance
     /// matrix.
