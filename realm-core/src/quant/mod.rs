@@ -141,6 +141,24 @@ pub const QUANTIZE_TYPES: &[GgmlType] = &[
 /// The types only [`quantize_weighted`] supports: ggml quantizes them only
 /// with an importance matrix (`ggml_quantize_requires_imatrix`), and
 /// [`quantize`] answers [`Error::ImportanceRequired`].
+///
+/// ```
+/// use realm_core::{quant, Error, GgmlType};
+/// let x: Vec<f32> = (0..256).map(|i| (i as f32 * 0.37).sin()).collect();
+/// let mut q = vec![0u8; GgmlType::IQ2_XXS.type_size()];
+/// assert!(matches!(
+///     quant::quantize(GgmlType::IQ2_XXS, &x, &mut q),
+///     Err(Error::ImportanceRequired(GgmlType::IQ2_XXS))
+/// ));
+/// // With one importance a column (an importance matrix's entry).
+/// let importance = vec![1.0f32; 256];
+/// quant::quantize_weighted(GgmlType::IQ2_XXS, &x, &importance, &mut q)?;
+/// let y = quant::dequantize_row_to_vec(GgmlType::IQ2_XXS, &q)?;
+/// // 2.06 bits a weight: close, not exact.
+/// let err = x.iter().zip(&y).map(|(a, b)| (a - b).powi(2)).sum::<f32>() / 256.0;
+/// assert!(err < 0.05, "{err}");
+/// # Ok::<(), realm_core::Error>(())
+/// ```
 pub const IMPORTANCE_TYPES: &[GgmlType] = &[GgmlType::IQ2_XXS, GgmlType::IQ2_XS, GgmlType::IQ1_S];
 
 /// True if [`dequantize`] supports `t`.
