@@ -935,17 +935,12 @@ impl IqSimd for BlockIQ3S {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn points(&self, g: usize, _group: &IqGroup) -> __m256i {
-        // The 8 nine-bit indices in one register (point `i`'s ninth bit is
-        // bit `i` of `qh[g]`), then 8 loads.
-        let low: [u8; 8] = std::array::from_fn(|i| self.qs[8 * g + i]);
-        let low = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(u64::from_le_bytes(low) as i64));
-        let high = _mm256_sllv_epi32(
-            _mm256_set1_epi32(i32::from(self.qh[g])),
-            _mm256_setr_epi32(8, 7, 6, 5, 4, 3, 2, 1),
-        );
-        let idx = _mm256_or_si256(low, _mm256_and_si256(high, _mm256_set1_epi32(256)));
-        let idx: [u32; 8] = bytemuck::cast(idx);
-        let e = idx.map(|i| IQ3S_GRID[(i & 511) as usize] as i32);
+        // The 8 nine-bit indices in scalar registers (point `i`'s ninth bit
+        // is bit `i` of `qh[g]`), then 8 loads.
+        let h = usize::from(self.qh[g]);
+        let e: [i32; 8] = std::array::from_fn(|i| {
+            IQ3S_GRID[usize::from(self.qs[8 * g + i]) | (((h >> i) & 1) << 8)] as i32
+        });
         _mm256_setr_epi32(e[0], e[1], e[2], e[3], e[4], e[5], e[6], e[7])
     }
 
