@@ -24,7 +24,7 @@ use half::f16;
 use super::blocks::{BlockIQ1M, BlockIQ1S, QK_K};
 use super::kquantize::nearest_int;
 use super::lattice::{self, Lattice};
-use super::weighted::sum_squares;
+use super::lattice_quantize::{block_sigma2, ggml_max};
 
 /// IQ1's shift.
 const DELTA: f32 = 0.125;
@@ -36,15 +36,6 @@ const X_M: [f32; 3] = [-1.0 - DELTA, -DELTA, 1.0 - DELTA];
 /// Below these a group's largest magnitude counts as zero.
 const GROUP_MAX_EPS_IQ1_S: f32 = 1e-12;
 const GROUP_MAX_EPS_IQ1_M: f32 = 1e-7;
-
-/// ggml's `MAX(a, b)`: `b` unless `a` is larger.
-fn ggml_max(a: f32, b: f32) -> f32 {
-    if a > b {
-        a
-    } else {
-        b
-    }
-}
 
 /// The largest magnitude of `x`, as ggml's running `MAX` of `fabsf`.
 fn largest_abs(x: &[f32]) -> f32 {
@@ -209,7 +200,7 @@ fn place(
 pub(super) fn quantize_block_iq1_s(x: &[f32; QK_K], importance: &[f32; QK_K]) -> BlockIQ1S {
     const BS: usize = 32;
     let lat = lattice::iq1s();
-    let sigma2 = 2.0 * sum_squares(x) / QK_K as f32;
+    let sigma2 = block_sigma2(x, 2.0);
     let mut block = BlockIQ1S {
         d: f16::ZERO,
         qs: [0; QK_K / 8],
@@ -311,7 +302,7 @@ pub(super) fn quantize_block_iq1_m(x: &[f32; QK_K], importance: Option<&[f32; QK
     const BS: usize = 16;
     const MASKS: [u8; 4] = [0x00, 0x80, 0x08, 0x88];
     let lat = lattice::iq1s();
-    let sigma2 = 2.0 * sum_squares(x) / QK_K as f32;
+    let sigma2 = block_sigma2(x, 2.0);
     let weights = |ib: usize, w: &mut [f32; BS]| {
         let xb = &x[BS * ib..][..BS];
         match importance {

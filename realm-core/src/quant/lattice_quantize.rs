@@ -259,7 +259,7 @@ fn magnitudes(xb: &[f32], weight: &[f32], even: bool, xval: &mut [f32], signs: &
 }
 
 /// ggml's `MAX(a, b)`: `b` unless `a` is larger (a NaN `a` gives `b`).
-fn ggml_max(a: f32, b: f32) -> f32 {
+pub(super) fn ggml_max(a: f32, b: f32) -> f32 {
     if a > b {
         a
     } else {
@@ -296,7 +296,7 @@ fn scale_code(id: f32, scale: f32) -> u8 {
 }
 
 /// `sigma2` of a block: `factor` times its mean square.
-fn block_sigma2(x: &[f32; QK_K], factor: f32) -> f32 {
+pub(super) fn block_sigma2(x: &[f32; QK_K], factor: f32) -> f32 {
     factor * sum_squares(x) / QK_K as f32
 }
 
